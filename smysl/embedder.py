@@ -1,0 +1,130 @@
+"""The public local embedder: text -> prompts/tokens -> token-budget batches -> engine -> vectors."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from smysl.base import BaseEmbedder, Progress, load_scheme, split_scheme
+from smysl.engine import Engine, EngineConfig
+from smysl.hub import read_checkpoint, resolve
+from smysl.pooling import check_dimensions, truncate_dimensions
+from smysl.prompts import DEFAULT_TASK
+from smysl.scheduler import SchedulerConfig, plan_batches
+from smysl.tokenize import Direction, InputTooLongError, Tokenizer
+
+_QUERY_PROMPT = re.compile(r"^Instruct: (?P<task>.*)\nQuery:$", re.S)
+
+
+class Embedder(BaseEmbedder):
+    """Qwen3-Embedding on the native engine (CPU or CUDA).
+
+    Build it with :meth:`load`; ``embed``/``embed_queries``/``embed_documents`` come from
+    :class:`~smysl.base.BaseEmbedder`.
+    """
+
+    def __init__(self, engine: Engine, tokenizer: Tokenizer, *, name: str,
+                 scheduler: SchedulerConfig | None = None, default_task: str = DEFAULT_TASK,
+                 max_tokens: int | None = None) -> None:
+        self.engine = engine
+        self.tokenizer = tokenizer
+        self.name = name
+        self.dimensions = engine.hidden_size
+        self.default_task = default_task
+        self.max_tokens = min(max_tokens or engine.max_positions, engine.max_positions)
+        tokenizer.max_tokens = self.max_tokens
+        if scheduler is None:
+            budget = 32768 if engine.device.type == "cuda" else 4096
+            scheduler = SchedulerConfig(max_batch_tokens=budget)
+        self.scheduler = scheduler
+
+    @classmethod
+    def load(
+        cls,
+        model: str,
+        *,
+        device: str = "auto",
+        dtype: str = "auto",
+        quantize: str | None = None,
+        revision: str | None = None,
+        max_batch_tokens: int | None = None,
+        max_batch_size: int = 512,
+        max_tokens: int | None = None,
+        threads: int | None = None,
+        **options: Any,
+    ) -> BaseEmbedder:
+        """Load ``model``: a checkpoint directory, a Hub repo id (``Qwen/Qwen3-Embedding-0.6B``),
+        an alias (``qwen3-embedding:0.6b``), or ``scheme:rest`` for other backends
+        (``st:...`` sentence-transformers, provider schemes such as ``openrouter:...``).
+        """
+        scheme, rest = split_scheme(model)
+        if scheme is not None:
+            return load_scheme(scheme, rest, **options)
+        if options:
+            raise TypeError(f"unexpected options for a local model: {sorted(options)}")
+        ckpt = read_checkpoint(resolve(model, revision=revision), name=model)
+        engine = Engine.from_checkpoint(
+            ckpt, EngineConfig(device=device, dtype=dtype, quantize=quantize, threads=threads)
+        )
+        tokenizer = Tokenizer(ckpt.tokenizer_file, engine.max_positions)
+        sched = SchedulerConfig(
+            max_batch_tokens=max_batch_tokens or (32768 if engine.device.type == "cuda" else 4096),
+            max_batch_size=max_batch_size,
+        )
+        query_prompt = str(ckpt.st_config.get("prompts", {}).get("query", ""))
+        m = _QUERY_PROMPT.match(query_prompt)
+        return cls(engine, tokenizer, name=model, scheduler=sched, max_tokens=max_tokens,
+                   default_task=m.group("task") if m else DEFAULT_TASK)
+
+    # ------------------------------------------------------------------ BaseEmbedder
+    def _embed(self, texts: list[str], *, truncate: bool,
+               progress: Progress | None = None) -> np.ndarray:
+        return self._run(self.tokenizer.encode(texts, truncate=truncate), progress)
+
+    def count_tokens(self, texts: str | Sequence[str]) -> list[int]:
+        """Tokens each text costs as a document, EOS included."""
+        return self.tokenizer.count(self._check_texts(texts))
+
+    # ------------------------------------------------------------------ token-level API
+    def tokenize(self, texts: Sequence[str], *, truncate: bool = False,
+                 direction: Direction = "right") -> list[list[int]]:
+        """Token ids exactly as they are embedded (EOS last)."""
+        return self.tokenizer.encode(self._check_texts(texts), truncate=truncate,
+                                     direction=direction)
+
+    def embed_token_ids(self, ids: Sequence[Sequence[int]], *, dimensions: int | None = None,
+                        truncate: bool = False) -> np.ndarray:
+        """Embed pre-tokenised inputs (EOS is appended when missing); unit rows in input order."""
+        dims = check_dimensions(dimensions, self.dimensions, minimum=self.min_dimensions)
+        seqs: list[list[int]] = []
+        for i, seq in enumerate(ids):
+            s = [int(t) for t in seq]
+            if not s:
+                raise ValueError(f"input {i} is an empty token list")
+            bad = [t for t in s if not 0 <= t < self.engine.vocab_rows]
+            if bad:
+                raise ValueError(f"input {i} has token ids outside 0..{self.engine.vocab_rows - 1}:"
+                                 f" {bad[:5]}")
+            if s[-1] != self.tokenizer.eos_id:
+                s.append(self.tokenizer.eos_id)
+            if len(s) > self.max_tokens:
+                if not truncate:
+                    raise InputTooLongError(f"input {i} has {len(s)} tokens but at most "
+                                            f"{self.max_tokens} are allowed")
+                s = [*s[: self.max_tokens - 1], self.tokenizer.eos_id]
+            seqs.append(s)
+        if not seqs:
+            return np.zeros((0, dims), dtype=np.float32)
+        return truncate_dimensions(self._run(seqs, None), dims)
+
+    def _run(self, seqs: list[list[int]], progress: Progress | None) -> np.ndarray:
+        """Schedule sequences into token-budget batches; rows come back in input order."""
+        out = np.empty((len(seqs), self.dimensions), dtype=np.float32)
+        for batch in plan_batches([len(s) for s in seqs], self.scheduler):
+            out[batch] = self.engine.forward([seqs[i] for i in batch])
+            if progress is not None:
+                progress.update(len(batch))
+        return out

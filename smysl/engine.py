@@ -1,0 +1,106 @@
+"""The engine contract: packed token ids in, pooled unit vectors out.
+
+This is the whole interface between the model and everything above it (like TEI's ``Backend``):
+callers hand it one batch of token-id sequences, it returns ``[B, hidden]`` float32 pooled rows.
+Batching, tokenisation and prompts live elsewhere; model internals never leak past here.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from smysl.hub import Checkpoint
+from smysl.loader import load_encoder
+from smysl.model import Qwen3Encoder
+
+log = logging.getLogger(__name__)
+
+_DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
+           "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """Where and how the model runs."""
+
+    #: "auto" (CUDA when available, else CPU), "cpu", "cuda" or "cuda:N".
+    device: str = "auto"
+    #: "auto" (float32 on CPU, bfloat16 on CUDA), "float32", "bfloat16" or "float16".
+    dtype: str = "auto"
+    #: None, or "int8" (dynamic int8 linear layers; CPU only).
+    quantize: str | None = None
+    #: CPU threads for torch; None keeps torch's default (one per physical core).
+    threads: int | None = None
+
+    def resolve(self) -> tuple[torch.device, torch.dtype]:
+        dev = self.device
+        if dev == "auto":
+            dev = "cuda" if torch.cuda.is_available() else "cpu"
+        device = torch.device(dev)
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise ValueError("device 'cuda' requested but CUDA is not available")
+        if device.type not in ("cpu", "cuda"):
+            raise ValueError(f"unsupported device {self.device!r} (use auto, cpu or cuda)")
+        if self.dtype == "auto":
+            dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+        elif self.dtype in _DTYPES:
+            dtype = _DTYPES[self.dtype]
+        else:
+            raise ValueError(f"unsupported dtype {self.dtype!r} (use auto, float32, bfloat16, "
+                             "float16)")
+        if self.quantize not in (None, "int8"):
+            raise ValueError(f"unsupported quantize {self.quantize!r} (use int8 or none)")
+        if self.quantize == "int8" and (device.type != "cpu" or dtype != torch.float32):
+            raise ValueError("int8 quantisation runs on CPU with dtype float32")
+        if device.type == "cpu" and dtype != torch.float32:
+            log.warning("%s matmuls on CPUs without AMX are ~100x slower than float32", dtype)
+        return device, dtype
+
+
+class Engine:
+    """Runs a loaded Qwen3 encoder on one batch of token-id sequences at a time."""
+
+    def __init__(self, model: Qwen3Encoder, device: torch.device, dtype: torch.dtype) -> None:
+        self.model = model
+        self.device = device
+        self.dtype = dtype
+        cfg = model.cfg
+        self.hidden_size = cfg.hidden_size
+        self.vocab_rows = model.embed_tokens.weight.shape[0]
+        self.max_positions = cfg.max_position_embeddings
+        self._lock = threading.Lock()  # one forward at a time: threads would oversubscribe
+
+    @classmethod
+    def from_checkpoint(cls, ckpt: Checkpoint, cfg: EngineConfig) -> Engine:
+        device, dtype = cfg.resolve()
+        if cfg.threads:
+            torch.set_num_threads(cfg.threads)
+        model = load_encoder(ckpt, device, dtype)
+        if cfg.quantize == "int8":
+            from smysl.quantize import quantize_int8
+
+            quantize_int8(model)
+        return cls(model, device, dtype)
+
+    def forward(self, batch: list[list[int]]) -> np.ndarray:
+        """One forward pass: token-id sequences -> float32 ``[len(batch), hidden]`` pooled rows.
+
+        Rows are the final-norm hidden state of each sequence's last token, not yet normalised.
+        """
+        lengths = [len(s) for s in batch]
+        ids = torch.tensor([t for s in batch for t in s], dtype=torch.long)
+        try:
+            with self._lock:
+                pooled = self.model(ids.to(self.device, non_blocking=True), lengths)
+                return pooled.float().cpu().numpy()
+        except torch.cuda.OutOfMemoryError:
+            if len(batch) == 1:
+                raise
+        torch.cuda.empty_cache()  # split the batch and retry each half
+        half = len(batch) // 2
+        return np.concatenate([self.forward(batch[:half]), self.forward(batch[half:])])

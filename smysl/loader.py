@@ -1,0 +1,75 @@
+"""Load safetensors weights into :class:`~smysl.model.Qwen3Encoder` without doubling memory.
+
+The model is built on the meta device and each tensor is read from the (memory-mapped) file,
+converted to the target dtype/device and assigned in place, so peak memory is the final model
+plus one layer's q/k/v or gate/up parts while they are fused.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import defaultdict
+
+import torch
+from torch import nn
+
+from smysl.hub import Checkpoint
+from smysl.model import Qwen3Config, Qwen3Encoder
+
+# Checkpoint parts that are fused into one weight here: fused name -> parts in order.
+_FUSED = {
+    "self_attn.qkv_proj": ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"),
+    "mlp.gate_up_proj": ("mlp.gate_proj", "mlp.up_proj"),
+}
+_PART_OF = {part: (fused, i) for fused, parts in _FUSED.items() for i, part in enumerate(parts)}
+_LAYER_KEY = re.compile(r"^layers\.(\d+)\.(.+)\.weight$")
+_IGNORED = ("lm_head.", "rotary_emb.")
+
+
+def load_encoder(ckpt: Checkpoint, device: torch.device, dtype: torch.dtype) -> Qwen3Encoder:
+    """Build the encoder of ``ckpt`` on ``device`` with weights in ``dtype``."""
+    from safetensors import safe_open
+
+    cfg = Qwen3Config.from_dict(ckpt.config)
+    with torch.device("meta"):
+        model = Qwen3Encoder(cfg)
+    params = dict(model.named_parameters())
+    pending: dict[str, dict[int, torch.Tensor]] = defaultdict(dict)
+    loaded: set[str] = set()
+
+    def assign(name: str, tensor: torch.Tensor) -> None:
+        if name not in params:
+            raise ValueError(f"{ckpt.root}: unexpected weight {name!r}")
+        if tuple(tensor.shape) != tuple(params[name].shape):
+            raise ValueError(f"{ckpt.root}: {name} has shape {tuple(tensor.shape)}, config "
+                             f"implies {tuple(params[name].shape)}")
+        mod_name, _, attr = name.rpartition(".")
+        module = model.get_submodule(mod_name)
+        module._parameters[attr] = nn.Parameter(tensor, requires_grad=False)
+        loaded.add(name)
+
+    for path in ckpt.weights:
+        with safe_open(str(path), framework="pt", device="cpu") as f:
+            for key in f.keys():  # noqa: SIM118 - safe_open is not a dict
+                name = key.removeprefix("model.")
+                if name.startswith(_IGNORED):
+                    continue
+                # Norm weights stay float32 (lossless; cast per use like the reference does).
+                want = torch.float32 if name.endswith("norm.weight") else dtype
+                tensor = f.get_tensor(key).to(device=device, dtype=want)
+                m = _LAYER_KEY.match(name)
+                if m and m.group(2) in _PART_OF:
+                    fused, idx = _PART_OF[m.group(2)]
+                    full = f"layers.{m.group(1)}.{fused}.weight"
+                    pending[full][idx] = tensor
+                    if len(pending[full]) == len(_FUSED[fused]):
+                        parts = pending.pop(full)
+                        assign(full, torch.cat([parts[i] for i in range(len(parts))]))
+                    continue
+                assign(name, tensor)
+    missing = sorted(set(params) - loaded) + sorted(pending)
+    if missing:
+        raise ValueError(f"{ckpt.root}: checkpoint lacks weights {missing[:8]}")
+    inv = 1.0 / (cfg.rope_theta ** (torch.arange(0, cfg.head_dim, 2).float() / cfg.head_dim))
+    model.inv_freq = inv.to(device)
+    return model.eval()

@@ -1,0 +1,279 @@
+"""A native Qwen3 encoder forward pass over packed (varlen) sequences.
+
+Shapes: ``T`` tokens of ``B`` sequences packed into one stream, ``H`` hidden size, ``Hq``/``Hkv``
+query/key-value heads of size ``D``. There is no padding in the stream: each layer's linear
+layers run on ``[T, H]``, and attention is causal *within* each sequence only.
+
+Numerics follow the reference (transformers' Qwen3Model): RMSNorm in float32, q_norm/k_norm per
+head before RoPE (non-interleaved, ``rotate_half``), GQA, SwiGLU, no biases. One deliberate
+difference: the residual stream is kept in float32 whatever the matmul dtype, which matches the
+reference exactly in fp32 and keeps bf16/fp16 from overflowing (the 8B's massive activations).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+@dataclass(frozen=True)
+class Qwen3Config:
+    """The architecture fields of a Qwen3 ``config.json`` that the forward pass needs."""
+
+    vocab_size: int
+    hidden_size: int
+    intermediate_size: int
+    num_hidden_layers: int
+    num_attention_heads: int
+    num_key_value_heads: int
+    head_dim: int
+    rms_norm_eps: float = 1e-6
+    rope_theta: float = 1_000_000.0
+    max_position_embeddings: int = 32768
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Qwen3Config:
+        arch = d.get("model_type")
+        if arch not in (None, "qwen3"):
+            raise ValueError(f"not a Qwen3 checkpoint: model_type={arch!r}")
+        rope = d.get("rope_parameters") or d.get("rope_scaling") or {}
+        if rope.get("rope_type", rope.get("type", "default")) not in ("default", None):
+            raise ValueError(f"unsupported rope scaling {rope!r}")
+        theta = d.get("rope_theta", rope.get("rope_theta", 1_000_000.0))
+        heads = int(d["num_attention_heads"])
+        return cls(
+            vocab_size=int(d["vocab_size"]),
+            hidden_size=int(d["hidden_size"]),
+            intermediate_size=int(d["intermediate_size"]),
+            num_hidden_layers=int(d["num_hidden_layers"]),
+            num_attention_heads=heads,
+            num_key_value_heads=int(d.get("num_key_value_heads", heads)),
+            head_dim=int(d.get("head_dim") or d["hidden_size"] // heads),
+            rms_norm_eps=float(d.get("rms_norm_eps", 1e-6)),
+            rope_theta=float(theta),
+            max_position_embeddings=int(d.get("max_position_embeddings", 32768)),
+        )
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(dim))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor, out_dtype: torch.dtype | None = None) -> torch.Tensor:
+        # Reference order: normalise in fp32, cast back, then scale in the weight's dtype.
+        dtype = out_dtype or x.dtype
+        x32 = x.float()
+        x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight.to(dtype) * x32.to(dtype)
+
+
+#: CPU GEMM picks other kernels (other summation orders) for fewer rows than this; padding
+#: small inputs up to it makes every row's result independent of the batch it came in.
+MIN_ROWS = 16
+
+
+def pad_rows(x: torch.Tensor) -> torch.Tensor:
+    """x: [M, K] -> [max(M, MIN_ROWS), K] (zero rows appended; callers slice ``[:M]``)."""
+    m = x.shape[0]
+    return x if m >= MIN_ROWS else torch.cat([x, x.new_zeros(MIN_ROWS - m, *x.shape[1:])])
+
+
+class Linear(nn.Module):
+    """Bias-free linear layer; ``smysl.quantize`` swaps it for an int8 one on CPU."""
+
+    def __init__(self, in_features: int, out_features: int) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(out_features, in_features))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(pad_rows(x.to(self.weight.dtype)), self.weight)[: x.shape[0]]
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: Qwen3Config) -> None:
+        super().__init__()
+        self.hq, self.hkv, self.d = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
+        # q, k and v projections fused into one matmul: [H] -> [(Hq + 2 Hkv) D].
+        self.qkv_proj = Linear(cfg.hidden_size, (self.hq + 2 * self.hkv) * self.d)
+        self.o_proj = Linear(self.hq * self.d, cfg.hidden_size)
+        self.q_norm = RMSNorm(self.d, cfg.rms_norm_eps)
+        self.k_norm = RMSNorm(self.d, cfg.rms_norm_eps)
+
+    def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor],
+                plan: AttentionPlan, last: torch.Tensor | None) -> torch.Tensor:
+        t = x.shape[0]
+        qkv = self.qkv_proj(x)  # [T, (Hq + 2 Hkv) D]
+        q, k, v = qkv.split([self.hq * self.d, self.hkv * self.d, self.hkv * self.d], dim=-1)
+        cos, sin = rope  # [T, D] each
+        q = apply_rope(self.q_norm(q.view(t, self.hq, self.d)), cos, sin)
+        k = apply_rope(self.k_norm(k.view(t, self.hkv, self.d)), cos, sin)
+        v = v.view(t, self.hkv, self.d)
+        if last is None:
+            out = plan.attend(q, k, v)  # [T, Hq, D]
+        else:  # final layer: only each sequence's last query is needed downstream
+            out = plan.attend_last(q[last], k, v)  # [B, Hq, D]
+        return self.o_proj(out.flatten(1))
+
+
+class MLP(nn.Module):
+    def __init__(self, cfg: Qwen3Config) -> None:
+        super().__init__()
+        self.inter = cfg.intermediate_size
+        self.gate_up_proj = Linear(cfg.hidden_size, 2 * cfg.intermediate_size)  # fused gate|up
+        self.down_proj = Linear(cfg.intermediate_size, cfg.hidden_size)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        gate, up = self.gate_up_proj(x).split(self.inter, dim=-1)
+        return self.down_proj(F.silu(gate) * up)
+
+
+class DecoderLayer(nn.Module):
+    def __init__(self, cfg: Qwen3Config) -> None:
+        super().__init__()
+        self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.self_attn = Attention(cfg)
+        self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.mlp = MLP(cfg)
+
+    def forward(self, h: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor],
+                plan: AttentionPlan, dt: torch.dtype, last: torch.Tensor | None = None,
+                chunk: int = 4096) -> torch.Tensor:
+        """h: [T, H] float32 residual stream; ``dt`` is the matmul dtype."""
+        attn = self.self_attn(self.input_layernorm(h, dt), rope, plan, last)
+        h = (h if last is None else h[last]) + attn.float()
+        # The MLP is per token: run it in chunks so its [T, 2 * ffn] activation stays bounded.
+        for s in range(0, h.shape[0], chunk):
+            hs = h[s : s + chunk]
+            hs += self.mlp(self.post_attention_layernorm(hs, dt)).float()
+        return h
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Non-interleaved RoPE. x: [T, heads, D]; cos/sin: [T, D] (the half-frequencies repeated)."""
+    cos, sin = cos.unsqueeze(1).to(x.dtype), sin.unsqueeze(1).to(x.dtype)
+    x1, x2 = x.chunk(2, dim=-1)
+    return x * cos + torch.cat((-x2, x1), dim=-1) * sin
+
+
+class AttentionPlan:
+    """Per-forward bookkeeping for causal attention within each packed sequence.
+
+    Sequences are grouped so that right-padding a group to its longest member wastes little;
+    a right-padded causal batch needs no extra mask (real queries never see later padding), so
+    every group runs through SDPA's fused ``is_causal`` kernel, which never builds an L x L matrix.
+    """
+
+    def __init__(self, lengths: list[int], device: torch.device, waste: float = 1.25) -> None:
+        self.lengths = lengths
+        starts = [0]
+        for n in lengths:
+            starts.append(starts[-1] + n)
+        self.starts = starts
+        self.total = starts[-1]
+        self.device = device
+        order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+        self.groups: list[tuple[list[int], int, torch.Tensor | None, torch.Tensor | None]] = []
+        i = 0
+        while i < len(order):  # greedy: grow the group while padding stays within `waste`
+            j, real = i + 1, lengths[order[i]]
+            while j < len(order) and lengths[order[i]] * (j - i + 1) <= waste * (
+                real + lengths[order[j]]
+            ):
+                real += lengths[order[j]]
+                j += 1
+            members = order[i:j]
+            self.groups.append((members, lengths[order[i]], *self._indices(members)))
+            i = j
+
+    def _indices(self, members: list[int]) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        if len(members) == 1:
+            return None, None
+        width = self.lengths[members[0]]
+        # gather: [B, L] index into the stream, padding -> T (a zero row appended at run time)
+        gather = torch.full((len(members), width), self.total, dtype=torch.long)
+        dest = []
+        for b, m in enumerate(members):
+            n, s = self.lengths[m], self.starts[m]
+            gather[b, :n] = torch.arange(s, s + n)
+            dest.append(torch.arange(s, s + n))
+        return gather.to(self.device), torch.cat(dest).to(self.device)
+
+    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """q: [T, Hq, D], k/v: [T, Hkv, D] -> [T, Hq, D]."""
+        if len(self.groups) == 1 and self.groups[0][2] is None:  # one sequence
+            return _sdpa(q.unsqueeze(0), k.unsqueeze(0), v.unsqueeze(0), causal=True)[0]
+        out = q.new_empty(q.shape)
+        padded: tuple[torch.Tensor, ...] = ()
+        for members, width, gather, dest in self.groups:
+            if gather is None:
+                s = self.starts[members[0]]
+                out[s : s + width] = _sdpa(q[None, s : s + width], k[None, s : s + width],
+                                           v[None, s : s + width], causal=True)[0]
+                continue
+            if not padded:  # append one zero row that padding positions gather
+                padded = tuple(torch.cat([x, x.new_zeros(1, *x.shape[1:])]) for x in (q, k, v))
+            qz, kz, vz = padded
+            o = _sdpa(qz[gather], kz[gather], vz[gather], causal=True)  # [B, L, Hq, D]
+            valid = gather.flatten() < self.total
+            out.index_copy_(0, dest, o.flatten(0, 1)[valid])  # type: ignore[arg-type]
+        return out
+
+    def attend_last(self, q_last: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """Attention for each sequence's last query only. q_last: [B, Hq, D] -> [B, Hq, D]."""
+        out = q_last.new_empty(q_last.shape)
+        for i, n in enumerate(self.lengths):
+            s = self.starts[i]
+            # the last query sees its whole sequence: no mask needed
+            out[i] = _sdpa(q_last[None, i : i + 1], k[None, s : s + n], v[None, s : s + n],
+                           causal=False)[0, 0]
+        return out
+
+
+def _sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool) -> torch.Tensor:
+    """[B, L, heads, D] layout in and out; GQA handled by SDPA."""
+    o = F.scaled_dot_product_attention(
+        q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), is_causal=causal,
+        enable_gqa=q.shape[2] != k.shape[2],
+    )
+    return o.transpose(1, 2)
+
+
+class Qwen3Encoder(nn.Module):
+    """Qwen3 decoder stack used as an encoder: returns each sequence's last hidden state."""
+
+    def __init__(self, cfg: Qwen3Config) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
+        self.layers = nn.ModuleList(DecoderLayer(cfg) for _ in range(cfg.num_hidden_layers))
+        self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        d = cfg.head_dim
+        inv = 1.0 / (cfg.rope_theta ** (torch.arange(0, d, 2, dtype=torch.int64).float() / d))
+        self.register_buffer("inv_freq", inv, persistent=False)
+
+    def rope(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """positions: [T] -> cos, sin: [T, D] in float32."""
+        freqs = positions.float()[:, None] * self.inv_freq.float()[None, :]
+        emb = torch.cat((freqs, freqs), dim=-1)
+        return emb.cos(), emb.sin()
+
+    @torch.inference_mode()
+    def forward(self, input_ids: torch.Tensor, lengths: list[int]) -> torch.Tensor:
+        """input_ids: [T] packed; lengths: B sequence lengths summing to T -> [B, H] float32."""
+        dev = input_ids.device
+        positions = torch.cat([torch.arange(n, device=dev) for n in lengths])
+        ends = torch.tensor(lengths, device=dev).cumsum(0) - 1  # [B] index of each last token
+        plan = AttentionPlan(lengths, dev)
+        rope = self.rope(positions)
+        dt = self.embed_tokens.weight.dtype  # matmul dtype (float32 for int8 layers)
+        h = self.embed_tokens(input_ids).float()  # [T, H] residual stream, float32
+        n = len(self.layers)
+        for i, layer in enumerate(self.layers):
+            h = layer(h, rope, plan, dt, last=ends if i == n - 1 else None)
+        return self.norm(h, torch.float32)  # [B, H]

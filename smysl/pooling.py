@@ -1,0 +1,34 @@
+"""Post-processing of pooled vectors: L2 normalisation and Matryoshka truncation."""
+
+from __future__ import annotations
+
+import numpy as np
+
+#: Smallest Matryoshka dimension Qwen3-Embedding was trained for.
+MIN_DIMENSIONS = 32
+
+
+def l2_normalize(x: np.ndarray) -> np.ndarray:
+    """Row-wise L2 normalisation in float32; an all-zero row stays zero instead of NaN."""
+    x = np.asarray(x, dtype=np.float32)
+    norms = np.linalg.norm(x, axis=1, keepdims=True)
+    return np.divide(x, norms, out=np.zeros_like(x), where=norms > 0)
+
+
+def check_dimensions(dimensions: int | None, native: int, *, minimum: int = MIN_DIMENSIONS) -> int:
+    """Validate a requested output size; ``None`` means the model's native size."""
+    if dimensions is None:
+        return native
+    if isinstance(dimensions, bool) or not isinstance(dimensions, int | np.integer):
+        raise ValueError(f"dimensions must be an integer, got {dimensions!r}")
+    lo = min(minimum, native)
+    if not lo <= int(dimensions) <= native:
+        raise ValueError(f"dimensions must be in {lo}..{native} for this model, got {dimensions}")
+    return int(dimensions)
+
+
+def truncate_dimensions(x: np.ndarray, dimensions: int) -> np.ndarray:
+    """Matryoshka: keep the first ``dimensions`` components, then re-normalise. x: [n, d]."""
+    if dimensions == x.shape[1]:
+        return l2_normalize(x)
+    return l2_normalize(x[:, :dimensions])

@@ -1,0 +1,46 @@
+"""Instruction prompts: the exact Qwen3-Embedding query template and named task presets.
+
+Qwen3-Embedding is instruction-aware on the query side only: a query is embedded as
+``Instruct: {task}\\nQuery:{text}`` (no space after ``Query:``) and a document as its bare text.
+"""
+
+from __future__ import annotations
+
+QUERY_TEMPLATE = "Instruct: {task}\nQuery:{text}"
+
+#: The task the model card uses when none is given (web search retrieval).
+DEFAULT_TASK = "Given a web search query, retrieve relevant passages that answer the query"
+
+#: Named task presets. Clients may send a preset name wherever an instruction is accepted.
+TASK_PRESETS: dict[str, str] = {
+    "retrieval": DEFAULT_TASK,
+    "web_search": DEFAULT_TASK,
+    "sts": "Retrieve semantically similar text",
+    "paraphrase": "Retrieve semantically similar text",
+    "qa": "Given a question, retrieve passages that answer the question",
+    "classification": "Classify the given text by its topic and intent",
+    "sentiment": "Classify the sentiment of the given text as positive, negative or neutral",
+    "clustering": "Identify the topic or theme of the given text",
+    "dedup": "Retrieve semantically similar text",
+    "bitext": "Retrieve parallel sentences",
+}
+
+
+def resolve_task(task: str | None) -> str | None:
+    """Map a preset name to its instruction; any other non-empty string is used verbatim."""
+    if task is None:
+        return None
+    if not isinstance(task, str):
+        raise ValueError(f"instruction must be a string, got {type(task).__name__}")
+    task = task.strip()
+    if not task:
+        return None
+    return TASK_PRESETS.get(task, task)
+
+
+def format_query(text: str, task: str | None) -> str:
+    """Apply the query template; with no task the text is returned unchanged (document side)."""
+    resolved = resolve_task(task)
+    if resolved is None:
+        return text
+    return QUERY_TEMPLATE.format(task=resolved, text=text)

@@ -1,0 +1,42 @@
+"""Int8 dynamic quantisation of the linear layers for CPU (fbgemm/x86 kernels).
+
+Weights are quantised once, symmetric per output channel; activations are quantised per call
+(per tensor, 7-bit range so AVX2's 16-bit intermediate sums cannot saturate). Norms, RoPE,
+attention and the residual stream stay float32.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from smysl.model import Linear, Qwen3Encoder, pad_rows
+
+
+class Int8Linear(nn.Module):
+    """Drop-in for :class:`smysl.model.Linear` holding a prepacked int8 weight."""
+
+    def __init__(self, weight: torch.Tensor) -> None:
+        super().__init__()
+        w = weight.detach().float().cpu()  # [out, in]
+        scales = (w.abs().amax(dim=1) / 127.0).clamp_min(1e-12).double()
+        zeros = torch.zeros(w.shape[0], dtype=torch.long)
+        wq = torch.quantize_per_channel(w, scales, zeros, axis=0, dtype=torch.qint8)
+        self.packed = torch.ops.quantized.linear_prepack(wq, None)
+        self.out_features, self.in_features = w.shape
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = torch.ops.quantized.linear_dynamic(pad_rows(x.float()), self.packed, True)
+        return y[: x.shape[0]]
+
+
+def quantize_int8(model: Qwen3Encoder) -> Qwen3Encoder:
+    """Replace every :class:`Linear` in ``model`` (in place) by :class:`Int8Linear`."""
+    if "x86" in torch.backends.quantized.supported_engines:
+        torch.backends.quantized.engine = "x86"
+    targets = [(n, m) for n, m in model.named_modules() if isinstance(m, Linear)]
+    for name, module in targets:
+        parent, _, attr = name.rpartition(".")
+        setattr(model.get_submodule(parent), attr, Int8Linear(module.weight))
+        del module  # free the float weight as we go
+    return model
