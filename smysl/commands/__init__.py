@@ -1,0 +1,1 @@
+"""Subcommands of the ``smysl`` CLI (see :mod:`smysl.cli`)."""
