@@ -28,6 +28,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from smysl.base import split_scheme
     from smysl.embedder import Embedder
 
     if args.input == "-":
@@ -35,7 +36,7 @@ def run(args: argparse.Namespace) -> int:
     else:
         lines = Path(args.input).read_text(encoding="utf-8").splitlines()
     options = {}
-    if ":" not in args.model.split("/")[0] or Path(args.model).exists():
+    if split_scheme(args.model)[0] is None:  # local engine options
         options = dict(device=args.device, dtype=args.dtype, quantize=args.quantize,
                        max_batch_tokens=args.max_batch_tokens)
     model = Embedder.load(args.model, **options)
