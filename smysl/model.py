@@ -167,9 +167,16 @@ class AttentionPlan:
     Sequences are grouped so that right-padding a group to its longest member wastes little;
     a right-padded causal batch needs no extra mask (real queries never see later padding), so
     every group runs through SDPA's fused ``is_causal`` kernel, which never builds an L x L matrix.
+
+    On CPU only equal lengths are grouped (``waste=1``): the fused kernel's row reductions change
+    with the padded width, and exact grouping keeps a text's vector bit-identical whatever batch
+    it arrives in. Extra kernel calls cost nothing next to the CPU matmuls; on CUDA they would.
     """
 
-    def __init__(self, lengths: list[int], device: torch.device, waste: float = 1.25) -> None:
+    def __init__(self, lengths: list[int], device: torch.device, waste: float | None = None
+                 ) -> None:
+        if waste is None:
+            waste = 1.0 if device.type == "cpu" else 1.25
         self.lengths = lengths
         starts = [0]
         for n in lengths:

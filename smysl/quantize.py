@@ -7,6 +7,8 @@ attention and the residual stream stay float32.
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 from torch import nn
 
@@ -21,7 +23,9 @@ class Int8Linear(nn.Module):
         w = weight.detach().float().cpu()  # [out, in]
         scales = (w.abs().amax(dim=1) / 127.0).clamp_min(1e-12).double()
         zeros = torch.zeros(w.shape[0], dtype=torch.long)
-        wq = torch.quantize_per_channel(w, scales, zeros, axis=0, dtype=torch.qint8)
+        with warnings.catch_warnings():  # deprecated in torch, still the fbgemm entry point
+            warnings.simplefilter("ignore", UserWarning)
+            wq = torch.quantize_per_channel(w, scales, zeros, axis=0, dtype=torch.qint8)
         self.packed = torch.ops.quantized.linear_prepack(wq, None)
         self.out_features, self.in_features = w.shape
 

@@ -1,0 +1,170 @@
+"""The engine against the transformers reference recipe, on tiny random Qwen3 checkpoints."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import TEXTS, Tiny, build_tiny, reference_embed
+from smysl import Embedder
+from smysl.embedder import Embedder as LocalEmbedder
+from smysl.prompts import DEFAULT_TASK, format_query
+from smysl.tokenize import InputTooLongError
+
+QUERIES = ["как работает поиск?", "what is a vector database", "x"]
+
+
+def _close(a: np.ndarray, b: np.ndarray, atol: float = 1e-5) -> None:
+    assert a.shape == b.shape
+    assert np.abs(a - b).max() <= atol, np.abs(a - b).max()
+    assert (a * b).sum(axis=1).min() >= 0.99999
+
+
+@pytest.mark.parametrize(
+    "variant",
+    ["gqa2-tied-eos", "gqa4-untied-base-lm-sharded", "gqa4-tied-base", "gqa2-untied-eos-bf16"],
+)
+def test_parity_with_transformers_reference(tiny_variants: dict[str, Tiny], variant: str) -> None:
+    t = tiny_variants[variant]
+    emb = Embedder.load(str(t.path), device="cpu")
+    docs = emb.embed_documents(TEXTS)
+    _close(docs, reference_embed(t.path, TEXTS))
+    queries = emb.embed_queries(QUERIES, task="Find relevant passages")
+    ref_q = reference_embed(t.path, [format_query(q, "Find relevant passages") for q in QUERIES])
+    _close(queries, ref_q)
+    _close(emb.embed_documents(TEXTS, dimensions=32), reference_embed(t.path, TEXTS, dims=32))
+
+
+def test_equal_length_batch_is_causal(tiny_dir: Path, tiny: LocalEmbedder) -> None:
+    # Peers skip the causal mask when a batch needs no padding; every length here is equal.
+    texts = ["alpha beta gamma", "delta beta gamma", "alpha beta delta", "gamma gamma gamma"]
+    lens = tiny.count_tokens(texts)
+    assert len(set(lens)) == 1
+    _close(tiny.embed(texts), reference_embed(tiny_dir, texts))
+    # and a causal model's last-token state must change when an earlier token changes
+    assert not np.allclose(tiny.embed(texts)[0], tiny.embed(texts)[1])
+
+
+def test_batch_invariance_is_bit_exact_on_cpu(tiny: LocalEmbedder) -> None:
+    rng = random.Random(1)
+    texts = [*TEXTS, *(f"text {i} " * rng.randint(1, 30) for i in range(40))]
+    together = tiny.embed(texts)
+    alone = np.concatenate([tiny.embed([t]) for t in texts])
+    order = list(range(len(texts)))
+    rng.shuffle(order)
+    shuffled = tiny.embed([texts[i] for i in order])
+    assert np.array_equal(together, alone)
+    assert np.array_equal(shuffled, together[order])
+    equal = ["same length a", "same length b", "same length c"]
+    assert np.array_equal(tiny.embed(equal)[1], tiny.embed([equal[1]])[0])
+
+
+def test_small_token_budget_changes_nothing(tiny_dir: Path, tiny: LocalEmbedder) -> None:
+    small = Embedder.load(str(tiny_dir), device="cpu", max_batch_tokens=16, max_batch_size=2)
+    assert np.array_equal(small.embed(TEXTS), tiny.embed(TEXTS))
+
+
+def test_outputs_are_unit_float32_in_input_order(tiny: LocalEmbedder) -> None:
+    v = tiny.embed(TEXTS)
+    assert v.dtype == np.float32 and v.shape == (len(TEXTS), tiny.dimensions)
+    assert np.allclose(np.linalg.norm(v, axis=1), 1, atol=1e-6)
+    assert np.array_equal(tiny.embed(TEXTS[3]), v[3:4])
+    assert tiny.embed([]).shape == (0, tiny.dimensions)
+
+
+def test_matryoshka_dimensions(tiny: LocalEmbedder) -> None:
+    full = tiny.embed(TEXTS)
+    d32 = tiny.embed(TEXTS, dimensions=32)
+    assert d32.shape == (len(TEXTS), 32)
+    expect = full[:, :32] / np.linalg.norm(full[:, :32], axis=1, keepdims=True)
+    assert np.allclose(d32, expect, atol=1e-6)
+    assert np.allclose(np.linalg.norm(d32, axis=1), 1, atol=1e-6)
+    for bad in (31, 65, 0):
+        with pytest.raises(ValueError, match="dimensions"):
+            tiny.embed(["x"], dimensions=bad)
+
+
+def test_query_defaults_and_instruction(tiny: LocalEmbedder) -> None:
+    assert tiny.default_task == DEFAULT_TASK  # read from config_sentence_transformers.json
+    q = tiny.embed_queries(["find me"])
+    assert np.array_equal(q, tiny.embed([format_query("find me", DEFAULT_TASK)]))
+    assert np.array_equal(q, tiny.embed(["find me"], instruction=DEFAULT_TASK))
+    assert np.array_equal(tiny.embed_queries(["x"], task="sts"),
+                          tiny.embed(["Instruct: Retrieve semantically similar text\nQuery:x"]))
+    assert not np.allclose(q, tiny.embed_documents(["find me"]))
+
+
+def test_bad_inputs_are_clear_errors(tiny: LocalEmbedder) -> None:
+    with pytest.raises(ValueError, match=r"texts\[1\]"):
+        tiny.embed(["ok", 3])  # type: ignore[list-item]
+    with pytest.raises(ValueError, match="string or a sequence"):
+        tiny.embed(b"bytes")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="outside"):
+        tiny.embed_token_ids([[1, 2, 10**7]])
+    with pytest.raises(ValueError, match="empty token list"):
+        tiny.embed_token_ids([[]])
+
+
+def test_long_inputs_error_or_truncate(tiny: LocalEmbedder) -> None:
+    long = "token " * 2000  # the tiny config allows 512 positions
+    with pytest.raises(InputTooLongError, match="at most 512"):
+        tiny.embed(["short", long])
+    v = tiny.embed([long], truncate=True)
+    ids = tiny.tokenize([long], truncate=True)[0]
+    assert len(ids) == 512 and ids[-1] == tiny.tokenizer.eos_id
+    assert np.array_equal(v, tiny.embed_token_ids([ids]))
+
+
+def test_long_input_parity(tiny_dir: Path, tiny: LocalEmbedder) -> None:
+    text = " ".join(f"слово{i}" for i in range(90))
+    assert 300 < tiny.count_tokens([text])[0] <= 512
+    _close(tiny.embed([text, "short"]), reference_embed(tiny_dir, [text, "short"]))
+
+
+def test_token_ids_append_eos_once(tiny: LocalEmbedder) -> None:
+    ids = tiny.tokenize(["hello world"])[0]
+    assert np.array_equal(tiny.embed_token_ids([ids[:-1]]), tiny.embed_token_ids([ids]))
+    assert np.array_equal(tiny.embed_token_ids([ids]), tiny.embed(["hello world"]))
+
+
+def test_int8_close_to_fp32(tiny_dir: Path, tiny: LocalEmbedder) -> None:
+    q = Embedder.load(str(tiny_dir), device="cpu", quantize="int8")
+    a, b = q.embed(TEXTS), tiny.embed(TEXTS)
+    assert (a * b).sum(axis=1).min() >= 0.99
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+def test_half_precision_finite_and_close(tiny_dir: Path, tiny: LocalEmbedder, dtype: str) -> None:
+    h = Embedder.load(str(tiny_dir), device="cpu", dtype=dtype)
+    v = h.embed(TEXTS)
+    assert np.isfinite(v).all()
+    assert (v * tiny.embed(TEXTS)).sum(axis=1).min() >= 0.99
+
+
+def test_engine_config_errors(tiny_dir: Path) -> None:
+    with pytest.raises(ValueError, match="quantize"):
+        Embedder.load(str(tiny_dir), device="cpu", quantize="int4")
+    with pytest.raises(ValueError, match="dtype"):
+        Embedder.load(str(tiny_dir), device="cpu", dtype="float8")
+    with pytest.raises(ValueError, match="int8"):
+        Embedder.load(str(tiny_dir), device="cpu", dtype="bfloat16", quantize="int8")
+
+
+def test_max_tokens_option_lowers_the_limit(tiny_dir: Path) -> None:
+    e = Embedder.load(str(tiny_dir), device="cpu", max_tokens=8)
+    assert e.max_tokens == 8
+    with pytest.raises(InputTooLongError):
+        e.embed(["one two three four five six seven eight nine ten"])
+
+
+def test_count_tokens(tiny: LocalEmbedder) -> None:
+    assert tiny.count_tokens(["", "a"]) == [1, 2]
+    assert tiny.count_tokens("a") == [2]
+
+
+def test_fresh_checkpoint_other_seed_differs(tmp_path: Path, tiny: LocalEmbedder) -> None:
+    other = Embedder.load(str(build_tiny(tmp_path / "o", seed=7).path), device="cpu")
+    assert not np.allclose(other.embed(["x"]), tiny.embed(["x"]))

@@ -1,0 +1,25 @@
+import pytest
+
+from smysl.prompts import DEFAULT_TASK, QUERY_TEMPLATE, TASK_PRESETS, format_query, resolve_task
+
+
+def test_query_template_is_exact() -> None:
+    # no space after "Query:", newline between instruction and query
+    assert format_query("what is x?", "Find it") == "Instruct: Find it\nQuery:what is x?"
+    assert QUERY_TEMPLATE == "Instruct: {task}\nQuery:{text}"
+
+
+def test_documents_and_blank_tasks_have_no_instruction() -> None:
+    assert format_query("doc", None) == "doc"
+    assert format_query("doc", "   ") == "doc"
+
+
+def test_presets_resolve_and_custom_text_is_verbatim() -> None:
+    assert resolve_task("retrieval") == DEFAULT_TASK
+    assert resolve_task("sts") == TASK_PRESETS["sts"] == "Retrieve semantically similar text"
+    assert resolve_task("Classify spam") == "Classify spam"
+
+
+def test_non_string_instruction_is_rejected() -> None:
+    with pytest.raises(ValueError, match="instruction must be a string"):
+        resolve_task(3)  # type: ignore[arg-type]

@@ -1,0 +1,69 @@
+"""EOS exactly once with both tokenizer variants; truncation is explicit and keeps EOS last."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from conftest import EOS, TEXTS, embedding_tokenizer_json, require_tokenizer
+from smysl.tokenize import InputTooLongError, Tokenizer
+
+
+@pytest.fixture(scope="module")
+def both(tmp_path_factory: pytest.TempPathFactory) -> tuple[Tokenizer, Tokenizer]:
+    base = Tokenizer(require_tokenizer() / "tokenizer.json", max_tokens=64)
+    path = tmp_path_factory.mktemp("tok") / "tokenizer.json"
+    path.write_text(json.dumps(embedding_tokenizer_json()), encoding="utf-8")
+    return base, Tokenizer(path, max_tokens=64)
+
+
+def test_variants_detected(both: tuple[Tokenizer, Tokenizer]) -> None:
+    base, emb = both
+    assert not base.appends_eos
+    assert emb.appends_eos
+    assert base.eos_id == emb.eos_id == EOS
+
+
+def test_eos_exactly_once_and_identical_ids(both: tuple[Tokenizer, Tokenizer]) -> None:
+    base, emb = both
+    a, b = base.encode(TEXTS[:2] + [""]), emb.encode(TEXTS[:2] + [""])
+    assert a == b
+    for ids in a:
+        assert ids[-1] == EOS and EOS not in ids[:-1]
+    assert a[2] == [EOS]  # an empty text is the EOS token alone
+    lens = [len(x) for x in base.encode(TEXTS, max_tokens=10_000)]
+    assert base.count(TEXTS) == emb.count(TEXTS) == lens
+
+
+def test_over_long_input_is_an_error_by_default(both: tuple[Tokenizer, Tokenizer]) -> None:
+    base, _ = both
+    long = "слово " * 200
+    with pytest.raises(InputTooLongError, match="truncate"):
+        base.encode(["short", long])
+
+
+@pytest.mark.parametrize("direction", ["right", "left"])
+def test_truncation_keeps_eos_last(both: tuple[Tokenizer, Tokenizer], direction: str) -> None:
+    for tok in both:
+        long = "one two three four five six seven eight nine ten " * 20
+        full = tok.count([long])[0]
+        ids = tok.encode([long], truncate=True, direction=direction)[0]  # type: ignore[arg-type]
+        assert len(ids) == 64 < full
+        assert ids[-1] == EOS and EOS not in ids[:-1]
+        untruncated = tok.encode([long], max_tokens=10_000)[0]
+        expect = untruncated[:63] if direction == "right" else untruncated[-64:-1]
+        assert ids[:-1] == expect
+
+
+def test_bad_direction(both: tuple[Tokenizer, Tokenizer]) -> None:
+    with pytest.raises(ValueError, match="direction"):
+        both[0].encode(["x"], direction="middle")  # type: ignore[arg-type]
+
+
+def test_tokenizer_without_eos_token_is_rejected(tmp_path: Path) -> None:
+    tok = json.loads((require_tokenizer() / "tokenizer.json").read_text(encoding="utf-8"))
+    tok["added_tokens"] = [t for t in tok["added_tokens"] if t["content"] != "<|endoftext|>"]
+    tok["model"]["vocab"].pop("<|endoftext|>", None)
+    (tmp_path / "tokenizer.json").write_text(json.dumps(tok), encoding="utf-8")
+    with pytest.raises(ValueError, match="endoftext"):
+        Tokenizer(tmp_path / "tokenizer.json", max_tokens=8)
