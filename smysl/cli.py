@@ -13,6 +13,7 @@ from collections.abc import Sequence
 #: Subcommand name -> module. Add a line here to add a command.
 COMMANDS: dict[str, str] = {
     "embed": "smysl.commands.embed",
+    "serve": "smysl.commands.serve",
 }
 
 

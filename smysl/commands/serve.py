@@ -1,0 +1,65 @@
+"""``smysl serve``: an OpenAI-, Ollama- and TEI-compatible embedding server."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+HELP = "serve a model over OpenAI-, Ollama- and TEI-compatible HTTP APIs"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", required=True, help="checkpoint dir, Hub id, alias or scheme:model")
+    p.add_argument("--host", default="127.0.0.1", help="interface to bind (default: loopback)")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--api-key", default=None,
+                   help="require 'Authorization: Bearer KEY' (default: $SMYSL_API_KEY, else none)")
+    p.add_argument("--served-name", default=None, help="extra model name clients may send")
+    p.add_argument("--dimensions", type=int, default=None,
+                   help="default output size when a request names none (Matryoshka)")
+    p.add_argument("--max-batch-tokens", type=int, default=None,
+                   help="token budget of one batch (default: the engine's)")
+    p.add_argument("--max-batch-requests", type=int, default=256)
+    p.add_argument("--max-wait-ms", type=float, default=2.0,
+                   help="how long an idle-time request waits for companions")
+    p.add_argument("--max-queue", type=int, default=512,
+                   help="requests waiting for compute before 429")
+    p.add_argument("--max-inputs", type=int, default=2048, help="inputs per request")
+    p.add_argument("--max-request-mb", type=float, default=16.0, help="request body limit")
+    p.add_argument("--allow-empty-input", action="store_true",
+                   help="embed empty strings (EOS alone) instead of answering 400")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--dtype", default="auto")
+    p.add_argument("--quantize", choices=["int8"], default=None)
+
+
+def run(args: argparse.Namespace) -> int:
+    from smysl.server import ServerConfig, serve
+
+    config = ServerConfig.from_env(
+        host=args.host, port=args.port, api_key=args.api_key, served_name=args.served_name,
+        max_batch_tokens=args.max_batch_tokens, max_batch_requests=args.max_batch_requests,
+        max_wait_ms=args.max_wait_ms, max_queue=args.max_queue, max_inputs=args.max_inputs,
+        max_request_bytes=int(args.max_request_mb * 1024 * 1024),
+        default_dimensions=args.dimensions, allow_empty=args.allow_empty_input)
+
+    from smysl.base import split_scheme
+    from smysl.embedder import Embedder
+
+    options = {}
+    if split_scheme(args.model)[0] is None:  # local engine options
+        options = dict(device=args.device, dtype=args.dtype, quantize=args.quantize,
+                       max_batch_tokens=args.max_batch_tokens)
+    model = Embedder.load(args.model, **options)
+    name = config.served_name or model.name
+    print(f"smysl serve: loaded {model.name!r} ({type(model).__name__}, {model.dimensions} dims, "
+          f"max {model.max_tokens} tokens) as {name!r}", file=sys.stderr)
+    host = f"[{config.host}]" if ":" in config.host else config.host
+    print(f"smysl serve: listening on http://{host}:{config.port} — OpenAI /v1/embeddings, "
+          "Ollama /api/embed, TEI /embed, metrics /metrics"
+          + ("; API key required" if config.api_key else ""), file=sys.stderr)
+    try:
+        serve(model, config)
+    finally:
+        model.close()
+    return 0

@@ -1,0 +1,48 @@
+"""The embedding server: OpenAI-, Ollama- and TEI-compatible HTTP APIs over any
+:class:`~smysl.base.BaseEmbedder`, with dynamic batching, backpressure, auth and metrics.
+
+>>> from smysl.server import create_app, ServerConfig    # doctest: +SKIP
+>>> app = create_app(embedder, ServerConfig(api_key="k"))  # doctest: +SKIP
+
+Needs the ``server`` extra: ``pip install 'smysl[server]'``.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from smysl.server.config import ServerConfig
+
+if TYPE_CHECKING:
+    from fastapi import FastAPI
+
+    from smysl.base import BaseEmbedder
+
+__all__ = ["ServerConfig", "create_app", "serve"]
+
+_HINT = "the server needs its extra: pip install 'smysl[server]'"
+
+
+def _require() -> None:
+    try:
+        import fastapi  # noqa: F401
+        import prometheus_client  # noqa: F401
+        import uvicorn  # noqa: F401
+    except ImportError as e:
+        raise ImportError(f"{_HINT} (missing {e.name})") from e
+
+
+def create_app(embedder: BaseEmbedder, config: ServerConfig | None = None) -> FastAPI:
+    """Build the ASGI app for ``embedder``; see :func:`smysl.server.app.create_app`."""
+    _require()
+    from smysl.server.app import create_app as _create
+
+    return _create(embedder, config)
+
+
+def serve(embedder: BaseEmbedder, config: ServerConfig, **uvicorn_options: Any) -> None:
+    """Run the server with uvicorn until interrupted; see :func:`smysl.server.app.serve`."""
+    _require()
+    from smysl.server.app import serve as _serve
+
+    _serve(embedder, config, **uvicorn_options)

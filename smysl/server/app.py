@@ -1,0 +1,216 @@
+"""The ASGI application: routes of all three APIs, auth, body limits, metrics, error shapes."""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.responses import Response
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from smysl.base import BaseEmbedder
+from smysl.server import ollama_routes, openai_routes, tei_routes
+from smysl.server.config import ServerConfig
+from smysl.server.errors import ApiError, api_of, render
+from smysl.server.metrics import Metrics
+from smysl.server.service import Service
+
+log = logging.getLogger("smysl.server")
+
+#: Paths reachable without the API key: probes and API tooling.
+OPEN_PATHS = frozenset({"/health", "/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc"})
+
+
+def create_app(embedder: BaseEmbedder, config: ServerConfig | None = None) -> FastAPI:
+    """Build the server for ``embedder`` (any :class:`~smysl.base.BaseEmbedder`)."""
+    config = config or ServerConfig()
+    metrics = Metrics()
+    service = Service(embedder, config, metrics)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        service.batcher.start()
+        yield
+        # uvicorn has stopped accepting and waited for in-flight requests; finish what is queued.
+        await service.batcher.close()
+
+    from smysl import __version__
+
+    app = FastAPI(title="smysl embedding server", version=__version__, lifespan=lifespan,
+                  description="OpenAI-, Ollama- and TEI-compatible embeddings for "
+                              f"{service.model_id}. See docs/server.md.")
+    app.state.service = service
+    app.state.metrics = metrics
+    app.include_router(openai_routes.router(service))
+    app.include_router(ollama_routes.router(service))
+    app.include_router(tei_routes.router(service))
+
+    @app.get("/metrics", tags=["ops"])
+    async def prometheus() -> Response:
+        """Prometheus text exposition."""
+        return Response(metrics.render(), media_type=metrics.content_type)
+
+    def answer(request: Request, err: ApiError) -> Response:
+        api = api_of(request.url.path)
+        metrics.errors.labels(api, err.kind).inc()
+        return render(err, api)
+
+    @app.exception_handler(ApiError)
+    async def on_api_error(request: Request, exc: ApiError) -> Response:
+        return answer(request, exc)
+
+    @app.exception_handler(RequestValidationError)
+    async def on_validation(request: Request, exc: RequestValidationError) -> Response:
+        return answer(request, validation_error(exc))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def on_http(request: Request, exc: StarletteHTTPException) -> Response:
+        if exc.status_code == 404:
+            err = ApiError("route_not_found", f"no route {request.method} {request.url.path}")
+        elif exc.status_code == 405:
+            err = ApiError("method_not_allowed",
+                           f"{request.method} is not allowed on {request.url.path}")
+        else:
+            err = ApiError("malformed" if exc.status_code < 500 else "internal", str(exc.detail))
+        return answer(request, err)
+
+    @app.exception_handler(Exception)
+    async def on_crash(request: Request, exc: Exception) -> Response:
+        log.exception("unhandled error on %s %s", request.method, request.url.path)
+        return answer(request, ApiError("internal", f"internal error: {type(exc).__name__}"))
+
+    app.add_middleware(EdgeMiddleware, config=config, metrics=metrics)
+    return app
+
+
+def validation_error(exc: RequestValidationError) -> ApiError:
+    """FastAPI's validation report as one readable message naming the fields to fix."""
+    errors = list(exc.errors())
+    if any(e.get("type") == "json_invalid" for e in errors):
+        ctx = next(e for e in errors if e.get("type") == "json_invalid").get("ctx") or {}
+        return ApiError("malformed", "request body is not valid JSON"
+                        + (f": {ctx.get('error')}" if ctx.get("error") else ""))
+    parts = []
+    for e in errors[:5]:
+        loc = ".".join(str(x) for x in e.get("loc", ()) if x != "body") or "body"
+        parts.append(f"{loc}: {e.get('msg', 'invalid')}")
+    more = f" (and {len(errors) - 5} more)" if len(errors) > 5 else ""
+    first = tuple(errors[0].get("loc", ())) if errors else ()
+    param = str(first[1]) if len(first) > 1 else None
+    return ApiError("invalid", "invalid request: " + "; ".join(parts) + more, param=param)
+
+
+_ROUTES = frozenset({"/v1/embeddings", "/v1/models", "/api/embed", "/api/embeddings",
+                     "/api/tags", "/api/show", "/api/version", "/embed", "/tokenize", "/info",
+                     "/health", "/metrics"})
+
+
+class EdgeMiddleware:
+    """Pure ASGI (no per-request task, disconnects stay visible): body size limit, bearer auth,
+    request counting and latency. Runs before routing, so it answers in the API's error shape."""
+
+    def __init__(self, app: ASGIApp, config: ServerConfig, metrics: Metrics) -> None:
+        self.app = app
+        self.config = config
+        self.metrics = metrics
+        self._key = config.api_key.encode() if config.api_key else None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        path: str = scope["path"]
+        api = api_of(path)
+        route = path if path in _ROUTES else ("/v1/models/{model}"
+                                              if path.startswith("/v1/models/") else "other")
+        start = time.perf_counter()
+        status = {"code": 500}
+
+        async def send_wrapper(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                status["code"] = message["status"]
+            await send(message)
+
+        try:
+            err = self._check_auth(scope, path)
+            if err is None:
+                body, err = await self._read_body(scope, receive)
+            if err is not None:
+                self.metrics.errors.labels(api, err.kind).inc()
+                await render(err, api)(scope, receive, send_wrapper)
+                return
+            await self.app(scope, _replay(body, receive), send_wrapper)
+        finally:
+            self.metrics.requests.labels(api, route, str(status["code"])).inc()
+            self.metrics.latency.labels(api, route).observe(time.perf_counter() - start)
+
+    def _check_auth(self, scope: Scope, path: str) -> ApiError | None:
+        if self._key is None or path in OPEN_PATHS:
+            return None
+        headers = dict(scope.get("headers") or [])
+        auth: bytes = headers.get(b"authorization", b"")
+        scheme, _, token = auth.partition(b" ")
+        # compare_digest: the time taken does not reveal how much of the key matched
+        if scheme.lower() == b"bearer" and hmac.compare_digest(token.strip(), self._key):
+            return None
+        return ApiError("unauthorized", "missing or wrong API key; send the header "
+                        "'Authorization: Bearer <key>'",
+                        headers={"WWW-Authenticate": "Bearer"})
+
+    async def _read_body(self, scope: Scope, receive: Receive) -> tuple[bytes, ApiError | None]:
+        """Read the body up to the limit (rejecting early on Content-Length)."""
+        limit = self.config.max_request_bytes
+        too_big = ApiError("payload_too_large", f"request body is larger than {limit} bytes; "
+                           "send fewer or shorter inputs per request")
+        headers = dict(scope.get("headers") or [])
+        length = headers.get(b"content-length")
+        if length is not None:
+            try:
+                if int(length) > limit:
+                    return b"", too_big
+            except ValueError:
+                return b"", ApiError("malformed", "Content-Length is not a number")
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":
+                break  # client gone; the app will see the disconnect
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > limit:
+                return b"", too_big
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                break
+        return b"".join(chunks), None
+
+
+def _replay(body: bytes, receive: Receive) -> Receive:
+    """A receive that yields the already read body once, then the real stream (disconnects)."""
+    sent = False
+
+    async def replay() -> Message:
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()
+
+    return replay
+
+
+def serve(embedder: BaseEmbedder, config: ServerConfig, **uvicorn_options: Any) -> None:
+    """Run the server with uvicorn until interrupted (SIGINT/SIGTERM shut down gracefully)."""
+    import uvicorn
+
+    app = create_app(embedder, config)
+    uvicorn.run(app, host=config.host, port=config.port, log_level="info",
+                timeout_graceful_shutdown=int(config.graceful_timeout_s), **uvicorn_options)

@@ -1,0 +1,87 @@
+"""One error type for the whole server, rendered in the shape of whichever API the client speaks.
+
+OpenAI clients expect ``{"error": {"message", "type", "param", "code"}}``, Ollama clients
+``{"error": "..."}`` and TEI clients ``{"error": "...", "error_type": "..."}``; each API also
+has its own status code for a few kinds (TEI answers 413 for validation, for instance).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from starlette.responses import JSONResponse
+
+Api = Literal["openai", "ollama", "tei"]
+
+#: kind -> (OpenAI status, Ollama status, TEI status, TEI error_type)
+_KINDS: dict[str, tuple[int, int, int, str]] = {
+    "malformed": (400, 400, 400, "Validation"),
+    "invalid": (400, 400, 422, "Validation"),
+    "empty": (400, 400, 400, "Empty"),
+    "too_long": (400, 400, 413, "Validation"),
+    "too_many": (400, 400, 413, "Validation"),
+    "payload_too_large": (413, 413, 413, "Validation"),
+    "unsupported": (400, 400, 422, "Validation"),
+    "not_implemented": (501, 501, 501, "Backend"),
+    "not_found": (404, 404, 404, "Validation"),
+    "route_not_found": (404, 404, 404, "Validation"),
+    "method_not_allowed": (405, 405, 405, "Validation"),
+    "unauthorized": (401, 401, 401, "Unauthorized"),
+    "overloaded": (429, 429, 429, "Overloaded"),
+    "shutting_down": (503, 503, 503, "Unhealthy"),
+    "internal": (500, 500, 424, "Backend"),
+}
+
+_OPENAI_TYPE = {
+    "unauthorized": "invalid_request_error",
+    "overloaded": "requests",
+    "shutting_down": "server_error",
+    "internal": "server_error",
+    "not_implemented": "server_error",
+}
+_OPENAI_CODE = {
+    "not_found": "model_not_found",
+    "unauthorized": "invalid_api_key",
+    "overloaded": "rate_limit_exceeded",
+}
+
+
+class ApiError(Exception):
+    """A request the server answers with an error; ``kind`` picks the status per API."""
+
+    def __init__(self, kind: str, message: str, *, param: str | None = None,
+                 headers: dict[str, str] | None = None) -> None:
+        if kind not in _KINDS:
+            raise ValueError(f"unknown error kind {kind!r}")
+        super().__init__(message)
+        self.kind = kind
+        self.message = message
+        self.param = param
+        self.headers = headers or {}
+
+    def status(self, api: Api) -> int:
+        openai, ollama, tei, _ = _KINDS[self.kind]
+        return {"openai": openai, "ollama": ollama, "tei": tei}[api]
+
+
+def api_of(path: str) -> Api:
+    """Which API a path belongs to (decides the error shape)."""
+    if path.startswith("/v1/") or path == "/v1":
+        return "openai"
+    if path.startswith("/api/"):
+        return "ollama"
+    return "tei"
+
+
+def render(err: ApiError, api: Api) -> JSONResponse:
+    """The error as that API's clients expect it."""
+    body: object
+    if api == "openai":
+        body = {"error": {"message": err.message,
+                          "type": _OPENAI_TYPE.get(err.kind, "invalid_request_error"),
+                          "param": err.param, "code": _OPENAI_CODE.get(err.kind)}}
+    elif api == "ollama":
+        body = {"error": err.message}
+    else:
+        body = {"error": err.message, "error_type": _KINDS[err.kind][3]}
+    return JSONResponse(body, status_code=err.status(api), headers=err.headers)

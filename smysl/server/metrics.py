@@ -1,0 +1,50 @@
+"""Prometheus metrics of one server instance (own registry: several apps may share a process)."""
+
+from __future__ import annotations
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+
+_LATENCY = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+_SIZES = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048)
+_TOKENS = (16, 64, 256, 1024, 2048, 4096, 8192, 16384, 32768, 65536)
+
+
+class Metrics:
+    """All counters, gauges and histograms the server exports at ``GET /metrics``."""
+
+    content_type = CONTENT_TYPE_LATEST
+
+    def __init__(self) -> None:
+        r = self.registry = CollectorRegistry()
+        self.requests = Counter("smysl_requests", "HTTP requests answered",
+                                ["api", "route", "status"], registry=r)
+        self.errors = Counter("smysl_errors", "Error responses by kind", ["api", "kind"],
+                              registry=r)
+        self.latency = Histogram("smysl_request_seconds", "Request latency, end to end",
+                                 ["api", "route"], buckets=_LATENCY, registry=r)
+        self.queue_depth = Gauge("smysl_queue_depth", "Requests waiting for compute", registry=r)
+        self.queue_seconds = Histogram("smysl_queue_seconds", "Time a request waited for compute",
+                                       buckets=_LATENCY, registry=r)
+        self.compute_seconds = Histogram("smysl_compute_seconds", "Backend time per batch",
+                                         buckets=_LATENCY, registry=r)
+        self.batch_inputs = Histogram("smysl_batch_inputs", "Inputs per coalesced batch",
+                                      buckets=_SIZES, registry=r)
+        self.batch_requests = Histogram("smysl_batch_requests", "Requests per coalesced batch",
+                                        buckets=_SIZES, registry=r)
+        self.batch_tokens = Histogram("smysl_batch_tokens", "Tokens per coalesced batch",
+                                      buckets=_TOKENS, registry=r)
+        self.inputs = Counter("smysl_inputs", "Inputs embedded", registry=r)
+        self.tokens = Counter("smysl_tokens", "Tokens embedded (estimated where the backend "
+                              "cannot count)", registry=r)
+        self.dropped = Counter("smysl_dropped_requests", "Requests dropped before compute",
+                               ["reason"], registry=r)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

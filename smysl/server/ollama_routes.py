@@ -1,0 +1,147 @@
+"""Ollama-compatible routes: ``/api/embed``, legacy ``/api/embeddings``, ``/api/tags``,
+``/api/show`` and ``/api/version``.
+
+Differences from Ollama, on purpose: vectors are always unit length (Ollama's legacy route
+returns raw ones), ``keep_alive`` and ``options`` are accepted and ignored (the model stays
+loaded for the life of the server), and, as in Ollama, ``truncate`` defaults to true.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from datetime import UTC, datetime
+from typing import Any
+
+from fastapi import APIRouter, Request, Response
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr
+
+from smysl.server.http import json_response
+from smysl.server.service import Service
+
+#: The Ollama API level these routes follow (clients gate features such as ``dimensions`` on it).
+OLLAMA_API_VERSION = "0.12.0"
+
+KeepAlive = StrictStr | StrictInt | float | None
+
+
+class EmbedRequest(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    model: StrictStr | None = Field(None, description="served model name (any alias)")
+    input: StrictStr | list[StrictStr] = Field(description="text or list of texts")
+    truncate: StrictBool = True
+    dimensions: StrictInt | None = None
+    keep_alive: KeepAlive = None
+    options: dict[str, Any] | None = None
+    instruction: StrictStr | None = Field(
+        None, description="smysl extension: query instruction or task preset name")
+    input_type: StrictStr | None = Field(
+        None, description="smysl extension: 'query' or 'document'")
+
+
+class EmbedResponse(BaseModel):
+    model: str
+    embeddings: list[list[float]]
+    total_duration: int
+    load_duration: int
+    prompt_eval_count: int
+
+
+class LegacyEmbeddingsRequest(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    model: StrictStr | None = None
+    prompt: StrictStr = ""
+    keep_alive: KeepAlive = None
+    options: dict[str, Any] | None = None
+
+
+class LegacyEmbeddingsResponse(BaseModel):
+    embedding: list[float]
+
+
+class ShowRequest(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    model: StrictStr | None = None
+    name: StrictStr | None = Field(None, description="deprecated alias of model")
+    verbose: StrictBool | None = None
+
+
+def router(service: Service) -> APIRouter:
+    r = APIRouter(prefix="/api", tags=["ollama"])
+    emb = service.embedder
+    modified = datetime.fromtimestamp(service.started, UTC).isoformat()
+    # Not a content hash (the weights stay behind the BaseEmbedder contract): a stable id of the
+    # served name, so clients that key caches on the digest see one model.
+    digest = hashlib.sha256(service.model_id.encode()).hexdigest()
+    details = {"parent_model": "", "format": "safetensors", "family": "qwen3",
+               "families": ["qwen3"], "parameter_size": "",
+               "quantization_level": str(getattr(emb, "quantize", None) or "")}
+
+    @r.post("/embed", response_model=EmbedResponse)
+    async def embed(body: EmbedRequest, request: Request) -> Response:
+        """Embed one text or a list (Ollama ``/api/embed``)."""
+        model = service.resolve_model(body.model)
+        dims = service.dimensions(body.dimensions)
+        texts = [body.input] if isinstance(body.input, str) else list(body.input)
+        if not texts:
+            # Ollama answers an empty input with no embeddings: clients use it to preload.
+            return json_response({"model": model, "embeddings": [], "total_duration": 0,
+                                  "load_duration": 0, "prompt_eval_count": 0})
+        service.check_texts(texts)
+        task = service.instruction(body.instruction, body.input_type)
+        result = await service.embed_texts(texts, instruction=task, dimensions=dims,
+                                           truncate=body.truncate,
+                                           is_disconnected=request.is_disconnected)
+        return json_response({"model": model, "embeddings": result.vectors.tolist(),
+                              "total_duration": int(result.total_s * 1e9), "load_duration": 0,
+                              "prompt_eval_count": result.tokens},
+                             headers=service.timing_headers(result))
+
+    @r.post("/embeddings", response_model=LegacyEmbeddingsResponse)
+    async def embeddings(body: LegacyEmbeddingsRequest, request: Request) -> Response:
+        """Legacy single-prompt embedding (Ollama ``/api/embeddings``)."""
+        service.resolve_model(body.model)
+        if body.prompt == "":
+            # Ollama's legacy route answers an empty prompt with an empty embedding (a preload).
+            return json_response({"embedding": []})
+        service.check_texts([body.prompt], "prompt")
+        result = await service.embed_texts([body.prompt], instruction=None,
+                                           dimensions=service.dimensions(None), truncate=True,
+                                           is_disconnected=request.is_disconnected,
+                                           what="prompt")
+        return json_response({"embedding": result.vectors[0].tolist()},
+                             headers=service.timing_headers(result))
+
+    def entry() -> dict[str, object]:
+        return {"name": service.model_id, "model": service.model_id, "modified_at": modified,
+                "size": 0, "digest": digest, "details": details}
+
+    @r.get("/tags")
+    async def tags() -> Response:
+        """Models this server serves (one)."""
+        return json_response({"models": [entry()]})
+
+    @r.post("/show")
+    async def show(body: ShowRequest) -> Response:
+        """Model details (Ollama ``/api/show``)."""
+        service.resolve_model(body.model if body.model is not None else body.name)
+        info: dict[str, object] = {
+            "general.architecture": "qwen3",
+            "general.basename": service.model_id,
+            "qwen3.embedding_length": emb.dimensions,
+        }
+        if emb.max_tokens:
+            info["qwen3.context_length"] = emb.max_tokens
+        return json_response({"license": "", "modelfile": f"FROM {service.model_id}\n",
+                              "parameters": "", "template": "", "details": details,
+                              "model_info": info, "capabilities": ["embedding"],
+                              "modified_at": modified})
+
+    @r.get("/version")
+    async def version() -> Response:
+        """The Ollama API level emulated."""
+        return json_response({"version": OLLAMA_API_VERSION})
+
+    return r

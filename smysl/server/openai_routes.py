@@ -1,0 +1,135 @@
+"""OpenAI-compatible routes: ``POST /v1/embeddings``, ``GET /v1/models``, ``GET /v1/models/{id}``.
+
+Extensions (ignored by OpenAI's own API, accepted here): ``instruction`` (a task description or
+preset name; makes the inputs queries), ``input_type`` (``query`` or ``document``) and
+``truncate`` (OpenAI never truncates; default false).
+"""
+
+from __future__ import annotations
+
+import base64
+from typing import Literal
+
+from fastapi import APIRouter, Request, Response
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr
+
+from smysl.server.errors import ApiError
+from smysl.server.http import json_response
+from smysl.server.service import Service
+
+Input = StrictStr | list[StrictStr] | list[StrictInt] | list[list[StrictInt]]
+
+
+class EmbeddingRequest(BaseModel):
+    """OpenAI's embeddings request plus smysl's extensions."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    input: Input = Field(description="text, list of texts, token ids, or lists of token ids")
+    model: StrictStr | None = Field(None, description="served model name (any alias)")
+    encoding_format: Literal["float", "base64"] | None = "float"
+    dimensions: StrictInt | None = Field(None, description="Matryoshka output size")
+    user: StrictStr | None = None
+    instruction: StrictStr | None = Field(
+        None, description="smysl extension: query instruction or task preset name")
+    input_type: Literal["query", "document", "passage"] | None = Field(
+        None, description="smysl extension: embed inputs as queries or documents")
+    truncate: StrictBool = Field(False, description="smysl extension: truncate over-long input")
+
+
+class EmbeddingData(BaseModel):
+    object: Literal["embedding"] = "embedding"
+    index: int
+    embedding: list[float] | str
+
+
+class Usage(BaseModel):
+    prompt_tokens: int
+    total_tokens: int
+
+
+class EmbeddingResponse(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[EmbeddingData]
+    model: str
+    usage: Usage
+
+
+class ModelCard(BaseModel):
+    id: str
+    object: Literal["model"] = "model"
+    created: int
+    owned_by: str
+
+
+class ModelList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[ModelCard]
+
+
+def split_input(inp: object) -> tuple[list[str] | None, list[list[int]]]:
+    """OpenAI's four input forms -> (texts, None) or (None, token-id lists)."""
+    if isinstance(inp, str):
+        return [inp], []
+    items = list(inp) if isinstance(inp, list) else []
+    if items and all(isinstance(x, str) for x in items):
+        return [str(x) for x in items], []
+    if items and all(isinstance(x, int) for x in items):
+        return None, [[int(x) for x in items]]
+    if all(isinstance(x, list) for x in items):
+        return None, [[int(t) for t in x] for x in items]
+    raise ApiError("invalid", "input must be a string, a list of strings, a list of token ids "
+                   "or a list of token-id lists", param="input")
+
+
+def router(service: Service) -> APIRouter:
+    r = APIRouter(prefix="/v1", tags=["openai"])
+
+    def card() -> dict[str, object]:
+        return {"id": service.model_id, "object": "model", "created": int(service.started),
+                "owned_by": "smysl"}
+
+    @r.post("/embeddings", response_model=EmbeddingResponse)
+    async def embeddings(body: EmbeddingRequest, request: Request) -> Response:
+        """Create embeddings (OpenAI ``embeddings.create``)."""
+        model = service.resolve_model(body.model)
+        dims = service.dimensions(body.dimensions)
+        texts, ids = split_input(body.input)
+        if texts is not None:
+            service.check_texts(texts)
+            task = service.instruction(body.instruction, body.input_type)
+            result = await service.embed_texts(texts, instruction=task, dimensions=dims,
+                                               truncate=body.truncate,
+                                               is_disconnected=request.is_disconnected)
+        else:
+            if body.instruction is not None or body.input_type == "query":
+                raise ApiError("invalid", "instruction and input_type 'query' apply to text "
+                               "input only; apply the query template before tokenising",
+                               param="instruction")
+            result = await service.embed_ids(ids, dimensions=dims, truncate=body.truncate,
+                                             is_disconnected=request.is_disconnected)
+        vectors = result.vectors
+        if body.encoding_format == "base64":
+            # float32 little-endian bytes, as OpenAI returns them and its SDK decodes them
+            le = vectors.astype("<f4", copy=False)
+            emb: list[object] = [base64.b64encode(row.tobytes()).decode("ascii") for row in le]
+        else:
+            emb = vectors.tolist()
+        data = [{"object": "embedding", "index": i, "embedding": e} for i, e in enumerate(emb)]
+        return json_response({"object": "list", "data": data, "model": model,
+                              "usage": {"prompt_tokens": result.tokens,
+                                        "total_tokens": result.tokens}},
+                             headers=service.timing_headers(result))
+
+    @r.get("/models", response_model=ModelList)
+    async def models() -> Response:
+        """The served model."""
+        return json_response({"object": "list", "data": [card()]})
+
+    @r.get("/models/{model:path}", response_model=ModelCard)
+    async def model(model: str) -> Response:
+        """One model, if it is the served one (404 otherwise)."""
+        service.resolve_model(model)
+        return json_response(card())
+
+    return r

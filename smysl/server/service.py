@@ -1,0 +1,229 @@
+"""What every API route shares: model-name resolution, input validation, token accounting, and the
+hand-off to the batcher. Routes only translate their wire format to and from these calls.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+
+import anyio
+import numpy as np
+
+from smysl.base import BaseEmbedder
+from smysl.hub import ALIASES
+from smysl.pooling import check_dimensions
+from smysl.prompts import resolve_task
+from smysl.server.batcher import Batcher, Job
+from smysl.server.config import ServerConfig
+from smysl.server.errors import ApiError
+from smysl.server.metrics import Metrics
+from smysl.tokenize import InputTooLongError
+
+Disconnected = Callable[[], Awaitable[bool]]
+
+#: Texts with more characters than this are tokenised off the event loop.
+_INLINE_CHARS = 4096
+
+
+@dataclass(frozen=True)
+class Embedded:
+    """Vectors of one request plus what the response headers and usage fields report."""
+
+    vectors: np.ndarray
+    tokens: int
+    queue_s: float
+    compute_s: float
+    total_s: float
+
+
+class Service:
+    """The loaded model behind all three APIs."""
+
+    def __init__(self, embedder: BaseEmbedder, config: ServerConfig, metrics: Metrics) -> None:
+        self.embedder = embedder
+        self.config = config
+        self.metrics = metrics
+        budget = config.max_batch_tokens or getattr(
+            getattr(embedder, "scheduler", None), "max_batch_tokens", None) or 8192
+        self.batcher = Batcher(embedder, metrics, max_batch_tokens=int(budget),
+                               max_batch_requests=config.max_batch_requests,
+                               max_wait_s=config.max_wait_ms / 1000,
+                               max_queue=config.max_queue)
+        #: The name the server reports; clients may send any of :attr:`names`.
+        self.model_id = config.served_name or embedder.name
+        self.names = self._accepted_names()
+        self.started = time.time()
+        if config.default_dimensions is not None:
+            check_dimensions(config.default_dimensions, embedder.dimensions,
+                             minimum=embedder.min_dimensions)
+
+    # ------------------------------------------------------------------ names
+    def _accepted_names(self) -> set[str]:
+        names = {self.embedder.name, self.model_id}
+        repo = ALIASES.get(self.embedder.name.lower(), self.embedder.name)
+        names.add(repo)
+        names.update(alias for alias, target in ALIASES.items() if target.lower() == repo.lower())
+        # A local directory is also known by its last path component.
+        names.add(self.embedder.name.rstrip("/\\").replace("\\", "/").rsplit("/", 1)[-1])
+        names.discard("")
+        return {n.lower() for n in names}
+
+    def resolve_model(self, name: str | None) -> str:
+        """The served model's id when ``name`` refers to it (or is absent); else 404."""
+        if name is None or not name.strip():
+            return self.model_id
+        n = name.strip().lower()
+        if n in self.names or n.removesuffix(":latest") in self.names:
+            return self.model_id
+        raise ApiError("not_found", f"model {name!r} is not served here; this server serves "
+                       f"{self.model_id!r} (also known as {sorted(self.names)})", param="model")
+
+    # ------------------------------------------------------------------ instructions
+    def instruction(self, instruction: str | None, input_type: str | None) -> str | None:
+        """Query instruction from the extensions: an instruction or preset, or input_type."""
+        kind = (input_type or "").strip().lower() or None
+        if kind not in (None, "query", "document", "passage"):
+            raise ApiError("invalid", f"input_type must be 'query' or 'document', got "
+                           f"{input_type!r}", param="input_type")
+        task = resolve_task(instruction) if instruction is not None else None
+        if task is not None and kind in ("document", "passage"):
+            raise ApiError("invalid", "an instruction makes the inputs queries; drop it or use "
+                           "input_type 'query'", param="instruction")
+        if kind == "query" and task is None:
+            task = self.embedder.default_task
+        if task is not None and not self.embedder.instruction_aware:
+            raise ApiError("unsupported", f"model {self.model_id!r} does not take instructions",
+                           param="instruction")
+        return task
+
+    def dimensions(self, requested: int | None) -> int:
+        dims = requested if requested is not None else self.config.default_dimensions
+        try:
+            return check_dimensions(dims, self.embedder.dimensions,
+                                    minimum=self.embedder.min_dimensions)
+        except ValueError as e:
+            raise ApiError("invalid", str(e), param="dimensions") from None
+
+    # ------------------------------------------------------------------ validation
+    def check_count(self, n: int, what: str = "input") -> None:
+        if n == 0:
+            raise ApiError("empty", f"{what} must not be empty; send at least one text",
+                           param=what)
+        if n > self.config.max_inputs:
+            raise ApiError("too_many", f"{what} has {n} items but at most "
+                           f"{self.config.max_inputs} are allowed per request; split it",
+                           param=what)
+
+    def check_texts(self, texts: Sequence[str], what: str = "input") -> None:
+        self.check_count(len(texts), what)
+        for i, t in enumerate(texts):
+            if t == "" and not self.config.allow_empty:
+                raise ApiError("empty", f"{what}[{i}] is an empty string; remove it or send "
+                               "text (this server rejects empty inputs, see docs/server.md)",
+                               param=what)
+            try:
+                t.encode("utf-8")
+            except UnicodeEncodeError:
+                raise ApiError("invalid", f"{what}[{i}] is not valid Unicode (lone surrogate); "
+                               "send UTF-8 text", param=what) from None
+
+    # ------------------------------------------------------------------ embedding
+    @property
+    def has_token_ids(self) -> bool:
+        return callable(getattr(self.embedder, "embed_token_ids", None))
+
+    async def count_tokens(self, texts: list[str]) -> list[int] | None:
+        """Tokens per formatted text, or None when the backend cannot count."""
+        try:
+            if sum(map(len, texts)) <= _INLINE_CHARS:
+                return list(self.embedder.count_tokens(texts))
+            return list(await anyio.to_thread.run_sync(self.embedder.count_tokens, texts))
+        except NotImplementedError:
+            return None
+
+    async def embed_texts(self, texts: list[str], *, instruction: str | None, dimensions: int,
+                          truncate: bool, normalize: bool = True, direction: str = "right",
+                          is_disconnected: Disconnected | None = None,
+                          what: str = "input") -> Embedded:
+        """Embed texts (already validated with :meth:`check_texts`)."""
+        t0 = time.perf_counter()
+        try:
+            formatted = self.embedder.format_texts(texts, instruction)
+        except ValueError as e:
+            raise ApiError("invalid", str(e), param="instruction") from None
+        counts = await self.count_tokens(formatted)
+        limit = self.embedder.max_tokens
+        if counts is not None and limit is not None:
+            over = [i for i, c in enumerate(counts) if c > limit]
+            if over and not truncate:
+                i = over[0]
+                raise ApiError("too_long", f"{what}[{i}] has {counts[i]} tokens (EOS included) "
+                               f"but the model takes at most {limit}; shorten it or ask for "
+                               "truncation", param=what)
+            if over and direction == "left":
+                return await self._left_truncated(formatted, dimensions, normalize,
+                                                  is_disconnected, t0)
+            tokens = sum(min(c, limit) for c in counts)
+        elif counts is not None:
+            tokens = sum(counts)
+        else:  # a rough budget estimate for backends without a tokenizer
+            tokens = sum(len(t) // 3 + 1 for t in formatted)
+        job = Job(key=("text", truncate), items=formatted, tokens=tokens, dimensions=dimensions,
+                  normalize=normalize, is_disconnected=is_disconnected)
+        vectors = await self._submit(job)
+        return Embedded(vectors, tokens if counts is not None else 0, job.queue_s,
+                        job.compute_s, time.perf_counter() - t0)
+
+    async def _left_truncated(self, formatted: list[str], dimensions: int, normalize: bool,
+                              is_disconnected: Disconnected | None, t0: float) -> Embedded:
+        tokenize = getattr(self.embedder, "tokenize", None)
+        if not callable(tokenize) or not self.has_token_ids:
+            raise ApiError("unsupported", f"model {self.model_id!r} can only truncate on the "
+                           "right; use truncation_direction 'right'",
+                           param="truncation_direction")
+        if not normalize:
+            raise ApiError("unsupported", "left truncation returns normalised vectors only; "
+                           "drop normalize=false or shorten the input",
+                           param="normalize")
+        ids = await anyio.to_thread.run_sync(
+            lambda: tokenize(formatted, truncate=True, direction="left"))
+        return await self.embed_ids(ids, dimensions=dimensions, truncate=True,
+                                    is_disconnected=is_disconnected, t0=t0)
+
+    async def embed_ids(self, ids: list[list[int]], *, dimensions: int, truncate: bool,
+                        is_disconnected: Disconnected | None = None,
+                        t0: float | None = None) -> Embedded:
+        """Embed pre-tokenised inputs (backends with ``embed_token_ids`` only)."""
+        t0 = time.perf_counter() if t0 is None else t0
+        if not self.has_token_ids:
+            raise ApiError("unsupported", f"model {self.model_id!r} takes text only; send "
+                           "strings instead of token ids", param="input")
+        self.check_count(len(ids))
+        for i, seq in enumerate(ids):
+            if not seq:
+                raise ApiError("empty", f"input[{i}] is an empty token list", param="input")
+        tokens = sum(len(s) for s in ids)  # as sent; the backend may append EOS
+        job = Job(key=("ids", dimensions, truncate), items=ids, tokens=tokens,
+                  dimensions=dimensions, is_disconnected=is_disconnected)
+        vectors = await self._submit(job)
+        return Embedded(vectors, tokens, job.queue_s, job.compute_s, time.perf_counter() - t0)
+
+    async def _submit(self, job: Job) -> np.ndarray:
+        try:
+            return await self.batcher.submit(job)
+        except InputTooLongError as e:
+            raise ApiError("too_long", f"{e}", param="input") from None
+        except ValueError as e:  # the backend's contract: ValueError means bad input
+            raise ApiError("invalid", str(e), param="input") from None
+
+    def timing_headers(self, e: Embedded) -> dict[str, str]:
+        """TEI's timing headers (milliseconds), which any client may read."""
+        return {
+            "x-queue-time": f"{e.queue_s * 1000:.3f}",
+            "x-compute-time": f"{e.compute_s * 1000:.3f}",
+            "x-total-time": f"{e.total_s * 1000:.3f}",
+            "x-compute-tokens": str(e.tokens),
+            "x-queue-depth": str(self.batcher.depth),
+        }

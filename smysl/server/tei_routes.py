@@ -1,0 +1,166 @@
+"""Text Embeddings Inference (TEI) compatible routes: ``/embed``, ``/tokenize``, ``/info``,
+``/health``.
+
+``prompt_name`` takes ``query`` (the model's default query instruction), ``document``, or any task
+preset name from :data:`smysl.prompts.TASK_PRESETS`. ``/tokenize`` offsets are UTF-8 byte
+offsets into the (prompted) text, as TEI's are.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import anyio
+from fastapi import APIRouter, Request, Response
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr
+
+from smysl.prompts import TASK_PRESETS
+from smysl.server.errors import ApiError
+from smysl.server.http import json_response
+from smysl.server.service import Service
+
+Direction = Literal["right", "left", "Right", "Left"]
+
+
+class EmbedRequest(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    inputs: StrictStr | list[StrictStr] = Field(description="text or list of texts")
+    normalize: StrictBool = True
+    truncate: StrictBool | None = Field(None, description="default: false (no auto-truncate)")
+    truncation_direction: Direction = "right"
+    prompt_name: StrictStr | None = None
+    dimensions: StrictInt | None = None
+
+
+class TokenizeRequest(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    inputs: StrictStr | list[StrictStr]
+    add_special_tokens: StrictBool = True
+    prompt_name: StrictStr | None = None
+
+
+class SimpleToken(BaseModel):
+    id: int
+    text: str
+    special: bool
+    start: int | None
+    stop: int | None
+
+
+class Info(BaseModel):
+    model_id: str
+    model_sha: str | None
+    model_dtype: str
+    model_type: dict[str, dict[str, str]]
+    max_concurrent_requests: int
+    max_input_length: int
+    max_batch_tokens: int
+    max_batch_requests: int | None
+    max_client_batch_size: int
+    auto_truncate: bool
+    tokenization_workers: int
+    version: str
+    sha: str | None
+    docker_label: str | None
+
+
+def router(service: Service) -> APIRouter:
+    r = APIRouter(tags=["tei"])
+    emb = service.embedder
+
+    def instruction(prompt_name: str | None) -> str | None:
+        if prompt_name is None:
+            return None
+        name = prompt_name.strip().lower()
+        if name == "query":
+            return service.instruction(None, "query")
+        if name in ("document", "passage", ""):
+            return None
+        if name in TASK_PRESETS:
+            return service.instruction(name, None)
+        raise ApiError("invalid", f"prompt_name {prompt_name!r} is unknown; use 'query', "
+                       f"'document' or one of {sorted(TASK_PRESETS)}", param="prompt_name")
+
+    @r.post("/embed", response_model=list[list[float]])
+    async def embed(body: EmbedRequest, request: Request) -> Response:
+        """Embed one text or a list (TEI ``/embed``)."""
+        texts = [body.inputs] if isinstance(body.inputs, str) else list(body.inputs)
+        service.check_texts(texts, "inputs")
+        dims = service.dimensions(body.dimensions)
+        result = await service.embed_texts(
+            texts, instruction=instruction(body.prompt_name), dimensions=dims,
+            truncate=bool(body.truncate), normalize=body.normalize,
+            direction=body.truncation_direction.lower(), what="inputs",
+            is_disconnected=request.is_disconnected)
+        return json_response(result.vectors.tolist(), headers=service.timing_headers(result))
+
+    @r.post("/tokenize", response_model=list[list[SimpleToken]])
+    async def tokenize(body: TokenizeRequest) -> Response:
+        """Tokens of each input with byte offsets (TEI ``/tokenize``)."""
+        tok = getattr(emb, "tokenizer", None)
+        raw = getattr(tok, "raw", None)
+        if raw is None or not hasattr(raw, "encode_batch"):
+            raise ApiError("not_implemented",
+                           f"model {service.model_id!r} has no local tokenizer to show")
+        texts = [body.inputs] if isinstance(body.inputs, str) else list(body.inputs)
+        service.check_texts(texts, "inputs")
+        formatted = emb.format_texts(texts, instruction(body.prompt_name))
+        eos_id = getattr(tok, "eos_id", None)
+        append_eos = body.add_special_tokens and not getattr(tok, "appends_eos", True)
+        def work() -> list[list[dict[str, object]]]:
+            encs = raw.encode_batch(formatted, add_special_tokens=body.add_special_tokens)
+            out: list[list[dict[str, object]]] = []
+            for text, enc in zip(formatted, encs, strict=True):
+                # tokenizers' Python offsets count characters; TEI reports UTF-8 byte offsets
+                byte_at = [0]
+                for ch in text:
+                    byte_at.append(byte_at[-1] + len(ch.encode("utf-8")))
+                toks: list[dict[str, object]] = []
+                for tid, (a, b), special in zip(enc.ids, enc.offsets, enc.special_tokens_mask,
+                                                strict=True):
+                    if special:
+                        toks.append({"id": tid, "text": raw.id_to_token(tid) or "",
+                                     "special": True, "start": None, "stop": None})
+                    else:
+                        toks.append({"id": tid, "text": text[a:b], "special": False,
+                                     "start": byte_at[a], "stop": byte_at[b]})
+                if append_eos and eos_id is not None:
+                    toks.append({"id": eos_id, "text": raw.id_to_token(eos_id) or "",
+                                 "special": True, "start": None, "stop": None})
+                out.append(toks)
+            return out
+
+        # tokenising a large request takes long enough to stall other clients: off the loop
+        out = await anyio.to_thread.run_sync(work)
+        return json_response(out)
+
+    @r.get("/info", response_model=Info)
+    async def info() -> Response:
+        """Model and router settings (TEI ``/info``)."""
+        from smysl import __version__
+
+        cfg = service.config
+        return json_response({
+            "model_id": service.model_id, "model_sha": None,
+            "model_dtype": str(getattr(emb, "dtype", "float32")),
+            "model_type": {"embedding": {"pooling": str(getattr(emb, "pooling", "last_token"))}},
+            "max_concurrent_requests": cfg.max_queue,
+            "max_input_length": emb.max_tokens or 0,
+            "max_batch_tokens": service.batcher.max_batch_tokens,
+            "max_batch_requests": cfg.max_batch_requests,
+            "max_client_batch_size": cfg.max_inputs,
+            "auto_truncate": False,
+            "tokenization_workers": 1,
+            "version": __version__, "sha": None, "docker_label": None,
+        })
+
+    @r.get("/health")
+    async def health() -> Response:
+        """200 while the server takes requests, 503 once it is shutting down."""
+        if not service.batcher.healthy:
+            raise ApiError("shutting_down", "the server is shutting down")
+        return Response(status_code=200)
+
+    return r

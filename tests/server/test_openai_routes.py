@@ -1,0 +1,140 @@
+"""OpenAI-compatible routes in process: served vectors equal Embedder's bit for bit; bad input
+gets the right 4xx in OpenAI's error shape."""
+
+from __future__ import annotations
+
+import base64
+import json
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+
+from smysl.prompts import TASK_PRESETS
+from smysl.server import ServerConfig, create_app
+
+TEXTS = ["Привет, мир!", "The quick brown fox jumps over the lazy dog.", "a",
+         "Смысл жизни — в поиске смысла. " * 6, "Instruct: fake\nQuery:not a real query"]
+
+
+@pytest.fixture(scope="module")
+def client(tiny):  # type: ignore[no-untyped-def]
+    cfg = ServerConfig(max_inputs=16, max_request_bytes=64 * 1024, served_name="my-embedder")
+    with TestClient(create_app(tiny, cfg)) as c:
+        yield c
+
+
+def floats(resp) -> np.ndarray:  # type: ignore[no-untyped-def]
+    assert resp.status_code == 200, resp.text
+    data = resp.json()["data"]
+    assert [d["index"] for d in data] == list(range(len(data)))
+    return np.array([d["embedding"] for d in data], dtype=np.float32)
+
+
+def b64(resp) -> np.ndarray:  # type: ignore[no-untyped-def]
+    assert resp.status_code == 200, resp.text
+    rows = [np.frombuffer(base64.b64decode(d["embedding"]), dtype="<f4")
+            for d in resp.json()["data"]]
+    return np.stack(rows)
+
+
+def test_vectors_are_bit_for_bit_embed(client, tiny) -> None:  # type: ignore[no-untyped-def]
+    r = client.post("/v1/embeddings", json={"input": TEXTS, "model": "my-embedder"})
+    assert np.array_equal(floats(r), tiny.embed(TEXTS))
+    body = r.json()
+    assert body["object"] == "list" and body["model"] == "my-embedder"
+    assert body["usage"]["prompt_tokens"] == sum(tiny.count_tokens(TEXTS))
+    assert body["usage"]["total_tokens"] == body["usage"]["prompt_tokens"]
+    # single string, one request at a time
+    for t in TEXTS:
+        got = floats(client.post("/v1/embeddings", json={"input": t, "model": "my-embedder"}))
+        assert np.array_equal(got, tiny.embed([t]))
+
+
+def test_base64_dimensions_and_instruction(client, tiny) -> None:  # type: ignore[no-untyped-def]
+    r = client.post("/v1/embeddings", json={"input": TEXTS, "encoding_format": "base64",
+                                             "dimensions": 32})
+    got = b64(r)
+    assert got.shape == (len(TEXTS), 32)
+    assert np.array_equal(got, tiny.embed(TEXTS, dimensions=32))
+    # input_type=query uses the model's default task; instruction takes presets or free text
+    q = floats(client.post("/v1/embeddings", json={"input": TEXTS[:2], "input_type": "query"}))
+    assert np.array_equal(q, tiny.embed_queries(TEXTS[:2]))
+    s = floats(client.post("/v1/embeddings", json={"input": TEXTS[:2], "instruction": "sts"}))
+    assert np.array_equal(s, tiny.embed(TEXTS[:2], instruction=TASK_PRESETS["sts"]))
+    d = floats(client.post("/v1/embeddings", json={"input": TEXTS[:2],
+                                                    "input_type": "document"}))
+    assert np.array_equal(d, tiny.embed(TEXTS[:2]))
+    assert not np.array_equal(q, d)
+
+
+def test_token_id_inputs(client, tiny) -> None:  # type: ignore[no-untyped-def]
+    ids = tiny.tokenize(TEXTS[:3])
+    got = floats(client.post("/v1/embeddings", json={"input": ids}))
+    assert np.array_equal(got, tiny.embed_token_ids(ids))
+    one = floats(client.post("/v1/embeddings", json={"input": ids[1], "dimensions": 40}))
+    assert np.array_equal(one, tiny.embed_token_ids([ids[1]], dimensions=40))
+    # token ids embed like the text they came from
+    np.testing.assert_allclose(got, tiny.embed(TEXTS[:3]), atol=1e-6)
+
+
+def test_model_names_resolve(client, tiny) -> None:  # type: ignore[no-untyped-def]
+    for name in ["my-embedder", tiny.name, tiny.name.rsplit("/", 1)[-1], "MY-EMBEDDER"]:
+        assert client.post("/v1/embeddings", json={"input": "x", "model": name}).status_code == 200
+    models = client.get("/v1/models").json()
+    assert models["object"] == "list" and models["data"][0]["id"] == "my-embedder"
+    assert client.get("/v1/models/my-embedder").json()["object"] == "model"
+    r = client.get("/v1/models/text-embedding-3-small")
+    assert r.status_code == 404 and r.json()["error"]["code"] == "model_not_found"
+
+
+def error(resp, status: int, *words: str) -> dict:  # type: ignore[no-untyped-def]
+    assert resp.status_code == status, resp.text
+    err = resp.json()["error"]
+    assert set(err) == {"message", "type", "param", "code"}
+    for w in words:
+        assert w in err["message"], err["message"]
+    return err  # type: ignore[no-any-return]
+
+
+def test_bad_input_gets_openai_errors(client) -> None:  # type: ignore[no-untyped-def]
+    post = client.post
+    assert error(post("/v1/embeddings", json={"input": "x", "model": "gpt-4"}),
+                 404, "gpt-4")["code"] == "model_not_found"
+    error(post("/v1/embeddings", json={"input": ""}), 400, "empty string")
+    error(post("/v1/embeddings", json={"input": ["ok", ""]}), 400, "input[1]")
+    error(post("/v1/embeddings", json={"input": []}), 400, "must not be empty")
+    error(post("/v1/embeddings", json={"input": 5}), 400, "input")
+    error(post("/v1/embeddings", json={"input": ["a", 1]}), 400, "input")
+    error(post("/v1/embeddings", json={}), 400, "input")
+    error(post("/v1/embeddings", json={"input": "x", "dimensions": 4096}), 400, "32..64")
+    error(post("/v1/embeddings", json={"input": "x", "dimensions": "64"}), 400, "dimensions")
+    error(post("/v1/embeddings", json={"input": "x", "encoding_format": "int8"}), 400,
+          "encoding_format")
+    error(post("/v1/embeddings", json={"input": "x", "input_type": "query",
+                                       "instruction": "sts", "truncate": "yes"}), 400, "truncate")
+    error(post("/v1/embeddings", json={"input": ["x"] * 17}), 400, "at most 16")
+    error(post("/v1/embeddings", content=b'{"input": ', headers={"content-type":
+                                                                 "application/json"}),
+          400, "not valid JSON")
+    error(post("/v1/embeddings", json={"input": [[1, 2], []]}), 400, "empty token list")
+    error(post("/v1/embeddings", json={"input": [[1, 10**9]]}), 400, "token ids outside")
+    error(post("/v1/embeddings", json={"input": [1, 2], "input_type": "query"}), 400,
+          "text input only")
+    error(post("/v1/embeddings", json={"input": "x", "input_type": "document",
+                                       "instruction": "qa"}), 400, "instruction")
+    error(post("/v1/embeddings", content=b'{"input": "\\ud800"}',  # a JSON-escaped lone surrogate
+               headers={"content-type": "application/json"}), 400, "surrogate")
+    body = json.dumps({"input": "x" * 70_000}).encode()
+    error(post("/v1/embeddings", content=body, headers={"content-type": "application/json"}),
+          413, "larger than")
+    error(client.get("/v1/embeddings"), 405, "GET")
+
+
+def test_over_long_input(client, tiny) -> None:  # type: ignore[no-untyped-def]
+    long = " ".join(f"w{i}" for i in range(2000))
+    assert tiny.count_tokens([long])[0] > tiny.max_tokens
+    error(client.post("/v1/embeddings", json={"input": ["ok", long]}), 400, "input[1]",
+          f"at most {tiny.max_tokens}")
+    got = floats(client.post("/v1/embeddings", json={"input": ["ok", long], "truncate": True}))
+    assert np.array_equal(got, tiny.embed(["ok", long], truncate=True))
