@@ -1,0 +1,186 @@
+"""Classification on embeddings: zero-shot against label descriptions, or supervised
+(logistic regression or kNN, scikit-learn) with a model saved as a plain ``.npz`` (no pickle).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+from smysl.base import BaseEmbedder
+
+FORMAT = "smysl-classifier/1"
+
+
+def _sklearn() -> Any:
+    try:
+        import sklearn
+    except ImportError as e:
+        raise ImportError("supervised classification needs scikit-learn: "
+                          "pip install 'smysl[toolkit]'") from e
+    return sklearn
+
+
+def task_for(embedder: BaseEmbedder, instruction: str | None, preset: str) -> str | None:
+    """The instruction to embed with: explicit, else ``preset`` for instruction-aware models."""
+    if instruction is not None:
+        return instruction or None
+    return preset if embedder.instruction_aware else None
+
+
+@dataclass(frozen=True)
+class ClassifyConfig:
+    """Supervised classifier settings.
+
+    Attributes:
+        method: ``"logreg"`` (multinomial logistic regression) or ``"knn"`` (cosine kNN vote).
+        instruction: Instruction texts are embedded with; None uses the ``classification``
+            preset on instruction-aware models (Qwen3) and none otherwise; ``""`` forces none.
+        dimensions: Matryoshka size; None is the model's native size.
+        c: Inverse regularisation strength of the logistic regression.
+        max_iter: Solver iterations for the logistic regression.
+        neighbors: k of kNN.
+    """
+
+    method: Literal["logreg", "knn"] = "logreg"
+    instruction: str | None = None
+    dimensions: int | None = None
+    c: float = 1.0
+    max_iter: int = 1000
+    neighbors: int = 10
+
+
+def embed_for(embedder: BaseEmbedder, texts: Sequence[str], instruction: str | None,
+              dimensions: int | None, preset: str = "classification",
+              progress: bool = False) -> np.ndarray:
+    return embedder.embed(list(texts), instruction=task_for(embedder, instruction, preset),
+                          dimensions=dimensions, truncate=True, progress=progress)
+
+
+class ZeroShotClassifier:
+    """Each text goes to the label whose description embedding is most similar."""
+
+    def __init__(self, embedder: BaseEmbedder, labels: Mapping[str, str], *,
+                 instruction: str | None = None, dimensions: int | None = None) -> None:
+        if not labels:
+            raise ValueError("zero-shot classification needs at least one label")
+        self.embedder = embedder
+        self.labels = list(labels)
+        self.instruction = instruction
+        self.dimensions = dimensions
+        # Descriptions are the documents; texts are the queries (with the instruction).
+        self.label_vectors = embedder.embed([labels[name] or name for name in self.labels],
+                                            dimensions=dimensions, truncate=True)
+
+    def scores(self, texts: Sequence[str], progress: bool = False) -> np.ndarray:
+        """Cosine similarity ``[len(texts), len(labels)]``."""
+        x = embed_for(self.embedder, texts, self.instruction, self.dimensions,
+                      progress=progress)
+        return np.asarray(x @ self.label_vectors.T)
+
+    def predict(self, texts: Sequence[str], progress: bool = False) -> list[str]:
+        return [self.labels[int(i)] for i in self.scores(texts, progress).argmax(axis=1)]
+
+
+class SupervisedClassifier:
+    """Logistic regression or kNN on embeddings; :meth:`save`/:meth:`load` keep it."""
+
+    def __init__(self, model: str, config: ClassifyConfig, classes: np.ndarray,
+                 estimator: Any, arrays: dict[str, np.ndarray]) -> None:
+        self.model = model
+        self.config = config
+        self.classes = classes
+        self.estimator = estimator
+        self._arrays = arrays  # what save() writes to rebuild the estimator
+
+    @classmethod
+    def fit_vectors(cls, vectors: np.ndarray, labels: Sequence[str], config: ClassifyConfig,
+                    model: str = "") -> SupervisedClassifier:
+        _sklearn()
+        x = np.asarray(vectors, np.float32)
+        y = np.asarray([str(v) for v in labels])
+        if len(x) != len(y) or len(y) == 0:
+            raise ValueError("need as many labels as texts, and at least one")
+        if config.method == "logreg":
+            from sklearn.linear_model import LogisticRegression
+
+            est = LogisticRegression(C=config.c, max_iter=config.max_iter).fit(x, y)
+            arrays = {"coef": est.coef_, "intercept": est.intercept_}
+        elif config.method == "knn":
+            from sklearn.neighbors import KNeighborsClassifier
+
+            est = KNeighborsClassifier(n_neighbors=min(config.neighbors, len(y)),
+                                       metric="cosine", algorithm="brute").fit(x, y)
+            arrays = {"vectors": x, "labels": y}
+        else:
+            raise ValueError(f"unknown method {config.method!r} (logreg or knn)")
+        return cls(model, config, np.asarray(est.classes_), est, arrays)
+
+    @classmethod
+    def fit(cls, embedder: BaseEmbedder, texts: Sequence[str], labels: Sequence[str],
+            config: ClassifyConfig = ClassifyConfig(), progress: bool = False
+            ) -> SupervisedClassifier:
+        x = embed_for(embedder, texts, config.instruction, config.dimensions, progress=progress)
+        return cls.fit_vectors(x, labels, config, model=embedder.name)
+
+    def predict_vectors(self, vectors: np.ndarray) -> list[str]:
+        return [str(v) for v in self.estimator.predict(np.asarray(vectors, np.float32))]
+
+    def predict_proba_vectors(self, vectors: np.ndarray) -> np.ndarray:
+        return np.asarray(self.estimator.predict_proba(np.asarray(vectors, np.float32)))
+
+    def predict(self, embedder: BaseEmbedder, texts: Sequence[str], progress: bool = False
+                ) -> list[str]:
+        self.check_model(embedder)
+        return self.predict_vectors(embed_for(embedder, texts, self.config.instruction,
+                                              self.config.dimensions, progress=progress))
+
+    def check_model(self, embedder: BaseEmbedder) -> None:
+        if self.model and embedder.name != self.model:
+            raise ValueError(f"classifier was trained on {self.model!r} embeddings, "
+                             f"not {embedder.name!r}")
+
+    def save(self, path: str | Path) -> None:
+        """Write ``path`` (.npz): arrays plus JSON settings; loads without pickle."""
+        meta = {"format": FORMAT, "model": self.model, "config": self.config.__dict__}
+        with open(path, "wb") as f:
+            arrays: dict[str, Any] = {"meta": np.asarray(json.dumps(meta)),
+                                      "classes": self.classes, **self._arrays}
+            np.savez(f, **arrays)
+
+    @classmethod
+    def load(cls, path: str | Path) -> SupervisedClassifier:
+        _sklearn()
+        with np.load(path, allow_pickle=False) as z:
+            meta = json.loads(str(z["meta"]))
+            if meta.get("format") != FORMAT:
+                raise ValueError(f"{path}: not a smysl classifier ({meta.get('format')!r})")
+            arrays = {k: z[k] for k in z.files if k not in ("meta", "classes")}
+            classes = z["classes"]
+        config = ClassifyConfig(**meta["config"])
+        if config.method == "logreg":
+            from sklearn.linear_model import LogisticRegression
+
+            est = LogisticRegression(C=config.c, max_iter=config.max_iter)
+            est.classes_ = classes
+            est.coef_ = arrays["coef"]
+            est.intercept_ = arrays["intercept"]
+            est.n_features_in_ = arrays["coef"].shape[1]
+        else:
+            from sklearn.neighbors import KNeighborsClassifier
+
+            est = KNeighborsClassifier(n_neighbors=min(config.neighbors, len(arrays["labels"])),
+                                       metric="cosine", algorithm="brute").fit(
+                arrays["vectors"], arrays["labels"])
+        return cls(str(meta["model"]), config, classes, est, arrays)
+
+
+def accuracy(pred: Sequence[str], gold: Sequence[str]) -> float:
+    if len(pred) != len(gold) or not gold:
+        raise ValueError("predictions and gold labels must be non-empty and aligned")
+    return float(np.mean([p == g for p, g in zip(pred, gold, strict=True)]))

@@ -1,0 +1,127 @@
+"""Clustering on embeddings: k-means (chosen k, or k estimated by silhouette) or HDBSCAN, with
+representative texts (closest to the cluster's mean direction) per cluster.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+
+from smysl.base import BaseEmbedder
+from smysl.pooling import l2_normalize
+from smysl.toolkit.classify import _sklearn, embed_for
+
+
+@dataclass(frozen=True)
+class ClusterConfig:
+    """Clustering settings.
+
+    Attributes:
+        method: ``"kmeans"`` or ``"hdbscan"`` (density-based; finds k itself, marks noise -1).
+        k: Clusters for k-means; None estimates it by the best silhouette in ``k_min..k_max``.
+        k_min: Smallest k tried when estimating.
+        k_max: Largest k tried when estimating (capped at the number of texts - 1).
+        min_cluster_size: Smallest HDBSCAN cluster.
+        representatives: Texts reported per cluster.
+        sample: Points the silhouette is computed on when estimating k (it is quadratic).
+        seed: Random seed (k-means initialisation, silhouette sample).
+        instruction: Instruction texts are embedded with; None uses the ``clustering`` preset
+            on instruction-aware models and none otherwise; ``""`` forces none.
+        dimensions: Matryoshka size; None is the model's native size.
+    """
+
+    method: Literal["kmeans", "hdbscan"] = "kmeans"
+    k: int | None = None
+    k_min: int = 2
+    k_max: int = 30
+    min_cluster_size: int = 5
+    representatives: int = 3
+    sample: int = 4000
+    seed: int = 0
+    instruction: str | None = None
+    dimensions: int | None = None
+
+
+@dataclass(frozen=True)
+class ClusterInfo:
+    """One cluster: its label, size and the indices of its most central members."""
+
+    label: int
+    size: int
+    representatives: list[int]
+
+
+@dataclass
+class ClusterResult:
+    """Labels per input (``-1`` is HDBSCAN noise), clusters by size, and k-estimation scores."""
+
+    labels: np.ndarray
+    clusters: list[ClusterInfo]
+    silhouettes: dict[int, float] = field(default_factory=dict)
+
+    @property
+    def k(self) -> int:
+        return len(self.clusters)
+
+
+def estimate_k(x: np.ndarray, config: ClusterConfig) -> tuple[int, dict[int, float]]:
+    """The k in ``k_min..k_max`` with the best cosine silhouette on a sample."""
+    from sklearn.cluster import KMeans
+    from sklearn.metrics import silhouette_score
+
+    hi = min(config.k_max, len(x) - 1)
+    if hi < config.k_min:
+        raise ValueError(f"need more than {config.k_min} texts to estimate k")
+    scores: dict[int, float] = {}
+    for k in range(config.k_min, hi + 1):
+        labels = KMeans(n_clusters=k, n_init=3, random_state=config.seed).fit_predict(x)
+        scores[k] = float(silhouette_score(x, labels, metric="cosine",
+                                           sample_size=min(config.sample, len(x)),
+                                           random_state=config.seed))
+    return max(scores, key=lambda k: scores[k]), scores
+
+
+def cluster_vectors(vectors: np.ndarray, config: ClusterConfig = ClusterConfig()
+                    ) -> ClusterResult:
+    """Cluster unit vectors."""
+    _sklearn()
+    x = l2_normalize(np.asarray(vectors, np.float32))
+    if len(x) < 2:
+        raise ValueError("clustering needs at least two texts")
+    silhouettes: dict[int, float] = {}
+    if config.method == "kmeans":
+        from sklearn.cluster import KMeans
+
+        k = config.k
+        if k is None:
+            k, silhouettes = estimate_k(x, config)
+        if not 1 <= k <= len(x):
+            raise ValueError(f"k must be in 1..{len(x)}, got {k}")
+        labels = KMeans(n_clusters=k, n_init=4, random_state=config.seed).fit_predict(x)
+    elif config.method == "hdbscan":
+        from sklearn.cluster import HDBSCAN
+
+        # Euclidean distance on unit vectors orders pairs exactly as cosine does.
+        labels = HDBSCAN(min_cluster_size=config.min_cluster_size).fit_predict(x)
+    else:
+        raise ValueError(f"unknown method {config.method!r} (kmeans or hdbscan)")
+    clusters = []
+    for label in sorted(set(labels.tolist()) - {-1}):
+        members = np.flatnonzero(labels == label)
+        centre = x[members].mean(axis=0)
+        order = np.argsort(-(x[members] @ centre), kind="stable")[: config.representatives]
+        clusters.append(ClusterInfo(int(label), len(members), members[order].tolist()))
+    clusters.sort(key=lambda c: (-c.size, c.label))
+    return ClusterResult(np.asarray(labels), clusters, silhouettes)
+
+
+def cluster_texts(embedder: BaseEmbedder, texts: Sequence[str],
+                  config: ClusterConfig = ClusterConfig(), progress: bool = False
+                  ) -> ClusterResult:
+    """Embed ``texts`` (with the clustering instruction where it applies) and cluster them."""
+    x = embed_for(embedder, texts, config.instruction, config.dimensions, preset="clustering",
+                  progress=progress)
+    return cluster_vectors(x, config)

@@ -1,0 +1,86 @@
+"""Reading and writing row tables: CSV (header row) and JSONL (one object per line)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import sys
+from collections.abc import Iterable, Iterator, Mapping
+from pathlib import Path
+from typing import Any, TextIO
+
+TABLE_SUFFIXES = (".csv", ".jsonl", ".ndjson")
+
+
+def table_format(path: str | Path) -> str:
+    """``"csv"`` or ``"jsonl"`` from the suffix (``-`` means JSONL on stdin/stdout)."""
+    suffix = Path(str(path)).suffix.lower()
+    if suffix == ".csv":
+        return "csv"
+    if str(path) == "-" or suffix in (".jsonl", ".ndjson", ".json"):
+        return "jsonl"
+    raise ValueError(f"{path}: expected a .csv or .jsonl file")
+
+
+def iter_rows(path: str | Path) -> Iterator[dict[str, Any]]:
+    """Rows of a CSV or JSONL file as dicts (CSV values are strings)."""
+    fmt = table_format(path)
+    if str(path) == "-":
+        yield from _jsonl(sys.stdin, "<stdin>")
+        return
+    with open(path, encoding="utf-8", newline="") as f:
+        if fmt == "csv":
+            yield from csv.DictReader(f)
+        else:
+            yield from _jsonl(f, str(path))
+
+
+def _jsonl(f: TextIO, name: str) -> Iterator[dict[str, Any]]:
+    for n, line in enumerate(f, 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{name}:{n}: invalid JSON: {e}") from e
+        if not isinstance(row, dict):
+            raise ValueError(f"{name}:{n}: expected a JSON object per line")
+        yield row
+
+
+def read_column(path: str | Path, field: str) -> tuple[list[str], list[dict[str, Any]]]:
+    """The ``field`` column as strings, and the full rows."""
+    rows = list(iter_rows(path))
+    if rows and field not in rows[0]:
+        raise ValueError(f"{path}: no column {field!r} (columns: {sorted(rows[0])})")
+    texts = []
+    for n, r in enumerate(rows, 1):
+        v = r.get(field)
+        if not isinstance(v, str):
+            raise ValueError(f"{path}: row {n}: {field!r} must be a string, got {v!r}")
+        texts.append(v)
+    return texts, rows
+
+
+def write_rows(path: str | Path, rows: Iterable[Mapping[str, Any]]) -> None:
+    """Write rows as CSV (columns of the first row, then any new ones) or JSONL."""
+    rows = list(rows)
+    fmt = table_format(path)
+    out: TextIO = sys.stdout if str(path) == "-" else open(  # noqa: SIM115 - or stdout
+        path, "w", encoding="utf-8", newline="")
+    try:
+        if fmt == "jsonl":
+            for r in rows:
+                out.write(json.dumps(dict(r), ensure_ascii=False) + "\n")
+        else:
+            fields: dict[str, None] = {}
+            for r in rows:
+                fields.update(dict.fromkeys(r))
+            w = csv.DictWriter(out, fieldnames=list(fields))
+            w.writeheader()
+            for r in rows:
+                w.writerow({k: json.dumps(v, ensure_ascii=False)
+                            if isinstance(v, list | dict) else v for k, v in r.items()})
+    finally:
+        if out is not sys.stdout:
+            out.close()

@@ -1,0 +1,313 @@
+"""LanceDB store: the embedded default — a folder on disk, no server, versioned atomic writes.
+
+Layout of a table: ``id`` (string, unique), ``vector`` (float32[d]), ``payload`` (the full
+payload as JSON, returned verbatim) and one ``p_<field>`` column per top-level scalar payload
+field, so that filters run inside LanceDB as SQL prefilters. A field gets the type it is first
+stored with (bool, int64, float64 or string); a later value of another type stays in the JSON but
+cannot be filtered on (ints widen into float columns).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from smysl.toolkit.store import (
+    INSTALL_HINT,
+    Condition,
+    Hit,
+    Record,
+    StoreConfig,
+    VectorStore,
+    Where,
+    local_path,
+    parse_where,
+)
+
+_FIELD = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
+_PREFIX = "p_"
+# Below this many rows an approximate index buys nothing and IVF training has too little data.
+MIN_INDEX_ROWS = 1024
+
+
+def _import() -> Any:
+    try:
+        import lancedb
+        import pyarrow
+    except ImportError as e:
+        raise ImportError(f"the LanceDB store needs lancedb and pyarrow: {INSTALL_HINT}") from e
+    return lancedb, pyarrow
+
+
+def _sql_literal(v: Any) -> str:
+    if isinstance(v, bool):
+        return "TRUE" if v else "FALSE"
+    if isinstance(v, int | float):
+        return repr(float(v)) if isinstance(v, float) else str(int(v))
+    return "'" + str(v).replace("'", "''") + "'"
+
+
+class LanceStore(VectorStore):
+    """A LanceDB table; search is an exact scan unless an index exists and ``exact=False``."""
+
+    def __init__(self, config: StoreConfig, dimensions: int | None = None) -> None:
+        lancedb, pa = _import()
+        self._pa = pa
+        self.config = config
+        path = local_path(config.uri)
+        if path is None and not config.uri:
+            raise ValueError("a LanceDB store needs a folder (uri)")
+        if path is not None:
+            path.mkdir(parents=True, exist_ok=True)
+        self._db = lancedb.connect(str(path) if path is not None else config.uri)
+        names = self._db.list_tables()
+        names = list(getattr(names, "tables", names))
+        if config.table in names:
+            self._table = self._db.open_table(config.table)
+            dims = self._table.schema.field("vector").type.list_size
+            if dimensions is not None and dims != dimensions:
+                raise ValueError(f"table {config.table!r} holds {dims}-d vectors, "
+                                 f"not {dimensions}-d")
+            self.dimensions = int(dims)
+        else:
+            if dimensions is None:
+                raise FileNotFoundError(f"no table {config.table!r} in {config.uri}")
+            self.dimensions = int(dimensions)
+            schema = pa.schema([pa.field("id", pa.string(), nullable=False),
+                                pa.field("vector", pa.list_(pa.float32(), self.dimensions)),
+                                pa.field("payload", pa.string())])
+            self._table = self._db.create_table(config.table, schema=schema)
+
+    # ---------------------------------------------------------------- columns and filters
+    def _columns(self) -> dict[str, Any]:
+        """Filterable payload field -> arrow type."""
+        return {f.name[len(_PREFIX):]: f.type for f in self._table.schema
+                if f.name.startswith(_PREFIX)}
+
+    def _arrow_type(self, v: Any) -> Any:
+        pa = self._pa
+        if isinstance(v, bool):
+            return pa.bool_()
+        if isinstance(v, int):
+            return pa.int64() if -(2**63) <= v < 2**63 else None
+        if isinstance(v, float):
+            return pa.float64()
+        if isinstance(v, str):
+            return pa.string()
+        return None
+
+    def _fits(self, v: Any, typ: Any) -> Any:
+        """The column value for ``v`` in a column of ``typ`` (None when it does not fit)."""
+        pa = self._pa
+        t = self._arrow_type(v)
+        if t is None:
+            return None
+        if t == typ:
+            return v
+        if typ == pa.float64() and t == pa.int64():
+            return float(v)
+        return None
+
+    def _add_columns(self, payloads: list[dict[str, Any]]) -> dict[str, Any]:
+        pa = self._pa
+        cols = self._columns()
+        new: dict[str, Any] = {}
+        for p in payloads:
+            for key, v in p.items():
+                if key in cols or not _FIELD.match(key):
+                    continue
+                t = self._arrow_type(v)
+                if t is None:
+                    continue
+                if key in new and new[key] != t:
+                    # int and float in one batch widen to float; other mixes pick the first
+                    if {new[key], t} == {pa.int64(), pa.float64()}:
+                        new[key] = pa.float64()
+                    continue
+                new.setdefault(key, t)
+        if new:
+            sql = {pa.bool_(): "BOOLEAN", pa.int64(): "BIGINT", pa.float64(): "DOUBLE",
+                   pa.string(): "STRING"}
+            self._table.add_columns({_PREFIX + k: f"CAST(NULL AS {sql[t]})"
+                                     for k, t in new.items()})
+            cols.update(new)
+        return cols
+
+    def _sql(self, conditions: Sequence[Condition]) -> str | None:
+        if not conditions:
+            return None
+        pa = self._pa
+        cols = self._columns()
+        parts = []
+        numeric = (pa.int64(), pa.float64())
+        for c in conditions:
+            typ = cols.get(c.key)
+            col = f"`{_PREFIX}{c.key}`"
+            values = c.value if c.op == "in" else [c.value]
+            if c.op in ("eq", "in"):
+                ok = [v for v in values if typ is not None and (
+                    self._arrow_type(v) == typ
+                    or (typ in numeric and self._arrow_type(v) in numeric))]
+                if not ok:
+                    return "FALSE"
+                parts.append(f"{col} IN ({', '.join(_sql_literal(v) for v in ok)})")
+            else:
+                if typ not in numeric:
+                    return "FALSE"
+                sym = {"gt": ">", "gte": ">=", "lt": "<", "lte": "<="}[c.op]
+                parts.append(f"{col} {sym} {_sql_literal(c.value)}")
+        return " AND ".join(f"({p})" for p in parts)
+
+    def _where(self, where: Where | None, ids: Sequence[str] | None = None) -> str | None:
+        parts = []
+        sql = self._sql(parse_where(where))
+        if sql:
+            parts.append(sql)
+        if ids is not None:
+            parts.append("id IN (" + ", ".join(_sql_literal(str(i)) for i in ids) + ")"
+                         if ids else "FALSE")
+        return " AND ".join(f"({p})" for p in parts) if parts else None
+
+    # ---------------------------------------------------------------- VectorStore
+    def upsert(self, ids: Sequence[str], vectors: np.ndarray,
+               payloads: Sequence[Mapping[str, Any]] | None = None) -> None:
+        ids, vecs, pays = self._check_upsert(ids, vectors, payloads)
+        if not ids:
+            return
+        pa = self._pa
+        cols = self._add_columns(pays)
+        data: dict[str, Any] = {
+            "id": pa.array(ids, pa.string()),
+            "vector": pa.FixedSizeListArray.from_arrays(pa.array(vecs.ravel(), pa.float32()),
+                                                        self.dimensions),
+            "payload": pa.array([json.dumps(p, ensure_ascii=False) for p in pays], pa.string()),
+        }
+        for key, typ in cols.items():
+            data[_PREFIX + key] = pa.array([self._fits(p.get(key), typ) for p in pays], typ)
+        table = pa.table(data).cast(self._table.schema)
+        (self._table.merge_insert("id").when_matched_update_all()
+         .when_not_matched_insert_all().execute(table))
+
+    def _has_index(self) -> bool:
+        return bool(self._table.list_indices())
+
+    def search(self, vectors: np.ndarray, k: int = 10, *, where: Where | None = None,
+               exact: bool = True, with_vectors: bool = False) -> list[list[Hit]]:
+        q = self._queries(vectors, k)
+        sql = self._where(where)
+        cols = ["id", "payload", "_distance"] + (["vector"] if with_vectors else [])
+        out: list[list[Hit]] = [[] for _ in range(len(q))]
+        use_index = not exact and self._has_index()
+        step = 256  # bounded result sets per round trip
+        for s in range(0, len(q), step):
+            block = q[s : s + step]
+            query = self._table.search(list(block) if len(block) > 1 else block[0],
+                                       vector_column_name="vector")
+            query = query.distance_type("dot").limit(k).select(cols)
+            if sql:
+                query = query.where(sql, prefilter=True)
+            if use_index:
+                query = query.nprobes(self.config.nprobes).refine_factor(
+                    self.config.refine_factor)
+            else:
+                query = query.bypass_vector_index()
+            res = query.to_arrow()
+            qidx = (res.column("query_index").to_pylist() if "query_index" in res.column_names
+                    else [0] * res.num_rows)
+            rid = res.column("id").to_pylist()
+            pay = res.column("payload").to_pylist()
+            dist = res.column("_distance").to_numpy()
+            vec = (res.column("vector").combine_chunks().flatten().to_numpy()
+                   .reshape(-1, self.dimensions) if with_vectors else None)
+            for n in range(res.num_rows):
+                out[s + qidx[n]].append(Hit(
+                    rid[n], float(1.0 - dist[n]), json.loads(pay[n]) if pay[n] else {},
+                    vec[n].copy() if vec is not None else None))
+        for hits in out:  # LanceDB orders by distance; keep ties in a stable id order
+            hits.sort(key=lambda h: -h.score)
+        return out
+
+    def _records(self, sql: str | None, with_vectors: bool, batch_size: int
+                 ) -> Iterator[list[Record]]:
+        cols = ["id", "payload"] + (["vector"] if with_vectors else [])
+        query = self._table.search().select(cols).limit(None)
+        if sql:
+            query = query.where(sql)
+        empty = np.zeros(0, np.float32)
+        for batch in query.to_batches(batch_size):
+            ids = batch.column("id").to_pylist()
+            pays = batch.column("payload").to_pylist()
+            vecs = (batch.column("vector").flatten().to_numpy(zero_copy_only=False)
+                    .reshape(-1, self.dimensions) if with_vectors else None)
+            yield [Record(i, vecs[n].astype(np.float32, copy=True) if vecs is not None
+                          else empty, json.loads(p) if p else {})
+                   for n, (i, p) in enumerate(zip(ids, pays, strict=True))]
+
+    def get(self, ids: Sequence[str]) -> list[Record]:
+        ids = [str(i) for i in ids]
+        found: dict[str, Record] = {}
+        for s in range(0, len(ids), 1000):
+            for batch in self._records(self._where(None, ids[s : s + 1000]), True, 4096):
+                found.update((r.id, r) for r in batch)
+        return [found[i] for i in ids if i in found]
+
+    def delete(self, ids: Sequence[str] | None = None, *, where: Where | None = None) -> int:
+        if ids is None and not where:
+            raise ValueError("delete needs ids or a filter")
+        gone = 0
+        chunks = [list(ids)[s : s + 1000] for s in range(0, len(ids), 1000)] if ids is not None \
+            else [None]
+        for part in chunks:
+            sql = self._where(where, part)
+            n = self._table.count_rows(sql)
+            if n:
+                self._table.delete(sql)
+            gone += n
+        return gone
+
+    def count(self, where: Where | None = None) -> int:
+        sql = self._where(where)
+        return int(self._table.count_rows(sql) if sql else self._table.count_rows())
+
+    def scan(self, batch_size: int = 2048, *, where: Where | None = None,
+             with_vectors: bool = True) -> Iterator[list[Record]]:
+        yield from self._records(self._where(where), with_vectors, batch_size)
+
+    def _meta_path(self) -> Any:
+        path = local_path(self.config.uri)
+        if path is None:
+            raise ValueError("index metadata needs a local LanceDB folder")
+        return path / f"{self.config.table}.smysl.json"
+
+    def read_meta(self) -> dict[str, Any]:
+        p = self._meta_path()
+        return dict(json.loads(p.read_text(encoding="utf-8"))) if p.is_file() else {}
+
+    def write_meta(self, meta: Mapping[str, Any]) -> None:
+        p = self._meta_path()
+        tmp = p.with_suffix(".tmp")
+        tmp.write_text(json.dumps(dict(meta), indent=2, ensure_ascii=False), encoding="utf-8")
+        os.replace(tmp, p)  # atomic: a crash leaves the old or the new file, never half of one
+
+    def build_index(self) -> None:
+        """(Re)build the approximate index; tables under :data:`MIN_INDEX_ROWS` stay exact."""
+        n = self._table.count_rows()
+        if n < MIN_INDEX_ROWS:
+            return
+        kind = self.config.index.upper()
+        options: dict[str, Any] = {"metric": "dot", "index_type": kind, "replace": True,
+                                   "num_partitions": max(1, min(256, int(np.sqrt(n) / 2)))}
+        if kind == "IVF_PQ":
+            sub = next(s for s in (self.dimensions // 8, self.dimensions // 4,
+                                   self.dimensions // 2, 1) if s and self.dimensions % s == 0)
+            options["num_sub_vectors"] = sub
+        self._table.create_index(**options)
+
+    def optimize(self) -> None:
+        """Compact small write batches into larger files and fold new rows into the index."""
+        self._table.optimize()

@@ -1,0 +1,107 @@
+"""An exact in-process store on numpy: for tests, small jobs and temporary dedup indexes."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from smysl.toolkit.store import Hit, Record, VectorStore, Where, matches, parse_where
+
+
+class MemoryStore(VectorStore):
+    """Brute-force search over a dense matrix; nothing persists."""
+
+    def __init__(self, dimensions: int) -> None:
+        if dimensions < 1:
+            raise ValueError(f"dimensions must be >= 1, got {dimensions}")
+        self.dimensions = dimensions
+        self._rows: dict[str, int] = {}
+        self._ids: list[str] = []
+        self._payloads: list[dict[str, Any]] = []
+        self._matrix = np.zeros((0, dimensions), dtype=np.float32)
+        self._alive = np.zeros(0, dtype=bool)
+        self._meta: dict[str, Any] = {}
+
+    def upsert(self, ids: Sequence[str], vectors: np.ndarray,
+               payloads: Sequence[Mapping[str, Any]] | None = None) -> None:
+        ids, vecs, pays = self._check_upsert(ids, vectors, payloads)
+        new = [i for i in ids if i not in self._rows]
+        if new:
+            start = len(self._ids)
+            self._matrix = np.vstack([self._matrix,
+                                      np.zeros((len(new), self.dimensions), np.float32)])
+            self._alive = np.concatenate([self._alive, np.zeros(len(new), bool)])
+            for n, i in enumerate(new):
+                self._rows[i] = start + n
+                self._ids.append(i)
+                self._payloads.append({})
+        for i, v, p in zip(ids, vecs, pays, strict=True):
+            row = self._rows[i]
+            self._matrix[row] = v
+            self._payloads[row] = copy.deepcopy(p)
+            self._alive[row] = True
+
+    def _mask(self, where: Where | None) -> np.ndarray:
+        conds = parse_where(where)
+        mask = self._alive.copy()
+        if conds:
+            for row in np.flatnonzero(mask):
+                mask[row] = matches(self._payloads[row], conds)
+        return mask
+
+    def search(self, vectors: np.ndarray, k: int = 10, *, where: Where | None = None,
+               exact: bool = True, with_vectors: bool = False) -> list[list[Hit]]:
+        q = self._queries(vectors, k)
+        rows = np.flatnonzero(self._mask(where))
+        scores = q @ self._matrix[rows].T if len(rows) else np.zeros((len(q), 0), np.float32)
+        out = []
+        for s in scores:
+            order = np.argsort(-s, kind="stable")[:k]
+            out.append([Hit(self._ids[rows[j]], float(s[j]),
+                            copy.deepcopy(self._payloads[rows[j]]),
+                            self._matrix[rows[j]].copy() if with_vectors else None)
+                        for j in order])
+        return out
+
+    def get(self, ids: Sequence[str]) -> list[Record]:
+        out = []
+        for i in ids:
+            row = self._rows.get(str(i))
+            if row is not None and self._alive[row]:
+                out.append(Record(self._ids[row], self._matrix[row].copy(),
+                                  copy.deepcopy(self._payloads[row])))
+        return out
+
+    def delete(self, ids: Sequence[str] | None = None, *, where: Where | None = None) -> int:
+        if ids is None and not where:
+            raise ValueError("delete needs ids or a filter")
+        mask = self._mask(where)
+        if ids is not None:
+            chosen = np.zeros_like(mask)
+            for i in ids:
+                row = self._rows.get(str(i))
+                if row is not None:
+                    chosen[row] = True
+            mask &= chosen
+        self._alive[mask] = False
+        return int(mask.sum())
+
+    def count(self, where: Where | None = None) -> int:
+        return int(self._mask(where).sum())
+
+    def scan(self, batch_size: int = 2048, *, where: Where | None = None,
+             with_vectors: bool = True) -> Iterator[list[Record]]:
+        rows = np.flatnonzero(self._mask(where))
+        empty = np.zeros(0, np.float32)
+        for s in range(0, len(rows), batch_size):
+            yield [Record(self._ids[r], self._matrix[r].copy() if with_vectors else empty,
+                          copy.deepcopy(self._payloads[r])) for r in rows[s : s + batch_size]]
+
+    def read_meta(self) -> dict[str, Any]:
+        return dict(self._meta)
+
+    def write_meta(self, meta: Mapping[str, Any]) -> None:
+        self._meta = dict(meta)

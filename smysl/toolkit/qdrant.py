@@ -1,0 +1,186 @@
+"""Qdrant store: scale-out on a Qdrant server or cluster (or the client's local mode for tests).
+
+Qdrant point ids must be integers or UUIDs, so a string id maps to ``uuid5(namespace, id)`` and the
+original id travels in the payload under :data:`ID_FIELD`. Index metadata lives in the
+collection's own ``metadata``. Qdrant maintains its HNSW index itself; ``exact=True`` asks it for a
+full scan.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from smysl.toolkit.store import (
+    INSTALL_HINT,
+    Condition,
+    Hit,
+    Record,
+    StoreConfig,
+    VectorStore,
+    Where,
+    parse_where,
+)
+
+ID_FIELD = "_smysl_id"
+_NAMESPACE = uuid.UUID("6f1d0c8e-5b7a-4a8e-9a51-2f0f8d6c1e37")
+
+
+def point_id(record_id: str) -> str:
+    """The Qdrant point id (a UUID string) for a smysl record id."""
+    return str(uuid.uuid5(_NAMESPACE, record_id))
+
+
+def _import() -> Any:
+    try:
+        from qdrant_client import QdrantClient, models
+    except ImportError as e:
+        raise ImportError(f"the Qdrant store needs qdrant-client: {INSTALL_HINT}") from e
+    return QdrantClient, models
+
+
+class QdrantStore(VectorStore):
+    """A Qdrant collection with dot-product distance (cosine on unit vectors)."""
+
+    def __init__(self, config: StoreConfig, dimensions: int | None = None) -> None:
+        client_cls, self._m = _import()
+        self.config = config
+        uri = config.uri or ":memory:"
+        #: Local mode is always an exact scan and warns about search parameters.
+        self.remote = uri.startswith(("http://", "https://"))
+        if uri == ":memory:":
+            self.client = client_cls(":memory:")
+        elif uri.startswith(("http://", "https://")):
+            self.client = client_cls(url=uri, api_key=config.api_key
+                                     or os.environ.get("QDRANT_API_KEY"))
+        else:
+            self.client = client_cls(path=uri)
+        self.collection = config.table
+        if self.client.collection_exists(self.collection):
+            params = self.client.get_collection(self.collection).config.params.vectors
+            dims = int(params.size)
+            if dimensions is not None and dims != dimensions:
+                raise ValueError(f"collection {self.collection!r} holds {dims}-d vectors, "
+                                 f"not {dimensions}-d")
+            self.dimensions = dims
+        else:
+            if dimensions is None:
+                raise FileNotFoundError(f"no collection {self.collection!r} at {uri}")
+            self.dimensions = int(dimensions)
+            self.client.create_collection(
+                self.collection,
+                vectors_config=self._m.VectorParams(size=self.dimensions,
+                                                    distance=self._m.Distance.DOT))
+
+    def _filter(self, conditions: Sequence[Condition], ids: Sequence[str] | None = None) -> Any:
+        m = self._m
+        must: list[Any] = []
+        for c in conditions:
+            if c.op == "eq" or c.op == "in":
+                values = c.value if c.op == "in" else [c.value]
+                # Qdrant matches keywords, ints and bools; floats match as a closed range
+                exact = [v for v in values if not isinstance(v, float)]
+                alts: list[Any] = []
+                if exact:
+                    alts.append(m.FieldCondition(key=c.key, match=m.MatchAny(any=exact))
+                                if len(exact) > 1 else
+                                m.FieldCondition(key=c.key, match=m.MatchValue(value=exact[0])))
+                alts += [m.FieldCondition(key=c.key, range=m.Range(gte=v, lte=v))
+                         for v in values if isinstance(v, float)]
+                must.append(alts[0] if len(alts) == 1 else m.Filter(should=alts))
+            else:
+                must.append(m.FieldCondition(key=c.key, range=m.Range(**{c.op: c.value})))
+        if ids is not None:
+            must.append(m.HasIdCondition(has_id=[point_id(i) for i in ids]))
+        return m.Filter(must=must) if must else None
+
+    def upsert(self, ids: Sequence[str], vectors: np.ndarray,
+               payloads: Sequence[Mapping[str, Any]] | None = None) -> None:
+        ids, vecs, pays = self._check_upsert(ids, vectors, payloads)
+        if not ids:
+            return
+        points = [self._m.PointStruct(id=point_id(i), vector=v.tolist(),
+                                      payload={**p, ID_FIELD: i})
+                  for i, v, p in zip(ids, vecs, pays, strict=True)]
+        self.client.upsert(self.collection, points=points, wait=True)
+
+    @staticmethod
+    def _payload(raw: Mapping[str, Any] | None) -> tuple[str, dict[str, Any]]:
+        p = dict(raw or {})
+        return str(p.pop(ID_FIELD, "")), p
+
+    def search(self, vectors: np.ndarray, k: int = 10, *, where: Where | None = None,
+               exact: bool = True, with_vectors: bool = False) -> list[list[Hit]]:
+        q = self._queries(vectors, k)
+        flt = self._filter(parse_where(where))
+        params = self._m.SearchParams(exact=exact) if self.remote else None
+        out: list[list[Hit]] = []
+        for s in range(0, len(q), 64):
+            requests = [self._m.QueryRequest(query=v.tolist(), filter=flt, limit=k,
+                                             params=params, with_payload=True,
+                                             with_vector=with_vectors) for v in q[s : s + 64]]
+            for res in self.client.query_batch_points(self.collection, requests=requests):
+                hits = []
+                for p in res.points:
+                    rid, pay = self._payload(p.payload)
+                    vec = np.asarray(p.vector, np.float32) if with_vectors else None
+                    hits.append(Hit(rid, float(p.score), pay, vec))
+                out.append(hits)
+        return out
+
+    def get(self, ids: Sequence[str]) -> list[Record]:
+        ids = [str(i) for i in ids]
+        found: dict[str, Record] = {}
+        for s in range(0, len(ids), 1000):
+            for p in self.client.retrieve(self.collection, [point_id(i) for i in ids[s : s + 1000]],
+                                          with_payload=True, with_vectors=True):
+                rid, pay = self._payload(p.payload)
+                found[rid] = Record(rid, np.asarray(p.vector, np.float32), pay)
+        return [found[i] for i in ids if i in found]
+
+    def delete(self, ids: Sequence[str] | None = None, *, where: Where | None = None) -> int:
+        if ids is None and not where:
+            raise ValueError("delete needs ids or a filter")
+        flt = self._filter(parse_where(where), list(ids) if ids is not None else None)
+        n = self.client.count(self.collection, count_filter=flt, exact=True).count
+        if n:
+            self.client.delete(self.collection, points_selector=self._m.FilterSelector(filter=flt),
+                               wait=True)
+        return int(n)
+
+    def count(self, where: Where | None = None) -> int:
+        flt = self._filter(parse_where(where))
+        return int(self.client.count(self.collection, count_filter=flt, exact=True).count)
+
+    def scan(self, batch_size: int = 2048, *, where: Where | None = None,
+             with_vectors: bool = True) -> Iterator[list[Record]]:
+        flt = self._filter(parse_where(where))
+        offset = None
+        empty = np.zeros(0, np.float32)
+        while True:
+            points, offset = self.client.scroll(self.collection, scroll_filter=flt,
+                                                limit=batch_size, offset=offset,
+                                                with_payload=True, with_vectors=with_vectors)
+            if points:
+                batch = []
+                for p in points:
+                    rid, pay = self._payload(p.payload)
+                    batch.append(Record(rid, np.asarray(p.vector, np.float32)
+                                        if with_vectors else empty, pay))
+                yield batch
+            if offset is None:
+                return
+
+    def read_meta(self) -> dict[str, Any]:
+        info = self.client.get_collection(self.collection)
+        return dict(getattr(info.config, "metadata", None) or {})
+
+    def write_meta(self, meta: Mapping[str, Any]) -> None:
+        self.client.update_collection(self.collection, metadata=dict(meta))
+
+    def close(self) -> None:
+        self.client.close()

@@ -1,0 +1,270 @@
+"""Vector storage behind one small interface, and the portable filter language every backend reads.
+
+Vectors are unit rows (what every smysl backend returns), so the score of a hit is the dot product,
+i.e. the cosine similarity. Payloads are JSON-like dicts; their top-level scalar fields can be
+filtered on with :data:`Where` mappings::
+
+    {"lang": "en"}                      # equality
+    {"lang": ["en", "de"]}              # any of
+    {"chunk": {"$gte": 2, "$lt": 5}}    # range ($gt, $gte, $lt, $lte)
+
+Conditions on several fields are ANDed; a record without the field never matches.
+"""
+
+from __future__ import annotations
+
+import abc
+import math
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+Where = Mapping[str, Any]
+Op = Literal["eq", "in", "gt", "gte", "lt", "lte"]
+RANGE_OPS: dict[str, Op] = {"$gt": "gt", "$gte": "gte", "$lt": "lt", "$lte": "lte"}
+Scalar = str | int | float | bool
+
+INSTALL_HINT = "pip install 'smysl[toolkit]'"
+
+
+@dataclass(frozen=True)
+class Condition:
+    """One normalised filter condition: ``payload[key] <op> value``."""
+
+    key: str
+    op: Op
+    value: Any
+
+
+def parse_where(where: Where | None) -> list[Condition]:
+    """Validate a :data:`Where` mapping and flatten it into ANDed conditions."""
+    if not where:
+        return []
+    if not isinstance(where, Mapping):
+        raise ValueError(f"a filter must be a mapping of field -> condition, got {where!r}")
+    out: list[Condition] = []
+    for key, cond in where.items():
+        if not isinstance(key, str) or not key:
+            raise ValueError(f"filter field names must be non-empty strings, got {key!r}")
+        if isinstance(cond, Mapping):
+            if not cond:
+                raise ValueError(f"empty range condition for {key!r}")
+            for name, v in cond.items():
+                if name not in RANGE_OPS:
+                    raise ValueError(f"unknown filter operator {name!r} for {key!r}; "
+                                     f"use one of {sorted(RANGE_OPS)}")
+                if isinstance(v, bool) or not isinstance(v, int | float):
+                    raise ValueError(f"range bound {name} for {key!r} must be a number")
+                out.append(Condition(key, RANGE_OPS[name], v))
+        elif isinstance(cond, list | tuple | set | frozenset):
+            values = list(cond)
+            if not values or not all(isinstance(v, Scalar) for v in values):
+                raise ValueError(f"'any of' filter for {key!r} needs a non-empty list of scalars")
+            out.append(Condition(key, "in", values))
+        elif isinstance(cond, Scalar):
+            out.append(Condition(key, "eq", cond))
+        else:
+            raise ValueError(f"unsupported filter value for {key!r}: {cond!r}")
+    return out
+
+
+def _same(a: Any, b: Any) -> bool:
+    # bool is an int in Python; a filter for True must not match 1 (and backends agree).
+    return isinstance(a, bool) == isinstance(b, bool) and a == b
+
+
+def matches(payload: Mapping[str, Any], conditions: Sequence[Condition]) -> bool:
+    """Evaluate conditions on one payload (the reference semantics the backends follow)."""
+    for c in conditions:
+        if c.key not in payload or payload[c.key] is None:
+            return False
+        v = payload[c.key]
+        if c.op == "eq":
+            ok = _same(v, c.value)
+        elif c.op == "in":
+            ok = any(_same(v, x) for x in c.value)
+        else:
+            if isinstance(v, bool) or not isinstance(v, int | float) or math.isnan(v):
+                return False
+            ok = {"gt": v > c.value, "gte": v >= c.value,
+                  "lt": v < c.value, "lte": v <= c.value}[c.op]
+        if not ok:
+            return False
+    return True
+
+
+@dataclass(frozen=True)
+class Record:
+    """A stored item: its id, unit vector and payload."""
+
+    id: str
+    vector: np.ndarray
+    payload: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Hit:
+    """One search result: id, cosine score (higher is closer), payload, vector when asked."""
+
+    id: str
+    score: float
+    payload: dict[str, Any]
+    vector: np.ndarray | None = None
+
+
+@dataclass(frozen=True)
+class StoreConfig:
+    """Where vectors live.
+
+    Attributes:
+        backend: ``"lancedb"`` (embedded, a folder on disk: the default), ``"qdrant"`` (a Qdrant
+            server or cluster, or the client's local mode) or ``"memory"`` (numpy, exact, gone
+            when the process ends).
+        uri: LanceDB folder; for Qdrant a ``http(s)://`` URL, ``":memory:"`` or a local folder.
+        table: Table (LanceDB) or collection (Qdrant) name.
+        index: Approximate index LanceDB builds on :meth:`VectorStore.build_index`:
+            ``"ivf_hnsw_sq"``, ``"ivf_pq"`` or ``"ivf_flat"``. Qdrant always indexes with HNSW.
+        nprobes: IVF partitions LanceDB probes per approximate query (more: better recall).
+        refine_factor: LanceDB re-ranks ``k * refine_factor`` index candidates with full vectors.
+        api_key: Qdrant API key (else ``$QDRANT_API_KEY``).
+    """
+
+    backend: Literal["lancedb", "qdrant", "memory"] = "lancedb"
+    uri: str = ""
+    table: str = "chunks"
+    index: Literal["ivf_hnsw_sq", "ivf_pq", "ivf_flat"] = "ivf_hnsw_sq"
+    nprobes: int = 32
+    refine_factor: int = 4
+    api_key: str | None = None
+
+    @classmethod
+    def parse(cls, spec: str, **kw: Any) -> StoreConfig:
+        """``path`` or ``lancedb:path``; ``qdrant:URL|:memory:|path``; ``memory:``."""
+        head, sep, rest = spec.partition(":")
+        if sep and head in ("lancedb", "qdrant", "memory"):
+            return cls(backend=head, uri=rest, **kw)  # type: ignore[arg-type]
+        if spec.startswith(("http://", "https://")):
+            return cls(backend="qdrant", uri=spec, **kw)
+        return cls(backend="lancedb", uri=spec, **kw)
+
+
+class VectorStore(abc.ABC):
+    """Ids + unit vectors + payloads. Ids are strings; upserting an existing id replaces it."""
+
+    dimensions: int
+
+    @abc.abstractmethod
+    def upsert(self, ids: Sequence[str], vectors: np.ndarray,
+               payloads: Sequence[Mapping[str, Any]] | None = None) -> None:
+        """Insert or replace records; durable once this returns."""
+
+    @abc.abstractmethod
+    def search(self, vectors: np.ndarray, k: int = 10, *, where: Where | None = None,
+               exact: bool = True, with_vectors: bool = False) -> list[list[Hit]]:
+        """Top-``k`` hits per query row (``[n, d]`` or ``[d]``), best first.
+
+        ``exact=True`` scans every candidate (brute force); ``exact=False`` may use an
+        approximate index when one exists.
+        """
+
+    @abc.abstractmethod
+    def get(self, ids: Sequence[str]) -> list[Record]:
+        """Records for the ids that exist, in the order asked."""
+
+    @abc.abstractmethod
+    def delete(self, ids: Sequence[str] | None = None, *, where: Where | None = None) -> int:
+        """Delete by ids and/or filter (both: records matching both); returns how many went."""
+
+    @abc.abstractmethod
+    def count(self, where: Where | None = None) -> int:
+        """Number of records (matching ``where``)."""
+
+    @abc.abstractmethod
+    def scan(self, batch_size: int = 2048, *, where: Where | None = None,
+             with_vectors: bool = True) -> Iterator[list[Record]]:
+        """Every record (matching ``where``) in batches; vectors are empty when not asked."""
+
+    @abc.abstractmethod
+    def read_meta(self) -> dict[str, Any]:
+        """The index metadata saved with :meth:`write_meta` (empty when none)."""
+
+    @abc.abstractmethod
+    def write_meta(self, meta: Mapping[str, Any]) -> None:
+        """Save small JSON metadata (model, dimensions, instruction) with the data."""
+
+    def build_index(self) -> None:  # noqa: B027 - optional for backends that index by themselves
+        """Build or refresh an approximate index; stores that maintain one themselves do nothing."""
+
+    def optimize(self) -> None:  # noqa: B027 - optional maintenance
+        """Compact storage after many small writes; a no-op where there is nothing to do."""
+
+    def close(self) -> None:  # noqa: B027 - nothing to release for most backends
+        """Release connections. Safe to call twice."""
+
+    def __enter__(self) -> VectorStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # helpers shared by backends
+    def _check_upsert(self, ids: Sequence[str], vectors: np.ndarray,
+                      payloads: Sequence[Mapping[str, Any]] | None
+                      ) -> tuple[list[str], np.ndarray, list[dict[str, Any]]]:
+        ids = [str(i) for i in ids]
+        vecs = np.asarray(vectors, dtype=np.float32)
+        if vecs.ndim != 2 or vecs.shape != (len(ids), self.dimensions):
+            raise ValueError(f"expected vectors of shape {(len(ids), self.dimensions)}, "
+                             f"got {vecs.shape}")
+        if not np.isfinite(vecs).all():
+            raise ValueError("vectors contain NaN or infinity")
+        pays = [dict(p) for p in payloads] if payloads is not None else [{} for _ in ids]
+        if len(pays) != len(ids):
+            raise ValueError(f"{len(ids)} ids but {len(pays)} payloads")
+        if any(not i for i in ids):
+            raise ValueError("ids must be non-empty strings")
+        # Last write wins inside one batch, as it would across batches.
+        last = {i: n for n, i in enumerate(ids)}
+        if len(last) != len(ids):
+            keep = sorted(last.values())
+            ids, vecs, pays = [ids[n] for n in keep], vecs[keep], [pays[n] for n in keep]
+        return ids, vecs, pays
+
+    def _queries(self, vectors: np.ndarray, k: int) -> np.ndarray:
+        q = np.asarray(vectors, dtype=np.float32)
+        if q.ndim == 1:
+            q = q[None, :]
+        if q.ndim != 2 or q.shape[1] != self.dimensions:
+            raise ValueError(f"query vectors must have {self.dimensions} columns, got {q.shape}")
+        if k < 1:
+            raise ValueError(f"k must be >= 1, got {k}")
+        return q
+
+
+def open_store(config: StoreConfig, dimensions: int | None = None) -> VectorStore:
+    """Open (or, given ``dimensions``, create) the store ``config`` describes."""
+    if config.backend == "lancedb":
+        from smysl.toolkit.lancedb import LanceStore
+
+        return LanceStore(config, dimensions)
+    if config.backend == "qdrant":
+        from smysl.toolkit.qdrant import QdrantStore
+
+        return QdrantStore(config, dimensions)
+    if config.backend == "memory":
+        from smysl.toolkit.memory import MemoryStore
+
+        if dimensions is None:
+            raise ValueError("a memory store needs dimensions")
+        return MemoryStore(dimensions)
+    raise ValueError(f"unknown store backend {config.backend!r}")
+
+
+def local_path(uri: str) -> Path | None:
+    """The local folder a URI names, or None for remote/in-memory URIs."""
+    if not uri or uri == ":memory:" or "://" in uri:
+        return None
+    return Path(uri).expanduser()
