@@ -1,0 +1,28 @@
+"""Ollama's native ``POST /api/embed``.
+
+Request ``{"model", "input": [...], "truncate": bool}``; response
+``{"model", "embeddings": [[...]], "total_duration", "load_duration", "prompt_eval_count"}``.
+``truncate`` is always sent because Ollama truncates silently by default, which would hide
+over-long inputs that the local engine rejects.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from smysl.providers.base import Provider
+
+
+class OllamaProvider(Provider):
+    """A model served by Ollama (``ollama pull qwen3-embedding:0.6b``)."""
+
+    def request_body(self, texts: list[str], *, truncate: bool) -> dict[str, Any]:
+        return {"model": self.model, "input": texts, "truncate": truncate}
+
+    def parse_response(self, body: Any, n: int) -> tuple[Sequence[Sequence[float]], int | None]:
+        rows = body["embeddings"]
+        if not isinstance(rows, list) or not all(isinstance(r, list) for r in rows):
+            raise TypeError("'embeddings' is not a list of lists")
+        tokens = body.get("prompt_eval_count")
+        return rows, tokens

@@ -1,0 +1,62 @@
+"""OpenAI-shaped ``POST {base}/embeddings``: OpenAI itself, OpenRouter, DashScope compatible
+mode, DeepInfra, Fireworks, SiliconFlow, vLLM/llama.cpp servers and ``smysl serve``.
+
+Request ``{"model", "input": [...], "encoding_format": "float"[, "dimensions"]}``; response
+``{"data": [{"index", "embedding"}], "usage": {"prompt_tokens", "total_tokens"}}``.
+Inputs are sent exactly as formatted (the query instruction is already in the text); no
+provider-side prompt option is used.
+"""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from smysl.providers.base import Provider
+
+
+class OpenAIProvider(Provider):
+    """Any OpenAI-compatible embeddings endpoint."""
+
+    def request_body(self, texts: list[str], *, truncate: bool) -> dict[str, Any]:
+        body: dict[str, Any] = {"model": self.model, "input": texts, "encoding_format": "float"}
+        if self.config.supports_dimensions and self.request_dimensions is not None:
+            body["dimensions"] = self.request_dimensions
+        return body
+
+    def parse_response(self, body: Any, n: int) -> tuple[Sequence[Sequence[float]], int | None]:
+        data = body["data"]
+        if not isinstance(data, list):
+            raise TypeError("'data' is not a list")
+        rows: list[Any] = [None] * len(data)
+        for pos, item in enumerate(data):
+            # ``index`` says which input a row belongs to; servers may return them shuffled.
+            idx = item.get("index", pos)
+            if isinstance(idx, bool) or not isinstance(idx, int) or not 0 <= idx < len(data):
+                raise ValueError(f"bad index {idx!r}")
+            if rows[idx] is not None:
+                raise ValueError(f"index {idx} appears twice")
+            emb = item["embedding"]
+            if isinstance(emb, str):  # encoding_format=base64 from servers that ignore ours
+                emb = np.frombuffer(base64.b64decode(emb), dtype="<f4")
+            elif not isinstance(emb, list):
+                raise TypeError("'embedding' is not a list")
+            rows[idx] = emb
+        usage = body.get("usage")
+        tokens = None
+        if isinstance(usage, dict):
+            raw = usage.get("prompt_tokens", usage.get("total_tokens"))
+            tokens = raw if raw is not None else None
+        return rows, tokens
+
+
+class SmyslProvider(OpenAIProvider):
+    """Another ``smysl serve``: its OpenAI route plus the ``truncate`` extension it accepts."""
+
+    def request_body(self, texts: list[str], *, truncate: bool) -> dict[str, Any]:
+        # Inputs carry their instruction already, so no ``instruction``/``input_type`` is sent:
+        # the server embeds them as documents, i.e. exactly as given.
+        return {**super().request_body(texts, truncate=truncate), "truncate": truncate}

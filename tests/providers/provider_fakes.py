@@ -1,0 +1,277 @@
+"""A loopback fake of the embedding APIs smysl talks to, with fault injection.
+
+One threaded HTTP server on 127.0.0.1 (random port) answers the documented shapes:
+
+* OpenAI-style ``POST .../embeddings`` (OpenAI, OpenRouter, DashScope compatible mode,
+  DeepInfra, Fireworks, SiliconFlow, smysl): ``{"data": [{"object", "index", "embedding"}],
+  "model", "object": "list", "usage": {"prompt_tokens", "total_tokens"}}``; honours
+  ``dimensions`` (first d components, re-normalised); ``max_inputs`` answers DashScope's 400
+  for too many rows.
+* Ollama ``POST /api/embed``: ``{"model", "embeddings", "total_duration", "load_duration",
+  "prompt_eval_count"}``.
+* TEI ``POST /embed``: a bare list of rows; 413 past ``max_client_batch_size``; no usage.
+
+Vectors are a deterministic function of the text (or of a given embed function), so where a
+row lands is checkable. The server bills the tokens of every request it answers with 200,
+counted with the same Qwen3 tokenizer the client uses.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import numpy as np
+
+
+def det_vector(text: str, dims: int) -> np.ndarray:
+    """A pseudo-random float32 vector determined by ``text`` alone."""
+    seed = int.from_bytes(hashlib.sha256(text.encode("utf-8")).digest()[:8], "little")
+    return np.random.default_rng(seed).standard_normal(dims).astype(np.float32)
+
+
+def expected(texts: list[str], dims: int, native: int) -> np.ndarray:
+    """What a client should return: the deterministic rows cut to ``dims`` and normalised."""
+    rows = np.stack([det_vector(t, native)[:dims] for t in texts])
+    return rows / np.linalg.norm(rows, axis=1, keepdims=True)
+
+
+@dataclass
+class Fault:
+    """A scripted answer for one request: status (+headers/body), delay, or a dropped socket."""
+
+    status: int = 200
+    headers: dict[str, str] = field(default_factory=dict)
+    body: str | None = None  # raw body instead of the real one
+    delay: float = 0.0
+    drop: bool = False  # close the connection without answering
+    mutate: Callable[[Any], Any] | None = None  # edit the real JSON body (malformed shapes)
+
+
+class FakeServer:
+    """Loopback embedding server. Use as a context manager; ``url`` is its root."""
+
+    def __init__(self, *, dims: int = 64, tokenizer: Any = None,
+                 embed_fn: Callable[[list[str]], np.ndarray] | None = None,
+                 p429: float = 0.0, p500: float = 0.0, max_delay: float = 0.0,
+                 retry_after: str | None = "0", retry_after_ms: str | None = "2",
+                 max_inputs: int | None = None, tei_max_batch: int = 32,
+                 api_key: str | None = None, models: set[str] | None = None,
+                 shuffle: bool = False, normalize: bool = True, seed: int = 0) -> None:
+        self.dims = dims
+        self.tokenizer = tokenizer
+        self.embed_fn = embed_fn
+        self.p429, self.p500, self.max_delay = p429, p500, max_delay
+        self.retry_after, self.retry_after_ms = retry_after, retry_after_ms
+        self.max_inputs = max_inputs
+        self.tei_max_batch = tei_max_batch
+        self.api_key = api_key
+        self.models = models
+        self.shuffle = shuffle
+        self.normalize = normalize
+        self.rng = random.Random(seed)
+        self.script: deque[Fault] = deque()
+        self.lock = threading.Lock()
+        #: Tokens in requests answered with 200 (what a provider would bill).
+        self.billed_tokens = 0
+        self.ok_requests = 0
+        self.faults = 0  # injected 429/500/drops/malformed
+        self.requests: list[dict[str, Any]] = []  # every parsed JSON body, in arrival order
+        self.headers_seen: list[dict[str, str]] = []
+        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
+        self._httpd.daemon_threads = True
+        self._thread = threading.Thread(target=self._httpd.serve_forever, daemon=True)
+
+    @property
+    def url(self) -> str:
+        host, port = self._httpd.server_address[:2]
+        return f"http://{host!s}:{port}"
+
+    def __enter__(self) -> FakeServer:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._httpd.shutdown()
+        self._httpd.server_close()
+
+    # ------------------------------------------------------------------ behaviour
+    def vectors(self, texts: list[str], dims: int | None) -> np.ndarray:
+        if self.embed_fn is not None:
+            rows = np.asarray(self.embed_fn(texts), dtype=np.float32)
+        else:
+            rows = np.stack([det_vector(t, self.dims) for t in texts]) if texts else \
+                np.zeros((0, self.dims), np.float32)
+        if dims is not None:
+            rows = rows[:, :dims]
+        if self.normalize and len(rows):
+            rows = rows / np.linalg.norm(rows, axis=1, keepdims=True)
+        return rows
+
+    def count(self, texts: list[str]) -> int:
+        if self.tokenizer is None:
+            return sum(len(t.split()) + 1 for t in texts)
+        return int(sum(self.tokenizer.count(texts)))
+
+    def _next_fault(self) -> Fault | None:
+        with self.lock:
+            if self.script:
+                return self.script.popleft()
+            r = self.rng.random()
+            delay = self.rng.uniform(0, self.max_delay) if self.max_delay else 0.0
+        if r < self.p429:
+            headers = {}
+            if self.retry_after is not None:
+                headers["Retry-After"] = self.retry_after
+            if self.retry_after_ms is not None:
+                headers["retry-after-ms"] = self.retry_after_ms
+            return Fault(429, headers, json.dumps({"error": {"message": "rate limited",
+                                                             "type": "rate_limit"}}), delay)
+        if r < self.p429 + self.p500:
+            return Fault(500, {}, json.dumps({"error": {"message": "internal error"}}), delay)
+        return Fault(delay=delay) if delay else None
+
+    def _handler(self) -> type[BaseHTTPRequestHandler]:
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args: Any) -> None:  # keep test output clean
+                pass
+
+            def _send(self, status: int, body: Any, headers: dict[str, str] | None = None,
+                      raw: str | None = None) -> None:
+                data = (raw if raw is not None else json.dumps(body)).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                for k, v in (headers or {}).items():
+                    self.send_header(k, v)
+                self.end_headers()
+                try:
+                    self.wfile.write(data)
+                except (BrokenPipeError, ConnectionResetError):  # the client timed out
+                    pass
+
+            def do_GET(self) -> None:
+                if self.path == "/info":  # TEI
+                    self._send(200, {"model_id": "fake", "max_client_batch_size":
+                                     server.tei_max_batch})
+                else:
+                    self._send(404, {"error": "not found"})
+
+            def do_POST(self) -> None:
+                length = int(self.headers.get("Content-Length", 0))
+                body = json.loads(self.rfile.read(length) or b"{}")
+                with server.lock:
+                    server.requests.append(body)
+                    server.headers_seen.append(dict(self.headers))
+                fault = server._next_fault()
+                if fault is not None and fault.delay:
+                    time.sleep(fault.delay)
+                if fault is not None and fault.drop:
+                    with server.lock:
+                        server.faults += 1
+                    self.close_connection = True
+                    self.connection.shutdown(2)
+                    return
+                if fault is not None and fault.status != 200:
+                    with server.lock:
+                        server.faults += 1
+                    self._send(fault.status, None, fault.headers, raw=fault.body or "{}")
+                    return
+                if server.api_key is not None and \
+                        self.headers.get("Authorization") != f"Bearer {server.api_key}":
+                    self._send(401, {"error": {"message": "Incorrect API key provided",
+                                               "type": "invalid_request_error"}})
+                    return
+                status, out = self.route(body)
+                if fault is not None and status == 200 and (fault.body is not None or
+                                                            fault.mutate is not None):
+                    with server.lock:
+                        server.faults += 1
+                    if fault.body is not None:
+                        self._send(200, None, raw=fault.body)
+                    else:
+                        self._send(200, fault.mutate(out) if fault.mutate else out)
+                    return
+                self._send(status, out)
+
+            def route(self, body: dict[str, Any]) -> tuple[int, Any]:
+                path = self.path
+                if path.endswith("/embeddings"):
+                    return self.openai(body)
+                if path == "/api/embed":
+                    return self.ollama(body)
+                if path == "/embed":
+                    return self.tei(body)
+                return 404, {"error": f"no route {path}"}
+
+            def _model_ok(self, body: dict[str, Any]) -> bool:
+                return server.models is None or body.get("model") in server.models
+
+            def _bill(self, texts: list[str]) -> int:
+                n = server.count(texts)
+                with server.lock:
+                    server.billed_tokens += n
+                    server.ok_requests += 1
+                return n
+
+            def openai(self, body: dict[str, Any]) -> tuple[int, Any]:
+                if not self._model_ok(body):
+                    return 404, {"error": {"message": f"model {body.get('model')} not found",
+                                           "code": "model_not_found"}}
+                texts = body["input"] if isinstance(body["input"], list) else [body["input"]]
+                if server.max_inputs is not None and len(texts) > server.max_inputs:
+                    # DashScope compatible mode's answer to more than 10 rows.
+                    return 400, {"error": {"code": "InvalidParameter", "type":
+                                           "InvalidParameter", "message": "batch size is invalid,"
+                                           f" it should not be larger than {server.max_inputs}."}}
+                rows = server.vectors(texts, body.get("dimensions"))
+                data = [{"object": "embedding", "index": i, "embedding": r.tolist()}
+                        for i, r in enumerate(rows)]
+                if server.shuffle:
+                    with server.lock:
+                        server.rng.shuffle(data)
+                n = self._bill(texts)
+                return 200, {"object": "list", "data": data, "model": body.get("model"),
+                             "usage": {"prompt_tokens": n, "total_tokens": n}}
+
+            def ollama(self, body: dict[str, Any]) -> tuple[int, Any]:
+                if not self._model_ok(body):
+                    return 404, {"error": f"model \"{body.get('model')}\" not found, try pulling"
+                                          " it first"}
+                texts = body["input"] if isinstance(body["input"], list) else [body["input"]]
+                rows = server.vectors(texts, body.get("dimensions"))
+                n = self._bill(texts)
+                return 200, {"model": body.get("model"), "embeddings": rows.tolist(),
+                             "total_duration": 1000, "load_duration": 10,
+                             "prompt_eval_count": n}
+
+            def tei(self, body: dict[str, Any]) -> tuple[int, Any]:
+                texts = body["inputs"] if isinstance(body["inputs"], list) else [body["inputs"]]
+                if len(texts) > server.tei_max_batch:
+                    return 413, {"error": f"batch size {len(texts)} > maximum allowed batch "
+                                          f"size {server.tei_max_batch}", "error_type": "validation"}
+                saved = server.normalize
+                rows = server.vectors(texts, None) if body.get("normalize", True) or not saved \
+                    else _raw(server, texts)
+                self._bill(texts)
+                return 200, rows.tolist()
+
+        return Handler
+
+
+def _raw(server: FakeServer, texts: list[str]) -> np.ndarray:
+    if server.embed_fn is not None:
+        return np.asarray(server.embed_fn(texts), dtype=np.float32)
+    return np.stack([det_vector(t, server.dims) for t in texts])
