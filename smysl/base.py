@@ -175,6 +175,16 @@ def _progress_bar(progress: bool | Progress, total: int) -> Any:
 #: with the signature ``factory(rest: str, **options) -> BaseEmbedder``. Modules load lazily.
 SCHEMES: dict[str, str] = {
     "st": "smysl.backends.sentence_transformers:load",
+    # Remote providers (docs/providers.md): scheme:MODEL or scheme:URL#MODEL.
+    "openrouter": "smysl.providers:load_openrouter",
+    "dashscope": "smysl.providers:load_dashscope",
+    "deepinfra": "smysl.providers:load_deepinfra",
+    "fireworks": "smysl.providers:load_fireworks",
+    "siliconflow": "smysl.providers:load_siliconflow",
+    "openai": "smysl.providers:load_openai",
+    "ollama": "smysl.providers:load_ollama",
+    "tei": "smysl.providers:load_tei",
+    "smysl": "smysl.providers:load_smysl",
 }
 
 

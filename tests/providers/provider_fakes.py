@@ -18,6 +18,7 @@ counted with the same Qwen3 tokenizer the client uses.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import random
@@ -157,10 +158,9 @@ class FakeServer:
                 for k, v in (headers or {}).items():
                     self.send_header(k, v)
                 self.end_headers()
-                try:
+                # The client may have timed out and gone.
+                with contextlib.suppress(BrokenPipeError, ConnectionResetError):
                     self.wfile.write(data)
-                except (BrokenPipeError, ConnectionResetError):  # the client timed out
-                    pass
 
             def do_GET(self) -> None:
                 if self.path == "/info":  # TEI
@@ -261,9 +261,9 @@ class FakeServer:
                 texts = body["inputs"] if isinstance(body["inputs"], list) else [body["inputs"]]
                 if len(texts) > server.tei_max_batch:
                     return 413, {"error": f"batch size {len(texts)} > maximum allowed batch "
-                                          f"size {server.tei_max_batch}", "error_type": "validation"}
-                saved = server.normalize
-                rows = server.vectors(texts, None) if body.get("normalize", True) or not saved \
+                                          f"size {server.tei_max_batch}",
+                                 "error_type": "validation"}
+                rows = server.vectors(texts, None) if body.get("normalize", True) \
                     else _raw(server, texts)
                 self._bill(texts)
                 return 200, rows.tolist()

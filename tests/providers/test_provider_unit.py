@@ -70,7 +70,8 @@ def test_every_scheme_is_registered_and_dispatches() -> None:
 
 
 @pytest.mark.parametrize(("model", "base", "name"), [
-    ("openai:http://h:1/v1#Qwen/Qwen3-Embedding-0.6B", "http://h:1/v1", "Qwen/Qwen3-Embedding-0.6B"),
+    ("openai:http://h:1/v1#Qwen/Qwen3-Embedding-0.6B", "http://h:1/v1",
+     "Qwen/Qwen3-Embedding-0.6B"),
     ("smysl:http://h:8000#qwen3-embedding:0.6b", "http://h:8000/v1", "qwen3-embedding:0.6b"),
     ("ollama:qwen3-embedding:0.6b", "http://localhost:11434", "qwen3-embedding:0.6b"),
     ("tei:http://h:8080", "http://h:8080", "tei"),
