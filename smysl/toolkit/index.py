@@ -64,18 +64,40 @@ class Index:
         self.cached = CachedEmbedder(embedder, cache, model_key)
 
     @classmethod
-    def create_or_open(cls, embedder: BaseEmbedder, config: IndexConfig) -> Index:
-        """Open the index at ``config.store`` (creating it for ``embedder``) and check the model."""
+    def create_or_open(cls, embedder: BaseEmbedder, config: IndexConfig, *,
+                       create: bool = True, model_spec: str | None = None) -> Index:
+        """Open the index at ``config.store`` (``create``: make it for ``embedder`` if missing)
+        and check that it was built with this model and size.
+
+        ``model_spec`` is the string that loads the model (``st:all-minilm-l6-v2``); it is saved
+        so that later searches can load the model without being told (backend ``name``s may
+        lack the scheme).
+        """
         dims = config.dimensions or embedder.dimensions
-        store = open_store(config.store, dims)
+        try:
+            store = open_store(config.store, None if config.store.backend != "memory" else dims)
+        except FileNotFoundError:
+            if not create:
+                raise
+            store = open_store(config.store, dims)
         meta = store.read_meta()
         if meta:
+            problem = None
             if meta.get("model") != embedder.name:
+                problem = (f"index was built with model {meta.get('model')!r}, "
+                           f"not {embedder.name!r}")
+            elif config.dimensions and config.dimensions != store.dimensions:
+                problem = f"index stores {store.dimensions}-d vectors, not {config.dimensions}-d"
+            if problem:
                 store.close()
-                raise ValueError(f"index was built with model {meta.get('model')!r}, "
-                                 f"not {embedder.name!r}")
+                raise ValueError(problem)
+            dims = store.dimensions
+        elif store.dimensions != dims:
+            store.close()
+            raise ValueError(f"store holds {store.dimensions}-d vectors, not {dims}-d")
         else:
-            store.write_meta({"model": embedder.name, "dimensions": dims})
+            store.write_meta({"model": embedder.name, "dimensions": dims,
+                              "load": model_spec or embedder.name})
         path = config.cache.path or default_cache_path(config.store)
         cache = EmbeddingCache(path) if path is not None else None
         return cls(store, embedder, cache=cache, model_key=config.cache.model_key,
@@ -83,9 +105,10 @@ class Index:
 
     @staticmethod
     def stored_model(config: StoreConfig) -> str:
-        """The model name an existing index was built with."""
+        """The model string that loads the model an existing index was built with."""
         with open_store(config) as store:
-            model = store.read_meta().get("model")
+            meta = store.read_meta()
+            model = meta.get("load") or meta.get("model")
         if not model:
             raise ValueError(f"{config.uri}: no smysl index metadata (built outside smysl?)")
         return str(model)

@@ -1,0 +1,58 @@
+"""``smysl cluster``: k-means (chosen or estimated k) or HDBSCAN, with representative texts."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+from smysl.commands._toolkit import (
+    add_model_arguments,
+    add_table_arguments,
+    load_model,
+    progress,
+)
+
+HELP = "cluster texts (k-means with --k or estimated k, or --method hdbscan)"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    add_model_arguments(p)
+    add_table_arguments(p)
+    p.add_argument("--method", choices=["kmeans", "hdbscan"], default="kmeans")
+    p.add_argument("--k", type=int, help="number of clusters (default: estimated)")
+    p.add_argument("--k-max", type=int, default=30, help="largest k tried when estimating")
+    p.add_argument("--min-cluster-size", type=int, default=5, help="HDBSCAN smallest cluster")
+    p.add_argument("--representatives", type=int, default=3, help="texts shown per cluster")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--summary", help="write clusters with representative texts to this .json")
+
+
+def run(args: argparse.Namespace) -> int:
+    from smysl.toolkit.cluster import ClusterConfig, cluster_texts
+    from smysl.toolkit.io import read_column, write_rows
+
+    model = load_model(args.model, args)
+    texts, rows = read_column(args.input, args.text_field)
+    config = ClusterConfig(method=args.method, k=args.k, k_max=args.k_max,
+                           min_cluster_size=args.min_cluster_size,
+                           representatives=args.representatives, seed=args.seed,
+                           instruction=args.instruction, dimensions=args.dimensions)
+    result = cluster_texts(model, texts, config, progress=progress(args))
+    write_rows(args.output, [{**r, "cluster": int(c)}
+                             for r, c in zip(rows, result.labels, strict=True)])
+    summary: list[dict[str, Any]] = [{"cluster": c.label, "size": c.size,
+                "representatives": [texts[i] for i in c.representatives]}
+               for c in result.clusters]
+    if args.summary:
+        with open(args.summary, "w", encoding="utf-8") as f:
+            json.dump({"k": result.k, "noise": int((result.labels == -1).sum()),
+                       "silhouettes": result.silhouettes, "clusters": summary}, f,
+                      ensure_ascii=False, indent=2)
+    noise = int((result.labels == -1).sum())
+    print(f"{result.k} clusters" + (f", {noise} noise" if noise else ""), file=sys.stderr)
+    for c in summary[:20]:
+        print(f"  [{c['cluster']}] {c['size']:>5}  " + " | ".join(
+            str(t)[:60] for t in c["representatives"]), file=sys.stderr)
+    return 0
