@@ -14,6 +14,10 @@ from collections.abc import Sequence
 COMMANDS: dict[str, str] = {
     "embed": "smysl.commands.embed",
     "serve": "smysl.commands.serve",
+    "index": "smysl.commands.index",
+    "classify": "smysl.commands.classify",
+    "cluster": "smysl.commands.cluster",
+    "dedup": "smysl.commands.dedup",
 }
 
 
