@@ -36,7 +36,7 @@ def create_app(embedder: BaseEmbedder, config: ServerConfig | None = None) -> Fa
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        service.batcher.start()
+        service.batcher.open()
         yield
         # uvicorn has stopped accepting and waited for in-flight requests; finish what is queued.
         await service.batcher.close()

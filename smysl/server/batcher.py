@@ -65,7 +65,7 @@ class Batcher:
         self._closing = False
         # One compute thread: the backends serialise forward passes anyway, and one thread keeps
         # batches in arrival order.
-        self._executor = ThreadPoolExecutor(1, thread_name_prefix="smysl-compute")
+        self._executor: ThreadPoolExecutor | None = None
         #: Smoothed seconds per batch, for Retry-After.
         self._batch_s = 0.05
 
@@ -78,11 +78,16 @@ class Batcher:
     def healthy(self) -> bool:
         return not self._closing and (self._task is None or not self._task.done())
 
+    def open(self) -> None:
+        """(Re)open for work: the app's startup calls it, so an app survives a restart."""
+        self._closing = False
+        self.start()
+
     def start(self) -> None:
         """Start the batching task on the running loop (idempotent; ``submit`` calls it too)."""
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(1, thread_name_prefix="smysl-compute")
         if self._task is None or self._task.done():
-            if self._closing:
-                raise ApiError("shutting_down", "the server is shutting down; retry elsewhere")
             self._wake = asyncio.Event()
             self._task = asyncio.get_running_loop().create_task(self._loop(), name="smysl-batcher")
 
@@ -119,7 +124,9 @@ class Batcher:
         if self._task is not None:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-        self._executor.shutdown(wait=True)
+        if self._executor is not None:
+            self._executor.shutdown(wait=True)
+            self._executor = None
 
     # ------------------------------------------------------------------ loop
     async def _loop(self) -> None:

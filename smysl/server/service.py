@@ -61,12 +61,14 @@ class Service:
 
     # ------------------------------------------------------------------ names
     def _accepted_names(self) -> set[str]:
-        names = {self.embedder.name, self.model_id}
-        repo = ALIASES.get(self.embedder.name.lower(), self.embedder.name)
-        names.add(repo)
-        names.update(alias for alias, target in ALIASES.items() if target.lower() == repo.lower())
-        # A local directory is also known by its last path component.
-        names.add(self.embedder.name.rstrip("/\\").replace("\\", "/").rsplit("/", 1)[-1])
+        names: set[str] = set()
+        for base in {self.embedder.name, self.model_id}:
+            # an alias, its Hub repo id, and every alias of that repo name the same model
+            repo = ALIASES.get(base.lower(), base)
+            names.update({base, repo})
+            names.update(a for a, target in ALIASES.items() if target.lower() == repo.lower())
+            # a local directory is also known by its last path component
+            names.add(base.rstrip("/\\").replace("\\", "/").rsplit("/", 1)[-1])
         names.discard("")
         return {n.lower() for n in names}
 

@@ -1,0 +1,109 @@
+"""A real uvicorn server on 127.0.0.1 (free port) with real clients: the official ``openai`` SDK
+(float and base64) and plain HTTP for the Ollama and TEI routes; auth; graceful shutdown."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import httpx
+import numpy as np
+import pytest
+from server_helpers import HashEmbedder, free_port
+
+from smysl.server import ServerConfig, create_app
+
+TEXTS = ["Привет, мир!", "The quick brown fox jumps over the lazy dog.", "a" * 40]
+
+
+@pytest.fixture(scope="module")
+def live(tiny):  # type: ignore[no-untyped-def]
+    from server_helpers import live_server
+
+    with live_server(tiny, api_key="sekret", served_name="qwen3-embedding:0.6b") as url:
+        yield url
+
+
+def test_openai_sdk_float_and_base64(live, tiny) -> None:  # type: ignore[no-untyped-def]
+    openai = pytest.importorskip("openai")
+    client = openai.OpenAI(base_url=f"{live}/v1", api_key="sekret", max_retries=0)
+    # The SDK asks for base64 by default and decodes it itself.
+    res = client.embeddings.create(model="qwen3-embedding:0.6b", input=TEXTS)
+    got = np.array([d.embedding for d in res.data], dtype=np.float32)
+    assert np.array_equal(got, tiny.embed(TEXTS))
+    assert res.usage.prompt_tokens == sum(tiny.count_tokens(TEXTS))
+    res = client.embeddings.create(model="Qwen/Qwen3-Embedding-0.6B", input=TEXTS[0],
+                                   encoding_format="float", dimensions=32)
+    assert np.array_equal(np.array(res.data[0].embedding, np.float32),
+                          tiny.embed(TEXTS[:1], dimensions=32)[0])
+    # extensions travel through extra_body
+    res = client.embeddings.create(model="qwen3-embedding:0.6b", input=TEXTS,
+                                   extra_body={"input_type": "query"})
+    assert np.array_equal(np.array([d.embedding for d in res.data], np.float32),
+                          tiny.embed_queries(TEXTS))
+    with pytest.raises(openai.NotFoundError):
+        client.embeddings.create(model="text-embedding-3-large", input="x")
+    with pytest.raises(openai.BadRequestError, match="empty"):
+        client.embeddings.create(model="qwen3-embedding:0.6b", input=[""])
+    bad = openai.OpenAI(base_url=f"{live}/v1", api_key="wrong", max_retries=0)
+    with pytest.raises(openai.AuthenticationError):
+        bad.embeddings.create(model="qwen3-embedding:0.6b", input="x")
+
+
+def test_plain_http_ollama_and_tei(live, tiny) -> None:  # type: ignore[no-untyped-def]
+    auth = {"Authorization": "Bearer sekret"}
+    with httpx.Client(base_url=live, headers=auth, timeout=30) as c:
+        r = c.post("/api/embed", json={"model": "qwen3-embedding:0.6b", "input": TEXTS})
+        assert np.array_equal(np.array(r.json()["embeddings"], np.float32), tiny.embed(TEXTS))
+        r = c.post("/api/embeddings", json={"model": "qwen3-embedding", "prompt": TEXTS[0]})
+        assert np.array_equal(np.array(r.json()["embedding"], np.float32),
+                              tiny.embed(TEXTS[:1])[0])
+        assert c.get("/api/tags").json()["models"][0]["name"] == "qwen3-embedding:0.6b"
+        r = c.post("/embed", json={"inputs": TEXTS, "dimensions": 40})
+        assert np.array_equal(np.array(r.json(), np.float32), tiny.embed(TEXTS, dimensions=40))
+        assert float(r.headers["x-compute-time"]) >= 0
+        assert c.post("/tokenize", json={"inputs": "hi"}).status_code == 200
+        assert c.get("/info").json()["model_id"] == "qwen3-embedding:0.6b"
+        assert "smysl_requests_total" in c.get("/metrics").text
+    with httpx.Client(base_url=live, timeout=30) as anon:
+        assert anon.get("/health").status_code == 200  # probes need no key
+        assert anon.get("/openapi.json").status_code == 200
+        r = anon.post("/api/embed", json={"input": "x"})
+        assert r.status_code == 401 and "API key" in r.json()["error"]
+        r = anon.post("/embed", json={"inputs": "x"}, headers={"Authorization": "Bearer sekre"})
+        assert r.status_code == 401 and r.json()["error_type"] == "Unauthorized"
+        assert anon.get("/metrics").status_code == 401
+
+
+def test_graceful_shutdown_finishes_in_flight_request() -> None:
+    import uvicorn
+
+    backend = HashEmbedder()
+    backend.gate.clear()
+    port = free_port()
+    app = create_app(backend, ServerConfig(port=port))
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning",
+                                           timeout_graceful_shutdown=10))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    while not server.started:
+        time.sleep(0.02)
+    result: dict[str, httpx.Response] = {}
+
+    def call() -> None:
+        result["r"] = httpx.post(f"http://127.0.0.1:{port}/embed", json={"inputs": "in flight"},
+                                 timeout=30)
+
+    caller = threading.Thread(target=call)
+    caller.start()
+    assert backend.entered.wait(10)
+    server.should_exit = True  # what SIGTERM does
+    time.sleep(0.2)
+    backend.gate.set()
+    caller.join(20)
+    thread.join(20)
+    assert not thread.is_alive()
+    assert result["r"].status_code == 200
+    assert np.array_equal(np.array(result["r"].json(), np.float32), backend.embed(["in flight"]))
+    with pytest.raises(httpx.ConnectError):  # and it really stopped
+        httpx.get(f"http://127.0.0.1:{port}/health", timeout=2)

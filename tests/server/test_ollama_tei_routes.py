@@ -1,0 +1,130 @@
+"""Ollama- and TEI-compatible routes in process: shapes, values, and error shapes."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+
+from smysl.prompts import TASK_PRESETS
+from smysl.server import ServerConfig, create_app
+
+TEXTS = ["Привет, мир!", "The quick brown fox jumps over the lazy dog.", "a"]
+LONG = " ".join(f"w{i}" for i in range(2000))
+
+
+@pytest.fixture(scope="module")
+def client(tiny):  # type: ignore[no-untyped-def]
+    with TestClient(create_app(tiny, ServerConfig(served_name="qwen3-embedding:0.6b"))) as c:
+        yield c
+
+
+def vecs(x: object) -> np.ndarray:
+    return np.array(x, dtype=np.float32)
+
+
+def test_ollama_embed(client, tiny) -> None:  # type: ignore[no-untyped-def]
+    r = client.post("/api/embed", json={"model": "qwen3-embedding:0.6b", "input": TEXTS,
+                                        "keep_alive": "5m", "options": {"num_ctx": 512}})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert set(body) == {"model", "embeddings", "total_duration", "load_duration",
+                         "prompt_eval_count"}
+    assert body["model"] == "qwen3-embedding:0.6b"
+    assert np.array_equal(vecs(body["embeddings"]), tiny.embed(TEXTS))
+    assert body["prompt_eval_count"] == sum(tiny.count_tokens(TEXTS))
+    assert body["total_duration"] > 0
+    one = client.post("/api/embed", json={"model": "qwen3-embedding:0.6b:latest",
+                                          "input": TEXTS[0], "dimensions": 32}).json()
+    assert np.array_equal(vecs(one["embeddings"]), tiny.embed(TEXTS[:1], dimensions=32))
+    # Ollama truncates by default; truncate=false makes over-long input an error
+    r = client.post("/api/embed", json={"model": "qwen3-embedding:0.6b", "input": [LONG]})
+    assert np.array_equal(vecs(r.json()["embeddings"]), tiny.embed([LONG], truncate=True))
+    r = client.post("/api/embed", json={"input": LONG, "truncate": False})
+    assert r.status_code == 400 and "at most" in r.json()["error"]
+    q = client.post("/api/embed", json={"input": TEXTS, "input_type": "query"}).json()
+    assert np.array_equal(vecs(q["embeddings"]), tiny.embed_queries(TEXTS))
+
+
+def test_ollama_legacy_and_metadata(client, tiny) -> None:  # type: ignore[no-untyped-def]
+    r = client.post("/api/embeddings", json={"model": "qwen3-embedding", "prompt": TEXTS[1]})
+    assert np.array_equal(vecs(r.json()["embedding"]), tiny.embed(TEXTS[1:2])[0])
+    assert client.post("/api/embeddings", json={"prompt": ""}).json() == {"embedding": []}
+    empty = client.post("/api/embed", json={"input": []}).json()
+    assert empty["embeddings"] == []
+    tags = client.get("/api/tags").json()["models"]
+    assert [m["name"] for m in tags] == ["qwen3-embedding:0.6b"]
+    assert len(tags[0]["digest"]) == 64 and tags[0]["details"]["family"] == "qwen3"
+    show = client.post("/api/show", json={"model": "Qwen/Qwen3-Embedding-0.6B"}).json()
+    assert show["capabilities"] == ["embedding"]
+    assert show["model_info"]["qwen3.embedding_length"] == tiny.dimensions
+    assert client.post("/api/show", json={"name": "qwen3-embedding:0.6b"}).status_code == 200
+    assert client.get("/api/version").json()["version"].count(".") == 2
+
+
+def test_ollama_errors(client) -> None:  # type: ignore[no-untyped-def]
+    r = client.post("/api/embed", json={"model": "llama3", "input": "x"})
+    assert r.status_code == 404 and "llama3" in r.json()["error"]
+    assert client.post("/api/show", json={"model": "nomic"}).status_code == 404
+    r = client.post("/api/embed", json={"input": ["a", ""]})
+    assert r.status_code == 400 and "input[1]" in r.json()["error"]
+    r = client.post("/api/embed", json={"input": {"text": "x"}})
+    assert r.status_code == 400 and set(r.json()) == {"error"}
+    r = client.post("/api/embed", json={"input": "x", "dimensions": 8})
+    assert r.status_code == 400 and "dimensions" in r.json()["error"]
+
+
+def test_tei_embed(client, tiny) -> None:  # type: ignore[no-untyped-def]
+    r = client.post("/embed", json={"inputs": TEXTS})
+    assert np.array_equal(vecs(r.json()), tiny.embed(TEXTS))
+    r = client.post("/embed", json={"inputs": TEXTS[0]})  # a single string still nests
+    assert np.array_equal(vecs(r.json()), tiny.embed(TEXTS[:1]))
+    r = client.post("/embed", json={"inputs": TEXTS, "prompt_name": "query", "dimensions": 48})
+    assert np.array_equal(vecs(r.json()), tiny.embed_queries(TEXTS, dimensions=48))
+    r = client.post("/embed", json={"inputs": TEXTS, "prompt_name": "qa"})
+    assert np.array_equal(vecs(r.json()), tiny.embed(TEXTS, instruction=TASK_PRESETS["qa"]))
+    raw = vecs(client.post("/embed", json={"inputs": TEXTS, "normalize": False}).json())
+    assert not np.allclose(np.linalg.norm(raw, axis=1), 1)
+    np.testing.assert_allclose(raw / np.linalg.norm(raw, axis=1, keepdims=True),
+                               tiny.embed(TEXTS), atol=1e-6)
+
+
+def test_tei_truncation(client, tiny) -> None:  # type: ignore[no-untyped-def]
+    r = client.post("/embed", json={"inputs": [LONG]})
+    assert r.status_code == 413 and r.json()["error_type"] == "Validation"
+    right = client.post("/embed", json={"inputs": [LONG], "truncate": True}).json()
+    assert np.array_equal(vecs(right), tiny.embed([LONG], truncate=True))
+    left = client.post("/embed", json={"inputs": [LONG], "truncate": True,
+                                       "truncation_direction": "Left"}).json()
+    ids = tiny.tokenize([LONG], truncate=True, direction="left")
+    assert np.array_equal(vecs(left), tiny.embed_token_ids(ids))
+    assert not np.allclose(vecs(left), vecs(right))
+
+
+def test_tei_tokenize(client, tiny) -> None:  # type: ignore[no-untyped-def]
+    text = "Привет, world"
+    toks = client.post("/tokenize", json={"inputs": text}).json()[0]
+    assert [t["id"] for t in toks] == tiny.tokenize([text])[0]
+    assert toks[-1]["special"] and toks[-1]["start"] is None
+    raw = text.encode()
+    for t in toks[:-1]:
+        assert raw[t["start"] : t["stop"]].decode() == t["text"]  # byte offsets, as TEI's
+    plain = client.post("/tokenize", json={"inputs": [text, "a"],
+                                           "add_special_tokens": False}).json()
+    assert len(plain) == 2 and not any(t["special"] for t in plain[0])
+
+
+def test_tei_info_health_errors(client, tiny) -> None:  # type: ignore[no-untyped-def]
+    info = client.get("/info").json()
+    assert info["model_id"] == "qwen3-embedding:0.6b"
+    assert info["max_input_length"] == tiny.max_tokens
+    assert info["model_type"] == {"embedding": {"pooling": "last_token"}}
+    assert client.get("/health").status_code == 200
+    for body, status, kind in [({"inputs": []}, 400, "Empty"), ({"inputs": [""]}, 400, "Empty"),
+                               ({"inputs": 3}, 422, "Validation"),
+                               ({"inputs": "x", "prompt_name": "nope"}, 422, "Validation"),
+                               ({"inputs": "x", "truncation_direction": "up"}, 422,
+                                "Validation")]:
+        r = client.post("/embed", json=body)
+        assert (r.status_code, r.json()["error_type"]) == (status, kind), r.text
+        assert r.json()["error"]
