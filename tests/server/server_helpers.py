@@ -16,8 +16,8 @@ import pytest
 pytest.importorskip("fastapi")
 pytest.importorskip("prometheus_client")
 
-from smysl.base import BaseEmbedder, Progress  # noqa: E402
-from smysl.server import ServerConfig, create_app  # noqa: E402
+from smysl.base import BaseEmbedder, Progress
+from smysl.server import ServerConfig, create_app
 
 
 class HashEmbedder(BaseEmbedder):
