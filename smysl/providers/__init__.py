@@ -167,7 +167,8 @@ def connect(scheme: str, rest: str = "", **options: Any) -> Provider:
     if scheme in ("openrouter", "dashscope", "deepinfra", "fireworks", "siliconflow") and \
             "dimensions" not in options:
         options["dimensions"] = _WIDTHS.get(f"{scheme}:{model}".lower())
-    return _provider_class(scheme)(model or "tei", config, **options)
+    # TEI serves one model and takes no name: the server's URL identifies it.
+    return _provider_class(scheme)(model or config.base_url, config, **options)
 
 
 def _factory(scheme: str) -> Any:

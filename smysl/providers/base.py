@@ -246,6 +246,10 @@ class Usage:
 
 
 # --------------------------------------------------------------------------- tokenizer lookup
+_TOKENIZERS: dict[str, Tokenizer] = {}
+_TOKENIZERS_LOCK = threading.Lock()
+
+
 def find_tokenizer(path: str | os.PathLike[str] | None = None) -> Tokenizer | None:
     """The Qwen3 tokenizer for local counting: ``path``, ``$SMYSL_TOKENIZER``, the Hugging Face
     cache, then a download of ``tokenizer.json`` alone. None (with a warning) when none works.
@@ -274,7 +278,11 @@ def find_tokenizer(path: str | os.PathLike[str] | None = None) -> Tokenizer | No
         if p.is_dir():
             p = p / "tokenizer.json"
         if p.is_file():
-            return Tokenizer(p, max_tokens=1 << 30)
+            key = str(p.resolve())
+            with _TOKENIZERS_LOCK:
+                if key not in _TOKENIZERS:  # one parsed tokenizer per file, shared (thread-safe)
+                    _TOKENIZERS[key] = Tokenizer(p, max_tokens=1 << 30)
+                return _TOKENIZERS[key]
         if path is not None:
             raise FileNotFoundError(f"tokenizer {c!r} not found")
     warnings.warn(
@@ -344,7 +352,10 @@ class Provider(BaseEmbedder):
         self._tokenizer_arg = tokenizer
         self._tokenizer: Tokenizer | None = tokenizer if isinstance(tokenizer, Tokenizer) else None
         self._tokenizer_resolved = self._tokenizer is not None
-        self._lock = threading.Lock()
+        #: Batch size learned from 413 answers (servers whose limit is below the config's).
+        self._batch_cap = config.max_batch_texts
+        self._width_lock = threading.Lock()
+        self._tokenizer_lock = threading.Lock()
         self._rng = random.Random(seed)
         #: Sleep function between retries (tests record instead of sleeping).
         self.sleep: Callable[[float], None] = time.sleep
@@ -365,6 +376,10 @@ class Provider(BaseEmbedder):
             transport=transport,
             follow_redirects=True,
         )
+        if tokenizer is not None or os.environ.get(TOKENIZER_ENV):
+            # A tokenizer named explicitly is local and cheap: load it now so that length checks
+            # and request-size estimates use exact counts from the first call.
+            _ = self.tokenizer
 
     # ---------------------------------------------------------------- what a subclass writes
     @abc.abstractmethod
@@ -387,9 +402,12 @@ class Provider(BaseEmbedder):
     def dimensions(self) -> int:
         """Width of the rows this provider returns (probed with one request if unknown)."""
         if self._width is None:
-            with self._lock:
+            with self._width_lock:
                 if self._width is None:
-                    rows, _ = self._request(["dimension probe"], truncate=True)
+                    # One real (billed) request for a one-token text; its usage is recorded.
+                    probe = ["dimension probe"]
+                    rows, reported = self._request(probe, truncate=True)
+                    self._record(probe, reported)
                     self._width = int(rows.shape[1])
         return self._width
 
@@ -401,7 +419,7 @@ class Provider(BaseEmbedder):
     def tokenizer(self) -> Tokenizer | None:
         """The Qwen3 tokenizer used for local counts, looked up on first use."""
         if not self._tokenizer_resolved:
-            with self._lock:
+            with self._tokenizer_lock:
                 if not self._tokenizer_resolved:
                     arg = self._tokenizer_arg
                     self._tokenizer = find_tokenizer(
@@ -518,7 +536,7 @@ class Provider(BaseEmbedder):
         for i, size in enumerate(sizes):
             over_tokens = cfg.max_batch_tokens is not None and cur_tokens + size > \
                 cfg.max_batch_tokens
-            if cur and (len(cur) >= cfg.max_batch_texts or over_tokens):
+            if cur and (len(cur) >= min(cfg.max_batch_texts, self._batch_cap) or over_tokens):
                 batches.append(cur)
                 cur, cur_tokens = [], 0
             cur.append(i)
@@ -535,8 +553,10 @@ class Provider(BaseEmbedder):
         except PayloadTooLargeError:
             if len(batch) == 1:
                 raise
-            # The server's limit is lower than configured: halve and go on.
+            # The server's limit is lower than configured: halve, go on, and plan later calls
+            # within the size that is known to fit better.
             mid = len(batch) // 2
+            self._batch_cap = min(self._batch_cap, len(batch) - mid)
             self._embed_batch(texts, batch[:mid], truncate, out)
             self._embed_batch(texts, batch[mid:], truncate, out)
             return
@@ -544,6 +564,9 @@ class Provider(BaseEmbedder):
             raise MalformedResponseError(
                 f"{self.name} returned {rows.shape[1]}-wide rows, expected {out.shape[1]}")
         out[batch] = rows
+        self._record(chunk, reported)
+
+    def _record(self, chunk: list[str], reported: int | None) -> None:
         counted = estimated = None
         if reported is None:
             tok = self.tokenizer
@@ -611,7 +634,10 @@ class Provider(BaseEmbedder):
         if arr.ndim != 2 or arr.shape[1] == 0:
             raise ValueError(f"embeddings of shape {arr.shape}")
         if self._width is not None and arr.shape[1] != self._width:
-            raise ValueError(f"rows are {arr.shape[1]} wide, expected {self._width}")
+            # Not transient: the model is not the width this object was built for.
+            raise ProviderError(
+                f"{self.name} returned {arr.shape[1]}-wide rows but {self._width} were expected; "
+                f"pass dimensions={arr.shape[1]} if that is the model's width")
         if not np.isfinite(arr).all():
             raise ValueError("non-finite values in embeddings")
         if tokens is not None and (isinstance(tokens, bool) or not isinstance(tokens, int)

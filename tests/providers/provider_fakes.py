@@ -66,7 +66,8 @@ class FakeServer:
                  retry_after: str | None = "0", retry_after_ms: str | None = "2",
                  max_inputs: int | None = None, tei_max_batch: int = 32,
                  api_key: str | None = None, models: set[str] | None = None,
-                 shuffle: bool = False, normalize: bool = True, seed: int = 0) -> None:
+                 shuffle: bool = False, normalize: bool = True, seed: int = 0,
+                 reject: Callable[[list[str]], bool] | None = None) -> None:
         self.dims = dims
         self.tokenizer = tokenizer
         self.embed_fn = embed_fn
@@ -77,6 +78,7 @@ class FakeServer:
         self.api_key = api_key
         self.models = models
         self.shuffle = shuffle
+        self.reject = reject  # batches it answers 500 to, every time
         self.normalize = normalize
         self.rng = random.Random(seed)
         self.script: deque[Fault] = deque()
@@ -193,6 +195,10 @@ class FakeServer:
                         self.headers.get("Authorization") != f"Bearer {server.api_key}":
                     self._send(401, {"error": {"message": "Incorrect API key provided",
                                                "type": "invalid_request_error"}})
+                    return
+                texts = body.get("input", body.get("inputs"))
+                if server.reject is not None and isinstance(texts, list) and server.reject(texts):
+                    self._send(500, {"error": {"message": "poisoned batch"}})
                     return
                 status, out = self.route(body)
                 if fault is not None and status == 200 and (fault.body is not None or
