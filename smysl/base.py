@@ -63,8 +63,9 @@ class BaseEmbedder(abc.ABC):
     ) -> np.ndarray:
         """Embed texts; returns float32 ``[n, dimensions]`` with unit rows, in input order.
 
-        ``instruction`` (a task description or a preset name from :data:`smysl.prompts.TASK_PRESETS`)
-        turns every text into a query; without it texts are embedded as documents.
+        ``instruction`` (a task description, or a preset name from
+        :data:`smysl.prompts.TASK_PRESETS`) turns every text into a query; without it texts are
+        embedded as documents.
         """
         items = self._check_texts(texts)
         dims = check_dimensions(dimensions, self.dimensions, minimum=self.min_dimensions)
@@ -110,7 +111,7 @@ class BaseEmbedder(abc.ABC):
         return self.embed(texts, dimensions=dimensions, truncate=truncate, progress=progress)
 
     def count_tokens(self, texts: str | Sequence[str]) -> list[int]:
-        """Tokens each text costs as a document, EOS included. Backends with a tokenizer override."""
+        """Tokens each text costs as a document, EOS included (backends with a tokenizer)."""
         raise NotImplementedError(f"{type(self).__name__} cannot count tokens")
 
     def format_texts(self, texts: list[str], instruction: str | None) -> list[str]:
@@ -121,7 +122,7 @@ class BaseEmbedder(abc.ABC):
             raise ValueError(f"model {self.name!r} does not take instructions")
         return [format_query(t, instruction) for t in texts]
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 - optional hook, a no-op for most backends
         """Release resources (connections, device memory). Safe to call twice."""
 
     def __enter__(self) -> BaseEmbedder:
@@ -214,4 +215,5 @@ def load_scheme(scheme: str, rest: str, **options: Any) -> BaseEmbedder:
         return _CALLABLES[scheme](rest, **options)
     module_name, _, func = SCHEMES[scheme].partition(":")
     factory = getattr(importlib.import_module(module_name), func)
-    return factory(rest, **options)  # type: ignore[no-any-return]
+    backend: BaseEmbedder = factory(rest, **options)
+    return backend

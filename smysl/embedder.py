@@ -1,4 +1,5 @@
-"""The public local embedder: text -> prompts/tokens -> token-budget batches -> engine -> vectors."""
+"""The public local embedder: text -> prompts/tokens -> token-budget batches -> engine -> vectors.
+"""
 
 from __future__ import annotations
 
@@ -34,8 +35,8 @@ class Embedder(BaseEmbedder):
         self.name = name
         self.dimensions = engine.hidden_size
         self.default_task = default_task
-        self.max_tokens = min(max_tokens or engine.max_positions, engine.max_positions)
-        tokenizer.max_tokens = self.max_tokens
+        self.limit = min(max_tokens or engine.max_positions, engine.max_positions)
+        self.max_tokens = tokenizer.max_tokens = self.limit
         if scheduler is None:
             budget = 32768 if engine.device.type == "cuda" else 4096
             scheduler = SchedulerConfig(max_batch_tokens=budget)
@@ -110,11 +111,11 @@ class Embedder(BaseEmbedder):
                                  f" {bad[:5]}")
             if s[-1] != self.tokenizer.eos_id:
                 s.append(self.tokenizer.eos_id)
-            if len(s) > self.max_tokens:
+            if len(s) > self.limit:
                 if not truncate:
                     raise InputTooLongError(f"input {i} has {len(s)} tokens but at most "
-                                            f"{self.max_tokens} are allowed")
-                s = [*s[: self.max_tokens - 1], self.tokenizer.eos_id]
+                                            f"{self.limit} are allowed")
+                s = [*s[: self.limit - 1], self.tokenizer.eos_id]
             seqs.append(s)
         if not seqs:
             return np.zeros((0, dims), dtype=np.float32)

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import re
 from collections import defaultdict
+from collections.abc import Iterable, Iterator
+from typing import Any
 
 import torch
 from torch import nn
@@ -30,7 +32,23 @@ def load_encoder(ckpt: Checkpoint, device: torch.device, dtype: torch.dtype) -> 
     """Build the encoder of ``ckpt`` on ``device`` with weights in ``dtype``."""
     from safetensors import safe_open
 
-    cfg = Qwen3Config.from_dict(ckpt.config)
+    def tensors() -> Iterator[tuple[str, torch.Tensor]]:
+        for path in ckpt.weights:
+            with safe_open(str(path), framework="pt", device="cpu") as f:
+                for key in f.keys():  # noqa: SIM118 - safe_open is not a dict
+                    yield key, f.get_tensor(key)
+
+    try:
+        return build_encoder(ckpt.config, tensors(), device, dtype)
+    except ValueError as e:
+        raise ValueError(f"{ckpt.root}: {e}") from None
+
+
+def build_encoder(config: dict[str, Any], tensors: Iterable[tuple[str, torch.Tensor]],
+                  device: torch.device, dtype: torch.dtype) -> Qwen3Encoder:
+    """Build an encoder from a config dict and (name, tensor) pairs in checkpoint naming
+    (``[model.]layers.N.self_attn.q_proj.weight`` ...), e.g. a transformers state dict."""
+    cfg = Qwen3Config.from_dict(config)
     with torch.device("meta"):
         model = Qwen3Encoder(cfg)
     params = dict(model.named_parameters())
@@ -39,37 +57,35 @@ def load_encoder(ckpt: Checkpoint, device: torch.device, dtype: torch.dtype) -> 
 
     def assign(name: str, tensor: torch.Tensor) -> None:
         if name not in params:
-            raise ValueError(f"{ckpt.root}: unexpected weight {name!r}")
+            raise ValueError(f"unexpected weight {name!r}")
         if tuple(tensor.shape) != tuple(params[name].shape):
-            raise ValueError(f"{ckpt.root}: {name} has shape {tuple(tensor.shape)}, config "
-                             f"implies {tuple(params[name].shape)}")
+            raise ValueError(f"{name} has shape {tuple(tensor.shape)}, config implies "
+                             f"{tuple(params[name].shape)}")
         mod_name, _, attr = name.rpartition(".")
         module = model.get_submodule(mod_name)
         module._parameters[attr] = nn.Parameter(tensor, requires_grad=False)
         loaded.add(name)
 
-    for path in ckpt.weights:
-        with safe_open(str(path), framework="pt", device="cpu") as f:
-            for key in f.keys():  # noqa: SIM118 - safe_open is not a dict
-                name = key.removeprefix("model.")
-                if name.startswith(_IGNORED):
-                    continue
-                # Norm weights stay float32 (lossless; cast per use like the reference does).
-                want = torch.float32 if name.endswith("norm.weight") else dtype
-                tensor = f.get_tensor(key).to(device=device, dtype=want)
-                m = _LAYER_KEY.match(name)
-                if m and m.group(2) in _PART_OF:
-                    fused, idx = _PART_OF[m.group(2)]
-                    full = f"layers.{m.group(1)}.{fused}.weight"
-                    pending[full][idx] = tensor
-                    if len(pending[full]) == len(_FUSED[fused]):
-                        parts = pending.pop(full)
-                        assign(full, torch.cat([parts[i] for i in range(len(parts))]))
-                    continue
-                assign(name, tensor)
+    for key, raw in tensors:
+        name = key.removeprefix("model.")
+        if name.startswith(_IGNORED):
+            continue
+        # Norm weights stay float32 (lossless; cast per use like the reference does).
+        want = torch.float32 if name.endswith("norm.weight") else dtype
+        tensor = raw.to(device=device, dtype=want)
+        m = _LAYER_KEY.match(name)
+        if m and m.group(2) in _PART_OF:
+            fused, idx = _PART_OF[m.group(2)]
+            full = f"layers.{m.group(1)}.{fused}.weight"
+            pending[full][idx] = tensor
+            if len(pending[full]) == len(_FUSED[fused]):
+                parts = pending.pop(full)
+                assign(full, torch.cat([parts[i] for i in range(len(parts))]))
+            continue
+        assign(name, tensor)
     missing = sorted(set(params) - loaded) + sorted(pending)
     if missing:
-        raise ValueError(f"{ckpt.root}: checkpoint lacks weights {missing[:8]}")
+        raise ValueError(f"checkpoint lacks weights {missing[:8]}")
     inv = 1.0 / (cfg.rope_theta ** (torch.arange(0, cfg.head_dim, 2).float() / cfg.head_dim))
     model.inv_freq = inv.to(device)
     return model.eval()

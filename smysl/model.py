@@ -114,10 +114,8 @@ class Attention(nn.Module):
         q = apply_rope(self.q_norm(q.view(t, self.hq, self.d)), cos, sin)
         k = apply_rope(self.k_norm(k.view(t, self.hkv, self.d)), cos, sin)
         v = v.view(t, self.hkv, self.d)
-        if last is None:
-            out = plan.attend(q, k, v)  # [T, Hq, D]
-        else:  # final layer: only each sequence's last query is needed downstream
-            out = plan.attend_last(q[last], k, v)  # [B, Hq, D]
+        # final layer: only each sequence's last query is needed downstream ([B, Hq, D])
+        out = plan.attend(q, k, v) if last is None else plan.attend_last(q[last], k, v)
         return self.o_proj(out.flatten(1))
 
 
@@ -262,6 +260,7 @@ class Qwen3Encoder(nn.Module):
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         d = cfg.head_dim
         inv = 1.0 / (cfg.rope_theta ** (torch.arange(0, d, 2, dtype=torch.int64).float() / d))
+        self.inv_freq: torch.Tensor
         self.register_buffer("inv_freq", inv, persistent=False)
 
     def rope(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

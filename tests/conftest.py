@@ -123,7 +123,7 @@ def reference_embed(path: Path, texts: list[str], dims: int | None = None) -> np
     """The transformers reference recipe: left padding, official last-token pool, F.normalize."""
     import torch
     import torch.nn.functional as F
-    from transformers import AutoTokenizer, Qwen3Model
+    from transformers import AutoTokenizer
 
     model = _reference_model(path)
     tok = AutoTokenizer.from_pretrained(str(path), padding_side="left")

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from conftest import TEXTS, Tiny, build_tiny, reference_embed
+
 from smysl import Embedder
 from smysl.embedder import Embedder as LocalEmbedder
 from smysl.prompts import DEFAULT_TASK, format_query

@@ -4,8 +4,8 @@ import json
 from pathlib import Path
 
 import pytest
-
 from conftest import EOS, TEXTS, embedding_tokenizer_json, require_tokenizer
+
 from smysl.tokenize import InputTooLongError, Tokenizer
 
 
@@ -26,7 +26,7 @@ def test_variants_detected(both: tuple[Tokenizer, Tokenizer]) -> None:
 
 def test_eos_exactly_once_and_identical_ids(both: tuple[Tokenizer, Tokenizer]) -> None:
     base, emb = both
-    a, b = base.encode(TEXTS[:2] + [""]), emb.encode(TEXTS[:2] + [""])
+    a, b = base.encode([*TEXTS[:2], ""]), emb.encode([*TEXTS[:2], ""])
     assert a == b
     for ids in a:
         assert ids[-1] == EOS and EOS not in ids[:-1]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 from pathlib import Path
@@ -50,15 +51,13 @@ def run(args: argparse.Namespace) -> int:
 
         np.save(args.output, vectors)
     else:
-        out = sys.stdout if args.output == "-" else open(args.output, "w", encoding="utf-8")
-        try:
+        with contextlib.ExitStack() as stack:
+            out = sys.stdout if args.output == "-" else stack.enter_context(
+                open(args.output, "w", encoding="utf-8"))
             for i, (text, vec) in enumerate(zip(lines, vectors, strict=True)):
                 out.write(json.dumps({"index": i, "text": text,
                                       "embedding": [float(x) for x in vec]},
                                      ensure_ascii=False) + "\n")
-        finally:
-            if out is not sys.stdout:
-                out.close()
     print(f"embedded {len(lines)} texts -> {vectors.shape[1]} dims"
           + (f"; {usage}" if usage else ""), file=sys.stderr)
     return 0

@@ -1,0 +1,191 @@
+"""CPU benchmark: smysl fp32 / int8 vs sentence-transformers on the real 0.6B shape.
+
+Usage (from the repo root, after the README's dev install):
+
+    .venv/bin/python benchmarks/bench_cpu.py --size 0.6b --scale 0.6
+    .venv/bin/python benchmarks/bench_cpu.py --memory 2048,4096,8192     # peak RSS per length
+
+Each system runs in its own process (clean peak RSS) on the same random-weight checkpoint and
+the same fixed Russian/English corpus; the parent prints them side by side and checks that the
+vectors agree. Random weights: speed does not depend on weight values.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import SHAPES, corpus, random_checkpoint
+
+OUT = Path(os.environ.get("SMYSL_BENCH_DIR", Path(__file__).resolve().parents[1] / "bench-out"))
+
+
+def rss_mib() -> float:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def peak_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def flops_per_token(size: str, context: float) -> float:
+    """Forward FLOPs per token: 2 x linear params + causal attention at a mean context."""
+    s = SHAPES[size]
+    h, L, hq, hkv, f = (s["hidden_size"], s["num_hidden_layers"], s["num_attention_heads"],
+                        s["num_key_value_heads"], s["intermediate_size"])
+    d = 128
+    linear = h * (hq + 2 * hkv) * d + hq * d * h + 3 * h * f
+    attn = 2 * 2 * hq * d * context  # QK^T and PV over `context` keys
+    return L * (2 * linear + attn)
+
+
+def matmul_gflops() -> float:
+    """This machine's fp32 matmul rate on an MLP-shaped GEMM (torch, all threads)."""
+    import torch
+
+    a, b = torch.randn(4096, 1024), torch.randn(1024, 6144)
+    for _ in range(2):
+        a @ b
+    t, n = time.perf_counter(), 8
+    for _ in range(n):
+        a @ b
+    return 2 * 4096 * 1024 * 6144 * n / (time.perf_counter() - t) / 1e9
+
+
+# --------------------------------------------------------------------------- one system
+def run_system(system: str, ckpt: Path, texts: list[str], out: Path, batch_tokens: int) -> dict:
+    import torch
+
+    t0 = time.perf_counter()
+    if system == "st":
+        from sentence_transformers import SentenceTransformer
+
+        model = SentenceTransformer(str(ckpt), device="cpu",
+                                    model_kwargs={"dtype": torch.float32})
+
+        def embed(x: list[str]) -> np.ndarray:
+            return model.encode(x, batch_size=32, normalize_embeddings=True,
+                                convert_to_numpy=True)
+    else:
+        from smysl import Embedder
+
+        emb = Embedder.load(str(ckpt), device="cpu", dtype="float32",
+                            quantize="int8" if system == "int8" else None,
+                            max_batch_tokens=batch_tokens)
+
+        def embed(x: list[str]) -> np.ndarray:
+            return emb.embed(x)
+    load_s = time.perf_counter() - t0
+    rss_loaded = rss_mib()
+    embed(texts[:4])  # warm-up
+    t1 = time.perf_counter()
+    vecs = embed(texts)
+    secs = time.perf_counter() - t1
+    np.save(out, vecs)
+    return {"system": system, "load_s": load_s, "embed_s": secs, "rss_loaded_mib": rss_loaded,
+            "peak_rss_mib": peak_mib(), "threads": torch.get_num_threads()}
+
+
+def run_memory(ckpt: Path, n_tokens: int) -> dict:
+    """Peak RSS of embedding one input of ``n_tokens`` tokens (fp32)."""
+    from smysl import Embedder
+
+    emb = Embedder.load(str(ckpt), device="cpu", dtype="float32")
+    loaded = rss_mib()
+    ids = [[(i * 7919) % 150000 for i in range(n_tokens - 1)]]
+    t = time.perf_counter()
+    emb.embed_token_ids(ids)  # type: ignore[attr-defined]
+    return {"tokens": n_tokens, "rss_loaded_mib": loaded, "peak_rss_mib": peak_mib(),
+            "embed_s": time.perf_counter() - t}
+
+
+# --------------------------------------------------------------------------- parent
+def child(args: list[str]) -> dict:
+    res = subprocess.run([sys.executable, __file__, *args], capture_output=True, text=True,
+                         check=False)
+    if res.returncode != 0:
+        raise SystemExit(f"child {args} failed:\n{res.stderr[-3000:]}")
+    return json.loads(res.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--size", default="0.6b", choices=sorted(SHAPES))
+    ap.add_argument("--scale", type=float, default=0.6, help="corpus size factor (1.0 ~ 20K tok)")
+    ap.add_argument("--systems", default="st,fp32,int8")
+    ap.add_argument("--batch-tokens", type=int, default=4096)
+    ap.add_argument("--memory", default="", help="comma list of token counts: RSS mode")
+    ap.add_argument("--child", default="", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    OUT.mkdir(parents=True, exist_ok=True)
+    ckpt = random_checkpoint(args.size, OUT / f"qwen3-{args.size}-random")
+    texts = corpus(args.scale)
+
+    if args.child.startswith("mem:"):
+        print(json.dumps(run_memory(ckpt, int(args.child[4:]))))
+        return
+    if args.child:
+        print(json.dumps(run_system(args.child, ckpt, texts, OUT / f"{args.child}.npy",
+                                    args.batch_tokens)))
+        return
+
+    import torch
+    from tokenizers import Tokenizer
+
+    print(f"machine: {os.cpu_count()} CPUs, torch {torch.__version__}, "
+          f"{torch.get_num_threads()} threads; model {args.size} (random weights)")
+    if args.memory:
+        weights = sum(p.stat().st_size for p in ckpt.glob("*.safetensors")) * 2 / 2**20  # fp32
+        print(f"fp32 weights: {weights:.0f} MiB")
+        print("tokens  loaded_rss_MiB  peak_rss_MiB  extra_over_weights_MiB  embed_s")
+        for n in [int(x) for x in args.memory.split(",")]:
+            r = child(["--size", args.size, "--child", f"mem:{n}"])
+            print(f"{n:6d}  {r['rss_loaded_mib']:14.0f}  {r['peak_rss_mib']:12.0f}  "
+                  f"{r['peak_rss_mib'] - weights:22.0f}  {r['embed_s']:7.1f}")
+        return
+
+    tok = Tokenizer.from_file(str(ckpt / "tokenizer.json"))
+    lengths = [len(e.ids) for e in tok.encode_batch(texts)]
+    n_tok = sum(lengths)
+    ctx = sum(n * n / 2 for n in lengths) / n_tok  # mean causal context per token
+    gf = matmul_gflops()
+    print(f"corpus: {len(texts)} texts, {n_tok} tokens (min {min(lengths)}, max {max(lengths)})")
+    print(f"fp32 matmul rate: {gf:.1f} GFLOP/s")
+    results = {}
+    for system in args.systems.split(","):
+        results[system] = r = child(["--size", args.size, "--scale", str(args.scale),
+                                     "--batch-tokens", str(args.batch_tokens),
+                                     "--child", system])
+        r["tok_s"] = n_tok / r["embed_s"]
+        r["texts_s"] = len(texts) / r["embed_s"]
+        r["matmul_frac"] = r["tok_s"] * flops_per_token(args.size, ctx) / 1e9 / gf
+    print(f"{'system':8} {'tokens/s':>9} {'texts/s':>8} {'embed_s':>8} {'load_s':>7} "
+          f"{'peak_RSS_MiB':>12} {'of_matmul_peak':>14}")
+    for s, r in results.items():
+        print(f"{s:8} {r['tok_s']:9.1f} {r['texts_s']:8.2f} {r['embed_s']:8.1f} "
+              f"{r['load_s']:7.1f} {r['peak_rss_mib']:12.0f} {r['matmul_frac']:14.0%}")
+    vec = {s: np.load(OUT / f"{s}.npy") for s in results}
+    if "st" in vec and "fp32" in vec:
+        print(f"fp32 / st speed: {results['fp32']['tok_s'] / results['st']['tok_s']:.2f}x; "
+              f"max |fp32 - st| = {np.abs(vec['fp32'] - vec['st']).max():.2e}")
+    if "int8" in vec and "fp32" in vec:
+        cos = (vec["int8"] * vec["fp32"]).sum(1)
+        print(f"int8 / fp32 speed: {results['int8']['tok_s'] / results['fp32']['tok_s']:.2f}x; "
+              f"cosine int8 vs fp32: min {cos.min():.4f}, mean {cos.mean():.4f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,127 @@
+"""Shared pieces of the benchmark scripts: random real-shape checkpoints and a fixed corpus."""
+
+from __future__ import annotations
+
+import csv
+import json
+import random
+import shutil
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared"
+TOKENIZER = SHARED / "qwen3-tokenizer"
+DATASETS = SHARED / "datasets"
+EOS = 151643
+
+#: Real Qwen3-Embedding shapes (config.json fields).
+SHAPES: dict[str, dict[str, int]] = {
+    "0.6b": dict(hidden_size=1024, num_hidden_layers=28, num_attention_heads=16,
+                 num_key_value_heads=8, intermediate_size=3072, vocab_size=151669,
+                 max_position_embeddings=32768),
+    "4b": dict(hidden_size=2560, num_hidden_layers=36, num_attention_heads=32,
+               num_key_value_heads=8, intermediate_size=9728, vocab_size=151665,
+               max_position_embeddings=40960),
+    "8b": dict(hidden_size=4096, num_hidden_layers=36, num_attention_heads=32,
+               num_key_value_heads=8, intermediate_size=12288, vocab_size=151665,
+               max_position_embeddings=40960),
+}
+
+
+def embedding_tokenizer() -> dict:
+    """The shared base tokenizer plus Qwen3-Embedding's EOS-appending post-processor."""
+    tok = json.loads((TOKENIZER / "tokenizer.json").read_text(encoding="utf-8"))
+    eos = {"id": "<|endoftext|>", "type_id": 0}
+    tok["post_processor"] = {"type": "Sequence", "processors": [tok["post_processor"], {
+        "type": "TemplateProcessing",
+        "single": [{"Sequence": {"id": "A", "type_id": 0}}, {"SpecialToken": eos}],
+        "pair": [{"Sequence": {"id": "A", "type_id": 0}}, {"SpecialToken": eos},
+                 {"Sequence": {"id": "B", "type_id": 1}}, {"SpecialToken": eos}],
+        "special_tokens": {"<|endoftext|>": {"id": "<|endoftext|>", "ids": [EOS],
+                                             "tokens": ["<|endoftext|>"]}}}]}
+    return tok
+
+
+def random_checkpoint(size: str, out: Path, dtype: str = "bfloat16") -> Path:
+    """A Qwen3-Embedding-shaped checkpoint with random weights, laid out like the real repo
+    (safetensors in bf16, tokenizer with EOS post-processor, sentence-transformers files)."""
+    if (out / "config.json").is_file():
+        return out
+    import torch
+    from transformers import Qwen3Config, Qwen3Model
+
+    cfg = Qwen3Config(head_dim=128, rope_theta=1_000_000.0, rms_norm_eps=1e-6,
+                      tie_word_embeddings=size == "0.6b", **SHAPES[size])
+    torch.manual_seed(0)
+    with torch.device("meta"):
+        model = Qwen3Model(cfg)
+    model = model.to(getattr(torch, dtype)).to_empty(device="cpu")  # no fp32 copy of 8B
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("norm.weight"):
+                p.fill_(1.0)
+            else:
+                p.normal_(0, 0.02)
+    tmp = out.with_suffix(".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp, max_shard_size="5GB")
+    (tmp / "tokenizer.json").write_text(json.dumps(embedding_tokenizer()), encoding="utf-8")
+    tc = json.loads((TOKENIZER / "tokenizer_config.json").read_text(encoding="utf-8"))
+    tc["padding_side"] = "left"  # as in the Qwen3-Embedding repos
+    (tmp / "tokenizer_config.json").write_text(json.dumps(tc), encoding="utf-8")
+    (tmp / "config_sentence_transformers.json").write_text(json.dumps({
+        "prompts": {"query": "Instruct: Given a web search query, retrieve relevant passages "
+                             "that answer the query\nQuery:", "document": ""},
+        "default_prompt_name": None, "similarity_fn_name": "cosine"}))
+    (tmp / "modules.json").write_text(json.dumps([
+        {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+        {"idx": 1, "name": "1", "path": "1_Pooling",
+         "type": "sentence_transformers.models.Pooling"},
+        {"idx": 2, "name": "2", "path": "2_Normalize",
+         "type": "sentence_transformers.models.Normalize"}]))
+    (tmp / "1_Pooling").mkdir()
+    (tmp / "1_Pooling" / "config.json").write_text(json.dumps({
+        "word_embedding_dimension": cfg.hidden_size, "pooling_mode_cls_token": False,
+        "pooling_mode_mean_tokens": False, "pooling_mode_max_tokens": False,
+        "pooling_mode_mean_sqrt_len_tokens": False, "pooling_mode_weightedmean_tokens": False,
+        "pooling_mode_lasttoken": True, "include_prompt": True}))
+    (tmp / "2_Normalize").mkdir()
+    (tmp / "sentence_bert_config.json").write_text(json.dumps({"max_seq_length": 32768,
+                                                               "do_lower_case": False}))
+    tmp.rename(out)
+    return out
+
+
+def _csv(path: Path, col: int | str, n: int, rng: random.Random) -> list[str]:
+    """``n`` distinct non-empty values of column ``col`` (index: no header; name: header)."""
+    with path.open(encoding="utf-8", newline="") as f:
+        rows: list = list(csv.DictReader(f) if isinstance(col, str) else csv.reader(f))
+    texts = sorted({str(r[col]).strip() for r in rows if str(r[col]).strip()})
+    return rng.sample(texts, min(n, len(texts)))
+
+
+def _paragraphs(lang: str) -> list[str]:
+    data = json.loads((DATASETS / "xquad" / f"xquad.{lang}.json").read_text(encoding="utf-8"))
+    return [p["context"] for art in data["data"] for p in art["paragraphs"]]
+
+
+def corpus(scale: float = 1.0, seed: int = 0) -> list[str]:
+    """Fixed mixed Russian/English corpus: short sentences to multi-paragraph texts."""
+    rng = random.Random(seed)
+
+    def k(n: int) -> int:
+        return max(1, round(n * scale))
+
+    texts: list[str] = []
+    texts += _csv(DATASETS / "stsb" / "stsb-ru-test.csv", 0, k(150), rng)
+    texts += _csv(DATASETS / "stsb" / "stsb-en-test.csv", 0, k(150), rng)
+    texts += _csv(DATASETS / "sentirueval" / "SentiRuEval2016_small_test.csv", "text", k(50), rng)
+    texts += _csv(DATASETS / "intents" / "intents_test.csv", "text", k(25), rng)  # ru
+    texts += _csv(DATASETS / "intents" / "intents_test.csv", "answer", k(25), rng)  # en
+    for lang in ("ru", "en"):
+        paras = _paragraphs(lang)
+        texts += rng.sample(paras, k(16))
+        for _ in range(k(3)):  # multi-paragraph documents
+            texts.append("\n\n".join(rng.sample(paras, 3)))
+    rng.shuffle(texts)
+    return texts
