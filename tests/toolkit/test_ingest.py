@@ -1,0 +1,187 @@
+"""Ingestion: readers, chunk payloads, the no-re-embedding guarantee, crash safety."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from smysl.toolkit.chunking import ChunkConfig
+from smysl.toolkit.index import Index, IndexConfig
+from smysl.toolkit.ingest import Document, IngestConfig, ReadConfig, read_documents
+from smysl.toolkit.store import StoreConfig
+from toolkit.helpers import Counting
+
+pytest.importorskip("lancedb")
+
+WORDS = [
+    "river", "stone", "light", "paper", "garden", "window", "engine", "music", "winter",
+    "harbor", "signal", "forest", "copper", "thread", "orbit", "lantern", "meadow", "canyon",
+]
+
+
+def corpus(n_docs: int, sentences: int = 12, seed: int = 0) -> list[Document]:
+    rng = np.random.default_rng(seed)
+    docs = []
+    for d in range(n_docs):
+        text = " ".join(" ".join(rng.choice(WORDS, 7)) + "." for _ in range(sentences))
+        docs.append(Document(f"doc{d}", text, {"group": d % 4, "name": f"n{d}"}))
+    return docs
+
+
+CFG = IngestConfig(chunk=ChunkConfig(max_tokens=24, overlap=4), batch_size=64)
+
+
+def open_index(model, path: Path) -> Index:  # type: ignore[no-untyped-def]
+    return Index.create_or_open(model, IndexConfig(StoreConfig(uri=str(path))))
+
+
+def test_second_ingest_embeds_nothing(tiny, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """The small version of the bar: ~500 chunks twice; the second run embeds nothing."""
+    model = Counting(tiny)
+    docs = corpus(90)
+    with open_index(model, tmp_path / "kb") as ix:
+        first = ix.add(docs, CFG)
+        assert first.chunks >= 500 and first.written == first.chunks
+        assert model.embedded == first.embedded == first.chunks - first.cached
+        assert ix.count() == first.chunks
+    before = model.embedded
+    with open_index(model, tmp_path / "kb") as ix:
+        second = ix.add(docs, CFG)
+    assert model.embedded == before  # not a single text reached the model
+    assert (second.chunks, second.unchanged, second.written, second.embedded) == (
+        first.chunks, first.chunks, 0, 0)
+
+
+def test_changes_reembed_only_what_changed(tiny, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    model = Counting(tiny)
+    docs = corpus(8, seed=1)
+    with open_index(model, tmp_path / "kb") as ix:
+        ix.add(docs, CFG)
+        n0 = ix.count({"doc_id": "doc3"})
+        assert n0 >= 3
+        # metadata change: payload rewritten, vectors from the cache
+        before = model.embedded
+        moved = [Document(d.id, d.text, {**d.metadata, "group": 9}) if d.id == "doc1" else d
+                 for d in docs]
+        rep = ix.add(moved, CFG)
+        assert model.embedded == before and rep.written == ix.count({"doc_id": "doc1"})
+        assert ix.count({"group": 9}) == rep.written
+        # a shorter doc3: its old tail chunks go, nothing else is embedded
+        short = [Document(d.id, d.text[:60], d.metadata) if d.id == "doc3" else d for d in moved]
+        rep = ix.add(short, CFG)
+        assert ix.count({"doc_id": "doc3"}) == 1 and rep.stale_deleted == n0 - 1
+        assert rep.embedded <= 1 and model.embedded - before == rep.embedded
+        # stored vector of a chunk equals embedding its text directly
+        (rec,) = ix.store.get(["doc3#0"])
+        np.testing.assert_allclose(rec.vector, tiny.embed([rec.payload["text"]])[0], atol=1e-5)
+        assert ix.delete(["doc0", "doc2"]) > 0 and ix.count({"doc_id": ["doc0", "doc2"]}) == 0
+
+
+def test_readers_and_payloads(tiny, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "a.md").write_text("# Title\n\nSome markdown text.", encoding="utf-8")
+    (tmp_path / "notes" / "b.txt").write_text("Plain text file.", encoding="utf-8")
+    (tmp_path / "notes" / "skip.bin").write_bytes(b"\x00")
+    (tmp_path / "rows.csv").write_text("id,body,lang\nr1,First row,en\nr2,Zweite Zeile,de\n",
+                                       encoding="utf-8")
+    (tmp_path / "rows.jsonl").write_text(
+        json.dumps({"body": "json row", "year": 2024, "lang": "en"}) + "\n", encoding="utf-8")
+    docs = list(read_documents([tmp_path / "notes", tmp_path / "rows.csv"],
+                               ReadConfig(text_field="body", id_field="id")))
+    assert [d.id for d in docs] == [str(tmp_path / "notes" / "a.md"),
+                                    str(tmp_path / "notes" / "b.txt"), "r1", "r2"]
+    assert docs[3].metadata == {"lang": "de", "source": str(tmp_path / "rows.csv")}
+    (j,) = read_documents([tmp_path / "rows.jsonl"], ReadConfig(text_field="body",
+                                                                metadata_fields=("year",)))
+    assert j.id == f"{tmp_path / 'rows.jsonl'}:1" and j.metadata["year"] == 2024
+    with open_index(tiny, tmp_path / "kb") as ix:
+        ix.add([*docs, j], CFG)
+        assert ix.count({"lang": "de"}) == 1 and ix.count({"year": {"$gte": 2000}}) == 1
+        hit = ix.store.get(["r2#0"])[0].payload
+        assert hit["text"] == "Zweite Zeile" and hit["doc_id"] == "r2" and hit["chunk"] == 0
+    with pytest.raises(ValueError, match="no 'text' column"):
+        list(read_documents([tmp_path / "rows.csv"]))
+    with pytest.raises(ValueError, match="reserved"), open_index(tiny, tmp_path / "kb") as ix:
+        ix.add([Document("x", "text", {"chunk": 1})], CFG)
+
+
+def test_index_refuses_another_model(tiny, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    with open_index(tiny, tmp_path / "kb") as ix:
+        ix.add_texts(["a b c"])
+    other = Counting(tiny)
+    other.name = "another-model"
+    with pytest.raises(ValueError, match="built with model"):
+        open_index(other, tmp_path / "kb")
+    with pytest.raises(ValueError, match="64-d"):
+        Index.create_or_open(tiny, IndexConfig(StoreConfig(uri=str(tmp_path / "kb")),
+                                               dimensions=32))
+
+
+KILL_SCRIPT = textwrap.dedent("""
+    import json, sys, time
+    sys.path.insert(0, {tests!r})
+    from smysl import Embedder
+    from toolkit.helpers import Counting
+    from toolkit.test_ingest import CFG, corpus, open_index
+
+    class Slow(Counting):
+        def _embed(self, texts, *, truncate, progress=None):
+            time.sleep(0.15)  # widen the window in which the kill lands
+            return super()._embed(texts, truncate=truncate, progress=progress)
+
+    model = Slow(Embedder.load({model!r}, device="cpu"))
+    with open_index(model, __import__("pathlib").Path({index!r})) as ix:
+        def stored(ids):
+            print(json.dumps(ids), flush=True)
+        rep = ix.add(corpus(40), CFG, on_stored=stored)
+    print("DONE", rep.chunks, flush=True)
+""")
+
+
+def test_killed_ingestion_loses_nothing_and_rerun_completes(tiny, tiny_dir, tmp_path
+                                                            ) -> None:  # type: ignore[no-untyped-def]
+    script = tmp_path / "ingest.py"
+    script.write_text(KILL_SCRIPT.format(tests=str(Path(__file__).parents[1]),
+                                         model=str(tiny_dir), index=str(tmp_path / "kb")))
+    proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    reported: list[str] = []
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        assert not line.startswith("DONE"), "ingestion finished before it could be killed"
+        reported += json.loads(line)
+        if len(reported) >= 3 * CFG.batch_size:
+            proc.send_signal(signal.SIGKILL)  # no cleanup, no flush: a crash
+            break
+    proc.wait(timeout=60)
+    assert proc.returncode == -signal.SIGKILL
+
+    model = Counting(tiny)
+    with open_index(model, tmp_path / "kb") as ix:
+        got = {r.id: r for r in ix.store.get(reported)}
+        assert set(got) == set(reported)  # everything reported stored survived the kill
+        sample = [got[i] for i in reported[::17]]
+        ref = tiny.embed([r.payload["text"] for r in sample])
+        np.testing.assert_allclose(np.stack([r.vector for r in sample]), ref, atol=1e-5)
+        rep = ix.add(corpus(40), CFG)  # the rerun completes the job
+        assert ix.count() == rep.chunks
+        assert rep.unchanged >= len(reported)
+        assert model.embedded == rep.embedded <= rep.chunks - len(reported)
+    # the completed index equals an uninterrupted ingestion
+    with open_index(tiny, tmp_path / "fresh") as fresh:
+        fresh.add(corpus(40), CFG)
+        a = {r.id: r for b in fresh.store.scan() for r in b}
+    with open_index(tiny, tmp_path / "kb") as ix:
+        b = {r.id: r for batch in ix.store.scan() for r in batch}
+    assert set(a) == set(b)
+    for k in a:
+        assert a[k].payload == b[k].payload
+        np.testing.assert_allclose(a[k].vector, b[k].vector, atol=1e-5)

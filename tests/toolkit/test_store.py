@@ -1,0 +1,163 @@
+"""The store contract, run on every backend: LanceDB for real, Qdrant in-process, memory."""
+
+from __future__ import annotations
+
+import os
+import uuid
+
+import numpy as np
+import pytest
+
+from smysl.toolkit.store import StoreConfig, matches, open_store, parse_where
+from toolkit.helpers import brute_force, unit_rows
+
+D = 16
+N = 120
+
+
+def payload(i: int) -> dict:
+    return {"n": i, "lang": ["en", "de", "fr"][i % 3], "even": i % 2 == 0, "w": i / 4,
+            "tags": ["x", str(i)]}
+
+
+@pytest.fixture(params=["lancedb", "qdrant", "memory", "qdrant-live"])
+def store(request, tmp_path):  # type: ignore[no-untyped-def]
+    kind = request.param
+    if kind == "lancedb":
+        pytest.importorskip("lancedb")
+        cfg = StoreConfig(backend="lancedb", uri=str(tmp_path / "db"))
+    elif kind == "qdrant":
+        pytest.importorskip("qdrant_client")
+        cfg = StoreConfig(backend="qdrant", uri=":memory:")
+    elif kind == "qdrant-live":
+        url = os.environ.get("SMYSL_QDRANT_URL")
+        if not url:
+            pytest.skip("set SMYSL_QDRANT_URL to run against a live Qdrant")
+        pytest.importorskip("qdrant_client")
+        cfg = StoreConfig(backend="qdrant", uri=url, table=f"smysl-test-{uuid.uuid4().hex[:8]}")
+    else:
+        cfg = StoreConfig(backend="memory")
+    s = open_store(cfg, D)
+    yield s
+    if kind == "qdrant-live":
+        s.client.delete_collection(cfg.table)  # type: ignore[attr-defined]
+    s.close()
+
+
+@pytest.fixture
+def filled(store):  # type: ignore[no-untyped-def]
+    x = unit_rows(N, D, seed=1)
+    store.upsert([f"id{i}" for i in range(N)], x, [payload(i) for i in range(N)])
+    return store, x
+
+
+def test_exact_search_equals_brute_force(filled) -> None:  # type: ignore[no-untyped-def]
+    store, x = filled
+    q = unit_rows(7, D, seed=2)
+    hits = store.search(q, 10, exact=True)
+    ref_idx, ref_scores = brute_force(x, q, 10)
+    for row, (h, idx, sc) in enumerate(zip(hits, ref_idx, ref_scores, strict=True)):
+        assert [int(x.id[2:]) for x in h] == idx.tolist(), row
+        np.testing.assert_allclose([x.score for x in h], sc, atol=1e-5)
+        assert h[0].payload == payload(int(h[0].id[2:]))
+
+
+@pytest.mark.parametrize("where", [
+    {"lang": "de"}, {"lang": ["en", "fr"]}, {"n": {"$gte": 30, "$lt": 60}}, {"even": True},
+    {"lang": "en", "n": {"$gt": 50}}, {"w": 2.5}, {"n": "3"}, {"missing": 1}, {"w": {"$lte": 3}},
+])
+def test_filters_match_reference_semantics(filled, where) -> None:  # type: ignore[no-untyped-def]
+    store, x = filled
+    conds = parse_where(where)
+    keep = [i for i in range(N) if matches(payload(i), conds)]
+    assert store.count(where) == len(keep)
+    q = unit_rows(3, D, seed=3)
+    hits = store.search(q, 5, where=where)
+    if not keep:
+        assert all(h == [] for h in hits)
+        return
+    ref_idx, _ = brute_force(x[keep], q, 5)
+    for h, idx in zip(hits, ref_idx, strict=True):
+        assert [x.id for x in h] == [f"id{keep[j]}" for j in idx]
+    assert {r.id for b in store.scan(17, where=where) for r in b} == {f"id{i}" for i in keep}
+
+
+def test_get_upsert_replace_delete_count(filled) -> None:  # type: ignore[no-untyped-def]
+    store, x = filled
+    got = store.get(["id5", "nope", "id0"])
+    assert [r.id for r in got] == ["id5", "id0"]
+    np.testing.assert_allclose(got[0].vector, x[5], atol=1e-6)
+    assert got[0].payload == payload(5)
+    store.upsert(["id5"], x[6:7], [{"lang": "xx"}])  # replace: vector and payload
+    (r,) = store.get(["id5"])
+    np.testing.assert_allclose(r.vector, x[6], atol=1e-6)
+    assert r.payload == {"lang": "xx"}
+    assert store.count({"n": 5}) == 0 and store.count() == N
+    alive = set(range(N))
+    assert store.delete(["id1", "id2", "nope"]) == 2
+    alive -= {1, 2}
+    german = {i for i in alive if i % 3 == 1 and i != 5}  # id5 was relabelled "xx"
+    assert store.delete(where={"lang": "de"}) == len(german)
+    alive -= german
+    # ids AND filter: id3 is English, id8 French, id4 already gone as German
+    assert store.delete(["id3", "id4", "id8"], where={"lang": "en"}) == 1
+    alive -= {3}
+    assert store.count() == len(alive)
+    assert sorted(r.id for b in store.scan(50) for r in b) == sorted(f"id{i}" for i in alive)
+    with pytest.raises(ValueError, match="ids or a filter"):
+        store.delete()
+
+
+def test_scan_meta_and_validation(store) -> None:  # type: ignore[no-untyped-def]
+    x = unit_rows(30, D, seed=4)
+    ids = [f"d{i}" for i in range(30)]
+    store.upsert([*ids, "d0"], np.vstack([x, x[1:2]]), [{"i": i} for i in range(30)] + [{"i": -1}])
+    assert store.count() == 30  # duplicate id in one batch: last write wins
+    (r,) = store.get(["d0"])
+    assert r.payload == {"i": -1}
+    assert sorted(r.id for b in store.scan(7) for r in b) == sorted(ids)
+    store.write_meta({"model": "m", "dimensions": D})
+    assert store.read_meta() == {"model": "m", "dimensions": D}
+    with pytest.raises(ValueError, match="shape"):
+        store.upsert(["a"], np.zeros((1, D + 1), np.float32))
+    with pytest.raises(ValueError, match="NaN"):
+        store.upsert(["a"], np.full((1, D), np.nan, np.float32))
+    with pytest.raises(ValueError, match="operator"):
+        store.count({"i": {"$regex": "x"}})
+
+
+def test_lancedb_reopens_with_data_and_checks_dimensions(tmp_path) -> None:
+    pytest.importorskip("lancedb")
+    cfg = StoreConfig(uri=str(tmp_path / "db"))
+    x = unit_rows(10, D)
+    with open_store(cfg, D) as s:
+        s.upsert([str(i) for i in range(10)], x, [{"k": "v"}] * 10)
+    with open_store(cfg) as s:
+        assert s.dimensions == D and s.count({"k": "v"}) == 10
+    with pytest.raises(ValueError, match="16-d"):
+        open_store(cfg, D * 2)
+    with pytest.raises(FileNotFoundError):
+        open_store(StoreConfig(uri=str(tmp_path / "other")))
+
+
+def test_lancedb_ann_recall_at_10(tmp_path) -> None:
+    """An approximate index is measured against exact search (the bar: recall@10 >= 0.98)."""
+    pytest.importorskip("lancedb")
+    x = unit_rows(3000, 32, seed=5, clusters=40)
+    q = unit_rows(100, 32, seed=6, clusters=40)
+    with open_store(StoreConfig(uri=str(tmp_path / "db")), 32) as s:
+        s.upsert([str(i) for i in range(len(x))], x)
+        s.build_index()
+        assert s._has_index()  # type: ignore[attr-defined]
+        exact = s.search(q, 10, exact=True)
+        approx = s.search(q, 10, exact=False)
+    recall = np.mean([len({h.id for h in a} & {h.id for h in e}) / 10
+                      for a, e in zip(approx, exact, strict=True)])
+    assert recall >= 0.98, recall
+
+
+def test_store_spec_parsing() -> None:
+    assert StoreConfig.parse("kb").backend == "lancedb"
+    assert StoreConfig.parse("qdrant:http://h:6333").uri == "http://h:6333"
+    assert StoreConfig.parse("https://q.example").backend == "qdrant"
+    assert StoreConfig.parse("lancedb:/x", table="t").table == "t"
