@@ -83,18 +83,22 @@ PRESETS: dict[str, ProviderConfig] = {
     # OpenAI's own limits: 2,048 inputs and 300,000 tokens per request.
     "openai": ProviderConfig(
         name="openai", base_url="https://api.openai.com/v1", api_key_env="OPENAI_API_KEY",
-        base_url_env="OPENAI_BASE_URL", max_batch_texts=2048, max_batch_tokens=300_000),
+        base_url_env="OPENAI_BASE_URL", max_batch_texts=2048, max_batch_tokens=300_000,
+        width_from_name=False),
     "ollama": ProviderConfig(
         name="ollama", base_url="http://localhost:11434", path="/api/embed",
-        base_url_env="OLLAMA_HOST", max_batch_texts=64, server_truncates=True),
+        base_url_env="OLLAMA_HOST", max_batch_texts=64, server_truncates=True,
+        width_from_name=False),
     # TEI's default --max-client-batch-size is 32; larger batches get 413 (and are split).
     "tei": ProviderConfig(
         name="tei", base_url="http://localhost:8080", path="/embed", base_url_env="TEI_URL",
-        api_key_env="TEI_API_KEY", max_batch_texts=32, server_truncates=True),
+        api_key_env="TEI_API_KEY", max_batch_texts=32, server_truncates=True,
+        width_from_name=False),
     # smysl serve: OpenAI-compatible /v1/embeddings; at most 2,048 inputs per request.
     "smysl": ProviderConfig(
         name="smysl", base_url="http://127.0.0.1:8000/v1", base_url_env="SMYSL_URL",
-        api_key_env="SMYSL_API_KEY", max_batch_texts=2048, server_truncates=True),
+        api_key_env="SMYSL_API_KEY", max_batch_texts=2048, server_truncates=True,
+        width_from_name=False),
 }
 
 #: Output width by model where the name does not say it (DashScope's largest sizes).

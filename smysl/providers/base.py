@@ -82,6 +82,10 @@ class ProviderConfig:
     max_batch_tokens: int | None = None
     #: Most tokens one input may have, when the provider documents it.
     max_tokens: int | None = None
+    #: Whether the output width may be read off a Qwen3-Embedding size in the model name
+    #: (``...-8B`` -> 4096). Off for self-hosted servers, whose model names are arbitrary: their
+    #: width is probed with one request unless ``dimensions=`` is given.
+    width_from_name: bool = True
     #: Whether requests may carry ``dimensions`` (the width rows come back with).
     supports_dimensions: bool = False
     #: Whether the API truncates over-long inputs itself when asked (TEI, Ollama); otherwise
@@ -347,8 +351,10 @@ class Provider(BaseEmbedder):
             raise ValueError(f"dimensions must be a positive integer, got {dimensions!r}")
         #: Width requested from the server (sent as ``dimensions`` when supported).
         self.request_dimensions = int(dimensions) if dimensions is not None else None
-        self._width: int | None = (self.request_dimensions
-                                   or width_from_name(model) or self.default_width())
+        self._width: int | None = (
+            self.request_dimensions
+            or (width_from_name(model) if config.width_from_name else None)
+            or self.default_width())
         self._tokenizer_arg = tokenizer
         self._tokenizer: Tokenizer | None = tokenizer if isinstance(tokenizer, Tokenizer) else None
         self._tokenizer_resolved = self._tokenizer is not None

@@ -147,6 +147,7 @@ class FakeServer:
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
+            disable_nagle_algorithm = True  # else every answer waits out a delayed ACK
 
             def log_message(self, *args: Any) -> None:  # keep test output clean
                 pass

@@ -97,7 +97,7 @@ def test_dropped_connection_and_html_error_page_are_retried() -> None:
 
 def test_wrong_width_fails_fast_with_a_hint() -> None:
     with FakeServer(dims=32) as srv:
-        m = load(srv, "ollama")  # the name says 0.6B (1024 wide); the server returns 32
+        m = load(srv, "dashscope", dimensions=64)  # a server that ignores ``dimensions``
         with pytest.raises(IncompleteEmbeddingError, match="pass dimensions=32"):
             m.embed(["a"])
         assert len(srv.requests) == 1

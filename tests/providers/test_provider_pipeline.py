@@ -1,0 +1,163 @@
+"""Switching between the local engine and a provider changes only the model string; ``smysl
+serve`` fronts a provider; ``smysl embed --model provider:...`` prints a usage line."""
+
+from __future__ import annotations
+
+import io
+import json
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from provider_fakes import FakeServer, expected
+
+import smysl
+from smysl.base import BaseEmbedder
+
+QUERIES = ["что такое смысл жизни?", "What is the capital of Russia?", "a quick fox"]
+DOCS = [
+    "Смысл жизни — в поиске смысла.",
+    "Москва — столица России, крупнейший по численности населения город страны.",
+    "The quick brown fox jumps over the lazy dog.",
+    "Embeddings map text to vectors; similar texts land close together.",
+]
+
+#: Where each provider's API lives under its real host, mirrored on the fake server.
+PATHS = {"openrouter": "/api/v1", "dashscope": "/compatible-mode/v1", "deepinfra": "/v1/openai",
+         "fireworks": "/inference/v1", "siliconflow": "/v1", "openai": "/v1", "ollama": "",
+         "tei": ""}
+
+
+def pipeline(model: str) -> dict[str, np.ndarray]:
+    """A small retrieval pipeline: everything but the model string is fixed."""
+    m = smysl.load(model)
+    try:
+        q = m.embed_queries(QUERIES, task="qa")
+        d = m.embed_documents(DOCS)
+        q32 = m.embed_queries(QUERIES, dimensions=32)
+        d32 = m.embed_documents(DOCS, dimensions=32)
+        return {"scores": q @ d.T, "scores32": q32 @ d32.T, "docs": d,
+                "ranking": np.argsort(-(q @ d.T), axis=1)}
+    finally:
+        m.close()
+
+
+def tiny_upstream(tiny: BaseEmbedder) -> Any:
+    lock = threading.Lock()  # one forward at a time on the shared CPU engine
+
+    def embed(texts: list[str]) -> np.ndarray:
+        with lock:
+            return tiny._embed(texts, truncate=False)
+
+    return embed
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@contextmanager
+def live_smysl(embedder: BaseEmbedder, **config: Any) -> Iterator[str]:
+    """``smysl serve`` for ``embedder`` under uvicorn on a loopback port; yields its URL."""
+    pytest.importorskip("fastapi")
+    pytest.importorskip("prometheus_client")
+    import uvicorn
+
+    from smysl.server import ServerConfig, create_app
+
+    cfg = ServerConfig(host="127.0.0.1", port=free_port(), **config)
+    server = uvicorn.Server(uvicorn.Config(create_app(embedder, cfg), host=cfg.host,
+                                           port=cfg.port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not server.started:
+        assert time.monotonic() < deadline and thread.is_alive(), "uvicorn did not start"
+        time.sleep(0.02)
+    try:
+        yield f"http://{cfg.host}:{cfg.port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=20)
+
+
+def test_switching_local_and_every_provider_changes_only_the_model_string(
+        tiny: BaseEmbedder, tiny_dir: Path, tokenizer_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SMYSL_TOKENIZER", str(tokenizer_path))  # for TEI's local token counts
+    local = pipeline(str(tiny_dir))
+    with FakeServer(dims=64, embed_fn=tiny_upstream(tiny), normalize=False) as srv:
+        strings = [f"{s}:{srv.url}{p}#tiny" for s, p in PATHS.items() if s != "tei"]
+        strings.append(f"tei:{srv.url}")
+        for model in strings:
+            remote = pipeline(model)
+            for key in ("scores", "scores32", "docs"):
+                np.testing.assert_allclose(remote[key], local[key], atol=2e-6, err_msg=model)
+            np.testing.assert_array_equal(remote["ranking"], local["ranking"], err_msg=model)
+        # The instruction reached every provider inside the text, exactly as the engine sees it.
+        sent = {t for b in srv.requests for t in b.get("input", b.get("inputs", []))}
+        assert tiny.format_texts(QUERIES[:1], "qa")[0] in sent
+    # And a real ``smysl serve`` of the same model behind the ``smysl:`` scheme.
+    with live_smysl(tiny, served_name="tiny") as url:
+        remote = pipeline(f"smysl:{url}#tiny")
+    for key in ("scores", "scores32", "docs"):
+        np.testing.assert_allclose(remote[key], local[key], atol=2e-6)
+    np.testing.assert_array_equal(remote["ranking"], local["ranking"])
+
+
+def test_smysl_serve_fronts_a_provider(qwen_tok: Any, tokenizer_path: Path) -> None:
+    import httpx
+
+    from smysl.providers import connect
+
+    with FakeServer(dims=64, tokenizer=qwen_tok, p429=0.2, seed=5) as upstream:
+        provider = connect("openrouter", f"{upstream.url}/api/v1#qwen/qwen3-embedding-8b",
+                           dimensions=64, tokenizer=tokenizer_path, backoff_base=0.001)
+        with live_smysl(provider) as url:
+            r = httpx.post(f"{url}/v1/embeddings", timeout=30, json={
+                "model": "openrouter:qwen/qwen3-embedding-8b", "input": ["где смысл?", "x"],
+                "instruction": "qa", "dimensions": 32})
+            assert r.status_code == 200, r.text
+            body = r.json()
+            # Chained: a client of this server is itself just another model string.
+            chained = smysl.load(f"smysl:{url}#openrouter:qwen/qwen3-embedding-8b")
+            docs = chained.embed_documents(["x", "y"], dimensions=40)
+            chained.close()
+        formatted = [f"Instruct: Given a question, retrieve passages that answer the question"
+                     f"\nQuery:{t}" for t in ["где смысл?", "x"]]
+        got = np.array([d["embedding"] for d in body["data"]], dtype=np.float32)
+        np.testing.assert_allclose(got, expected(formatted, 32, 64), atol=1e-6)
+        np.testing.assert_allclose(docs, expected(["x", "y"], 40, 64), atol=1e-6)
+        assert upstream.requests[0]["input"] == formatted
+        assert provider.usage.tokens == upstream.billed_tokens
+        assert provider.usage.retries == upstream.faults
+        provider.close()
+
+
+def test_cli_embed_prints_a_usage_line(qwen_tok: Any, monkeypatch: pytest.MonkeyPatch,
+                                       capsys: pytest.CaptureFixture[str]) -> None:
+    from smysl.cli import main
+
+    lines = ["первая строка", "second line", "третья"]
+    with FakeServer(dims=2048, tokenizer=qwen_tok) as srv:
+        monkeypatch.setattr("sys.stdin", io.StringIO("\n".join(lines) + "\n"))
+        model = f"dashscope:{srv.url}/compatible-mode/v1#text-embedding-v4"
+        assert main(["embed", "--model", model, "--query", "--dimensions", "64",
+                     "--no-progress"]) == 0
+        billed = srv.billed_tokens
+        assert srv.requests[0]["dimensions"] == 2048  # full width requested, cut locally
+    out, err = capsys.readouterr()
+    rows = [json.loads(x) for x in out.splitlines()]
+    assert [r["text"] for r in rows] == lines and all(len(r["embedding"]) == 64 for r in rows)
+    cost = billed * 0.07 / 1e6
+    assert (f"embedded 3 texts -> 64 dims; dashscope:text-embedding-v4: {billed:,} tokens "
+            f"(provider-reported), 3 texts, 1 requests, 0 retries, ${cost:.6f} at "
+            "$0.07/1M tokens") in err
