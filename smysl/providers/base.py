@@ -330,7 +330,10 @@ class Provider(BaseEmbedder):
         transport: Any = None,
         seed: int | None = None,
     ) -> None:
-        import httpx
+        try:
+            import httpx
+        except ImportError as e:  # pragma: no cover - depends on the install
+            raise ImportError("providers need httpx: pip install 'smysl[providers]'") from e
 
         self.model = model
         self.config = config
