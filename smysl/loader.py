@@ -1,15 +1,19 @@
 """Load safetensors weights into :class:`~smysl.model.Qwen3Encoder` without doubling memory.
 
-The model is built on the meta device and each tensor is read from the (memory-mapped) file,
-converted to the target dtype/device and assigned in place, so peak memory is the final model
-plus one layer's q/k/v or gate/up parts while they are fused.
+The model is built on the meta device and each tensor is read from its file with plain reads
+(no mmap: mapped pages would count as resident until the file is closed), converted to the
+target dtype/device and assigned in place. Peak memory is the final model plus the largest
+single tensor, or one layer's q/k/v or gate/up parts while they are fused.
 """
 
 from __future__ import annotations
 
+import json
 import re
+import struct
 from collections import defaultdict
 from collections.abc import Iterable, Iterator
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -28,19 +32,42 @@ _LAYER_KEY = re.compile(r"^layers\.(\d+)\.(.+)\.weight$")
 _IGNORED = ("lm_head.", "rotary_emb.")
 
 
+_ST_DTYPES = {"BF16": torch.bfloat16, "F16": torch.float16, "F32": torch.float32,
+              "F64": torch.float64}
+
+
+def read_safetensors(path: Path) -> Iterator[tuple[str, torch.Tensor]]:
+    """Yield (name, tensor) from a safetensors file one tensor at a time, in file order."""
+    with path.open("rb") as f:
+        (header_len,) = struct.unpack("<Q", f.read(8))
+        if header_len > 100 * 2**20:
+            raise ValueError(f"{path}: not a safetensors file (header of {header_len} bytes)")
+        header = json.loads(f.read(header_len))
+        header.pop("__metadata__", None)
+        base = 8 + header_len
+        for name, info in sorted(header.items(), key=lambda kv: kv[1]["data_offsets"][0]):
+            if info["dtype"] not in _ST_DTYPES:
+                raise ValueError(f"{path}: {name} has unsupported dtype {info['dtype']}")
+            start, end = info["data_offsets"]
+            f.seek(base + start)
+            buf = bytearray(end - start)
+            if f.readinto(buf) != len(buf):
+                raise ValueError(f"{path}: truncated file (tensor {name})")
+            dt = _ST_DTYPES[info["dtype"]]
+            t = torch.frombuffer(buf, dtype=dt) if buf else torch.empty(0, dtype=dt)
+            yield name, t.reshape(info["shape"])
+
+
 def load_encoder(ckpt: Checkpoint, device: torch.device, dtype: torch.dtype) -> Qwen3Encoder:
     """Build the encoder of ``ckpt`` on ``device`` with weights in ``dtype``."""
-    from safetensors import safe_open
 
     def tensors() -> Iterator[tuple[str, torch.Tensor]]:
         for path in ckpt.weights:
-            with safe_open(str(path), framework="pt", device="cpu") as f:
-                for key in f.keys():  # noqa: SIM118 - safe_open is not a dict
-                    yield key, f.get_tensor(key)
+            yield from read_safetensors(path)
 
     try:
         return build_encoder(ckpt.config, tensors(), device, dtype)
-    except ValueError as e:
+    except (ValueError, KeyError, json.JSONDecodeError, struct.error) as e:
         raise ValueError(f"{ckpt.root}: {e}") from None
 
 

@@ -242,9 +242,15 @@ class AttentionPlan:
 
 def _sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool) -> torch.Tensor:
     """[B, L, heads, D] layout in and out; GQA handled by SDPA."""
+    gqa = q.shape[2] != k.shape[2]
+    if gqa and q.is_cuda and q.dtype == torch.float32:
+        # CUDA's fp32 (memory-efficient) kernel lacks native GQA; expanding K/V keeps it off
+        # the math fallback, which would build the L x L matrix.
+        k, v = (x.repeat_interleave(q.shape[2] // k.shape[2], dim=2) for x in (k, v))
+        gqa = False
     o = F.scaled_dot_product_attention(
         q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), is_causal=causal,
-        enable_gqa=q.shape[2] != k.shape[2],
+        enable_gqa=gqa,
     )
     return o.transpose(1, 2)
 
@@ -273,8 +279,9 @@ class Qwen3Encoder(nn.Module):
     def forward(self, input_ids: torch.Tensor, lengths: list[int]) -> torch.Tensor:
         """input_ids: [T] packed; lengths: B sequence lengths summing to T -> [B, H] float32."""
         dev = input_ids.device
-        positions = torch.cat([torch.arange(n, device=dev) for n in lengths])
-        ends = torch.tensor(lengths, device=dev).cumsum(0) - 1  # [B] index of each last token
+        # built on the host and moved once: per-sequence device ops would each be a launch
+        positions = torch.cat([torch.arange(n) for n in lengths]).to(dev)
+        ends = (torch.tensor(lengths).cumsum(0) - 1).to(dev)  # [B] index of each last token
         plan = AttentionPlan(lengths, dev)
         rope = self.rope(positions)
         dt = self.embed_tokens.weight.dtype  # matmul dtype (float32 for int8 layers)
