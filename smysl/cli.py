@@ -13,6 +13,7 @@ from collections.abc import Sequence
 #: Subcommand name -> module. Add a line here to add a command.
 COMMANDS: dict[str, str] = {
     "embed": "smysl.commands.embed",
+    "eval": "smysl.commands.eval",
     "serve": "smysl.commands.serve",
     "index": "smysl.commands.index",
     "classify": "smysl.commands.classify",

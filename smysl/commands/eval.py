@@ -1,0 +1,90 @@
+"""``smysl eval``: score models on Russian and English tasks; write JSON, Markdown and plots."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+HELP = "evaluate models on STS, pair classification, classification, clustering and retrieval"
+
+
+def _ints(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated integers, got {text!r}") from None
+
+
+def _names(text: str) -> tuple[str, ...]:
+    return tuple(x.strip() for x in text.split(",") if x.strip())
+
+
+def _instruction(text: str) -> tuple[str, str]:
+    task, sep, instruction = text.partition("=")
+    if not sep or not task.strip():
+        raise argparse.ArgumentTypeError(f"expected TASK=INSTRUCTION, got {text!r}")
+    return task.strip(), instruction
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", "-m", action="append", required=True,
+                   help="model string (repeat to compare models): st:all-minilm-l6-v2, a "
+                        "checkpoint dir, a Hub id, provider:model")
+    p.add_argument("--tasks", "-t", type=_names, default=(),
+                   help="comma-separated tasks, kinds (sts, pair, classification, clustering, "
+                        "retrieval) or prefixes (xquad, intents); default all; --list-tasks")
+    p.add_argument("--dimensions", "-d", type=_ints, default=(),
+                   help="Matryoshka sizes to score besides the native one, e.g. 32,64,128,256")
+    p.add_argument("--out", "-o", type=Path, default=None,
+                   help="report folder (default: eval-results/<time>)")
+    p.add_argument("--data", type=Path, default=None,
+                   help="dataset folder (default: ../shared/datasets next to the repository)")
+    p.add_argument("--limit", type=int, default=None,
+                   help="first N rows per task only (smoke tests; not comparable)")
+    p.add_argument("--instruction", action="append", type=_instruction, default=[],
+                   metavar="TASK=TEXT", help="override a task's instruction ('' for none)")
+    p.add_argument("--no-instructions", action="store_true",
+                   help="embed every text without instructions")
+    p.add_argument("--compare", action="append", type=Path, default=[], metavar="DIR",
+                   help="earlier run folder to include in the summary and throughput plot")
+    p.add_argument("--cache", type=Path, default=None, metavar="DIR",
+                   help="keep embeddings here and reuse them in later runs")
+    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--device", default=None, help="local models: cpu, cuda, auto")
+    p.add_argument("--dtype", default=None, help="local models: float32, bfloat16, auto")
+    p.add_argument("--quantize", choices=["int8"], default=None, help="local models")
+    p.add_argument("--no-plots", action="store_true")
+    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--list-tasks", action="store_true", help="print the tasks and exit")
+
+
+def run(args: argparse.Namespace) -> int:
+    import logging
+    import time
+
+    from smysl.eval import EvalConfig
+    from smysl.eval import run as run_eval
+    from smysl.eval.data import DEFAULT_DATA_DIR
+    from smysl.eval.tasks import TASKS
+
+    if args.list_tasks:
+        for t in TASKS.values():
+            print(f"{t.name:24s} {t.kind:15s} {t.metric_label:18s} {t.description}")
+        return 0
+    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    options = {k: v for k, v in (("device", args.device), ("dtype", args.dtype),
+                                 ("quantize", args.quantize)) if v is not None}
+    out = args.out or Path("eval-results") / time.strftime("%Y%m%d-%H%M%S")
+    cfg = EvalConfig(
+        models=tuple(args.model), tasks=args.tasks, dimensions=args.dimensions,
+        data_dir=args.data or DEFAULT_DATA_DIR, out_dir=out, limit=args.limit, seed=args.seed,
+        use_instructions=not args.no_instructions, instructions=dict(args.instruction),
+        model_options=options, cache_dir=args.cache, compare=tuple(args.compare),
+        progress=not args.no_progress and sys.stderr.isatty(), plots=not args.no_plots)
+    results = run_eval(cfg)
+    for r in results:
+        print(f"{r.model}: " + ", ".join(f"{t.task} {t.main(r.dimensions):.4f}" for t in r.tasks))
+    print(f"reports in {out}", file=sys.stderr)
+    return 0

@@ -1,0 +1,83 @@
+"""The one configuration object of an evaluation run, built at the edge (CLI or caller)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from smysl.eval.data import DEFAULT_DATA_DIR
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """What to evaluate and how. Defaults follow MTEB's protocols.
+
+    Fields:
+        models: model strings as :func:`smysl.load` takes them (``st:all-minilm-l6-v2``, a
+            checkpoint directory, a Hub id, ``provider:model``); each is evaluated in turn.
+        tasks: task names from :data:`smysl.eval.tasks.TASKS`; empty means all of them.
+        dimensions: Matryoshka sizes to score besides the model's native size. Each is scored
+            from the full vectors by truncation and re-normalisation; sizes above the native
+            size are skipped.
+        data_dir: folder holding ``stsb/``, ``paraphraser/``, ``sentirueval/``, ``intents/`` and
+            ``xquad/`` (``../shared/datasets`` by default); read in place, never copied.
+        out_dir: where JSON, Markdown and PNG reports go; None writes nothing.
+        limit: keep only the first ``limit`` rows (pairs, train/test texts, questions) of every
+            task; for smoke tests, never for reported numbers.
+        seed: seed of every random choice (MTEB uses 42).
+        n_experiments: classification repeats, each with a new undersampled training set.
+        samples_per_label: training texts per label in each classification experiment (MTEB: 8).
+        max_iter: LogisticRegression iterations (MTEB: 100).
+        clustering_bootstraps: clustering repeats on resampled texts (MTEB: 10).
+        clustering_sample_size: texts per clustering repeat (MTEB fast clustering: 2048).
+        retrieval_ks: cut-offs for nDCG@k, recall@k, MRR@k and MAP@k.
+        use_instructions: apply task instructions to instruction-aware models; models that are not
+            instruction-aware never get one.
+        instructions: per-task instruction overrides, ``{task name: instruction}``; an empty
+            string means "no instruction" for that task.
+        model_options: options for loading local Qwen3 checkpoints (device, dtype, quantize,
+            ...); models with a scheme (``st:``, providers) load with their defaults.
+        cache_dir: if set, embeddings are kept there per model and instruction and reused by the
+            next run (development); None embeds everything afresh.
+        compare: earlier run folders (with ``results.json``) to include in the summary and the
+            quality-vs-throughput plot.
+        progress: show progress bars while embedding.
+        plots: write PNG plots (needs matplotlib).
+    """
+
+    models: tuple[str, ...]
+    tasks: tuple[str, ...] = ()
+    dimensions: tuple[int, ...] = ()
+    data_dir: Path = DEFAULT_DATA_DIR
+    out_dir: Path | None = None
+    limit: int | None = None
+    seed: int = 42
+    n_experiments: int = 10
+    samples_per_label: int = 8
+    max_iter: int = 100
+    clustering_bootstraps: int = 10
+    clustering_sample_size: int = 2048
+    retrieval_ks: tuple[int, ...] = (1, 3, 5, 10, 100)
+    use_instructions: bool = True
+    instructions: Mapping[str, str] = field(default_factory=dict)
+    model_options: Mapping[str, Any] = field(default_factory=dict)
+    cache_dir: Path | None = None
+    compare: tuple[Path, ...] = ()
+    progress: bool = True
+    plots: bool = True
+
+    def __post_init__(self) -> None:
+        if not self.models:
+            raise ValueError("EvalConfig needs at least one model")
+        if any(int(d) < 1 for d in self.dimensions):
+            raise ValueError(f"dimensions must be positive, got {self.dimensions}")
+        if self.limit is not None and self.limit < 1:
+            raise ValueError(f"limit must be positive, got {self.limit}")
+        for name in ("n_experiments", "samples_per_label", "max_iter", "clustering_bootstraps",
+                     "clustering_sample_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        if not self.retrieval_ks or min(self.retrieval_ks) < 1:
+            raise ValueError(f"retrieval_ks must be positive, got {self.retrieval_ks}")

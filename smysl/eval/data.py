@@ -1,0 +1,161 @@
+"""Loaders for the evaluation data in ``../shared/datasets`` (read in place, never copied).
+
+Each loader returns plain Python containers; ``limit`` keeps a small subset (fast tests): the
+first rows, or for labelled data the first rows of each label in turn.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+#: Where the shared data lives relative to the repository root.
+DEFAULT_DATA_DIR = Path(__file__).resolve().parents[2].parent / "shared" / "datasets"
+
+
+@dataclass(frozen=True)
+class Pairs:
+    """Sentence pairs with one gold value each (an STS score or a 0/1 pair label)."""
+
+    texts1: list[str]
+    texts2: list[str]
+    gold: list[float]
+
+
+@dataclass(frozen=True)
+class Labelled:
+    """Texts with class labels, split into train and test."""
+
+    train_texts: list[str]
+    train_labels: list[str]
+    test_texts: list[str]
+    test_labels: list[str]
+
+
+@dataclass(frozen=True)
+class Retrieval:
+    """Queries, a corpus and binary relevance judgements (``qrels[query_id] = {doc_id}``)."""
+
+    query_ids: list[str]
+    queries: list[str]
+    doc_ids: list[str]
+    docs: list[str]
+    qrels: dict[str, set[str]]
+
+
+def _path(data_dir: Path, *parts: str) -> Path:
+    path = Path(data_dir).joinpath(*parts)
+    if not path.is_file():
+        raise FileNotFoundError(f"evaluation data not found: {path} (see shared/README.md; pass "
+                                "--data DIR)")
+    return path
+
+
+def _records(path: Path) -> list[dict[str, str]]:
+    with path.open(encoding="utf-8", newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def _rows(path: Path) -> list[list[str]]:
+    with path.open(encoding="utf-8", newline="") as f:
+        return list(csv.reader(f))
+
+
+def load_sts(data_dir: Path, lang: str, split: str = "test", limit: int | None = None) -> Pairs:
+    """STS-B (stsb_multi_mt); gold scores 0-5 rescaled to 0-1 as MTEB does (Spearman unchanged)."""
+    rows = _rows(_path(data_dir, "stsb", f"stsb-{lang}-{split}.csv"))[:limit]
+    return Pairs([r[0] for r in rows], [r[1] for r in rows], [float(r[2]) / 5.0 for r in rows])
+
+
+def load_paraphraser(data_dir: Path, limit: int | None = None) -> Pairs:
+    """ParaPhraser gold as a binary task: precise (1) and near (0) paraphrases are positives,
+    non-paraphrases (-1) negatives — the binary setting of the ParaPhraser shared task."""
+    rows = _records(_path(data_dir, "paraphraser", "para_gold.csv"))[:limit]
+    return Pairs([r["text_1"] for r in rows], [r["text_2"] for r in rows],
+                 [1.0 if int(r["class"]) >= 0 else 0.0 for r in rows])
+
+
+def _interleave(rows: list[dict[str, str]], label: str, limit: int | None) -> list[dict[str, str]]:
+    """The first ``limit`` rows taking labels in turn, so a small subset still has every class
+    it can (a plain head of a sorted file may hold one class only)."""
+    if limit is None:
+        return rows
+    queues: dict[str, list[dict[str, str]]] = {}
+    for r in rows:
+        queues.setdefault(r[label], []).append(r)
+    out: list[dict[str, str]] = []
+    for depth in range(max(map(len, queues.values()), default=0)):
+        out += [q[depth] for q in queues.values() if depth < len(q)]
+        if len(out) >= limit:
+            break
+    return out[:limit]
+
+
+def _labelled(train: list[dict[str, str]], test: list[dict[str, str]], text: str, label: str,
+              limit: int | None) -> Labelled:
+    train, test = _interleave(train, label, limit), _interleave(test, label, limit)
+    return Labelled([r[text] for r in train], [str(r[label]) for r in train],
+                    [r[text] for r in test], [str(r[label]) for r in test])
+
+
+def load_sentiment(data_dir: Path, limit: int | None = None) -> Labelled:
+    """SentiRuEval-2016 (small): Russian tweets about telecom companies and banks, -1/0/1."""
+    d = Path(data_dir, "sentirueval")
+    return _labelled(_records(_path(d, "SentiRuEval2016_small_train.csv")),
+                     _records(_path(d, "SentiRuEval2016_small_test.csv")), "text", "answer", limit)
+
+
+def load_intents(data_dir: Path, lang: str, limit: int | None = None) -> Labelled:
+    """NLU-Evaluation-Data intents (68 labels): ``answer`` is the English original, ``text`` its
+    Russian translation."""
+    if lang not in ("ru", "en"):
+        raise ValueError(f"intents exist in ru and en, not {lang!r}")
+    d = Path(data_dir, "intents")
+    column = "text" if lang == "ru" else "answer"
+    return _labelled(_records(_path(d, "intents_train.csv")),
+                     _records(_path(d, "intents_test.csv")), column, "label", limit)
+
+
+def _xquad(data_dir: Path, lang: str) -> list[dict]:
+    data = json.loads(_path(data_dir, "xquad", f"xquad.{lang}.json").read_text(encoding="utf-8"))
+    return list(data["data"])
+
+
+def load_xquad(data_dir: Path, query_lang: str, doc_lang: str | None = None,
+               limit: int | None = None) -> Retrieval:
+    """XQuAD as retrieval: queries are the questions, the corpus the unique paragraphs.
+
+    The languages are parallel (same articles, paragraphs and question ids in the same order), so a
+    paragraph's id is its position ``article-paragraph``; with ``doc_lang`` different from
+    ``query_lang`` this gives cross-lingual retrieval. ``limit`` keeps the first questions and the
+    paragraphs of the articles they come from.
+    """
+    doc_lang = doc_lang or query_lang
+    q_articles, d_articles = _xquad(data_dir, query_lang), _xquad(data_dir, doc_lang)
+    if len(q_articles) != len(d_articles):
+        raise ValueError(f"xquad.{query_lang} and xquad.{doc_lang} are not parallel")
+    query_ids: list[str] = []
+    queries: list[str] = []
+    qrels: dict[str, set[str]] = {}
+    doc_ids: list[str] = []
+    docs: list[str] = []
+    for a, (qa, da) in enumerate(zip(q_articles, d_articles, strict=True)):
+        if limit is not None and len(query_ids) >= limit:
+            break
+        seen: dict[str, str] = {}  # paragraph text -> id: a repeated paragraph is one document
+        for p, para in enumerate(da["paragraphs"]):
+            doc_id = seen.setdefault(para["context"], f"{a}-{p}")
+            if doc_id == f"{a}-{p}":
+                doc_ids.append(doc_id)
+                docs.append(para["context"])
+        d_keys = [seen[para["context"]] for para in da["paragraphs"]]
+        for p, para in enumerate(qa["paragraphs"]):
+            for q in para["qas"]:
+                if limit is not None and len(query_ids) >= limit:
+                    break
+                query_ids.append(q["id"])
+                queries.append(q["question"])
+                qrels.setdefault(q["id"], set()).add(d_keys[p])
+    return Retrieval(query_ids, queries, doc_ids, docs, qrels)

@@ -1,0 +1,86 @@
+"""Loaders on the real files in ../shared/datasets."""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+import pytest
+from conftest import DATASETS
+
+from smysl.eval import data as d
+
+
+@pytest.fixture(scope="module")
+def root() -> Path:
+    if not (DATASETS / "stsb").is_dir():
+        pytest.skip(f"datasets not found at {DATASETS}")
+    return DATASETS
+
+
+def test_default_data_dir_is_shared_datasets() -> None:
+    assert d.DEFAULT_DATA_DIR.resolve() == DATASETS.resolve()
+
+
+def test_sts_test_split_rescaled_and_row_aligned(root: Path) -> None:
+    en, ru = d.load_sts(root, "en"), d.load_sts(root, "ru")
+    assert len(en.gold) == len(ru.gold) == 1379
+    assert min(en.gold) == 0.0 and max(en.gold) == 1.0  # 0-5 rescaled to 0-1
+    assert en.gold == ru.gold  # stsb_multi_mt is row-aligned across languages
+    assert en.texts1[0] == "A girl is styling her hair."
+    assert ru.texts1[0] == "Девушка укладывает волосы."
+    assert len(d.load_sts(root, "en", "dev").gold) == 1500
+
+
+def test_paraphraser_binarised(root: Path) -> None:
+    p = d.load_paraphraser(root)
+    assert len(p.gold) == 1924
+    assert Counter(p.gold) == {1.0: 778 + 374, 0.0: 772}  # precise + near paraphrases vs -1
+
+
+def test_sentiment(root: Path) -> None:
+    s = d.load_sentiment(root)
+    assert len(s.train_texts) == len(s.test_texts) == 3000  # multi-line tweets parsed as one row
+    assert Counter(s.test_labels) == {"-1": 1000, "0": 1000, "1": 1000}
+
+
+def test_intents_parallel(root: Path) -> None:
+    ru, en = d.load_intents(root, "ru"), d.load_intents(root, "en")
+    assert len(ru.train_texts) == len(en.test_texts) == 5000
+    assert ru.test_labels == en.test_labels and len(set(ru.test_labels)) == 68
+    assert en.train_texts[0] == "what is the stock value of google"
+    assert ru.train_texts[0] == "какова балансовая стоимость гугля"
+    with pytest.raises(ValueError):
+        d.load_intents(root, "de")
+
+
+def test_limit_keeps_every_class_it_can(root: Path) -> None:
+    s = d.load_sentiment(root, limit=9)
+    assert len(s.train_texts) == 9 and Counter(s.train_labels) == {"-1": 3, "0": 3, "1": 3}
+    assert len(d.load_sts(root, "en", limit=7).gold) == 7
+
+
+def test_xquad_monolingual_and_cross_lingual(root: Path) -> None:
+    ru = d.load_xquad(root, "ru")
+    assert len(ru.queries) == 1190 and len(ru.docs) == 240
+    assert all(len(rel) == 1 and rel <= set(ru.doc_ids) for rel in ru.qrels.values())
+    ru_en = d.load_xquad(root, "ru", "en")
+    en = d.load_xquad(root, "en")
+    assert ru_en.queries == ru.queries and ru_en.docs == en.docs
+    assert ru_en.qrels == ru.qrels == en.qrels  # parallel ids: same paragraph positions
+    # the first question's answer ("308") is in its relevant paragraph, in both languages
+    for r in (en, ru):
+        doc = dict(zip(r.doc_ids, r.docs, strict=True))
+        assert "308" in doc[next(iter(r.qrels[r.query_ids[0]]))]
+
+
+def test_xquad_limit_keeps_the_articles_of_its_questions(root: Path) -> None:
+    r = d.load_xquad(root, "en", limit=30)
+    assert len(r.queries) == 30
+    assert all(rel <= set(r.doc_ids) for rel in r.qrels.values())
+    assert len(r.docs) < 240
+
+
+def test_missing_file_names_the_path(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match=r"stsb-en-test\.csv"):
+        d.load_sts(tmp_path, "en")

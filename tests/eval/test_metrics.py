@@ -1,0 +1,154 @@
+"""Metric functions against scikit-learn / scipy references and MTEB's definitions."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+import numpy as np
+import pytest
+from scipy.stats import pearsonr, spearmanr
+from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import accuracy_score, average_precision_score, f1_score, ndcg_score
+
+from smysl.eval import metrics as m
+from smysl.pooling import l2_normalize
+
+
+def _unit(rng: np.random.Generator, n: int, d: int = 16) -> np.ndarray:
+    return l2_normalize(rng.standard_normal((n, d)))
+
+
+def test_sts_scores_match_scipy() -> None:
+    rng = np.random.default_rng(0)
+    a, b = _unit(rng, 50), _unit(rng, 50)
+    gold = rng.uniform(0, 5, 50)
+    cos = (a.astype(np.float64) * b).sum(1)
+    out = m.sts_scores(a, b, gold)
+    assert out["cosine_spearman"] == pytest.approx(spearmanr(gold, cos).statistic, abs=1e-6)
+    assert out["cosine_pearson"] == pytest.approx(pearsonr(gold, cos).statistic, abs=1e-6)
+    # Spearman is invariant to MTEB's 0-5 -> 0-1 rescaling of the gold scores
+    assert m.sts_scores(a, b, gold / 5)["cosine_spearman"] == pytest.approx(out["cosine_spearman"])
+
+
+def _brute_best(scores: np.ndarray, labels: np.ndarray, metric) -> float:  # type: ignore[no-untyped-def]
+    # every "top i rows are positive" split, i = 1..n-1, as MTEB sweeps them
+    order = np.argsort(-scores, kind="stable")
+    best = 0.0
+    for i in range(1, len(scores)):
+        pred = np.zeros(len(scores), dtype=int)
+        pred[order[:i]] = 1
+        best = max(best, metric(labels, pred))
+    return best
+
+
+def test_best_accuracy_and_f1_match_a_threshold_sweep() -> None:
+    rng = np.random.default_rng(1)
+    labels = rng.integers(0, 2, 80)
+    scores = labels * 0.5 + rng.standard_normal(80)
+    acc, t = m.best_accuracy(scores, labels)
+    assert acc == pytest.approx(_brute_best(scores, labels, accuracy_score))
+    assert accuracy_score(labels, (scores > t).astype(int)) == pytest.approx(acc)
+    f1, precision, recall, t = m.best_f1(scores, labels)
+    assert f1 == pytest.approx(_brute_best(scores, labels, f1_score))
+    pred = (scores > t).astype(int)
+    assert f1_score(labels, pred) == pytest.approx(f1)
+    assert 2 * precision * recall / (precision + recall) == pytest.approx(f1)
+
+
+def test_pair_classification_ap_is_max_over_similarities() -> None:
+    rng = np.random.default_rng(2)
+    a = _unit(rng, 60)
+    labels = rng.integers(0, 2, 60)
+    # positives get a near copy, negatives a random vector
+    b = l2_normalize(np.where(labels[:, None] == 1, a + 0.7 * _unit(rng, 60), _unit(rng, 60)))
+    out = m.pair_classification_scores(a, b, labels.astype(float))
+    cos = (a.astype(np.float64) * b).sum(1)
+    assert out["cosine"]["ap"] == pytest.approx(average_precision_score(labels, cos))
+    manhattan = -np.abs(a.astype(np.float64) - b).sum(1)
+    assert out["manhattan"]["ap"] == pytest.approx(average_precision_score(labels, manhattan))
+    assert out["max_ap"] == max(out[k]["ap"] for k in ("cosine", "dot", "euclidean", "manhattan"))
+    assert out["max_ap"] > 0.8  # the signal is there
+
+
+def _mteb_undersample(labels: list[str], per_label: int, n: int, seed: int) -> list[list[int]]:
+    # MTEB's _undersample_data written out literally
+    idxs = list(range(len(labels)))
+    out = []
+    for _ in range(n):
+        np.random.RandomState(seed).shuffle(idxs)
+        counter: dict[str, int] = defaultdict(int)
+        rows = []
+        for i in idxs:
+            if counter[labels[i]] < per_label:
+                rows.append(i)
+                counter[labels[i]] += 1
+        out.append(rows)
+    return out
+
+
+def test_undersample_follows_mteb() -> None:
+    labels = [str(i % 5) for i in range(103)]
+    got = m.undersample(labels, 8, 4, seed=42)
+    want = _mteb_undersample(labels, 8, 4, 42)
+    assert [list(g) for g in got] == want
+    assert all(len(g) == 40 for g in got)
+    assert len({tuple(sorted(g)) for g in got}) == 4  # the permutations compound
+
+
+def test_classification_scores_match_sklearn() -> None:
+    rng = np.random.default_rng(3)
+    centers = rng.standard_normal((4, 16)) * 2
+    y_train = [str(i % 4) for i in range(200)]
+    y_test = [str(i % 4) for i in range(100)]
+    x_train = np.stack([centers[int(c)] for c in y_train]) + rng.standard_normal((200, 16))
+    x_test = np.stack([centers[int(c)] for c in y_test]) + rng.standard_normal((100, 16))
+    experiments = m.undersample(y_train, 8, 3, seed=42)
+    out = m.classification_scores(x_train, y_train, x_test, y_test, experiments, seed=42)
+    accs = []
+    for rows in experiments:
+        clf = LogisticRegression(max_iter=100, random_state=42)
+        clf.fit(x_train[rows], [y_train[i] for i in rows])
+        accs.append(accuracy_score(y_test, clf.predict(x_test)))
+    assert out["accuracy"] == pytest.approx(np.mean(accs))
+    assert len(out["scores_per_experiment"]) == 3
+    assert out["accuracy"] > 0.8
+
+
+def test_clustering_v_measure() -> None:
+    rng = np.random.default_rng(4)
+    labels = [str(i % 6) for i in range(600)]
+    centers = _unit(rng, 6, 32) * 10
+    x = np.stack([centers[int(c)] for c in labels]) + 0.3 * rng.standard_normal((600, 32))
+    out = m.clustering_scores(x, labels, n_bootstrap=3, sample_size=300, seed=42)
+    assert out["v_measure"] > 0.95 and len(out["v_measures"]) == 3
+    noise = m.clustering_scores(rng.standard_normal((600, 32)), labels, n_bootstrap=3,
+                                sample_size=300, seed=42)
+    assert noise["v_measure"] < 0.2
+    again = m.clustering_scores(x, labels, n_bootstrap=3, sample_size=300, seed=42)
+    assert again["v_measures"] == out["v_measures"]  # seeded
+
+
+def test_retrieval_scores_match_references() -> None:
+    rng = np.random.default_rng(5)
+    d = _unit(rng, 30)
+    q = l2_normalize(d[:12] + 0.9 * _unit(rng, 12))  # query i is about document i
+    doc_ids = [f"d{i}" for i in range(30)]
+    query_ids = [f"q{i}" for i in range(12)]
+    qrels = {f"q{i}": {f"d{i}"} for i in range(12)}
+    qrels["q0"] = {"d0", "d29"}  # one query with two relevant documents
+    out = m.retrieval_scores(q, d, query_ids, doc_ids, qrels, ks=(1, 5, 10))
+    sims = q @ d.T
+    truth = np.zeros_like(sims)
+    for i, qid in enumerate(query_ids):
+        for doc in qrels[qid]:
+            truth[i, doc_ids.index(doc)] = 1
+    for k in (1, 5, 10):
+        assert out[f"ndcg_at_{k}"] == pytest.approx(ndcg_score(truth, sims, k=k), abs=1e-6)
+        top = np.argsort(-sims, axis=1)[:, :k]
+        recall = np.mean([truth[i, top[i]].sum() / truth[i].sum() for i in range(12)])
+        assert out[f"recall_at_{k}"] == pytest.approx(recall)
+    ranks = [next((r + 1 for r, j in enumerate(np.argsort(-sims[i])) if truth[i, j]), None)
+             for i in range(12)]
+    mrr10 = np.mean([1 / r if r is not None and r <= 10 else 0 for r in ranks])
+    assert out["mrr_at_10"] == pytest.approx(mrr10)
+    assert 0 < out["ndcg_at_10"] < 1

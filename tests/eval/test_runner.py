@@ -1,0 +1,105 @@
+"""End to end on a small subset with the tiny random Qwen3 model (instruction-aware, Matryoshka)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import DATASETS
+
+from smysl.eval import TASKS, EvalConfig, evaluate_model
+from smysl.eval import metrics as m
+from smysl.eval.data import load_sts
+from smysl.eval.report import load_runs, write_reports
+from smysl.eval.tasks import QA, SIMILAR, select
+
+pytestmark = pytest.mark.skipif(not (DATASETS / "stsb").is_dir(), reason="no shared datasets")
+
+
+def _cfg(tmp_path: Path, **kw: object) -> EvalConfig:
+    base: dict[str, object] = dict(
+        models=("tiny",), dimensions=(32, 48, 128), limit=16, out_dir=tmp_path / "out",
+        progress=False, n_experiments=2, clustering_bootstraps=2, clustering_sample_size=64)
+    base.update(kw)
+    return EvalConfig(**base)  # type: ignore[arg-type]
+
+
+@pytest.fixture(scope="module")
+def sweep(tiny, tmp_path_factory):  # type: ignore[no-untyped-def]
+    tmp = tmp_path_factory.mktemp("sweep")
+    cfg = _cfg(tmp, cache_dir=tmp / "cache")
+    return cfg, evaluate_model(tiny, cfg)
+
+
+def test_every_task_scored_at_every_dimension(sweep) -> None:  # type: ignore[no-untyped-def]
+    _, result = sweep
+    assert result.evaluated_dimensions == [32, 48, 64] and result.skipped_dimensions == [128]
+    assert [t.task for t in result.tasks] == list(TASKS)
+    for t in result.tasks:
+        for dim in (32, 48, 64):
+            assert np.isfinite(t.main(dim)) and -1 <= t.main(dim) <= 1
+    # random weights still rank a question's own paragraph above chance on a handful of docs
+    assert result.texts_embedded > 0 and result.texts_per_s and result.tokens_per_s
+
+
+def test_matryoshka_scores_equal_asking_the_model_for_fewer_dimensions(tiny, sweep) -> None:  # type: ignore[no-untyped-def]
+    cfg, result = sweep
+    pairs = load_sts(cfg.data_dir, "en", limit=cfg.limit)
+    sts = next(t for t in result.tasks if t.task == "sts-en")
+    for dim in (32, 48):
+        a = tiny.embed(pairs.texts1, instruction=SIMILAR, dimensions=dim)
+        b = tiny.embed(pairs.texts2, instruction=SIMILAR, dimensions=dim)
+        want = m.sts_scores(a, b, pairs.gold)["cosine_spearman"]
+        assert sts.scores[dim]["cosine_spearman"] == pytest.approx(want, abs=1e-6)
+    assert sts.scores[32] != sts.scores[64]
+
+
+def test_instructions_per_task_kind_and_overrides(tiny, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    tasks = select(["sts-en", "xquad-en", "intents-en"])
+    cfg = _cfg(tmp_path, dimensions=(), limit=6, instructions={"intents-en": ""})
+    result = evaluate_model(tiny, cfg, tasks=tasks)
+    by = {t.task: t.instruction for t in result.tasks}
+    assert by == {"sts-en": SIMILAR, "xquad-en": QA, "intents-en": None}
+    plain = evaluate_model(tiny, _cfg(tmp_path, dimensions=(), limit=6, use_instructions=False),
+                           tasks=tasks)
+    assert all(t.instruction is None for t in plain.tasks)
+    # the instruction changes the query vectors, hence the scores
+    assert plain.tasks[0].scores[64] != result.tasks[0].scores[64]
+
+
+def test_each_distinct_text_is_embedded_once(tiny, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    tasks = select(["intents-en", "intents-clustering-en", "xquad-en", "xquad-ru-en"])
+    cfg = _cfg(tmp_path, dimensions=(), limit=10, use_instructions=False)
+    result = evaluate_model(tiny, cfg, tasks=tasks)
+    texts: set[str] = set()
+    for task in tasks:
+        for req in task.prepare(cfg, None).requests:
+            texts.update(req.texts)
+    assert result.texts_embedded == len(texts)  # clustering reuses the classification test set
+
+
+def test_disk_cache_reuses_embeddings(tiny, sweep) -> None:  # type: ignore[no-untyped-def]
+    cfg, first = sweep
+    again = evaluate_model(tiny, cfg)
+    assert again.texts_embedded == 0 and again.texts_per_s is None
+    assert [t.scores for t in again.tasks] == [t.scores for t in first.tasks]
+
+
+def test_reports_written(sweep, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    cfg, result = sweep
+    files = write_reports([result], cfg)
+    out = cfg.out_dir
+    names = {p.name for p in files}
+    assert {"results.json", "summary.md", "quality_vs_dimensions.png",
+            "quality_vs_throughput.png", "sts-en.json"} <= names
+    task = json.loads(next(p for p in files if p.name == "xquad-ru-en.json").read_text())
+    assert task["main_metric"] == "ndcg_at_10" and set(task["scores"]) == {"32", "48", "64"}
+    summary = (out / "summary.md").read_text()
+    assert "| sts-ru | Spearman (cosine) |" in summary and "Subset run" in summary
+    for png in ("quality_vs_dimensions.png", "quality_vs_throughput.png"):
+        assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # a later run can compare against this one
+    runs = load_runs(out)
+    assert runs[0]["model"] == result.model and runs[0]["evaluated_dimensions"] == [32, 48, 64]
