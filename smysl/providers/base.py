@@ -19,6 +19,7 @@ from __future__ import annotations
 import abc
 import dataclasses
 import email.utils
+import functools
 import logging
 import math
 import os
@@ -244,9 +245,13 @@ class Usage:
         cost = (f"${s['cost']:.6f} at ${self.price_per_mtok:g}/1M tokens"
                 if s["cost"] is not None else "cost unknown (no price)")
         failed = f", {s['failed_requests']} failed" if s["failed_requests"] else ""
-        return (f"{self.provider}:{self.model}: {approx}{s['tokens']:,} tokens ({source}), "
-                f"{s['texts']:,} texts, {s['requests']:,} requests, {s['retries']:,} retries"
-                f"{failed}, {cost}")
+        return (f"{self.provider}:{self.model}: {approx}{_n(s['tokens'], 'token')} ({source}), "
+                f"{_n(s['texts'], 'text')}, {_n(s['requests'], 'request')}, "
+                f"{_n(s['retries'], 'retry', 'retries')}{failed}, {cost}")
+
+
+def _n(count: int, one: str, many: str | None = None) -> str:
+    return f"{count:,} {one if count == 1 else many or one + 's'}"
 
 
 # --------------------------------------------------------------------------- tokenizer lookup
@@ -384,6 +389,7 @@ class Provider(BaseEmbedder):
                                 max_keepalive_connections=max(config.max_concurrency, 4)),
             transport=transport,
             follow_redirects=True,
+            verify=_ssl_context(),
         )
         if tokenizer is not None or os.environ.get(TOKENIZER_ENV):
             # A tokenizer named explicitly is local and cheap: load it now so that length checks
@@ -525,7 +531,15 @@ class Provider(BaseEmbedder):
                     f"input {i} has {len(ids)} tokens (EOS included) but {self.name} accepts at "
                     f"most {limit}; shorten it or ask for truncation (truncate=True)")
             body = ids[:-1] if ids and ids[-1] == tok.eos_id else ids
-            out[i] = tok.raw.decode(body[: limit - 1], skip_special_tokens=False)
+            # Decoding a token prefix can split a character (U+FFFD) and re-encode longer:
+            # keep dropping tokens until the text itself fits.
+            keep = limit - 1
+            while True:
+                cut = tok.raw.decode(body[:keep], skip_special_tokens=False).rstrip("\ufffd")
+                if keep <= 0 or tok.count([cut])[0] <= limit:
+                    break
+                keep -= 1
+            out[i] = cut
         return out
 
     def _estimate(self, texts: list[str]) -> list[int]:
@@ -665,6 +679,14 @@ class Provider(BaseEmbedder):
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.name!r}, base_url={self.base_url!r})"
+
+
+@functools.cache
+def _ssl_context() -> Any:
+    """One verified TLS context for every client: building one reads the CA bundle (~0.1 s)."""
+    import httpx
+
+    return httpx.create_ssl_context()
 
 
 def _excerpt(resp: Any, limit: int = 300) -> str:

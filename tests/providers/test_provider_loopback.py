@@ -177,6 +177,13 @@ def test_truncation_local_check_and_client_side_cut(qwen_tok: Any, tokenizer_pat
         assert sent[0] == "short" and long.startswith(sent[1])
         assert qwen_tok.count([sent[1]])[0] <= 16
         np.testing.assert_allclose(out, expected(sent, 32, 32), rtol=1e-5)
+        # Cuts that split a multi-byte character still fit and leave no U+FFFD behind.
+        for limit in range(3, 12):
+            cut = connect("dashscope", f"{srv.url}/compatible-mode/v1#text-embedding-v4",
+                          dimensions=32, tokenizer=tokenizer_path, max_tokens=limit)
+            cut.embed(["🙂模型ёж " * 10], truncate=True)
+            text = srv.requests[-1]["input"][0]
+            assert qwen_tok.count([text])[0] <= limit and "\ufffd" not in text
         # Servers that truncate themselves get the flag instead.
         o = load(srv, "ollama", max_tokens=16, dimensions=32)
         o.embed(["a"], truncate=True)

@@ -159,5 +159,5 @@ def test_cli_embed_prints_a_usage_line(qwen_tok: Any, monkeypatch: pytest.Monkey
     assert [r["text"] for r in rows] == lines and all(len(r["embedding"]) == 64 for r in rows)
     cost = billed * 0.07 / 1e6
     assert (f"embedded 3 texts -> 64 dims; dashscope:text-embedding-v4: {billed:,} tokens "
-            f"(provider-reported), 3 texts, 1 requests, 0 retries, ${cost:.6f} at "
+            f"(provider-reported), 3 texts, 1 request, 0 retries, ${cost:.6f} at "
             "$0.07/1M tokens") in err

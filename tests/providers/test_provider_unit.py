@@ -275,6 +275,20 @@ def test_payload_too_large_is_split() -> None:
     assert out.shape == (5, 16) and p.usage.requests == 2
 
 
+def test_base64_rows_are_decoded() -> None:
+    import base64
+
+    rows = [det_vector(t, 16) for t in ["a", "b"]]
+    data = [{"index": i, "embedding": base64.b64encode(r.astype("<f4").tobytes()).decode()}
+            for i, r in enumerate(rows)]
+    h = Recorder(script=[httpx.Response(200, json={"data": data, "usage": {"prompt_tokens": 2}})])
+    out = make("smysl", "http://h:1#m", h, dimensions=16).embed(["a", "b"], truncate=True)
+    ref = np.stack(rows)
+    np.testing.assert_allclose(out, ref / np.linalg.norm(ref, axis=1, keepdims=True), rtol=1e-6)
+    assert h.bodies[0]["truncate"] is True  # smysl's own extension
+    assert h.requests[0].url.path == "/v1/embeddings"
+
+
 def test_usage_line_is_readable() -> None:
     h = Recorder()
     p = make("dashscope", "text-embedding-v4", h, dimensions=16)
