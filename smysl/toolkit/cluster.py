@@ -105,7 +105,7 @@ def cluster_vectors(vectors: np.ndarray, config: ClusterConfig = ClusterConfig()
         from sklearn.cluster import HDBSCAN
 
         # Euclidean distance on unit vectors orders pairs exactly as cosine does.
-        labels = HDBSCAN(min_cluster_size=config.min_cluster_size).fit_predict(x)
+        labels = HDBSCAN(min_cluster_size=config.min_cluster_size, copy=True).fit_predict(x)
     else:
         raise ValueError(f"unknown method {config.method!r} (kmeans or hdbscan)")
     clusters = []

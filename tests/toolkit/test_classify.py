@@ -1,0 +1,79 @@
+"""Classification: supervised matches scikit-learn on the same vectors; save/load; zero-shot."""
+
+from __future__ import annotations
+
+import csv
+
+import numpy as np
+import pytest
+
+from smysl.toolkit.classify import (
+    ClassifyConfig,
+    SupervisedClassifier,
+    ZeroShotClassifier,
+    accuracy,
+)
+from toolkit.helpers import DATASETS, unit_rows
+
+pytest.importorskip("sklearn")
+
+
+def intents(split: str, labels: list[str], n: int) -> tuple[list[str], list[str]]:
+    path = DATASETS / "intents" / f"intents_{split}.csv"
+    if not path.is_file():
+        pytest.skip(f"{path} not found")
+    with open(path, encoding="utf-8", newline="") as f:
+        rows = [r for r in csv.DictReader(f) if r["label"] in labels][:n]
+    return [r["answer"] for r in rows], [r["label"] for r in rows]
+
+
+@pytest.mark.parametrize("method", ["logreg", "knn"])
+def test_supervised_matches_sklearn_and_survives_save(method, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.neighbors import KNeighborsClassifier
+
+    rng = np.random.default_rng(0)
+    x = unit_rows(300, 24, seed=1, clusters=4)
+    y = [f"c{int(v)}" for v in rng.integers(0, 3, 300)]
+    config = ClassifyConfig(method=method, neighbors=7)
+    clf = SupervisedClassifier.fit_vectors(x[:200], y[:200], config, model="m")
+    ref = (LogisticRegression(max_iter=1000) if method == "logreg" else
+           KNeighborsClassifier(7, metric="cosine", algorithm="brute")).fit(x[:200], y[:200])
+    pred = clf.predict_vectors(x[200:])
+    assert pred == ref.predict(x[200:]).tolist()
+    clf.save(tmp_path / "c.npz")
+    loaded = SupervisedClassifier.load(tmp_path / "c.npz")
+    assert loaded.predict_vectors(x[200:]) == pred and loaded.model == "m"
+    np.testing.assert_allclose(loaded.predict_proba_vectors(x[200:]),
+                               ref.predict_proba(x[200:]), atol=1e-6)
+
+
+def test_intents_with_minilm(minilm, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    labels = ["weather__query", "alarm__set", "play__music", "calendar__set", "qa__factoid"]
+    train, ytrain = intents("train", labels, 120)
+    test, ytest = intents("test", labels, 60)
+    clf = SupervisedClassifier.fit(minilm, train, ytrain)
+    acc = accuracy(clf.predict(minilm, test), ytest)
+    assert acc > 0.8
+    clf.save(tmp_path / "intents.npz")
+    assert SupervisedClassifier.load(tmp_path / "intents.npz").predict(minilm, test[:20]) == \
+        clf.predict(minilm, test[:20])
+    # zero-shot against descriptions: well above chance (0.2) with no training at all
+    zs = ZeroShotClassifier(minilm, {lab: lab.replace("__", ": ").replace("_", " ")
+                                     for lab in labels})
+    assert accuracy(zs.predict(test), ytest) > 0.4
+    other = type(minilm).__new__(type(minilm))
+    other.name = "someone-else"
+    with pytest.raises(ValueError, match="trained on"):
+        clf.predict(other, test[:1])
+
+
+def test_zero_shot_picks_nearest_description(tiny) -> None:  # type: ignore[no-untyped-def]
+    zs = ZeroShotClassifier(tiny, {"a": "first label", "b": "second label"})
+    s = zs.scores(["some text", "other text"])
+    expected = tiny.embed(["some text", "other text"], instruction="classification") @ \
+        tiny.embed(["first label", "second label"]).T
+    np.testing.assert_allclose(s, expected, atol=1e-5)
+    assert zs.predict(["some text", "other text"]) == [["a", "b"][i] for i in s.argmax(1)]
+    with pytest.raises(ValueError, match="at least one label"):
+        ZeroShotClassifier(tiny, {})

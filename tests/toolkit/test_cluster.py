@@ -1,0 +1,56 @@
+"""Clustering: k-means equals scikit-learn on the same vectors; estimated k; HDBSCAN; centres."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from smysl.toolkit.cluster import ClusterConfig, cluster_texts, cluster_vectors
+from toolkit.helpers import unit_rows
+
+pytest.importorskip("sklearn")
+
+
+def test_kmeans_matches_sklearn_and_representatives_are_central() -> None:
+    from sklearn.cluster import KMeans
+
+    x = unit_rows(400, 32, seed=2, clusters=6)
+    res = cluster_vectors(x, ClusterConfig(k=6, representatives=4))
+    ref = KMeans(n_clusters=6, n_init=4, random_state=0).fit_predict(x)
+    assert res.labels.tolist() == ref.tolist() and res.k == 6
+    assert sum(c.size for c in res.clusters) == 400
+    assert [c.size for c in res.clusters] == sorted((c.size for c in res.clusters), reverse=True)
+    for c in res.clusters:
+        members = np.flatnonzero(res.labels == c.label)
+        centre = x[members].mean(0)
+        sims = x[members] @ centre
+        assert set(c.representatives) <= set(members.tolist())
+        best = np.sort(sims)[::-1][:4]
+        np.testing.assert_allclose(np.sort(x[c.representatives] @ centre)[::-1], best,
+                                   rtol=1e-5)
+
+
+def test_estimated_k_and_hdbscan_find_planted_clusters() -> None:
+    from sklearn.metrics import adjusted_rand_score
+
+    rng = np.random.default_rng(3)
+    centres = rng.normal(size=(5, 16)) * 4
+    truth = np.repeat(np.arange(5), 60)
+    x = centres[truth] + rng.normal(size=(300, 16))
+    x = (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+    est = cluster_vectors(x, ClusterConfig(k=None, k_max=9))
+    assert est.k == 5 and set(est.silhouettes) == set(range(2, 10))
+    assert adjusted_rand_score(truth, est.labels) > 0.95
+    dense = cluster_vectors(x, ClusterConfig(method="hdbscan", min_cluster_size=10))
+    kept = dense.labels >= 0
+    assert dense.k == 5 and kept.mean() > 0.8
+    assert adjusted_rand_score(truth[kept], dense.labels[kept]) > 0.95
+
+
+def test_cluster_texts_uses_clustering_instruction(tiny) -> None:  # type: ignore[no-untyped-def]
+    texts = [f"text {i}" for i in range(12)]
+    res = cluster_texts(tiny, texts, ClusterConfig(k=3))
+    direct = cluster_vectors(tiny.embed(texts, instruction="clustering"), ClusterConfig(k=3))
+    assert res.labels.tolist() == direct.labels.tolist()
+    with pytest.raises(ValueError, match="at least two"):
+        cluster_vectors(unit_rows(1, 8), ClusterConfig(k=1))
