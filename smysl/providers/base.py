@@ -470,7 +470,8 @@ class Provider(BaseEmbedder):
                 if progress is not None:
                     progress.update(len(batch))
         else:
-            with ThreadPoolExecutor(workers, thread_name_prefix=f"smysl-{self.config.name}") as ex:
+            ex = ThreadPoolExecutor(workers, thread_name_prefix=f"smysl-{self.config.name}")
+            try:
                 futures: dict[Future[None], list[int]] = {
                     ex.submit(self._embed_batch, texts, b, truncate, out): b for b in batches}
                 pending = set(futures)
@@ -493,6 +494,9 @@ class Provider(BaseEmbedder):
                             if not fut.cancelled() and fut.exception() is not None:
                                 failed.extend(futures[fut])
                         break
+            finally:
+                # Ctrl-C or any error: queued batches are dropped, not sent.
+                ex.shutdown(wait=True, cancel_futures=True)
         if first_error is not None:
             failed = sorted(set(failed))
             if isinstance(first_error, ProviderHTTPError) and first_error.status in (401, 403,

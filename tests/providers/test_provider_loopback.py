@@ -53,7 +53,7 @@ def test_thousand_texts_with_faults_land_in_place(shape: str, qwen_tok: Any,
                     max_inputs=10, seed=7) as srv:
         width = 64 if shape == "dashscope" else 128  # DashScope cuts server-side
         m = load(srv, shape, dimensions=width, tokenizer=tokenizer_path, max_retries=8,
-                 price_per_mtok=0.07, max_concurrency=4)
+                 price_per_mtok=0.07, max_concurrency=4, max_batch_texts=10)
         t0 = time.perf_counter()
         out = m.embed(texts)
         elapsed = time.perf_counter() - t0
