@@ -53,8 +53,8 @@ class SentenceTransformerEmbedder(BaseEmbedder):
         if max_tokens:
             self.model.max_seq_length = max_tokens
         self.name = model
-        getter = getattr(self.model, "get_embedding_dimension", None) or getattr(
-            self.model, "get_sentence_embedding_dimension")
+        getter = (getattr(self.model, "get_embedding_dimension", None)
+                  or self.model.get_sentence_embedding_dimension)
         dims = getter()
         if not dims:
             raise ValueError(f"{model}: cannot tell the embedding size")
@@ -86,14 +86,18 @@ class SentenceTransformerEmbedder(BaseEmbedder):
                 raise ValueError(f"input {over[0]} has {lengths[over[0]]} tokens but at most "
                                  f"{self.max_tokens} are allowed; pass truncate=True")
         out = np.empty((len(texts), self.dimensions), dtype=np.float32)
+        # Longest first over the whole call, as encode() does within one call: the chunks below
+        # (there only to report progress) would otherwise each pad to their own mix of lengths.
+        order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))
         step = max(self.batch_size * 8, 1)
-        for s in range(0, len(texts), step):  # chunks only to report progress
-            out[s : s + step] = self.model.encode(
-                texts[s : s + step], batch_size=self.batch_size, convert_to_numpy=True,
+        for s in range(0, len(order), step):
+            rows = order[s : s + step]
+            out[rows] = self.model.encode(
+                [texts[i] for i in rows], batch_size=self.batch_size, convert_to_numpy=True,
                 normalize_embeddings=False, show_progress_bar=False,
             )
             if progress is not None:
-                progress.update(len(texts[s : s + step]))
+                progress.update(len(rows))
         return out
 
     def count_tokens(self, texts: Any) -> list[int]:

