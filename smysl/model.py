@@ -67,9 +67,11 @@ class RMSNorm(nn.Module):
 
     def forward(self, x: torch.Tensor, out_dtype: torch.dtype | None = None) -> torch.Tensor:
         # Reference order: normalise in fp32, cast back, then scale in the weight's dtype.
+        # F.rms_norm is one fused pass and bit-identical to the reference's x * rsqrt(mean + eps).
         dtype = out_dtype or x.dtype
-        x32 = x.float()
-        x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
+        if x.dtype == dtype == torch.float32:
+            return F.rms_norm(x, (x.shape[-1],), self.weight, self.eps)
+        x32 = F.rms_norm(x.float(), (x.shape[-1],), None, self.eps)
         return self.weight.to(dtype) * x32.to(dtype)
 
 
@@ -197,7 +199,13 @@ class AttentionPlan:
             i = j
 
     def _indices(self, members: list[int]) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-        if len(members) == 1:
+        """(gather, dest) for a padded group; (None, None) when the group is a contiguous run of
+        equal lengths in the stream (the scheduler sorts batches by length): a free view."""
+        width = self.lengths[members[0]]
+        first = min(self.starts[m] for m in members)
+        if all(self.lengths[m] == width for m in members) and sorted(
+            self.starts[m] for m in members
+        ) == list(range(first, first + width * len(members), width)):
             return None, None
         width = self.lengths[members[0]]
         # gather: [B, L] index into the stream, padding -> T (a zero row appended at run time)
@@ -211,15 +219,16 @@ class AttentionPlan:
 
     def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         """q: [T, Hq, D], k/v: [T, Hkv, D] -> [T, Hq, D]."""
-        if len(self.groups) == 1 and self.groups[0][2] is None:  # one sequence
-            return _sdpa(q.unsqueeze(0), k.unsqueeze(0), v.unsqueeze(0), causal=True)[0]
+        if len(self.groups) == 1 and self.groups[0][2] is None:  # one run of equal lengths
+            n = len(self.lengths)
+            return _sdpa(*(x.unflatten(0, (n, -1)) for x in (q, k, v)), causal=True).flatten(0, 1)
         out = q.new_empty(q.shape)
         padded: tuple[torch.Tensor, ...] = ()
         for members, width, gather, dest in self.groups:
-            if gather is None:
-                s = self.starts[members[0]]
-                out[s : s + width] = _sdpa(q[None, s : s + width], k[None, s : s + width],
-                                           v[None, s : s + width], causal=True)[0]
+            if gather is None:  # contiguous equal lengths: [B * L] -> [B, L] views
+                s, e = min(self.starts[m] for m in members), width * len(members)
+                out[s : s + e] = _sdpa(*(x[s : s + e].unflatten(0, (len(members), width))
+                                         for x in (q, k, v)), causal=True).flatten(0, 1)
                 continue
             if not padded:  # append one zero row that padding positions gather
                 padded = tuple(torch.cat([x, x.new_zeros(1, *x.shape[1:])]) for x in (q, k, v))
