@@ -221,14 +221,15 @@ class AttentionPlan:
         """q: [T, Hq, D], k/v: [T, Hkv, D] -> [T, Hq, D]."""
         if len(self.groups) == 1 and self.groups[0][2] is None:  # one run of equal lengths
             n = len(self.lengths)
-            return _sdpa(*(x.unflatten(0, (n, -1)) for x in (q, k, v)), causal=True).flatten(0, 1)
+            qb, kb, vb = (x.unflatten(0, (n, -1)) for x in (q, k, v))
+            return _sdpa(qb, kb, vb, causal=True).flatten(0, 1)
         out = q.new_empty(q.shape)
         padded: tuple[torch.Tensor, ...] = ()
         for members, width, gather, dest in self.groups:
             if gather is None:  # contiguous equal lengths: [B * L] -> [B, L] views
                 s, e = min(self.starts[m] for m in members), width * len(members)
-                out[s : s + e] = _sdpa(*(x[s : s + e].unflatten(0, (len(members), width))
-                                         for x in (q, k, v)), causal=True).flatten(0, 1)
+                qb, kb, vb = (x[s : s + e].unflatten(0, (len(members), width)) for x in (q, k, v))
+                out[s : s + e] = _sdpa(qb, kb, vb, causal=True).flatten(0, 1)
                 continue
             if not padded:  # append one zero row that padding positions gather
                 padded = tuple(torch.cat([x, x.new_zeros(1, *x.shape[1:])]) for x in (q, k, v))
