@@ -209,8 +209,12 @@ def _replay(body: bytes, receive: Receive) -> Receive:
 
 def serve(embedder: BaseEmbedder, config: ServerConfig, **uvicorn_options: Any) -> None:
     """Run the server with uvicorn until interrupted (SIGINT/SIGTERM shut down gracefully)."""
+    import sys
+
     import uvicorn
 
     app = create_app(embedder, config)
+    if config.switch_interval_s is not None:  # process-wide, hence here and not in create_app
+        sys.setswitchinterval(config.switch_interval_s)
     uvicorn.run(app, host=config.host, port=config.port, log_level="info",
                 timeout_graceful_shutdown=int(config.graceful_timeout_s), **uvicorn_options)

@@ -43,6 +43,10 @@ class ServerConfig:
     allow_empty: bool = False
     #: Seconds uvicorn waits for in-flight requests on shutdown before it cuts them off.
     graceful_timeout_s: float = 30.0
+    #: Python's GIL switch interval while serving (seconds; None keeps Python's 5 ms). The compute
+    #: thread re-takes the GIL between torch ops; with the default a busy event loop makes it
+    #: wait up to 5 ms each time, and a CPU forward pass slows several-fold under load.
+    switch_interval_s: float | None = 0.0002
 
     def __post_init__(self) -> None:
         checks = {
@@ -54,6 +58,7 @@ class ServerConfig:
             "max_inputs": self.max_inputs >= 1,
             "max_request_bytes": self.max_request_bytes >= 1024,
             "graceful_timeout_s": self.graceful_timeout_s >= 0,
+            "switch_interval_s": self.switch_interval_s is None or self.switch_interval_s > 0,
         }
         bad = [name for name, ok in checks.items() if not ok]
         if bad:
