@@ -620,7 +620,9 @@ class Provider(BaseEmbedder):
             except httpx.TimeoutException as e:
                 last = ProviderError(f"{self.name}: timed out ({type(e).__name__}) after "
                                      f"{cfg.timeout:g}s")
-            except httpx.TransportError as e:  # refused, reset, DNS, protocol errors
+            except httpx.UnsupportedProtocol as e:  # a bad URL does not heal
+                raise ProviderError(f"{self.name}: bad URL {self.base_url!r}: {e}") from e
+            except httpx.RequestError as e:  # refused, reset, DNS, protocol, body decoding
                 last = ProviderError(f"{self.name}: connection error: {e!r}")
             else:
                 status = resp.status_code
