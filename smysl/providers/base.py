@@ -171,6 +171,14 @@ class IncompleteEmbeddingError(ProviderError):
         self.cause = cause
 
 
+class RejectedInputError(IncompleteEmbeddingError, ValueError):
+    """The provider rejected the inputs themselves (400/422: empty, too long, malformed).
+
+    A ``ValueError`` like the engine's input errors, so callers that isolate bad inputs (the
+    server's batcher, the CLI) treat it the same way.
+    """
+
+
 # --------------------------------------------------------------------------- usage
 @dataclass
 class Usage:
@@ -503,7 +511,9 @@ class Provider(BaseEmbedder):
                                                                                     404):
                 # A bad key or an unknown model fails every input alike: say that plainly.
                 raise first_error
-            raise IncompleteEmbeddingError(
+            rejected = isinstance(first_error, ProviderHTTPError) and first_error.status in (
+                400, 422)
+            raise (RejectedInputError if rejected else IncompleteEmbeddingError)(
                 f"{self.name}: {len(failed)} of {len(texts)} inputs were not embedded "
                 f"(first failed input: #{failed[0]}): {first_error}",
                 failed, len(texts), first_error) from first_error

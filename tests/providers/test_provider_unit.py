@@ -18,6 +18,7 @@ from smysl.providers import (
     IncompleteEmbeddingError,
     Provider,
     ProviderHTTPError,
+    RejectedInputError,
     connect,
     price_for,
 )
@@ -201,9 +202,10 @@ def test_other_4xx_is_not_retried_and_names_inputs() -> None:
         {"index": 0, "embedding": [1.0] * 16}, {"index": 1, "embedding": [1.0] * 16}]}),
         httpx.Response(400, json={"error": {"message": "bad input"}})])
     p = make("openai", "m", h, dimensions=16, max_batch_texts=2, max_concurrency=1)
-    with pytest.raises(IncompleteEmbeddingError, match="bad input") as e:
+    with pytest.raises(RejectedInputError, match="bad input") as e:
         p.embed(["a", "b", "c", "d", "e"])
     assert e.value.failed == [2, 3, 4] and e.value.total == 5
+    assert isinstance(e.value, ValueError) and isinstance(e.value, IncompleteEmbeddingError)
     assert len(h.bodies) == 2  # the 400 was not retried, the last batch never sent
 
 
