@@ -63,7 +63,14 @@ class Embedder(BaseEmbedder):
         """
         scheme, rest = split_scheme(model)
         if scheme is not None:
-            return load_scheme(scheme, rest, **options)
+            # forward the engine options a caller set explicitly: the backend uses or rejects
+            # them (TypeError), never silently drops them
+            given = dict(device=device, dtype=dtype, quantize=quantize, revision=revision,
+                         max_batch_tokens=max_batch_tokens, max_batch_size=max_batch_size,
+                         max_tokens=max_tokens, threads=threads)
+            defaults = dict(device="auto", dtype="auto", max_batch_size=512)
+            explicit = {k: v for k, v in given.items() if v is not None and v != defaults.get(k)}
+            return load_scheme(scheme, rest, **explicit, **options)
         if options:
             raise TypeError(f"unexpected options for a local model: {sorted(options)}")
         ckpt = read_checkpoint(resolve(model, revision=revision), name=model)
