@@ -298,6 +298,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="torch threads, the same offline and in the server (vectors depend on "
                         "it); default leaves one core for HTTP and the clients")
     p.add_argument("--skip-overload", action="store_true")
+    p.add_argument("--serve-args", default="", help="extra 'smysl serve' arguments")
     p.add_argument("--json", help="write the results here")
     args = p.parse_args(argv)
 
@@ -312,6 +313,7 @@ def main(argv: list[str] | None = None) -> int:
     extra = ["--served-name", "served", "--max-inputs", "4096", "--threads", str(args.threads)]
     if args.max_batch_tokens:
         extra += ["--max-batch-tokens", str(args.max_batch_tokens)]
+    extra += args.serve_args.split()
 
     # 1. offline batch throughput (and the reference vectors), with no server running; measured
     # again after the served phases, because other load on a shared machine drifts

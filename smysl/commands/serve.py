@@ -28,6 +28,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-request-mb", type=float, default=16.0, help="request body limit")
     p.add_argument("--allow-empty-input", action="store_true",
                    help="embed empty strings (EOS alone) instead of answering 400")
+    p.add_argument("--switch-interval-ms", type=float, default=1.0,
+                   help="GIL switch interval while serving (0 = Python's default 5 ms)")
     p.add_argument("--device", default="auto")
     p.add_argument("--dtype", default="auto")
     p.add_argument("--quantize", choices=["int8"], default=None)
@@ -44,7 +46,8 @@ def run(args: argparse.Namespace) -> int:
         max_batch_tokens=args.max_batch_tokens, max_batch_requests=args.max_batch_requests,
         max_wait_ms=args.max_wait_ms, max_queue=args.max_queue, max_inputs=args.max_inputs,
         max_request_bytes=int(args.max_request_mb * 1024 * 1024),
-        default_dimensions=args.dimensions, allow_empty=args.allow_empty_input)
+        default_dimensions=args.dimensions, allow_empty=args.allow_empty_input,
+        switch_interval_s=args.switch_interval_ms / 1000 if args.switch_interval_ms else None)
 
     from smysl.base import split_scheme
     from smysl.embedder import Embedder

@@ -46,7 +46,7 @@ class ServerConfig:
     #: Python's GIL switch interval while serving (seconds; None keeps Python's 5 ms). The compute
     #: thread re-takes the GIL between torch ops; with the default a busy event loop makes it
     #: wait up to 5 ms each time, and a CPU forward pass slows several-fold under load.
-    switch_interval_s: float | None = 0.0002
+    switch_interval_s: float | None = 0.001
 
     def __post_init__(self) -> None:
         checks = {
