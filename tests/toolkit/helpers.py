@@ -37,7 +37,7 @@ class Counting(BaseEmbedder):
         self.calls.append(len(texts))
         return self.inner._embed(texts, truncate=truncate, progress=progress)
 
-    def count_tokens(self, texts):  # type: ignore[no-untyped-def]
+    def count_tokens(self, texts):
         return self.inner.count_tokens(texts)
 
 

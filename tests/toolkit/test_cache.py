@@ -21,7 +21,7 @@ def test_keys_separate_model_instruction_dimensions_text() -> None:
     assert cache_key("m", "qa", 64, "t") == cache_key("m", TASK_PRESETS["qa"], 64, "t")
 
 
-def test_cache_serves_repeats_and_persists(tiny, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_cache_serves_repeats_and_persists(tiny, tmp_path) -> None:
     model = Counting(tiny)
     texts = ["alpha", "beta", "alpha", "gamma"]
     cache = EmbeddingCache(tmp_path / "c.sqlite")

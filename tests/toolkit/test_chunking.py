@@ -12,7 +12,7 @@ TEXT = ("Embeddings map text to vectors. Similar texts land close together, so s
         "geometry.\n\nСмысл жизни — в поиске смысла. " * 12 + "Ending without a full stop")
 
 
-def check(chunker: TokenChunker, text: str, count) -> None:  # type: ignore[no-untyped-def]
+def check(chunker: TokenChunker, text: str, count) -> None:
     chunks = chunker.split(text)
     assert len(chunks) > 3
     limit = chunker.budget + chunker.special_tokens
@@ -27,13 +27,13 @@ def check(chunker: TokenChunker, text: str, count) -> None:  # type: ignore[no-u
     assert chunks[0].start == 0 and chunks[-1].end == len(text.rstrip())
 
 
-def test_local_engine_tokenizer(tiny) -> None:  # type: ignore[no-untyped-def]
+def test_local_engine_tokenizer(tiny) -> None:
     ch = chunker_for(tiny, ChunkConfig(max_tokens=40, overlap=8))
     assert ch.exact and ch.special_tokens == 1
     check(ch, TEXT, lambda t: tiny.count_tokens([t])[0])
 
 
-def test_sentence_transformers_tokenizer(minilm) -> None:  # type: ignore[no-untyped-def]
+def test_sentence_transformers_tokenizer(minilm) -> None:
     ch = chunker_for(minilm, ChunkConfig(max_tokens=48, overlap=10))
     assert ch.exact and ch.special_tokens == 2  # [CLS] and [SEP]
     check(ch, TEXT, lambda t: minilm.count_tokens([t])[0])

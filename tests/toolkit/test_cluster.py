@@ -47,7 +47,7 @@ def test_estimated_k_and_hdbscan_find_planted_clusters() -> None:
     assert adjusted_rand_score(truth[kept], dense.labels[kept]) > 0.95
 
 
-def test_cluster_texts_uses_clustering_instruction(tiny) -> None:  # type: ignore[no-untyped-def]
+def test_cluster_texts_uses_clustering_instruction(tiny) -> None:
     texts = [f"text {i}" for i in range(12)]
     res = cluster_texts(tiny, texts, ClusterConfig(k=3))
     direct = cluster_vectors(tiny.embed(texts, instruction="clustering"), ClusterConfig(k=3))

@@ -27,7 +27,7 @@ def all_pairs(x: np.ndarray, threshold: float) -> set[tuple[int, int]]:
 
 
 @pytest.mark.parametrize("backend", ["memory", "lancedb"])
-def test_blocking_finds_all_pairs_reference(backend, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_blocking_finds_all_pairs_reference(backend, tmp_path) -> None:
     x = planted()
     store = None
     if backend == "lancedb":
@@ -57,7 +57,7 @@ def test_approximate_blocking_recall(tmp_path) -> None:
     assert found <= ref and len(found) / len(ref) >= 0.98
 
 
-def test_dedup_texts_with_minilm(minilm) -> None:  # type: ignore[no-untyped-def]
+def test_dedup_texts_with_minilm(minilm) -> None:
     texts = ["The cat sat on the mat.", "A cat was sitting on the mat.",
              "Stock markets fell sharply today.", "The cat sat on the mat!",
              "Share prices dropped steeply today.", "I like green tea."]

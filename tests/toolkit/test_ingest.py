@@ -39,11 +39,11 @@ def corpus(n_docs: int, sentences: int = 12, seed: int = 0) -> list[Document]:
 CFG = IngestConfig(chunk=ChunkConfig(max_tokens=24, overlap=4), batch_size=64)
 
 
-def open_index(model, path: Path) -> Index:  # type: ignore[no-untyped-def]
+def open_index(model, path: Path) -> Index:
     return Index.create_or_open(model, IndexConfig(StoreConfig(uri=str(path))))
 
 
-def test_second_ingest_embeds_nothing(tiny, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_second_ingest_embeds_nothing(tiny, tmp_path) -> None:
     """The small version of the bar: ~500 chunks twice; the second run embeds nothing."""
     model = Counting(tiny)
     docs = corpus(90)
@@ -60,7 +60,7 @@ def test_second_ingest_embeds_nothing(tiny, tmp_path) -> None:  # type: ignore[n
         first.chunks, first.chunks, 0, 0)
 
 
-def test_changes_reembed_only_what_changed(tiny, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_changes_reembed_only_what_changed(tiny, tmp_path) -> None:
     model = Counting(tiny)
     docs = corpus(8, seed=1)
     with open_index(model, tmp_path / "kb") as ix:
@@ -85,7 +85,7 @@ def test_changes_reembed_only_what_changed(tiny, tmp_path) -> None:  # type: ign
         assert ix.delete(["doc0", "doc2"]) > 0 and ix.count({"doc_id": ["doc0", "doc2"]}) == 0
 
 
-def test_readers_and_payloads(tiny, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_readers_and_payloads(tiny, tmp_path) -> None:
     (tmp_path / "notes").mkdir()
     (tmp_path / "notes" / "a.md").write_text("# Title\n\nSome markdown text.", encoding="utf-8")
     (tmp_path / "notes" / "b.txt").write_text("Plain text file.", encoding="utf-8")
@@ -113,7 +113,7 @@ def test_readers_and_payloads(tiny, tmp_path) -> None:  # type: ignore[no-untype
         ix.add([Document("x", "text", {"chunk": 1})], CFG)
 
 
-def test_index_refuses_another_model(tiny, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_index_refuses_another_model(tiny, tmp_path) -> None:
     with open_index(tiny, tmp_path / "kb") as ix:
         ix.add_texts(["a b c"])
     other = Counting(tiny)
@@ -147,7 +147,7 @@ KILL_SCRIPT = textwrap.dedent("""
 
 
 def test_killed_ingestion_loses_nothing_and_rerun_completes(tiny, tiny_dir, tmp_path
-                                                            ) -> None:  # type: ignore[no-untyped-def]
+                                                            ) -> None:
     script = tmp_path / "ingest.py"
     script.write_text(KILL_SCRIPT.format(tests=str(Path(__file__).parents[1]),
                                          model=str(tiny_dir), index=str(tmp_path / "kb")))

@@ -37,7 +37,7 @@ def ndcg10(ranked: list[list[str]], gold: list[str]) -> float:
                           for r, g in zip(ranked, gold, strict=True)]))
 
 
-def test_exact_search_equals_brute_force_on_xquad(minilm, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_exact_search_equals_brute_force_on_xquad(minilm, tmp_path) -> None:
     docs, questions, gold = xquad_subset(30, 30)
     with Index.create_or_open(minilm, IndexConfig(StoreConfig(uri=str(tmp_path / "kb")))) as ix:
         ix.add(docs, IngestConfig())
@@ -60,7 +60,7 @@ def test_exact_search_equals_brute_force_on_xquad(minilm, tmp_path) -> None:  # 
     assert ours == ref and ours > 0.5  # MiniLM retrieves most answers among 30 paragraphs
 
 
-def test_query_instruction_and_filters(tiny, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_query_instruction_and_filters(tiny, tmp_path) -> None:
     texts = [f"document number {i} about {t}" for i, t in enumerate(["cats", "dogs"] * 10)]
     with Index.create_or_open(tiny, IndexConfig(StoreConfig(uri=str(tmp_path / "kb")))) as ix:
         ix.add_texts(texts, metadata=[{"topic": t} for t in ["cats", "dogs"] * 10])

@@ -21,7 +21,7 @@ def payload(i: int) -> dict:
 
 
 @pytest.fixture(params=["lancedb", "qdrant", "memory", "qdrant-live"])
-def store(request, tmp_path):  # type: ignore[no-untyped-def]
+def store(request, tmp_path):
     kind = request.param
     if kind == "lancedb":
         pytest.importorskip("lancedb")
@@ -45,13 +45,13 @@ def store(request, tmp_path):  # type: ignore[no-untyped-def]
 
 
 @pytest.fixture
-def filled(store):  # type: ignore[no-untyped-def]
+def filled(store):
     x = unit_rows(N, D, seed=1)
     store.upsert([f"id{i}" for i in range(N)], x, [payload(i) for i in range(N)])
     return store, x
 
 
-def test_exact_search_equals_brute_force(filled) -> None:  # type: ignore[no-untyped-def]
+def test_exact_search_equals_brute_force(filled) -> None:
     store, x = filled
     q = unit_rows(7, D, seed=2)
     hits = store.search(q, 10, exact=True)
@@ -66,7 +66,7 @@ def test_exact_search_equals_brute_force(filled) -> None:  # type: ignore[no-unt
     {"lang": "de"}, {"lang": ["en", "fr"]}, {"n": {"$gte": 30, "$lt": 60}}, {"even": True},
     {"lang": "en", "n": {"$gt": 50}}, {"w": 2.5}, {"n": "3"}, {"missing": 1}, {"w": {"$lte": 3}},
 ])
-def test_filters_match_reference_semantics(filled, where) -> None:  # type: ignore[no-untyped-def]
+def test_filters_match_reference_semantics(filled, where) -> None:
     store, x = filled
     conds = parse_where(where)
     keep = [i for i in range(N) if matches(payload(i), conds)]
@@ -82,7 +82,7 @@ def test_filters_match_reference_semantics(filled, where) -> None:  # type: igno
     assert {r.id for b in store.scan(17, where=where) for r in b} == {f"id{i}" for i in keep}
 
 
-def test_get_upsert_replace_delete_count(filled) -> None:  # type: ignore[no-untyped-def]
+def test_get_upsert_replace_delete_count(filled) -> None:
     store, x = filled
     got = store.get(["id5", "nope", "id0"])
     assert [r.id for r in got] == ["id5", "id0"]
@@ -108,7 +108,7 @@ def test_get_upsert_replace_delete_count(filled) -> None:  # type: ignore[no-unt
         store.delete()
 
 
-def test_scan_meta_and_validation(store) -> None:  # type: ignore[no-untyped-def]
+def test_scan_meta_and_validation(store) -> None:
     x = unit_rows(30, D, seed=4)
     ids = [f"d{i}" for i in range(30)]
     store.upsert([*ids, "d0"], np.vstack([x, x[1:2]]), [{"i": i} for i in range(30)] + [{"i": -1}])

@@ -14,7 +14,7 @@ pytest.importorskip("sklearn")
 
 
 @pytest.fixture
-def data(tmp_path):  # type: ignore[no-untyped-def]
+def data(tmp_path):
     (tmp_path / "a.md").write_text("Cats purr.\n\nDogs bark at night.", encoding="utf-8")
     rows = [{"id": f"r{i}", "text": f"row {i} says {w}", "lang": ["en", "de"][i % 2],
              "label": ["x", "y"][i % 2]}
@@ -28,7 +28,7 @@ def data(tmp_path):  # type: ignore[no-untyped-def]
     return tmp_path
 
 
-def test_index_add_search_delete(tiny_dir, data, capsys) -> None:  # type: ignore[no-untyped-def]
+def test_index_add_search_delete(tiny_dir, data, capsys) -> None:
     kb = str(data / "kb")
     model = ["--model", str(tiny_dir), "--device", "cpu"]
     assert main(["index", "add", kb, str(data / "a.md"), str(data / "rows.jsonl"),
@@ -55,7 +55,7 @@ def test_index_add_search_delete(tiny_dir, data, capsys) -> None:  # type: ignor
     assert main(["index", "delete", kb]) == 2  # nothing to delete by: an error, not a wipe
 
 
-def test_classify_cluster_dedup(tiny_dir, data, capsys) -> None:  # type: ignore[no-untyped-def]
+def test_classify_cluster_dedup(tiny_dir, data, capsys) -> None:
     model = ["--model", str(tiny_dir), "--device", "cpu"]
     rows = str(data / "rows.csv")
     assert main(["classify", *model, "-i", rows, "--train", rows, "--save",
