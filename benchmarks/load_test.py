@@ -65,7 +65,8 @@ def build_random(shape: str, root: Path) -> Path:
     cfg = Qwen3Config(vocab_size=151669, hidden_size=hidden, intermediate_size=inter,
                       num_hidden_layers=layers, num_attention_heads=heads,
                       num_key_value_heads=kv, head_dim=head_dim, max_position_embeddings=8192,
-                      rope_theta=1_000_000.0, rms_norm_eps=1e-6, tie_word_embeddings=True)
+                      rope_theta=1_000_000.0, rms_norm_eps=1e-6,
+                      tie_word_embeddings=True)  # type: ignore[call-arg]
     model = Qwen3Model(cfg)
     with torch.no_grad():
         for p in model.parameters():
@@ -346,7 +347,8 @@ def main(argv: list[str] | None = None) -> int:
         single = [(APIS[i % 4], [i]) for i in range(len(texts))]
         results["single"] = summary("single", asyncio.run(
             drive(server.url, single, texts, ref, args.clients, args.time_limit)))
-        batches, i = [], 0
+        batches: list[tuple[str, list[int]]] = []
+        i = 0
         while i < len(texts):
             k = rng.randint(2, 8)
             batches.append((APIS[len(batches) % 4], list(range(i, min(i + k, len(texts))))))
@@ -360,9 +362,10 @@ def main(argv: list[str] | None = None) -> int:
     offline_tps = (offline_before + offline_after) / 2
     results["offline"] = {"texts_per_s": round(offline_tps, 1),
                           "before": round(offline_before, 1), "after": round(offline_after, 1)}
-    for k in ("single", "batch"):
-        s = results[k]
-        results[f"{k}_vs_offline"] = round(s["texts_per_s"] / offline_tps, 3)  # type: ignore[index]
+    for phase in ("single", "batch"):
+        s = results[phase]
+        results[f"{phase}_vs_offline"] = round(
+            s["texts_per_s"] / offline_tps, 3)  # type: ignore[index]
 
     # 4. overload: more clients than the queue holds, no think time
     if not args.skip_overload:
