@@ -2,10 +2,10 @@
 
 Blocking through an index instead of all pairs: every vector is stored once and asks the store for
 its ``neighbors`` nearest items; pairs at or above the threshold join groups (union-find, so groups
-are transitive). Cost is n searches of k instead of n²/2 comparisons, and with an approximate index
-(LanceDB, ``exact=False``) each search is sub-linear. An item with more than ``neighbors``
-duplicates reports only its nearest ones as pairs, although union-find usually still joins the
-whole group through the others.
+are transitive). An item whose neighbours are all still above the threshold asks again with twice
+the width, up to ``max_neighbors``, so with exact search the pairs equal the all-pairs reference.
+Cost is about n searches of k instead of n²/2 comparisons, and with an approximate index (LanceDB,
+``exact=False``) each search is sub-linear.
 """
 
 from __future__ import annotations
@@ -31,7 +31,9 @@ class DedupConfig:
 
     Attributes:
         threshold: Cosine similarity at which two texts count as near-duplicates.
-        neighbors: Candidates fetched per item from the index (the blocking width).
+        neighbors: Candidates fetched per item from the index at first (the blocking width).
+        max_neighbors: Widest re-query for items whose candidates all pass the threshold; an
+            item with more duplicates than this reports only its nearest ones as pairs.
         exact: Exact neighbour search; False uses the store's approximate index; None is exact
             in memory and approximate in the large-input LanceDB default.
         store: Where vectors are blocked; None uses an in-memory exact store up to
@@ -44,6 +46,7 @@ class DedupConfig:
 
     threshold: float = 0.9
     neighbors: int = 10
+    max_neighbors: int = 1024
     exact: bool | None = None
     store: StoreConfig | None = None
     instruction: str | None = None
@@ -120,12 +123,22 @@ def candidate_pairs(store: VectorStore, vectors: np.ndarray, config: DedupConfig
                     exact: bool = True) -> Iterator[tuple[int, int, float]]:
     """Pairs ``i < j`` at or above the threshold among each item's index neighbours."""
     seen: set[tuple[int, int]] = set()
-    for s in range(0, len(vectors), config.batch_size):
-        block = vectors[s : s + config.batch_size]
-        results = store.search(block, config.neighbors + 1, exact=exact)
-        for off, hits in enumerate(results):
-            i = s + off
-            for h in hits:
+    total = len(vectors)
+    for s in range(0, total, config.batch_size):
+        rows = list(range(s, min(s + config.batch_size, total)))
+        width = config.neighbors + 1  # the item itself comes back too
+        results: dict[int, list[Any]] = {}
+        while rows:
+            for i, hits in zip(rows, store.search(vectors[rows], width, exact=exact),
+                               strict=True):
+                results[i] = hits
+            # saturated: every candidate passed, more may lie beyond the width
+            rows = [i for i in rows if len(results[i]) == width and width < total
+                    and results[i][-1].score >= config.threshold
+                    and width <= config.max_neighbors]
+            width = min(width * 2, total, config.max_neighbors + 1)
+        for i in range(s, min(s + config.batch_size, total)):
+            for h in results[i]:
                 j = int(h.id)
                 if j == i or h.score < config.threshold:
                     continue

@@ -136,7 +136,7 @@ class StoreConfig:
     uri: str = ""
     table: str = "chunks"
     index: Literal["ivf_hnsw_sq", "ivf_pq", "ivf_flat"] = "ivf_hnsw_sq"
-    nprobes: int = 32
+    nprobes: int = 64
     refine_factor: int = 4
     api_key: str | None = None
 

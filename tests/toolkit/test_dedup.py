@@ -47,6 +47,20 @@ def test_blocking_finds_all_pairs_reference(backend, tmp_path) -> None:
     assert res.group_of[res.groups[0][1]] == 0
 
 
+def test_dense_groups_widen_the_blocking() -> None:
+    """35 near-copies of one text with neighbors=3: re-queries still find all 595 pairs."""
+    rng = np.random.default_rng(4)
+    base = unit_rows(1, 16, seed=4)
+    x = np.vstack([base + rng.normal(0, 0.02, (35, 16)), unit_rows(40, 16, seed=5)])
+    x = (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+    ref = all_pairs(x, 0.95)
+    assert len(ref) == 35 * 34 // 2
+    res = find_duplicates(x, DedupConfig(threshold=0.95, neighbors=3))
+    assert {(i, j) for i, j, _ in res.pairs} == ref and res.groups == [list(range(35))]
+    capped = find_duplicates(x, DedupConfig(threshold=0.95, neighbors=3, max_neighbors=8))
+    assert len(capped.pairs) < len(ref) and capped.groups == [list(range(35))]
+
+
 def test_approximate_blocking_recall(tmp_path) -> None:
     pytest.importorskip("lancedb")
     x = planted(n=1000, seed=1)
