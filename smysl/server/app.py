@@ -131,7 +131,7 @@ class EdgeMiddleware:
         route = path if path in _ROUTES else ("/v1/models/{model}"
                                               if path.startswith("/v1/models/") else "other")
         start = time.perf_counter()
-        status = {"code": 500}
+        status = {"code": 499}  # stays so only when no response started: the client left
 
         async def send_wrapper(message: Message) -> None:
             if message["type"] == "http.response.start":

@@ -190,7 +190,10 @@ class Batcher:
                     gone = True
                 if gone:
                     self.metrics.dropped.labels("disconnected").inc()
-                    job.future.cancel()
+                    # an exception, not cancel(): the handler was not cancelled and should end
+                    # normally (its answer just has no one to go to)
+                    job.future.set_exception(
+                        ApiError("client_gone", "the client disconnected before compute"))
                     continue
             keep.append(job)
         return keep

@@ -29,6 +29,8 @@ _KINDS: dict[str, tuple[int, int, int, str]] = {
     "unauthorized": (401, 401, 401, "Unauthorized"),
     "overloaded": (429, 429, 429, "Overloaded"),
     "shutting_down": (503, 503, 503, "Unhealthy"),
+    # nginx's "client closed request": logged and counted, never delivered
+    "client_gone": (499, 499, 499, "Validation"),
     "internal": (500, 500, 424, "Backend"),
 }
 

@@ -14,6 +14,7 @@ from server_helpers import HashEmbedder
 
 from smysl.server import ServerConfig, create_app
 from smysl.server.batcher import Batcher, Job
+from smysl.server.errors import ApiError
 from smysl.server.metrics import Metrics
 
 TEXTS = [f"text number {i}: " + "слово " * (i % 7) + "word " * (i % 5) for i in range(48)]
@@ -113,7 +114,7 @@ def test_disconnected_client_is_dropped_before_compute(hash_backend: HashEmbedde
         hash_backend.gate.set()
         await busy
         assert (await kept).shape == (1, 48)
-        with pytest.raises(asyncio.CancelledError):
+        with pytest.raises(ApiError, match="disconnected"):
             await dropped
         await batcher.close()
 

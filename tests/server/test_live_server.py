@@ -107,3 +107,37 @@ def test_graceful_shutdown_finishes_in_flight_request() -> None:
     assert np.array_equal(np.array(result["r"].json(), np.float32), backend.embed(["in flight"]))
     with pytest.raises(httpx.ConnectError):  # and it really stopped
         httpx.get(f"http://127.0.0.1:{port}/health", timeout=2)
+
+
+def test_request_of_a_disconnected_client_is_not_computed() -> None:
+    import re
+    import socket
+
+    from server_helpers import live_server
+
+    backend = HashEmbedder()
+    backend.gate.clear()
+    with live_server(backend) as url:
+        port = int(url.rsplit(":", 1)[1])
+        busy = threading.Thread(target=lambda: httpx.post(f"{url}/embed",
+                                                          json={"inputs": "busy"}, timeout=30))
+        busy.start()
+        assert backend.entered.wait(10)
+        body = b'{"inputs": "never computed"}'
+        with socket.create_connection(("127.0.0.1", port)) as s:
+            s.sendall(b"POST /embed HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                      b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
+            deadline = time.monotonic() + 10
+            while "smysl_queue_depth 1.0" not in httpx.get(f"{url}/metrics").text:
+                assert time.monotonic() < deadline, "request never queued"
+                time.sleep(0.02)
+        # the socket is closed: the queued request's client is gone
+        time.sleep(0.1)
+        backend.gate.set()
+        busy.join(20)
+        deadline = time.monotonic() + 10
+        while not re.search(r'dropped_requests_total\{reason="disconnected"\} 1',
+                            text := httpx.get(f"{url}/metrics").text):
+            assert time.monotonic() < deadline, text
+            time.sleep(0.02)
+    assert [t for call in backend.calls for t in call] == ["busy"]
