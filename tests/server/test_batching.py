@@ -213,3 +213,26 @@ def test_metrics_exposition(tiny) -> None:  # type: ignore[no-untyped-def]
     for name in ("smysl_queue_depth", "smysl_batch_tokens_bucket", "smysl_compute_seconds_bucket",
                  "smysl_request_seconds_bucket", "smysl_queue_seconds_bucket"):
         assert name in text
+
+
+def test_mixed_requests_share_batches_and_keep_their_options(tiny) -> None:  # type: ignore[no-untyped-def]
+    """Different dimensions, query/document roles, encodings and APIs in one coalesced batch."""
+    app = create_app(tiny, ServerConfig(max_wait_ms=30))
+    variants = [({"dimensions": 32}, {"dimensions": 32}), ({}, {}),
+                ({"input_type": "query", "dimensions": 48},
+                 {"instruction": tiny.default_task, "dimensions": 48}),
+                ({"instruction": "sts"}, {"instruction": "sts"})]
+    jobs = [(TEXTS[i : i + 3], *variants[i % 4]) for i in range(0, 36, 3)]
+
+    async def go() -> list[httpx.Response]:
+        async with client(app) as c:
+            return await asyncio.gather(*[
+                c.post("/v1/embeddings", json={"input": texts, **body})
+                for texts, body, _ in jobs])
+
+    responses = asyncio.run(go())
+    assert metric(app, "smysl_batch_requests_count") < len(jobs)
+    for r, (texts, _, kwargs) in zip(responses, jobs, strict=True):
+        assert r.status_code == 200, r.text
+        got = np.array([d["embedding"] for d in r.json()["data"]], np.float32)
+        assert np.array_equal(got, tiny.embed(texts, **kwargs))
