@@ -64,11 +64,13 @@ class QdrantStore(VectorStore):
             params = self.client.get_collection(self.collection).config.params.vectors
             dims = int(params.size)
             if dimensions is not None and dims != dimensions:
+                self.client.close()  # local mode holds a folder lock until closed
                 raise ValueError(f"collection {self.collection!r} holds {dims}-d vectors, "
                                  f"not {dimensions}-d")
             self.dimensions = dims
         else:
             if dimensions is None:
+                self.client.close()
                 raise FileNotFoundError(f"no collection {self.collection!r} at {uri}")
             self.dimensions = int(dimensions)
             self.client.create_collection(

@@ -16,6 +16,7 @@ import pytest
 from smysl.toolkit.chunking import ChunkConfig
 from smysl.toolkit.index import Index, IndexConfig
 from smysl.toolkit.ingest import Document, IngestConfig, ReadConfig, read_documents
+from smysl.toolkit.search import SearchConfig
 from smysl.toolkit.store import StoreConfig
 from toolkit.helpers import Counting
 
@@ -185,3 +186,20 @@ def test_killed_ingestion_loses_nothing_and_rerun_completes(tiny, tiny_dir, tmp_
     for k in a:
         assert a[k].payload == b[k].payload
         np.testing.assert_allclose(a[k].vector, b[k].vector, atol=1e-5)
+
+
+def test_qdrant_index_ingests_incrementally(tiny, tmp_path) -> None:
+    """The same Index on Qdrant (local mode): metadata, filters, no re-embedding, search."""
+    pytest.importorskip("qdrant_client")
+    model = Counting(tiny)
+    cfg = IndexConfig(StoreConfig(backend="qdrant", uri=str(tmp_path / "q"), table="docs"))
+    docs = corpus(6, seed=2)
+    with Index.create_or_open(model, cfg) as ix:
+        first = ix.add(docs, CFG)
+        assert ix.store.read_meta()["model"] == tiny.name
+    with Index.create_or_open(model, cfg) as ix:
+        before = model.embedded
+        second = ix.add(docs, CFG)  # no cache here: unchanged payloads alone skip the work
+        assert model.embedded == before and second.unchanged == first.chunks
+        (hits,) = ix.search("river stone", SearchConfig(k=3, where={"group": 1}))
+        assert len(hits) == 3 and {h.payload["doc_id"] for h in hits} <= {"doc1", "doc5"}
