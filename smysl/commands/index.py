@@ -86,9 +86,11 @@ def _add(args: argparse.Namespace, store: StoreConfig) -> int:
                           progress=progress(args))
     with Index.create_or_open(model, config, model_spec=args.model) as index:
         report = index.add_files(args.paths, read, ingest)
-        if args.ann:
-            index.store.build_index()
         print(report.summary() + f"; index holds {index.count()} chunks", file=sys.stderr)
+        if args.ann:
+            print("approximate index built" if index.store.build_index() else
+                  "no approximate index (too few rows, or the store is exact); searches stay "
+                  "exact", file=sys.stderr)
     return 0
 
 

@@ -294,11 +294,11 @@ class LanceStore(VectorStore):
         tmp.write_text(json.dumps(dict(meta), indent=2, ensure_ascii=False), encoding="utf-8")
         os.replace(tmp, p)  # atomic: a crash leaves the old or the new file, never half of one
 
-    def build_index(self) -> None:
+    def build_index(self) -> bool:
         """(Re)build the approximate index; tables under :data:`MIN_INDEX_ROWS` stay exact."""
         n = self._table.count_rows()
         if n < MIN_INDEX_ROWS:
-            return
+            return False
         kind = self.config.index.upper()
         options: dict[str, Any] = {"metric": "dot", "index_type": kind, "replace": True,
                                    "num_partitions": max(1, min(256, int(np.sqrt(n) / 2)))}
@@ -307,6 +307,7 @@ class LanceStore(VectorStore):
                                    self.dimensions // 2, 1) if s and self.dimensions % s == 0)
             options["num_sub_vectors"] = sub
         self._table.create_index(**options)
+        return True
 
     def optimize(self) -> None:
         """Compact small write batches into larger files and fold new rows into the index."""

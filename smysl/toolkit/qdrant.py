@@ -177,6 +177,10 @@ class QdrantStore(VectorStore):
             if offset is None:
                 return
 
+    def build_index(self) -> bool:
+        """Qdrant maintains its HNSW index itself (a server does; local mode is always exact)."""
+        return self.remote
+
     def read_meta(self) -> dict[str, Any]:
         info = self.client.get_collection(self.collection)
         return dict(getattr(info.config, "metadata", None) or {})

@@ -195,8 +195,9 @@ class VectorStore(abc.ABC):
     def write_meta(self, meta: Mapping[str, Any]) -> None:
         """Save small JSON metadata (model, dimensions, instruction) with the data."""
 
-    def build_index(self) -> None:  # noqa: B027 - optional for backends that index by themselves
-        """Build or refresh an approximate index; stores that maintain one themselves do nothing."""
+    def build_index(self) -> bool:
+        """Build or refresh an approximate index; True when approximate search will use one."""
+        return False
 
     def optimize(self) -> None:  # noqa: B027 - optional maintenance
         """Compact storage after many small writes; a no-op where there is nothing to do."""

@@ -147,7 +147,7 @@ def test_lancedb_ann_recall_at_10(tmp_path) -> None:
     q = unit_rows(100, 32, seed=6, clusters=40)
     with open_store(StoreConfig(uri=str(tmp_path / "db")), 32) as s:
         s.upsert([str(i) for i in range(len(x))], x)
-        s.build_index()
+        assert s.build_index()
         assert s._has_index()  # type: ignore[attr-defined]
         exact = s.search(q, 10, exact=True)
         approx = s.search(q, 10, exact=False)

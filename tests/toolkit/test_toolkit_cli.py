@@ -35,8 +35,11 @@ def test_index_add_search_delete(tiny_dir, data, capsys) -> None:
                  "--id-field", "id", "--chunk-tokens", "16", "--overlap", "2", *model,
                  "--no-progress"]) == 0
     assert "7 documents" in capsys.readouterr().err
-    assert main(["index", "add", kb, str(data / "rows.jsonl"), "--id-field", "id", *model]) == 0
-    assert "0 embedded" in capsys.readouterr().err  # unchanged content costs nothing
+    assert main(["index", "add", kb, str(data / "rows.jsonl"), "--id-field", "id", *model,
+                 "--ann"]) == 0
+    err = capsys.readouterr().err
+    assert "0 embedded" in err  # unchanged content costs nothing
+    assert "no approximate index" in err  # 7 chunks: searches stay exact
     # the model comes from the index metadata; filters and JSON output
     assert main(["index", "search", kb, "alpha", "-k", "3", "--where", "lang=de",
                  "--format", "json", "--device", "cpu"]) == 0
