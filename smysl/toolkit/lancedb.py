@@ -228,7 +228,7 @@ class LanceStore(VectorStore):
                 out[s + qidx[n]].append(Hit(
                     rid[n], float(1.0 - dist[n]), json.loads(pay[n]) if pay[n] else {},
                     vec[n].copy() if vec is not None else None))
-        for hits in out:  # LanceDB orders by distance; keep ties in a stable id order
+        for hits in out:  # scores from 1 - distance can reorder at float ties; sort, stably
             hits.sort(key=lambda h: -h.score)
         return out
 
