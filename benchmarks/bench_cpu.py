@@ -41,6 +41,20 @@ def peak_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def hwm_mib() -> float:
+    """Peak RSS since the last :func:`reset_hwm` (VmHWM)."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def reset_hwm() -> None:
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")  # resets VmHWM to the current RSS
+
+
 def flops_per_token(size: str, context: float) -> float:
     """Forward FLOPs per token: 2 x linear params + causal attention at a mean context."""
     s = SHAPES[size]
@@ -104,12 +118,14 @@ def run_memory(ckpt: Path, n_tokens: int) -> dict:
     from smysl import Embedder
 
     emb = Embedder.load(str(ckpt), device="cpu", dtype="float32")
+    emb.embed(["warm-up"])
     loaded = rss_mib()
+    reset_hwm()
     ids = [[(i * 7919) % 150000 for i in range(n_tokens - 1)]]
     t = time.perf_counter()
     emb.embed_token_ids(ids)  # type: ignore[attr-defined]
     return {"tokens": n_tokens, "rss_loaded_mib": loaded, "peak_rss_mib": peak_mib(),
-            "embed_s": time.perf_counter() - t}
+            "forward_peak_mib": hwm_mib(), "embed_s": time.perf_counter() - t}
 
 
 # --------------------------------------------------------------------------- parent
@@ -150,11 +166,13 @@ def main() -> None:
     if args.memory:
         weights = sum(p.stat().st_size for p in ckpt.glob("*.safetensors")) * 2 / 2**20  # fp32
         print(f"fp32 weights: {weights:.0f} MiB")
-        print("tokens  loaded_rss_MiB  peak_rss_MiB  extra_over_weights_MiB  embed_s")
+        print("tokens  loaded_rss_MiB  process_peak_MiB  peak_over_weights_MiB  "
+              "forward_extra_MiB  embed_s")
         for n in [int(x) for x in args.memory.split(",")]:
             r = child(["--size", args.size, "--child", f"mem:{n}"])
-            print(f"{n:6d}  {r['rss_loaded_mib']:14.0f}  {r['peak_rss_mib']:12.0f}  "
-                  f"{r['peak_rss_mib'] - weights:22.0f}  {r['embed_s']:7.1f}")
+            print(f"{n:6d}  {r['rss_loaded_mib']:14.0f}  {r['peak_rss_mib']:16.0f}  "
+                  f"{r['peak_rss_mib'] - weights:21.0f}  "
+                  f"{r['forward_peak_mib'] - r['rss_loaded_mib']:17.0f}  {r['embed_s']:7.1f}")
         return
 
     tok = Tokenizer.from_file(str(ckpt / "tokenizer.json"))

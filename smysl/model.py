@@ -107,18 +107,15 @@ class Attention(nn.Module):
         self.q_norm = RMSNorm(self.d, cfg.rms_norm_eps)
         self.k_norm = RMSNorm(self.d, cfg.rms_norm_eps)
 
-    def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor],
-                plan: AttentionPlan, last: torch.Tensor | None) -> torch.Tensor:
+    def project(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """x: [t, H] normed -> q [t, Hq, D], k and v [t, Hkv, D] (q/k normed and rotated)."""
         t = x.shape[0]
-        qkv = self.qkv_proj(x)  # [T, (Hq + 2 Hkv) D]
+        qkv = self.qkv_proj(x)  # [t, (Hq + 2 Hkv) D]
         q, k, v = qkv.split([self.hq * self.d, self.hkv * self.d, self.hkv * self.d], dim=-1)
-        cos, sin = rope  # [T, D] each
         q = apply_rope(self.q_norm(q.view(t, self.hq, self.d)), cos, sin)
         k = apply_rope(self.k_norm(k.view(t, self.hkv, self.d)), cos, sin)
-        v = v.view(t, self.hkv, self.d)
-        # final layer: only each sequence's last query is needed downstream ([B, Hq, D])
-        out = plan.attend(q, k, v) if last is None else plan.attend_last(q[last], k, v)
-        return self.o_proj(out.flatten(1))
+        return q, k, v.view(t, self.hkv, self.d)
 
 
 class MLP(nn.Module):
@@ -144,12 +141,27 @@ class DecoderLayer(nn.Module):
     def forward(self, h: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor],
                 plan: AttentionPlan, dt: torch.dtype, last: torch.Tensor | None = None,
                 chunk: int = 4096) -> torch.Tensor:
-        """h: [T, H] float32 residual stream; ``dt`` is the matmul dtype."""
-        attn = self.self_attn(self.input_layernorm(h, dt), rope, plan, last)
-        h = (h if last is None else h[last]) + attn.float()
-        # The MLP is per token: run it in chunks so its [T, 2 * ffn] activation stays bounded.
+        """h: [T, H] float32 residual stream (updated in place); ``dt`` is the matmul dtype.
+
+        Everything but attention is per token, so it runs over ``chunk``-token slices: for one
+        long input, memory is q/k/v and the attention output plus one chunk's temporaries.
+        """
+        a, t = self.self_attn, h.shape[0]
+        q = h.new_empty(t, a.hq, a.d, dtype=dt)
+        k, v = h.new_empty(t, a.hkv, a.d, dtype=dt), h.new_empty(t, a.hkv, a.d, dtype=dt)
+        cos, sin = rope  # [T, D] each
+        for s in range(0, t, chunk):
+            e = s + chunk
+            q[s:e], k[s:e], v[s:e] = a.project(self.input_layernorm(h[s:e], dt), cos[s:e],
+                                               sin[s:e])
+        # final layer: only each sequence's last query is needed downstream ([B, Hq, D])
+        out = plan.attend(q, k, v) if last is None else plan.attend_last(q[last], k, v)
+        del q, k, v
+        if last is not None:
+            h = h[last]
         for s in range(0, h.shape[0], chunk):
             hs = h[s : s + chunk]
+            hs += a.o_proj(out[s : s + chunk].flatten(1)).float()
             hs += self.mlp(self.post_attention_layernorm(hs, dt)).float()
         return h
 
