@@ -103,7 +103,9 @@ class SentenceTransformerEmbedder(BaseEmbedder):
     def count_tokens(self, texts: Any) -> list[int]:
         items = self._check_texts(texts)
         tok = self.model.tokenizer
-        return [len(ids) for ids in tok(items, add_special_tokens=True)["input_ids"]]
+        # verbose=False: counting over-long texts is the point here, not worth a warning
+        ids = tok(items, add_special_tokens=True, verbose=False)["input_ids"]
+        return [len(x) for x in ids]
 
 
 def load(rest: str, **options: Any) -> SentenceTransformerEmbedder:

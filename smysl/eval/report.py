@@ -204,6 +204,10 @@ def plot_throughput(runs: Sequence[Run], path: Path) -> Path | None:
         ax.annotate(run["model"], (run["texts_per_s"], mean), textcoords="offset points",
                     xytext=(6, 6), fontsize=8)
     ax.set_xscale("log")
+    plain = _ticker().FuncFormatter(lambda v, _: f"{v:g}")  # 20, 50, 100 rather than 2x10^1
+    ax.xaxis.set_major_formatter(plain)
+    ax.xaxis.set_minor_formatter(plain)
+    ax.margins(x=0.15, y=0.1)
     ax.set_xlabel("throughput (texts/s, log scale; this run's embedding work)")
     ax.set_ylabel(f"mean main score over {len(common)} tasks (0-1)")
     ax.set_title("Quality vs throughput across models and backends")

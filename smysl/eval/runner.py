@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import platform
 import time
 from dataclasses import asdict, dataclass, field
@@ -56,7 +57,7 @@ class ModelResult:
     tokens_embedded: int
     eval_seconds: float
     tasks: list[TaskResult] = field(default_factory=list)
-    machine: str = field(default_factory=lambda: f"{platform.machine()} {platform.processor()}")
+    machine: str = field(default_factory=lambda: _machine())
 
     @property
     def texts_per_s(self) -> float | None:
@@ -76,6 +77,19 @@ class ModelResult:
         out["texts_per_s"] = self.texts_per_s
         out["tokens_per_s"] = self.tokens_per_s
         return out
+
+
+def _machine() -> str:
+    """Short host description for the throughput plot: architecture, cores, GPU if any."""
+    text = f"{platform.machine()}, {os.cpu_count()} cores"
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            text += f", {torch.cuda.get_device_name(0)}"
+    except ImportError:
+        pass
+    return text
 
 
 def evaluate_model(model: BaseEmbedder, cfg: EvalConfig, *, load_seconds: float = 0.0,
