@@ -23,7 +23,8 @@ COMMANDS: dict[str, str] = {
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="smysl", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="smysl", description="Qwen3-Embedding: embed, serve, index and search, evaluate.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, module_name in COMMANDS.items():
         module = importlib.import_module(module_name)
