@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from conftest import TEXTS, build_tiny, reference_embed
+from qwen_tiny import TEXTS, build_tiny, reference_embed
 
 from smysl import Embedder
 from smysl.prompts import format_query

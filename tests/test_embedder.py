@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import TEXTS, Tiny, build_tiny, reference_embed
+from qwen_tiny import TEXTS, Tiny, build_tiny, reference_embed
 
 from smysl import Embedder
 from smysl.embedder import Embedder as LocalEmbedder

@@ -4,7 +4,7 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import EOS, TEXTS, embedding_tokenizer_json, require_tokenizer
+from qwen_tiny import EOS, TEXTS, embedding_tokenizer_json, require_tokenizer
 
 from smysl.tokenize import InputTooLongError, Tokenizer
 

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import DATASETS
+from qwen_tiny import DATASETS
 
 from smysl.cli import main
 

@@ -6,7 +6,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from conftest import DATASETS
+from qwen_tiny import DATASETS
 
 from smysl.eval import data as d
 

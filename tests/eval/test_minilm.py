@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from conftest import DATASETS
+from qwen_tiny import DATASETS
 
 from smysl.eval import EvalConfig, run
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import DATASETS
+from qwen_tiny import DATASETS
 
 from smysl.eval import TASKS, EvalConfig, evaluate_model
 from smysl.eval import metrics as m
