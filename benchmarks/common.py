@@ -6,13 +6,18 @@ import csv
 import json
 import random
 import shutil
+import sys
 from pathlib import Path
+
+# The embedding tokenizer and sentence-transformers files are built the same way as the tests'
+# fixtures: one definition, in tests/qwen_tiny.py.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from qwen_tiny import embedding_tokenizer_json, write_st_files
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
 TOKENIZER = SHARED / "qwen3-tokenizer"
 DATASETS = SHARED / "datasets"
-EOS = 151643
 
 #: Real Qwen3-Embedding shapes (config.json fields).
 SHAPES: dict[str, dict[str, int]] = {
@@ -26,20 +31,6 @@ SHAPES: dict[str, dict[str, int]] = {
                num_key_value_heads=8, intermediate_size=12288, vocab_size=151665,
                max_position_embeddings=40960),
 }
-
-
-def embedding_tokenizer() -> dict:
-    """The shared base tokenizer plus Qwen3-Embedding's EOS-appending post-processor."""
-    tok = json.loads((TOKENIZER / "tokenizer.json").read_text(encoding="utf-8"))
-    eos = {"id": "<|endoftext|>", "type_id": 0}
-    tok["post_processor"] = {"type": "Sequence", "processors": [tok["post_processor"], {
-        "type": "TemplateProcessing",
-        "single": [{"Sequence": {"id": "A", "type_id": 0}}, {"SpecialToken": eos}],
-        "pair": [{"Sequence": {"id": "A", "type_id": 0}}, {"SpecialToken": eos},
-                 {"Sequence": {"id": "B", "type_id": 1}}, {"SpecialToken": eos}],
-        "special_tokens": {"<|endoftext|>": {"id": "<|endoftext|>", "ids": [EOS],
-                                             "tokens": ["<|endoftext|>"]}}}]}
-    return tok
 
 
 def random_checkpoint(size: str, out: Path, dtype: str = "bfloat16") -> Path:
@@ -65,27 +56,11 @@ def random_checkpoint(size: str, out: Path, dtype: str = "bfloat16") -> Path:
     tmp = out.with_suffix(".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(tmp, max_shard_size="5GB")
-    (tmp / "tokenizer.json").write_text(json.dumps(embedding_tokenizer()), encoding="utf-8")
+    (tmp / "tokenizer.json").write_text(json.dumps(embedding_tokenizer_json()), encoding="utf-8")
     tc = json.loads((TOKENIZER / "tokenizer_config.json").read_text(encoding="utf-8"))
     tc["padding_side"] = "left"  # as in the Qwen3-Embedding repos
     (tmp / "tokenizer_config.json").write_text(json.dumps(tc), encoding="utf-8")
-    (tmp / "config_sentence_transformers.json").write_text(json.dumps({
-        "prompts": {"query": "Instruct: Given a web search query, retrieve relevant passages "
-                             "that answer the query\nQuery:", "document": ""},
-        "default_prompt_name": None, "similarity_fn_name": "cosine"}))
-    (tmp / "modules.json").write_text(json.dumps([
-        {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
-        {"idx": 1, "name": "1", "path": "1_Pooling",
-         "type": "sentence_transformers.models.Pooling"},
-        {"idx": 2, "name": "2", "path": "2_Normalize",
-         "type": "sentence_transformers.models.Normalize"}]))
-    (tmp / "1_Pooling").mkdir()
-    (tmp / "1_Pooling" / "config.json").write_text(json.dumps({
-        "word_embedding_dimension": cfg.hidden_size, "pooling_mode_cls_token": False,
-        "pooling_mode_mean_tokens": False, "pooling_mode_max_tokens": False,
-        "pooling_mode_mean_sqrt_len_tokens": False, "pooling_mode_weightedmean_tokens": False,
-        "pooling_mode_lasttoken": True, "include_prompt": True}))
-    (tmp / "2_Normalize").mkdir()
+    write_st_files(tmp, cfg.hidden_size)
     (tmp / "sentence_bert_config.json").write_text(json.dumps({"max_seq_length": 32768,
                                                                "do_lower_case": False}))
     tmp.rename(out)

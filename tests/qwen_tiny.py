@@ -13,7 +13,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import pytest
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 TOKENIZER_DIR = SHARED / "qwen3-tokenizer"
@@ -34,6 +33,8 @@ TEXTS = [
 
 def require_tokenizer() -> Path:
     if not (TOKENIZER_DIR / "tokenizer.json").is_file():
+        import pytest  # here, not at the top: benchmark scripts import this module too
+
         pytest.skip(f"Qwen3 tokenizer not found at {TOKENIZER_DIR}")
     return TOKENIZER_DIR
 
@@ -63,6 +64,28 @@ class Tiny:
     tied: bool
     eos_tokenizer: bool
     dtype: str
+
+
+def write_st_files(root: Path, hidden: int) -> None:
+    """The sentence-transformers files of a Qwen3-Embedding repo: prompts, modules, last-token
+    pooling, normalize."""
+    (root / "config_sentence_transformers.json").write_text(json.dumps({
+        "prompts": {"query": "Instruct: Given a web search query, retrieve relevant passages"
+                             " that answer the query\nQuery:", "document": ""},
+        "default_prompt_name": None, "similarity_fn_name": "cosine"}))
+    (root / "modules.json").write_text(json.dumps([
+        {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+        {"idx": 1, "name": "1", "path": "1_Pooling",
+         "type": "sentence_transformers.models.Pooling"},
+        {"idx": 2, "name": "2", "path": "2_Normalize",
+         "type": "sentence_transformers.models.Normalize"}]))
+    (root / "1_Pooling").mkdir(exist_ok=True)
+    (root / "1_Pooling" / "config.json").write_text(json.dumps({
+        "word_embedding_dimension": hidden, "pooling_mode_cls_token": False,
+        "pooling_mode_mean_tokens": False, "pooling_mode_max_tokens": False,
+        "pooling_mode_mean_sqrt_len_tokens": False, "pooling_mode_weightedmean_tokens": False,
+        "pooling_mode_lasttoken": True, "include_prompt": True}))
+    (root / "2_Normalize").mkdir(exist_ok=True)
 
 
 def build_tiny(root: Path, *, heads: int = 4, kv_heads: int = 2, tied: bool = True,
@@ -99,23 +122,7 @@ def build_tiny(root: Path, *, heads: int = 4, kv_heads: int = 2, tied: bool = Tr
     else:
         shutil.copy(src / "tokenizer.json", root / "tokenizer.json")
     if st_files:
-        (root / "config_sentence_transformers.json").write_text(json.dumps({
-            "prompts": {"query": "Instruct: Given a web search query, retrieve relevant passages"
-                                 " that answer the query\nQuery:", "document": ""},
-            "default_prompt_name": None, "similarity_fn_name": "cosine"}))
-        (root / "modules.json").write_text(json.dumps([
-            {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
-            {"idx": 1, "name": "1", "path": "1_Pooling",
-             "type": "sentence_transformers.models.Pooling"},
-            {"idx": 2, "name": "2", "path": "2_Normalize",
-             "type": "sentence_transformers.models.Normalize"}]))
-        (root / "1_Pooling").mkdir(exist_ok=True)
-        (root / "1_Pooling" / "config.json").write_text(json.dumps({
-            "word_embedding_dimension": 64, "pooling_mode_cls_token": False,
-            "pooling_mode_mean_tokens": False, "pooling_mode_max_tokens": False,
-            "pooling_mode_mean_sqrt_len_tokens": False, "pooling_mode_weightedmean_tokens": False,
-            "pooling_mode_lasttoken": True, "include_prompt": True}))
-        (root / "2_Normalize").mkdir(exist_ok=True)
+        write_st_files(root, hidden=64)
     return Tiny(root, heads, kv_heads, tied, eos_tokenizer, dtype)
 
 
