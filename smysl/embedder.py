@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 
 from smysl.base import BaseEmbedder, Progress, load_scheme, split_scheme
-from smysl.engine import Engine, EngineConfig
+from smysl.engine import Engine, EngineConfig, EngineLike
 from smysl.hub import read_checkpoint, resolve
 from smysl.pooling import check_dimensions, truncate_dimensions
 from smysl.prompts import DEFAULT_TASK
@@ -27,7 +27,7 @@ class Embedder(BaseEmbedder):
     :class:`~smysl.base.BaseEmbedder`.
     """
 
-    def __init__(self, engine: Engine, tokenizer: Tokenizer, *, name: str,
+    def __init__(self, engine: EngineLike, tokenizer: Tokenizer, *, name: str,
                  scheduler: SchedulerConfig | None = None, default_task: str = DEFAULT_TASK,
                  max_tokens: int | None = None) -> None:
         self.engine = engine
@@ -55,11 +55,16 @@ class Embedder(BaseEmbedder):
         max_batch_size: int = 512,
         max_tokens: int | None = None,
         threads: int | None = None,
+        process: bool = False,
         **options: Any,
     ) -> BaseEmbedder:
         """Load ``model``: a checkpoint directory, a Hub repo id (``Qwen/Qwen3-Embedding-0.6B``),
         an alias (``qwen3-embedding:0.6b``), or ``scheme:rest`` for other backends
         (``st:...`` sentence-transformers, provider schemes such as ``openrouter:...``).
+
+        ``process=True`` runs the engine in a child process (:mod:`smysl.worker`): same
+        vectors, and a busy caller such as the HTTP server no longer competes with the forward
+        passes for the GIL. ``close()`` stops it.
         """
         scheme, rest = split_scheme(model)
         if scheme is not None:
@@ -67,16 +72,21 @@ class Embedder(BaseEmbedder):
             # them (TypeError), never silently drops them
             given = dict(device=device, dtype=dtype, quantize=quantize, revision=revision,
                          max_batch_tokens=max_batch_tokens, max_batch_size=max_batch_size,
-                         max_tokens=max_tokens, threads=threads)
+                         max_tokens=max_tokens, threads=threads, process=process or None)
             defaults = dict(device="auto", dtype="auto", max_batch_size=512)
             explicit = {k: v for k, v in given.items() if v is not None and v != defaults.get(k)}
             return load_scheme(scheme, rest, **explicit, **options)
         if options:
             raise TypeError(f"unexpected options for a local model: {sorted(options)}")
         ckpt = read_checkpoint(resolve(model, revision=revision), name=model)
-        engine = Engine.from_checkpoint(
-            ckpt, EngineConfig(device=device, dtype=dtype, quantize=quantize, threads=threads)
-        )
+        cfg = EngineConfig(device=device, dtype=dtype, quantize=quantize, threads=threads)
+        engine: EngineLike
+        if process:
+            from smysl.worker import EngineProcess
+
+            engine = EngineProcess(ckpt, cfg)
+        else:
+            engine = Engine.from_checkpoint(ckpt, cfg)
         tokenizer = Tokenizer(ckpt.tokenizer_file, engine.max_positions)
         sched = SchedulerConfig(
             max_batch_tokens=max_batch_tokens or (32768 if engine.device.type == "cuda" else 4096),
@@ -88,6 +98,12 @@ class Embedder(BaseEmbedder):
                    default_task=m.group("task") if m else DEFAULT_TASK)
 
     # ------------------------------------------------------------------ BaseEmbedder
+    def close(self) -> None:
+        """Stop the engine process, if the engine runs in one."""
+        close = getattr(self.engine, "close", None)
+        if callable(close):
+            close()
+
     def _embed(self, texts: list[str], *, truncate: bool,
                progress: Progress | None = None) -> np.ndarray:
         return self._run(self.tokenizer.encode(texts, truncate=truncate), progress)
@@ -103,30 +119,44 @@ class Embedder(BaseEmbedder):
         return self.tokenizer.encode(self._check_texts(texts), truncate=truncate,
                                      direction=direction)
 
-    def embed_token_ids(self, ids: Sequence[Sequence[int]], *, dimensions: int | None = None,
-                        truncate: bool = False) -> np.ndarray:
-        """Embed pre-tokenised inputs (EOS is appended when missing); unit rows in input order."""
-        dims = check_dimensions(dimensions, self.dimensions, minimum=self.min_dimensions)
+    def prepare_token_ids(self, ids: Sequence[Sequence[int]], *,
+                          truncate: bool = False) -> list[list[int]]:
+        """Token ids exactly as they are embedded: every id in the vocabulary, EOS last once
+        (appended when missing), over-long input cut on the right (``truncate``) or rejected
+        with :class:`~smysl.tokenize.InputTooLongError`; other bad input is ``ValueError``."""
         seqs: list[list[int]] = []
+        eos, rows = self.tokenizer.eos_id, self.engine.vocab_rows
         for i, seq in enumerate(ids):
             s = [int(t) for t in seq]
             if not s:
                 raise ValueError(f"input {i} is an empty token list")
-            bad = [t for t in s if not 0 <= t < self.engine.vocab_rows]
+            bad = [t for t in s if not 0 <= t < rows]
             if bad:
-                raise ValueError(f"input {i} has token ids outside 0..{self.engine.vocab_rows - 1}:"
-                                 f" {bad[:5]}")
-            if s[-1] != self.tokenizer.eos_id:
-                s.append(self.tokenizer.eos_id)
+                raise ValueError(f"input {i} has token ids outside 0..{rows - 1}: {bad[:5]}")
+            if s[-1] != eos:
+                s.append(eos)
             if len(s) > self.limit:
                 if not truncate:
                     raise InputTooLongError(f"input {i} has {len(s)} tokens but at most "
-                                            f"{self.limit} are allowed")
-                s = [*s[: self.limit - 1], self.tokenizer.eos_id]
+                                            f"{self.limit} are allowed", index=i,
+                                            tokens=len(s), limit=self.limit)
+                s = [*s[: self.limit - 1], eos]
             seqs.append(s)
+        return seqs
+
+    def embed_token_ids(self, ids: Sequence[Sequence[int]], *, dimensions: int | None = None,
+                        truncate: bool = False, normalize: bool = True) -> np.ndarray:
+        """Embed pre-tokenised inputs (see :meth:`prepare_token_ids`); rows in input order.
+
+        Rows are unit vectors of ``dimensions`` (Matryoshka: truncated, then re-normalised);
+        ``normalize=False`` returns the raw pooled rows' first ``dimensions`` components.
+        """
+        dims = check_dimensions(dimensions, self.dimensions, minimum=self.min_dimensions)
+        seqs = self.prepare_token_ids(ids, truncate=truncate)
         if not seqs:
             return np.zeros((0, dims), dtype=np.float32)
-        return truncate_dimensions(self._run(seqs, None), dims)
+        raw = self._run(seqs, None)
+        return truncate_dimensions(raw, dims) if normalize else raw[:, :dims]
 
     def _run(self, seqs: list[list[int]], progress: Progress | None) -> np.ndarray:
         """Schedule sequences into token-budget batches; rows come back in input order."""

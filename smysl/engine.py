@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import threading
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -60,6 +61,18 @@ class EngineConfig:
         if device.type == "cpu" and dtype != torch.float32:
             log.warning("%s matmuls on CPUs without AMX are ~100x slower than float32", dtype)
         return device, dtype
+
+
+class EngineLike(Protocol):
+    """The contract above this module: :class:`Engine` in this process, or
+    :class:`smysl.worker.EngineProcess` running one in a child process."""
+
+    hidden_size: int
+    vocab_rows: int
+    max_positions: int
+    device: torch.device
+
+    def forward(self, batch: list[list[int]]) -> np.ndarray: ...
 
 
 class Engine:

@@ -17,7 +17,15 @@ Direction = Literal["right", "left"]
 
 
 class InputTooLongError(ValueError):
-    """An input has more tokens than the model accepts and truncation was not requested."""
+    """An input has more tokens than the model accepts and truncation was not requested.
+
+    ``index``, ``tokens`` and ``limit`` say which input, how long it is (EOS included) and the
+    most allowed, so callers (the server) can word their own message.
+    """
+
+    def __init__(self, message: str, *, index: int = -1, tokens: int = 0, limit: int = 0) -> None:
+        super().__init__(message)
+        self.index, self.tokens, self.limit = index, tokens, limit
 
 
 class Tokenizer:
@@ -72,7 +80,8 @@ class Tokenizer:
                 if not truncate:
                     raise InputTooLongError(
                         f"input {i} has {len(ids)} tokens (EOS included) but at most {limit} "
-                        "are allowed; shorten it or ask for truncation (truncate=True)"
+                        "are allowed; shorten it or ask for truncation (truncate=True)",
+                        index=i, tokens=len(ids), limit=limit,
                     )
                 body = ids[:-1]
                 keep = limit - 1

@@ -1,0 +1,148 @@
+"""The engine in a child process, behind the same contract as :class:`smysl.engine.Engine`.
+
+Why: a forward pass is a few thousand torch calls, and between two calls the Python thread that
+issues them must re-take the GIL. In a server the event loop holds the GIL while it parses and
+answers requests, so an in-process compute thread waits for it at every call: on a 2-core box
+that cost ~15% of compute time under 64 clients (docs/bench-notes/server.md), on a GPU it
+would delay every kernel launch. A child process has its own interpreter and GIL; the parent
+only sends token ids and receives pooled rows (one pipe round trip per forward pass).
+
+The child runs exactly :meth:`Engine.forward`, so vectors are bit-identical to an in-process
+engine with the same device, dtype and thread count.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import multiprocessing as mp
+import signal
+import threading
+import weakref
+from multiprocessing.connection import Connection
+from typing import Any
+
+import numpy as np
+import torch
+
+from smysl.engine import Engine, EngineConfig
+from smysl.hub import Checkpoint
+
+log = logging.getLogger(__name__)
+
+#: Seconds the parent waits for the child to import torch and load the weights.
+START_TIMEOUT_S = 600.0
+
+
+class EngineProcessError(RuntimeError):
+    """The engine process could not start, or exited while in use."""
+
+
+def _child(conn: Connection, ckpt: Checkpoint, cfg: EngineConfig) -> None:
+    """Child main: load, report the engine's shape, then answer forward requests until the
+    parent sends ``None`` or goes away."""
+    # Ctrl-C reaches the whole process group; the parent decides when this process stops
+    # (after in-flight batches), so the child ignores it.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        engine = Engine.from_checkpoint(ckpt, cfg)
+    except BaseException as e:  # report any load failure to the parent, then exit
+        _send(conn, ("error", e))
+        return
+    _send(conn, ("ready", {"hidden_size": engine.hidden_size, "vocab_rows": engine.vocab_rows,
+                           "max_positions": engine.max_positions, "device": str(engine.device),
+                           "dtype": str(engine.dtype).removeprefix("torch."),
+                           "threads": torch.get_num_threads()}))
+    while True:
+        try:
+            batch = conn.recv()
+        except (EOFError, OSError):  # the parent is gone
+            return
+        if batch is None:
+            return
+        try:
+            reply: tuple[str, Any] = ("ok", engine.forward(batch))
+        except Exception as e:
+            reply = ("error", e)
+        _send(conn, reply)
+
+
+def _send(conn: Connection, reply: tuple[str, Any]) -> None:
+    try:
+        conn.send(reply)
+    except (EOFError, OSError):
+        pass
+    except Exception as e:  # an exception that does not pickle: send its text
+        conn.send(("error", EngineProcessError(f"{type(reply[1]).__name__}: {reply[1]} ({e})")))
+
+
+def _stop(proc: Any, conn: Connection) -> None:
+    """Ask the child to exit, then make sure it has."""
+    with contextlib.suppress(EOFError, OSError):
+        conn.send(None)
+    proc.join(10)
+    if proc.is_alive():
+        proc.terminate()
+        proc.join(5)
+    conn.close()
+
+
+class EngineProcess:
+    """:class:`~smysl.engine.Engine` 's contract (``forward`` and the shape attributes), served
+    by a child process. One forward pass at a time; ``close()`` (or garbage collection, or
+    interpreter exit) stops the child."""
+
+    def __init__(self, ckpt: Checkpoint, cfg: EngineConfig) -> None:
+        ctx = mp.get_context("spawn")  # fork would copy a parent's threads and CUDA state
+        self._conn, child_conn = ctx.Pipe()
+        self._proc = ctx.Process(target=_child, args=(child_conn, ckpt, cfg),
+                                 name="smysl-engine", daemon=True)
+        self._proc.start()
+        child_conn.close()
+        self._lock = threading.Lock()
+        self._closer = weakref.finalize(self, _stop, self._proc, self._conn)
+        if not self._conn.poll(START_TIMEOUT_S):
+            self.close()
+            raise EngineProcessError(f"the engine process did not start within "
+                                     f"{START_TIMEOUT_S:.0f} s")
+        try:
+            kind, info = self._conn.recv()
+        except (EOFError, OSError):
+            self.close()
+            raise EngineProcessError(f"the engine process exited while loading (exit code "
+                                     f"{self._proc.exitcode})") from None
+        if kind == "error":
+            self.close()
+            raise info
+        self.hidden_size: int = info["hidden_size"]
+        self.vocab_rows: int = info["vocab_rows"]
+        self.max_positions: int = info["max_positions"]
+        self.device = torch.device(info["device"])
+        self.dtype: str = info["dtype"]
+        self.threads: int = info["threads"]
+        self.pid = self._proc.pid
+
+    @property
+    def alive(self) -> bool:
+        return self._proc.is_alive()
+
+    def forward(self, batch: list[list[int]]) -> np.ndarray:
+        """Same as :meth:`Engine.forward`: ``[len(batch), hidden]`` float32 pooled rows."""
+        with self._lock:
+            if not self._closer.alive:
+                raise EngineProcessError("the engine process was closed")
+            try:
+                self._conn.send(batch)
+                kind, payload = self._conn.recv()
+            except (EOFError, OSError):
+                self._proc.join(1)
+                raise EngineProcessError(f"the engine process exited (exit code "
+                                         f"{self._proc.exitcode}); restart the program") from None
+        if kind == "error":
+            raise payload
+        return np.asarray(payload)
+
+    def close(self) -> None:
+        """Stop the child process (idempotent)."""
+        with self._lock:
+            self._closer()

@@ -1,0 +1,72 @@
+"""The engine in a child process: same vectors as in process, clear errors, clean shutdown."""
+
+from __future__ import annotations
+
+import os
+import signal
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from qwen_tiny import TEXTS
+
+from smysl import Embedder
+from smysl.engine import EngineConfig
+from smysl.hub import read_checkpoint
+from smysl.worker import EngineProcess, EngineProcessError
+
+
+@pytest.fixture(scope="module")
+def remote(tiny_dir: Path):  # type: ignore[no-untyped-def]
+    # the child must use the parent's thread count: vectors depend on it (last bit)
+    emb = Embedder.load(str(tiny_dir), device="cpu", threads=torch.get_num_threads(),
+                        process=True)
+    yield emb
+    emb.close()
+
+
+def test_vectors_are_bit_identical_to_the_in_process_engine(remote, tiny) -> None:  # type: ignore[no-untyped-def]
+    assert isinstance(remote.engine, EngineProcess)
+    assert remote.engine.pid != os.getpid() and remote.engine.alive
+    assert (remote.dimensions, remote.max_tokens) == (tiny.dimensions, tiny.max_tokens)
+    assert remote.engine.vocab_rows == tiny.engine.vocab_rows
+    assert np.array_equal(remote.embed(TEXTS), tiny.embed(TEXTS))
+    assert np.array_equal(remote.embed_queries(TEXTS[:3], dimensions=32),
+                          tiny.embed_queries(TEXTS[:3], dimensions=32))
+    ids = tiny.tokenize(TEXTS[:4])
+    assert np.array_equal(remote.embed_token_ids(ids, normalize=False),
+                          tiny.embed_token_ids(ids, normalize=False))
+
+
+def test_errors_in_the_child_reach_the_caller(remote) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(IndexError):  # an id past the embedding table, sent past validation
+        remote.engine.forward([[5, 10**7]])
+    # the process survives a failed batch
+    assert remote.embed(["still here"]).shape == (1, remote.dimensions)
+
+
+def test_a_bad_checkpoint_fails_at_start(tiny_dir: Path) -> None:
+    ckpt = read_checkpoint(tiny_dir)
+    with pytest.raises(ValueError, match="quantize"):
+        EngineProcess(ckpt, EngineConfig(device="cpu", quantize="int4"))
+
+
+def test_a_dead_child_is_a_clear_error_and_close_is_idempotent(tiny_dir: Path) -> None:
+    engine = EngineProcess(read_checkpoint(tiny_dir), EngineConfig(device="cpu"))
+    assert engine.forward([[1, 2, 3]]).shape == (1, engine.hidden_size)
+    os.kill(engine.pid, signal.SIGKILL)  # e.g. the OOM killer
+    with pytest.raises(EngineProcessError, match="exited"):
+        engine.forward([[1, 2, 3]])
+    engine.close()
+    engine.close()
+    with pytest.raises(EngineProcessError, match="closed"):
+        engine.forward([[1, 2, 3]])
+
+
+def test_close_stops_the_child(tiny_dir: Path) -> None:
+    emb = Embedder.load(str(tiny_dir), device="cpu", process=True)
+    engine = emb.engine
+    assert isinstance(engine, EngineProcess) and engine.alive
+    emb.close()
+    assert not engine.alive
