@@ -33,6 +33,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto")
     p.add_argument("--dtype", default="auto")
     p.add_argument("--quantize", choices=["int8"], default=None)
+    p.add_argument("--in-process", action="store_true",
+                   help="run a local model's engine in the server process instead of a child "
+                        "process (the child has its own GIL: the event loop does not slow "
+                        "the forward passes)")
     p.add_argument("--threads", type=int, default=None,
                    help="torch CPU threads (default: one per core; leave a core for HTTP when "
                         "clients share the machine)")
@@ -55,7 +59,8 @@ def run(args: argparse.Namespace) -> int:
     options = {}
     if split_scheme(args.model)[0] is None:  # local engine options
         options = dict(device=args.device, dtype=args.dtype, quantize=args.quantize,
-                       max_batch_tokens=args.max_batch_tokens, threads=args.threads)
+                       max_batch_tokens=args.max_batch_tokens, threads=args.threads,
+                       process=not args.in_process)
     model = Embedder.load(args.model, **options)
     name = config.served_name or model.name
     print(f"smysl serve: loaded {model.name!r} ({type(model).__name__}, {model.dimensions} dims, "

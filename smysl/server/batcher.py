@@ -1,10 +1,11 @@
 """Dynamic batching: inputs from many requests coalesce into token-budget batches.
 
-One asyncio task owns the queue. It takes the oldest job, adds later jobs with the same batch
-key until the token or request budget is full, drops jobs whose client has gone, and runs the
-backend in a single dedicated thread, so the event loop keeps accepting and answering requests
-while the model computes. Rows come back split per job; each job's dimensions and normalisation
-are applied exactly as :meth:`smysl.base.BaseEmbedder.embed` applies them.
+Handlers append jobs to a bounded queue; a dedicated compute thread takes the oldest job plus
+later jobs with the same batch key (within the token and request budgets), drops jobs whose
+client has gone, runs the backend, and posts each job's rows back to its event loop. The thread
+pulls the next batch the moment the previous one ends: it never waits for the event loop, which
+keeps accepting, parsing and answering requests while the model computes. Each job's dimensions
+and normalisation are applied exactly as :meth:`smysl.base.BaseEmbedder.embed` applies them.
 """
 
 from __future__ import annotations
@@ -12,10 +13,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import math
+import threading
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Hashable
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Awaitable, Callable, Hashable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,9 +32,12 @@ from smysl.server.metrics import Metrics
 class Job:
     """One request's inputs, waiting for compute.
 
-    ``key`` decides which jobs may share a backend call: ``("text", truncate)`` jobs carry
-    formatted texts for ``_embed``; ``("ids", dimensions, truncate)`` jobs carry token ids for
-    ``embed_token_ids`` (which applies dimensions itself, hence the key).
+    ``key`` decides which jobs may share a backend call: ``("ids",)`` jobs carry token ids
+    already prepared by the service (any such jobs share batches: options are applied per job
+    afterwards); ``("text", truncate)`` jobs carry formatted texts for backends without token
+    ids (providers, sentence-transformers), which tokenise inside ``_embed``. ``disconnected`` is an
+    awaitable factory that completes when the client goes away (see
+    :func:`smysl.server.service.until_disconnected`); such a job is dropped before compute.
     """
 
     key: tuple[Hashable, ...]
@@ -41,9 +45,14 @@ class Job:
     tokens: int
     dimensions: int
     normalize: bool = True
-    is_disconnected: Callable[[], Awaitable[bool]] | None = None
+    disconnected: Callable[[], Awaitable[object]] | None = None
     future: asyncio.Future[np.ndarray] = field(init=False)
+    loop: asyncio.AbstractEventLoop = field(init=False)
     enqueued: float = field(init=False, default=0.0)
+    #: Set on the event loop, read by the compute thread: the handler was cancelled / the
+    #: client disconnected. Plain flags, so the compute thread never waits for the loop.
+    cancelled: bool = field(init=False, default=False)
+    gone: bool = field(init=False, default=False)
     queue_s: float = 0.0
     compute_s: float = 0.0
 
@@ -60,12 +69,12 @@ class Batcher:
         self.max_wait_s = max_wait_s
         self.max_queue = max_queue
         self._pending: deque[Job] = deque()
-        self._wake: asyncio.Event | None = None
-        self._task: asyncio.Task[None] | None = None
+        #: Guards ``_pending`` and ``_closing``; the compute thread sleeps on it when idle.
+        self._cond = threading.Condition()
         self._closing = False
         # One compute thread: the backends serialise forward passes anyway, and one thread keeps
         # batches in arrival order.
-        self._executor: ThreadPoolExecutor | None = None
+        self._thread: threading.Thread | None = None
         #: Smoothed seconds per batch, for Retry-After.
         self._batch_s = 0.05
 
@@ -76,20 +85,21 @@ class Batcher:
 
     @property
     def healthy(self) -> bool:
-        return not self._closing and (self._task is None or not self._task.done())
+        return not self._closing and (self._thread is None or self._thread.is_alive())
 
     def open(self) -> None:
         """(Re)open for work: the app's startup calls it, so an app survives a restart."""
-        self._closing = False
+        with self._cond:
+            self._closing = False
         self.start()
 
     def start(self) -> None:
-        """Start the batching task on the running loop (idempotent; ``submit`` calls it too)."""
-        if self._executor is None:
-            self._executor = ThreadPoolExecutor(1, thread_name_prefix="smysl-compute")
-        if self._task is None or self._task.done():
-            self._wake = asyncio.Event()
-            self._task = asyncio.get_running_loop().create_task(self._loop(), name="smysl-batcher")
+        """Start the compute thread (idempotent; ``submit`` calls it too)."""
+        with self._cond:
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._work, name="smysl-compute",
+                                                daemon=True)
+                self._thread.start()
 
     async def submit(self, job: Job) -> np.ndarray:
         """Queue ``job`` and wait for its rows. Raises :class:`ApiError` 429 when the queue is
@@ -97,19 +107,30 @@ class Batcher:
         if self._closing:
             raise ApiError("shutting_down", "the server is shutting down; retry elsewhere")
         self.start()
-        if len(self._pending) >= self.max_queue:
-            retry = self.retry_after()
-            raise ApiError("overloaded",
-                           f"the server is overloaded ({len(self._pending)} requests queued); "
-                           f"retry after {retry} s", headers={"Retry-After": str(retry)})
-        loop = asyncio.get_running_loop()
-        job.future = loop.create_future()
-        job.enqueued = time.perf_counter()
-        self._pending.append(job)
-        self.metrics.queue_depth.set(len(self._pending))
-        assert self._wake is not None
-        self._wake.set()
-        return await job.future
+        job.loop = asyncio.get_running_loop()
+        job.future = job.loop.create_future()
+        with self._cond:
+            if len(self._pending) >= self.max_queue:
+                retry = self.retry_after()
+                raise ApiError("overloaded",
+                               f"the server is overloaded ({len(self._pending)} requests queued);"
+                               f" retry after {retry} s", headers={"Retry-After": str(retry)})
+            job.enqueued = time.perf_counter()
+            self._pending.append(job)
+            depth = len(self._pending)
+            self._cond.notify()
+        self.metrics.queue_depth.set(depth)
+        watcher = None
+        if job.disconnected is not None:
+            watcher = job.loop.create_task(self._watch(job, job.disconnected))
+        try:
+            return await job.future
+        except asyncio.CancelledError:
+            job.cancelled = True
+            raise
+        finally:
+            if watcher is not None:
+                watcher.cancel()
 
     def retry_after(self) -> int:
         """Seconds until the queue has likely drained (at least 1)."""
@@ -117,42 +138,63 @@ class Batcher:
         return max(1, math.ceil(batches * self._batch_s))
 
     async def close(self) -> None:
-        """Stop taking jobs, finish the queued ones, stop the task and the compute thread."""
-        self._closing = True
-        if self._wake is not None:
-            self._wake.set()
-        if self._task is not None:
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-        if self._executor is not None:
-            self._executor.shutdown(wait=True)
-            self._executor = None
+        """Stop taking jobs, finish the queued ones, stop the compute thread."""
+        with self._cond:
+            self._closing = True
+            self._cond.notify_all()
+        thread = self._thread
+        if thread is not None:
+            await asyncio.to_thread(thread.join)
 
-    # ------------------------------------------------------------------ loop
-    async def _loop(self) -> None:
-        assert self._wake is not None
-        while True:
-            if not self._pending:
-                if self._closing:
-                    return
-                self._wake.clear()
-                await self._wake.wait()
+    # ------------------------------------------------------------------ event loop side
+    @staticmethod
+    async def _watch(job: Job, disconnected: Callable[[], Awaitable[object]]) -> None:
+        try:
+            await disconnected()
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # a broken connection is a gone client
+            pass
+        job.gone = True
+
+    @staticmethod
+    def _deliver(results: list[tuple[Job, np.ndarray | BaseException]]) -> None:
+        for job, result in results:
+            if job.future.done():  # cancelled meanwhile
                 continue
-            # Let an idle-time arrival wait briefly for companions; jobs that queued behind a
-            # running batch have waited already and go at once.
-            delay = self._pending[0].enqueued + self.max_wait_s - time.perf_counter()
-            if delay > 0 and not self._closing and not self._full():
-                await asyncio.sleep(delay)
-            batch = self._take()
-            self.metrics.queue_depth.set(len(self._pending))
-            batch = await self._drop_gone(batch)
+            if isinstance(result, BaseException):
+                job.future.set_exception(result)
+            else:
+                job.future.set_result(result)
+
+    # ------------------------------------------------------------------ compute thread
+    def _work(self) -> None:
+        """The compute thread: take a batch, drop gone jobs, compute, post rows; until closed
+        and drained."""
+        while True:
+            with self._cond:
+                while True:
+                    if not self._pending:
+                        if self._closing:
+                            return
+                        self._cond.wait()
+                        continue
+                    # Let an idle-time arrival wait briefly for companions; jobs that queued
+                    # behind a running batch have waited already and go at once.
+                    delay = self._pending[0].enqueued + self.max_wait_s - time.perf_counter()
+                    if delay > 0 and not self._closing and not self._full():
+                        self._cond.wait(delay)
+                        continue
+                    break
+                batch = self._take()
+                depth = len(self._pending)
+            self.metrics.queue_depth.set(depth)
+            batch = self._drop_gone(batch)
             if batch:
                 try:
-                    await self._run(batch)
-                except Exception as e:  # never let one batch take the loop down
-                    for job in batch:
-                        if not job.future.done():
-                            job.future.set_exception(e)
+                    self._run(batch)
+                except Exception as e:  # never let one batch take the thread down
+                    self._post([(job, e) for job in batch])
 
     def _full(self) -> bool:
         return (len(self._pending) >= self.max_batch_requests
@@ -176,59 +218,58 @@ class Batcher:
         self._pending = rest
         return batch
 
-    async def _drop_gone(self, batch: list[Job]) -> list[Job]:
+    def _drop_gone(self, batch: list[Job]) -> list[Job]:
         """Jobs whose handler was cancelled or whose client disconnected are not computed."""
-        keep = []
+        keep: list[Job] = []
+        gone: list[tuple[Job, BaseException]] = []
         for job in batch:
-            if job.future.done():  # the handler was cancelled while queued
+            if job.cancelled:
                 self.metrics.dropped.labels("cancelled").inc()
-                continue
-            if job.is_disconnected is not None:
-                try:
-                    gone = await job.is_disconnected()
-                except Exception:  # a broken connection is a gone client
-                    gone = True
-                if gone:
-                    self.metrics.dropped.labels("disconnected").inc()
-                    # an exception, not cancel(): the handler was not cancelled and should end
-                    # normally (its answer just has no one to go to)
-                    job.future.set_exception(
-                        ApiError("client_gone", "the client disconnected before compute"))
-                    continue
-            keep.append(job)
+            elif job.gone:
+                self.metrics.dropped.labels("disconnected").inc()
+                # an exception, not cancel(): the handler was not cancelled and should end
+                # normally (its answer just has no one to go to)
+                gone.append((job, ApiError("client_gone",
+                                           "the client disconnected before compute")))
+            else:
+                keep.append(job)
+        if gone:
+            self._post(gone)
         return keep
 
-    async def _run(self, batch: list[Job]) -> None:
-        loop = asyncio.get_running_loop()
+    def _post(self, results: Sequence[tuple[Job, np.ndarray | BaseException]]) -> None:
+        """Hand results to their event loops: one wake-up per loop, not one per job."""
+        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[Job, Any]]] = {}
+        for job, result in results:
+            by_loop.setdefault(job.loop, []).append((job, result))
+        for loop, part in by_loop.items():
+            # a closed loop has nobody waiting any more
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(self._deliver, part)
+
+    def _run(self, batch: list[Job]) -> None:
         start = time.perf_counter()
         for job in batch:
             job.queue_s = start - job.enqueued
             self.metrics.queue_seconds.observe(job.queue_s)
-        n_inputs = sum(len(j.items) for j in batch)
         self.metrics.batch_requests.observe(len(batch))
-        self.metrics.batch_inputs.observe(n_inputs)
+        self.metrics.batch_inputs.observe(sum(len(j.items) for j in batch))
         self.metrics.batch_tokens.observe(sum(j.tokens for j in batch))
-        results = await loop.run_in_executor(self._executor, self._compute, batch)
+        results = self._compute(batch)
         elapsed = time.perf_counter() - start
         self.metrics.compute_seconds.observe(elapsed)
         self._batch_s = 0.8 * self._batch_s + 0.2 * elapsed
         for job, result in zip(batch, results, strict=True):
             job.compute_s = elapsed
-            if job.future.done():  # cancelled while computing
-                continue
-            if isinstance(result, BaseException):
-                job.future.set_exception(result)
-            else:
+            if not isinstance(result, BaseException):
                 self.metrics.inputs.inc(len(job.items))
                 self.metrics.tokens.inc(job.tokens)
-                job.future.set_result(result)
+        self._post(list(zip(batch, results, strict=True)))
 
-    # ------------------------------------------------------------------ compute thread
     def _compute(self, batch: list[Job]) -> list[np.ndarray | BaseException]:
         """Backend call on the union of the batch's inputs; split and post-process per job."""
         try:
-            raw = self._backend(batch[0].key, [x for j in batch for x in j.items],
-                                batch[0].dimensions)
+            raw = self._backend(batch[0].key, [x for j in batch for x in j.items])
         except ValueError as e:
             if len(batch) == 1:
                 return [e]
@@ -245,21 +286,20 @@ class Batcher:
             out.append(self._finish(job, rows))
         return out
 
-    def _backend(self, key: tuple[Hashable, ...], items: list[Any], dims: int) -> np.ndarray:
+    def _backend(self, key: tuple[Hashable, ...], items: list[Any]) -> np.ndarray:
+        """Raw (unnormalised) rows of the native size for the union of the batch's inputs."""
         emb = self.embedder
-        if key[0] == "text":
-            raw = np.asarray(emb._embed(items, truncate=bool(key[1])), dtype=np.float32)
-            if raw.shape != (len(items), emb.dimensions):
-                raise RuntimeError(f"backend returned shape {raw.shape}, "
-                                   f"expected {(len(items), emb.dimensions)}")
-            return raw
-        # token ids: only backends with a tokenizer have this (checked before queueing)
-        fn = emb.embed_token_ids  # type: ignore[attr-defined]
-        return np.asarray(fn(items, dimensions=dims, truncate=bool(key[2])), dtype=np.float32)
+        if key[0] == "ids":  # token-level backends only (checked before queueing)
+            raw = emb.embed_token_ids(items, normalize=False)  # type: ignore[attr-defined]
+        else:
+            raw = emb._embed(items, truncate=bool(key[1]))
+        raw = np.asarray(raw, dtype=np.float32)
+        if raw.shape != (len(items), emb.dimensions):
+            raise RuntimeError(f"backend returned shape {raw.shape}, "
+                               f"expected {(len(items), emb.dimensions)}")
+        return raw
 
     def _finish(self, job: Job, rows: np.ndarray) -> np.ndarray:
-        if job.key[0] != "text":
-            return rows  # embed_token_ids already applied dimensions and normalisation
         if not job.normalize:
             return rows[:, : job.dimensions]
         # exactly BaseEmbedder.embed's post-processing, so served vectors equal embed()'s

@@ -16,7 +16,7 @@ from fastapi import APIRouter, Request, Response
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr
 
 from smysl.server.http import json_response
-from smysl.server.service import Service
+from smysl.server.service import Service, until_disconnected
 
 #: The Ollama API level these routes follow (clients gate features such as ``dimensions`` on it).
 OLLAMA_API_VERSION = "0.12.0"
@@ -93,7 +93,7 @@ def router(service: Service) -> APIRouter:
         task = service.instruction(body.instruction, body.input_type)
         result = await service.embed_texts(texts, instruction=task, dimensions=dims,
                                            truncate=body.truncate,
-                                           is_disconnected=request.is_disconnected)
+                                           disconnected=until_disconnected(request.receive))
         return json_response({"model": model, "embeddings": result.vectors.tolist(),
                               "total_duration": int(result.total_s * 1e9), "load_duration": 0,
                               "prompt_eval_count": result.tokens},
@@ -109,7 +109,7 @@ def router(service: Service) -> APIRouter:
         service.check_texts([body.prompt], "prompt")
         result = await service.embed_texts([body.prompt], instruction=None,
                                            dimensions=service.dimensions(None), truncate=True,
-                                           is_disconnected=request.is_disconnected,
+                                           disconnected=until_disconnected(request.receive),
                                            what="prompt")
         return json_response({"embedding": result.vectors[0].tolist()},
                              headers=service.timing_headers(result))

@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, Strict
 
 from smysl.server.errors import ApiError
 from smysl.server.http import json_response
-from smysl.server.service import Service
+from smysl.server.service import Service, until_disconnected
 
 Input = StrictStr | list[StrictStr] | list[StrictInt] | list[list[StrictInt]]
 
@@ -100,14 +100,14 @@ def router(service: Service) -> APIRouter:
             task = service.instruction(body.instruction, body.input_type)
             result = await service.embed_texts(texts, instruction=task, dimensions=dims,
                                                truncate=body.truncate,
-                                               is_disconnected=request.is_disconnected)
+                                               disconnected=until_disconnected(request.receive))
         else:
             if body.instruction is not None or body.input_type == "query":
                 raise ApiError("invalid", "instruction and input_type 'query' apply to text "
                                "input only; apply the query template before tokenising",
                                param="instruction")
             result = await service.embed_ids(ids, dimensions=dims, truncate=body.truncate,
-                                             is_disconnected=request.is_disconnected)
+                                             disconnected=until_disconnected(request.receive))
         vectors = result.vectors
         if body.encoding_format == "base64":
             # float32 little-endian bytes, as OpenAI returns them and its SDK decodes them

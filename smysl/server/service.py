@@ -5,8 +5,9 @@ hand-off to the batcher. Routes only translate their wire format to and from the
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import anyio
 import numpy as np
@@ -21,10 +22,24 @@ from smysl.server.errors import ApiError
 from smysl.server.metrics import Metrics
 from smysl.tokenize import InputTooLongError
 
-Disconnected = Callable[[], Awaitable[bool]]
+#: Completes when the request's client has gone (see :func:`until_disconnected`).
+Disconnected = Callable[[], Awaitable[object]]
 
 #: Texts with more characters than this are tokenised off the event loop.
 _INLINE_CHARS = 4096
+
+
+def until_disconnected(receive: Callable[[], Awaitable[Mapping[str, Any]]]) -> Disconnected:
+    """A waiter on an ASGI ``receive`` whose body was read already: the next message it yields
+    is ``http.disconnect``, when the client goes (Starlette's streaming responses listen the same
+    way). The batcher runs it beside a queued job, so dropping a gone client costs the compute
+    thread one flag read instead of a round trip through the event loop."""
+
+    async def wait() -> None:
+        while (await receive())["type"] != "http.disconnect":
+            pass
+
+    return wait
 
 
 @dataclass(frozen=True)
@@ -134,7 +149,10 @@ class Service:
     # ------------------------------------------------------------------ embedding
     @property
     def has_token_ids(self) -> bool:
-        return callable(getattr(self.embedder, "embed_token_ids", None))
+        """Whether the backend works on token ids (our engine): the server then tokenises each
+        request once, on arrival, and any requests share a batch whatever their options."""
+        return all(callable(getattr(self.embedder, m, None))
+                   for m in ("tokenize", "prepare_token_ids", "embed_token_ids"))
 
     async def count_tokens(self, texts: list[str]) -> list[int] | None:
         """Tokens per formatted text, or None when the backend cannot count."""
@@ -147,7 +165,7 @@ class Service:
 
     async def embed_texts(self, texts: list[str], *, instruction: str | None, dimensions: int,
                           truncate: bool, normalize: bool = True, direction: str = "right",
-                          is_disconnected: Disconnected | None = None,
+                          disconnected: Disconnected | None = None,
                           what: str = "input") -> Embedded:
         """Embed texts (already validated with :meth:`check_texts`)."""
         t0 = time.perf_counter()
@@ -155,50 +173,59 @@ class Service:
             formatted = self.embedder.format_texts(texts, instruction)
         except ValueError as e:
             raise ApiError("invalid", str(e), param="instruction") from None
+        if self.has_token_ids:
+            ids = await self._tokenize(formatted, truncate, direction, what)
+            tokens = sum(map(len, ids))
+            job = Job(key=("ids",), items=ids, tokens=tokens, dimensions=dimensions,
+                      normalize=normalize, disconnected=disconnected)
+            vectors = await self._submit(job)
+            return Embedded(vectors, tokens, job.queue_s, job.compute_s, time.perf_counter() - t0)
         counts = await self.count_tokens(formatted)
         limit = self.embedder.max_tokens
         if counts is not None and limit is not None:
             over = [i for i, c in enumerate(counts) if c > limit]
             if over and not truncate:
-                i = over[0]
-                raise ApiError("too_long", f"{what}[{i}] has {counts[i]} tokens (EOS included) "
-                               f"but the model takes at most {limit}; shorten it or ask for "
-                               "truncation", param=what)
+                raise self._too_long(what, over[0], counts[over[0]], limit)
             if over and direction == "left":
-                return await self._left_truncated(formatted, dimensions, normalize,
-                                                  is_disconnected, t0)
+                raise ApiError("unsupported", f"model {self.model_id!r} can only truncate on the "
+                               "right; use truncation_direction 'right'",
+                               param="truncation_direction")
             tokens = sum(min(c, limit) for c in counts)
         elif counts is not None:
             tokens = sum(counts)
         else:  # a rough budget estimate for backends without a tokenizer
             tokens = sum(len(t) // 3 + 1 for t in formatted)
         job = Job(key=("text", truncate), items=formatted, tokens=tokens, dimensions=dimensions,
-                  normalize=normalize, is_disconnected=is_disconnected)
+                  normalize=normalize, disconnected=disconnected)
         vectors = await self._submit(job)
         return Embedded(vectors, tokens if counts is not None else 0, job.queue_s,
                         job.compute_s, time.perf_counter() - t0)
 
-    async def _left_truncated(self, formatted: list[str], dimensions: int, normalize: bool,
-                              is_disconnected: Disconnected | None, t0: float) -> Embedded:
-        tokenize = getattr(self.embedder, "tokenize", None)
-        if not callable(tokenize) or not self.has_token_ids:
-            raise ApiError("unsupported", f"model {self.model_id!r} can only truncate on the "
-                           "right; use truncation_direction 'right'",
-                           param="truncation_direction")
-        if not normalize:
-            raise ApiError("unsupported", "left truncation returns normalised vectors only; "
-                           "drop normalize=false or shorten the input",
-                           param="normalize")
-        ids = await anyio.to_thread.run_sync(
-            lambda: tokenize(formatted, truncate=True, direction="left"))
-        return await self.embed_ids(ids, dimensions=dimensions, truncate=True,
-                                    is_disconnected=is_disconnected, t0=t0)
+    async def _tokenize(self, texts: list[str], truncate: bool, direction: str,
+                        what: str) -> list[list[int]]:
+        """Token ids as embedded (EOS last, truncated as asked); long requests off the loop."""
+        tokenize = self.embedder.tokenize  # type: ignore[attr-defined]
+
+        def run() -> list[list[int]]:
+            return list(tokenize(texts, truncate=truncate, direction=direction))
+
+        try:
+            if sum(map(len, texts)) <= _INLINE_CHARS:
+                return run()
+            return await anyio.to_thread.run_sync(run)
+        except InputTooLongError as e:
+            raise self._too_long(what, e.index, e.tokens, e.limit) from None
+
+    @staticmethod
+    def _too_long(what: str, index: int, tokens: int, limit: int) -> ApiError:
+        return ApiError("too_long", f"{what}[{index}] has {tokens} tokens (EOS included) but "
+                        f"the model takes at most {limit}; shorten it or ask for truncation",
+                        param=what)
 
     async def embed_ids(self, ids: list[list[int]], *, dimensions: int, truncate: bool,
-                        is_disconnected: Disconnected | None = None,
-                        t0: float | None = None) -> Embedded:
+                        disconnected: Disconnected | None = None) -> Embedded:
         """Embed pre-tokenised inputs (backends with ``embed_token_ids`` only)."""
-        t0 = time.perf_counter() if t0 is None else t0
+        t0 = time.perf_counter()
         if not self.has_token_ids:
             raise ApiError("unsupported", f"model {self.model_id!r} takes text only; send "
                            "strings instead of token ids", param="input")
@@ -206,11 +233,21 @@ class Service:
         for i, seq in enumerate(ids):
             if not seq:
                 raise ApiError("empty", f"input[{i}] is an empty token list", param="input")
-        tokens = sum(len(s) for s in ids)  # as sent; the backend may append EOS
-        job = Job(key=("ids", dimensions, truncate), items=ids, tokens=tokens,
-                  dimensions=dimensions, is_disconnected=is_disconnected)
+        prepare = self.embedder.prepare_token_ids  # type: ignore[attr-defined]
+        try:
+            if sum(map(len, ids)) <= _INLINE_CHARS:
+                seqs = prepare(ids, truncate=truncate)
+            else:
+                seqs = await anyio.to_thread.run_sync(lambda: prepare(ids, truncate=truncate))
+        except InputTooLongError as e:
+            raise self._too_long("input", e.index, e.tokens, e.limit) from None
+        except ValueError as e:
+            raise ApiError("invalid", str(e), param="input") from None
+        job = Job(key=("ids",), items=seqs, tokens=sum(map(len, seqs)), dimensions=dimensions,
+                  disconnected=disconnected)
         vectors = await self._submit(job)
-        return Embedded(vectors, tokens, job.queue_s, job.compute_s, time.perf_counter() - t0)
+        usage = sum(len(s) for s in ids)  # as sent, like OpenAI's usage (EOS may be added)
+        return Embedded(vectors, usage, job.queue_s, job.compute_s, time.perf_counter() - t0)
 
     async def _submit(self, job: Job) -> np.ndarray:
         try:

@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, Strict
 from smysl.prompts import TASK_PRESETS
 from smysl.server.errors import ApiError
 from smysl.server.http import json_response
-from smysl.server.service import Service
+from smysl.server.service import Service, until_disconnected
 
 Direction = Literal["right", "left", "Right", "Left"]
 
@@ -93,7 +93,7 @@ def router(service: Service) -> APIRouter:
             texts, instruction=instruction(body.prompt_name), dimensions=dims,
             truncate=bool(body.truncate), normalize=body.normalize,
             direction=body.truncation_direction.lower(), what="inputs",
-            is_disconnected=request.is_disconnected)
+            disconnected=until_disconnected(request.receive))
         return json_response(result.vectors.tolist(), headers=service.timing_headers(result))
 
     @r.post("/tokenize", response_model=list[list[SimpleToken]])

@@ -94,20 +94,20 @@ def test_disconnected_client_is_dropped_before_compute(hash_backend: HashEmbedde
     batcher = Batcher(hash_backend, metrics, max_batch_tokens=1000, max_batch_requests=8,
                       max_wait_s=0, max_queue=8)
 
-    async def gone() -> bool:
-        return True
+    async def gone() -> None:  # the client has left already
+        return None
 
-    async def here() -> bool:
-        return False
+    async def here() -> None:  # the client stays connected
+        await asyncio.Event().wait()
 
     async def go() -> None:
         hash_backend.gate.clear()
         busy = asyncio.ensure_future(batcher.submit(Job(("text", False), ["busy"], 2, 48)))
         await asyncio.to_thread(hash_backend.entered.wait, 10)
         dropped = asyncio.ensure_future(batcher.submit(
-            Job(("text", False), ["left early"], 3, 48, is_disconnected=gone)))
+            Job(("text", False), ["left early"], 3, 48, disconnected=gone)))
         kept = asyncio.ensure_future(batcher.submit(
-            Job(("text", False), ["stayed"], 2, 48, is_disconnected=here)))
+            Job(("text", False), ["stayed"], 2, 48, disconnected=here)))
         cancelled = asyncio.ensure_future(batcher.submit(Job(("text", False), ["cancel"], 2, 48)))
         await asyncio.sleep(0.01)
         cancelled.cancel()

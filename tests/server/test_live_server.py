@@ -17,11 +17,63 @@ TEXTS = ["Привет, мир!", "The quick brown fox jumps over the lazy dog."
 
 
 @pytest.fixture(scope="module")
-def live(tiny):  # type: ignore[no-untyped-def]
+def live(tiny_dir):  # type: ignore[no-untyped-def]
+    """As ``smysl serve`` runs a local model: the engine in a child process (same thread count
+    as this process, so its vectors equal the in-process ``tiny`` fixture's bit for bit)."""
+    import torch
     from server_helpers import live_server
 
-    with live_server(tiny, api_key="sekret", served_name="qwen3-embedding:0.6b") as url:
-        yield url
+    from smysl import Embedder
+
+    model = Embedder.load(str(tiny_dir), device="cpu", threads=torch.get_num_threads(),
+                          process=True)
+    try:
+        with live_server(model, api_key="sekret", served_name="qwen3-embedding:0.6b",
+                         max_wait_ms=20) as url:
+            yield url
+    finally:
+        model.close()
+
+
+def test_concurrent_mixed_requests_share_batches_and_stay_exact(live, tiny) -> None:  # type: ignore[no-untyped-def]
+    """Text and token-id inputs, dimensions, normalize=false, truncation flags and all three
+    APIs coalesce into shared batches; every response is its own request's exact vectors."""
+    import asyncio
+    import re
+
+    texts = [f"request {i}: " + "слово " * (i % 6) + "word " * (i % 4) for i in range(32)]
+    ids = tiny.tokenize(texts)
+    auth = {"Authorization": "Bearer sekret"}
+    cases = []
+    for i, t in enumerate(texts):
+        kind = i % 4
+        if kind == 0:
+            cases.append(("/v1/embeddings", {"input": t, "dimensions": 32},
+                          lambda r: r.json()["data"][0]["embedding"], tiny.embed([t], dimensions=32)))
+        elif kind == 1:
+            cases.append(("/v1/embeddings", {"input": [ids[i]]},
+                          lambda r: r.json()["data"][0]["embedding"], tiny.embed([t])))
+        elif kind == 2:
+            cases.append(("/embed", {"inputs": t, "normalize": False, "truncate": True},
+                          lambda r: r.json()[0],
+                          tiny.embed_token_ids([ids[i]], normalize=False)))
+        else:
+            cases.append(("/api/embed", {"input": t, "truncate": False},
+                          lambda r: r.json()["embeddings"][0], tiny.embed([t])))
+
+    async def go() -> list[httpx.Response]:
+        async with httpx.AsyncClient(base_url=live, headers=auth, timeout=60) as c:
+            before = (await c.get("/metrics")).text
+            rs = await asyncio.gather(*[c.post(path, json=body) for path, body, _, _ in cases])
+            after = (await c.get("/metrics")).text
+        count = re.compile(r"^smysl_batch_requests_count (\S+)$", re.M)
+        batches = float(count.search(after)[1]) - float(count.search(before)[1])  # type: ignore[index]
+        assert batches < len(cases)  # requests with different options shared batches
+        return rs
+
+    for r, (_, _, pick, want) in zip(asyncio.run(go()), cases, strict=True):
+        assert r.status_code == 200, r.text
+        assert np.array_equal(np.array(pick(r), np.float32), want[0])
 
 
 def test_openai_sdk_float_and_base64(live, tiny) -> None:  # type: ignore[no-untyped-def]
