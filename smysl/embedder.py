@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 
 from smysl.base import BaseEmbedder, Progress, load_scheme, split_scheme
-from smysl.engine import Engine, EngineConfig, EngineLike
+from smysl.engine import BATCH_TOKENS, Engine, EngineConfig, EngineLike
 from smysl.hub import read_checkpoint, resolve
 from smysl.pooling import check_dimensions, truncate_dimensions
 from smysl.prompts import DEFAULT_TASK
@@ -38,7 +38,7 @@ class Embedder(BaseEmbedder):
         self.limit = min(max_tokens or engine.max_positions, engine.max_positions)
         self.max_tokens = tokenizer.max_tokens = self.limit
         if scheduler is None:
-            budget = 32768 if engine.device.type == "cuda" else 4096
+            budget = BATCH_TOKENS.get(engine.device.type, 4096)
             scheduler = SchedulerConfig(max_batch_tokens=budget)
         self.scheduler = scheduler
 
@@ -89,7 +89,7 @@ class Embedder(BaseEmbedder):
             engine = Engine.from_checkpoint(ckpt, cfg)
         tokenizer = Tokenizer(ckpt.tokenizer_file, engine.max_positions)
         sched = SchedulerConfig(
-            max_batch_tokens=max_batch_tokens or (32768 if engine.device.type == "cuda" else 4096),
+            max_batch_tokens=max_batch_tokens or BATCH_TOKENS.get(engine.device.type, 4096),
             max_batch_size=max_batch_size,
         )
         query_prompt = str(ckpt.st_config.get("prompts", {}).get("query", ""))

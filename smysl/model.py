@@ -298,8 +298,10 @@ class Qwen3Encoder(nn.Module):
         return emb.cos(), emb.sin()
 
     @torch.inference_mode()
-    def forward(self, input_ids: torch.Tensor, lengths: list[int]) -> torch.Tensor:
-        """input_ids: [T] packed; lengths: B sequence lengths summing to T -> [B, H] float32."""
+    def forward(self, input_ids: torch.Tensor, lengths: list[int], chunk: int = 4096
+                ) -> torch.Tensor:
+        """input_ids: [T] packed; lengths: B sequence lengths summing to T -> [B, H] float32.
+        ``chunk``: tokens per slice of the per-token work (see :class:`DecoderLayer`)."""
         dev = input_ids.device
         # built on the host and moved once: per-sequence device ops would each be a launch
         positions = torch.cat([torch.arange(n) for n in lengths]).to(dev)
@@ -310,5 +312,5 @@ class Qwen3Encoder(nn.Module):
         h = self.embed_tokens(input_ids).float()  # [T, H] residual stream, float32
         n = len(self.layers)
         for i, layer in enumerate(self.layers):
-            h = layer(h, rope, plan, dt, last=ends if i == n - 1 else None)
+            h = layer(h, rope, plan, dt, last=ends if i == n - 1 else None, chunk=chunk)
         return self.norm(h, torch.float32)  # [B, H]
