@@ -6,7 +6,9 @@ It measures, in one run on one machine:
 2. ``single``: N concurrent clients, each sending one text per request, rotating over the OpenAI
    (float and base64), Ollama ``/api/embed`` and TEI ``/embed`` routes, until every text was sent
    once; every returned vector is compared with the offline vector of the same text;
-3. ``batch``: the same with small batches (2..8 texts) per request;
+3. ``batch``: the same with small batches (2..8 texts) per request; 1.-3. repeat for
+   ``--rounds`` rounds, each ratio taken against the offline runs just before and after it
+   (the median over rounds is the headline);
 4. ``overload``: a second server with a tiny queue and more clients than it holds, sending without
    pause: 429s with Retry-After, no other errors, correct vectors in every 200, and normal service
    right after.
@@ -298,6 +300,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=max(1, (os.cpu_count() or 2) - 1),
                    help="torch threads, the same offline and in the server (vectors depend on "
                         "it); default leaves one core for HTTP and the clients")
+    p.add_argument("--rounds", type=int, default=3,
+                   help="rounds of offline / single / batch; ratios are per round, then median")
     p.add_argument("--skip-overload", action="store_true")
     p.add_argument("--serve-args", default="", help="extra 'smysl serve' arguments")
     p.add_argument("--json", help="write the results here")
@@ -316,8 +320,8 @@ def main(argv: list[str] | None = None) -> int:
         extra += ["--max-batch-tokens", str(args.max_batch_tokens)]
     extra += args.serve_args.split()
 
-    # 1. offline batch throughput (and the reference vectors), with no server running; measured
-    # again after the served phases, because other load on a shared machine drifts
+    # 1. offline batch throughput (and the reference vectors), with the server idle; measured
+    # again after every round
     emb = Embedder.load(model, device="cpu", max_batch_tokens=args.max_batch_tokens,
                         threads=args.threads)
     emb.embed(texts[:32])  # warm-up
@@ -327,45 +331,69 @@ def main(argv: list[str] | None = None) -> int:
         vectors = emb.embed(texts)
         return vectors, len(texts) / (time.perf_counter() - t0)
 
-    ref, offline_before = offline()
+    ref, offline_tps = offline()
     n_tokens = sum(emb.count_tokens(texts))
     results: dict[str, object] = {
         "model": model, "texts": len(texts), "tokens": n_tokens, "clients": args.clients,
         "machine": f"{platform.node()} {platform.processor() or platform.machine()}, "
                    f"{os.cpu_count()} CPUs, torch {torch.__version__}, "
                    f"{torch.get_num_threads()} threads",
-        "load_average_start": os.getloadavg()[0],
+        "serve_args": extra, "load_average_start": os.getloadavg()[0],
     }
     rng = random.Random(1)
+    single = [(APIS[i % 4], [i]) for i in range(len(texts))]
+    batches: list[tuple[str, list[int]]] = []
+    i = 0
+    while i < len(texts):
+        k = rng.randint(2, 8)
+        batches.append((APIS[len(batches) % 4], list(range(i, min(i + k, len(texts))))))
+        i += k
 
-    # 2.-3. single texts, then small batches, every API in rotation
+    # 2.-3. rounds of: single texts, small batches (every API in rotation), offline again. Each
+    # round's ratio uses the offline runs just before and after it: this machine's speed drifts
+    # by +-10% within a minute, so a ratio against a baseline taken minutes apart means little.
     server = Server(model, *extra)
+    rounds: list[dict[str, object]] = []
+    tallies: dict[str, list[Tally]] = {"single": [], "batch": []}
     try:
         server.wait_ready()
         warm = [(APIS[i % 4], [i]) for i in range(min(64, len(texts)))]
         asyncio.run(drive(server.url, warm, texts, ref, 8, 30))
-        single = [(APIS[i % 4], [i]) for i in range(len(texts))]
-        results["single"] = summary("single", asyncio.run(
-            drive(server.url, single, texts, ref, args.clients, args.time_limit)))
-        batches: list[tuple[str, list[int]]] = []
-        i = 0
-        while i < len(texts):
-            k = rng.randint(2, 8)
-            batches.append((APIS[len(batches) % 4], list(range(i, min(i + k, len(texts))))))
-            i += k
-        results["batch"] = summary("batch", asyncio.run(
-            drive(server.url, batches, texts, ref, args.clients, args.time_limit)))
+        for _ in range(args.rounds):
+            row: dict[str, object] = {"offline_before": round(offline_tps, 1)}
+            for phase, work in (("single", single), ("batch", batches)):
+                t = asyncio.run(drive(server.url, work, texts, ref, args.clients,
+                                      args.time_limit))
+                tallies[phase].append(t)
+                row[phase] = summary(phase, t)
+            again, after = offline()
+            assert np.array_equal(again, ref), "offline embedding is not deterministic"
+            row["offline_after"] = round(after, 1)
+            base = (offline_tps + after) / 2
+            for phase in ("single", "batch"):
+                tps = row[phase]["texts_per_s"]  # type: ignore[index]
+                row[f"{phase}_vs_offline"] = round(tps / base, 3)
+            rounds.append(row)
+            offline_tps = after
     finally:
         results["server_exit"] = server.stop()
-    again, offline_after = offline()
-    assert np.array_equal(again, ref), "offline embedding is not deterministic"
-    offline_tps = (offline_before + offline_after) / 2
-    results["offline"] = {"texts_per_s": round(offline_tps, 1),
-                          "before": round(offline_before, 1), "after": round(offline_after, 1)}
+    results["rounds"] = rounds
     for phase in ("single", "batch"):
-        s = results[phase]
-        results[f"{phase}_vs_offline"] = round(
-            s["texts_per_s"] / offline_tps, 3)  # type: ignore[index]
+        merged = Tally()
+        for t in tallies[phase]:
+            for api, xs in t.latencies.items():
+                merged.latencies[api] += xs
+            for code, n in t.statuses.items():
+                merged.statuses[code] = merged.statuses.get(code, 0) + n
+            merged.texts_ok += t.texts_ok
+            merged.mismatched += t.mismatched
+            merged.max_diff = max(merged.max_diff, t.max_diff)
+            merged.transport_errors += t.transport_errors
+            merged.wall_s += t.wall_s
+        results[phase] = summary(phase, merged)
+        ratios = [r[f"{phase}_vs_offline"] for r in rounds]
+        results[f"{phase}_vs_offline"] = float(np.median(ratios))  # type: ignore[arg-type]
+        results[f"{phase}_vs_offline_rounds"] = ratios
 
     # 4. overload: more clients than the queue holds, no think time
     if not args.skip_overload:

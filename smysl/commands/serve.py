@@ -63,8 +63,10 @@ def run(args: argparse.Namespace) -> int:
                        process=not args.in_process)
     model = Embedder.load(args.model, **options)
     name = config.served_name or model.name
+    pid = getattr(getattr(model, "engine", None), "pid", None)
     print(f"smysl serve: loaded {model.name!r} ({type(model).__name__}, {model.dimensions} dims, "
-          f"max {model.max_tokens} tokens) as {name!r}", file=sys.stderr)
+          f"max {model.max_tokens} tokens) as {name!r}"
+          + (f"; engine in child process {pid}" if pid else ""), file=sys.stderr)
     host = f"[{config.host}]" if ":" in config.host else config.host
     print(f"smysl serve: listening on http://{host}:{config.port} — OpenAI /v1/embeddings, "
           "Ollama /api/embed, TEI /embed, metrics /metrics"

@@ -110,6 +110,8 @@ class Batcher:
         job.loop = asyncio.get_running_loop()
         job.future = job.loop.create_future()
         with self._cond:
+            if self._closing:  # closed since the check above (the thread may have exited)
+                raise ApiError("shutting_down", "the server is shutting down; retry elsewhere")
             if len(self._pending) >= self.max_queue:
                 retry = self.retry_after()
                 raise ApiError("overloaded",

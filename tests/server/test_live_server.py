@@ -49,7 +49,8 @@ def test_concurrent_mixed_requests_share_batches_and_stay_exact(live, tiny) -> N
         kind = i % 4
         if kind == 0:
             cases.append(("/v1/embeddings", {"input": t, "dimensions": 32},
-                          lambda r: r.json()["data"][0]["embedding"], tiny.embed([t], dimensions=32)))
+                          lambda r: r.json()["data"][0]["embedding"],
+                          tiny.embed([t], dimensions=32)))
         elif kind == 1:
             cases.append(("/v1/embeddings", {"input": [ids[i]]},
                           lambda r: r.json()["data"][0]["embedding"], tiny.embed([t])))
