@@ -80,7 +80,8 @@ def matmul_gflops() -> float:
 
 
 # --------------------------------------------------------------------------- one system
-def run_system(system: str, ckpt: Path, texts: list[str], out: Path, batch_tokens: int) -> dict:
+def run_system(system: str, ckpt: Path, texts: list[str], out: Path,
+               batch_tokens: int | None) -> dict:
     import torch
 
     t0 = time.perf_counter()
@@ -142,7 +143,8 @@ def main() -> None:
     ap.add_argument("--size", default="0.6b", choices=sorted(SHAPES))
     ap.add_argument("--scale", type=float, default=0.6, help="corpus size factor (1.0 ~ 20K tok)")
     ap.add_argument("--systems", default="st,fp32,int8")
-    ap.add_argument("--batch-tokens", type=int, default=4096)
+    ap.add_argument("--batch-tokens", type=int, default=None,
+                    help="smysl token budget per forward (default: the engine's)")
     ap.add_argument("--memory", default="", help="comma list of token counts: RSS mode")
     ap.add_argument("--child", default="", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -184,8 +186,8 @@ def main() -> None:
     print(f"fp32 matmul rate: {gf:.1f} GFLOP/s")
     results = {}
     for system in args.systems.split(","):
-        results[system] = r = child(["--size", args.size, "--scale", str(args.scale),
-                                     "--batch-tokens", str(args.batch_tokens),
+        budget = ["--batch-tokens", str(args.batch_tokens)] if args.batch_tokens else []
+        results[system] = r = child(["--size", args.size, "--scale", str(args.scale), *budget,
                                      "--child", system])
         r["tok_s"] = n_tok / r["embed_s"]
         r["texts_s"] = len(texts) / r["embed_s"]

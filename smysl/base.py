@@ -42,6 +42,11 @@ class BaseEmbedder(abc.ABC):
     #: Task used by :meth:`embed_queries` when none is given.
     default_task: str = DEFAULT_TASK
 
+    @property
+    def healthy(self) -> bool:
+        """Whether the backend can still compute (False when, say, its engine process died)."""
+        return True
+
     @abc.abstractmethod
     def _embed(
         self, texts: list[str], *, truncate: bool, progress: Progress | None = None

@@ -98,6 +98,11 @@ class Embedder(BaseEmbedder):
                    default_task=m.group("task") if m else DEFAULT_TASK)
 
     # ------------------------------------------------------------------ BaseEmbedder
+    @property
+    def healthy(self) -> bool:
+        """False once an engine process has exited."""
+        return bool(getattr(self.engine, "alive", True))
+
     def close(self) -> None:
         """Stop the engine process, if the engine runs in one."""
         close = getattr(self.engine, "close", None)

@@ -29,6 +29,7 @@ _KINDS: dict[str, tuple[int, int, int, str]] = {
     "unauthorized": (401, 401, 401, "Unauthorized"),
     "overloaded": (429, 429, 429, "Overloaded"),
     "shutting_down": (503, 503, 503, "Unhealthy"),
+    "unavailable": (503, 503, 503, "Unhealthy"),
     # nginx's "client closed request": logged and counted, never delivered
     "client_gone": (499, 499, 499, "Validation"),
     "internal": (500, 500, 424, "Backend"),
@@ -38,6 +39,7 @@ _OPENAI_TYPE = {
     "unauthorized": "invalid_request_error",
     "overloaded": "requests",
     "shutting_down": "server_error",
+    "unavailable": "server_error",
     "internal": "server_error",
     "not_implemented": "server_error",
 }

@@ -256,6 +256,15 @@ class Service:
             raise ApiError("too_long", f"{e}", param="input") from None
         except ValueError as e:  # the backend's contract: ValueError means bad input
             raise ApiError("invalid", str(e), param="input") from None
+        except Exception:
+            if not self.embedder.healthy:
+                raise ApiError("unavailable", self.backend_down) from None
+            raise
+
+    @property
+    def backend_down(self) -> str:
+        return (f"the model backend of {self.model_id!r} is down (its engine process exited); "
+                "restart the server")
 
     def timing_headers(self, e: Embedded) -> dict[str, str]:
         """TEI's timing headers (milliseconds), which any client may read."""

@@ -158,9 +158,12 @@ def router(service: Service) -> APIRouter:
 
     @r.get("/health")
     async def health() -> Response:
-        """200 while the server takes requests, 503 once it is shutting down."""
+        """200 while the server takes requests; 503 once it is shutting down or its model
+        backend is down."""
         if not service.batcher.healthy:
             raise ApiError("shutting_down", "the server is shutting down")
+        if not service.embedder.healthy:
+            raise ApiError("unavailable", service.backend_down)
         return Response(status_code=200)
 
     return r

@@ -194,3 +194,26 @@ def test_request_of_a_disconnected_client_is_not_computed() -> None:
             assert time.monotonic() < deadline, text
             time.sleep(0.02)
     assert [t for call in backend.calls for t in call] == ["busy"]
+
+
+def test_a_dead_engine_process_turns_health_and_requests_503(tiny_dir) -> None:  # type: ignore[no-untyped-def]
+    import os
+    import signal
+
+    from server_helpers import live_server
+
+    from smysl import Embedder
+
+    model = Embedder.load(str(tiny_dir), device="cpu", process=True)
+    try:
+        with live_server(model) as url:
+            assert httpx.post(f"{url}/embed", json={"inputs": "fine"}).status_code == 200
+            assert httpx.get(f"{url}/health").status_code == 200
+            os.kill(model.engine.pid, signal.SIGKILL)  # e.g. the OOM killer
+            model.engine._proc.join(10)  # type: ignore[attr-defined]
+            r = httpx.post(f"{url}/v1/embeddings", json={"input": "after"}, timeout=30)
+            assert r.status_code == 503 and "engine process exited" in r.json()["error"]["message"]
+            r = httpx.get(f"{url}/health")
+            assert r.status_code == 503 and r.json()["error_type"] == "Unhealthy"
+    finally:
+        model.close()
