@@ -150,14 +150,18 @@ class Embedder(BaseEmbedder):
         return seqs
 
     def embed_token_ids(self, ids: Sequence[Sequence[int]], *, dimensions: int | None = None,
-                        truncate: bool = False, normalize: bool = True) -> np.ndarray:
+                        truncate: bool = False, normalize: bool = True,
+                        prepared: bool = False) -> np.ndarray:
         """Embed pre-tokenised inputs (see :meth:`prepare_token_ids`); rows in input order.
 
         Rows are unit vectors of ``dimensions`` (Matryoshka: truncated, then re-normalised);
         ``normalize=False`` returns the raw pooled rows' first ``dimensions`` components.
+        ``prepared=True``: ``ids`` came from :meth:`prepare_token_ids` or :meth:`tokenize`
+        already (the server's case), so they are not checked again.
         """
         dims = check_dimensions(dimensions, self.dimensions, minimum=self.min_dimensions)
-        seqs = self.prepare_token_ids(ids, truncate=truncate)
+        seqs = ([list(s) for s in ids] if prepared
+                else self.prepare_token_ids(ids, truncate=truncate))
         if not seqs:
             return np.zeros((0, dims), dtype=np.float32)
         raw = self._run(seqs, None)

@@ -68,7 +68,10 @@ def _child(conn: Connection, ckpt: Checkpoint, cfg: EngineConfig) -> None:
     parent sends ``None`` or goes away."""
     # Ctrl-C reaches the whole process group; the parent decides when this process stops
     # (after in-flight batches), so the child ignores it.
+    # SIGTERM to the process group (systemd, tini -g) likewise: the child exits when the parent
+    # sends None or goes away.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     _keep_heap()
     try:
         engine = Engine.from_checkpoint(ckpt, cfg)
@@ -99,7 +102,9 @@ def _send(conn: Connection, reply: tuple[str, Any]) -> None:
     except (EOFError, OSError):
         pass
     except Exception as e:  # an exception that does not pickle: send its text
-        conn.send(("error", EngineProcessError(f"{type(reply[1]).__name__}: {reply[1]} ({e})")))
+        with contextlib.suppress(Exception):
+            conn.send(("error", EngineProcessError(f"{type(reply[1]).__name__}: {reply[1]} "
+                                                   f"({e})")))
 
 
 def _stop(proc: Any, conn: Connection) -> None:
@@ -110,60 +115,95 @@ def _stop(proc: Any, conn: Connection) -> None:
     if proc.is_alive():
         proc.terminate()
         proc.join(5)
+    if proc.is_alive():
+        proc.kill()
+        proc.join(5)
     conn.close()
 
 
 class EngineProcess:
     """:class:`~smysl.engine.Engine` 's contract (``forward`` and the shape attributes), served
     by a child process. One forward pass at a time; ``close()`` (or garbage collection, or
-    interpreter exit) stops the child."""
+    interpreter exit) stops the child.
+
+    A call interrupted between sending a batch and reading its rows (Ctrl-C) kills the child,
+    which also stops its work; the next call starts a fresh one. A child that died on its own
+    (the OOM killer) is not restarted: calls raise :class:`EngineProcessError`.
+    """
 
     def __init__(self, ckpt: Checkpoint, cfg: EngineConfig) -> None:
+        self._ckpt, self._cfg = ckpt, cfg
+        self._lock = threading.Lock()
+        self._closed = self._dead = self._stale = False
+        self._start()
+
+    def _start(self) -> None:
         ctx = mp.get_context("spawn")  # fork would copy a parent's threads and CUDA state
         self._conn, child_conn = ctx.Pipe()
-        self._proc = ctx.Process(target=_child, args=(child_conn, ckpt, cfg),
+        self._proc = ctx.Process(target=_child, args=(child_conn, self._ckpt, self._cfg),
                                  name="smysl-engine", daemon=True)
         self._proc.start()
         child_conn.close()
-        self._lock = threading.Lock()
         self._closer = weakref.finalize(self, _stop, self._proc, self._conn)
         if not self._conn.poll(START_TIMEOUT_S):
-            self.close()
+            self._closer()
             raise EngineProcessError(f"the engine process did not start within "
                                      f"{START_TIMEOUT_S:.0f} s")
         try:
             kind, info = self._conn.recv()
         except (EOFError, OSError):
-            self.close()
+            self._closer()
             raise EngineProcessError(f"the engine process exited while loading (exit code "
                                      f"{self._proc.exitcode})") from None
         if kind == "error":
-            self.close()
+            self._closer()
             raise info
         self.hidden_size: int = info["hidden_size"]
         self.vocab_rows: int = info["vocab_rows"]
         self.max_positions: int = info["max_positions"]
         self.device = torch.device(info["device"])
-        self.dtype: str = info["dtype"]
+        self.dtype: torch.dtype = getattr(torch, info["dtype"])
         self.threads: int = info["threads"]
         self.pid = self._proc.pid
+        self._stale = False
+
+    def _kill(self) -> None:
+        """Stop the child now (it may be mid-batch); its reply must never reach a later call."""
+        self._closer.detach()
+        self._proc.kill()
+        self._proc.join(5)
+        self._conn.close()
+        self._stale = True
 
     @property
     def alive(self) -> bool:
-        return self._proc.is_alive()
+        return not (self._closed or self._dead) and (self._stale or self._proc.is_alive())
 
     def forward(self, batch: list[list[int]]) -> np.ndarray:
         """Same as :meth:`Engine.forward`: ``[len(batch), hidden]`` float32 pooled rows."""
         with self._lock:
-            if not self._closer.alive:
+            if self._closed:
                 raise EngineProcessError("the engine process was closed")
+            if self._dead:
+                raise EngineProcessError(f"the engine process exited (exit code "
+                                         f"{self._proc.exitcode}); restart the program")
+            if self._stale:
+                log.warning("starting a new engine process after an interrupted call")
+                self._start()
             try:
                 self._conn.send(batch)
                 kind, payload = self._conn.recv()
             except (EOFError, OSError):
+                self._dead = True
                 self._proc.join(1)
                 raise EngineProcessError(f"the engine process exited (exit code "
                                          f"{self._proc.exitcode}); restart the program") from None
+            except BaseException as e:  # interrupted, or a reply that does not unpickle
+                self._kill()
+                if isinstance(e, Exception):
+                    raise EngineProcessError(f"unreadable reply from the engine process: "
+                                             f"{e!r}") from e
+                raise
         if kind == "error":
             raise payload
         return np.asarray(payload)
@@ -171,4 +211,5 @@ class EngineProcess:
     def close(self) -> None:
         """Stop the child process (idempotent)."""
         with self._lock:
+            self._closed = True
             self._closer()

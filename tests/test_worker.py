@@ -70,3 +70,24 @@ def test_close_stops_the_child(tiny_dir: Path) -> None:
     assert isinstance(engine, EngineProcess) and engine.alive
     emb.close()
     assert not engine.alive
+
+
+def test_an_interrupted_call_never_hands_its_rows_to_the_next(tiny_dir: Path, tiny) -> None:  # type: ignore[no-untyped-def]
+    engine = EngineProcess(read_checkpoint(tiny_dir),
+                           EngineConfig(device="cpu", threads=torch.get_num_threads()))
+    try:
+        first = engine.pid
+        a, b = tiny.tokenize(["first batch"]), tiny.tokenize(["second batch", "and more"])
+
+        def interrupted() -> object:  # Ctrl-C while the child computes
+            raise KeyboardInterrupt
+
+        engine._conn.recv = interrupted  # type: ignore[method-assign]
+        with pytest.raises(KeyboardInterrupt):
+            engine.forward(a)
+        # the next call gets its own rows from a fresh child, never the interrupted batch's
+        assert np.array_equal(engine.forward(b), tiny.engine.forward(b))
+        assert engine.pid != first and engine.alive
+    finally:
+        engine.close()
+    assert not engine.alive

@@ -164,10 +164,13 @@ class Batcher:
         for job, result in results:
             if job.future.done():  # cancelled meanwhile
                 continue
-            if isinstance(result, BaseException):
-                job.future.set_exception(result)
-            else:
-                job.future.set_result(result)
+            try:
+                if isinstance(result, BaseException):
+                    job.future.set_exception(result)
+                else:
+                    job.future.set_result(result)
+            except Exception as e:  # e.g. asyncio refuses StopIteration: still answer the job
+                job.future.set_exception(RuntimeError(f"backend error: {result!r} ({e})"))
 
     # ------------------------------------------------------------------ compute thread
     def _work(self) -> None:
@@ -190,13 +193,15 @@ class Batcher:
                     break
                 batch = self._take()
                 depth = len(self._pending)
-            self.metrics.queue_depth.set(depth)
-            batch = self._drop_gone(batch)
-            if batch:
-                try:
+            try:
+                self.metrics.queue_depth.set(depth)
+                batch = self._drop_gone(batch)
+                if batch:
                     self._run(batch)
-                except Exception as e:  # never let one batch take the thread down
-                    self._post([(job, e) for job in batch])
+            except BaseException as e:  # never leave a taken job unanswered
+                self._post([(job, e) for job in batch])
+                if not isinstance(e, Exception):
+                    raise
 
     def _full(self) -> bool:
         return (len(self._pending) >= self.max_batch_requests
@@ -292,7 +297,8 @@ class Batcher:
         """Raw (unnormalised) rows of the native size for the union of the batch's inputs."""
         emb = self.embedder
         if key[0] == "ids":  # token-level backends only (checked before queueing)
-            raw = emb.embed_token_ids(items, normalize=False)  # type: ignore[attr-defined]
+            raw = emb.embed_token_ids(items, normalize=False,  # type: ignore[attr-defined]
+                                      prepared=True)
         else:
             raw = emb._embed(items, truncate=bool(key[1]))
         raw = np.asarray(raw, dtype=np.float32)

@@ -25,8 +25,9 @@ from smysl.tokenize import InputTooLongError
 #: Completes when the request's client has gone (see :func:`until_disconnected`).
 Disconnected = Callable[[], Awaitable[object]]
 
-#: Texts with more characters than this are tokenised off the event loop.
-_INLINE_CHARS = 4096
+#: Requests with more characters (texts) or tokens (token ids) than this are tokenised or
+#: checked off the event loop.
+_INLINE_CHARS = _INLINE_TOKENS = 4096
 
 
 def until_disconnected(receive: Callable[[], Awaitable[Mapping[str, Any]]]) -> Disconnected:
@@ -224,7 +225,7 @@ class Service:
 
     async def embed_ids(self, ids: list[list[int]], *, dimensions: int, truncate: bool,
                         disconnected: Disconnected | None = None) -> Embedded:
-        """Embed pre-tokenised inputs (backends with ``embed_token_ids`` only)."""
+        """Embed pre-tokenised inputs (token-level backends only, see :attr:`has_token_ids`)."""
         t0 = time.perf_counter()
         if not self.has_token_ids:
             raise ApiError("unsupported", f"model {self.model_id!r} takes text only; send "
@@ -235,7 +236,7 @@ class Service:
                 raise ApiError("empty", f"input[{i}] is an empty token list", param="input")
         prepare = self.embedder.prepare_token_ids  # type: ignore[attr-defined]
         try:
-            if sum(map(len, ids)) <= _INLINE_CHARS:
+            if sum(map(len, ids)) <= _INLINE_TOKENS:
                 seqs = prepare(ids, truncate=truncate)
             else:
                 seqs = await anyio.to_thread.run_sync(lambda: prepare(ids, truncate=truncate))
@@ -256,6 +257,8 @@ class Service:
             raise ApiError("too_long", f"{e}", param="input") from None
         except ValueError as e:  # the backend's contract: ValueError means bad input
             raise ApiError("invalid", str(e), param="input") from None
+        except ApiError:
+            raise
         except Exception:
             if not self.embedder.healthy:
                 raise ApiError("unavailable", self.backend_down) from None
