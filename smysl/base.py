@@ -15,7 +15,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from smysl.pooling import MIN_DIMENSIONS, check_dimensions, l2_normalize, truncate_dimensions
+from smysl.pooling import MIN_DIMENSIONS, check_dimensions, truncate_dimensions
 from smysl.prompts import DEFAULT_TASK, format_query, resolve_task
 
 
@@ -84,7 +84,7 @@ class BaseEmbedder(abc.ABC):
             raise RuntimeError(
                 f"backend returned shape {raw.shape}, expected {(len(items), self.dimensions)}"
             )
-        return truncate_dimensions(raw, dims) if dims != self.dimensions else l2_normalize(raw)
+        return truncate_dimensions(raw, dims)  # re-normalises (all of it at the native size)
 
     def embed_queries(
         self,

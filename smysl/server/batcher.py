@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from smysl.base import BaseEmbedder
-from smysl.pooling import l2_normalize, truncate_dimensions
+from smysl.pooling import truncate_dimensions
 from smysl.server.errors import ApiError
 from smysl.server.metrics import Metrics
 
@@ -311,6 +311,4 @@ class Batcher:
         if not job.normalize:
             return rows[:, : job.dimensions]
         # exactly BaseEmbedder.embed's post-processing, so served vectors equal embed()'s
-        native = self.embedder.dimensions
-        return (truncate_dimensions(rows, job.dimensions) if job.dimensions != native
-                else l2_normalize(rows))
+        return truncate_dimensions(rows, job.dimensions)

@@ -60,6 +60,10 @@ class Service:
     def __init__(self, embedder: BaseEmbedder, config: ServerConfig, metrics: Metrics) -> None:
         self.embedder = embedder
         self.config = config
+        #: Whether the backend works on token ids (our engine): the server then tokenises each
+        #: request once, on arrival, and any requests share a batch whatever their options.
+        self.has_token_ids = all(callable(getattr(embedder, m, None))
+                                 for m in ("tokenize", "prepare_token_ids", "embed_token_ids"))
         self.metrics = metrics
         budget = config.max_batch_tokens or getattr(
             getattr(embedder, "scheduler", None), "max_batch_tokens", None) or 8192
@@ -148,13 +152,6 @@ class Service:
                                "send UTF-8 text", param=what) from None
 
     # ------------------------------------------------------------------ embedding
-    @property
-    def has_token_ids(self) -> bool:
-        """Whether the backend works on token ids (our engine): the server then tokenises each
-        request once, on arrival, and any requests share a batch whatever their options."""
-        return all(callable(getattr(self.embedder, m, None))
-                   for m in ("tokenize", "prepare_token_ids", "embed_token_ids"))
-
     async def count_tokens(self, texts: list[str]) -> list[int] | None:
         """Tokens per formatted text, or None when the backend cannot count."""
         try:

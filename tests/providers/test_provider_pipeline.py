@@ -5,16 +5,13 @@ from __future__ import annotations
 
 import io
 import json
-import socket
 import threading
-import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
+from live_http import live_server
 from provider_fakes import FakeServer, expected
 
 import smysl
@@ -58,37 +55,6 @@ def tiny_upstream(tiny: BaseEmbedder) -> Any:
     return embed
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@contextmanager
-def live_smysl(embedder: BaseEmbedder, **config: Any) -> Iterator[str]:
-    """``smysl serve`` for ``embedder`` under uvicorn on a loopback port; yields its URL."""
-    pytest.importorskip("fastapi")
-    pytest.importorskip("prometheus_client")
-    import uvicorn
-
-    from smysl.server import ServerConfig, create_app
-
-    cfg = ServerConfig(host="127.0.0.1", port=free_port(), **config)
-    server = uvicorn.Server(uvicorn.Config(create_app(embedder, cfg), host=cfg.host,
-                                           port=cfg.port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started:
-        assert time.monotonic() < deadline and thread.is_alive(), "uvicorn did not start"
-        time.sleep(0.02)
-    try:
-        yield f"http://{cfg.host}:{cfg.port}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=20)
-
-
 def test_switching_local_and_every_provider_changes_only_the_model_string(
         tiny: BaseEmbedder, tiny_dir: Path, tokenizer_path: Path,
         monkeypatch: pytest.MonkeyPatch) -> None:
@@ -106,7 +72,7 @@ def test_switching_local_and_every_provider_changes_only_the_model_string(
         sent = {t for b in srv.requests for t in b.get("input", b.get("inputs", []))}
         assert tiny.format_texts(QUERIES[:1], "qa")[0] in sent
     # And a real ``smysl serve`` of the same model behind the ``smysl:`` scheme.
-    with live_smysl(tiny, served_name="tiny") as url:
+    with live_server(tiny, served_name="tiny") as url:
         remote = pipeline(f"smysl:{url}#tiny")
     for key in ("scores", "scores32", "docs"):
         np.testing.assert_allclose(remote[key], local[key], atol=2e-6)
@@ -121,7 +87,7 @@ def test_smysl_serve_fronts_a_provider(qwen_tok: Any, tokenizer_path: Path) -> N
     with FakeServer(dims=64, tokenizer=qwen_tok, p429=0.2, seed=5) as upstream:
         provider = connect("openrouter", f"{upstream.url}/api/v1#qwen/qwen3-embedding-8b",
                            dimensions=64, tokenizer=tokenizer_path, backoff_base=0.001)
-        with live_smysl(provider) as url:
+        with live_server(provider) as url:
             r = httpx.post(f"{url}/v1/embeddings", timeout=30, json={
                 "model": "openrouter:qwen/qwen3-embedding-8b", "input": ["где смысл?", "x"],
                 "instruction": "qa", "dimensions": 32})

@@ -3,12 +3,7 @@
 from __future__ import annotations
 
 import hashlib
-import socket
 import threading
-import time
-from collections.abc import Iterator
-from contextlib import contextmanager
-from typing import Any
 
 import numpy as np
 import pytest
@@ -16,8 +11,9 @@ import pytest
 pytest.importorskip("fastapi")
 pytest.importorskip("prometheus_client")
 
+from live_http import free_port, live_server  # noqa: F401 - re-exported for the server tests
+
 from smysl.base import BaseEmbedder, Progress
-from smysl.server import ServerConfig, create_app
 
 
 class HashEmbedder(BaseEmbedder):
@@ -49,32 +45,3 @@ class HashEmbedder(BaseEmbedder):
                 out[i, int.from_bytes(h, "little") % self.dimensions] += 1.0
             out[i, 0] += 0.5  # no all-zero rows
         return out
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@contextmanager
-def live_server(embedder: BaseEmbedder, **config: Any) -> Iterator[str]:
-    """Run the app under uvicorn on a free loopback port in a thread; yields the base URL."""
-    import uvicorn
-
-    cfg = ServerConfig(host="127.0.0.1", port=free_port(), **config)
-    app = create_app(embedder, cfg)
-    server = uvicorn.Server(uvicorn.Config(app, host=cfg.host, port=cfg.port, log_level="warning",
-                                           timeout_graceful_shutdown=10))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started:
-        if time.monotonic() > deadline or not thread.is_alive():
-            raise RuntimeError("uvicorn did not start")
-        time.sleep(0.02)
-    try:
-        yield f"http://{cfg.host}:{cfg.port}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=20)
