@@ -1,22 +1,27 @@
 """The embedding contract shared by every backend: the local engine, providers, generic models.
 
 A backend implements one method, :meth:`BaseEmbedder._embed` (fully formatted texts in, one
-float32 row per text out, in input order) and sets three attributes. Everything users call —
+float32 row per text out, in input order) and sets a few attributes. Everything users call —
 ``embed``, ``embed_queries``, ``embed_documents`` with instructions, Matryoshka dimensions and
-validation — is derived here once, so every backend has the same semantics.
+validation — is derived here once, so every backend has the same semantics. What consumers need
+beyond that is declared here too: :class:`ModelInfo` (what ``/info``, ``/api/show`` and reports
+show) and :class:`TokenLevel` (token ids in and out, offered by the local engine).
 """
 
 from __future__ import annotations
 
 import abc
-import importlib
-from collections.abc import Callable, Sequence
-from typing import Any, Protocol
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Literal, Protocol
 
 import numpy as np
 
-from smysl.pooling import MIN_DIMENSIONS, check_dimensions, truncate_dimensions
+from smysl.pooling import MIN_DIMENSIONS, check_dimensions, finish
 from smysl.prompts import DEFAULT_TASK, format_query, resolve_task
+from smysl.tokenize import Direction, TokenSpan
+
+Role = Literal["query", "document"]
 
 
 class Progress(Protocol):
@@ -25,11 +30,78 @@ class Progress(Protocol):
     def update(self, n: int = 1) -> object: ...
 
 
+@dataclass(frozen=True)
+class ModelInfo:
+    """What a loaded model is, for ``/info``, ``/api/show``, ``/v1/models`` and eval reports."""
+
+    #: Model name as users and clients refer to it.
+    name: str
+    #: Scheme it runs through (``qwen3``, ``st``, ``openrouter``...; see :mod:`smysl.registry`).
+    backend: str
+    #: Native output size and the smallest Matryoshka size.
+    dimensions: int
+    min_dimensions: int
+    #: Most tokens one input may have (EOS included); None when the backend does not say.
+    max_tokens: int | None
+    instruction_aware: bool
+    default_task: str
+    #: Weight dtype (``float32``, ``bfloat16``...), None when unknown (remote APIs).
+    dtype: str | None = None
+    #: Weight quantisation (``int8``...), None for none or unknown.
+    quantization: str | None = None
+    #: Parameter count, None when unknown.
+    parameters: int | None = None
+    #: Where it computes (``cpu``, ``cuda:0``), None for remote APIs.
+    device: str | None = None
+    #: Process id of an engine running in a child process, else None.
+    process: int | None = None
+    #: Token budget of one forward pass the backend is tuned for, None when it has none.
+    batch_tokens: int | None = None
+    #: Pooling of the hidden states.
+    pooling: str = "last_token"
+
+    @property
+    def quantization_level(self) -> str:
+        """Ollama's ``quantization_level``: the quantisation, else the dtype (``F32``, ``BF16``)."""
+        if self.quantization:
+            return self.quantization
+        short = {"float32": "F32", "bfloat16": "BF16", "float16": "F16"}
+        return short.get(self.dtype or "", (self.dtype or "").upper())
+
+
+class TokenLevel(Protocol):
+    """Token ids in and out, beyond ``embed`` (the local engine offers it through
+    :meth:`BaseEmbedder.token_level`). The server tokenises each request once on arrival and
+    lets any requests share a forward pass, whatever their dimensions or normalisation."""
+
+    def tokenize(self, texts: Sequence[str], *, truncate: bool = False,
+                 direction: Direction = "right") -> list[list[int]]:
+        """Token ids exactly as embedded (EOS last); over-long input raises
+        :class:`~smysl.tokenize.InputTooLongError` unless ``truncate``."""
+        ...
+
+    def prepare_token_ids(self, ids: Sequence[Sequence[int]], *,
+                          truncate: bool = False) -> list[list[int]]:
+        """Client token ids checked and made embeddable (EOS last once, within the limit)."""
+        ...
+
+    def embed_prepared(self, ids: list[list[int]]) -> np.ndarray:
+        """Raw pooled rows ``[len(ids), dimensions]`` (not normalised) of prepared ids."""
+        ...
+
+    def token_spans(self, texts: Sequence[str], *,
+                    add_special_tokens: bool = True) -> list[list[TokenSpan]]:
+        """Tokens of each text with UTF-8 byte offsets (TEI's ``/tokenize``)."""
+        ...
+
+
 class BaseEmbedder(abc.ABC):
     """Text in, unit float32 vectors out. Subclasses implement :meth:`_embed`."""
 
     #: Model name as users and clients refer to it.
     name: str = "unknown"
+    #: Scheme the backend belongs to (see :mod:`smysl.registry`).
+    backend: str = "custom"
     #: Native output size (hidden size); ``dimensions`` may ask for any size in
     #: ``min_dimensions..dimensions``.
     dimensions: int = 0
@@ -39,13 +111,30 @@ class BaseEmbedder(abc.ABC):
     max_tokens: int | None = None
     #: Whether queries get the Qwen3 ``Instruct: ...\nQuery:`` template.
     instruction_aware: bool = True
-    #: Task used by :meth:`embed_queries` when none is given.
+    #: Task used for queries when none is given.
     default_task: str = DEFAULT_TASK
+    #: Token budget of one forward pass the backend is tuned for (the server batches to it).
+    batch_tokens: int | None = None
 
     @property
     def healthy(self) -> bool:
         """Whether the backend can still compute (False when, say, its engine process died)."""
         return True
+
+    def info(self) -> ModelInfo:
+        """What this model is; backends that know more (dtype, device...) extend it."""
+        return ModelInfo(name=self.name, backend=self.backend, dimensions=self.dimensions,
+                         min_dimensions=self.min_dimensions, max_tokens=self.max_tokens,
+                         instruction_aware=self.instruction_aware,
+                         default_task=self.default_task, batch_tokens=self.batch_tokens)
+
+    def token_level(self) -> TokenLevel | None:
+        """The token-id interface when the backend has one (the local engine), else None."""
+        return None
+
+    def usage_report(self) -> str | None:
+        """A line on what was spent (paid APIs: tokens, requests, cost), None when nothing is."""
+        return None
 
     @abc.abstractmethod
     def _embed(
@@ -78,13 +167,8 @@ class BaseEmbedder(abc.ABC):
             return np.zeros((0, dims), dtype=np.float32)
         formatted = self.format_texts(items, instruction)
         with _progress_bar(progress, len(items)) as bar:
-            raw = self._embed(formatted, truncate=bool(truncate), progress=bar)
-        raw = np.asarray(raw, dtype=np.float32)
-        if raw.shape != (len(items), self.dimensions):
-            raise RuntimeError(
-                f"backend returned shape {raw.shape}, expected {(len(items), self.dimensions)}"
-            )
-        return truncate_dimensions(raw, dims)  # re-normalises (all of it at the native size)
+            raw = self.embed_formatted(formatted, truncate=bool(truncate), progress=bar)
+        return finish(raw, dims)
 
     def embed_queries(
         self,
@@ -98,7 +182,7 @@ class BaseEmbedder(abc.ABC):
         """Embed search queries with ``task`` (default: :attr:`default_task`)."""
         return self.embed(
             texts,
-            instruction=task if task is not None else self.default_task,
+            instruction=self.choose_instruction(task, role="query"),
             dimensions=dimensions,
             truncate=truncate,
             progress=progress,
@@ -115,17 +199,52 @@ class BaseEmbedder(abc.ABC):
         """Embed documents (no instruction)."""
         return self.embed(texts, dimensions=dimensions, truncate=truncate, progress=progress)
 
+    def embed_formatted(self, texts: list[str], *, truncate: bool,
+                        progress: Progress | None = None) -> np.ndarray:
+        """Raw rows ``[len(texts), dimensions]`` of already formatted texts (not normalised):
+        :meth:`_embed` with its shape checked. The server's batcher calls it on many requests'
+        texts at once and post-processes each request's rows with :func:`smysl.pooling.finish`."""
+        raw = np.asarray(self._embed(texts, truncate=truncate, progress=progress),
+                         dtype=np.float32)
+        if raw.shape != (len(texts), self.dimensions):
+            raise RuntimeError(f"backend returned shape {raw.shape}, "
+                               f"expected {(len(texts), self.dimensions)}")
+        return raw
+
     def count_tokens(self, texts: str | Sequence[str]) -> list[int]:
         """Tokens each text costs as a document, EOS included (backends with a tokenizer)."""
         raise NotImplementedError(f"{type(self).__name__} cannot count tokens")
 
+    def choose_instruction(self, instruction: str | None = None, *, role: Role | None = None,
+                           default: str | None = None) -> str | None:
+        """The one rule for which instruction texts are embedded with (None: as documents).
+
+        - ``role="document"``: none; an instruction as well is a contradiction (``ValueError``).
+        - an explicit ``instruction``: that one, a preset name expanded; ``""`` means none. A
+          model that takes no instructions rejects it (``ValueError``).
+        - otherwise ``role="query"``: ``default`` (a task, e.g. a toolkit preset) or the
+          model's :attr:`default_task`, on instruction-aware models only; no role: none.
+        """
+        if role not in (None, "query", "document"):
+            raise ValueError(f"role must be 'query' or 'document', got {role!r}")
+        if instruction is not None:
+            task = resolve_task(instruction)
+            if task is not None and role == "document":
+                raise ValueError("an instruction makes the inputs queries; drop it or embed "
+                                 "them as queries")
+            if task is not None and not self.instruction_aware:
+                raise ValueError(f"model {self.name!r} does not take instructions")
+            return task
+        if role != "query" or not self.instruction_aware:
+            return None
+        return resolve_task(default if default is not None else self.default_task)
+
     def format_texts(self, texts: list[str], instruction: str | None) -> list[str]:
         """Apply the query template when an instruction is given (instruction-aware models)."""
-        if resolve_task(instruction) is None:
+        task = self.choose_instruction(instruction)
+        if task is None:
             return texts
-        if not self.instruction_aware:
-            raise ValueError(f"model {self.name!r} does not take instructions")
-        return [format_query(t, instruction) for t in texts]
+        return [format_query(t, task) for t in texts]
 
     def close(self) -> None:  # noqa: B027 - optional hook, a no-op for most backends
         """Release resources (connections, device memory). Safe to call twice."""
@@ -174,51 +293,3 @@ def _progress_bar(progress: bool | Progress, total: int) -> Any:
             bar.update(n)
 
     return _Wrap()
-
-
-# --------------------------------------------------------------------------- model strings
-#: ``scheme:rest`` model strings resolve through this table to ``module:function`` factories
-#: with the signature ``factory(rest: str, **options) -> BaseEmbedder``. Modules load lazily.
-SCHEMES: dict[str, str] = {
-    "st": "smysl.backends.sentence_transformers:load",
-    # Remote providers (docs/providers.md): scheme:MODEL or scheme:URL#MODEL.
-    "openrouter": "smysl.providers:load_openrouter",
-    "dashscope": "smysl.providers:load_dashscope",
-    "deepinfra": "smysl.providers:load_deepinfra",
-    "fireworks": "smysl.providers:load_fireworks",
-    "siliconflow": "smysl.providers:load_siliconflow",
-    "openai": "smysl.providers:load_openai",
-    "ollama": "smysl.providers:load_ollama",
-    "tei": "smysl.providers:load_tei",
-    "smysl": "smysl.providers:load_smysl",
-}
-
-
-def register_scheme(scheme: str, target: str | Callable[..., BaseEmbedder]) -> None:
-    """Register a model-string scheme (``"name"`` -> ``"module:function"`` or a callable)."""
-    if callable(target):
-        _CALLABLES[scheme] = target
-        SCHEMES[scheme] = f"<callable {scheme}>"
-    else:
-        SCHEMES[scheme] = target
-
-
-_CALLABLES: dict[str, Callable[..., BaseEmbedder]] = {}
-
-
-def split_scheme(model: str) -> tuple[str | None, str]:
-    """``"openrouter:qwen/x"`` -> ``("openrouter", "qwen/x")``; plain paths and repo ids -> None."""
-    head, sep, rest = model.partition(":")
-    if sep and head in SCHEMES and not (len(head) == 1 and rest.startswith("\\")):
-        return head, rest
-    return None, model
-
-
-def load_scheme(scheme: str, rest: str, **options: Any) -> BaseEmbedder:
-    """Build the backend registered for ``scheme``."""
-    if scheme in _CALLABLES:
-        return _CALLABLES[scheme](rest, **options)
-    module_name, _, func = SCHEMES[scheme].partition(":")
-    factory = getattr(importlib.import_module(module_name), func)
-    backend: BaseEmbedder = factory(rest, **options)
-    return backend

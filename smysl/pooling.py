@@ -27,8 +27,13 @@ def check_dimensions(dimensions: int | None, native: int, *, minimum: int = MIN_
     return int(dimensions)
 
 
-def truncate_dimensions(x: np.ndarray, dimensions: int) -> np.ndarray:
-    """Matryoshka: keep the first ``dimensions`` components, then re-normalise. x: [n, d]."""
-    if dimensions == x.shape[1]:
-        return l2_normalize(x)
-    return l2_normalize(x[:, :dimensions])
+def finish(raw: np.ndarray, dimensions: int, *, normalize: bool = True) -> np.ndarray:
+    """The one post-processing of pooled rows ``raw [n, native]`` -> ``[n, dimensions]``.
+
+    Matryoshka: keep the first ``dimensions`` components, then L2-normalise (all of it at the
+    native size). ``normalize=False`` (TEI's option) keeps the raw components.
+    """
+    x = np.asarray(raw, dtype=np.float32)
+    if dimensions != x.shape[1]:
+        x = x[:, :dimensions]
+    return l2_normalize(x) if normalize else x

@@ -1,4 +1,4 @@
-"""Token-budget batching: group inputs of similar length so a forward pass has ~N tokens."""
+"""Token-budget batching: the one batch planner, for forward passes and for API requests."""
 
 from __future__ import annotations
 
@@ -8,31 +8,40 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True)
 class SchedulerConfig:
-    """How inputs are grouped into forward passes."""
+    """How inputs are grouped into forward passes (or requests to a remote API)."""
 
-    #: Token budget of one forward pass (sum of sequence lengths). A single longer input still
-    #: runs, alone. Larger budgets raise matmul efficiency until it saturates and cost memory.
-    max_batch_tokens: int = 4096
-    #: Most sequences in one forward pass.
+    #: Token budget of one batch (sum of sequence lengths); None for no token budget. A single
+    #: longer input still runs, alone. Larger budgets raise matmul efficiency until it saturates
+    #: and cost memory.
+    max_batch_tokens: int | None = 4096
+    #: Most sequences in one batch.
     max_batch_size: int = 512
+    #: Group inputs of similar length, longest first (memory peaks surface early); False keeps
+    #: input order (requests to an API, where lengths do not pad).
+    by_length: bool = True
 
     def __post_init__(self) -> None:
-        if self.max_batch_tokens < 1 or self.max_batch_size < 1:
+        if (self.max_batch_tokens is not None and self.max_batch_tokens < 1) \
+                or self.max_batch_size < 1:
             raise ValueError("max_batch_tokens and max_batch_size must be >= 1")
 
 
 def plan_batches(lengths: Sequence[int], cfg: SchedulerConfig) -> list[list[int]]:
-    """Indices of ``lengths`` grouped into batches, longest first (memory peaks surface early).
+    """Indices of ``lengths`` grouped into batches within the token and size budgets.
 
     Every index appears exactly once; callers scatter results back into input order.
     """
-    order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
+    order = list(range(len(lengths)))
+    if cfg.by_length:
+        order.sort(key=lambda i: (-lengths[i], i))
+    budget = cfg.max_batch_tokens
     batches: list[list[int]] = []
     cur: list[int] = []
     tokens = 0
     for i in order:
         n = lengths[i]
-        if cur and (tokens + n > cfg.max_batch_tokens or len(cur) >= cfg.max_batch_size):
+        if cur and ((budget is not None and tokens + n > budget)
+                    or len(cur) >= cfg.max_batch_size):
             batches.append(cur)
             cur, tokens = [], 0
         cur.append(i)

@@ -7,6 +7,7 @@ conversions do not. We detect which kind we hold and append only when the tokeni
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
@@ -20,12 +21,44 @@ class InputTooLongError(ValueError):
     """An input has more tokens than the model accepts and truncation was not requested.
 
     ``index``, ``tokens`` and ``limit`` say which input, how long it is (EOS included) and the
-    most allowed, so callers (the server) can word their own message.
+    most allowed; :meth:`describe` words it for a caller's own name of the input (the server's
+    ``input[3]``).
     """
 
-    def __init__(self, message: str, *, index: int = -1, tokens: int = 0, limit: int = 0) -> None:
-        super().__init__(message)
-        self.index, self.tokens, self.limit = index, tokens, limit
+    def __init__(self, *, index: int, tokens: int, limit: int, who: str = "the model") -> None:
+        self.index, self.tokens, self.limit, self.who = index, tokens, limit, who
+        super().__init__(self.describe(f"input {index}"))
+
+    def describe(self, what: str) -> str:
+        return (f"{what} has {self.tokens} tokens (special tokens included) but {self.who} "
+                f"takes at most {self.limit}; shorten it or ask for truncation")
+
+
+def fit_length(ids: list[int], limit: int, *, eos_id: int, truncate: bool, index: int = 0,
+               direction: Direction = "right", who: str = "the model") -> list[int]:
+    """The one length rule: ``ids`` (EOS last) within ``limit`` tokens, EOS included.
+
+    Over-long input raises :class:`InputTooLongError` unless ``truncate``; truncation keeps the
+    beginning (``direction="right"``) or the end (``"left"``) of the text, and EOS stays last.
+    """
+    if len(ids) <= limit:
+        return ids
+    if not truncate:
+        raise InputTooLongError(index=index, tokens=len(ids), limit=limit, who=who)
+    body, keep = ids[:-1], limit - 1
+    kept = body[:keep] if direction == "right" else body[len(body) - keep:]
+    return [*kept, eos_id]
+
+
+@dataclass(frozen=True)
+class TokenSpan:
+    """One token of a text: id, its text, and UTF-8 byte offsets (None for special tokens)."""
+
+    id: int
+    text: str
+    special: bool
+    start: int | None
+    stop: int | None
 
 
 class Tokenizer:
@@ -76,21 +109,37 @@ class Tokenizer:
             ids = list(enc.ids)
             if not self.appends_eos:
                 ids.append(self.eos_id)
-            if len(ids) > limit:
-                if not truncate:
-                    raise InputTooLongError(
-                        f"input {i} has {len(ids)} tokens (EOS included) but at most {limit} "
-                        "are allowed; shorten it or ask for truncation (truncate=True)",
-                        index=i, tokens=len(ids), limit=limit,
-                    )
-                body = ids[:-1]
-                keep = limit - 1
-                ids = ([*body[:keep]] if direction == "right" else body[len(body) - keep :])
-                ids.append(self.eos_id)
-            out.append(ids)
+            out.append(fit_length(ids, limit, eos_id=self.eos_id, truncate=truncate, index=i,
+                                  direction=direction))
         return out
 
     def count(self, texts: Sequence[str]) -> list[int]:
         """Tokens per text, EOS included, without any length limit."""
         encs = self.raw.encode_batch(list(texts), add_special_tokens=True)
         return [len(e.ids) + (0 if self.appends_eos else 1) for e in encs]
+
+    def decode(self, ids: Sequence[int]) -> str:
+        """Text of ``ids``, special tokens kept."""
+        return str(self.raw.decode(list(ids), skip_special_tokens=False))
+
+    def spans(self, texts: Sequence[str], *, add_special_tokens: bool = True
+              ) -> list[list[TokenSpan]]:
+        """Tokens of each text with UTF-8 byte offsets, EOS last when ``add_special_tokens``."""
+        raw = self.raw
+        eos = TokenSpan(self.eos_id, raw.id_to_token(self.eos_id) or "", True, None, None)
+        out: list[list[TokenSpan]] = []
+        for text, enc in zip(texts, raw.encode_batch(list(texts),
+                                                      add_special_tokens=add_special_tokens),
+                             strict=True):
+            # tokenizers' Python offsets count characters; TEI reports UTF-8 byte offsets
+            byte_at = [0]
+            for ch in text:
+                byte_at.append(byte_at[-1] + len(ch.encode("utf-8")))
+            toks = [TokenSpan(tid, raw.id_to_token(tid) or "", True, None, None) if special
+                    else TokenSpan(tid, text[a:b], False, byte_at[a], byte_at[b])
+                    for tid, (a, b), special in zip(enc.ids, enc.offsets,
+                                                    enc.special_tokens_mask, strict=True)]
+            if add_special_tokens and not self.appends_eos:
+                toks.append(eos)
+            out.append(toks)
+        return out

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from smysl.cli import main
-from smysl.embedder import Embedder
+from smysl.qwen3.embedder import Embedder
 
 
 def _run(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], argv: list[str],

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from smysl.pooling import check_dimensions, l2_normalize, truncate_dimensions
+from smysl.pooling import check_dimensions, finish, l2_normalize
 
 
 def test_l2_normalize_rows_and_zero_rows() -> None:
@@ -15,7 +15,7 @@ def test_l2_normalize_rows_and_zero_rows() -> None:
 def test_matryoshka_truncates_then_renormalises() -> None:
     rng = np.random.default_rng(0)
     x = l2_normalize(rng.normal(size=(5, 128)))
-    y = truncate_dimensions(x, 32)
+    y = finish(x, 32)
     assert y.shape == (5, 32)
     assert np.allclose(np.linalg.norm(y, axis=1), 1.0, atol=1e-6)
     assert np.allclose(y, x[:, :32] / np.linalg.norm(x[:, :32], axis=1, keepdims=True), atol=1e-7)

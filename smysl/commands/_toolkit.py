@@ -12,13 +12,6 @@ _WHERE = re.compile(r"^(?P<key>[^<>=!]+?)(?P<op>>=|<=|=|>|<)(?P<value>.*)$")
 _RANGE = {">": "$gt", ">=": "$gte", "<": "$lt", "<=": "$lte"}
 
 
-def add_model_arguments(p: argparse.ArgumentParser, required: bool = True) -> None:
-    p.add_argument("--model", required=required,
-                   help="checkpoint dir, Hub id, alias or scheme:model (st:..., providers)")
-    p.add_argument("--device", default="auto", help="local engine device")
-    p.add_argument("--dtype", default="auto", help="local engine dtype")
-
-
 def add_table_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--input", "-i", required=True, help="input .csv or .jsonl (- = JSONL stdin)")
     p.add_argument("--text-field", default="text", help="column with the text (default: text)")
@@ -27,16 +20,6 @@ def add_table_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--instruction", help="embedding instruction or preset ('' for none); "
                                          "default: the task preset on instruction-aware models")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
-
-
-def load_model(model: str, args: argparse.Namespace) -> Any:
-    from smysl.base import split_scheme
-    from smysl.embedder import Embedder
-
-    options: dict[str, Any] = {}
-    if split_scheme(model)[0] is None:  # engine options only apply to local checkpoints
-        options = {"device": args.device, "dtype": args.dtype}
-    return Embedder.load(model, **options)
 
 
 def progress(args: argparse.Namespace) -> bool:

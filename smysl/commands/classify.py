@@ -7,10 +7,9 @@ import json
 import sys
 from pathlib import Path
 
+from smysl.commands._model import add_model_arguments, load_model
 from smysl.commands._toolkit import (
-    add_model_arguments,
     add_table_arguments,
-    load_model,
     progress,
 )
 

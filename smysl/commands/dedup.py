@@ -6,10 +6,9 @@ import argparse
 import json
 import sys
 
+from smysl.commands._model import add_model_arguments, load_model
 from smysl.commands._toolkit import (
-    add_model_arguments,
     add_table_arguments,
-    load_model,
     progress,
 )
 

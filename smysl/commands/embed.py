@@ -8,11 +8,13 @@ import json
 import sys
 from pathlib import Path
 
+from smysl.commands._model import add_model_arguments, load_model
+
 HELP = "embed lines of text from stdin or a file; write JSONL (default) or .npy"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", required=True, help="checkpoint dir, Hub id, alias or scheme:model")
+    add_model_arguments(p)
     role = p.add_mutually_exclusive_group()
     role.add_argument("--task", help="embed as queries with this instruction (or preset name)")
     role.add_argument("--query", action="store_true", help="embed as queries, default task")
@@ -21,31 +23,20 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--truncate", action="store_true", help="truncate over-long inputs (else error)")
     p.add_argument("--input", "-i", default="-", help="text file, one input per line (- = stdin)")
     p.add_argument("--output", "-o", default="-", help="output .jsonl or .npy (- = stdout JSONL)")
-    p.add_argument("--device", default="auto")
-    p.add_argument("--dtype", default="auto")
-    p.add_argument("--quantize", choices=["int8"], default=None)
-    p.add_argument("--max-batch-tokens", type=int, default=None)
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
 def run(args: argparse.Namespace) -> int:
-    from smysl.base import split_scheme
-    from smysl.embedder import Embedder
-
     if args.input == "-":
         lines = sys.stdin.read().splitlines()
     else:
         lines = Path(args.input).read_text(encoding="utf-8").splitlines()
-    options = {}
-    if split_scheme(args.model)[0] is None:  # local engine options
-        options = dict(device=args.device, dtype=args.dtype, quantize=args.quantize,
-                       max_batch_tokens=args.max_batch_tokens)
-    model = Embedder.load(args.model, **options)
-    task = args.task or (model.default_task if args.query else None)
+    model = load_model(args.model, args)
+    task = model.choose_instruction(args.task, role="query") if args.task or args.query else None
     progress = not args.no_progress and len(lines) >= 64 and sys.stderr.isatty()
     vectors = model.embed(lines, instruction=task, dimensions=args.dimensions,
                           truncate=args.truncate, progress=progress)
-    usage = getattr(model, "usage", None)
+    usage = model.usage_report()
     if args.output.endswith(".npy"):
         import numpy as np
 

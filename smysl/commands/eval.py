@@ -6,6 +6,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from smysl.commands._model import add_model_arguments, model_options
+
 HELP = "evaluate models on STS, pair classification, classification, clustering and retrieval"
 
 
@@ -52,9 +54,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cache", type=Path, default=None, metavar="DIR",
                    help="keep embeddings here and reuse them in later runs")
     p.add_argument("--seed", type=int, default=42)
-    p.add_argument("--device", default=None, help="local models: cpu, cuda, auto")
-    p.add_argument("--dtype", default=None, help="local models: float32, bfloat16, auto")
-    p.add_argument("--quantize", choices=["int8"], default=None, help="local models")
+    add_model_arguments(p, model=False)
     p.add_argument("--no-plots", action="store_true")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--list-tasks", action="store_true", help="print the tasks and exit")
@@ -74,14 +74,12 @@ def run(args: argparse.Namespace) -> int:
             print(f"{t.name:24s} {t.kind:15s} {t.metric_label:18s} {t.description}")
         return 0
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
-    options = {k: v for k, v in (("device", args.device), ("dtype", args.dtype),
-                                 ("quantize", args.quantize)) if v is not None}
     out = args.out or Path("eval-results") / time.strftime("%Y%m%d-%H%M%S")
     cfg = EvalConfig(
         models=tuple(args.model), tasks=args.tasks, dimensions=args.dimensions,
         data_dir=args.data or DEFAULT_DATA_DIR, out_dir=out, limit=args.limit, seed=args.seed,
         use_instructions=not args.no_instructions, instructions=dict(args.instruction),
-        model_options=options, cache_dir=args.cache, compare=tuple(args.compare),
+        model_options=model_options(args), cache_dir=args.cache, compare=tuple(args.compare),
         progress=not args.no_progress and sys.stderr.isatty(), plots=not args.no_plots)
     results = run_eval(cfg)
     for r in results:

@@ -7,7 +7,8 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from smysl.commands._toolkit import add_model_arguments, load_model, parse_where, progress
+from smysl.commands._model import add_model_arguments, load_model
+from smysl.commands._toolkit import parse_where, progress
 
 if TYPE_CHECKING:
     from smysl.toolkit.store import StoreConfig

@@ -5,11 +5,14 @@ from __future__ import annotations
 import argparse
 import sys
 
+from smysl.commands._model import add_model_arguments, model_options
+from smysl.options import FLAGS
+
 HELP = "serve a model over OpenAI-, Ollama- and TEI-compatible HTTP APIs"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", required=True, help="checkpoint dir, Hub id, alias or scheme:model")
+    add_model_arguments(p)
     p.add_argument("--host", default="127.0.0.1", help="interface to bind (default: loopback)")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--api-key", default=None,
@@ -17,8 +20,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--served-name", default=None, help="extra model name clients may send")
     p.add_argument("--dimensions", type=int, default=None,
                    help="default output size when a request names none (Matryoshka)")
-    p.add_argument("--max-batch-tokens", type=int, default=None,
-                   help="token budget of one batch (default: the engine's)")
     p.add_argument("--max-batch-requests", type=int, default=256)
     p.add_argument("--max-wait-ms", type=float, default=2.0,
                    help="how long an idle-time request waits for companions")
@@ -30,16 +31,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="embed empty strings (EOS alone) instead of answering 400")
     p.add_argument("--switch-interval-ms", type=float, default=1.0,
                    help="GIL switch interval while serving (0 = Python's default 5 ms)")
-    p.add_argument("--device", default="auto")
-    p.add_argument("--dtype", default="auto")
-    p.add_argument("--quantize", choices=["int8"], default=None)
-    p.add_argument("--in-process", action="store_true",
+    p.add_argument(FLAGS["process"], action="store_true",
                    help="run a local model's engine in the server process instead of a child "
                         "process (the child has its own GIL: the event loop does not slow "
                         "the forward passes)")
-    p.add_argument("--threads", type=int, default=None,
-                   help="torch CPU threads (default: one per core; leave a core for HTTP when "
-                        "clients share the machine)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -53,20 +48,21 @@ def run(args: argparse.Namespace) -> int:
         default_dimensions=args.dimensions, allow_empty=args.allow_empty_input,
         switch_interval_s=args.switch_interval_ms / 1000 if args.switch_interval_ms else None)
 
-    from smysl.base import split_scheme
-    from smysl.embedder import Embedder
+    from smysl.registry import load, scheme_of
 
-    options = {}
-    if split_scheme(args.model)[0] is None:  # local engine options
-        options = dict(device=args.device, dtype=args.dtype, quantize=args.quantize,
-                       max_batch_tokens=args.max_batch_tokens, threads=args.threads,
-                       process=not args.in_process)
-    model = Embedder.load(args.model, **options)
+    options = model_options(args)
+    if args.in_process or "process" in scheme_of(args.model).options:
+        # a local engine runs in a child process unless asked not to: the event loop would
+        # otherwise compete with the forward passes for the GIL (docs/bench-notes/server.md);
+        # a remote model rejects --in-process
+        options = options.replace(process=not args.in_process)
+    model = load(args.model, options)
     name = config.served_name or model.name
-    pid = getattr(getattr(model, "engine", None), "pid", None)
-    print(f"smysl serve: loaded {model.name!r} ({type(model).__name__}, {model.dimensions} dims, "
-          f"max {model.max_tokens} tokens) as {name!r}"
-          + (f"; engine in child process {pid}" if pid else ""), file=sys.stderr)
+    info = model.info()
+    print(f"smysl serve: loaded {model.name!r} ({info.backend}, {info.dimensions} dims, "
+          f"max {info.max_tokens} tokens) as {name!r}"
+          + (f"; engine in child process {info.process}" if info.process else ""),
+          file=sys.stderr)
     host = f"[{config.host}]" if ":" in config.host else config.host
     print(f"smysl serve: listening on http://{host}:{config.port} — OpenAI /v1/embeddings, "
           "Ollama /api/embed, TEI /embed, metrics /metrics"

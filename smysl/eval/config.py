@@ -5,9 +5,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from smysl.eval.data import DEFAULT_DATA_DIR
+from smysl.options import ModelOptions
 
 
 @dataclass(frozen=True)
@@ -37,8 +37,8 @@ class EvalConfig:
             instruction-aware never get one.
         instructions: per-task instruction overrides, ``{task name: instruction}``; an empty
             string means "no instruction" for that task.
-        model_options: options for loading local Qwen3 checkpoints (device, dtype, quantize,
-            ...); models with a scheme (``st:``, providers) load with their defaults.
+        model_options: how every model loads (device, dtype, quantize, ...); a model whose
+            backend cannot use a set option fails to load with an error naming it.
         cache_dir: if set, embeddings are kept there per model and instruction and reused by the
             next run (development); None embeds everything afresh.
         compare: earlier run folders (with ``results.json``) to include in the summary and the
@@ -62,7 +62,7 @@ class EvalConfig:
     retrieval_ks: tuple[int, ...] = (1, 3, 5, 10, 100)
     use_instructions: bool = True
     instructions: Mapping[str, str] = field(default_factory=dict)
-    model_options: Mapping[str, Any] = field(default_factory=dict)
+    model_options: ModelOptions = field(default_factory=ModelOptions)
     cache_dir: Path | None = None
     compare: tuple[Path, ...] = ()
     progress: bool = True

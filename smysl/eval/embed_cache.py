@@ -1,7 +1,7 @@
 """Embed each distinct (instruction, text) once per model, timing it for the throughput report.
 
 Vectors are kept at the model's full size; Matryoshka sizes are cut from them later
-(:func:`smysl.pooling.truncate_dimensions`), which is exactly what asking the model for fewer
+(:func:`smysl.pooling.finish`), which is exactly what asking the model for fewer
 dimensions returns. With a ``cache_dir`` the vectors also persist across runs (development).
 """
 

@@ -15,8 +15,8 @@ from smysl.base import BaseEmbedder
 from smysl.eval._deps import require
 from smysl.eval.config import EvalConfig
 from smysl.eval.embed_cache import EmbeddingCache
-from smysl.eval.tasks import Task, resolve_instruction, select
-from smysl.pooling import truncate_dimensions
+from smysl.eval.tasks import Task, select
+from smysl.pooling import finish
 
 log = logging.getLogger(__name__)
 
@@ -107,7 +107,11 @@ def evaluate_model(model: BaseEmbedder, cfg: EvalConfig, *, load_seconds: float 
     started = time.perf_counter()
     for task in tasks:
         t0 = time.perf_counter()
-        instruction = resolve_instruction(task, cfg, model.instruction_aware)
+        # the task's instruction (or the run's override; "" for none) on instruction-aware
+        # models, as queries; documents and symmetric tasks decide in task.prepare
+        instruction = (model.choose_instruction(
+            None, role="query", default=cfg.instructions.get(task.name, task.instruction))
+            if cfg.use_instructions else None)
         prepared = task.prepare(cfg, instruction)
         for req in prepared.requests:
             cache.ensure(req.texts, req.instruction, label=f"{task.name} {req.role}")
@@ -118,7 +122,7 @@ def evaluate_model(model: BaseEmbedder, cfg: EvalConfig, *, load_seconds: float 
         with require("threadpoolctl", "scikit-learn").threadpool_limits(limits=1):
             for dim in dims:
                 # Matryoshka: the first `dim` components re-normalised, from the full vectors
-                vectors = {role: truncate_dimensions(v, dim) for role, v in full.items()}
+                vectors = {role: finish(v, dim) for role, v in full.items()}
                 scores[dim] = prepared.score(vectors)
         result.tasks.append(TaskResult(
             task.name, task.kind, task.language, task.description, task.main_metric,
@@ -134,16 +138,13 @@ def evaluate_model(model: BaseEmbedder, cfg: EvalConfig, *, load_seconds: float 
 
 def run(cfg: EvalConfig) -> list[ModelResult]:
     """Load each model in turn, evaluate it, and write the reports when ``cfg.out_dir`` is set."""
-    from smysl import load
-    from smysl.base import split_scheme
+    from smysl.registry import load
 
     tasks = select(cfg.tasks)  # fail on a bad task name before loading any model
     results = []
     for name in cfg.models:
         t0 = time.perf_counter()
-        # engine options (device, dtype, quantize) are for local Qwen3 checkpoints only
-        options = dict(cfg.model_options) if split_scheme(name)[0] is None else {}
-        model = load(name, **options)
+        model = load(name, cfg.model_options)
         try:
             results.append(evaluate_model(model, cfg, tasks=tasks,
                                           load_seconds=time.perf_counter() - t0))

@@ -197,11 +197,3 @@ def select(names: tuple[str, ...] | list[str]) -> list[Task]:
             raise ValueError(f"unknown task {name!r}; known: {', '.join(TASKS)}")
         chosen.update((t.name, t) for t in hits)
     return list(chosen.values())
-
-
-def resolve_instruction(task: Task, cfg: EvalConfig, instruction_aware: bool) -> str | None:
-    """The instruction ``task`` uses for this model (None for models that take none)."""
-    if not instruction_aware or not cfg.use_instructions:
-        return None
-    text = cfg.instructions.get(task.name, task.instruction)
-    return text.strip() or None

@@ -13,7 +13,7 @@ Model strings (see ``docs/providers.md``)::
     smysl:http://localhost:8000#qwen3-embedding:0.6b
 
 Every scheme takes ``URL#model`` to override its base URL, and keyword options
-(``Embedder.load("openrouter:...", api_key=..., timeout=..., max_retries=...)``): any
+(``smysl.load("openrouter:...", api_key=..., timeout=..., max_retries=...)``): any
 :class:`ProviderConfig` field plus ``api_key``, ``base_url``, ``dimensions``, ``tokenizer``,
 ``name``, ``default_task``.
 """
@@ -23,6 +23,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+from smysl.options import ModelOptions
 from smysl.providers.base import (
     IncompleteEmbeddingError,
     MalformedResponseError,
@@ -177,9 +178,16 @@ def connect(scheme: str, rest: str = "", **options: Any) -> Provider:
     return _provider_class(scheme)(model or config.base_url, config, **options)
 
 
+#: ModelOptions fields -> ProviderConfig fields (the registry rejects any other option set).
+_FROM_MODEL_OPTIONS = {"max_tokens": "max_tokens", "max_batch_tokens": "max_batch_tokens",
+                       "max_batch_size": "max_batch_texts"}
+
+
 def _factory(scheme: str) -> Any:
-    def load(rest: str, **options: Any) -> Provider:
-        return connect(scheme, rest, **options)
+    def load(rest: str, options: ModelOptions | None = None, **kwargs: Any) -> Provider:
+        given = (options or ModelOptions()).given()
+        mapped = {_FROM_MODEL_OPTIONS[k]: v for k, v in given.items() if k in _FROM_MODEL_OPTIONS}
+        return connect(scheme, rest, **mapped, **kwargs)
 
     load.__name__ = f"load_{scheme}"
     load.__doc__ = f"``{scheme}:...`` model strings (see :func:`connect`)."

@@ -38,7 +38,8 @@ import numpy as np
 
 from smysl.base import BaseEmbedder, Progress
 from smysl.prompts import DEFAULT_TASK
-from smysl.tokenize import InputTooLongError, Tokenizer
+from smysl.scheduler import SchedulerConfig, plan_batches
+from smysl.tokenize import Tokenizer, fit_length
 
 log = logging.getLogger(__name__)
 
@@ -351,6 +352,7 @@ class Provider(BaseEmbedder):
         self.model = model
         self.config = config
         self.name = name or f"{config.name}:{model}"
+        self.backend = config.name
         self.default_task = default_task
         self.max_tokens = config.max_tokens
         base = os.environ.get(config.base_url_env, "") if config.base_url_env else ""
@@ -519,6 +521,9 @@ class Provider(BaseEmbedder):
                 failed, len(texts), first_error) from first_error
         return out
 
+    def usage_report(self) -> str:
+        return str(self.usage)
+
     def close(self) -> None:
         self._client.close()
 
@@ -538,18 +543,15 @@ class Provider(BaseEmbedder):
             return texts
         out = list(texts)
         for i, ids in enumerate(tok.encode(texts, truncate=True, max_tokens=1 << 30)):
-            if len(ids) <= limit:
+            fitted = fit_length(ids, limit, eos_id=tok.eos_id, truncate=truncate, index=i,
+                                who=self.name)
+            if fitted is ids:
                 continue
-            if not truncate:
-                raise InputTooLongError(
-                    f"input {i} has {len(ids)} tokens (EOS included) but {self.name} accepts at "
-                    f"most {limit}; shorten it or ask for truncation (truncate=True)")
-            body = ids[:-1] if ids and ids[-1] == tok.eos_id else ids
             # Decoding a token prefix can split a character (U+FFFD) and re-encode longer:
             # keep dropping tokens until the text itself fits.
-            keep = limit - 1
+            body, keep = fitted[:-1], len(fitted) - 1
             while True:
-                cut = tok.raw.decode(body[:keep], skip_special_tokens=False).rstrip("\ufffd")
+                cut = tok.decode(body[:keep]).rstrip("\ufffd")
                 if keep <= 0 or tok.count([cut])[0] <= limit:
                     break
                 keep -= 1
@@ -567,20 +569,9 @@ class Provider(BaseEmbedder):
         """Consecutive batches within the per-request text and token limits."""
         cfg = self.config
         sizes = self._estimate(texts) if cfg.max_batch_tokens else [0] * len(texts)
-        batches: list[list[int]] = []
-        cur: list[int] = []
-        cur_tokens = 0
-        for i, size in enumerate(sizes):
-            over_tokens = cfg.max_batch_tokens is not None and cur_tokens + size > \
-                cfg.max_batch_tokens
-            if cur and (len(cur) >= min(cfg.max_batch_texts, self._batch_cap) or over_tokens):
-                batches.append(cur)
-                cur, cur_tokens = [], 0
-            cur.append(i)
-            cur_tokens += size
-        if cur:
-            batches.append(cur)
-        return batches
+        return plan_batches(sizes, SchedulerConfig(
+            max_batch_tokens=cfg.max_batch_tokens, by_length=False,
+            max_batch_size=min(cfg.max_batch_texts, self._batch_cap)))
 
     def _embed_batch(self, texts: list[str], batch: list[int], truncate: bool,
                      out: np.ndarray) -> None:

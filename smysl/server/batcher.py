@@ -5,7 +5,8 @@ later jobs with the same batch key (within the token and request budgets), drops
 client has gone, runs the backend, and posts each job's rows back to its event loop. The thread
 pulls the next batch the moment the previous one ends: it never waits for the event loop, which
 keeps accepting, parsing and answering requests while the model computes. Each job's dimensions
-and normalisation are applied exactly as :meth:`smysl.base.BaseEmbedder.embed` applies them.
+and normalisation are applied by :func:`smysl.pooling.finish`, as
+:meth:`smysl.base.BaseEmbedder.embed` applies them.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from smysl.base import BaseEmbedder
-from smysl.pooling import truncate_dimensions
+from smysl.pooling import finish
 from smysl.server.errors import ApiError
 from smysl.server.metrics import Metrics
 
@@ -63,6 +64,7 @@ class Batcher:
     def __init__(self, embedder: BaseEmbedder, metrics: Metrics, *, max_batch_tokens: int,
                  max_batch_requests: int, max_wait_s: float, max_queue: int) -> None:
         self.embedder = embedder
+        self.tokens = embedder.token_level()
         self.metrics = metrics
         self.max_batch_tokens = max_batch_tokens
         self.max_batch_requests = max_batch_requests
@@ -290,25 +292,13 @@ class Batcher:
         for job in batch:
             rows = raw[offset : offset + len(job.items)]
             offset += len(job.items)
-            out.append(self._finish(job, rows))
+            out.append(finish(rows, job.dimensions, normalize=job.normalize))
         return out
 
     def _backend(self, key: tuple[Hashable, ...], items: list[Any]) -> np.ndarray:
         """Raw (unnormalised) rows of the native size for the union of the batch's inputs."""
-        emb = self.embedder
-        if key[0] == "ids":  # token-level backends only (checked before queueing)
-            raw = emb.embed_token_ids(items, normalize=False,  # type: ignore[attr-defined]
-                                      prepared=True)
-        else:
-            raw = emb._embed(items, truncate=bool(key[1]))
-        raw = np.asarray(raw, dtype=np.float32)
-        if raw.shape != (len(items), emb.dimensions):
-            raise RuntimeError(f"backend returned shape {raw.shape}, "
-                               f"expected {(len(items), emb.dimensions)}")
-        return raw
-
-    def _finish(self, job: Job, rows: np.ndarray) -> np.ndarray:
-        if not job.normalize:
-            return rows[:, : job.dimensions]
-        # exactly BaseEmbedder.embed's post-processing, so served vectors equal embed()'s
-        return truncate_dimensions(rows, job.dimensions)
+        if key[0] == "ids":
+            if self.tokens is None:
+                raise RuntimeError("token-id job for a backend without token ids")
+            return self.tokens.embed_prepared(items)
+        return self.embedder.embed_formatted(items, truncate=bool(key[1]))

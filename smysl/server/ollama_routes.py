@@ -15,6 +15,7 @@ from typing import Any
 from fastapi import APIRouter, Request, Response
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr
 
+from smysl.base import ModelInfo
 from smysl.server.http import json_response
 from smysl.server.service import Service, until_disconnected
 
@@ -68,16 +69,26 @@ class ShowRequest(BaseModel):
     verbose: StrictBool | None = None
 
 
+def parameter_size(count: int | None) -> str:
+    """Ollama's ``parameter_size`` (``595.78M``, ``7.57B``); empty when unknown."""
+    if not count:
+        return ""
+    if count >= 10**9:
+        return f"{count / 1e9:.2f}B"
+    return f"{count / 1e6:.2f}M"
+
+
 def router(service: Service) -> APIRouter:
     r = APIRouter(prefix="/api", tags=["ollama"])
-    emb = service.embedder
     modified = datetime.fromtimestamp(service.started, UTC).isoformat()
     # Not a content hash (the weights stay behind the BaseEmbedder contract): a stable id of the
     # served name, so clients that key caches on the digest see one model.
     digest = hashlib.sha256(service.model_id.encode()).hexdigest()
-    details = {"parent_model": "", "format": "safetensors", "family": "qwen3",
-               "families": ["qwen3"], "parameter_size": "",
-               "quantization_level": str(getattr(emb, "quantize", None) or "")}
+
+    def details(model: ModelInfo) -> dict[str, object]:
+        return {"parent_model": "", "format": "safetensors", "family": "qwen3",
+                "families": ["qwen3"], "parameter_size": parameter_size(model.parameters),
+                "quantization_level": model.quantization_level}
 
     @r.post("/embed", response_model=EmbedResponse)
     async def embed(body: EmbedRequest, request: Request) -> Response:
@@ -116,7 +127,7 @@ def router(service: Service) -> APIRouter:
 
     def entry() -> dict[str, object]:
         return {"name": service.model_id, "model": service.model_id, "modified_at": modified,
-                "size": 0, "digest": digest, "details": details}
+                "size": 0, "digest": digest, "details": details(service.info())}
 
     @r.get("/tags")
     async def tags() -> Response:
@@ -127,15 +138,18 @@ def router(service: Service) -> APIRouter:
     async def show(body: ShowRequest) -> Response:
         """Model details (Ollama ``/api/show``)."""
         service.resolve_model(body.model if body.model is not None else body.name)
+        model = service.info()
         info: dict[str, object] = {
             "general.architecture": "qwen3",
             "general.basename": service.model_id,
-            "qwen3.embedding_length": emb.dimensions,
+            "qwen3.embedding_length": model.dimensions,
         }
-        if emb.max_tokens:
-            info["qwen3.context_length"] = emb.max_tokens
+        if model.parameters:
+            info["general.parameter_count"] = model.parameters
+        if model.max_tokens:
+            info["qwen3.context_length"] = model.max_tokens
         return json_response({"license": "", "modelfile": f"FROM {service.model_id}\n",
-                              "parameters": "", "template": "", "details": details,
+                              "parameters": "", "template": "", "details": details(model),
                               "model_info": info, "capabilities": ["embedding"],
                               "modified_at": modified})
 

@@ -60,6 +60,8 @@ class ModelCard(BaseModel):
     object: Literal["model"] = "model"
     created: int
     owned_by: str
+    dimensions: int
+    max_model_len: int | None
 
 
 class ModelList(BaseModel):
@@ -86,8 +88,11 @@ def router(service: Service) -> APIRouter:
     r = APIRouter(prefix="/v1", tags=["openai"])
 
     def card() -> dict[str, object]:
+        model = service.info()
+        # OpenAI's fields, plus the width and context that vLLM-style clients read
         return {"id": service.model_id, "object": "model", "created": int(service.started),
-                "owned_by": "smysl"}
+                "owned_by": "smysl", "dimensions": model.dimensions,
+                "max_model_len": model.max_tokens}
 
     @r.post("/embeddings", response_model=EmbeddingResponse)
     async def embeddings(body: EmbeddingRequest, request: Request) -> Response:

@@ -4,6 +4,7 @@ hand-off to the batcher. Routes only translate their wire format to and from the
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -12,15 +13,14 @@ from typing import Any
 import anyio
 import numpy as np
 
-from smysl.base import BaseEmbedder
-from smysl.hub import ALIASES
+from smysl.base import BaseEmbedder, ModelInfo, Role, TokenLevel
 from smysl.pooling import check_dimensions
-from smysl.prompts import resolve_task
+from smysl.registry import names_of
 from smysl.server.batcher import Batcher, Job
 from smysl.server.config import ServerConfig
 from smysl.server.errors import ApiError
 from smysl.server.metrics import Metrics
-from smysl.tokenize import InputTooLongError
+from smysl.tokenize import Direction, InputTooLongError
 
 #: Completes when the request's client has gone (see :func:`until_disconnected`).
 Disconnected = Callable[[], Awaitable[object]]
@@ -60,14 +60,13 @@ class Service:
     def __init__(self, embedder: BaseEmbedder, config: ServerConfig, metrics: Metrics) -> None:
         self.embedder = embedder
         self.config = config
-        #: Whether the backend works on token ids (our engine): the server then tokenises each
-        #: request once, on arrival, and any requests share a batch whatever their options.
-        self.has_token_ids = all(callable(getattr(embedder, m, None))
-                                 for m in ("tokenize", "prepare_token_ids", "embed_token_ids"))
+        #: The backend's token-id interface (our engine), else None: with one, the server
+        #: tokenises each request once, on arrival, and any requests share a batch whatever
+        #: their options.
+        self.tokens = embedder.token_level()
         self.metrics = metrics
-        budget = config.max_batch_tokens or getattr(
-            getattr(embedder, "scheduler", None), "max_batch_tokens", None) or 8192
-        self.batcher = Batcher(embedder, metrics, max_batch_tokens=int(budget),
+        budget = config.max_batch_tokens or embedder.batch_tokens or 8192
+        self.batcher = Batcher(embedder, metrics, max_batch_tokens=budget,
                                max_batch_requests=config.max_batch_requests,
                                max_wait_s=config.max_wait_ms / 1000,
                                max_queue=config.max_queue)
@@ -81,16 +80,11 @@ class Service:
 
     # ------------------------------------------------------------------ names
     def _accepted_names(self) -> set[str]:
-        names: set[str] = set()
-        for base in {self.embedder.name, self.model_id}:
-            # an alias, its Hub repo id, and every alias of that repo name the same model
-            repo = ALIASES.get(base.lower(), base)
-            names.update({base, repo})
-            names.update(a for a, target in ALIASES.items() if target.lower() == repo.lower())
-            # a local directory is also known by its last path component
-            names.add(base.rstrip("/\\").replace("\\", "/").rsplit("/", 1)[-1])
-        names.discard("")
-        return {n.lower() for n in names}
+        return names_of(self.embedder.name) | names_of(self.model_id)
+
+    def info(self) -> ModelInfo:
+        """The served model's :class:`~smysl.base.ModelInfo` (under the served name)."""
+        return dataclasses.replace(self.embedder.info(), name=self.model_id)
 
     def resolve_model(self, name: str | None) -> str:
         """The served model's id when ``name`` refers to it (or is absent); else 404."""
@@ -104,21 +98,20 @@ class Service:
 
     # ------------------------------------------------------------------ instructions
     def instruction(self, instruction: str | None, input_type: str | None) -> str | None:
-        """Query instruction from the extensions: an instruction or preset, or input_type."""
+        """Query instruction from the extensions: an instruction or preset, or input_type (the
+        rule itself is :meth:`~smysl.base.BaseEmbedder.choose_instruction`)."""
         kind = (input_type or "").strip().lower() or None
         if kind not in (None, "query", "document", "passage"):
             raise ApiError("invalid", f"input_type must be 'query' or 'document', got "
                            f"{input_type!r}", param="input_type")
-        task = resolve_task(instruction) if instruction is not None else None
-        if task is not None and kind in ("document", "passage"):
-            raise ApiError("invalid", "an instruction makes the inputs queries; drop it or use "
-                           "input_type 'query'", param="instruction")
-        if kind == "query" and task is None:
-            task = self.embedder.default_task
-        if task is not None and not self.embedder.instruction_aware:
-            raise ApiError("unsupported", f"model {self.model_id!r} does not take instructions",
-                           param="instruction")
-        return task
+        role: Role | None = "document" if kind == "passage" else kind  # type: ignore[assignment]
+        if instruction is not None and not instruction.strip():
+            instruction = None  # an empty extension field is an absent one
+        try:
+            return self.embedder.choose_instruction(instruction, role=role)
+        except ValueError as e:
+            kind = "invalid" if self.embedder.instruction_aware else "unsupported"
+            raise ApiError(kind, str(e), param="instruction") from None
 
     def dimensions(self, requested: int | None) -> int:
         dims = requested if requested is not None else self.config.default_dimensions
@@ -162,7 +155,7 @@ class Service:
             return None
 
     async def embed_texts(self, texts: list[str], *, instruction: str | None, dimensions: int,
-                          truncate: bool, normalize: bool = True, direction: str = "right",
+                          truncate: bool, normalize: bool = True, direction: Direction = "right",
                           disconnected: Disconnected | None = None,
                           what: str = "input") -> Embedded:
         """Embed texts (already validated with :meth:`check_texts`)."""
@@ -171,8 +164,8 @@ class Service:
             formatted = self.embedder.format_texts(texts, instruction)
         except ValueError as e:
             raise ApiError("invalid", str(e), param="instruction") from None
-        if self.has_token_ids:
-            ids = await self._tokenize(formatted, truncate, direction, what)
+        if self.tokens is not None:
+            ids = await self._tokenize(self.tokens, formatted, truncate, direction, what)
             tokens = sum(map(len, ids))
             job = Job(key=("ids",), items=ids, tokens=tokens, dimensions=dimensions,
                       normalize=normalize, disconnected=disconnected)
@@ -183,7 +176,8 @@ class Service:
         if counts is not None and limit is not None:
             over = [i for i, c in enumerate(counts) if c > limit]
             if over and not truncate:
-                raise self._too_long(what, over[0], counts[over[0]], limit)
+                raise self._too_long(what, InputTooLongError(index=over[0], tokens=counts[over[0]],
+                                                             limit=limit))
             if over and direction == "left":
                 raise ApiError("unsupported", f"model {self.model_id!r} can only truncate on the "
                                "right; use truncation_direction 'right'",
@@ -199,46 +193,43 @@ class Service:
         return Embedded(vectors, tokens if counts is not None else 0, job.queue_s,
                         job.compute_s, time.perf_counter() - t0)
 
-    async def _tokenize(self, texts: list[str], truncate: bool, direction: str,
-                        what: str) -> list[list[int]]:
+    async def _tokenize(self, tokens: TokenLevel, texts: list[str], truncate: bool,
+                        direction: Direction, what: str) -> list[list[int]]:
         """Token ids as embedded (EOS last, truncated as asked); long requests off the loop."""
-        tokenize = self.embedder.tokenize  # type: ignore[attr-defined]
 
         def run() -> list[list[int]]:
-            return list(tokenize(texts, truncate=truncate, direction=direction))
+            return tokens.tokenize(texts, truncate=truncate, direction=direction)
 
         try:
             if sum(map(len, texts)) <= _INLINE_CHARS:
                 return run()
             return await anyio.to_thread.run_sync(run)
         except InputTooLongError as e:
-            raise self._too_long(what, e.index, e.tokens, e.limit) from None
+            raise self._too_long(what, e) from None
 
     @staticmethod
-    def _too_long(what: str, index: int, tokens: int, limit: int) -> ApiError:
-        return ApiError("too_long", f"{what}[{index}] has {tokens} tokens (EOS included) but "
-                        f"the model takes at most {limit}; shorten it or ask for truncation",
-                        param=what)
+    def _too_long(what: str, e: InputTooLongError) -> ApiError:
+        return ApiError("too_long", e.describe(f"{what}[{e.index}]"), param=what)
 
     async def embed_ids(self, ids: list[list[int]], *, dimensions: int, truncate: bool,
                         disconnected: Disconnected | None = None) -> Embedded:
-        """Embed pre-tokenised inputs (token-level backends only, see :attr:`has_token_ids`)."""
+        """Embed pre-tokenised inputs (token-level backends only, see :attr:`tokens`)."""
         t0 = time.perf_counter()
-        if not self.has_token_ids:
+        if self.tokens is None:
             raise ApiError("unsupported", f"model {self.model_id!r} takes text only; send "
                            "strings instead of token ids", param="input")
         self.check_count(len(ids))
         for i, seq in enumerate(ids):
             if not seq:
                 raise ApiError("empty", f"input[{i}] is an empty token list", param="input")
-        prepare = self.embedder.prepare_token_ids  # type: ignore[attr-defined]
+        prepare = self.tokens.prepare_token_ids
         try:
             if sum(map(len, ids)) <= _INLINE_TOKENS:
                 seqs = prepare(ids, truncate=truncate)
             else:
                 seqs = await anyio.to_thread.run_sync(lambda: prepare(ids, truncate=truncate))
         except InputTooLongError as e:
-            raise self._too_long("input", e.index, e.tokens, e.limit) from None
+            raise self._too_long("input", e) from None
         except ValueError as e:
             raise ApiError("invalid", str(e), param="input") from None
         job = Job(key=("ids",), items=seqs, tokens=sum(map(len, seqs)), dimensions=dimensions,
@@ -251,7 +242,7 @@ class Service:
         try:
             return await self.batcher.submit(job)
         except InputTooLongError as e:
-            raise ApiError("too_long", f"{e}", param="input") from None
+            raise self._too_long("input", e) from None
         except ValueError as e:  # the backend's contract: ValueError means bad input
             raise ApiError("invalid", str(e), param="input") from None
         except ApiError:

@@ -8,6 +8,7 @@ offsets into the (prompted) text, as TEI's are.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Literal
 
 import anyio
@@ -92,45 +93,25 @@ def router(service: Service) -> APIRouter:
         result = await service.embed_texts(
             texts, instruction=instruction(body.prompt_name), dimensions=dims,
             truncate=bool(body.truncate), normalize=body.normalize,
-            direction=body.truncation_direction.lower(), what="inputs",
+            direction="left" if body.truncation_direction.lower() == "left" else "right",
+            what="inputs",
             disconnected=until_disconnected(request.receive))
         return json_response(result.vectors.tolist(), headers=service.timing_headers(result))
 
     @r.post("/tokenize", response_model=list[list[SimpleToken]])
     async def tokenize(body: TokenizeRequest) -> Response:
         """Tokens of each input with byte offsets (TEI ``/tokenize``)."""
-        tok = getattr(emb, "tokenizer", None)
-        raw = getattr(tok, "raw", None)
-        if raw is None or not hasattr(raw, "encode_batch"):
+        tokens = service.tokens
+        if tokens is None:
             raise ApiError("not_implemented",
                            f"model {service.model_id!r} has no local tokenizer to show")
         texts = [body.inputs] if isinstance(body.inputs, str) else list(body.inputs)
         service.check_texts(texts, "inputs")
         formatted = emb.format_texts(texts, instruction(body.prompt_name))
-        eos_id = getattr(tok, "eos_id", None)
-        append_eos = body.add_special_tokens and not getattr(tok, "appends_eos", True)
+
         def work() -> list[list[dict[str, object]]]:
-            encs = raw.encode_batch(formatted, add_special_tokens=body.add_special_tokens)
-            out: list[list[dict[str, object]]] = []
-            for text, enc in zip(formatted, encs, strict=True):
-                # tokenizers' Python offsets count characters; TEI reports UTF-8 byte offsets
-                byte_at = [0]
-                for ch in text:
-                    byte_at.append(byte_at[-1] + len(ch.encode("utf-8")))
-                toks: list[dict[str, object]] = []
-                for tid, (a, b), special in zip(enc.ids, enc.offsets, enc.special_tokens_mask,
-                                                strict=True):
-                    if special:
-                        toks.append({"id": tid, "text": raw.id_to_token(tid) or "",
-                                     "special": True, "start": None, "stop": None})
-                    else:
-                        toks.append({"id": tid, "text": text[a:b], "special": False,
-                                     "start": byte_at[a], "stop": byte_at[b]})
-                if append_eos and eos_id is not None:
-                    toks.append({"id": eos_id, "text": raw.id_to_token(eos_id) or "",
-                                 "special": True, "start": None, "stop": None})
-                out.append(toks)
-            return out
+            spans = tokens.token_spans(formatted, add_special_tokens=body.add_special_tokens)
+            return [[dataclasses.asdict(t) for t in row] for row in spans]
 
         # tokenising a large request takes long enough to stall other clients: off the loop
         out = await anyio.to_thread.run_sync(work)
@@ -142,12 +123,13 @@ def router(service: Service) -> APIRouter:
         from smysl import __version__
 
         cfg = service.config
+        model = service.info()
         return json_response({
-            "model_id": service.model_id, "model_sha": None,
-            "model_dtype": str(getattr(emb, "dtype", "float32")),
-            "model_type": {"embedding": {"pooling": str(getattr(emb, "pooling", "last_token"))}},
+            "model_id": model.name, "model_sha": None,
+            "model_dtype": model.dtype or "unknown",
+            "model_type": {"embedding": {"pooling": model.pooling}},
             "max_concurrent_requests": cfg.max_queue,
-            "max_input_length": emb.max_tokens or 0,
+            "max_input_length": model.max_tokens or 0,
             "max_batch_tokens": service.batcher.max_batch_tokens,
             "max_batch_requests": cfg.max_batch_requests,
             "max_client_batch_size": cfg.max_inputs,

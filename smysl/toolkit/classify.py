@@ -26,13 +26,6 @@ def _sklearn() -> Any:
     return sklearn
 
 
-def task_for(embedder: BaseEmbedder, instruction: str | None, preset: str) -> str | None:
-    """The instruction to embed with: explicit, else ``preset`` for instruction-aware models."""
-    if instruction is not None:
-        return instruction or None
-    return preset if embedder.instruction_aware else None
-
-
 @dataclass(frozen=True)
 class ClassifyConfig:
     """Supervised classifier settings.
@@ -58,7 +51,10 @@ class ClassifyConfig:
 def embed_for(embedder: BaseEmbedder, texts: Sequence[str], instruction: str | None,
               dimensions: int | None, preset: str = "classification",
               progress: bool = False) -> np.ndarray:
-    return embedder.embed(list(texts), instruction=task_for(embedder, instruction, preset),
+    """Toolkit texts as queries: ``instruction`` when given (``""``: none), else ``preset`` on
+    instruction-aware models."""
+    task = embedder.choose_instruction(instruction, role="query", default=preset)
+    return embedder.embed(list(texts), instruction=task,
                           dimensions=dimensions, truncate=True, progress=progress)
 
 

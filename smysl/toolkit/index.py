@@ -160,9 +160,8 @@ class Index:
     def embed_queries(self, queries: Sequence[str], instruction: str | None = None
                       ) -> np.ndarray:
         """Query vectors with the search instruction (model default when the model takes one)."""
-        task = instruction if instruction is not None else (
-            self.embedder.default_task if self.embedder.instruction_aware else None)
-        return self.embedder.embed(list(queries), instruction=task or None,
+        task = self.embedder.choose_instruction(instruction, role="query")
+        return self.embedder.embed(list(queries), instruction=task,
                                    dimensions=self._dims_arg(), truncate=True)
 
     def search(self, queries: str | Sequence[str], config: SearchConfig | None = None

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from provider_fakes import FakeServer, Fault, det_vector, expected
 
-from smysl import Embedder
+import smysl
 from smysl.providers import IncompleteEmbeddingError, Provider, connect
 from smysl.tokenize import InputTooLongError
 
@@ -37,8 +37,6 @@ def texts_for(n: int, seed: int = 0) -> list[str]:
 
 def load(srv: FakeServer, shape: str, **options: Any) -> Provider:
     scheme, path, model = SHAPES[shape]
-    # connect() rather than Embedder.load: the latter keeps max_tokens/max_batch_tokens for
-    # local models and does not forward them to scheme factories.
     return connect(scheme, f"{srv.url}{path}#{model}", **FAST, **options)
 
 
@@ -106,7 +104,7 @@ def test_wrong_width_fails_fast_with_a_hint() -> None:
 def test_connection_refused_is_retried_then_reported() -> None:
     with FakeServer() as srv:
         url = srv.url
-    m = Embedder.load(f"openai:{url}/v1#m", dimensions=32, max_retries=2, **FAST)
+    m = smysl.load(f"openai:{url}/v1#m", dimensions=32, max_retries=2, **FAST)
     with pytest.raises(IncompleteEmbeddingError, match="connection error") as e:
         m.embed(["a"])
     assert e.value.failed == [0] and m.usage.retries == 2
@@ -152,15 +150,15 @@ def test_tei_413_is_split_to_the_servers_limit(tokenizer_path: Path) -> None:
 
 def test_unknown_model_and_bad_key_over_http() -> None:
     with FakeServer(dims=32, models={"qwen3-embedding:0.6b"}) as srv:
-        bad = Embedder.load(f"ollama:{srv.url}#nope", dimensions=32, **FAST)
+        bad = smysl.load(f"ollama:{srv.url}#nope", dimensions=32, **FAST)
         with pytest.raises(Exception, match="unknown model 'nope'"):
             bad.embed(["a"])
         assert len(srv.requests) == 1
     with FakeServer(dims=32, api_key="right") as srv:
-        m = Embedder.load(f"openrouter:{srv.url}/api/v1#m", dimensions=32, api_key="wrong")
+        m = smysl.load(f"openrouter:{srv.url}/api/v1#m", dimensions=32, api_key="wrong")
         with pytest.raises(Exception, match="OPENROUTER_API_KEY"):
             m.embed(["a"])
-        ok = Embedder.load(f"openrouter:{srv.url}/api/v1#m", dimensions=32, api_key="right")
+        ok = smysl.load(f"openrouter:{srv.url}/api/v1#m", dimensions=32, api_key="right")
         assert ok.embed(["a"]).shape == (1, 32)
 
 

@@ -10,8 +10,7 @@ import numpy as np
 import pytest
 from provider_fakes import det_vector
 
-from smysl import Embedder
-from smysl.base import split_scheme
+import smysl
 from smysl.prompts import DEFAULT_TASK, format_query
 from smysl.providers import (
     PRESETS,
@@ -23,6 +22,7 @@ from smysl.providers import (
     price_for,
 )
 from smysl.providers.base import _retry_after, width_from_name
+from smysl.registry import split
 
 
 class Recorder:
@@ -62,8 +62,8 @@ def make(scheme: str, rest: str, handler: Recorder, **options: Any) -> Provider:
 # ----------------------------------------------------------------------------- model strings
 def test_every_scheme_is_registered_and_dispatches() -> None:
     for scheme in PRESETS:
-        assert split_scheme(f"{scheme}:some/model") == (scheme, "some/model")
-    p = Embedder.load("openrouter:qwen/qwen3-embedding-8b")
+        assert split(f"{scheme}:some/model") == (scheme, "some/model")
+    p = smysl.load("openrouter:qwen/qwen3-embedding-8b")
     assert isinstance(p, Provider)
     assert p.base_url == "https://openrouter.ai/api/v1" and p.model == "qwen/qwen3-embedding-8b"
     assert p.dimensions == 4096 and p.name == "openrouter:qwen/qwen3-embedding-8b"
@@ -80,7 +80,7 @@ def test_every_scheme_is_registered_and_dispatches() -> None:
      "text-embedding-v4"),
 ])
 def test_model_string_grammar(model: str, base: str, name: str) -> None:
-    p = Embedder.load(model)
+    p = smysl.load(model)
     assert isinstance(p, Provider)
     assert (p.base_url, p.model) == (base, name)
     p.close()

@@ -48,7 +48,7 @@ def test_serve_rejects_bad_settings() -> None:
 
 
 def test_serve_in_process_keeps_the_engine_here(tiny_dir, monkeypatch, capsys) -> None:  # type: ignore[no-untyped-def]
-    from smysl.engine import Engine
+    from smysl.qwen3.engine import Engine
 
     seen: dict[str, Any] = {}
     monkeypatch.setattr(smysl.server, "serve", lambda embedder, config: seen.update(e=embedder))

@@ -12,13 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-#: Short names clients use (Ollama-style tags, lower case) -> Hugging Face repo ids.
-ALIASES: dict[str, str] = {
-    "qwen3-embedding:0.6b": "Qwen/Qwen3-Embedding-0.6B",
-    "qwen3-embedding:4b": "Qwen/Qwen3-Embedding-4B",
-    "qwen3-embedding:8b": "Qwen/Qwen3-Embedding-8B",
-    "qwen3-embedding": "Qwen/Qwen3-Embedding-0.6B",
-}
+from smysl.registry import ALIASES
 
 _PATTERNS = [
     "config.json",

@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from smysl.model import AttentionPlan, Qwen3Config, apply_rope, pad_rows
+from smysl.qwen3.model import AttentionPlan, Qwen3Config, apply_rope, pad_rows
 
 
 def _naive(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, lengths: list[int]) -> torch.Tensor:

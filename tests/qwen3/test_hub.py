@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from smysl import Embedder
-from smysl.hub import ALIASES, ModelNotFoundError, read_checkpoint, resolve
+from smysl.qwen3.hub import ModelNotFoundError, read_checkpoint, resolve
+from smysl.registry import ALIASES
 
 
 def test_local_directory_resolves_to_itself(tiny_dir: Path) -> None:

@@ -1,4 +1,4 @@
-"""The engine in a child process, behind the same contract as :class:`smysl.engine.Engine`.
+"""The engine in a child process, behind the same contract as :class:`smysl.qwen3.engine.Engine`.
 
 Why: a forward pass is a few thousand torch calls, and between two calls the Python thread that
 issues them must re-take the GIL. In a server the event loop holds the GIL while it parses and
@@ -26,8 +26,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from smysl.engine import Engine, EngineConfig
-from smysl.hub import Checkpoint
+from smysl.qwen3.engine import Engine, EngineConfig
+from smysl.qwen3.hub import Checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -81,6 +81,7 @@ def _child(conn: Connection, ckpt: Checkpoint, cfg: EngineConfig) -> None:
     _send(conn, ("ready", {"hidden_size": engine.hidden_size, "vocab_rows": engine.vocab_rows,
                            "max_positions": engine.max_positions, "device": str(engine.device),
                            "dtype": str(engine.dtype).removeprefix("torch."),
+                           "quantization": engine.quantization, "parameters": engine.parameters,
                            "threads": torch.get_num_threads()}))
     while True:
         try:
@@ -122,8 +123,8 @@ def _stop(proc: Any, conn: Connection) -> None:
 
 
 class EngineProcess:
-    """:class:`~smysl.engine.Engine` 's contract (``forward`` and the shape attributes), served
-    by a child process. One forward pass at a time; ``close()`` (or garbage collection, or
+    """The :class:`~smysl.qwen3.engine.EngineLike` contract, served by a child process. One
+    forward pass at a time; ``close()`` (or garbage collection, or
     interpreter exit) stops the child.
 
     A call interrupted between sending a batch and reading its rows (Ctrl-C) kills the child,
@@ -164,7 +165,9 @@ class EngineProcess:
         self.device = torch.device(info["device"])
         self.dtype: torch.dtype = getattr(torch, info["dtype"])
         self.threads: int = info["threads"]
-        self.pid = self._proc.pid
+        self.quantization: str | None = info["quantization"]
+        self.parameters: int = info["parameters"]
+        self.pid: int | None = self._proc.pid
         self._stale = False
 
     def _kill(self) -> None:

@@ -15,9 +15,9 @@ from typing import Protocol
 import numpy as np
 import torch
 
-from smysl.hub import Checkpoint
-from smysl.loader import load_encoder
-from smysl.model import Qwen3Encoder
+from smysl.qwen3.hub import Checkpoint
+from smysl.qwen3.loader import load_encoder
+from smysl.qwen3.model import Qwen3Encoder
 
 log = logging.getLogger(__name__)
 
@@ -73,27 +73,48 @@ class EngineConfig:
 
 class EngineLike(Protocol):
     """The contract above this module: :class:`Engine` in this process, or
-    :class:`smysl.worker.EngineProcess` running one in a child process."""
+    :class:`smysl.qwen3.worker.EngineProcess` running one in a child process."""
 
     hidden_size: int
     vocab_rows: int
     max_positions: int
     device: torch.device
+    dtype: torch.dtype
+    #: Weight quantisation ("int8") or None.
+    quantization: str | None
+    #: Parameter count of the model as loaded (before quantisation).
+    parameters: int
+    #: Process id of the child process running the engine, None when in this process.
+    pid: int | None
+
+    @property
+    def alive(self) -> bool:
+        """Whether forward passes can still run (an engine process may have died)."""
+        ...
 
     def forward(self, batch: list[list[int]]) -> np.ndarray: ...
+
+    def close(self) -> None: ...
 
 
 class Engine:
     """Runs a loaded Qwen3 encoder on one batch of token-id sequences at a time."""
 
-    def __init__(self, model: Qwen3Encoder, device: torch.device, dtype: torch.dtype) -> None:
+    #: In this process: no child pid, and never dead.
+    pid: int | None = None
+    alive: bool = True
+
+    def __init__(self, model: Qwen3Encoder, device: torch.device, dtype: torch.dtype,
+                 quantization: str | None = None) -> None:
         self.model = model
         self.device = device
         self.dtype = dtype
+        self.quantization = quantization
         cfg = model.cfg
         self.hidden_size = cfg.hidden_size
         self.vocab_rows = model.embed_tokens.weight.shape[0]
         self.max_positions = cfg.max_position_embeddings
+        self.parameters = sum(p.numel() for p in model.parameters())
         self.chunk = CHUNK_TOKENS.get(device.type, 4096)
         self._lock = threading.Lock()  # one forward at a time: threads would oversubscribe
 
@@ -103,11 +124,14 @@ class Engine:
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
         model = load_encoder(ckpt, device, dtype)
+        parameters = sum(p.numel() for p in model.parameters())
         if cfg.quantize == "int8":
-            from smysl.quantize import quantize_int8
+            from smysl.qwen3.quantize import quantize_int8
 
             quantize_int8(model)
-        return cls(model, device, dtype)
+        engine = cls(model, device, dtype, cfg.quantize)
+        engine.parameters = parameters
+        return engine
 
     def forward(self, batch: list[list[int]]) -> np.ndarray:
         """One forward pass: token-id sequences -> float32 ``[len(batch), hidden]`` pooled rows.
@@ -127,3 +151,6 @@ class Engine:
         torch.cuda.empty_cache()  # split the batch and retry each half
         half = len(batch) // 2
         return np.concatenate([self.forward(batch[:half]), self.forward(batch[half:])])
+
+    def close(self) -> None:
+        """Nothing to stop in this process (the contract's hook for :class:`EngineProcess`)."""

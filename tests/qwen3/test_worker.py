@@ -12,9 +12,9 @@ import torch
 from qwen_tiny import TEXTS
 
 from smysl import Embedder
-from smysl.engine import EngineConfig
-from smysl.hub import read_checkpoint
-from smysl.worker import EngineProcess, EngineProcessError
+from smysl.qwen3.engine import EngineConfig
+from smysl.qwen3.hub import read_checkpoint
+from smysl.qwen3.worker import EngineProcess, EngineProcessError
 
 
 @pytest.fixture(scope="module")

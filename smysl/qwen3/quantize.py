@@ -16,11 +16,11 @@ import warnings
 import torch
 from torch import nn
 
-from smysl.model import Linear, Qwen3Encoder, pad_rows
+from smysl.qwen3.model import Linear, Qwen3Encoder, pad_rows
 
 
 class Int8Linear(nn.Module):
-    """Drop-in for :class:`smysl.model.Linear` holding a prepacked int8 weight."""
+    """Drop-in for :class:`smysl.qwen3.model.Linear` holding a prepacked int8 weight."""
 
     def __init__(self, weight: torch.Tensor) -> None:
         super().__init__()

@@ -10,8 +10,8 @@ import pytest
 from qwen_tiny import TEXTS, Tiny, build_tiny, reference_embed
 
 from smysl import Embedder
-from smysl.embedder import Embedder as LocalEmbedder
 from smysl.prompts import DEFAULT_TASK, format_query
+from smysl.qwen3.embedder import Embedder as LocalEmbedder
 from smysl.tokenize import InputTooLongError
 
 QUERIES = ["как работает поиск?", "what is a vector database", "x"]
@@ -168,17 +168,3 @@ def test_count_tokens(tiny: LocalEmbedder) -> None:
 def test_fresh_checkpoint_other_seed_differs(tmp_path: Path, tiny: LocalEmbedder) -> None:
     other = Embedder.load(str(build_tiny(tmp_path / "o", seed=7).path), device="cpu")
     assert not np.allclose(other.embed(["x"]), tiny.embed(["x"]))
-
-
-def test_scheme_models_get_explicit_options_forwarded() -> None:
-    from smysl.base import register_scheme
-
-    seen: dict[str, object] = {}
-
-    def factory(rest: str, **options: object) -> object:
-        seen.update(options, rest=rest)
-        return "backend"
-
-    register_scheme("fake-test", factory)  # type: ignore[arg-type]
-    assert Embedder.load("fake-test:m1", max_tokens=16, device="cpu") == "backend"
-    assert seen == {"rest": "m1", "max_tokens": 16, "device": "cpu"}

@@ -87,7 +87,7 @@ def pad_rows(x: torch.Tensor) -> torch.Tensor:
 
 
 class Linear(nn.Module):
-    """Bias-free linear layer; ``smysl.quantize`` swaps it for an int8 one on CPU."""
+    """Bias-free linear layer; ``smysl.qwen3.quantize`` swaps it for an int8 one on CPU."""
 
     def __init__(self, in_features: int, out_features: int) -> None:
         super().__init__()

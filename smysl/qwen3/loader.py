@@ -1,4 +1,4 @@
-"""Load safetensors weights into :class:`~smysl.model.Qwen3Encoder` without doubling memory.
+"""Load safetensors weights into :class:`~smysl.qwen3.model.Qwen3Encoder` without doubling memory.
 
 The model is built on the meta device and each tensor is read from its file with plain reads
 (no mmap: mapped pages would count as resident until the file is closed), converted to the
@@ -19,8 +19,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from smysl.hub import Checkpoint
-from smysl.model import Qwen3Config, Qwen3Encoder
+from smysl.qwen3.hub import Checkpoint
+from smysl.qwen3.model import Qwen3Config, Qwen3Encoder
 
 # Checkpoint parts that are fused into one weight here: fused name -> parts in order.
 _FUSED = {

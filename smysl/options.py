@@ -1,0 +1,77 @@
+"""How to load a model: one typed object built at the edge, used by every command and backend.
+
+The CLI builds it from flags (:func:`smysl.commands._model.model_options`), the server from its
+command line, Python callers from keyword arguments to :func:`smysl.load`. The registry hands it
+to whichever backend the model string names; a backend takes the fields it can use and rejects
+any other field that was *set* (see :meth:`ModelOptions.check`), so an option never silently
+does nothing.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class ModelOptions:
+    """Loading options. ``None`` (and ``"auto"`` for device/dtype) means "the backend's default"."""
+
+    #: "auto" (CUDA when available, else CPU), "cpu", "cuda" or "cuda:N".
+    device: str | None = None
+    #: "auto", "float32", "bfloat16" or "float16".
+    dtype: str | None = None
+    #: Weight quantisation, e.g. "int8" (the local engine on CPU).
+    quantize: str | None = None
+    #: CPU threads for the engine (torch); None keeps one per physical core.
+    threads: int | None = None
+    #: Most tokens one input may have (EOS included); at most the model's own limit.
+    max_tokens: int | None = None
+    #: Token budget of one forward pass (local engine) or one request (providers).
+    max_batch_tokens: int | None = None
+    #: Most inputs in one forward pass or request.
+    max_batch_size: int | None = None
+    #: Hub revision (branch, tag or commit) of a downloaded checkpoint.
+    revision: str | None = None
+    #: Run the engine in a child process (own GIL). None: no, except under ``smysl serve``.
+    process: bool | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("threads", "max_tokens", "max_batch_tokens", "max_batch_size"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int)
+                                      or value < 1):
+                raise ValueError(f"{name} ({FLAGS[name]}) must be a positive integer, "
+                                 f"got {value!r}")
+
+    @classmethod
+    def split(cls, kwargs: Mapping[str, Any]) -> tuple[ModelOptions, dict[str, Any]]:
+        """Keyword arguments -> (the :class:`ModelOptions` among them, the backend's own)."""
+        fields = {f.name for f in dataclasses.fields(cls)}
+        mine = {k: v for k, v in kwargs.items() if k in fields}
+        return cls(**mine), {k: v for k, v in kwargs.items() if k not in fields}
+
+    def given(self) -> dict[str, Any]:
+        """The fields that were set (not None, not "auto")."""
+        return {f.name: v for f in dataclasses.fields(self)
+                if (v := getattr(self, f.name)) is not None and v != "auto"}
+
+    def check(self, supported: Iterable[str], model: str) -> None:
+        """Raise ``ValueError`` naming every set field that a backend for ``model`` cannot use."""
+        extra = sorted(set(self.given()) - set(supported))
+        if extra:
+            names = ", ".join(f"{k} ({FLAGS[k]})" for k in extra)
+            raise ValueError(f"{model!r} does not use the option(s) {names}")
+
+    def replace(self, **changes: Any) -> ModelOptions:
+        return dataclasses.replace(self, **changes)
+
+
+#: CLI flag of each field, for error messages that name what the user typed.
+FLAGS: dict[str, str] = {
+    "device": "--device", "dtype": "--dtype", "quantize": "--quantize", "threads": "--threads",
+    "max_tokens": "--max-tokens", "max_batch_tokens": "--max-batch-tokens",
+    "max_batch_size": "--max-batch-size", "revision": "--revision", "process": "--in-process",
+}

@@ -1,0 +1,166 @@
+"""The local embedder: text -> prompts/tokens -> token-budget batches -> engine -> vectors."""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from smysl.base import BaseEmbedder, ModelInfo, Progress, TokenLevel
+from smysl.options import ModelOptions
+from smysl.pooling import check_dimensions, finish
+from smysl.prompts import DEFAULT_TASK
+from smysl.qwen3.engine import BATCH_TOKENS, Engine, EngineConfig, EngineLike
+from smysl.qwen3.hub import read_checkpoint, resolve
+from smysl.scheduler import SchedulerConfig, plan_batches
+from smysl.tokenize import Direction, Tokenizer, TokenSpan, fit_length
+
+_QUERY_PROMPT = re.compile(r"^Instruct: (?P<task>.*)\nQuery:$", re.S)
+
+
+class Embedder(BaseEmbedder, TokenLevel):
+    """Qwen3-Embedding on the native engine (CPU or CUDA).
+
+    Build it with :meth:`load` (or :func:`smysl.load`); ``embed``/``embed_queries``/
+    ``embed_documents`` come from :class:`~smysl.base.BaseEmbedder`, the token-id methods from
+    :class:`~smysl.base.TokenLevel`.
+    """
+
+    backend = "qwen3"
+
+    def __init__(self, engine: EngineLike, tokenizer: Tokenizer, *, name: str,
+                 max_batch_tokens: int | None = None, max_batch_size: int | None = None,
+                 default_task: str = DEFAULT_TASK, max_tokens: int | None = None) -> None:
+        self.engine = engine
+        self.tokenizer = tokenizer
+        self.name = name
+        self.dimensions = engine.hidden_size
+        self.default_task = default_task
+        #: Most tokens per input, EOS included: at most the model's positions.
+        self.limit = min(max_tokens or engine.max_positions, engine.max_positions)
+        self.max_tokens = tokenizer.max_tokens = self.limit
+        self.scheduler = SchedulerConfig(
+            max_batch_tokens=max_batch_tokens or BATCH_TOKENS.get(engine.device.type, 4096),
+            max_batch_size=max_batch_size or SchedulerConfig.max_batch_size)
+        self.batch_tokens = self.scheduler.max_batch_tokens
+
+    @classmethod
+    def load(cls, model: str, options: ModelOptions | None = None, **kwargs: Any) -> Embedder:
+        """Load a local Qwen3-Embedding checkpoint: a directory, a Hub repo id
+        (``Qwen/Qwen3-Embedding-0.6B``) or an alias (``qwen3-embedding:0.6b``).
+
+        ``options`` / ``kwargs`` are :class:`~smysl.options.ModelOptions` fields. With
+        ``process=True`` the engine runs in a child process (:mod:`smysl.qwen3.worker`): same
+        vectors, and a busy caller such as the HTTP server no longer competes with the forward
+        passes for the GIL; ``close()`` stops it. Other model strings (``st:``, providers) load
+        through :func:`smysl.load`.
+        """
+        given, unknown = ModelOptions.split(kwargs)
+        if unknown:
+            raise TypeError(f"unexpected options for a local model: {sorted(unknown)}")
+        opts = (options or ModelOptions()).replace(**given.given())
+        ckpt = read_checkpoint(resolve(model, revision=opts.revision), name=model)
+        cfg = EngineConfig(device=opts.device or "auto", dtype=opts.dtype or "auto",
+                           quantize=opts.quantize, threads=opts.threads)
+        engine: EngineLike
+        if opts.process:
+            from smysl.qwen3.worker import EngineProcess
+
+            engine = EngineProcess(ckpt, cfg)
+        else:
+            engine = Engine.from_checkpoint(ckpt, cfg)
+        tokenizer = Tokenizer(ckpt.tokenizer_file, engine.max_positions)
+        query_prompt = str(ckpt.st_config.get("prompts", {}).get("query", ""))
+        m = _QUERY_PROMPT.match(query_prompt)
+        return cls(engine, tokenizer, name=model, max_batch_tokens=opts.max_batch_tokens,
+                   max_batch_size=opts.max_batch_size, max_tokens=opts.max_tokens,
+                   default_task=m.group("task") if m else DEFAULT_TASK)
+
+    # ------------------------------------------------------------------ BaseEmbedder
+    @property
+    def healthy(self) -> bool:
+        """False once an engine process has exited."""
+        return self.engine.alive
+
+    def info(self) -> ModelInfo:
+        e = self.engine
+        return dataclasses.replace(
+            super().info(), dtype=str(e.dtype).removeprefix("torch."),
+            quantization=e.quantization, parameters=e.parameters, device=str(e.device),
+            process=e.pid)
+
+    def token_level(self) -> TokenLevel:
+        return self
+
+    def close(self) -> None:
+        """Stop the engine process, if the engine runs in one."""
+        self.engine.close()
+
+    def _embed(self, texts: list[str], *, truncate: bool,
+               progress: Progress | None = None) -> np.ndarray:
+        return self._run(self.tokenizer.encode(texts, truncate=truncate), progress)
+
+    def count_tokens(self, texts: str | Sequence[str]) -> list[int]:
+        """Tokens each text costs as a document, EOS included."""
+        return self.tokenizer.count(self._check_texts(texts))
+
+    # ------------------------------------------------------------------ TokenLevel
+    def tokenize(self, texts: Sequence[str], *, truncate: bool = False,
+                 direction: Direction = "right") -> list[list[int]]:
+        """Token ids exactly as they are embedded (EOS last)."""
+        return self.tokenizer.encode(self._check_texts(texts), truncate=truncate,
+                                     direction=direction)
+
+    def prepare_token_ids(self, ids: Sequence[Sequence[int]], *,
+                          truncate: bool = False) -> list[list[int]]:
+        """Token ids exactly as they are embedded: every id in the vocabulary, EOS last once
+        (appended when missing), over-long input cut on the right (``truncate``) or rejected
+        with :class:`~smysl.tokenize.InputTooLongError`; other bad input is ``ValueError``."""
+        seqs: list[list[int]] = []
+        eos, rows = self.tokenizer.eos_id, self.engine.vocab_rows
+        for i, seq in enumerate(ids):
+            s = [int(t) for t in seq]
+            if not s:
+                raise ValueError(f"input {i} is an empty token list")
+            bad = [t for t in s if not 0 <= t < rows]
+            if bad:
+                raise ValueError(f"input {i} has token ids outside 0..{rows - 1}: {bad[:5]}")
+            if s[-1] != eos:
+                s.append(eos)
+            seqs.append(fit_length(s, self.limit, eos_id=eos, truncate=truncate, index=i))
+        return seqs
+
+    def embed_prepared(self, ids: list[list[int]]) -> np.ndarray:
+        """Raw pooled rows of ids from :meth:`prepare_token_ids` or :meth:`tokenize`."""
+        return self._run(ids, None)
+
+    def token_spans(self, texts: Sequence[str], *,
+                    add_special_tokens: bool = True) -> list[list[TokenSpan]]:
+        return self.tokenizer.spans(texts, add_special_tokens=add_special_tokens)
+
+    def embed_token_ids(self, ids: Sequence[Sequence[int]], *, dimensions: int | None = None,
+                        truncate: bool = False, normalize: bool = True) -> np.ndarray:
+        """Embed pre-tokenised inputs (checked by :meth:`prepare_token_ids`); rows in input
+        order, post-processed like :meth:`embed` (``normalize=False``: raw components)."""
+        dims = check_dimensions(dimensions, self.dimensions, minimum=self.min_dimensions)
+        seqs = self.prepare_token_ids(ids, truncate=truncate)
+        if not seqs:
+            return np.zeros((0, dims), dtype=np.float32)
+        return finish(self._run(seqs, None), dims, normalize=normalize)
+
+    def _run(self, seqs: list[list[int]], progress: Progress | None) -> np.ndarray:
+        """Schedule sequences into token-budget batches; rows come back in input order."""
+        out = np.empty((len(seqs), self.dimensions), dtype=np.float32)
+        for batch in plan_batches([len(s) for s in seqs], self.scheduler):
+            out[batch] = self.engine.forward([seqs[i] for i in batch])
+            if progress is not None:
+                progress.update(len(batch))
+        return out
+
+
+def load(rest: str, options: ModelOptions, **kwargs: Any) -> Embedder:
+    """The registry's factory for local model strings (see :mod:`smysl.registry`)."""
+    return Embedder.load(rest, options, **kwargs)

@@ -1,0 +1,132 @@
+"""Model strings: the one place where a name becomes a backend.
+
+A model string is ``scheme:rest`` (``openrouter:qwen/qwen3-embedding-8b``, ``st:all-minilm-l6-v2``,
+``tei:http://host:8080``) or, without a known scheme, a local checkpoint for the native Qwen3
+engine: a directory, a Hub repo id, or an alias (``qwen3-embedding:0.6b``). Every scheme is a
+:class:`Scheme` in :data:`SCHEMES`, the local engine included; factories are imported on first
+use, so remote schemes never import torch.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from smysl.options import ModelOptions
+
+if TYPE_CHECKING:
+    from smysl.base import BaseEmbedder
+
+#: ``factory(rest, options, **backend_kwargs) -> BaseEmbedder``
+Factory = Callable[..., "BaseEmbedder"]
+
+#: Short names clients use (Ollama-style tags, lower case) -> Hugging Face repo ids.
+ALIASES: dict[str, str] = {
+    "qwen3-embedding:0.6b": "Qwen/Qwen3-Embedding-0.6B",
+    "qwen3-embedding:4b": "Qwen/Qwen3-Embedding-4B",
+    "qwen3-embedding:8b": "Qwen/Qwen3-Embedding-8B",
+    "qwen3-embedding": "Qwen/Qwen3-Embedding-0.6B",
+}
+
+#: The scheme of model strings that name none.
+LOCAL = "qwen3"
+
+_ENGINE = frozenset({"device", "dtype", "quantize", "threads", "max_tokens", "max_batch_tokens",
+                     "max_batch_size", "revision", "process"})
+_REMOTE = frozenset({"max_tokens", "max_batch_tokens", "max_batch_size"})
+
+
+@dataclass(frozen=True)
+class Scheme:
+    """One kind of backend behind the :class:`~smysl.base.BaseEmbedder` contract."""
+
+    name: str
+    #: ``"module:function"`` (imported on first use) or the factory itself.
+    target: str | Factory
+    #: :class:`~smysl.options.ModelOptions` fields the backend uses; others are rejected.
+    options: frozenset[str]
+    #: Whether the model runs elsewhere (an HTTP API): no local weights, device or dtype.
+    remote: bool
+    summary: str = ""
+
+    def factory(self) -> Factory:
+        if callable(self.target):
+            return self.target
+        module, _, func = self.target.partition(":")
+        made: Factory = getattr(importlib.import_module(module), func)
+        return made
+
+
+def _remote(name: str, summary: str) -> Scheme:
+    return Scheme(name, f"smysl.providers:load_{name}", _REMOTE, True, summary)
+
+
+SCHEMES: dict[str, Scheme] = {s.name: s for s in (
+    Scheme(LOCAL, "smysl.qwen3.embedder:load", _ENGINE, False,
+           "native Qwen3-Embedding engine: checkpoint dir, Hub id or alias"),
+    Scheme("st", "smysl.backends.sentence_transformers:load",
+           frozenset({"device", "dtype", "max_tokens", "max_batch_size"}), False,
+           "any sentence-transformers model (reference pipeline)"),
+    _remote("openrouter", "OpenRouter API"),
+    _remote("dashscope", "Alibaba Cloud DashScope API"),
+    _remote("deepinfra", "DeepInfra API"),
+    _remote("fireworks", "Fireworks AI API"),
+    _remote("siliconflow", "SiliconFlow API"),
+    _remote("openai", "any OpenAI-compatible /embeddings URL"),
+    _remote("ollama", "an Ollama server"),
+    _remote("tei", "a Text Embeddings Inference server"),
+    _remote("smysl", "another smysl server"),
+)}
+
+
+def register(name: str, target: str | Factory, *, options: Iterable[str] = (),
+             remote: bool = False, summary: str = "") -> None:
+    """Add a scheme: ``target`` is ``"module:function"`` or a callable with the signature
+    ``factory(rest, options: ModelOptions, **kwargs) -> BaseEmbedder``; ``options`` names the
+    :class:`~smysl.options.ModelOptions` fields it uses."""
+    SCHEMES[name] = Scheme(name, target, frozenset(options), remote, summary)
+
+
+def split(model: str) -> tuple[str, str]:
+    """``"openrouter:qwen/x"`` -> ``("openrouter", "qwen/x")``; anything else is local:
+    ``("qwen3", model)`` (``qwen3-embedding:0.6b`` and ``C:\\models`` included)."""
+    head, sep, rest = model.partition(":")
+    if sep and head in SCHEMES and not (len(head) == 1 and rest.startswith("\\")):
+        return head, rest
+    return LOCAL, model
+
+
+def scheme_of(model: str) -> Scheme:
+    """The :class:`Scheme` that ``model`` loads through."""
+    return SCHEMES[split(model)[0]]
+
+
+def load(model: str, options: ModelOptions | None = None, **kwargs: Any) -> BaseEmbedder:
+    """Load any model string (see the module docs) as a :class:`~smysl.base.BaseEmbedder`.
+
+    ``kwargs`` may hold :class:`~smysl.options.ModelOptions` fields (merged over ``options``)
+    and the backend's own options (providers: ``api_key``, ``timeout``, ``dimensions``...).
+    """
+    if not isinstance(model, str) or not model.strip():
+        raise ValueError(f"model must be a non-empty string, got {model!r}")
+    extra_opts, backend_kwargs = ModelOptions.split(kwargs)
+    if options is None:
+        options = extra_opts
+    elif extra_opts.given():
+        options = options.replace(**extra_opts.given())
+    name, rest = split(model.strip())
+    scheme = SCHEMES[name]
+    options.check(scheme.options, model)
+    return scheme.factory()(rest, options, **backend_kwargs)
+
+
+def names_of(model: str) -> set[str]:
+    """Lower-case names that refer to ``model``: itself, its Hub repo id and every alias of that
+    repo, and a local directory's last path component."""
+    repo = ALIASES.get(model.lower(), model)
+    names = {model, repo, *(a for a, target in ALIASES.items() if target.lower() == repo.lower())}
+    names.add(model.rstrip("/\\").replace("\\", "/").rsplit("/", 1)[-1])
+    names.discard("")
+    return {n.lower() for n in names}
