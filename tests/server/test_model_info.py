@@ -1,0 +1,45 @@
+"""What /info, /api/show, /api/tags and /v1/models say comes from the model's ModelInfo."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+from server_helpers import HashEmbedder
+
+import smysl
+from smysl.server import ServerConfig, create_app
+
+
+@pytest.mark.parametrize(("options", "dtype", "level"), [
+    ({}, "float32", "F32"),
+    ({"quantize": "int8"}, "float32", "int8"),
+    ({"dtype": "bfloat16"}, "bfloat16", "BF16"),
+])
+def test_reported_dtype_and_quantization(tiny_dir: Path, options: dict[str, str], dtype: str,
+                                         level: str) -> None:
+    model = smysl.load(str(tiny_dir), device="cpu", **options)
+    info = model.info()
+    assert (info.backend, info.dtype, info.device) == ("qwen3", dtype, "cpu")
+    assert info.quantization == options.get("quantize")
+    assert info.parameters and info.parameters > 0
+    with TestClient(create_app(model, ServerConfig(served_name="tiny"))) as c:
+        tei = c.get("/info").json()
+        assert tei["model_dtype"] == dtype and tei["model_id"] == "tiny"
+        assert tei["max_input_length"] == model.max_tokens
+        show = c.post("/api/show", json={"model": "tiny"}).json()
+        assert show["details"]["quantization_level"] == level
+        assert show["details"]["parameter_size"].endswith(("M", "B"))
+        assert show["model_info"]["general.parameter_count"] == info.parameters
+        (tag,) = c.get("/api/tags").json()["models"]
+        assert tag["details"]["quantization_level"] == level
+        card = c.get("/v1/models/tiny").json()
+        assert (card["dimensions"], card["max_model_len"]) == (model.dimensions, model.max_tokens)
+
+
+def test_a_backend_that_knows_less_reports_unknown() -> None:
+    with TestClient(create_app(HashEmbedder())) as c:
+        assert c.get("/info").json()["model_dtype"] == "unknown"
+        details = c.post("/api/show", json={}).json()["details"]
+        assert details["quantization_level"] == "" and details["parameter_size"] == ""

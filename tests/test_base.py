@@ -1,0 +1,85 @@
+"""The contract's one instruction rule and its derived API, on a backend without a model."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pytest
+
+from smysl.base import BaseEmbedder
+from smysl.prompts import DEFAULT_TASK, TASK_PRESETS, format_query
+
+
+class Echo(BaseEmbedder):
+    """Rows are a hash of the formatted text, so the test can see what was embedded."""
+
+    name = "echo"
+    dimensions = 64
+
+    def __init__(self, aware: bool = True) -> None:
+        self.instruction_aware = aware
+        self.seen: list[str] = []
+
+    def _embed(self, texts: list[str], *, truncate: bool, progress: Any = None) -> np.ndarray:
+        self.seen += texts
+        return np.stack([np.random.default_rng(abs(hash(t)) % 2**32).standard_normal(64)
+                         for t in texts]).astype(np.float32)
+
+
+@pytest.mark.parametrize(("instruction", "role", "default", "expected"), [
+    (None, None, None, None),                       # plain embed: documents
+    (None, "document", None, None),
+    (None, "query", None, DEFAULT_TASK),            # queries get the model's default task
+    (None, "query", "classification", TASK_PRESETS["classification"]),  # or the caller's
+    (None, "query", "  ", None),                    # an empty default: none
+    ("sts", None, None, TASK_PRESETS["sts"]),       # an instruction makes texts queries
+    ("Find recipes", "query", "classification", "Find recipes"),  # explicit beats default
+    ("", "query", None, None),                      # "" forces none
+    ("   ", None, None, None),
+])
+def test_choose_instruction(instruction: str | None, role: Any, default: str | None,
+                            expected: str | None) -> None:
+    assert Echo().choose_instruction(instruction, role=role, default=default) == expected
+
+
+def test_models_without_instructions() -> None:
+    plain = Echo(aware=False)
+    assert plain.choose_instruction(None, role="query") is None
+    assert plain.choose_instruction(None, role="query", default="sts") is None
+    with pytest.raises(ValueError, match="does not take instructions"):
+        plain.choose_instruction("sts")
+    plain.embed_queries(["q"])  # embedded as it is, not refused
+    assert plain.seen == ["q"]
+
+
+def test_contradictions_are_refused() -> None:
+    with pytest.raises(ValueError, match="instruction makes the inputs queries"):
+        Echo().choose_instruction("sts", role="document")
+    with pytest.raises(ValueError, match="role must be"):
+        Echo().choose_instruction(None, role="passage")  # type: ignore[arg-type]
+
+
+def test_embed_paths_apply_the_rule() -> None:
+    e = Echo()
+    e.embed_queries(["q"])
+    e.embed_queries(["q"], "qa")
+    e.embed_documents(["d"])
+    e.embed(["x"], instruction="sts")
+    assert e.seen == [format_query("q", DEFAULT_TASK), format_query("q", TASK_PRESETS["qa"]),
+                      "d", format_query("x", TASK_PRESETS["sts"])]
+
+
+def test_embed_formatted_checks_the_backend_shape() -> None:
+    class Short(Echo):
+        def _embed(self, texts: list[str], *, truncate: bool, progress: Any = None) -> np.ndarray:
+            return np.zeros((len(texts), 3), dtype=np.float32)
+
+    with pytest.raises(RuntimeError, match="backend returned shape"):
+        Short().embed(["a"])
+
+
+def test_default_info() -> None:
+    info = Echo().info()
+    assert (info.name, info.backend, info.dimensions, info.dtype) == ("echo", "custom", 64, None)
+    assert info.quantization_level == ""

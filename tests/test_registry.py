@@ -1,0 +1,116 @@
+"""Model strings resolve in one place; ModelOptions go where they apply, refused elsewhere."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+import smysl
+from smysl import registry
+from smysl.options import ModelOptions
+
+
+@pytest.mark.parametrize(("model", "scheme", "rest"), [
+    ("openrouter:qwen/qwen3-embedding-8b", "openrouter", "qwen/qwen3-embedding-8b"),
+    ("st:all-minilm-l6-v2", "st", "all-minilm-l6-v2"),
+    ("tei:http://h:8080", "tei", "http://h:8080"),
+    ("qwen3:/models/q", "qwen3", "/models/q"),
+    ("qwen3-embedding:0.6b", "qwen3", "qwen3-embedding:0.6b"),  # an alias, not a scheme
+    ("Qwen/Qwen3-Embedding-0.6B", "qwen3", "Qwen/Qwen3-Embedding-0.6B"),
+    ("C:\\models\\q", "qwen3", "C:\\models\\q"),  # a Windows drive, not a scheme
+])
+def test_split(model: str, scheme: str, rest: str) -> None:
+    assert registry.split(model) == (scheme, rest)
+
+
+def test_every_builtin_scheme_has_a_factory() -> None:
+    for scheme in registry.SCHEMES.values():
+        if scheme.name in ("qwen3", "st"):
+            continue  # importing them pulls torch; covered by their own tests
+        assert callable(scheme.factory())
+
+
+@pytest.fixture
+def fake_scheme() -> Any:
+    seen: dict[str, Any] = {}
+
+    class Fake(smysl.BaseEmbedder):
+        dimensions = 4
+
+        def _embed(self, texts: list[str], *, truncate: bool, progress: Any = None) -> np.ndarray:
+            return np.ones((len(texts), 4), dtype=np.float32)
+
+    def factory(rest: str, options: ModelOptions, **kwargs: Any) -> Fake:
+        seen.update(rest=rest, options=options, kwargs=kwargs)
+        return Fake()
+
+    registry.register("fake-test", factory, options={"max_tokens"}, remote=True)
+    yield seen
+    del registry.SCHEMES["fake-test"]
+
+
+def test_options_and_backend_kwargs_reach_the_factory(fake_scheme: dict[str, Any]) -> None:
+    m = smysl.load("fake-test:m1", ModelOptions(max_tokens=8), api_key="k")
+    assert fake_scheme["rest"] == "m1" and fake_scheme["kwargs"] == {"api_key": "k"}
+    assert fake_scheme["options"] == ModelOptions(max_tokens=8)
+    assert m.embed(["x"]).shape == (1, 4)
+    smysl.load("fake-test:m1", max_tokens=16)  # keyword form, merged into ModelOptions
+    assert fake_scheme["options"] == ModelOptions(max_tokens=16)
+    smysl.load("fake-test:m1", ModelOptions(max_tokens=16), max_tokens=4)  # keywords win
+    assert fake_scheme["options"].max_tokens == 4
+
+
+def test_an_option_a_backend_cannot_use_is_refused_by_flag_name(
+        fake_scheme: dict[str, Any]) -> None:
+    with pytest.raises(ValueError, match=r"does not use the option\(s\) device \(--device\), "
+                                         r"quantize \(--quantize\)"):
+        smysl.load("fake-test:m1", ModelOptions(device="cuda", quantize="int8"))
+    # "auto" and None mean "the backend's default": nothing to refuse
+    smysl.load("fake-test:m1", ModelOptions(device="auto", dtype="auto"))
+
+
+def test_providers_refuse_engine_options() -> None:
+    with pytest.raises(ValueError, match=r"--quantize"):
+        smysl.load("openrouter:qwen/qwen3-embedding-8b", quantize="int8")
+    with pytest.raises(ValueError, match=r"--in-process"):
+        smysl.load("tei:http://127.0.0.1:9", process=False)
+
+
+def test_providers_take_the_limits_they_share_with_the_engine(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OPENROUTER_API_KEY", "sk-test")
+    p = smysl.load("openrouter:qwen/qwen3-embedding-8b",
+                   ModelOptions(max_tokens=100, max_batch_size=7, max_batch_tokens=900))
+    try:
+        assert p.max_tokens == 100
+        assert (p.config.max_batch_texts, p.config.max_batch_tokens) == (7, 900)  # type: ignore[attr-defined]
+    finally:
+        p.close()
+
+
+@pytest.mark.parametrize("bad", [{"threads": 0}, {"max_tokens": -1}, {"max_batch_size": True}])
+def test_model_options_validate(bad: dict[str, Any]) -> None:
+    with pytest.raises(ValueError, match="must be a positive integer"):
+        ModelOptions(**bad)
+
+
+def test_bad_model_strings() -> None:
+    with pytest.raises(ValueError, match="non-empty string"):
+        smysl.load("  ")
+
+
+def test_local_strings_go_to_the_engine(tiny_dir: Path) -> None:
+    m = smysl.load(str(tiny_dir), device="cpu", max_tokens=8)
+    try:
+        assert m.info().backend == "qwen3" and m.max_tokens == 8
+    finally:
+        m.close()
+
+
+def test_names_of_aliases_and_paths() -> None:
+    names = registry.names_of("qwen3-embedding:0.6b")
+    assert {"qwen3-embedding:0.6b", "qwen/qwen3-embedding-0.6b", "qwen3-embedding"} <= names
+    assert "m" in registry.names_of("/models/m/")
