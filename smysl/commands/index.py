@@ -124,7 +124,7 @@ def _search(args: argparse.Namespace, store: StoreConfig) -> int:
 
 
 def _delete(args: argparse.Namespace, store: StoreConfig) -> int:
-    from smysl.toolkit.store import open_store
+    from smysl.toolkit.stores import open_store
 
     where = parse_where(args.where) or {}
     if not args.doc_id and not where:

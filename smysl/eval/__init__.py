@@ -7,7 +7,8 @@ Needs the ``eval`` extra (scikit-learn, scipy, matplotlib); see docs/eval.md.
 """
 
 from smysl.eval.config import EvalConfig
-from smysl.eval.runner import ModelResult, TaskResult, evaluate_model, run
+from smysl.eval.results import ModelResult, TaskResult
+from smysl.eval.runner import evaluate_model, run
 from smysl.eval.tasks import TASKS, Task
 
 __all__ = ["TASKS", "EvalConfig", "ModelResult", "Task", "TaskResult", "evaluate_model", "run"]

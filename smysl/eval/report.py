@@ -19,8 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from smysl.eval.config import EvalConfig
-from smysl.eval.embed_cache import _slug
-from smysl.eval.runner import ModelResult
+from smysl.eval.results import ModelResult, model_slug
 
 Run = dict[str, Any]  # one model's results as stored in results.json
 
@@ -34,7 +33,7 @@ def write_reports(results: Sequence[ModelResult], cfg: EvalConfig) -> list[Path]
     runs = [r.to_json() for r in results]
     written = []
     for run in runs:
-        folder = out / _slug(run["model"])
+        folder = out / model_slug(run["model"])
         folder.mkdir(exist_ok=True)
         for task in run["tasks"]:
             path = folder / f"{task['task']}.json"

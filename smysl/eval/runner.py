@@ -3,93 +3,19 @@
 from __future__ import annotations
 
 import logging
-import os
-import platform
 import time
-from dataclasses import asdict, dataclass, field
 from typing import Any
-
-import numpy as np
 
 from smysl.base import BaseEmbedder
 from smysl.eval._deps import require
 from smysl.eval.config import EvalConfig
-from smysl.eval.embed_cache import EmbeddingCache
+from smysl.eval.embeddings import ModelEmbeddings
+from smysl.eval.report import write_reports
+from smysl.eval.results import ModelResult, TaskResult
 from smysl.eval.tasks import Task, select
 from smysl.pooling import finish
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class TaskResult:
-    """Scores of one task for one model, per evaluated dimension."""
-
-    task: str
-    kind: str
-    language: str
-    description: str
-    main_metric: str
-    metric_label: str
-    instruction: str | None
-    size: dict[str, int]
-    #: dimension -> every metric the task computes
-    scores: dict[int, dict[str, Any]]
-    seconds: float
-
-    def main(self, dims: int) -> float:
-        return float(self.scores[dims][self.main_metric])
-
-
-@dataclass
-class ModelResult:
-    """Everything measured for one model."""
-
-    model: str
-    dimensions: int
-    min_dimensions: int
-    instruction_aware: bool
-    evaluated_dimensions: list[int]
-    skipped_dimensions: list[int]
-    load_seconds: float
-    embed_seconds: float
-    texts_embedded: int
-    tokens_embedded: int
-    eval_seconds: float
-    tasks: list[TaskResult] = field(default_factory=list)
-    machine: str = field(default_factory=lambda: _machine())
-
-    @property
-    def texts_per_s(self) -> float | None:
-        return self.texts_embedded / self.embed_seconds if self.embed_seconds > 0 else None
-
-    @property
-    def tokens_per_s(self) -> float | None:
-        if self.embed_seconds <= 0 or not self.tokens_embedded:
-            return None
-        return self.tokens_embedded / self.embed_seconds
-
-    def mean_main(self, dims: int) -> float:
-        return float(np.mean([t.main(dims) for t in self.tasks])) if self.tasks else float("nan")
-
-    def to_json(self) -> dict[str, Any]:
-        out = asdict(self)
-        out["texts_per_s"] = self.texts_per_s
-        out["tokens_per_s"] = self.tokens_per_s
-        return out
-
-
-def _machine() -> str:
-    """Short host description for the throughput plot: architecture, cores, GPU if any."""
-    text = f"{platform.machine()}, {os.cpu_count()} cores"
-    try:
-        import torch
-
-        if torch.cuda.is_available():
-            text += f", {torch.cuda.get_device_name(0)}"
-    except ImportError:
-        pass
-    return text
 
 
 def evaluate_model(model: BaseEmbedder, cfg: EvalConfig, *, load_seconds: float = 0.0,
@@ -101,7 +27,7 @@ def evaluate_model(model: BaseEmbedder, cfg: EvalConfig, *, load_seconds: float 
     skipped = sorted({int(x) for x in cfg.dimensions if int(x) > native})
     if skipped:
         log.warning("%s: skipping dimensions %s above its native %d", model.name, skipped, native)
-    cache = EmbeddingCache(model, cache_dir=cfg.cache_dir, progress=cfg.progress)
+    embeddings = ModelEmbeddings(model, cache_dir=cfg.cache_dir, progress=cfg.progress)
     result = ModelResult(model.name, native, model.min_dimensions, model.instruction_aware, dims,
                          skipped, load_seconds, 0.0, 0, 0, 0.0)
     started = time.perf_counter()
@@ -114,8 +40,8 @@ def evaluate_model(model: BaseEmbedder, cfg: EvalConfig, *, load_seconds: float 
             if cfg.use_instructions else None)
         prepared = task.prepare(cfg, instruction)
         for req in prepared.requests:
-            cache.ensure(req.texts, req.instruction, label=f"{task.name} {req.role}")
-        full = {req.role: cache.get(req.texts, req.instruction) for req in prepared.requests}
+            embeddings.ensure(req.texts, req.instruction, label=f"{task.name} {req.role}")
+        full = {req.role: embeddings.get(req.texts, req.instruction) for req in prepared.requests}
         scores: dict[int, dict[str, Any]] = {}
         # One BLAS/OpenMP thread for scoring: the matrices are small, and on shared cores
         # k-means and lbfgs threads spin-wait for each other (measured 20x slower on 2 busy cores).
@@ -130,9 +56,9 @@ def evaluate_model(model: BaseEmbedder, cfg: EvalConfig, *, load_seconds: float 
         log.info("%s %s: %s = %.4f", model.name, task.name, task.main_metric,
                  scores[native][task.main_metric])
     result.eval_seconds = time.perf_counter() - started
-    result.embed_seconds = cache.throughput.seconds
-    result.texts_embedded = cache.throughput.texts
-    result.tokens_embedded = cache.throughput.tokens
+    result.embed_seconds = embeddings.throughput.seconds
+    result.texts_embedded = embeddings.throughput.texts
+    result.tokens_embedded = embeddings.throughput.tokens
     return result
 
 
@@ -151,7 +77,5 @@ def run(cfg: EvalConfig) -> list[ModelResult]:
         finally:
             model.close()
     if cfg.out_dir is not None:
-        from smysl.eval.report import write_reports
-
         write_reports(results, cfg)
     return results

@@ -23,7 +23,8 @@ from smysl.toolkit.dedup import DedupConfig, DedupResult, dedup_texts, find_dupl
 from smysl.toolkit.index import Index, IndexConfig
 from smysl.toolkit.ingest import Document, IngestConfig, IngestReport, ReadConfig, read_documents
 from smysl.toolkit.search import SearchConfig, build_context, mmr
-from smysl.toolkit.store import Hit, Record, StoreConfig, VectorStore, open_store
+from smysl.toolkit.store import Hit, Record, StoreConfig, VectorStore
+from smysl.toolkit.stores import open_store
 
 __all__ = [
     "CacheConfig",

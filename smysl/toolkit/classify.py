@@ -13,17 +13,9 @@ from typing import Any, Literal
 import numpy as np
 
 from smysl.base import BaseEmbedder
+from smysl.toolkit._deps import require_sklearn
 
 FORMAT = "smysl-classifier/1"
-
-
-def _sklearn() -> Any:
-    try:
-        import sklearn
-    except ImportError as e:
-        raise ImportError("supervised classification needs scikit-learn: "
-                          "pip install 'smysl[toolkit]'") from e
-    return sklearn
 
 
 @dataclass(frozen=True)
@@ -97,7 +89,7 @@ class SupervisedClassifier:
     @classmethod
     def fit_vectors(cls, vectors: np.ndarray, labels: Sequence[str], config: ClassifyConfig,
                     model: str = "") -> SupervisedClassifier:
-        _sklearn()
+        require_sklearn()
         x = np.asarray(vectors, np.float32)
         y = np.asarray([str(v) for v in labels])
         if len(x) != len(y) or len(y) == 0:
@@ -151,7 +143,7 @@ class SupervisedClassifier:
 
     @classmethod
     def load(cls, path: str | Path) -> SupervisedClassifier:
-        _sklearn()
+        require_sklearn()
         with np.load(path, allow_pickle=False) as z:
             meta = json.loads(str(z["meta"]))
             if meta.get("format") != FORMAT:

@@ -12,7 +12,8 @@ import numpy as np
 
 from smysl.base import BaseEmbedder
 from smysl.pooling import l2_normalize
-from smysl.toolkit.classify import _sklearn, embed_for
+from smysl.toolkit._deps import require_sklearn
+from smysl.toolkit.classify import embed_for
 
 
 @dataclass(frozen=True)
@@ -87,7 +88,7 @@ def estimate_k(x: np.ndarray, config: ClusterConfig) -> tuple[int, dict[int, flo
 def cluster_vectors(vectors: np.ndarray, config: ClusterConfig = ClusterConfig()
                     ) -> ClusterResult:
     """Cluster unit vectors."""
-    _sklearn()
+    require_sklearn()
     x = l2_normalize(np.asarray(vectors, np.float32))
     if len(x) < 2:
         raise ValueError("clustering needs at least two texts")

@@ -19,7 +19,8 @@ import numpy as np
 
 from smysl.base import BaseEmbedder
 from smysl.toolkit.classify import embed_for
-from smysl.toolkit.store import StoreConfig, VectorStore, open_store
+from smysl.toolkit.store import StoreConfig, VectorStore
+from smysl.toolkit.stores import open_store
 
 #: Above this many items the default store is a temporary LanceDB table with an ANN index.
 MEMORY_LIMIT = 20_000

@@ -26,7 +26,8 @@ from smysl.toolkit.ingest import (
     read_documents,
 )
 from smysl.toolkit.search import SearchConfig, search_vectors
-from smysl.toolkit.store import Hit, StoreConfig, VectorStore, Where, local_path, open_store
+from smysl.toolkit.store import Hit, StoreConfig, VectorStore, Where, local_path
+from smysl.toolkit.stores import open_store
 
 CACHE_FILE = "embedding-cache.sqlite"
 

@@ -15,8 +15,8 @@ from typing import Any
 
 import numpy as np
 
+from smysl.toolkit._deps import INSTALL_HINT
 from smysl.toolkit.store import (
-    INSTALL_HINT,
     Condition,
     Hit,
     Record,

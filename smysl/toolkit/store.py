@@ -9,6 +9,9 @@ filtered on with :data:`Where` mappings::
     {"chunk": {"$gte": 2, "$lt": 5}}    # range ($gt, $gte, $lt, $lte)
 
 Conditions on several fields are ANDed; a record without the field never matches.
+
+The backends implement :class:`VectorStore` here; :func:`smysl.toolkit.stores.open_store`
+picks one for a :class:`StoreConfig`.
 """
 
 from __future__ import annotations
@@ -26,8 +29,6 @@ Where = Mapping[str, Any]
 Op = Literal["eq", "in", "gt", "gte", "lt", "lte"]
 RANGE_OPS: dict[str, Op] = {"$gt": "gt", "$gte": "gte", "$lt": "lt", "$lte": "lte"}
 Scalar = str | int | float | bool
-
-INSTALL_HINT = "pip install 'smysl[toolkit]'"
 
 
 @dataclass(frozen=True)
@@ -243,25 +244,6 @@ class VectorStore(abc.ABC):
         if k < 1:
             raise ValueError(f"k must be >= 1, got {k}")
         return q
-
-
-def open_store(config: StoreConfig, dimensions: int | None = None) -> VectorStore:
-    """Open (or, given ``dimensions``, create) the store ``config`` describes."""
-    if config.backend == "lancedb":
-        from smysl.toolkit.lancedb import LanceStore
-
-        return LanceStore(config, dimensions)
-    if config.backend == "qdrant":
-        from smysl.toolkit.qdrant import QdrantStore
-
-        return QdrantStore(config, dimensions)
-    if config.backend == "memory":
-        from smysl.toolkit.memory import MemoryStore
-
-        if dimensions is None:
-            raise ValueError("a memory store needs dimensions")
-        return MemoryStore(dimensions)
-    raise ValueError(f"unknown store backend {config.backend!r}")
 
 
 def local_path(uri: str) -> Path | None:

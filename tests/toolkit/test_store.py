@@ -8,7 +8,8 @@ import uuid
 import numpy as np
 import pytest
 
-from smysl.toolkit.store import StoreConfig, matches, open_store, parse_where
+from smysl.toolkit.store import StoreConfig, matches, parse_where
+from smysl.toolkit.stores import open_store
 from toolkit.helpers import brute_force, unit_rows
 
 D = 16

@@ -1,4 +1,5 @@
-"""Embed each distinct (instruction, text) once per model, timing it for the throughput report.
+"""One model's embeddings during an eval run: each distinct (instruction, text) embedded once,
+timed for the throughput report.
 
 Vectors are kept at the model's full size; Matryoshka sizes are cut from them later
 (:func:`smysl.pooling.finish`), which is exactly what asking the model for fewer
@@ -8,7 +9,6 @@ dimensions returns. With a ``cache_dir`` the vectors also persist across runs (d
 from __future__ import annotations
 
 import hashlib
-import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from smysl.base import BaseEmbedder
+from smysl.eval.results import model_slug
 
 
 @dataclass
@@ -40,8 +41,12 @@ def _key(text: str) -> bytes:
     return hashlib.sha1(text.encode("utf-8")).digest()
 
 
-class EmbeddingCache:
-    """Full-size unit vectors of one model, keyed by instruction and text."""
+class ModelEmbeddings:
+    """Full-size unit vectors of one model, keyed by instruction and text, shared by every task.
+
+    Kept in memory for the run, and on disk under ``cache_dir`` when one is given. Not the
+    toolkit's :class:`smysl.toolkit.EmbeddingCache` (SQLite, behind ``CachedEmbedder``).
+    """
 
     def __init__(self, model: BaseEmbedder, *, cache_dir: Path | None = None,
                  progress: bool = True) -> None:
@@ -49,7 +54,7 @@ class EmbeddingCache:
         self.progress = progress
         self.throughput = Throughput()
         self._vectors: dict[str | None, dict[bytes, np.ndarray]] = {}
-        self._dir = Path(cache_dir) / _slug(model.name) if cache_dir else None
+        self._dir = Path(cache_dir) / model_slug(model.name) if cache_dir else None
 
     def ensure(self, texts: list[str], instruction: str | None, *, label: str = "") -> None:
         """Embed whichever of ``texts`` (under ``instruction``) are not cached yet."""
@@ -125,7 +130,3 @@ class EmbeddingCache:
         tmp = path.with_suffix(".tmp.npz")
         np.savez(tmp, keys=keys, vectors=np.stack(list(store.values())))
         tmp.replace(path)
-
-
-def _slug(name: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("_") or "model"

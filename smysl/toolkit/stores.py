@@ -1,0 +1,29 @@
+"""Opening a :class:`~smysl.toolkit.store.VectorStore`: the one place that knows every backend.
+
+The backends (:mod:`~smysl.toolkit.lancedb`, :mod:`~smysl.toolkit.qdrant`,
+:mod:`~smysl.toolkit.memory`) build on :mod:`smysl.toolkit.store` and never import this module;
+each is imported only when a store of its kind is opened, so its client library loads on demand.
+"""
+
+from __future__ import annotations
+
+from smysl.toolkit.store import StoreConfig, VectorStore
+
+
+def open_store(config: StoreConfig, dimensions: int | None = None) -> VectorStore:
+    """Open (or, given ``dimensions``, create) the store ``config`` describes."""
+    if config.backend == "lancedb":
+        from smysl.toolkit.lancedb import LanceStore
+
+        return LanceStore(config, dimensions)
+    if config.backend == "qdrant":
+        from smysl.toolkit.qdrant import QdrantStore
+
+        return QdrantStore(config, dimensions)
+    if config.backend == "memory":
+        from smysl.toolkit.memory import MemoryStore
+
+        if dimensions is None:
+            raise ValueError("a memory store needs dimensions")
+        return MemoryStore(dimensions)
+    raise ValueError(f"unknown store backend {config.backend!r}")
