@@ -20,24 +20,33 @@ Every scheme takes ``URL#model`` to override its base URL, and keyword options
 
 from __future__ import annotations
 
-import dataclasses
-from typing import Any
-
-from smysl.options import ModelOptions
-from smysl.providers.base import (
+from smysl.providers.base import Provider
+from smysl.providers.config import ProviderConfig
+from smysl.providers.errors import (
     IncompleteEmbeddingError,
     MalformedResponseError,
     PayloadTooLargeError,
-    Provider,
-    ProviderConfig,
     ProviderError,
     ProviderHTTPError,
     RejectedInputError,
     RetriesExhaustedError,
-    Usage,
-    find_tokenizer,
+)
+from smysl.providers.presets import (
+    PRESETS,
+    connect,
+    load_dashscope,
+    load_deepinfra,
+    load_fireworks,
+    load_ollama,
+    load_openai,
+    load_openrouter,
+    load_siliconflow,
+    load_smysl,
+    load_tei,
 )
 from smysl.providers.pricing import PRICES, price_for
+from smysl.providers.tokens import find_tokenizer
+from smysl.providers.usage import Usage
 
 __all__ = [
     "PRESETS",
@@ -54,152 +63,14 @@ __all__ = [
     "Usage",
     "connect",
     "find_tokenizer",
+    "load_dashscope",
+    "load_deepinfra",
+    "load_fireworks",
+    "load_ollama",
+    "load_openai",
+    "load_openrouter",
+    "load_siliconflow",
+    "load_smysl",
+    "load_tei",
     "price_for",
 ]
-
-#: Default configuration per scheme. Limits are the providers' documented ones where found.
-PRESETS: dict[str, ProviderConfig] = {
-    "openrouter": ProviderConfig(
-        name="openrouter", base_url="https://openrouter.ai/api/v1",
-        api_key_env="OPENROUTER_API_KEY", api_key_required=True, base_url_env="OPENROUTER_BASE_URL",
-        max_batch_texts=256, max_tokens=32768, supports_dimensions=True,
-        headers=(("X-Title", "smysl"),)),
-    # Documented: at most 10 rows per request and 8,192 tokens per row (text-embedding-v3/v4).
-    "dashscope": ProviderConfig(
-        name="dashscope", base_url="https://dashscope-intl.aliyuncs.com/compatible-mode/v1",
-        api_key_env="DASHSCOPE_API_KEY", api_key_required=True, base_url_env="DASHSCOPE_BASE_URL",
-        max_batch_texts=10, max_tokens=8192, supports_dimensions=True),
-    "deepinfra": ProviderConfig(
-        name="deepinfra", base_url="https://api.deepinfra.com/v1/openai",
-        api_key_env="DEEPINFRA_API_KEY,DEEPINFRA_TOKEN", api_key_required=True,
-        base_url_env="DEEPINFRA_BASE_URL", max_batch_texts=256, max_tokens=8192),
-    "fireworks": ProviderConfig(
-        name="fireworks", base_url="https://api.fireworks.ai/inference/v1",
-        api_key_env="FIREWORKS_API_KEY", api_key_required=True, base_url_env="FIREWORKS_BASE_URL",
-        max_batch_texts=256, supports_dimensions=True),
-    # Documented: 32,768 tokens per input for Qwen3-Embedding; arrays of at most 32 inputs.
-    "siliconflow": ProviderConfig(
-        name="siliconflow", base_url="https://api.siliconflow.com/v1",
-        api_key_env="SILICONFLOW_API_KEY", api_key_required=True,
-        base_url_env="SILICONFLOW_BASE_URL", max_batch_texts=32, max_tokens=32768,
-        supports_dimensions=True),
-    # OpenAI's own limits: 2,048 inputs and 300,000 tokens per request.
-    "openai": ProviderConfig(
-        name="openai", base_url="https://api.openai.com/v1", api_key_env="OPENAI_API_KEY",
-        base_url_env="OPENAI_BASE_URL", max_batch_texts=2048, max_batch_tokens=300_000,
-        width_from_name=False),
-    "ollama": ProviderConfig(
-        name="ollama", base_url="http://localhost:11434", path="/api/embed",
-        base_url_env="OLLAMA_HOST", max_batch_texts=64, server_truncates=True,
-        width_from_name=False),
-    # TEI's default --max-client-batch-size is 32; larger batches get 413 (and are split).
-    "tei": ProviderConfig(
-        name="tei", base_url="http://localhost:8080", path="/embed", base_url_env="TEI_URL",
-        api_key_env="TEI_API_KEY", max_batch_texts=32, server_truncates=True,
-        width_from_name=False),
-    # smysl serve: OpenAI-compatible /v1/embeddings; at most 2,048 inputs per request.
-    "smysl": ProviderConfig(
-        name="smysl", base_url="http://127.0.0.1:8000/v1", base_url_env="SMYSL_URL",
-        api_key_env="SMYSL_API_KEY", max_batch_texts=2048, server_truncates=True,
-        width_from_name=False),
-}
-
-#: Output width by model where the name does not say it (DashScope's largest sizes).
-_WIDTHS: dict[str, int] = {
-    "dashscope:text-embedding-v4": 2048,
-    "dashscope:text-embedding-v3": 1024,
-}
-
-_CONFIG_FIELDS = {f.name for f in dataclasses.fields(ProviderConfig)} - {"name"}
-_PROVIDER_OPTIONS = {"api_key", "dimensions", "tokenizer", "name", "default_task", "transport",
-                     "seed"}
-
-
-def _provider_class(scheme: str) -> type[Provider]:
-    if scheme == "ollama":
-        from smysl.providers.ollama import OllamaProvider
-
-        return OllamaProvider
-    if scheme == "tei":
-        from smysl.providers.tei import TEIProvider
-
-        return TEIProvider
-    if scheme == "smysl":
-        from smysl.providers.openai import SmyslProvider
-
-        return SmyslProvider
-    from smysl.providers.openai import OpenAIProvider
-
-    return OpenAIProvider
-
-
-def _normalise_url(scheme: str, url: str) -> str:
-    url = url.strip().rstrip("/")
-    if "://" not in url:  # OLLAMA_HOST is often "host:port" or "0.0.0.0"
-        url = "http://" + url
-    if scheme == "ollama" and url.count(":") == 1:
-        url += ":11434"
-    if scheme == "smysl" and not url.endswith("/v1"):
-        url += "/v1"
-    return url
-
-
-def connect(scheme: str, rest: str = "", **options: Any) -> Provider:
-    """Build the provider for ``scheme:rest`` (``rest`` = ``model`` or ``URL#model``)."""
-    if scheme not in PRESETS:
-        raise ValueError(f"unknown provider {scheme!r}; known: {', '.join(sorted(PRESETS))}")
-    unknown = set(options) - _CONFIG_FIELDS - _PROVIDER_OPTIONS - {"base_url"}
-    if unknown:
-        raise TypeError(f"unexpected options for {scheme}: {sorted(unknown)}")
-    url, model = None, rest
-    if rest.startswith(("http://", "https://")):
-        url, _, model = rest.partition("#")
-    if options.get("base_url"):
-        url = str(options.pop("base_url"))
-    options.pop("base_url", None)
-    overrides = {k: options.pop(k) for k in list(options) if k in _CONFIG_FIELDS}
-    config = PRESETS[scheme]
-    if url:
-        # An explicit URL wins over the environment variable.
-        overrides.update(base_url=_normalise_url(scheme, url), base_url_env=None)
-    elif config.base_url_env:
-        import os
-
-        env = os.environ.get(config.base_url_env)
-        if env:
-            overrides.update(base_url=_normalise_url(scheme, env), base_url_env=None)
-    config = dataclasses.replace(config, **overrides)
-    if not model and scheme not in ("tei",):
-        raise ValueError(f"{scheme}: no model given (write {scheme}:MODEL or {scheme}:URL#MODEL)")
-    if scheme in ("openrouter", "dashscope", "deepinfra", "fireworks", "siliconflow") and \
-            "dimensions" not in options:
-        options["dimensions"] = _WIDTHS.get(f"{scheme}:{model}".lower())
-    # TEI serves one model and takes no name: the server's URL identifies it.
-    return _provider_class(scheme)(model or config.base_url, config, **options)
-
-
-#: ModelOptions fields -> ProviderConfig fields (the registry rejects any other option set).
-_FROM_MODEL_OPTIONS = {"max_tokens": "max_tokens", "max_batch_tokens": "max_batch_tokens",
-                       "max_batch_size": "max_batch_texts"}
-
-
-def _factory(scheme: str) -> Any:
-    def load(rest: str, options: ModelOptions | None = None, **kwargs: Any) -> Provider:
-        given = (options or ModelOptions()).given()
-        mapped = {_FROM_MODEL_OPTIONS[k]: v for k, v in given.items() if k in _FROM_MODEL_OPTIONS}
-        return connect(scheme, rest, **mapped, **kwargs)
-
-    load.__name__ = f"load_{scheme}"
-    load.__doc__ = f"``{scheme}:...`` model strings (see :func:`connect`)."
-    return load
-
-
-load_openrouter = _factory("openrouter")
-load_dashscope = _factory("dashscope")
-load_deepinfra = _factory("deepinfra")
-load_fireworks = _factory("fireworks")
-load_siliconflow = _factory("siliconflow")
-load_openai = _factory("openai")
-load_ollama = _factory("ollama")
-load_tei = _factory("tei")
-load_smysl = _factory("smysl")

@@ -190,7 +190,7 @@ def test_truncation_local_check_and_client_side_cut(qwen_tok: Any, tokenizer_pat
 
 
 def test_no_tokenizer_falls_back_to_a_byte_bound(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("smysl.providers.base.TOKENIZER_REPO", "smysl-tests/no-such-repo")
+    monkeypatch.setattr("smysl.providers.tokens.TOKENIZER_REPO", "smysl-tests/no-such-repo")
     with FakeServer(dims=32) as srv:
         m = load(srv, "tei", dimensions=32)
         with pytest.warns(RuntimeWarning, match="no Qwen3 tokenizer"):

@@ -21,7 +21,8 @@ from smysl.providers import (
     connect,
     price_for,
 )
-from smysl.providers.base import _retry_after, width_from_name
+from smysl.providers.retry import retry_after_seconds
+from smysl.providers.tokens import width_from_name
 from smysl.registry import split
 
 
@@ -221,12 +222,12 @@ def test_retry_after_is_honoured_and_bounded() -> None:
 
 
 def test_retry_after_parsing() -> None:
-    assert _retry_after(httpx.Headers({"Retry-After": "3"})) == 3
-    assert _retry_after(httpx.Headers({"Retry-After": "3", "retry-after-ms": "10"})) == 0.01
-    assert _retry_after(httpx.Headers({"Retry-After": "soon"})) is None
-    date = _retry_after(httpx.Headers({"Retry-After": "Wed, 21 Oct 2015 07:28:00 GMT"}))
+    assert retry_after_seconds(httpx.Headers({"Retry-After": "3"})) == 3
+    assert retry_after_seconds(httpx.Headers({"Retry-After": "3", "retry-after-ms": "10"})) == 0.01
+    assert retry_after_seconds(httpx.Headers({"Retry-After": "soon"})) is None
+    date = retry_after_seconds(httpx.Headers({"Retry-After": "Wed, 21 Oct 2015 07:28:00 GMT"}))
     assert date == 0.0  # in the past: retry now
-    assert _retry_after(httpx.Headers({})) is None
+    assert retry_after_seconds(httpx.Headers({})) is None
 
 
 def test_backoff_grows_exponentially_with_jitter() -> None:

@@ -1,0 +1,76 @@
+"""How to talk to one provider: :class:`ProviderConfig`, one frozen value per scheme."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class ProviderConfig:
+    """How to talk to one provider. Every field can be overridden per model string option."""
+
+    #: Scheme and price-table key (``openrouter``, ``dashscope``, ...).
+    name: str
+    #: API root, e.g. ``https://openrouter.ai/api/v1``; the request path is appended.
+    base_url: str
+    #: Request path under ``base_url``.
+    path: str = "/embeddings"
+    #: Environment variable(s) holding the API key, comma-separated, first set wins (sent as
+    #: ``Authorization: Bearer``).
+    api_key_env: str | None = None
+    #: Environment variable that overrides ``base_url`` (e.g. ``OLLAMA_HOST``).
+    base_url_env: str | None = None
+    #: Refuse to build without a key (paid APIs); local servers run without one.
+    api_key_required: bool = False
+    #: Most inputs in one request (DashScope: 10, TEI's default ``max_client_batch_size``: 32).
+    max_batch_texts: int = 256
+    #: Most tokens in one request, estimated (exact with a tokenizer, else a UTF-8 byte bound).
+    max_batch_tokens: int | None = None
+    #: Most tokens one input may have, when the provider documents it.
+    max_tokens: int | None = None
+    #: Whether the output width may be read off a Qwen3-Embedding size in the model name
+    #: (``...-8B`` -> 4096). Off for self-hosted servers, whose model names are arbitrary: their
+    #: width is probed with one request unless ``dimensions=`` is given.
+    width_from_name: bool = True
+    #: Whether requests may carry ``dimensions`` (the width rows come back with).
+    supports_dimensions: bool = False
+    #: Whether the API truncates over-long inputs itself when asked (TEI, Ollama); otherwise
+    #: ``truncate=True`` is done client-side with the Qwen3 tokenizer.
+    server_truncates: bool = False
+    #: Seconds to wait for a response (read/write/pool); connecting has its own limit below.
+    timeout: float = 60.0
+    #: Seconds to wait for a TCP/TLS connection.
+    connect_timeout: float = 10.0
+    #: Extra tries per request after the first on 429/5xx/timeouts/connection errors/malformed
+    #: bodies. Other 4xx are never retried.
+    max_retries: int = 6
+    #: First backoff in seconds; doubles per try, with jitter (each wait is 50-100% of it).
+    backoff_base: float = 0.5
+    #: Longest backoff in seconds.
+    backoff_max: float = 30.0
+    #: Longest ``Retry-After`` honoured, in seconds (a server asking for more gets this).
+    max_retry_after: float = 120.0
+    #: Requests in flight at once for one ``embed`` call.
+    max_concurrency: int = 4
+    #: USD per 1M tokens; None = look it up in :data:`smysl.providers.pricing.PRICES`.
+    price_per_mtok: float | None = None
+    #: Extra HTTP headers sent with every request.
+    headers: tuple[tuple[str, str], ...] = ()
+
+    def __post_init__(self) -> None:
+        checks = {
+            "max_batch_texts": self.max_batch_texts >= 1,
+            "max_batch_tokens": self.max_batch_tokens is None or self.max_batch_tokens >= 1,
+            "max_tokens": self.max_tokens is None or self.max_tokens >= 1,
+            "timeout": self.timeout > 0,
+            "connect_timeout": self.connect_timeout > 0,
+            "max_retries": self.max_retries >= 0,
+            "backoff_base": self.backoff_base >= 0,
+            "backoff_max": self.backoff_max >= 0,
+            "max_retry_after": self.max_retry_after >= 0,
+            "max_concurrency": self.max_concurrency >= 1,
+            "price_per_mtok": self.price_per_mtok is None or self.price_per_mtok >= 0,
+        }
+        bad = [k for k, ok in checks.items() if not ok]
+        if bad:
+            raise ValueError(f"invalid provider setting(s) for {self.name}: {', '.join(bad)}")

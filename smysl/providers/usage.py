@@ -1,0 +1,90 @@
+"""Token, request and cost accounting for one provider object (:class:`Usage`)."""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass
+class Usage:
+    """Running totals for one provider object: tokens, requests, retries and cost.
+
+    ``tokens`` sums what the provider reported where it did and the local Qwen3 count
+    elsewhere (``counted_tokens``); ``estimated_tokens`` is the part that could only be bounded
+    (no tokenizer available). Thread-safe; ``str()`` is a one-line report.
+    """
+
+    provider: str
+    model: str
+    price_per_mtok: float | None = None
+    texts: int = 0
+    tokens: int = 0
+    reported_tokens: int = 0
+    counted_tokens: int = 0
+    estimated_tokens: int = 0
+    requests: int = 0
+    retries: int = 0
+    failed_requests: int = 0
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+
+    @property
+    def cost(self) -> float | None:
+        """USD spent so far, or None when no price is known."""
+        if self.price_per_mtok is None:
+            return None
+        return self.tokens * self.price_per_mtok / 1_000_000
+
+    def record(self, *, texts: int, reported: int | None, counted: int | None,
+               estimated: int | None) -> None:
+        with self._lock:
+            self.texts += texts
+            self.requests += 1
+            if reported is not None:
+                self.reported_tokens += reported
+                self.tokens += reported
+            elif counted is not None:
+                self.counted_tokens += counted
+                self.tokens += counted
+            elif estimated is not None:
+                self.estimated_tokens += estimated
+                self.tokens += estimated
+
+    def record_retry(self) -> None:
+        with self._lock:
+            self.retries += 1
+
+    def record_failure(self) -> None:
+        with self._lock:
+            self.failed_requests += 1
+
+    def snapshot(self) -> dict[str, Any]:
+        """Plain totals (for logs, JSON, metrics)."""
+        with self._lock:
+            out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
+                   if not f.name.startswith("_")}
+        out["cost"] = self.cost
+        return out
+
+    def reset(self) -> None:
+        with self._lock:
+            self.texts = self.tokens = self.reported_tokens = self.counted_tokens = 0
+            self.estimated_tokens = self.requests = self.retries = self.failed_requests = 0
+
+    def __str__(self) -> str:
+        s = self.snapshot()
+        approx = "≤" if s["estimated_tokens"] else ""
+        source = ("provider-reported" if s["tokens"] == s["reported_tokens"]
+                  else "counted locally" if not s["reported_tokens"] else "reported+counted")
+        cost = (f"${s['cost']:.6f} at ${self.price_per_mtok:g}/1M tokens"
+                if s["cost"] is not None else "cost unknown (no price)")
+        failed = f", {s['failed_requests']} failed" if s["failed_requests"] else ""
+        return (f"{self.provider}:{self.model}: {approx}{_n(s['tokens'], 'token')} ({source}), "
+                f"{_n(s['texts'], 'text')}, {_n(s['requests'], 'request')}, "
+                f"{_n(s['retries'], 'retry', 'retries')}{failed}, {cost}")
+
+
+def _n(count: int, one: str, many: str | None = None) -> str:
+    return f"{count:,} {one if count == 1 else many or one + 's'}"
