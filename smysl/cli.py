@@ -25,6 +25,9 @@ COMMANDS: dict[str, str] = {
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="smysl", description="Qwen3-Embedding: embed, serve, index and search, evaluate.")
+    from smysl import __version__
+
+    parser.add_argument("--version", action="version", version=f"smysl {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, module_name in COMMANDS.items():
         module = importlib.import_module(module_name)

@@ -58,3 +58,16 @@ def test_embed_errors_are_reported_not_raised(tiny_dir: Path, monkeypatch: pytes
     code, _, err = _run(monkeypatch, capsys, ["embed", "--model", str(tiny_dir), "--device",
                                               "cpu"], "word " * 3000 + "\n")
     assert code == 2 and "truncat" in err
+
+
+def test_version_and_task_list_need_no_model(capsys: pytest.CaptureFixture[str]) -> None:
+    import smysl
+    from smysl.cli import main
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["--version"])
+    assert exit_.value.code == 0 and capsys.readouterr().out.strip() == f"smysl {smysl.__version__}"
+    assert main(["eval", "--list-tasks"]) == 0
+    assert "sts-ru" in capsys.readouterr().out
+    assert main(["eval"]) == 2
+    assert "--model" in capsys.readouterr().err

@@ -31,7 +31,7 @@ def _instruction(text: str) -> tuple[str, str]:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", "-m", action="append", required=True,
+    p.add_argument("--model", "-m", action="append", default=[],
                    help="model string (repeat to compare models): st:all-minilm-l6-v2, a "
                         "checkpoint dir, a Hub id, provider:model")
     p.add_argument("--tasks", "-t", type=_names, default=(),
@@ -69,6 +69,8 @@ def run(args: argparse.Namespace) -> int:
     from smysl.eval.data import DEFAULT_DATA_DIR
     from smysl.eval.tasks import TASKS
 
+    if not args.list_tasks and not args.model:
+        raise ValueError("give at least one --model/-m (or --list-tasks)")
     if args.list_tasks:
         for t in TASKS.values():
             print(f"{t.name:24s} {t.kind:15s} {t.metric_label:18s} {t.description}")
