@@ -105,7 +105,7 @@ class Engine:
     alive: bool = True
 
     def __init__(self, model: Qwen3Encoder, device: torch.device, dtype: torch.dtype,
-                 quantization: str | None = None) -> None:
+                 quantization: str | None = None, parameters: int | None = None) -> None:
         self.model = model
         self.device = device
         self.dtype = dtype
@@ -114,7 +114,8 @@ class Engine:
         self.hidden_size = cfg.hidden_size
         self.vocab_rows = model.embed_tokens.weight.shape[0]
         self.max_positions = cfg.max_position_embeddings
-        self.parameters = sum(p.numel() for p in model.parameters())
+        # counted before quantisation by from_checkpoint (int8 layers hide their weights)
+        self.parameters = parameters or sum(p.numel() for p in model.parameters())
         self.chunk = CHUNK_TOKENS.get(device.type, 4096)
         self._lock = threading.Lock()  # one forward at a time: threads would oversubscribe
 
@@ -129,9 +130,7 @@ class Engine:
             from smysl.qwen3.quantize import quantize_int8
 
             quantize_int8(model)
-        engine = cls(model, device, dtype, cfg.quantize)
-        engine.parameters = parameters
-        return engine
+        return cls(model, device, dtype, cfg.quantize, parameters)
 
     def forward(self, batch: list[list[int]]) -> np.ndarray:
         """One forward pass: token-id sequences -> float32 ``[len(batch), hidden]`` pooled rows.
