@@ -12,6 +12,7 @@ from __future__ import annotations
 import importlib
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from smysl.options import ModelOptions
@@ -78,6 +79,7 @@ SCHEMES: dict[str, Scheme] = {s.name: s for s in (
     _remote("ollama", "an Ollama server"),
     _remote("tei", "a Text Embeddings Inference server"),
     _remote("smysl", "another smysl server"),
+    _remote("replicate", "Replicate predictions API"),
 )}
 
 
@@ -119,7 +121,10 @@ def load(model: str, options: ModelOptions | None = None, **kwargs: Any) -> Base
     name, rest = split(model.strip())
     scheme = SCHEMES[name]
     options.check(scheme.options, model)
-    return scheme.factory()(rest, options, **backend_kwargs)
+    embedder = scheme.factory()(rest, options, **backend_kwargs)
+    # a local folder absolute, so the string loads the same model from any working directory
+    embedder.source = str(Path(model).resolve()) if Path(model).is_dir() else model.strip()
+    return embedder
 
 
 def names_of(model: str) -> set[str]:

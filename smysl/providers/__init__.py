@@ -11,6 +11,7 @@ Model strings (see ``docs/providers.md``)::
     ollama:qwen3-embedding:0.6b
     tei:http://localhost:8080
     smysl:http://localhost:8000#qwen3-embedding:0.6b
+    replicate:lucataco/qwen3-embedding-8b
 
 Every scheme takes ``URL#model`` to override its base URL, and keyword options
 (``smysl.load("openrouter:...", api_key=..., timeout=..., max_retries=...)``): any
@@ -24,11 +25,16 @@ from smysl.providers.base import Provider
 from smysl.providers.config import ProviderConfig
 from smysl.providers.errors import (
     IncompleteEmbeddingError,
+    InvalidRowError,
+    JobTimeoutError,
     MalformedResponseError,
+    PartialEmbeddingError,
     PayloadTooLargeError,
     ProviderError,
     ProviderHTTPError,
+    ProviderTimeoutError,
     RejectedInputError,
+    RequestTimeoutError,
     RetriesExhaustedError,
 )
 from smysl.providers.presets import (
@@ -40,25 +46,32 @@ from smysl.providers.presets import (
     load_ollama,
     load_openai,
     load_openrouter,
+    load_replicate,
     load_siliconflow,
     load_smysl,
     load_tei,
 )
-from smysl.providers.pricing import PRICES, price_for
+from smysl.providers.pricing import PRICES, REQUEST_PRICES, price_for, request_price_for
 from smysl.providers.tokens import find_tokenizer
 from smysl.providers.usage import Usage
 
 __all__ = [
     "PRESETS",
     "PRICES",
+    "REQUEST_PRICES",
     "IncompleteEmbeddingError",
+    "InvalidRowError",
+    "JobTimeoutError",
     "MalformedResponseError",
+    "PartialEmbeddingError",
     "PayloadTooLargeError",
     "Provider",
     "ProviderConfig",
     "ProviderError",
     "ProviderHTTPError",
+    "ProviderTimeoutError",
     "RejectedInputError",
+    "RequestTimeoutError",
     "RetriesExhaustedError",
     "Usage",
     "connect",
@@ -69,8 +82,10 @@ __all__ = [
     "load_ollama",
     "load_openai",
     "load_openrouter",
+    "load_replicate",
     "load_siliconflow",
     "load_smysl",
     "load_tei",
     "price_for",
+    "request_price_for",
 ]

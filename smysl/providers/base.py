@@ -2,12 +2,15 @@
 
 A concrete provider says only how one request looks (:meth:`Provider.request_body`) and how
 its response is read (:meth:`Provider.parse_response`). Everything else is derived once for
-all of them: splitting inputs by the provider's batch-size and request-size limits, concurrent
-requests (:mod:`~smysl.providers.dispatch`), timeouts, bounded retries with exponential backoff
-and jitter that honour ``Retry-After``, response validation (:mod:`~smysl.providers.retry`),
-token usage and cost (:mod:`~smysl.providers.usage`). Rows always come back in input order; a
-text that cannot be embedded raises :class:`IncompleteEmbeddingError` naming it, never a
-silent gap.
+all of them: splitting inputs by the provider's batch-size and request-size limits (a 413
+lowers the size for the rest of the call and later calls), concurrent requests
+(:mod:`~smysl.providers.dispatch`), wall-clock deadlines per request and per call, bounded
+retries with exponential backoff and jitter that honour ``Retry-After``, the upstream's health
+(:mod:`~smysl.providers.retry`), row validation (:mod:`~smysl.providers.rows`), token usage and
+cost (:mod:`~smysl.providers.usage`). Rows always come back in input order; a text that cannot
+be embedded raises :class:`IncompleteEmbeddingError` naming it, never a silent gap, and rows
+finished before the failure ride along and are kept for a resume
+(:mod:`~smysl.providers.resume`).
 
 Matryoshka: a provider returns rows of a fixed width (``dimensions``, chosen when it is built
 and sent as the request's ``dimensions`` where the API takes it). Smaller sizes asked of
@@ -33,13 +36,15 @@ from smysl.providers.config import ProviderConfig
 from smysl.providers.dispatch import run_batches
 from smysl.providers.errors import (
     IncompleteEmbeddingError,
-    MalformedResponseError,
+    PartialEmbeddingError,
     PayloadTooLargeError,
     ProviderHTTPError,
     RejectedInputError,
 )
-from smysl.providers.pricing import price_for
-from smysl.providers.retry import RetryingClient, check_rows
+from smysl.providers.pricing import price_for, request_price_for
+from smysl.providers.resume import ResumeStore
+from smysl.providers.retry import Deadline, RetryingClient
+from smysl.providers.rows import check_rows
 from smysl.providers.tokens import TOKENIZER_ENV, find_tokenizer, fit_texts, width_from_name
 from smysl.providers.usage import Usage
 from smysl.scheduler import SchedulerConfig, plan_batches
@@ -53,6 +58,9 @@ class Provider(BaseEmbedder):
     Thread-safe: one object may serve many threads (``smysl serve`` fronting a provider); the
     HTTP client pools connections and usage totals are locked.
     """
+
+    #: Keyword options the subclass's constructor takes besides :class:`Provider`'s.
+    OPTIONS: frozenset[str] = frozenset()
 
     def __init__(
         self,
@@ -101,16 +109,20 @@ class Provider(BaseEmbedder):
         self._tokenizer_resolved = self._tokenizer is not None
         #: Batch size learned from 413 answers (servers whose limit is below the config's).
         self._batch_cap = config.max_batch_texts
+        self._cap_lock = threading.Lock()
+        #: Rows of calls that failed part-way, for the next call to resume from.
+        self._resume = ResumeStore(int(config.resume_cache_mb * (1 << 20)))
         self._width_lock = threading.Lock()
         self._tokenizer_lock = threading.Lock()
         #: Sleep function between retries (tests record instead of sleeping).
         self.sleep: Callable[[float], None] = time.sleep
-        price = config.price_per_mtok
-        self.usage = Usage(config.name, model,
-                           price if price is not None else price_for(config.name, model))
+        price, per_request = config.price_per_mtok, config.price_per_request
+        self.usage = Usage(
+            config.name, model, price if price is not None else price_for(config.name, model),
+            per_request if per_request is not None else request_price_for(config.name, model))
         self._http = RetryingClient(config, name=self.name, model=model, base_url=self.base_url,
                                     api_key=api_key, usage=self.usage, transport=transport,
-                                    seed=seed)
+                                    seed=seed, probe=self._probe)
         if tokenizer is not None or os.environ.get(TOKENIZER_ENV):
             # A tokenizer named explicitly is local and cheap: load it now so that length checks
             # and request-size estimates use exact counts from the first call.
@@ -133,6 +145,14 @@ class Provider(BaseEmbedder):
         return None
 
     # ---------------------------------------------------------------- attributes
+    @property
+    def healthy(self) -> bool:
+        """False while the upstream does not answer: after two attempts in a row timed out or
+        failed to connect, until any HTTP answer (a request, or a background probe: one short
+        text, billed like any request, after 5 s, then up to every 60 s). Cheap and
+        non-blocking; ``smysl serve``'s ``/health`` reports it."""
+        return self._http.healthy
+
     @property
     def dimensions(self) -> int:
         """Width of the rows this provider returns (probed with one request if unknown)."""
@@ -175,24 +195,41 @@ class Provider(BaseEmbedder):
         texts = self._fit_lengths(texts, truncate)
         width = self.dimensions
         out = np.empty((len(texts), width), dtype=np.float32)
-        batches = self._plan(texts)
-        failed, first_error = run_batches(
-            batches, lambda batch: self._embed_batch(texts, batch, truncate, out),
+        done = np.zeros(len(texts), dtype=bool)
+        used = self._resume.take(texts, truncate, out, done)  # paid for by a failed call
+        if used and progress is not None:
+            progress.update(int(done.sum()))
+        todo = np.flatnonzero(~done).tolist()
+        batches = [[todo[k] for k in b] for b in self._plan([texts[i] for i in todo])]
+        deadline = Deadline(self.config.job_timeout, self.name)
+        error = run_batches(
+            batches, lambda batch: self._embed_batch(texts, batch, truncate, out, done, deadline),
             workers=min(self.config.max_concurrency, len(batches)),
             thread_name=f"smysl-{self.config.name}", progress=progress)
-        if first_error is not None:
-            failed = sorted(set(failed))
-            if isinstance(first_error, ProviderHTTPError) and first_error.status in (401, 403,
-                                                                                    404):
-                # A bad key or an unknown model fails every input alike: say that plainly.
-                raise first_error
-            rejected = isinstance(first_error, ProviderHTTPError) and first_error.status in (
-                400, 422)
-            raise (RejectedInputError if rejected else IncompleteEmbeddingError)(
-                f"{self.name}: {len(failed)} of {len(texts)} inputs were not embedded "
-                f"(first failed input: #{failed[0]}): {first_error}",
-                failed, len(texts), first_error) from first_error
-        return out
+        if error is None:
+            self._resume.drop(used)
+            return out
+        self._resume.keep(texts, truncate, out, done)
+        failure = self._incomplete(error, out, done)
+        if failure is error:
+            raise error
+        raise failure from error
+
+    def _incomplete(self, error: BaseException, out: np.ndarray,
+                    done: np.ndarray) -> BaseException:
+        """The error an ``embed`` call raises when ``error`` stopped it; finished rows ride
+        along (and are kept for a resume)."""
+        if isinstance(error, ProviderHTTPError) and error.status in (401, 403, 404):
+            return error  # a bad key or an unknown model fails every input alike
+        failed, got = np.flatnonzero(~done).tolist(), np.flatnonzero(done).tolist()
+        rejected = isinstance(error, ProviderHTTPError) and error.status in (400, 422)
+        cls = (RejectedInputError if rejected else PartialEmbeddingError if got
+               else IncompleteEmbeddingError)
+        kept = (f"; the {len(got)} finished rows are kept: embed the same texts again to send "
+                f"only the missing ones" if got and self._resume.max_bytes else "")
+        first = f" (first failed input: #{failed[0]})" if failed else ""
+        return cls(f"{self.name}: {len(failed)} of {len(done)} inputs were not embedded"
+                   f"{first}{kept}: {error}", failed, len(done), error, done=got, rows=out[got])
 
     def usage_report(self) -> str:
         return str(self.usage)
@@ -232,25 +269,36 @@ class Provider(BaseEmbedder):
             max_batch_size=min(cfg.max_batch_texts, self._batch_cap)))
 
     def _embed_batch(self, texts: list[str], batch: list[int], truncate: bool,
-                     out: np.ndarray) -> None:
+                     out: np.ndarray, done: np.ndarray, deadline: Deadline) -> None:
+        deadline.check()
+        cap = self._batch_cap
+        if len(batch) > cap:  # a 413 taught a smaller size since this batch was planned
+            for k in range(0, len(batch), cap):
+                self._embed_batch(texts, batch[k:k + cap], truncate, out, done, deadline)
+            return
         chunk = [texts[i] for i in batch]
         try:
-            rows, reported = self._request(chunk, truncate=truncate)
+            rows, reported = self._request(chunk, truncate=truncate, positions=batch,
+                                           deadline=deadline)
         except PayloadTooLargeError:
             if len(batch) == 1:
                 raise
-            # The server's limit is lower than configured: halve, go on, and plan later calls
-            # within the size that is known to fit better.
-            mid = len(batch) // 2
-            self._batch_cap = min(self._batch_cap, len(batch) - mid)
-            self._embed_batch(texts, batch[:mid], truncate, out)
-            self._embed_batch(texts, batch[mid:], truncate, out)
+            # The server's limit is below this batch: halve the size for this batch, its
+            # retries and every later batch of this object (issue 11 item 9a).
+            with self._cap_lock:
+                self._batch_cap = min(self._batch_cap, (len(batch) + 1) // 2)
+            self._embed_batch(texts, batch, truncate, out, done, deadline)
             return
-        if rows.shape[1] != out.shape[1]:
-            raise MalformedResponseError(
-                f"{self.name} returned {rows.shape[1]}-wide rows, expected {out.shape[1]}")
         out[batch] = rows
+        done[batch] = True
         self._record(chunk, reported)
+
+    def _probe(self) -> None:
+        """Whether a down upstream is back: one short text, one timeout (usage records it)."""
+        probe = ["health probe"]
+        _, reported = self._request(probe, truncate=True,
+                                    deadline=Deadline(self.config.timeout, self.name))
+        self._record(probe, reported)
 
     def _record(self, chunk: list[str], reported: int | None) -> None:
         counted = estimated = None
@@ -263,14 +311,19 @@ class Provider(BaseEmbedder):
         self.usage.record(texts=len(chunk), reported=reported, counted=counted,
                           estimated=estimated)
 
-    def _request(self, texts: list[str], *, truncate: bool) -> tuple[np.ndarray, int | None]:
-        """POST one batch; retry what is worth retrying; return validated rows and usage."""
+    def _request(self, texts: list[str], *, truncate: bool, positions: list[int] | None = None,
+                 deadline: Deadline | None = None) -> tuple[np.ndarray, int | None]:
+        """POST one batch; retry what is worth retrying; return validated rows and usage.
+        ``positions`` (the texts' places in the call) only word row errors."""
         body = self.request_body(texts, truncate=truncate)
-        return self._http.post(body, len(texts), read=self._read, sleep=self.sleep)
+        return self._http.post(body, len(texts), read=lambda b, n: self._read(b, n, positions),
+                               sleep=self.sleep, deadline=deadline)
 
-    def _read(self, body: Any, n: int) -> tuple[np.ndarray, int | None]:
+    def _read(self, body: Any, n: int,
+              positions: list[int] | None = None) -> tuple[np.ndarray, int | None]:
         rows, tokens = self.parse_response(body, n)
-        return check_rows(rows, tokens, n, width=self._width, name=self.name)
+        return check_rows(rows, tokens, n, width=self._width, name=self.name,
+                          positions=positions)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.name!r}, base_url={self.base_url!r})"

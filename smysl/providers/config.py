@@ -37,10 +37,14 @@ class ProviderConfig:
     #: Whether the API truncates over-long inputs itself when asked (TEI, Ollama); otherwise
     #: ``truncate=True`` is done client-side with the Qwen3 tokenizer.
     server_truncates: bool = False
-    #: Seconds to wait for a response (read/write/pool); connecting has its own limit below.
+    #: Wall-clock seconds one HTTP request may take, from sending to the last byte of the
+    #: answer (not per read: a body that drips in slowly times out too). Retried.
     timeout: float = 60.0
-    #: Seconds to wait for a TCP/TLS connection.
+    #: Seconds to wait for a TCP/TLS connection (within ``timeout``).
     connect_timeout: float = 10.0
+    #: Wall-clock seconds one ``embed`` call may take in all: every request, retry and backoff
+    #: wait (None: no limit). Rows finished before it runs out are kept for a resume.
+    job_timeout: float | None = 300.0
     #: Extra tries per request after the first on 429/5xx/timeouts/connection errors/malformed
     #: bodies. Other 4xx are never retried.
     max_retries: int = 6
@@ -54,6 +58,12 @@ class ProviderConfig:
     max_concurrency: int = 4
     #: USD per 1M tokens; None = look it up in :data:`smysl.providers.pricing.PRICES`.
     price_per_mtok: float | None = None
+    #: USD per request (APIs billed per run, Replicate); None = look it up in
+    #: :data:`smysl.providers.pricing.REQUEST_PRICES`.
+    price_per_request: float | None = None
+    #: MiB of rows kept from ``embed`` calls that failed part-way, so that calling ``embed``
+    #: again with the same texts sends only the missing ones (0: keep none).
+    resume_cache_mb: float = 256.0
     #: Extra HTTP headers sent with every request.
     headers: tuple[tuple[str, str], ...] = ()
 
@@ -64,12 +74,15 @@ class ProviderConfig:
             "max_tokens": self.max_tokens is None or self.max_tokens >= 1,
             "timeout": self.timeout > 0,
             "connect_timeout": self.connect_timeout > 0,
+            "job_timeout": self.job_timeout is None or self.job_timeout > 0,
             "max_retries": self.max_retries >= 0,
             "backoff_base": self.backoff_base >= 0,
             "backoff_max": self.backoff_max >= 0,
             "max_retry_after": self.max_retry_after >= 0,
             "max_concurrency": self.max_concurrency >= 1,
             "price_per_mtok": self.price_per_mtok is None or self.price_per_mtok >= 0,
+            "price_per_request": self.price_per_request is None or self.price_per_request >= 0,
+            "resume_cache_mb": self.resume_cache_mb >= 0,
         }
         bad = [k for k, ok in checks.items() if not ok]
         if bad:

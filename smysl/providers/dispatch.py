@@ -1,5 +1,6 @@
 """Sending one ``embed`` call's batches: in order on one thread, or a few at a time, and
-stopping at the first failure so that a call that will raise anyway spends no more."""
+stopping at the first failure so that a call that will raise anyway spends no more (the rows of
+batches that did finish are kept by the caller for a resume)."""
 
 from __future__ import annotations
 
@@ -10,26 +11,22 @@ from smysl.base import Progress
 
 
 def run_batches(batches: list[list[int]], send: Callable[[list[int]], None], *, workers: int,
-                thread_name: str, progress: Progress | None = None,
-                ) -> tuple[list[int], BaseException | None]:
+                thread_name: str, progress: Progress | None = None) -> BaseException | None:
     """Call ``send(batch)`` for each batch, ``workers`` at a time (one: in order, inline).
 
-    Returns the input positions left unembedded (unsorted, possibly repeated) and the first
-    error, or ``([], None)`` when every batch succeeded. ``progress`` counts finished inputs.
+    Returns the first error, or None when every batch succeeded; after an error no new batch
+    starts, and batches already running finish. ``progress`` counts finished inputs.
     """
-    failed: list[int] = []
-    first_error: BaseException | None = None
     if workers <= 1:
-        for k, batch in enumerate(batches):
+        for batch in batches:
             try:
                 send(batch)
             except Exception as e:
-                first_error = e
-                failed = [i for b in batches[k:] for i in b]
-                break
+                return e
             if progress is not None:
                 progress.update(len(batch))
-        return failed, first_error
+        return None
+    first_error: BaseException | None = None
     ex = ThreadPoolExecutor(workers, thread_name_prefix=thread_name)
     try:
         futures: dict[Future[None], list[int]] = {ex.submit(send, b): b for b in batches}
@@ -43,17 +40,13 @@ def run_batches(batches: list[list[int]], send: Callable[[list[int]], None], *, 
                         progress.update(len(futures[fut]))
                     continue
                 first_error = first_error or err
-                failed.extend(futures[fut])
             if first_error is not None:
                 # Stop spending on a job that will raise anyway; running requests finish.
                 for fut in pending:
-                    if fut.cancel():
-                        failed.extend(futures[fut])
-                for fut in wait(pending).done:
-                    if not fut.cancelled() and fut.exception() is not None:
-                        failed.extend(futures[fut])
+                    fut.cancel()
+                wait(pending)
                 break
     finally:
         # Ctrl-C or any error: queued batches are dropped, not sent.
         ex.shutdown(wait=True, cancel_futures=True)
-    return failed, first_error
+    return first_error

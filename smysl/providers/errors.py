@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import numpy as np
+
 
 class ProviderError(RuntimeError):
     """A provider request failed."""
@@ -25,27 +27,59 @@ class MalformedResponseError(ProviderError):
     """A 2xx response whose body does not have the documented shape."""
 
 
+class InvalidRowError(MalformedResponseError, ValueError):
+    """A 2xx response with a row that is no embedding: zero, non-finite, non-numeric, of the
+    wrong width, or with a norm that float32 cannot hold. Retried like any malformed body; the
+    message names the provider, the row and the input."""
+
+
 class RetriesExhaustedError(ProviderError):
     """A request kept failing with retryable errors until the retry budget ran out."""
 
 
-class IncompleteEmbeddingError(ProviderError):
-    """Some inputs could not be embedded; nothing is returned rather than a partial result.
+class ProviderTimeoutError(ProviderError, TimeoutError):
+    """A wall-clock limit ran out (see :class:`RequestTimeoutError`, :class:`JobTimeoutError`)."""
 
-    ``failed`` lists their positions in the input (sorted), ``cause`` is the first error.
+
+class RequestTimeoutError(ProviderTimeoutError):
+    """One HTTP request got no complete answer within ``timeout`` seconds (retried)."""
+
+
+class JobTimeoutError(ProviderTimeoutError):
+    """One ``embed`` call ran past ``job_timeout`` seconds, across all its requests and retries.
+    Rows finished before it are kept (see :class:`PartialEmbeddingError`)."""
+
+
+class IncompleteEmbeddingError(ProviderError):
+    """Some inputs could not be embedded.
+
+    ``failed``: their positions in the input (sorted); ``done``: the positions that were
+    embedded, with their raw rows in ``rows`` (float32 ``[len(done), width]``, the provider's
+    full width, not yet cut or normalised; :func:`smysl.pooling.finish` makes them what
+    ``embed`` returns). ``total`` is the input count and ``cause`` the first error. The same
+    provider object keeps those rows: calling ``embed`` again with the same texts sends only
+    the failed ones (see ``docs/providers.md``, "Partial failures").
     """
 
     def __init__(self, message: str, failed: list[int], total: int,
-                 cause: BaseException | None) -> None:
+                 cause: BaseException | None, *, done: list[int] | None = None,
+                 rows: np.ndarray | None = None) -> None:
         super().__init__(message)
         self.failed = failed
         self.total = total
         self.cause = cause
+        self.done: list[int] = done or []
+        self.rows: np.ndarray = rows if rows is not None else np.zeros((0, 0), np.float32)
+
+
+class PartialEmbeddingError(IncompleteEmbeddingError):
+    """Some inputs were embedded (and paid for) before a request failed for good: ``done`` and
+    ``rows`` hold them, ``failed`` the rest. ``embed`` again with the same texts resumes."""
 
 
 class RejectedInputError(IncompleteEmbeddingError, ValueError):
     """The provider rejected the inputs themselves (400/422: empty, too long, malformed).
 
     A ``ValueError`` like the engine's input errors, so callers that isolate bad inputs (the
-    server's batcher, the CLI) treat it the same way.
+    server's batcher, the CLI) treat it the same way. Rows embedded before it are kept too.
     """

@@ -22,7 +22,7 @@ class OllamaProvider(Provider):
 
     def parse_response(self, body: Any, n: int) -> tuple[Sequence[Sequence[float]], int | None]:
         rows = body["embeddings"]
-        if not isinstance(rows, list) or not all(isinstance(r, list) for r in rows):
-            raise TypeError("'embeddings' is not a list of lists")
+        if not isinstance(rows, list):
+            raise TypeError("'embeddings' is not a list")
         tokens = body.get("prompt_eval_count")
         return rows, tokens

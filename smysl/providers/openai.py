@@ -42,9 +42,7 @@ class OpenAIProvider(Provider):
             emb = item["embedding"]
             if isinstance(emb, str):  # encoding_format=base64 from servers that ignore ours
                 emb = np.frombuffer(base64.b64decode(emb), dtype="<f4")
-            elif not isinstance(emb, list):
-                raise TypeError("'embedding' is not a list")
-            rows[idx] = emb
+            rows[idx] = emb  # checked, with the rest, by ``rows.check_rows``
         usage = body.get("usage")
         tokens = None
         if isinstance(usage, dict):

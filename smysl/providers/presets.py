@@ -51,6 +51,12 @@ PRESETS: dict[str, ProviderConfig] = {
         name="tei", base_url="http://localhost:8080", path="/embed", base_url_env="TEI_URL",
         api_key_env="TEI_API_KEY", max_batch_texts=32, server_truncates=True,
         width_from_name=False),
+    # Replicate predictions (one batch per prediction); 32 texts per run as public code using
+    # lucataco/qwen3-embedding-8b does. Billed per run: pricing.REQUEST_PRICES.
+    "replicate": ProviderConfig(
+        name="replicate", base_url="https://api.replicate.com/v1", path="/predictions",
+        api_key_env="REPLICATE_API_TOKEN", api_key_required=True,
+        base_url_env="REPLICATE_BASE_URL", max_batch_texts=32, supports_dimensions=True),
     # smysl serve: OpenAI-compatible /v1/embeddings; at most 2,048 inputs per request.
     "smysl": ProviderConfig(
         name="smysl", base_url="http://127.0.0.1:8000/v1", base_url_env="SMYSL_URL",
@@ -82,6 +88,10 @@ def _provider_class(scheme: str) -> type[Provider]:
         from smysl.providers.openai import SmyslProvider
 
         return SmyslProvider
+    if scheme == "replicate":
+        from smysl.providers.replicate import ReplicateProvider
+
+        return ReplicateProvider
     from smysl.providers.openai import OpenAIProvider
 
     return OpenAIProvider
@@ -102,7 +112,8 @@ def connect(scheme: str, rest: str = "", **options: Any) -> Provider:
     """Build the provider for ``scheme:rest`` (``rest`` = ``model`` or ``URL#model``)."""
     if scheme not in PRESETS:
         raise ValueError(f"unknown provider {scheme!r}; known: {', '.join(sorted(PRESETS))}")
-    unknown = set(options) - _CONFIG_FIELDS - _PROVIDER_OPTIONS - {"base_url"}
+    cls = _provider_class(scheme)
+    unknown = set(options) - _CONFIG_FIELDS - _PROVIDER_OPTIONS - cls.OPTIONS - {"base_url"}
     if unknown:
         raise TypeError(f"unexpected options for {scheme}: {sorted(unknown)}")
     url, model = None, rest
@@ -129,7 +140,7 @@ def connect(scheme: str, rest: str = "", **options: Any) -> Provider:
             "dimensions" not in options:
         options["dimensions"] = _WIDTHS.get(f"{scheme}:{model}".lower())
     # TEI serves one model and takes no name: the server's URL identifies it.
-    return _provider_class(scheme)(model or config.base_url, config, **options)
+    return cls(model or config.base_url, config, **options)
 
 
 #: ModelOptions fields -> ProviderConfig fields (the registry rejects any other option set).
@@ -157,3 +168,4 @@ load_openai = _factory("openai")
 load_ollama = _factory("ollama")
 load_tei = _factory("tei")
 load_smysl = _factory("smysl")
+load_replicate = _factory("replicate")

@@ -6,6 +6,7 @@ case-insensitive). Override per object with the ``price_per_mtok=`` option, or e
 sources below were read from stored copies of the providers' pages in November 2026, and
 entries marked *unverified* come from the project's seed table without a page to confirm them.
 Self-hosted servers (Ollama, TEI, smysl, a bare OpenAI-compatible URL) cost nothing per token.
+APIs billed per run (Replicate) are priced per request in :data:`REQUEST_PRICES`.
 """
 
 from __future__ import annotations
@@ -37,7 +38,25 @@ PRICES: dict[str, float] = {
 }
 
 
+#: USD per request for APIs billed per run rather than per token (same keys as :data:`PRICES`).
+REQUEST_PRICES: dict[str, float] = {
+    # Replicate bills GPU seconds per prediction; lucataco/qwen3-embedding-8b's model page
+    # quotes about $0.001 per run (as cited in issue 11; unverified, and it grows with batch
+    # size and cold starts). Override with price_per_request= for your hardware and load.
+    "replicate": 0.001,
+}
+
+
 def price_for(provider: str, model: str) -> float | None:
     """USD per 1M tokens for ``model`` at ``provider``, or None when the table has no entry."""
-    exact = PRICES.get(f"{provider}:{model}".lower())
-    return exact if exact is not None else PRICES.get(provider)
+    return _lookup(PRICES, provider, model)
+
+
+def request_price_for(provider: str, model: str) -> float | None:
+    """USD per request for ``model`` at ``provider``, or None (billed per token or free)."""
+    return _lookup(REQUEST_PRICES, provider, model)
+
+
+def _lookup(table: dict[str, float], provider: str, model: str) -> float | None:
+    exact = table.get(f"{provider}:{model}".lower())
+    return exact if exact is not None else table.get(provider)

@@ -1,30 +1,39 @@
-"""The HTTP side of a provider: one JSON POST under a :class:`ProviderConfig`'s retry policy.
+"""The HTTP side of a provider: JSON requests under a :class:`ProviderConfig`'s retry policy,
+wall-clock deadlines, and the upstream's health.
 
 Timeouts, connection errors, malformed 2xx bodies and :data:`RETRYABLE_STATUS` are tried again
 after an exponential backoff with jitter that waits at least as long as the server's
 ``Retry-After`` asks (up to ``max_retry_after``). A 413 raises :class:`PayloadTooLargeError` at
 once, for the caller to split the batch; any other error status raises at once.
+
+Deadlines are wall time, not per read (issue 11 item 7): each HTTP request runs on a helper
+thread and the caller stops waiting ``timeout`` seconds after sending, however slowly the body
+drips in; a :class:`Deadline` (``job_timeout``) bounds a whole ``embed`` call, its backoffs
+included.
 """
 
 from __future__ import annotations
 
 import email.utils
 import functools
+import json
 import logging
 import math
 import random
+import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
-
-import numpy as np
 
 from smysl.providers.config import ProviderConfig
 from smysl.providers.errors import (
+    JobTimeoutError,
     MalformedResponseError,
     PayloadTooLargeError,
     ProviderError,
     ProviderHTTPError,
+    RequestTimeoutError,
     RetriesExhaustedError,
 )
 from smysl.providers.usage import Usage
@@ -33,20 +42,72 @@ log = logging.getLogger(__name__)
 
 #: HTTP statuses worth another try: rate limits, timeouts, conflicts and server-side faults.
 RETRYABLE_STATUS = frozenset({408, 409, 425, 429, 500, 502, 503, 504, 520, 522, 524, 529})
+#: Attempts in a row without any HTTP answer (timeouts, refused or reset connections) after
+#: which the upstream counts as down (:attr:`RetryingClient.healthy` is False).
+UNHEALTHY_AFTER = 2
+#: Seconds before the first probe of an upstream that is down; doubled per failed probe up to
+#: :data:`PROBE_MAX`.
+PROBE_INTERVAL = 5.0
+PROBE_MAX = 60.0
 
 _T = TypeVar("_T")
 
 
-class RetryingClient:
-    """A pooled HTTP client for one provider endpoint that POSTs JSON with bounded retries.
+@dataclass
+class Deadline:
+    """The wall-clock limit of one ``embed`` call (``job_timeout``; None: no limit)."""
 
-    Thread-safe: the ``httpx.Client`` pools connections and ``usage`` is locked. ``name``,
-    ``model`` and ``base_url`` only word the error messages.
+    seconds: float | None
+    name: str
+    start: float = field(default_factory=time.monotonic)
+
+    def remaining(self) -> float:
+        if self.seconds is None:
+            return math.inf
+        return self.seconds - (time.monotonic() - self.start)
+
+    def check(self) -> None:
+        if self.remaining() <= 0:
+            raise self.error()
+
+    def error(self) -> JobTimeoutError:
+        return JobTimeoutError(
+            f"{self.name}: the embed call ran past job_timeout={self.seconds:g}s (the "
+            "wall-clock limit of one call, all its requests, retries and waits included); "
+            "rows finished so far are kept, so calling embed again resumes. Pass "
+            "job_timeout=SECONDS to change it (None: no limit)")
+
+
+@dataclass(frozen=True)
+class Answer:
+    """A complete HTTP answer, read within its deadline."""
+
+    status: int
+    headers: Any  # httpx.Headers: case-insensitive
+    content: bytes
+
+    @property
+    def text(self) -> str:
+        return self.content.decode("utf-8", errors="replace")
+
+    def json(self) -> Any:
+        return json.loads(self.content)
+
+
+class _WallTimeout(Exception):
+    """Raised inside the helper thread when the request's wall time is up."""
+
+
+class RetryingClient:
+    """A pooled HTTP client for one provider endpoint with bounded retries and deadlines.
+
+    Thread-safe: the ``httpx.Client`` pools connections; ``usage`` and the health state are
+    locked. ``name``, ``model`` and ``base_url`` only word the error messages.
     """
 
     def __init__(self, config: ProviderConfig, *, name: str, model: str, base_url: str,
                  api_key: str | None, usage: Usage, transport: Any = None,
-                 seed: int | None = None) -> None:
+                 seed: int | None = None, probe: Callable[[], object] | None = None) -> None:
         import httpx
 
         self.config = config
@@ -68,37 +129,109 @@ class RetryingClient:
             follow_redirects=True,
             verify=_ssl_context(),
         )
+        #: A small real request (one short text) sent to see whether a down upstream is back.
+        self.probe = probe
+        self._health_lock = threading.Lock()
+        self._silent = 0  # attempts in a row without an HTTP answer
+        self._probing = False
+        self._next_probe = 0.0
+        self._probe_wait = PROBE_INTERVAL
 
+    # ---------------------------------------------------------------- health
+    @property
+    def healthy(self) -> bool:
+        """False once :data:`UNHEALTHY_AFTER` attempts in a row got no HTTP answer at all
+        (timed out, refused, reset); True again after any answer, error statuses included
+        (the upstream is up; errors are per request). Cheap and non-blocking: while down,
+        :attr:`probe` runs on a background thread, first after :data:`PROBE_INTERVAL`
+        seconds, then less and less often, so health comes back without traffic too."""
+        with self._health_lock:
+            if self._silent < UNHEALTHY_AFTER:
+                return True
+            now = time.monotonic()
+            if self.probe is not None and not self._probing and now >= self._next_probe:
+                self._probing = True
+                self._next_probe = now + self._probe_wait
+                self._probe_wait = min(2 * self._probe_wait, PROBE_MAX)
+                threading.Thread(target=self._run_probe, daemon=True,
+                                 name=f"smysl-probe-{self.config.name}").start()
+            return False
+
+    def _heard(self, answered: bool) -> None:
+        with self._health_lock:
+            if answered:
+                self._silent, self._probe_wait = 0, PROBE_INTERVAL
+            else:
+                if self._silent + 1 == UNHEALTHY_AFTER:  # just went down: first probe later
+                    self._next_probe = time.monotonic() + PROBE_INTERVAL
+                self._silent += 1
+
+    def _run_probe(self) -> None:
+        assert self.probe is not None
+        try:
+            self.probe()  # its answer, if any, marks the upstream up (``_heard``)
+        except Exception as e:
+            log.debug("%s: health probe failed: %r", self.name, e)
+        finally:
+            with self._health_lock:
+                self._probing = False
+
+    # ---------------------------------------------------------------- requests
     def post(self, body: dict[str, Any], n: int, *, read: Callable[[Any, int], _T],
-             sleep: Callable[[float], None]) -> _T:
-        """POST ``body`` (``n`` inputs) and return ``read(decoded JSON, n)``, retrying what is
-        worth retrying. ``read`` raises ``ValueError``/``KeyError``/``TypeError``/``IndexError``
-        on a malformed body (retried) and anything else to stop at once."""
-        import httpx
+             sleep: Callable[[float], None], deadline: Deadline | None = None,
+             path: str | None = None, headers: dict[str, str] | None = None) -> _T:
+        """POST ``body`` (``n`` inputs) to ``path`` (default: the config's) and return
+        ``read(decoded JSON, n)``, retrying what is worth retrying within ``deadline``.
+        ``read`` raises ``ValueError``/``KeyError``/``TypeError``/``IndexError`` on a malformed
+        body (retried) and anything else to stop at once."""
+        return self.request("POST", path if path is not None else self.config.path, body,
+                            n, read=read, sleep=sleep, deadline=deadline, headers=headers)
 
+    def request(self, method: str, url: str, body: dict[str, Any] | None, n: int, *,
+                read: Callable[[Any, int], _T], sleep: Callable[[float], None],
+                deadline: Deadline | None = None, headers: dict[str, str] | None = None) -> _T:
+        """One request (``url`` relative to the base URL, or absolute) under the retry policy;
+        see :meth:`post`."""
         cfg = self.config
         last: BaseException | None = None
         for attempt in range(cfg.max_retries + 1):
             if attempt:
                 self.usage.record_retry()
+            budget = cfg.timeout
+            if deadline is not None:
+                deadline.check()
+                budget = min(budget, deadline.remaining())
             retry_after: float | None = None
             try:
-                resp = self._client.post(cfg.path, json=body)
-            except httpx.TimeoutException as e:
-                last = ProviderError(f"{self.name}: timed out ({type(e).__name__}) after "
-                                     f"{cfg.timeout:g}s")
-            except httpx.UnsupportedProtocol as e:  # a bad URL does not heal
-                raise ProviderError(f"{self.name}: bad URL {self.base_url!r}: {e}") from e
-            except httpx.RequestError as e:  # refused, reset, DNS, protocol, body decoding
+                resp = self._attempt(method, url, body, headers or {}, budget)
+            except _WallTimeout:
+                self._heard(False)
+                if budget < cfg.timeout and deadline is not None:  # cut short by the job's
+                    self.usage.record_failure()
+                    raise deadline.error() from None
+                last = RequestTimeoutError(
+                    f"{self.name}: no complete answer within timeout={cfg.timeout:g}s (the "
+                    "wall-clock limit of one HTTP request, body included; pass "
+                    "timeout=SECONDS to change it)")
+            except ProviderError:
+                raise
+            except Exception as e:  # refused, reset, DNS, protocol, body decoding
+                self._heard(False)
                 last = ProviderError(f"{self.name}: connection error: {e!r}")
             else:
-                status = resp.status_code
+                self._heard(True)
+                status = resp.status
                 if 200 <= status < 300:
                     try:
                         return read(resp.json(), n)
+                    except MalformedResponseError as e:  # already says what is wrong, and where
+                        last = e
                     except (ValueError, KeyError, TypeError, IndexError) as e:
                         last = MalformedResponseError(
                             f"{self.name}: malformed response ({e}): {resp.text[:200]!r}")
+                    except ProviderError:
+                        self.usage.record_failure()
+                        raise
                 elif status == 413:
                     raise PayloadTooLargeError(
                         f"{self.name}: request too large (413) for {n} inputs: "
@@ -113,13 +246,77 @@ class RetryingClient:
             if attempt == cfg.max_retries:
                 break
             delay = backoff_delay(cfg, attempt, self._rng, retry_after)
+            if deadline is not None and delay >= deadline.remaining():
+                self.usage.record_failure()
+                raise deadline.error() from last
             log.debug("%s: retry %d in %.3fs after %s", self.name, attempt + 1, delay, last)
             sleep(delay)
         self.usage.record_failure()
         raise RetriesExhaustedError(
             f"{self.name}: gave up after {cfg.max_retries + 1} attempts: {last}") from last
 
-    def explain(self, status: int, resp: Any) -> str:
+    def _attempt(self, method: str, url: str, body: dict[str, Any] | None,
+                 headers: dict[str, str], budget: float) -> Answer:
+        if budget <= 0:
+            raise _WallTimeout
+        return self._fetch(method, url, body, headers, budget)
+
+    def _fetch(self, method: str, url: str, body: dict[str, Any] | None,
+               headers: dict[str, str], budget: float) -> Answer:
+        """The whole answer within ``budget`` seconds of wall time, or :class:`_WallTimeout`.
+
+        httpx's timeouts are per read, so a body dripping a byte a second never times out
+        (issue 11 item 7). The request runs on a daemon thread that checks the time between
+        chunks; the caller waits for it at most ``budget`` seconds and then leaves it (it
+        closes its connection at its next chunk or read timeout).
+        """
+        import httpx
+
+        end = time.monotonic() + budget
+        stop = threading.Event()
+        box: dict[str, Any] = {}
+        finished = threading.Event()
+        timeout = httpx.Timeout(budget, connect=min(self.config.connect_timeout, budget))
+
+        def run() -> None:
+            try:
+                with self._client.stream(method, url, json=body, headers=headers,
+                                         timeout=timeout) as resp:
+                    chunks = []
+                    for chunk in resp.iter_bytes():
+                        if stop.is_set() or time.monotonic() > end:
+                            raise _WallTimeout
+                        chunks.append(chunk)
+                    box["answer"] = Answer(resp.status_code, resp.headers, b"".join(chunks))
+            except httpx.ConnectTimeout as e:  # a connection error, reported as such
+                box["error"] = e
+            except httpx.TimeoutException:
+                box["error"] = _WallTimeout()
+            except BaseException as e:
+                box["error"] = e
+            finally:
+                finished.set()
+
+        threading.Thread(target=run, daemon=True, name=f"smysl-http-{self.config.name}").start()
+        if not finished.wait(budget):
+            stop.set()
+            raise _WallTimeout
+        if "error" in box:
+            error: BaseException = box["error"]
+            if isinstance(error, httpx.UnsupportedProtocol):  # a bad URL does not heal
+                raise ProviderError(f"{self.name}: bad URL {self.base_url!r}: {error}")
+            raise error
+        answer: Answer = box["answer"]
+        return answer
+
+    def fire(self, method: str, url: str, budget: float) -> None:
+        """One best-effort request whose answer does not matter (cancelling a prediction)."""
+        try:
+            self._fetch(method, url, None, {}, budget)
+        except Exception as e:
+            log.debug("%s: %s %s failed: %r", self.name, method, url, e)
+
+    def explain(self, status: int, resp: Answer) -> str:
         """The message for a status that is not retried, with a hint where one helps."""
         hint = ""
         if status in (401, 403):
@@ -169,31 +366,6 @@ def retry_after_seconds(headers: Any) -> float | None:
     return max(0.0, when.timestamp() - time.time())
 
 
-def check_rows(rows: Sequence[Sequence[float]], tokens: int | None, n: int, *,
-               width: int | None, name: str) -> tuple[np.ndarray, int | None]:
-    """``rows`` as a float32 array after checking the shape a parsed response must have.
-
-    A wrong count, shape, non-finite value or token count raises ``ValueError`` (a malformed
-    body, retried); rows of another ``width`` than expected raise :class:`ProviderError`.
-    """
-    if len(rows) != n:
-        raise ValueError(f"{len(rows)} embeddings for {n} inputs")
-    arr = np.asarray(rows, dtype=np.float32)
-    if arr.ndim != 2 or arr.shape[1] == 0:
-        raise ValueError(f"embeddings of shape {arr.shape}")
-    if width is not None and arr.shape[1] != width:
-        # Not transient: the model is not the width this object was built for.
-        raise ProviderError(
-            f"{name} returned {arr.shape[1]}-wide rows but {width} were expected; "
-            f"pass dimensions={arr.shape[1]} if that is the model's width")
-    if not np.isfinite(arr).all():
-        raise ValueError("non-finite values in embeddings")
-    if tokens is not None and (isinstance(tokens, bool) or not isinstance(tokens, int)
-                               or tokens < 0):
-        raise ValueError(f"bad token count {tokens!r}")
-    return arr, tokens
-
-
 @functools.cache
 def _ssl_context() -> Any:
     """One verified TLS context for every client: building one reads the CA bundle (~0.1 s)."""
@@ -202,6 +374,6 @@ def _ssl_context() -> Any:
     return httpx.create_ssl_context()
 
 
-def _excerpt(resp: Any, limit: int = 300) -> str:
+def _excerpt(resp: Answer, limit: int = 300) -> str:
     text: str = resp.text.strip().replace("\n", " ")
     return text[:limit] + ("…" if len(text) > limit else "")

@@ -23,6 +23,6 @@ class TEIProvider(Provider):
                 "normalize": False}
 
     def parse_response(self, body: Any, n: int) -> tuple[Sequence[Sequence[float]], int | None]:
-        if not isinstance(body, list) or not all(isinstance(r, list) for r in body):
+        if not isinstance(body, list):
             raise TypeError("response is not a list of rows")
         return body, None

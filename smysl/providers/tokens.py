@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import re
 import threading
+import time
 import warnings
 from pathlib import Path
 
@@ -14,8 +15,15 @@ from smysl.tokenize import Tokenizer, fit_length
 #: Where the Qwen3 tokenizer is fetched from when usage must be counted locally (every
 #: Qwen3-Embedding size shares one vocabulary, so the smallest repository is enough).
 TOKENIZER_REPO = "Qwen/Qwen3-Embedding-0.6B"
+#: Repositories whose cached ``tokenizer.json`` serves as well (same vocabulary).
+_SAME_VOCABULARY = ("Qwen/Qwen3-Embedding-0.6B", "Qwen/Qwen3-Embedding-4B",
+                    "Qwen/Qwen3-Embedding-8B")
 #: Environment variable naming a local ``tokenizer.json`` (wins over the Hub).
 TOKENIZER_ENV = "SMYSL_TOKENIZER"
+#: Seconds the Hub gets to answer before a download is tried; no answer: no download.
+HUB_PROBE_TIMEOUT = 1.0
+#: Seconds a Hub that did not answer is left alone before it is asked again.
+_HUB_RETRY_AFTER = 300.0
 
 #: Native output width of the Qwen3-Embedding sizes, matched against model names.
 _KNOWN_WIDTHS: tuple[tuple[re.Pattern[str], int], ...] = (
@@ -26,49 +34,89 @@ _KNOWN_WIDTHS: tuple[tuple[re.Pattern[str], int], ...] = (
 
 _TOKENIZERS: dict[str, Tokenizer] = {}
 _TOKENIZERS_LOCK = threading.Lock()
+_hub_down_until = 0.0
 
 
 def find_tokenizer(path: str | os.PathLike[str] | None = None) -> Tokenizer | None:
     """The Qwen3 tokenizer for local counting: ``path``, ``$SMYSL_TOKENIZER``, the Hugging Face
-    cache, then a download of ``tokenizer.json`` alone. None (with a warning) when none works.
+    cache (any Qwen3-Embedding size), then a download of ``tokenizer.json`` alone, tried only
+    when not offline (``HF_HUB_OFFLINE``) and the Hub answers within
+    :data:`HUB_PROBE_TIMEOUT` seconds: without a network this fails fast instead of waiting
+    out download retries (issue 11 item 9). None (with a warning) when none works.
     """
-    candidates: list[str] = []
     if path is not None:
-        candidates.append(os.fspath(path))
-    elif os.environ.get(TOKENIZER_ENV):
-        candidates.append(os.environ[TOKENIZER_ENV])
-    else:
-        try:
-            from huggingface_hub import hf_hub_download
-
-            offline = os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes")
-            for local_only in (True,) if offline else (True, False):
-                try:
-                    candidates.append(hf_hub_download(TOKENIZER_REPO, "tokenizer.json",
-                                                      local_files_only=local_only))
-                    break
-                except Exception:  # not cached / no network: try the next way
-                    continue
-        except ImportError:  # pragma: no cover - a core dependency
-            pass
-    for c in candidates:
-        p = Path(c).expanduser()
-        if p.is_dir():
-            p = p / "tokenizer.json"
-        if p.is_file():
-            key = str(p.resolve())
-            with _TOKENIZERS_LOCK:
-                if key not in _TOKENIZERS:  # one parsed tokenizer per file, shared (thread-safe)
-                    _TOKENIZERS[key] = Tokenizer(p, max_tokens=1 << 30)
-                return _TOKENIZERS[key]
-        if path is not None:
-            raise FileNotFoundError(f"tokenizer {c!r} not found")
+        found = _load(os.fspath(path))
+        if found is None:
+            raise FileNotFoundError(f"tokenizer {os.fspath(path)!r} not found")
+        return found
+    if os.environ.get(TOKENIZER_ENV):
+        found = _load(os.environ[TOKENIZER_ENV])
+        if found is not None:
+            return found
+    file = _cached_file() or _downloaded_file()
+    found = _load(file) if file else None
+    if found is not None:
+        return found
     warnings.warn(
         "no Qwen3 tokenizer found (pass tokenizer=PATH, set $SMYSL_TOKENIZER, or let "
         f"huggingface_hub fetch {TOKENIZER_REPO}); token counts a provider does not report are "
         "upper bounds (UTF-8 bytes + 1) and truncation is left to the provider",
         RuntimeWarning, stacklevel=3)
     return None
+
+
+def _load(candidate: str) -> Tokenizer | None:
+    p = Path(candidate).expanduser()
+    if p.is_dir():
+        p = p / "tokenizer.json"
+    if not p.is_file():
+        return None
+    key = str(p.resolve())
+    with _TOKENIZERS_LOCK:
+        if key not in _TOKENIZERS:  # one parsed tokenizer per file, shared (thread-safe)
+            _TOKENIZERS[key] = Tokenizer(p, max_tokens=1 << 30)
+        return _TOKENIZERS[key]
+
+
+def _cache_dir() -> str | None:
+    # Read at call time (huggingface_hub freezes its environment at import).
+    return os.environ.get("HF_HUB_CACHE") or (
+        os.path.join(os.environ["HF_HOME"], "hub") if os.environ.get("HF_HOME") else None)
+
+
+def _cached_file() -> str | None:
+    """A cached ``tokenizer.json`` of any Qwen3-Embedding size; no network."""
+    try:
+        from huggingface_hub import try_to_load_from_cache
+    except ImportError:  # pragma: no cover - a core dependency
+        return None
+    for repo in _SAME_VOCABULARY:
+        found = try_to_load_from_cache(repo, "tokenizer.json", cache_dir=_cache_dir())
+        if isinstance(found, str):
+            return found
+    return None
+
+
+def _downloaded_file() -> str | None:
+    """``tokenizer.json`` fetched from the Hub, or None at once when offline or unreachable."""
+    global _hub_down_until
+    if os.environ.get("HF_HUB_OFFLINE", "0").strip().lower() in ("1", "true", "yes", "on"):
+        return None
+    if time.monotonic() < _hub_down_until:
+        return None
+    try:
+        import httpx
+        from huggingface_hub import constants, hf_hub_download
+    except ImportError:  # pragma: no cover - core dependencies
+        return None
+    endpoint = (os.environ.get("HF_ENDPOINT") or constants.ENDPOINT).rstrip("/")
+    try:  # a cheap question first: hf_hub_download retries for tens of seconds without a net
+        httpx.head(f"{endpoint}/api/models/{TOKENIZER_REPO}", timeout=HUB_PROBE_TIMEOUT)
+        return hf_hub_download(TOKENIZER_REPO, "tokenizer.json", cache_dir=_cache_dir(),
+                               endpoint=endpoint)
+    except Exception:  # no network, DNS, refused, timeout, or the download failed
+        _hub_down_until = time.monotonic() + _HUB_RETRY_AFTER
+        return None
 
 
 def width_from_name(model: str) -> int | None:

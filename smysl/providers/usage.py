@@ -12,14 +12,16 @@ from typing import Any
 class Usage:
     """Running totals for one provider object: tokens, requests, retries and cost.
 
-    ``tokens`` sums what the provider reported where it did and the local Qwen3 count
-    elsewhere (``counted_tokens``); ``estimated_tokens`` is the part that could only be bounded
-    (no tokenizer available). Thread-safe; ``str()`` is a one-line report.
+    Cost is tokens x ``price_per_mtok`` / 1M plus answered requests x ``price_per_request``
+    (APIs billed per run). ``tokens`` sums what the provider reported where it did and the
+    local Qwen3 count elsewhere (``counted_tokens``); ``estimated_tokens`` is the part that
+    could only be bounded (no tokenizer available). Thread-safe; ``str()`` is a one-line report.
     """
 
     provider: str
     model: str
     price_per_mtok: float | None = None
+    price_per_request: float | None = None
     texts: int = 0
     tokens: int = 0
     reported_tokens: int = 0
@@ -33,9 +35,10 @@ class Usage:
     @property
     def cost(self) -> float | None:
         """USD spent so far, or None when no price is known."""
-        if self.price_per_mtok is None:
+        if self.price_per_mtok is None and self.price_per_request is None:
             return None
-        return self.tokens * self.price_per_mtok / 1_000_000
+        return (self.tokens * (self.price_per_mtok or 0.0) / 1_000_000
+                + self.requests * (self.price_per_request or 0.0))
 
     def record(self, *, texts: int, reported: int | None, counted: int | None,
                estimated: int | None) -> None:
@@ -78,7 +81,10 @@ class Usage:
         approx = "≤" if s["estimated_tokens"] else ""
         source = ("provider-reported" if s["tokens"] == s["reported_tokens"]
                   else "counted locally" if not s["reported_tokens"] else "reported+counted")
-        cost = (f"${s['cost']:.6f} at ${self.price_per_mtok:g}/1M tokens"
+        rates = [f"${p:g}/{unit}" for p, unit in ((self.price_per_mtok, "1M tokens"),
+                                                  (self.price_per_request, "request"))
+                 if p is not None]
+        cost = (f"${s['cost']:.6f} at {' + '.join(rates)}"
                 if s["cost"] is not None else "cost unknown (no price)")
         failed = f", {s['failed_requests']} failed" if s["failed_requests"] else ""
         return (f"{self.provider}:{self.model}: {approx}{_n(s['tokens'], 'token')} ({source}), "

@@ -10,6 +10,13 @@ One threaded HTTP server on 127.0.0.1 (random port) answers the documented shape
 * Ollama ``POST /api/embed``: ``{"model", "embeddings", "total_duration", "load_duration",
   "prompt_eval_count"}``.
 * TEI ``POST /embed``: a bare list of rows; 413 past ``max_client_batch_size``; no usage.
+* Replicate ``POST /v1/predictions`` (``{"version", "input": {"text": "<JSON array>",
+  "embedding_dim"}}``), ``GET /v1/predictions/{id}`` and ``POST .../cancel``: answered at once
+  (``Prefer: wait``), after ``replicate_polls`` polls, or failed (``replicate_error``).
+
+Faults: scripted per request (:class:`Fault`: status, delay, a dropped socket, a body that
+drips in byte by byte, an edited body) or random (``p429``, ``p500``, ``pdrop``); ``too_large``
+answers 413 past that many inputs (a server whose limit is below the client's).
 
 Vectors are a deterministic function of the text (or of a given embed function), so where a
 row lands is checkable. The server bills the tokens of every request it answers with 200,
@@ -55,6 +62,7 @@ class Fault:
     delay: float = 0.0
     drop: bool = False  # close the connection without answering
     mutate: Callable[[Any], Any] | None = None  # edit the real JSON body (malformed shapes)
+    drip: float = 0.0  # seconds between the bytes of the (real) answer's body
 
 
 class FakeServer:
@@ -67,11 +75,20 @@ class FakeServer:
                  max_inputs: int | None = None, tei_max_batch: int = 32,
                  api_key: str | None = None, models: set[str] | None = None,
                  shuffle: bool = False, normalize: bool = True, seed: int = 0,
-                 reject: Callable[[list[str]], bool] | None = None) -> None:
+                 reject: Callable[[list[str]], bool] | None = None, pdrop: float = 0.0,
+                 too_large: int | None = None, replicate_polls: int = 0,
+                 replicate_error: str | None = None) -> None:
         self.dims = dims
         self.tokenizer = tokenizer
         self.embed_fn = embed_fn
-        self.p429, self.p500, self.max_delay = p429, p500, max_delay
+        self.p429, self.p500, self.pdrop, self.max_delay = p429, p500, pdrop, max_delay
+        self.too_large = too_large
+        self.replicate_polls, self.replicate_error = replicate_polls, replicate_error
+        #: Replicate predictions by id: {"status", "output", "polls_left", "error"}.
+        self.predictions: dict[str, dict[str, Any]] = {}
+        self.cancelled: list[str] = []
+        #: Inputs of every request answered with 200, in order (what was billed).
+        self.billed_texts: list[str] = []
         self.retry_after, self.retry_after_ms = retry_after, retry_after_ms
         self.max_inputs = max_inputs
         self.tei_max_batch = tei_max_batch
@@ -140,6 +157,8 @@ class FakeServer:
                                                              "type": "rate_limit"}}), delay)
         if r < self.p429 + self.p500:
             return Fault(500, {}, json.dumps({"error": {"message": "internal error"}}), delay)
+        if r < self.p429 + self.p500 + self.pdrop:
+            return Fault(drop=True, delay=delay)
         return Fault(delay=delay) if delay else None
 
     def _handler(self) -> type[BaseHTTPRequestHandler]:
@@ -153,7 +172,7 @@ class FakeServer:
                 pass
 
             def _send(self, status: int, body: Any, headers: dict[str, str] | None = None,
-                      raw: str | None = None) -> None:
+                      raw: str | None = None, drip: float = 0.0) -> None:
                 data = (raw if raw is not None else json.dumps(body)).encode()
                 self.send_response(status)
                 self.send_header("Content-Type", "application/json")
@@ -163,10 +182,18 @@ class FakeServer:
                 self.end_headers()
                 # The client may have timed out and gone.
                 with contextlib.suppress(BrokenPipeError, ConnectionResetError):
-                    self.wfile.write(data)
+                    if not drip:
+                        self.wfile.write(data)
+                        return
+                    for i in range(len(data)):  # an upstream that never stalls a whole read
+                        self.wfile.write(data[i:i + 1])
+                        self.wfile.flush()
+                        time.sleep(drip)
 
             def do_GET(self) -> None:
-                if self.path == "/info":  # TEI
+                if self.path.startswith("/v1/predictions/"):
+                    self.poll_prediction(self.path.rsplit("/", 1)[1])
+                elif self.path == "/info":  # TEI
                     self._send(200, {"model_id": "fake", "max_client_batch_size":
                                      server.tei_max_batch})
                 else:
@@ -211,10 +238,21 @@ class FakeServer:
                     else:
                         self._send(200, fault.mutate(out) if fault.mutate else out)
                     return
-                self._send(status, out)
+                self._send(status, out, drip=fault.drip if fault is not None else 0.0)
 
             def route(self, body: dict[str, Any]) -> tuple[int, Any]:
                 path = self.path
+                texts = body.get("input", body.get("inputs"))
+                if server.too_large is not None and isinstance(texts, list) and \
+                        len(texts) > server.too_large:
+                    return 413, {"error": f"at most {server.too_large} inputs per request"}
+                if path.endswith("/predictions"):
+                    return self.replicate(body)
+                if path.endswith("/cancel"):
+                    with server.lock:
+                        server.cancelled.append(path.split("/")[-2])
+                        server.predictions[path.split("/")[-2]]["status"] = "canceled"
+                    return 200, {"status": "canceled"}
                 if path.endswith("/embeddings"):
                     return self.openai(body)
                 if path == "/api/embed":
@@ -231,7 +269,55 @@ class FakeServer:
                 with server.lock:
                     server.billed_tokens += n
                     server.ok_requests += 1
+                    server.billed_texts.extend(texts)
                 return n
+
+            def replicate(self, body: dict[str, Any]) -> tuple[int, Any]:
+                inp = body.get("input", {})
+                texts = json.loads(inp["text"]) if isinstance(inp.get("text"), str) else None
+                if not isinstance(texts, list):
+                    return 422, {"detail": "input.text: a JSON array of strings is required"}
+                with server.lock:
+                    pid = f"p{len(server.predictions)}"
+                    pred: dict[str, Any] = {
+                        "status": "starting", "polls_left": server.replicate_polls,
+                        "texts": texts, "dims": inp.get("embedding_dim"),
+                        "prefer": self.headers.get("Prefer"), "version": body.get("version")}
+                    server.predictions[pid] = pred
+                if not server.replicate_polls:
+                    self.advance(pid)
+                return 201, self.prediction(pid)
+
+            def advance(self, pid: str) -> None:
+                """One step of a prediction's life: processing, then its end."""
+                pred = server.predictions[pid]
+                if pred["status"] in ("succeeded", "failed", "canceled"):
+                    return
+                if pred["polls_left"] > 0:
+                    pred["polls_left"] -= 1
+                    pred["status"] = "processing"
+                    return
+                if server.replicate_error is not None:
+                    pred.update(status="failed", error=server.replicate_error)
+                    return
+                rows = server.vectors(pred["texts"], pred["dims"])
+                self._bill(pred["texts"])
+                pred.update(status="succeeded", output={"embedding_dim": rows.shape[1],
+                                                        "embeddings": rows.tolist()})
+
+            def prediction(self, pid: str) -> dict[str, Any]:
+                pred = server.predictions[pid]
+                root = f"{server.url}/v1/predictions/{pid}"
+                return {"id": pid, "status": pred["status"], "output": pred.get("output"),
+                        "error": pred.get("error"), "version": pred["version"],
+                        "urls": {"get": root, "cancel": f"{root}/cancel"}}
+
+            def poll_prediction(self, pid: str) -> None:
+                if pid not in server.predictions:
+                    self._send(404, {"detail": "Not found."})
+                    return
+                self.advance(pid)
+                self._send(200, self.prediction(pid))
 
             def openai(self, body: dict[str, Any]) -> tuple[int, Any]:
                 if not self._model_ok(body):

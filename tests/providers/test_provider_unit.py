@@ -274,7 +274,7 @@ def test_payload_too_large_is_split() -> None:
     h = Recorder(script=[httpx.Response(413, text="too big")])
     p = make("openai", "m", h, dimensions=16)
     out = p.embed([f"t{i}" for i in range(5)])
-    assert [len(b["input"]) for b in h.bodies] == [5, 2, 3]
+    assert [len(b["input"]) for b in h.bodies] == [5, 3, 2]  # halved (rounded up)
     assert out.shape == (5, 16) and p.usage.requests == 2
 
 
