@@ -11,8 +11,11 @@ show) and :class:`TokenLevel` (token ids in and out, offered by the local engine
 from __future__ import annotations
 
 import abc
-from collections.abc import Sequence
+import hashlib
+import json
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Literal, Protocol
 
 import numpy as np
@@ -59,6 +62,9 @@ class ModelInfo:
     batch_tokens: int | None = None
     #: Pooling of the hidden states.
     pooling: str = "last_token"
+    #: :meth:`BaseEmbedder.fingerprint` where the backend computed one at load (the local
+    #: engine, sentence-transformers: a hash of the weights); None elsewhere.
+    fingerprint: str | None = None
 
     @property
     def quantization_level(self) -> str:
@@ -115,6 +121,9 @@ class BaseEmbedder(abc.ABC):
     default_task: str = DEFAULT_TASK
     #: Token budget of one forward pass the backend is tuned for (the server batches to it).
     batch_tokens: int | None = None
+    #: The model string :func:`smysl.load` loaded it from (a local folder made absolute), so
+    #: that what records a model (an index) can load it again; None when built directly.
+    source: str | None = None
 
     @property
     def healthy(self) -> bool:
@@ -127,6 +136,19 @@ class BaseEmbedder(abc.ABC):
                          min_dimensions=self.min_dimensions, max_tokens=self.max_tokens,
                          instruction_aware=self.instruction_aware,
                          default_task=self.default_task, batch_tokens=self.batch_tokens)
+
+    def fingerprint(self) -> str:
+        """What the model *is*, for caches and indexes that must not mix two models' vectors.
+
+        Two models with the same fingerprint give the same vectors; the name plays no part
+        where the weights can be seen (the same ``--model tiny`` in two folders differs). This
+        default hashes backend, name, dimensions, dtype and quantization from :meth:`info`:
+        right for remote APIs, whose weights are invisible. Local backends override it with a
+        hash of their files (:func:`fingerprint_files`).
+        """
+        i = self.info()
+        return fingerprint_of({"backend": i.backend, "name": i.name, "dimensions": i.dimensions,
+                               "dtype": i.dtype, "quantization": i.quantization})
 
     def token_level(self) -> TokenLevel | None:
         """The token-id interface when the backend has one (the local engine), else None."""
@@ -266,6 +288,35 @@ class BaseEmbedder(abc.ABC):
             if not isinstance(t, str):
                 raise ValueError(f"texts[{i}] must be a string, got {type(t).__name__}")
         return items
+
+
+#: Bytes hashed per window of a large file: three windows (start, middle, end) stand in for
+#: the file, so a 16 GB checkpoint costs 3 MiB of reading.
+FINGERPRINT_WINDOW = 1 << 20
+
+
+def fingerprint_of(fields: dict[str, Any]) -> str:
+    """A short stable hash (hex) of JSON-able ``fields``."""
+    data = json.dumps(fields, sort_keys=True, ensure_ascii=True, default=str).encode()
+    return hashlib.sha256(data).hexdigest()[:32]
+
+
+def fingerprint_files(files: Iterable[Path], fields: dict[str, Any] | None = None) -> str:
+    """:func:`fingerprint_of` ``fields`` plus each file's name, size and the SHA-256 of up to
+    three fixed :data:`FINGERPRINT_WINDOW` windows (start, middle, end; small files whole)."""
+    listed = []
+    for f in sorted(Path(p) for p in files):
+        size = f.stat().st_size
+        h = hashlib.sha256()
+        with open(f, "rb") as fh:
+            if size <= 3 * FINGERPRINT_WINDOW:
+                h.update(fh.read())
+            else:
+                for at in (0, (size - FINGERPRINT_WINDOW) // 2, size - FINGERPRINT_WINDOW):
+                    fh.seek(at)
+                    h.update(fh.read(FINGERPRINT_WINDOW))
+        listed.append([f.name, size, h.hexdigest()])
+    return fingerprint_of({**(fields or {}), "files": listed})
 
 
 class _NullBar:

@@ -83,3 +83,40 @@ def test_default_info() -> None:
     info = Echo().info()
     assert (info.name, info.backend, info.dimensions, info.dtype) == ("echo", "custom", 64, None)
     assert info.quantization_level == ""
+
+
+def test_default_fingerprint_is_the_description_not_the_instance() -> None:
+    """issue 11 item 3: a remote model's identity is what info() says (backend, name,
+    dimensions, dtype, quantization); it is stable across instances and changes with any of
+    them."""
+    a, b = Echo(), Echo(aware=False)
+    assert a.fingerprint() == b.fingerprint() and len(a.fingerprint()) == 32
+
+    class Other(Echo):
+        dimensions = 32
+
+    renamed = Echo()
+    renamed.name = "echo-2"
+    assert len({a.fingerprint(), Other().fingerprint(), renamed.fingerprint()}) == 3
+    assert a.info().fingerprint is None  # the default is not filled into ModelInfo
+
+
+def test_fingerprint_files_reads_windows_of_large_files(tmp_path, monkeypatch) -> None:
+    """issue 11 item 3: a weights file is identified by its size and three windows, so a
+    change inside a window or of the size changes the fingerprint (and reading stays cheap)."""
+    import smysl.base as base
+
+    monkeypatch.setattr(base, "FINGERPRINT_WINDOW", 16)
+    f = tmp_path / "w.bin"
+    data = bytearray(range(256)) * 4  # 1 KiB: over 3 windows, read in windows
+    f.write_bytes(bytes(data))
+    first = base.fingerprint_files([f], {"dtype": "float32"})
+    assert first == base.fingerprint_files([f], {"dtype": "float32"})
+    assert first != base.fingerprint_files([f], {"dtype": "bfloat16"})
+    for at in (0, (len(data) - 16) // 2, len(data) - 1):  # start, middle, end windows
+        changed = bytearray(data)
+        changed[at] ^= 1
+        f.write_bytes(bytes(changed))
+        assert base.fingerprint_files([f], {"dtype": "float32"}) != first
+    f.write_bytes(bytes(data) + b"x")
+    assert base.fingerprint_files([f], {"dtype": "float32"}) != first

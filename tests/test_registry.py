@@ -114,3 +114,21 @@ def test_names_of_aliases_and_paths() -> None:
     names = registry.names_of("qwen3-embedding:0.6b")
     assert {"qwen3-embedding:0.6b", "qwen/qwen3-embedding-0.6b", "qwen3-embedding"} <= names
     assert "m" in registry.names_of("/models/m/")
+
+
+def test_loaded_models_remember_a_string_that_loads_them_again(
+        tiny_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An index built from Python recorded the backend's name (``all-minilm-l6-v2``, no scheme),
+    so `smysl index search kb` without --model could not load it (found by the doc examples).
+    ``smysl.load`` now stamps the string it was given, a local folder made absolute."""
+    from smysl.toolkit import Index, IndexConfig, StoreConfig
+
+    monkeypatch.chdir(tiny_dir.parent)
+    m = smysl.load(tiny_dir.name, device="cpu")
+    assert m.source == str(tiny_dir.resolve())
+    kb = StoreConfig(uri=str(tmp_path / "kb"))
+    with Index.create_or_open(m, IndexConfig(kb)) as ix:
+        ix.add_texts(["a note"])
+    monkeypatch.chdir(tmp_path)
+    again = smysl.load(Index.stored_model(kb), device="cpu")
+    assert again.fingerprint() == m.fingerprint()

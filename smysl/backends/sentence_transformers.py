@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from smysl.base import BaseEmbedder, ModelInfo, Progress
+from smysl.base import BaseEmbedder, ModelInfo, Progress, fingerprint_files
 from smysl.options import ModelOptions
 from smysl.tokenize import InputTooLongError
 
@@ -30,6 +30,18 @@ def _model_path(name: str) -> str:
     except ImportError as e:
         raise ImportError(f"{name!r} needs the PyPI package {module.replace('_', '-')}") from e
     return str(mod.get_model_path())
+
+
+def _local_folder(path: str) -> Path | None:
+    """The folder a model was loaded from: a directory, or a hub id's cached snapshot."""
+    if Path(path).is_dir():
+        return Path(path).resolve()
+    try:
+        from huggingface_hub import snapshot_download
+
+        return Path(snapshot_download(path, local_files_only=True))
+    except Exception:  # not cached, or not a hub id: no folder to hash
+        return None
 
 
 class SentenceTransformerEmbedder(BaseEmbedder):
@@ -50,14 +62,17 @@ class SentenceTransformerEmbedder(BaseEmbedder):
         except ImportError as e:
             raise ImportError("the st: backend needs sentence-transformers: "
                               "pip install 'smysl[st]'") from e
+        path = _model_path(model)
         self.model = SentenceTransformer(
-            _model_path(model), device=device,
+            path, device=device,
             model_kwargs={"dtype": getattr(torch, dtype)}, local_files_only=Path(model).exists(),
         )
         if max_tokens:
             self.model.max_seq_length = max_tokens
         self.name = model
         self.dtype = dtype
+        self._folder = _local_folder(path)
+        self._fingerprint: str | None = None
         getter = (getattr(self.model, "get_embedding_dimension", None)
                   or self.model.get_sentence_embedding_dimension)
         dims = getter()
@@ -74,7 +89,22 @@ class SentenceTransformerEmbedder(BaseEmbedder):
     def info(self) -> ModelInfo:
         return dataclasses.replace(super().info(), dtype=self.dtype, device=str(self.model.device),
                                    parameters=sum(p.numel() for p in self.model.parameters()),
-                                   pooling="sentence-transformers")
+                                   pooling="sentence-transformers",
+                                   fingerprint=self.fingerprint())
+
+    def fingerprint(self) -> str:
+        """Hash of every file in the model's folder (size + three 1 MiB windows each) and the
+        dtype; computed once. A hub id not found on disk falls back to the contract's default."""
+        if self._fingerprint is None:
+            fields: dict[str, object] = {"backend": self.backend, "dtype": self.dtype}
+            if self._folder is None:
+                fields |= {"name": self.name, "dimensions": self.dimensions}
+                self._fingerprint = fingerprint_files([], fields)
+            else:
+                files = [f for f in self._folder.rglob("*") if f.is_file() and not any(
+                    part.startswith(".") for part in f.relative_to(self._folder).parts)]
+                self._fingerprint = fingerprint_files(files, fields)
+        return self._fingerprint
 
     def format_texts(self, texts: list[str], instruction: str | None) -> list[str]:
         task = self.choose_instruction(instruction)

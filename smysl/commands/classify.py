@@ -55,6 +55,7 @@ def run(args: argparse.Namespace) -> int:
         SupervisedClassifier,
         ZeroShotClassifier,
         accuracy,
+        match_gold,
     )
     from smysl.toolkit.io import read_column, write_rows
 
@@ -62,12 +63,14 @@ def run(args: argparse.Namespace) -> int:
     texts, rows = read_column(args.input, args.text_field)
     show = progress(args)
     scores: list[float] | None = None
+    candidates: list[str]
     if args.labels:
         zs = ZeroShotClassifier(model, _labels(args.labels, args),
                                 instruction=args.instruction, dimensions=args.dimensions)
         sims = zs.scores(texts, progress=show)
         pred = [zs.labels[int(i)] for i in sims.argmax(axis=1)]
         scores = [float(x) for x in sims.max(axis=1)]
+        candidates = zs.labels
     else:
         if args.train:
             train, train_rows = read_column(args.train, args.text_field)
@@ -82,10 +85,16 @@ def run(args: argparse.Namespace) -> int:
         else:
             clf = SupervisedClassifier.load(args.load)
         pred = clf.predict(model, texts, progress=show)
+        candidates = [str(c) for c in clf.classes]
     out = [{**r, "predicted": p} | ({"score": round(s, 6)} if scores else {})
            for r, p, s in zip(rows, pred, scores or [0.0] * len(pred), strict=True)]
     write_rows(args.output, out)
     if rows and args.label_field in rows[0]:
-        gold = [str(r[args.label_field]) for r in rows]
-        print(f"accuracy {accuracy(pred, gold):.4f} on {len(gold)} texts", file=sys.stderr)
+        match = match_gold([str(r[args.label_field]) for r in rows], candidates)
+        if match.gold is None:
+            print(f"smysl classify: {match.message(candidates, args.label_field)}",
+                  file=sys.stderr)
+        else:
+            print(f"accuracy {accuracy(pred, match.gold):.4f} on {len(pred)} texts",
+                  file=sys.stderr)
     return 0

@@ -13,7 +13,7 @@ from smysl.commands._toolkit import parse_where, progress
 if TYPE_CHECKING:
     from smysl.toolkit.store import StoreConfig
 
-HELP = "build, search and prune a semantic index (add | search | delete)"
+HELP = "build, search, check and prune a semantic index (add | search | verify | delete)"
 
 
 def _store_arguments(p: argparse.ArgumentParser) -> None:
@@ -29,7 +29,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     a.add_argument("paths", nargs="+", help="files or folders")
     add_model_arguments(a)
     a.add_argument("--text-field", default="text", help="csv/jsonl text column")
-    a.add_argument("--id-field", help="csv/jsonl document id column (default: file:row)")
+    a.add_argument("--id-field", help="csv/jsonl document id column (default: FILE-ID:row)")
+    a.add_argument("--root", help="ids are file paths relative to this folder (default: "
+                                  "absolute paths, so the same file always has the same id)")
+    a.add_argument("--strict", action="store_true",
+                   help="stop at the first binary or non-UTF-8 file (default: skip and list it)")
+    a.add_argument("--rebuild", action="store_true",
+                   help="delete everything in the index first (e.g. to switch models)")
     a.add_argument("--meta-fields", help="comma-separated columns to keep (default: all)")
     a.add_argument("--chunk-tokens", type=int, default=256, help="tokens per chunk")
     a.add_argument("--overlap", type=int, default=32, help="tokens shared by adjacent chunks")
@@ -56,6 +62,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     s.add_argument("--format", choices=["table", "json"], default="table")
     s.add_argument("--output", "-o", help="write hit rows to .csv or .jsonl instead")
 
+    v = sub.add_parser("verify", help="check every stored vector (exit 1 when any is damaged)")
+    _store_arguments(v)
+    add_model_arguments(v, required=False)
+
     d = sub.add_parser("delete", help="delete documents' chunks by id and/or filter")
     _store_arguments(d)
     d.add_argument("--doc-id", action="append", help="document id (repeatable)")
@@ -66,7 +76,8 @@ def run(args: argparse.Namespace) -> int:
     from smysl.toolkit.store import StoreConfig
 
     store = StoreConfig.parse(args.index, table=args.table)
-    return {"add": _add, "search": _search, "delete": _delete}[args.action](args, store)
+    return {"add": _add, "search": _search, "verify": _verify,
+            "delete": _delete}[args.action](args, store)
 
 
 def _add(args: argparse.Namespace, store: StoreConfig) -> int:
@@ -81,13 +92,18 @@ def _add(args: argparse.Namespace, store: StoreConfig) -> int:
                          dimensions=args.dimensions)
     read = ReadConfig(text_field=args.text_field, id_field=args.id_field,
                       metadata_fields=tuple(f.strip() for f in args.meta_fields.split(","))
-                      if args.meta_fields else None)
+                      if args.meta_fields else None,
+                      root=Path(args.root) if args.root else None, strict=args.strict)
     ingest = IngestConfig(chunk=ChunkConfig(max_tokens=args.chunk_tokens, overlap=args.overlap),
                           batch_size=args.batch_size, dimensions=args.dimensions,
                           progress=progress(args))
-    with Index.create_or_open(model, config, model_spec=args.model) as index:
+    with Index.create_or_open(model, config, rebuild=args.rebuild) as index:
+        for problem in index.problems:
+            print(f"warning: {problem}", file=sys.stderr)
         report = index.add_files(args.paths, read, ingest)
-        print(report.summary() + f"; index holds {index.count()} chunks", file=sys.stderr)
+        first, _, rest = report.summary().partition("\n")
+        print(f"{first}; index holds {index.count()} chunks" + (f"\n{rest}" if rest else ""),
+              file=sys.stderr)
         if args.ann:
             print("approximate index built" if index.store.build_index() else
                   "no approximate index (too few rows, or the store is exact); searches stay "
@@ -114,7 +130,14 @@ def _search(args: argparse.Namespace, store: StoreConfig) -> int:
                           where=parse_where(args.where), exact=not args.approximate,
                           mmr=args.mmr, mmr_lambda=args.mmr_lambda, fetch_k=args.fetch_k)
     with Index.create_or_open(model, IndexConfig(store=store), create=False) as index:
+        for problem in index.problems:
+            print(f"warning: {problem}", file=sys.stderr)
         results = index.search(queries, config)
+        if index.damaged:
+            shown = ", ".join(f"{i} ({p})" for i, p in list(index.damaged.items())[:5])
+            print(f"warning: {len(index.damaged)} damaged stored vectors left out of the results: "
+                  f"{shown}; run `smysl index add` on the same files to repair them",
+                  file=sys.stderr)
     if args.output:
         write_rows(args.output, hits_to_rows(queries, results))
     else:
@@ -123,7 +146,26 @@ def _search(args: argparse.Namespace, store: StoreConfig) -> int:
     return 0
 
 
+def _verify(args: argparse.Namespace, store: StoreConfig) -> int:
+    from smysl.toolkit.index import Index, IndexConfig
+
+    model = load_model(args.model or Index.stored_model(store), args)
+    with Index.create_or_open(model, IndexConfig(store=store), create=False) as index:
+        damaged = index.verify()
+        total = index.count()
+        problems = index.problems
+    for record, problem in damaged.items():
+        print(f"damaged {record}: {problem}")
+    for problem in problems:
+        print(f"warning: {problem}", file=sys.stderr)
+    print(f"{len(damaged)} of {total} records damaged"
+          + ("; run `smysl index add` on the same files to repair them" if damaged else ""),
+          file=sys.stderr)
+    return 1 if damaged or problems else 0
+
+
 def _delete(args: argparse.Namespace, store: StoreConfig) -> int:
+    from smysl.toolkit.index import record_count
     from smysl.toolkit.stores import open_store
 
     where = parse_where(args.where) or {}
@@ -135,5 +177,6 @@ def _delete(args: argparse.Namespace, store: StoreConfig) -> int:
         where["doc_id"] = list(args.doc_id)
     with open_store(store) as s:
         n = s.delete(where=where)
+        record_count(s)
         print(f"deleted {n} chunks; {s.count()} left", file=sys.stderr)
     return 0

@@ -3,7 +3,9 @@ timed for the throughput report.
 
 Vectors are kept at the model's full size; Matryoshka sizes are cut from them later
 (:func:`smysl.pooling.finish`), which is exactly what asking the model for fewer
-dimensions returns. With a ``cache_dir`` the vectors also persist across runs (development).
+dimensions returns. With a ``cache_dir`` the vectors also persist across runs (development),
+in a folder per model fingerprint (:meth:`~smysl.base.BaseEmbedder.fingerprint`): two checkpoints
+with the same name never share vectors.
 """
 
 from __future__ import annotations
@@ -54,7 +56,8 @@ class ModelEmbeddings:
         self.progress = progress
         self.throughput = Throughput()
         self._vectors: dict[str | None, dict[bytes, np.ndarray]] = {}
-        self._dir = Path(cache_dir) / model_slug(model.name) if cache_dir else None
+        self._dir = (Path(cache_dir) / f"{model_slug(model.name)}-{model.fingerprint()[:16]}"
+                     if cache_dir else None)
 
     def ensure(self, texts: list[str], instruction: str | None, *, label: str = "") -> None:
         """Embed whichever of ``texts`` (under ``instruction``) are not cached yet."""

@@ -9,16 +9,24 @@ from typing import Any
 
 import numpy as np
 
-from smysl.base import BaseEmbedder, ModelInfo, Progress, TokenLevel
+from smysl.base import (
+    BaseEmbedder,
+    ModelInfo,
+    Progress,
+    TokenLevel,
+    fingerprint_files,
+    fingerprint_of,
+)
 from smysl.options import ModelOptions
 from smysl.pooling import check_dimensions, finish
 from smysl.prompts import DEFAULT_TASK
 from smysl.qwen3.engine import BATCH_TOKENS, Engine, EngineConfig, EngineLike
-from smysl.qwen3.hub import read_checkpoint, resolve
+from smysl.qwen3.hub import Checkpoint, read_checkpoint, resolve
 from smysl.scheduler import SchedulerConfig, plan_batches
 from smysl.tokenize import Direction, Tokenizer, TokenSpan, fit_length
 
 _QUERY_PROMPT = re.compile(r"^Instruct: (?P<task>.*)\nQuery:$", re.S)
+_COMMIT = re.compile(r"^[0-9a-f]{40}$")
 
 
 class Embedder(BaseEmbedder, TokenLevel):
@@ -33,8 +41,13 @@ class Embedder(BaseEmbedder, TokenLevel):
 
     def __init__(self, engine: EngineLike, tokenizer: Tokenizer, *, name: str,
                  max_batch_tokens: int | None = None, max_batch_size: int | None = None,
-                 default_task: str = DEFAULT_TASK, max_tokens: int | None = None) -> None:
+                 default_task: str = DEFAULT_TASK, max_tokens: int | None = None,
+                 checkpoint: Checkpoint | None = None, revision: str | None = None) -> None:
         self.engine = engine
+        #: Files the fingerprint hashes (None: an engine built by hand; the default applies).
+        self.checkpoint = checkpoint
+        self.revision = revision
+        self._fingerprint: str | None = None
         self.tokenizer = tokenizer
         self.name = name
         self.dimensions = engine.hidden_size
@@ -77,7 +90,8 @@ class Embedder(BaseEmbedder, TokenLevel):
         m = _QUERY_PROMPT.match(query_prompt)
         return cls(engine, tokenizer, name=model, max_batch_tokens=opts.max_batch_tokens,
                    max_batch_size=opts.max_batch_size, max_tokens=opts.max_tokens,
-                   default_task=m.group("task") if m else DEFAULT_TASK)
+                   default_task=m.group("task") if m else DEFAULT_TASK, checkpoint=ckpt,
+                   revision=opts.revision)
 
     # ------------------------------------------------------------------ BaseEmbedder
     @property
@@ -90,7 +104,29 @@ class Embedder(BaseEmbedder, TokenLevel):
         return dataclasses.replace(
             super().info(), dtype=str(e.dtype).removeprefix("torch."),
             quantization=e.quantization, parameters=e.parameters, device=str(e.device),
-            process=e.pid)
+            process=e.pid, fingerprint=self.fingerprint())
+
+    def fingerprint(self) -> str:
+        """Hash of the checkpoint's config, tokenizer and weights (size + three 1 MiB windows
+        each), the computing dtype and quantization, and the revision when it is a commit id
+        (branch names move); computed once. The model name plays no part."""
+        if self._fingerprint is None:
+            e = self.engine
+            if self.checkpoint is None:  # the contract's default, without info() (it asks us)
+                self._fingerprint = fingerprint_of({
+                    "backend": self.backend, "name": self.name, "dimensions": self.dimensions,
+                    "dtype": str(e.dtype).removeprefix("torch."), "quantization": e.quantization})
+            else:
+                ck = self.checkpoint
+                extra = [ck.root / "config_sentence_transformers.json",
+                         ck.root / "1_Pooling" / "config.json"]
+                files = [ck.root / "config.json", ck.tokenizer_file, *ck.weights,
+                         *(f for f in extra if f.is_file())]
+                rev = self.revision if self.revision and _COMMIT.match(self.revision) else None
+                self._fingerprint = fingerprint_files(files, {
+                    "backend": self.backend, "dtype": str(e.dtype).removeprefix("torch."),
+                    "quantization": e.quantization, "revision": rev})
+        return self._fingerprint
 
     def token_level(self) -> TokenLevel:
         return self

@@ -21,12 +21,21 @@ from smysl.toolkit.classify import (
 from smysl.toolkit.cluster import ClusterConfig, ClusterResult, cluster_texts, cluster_vectors
 from smysl.toolkit.dedup import DedupConfig, DedupResult, dedup_texts, find_duplicates
 from smysl.toolkit.index import Index, IndexConfig
-from smysl.toolkit.ingest import Document, IngestConfig, IngestReport, ReadConfig, read_documents
+from smysl.toolkit.ingest import (
+    BadFileError,
+    Document,
+    IngestConfig,
+    IngestReport,
+    ReadConfig,
+    SkippedFile,
+    read_documents,
+)
 from smysl.toolkit.search import SearchConfig, build_context, mmr
 from smysl.toolkit.store import Hit, Record, StoreConfig, VectorStore
 from smysl.toolkit.stores import open_store
 
 __all__ = [
+    "BadFileError",
     "CacheConfig",
     "CachedEmbedder",
     "Chunk",
@@ -47,6 +56,7 @@ __all__ = [
     "ReadConfig",
     "Record",
     "SearchConfig",
+    "SkippedFile",
     "StoreConfig",
     "SupervisedClassifier",
     "TokenChunker",

@@ -16,7 +16,7 @@ instead of failing. Leave headroom (a smaller ``max_tokens``) with such backends
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -24,6 +24,10 @@ Offsets = Callable[[str], list[tuple[int, int]]]
 
 _WORDS = re.compile(r"\w+|[^\w\s]")
 _SENTENCE_END = ".!?;:。！？"
+#: Characters tokenised at once by :meth:`TokenChunker.iter_split` (widened when one chunk's
+#: tokens do not fit), and how close to a window's cut a token must not end to count as final.
+WINDOW_CHARS = 1 << 18
+WINDOW_MARGIN = 1024
 
 
 @dataclass(frozen=True)
@@ -63,6 +67,10 @@ class Chunker(Protocol):
 
     def split(self, text: str) -> list[Chunk]: ...
 
+    def iter_split(self, text: str) -> Iterator[Chunk]:
+        """The chunks one by one (ingestion streams them)."""
+        ...
+
 
 def word_offsets(text: str) -> list[tuple[int, int]]:
     """The approximation: one token per word or punctuation mark."""
@@ -88,25 +96,49 @@ class TokenChunker:
         self.exact = exact
 
     def split(self, text: str) -> list[Chunk]:
-        spans = [(a, b) for a, b in self.offsets(text) if b > a]
-        n = len(spans)
-        chunks: list[Chunk] = []
-        s = 0
-        while s < n:
-            e = min(s + self.budget, n)
-            if e < n and self.config.snap:
-                e = self._snap(text, spans, s, e)
-            a, b = spans[s][0], spans[e - 1][1]
-            piece = text[a:b]
-            lead = len(piece) - len(piece.lstrip())
-            piece = piece.strip()
-            if piece:
-                chunks.append(Chunk(len(chunks), piece, a + lead, a + lead + len(piece),
-                                    e - s + self.special_tokens))
-            if e >= n:
-                break
-            s = self._word_start(text, spans, max(e - self.config.overlap, s + 1), s + 1, e)
-        return chunks
+        return list(self.iter_split(text))
+
+    def iter_split(self, text: str) -> Iterator[Chunk]:
+        """Chunks in order, tokenising :data:`WINDOW_CHARS` characters at a time: memory follows
+        the window, not the text (a 20 MB one-line file). Each window starts where the next
+        chunk starts; tokens within :data:`WINDOW_MARGIN` characters of a window's cut are
+        re-read in the next window, so chunk boundaries match tokenising the whole text."""
+        index, pos, width = 0, 0, WINDOW_CHARS
+        while True:
+            end = min(pos + width, len(text))
+            final = end >= len(text)
+            spans = [(a + pos, b + pos) for a, b in self.offsets(text[pos:end]) if b > a]
+            n = len(spans)
+            # Spans that the cut cannot have changed; the last one never counts as safe.
+            safe = n if final else min(
+                n - 1, sum(1 for _, b in spans if b <= end - WINDOW_MARGIN))
+            s, restart = 0, None
+            while s < n:
+                if not final and s + self.budget > safe:
+                    restart = s  # this chunk could reach the cut: take it from the next window
+                    break
+                e = min(s + self.budget, n)
+                if e < n and self.config.snap:
+                    e = self._snap(text, spans, s, e)
+                a, b = spans[s][0], spans[e - 1][1]
+                piece = text[a:b]
+                lead = len(piece) - len(piece.lstrip())
+                piece = piece.strip()
+                if piece:
+                    yield Chunk(index, piece, a + lead, a + lead + len(piece),
+                                e - s + self.special_tokens)
+                    index += 1
+                if e >= n:
+                    break
+                s = self._word_start(text, spans, max(e - self.config.overlap, s + 1), s + 1, e)
+            if final:
+                return
+            if restart is None:  # no tokens in this window at all
+                pos, width = end, WINDOW_CHARS
+            elif restart == 0:  # not even one chunk fits: a wider window
+                width *= 2
+            else:
+                pos, width = spans[restart][0], WINDOW_CHARS
 
     @staticmethod
     def _word_start(text: str, spans: list[tuple[int, int]], j: int, lo: int, hi: int) -> int:

@@ -79,8 +79,11 @@ class SupervisedClassifier:
     """Logistic regression or kNN on embeddings; :meth:`save`/:meth:`load` keep it."""
 
     def __init__(self, model: str, config: ClassifyConfig, classes: np.ndarray,
-                 estimator: Any, arrays: dict[str, np.ndarray]) -> None:
+                 estimator: Any, arrays: dict[str, np.ndarray],
+                 fingerprint: str | None = None) -> None:
         self.model = model
+        #: :meth:`~smysl.base.BaseEmbedder.fingerprint` of the model it was trained on.
+        self.fingerprint = fingerprint
         self.config = config
         self.classes = classes
         self.estimator = estimator
@@ -88,7 +91,7 @@ class SupervisedClassifier:
 
     @classmethod
     def fit_vectors(cls, vectors: np.ndarray, labels: Sequence[str], config: ClassifyConfig,
-                    model: str = "") -> SupervisedClassifier:
+                    model: str = "", fingerprint: str | None = None) -> SupervisedClassifier:
         require_sklearn()
         x = np.asarray(vectors, np.float32)
         y = np.asarray([str(v) for v in labels])
@@ -107,14 +110,15 @@ class SupervisedClassifier:
             arrays = {"vectors": x, "labels": y}
         else:
             raise ValueError(f"unknown method {config.method!r} (logreg or knn)")
-        return cls(model, config, np.asarray(est.classes_), est, arrays)
+        return cls(model, config, np.asarray(est.classes_), est, arrays, fingerprint)
 
     @classmethod
     def fit(cls, embedder: BaseEmbedder, texts: Sequence[str], labels: Sequence[str],
             config: ClassifyConfig = ClassifyConfig(), progress: bool = False
             ) -> SupervisedClassifier:
         x = embed_for(embedder, texts, config.instruction, config.dimensions, progress=progress)
-        return cls.fit_vectors(x, labels, config, model=embedder.name)
+        return cls.fit_vectors(x, labels, config, model=embedder.name,
+                               fingerprint=embedder.fingerprint())
 
     def predict_vectors(self, vectors: np.ndarray) -> list[str]:
         return [str(v) for v in self.estimator.predict(np.asarray(vectors, np.float32))]
@@ -129,13 +133,20 @@ class SupervisedClassifier:
                                               self.config.dimensions, progress=progress))
 
     def check_model(self, embedder: BaseEmbedder) -> None:
-        if self.model and embedder.name != self.model:
+        """Refuse another model's embeddings: by fingerprint (by name for files without one)."""
+        if self.fingerprint is not None:
+            if embedder.fingerprint() != self.fingerprint:
+                raise ValueError(f"classifier was trained on {self.model!r} embeddings "
+                                 f"(fingerprint {self.fingerprint}), not on those of "
+                                 f"{embedder.name!r} (fingerprint {embedder.fingerprint()})")
+        elif self.model and embedder.name != self.model:
             raise ValueError(f"classifier was trained on {self.model!r} embeddings, "
                              f"not {embedder.name!r}")
 
     def save(self, path: str | Path) -> None:
         """Write ``path`` (.npz): arrays plus JSON settings; loads without pickle."""
-        meta = {"format": FORMAT, "model": self.model, "config": self.config.__dict__}
+        meta = {"format": FORMAT, "model": self.model, "fingerprint": self.fingerprint,
+                "config": self.config.__dict__}
         with open(path, "wb") as f:
             arrays: dict[str, Any] = {"meta": np.asarray(json.dumps(meta)),
                                       "classes": self.classes, **self._arrays}
@@ -165,7 +176,42 @@ class SupervisedClassifier:
             est = KNeighborsClassifier(n_neighbors=min(config.neighbors, len(arrays["labels"])),
                                        metric="cosine", algorithm="brute").fit(
                 arrays["vectors"], arrays["labels"])
-        return cls(str(meta["model"]), config, classes, est, arrays)
+        return cls(str(meta["model"]), config, classes, est, arrays, meta.get("fingerprint"))
+
+
+def _norm_label(label: str) -> str:
+    return " ".join(str(label).split()).casefold()
+
+
+@dataclass(frozen=True)
+class GoldMatch:
+    """Gold labels set against a classifier's candidate labels (:func:`match_gold`)."""
+
+    #: Gold labels mapped onto candidates (``Billing `` -> ``billing``); None when some do
+    #: not match, and no accuracy can be given.
+    gold: list[str] | None
+    #: Gold labels (distinct, as written) that match no candidate.
+    unmatched: list[str]
+
+    def message(self, candidates: Sequence[str], field: str = "label") -> str:
+        """Why no accuracy is reported."""
+        return (f"no accuracy: gold labels in {field!r} do not match the candidate labels "
+                f"(unmatched: {', '.join(map(repr, self.unmatched[:10]))}"
+                f"{' ...' if len(self.unmatched) > 10 else ''}; candidates: "
+                f"{', '.join(map(repr, list(candidates)[:10]))}); map them to the candidates, "
+                f"or name the gold column with --label-field")
+
+
+def match_gold(gold: Sequence[str], candidates: Sequence[str]) -> GoldMatch:
+    """Map gold labels onto ``candidates`` ignoring case and spacing; every gold label must
+    match one, else accuracy would compare unrelated vocabularies (a silent 0.0)."""
+    by_norm: dict[str, str] = {}
+    for c in candidates:
+        by_norm.setdefault(_norm_label(c), c)
+    unmatched = list(dict.fromkeys(g for g in gold if _norm_label(g) not in by_norm))
+    if unmatched:
+        return GoldMatch(None, unmatched)
+    return GoldMatch([by_norm[_norm_label(g)] for g in gold], [])
 
 
 def accuracy(pred: Sequence[str], gold: Sequence[str]) -> float:

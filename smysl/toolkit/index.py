@@ -1,7 +1,11 @@
 """An index: a vector store bound to one embedding model, with ingestion, search and deletion.
 
-The store remembers which model, dimensions and chunking built it (``read_meta``), so searching
-with another model is refused instead of returning meaningless neighbours.
+The store remembers which model built it — its :meth:`~smysl.base.BaseEmbedder.fingerprint`, not
+its name — and the dimensions (``read_meta``), so adding or searching with another model is
+refused instead of returning meaningless neighbours; ``rebuild=True`` empties it for a new model.
+Every vector read back is checked (:func:`~smysl.toolkit.store.vector_problem` and its checksum):
+a damaged hit is left out of the results and reported in :attr:`Index.damaged`, and re-embedded
+by the next ingestion of its document.
 """
 
 from __future__ import annotations
@@ -21,15 +25,22 @@ from smysl.toolkit.ingest import (
     IngestConfig,
     IngestReport,
     ReadConfig,
+    SkippedFile,
     StoredCallback,
     ingest,
     read_documents,
+    stored_problem,
 )
 from smysl.toolkit.search import SearchConfig, search_vectors
-from smysl.toolkit.store import Hit, StoreConfig, VectorStore, Where, local_path
+from smysl.toolkit.store import Hit, Record, StoreConfig, VectorStore, Where, local_path
 from smysl.toolkit.stores import open_store
 
 CACHE_FILE = "embedding-cache.sqlite"
+#: Meta key: records carry vector checksums (indexes built before them do not).
+CHECKSUMS = "checksums"
+#: Meta key: records the index held after its last write through :class:`Index`; fewer at
+#: opening means the store lost some (a damaged manifest drops whole fragments silently).
+RECORDS = "records"
 
 
 @dataclass(frozen=True)
@@ -58,51 +69,67 @@ class Index:
 
     def __init__(self, store: VectorStore, embedder: BaseEmbedder, *,
                  cache: EmbeddingCache | None = None, model_key: str | None = None,
-                 dimensions: int | None = None) -> None:
+                 dimensions: int | None = None, checksums: bool = True) -> None:
         self.store = store
         self.embedder = embedder
         self.dimensions = dimensions or store.dimensions
         self.cached = CachedEmbedder(embedder, cache, model_key)
+        #: Whether every record carries a vector checksum (False: an index built before them).
+        self.checksums = checksums
+        #: Record id -> problem, for damaged records met by searches since opening.
+        self.damaged: dict[str, str] = {}
+        #: Problems with the index as a whole found at opening (records lost).
+        self.problems: list[str] = []
 
     @classmethod
     def create_or_open(cls, embedder: BaseEmbedder, config: IndexConfig, *,
-                       create: bool = True, model_spec: str | None = None) -> Index:
+                       create: bool = True, model_spec: str | None = None,
+                       rebuild: bool = False) -> Index:
         """Open the index at ``config.store`` (``create``: make it for ``embedder`` if missing)
-        and check that it was built with this model and size.
+        and check that it was built with this model (same fingerprint) and size.
 
-        ``model_spec`` is the string that loads the model (``st:all-minilm-l6-v2``); it is saved
-        so that later searches can load the model without being told (backend ``name``s may
-        lack the scheme).
+        ``rebuild`` deletes every record first and binds the index to ``embedder``: the one way
+        to switch an index to another model. ``model_spec`` is the string that loads the model
+        (``st:all-minilm-l6-v2``; default: the one :func:`smysl.load` was given,
+        :attr:`BaseEmbedder.source`); it is saved so that later searches can load the model
+        without being told (backend ``name``s may lack the scheme).
         """
         dims = config.dimensions or embedder.dimensions
         try:
-            store = open_store(config.store, None if config.store.backend != "memory" else dims)
+            store = open_store(config.store, dims if rebuild or config.store.backend == "memory"
+                               else None, replace=rebuild)
         except FileNotFoundError:
             if not create:
                 raise
             store = open_store(config.store, dims)
-        meta = store.read_meta()
-        if meta:
-            problem = None
-            if meta.get("model") != embedder.name:
-                problem = (f"index was built with model {meta.get('model')!r}, "
-                           f"not {embedder.name!r}")
-            elif config.dimensions and config.dimensions != store.dimensions:
-                problem = f"index stores {store.dimensions}-d vectors, not {config.dimensions}-d"
-            if problem:
-                store.close()
-                raise ValueError(problem)
-            dims = store.dimensions
-        elif store.dimensions != dims:
+        try:
+            meta = store.read_meta()
+            if meta:
+                problem = _mismatch(meta, embedder, config.dimensions, store.dimensions)
+                if problem:
+                    raise ValueError(problem)
+                dims = store.dimensions
+            elif store.dimensions != dims:
+                raise ValueError(f"store holds {store.dimensions}-d vectors, not {dims}-d")
+            else:
+                meta = {"model": embedder.name, "fingerprint": embedder.fingerprint(),
+                        "dimensions": dims, "load": model_spec or embedder.source or embedder.name,
+                        CHECKSUMS: True}
+                store.write_meta(meta)
+            held, written = store.count(), meta.get(RECORDS)
+        except BaseException:
             store.close()
-            raise ValueError(f"store holds {store.dimensions}-d vectors, not {dims}-d")
-        else:
-            store.write_meta({"model": embedder.name, "dimensions": dims,
-                              "load": model_spec or embedder.name})
+            raise
         path = config.cache.path or default_cache_path(config.store)
         cache = EmbeddingCache(path) if path is not None else None
-        return cls(store, embedder, cache=cache, model_key=config.cache.model_key,
-                   dimensions=dims)
+        index = cls(store, embedder, cache=cache, model_key=config.cache.model_key,
+                    dimensions=dims, checksums=bool(meta.get(CHECKSUMS)))
+        if isinstance(written, int) and held < written:
+            index.problems.append(
+                f"{config.store.uri or config.store.table}: holds {held} records but {written} "
+                f"were written: the store lost records (damaged?); run `smysl index add` on the "
+                f"same files to restore them, or rebuild it (--rebuild)")
+        return index
 
     @staticmethod
     def stored_model(config: StoreConfig) -> str:
@@ -123,16 +150,24 @@ class Index:
         if dims != self.dimensions:
             raise ValueError(f"index stores {self.dimensions}-d vectors, not {dims}-d")
         chunker = chunker_for(self.embedder, config.chunk)
-        return ingest(documents, store=self.store, chunker=chunker, config=config,
-                      embed=lambda texts: self.cached.embed(
-                          texts, dimensions=self._dims_arg(), truncate=True),
-                      on_stored=on_stored, counters=self.cached)
+        report = ingest(documents, store=self.store, chunker=chunker, config=config,
+                        embed=lambda texts: self.cached.embed(
+                            texts, dimensions=self._dims_arg(), truncate=True),
+                        on_stored=on_stored, counters=self.cached, checksums=self.checksums)
+        record_count(self.store)
+        return report
 
     def add_files(self, paths: Iterable[str | Path], read: ReadConfig | None = None,
                   config: IngestConfig | None = None,
                   on_stored: StoredCallback | None = None) -> IngestReport:
-        """Ingest txt/md/csv/jsonl files or folders of them."""
-        return self.add(read_documents(paths, read or ReadConfig()), config, on_stored=on_stored)
+        """Ingest txt/md/csv/jsonl files or folders of them (ids: see
+        :func:`~smysl.toolkit.ingest.document_path`); files that are not UTF-8 text are
+        skipped and listed in the report's ``skipped`` (``read.strict``: an error)."""
+        skipped: list[SkippedFile] = []
+        report = self.add(read_documents(paths, read or ReadConfig(), skipped), config,
+                          on_stored=on_stored)
+        report.skipped = skipped
+        return report
 
     def add_texts(self, texts: Sequence[str], ids: Sequence[str] | None = None,
                   metadata: Sequence[Mapping[str, Any]] | None = None,
@@ -150,12 +185,16 @@ class Index:
         """Delete the chunks of documents (by id) and/or those matching a filter."""
         if doc_ids is None and not where:
             raise ValueError("delete needs document ids or a filter")
-        if doc_ids is None:
-            return self.store.delete(where=where)
         flt = dict(where or {})
-        if "doc_id" in flt:
+        if doc_ids is not None and "doc_id" in flt:
             raise ValueError("give document ids either as doc_ids or in the filter")
-        return self.store.delete(where={**flt, "doc_id": list(doc_ids)}) if doc_ids else 0
+        if doc_ids is not None:
+            if not doc_ids:
+                return 0
+            flt["doc_id"] = list(doc_ids)
+        gone = self.store.delete(where=flt)
+        record_count(self.store)
+        return gone
 
     # ------------------------------------------------------------------ reading
     def embed_queries(self, queries: Sequence[str], instruction: str | None = None
@@ -167,10 +206,31 @@ class Index:
 
     def search(self, queries: str | Sequence[str], config: SearchConfig | None = None
                ) -> list[list[Hit]]:
-        """Top-k chunks per query (a single string gives one list)."""
+        """Top-k chunks per query (a single string gives one list). Hits whose stored vector
+        is damaged are left out and recorded in :attr:`damaged`."""
         config = config or SearchConfig()
         qs = [queries] if isinstance(queries, str) else list(queries)
-        return search_vectors(self.store, self.embed_queries(qs, config.instruction), config)
+        return search_vectors(self.store, self.embed_queries(qs, config.instruction), config,
+                              check=self._check_hit)
+
+    def _check_hit(self, hit: Hit) -> bool:
+        problem = hit_problem(hit, self.store.dimensions, self.checksums)
+        if problem is not None:
+            self.damaged[hit.id] = problem
+        return problem is None
+
+    def verify(self, batch_size: int = 2048) -> dict[str, str]:
+        """Check every stored record (what a search checks for its hits only): record id ->
+        problem for the damaged ones, also added to :attr:`damaged`. A damaged vector whose
+        score fell out of a search's top k is found here, or by the next ingestion."""
+        found: dict[str, str] = {}
+        for batch in self.store.scan(batch_size, with_vectors=True):
+            for r in batch:
+                problem = stored_problem(r, self.store.dimensions, self.checksums)
+                if problem is not None:
+                    found[r.id] = problem
+        self.damaged.update(found)
+        return found
 
     def count(self, where: Where | None = None) -> int:
         return self.store.count(where)
@@ -190,3 +250,38 @@ class Index:
         return self.dimensions if self.dimensions != self.embedder.dimensions else None
 
 
+def record_count(store: VectorStore) -> None:
+    """Save how many records the index holds (``RECORDS``), after writing through it; the
+    next opening reports fewer as records lost."""
+    meta = store.read_meta()
+    if meta:
+        store.write_meta({**meta, RECORDS: store.count()})
+
+
+def _mismatch(meta: dict[str, object], embedder: BaseEmbedder, dimensions: int | None,
+              stored_dimensions: int) -> str | None:
+    """Why ``embedder`` may not use an index with ``meta``, else None."""
+    built = meta.get("fingerprint")
+    if built is not None:
+        if built != embedder.fingerprint():
+            return (f"index was built with model {meta.get('model')!r} (fingerprint {built}), "
+                    f"not with {embedder.name!r} (fingerprint {embedder.fingerprint()}): other "
+                    f"weights or settings; use that model, or rebuild the index for this one "
+                    f"(smysl index add --rebuild)")
+    elif meta.get("model") != embedder.name:  # an index from before fingerprints
+        return (f"index was built with model {meta.get('model')!r}, not {embedder.name!r}; "
+                f"use that model, or rebuild the index (smysl index add --rebuild)")
+    if dimensions and dimensions != stored_dimensions:
+        return f"index stores {stored_dimensions}-d vectors, not {dimensions}-d"
+    if meta.get("dimensions") not in (None, stored_dimensions):
+        return (f"index metadata says {meta.get('dimensions')}-d vectors but the store holds "
+                f"{stored_dimensions}-d ones: the store is damaged; restore it or rebuild it "
+                f"(smysl index add --rebuild)")
+    return None
+
+
+def hit_problem(hit: Hit, dimensions: int, checksums: bool) -> str | None:
+    """Why a search hit (read with its vector) must not be served, else None: the check
+    :meth:`Index.search` applies, for callers that search a store directly (``/search``)."""
+    vector = hit.vector if hit.vector is not None else np.zeros(0, np.float32)
+    return stored_problem(Record(hit.id, vector, hit.payload), dimensions, checksums)

@@ -2,13 +2,22 @@
 
 Crash safety: chunks go to the store in batches and a batch is reported stored (``on_stored``, the
 progress bar) only after the store's upsert returned, i.e. after it is durable. A rerun skips every
-chunk whose stored payload is unchanged and finds the vectors of everything embedded before a kill
-in the embedding cache, so it completes the job without re-embedding.
+chunk whose stored payload is unchanged *and* whose stored vector is intact (checksum, width,
+finite, unit length: a damaged one is re-embedded), and finds the vectors of everything embedded
+before a kill in the embedding cache, so it completes the job without re-embedding.
+
+Document ids of files are their paths, normalised (see :func:`document_path`): absolute by
+default, so ``/abs/docs`` and ``docs`` give the same ids and two projects' ``docs/notes.txt``
+never collide; relative to :attr:`ReadConfig.root` when one is declared (portable indexes).
+A file that is binary or not UTF-8 is skipped and reported by name (:attr:`IngestReport.skipped`),
+or stops the run with its name under :attr:`ReadConfig.strict`.
 """
 
 from __future__ import annotations
 
+import codecs
 import hashlib
+import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,10 +25,12 @@ from typing import Any
 
 from smysl.toolkit.chunking import ChunkConfig, Chunker
 from smysl.toolkit.io import TABLE_SUFFIXES, iter_rows
+from smysl.toolkit.store import DIGEST_FIELD, vector_digest, vector_problem
 
 TEXT_SUFFIXES = (".txt", ".md", ".markdown", ".rst")
 #: Payload fields ingestion writes; metadata may not reuse them.
-RESERVED = ("doc_id", "chunk", "text", "start", "end", "tokens", "hash", "source")
+RESERVED = ("doc_id", "chunk", "text", "start", "end", "tokens", "hash", "source", DIGEST_FIELD)
+_BLOCK = 1 << 20  # bytes per read when checking a file
 
 
 @dataclass(frozen=True)
@@ -37,13 +48,31 @@ class ReadConfig:
 
     Attributes:
         text_field: CSV/JSONL column holding the text.
-        id_field: CSV/JSONL column holding the document id; None uses ``path:row``.
+        id_field: CSV/JSONL column holding the document id; None uses ``<file id>:<row>``.
         metadata_fields: Columns copied into payloads; None copies all but text and id.
+        root: Folder file ids are relative to (``docs/a.md``); None: absolute paths. Files
+            outside it are refused.
+        strict: Stop at the first binary or non-UTF-8 file (``BadFileError`` naming it) instead
+            of skipping and reporting it.
     """
 
     text_field: str = "text"
     id_field: str | None = None
     metadata_fields: tuple[str, ...] | None = None
+    root: Path | None = None
+    strict: bool = False
+
+
+@dataclass(frozen=True)
+class SkippedFile:
+    """A file left out of an ingestion, and why."""
+
+    path: str
+    reason: str
+
+
+class BadFileError(ValueError):
+    """A file that cannot be read as text (binary, invalid UTF-8), under ``strict``."""
 
 
 @dataclass(frozen=True)
@@ -80,13 +109,30 @@ class IngestReport:
     unchanged: int = 0
     written: int = 0
     stale_deleted: int = 0
+    #: Stored vectors found damaged (payload unchanged) and re-embedded.
+    repaired: int = 0
+    #: Damaged embedding-cache entries recomputed.
+    recomputed: int = 0
     seconds: float = 0.0
+    #: Files left out (binary, not UTF-8), with the reason.
+    skipped: list[SkippedFile] = field(default_factory=list)
+    #: Other things worth a warning (an unreadable cache file).
+    problems: list[str] = field(default_factory=list)
 
     def summary(self) -> str:
+        """One line of counts, then one line per skipped file or problem."""
         rate = self.chunks / self.seconds if self.seconds > 0 else 0.0
-        return (f"{self.documents} documents, {self.chunks} chunks ({rate:.0f}/s): "
+        line = (f"{self.documents} documents, {self.chunks} chunks ({rate:.0f}/s): "
                 f"{self.written} written, {self.unchanged} unchanged, {self.embedded} embedded, "
                 f"{self.cached} from cache, {self.stale_deleted} stale removed")
+        if self.repaired:
+            line += f", {self.repaired} damaged stored vectors re-embedded"
+        if self.recomputed:
+            line += f", {self.recomputed} damaged cache entries recomputed"
+        if self.skipped:
+            line += f"; {len(self.skipped)} files skipped"
+        lines = [line] + [f"skipped {s.path}: {s.reason}" for s in self.skipped]
+        return "\n".join(lines + [f"warning: {p}" for p in self.problems])
 
 
 def content_hash(text: str) -> str:
@@ -105,20 +151,67 @@ def iter_paths(paths: Iterable[str | Path]) -> Iterator[Path]:
             raise FileNotFoundError(f"{p}: no such file or folder")
 
 
-def read_documents(paths: Iterable[str | Path], config: ReadConfig = ReadConfig()
-                   ) -> Iterator[Document]:
-    """Documents from txt/md (one per file) and csv/jsonl (one per row) files."""
+def document_path(path: Path, root: Path | None = None) -> str:
+    """The id of a file: its absolute path with symlinks and ``..`` resolved, or its path
+    relative to ``root`` (POSIX separators either way)."""
+    full = path.resolve()
+    if root is None:
+        return full.as_posix()
+    try:
+        return full.relative_to(root.resolve()).as_posix()
+    except ValueError:
+        raise ValueError(f"{path} is outside the root folder {root}; ids are relative to it "
+                         f"(give another --root, or none for absolute ids)") from None
+
+
+def text_problem(path: Path) -> str | None:
+    """Why ``path`` is not a UTF-8 text file (a NUL byte, invalid UTF-8), else None; reads it
+    in 1 MiB blocks, so memory stays bounded whatever its size."""
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    offset = 0
+    with open(path, "rb") as f:
+        while True:
+            block = f.read(_BLOCK)
+            nul = block.find(0)
+            if nul >= 0:
+                return f"binary file (NUL byte at offset {offset + nul})"
+            try:
+                decoder.decode(block, final=not block)
+            except UnicodeDecodeError as e:
+                return f"not valid UTF-8 (near byte {max(offset + e.start, 0)}: {e.reason})"
+            if not block:
+                return None
+            offset += len(block)
+
+
+def read_documents(paths: Iterable[str | Path], config: ReadConfig = ReadConfig(),
+                   skipped: list[SkippedFile] | None = None) -> Iterator[Document]:
+    """Documents from txt/md (one per file) and csv/jsonl (one per row) files.
+
+    Files that are not UTF-8 text are appended to ``skipped`` (a warning when None is given) or,
+    with ``config.strict``, raise :class:`BadFileError` naming the file.
+    """
     for path in iter_paths(paths):
         suffix = path.suffix.lower()
-        if suffix in TABLE_SUFFIXES:
-            yield from _table_documents(path, config)
-        elif suffix in TEXT_SUFFIXES:
-            yield Document(str(path), path.read_text(encoding="utf-8"), {"source": str(path)})
-        else:
+        if suffix not in TABLE_SUFFIXES + TEXT_SUFFIXES:
             raise ValueError(f"{path}: unsupported file type (txt, md, csv, jsonl)")
+        doc_path = document_path(path, config.root)
+        problem = text_problem(path)
+        if problem is not None:
+            if config.strict:
+                raise BadFileError(f"{path}: {problem}")
+            if skipped is None:
+                warnings.warn(f"skipped {path}: {problem}", stacklevel=2)
+            else:
+                skipped.append(SkippedFile(str(path), problem))
+            continue
+        if suffix in TABLE_SUFFIXES:
+            yield from _table_documents(path, doc_path, config)
+        else:
+            yield Document(doc_path, path.read_text(encoding="utf-8"), {"source": doc_path})
 
 
-def _table_documents(path: Path, config: ReadConfig) -> Iterator[Document]:
+def _table_documents(path: Path, doc_path: str, config: ReadConfig) -> Iterator[Document]:
     for n, row in enumerate(iter_rows(path), 1):
         if config.text_field not in row:
             raise ValueError(f"{path}: row {n} has no {config.text_field!r} column "
@@ -131,27 +224,51 @@ def _table_documents(path: Path, config: ReadConfig) -> Iterator[Document]:
                 raise ValueError(f"{path}: row {n} has no id in {config.id_field!r}")
             doc_id = str(row[config.id_field])
         else:
-            doc_id = f"{path}:{n}"
+            doc_id = f"{doc_path}:{n}"
         skip = {config.text_field, config.id_field}
         keys = config.metadata_fields if config.metadata_fields is not None else [
             k for k in row if k not in skip]
         meta = {k: row.get(k) for k in keys}
-        meta["source"] = str(path)
+        meta["source"] = doc_path
         yield Document(doc_id, text, meta)
+
+
+def iter_chunk_payloads(doc: Document, chunker: Chunker
+                        ) -> Iterator[tuple[str, dict[str, Any]]]:
+    """(chunk id, payload) for every chunk of ``doc``, as the chunker produces them."""
+    clash = sorted(set(doc.metadata) & (set(RESERVED) - {"source"}))
+    if clash:
+        raise ValueError(f"document {doc.id!r}: metadata fields {clash} are reserved")
+    for c in chunker.iter_split(doc.text):
+        payload = {**doc.metadata, "doc_id": doc.id, "chunk": c.index, "text": c.text,
+                   "start": c.start, "end": c.end, "tokens": c.tokens,
+                   "hash": content_hash(c.text)}
+        yield f"{doc.id}#{c.index}", payload
 
 
 def chunk_payloads(doc: Document, chunker: Chunker) -> list[tuple[str, dict[str, Any]]]:
     """(chunk id, payload) for every chunk of ``doc``."""
-    clash = sorted(set(doc.metadata) & (set(RESERVED) - {"source"}))
-    if clash:
-        raise ValueError(f"document {doc.id!r}: metadata fields {clash} are reserved")
-    out = []
-    for c in chunker.split(doc.text):
-        payload = {**doc.metadata, "doc_id": doc.id, "chunk": c.index, "text": c.text,
-                   "start": c.start, "end": c.end, "tokens": c.tokens,
-                   "hash": content_hash(c.text)}
-        out.append((f"{doc.id}#{c.index}", payload))
-    return out
+    return list(iter_chunk_payloads(doc, chunker))
+
+
+def stored_problem(record: Any, dimensions: int, checksums: bool) -> str | None:
+    """Why a stored chunk cannot be trusted, else None: its vector (see
+    :func:`~smysl.toolkit.store.vector_problem`), its text against its ``hash``, its id against
+    ``doc_id#chunk``. ``checksums``: the index writes
+    :data:`~smysl.toolkit.store.DIGEST_FIELD`, so a record without it is damaged too."""
+    p = record.payload
+    digest = p.get(DIGEST_FIELD)
+    if checksums and not isinstance(digest, str):
+        return "has no checksum (damaged payload)"
+    if "hash" in p and (not isinstance(p.get("text"), str) or content_hash(p["text"]) != p["hash"]):
+        return "text does not match its hash"
+    if "doc_id" in p and "chunk" in p and record.id != f"{p['doc_id']}#{p['chunk']}":
+        return f"id does not match its payload ({p['doc_id']}#{p['chunk']})"
+    return vector_problem(record.vector, dimensions, digest if isinstance(digest, str) else None)
+
+
+def _without_digest(payload: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in payload.items() if k != DIGEST_FIELD}
 
 
 StoredCallback = Callable[[Sequence[str]], None]
@@ -159,10 +276,13 @@ StoredCallback = Callable[[Sequence[str]], None]
 
 def ingest(documents: Iterable[Document], *, store: Any, embed: Callable[[list[str]], Any],
            chunker: Chunker, config: IngestConfig = IngestConfig(),
-           on_stored: StoredCallback | None = None, counters: Any = None) -> IngestReport:
+           on_stored: StoredCallback | None = None, counters: Any = None,
+           checksums: bool = True) -> IngestReport:
     """Chunk, embed (through ``embed``: texts -> unit rows) and upsert ``documents`` into ``store``.
 
     ``counters`` (a :class:`~smysl.toolkit.cache.CachedEmbedder`) supplies embedded/cached counts.
+    Each payload gets the checksum of its vector; ``checksums=False`` (an index built before
+    checksums) accepts stored records without one.
     """
     import time
 
@@ -174,19 +294,29 @@ def ingest(documents: Iterable[Document], *, store: Any, embed: Callable[[list[s
 
         bar = tqdm(unit="chunk", desc="ingesting", smoothing=0.1)
     pending: list[tuple[str, dict[str, Any]]] = []
-    ends: dict[str, int] = {}  # doc id -> chunk count, for docs whose last chunk is pending
-    e0 = (counters.embedded, counters.cached) if counters is not None else (0, 0)
+    ends: dict[str, int] = {}  # doc id -> chunk count, for docs fully chunked since last flush
+    e0 = ((counters.embedded, counters.cached, counters.recomputed) if counters is not None
+          else (0, 0, 0))
 
     def flush() -> None:
-        if not pending:
+        if not pending and not ends:
             return
         ids = [i for i, _ in pending]
-        stored = {r.id: r.payload for r in store.get(ids)}
-        todo = [(i, p) for i, p in pending if stored.get(i) != p]
+        stored = {r.id: r for r in store.get(ids)}
+        todo = []
+        for i, p in pending:
+            r = stored.get(i)
+            if r is not None and _without_digest(r.payload) == p:
+                if stored_problem(r, store.dimensions, checksums) is None:
+                    continue
+                report.repaired += 1  # same content, damaged vector: embed it again
+            todo.append((i, p))
         report.unchanged += len(pending) - len(todo)
         if todo:
             vectors = embed([p["text"] for _, p in todo])
-            store.upsert([i for i, _ in todo], vectors, [p for _, p in todo])
+            store.upsert([i for i, _ in todo], vectors,
+                         [{**p, DIGEST_FIELD: vector_digest(v)}
+                          for (_, p), v in zip(todo, vectors, strict=True)])
             report.written += len(todo)
         # A shorter new version of a document leaves old chunks n.. behind: find them via the
         # first id past the new end, delete only for those documents.
@@ -194,7 +324,7 @@ def ingest(documents: Iterable[Document], *, store: Any, embed: Callable[[list[s
         for r in store.get(list(sentinels)):
             report.stale_deleted += store.delete(
                 where={"doc_id": sentinels[r.id], "chunk": {"$gte": ends[sentinels[r.id]]}})
-        if on_stored is not None:
+        if on_stored is not None and ids:
             on_stored(ids)
         if bar is not None:
             if counters is not None:
@@ -207,17 +337,16 @@ def ingest(documents: Iterable[Document], *, store: Any, embed: Callable[[list[s
 
     try:
         for doc in documents:
-            chunks = chunk_payloads(doc, chunker)
             report.documents += 1
-            report.chunks += len(chunks)
-            for n, item in enumerate(chunks):
+            n = 0
+            # Chunks stream in: a huge one-line file never holds all its chunks at once.
+            for item in iter_chunk_payloads(doc, chunker):
                 pending.append(item)
-                if n == len(chunks) - 1:
-                    ends[doc.id] = len(chunks)
+                n += 1
+                report.chunks += 1
                 if len(pending) >= config.batch_size:
                     flush()
-            if not chunks:
-                ends[doc.id] = 0  # an emptied document loses all its chunks
+            ends[doc.id] = n  # n == 0: an emptied document loses all its chunks
         flush()
     finally:
         if bar is not None:
@@ -227,5 +356,7 @@ def ingest(documents: Iterable[Document], *, store: Any, embed: Callable[[list[s
     if counters is not None:
         report.embedded = counters.embedded - e0[0]
         report.cached = counters.cached - e0[1]
+        report.recomputed = counters.recomputed - e0[2]
+        report.problems = list(counters.problems)
     report.seconds = time.perf_counter() - t0
     return report

@@ -29,10 +29,14 @@ def iter_rows(path: str | Path) -> Iterator[dict[str, Any]]:
         yield from _jsonl(sys.stdin, "<stdin>")
         return
     with open(path, encoding="utf-8", newline="") as f:
-        if fmt == "csv":
-            yield from csv.DictReader(f)
-        else:
-            yield from _jsonl(f, str(path))
+        try:
+            if fmt == "csv":
+                yield from csv.DictReader(f)
+            else:
+                yield from _jsonl(f, str(path))
+        except UnicodeDecodeError as e:  # the codec's message names no file
+            raise ValueError(f"{path}: not valid UTF-8 ({e.reason}); convert it to UTF-8"
+                             ) from None
 
 
 def _jsonl(f: TextIO, name: str) -> Iterator[dict[str, Any]]:

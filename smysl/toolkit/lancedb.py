@@ -5,15 +5,25 @@ payload as JSON, returned verbatim) and one ``p_<field>`` column per top-level s
 field, so that filters run inside LanceDB as SQL prefilters. A field gets the type it is first
 stored with (bool, int64, float64 or string); a later value of another type stays in the JSON but
 cannot be filtered on (ints widen into float columns).
+
+Damage to the files (a flipped byte, a truncated manifest) surfaces as :class:`StoreDamagedError`:
+one line naming the folder and what to do, instead of LanceDB's Rust error or panic (whose
+report, written straight to the process's stderr, is held back while a call runs and dropped when
+the call fails). A record whose payload no longer decodes comes back with an empty payload, which
+fails the index's checksum check (:mod:`smysl.toolkit.index`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
-from collections.abc import Iterator, Mapping, Sequence
-from typing import Any
+import shutil
+import sys
+import tempfile
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -44,6 +54,45 @@ def _import() -> Any:
     return lancedb, pyarrow
 
 
+T = TypeVar("T")
+
+
+class StoreDamagedError(ValueError):
+    """A LanceDB store whose files cannot be read (damaged, truncated, edited by hand)."""
+
+
+@contextlib.contextmanager
+def _held_stderr() -> Iterator[None]:
+    """Hold back what native code writes to fd 2 during the block; replay it on success."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    ok = False
+    with tempfile.TemporaryFile() as tmp:
+        os.dup2(tmp.fileno(), 2)
+        try:
+            yield
+            ok = True
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            if ok:
+                tmp.seek(0)
+                held = tmp.read()
+                if held:
+                    os.write(2, held)
+
+
+def _payload(text: str | None) -> dict[str, Any]:
+    if not text:
+        return {}
+    try:
+        payload = json.loads(text)
+    except ValueError:  # damaged JSON: an empty payload, which fails the checksum check
+        return {}
+    return payload if isinstance(payload, dict) else {}
+
+
 def _sql_literal(v: Any) -> str:
     if isinstance(v, bool):
         return "TRUE" if v else "FALSE"
@@ -55,7 +104,8 @@ def _sql_literal(v: Any) -> str:
 class LanceStore(VectorStore):
     """A LanceDB table; search is an exact scan unless an index exists and ``exact=False``."""
 
-    def __init__(self, config: StoreConfig, dimensions: int | None = None) -> None:
+    def __init__(self, config: StoreConfig, dimensions: int | None = None, *,
+                 replace: bool = False) -> None:
         lancedb, pa = _import()
         self._pa = pa
         self.config = config
@@ -64,12 +114,17 @@ class LanceStore(VectorStore):
             raise ValueError("a LanceDB store needs a folder (uri)")
         if path is not None:
             path.mkdir(parents=True, exist_ok=True)
-        self._db = lancedb.connect(str(path) if path is not None else config.uri)
-        names = self._db.list_tables()
-        names = list(getattr(names, "tables", names))
+        with self._guard():
+            self._db = lancedb.connect(str(path) if path is not None else config.uri)
+        if replace and dimensions is not None:
+            self._drop()
+        with self._guard():
+            names = self._db.list_tables()
+            names = list(getattr(names, "tables", names))
+            if config.table in names:
+                self._table = self._db.open_table(config.table)
+                dims = self._table.schema.field("vector").type.list_size
         if config.table in names:
-            self._table = self._db.open_table(config.table)
-            dims = self._table.schema.field("vector").type.list_size
             if dimensions is not None and dims != dimensions:
                 raise ValueError(f"table {config.table!r} holds {dims}-d vectors, "
                                  f"not {dimensions}-d")
@@ -77,17 +132,67 @@ class LanceStore(VectorStore):
         else:
             if dimensions is None:
                 raise FileNotFoundError(f"no table {config.table!r} in {config.uri}")
-            self.dimensions = int(dimensions)
-            schema = pa.schema([pa.field("id", pa.string(), nullable=False),
-                                pa.field("vector", pa.list_(pa.float32(), self.dimensions)),
-                                pa.field("payload", pa.string())])
-            self._table = self._db.create_table(config.table, schema=schema)
+            self._create(int(dimensions))
+
+    def _create(self, dimensions: int) -> None:
+        pa = self._pa
+        self.dimensions = dimensions
+        schema = pa.schema([pa.field("id", pa.string(), nullable=False),
+                            pa.field("vector", pa.list_(pa.float32(), self.dimensions)),
+                            pa.field("payload", pa.string())])
+        with self._guard():
+            self._table = self._db.create_table(self.config.table, schema=schema)
+
+    def _drop(self) -> None:
+        """Delete the table (a damaged one's folder directly) and its metadata."""
+        try:
+            with self._guard():
+                names = self._db.list_tables()
+                if self.config.table in list(getattr(names, "tables", names)):
+                    self._db.drop_table(self.config.table)
+        except StoreDamagedError:
+            path = local_path(self.config.uri)
+            if path is None:
+                raise
+            shutil.rmtree(path / f"{self.config.table}.lance", ignore_errors=True)
+        if local_path(self.config.uri) is not None:
+            self._meta_path().unlink(missing_ok=True)
+
+    # ---------------------------------------------------------------- damage
+    @contextlib.contextmanager
+    def _guard(self) -> Iterator[None]:
+        """LanceDB's own failures (Rust errors, panics, undecodable files) as one clear line."""
+        try:
+            with _held_stderr():
+                yield
+        except (StoreDamagedError, KeyboardInterrupt):
+            raise
+        except Exception as e:  # whatever the native code raises means damage
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+            first = first.split(", /")[0][:200]  # drop the Rust source location
+            raise StoreDamagedError(
+                f"{self.config.uri}: LanceDB store {self.config.table!r} is damaged or "
+                f"unreadable ({type(e).__name__}: {first}); restore the folder from a backup, "
+                f"or rebuild it: smysl index add {self.config.uri} FILES... --rebuild"
+            ) from None
+
+    def _guarded(self, items: Iterable[T]) -> Iterator[T]:
+        """Iterate ``items`` with every step under :meth:`_guard` (not the consumer's code)."""
+        it = iter(items)
+        while True:
+            with self._guard():
+                try:
+                    item = next(it)
+                except StopIteration:
+                    return
+            yield item
 
     # ---------------------------------------------------------------- columns and filters
     def _columns(self) -> dict[str, Any]:
         """Filterable payload field -> arrow type."""
-        return {f.name[len(_PREFIX):]: f.type for f in self._table.schema
-                if f.name.startswith(_PREFIX)}
+        with self._guard():
+            schema = self._table.schema
+        return {f.name[len(_PREFIX):]: f.type for f in schema if f.name.startswith(_PREFIX)}
 
     def _arrow_type(self, v: Any) -> Any:
         pa = self._pa
@@ -133,8 +238,9 @@ class LanceStore(VectorStore):
         if new:
             sql = {pa.bool_(): "BOOLEAN", pa.int64(): "BIGINT", pa.float64(): "DOUBLE",
                    pa.string(): "STRING"}
-            self._table.add_columns({_PREFIX + k: f"CAST(NULL AS {sql[t]})"
-                                     for k, t in new.items()})
+            with self._guard():
+                    self._table.add_columns({_PREFIX + k: f"CAST(NULL AS {sql[t]})"
+                                         for k, t in new.items()})
             cols.update(new)
         return cols
 
@@ -189,12 +295,14 @@ class LanceStore(VectorStore):
         }
         for key, typ in cols.items():
             data[_PREFIX + key] = pa.array([self._fits(p.get(key), typ) for p in pays], typ)
-        table = pa.table(data).cast(self._table.schema)
-        (self._table.merge_insert("id").when_matched_update_all()
-         .when_not_matched_insert_all().execute(table))
+        with self._guard():
+            table = pa.table(data).cast(self._table.schema)
+            (self._table.merge_insert("id").when_matched_update_all()
+             .when_not_matched_insert_all().execute(table))
 
     def _has_index(self) -> bool:
-        return bool(self._table.list_indices())
+        with self._guard():
+            return bool(self._table.list_indices())
 
     def search(self, vectors: np.ndarray, k: int = 10, *, where: Where | None = None,
                exact: bool = True, with_vectors: bool = False) -> list[list[Hit]]:
@@ -206,17 +314,18 @@ class LanceStore(VectorStore):
         step = 256  # bounded result sets per round trip
         for s in range(0, len(q), step):
             block = q[s : s + step]
-            query = self._table.search(list(block) if len(block) > 1 else block[0],
-                                       vector_column_name="vector")
-            query = query.distance_type("dot").limit(k).select(cols)
-            if sql:
-                query = query.where(sql, prefilter=True)
-            if use_index:
-                query = query.nprobes(self.config.nprobes).refine_factor(
-                    self.config.refine_factor)
-            else:
-                query = query.bypass_vector_index()
-            res = query.to_arrow()
+            with self._guard():
+                query = self._table.search(list(block) if len(block) > 1 else block[0],
+                                           vector_column_name="vector")
+                query = query.distance_type("dot").limit(k).select(cols)
+                if sql:
+                    query = query.where(sql, prefilter=True)
+                if use_index:
+                    query = query.nprobes(self.config.nprobes).refine_factor(
+                        self.config.refine_factor)
+                else:
+                    query = query.bypass_vector_index()
+                res = query.to_arrow()
             qidx = (res.column("query_index").to_pylist() if "query_index" in res.column_names
                     else [0] * res.num_rows)
             rid = res.column("id").to_pylist()
@@ -226,7 +335,7 @@ class LanceStore(VectorStore):
                    .reshape(-1, self.dimensions) if with_vectors else None)
             for n in range(res.num_rows):
                 out[s + qidx[n]].append(Hit(
-                    rid[n], float(1.0 - dist[n]), json.loads(pay[n]) if pay[n] else {},
+                    rid[n], float(1.0 - dist[n]), _payload(pay[n]),
                     vec[n].copy() if vec is not None else None))
         for hits in out:  # scores from 1 - distance can reorder at float ties; sort, stably
             hits.sort(key=lambda h: -h.score)
@@ -235,17 +344,18 @@ class LanceStore(VectorStore):
     def _records(self, sql: str | None, with_vectors: bool, batch_size: int
                  ) -> Iterator[list[Record]]:
         cols = ["id", "payload"] + (["vector"] if with_vectors else [])
-        query = self._table.search().select(cols).limit(None)
-        if sql:
-            query = query.where(sql)
+        with self._guard():
+            query = self._table.search().select(cols).limit(None)
+            if sql:
+                query = query.where(sql)
         empty = np.zeros(0, np.float32)
-        for batch in query.to_batches(batch_size):
+        for batch in self._guarded(query.to_batches(batch_size)):
             ids = batch.column("id").to_pylist()
             pays = batch.column("payload").to_pylist()
             vecs = (batch.column("vector").flatten().to_numpy(zero_copy_only=False)
                     .reshape(-1, self.dimensions) if with_vectors else None)
             yield [Record(i, vecs[n].astype(np.float32, copy=True) if vecs is not None
-                          else empty, json.loads(p) if p else {})
+                          else empty, _payload(p))
                    for n, (i, p) in enumerate(zip(ids, pays, strict=True))]
 
     def get(self, ids: Sequence[str]) -> list[Record]:
@@ -264,15 +374,17 @@ class LanceStore(VectorStore):
             else [None]
         for part in chunks:
             sql = self._where(where, part)
-            n = self._table.count_rows(sql)
-            if n:
-                self._table.delete(sql)
+            with self._guard():
+                n = self._table.count_rows(sql)
+                if n:
+                    self._table.delete(sql)
             gone += n
         return gone
 
     def count(self, where: Where | None = None) -> int:
         sql = self._where(where)
-        return int(self._table.count_rows(sql) if sql else self._table.count_rows())
+        with self._guard():
+            return int(self._table.count_rows(sql) if sql else self._table.count_rows())
 
     def scan(self, batch_size: int = 2048, *, where: Where | None = None,
              with_vectors: bool = True) -> Iterator[list[Record]]:
@@ -286,7 +398,17 @@ class LanceStore(VectorStore):
 
     def read_meta(self) -> dict[str, Any]:
         p = self._meta_path()
-        return dict(json.loads(p.read_text(encoding="utf-8"))) if p.is_file() else {}
+        if not p.is_file():
+            return {}
+        try:
+            meta = json.loads(p.read_text(encoding="utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise ValueError(f"{p}: index metadata is damaged ({e}); restore it, or rebuild the "
+                             f"index (smysl index add --rebuild)") from None
+        if not isinstance(meta, dict):
+            raise ValueError(f"{p}: index metadata is damaged (not a JSON object); restore it, "
+                             f"or rebuild the index (smysl index add --rebuild)")
+        return meta
 
     def write_meta(self, meta: Mapping[str, Any]) -> None:
         p = self._meta_path()
@@ -296,7 +418,7 @@ class LanceStore(VectorStore):
 
     def build_index(self) -> bool:
         """(Re)build the approximate index; tables under :data:`MIN_INDEX_ROWS` stay exact."""
-        n = self._table.count_rows()
+        n = self.count()
         if n < MIN_INDEX_ROWS:
             return False
         kind = self.config.index.upper()
@@ -306,9 +428,11 @@ class LanceStore(VectorStore):
             sub = next(s for s in (self.dimensions // 8, self.dimensions // 4,
                                    self.dimensions // 2, 1) if s and self.dimensions % s == 0)
             options["num_sub_vectors"] = sub
-        self._table.create_index(**options)
+        with self._guard():
+            self._table.create_index(**options)
         return True
 
     def optimize(self) -> None:
         """Compact small write batches into larger files and fold new rows into the index."""
-        self._table.optimize()
+        with self._guard():
+            self._table.optimize()

@@ -46,7 +46,8 @@ def _import() -> Any:
 class QdrantStore(VectorStore):
     """A Qdrant collection with dot-product distance (cosine on unit vectors)."""
 
-    def __init__(self, config: StoreConfig, dimensions: int | None = None) -> None:
+    def __init__(self, config: StoreConfig, dimensions: int | None = None, *,
+                 replace: bool = False) -> None:
         client_cls, self._m = _import()
         self.config = config
         uri = config.uri or ":memory:"
@@ -60,6 +61,8 @@ class QdrantStore(VectorStore):
         else:
             self.client = client_cls(path=uri)
         self.collection = config.table
+        if replace and dimensions is not None and self.client.collection_exists(self.collection):
+            self.client.delete_collection(self.collection)  # its metadata goes with it
         if self.client.collection_exists(self.collection):
             params = self.client.get_collection(self.collection).config.params.vectors
             dims = int(params.size)
@@ -72,11 +75,14 @@ class QdrantStore(VectorStore):
             if dimensions is None:
                 self.client.close()
                 raise FileNotFoundError(f"no collection {self.collection!r} at {uri}")
-            self.dimensions = int(dimensions)
-            self.client.create_collection(
-                self.collection,
-                vectors_config=self._m.VectorParams(size=self.dimensions,
-                                                    distance=self._m.Distance.DOT))
+            self._create(int(dimensions))
+
+    def _create(self, dimensions: int) -> None:
+        self.dimensions = dimensions
+        self.client.create_collection(
+            self.collection,
+            vectors_config=self._m.VectorParams(size=self.dimensions,
+                                                distance=self._m.Distance.DOT))
 
     def _filter(self, conditions: Sequence[Condition], ids: Sequence[str] | None = None) -> Any:
         m = self._m

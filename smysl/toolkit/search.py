@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -42,15 +42,36 @@ class SearchConfig:
             raise ValueError(f"mmr_lambda must be in [0, 1], got {self.mmr_lambda}")
 
 
-def search_vectors(store: VectorStore, queries: np.ndarray, config: SearchConfig
-                   ) -> list[list[Hit]]:
-    """Top-k hits per query vector; with MMR, ``k`` diverse hits out of ``fetch_k``."""
+def search_vectors(store: VectorStore, queries: np.ndarray, config: SearchConfig,
+                   check: Callable[[Hit], bool] | None = None) -> list[list[Hit]]:
+    """Top-k hits per query vector; with MMR, ``k`` diverse hits out of ``fetch_k``.
+
+    ``check`` (given the hit with its vector) rejects hits that must not be served, e.g. a
+    damaged stored vector; the search then widens until each query has its ``k`` good hits or
+    the store has no more.
+    """
+    want = max(config.fetch_k, config.k) if config.mmr else config.k
+    pool = _checked_search(store, queries, want, config, check)
     if not config.mmr:
-        return store.search(queries, config.k, where=config.where, exact=config.exact)
-    pool = store.search(queries, max(config.fetch_k, config.k), where=config.where,
-                        exact=config.exact, with_vectors=True)
+        return [[Hit(h.id, h.score, h.payload) for h in hits] for hits in pool]
     q = np.atleast_2d(np.asarray(queries, np.float32))
     return [mmr(q[i], hits, config.k, config.mmr_lambda) for i, hits in enumerate(pool)]
+
+
+def _checked_search(store: VectorStore, queries: np.ndarray, want: int, config: SearchConfig,
+                    check: Callable[[Hit], bool] | None) -> list[list[Hit]]:
+    k = want
+    while True:
+        raw = store.search(queries, k, where=config.where, exact=config.exact,
+                           with_vectors=check is not None or config.mmr)
+        if check is None:
+            return raw
+        good = [[h for h in hits if check(h)] for hits in raw]
+        # A query that lost hits while the store had k to give may have more good ones.
+        short = [len(g) < want and len(r) == k for g, r in zip(good, raw, strict=True)]
+        if not any(short):
+            return [g[:want] for g in good]
+        k += max(len(r) - len(g) for g, r in zip(good, raw, strict=True))
 
 
 def mmr(query: np.ndarray, hits: Sequence[Hit], k: int, lam: float = 0.5) -> list[Hit]:

@@ -17,6 +17,7 @@ picks one for a :class:`StoreConfig`.
 from __future__ import annotations
 
 import abc
+import hashlib
 import math
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -29,6 +30,34 @@ Where = Mapping[str, Any]
 Op = Literal["eq", "in", "gt", "gte", "lt", "lte"]
 RANGE_OPS: dict[str, Op] = {"$gt": "gt", "$gte": "gte", "$lt": "lt", "$lte": "lte"}
 Scalar = str | int | float | bool
+
+#: Largest ``|norm - 1|`` a unit vector may show; float32 rounding stays near 1e-6, while a
+#: damaged exponent or sign-bit-free garbage lands far outside.
+NORM_TOLERANCE = 1e-3
+#: Payload field with :func:`vector_digest` of the record's vector (written by ingestion), so
+#: damage too small for the norm check (a low mantissa bit) is found as well.
+DIGEST_FIELD = "vector_sha"
+
+
+def vector_digest(vector: np.ndarray) -> str:
+    """Short SHA-256 (hex) of a float32 vector's bytes."""
+    return hashlib.sha256(np.asarray(vector, np.float32).tobytes()).hexdigest()[:16]
+
+
+def vector_problem(vector: np.ndarray, dimensions: int, digest: str | None = None) -> str | None:
+    """Why a vector read back cannot be trusted (wrong width, not finite, not unit length, or
+    not matching its ``digest``), else None."""
+    v = np.asarray(vector, np.float32)
+    if v.shape != (dimensions,):
+        return f"has shape {v.shape}, not ({dimensions},)"
+    if not np.isfinite(v).all():
+        return "holds NaN or infinity"
+    norm = float(np.linalg.norm(v.astype(np.float64)))  # float64: damage can overflow float32
+    if abs(norm - 1.0) > NORM_TOLERANCE:
+        return f"has norm {norm:.4g}, not 1"
+    if digest is not None and digest != vector_digest(v):
+        return "does not match its checksum"
+    return None
 
 
 @dataclass(frozen=True)
@@ -223,6 +252,11 @@ class VectorStore(abc.ABC):
                              f"got {vecs.shape}")
         if not np.isfinite(vecs).all():
             raise ValueError("vectors contain NaN or infinity")
+        norms = np.linalg.norm(vecs.astype(np.float64), axis=1)
+        bad = np.flatnonzero(np.abs(norms - 1.0) > NORM_TOLERANCE)
+        if len(bad):
+            raise ValueError(f"vectors must have unit length: row {int(bad[0])} has norm "
+                             f"{float(norms[bad[0]]):.4g} ({len(bad)} such rows)")
         pays = [dict(p) for p in payloads] if payloads is not None else [{} for _ in ids]
         if len(pays) != len(ids):
             raise ValueError(f"{len(ids)} ids but {len(pays)} payloads")

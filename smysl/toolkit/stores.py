@@ -10,16 +10,20 @@ from __future__ import annotations
 from smysl.toolkit.store import StoreConfig, VectorStore
 
 
-def open_store(config: StoreConfig, dimensions: int | None = None) -> VectorStore:
-    """Open (or, given ``dimensions``, create) the store ``config`` describes."""
+def open_store(config: StoreConfig, dimensions: int | None = None, *,
+               replace: bool = False) -> VectorStore:
+    """Open (or, given ``dimensions``, create) the store ``config`` describes; ``replace``
+    (with ``dimensions``) deletes an existing table and its metadata first, damaged or not."""
+    if replace and dimensions is None:
+        raise ValueError("replacing a store needs the dimensions of the new one")
     if config.backend == "lancedb":
         from smysl.toolkit.lancedb import LanceStore
 
-        return LanceStore(config, dimensions)
+        return LanceStore(config, dimensions, replace=replace)
     if config.backend == "qdrant":
         from smysl.toolkit.qdrant import QdrantStore
 
-        return QdrantStore(config, dimensions)
+        return QdrantStore(config, dimensions, replace=replace)
     if config.backend == "memory":
         from smysl.toolkit.memory import MemoryStore
 

@@ -61,3 +61,19 @@ def test_instructions_rejected_and_long_inputs_checked(minilm: BaseEmbedder) -> 
         minilm.embed([long])
     assert minilm.embed([long], truncate=True).shape == (1, 384)
     assert minilm.count_tokens(["hello world"]) == [4]  # [CLS] hello world [SEP]
+
+
+def test_fingerprint_hashes_the_model_folder(minilm: BaseEmbedder, tmp_path) -> None:
+    """issue 11 item 3: identity is the model's files, not its name: a copy of the folder
+    under another name has the same fingerprint, a copy with one file changed another."""
+    import shutil
+
+    import smysl
+    from smysl.backends.sentence_transformers import _model_path
+
+    assert minilm.info().fingerprint == minilm.fingerprint()
+    copy = tmp_path / "copy"
+    shutil.copytree(_model_path("all-minilm-l6-v2"), copy)
+    assert smysl.load(f"st:{copy}").fingerprint() == minilm.fingerprint()
+    (copy / "config.json").write_text((copy / "config.json").read_text() + " ")
+    assert smysl.load(f"st:{copy}").fingerprint() != minilm.fingerprint()

@@ -168,3 +168,21 @@ def test_count_tokens(tiny: LocalEmbedder) -> None:
 def test_fresh_checkpoint_other_seed_differs(tmp_path: Path, tiny: LocalEmbedder) -> None:
     other = Embedder.load(str(build_tiny(tmp_path / "o", seed=7).path), device="cpu")
     assert not np.allclose(other.embed(["x"]), tiny.embed(["x"]))
+
+
+def test_fingerprint_names_the_weights_not_the_name(tmp_path: Path, monkeypatch) -> None:
+    """issue 11 item 3: the same ``--model tiny-eos`` in two folders (other weights) has two
+    fingerprints; one checkpoint reached by two spellings has one. ModelInfo shows it."""
+    build_tiny(tmp_path / "a" / "tiny-eos", seed=0)
+    build_tiny(tmp_path / "b" / "tiny-eos", seed=1)
+    prints = []
+    for folder in ("a", "b"):
+        monkeypatch.chdir(tmp_path / folder)
+        emb = Embedder.load("tiny-eos", device="cpu")
+        assert emb.name == "tiny-eos" and emb.info().fingerprint == emb.fingerprint()
+        prints.append(emb.fingerprint())
+    assert prints[0] != prints[1]
+    same = Embedder.load(str(tmp_path / "a" / "tiny-eos"), device="cpu")
+    assert same.fingerprint() == prints[0]
+    assert Embedder.load(str(tmp_path / "a" / "tiny-eos"), device="cpu",
+                         dtype="bfloat16").fingerprint() != prints[0]

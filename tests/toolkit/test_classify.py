@@ -13,7 +13,7 @@ from smysl.toolkit.classify import (
     ZeroShotClassifier,
     accuracy,
 )
-from toolkit.helpers import DATASETS, Counting, unit_rows
+from toolkit.helpers import DATASETS, Counting, OtherWeights, unit_rows
 
 pytest.importorskip("sklearn")
 
@@ -65,10 +65,11 @@ def test_intents_with_minilm(minilm, tmp_path) -> None:
     zero = [zs.labels[i] for i in (x @ zs.label_vectors.T).argmax(1)]
     assert zs.predict(test[:10]) == zero[:10]
     assert accuracy(zero, ytest) > 0.4
-    other = Counting(minilm)
-    other.name = "someone-else"
+    renamed = Counting(minilm)
+    renamed.name = "someone-else"  # same weights under another name: the same model
+    assert loaded.predict(renamed, test[:3]) == clf.predict_vectors(x[:3])
     with pytest.raises(ValueError, match="trained on"):
-        clf.predict(other, test[:1])
+        clf.predict(OtherWeights(minilm), test[:1])
 
 
 def test_zero_shot_picks_nearest_description(tiny) -> None:

@@ -18,7 +18,7 @@ from smysl.toolkit.index import Index, IndexConfig
 from smysl.toolkit.ingest import Document, IngestConfig, ReadConfig, read_documents
 from smysl.toolkit.search import SearchConfig
 from smysl.toolkit.store import StoreConfig
-from toolkit.helpers import Counting
+from toolkit.helpers import Counting, OtherWeights
 
 pytest.importorskip("lancedb")
 
@@ -117,10 +117,11 @@ def test_readers_and_payloads(tiny, tmp_path) -> None:
 def test_index_refuses_another_model(tiny, tmp_path) -> None:
     with open_index(tiny, tmp_path / "kb") as ix:
         ix.add_texts(["a b c"])
-    other = Counting(tiny)
-    other.name = "another-model"
-    with pytest.raises(ValueError, match="built with model"):
-        open_index(other, tmp_path / "kb")
+    renamed = Counting(tiny)
+    renamed.name = "another-name"  # the same weights under another name: the same model
+    open_index(renamed, tmp_path / "kb").close()
+    with pytest.raises(ValueError, match=r"built with model .*fingerprint"):
+        open_index(OtherWeights(tiny), tmp_path / "kb")
     with pytest.raises(ValueError, match="64-d"):
         Index.create_or_open(tiny, IndexConfig(StoreConfig(uri=str(tmp_path / "kb")),
                                                dimensions=32))
@@ -130,7 +131,7 @@ KILL_SCRIPT = textwrap.dedent("""
     import json, sys, time
     sys.path.insert(0, {tests!r})
     from smysl import Embedder
-    from toolkit.helpers import Counting
+    from toolkit.helpers import Counting, OtherWeights
     from toolkit.test_ingest import CFG, corpus, open_index
 
     class Slow(Counting):
