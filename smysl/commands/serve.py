@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from smysl.commands._model import add_model_arguments, model_options
@@ -10,11 +11,16 @@ from smysl.options import FLAGS
 
 HELP = "serve a model over OpenAI-, Ollama- and TEI-compatible HTTP APIs"
 
+#: The model to serve when ``--model`` is not given (as TEI's ``MODEL_ID``).
+MODEL_ENV = "SMYSL_MODEL"
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    add_model_arguments(p)
-    p.add_argument("--host", default="127.0.0.1", help="interface to bind (default: loopback)")
-    p.add_argument("--port", type=int, default=8000)
+    add_model_arguments(p, required=False)  # else $SMYSL_MODEL
+    p.add_argument("--host", default=None,
+                   help="interface to bind (default: $SMYSL_HOST, else loopback 127.0.0.1)")
+    p.add_argument("--port", type=int, default=None,
+                   help="TCP port (default: $SMYSL_PORT, else 8000; 0 picks a free one)")
     p.add_argument("--api-key", default=None,
                    help="require 'Authorization: Bearer KEY' (default: $SMYSL_API_KEY, else none)")
     p.add_argument("--served-name", default=None, help="extra model name clients may send")
@@ -27,48 +33,80 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="requests waiting for compute before 429")
     p.add_argument("--max-inputs", type=int, default=2048, help="inputs per request")
     p.add_argument("--max-request-mb", type=float, default=16.0, help="request body limit")
+    p.add_argument("--max-request-tokens", type=int, default=65536,
+                   help="tokens one request may embed or tokenise (after truncation)")
+    p.add_argument("--request-timeout-s", type=float, default=120.0,
+                   help="time budget of one embedding request, then 504 (0 = none)")
+    p.add_argument("--unhealthy-exit-s", type=float, default=None,
+                   help="exit with status 3 once the model backend has been down this long, "
+                        "so a supervisor restarts the server (0 = never; default 60 for a "
+                        "local model, never for a remote API, whose outage a restart "
+                        "cannot fix)")
     p.add_argument("--allow-empty-input", action="store_true",
                    help="embed empty strings (EOS alone) instead of answering 400")
     p.add_argument("--switch-interval-ms", type=float, default=1.0,
                    help="GIL switch interval while serving (0 = Python's default 5 ms)")
+    p.add_argument("--index", default=None,
+                   help="a 'smysl index' location built with this model: POST /search and the "
+                        "search box of /ui query it")
     p.add_argument(FLAGS["process"], action="store_true",
                    help="run a local model's engine in the server process instead of a child "
                         "process (the child has its own GIL: the event loop does not slow "
                         "the forward passes)")
 
 
+def unhealthy_exit_s(model: str, given: float | None) -> float | None:
+    """``--unhealthy-exit-s``: as given (0 = never), else 60 s for a local model and never for a
+    remote API (restarting smysl does not bring an upstream back; /health shows the outage)."""
+    from smysl.registry import scheme_of
+
+    if given is not None:
+        return given or None
+    return None if scheme_of(model).remote else 60.0
+
+
 def run(args: argparse.Namespace) -> int:
     from smysl.server import ServerConfig, serve
 
+    model_name = args.model or os.environ.get(MODEL_ENV, "").strip()
+    if not model_name:
+        raise ValueError(f"no model to serve: pass --model or set ${MODEL_ENV}")
     config = ServerConfig.from_env(
         host=args.host, port=args.port, api_key=args.api_key, served_name=args.served_name,
         max_batch_tokens=args.max_batch_tokens, max_batch_requests=args.max_batch_requests,
         max_wait_ms=args.max_wait_ms, max_queue=args.max_queue, max_inputs=args.max_inputs,
         max_request_bytes=int(args.max_request_mb * 1024 * 1024),
+        max_request_tokens=args.max_request_tokens,
+        request_timeout_s=args.request_timeout_s or None,
+        unhealthy_exit_s=unhealthy_exit_s(model_name, args.unhealthy_exit_s),
         default_dimensions=args.dimensions, allow_empty=args.allow_empty_input,
-        switch_interval_s=args.switch_interval_ms / 1000 if args.switch_interval_ms else None)
+        switch_interval_s=args.switch_interval_ms / 1000 if args.switch_interval_ms else None,
+        index=args.index)
 
     from smysl.registry import load, scheme_of
 
     options = model_options(args)
-    if args.in_process or "process" in scheme_of(args.model).options:
+    if args.in_process or "process" in scheme_of(model_name).options:
         # a local engine runs in a child process unless asked not to: the event loop would
         # otherwise compete with the forward passes for the GIL (docs/bench-notes/server.md);
         # a remote model rejects --in-process
         options = options.replace(process=not args.in_process)
-    model = load(args.model, options)
+    model = load(model_name, options)
     name = config.served_name or model.name
     info = model.info()
     print(f"smysl serve: loaded {model.name!r} ({info.backend}, {info.dimensions} dims, "
           f"max {info.max_tokens} tokens) as {name!r}"
           + (f"; engine in child process {info.process}" if info.process else ""),
           file=sys.stderr)
-    host = f"[{config.host}]" if ":" in config.host else config.host
-    print(f"smysl serve: listening on http://{host}:{config.port} — OpenAI /v1/embeddings, "
-          "Ollama /api/embed, TEI /embed, metrics /metrics"
-          + ("; API key required" if config.api_key else ""), file=sys.stderr)
+
+    def listening(host: str, port: int) -> None:  # once the port is bound, not before
+        where = f"[{host}]" if ":" in host else host
+        print(f"smysl serve: listening on http://{where}:{port} — OpenAI /v1/embeddings, "
+              "Ollama /api/embed, TEI /embed, metrics /metrics, page /ui"
+              + (f", search /search over {config.index}" if config.index else "")
+              + ("; API key required" if config.api_key else ""), file=sys.stderr, flush=True)
+
     try:
-        serve(model, config)
+        return serve(model, config, ready=listening)
     finally:
         model.close()
-    return 0

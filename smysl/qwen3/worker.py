@@ -19,8 +19,10 @@ import logging
 import multiprocessing as mp
 import signal
 import threading
+import time
 import weakref
-from multiprocessing.connection import Connection
+from collections import deque
+from multiprocessing.connection import Connection, wait
 from typing import Any
 
 import numpy as np
@@ -33,6 +35,9 @@ log = logging.getLogger(__name__)
 
 #: Seconds the parent waits for the child to import torch and load the weights.
 START_TIMEOUT_S = 600.0
+#: A child that dies on its own is restarted at most this many times within this many seconds;
+#: then the engine stays down (``alive`` False) and every call raises.
+MAX_RESTARTS, RESTART_WINDOW_S = 3, 60.0
 
 
 class EngineProcessError(RuntimeError):
@@ -122,43 +127,71 @@ def _stop(proc: Any, conn: Connection) -> None:
     conn.close()
 
 
+def _watch(ref: weakref.ref[EngineProcess], proc: Any) -> None:
+    """Thread body: wait for ``proc`` to exit, then let its engine restart it (holds only a
+    weak reference, so an abandoned engine is still collected)."""
+    wait([proc.sentinel])
+    engine = ref()
+    if engine is not None:
+        engine._on_exit(proc)
+
+
 class EngineProcess:
     """The :class:`~smysl.qwen3.engine.EngineLike` contract, served by a child process. One
     forward pass at a time; ``close()`` (or garbage collection, or
     interpreter exit) stops the child.
 
     A call interrupted between sending a batch and reading its rows (Ctrl-C) kills the child,
-    which also stops its work; the next call starts a fresh one. A child that died on its own
-    (the OOM killer) is not restarted: calls raise :class:`EngineProcessError`.
+    which also stops its work; the next call starts a fresh one. A child that dies on its own
+    (the OOM killer, a crash) is restarted at once in the background, at most ``max_restarts``
+    times within ``restart_window_s`` seconds (each logged); while it is down ``alive`` is
+    False and calls raise :class:`EngineProcessError` at once; past the limit it stays down.
     """
 
-    def __init__(self, ckpt: Checkpoint, cfg: EngineConfig) -> None:
+    def __init__(self, ckpt: Checkpoint, cfg: EngineConfig, *, max_restarts: int = MAX_RESTARTS,
+                 restart_window_s: float = RESTART_WINDOW_S) -> None:
         self._ckpt, self._cfg = ckpt, cfg
+        self.max_restarts, self.restart_window_s = max_restarts, restart_window_s
         self._lock = threading.Lock()
-        self._closed = self._dead = self._stale = False
+        self._closed = self._dead = self._stale = self._down = False
+        #: When recent restarts began (``time.monotonic``), to bound them.
+        self._restarts: deque[float] = deque()
+        #: Restarts after the child died on its own, over the engine's life.
+        self.restarts = 0
         self._start()
 
     def _start(self) -> None:
+        self._install(*self._spawn())
+
+    def _spawn(self) -> tuple[Any, Connection, dict[str, Any]]:
+        """Start a child and wait until it has loaded the model: (process, pipe, its shape)."""
         ctx = mp.get_context("spawn")  # fork would copy a parent's threads and CUDA state
-        self._conn, child_conn = ctx.Pipe()
-        self._proc = ctx.Process(target=_child, args=(child_conn, self._ckpt, self._cfg),
-                                 name="smysl-engine", daemon=True)
-        self._proc.start()
+        conn, child_conn = ctx.Pipe()
+        proc = ctx.Process(target=_child, args=(child_conn, self._ckpt, self._cfg),
+                           name="smysl-engine", daemon=True)
+        proc.start()
         child_conn.close()
-        self._closer = weakref.finalize(self, _stop, self._proc, self._conn)
-        if not self._conn.poll(START_TIMEOUT_S):
-            self._closer()
+        if not conn.poll(START_TIMEOUT_S):
+            _stop(proc, conn)
             raise EngineProcessError(f"the engine process did not start within "
                                      f"{START_TIMEOUT_S:.0f} s")
         try:
-            kind, info = self._conn.recv()
+            kind, info = conn.recv()
         except (EOFError, OSError):
-            self._closer()
+            _stop(proc, conn)
             raise EngineProcessError(f"the engine process exited while loading (exit code "
-                                     f"{self._proc.exitcode})") from None
+                                     f"{proc.exitcode})") from None
         if kind == "error":
-            self._closer()
+            _stop(proc, conn)
             raise info
+        return proc, conn, info
+
+    def _install(self, proc: Any, conn: Connection, info: dict[str, Any]) -> None:
+        """Make a started child the engine's (under the lock, or before any other thread)."""
+        self._proc, self._conn = proc, conn
+        self._closer = weakref.finalize(self, _stop, proc, conn)
+        threading.Thread(target=_watch, args=(weakref.ref(self), proc), daemon=True,
+                         name="smysl-engine-watch").start()
         self.hidden_size: int = info["hidden_size"]
         self.vocab_rows: int = info["vocab_rows"]
         self.max_positions: int = info["max_positions"]
@@ -168,7 +201,47 @@ class EngineProcess:
         self.quantization: str | None = info["quantization"]
         self.parameters: int = info["parameters"]
         self.pid: int | None = self._proc.pid
-        self._stale = False
+        self._stale = self._down = False
+
+    def _on_exit(self, proc: Any) -> None:
+        """The watcher saw ``proc`` exit: restart it unless that was on purpose."""
+        with self._lock:
+            if self._closed or proc is not self._proc or self._stale:
+                return  # closed, replaced, or killed after an interrupted call
+            self._down = True
+        # the dead child's pipe and zombie (the finalizer would only close them at exit)
+        self._closer()
+        code: object = proc.exitcode
+        while True:
+            now = time.monotonic()
+            while self._restarts and now - self._restarts[0] > self.restart_window_s:
+                self._restarts.popleft()
+            if len(self._restarts) >= self.max_restarts:
+                log.error("the engine process exited (exit code %s) after %d restart(s) in "
+                          "%.0f s; not restarting it again", code, len(self._restarts),
+                          self.restart_window_s)
+                with self._lock:
+                    self._dead = True
+                return
+            self._restarts.append(now)
+            self.restarts += 1
+            log.warning("the engine process exited (exit code %s); restarting it (restart %d "
+                        "of at most %d in %.0f s)", code, len(self._restarts), self.max_restarts,
+                        self.restart_window_s)
+            try:
+                child = self._spawn()  # seconds: without the lock, so calls fail fast meanwhile
+            except Exception as e:
+                log.error("the engine process did not restart: %s", e)
+                code = "none: the restart failed"
+                continue
+            with self._lock:
+                if self._closed:
+                    _stop(child[0], child[1])
+                    return
+                self._install(*child)
+            log.warning("the engine process is back (pid %s) after %.1f s", self.pid,
+                        time.monotonic() - now)
+            return
 
     def _kill(self) -> None:
         """Stop the child now (it may be mid-batch); its reply must never reach a later call."""
@@ -180,7 +253,8 @@ class EngineProcess:
 
     @property
     def alive(self) -> bool:
-        return not (self._closed or self._dead) and (self._stale or self._proc.is_alive())
+        return (not (self._closed or self._dead or self._down)
+                and (self._stale or self._proc.is_alive()))
 
     def forward(self, batch: list[list[int]]) -> np.ndarray:
         """Same as :meth:`Engine.forward`: ``[len(batch), hidden]`` float32 pooled rows."""
@@ -189,7 +263,12 @@ class EngineProcess:
                 raise EngineProcessError("the engine process was closed")
             if self._dead:
                 raise EngineProcessError(f"the engine process exited (exit code "
-                                         f"{self._proc.exitcode}); restart the program")
+                                         f"{self._proc.exitcode}) and was restarted "
+                                         f"{len(self._restarts)} time(s) within "
+                                         f"{self.restart_window_s:.0f} s; restart the program")
+            if self._down or not (self._stale or self._proc.is_alive()):
+                raise EngineProcessError(f"the engine process exited (exit code "
+                                         f"{self._proc.exitcode}); it is restarting")
             if self._stale:
                 log.warning("starting a new engine process after an interrupted call")
                 self._start()
@@ -197,10 +276,11 @@ class EngineProcess:
                 self._conn.send(batch)
                 kind, payload = self._conn.recv()
             except (EOFError, OSError):
-                self._dead = True
+                self._down = True  # the watcher restarts it
                 self._proc.join(1)
                 raise EngineProcessError(f"the engine process exited (exit code "
-                                         f"{self._proc.exitcode}); restart the program") from None
+                                         f"{self._proc.exitcode}) during this batch; it is "
+                                         "restarting") from None
             except BaseException as e:  # interrupted, or a reply that does not unpickle
                 self._kill()
                 if isinstance(e, Exception):

@@ -9,6 +9,7 @@ Needs the ``server`` extra: ``pip install 'smysl[server]'``.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from smysl.server.config import ServerConfig
@@ -40,9 +41,11 @@ def create_app(embedder: BaseEmbedder, config: ServerConfig | None = None) -> Fa
     return _create(embedder, config)
 
 
-def serve(embedder: BaseEmbedder, config: ServerConfig, **uvicorn_options: Any) -> None:
-    """Run the server with uvicorn until interrupted; see :func:`smysl.server.app.serve`."""
+def serve(embedder: BaseEmbedder, config: ServerConfig, *,
+          ready: Callable[[str, int], None] | None = None, **uvicorn_options: Any) -> int:
+    """Run the server with uvicorn until interrupted; ``ready(host, port)`` is called once the
+    port is bound. Returns the process exit status; see :func:`smysl.server.app.serve`."""
     _require()
     from smysl.server.app import serve as _serve
 
-    _serve(embedder, config, **uvicorn_options)
+    return _serve(embedder, config, ready=ready, **uvicorn_options)

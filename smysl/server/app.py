@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hmac
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -16,7 +18,7 @@ from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from smysl.base import BaseEmbedder
-from smysl.server import ollama_routes, openai_routes, tei_routes
+from smysl.server import ollama_routes, openai_routes, tei_routes, ui
 from smysl.server.config import ServerConfig
 from smysl.server.errors import ApiError, api_of, render
 from smysl.server.metrics import Metrics
@@ -25,7 +27,9 @@ from smysl.server.service import Service
 log = logging.getLogger("smysl.server")
 
 #: Paths reachable without the API key: probes and API tooling.
-OPEN_PATHS = frozenset({"/health", "/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc"})
+#: ``/ui`` is the page alone: the calls it makes carry the key the user types.
+OPEN_PATHS = frozenset({"/health", "/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc",
+                        "/ui"})
 
 
 def create_app(embedder: BaseEmbedder, config: ServerConfig | None = None) -> FastAPI:
@@ -37,9 +41,14 @@ def create_app(embedder: BaseEmbedder, config: ServerConfig | None = None) -> Fa
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         service.batcher.open()
-        yield
-        # uvicorn has stopped accepting and waited for in-flight requests; finish what is queued.
-        await service.batcher.close()
+        watcher = asyncio.create_task(service.watch_backend())
+        try:
+            yield
+        finally:
+            watcher.cancel()
+            # uvicorn has stopped accepting and waited for in-flight requests (or cut them off);
+            # finish what is queued.
+            await service.batcher.close()
 
     from smysl import __version__
 
@@ -51,6 +60,7 @@ def create_app(embedder: BaseEmbedder, config: ServerConfig | None = None) -> Fa
     app.include_router(openai_routes.router(service))
     app.include_router(ollama_routes.router(service))
     app.include_router(tei_routes.router(service))
+    app.include_router(ui.router(service))  # opens config.index: a bad one fails here
 
     @app.get("/metrics", tags=["ops"])
     async def prometheus() -> Response:
@@ -108,8 +118,16 @@ def validation_error(exc: RequestValidationError) -> ApiError:
 
 
 _ROUTES = frozenset({"/v1/embeddings", "/v1/models", "/api/embed", "/api/embeddings",
-                     "/api/tags", "/api/show", "/api/version", "/embed", "/tokenize", "/info",
-                     "/health", "/metrics"})
+                     "/api/tags", "/api/show", "/api/version", "/embed", "/", "/invocations",
+                     "/tokenize", "/info", "/health", "/metrics", "/ui", "/ui/info", "/search"})
+
+
+def _as_json(scope: Scope) -> Scope:
+    """The scope with ``Content-Type: application/json``: Ollama reads every body as JSON
+    whatever the header says, and its documented ``curl URL/api/embed -d '{...}'`` sends
+    ``application/x-www-form-urlencoded``."""
+    headers = [(k, v) for k, v in scope.get("headers") or [] if k != b"content-type"]
+    return {**scope, "headers": [*headers, (b"content-type", b"application/json")]}
 
 
 class EdgeMiddleware:
@@ -146,7 +164,19 @@ class EdgeMiddleware:
                 self.metrics.errors.labels(api, err.kind).inc()
                 await render(err, api)(scope, receive, send_wrapper)
                 return
+            if api == "ollama" and scope["method"] == "POST":
+                scope = _as_json(scope)
             await self.app(scope, _replay(body, receive), send_wrapper)
+        except asyncio.CancelledError:
+            # uvicorn cancels requests still running when the graceful shutdown period ends;
+            # answer them in their API's shape (it would send a plain-text 500) and end.
+            if status["code"] != 499:
+                raise
+            err = ApiError("shutting_down", "the server shut down before this request "
+                           "finished; retry (on another instance)")
+            self.metrics.errors.labels(api, err.kind).inc()
+            with contextlib.suppress(Exception):
+                await render(err, api)(scope, receive, send_wrapper)
         finally:
             self.metrics.requests.labels(api, route, str(status["code"])).inc()
             self.metrics.latency.labels(api, route).observe(time.perf_counter() - start)
@@ -207,8 +237,20 @@ def _replay(body: bytes, receive: Receive) -> Receive:
     return replay
 
 
-def serve(embedder: BaseEmbedder, config: ServerConfig, **uvicorn_options: Any) -> None:
-    """Run the server with uvicorn until interrupted (SIGINT/SIGTERM shut down gracefully)."""
+#: ``serve``'s return value when it stopped because the backend stayed down.
+EXIT_BACKEND_DOWN = 3
+
+#: Called once the port is bound, with the host and port (the real one when ``port`` was 0).
+Ready = Callable[[str, int], None]
+
+
+def serve(embedder: BaseEmbedder, config: ServerConfig, *, ready: Ready | None = None,
+          **uvicorn_options: Any) -> int:
+    """Run the server with uvicorn until interrupted (SIGINT/SIGTERM shut down gracefully).
+
+    Returns 0, or :data:`EXIT_BACKEND_DOWN` when it stopped because the backend stayed
+    unhealthy for ``config.unhealthy_exit_s`` (a supervisor should restart the process).
+    """
     import sys
 
     import uvicorn
@@ -216,5 +258,29 @@ def serve(embedder: BaseEmbedder, config: ServerConfig, **uvicorn_options: Any) 
     app = create_app(embedder, config)
     if config.switch_interval_s is not None:  # process-wide, hence here and not in create_app
         sys.setswitchinterval(config.switch_interval_s)
-    uvicorn.run(app, host=config.host, port=config.port, log_level="info",
-                timeout_graceful_shutdown=int(config.graceful_timeout_s), **uvicorn_options)
+    server = uvicorn.Server(uvicorn.Config(
+        app, host=config.host, port=config.port, log_level="info",
+        timeout_graceful_shutdown=int(config.graceful_timeout_s), **uvicorn_options))
+    return asyncio.run(_supervise(server, app.state.service, config, ready))
+
+
+async def _supervise(server: Any, service: Service, config: ServerConfig,
+                     ready: Ready | None) -> int:
+    """Run uvicorn; report the bound port once; stop when the backend stays down too long."""
+    task = asyncio.create_task(server.serve())
+    code = 0
+    while not task.done():
+        if ready is not None and server.started:
+            host, port = server.servers[0].sockets[0].getsockname()[:2]
+            ready(str(host), int(port))
+            ready = None
+        limit = config.unhealthy_exit_s
+        if limit is not None and not server.should_exit and service.down_for() > limit:
+            log.error("the model backend has been down for %.0f s (unhealthy_exit_s); exiting "
+                      "with status %d so a supervisor can restart the server", limit,
+                      EXIT_BACKEND_DOWN)
+            code = EXIT_BACKEND_DOWN
+            server.should_exit = True
+        await asyncio.wait({task}, timeout=0.1)
+    task.result()
+    return code

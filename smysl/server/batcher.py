@@ -1,12 +1,21 @@
-"""Dynamic batching: inputs from many requests coalesce into token-budget batches.
+"""Dynamic batching: inputs from many requests coalesce into token-budget batches, fairly.
 
-Handlers append jobs to a bounded queue; a dedicated compute thread takes the oldest job plus
-later jobs with the same batch key (within the token and request budgets), drops jobs whose
-client has gone, runs the backend, and posts each job's rows back to its event loop. The thread
-pulls the next batch the moment the previous one ends: it never waits for the event loop, which
-keeps accepting, parsing and answering requests while the model computes. Each job's dimensions
-and normalisation are applied by :func:`smysl.pooling.finish`, as
-:meth:`smysl.base.BaseEmbedder.embed` applies them.
+Handlers append jobs to a bounded queue; a dedicated compute thread builds each batch from the
+queue, drops jobs whose client has gone or whose time budget ran out, runs the backend, and posts
+each finished job's rows back to its event loop. The thread pulls the next batch the moment the
+previous one ends: it never waits for the event loop, which keeps accepting, parsing and
+answering requests while the model computes.
+
+Fairness: a job larger than one batch budget is cut into slices (runs of its inputs within the
+budget), and each batch takes at most one slice of it. Jobs that fit one batch go first, in
+arrival order; large jobs share what is left round-robin, and after two batches in a row that
+left them nothing, the next large job goes first (so none starves). So a
+short request waits for at most the batch that is running, never for a large request to finish
+(one input is never split: an input longer than the budget is a forward pass of its own).
+
+Each job's dimensions and normalisation are applied by :func:`smysl.pooling.finish`, as
+:meth:`smysl.base.BaseEmbedder.embed` applies them; the engine is batch-invariant, so slicing does
+not change a single bit.
 """
 
 from __future__ import annotations
@@ -28,6 +37,11 @@ from smysl.pooling import finish
 from smysl.server.errors import ApiError
 from smysl.server.metrics import Metrics
 
+#: After this many batches in a row with no slice of any waiting large job, one goes first.
+_STARVED = 2
+#: Batches the drain rate (tokens per second, for Retry-After) is measured over.
+_RATE_WINDOW = 32
+
 
 @dataclass(eq=False)
 class Job:
@@ -36,30 +50,73 @@ class Job:
     ``key`` decides which jobs may share a backend call: ``("ids",)`` jobs carry token ids
     already prepared by the service (any such jobs share batches: options are applied per job
     afterwards); ``("text", truncate)`` jobs carry formatted texts for backends without token
-    ids (providers, sentence-transformers), which tokenise inside ``_embed``. ``disconnected`` is an
-    awaitable factory that completes when the client goes away (see
+    ids (providers, sentence-transformers), which tokenise inside ``_embed``. ``lengths`` are the
+    tokens of each item (estimates for text backends that cannot count). ``disconnected`` is
+    an awaitable factory that completes when the client goes away (see
     :func:`smysl.server.service.until_disconnected`); such a job is dropped before compute.
+    ``timeout_s`` is the job's time budget from enqueueing: past it the handler answers
+    ``timeout`` and the compute thread abandons the rest of the job.
     """
 
     key: tuple[Hashable, ...]
     items: list[Any]
-    tokens: int
+    lengths: list[int]
     dimensions: int
     normalize: bool = True
     disconnected: Callable[[], Awaitable[object]] | None = None
+    timeout_s: float | None = None
     future: asyncio.Future[np.ndarray] = field(init=False)
     loop: asyncio.AbstractEventLoop = field(init=False)
     enqueued: float = field(init=False, default=0.0)
+    deadline: float = field(init=False, default=math.inf)
     #: Set on the event loop, read by the compute thread: the handler was cancelled / the
-    #: client disconnected. Plain flags, so the compute thread never waits for the loop.
+    #: client disconnected / the time budget ran out. Plain flags, so the compute thread never
+    #: waits for the loop.
     cancelled: bool = field(init=False, default=False)
     gone: bool = field(init=False, default=False)
+    expired: bool = field(init=False, default=False)
     queue_s: float = 0.0
     compute_s: float = 0.0
+    # compute-thread state: items handed to batches so far, tokens not yet handed, raw rows
+    taken: int = field(init=False, default=0)
+    left: int = field(init=False, default=0)
+    started: bool = field(init=False, default=False)
+    raw: np.ndarray | None = field(init=False, default=None)
+    computed: int = field(init=False, default=0)
+    failed: bool = field(init=False, default=False)
+
+    def __post_init__(self) -> None:
+        if len(self.lengths) != len(self.items):
+            raise ValueError("a job needs one token length per item")
+        self.left = sum(self.lengths)
+
+
+class BackendDown(RuntimeError):
+    """A batch failed while the backend reported itself unhealthy (checked at once, in the
+    compute thread: a restarted engine may be healthy again by the time the handler looks)."""
+
+
+def _timeout(job: Job) -> ApiError:
+    return ApiError("timeout", f"the request did not finish within the server's time budget "
+                    f"of {job.timeout_s:g} s per request (request_timeout_s); send fewer or "
+                    "shorter inputs per request")
+
+
+@dataclass(frozen=True)
+class Slice:
+    """Items ``start:stop`` of a job, computed in one batch."""
+
+    job: Job
+    start: int
+    stop: int
+
+    @property
+    def items(self) -> list[Any]:
+        return self.job.items[self.start : self.stop]
 
 
 class Batcher:
-    """Coalesces :class:`Job` s into backend calls; bounded queue, graceful close."""
+    """Coalesces :class:`Job` s into fair backend calls; bounded queue, graceful close."""
 
     def __init__(self, embedder: BaseEmbedder, metrics: Metrics, *, max_batch_tokens: int,
                  max_batch_requests: int, max_wait_s: float, max_queue: int) -> None:
@@ -70,15 +127,20 @@ class Batcher:
         self.max_batch_requests = max_batch_requests
         self.max_wait_s = max_wait_s
         self.max_queue = max_queue
+        #: Jobs with items not yet handed to a batch, in arrival order (large ones rotate).
         self._pending: deque[Job] = deque()
-        #: Guards ``_pending`` and ``_closing``; the compute thread sleeps on it when idle.
+        #: Guards ``_pending``, ``_closing`` and ``_inflight``; the compute thread sleeps on it.
         self._cond = threading.Condition()
         self._closing = False
+        #: Tokens of the batch being computed (still ahead of a new request).
+        self._inflight = 0
+        #: Batches in a row that left the waiting large jobs nothing (see ``_take``).
+        self._starved = 0
         # One compute thread: the backends serialise forward passes anyway, and one thread keeps
-        # batches in arrival order.
+        # batches in a predictable order.
         self._thread: threading.Thread | None = None
-        #: Smoothed seconds per batch, for Retry-After.
-        self._batch_s = 0.05
+        #: (tokens, seconds) of recent batches: the measured drain rate, for Retry-After.
+        self._recent: deque[tuple[int, float]] = deque(maxlen=_RATE_WINDOW)
 
     # ------------------------------------------------------------------ public
     @property
@@ -105,9 +167,8 @@ class Batcher:
 
     async def submit(self, job: Job) -> np.ndarray:
         """Queue ``job`` and wait for its rows. Raises :class:`ApiError` 429 when the queue is
-        full and 503 while shutting down."""
-        if self._closing:
-            raise ApiError("shutting_down", "the server is shutting down; retry elsewhere")
+        full, 503 while shutting down and ``timeout`` when the job's time budget runs out."""
+        self.check_room()
         self.start()
         job.loop = asyncio.get_running_loop()
         job.future = job.loop.create_future()
@@ -115,11 +176,10 @@ class Batcher:
             if self._closing:  # closed since the check above (the thread may have exited)
                 raise ApiError("shutting_down", "the server is shutting down; retry elsewhere")
             if len(self._pending) >= self.max_queue:
-                retry = self.retry_after()
-                raise ApiError("overloaded",
-                               f"the server is overloaded ({len(self._pending)} requests queued);"
-                               f" retry after {retry} s", headers={"Retry-After": str(retry)})
+                raise self._overloaded()
             job.enqueued = time.perf_counter()
+            if job.timeout_s is not None:
+                job.deadline = job.enqueued + job.timeout_s
             self._pending.append(job)
             depth = len(self._pending)
             self._cond.notify()
@@ -127,6 +187,10 @@ class Batcher:
         watcher = None
         if job.disconnected is not None:
             watcher = job.loop.create_task(self._watch(job, job.disconnected))
+        timer = None
+        if job.timeout_s is not None:
+            timer = job.loop.call_at(job.loop.time() + job.deadline - time.perf_counter(),
+                                     self._expire, job)
         try:
             return await job.future
         except asyncio.CancelledError:
@@ -135,11 +199,31 @@ class Batcher:
         finally:
             if watcher is not None:
                 watcher.cancel()
+            if timer is not None:
+                timer.cancel()
 
-    def retry_after(self) -> int:
-        """Seconds until the queue has likely drained (at least 1)."""
-        batches = len(self._pending) / max(1, self.max_batch_requests) + 1
-        return max(1, math.ceil(batches * self._batch_s))
+    def check_room(self) -> None:
+        """Raise the 503 of a closing server or the 429 of a full queue, if either applies."""
+        if self._closing:
+            raise ApiError("shutting_down", "the server is shutting down; retry elsewhere")
+        if len(self._pending) >= self.max_queue:
+            with self._cond:
+                raise self._overloaded()
+
+    def _overloaded(self) -> ApiError:
+        retry = self._retry_after_locked()
+        return ApiError("overloaded", f"the server is overloaded ({len(self._pending)} requests "
+                        f"queued); retry after {retry} s", headers={"Retry-After": str(retry)})
+
+    def _retry_after_locked(self) -> int:
+        """Seconds until the work queued now has likely drained (at least 1): the tokens ahead
+        over the drain rate measured on recent batches."""
+        ahead = self._inflight + sum(j.left for j in self._pending)
+        tokens = sum(t for t, _ in self._recent)
+        seconds = sum(s for _, s in self._recent)
+        if tokens <= 0 or seconds <= 0:  # nothing measured yet: assume a batch per 50 ms
+            return max(1, math.ceil(0.05 * (ahead / self.max_batch_tokens + 1)))
+        return max(1, math.ceil(ahead * seconds / tokens))
 
     async def close(self) -> None:
         """Stop taking jobs, finish the queued ones, stop the compute thread."""
@@ -162,6 +246,13 @@ class Batcher:
         job.gone = True
 
     @staticmethod
+    def _expire(job: Job) -> None:
+        """The job's time budget ran out: answer it now; the compute thread drops the rest."""
+        if not job.future.done():
+            job.expired = True
+            job.future.set_exception(_timeout(job))
+
+    @staticmethod
     def _deliver(results: list[tuple[Job, np.ndarray | BaseException]]) -> None:
         for job, result in results:
             if job.future.done():  # cancelled meanwhile
@@ -176,14 +267,18 @@ class Batcher:
 
     # ------------------------------------------------------------------ compute thread
     def _work(self) -> None:
-        """The compute thread: take a batch, drop gone jobs, compute, post rows; until closed
-        and drained."""
+        """The compute thread: take a batch, compute, post rows; until closed and drained."""
         while True:
+            dropped: list[tuple[Job, BaseException]] = []
             with self._cond:
                 while True:
+                    dropped += self._drop_gone()
                     if not self._pending:
                         if self._closing:
+                            self._post(dropped)
                             return
+                        if dropped:
+                            break
                         self._cond.wait()
                         continue
                     # Let an idle-time arrival wait briefly for companions; jobs that queued
@@ -193,46 +288,33 @@ class Batcher:
                         self._cond.wait(delay)
                         continue
                     break
-                batch = self._take()
+                batch = self._take() if self._pending else []
+                self._inflight = sum(sum(s.job.lengths[s.start : s.stop]) for s in batch)
                 depth = len(self._pending)
             try:
+                self._post(dropped)
                 self.metrics.queue_depth.set(depth)
-                batch = self._drop_gone(batch)
                 if batch:
                     self._run(batch)
             except BaseException as e:  # never leave a taken job unanswered
-                self._post([(job, e) for job in batch])
+                self._fail([(s.job, e) for s in batch])
                 if not isinstance(e, Exception):
                     raise
+            finally:
+                with self._cond:
+                    self._inflight = 0
 
     def _full(self) -> bool:
         return (len(self._pending) >= self.max_batch_requests
-                or sum(j.tokens for j in self._pending) >= self.max_batch_tokens)
+                or sum(j.left for j in self._pending) >= self.max_batch_tokens)
 
-    def _take(self) -> list[Job]:
-        """The oldest job plus later jobs with its key, within the token and request budgets."""
-        first = self._pending.popleft()
-        batch, tokens, rest = [first], first.tokens, deque[Job]()
-        while self._pending:
-            job = self._pending.popleft()
-            if (job.key == first.key and len(batch) < self.max_batch_requests
-                    and tokens + job.tokens <= self.max_batch_tokens):
-                batch.append(job)
-                tokens += job.tokens
-            else:
-                rest.append(job)
-                if len(batch) >= self.max_batch_requests:
-                    break
-        rest.extend(self._pending)
-        self._pending = rest
-        return batch
-
-    def _drop_gone(self, batch: list[Job]) -> list[Job]:
-        """Jobs whose handler was cancelled or whose client disconnected are not computed."""
-        keep: list[Job] = []
+    def _drop_gone(self) -> list[tuple[Job, BaseException]]:
+        """Remove jobs that no longer need compute (under the lock); their answers to post."""
+        now = time.perf_counter()
+        keep: deque[Job] = deque()
         gone: list[tuple[Job, BaseException]] = []
-        for job in batch:
-            if job.cancelled:
+        for job in self._pending:
+            if job.cancelled or job.future.cancelled():
                 self.metrics.dropped.labels("cancelled").inc()
             elif job.gone:
                 self.metrics.dropped.labels("disconnected").inc()
@@ -240,11 +322,68 @@ class Batcher:
                 # normally (its answer just has no one to go to)
                 gone.append((job, ApiError("client_gone",
                                            "the client disconnected before compute")))
+            elif job.expired or now > job.deadline:
+                # the handler answers the timeout itself; this only stops the work
+                self.metrics.dropped.labels("timeout").inc()
+                gone.append((job, _timeout(job)))
             else:
                 keep.append(job)
-        if gone:
-            self._post(gone)
-        return keep
+        self._pending = keep
+        return gone
+
+    def _take(self) -> list[Slice]:
+        """One batch (under the lock): jobs that fit whole in arrival order, then slices of large
+        jobs round-robin (the first large job leads when they starved); one key, within the
+        budgets."""
+        budget = self.max_batch_tokens
+        large = [j for j in self._pending if j.left > budget]  # in round-robin order
+        small = [j for j in self._pending if j.left <= budget]
+        if large and self._starved >= _STARVED:
+            order = large[:1] + small + large[1:]
+        else:
+            order = small + large
+        key = order[0].key
+        batch: list[Slice] = []
+        tokens = 0
+        for job in order:
+            if len(batch) >= self.max_batch_requests:
+                break
+            if job.key != key:
+                continue
+            room, stop = budget - tokens, job.taken
+            if job.left <= budget:  # a job that fits one batch goes whole or waits (it is first)
+                if job.left > room:
+                    continue
+                stop = len(job.items)
+            else:  # the next inputs of a large job that fit; one, however long, if alone
+                while stop < len(job.items) and (job.lengths[stop] <= room
+                                                  or (not batch and stop == job.taken)):
+                    room -= job.lengths[stop]
+                    stop += 1
+                if stop == job.taken:
+                    continue
+            n = sum(job.lengths[job.taken : stop])
+            batch.append(Slice(job, job.taken, stop))
+            tokens += n
+            job.taken, job.left = stop, job.left - n
+        got_large = any(s.job in large for s in batch)
+        self._starved = 0 if got_large or not large else self._starved + 1
+        # jobs handed out whole leave the queue; a large job's next slice waits at the back
+        rest = [j for j in self._pending if j.taken < len(j.items)]
+        sliced = [s.job for s in batch if s.job.taken < len(s.job.items)]
+        self._pending = deque([j for j in rest if j not in sliced] + sliced)
+        return batch
+
+    def _fail(self, results: Sequence[tuple[Job, BaseException]]) -> None:
+        """Answer failed jobs once and stop their remaining slices."""
+        out = []
+        for job, e in results:
+            if not job.failed:
+                job.failed = True
+                out.append((job, e))
+        with self._cond:
+            self._pending = deque(j for j in self._pending if not j.failed)
+        self._post(out)
 
     def _post(self, results: Sequence[tuple[Job, np.ndarray | BaseException]]) -> None:
         """Hand results to their event loops: one wake-up per loop, not one per job."""
@@ -256,43 +395,63 @@ class Batcher:
             with contextlib.suppress(RuntimeError):
                 loop.call_soon_threadsafe(self._deliver, part)
 
-    def _run(self, batch: list[Job]) -> None:
+    def _run(self, batch: list[Slice]) -> None:
         start = time.perf_counter()
-        for job in batch:
-            job.queue_s = start - job.enqueued
-            self.metrics.queue_seconds.observe(job.queue_s)
+        for s in batch:
+            if not s.job.started:
+                s.job.started = True
+                s.job.queue_s = start - s.job.enqueued
+                self.metrics.queue_seconds.observe(s.job.queue_s)
+        tokens = sum(sum(s.job.lengths[s.start : s.stop]) for s in batch)
         self.metrics.batch_requests.observe(len(batch))
-        self.metrics.batch_inputs.observe(sum(len(j.items) for j in batch))
-        self.metrics.batch_tokens.observe(sum(j.tokens for j in batch))
+        self.metrics.batch_inputs.observe(sum(s.stop - s.start for s in batch))
+        self.metrics.batch_tokens.observe(tokens)
         results = self._compute(batch)
         elapsed = time.perf_counter() - start
         self.metrics.compute_seconds.observe(elapsed)
-        self._batch_s = 0.8 * self._batch_s + 0.2 * elapsed
-        for job, result in zip(batch, results, strict=True):
-            job.compute_s = elapsed
-            if not isinstance(result, BaseException):
-                self.metrics.inputs.inc(len(job.items))
-                self.metrics.tokens.inc(job.tokens)
-        self._post(list(zip(batch, results, strict=True)))
+        with self._cond:
+            self._recent.append((tokens, elapsed))
+        done: list[tuple[Job, np.ndarray | BaseException]] = []
+        failed: list[tuple[Job, BaseException]] = []
+        for s, result in zip(batch, results, strict=True):
+            job = s.job
+            job.compute_s += elapsed
+            if job.failed:
+                continue
+            if isinstance(result, BaseException):
+                failed.append((job, result))
+                continue
+            if job.raw is None:
+                job.raw = np.empty((len(job.items), result.shape[1]), dtype=np.float32)
+            job.raw[s.start : s.stop] = result
+            job.computed += s.stop - s.start
+            self.metrics.inputs.inc(s.stop - s.start)
+            self.metrics.tokens.inc(sum(job.lengths[s.start : s.stop]))
+            if job.computed == len(job.items):
+                done.append((job, finish(job.raw, job.dimensions, normalize=job.normalize)))
+                job.raw = None
+        if failed:
+            self._fail(failed)
+        self._post(done)
 
-    def _compute(self, batch: list[Job]) -> list[np.ndarray | BaseException]:
-        """Backend call on the union of the batch's inputs; split and post-process per job."""
+    def _compute(self, batch: list[Slice]) -> list[np.ndarray | BaseException]:
+        """Backend call on the union of the batch's slices; raw rows split per slice."""
         try:
-            raw = self._backend(batch[0].key, [x for j in batch for x in j.items])
+            raw = self._backend(batch[0].job.key, [x for s in batch for x in s.items])
         except ValueError as e:
             if len(batch) == 1:
                 return [e]
             # One job's bad input (over-long, bad token id) must not fail the others: run each
             # alone so the error lands on the job that caused it.
-            return [self._compute([job])[0] for job in batch]
+            return [self._compute([s])[0] for s in batch]
         except Exception as e:
-            return [e for _ in batch]
+            err: Exception = e if self.embedder.healthy else BackendDown(str(e))
+            return [err for _ in batch]
         out: list[np.ndarray | BaseException] = []
         offset = 0
-        for job in batch:
-            rows = raw[offset : offset + len(job.items)]
-            offset += len(job.items)
-            out.append(finish(rows, job.dimensions, normalize=job.normalize))
+        for s in batch:
+            out.append(raw[offset : offset + s.stop - s.start])
+            offset += s.stop - s.start
         return out
 
     def _backend(self, key: tuple[Hashable, ...], items: list[Any]) -> np.ndarray:

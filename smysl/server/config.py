@@ -7,6 +7,9 @@ from dataclasses import dataclass
 
 #: Environment variable read for the API key when ``--api-key`` is not given.
 API_KEY_ENV = "SMYSL_API_KEY"
+#: Environment variables read for the interface and port when no flag or value gives them
+#: (like TEI's ``HOSTNAME``/``PORT`` and Ollama's ``OLLAMA_HOST``).
+HOST_ENV, PORT_ENV = "SMYSL_HOST", "SMYSL_PORT"
 
 
 @dataclass(frozen=True)
@@ -37,16 +40,32 @@ class ServerConfig:
     max_inputs: int = 2048
     #: Largest request body in bytes; larger bodies get 413 before they are read in full.
     max_request_bytes: int = 16 * 1024 * 1024
+    #: Most tokens one request may embed or tokenise (after truncation, EOS included); more
+    #: is answered 400 (TEI: 413). Texts with more than 8 characters per allowed token are
+    #: refused before tokenisation, so a huge body costs neither time nor memory.
+    max_request_tokens: int = 65536
+    #: Time budget of one embedding request from queueing, in seconds; past it the request is
+    #: answered 504 and the rest of its work is dropped (a forward pass that has started
+    #: finishes). None = no limit.
+    request_timeout_s: float | None = 120.0
     #: Output size when a request names none (Matryoshka); None = the model's native size.
     default_dimensions: int | None = None
     #: Embed ``""`` (as the engine does: EOS alone) instead of rejecting it with 400.
     allow_empty: bool = False
-    #: Seconds uvicorn waits for in-flight requests on shutdown before it cuts them off.
+    #: Seconds uvicorn waits for in-flight requests on shutdown before it cuts them off
+    #: (those get 503 in their API's error shape).
     graceful_timeout_s: float = 30.0
+    #: ``serve`` exits with status 3 once the backend has been unhealthy this long (a local
+    #: engine process restarts itself up to 3 times a minute first), so a supervisor restarts
+    #: the server. None = keep answering 503.
+    unhealthy_exit_s: float | None = 60.0
     #: Python's GIL switch interval while serving (seconds; None keeps Python's 5 ms). The compute
     #: thread re-takes the GIL between torch ops; with the default a busy event loop makes it
     #: wait up to 5 ms each time, and a CPU forward pass slows several-fold under load.
     switch_interval_s: float | None = 0.001
+    #: A toolkit index (``smysl index`` location: LanceDB folder, ``qdrant:URL``...) opened at
+    #: start with the served model and searched by ``POST /search``; None = no search route.
+    index: str | None = None
 
     def __post_init__(self) -> None:
         checks = {
@@ -57,8 +76,12 @@ class ServerConfig:
             "max_queue": self.max_queue >= 1,
             "max_inputs": self.max_inputs >= 1,
             "max_request_bytes": self.max_request_bytes >= 1024,
+            "max_request_tokens": self.max_request_tokens >= 1,
+            "request_timeout_s": self.request_timeout_s is None or self.request_timeout_s > 0,
+            "unhealthy_exit_s": self.unhealthy_exit_s is None or self.unhealthy_exit_s > 0,
             "graceful_timeout_s": self.graceful_timeout_s >= 0,
             "switch_interval_s": self.switch_interval_s is None or self.switch_interval_s > 0,
+            "index": self.index is None or bool(self.index.strip()),
         }
         bad = [name for name, ok in checks.items() if not ok]
         if bad:
@@ -68,7 +91,21 @@ class ServerConfig:
 
     @classmethod
     def from_env(cls, **values: object) -> ServerConfig:
-        """Build from keyword values, taking the API key from ``$SMYSL_API_KEY`` when not given."""
-        if values.get("api_key") is None and os.environ.get(API_KEY_ENV):
-            values["api_key"] = os.environ[API_KEY_ENV]
+        """Build from keyword values; ``api_key``, ``host`` and ``port`` that are absent or None
+        come from ``$SMYSL_API_KEY``, ``$SMYSL_HOST`` and ``$SMYSL_PORT`` when set, else take
+        the defaults (values given win over the environment)."""
+        for name, env in (("api_key", API_KEY_ENV), ("host", HOST_ENV), ("port", PORT_ENV)):
+            if values.get(name) is not None:
+                continue
+            values.pop(name, None)
+            raw = os.environ.get(env, "").strip()
+            if not raw:
+                continue
+            if name != "port":
+                values[name] = raw
+                continue
+            try:
+                values[name] = int(raw)
+            except ValueError:
+                raise ValueError(f"${env} must be a port number, got {raw!r}") from None
         return cls(**values)  # type: ignore[arg-type]

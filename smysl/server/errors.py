@@ -30,6 +30,8 @@ _KINDS: dict[str, tuple[int, int, int, str]] = {
     "overloaded": (429, 429, 429, "Overloaded"),
     "shutting_down": (503, 503, 503, "Unhealthy"),
     "unavailable": (503, 503, 503, "Unhealthy"),
+    # the request's time budget ran out (ServerConfig.request_timeout_s)
+    "timeout": (504, 504, 504, "Backend"),
     # nginx's "client closed request": logged and counted, never delivered
     "client_gone": (499, 499, 499, "Validation"),
     "internal": (500, 500, 424, "Backend"),
@@ -40,6 +42,7 @@ _OPENAI_TYPE = {
     "overloaded": "requests",
     "shutting_down": "server_error",
     "unavailable": "server_error",
+    "timeout": "server_error",
     "internal": "server_error",
     "not_implemented": "server_error",
 }
@@ -47,6 +50,7 @@ _OPENAI_CODE = {
     "not_found": "model_not_found",
     "unauthorized": "invalid_api_key",
     "overloaded": "rate_limit_exceeded",
+    "timeout": "timeout",
 }
 
 
@@ -57,6 +61,8 @@ class ApiError(Exception):
                  headers: dict[str, str] | None = None) -> None:
         if kind not in _KINDS:
             raise ValueError(f"unknown error kind {kind!r}")
+        # a message may quote client text: a lone surrogate in it must not break the response
+        message = message.encode("utf-8", "backslashreplace").decode("utf-8")
         super().__init__(message)
         self.kind = kind
         self.message = message

@@ -45,6 +45,17 @@ class Metrics:
                               "cannot count)", registry=r)
         self.dropped = Counter("smysl_dropped_requests", "Requests dropped before compute",
                                ["reason"], registry=r)
+        self.backend_up = Gauge("smysl_backend_up", "1 while the model backend can compute",
+                                registry=r)
+        self.backend_up.set(1)
+        self.backend_down = Counter("smysl_backend_down", "Times the model backend went down "
+                                    "(e.g. its engine process died)", registry=r)
+        self.backend_recovered = Counter("smysl_backend_recovered", "Times the model backend "
+                                         "came back (e.g. a restarted engine process)",
+                                         registry=r)
+        self.backend_downtime = Histogram("smysl_backend_downtime_seconds", "How long the "
+                                          "backend was down before it came back",
+                                          buckets=_LATENCY, registry=r)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -4,7 +4,10 @@ hand-off to the batcher. Routes only translate their wire format to and from the
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
+import logging
+import math
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -16,7 +19,7 @@ import numpy as np
 from smysl.base import BaseEmbedder, ModelInfo, Role, TokenLevel
 from smysl.pooling import check_dimensions
 from smysl.registry import names_of
-from smysl.server.batcher import Batcher, Job
+from smysl.server.batcher import BackendDown, Batcher, Job
 from smysl.server.config import ServerConfig
 from smysl.server.errors import ApiError
 from smysl.server.metrics import Metrics
@@ -25,9 +28,30 @@ from smysl.tokenize import Direction, InputTooLongError
 #: Completes when the request's client has gone (see :func:`until_disconnected`).
 Disconnected = Callable[[], Awaitable[object]]
 
+log = logging.getLogger("smysl.server")
+
 #: Requests with more characters (texts) or tokens (token ids) than this are tokenised or
 #: checked off the event loop.
 _INLINE_CHARS = _INLINE_TOKENS = 4096
+#: Texts with more characters than this per token of ``max_request_tokens`` are refused before
+#: tokenisation (real text runs 2-5 characters per Qwen3 token): tokenising a 15 MB body
+#: would take seconds and over a gigabyte only to refuse it.
+CHARS_PER_TOKEN = 8
+#: How often the backend's health is polled (seconds), and the Retry-After of a 503 while it is
+#: down before any recovery was measured.
+_HEALTH_POLL_S = 0.25
+_DOWN_RETRY_S = 5.0
+
+
+def check_unicode(value: str | None, what: str, *, param: str | None = None) -> None:
+    """400 for a string that is not valid Unicode (a lone surrogate from JSON ``"\\ud800"``)."""
+    if value is None:
+        return
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ApiError("invalid", f"{what} is not valid Unicode (lone surrogate); send UTF-8 "
+                       "text", param=param or what) from None
 
 
 def until_disconnected(receive: Callable[[], Awaitable[Mapping[str, Any]]]) -> Disconnected:
@@ -74,6 +98,13 @@ class Service:
         self.model_id = config.served_name or embedder.name
         self.names = self._accepted_names()
         self.started = time.time()
+        #: Tokenising large requests off the event loop, at most two at a time: a burst of large
+        #: requests in dozens of threads starved the compute thread of the GIL (and the CPU).
+        self.tokenizers = anyio.CapacityLimiter(2)
+        #: When the backend went down (``time.monotonic``), None while it is up; and how long
+        #: its last outage lasted (for Retry-After).
+        self.down_since: float | None = None
+        self.last_downtime: float | None = None
         if config.default_dimensions is not None:
             check_dimensions(config.default_dimensions, embedder.dimensions,
                              minimum=embedder.min_dimensions)
@@ -105,6 +136,7 @@ class Service:
             raise ApiError("invalid", f"input_type must be 'query' or 'document', got "
                            f"{input_type!r}", param="input_type")
         role: Role | None = "document" if kind == "passage" else kind  # type: ignore[assignment]
+        check_unicode(instruction, "instruction")
         if instruction is not None and not instruction.strip():
             instruction = None  # an empty extension field is an absent one
         try:
@@ -138,11 +170,20 @@ class Service:
                 raise ApiError("empty", f"{what}[{i}] is an empty string; remove it or send "
                                "text (this server rejects empty inputs, see docs/server.md)",
                                param=what)
-            try:
-                t.encode("utf-8")
-            except UnicodeEncodeError:
-                raise ApiError("invalid", f"{what}[{i}] is not valid Unicode (lone surrogate); "
-                               "send UTF-8 text", param=what) from None
+            check_unicode(t, f"{what}[{i}]", param=what)
+        chars = sum(map(len, texts))
+        cap = self.config.max_request_tokens
+        if chars > CHARS_PER_TOKEN * cap:
+            raise ApiError("too_many", f"{what} has {chars} characters, more than this server "
+                           f"tokenises per request ({CHARS_PER_TOKEN} per token of its limit "
+                           f"of {cap} tokens, max_request_tokens); split it", param=what)
+
+    def check_tokens(self, lengths: Sequence[int], what: str = "input") -> None:
+        """The per-request token cap (``max_request_tokens``), counted after truncation."""
+        total, cap = sum(lengths), self.config.max_request_tokens
+        if total > cap:
+            raise ApiError("too_many", f"{what} has {total} tokens but at most {cap} are "
+                           "allowed per request (max_request_tokens); split it", param=what)
 
     # ------------------------------------------------------------------ embedding
     async def count_tokens(self, texts: list[str]) -> list[int] | None:
@@ -150,7 +191,8 @@ class Service:
         try:
             if sum(map(len, texts)) <= _INLINE_CHARS:
                 return list(self.embedder.count_tokens(texts))
-            return list(await anyio.to_thread.run_sync(self.embedder.count_tokens, texts))
+            return list(await anyio.to_thread.run_sync(self.embedder.count_tokens, texts,
+                                                       limiter=self.tokenizers))
         except NotImplementedError:
             return None
 
@@ -160,17 +202,21 @@ class Service:
                           what: str = "input") -> Embedded:
         """Embed texts (already validated with :meth:`check_texts`)."""
         t0 = time.perf_counter()
+        self.batcher.check_room()  # a full queue answers 429 before any tokenising
         try:
             formatted = self.embedder.format_texts(texts, instruction)
         except ValueError as e:
             raise ApiError("invalid", str(e), param="instruction") from None
         if self.tokens is not None:
             ids = await self._tokenize(self.tokens, formatted, truncate, direction, what)
-            tokens = sum(map(len, ids))
-            job = Job(key=("ids",), items=ids, tokens=tokens, dimensions=dimensions,
-                      normalize=normalize, disconnected=disconnected)
+            lengths = [len(x) for x in ids]
+            self.check_tokens(lengths, what)
+            job = Job(key=("ids",), items=ids, lengths=lengths, dimensions=dimensions,
+                      normalize=normalize, disconnected=disconnected,
+                      timeout_s=self.config.request_timeout_s)
             vectors = await self._submit(job)
-            return Embedded(vectors, tokens, job.queue_s, job.compute_s, time.perf_counter() - t0)
+            return Embedded(vectors, sum(lengths), job.queue_s, job.compute_s,
+                            time.perf_counter() - t0)
         counts = await self.count_tokens(formatted)
         limit = self.embedder.max_tokens
         if counts is not None and limit is not None:
@@ -182,15 +228,18 @@ class Service:
                 raise ApiError("unsupported", f"model {self.model_id!r} can only truncate on the "
                                "right; use truncation_direction 'right'",
                                param="truncation_direction")
-            tokens = sum(min(c, limit) for c in counts)
+            lengths = [min(c, limit) for c in counts]
         elif counts is not None:
-            tokens = sum(counts)
+            lengths = counts
         else:  # a rough budget estimate for backends without a tokenizer
-            tokens = sum(len(t) // 3 + 1 for t in formatted)
-        job = Job(key=("text", truncate), items=formatted, tokens=tokens, dimensions=dimensions,
-                  normalize=normalize, disconnected=disconnected)
+            lengths = [len(t) // 3 + 1 for t in formatted]
+        if counts is not None:
+            self.check_tokens(lengths, what)
+        job = Job(key=("text", truncate), items=formatted, lengths=lengths,
+                  dimensions=dimensions, normalize=normalize, disconnected=disconnected,
+                  timeout_s=self.config.request_timeout_s)
         vectors = await self._submit(job)
-        return Embedded(vectors, tokens if counts is not None else 0, job.queue_s,
+        return Embedded(vectors, sum(lengths) if counts is not None else 0, job.queue_s,
                         job.compute_s, time.perf_counter() - t0)
 
     async def _tokenize(self, tokens: TokenLevel, texts: list[str], truncate: bool,
@@ -203,7 +252,7 @@ class Service:
         try:
             if sum(map(len, texts)) <= _INLINE_CHARS:
                 return run()
-            return await anyio.to_thread.run_sync(run)
+            return await anyio.to_thread.run_sync(run, limiter=self.tokenizers)
         except InputTooLongError as e:
             raise self._too_long(what, e) from None
 
@@ -215,6 +264,7 @@ class Service:
                         disconnected: Disconnected | None = None) -> Embedded:
         """Embed pre-tokenised inputs (token-level backends only, see :attr:`tokens`)."""
         t0 = time.perf_counter()
+        self.batcher.check_room()
         if self.tokens is None:
             raise ApiError("unsupported", f"model {self.model_id!r} takes text only; send "
                            "strings instead of token ids", param="input")
@@ -222,18 +272,22 @@ class Service:
         for i, seq in enumerate(ids):
             if not seq:
                 raise ApiError("empty", f"input[{i}] is an empty token list", param="input")
+        self.check_tokens([len(x) for x in ids])
         prepare = self.tokens.prepare_token_ids
         try:
             if sum(map(len, ids)) <= _INLINE_TOKENS:
                 seqs = prepare(ids, truncate=truncate)
             else:
-                seqs = await anyio.to_thread.run_sync(lambda: prepare(ids, truncate=truncate))
+                seqs = await anyio.to_thread.run_sync(lambda: prepare(ids, truncate=truncate),
+                                                      limiter=self.tokenizers)
         except InputTooLongError as e:
             raise self._too_long("input", e) from None
         except ValueError as e:
             raise ApiError("invalid", str(e), param="input") from None
-        job = Job(key=("ids",), items=seqs, tokens=sum(map(len, seqs)), dimensions=dimensions,
-                  disconnected=disconnected)
+        lengths = [len(x) for x in seqs]
+        self.check_tokens(lengths)  # EOS may have been added
+        job = Job(key=("ids",), items=seqs, lengths=lengths, dimensions=dimensions,
+                  disconnected=disconnected, timeout_s=self.config.request_timeout_s)
         vectors = await self._submit(job)
         usage = sum(len(s) for s in ids)  # as sent, like OpenAI's usage (EOS may be added)
         return Embedded(vectors, usage, job.queue_s, job.compute_s, time.perf_counter() - t0)
@@ -247,15 +301,54 @@ class Service:
             raise ApiError("invalid", str(e), param="input") from None
         except ApiError:
             raise
+        except BackendDown:
+            raise self.unavailable() from None
         except Exception:
             if not self.embedder.healthy:
-                raise ApiError("unavailable", self.backend_down) from None
+                raise self.unavailable() from None
             raise
 
-    @property
-    def backend_down(self) -> str:
-        return (f"the model backend of {self.model_id!r} is down (its engine process exited); "
-                "restart the server")
+    # ------------------------------------------------------------------ backend health
+    def unavailable(self) -> ApiError:
+        """The documented 503 while the backend is down, with a Retry-After from the last
+        measured outage."""
+        expected = self.last_downtime or _DOWN_RETRY_S
+        so_far = time.monotonic() - self.down_since if self.down_since is not None else 0.0
+        retry = max(1, math.ceil(expected - so_far))
+        why = ("its upstream API does not answer" if self.info().device is None
+               else "an engine process that exited restarts itself")
+        return ApiError("unavailable", f"the model backend of {self.model_id!r} is down ({why}); "
+                        "retry shortly", headers={"Retry-After": str(retry)})
+
+    def down_for(self) -> float:
+        """Seconds the backend has been unhealthy without a break (0 while it is healthy)."""
+        return 0.0 if self.down_since is None else time.monotonic() - self.down_since
+
+    def check_backend(self) -> bool:
+        """Poll ``embedder.healthy`` once: log and count changes. Returns it."""
+        healthy = self.embedder.healthy
+        now = time.monotonic()
+        if not healthy and self.down_since is None:
+            self.down_since = now
+            self.metrics.backend_up.set(0)
+            self.metrics.backend_down.inc()
+            log.error("the model backend of %r is down; requests get 503 until it is back",
+                      self.model_id)
+        elif healthy and self.down_since is not None:
+            self.last_downtime = now - self.down_since
+            self.down_since = None
+            self.metrics.backend_up.set(1)
+            self.metrics.backend_recovered.inc()
+            self.metrics.backend_downtime.observe(self.last_downtime)
+            log.warning("the model backend of %r is back after %.1f s", self.model_id,
+                        self.last_downtime)
+        return healthy
+
+    async def watch_backend(self) -> None:
+        """Poll the backend's health for the life of the app (the app's lifespan runs it)."""
+        while True:
+            self.check_backend()
+            await asyncio.sleep(_HEALTH_POLL_S)
 
     def timing_headers(self, e: Embedded) -> dict[str, str]:
         """TEI's timing headers (milliseconds), which any client may read."""

@@ -1,5 +1,6 @@
-"""Text Embeddings Inference (TEI) compatible routes: ``/embed``, ``/tokenize``, ``/info``,
-``/health``.
+"""Text Embeddings Inference (TEI) compatible routes: ``/embed`` (also ``POST /`` and
+``/invocations``, as TEI serves an embedding model there: ``huggingface_hub``'s
+``InferenceClient(model=URL)`` posts to the URL itself), ``/tokenize``, ``/info``, ``/health``.
 
 ``prompt_name`` takes ``query`` (the model's default query instruction), ``document``, or any task
 preset name from :data:`smysl.prompts.TASK_PRESETS`. ``/tokenize`` offsets are UTF-8 byte
@@ -85,8 +86,11 @@ def router(service: Service) -> APIRouter:
                        f"'document' or one of {sorted(TASK_PRESETS)}", param="prompt_name")
 
     @r.post("/embed", response_model=list[list[float]])
+    @r.post("/", response_model=list[list[float]], include_in_schema=False)
+    @r.post("/invocations", response_model=list[list[float]], include_in_schema=False)
     async def embed(body: EmbedRequest, request: Request) -> Response:
-        """Embed one text or a list (TEI ``/embed``)."""
+        """Embed one text or a list (TEI ``/embed``; ``POST /`` and ``/invocations`` take
+        the same body)."""
         texts = [body.inputs] if isinstance(body.inputs, str) else list(body.inputs)
         service.check_texts(texts, "inputs")
         dims = service.dimensions(body.dimensions)
@@ -106,15 +110,17 @@ def router(service: Service) -> APIRouter:
             raise ApiError("not_implemented",
                            f"model {service.model_id!r} has no local tokenizer to show")
         texts = [body.inputs] if isinstance(body.inputs, str) else list(body.inputs)
-        service.check_texts(texts, "inputs")
+        service.check_texts(texts, "inputs")  # refuses huge bodies before tokenising
         formatted = emb.format_texts(texts, instruction(body.prompt_name))
 
         def work() -> list[list[dict[str, object]]]:
+            # the token cap before any per-token Python object is made (they cost ~0.5 KB each)
+            service.check_tokens(emb.count_tokens(formatted), "inputs")
             spans = tokens.token_spans(formatted, add_special_tokens=body.add_special_tokens)
             return [[dataclasses.asdict(t) for t in row] for row in spans]
 
         # tokenising a large request takes long enough to stall other clients: off the loop
-        out = await anyio.to_thread.run_sync(work)
+        out = await anyio.to_thread.run_sync(work, limiter=service.tokenizers)
         return json_response(out)
 
     @r.get("/info", response_model=Info)
@@ -144,8 +150,8 @@ def router(service: Service) -> APIRouter:
         backend is down."""
         if not service.batcher.healthy:
             raise ApiError("shutting_down", "the server is shutting down")
-        if not service.embedder.healthy:
-            raise ApiError("unavailable", service.backend_down)
+        if not service.check_backend():
+            raise service.unavailable()
         return Response(status_code=200)
 
     return r

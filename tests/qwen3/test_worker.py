@@ -94,3 +94,43 @@ def test_an_interrupted_call_never_hands_its_rows_to_the_next(tiny_dir: Path, ti
     finally:
         engine.close()
     assert not engine.alive
+
+
+def wait_alive(engine: EngineProcess, timeout: float = 60) -> None:
+    import time
+
+    deadline = time.monotonic() + timeout
+    while not engine.alive:
+        assert time.monotonic() < deadline, "the engine process did not come back"
+        time.sleep(0.05)
+
+
+def test_a_dead_child_is_restarted_a_bounded_number_of_times(tiny_dir: Path, tiny) -> None:  # type: ignore[no-untyped-def]
+    """issue 11 item 8: a child killed from outside used to leave the engine dead for good;
+    now it restarts in the background (same vectors), and past ``max_restarts`` within the
+    window it stays down with a clear error."""
+    engine = EngineProcess(read_checkpoint(tiny_dir),
+                           EngineConfig(device="cpu", threads=torch.get_num_threads()),
+                           max_restarts=1)
+    ids = tiny.tokenize(["restart me"])
+    try:
+        first = engine.pid
+        os.kill(first, signal.SIGKILL)
+        with pytest.raises(EngineProcessError, match="restarting"):
+            engine.forward(ids)  # the dead window fails fast
+        assert not engine.alive
+        wait_alive(engine)
+        assert engine.pid != first and engine.restarts == 1
+        assert np.array_equal(engine.forward(ids), tiny.engine.forward(ids))
+        os.kill(engine.pid, signal.SIGKILL)  # a second death within the window: no restart
+        with pytest.raises(EngineProcessError):
+            engine.forward(ids)
+        import time
+
+        time.sleep(0.5)
+        assert not engine.alive and engine.restarts == 1
+        with pytest.raises(EngineProcessError, match="restart the program"):
+            engine.forward(ids)
+    finally:
+        engine.close()
+    assert not engine.alive

@@ -102,13 +102,13 @@ def test_disconnected_client_is_dropped_before_compute(hash_backend: HashEmbedde
 
     async def go() -> None:
         hash_backend.gate.clear()
-        busy = asyncio.ensure_future(batcher.submit(Job(("text", False), ["busy"], 2, 48)))
+        busy = asyncio.ensure_future(batcher.submit(Job(("text", False), ["busy"], [2], 48)))
         await asyncio.to_thread(hash_backend.entered.wait, 10)
         dropped = asyncio.ensure_future(batcher.submit(
-            Job(("text", False), ["left early"], 3, 48, disconnected=gone)))
+            Job(("text", False), ["left early"], [3], 48, disconnected=gone)))
         kept = asyncio.ensure_future(batcher.submit(
-            Job(("text", False), ["stayed"], 2, 48, disconnected=here)))
-        cancelled = asyncio.ensure_future(batcher.submit(Job(("text", False), ["cancel"], 2, 48)))
+            Job(("text", False), ["stayed"], [2], 48, disconnected=here)))
+        cancelled = asyncio.ensure_future(batcher.submit(Job(("text", False), ["cancel"], [2], 48)))
         await asyncio.sleep(0.01)
         cancelled.cancel()
         hash_backend.gate.set()
@@ -152,13 +152,13 @@ def test_graceful_close_finishes_queued_work(hash_backend: HashEmbedder) -> None
 
     async def go() -> None:
         hash_backend.gate.clear()
-        jobs = [asyncio.ensure_future(batcher.submit(Job(("text", False), [f"t{i}"], 2, 48)))
+        jobs = [asyncio.ensure_future(batcher.submit(Job(("text", False), [f"t{i}"], [2], 48)))
                 for i in range(5)]
         await asyncio.to_thread(hash_backend.entered.wait, 10)
         closing = asyncio.ensure_future(batcher.close())
         await asyncio.sleep(0.01)
         with pytest.raises(Exception, match="shutting down"):
-            await batcher.submit(Job(("text", False), ["late"], 2, 48))
+            await batcher.submit(Job(("text", False), ["late"], [2], 48))
         threading.Timer(0.05, hash_backend.gate.set).start()
         results = await asyncio.gather(*jobs)
         await closing

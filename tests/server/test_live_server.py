@@ -196,8 +196,12 @@ def test_request_of_a_disconnected_client_is_not_computed() -> None:
     assert [t for call in backend.calls for t in call] == ["busy"]
 
 
-def test_a_dead_engine_process_turns_health_and_requests_503(tiny_dir) -> None:  # type: ignore[no-untyped-def]
+def test_a_dead_engine_process_is_restarted(tiny_dir) -> None:  # type: ignore[no-untyped-def]
+    """issue 11 item 8: a killed engine process used to leave the server answering 503 for
+    ever; now requests in the dead window get the documented 503 (with Retry-After) and the
+    engine is back within seconds, with the same vectors."""
     import os
+    import re
     import signal
 
     from server_helpers import live_server
@@ -207,13 +211,25 @@ def test_a_dead_engine_process_turns_health_and_requests_503(tiny_dir) -> None: 
     model = Embedder.load(str(tiny_dir), device="cpu", process=True)
     try:
         with live_server(model) as url:
-            assert httpx.post(f"{url}/embed", json={"inputs": "fine"}).status_code == 200
-            assert httpx.get(f"{url}/health").status_code == 200
-            os.kill(model.engine.pid, signal.SIGKILL)  # e.g. the OOM killer
-            model.engine._proc.join(10)  # type: ignore[attr-defined]
+            before = httpx.post(f"{url}/embed", json={"inputs": "fine"})
+            assert before.status_code == 200
+            first = model.engine.pid
+            os.kill(first, signal.SIGKILL)  # e.g. the OOM killer
+            t0 = time.monotonic()
             r = httpx.post(f"{url}/v1/embeddings", json={"input": "after"}, timeout=30)
-            assert r.status_code == 503 and "engine process exited" in r.json()["error"]["message"]
+            assert r.status_code == 503, r.text
+            assert "engine process" in r.json()["error"]["message"]
+            assert int(r.headers["Retry-After"]) >= 1
             r = httpx.get(f"{url}/health")
             assert r.status_code == 503 and r.json()["error_type"] == "Unhealthy"
+            while httpx.get(f"{url}/health").status_code != 200:
+                assert time.monotonic() - t0 < 60, "the engine did not come back"
+                time.sleep(0.1)
+            assert model.engine.pid != first
+            after = httpx.post(f"{url}/embed", json={"inputs": "fine"})
+            assert after.status_code == 200 and after.json() == before.json()
+            text = httpx.get(f"{url}/metrics").text
+            assert re.search(r"^smysl_backend_down_total 1\.0$", text, re.M)
+            assert re.search(r"^smysl_backend_recovered_total 1\.0$", text, re.M)
     finally:
         model.close()

@@ -14,9 +14,11 @@ from smysl.server import ServerConfig
 def test_serve_builds_config_and_reports(tiny_dir, monkeypatch, capsys) -> None:  # type: ignore[no-untyped-def]
     seen: dict[str, Any] = {}
 
-    def fake_serve(embedder: Any, config: ServerConfig) -> None:  # stands in for uvicorn.run
+    def fake_serve(embedder: Any, config: ServerConfig, *, ready: Any) -> int:  # uvicorn.run
         seen["embedder"], seen["config"] = embedder, config
         seen["alive"] = embedder.engine.alive  # while serving
+        ready("127.0.0.1", 43210)  # the port is bound
+        return 0
 
     monkeypatch.setattr(smysl.server, "serve", fake_serve)
     monkeypatch.setenv("SMYSL_API_KEY", "from-env")
@@ -34,7 +36,7 @@ def test_serve_builds_config_and_reports(tiny_dir, monkeypatch, capsys) -> None:
     err = capsys.readouterr().err
     assert f"engine in child process {engine.pid}" in err
     assert not engine.alive  # serve() returned: the command closed the model
-    assert "listening on http://127.0.0.1:0" in err and "API key required" in err
+    assert "listening on http://127.0.0.1:43210" in err and "API key required" in err
     assert str(tiny_dir) in err and "64 dims" in err
 
 
@@ -44,14 +46,56 @@ def test_serve_rejects_bad_settings() -> None:
     with pytest.raises(ValueError, match="api_key"):
         ServerConfig(api_key="")
     args = build_parser().parse_args(["serve", "--model", "m"])
-    assert args.port == 8000 and args.host == "127.0.0.1"
+    cfg = ServerConfig.from_env(host=args.host, port=args.port)  # none given, none in the env
+    assert cfg.port == 8000 and cfg.host == "127.0.0.1"
 
 
 def test_serve_in_process_keeps_the_engine_here(tiny_dir, monkeypatch, capsys) -> None:  # type: ignore[no-untyped-def]
     from smysl.qwen3.engine import Engine
 
     seen: dict[str, Any] = {}
-    monkeypatch.setattr(smysl.server, "serve", lambda embedder, config: seen.update(e=embedder))
+    monkeypatch.setattr(smysl.server, "serve",
+                        lambda embedder, config, ready: seen.update(e=embedder))
     assert main(["serve", "--model", str(tiny_dir), "--device", "cpu", "--in-process"]) == 0
     assert isinstance(seen["e"].engine, Engine)
     assert "child process" not in capsys.readouterr().err
+
+
+def test_serve_reads_model_host_and_port_from_env(tiny_dir, monkeypatch, capsys) -> None:  # type: ignore[no-untyped-def]
+    """``SMYSL_MODEL``, ``SMYSL_HOST``, ``SMYSL_PORT`` as TEI's and Ollama's variables; flags
+    win; "listening" is printed only when the server reports the bound port (issue 11 item 11:
+    it used to be printed before the port was bound)."""
+    seen: list[ServerConfig] = []
+
+    def fake_serve(embedder: Any, config: ServerConfig, *, ready: Any) -> int:
+        seen.append(config)
+        assert "listening" not in capsys.readouterr().err  # not before the port is bound
+        return 3  # e.g. the backend stayed down
+
+    monkeypatch.setattr(smysl.server, "serve", fake_serve)
+    monkeypatch.setenv("SMYSL_MODEL", str(tiny_dir))
+    monkeypatch.setenv("SMYSL_HOST", "0.0.0.0")
+    monkeypatch.setenv("SMYSL_PORT", "9123")
+    assert main(["serve", "--device", "cpu", "--in-process"]) == 3  # the exit code passes on
+    assert (seen[0].host, seen[0].port) == ("0.0.0.0", 9123)
+    assert main(["serve", "--device", "cpu", "--in-process", "--port", "9000",
+                 "--host", "127.0.0.2"]) == 3
+    assert (seen[1].host, seen[1].port) == ("127.0.0.2", 9000)
+    monkeypatch.setenv("SMYSL_PORT", "eighty")
+    assert main(["serve", "--device", "cpu", "--in-process"]) == 2
+    assert "SMYSL_PORT" in capsys.readouterr().err
+    monkeypatch.delenv("SMYSL_MODEL")
+    monkeypatch.delenv("SMYSL_PORT")
+    assert main(["serve"]) == 2
+    assert "SMYSL_MODEL" in capsys.readouterr().err
+
+
+def test_unhealthy_exit_defaults_to_never_for_a_remote_api() -> None:
+    """A local engine that stays down makes `serve` exit (a supervisor restarts it); an upstream
+    API that does not answer does not: a restart cannot bring it back, /health shows it."""
+    from smysl.commands.serve import unhealthy_exit_s
+
+    assert unhealthy_exit_s("Qwen/Qwen3-Embedding-0.6B", None) == 60.0
+    assert unhealthy_exit_s("openrouter:qwen/qwen3-embedding-8b", None) is None
+    assert unhealthy_exit_s("tei:http://127.0.0.1:8080", 30.0) == 30.0
+    assert unhealthy_exit_s("Qwen/Qwen3-Embedding-0.6B", 0.0) is None

@@ -1,0 +1,190 @@
+"""The browser page ``GET /ui`` and index search ``POST /search`` (with ``smysl serve --index``).
+
+The page (``static/ui.html``: HTML, CSS and vanilla JS, no CDN, no build step) talks to the
+server's own routes only: ``GET /ui/info`` for the model's facts (the Matryoshka range, the
+length limit, whether it takes instructions) and the index, ``POST /v1/embeddings`` with
+``input_type`` and ``dimensions`` for the similarity matrix, and ``POST /search``. ``/ui`` itself
+is open (see ``app.OPEN_PATHS``); every call it makes carries the key the user typed when the
+server has one.
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import hashlib
+import re
+import threading
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from importlib import resources
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import anyio
+from fastapi import APIRouter, FastAPI, Request, Response
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr
+
+from smysl.server.errors import ApiError
+from smysl.server.http import json_response
+from smysl.server.service import Service, until_disconnected
+
+if TYPE_CHECKING:
+    from smysl.base import BaseEmbedder
+    from smysl.toolkit.store import VectorStore
+
+T = TypeVar("T")
+
+#: Most hits one ``/search`` request may ask for.
+MAX_K = 100
+#: Placeholder in ui.html the server replaces with ``required`` or ``none``, so that a page
+#: behind auth asks for the key before its first call instead of collecting a 401.
+_AUTH_MARK = "@@AUTH@@"
+
+
+class SearchRequest(BaseModel):
+    """``POST /search``: the top ``k`` chunks of the served index for one query."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    query: StrictStr = Field(description="query text (embedded as a query, like smysl index "
+                                         "search)")
+    k: StrictInt = Field(10, description=f"hits to return, 1..{MAX_K}")
+    instruction: StrictStr | None = Field(
+        None, description="query instruction or preset name; default: the model's task, "
+                          "'' for none")
+    where: dict[str, Any] | None = Field(
+        None, description="payload filter, e.g. {\"lang\": \"en\"} (see docs/toolkit.md)")
+
+
+def open_index(spec: str, embedder: BaseEmbedder) -> tuple[VectorStore, bool]:
+    """The store of the index ``spec`` (a ``smysl index`` location), checked for ``embedder``,
+    and whether its records carry vector checksums (see :func:`~smysl.toolkit.index.hit_problem`).
+
+    Refuses a missing index, a store without smysl's metadata (rather than claiming it), and an
+    index built with another model or size (the toolkit's own check, :meth:`Index.create_or_open`).
+    Searching needs the store alone: the index's embedding cache (an SQLite connection bound to
+    the opening thread) is closed again at once, and nothing is written to the store.
+    """
+    from smysl.toolkit.index import Index, IndexConfig
+    from smysl.toolkit.store import StoreConfig, local_path
+    from smysl.toolkit.stores import open_store
+
+    store = StoreConfig.parse(spec)
+    path = local_path(store.uri) if store.backend == "lancedb" else None
+    if path is not None and not path.is_dir():
+        raise FileNotFoundError(f"--index {spec}: no such index folder; build one with "
+                                f"'smysl index add {spec} FILES --model MODEL'")
+    try:
+        built_with = Index.stored_model(store)  # a store without smysl metadata stops here
+    except (ValueError, FileNotFoundError) as e:
+        raise type(e)(f"--index {spec}: {e}; build it with 'smysl index add'") from None
+    try:
+        with Index.create_or_open(embedder, IndexConfig(store=store), create=False) as index:
+            checksums = index.checksums
+    except ValueError as e:
+        raise ValueError(f"--index {spec}: {e}; serve it with --model {built_with}") from None
+    return open_store(store), checksums
+
+
+def _page(auth_required: bool) -> tuple[bytes, str]:
+    """The page with its auth mode filled in, and a Content-Security-Policy that allows exactly
+    its own inline script and style (by hash) and connections to this server."""
+    html = resources.files("smysl.server").joinpath("static/ui.html").read_text("utf-8")
+    if html.count(_AUTH_MARK) != 1:
+        raise RuntimeError(f"ui.html must contain {_AUTH_MARK} exactly once")
+    html = html.replace(_AUTH_MARK, "required" if auth_required else "none")
+
+    def hashes(tag: str) -> str:
+        blocks = re.findall(rf"<{tag}>(.*?)</{tag}>", html, flags=re.S)
+        return " ".join("'sha256-" + base64.b64encode(hashlib.sha256(b.encode()).digest())
+                        .decode() + "'" for b in blocks)
+
+    csp = (f"default-src 'none'; script-src {hashes('script')}; style-src {hashes('style')}; "
+           "connect-src 'self'; img-src data:; base-uri 'none'; form-action 'none'; "
+           "frame-ancestors 'none'")
+    return html.encode("utf-8"), csp
+
+
+def router(service: Service) -> APIRouter:
+    """``/ui``, ``/ui/info`` and, when ``service.config.index`` names one, ``/search``.
+
+    The index is opened and checked here, so a bad ``--index`` stops the server before it
+    listens; its store is closed when the app shuts down.
+    """
+    store, checksums = (open_index(service.config.index, service.embedder)
+                        if service.config.index else (None, False))
+    # stores differ in what they allow from several threads at once: one call at a time
+    store_lock = threading.Lock()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        try:
+            yield
+        finally:
+            if store is not None:
+                store.close()
+
+    r = APIRouter(tags=["ui"], lifespan=lifespan)
+    page, csp = _page(service.config.api_key is not None)
+    page_headers = {"Content-Security-Policy": csp, "X-Content-Type-Options": "nosniff",
+                    "Cache-Control": "no-cache", "Referrer-Policy": "no-referrer"}
+
+    async def in_thread(fn: Callable[[], T]) -> T:
+        def locked() -> T:
+            with store_lock:
+                return fn()
+
+        return await anyio.to_thread.run_sync(locked)
+
+    @r.get("/ui", include_in_schema=False)
+    async def ui() -> Response:
+        """The similarity and search page."""
+        return Response(page, media_type="text/html; charset=utf-8", headers=page_headers)
+
+    @r.get("/ui/info")
+    async def ui_info() -> Response:
+        """The served model's facts and the served index (null without ``--index``)."""
+        described: dict[str, object] | None = None
+        if store is not None:
+            described = {"location": service.config.index, "dimensions": store.dimensions,
+                         "chunks": await in_thread(store.count)}
+        return json_response({"model": dataclasses.asdict(service.info()),
+                              "index": described})
+
+    if store is None:
+        return r
+    searched: VectorStore = store  # narrowed for the closure below
+
+    @r.post("/search")
+    async def search(body: SearchRequest, request: Request) -> Response:
+        """Top-k chunks of the served index: ``{"hits": [{"id", "score", "text", "metadata"}]}``
+        (score: cosine; metadata: the stored payload without the text)."""
+        from smysl.toolkit.index import hit_problem
+        from smysl.toolkit.search import SearchConfig, search_vectors
+
+        if not 1 <= body.k <= MAX_K:
+            raise ApiError("invalid", f"k must be between 1 and {MAX_K}, got {body.k}",
+                           param="k")
+        service.check_texts([body.query], "query")
+        config = SearchConfig(k=body.k, where=body.where)
+        # the query side of `smysl index search`: the instruction rule of the model, the
+        # index's stored size, over-long queries cut (through the batcher, like every route)
+        result = await service.embed_texts(
+            [body.query], instruction=service.instruction(body.instruction, "query"),
+            dimensions=searched.dimensions, truncate=True, what="query",
+            disconnected=until_disconnected(request.receive))
+        try:
+            # damaged stored vectors are never served: left out, the search widened to k
+            (hits,) = await in_thread(lambda: search_vectors(
+                searched, result.vectors, config,
+                check=lambda h: hit_problem(h, searched.dimensions, checksums) is None))
+        except ValueError as e:  # the store's verdict on the filter
+            raise ApiError("invalid", str(e), param="where") from None
+        return json_response({
+            "model": service.model_id,
+            "hits": [{"id": h.id, "score": float(h.score), "text": str(h.payload.get("text", "")),
+                      "metadata": {k: v for k, v in h.payload.items() if k != "text"}}
+                     for h in hits]},
+            headers=service.timing_headers(result))
+
+    return r

@@ -1,0 +1,169 @@
+"""The server's edges under faults and with real clients (issue 11 items 8, 10, 11): exit when
+the backend stays down, JSON answers for requests cut off at shutdown, ``listening`` only once
+bound, Ollama bodies without Content-Type, TEI's ``POST /`` for ``huggingface_hub``."""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import threading
+import time
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+from server_helpers import HashEmbedder, free_port, live_server
+
+from smysl.server import ServerConfig, create_app, serve
+from smysl.server.app import EXIT_BACKEND_DOWN
+
+
+class Flaky(HashEmbedder):
+    """A backend whose health the test decides."""
+
+    up = True
+
+    @property
+    def healthy(self) -> bool:
+        return self.up
+
+
+def run_serve(embedder: Any, config: ServerConfig, ready: Any) -> dict[str, Any]:
+    """``serve`` in a thread (as ``smysl serve`` runs it); the result dict gets its code."""
+    out: dict[str, Any] = {}
+
+    def main() -> None:
+        out["code"] = serve(embedder, config, ready=ready)
+
+    out["thread"] = threading.Thread(target=main, daemon=True)
+    out["thread"].start()
+    return out
+
+
+def test_listening_is_reported_once_bound_and_a_down_backend_exits_nonzero() -> None:
+    """issue 11 items 8 and 11: ``ready`` fires only once the port accepts connections; a
+    backend unhealthy for ``unhealthy_exit_s`` makes ``serve`` stop with a non-zero code."""
+    backend = Flaky()
+    seen: dict[str, Any] = {}
+
+    def ready(host: str, port: int) -> None:
+        with socket.create_connection((host, port), timeout=2):  # bound and accepting
+            seen["bound"] = (host, port)
+        backend.up = False
+
+    run = run_serve(backend, ServerConfig(port=0, unhealthy_exit_s=0.5), ready)
+    run["thread"].join(20)
+    assert not run["thread"].is_alive()
+    assert seen["bound"][0] == "127.0.0.1" and seen["bound"][1] > 0  # the real port of port 0
+    assert run["code"] == EXIT_BACKEND_DOWN != 0
+
+
+def test_serve_exits_when_the_engine_restarts_are_exhausted(tiny_dir) -> None:  # type: ignore[no-untyped-def]
+    """issue 11 item 8: the server used to stay up answering 503 for ever after its engine
+    died; with no restarts left it exits non-zero so a supervisor restarts it."""
+    import os
+    import signal
+
+    from smysl import Embedder
+
+    model = Embedder.load(str(tiny_dir), device="cpu", process=True)
+    model.engine.max_restarts = 0  # type: ignore[attr-defined]
+    try:
+        bound = threading.Event()
+        run = run_serve(model, ServerConfig(port=0, unhealthy_exit_s=1.0),
+                        lambda host, port: bound.set())
+        assert bound.wait(20)
+        pid = model.engine.pid
+        assert pid is not None
+        os.kill(pid, signal.SIGKILL)
+        run["thread"].join(30)
+        assert not run["thread"].is_alive() and run["code"] == EXIT_BACKEND_DOWN
+    finally:
+        model.close()
+
+
+def test_requests_cut_off_at_shutdown_get_json_503() -> None:
+    """issue 11 item 8: requests still running when the grace period ends used to get
+    uvicorn's plain-text 500; now each API's JSON error shape, 503."""
+    import uvicorn
+
+    backend = HashEmbedder()
+    backend.gate.clear()
+    port = free_port()
+    app = create_app(backend, ServerConfig(port=port, max_wait_ms=0))
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="critical",
+                                           timeout_graceful_shutdown=1))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    while not server.started:
+        time.sleep(0.02)
+    results: dict[str, httpx.Response] = {}
+    calls = [("openai", "/v1/embeddings", {"input": "a"}), ("ollama", "/api/embed",
+                                                           {"input": "b"}),
+             ("tei", "/embed", {"inputs": "c"})]
+
+    def call(name: str, path: str, body: dict[str, str]) -> None:
+        results[name] = httpx.post(f"http://127.0.0.1:{port}{path}", json=body, timeout=30)
+
+    callers = [threading.Thread(target=call, args=c) for c in calls]
+    callers[0].start()
+    assert backend.entered.wait(10)
+    for c in callers[1:]:
+        c.start()
+    deadline = time.monotonic() + 10
+    while app.state.service.batcher.depth < 2:  # one computes (held), two queue
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    server.should_exit = True  # SIGTERM; the held batch outlives the 1 s grace period
+    for c in callers:
+        c.join(20)
+    backend.gate.set()
+    thread.join(20)
+    assert {k: r.status_code for k, r in results.items()} == {"openai": 503, "ollama": 503,
+                                                              "tei": 503}
+    assert results["openai"].json()["error"]["type"] == "server_error"
+    assert "shut down" in results["ollama"].json()["error"]
+    assert results["tei"].json()["error_type"] == "Unhealthy"
+
+
+@pytest.fixture(scope="module")
+def live(tiny):  # type: ignore[no-untyped-def]
+    with live_server(tiny, max_wait_ms=5) as url:
+        yield url
+
+
+def test_ollama_accepts_bodies_without_json_content_type(live, tiny) -> None:  # type: ignore[no-untyped-def]
+    """issue 11 item 10: Ollama's documented ``curl URL/api/embed -d '{...}'`` (curl sends
+    form-urlencoded) and a body with no Content-Type at all used to get 4xx."""
+    body = '{"model": "m", "input": ["Why is the sky blue?", "second"]}'
+    want = tiny.embed(["Why is the sky blue?", "second"])
+    curl = shutil.which("curl")
+    if curl is not None:
+        out = subprocess.run([curl, "-s", f"{live}/api/embed", "-d", body], capture_output=True,
+                             timeout=30, check=True).stdout
+        got = np.array(httpx.Response(200, content=out).json()["embeddings"], np.float32)
+        assert np.array_equal(got, want)
+    with httpx.Client(timeout=30) as c:
+        req = c.build_request("POST", f"{live}/api/embed", content=body.encode())
+        assert "content-type" not in req.headers
+        r = c.send(req)
+        assert r.status_code == 200 and np.array_equal(
+            np.array(r.json()["embeddings"], np.float32), want)
+        r = c.post(f"{live}/api/embeddings", content=b'{"prompt": "hi"}',
+                   headers={"Content-Type": "text/plain"})
+        assert r.status_code == 200
+
+
+def test_tei_root_and_invocations_serve_huggingface_hub(live, tiny) -> None:  # type: ignore[no-untyped-def]
+    """issue 11 item 10: TEI serves an embedding model at ``POST /`` (and ``/invocations``);
+    ``huggingface_hub.InferenceClient(model=URL).feature_extraction`` posts there (it got 404)."""
+    hub = pytest.importorskip("huggingface_hub")
+    texts = ["Привет, мир!", "The quick brown fox"]
+    got = hub.InferenceClient(model=live).feature_extraction(texts[0])
+    assert np.array_equal(np.asarray(got, np.float32).reshape(1, -1), tiny.embed(texts[:1]))
+    for path in ("/", "/invocations"):
+        r = httpx.post(f"{live}{path}", json={"inputs": texts, "dimensions": 32}, timeout=30)
+        assert r.status_code == 200
+        assert np.array_equal(np.array(r.json(), np.float32), tiny.embed(texts, dimensions=32))

@@ -1,0 +1,317 @@
+"""The ``/ui`` page and ``POST /search`` over ``smysl serve --index`` (issue 11 item: the small web
+page): in-process checks of the routes, and the page itself in a real headless Chromium."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+from server_helpers import HashEmbedder, live_server
+
+from smysl.base import BaseEmbedder
+from smysl.server import ServerConfig, create_app
+from smysl.toolkit.index import Index, IndexConfig
+from smysl.toolkit.search import SearchConfig
+from smysl.toolkit.store import StoreConfig
+
+pytest.importorskip("lancedb")  # the indexes here are LanceDB folders
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run"]
+TEXTS = ["Cats purr when they are content.", "Dogs bark at the postman.",
+         "Goldfish swim in a bowl of water.", "The capital of France is Paris.",
+         "Photosynthesis turns light into sugar.", "Rust has a borrow checker."]
+
+
+def build_index(embedder: BaseEmbedder, path: Path) -> Path:
+    """A tiny LanceDB index as `smysl index add` builds it (one chunk per text)."""
+    with Index.create_or_open(embedder, IndexConfig(StoreConfig(uri=str(path)))) as ix:
+        ix.add_texts(TEXTS, metadata=[{"topic": t} for t in
+                                      ["pets", "pets", "pets", "geo", "bio", "code"]])
+    return path
+
+
+def toolkit_search(embedder: BaseEmbedder, path: Path, query: str, k: int) -> list[Any]:
+    """What `smysl index search` answers, in-process."""
+    with Index.create_or_open(embedder, IndexConfig(StoreConfig(uri=str(path))),
+                              create=False) as ix:
+        (hits,) = ix.search(query, SearchConfig(k=k))
+    return hits
+
+
+@pytest.fixture
+def hash_index(tmp_path: Path) -> Path:
+    return build_index(HashEmbedder(), tmp_path / "kb")
+
+
+# ---------------------------------------------------------------------------- in-process
+
+
+def test_ui_page_is_open_and_carries_its_csp() -> None:
+    """issue 11 item "/ui": one self-contained page, public even with auth; its CSP allows exactly
+    its own inline script and style (no CDN), and the page knows it must ask for the key."""
+    app = create_app(HashEmbedder(), ServerConfig(api_key="k"))
+    with TestClient(app) as client:
+        r = client.get("/ui")
+        assert r.status_code == 200
+        assert r.headers["content-type"] == "text/html; charset=utf-8"
+        html = r.text
+        assert '<meta name="smysl-auth" content="required">' in html
+        assert "http://" not in html and "https://" not in html  # nothing fetched from elsewhere
+        csp = r.headers["content-security-policy"]
+        for tag in ("script", "style"):
+            (block,) = re.findall(rf"<{tag}>(.*?)</{tag}>", html, flags=re.S)
+            digest = base64.b64encode(hashlib.sha256(block.encode()).digest()).decode()
+            assert f"{tag}-src 'sha256-{digest}'" in csp
+        assert "connect-src 'self'" in csp and "unsafe-inline" not in csp
+        # the page is open, its API is not
+        assert client.get("/ui/info").status_code == 401
+        info = client.get("/ui/info", headers={"Authorization": "Bearer k"}).json()
+        assert info["index"] is None
+        assert (info["model"]["name"], info["model"]["dimensions"],
+                info["model"]["min_dimensions"]) == ("hash-embedder", 48, 8)
+        assert client.post("/search", json={"query": "q"},
+                           headers={"Authorization": "Bearer k"}).status_code == 404
+    with TestClient(create_app(HashEmbedder())) as client:
+        assert '<meta name="smysl-auth" content="none">' in client.get("/ui").text
+
+
+def test_search_answers_like_the_toolkit(hash_index: Path) -> None:
+    """issue 11 item "/search": the served index gives the hits `smysl index search` gives (ids,
+    scores, texts, payloads), behind the API key like every route."""
+    backend = HashEmbedder()
+    expected = toolkit_search(backend, hash_index, "a cat that purrs", 3)
+    app = create_app(backend, ServerConfig(index=str(hash_index), api_key="k"))
+    auth = {"Authorization": "Bearer k"}
+    with TestClient(app) as client:
+        assert client.post("/search", json={"query": "cats"}).status_code == 401
+        r = client.post("/search", json={"query": "a cat that purrs", "k": 3}, headers=auth)
+        assert r.status_code == 200, r.text
+        body = r.json()
+        assert body["model"] == "hash-embedder"
+        assert [h["id"] for h in body["hits"]] == [h.id for h in expected]
+        np.testing.assert_allclose([h["score"] for h in body["hits"]],
+                                   [h.score for h in expected], atol=1e-5)
+        for got, want in zip(body["hits"], expected, strict=True):
+            assert got["text"] == want.payload["text"]
+            assert got["metadata"] == {k: v for k, v in want.payload.items() if k != "text"}
+        filtered = client.post("/search", json={"query": "animals", "k": 10,
+                                                "where": {"topic": "pets"}}, headers=auth).json()
+        assert len(filtered["hits"]) == 3
+        assert {h["metadata"]["topic"] for h in filtered["hits"]} == {"pets"}
+        info = client.get("/ui/info", headers=auth).json()["index"]
+        assert info == {"location": str(hash_index), "dimensions": 48, "chunks": len(TEXTS)}
+
+
+def test_search_never_serves_a_damaged_stored_vector(hash_index: Path) -> None:
+    """issue 11 item 1 (served index): a stored vector damaged on disk is left out of /search's
+    hits (the toolkit's own hit check), and the search still returns k hits."""
+    backend = HashEmbedder()
+    with Index.create_or_open(backend, IndexConfig(StoreConfig(uri=str(hash_index))),
+                              create=False) as ix:
+        records = {r.id: r for b in ix.store.scan() for r in b}
+    needle = records["0#0"].vector.tobytes()
+    files = [p for p in hash_index.rglob("*.lance") if p.is_file() and needle in p.read_bytes()]
+    assert files, "vector bytes not found in the store"
+    for f in files:  # the exponent of value 2: the norm goes far from 1
+        data = bytearray(f.read_bytes())
+        data[data.find(needle) + 4 * 2 + 3] ^= 1 << 6
+        f.write_bytes(bytes(data))
+    with TestClient(create_app(backend, ServerConfig(index=str(hash_index)))) as client:
+        r = client.post("/search", json={"query": "Cats purr when they are content.", "k": 5})
+        assert r.status_code == 200, r.text
+        ids = [h["id"] for h in r.json()["hits"]]
+    assert len(ids) == 5 and "0#0" not in ids
+
+
+def test_search_rejects_bad_requests(hash_index: Path) -> None:
+    """issue 11 item "/search": bad input gets a clear TEI-shaped error naming the field."""
+    app = create_app(HashEmbedder(), ServerConfig(index=str(hash_index)))
+    with TestClient(app) as client:
+        cases = [({"query": "q", "k": 0}, 422, "k must be between 1 and 100"),
+                 ({"query": "q", "k": 101}, 422, "k must be between 1 and 100"),
+                 ({"query": ""}, 400, "query[0] is an empty string"),
+                 ({"query": "q", "where": {"topic": {"$near": 1}}}, 422, "unknown filter"),
+                 ({"query": "q", "limit": 3}, 422, "limit"),
+                 ({"k": 3}, 422, "query")]
+        for body, status, message in cases:
+            r = client.post("/search", json=body)
+            assert r.status_code == status, (body, r.text)
+            assert message in r.json()["error"] and r.json()["error_type"]
+
+
+def test_index_of_another_model_is_refused_at_start(hash_index: Path, tmp_path: Path) -> None:
+    """issue 11 item "--index": an index built with another model, a missing folder and a store
+    smysl did not build stop the server before it serves, with the reason; none is modified."""
+
+    class Other(HashEmbedder):
+        name = "other-embedder"
+
+    with pytest.raises(ValueError, match=r"built with model 'hash-embedder'.*--model "
+                                         r"hash-embedder"):
+        create_app(Other(), ServerConfig(index=str(hash_index)))
+    missing = tmp_path / "missing"
+    with pytest.raises(FileNotFoundError, match="no such index folder"):
+        create_app(HashEmbedder(), ServerConfig(index=str(missing)))
+    assert not missing.exists()
+    from smysl.toolkit.stores import open_store
+
+    foreign = tmp_path / "foreign"
+    with open_store(StoreConfig(uri=str(foreign)), 48) as store:  # vectors without smysl's meta
+        store.upsert(["a"], np.eye(1, 48, dtype=np.float32))
+    with pytest.raises(ValueError, match="no smysl index metadata"):
+        create_app(HashEmbedder(), ServerConfig(index=str(foreign)))
+    with open_store(StoreConfig(uri=str(foreign))) as store:
+        assert store.read_meta() == {}  # not claimed for the served model
+    with pytest.raises(ValueError, match="index"):
+        ServerConfig(index=" ")
+
+
+def test_serve_cli_refuses_a_foreign_index(tiny_dir, hash_index, monkeypatch, capsys) -> None:  # type: ignore[no-untyped-def]
+    """issue 11 item "--index": `smysl serve --index` passes the index on, and a mismatch is an
+    error message and exit code 2 before anything listens."""
+    import smysl.server
+    from smysl.cli import main
+
+    built: list[object] = []
+
+    def build_only(embedder: Any, config: ServerConfig, **kw: Any) -> int:
+        built.append(create_app(embedder, config))  # what serve() does before it binds a port
+        return 0
+
+    monkeypatch.setattr(smysl.server, "serve", build_only)
+    rc = main(["serve", "--model", str(tiny_dir), "--device", "cpu", "--in-process",
+               "--index", str(hash_index)])
+    assert rc == 2 and built == []
+    err = capsys.readouterr().err
+    assert "smysl serve: error: --index" in err and "'hash-embedder'" in err
+
+
+# ---------------------------------------------------------------------------- browser
+
+
+@pytest.fixture(scope="module")
+def chromium() -> Iterator[Any]:
+    if not CHROMIUM.exists():
+        pytest.skip(f"{CHROMIUM} is absent (apt-get install chromium); the README test command "
+                    "installs it")
+    from playwright.sync_api import sync_playwright  # the dev extra; no browser download
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), headless=True,
+                                    args=CHROMIUM_ARGS)
+        yield browser
+        browser.close()
+
+
+class Page:
+    """A fresh browser page that records console errors, page errors and requests."""
+
+    def __init__(self, browser: Any) -> None:
+        self.context = browser.new_context(viewport={"width": 1200, "height": 900})
+        self.page = self.context.new_page()
+        self.errors: list[str] = []
+        self.requests: list[str] = []
+        self.page.on("console", lambda m: m.type == "error" and self.errors.append(m.text))
+        self.page.on("pageerror", lambda e: self.errors.append(f"page error: {e}"))
+        self.page.on("request", lambda r: self.requests.append(r.url))
+
+    def cells(self) -> np.ndarray:
+        """The heatmap's shown values, ``[queries, documents]``."""
+        rows = self.page.locator("#heatmap tbody tr")
+        return np.array([[float(t) for t in rows.nth(i).locator("td.cell").all_inner_texts()]
+                         for i in range(rows.count())])
+
+
+def lines(page: Any, selector: str) -> list[str]:
+    return [s.strip() for s in page.input_value(selector).split("\n") if s.strip()]
+
+
+def cosines(embedder: BaseEmbedder, queries: list[str], docs: list[str], dims: int) -> np.ndarray:
+    """The in-process reference: queries with the model's query instruction, documents bare."""
+    q = embedder.embed(queries, instruction=embedder.choose_instruction(role="query"),
+                       dimensions=dims)
+    d = embedder.embed(docs, instruction=embedder.choose_instruction(role="document"),
+                       dimensions=dims)
+    return np.asarray(q @ d.T)
+
+
+@pytest.mark.browser
+def test_page_in_chromium(chromium, tiny, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """issue 11 item "/ui in a real browser": the page loads, the heatmap shows the in-process
+    cosines, the Matryoshka slider re-embeds at another size, a search shows the toolkit's hits
+    with scores, every field has a label, and nothing lands on the console."""
+    kb = build_index(tiny, tmp_path / "kb")
+    with live_server(tiny, index=str(kb)) as url:
+        view = Page(chromium)
+        page = view.page
+        try:
+            page.goto(f"{url}/ui")
+            page.wait_for_selector("#heatmap[data-dims='64'] td.cell")
+            queries, docs = lines(page, "#queries"), lines(page, "#documents")
+            shown = view.cells()
+            assert shown.shape == (len(queries), len(docs)) == (2, 3)
+            full = cosines(tiny, queries, docs, 64)
+            np.testing.assert_allclose(shown, full, atol=1e-3)
+            assert page.locator("#dims-out").inner_text() == "64 dims"
+            assert page.locator("#model-facts").inner_text().count("32–64 dimensions") == 1
+            # unlabelled controls are invisible to screen readers
+            unlabelled = page.evaluate("""[...document.querySelectorAll('input, textarea')]
+                .filter(e => e.labels.length === 0).map(e => e.id)""")
+            assert unlabelled == []
+
+            page.locator("#dims").fill("0")  # the first step: the smallest size
+            page.wait_for_selector("#heatmap[data-dims='32'] td.cell")
+            assert page.locator("#dims-out").inner_text() == "32 dims"
+            cut = view.cells()
+            np.testing.assert_allclose(cut, cosines(tiny, queries, docs, 32), atol=1e-3)
+            assert np.abs(cut - full).max() > 1e-3  # the slider changed the values shown
+
+            page.get_by_label("Search query", exact=True).fill("a cat that purrs")
+            page.get_by_label("Hits", exact=True).fill("4")
+            page.get_by_role("button", name="Search", exact=True).click()
+            page.wait_for_selector("#hits li.hit")
+            hits = toolkit_search(tiny, kb, "a cat that purrs", 4)
+            assert page.locator("#hits li.hit .hit-id").all_inner_texts() == [h.id for h in hits]
+            scores = [float(s) for s in page.locator("#hits .score").all_inner_texts()]
+            np.testing.assert_allclose(scores, [h.score for h in hits], atol=1e-3)
+            assert page.locator("#hits .snippet").first.inner_text() == hits[0].payload["text"]
+            assert view.errors == []
+        finally:
+            view.context.close()
+
+
+@pytest.mark.browser
+def test_page_with_auth_in_chromium(chromium, tiny, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """issue 11 item "/ui with auth": the page asks for the key before calling anything, then
+    every call carries it (heatmap and search work), and no 401 reaches the console."""
+    kb = build_index(tiny, tmp_path / "kb")
+    with live_server(tiny, index=str(kb), api_key="s3cret") as url:
+        view = Page(chromium)
+        page = view.page
+        try:
+            page.goto(f"{url}/ui")
+            page.get_by_label("API key", exact=True).wait_for()
+            assert page.locator("#similarity").is_hidden()
+            assert [u for u in view.requests if u != f"{url}/ui"] == []  # nothing before the key
+            page.get_by_label("API key", exact=True).fill("s3cret")
+            page.get_by_role("button", name="Use key", exact=True).click()
+            page.wait_for_selector("#heatmap td.cell")
+            assert view.cells().shape == (2, 3)
+            assert page.locator("#auth").is_hidden()
+            assert page.evaluate("sessionStorage.getItem('smysl-api-key')") == "s3cret"
+            page.get_by_label("Search query", exact=True).fill("dogs")
+            page.get_by_role("button", name="Search", exact=True).click()
+            page.wait_for_selector("#hits li.hit")
+            assert page.locator("#hits li.hit").count() == 5  # the page's default k
+            assert view.errors == []
+        finally:
+            view.context.close()
