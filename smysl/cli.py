@@ -1,6 +1,7 @@
 """``smysl`` command line. Each subcommand lives in ``smysl/commands/<name>.py`` and defines
-``HELP``, ``add_arguments(parser)`` and ``run(args) -> int``; heavy imports stay inside ``run``
-so that ``smysl --help`` is instant.
+``HELP``, ``add_arguments(parser)`` and ``run(args) -> int`` (or, for a module holding several
+related commands, an object with those three attributes: ``"module:NAME"``); heavy imports stay
+inside ``run`` so that ``smysl --help`` is instant.
 """
 
 from __future__ import annotations
@@ -19,6 +20,9 @@ COMMANDS: dict[str, str] = {
     "classify": "smysl.commands.classify",
     "cluster": "smysl.commands.cluster",
     "dedup": "smysl.commands.dedup",
+    "models": "smysl.commands.models:MODELS",
+    "pull": "smysl.commands.models:PULL",
+    "show": "smysl.commands.models:SHOW",
 }
 
 
@@ -29,18 +33,27 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser.add_argument("--version", action="version", version=f"smysl {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for name, module_name in COMMANDS.items():
-        module = importlib.import_module(module_name)
-        p = sub.add_parser(name, help=module.HELP, description=module.HELP)
-        module.add_arguments(p)
-        p.set_defaults(_run=module.run)
+    for name, target in COMMANDS.items():
+        module_name, _, attr = target.partition(":")
+        command = importlib.import_module(module_name)
+        if attr:
+            command = getattr(command, attr)
+        p = sub.add_parser(name, help=command.HELP, description=command.HELP)
+        command.add_arguments(p)
+        p.set_defaults(_run=command.run)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from smysl.tokenize import InputTooLongError
+
     args = build_parser().parse_args(argv)
     try:
         return int(args._run(args) or 0)
+    except InputTooLongError as e:  # worded with the flag, not the Python argument
+        print(f"smysl {args.command}: error: {e.describe(f'input {e.index}', audience='cli')}",
+              file=sys.stderr)
+        return 2
     except (ValueError, FileNotFoundError, ImportError) as e:
         print(f"smysl {args.command}: error: {e}", file=sys.stderr)
         return 2

@@ -17,21 +17,32 @@ EOS_ID = 151643
 Direction = Literal["right", "left"]
 
 
+#: Who reads an error: Python callers, command-line users, or HTTP clients.
+Audience = Literal["python", "cli", "http"]
+
+#: How each audience asks for truncation: the one wording of the hint.
+TRUNCATE_HINT: dict[str, str] = {
+    "python": "pass truncate=True",
+    "cli": "pass --truncate",
+    "http": "ask for truncation",  # each API spells it its own way (TEI/Ollama "truncate")
+}
+
+
 class InputTooLongError(ValueError):
     """An input has more tokens than the model accepts and truncation was not requested.
 
     ``index``, ``tokens`` and ``limit`` say which input, how long it is (EOS included) and the
     most allowed; :meth:`describe` words it for a caller's own name of the input (the server's
-    ``input[3]``).
+    ``input[3]``) and audience. ``str(error)`` is the Python caller's wording.
     """
 
     def __init__(self, *, index: int, tokens: int, limit: int, who: str = "the model") -> None:
         self.index, self.tokens, self.limit, self.who = index, tokens, limit, who
-        super().__init__(self.describe(f"input {index}"))
+        super().__init__(self.describe(f"input {index}", audience="python"))
 
-    def describe(self, what: str) -> str:
+    def describe(self, what: str, *, audience: Audience = "http") -> str:
         return (f"{what} has {self.tokens} tokens (special tokens included) but {self.who} "
-                f"takes at most {self.limit}; shorten it or ask for truncation")
+                f"takes at most {self.limit}; shorten it or {TRUNCATE_HINT[audience]}")
 
 
 def fit_length(ids: list[int], limit: int, *, eos_id: int, truncate: bool, index: int = 0,

@@ -91,13 +91,13 @@ def write_st_files(root: Path, hidden: int) -> None:
 def build_tiny(root: Path, *, heads: int = 4, kv_heads: int = 2, tied: bool = True,
                eos_tokenizer: bool = True, dtype: str = "float32", causal_lm: bool = False,
                shard: bool = False, st_files: bool = True, seed: int = 0,
-               max_positions: int = 512) -> Tiny:
+               max_positions: int = 512, hidden: int = 64) -> Tiny:
     import torch
     from transformers import Qwen3Config, Qwen3ForCausalLM, Qwen3Model
 
     torch.manual_seed(seed)
     cfg = Qwen3Config(
-        vocab_size=151669, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+        vocab_size=151669, hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=2,
         num_attention_heads=heads, num_key_value_heads=kv_heads, head_dim=16,
         max_position_embeddings=max_positions, rope_theta=1_000_000.0, rms_norm_eps=1e-6,
         tie_word_embeddings=tied,
@@ -122,8 +122,38 @@ def build_tiny(root: Path, *, heads: int = 4, kv_heads: int = 2, tied: bool = Tr
     else:
         shutil.copy(src / "tokenizer.json", root / "tokenizer.json")
     if st_files:
-        write_st_files(root, hidden=64)
+        write_st_files(root, hidden=hidden)
     return Tiny(root, heads, kv_heads, tied, eos_tokenizer, dtype)
+
+
+def fake_hub_cache(cache: Path, repo: str, src: Path,
+                   commit: str = "1f0c5a4b6a4f0e6f8c7d9e0a1b2c3d4e5f607182") -> Path:
+    """``src`` laid out as the Hugging Face cache does, so that ``repo`` loads offline with
+    ``HF_HUB_CACHE=cache``: ``models--org--name/blobs/<sha256>`` (hard links where possible),
+    ``snapshots/<commit>/<file>`` symlinks to the blobs, ``refs/main`` naming the commit."""
+    import hashlib
+    import os
+
+    base = cache / ("models--" + repo.replace("/", "--"))
+    snap = base / "snapshots" / commit
+    (base / "blobs").mkdir(parents=True, exist_ok=True)
+    for f in sorted(p for p in src.rglob("*") if p.is_file()):
+        h = hashlib.sha256()
+        with f.open("rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                h.update(chunk)
+        blob = base / "blobs" / h.hexdigest()
+        if not blob.exists():
+            try:
+                os.link(f, blob)
+            except OSError:
+                shutil.copyfile(f, blob)
+        link = snap / f.relative_to(src)
+        link.parent.mkdir(parents=True, exist_ok=True)
+        link.symlink_to(os.path.relpath(blob, link.parent))
+    (base / "refs").mkdir(exist_ok=True)
+    (base / "refs" / "main").write_text(commit)
+    return snap
 
 
 def reference_embed(path: Path, texts: list[str], dims: int | None = None) -> np.ndarray:

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from qwen_tiny import fake_hub_cache
 
 from smysl.cli import main
 from smysl.qwen3.embedder import Embedder
@@ -71,3 +72,196 @@ def test_version_and_task_list_need_no_model(capsys: pytest.CaptureFixture[str])
     assert "sts-ru" in capsys.readouterr().out
     assert main(["eval"]) == 2
     assert "--model" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------- smysl models / pull / show
+COMMIT = "1f0c5a4b6a4f0e6f8c7d9e0a1b2c3d4e5f607182"
+
+
+def _gguf(path: Path, meta: dict[str, object]) -> bytes:
+    """A GGUF header (no tensors) with ``meta``: str -> string, int -> u32, list[str] ->
+    string array, list[float] -> f32 array; returns the bytes written."""
+    import struct
+
+    def s(x: str) -> bytes:
+        b = x.encode()
+        return struct.pack("<Q", len(b)) + b
+
+    out = b"GGUF" + struct.pack("<IQQ", 3, 0, len(meta))
+    for k, v in meta.items():
+        out += s(k)
+        if isinstance(v, str):
+            out += struct.pack("<I", 8) + s(v)
+        elif isinstance(v, int):
+            out += struct.pack("<II", 4, v)
+        elif isinstance(v, list) and v and isinstance(v[0], str):
+            out += struct.pack("<IIQ", 9, 8, len(v)) + b"".join(s(x) for x in v)
+        else:
+            assert isinstance(v, list)
+            out += struct.pack("<IIQ", 9, 6, len(v)) + struct.pack(f"<{len(v)}f", *v)
+    path.write_bytes(out)
+    return out
+
+
+def fake_ollama_store(root: Path) -> None:
+    """Ollama's layout: ``manifests/registry.ollama.ai/library/<model>/<tag>`` (JSON naming
+    the config and layer digests) and ``blobs/sha256-<hex>``; an embedding model (GGUF with
+    ``qwen3.pooling_type``) and a chat model."""
+    import hashlib
+
+    (root / "blobs").mkdir(parents=True)
+
+    def blob(data: bytes) -> dict[str, object]:
+        digest = "sha256:" + hashlib.sha256(data).hexdigest()
+        (root / "blobs" / digest.replace(":", "-")).write_bytes(data)
+        return {"digest": digest, "size": len(data)}
+
+    for model, tag, arch, embed, ftype in [("qwen3-embedding", "0.6b", "qwen3", True, "Q8_0"),
+                                           ("llama3.2", "1b", "llama", False, "Q4_K_M")]:
+        meta: dict[str, object] = {"general.architecture": arch,
+                                   "tokenizer.ggml.tokens": ["a", "b", "<|endoftext|>"],
+                                   "tokenizer.ggml.scores": [0.0, -1.0, -2.0],
+                                   f"{arch}.embedding_length": 1024 if embed else 2048,
+                                   f"{arch}.context_length": 32768, f"{arch}.block_count": 28}
+        if embed:
+            meta[f"{arch}.pooling_type"] = 3
+        gguf = _gguf(root / "tmp.gguf", meta)
+        (root / "tmp.gguf").unlink()
+        config = json.dumps({"model_format": "gguf", "model_family": arch,
+                             "model_type": "596M", "file_type": ftype}).encode()
+        manifest = {"schemaVersion": 2,
+                    "config": {"mediaType": "application/vnd.docker.container.image.v1+json",
+                               **blob(config)},
+                    "layers": [{"mediaType": "application/vnd.ollama.image.model", **blob(gguf)},
+                               {"mediaType": "application/vnd.ollama.image.license",
+                                **blob(b"Apache-2.0")}]}
+        d = root / "manifests" / "registry.ollama.ai" / "library" / model
+        d.mkdir(parents=True)
+        (d / tag).write_text(json.dumps(manifest))
+
+
+@pytest.fixture
+def machine(tiny_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A fake HF cache (a Qwen3-Embedding snapshot, an st model, a chat model) and Ollama store."""
+    cache = tmp_path / "hf"
+    fake_hub_cache(cache, "Qwen/Qwen3-Embedding-0.6B", tiny_dir)
+    chat = tmp_path / "chat"
+    chat.mkdir()
+    (chat / "config.json").write_text(json.dumps({"model_type": "qwen3", "hidden_size": 8}))
+    fake_hub_cache(cache, "Qwen/Qwen3-0.6B", chat)
+    fake_ollama_store(tmp_path / "ollama")
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    monkeypatch.setenv("OLLAMA_MODELS", str(tmp_path / "ollama"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    return cache
+
+
+def test_models_lists_hub_cache_ollama_and_aliases(machine: Path, tiny_dir: Path,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    """issue 11 item 12: `smysl models` shows what is on the machine (Ollama's `list`)."""
+    assert main(["models", "--json"]) == 0
+    rows = {r["name"]: r for r in json.loads(capsys.readouterr().out)}
+    hub = rows["Qwen/Qwen3-Embedding-0.6B"]
+    weights = (tiny_dir / "model.safetensors").stat().st_size
+    assert hub["source"] == "hub" and hub["dimensions"] == 64 and hub["dtype"] == "float32"
+    assert hub["size"] >= weights and hub["where"].endswith(COMMIT)
+    assert hub["max_tokens"] == 512
+    assert "Qwen/Qwen3-0.6B" not in rows  # a chat model is not listed...
+    olla = rows["ollama:qwen3-embedding:0.6b"]
+    assert (olla["source"], olla["dimensions"], olla["dtype"], olla["max_tokens"]) == (
+        "ollama", 1024, "Q8_0", 32768)
+    assert "ollama:llama3.2:1b" not in rows
+    assert rows["qwen3-embedding:0.6b"]["size"] == hub["size"]
+    assert rows["qwen3-embedding:8b"]["size"] is None
+    assert "not downloaded" in rows["qwen3-embedding:8b"]["where"]
+    assert main(["models", "--all"]) == 0  # ...unless asked for
+    table = capsys.readouterr().out
+    assert table.splitlines()[0].split() == ["NAME", "SOURCE", "SIZE", "DIMS", "DTYPE", "WHERE"]
+    assert "Qwen/Qwen3-0.6B" in table and "ollama:llama3.2:1b" in table and "Q4_K_M" in table
+
+
+def test_models_with_nothing_on_the_machine(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                            capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "none"))
+    monkeypatch.setenv("OLLAMA_MODELS", str(tmp_path / "none2"))
+    assert main(["models", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [r["source"] for r in rows] == ["alias"] * 4
+
+
+def test_show_reads_config_and_headers_only(machine: Path, tiny_dir: Path,
+                                            capsys: pytest.CaptureFixture[str]) -> None:
+    """issue 11 item 12: `smysl show` (Ollama's `show`) from files, no weights loaded."""
+    import hashlib
+
+    assert main(["show", "qwen3-embedding:0.6b", "--json"]) == 0
+    got = json.loads(capsys.readouterr().out)
+    d = got["details"]
+    assert got["name"] == "Qwen/Qwen3-Embedding-0.6B" and d["backend"] == "qwen3"
+    assert (d["layers"], d["hidden"], d["heads"], d["kv_heads"]) == (2, 64, 4, 2)
+    assert d["dimensions_range"] == [32, 64] and got["max_tokens"] == 512
+    assert d["revision"] == COMMIT
+    sha = hashlib.sha256((tiny_dir / "model.safetensors").read_bytes()).hexdigest()
+    assert d["weights_sha256"] == {"model.safetensors": sha}
+    import torch
+    from safetensors.torch import load_file
+
+    assert d["parameters"] == sum(t.numel() for t in
+                                  load_file(tiny_dir / "model.safetensors").values())
+    assert "tokenizer.json" in d["files"] and "1_Pooling/config.json" in d["files"]
+    assert torch is not None
+    assert main(["show", str(tiny_dir)]) == 0
+    text = capsys.readouterr().out
+    assert "dimensions:   32..64" in text and "layers:       2" in text
+    assert "revision" not in text  # a plain directory has no Hub commit
+    assert main(["show", "ollama:qwen3-embedding:0.6b"]) == 0
+    text = capsys.readouterr().out
+    assert "Q8_0" in text and "pooling_type: 3" in text and "layers:       28" in text
+
+
+def test_show_and_pull_errors_are_smysl_errors(machine: Path, tmp_path: Path,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    """issue 11 items 11-12: offline and missing models get smysl's words, not the Hub
+    library's (`local_files_only=False`)."""
+    assert main(["show", "qwen3-embedding:8b"]) == 2
+    err = capsys.readouterr().err
+    assert "smysl pull Qwen/Qwen3-Embedding-8B" in err and "local_files_only" not in err
+    assert main(["show", "ollama:nomic-embed-text"]) == 2
+    assert "not in the Ollama store" in capsys.readouterr().err
+    assert main(["show", "tei:http://127.0.0.1:1"]) == 2
+    assert "remote" in capsys.readouterr().err
+    assert main(["pull", "qwen3-embedding:8b"]) == 2
+    err = capsys.readouterr().err
+    assert "offline mode is on" in err and "local_files_only" not in err
+    assert main(["pull", "ollama:qwen3-embedding:0.6b"]) == 2
+    assert "ollama pull qwen3-embedding:0.6b" in capsys.readouterr().err
+    assert main(["pull", str(tmp_path)]) == 2
+    assert "not a Hugging Face repo id" in capsys.readouterr().err
+
+
+def test_pull_of_a_cached_model_offline_reports_it(machine: Path,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["pull", "qwen3-embedding:0.6b"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("Qwen/Qwen3-Embedding-0.6B: ") and "64 dims, float32" in out
+    assert f"revision {COMMIT}" in out
+
+
+def test_too_long_input_names_the_flag_for_cli_users(
+        tiny_dir: Path, tiny: Embedder, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """issue 11 item 11: CLI users were told `truncate=True`; now `--truncate` (Python callers
+    still see `truncate=True`, HTTP clients neither)."""
+    from smysl.tokenize import InputTooLongError
+
+    long = "word " * 3000
+    code, _, err = _run(monkeypatch, capsys, ["embed", "--model", str(tiny_dir), "--device",
+                                              "cpu"], f"short\n{long}\n")
+    assert code == 2 and "input 1 has" in err and "pass --truncate" in err
+    assert "truncate=True" not in err
+    with pytest.raises(InputTooLongError) as e:
+        tiny.embed(["short", long])
+    assert "pass truncate=True" in str(e.value) and "--truncate" not in str(e.value)
+    http = e.value.describe("input[1]")
+    assert http.startswith("input[1] has") and "truncate=True" not in http
+    assert "--truncate" not in http

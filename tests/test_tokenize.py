@@ -38,7 +38,7 @@ def test_eos_exactly_once_and_identical_ids(both: tuple[Tokenizer, Tokenizer]) -
 def test_over_long_input_is_an_error_by_default(both: tuple[Tokenizer, Tokenizer]) -> None:
     base, _ = both
     long = "слово " * 200
-    with pytest.raises(InputTooLongError, match="ask for truncation"):
+    with pytest.raises(InputTooLongError, match="pass truncate=True"):
         base.encode(["short", long])
 
 

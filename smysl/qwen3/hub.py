@@ -43,36 +43,98 @@ class Checkpoint:
     pooling: dict[str, Any] = field(default_factory=dict)
 
 
+def repo_id(model: str) -> str:
+    """The Hub repo id ``model`` names: an alias's target, else ``model`` itself."""
+    return ALIASES.get(model.lower(), model)
+
+
 def resolve(model: str, *, revision: str | None = None, cache_dir: str | None = None,
             offline: bool | None = None) -> Path:
-    """Return a local directory for ``model`` (a path, an alias, or a Hub repo id)."""
+    """Return a local directory for ``model`` (a path, an alias, or a Hub repo id).
+
+    A Hub model comes from the cache, downloaded first when missing or outdated; when the Hub
+    cannot be reached the cached copy is used."""
     path = Path(model).expanduser()
     if path.is_dir():
         return path
-    repo = ALIASES.get(model.lower(), model)
+    repo = repo_id(model)
     if path.exists() or repo.count("/") != 1 or repo.startswith((".", "/")):
         raise ModelNotFoundError(f"{model!r} is not a model directory nor a Hugging Face repo id")
-    try:
-        from huggingface_hub import snapshot_download
-    except ImportError as e:  # pragma: no cover - a core dependency
-        raise ModelNotFoundError("huggingface_hub is required to download models") from e
+    return download(repo, revision=revision, cache_dir=cache_dir, offline=offline)
+
+
+def download(repo: str, *, revision: str | None = None, cache_dir: str | None = None,
+             offline: bool | None = None, fallback: bool = True) -> Path:
+    """Snapshot the files the engine reads of Hub repo ``repo`` into the HF cache (tqdm bars
+    unless ``HF_HUB_DISABLE_PROGRESS_BARS``); returns the snapshot directory.
+
+    ``offline`` (default: ``HF_HUB_OFFLINE``) reads the cache only; ``fallback`` uses the cache
+    when the Hub cannot be reached. Failures are a :class:`ModelNotFoundError` in smysl's words
+    (the Hub library's exception stays chained)."""
+    from huggingface_hub import snapshot_download
+
     if offline is None:
-        offline = os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes")
-    kwargs: dict[str, Any] = dict(repo_id=repo, revision=revision, cache_dir=cache_dir,
-                                  allow_patterns=_PATTERNS)
+        offline = os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes", "on")
+    kwargs: dict[str, Any] = dict(repo_id=repo, revision=revision,
+                                  cache_dir=str(hub_cache(cache_dir)), allow_patterns=_PATTERNS)
     try:
         return Path(snapshot_download(local_files_only=offline, **kwargs))
-    except Exception as first:  # network down, or offline and not cached
-        if not offline:
+    except Exception as first:  # network down, no such repo, or offline and not cached
+        if not offline and fallback:
             try:  # fall back on whatever the cache already holds
                 return Path(snapshot_download(local_files_only=True, **kwargs))
             except Exception:
                 pass
-        raise ModelNotFoundError(
-            f"model {repo!r} is not a local directory, is not in the Hugging Face cache"
-            f"{' (offline mode)' if offline else ''}, and could not be downloaded: {first}. "
-            "Download it once with network access (or copy the directory) and pass its path."
-        ) from first
+        raise ModelNotFoundError(_hub_failure(repo, revision, cache_dir, offline, first)) \
+            from first
+
+
+def hub_cache(cache_dir: str | None = None) -> Path:
+    """The Hugging Face cache directory in use (``HF_HUB_CACHE``, ``HF_HOME``/hub, ...), read
+    from the environment at call time."""
+    if cache_dir:
+        return Path(cache_dir).expanduser()
+    from huggingface_hub import constants
+
+    return Path(os.environ.get("HF_HUB_CACHE") or constants.HF_HUB_CACHE).expanduser()
+
+
+def _hub_failure(repo: str, revision: str | None, cache_dir: str | None, offline: bool,
+                 error: BaseException) -> str:
+    """Why ``repo`` could not be had, for people: no library internals, what to do next."""
+    from huggingface_hub import errors
+
+    where = f"the Hugging Face cache ({hub_cache(cache_dir)})"
+    rev = f" at revision {revision!r}" if revision else ""
+    if offline:
+        return (f"model {repo!r}{rev} is not in {where} and offline mode is on "
+                "(HF_HUB_OFFLINE): download it once with network access (`smysl pull "
+                f"{repo}`) or pass a checkpoint directory")
+    if isinstance(error, errors.GatedRepoError):
+        return (f"model {repo!r} is gated on the Hugging Face Hub: accept its terms on "
+                f"https://huggingface.co/{repo} and set HF_TOKEN (or `hf auth login`)")
+    if isinstance(error, errors.RevisionNotFoundError):
+        return f"model {repo!r} has no revision {revision!r} on the Hugging Face Hub"
+    if isinstance(error, errors.RepositoryNotFoundError):
+        return (f"no model {repo!r} on the Hugging Face Hub (or it is private: set HF_TOKEN); "
+                "check the name (`smysl models` lists what is cached)")
+    from huggingface_hub import constants
+
+    return (f"could not download model {repo!r}{rev} from the Hugging Face Hub "
+            f"({constants.ENDPOINT}: {_root_cause(error)}) and it is not in {where}; check the "
+            "network (HF_ENDPOINT, HTTPS_PROXY) or pass a checkpoint directory")
+
+
+def _root_cause(error: BaseException) -> str:
+    """The first line of the innermost exception (``ConnectError: [Errno -2] Name or service
+    not known``); the Hub library's own wrapper text is not shown."""
+    while error.__cause__ is not None or error.__context__ is not None:
+        error = error.__cause__ or error.__context__  # type: ignore[assignment]
+    text = str(error).strip().splitlines()
+    first = text[0] if text else ""
+    if first.startswith("Got: "):  # LocalEntryNotFoundError("Got: ConnectError: ...\n...")
+        return first[5:]
+    return f"{type(error).__name__}: {first}" if first else type(error).__name__
 
 
 def _json(path: Path) -> dict[str, Any]:

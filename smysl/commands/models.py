@@ -1,0 +1,469 @@
+"""``smysl models``, ``smysl pull``, ``smysl show``: which models this machine holds, fetching one,
+and what one is — read from files (configs, safetensors and GGUF headers), never by loading
+weights.
+
+Three places hold models: the Hugging Face cache (``HF_HUB_CACHE``; what ``smysl.load`` and
+``smysl pull`` download into), the Ollama store (``OLLAMA_MODELS``, default
+``~/.ollama/models``: ``manifests/<host>/<namespace>/<model>/<tag>`` JSON naming
+``blobs/sha256-<hex>`` files) and smysl's aliases (:data:`smysl.registry.ALIASES`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import struct
+import sys
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from smysl.pooling import MIN_DIMENSIONS
+from smysl.registry import ALIASES, split
+
+_OLLAMA_MODEL = "application/vnd.ollama.image.model"
+_OLLAMA_HOST = "registry.ollama.ai"
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+#: safetensors dtype codes -> the names smysl reports (``ModelInfo.dtype``).
+_ST_DTYPES = {"F32": "float32", "BF16": "bfloat16", "F16": "float16", "F64": "float64",
+              "I8": "int8", "U8": "uint8", "F8_E4M3": "float8_e4m3fn", "F8_E5M2": "float8_e5m2"}
+
+
+@dataclass(frozen=True)
+class Command:
+    """One subcommand's ``HELP``, ``add_arguments`` and ``run`` (the module protocol of
+    :mod:`smysl.cli`)."""
+
+    HELP: str
+    add_arguments: Callable[[argparse.ArgumentParser], None]
+    run: Callable[[argparse.Namespace], int]
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    """One model found on this machine (a row of ``smysl models``)."""
+
+    #: What to pass to ``--model`` / ``smysl.load``.
+    name: str
+    #: ``hub`` (Hugging Face cache), ``ollama`` (Ollama store) or ``alias``.
+    source: str
+    #: Bytes on disk; None when not downloaded.
+    size: int | None
+    #: Native output size, None when unknown.
+    dimensions: int | None
+    #: Weight dtype (``bfloat16``) or quantization (``Q8_0``), None when unknown.
+    dtype: str | None
+    #: Snapshot directory, model blob, or (aliases) the Hub repo id it stands for.
+    where: str
+    #: Most tokens per input, None when unknown.
+    max_tokens: int | None = None
+    #: Extra facts ``smysl show`` prints (layers, heads, files, revision, digests...).
+    details: dict[str, Any] = field(default_factory=dict, compare=False)
+
+
+# ---------------------------------------------------------------------- checkpoint directories
+def _json(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _weight_files(root: Path) -> list[Path]:
+    index = _json(root / "model.safetensors.index.json")
+    if index:
+        return [root / s for s in sorted(set(index.get("weight_map", {}).values()))]
+    return sorted(root.glob("*.safetensors"))
+
+
+def safetensors_summary(files: list[Path]) -> tuple[int, str | None]:
+    """(parameter count, dtype holding most parameters) from the safetensors headers only."""
+    params: dict[str, int] = {}
+    for f in files:
+        try:
+            with f.open("rb") as fh:
+                (n,) = struct.unpack("<Q", fh.read(8))
+                header = json.loads(fh.read(n))
+        except (OSError, ValueError, struct.error):
+            continue
+        for name, t in header.items():
+            if name != "__metadata__":
+                count = 1
+                for d in t["shape"]:
+                    count *= int(d)
+                params[t["dtype"]] = params.get(t["dtype"], 0) + count
+    if not params:
+        return 0, None
+    top = max(params, key=lambda k: params[k])
+    return sum(params.values()), _ST_DTYPES.get(top, top.lower())
+
+
+def embedding_kind(root: Path, name: str) -> str | None:
+    """The smysl scheme that runs the checkpoint in ``root`` as an embedding model: ``qwen3``
+    (the native engine: a Qwen3 with last-token pooling), ``st`` (other sentence-transformers
+    models), or None when it does not look like an embedding model."""
+    config = _json(root / "config.json")
+    st_files = (root / "modules.json").is_file() or (
+        root / "config_sentence_transformers.json").is_file()
+    pooling = _json(root / "1_Pooling" / "config.json")
+    last_token = not pooling or bool(pooling.get("pooling_mode_lasttoken"))
+    if config.get("model_type") == "qwen3" and last_token and (st_files or "embed" in name.lower()):
+        return "qwen3"
+    if st_files or "embed" in name.lower():
+        return "st"
+    return None
+
+
+def checkpoint_entry(root: Path, name: str, source: str, *, size: int | None = None,
+                     kind: str | None = None) -> ModelEntry:
+    """Facts of a checkpoint directory (configs and safetensors headers; weights not read)."""
+    config = _json(root / "config.json")
+    kind = kind or embedding_kind(root, name) or "st"
+    pooling = _json(root / "1_Pooling" / "config.json")
+    hidden = config.get("hidden_size")
+    dims = pooling.get("word_embedding_dimension") or hidden
+    weights = _weight_files(root)
+    params, dtype = safetensors_summary(weights)
+    dtype = dtype or config.get("torch_dtype") or config.get("dtype")
+    files = sorted(p for p in root.rglob("*") if p.is_file())
+    disk = size if size is not None else sum(p.stat().st_size for p in files)
+    max_tokens = (_json(root / "sentence_bert_config.json").get("max_seq_length")
+                  or config.get("max_position_embeddings"))
+    details: dict[str, Any] = {
+        "backend": kind,
+        "architecture": ", ".join(config.get("architectures") or []) or config.get("model_type"),
+        "layers": config.get("num_hidden_layers"),
+        "hidden": hidden,
+        "heads": config.get("num_attention_heads"),
+        "kv_heads": config.get("num_key_value_heads"),
+        "intermediate": config.get("intermediate_size"),
+        "vocab": config.get("vocab_size"),
+        "dimensions_range": ([min(MIN_DIMENSIONS, int(dims)), int(dims)]
+                             if kind == "qwen3" and dims else [dims, dims]),
+        "parameters": params or None,
+        "query_prompt": _json(root / "config_sentence_transformers.json").get(
+            "prompts", {}).get("query"),
+        "files": {str(p.relative_to(root)): p.stat().st_size for p in files},
+    }
+    details.update(_hub_fingerprint(root, weights))
+    model = name if kind == "qwen3" else f"st:{name}"
+    return ModelEntry(model, source, disk, int(dims) if dims else None, dtype, str(root),
+                      int(max_tokens) if max_tokens else None, details)
+
+
+def _hub_fingerprint(root: Path, weights: list[Path]) -> dict[str, Any]:
+    """A Hub snapshot names its commit, and its LFS blobs are named by their SHA-256: the
+    exact identity of the weights, free to read. Empty for other directories."""
+    if root.parent.name != "snapshots" or not root.parent.parent.name.startswith("models--"):
+        return {}
+    out: dict[str, Any] = {"revision": root.name}
+    digests = {w.name: Path(os.path.realpath(w)).name for w in weights}
+    if digests and all(_SHA256.match(d) for d in digests.values()):
+        out["weights_sha256"] = digests
+    return out
+
+
+# ---------------------------------------------------------------------- Hugging Face cache
+def hub_models(cache_dir: str | None = None, *, every: bool = False) -> list[ModelEntry]:
+    """Models in the Hugging Face cache that look like embedding models (``every``: all)."""
+    from huggingface_hub import scan_cache_dir
+    from huggingface_hub.errors import CacheNotFound
+
+    from smysl.qwen3.hub import hub_cache
+
+    try:
+        info = scan_cache_dir(hub_cache(cache_dir))
+    except CacheNotFound:
+        return []
+    out = []
+    for repo in sorted(info.repos, key=lambda r: r.repo_id.lower()):
+        if repo.repo_type != "model" or not repo.revisions:
+            continue
+        # the revision ``main`` points at, else the newest
+        rev = max(repo.revisions, key=lambda r: ("main" in r.refs, r.last_modified))
+        kind = embedding_kind(rev.snapshot_path, repo.repo_id)
+        if kind is None and not every:
+            continue
+        out.append(checkpoint_entry(rev.snapshot_path, repo.repo_id, "hub",
+                                    size=repo.size_on_disk, kind=kind))
+    return out
+
+
+# ---------------------------------------------------------------------- Ollama store
+def ollama_root() -> Path:
+    """The Ollama model store: ``OLLAMA_MODELS`` or ``~/.ollama/models``."""
+    return Path(os.environ.get("OLLAMA_MODELS") or Path.home() / ".ollama" / "models").expanduser()
+
+
+def _ollama_name(rel: tuple[str, ...]) -> str:
+    host, namespace, model, tag = rel
+    if host == _OLLAMA_HOST:
+        return f"{model}:{tag}" if namespace == "library" else f"{namespace}/{model}:{tag}"
+    return f"{host}/{namespace}/{model}:{tag}"
+
+
+def ollama_models(root: Path | None = None, *, every: bool = False) -> list[ModelEntry]:
+    """Embedding models in the Ollama store (``every``: all), from manifests, the config blob
+    and the GGUF header."""
+    root = root or ollama_root()
+    manifests = root / "manifests"
+    if not manifests.is_dir():
+        return []
+    out = []
+    for path in sorted(manifests.glob("*/*/*/*")):
+        manifest = _json(path) if path.is_file() else {}
+        if not manifest:
+            continue
+        entry = _ollama_entry(root, _ollama_name(path.relative_to(manifests).parts), manifest)
+        if entry is not None and (every or entry.details["embedding"]):
+            out.append(entry)
+    return out
+
+
+def _blob(root: Path, digest: str) -> Path:
+    return root / "blobs" / digest.replace(":", "-")
+
+
+def _ollama_entry(root: Path, name: str, manifest: dict[str, Any]) -> ModelEntry | None:
+    layers = [x for x in manifest.get("layers", []) if isinstance(x, dict)]
+    model = next((x for x in layers if x.get("mediaType") == _OLLAMA_MODEL), None)
+    if model is None:
+        return None
+    config_layer = manifest.get("config") or {}
+    config = _json(_blob(root, str(config_layer.get("digest", ""))))
+    blob = _blob(root, str(model.get("digest", "")))
+    meta = gguf_metadata(blob) if blob.is_file() else {}
+    arch = str(meta.get("general.architecture", config.get("model_family", "")))
+    dims = config.get("embedding_length") or meta.get(f"{arch}.embedding_length")
+    context = config.get("context_length") or meta.get(f"{arch}.context_length")
+    embedding = ("embedding" in (config.get("capabilities") or [])
+                 or f"{arch}.pooling_type" in meta or "embed" in name.lower())
+    size = sum(int(x.get("size", 0)) for x in [*layers, config_layer])
+    details = {"backend": "ollama", "embedding": embedding, "format": config.get("model_format"),
+               "family": config.get("model_family") or arch or None,
+               "parameters": config.get("model_type"), "digest": model.get("digest"),
+               "layers": meta.get(f"{arch}.block_count"),
+               "heads": meta.get(f"{arch}.attention.head_count"),
+               "kv_heads": meta.get(f"{arch}.attention.head_count_kv"),
+               "pooling_type": meta.get(f"{arch}.pooling_type")}
+    return ModelEntry(f"ollama:{name}", "ollama", size, int(dims) if dims else None,
+                      config.get("file_type") or None, str(blob),
+                      int(context) if context else None, details)
+
+
+#: GGUF value types: struct format of the fixed-size ones; 8 = string, 9 = array.
+_GGUF_FIXED = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?",
+               10: "<Q", 11: "<q", 12: "<d"}
+
+
+def gguf_metadata(path: Path) -> dict[str, Any]:
+    """The scalar key/values of a GGUF file's header (arrays such as the vocabulary skipped);
+    empty when ``path`` is not GGUF."""
+    out: dict[str, Any] = {}
+    try:
+        with path.open("rb") as f:
+            if f.read(4) != b"GGUF":
+                return {}
+            _version, _tensors, count = struct.unpack("<IQQ", f.read(20))
+            for _ in range(count):
+                key = _gguf_string(f)
+                (kind,) = struct.unpack("<I", f.read(4))
+                value = _gguf_value(f, kind)
+                if value is not None:
+                    out[key] = value
+    except (OSError, struct.error, UnicodeDecodeError, ValueError):
+        pass  # a truncated or foreign file: keep what was read
+    return out
+
+
+def _gguf_string(f: BinaryIO) -> str:
+    (n,) = struct.unpack("<Q", f.read(8))
+    return f.read(n).decode("utf-8")
+
+
+def _gguf_value(f: BinaryIO, kind: int) -> Any:
+    if kind in _GGUF_FIXED:
+        fmt = _GGUF_FIXED[kind]
+        return struct.unpack(fmt, f.read(struct.calcsize(fmt)))[0]
+    if kind == 8:
+        return _gguf_string(f)
+    if kind != 9:
+        raise ValueError(f"unknown GGUF value type {kind}")
+    item, n = struct.unpack("<IQ", f.read(12))
+    if item in _GGUF_FIXED:  # skip, do not read: token scores are 150k floats
+        f.seek(n * struct.calcsize(_GGUF_FIXED[item]), 1)
+    else:
+        for _ in range(n):
+            _gguf_value(f, item)
+    return None
+
+
+# ---------------------------------------------------------------------- aliases
+def alias_models(cached: list[ModelEntry]) -> list[ModelEntry]:
+    """smysl's aliases, with the facts of the repo each names when it is cached."""
+    by_repo = {e.name.lower(): e for e in cached}
+    out = []
+    for alias, repo in ALIASES.items():
+        hit = by_repo.get(repo.lower())
+        out.append(ModelEntry(alias, "alias", hit.size if hit else None,
+                              hit.dimensions if hit else None, hit.dtype if hit else None,
+                              repo if hit else f"{repo} (not downloaded)",
+                              hit.max_tokens if hit else None))
+    return out
+
+
+def all_models(*, every: bool = False) -> list[ModelEntry]:
+    hub = hub_models(every=every)
+    return [*hub, *ollama_models(every=every), *alias_models(hub)]
+
+
+# ---------------------------------------------------------------------- formatting
+def human_size(n: int | None) -> str:
+    """``48.3 MB`` (decimal units, as ``ollama list`` shows); ``-`` for unknown."""
+    if n is None:
+        return "-"
+    if n < 1000:
+        return f"{n} B"
+    size, unit = n / 1000, "KB"
+    for bigger in ("MB", "GB", "TB"):
+        if size < 1000:
+            break
+        size, unit = size / 1000, bigger
+    return f"{size:.1f} {unit}"
+
+
+def _table(rows: list[list[str]]) -> Iterator[str]:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for r in rows:
+        yield "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()
+
+
+def _row(e: ModelEntry) -> list[str]:
+    return [e.name, e.source, human_size(e.size), str(e.dimensions or "-"), e.dtype or "-",
+            e.where]
+
+
+def _dump(data: Any) -> None:
+    print(json.dumps(data, indent=2, ensure_ascii=False, default=str))
+
+
+# ---------------------------------------------------------------------- smysl models
+def _add_list(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--json", action="store_true", help="JSON instead of a table")
+    p.add_argument("--all", action="store_true",
+                   help="every cached model, not only those that look like embedding models")
+
+
+def _run_list(args: argparse.Namespace) -> int:
+    entries = all_models(every=args.all)
+    if args.json:
+        _dump([{k: v for k, v in asdict(e).items() if k != "details"} for e in entries])
+        return 0
+    print("\n".join(_table([["NAME", "SOURCE", "SIZE", "DIMS", "DTYPE", "WHERE"],
+                            *map(_row, entries)])))
+    return 0
+
+
+# ---------------------------------------------------------------------- smysl pull
+def _add_pull(p: argparse.ArgumentParser) -> None:
+    p.add_argument("model", help="Hub repo id (Qwen/Qwen3-Embedding-0.6B) or alias "
+                                 "(qwen3-embedding:0.6b)")
+    p.add_argument("--revision", default=None, help="branch, tag or commit (default: main)")
+
+
+def _run_pull(args: argparse.Namespace) -> int:
+    from smysl.qwen3.hub import download, repo_id
+
+    scheme, rest = split(args.model)
+    if scheme == "ollama":
+        raise ValueError(f"{args.model!r} lives in Ollama: fetch it with `ollama pull {rest}`")
+    if scheme != "qwen3":
+        raise ValueError(f"{args.model!r} is a {scheme}: model, loaded by its backend; "
+                         "smysl pull fetches Qwen3-Embedding checkpoints from the Hugging Face Hub")
+    repo = repo_id(args.model)
+    if Path(args.model).expanduser().exists() or repo.count("/") != 1:
+        raise ValueError(f"{args.model!r} is not a Hugging Face repo id nor an alias "
+                         f"({', '.join(ALIASES)})")
+    print(f"pulling {repo} from the Hugging Face Hub ...", file=sys.stderr)
+    # no fallback on the cache: a pull that could not reach the Hub must say so
+    path = download(repo, revision=args.revision, fallback=False)
+    entry = checkpoint_entry(path, repo, "hub")
+    print(f"{entry.name}: {human_size(entry.size)}, {entry.dimensions} dims, {entry.dtype}, "
+          f"revision {entry.details.get('revision', '-')} -> {path}")
+    return 0
+
+
+# ---------------------------------------------------------------------- smysl show
+def _add_show(p: argparse.ArgumentParser) -> None:
+    p.add_argument("model", help="checkpoint dir, Hub id, alias, st:ID or ollama:NAME "
+                                 "(must be on this machine: see `smysl models`)")
+    p.add_argument("--json", action="store_true", help="JSON instead of text")
+
+
+def show_entry(model: str) -> ModelEntry:
+    """Facts of ``model`` from local files only (no download, no weights loaded)."""
+    from smysl.qwen3.hub import download, repo_id
+
+    scheme, rest = split(model)
+    if scheme == "ollama":
+        for entry in ollama_models(every=True):
+            if entry.name in (model, f"{model}:latest"):
+                return entry
+        raise FileNotFoundError(f"{rest!r} is not in the Ollama store ({ollama_root()}); "
+                                "`smysl models` lists what is there")
+    if scheme not in ("qwen3", "st"):
+        raise ValueError(f"{model!r} is a remote {scheme}: model; ask its server "
+                         "(smysl serve's /info, Ollama's /api/show)")
+    path = Path(rest).expanduser()
+    if path.is_dir():
+        root, name = path, rest
+    else:
+        name = repo_id(rest)
+        if name.count("/") != 1:
+            raise FileNotFoundError(f"{model!r} is not a model directory, Hub repo id or alias")
+        root = download(name, offline=True)  # the cache only; its error says `smysl pull`
+    if not (root / "config.json").is_file():
+        raise ValueError(f"{root} has no config.json: not a transformers checkpoint")
+    native = scheme == "qwen3" and _json(root / "config.json").get("model_type") == "qwen3"
+    return checkpoint_entry(root, name, "hub" if root != path else "local",
+                            kind="qwen3" if native else "st" if scheme == "st" else None)
+
+
+def _run_show(args: argparse.Namespace) -> int:
+    e = show_entry(args.model)
+    if args.json:
+        _dump(asdict(e))
+        return 0
+    d = e.details
+    lines = [("model", e.name), ("source", e.source), ("backend", d.get("backend")),
+             ("where", e.where), ("size", human_size(e.size)), ("dtype", e.dtype)]
+    lines += [(k, d.get(k)) for k in ("architecture", "family", "format", "layers", "hidden",
+                                      "heads", "kv_heads", "intermediate", "vocab")]
+    rng = d.get("dimensions_range")
+    lines += [("dimensions", f"{rng[0]}..{rng[1]}" if rng and rng[0] != rng[1]
+               else e.dimensions), ("max tokens", e.max_tokens),
+              ("parameters", d.get("parameters")), ("pooling_type", d.get("pooling_type")),
+              ("query prompt", repr(d["query_prompt"]) if d.get("query_prompt") else None),
+              ("revision", d.get("revision")), ("digest", d.get("digest"))]
+    for key, value in lines:
+        if value is not None:
+            print(f"{key + ':':<14}{value}")
+    for weight, sha in (d.get("weights_sha256") or {}).items():
+        print(f"{'sha256:':<14}{sha}  {weight}")
+    if d.get("files"):
+        print("files:")
+        for rel, size in d["files"].items():
+            print(f"  {human_size(size):>9}  {rel}")
+    return 0
+
+
+MODELS = Command("list embedding models on this machine: Hugging Face cache, Ollama store, "
+                 "aliases", _add_list, _run_list)
+PULL = Command("download a Qwen3-Embedding checkpoint into the Hugging Face cache",
+               _add_pull, _run_pull)
+SHOW = Command("what a model is (layers, dimensions, dtype, size, files) without loading it",
+               _add_show, _run_show)

@@ -1,0 +1,66 @@
+"""Adapters that let other frameworks use any smysl model (local engine, ``st:``, providers,
+a ``smysl serve`` behind ``smysl:URL``): :mod:`smysl.integrations.langchain`
+(``SmyslEmbeddings``) and :mod:`smysl.integrations.llama_index` (``SmyslEmbedding``).
+
+Each adapter sends queries through :meth:`~smysl.base.BaseEmbedder.embed_queries` (with the
+instruction) and documents through :meth:`~smysl.base.BaseEmbedder.embed_documents`, so the
+vectors are exactly smysl's. The frameworks are optional: importing an adapter module without
+its package raises an ``ImportError`` naming the extra to install.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from types import ModuleType
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from smysl.base import BaseEmbedder
+
+
+@dataclass(frozen=True)
+class AdapterConfig:
+    """How an adapter embeds.
+
+    Attributes:
+        dimensions: Matryoshka output size for queries and documents alike (None: native).
+        task: Query instruction or preset name (None: the model's default task).
+        truncate: Cut over-long inputs to the model's limit instead of raising.
+    """
+
+    dimensions: int | None = None
+    task: str | None = None
+    truncate: bool = False
+
+
+def require(module: str, extra: str) -> ModuleType:
+    """Import an adapter's framework, or say which extra brings it."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as e:
+        raise ImportError(f"this adapter needs {module.split('.')[0]}: "
+                          f"pip install 'smysl[{extra}]'") from e
+
+
+def open_model(model: str | BaseEmbedder, load_kwargs: dict[str, Any]) -> BaseEmbedder:
+    """``model`` itself, or :func:`smysl.load` of a model string with ``load_kwargs``."""
+    from smysl.base import BaseEmbedder
+    from smysl.registry import load
+
+    if isinstance(model, BaseEmbedder):
+        if load_kwargs:
+            raise TypeError(f"options {sorted(load_kwargs)} apply only when model is a string")
+        return model
+    return load(model, **load_kwargs)
+
+
+def embed_queries(model: BaseEmbedder, texts: list[str], cfg: AdapterConfig) -> list[list[float]]:
+    rows = model.embed_queries(texts, cfg.task, dimensions=cfg.dimensions, truncate=cfg.truncate)
+    return [[float(x) for x in row] for row in rows]
+
+
+def embed_documents(model: BaseEmbedder, texts: list[str],
+                    cfg: AdapterConfig) -> list[list[float]]:
+    rows = model.embed_documents(texts, dimensions=cfg.dimensions, truncate=cfg.truncate)
+    return [[float(x) for x in row] for row in rows]

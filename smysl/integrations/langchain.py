@@ -1,0 +1,43 @@
+"""LangChain adapter: any smysl model as ``langchain_core.embeddings.Embeddings``.
+
+>>> from smysl.integrations.langchain import SmyslEmbeddings
+>>> emb = SmyslEmbeddings("Qwen/Qwen3-Embedding-0.6B", dimensions=256)   # or a BaseEmbedder
+>>> emb.embed_query("как устроен поиск?"), emb.embed_documents(["Поиск ищет по смыслу."])
+
+Needs the ``langchain`` extra (``langchain-core``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from smysl.base import BaseEmbedder
+from smysl.integrations import AdapterConfig, embed_documents, embed_queries, open_model, require
+
+Embeddings = require("langchain_core.embeddings", "langchain").Embeddings
+
+
+class SmyslEmbeddings(Embeddings):  # type: ignore[misc, valid-type]
+    """``embed_query`` -> smysl's ``embed_queries`` (instruction ``task``), ``embed_documents``
+    -> ``embed_documents``; vectors are unit length, ``dimensions`` long.
+
+    ``model`` is a loaded :class:`~smysl.base.BaseEmbedder` or a model string for
+    :func:`smysl.load` (``load_kwargs``: its options, e.g. ``device="cpu"``); a model loaded
+    here is closed by :meth:`close`.
+    """
+
+    def __init__(self, model: str | BaseEmbedder, *, dimensions: int | None = None,
+                 task: str | None = None, truncate: bool = False, **load_kwargs: Any) -> None:
+        self.model = open_model(model, load_kwargs)
+        self._owned = not isinstance(model, BaseEmbedder)
+        self.config = AdapterConfig(dimensions=dimensions, task=task, truncate=truncate)
+
+    def embed_documents(self, texts: list[str]) -> list[list[float]]:
+        return embed_documents(self.model, list(texts), self.config)
+
+    def embed_query(self, text: str) -> list[float]:
+        return embed_queries(self.model, [text], self.config)[0]
+
+    def close(self) -> None:
+        if self._owned:
+            self.model.close()

@@ -1,0 +1,100 @@
+"""CUDA against CPU on the tiny checkpoints: fp32 parity, bf16/fp16 without NaN and close to
+fp32, batch grouping on CUDA, and the device/dtype the model reports. Run with ``-m gpu``; skipped
+without CUDA (issue 11 item 11: the README promised these tests)."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import numpy as np
+import pytest
+from qwen_tiny import TEXTS, Tiny, build_tiny
+
+from smysl import Embedder
+from smysl.qwen3.embedder import Embedder as LocalEmbedder
+
+torch = pytest.importorskip("torch")
+
+pytestmark = [pytest.mark.gpu,
+              pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
+
+QUERIES = ["как работает поиск?", "what is a vector database", "x"]
+
+
+def _cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    assert a.shape == b.shape
+    return (a * b).sum(axis=1)  # rows are unit length
+
+
+@pytest.fixture(scope="module")
+def cpu(tiny_dir: Path) -> LocalEmbedder:
+    return Embedder.load(str(tiny_dir), device="cpu")
+
+
+def test_cuda_float32_matches_cpu(tiny_dir: Path, cpu: LocalEmbedder) -> None:
+    gpu = Embedder.load(str(tiny_dir), device="cuda", dtype="float32")
+    info = gpu.info()
+    assert info.device is not None and info.device.startswith("cuda")
+    assert info.dtype == "float32"
+    docs = gpu.embed_documents(TEXTS)
+    assert np.isfinite(docs).all()
+    # TF32 is off by default for matmuls, so only summation order differs from the CPU
+    assert np.abs(docs - cpu.embed_documents(TEXTS)).max() < 1e-4
+    q = gpu.embed_queries(QUERIES, task="qa", dimensions=32)
+    assert _cosines(q, cpu.embed_queries(QUERIES, task="qa", dimensions=32)).min() > 0.9999
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+def test_half_precision_is_finite_and_close(tiny_dir: Path, cpu: LocalEmbedder,
+                                            dtype: str) -> None:
+    gpu = Embedder.load(str(tiny_dir), device="cuda", dtype=dtype)
+    assert gpu.info().dtype == dtype
+    texts = [*TEXTS, "длинный текст " * 150]  # ~450 tokens: the longest the tiny model takes
+    got = gpu.embed_documents(texts)
+    assert np.isfinite(got).all(), f"NaN/inf in {dtype}"
+    assert np.allclose(np.linalg.norm(got, axis=1), 1.0, atol=1e-5)
+    # RMSNorm and the residual stream stay float32; only the matmuls round
+    assert _cosines(got, cpu.embed_documents(texts)).min() > 0.99
+
+
+def test_default_on_cuda_is_bfloat16(tiny_dir: Path) -> None:
+    info = Embedder.load(str(tiny_dir)).info()  # device auto -> CUDA, dtype auto -> bf16
+    assert info.device is not None and info.device.startswith("cuda")
+    assert info.dtype == "bfloat16"
+
+
+def test_cuda_batches_agree_with_single_inputs(tiny_dir: Path) -> None:
+    # On CUDA lengths within 25% share a padded group: a text's vector must not depend on
+    # its companions beyond float tolerance.
+    gpu = Embedder.load(str(tiny_dir), device="cuda", dtype="float32")
+    rng = random.Random(3)
+    texts = [*TEXTS, *(f"text {i} " * rng.randint(1, 40) for i in range(30))]
+    together = gpu.embed(texts)
+    alone = np.concatenate([gpu.embed([t]) for t in texts])
+    assert _cosines(together, alone).min() > 0.99999
+
+
+def test_sharded_bf16_checkpoint_on_cuda(tiny_variants: dict[str, Tiny]) -> None:
+    t = tiny_variants["gqa4-untied-base-lm-sharded"]
+    cpu = Embedder.load(str(t.path), device="cpu").embed_documents(TEXTS)
+    gpu = Embedder.load(str(t.path), device="cuda", dtype="bfloat16").embed_documents(TEXTS)
+    assert np.isfinite(gpu).all()
+    assert _cosines(gpu, cpu).min() > 0.99
+
+
+def test_fp16_survives_large_residual_activations(tmp_path: Path) -> None:
+    # Qwen3-8B's residual stream holds values whose squares (RMSNorm) pass fp16's 65504; the
+    # engine keeps the residual and the norms in float32. Embeddings scaled by 8e3 (still
+    # representable in fp16, up to ~4.5e4) make every fp16 RMSNorm overflow.
+    from safetensors.torch import load_file, save_file
+
+    t = build_tiny(tmp_path / "big", seed=5)
+    weights = load_file(t.path / "model.safetensors")
+    key = next(k for k in weights if k.endswith("embed_tokens.weight"))
+    weights[key] = weights[key] * 8e3
+    save_file(weights, t.path / "model.safetensors", metadata={"format": "pt"})
+    cpu = Embedder.load(str(t.path), device="cpu").embed_documents(TEXTS)
+    gpu = Embedder.load(str(t.path), device="cuda", dtype="float16").embed_documents(TEXTS)
+    assert np.isfinite(gpu).all()
+    assert _cosines(gpu, cpu).min() > 0.99
