@@ -219,11 +219,13 @@ class Batcher:
         """Seconds until the work queued now has likely drained (at least 1): the tokens ahead
         over the drain rate measured on recent batches."""
         ahead = self._inflight + sum(j.left for j in self._pending)
-        tokens = sum(t for t, _ in self._recent)
-        seconds = sum(s for _, s in self._recent)
-        if tokens <= 0 or seconds <= 0:  # nothing measured yet: assume a batch per 50 ms
-            return max(1, math.ceil(0.05 * (ahead / self.max_batch_tokens + 1)))
-        return max(1, math.ceil(ahead * seconds / tokens))
+        # batches the queue takes at least: full token budgets, or full request counts
+        batches = max(math.ceil(ahead / self.max_batch_tokens),
+                      math.ceil(len(self._pending) / self.max_batch_requests), 1)
+        per_batch, per_token = batch_cost(self._recent)
+        if per_batch <= 0 and per_token <= 0:  # nothing measured yet: assume 50 ms a batch
+            per_batch = 0.05
+        return max(1, math.ceil(batches * per_batch + ahead * per_token))
 
     async def close(self) -> None:
         """Stop taking jobs, finish the queued ones, stop the compute thread."""
@@ -461,3 +463,25 @@ class Batcher:
                 raise RuntimeError("token-id job for a backend without token ids")
             return self.tokens.embed_prepared(items)
         return self.embedder.embed_formatted(items, truncate=bool(key[1]))
+
+
+def batch_cost(recent: Sequence[tuple[int, float]]) -> tuple[float, float]:
+    """(seconds per batch, seconds per token) fitted to recent (tokens, seconds) batches.
+
+    A batch costs a fixed overhead plus a per-token part; tokens over seconds alone mistakes
+    the overhead of the small batches of a quiet moment for a slow drain (on a small model
+    Retry-After read 2x the real wait). Least squares, both parts kept non-negative; with one
+    batch size measured, the plain ratio.
+    """
+    if not recent:
+        return 0.0, 0.0
+    t = np.array([r[0] for r in recent], np.float64)
+    s = np.array([r[1] for r in recent], np.float64)
+    if np.ptp(t) > 0:
+        per_token, per_batch = np.polyfit(t, s, 1)
+        if per_token >= 0 and per_batch >= 0:
+            return float(per_batch), float(per_token)
+        if per_token < 0:  # noise: all overhead
+            return float(s.mean()), 0.0
+        return 0.0, float(s.sum() / t.sum())  # negative intercept: all per token
+    return 0.0, float(s.sum() / max(t.sum(), 1.0))

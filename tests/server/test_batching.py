@@ -236,3 +236,22 @@ def test_mixed_requests_share_batches_and_keep_their_options(tiny) -> None:  # t
         assert r.status_code == 200, r.text
         got = np.array([d["embedding"] for d in r.json()["data"]], np.float32)
         assert np.array_equal(got, tiny.embed(texts, **kwargs))
+
+
+def test_retry_after_cost_model_separates_batch_overhead_from_tokens() -> None:
+    """issue 11 item 8 (fault campaign, tiny model): tokens over seconds of recent batches read
+    a quiet moment's small batches (mostly fixed overhead) as a slow drain, so Retry-After said
+    2x the real wait of a queue of full batches. The fitted cost keeps the two parts apart."""
+    from smysl.server.batcher import batch_cost
+
+    overhead, per_token = 0.004, 2e-6
+    recent = [(n, overhead + per_token * n) for n in (8, 16, 40, 1024, 1024, 12, 600)]
+    a, b = batch_cost(recent)
+    assert abs(a - overhead) < 1e-9 and abs(b - per_token) < 1e-12
+    # 32 full batches of 1024 tokens: the ratio alone predicted 2.4x the real time
+    real = 32 * (overhead + per_token * 1024)
+    naive = 32 * 1024 * sum(s for _, s in recent) / sum(n for n, _ in recent)
+    assert naive > 1.5 * real
+    assert abs(32 * a + 32 * 1024 * b - real) < 1e-9
+    assert batch_cost([]) == (0.0, 0.0)
+    assert batch_cost([(100, 0.5), (100, 0.7)]) == (0.0, 0.006)  # one size: the ratio
