@@ -1,4 +1,6 @@
-"""``smysl embed``: embed lines of text (stdin or a file) into JSONL or ``.npy``."""
+"""``smysl embed``: embed lines of text (stdin or a file) into JSONL or ``.npy``; or, given a
+JSONL/CSV/Parquet corpus (file or folder), run a resumable job (:mod:`smysl.scale.job`) into a
+Parquet dataset or an index."""
 
 from __future__ import annotations
 
@@ -7,10 +9,16 @@ import contextlib
 import json
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from smysl.commands._model import add_model_arguments, load_model
 
-HELP = "embed lines of text from stdin or a file; write JSONL (default) or .npy"
+if TYPE_CHECKING:
+    from smysl.base import BaseEmbedder
+    from smysl.toolkit.chunking import ChunkConfig
+
+HELP = ("embed lines of text from stdin or a file into JSONL/.npy, or a JSONL/CSV/Parquet "
+        "corpus into a Parquet dataset or an index (resumable)")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -21,12 +29,39 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     role.add_argument("--document", action="store_true", help="embed as documents (default)")
     p.add_argument("--dimensions", type=int, help="Matryoshka output size (32..hidden)")
     p.add_argument("--truncate", action="store_true", help="truncate over-long inputs (else error)")
-    p.add_argument("--input", "-i", default="-", help="text file, one input per line (- = stdin)")
-    p.add_argument("--output", "-o", default="-", help="output .jsonl or .npy (- = stdout JSONL)")
+    p.add_argument("--input", "-i", default="-",
+                   help="text file, one input per line (- = stdin); or a corpus: a .jsonl, .csv "
+                        "or .parquet file, or a folder of them")
+    p.add_argument("--output", "-o", default="-",
+                   help="output .jsonl or .npy (- = stdout JSONL); for a corpus a folder "
+                        "(Parquet dataset) or an index: lancedb:PATH, qdrant:URL, postgres:DSN")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    job = p.add_argument_group("corpus jobs (--input a .jsonl/.csv/.parquet file or folder)")
+    job.add_argument("--id-field", default="id", help="column with each row's id (default: id)")
+    job.add_argument("--text-field", default="text", help="column with the text (default: text)")
+    job.add_argument("--skip-bad-rows", action="store_true",
+                     help="report and skip broken rows (default: stop at the first, naming it)")
+    job.add_argument("--shard-rows", type=int, default=10_000,
+                     help="rows per shard, the unit a rerun resumes from (default: 10000)")
+    job.add_argument("--batch-size", type=int, default=256, help="texts per embed+write step")
+    job.add_argument("--chunk-tokens", type=int,
+                     help="split texts into chunks of this many tokens (ids ROW-ID#n; an index "
+                          "always chunks, 256 by default)")
+    job.add_argument("--overlap", type=int, default=32, help="tokens shared by adjacent chunks")
+    job.add_argument("--table", default="chunks", help="index table / collection name")
+    job.add_argument("--ray", nargs="?", const="", metavar="ADDRESS",
+                     help="embed on a Ray cluster (HOST:PORT, auto; no value: $RAY_ADDRESS or "
+                          "a local cluster), one loaded model per actor")
+    job.add_argument("--actors", type=int, default=2, help="Ray actors (default: 2)")
+    job.add_argument("--gpus-per-actor", type=float, default=0.0,
+                     help="GPUs per Ray actor (1: one model per GPU)")
 
 
 def run(args: argparse.Namespace) -> int:
+    from smysl.scale.sources import is_input
+
+    if args.input != "-" and is_input(args.input):
+        return _run_job(args)
     if args.input == "-":
         lines = sys.stdin.read().splitlines()
     else:
@@ -51,4 +86,41 @@ def run(args: argparse.Namespace) -> int:
                                      ensure_ascii=False) + "\n")
     print(f"embedded {len(lines)} texts -> {vectors.shape[1]} dims"
           + (f"; {usage}" if usage else ""), file=sys.stderr)
+    return 0
+
+
+def _run_job(args: argparse.Namespace) -> int:
+    from smysl.toolkit.chunking import ChunkConfig
+
+    if args.output.endswith((".jsonl", ".npy")) or args.output == "-":
+        raise ValueError("a corpus job writes a folder (Parquet dataset) or an index "
+                         "(lancedb:PATH, qdrant:URL, postgres:DSN): give it with --output")
+    chunk = (ChunkConfig(max_tokens=args.chunk_tokens, overlap=args.overlap)
+             if args.chunk_tokens else None)
+    if args.ray is not None:
+        from smysl.commands._model import model_options
+        from smysl.scale.ray_data import RayConfig, RayEmbedder
+
+        model: BaseEmbedder = RayEmbedder(args.model, model_options(args), RayConfig(
+            address=args.ray or None, actors=args.actors, num_gpus=args.gpus_per_actor))
+    else:
+        model = load_model(args.model, args)
+    with model:
+        return _job(args, model, chunk)
+
+
+def _job(args: argparse.Namespace, model: BaseEmbedder, chunk: ChunkConfig | None) -> int:
+    from smysl.scale.job import JobConfig, run_job
+
+    task = model.choose_instruction(args.task, role="query") if args.task or args.query else None
+    config = JobConfig(output=args.output, id_field=args.id_field, text_field=args.text_field,
+                       dimensions=args.dimensions, instruction=task, chunk=chunk,
+                       truncate=args.truncate, shard_rows=args.shard_rows,
+                       batch_size=args.batch_size, skip_bad_rows=args.skip_bad_rows,
+                       table=args.table)
+    report = run_job(model, [args.input], config,
+                     progress=not args.no_progress and sys.stderr.isatty(),
+                     on_bad_row=lambda where: print(f"skipped bad row: {where}", file=sys.stderr),
+                     model_spec=args.model)
+    print(report.summary(), file=sys.stderr)
     return 0

@@ -151,30 +151,47 @@ class StoreConfig:
 
     Attributes:
         backend: ``"lancedb"`` (embedded, a folder on disk: the default), ``"qdrant"`` (a Qdrant
-            server or cluster, or the client's local mode) or ``"memory"`` (numpy, exact, gone
-            when the process ends).
-        uri: LanceDB folder; for Qdrant a ``http(s)://`` URL, ``":memory:"`` or a local folder.
-        table: Table (LanceDB) or collection (Qdrant) name.
+            server or cluster, or the client's local mode), ``"postgres"`` (PostgreSQL with
+            pgvector) or ``"memory"`` (numpy, exact, gone when the process ends).
+        uri: LanceDB folder; for Qdrant a ``http(s)://`` URL, ``":memory:"`` or a local folder;
+            for PostgreSQL a DSN (``postgresql://user@host:5432/db`` or ``host=... dbname=...``).
+        table: Table (LanceDB, PostgreSQL) or collection (Qdrant) name.
         index: Approximate index LanceDB builds on :meth:`VectorStore.build_index`:
             ``"ivf_hnsw_sq"``, ``"ivf_pq"`` or ``"ivf_flat"``. Qdrant always indexes with HNSW.
         nprobes: IVF partitions LanceDB probes per approximate query (more: better recall).
-        refine_factor: LanceDB re-ranks ``k * refine_factor`` index candidates with full vectors.
+        refine_factor: LanceDB, and PostgreSQL's ``halfvec``/``binary`` indexes, re-rank
+            ``k * refine_factor`` index candidates with full vectors.
         api_key: Qdrant API key (else ``$QDRANT_API_KEY``).
+        pg_index: What PostgreSQL's HNSW index is built on: the ``vector`` column (at most
+            2,000 dimensions), its ``halfvec`` cast (4,000) or its ``binary`` quantization (any
+            width, candidates re-scored exactly); ``auto``: the first that fits.
+        hnsw_m, ef_construction: PostgreSQL HNSW build parameters (graph degree, build beam;
+            128 rather than pgvector's 64: recall@10 0.90 -> 0.97 on hard 64-d data).
+        ef_search: PostgreSQL HNSW search beam per query (more: better recall, slower).
+        connect_timeout: Seconds to wait for a PostgreSQL server before giving up.
     """
 
-    backend: Literal["lancedb", "qdrant", "memory"] = "lancedb"
+    backend: Literal["lancedb", "qdrant", "postgres", "memory"] = "lancedb"
     uri: str = ""
     table: str = "chunks"
     index: Literal["ivf_hnsw_sq", "ivf_pq", "ivf_flat"] = "ivf_hnsw_sq"
     nprobes: int = 64
     refine_factor: int = 4
     api_key: str | None = None
+    pg_index: Literal["auto", "vector", "halfvec", "binary"] = "auto"
+    hnsw_m: int = 16
+    ef_construction: int = 128
+    ef_search: int = 256
+    connect_timeout: int = 10
 
     @classmethod
     def parse(cls, spec: str, **kw: Any) -> StoreConfig:
-        """``path`` or ``lancedb:path``; ``qdrant:URL|:memory:|path``; ``memory:``."""
+        """``path`` or ``lancedb:path``; ``qdrant:URL|:memory:|path``; ``postgres://...``,
+        ``postgresql://...`` or ``postgres:DSN``; ``memory:``."""
+        if spec.startswith(("postgres://", "postgresql://")):
+            return cls(backend="postgres", uri=spec, **kw)
         head, sep, rest = spec.partition(":")
-        if sep and head in ("lancedb", "qdrant", "memory"):
+        if sep and head in ("lancedb", "qdrant", "postgres", "memory"):
             return cls(backend=head, uri=rest, **kw)  # type: ignore[arg-type]
         if spec.startswith(("http://", "https://")):
             return cls(backend="qdrant", uri=spec, **kw)

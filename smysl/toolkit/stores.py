@@ -1,8 +1,9 @@
 """Opening a :class:`~smysl.toolkit.store.VectorStore`: the one place that knows every backend.
 
 The backends (:mod:`~smysl.toolkit.lancedb`, :mod:`~smysl.toolkit.qdrant`,
-:mod:`~smysl.toolkit.memory`) build on :mod:`smysl.toolkit.store` and never import this module;
-each is imported only when a store of its kind is opened, so its client library loads on demand.
+:mod:`~smysl.toolkit.postgres`, :mod:`~smysl.toolkit.memory`) build on
+:mod:`smysl.toolkit.store` and never import this module; each is imported only when a store of
+its kind is opened, so its client library loads on demand.
 """
 
 from __future__ import annotations
@@ -24,6 +25,10 @@ def open_store(config: StoreConfig, dimensions: int | None = None, *,
         from smysl.toolkit.qdrant import QdrantStore
 
         return QdrantStore(config, dimensions, replace=replace)
+    if config.backend == "postgres":
+        from smysl.toolkit.postgres import PostgresStore
+
+        return PostgresStore(config, dimensions, replace=replace)
     if config.backend == "memory":
         from smysl.toolkit.memory import MemoryStore
 

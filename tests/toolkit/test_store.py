@@ -1,4 +1,5 @@
-"""The store contract, run on every backend: LanceDB for real, Qdrant in-process, memory."""
+"""The store contract, run on every backend: LanceDB for real, Qdrant in-process, PostgreSQL +
+pgvector on a real server started for the session (issue 16), memory."""
 
 from __future__ import annotations
 
@@ -21,10 +22,14 @@ def payload(i: int) -> dict:
             "tags": ["x", str(i)]}
 
 
-@pytest.fixture(params=["lancedb", "qdrant", "memory", "qdrant-live"])
+@pytest.fixture(params=["lancedb", "qdrant", "memory", "qdrant-live", "postgres"])
 def store(request, tmp_path):
     kind = request.param
-    if kind == "lancedb":
+    if kind == "postgres":
+        # a fresh table per test on the session's server
+        cfg = StoreConfig(backend="postgres", uri=request.getfixturevalue("postgres_dsn"),
+                          table=f"t_{uuid.uuid4().hex[:12]}")
+    elif kind == "lancedb":
         pytest.importorskip("lancedb")
         cfg = StoreConfig(backend="lancedb", uri=str(tmp_path / "db"))
     elif kind == "qdrant":
@@ -162,3 +167,8 @@ def test_store_spec_parsing() -> None:
     assert StoreConfig.parse("qdrant:http://h:6333").uri == "http://h:6333"
     assert StoreConfig.parse("https://q.example").backend == "qdrant"
     assert StoreConfig.parse("lancedb:/x", table="t").table == "t"
+    # issue 16: PostgreSQL, as a URL or as postgres:DSN
+    assert StoreConfig.parse("postgres://u@h/db").uri == "postgres://u@h/db"
+    assert StoreConfig.parse("postgresql://u@h/db").backend == "postgres"
+    pg = StoreConfig.parse("postgres:host=h dbname=db")
+    assert (pg.backend, pg.uri) == ("postgres", "host=h dbname=db")

@@ -1,0 +1,235 @@
+"""Embedding on a Ray cluster: an actor pool with one loaded model per actor.
+
+Two ways in, one actor:
+
+- :class:`RayEmbedder` is a :class:`~smysl.base.BaseEmbedder` whose ``embed`` splits each call
+  over the pool; :func:`~smysl.scale.job.run_job` (``smysl embed --ray``) uses it, so a
+  cluster job keeps the job's shards, resumption and exactly-once writes. Actors are restarted
+  when they die and their batch is redone (Ray's ``max_restarts`` / ``max_task_retries``).
+- :func:`embed_dataset` maps a ``ray.data.Dataset`` of (id, text) rows to (id, vector,
+  dimensions, model, tokens) rows with ``map_batches`` over an actor pool.
+
+Every actor loads the model with :func:`smysl.load` from its string, so any backend works,
+providers included (each actor applies the provider's concurrency and retry limits). Nothing
+else in smysl imports Ray.
+"""
+
+from __future__ import annotations
+
+import itertools
+import socket
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from smysl.base import BaseEmbedder, Progress
+from smysl.options import ModelOptions
+
+INSTALL_HINT = "pip install 'smysl[ray]'"
+
+
+@dataclass(frozen=True)
+class RayConfig:
+    """Where and how wide the actor pool runs.
+
+    Attributes:
+        address: A running cluster (``HOST:PORT``, ``auto``, ``ray://...``); None uses
+            ``$RAY_ADDRESS`` or starts a local cluster.
+        actors: Actors in the pool (one loaded model each).
+        num_gpus: GPUs per actor (1 for one model per GPU; 0 on CPU).
+        num_cpus: CPUs reserved per actor.
+    """
+
+    address: str | None = None
+    actors: int = 2
+    num_gpus: float = 0.0
+    num_cpus: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.actors < 1:
+            raise ValueError(f"actors must be >= 1, got {self.actors}")
+
+
+def _ray() -> Any:
+    try:
+        import ray
+        import ray.data  # embed_dataset's actor-pool strategy lives here
+    except ImportError as e:
+        raise ImportError(f"embedding on Ray needs ray[data]: {INSTALL_HINT}") from e
+    return ray
+
+
+def connect(config: RayConfig) -> Any:
+    """``ray.init`` on the configured cluster (a local one without an address); a clear error
+    naming the address when it cannot be reached."""
+    ray = _ray()
+    if ray.is_initialized():
+        return ray
+    problem = _unreachable(config.address)
+    if problem is not None:  # ray.init itself retries an absent cluster for minutes
+        raise ValueError(f"cannot connect to the Ray cluster at {config.address}: {problem}; "
+                         f"start one (ray start --head) or omit --ray's address for a local one")
+    try:
+        ray.init(address=config.address, include_dashboard=False, log_to_driver=False)
+    except (ConnectionError, RuntimeError, ValueError) as e:
+        where = config.address or "the address in $RAY_ADDRESS"
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
+        raise ValueError(f"cannot connect to the Ray cluster at {where}: {first}; start one "
+                         f"(ray start --head) or omit --ray's address for a local one") from None
+    return ray
+
+
+def _unreachable(address: str | None, timeout: float = 5.0) -> str | None:
+    """Why nothing answers at a ``[ray://]HOST:PORT`` address (None: it answers, or the address
+    is ``auto``/empty and Ray resolves it)."""
+    if not address or address == "auto":
+        return None
+    host, sep, port = address.removeprefix("ray://").rpartition(":")
+    if not sep or not port.isdigit():
+        return "expected HOST:PORT, ray://HOST:PORT or auto"
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
+    except OSError as e:
+        return f"nothing answers ({e.strerror or e})"
+    return None
+
+
+class Worker:
+    """What runs inside an actor: one model, loaded once."""
+
+    def __init__(self, model: str, options: ModelOptions | None) -> None:
+        import smysl
+
+        self.model = smysl.load(model, options)
+
+    def describe(self) -> dict[str, Any]:
+        m = self.model
+        return {"name": m.name, "backend": m.backend, "dimensions": m.dimensions,
+                "min_dimensions": m.min_dimensions, "max_tokens": m.max_tokens,
+                "instruction_aware": m.instruction_aware, "default_task": m.default_task,
+                "source": m.source, "fingerprint": m.fingerprint()}
+
+    def embed(self, texts: list[str], instruction: str | None, dimensions: int | None,
+              truncate: bool) -> np.ndarray:
+        return self.model.embed(texts, instruction=instruction, dimensions=dimensions,
+                                truncate=truncate)
+
+    def embed_formatted(self, texts: list[str], truncate: bool) -> np.ndarray:
+        return self.model.embed_formatted(texts, truncate=truncate)
+
+    def count_tokens(self, texts: list[str]) -> list[int] | None:
+        try:
+            return self.model.count_tokens(texts)
+        except NotImplementedError:
+            return None
+
+    def usage_report(self) -> str | None:
+        return self.model.usage_report()
+
+
+class RayEmbedder(BaseEmbedder):
+    """A model loaded in every actor of a pool; each ``embed`` call is split over the pool."""
+
+    def __init__(self, model: str, options: ModelOptions | None = None,
+                 config: RayConfig = RayConfig()) -> None:
+        ray = connect(config)
+        self._ray = ray
+        remote = ray.remote(Worker).options(
+            num_cpus=config.num_cpus, num_gpus=config.num_gpus,
+            max_restarts=-1, max_task_retries=-1)  # a dead actor is replaced, its batch redone
+        self.actors = [remote.remote(model, options) for _ in range(config.actors)]
+        about = ray.get(self.actors[0].describe.remote())
+        self.name, self.backend = about["name"], about["backend"]
+        self.dimensions, self.min_dimensions = about["dimensions"], about["min_dimensions"]
+        self.max_tokens, self.instruction_aware = about["max_tokens"], about["instruction_aware"]
+        self.default_task, self.source = about["default_task"], about["source"]
+        self._fingerprint = about["fingerprint"]
+        self._next = 0
+
+    def fingerprint(self) -> str:
+        return str(self._fingerprint)
+
+    def _parts(self, n: int) -> list[slice]:
+        k = min(len(self.actors), n)
+        bounds = np.linspace(0, n, k + 1).astype(int)
+        return [slice(int(a), int(b)) for a, b in itertools.pairwise(bounds)]
+
+    def embed(self, texts: str | Sequence[str], *, instruction: str | None = None,
+              dimensions: int | None = None, truncate: bool = False,
+              progress: bool | Progress = False) -> np.ndarray:
+        """As :meth:`BaseEmbedder.embed`; the actors' models apply every rule."""
+        items = self._check_texts(texts)
+        if not items:
+            return np.zeros((0, dimensions or self.dimensions), np.float32)
+        futures = [self.actors[i].embed.remote(items[s], instruction, dimensions, bool(truncate))
+                   for i, s in enumerate(self._parts(len(items)))]
+        return np.concatenate(self._ray.get(futures)).astype(np.float32, copy=False)
+
+    def _embed(self, texts: list[str], *, truncate: bool,
+               progress: Progress | None = None) -> np.ndarray:
+        futures = [self.actors[i].embed_formatted.remote(texts[s], truncate)
+                   for i, s in enumerate(self._parts(len(texts)))]
+        return np.concatenate(self._ray.get(futures))
+
+    def count_tokens(self, texts: str | Sequence[str]) -> list[int]:
+        items = self._check_texts(texts)
+        actor = self.actors[self._next % len(self.actors)]
+        self._next += 1
+        counts = self._ray.get(actor.count_tokens.remote(items))
+        if counts is None:
+            raise NotImplementedError(f"{self.name} cannot count tokens")
+        return list(counts)
+
+    def usage_report(self) -> str | None:
+        lines = [u for u in self._ray.get([a.usage_report.remote() for a in self.actors]) if u]
+        return "; ".join(f"actor {i}: {u}" for i, u in enumerate(lines)) if lines else None
+
+    def close(self) -> None:
+        for actor in self.actors:
+            self._ray.kill(actor)
+        self.actors = []
+
+
+class _DatasetWorker(Worker):
+    """The ``map_batches`` callable: a batch of (id, text) rows -> output rows."""
+
+    def __init__(self, model: str, options: ModelOptions | None, id_column: str,
+                 text_column: str, instruction: str | None, dimensions: int | None,
+                 truncate: bool) -> None:
+        super().__init__(model, options)
+        self.columns = (id_column, text_column)
+        self.settings = (instruction, dimensions, truncate)
+        self.fp = self.model.fingerprint()
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, Any]:
+        ids = [str(i) for i in batch[self.columns[0]]]
+        texts = [str(t) for t in batch[self.columns[1]]]
+        instruction, dimensions, truncate = self.settings
+        vectors = self.embed(texts, instruction, dimensions, truncate)
+        tokens = self.count_tokens(texts)
+        return {"id": np.asarray(ids, dtype=object), "vector": vectors,
+                "dimensions": np.full(len(ids), vectors.shape[1], np.int32),
+                "model": np.asarray([self.fp] * len(ids), dtype=object),
+                "tokens": np.asarray(tokens if tokens is not None else [-1] * len(ids),
+                                     np.int32)}
+
+
+def embed_dataset(ds: Any, model: str, options: ModelOptions | None = None, *,
+                  id_column: str = "id", text_column: str = "text",
+                  instruction: str | None = None, dimensions: int | None = None,
+                  truncate: bool = False, config: RayConfig = RayConfig(),
+                  batch_size: int = 256) -> Any:
+    """A ``ray.data.Dataset`` of (id, text) rows -> one of (id, vector, dimensions, model
+    fingerprint, tokens; -1 where the backend cannot count), embedded by ``config.actors``
+    actors, each holding ``smysl.load(model, options)``."""
+    ray = connect(config)
+    # Ray Data restarts a dead pool actor and redoes its batch by itself
+    return ds.map_batches(
+        _DatasetWorker, batch_format="numpy", batch_size=batch_size,
+        compute=ray.data.ActorPoolStrategy(size=config.actors),
+        num_cpus=config.num_cpus, num_gpus=config.num_gpus,
+        fn_constructor_kwargs={"model": model, "options": options, "id_column": id_column,
+                               "text_column": text_column, "instruction": instruction,
+                               "dimensions": dimensions, "truncate": truncate})

@@ -1,0 +1,397 @@
+"""PostgreSQL + pgvector store: the database most teams already run.
+
+Layout of a table: ``id`` (text, primary key), ``embedding`` (``vector(d)``: the float32 rows
+exactly, as the index's checksums need) and ``payload`` (JSONB, every field). Filters are SQL on
+the payload: equality and "any of" are JSONB containment (``payload @> '{"lang": "en"}'``, served
+by a GIN index), ranges compare numbers only. Writes are binary ``COPY`` into a temporary table
+followed by one ``INSERT ... ON CONFLICT (id) DO UPDATE`` (upsert by chunk id), in one
+transaction. Index metadata lives in the ``smysl_meta`` table, one row per table.
+
+:meth:`PostgresStore.build_index` builds an HNSW index (cosine). pgvector indexes at most 2,000
+dimensions of ``vector`` and 4,000 of ``halfvec``, so the index is built on the column itself,
+on its ``halfvec`` cast, or on its binary quantization (``binary_quantize``, any width); the last
+two fetch ``k * refine_factor`` candidates and re-score them exactly on the stored vectors.
+``exact=True`` orders by inner product, which no index serves: a full scan.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from smysl.toolkit.store import Condition, Hit, Record, StoreConfig, VectorStore, Where, parse_where
+
+INSTALL_HINT = "pip install 'smysl[postgres]'"
+META_TABLE = "smysl_meta"
+#: pgvector's limits: HNSW on ``vector`` / ``halfvec`` columns, and a ``vector`` column at all.
+MAX_VECTOR_INDEX = 2000
+MAX_HALFVEC_INDEX = 4000
+MAX_VECTOR_COLUMN = 16000
+#: Binary codes keep one bit per dimension: re-score this many times more candidates than
+#: ``refine_factor`` alone asks for, or recall collapses.
+BINARY_OVERSAMPLE = 4
+_COPY_HEADER = b"PGCOPY\n\xff\r\n\x00" + struct.pack(">ii", 0, 0)
+_COPY_TRAILER = struct.pack(">h", -1)
+
+
+class PostgresStoreError(ValueError):
+    """A PostgreSQL store that cannot be reached or used; the message names the server."""
+
+
+def _import() -> Any:
+    try:
+        import psycopg
+    except ImportError as e:
+        raise ImportError(f"the PostgreSQL store needs psycopg 3: {INSTALL_HINT}") from e
+    return psycopg
+
+
+def dsn_of(uri: str) -> str:
+    """The DSN a store URI names: ``postgres://...``/``postgresql://...`` URLs or
+    ``key=value`` connection strings pass through; empty means libpq's defaults ($PGHOST...)."""
+    return "postgresql://" + uri[len("postgres://"):] if uri.startswith("postgres://") else uri
+
+
+def place(uri: str) -> str:
+    """``host:port/dbname`` of a DSN, without the password, for messages."""
+    psycopg = _import()
+    try:
+        info = psycopg.conninfo.conninfo_to_dict(dsn_of(uri))
+    except psycopg.ProgrammingError:
+        return "<unparsable DSN>"
+    host = info.get("host") or "localhost"
+    return f"{host}:{info.get('port') or 5432}/{info.get('dbname') or info.get('user') or ''}"
+
+
+def index_kind(dimensions: int, wanted: str) -> str:
+    """Which HNSW index a ``dimensions``-wide store gets for ``StoreConfig.pg_index``
+    (``auto``: the most precise that fits); a clear error when it cannot have ``wanted``."""
+    fits = {"vector": dimensions <= MAX_VECTOR_INDEX, "halfvec": dimensions <= MAX_HALFVEC_INDEX,
+            "binary": True}
+    if wanted == "auto":
+        wanted = "vector" if fits["vector"] else "halfvec"
+    if wanted not in fits:
+        raise ValueError(f"unknown pg_index {wanted!r}: use auto, vector, halfvec or binary")
+    if not fits[wanted]:
+        raise ValueError(
+            f"pgvector's HNSW index takes at most {MAX_VECTOR_INDEX:,} dimensions of vector and "
+            f"{MAX_HALFVEC_INDEX:,} of halfvec; these vectors have {dimensions}. Store fewer "
+            f"Matryoshka dimensions (--dimensions / IndexConfig(dimensions=...), e.g. "
+            f"{MAX_VECTOR_INDEX // 2} or {MAX_HALFVEC_INDEX // 2}), or index binary-quantized "
+            f"codes with exact re-scoring (StoreConfig(pg_index='binary'))")
+    return wanted
+
+
+def vector_literal(v: np.ndarray) -> str:
+    """pgvector's text form of a float32 row; the reprs round-trip every float32 exactly."""
+    return "[" + ",".join(map(repr, np.asarray(v, np.float32).tolist())) + "]"
+
+
+def _vector_bytes(raw: bytes, dimensions: int) -> np.ndarray:
+    # binary vector: int16 dim, int16 unused, then dim big-endian float32
+    return np.frombuffer(raw, ">f4", count=dimensions, offset=4).astype(np.float32)
+
+
+def copy_tuples(ids: Sequence[str], vectors: np.ndarray, payloads: Sequence[str]) -> bytes:
+    """Binary COPY tuples (no header or trailer) for (text, vector, jsonb) rows."""
+    n, d = vectors.shape
+    # per row: int32 length, int16 dim, int16 unused, d big-endian float32
+    vec_part = np.empty((n, 8 + 4 * d), np.uint8)
+    vec_part[:, :8] = np.frombuffer(struct.pack(">ihh", 4 + 4 * d, d, 0), np.uint8)
+    vec_part[:, 8:] = vectors.astype(">f4").view(np.uint8).reshape(n, 4 * d)
+    parts = []
+    for i, row_id, pay in zip(range(n), ids, payloads, strict=True):
+        rid = row_id.encode()
+        js = b"\x01" + pay.encode()  # jsonb binary: version 1, then the JSON text
+        parts += [struct.pack(">hi", 3, len(rid)), rid, vec_part[i].tobytes(),
+                  struct.pack(">i", len(js)), js]
+    return b"".join(parts)
+
+
+class PostgresStore(VectorStore):
+    """A pgvector table; search is an exact scan unless an HNSW index exists and
+    ``exact=False``."""
+
+    def __init__(self, config: StoreConfig, dimensions: int | None = None, *,
+                 replace: bool = False) -> None:
+        psycopg = _import()
+        self._pg = psycopg
+        from psycopg import sql
+
+        self._sql = sql
+        self.config = config
+        self.where = place(config.uri)
+        try:
+            self._conn = psycopg.connect(dsn_of(config.uri), autocommit=True,
+                                         connect_timeout=config.connect_timeout)
+        except psycopg.Error as e:
+            raise PostgresStoreError(
+                f"cannot connect to PostgreSQL at {self.where}: {_first_line(e)}") from None
+        self._table = sql.Identifier(config.table)
+        try:
+            self._open(dimensions, replace)
+        except BaseException:
+            self._conn.close()
+            raise
+
+    # ---------------------------------------------------------------- setup
+    def _open(self, dimensions: int | None, replace: bool) -> None:
+        if dimensions is not None and not 1 <= dimensions <= MAX_VECTOR_COLUMN:
+            raise ValueError(f"a pgvector column holds 1..{MAX_VECTOR_COLUMN} dimensions, "
+                             f"not {dimensions}")
+        with self._conn.transaction():
+            # one creator at a time per table (concurrent job workers)
+            self._conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", [self.config.table])
+            self._ensure_extension()
+            self._conn.execute(f"CREATE TABLE IF NOT EXISTS {META_TABLE} "
+                               "(table_name text PRIMARY KEY, meta jsonb NOT NULL)")
+            if replace and dimensions is not None:
+                self._conn.execute(self._q("DROP TABLE IF EXISTS {t}"))
+                self._conn.execute(f"DELETE FROM {META_TABLE} WHERE table_name = %s",
+                                   [self.config.table])
+            dims = self._stored_dimensions()
+            if dims is None:
+                if dimensions is None:
+                    raise FileNotFoundError(f"no table {self.config.table!r} in PostgreSQL at "
+                                            f"{self.where}")
+                self._conn.execute(self._q(
+                    "CREATE TABLE {t} (id text PRIMARY KEY, embedding vector({d}) NOT NULL, "
+                    "payload jsonb NOT NULL DEFAULT '{{}}')", d=self._sql.Literal(dimensions)))
+                self._conn.execute(self._q("CREATE INDEX {i} ON {t} USING gin "
+                                           "(payload jsonb_path_ops)",
+                                           i=self._sql.Identifier(f"{self.config.table}_payload")))
+                dims = dimensions
+            elif dimensions is not None and dims != dimensions:
+                raise ValueError(f"table {self.config.table!r} holds {dims}-d vectors, "
+                                 f"not {dimensions}-d")
+        self.dimensions = dims
+        if self.config.pg_index != "auto":
+            index_kind(dims, self.config.pg_index)  # an impossible explicit choice fails now
+
+    def _ensure_extension(self) -> None:
+        if self._conn.execute("SELECT 1 FROM pg_extension WHERE extname = 'vector'").fetchone():
+            return
+        try:
+            with self._conn.transaction():
+                self._conn.execute("CREATE EXTENSION IF NOT EXISTS vector")
+        except self._pg.Error as e:
+            raise PostgresStoreError(
+                f"PostgreSQL at {self.where} lacks the pgvector extension and it could not be "
+                f"created ({_first_line(e)}); install pgvector there, or have an administrator "
+                f"run CREATE EXTENSION vector") from None
+
+    def _stored_dimensions(self) -> int | None:
+        row = self._conn.execute(
+            "SELECT a.atttypmod FROM pg_attribute a WHERE a.attrelid = to_regclass(%s) "
+            "AND a.attname = 'embedding'", [self._qualified()]).fetchone()
+        return int(row[0]) if row else None
+
+    def _qualified(self) -> str:
+        return self._sql.Identifier(self.config.table).as_string(self._conn)
+
+    def _q(self, template: str, **parts: Any) -> Any:
+        return self._sql.SQL(template).format(t=self._table, **parts)
+
+    # ---------------------------------------------------------------- filters
+    def _conditions(self, conditions: Sequence[Condition]) -> tuple[Any, list[Any]]:
+        sql = self._sql
+        parts: list[Any] = []
+        params: list[Any] = []
+        for c in conditions:
+            if c.op in ("eq", "in"):
+                values = c.value if c.op == "in" else [c.value]
+                # NaN is no JSON and equals nothing (the reference semantics)
+                docs = [json.dumps({c.key: v}) for v in values
+                        if not (isinstance(v, float) and v != v)]
+                if not docs:
+                    return sql.SQL("FALSE"), []
+                parts.append(sql.SQL("payload @> ANY(%s::jsonb[])"))
+                params.append(docs)
+            else:
+                sym = {"gt": ">", "gte": ">=", "lt": "<", "lte": "<="}[c.op]
+                # CASE: the cast runs only on numbers (bools, strings, lists never match)
+                parts.append(sql.SQL("CASE WHEN jsonb_typeof(payload -> %s) = 'number' "
+                                     "THEN (payload -> %s)::numeric END " + sym + " %s::numeric"))
+                params += [c.key, c.key, c.value]
+        if not parts:
+            return sql.SQL("TRUE"), []
+        return sql.SQL(" AND ").join(parts), params
+
+    def _where(self, where: Where | None, ids: Sequence[str] | None = None
+               ) -> tuple[Any, list[Any]]:
+        clause, params = self._conditions(parse_where(where))
+        if ids is not None:
+            clause = self._sql.SQL("{} AND id = ANY(%s)").format(clause)
+            params = [*params, list(ids)]
+        return clause, params
+
+    # ---------------------------------------------------------------- VectorStore
+    def upsert(self, ids: Sequence[str], vectors: np.ndarray,
+               payloads: Sequence[Mapping[str, Any]] | None = None) -> None:
+        ids, vecs, pays = self._check_upsert(ids, vectors, payloads)
+        if not ids:
+            return
+        try:
+            texts = [json.dumps(p, ensure_ascii=False, allow_nan=False) for p in pays]
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"payloads must be JSON (no NaN or infinity): {e}") from None
+        if any("\x00" in t for t in ids + texts):
+            raise ValueError("ids and payloads must not contain NUL characters (PostgreSQL text)")
+        with self._conn.transaction(), self._conn.cursor() as cur:
+            cur.execute(self._q("CREATE TEMP TABLE _smysl_load (LIKE {t}) ON COMMIT DROP"))
+            with cur.copy("COPY _smysl_load (id, embedding, payload) FROM STDIN "
+                          "WITH (FORMAT BINARY)") as copy:
+                copy.write(_COPY_HEADER)
+                step = 8192  # bounded COPY buffers
+                for s in range(0, len(ids), step):
+                    copy.write(copy_tuples(ids[s : s + step], vecs[s : s + step],
+                                           texts[s : s + step]))
+                copy.write(_COPY_TRAILER)
+            cur.execute(self._q("INSERT INTO {t} (id, embedding, payload) SELECT id, embedding, "
+                                "payload FROM _smysl_load ON CONFLICT (id) DO UPDATE SET "
+                                "embedding = EXCLUDED.embedding, payload = EXCLUDED.payload"))
+
+    def _index_expr(self, kind: str) -> tuple[str, str, str]:
+        """(indexed expression, operator class, distance operator) of an index kind."""
+        d = self.dimensions
+        return {"vector": ("embedding", "vector_cosine_ops", "<=>"),
+                "halfvec": (f"(embedding::halfvec({d}))", "halfvec_cosine_ops", "<=>"),
+                "binary": (f"(binary_quantize(embedding)::bit({d}))", "bit_hamming_ops", "<~>"),
+                }[kind]
+
+    def _index_name(self, kind: str) -> str:
+        return f"{self.config.table}_hnsw_{kind}"[:63]
+
+    def _has_index(self, kind: str) -> bool:
+        row = self._conn.execute("SELECT 1 FROM pg_indexes WHERE indexname = %s AND tablename = %s",
+                                 [self._index_name(kind), self.config.table]).fetchone()
+        return row is not None
+
+    def search(self, vectors: np.ndarray, k: int = 10, *, where: Where | None = None,
+               exact: bool = True, with_vectors: bool = False) -> list[list[Hit]]:
+        q = self._queries(vectors, k)
+        clause, params = self._where(where)
+        kind = None if exact else index_kind(self.dimensions, self.config.pg_index)
+        if kind is not None and not self._has_index(kind):
+            kind = None  # no index built yet: exact, as the other stores do
+        cols = self._sql.SQL("id, payload, -(embedding <#> %s::vector) AS score"
+                             + (", embedding" if with_vectors else ""))
+        if kind is None:
+            query = self._q("SELECT {c} FROM {t} WHERE {w} ORDER BY embedding <#> %s::vector "
+                            "LIMIT %s", c=cols, w=clause)
+        else:
+            expr, _, op = self._index_expr(kind)
+            probe = {"vector": "%s::vector", "halfvec": f"%s::halfvec({self.dimensions})",
+                     "binary": "binary_quantize(%s::vector)"}[kind]
+            # candidates from the index, then exact scores on the stored vectors
+            query = self._q("SELECT * FROM (SELECT {c} FROM {t} WHERE {w} ORDER BY {e} {o} "
+                            + probe + " LIMIT %s) AS candidates ORDER BY score DESC LIMIT %s",
+                            c=cols, w=clause, e=self._sql.SQL(expr), o=self._sql.SQL(op))
+        fetch = k if kind in (None, "vector") else k * self.config.refine_factor * (
+            BINARY_OVERSAMPLE if kind == "binary" else 1)
+        out: list[list[Hit]] = []
+        with self._conn.transaction(), self._conn.cursor(binary=True) as cur:
+            if kind is not None:
+                cur.execute(self._sql.SQL("SET LOCAL hnsw.ef_search = {}").format(
+                    self._sql.Literal(min(1000, max(self.config.ef_search, fetch)))))
+                # filtered queries keep scanning the graph until enough rows pass the filter
+                cur.execute("SET LOCAL hnsw.iterative_scan = relaxed_order")
+            for row in q:
+                lit = vector_literal(row)
+                args = [lit, *params, lit] + ([k] if kind is None else [fetch, k])
+                cur.execute(query, args)
+                out.append([Hit(r[0], float(r[2]), r[1],
+                                _vector_bytes(r[3], self.dimensions) if with_vectors else None)
+                            for r in cur.fetchall()])
+        return out
+
+    def get(self, ids: Sequence[str]) -> list[Record]:
+        ids = [str(i) for i in ids]
+        found: dict[str, Record] = {}
+        with self._conn.cursor(binary=True) as cur:
+            for s in range(0, len(ids), 1000):
+                cur.execute(self._q("SELECT id, embedding, payload FROM {t} WHERE id = ANY(%s)"),
+                            [ids[s : s + 1000]])
+                for rid, raw, pay in cur.fetchall():
+                    found[rid] = Record(rid, _vector_bytes(raw, self.dimensions), pay)
+        return [found[i] for i in ids if i in found]
+
+    def delete(self, ids: Sequence[str] | None = None, *, where: Where | None = None) -> int:
+        if ids is None and not where:
+            raise ValueError("delete needs ids or a filter")
+        clause, params = self._where(where, [str(i) for i in ids] if ids is not None else None)
+        with self._conn.cursor() as cur:
+            cur.execute(self._q("DELETE FROM {t} WHERE {w}", w=clause), params)
+            return int(cur.rowcount)
+
+    def count(self, where: Where | None = None) -> int:
+        clause, params = self._where(where)
+        row = self._conn.execute(self._q("SELECT count(*) FROM {t} WHERE {w}", w=clause),
+                                 params).fetchone()
+        return int(row[0]) if row else 0
+
+    def scan(self, batch_size: int = 2048, *, where: Where | None = None,
+             with_vectors: bool = True) -> Iterator[list[Record]]:
+        clause, params = self._where(where)
+        cols = "id, payload" + (", embedding" if with_vectors else "")
+        # keyset pagination: no transaction stays open between batches, so the caller may
+        # write to the store while scanning
+        query = self._q("SELECT " + cols + " FROM {t} WHERE {w} AND id > %s ORDER BY id LIMIT %s",
+                        w=clause)
+        empty = np.zeros(0, np.float32)
+        last = ""
+        while True:
+            with self._conn.cursor(binary=True) as cur:
+                cur.execute(query, [*params, last, batch_size])
+                rows = cur.fetchall()
+            if not rows:
+                return
+            yield [Record(r[0], _vector_bytes(r[2], self.dimensions) if with_vectors else empty,
+                          r[1]) for r in rows]
+            last = rows[-1][0]
+
+    def read_meta(self) -> dict[str, Any]:
+        row = self._conn.execute(f"SELECT meta FROM {META_TABLE} WHERE table_name = %s",
+                                 [self.config.table]).fetchone()
+        if row is None:
+            return {}
+        if not isinstance(row[0], dict):
+            raise ValueError(f"PostgreSQL at {self.where}: index metadata of "
+                             f"{self.config.table!r} is damaged (not a JSON object); rebuild the "
+                             f"index (smysl index add --rebuild)")
+        return dict(row[0])
+
+    def write_meta(self, meta: Mapping[str, Any]) -> None:
+        self._conn.execute(f"INSERT INTO {META_TABLE} (table_name, meta) VALUES (%s, %s::jsonb) "
+                           "ON CONFLICT (table_name) DO UPDATE SET meta = EXCLUDED.meta",
+                           [self.config.table, json.dumps(dict(meta), ensure_ascii=False)])
+
+    def build_index(self) -> bool:
+        """Build the HNSW index (see the module docstring) if missing; PostgreSQL maintains it
+        for later writes. Too many dimensions for ``pg_index`` raise a clear error."""
+        kind = index_kind(self.dimensions, self.config.pg_index)
+        expr, ops, _ = self._index_expr(kind)
+        with self._conn.transaction():
+            self._conn.execute("SET LOCAL maintenance_work_mem = '256MB'")
+            self._conn.execute(self._q(
+                "CREATE INDEX IF NOT EXISTS {i} ON {t} USING hnsw (" + expr + " " + ops + ") "
+                "WITH (m = {m}, ef_construction = {ef})",
+                i=self._sql.Identifier(self._index_name(kind)),
+                m=self._sql.Literal(self.config.hnsw_m),
+                ef=self._sql.Literal(self.config.ef_construction)))
+        return True
+
+    def optimize(self) -> None:
+        """Refresh the planner's statistics after large writes."""
+        self._conn.execute(self._q("ANALYZE {t}"))
+
+    def close(self) -> None:
+        self._conn.close()
+
+
+def _first_line(e: BaseException) -> str:
+    return (str(e).strip().splitlines() or [type(e).__name__])[0][:300]

@@ -1,0 +1,142 @@
+"""PostgreSQL + pgvector store (issue 16), on a real server started for the session: HNSW
+recall, the dimension limits, bad DSNs, upserts by id, and an index end to end (API and CLI).
+The shared store contract runs on it in test_store.py."""
+
+from __future__ import annotations
+
+import json
+import socket
+import uuid
+
+import numpy as np
+import pytest
+
+from smysl.cli import main
+from smysl.toolkit.store import StoreConfig
+from smysl.toolkit.stores import open_store
+from toolkit.helpers import brute_force, unit_rows
+
+pytest.importorskip("psycopg")
+
+
+def _config(dsn: str, **kw) -> StoreConfig:
+    return StoreConfig(backend="postgres", uri=dsn, table=f"t_{uuid.uuid4().hex[:12]}", **kw)
+
+
+def _recall(store, q: np.ndarray, k: int = 10, where=None) -> float:
+    exact = store.search(q, k, exact=True, where=where)
+    approx = store.search(q, k, exact=False, where=where)
+    return float(np.mean([len({h.id for h in a} & {h.id for h in e}) / k
+                          for a, e in zip(approx, exact, strict=True)]))
+
+
+def test_hnsw_recall_at_10_on_10000_vectors(postgres_dsn) -> None:
+    """Issue 16 bar: HNSW recall@10 >= 0.95 against exact search on 10,000 vectors, also
+    with a filter (iterative index scans keep filling the k results)."""
+    x = unit_rows(10_000, 64, seed=7, clusters=50)
+    q = unit_rows(100, 64, seed=8, clusters=50)
+    with open_store(_config(postgres_dsn), 64) as s:
+        s.upsert([str(i) for i in range(len(x))], x, [{"g": i % 10} for i in range(len(x))])
+        assert s.build_index()
+        exact = s.search(q[:5], 10, exact=True)
+        ref, _ = brute_force(x, q[:5], 10)
+        assert [[int(h.id) for h in row] for row in exact] == ref.tolist()
+        assert _recall(s, q) >= 0.95
+        filtered = s.search(q[:10], 10, exact=False, where={"g": 3})
+        assert all(len(row) == 10 and all(h.payload["g"] == 3 for h in row) for row in filtered)
+        assert _recall(s, q[:20], where={"g": 3}) >= 0.95
+
+
+# binary codes of isotropic noise lose most of the ranking: the re-scoring is what matters
+@pytest.mark.parametrize(("dims", "kind", "bar"), [(2048, "auto", 0.9), (256, "binary", 0.8)])
+def test_halfvec_and_binary_indexes_rescore_exactly(postgres_dsn, dims, kind, bar) -> None:
+    """Over 2,000 dimensions ``auto`` indexes the halfvec cast; ``binary`` indexes bit codes;
+    both re-score their candidates on the stored float32 vectors (issue 16)."""
+    x = unit_rows(1500, dims, seed=9, clusters=20)
+    q = unit_rows(20, dims, seed=10, clusters=20)
+    with open_store(_config(postgres_dsn, pg_index=kind, refine_factor=8), dims) as s:
+        s.upsert([str(i) for i in range(len(x))], x)
+        assert s.build_index()
+        hits = s.search(q, 10, exact=False, with_vectors=True)
+        assert _recall(s, q) >= bar
+    for row in hits:  # exact scores and vectors, not halfvec or bit approximations
+        for h in row:
+            np.testing.assert_array_equal(h.vector, x[int(h.id)])
+        np.testing.assert_allclose([h.score for h in row],
+                                   [float(x[int(h.id)] @ q[hits.index(row)]) for h in row],
+                                   atol=1e-5)
+
+
+def test_dimension_limits_name_the_way_out(postgres_dsn) -> None:
+    """pgvector cannot index 4,096-d vectors (Qwen3-8B): the message suggests Matryoshka
+    dimensions or the binary index; an explicit impossible choice fails at opening (issue 16)."""
+    with open_store(_config(postgres_dsn), 4096) as s:
+        x = unit_rows(3, 4096)
+        s.upsert(["a", "b", "c"], x)
+        assert [h.id for h in s.search(x[1], 1)[0]] == ["b"]  # exact search still works
+        with pytest.raises(ValueError, match=r"at most 2,000.*Matryoshka.*pg_index='binary'"):
+            s.build_index()
+    with pytest.raises(ValueError, match="4,000 of halfvec"):
+        open_store(_config(postgres_dsn, pg_index="vector"), 3000)
+    with pytest.raises(ValueError, match=r"1\.\.16000"):
+        open_store(_config(postgres_dsn), 20000)
+
+
+def test_unreachable_dsn_names_the_server() -> None:
+    """A DSN nobody answers: one clear error with host, port and database (issue 16)."""
+    from smysl.toolkit.postgres import PostgresStoreError
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    cfg = StoreConfig.parse(f"postgres://smysl:secret@127.0.0.1:{port}/kb", connect_timeout=3)
+    with pytest.raises(PostgresStoreError, match=f"at 127.0.0.1:{port}/kb") as e:
+        open_store(cfg, 8)
+    assert "secret" not in str(e.value)
+
+
+def test_reopen_upsert_and_bad_payloads(postgres_dsn) -> None:
+    """Reopening finds the table and its width; upserts replace by id; a payload PostgreSQL
+    cannot hold fails before anything is written (issue 16)."""
+    cfg = _config(postgres_dsn)
+    x = unit_rows(4, 8)
+    with open_store(cfg, 8) as s:
+        s.upsert(["a", "b"], x[:2], [{"v": 1}, {"v": 2}])
+        s.write_meta({"model": "m", "records": 2})
+    with open_store(cfg) as s:
+        assert s.dimensions == 8 and s.count() == 2 and s.read_meta()["records"] == 2
+        s.upsert(["b", "c"], x[2:4], [{"v": 3}, {"v": 4}])
+        assert {r.id: r.payload["v"] for r in s.get(["a", "b", "c"])} == {"a": 1, "b": 3, "c": 4}
+        with pytest.raises(ValueError, match="NaN"):
+            s.upsert(["d"], x[:1], [{"v": float("nan")}])
+        assert s.count() == 3
+    with pytest.raises(ValueError, match="8-d"):
+        open_store(cfg, 16)
+    with open_store(cfg, 16, replace=True) as s:
+        assert s.count() == 0 and s.read_meta() == {}
+    with pytest.raises(FileNotFoundError, match="no table"):
+        open_store(_config(postgres_dsn))
+
+
+def test_index_add_search_through_cli(postgres_dsn, tiny_dir, tmp_path, capsys) -> None:
+    """`smysl index add/search postgres:DSN` end to end, with the model read back from the
+    store's metadata and a filter (issue 16)."""
+    rows = [{"id": f"r{i}", "text": f"row {i} says {w}", "lang": ["en", "de"][i % 2]}
+            for i, w in enumerate(["alpha", "beta", "gamma", "delta", "alpha", "beta"])]
+    (tmp_path / "rows.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows),
+                                         encoding="utf-8")
+    spec = f"postgres:{postgres_dsn}"
+    table = f"kb_{uuid.uuid4().hex[:8]}"
+    model = ["--model", str(tiny_dir), "--device", "cpu"]
+    assert main(["index", "add", spec, "--table", table, str(tmp_path / "rows.jsonl"),
+                 "--id-field", "id", *model, "--no-progress", "--ann"]) == 0
+    err = capsys.readouterr().err
+    assert "index holds 6 chunks" in err and "approximate index built" in err
+    assert main(["index", "add", spec, "--table", table, str(tmp_path / "rows.jsonl"),
+                 "--id-field", "id", *model, "--no-progress"]) == 0
+    assert "0 embedded" in capsys.readouterr().err  # upsert by chunk id: nothing twice
+    assert main(["index", "search", spec, "alpha", "--table", table, "-k", "3",
+                 "--where", "lang=de", "--format", "json", "--device", "cpu"]) == 0
+    hits = json.loads(capsys.readouterr().out.splitlines()[0])["hits"]
+    assert len(hits) == 3 and all(h["payload"]["lang"] == "de" for h in hits)
+    assert main(["index", "verify", spec, "--table", table, "--device", "cpu"]) == 0
