@@ -1,8 +1,9 @@
-"""CPU benchmark: smysl fp32 / int8 vs sentence-transformers on the real 0.6B shape.
+"""CPU benchmark: smysl fp32 / bf16 / int8 / auto vs sentence-transformers on the real 0.6B shape.
 
 Usage (from the repo root, after the README's dev install):
 
     .venv/bin/python benchmarks/bench_cpu.py --size 0.6b --scale 0.6
+    .venv/bin/python benchmarks/bench_cpu.py --systems st,fp32,bf16,int8,auto
     .venv/bin/python benchmarks/bench_cpu.py --memory 2048,4096,8192     # peak RSS per length
 
 Each system runs in its own process (clean peak RSS) on the same random-weight checkpoint and
@@ -66,17 +67,34 @@ def flops_per_token(size: str, context: float) -> float:
     return L * (2 * linear + attn)
 
 
-def matmul_gflops() -> float:
-    """This machine's fp32 matmul rate on an MLP-shaped GEMM (torch, all threads)."""
+def matmul_gflops(dtype: str = "float32") -> float:
+    """This machine's matmul rate on an MLP-shaped GEMM ([1024 tokens, 1024] x [1024, 6144], the
+    0.6B shape's gate|up at the engine's slice size), torch, all threads: ``float32``,
+    ``bfloat16``, or ``int8`` (the dynamic int8 linear the engine's int8 path runs)."""
     import torch
 
-    a, b = torch.randn(4096, 1024), torch.randn(1024, 6144)
-    for _ in range(2):
-        a @ b
-    t, n = time.perf_counter(), 8
-    for _ in range(n):
-        a @ b
-    return 2 * 4096 * 1024 * 6144 * n / (time.perf_counter() - t) / 1e9
+    m, k, n = 1024, 1024, 6144
+    a, w = torch.randn(m, k), torch.randn(n, k) * 0.02
+    if dtype == "int8":
+        from smysl.qwen3.quantize import Int8Linear
+
+        lin = Int8Linear(w)
+
+        def step() -> object:
+            return lin(a)
+    else:
+        dt = getattr(torch, dtype)
+        a_, w_ = a.to(dt), w.to(dt)
+
+        def step() -> object:
+            return torch.nn.functional.linear(a_, w_)
+    for _ in range(3):
+        step()
+    reps, t = 0, time.perf_counter()
+    while reps < 5 or time.perf_counter() - t < 1.0:
+        step()
+        reps += 1
+    return 2 * m * k * n * reps / (time.perf_counter() - t) / 1e9
 
 
 # --------------------------------------------------------------------------- one system
@@ -85,6 +103,7 @@ def run_system(system: str, ckpt: Path, texts: list[str], out: Path,
     import torch
 
     t0 = time.perf_counter()
+    chosen = "float32"
     if system == "st":
         from sentence_transformers import SentenceTransformer
 
@@ -97,12 +116,14 @@ def run_system(system: str, ckpt: Path, texts: list[str], out: Path,
     else:
         from smysl import Embedder
 
-        emb = Embedder.load(str(ckpt), device="cpu", dtype="float32",
+        dtype = {"fp32": "float32", "int8": "float32", "bf16": "bfloat16"}.get(system, "auto")
+        emb = Embedder.load(str(ckpt), device="cpu", dtype=dtype,
                             quantize="int8" if system == "int8" else None,
                             max_batch_tokens=batch_tokens)
 
         def embed(x: list[str]) -> np.ndarray:
             return emb.embed(x)
+        chosen = emb.info().dtype
     load_s = time.perf_counter() - t0
     rss_loaded = rss_mib()
     embed(texts[:4])  # warm-up
@@ -111,7 +132,8 @@ def run_system(system: str, ckpt: Path, texts: list[str], out: Path,
     secs = time.perf_counter() - t1
     np.save(out, vecs)
     return {"system": system, "load_s": load_s, "embed_s": secs, "rss_loaded_mib": rss_loaded,
-            "peak_rss_mib": peak_mib(), "threads": torch.get_num_threads()}
+            "peak_rss_mib": peak_mib(), "threads": torch.get_num_threads(),
+            "gemm": "int8" if system == "int8" else chosen}
 
 
 def run_memory(ckpt: Path, n_tokens: int) -> dict:
@@ -142,7 +164,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--size", default="0.6b", choices=sorted(SHAPES))
     ap.add_argument("--scale", type=float, default=0.6, help="corpus size factor (1.0 ~ 20K tok)")
-    ap.add_argument("--systems", default="st,fp32,int8")
+    ap.add_argument("--systems", default="st,fp32,bf16,int8,auto")
     ap.add_argument("--batch-tokens", type=int, default=None,
                     help="smysl token budget per forward (default: the engine's)")
     ap.add_argument("--memory", default="", help="comma list of token counts: RSS mode")
@@ -163,8 +185,15 @@ def main() -> None:
     import torch
     from tokenizers import Tokenizer
 
-    print(f"machine: {os.cpu_count()} CPUs, torch {torch.__version__}, "
-          f"{torch.get_num_threads()} threads; model {args.size} (random weights)")
+    from smysl.qwen3.cpu import auto_dtype, detect
+
+    cpu = detect()
+    print(f"machine: {cpu.describe()}; {os.cpu_count()} CPUs, torch {torch.__version__} "
+          f"(kernels: {torch.backends.cpu.get_cpu_capability()}), {torch.get_num_threads()} "
+          f"threads; model {args.size} (random weights)")
+    chosen, why = auto_dtype(cpu, torch.bfloat16)
+    print(f"dtype auto here (bf16 checkpoint): {str(chosen).removeprefix('torch.')}, because "
+          f"{why}")
     if args.memory:
         weights = sum(p.stat().st_size for p in ckpt.glob("*.safetensors")) * 2 / 2**20  # fp32
         print(f"fp32 weights: {weights:.0f} MiB")
@@ -181,9 +210,10 @@ def main() -> None:
     lengths = [len(e.ids) for e in tok.encode_batch(texts)]
     n_tok = sum(lengths)
     ctx = sum(n * n / 2 for n in lengths) / n_tok  # mean causal context per token
-    gf = matmul_gflops()
+    gemm = {d: matmul_gflops(d) for d in ("float32", "bfloat16", "int8")}
     print(f"corpus: {len(texts)} texts, {n_tok} tokens (min {min(lengths)}, max {max(lengths)})")
-    print(f"fp32 matmul rate: {gf:.1f} GFLOP/s")
+    print("GEMM rate, [1024,1024]x[1024,6144]: " +
+          ", ".join(f"{d} {g:.1f} GFLOP/s" for d, g in gemm.items()))
     results = {}
     for system in args.systems.split(","):
         budget = ["--batch-tokens", str(args.batch_tokens)] if args.batch_tokens else []
@@ -191,20 +221,23 @@ def main() -> None:
                                      "--child", system])
         r["tok_s"] = n_tok / r["embed_s"]
         r["texts_s"] = len(texts) / r["embed_s"]
-        r["matmul_frac"] = r["tok_s"] * flops_per_token(args.size, ctx) / 1e9 / gf
-    print(f"{'system':8} {'tokens/s':>9} {'texts/s':>8} {'embed_s':>8} {'load_s':>7} "
-          f"{'peak_RSS_MiB':>12} {'of_matmul_peak':>14}")
-    for s, r in results.items():
-        print(f"{s:8} {r['tok_s']:9.1f} {r['texts_s']:8.2f} {r['embed_s']:8.1f} "
-              f"{r['load_s']:7.1f} {r['peak_rss_mib']:12.0f} {r['matmul_frac']:14.0%}")
+        # the fraction of the GEMM rate of the dtype the path multiplies in (ST: fp32)
+        r["matmul_frac"] = (r["tok_s"] * flops_per_token(args.size, ctx) / 1e9
+                            / gemm[r["gemm"]])
     vec = {s: np.load(OUT / f"{s}.npy") for s in results}
+    ref = vec.get("fp32", vec.get("st"))
+    print(f"{'system':8} {'gemm':>8} {'tokens/s':>9} {'texts/s':>8} {'embed_s':>8} {'load_s':>7} "
+          f"{'peak_RSS_MiB':>12} {'of_gemm_rate':>12} {'x_st':>5} {'x_fp32':>6} "
+          f"{'min_cos_fp32':>12}")
+    for s, r in results.items():
+        x_st = r["tok_s"] / results["st"]["tok_s"] if "st" in results else float("nan")
+        x_fp = r["tok_s"] / results["fp32"]["tok_s"] if "fp32" in results else float("nan")
+        cos = float((vec[s] * ref).sum(1).min()) if ref is not None else float("nan")
+        print(f"{s:8} {r['gemm']:>8} {r['tok_s']:9.1f} {r['texts_s']:8.2f} {r['embed_s']:8.1f} "
+              f"{r['load_s']:7.1f} {r['peak_rss_mib']:12.0f} {r['matmul_frac']:12.0%} "
+              f"{x_st:5.2f} {x_fp:6.2f} {cos:12.6f}")
     if "st" in vec and "fp32" in vec:
-        print(f"fp32 / st speed: {results['fp32']['tok_s'] / results['st']['tok_s']:.2f}x; "
-              f"max |fp32 - st| = {np.abs(vec['fp32'] - vec['st']).max():.2e}")
-    if "int8" in vec and "fp32" in vec:
-        cos = (vec["int8"] * vec["fp32"]).sum(1)
-        print(f"int8 / fp32 speed: {results['int8']['tok_s'] / results['fp32']['tok_s']:.2f}x; "
-              f"cosine int8 vs fp32: min {cos.min():.4f}, mean {cos.mean():.4f}")
+        print(f"max |fp32 - st| = {np.abs(vec['fp32'] - vec['st']).max():.2e}")
 
 
 if __name__ == "__main__":

@@ -60,6 +60,9 @@ class ModelInfo:
     process: int | None = None
     #: Token budget of one forward pass the backend is tuned for, None when it has none.
     batch_tokens: int | None = None
+    #: The CPU and the features that decide its compute paths (local engines on CPU, e.g.
+    #: ``AMD EPYC (avx2, avx512f, avx512_bf16, avx512_vnni)``), None otherwise.
+    cpu: str | None = None
     #: Pooling of the hidden states.
     pooling: str = "last_token"
     #: :meth:`BaseEmbedder.fingerprint` where the backend computed one at load (the local

@@ -15,6 +15,7 @@ from typing import Protocol
 import numpy as np
 import torch
 
+from smysl.qwen3.cpu import CpuFeatures, auto_dtype, detect
 from smysl.qwen3.hub import Checkpoint
 from smysl.qwen3.loader import load_encoder
 from smysl.qwen3.model import Qwen3Encoder
@@ -39,14 +40,20 @@ class EngineConfig:
 
     #: "auto" (CUDA when available, else CPU), "cpu", "cuda" or "cuda:N".
     device: str = "auto"
-    #: "auto" (float32 on CPU, bfloat16 on CUDA), "float32", "bfloat16" or "float16".
+    #: "auto" (CUDA: bfloat16; CPU: bfloat16 for a bf16 checkpoint where the CPU computes bf16
+    #: natively, else float32 — see :func:`smysl.qwen3.cpu.auto_dtype`), "float32" (the exact
+    #: path), "bfloat16" or "float16".
     dtype: str = "auto"
     #: None, or "int8" (dynamic int8 linear layers; CPU only).
     quantize: str | None = None
     #: CPU threads for torch; None keeps torch's default (one per physical core).
     threads: int | None = None
 
-    def resolve(self) -> tuple[torch.device, torch.dtype]:
+    def resolve(self, stored: torch.dtype | None = None, features: CpuFeatures | None = None
+                ) -> tuple[torch.device, torch.dtype]:
+        """(device, matmul dtype). ``stored`` (the checkpoint's dtype) and ``features`` (the
+        CPU's; default this machine's) decide ``dtype="auto"`` on CPU (see
+        :func:`smysl.qwen3.cpu.auto_dtype`)."""
         dev = self.device
         if dev == "auto":
             dev = "cuda" if torch.cuda.is_available() else "cpu"
@@ -55,7 +62,12 @@ class EngineConfig:
             raise ValueError("device 'cuda' requested but CUDA is not available")
         if device.type not in ("cpu", "cuda"):
             raise ValueError(f"unsupported device {self.device!r} (use auto, cpu or cuda)")
-        if self.dtype == "auto":
+        features = features or detect()
+        if self.dtype == "auto" and device.type == "cpu" and self.quantize is None:
+            dtype, why = auto_dtype(features, stored)
+            log.info("dtype auto on %s: %s, because %s", features.describe(),
+                     str(dtype).removeprefix("torch."), why)
+        elif self.dtype == "auto":
             dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
         elif self.dtype in _DTYPES:
             dtype = _DTYPES[self.dtype]
@@ -66,9 +78,17 @@ class EngineConfig:
             raise ValueError(f"unsupported quantize {self.quantize!r} (use int8 or none)")
         if self.quantize == "int8" and (device.type != "cpu" or dtype != torch.float32):
             raise ValueError("int8 quantisation runs on CPU with dtype float32")
-        if device.type == "cpu" and dtype != torch.float32:
-            log.warning("%s matmuls on CPUs without AMX are ~100x slower than float32", dtype)
+        if device.type == "cpu" and dtype != torch.float32 and not (
+                dtype == torch.bfloat16 and features.native_bf16):
+            log.warning("%s matmuls are emulated on %s: expect them ~100x slower than float32",
+                        str(dtype).removeprefix("torch."), features.describe())
         return device, dtype
+
+
+def stored_dtype(config: dict[str, object]) -> torch.dtype | None:
+    """The dtype a checkpoint's ``config.json`` says its weights are stored in, if it says."""
+    name = config.get("torch_dtype") or config.get("dtype")
+    return _DTYPES.get(str(name)) if name else None
 
 
 class EngineLike(Protocol):
@@ -121,7 +141,7 @@ class Engine:
 
     @classmethod
     def from_checkpoint(cls, ckpt: Checkpoint, cfg: EngineConfig) -> Engine:
-        device, dtype = cfg.resolve()
+        device, dtype = cfg.resolve(stored_dtype(ckpt.config))
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
         model = load_encoder(ckpt, device, dtype)

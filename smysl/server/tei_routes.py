@@ -66,6 +66,8 @@ class Info(BaseModel):
     version: str
     sha: str | None
     docker_label: str | None
+    #: smysl's addition: the CPU and the features that chose its compute path (local CPU engine).
+    cpu: str | None = None
 
 
 def router(service: Service) -> APIRouter:
@@ -141,7 +143,7 @@ def router(service: Service) -> APIRouter:
             "max_client_batch_size": cfg.max_inputs,
             "auto_truncate": False,
             "tokenization_workers": 1,
-            "version": __version__, "sha": None, "docker_label": None,
+            "version": __version__, "sha": None, "docker_label": None, "cpu": model.cpu,
         })
 
     @r.get("/health")

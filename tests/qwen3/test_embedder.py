@@ -29,7 +29,7 @@ def _close(a: np.ndarray, b: np.ndarray, atol: float = 1e-5) -> None:
 )
 def test_parity_with_transformers_reference(tiny_variants: dict[str, Tiny], variant: str) -> None:
     t = tiny_variants[variant]
-    emb = Embedder.load(str(t.path), device="cpu")
+    emb = Embedder.load(str(t.path), device="cpu", dtype="float32")  # the exact path
     docs = emb.embed_documents(TEXTS)
     _close(docs, reference_embed(t.path, TEXTS))
     queries = emb.embed_queries(QUERIES, task="Find relevant passages")

@@ -1,0 +1,104 @@
+"""What this CPU computes natively, and the dtype ``dtype="auto"`` picks from it.
+
+Machines differ by two orders of magnitude here: on an AVX2-only CPU a bf16 matmul is emulated
+(~100x slower than fp32), on one with AVX512-BF16 or AMX it runs 4-5x faster than fp32. So the
+choice is made from the features the CPU reports, once, logged with its reason, and shown in
+``/info`` and the benchmark output. Tests inject :class:`CpuFeatures` to cover every branch on
+any machine.
+"""
+
+from __future__ import annotations
+
+import functools
+import platform
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+#: Features that decide a path, by architecture, in the order they are reported.
+#: x86: AVX2 / AVX-512 (fp32 GEMM), AVX512-BF16 and AMX-BF16 (native bf16), AVX512-VNNI,
+#: AVX-VNNI and AMX-INT8 (int8 dot products). Arm: asimddp (dot product), i8mm, sve, bf16.
+KNOWN = {
+    "x86_64": ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "avx512_vnni", "avx_vnni",
+               "amx_int8", "amx_tile"),
+    "aarch64": ("asimd", "asimddp", "i8mm", "sve", "sve2", "bf16"),
+}
+#: Matmul precision ``dtype="auto"`` may pick on CPU: bf16 stays within cosine 0.99996 of fp32 on
+#: the benchmark corpus (0.6B shape, docs/benchmarks.md), inside the 0.9999 the choice allows.
+NATIVE_BF16 = frozenset({"avx512_bf16", "amx_bf16"})
+
+
+@dataclass(frozen=True)
+class CpuFeatures:
+    """The CPU's model name, architecture and the :data:`KNOWN` features it has."""
+
+    model: str
+    arch: str
+    flags: frozenset[str]
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        """Known features present, in :data:`KNOWN` order (for logs and ``/info``)."""
+        return tuple(f for f in KNOWN.get(self.arch, ()) if f in self.flags)
+
+    @property
+    def native_bf16(self) -> bool:
+        """bf16 matmuls run in hardware (x86 AVX512-BF16 or AMX). Arm's bf16 extension is not
+        counted: no Arm machine has measured it against fp32 here yet."""
+        return bool(self.flags & NATIVE_BF16)
+
+    @property
+    def int8_dot(self) -> bool:
+        """int8 dot-product instructions (VNNI / AMX-INT8 / Arm dot product or I8MM)."""
+        return bool(self.flags & {"avx512_vnni", "avx_vnni", "amx_int8", "asimddp", "i8mm"})
+
+    def describe(self) -> str:
+        """``AMD EPYC (avx2, avx512f, avx512_bf16, ...)`` for logs and benchmark output."""
+        return f"{self.model or self.arch} ({', '.join(self.names) or 'baseline only'})"
+
+
+def parse_cpuinfo(text: str, arch: str) -> CpuFeatures:
+    """Features from ``/proc/cpuinfo`` text (the first processor's ``flags`` / ``Features``)."""
+    model, flags = "", frozenset[str]()
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        key = key.strip().lower()
+        if key in ("model name", "cpu model") and not model:
+            model = value.strip()
+        elif key in ("flags", "features") and not flags:
+            flags = frozenset(value.split())
+    return CpuFeatures(model, arch, flags)
+
+
+@functools.cache
+def detect() -> CpuFeatures:
+    """This machine's features (read once). Empty flags where ``/proc/cpuinfo`` is absent
+    (macOS, Windows): ``auto`` then stays float32, the exact path."""
+    arch = {"amd64": "x86_64", "arm64": "aarch64"}.get(platform.machine().lower(),
+                                                        platform.machine().lower())
+    try:
+        text = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return CpuFeatures(platform.processor(), arch, frozenset())
+    return parse_cpuinfo(text, arch)
+
+
+def auto_dtype(features: CpuFeatures, stored: torch.dtype | None) -> tuple[torch.dtype, str]:
+    """``dtype="auto"`` on CPU: (matmul dtype, why).
+
+    bf16 where the CPU computes it natively and the checkpoint is stored in bf16 (every
+    Qwen3-Embedding release is): 2.5-4.5x faster than fp32, cosine >= 0.9999 to it. A checkpoint
+    stored in fp32 keeps fp32 (its owner chose that precision), and so does every CPU that would
+    emulate bf16. ``dtype="float32"`` is always the exact path.
+    """
+    if stored is not torch.bfloat16:
+        return torch.float32, f"the checkpoint is stored in {_name(stored)}"
+    if not features.native_bf16:
+        return torch.float32, "this CPU has no native bf16 (AVX512-BF16 or AMX-BF16)"
+    have = sorted(features.flags & NATIVE_BF16)
+    return torch.bfloat16, f"this CPU computes bf16 natively ({', '.join(have)})"
+
+
+def _name(dtype: torch.dtype | None) -> str:
+    return "an unknown dtype" if dtype is None else str(dtype).removeprefix("torch.")

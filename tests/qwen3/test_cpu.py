@@ -1,0 +1,114 @@
+"""CPU feature detection and the dtype ``auto`` picks from it (issue 13), on any machine: the
+features are injected, so every branch runs whatever CPU the tests land on."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from smysl.qwen3.cpu import CpuFeatures, auto_dtype, detect, parse_cpuinfo
+from smysl.qwen3.engine import EngineConfig, stored_dtype
+
+ZEN3 = CpuFeatures("AMD EPYC 7B13", "x86_64", frozenset({"sse4_2", "avx", "avx2", "fma"}))
+ZEN5 = CpuFeatures("AMD EPYC", "x86_64", frozenset(
+    {"avx2", "avx512f", "avx512bw", "avx512_bf16", "avx512_vnni", "avx_vnni"}))
+SPR = CpuFeatures("Intel Xeon Platinum 8480+", "x86_64", frozenset(
+    {"avx2", "avx512f", "avx512_bf16", "avx512_vnni", "amx_bf16", "amx_int8", "amx_tile"}))
+GRAVITON3 = CpuFeatures("", "aarch64", frozenset({"asimd", "asimddp", "i8mm", "sve", "bf16"}))
+
+
+def test_cpuinfo_is_parsed_on_x86_and_arm() -> None:
+    x86 = parse_cpuinfo("processor\t: 0\nmodel name\t: AMD EPYC\nflags\t\t: fpu avx2 avx512f "
+                        "avx512_bf16 avx512_vnni\n\nprocessor\t: 1\nflags\t\t: fpu\n", "x86_64")
+    assert x86.model == "AMD EPYC"
+    assert x86.names == ("avx2", "avx512f", "avx512_bf16", "avx512_vnni")
+    assert x86.native_bf16 and x86.int8_dot
+    arm = parse_cpuinfo("processor\t: 0\nFeatures\t: fp asimd asimddp i8mm sve bf16\n", "aarch64")
+    assert arm.names == ("asimd", "asimddp", "i8mm", "sve", "bf16")
+    assert not arm.native_bf16 and arm.int8_dot  # Arm bf16 not measured here: fp32 stays
+    assert "baseline only" in CpuFeatures("", "x86_64", frozenset({"sse2"})).describe()
+
+
+@pytest.mark.parametrize(("cpu", "stored", "want"), [
+    (ZEN3, torch.bfloat16, torch.float32),     # emulated bf16: ~100x slower
+    (ZEN5, torch.bfloat16, torch.bfloat16),    # AVX512-BF16
+    (SPR, torch.bfloat16, torch.bfloat16),     # AMX
+    (GRAVITON3, torch.bfloat16, torch.float32),
+    (ZEN5, torch.float32, torch.float32),      # an fp32 checkpoint keeps its precision
+    (ZEN5, None, torch.float32),               # unknown storage: the exact path
+])
+def test_auto_dtype_on_each_cpu(cpu: CpuFeatures, stored: torch.dtype | None,
+                                want: torch.dtype) -> None:
+    dtype, why = auto_dtype(cpu, stored)
+    assert dtype == want and why
+
+
+def test_engine_config_uses_the_features_and_says_why(caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.INFO, logger="smysl.qwen3.engine"):
+        assert EngineConfig(device="cpu").resolve(torch.bfloat16, ZEN5)[1] == torch.bfloat16
+    assert "avx512_bf16" in caplog.text and "natively" in caplog.text
+    assert EngineConfig(device="cpu").resolve(torch.bfloat16, ZEN3)[1] == torch.float32
+    # explicit choices win; int8 keeps its float32 activations
+    assert EngineConfig(device="cpu", dtype="float32").resolve(torch.bfloat16, ZEN5)[1] \
+        == torch.float32
+    assert EngineConfig(device="cpu", quantize="int8").resolve(torch.bfloat16, ZEN5)[1] \
+        == torch.float32
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="smysl.qwen3.engine"):
+        EngineConfig(device="cpu", dtype="bfloat16").resolve(torch.bfloat16, ZEN5)
+        assert "emulated" not in caplog.text
+        EngineConfig(device="cpu", dtype="bfloat16").resolve(torch.bfloat16, ZEN3)
+        assert "emulated" in caplog.text and "AMD EPYC 7B13" in caplog.text
+
+
+def test_stored_dtype_reads_both_config_keys() -> None:
+    assert stored_dtype({"torch_dtype": "bfloat16"}) == torch.bfloat16  # transformers 4
+    assert stored_dtype({"dtype": "float32"}) == torch.float32          # transformers 5
+    assert stored_dtype({}) is None
+
+
+def test_auto_on_this_machine_matches_fp32(tiny_variants, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """A bf16 checkpoint with ``auto`` on this CPU: the path the features pick, reported in
+    info(), and vectors within cosine 0.9999 of the exact fp32 path."""
+    from smysl import Embedder
+
+    t = tiny_variants["gqa2-untied-eos-bf16"]
+    auto = Embedder.load(str(t.path), device="cpu")
+    exact = Embedder.load(str(t.path), device="cpu", dtype="float32")
+    want, _ = auto_dtype(detect(), torch.bfloat16)
+    info = auto.info()
+    assert info.dtype == str(want).removeprefix("torch.")
+    assert info.cpu == detect().describe()
+    texts = ["Кошка спит на подоконнике.", "The cat sleeps on the windowsill.", "x" * 300]
+    cos = (auto.embed_documents(texts) * exact.embed_documents(texts)).sum(1)
+    assert np.all(cos >= 0.9999), cos
+
+
+def test_info_route_names_the_cpu(tiny) -> None:  # type: ignore[no-untyped-def]
+    """`/info` says which CPU and features chose the compute path (issue 13)."""
+    from fastapi.testclient import TestClient
+
+    from smysl.server import create_app
+
+    with TestClient(create_app(tiny)) as client:
+        body = client.get("/info").json()
+    assert body["cpu"] == detect().describe() and body["model_dtype"] == "float32"
+
+
+def test_bf16_path_is_batch_invariant(tiny_variants) -> None:  # type: ignore[no-untyped-def]
+    """The bf16 CPU path keeps the fp32 path's rule: a text's vector does not depend on the
+    batch it came in (same thread count), bit for bit."""
+    from smysl import Embedder
+
+    emb = Embedder.load(str(tiny_variants["gqa2-untied-eos-bf16"].path), device="cpu",
+                        dtype="bfloat16")
+    texts = ["short", "a somewhat longer text about cats and dogs", "Кошка спит." * 20,
+             "another one", "x"]
+    together = emb.embed_documents(texts)
+    alone = np.vstack([emb.embed_documents([t]) for t in texts])
+    reversed_ = emb.embed_documents(texts[::-1])[::-1]
+    assert np.array_equal(together, alone) and np.array_equal(together, reversed_)
