@@ -2,9 +2,9 @@
 
 A model string is ``scheme:rest`` (``openrouter:qwen/qwen3-embedding-8b``, ``st:all-minilm-l6-v2``,
 ``tei:http://host:8080``) or, without a known scheme, a local checkpoint for the native Qwen3
-engine: a directory, a Hub repo id, or an alias (``qwen3-embedding:0.6b``). Every scheme is a
-:class:`Scheme` in :data:`SCHEMES`, the local engine included; factories are imported on first
-use, so remote schemes never import torch.
+engine: a directory, a GGUF file, a Hub repo id, or an alias (``qwen3-embedding:0.6b``). Every
+scheme is a :class:`Scheme` in :data:`SCHEMES`, the local engine included; factories are
+imported on first use, so remote schemes never import torch.
 """
 
 from __future__ import annotations
@@ -67,6 +67,8 @@ def _remote(name: str, summary: str) -> Scheme:
 SCHEMES: dict[str, Scheme] = {s.name: s for s in (
     Scheme(LOCAL, "smysl.qwen3.embedder:load", _ENGINE, False,
            "native Qwen3-Embedding engine: checkpoint dir, Hub id or alias"),
+    Scheme("ollama-store", "smysl.qwen3.embedder:load_ollama_store", _ENGINE - {"revision"},
+           False, "a Qwen3-Embedding GGUF in the local Ollama store, run in-process"),
     Scheme("st", "smysl.backends.sentence_transformers:load",
            frozenset({"device", "dtype", "max_tokens", "max_batch_size"}), False,
            "any sentence-transformers model (reference pipeline)"),
@@ -122,8 +124,9 @@ def load(model: str, options: ModelOptions | None = None, **kwargs: Any) -> Base
     scheme = SCHEMES[name]
     options.check(scheme.options, model)
     embedder = scheme.factory()(rest, options, **backend_kwargs)
-    # a local folder absolute, so the string loads the same model from any working directory
-    embedder.source = str(Path(model).resolve()) if Path(model).is_dir() else model.strip()
+    # a local folder or file absolute, so the string loads the same model from any directory
+    local = name == LOCAL and Path(model.strip()).exists()
+    embedder.source = str(Path(model.strip()).resolve()) if local else model.strip()
     return embedder
 
 

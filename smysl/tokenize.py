@@ -75,10 +75,14 @@ class TokenSpan:
 class Tokenizer:
     """A ``tokenizers`` tokenizer that yields Qwen3-Embedding token ids."""
 
-    def __init__(self, path: str | Path, max_tokens: int) -> None:
+    def __init__(self, path: str | Path, max_tokens: int, *, json_text: str | None = None
+                 ) -> None:
+        """``path``: a ``tokenizer.json``; or, with ``json_text`` (its content, e.g. built from
+        a GGUF file's metadata), the file it came from, for messages."""
         from tokenizers import Tokenizer as HFTokenizer
 
-        self.raw = HFTokenizer.from_file(str(path))
+        self.raw = (HFTokenizer.from_str(json_text) if json_text is not None
+                    else HFTokenizer.from_file(str(path)))
         self.raw.no_truncation()
         self.raw.no_padding()
         eos = self.raw.token_to_id(EOS_TOKEN)

@@ -11,6 +11,7 @@ import json
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -195,3 +196,170 @@ def _reference_model(path: Path):  # type: ignore[no-untyped-def]
         _REF_CACHE[path] = Qwen3Model.from_pretrained(
             str(path), dtype=torch.float32, attn_implementation="eager").eval()
     return _REF_CACHE[path]
+
+
+def build_tiny_reranker(root: Path, *, tied: bool = True, seed: int = 0, shard: bool = False,
+                        max_positions: int = 512) -> Tiny:
+    """A tiny random Qwen3-Reranker: ``Qwen3ForCausalLM`` with the base tokenizer (no EOS
+    appended), as the real repos ship it. The "yes"/"no" head rows are scaled down so that
+    P(yes) stays away from 0 and 1 (random full-size rows saturate it and tie the ranking)."""
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    t = build_tiny(root, tied=tied, causal_lm=True, eos_tokenizer=False, st_files=False,
+                   seed=seed, shard=shard, max_positions=max_positions)
+    head = "model.embed_tokens.weight" if tied else "lm_head.weight"
+    for f in sorted(root.glob("*.safetensors")):
+        weights = load_file(f)
+        if head in weights:
+            w = weights[head]
+            gen = torch.Generator().manual_seed(seed)
+            for row in (YES, NO):
+                w[row] = torch.randn(w.shape[1], generator=gen) * 0.02
+            save_file(weights, f, metadata={"format": "pt"})
+    return t
+
+
+YES, NO = 9693, 2152
+_LM_CACHE: dict[Path, Any] = {}
+#: The Qwen3-Reranker model card's prompt pieces (huggingface.co/Qwen/Qwen3-Reranker-0.6B,
+#: "Transformers Usage"), copied here independently of smysl's own constants.
+_REF_PREFIX = ("<|im_start|>system\nJudge whether the Document meets the requirements based on "
+               "the Query and the Instruct provided. Note that the answer can only be \"yes\" "
+               "or \"no\".<|im_end|>\n<|im_start|>user\n")
+_REF_SUFFIX = "<|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\n\n"
+_REF_TASK = "Given a web search query, retrieve relevant passages that answer the query"
+
+
+def reference_rerank(path: Path, pairs: list[tuple[str, str]], instruction: str | None = None,
+                     max_length: int = 8192) -> np.ndarray:
+    """The model card's reference recipe, as written there: format_instruction, tokenise with
+    ``truncation='longest_first'`` to ``max_length`` minus prefix and suffix, left padding,
+    full ``Qwen3ForCausalLM`` logits at the last position, log_softmax over [no, yes], exp."""
+    import torch
+    from transformers import AutoTokenizer, Qwen3ForCausalLM
+
+    if path not in _LM_CACHE:
+        _LM_CACHE[path] = Qwen3ForCausalLM.from_pretrained(
+            str(path), dtype=torch.float32, attn_implementation="eager").eval()
+    model = _LM_CACHE[path]
+    tok = AutoTokenizer.from_pretrained(str(path), padding_side="left")
+    prefix = tok.encode(_REF_PREFIX, add_special_tokens=False)
+    suffix = tok.encode(_REF_SUFFIX, add_special_tokens=False)
+    task = instruction if instruction is not None else _REF_TASK
+    texts = [f"<Instruct>: {task}\n<Query>: {q}\n<Document>: {d}" for q, d in pairs]
+    inputs = tok(texts, padding=False, truncation="longest_first", return_attention_mask=False,
+                 max_length=max_length - len(prefix) - len(suffix))
+    for i, ele in enumerate(inputs["input_ids"]):
+        inputs["input_ids"][i] = prefix + ele + suffix
+    batch = tok.pad(inputs, padding=True, return_tensors="pt", max_length=max_length)
+    with torch.no_grad():
+        logits = model(**batch).logits[:, -1, :]  # type: ignore[operator]
+    scores = torch.stack([logits[:, tok.convert_tokens_to_ids("no")],
+                          logits[:, tok.convert_tokens_to_ids("yes")]], dim=1)
+    return torch.nn.functional.log_softmax(scores, dim=1)[:, 1].exp().numpy()
+
+
+# ---------------------------------------------------------------------- GGUF (issue 14)
+#: GGUF token types (llama.cpp's llama_token_type).
+NORMAL, CONTROL, USER_DEFINED, UNUSED = 1, 3, 4, 5
+
+
+def gguf_vocab(vocab_size: int) -> tuple[list[str], list[int], list[str]]:
+    """Tokens, token types and merges of the real Qwen3 tokenizer as convert_hf_to_gguf.py's
+    ``get_vocab_base`` writes them: added tokens that are special or look special (``<|...|>``)
+    CONTROL, other added tokens USER_DEFINED, ids past the tokenizer ``[PAD{i}]`` UNUSED."""
+    tok = json.loads((require_tokenizer() / "tokenizer.json").read_text(encoding="utf-8"))
+    by_id = {i: t for t, i in tok["model"]["vocab"].items()}
+    added = {a["id"]: a for a in tok["added_tokens"]}
+    tokens, types = [], []
+    for i in range(vocab_size):
+        if i in added:
+            a = added[i]
+            looks = a["content"].startswith("<|") and a["content"].endswith("|>")
+            tokens.append(a["content"])
+            types.append(CONTROL if a["special"] or looks else USER_DEFINED)
+        elif i in by_id:
+            tokens.append(by_id[i])
+            types.append(NORMAL)
+        else:
+            tokens.append(f"[PAD{i}]")
+            types.append(UNUSED)
+    merges = [m if isinstance(m, str) else " ".join(m) for m in tok["model"]["merges"]]
+    return tokens, types, merges
+
+
+def write_gguf(src: Path, out: Path, *, ftype: str = "F16", tokenizer: bool = True,
+               add_eos: bool | None = None, pooling: int | None = 3, arch: str = "qwen3",
+               type_of: dict[str, str] | None = None) -> Path:
+    """Write the tiny safetensors checkpoint in ``src`` as a GGUF file, the way llama.cpp's
+    ``convert_hf_to_gguf.py`` does for Qwen3-Embedding: ``qwen3.*`` hyperparameters,
+    ``tokenizer.ggml.*`` (gpt2 model, qwen2 pre-tokenizer), tensor names from gguf-py's own
+    name map, q/k as they are (its Qwen3Model permutes nothing), 1-D tensors F32 and 2-D
+    tensors in ``ftype`` (F32, F16, BF16, Q8_0), ``output.weight`` only for an untied
+    ``lm_head``.
+
+    ``add_eos``: ``tokenizer.ggml.add_eos_token`` (None: absent, as in old conversions);
+    ``pooling``: ``qwen3.pooling_type`` (None: absent); ``type_of``: per-tensor type overrides
+    (mixed files); a type the gguf package cannot quantise to (Q4_K...) gets random bytes of
+    the right size, enough for a loader that must refuse it unread.
+    """
+    import gguf
+    from safetensors.torch import load_file
+
+    cfg = json.loads((src / "config.json").read_text())
+    state: dict = {}
+    for f in sorted(src.glob("*.safetensors")):
+        state.update(load_file(f))
+    names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.QWEN3, cfg["num_hidden_layers"])
+    w = gguf.GGUFWriter(str(out), arch)
+    w.add_name(src.name)
+    w.add_file_type(getattr(gguf.LlamaFileType, "ALL_F32" if ftype == "F32" else
+                            f"MOSTLY_{ftype}"))
+    w.add_block_count(cfg["num_hidden_layers"])
+    w.add_context_length(cfg["max_position_embeddings"])
+    w.add_embedding_length(cfg["hidden_size"])
+    w.add_feed_forward_length(cfg["intermediate_size"])
+    w.add_head_count(cfg["num_attention_heads"])
+    w.add_head_count_kv(cfg["num_key_value_heads"])
+    w.add_rope_freq_base((cfg.get("rope_parameters") or cfg)["rope_theta"])
+    w.add_layer_norm_rms_eps(cfg["rms_norm_eps"])
+    w.add_key_length(cfg["head_dim"])
+    w.add_value_length(cfg["head_dim"])
+    if pooling is not None:
+        w.add_int32(f"{arch}.pooling_type", pooling)  # llama.cpp reads it as int32 (-1 = unset)
+    if tokenizer:
+        tokens, types, merges = gguf_vocab(cfg["vocab_size"])
+        w.add_tokenizer_model("gpt2")
+        w.add_tokenizer_pre("qwen2")
+        w.add_token_list(tokens)
+        w.add_token_types(types)
+        w.add_token_merges(merges)
+        w.add_bos_token_id(EOS)
+        w.add_eos_token_id(EOS)
+        w.add_pad_token_id(EOS)
+        w.add_add_bos_token(False)
+        if add_eos is not None:
+            w.add_add_eos_token(add_eos)
+    rng = np.random.default_rng(0)
+    for key, t in state.items():
+        gname = names.get_name(key, try_suffixes=(".weight",))
+        if gname is None:
+            raise ValueError(f"gguf-py has no qwen3 name for {key}")
+        data = t.float().numpy()
+        qtype = getattr(gguf.GGMLQuantizationType,
+                        (type_of or {}).get(gname, "F32" if data.ndim == 1 else ftype))
+        if qtype in (gguf.GGMLQuantizationType.F32, gguf.GGMLQuantizationType.F16):
+            w.add_tensor(gname, gguf.quants.quantize(data, qtype))
+            continue
+        try:
+            packed = gguf.quants.quantize(data, qtype)
+        except NotImplementedError:  # K-quants: only llama.cpp's C quantizer makes them
+            shape = gguf.quants.quant_shape_to_byte_shape(data.shape, qtype)
+            packed = rng.integers(0, 256, size=shape, dtype=np.uint8)
+        w.add_tensor(gname, packed, raw_dtype=qtype)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return out

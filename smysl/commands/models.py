@@ -21,11 +21,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from smysl.ollama_store import blob, manifests, model_layer, ollama_root
+from smysl.ollama_store import read_json as _json
 from smysl.pooling import MIN_DIMENSIONS
 from smysl.registry import ALIASES, split
 
-_OLLAMA_MODEL = "application/vnd.ollama.image.model"
-_OLLAMA_HOST = "registry.ollama.ai"
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 #: safetensors dtype codes -> the names smysl reports (``ModelInfo.dtype``).
 _ST_DTYPES = {"F32": "float32", "BF16": "bfloat16", "F16": "float16", "F64": "float64",
@@ -65,14 +65,6 @@ class ModelEntry:
 
 
 # ---------------------------------------------------------------------- checkpoint directories
-def _json(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}
-
-
 def _weight_files(root: Path) -> list[Path]:
     index = _json(root / "model.safetensors.index.json")
     if index:
@@ -194,49 +186,27 @@ def hub_models(cache_dir: str | None = None, *, every: bool = False) -> list[Mod
 
 
 # ---------------------------------------------------------------------- Ollama store
-def ollama_root() -> Path:
-    """The Ollama model store: ``OLLAMA_MODELS`` or ``~/.ollama/models``."""
-    return Path(os.environ.get("OLLAMA_MODELS") or Path.home() / ".ollama" / "models").expanduser()
-
-
-def _ollama_name(rel: tuple[str, ...]) -> str:
-    host, namespace, model, tag = rel
-    if host == _OLLAMA_HOST:
-        return f"{model}:{tag}" if namespace == "library" else f"{namespace}/{model}:{tag}"
-    return f"{host}/{namespace}/{model}:{tag}"
-
-
 def ollama_models(root: Path | None = None, *, every: bool = False) -> list[ModelEntry]:
     """Embedding models in the Ollama store (``every``: all), from manifests, the config blob
     and the GGUF header."""
     root = root or ollama_root()
-    manifests = root / "manifests"
-    if not manifests.is_dir():
-        return []
     out = []
-    for path in sorted(manifests.glob("*/*/*/*")):
-        manifest = _json(path) if path.is_file() else {}
-        if not manifest:
-            continue
-        entry = _ollama_entry(root, _ollama_name(path.relative_to(manifests).parts), manifest)
+    for name, manifest in manifests(root):
+        entry = _ollama_entry(root, name, manifest)
         if entry is not None and (every or entry.details["embedding"]):
             out.append(entry)
     return out
 
 
-def _blob(root: Path, digest: str) -> Path:
-    return root / "blobs" / digest.replace(":", "-")
-
-
 def _ollama_entry(root: Path, name: str, manifest: dict[str, Any]) -> ModelEntry | None:
     layers = [x for x in manifest.get("layers", []) if isinstance(x, dict)]
-    model = next((x for x in layers if x.get("mediaType") == _OLLAMA_MODEL), None)
+    model = model_layer(manifest)
     if model is None:
         return None
     config_layer = manifest.get("config") or {}
-    config = _json(_blob(root, str(config_layer.get("digest", ""))))
-    blob = _blob(root, str(model.get("digest", "")))
-    meta = gguf_metadata(blob) if blob.is_file() else {}
+    config = _json(blob(root, str(config_layer.get("digest", ""))))
+    weights = blob(root, str(model.get("digest", "")))
+    meta = gguf_metadata(weights) if weights.is_file() else {}
     arch = str(meta.get("general.architecture", config.get("model_family", "")))
     dims = config.get("embedding_length") or meta.get(f"{arch}.embedding_length")
     context = config.get("context_length") or meta.get(f"{arch}.context_length")
@@ -251,7 +221,7 @@ def _ollama_entry(root: Path, name: str, manifest: dict[str, Any]) -> ModelEntry
                "kv_heads": meta.get(f"{arch}.attention.head_count_kv"),
                "pooling_type": meta.get(f"{arch}.pooling_type")}
     return ModelEntry(f"ollama:{name}", "ollama", size, int(dims) if dims else None,
-                      config.get("file_type") or None, str(blob),
+                      config.get("file_type") or None, str(weights),
                       int(context) if context else None, details)
 
 
@@ -409,7 +379,8 @@ def show_entry(model: str) -> ModelEntry:
     from smysl.qwen3.hub import download, repo_id
 
     scheme, rest = split(model)
-    if scheme == "ollama":
+    if scheme in ("ollama", "ollama-store"):  # a served or an in-process Ollama store model
+        model = f"ollama:{rest}"
         for entry in ollama_models(every=True):
             if entry.name in (model, f"{model}:latest"):
                 return entry

@@ -20,6 +20,7 @@ from smysl.base import (
 from smysl.options import ModelOptions
 from smysl.pooling import check_dimensions, finish
 from smysl.prompts import DEFAULT_TASK
+from smysl.qwen3.cpu import detect
 from smysl.qwen3.engine import BATCH_TOKENS, Engine, EngineConfig, EngineLike
 from smysl.qwen3.hub import Checkpoint, read_checkpoint, resolve
 from smysl.scheduler import SchedulerConfig, plan_batches
@@ -61,9 +62,11 @@ class Embedder(BaseEmbedder, TokenLevel):
         self.batch_tokens = self.scheduler.max_batch_tokens
 
     @classmethod
-    def load(cls, model: str, options: ModelOptions | None = None, **kwargs: Any) -> Embedder:
+    def load(cls, model: str, options: ModelOptions | None = None, *, name: str | None = None,
+             **kwargs: Any) -> Embedder:
         """Load a local Qwen3-Embedding checkpoint: a directory, a Hub repo id
-        (``Qwen/Qwen3-Embedding-0.6B``) or an alias (``qwen3-embedding:0.6b``).
+        (``Qwen/Qwen3-Embedding-0.6B``), an alias (``qwen3-embedding:0.6b``) or a GGUF file
+        (:mod:`smysl.qwen3.gguf`). ``name``: what the model is called (default ``model``).
 
         ``options`` / ``kwargs`` are :class:`~smysl.options.ModelOptions` fields. With
         ``process=True`` the engine runs in a child process (:mod:`smysl.qwen3.worker`): same
@@ -75,7 +78,17 @@ class Embedder(BaseEmbedder, TokenLevel):
         if unknown:
             raise TypeError(f"unexpected options for a local model: {sorted(unknown)}")
         opts = (options or ModelOptions()).replace(**given.given())
-        ckpt = read_checkpoint(resolve(model, revision=opts.revision), name=model)
+        ckpt = read_checkpoint(resolve(model, revision=opts.revision), name=name or model)
+        if ckpt.format == "gguf" and opts.revision:
+            raise ValueError(f"revision applies to Hub models, not the GGUF file {ckpt.root}")
+        # the tokenizer first: a bad one fails before any weight is read
+        positions = int(ckpt.config.get("max_position_embeddings", 32768))
+        if ckpt.format == "gguf":
+            from smysl.qwen3.gguf import load_tokenizer
+
+            tokenizer = load_tokenizer(ckpt, positions)
+        else:
+            tokenizer = Tokenizer(ckpt.tokenizer_file, positions)
         cfg = EngineConfig(device=opts.device or "auto", dtype=opts.dtype or "auto",
                            quantize=opts.quantize, threads=opts.threads)
         engine: EngineLike
@@ -85,10 +98,9 @@ class Embedder(BaseEmbedder, TokenLevel):
             engine = EngineProcess(ckpt, cfg)
         else:
             engine = Engine.from_checkpoint(ckpt, cfg)
-        tokenizer = Tokenizer(ckpt.tokenizer_file, engine.max_positions)
         query_prompt = str(ckpt.st_config.get("prompts", {}).get("query", ""))
         m = _QUERY_PROMPT.match(query_prompt)
-        return cls(engine, tokenizer, name=model, max_batch_tokens=opts.max_batch_tokens,
+        return cls(engine, tokenizer, name=name or model, max_batch_tokens=opts.max_batch_tokens,
                    max_batch_size=opts.max_batch_size, max_tokens=opts.max_tokens,
                    default_task=m.group("task") if m else DEFAULT_TASK, checkpoint=ckpt,
                    revision=opts.revision)
@@ -103,8 +115,12 @@ class Embedder(BaseEmbedder, TokenLevel):
         e = self.engine
         return dataclasses.replace(
             super().info(), dtype=str(e.dtype).removeprefix("torch."),
-            quantization=e.quantization, parameters=e.parameters, device=str(e.device),
-            process=e.pid, fingerprint=self.fingerprint())
+            # a GGUF file's weight type (Q8_0, F16) unless the engine re-quantised them
+            quantization=e.quantization or (self.checkpoint.weight_type if self.checkpoint
+                                            else None),
+            parameters=e.parameters, device=str(e.device),
+            process=e.pid, fingerprint=self.fingerprint(),
+            cpu=detect().describe() if e.device.type == "cpu" else None)
 
     def fingerprint(self) -> str:
         """Hash of the checkpoint's config, tokenizer and weights (size + three 1 MiB windows
@@ -118,10 +134,7 @@ class Embedder(BaseEmbedder, TokenLevel):
                     "dtype": str(e.dtype).removeprefix("torch."), "quantization": e.quantization})
             else:
                 ck = self.checkpoint
-                extra = [ck.root / "config_sentence_transformers.json",
-                         ck.root / "1_Pooling" / "config.json"]
-                files = [ck.root / "config.json", ck.tokenizer_file, *ck.weights,
-                         *(f for f in extra if f.is_file())]
+                files = ck.files
                 rev = self.revision if self.revision and _COMMIT.match(self.revision) else None
                 self._fingerprint = fingerprint_files(files, {
                     "backend": self.backend, "dtype": str(e.dtype).removeprefix("torch."),
@@ -200,3 +213,11 @@ class Embedder(BaseEmbedder, TokenLevel):
 def load(rest: str, options: ModelOptions, **kwargs: Any) -> Embedder:
     """The registry's factory for local model strings (see :mod:`smysl.registry`)."""
     return Embedder.load(rest, options, **kwargs)
+
+
+def load_ollama_store(rest: str, options: ModelOptions, **kwargs: Any) -> Embedder:
+    """The registry's factory for ``ollama-store:NAME``: the GGUF blob of an Ollama model,
+    loaded in this process (no Ollama daemon)."""
+    from smysl.ollama_store import model_blob
+
+    return Embedder.load(str(model_blob(rest)), options, name=rest, **kwargs)

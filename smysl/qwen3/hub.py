@@ -41,6 +41,21 @@ class Checkpoint:
     tokenizer_file: Path
     st_config: dict[str, Any] = field(default_factory=dict)
     pooling: dict[str, Any] = field(default_factory=dict)
+    #: ``safetensors`` (a directory) or ``gguf`` (``root`` is the file; its tokenizer is in
+    #: it unless ``tokenizer_file`` names a ``tokenizer.json`` beside it).
+    format: str = "safetensors"
+    #: A GGUF file's weight type as llama.cpp names it (``Q8_0``, ``F16``); None otherwise.
+    weight_type: str | None = None
+
+    @property
+    def files(self) -> list[Path]:
+        """The files that make this model (what :meth:`Embedder.fingerprint` hashes)."""
+        if self.format == "gguf":
+            return sorted({*self.weights, self.tokenizer_file})
+        extra = [self.root / "config_sentence_transformers.json",
+                 self.root / "1_Pooling" / "config.json"]
+        return [self.root / "config.json", self.tokenizer_file, *self.weights,
+                *(f for f in extra if f.is_file())]
 
 
 def repo_id(model: str) -> str:
@@ -50,12 +65,13 @@ def repo_id(model: str) -> str:
 
 def resolve(model: str, *, revision: str | None = None, cache_dir: str | None = None,
             offline: bool | None = None) -> Path:
-    """Return a local directory for ``model`` (a path, an alias, or a Hub repo id).
+    """Return a local directory for ``model`` (a path, an alias, or a Hub repo id), or the
+    file itself for a path to a file (a GGUF).
 
     A Hub model comes from the cache, downloaded first when missing or outdated; when the Hub
     cannot be reached the cached copy is used."""
     path = Path(model).expanduser()
-    if path.is_dir():
+    if path.is_dir() or path.is_file():
         return path
     repo = repo_id(model)
     if path.exists() or repo.count("/") != 1 or repo.startswith((".", "/")):
@@ -146,7 +162,14 @@ def _json(path: Path) -> dict[str, Any]:
 
 
 def read_checkpoint(root: Path, name: str | None = None) -> Checkpoint:
-    """Parse a checkpoint directory; raises ``ValueError`` for anything missing or unsupported."""
+    """Parse a checkpoint directory or GGUF file; raises ``ValueError`` for anything missing or
+    unsupported."""
+    if root.is_file():
+        from smysl.qwen3 import gguf
+
+        if not gguf.is_gguf(root):
+            raise ValueError(f"{root} is neither a checkpoint directory nor a GGUF file")
+        return gguf.read_checkpoint(root, name)
     config = _json(root / "config.json")
     if not config:
         raise ValueError(f"{root} has no config.json")

@@ -1,0 +1,97 @@
+"""The local Ollama model store, read without Ollama: which models it holds and where their
+GGUF files are.
+
+Layout (``OLLAMA_MODELS``, default ``~/.ollama/models``): ``manifests/<host>/<namespace>/
+<model>/<tag>`` is JSON naming its layers by digest; the layer with media type
+:data:`MODEL_MEDIA` is the GGUF weights, stored as ``blobs/sha256-<hex>``. Names are Ollama's:
+``model:tag`` for ``registry.ollama.ai/library``, ``namespace/model:tag`` for other namespaces
+there, ``host/namespace/model:tag`` elsewhere; no tag means ``latest``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+MODEL_MEDIA = "application/vnd.ollama.image.model"
+HOST = "registry.ollama.ai"
+
+
+def ollama_root() -> Path:
+    """The Ollama model store: ``OLLAMA_MODELS`` or ``~/.ollama/models``."""
+    return Path(os.environ.get("OLLAMA_MODELS") or Path.home() / ".ollama" / "models").expanduser()
+
+
+def name_of(parts: tuple[str, ...]) -> str:
+    """``(host, namespace, model, tag)`` of a manifest path -> the name Ollama shows."""
+    host, namespace, model, tag = parts
+    if host == HOST:
+        return f"{model}:{tag}" if namespace == "library" else f"{namespace}/{model}:{tag}"
+    return f"{host}/{namespace}/{model}:{tag}"
+
+
+def parts_of(name: str) -> tuple[str, str, str, str]:
+    """An Ollama name -> ``(host, namespace, model, tag)``, the inverse of :func:`name_of`."""
+    path, tag = name.strip(), "latest"
+    if ":" in path.rsplit("/", 1)[-1]:
+        path, _, tag = path.rpartition(":")
+    pieces = path.split("/")
+    pieces = {1: [HOST, "library", *pieces], 2: [HOST, *pieces]}.get(len(pieces), pieces)
+    if len(pieces) == 3 and all(p and p not in (".", "..") and "\\" not in p
+                                for p in (*pieces, tag)):
+        return pieces[0], pieces[1], pieces[2], tag
+    raise ValueError(f"{name!r} is not an Ollama model name (model[:tag], namespace/model[:tag] "
+                     "or host/namespace/model[:tag])")
+
+
+def read_json(path: Path) -> dict[str, Any]:
+    """A JSON object from ``path``; empty when it is missing, unreadable or not an object."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def manifests(root: Path | None = None) -> Iterator[tuple[str, dict[str, Any]]]:
+    """(name, manifest) of every model in the store, sorted by path."""
+    base = (root or ollama_root()) / "manifests"
+    if not base.is_dir():
+        return
+    for path in sorted(base.glob("*/*/*/*")):
+        manifest = read_json(path) if path.is_file() else {}
+        if manifest:
+            yield name_of(path.relative_to(base).parts), manifest
+
+
+def blob(root: Path, digest: str) -> Path:
+    """The file of a layer digest (``sha256:<hex>`` -> ``blobs/sha256-<hex>``)."""
+    return root / "blobs" / digest.replace(":", "-")
+
+
+def model_layer(manifest: dict[str, Any]) -> dict[str, Any] | None:
+    """The manifest's weights layer (the GGUF file), None for models without one."""
+    layers = [x for x in manifest.get("layers", []) if isinstance(x, dict)]
+    return next((x for x in layers if x.get("mediaType") == MODEL_MEDIA), None)
+
+
+def model_blob(name: str, root: Path | None = None) -> Path:
+    """The GGUF file of Ollama model ``name`` (``qwen3-embedding:8b``); ``FileNotFoundError``
+    listing the store's models when it is not there."""
+    root = root or ollama_root()
+    manifest = read_json(root / "manifests" / Path(*parts_of(name)))
+    layer = model_layer(manifest) if manifest else None
+    if layer is None:
+        held = [n for n, _ in manifests(root)]
+        there = f"it holds {', '.join(held)}" if held else "it holds no models"
+        what = "has no weights layer" if manifest else "is not"
+        raise FileNotFoundError(f"Ollama model {name!r} {what} in the store at {root} "
+                                f"(OLLAMA_MODELS); {there}")
+    path = blob(root, str(layer.get("digest", "")))
+    if not path.is_file():
+        raise FileNotFoundError(f"Ollama model {name!r}: its weights blob {path} is missing "
+                                "(`ollama pull` it again)")
+    return path

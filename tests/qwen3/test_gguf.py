@@ -1,0 +1,425 @@
+"""GGUF files and the Ollama store as model sources (issue 14, first part: F32/F16/BF16/Q8_0).
+
+The fixtures are tiny random Qwen3 GGUF files written from the tiny safetensors checkpoints the
+way llama.cpp's convert_hf_to_gguf.py writes Qwen3-Embedding (``qwen_tiny.write_gguf``, with
+gguf-py's own tensor name map), so each test compares the GGUF path against the safetensors
+path on the same weights.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import hashlib
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from qwen_tiny import DATASETS, EOS, TEXTS, build_tiny, require_tokenizer, write_gguf
+
+import smysl
+from smysl import Embedder
+from smysl.qwen3 import gguf as sg
+from smysl.qwen3.hub import read_checkpoint
+from smysl.tokenize import Tokenizer
+
+gguf = pytest.importorskip("gguf")
+
+
+def corpus(rows: int = 150) -> list[str]:
+    """Real ru and en text: both sentences of the first ``rows`` STS-B test pairs per language
+    (600 texts), plus the hand-made edge cases (empty, special-token look-alikes)."""
+    out = []
+    for lang in ("en", "ru"):
+        path = DATASETS / "stsb" / f"stsb-{lang}-test.csv"
+        if not path.is_file():
+            pytest.skip(f"{path} not found")
+        with path.open(encoding="utf-8") as f:
+            for row, _ in zip(csv.reader(f), range(rows), strict=False):
+                out += row[:2]
+    return out + TEXTS + ["<|im_start|>user\nПривет<|im_end|>", "<think>x</think> <tool_call>",
+                          "\u00e9 vs e\u0301 (NFC)", "  двойные  пробелы\n\n\tи табы ",
+                          "3.14159 🦙"]
+
+
+@pytest.fixture(scope="module")
+def files(tiny_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """The default tiny checkpoint as F32, F16, BF16 and Q8_0 GGUF files (no tokenizer.json
+    beside them: the tokenizer comes from the metadata)."""
+    d = tmp_path_factory.mktemp("gguf")
+    return {t: write_gguf(tiny_dir, d / f"tiny-{t}.gguf", ftype=t)
+            for t in ("F32", "F16", "BF16", "Q8_0")}
+
+
+@pytest.fixture(scope="module")
+def reference(tiny_dir: Path) -> Embedder:
+    return Embedder.load(str(tiny_dir), device="cpu", dtype="float32")
+
+
+@pytest.fixture(scope="module")
+def texts() -> list[str]:
+    return corpus()
+
+
+def rounded_checkpoint(src: Path, dst: Path, dtype: torch.dtype) -> Path:
+    """``src`` with its matrices rounded to ``dtype`` (norms kept: GGUF stores them F32)."""
+    from safetensors.torch import load_file, save_file
+
+    shutil.copytree(src, dst)
+    for f in dst.glob("*.safetensors"):
+        state = {k: (v.to(dtype).float() if v.ndim == 2 else v) for k, v in load_file(f).items()}
+        save_file(state, f, metadata={"format": "pt"})
+    return dst
+
+
+# ---------------------------------------------------------------------- the file format
+def test_reader_agrees_with_llama_cpps_gguf_package(tiny_dir: Path, tmp_path: Path) -> None:
+    """Issue 14: our header parser (0.1 s on Qwen3's vocabulary, where gguf.GGUFReader takes
+    7 s) reads what llama.cpp's own reader reads: every key/value, every tensor's shape, type
+    and bytes."""
+    path = write_gguf(tiny_dir, tmp_path / "m.gguf", ftype="Q8_0", tokenizer=False,
+                      type_of={"blk.1.ffn_up.weight": "BF16", "blk.0.attn_v.weight": "F16"})
+    w = gguf.GGUFWriter(str(tmp_path / "kv.gguf"), "qwen3")  # every value type, arrays too
+    w.add_uint8("a.u8", 7)
+    w.add_int64("a.i64", -5)
+    w.add_float64("a.f64", 0.1)
+    w.add_bool("a.bool", True)
+    w.add_array("a.strs", ["x", "ünï", ""])
+    w.add_array("a.ints", [1, -2, 3])
+    w.add_array("a.floats", [0.5, 1.5])
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    for p in (path, tmp_path / "kv.gguf"):
+        ours, theirs = sg.read_header(p), gguf.GGUFReader(p)
+        for key, field in theirs.fields.items():
+            if key.startswith("GGUF."):
+                continue
+            want = field.contents()
+            got = ours.metadata[key]
+            assert (list(got) if isinstance(got, np.ndarray) else got) == pytest.approx(want)
+        assert len(ours.metadata) == len(theirs.fields) - 3
+        assert [t.name for t in theirs.tensors] == list(ours.tensors)
+        for t in theirs.tensors:
+            mine = ours.tensors[t.name]
+            assert (mine.type, list(mine.shape)) == (int(t.tensor_type), list(t.shape[::-1]))
+            assert (mine.offset, mine.nbytes) == (t.data_offset, t.n_bytes)
+    assert ours.metadata["a.strs"] == ["x", "ünï", ""]
+
+
+def test_tensor_names_are_gguf_pys_qwen3_names() -> None:
+    """Issue 14: the GGUF -> checkpoint name map is the inverse of gguf-py's own Qwen3 map
+    (the one convert_hf_to_gguf.py writes with)."""
+    names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.QWEN3, 3)
+    hf = ["embed_tokens", "norm"] + [f"layers.{n}.{p}" for n in range(3) for p in (
+        "self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
+        "self_attn.q_norm", "self_attn.k_norm", "input_layernorm", "post_attention_layernorm",
+        "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj")]
+    for name in hf:
+        assert sg.checkpoint_name(names.get_name(f"model.{name}.weight",
+                                                 try_suffixes=(".weight",))) == f"{name}.weight"
+    assert sg.checkpoint_name("output.weight") is None
+    with pytest.raises(ValueError, match=r"unexpected tensor 'rope_freqs\.weight'"):
+        sg.checkpoint_name("rope_freqs.weight")
+
+
+def test_config_from_metadata(files: dict[str, Path], tiny_dir: Path) -> None:
+    """The qwen3.* keys become the checkpoint's config; float32 values come back as the
+    decimals the converter wrote (rms eps 1e-06, not 9.99999997e-07)."""
+    ck = read_checkpoint(files["Q8_0"])
+    st = json.loads((tiny_dir / "config.json").read_text())
+    for key in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
+                "num_attention_heads", "num_key_value_heads", "head_dim", "rms_norm_eps",
+                "max_position_embeddings"):
+        assert ck.config[key] == st[key], key
+    assert ck.config["rope_theta"] == st["rope_parameters"]["rope_theta"]
+    assert (ck.format, ck.weight_type, ck.root, ck.tokenizer_file) == (
+        "gguf", "Q8_0", files["Q8_0"], files["Q8_0"])
+
+
+# ---------------------------------------------------------------------- accuracy bars
+def test_f32_gguf_is_bit_identical_to_safetensors(files: dict[str, Path], reference: Embedder,
+                                                  texts: list[str]) -> None:
+    """Issue 14 bar: the F32 GGUF gives exactly the safetensors vectors (so names, fusing and
+    the q/k layout are right: a permuted q or k would change every vector)."""
+    e = Embedder.load(str(files["F32"]), device="cpu", dtype="float32")
+    assert e.tokenize(texts) == reference.tokenize(texts)
+    assert np.array_equal(e.embed(texts), reference.embed(texts))
+    ours, ref = e.engine.model.state_dict(), reference.engine.model.state_dict()  # type: ignore[attr-defined]
+    assert list(ours) == list(ref)
+    for name, t in ours.items():
+        assert torch.equal(t, ref[name]), name
+
+
+@pytest.mark.parametrize(("kind", "dtype"), [("F16", torch.float16), ("BF16", torch.bfloat16)])
+def test_half_gguf_matches_the_rounded_weights(files: dict[str, Path], tiny_dir: Path,
+                                               tmp_path: Path, texts: list[str], kind: str,
+                                               dtype: torch.dtype) -> None:
+    """Issue 14 bar: smysl on an F16 (BF16) GGUF vs smysl on the safetensors weights rounded
+    to fp16 (bf16), both computing in float32: max-abs <= 1e-5 over the corpus (it is 0)."""
+    ref = Embedder.load(str(rounded_checkpoint(tiny_dir, tmp_path / "r", dtype)), device="cpu",
+                        dtype="float32")
+    e = Embedder.load(str(files[kind]), device="cpu", dtype="float32")
+    diff = float(np.abs(e.embed(texts) - ref.embed(texts)).max())
+    print(f"\n{kind} GGUF vs rounded safetensors, {len(texts)} texts: max-abs {diff:.3g}")
+    assert diff <= 1e-5
+
+
+def test_q8_0_dequantises_exactly_and_stays_close(files: dict[str, Path], reference: Embedder,
+                                                  texts: list[str]) -> None:
+    """Issue 14 bar: Q8_0 weights are exactly ggml's ``q * d`` (as gguf-py dequantises them)
+    and the Q8_0 model's vectors have cosine >= 0.999 to fp32 on the corpus."""
+    ours = dict(sg.read_tensors(files["Q8_0"], torch.float32))
+    raw = sg.read_header(files["Q8_0"]).tensors["blk.0.ffn_down.weight"]
+    assert raw.nbytes is not None
+    data = np.fromfile(files["Q8_0"], dtype=np.uint8, count=raw.nbytes, offset=raw.offset)
+    want = gguf.quants.dequantize(data.reshape(raw.shape[0], -1), gguf.GGMLQuantizationType.Q8_0)
+    assert torch.equal(ours["layers.0.mlp.down_proj.weight"], torch.from_numpy(want))
+    e = Embedder.load(str(files["Q8_0"]), device="cpu", dtype="float32")
+    cos = (e.embed(texts) * reference.embed(texts)).sum(axis=1)
+    print(f"\nQ8_0 vs fp32, {len(texts)} texts: min cosine {cos.min():.6f}, mean {cos.mean():.6f}")
+    assert cos.min() >= 0.999
+
+
+def test_q8_0_in_bfloat16_dequantises_per_tensor(files: dict[str, Path]) -> None:
+    """Q8_0 blocks go straight into the engine dtype (bf16 here): the same values as the
+    float32 dequantisation rounded once."""
+    f32 = dict(sg.read_tensors(files["Q8_0"], torch.float32))
+    bf16 = dict(sg.read_tensors(files["Q8_0"], torch.bfloat16))
+    for name, t in f32.items():
+        want = t.to(torch.bfloat16) if t.ndim == 2 else t
+        assert bf16[name].dtype == want.dtype and torch.equal(bf16[name], want), name
+
+
+# ---------------------------------------------------------------------- tokenizer
+def test_tokenizer_from_metadata_matches_the_hf_tokenizer(files: dict[str, Path],
+                                                           texts: list[str]) -> None:
+    """Issue 14: the tokenizer built from tokenizer.ggml.* gives the real Qwen3 tokenizer's
+    ids token for token (and text back), EOS appended once, on ru/en text and special
+    tokens."""
+    from tokenizers import Tokenizer as HF
+
+    hf = HF.from_file(str(require_tokenizer() / "tokenizer.json"))
+    e = Embedder.load(str(files["Q8_0"]), device="cpu")
+    ours = e.tokenize(texts)
+    for text, ids in zip(texts, ours, strict=True):
+        assert ids == [*hf.encode(text, add_special_tokens=False).ids, EOS], text
+    assert e.tokenizer.raw.get_vocab(with_added_tokens=True) == hf.get_vocab(
+        with_added_tokens=True)
+    assert [e.tokenizer.decode(i[:-1]) for i in ours[:50]] == [
+        hf.decode(i[:-1], skip_special_tokens=False) for i in ours[:50]]
+
+
+@pytest.mark.parametrize(("add_eos", "eos_id"), [(None, EOS), (False, EOS), (True, EOS),
+                                                 (True, EOS + 2)])
+def test_eos_appended_exactly_once(files: dict[str, Path], add_eos: bool | None, eos_id: int,
+                                   texts: list[str]) -> None:
+    """Issue 14 pitfall: old conversions say nothing about EOS, new ones say add_eos_token
+    (Qwen3-Embedding's post-processor appends <|endoftext|>), some name <|im_end|> as EOS:
+    every input ends with exactly one <|endoftext|> (the pooled token) all the same."""
+    header = sg.read_header(files["Q8_0"])
+    meta = {k: v for k, v in header.metadata.items() if k != "tokenizer.ggml.add_eos_token"}
+    meta["tokenizer.ggml.eos_token_id"] = eos_id
+    if add_eos is not None:
+        meta["tokenizer.ggml.add_eos_token"] = add_eos
+    text = json.dumps(sg.tokenizer_json(dataclasses.replace(header, metadata=meta)))
+    tok = Tokenizer(files["Q8_0"], 512, json_text=text)
+    assert tok.appends_eos is (add_eos is True and eos_id == EOS)
+    for ids in tok.encode(texts):
+        assert ids[-1] == EOS and ids.count(EOS) == 1
+
+
+def test_tokenizer_json_beside_the_file_is_used(files: dict[str, Path], tiny_dir: Path,
+                                                tmp_path: Path) -> None:
+    """A tokenizer.json next to the GGUF file wins over the metadata (and is fingerprinted)."""
+    path = tmp_path / "m.gguf"
+    shutil.copy(files["F16"], path)
+    shutil.copy(tiny_dir / "tokenizer.json", tmp_path / "tokenizer.json")
+    ck = read_checkpoint(path)
+    assert ck.tokenizer_file == tmp_path / "tokenizer.json"
+    assert ck.files == sorted([path, tmp_path / "tokenizer.json"])
+    assert sg.load_tokenizer(ck, 512).appends_eos  # the embedding tokenizer of tiny_dir
+
+
+# ---------------------------------------------------------------------- pitfalls
+@pytest.fixture(scope="module")
+def sidecar_dir(tiny_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A folder with a tokenizer.json, for GGUF files written without a tokenizer (fast)."""
+    d = tmp_path_factory.mktemp("sidecar")
+    shutil.copy(tiny_dir / "tokenizer.json", d / "tokenizer.json")
+    return d
+
+
+@pytest.mark.parametrize("pooling", [None, -1, 0, 3])
+def test_missing_or_last_pooling_is_last_token(tiny_dir: Path, sidecar_dir: Path,
+                                               pooling: int | None) -> None:
+    """Issue 14 pitfall: no pooling_type (old conversions), -1 (unspecified), 0 (none) and 3
+    (last) all load as Qwen3-Embedding's last-token pooling."""
+    path = write_gguf(tiny_dir, sidecar_dir / f"p{pooling}.gguf", tokenizer=False,
+                      pooling=pooling)
+    assert read_checkpoint(path).format == "gguf"
+
+
+@pytest.mark.parametrize(("pooling", "what"), [(1, "mean pooling"), (2, "cls pooling"),
+                                               (4, "a reranker")])
+def test_other_pooling_is_refused(tiny_dir: Path, sidecar_dir: Path, pooling: int,
+                                  what: str) -> None:
+    """Issue 14 pitfall, decided: mean/CLS pooling is another model (last-token vectors of it
+    would be meaningless), refused like a sentence-transformers checkpoint without last-token
+    pooling; rank pooling is a reranker."""
+    path = write_gguf(tiny_dir, sidecar_dir / f"bad{pooling}.gguf", tokenizer=False,
+                      pooling=pooling)
+    with pytest.raises(ValueError, match=rf"{path}: pooling_type {pooling} \({what}\)"):
+        Embedder.load(str(path), device="cpu")
+
+
+def test_untied_output_is_ignored_whatever_its_type(tmp_path: Path, texts: list[str]) -> None:
+    """Issue 14 pitfall: an untied checkpoint's output.weight (Qwen3ForCausalLM's lm_head) is
+    in the file, tied ones have none; embeddings never read it, so even a type this loader
+    cannot read there is fine."""
+    src = build_tiny(tmp_path / "untied", tied=False, causal_lm=True, seed=4)
+    path = write_gguf(src.path, tmp_path / "u.gguf", ftype="F32",
+                      type_of={"output.weight": "Q4_0"})
+    assert sg.read_header(path).tensors["output.weight"].type_name == "Q4_0"
+    ref = Embedder.load(str(src.path), device="cpu", dtype="float32")
+    e = Embedder.load(str(path), device="cpu", dtype="float32")
+    assert np.array_equal(e.embed(texts[:64]), ref.embed(texts[:64]))
+
+
+# ---------------------------------------------------------------------- bad input
+def _refused(path: Path, match: str) -> None:
+    """``path`` is refused by read_checkpoint (no weight read) and by every loader, with a
+    message naming the file."""
+    for load in (read_checkpoint, lambda p: Embedder.load(str(p), device="cpu"),
+                 lambda p: smysl.load(str(p), device="cpu")):
+        with pytest.raises(ValueError, match=match) as err:
+            load(path)
+        assert str(path) in str(err.value)
+
+
+def test_truncated_file(files: dict[str, Path], tmp_path: Path) -> None:
+    """Issue 14 bad input: a GGUF cut short in its data or in its header."""
+    data = files["Q8_0"].read_bytes()
+    (tmp_path / "data.gguf").write_bytes(data[: len(data) - 1000])
+    _refused(tmp_path / "data.gguf", "truncated GGUF file: tensor .* ends at byte")
+    (tmp_path / "head.gguf").write_bytes(data[:200_000])
+    _refused(tmp_path / "head.gguf", "truncated or corrupt GGUF header")
+
+
+def test_unsupported_tensor_type(tiny_dir: Path, sidecar_dir: Path) -> None:
+    """Issue 14 bad input: a tensor type not supported yet (Q4_0 here; K-quants need 256-wide
+    rows the tiny model does not have, and take the same path) names the tensor, its type
+    and what to use instead."""
+    path = write_gguf(tiny_dir, sidecar_dir / "q4.gguf", ftype="Q8_0", tokenizer=False,
+                      type_of={"blk.0.ffn_up.weight": "Q4_0", "blk.1.attn_q.weight": "Q5_1"})
+    _refused(path, r"tensor types not supported yet: blk\.0\.ffn_up\.weight \(Q4_0\), "
+                   r"blk\.1\.attn_q\.weight \(Q5_1\); use a Q8_0, F16, BF16 or F32 GGUF, or "
+                   "the safetensors checkpoint")
+
+
+def test_not_qwen3(tiny_dir: Path, sidecar_dir: Path) -> None:
+    """Issue 14 bad input: another architecture."""
+    path = write_gguf(tiny_dir, sidecar_dir / "llama.gguf", tokenizer=False, arch="llama")
+    _refused(path, "architecture 'llama' is not 'qwen3'")
+
+
+def test_missing_tokenizer(tiny_dir: Path, tmp_path: Path) -> None:
+    """Issue 14 bad input: no tokenizer.ggml.* and no tokenizer.json beside the file."""
+    path = write_gguf(tiny_dir, tmp_path / "notok.gguf", tokenizer=False)
+    _refused(path, "no tokenizer: the GGUF file has no tokenizer.ggml.tokens")
+
+
+def test_not_gguf_and_shape_mismatch(tmp_path: Path, files: dict[str, Path]) -> None:
+    """A file that is no GGUF; a tensor whose shape disagrees with the metadata."""
+    (tmp_path / "x.bin").write_bytes(b"not a model at all" * 10)
+    with pytest.raises(ValueError, match="neither a checkpoint directory nor a GGUF file"):
+        read_checkpoint(tmp_path / "x.bin")
+    data = bytearray(files["F16"].read_bytes())
+    key = b"qwen3.feed_forward_length"
+    at = data.index(key) + len(key) + 4  # the u32 after the value type
+    data[at: at + 4] = (96).to_bytes(4, "little")
+    (tmp_path / "ffn.gguf").write_bytes(bytes(data))
+    _refused(tmp_path / "ffn.gguf", r"has shape \[\d+, \d+\], the metadata implies")
+
+
+# ---------------------------------------------------------------------- info and Ollama
+@pytest.mark.parametrize(("kind", "level"), [("Q8_0", "Q8_0"), ("F16", "F16")])
+def test_info_and_api_show_report_the_file_type(files: dict[str, Path], kind: str,
+                                                level: str) -> None:
+    """Issue 14: /info and Ollama's /api/show report the file's quantization."""
+    from fastapi.testclient import TestClient
+
+    from smysl.server import ServerConfig, create_app
+
+    model = smysl.load(str(files[kind]), device="cpu", dtype="float32")
+    info = model.info()
+    assert (info.quantization, info.dtype, info.quantization_level) == (level, "float32", level)
+    assert model.source == str(files[kind].resolve())
+    with TestClient(create_app(model, ServerConfig(served_name="tiny"))) as c:
+        assert c.post("/api/show", json={"model": "tiny"}).json()["details"][
+            "quantization_level"] == level
+        assert c.get("/info").json()["model_dtype"] == "float32"
+    assert smysl.load(str(files[kind]), device="cpu", quantize="int8").info().quantization == \
+        "int8"
+
+
+def ollama_store(root: Path, name: str, tag: str, gguf_file: Path) -> None:
+    """``gguf_file`` laid out as ``ollama pull`` lays a model out: blobs named by SHA-256 and a
+    manifest naming them."""
+    (root / "blobs").mkdir(parents=True, exist_ok=True)
+
+    def blob(data: bytes | Path, media: str) -> dict[str, object]:
+        raw = data.read_bytes() if isinstance(data, Path) else data
+        digest = "sha256:" + hashlib.sha256(raw).hexdigest()
+        (root / "blobs" / digest.replace(":", "-")).write_bytes(raw)
+        return {"mediaType": media, "digest": digest, "size": len(raw)}
+
+    config = json.dumps({"model_format": "gguf", "model_family": "qwen3",
+                         "file_type": "Q8_0"}).encode()
+    manifest = {"schemaVersion": 2,
+                "config": blob(config, "application/vnd.docker.container.image.v1+json"),
+                "layers": [blob(gguf_file, "application/vnd.ollama.image.model"),
+                           blob(b"Apache-2.0", "application/vnd.ollama.image.license")]}
+    d = root / "manifests" / "registry.ollama.ai" / "library" / name
+    d.mkdir(parents=True, exist_ok=True)
+    (d / tag).write_text(json.dumps(manifest))
+
+
+def test_ollama_store_model_loads_by_name(files: dict[str, Path], tmp_path: Path,
+                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 14 bar: a store laid out as Ollama lays it out loads by name, in-process; an
+    unknown name is an error listing what is there."""
+    store = tmp_path / "ollama"
+    ollama_store(store, "qwen3-embedding", "0.6b", files["Q8_0"])
+    monkeypatch.setenv("OLLAMA_MODELS", str(store))
+    model = smysl.load("ollama-store:qwen3-embedding:0.6b", device="cpu", dtype="float32")
+    assert (model.name, model.source) == ("qwen3-embedding:0.6b",
+                                          "ollama-store:qwen3-embedding:0.6b")
+    assert model.info().quantization == "Q8_0"
+    direct = Embedder.load(str(files["Q8_0"]), device="cpu", dtype="float32")
+    assert np.array_equal(model.embed(TEXTS), direct.embed(TEXTS))
+    with pytest.raises(FileNotFoundError, match=r"'qwen3-embedding:8b' is not in the store at "
+                                                r".*; it holds qwen3-embedding:0\.6b"):
+        smysl.load("ollama-store:qwen3-embedding:8b")
+    with pytest.raises(ValueError, match="--revision"):
+        smysl.load("ollama-store:qwen3-embedding:0.6b", revision="main")
+    from smysl.commands.models import ollama_models
+
+    (entry,) = ollama_models()
+    assert (entry.name, entry.dimensions, entry.dtype) == ("ollama:qwen3-embedding:0.6b", 64,
+                                                           "Q8_0")
+
+
+def test_gguf_in_an_engine_process(files: dict[str, Path]) -> None:
+    """The engine process (``smysl serve``'s default) loads a GGUF checkpoint the same way."""
+    direct = Embedder.load(str(files["Q8_0"]), device="cpu", dtype="float32")
+    child = Embedder.load(str(files["Q8_0"]), device="cpu", dtype="float32", process=True)
+    try:
+        assert child.info().quantization == "Q8_0" and child.info().process
+        assert np.array_equal(child.embed(TEXTS), direct.embed(TEXTS))
+    finally:
+        child.close()
