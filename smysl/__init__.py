@@ -21,9 +21,10 @@ from smysl.registry import load
 
 if TYPE_CHECKING:
     from smysl.qwen3.embedder import Embedder
+    from smysl.qwen3.reranker import Reranker
 
 __all__ = ["DEFAULT_TASK", "QUERY_TEMPLATE", "TASK_PRESETS", "BaseEmbedder", "Embedder",
-           "ModelInfo", "ModelOptions", "TokenLevel", "load"]
+           "ModelInfo", "ModelOptions", "Reranker", "TokenLevel", "load"]
 __version__ = "0.1.0"
 
 
@@ -34,4 +35,8 @@ def __getattr__(name: str) -> Any:
         from smysl.qwen3.embedder import Embedder
 
         return Embedder
+    if name == "Reranker":  # Qwen3-Reranker on the same engine (torch, on first use)
+        from smysl.qwen3.reranker import Reranker
+
+        return Reranker
     raise AttributeError(f"module 'smysl' has no attribute {name!r}")

@@ -16,6 +16,7 @@ COMMANDS: dict[str, str] = {
     "embed": "smysl.commands.embed",
     "eval": "smysl.commands.eval",
     "serve": "smysl.commands.serve",
+    "rerank": "smysl.commands.rerank",
     "index": "smysl.commands.index",
     "classify": "smysl.commands.classify",
     "cluster": "smysl.commands.cluster",

@@ -36,7 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from qwen_tiny import build_tiny, fake_hub_cache
+from qwen_tiny import build_tiny, build_tiny_reranker, fake_hub_cache
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
@@ -44,7 +44,8 @@ FENCE = re.compile(r"^```(?P<lang>[\w-]*)[^\n]*\n(?P<code>.*?)^```[ \t]*$", re.S
 MARK = re.compile(r"^<!--\s*doc-test:\s*skip\s*\((?P<reason>[^)]+)\)\s*-->$")
 PYTHON = {"python", "py"}
 SHELL = {"bash", "sh", "shell", "console"}
-#: Hub ids the examples name; each resolves to the tiny checkpoint.
+#: Hub ids the examples name; each resolves to the tiny checkpoint (and
+#: ``Qwen/Qwen3-Reranker-0.6B`` to a tiny reranker).
 REPOS = ["Qwen/Qwen3-Embedding-0.6B", "Qwen/Qwen3-Embedding-4B", "Qwen/Qwen3-Embedding-8B"]
 DUMMY_KEYS = ["OPENROUTER_API_KEY", "DASHSCOPE_API_KEY", "DEEPINFRA_API_KEY",
               "FIREWORKS_API_KEY", "SILICONFLOW_API_KEY", "OPENAI_API_KEY"]
@@ -109,6 +110,9 @@ def doc_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     tiny = build_tiny(base / "tiny", hidden=256, dtype="bfloat16").path
     for repo in REPOS:
         fake_hub_cache(base / "hf", repo, tiny)
+    # docs/reranker.md: a tiny random Qwen3-Reranker under the real repo id (issue 15)
+    fake_hub_cache(base / "hf", "Qwen/Qwen3-Reranker-0.6B",
+                   build_tiny_reranker(base / "reranker").path)
     env = dict(os.environ)
     env.update({k: "doc-test-dummy-key" for k in DUMMY_KEYS})
     env.update(HF_HUB_CACHE=str(base / "hf"), HF_HUB_OFFLINE="1",

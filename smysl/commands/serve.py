@@ -49,6 +49,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--index", default=None,
                    help="a 'smysl index' location built with this model: POST /search and the "
                         "search box of /ui query it")
+    p.add_argument("--reranker", default=None,
+                   help="a local Qwen3-Reranker (directory or Hub id, e.g. "
+                        "Qwen/Qwen3-Reranker-0.6B) to serve at TEI /rerank and Cohere/Jina "
+                        "/v1/rerank; with or without --model. It takes --device, --dtype, "
+                        "--quantize, --threads, --revision")
     p.add_argument(FLAGS["process"], action="store_true",
                    help="run a local model's engine in the server process instead of a child "
                         "process (the child has its own GIL: the event loop does not slow "
@@ -69,8 +74,9 @@ def run(args: argparse.Namespace) -> int:
     from smysl.server import ServerConfig, serve
 
     model_name = args.model or os.environ.get(MODEL_ENV, "").strip()
-    if not model_name:
-        raise ValueError(f"no model to serve: pass --model or set ${MODEL_ENV}")
+    if not model_name and not args.reranker:
+        raise ValueError(f"no model to serve: pass --model (or set ${MODEL_ENV}), --reranker, "
+                         "or both")
     config = ServerConfig.from_env(
         host=args.host, port=args.port, api_key=args.api_key, served_name=args.served_name,
         max_batch_tokens=args.max_batch_tokens, max_batch_requests=args.max_batch_requests,
@@ -78,7 +84,7 @@ def run(args: argparse.Namespace) -> int:
         max_request_bytes=int(args.max_request_mb * 1024 * 1024),
         max_request_tokens=args.max_request_tokens,
         request_timeout_s=args.request_timeout_s or None,
-        unhealthy_exit_s=unhealthy_exit_s(model_name, args.unhealthy_exit_s),
+        unhealthy_exit_s=unhealthy_exit_s(model_name or args.reranker, args.unhealthy_exit_s),
         default_dimensions=args.dimensions, allow_empty=args.allow_empty_input,
         switch_interval_s=args.switch_interval_ms / 1000 if args.switch_interval_ms else None,
         index=args.index)
@@ -86,27 +92,46 @@ def run(args: argparse.Namespace) -> int:
     from smysl.registry import load, scheme_of
 
     options = model_options(args)
-    if args.in_process or "process" in scheme_of(model_name).options:
-        # a local engine runs in a child process unless asked not to: the event loop would
-        # otherwise compete with the forward passes for the GIL (docs/bench-notes/server.md);
-        # a remote model rejects --in-process
-        options = options.replace(process=not args.in_process)
-    model = load(model_name, options)
-    name = config.served_name or model.name
-    info = model.info()
-    print(f"smysl serve: loaded {model.name!r} ({info.backend}, {info.dimensions} dims, "
-          f"max {info.max_tokens} tokens) as {name!r}"
-          + (f"; engine in child process {info.process}" if info.process else ""),
-          file=sys.stderr)
+    reranker = None
+    if args.reranker:
+        from smysl.qwen3.reranker import Reranker
 
-    def listening(host: str, port: int) -> None:  # once the port is bound, not before
-        where = f"[{host}]" if ":" in host else host
-        print(f"smysl serve: listening on http://{where}:{port} — OpenAI /v1/embeddings, "
-              "Ollama /api/embed, TEI /embed, metrics /metrics, page /ui"
-              + (f", search /search over {config.index}" if config.index else "")
-              + ("; API key required" if config.api_key else ""), file=sys.stderr, flush=True)
-
+        # the size flags are the embedding model's; the reranker keeps its own (8,192 tokens)
+        reranker = Reranker.load(args.reranker, options.replace(
+            max_tokens=None, max_batch_tokens=None, max_batch_size=None,
+            process=not args.in_process))
+        print(f"smysl serve: loaded reranker {reranker.name!r} (max {reranker.max_tokens} "
+              "tokens)", file=sys.stderr)
+    model = None
     try:
-        return serve(model, config, ready=listening)
+        if model_name:
+            if args.in_process or "process" in scheme_of(model_name).options:
+                # a local engine runs in a child process unless asked not to: the event loop
+                # would otherwise compete with the forward passes for the GIL
+                # (docs/bench-notes/server.md); a remote model rejects --in-process
+                options = options.replace(process=not args.in_process)
+            model = load(model_name, options)
+            name = config.served_name or model.name
+            info = model.info()
+            print(f"smysl serve: loaded {model.name!r} ({info.backend}, {info.dimensions} "
+                  f"dims, max {info.max_tokens} tokens) as {name!r}"
+                  + (f"; engine in child process {info.process}" if info.process else ""),
+                  file=sys.stderr)
+
+        def listening(host: str, port: int) -> None:  # once the port is bound, not before
+            where = f"[{host}]" if ":" in host else host
+            routes = ("OpenAI /v1/embeddings, Ollama /api/embed, TEI /embed, metrics /metrics, "
+                      "page /ui" if model else "metrics /metrics")
+            print(f"smysl serve: listening on http://{where}:{port} — {routes}"
+                  + (f", search /search over {config.index}" if config.index else "")
+                  + (", rerank TEI /rerank and Cohere/Jina /v1/rerank" if reranker else "")
+                  + ("; API key required" if config.api_key else ""), file=sys.stderr,
+                  flush=True)
+
+        extra = {"reranker": reranker} if reranker is not None else {}
+        return serve(model, config, ready=listening, **extra)
     finally:
-        model.close()
+        if model is not None:
+            model.close()
+        if reranker is not None:
+            reranker.close()

@@ -33,18 +33,21 @@ def _require() -> None:
         raise ImportError(f"{_HINT} (missing {e.name})") from e
 
 
-def create_app(embedder: BaseEmbedder, config: ServerConfig | None = None) -> FastAPI:
-    """Build the ASGI app for ``embedder``; see :func:`smysl.server.app.create_app`."""
+def create_app(embedder: BaseEmbedder | None, config: ServerConfig | None = None, *,
+               reranker: Any = None) -> FastAPI:
+    """Build the ASGI app for ``embedder`` and/or ``reranker`` (:class:`smysl.Reranker`); see
+    :func:`smysl.server.app.create_app`."""
     _require()
     from smysl.server.app import create_app as _create
 
-    return _create(embedder, config)
+    return _create(embedder, config, reranker=reranker)
 
 
-def serve(embedder: BaseEmbedder, config: ServerConfig, *,
+def serve(embedder: BaseEmbedder | None, config: ServerConfig, *,
           ready: Callable[[str, int], None] | None = None, **uvicorn_options: Any) -> int:
     """Run the server with uvicorn until interrupted; ``ready(host, port)`` is called once the
-    port is bound. Returns the process exit status; see :func:`smysl.server.app.serve`."""
+    port is bound; ``reranker=`` adds the rerank routes. Returns the process exit status; see
+    :func:`smysl.server.app.serve`."""
     _require()
     from smysl.server.app import serve as _serve
 

@@ -18,7 +18,7 @@ from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from smysl.base import BaseEmbedder
-from smysl.server import ollama_routes, openai_routes, tei_routes, ui
+from smysl.server import ollama_routes, openai_routes, rerank_routes, tei_routes, ui
 from smysl.server.config import ServerConfig
 from smysl.server.errors import ApiError, api_of, render
 from smysl.server.metrics import Metrics
@@ -32,14 +32,21 @@ OPEN_PATHS = frozenset({"/health", "/openapi.json", "/docs", "/docs/oauth2-redir
                         "/ui"})
 
 
-def create_app(embedder: BaseEmbedder, config: ServerConfig | None = None) -> FastAPI:
-    """Build the server for ``embedder`` (any :class:`~smysl.base.BaseEmbedder`)."""
+def create_app(embedder: BaseEmbedder | None, config: ServerConfig | None = None, *,
+               reranker: rerank_routes.RerankerLike | None = None) -> FastAPI:
+    """Build the server for ``embedder`` (any :class:`~smysl.base.BaseEmbedder`) and/or
+    ``reranker`` (:class:`smysl.Reranker`: the rerank routes)."""
+    if embedder is None and reranker is None:
+        raise ValueError("nothing to serve: give an embedding model, a reranker or both")
     config = config or ServerConfig()
     metrics = Metrics()
-    service = Service(embedder, config, metrics)
+    service = Service(embedder, config, metrics) if embedder is not None else None
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if service is None:  # a reranker alone: nothing to start
+            yield
+            return
         service.batcher.open()
         watcher = asyncio.create_task(service.watch_backend())
         try:
@@ -54,13 +61,18 @@ def create_app(embedder: BaseEmbedder, config: ServerConfig | None = None) -> Fa
 
     app = FastAPI(title="smysl embedding server", version=__version__, lifespan=lifespan,
                   description="OpenAI-, Ollama- and TEI-compatible embeddings for "
-                              f"{service.model_id}. See docs/server.md.")
+                              f"{service.model_id if service else None}, reranking with "
+                              f"{reranker.name if reranker else None}. See docs/server.md.")
     app.state.service = service
     app.state.metrics = metrics
-    app.include_router(openai_routes.router(service))
-    app.include_router(ollama_routes.router(service))
-    app.include_router(tei_routes.router(service))
-    app.include_router(ui.router(service))  # opens config.index: a bad one fails here
+    if service is not None:
+        app.include_router(openai_routes.router(service))
+        app.include_router(ollama_routes.router(service))
+        app.include_router(tei_routes.router(service))
+        app.include_router(ui.router(service))  # opens config.index: a bad one fails here
+    if reranker is not None:
+        app.include_router(rerank_routes.router(
+            rerank_routes.RerankService(reranker, config, metrics), health=service is None))
 
     @app.get("/metrics", tags=["ops"])
     async def prometheus() -> Response:
@@ -119,7 +131,8 @@ def validation_error(exc: RequestValidationError) -> ApiError:
 
 _ROUTES = frozenset({"/v1/embeddings", "/v1/models", "/api/embed", "/api/embeddings",
                      "/api/tags", "/api/show", "/api/version", "/embed", "/", "/invocations",
-                     "/tokenize", "/info", "/health", "/metrics", "/ui", "/ui/info", "/search"})
+                     "/tokenize", "/info", "/health", "/metrics", "/ui", "/ui/info", "/search",
+                     "/rerank", "/v1/rerank"})
 
 
 def _as_json(scope: Scope) -> Scope:
@@ -244,8 +257,8 @@ EXIT_BACKEND_DOWN = 3
 Ready = Callable[[str, int], None]
 
 
-def serve(embedder: BaseEmbedder, config: ServerConfig, *, ready: Ready | None = None,
-          **uvicorn_options: Any) -> int:
+def serve(embedder: BaseEmbedder | None, config: ServerConfig, *, ready: Ready | None = None,
+          reranker: rerank_routes.RerankerLike | None = None, **uvicorn_options: Any) -> int:
     """Run the server with uvicorn until interrupted (SIGINT/SIGTERM shut down gracefully).
 
     Returns 0, or :data:`EXIT_BACKEND_DOWN` when it stopped because the backend stayed
@@ -255,7 +268,7 @@ def serve(embedder: BaseEmbedder, config: ServerConfig, *, ready: Ready | None =
 
     import uvicorn
 
-    app = create_app(embedder, config)
+    app = create_app(embedder, config, reranker=reranker)
     if config.switch_interval_s is not None:  # process-wide, hence here and not in create_app
         sys.setswitchinterval(config.switch_interval_s)
     server = uvicorn.Server(uvicorn.Config(
@@ -264,7 +277,7 @@ def serve(embedder: BaseEmbedder, config: ServerConfig, *, ready: Ready | None =
     return asyncio.run(_supervise(server, app.state.service, config, ready))
 
 
-async def _supervise(server: Any, service: Service, config: ServerConfig,
+async def _supervise(server: Any, service: Service | None, config: ServerConfig,
                      ready: Ready | None) -> int:
     """Run uvicorn; report the bound port once; stop when the backend stays down too long."""
     task = asyncio.create_task(server.serve())
@@ -275,7 +288,8 @@ async def _supervise(server: Any, service: Service, config: ServerConfig,
             ready(str(host), int(port))
             ready = None
         limit = config.unhealthy_exit_s
-        if limit is not None and not server.should_exit and service.down_for() > limit:
+        if (limit is not None and service is not None and not server.should_exit
+                and service.down_for() > limit):
             log.error("the model backend has been down for %.0f s (unhealthy_exit_s); exiting "
                       "with status %d so a supervisor can restart the server", limit,
                       EXIT_BACKEND_DOWN)

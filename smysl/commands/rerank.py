@@ -1,0 +1,90 @@
+"""``smysl rerank``: order documents by relevance to a query with a local Qwen3-Reranker."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from smysl.commands._model import add_model_arguments, model_options
+
+HELP = "rank documents (JSONL or lines) against a query with a Qwen3-Reranker; write JSONL"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    add_model_arguments(p)
+    p.add_argument("--query", "-q", required=True, help="the query")
+    p.add_argument("--instruction", default=None,
+                   help="the <Instruct> line (default: the model card's web-search one)")
+    p.add_argument("--input", "-i", default="-",
+                   help="documents: .jsonl (a string or an object with \"text\" per line) or "
+                        "plain text, one document per line (- = stdin, read as JSONL when "
+                        "every line is JSON)")
+    p.add_argument("--output", "-o", default="-", help="output .jsonl (- = stdout)")
+    p.add_argument("--top-n", type=int, default=None, help="keep the best N")
+    p.add_argument("--truncate", action="store_true",
+                   help="cut over-long documents (their end) instead of failing")
+
+
+def _is_item(line: str) -> bool:
+    try:
+        return isinstance(json.loads(line), str | dict)
+    except json.JSONDecodeError:
+        return False
+
+
+def read_documents(text: str, jsonl: bool | None) -> tuple[list[str], list[Any]]:
+    """(texts, items) of an input. JSONL lines (blank ones skipped) are strings or objects with
+    a string ``text``, each item kept whole for the output; plain lines are their own text.
+    ``jsonl=None``: JSONL when every non-blank line is a JSON string or object."""
+    lines = text.splitlines()
+    if jsonl is None:
+        jsonl = any(ln.strip() for ln in lines) and all(_is_item(ln) for ln in lines
+                                                         if ln.strip())
+    if not jsonl:
+        return lines, list(lines)
+    texts, items = [], []
+    for n, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            item = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"line {n} is not JSON: {e}") from None
+        doc = item if isinstance(item, str) else (
+            item.get("text") if isinstance(item, dict) else None)
+        if not isinstance(doc, str):
+            raise ValueError(f"line {n}: expected a string or an object with a string "
+                             "\"text\" field")
+        texts.append(doc)
+        items.append(item)
+    return texts, items
+
+
+def run(args: argparse.Namespace) -> int:
+    from smysl.qwen3.reranker import Reranker
+
+    if args.input == "-":
+        texts, items = read_documents(sys.stdin.read(), None)
+    else:
+        path = Path(args.input)
+        texts, items = read_documents(path.read_text(encoding="utf-8"),
+                                      path.suffix.lower() in (".jsonl", ".ndjson") or None)
+    reranker = Reranker.load(args.model, model_options(args))
+    try:
+        ranked = reranker.rerank(args.query, texts, instruction=args.instruction,
+                                 top_n=args.top_n, truncate=args.truncate)
+    finally:
+        reranker.close()
+    with contextlib.ExitStack() as stack:
+        out = sys.stdout if args.output == "-" else stack.enter_context(
+            open(args.output, "w", encoding="utf-8"))
+        for rank, (i, score) in enumerate(ranked, 1):
+            out.write(json.dumps({"rank": rank, "index": i, "score": score,
+                                  "document": items[i]}, ensure_ascii=False) + "\n")
+    print(f"reranked {len(texts)} documents" + (f", kept {len(ranked)}" if args.top_n else ""),
+          file=sys.stderr)
+    return 0

@@ -1,0 +1,210 @@
+"""Qwen3-Reranker on the native engine: a (query, document) pair in, P("yes") out.
+
+Qwen3-Reranker is a ``Qwen3ForCausalLM`` asked whether the document meets the query. The prompt
+and the score reproduce the model card's reference code (huggingface.co/Qwen/Qwen3-Reranker-0.6B,
+"Transformers Usage": ``format_instruction``, ``process_inputs``, ``compute_logits``):
+
+- text = ``<Instruct>: {instruction}\\n<Query>: {query}\\n<Document>: {doc}``, tokenised without
+  special tokens, cut on the right (the document goes first) to ``max_length`` (8,192) minus the
+  prefix and suffix, then wrapped in the chat prefix (system line) and the assistant suffix with
+  the empty think block;
+- score = softmax over the logits of "no" and "yes" at the last position, the "yes" half.
+
+The trunk is :class:`~smysl.qwen3.model.Qwen3Encoder` (through :class:`~smysl.qwen3.engine.Engine`,
+so packed, length-sorted batches and the child-process engine come for free): its output is
+the final-norm hidden state of each sequence's last token, and only the two head rows of "no"
+and "yes" (:func:`~smysl.qwen3.loader.read_head_rows`) are ever multiplied with it; the rest of
+the vocabulary is never computed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+from tokenizers import Tokenizer
+
+from smysl.options import ModelOptions
+from smysl.qwen3.engine import BATCH_TOKENS, Engine, EngineConfig, EngineLike
+from smysl.qwen3.hub import read_checkpoint, resolve
+from smysl.scheduler import SchedulerConfig, plan_batches
+from smysl.tokenize import InputTooLongError
+
+#: The model card's ``prefix``: the system line and the opening of the user turn.
+PREFIX = ("<|im_start|>system\nJudge whether the Document meets the requirements based on the "
+          "Query and the Instruct provided. Note that the answer can only be \"yes\" or "
+          "\"no\".<|im_end|>\n<|im_start|>user\n")
+#: The model card's ``suffix``: the assistant turn with an empty think block.
+SUFFIX = "<|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\n\n"
+#: The model card's ``format_instruction`` template and its default instruction.
+PAIR_TEMPLATE = "<Instruct>: {instruction}\n<Query>: {query}\n<Document>: {document}"
+DEFAULT_INSTRUCTION = ("Given a web search query, retrieve relevant passages that answer the "
+                       "query")
+#: The model card's ``max_length``: the most tokens of a whole prompt, prefix and suffix included.
+MAX_TOKENS = 8192
+#: Answer tokens, in the order the model card stacks their logits (``[false, true]``).
+ANSWERS = ("no", "yes")
+
+
+def format_pair(query: str, document: str, instruction: str | None = None) -> str:
+    """The text between prefix and suffix (the model card's ``format_instruction``)."""
+    return PAIR_TEMPLATE.format(instruction=DEFAULT_INSTRUCTION if instruction is None
+                                else instruction, query=query, document=document)
+
+
+class Reranker:
+    """Qwen3-Reranker on the native engine (CPU or CUDA). Build it with :meth:`load`.
+
+    >>> r = Reranker.load("Qwen/Qwen3-Reranker-0.6B")                    # doctest: +SKIP
+    >>> r.rerank("capital of France?", ["Berlin is...", "Paris is..."])   # doctest: +SKIP
+    [(1, 0.98...), (0, 0.01...)]
+    """
+
+    backend = "qwen3"
+
+    def __init__(self, engine: EngineLike, tokenizer: Tokenizer, head: np.ndarray, *,
+                 name: str, max_tokens: int | None = None, max_batch_tokens: int | None = None,
+                 max_batch_size: int | None = None) -> None:
+        """``head``: the output-head rows of :data:`ANSWERS` ("no", "yes"), ``[2, hidden]``."""
+        if head.shape != (2, engine.hidden_size):
+            raise ValueError(f"head rows must be [2, {engine.hidden_size}] (no, yes), "
+                             f"got {list(head.shape)}")
+        self.engine = engine
+        self.name = name
+        #: [2, H] float64: the output-head rows of "no" and "yes".
+        self.head = head.astype(np.float64)
+        self.tokenizer = tokenizer
+        self.tokenizer.no_truncation()
+        self.tokenizer.no_padding()
+        self.prefix = self.tokenizer.encode(PREFIX, add_special_tokens=False).ids
+        self.suffix = self.tokenizer.encode(SUFFIX, add_special_tokens=False).ids
+        #: Most tokens of one whole prompt (prefix and suffix included).
+        self.max_tokens = min(max_tokens or MAX_TOKENS, engine.max_positions)
+        if self.max_tokens <= len(self.prefix) + len(self.suffix):
+            raise ValueError(f"max_tokens {self.max_tokens} leaves no room for the pair: the "
+                             f"prompt alone takes {len(self.prefix) + len(self.suffix)} tokens")
+        self.scheduler = SchedulerConfig(
+            max_batch_tokens=max_batch_tokens or BATCH_TOKENS.get(engine.device.type, 4096),
+            max_batch_size=max_batch_size or SchedulerConfig.max_batch_size)
+
+    @classmethod
+    def load(cls, model: str, options: ModelOptions | None = None, **kwargs: Any) -> Reranker:
+        """Load a local Qwen3-Reranker checkpoint: a directory or a Hub repo id
+        (``Qwen/Qwen3-Reranker-0.6B``). ``options`` / ``kwargs`` are
+        :class:`~smysl.options.ModelOptions` fields (``device``, ``dtype``, ``quantize``,
+        ``max_tokens``, ``process``...)."""
+        from smysl.qwen3.loader import read_head_rows
+
+        given, unknown = ModelOptions.split(kwargs)
+        if unknown:
+            raise TypeError(f"unexpected options for a local reranker: {sorted(unknown)}")
+        opts = (options or ModelOptions()).replace(**given.given())
+        ckpt = read_checkpoint(resolve(model, revision=opts.revision), name=model)
+        if ckpt.format != "safetensors":  # read_head_rows seeks in safetensors files
+            raise ValueError(f"{model}: a reranker loads from a safetensors checkpoint "
+                             f"(Qwen/Qwen3-Reranker-*), not {ckpt.format}")
+        tokenizer = Tokenizer.from_file(str(ckpt.tokenizer_file))
+        rows = [tokenizer.token_to_id(a) for a in ANSWERS]
+        if None in rows:
+            raise ValueError(f"{model}: the tokenizer has no {ANSWERS} tokens; not a "
+                             "Qwen3-Reranker")
+        head = read_head_rows(ckpt, [int(r) for r in rows if r is not None]).numpy()
+        cfg = EngineConfig(device=opts.device or "auto", dtype=opts.dtype or "auto",
+                           quantize=opts.quantize, threads=opts.threads)
+        engine: EngineLike
+        if opts.process:
+            from smysl.qwen3.worker import EngineProcess
+
+            engine = EngineProcess(ckpt, cfg)
+        else:
+            engine = Engine.from_checkpoint(ckpt, cfg)
+        return cls(engine, tokenizer, head, name=model, max_tokens=opts.max_tokens,
+                   max_batch_tokens=opts.max_batch_tokens, max_batch_size=opts.max_batch_size)
+
+    @property
+    def healthy(self) -> bool:
+        """False once an engine process has exited."""
+        return self.engine.alive
+
+    # ------------------------------------------------------------------ tokens
+    def tokenize(self, pairs: Sequence[tuple[str, str]], *, instruction: str | None = None,
+                 truncate: bool = False) -> list[list[int]]:
+        """Prompt token ids of each (query, document) pair, exactly as scored.
+
+        A prompt over :attr:`max_tokens` raises :class:`~smysl.tokenize.InputTooLongError`
+        unless ``truncate``, which cuts the document's end (the model card cuts the text on the
+        right); a query and instruction that do not fit on their own raise ``ValueError``.
+        """
+        texts, heads = [], []
+        for i, pair in enumerate(pairs):
+            if not (isinstance(pair, tuple | list) and len(pair) == 2
+                    and all(isinstance(x, str) for x in pair)):
+                raise ValueError(f"pair {i} must be a (query, document) pair of strings")
+            query, document = pair
+            if not query.strip():
+                raise ValueError(f"pair {i} has an empty query")
+            text = format_pair(query, document, instruction)
+            texts.append(text)
+            heads.append(len(text) - len(document))  # characters before the document
+        fixed = len(self.prefix) + len(self.suffix)
+        budget = self.max_tokens - fixed  # the model card's max_length - prefix - suffix
+        out = []
+        for i, enc in enumerate(self.tokenizer.encode_batch(texts, add_special_tokens=False)):
+            body = list(enc.ids)
+            if len(body) > budget:
+                if not truncate:
+                    raise InputTooLongError(index=i, tokens=len(body) + fixed,
+                                            limit=self.max_tokens, who="the reranker")
+                # tokens that start before the document: instruction and query
+                head = sum(1 for start, _ in enc.offsets if start < heads[i])
+                if head >= budget:
+                    raise ValueError(f"pair {i}: the instruction and query take {head + fixed} "
+                                     f"tokens, the reranker at most {self.max_tokens} with the "
+                                     "document; shorten the query")
+                body = body[:budget]
+            out.append(self.prefix + body + self.suffix)
+        return out
+
+    # ------------------------------------------------------------------ scores
+    def score_prepared(self, ids: list[list[int]], *, raw: bool = False) -> np.ndarray:
+        """Scores of prompts from :meth:`tokenize`: float32 ``[n]`` P("yes"), or with ``raw``
+        the logit difference ``yes - no`` (its sigmoid is P("yes"))."""
+        diff = np.empty(len(ids), dtype=np.float64)
+        for batch in plan_batches([len(s) for s in ids], self.scheduler):
+            hidden = self.engine.forward([ids[i] for i in batch]).astype(np.float64)  # [b, H]
+            # [b, 1, H] * [1, 2, H] summed per row: each row's result is independent of the
+            # batch it came in (a GEMM may pick other kernels for other row counts)
+            logits = (hidden[:, None, :] * self.head[None]).sum(-1)  # [b, 2]: no, yes
+            diff[batch] = logits[:, 1] - logits[:, 0]
+        if raw:
+            return diff.astype(np.float32)
+        # softmax over [no, yes], "yes" half == sigmoid(yes - no)
+        return (1.0 / (1.0 + np.exp(-diff))).astype(np.float32)
+
+    def score(self, pairs: Sequence[tuple[str, str]], *, instruction: str | None = None,
+              truncate: bool = False) -> list[float]:
+        """P("yes") of each (query, document) pair, in input order."""
+        if not pairs:
+            return []
+        ids = self.tokenize(pairs, instruction=instruction, truncate=truncate)
+        return [float(s) for s in self.score_prepared(ids)]
+
+    def rerank(self, query: str, documents: Sequence[str], *, instruction: str | None = None,
+               top_n: int | None = None, truncate: bool = False) -> list[tuple[int, float]]:
+        """``(index, score)`` of each document, best first (ties: input order); ``top_n``
+        keeps the best ``top_n``."""
+        if isinstance(documents, str):
+            raise TypeError("documents must be a list of strings, not one string")
+        if not isinstance(query, str) or not query.strip():
+            raise ValueError("the query is empty")
+        if top_n is not None and top_n < 1:
+            raise ValueError(f"top_n must be >= 1, got {top_n}")
+        scores = self.score([(query, d) for d in documents], instruction=instruction,
+                            truncate=truncate)
+        order = sorted(range(len(scores)), key=lambda i: -scores[i])
+        return [(i, scores[i]) for i in order[:top_n]]
+
+    def close(self) -> None:
+        """Stop the engine process, if the engine runs in one."""
+        self.engine.close()

@@ -1,0 +1,157 @@
+"""Qwen3-Reranker on the native engine against the model card's transformers recipe (issue 15),
+on tiny random ``Qwen3ForCausalLM`` checkpoints with tied and untied output heads."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import numpy as np
+import pytest
+from qwen_tiny import TEXTS, Tiny, build_tiny, build_tiny_reranker, reference_rerank
+
+from smysl import Reranker
+from smysl.qwen3.reranker import DEFAULT_INSTRUCTION, PREFIX, SUFFIX, format_pair
+from smysl.tokenize import InputTooLongError
+
+QUERY = "Какая столица у России?"
+DOCS = [t for t in TEXTS if t] + ["Paris is the capital of France.", "Столица России — Москва."]
+
+
+@pytest.fixture(scope="module")
+def rerankers(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Tiny]:
+    base = tmp_path_factory.mktemp("rerankers")
+    return {"tied": build_tiny_reranker(base / "tied", tied=True, seed=4),
+            "untied": build_tiny_reranker(base / "untied", tied=False, seed=5, shard=True)}
+
+
+@pytest.fixture(scope="module")
+def loaded(rerankers: dict[str, Tiny]) -> dict[str, Reranker]:
+    return {k: Reranker.load(str(t.path), device="cpu") for k, t in rerankers.items()}
+
+
+# the recipe passes max_length with padding=True, as the model card does; transformers warns
+@pytest.mark.filterwarnings("ignore:`max_length` is ignored")
+@pytest.mark.parametrize("head", ["tied", "untied"])
+def test_scores_match_the_model_card_recipe(rerankers: dict[str, Tiny],
+                                            loaded: dict[str, Reranker], head: str) -> None:
+    """issue 15: P(yes) within 1e-5 of the reference, same ranking, tied and untied heads."""
+    r, path = loaded[head], rerankers[head].path
+    pairs = [(QUERY, d) for d in DOCS] + [("what is a vector database", d) for d in DOCS[:3]]
+    ours = np.array(r.score(pairs))
+    ref = reference_rerank(path, pairs)
+    assert np.abs(ours - ref).max() <= 1e-5, np.abs(ours - ref).max()
+    assert ours.min() > 0.02 and ours.max() < 0.98  # not saturated: the ranking means something
+    ranked = r.rerank(QUERY, DOCS)
+    ref_order = sorted(range(len(DOCS)), key=lambda i: -ref[i])
+    assert [i for i, _ in ranked] == ref_order
+    assert [s for _, s in ranked] == sorted(ours[: len(DOCS)].tolist(), reverse=True)
+    # a custom instruction reaches the prompt
+    task = "Find the passage that names a city"
+    custom = np.array(r.score(pairs[:4], instruction=task))
+    assert np.abs(custom - reference_rerank(path, pairs[:4], instruction=task)).max() <= 1e-5
+    assert not np.allclose(custom, ours[:4])
+
+
+def test_prompt_is_the_model_card_prompt(loaded: dict[str, Reranker]) -> None:
+    """issue 15: prefix + formatted pair + suffix, no special tokens added, no EOS."""
+    r = loaded["tied"]
+    ids = r.tokenize([("q", "d")])[0]
+    text = PREFIX + f"<Instruct>: {DEFAULT_INSTRUCTION}\n<Query>: q\n<Document>: d" + SUFFIX
+    assert r.tokenizer.decode(ids, skip_special_tokens=False) == text
+    assert format_pair("q", "d", "x") == "<Instruct>: x\n<Query>: q\n<Document>: d"
+    assert ids[: len(r.prefix)] == r.prefix and ids[-len(r.suffix):] == r.suffix
+
+
+@pytest.mark.filterwarnings("ignore:`max_length` is ignored")
+def test_truncation_cuts_the_document_like_the_reference(rerankers: dict[str, Tiny]) -> None:
+    """issue 15: over the limit -> error unless truncate; truncation matches the model card's
+    right-side cut (the document first); a query that cannot fit is an error."""
+    path = rerankers["untied"].path
+    r = Reranker.load(str(path), device="cpu", max_tokens=120)
+    long_doc = "Смысл жизни — в поиске смысла. " * 40
+    pairs = [(QUERY, long_doc), (QUERY, "short")]
+    with pytest.raises(InputTooLongError, match="the reranker takes at most 120"):
+        r.score(pairs)
+    ids = r.tokenize(pairs, truncate=True)
+    assert len(ids[0]) == 120 and len(ids[1]) < 120
+    ours = np.array(r.score(pairs, truncate=True))
+    ref = reference_rerank(path, pairs, max_length=120)
+    assert np.abs(ours - ref).max() <= 1e-5
+    with pytest.raises(ValueError, match="shorten the query"):
+        r.score([("long query " * 60, "doc")], truncate=True)
+
+
+def test_batch_invariance_is_bit_exact_on_cpu(loaded: dict[str, Reranker]) -> None:
+    """issue 15: a pair's score does not depend on its batch companions or their order."""
+    r = loaded["untied"]
+    rng = random.Random(2)
+    docs = [*DOCS, *(f"passage {i} " * rng.randint(1, 25) for i in range(30))]
+    pairs = [(QUERY, d) for d in docs]
+    together = r.score(pairs)
+    alone = [r.score([p])[0] for p in pairs]
+    order = list(range(len(pairs)))
+    rng.shuffle(order)
+    shuffled = r.score([pairs[i] for i in order])
+    assert together == alone
+    assert shuffled == [together[i] for i in order]
+
+
+def test_rerank_top_n_and_bad_input(loaded: dict[str, Reranker]) -> None:
+    """issue 15: top_n keeps the best; empty query, one string as documents, bad top_n and
+    malformed pairs are clear errors; no documents is no results."""
+    r = loaded["tied"]
+    full = r.rerank(QUERY, DOCS)
+    assert r.rerank(QUERY, DOCS, top_n=3) == full[:3]
+    assert r.rerank(QUERY, DOCS, top_n=100) == full
+    assert r.rerank(QUERY, []) == []
+    raw = r.score_prepared(r.tokenize([(QUERY, DOCS[0])]), raw=True)
+    assert abs(1 / (1 + np.exp(-float(raw[0]))) - r.score([(QUERY, DOCS[0])])[0]) < 1e-6
+    with pytest.raises(ValueError, match="query is empty"):
+        r.rerank("  ", DOCS)
+    with pytest.raises(TypeError, match="list of strings"):
+        r.rerank(QUERY, "one document")
+    with pytest.raises(ValueError, match="top_n"):
+        r.rerank(QUERY, DOCS, top_n=0)
+    with pytest.raises(ValueError, match="pair 0 must be"):
+        r.score([(QUERY,)])  # type: ignore[list-item]
+
+
+def test_untied_checkpoint_without_lm_head_is_refused(tmp_path: Path) -> None:
+    """issue 15: an untied config whose files lack lm_head (an embedding model) is an error."""
+    t = build_tiny(tmp_path / "emb", tied=False, eos_tokenizer=False, st_files=False)
+    with pytest.raises(ValueError, match=r"lacks lm_head\.weight"):
+        Reranker.load(str(t.path), device="cpu")
+
+
+def test_rerank_command_reads_jsonl_and_writes_ranked_jsonl(
+        rerankers: dict[str, Tiny], loaded: dict[str, Reranker], tmp_path: Path,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """issue 15: ``smysl rerank --model R --query Q -i docs.jsonl`` ranks as the Python API
+    does, keeps each JSONL item whole, honours --top-n; a bad line is a clear error."""
+    import json
+
+    from smysl.cli import main
+
+    docs = tmp_path / "docs.jsonl"
+    items = [{"text": d, "id": n} if n % 2 else d for n, d in enumerate(DOCS)]
+    docs.write_text("\n".join(json.dumps(x, ensure_ascii=False) for x in items) + "\n\n",
+                    encoding="utf-8")
+    path = str(rerankers["tied"].path)
+    assert main(["rerank", "--model", path, "--device", "cpu", "-q", QUERY, "-i", str(docs),
+                 "--top-n", "4"]) == 0
+    rows = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
+    want = loaded["tied"].rerank(QUERY, DOCS, top_n=4)
+    assert [(r["index"], r["score"]) for r in rows] == want
+    assert [r["document"] for r in rows] == [items[i] for i, _ in want]
+    assert [r["rank"] for r in rows] == [1, 2, 3, 4]
+    plain = tmp_path / "docs.txt"
+    lines = [d for d in DOCS if "\n" not in d]  # plain text: one document per line
+    plain.write_text("\n".join(lines), encoding="utf-8")
+    assert main(["rerank", "--model", path, "--device", "cpu", "-q", QUERY, "-i",
+                 str(plain)]) == 0
+    rows = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
+    assert [(r["index"], r["score"]) for r in rows] == loaded["tied"].rerank(QUERY, lines)
+    docs.write_text('{"title": "no text"}\n', encoding="utf-8")
+    assert main(["rerank", "--model", path, "-q", QUERY, "-i", str(docs)]) == 2
+    assert "string \"text\" field" in capsys.readouterr().err
