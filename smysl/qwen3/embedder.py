@@ -21,7 +21,7 @@ from smysl.options import ModelOptions
 from smysl.pooling import check_dimensions, finish
 from smysl.prompts import DEFAULT_TASK
 from smysl.qwen3.cpu import detect
-from smysl.qwen3.engine import BATCH_TOKENS, Engine, EngineConfig, EngineLike
+from smysl.qwen3.engine import BATCH_TOKENS, EngineLike, start_engine
 from smysl.qwen3.hub import Checkpoint, read_checkpoint, resolve
 from smysl.scheduler import SchedulerConfig, plan_batches
 from smysl.tokenize import Direction, Tokenizer, TokenSpan, fit_length
@@ -89,15 +89,7 @@ class Embedder(BaseEmbedder, TokenLevel):
             tokenizer = load_tokenizer(ckpt, positions)
         else:
             tokenizer = Tokenizer(ckpt.tokenizer_file, positions)
-        cfg = EngineConfig(device=opts.device or "auto", dtype=opts.dtype or "auto",
-                           quantize=opts.quantize, threads=opts.threads)
-        engine: EngineLike
-        if opts.process:
-            from smysl.qwen3.worker import EngineProcess
-
-            engine = EngineProcess(ckpt, cfg)
-        else:
-            engine = Engine.from_checkpoint(ckpt, cfg)
+        engine = start_engine(ckpt, opts)
         query_prompt = str(ckpt.st_config.get("prompts", {}).get("query", ""))
         m = _QUERY_PROMPT.match(query_prompt)
         return cls(engine, tokenizer, name=name or model, max_batch_tokens=opts.max_batch_tokens,

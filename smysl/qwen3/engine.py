@@ -15,6 +15,7 @@ from typing import Protocol
 import numpy as np
 import torch
 
+from smysl.options import ModelOptions
 from smysl.qwen3.cpu import CpuFeatures, auto_dtype, detect
 from smysl.qwen3.hub import Checkpoint
 from smysl.qwen3.loader import load_encoder
@@ -173,3 +174,15 @@ class Engine:
 
     def close(self) -> None:
         """Nothing to stop in this process (the contract's hook for :class:`EngineProcess`)."""
+
+
+def start_engine(ckpt: Checkpoint, opts: ModelOptions) -> EngineLike:
+    """The engine ``opts`` ask for: in this process, or in a child (``opts.process``; see
+    :mod:`smysl.qwen3.worker`). The one place the embedder and the reranker start theirs."""
+    cfg = EngineConfig(device=opts.device or "auto", dtype=opts.dtype or "auto",
+                       quantize=opts.quantize, threads=opts.threads)
+    if opts.process:
+        from smysl.qwen3.worker import EngineProcess  # it imports this module
+
+        return EngineProcess(ckpt, cfg)
+    return Engine.from_checkpoint(ckpt, cfg)

@@ -26,7 +26,7 @@ import numpy as np
 from tokenizers import Tokenizer
 
 from smysl.options import ModelOptions
-from smysl.qwen3.engine import BATCH_TOKENS, Engine, EngineConfig, EngineLike
+from smysl.qwen3.engine import BATCH_TOKENS, EngineLike, start_engine
 from smysl.qwen3.hub import read_checkpoint, resolve
 from smysl.scheduler import SchedulerConfig, plan_batches
 from smysl.tokenize import InputTooLongError
@@ -110,15 +110,7 @@ class Reranker:
             raise ValueError(f"{model}: the tokenizer has no {ANSWERS} tokens; not a "
                              "Qwen3-Reranker")
         head = read_head_rows(ckpt, [int(r) for r in rows if r is not None]).numpy()
-        cfg = EngineConfig(device=opts.device or "auto", dtype=opts.dtype or "auto",
-                           quantize=opts.quantize, threads=opts.threads)
-        engine: EngineLike
-        if opts.process:
-            from smysl.qwen3.worker import EngineProcess
-
-            engine = EngineProcess(ckpt, cfg)
-        else:
-            engine = Engine.from_checkpoint(ckpt, cfg)
+        engine = start_engine(ckpt, opts)
         return cls(engine, tokenizer, head, name=model, max_tokens=opts.max_tokens,
                    max_batch_tokens=opts.max_batch_tokens, max_batch_size=opts.max_batch_size)
 

@@ -5,17 +5,15 @@ and every bad input answered 4xx in its API's error shape."""
 from __future__ import annotations
 
 import math
-import threading
-import time
 from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+from live_http import live_server
 from qwen_tiny import build_tiny_reranker
-from server_helpers import HashEmbedder, free_port
+from server_helpers import HashEmbedder
 
 pytest.importorskip("fastapi")
 
@@ -45,36 +43,13 @@ def client(reranker: Any) -> Iterator[Any]:
         yield c
 
 
-@contextmanager
-def live(embedder: Any, reranker: Any) -> Iterator[str]:
-    """``create_app`` with both models under uvicorn on a free loopback port."""
-    import uvicorn
-
-    from smysl.server import ServerConfig, create_app
-
-    cfg = ServerConfig(host="127.0.0.1", port=free_port(), api_key="sekret")
-    server = uvicorn.Server(uvicorn.Config(create_app(embedder, cfg, reranker=reranker),
-                                           host=cfg.host, port=cfg.port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started:
-        assert time.monotonic() < deadline and thread.is_alive(), "uvicorn did not start"
-        time.sleep(0.02)
-    try:
-        yield f"http://{cfg.host}:{cfg.port}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=20)
-
-
 def test_cohere_sdk_and_tei_json_get_the_in_process_scores(reranker: Any) -> None:
     """issue 15: the official cohere SDK's rerank and plain TEI JSON, on a live server that
     also serves embeddings, get the in-process scores (<= 1e-6) best first; top_n and
     return_documents are honoured."""
     cohere = pytest.importorskip("cohere")
     expected = reranker.rerank(QUERY, DOCS)
-    with live(HashEmbedder(), reranker) as url:
+    with live_server(HashEmbedder(), reranker, api_key="sekret") as url:
         co = cohere.Client(api_key="sekret", base_url=url)
         res = co.rerank(model=reranker.name, query=QUERY, documents=DOCS, top_n=3,
                         return_documents=True)
