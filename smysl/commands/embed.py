@@ -120,7 +120,6 @@ def _job(args: argparse.Namespace, model: BaseEmbedder, chunk: ChunkConfig | Non
                        table=args.table)
     report = run_job(model, [args.input], config,
                      progress=not args.no_progress and sys.stderr.isatty(),
-                     on_bad_row=lambda where: print(f"skipped bad row: {where}", file=sys.stderr),
-                     model_spec=args.model)
+                     on_bad_row=lambda where: print(f"skipped bad row: {where}", file=sys.stderr))
     print(report.summary(), file=sys.stderr)
     return 0

@@ -136,8 +136,7 @@ BadRowCallback = Callable[[str], None]
 
 
 def run_job(model: BaseEmbedder, inputs: Sequence[str | Path], config: JobConfig, *,
-            progress: bool = False, on_bad_row: BadRowCallback | None = None,
-            model_spec: str | None = None) -> JobReport:
+            progress: bool = False, on_bad_row: BadRowCallback | None = None) -> JobReport:
     """Embed every row of ``inputs`` (files or folders) into ``config.output``; shards already
     committed by an earlier run of the same job are skipped (counted in the report)."""
     sources = find_sources(inputs)
@@ -151,7 +150,7 @@ def run_job(model: BaseEmbedder, inputs: Sequence[str | Path], config: JobConfig
         bar = tqdm(total=sum(count_records(s) for s in sources), unit="row", desc="embedding",
                    smoothing=0.1)
     try:
-        writer: _Writer = (_StoreWriter(model, config, fp, model_spec) if config.to_store
+        writer: _Writer = (_StoreWriter(model, config, fp) if config.to_store
                            else _ParquetWriter(model, config, fp))
         with writer:
             for source in sources:
@@ -318,8 +317,7 @@ class _StoreWriter(_Writer):
     """Shards ingested into an index (chunks upserted by id); the shard's name is recorded in
     the store's metadata once its chunks are stored."""
 
-    def __init__(self, model: BaseEmbedder, config: JobConfig, fp: str,
-                 model_spec: str | None) -> None:
+    def __init__(self, model: BaseEmbedder, config: JobConfig, fp: str) -> None:
         from smysl.toolkit.index import Index, IndexConfig
         from smysl.toolkit.store import StoreConfig
 
@@ -329,8 +327,7 @@ class _StoreWriter(_Writer):
         self.model, self.config, self.fp = model, config, fp
         store = StoreConfig.parse(config.output, table=config.table)
         self.index = Index.create_or_open(model, IndexConfig(store=store,
-                                                             dimensions=config.dimensions),
-                                          model_spec=model_spec)
+                                                             dimensions=config.dimensions))
 
     def _committed(self) -> dict[str, list[str]]:
         jobs = self.index.store.read_meta().get(STORE_SHARDS)

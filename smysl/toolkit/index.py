@@ -83,16 +83,15 @@ class Index:
 
     @classmethod
     def create_or_open(cls, embedder: BaseEmbedder, config: IndexConfig, *,
-                       create: bool = True, model_spec: str | None = None,
-                       rebuild: bool = False) -> Index:
+                       create: bool = True, rebuild: bool = False) -> Index:
         """Open the index at ``config.store`` (``create``: make it for ``embedder`` if missing)
         and check that it was built with this model (same fingerprint) and size.
 
         ``rebuild`` deletes every record first and binds the index to ``embedder``: the one way
-        to switch an index to another model. ``model_spec`` is the string that loads the model
-        (``st:all-minilm-l6-v2``; default: the one :func:`smysl.load` was given,
-        :attr:`BaseEmbedder.source`); it is saved so that later searches can load the model
-        without being told (backend ``name``s may lack the scheme).
+        to switch an index to another model. The string that loads the model
+        (:attr:`BaseEmbedder.source`, what :func:`smysl.load` was given, e.g.
+        ``st:all-minilm-l6-v2``) is saved so that later searches can load it without being told
+        (backend ``name``s may lack the scheme).
         """
         dims = config.dimensions or embedder.dimensions
         try:
@@ -113,7 +112,7 @@ class Index:
                 raise ValueError(f"store holds {store.dimensions}-d vectors, not {dims}-d")
             else:
                 meta = {"model": embedder.name, "fingerprint": embedder.fingerprint(),
-                        "dimensions": dims, "load": model_spec or embedder.source or embedder.name,
+                        "dimensions": dims, "load": embedder.source or embedder.name,
                         CHECKSUMS: True}
                 store.write_meta(meta)
             held, written = store.count(), meta.get(RECORDS)
