@@ -15,7 +15,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from qwen_tiny import embedding_tokenizer_json, write_st_files
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED = ROOT.parent / "shared"
+#: ../shared beside the checkout, or a copy inside it (the GPU machine gets only the checkout)
+SHARED = ROOT / "shared" if (ROOT / "shared").is_dir() else ROOT.parent / "shared"
 TOKENIZER = SHARED / "qwen3-tokenizer"
 DATASETS = SHARED / "datasets"
 
@@ -33,9 +34,11 @@ SHAPES: dict[str, dict[str, int]] = {
 }
 
 
-def random_checkpoint(size: str, out: Path, dtype: str = "bfloat16") -> Path:
+def random_checkpoint(size: str, out: Path, dtype: str = "bfloat16", device: str = "cpu"
+                      ) -> Path:
     """A Qwen3-Embedding-shaped checkpoint with random weights, laid out like the real repo
-    (safetensors in bf16, tokenizer with EOS post-processor, sentence-transformers files)."""
+    (safetensors in bf16, tokenizer with EOS post-processor, sentence-transformers files).
+    ``device``: where the random numbers are drawn (``cuda``: seconds instead of minutes)."""
     if (out / "config.json").is_file():
         return out
     import torch
@@ -46,7 +49,7 @@ def random_checkpoint(size: str, out: Path, dtype: str = "bfloat16") -> Path:
     torch.manual_seed(0)
     with torch.device("meta"):
         model = Qwen3Model(cfg)
-    model = model.to(getattr(torch, dtype)).to_empty(device="cpu")  # no fp32 copy of 8B
+    model = model.to(getattr(torch, dtype)).to_empty(device=device)  # no fp32 copy of 8B
     with torch.no_grad():
         for name, p in model.named_parameters():
             if name.endswith("norm.weight"):
@@ -56,6 +59,9 @@ def random_checkpoint(size: str, out: Path, dtype: str = "bfloat16") -> Path:
     tmp = out.with_suffix(".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(tmp, max_shard_size="5GB")
+    del model
+    if device != "cpu":
+        torch.cuda.empty_cache()
     (tmp / "tokenizer.json").write_text(json.dumps(embedding_tokenizer_json()), encoding="utf-8")
     tc = json.loads((TOKENIZER / "tokenizer_config.json").read_text(encoding="utf-8"))
     tc["padding_side"] = "left"  # as in the Qwen3-Embedding repos

@@ -1,57 +1,61 @@
-"""One-shot CUDA check (< 8 minutes on one H100/H200): parity, throughput, 32K context.
+"""One-shot CUDA check for issue 12 (one H100/H200, under 8 minutes): every number in one run.
 
-    python benchmarks/gpu_check.py [--out DIR] [--skip-8b]
+    PYTHONUNBUFFERED=1 python benchmarks/gpu_check.py --scale 4 [--out DIR] [--budget 420]
 
-1. Parity on the real 0.6B shape (random weights): smysl fp32/bf16 on CUDA vs the transformers
-   reference recipe in fp32 (TF32 off; left padding, official last-token pool, F.normalize).
-2. Throughput, same GPU, same texts: smysl bf16 vs sentence-transformers bf16 (its default
-   length-sorted batching, batch_size 32) for the 0.6B and 8B shapes.
-3. One 32,768-token input on the 8B shape (bf16 and fp16): time, peak memory, finiteness.
-Prints Markdown tables and writes ``gpu.json`` to --out.
+Sections, in order of importance (each prints a Markdown table as it finishes; a section that
+fails prints its traceback and the run goes on; sections that would start after ``--budget``
+seconds are skipped and say so):
+
+1. ``pytest -m gpu`` (tests/qwen3/test_gpu.py: parity, varlen kernels, graphs vs eager, ...).
+2. Parity on the real 0.6B shape (random weights): smysl fp32/bf16/fp16 on CUDA vs the
+   transformers recipe in fp32 (TF32 off; left padding, official last-token pool).
+3. Per shape (0.6B, 8B, 4B): the GEMM-only ceiling (the layers' linear maps on 16,384 tokens),
+   sentence-transformers bf16 at batch sizes 32 and 128 (one pass each, first pass after load),
+   smysl bf16 first pass (16 texts of warm-up only) and warm pass, single-query latency
+   p50/p95 in-process (graphs replayed), and for 8B one 32,768-token input in bf16 and fp16.
+4. ``smysl serve`` on loopback (0.6B): single-query latency, and 64 concurrent single-text
+   clients against the offline throughput of the same texts.
+
+Writes ``gpu.json`` to --out.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import os
+import subprocess
 import sys
 import time
+import traceback
+import urllib.request
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import corpus, random_checkpoint
+from common import ROOT, SHAPES, corpus, random_checkpoint
 
 torch.backends.cuda.matmul.allow_tf32 = False
 torch.backends.cudnn.allow_tf32 = False
+QUERY = "как устроен семантический поиск?"
+T0 = time.perf_counter()
+RES: dict[str, Any] = {}
 
 
 def log(msg: str) -> None:
     print(msg, flush=True)
 
 
-def reference(model: torch.nn.Module, tok: object, texts: list[str], bs: int = 8) -> np.ndarray:
-    """transformers reference recipe, fp32, left padding, official last-token pool."""
-    import torch.nn.functional as F
-
-    out = []
-    for i in range(0, len(texts), bs):
-        batch = tok(texts[i : i + bs], padding=True, return_tensors="pt").to("cuda")  # type: ignore[operator]
-        with torch.no_grad():
-            h = model(**batch).last_hidden_state
-        mask = batch["attention_mask"]
-        if bool(mask[:, -1].sum() == mask.shape[0]):
-            pooled = h[:, -1]
-        else:
-            pooled = h[torch.arange(h.shape[0], device="cuda"), mask.sum(1) - 1]
-        out.append(F.normalize(pooled.float(), dim=1).cpu().numpy())
-    return np.concatenate(out)
+def elapsed() -> float:
+    return time.perf_counter() - T0
 
 
-def timed(fn, *a, **k):  # type: ignore[no-untyped-def]
+def timed(fn: Callable[..., Any], *a: Any, **k: Any) -> tuple[Any, float]:
     torch.cuda.synchronize()
     t = time.perf_counter()
     r = fn(*a, **k)
@@ -59,107 +63,344 @@ def timed(fn, *a, **k):  # type: ignore[no-untyped-def]
     return r, time.perf_counter() - t
 
 
+def section(name: str, budget: float, fn: Callable[[], None]) -> None:
+    if elapsed() > budget:
+        log(f"\n(skipped {name}: {elapsed():.0f} s elapsed, budget {budget:.0f} s)")
+        RES.setdefault("skipped", []).append(name)
+        return
+    t = time.perf_counter()
+    try:
+        fn()
+    except Exception:
+        log(f"\n!! {name} failed:\n{traceback.format_exc()}")
+        RES.setdefault("failed", []).append(name)
+    log(f"({name}: {time.perf_counter() - t:.0f} s; {elapsed():.0f} s so far)")
+    torch.cuda.empty_cache()
+
+
+def free() -> None:
+    import gc
+
+    gc.collect()
+    torch.cuda.empty_cache()
+
+
+# --------------------------------------------------------------------------- 1. tests
+def gpu_tests(out: Path) -> None:
+    r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-m", "gpu", "-p",
+                        "no:cacheprovider", "tests/qwen3/test_gpu.py"], cwd=ROOT,
+                       capture_output=True, text=True, timeout=240)
+    tail = (r.stdout + r.stderr)[-6000:]
+    (out / "pytest-gpu.txt").write_text(r.stdout + r.stderr)
+    RES["pytest_gpu"] = {"rc": r.returncode, "tail": tail.splitlines()[-1:]}
+    log("\n## pytest -m gpu\n\n```\n" + tail + "\n```")
+
+
+# --------------------------------------------------------------------------- 2. parity
+def reference(ck: Path, texts: list[str]) -> np.ndarray:
+    """transformers fp32, left padding, official last-token pool, F.normalize."""
+    import torch.nn.functional as F
+    from transformers import AutoTokenizer, Qwen3Model
+
+    model = Qwen3Model.from_pretrained(str(ck), dtype=torch.float32).cuda().eval()
+    tok = AutoTokenizer.from_pretrained(str(ck), padding_side="left")
+    out = []
+    for i in range(0, len(texts), 8):
+        batch = tok(texts[i : i + 8], padding=True, return_tensors="pt").to("cuda")
+        with torch.no_grad():
+            h = model(**batch).last_hidden_state
+        out.append(F.normalize(h[:, -1].float(), dim=1).cpu().numpy())  # left padded
+    del model
+    free()
+    return np.concatenate(out)
+
+
+def parity(ck: Path, texts: list[str]) -> None:
+    from smysl import Embedder
+
+    ref = reference(ck, texts)
+    rows = {}
+    log("\n## Parity, 0.6B shape (random weights), vs transformers fp32, 48 texts\n")
+    log("| smysl dtype | max abs diff | min cosine | finite |\n|---|---|---|---|")
+    for dtype in ("float32", "bfloat16", "float16"):
+        e = Embedder.load(str(ck), device="cuda", dtype=dtype)
+        v = e.embed(texts)
+        rows[dtype] = {"max_abs": float(np.abs(v - ref).max()),
+                       "min_cos": float((v * ref).sum(1).min()),
+                       "finite": bool(np.isfinite(v).all())}
+        p = rows[dtype]
+        log(f"| {dtype} | {p['max_abs']:.2e} | {p['min_cos']:.6f} | {p['finite']} |")
+        del e
+        free()
+    RES["parity_0.6b"] = rows
+
+
+# --------------------------------------------------------------------------- 3. per shape
+def gemm_ceiling(size: str, tokens: int = 16384) -> float:
+    """tokens/s of the layers' linear maps alone (bf16, no attention, no elementwise)."""
+    s = SHAPES[size]
+    h, f, L = s["hidden_size"], s["intermediate_size"], s["num_hidden_layers"]
+    hq, hkv = s["num_attention_heads"], s["num_key_value_heads"]
+    d = 128
+    shapes = [((hq + 2 * hkv) * d, h), (h, hq * d), (2 * f, h), (h, f)]
+    ws = [torch.randn(o, i, device="cuda", dtype=torch.bfloat16) * 0.02 for o, i in shapes]
+    xs = [torch.randn(tokens, i, device="cuda", dtype=torch.bfloat16) for _, i in shapes]
+
+    def one(n: int) -> None:
+        for _ in range(n * L):
+            for w, x in zip(ws, xs, strict=True):
+                torch.nn.functional.linear(x, w)
+
+    one(1)
+    _, secs = timed(one, 3)
+    ws.clear()
+    xs.clear()
+    free()
+    return tokens * 3 / secs
+
+
+def st_pass(ck: Path, texts: list[str], bs: int) -> tuple[float, float]:
+    from sentence_transformers import SentenceTransformer
+
+    st = SentenceTransformer(str(ck), device="cuda", model_kwargs={"dtype": torch.bfloat16})
+    torch.cuda.reset_peak_memory_stats()
+    _, secs = timed(st.encode, texts, batch_size=bs, normalize_embeddings=True)
+    peak = torch.cuda.max_memory_allocated() / 2**30
+    del st
+    free()
+    return secs, peak
+
+
+def latency(fn: Callable[[], Any], n: int = 100) -> tuple[float, float]:
+    for _ in range(5):
+        fn()
+    ts = []
+    for _ in range(n):
+        _, s = timed(fn)
+        ts.append(s * 1000)
+    return float(np.percentile(ts, 50)), float(np.percentile(ts, 95))
+
+
+def shape_run(size: str, work: Path, texts: list[str], n_tok: int, long_input: bool) -> None:
+    from smysl import Embedder
+
+    t = time.perf_counter()
+    ck = random_checkpoint(size, work / f"qwen3-{size}-random", device="cuda")
+    log(f"\n### {size}: checkpoint ready in {time.perf_counter() - t:.0f} s")
+    row: dict[str, Any] = {"gemm_ceiling_tok_s": gemm_ceiling(size)}
+    for bs in (32, 128):
+        secs, peak = st_pass(ck, texts, bs)
+        row[f"st_bs{bs}"] = {"tok_s": n_tok / secs, "secs": secs, "peak_gib": peak}
+    t = time.perf_counter()
+    m = Embedder.load(str(ck), device="cuda", dtype="bfloat16")
+    row["load_s"] = time.perf_counter() - t
+    row["cuda_graphs"] = m.info().cuda_graphs
+    m.embed(texts[:16])
+    torch.cuda.reset_peak_memory_stats()
+    first, s1 = timed(m.embed, texts)
+    peak = torch.cuda.max_memory_allocated() / 2**30
+    _, s2 = timed(m.embed, texts)
+    row["smysl_first"] = {"tok_s": n_tok / s1, "secs": s1, "peak_gib": peak}
+    row["smysl_warm"] = {"tok_s": n_tok / s2, "secs": s2}
+    row["query_ms"] = latency(lambda: m.embed([QUERY]))
+    if size == "0.6b":
+        try:
+            row["profile"] = profile(lambda: m.embed(texts))
+        except Exception:
+            log(f"!! profile failed:\n{traceback.format_exc()}")
+    row["finite"] = bool(np.isfinite(first).all())
+    best_st = max(row["st_bs32"]["tok_s"], row["st_bs128"]["tok_s"])
+    RES[f"shape_{size}"] = row
+    log(f"\n## {size} shape, bf16, {len(texts)} texts / {n_tok} tokens "
+        f"(load {row['load_s']:.1f} s, graphs {row['cuda_graphs']})\n")
+    log("| system | tokens/s | seconds | peak GiB |\n|---|---|---|---|")
+    log(f"| GEMM-only ceiling (linears, 16,384 tokens) | {row['gemm_ceiling_tok_s']:,.0f} | | |")
+    for bs in (32, 128):
+        r = row[f"st_bs{bs}"]
+        log(f"| sentence-transformers bs {bs} | {r['tok_s']:,.0f} | {r['secs']:.2f} | "
+            f"{r['peak_gib']:.1f} |")
+    log(f"| smysl first pass | {n_tok / s1:,.0f} | {s1:.2f} | {peak:.1f} |")
+    log(f"| smysl warm | {n_tok / s2:,.0f} | {s2:.2f} | |")
+    log(f"\nsmysl first / best ST: {n_tok / s1 / best_st:.2f}x; first / warm: {s2 / s1:.2f}; "
+        f"first / GEMM ceiling: {n_tok / s1 / row['gemm_ceiling_tok_s']:.2f}; single query "
+        f"p50 {row['query_ms'][0]:.2f} ms, p95 {row['query_ms'][1]:.2f} ms; finite "
+        f"{row['finite']}")
+    if long_input:
+        del m
+        free()
+        long32k(ck, row)
+
+
+def profile(fn: Callable[[], Any]) -> dict[str, Any]:
+    """Kernel launches and GPU-busy time of one warm pass, and the top kernels."""
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as prof
+
+    with prof(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as p:
+        _, wall = timed(fn)
+    kernels = [e for e in p.events() if e.device_type.name == "CUDA"]
+    busy = sum(e.device_time for e in kernels) / 1e6  # device_time: microseconds
+    top = sorted(p.key_averages(), key=lambda a: -a.device_time_total)
+    rows = [(a.key[:70], a.count, a.device_time_total / 1e3) for a in top
+            if a.device_time_total > 0 and not a.key.startswith(("aten::", "cuda", "Memcpy"))][:12]
+    log(f"\nprofile of one warm pass (profiler on: {wall:.2f} s): {len(kernels)} GPU events, "
+        f"busy {busy:.3f} s\n\n| kernel | calls | ms |\n|---|---|---|")
+    for k, c, ms in rows:
+        log(f"| {k} | {c} | {ms:.1f} |")
+    return {"wall_s": wall, "gpu_events": len(kernels), "busy_s": busy, "top": rows}
+
+
+def long32k(ck: Path, row: dict[str, Any]) -> None:
+    from smysl import Embedder
+
+    ids = [[(i * 7919) % 150000 for i in range(32767)]]
+    log("\n| 32,768 tokens, 8B | seconds | peak GiB | weights GiB | finite |\n"
+        "|---|---|---|---|---|")
+    for dtype in ("bfloat16", "float16"):
+        e = Embedder.load(str(ck), device="cuda", dtype=dtype)
+        weights = torch.cuda.memory_allocated() / 2**30
+        torch.cuda.reset_peak_memory_stats()
+        v, secs = timed(e.embed_token_ids, ids)
+        peak = torch.cuda.max_memory_allocated() / 2**30
+        ok = bool(np.isfinite(v).all())
+        row[f"long32k_{dtype}"] = {"secs": secs, "peak_gib": peak, "weights_gib": weights,
+                                   "finite": ok}
+        log(f"| {dtype} | {secs:.2f} | {peak:.1f} | {weights:.1f} | {ok} |")
+        del e
+        free()
+
+
+# --------------------------------------------------------------------------- 4. server
+async def _clients(url: str, texts: list[str], clients: int, ref: np.ndarray
+                   ) -> tuple[float, list[float], float]:
+    from load_test import Conn
+
+    host, port = url.removeprefix("http://").rsplit(":", 1)
+    queue = list(range(len(texts)))[::-1]
+    lat: list[float] = []
+    cos: list[float] = []
+
+    async def client() -> None:
+        conn = Conn(host, int(port))
+        while queue:
+            i = queue.pop()
+            t = time.perf_counter()
+            status, _, payload = await conn.post("/embed", {"inputs": [texts[i]]})
+            lat.append(time.perf_counter() - t)
+            assert status == 200, payload[:200]
+            cos.append(float(np.dot(np.asarray(json.loads(payload)[0], np.float32), ref[i])))
+        await conn.close()
+
+    t = time.perf_counter()
+    await asyncio.gather(*[client() for _ in range(clients)])
+    return time.perf_counter() - t, lat, min(cos)
+
+
+def server(work: Path) -> None:
+    from load_test import Server
+
+    from smysl import Embedder
+
+    ck = random_checkpoint("0.6b", work / "qwen3-0.6b-random")
+    texts = corpus(4.0)
+    short = [t for t in texts if len(t) < 400][:1500]
+    m = Embedder.load(str(ck), device="cuda", dtype="bfloat16")
+    m.embed(short[:64])
+    ref, off = timed(m.embed, short)
+    n_tok = sum(m.count_tokens(short))
+    del m
+    free()
+    srv = Server(str(ck), device="cuda")
+    try:
+        srv.wait_ready(180)
+        with urllib.request.urlopen(f"{srv.url}/info", timeout=10) as r:
+            info = json.loads(r.read())
+
+        async def single() -> list[float]:
+            from load_test import Conn
+
+            host, port = srv.url.removeprefix("http://").rsplit(":", 1)
+            conn = Conn(host, int(port))
+            ts = []
+            for i in range(120):
+                t = time.perf_counter()
+                status, _, _ = await conn.post("/embed", {"inputs": [short[0]]})
+                assert status == 200
+                if i >= 20:
+                    ts.append((time.perf_counter() - t) * 1000)
+            await conn.close()
+            return ts
+
+        ts = asyncio.run(single())
+        wall, lat, min_cos = asyncio.run(_clients(srv.url, short, 64, ref))
+        row = {"offline_tok_s": n_tok / off, "offline_texts_s": len(short) / off,
+               "http_tok_s": n_tok / wall, "http_texts_s": len(short) / wall,
+               "ratio": off / wall, "min_cos_vs_in_process": min_cos,
+               "single_p50_ms": float(np.percentile(ts, 50)),
+               "single_p95_ms": float(np.percentile(ts, 95)),
+               "clients_p50_ms": float(np.percentile(lat, 50) * 1000),
+               "cuda_graphs": info.get("cuda_graphs")}
+        RES["server_0.6b"] = row
+        log(f"\n## smysl serve on loopback, 0.6B bf16 ({len(short)} short texts, {n_tok} tokens;"
+            f" graphs {row['cuda_graphs']})\n")
+        log("| measure | value |\n|---|---|")
+        log(f"| single query p50 / p95 (TEI /embed, 1 client) | {row['single_p50_ms']:.2f} / "
+            f"{row['single_p95_ms']:.2f} ms |")
+        log(f"| offline Embedder.embed(texts) | {row['offline_texts_s']:,.0f} texts/s |")
+        log(f"| 64 clients, one text per request | {row['http_texts_s']:,.0f} texts/s "
+            f"(p50 {row['clients_p50_ms']:.1f} ms) |")
+        log(f"| HTTP / offline | {row['ratio']:.2f} |")
+        log(f"| min cosine HTTP vs in-process | {min_cos:.6f} |")
+    finally:
+        srv.stop()
+        log("server log tail:\n" + srv.output()[-1500:])
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default=os.environ.get("OUT", "gpu-out"))
     ap.add_argument("--work", default="/tmp/smysl-gpu")
-    ap.add_argument("--skip-8b", action="store_true")
-    ap.add_argument("--scale", type=float, default=2.0)
+    ap.add_argument("--scale", type=float, default=4.0)
+    ap.add_argument("--budget", type=float, default=420.0,
+                    help="seconds after which no new section starts")
+    ap.add_argument("--shapes", default="0.6b,8b,4b")
+    ap.add_argument("--skip-tests", action="store_true")
     args = ap.parse_args()
     out, work = Path(args.out), Path(args.work)
     out.mkdir(parents=True, exist_ok=True)
     work.mkdir(parents=True, exist_ok=True)
-    from sentence_transformers import SentenceTransformer
-    from transformers import AutoTokenizer, Qwen3Model
+    import transformers
 
-    from smysl import Embedder
-
-    res: dict = {"gpu": torch.cuda.get_device_name(), "torch": torch.__version__}
-    log(f"# smysl GPU check on {res['gpu']}, torch {res['torch']}")
+    RES.update(gpu=torch.cuda.get_device_name(), torch=torch.__version__,
+               transformers=transformers.__version__)
+    log(f"# smysl GPU check on {RES['gpu']}, torch {RES['torch']}, transformers "
+        f"{RES['transformers']}")
     texts = corpus(args.scale)
-    lens = None
+    from smysl.tokenize import Tokenizer
 
-    # ---------------------------------------------------------------- 1. parity (0.6B)
-    t0 = time.perf_counter()
-    ck = random_checkpoint("0.6b", work / "qwen3-0.6b-random")
-    ptexts = texts[:48]
-    tok = AutoTokenizer.from_pretrained(str(ck), padding_side="left")
-    ref_model = Qwen3Model.from_pretrained(str(ck), dtype=torch.float32).cuda().eval()
-    ref = reference(ref_model, tok, ptexts)
-    del ref_model
-    torch.cuda.empty_cache()
-    parity = {}
-    for dtype in ("float32", "bfloat16", "float16"):
-        e = Embedder.load(str(ck), device="cuda", dtype=dtype)
-        v = e.embed(ptexts)
-        parity[dtype] = {"max_abs": float(np.abs(v - ref).max()),
-                         "min_cos": float((v * ref).sum(1).min()),
-                         "finite": bool(np.isfinite(v).all())}
-        if lens is None:
-            lens = e.count_tokens(texts)  # type: ignore[attr-defined]
-        del e
-        torch.cuda.empty_cache()
-    res["parity_0.6b_vs_transformers_fp32"] = parity
-    log("\n## Parity, 0.6B shape, vs transformers fp32 (48 texts)\n")
-    log("| smysl dtype | max abs diff | min cosine | finite |\n|---|---|---|---|")
-    for k, p in parity.items():
-        log(f"| {k} | {p['max_abs']:.2e} | {p['min_cos']:.6f} | {p['finite']} |")
-    log(f"(parity took {time.perf_counter() - t0:.0f} s)")
+    sys.path.insert(0, str(ROOT / "tests"))
+    from qwen_tiny import embedding_tokenizer_json
 
-    # ---------------------------------------------------------------- 2. throughput
-    n_tok = sum(lens or [])
-    res["corpus"] = {"texts": len(texts), "tokens": n_tok}
-    log(f"\n## Throughput, bf16, {len(texts)} texts / {n_tok} tokens\n")
-    log("| shape | system | tokens/s | texts/s | seconds | peak GiB |\n|---|---|---|---|---|---|")
-    sizes = ["0.6b"] if args.skip_8b else ["0.6b", "8b"]
-    for size in sizes:
-        ck = random_checkpoint(size, work / f"qwen3-{size}-random")
-        for system in ("sentence-transformers", "smysl"):
-            torch.cuda.reset_peak_memory_stats()
-            if system == "smysl":
-                m = Embedder.load(str(ck), device="cuda", dtype="bfloat16")
-                run = m.embed
-            else:
-                st = SentenceTransformer(str(ck), device="cuda",
-                                         model_kwargs={"dtype": torch.bfloat16})
-
-                def run(x, st=st):  # type: ignore[no-untyped-def]
-                    return st.encode(x, batch_size=32, normalize_embeddings=True)
-            run(texts[:16])
-            _, secs = timed(run, texts)
-            peak = torch.cuda.max_memory_allocated() / 2**30
-            row = {"tok_s": n_tok / secs, "texts_s": len(texts) / secs, "secs": secs,
-                   "peak_gib": peak}
-            res[f"throughput_{size}_{system}"] = row
-            log(f"| {size} | {system} | {row['tok_s']:.0f} | {row['texts_s']:.1f} | "
-                f"{secs:.2f} | {peak:.1f} |")
-            del run
-            if system == "smysl":
-                del m
-            else:
-                del st
-            torch.cuda.empty_cache()
-        st_tok_s = res[f"throughput_{size}_sentence-transformers"]["tok_s"]
-        r = res[f"throughput_{size}_smysl"]["tok_s"] / st_tok_s
-        log(f"| {size} | smysl / ST | {r:.2f}x | | | |")
-
-    # ---------------------------------------------------------------- 3. 32K on 8B
-    if not args.skip_8b:
-        log("\n## One 32,768-token input, 8B shape\n")
-        log("| dtype | seconds | peak GiB | finite |\n|---|---|---|---|")
-        ck = work / "qwen3-8b-random"
-        ids = [[(i * 7919) % 150000 for i in range(32767)]]
-        for dtype in ("bfloat16", "float16"):
-            e = Embedder.load(str(ck), device="cuda", dtype=dtype)
-            torch.cuda.reset_peak_memory_stats()
-            v, secs = timed(e.embed_token_ids, ids)  # type: ignore[attr-defined]
-            peak = torch.cuda.max_memory_allocated() / 2**30
-            res[f"long32k_8b_{dtype}"] = {"secs": secs, "peak_gib": peak,
-                                          "finite": bool(np.isfinite(v).all())}
-            log(f"| {dtype} | {secs:.2f} | {peak:.1f} | {bool(np.isfinite(v).all())} |")
-            del e
-            torch.cuda.empty_cache()
-    (out / "gpu.json").write_text(json.dumps(res, indent=2))
+    tok_file = work / "tokenizer.json"
+    tok_file.write_text(json.dumps(embedding_tokenizer_json()), encoding="utf-8")
+    n_tok = sum(Tokenizer(tok_file, 40960).count(texts))
+    RES["corpus"] = {"texts": len(texts), "tokens": n_tok, "scale": args.scale}
+    log(f"corpus: {len(texts)} texts, {n_tok} tokens")
+    try:
+        if not args.skip_tests:
+            section("pytest -m gpu", args.budget, lambda: gpu_tests(out))
+        ck = random_checkpoint("0.6b", work / "qwen3-0.6b-random", device="cuda")
+        section("parity", args.budget, lambda: parity(ck, texts[:48]))
+        shapes = args.shapes.split(",")
+        if "0.6b" in shapes:
+            section("0.6b", args.budget, lambda: shape_run("0.6b", work, texts, n_tok, False))
+        section("server", args.budget, lambda: server(work))
+        for size in (s for s in shapes if s != "0.6b"):
+            section(size, args.budget,
+                    lambda size=size: shape_run(size, work, texts, n_tok, size == "8b"))
+    finally:
+        (out / "gpu.json").write_text(json.dumps(RES, indent=2))
+        log(f"\ntotal {elapsed():.0f} s")
 
 
 if __name__ == "__main__":

@@ -41,7 +41,7 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED = ROOT.parent / "shared"
+SHARED = ROOT / "shared" if (ROOT / "shared").is_dir() else ROOT.parent / "shared"
 APIS = ("openai-float", "openai-base64", "ollama", "tei")
 
 #: Random checkpoint shapes: (hidden, layers, heads, kv heads, head dim, intermediate).
@@ -110,11 +110,11 @@ def free_port() -> int:
 class Server:
     """``smysl serve`` in a subprocess on 127.0.0.1."""
 
-    def __init__(self, model: str, *extra: str) -> None:
+    def __init__(self, model: str, *extra: str, device: str = "cpu") -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         cmd = [sys.executable, "-m", "smysl.cli", "serve", "--model", model, "--host",
-               "127.0.0.1", "--port", str(self.port), "--device", "cpu", *extra]
+               "127.0.0.1", "--port", str(self.port), "--device", device, *extra]
         self.log = tempfile.TemporaryFile()  # noqa: SIM115 - lives as long as the server
         self.proc = subprocess.Popen(cmd, cwd=ROOT, stdout=self.log, stderr=subprocess.STDOUT)
 

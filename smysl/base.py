@@ -63,6 +63,8 @@ class ModelInfo:
     #: The CPU and the features that decide its compute paths (local engines on CPU, e.g.
     #: ``AMD EPYC (avx2, avx512f, avx512_bf16, avx512_vnni)``), None otherwise.
     cpu: str | None = None
+    #: Token counts of the batch shapes a CUDA engine replays as CUDA graphs (None: no graphs).
+    cuda_graphs: list[int] | None = None
     #: Pooling of the hidden states.
     pooling: str = "last_token"
     #: :meth:`BaseEmbedder.fingerprint` where the backend computed one at load (the local

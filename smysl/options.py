@@ -37,6 +37,8 @@ class ModelOptions:
     revision: str | None = None
     #: Run the engine in a child process (own GIL). None: no, except under ``smysl serve``.
     process: bool | None = None
+    #: CUDA: capture CUDA graphs for batches of up to this many tokens (0: none; default 2048).
+    cuda_graphs: int | None = None
 
     def __post_init__(self) -> None:
         for name in ("threads", "max_tokens", "max_batch_tokens", "max_batch_size"):
@@ -45,6 +47,10 @@ class ModelOptions:
                                       or value < 1):
                 raise ValueError(f"{name} ({FLAGS[name]}) must be a positive integer, "
                                  f"got {value!r}")
+        g = self.cuda_graphs
+        if g is not None and (isinstance(g, bool) or not isinstance(g, int) or g < 0):
+            raise ValueError(f"cuda_graphs ({FLAGS['cuda_graphs']}) must be 0 (off) or a token "
+                             f"count, got {g!r}")
 
     @classmethod
     def split(cls, kwargs: Mapping[str, Any]) -> tuple[ModelOptions, dict[str, Any]]:
@@ -74,4 +80,5 @@ FLAGS: dict[str, str] = {
     "device": "--device", "dtype": "--dtype", "quantize": "--quantize", "threads": "--threads",
     "max_tokens": "--max-tokens", "max_batch_tokens": "--max-batch-tokens",
     "max_batch_size": "--max-batch-size", "revision": "--revision", "process": "--in-process",
+    "cuda_graphs": "--cuda-graphs",
 }

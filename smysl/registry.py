@@ -35,7 +35,8 @@ ALIASES: dict[str, str] = {
 LOCAL = "qwen3"
 
 _ENGINE = frozenset({"device", "dtype", "quantize", "threads", "max_tokens", "max_batch_tokens",
-                     "max_batch_size", "revision", "process"})
+                     "max_batch_size", "revision", "process",
+                     "cuda_graphs"})
 _REMOTE = frozenset({"max_tokens", "max_batch_tokens", "max_batch_size"})
 
 

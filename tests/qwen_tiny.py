@@ -15,7 +15,9 @@ from typing import Any
 
 import numpy as np
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+_ROOT = Path(__file__).resolve().parents[1]
+#: ../shared beside the checkout, or a copy inside it (the GPU machine gets only the checkout)
+SHARED = _ROOT / "shared" if (_ROOT / "shared").is_dir() else _ROOT.parent / "shared"
 TOKENIZER_DIR = SHARED / "qwen3-tokenizer"
 DATASETS = SHARED / "datasets"
 EOS = 151643
@@ -363,3 +365,21 @@ def write_gguf(src: Path, out: Path, *, ftype: str = "F16", tokenizer: bool = Tr
     w.write_tensors_to_file()
     w.close()
     return out
+
+
+def sdpa_varlen(q, k, v, cu_q, cu_k, max_q: int, max_k: int, causal: bool):  # type: ignore[no-untyped-def]
+    """The varlen kernels' contract, one SDPA call per sequence (CPU stand-in)."""
+    import torch
+    import torch.nn.functional as F
+
+    out = []
+    for i in range(len(cu_q) - 1):
+        qs, ks, vs = (x[int(c[i]) : int(c[i + 1])] for x, c in ((q, cu_q), (k, cu_k),
+                                                                 (v, cu_k)))
+        assert len(qs) <= max_q and len(ks) <= max_k, "max_q/max_k below a sequence's length"
+        assert len(qs) > 0 and len(ks) > 0, "empty sequence"
+        o = F.scaled_dot_product_attention(qs.transpose(0, 1)[None], ks.transpose(0, 1)[None],
+                                           vs.transpose(0, 1)[None], is_causal=causal,
+                                           enable_gqa=True)
+        out.append(o[0].transpose(0, 1))
+    return torch.cat(out)

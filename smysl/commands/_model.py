@@ -36,12 +36,15 @@ def add_model_arguments(p: argparse.ArgumentParser, *, model: bool = True,
     g.add_argument(FLAGS["max_batch_size"], type=int, default=None,
                    help="most inputs per forward pass or API request")
     g.add_argument(FLAGS["revision"], default=None, help="Hub revision of a downloaded model")
+    g.add_argument(FLAGS["cuda_graphs"], type=int, default=None, metavar="TOKENS",
+                   help="CUDA: capture graphs for batches up to TOKENS tokens at load "
+                        "(default 2048; 0: off)")
 
 
 def model_options(args: argparse.Namespace, **changes: object) -> ModelOptions:
     """The :class:`ModelOptions` of parsed flags (``changes`` override fields)."""
     fields = ("device", "dtype", "quantize", "threads", "max_tokens", "max_batch_tokens",
-              "max_batch_size", "revision")
+              "max_batch_size", "revision", "cuda_graphs")
     values = {f: getattr(args, f) for f in fields}
     return ModelOptions(**values).replace(**changes)
 

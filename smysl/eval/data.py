@@ -11,8 +11,11 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-#: Where the shared data lives relative to the repository root.
-DEFAULT_DATA_DIR = Path(__file__).resolve().parents[2].parent / "shared" / "datasets"
+_ROOT = Path(__file__).resolve().parents[2]
+#: Where the shared data lives relative to the repository root: ``../shared`` beside the
+#: checkout, or a copy inside it (``shared/``, as the GPU machine gets it).
+DEFAULT_DATA_DIR = (_ROOT / "shared" if (_ROOT / "shared").is_dir() else _ROOT.parent / "shared"
+                    ) / "datasets"
 
 
 @dataclass(frozen=True)

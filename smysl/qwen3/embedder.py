@@ -112,7 +112,8 @@ class Embedder(BaseEmbedder, TokenLevel):
                                             else None),
             parameters=e.parameters, device=str(e.device),
             process=e.pid, fingerprint=self.fingerprint(),
-            cpu=detect().describe() if e.device.type == "cpu" else None)
+            cpu=detect().describe() if e.device.type == "cpu" else None,
+            cuda_graphs=e.cuda_graphs or None)
 
     def fingerprint(self) -> str:
         """Hash of the checkpoint's config, tokenizer and weights (size + three 1 MiB windows
@@ -195,8 +196,11 @@ class Embedder(BaseEmbedder, TokenLevel):
     def _run(self, seqs: list[list[int]], progress: Progress | None) -> np.ndarray:
         """Schedule sequences into token-budget batches; rows come back in input order."""
         out = np.empty((len(seqs), self.dimensions), dtype=np.float32)
-        for batch in plan_batches([len(s) for s in seqs], self.scheduler):
-            out[batch] = self.engine.forward([seqs[i] for i in batch])
+        plan = plan_batches([len(s) for s in seqs], self.scheduler)
+        # a generator: batch n + 1 is assembled while the engine runs batch n (CUDA)
+        rows = self.engine.forward_many([seqs[i] for i in batch] for batch in plan)
+        for batch, pooled in zip(plan, rows, strict=True):
+            out[batch] = pooled
             if progress is not None:
                 progress.update(len(batch))
         return out

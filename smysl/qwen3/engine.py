@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 import torch
@@ -21,6 +23,9 @@ from smysl.qwen3.hub import Checkpoint
 from smysl.qwen3.loader import load_encoder
 from smysl.qwen3.model import Qwen3Encoder
 
+if TYPE_CHECKING:
+    from smysl.qwen3.cuda import Runner
+
 log = logging.getLogger(__name__)
 
 _DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
@@ -30,9 +35,25 @@ _DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bf
 #: Tokens per slice of the per-token work (projections, MLP) and the default token budget of a
 #: forward pass, per device type. On this project's CPU (2 cores, 1 MiB L2) 1,024-token slices
 #: and batches ran 10-15% faster than 4,096 on the 0.6B shape (docs/benchmarks.md): the
-#: ``[tokens, 2*ffn]`` activations stay closer to the caches. GPUs want big batches.
-CHUNK_TOKENS = {"cpu": 1024, "cuda": 4096}
+#: ``[tokens, 2*ffn]`` activations stay closer to the caches. GPUs want big batches, and CUDA
+#: slices are sized by :func:`chunk_tokens` instead.
+CHUNK_TOKENS = {"cpu": 1024}
 BATCH_TOKENS = {"cpu": 1024, "cuda": 32768}
+#: CUDA: the most bytes of one slice's ``[chunk, 2*ffn]`` bf16 MLP activations. A slice costs
+#: ~40 kernel launches per layer whatever its size; 4,096-token slices left the 0.6B host-bound
+#: on an H200 (docs/benchmarks.md), while 32K-token inputs on the 8B stay within 4 GiB.
+CUDA_SLICE_BYTES = 1 << 29
+
+
+def chunk_tokens(device_type: str, intermediate_size: int) -> int:
+    """Tokens per slice of the per-token work: CPU 1,024; CUDA the largest power of two up to
+    32,768 whose MLP activations fit :data:`CUDA_SLICE_BYTES` (0.6B 32,768, 4B/8B 8,192)."""
+    if device_type != "cuda":
+        return CHUNK_TOKENS.get(device_type, 4096)
+    n = 32768
+    while n > 4096 and n * 2 * intermediate_size * 2 > CUDA_SLICE_BYTES:
+        n //= 2
+    return n
 
 
 @dataclass(frozen=True)
@@ -49,6 +70,9 @@ class EngineConfig:
     quantize: str | None = None
     #: CPU threads for torch; None keeps torch's default (one per physical core).
     threads: int | None = None
+    #: CUDA only: capture the forward pass as CUDA graphs for batches of up to this many tokens
+    #: (buckets of 16, 32, ... tokens; captured at load, ~1 s); 0 turns graphs off.
+    cuda_graphs: int = 2048
 
     def resolve(self, stored: torch.dtype | None = None, features: CpuFeatures | None = None
                 ) -> tuple[torch.device, torch.dtype]:
@@ -107,6 +131,8 @@ class EngineLike(Protocol):
     parameters: int
     #: Process id of the child process running the engine, None when in this process.
     pid: int | None
+    #: Token counts of the batch shapes captured as CUDA graphs (empty on CPU).
+    cuda_graphs: list[int]
 
     @property
     def alive(self) -> bool:
@@ -114,6 +140,11 @@ class EngineLike(Protocol):
         ...
 
     def forward(self, batch: list[list[int]]) -> np.ndarray: ...
+
+    def forward_many(self, batches: Iterable[list[list[int]]]) -> Iterator[np.ndarray]:
+        """:meth:`forward` of each batch in turn (on CUDA the next batch is assembled and
+        queued while the previous one runs)."""
+        ...
 
     def close(self) -> None: ...
 
@@ -126,7 +157,8 @@ class Engine:
     alive: bool = True
 
     def __init__(self, model: Qwen3Encoder, device: torch.device, dtype: torch.dtype,
-                 quantization: str | None = None, parameters: int | None = None) -> None:
+                 quantization: str | None = None, parameters: int | None = None,
+                 cuda_graphs: int = 0) -> None:
         self.model = model
         self.device = device
         self.dtype = dtype
@@ -137,8 +169,14 @@ class Engine:
         self.max_positions = cfg.max_position_embeddings
         # counted before quantisation by from_checkpoint (int8 layers hide their weights)
         self.parameters = parameters or sum(p.numel() for p in model.parameters())
-        self.chunk = CHUNK_TOKENS.get(device.type, 4096)
+        self.chunk = chunk_tokens(device.type, cfg.intermediate_size)
         self._lock = threading.Lock()  # one forward at a time: threads would oversubscribe
+        self._cuda: Runner | None = None
+        if device.type == "cuda":
+            from smysl.qwen3.cuda import Runner
+
+            self._cuda = Runner(model, device, dtype, self.chunk, cuda_graphs)
+        self.cuda_graphs = self._cuda.graph_sizes if self._cuda else []
 
     @classmethod
     def from_checkpoint(cls, ckpt: Checkpoint, cfg: EngineConfig) -> Engine:
@@ -151,26 +189,43 @@ class Engine:
             from smysl.qwen3.quantize import quantize_int8
 
             quantize_int8(model)
-        return cls(model, device, dtype, cfg.quantize, parameters)
+        return cls(model, device, dtype, cfg.quantize, parameters, cfg.cuda_graphs)
 
     def forward(self, batch: list[list[int]]) -> np.ndarray:
         """One forward pass: token-id sequences -> float32 ``[len(batch), hidden]`` pooled rows.
 
         Rows are the final-norm hidden state of each sequence's last token, not yet normalised.
         """
-        lengths = [len(s) for s in batch]
-        ids = torch.tensor([t for s in batch for t in s], dtype=torch.long)
+        return self.submit(batch)()
+
+    def forward_many(self, batches: Iterable[list[list[int]]]) -> Iterator[np.ndarray]:
+        """Pooled rows of each batch in order; one batch stays queued ahead on CUDA, so the
+        GPU runs batch n while the caller's iterator assembles batch n + 1."""
+        pending: deque[Callable[[], np.ndarray]] = deque()
+        for batch in batches:
+            pending.append(self.submit(batch))
+            if len(pending) > 1:
+                yield pending.popleft()()
+        while pending:
+            yield pending.popleft()()
+
+    def submit(self, batch: list[list[int]]) -> Callable[[], np.ndarray]:
+        """Start one forward pass; the returned call waits for its rows (on CPU the pass has
+        run already). A batch that runs out of CUDA memory is split and retried in halves."""
         try:
             with self._lock:
-                pooled = self.model(ids.to(self.device, non_blocking=True), lengths,
-                                    chunk=self.chunk)
-                return pooled.float().cpu().numpy()
+                if self._cuda is not None:
+                    return self._cuda.launch(batch)
+                ids = torch.tensor([t for s in batch for t in s], dtype=torch.long)
+                rows = self.model(ids, [len(s) for s in batch], chunk=self.chunk).numpy()
+                return lambda: rows
         except torch.cuda.OutOfMemoryError:
             if len(batch) == 1:
                 raise
-        torch.cuda.empty_cache()  # split the batch and retry each half
+        torch.cuda.empty_cache()
         half = len(batch) // 2
-        return np.concatenate([self.forward(batch[:half]), self.forward(batch[half:])])
+        first, second = self.submit(batch[:half]), self.submit(batch[half:])
+        return lambda: np.concatenate([first(), second()])
 
     def close(self) -> None:
         """Nothing to stop in this process (the contract's hook for :class:`EngineProcess`)."""
@@ -180,7 +235,9 @@ def start_engine(ckpt: Checkpoint, opts: ModelOptions) -> EngineLike:
     """The engine ``opts`` ask for: in this process, or in a child (``opts.process``; see
     :mod:`smysl.qwen3.worker`). The one place the embedder and the reranker start theirs."""
     cfg = EngineConfig(device=opts.device or "auto", dtype=opts.dtype or "auto",
-                       quantize=opts.quantize, threads=opts.threads)
+                       quantize=opts.quantize, threads=opts.threads,
+                       cuda_graphs=EngineConfig.cuda_graphs if opts.cuda_graphs is None
+                       else opts.cuda_graphs)
     if opts.process:
         from smysl.qwen3.worker import EngineProcess  # it imports this module
 

@@ -13,7 +13,7 @@ reference exactly in fp32 and keeps bf16/fp16 from overflowing (the 8B's massive
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 import torch.nn.functional as F
@@ -94,7 +94,10 @@ class Linear(nn.Module):
         self.weight = nn.Parameter(torch.empty(out_features, in_features))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(pad_rows(x.to(self.weight.dtype)), self.weight)[: x.shape[0]]
+        x = x.to(self.weight.dtype)
+        if x.is_cuda:  # the padding is for CPU GEMM's kernel choice; on CUDA it is a launch
+            return F.linear(x, self.weight)
+        return F.linear(pad_rows(x), self.weight)[: x.shape[0]]
 
 
 class Attention(nn.Module):
@@ -139,7 +142,7 @@ class DecoderLayer(nn.Module):
         self.mlp = MLP(cfg)
 
     def forward(self, h: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor],
-                plan: AttentionPlan, dt: torch.dtype, last: torch.Tensor | None = None,
+                plan: Plan, dt: torch.dtype, last: torch.Tensor | None = None,
                 chunk: int = 4096) -> torch.Tensor:
         """h: [T, H] float32 residual stream (updated in place); ``dt`` is the matmul dtype.
 
@@ -149,7 +152,7 @@ class DecoderLayer(nn.Module):
         a, t = self.self_attn, h.shape[0]
         q = h.new_empty(t, a.hq, a.d, dtype=dt)
         k, v = h.new_empty(t, a.hkv, a.d, dtype=dt), h.new_empty(t, a.hkv, a.d, dtype=dt)
-        cos, sin = rope  # [T, D] each
+        cos, sin = rope  # [T, D] each, in dt
         for s in range(0, t, chunk):
             e = s + chunk
             q[s:e], k[s:e], v[s:e] = a.project(self.input_layernorm(h[s:e], dt), cos[s:e],
@@ -161,8 +164,9 @@ class DecoderLayer(nn.Module):
             h = h[last]
         for s in range(0, h.shape[0], chunk):
             hs = h[s : s + chunk]
-            hs += a.o_proj(out[s : s + chunk].flatten(1)).float()
-            hs += self.mlp(self.post_attention_layernorm(hs, dt)).float()
+            # in-place adds promote to float32 in the same kernel: no separate cast launch
+            hs += a.o_proj(out[s : s + chunk].flatten(1))
+            hs += self.mlp(self.post_attention_layernorm(hs, dt))
         return h
 
 
@@ -173,22 +177,35 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
     return x * cos + torch.cat((-x2, x1), dim=-1) * sin
 
 
-class AttentionPlan:
-    """Per-forward bookkeeping for causal attention within each packed sequence.
+class Plan(Protocol):
+    """Causal attention within each sequence of a packed stream, for one forward pass.
 
-    Sequences are grouped so that right-padding a group to its longest member wastes little;
-    a right-padded causal batch needs no extra mask (real queries never see later padding), so
-    every group runs through SDPA's fused ``is_causal`` kernel, which never builds an L x L matrix.
-
-    On CPU only equal lengths are grouped (``waste=1``): the fused kernel's row reductions change
-    with the padded width, and exact grouping keeps a text's vector bit-identical whatever batch
-    it arrives in. Extra kernel calls cost nothing next to the CPU matmuls; on CUDA they would.
+    :class:`AttentionPlan` on CPU; :class:`smysl.qwen3.cuda.VarlenPlan` (one varlen
+    FlashAttention call per layer) on CUDA.
     """
 
-    def __init__(self, lengths: list[int], device: torch.device, waste: float | None = None
-                 ) -> None:
-        if waste is None:
-            waste = 1.0 if device.type == "cpu" else 1.25
+    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """q: [T, Hq, D], k/v: [T, Hkv, D] -> [T, Hq, D]."""
+        ...
+
+    def attend_last(self, q_last: torch.Tensor, k: torch.Tensor, v: torch.Tensor
+                    ) -> torch.Tensor:
+        """Each sequence's last query over its whole sequence. q_last: [B, Hq, D] -> same."""
+        ...
+
+
+class AttentionPlan:
+    """The CPU plan: SDPA over groups of sequences.
+
+    Sequences are grouped so that right-padding a group to its longest member wastes at most
+    ``waste``; a right-padded causal batch needs no extra mask (real queries never see later
+    padding), so every group runs through SDPA's fused ``is_causal`` kernel, which never builds
+    an L x L matrix. By default only equal lengths are grouped (``waste=1``): the fused kernel's
+    row reductions change with the padded width, and exact grouping keeps a text's vector
+    bit-identical whatever batch it arrives in. Extra calls cost nothing next to CPU matmuls.
+    """
+
+    def __init__(self, lengths: list[int], device: torch.device, waste: float = 1.0) -> None:
         self.lengths = lengths
         starts = [0]
         for n in lengths:
@@ -263,16 +280,10 @@ class AttentionPlan:
 
 
 def _sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool) -> torch.Tensor:
-    """[B, L, heads, D] layout in and out; GQA handled by SDPA."""
-    gqa = q.shape[2] != k.shape[2]
-    if gqa and q.is_cuda and q.dtype == torch.float32:
-        # CUDA's fp32 (memory-efficient) kernel lacks native GQA; expanding K/V keeps it off
-        # the math fallback, which would build the L x L matrix.
-        k, v = (x.repeat_interleave(q.shape[2] // k.shape[2], dim=2) for x in (k, v))
-        gqa = False
+    """[B, L, heads, D] layout in and out; GQA handled by SDPA (CPU: the flash kernel)."""
     o = F.scaled_dot_product_attention(
         q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), is_causal=causal,
-        enable_gqa=gqa,
+        enable_gqa=q.shape[2] != k.shape[2],
     )
     return o.transpose(1, 2)
 
@@ -301,14 +312,28 @@ class Qwen3Encoder(nn.Module):
     def forward(self, input_ids: torch.Tensor, lengths: list[int], chunk: int = 4096
                 ) -> torch.Tensor:
         """input_ids: [T] packed; lengths: B sequence lengths summing to T -> [B, H] float32.
-        ``chunk``: tokens per slice of the per-token work (see :class:`DecoderLayer`)."""
+        ``chunk``: tokens per slice of the per-token work (see :class:`DecoderLayer`).
+        (The CUDA engine packs its own inputs and calls :meth:`run`: see ``smysl.qwen3.cuda``.)"""
         dev = input_ids.device
         # built on the host and moved once: per-sequence device ops would each be a launch
         positions = torch.cat([torch.arange(n) for n in lengths]).to(dev)
         ends = (torch.tensor(lengths).cumsum(0) - 1).to(dev)  # [B] index of each last token
-        plan = AttentionPlan(lengths, dev)
-        rope = self.rope(positions)
+        if dev.type == "cuda":
+            from smysl.qwen3.cuda import VarlenPlan  # it imports this module
+
+            plan: Plan = VarlenPlan.for_lengths(lengths, dev, self.embed_tokens.weight.dtype)
+        else:
+            plan = AttentionPlan(lengths, dev)
+        return self.run(input_ids, positions, ends, plan, chunk)
+
+    @torch.inference_mode()
+    def run(self, input_ids: torch.Tensor, positions: torch.Tensor, ends: torch.Tensor,
+            plan: Plan, chunk: int = 4096) -> torch.Tensor:
+        """input_ids, positions: [T]; ends: [B] index of each sequence's last token in the
+        stream -> [B, H] float32. No host work and no device sync: CUDA graphs capture this."""
         dt = self.embed_tokens.weight.dtype  # matmul dtype (float32 for int8 layers)
+        cos, sin = self.rope(positions)
+        rope = (cos.to(dt), sin.to(dt))  # cast once, not in every layer
         h = self.embed_tokens(input_ids).float()  # [T, H] residual stream, float32
         n = len(self.layers)
         for i, layer in enumerate(self.layers):

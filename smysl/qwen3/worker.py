@@ -22,6 +22,7 @@ import threading
 import time
 import weakref
 from collections import deque
+from collections.abc import Iterable, Iterator
 from multiprocessing.connection import Connection, wait
 from typing import Any
 
@@ -87,7 +88,8 @@ def _child(conn: Connection, ckpt: Checkpoint, cfg: EngineConfig) -> None:
                            "max_positions": engine.max_positions, "device": str(engine.device),
                            "dtype": str(engine.dtype).removeprefix("torch."),
                            "quantization": engine.quantization, "parameters": engine.parameters,
-                           "threads": torch.get_num_threads()}))
+                           "threads": torch.get_num_threads(),
+                           "cuda_graphs": engine.cuda_graphs}))
     while True:
         try:
             batch = conn.recv()
@@ -200,6 +202,7 @@ class EngineProcess:
         self.threads: int = info["threads"]
         self.quantization: str | None = info["quantization"]
         self.parameters: int = info["parameters"]
+        self.cuda_graphs: list[int] = info["cuda_graphs"]
         self.pid: int | None = self._proc.pid
         self._stale = self._down = False
 
@@ -255,6 +258,11 @@ class EngineProcess:
     def alive(self) -> bool:
         return (not (self._closed or self._dead or self._down)
                 and (self._stale or self._proc.is_alive()))
+
+    def forward_many(self, batches: Iterable[list[list[int]]]) -> Iterator[np.ndarray]:
+        """:meth:`forward` of each batch in turn (the child pipelines nothing)."""
+        for batch in batches:
+            yield self.forward(batch)
 
     def forward(self, batch: list[list[int]]) -> np.ndarray:
         """Same as :meth:`Engine.forward`: ``[len(batch), hidden]`` float32 pooled rows."""

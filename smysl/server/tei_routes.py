@@ -68,6 +68,8 @@ class Info(BaseModel):
     docker_label: str | None
     #: smysl's addition: the CPU and the features that chose its compute path (local CPU engine).
     cpu: str | None = None
+    #: smysl's addition: token counts of the batch shapes replayed as CUDA graphs.
+    cuda_graphs: list[int] | None = None
 
 
 def router(service: Service) -> APIRouter:
@@ -144,6 +146,7 @@ def router(service: Service) -> APIRouter:
             "auto_truncate": False,
             "tokenization_workers": 1,
             "version": __version__, "sha": None, "docker_label": None, "cpu": model.cpu,
+            "cuda_graphs": model.cuda_graphs,
         })
 
     @r.get("/health")

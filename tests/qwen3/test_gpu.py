@@ -1,6 +1,7 @@
-"""CUDA against CPU on the tiny checkpoints: fp32 parity, bf16/fp16 without NaN and close to
-fp32, batch grouping on CUDA, and the device/dtype the model reports. Run with ``-m gpu``; skipped
-without CUDA (issue 11 item 11: the README promised these tests)."""
+"""CUDA against CPU and transformers on the tiny checkpoints: fp32 parity, bf16/fp16 without NaN
+and close to fp32, the varlen kernels against per-sequence attention, CUDA graphs against eager,
+batch invariance, and the device/dtype the model reports. Run with ``-m gpu``; skipped without
+CUDA (the device script benchmarks/gpu_check.py runs them)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from qwen_tiny import TEXTS, Tiny, build_tiny
+from qwen_tiny import TEXTS, Tiny, build_tiny, reference_embed, sdpa_varlen
 
 from smysl import Embedder
 from smysl.qwen3.embedder import Embedder as LocalEmbedder
@@ -58,6 +59,63 @@ def test_half_precision_is_finite_and_close(tiny_dir: Path, cpu: LocalEmbedder,
     assert _cosines(got, cpu.embed_documents(texts)).min() > 0.99
 
 
+def test_cuda_float32_matches_transformers(tiny_dir: Path) -> None:
+    gpu = Embedder.load(str(tiny_dir), device="cuda", dtype="float32")
+    assert np.abs(gpu.embed(TEXTS) - reference_embed(tiny_dir, TEXTS)).max() <= 1e-5
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
+def test_varlen_kernels_match_per_sequence_attention(dtype: torch.dtype) -> None:
+    from smysl.qwen3.cuda import varlen_fn
+
+    torch.manual_seed(0)
+    lengths = [1, 7, 300, 64, 2, 129]
+    t = sum(lengths)
+    q = torch.randn(t, 16, 128, device="cuda", dtype=dtype)
+    k, v = (torch.randn(t, 8, 128, device="cuda", dtype=dtype) for _ in range(2))
+    cu = torch.tensor([0, *np.cumsum(lengths)], dtype=torch.int32, device="cuda")
+    cu_last = torch.arange(len(lengths) + 1, dtype=torch.int32, device="cuda")
+    attn = varlen_fn(dtype)
+    tol = 1e-5 if dtype == torch.float32 else 2e-2
+    want = sdpa_varlen(q.float(), k.float(), v.float(), cu, cu, 300, 300, True)
+    got = attn(q, k, v, cu, cu, 300, 300, True)
+    assert torch.allclose(got.float(), want, atol=tol)
+    last = cu[1:] - 1
+    got_last = attn(q[last.long()].contiguous(), k, v, cu_last, cu, 1, 300, False)
+    assert torch.allclose(got_last.float(), want[last.long()], atol=tol)
+    # a max_len above the longest sequence (what a graph bucket passes) changes nothing
+    assert torch.allclose(attn(q, k, v, cu, cu, 512, 512, True).float(), got.float(), atol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float32"])
+def test_cuda_graphs_match_eager(tiny_dir: Path, dtype: str) -> None:
+    graphs = Embedder.load(str(tiny_dir), device="cuda", dtype=dtype)
+    eager = Embedder.load(str(tiny_dir), device="cuda", dtype=dtype, cuda_graphs=0)
+    assert graphs.info().cuda_graphs == [16, 32, 64, 128, 256, 512, 1024, 2048]
+    assert eager.info().cuda_graphs is None
+    assert graphs.engine.cuda_graphs and not eager.engine.cuda_graphs
+    texts = [*TEXTS, *QUERIES, "длинный текст " * 150]  # the last one runs eagerly
+    for batch in ([texts[0]], texts[:5], texts):
+        a, b = graphs.embed(batch), eager.embed(batch)
+        if dtype == "float32":
+            assert np.abs(a - b).max() < 1e-5
+        else:
+            assert _cosines(a, b).min() > 0.9999
+
+
+def test_cuda_batch_invariance_bf16(tiny_dir: Path) -> None:
+    gpu = Embedder.load(str(tiny_dir), device="cuda", dtype="bfloat16")
+    rng = random.Random(5)
+    texts = [f"текст {i} " * rng.randint(1, 60) for i in range(80)]
+    together = gpu.embed(texts)
+    alone = np.concatenate([gpu.embed([t]) for t in texts])
+    shuffled = list(range(len(texts)))
+    rng.shuffle(shuffled)
+    mixed = gpu.embed([texts[i] for i in shuffled])[np.argsort(shuffled)]
+    assert _cosines(together, alone).min() > 0.9999
+    assert _cosines(together, mixed).min() > 0.9999
+
+
 def test_default_on_cuda_is_bfloat16(tiny_dir: Path) -> None:
     info = Embedder.load(str(tiny_dir)).info()  # device auto -> CUDA, dtype auto -> bf16
     assert info.device is not None and info.device.startswith("cuda")
@@ -65,8 +123,8 @@ def test_default_on_cuda_is_bfloat16(tiny_dir: Path) -> None:
 
 
 def test_cuda_batches_agree_with_single_inputs(tiny_dir: Path) -> None:
-    # On CUDA lengths within 25% share a padded group: a text's vector must not depend on
-    # its companions beyond float tolerance.
+    # packed varlen batches, graph buckets with padding slots, and eager passes: a text's
+    # vector must not depend on its companions beyond float tolerance
     gpu = Embedder.load(str(tiny_dir), device="cuda", dtype="float32")
     rng = random.Random(3)
     texts = [*TEXTS, *(f"text {i} " * rng.randint(1, 40) for i in range(30))]

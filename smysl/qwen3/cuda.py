@@ -1,0 +1,270 @@
+"""The encoder on CUDA: varlen attention, packed host buffers, CUDA graphs for small batches.
+
+On a GPU the forward pass of an embedding model is cheap next to the host work around it, so
+this module is about launches and copies (issue 12 in docs/benchmarks.md):
+
+* :class:`VarlenPlan`: one FlashAttention-2 varlen call per layer over the packed stream (no
+  padding, no per-sequence calls, no cuDNN execution plan per new shape); the last layer runs
+  each sequence's last query alone (``cu_seq_q = arange(B + 1)``, ``max_q = 1``).
+* :func:`pack`: everything a forward pass needs from the host in one int32 array, so one pinned
+  host-to-device copy per batch.
+* :class:`Graphs`: the forward pass captured once per token bucket (16 ... 2,048 tokens, fixed
+  sequence slots) and replayed when a batch fits: a short query costs one graph launch instead
+  of ~40 kernel launches per layer.
+
+Everything here must run on torch 2.11 and 2.13 alike: the attention kernels are called through
+their aten ops, whose leading arguments have not changed (``torch.nn.attention.varlen`` in 2.11
+may pick cuDNN, and it allocates an extra tensor per call).
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from smysl.qwen3.model import Qwen3Encoder
+
+log = logging.getLogger(__name__)
+
+#: q [Tq, Hq, D], k/v [Tk, Hkv, D], cu_q [B+1], cu_k [B+1], max_q, max_k, causal -> [Tq, Hq, D]
+VarlenFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, int,
+                     int, bool], torch.Tensor]
+
+
+def flash_varlen(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_q: torch.Tensor,
+                 cu_k: torch.Tensor, max_q: int, max_k: int, causal: bool) -> torch.Tensor:
+    """FlashAttention-2 over packed sequences (bf16/fp16); GQA native (Hkv divides Hq).
+    ``causal`` aligns each sequence's queries with the end of its keys."""
+    return torch.ops.aten._flash_attention_forward(q, k, v, cu_q, cu_k, max_q, max_k, 0.0,
+                                                   causal, False)[0]
+
+
+def efficient_varlen(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_q: torch.Tensor,
+                     cu_k: torch.Tensor, max_q: int, max_k: int, causal: bool) -> torch.Tensor:
+    """float32 (flash has no fp32 kernel): memory-efficient attention, which takes packed
+    sequences as one ``[1, T, heads, D]`` batch but no GQA, so K/V heads are repeated."""
+    rep = q.shape[1] // k.shape[1]
+    if rep > 1:
+        k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
+    # custom_mask_type 1: causal from the top left (queries and keys of a sequence align)
+    out = torch.ops.aten._efficient_attention_forward(
+        q[None], k[None], v[None], None, cu_q, cu_k, max_q, max_k, 0.0, 1 if causal else 0)[0]
+    return out[0]
+
+
+def varlen_fn(dtype: torch.dtype) -> VarlenFn:
+    """The varlen kernel for a matmul dtype."""
+    return efficient_varlen if dtype == torch.float32 else flash_varlen
+
+
+class VarlenPlan:
+    """Attention over the packed stream: one varlen call per layer.
+
+    ``cu`` [B+1] int32: sequence starts in the stream (and its length last); ``cu_last``
+    [B+1] int32: ``arange(B + 1)``, one query per sequence in the last layer; ``max_len``: at
+    least the longest sequence (a captured graph passes its bucket's token count).
+    """
+
+    def __init__(self, cu: torch.Tensor, cu_last: torch.Tensor, max_len: int,
+                 attn: VarlenFn) -> None:
+        self.cu, self.cu_last, self.max_len, self.attn = cu, cu_last, max_len, attn
+
+    @classmethod
+    def for_lengths(cls, lengths: Sequence[int], device: torch.device, dtype: torch.dtype,
+                    attn: VarlenFn | None = None) -> VarlenPlan:
+        """A plan for ``lengths``, its index tensors built on the host and moved once."""
+        cu = torch.tensor([0, *itertools.accumulate(lengths)], dtype=torch.int32)
+        return cls(cu.to(device), torch.arange(len(lengths) + 1, dtype=torch.int32).to(device),
+                   max(lengths), attn or varlen_fn(dtype))
+
+    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        return self.attn(q, k, v, self.cu, self.cu, self.max_len, self.max_len, True)
+
+    def attend_last(self, q_last: torch.Tensor, k: torch.Tensor, v: torch.Tensor
+                    ) -> torch.Tensor:
+        # the last query sees its whole sequence: no mask
+        return self.attn(q_last, k, v, self.cu_last, self.cu, 1, self.max_len, False)
+
+
+# ---------------------------------------------------------------------------- host packing
+def pack(batch: Sequence[Sequence[int]], slots: Sequence[int]) -> np.ndarray:
+    """One int32 array ``[ids T | positions T | ends S | cu S+1 | cu_last S+1]`` for a batch.
+
+    ``slots``: the length of every sequence of the forward pass, the batch's own first, then
+    any padding sequences (token id 0) that fill a graph bucket; ``T = sum(slots)``.
+    """
+    lens = np.asarray(slots, dtype=np.int64)
+    t, s = int(lens.sum()), len(lens)
+    out = np.zeros(2 * t + 3 * s + 2, dtype=np.int32)
+    n = sum(len(x) for x in batch)
+    out[:n] = np.fromiter(itertools.chain.from_iterable(batch), dtype=np.int32, count=n)
+    cu = np.zeros(s + 1, dtype=np.int64)
+    np.cumsum(lens, out=cu[1:])
+    out[t : 2 * t] = np.arange(t) - np.repeat(cu[:-1], lens)  # position within its sequence
+    out[2 * t : 2 * t + s] = cu[1:] - 1
+    out[2 * t + s : 2 * t + 2 * s + 1] = cu
+    out[2 * t + 2 * s + 1 :] = np.arange(s + 1)
+    return out
+
+
+def unpack(data: torch.Tensor, tokens: int, slots: int
+           ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Views of a :func:`pack` array: ids, positions [T]; ends [S]; cu, cu_last [S+1]."""
+    t, s = tokens, slots
+    return (data[:t], data[t : 2 * t], data[2 * t : 2 * t + s],
+            data[2 * t + s : 2 * t + 2 * s + 1], data[2 * t + 2 * s + 1 :])
+
+
+# ---------------------------------------------------------------------------- CUDA graphs
+@dataclass(frozen=True)
+class Bucket:
+    """A captured shape: ``tokens`` in the stream, split into exactly ``slots`` sequences."""
+
+    tokens: int
+    slots: int
+
+
+def buckets(largest: int) -> list[Bucket]:
+    """Powers of two from 16 tokens up to ``largest``; a quarter as many slots as tokens, at
+    most 128 (64 concurrent ~20-token queries fit the 2,048-token bucket)."""
+    out, t = [], 16
+    while t <= largest:
+        out.append(Bucket(t, min(max(t // 4, 1), 128)))
+        t *= 2
+    return out
+
+
+def slot_lengths(lengths: Sequence[int], bucket: Bucket) -> list[int] | None:
+    """The bucket's sequence lengths for a batch, or None when it does not fit.
+
+    The batch's sequences come first, unchanged; the spare tokens form the free slots (one
+    token each, the rest in the last), so no slot is empty and no real sequence is padded.
+    """
+    pad, free = bucket.tokens - sum(lengths), bucket.slots - len(lengths)
+    if pad < 0 or free < 0 or free > pad or (pad > 0 and free == 0):
+        return None
+    return [*lengths, *([1] * (free - 1)), pad - (free - 1)] if free else list(lengths)
+
+
+class _Captured:
+    def __init__(self, graph: torch.cuda.CUDAGraph, data: torch.Tensor, out: torch.Tensor
+                 ) -> None:
+        self.graph, self.data, self.out = graph, data, out  # data: static input; out: [S, H]
+
+
+class Graphs:
+    """The forward pass captured as one CUDA graph per :class:`Bucket`, all sharing one memory
+    pool (replays never overlap: one stream, one engine lock)."""
+
+    def __init__(self, model: Qwen3Encoder, device: torch.device, dtype: torch.dtype,
+                 largest: int, chunk: int) -> None:
+        self.model, self.device, self.chunk = model, device, chunk
+        self.attn = varlen_fn(dtype)
+        self.buckets = buckets(largest)
+        self._captured: dict[Bucket, _Captured] = {}
+        self._pool = torch.cuda.graph_pool_handle()
+        self.capture_s = 0.0
+
+    @property
+    def sizes(self) -> list[int]:
+        """Token counts of the captured buckets."""
+        return sorted(b.tokens for b in self._captured)
+
+    def capture_all(self) -> None:
+        """Capture every bucket, largest first (the shared pool grows once)."""
+        for b in sorted(self.buckets, key=lambda b: -b.tokens):
+            self._capture(b)
+
+    def find(self, lengths: Sequence[int]) -> tuple[Bucket, list[int]] | None:
+        """The smallest captured bucket a batch fits, with its slot lengths."""
+        for b in self.buckets:
+            if b in self._captured and (slots := slot_lengths(lengths, b)) is not None:
+                return b, slots
+        return None
+
+    def replay(self, bucket: Bucket, host: torch.Tensor) -> torch.Tensor:
+        """host: the :func:`pack` array (pinned) -> [slots, H] float32, valid until the next
+        replay (the caller copies its rows out first, on the same stream)."""
+        c = self._captured[bucket]
+        c.data.copy_(host, non_blocking=True)
+        c.graph.replay()
+        return c.out
+
+    def _capture(self, b: Bucket) -> None:
+        t0 = time.perf_counter()
+        slots = slot_lengths([1], b) or [b.tokens]
+        data = torch.from_numpy(pack([[0]], slots)).to(self.device)
+        ids, pos, ends, cu, cu_last = unpack(data, b.tokens, b.slots)
+        plan = VarlenPlan(cu, cu_last, b.tokens, self.attn)
+        # a warm-up pass on a side stream first: cuBLAS and the allocator set themselves up
+        # outside the capture, as torch.cuda.graphs asks
+        side = torch.cuda.Stream(self.device)
+        side.wait_stream(torch.cuda.current_stream(self.device))
+        with torch.cuda.stream(side):
+            self.model.run(ids, pos, ends, plan, self.chunk)
+        torch.cuda.current_stream(self.device).wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, pool=self._pool):
+            out = self.model.run(ids, pos, ends, plan, self.chunk)
+        self._captured[b] = _Captured(graph, data, out)
+        self.capture_s += time.perf_counter() - t0
+
+
+# ---------------------------------------------------------------------------- the runner
+class Runner:
+    """Forward passes on one CUDA device: packs a batch, copies it in once (pinned,
+    non-blocking), replays a graph or runs eagerly, and copies the pooled rows out once.
+
+    :meth:`launch` returns as soon as the work is queued, so the caller can assemble the next
+    batch while this one runs (:meth:`smysl.qwen3.engine.Engine.forward_many`).
+    """
+
+    def __init__(self, model: Qwen3Encoder, device: torch.device, dtype: torch.dtype,
+                 chunk: int, graphs: int) -> None:
+        self.model, self.device, self.chunk = model, device, chunk
+        self.attn = varlen_fn(dtype)
+        self.graphs: Graphs | None = None
+        if graphs:
+            g = Graphs(model, device, dtype, graphs, chunk)
+            try:
+                g.capture_all()
+            except Exception as e:  # eager still works; say why graphs do not
+                log.warning("CUDA graphs disabled, capture failed: %s: %s", type(e).__name__, e)
+                torch.cuda.synchronize(device)
+            else:
+                self.graphs = g
+                log.info("captured CUDA graphs for %s tokens in %.2f s", g.sizes, g.capture_s)
+
+    @property
+    def graph_sizes(self) -> list[int]:
+        return self.graphs.sizes if self.graphs else []
+
+    def launch(self, batch: Sequence[Sequence[int]]) -> Callable[[], np.ndarray]:
+        """Queue one forward pass; the returned call waits for it -> [B, H] float32 rows."""
+        lengths = [len(s) for s in batch]
+        found = self.graphs.find(lengths) if self.graphs else None
+        slots = found[1] if found else lengths
+        host = torch.from_numpy(pack(batch, slots)).pin_memory()
+        if found and self.graphs:
+            out = self.graphs.replay(found[0], host)
+        else:
+            data = host.to(self.device, non_blocking=True)
+            ids, pos, ends, cu, cu_last = unpack(data, sum(slots), len(slots))
+            out = self.model.run(ids, pos, ends, VarlenPlan(cu, cu_last, max(lengths), self.attn),
+                                 self.chunk)
+        rows = torch.empty((len(batch), out.shape[1]), dtype=torch.float32, pin_memory=True)
+        rows.copy_(out[: len(batch)], non_blocking=True)
+        done = torch.cuda.Event()
+        done.record()
+
+        def result() -> np.ndarray:
+            done.synchronize()
+            return rows.numpy().copy()
+
+        return result

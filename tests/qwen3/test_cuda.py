@@ -1,0 +1,73 @@
+"""The CUDA path's host-side logic, run on CPU: packing, graph buckets, and the whole forward
+pass through :class:`VarlenPlan` with a per-sequence stand-in for the FlashAttention kernel
+(tests/qwen3/test_gpu.py runs the real kernels)."""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import pytest
+import torch
+from qwen_tiny import sdpa_varlen
+
+from smysl.qwen3.cuda import Bucket, VarlenPlan, buckets, pack, slot_lengths, unpack
+
+
+def test_pack_lays_out_ids_positions_and_offsets() -> None:
+    data = pack([[5, 6, 7], [8]], [3, 1, 2])  # two sequences and one padding slot
+    ids, pos, ends, cu, cu_last = (x.tolist() for x in unpack(torch.from_numpy(data), 6, 3))
+    assert ids == [5, 6, 7, 8, 0, 0]
+    assert pos == [0, 1, 2, 0, 0, 1]
+    assert ends == [2, 3, 5]
+    assert cu == [0, 3, 4, 6] and cu_last == [0, 1, 2, 3]
+    assert data.dtype == np.int32
+
+
+def test_buckets_and_slot_lengths() -> None:
+    bs = buckets(2048)
+    assert [b.tokens for b in bs] == [16, 32, 64, 128, 256, 512, 1024, 2048]
+    assert bs[0] == Bucket(16, 4) and bs[-1] == Bucket(2048, 128)
+    assert buckets(0) == []
+    b = Bucket(16, 4)
+    assert slot_lengths([3, 4], b) == [3, 4, 1, 8]  # real first, spare tokens in free slots
+    assert slot_lengths([4, 4, 4, 4], b) == [4, 4, 4, 4]  # exact fit
+    assert slot_lengths([4, 4, 4, 3], b) is None  # a spare token but no free slot
+    assert slot_lengths([15, 1], Bucket(16, 3)) is None  # a free slot but no spare token
+    assert slot_lengths([17], b) is None and slot_lengths([1] * 5, b) is None
+    rng = random.Random(0)
+    for _ in range(500):
+        lengths = [rng.randint(1, 40) for _ in range(rng.randint(1, 10))]
+        for b in bs:
+            slots = slot_lengths(lengths, b)
+            if slots is not None:
+                assert slots[: len(lengths)] == lengths
+                assert sum(slots) == b.tokens and len(slots) == b.slots and min(slots) >= 1
+
+
+@pytest.fixture(scope="module")
+def encoder(tiny):  # type: ignore[no-untyped-def]
+    return tiny.engine.model
+
+
+@pytest.mark.parametrize("lengths", [[7], [5, 5, 5], [1, 9, 3, 30, 2]])
+def test_varlen_forward_matches_cpu_plan(encoder, lengths: list[int]) -> None:  # type: ignore[no-untyped-def]
+    rng = random.Random(sum(lengths))
+    batch = [[rng.randrange(1000) for _ in range(n)] for n in lengths]
+    ids = torch.tensor([t for s in batch for t in s])
+    want = encoder(ids, lengths)  # the CPU AttentionPlan path
+    for slots in (lengths, slot_lengths(lengths, Bucket(64, 16))):  # eager, and a graph bucket
+        assert slots is not None
+        data = torch.from_numpy(pack(batch, slots))
+        i, p, e, cu, cu_last = unpack(data, sum(slots), len(slots))
+        max_len = max(lengths) if slots is lengths else sum(slots)
+        got = encoder.run(i, p, e, VarlenPlan(cu, cu_last, max_len, sdpa_varlen))
+        assert got.shape == (len(slots), encoder.cfg.hidden_size)
+        # padding sequences never touch the real ones
+        assert torch.allclose(got[: len(lengths)], want, atol=1e-5, rtol=1e-5)
+
+
+def test_varlen_plan_for_lengths_builds_offsets() -> None:
+    plan = VarlenPlan.for_lengths([3, 1, 4], torch.device("cpu"), torch.bfloat16, sdpa_varlen)
+    assert plan.cu.tolist() == [0, 3, 4, 8] and plan.cu_last.tolist() == [0, 1, 2, 3]
+    assert plan.max_len == 4 and plan.cu.dtype == torch.int32
