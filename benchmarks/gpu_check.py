@@ -297,8 +297,6 @@ async def _clients(url: str, texts: list[str], clients: int, ref: np.ndarray
 
 
 def server(work: Path) -> None:
-    from load_test import Server
-
     from smysl import Embedder
 
     ck = random_checkpoint("0.6b", work / "qwen3-0.6b-random")
@@ -310,15 +308,22 @@ def server(work: Path) -> None:
     n_tok = sum(m.count_tokens(short))
     del m
     free()
-    srv = Server(str(ck), device="cuda")
+    for variant, extra in (("engine in a child process", ()), ("engine in process",
+                                                              ("--in-process",))):
+        serve_once(ck, short, ref, off, n_tok, variant, extra)
+
+
+def serve_once(ck: Path, short: list[str], ref: np.ndarray, off: float, n_tok: int,
+               variant: str, extra: tuple[str, ...]) -> None:
+    from load_test import Conn, Server
+
+    srv = Server(str(ck), *extra, device="cuda")
     try:
         srv.wait_ready(180)
         with urllib.request.urlopen(f"{srv.url}/info", timeout=10) as r:
             info = json.loads(r.read())
 
         async def single() -> list[float]:
-            from load_test import Conn
-
             host, port = srv.url.removeprefix("http://").rsplit(":", 1)
             conn = Conn(host, int(port))
             ts = []
@@ -340,9 +345,9 @@ def server(work: Path) -> None:
                "single_p95_ms": float(np.percentile(ts, 95)),
                "clients_p50_ms": float(np.percentile(lat, 50) * 1000),
                "cuda_graphs": info.get("cuda_graphs")}
-        RES["server_0.6b"] = row
-        log(f"\n## smysl serve on loopback, 0.6B bf16 ({len(short)} short texts, {n_tok} tokens;"
-            f" graphs {row['cuda_graphs']})\n")
+        RES[f"server_0.6b {variant}"] = row
+        log(f"\n## smysl serve on loopback, 0.6B bf16, {variant} ({len(short)} short texts, "
+            f"{n_tok} tokens; graphs {row['cuda_graphs']})\n")
         log("| measure | value |\n|---|---|")
         log(f"| single query p50 / p95 (TEI /embed, 1 client) | {row['single_p50_ms']:.2f} / "
             f"{row['single_p95_ms']:.2f} ms |")
@@ -353,7 +358,8 @@ def server(work: Path) -> None:
         log(f"| min cosine HTTP vs in-process | {min_cos:.6f} |")
     finally:
         srv.stop()
-        log("server log tail:\n" + srv.output()[-1500:])
+        tail = [x for x in srv.output().splitlines() if "POST /embed" not in x]
+        log("server log (requests left out):\n" + "\n".join(tail[-15:]))
 
 
 def main() -> None:

@@ -27,8 +27,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dimensions", type=int, default=None,
                    help="default output size when a request names none (Matryoshka)")
     p.add_argument("--max-batch-requests", type=int, default=256)
-    p.add_argument("--max-wait-ms", type=float, default=2.0,
-                   help="how long an idle-time request waits for companions")
+    p.add_argument("--max-wait-ms", type=float, default=None,
+                   help="how long an idle-time request waits for companions (default 2 ms; "
+                        "0 for a model on a GPU)")
     p.add_argument("--max-queue", type=int, default=512,
                    help="requests waiting for compute before 429")
     p.add_argument("--max-inputs", type=int, default=2048, help="inputs per request")

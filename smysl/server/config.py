@@ -32,8 +32,9 @@ class ServerConfig:
     max_batch_requests: int = 256
     #: How long the first request of an idle moment waits for companions before compute, in
     #: milliseconds. Under load batches form while the previous one computes, so this only
-    #: trades a little idle latency for fewer, fuller batches.
-    max_wait_ms: float = 2.0
+    #: trades a little idle latency for fewer, fuller batches. None: 2 ms, or 0 for a model on
+    #: a GPU (a CUDA-graph pass of a short query takes ~3 ms; waiting would add most of that).
+    max_wait_ms: float | None = None
     #: Requests allowed to wait for compute; one more is answered 429 with Retry-After.
     max_queue: int = 512
     #: Most inputs (texts or token lists) in one request (OpenAI's own limit is 2048).
@@ -72,7 +73,7 @@ class ServerConfig:
             "port": 0 <= self.port <= 65535,
             "max_batch_tokens": self.max_batch_tokens is None or self.max_batch_tokens >= 1,
             "max_batch_requests": self.max_batch_requests >= 1,
-            "max_wait_ms": self.max_wait_ms >= 0,
+            "max_wait_ms": self.max_wait_ms is None or self.max_wait_ms >= 0,
             "max_queue": self.max_queue >= 1,
             "max_inputs": self.max_inputs >= 1,
             "max_request_bytes": self.max_request_bytes >= 1024,

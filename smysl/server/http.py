@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-import json
-
+import orjson
 from starlette.responses import Response
 
 
 def json_response(body: object, *, status_code: int = 200,
                   headers: dict[str, str] | None = None) -> Response:
-    """Serialise with the stdlib directly: vectors are plain lists already, and skipping
-    FastAPI's generic encoder matters for large responses. Python's float repr round-trips,
-    so a float32 sent this way parses back to the identical float32."""
-    data = json.dumps(body, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
-    return Response(data.encode("utf-8"), status_code=status_code, headers=headers,
+    """Serialise with orjson, numpy arrays included: a 1,024-d vector costs ~20 us instead of
+    ~0.4 ms through ``json.dumps`` of a list, which capped a GPU server at ~670 requests/s
+    (docs/benchmarks.md). float32 values are written in their shortest round-tripping form, so
+    they parse back to the identical float32. Vectors are finite (the service checks)."""
+    data = orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY)
+    return Response(data, status_code=status_code, headers=headers,
                     media_type="application/json")

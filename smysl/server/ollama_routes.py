@@ -105,7 +105,7 @@ def router(service: Service) -> APIRouter:
         result = await service.embed_texts(texts, instruction=task, dimensions=dims,
                                            truncate=body.truncate,
                                            disconnected=until_disconnected(request.receive))
-        return json_response({"model": model, "embeddings": result.vectors.tolist(),
+        return json_response({"model": model, "embeddings": result.vectors,
                               "total_duration": int(result.total_s * 1e9), "load_duration": 0,
                               "prompt_eval_count": result.tokens},
                              headers=service.timing_headers(result))
@@ -122,7 +122,7 @@ def router(service: Service) -> APIRouter:
                                            dimensions=service.dimensions(None), truncate=True,
                                            disconnected=until_disconnected(request.receive),
                                            what="prompt")
-        return json_response({"embedding": result.vectors[0].tolist()},
+        return json_response({"embedding": result.vectors[0]},
                              headers=service.timing_headers(result))
 
     def entry() -> dict[str, object]:

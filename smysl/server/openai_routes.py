@@ -119,7 +119,7 @@ def router(service: Service) -> APIRouter:
             le = vectors.astype("<f4", copy=False)
             emb: list[object] = [base64.b64encode(row.tobytes()).decode("ascii") for row in le]
         else:
-            emb = vectors.tolist()
+            emb = list(vectors)  # rows as numpy arrays: orjson writes them directly
         data = [{"object": "embedding", "index": i, "embedding": e} for i, e in enumerate(emb)]
         return json_response({"object": "list", "data": data, "model": model,
                               "usage": {"prompt_tokens": result.tokens,

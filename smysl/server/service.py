@@ -90,9 +90,12 @@ class Service:
         self.tokens = embedder.token_level()
         self.metrics = metrics
         budget = config.max_batch_tokens or embedder.batch_tokens or 8192
+        wait_ms = config.max_wait_ms
+        if wait_ms is None:
+            wait_ms = 0.0 if (embedder.info().device or "").startswith("cuda") else 2.0
         self.batcher = Batcher(embedder, metrics, max_batch_tokens=budget,
                                max_batch_requests=config.max_batch_requests,
-                               max_wait_s=config.max_wait_ms / 1000,
+                               max_wait_s=wait_ms / 1000,
                                max_queue=config.max_queue)
         #: The name the server reports; clients may send any of :attr:`names`.
         self.model_id = config.served_name or embedder.name
@@ -294,7 +297,11 @@ class Service:
 
     async def _submit(self, job: Job) -> np.ndarray:
         try:
-            return await self.batcher.submit(job)
+            vectors = await self.batcher.submit(job)
+            if not np.isfinite(vectors).all():  # never serialised as null or NaN
+                raise ApiError("internal", f"model {self.model_id!r} returned non-finite "
+                               "values for this input")
+            return vectors
         except InputTooLongError as e:
             raise self._too_long("input", e) from None
         except ValueError as e:  # the backend's contract: ValueError means bad input

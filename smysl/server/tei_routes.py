@@ -104,7 +104,7 @@ def router(service: Service) -> APIRouter:
             direction="left" if body.truncation_direction.lower() == "left" else "right",
             what="inputs",
             disconnected=until_disconnected(request.receive))
-        return json_response(result.vectors.tolist(), headers=service.timing_headers(result))
+        return json_response(result.vectors, headers=service.timing_headers(result))
 
     @r.post("/tokenize", response_model=list[list[SimpleToken]])
     async def tokenize(body: TokenizeRequest) -> Response:
