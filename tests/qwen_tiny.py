@@ -293,7 +293,8 @@ def gguf_vocab(vocab_size: int) -> tuple[list[str], list[int], list[str]]:
 
 def write_gguf(src: Path, out: Path, *, ftype: str = "F16", tokenizer: bool = True,
                add_eos: bool | None = None, pooling: int | None = 3, arch: str = "qwen3",
-               type_of: dict[str, str] | None = None) -> Path:
+               type_of: dict[str, str] | None = None, dequantized_to: Path | None = None
+               ) -> Path:
     """Write the tiny safetensors checkpoint in ``src`` as a GGUF file, the way llama.cpp's
     ``convert_hf_to_gguf.py`` does for Qwen3-Embedding: ``qwen3.*`` hyperparameters,
     ``tokenizer.ggml.*`` (gpt2 model, qwen2 pre-tokenizer), tensor names from gguf-py's own
@@ -303,8 +304,11 @@ def write_gguf(src: Path, out: Path, *, ftype: str = "F16", tokenizer: bool = Tr
 
     ``add_eos``: ``tokenizer.ggml.add_eos_token`` (None: absent, as in old conversions);
     ``pooling``: ``qwen3.pooling_type`` (None: absent); ``type_of``: per-tensor type overrides
-    (mixed files); a type the gguf package cannot quantise to (Q4_K...) gets random bytes of
-    the right size, enough for a loader that must refuse it unread.
+    (mixed files). The gguf package cannot quantise to K-quants (Q4_K ...): those tensors get
+    random blocks whose float16 scales are set to small values, a valid random model.
+    ``dequantized_to``: also write a copy of ``src`` whose weights are exactly what the GGUF
+    file holds, dequantised by gguf-py (llama.cpp's reference): the checkpoint the GGUF's
+    vectors must equal.
     """
     import gguf
     from safetensors.torch import load_file
@@ -344,6 +348,7 @@ def write_gguf(src: Path, out: Path, *, ftype: str = "F16", tokenizer: bool = Tr
         if add_eos is not None:
             w.add_add_eos_token(add_eos)
     rng = np.random.default_rng(0)
+    held = {}
     for key, t in state.items():
         gname = names.get_name(key, try_suffixes=(".weight",))
         if gname is None:
@@ -352,19 +357,52 @@ def write_gguf(src: Path, out: Path, *, ftype: str = "F16", tokenizer: bool = Tr
         qtype = getattr(gguf.GGMLQuantizationType,
                         (type_of or {}).get(gname, "F32" if data.ndim == 1 else ftype))
         if qtype in (gguf.GGMLQuantizationType.F32, gguf.GGMLQuantizationType.F16):
-            w.add_tensor(gname, gguf.quants.quantize(data, qtype))
+            packed = gguf.quants.quantize(data, qtype)
+            w.add_tensor(gname, packed)
+            held[key] = packed.astype(np.float32)
             continue
         try:
             packed = gguf.quants.quantize(data, qtype)
         except NotImplementedError:  # K-quants: only llama.cpp's C quantizer makes them
-            shape = gguf.quants.quant_shape_to_byte_shape(data.shape, qtype)
-            packed = rng.integers(0, 256, size=shape, dtype=np.uint8)
+            packed = random_blocks(data.shape, qtype, rng)
         w.add_tensor(gname, packed, raw_dtype=qtype)
+        held[key] = gguf.quants.dequantize(packed, qtype).reshape(data.shape)
     w.write_header_to_file()
     w.write_kv_data_to_file()
     w.write_tensors_to_file()
     w.close()
+    if dequantized_to is not None:
+        import torch
+        from safetensors.torch import save_file
+
+        shutil.copytree(src, dequantized_to)
+        for f in dequantized_to.glob("*.safetensors"):
+            f.unlink()
+        weights = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in held.items()}
+        save_file(weights, dequantized_to / "model.safetensors", metadata={"format": "pt"})
+        (dequantized_to / "model.safetensors.index.json").unlink(missing_ok=True)
+        cfg["torch_dtype"] = cfg["dtype"] = "float32"
+        (dequantized_to / "config.json").write_text(json.dumps(cfg))
     return out
+
+
+#: Byte offsets of the float16 scales in each K-quant block (ggml-common.h).
+_K_SCALES = {"Q6_K": (208,), "Q5_K": (0, 2), "Q4_K": (0, 2), "Q3_K": (108,), "Q2_K": (80, 82)}
+
+
+def random_blocks(shape: tuple[int, ...], qtype, rng) -> np.ndarray:  # type: ignore[no-untyped-def]
+    """Random K-quant blocks for a ``shape`` tensor: random bits, float16 scales in
+    +-0.002 (weights of a few hundredths, like a trained layer's)."""
+    import gguf
+
+    byte_shape = gguf.quants.quant_shape_to_byte_shape(shape, qtype)
+    blocks = rng.integers(0, 256, size=byte_shape, dtype=np.uint8)
+    width = gguf.GGML_QUANT_SIZES[qtype][1]
+    view = blocks.reshape(-1, width)
+    for off in _K_SCALES.get(qtype.name, ()):
+        d = rng.uniform(-0.002, 0.002, size=view.shape[0]).astype(np.float16)
+        view[:, off : off + 2] = d.view(np.uint8).reshape(-1, 2)
+    return blocks
 
 
 def sdpa_varlen(q, k, v, cu_q, cu_k, max_q: int, max_k: int, causal: bool):  # type: ignore[no-untyped-def]

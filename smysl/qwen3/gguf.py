@@ -1,9 +1,11 @@
 """GGUF files (llama.cpp's format, what Ollama stores) as Qwen3-Embedding checkpoints.
 
 Supported: files that llama.cpp's ``convert_hf_to_gguf.py`` (or ``llama-quantize``) writes for
-architecture ``qwen3``, with F32, F16, BF16 and Q8_0 weights (mixed per tensor). Q8_0 blocks are
-dequantised at load, one tensor at a time (in row slices), straight into the engine dtype;
-nothing is kept quantised yet. K-quants (Q6_K, Q4_K ...) are refused with a clear error.
+architecture ``qwen3``, with F32, F16, BF16, Q8_0, Q6_K, Q5_K, Q4_K and Q3_K weights (mixed per
+tensor, as the ``_M`` recipes make them). Quantised blocks are dequantised at load
+(:mod:`smysl.qwen3.ggml_quants`), one tensor at a time (in block slices), straight into the
+engine dtype; nothing is kept quantised yet. Other types (Q4_0, IQ4_XS ...) are refused with a
+clear error before any weight is read.
 
 Layout (v2/v3, little-endian): ``GGUF``, version, tensor count, key/value count; the key/values;
 per tensor its name, dims (innermost first: ``[in, out]`` for a weight), type and offset; padding
@@ -30,6 +32,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from smysl.qwen3.ggml_quants import BLOCKS as QUANT_BLOCKS
+from smysl.qwen3.ggml_quants import dequantize
 from smysl.qwen3.hub import Checkpoint
 from smysl.tokenize import EOS_TOKEN, Tokenizer
 
@@ -49,9 +53,9 @@ TYPE_NAMES = {0: "F32", 1: "F16", 2: "Q4_0", 3: "Q4_1", 6: "Q5_0", 7: "Q5_1", 8:
               15: "Q8_K", 16: "IQ2_XXS", 17: "IQ2_XS", 18: "IQ3_XXS", 19: "IQ1_S", 20: "IQ4_NL",
               21: "IQ3_S", 22: "IQ2_S", 23: "IQ4_XS", 24: "I8", 25: "I16", 26: "I32", 27: "I64",
               28: "F64", 29: "IQ1_M", 30: "BF16", 34: "TQ1_0", 35: "TQ2_0", 39: "MXFP4"}
-F32, F16, Q8_0, BF16 = 0, 1, 8, 30
+F32, F16, BF16 = 0, 1, 30
 #: Types this loader reads: id -> (elements per block, bytes per block).
-BLOCKS = {F32: (1, 4), F16: (1, 2), BF16: (1, 2), Q8_0: (32, 34)}
+BLOCKS = {F32: (1, 4), F16: (1, 2), BF16: (1, 2), **QUANT_BLOCKS}
 
 #: ``general.file_type`` (llama.cpp's ``llama_ftype``) -> the name Ollama and llama.cpp show.
 FILE_TYPES = {0: "F32", 1: "F16", 2: "Q4_0", 3: "Q4_1", 7: "Q8_0", 8: "Q5_0", 9: "Q5_1",
@@ -339,8 +343,9 @@ def check_tensors(header: Header, config: dict[str, Any]) -> None:
     if bad:
         raise ValueError(
             f"{path}: tensor types not supported yet: {', '.join(bad[:4])}"
-            f"{f' and {len(bad) - 4} more' if len(bad) > 4 else ''}; use a Q8_0, F16, BF16 or "
-            "F32 GGUF, or the safetensors checkpoint")
+            f"{f' and {len(bad) - 4} more' if len(bad) > 4 else ''}; smysl reads "
+            f"{', '.join(TYPE_NAMES[k] for k in BLOCKS)}: use such a GGUF, or the safetensors "
+            "checkpoint")
 
 
 def check_pooling(header: Header) -> None:
@@ -458,10 +463,6 @@ def load_tokenizer(ckpt: Checkpoint, max_tokens: int) -> Tokenizer:
 
 
 # ---------------------------------------------------------------------- weights
-#: Q8_0 blocks dequantised per step: bounds the float32 scratch to 32 MiB whatever the tensor.
-_Q8_BLOCKS = 1 << 18
-
-
 def read_tensors(path: Path, dtype: torch.dtype) -> Iterator[tuple[str, torch.Tensor]]:
     """Yield (checkpoint name, tensor) for each tensor embeddings use, in file order: matrices
     converted to ``dtype``, 1-D tensors (norms, F32 in converted files) in float32; each a fresh
@@ -487,28 +488,8 @@ def _convert(raw: np.ndarray, t: TensorInfo, dtype: torch.dtype) -> torch.Tensor
     """Bytes of tensor ``t`` -> a new ``[shape]`` tensor in ``dtype``."""
     import torch
 
-    if t.type == Q8_0:
-        return _dequantize_q8_0(raw, t.shape, dtype)
+    if t.type in QUANT_BLOCKS:
+        return dequantize(torch.from_numpy(raw), t.type, t.shape, dtype)
     src = {F32: torch.float32, F16: torch.float16, BF16: torch.bfloat16}[t.type]
     view = torch.from_numpy(raw).view(src).reshape(t.shape)
     return view.to(dtype, copy=True)
-
-
-def _dequantize_q8_0(raw: np.ndarray, shape: tuple[int, ...], dtype: torch.dtype
-                     ) -> torch.Tensor:
-    """Q8_0: blocks of 32 weights, each a float16 scale ``d`` then 32 int8 ``q``; weight =
-    ``q * d`` in float32 (exactly ggml's ``dequantize_row_q8_0``), then cast to ``dtype``."""
-    import torch
-
-    blocks = torch.from_numpy(raw).view(-1, 34)  # [n_blocks, 2 + 32] bytes
-    out = torch.empty(shape, dtype=dtype)
-    flat = out.view(-1, 32)  # [n_blocks, 32]: blocks run along the rows
-    for a in range(0, blocks.shape[0], _Q8_BLOCKS):
-        b = blocks[a: a + _Q8_BLOCKS]
-        d = b[:, :2].view(torch.float16).float()  # [k, 1] (strided views: no byte copies)
-        q = b[:, 2:].view(torch.int8)  # [k, 32]
-        if dtype == torch.float32:
-            torch.mul(q, d, out=flat[a: a + b.shape[0]])
-        else:
-            flat[a: a + b.shape[0]] = (q * d).to(dtype)
-    return out

@@ -185,6 +185,35 @@ def test_q8_0_dequantises_exactly_and_stays_close(files: dict[str, Path], refere
     assert cos.min() >= 0.999
 
 
+@pytest.fixture(scope="module")
+def wide(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny model with 256-wide rows (hidden 256, ffn 512), as K-quant blocks need; its
+    attention output (4 heads x 16 = 64 wide) stays Q8_0, as llama.cpp falls back too."""
+    return build_tiny(tmp_path_factory.mktemp("wide") / "m", hidden=256, seed=7).path
+
+
+_MATRICES = ("attn_q", "attn_k", "attn_v", "ffn_gate", "ffn_up", "ffn_down")
+
+
+@pytest.mark.parametrize("kind", ["Q6_K", "Q5_K", "Q4_K", "Q3_K"])
+def test_k_quant_gguf_equals_its_dequantised_weights(wide: Path, tmp_path: Path, kind: str,
+                                                     texts: list[str]) -> None:
+    """Issue 14: K-quant tensors load as exactly the weights llama.cpp's reference
+    dequantisation gives (gguf-py), so the GGUF's vectors equal those of a float32
+    checkpoint holding those weights."""
+    types = {f"blk.{n}.{m}.weight": kind for n in range(2) for m in _MATRICES}
+    if kind == "Q4_K":  # a Q4_K_M-like mix: some layers' ffn_down and the embeddings Q6_K
+        types.update({"blk.0.ffn_down.weight": "Q6_K", "token_embd.weight": "Q6_K"})
+    path = write_gguf(wide, tmp_path / f"{kind}.gguf", ftype="Q8_0", type_of=types,
+                      dequantized_to=tmp_path / "ref")
+    header = sg.read_header(path)
+    assert header.tensors["blk.1.ffn_up.weight"].type_name == kind
+    got = Embedder.load(str(path), device="cpu", dtype="float32").embed(texts[:48])
+    want = Embedder.load(str(tmp_path / "ref"), device="cpu", dtype="float32").embed(texts[:48])
+    assert np.isfinite(got).all()
+    assert np.abs(got - want).max() <= 1e-6
+
+
 def test_q8_0_in_bfloat16_dequantises_per_tensor(files: dict[str, Path]) -> None:
     """Q8_0 blocks go straight into the engine dtype (bf16 here): the same values as the
     float32 dequantisation rounded once."""
@@ -311,14 +340,13 @@ def test_truncated_file(files: dict[str, Path], tmp_path: Path) -> None:
 
 
 def test_unsupported_tensor_type(tiny_dir: Path, sidecar_dir: Path) -> None:
-    """Issue 14 bad input: a tensor type not supported yet (Q4_0 here; K-quants need 256-wide
-    rows the tiny model does not have, and take the same path) names the tensor, its type
-    and what to use instead."""
+    """Issue 14 bad input: a tensor type not supported yet (Q4_0 and Q5_1 here) names the
+    tensor, its type and what to use instead."""
     path = write_gguf(tiny_dir, sidecar_dir / "q4.gguf", ftype="Q8_0", tokenizer=False,
                       type_of={"blk.0.ffn_up.weight": "Q4_0", "blk.1.attn_q.weight": "Q5_1"})
     _refused(path, r"tensor types not supported yet: blk\.0\.ffn_up\.weight \(Q4_0\), "
-                   r"blk\.1\.attn_q\.weight \(Q5_1\); use a Q8_0, F16, BF16 or F32 GGUF, or "
-                   "the safetensors checkpoint")
+                   r"blk\.1\.attn_q\.weight \(Q5_1\); smysl reads F32, F16, BF16, Q8_0, Q3_K, "
+                   "Q4_K, Q5_K, Q6_K: use such a GGUF, or the safetensors checkpoint")
 
 
 def test_not_qwen3(tiny_dir: Path, sidecar_dir: Path) -> None:
