@@ -184,13 +184,13 @@ class Engine:
         device, dtype = cfg.resolve(stored_dtype(ckpt.config))
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
-        model = load_encoder(ckpt, device, dtype)
-        parameters = sum(p.numel() for p in model.parameters())
-        if cfg.quantize == "int8":
-            from smysl.qwen3.quantize import quantize_int8
+        linear = None
+        if cfg.quantize == "int8":  # layers quantised as they load (peak: one float layer)
+            from smysl.qwen3.quantize import int8_linear
 
-            quantize_int8(model)
-        return cls(model, device, dtype, cfg.quantize, parameters, cfg.cuda_graphs)
+            linear = int8_linear()
+        model = load_encoder(ckpt, device, dtype, linear)
+        return cls(model, device, dtype, cfg.quantize, model.cfg.parameters, cfg.cuda_graphs)
 
     def forward(self, batch: list[list[int]]) -> np.ndarray:
         """One forward pass: token-id sequences -> float32 ``[len(batch), hidden]`` pooled rows.

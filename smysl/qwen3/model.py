@@ -35,6 +35,14 @@ class Qwen3Config:
     rope_theta: float = 1_000_000.0
     max_position_embeddings: int = 32768
 
+    @property
+    def parameters(self) -> int:
+        """Parameters of the encoder (no output head): what a float model holds."""
+        h, d, ffn = self.hidden_size, self.head_dim, self.intermediate_size
+        q, kv = self.num_attention_heads * d, self.num_key_value_heads * d
+        layer = h * (q + 2 * kv) + q * h + 3 * h * ffn + 2 * h + 2 * d
+        return self.vocab_size * h + self.num_hidden_layers * layer + h
+
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Qwen3Config:
         arch = d.get("model_type")
@@ -297,6 +305,9 @@ class Qwen3Encoder(nn.Module):
         self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
         self.layers = nn.ModuleList(DecoderLayer(cfg) for _ in range(cfg.num_hidden_layers))
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        #: The dtype activations enter the linear layers in (float32 for int8 layers); the
+        #: embedding table may be stored narrower when that is lossless (a bf16 checkpoint).
+        self.dtype = torch.float32
         d = cfg.head_dim
         inv = 1.0 / (cfg.rope_theta ** (torch.arange(0, d, 2, dtype=torch.int64).float() / d))
         self.inv_freq: torch.Tensor
@@ -321,7 +332,7 @@ class Qwen3Encoder(nn.Module):
         if dev.type == "cuda":
             from smysl.qwen3.cuda import VarlenPlan  # it imports this module
 
-            plan: Plan = VarlenPlan.for_lengths(lengths, dev, self.embed_tokens.weight.dtype)
+            plan: Plan = VarlenPlan.for_lengths(lengths, dev, self.dtype)
         else:
             plan = AttentionPlan(lengths, dev)
         return self.run(input_ids, positions, ends, plan, chunk)
@@ -331,7 +342,7 @@ class Qwen3Encoder(nn.Module):
             plan: Plan, chunk: int = 4096) -> torch.Tensor:
         """input_ids, positions: [T]; ends: [B] index of each sequence's last token in the
         stream -> [B, H] float32. No host work and no device sync: CUDA graphs capture this."""
-        dt = self.embed_tokens.weight.dtype  # matmul dtype (float32 for int8 layers)
+        dt = self.dtype
         cos, sin = self.rope(positions)
         rope = (cos.to(dt), sin.to(dt))  # cast once, not in every layer
         h = self.embed_tokens(input_ids).float()  # [T, H] residual stream, float32

@@ -16,7 +16,7 @@ import warnings
 import torch
 from torch import nn
 
-from smysl.qwen3.model import Linear, Qwen3Encoder, pad_rows
+from smysl.qwen3.model import pad_rows
 
 
 class Int8Linear(nn.Module):
@@ -38,13 +38,8 @@ class Int8Linear(nn.Module):
         return y[: x.shape[0]]
 
 
-def quantize_int8(model: Qwen3Encoder) -> Qwen3Encoder:
-    """Replace every :class:`Linear` in ``model`` (in place) by :class:`Int8Linear`."""
+def int8_linear() -> type[Int8Linear]:
+    """The int8 layer constructor, with fbgemm's x86 engine selected (loaders pass it on)."""
     if "x86" in torch.backends.quantized.supported_engines:
         torch.backends.quantized.engine = "x86"
-    targets = [(n, m) for n, m in model.named_modules() if isinstance(m, Linear)]
-    for name, module in targets:
-        parent, _, attr = name.rpartition(".")
-        setattr(model.get_submodule(parent), attr, Int8Linear(module.weight))
-        del module  # free the float weight as we go
-    return model
+    return Int8Linear

@@ -45,3 +45,50 @@ def test_build_from_a_transformers_state_dict(tiny_dir: Path) -> None:
     with pytest.raises(ValueError, match="unexpected weight"):
         build_encoder(cfg, [("bogus.weight", torch.zeros(1))], torch.device("cpu"),
                       torch.float32)
+
+
+def test_layers_quantised_while_loading_equal_quantising_after(tiny_dir: Path) -> None:
+    """Issue 14: ``quantize="int8"`` builds each int8 layer as soon as its (fused) weight is
+    read, so no float copy of the whole model is ever held; the result is the same layers."""
+    import json
+
+    from smysl.qwen3.model import Linear
+    from smysl.qwen3.quantize import Int8Linear, int8_linear
+
+    cfg = json.loads((tiny_dir / "config.json").read_text())
+    state = list(load_file(tiny_dir / "model.safetensors").items())
+    made: list[tuple[int, ...]] = []
+
+    def spy(w: torch.Tensor) -> Int8Linear:
+        made.append(tuple(w.shape))
+        return int8_linear()(w)
+
+    streamed = build_encoder(cfg, state, torch.device("cpu"), torch.float32, linear=spy)
+    after = build_encoder(cfg, state, torch.device("cpu"), torch.float32)
+    layers = cfg["num_hidden_layers"]
+    assert len(made) == 4 * layers  # qkv, o, gate|up, down per layer
+    assert not any(isinstance(m, Linear) for m in streamed.modules())
+    for name, m in list(after.named_modules()):
+        if isinstance(m, Linear):
+            parent, _, attr = name.rpartition(".")
+            setattr(after.get_submodule(parent), attr, Int8Linear(m.weight))
+    ids, lengths = torch.arange(40) % 1000 + 5, [30, 10]
+    assert torch.equal(streamed(ids, lengths), after(ids, lengths))
+
+
+def test_half_precision_embeddings_stay_as_stored_in_float32(tiny_variants) -> None:  # type: ignore[no-untyped-def]
+    """A bf16 checkpoint computed in float32 keeps its embedding table in bf16 (half the
+    memory; the rows widen exactly): the same vectors as a float32 table."""
+    import json
+
+    path = tiny_variants["gqa2-untied-eos-bf16"].path
+    cfg = json.loads((path / "config.json").read_text())
+    state = list(load_file(path / "model.safetensors").items())
+    kept = build_encoder(cfg, state, torch.device("cpu"), torch.float32)
+    assert kept.embed_tokens.weight.dtype == torch.bfloat16 and kept.dtype == torch.float32
+    assert kept.layers[0].mlp.down_proj.weight.dtype == torch.float32
+    widened = build_encoder(cfg, [(k, v.float()) for k, v in state], torch.device("cpu"),
+                            torch.float32)
+    assert widened.embed_tokens.weight.dtype == torch.float32
+    ids, lengths = torch.arange(40) % 1000 + 5, [30, 10]
+    assert torch.equal(kept(ids, lengths), widened(ids, lengths))
