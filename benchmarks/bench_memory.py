@@ -3,7 +3,7 @@
     .venv/bin/python benchmarks/bench_memory.py --shape 8b --tokens 2048 --case int8
     .venv/bin/python benchmarks/bench_memory.py --model x.gguf --case auto --case int8
 
-A case is ``dtype`` (``auto``, ``float32``, ``bfloat16``) or ``int8`` (``quantize="int8"``).
+A case is ``dtype`` (``auto``, ``float32``, ``bfloat16``), ``int8`` or ``int4`` (``quantize``).
 Random real-shape bf16 checkpoints are built once under --work (``--shape``), or ``--model``
 names any local checkpoint or GGUF file. Peak RSS is the process's ``ru_maxrss``: after
 ``Embedder.load``, then after embedding one input of ``--tokens`` tokens (token ids, so the
@@ -32,7 +32,7 @@ def child(model: str, case: str, tokens: int, threads: int) -> None:
 
     from smysl import Embedder
 
-    opts = {"quantize": "int8"} if case == "int8" else {"dtype": case}
+    opts = {"quantize": case} if case in ("int8", "int4") else {"dtype": case}
     t0 = time.perf_counter()
     e = Embedder.load(model, device="cpu", threads=threads, **opts)
     load_s, load_peak = time.perf_counter() - t0, _peak_mib()
@@ -51,6 +51,8 @@ def main() -> None:
     src = ap.add_mutually_exclusive_group(required=True)
     src.add_argument("--shape", choices=["0.6b", "4b", "8b"])
     src.add_argument("--model")
+    ap.add_argument("--gguf", choices=["Q4_K_M", "Q8_0"],
+                    help="with --shape: a random GGUF file of that type instead")
     ap.add_argument("--work", default="/tmp/smysl-bench")
     ap.add_argument("--case", action="append", default=[])
     ap.add_argument("--tokens", type=int, default=2048)
@@ -61,7 +63,13 @@ def main() -> None:
         child(args.model, args.case[0], args.tokens, args.threads)
         return
     model = args.model
-    if args.shape:
+    if args.shape and args.gguf:
+        from common import random_gguf_checkpoint
+
+        model = str(random_gguf_checkpoint(
+            args.shape, Path(args.work) / f"qwen3-{args.shape}-random-{args.gguf}.gguf",
+            args.gguf))
+    elif args.shape:
         from common import random_checkpoint
 
         model = str(random_checkpoint(args.shape, Path(args.work) / f"qwen3-{args.shape}-random"))

@@ -73,6 +73,22 @@ def random_checkpoint(size: str, out: Path, dtype: str = "bfloat16", device: str
     return out
 
 
+def random_gguf_checkpoint(size: str, out: Path, recipe: str = "Q4_K_M") -> Path:
+    """A GGUF file of random weights with the real shapes of ``size``, typed like llama.cpp's
+    ``recipe`` (``Q4_K_M`` or ``Q8_0``; see ``qwen_tiny.random_gguf``)."""
+    if out.is_file():
+        return out
+    from qwen_tiny import random_gguf
+
+    cfg = dict(SHAPES[size], head_dim=128, rope_theta=1_000_000.0, rms_norm_eps=1e-6,
+               model_type="qwen3")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_suffix(".tmp")
+    random_gguf(cfg, tmp, recipe=recipe)
+    tmp.rename(out)
+    return out
+
+
 def _csv(path: Path, col: int | str, n: int, rng: random.Random) -> list[str]:
     """``n`` distinct non-empty values of column ``col`` (index: no header; name: header)."""
     with path.open(encoding="utf-8", newline="") as f:

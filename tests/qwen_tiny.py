@@ -291,35 +291,14 @@ def gguf_vocab(vocab_size: int) -> tuple[list[str], list[int], list[str]]:
     return tokens, types, merges
 
 
-def write_gguf(src: Path, out: Path, *, ftype: str = "F16", tokenizer: bool = True,
-               add_eos: bool | None = None, pooling: int | None = 3, arch: str = "qwen3",
-               type_of: dict[str, str] | None = None, dequantized_to: Path | None = None
-               ) -> Path:
-    """Write the tiny safetensors checkpoint in ``src`` as a GGUF file, the way llama.cpp's
-    ``convert_hf_to_gguf.py`` does for Qwen3-Embedding: ``qwen3.*`` hyperparameters,
-    ``tokenizer.ggml.*`` (gpt2 model, qwen2 pre-tokenizer), tensor names from gguf-py's own
-    name map, q/k as they are (its Qwen3Model permutes nothing), 1-D tensors F32 and 2-D
-    tensors in ``ftype`` (F32, F16, BF16, Q8_0), ``output.weight`` only for an untied
-    ``lm_head``.
-
-    ``add_eos``: ``tokenizer.ggml.add_eos_token`` (None: absent, as in old conversions);
-    ``pooling``: ``qwen3.pooling_type`` (None: absent); ``type_of``: per-tensor type overrides
-    (mixed files). The gguf package cannot quantise to K-quants (Q4_K ...): those tensors get
-    random blocks whose float16 scales are set to small values, a valid random model.
-    ``dequantized_to``: also write a copy of ``src`` whose weights are exactly what the GGUF
-    file holds, dequantised by gguf-py (llama.cpp's reference): the checkpoint the GGUF's
-    vectors must equal.
-    """
+def gguf_writer(cfg: dict, out: Path, *, name: str, ftype: str = "F16", tokenizer: bool = True,  # type: ignore[no-untyped-def]
+                add_eos: bool | None = None, pooling: int | None = 3, arch: str = "qwen3"):
+    """A ``gguf.GGUFWriter`` for ``out`` holding the metadata convert_hf_to_gguf.py writes for
+    a Qwen3-Embedding ``config.json`` (see :func:`write_gguf`); tensors are the caller's."""
     import gguf
-    from safetensors.torch import load_file
 
-    cfg = json.loads((src / "config.json").read_text())
-    state: dict = {}
-    for f in sorted(src.glob("*.safetensors")):
-        state.update(load_file(f))
-    names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.QWEN3, cfg["num_hidden_layers"])
     w = gguf.GGUFWriter(str(out), arch)
-    w.add_name(src.name)
+    w.add_name(name)
     w.add_file_type(getattr(gguf.LlamaFileType, "ALL_F32" if ftype == "F32" else
                             f"MOSTLY_{ftype}"))
     w.add_block_count(cfg["num_hidden_layers"])
@@ -347,6 +326,38 @@ def write_gguf(src: Path, out: Path, *, ftype: str = "F16", tokenizer: bool = Tr
         w.add_add_bos_token(False)
         if add_eos is not None:
             w.add_add_eos_token(add_eos)
+    return w
+
+
+def write_gguf(src: Path, out: Path, *, ftype: str = "F16", tokenizer: bool = True,
+               add_eos: bool | None = None, pooling: int | None = 3, arch: str = "qwen3",
+               type_of: dict[str, str] | None = None, dequantized_to: Path | None = None
+               ) -> Path:
+    """Write the tiny safetensors checkpoint in ``src`` as a GGUF file, the way llama.cpp's
+    ``convert_hf_to_gguf.py`` does for Qwen3-Embedding: ``qwen3.*`` hyperparameters,
+    ``tokenizer.ggml.*`` (gpt2 model, qwen2 pre-tokenizer), tensor names from gguf-py's own
+    name map, q/k as they are (its Qwen3Model permutes nothing), 1-D tensors F32 and 2-D
+    tensors in ``ftype`` (F32, F16, BF16, Q8_0), ``output.weight`` only for an untied
+    ``lm_head``.
+
+    ``add_eos``: ``tokenizer.ggml.add_eos_token`` (None: absent, as in old conversions);
+    ``pooling``: ``qwen3.pooling_type`` (None: absent); ``type_of``: per-tensor type overrides
+    (mixed files). The gguf package cannot quantise to K-quants (Q4_K ...): those tensors get
+    random blocks whose float16 scales are set to small values, a valid random model.
+    ``dequantized_to``: also write a copy of ``src`` whose weights are exactly what the GGUF
+    file holds, dequantised by gguf-py (llama.cpp's reference): the checkpoint the GGUF's
+    vectors must equal.
+    """
+    import gguf
+    from safetensors.torch import load_file
+
+    cfg = json.loads((src / "config.json").read_text())
+    state: dict = {}
+    for f in sorted(src.glob("*.safetensors")):
+        state.update(load_file(f))
+    names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.QWEN3, cfg["num_hidden_layers"])
+    w = gguf_writer(cfg, out, name=src.name, ftype=ftype, tokenizer=tokenizer, add_eos=add_eos,
+                    pooling=pooling, arch=arch)
     rng = np.random.default_rng(0)
     held = {}
     for key, t in state.items():
@@ -386,13 +397,14 @@ def write_gguf(src: Path, out: Path, *, ftype: str = "F16", tokenizer: bool = Tr
     return out
 
 
-#: Byte offsets of the float16 scales in each K-quant block (ggml-common.h).
-_K_SCALES = {"Q6_K": (208,), "Q5_K": (0, 2), "Q4_K": (0, 2), "Q3_K": (108,), "Q2_K": (80, 82)}
+#: Byte offsets of the float16 scales in each block (ggml-common.h).
+_K_SCALES = {"Q8_0": (0,), "Q6_K": (208,), "Q5_K": (0, 2), "Q4_K": (0, 2), "Q3_K": (108,),
+             "Q2_K": (80, 82)}
 
 
 def random_blocks(shape: tuple[int, ...], qtype, rng) -> np.ndarray:  # type: ignore[no-untyped-def]
-    """Random K-quant blocks for a ``shape`` tensor: random bits, float16 scales in
-    +-0.002 (weights of a few hundredths, like a trained layer's)."""
+    """Random blocks of a quantised type for a ``shape`` tensor: random bits, float16 scales
+    in +-0.002 (weights of a few hundredths, like a trained layer's; Q8_0 up to 0.25)."""
     import gguf
 
     byte_shape = gguf.quants.quant_shape_to_byte_shape(shape, qtype)
@@ -403,6 +415,35 @@ def random_blocks(shape: tuple[int, ...], qtype, rng) -> np.ndarray:  # type: ig
         d = rng.uniform(-0.002, 0.002, size=view.shape[0]).astype(np.float16)
         view[:, off : off + 2] = d.view(np.uint8).reshape(-1, 2)
     return blocks
+
+
+def random_gguf(cfg: dict, out: Path, *, recipe: str = "Q4_K_M", seed: int = 0) -> Path:
+    """A Qwen3-Embedding GGUF of random weights for ``cfg`` (real shapes, for benchmarks) with
+    llama.cpp's real tokenizer metadata, typed like ``recipe``: ``Q8_0`` (every matrix), or
+    ``Q4_K_M`` (Q4_K, but attn_v and ffn_down Q6_K in every other layer, as llama.cpp's recipe
+    gives more bits to about half of those). Norms are F32 ones."""
+    import gguf
+
+    from smysl.qwen3.gguf import expected_shapes
+
+    rng = np.random.default_rng(seed)
+    w = gguf_writer(cfg, out, name=out.stem, ftype=recipe)
+    for name, shape in expected_shapes(cfg).items():
+        if len(shape) == 1:
+            w.add_tensor(name, np.ones(shape, dtype=np.float32))
+            continue
+        kind = "Q8_0" if recipe == "Q8_0" else "Q4_K"
+        parts = name.split(".")
+        if recipe == "Q4_K_M" and parts[0] == "blk" and int(parts[1]) % 2 == 0 \
+                and parts[2] in ("attn_v", "ffn_down"):
+            kind = "Q6_K"
+        qtype = getattr(gguf.GGMLQuantizationType, kind)
+        w.add_tensor(name, random_blocks(shape, qtype, rng), raw_dtype=qtype)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return out
 
 
 def sdpa_varlen(q, k, v, cu_q, cu_k, max_q: int, max_k: int, causal: bool):  # type: ignore[no-untyped-def]

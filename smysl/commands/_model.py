@@ -25,8 +25,9 @@ def add_model_arguments(p: argparse.ArgumentParser, *, model: bool = True,
     g.add_argument(FLAGS["dtype"], default=None,
                    help="auto (default: float32 on CPU, bfloat16 on CUDA), float32, bfloat16, "
                         "float16")
-    g.add_argument(FLAGS["quantize"], choices=["int8"], default=None,
-                   help="int8 weights (CPU, float32)")
+    g.add_argument(FLAGS["quantize"], choices=["int8", "int4"], default=None,
+                   help="int8: dynamic int8 layers (CPU, float32); int4: 4-bit weights, a "
+                        "GGUF's Q4_K blocks as they are (CPU, bfloat16)")
     g.add_argument(FLAGS["threads"], type=int, default=None,
                    help="torch CPU threads (default: one per core)")
     g.add_argument(FLAGS["max_tokens"], type=int, default=None,

@@ -19,8 +19,9 @@ import torch
 
 from smysl.options import ModelOptions
 from smysl.qwen3.cpu import CpuFeatures, auto_dtype, detect
+from smysl.qwen3.heap import loading
 from smysl.qwen3.hub import Checkpoint
-from smysl.qwen3.loader import load_encoder
+from smysl.qwen3.loader import LinearFactory, load_encoder
 from smysl.qwen3.model import Qwen3Encoder
 
 if TYPE_CHECKING:
@@ -66,7 +67,9 @@ class EngineConfig:
     #: natively, else float32 — see :func:`smysl.qwen3.cpu.auto_dtype`), "float32" (the exact
     #: path), "bfloat16" or "float16".
     dtype: str = "auto"
-    #: None, or "int8" (dynamic int8 linear layers; CPU only).
+    #: None; "int8" (dynamic int8 linear layers, float32 activations; CPU only); or "int4"
+    #: (4-bit weights in groups of 32 where the source allows, else 8-bit weight-only; bf16
+    #: activations; CPU only; a GGUF file's Q4_K blocks are used as they are).
     quantize: str | None = None
     #: CPU threads for torch; None keeps torch's default (one per physical core).
     threads: int | None = None
@@ -99,10 +102,16 @@ class EngineConfig:
         else:
             raise ValueError(f"unsupported dtype {self.dtype!r} (use auto, float32, bfloat16, "
                              "float16)")
-        if self.quantize not in (None, "int8"):
-            raise ValueError(f"unsupported quantize {self.quantize!r} (use int8 or none)")
+        if self.quantize not in (None, "int8", "int4"):
+            raise ValueError(f"unsupported quantize {self.quantize!r} (use int8, int4 or none)")
         if self.quantize == "int8" and (device.type != "cpu" or dtype != torch.float32):
             raise ValueError("int8 quantisation runs on CPU with dtype float32")
+        if self.quantize == "int4":
+            if self.dtype == "auto":
+                dtype = torch.bfloat16
+            if device.type != "cpu" or dtype != torch.bfloat16:
+                raise ValueError("int4 quantisation runs on CPU with dtype bfloat16 "
+                                 "(activations)")
         if device.type == "cpu" and dtype != torch.float32 and not (
                 dtype == torch.bfloat16 and features.native_bf16):
             log.warning("%s matmuls are emulated on %s: expect them ~100x slower than float32",
@@ -165,7 +174,7 @@ class Engine:
         self.quantization = quantization
         cfg = model.cfg
         self.hidden_size = cfg.hidden_size
-        self.vocab_rows = model.embed_tokens.weight.shape[0]
+        self.vocab_rows = cfg.vocab_size
         self.max_positions = cfg.max_position_embeddings
         # counted before quantisation by from_checkpoint (int8 layers hide their weights)
         self.parameters = parameters or sum(p.numel() for p in model.parameters())
@@ -184,12 +193,18 @@ class Engine:
         device, dtype = cfg.resolve(stored_dtype(ckpt.config))
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
-        linear = None
+        linear: LinearFactory | None = None
         if cfg.quantize == "int8":  # layers quantised as they load (peak: one float layer)
             from smysl.qwen3.quantize import int8_linear
 
             linear = int8_linear()
-        model = load_encoder(ckpt, device, dtype, linear)
+        elif cfg.quantize == "int4":
+            from smysl.qwen3.quantize import gguf_linear, int4_linear
+
+            linear = gguf_linear if ckpt.format == "gguf" else int4_linear
+        with loading():
+            model = load_encoder(ckpt, device, dtype, linear,
+                                 keep_blocks=cfg.quantize == "int4")
         return cls(model, device, dtype, cfg.quantize, model.cfg.parameters, cfg.cuda_graphs)
 
     def forward(self, batch: list[list[int]]) -> np.ndarray:

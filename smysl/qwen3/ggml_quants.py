@@ -119,3 +119,39 @@ def dequantize(raw: torch.Tensor, kind: int, shape: tuple[int, ...], dtype: torc
     for a in range(0, blocks.shape[0], step):
         flat[a : a + step] = fn(blocks[a : a + step])
     return out
+
+
+class QuantTensor:
+    """A GGUF matrix kept as its blocks: ``data`` [rows, row_bytes] uint8 of type ``kind``,
+    standing for a float ``[rows, cols]`` tensor (``shape``). The loader hands these to
+    quantised layers (:mod:`smysl.qwen3.quantize`) instead of dequantising them."""
+
+    def __init__(self, kind: int, data: torch.Tensor, shape: tuple[int, int]) -> None:
+        self.kind, self.data, self.shape = kind, data, shape
+
+    def dequantize(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        return dequantize(self.data.reshape(-1), self.kind, self.shape, dtype)
+
+    def rows(self, index: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        """Rows ``index`` dequantised: [len(index), cols] (an embedding lookup)."""
+        blocks = self.data[index].reshape(-1, BLOCKS[self.kind][1])
+        return DEQUANTIZE[self.kind](blocks).view(len(index), self.shape[1]).to(dtype)
+
+    @staticmethod
+    def cat(parts: list[QuantTensor]) -> QuantTensor:
+        """Row-wise concatenation of same-type matrices (a fused q|k|v or gate|up)."""
+        return QuantTensor(parts[0].kind, torch.cat([p.data for p in parts]),
+                           (sum(p.shape[0] for p in parts), parts[0].shape[1]))
+
+
+def q4_k_groups(q: QuantTensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A Q4_K matrix as 4-bit groups of 32 columns: (q [rows, cols] int32 in 0..15, scale and
+    min [rows, cols // 32] float32) with ``w = scale * q - min`` exactly as :func:`q4_k`."""
+    b = q.data.reshape(-1, 144)
+    nib = _nibbles(b[:, 16:144])  # [n, 8, 32]
+    sc, m = _scale_min_k4(b[:, 4:16])
+    scale = _f16(b[:, 0:2]) * sc.float()  # [n, 8]
+    mins = _f16(b[:, 2:4]) * m.float()
+    rows, cols = q.shape
+    return (nib.reshape(rows, cols), scale.reshape(rows, cols // 32),
+            mins.reshape(rows, cols // 32))

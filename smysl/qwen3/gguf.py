@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from smysl.qwen3.ggml_quants import BLOCKS as QUANT_BLOCKS
-from smysl.qwen3.ggml_quants import dequantize
+from smysl.qwen3.ggml_quants import QuantTensor, dequantize
 from smysl.qwen3.hub import Checkpoint
 from smysl.tokenize import EOS_TOKEN, Tokenizer
 
@@ -463,10 +463,12 @@ def load_tokenizer(ckpt: Checkpoint, max_tokens: int) -> Tokenizer:
 
 
 # ---------------------------------------------------------------------- weights
-def read_tensors(path: Path, dtype: torch.dtype) -> Iterator[tuple[str, torch.Tensor]]:
+def read_tensors(path: Path, dtype: torch.dtype, keep_blocks: bool = False
+                 ) -> Iterator[tuple[str, torch.Tensor | QuantTensor]]:
     """Yield (checkpoint name, tensor) for each tensor embeddings use, in file order: matrices
-    converted to ``dtype``, 1-D tensors (norms, F32 in converted files) in float32; each a fresh
-    CPU tensor (nothing keeps the file mapped). ``output.weight`` is skipped."""
+    converted to ``dtype`` (``keep_blocks``: quantised ones as :class:`QuantTensor` instead),
+    1-D tensors (norms, F32 in converted files) in float32; each a fresh CPU tensor (nothing
+    keeps the file mapped). ``output.weight`` is skipped."""
     import torch
 
     header = read_header(path)
@@ -479,7 +481,12 @@ def read_tensors(path: Path, dtype: torch.dtype) -> Iterator[tuple[str, torch.Te
             assert t.nbytes is not None  # check_tensors: a type in BLOCKS
             raw = np.frombuffer(mm, dtype=np.uint8, count=t.nbytes, offset=t.offset)
             want = dtype if len(t.shape) > 1 else torch.float32
-            tensor = _convert(raw, t, want)
+            tensor: torch.Tensor | QuantTensor
+            if keep_blocks and t.type in QUANT_BLOCKS and len(t.shape) == 2:
+                data = torch.from_numpy(raw.copy()).view(t.shape[0], -1)
+                tensor = QuantTensor(t.type, data, (t.shape[0], t.shape[1]))
+            else:
+                tensor = _convert(raw, t, want)
             del raw  # no view into the map may outlive it
             yield target, tensor
 

@@ -19,6 +19,7 @@ from typing import Any, BinaryIO
 import torch
 from torch import nn
 
+from smysl.qwen3.ggml_quants import QuantTensor
 from smysl.qwen3.hub import Checkpoint
 from smysl.qwen3.model import Linear, Qwen3Config, Qwen3Encoder
 
@@ -97,15 +98,17 @@ def read_head_rows(ckpt: Checkpoint, rows: Sequence[int]) -> torch.Tensor:
 
 
 def load_encoder(ckpt: Checkpoint, device: torch.device, dtype: torch.dtype,
-                 linear: Callable[[torch.Tensor], nn.Module] | None = None) -> Qwen3Encoder:
+                 linear: LinearFactory | None = None, keep_blocks: bool = False
+                 ) -> Qwen3Encoder:
     """Build the encoder of ``ckpt`` on ``device`` with weights in ``dtype``; ``linear``: see
-    :func:`build_encoder`."""
+    :func:`build_encoder`; ``keep_blocks``: a GGUF file's quantised matrices reach it (and the
+    embedding table) as their blocks, not dequantised."""
 
-    def tensors() -> Iterator[tuple[str, torch.Tensor]]:
+    def tensors() -> Iterator[tuple[str, torch.Tensor | QuantTensor]]:
         if ckpt.format == "gguf":  # matrices dequantised into ``dtype`` as they are read
             from smysl.qwen3.gguf import read_tensors
 
-            yield from read_tensors(ckpt.root, dtype)
+            yield from read_tensors(ckpt.root, dtype, keep_blocks)
             return
         for path in ckpt.weights:
             yield from read_safetensors(path)
@@ -117,24 +120,42 @@ def load_encoder(ckpt: Checkpoint, device: torch.device, dtype: torch.dtype,
         raise ValueError(str(e) if str(e).startswith(where) else f"{where}: {e}") from None
 
 
-def build_encoder(config: dict[str, Any], tensors: Iterable[tuple[str, torch.Tensor]],
+#: What :func:`build_encoder` calls to make each linear layer from its (fused) weight.
+LinearFactory = Callable[[torch.Tensor | QuantTensor], nn.Module]
+
+
+def _join(parts: list[torch.Tensor | QuantTensor], dtype: torch.dtype
+          ) -> torch.Tensor | QuantTensor:
+    """Row-wise concatenation of a fused weight's parts: as blocks when they share one
+    quantised type, else as ``dtype`` tensors (parts of other types dequantised)."""
+    quant = [p for p in parts if isinstance(p, QuantTensor)]
+    if len(quant) == len(parts) and len({p.kind for p in quant}) == 1:
+        return QuantTensor.cat(quant)
+    return torch.cat([p.dequantize(dtype) if isinstance(p, QuantTensor) else p for p in parts])
+
+
+def build_encoder(config: dict[str, Any],
+                  tensors: Iterable[tuple[str, torch.Tensor | QuantTensor]],
                   device: torch.device, dtype: torch.dtype,
-                  linear: Callable[[torch.Tensor], nn.Module] | None = None) -> Qwen3Encoder:
+                  linear: LinearFactory | None = None) -> Qwen3Encoder:
     """Build an encoder from a config dict and (name, tensor) pairs in checkpoint naming
     (``[model.]layers.N.self_attn.q_proj.weight`` ...), e.g. a transformers state dict.
 
     ``linear``: builds the module that replaces each linear layer from its (fused) ``dtype``
     weight as soon as that weight is complete, e.g. :class:`~smysl.qwen3.quantize.Int8Linear`:
     quantised layers are made while loading, so the peak is the quantised model plus one
-    layer's float weights, never the whole float model."""
+    layer's float weights, never the whole float model. A :class:`QuantTensor` (GGUF blocks)
+    goes to ``linear`` as it is (parts of a fused weight of one type are joined as blocks);
+    as the embedding table it becomes a :class:`~smysl.qwen3.quantize.QuantEmbedding`;
+    anywhere else it is dequantised."""
     cfg = Qwen3Config.from_dict(config)
     with torch.device("meta"):
         model = Qwen3Encoder(cfg)
     params = dict(model.named_parameters())
-    pending: dict[str, dict[int, torch.Tensor]] = defaultdict(dict)
+    pending: dict[str, dict[int, torch.Tensor | QuantTensor]] = defaultdict(dict)
     loaded: set[str] = set()
 
-    def assign(name: str, tensor: torch.Tensor) -> None:
+    def assign(name: str, tensor: torch.Tensor | QuantTensor) -> None:
         if name not in params:
             raise ValueError(f"unexpected weight {name!r}")
         if tuple(tensor.shape) != tuple(params[name].shape):
@@ -142,10 +163,16 @@ def build_encoder(config: dict[str, Any], tensors: Iterable[tuple[str, torch.Ten
                              f"{tuple(params[name].shape)}")
         mod_name, _, attr = name.rpartition(".")
         module = model.get_submodule(mod_name)
+        parent, _, child = mod_name.rpartition(".")
         if linear is not None and isinstance(module, Linear):
-            parent, _, child = mod_name.rpartition(".")
             setattr(model.get_submodule(parent), child, linear(tensor))
+        elif isinstance(tensor, QuantTensor) and name == "embed_tokens.weight":
+            from smysl.qwen3.quantize import QuantEmbedding
+
+            model.embed_tokens = QuantEmbedding(tensor, torch.float32)  # type: ignore[assignment]
         else:
+            if isinstance(tensor, QuantTensor):
+                tensor = tensor.dequantize(dtype)
             module._parameters[attr] = nn.Parameter(tensor, requires_grad=False)
         loaded.add(name)
 
@@ -157,10 +184,12 @@ def build_encoder(config: dict[str, Any], tensors: Iterable[tuple[str, torch.Ten
         # half-precision embedding table stays as stored when computing in float32: the rows
         # it gives widen exactly, at half the memory (the 8B's table: 1.2 GB instead of 2.5).
         want = torch.float32 if name.endswith("norm.weight") else dtype
-        if name == "embed_tokens.weight" and dtype == torch.float32 and raw.dtype in (
-                torch.bfloat16, torch.float16):
-            want = raw.dtype
-        tensor = raw.to(device=device, dtype=want)
+        tensor: torch.Tensor | QuantTensor = raw
+        if isinstance(raw, torch.Tensor):
+            if name == "embed_tokens.weight" and dtype == torch.float32 and raw.dtype in (
+                    torch.bfloat16, torch.float16):
+                want = raw.dtype
+            tensor = raw.to(device=device, dtype=want)
         m = _LAYER_KEY.match(name)
         if m and m.group(2) in _PART_OF:
             fused, idx = _PART_OF[m.group(2)]
@@ -168,7 +197,7 @@ def build_encoder(config: dict[str, Any], tensors: Iterable[tuple[str, torch.Ten
             pending[full][idx] = tensor
             if len(pending[full]) == len(_FUSED[fused]):
                 parts = pending.pop(full)
-                assign(full, torch.cat([parts[i] for i in range(len(parts))]))
+                assign(full, _join([parts[i] for i in range(len(parts))], dtype))
             continue
         assign(name, tensor)
     missing = sorted(set(params) - loaded) + sorted(pending)

@@ -203,17 +203,17 @@ class Plan(Protocol):
 
 
 class AttentionPlan:
-    """The CPU plan: SDPA over groups of sequences.
+    """The CPU plan: SDPA's fused ``is_causal`` kernel (no L x L matrix) over groups of
+    sequences of equal length.
 
-    Sequences are grouped so that right-padding a group to its longest member wastes at most
-    ``waste``; a right-padded causal batch needs no extra mask (real queries never see later
-    padding), so every group runs through SDPA's fused ``is_causal`` kernel, which never builds
-    an L x L matrix. By default only equal lengths are grouped (``waste=1``): the fused kernel's
-    row reductions change with the padded width, and exact grouping keeps a text's vector
-    bit-identical whatever batch it arrives in. Extra calls cost nothing next to CPU matmuls.
+    Only equal lengths share a group: right-padding would need no mask (a causal query never
+    sees later positions), but the kernel's row reductions change with the padded width, and
+    exact grouping keeps a text's vector bit-identical whatever batch it arrives in. Extra
+    calls cost nothing next to CPU matmuls. Equal lengths that are not contiguous in the
+    stream are gathered into a ``[B, L]`` batch and scattered back.
     """
 
-    def __init__(self, lengths: list[int], device: torch.device, waste: float = 1.0) -> None:
+    def __init__(self, lengths: list[int], device: torch.device) -> None:
         self.lengths = lengths
         starts = [0]
         for n in lengths:
@@ -221,19 +221,11 @@ class AttentionPlan:
         self.starts = starts
         self.total = starts[-1]
         self.device = device
-        order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
-        self.groups: list[tuple[list[int], int, torch.Tensor | None, torch.Tensor | None]] = []
-        i = 0
-        while i < len(order):  # greedy: grow the group while padding stays within `waste`
-            j, real = i + 1, lengths[order[i]]
-            while j < len(order) and lengths[order[i]] * (j - i + 1) <= waste * (
-                real + lengths[order[j]]
-            ):
-                real += lengths[order[j]]
-                j += 1
-            members = order[i:j]
-            self.groups.append((members, lengths[order[i]], *self._indices(members)))
-            i = j
+        by_length: dict[int, list[int]] = {}
+        for i in sorted(range(len(lengths)), key=lambda i: -lengths[i]):
+            by_length.setdefault(lengths[i], []).append(i)
+        self.groups = [(members, n, *self._indices(members))
+                       for n, members in by_length.items()]
 
     def _indices(self, members: list[int]) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         """(gather, dest) for a padded group; (None, None) when the group is a contiguous run of

@@ -1,4 +1,7 @@
-"""Int8 dynamic quantisation of the linear layers for CPU (fbgemm/x86 kernels).
+"""Quantised linear layers for CPU: int8 dynamic (fbgemm), and the int4 layers of
+``quantize="int4"`` (torch's weight-only int4/int8 kernels, bf16 activations).
+
+int8 dynamic (``quantize="int8"``):
 
 Weights are quantised once, symmetric per output channel; activations are quantised per call
 (per tensor, full 8-bit range). Norms, RoPE, attention and the residual stream stay float32.
@@ -16,6 +19,7 @@ import warnings
 import torch
 from torch import nn
 
+from smysl.qwen3.ggml_quants import Q4_K, QuantTensor, q4_k_groups
 from smysl.qwen3.model import pad_rows
 
 
@@ -43,3 +47,97 @@ def int8_linear() -> type[Int8Linear]:
     if "x86" in torch.backends.quantized.supported_engines:
         torch.backends.quantized.engine = "x86"
     return Int8Linear
+
+
+# ---------------------------------------------------------------------------- 4-bit weights
+#: Columns per int4 group: a Q4_K sub-block, and the smallest group torch's CPU kernel takes.
+GROUP = 32
+
+
+def int4_fits(shape: tuple[int, ...]) -> bool:
+    """Whether torch's CPU int4 kernel takes an ``[out, in]`` weight (out % 16, in % 32)."""
+    return len(shape) == 2 and shape[0] % 16 == 0 and shape[1] % GROUP == 0
+
+
+class Int4Linear(nn.Module):
+    """4-bit weights in groups of 32 input columns, ``w = (q - 8) * scale + zero`` per group
+    (torch's ``_weight_int4pack_mm_for_cpu``; scale and zero in bf16, activations bf16).
+
+    From a Q4_K GGUF tensor (:meth:`from_q4_k`) the groups are the file's own sub-blocks, so
+    only the bf16 rounding of each group's scale and zero is added; from float weights
+    (:meth:`from_float`) each group is quantised over its min..max.
+    """
+
+    def __init__(self, q: torch.Tensor, scale: torch.Tensor, mins: torch.Tensor) -> None:
+        """q [out, in] int in 0..15; scale, mins [out, in / 32]: ``w = scale * q - mins``."""
+        super().__init__()
+        self.out_features, self.in_features = q.shape
+        self.packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(q.to(torch.int32), 2)
+        zero = 8 * scale - mins  # the kernel's (q - 8) * scale + zero form
+        # [in / 32, out, 2]
+        self.scale_zero = torch.stack([scale.t(), zero.t()], -1).to(torch.bfloat16).contiguous()
+
+    @classmethod
+    def from_float(cls, w: torch.Tensor) -> Int4Linear:
+        g = w.float().reshape(w.shape[0], -1, GROUP)  # [out, groups, 32]
+        lo, hi = g.amin(-1), g.amax(-1)
+        scale = ((hi - lo) / 15).clamp_min(1e-12)
+        q = ((g - lo[..., None]) / scale[..., None]).round_().clamp_(0, 15)
+        return cls(q.reshape(w.shape).to(torch.int32), scale, -lo)
+
+    @classmethod
+    def from_q4_k(cls, t: QuantTensor) -> Int4Linear:
+        return cls(*q4_k_groups(t))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = torch.ops.aten._weight_int4pack_mm_for_cpu(pad_rows(x.to(torch.bfloat16)),
+                                                       self.packed, GROUP, self.scale_zero)
+        return y[: x.shape[0]]
+
+
+class Int8WeightLinear(nn.Module):
+    """8-bit weights, symmetric per output channel, bf16 activations (torch's
+    ``_weight_int8pack_mm``): the layers of a 4-bit model that are not 4-bit (Q6_K, Q5_K,
+    Q8_0 tensors, or shapes the int4 kernel does not take)."""
+
+    def __init__(self, w: torch.Tensor) -> None:
+        super().__init__()
+        w = w.float()
+        scales = (w.abs().amax(dim=1) / 127.0).clamp_min(1e-12)
+        self.weight_q = (w / scales[:, None]).round_().clamp_(-127, 127).to(torch.int8)
+        self.scales = scales.to(torch.bfloat16)
+        self.out_features, self.in_features = w.shape
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = torch.ops.aten._weight_int8pack_mm(pad_rows(x.to(torch.bfloat16)), self.weight_q,
+                                               self.scales)
+        return y[: x.shape[0]]
+
+
+def int4_linear(t: torch.Tensor | QuantTensor) -> nn.Module:
+    """The ``quantize="int4"`` layer for a (fused) float weight: 4-bit by group min/max where
+    the kernel takes the shape, else 8-bit weight-only."""
+    if isinstance(t, QuantTensor):
+        return gguf_linear(t)
+    return Int4Linear.from_float(t) if int4_fits(tuple(t.shape)) else Int8WeightLinear(t)
+
+
+def gguf_linear(t: torch.Tensor | QuantTensor) -> nn.Module:
+    """The ``quantize="int4"`` layer for a GGUF weight, never below the file's precision:
+    Q4_K blocks stay 4-bit as they are; anything else (Q6_K, Q8_0, F16, a fused weight of
+    mixed types) becomes 8-bit weight-only."""
+    if isinstance(t, QuantTensor) and t.kind == Q4_K and int4_fits(t.shape):
+        return Int4Linear.from_q4_k(t)
+    return Int8WeightLinear(t.dequantize() if isinstance(t, QuantTensor) else t)
+
+
+class QuantEmbedding(nn.Module):
+    """A GGUF embedding table kept as its blocks; a lookup dequantises the rows it needs."""
+
+    def __init__(self, table: QuantTensor, dtype: torch.dtype) -> None:
+        super().__init__()
+        self.table, self.dtype = table, dtype
+        self.num_embeddings = table.shape[0]
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.table.rows(ids.long(), self.dtype)

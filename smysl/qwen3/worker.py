@@ -14,7 +14,6 @@ engine with the same device, dtype and thread count.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import logging
 import multiprocessing as mp
 import signal
@@ -30,6 +29,7 @@ import numpy as np
 import torch
 
 from smysl.qwen3.engine import Engine, EngineConfig
+from smysl.qwen3.heap import keep_heap
 from smysl.qwen3.hub import Checkpoint
 
 log = logging.getLogger(__name__)
@@ -45,30 +45,6 @@ class EngineProcessError(RuntimeError):
     """The engine process could not start, or exited while in use."""
 
 
-#: glibc ``mallopt`` parameters and values for the engine process (see :func:`_keep_heap`).
-_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
-_TRIM_BYTES, _MMAP_BYTES = 256 << 20, 32 << 20
-
-
-def _keep_heap() -> None:
-    """Stop glibc from handing the forward pass's activations back to the OS after every batch.
-
-    Measured in the server's load test: with glibc's adaptive defaults the engine process took
-    ~9,000 fresh page faults per forward pass (36 MB of pages zeroed by the kernel each time),
-    0.65-0.83 s of system time in 8.4 s of compute; with fixed thresholds, 0.02 s. Freed memory
-    up to 256 MB stays in the heap for the next batch; peak memory is unchanged. Only this
-    process, which we own, is tuned; elsewhere (no glibc) it is a no-op.
-    """
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        ok = libc.mallopt(_M_MMAP_THRESHOLD, _MMAP_BYTES) and libc.mallopt(_M_TRIM_THRESHOLD,
-                                                                             _TRIM_BYTES)
-    except (OSError, AttributeError):
-        ok = False
-    if not ok:
-        log.debug("mallopt unavailable; the engine process keeps the allocator's defaults")
-
-
 def _child(conn: Connection, ckpt: Checkpoint, cfg: EngineConfig) -> None:
     """Child main: load, report the engine's shape, then answer forward requests until the
     parent sends ``None`` or goes away."""
@@ -78,7 +54,7 @@ def _child(conn: Connection, ckpt: Checkpoint, cfg: EngineConfig) -> None:
     # sends None or goes away.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    _keep_heap()
+    keep_heap()
     try:
         engine = Engine.from_checkpoint(ckpt, cfg)
     except BaseException as e:  # report any load failure to the parent, then exit

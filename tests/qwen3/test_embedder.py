@@ -136,6 +136,15 @@ def test_int8_close_to_fp32(tiny_dir: Path, tiny: LocalEmbedder) -> None:
     assert (a * b).sum(axis=1).min() >= 0.99
 
 
+def test_int4_close_to_fp32(tiny_dir: Path, tiny: LocalEmbedder) -> None:
+    q = Embedder.load(str(tiny_dir), device="cpu", quantize="int4")
+    assert q.info().quantization == "int4" and q.info().dtype == "bfloat16"
+    a, b = q.embed(TEXTS), tiny.embed(TEXTS)
+    assert np.isfinite(a).all() and (a * b).sum(axis=1).min() >= 0.98
+    with pytest.raises(ValueError, match="int4 quantisation runs on CPU with dtype bfloat16"):
+        Embedder.load(str(tiny_dir), device="cpu", dtype="float32", quantize="int4")
+
+
 @pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
 def test_half_precision_finite_and_close(tiny_dir: Path, tiny: LocalEmbedder, dtype: str) -> None:
     h = Embedder.load(str(tiny_dir), device="cpu", dtype=dtype)
@@ -146,7 +155,7 @@ def test_half_precision_finite_and_close(tiny_dir: Path, tiny: LocalEmbedder, dt
 
 def test_engine_config_errors(tiny_dir: Path) -> None:
     with pytest.raises(ValueError, match="quantize"):
-        Embedder.load(str(tiny_dir), device="cpu", quantize="int4")
+        Embedder.load(str(tiny_dir), device="cpu", quantize="int2")
     with pytest.raises(ValueError, match="dtype"):
         Embedder.load(str(tiny_dir), device="cpu", dtype="float8")
     with pytest.raises(ValueError, match="int8"):

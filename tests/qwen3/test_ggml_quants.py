@@ -38,3 +38,37 @@ def test_dequantize_into_dtype_in_steps() -> None:
     assert torch.equal(f32, torch.from_numpy(gguf.quants.dequantize(raw, qtype)))
     bf16 = gq.dequantize(flat, int(qtype), (6, 512), torch.bfloat16, step=5)
     assert torch.equal(bf16, f32.to(torch.bfloat16))
+
+
+def test_int4_layer_from_q4_k_blocks_is_the_dequantised_weight() -> None:
+    """Issue 14: a Q4_K matrix kept 4-bit (its own 32-column groups) multiplies like its
+    dequantised weights, up to bf16 rounding of activations, group scales and outputs."""
+    from qwen_tiny import random_blocks
+
+    from smysl.qwen3.quantize import Int4Linear
+
+    qtype = gguf.GGMLQuantizationType.Q4_K
+    raw = random_blocks((64, 512), qtype, np.random.default_rng(2))
+    t = gq.QuantTensor(int(qtype), torch.from_numpy(raw.reshape(64, -1)), (64, 512))
+    w = torch.from_numpy(gguf.quants.dequantize(raw, qtype))
+    x = torch.randn(20, 512)
+    got = Int4Linear.from_q4_k(t)(x).float()
+    want = x @ w.t()
+    assert got.shape == (20, 64)
+    assert ((got - want).norm() / want.norm()) < 1e-2
+    assert torch.equal(t.dequantize(), w)
+    rows = torch.tensor([5, 0, 63])
+    assert torch.equal(t.rows(rows, torch.float32), w[rows])
+
+
+def test_int4_layer_from_float_weights() -> None:
+    from smysl.qwen3.quantize import Int4Linear, Int8WeightLinear, int4_fits, int4_linear
+
+    w, x = torch.randn(48, 96) * 0.02, torch.randn(7, 96)
+    want = x @ w.t()
+    for layer in (Int4Linear.from_float(w), Int8WeightLinear(w)):
+        got = layer(x).float()
+        cos = torch.nn.functional.cosine_similarity(got.flatten(), want.flatten(), dim=0)
+        assert cos > 0.99, type(layer).__name__
+    assert int4_fits((48, 96)) and not int4_fits((40, 96)) and not int4_fits((48, 80))
+    assert isinstance(int4_linear(torch.randn(40, 96)), Int8WeightLinear)

@@ -52,7 +52,7 @@ def test_errors_in_the_child_reach_the_caller(remote) -> None:  # type: ignore[n
 def test_a_bad_checkpoint_fails_at_start(tiny_dir: Path) -> None:
     ckpt = read_checkpoint(tiny_dir)
     with pytest.raises(ValueError, match="quantize"):
-        EngineProcess(ckpt, EngineConfig(device="cpu", quantize="int4"))
+        EngineProcess(ckpt, EngineConfig(device="cpu", quantize="int2"))
 
 
 def test_a_dead_child_is_a_clear_error_and_close_is_idempotent(tiny_dir: Path) -> None:
