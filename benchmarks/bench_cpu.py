@@ -1,4 +1,4 @@
-"""CPU benchmark: smysl fp32 / bf16 / int8 / auto vs sentence-transformers on the real 0.6B shape.
+"""CPU benchmark: smysl fp32 / bf16 / int8 / int4 / auto vs sentence-transformers, real 0.6B shape.
 
 Usage (from the repo root, after the README's dev install):
 
@@ -70,15 +70,16 @@ def flops_per_token(size: str, context: float) -> float:
 def matmul_gflops(dtype: str = "float32") -> float:
     """This machine's matmul rate on an MLP-shaped GEMM ([1024 tokens, 1024] x [1024, 6144], the
     0.6B shape's gate|up at the engine's slice size), torch, all threads: ``float32``,
-    ``bfloat16``, or ``int8`` (the dynamic int8 linear the engine's int8 path runs)."""
+    ``bfloat16``, ``int8`` (the dynamic int8 linear the engine's int8 path runs) or ``int4``
+    (the 4-bit layer of ``quantize="int4"``, bf16 activations)."""
     import torch
 
     m, k, n = 1024, 1024, 6144
     a, w = torch.randn(m, k), torch.randn(n, k) * 0.02
-    if dtype == "int8":
-        from smysl.qwen3.quantize import Int8Linear
+    if dtype in ("int8", "int4"):
+        from smysl.qwen3.quantize import Int4Linear, Int8Linear
 
-        lin = Int8Linear(w)
+        lin = Int8Linear(w) if dtype == "int8" else Int4Linear.from_float(w)
 
         def step() -> object:
             return lin(a)
@@ -116,9 +117,10 @@ def run_system(system: str, ckpt: Path, texts: list[str], out: Path,
     else:
         from smysl import Embedder
 
-        dtype = {"fp32": "float32", "int8": "float32", "bf16": "bfloat16"}.get(system, "auto")
+        dtype = {"fp32": "float32", "int8": "float32", "bf16": "bfloat16",
+                 "int4": "bfloat16"}.get(system, "auto")
         emb = Embedder.load(str(ckpt), device="cpu", dtype=dtype,
-                            quantize="int8" if system == "int8" else None,
+                            quantize=system if system in ("int8", "int4") else None,
                             max_batch_tokens=batch_tokens)
 
         def embed(x: list[str]) -> np.ndarray:
@@ -133,7 +135,7 @@ def run_system(system: str, ckpt: Path, texts: list[str], out: Path,
     np.save(out, vecs)
     return {"system": system, "load_s": load_s, "embed_s": secs, "rss_loaded_mib": rss_loaded,
             "peak_rss_mib": peak_mib(), "threads": torch.get_num_threads(),
-            "gemm": "int8" if system == "int8" else chosen}
+            "gemm": system if system in ("int8", "int4") else chosen}
 
 
 def run_memory(ckpt: Path, n_tokens: int) -> dict:
@@ -210,7 +212,7 @@ def main() -> None:
     lengths = [len(e.ids) for e in tok.encode_batch(texts)]
     n_tok = sum(lengths)
     ctx = sum(n * n / 2 for n in lengths) / n_tok  # mean causal context per token
-    gemm = {d: matmul_gflops(d) for d in ("float32", "bfloat16", "int8")}
+    gemm = {d: matmul_gflops(d) for d in ("float32", "bfloat16", "int8", "int4")}
     print(f"corpus: {len(texts)} texts, {n_tok} tokens (min {min(lengths)}, max {max(lengths)})")
     print("GEMM rate, [1024,1024]x[1024,6144]: " +
           ", ".join(f"{d} {g:.1f} GFLOP/s" for d, g in gemm.items()))

@@ -137,6 +137,11 @@ class QuantTensor:
         blocks = self.data[index].reshape(-1, BLOCKS[self.kind][1])
         return DEQUANTIZE[self.kind](blocks).view(len(index), self.shape[1]).to(dtype)
 
+    def slice_rows(self, start: int, stop: int) -> QuantTensor:
+        """Rows ``start:stop`` (a view of the same blocks)."""
+        data = self.data[start:stop]
+        return QuantTensor(self.kind, data, (data.shape[0], self.shape[1]))
+
     @staticmethod
     def cat(parts: list[QuantTensor]) -> QuantTensor:
         """Row-wise concatenation of same-type matrices (a fused q|k|v or gate|up)."""

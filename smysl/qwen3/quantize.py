@@ -15,6 +15,7 @@ near-extreme products and is rarer than the precision lost to a 7-bit range.
 from __future__ import annotations
 
 import warnings
+from collections.abc import Iterable, Iterator
 
 import torch
 from torch import nn
@@ -52,6 +53,8 @@ def int8_linear() -> type[Int8Linear]:
 # ---------------------------------------------------------------------------- 4-bit weights
 #: Columns per int4 group: a Q4_K sub-block, and the smallest group torch's CPU kernel takes.
 GROUP = 32
+#: Rows packed at a time (a multiple of the kernel's 64-row blocks).
+PACK_ROWS = 2048
 
 
 def int4_fits(shape: tuple[int, ...]) -> bool:
@@ -68,26 +71,40 @@ class Int4Linear(nn.Module):
     (:meth:`from_float`) each group is quantised over its min..max.
     """
 
-    def __init__(self, q: torch.Tensor, scale: torch.Tensor, mins: torch.Tensor) -> None:
-        """q [out, in] int in 0..15; scale, mins [out, in / 32]: ``w = scale * q - mins``."""
+    def __init__(self, chunks: Iterable[tuple[torch.Tensor, torch.Tensor, torch.Tensor]],
+                 shape: tuple[int, int]) -> None:
+        """``chunks``: (q [rows, in] int in 0..15, scale and mins [rows, in / 32]) for
+        consecutive row ranges of :data:`PACK_ROWS` (the last may be shorter), ``w = scale * q
+        - mins``. The kernel packs blocks of 64 rows independently, so packing chunk by chunk
+        is packing the whole, with one chunk's int32 codes in memory instead of the layer's
+        (a gate|up of the 8B: 32 MB instead of 400 MB)."""
         super().__init__()
-        self.out_features, self.in_features = q.shape
-        self.packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(q.to(torch.int32), 2)
-        zero = 8 * scale - mins  # the kernel's (q - 8) * scale + zero form
-        # [in / 32, out, 2]
-        self.scale_zero = torch.stack([scale.t(), zero.t()], -1).to(torch.bfloat16).contiguous()
+        self.out_features, self.in_features = shape
+        packed, scale_zero = [], []
+        for q, scale, mins in chunks:
+            packed.append(torch.ops.aten._convert_weight_to_int4pack_for_cpu(
+                q.to(torch.int32), 2))
+            zero = 8 * scale - mins  # the kernel's (q - 8) * scale + zero form
+            scale_zero.append(torch.stack([scale.t(), zero.t()], -1).to(torch.bfloat16))
+        self.packed = torch.cat(packed)
+        self.scale_zero = torch.cat(scale_zero, 1).contiguous()  # [in / 32, out, 2]
 
     @classmethod
     def from_float(cls, w: torch.Tensor) -> Int4Linear:
-        g = w.float().reshape(w.shape[0], -1, GROUP)  # [out, groups, 32]
-        lo, hi = g.amin(-1), g.amax(-1)
-        scale = ((hi - lo) / 15).clamp_min(1e-12)
-        q = ((g - lo[..., None]) / scale[..., None]).round_().clamp_(0, 15)
-        return cls(q.reshape(w.shape).to(torch.int32), scale, -lo)
+        def chunks() -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+            for a in range(0, w.shape[0], PACK_ROWS):
+                g = w[a : a + PACK_ROWS].float().reshape(-1, w.shape[1] // GROUP, GROUP)
+                lo, hi = g.amin(-1), g.amax(-1)
+                scale = ((hi - lo) / 15).clamp_min(1e-12)
+                q = ((g - lo[..., None]) / scale[..., None]).round_().clamp_(0, 15)
+                yield q.reshape(-1, w.shape[1]), scale, -lo
+
+        return cls(chunks(), (w.shape[0], w.shape[1]))
 
     @classmethod
     def from_q4_k(cls, t: QuantTensor) -> Int4Linear:
-        return cls(*q4_k_groups(t))
+        return cls((q4_k_groups(t.slice_rows(a, a + PACK_ROWS))
+                    for a in range(0, t.shape[0], PACK_ROWS)), t.shape)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = torch.ops.aten._weight_int4pack_mm_for_cpu(pad_rows(x.to(torch.bfloat16)),
@@ -100,13 +117,20 @@ class Int8WeightLinear(nn.Module):
     ``_weight_int8pack_mm``): the layers of a 4-bit model that are not 4-bit (Q6_K, Q5_K,
     Q8_0 tensors, or shapes the int4 kernel does not take)."""
 
-    def __init__(self, w: torch.Tensor) -> None:
+    def __init__(self, w: torch.Tensor | QuantTensor) -> None:
+        """``w``: a float weight, or GGUF blocks (dequantised :data:`PACK_ROWS` rows at a
+        time, so a float copy of the whole layer never exists)."""
         super().__init__()
-        w = w.float()
-        scales = (w.abs().amax(dim=1) / 127.0).clamp_min(1e-12)
-        self.weight_q = (w / scales[:, None]).round_().clamp_(-127, 127).to(torch.int8)
-        self.scales = scales.to(torch.bfloat16)
         self.out_features, self.in_features = w.shape
+        self.weight_q = torch.empty(w.shape, dtype=torch.int8)
+        scales = torch.empty(w.shape[0])
+        for a in range(0, w.shape[0], PACK_ROWS):
+            rows = (w.slice_rows(a, a + PACK_ROWS).dequantize() if isinstance(w, QuantTensor)
+                    else w[a : a + PACK_ROWS].float())
+            s = (rows.abs().amax(dim=1) / 127.0).clamp_min(1e-12)
+            self.weight_q[a : a + PACK_ROWS] = (rows / s[:, None]).round_().clamp_(-127, 127)
+            scales[a : a + PACK_ROWS] = s
+        self.scales = scales.to(torch.bfloat16)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = torch.ops.aten._weight_int8pack_mm(pad_rows(x.to(torch.bfloat16)), self.weight_q,
@@ -128,7 +152,7 @@ def gguf_linear(t: torch.Tensor | QuantTensor) -> nn.Module:
     mixed types) becomes 8-bit weight-only."""
     if isinstance(t, QuantTensor) and t.kind == Q4_K and int4_fits(t.shape):
         return Int4Linear.from_q4_k(t)
-    return Int8WeightLinear(t.dequantize() if isinstance(t, QuantTensor) else t)
+    return Int8WeightLinear(t)
 
 
 class QuantEmbedding(nn.Module):

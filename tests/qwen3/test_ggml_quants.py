@@ -72,3 +72,21 @@ def test_int4_layer_from_float_weights() -> None:
         assert cos > 0.99, type(layer).__name__
     assert int4_fits((48, 96)) and not int4_fits((40, 96)) and not int4_fits((48, 80))
     assert isinstance(int4_linear(torch.randn(40, 96)), Int8WeightLinear)
+
+
+def test_int4_layers_packed_in_row_chunks_equal_one_pack(monkeypatch: pytest.MonkeyPatch
+                                                         ) -> None:
+    """The int4 kernel packs 64-row blocks independently: building a layer chunk by chunk
+    (bounded memory) gives the very layer one pack gives."""
+    from qwen_tiny import random_blocks
+
+    from smysl.qwen3 import quantize
+
+    qtype = gguf.GGMLQuantizationType.Q4_K
+    raw = random_blocks((208, 256), qtype, np.random.default_rng(3))
+    t = gq.QuantTensor(int(qtype), torch.from_numpy(raw.reshape(208, -1)), (208, 256))
+    w, x = torch.randn(208, 256) * 0.02, torch.randn(9, 256)
+    whole = [quantize.Int4Linear.from_q4_k(t)(x), quantize.Int4Linear.from_float(w)(x)]
+    monkeypatch.setattr(quantize, "PACK_ROWS", 64)
+    chunked = [quantize.Int4Linear.from_q4_k(t)(x), quantize.Int4Linear.from_float(w)(x)]
+    assert all(torch.equal(a, b) for a, b in zip(whole, chunked, strict=True))
