@@ -166,8 +166,7 @@ class Engine:
     alive: bool = True
 
     def __init__(self, model: Qwen3Encoder, device: torch.device, dtype: torch.dtype,
-                 quantization: str | None = None, parameters: int | None = None,
-                 cuda_graphs: int = 0) -> None:
+                 quantization: str | None = None, cuda_graphs: int = 0) -> None:
         self.model = model
         self.device = device
         self.dtype = dtype
@@ -176,8 +175,8 @@ class Engine:
         self.hidden_size = cfg.hidden_size
         self.vocab_rows = cfg.vocab_size
         self.max_positions = cfg.max_position_embeddings
-        # counted before quantisation by from_checkpoint (int8 layers hide their weights)
-        self.parameters = parameters or sum(p.numel() for p in model.parameters())
+        # from the config: quantised layers hold no float parameters
+        self.parameters = cfg.parameters
         self.chunk = chunk_tokens(device.type, cfg.intermediate_size)
         self._lock = threading.Lock()  # one forward at a time: threads would oversubscribe
         self._cuda: Runner | None = None
@@ -205,7 +204,7 @@ class Engine:
         with loading():
             model = load_encoder(ckpt, device, dtype, linear,
                                  keep_blocks=cfg.quantize == "int4")
-        return cls(model, device, dtype, cfg.quantize, model.cfg.parameters, cfg.cuda_graphs)
+        return cls(model, device, dtype, cfg.quantize, cfg.cuda_graphs)
 
     def forward(self, batch: list[list[int]]) -> np.ndarray:
         """One forward pass: token-id sequences -> float32 ``[len(batch), hidden]`` pooled rows.
