@@ -312,7 +312,9 @@ def gguf_writer(cfg: dict, out: Path, *, name: str, ftype: str = "F16", tokenize
     w.add_key_length(cfg["head_dim"])
     w.add_value_length(cfg["head_dim"])
     if pooling is not None:
-        w.add_int32(f"{arch}.pooling_type", pooling)  # llama.cpp reads it as int32 (-1 = unset)
+        # u32, as gguf-py's add_pooling_type writes it and llama.cpp requires (it refuses an
+        # i32); -1 (unset) wraps around, as old conversions stored it
+        w.add_uint32(f"{arch}.pooling_type", pooling & 0xFFFFFFFF)
     if tokenizer:
         tokens, types, merges = gguf_vocab(cfg["vocab_size"])
         w.add_tokenizer_model("gpt2")
