@@ -147,9 +147,9 @@ def int4_linear(t: torch.Tensor | QuantTensor) -> nn.Module:
 
 
 def gguf_linear(t: torch.Tensor | QuantTensor) -> nn.Module:
-    """The ``quantize="int4"`` layer for a GGUF weight, never below the file's precision:
-    Q4_K blocks stay 4-bit as they are; anything else (Q6_K, Q8_0, F16, a fused weight of
-    mixed types) becomes 8-bit weight-only."""
+    """The ``quantize="int4"`` layer for a GGUF weight: Q4_K blocks stay 4-bit as they are;
+    anything else (Q8_0, Q6_K, Q5_K, Q3_K, F16, a fused weight of mixed types) becomes 8-bit
+    weight-only, never re-quantised to 4 bits."""
     if isinstance(t, QuantTensor) and t.kind == Q4_K and int4_fits(t.shape):
         return Int4Linear.from_q4_k(t)
     return Int8WeightLinear(t)

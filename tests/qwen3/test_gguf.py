@@ -217,7 +217,7 @@ def test_k_quant_gguf_equals_its_dequantised_weights(wide: Path, tmp_path: Path,
 def test_q4_k_m_like_gguf_kept_4_bit(wide: Path, tmp_path: Path, texts: list[str]) -> None:
     """Issue 14: ``quantize="int4"`` keeps a Q4_K_M-like file's Q4_K matrices as 4-bit layers
     and its embedding table as blocks; Q6_K/Q8_0 tensors, and a fused q|k|v whose v is Q6_K,
-    become 8-bit weight-only layers (never below the file's precision); its vectors stay
+    become 8-bit weight-only layers (never re-quantised to 4 bits); its vectors stay
     close to the exact dequantisation of the same file."""
     from smysl.qwen3.quantize import Int4Linear, Int8WeightLinear, QuantEmbedding
 
