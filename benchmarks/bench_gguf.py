@@ -90,7 +90,8 @@ def main() -> None:
     del ref
     print(f"{args.size}: {len(texts)} texts, {n_tok} tokens, {args.threads} threads; cosine to "
           "fp32 of the unquantised weights\n")
-    print("| file | system | tokens/s | min cosine | mean cosine |\n|---|---|---|---|---|")
+    print("| file | system | tokens/s | min cosine | mean cosine | min cosine to llama.cpp |\n"
+          "|---|---|---|---|---|---|")
     for kind in ["F16", *args.types.split(",")]:
         path = f16 if kind == "F16" else quantize(f16, work / f"qwen3-{args.size}-{kind}.gguf",
                                                    kind, args.threads)
@@ -104,10 +105,12 @@ def main() -> None:
                 continue
             v, s = smysl_vectors(str(path), texts, args.threads, **opts)
             runs.append((label, v, s))
+        llama = runs[0][1]
         for label, v, s in runs:
             cos = (v * want).sum(axis=1)
-            print(f"| {kind} | {label} | {n_tok / s:,.1f} | {cos.min():.5f} | {cos.mean():.5f} |",
-                  flush=True)
+            to_llama = (v * llama).sum(axis=1).min()
+            print(f"| {kind} | {label} | {n_tok / s:,.1f} | {cos.min():.5f} | {cos.mean():.5f} | "
+                  f"{to_llama:.5f} |", flush=True)
 
 
 if __name__ == "__main__":
