@@ -105,7 +105,7 @@ def load_encoder(ckpt: Checkpoint, device: torch.device, dtype: torch.dtype,
     embedding table) as their blocks, not dequantised."""
 
     def tensors() -> Iterator[tuple[str, torch.Tensor | QuantTensor]]:
-        if ckpt.format == "gguf":  # matrices dequantised into ``dtype`` as they are read
+        if ckpt.format == "gguf":  # matrices dequantised into ``dtype`` (or kept) as read
             from smysl.qwen3.gguf import read_tensors
 
             yield from read_tensors(ckpt.root, dtype, keep_blocks)
