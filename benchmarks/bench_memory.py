@@ -14,17 +14,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-
-def _peak_mib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+from bench_cpu import peak_mib
 
 
 def child(model: str, case: str, tokens: int, threads: int) -> None:
@@ -35,14 +31,14 @@ def child(model: str, case: str, tokens: int, threads: int) -> None:
     opts = {"quantize": case} if case in ("int8", "int4") else {"dtype": case}
     t0 = time.perf_counter()
     e = Embedder.load(model, device="cpu", threads=threads, **opts)
-    load_s, load_peak = time.perf_counter() - t0, _peak_mib()
+    load_s, load_peak = time.perf_counter() - t0, peak_mib()
     ids = [[(i * 7919) % 150000 for i in range(tokens - 1)]]
     t0 = time.perf_counter()
     v = e.embed_token_ids(ids)
     secs = time.perf_counter() - t0
     print(json.dumps({"case": case, "dtype": e.info().dtype, "quantization": e.info().quantization,
                       "load_s": load_s, "load_peak_mib": load_peak, "embed_s": secs,
-                      "tok_s": tokens / secs, "peak_mib": _peak_mib(),
+                      "tok_s": tokens / secs, "peak_mib": peak_mib(),
                       "finite": bool(np.isfinite(v).all())}))
 
 

@@ -12,11 +12,10 @@ from pathlib import Path
 # The embedding tokenizer and sentence-transformers files are built the same way as the tests'
 # fixtures: one definition, in tests/qwen_tiny.py.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from qwen_tiny import embedding_tokenizer_json, write_st_files
+# SHARED: ../shared beside the checkout, or a copy inside it (the GPU machine gets only that)
+from qwen_tiny import SHARED, embedding_tokenizer_json, write_st_files
 
 ROOT = Path(__file__).resolve().parents[1]
-#: ../shared beside the checkout, or a copy inside it (the GPU machine gets only the checkout)
-SHARED = ROOT / "shared" if (ROOT / "shared").is_dir() else ROOT.parent / "shared"
 TOKENIZER = SHARED / "qwen3-tokenizer"
 DATASETS = SHARED / "datasets"
 

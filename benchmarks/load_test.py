@@ -39,9 +39,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from common import ROOT, SHARED
 
-ROOT = Path(__file__).resolve().parents[1]
-SHARED = ROOT / "shared" if (ROOT / "shared").is_dir() else ROOT.parent / "shared"
 APIS = ("openai-float", "openai-base64", "ollama", "tei")
 
 #: Random checkpoint shapes: (hidden, layers, heads, kv heads, head dim, intermediate).

@@ -22,20 +22,15 @@ def free_port() -> int:
 
 
 @contextmanager
-def live_server(embedder: BaseEmbedder | None, reranker: Any = None, **config: Any
-                ) -> Iterator[str]:
-    """Run the app (the embedder and/or a reranker, as ``create_app`` takes them) under uvicorn
-    on a free loopback port in a thread; yields the base URL."""
-    pytest.importorskip("fastapi")
-    pytest.importorskip("prometheus_client")
+def uvicorn_thread(app: Any, port: int, *, grace_s: float = 10, log_level: str = "warning"
+                   ) -> Iterator[tuple[Any, threading.Thread]]:
+    """Run ``app`` under uvicorn on 127.0.0.1:``port`` in a thread; yields (the uvicorn
+    ``Server``, its thread). Tests of shutdown set ``server.should_exit`` themselves (what
+    SIGTERM does); the server is stopped on exit either way."""
     import uvicorn
 
-    from smysl.server import ServerConfig, create_app
-
-    cfg = ServerConfig(host="127.0.0.1", port=free_port(), **config)
-    app = create_app(embedder, cfg, reranker=reranker)
-    server = uvicorn.Server(uvicorn.Config(app, host=cfg.host, port=cfg.port, log_level="warning",
-                                           timeout_graceful_shutdown=10))
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level=log_level,
+                                           timeout_graceful_shutdown=grace_s))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 20
@@ -44,7 +39,21 @@ def live_server(embedder: BaseEmbedder | None, reranker: Any = None, **config: A
             raise RuntimeError("uvicorn did not start")
         time.sleep(0.02)
     try:
-        yield f"http://{cfg.host}:{cfg.port}"
+        yield server, thread
     finally:
         server.should_exit = True
         thread.join(timeout=20)
+
+
+@contextmanager
+def live_server(embedder: BaseEmbedder | None, reranker: Any = None, **config: Any
+                ) -> Iterator[str]:
+    """Run the app (the embedder and/or a reranker, as ``create_app`` takes them) under uvicorn
+    on a free loopback port in a thread; yields the base URL."""
+    pytest.importorskip("fastapi")
+    pytest.importorskip("prometheus_client")
+    from smysl.server import ServerConfig, create_app
+
+    cfg = ServerConfig(host="127.0.0.1", port=free_port(), **config)
+    with uvicorn_thread(create_app(embedder, cfg, reranker=reranker), cfg.port):
+        yield f"http://{cfg.host}:{cfg.port}"

@@ -361,7 +361,7 @@ def write_gguf(src: Path, out: Path, *, ftype: str = "F16", tokenizer: bool = Tr
     w = gguf_writer(cfg, out, name=src.name, ftype=ftype, tokenizer=tokenizer, add_eos=add_eos,
                     pooling=pooling, arch=arch)
     rng = np.random.default_rng(0)
-    held = {}
+    held = {}  # what the file holds, as float32 (only for dequantized_to)
     for key, t in state.items():
         gname = names.get_name(key, try_suffixes=(".weight",))
         if gname is None:
@@ -372,14 +372,16 @@ def write_gguf(src: Path, out: Path, *, ftype: str = "F16", tokenizer: bool = Tr
         if qtype in (gguf.GGMLQuantizationType.F32, gguf.GGMLQuantizationType.F16):
             packed = gguf.quants.quantize(data, qtype)
             w.add_tensor(gname, packed)
-            held[key] = packed.astype(np.float32)
+            if dequantized_to is not None:
+                held[key] = packed.astype(np.float32)
             continue
         try:
             packed = gguf.quants.quantize(data, qtype)
         except NotImplementedError:  # K-quants: only llama.cpp's C quantizer makes them
             packed = random_blocks(data.shape, qtype, rng)
         w.add_tensor(gname, packed, raw_dtype=qtype)
-        held[key] = gguf.quants.dequantize(packed, qtype).reshape(data.shape)
+        if dequantized_to is not None:
+            held[key] = gguf.quants.dequantize(packed, qtype).reshape(data.shape)
     w.write_header_to_file()
     w.write_kv_data_to_file()
     w.write_tensors_to_file()

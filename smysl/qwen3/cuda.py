@@ -226,11 +226,10 @@ class Runner:
     """
 
     def __init__(self, model: Qwen3Encoder, device: torch.device, dtype: torch.dtype,
-                 chunk: int, graphs: int, warm_tokens: int) -> None:
+                 chunk: int, graphs: int) -> None:
         self.model, self.device, self.chunk = model, device, chunk
         self.attn = varlen_fn(dtype)
         self.graphs: Graphs | None = None
-        self.warm_up(warm_tokens)
         if graphs:
             g = Graphs(model, device, dtype, graphs, chunk)
             try:
@@ -241,17 +240,6 @@ class Runner:
             else:
                 self.graphs = g
                 log.info("captured CUDA graphs for %s tokens in %.2f s", g.sizes, g.capture_s)
-
-    def warm_up(self, tokens: int) -> None:
-        """Eager passes at full and mid batch size at load: the first real batches would
-        otherwise pay for cuBLAS loading the kernels of large-M shapes and for the allocator's
-        first cudaMalloc of every activation block (the first pass ran at 0.86x of warm)."""
-        t0 = time.perf_counter()
-        for n, length in ((tokens, 512), (tokens // 8, 100)):
-            if n >= length:
-                self.launch([[0] * length] * (n // length))()
-        log.info("CUDA warm-up of %d-token batches in %.2f s", tokens,
-                 time.perf_counter() - t0)
 
     @property
     def graph_sizes(self) -> list[int]:

@@ -183,8 +183,7 @@ class Engine:
         if device.type == "cuda":
             from smysl.qwen3.cuda import Runner
 
-            self._cuda = Runner(model, device, dtype, self.chunk, cuda_graphs,
-                                BATCH_TOKENS["cuda"])
+            self._cuda = Runner(model, device, dtype, self.chunk, cuda_graphs)
         self.cuda_graphs = self._cuda.graph_sizes if self._cuda else []
 
     @classmethod

@@ -87,18 +87,12 @@ def test_serve_exits_when_the_engine_restarts_are_exhausted(tiny_dir) -> None:  
 def test_requests_cut_off_at_shutdown_get_json_503() -> None:
     """issue 11 item 8: requests still running when the grace period ends used to get
     uvicorn's plain-text 500; now each API's JSON error shape, 503."""
-    import uvicorn
+    from live_http import uvicorn_thread
 
     backend = HashEmbedder()
     backend.gate.clear()
     port = free_port()
     app = create_app(backend, ServerConfig(port=port, max_wait_ms=0))
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="critical",
-                                           timeout_graceful_shutdown=1))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    while not server.started:
-        time.sleep(0.02)
     results: dict[str, httpx.Response] = {}
     calls = [("openai", "/v1/embeddings", {"input": "a"}), ("ollama", "/api/embed",
                                                            {"input": "b"}),
@@ -107,20 +101,21 @@ def test_requests_cut_off_at_shutdown_get_json_503() -> None:
     def call(name: str, path: str, body: dict[str, str]) -> None:
         results[name] = httpx.post(f"http://127.0.0.1:{port}{path}", json=body, timeout=30)
 
-    callers = [threading.Thread(target=call, args=c) for c in calls]
-    callers[0].start()
-    assert backend.entered.wait(10)
-    for c in callers[1:]:
-        c.start()
-    deadline = time.monotonic() + 10
-    while app.state.service.batcher.depth < 2:  # one computes (held), two queue
-        assert time.monotonic() < deadline
-        time.sleep(0.02)
-    server.should_exit = True  # SIGTERM; the held batch outlives the 1 s grace period
-    for c in callers:
-        c.join(20)
-    backend.gate.set()
-    thread.join(20)
+    with uvicorn_thread(app, port, grace_s=1, log_level="critical") as (server, thread):
+        callers = [threading.Thread(target=call, args=c) for c in calls]
+        callers[0].start()
+        assert backend.entered.wait(10)
+        for c in callers[1:]:
+            c.start()
+        deadline = time.monotonic() + 10
+        while app.state.service.batcher.depth < 2:  # one computes (held), two queue
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        server.should_exit = True  # SIGTERM; the held batch outlives the 1 s grace period
+        for c in callers:
+            c.join(20)
+        backend.gate.set()
+        thread.join(20)
     assert {k: r.status_code for k, r in results.items()} == {"openai": 503, "ollama": 503,
                                                               "tei": 503}
     assert results["openai"].json()["error"]["type"] == "server_error"

@@ -129,33 +129,28 @@ def test_plain_http_ollama_and_tei(live, tiny) -> None:  # type: ignore[no-untyp
 
 
 def test_graceful_shutdown_finishes_in_flight_request() -> None:
-    import uvicorn
+    from live_http import uvicorn_thread
 
     backend = HashEmbedder()
     backend.gate.clear()
     port = free_port()
     app = create_app(backend, ServerConfig(port=port))
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning",
-                                           timeout_graceful_shutdown=10))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    while not server.started:
-        time.sleep(0.02)
     result: dict[str, httpx.Response] = {}
 
     def call() -> None:
         result["r"] = httpx.post(f"http://127.0.0.1:{port}/embed", json={"inputs": "in flight"},
                                  timeout=30)
 
-    caller = threading.Thread(target=call)
-    caller.start()
-    assert backend.entered.wait(10)
-    server.should_exit = True  # what SIGTERM does
-    time.sleep(0.2)
-    backend.gate.set()
-    caller.join(20)
-    thread.join(20)
-    assert not thread.is_alive()
+    with uvicorn_thread(app, port) as (server, thread):
+        caller = threading.Thread(target=call)
+        caller.start()
+        assert backend.entered.wait(10)
+        server.should_exit = True  # what SIGTERM does
+        time.sleep(0.2)
+        backend.gate.set()
+        caller.join(20)
+        thread.join(20)
+        assert not thread.is_alive()
     assert result["r"].status_code == 200
     assert np.array_equal(np.array(result["r"].json(), np.float32), backend.embed(["in flight"]))
     with pytest.raises(httpx.ConnectError):  # and it really stopped
