@@ -19,6 +19,7 @@ from smysl.options import ModelOptions
 
 if TYPE_CHECKING:
     from smysl.base import BaseEmbedder
+    from smysl.rerank import BaseReranker
 
 #: ``factory(rest, options, **backend_kwargs) -> BaseEmbedder``
 Factory = Callable[..., "BaseEmbedder"]
@@ -129,6 +130,50 @@ def load(model: str, options: ModelOptions | None = None, **kwargs: Any) -> Base
     local = name == LOCAL and Path(model.strip()).exists()
     embedder.source = str(Path(model.strip()).resolve()) if local else model.strip()
     return embedder
+
+
+#: Reranker schemes: ``factory(rest, options, **backend_kwargs) -> BaseReranker``. A string
+#: without one of these schemes is a local Qwen3-Reranker (directory or Hub id).
+RERANK_SCHEMES: dict[str, Scheme] = {s.name: s for s in (
+    Scheme(LOCAL, "smysl.qwen3.reranker:load", _ENGINE - {"cuda_graphs"}, False,
+           "native Qwen3-Reranker engine: checkpoint dir or Hub id"),
+    *(Scheme(name, f"smysl.providers.rerankers:load_{name}", frozenset(), True, summary)
+      for name, summary in (
+          ("siliconflow", "SiliconFlow /v1/rerank"),
+          ("deepinfra", "DeepInfra inference API (Qwen3-Reranker)"),
+          ("dashscope", "Alibaba Cloud DashScope text-rerank"),
+          ("cohere", "Cohere /v2/rerank, or any Cohere/Jina-compatible /v1/rerank URL"),
+          ("jina", "Jina AI /v1/rerank"),
+          ("tei", "a Text Embeddings Inference server's /rerank"),
+          ("smysl", "another smysl server's /v1/rerank"),
+      )),
+)}
+
+
+def load_reranker(model: str, options: ModelOptions | None = None,
+                  **kwargs: Any) -> BaseReranker:
+    """Load a reranker model string as a :class:`~smysl.rerank.BaseReranker`:
+    ``scheme:rest`` for a scheme of :data:`RERANK_SCHEMES` (``siliconflow:BAAI/bge-reranker-v2-m3``,
+    ``tei:http://host:8080``), else a local Qwen3-Reranker (``Qwen/Qwen3-Reranker-0.6B``, a
+    directory). ``kwargs`` as for :func:`load`."""
+    if not isinstance(model, str) or not model.strip():
+        raise ValueError(f"model must be a non-empty string, got {model!r}")
+    extra_opts, backend_kwargs = ModelOptions.split(kwargs)
+    if options is None:
+        options = extra_opts
+    elif extra_opts.given():
+        options = options.replace(**extra_opts.given())
+    head, sep, rest = model.strip().partition(":")
+    if not (sep and head in RERANK_SCHEMES and head != LOCAL
+            and not (len(head) == 1 and rest.startswith("\\"))):
+        head, rest = LOCAL, model.strip()
+    scheme = RERANK_SCHEMES[head]
+    options.check(scheme.options, model)
+    made: Any = scheme.factory()(rest, options, **backend_kwargs)  # a reranker factory
+    reranker: BaseReranker = made
+    local = head == LOCAL and Path(model.strip()).exists()
+    reranker.source = str(Path(model.strip()).resolve()) if local else model.strip()
+    return reranker
 
 
 def names_of(model: str) -> set[str]:

@@ -28,6 +28,7 @@ from tokenizers import Tokenizer
 from smysl.options import ModelOptions
 from smysl.qwen3.engine import BATCH_TOKENS, EngineLike, start_engine
 from smysl.qwen3.hub import read_checkpoint, resolve
+from smysl.rerank import BaseReranker, RerankerInfo
 from smysl.scheduler import SchedulerConfig, plan_batches
 from smysl.tokenize import InputTooLongError
 
@@ -53,8 +54,9 @@ def format_pair(query: str, document: str, instruction: str | None = None) -> st
                                 else instruction, query=query, document=document)
 
 
-class Reranker:
-    """Qwen3-Reranker on the native engine (CPU or CUDA). Build it with :meth:`load`.
+class Reranker(BaseReranker):
+    """Qwen3-Reranker on the native engine (CPU or CUDA). Build it with :meth:`load` (or any
+    reranker model string with :func:`smysl.load_reranker`).
 
     >>> r = Reranker.load("Qwen/Qwen3-Reranker-0.6B")                    # doctest: +SKIP
     >>> r.rerank("capital of France?", ["Berlin is...", "Paris is..."])   # doctest: +SKIP
@@ -62,6 +64,8 @@ class Reranker:
     """
 
     backend = "qwen3"
+    instruction_aware = True
+    max_tokens: int
 
     def __init__(self, engine: EngineLike, tokenizer: Tokenizer, head: np.ndarray, *,
                  name: str, max_tokens: int | None = None, max_batch_tokens: int | None = None,
@@ -174,29 +178,38 @@ class Reranker:
         # softmax over [no, yes], "yes" half == sigmoid(yes - no)
         return (1.0 / (1.0 + np.exp(-diff))).astype(np.float32)
 
+    def _scores(self, query: str, documents: list[str], *, instruction: str | None,
+                truncate: bool) -> np.ndarray:
+        ids = self.tokenize([(query, d) for d in documents], instruction=instruction,
+                            truncate=truncate)
+        return self.score_prepared(ids)
+
     def score(self, pairs: Sequence[tuple[str, str]], *, instruction: str | None = None,
               truncate: bool = False) -> list[float]:
-        """P("yes") of each (query, document) pair, in input order."""
+        """P("yes") of each (query, document) pair, in input order; all pairs are packed into
+        the same length-sorted batches, whatever their query."""
+        if isinstance(pairs, str | bytes):
+            raise ValueError("pairs must be a sequence of (query, document) pairs")
         if not pairs:
             return []
         ids = self.tokenize(pairs, instruction=instruction, truncate=truncate)
         return [float(s) for s in self.score_prepared(ids)]
 
-    def rerank(self, query: str, documents: Sequence[str], *, instruction: str | None = None,
-               top_n: int | None = None, truncate: bool = False) -> list[tuple[int, float]]:
-        """``(index, score)`` of each document, best first (ties: input order); ``top_n``
-        keeps the best ``top_n``."""
-        if isinstance(documents, str):
-            raise TypeError("documents must be a list of strings, not one string")
-        if not isinstance(query, str) or not query.strip():
-            raise ValueError("the query is empty")
-        if top_n is not None and top_n < 1:
-            raise ValueError(f"top_n must be >= 1, got {top_n}")
-        scores = self.score([(query, d) for d in documents], instruction=instruction,
-                            truncate=truncate)
-        order = sorted(range(len(scores)), key=lambda i: -scores[i])
-        return [(i, scores[i]) for i in order[:top_n]]
+    def info(self) -> RerankerInfo:
+        return RerankerInfo(name=self.name, backend=self.backend, max_tokens=self.max_tokens,
+                            instruction_aware=True,
+                            dtype=str(self.engine.dtype).removeprefix("torch."),
+                            quantization=self.engine.quantization,
+                            device=str(self.engine.device))
 
     def close(self) -> None:
         """Stop the engine process, if the engine runs in one."""
         self.engine.close()
+
+
+def load(rest: str, options: ModelOptions, **kwargs: Any) -> Reranker:
+    """The registry's factory for local Qwen3-Reranker strings (see
+    :func:`smysl.registry.load_reranker`)."""
+    if kwargs:
+        raise TypeError(f"unexpected options for a local reranker: {sorted(kwargs)}")
+    return Reranker.load(rest, options)

@@ -1,0 +1,155 @@
+"""The reranking contract shared by every reranker: the local Qwen3-Reranker and remote APIs.
+
+A reranker implements one method, :meth:`BaseReranker._scores` (one query, its documents in,
+one relevance score per document out, in input order) and sets a few attributes. What users
+call — :meth:`~BaseReranker.rerank` (best first, ``top_n``), :meth:`~BaseReranker.score`
+(any (query, document) pairs) — and the input checks are derived here once, so every backend
+answers the same way. Model strings become rerankers in :func:`smysl.registry.load_reranker`.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class RerankerInfo:
+    """What a loaded reranker is, for ``/info``, reports and index records."""
+
+    #: Model name as users and clients refer to it.
+    name: str
+    #: Scheme it runs through (``qwen3``, ``siliconflow``, ``cohere``...).
+    backend: str
+    #: Most tokens of one (query, document) prompt, None when the backend does not say.
+    max_tokens: int | None
+    #: Whether an instruction (the Qwen3-Reranker ``<Instruct>`` line) is taken.
+    instruction_aware: bool
+    #: Weight dtype and quantisation (local engines), None for remote APIs.
+    dtype: str | None = None
+    quantization: str | None = None
+    #: Where it computes (``cpu``, ``cuda:0``), None for remote APIs.
+    device: str | None = None
+
+
+class BaseReranker(abc.ABC):
+    """(query, documents) in, relevance scores out. Subclasses implement :meth:`_scores`.
+
+    Scores are comparable within one query (Qwen3-Reranker: P("yes") in [0, 1]; remote APIs:
+    their ``relevance_score``); higher is more relevant.
+    """
+
+    #: Model name as users and clients refer to it.
+    name: str = "unknown"
+    #: Scheme the backend belongs to (see :mod:`smysl.registry`).
+    backend: str = "custom"
+    #: Most tokens of one (query, document) prompt, None when the backend does not say.
+    max_tokens: int | None = None
+    #: Whether ``instruction=`` is taken (others reject it rather than ignore it).
+    instruction_aware: bool = False
+    #: The model string :func:`smysl.load_reranker` loaded it from, None when built directly.
+    source: str | None = None
+
+    @property
+    def healthy(self) -> bool:
+        """Whether the backend can still compute (False when, say, its engine process died)."""
+        return True
+
+    def info(self) -> RerankerInfo:
+        """What this reranker is; backends that know more (dtype, device) extend it."""
+        return RerankerInfo(name=self.name, backend=self.backend, max_tokens=self.max_tokens,
+                            instruction_aware=self.instruction_aware)
+
+    def usage_report(self) -> str | None:
+        """A line on what was spent (paid APIs: tokens, requests, cost), None when nothing is."""
+        return None
+
+    @abc.abstractmethod
+    def _scores(self, query: str, documents: list[str], *, instruction: str | None,
+                truncate: bool) -> np.ndarray:
+        """Scores of checked inputs: float ``[len(documents)]`` in input order.
+
+        ``instruction`` is None on backends that are not :attr:`instruction_aware`. An over-long
+        pair raises ``ValueError`` (:class:`~smysl.tokenize.InputTooLongError`) unless
+        ``truncate``, which cuts the document's end.
+        """
+
+    # ----------------------------------------------------------------- derived API
+    def rerank(self, query: str, documents: Sequence[str], *, instruction: str | None = None,
+               top_n: int | None = None, truncate: bool = False) -> list[tuple[int, float]]:
+        """``(index, score)`` of each document, best first (ties: input order); ``top_n``
+        keeps the best ``top_n``."""
+        if top_n is not None and (isinstance(top_n, bool) or not isinstance(top_n, int)
+                                  or top_n < 1):
+            raise ValueError(f"top_n must be an integer >= 1, got {top_n!r}")
+        docs = self._check(query, documents, instruction)
+        if not docs:
+            return []
+        scores = self._checked_scores(query, docs, instruction, truncate)
+        return [(i, float(scores[i])) for i in order(scores)[:top_n]]
+
+    def score(self, pairs: Sequence[tuple[str, str]], *, instruction: str | None = None,
+              truncate: bool = False) -> list[float]:
+        """Score of each (query, document) pair, in input order. Pairs that share a query are
+        scored in one :meth:`_scores` call."""
+        if isinstance(pairs, str | bytes):
+            raise ValueError("pairs must be a sequence of (query, document) pairs")
+        by_query: dict[str, list[int]] = {}
+        for i, pair in enumerate(pairs):
+            if not (isinstance(pair, tuple | list) and len(pair) == 2
+                    and all(isinstance(x, str) for x in pair)):
+                raise ValueError(f"pair {i} must be a (query, document) pair of strings")
+            by_query.setdefault(pair[0], []).append(i)
+        out = np.empty(len(pairs), dtype=np.float64)
+        for query, rows in by_query.items():
+            docs = self._check(query, [pairs[i][1] for i in rows], instruction)
+            out[rows] = self._checked_scores(query, docs, instruction, truncate)
+        return [float(s) for s in out]
+
+    def close(self) -> None:  # noqa: B027 - optional hook, a no-op for most backends
+        """Release resources (connections, an engine process). Safe to call twice."""
+
+    def __enter__(self) -> BaseReranker:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ----------------------------------------------------------------- checks
+    def _check(self, query: str, documents: Sequence[str], instruction: str | None) -> list[str]:
+        if not isinstance(query, str) or not query.strip():
+            raise ValueError("the query is empty")
+        if isinstance(documents, str | bytes) or not isinstance(documents, Sequence):
+            raise TypeError("documents must be a list of strings, not "
+                            f"{type(documents).__name__}")
+        docs = list(documents)
+        for i, d in enumerate(docs):
+            if not isinstance(d, str):
+                raise ValueError(f"documents[{i}] must be a string, got {type(d).__name__}")
+        if instruction is not None:
+            if not isinstance(instruction, str):
+                raise ValueError("instruction must be a string")
+            if not self.instruction_aware:
+                raise ValueError(f"reranker {self.name!r} ({self.backend}) takes no "
+                                 "instruction; drop it")
+        return docs
+
+    def _checked_scores(self, query: str, docs: list[str], instruction: str | None,
+                        truncate: bool) -> np.ndarray:
+        scores = np.asarray(self._scores(query, docs, instruction=instruction,
+                                         truncate=bool(truncate)), dtype=np.float64)
+        if scores.shape != (len(docs),):
+            raise RuntimeError(f"reranker {self.name!r} returned {scores.shape} scores for "
+                               f"{len(docs)} documents")
+        if not np.isfinite(scores).all():
+            raise RuntimeError(f"reranker {self.name!r} returned a non-finite score")
+        return scores
+
+
+def order(scores: Sequence[float] | np.ndarray) -> list[int]:
+    """Indices best first; ties keep input order (the one ordering rule of every route)."""
+    s = np.asarray(scores, dtype=np.float64)
+    return [int(i) for i in np.argsort(-s, kind="stable")]
