@@ -150,6 +150,19 @@ RERANK_SCHEMES: dict[str, Scheme] = {s.name: s for s in (
 )}
 
 
+def split_reranker(model: str) -> tuple[str, str]:
+    """:func:`split` for reranker strings (:data:`RERANK_SCHEMES`)."""
+    head, sep, rest = model.partition(":")
+    if sep and head in RERANK_SCHEMES and not (len(head) == 1 and rest.startswith("\\")):
+        return head, rest
+    return LOCAL, model
+
+
+def rerank_scheme_of(model: str) -> Scheme:
+    """The :class:`Scheme` that the reranker string ``model`` loads through."""
+    return RERANK_SCHEMES[split_reranker(model.strip())[0]]
+
+
 def load_reranker(model: str, options: ModelOptions | None = None,
                   **kwargs: Any) -> BaseReranker:
     """Load a reranker model string as a :class:`~smysl.rerank.BaseReranker`:
@@ -163,10 +176,7 @@ def load_reranker(model: str, options: ModelOptions | None = None,
         options = extra_opts
     elif extra_opts.given():
         options = options.replace(**extra_opts.given())
-    head, sep, rest = model.strip().partition(":")
-    if not (sep and head in RERANK_SCHEMES and head != LOCAL
-            and not (len(head) == 1 and rest.startswith("\\"))):
-        head, rest = LOCAL, model.strip()
+    head, rest = split_reranker(model.strip())
     scheme = RERANK_SCHEMES[head]
     options.check(scheme.options, model)
     made: Any = scheme.factory()(rest, options, **backend_kwargs)  # a reranker factory

@@ -12,6 +12,7 @@ from __future__ import annotations
 import abc
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 
@@ -33,6 +34,27 @@ class RerankerInfo:
     quantization: str | None = None
     #: Where it computes (``cpu``, ``cuda:0``), None for remote APIs.
     device: str | None = None
+
+
+class RerankTokens(Protocol):
+    """Prompt token ids in, scores out (the local engine offers it through
+    :meth:`BaseReranker.token_level`): the server tokenises each request on arrival and lets
+    pairs of any requests share a forward pass."""
+
+    @property
+    def batch_tokens(self) -> int:
+        """Token budget of one forward pass the engine is tuned for."""
+        ...
+
+    def tokenize(self, pairs: Sequence[tuple[str, str]], *, instruction: str | None = None,
+                 truncate: bool = False) -> list[list[int]]:
+        """Prompt ids of each (query, document) pair, exactly as scored."""
+        ...
+
+    def prepared_scores(self, ids: list[list[int]]) -> np.ndarray:
+        """float32 ``[len(ids), 2]``: each prompt's score and its raw form (for Qwen3-Reranker
+        P("yes") and the logit difference ``yes - no``), each row independent of the batch."""
+        ...
 
 
 class BaseReranker(abc.ABC):
@@ -62,6 +84,10 @@ class BaseReranker(abc.ABC):
         """What this reranker is; backends that know more (dtype, device) extend it."""
         return RerankerInfo(name=self.name, backend=self.backend, max_tokens=self.max_tokens,
                             instruction_aware=self.instruction_aware)
+
+    def token_level(self) -> RerankTokens | None:
+        """The token-id interface when the backend has one (the local engine), else None."""
+        return None
 
     def usage_report(self) -> str | None:
         """A line on what was spent (paid APIs: tokens, requests, cost), None when nothing is."""

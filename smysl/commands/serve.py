@@ -90,17 +90,17 @@ def run(args: argparse.Namespace) -> int:
         switch_interval_s=args.switch_interval_ms / 1000 if args.switch_interval_ms else None,
         index=args.index)
 
-    from smysl.registry import load, scheme_of
+    from smysl.registry import load, load_reranker, rerank_scheme_of, scheme_of
 
     options = model_options(args)
     reranker = None
     if args.reranker:
-        from smysl.qwen3.reranker import Reranker
-
         # the size flags are the embedding model's; the reranker keeps its own (8,192 tokens)
-        reranker = Reranker.load(args.reranker, options.replace(
-            max_tokens=None, max_batch_tokens=None, max_batch_size=None,
-            process=not args.in_process))
+        rerank_options = options.replace(max_tokens=None, max_batch_tokens=None,
+                                         max_batch_size=None)
+        if "process" in rerank_scheme_of(args.reranker).options:
+            rerank_options = rerank_options.replace(process=not args.in_process)
+        reranker = load_reranker(args.reranker, rerank_options)
         print(f"smysl serve: loaded reranker {reranker.name!r} (max {reranker.max_tokens} "
               "tokens)", file=sys.stderr)
     model = None

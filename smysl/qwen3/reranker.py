@@ -28,7 +28,7 @@ from tokenizers import Tokenizer
 from smysl.options import ModelOptions
 from smysl.qwen3.engine import BATCH_TOKENS, EngineLike, start_engine
 from smysl.qwen3.hub import read_checkpoint, resolve
-from smysl.rerank import BaseReranker, RerankerInfo
+from smysl.rerank import BaseReranker, RerankerInfo, RerankTokens
 from smysl.scheduler import SchedulerConfig, plan_batches
 from smysl.tokenize import InputTooLongError
 
@@ -88,8 +88,9 @@ class Reranker(BaseReranker):
         if self.max_tokens <= len(self.prefix) + len(self.suffix):
             raise ValueError(f"max_tokens {self.max_tokens} leaves no room for the pair: the "
                              f"prompt alone takes {len(self.prefix) + len(self.suffix)} tokens")
+        self._batch_tokens = max_batch_tokens or BATCH_TOKENS.get(engine.device.type, 4096)
         self.scheduler = SchedulerConfig(
-            max_batch_tokens=max_batch_tokens or BATCH_TOKENS.get(engine.device.type, 4096),
+            max_batch_tokens=self._batch_tokens,
             max_batch_size=max_batch_size or SchedulerConfig.max_batch_size)
 
     @classmethod
@@ -163,9 +164,17 @@ class Reranker(BaseReranker):
         return out
 
     # ------------------------------------------------------------------ scores
-    def score_prepared(self, ids: list[list[int]], *, raw: bool = False) -> np.ndarray:
-        """Scores of prompts from :meth:`tokenize`: float32 ``[n]`` P("yes"), or with ``raw``
-        the logit difference ``yes - no`` (its sigmoid is P("yes"))."""
+    @property
+    def batch_tokens(self) -> int:
+        """Token budget of one forward pass (the server's reranking batches use it)."""
+        return self._batch_tokens
+
+    def token_level(self) -> RerankTokens:
+        return self
+
+    def prepared_scores(self, ids: list[list[int]]) -> np.ndarray:
+        """float32 ``[n, 2]`` of prompts from :meth:`tokenize`: P("yes") and the logit
+        difference ``yes - no`` (its sigmoid is P("yes")), both from one float64 difference."""
         diff = np.empty(len(ids), dtype=np.float64)
         for batch in plan_batches([len(s) for s in ids], self.scheduler):
             hidden = self.engine.forward([ids[i] for i in batch]).astype(np.float64)  # [b, H]
@@ -173,10 +182,13 @@ class Reranker(BaseReranker):
             # batch it came in (a GEMM may pick other kernels for other row counts)
             logits = (hidden[:, None, :] * self.head[None]).sum(-1)  # [b, 2]: no, yes
             diff[batch] = logits[:, 1] - logits[:, 0]
-        if raw:
-            return diff.astype(np.float32)
         # softmax over [no, yes], "yes" half == sigmoid(yes - no)
-        return (1.0 / (1.0 + np.exp(-diff))).astype(np.float32)
+        return np.stack([1.0 / (1.0 + np.exp(-diff)), diff], axis=1).astype(np.float32)
+
+    def score_prepared(self, ids: list[list[int]], *, raw: bool = False) -> np.ndarray:
+        """Scores of prompts from :meth:`tokenize`: float32 ``[n]`` P("yes"), or with ``raw``
+        the logit difference ``yes - no``."""
+        return self.prepared_scores(ids)[:, 1 if raw else 0]
 
     def _scores(self, query: str, documents: list[str], *, instruction: str | None,
                 truncate: bool) -> np.ndarray:

@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     from fastapi import FastAPI
 
     from smysl.base import BaseEmbedder
+    from smysl.rerank import BaseReranker
 
 __all__ = ["ServerConfig", "create_app", "serve"]
 
@@ -34,8 +35,9 @@ def _require() -> None:
 
 
 def create_app(embedder: BaseEmbedder | None, config: ServerConfig | None = None, *,
-               reranker: Any = None) -> FastAPI:
-    """Build the ASGI app for ``embedder`` and/or ``reranker`` (:class:`smysl.Reranker`); see
+               reranker: BaseReranker | None = None) -> FastAPI:
+    """Build the ASGI app for ``embedder`` and/or ``reranker`` (a
+    :class:`~smysl.rerank.BaseReranker`); see
     :func:`smysl.server.app.create_app`."""
     _require()
     from smysl.server.app import create_app as _create

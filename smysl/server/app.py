@@ -18,6 +18,7 @@ from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from smysl.base import BaseEmbedder
+from smysl.rerank import BaseReranker
 from smysl.server import ollama_routes, openai_routes, rerank_routes, tei_routes, ui
 from smysl.server.config import ServerConfig
 from smysl.server.errors import ApiError, api_of, render
@@ -33,29 +34,33 @@ OPEN_PATHS = frozenset({"/health", "/openapi.json", "/docs", "/docs/oauth2-redir
 
 
 def create_app(embedder: BaseEmbedder | None, config: ServerConfig | None = None, *,
-               reranker: rerank_routes.RerankerLike | None = None) -> FastAPI:
+               reranker: BaseReranker | None = None) -> FastAPI:
     """Build the server for ``embedder`` (any :class:`~smysl.base.BaseEmbedder`) and/or
-    ``reranker`` (:class:`smysl.Reranker`: the rerank routes)."""
+    ``reranker`` (any :class:`~smysl.rerank.BaseReranker`: the rerank routes)."""
     if embedder is None and reranker is None:
         raise ValueError("nothing to serve: give an embedding model, a reranker or both")
     config = config or ServerConfig()
     metrics = Metrics()
     service = Service(embedder, config, metrics) if embedder is not None else None
+    reranking = (rerank_routes.RerankService(reranker, config, metrics)
+                 if reranker is not None else None)
+    batchers = [b for b in (service.batcher if service else None,
+                            reranking.batcher if reranking else None) if b is not None]
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        if service is None:  # a reranker alone: nothing to start
-            yield
-            return
-        service.batcher.open()
-        watcher = asyncio.create_task(service.watch_backend())
+        for b in batchers:
+            b.open()
+        watcher = asyncio.create_task(service.watch_backend()) if service else None
         try:
             yield
         finally:
-            watcher.cancel()
+            if watcher is not None:
+                watcher.cancel()
             # uvicorn has stopped accepting and waited for in-flight requests (or cut them off);
             # finish what is queued.
-            await service.batcher.close()
+            for b in batchers:
+                await b.close()
 
     from smysl import __version__
 
@@ -70,9 +75,8 @@ def create_app(embedder: BaseEmbedder | None, config: ServerConfig | None = None
         app.include_router(ollama_routes.router(service))
         app.include_router(tei_routes.router(service))
         app.include_router(ui.router(service))  # opens config.index: a bad one fails here
-    if reranker is not None:
-        app.include_router(rerank_routes.router(
-            rerank_routes.RerankService(reranker, config, metrics), health=service is None))
+    if reranking is not None:
+        app.include_router(rerank_routes.router(reranking, health=service is None))
 
     @app.get("/metrics", tags=["ops"])
     async def prometheus() -> Response:
@@ -258,7 +262,7 @@ Ready = Callable[[str, int], None]
 
 
 def serve(embedder: BaseEmbedder | None, config: ServerConfig, *, ready: Ready | None = None,
-          reranker: rerank_routes.RerankerLike | None = None, **uvicorn_options: Any) -> int:
+          reranker: BaseReranker | None = None, **uvicorn_options: Any) -> int:
     """Run the server with uvicorn until interrupted (SIGINT/SIGTERM shut down gracefully).
 
     Returns 0, or :data:`EXIT_BACKEND_DOWN` when it stopped because the backend stayed

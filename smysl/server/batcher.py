@@ -28,14 +28,14 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Hashable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
 from smysl.base import BaseEmbedder
 from smysl.pooling import finish
 from smysl.server.errors import ApiError
-from smysl.server.metrics import Metrics
+from smysl.server.metrics import BatchMetrics
 
 #: After this many batches in a row with no slice of any waiting large job, one goes first.
 _STARVED = 2
@@ -115,13 +115,44 @@ class Slice:
         return self.job.items[self.start : self.stop]
 
 
+class BatchBackend(Protocol):
+    """What a :class:`Batcher` computes with (the embedder's :class:`EmbedBackend`, the
+    reranker's in :mod:`smysl.server.rerank_routes`)."""
+
+    @property
+    def healthy(self) -> bool: ...
+
+    def rows(self, key: tuple[Hashable, ...], items: list[Any]) -> np.ndarray:
+        """Raw rows ``[len(items), width]`` of one batch's items (all jobs share ``key``);
+        ``ValueError`` means bad input (the batch is retried job by job)."""
+        ...
+
+
+class EmbedBackend:
+    """An embedder's raw (unnormalised) pooled rows of the native size."""
+
+    def __init__(self, embedder: BaseEmbedder) -> None:
+        self.embedder = embedder
+        self.tokens = embedder.token_level()
+
+    @property
+    def healthy(self) -> bool:
+        return self.embedder.healthy
+
+    def rows(self, key: tuple[Hashable, ...], items: list[Any]) -> np.ndarray:
+        if key[0] == "ids":
+            if self.tokens is None:
+                raise RuntimeError("token-id job for a backend without token ids")
+            return self.tokens.embed_prepared(items)
+        return self.embedder.embed_formatted(items, truncate=bool(key[1]))
+
+
 class Batcher:
     """Coalesces :class:`Job` s into fair backend calls; bounded queue, graceful close."""
 
-    def __init__(self, embedder: BaseEmbedder, metrics: Metrics, *, max_batch_tokens: int,
+    def __init__(self, backend: BatchBackend, metrics: BatchMetrics, *, max_batch_tokens: int,
                  max_batch_requests: int, max_wait_s: float, max_queue: int) -> None:
-        self.embedder = embedder
-        self.tokens = embedder.token_level()
+        self.backend = backend
         self.metrics = metrics
         self.max_batch_tokens = max_batch_tokens
         self.max_batch_requests = max_batch_requests
@@ -439,7 +470,7 @@ class Batcher:
     def _compute(self, batch: list[Slice]) -> list[np.ndarray | BaseException]:
         """Backend call on the union of the batch's slices; raw rows split per slice."""
         try:
-            raw = self._backend(batch[0].job.key, [x for s in batch for x in s.items])
+            raw = self.backend.rows(batch[0].job.key, [x for s in batch for x in s.items])
         except ValueError as e:
             if len(batch) == 1:
                 return [e]
@@ -447,7 +478,7 @@ class Batcher:
             # alone so the error lands on the job that caused it.
             return [self._compute([s])[0] for s in batch]
         except Exception as e:
-            err: Exception = e if self.embedder.healthy else BackendDown(str(e))
+            err: Exception = e if self.backend.healthy else BackendDown(str(e))
             return [err for _ in batch]
         out: list[np.ndarray | BaseException] = []
         offset = 0
@@ -455,14 +486,6 @@ class Batcher:
             out.append(raw[offset : offset + s.stop - s.start])
             offset += s.stop - s.start
         return out
-
-    def _backend(self, key: tuple[Hashable, ...], items: list[Any]) -> np.ndarray:
-        """Raw (unnormalised) rows of the native size for the union of the batch's inputs."""
-        if key[0] == "ids":
-            if self.tokens is None:
-                raise RuntimeError("token-id job for a backend without token ids")
-            return self.tokens.embed_prepared(items)
-        return self.embedder.embed_formatted(items, truncate=bool(key[1]))
 
 
 def batch_cost(recent: Sequence[tuple[int, float]]) -> tuple[float, float]:

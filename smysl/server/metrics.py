@@ -16,35 +16,47 @@ _SIZES = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048)
 _TOKENS = (16, 64, 256, 1024, 2048, 4096, 8192, 16384, 32768, 65536)
 
 
-class Metrics:
-    """All counters, gauges and histograms the server exports at ``GET /metrics``."""
+class BatchMetrics:
+    """What a :class:`~smysl.server.batcher.Batcher` records, named ``{prefix}_...``: the
+    embedding batcher's are ``smysl_queue_depth``..., the reranker's ``smysl_rerank_...``."""
+
+    def __init__(self, r: CollectorRegistry, prefix: str, noun: str) -> None:
+        self.queue_depth = Gauge(f"{prefix}_queue_depth", "Requests waiting for compute",
+                                 registry=r)
+        self.queue_seconds = Histogram(f"{prefix}_queue_seconds",
+                                       "Time a request waited for compute", buckets=_LATENCY,
+                                       registry=r)
+        self.compute_seconds = Histogram(f"{prefix}_compute_seconds", "Backend time per batch",
+                                         buckets=_LATENCY, registry=r)
+        self.batch_inputs = Histogram(f"{prefix}_batch_inputs", "Inputs per coalesced batch",
+                                      buckets=_SIZES, registry=r)
+        self.batch_requests = Histogram(f"{prefix}_batch_requests",
+                                        "Requests per coalesced batch", buckets=_SIZES,
+                                        registry=r)
+        self.batch_tokens = Histogram(f"{prefix}_batch_tokens", "Tokens per coalesced batch",
+                                      buckets=_TOKENS, registry=r)
+        self.inputs = Counter(f"{prefix}_inputs", f"Inputs {noun}", registry=r)
+        self.tokens = Counter(f"{prefix}_tokens", f"Tokens {noun} (estimated where the "
+                              "backend cannot count)", registry=r)
+        self.dropped = Counter(f"{prefix}_dropped_requests", "Requests dropped before compute",
+                               ["reason"], registry=r)
+
+
+class Metrics(BatchMetrics):
+    """All counters, gauges and histograms the server exports at ``GET /metrics``; the
+    embedding batcher's are inherited (:class:`BatchMetrics` ``smysl``)."""
 
     content_type = CONTENT_TYPE_LATEST
 
     def __init__(self) -> None:
         r = self.registry = CollectorRegistry()
+        super().__init__(r, "smysl", "embedded")
         self.requests = Counter("smysl_requests", "HTTP requests answered",
                                 ["api", "route", "status"], registry=r)
         self.errors = Counter("smysl_errors", "Error responses by kind", ["api", "kind"],
                               registry=r)
         self.latency = Histogram("smysl_request_seconds", "Request latency, end to end",
                                  ["api", "route"], buckets=_LATENCY, registry=r)
-        self.queue_depth = Gauge("smysl_queue_depth", "Requests waiting for compute", registry=r)
-        self.queue_seconds = Histogram("smysl_queue_seconds", "Time a request waited for compute",
-                                       buckets=_LATENCY, registry=r)
-        self.compute_seconds = Histogram("smysl_compute_seconds", "Backend time per batch",
-                                         buckets=_LATENCY, registry=r)
-        self.batch_inputs = Histogram("smysl_batch_inputs", "Inputs per coalesced batch",
-                                      buckets=_SIZES, registry=r)
-        self.batch_requests = Histogram("smysl_batch_requests", "Requests per coalesced batch",
-                                        buckets=_SIZES, registry=r)
-        self.batch_tokens = Histogram("smysl_batch_tokens", "Tokens per coalesced batch",
-                                      buckets=_TOKENS, registry=r)
-        self.inputs = Counter("smysl_inputs", "Inputs embedded", registry=r)
-        self.tokens = Counter("smysl_tokens", "Tokens embedded (estimated where the backend "
-                              "cannot count)", registry=r)
-        self.dropped = Counter("smysl_dropped_requests", "Requests dropped before compute",
-                               ["reason"], registry=r)
         self.backend_up = Gauge("smysl_backend_up", "1 while the model backend can compute",
                                 registry=r)
         self.backend_up.set(1)

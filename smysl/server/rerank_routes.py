@@ -6,48 +6,39 @@ with ``smysl serve --reranker R``) and answer best first. Limits are the embeddi
 429; ``request_timeout_s`` waiting for compute, then 504), errors take each API's shape
 (``/rerank`` TEI's, ``/v1/rerank`` the OpenAI-style one of every ``/v1`` route), and an
 over-long pair is refused unless the request asks for truncation (``truncate: true``), which
-cuts the document's end. Each request runs as one call of the reranker, which packs its pairs
-into length-sorted batches; requests take turns on the engine.
+cuts the document's end.
+
+A local Qwen3-Reranker (one with :meth:`~smysl.rerank.BaseReranker.token_level`) scores through
+its own :class:`~smysl.server.batcher.Batcher`, as embeddings do: each request is tokenised on
+arrival, and pairs of many requests share forward passes (small requests coalesce, large ones
+are sliced and take turns), with the same queue limit, Retry-After, disconnect and time-budget
+handling; metrics are ``smysl_rerank_*``. A remote reranker (``smysl serve --reranker
+cohere:...``) is called once per request, a few at a time.
 """
 
 from __future__ import annotations
 
-import time
 import uuid
-from collections.abc import Sequence
-from typing import Any, Protocol
+from collections.abc import Hashable
+from typing import Any
 
 import anyio
 import numpy as np
-from fastapi import APIRouter, Response
-from prometheus_client import Counter, Histogram
+from fastapi import APIRouter, Request, Response
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr
 
 from smysl.registry import names_of
+from smysl.rerank import BaseReranker, RerankTokens, order
+from smysl.server.batcher import BackendDown, Batcher, Job
 from smysl.server.config import ServerConfig
 from smysl.server.errors import ApiError
 from smysl.server.http import json_response
-from smysl.server.metrics import Metrics
-from smysl.server.service import CHARS_PER_TOKEN, check_unicode
+from smysl.server.metrics import BatchMetrics, Metrics
+from smysl.server.service import CHARS_PER_TOKEN, Disconnected, check_unicode, until_disconnected
 from smysl.tokenize import InputTooLongError
 
 #: Requests with more characters than this are tokenised off the event loop.
 _INLINE_CHARS = 4096
-
-
-class RerankerLike(Protocol):
-    """What the routes use of :class:`smysl.qwen3.reranker.Reranker` (no torch import here)."""
-
-    name: str
-    max_tokens: int
-
-    @property
-    def healthy(self) -> bool: ...
-
-    def tokenize(self, pairs: Sequence[tuple[str, str]], *, instruction: str | None = None,
-                 truncate: bool = False) -> list[list[int]]: ...
-
-    def score_prepared(self, ids: list[list[int]], *, raw: bool = False) -> np.ndarray: ...
 
 
 class TeiRerankRequest(BaseModel):
@@ -89,26 +80,46 @@ class Scored:
 
     def order(self, top_n: int | None = None) -> list[int]:
         """Indices best first (ties: input order), the best ``top_n`` when given."""
-        return sorted(range(len(self.scores)), key=lambda i: -self.scores[i])[:top_n]
+        return order(self.scores)[:top_n]
+
+
+class RerankBackend:
+    """The batcher's view of a local reranker: rows ``[n, 2]`` (score, raw score) per prompt."""
+
+    def __init__(self, reranker: BaseReranker, tokens: RerankTokens) -> None:
+        self.reranker, self.tokens = reranker, tokens
+
+    @property
+    def healthy(self) -> bool:
+        return self.reranker.healthy
+
+    def rows(self, key: tuple[Hashable, ...], items: list[Any]) -> np.ndarray:
+        return self.tokens.prepared_scores(items)
 
 
 class RerankService:
-    """The served reranker: validation, limits, turns on the engine, metrics."""
+    """The served reranker: validation, limits, batching (local) or calls (remote), metrics."""
 
-    def __init__(self, reranker: RerankerLike, config: ServerConfig, metrics: Metrics) -> None:
+    def __init__(self, reranker: BaseReranker, config: ServerConfig, metrics: Metrics) -> None:
         self.reranker = reranker
         self.config = config
         self.model_id = reranker.name
         self.names = names_of(reranker.name)
+        self.tokens = reranker.token_level()
+        self.metrics = BatchMetrics(metrics.registry, "smysl_rerank", "scored")
+        self.batcher: Batcher | None = None
+        if self.tokens is not None:
+            wait_ms = config.max_wait_ms
+            if wait_ms is None:  # as for embeddings: no idle-time wait on a GPU
+                wait_ms = 0.0 if (reranker.info().device or "").startswith("cuda") else 2.0
+            self.batcher = Batcher(RerankBackend(reranker, self.tokens), self.metrics,
+                                   max_batch_tokens=self.tokens.batch_tokens,
+                                   max_batch_requests=config.max_batch_requests,
+                                   max_wait_s=wait_ms / 1000, max_queue=config.max_queue)
+        #: Remote rerankers: requests in flight upstream at most, and how many wait.
+        self.calls = anyio.CapacityLimiter(4)
         self.waiting = 0
-        self.engine = anyio.CapacityLimiter(1)  # one request computes at a time
         self.tokenizers = anyio.CapacityLimiter(2)
-        r = metrics.registry
-        self.pairs = Counter("smysl_rerank_pairs", "(query, document) pairs scored",
-                             registry=r)
-        self.tokens = Counter("smysl_rerank_tokens", "Prompt tokens scored", registry=r)
-        self.compute = Histogram("smysl_rerank_compute_seconds", "Reranker time per request",
-                                 registry=r)
 
     def resolve_model(self, name: str | None) -> str:
         if name is None or not name.strip() or name.strip().lower() in self.names:
@@ -117,7 +128,8 @@ class RerankService:
                        f"reranks with {self.model_id!r}", param="model")
 
     async def score(self, query: str, documents: list[str], *, instruction: str | None,
-                    truncate: bool, raw: bool = False, what: str = "documents") -> Scored:
+                    truncate: bool, raw: bool = False, what: str = "documents",
+                    disconnected: Disconnected | None = None) -> Scored:
         """Scores of ``documents`` against ``query`` (input order), or a 4xx :class:`ApiError`."""
         cfg = self.config
         if not query.strip():
@@ -137,13 +149,15 @@ class RerankService:
             raise ApiError("too_many", f"the request has {chars} characters of query and "
                            f"{what}, more than this server tokenises per request; split it",
                            param=what)
-        if self.waiting >= cfg.max_queue:
-            raise ApiError("overloaded", "too many rerank requests are waiting; retry shortly",
-                           headers={"Retry-After": "1"})
+        if self.tokens is None:
+            return await self._remote(query, documents, instruction, truncate, raw, chars)
+        assert self.batcher is not None
+        self.batcher.check_room()  # a full queue answers 429 before any tokenising
+        tokens = self.tokens
         pairs = [(query, d) for d in documents]
 
         def tokenize() -> list[list[int]]:
-            return self.reranker.tokenize(pairs, instruction=instruction, truncate=truncate)
+            return tokens.tokenize(pairs, instruction=instruction, truncate=truncate)
 
         try:
             ids = (tokenize() if chars <= _INLINE_CHARS
@@ -158,36 +172,61 @@ class RerankService:
             raise ApiError("too_many", f"the request has {total} prompt tokens but at most "
                            f"{cfg.max_request_tokens} are allowed (max_request_tokens); split "
                            "it", param=what)
-        return Scored(await self._compute(ids, raw), total)
+        # rows are [score, raw score]: 2 "dimensions", never normalised (finish() keeps them)
+        job = Job(key=("ids",), items=ids, lengths=[len(x) for x in ids], dimensions=2,
+                  normalize=False, disconnected=disconnected, timeout_s=cfg.request_timeout_s)
+        try:
+            rows = await self.batcher.submit(job)
+        except ValueError as e:  # the backend's contract: ValueError means bad input
+            raise ApiError("invalid", str(e), param=what) from None
+        except BackendDown:
+            raise self.unavailable() from None
+        except ApiError:
+            raise
+        except Exception:
+            if not self.reranker.healthy:
+                raise self.unavailable() from None
+            raise
+        scores = rows[:, 1 if raw else 0]
+        if not np.isfinite(scores).all():  # never serialised as null or NaN
+            raise ApiError("internal", f"the reranker {self.model_id!r} returned a non-finite "
+                           "score for this request")
+        return Scored(scores, total)
 
-    async def _compute(self, ids: list[list[int]], raw: bool) -> np.ndarray:
+    async def _remote(self, query: str, documents: list[str], instruction: str | None,
+                      truncate: bool, raw: bool, chars: int) -> Scored:
+        """One call of a reranker without token ids (a remote API) per request."""
+        if raw:
+            raise ApiError("unsupported", f"raw_scores needs a local Qwen3-Reranker; "
+                           f"{self.model_id!r} is a remote API", param="raw_scores")
+        if self.waiting >= self.config.max_queue:
+            raise ApiError("overloaded", "too many rerank requests are waiting; retry shortly",
+                           headers={"Retry-After": "1"})
+        pairs = [(query, d) for d in documents]
         self.waiting += 1
         try:
             with anyio.fail_after(self.config.request_timeout_s):
-                await self.engine.acquire()
+                scores = await anyio.to_thread.run_sync(
+                    lambda: self.reranker.score(pairs, instruction=instruction,
+                                                truncate=truncate),
+                    limiter=self.calls, abandon_on_cancel=True)
         except TimeoutError:
-            raise ApiError("timeout", "the request waited longer than the server's time "
-                           "budget for compute; retry") from None
+            raise ApiError("timeout", "the reranker did not answer within the server's time "
+                           "budget (request_timeout_s); retry") from None
+        except ValueError as e:
+            raise ApiError("invalid", str(e), param="query") from None
         finally:
             self.waiting -= 1
-        try:
-            t0 = time.perf_counter()
-            scores = await anyio.to_thread.run_sync(
-                lambda: self.reranker.score_prepared(ids, raw=raw))
-        except ValueError as e:
-            raise ApiError("invalid", str(e)) from None
-        except Exception:
-            if not self.reranker.healthy:
-                raise ApiError("unavailable", f"the reranker {self.model_id!r} is down (an "
-                               "engine process that exited restarts itself); retry shortly",
-                               headers={"Retry-After": "5"}) from None
-            raise
-        finally:
-            self.engine.release()
-        self.compute.observe(time.perf_counter() - t0)
-        self.pairs.inc(len(ids))
-        self.tokens.inc(sum(map(len, ids)))
-        return scores
+        self.metrics.inputs.inc(len(pairs))
+        # the upstream API counts tokens; this is the server's estimate
+        estimate = max(1, chars // CHARS_PER_TOKEN)
+        self.metrics.tokens.inc(estimate)
+        return Scored(np.asarray(scores, dtype=np.float32), estimate)
+
+    def unavailable(self) -> ApiError:
+        return ApiError("unavailable", f"the reranker {self.model_id!r} is down (an engine "
+                        "process that exited restarts itself); retry shortly",
+                        headers={"Retry-After": "5"})
 
 
 def router(rs: RerankService, *, health: bool = False) -> APIRouter:
@@ -195,10 +234,11 @@ def router(rs: RerankService, *, health: bool = False) -> APIRouter:
     r = APIRouter(tags=["rerank"])
 
     @r.post("/rerank")
-    async def tei_rerank(body: TeiRerankRequest) -> Response:
+    async def tei_rerank(body: TeiRerankRequest, request: Request) -> Response:
         """TEI ``/rerank``: ``[{index, score, text?}]`` best first."""
         out = await rs.score(body.query, body.texts, instruction=body.instruction,
-                             truncate=bool(body.truncate), raw=body.raw_scores, what="texts")
+                             truncate=bool(body.truncate), raw=body.raw_scores, what="texts",
+                             disconnected=until_disconnected(request.receive))
         rows: list[dict[str, Any]] = []
         for i in out.order():
             row: dict[str, Any] = {"index": i, "score": float(out.scores[i])}
@@ -208,14 +248,15 @@ def router(rs: RerankService, *, health: bool = False) -> APIRouter:
         return json_response(rows)
 
     @r.post("/v1/rerank")
-    async def rerank(body: RerankRequest) -> Response:
+    async def rerank(body: RerankRequest, request: Request) -> Response:
         """Cohere/Jina ``/v1/rerank``: ``results[].index`` and ``relevance_score`` best first."""
         model = rs.resolve_model(body.model)
         if body.top_n is not None and body.top_n < 1:
             raise ApiError("invalid", f"top_n must be >= 1, got {body.top_n}", param="top_n")
         texts = [d if isinstance(d, str) else d.text for d in body.documents]
         out = await rs.score(body.query, texts, instruction=body.instruction,
-                             truncate=body.truncate)
+                             truncate=body.truncate,
+                             disconnected=until_disconnected(request.receive))
         results: list[dict[str, Any]] = []
         for i in out.order(body.top_n):
             item: dict[str, Any] = {"index": i, "relevance_score": float(out.scores[i])}

@@ -19,7 +19,7 @@ import numpy as np
 from smysl.base import BaseEmbedder, ModelInfo, Role, TokenLevel
 from smysl.pooling import check_dimensions
 from smysl.registry import names_of
-from smysl.server.batcher import BackendDown, Batcher, Job
+from smysl.server.batcher import BackendDown, Batcher, EmbedBackend, Job
 from smysl.server.config import ServerConfig
 from smysl.server.errors import ApiError
 from smysl.server.metrics import Metrics
@@ -93,7 +93,7 @@ class Service:
         wait_ms = config.max_wait_ms
         if wait_ms is None:
             wait_ms = 0.0 if (embedder.info().device or "").startswith("cuda") else 2.0
-        self.batcher = Batcher(embedder, metrics, max_batch_tokens=budget,
+        self.batcher = Batcher(EmbedBackend(embedder), metrics, max_batch_tokens=budget,
                                max_batch_requests=config.max_batch_requests,
                                max_wait_s=wait_ms / 1000,
                                max_queue=config.max_queue)

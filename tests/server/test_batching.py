@@ -13,7 +13,7 @@ import pytest
 from server_helpers import HashEmbedder
 
 from smysl.server import ServerConfig, create_app
-from smysl.server.batcher import Batcher, Job
+from smysl.server.batcher import Batcher, EmbedBackend, Job
 from smysl.server.errors import ApiError
 from smysl.server.metrics import Metrics
 
@@ -91,8 +91,8 @@ def test_overload_answers_429_then_recovers(hash_backend: HashEmbedder) -> None:
 
 def test_disconnected_client_is_dropped_before_compute(hash_backend: HashEmbedder) -> None:
     metrics = Metrics()
-    batcher = Batcher(hash_backend, metrics, max_batch_tokens=1000, max_batch_requests=8,
-                      max_wait_s=0, max_queue=8)
+    batcher = Batcher(EmbedBackend(hash_backend), metrics, max_batch_tokens=1000,
+                      max_batch_requests=8, max_wait_s=0, max_queue=8)
 
     async def gone() -> None:  # the client has left already
         return None
@@ -147,7 +147,7 @@ def test_one_bad_request_does_not_fail_its_batch(tiny) -> None:  # type: ignore[
 
 def test_graceful_close_finishes_queued_work(hash_backend: HashEmbedder) -> None:
     metrics = Metrics()
-    batcher = Batcher(hash_backend, metrics, max_batch_tokens=4, max_batch_requests=1,
+    batcher = Batcher(EmbedBackend(hash_backend), metrics, max_batch_tokens=4, max_batch_requests=1,
                       max_wait_s=0, max_queue=16)
 
     async def go() -> None:

@@ -14,7 +14,7 @@ from fastapi.testclient import TestClient
 from server_helpers import HashEmbedder
 
 from smysl.server import ServerConfig, create_app
-from smysl.server.batcher import Batcher, Job
+from smysl.server.batcher import Batcher, EmbedBackend, Job
 from smysl.server.errors import ApiError
 from smysl.server.metrics import Metrics
 
@@ -32,7 +32,7 @@ class SlowEmbedder(HashEmbedder):
 
 
 def batcher(backend: HashEmbedder, *, budget: int, queue: int = 64) -> Batcher:
-    return Batcher(backend, Metrics(), max_batch_tokens=budget, max_batch_requests=64,
+    return Batcher(EmbedBackend(backend), Metrics(), max_batch_tokens=budget, max_batch_requests=64,
                    max_wait_s=0, max_queue=queue)
 
 

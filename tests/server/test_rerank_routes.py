@@ -128,8 +128,39 @@ def test_reranker_alone_serves_health_metrics_and_no_embeddings(client: Any) -> 
     assert r.status_code == 200 and len(r.json()["results"]) == 2
     assert r.json()["usage"]["total_tokens"] > 0
     metrics = client.get("/metrics").text
-    assert "smysl_rerank_pairs_total" in metrics
+    assert "smysl_rerank_inputs_total" in metrics
     assert 'route="/v1/rerank"' in metrics
+
+
+def test_concurrent_requests_share_forward_passes(reranker: Any) -> None:
+    """issue 15: rerank requests go through the dynamic batcher: 24 concurrent small requests
+    are packed into fewer forward passes, and every score equals the in-process one exactly
+    (each row is computed on its own, whatever it was batched with)."""
+    import asyncio
+
+    from smysl.server import ServerConfig, create_app
+
+    app = create_app(None, ServerConfig(max_inputs=100, max_wait_ms=20), reranker=reranker)
+    queries = [f"{QUERY} {i}" for i in range(24)]
+    want = [reranker.rerank(q, DOCS[i % 3:]) for i, q in enumerate(queries)]
+
+    async def go() -> tuple[list[Any], str]:
+        transport = httpx.ASGITransport(app=app)
+        async with app.router.lifespan_context(app), httpx.AsyncClient(
+                transport=transport, base_url="http://t") as c:
+            rs = await asyncio.gather(*(c.post("/v1/rerank", json={
+                "query": q, "documents": DOCS[i % 3:]}) for i, q in enumerate(queries)))
+            return [r.json()["results"] for r in rs], (await c.get("/metrics")).text
+
+    got, metrics = asyncio.run(go())
+    for results, expected in zip(got, want, strict=True):
+        assert [(r["index"], r["relevance_score"]) for r in results] == expected
+    values = {line.split()[0]: float(line.split()[1]) for line in metrics.splitlines()
+              if line.startswith("smysl_rerank_batch_requests_")}
+    batches, requests = values["smysl_rerank_batch_requests_count"], \
+        values["smysl_rerank_batch_requests_sum"]
+    assert requests == 24 and batches < 24, values
+    assert f"smysl_rerank_inputs_total {sum(len(DOCS[i % 3:]) for i in range(24))}.0" in metrics
 
 
 def test_serve_needs_a_model_or_a_reranker() -> None:
