@@ -6,7 +6,10 @@ import argparse
 import json
 import re
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from smysl.rerank import BaseReranker
 
 _WHERE = re.compile(r"^(?P<key>[^<>=!]+?)(?P<op>>=|<=|=|>|<)(?P<value>.*)$")
 _RANGE = {">": "$gt", ">=": "$gte", "<": "$lt", "<=": "$lte"}
@@ -20,6 +23,56 @@ def add_table_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--instruction", help="embedding instruction or preset ('' for none); "
                                          "default: the task preset on instruction-aware models")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+#: Model flags a local reranker named by ``--rerank`` shares with the embedder (placement only).
+RERANK_SHARED = ("device", "dtype", "threads")
+
+
+def add_rerank_arguments(p: argparse.ArgumentParser) -> None:
+    """``--rerank R``, ``--rerank-top N``, ``--rerank-instruction TEXT``."""
+    g = p.add_argument_group("reranking (the vector search's top candidates, reordered)")
+    g.add_argument("--rerank", metavar="R", default=None,
+                   help="reranker model string: a Qwen3-Reranker dir or Hub id "
+                        "(Qwen/Qwen3-Reranker-0.6B), or siliconflow:..., tei:URL, smysl:URL, ...; "
+                        "a local one runs with the --device/--dtype/--threads given")
+    g.add_argument("--rerank-top", type=int, default=None, metavar="N",
+                   help="candidates the reranker scores per query (default 50; at least -k)")
+    g.add_argument("--rerank-instruction", default=None, metavar="TEXT",
+                   help="the reranker's instruction (default: the model's own)")
+
+
+def rerank_settings(args: argparse.Namespace) -> dict[str, Any]:
+    """``SearchConfig`` fields of the rerank flags; those flags without ``--rerank``, or with
+    ``--mmr``, are an error (an option never silently does nothing)."""
+    if not args.rerank:
+        given = [f for f, v in (("--rerank-top", args.rerank_top),
+                                ("--rerank-instruction", args.rerank_instruction))
+                 if v is not None]
+        if given:
+            raise ValueError(f"{' and '.join(given)} need(s) --rerank R")
+        return {}
+    if getattr(args, "mmr", False):
+        raise ValueError("--mmr and --rerank both choose the final hits out of the "
+                         "candidates, by different scores: use one of them")
+    out: dict[str, Any] = {"rerank_instruction": args.rerank_instruction}
+    if args.rerank_top is not None:
+        out["rerank_top"] = args.rerank_top
+    return out
+
+
+def load_rerank_model(model: str, args: argparse.Namespace) -> BaseReranker:
+    """Load the ``--rerank`` model (:func:`smysl.load_reranker`) with the placement flags
+    (:data:`RERANK_SHARED`) its scheme uses: a local reranker runs on the embedder's device,
+    dtype and threads; a remote one takes none of them."""
+    from smysl.options import ModelOptions
+    from smysl.registry import LOCAL, RERANK_SCHEMES, load_reranker
+
+    head, sep, _ = model.strip().partition(":")
+    scheme = RERANK_SCHEMES.get(head) if sep else None
+    supported = (scheme or RERANK_SCHEMES[LOCAL]).options
+    return load_reranker(model, ModelOptions(**{
+        f: getattr(args, f) for f in RERANK_SHARED if f in supported}))
 
 
 def progress(args: argparse.Namespace) -> bool:

@@ -3,12 +3,19 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from smysl.commands._model import add_model_arguments, load_model
-from smysl.commands._toolkit import parse_where, progress
+from smysl.commands._toolkit import (
+    add_rerank_arguments,
+    load_rerank_model,
+    parse_where,
+    progress,
+    rerank_settings,
+)
 
 if TYPE_CHECKING:
     from smysl.toolkit.store import StoreConfig
@@ -59,7 +66,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     s.add_argument("--mmr-lambda", type=float, default=0.5, help="1 = relevance, 0 = diversity")
     s.add_argument("--fetch-k", type=int, default=50, help="MMR candidates")
     s.add_argument("--approximate", action="store_true", help="use the ANN index if built")
-    s.add_argument("--format", choices=["table", "json"], default="table")
+    add_rerank_arguments(s)
+    s.add_argument("--format", choices=["table", "json", "context"], default="table",
+                   help="table, json (one line per query), or context: the numbered chunk "
+                        "texts of a RAG prompt")
+    s.add_argument("--context-chars", type=int, default=None, metavar="N",
+                   help="--format context: most characters per query (default 8000)")
     s.add_argument("--output", "-o", help="write hit rows to .csv or .jsonl instead")
 
     v = sub.add_parser("verify", help="check every stored vector (exit 1 when any is damaged)")
@@ -114,7 +126,13 @@ def _add(args: argparse.Namespace, store: StoreConfig) -> int:
 def _search(args: argparse.Namespace, store: StoreConfig) -> int:
     from smysl.toolkit.index import Index, IndexConfig
     from smysl.toolkit.io import iter_rows, write_rows
-    from smysl.toolkit.search import SearchConfig, format_json, format_table, hits_to_rows
+    from smysl.toolkit.search import (
+        SearchConfig,
+        build_context,
+        format_json,
+        format_table,
+        hits_to_rows,
+    )
 
     queries = list(args.queries)
     if args.queries_file:
@@ -125,14 +143,27 @@ def _search(args: argparse.Namespace, store: StoreConfig) -> int:
             queries += [str(r[args.query_field]) for r in iter_rows(args.queries_file)]
     if not queries:
         raise ValueError("give queries as arguments or with --queries-file")
-    model = load_model(args.model or Index.stored_model(store), args)
+    if args.context_chars is not None and (args.format != "context" or args.context_chars < 1):
+        raise ValueError("--context-chars takes a positive number and goes with --format "
+                         "context")
+    if args.format == "context" and args.output:
+        raise ValueError("--format context prints to stdout; drop --output")
     config = SearchConfig(k=args.k, instruction=args.instruction,
                           where=parse_where(args.where), exact=not args.approximate,
-                          mmr=args.mmr, mmr_lambda=args.mmr_lambda, fetch_k=args.fetch_k)
-    with Index.create_or_open(model, IndexConfig(store=store), create=False) as index:
+                          mmr=args.mmr, mmr_lambda=args.mmr_lambda, fetch_k=args.fetch_k,
+                          **rerank_settings(args))
+    model = load_model(args.model or Index.stored_model(store), args)
+    with contextlib.ExitStack() as stack:
+        index = stack.enter_context(
+            Index.create_or_open(model, IndexConfig(store=store), create=False))
+        reranker = (stack.enter_context(load_rerank_model(args.rerank, args))
+                    if args.rerank else None)
         for problem in index.problems:
             print(f"warning: {problem}", file=sys.stderr)
-        results = index.search(queries, config)
+        results = index.search(queries, config, reranker=reranker)
+        spent = reranker.usage_report() if reranker is not None else None
+        if spent:
+            print(f"reranker: {spent}", file=sys.stderr)
         if index.damaged:
             shown = ", ".join(f"{i} ({p})" for i, p in list(index.damaged.items())[:5])
             print(f"warning: {len(index.damaged)} damaged stored vectors left out of the results: "
@@ -140,6 +171,11 @@ def _search(args: argparse.Namespace, store: StoreConfig) -> int:
                   file=sys.stderr)
     if args.output:
         write_rows(args.output, hits_to_rows(queries, results))
+    elif args.format == "context":
+        chars = 8000 if args.context_chars is None else args.context_chars
+        contexts = [build_context(hits, max_chars=chars) for hits in results]
+        print(contexts[0] if len(queries) == 1 else "\n\n".join(
+            f"query: {q}\n\n{c}" for q, c in zip(queries, contexts, strict=True)))
     else:
         print(format_json(queries, results) if args.format == "json"
               else format_table(queries, results))

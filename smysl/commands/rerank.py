@@ -1,4 +1,5 @@
-"""``smysl rerank``: order documents by relevance to a query with a local Qwen3-Reranker."""
+"""``smysl rerank``: order documents by relevance to a query with any reranker: a local
+Qwen3-Reranker or a remote one (``siliconflow:...``, ``tei:URL``, ``smysl:URL``...)."""
 
 from __future__ import annotations
 
@@ -11,11 +12,14 @@ from typing import Any
 
 from smysl.commands._model import add_model_arguments, model_options
 
-HELP = "rank documents (JSONL or lines) against a query with a Qwen3-Reranker; write JSONL"
+HELP = "rank documents (JSONL or lines) against a query with a reranker; write JSONL"
+MODEL_HELP = ("reranker: a Qwen3-Reranker dir or Hub id (Qwen/Qwen3-Reranker-0.6B), or "
+              "scheme:model (siliconflow:..., deepinfra:..., cohere:URL, tei:URL, smysl:URL, ...)")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    add_model_arguments(p)
+    p.add_argument("--model", required=True, help=MODEL_HELP)
+    add_model_arguments(p, model=False)
     p.add_argument("--query", "-q", required=True, help="the query")
     p.add_argument("--instruction", default=None,
                    help="the <Instruct> line (default: the model card's web-search one)")
@@ -65,7 +69,7 @@ def read_documents(text: str, jsonl: bool | None) -> tuple[list[str], list[Any]]
 
 
 def run(args: argparse.Namespace) -> int:
-    from smysl.qwen3.reranker import Reranker
+    from smysl.registry import load_reranker
 
     if args.input == "-":
         texts, items = read_documents(sys.stdin.read(), None)
@@ -73,12 +77,10 @@ def run(args: argparse.Namespace) -> int:
         path = Path(args.input)
         texts, items = read_documents(path.read_text(encoding="utf-8"),
                                       path.suffix.lower() in (".jsonl", ".ndjson") or None)
-    reranker = Reranker.load(args.model, model_options(args))
-    try:
+    with load_reranker(args.model, model_options(args)) as reranker:
         ranked = reranker.rerank(args.query, texts, instruction=args.instruction,
                                  top_n=args.top_n, truncate=args.truncate)
-    finally:
-        reranker.close()
+        spent = reranker.usage_report()
     with contextlib.ExitStack() as stack:
         out = sys.stdout if args.output == "-" else stack.enter_context(
             open(args.output, "w", encoding="utf-8"))
@@ -87,4 +89,6 @@ def run(args: argparse.Namespace) -> int:
                                   "document": items[i]}, ensure_ascii=False) + "\n")
     print(f"reranked {len(texts)} documents" + (f", kept {len(ranked)}" if args.top_n else ""),
           file=sys.stderr)
+    if spent:
+        print(spent, file=sys.stderr)
     return 0

@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -31,9 +31,12 @@ from smysl.toolkit.ingest import (
     read_documents,
     stored_problem,
 )
-from smysl.toolkit.search import SearchConfig, search_vectors
+from smysl.toolkit.search import MMR_AND_RERANK, SearchConfig, search_vectors
 from smysl.toolkit.store import Hit, Record, StoreConfig, VectorStore, Where, local_path
 from smysl.toolkit.stores import open_store
+
+if TYPE_CHECKING:
+    from smysl.rerank import BaseReranker
 
 CACHE_FILE = "embedding-cache.sqlite"
 #: Meta key: records carry vector checksums (indexes built before them do not).
@@ -203,14 +206,21 @@ class Index:
         return self.embedder.embed(list(queries), instruction=task,
                                    dimensions=self._dims_arg(), truncate=True)
 
-    def search(self, queries: str | Sequence[str], config: SearchConfig | None = None
-               ) -> list[list[Hit]]:
+    def search(self, queries: str | Sequence[str], config: SearchConfig | None = None, *,
+               reranker: BaseReranker | None = None) -> list[list[Hit]]:
         """Top-k chunks per query (a single string gives one list). Hits whose stored vector
-        is damaged are left out and recorded in :attr:`damaged`."""
+        is damaged are left out and recorded in :attr:`damaged`.
+
+        With a ``reranker``, the ``max(config.rerank_top, k)`` nearest chunks (filters
+        applied) are scored by it against the query text and the best ``k`` come back as
+        :class:`~smysl.toolkit.search.RerankedHit` (``score``: the reranker's,
+        ``vector_score``: the cosine); ``config.mmr`` with a reranker is refused."""
         config = config or SearchConfig()
         qs = [queries] if isinstance(queries, str) else list(queries)
+        if reranker is not None and config.mmr:
+            raise ValueError(MMR_AND_RERANK)  # before the queries are embedded
         return search_vectors(self.store, self.embed_queries(qs, config.instruction), config,
-                              check=self._check_hit)
+                              check=self._check_hit, reranker=reranker, texts=qs)
 
     def _check_hit(self, hit: Hit) -> bool:
         problem = hit_problem(hit, self.store.dimensions, self.checksums)
