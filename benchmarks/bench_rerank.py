@@ -123,11 +123,11 @@ def reference(path: Path, batch: int) -> Scorer:
     return run
 
 
-def native(path: Path) -> Scorer:
+def native(path: Path, dtype: str = "float32", shared_prefix: bool = True) -> Scorer:
     """smysl's reranker, loaded: each query's candidates in one ``rerank`` call."""
     from smysl import Reranker
 
-    r = Reranker.load(str(path), device="cpu", dtype="float32")
+    r = Reranker.load(str(path), device="cpu", dtype=dtype, shared_prefix=shared_prefix)
 
     def run(work: Work) -> list[list[float]]:
         out = []
@@ -148,6 +148,10 @@ def main() -> None:
     ap.add_argument("--ref-batch", type=int, default=8,
                     help="pairs per forward pass of the reference recipe")
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--no-reference", action="store_true",
+                    help="smysl's variants only (the shared-prefix A/B)")
+    ap.add_argument("--dtypes", default="float32",
+                    help="smysl dtypes to run, comma-separated (float32, bfloat16, auto)")
     args = ap.parse_args()
     import torch
 
@@ -156,24 +160,37 @@ def main() -> None:
     path = random_reranker(OUT / f"reranker-0.6b-{args.layers}l", args.layers)
     work = workload(args.queries, args.candidates)
     pairs = sum(len(d) for _, d in work)
+    from smysl.qwen3.cpu import detect
+
+    print(f"CPU: {detect().describe()}; torch threads {torch.get_num_threads()}; "
+          f"{len(work)} queries, {pairs} pairs", flush=True)
+    runs: list[tuple[str, Callable[[], Scorer]]] = []
+    for dt in args.dtypes.split(","):
+        runs.append((f"smysl {dt}", lambda dt=dt: native(path, dt)))
+        runs.append((f"smysl {dt} whole", lambda dt=dt: native(path, dt, shared_prefix=False)))
+    if not args.no_reference:
+        runs.append(("transformers", lambda: reference(path, args.ref_batch)))
     results = {}
-    for name, make in (("smysl", lambda: native(path)),
-                       ("transformers", lambda: reference(path, args.ref_batch))):
+    for name, make in runs:
         scorer = make()  # loading is not timed
         t0 = time.perf_counter()
         scores = scorer(work)
         secs = time.perf_counter() - t0
         results[name] = (scores, secs)
-        print(f"{name:>12}: {pairs} pairs in {secs:.1f} s = {pairs / secs:.2f} pairs/s",
+        print(f"{name:>22}: {pairs} pairs in {secs:.1f} s = {pairs / secs:.2f} pairs/s",
               flush=True)
         del scorer
-    a = np.array([x for row in results["smysl"][0] for x in row])
-    b = np.array([x for row in results["transformers"][0] for x in row])
-    same = all(np.argsort(-np.array(x), kind="stable").tolist()
-               == np.argsort(-np.array(y), kind="stable").tolist()
-               for x, y in zip(results["smysl"][0], results["transformers"][0], strict=True))
-    print(f"speed-up {results['transformers'][1] / results['smysl'][1]:.2f}x; max |score "
-          f"difference| {np.abs(a - b).max():.2e}; rankings identical: {same}")
+    base = "transformers" if "transformers" in results else runs[1][0]
+    for name, (scores, secs) in results.items():
+        if name == base:
+            continue
+        a = np.array([x for row in scores for x in row])
+        b = np.array([x for row in results[base][0] for x in row])
+        same = all(np.argsort(-np.array(x), kind="stable").tolist()
+                   == np.argsort(-np.array(y), kind="stable").tolist()
+                   for x, y in zip(scores, results[base][0], strict=True))
+        print(f"{name} vs {base}: speed-up {results[base][1] / secs:.2f}x; max |score "
+              f"difference| {np.abs(a - b).max():.2e}; rankings identical: {same}", flush=True)
 
 
 if __name__ == "__main__":

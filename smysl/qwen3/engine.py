@@ -23,6 +23,7 @@ from smysl.qwen3.heap import loading
 from smysl.qwen3.hub import Checkpoint
 from smysl.qwen3.loader import LinearFactory, load_encoder
 from smysl.qwen3.model import Qwen3Encoder
+from smysl.qwen3.prefix import layout
 
 if TYPE_CHECKING:
     from smysl.qwen3.cuda import Runner
@@ -148,7 +149,10 @@ class EngineLike(Protocol):
         """Whether forward passes can still run (an engine process may have died)."""
         ...
 
-    def forward(self, batch: list[list[int]]) -> np.ndarray: ...
+    def forward(self, batch: list[list[int]], heads: list[int] | None = None) -> np.ndarray:
+        """Pooled rows ``[len(batch), hidden]``; ``heads[i]``: leading tokens of sequence ``i``
+        that sequences with the same head compute once (CPU; see :mod:`smysl.qwen3.prefix`)."""
+        ...
 
     def forward_many(self, batches: Iterable[list[list[int]]]) -> Iterator[np.ndarray]:
         """:meth:`forward` of each batch in turn (on CUDA the next batch is assembled and
@@ -205,12 +209,15 @@ class Engine:
                                  keep_blocks=cfg.quantize == "int4")
         return cls(model, device, dtype, cfg.quantize, cfg.cuda_graphs)
 
-    def forward(self, batch: list[list[int]]) -> np.ndarray:
+    def forward(self, batch: list[list[int]], heads: list[int] | None = None) -> np.ndarray:
         """One forward pass: token-id sequences -> float32 ``[len(batch), hidden]`` pooled rows.
 
         Rows are the final-norm hidden state of each sequence's last token, not yet normalised.
+        ``heads`` (CPU): sequences whose first ``heads[i]`` tokens are equal compute them once
+        (:mod:`smysl.qwen3.prefix`); a row depends on its own head, never on the batch. CUDA
+        computes every sequence whole.
         """
-        return self.submit(batch)()
+        return self.submit(batch, heads)()
 
     def forward_many(self, batches: Iterable[list[list[int]]]) -> Iterator[np.ndarray]:
         """Pooled rows of each batch in order; one batch stays queued ahead on CUDA, so the
@@ -223,13 +230,18 @@ class Engine:
         while pending:
             yield pending.popleft()()
 
-    def submit(self, batch: list[list[int]]) -> Callable[[], np.ndarray]:
+    def submit(self, batch: list[list[int]], heads: list[int] | None = None
+               ) -> Callable[[], np.ndarray]:
         """Start one forward pass; the returned call waits for its rows (on CPU the pass has
         run already). A batch that runs out of CUDA memory is split and retried in halves."""
         try:
             with self._lock:
                 if self._cuda is not None:
                     return self._cuda.launch(batch)
+                if heads is not None and any(heads):
+                    packed = layout(batch, heads, self.device)
+                    rows = self.model.run(*packed, chunk=self.chunk).numpy()
+                    return lambda: rows
                 ids = torch.tensor([t for s in batch for t in s], dtype=torch.long)
                 rows = self.model(ids, [len(s) for s in batch], chunk=self.chunk).numpy()
                 return lambda: rows
@@ -238,7 +250,7 @@ class Engine:
                 raise
         torch.cuda.empty_cache()
         half = len(batch) // 2
-        first, second = self.submit(batch[:half]), self.submit(batch[half:])
+        first, second = self.submit(batch[:half]), self.submit(batch[half:])  # CUDA: no heads
         return lambda: np.concatenate([first(), second()])
 
     def close(self) -> None:

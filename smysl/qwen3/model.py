@@ -251,19 +251,19 @@ class AttentionPlan:
         if len(self.groups) == 1 and self.groups[0][2] is None:  # one run of equal lengths
             n = len(self.lengths)
             qb, kb, vb = (x.unflatten(0, (n, -1)) for x in (q, k, v))
-            return _sdpa(qb, kb, vb, causal=True).flatten(0, 1)
+            return sdpa(qb, kb, vb, causal=True).flatten(0, 1)
         out = q.new_empty(q.shape)
         padded: tuple[torch.Tensor, ...] = ()
         for members, width, gather, dest in self.groups:
             if gather is None:  # contiguous equal lengths: [B * L] -> [B, L] views
                 s, e = min(self.starts[m] for m in members), width * len(members)
                 qb, kb, vb = (x[s : s + e].unflatten(0, (len(members), width)) for x in (q, k, v))
-                out[s : s + e] = _sdpa(qb, kb, vb, causal=True).flatten(0, 1)
+                out[s : s + e] = sdpa(qb, kb, vb, causal=True).flatten(0, 1)
                 continue
             if not padded:  # append one zero row that padding positions gather
                 padded = tuple(torch.cat([x, x.new_zeros(1, *x.shape[1:])]) for x in (q, k, v))
             qz, kz, vz = padded
-            o = _sdpa(qz[gather], kz[gather], vz[gather], causal=True)  # [B, L, Hq, D]
+            o = sdpa(qz[gather], kz[gather], vz[gather], causal=True)  # [B, L, Hq, D]
             valid = gather.flatten() < self.total
             out.index_copy_(0, dest, o.flatten(0, 1)[valid])  # type: ignore[arg-type]
         return out
@@ -274,16 +274,18 @@ class AttentionPlan:
         for i, n in enumerate(self.lengths):
             s = self.starts[i]
             # the last query sees its whole sequence: no mask needed
-            out[i] = _sdpa(q_last[None, i : i + 1], k[None, s : s + n], v[None, s : s + n],
+            out[i] = sdpa(q_last[None, i : i + 1], k[None, s : s + n], v[None, s : s + n],
                            causal=False)[0, 0]
         return out
 
 
-def _sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool) -> torch.Tensor:
-    """[B, L, heads, D] layout in and out; GQA handled by SDPA (CPU: the flash kernel)."""
+def sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool,
+         mask: torch.Tensor | None = None) -> torch.Tensor:
+    """q: [B, Lq, heads, D], k/v: [B, Lk, kv heads, D] -> [B, Lq, heads, D]; GQA handled by
+    SDPA (CPU: the flash kernel); ``mask``: [Lq, Lk] bool, True where a query may look."""
     o = F.scaled_dot_product_attention(
-        q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), is_causal=causal,
-        enable_gqa=q.shape[2] != k.shape[2],
+        q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_mask=mask,
+        is_causal=causal, enable_gqa=q.shape[2] != k.shape[2],
     )
     return o.transpose(1, 2)
 

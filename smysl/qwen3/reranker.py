@@ -69,8 +69,9 @@ class Reranker(BaseReranker):
 
     def __init__(self, engine: EngineLike, tokenizer: Tokenizer, head: np.ndarray, *,
                  name: str, max_tokens: int | None = None, max_batch_tokens: int | None = None,
-                 max_batch_size: int | None = None) -> None:
-        """``head``: the output-head rows of :data:`ANSWERS` ("no", "yes"), ``[2, hidden]``."""
+                 max_batch_size: int | None = None, shared_prefix: bool = True) -> None:
+        """``head``: the output-head rows of :data:`ANSWERS` ("no", "yes"), ``[2, hidden]``.
+        ``shared_prefix``: prompts of one query compute their common head once (CPU)."""
         if head.shape != (2, engine.hidden_size):
             raise ValueError(f"head rows must be [2, {engine.hidden_size}] (no, yes), "
                              f"got {list(head.shape)}")
@@ -83,6 +84,12 @@ class Reranker(BaseReranker):
         self.tokenizer.no_padding()
         self.prefix = self.tokenizer.encode(PREFIX, add_special_tokens=False).ids
         self.suffix = self.tokenizer.encode(SUFFIX, add_special_tokens=False).ids
+        #: Tokens that end a prompt's shared head (``<Document>:``), None: no sharing.
+        self.marker: list[int] | None = None
+        if shared_prefix:
+            marker = self.tokenizer.encode("<Document>:", add_special_tokens=False).ids
+            probe = self.tokenizer.encode(format_pair("q?", "x"), add_special_tokens=False).ids
+            self.marker = marker if _find(probe, marker) >= 0 else None
         #: Most tokens of one whole prompt (prefix and suffix included).
         self.max_tokens = min(max_tokens or MAX_TOKENS, engine.max_positions)
         if self.max_tokens <= len(self.prefix) + len(self.suffix):
@@ -94,11 +101,12 @@ class Reranker(BaseReranker):
             max_batch_size=max_batch_size or SchedulerConfig.max_batch_size)
 
     @classmethod
-    def load(cls, model: str, options: ModelOptions | None = None, **kwargs: Any) -> Reranker:
+    def load(cls, model: str, options: ModelOptions | None = None, *,
+             shared_prefix: bool = True, **kwargs: Any) -> Reranker:
         """Load a local Qwen3-Reranker checkpoint: a directory or a Hub repo id
         (``Qwen/Qwen3-Reranker-0.6B``). ``options`` / ``kwargs`` are
         :class:`~smysl.options.ModelOptions` fields (``device``, ``dtype``, ``quantize``,
-        ``max_tokens``, ``process``...)."""
+        ``max_tokens``, ``process``...); ``shared_prefix=False`` computes every prompt whole."""
         from smysl.qwen3.loader import read_head_rows
 
         given, unknown = ModelOptions.split(kwargs)
@@ -117,7 +125,8 @@ class Reranker(BaseReranker):
         head = read_head_rows(ckpt, [int(r) for r in rows if r is not None]).numpy()
         engine = start_engine(ckpt, opts)
         return cls(engine, tokenizer, head, name=model, max_tokens=opts.max_tokens,
-                   max_batch_tokens=opts.max_batch_tokens, max_batch_size=opts.max_batch_size)
+                   max_batch_tokens=opts.max_batch_tokens, max_batch_size=opts.max_batch_size,
+                   shared_prefix=shared_prefix)
 
     @property
     def healthy(self) -> bool:
@@ -176,8 +185,11 @@ class Reranker(BaseReranker):
         """float32 ``[n, 2]`` of prompts from :meth:`tokenize`: P("yes") and the logit
         difference ``yes - no`` (its sigmoid is P("yes")), both from one float64 difference."""
         diff = np.empty(len(ids), dtype=np.float64)
+        heads = [self.head_length(s) for s in ids] if self.marker else None
         for batch in plan_batches([len(s) for s in ids], self.scheduler):
-            hidden = self.engine.forward([ids[i] for i in batch]).astype(np.float64)  # [b, H]
+            hidden = self.engine.forward([ids[i] for i in batch],
+                                         [heads[i] for i in batch] if heads else None
+                                         ).astype(np.float64)  # [b, H]
             # [b, 1, H] * [1, 2, H] summed per row: each row's result is independent of the
             # batch it came in (a GEMM may pick other kernels for other row counts)
             logits = (hidden[:, None, :] * self.head[None]).sum(-1)  # [b, 2]: no, yes
@@ -189,6 +201,15 @@ class Reranker(BaseReranker):
         """Scores of prompts from :meth:`tokenize`: float32 ``[n]`` P("yes"), or with ``raw``
         the logit difference ``yes - no``."""
         return self.prepared_scores(ids)[:, 1 if raw else 0]
+
+    def head_length(self, ids: list[int]) -> int:
+        """Tokens of a prompt up to its first ``<Document>:`` (the system line, instruction
+        and query: the same for every document of a query), 0 without one. A rule of the
+        prompt alone, so a score never depends on what else is in its batch."""
+        if self.marker is None:
+            return 0
+        at = _find(ids, self.marker, start=len(self.prefix))
+        return at + len(self.marker) if at >= 0 else 0
 
     def _scores(self, query: str, documents: list[str], *, instruction: str | None,
                 truncate: bool) -> np.ndarray:
@@ -219,9 +240,20 @@ class Reranker(BaseReranker):
         self.engine.close()
 
 
-def load(rest: str, options: ModelOptions, **kwargs: Any) -> Reranker:
+def _find(seq: list[int], part: list[int], start: int = 0) -> int:
+    """Index of the first occurrence of ``part`` in ``seq`` at or after ``start``, else -1."""
+    n = len(part)
+    first = part[0]
+    for i in range(start, len(seq) - n + 1):
+        if seq[i] == first and seq[i : i + n] == part:
+            return i
+    return -1
+
+
+def load(rest: str, options: ModelOptions, *, shared_prefix: bool = True,
+         **kwargs: Any) -> Reranker:
     """The registry's factory for local Qwen3-Reranker strings (see
     :func:`smysl.registry.load_reranker`)."""
     if kwargs:
         raise TypeError(f"unexpected options for a local reranker: {sorted(kwargs)}")
-    return Reranker.load(rest, options)
+    return Reranker.load(rest, options, shared_prefix=shared_prefix)

@@ -68,13 +68,14 @@ def _child(conn: Connection, ckpt: Checkpoint, cfg: EngineConfig) -> None:
                            "cuda_graphs": engine.cuda_graphs}))
     while True:
         try:
-            batch = conn.recv()
+            request = conn.recv()
         except (EOFError, OSError):  # the parent is gone
             return
-        if batch is None:
+        if request is None:
             return
         try:
-            reply: tuple[str, Any] = ("ok", engine.forward(batch))
+            batch, heads = request
+            reply: tuple[str, Any] = ("ok", engine.forward(batch, heads))
         except Exception as e:
             reply = ("error", e)
         _send(conn, reply)
@@ -240,7 +241,7 @@ class EngineProcess:
         for batch in batches:
             yield self.forward(batch)
 
-    def forward(self, batch: list[list[int]]) -> np.ndarray:
+    def forward(self, batch: list[list[int]], heads: list[int] | None = None) -> np.ndarray:
         """Same as :meth:`Engine.forward`: ``[len(batch), hidden]`` float32 pooled rows."""
         with self._lock:
             if self._closed:
@@ -257,7 +258,7 @@ class EngineProcess:
                 log.warning("starting a new engine process after an interrupted call")
                 self._start()
             try:
-                self._conn.send(batch)
+                self._conn.send((batch, heads))
                 kind, payload = self._conn.recv()
             except (EOFError, OSError):
                 self._down = True  # the watcher restarts it

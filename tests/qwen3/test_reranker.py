@@ -97,6 +97,26 @@ def test_batch_invariance_is_bit_exact_on_cpu(loaded: dict[str, Reranker]) -> No
     assert shuffled == [together[i] for i in order]
 
 
+def test_the_shared_query_prefix_is_computed_once_and_changes_nothing(
+        rerankers: dict[str, Tiny], loaded: dict[str, Reranker]) -> None:
+    """issue 15: prompts of one query share the tokens up to ``<Document>:`` (system line,
+    instruction, query); scores equal those of whole prompts within float error, and the
+    head is a rule of the prompt alone (queries mixed in one batch each keep theirs)."""
+    r = loaded["tied"]
+    whole = Reranker.load(str(rerankers["tied"].path), device="cpu", shared_prefix=False)
+    pairs = [(q, d) for q in (QUERY, "what is a vector database", QUERY + "!") for d in DOCS]
+    ids = r.tokenize(pairs)
+    heads = [r.head_length(s) for s in ids]
+    head = r.tokenizer.encode(PREFIX + format_pair(QUERY, "").rstrip(),
+                              add_special_tokens=False).ids
+    assert heads[0] == len(head) and ids[0][: heads[0]] == head
+    assert len(set(heads[: len(DOCS)])) == 1 and whole.head_length(ids[0]) == 0
+    ours, theirs = np.array(r.score(pairs)), np.array(whole.score(pairs))
+    assert np.abs(ours - theirs).max() <= 1e-6
+    assert r.score(pairs[len(DOCS):]) == r.score(pairs)[len(DOCS):]
+    whole.close()
+
+
 def test_rerank_top_n_and_bad_input(loaded: dict[str, Reranker]) -> None:
     """issue 15: top_n keeps the best; empty query, one string as documents, bad top_n and
     malformed pairs are clear errors; no documents is no results."""
