@@ -6,7 +6,9 @@ case-insensitive). Override per object with the ``price_per_mtok=`` option, or e
 sources below were read from stored copies of the providers' pages in November 2026, and
 entries marked *unverified* come from the project's seed table without a page to confirm them.
 Self-hosted servers (Ollama, TEI, smysl, a bare OpenAI-compatible URL) cost nothing per token.
-APIs billed per run (Replicate) are priced per request in :data:`REQUEST_PRICES`.
+APIs billed per run (Replicate) are priced per request in :data:`REQUEST_PRICES`. Remote
+rerankers (:mod:`smysl.providers.rerankers`) have their own tables, :data:`RERANK_PRICES` (per 1M
+tokens) and :data:`RERANK_SEARCH_UNIT_PRICES` (Cohere's search units).
 """
 
 from __future__ import annotations
@@ -45,6 +47,44 @@ REQUEST_PRICES: dict[str, float] = {
     # size and cold starts). Override with price_per_request= for your hardware and load.
     "replicate": 0.001,
 }
+
+
+#: Rerankers, USD per 1M tokens (same keys; a separate table because one provider's embedding
+#: and reranking prices differ). Only documented prices; a model without an entry has no cost
+#: in its usage report ("cost unknown") unless ``price_per_mtok=`` is given.
+RERANK_PRICES: dict[str, float] = {
+    # alibabacloud.com/help/en/model-studio/text-rerank-api (Mar 2026): qwen3-rerank $0.1 per 1M
+    # tokens (Singapore), gte-rerank-v2 $0.115 (Beijing).
+    "dashscope:qwen3-rerank": 0.1,
+    "dashscope:gte-rerank-v2": 0.115,
+    # deepinfra.com/Qwen/Qwen3-Reranker-0.6B/api: "$0.010 / Mtoken";
+    # deepinfra.com/Qwen/Qwen3-Reranker-8B/api: "$0.050 / 1M tokens" (4B: no page found).
+    "deepinfra:qwen/qwen3-reranker-0.6b": 0.01,
+    "deepinfra:qwen/qwen3-reranker-8b": 0.05,
+    # Self-hosted.
+    "tei": 0.0,
+    "smysl": 0.0,
+}
+
+#: Rerankers billed per search unit (Cohere: "one query with up to 100 documents to be ranked";
+#: longer documents are chunked and each chunk counts), USD per unit.
+RERANK_SEARCH_UNIT_PRICES: dict[str, float] = {
+    # Unverified: third-party pages (developer.puter.com, Jun 2026; memberjunction docs, Apr 2026)
+    # quote $2.00 per 1K searches for Rerank 3.5 / 4 Fast ($2.50 for 4 Pro); the stored
+    # cohere.com/pricing copy (Oct 2026) lists no pay-as-you-go price.
+    "cohere": 0.002,
+    "cohere:rerank-v4.0-pro": 0.0025,
+}
+
+
+def rerank_price_for(provider: str, model: str) -> float | None:
+    """USD per 1M tokens for reranker ``model`` at ``provider``, or None when unknown."""
+    return _lookup(RERANK_PRICES, provider, model)
+
+
+def rerank_search_unit_price_for(provider: str, model: str) -> float | None:
+    """USD per search unit for reranker ``model`` at ``provider``, or None."""
+    return _lookup(RERANK_SEARCH_UNIT_PRICES, provider, model)
 
 
 def price_for(provider: str, model: str) -> float | None:

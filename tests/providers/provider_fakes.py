@@ -14,6 +14,25 @@ One threaded HTTP server on 127.0.0.1 (random port) answers the documented shape
   "embedding_dim"}}``), ``GET /v1/predictions/{id}`` and ``POST .../cancel``: answered at once
   (``Prefer: wait``), after ``replicate_polls`` polls, or failed (``replicate_error``).
 
+Rerank routes (scores are :func:`rerank_score` of the query, the document and the
+instruction, if any; lists are answered best first and cut to ``top_n`` when it is sent):
+
+* Cohere ``POST /v2/rerank``: ``{"id", "results": [{"index", "relevance_score"}], "meta":
+  {"api_version", "billed_units": {"search_units"}}}``, one search unit per 100 documents.
+* Jina/SiliconFlow/smysl-style ``POST .../v1/rerank``: ``{"id", "model", "results", "usage":
+  {"total_tokens"}, "tokens": {"input_tokens", "output_tokens"}}`` (``instruction``: SiliconFlow's
+  and smysl's field).
+* TEI ``POST /rerank`` (``texts``): a bare ``[{"index", "score"}]``; 413 past
+  ``max_client_batch_size``.
+* DeepInfra ``POST /v1/inference/{model}``: ``{"queries", "documents"}`` of equal length ->
+  ``{"scores", "input_tokens", "request_id", "inference_status"}`` in input order.
+* DashScope ``POST /compatible-api/v1/reranks`` (``instruct``) -> ``{"results", "usage"}`` and
+  ``POST /api/v1/services/rerank/text-rerank/text-rerank`` (``input``, ``parameters``) ->
+  ``{"output": {"results"}, "usage", "request_id"}``.
+
+``rerank_max_docs`` answers 400 to a rerank request with more documents (an API's per-request
+maximum); every rerank request bills the tokens of its "query document" pairs.
+
 Faults: scripted per request (:class:`Fault`: status, delay, a dropped socket, a body that
 drips in byte by byte, an edited body) or random (``p429``, ``p500``, ``pdrop``); ``too_large``
 answers 413 past that many inputs (a server whose limit is below the client's).
@@ -44,6 +63,12 @@ def det_vector(text: str, dims: int) -> np.ndarray:
     """A pseudo-random float32 vector determined by ``text`` alone."""
     seed = int.from_bytes(hashlib.sha256(text.encode("utf-8")).digest()[:8], "little")
     return np.random.default_rng(seed).standard_normal(dims).astype(np.float32)
+
+
+def rerank_score(query: str, document: str, instruction: str | None = None) -> float:
+    """A pseudo-random relevance score in (0, 1) determined by the pair (and instruction)."""
+    key = f"{instruction}\x00{query}\x00{document}".encode()
+    return (int.from_bytes(hashlib.sha256(key).digest()[:8], "little") + 0.5) / 2.0 ** 64
 
 
 def expected(texts: list[str], dims: int, native: int) -> np.ndarray:
@@ -77,7 +102,8 @@ class FakeServer:
                  shuffle: bool = False, normalize: bool = True, seed: int = 0,
                  reject: Callable[[list[str]], bool] | None = None, pdrop: float = 0.0,
                  too_large: int | None = None, replicate_polls: int = 0,
-                 replicate_error: str | None = None) -> None:
+                 replicate_error: str | None = None,
+                 rerank_max_docs: int | None = None) -> None:
         self.dims = dims
         self.tokenizer = tokenizer
         self.embed_fn = embed_fn
@@ -91,6 +117,7 @@ class FakeServer:
         self.billed_texts: list[str] = []
         self.retry_after, self.retry_after_ms = retry_after, retry_after_ms
         self.max_inputs = max_inputs
+        self.rerank_max_docs = rerank_max_docs
         self.tei_max_batch = tei_max_batch
         self.api_key = api_key
         self.models = models
@@ -106,6 +133,7 @@ class FakeServer:
         self.faults = 0  # injected 429/500/drops/malformed
         self.requests: list[dict[str, Any]] = []  # every parsed JSON body, in arrival order
         self.headers_seen: list[dict[str, str]] = []
+        self.paths: list[str] = []  # the path of every POST, in arrival order
         self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self._httpd.daemon_threads = True
         self._thread = threading.Thread(target=self._httpd.serve_forever, daemon=True)
@@ -205,6 +233,7 @@ class FakeServer:
                 with server.lock:
                     server.requests.append(body)
                     server.headers_seen.append(dict(self.headers))
+                    server.paths.append(self.path)
                 fault = server._next_fault()
                 if fault is not None and fault.delay:
                     time.sleep(fault.delay)
@@ -255,6 +284,13 @@ class FakeServer:
                     return 200, {"status": "canceled"}
                 if path.endswith("/embeddings"):
                     return self.openai(body)
+                if path == "/rerank" and "texts" in body:
+                    return self.tei_rerank(body)
+                if path.endswith("/rerank") or path.endswith("/reranks") or \
+                        path.endswith("/text-rerank/text-rerank"):
+                    return self.rerank(body)
+                if path.startswith("/v1/inference/"):
+                    return self.deepinfra_rerank(body)
                 if path == "/api/embed":
                     return self.ollama(body)
                 if path == "/embed":
@@ -338,6 +374,75 @@ class FakeServer:
                 n = self._bill(texts)
                 return 200, {"object": "list", "data": data, "model": body.get("model"),
                              "usage": {"prompt_tokens": n, "total_tokens": n}}
+
+            def _rerank_bill(self, query: str, documents: list[str]) -> int:
+                return self._bill([f"{query} {d}" for d in documents])
+
+            def _too_many(self, n: int) -> tuple[int, Any] | None:
+                if server.rerank_max_docs is not None and n > server.rerank_max_docs:
+                    return 400, {"code": "InvalidParameter", "message": f"{n} documents, more "
+                                 f"than the maximum of {server.rerank_max_docs}"}
+                return None
+
+            def rerank(self, body: dict[str, Any]) -> tuple[int, Any]:
+                """Cohere, Jina, SiliconFlow, smysl and both DashScope shapes."""
+                if not self._model_ok(body):
+                    return 404, {"message": f"model {body.get('model')} not found"}
+                native = self.path.endswith("/text-rerank/text-rerank")
+                inp = body["input"] if native else body
+                params = body.get("parameters", {}) if native else body
+                query, docs = inp["query"], inp["documents"]
+                if not isinstance(query, str) or not query or not isinstance(docs, list) \
+                        or not docs or not all(isinstance(d, str) for d in docs):
+                    return 400, {"message": "query and documents are required"}
+                too_many = self._too_many(len(docs))
+                if too_many is not None:
+                    return too_many
+                instruction = body.get("instruction", body.get("instruct"))
+                ranked = sorted(({"index": i, "relevance_score":
+                                  rerank_score(query, d, instruction)}
+                                 for i, d in enumerate(docs)),
+                                key=lambda r: -r["relevance_score"])
+                top_n = params.get("top_n")
+                if top_n is not None:
+                    ranked = ranked[:top_n]
+                n = self._rerank_bill(query, docs)
+                if native:
+                    return 200, {"output": {"results": ranked}, "usage": {"total_tokens": n},
+                                 "request_id": "r"}
+                if self.path.endswith("/v2/rerank"):  # Cohere
+                    return 200, {"id": "r", "results": ranked, "meta": {
+                        "api_version": {"version": "2"},
+                        "billed_units": {"search_units": -(-len(docs) // 100)}}}
+                return 200, {"id": "r", "model": body.get("model"), "results": ranked,
+                             "usage": {"total_tokens": n},
+                             "tokens": {"input_tokens": n, "output_tokens": 0}}
+
+            def tei_rerank(self, body: dict[str, Any]) -> tuple[int, Any]:
+                texts = body["texts"]
+                if len(texts) > server.tei_max_batch:
+                    return 413, {"error": f"batch size {len(texts)} > maximum allowed batch "
+                                          f"size {server.tei_max_batch}",
+                                 "error_type": "validation"}
+                self._rerank_bill(body["query"], texts)
+                rows = [{"index": i, "score": rerank_score(body["query"], t)}
+                        for i, t in enumerate(texts)]
+                return 200, sorted(rows, key=lambda r: -r["score"])
+
+            def deepinfra_rerank(self, body: dict[str, Any]) -> tuple[int, Any]:
+                queries, docs = body.get("queries"), body.get("documents")
+                if not isinstance(queries, list) or not isinstance(docs, list) \
+                        or len(queries) != len(docs):
+                    return 422, {"detail": "queries and documents must have the same length"}
+                too_many = self._too_many(len(docs))
+                if too_many is not None:
+                    return too_many
+                n = self._bill([f"{q} {d}" for q, d in zip(queries, docs, strict=True)])
+                return 200, {"scores": [rerank_score(q, d) for q, d in
+                                        zip(queries, docs, strict=True)],
+                             "input_tokens": n, "request_id": None,
+                             "inference_status": {"status": "succeeded", "runtime_ms": 1,
+                                                  "cost": 0.0, "tokens_input": n}}
 
             def ollama(self, body: dict[str, Any]) -> tuple[int, Any]:
                 if not self._model_ok(body):
