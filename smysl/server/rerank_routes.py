@@ -213,8 +213,12 @@ class RerankService:
         except TimeoutError:
             raise ApiError("timeout", "the reranker did not answer within the server's time "
                            "budget (request_timeout_s); retry") from None
-        except ValueError as e:
+        except ValueError as e:  # the API refused the input (RejectedRerankError) or ours
             raise ApiError("invalid", str(e), param="query") from None
+        except Exception:
+            if not self.reranker.healthy:
+                raise self.unavailable() from None
+            raise
         finally:
             self.waiting -= 1
         self.metrics.inputs.inc(len(pairs))
@@ -224,9 +228,10 @@ class RerankService:
         return Scored(np.asarray(scores, dtype=np.float32), estimate)
 
     def unavailable(self) -> ApiError:
-        return ApiError("unavailable", f"the reranker {self.model_id!r} is down (an engine "
-                        "process that exited restarts itself); retry shortly",
-                        headers={"Retry-After": "5"})
+        why = ("an engine process that exited restarts itself" if self.tokens is not None
+               else "its upstream API does not answer")
+        return ApiError("unavailable", f"the reranker {self.model_id!r} is down ({why}); retry "
+                        "shortly", headers={"Retry-After": "5"})
 
 
 def router(rs: RerankService, *, health: bool = False) -> APIRouter:

@@ -163,6 +163,28 @@ def test_concurrent_requests_share_forward_passes(reranker: Any) -> None:
     assert f"smysl_rerank_inputs_total {sum(len(DOCS[i % 3:]) for i in range(24))}.0" in metrics
 
 
+def test_a_remote_reranker_is_served_per_request(reranker: Any) -> None:
+    """issue 15: ``serve --reranker smysl:URL`` fronts another server's reranker: same scores
+    and order; raw scores (a local engine's logits) are refused as unsupported."""
+    from fastapi.testclient import TestClient
+
+    import smysl
+    from smysl.server import ServerConfig, create_app
+
+    with live_server(None, reranker) as url:
+        remote = smysl.load_reranker(f"smysl:{url}")
+        with TestClient(create_app(None, ServerConfig(), reranker=remote)) as c:
+            got = c.post("/v1/rerank", json={"query": QUERY, "documents": DOCS}).json()
+            want = reranker.rerank(QUERY, DOCS)
+            assert [r["index"] for r in got["results"]] == [i for i, _ in want]
+            assert max(abs(r["relevance_score"] - s) for r, (_, s)
+                       in zip(got["results"], want, strict=True)) <= 1e-6
+            raw = c.post("/rerank", json={"query": QUERY, "texts": DOCS, "raw_scores": True})
+            assert raw.status_code == 422 and "raw_scores" in raw.json()["error"]
+            assert "smysl_rerank_inputs_total 6.0" in c.get("/metrics").text
+        remote.close()
+
+
 def test_serve_needs_a_model_or_a_reranker() -> None:
     """issue 15: create_app refuses to serve nothing."""
     from smysl.server import create_app
