@@ -74,7 +74,8 @@ def create_app(embedder: BaseEmbedder | None, config: ServerConfig | None = None
         app.include_router(openai_routes.router(service))
         app.include_router(ollama_routes.router(service))
         app.include_router(tei_routes.router(service))
-        app.include_router(ui.router(service))  # opens config.index: a bad one fails here
+        # opens config.index (a bad one fails here); /search reranks with the served reranker
+        app.include_router(ui.router(service, reranking))
     if reranking is not None:
         app.include_router(rerank_routes.router(reranking, health=service is None))
 

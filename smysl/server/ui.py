@@ -22,10 +22,11 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import anyio
 from fastapi import APIRouter, FastAPI, Request, Response
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr
 
 from smysl.server.errors import ApiError
 from smysl.server.http import json_response
+from smysl.server.rerank_routes import RerankService
 from smysl.server.service import Service, until_disconnected
 
 if TYPE_CHECKING:
@@ -36,6 +37,8 @@ T = TypeVar("T")
 
 #: Most hits one ``/search`` request may ask for.
 MAX_K = 100
+#: Most candidates one ``/search`` asks the reranker to score.
+MAX_RERANK_TOP = 500
 #: Placeholder in ui.html the server replaces with ``required`` or ``none``, so that a page
 #: behind auth asks for the key before its first call instead of collecting a 401.
 _AUTH_MARK = "@@AUTH@@"
@@ -54,6 +57,11 @@ class SearchRequest(BaseModel):
                           "'' for none")
     where: dict[str, Any] | None = Field(
         None, description="payload filter, e.g. {\"lang\": \"en\"} (see docs/toolkit.md)")
+    rerank: StrictBool | None = Field(
+        None, description="reorder the nearest rerank_top chunks with the served reranker "
+                          "(default: when the server has one, smysl serve --reranker)")
+    rerank_top: StrictInt = Field(50, description=f"candidates the reranker scores, "
+                                                   f"k..{MAX_RERANK_TOP}")
 
 
 def open_index(spec: str, embedder: BaseEmbedder) -> tuple[VectorStore, bool]:
@@ -105,8 +113,9 @@ def _page(auth_required: bool) -> tuple[bytes, str]:
     return html.encode("utf-8"), csp
 
 
-def router(service: Service) -> APIRouter:
-    """``/ui``, ``/ui/info`` and, when ``service.config.index`` names one, ``/search``.
+def router(service: Service, reranking: RerankService | None = None) -> APIRouter:
+    """``/ui``, ``/ui/info`` and, when ``service.config.index`` names one, ``/search`` (which
+    reranks its candidates through ``reranking``, the served reranker, when there is one).
 
     The index is opened and checked here, so a bad ``--index`` stops the server before it
     listens; its store is closed when the app shuts down.
@@ -160,31 +169,59 @@ def router(service: Service) -> APIRouter:
         """Top-k chunks of the served index: ``{"hits": [{"id", "score", "text", "metadata"}]}``
         (score: cosine; metadata: the stored payload without the text)."""
         from smysl.toolkit.index import hit_problem
-        from smysl.toolkit.search import SearchConfig, search_vectors
+        from smysl.toolkit.search import (
+            RerankedHit,
+            SearchConfig,
+            candidates,
+            reorder_hits,
+            search_vectors,
+        )
 
         if not 1 <= body.k <= MAX_K:
             raise ApiError("invalid", f"k must be between 1 and {MAX_K}, got {body.k}",
                            param="k")
+        rerank = reranking is not None if body.rerank is None else body.rerank
+        if rerank and reranking is None:
+            raise ApiError("unsupported", "this server has no reranker (smysl serve "
+                           "--reranker R)", param="rerank")
+        if rerank and not body.k <= body.rerank_top <= MAX_RERANK_TOP:
+            raise ApiError("invalid", f"rerank_top must be between k ({body.k}) and "
+                           f"{MAX_RERANK_TOP}, got {body.rerank_top}", param="rerank_top")
         service.check_texts([body.query], "query")
-        config = SearchConfig(k=body.k, where=body.where)
+        config = SearchConfig(k=body.k, where=body.where, rerank_top=body.rerank_top)
+        disconnected = until_disconnected(request.receive)
         # the query side of `smysl index search`: the instruction rule of the model, the
         # index's stored size, over-long queries cut (through the batcher, like every route)
         result = await service.embed_texts(
             [body.query], instruction=service.instruction(body.instruction, "query"),
             dimensions=searched.dimensions, truncate=True, what="query",
-            disconnected=until_disconnected(request.receive))
+            disconnected=disconnected)
+        wanted = dataclasses.replace(config, k=candidates(config, reranking=rerank))
         try:
             # damaged stored vectors are never served: left out, the search widened to k
             (hits,) = await in_thread(lambda: search_vectors(
-                searched, result.vectors, config,
+                searched, result.vectors, wanted,
                 check=lambda h: hit_problem(h, searched.dimensions, checksums) is None))
         except ValueError as e:  # the store's verdict on the filter
             raise ApiError("invalid", str(e), param="where") from None
-        return json_response({
-            "model": service.model_id,
-            "hits": [{"id": h.id, "score": float(h.score), "text": str(h.payload.get("text", "")),
-                      "metadata": {k: v for k, v in h.payload.items() if k != "text"}}
-                     for h in hits]},
-            headers=service.timing_headers(result))
+        if rerank and reranking is not None and hits:
+            # the candidates through the reranker's batcher, like any /rerank request
+            texts = [str(h.payload.get("text", "")) for h in hits]
+            scored = await reranking.score(body.query, texts, instruction=None, truncate=True,
+                                           disconnected=disconnected)
+            hits = list(reorder_hits(hits, [(i, float(scored.scores[i]))
+                                            for i in scored.order(body.k)]))
+        rows = []
+        for h in hits:
+            row: dict[str, Any] = {"id": h.id, "score": float(h.score),
+                                   "text": str(h.payload.get("text", "")),
+                                   "metadata": {k: v for k, v in h.payload.items()
+                                                if k != "text"}}
+            if isinstance(h, RerankedHit):
+                row.update(vector_score=h.vector_score, vector_rank=h.vector_rank)
+            rows.append(row)
+        return json_response({"model": service.model_id,
+                              "reranker": reranking.model_id if rerank and reranking else None,
+                              "hits": rows}, headers=service.timing_headers(result))
 
     return r

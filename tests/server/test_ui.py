@@ -111,6 +111,42 @@ def test_search_answers_like_the_toolkit(hash_index: Path) -> None:
         assert info == {"location": str(hash_index), "dimensions": 48, "chunks": len(TEXTS)}
 
 
+def test_search_reranks_with_the_served_reranker(hash_index: Path,
+                                                  tmp_path_factory: pytest.TempPathFactory
+                                                  ) -> None:
+    """issue 15: with ``--reranker`` /search reorders its ``rerank_top`` nearest chunks by the
+    reranker (through its batcher) and gives what the toolkit's reranked search gives, both
+    scores kept; ``rerank: false`` is the plain vector search; asking a server without a
+    reranker to rerank is a clear 4xx."""
+    from qwen_tiny import build_tiny_reranker
+
+    from smysl import Reranker
+
+    reranker = Reranker.load(str(build_tiny_reranker(tmp_path_factory.mktemp("rr")).path),
+                             device="cpu", process=False)
+    backend = HashEmbedder()
+    with Index.create_or_open(backend, IndexConfig(StoreConfig(uri=str(hash_index))),
+                              create=False) as ix:
+        (want,) = ix.search("a cat that purrs", SearchConfig(k=3, rerank_top=5),
+                            reranker=reranker)
+    app = create_app(backend, ServerConfig(index=str(hash_index)), reranker=reranker)
+    with TestClient(app) as client:
+        body = client.post("/search", json={"query": "a cat that purrs", "k": 3,
+                                            "rerank_top": 5}).json()
+        assert body["reranker"] == reranker.name
+        assert [h["id"] for h in body["hits"]] == [h.id for h in want]
+        assert [h["score"] for h in body["hits"]] == [h.score for h in want]
+        assert [h["vector_rank"] for h in body["hits"]] == [h.vector_rank for h in want]
+        plain = client.post("/search", json={"query": "a cat that purrs", "k": 3,
+                                             "rerank": False}).json()
+        assert plain["reranker"] is None and "vector_score" not in plain["hits"][0]
+        bad = client.post("/search", json={"query": "q", "k": 5, "rerank_top": 2})
+        assert bad.status_code == 422 and "rerank_top" in bad.json()["error"]  # TEI's shape
+    with TestClient(create_app(backend, ServerConfig(index=str(hash_index)))) as client:
+        r = client.post("/search", json={"query": "q", "rerank": True})
+        assert r.status_code == 422 and "no reranker" in r.json()["error"]
+
+
 def test_search_never_serves_a_damaged_stored_vector(hash_index: Path) -> None:
     """issue 11 item 1 (served index): a stored vector damaged on disk is left out of /search's
     hits (the toolkit's own hit check), and the search still returns k hits."""
