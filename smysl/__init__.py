@@ -7,8 +7,8 @@
 >>> remote = smysl.load("openrouter:qwen/qwen3-embedding-8b")    # doctest: +SKIP
 >>> rr = smysl.load_reranker("Qwen/Qwen3-Reranker-0.6B")         # doctest: +SKIP
 
-Every model string goes through :func:`load` or :func:`load_reranker` (:mod:`smysl.registry`); this package imports no
-torch until a local model is loaded.
+Every model string goes through :func:`load` or :func:`load_reranker` (:mod:`smysl.registry`);
+this package imports no torch until a local model is loaded.
 """
 
 from __future__ import annotations
