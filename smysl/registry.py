@@ -163,6 +163,19 @@ def rerank_scheme_of(model: str) -> Scheme:
     return RERANK_SCHEMES[split_reranker(model.strip())[0]]
 
 
+#: Loading flags a reranker shares with the embedding model it is loaded beside (``smysl serve
+#: --reranker``, ``index search --rerank``, ``eval --reranker``): where and how it computes;
+#: never the embedder's sizes, revision or quantisation.
+RERANK_SHARED = frozenset({"device", "dtype", "threads", "process"})
+
+
+def reranker_options(model: str, options: ModelOptions) -> ModelOptions:
+    """The embedding model's ``options`` as the reranker ``model`` takes them: the
+    :data:`RERANK_SHARED` flags its scheme uses (a local reranker: all; a remote API: none)."""
+    usable = rerank_scheme_of(model).options & RERANK_SHARED
+    return ModelOptions(**{k: v for k, v in options.given().items() if k in usable})
+
+
 def load_reranker(model: str, options: ModelOptions | None = None,
                   **kwargs: Any) -> BaseReranker:
     """Load a reranker model string as a :class:`~smysl.rerank.BaseReranker`:

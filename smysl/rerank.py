@@ -10,11 +10,14 @@ answers the same way. Model strings become rerankers in :func:`smysl.registry.lo
 from __future__ import annotations
 
 import abc
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
 import numpy as np
+
+from smysl.base import fingerprint_of
 
 
 @dataclass(frozen=True)
@@ -84,6 +87,12 @@ class BaseReranker(abc.ABC):
         """What this reranker is; backends that know more (dtype, device) extend it."""
         return RerankerInfo(name=self.name, backend=self.backend, max_tokens=self.max_tokens,
                             instruction_aware=self.instruction_aware)
+
+    def fingerprint(self) -> str:
+        """What the reranker *is*, for caches of its scores (see
+        :meth:`smysl.base.BaseEmbedder.fingerprint`): this default hashes :meth:`info`'s fields
+        (right for remote APIs); the local engine hashes its checkpoint's files."""
+        return fingerprint_of(dataclasses.asdict(self.info()))
 
     def token_level(self) -> RerankTokens | None:
         """The token-id interface when the backend has one (the local engine), else None."""

@@ -25,10 +25,6 @@ def add_table_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
-#: Model flags a local reranker named by ``--rerank`` shares with the embedder (placement only).
-RERANK_SHARED = ("device", "dtype", "threads")
-
-
 def add_rerank_arguments(p: argparse.ArgumentParser) -> None:
     """``--rerank R``, ``--rerank-top N``, ``--rerank-instruction TEXT``."""
     g = p.add_argument_group("reranking (the vector search's top candidates, reordered)")
@@ -62,17 +58,12 @@ def rerank_settings(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def load_rerank_model(model: str, args: argparse.Namespace) -> BaseReranker:
-    """Load the ``--rerank`` model (:func:`smysl.load_reranker`) with the placement flags
-    (:data:`RERANK_SHARED`) its scheme uses: a local reranker runs on the embedder's device,
-    dtype and threads; a remote one takes none of them."""
-    from smysl.options import ModelOptions
-    from smysl.registry import LOCAL, RERANK_SCHEMES, load_reranker
+    """Load the ``--rerank`` model (:func:`smysl.load_reranker`) with the embedder's placement
+    flags that its scheme uses (:func:`smysl.registry.reranker_options`)."""
+    from smysl.commands._model import model_options
+    from smysl.registry import load_reranker, reranker_options
 
-    head, sep, _ = model.strip().partition(":")
-    scheme = RERANK_SCHEMES.get(head) if sep else None
-    supported = (scheme or RERANK_SCHEMES[LOCAL]).options
-    return load_reranker(model, ModelOptions(**{
-        f: getattr(args, f) for f in RERANK_SHARED if f in supported}))
+    return load_reranker(model, reranker_options(model, model_options(args)))
 
 
 def progress(args: argparse.Namespace) -> bool:

@@ -8,7 +8,8 @@ from pathlib import Path
 
 from smysl.commands._model import add_model_arguments, model_options
 
-HELP = "evaluate models on STS, pair classification, classification, clustering and retrieval"
+HELP = ("evaluate models on STS, pair classification, classification, clustering, retrieval "
+        "and reranking")
 
 
 def _ints(text: str) -> tuple[int, ...]:
@@ -54,6 +55,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cache", type=Path, default=None, metavar="DIR",
                    help="keep embeddings here and reuse them in later runs")
     p.add_argument("--seed", type=int, default=42)
+    g = p.add_argument_group("reranking (runs only with --reranker)")
+    g.add_argument("--reranker", "-r", default=None, metavar="MODEL",
+                   help="reranker model string (Qwen3-Reranker dir or Hub id, siliconflow:..., "
+                        "tei:URL, ...): reranks each embedder's top candidates on xquad-ru and "
+                        "xquad-en (tasks xquad-ru-rerank, xquad-en-rerank; '-t rerank' alone)")
+    g.add_argument("--rerank-top", type=int, default=50, metavar="N",
+                   help="candidates per query: the embedder's top N (default 50)")
+    g.add_argument("--rerank-queries", type=int, default=None, metavar="N",
+                   help="rerank N queries spread over each task (full corpus; short runs)")
     add_model_arguments(p, model=False)
     p.add_argument("--no-plots", action="store_true")
     p.add_argument("--no-progress", action="store_true")
@@ -67,24 +77,39 @@ def run(args: argparse.Namespace) -> int:
     from smysl.eval import EvalConfig
     from smysl.eval import run as run_eval
     from smysl.eval.data import DEFAULT_DATA_DIR
+    from smysl.eval.rerank import RERANK_TASKS
     from smysl.eval.tasks import TASKS
+    from smysl.options import ModelOptions
+    from smysl.registry import reranker_options
 
     if not args.list_tasks and not args.model:
         raise ValueError("give at least one --model/-m (or --list-tasks)")
     if args.list_tasks:
-        for t in TASKS.values():
-            print(f"{t.name:24s} {t.kind:15s} {t.metric_label:18s} {t.description}")
+        rows: list[tuple[str, str, str, str]] = [
+            (t.name, t.kind, t.metric_label, t.description) for t in TASKS.values()]
+        rows += [(t.name, t.kind, t.metric_label, t.description) for t in RERANK_TASKS.values()]
+        for name, kind, label, description in rows:
+            print(f"{name:24s} {kind:15s} {label:18s} {description}")
         return 0
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     out = args.out or Path("eval-results") / time.strftime("%Y%m%d-%H%M%S")
+    options = model_options(args)
     cfg = EvalConfig(
         models=tuple(args.model), tasks=args.tasks, dimensions=args.dimensions,
         data_dir=args.data or DEFAULT_DATA_DIR, out_dir=out, limit=args.limit, seed=args.seed,
         use_instructions=not args.no_instructions, instructions=dict(args.instruction),
-        model_options=model_options(args), cache_dir=args.cache, compare=tuple(args.compare),
-        progress=not args.no_progress and sys.stderr.isatty(), plots=not args.no_plots)
+        model_options=options, cache_dir=args.cache, compare=tuple(args.compare),
+        progress=not args.no_progress and sys.stderr.isatty(), plots=not args.no_plots,
+        reranker=args.reranker, rerank_top=args.rerank_top, rerank_queries=args.rerank_queries,
+        reranker_options=(reranker_options(args.reranker, options) if args.reranker
+                          else ModelOptions()))
     results = run_eval(cfg)
     for r in results:
-        print(f"{r.model}: " + ", ".join(f"{t.task} {t.main(r.dimensions):.4f}" for t in r.tasks))
+        print(f"{r.model}: " + ", ".join(
+            [f"{t.task} {t.main(r.dimensions):.4f}" for t in r.tasks]
+            + [f"{x.task} nDCG@10 {x.before['ndcg_at_10']:.4f} -> {x.after['ndcg_at_10']:.4f}"
+               for x in r.reranking]))
     print(f"reports in {out}", file=sys.stderr)
     return 0
+
+

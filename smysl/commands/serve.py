@@ -90,17 +90,15 @@ def run(args: argparse.Namespace) -> int:
         switch_interval_s=args.switch_interval_ms / 1000 if args.switch_interval_ms else None,
         index=args.index)
 
-    from smysl.registry import load, load_reranker, rerank_scheme_of, scheme_of
+    from smysl.registry import load, load_reranker, reranker_options, scheme_of
 
     options = model_options(args)
     reranker = None
     if args.reranker:
-        # the size flags are the embedding model's; the reranker keeps its own (8,192 tokens)
-        rerank_options = options.replace(max_tokens=None, max_batch_tokens=None,
-                                         max_batch_size=None)
-        if "process" in rerank_scheme_of(args.reranker).options:
-            rerank_options = rerank_options.replace(process=not args.in_process)
-        reranker = load_reranker(args.reranker, rerank_options)
+        # placement flags only: the size flags are the embedding model's, the reranker keeps
+        # its own limits (8,192 tokens); a local one runs in a child process like the model
+        reranker = load_reranker(args.reranker, reranker_options(
+            args.reranker, options.replace(process=not args.in_process)))
         print(f"smysl serve: loaded reranker {reranker.name!r} (max {reranker.max_tokens} "
               "tokens)", file=sys.stderr)
     model = None

@@ -45,6 +45,14 @@ class EvalConfig:
             quality-vs-throughput plot.
         progress: show progress bars while embedding.
         plots: write PNG plots (needs matplotlib).
+        reranker: a reranker model string as :func:`smysl.load_reranker` takes it (a
+            Qwen3-Reranker directory or Hub id, ``siliconflow:...``); when set, the reranking
+            tasks (:data:`smysl.eval.rerank.RERANK_TASKS`) run for every model. None: no reranking.
+        reranker_options: how the reranker loads (device, dtype, ...), as ``model_options``.
+        rerank_top: candidates per query: the embedder's top ``rerank_top`` documents, which the
+            reranker reorders (a relevant document outside them stays missing).
+        rerank_queries: rerank only this many queries, spread evenly over each task's queries
+            (the corpus stays whole); None: every query. For short runs.
     """
 
     models: tuple[str, ...]
@@ -67,6 +75,10 @@ class EvalConfig:
     compare: tuple[Path, ...] = ()
     progress: bool = True
     plots: bool = True
+    reranker: str | None = None
+    reranker_options: ModelOptions = field(default_factory=ModelOptions)
+    rerank_top: int = 50
+    rerank_queries: int | None = None
 
     def __post_init__(self) -> None:
         if not self.models:
@@ -79,5 +91,11 @@ class EvalConfig:
                      "clustering_sample_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        if self.rerank_top < 1:
+            raise ValueError(f"rerank_top must be positive, got {self.rerank_top}")
+        if self.rerank_queries is not None and self.rerank_queries < 1:
+            raise ValueError(f"rerank_queries must be positive, got {self.rerank_queries}")
+        if self.reranker is not None and not self.reranker.strip():
+            raise ValueError("reranker must be a model string or None")
         if not self.retrieval_ks or min(self.retrieval_ks) < 1:
             raise ValueError(f"retrieval_ks must be positive, got {self.retrieval_ks}")

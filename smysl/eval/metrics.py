@@ -193,20 +193,37 @@ def retrieval_scores(q: np.ndarray, d: np.ndarray, query_ids: Sequence[str],
     relevant; MRR@k = 1/rank of the first relevant document within k (0 if none); MAP@k = sum of
     precision at each relevant rank within k / relevant (trec_eval's map_cut).
     """
+    return ranking_scores(top_documents(q, d, doc_ids, min(max(ks), len(doc_ids))), query_ids,
+                          qrels, ks)
+
+
+def top_documents(q: np.ndarray, d: np.ndarray, doc_ids: Sequence[str],
+                  k: int) -> list[list[str]]:
+    """Ids of each query's ``k`` most cosine-similar documents, best first (exact search; ties
+    keep corpus order, deterministic across runs)."""
     sims = np.asarray(q, dtype=np.float32) @ np.asarray(d, dtype=np.float32).T
-    kmax = min(max(ks), len(doc_ids))
-    # stable sort on -score: ties keep corpus order, deterministic across runs
-    top = np.argsort(-sims, axis=1, kind="stable")[:, :kmax]
-    doc_arr = np.asarray(doc_ids, dtype=object)
+    top = np.argsort(-sims, axis=1, kind="stable")[:, :k]
+    return [[doc_ids[int(j)] for j in row] for row in top]
+
+
+def ranking_scores(ranked: Sequence[Sequence[str]], query_ids: Sequence[str],
+                   qrels: dict[str, set[str]],
+                   ks: Sequence[int] = (1, 3, 5, 10, 100)) -> dict[str, float]:
+    """nDCG@k, recall@k, MRR@k and MAP@k (binary relevance, pytrec_eval definitions) of given
+    rankings, averaged over queries. ``ranked[i]`` are query ``i``'s document ids best first,
+    possibly fewer than ``k`` (a reranker's candidates): a relevant document absent from it counts
+    as not found, while the ideal DCG still assumes every relevant document could be ranked.
+    """
+    kmax = max(ks)
     discount = 1.0 / np.log2(np.arange(2, kmax + 2))
     sums: dict[str, float] = defaultdict(float)
-    for i, qid in enumerate(query_ids):
+    for qid, docs in zip(query_ids, ranked, strict=True):
         rel = qrels.get(qid, set())
-        hits = np.array([doc in rel for doc in doc_arr[top[i]]], dtype=np.float64)
+        hits = np.array([doc in rel for doc in list(docs)[:kmax]], dtype=np.float64)
         for k in ks:
-            kk = min(k, kmax)
-            h = hits[:kk]
-            ideal = discount[: min(len(rel), kk)].sum()
+            h = hits[:k]
+            kk = len(h)
+            ideal = discount[: min(len(rel), k)].sum()
             sums[f"ndcg_at_{k}"] += float(h @ discount[:kk] / ideal) if ideal > 0 else 0.0
             sums[f"recall_at_{k}"] += float(h.sum() / len(rel)) if rel else 0.0
             first = np.flatnonzero(h)
@@ -215,3 +232,8 @@ def retrieval_scores(q: np.ndarray, d: np.ndarray, query_ids: Sequence[str],
             sums[f"map_at_{k}"] += float((precisions * h).sum() / len(rel)) if rel else 0.0
     n = max(len(query_ids), 1)
     return {k: v / n for k, v in sorted(sums.items())}
+
+
+def first_relevant_rank(ranked: Sequence[str], relevant: set[str]) -> int | None:
+    """1-based rank of the first relevant document in ``ranked``, None when none is there."""
+    return next((r for r, doc in enumerate(ranked, 1) if doc in relevant), None)

@@ -5,8 +5,10 @@ Layout of ``out_dir``::
     results.json                 every model of the run, all metrics (input of --compare)
     summary.md                   tables: main score per task and dimension, throughput
     <model>/<task>.json          one task of one model, all metrics per dimension
+                                 (reranking tasks: before/after metrics, the reranker's work)
     quality_vs_dimensions.png    main score per task against Matryoshka size
     quality_vs_throughput.png    mean main score against texts/s, one point per model
+    reranking.png                nDCG@10 and MRR@10 before/after reranking, per task and model
 """
 
 from __future__ import annotations
@@ -35,14 +37,16 @@ def write_reports(results: Sequence[ModelResult], cfg: EvalConfig) -> list[Path]
     for run in runs:
         folder = out / model_slug(run["model"])
         folder.mkdir(exist_ok=True)
-        for task in run["tasks"]:
+        for task in [*run["tasks"], *run.get("reranking", [])]:
             path = folder / f"{task['task']}.json"
             path.write_text(json.dumps({"model": run["model"], **task}, indent=1,
                                        ensure_ascii=False), encoding="utf-8")
             written.append(path)
     meta = {"created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "data_dir": str(cfg.data_dir), "limit": cfg.limit, "seed": cfg.seed,
-            "n_experiments": cfg.n_experiments, "samples_per_label": cfg.samples_per_label}
+            "n_experiments": cfg.n_experiments, "samples_per_label": cfg.samples_per_label,
+            "reranker": cfg.reranker, "rerank_top": cfg.rerank_top,
+            "rerank_queries": cfg.rerank_queries}
     path = out / "results.json"
     path.write_text(json.dumps({"meta": meta, "models": runs}, indent=1, ensure_ascii=False),
                     encoding="utf-8")
@@ -53,7 +57,8 @@ def write_reports(results: Sequence[ModelResult], cfg: EvalConfig) -> list[Path]
     written.append(path)
     if cfg.plots:
         written += [p for p in (plot_dimensions(runs + compared, out / "quality_vs_dimensions.png"),
-                                plot_throughput(runs + compared, out / "quality_vs_throughput.png"))
+                                plot_throughput(runs + compared, out / "quality_vs_throughput.png"),
+                                plot_reranking(runs + compared, out / "reranking.png"))
                     if p is not None]
     return written
 
@@ -128,7 +133,59 @@ def summary_markdown(runs: Sequence[Run], compared: Sequence[Run] = (), *,
             lines.append(f"| {t['task']} | {t['metric_label']} | "
                          + " | ".join(_fmt(_main(t, d)) for d in dims) + f" | {instr} |")
         lines.append("")
+    lines += reranking_markdown(everyone)
     return "\n".join(lines)
+
+
+def reranking_markdown(runs: Sequence[Run]) -> list[str]:
+    """The reranking section: before -> after per reranking task, embedder and reranker, the
+    ceiling the candidates set (recall@N) and the reranker's work; no lines without any."""
+    rows = [(run, r) for run in runs for r in run.get("reranking", [])]
+    if not rows:
+        return []
+    tops = sorted({int(r["candidates"]) for _, r in rows})
+    recall = f"recall@{tops[0]}" if len(tops) == 1 else "recall@candidates"
+    lines = ["## Reranking", "",
+             "Each query's candidates are the embedder's top N (exact cosine search, native size); "
+             "the reranker reorders them. A relevant paragraph outside the candidates stays "
+             f"missing, so {recall} is the ceiling of every score after reranking.", "",
+             "| task | embedder | reranker | queries | nDCG@10 before → after "
+             f"| MRR@10 before → after | {recall} | pairs scored | seconds | pairs/s |",
+             "|" + "---|" * 10]
+    for run, r in rows:
+        b, a = r["before"], r["after"]
+        ceiling = _fmt(r["recall_at_candidates"]) + (
+            "" if len(tops) == 1 else f" (@{r['candidates']})")
+        lines.append(
+            f"| {r['task']} | {run['model']} | {r['reranker']} | {r['size']['queries']:,} | "
+            f"{_arrow(b['ndcg_at_10'], a['ndcg_at_10'])} | "
+            f"{_arrow(b['mrr_at_10'], a['mrr_at_10'])} | {ceiling} | {r['pairs_scored']:,} | "
+            f"{r['rerank_seconds']:.1f} | {_rate(r.get('pairs_per_s'))} |")
+    lines.append("")
+    seen = set()
+    for run, r in rows:
+        info = run.get("reranker") or {}
+        key = (r["reranker"], r["backend"], r["instruction"])
+        if key in seen:
+            continue
+        seen.add(key)
+        where = ", ".join(str(info[k]) for k in ("device", "dtype", "quantization")
+                          if info.get(k))
+        lines.append(f"- reranker `{r['reranker']}`: backend {r['backend']}"
+                     + (f" ({where})" if where else "")
+                     + (f", loaded from `{info['source']}`" if info.get("source") else "")
+                     + f"; instruction: {r['instruction'] or 'the reranker default'}")
+    lines.append("")
+    return lines
+
+
+def _short(name: str) -> str:
+    """A model name for a plot label: a path's or a Hub id's last part."""
+    return name.rstrip("/\\").replace("\\", "/").rsplit("/", 1)[-1] or name
+
+
+def _arrow(before: float, after: float) -> str:
+    return f"{before:.4f} → {after:.4f} ({after - before:+.4f})"
 
 
 # --------------------------------------------------------------------------- plots
@@ -149,10 +206,10 @@ def _ticker() -> Any:
 def plot_dimensions(runs: Sequence[Run], path: Path) -> Path | None:
     """One panel per task: main score against Matryoshka size, one line per model."""
     runs = [r for r in runs if len(_dims(r)) > 1]
-    if not runs:
+    names = list(dict.fromkeys(t["task"] for r in runs for t in r["tasks"]))
+    if not names:  # no sweep, or reranking tasks only (-t rerank)
         return None
     plt = _pyplot()
-    names = list(dict.fromkeys(t["task"] for r in runs for t in r["tasks"]))
     cols = min(4, len(names))
     rows = math.ceil(len(names) / cols)
     fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.4 * rows), squeeze=False)
@@ -213,6 +270,50 @@ def plot_throughput(runs: Sequence[Run], path: Path) -> Path | None:
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=8, loc="best")
     fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_reranking(runs: Sequence[Run], path: Path) -> Path | None:
+    """nDCG@10 and MRR@10 before and after reranking: a pair of bars per reranking task (per
+    language) and embedder, with the candidates' recall as the ceiling mark."""
+    rows = [(run, r) for run in runs for r in run.get("reranking", [])]
+    if not rows:
+        return None
+    plt = _pyplot()
+    models = len({run["model"] for run, _ in rows}) > 1
+    rerankers = list(dict.fromkeys(r["reranker"] for _, r in rows))
+    labels = [r["task"].removesuffix("-rerank") + (f"\n{_short(run['model'])}" if models else "")
+              + (f"\n+ {_short(r['reranker'])}" if len(rerankers) > 1 else "")
+              for run, r in rows]
+    tops = sorted({int(r["candidates"]) for _, r in rows})
+    top = f"top {tops[0]}" if len(tops) == 1 else "top N"
+    fig, axes = plt.subplots(1, 2, figsize=(max(7.0, 2.0 * len(rows) + 3), 4.8), squeeze=False)
+    width = 0.38
+    for ax, (metric, title) in zip(axes.flat, (("ndcg_at_10", "nDCG@10"),
+                                               ("mrr_at_10", "MRR@10")), strict=True):
+        for i, (_, r) in enumerate(rows):
+            pair = ((r["before"][metric], f"embedder {top}", "#9aa5b1", -width / 2),
+                    (r["after"][metric], "reranked", "#d9480f", width / 2))
+            for value, name, colour, dx in pair:
+                ax.bar(i + dx, value, width, color=colour, label=name if i == 0 else None)
+                ax.annotate(f"{value:.3f}", (i + dx, value), textcoords="offset points",
+                            xytext=(0, 2), ha="center", fontsize=8)
+            ceiling = r["recall_at_candidates"]
+            ax.hlines(ceiling, i - width, i + width, colors="black", linestyles="dashed",
+                      label=f"recall@{r['candidates']} (ceiling)" if i == 0 else None)
+        ax.set_xticks(range(len(rows)))
+        ax.set_xticklabels(labels, fontsize=8)
+        ax.set_ylim(0, 1.08)
+        ax.set_ylabel(f"{title} (0-1)")
+        ax.set_title(title)
+        ax.grid(alpha=0.3, axis="y")
+    handles, names = axes.flat[0].get_legend_handles_labels()
+    fig.legend(handles, names, loc="lower center", ncol=3, frameon=False)
+    fig.suptitle("Reranking the embedder's candidates"
+                 + (f" with {_short(rerankers[0])}" if len(rerankers) == 1 else ""))
+    fig.tight_layout(rect=(0, 0.07, 1, 0.95))
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path

@@ -36,6 +36,57 @@ class TaskResult:
 
 
 @dataclass
+class RerankResult:
+    """One reranking task for one embedder: its first stage ranking and the reranker's, scored
+    on the same queries ("before" and "after"), and the reranker's work."""
+
+    task: str
+    #: the retrieval task whose data, query instruction and embeddings the first stage uses
+    retrieval_task: str
+    language: str
+    description: str
+    reranker: str
+    backend: str
+    #: instruction the reranker got (None: its own default, or a backend without instructions)
+    instruction: str | None
+    #: instruction of the embedder's queries in the first stage
+    query_instruction: str | None
+    #: candidates per query (the embedder's top ``candidates``)
+    candidates: int
+    #: queries reranked, documents in the corpus, (query, document) pairs reranked in all
+    size: dict[str, int]
+    #: metrics of the embedder's ranking (native size) and of the reranked candidates
+    before: dict[str, float]
+    after: dict[str, float]
+    #: pairs the reranker scored in this run (reused scores excluded) and its time on them
+    pairs_scored: int
+    rerank_seconds: float
+    #: mean reranker score of the relevant candidates and of the others (None: no such pair)
+    relevant_score_mean: float | None
+    other_score_mean: float | None
+    #: per query: 1-based rank of the first relevant document, None when not among candidates
+    rank_before: list[int | None]
+    rank_after: list[int | None]
+    seconds: float
+    main_metric: str = "ndcg_at_10"
+
+    @property
+    def recall(self) -> float:
+        """Share of relevant documents among the candidates: the ceiling of any reranking."""
+        return float(self.before[f"recall_at_{self.candidates}"])
+
+    @property
+    def pairs_per_s(self) -> float | None:
+        return self.pairs_scored / self.rerank_seconds if self.rerank_seconds > 0 else None
+
+    def to_json(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["recall_at_candidates"] = self.recall
+        out["pairs_per_s"] = self.pairs_per_s
+        return out
+
+
+@dataclass
 class ModelResult:
     """Everything measured for one model."""
 
@@ -52,6 +103,9 @@ class ModelResult:
     eval_seconds: float
     tasks: list[TaskResult] = field(default_factory=list)
     machine: str = field(default_factory=lambda: _machine())
+    #: the reranker of the reranking tasks (its ``info()``, ``source``, load time), if any
+    reranker: dict[str, Any] | None = None
+    reranking: list[RerankResult] = field(default_factory=list)
 
     @property
     def texts_per_s(self) -> float | None:
@@ -70,6 +124,7 @@ class ModelResult:
         out = asdict(self)
         out["texts_per_s"] = self.texts_per_s
         out["tokens_per_s"] = self.tokens_per_s
+        out["reranking"] = [r.to_json() for r in self.reranking]
         return out
 
 

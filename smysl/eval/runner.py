@@ -11,17 +11,34 @@ from smysl.eval._deps import require
 from smysl.eval.config import EvalConfig
 from smysl.eval.embeddings import ModelEmbeddings
 from smysl.eval.report import write_reports
+from smysl.eval.rerank import (
+    RerankScores,
+    RerankTask,
+    evaluate_rerank,
+    query_instruction,
+    reranker_record,
+    select_all,
+)
 from smysl.eval.results import ModelResult, TaskResult
-from smysl.eval.tasks import Task, select
+from smysl.eval.tasks import Task
 from smysl.pooling import finish
+from smysl.rerank import BaseReranker
 
 log = logging.getLogger(__name__)
 
 
 def evaluate_model(model: BaseEmbedder, cfg: EvalConfig, *, load_seconds: float = 0.0,
-                   tasks: list[Task] | None = None) -> ModelResult:
-    """Score ``model`` on the configured tasks at every configured dimension."""
-    tasks = tasks if tasks is not None else select(cfg.tasks)
+                   tasks: list[Task] | None = None, reranker: BaseReranker | None = None,
+                   rerank_tasks: list[RerankTask] | None = None,
+                   rerank_scores: RerankScores | None = None) -> ModelResult:
+    """Score ``model`` on the configured tasks at every configured dimension, then, given a
+    ``reranker``, rerank its first-stage candidates on the reranking tasks (``rerank_tasks``,
+    default those ``cfg.tasks`` selects). ``rerank_scores`` shares the reranker's scores
+    between models of one run."""
+    if tasks is None or (reranker is not None and rerank_tasks is None):
+        chosen, chosen_reranks = select_all(cfg.tasks, reranker=reranker is not None)
+        tasks = tasks if tasks is not None else chosen
+        rerank_tasks = rerank_tasks if rerank_tasks is not None else chosen_reranks
     native = model.dimensions
     dims = sorted({int(x) for x in cfg.dimensions if int(x) <= native} | {native})
     skipped = sorted({int(x) for x in cfg.dimensions if int(x) > native})
@@ -35,9 +52,7 @@ def evaluate_model(model: BaseEmbedder, cfg: EvalConfig, *, load_seconds: float 
         t0 = time.perf_counter()
         # the task's instruction (or the run's override; "" for none) on instruction-aware
         # models, as queries; documents and symmetric tasks decide in task.prepare
-        instruction = (model.choose_instruction(
-            None, role="query", default=cfg.instructions.get(task.name, task.instruction))
-            if cfg.use_instructions else None)
+        instruction = query_instruction(model, cfg, task)
         prepared = task.prepare(cfg, instruction)
         for req in prepared.requests:
             embeddings.ensure(req.texts, req.instruction, label=f"{task.name} {req.role}")
@@ -55,6 +70,18 @@ def evaluate_model(model: BaseEmbedder, cfg: EvalConfig, *, load_seconds: float 
             task.metric_label, instruction, prepared.size, scores, time.perf_counter() - t0))
         log.info("%s %s: %s = %.4f", model.name, task.name, task.main_metric,
                  scores[native][task.main_metric])
+    if reranker is not None and rerank_tasks:
+        if rerank_scores is None:
+            rerank_scores = RerankScores(reranker, cache_dir=cfg.cache_dir)
+        result.reranker = reranker_record(reranker)
+        for rtask in rerank_tasks:
+            r = evaluate_rerank(rtask, model, cfg, embeddings, rerank_scores,
+                                progress=cfg.progress)
+            result.reranking.append(r)
+            log.info("%s + %s %s: nDCG@10 %.4f -> %.4f, MRR@10 %.4f -> %.4f, recall@%d %.4f",
+                     model.name, reranker.name, rtask.name, r.before["ndcg_at_10"],
+                     r.after["ndcg_at_10"], r.before["mrr_at_10"], r.after["mrr_at_10"],
+                     r.candidates, r.recall)
     result.eval_seconds = time.perf_counter() - started
     result.embed_seconds = embeddings.throughput.seconds
     result.texts_embedded = embeddings.throughput.texts
@@ -64,18 +91,38 @@ def evaluate_model(model: BaseEmbedder, cfg: EvalConfig, *, load_seconds: float 
 
 def run(cfg: EvalConfig) -> list[ModelResult]:
     """Load each model in turn, evaluate it, and write the reports when ``cfg.out_dir`` is set."""
-    from smysl.registry import load
+    from smysl.registry import load, load_reranker
 
-    tasks = select(cfg.tasks)  # fail on a bad task name before loading any model
+    # fail on a bad task name before loading any model
+    tasks, rerank_tasks = select_all(cfg.tasks, reranker=cfg.reranker is not None)
+    reranker: BaseReranker | None = None
+    rerank_scores = None
+    reranker_load = 0.0
     results = []
-    for name in cfg.models:
-        t0 = time.perf_counter()
-        model = load(name, cfg.model_options)
-        try:
-            results.append(evaluate_model(model, cfg, tasks=tasks,
-                                          load_seconds=time.perf_counter() - t0))
-        finally:
-            model.close()
+    try:
+        if cfg.reranker is not None:
+            t0 = time.perf_counter()
+            reranker = load_reranker(cfg.reranker, cfg.reranker_options)
+            reranker_load = time.perf_counter() - t0
+            rerank_scores = RerankScores(reranker, cache_dir=cfg.cache_dir)
+        for name in cfg.models:
+            t0 = time.perf_counter()
+            model = load(name, cfg.model_options)
+            try:
+                result = evaluate_model(model, cfg, tasks=tasks, reranker=reranker,
+                                        rerank_tasks=rerank_tasks, rerank_scores=rerank_scores,
+                                        load_seconds=time.perf_counter() - t0)
+            finally:
+                model.close()
+            if result.reranker is not None:
+                result.reranker["load_seconds"] = reranker_load
+            results.append(result)
+    finally:
+        if reranker is not None:
+            usage = reranker.usage_report()
+            if usage:
+                log.info("%s: %s", reranker.name, usage)
+            reranker.close()
     if cfg.out_dir is not None:
         write_reports(results, cfg)
     return results

@@ -20,11 +20,13 @@ the vocabulary is never computed.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 from tokenizers import Tokenizer
 
+from smysl.base import fingerprint_files
 from smysl.options import ModelOptions
 from smysl.qwen3.engine import BATCH_TOKENS, EngineLike, start_engine
 from smysl.qwen3.hub import read_checkpoint, resolve
@@ -69,14 +71,17 @@ class Reranker(BaseReranker):
 
     def __init__(self, engine: EngineLike, tokenizer: Tokenizer, head: np.ndarray, *,
                  name: str, max_tokens: int | None = None, max_batch_tokens: int | None = None,
-                 max_batch_size: int | None = None, shared_prefix: bool = True) -> None:
+                 max_batch_size: int | None = None, shared_prefix: bool = True,
+                 files: Sequence[Path] = ()) -> None:
         """``head``: the output-head rows of :data:`ANSWERS` ("no", "yes"), ``[2, hidden]``.
-        ``shared_prefix``: prompts of one query compute their common head once (CPU)."""
+        ``shared_prefix``: prompts of one query compute their common head once (CPU);
+        ``files``: the checkpoint's files, for :meth:`fingerprint`."""
         if head.shape != (2, engine.hidden_size):
             raise ValueError(f"head rows must be [2, {engine.hidden_size}] (no, yes), "
                              f"got {list(head.shape)}")
         self.engine = engine
         self.name = name
+        self.files = list(files)
         #: [2, H] float64: the output-head rows of "no" and "yes".
         self.head = head.astype(np.float64)
         self.tokenizer = tokenizer
@@ -126,7 +131,7 @@ class Reranker(BaseReranker):
         engine = start_engine(ckpt, opts)
         return cls(engine, tokenizer, head, name=model, max_tokens=opts.max_tokens,
                    max_batch_tokens=opts.max_batch_tokens, max_batch_size=opts.max_batch_size,
-                   shared_prefix=shared_prefix)
+                   shared_prefix=shared_prefix, files=ckpt.files)
 
     @property
     def healthy(self) -> bool:
@@ -234,6 +239,17 @@ class Reranker(BaseReranker):
                             dtype=str(self.engine.dtype).removeprefix("torch."),
                             quantization=self.engine.quantization,
                             device=str(self.engine.device))
+
+    def fingerprint(self) -> str:
+        """Hash of the checkpoint's files (size + three 1 MiB windows each), the dtype, the
+        quantisation, the token limit and whether heads are shared (scores differ by float
+        error); the name plays no part. Without files: :class:`BaseReranker`'s default."""
+        if not self.files:
+            return super().fingerprint()
+        return fingerprint_files(self.files, {
+            "backend": "qwen3-reranker", "dtype": str(self.engine.dtype).removeprefix("torch."),
+            "quantization": self.engine.quantization, "max_tokens": self.max_tokens,
+            "shared_prefix": self.marker is not None})
 
     def close(self) -> None:
         """Stop the engine process, if the engine runs in one."""

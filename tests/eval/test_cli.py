@@ -38,3 +38,51 @@ def test_bad_arguments_are_reported(tmp_path: Path, capsys: pytest.CaptureFixtur
     assert "unknown task" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["eval", "--model", "x", "--dimensions", "a,b"])
+
+
+def test_list_tasks_shows_the_reranking_tasks(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["eval", "--model", "x", "--list-tasks"]) == 0
+    assert "xquad-ru-rerank" in capsys.readouterr().out
+
+
+@pytest.mark.skipif(not (DATASETS / "xquad").is_dir(), reason="no shared datasets")
+def test_reranker_run_writes_the_reranking_reports(tiny_dir: Path, tiny_reranker_dir: Path,
+                                                   tmp_path: Path,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "out"
+    rc = main(["eval", "--model", str(tiny_dir), "--reranker", str(tiny_reranker_dir),
+               "--tasks", "xquad-en", "--limit", "8", "--rerank-top", "4", "--out", str(out),
+               "--no-progress", "--device", "cpu", "--max-batch-tokens", "512"])
+    assert rc == 0
+    model = json.loads((out / "results.json").read_text())["models"][0]
+    assert [t["task"] for t in model["tasks"]] == ["xquad-en"]
+    (rerank,) = model["reranking"]
+    assert rerank["task"] == "xquad-en-rerank" and rerank["candidates"] == 4
+    assert rerank["size"] == {"queries": 8, "docs": 5, "pairs": 32}
+    assert {"ndcg_at_10", "mrr_at_10", "recall_at_4"} <= set(rerank["before"])
+    # the device reaches the reranker; the size flags stay the embedding model's
+    assert model["reranker"]["device"] == "cpu" and model["reranker"]["backend"] == "qwen3"
+    assert model["reranker"]["source"] == str(tiny_reranker_dir.resolve())
+    assert "## Reranking" in (out / "summary.md").read_text()
+    assert (out / "reranking.png").is_file()
+    assert "xquad-en-rerank nDCG@10" in capsys.readouterr().out
+
+
+def test_reranking_needs_a_reranker_and_a_task_to_rerank(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["eval", "--model", "st:x", "--tasks", "rerank", "--out", str(tmp_path)]) == 2
+    assert "needs a reranker" in capsys.readouterr().err
+    assert main(["eval", "--model", "st:x", "--reranker", "r", "--tasks", "sts",
+                 "--out", str(tmp_path)]) == 2
+    assert "no selected task reranks" in capsys.readouterr().err
+
+
+def test_reranker_gets_the_loading_flags_its_backend_takes() -> None:
+    from smysl.options import ModelOptions
+    from smysl.registry import reranker_options
+
+    flags = ModelOptions(device="cpu", dtype="float32", max_tokens=128, max_batch_tokens=512,
+                         revision="abc", quantize="int8")
+    assert reranker_options("Qwen/Qwen3-Reranker-0.6B", flags) == ModelOptions(
+        device="cpu", dtype="float32")
+    assert reranker_options("siliconflow:BAAI/bge-reranker-v2-m3", flags) == ModelOptions()

@@ -114,6 +114,9 @@ def test_the_shared_query_prefix_is_computed_once_and_changes_nothing(
     ours, theirs = np.array(r.score(pairs)), np.array(whole.score(pairs))
     assert np.abs(ours - theirs).max() <= 1e-6
     assert r.score(pairs[len(DOCS):]) == r.score(pairs)[len(DOCS):]
+    # the fingerprint (score caches) tells the two apart, and names play no part
+    assert whole.fingerprint() != r.fingerprint() == loaded["tied"].fingerprint()
+    assert r.fingerprint() != loaded["untied"].fingerprint()
     whole.close()
 
 

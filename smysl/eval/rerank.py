@@ -1,0 +1,282 @@
+"""Reranking tasks: the embedder retrieves each query's top ``rerank_top`` documents, a reranker
+reorders them, and both rankings are scored on the same queries ("before" and "after").
+
+A reranking task reuses a retrieval task (:data:`smysl.eval.tasks.TASKS`): its data, its query
+instruction for the embedder, and the embeddings the run already holds (shared with that task).
+The first stage is exact cosine search at the model's native size. Each query's candidates go to
+the reranker in one :meth:`~smysl.rerank.BaseReranker.rerank` call; a relevant document outside
+the candidates stays missing, so recall@``rerank_top`` is the ceiling of every "after" metric.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from smysl.base import BaseEmbedder
+from smysl.eval import metrics as m
+from smysl.eval.config import EvalConfig
+from smysl.eval.embeddings import ModelEmbeddings
+from smysl.eval.results import RerankResult, model_slug
+from smysl.eval.tasks import QA, TASKS, Task, select
+from smysl.pooling import finish
+from smysl.rerank import BaseReranker, order
+
+
+@dataclass(frozen=True)
+class RerankTask:
+    """A retrieval task's queries reranked. ``instruction`` is the reranker's default (on
+    instruction-aware rerankers); ``EvalConfig.instructions[name]`` wins, ``""`` meaning the
+    reranker's own default."""
+
+    name: str
+    retrieval: str
+    description: str
+    instruction: str = QA
+    kind = "rerank"
+    main_metric = "ndcg_at_10"
+    metric_label = "nDCG@10"
+
+    @property
+    def base(self) -> Task:
+        return TASKS[self.retrieval]
+
+    @property
+    def language(self) -> str:
+        return self.base.language
+
+
+RERANK_TASKS: dict[str, RerankTask] = {t.name: t for t in [
+    RerankTask("xquad-ru-rerank", "xquad-ru",
+               "XQuAD ru: the embedder's top candidates reranked"),
+    RerankTask("xquad-en-rerank", "xquad-en",
+               "XQuAD en: the embedder's top candidates reranked"),
+]}
+
+
+def select_all(names: Sequence[str], *, reranker: bool) -> tuple[list[Task], list[RerankTask]]:
+    """Embedding tasks and reranking tasks of a run.
+
+    With a reranker, every selected retrieval task that has a reranking task brings it along
+    (no names: every task), and ``rerank`` or a reranking task's name selects reranking alone.
+    Without one, naming a reranking task is an error; a reranker that no selected task can use
+    is one too (caught before any model loads).
+    """
+    if not names:
+        return list(TASKS.values()), list(RERANK_TASKS.values()) if reranker else []
+    tasks: dict[str, Task] = {}
+    reranks: dict[str, RerankTask] = {}
+    for name in names:
+        if name == "rerank" or name in RERANK_TASKS:
+            if not reranker:
+                raise ValueError(f"task {name!r} needs a reranker (--reranker)")
+            reranks.update((t.name, t) for t in RERANK_TASKS.values()
+                           if name in ("rerank", t.name))
+            continue
+        try:
+            tasks.update((t.name, t) for t in select([name]))
+        except ValueError:
+            raise ValueError(f"unknown task {name!r}; known: "
+                             f"{', '.join([*TASKS, *RERANK_TASKS])}") from None
+    if reranker:
+        reranks.update((t.name, t) for t in RERANK_TASKS.values() if t.retrieval in tasks)
+        if not reranks:
+            raise ValueError("a reranker was given but no selected task reranks; select "
+                             f"{', '.join(t.retrieval for t in RERANK_TASKS.values())} or "
+                             "'rerank'")
+    return list(tasks.values()), list(reranks.values())
+
+
+def query_instruction(model: BaseEmbedder, cfg: EvalConfig, task: Task) -> str | None:
+    """The instruction ``model`` embeds ``task``'s queries with: the task's (or the run's
+    override; "" for none) on instruction-aware models, none without instructions."""
+    if not cfg.use_instructions:
+        return None
+    return model.choose_instruction(None, role="query",
+                                    default=cfg.instructions.get(task.name, task.instruction))
+
+
+def reranker_instruction(reranker: BaseReranker, cfg: EvalConfig,
+                         task: RerankTask) -> str | None:
+    """The instruction the reranker gets: the task's (or the run's override) on
+    instruction-aware rerankers; None (the reranker's own default) otherwise or for ""."""
+    if not (cfg.use_instructions and reranker.instruction_aware):
+        return None
+    return cfg.instructions.get(task.name, task.instruction) or None
+
+
+def spread(n: int, count: int | None) -> list[int]:
+    """``count`` row indices spread evenly over ``n`` rows (all rows when None or >= n)."""
+    if count is None or count >= n:
+        return list(range(n))
+    return sorted({int(i) for i in np.linspace(0, n - 1, count).round()})
+
+
+def reranker_record(reranker: BaseReranker) -> dict[str, Any]:
+    """What the reports say of a reranker: its ``info()`` and the string it was loaded from."""
+    from dataclasses import asdict
+
+    return {**asdict(reranker.info()), "source": reranker.source}
+
+
+def _key(query: str, document: str) -> bytes:
+    return hashlib.sha1(f"{query}\x00{document}".encode()).digest()
+
+
+class RerankScores:
+    """One reranker's scores keyed by instruction, query and document: every distinct pair is
+    scored once per run (embedders compared in one run share most candidates).
+
+    With a ``cache_dir`` scores persist there under the reranker's
+    :meth:`~smysl.rerank.BaseReranker.fingerprint` (a local checkpoint: its files; a remote
+    API: its name and settings), so changed weights never reuse old scores.
+    """
+
+    def __init__(self, reranker: BaseReranker, *, cache_dir: Path | None = None) -> None:
+        self.reranker = reranker
+        #: pairs scored by the reranker (cache hits excluded) and the seconds it took
+        self.pairs = 0
+        self.seconds = 0.0
+        self._scores: dict[str | None, dict[bytes, float]] = {}
+        self._dirty: set[str | None] = set()
+        self._dir = (Path(cache_dir) / f"rerank-{model_slug(reranker.name)}-"
+                                        f"{reranker.fingerprint()[:16]}"
+                     if cache_dir is not None else None)
+
+    def scores(self, query: str, documents: list[str], instruction: str | None) -> np.ndarray:
+        """Scores of ``documents`` for ``query`` in input order; the missing ones in one
+        ``rerank`` call (over-long pairs truncated, as the embedder's texts are)."""
+        store = self._load(instruction)
+        keys = [_key(query, d) for d in documents]
+        first: dict[bytes, int] = {}  # a document given twice is scored once
+        for i, k in enumerate(keys):
+            if k not in store:
+                first.setdefault(k, i)
+        missing = list(first.values())
+        if missing:
+            start = time.perf_counter()
+            ranked = self.reranker.rerank(query, [documents[i] for i in missing],
+                                          instruction=instruction, truncate=True)
+            self.seconds += time.perf_counter() - start
+            self.pairs += len(missing)
+            for i, s in ranked:
+                store[keys[missing[i]]] = float(s)
+            self._dirty.add(instruction)
+        return np.array([store[k] for k in keys], dtype=np.float64)
+
+    def save(self) -> None:
+        """Write the scores added since the last save (with a ``cache_dir``)."""
+        for instruction in self._dirty:
+            path = self._file(instruction)
+            if path is None:
+                break
+            store = self._scores[instruction]
+            path.parent.mkdir(parents=True, exist_ok=True)
+            keys = np.frombuffer(b"".join(store), dtype=np.uint8).reshape(len(store), -1)
+            tmp = path.with_suffix(".tmp.npz")
+            np.savez(tmp, keys=keys, scores=np.fromiter(store.values(), dtype=np.float64))
+            tmp.replace(path)
+        self._dirty.clear()
+
+    def _file(self, instruction: str | None) -> Path | None:
+        if self._dir is None:
+            return None
+        tag = hashlib.sha1((instruction or "").encode()).hexdigest()[:16]
+        return self._dir / f"{'default' if instruction is None else 'i'}-{tag}.npz"
+
+    def _load(self, instruction: str | None) -> dict[bytes, float]:
+        if instruction in self._scores:
+            return self._scores[instruction]
+        store: dict[bytes, float] = {}
+        path = self._file(instruction)
+        if path is not None and path.is_file():
+            with np.load(path) as z:
+                store = {k.tobytes(): float(s) for k, s in zip(z["keys"], z["scores"],
+                                                               strict=True)}
+        self._scores[instruction] = store
+        return store
+
+
+def evaluate_rerank(task: RerankTask, model: BaseEmbedder, cfg: EvalConfig,
+                    embeddings: ModelEmbeddings, scores: RerankScores, *,
+                    progress: bool = False) -> RerankResult:
+    """Run one reranking task: first stage with ``model`` (through ``embeddings``, shared with
+    the run's other tasks), second stage with ``scores.reranker``; both rankings scored."""
+    t0 = time.perf_counter()
+    base = task.base
+    data = base.load(cfg.data_dir, cfg.limit)
+    rows = spread(len(data.queries), cfg.rerank_queries)
+    query_ids = [data.query_ids[i] for i in rows]
+    queries = [data.queries[i] for i in rows]
+    q_instruction = query_instruction(model, cfg, base)
+    embeddings.ensure(queries, q_instruction, label=f"{task.name} queries")
+    embeddings.ensure(data.docs, None, label=f"{task.name} docs")
+    native = model.dimensions
+    q = finish(embeddings.get(queries, q_instruction), native)
+    d = finish(embeddings.get(data.docs, None), native)
+    # the first stage exactly as the retrieval task ranks (same search, same tie order)
+    before = m.top_documents(q, d, data.doc_ids, min(cfg.rerank_top, len(data.doc_ids)))
+    text = dict(zip(data.doc_ids, data.docs, strict=True))
+    instruction = reranker_instruction(scores.reranker, cfg, task)
+    pairs0, seconds0 = scores.pairs, scores.seconds
+    bar = _bar(len(queries), task.name) if progress else None
+    try:
+        after, relevant_scores, other_scores = rerank_candidates(
+            scores, query_ids, queries, before, text, data.qrels, instruction,
+            on_query=bar.update if bar is not None else None)
+    finally:
+        if bar is not None:
+            bar.close()
+    scores.save()
+    ks = sorted({k for k in cfg.retrieval_ks if k <= cfg.rerank_top} | {10, cfg.rerank_top})
+    info = scores.reranker.info()
+    return RerankResult(
+        task=task.name, retrieval_task=base.name, language=task.language,
+        description=task.description, reranker=info.name, backend=info.backend,
+        instruction=instruction, query_instruction=q_instruction, candidates=cfg.rerank_top,
+        size={"queries": len(queries), "docs": len(data.docs),
+              "pairs": sum(len(c) for c in before)},
+        before=m.ranking_scores(before, query_ids, data.qrels, ks),
+        after=m.ranking_scores(after, query_ids, data.qrels, ks),
+        pairs_scored=scores.pairs - pairs0, rerank_seconds=scores.seconds - seconds0,
+        relevant_score_mean=float(np.mean(relevant_scores)) if relevant_scores else None,
+        other_score_mean=float(np.mean(other_scores)) if other_scores else None,
+        rank_before=[m.first_relevant_rank(r, data.qrels.get(q_, set()))
+                     for q_, r in zip(query_ids, before, strict=True)],
+        rank_after=[m.first_relevant_rank(r, data.qrels.get(q_, set()))
+                    for q_, r in zip(query_ids, after, strict=True)],
+        seconds=time.perf_counter() - t0)
+
+
+def rerank_candidates(scores: RerankScores, query_ids: Sequence[str], queries: Sequence[str],
+                      candidates: Sequence[Sequence[str]], text: dict[str, str],
+                      qrels: dict[str, set[str]], instruction: str | None, *,
+                      on_query: Callable[[int], object] | None = None,
+                      ) -> tuple[list[list[str]], list[float], list[float]]:
+    """Each query's candidate ids (``text[id]`` their documents) reordered by the reranker,
+    best first (ties keep the first stage's order); also the scores of the relevant candidates
+    and of the others. ``on_query(1)`` after each query (a progress bar)."""
+    after: list[list[str]] = []
+    relevant: list[float] = []
+    other: list[float] = []
+    for qid, query, cands in zip(query_ids, queries, candidates, strict=True):
+        s = scores.scores(query, [text[c] for c in cands], instruction)
+        after.append([cands[i] for i in order(s)])
+        rel = qrels.get(qid, set())
+        for c, x in zip(cands, s, strict=True):
+            (relevant if c in rel else other).append(float(x))
+        if on_query is not None:
+            on_query(1)
+    return after, relevant, other
+
+
+def _bar(total: int, label: str) -> Any:
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, unit="query", desc=f"{label} reranking", leave=False)
