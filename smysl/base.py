@@ -163,6 +163,11 @@ class BaseEmbedder(abc.ABC):
         """A line on what was spent (paid APIs: tokens, requests, cost), None when nothing is."""
         return None
 
+    def usage_counts(self) -> dict[str, Any] | None:
+        """What was spent as plain totals (paid APIs: the fields of
+        :class:`smysl.providers.usage.Usage` and ``cost``), None when nothing is."""
+        return None
+
     @abc.abstractmethod
     def _embed(
         self, texts: list[str], *, truncate: bool, progress: Progress | None = None

@@ -24,7 +24,9 @@ HELP = "build, search, check and prune a semantic index (add | search | verify |
 
 
 def _store_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("index", help="LanceDB folder, lancedb:PATH, or qdrant:URL|PATH|:memory:")
+    p.add_argument("index", help="LanceDB folder, lancedb:PATH, qdrant:URL|PATH|:memory:, "
+                                  "or postgres:DSN (HNSW settings as DSN parameters, e.g. "
+                                  "?index=binary&m=32&ef_search=100; see docs/scale.md)")
     p.add_argument("--table", default="chunks", help="table / collection name (default: chunks)")
 
 

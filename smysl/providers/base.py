@@ -234,6 +234,9 @@ class Provider(BaseEmbedder):
     def usage_report(self) -> str:
         return str(self.usage)
 
+    def usage_counts(self) -> dict[str, Any]:
+        return self.usage.snapshot()
+
     def close(self) -> None:
         self._http.close()
 

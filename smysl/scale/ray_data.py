@@ -9,15 +9,18 @@ Two ways in, one actor:
 - :func:`embed_dataset` maps a ``ray.data.Dataset`` of (id, text) rows to (id, vector,
   dimensions, model, tokens) rows with ``map_batches`` over an actor pool.
 
-Every actor loads the model with :func:`smysl.load` from its string, so any backend works,
-providers included (each actor applies the provider's concurrency and retry limits). Nothing
-else in smysl imports Ray.
+Every actor loads the model with :func:`smysl.load` from its string (and a backend's own
+options), so any backend works, providers included: each actor applies the provider's
+concurrency and retry limits, and returns the usage of each call with its vectors, which
+:class:`RayEmbedder` sums (``usage``, ``usage_report``). Nothing else in smysl imports Ray.
 """
 
 from __future__ import annotations
 
 import itertools
 import socket
+import threading
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -96,20 +99,28 @@ def _unreachable(address: str | None, timeout: float = 5.0) -> str | None:
     return None
 
 
+#: Usage counters summed over actors (:class:`smysl.providers.usage.Usage` fields).
+USAGE_COUNTS = ("texts", "tokens", "reported_tokens", "counted_tokens", "estimated_tokens",
+                "requests", "retries", "failed_requests")
+
+
 class Worker:
     """What runs inside an actor: one model, loaded once."""
 
-    def __init__(self, model: str, options: ModelOptions | None) -> None:
+    def __init__(self, model: str, options: ModelOptions | None,
+                 load_kwargs: dict[str, Any] | None = None) -> None:
         import smysl
 
-        self.model = smysl.load(model, options)
+        self.model = smysl.load(model, options, **(load_kwargs or {}))
 
     def describe(self) -> dict[str, Any]:
+        before = self._usage()
         m = self.model
-        return {"name": m.name, "backend": m.backend, "dimensions": m.dimensions,
-                "min_dimensions": m.min_dimensions, "max_tokens": m.max_tokens,
-                "instruction_aware": m.instruction_aware, "default_task": m.default_task,
-                "source": m.source, "fingerprint": m.fingerprint()}
+        about = {"name": m.name, "backend": m.backend, "dimensions": m.dimensions,
+                 "min_dimensions": m.min_dimensions, "max_tokens": m.max_tokens,
+                 "instruction_aware": m.instruction_aware, "default_task": m.default_task,
+                 "source": m.source, "fingerprint": m.fingerprint()}
+        return {**about, "usage": usage_delta(before, self._usage())}  # a width probe is billed
 
     def embed(self, texts: list[str], instruction: str | None, dimensions: int | None,
               truncate: bool) -> np.ndarray:
@@ -119,28 +130,57 @@ class Worker:
     def embed_formatted(self, texts: list[str], truncate: bool) -> np.ndarray:
         return self.model.embed_formatted(texts, truncate=truncate)
 
+    def metered(self, method: str, *args: Any) -> tuple[Any, dict[str, Any] | None]:
+        """``method(*args)`` and the provider usage it cost (None for a local model): the
+        driver sums these, so usage survives an actor's restart (an actor runs one call at a
+        time, so the difference is this call's)."""
+        before = self._usage()
+        out = getattr(self, method)(*args)
+        return out, usage_delta(before, self._usage())
+
+    def _usage(self) -> dict[str, Any] | None:
+        return self.model.usage_counts()
+
     def count_tokens(self, texts: list[str]) -> list[int] | None:
         try:
             return self.model.count_tokens(texts)
         except NotImplementedError:
             return None
 
-    def usage_report(self) -> str | None:
-        return self.model.usage_report()
+
+def usage_delta(before: dict[str, Any] | None,
+                after: dict[str, Any] | None) -> dict[str, Any] | None:
+    """What a provider's :meth:`Usage.snapshot` grew by between two snapshots (None: a model
+    without usage)."""
+    if after is None:
+        return None
+    out = {k: v for k, v in after.items() if k not in USAGE_COUNTS and k != "cost"}
+    out.update({k: int(after.get(k) or 0) - int((before or {}).get(k) or 0)
+                for k in USAGE_COUNTS})
+    return out
 
 
 class RayEmbedder(BaseEmbedder):
     """A model loaded in every actor of a pool; each ``embed`` call is split over the pool."""
 
     def __init__(self, model: str, options: ModelOptions | None = None,
-                 config: RayConfig = RayConfig()) -> None:
+                 config: RayConfig = RayConfig(), **load_kwargs: Any) -> None:
+        """``smysl.load(model, options, **load_kwargs)`` in each of ``config.actors`` actors
+        (``load_kwargs``: a backend's own options, e.g. a provider's ``api_key``,
+        ``dimensions``, ``price_per_mtok``; they travel to the actors pickled)."""
         ray = connect(config)
         self._ray = ray
+        #: Provider usage summed over every actor's calls (None for a local model).
+        self.usage: Any = None
+        self._usage_lock = threading.Lock()
         remote = ray.remote(Worker).options(
             num_cpus=config.num_cpus, num_gpus=config.num_gpus,
             max_restarts=-1, max_task_retries=-1)  # a dead actor is replaced, its batch redone
-        self.actors = [remote.remote(model, options) for _ in range(config.actors)]
+        self.actors = [remote.remote(model, options, load_kwargs or None)
+                       for _ in range(config.actors)]
+        self._pool = config.actors
         about = ray.get(self.actors[0].describe.remote())
+        self._add_usage(about["usage"])
         self.name, self.backend = about["name"], about["backend"]
         self.dimensions, self.min_dimensions = about["dimensions"], about["min_dimensions"]
         self.max_tokens, self.instruction_aware = about["max_tokens"], about["instruction_aware"]
@@ -163,15 +203,33 @@ class RayEmbedder(BaseEmbedder):
         items = self._check_texts(texts)
         if not items:
             return np.zeros((0, dimensions or self.dimensions), np.float32)
-        futures = [self.actors[i].embed.remote(items[s], instruction, dimensions, bool(truncate))
-                   for i, s in enumerate(self._parts(len(items)))]
-        return np.concatenate(self._ray.get(futures)).astype(np.float32, copy=False)
+        return self._run("embed", items, instruction, dimensions, bool(truncate))
 
     def _embed(self, texts: list[str], *, truncate: bool,
                progress: Progress | None = None) -> np.ndarray:
-        futures = [self.actors[i].embed_formatted.remote(texts[s], truncate)
+        return self._run("embed_formatted", texts, truncate)
+
+    def _run(self, method: str, texts: list[str], *args: Any) -> np.ndarray:
+        """``Worker.method(part, *args)`` on every actor's part of ``texts``, in order."""
+        futures = [self.actors[i].metered.remote(method, texts[s], *args)
                    for i, s in enumerate(self._parts(len(texts)))]
-        return np.concatenate(self._ray.get(futures))
+        parts = []
+        for vectors, usage in self._ray.get(futures):
+            parts.append(vectors)
+            self._add_usage(usage)
+        return np.concatenate(parts).astype(np.float32, copy=False)
+
+    def _add_usage(self, delta: dict[str, Any] | None) -> None:
+        if delta is None:
+            return
+        from smysl.providers.usage import Usage
+
+        with self._usage_lock:
+            if self.usage is None:
+                self.usage = Usage(delta["provider"], delta["model"], delta["price_per_mtok"],
+                                   delta["price_per_request"])
+            for k in USAGE_COUNTS:
+                setattr(self.usage, k, getattr(self.usage, k) + delta[k])
 
     def count_tokens(self, texts: str | Sequence[str]) -> list[int]:
         items = self._check_texts(texts)
@@ -183,8 +241,11 @@ class RayEmbedder(BaseEmbedder):
         return list(counts)
 
     def usage_report(self) -> str | None:
-        lines = [u for u in self._ray.get([a.usage_report.remote() for a in self.actors]) if u]
-        return "; ".join(f"actor {i}: {u}" for i, u in enumerate(lines)) if lines else None
+        """A provider's usage summed over the actors (every call that returned), as one
+        provider object reports it; None for a local model."""
+        if self.usage is None:
+            return None
+        return f"{self.usage} (summed over {self._pool} actors)"
 
     def close(self) -> None:
         for actor in self.actors:
@@ -197,8 +258,8 @@ class _DatasetWorker(Worker):
 
     def __init__(self, model: str, options: ModelOptions | None, id_column: str,
                  text_column: str, instruction: str | None, dimensions: int | None,
-                 truncate: bool) -> None:
-        super().__init__(model, options)
+                 truncate: bool, load_kwargs: dict[str, Any] | None = None) -> None:
+        super().__init__(model, options, load_kwargs)
         self.columns = (id_column, text_column)
         self.settings = (instruction, dimensions, truncate)
         self.fp = self.model.fingerprint()
@@ -220,11 +281,25 @@ def embed_dataset(ds: Any, model: str, options: ModelOptions | None = None, *,
                   id_column: str = "id", text_column: str = "text",
                   instruction: str | None = None, dimensions: int | None = None,
                   truncate: bool = False, config: RayConfig = RayConfig(),
-                  batch_size: int = 256) -> Any:
+                  batch_size: int = 256, load_kwargs: dict[str, Any] | None = None) -> Any:
     """A ``ray.data.Dataset`` of (id, text) rows -> one of (id, vector, dimensions, model
     fingerprint, tokens; -1 where the backend cannot count), embedded by ``config.actors``
-    actors, each holding ``smysl.load(model, options)``."""
+    actors, each holding ``smysl.load(model, options, **load_kwargs)``.
+
+    The pool holds ``actors x num_cpus`` CPUs for the whole run; Ray Data's read tasks need
+    CPUs besides (one each by default). A cluster with no CPU left over stalls for good, so
+    that is warned about (an autoscaling cluster may still add nodes). A dataset of fewer
+    blocks than actors keeps some idle: ``ds.repartition(n)`` spreads a small one.
+    """
     ray = connect(config)
+    free = ray.cluster_resources().get("CPU", 0.0) - config.actors * config.num_cpus
+    if free < 1:
+        warnings.warn(
+            f"the pool of {config.actors} actors x {config.num_cpus:g} CPUs leaves "
+            f"{max(free, 0.0):g} of the cluster's CPUs for Ray Data's read tasks: the run "
+            f"stalls unless the cluster grows; use fewer actors, RayConfig(num_cpus=0.5), or "
+            f"a cluster with a spare CPU (ray.init(num_cpus=...) counts logical CPUs)",
+            RuntimeWarning, stacklevel=2)
     # Ray Data restarts a dead pool actor and redoes its batch by itself
     return ds.map_batches(
         _DatasetWorker, batch_format="numpy", batch_size=batch_size,
@@ -232,4 +307,5 @@ def embed_dataset(ds: Any, model: str, options: ModelOptions | None = None, *,
         num_cpus=config.num_cpus, num_gpus=config.num_gpus,
         fn_constructor_kwargs={"model": model, "options": options, "id_column": id_column,
                                "text_column": text_column, "instruction": instruction,
-                               "dimensions": dimensions, "truncate": truncate})
+                               "dimensions": dimensions, "truncate": truncate,
+                               "load_kwargs": load_kwargs})

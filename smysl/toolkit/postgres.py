@@ -12,14 +12,23 @@ dimensions of ``vector`` and 4,000 of ``halfvec``, so the index is built on the 
 on its ``halfvec`` cast, or on its binary quantization (``binary_quantize``, any width); the last
 two fetch ``k * refine_factor`` candidates and re-score them exactly on the stored vectors.
 ``exact=True`` orders by inner product, which no index serves: a full scan.
+
+The index settings may ride in the DSN, so that ``smysl index add/search postgres:...`` takes
+them without flags (:func:`split_options`): ``postgres://me@db/kb?index=binary&m=32&
+ef_construction=200&ef_search=100&refine_factor=8``, or the same words in a ``key=value``
+connection string. They override the :class:`StoreConfig` fields and never reach libpq. Without
+``index``, approximate search uses whichever HNSW index the table has.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import re
 import struct
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
+from urllib.parse import unquote
 
 import numpy as np
 
@@ -36,6 +45,21 @@ MAX_VECTOR_COLUMN = 16000
 BINARY_OVERSAMPLE = 4
 _COPY_HEADER = b"PGCOPY\n\xff\r\n\x00" + struct.pack(">ii", 0, 0)
 _COPY_TRAILER = struct.pack(">h", -1)
+
+
+#: pgvector's HNSW build defaults (what an index built without options has).
+_PG_DEFAULTS = {"m": "16", "ef_construction": "64"}
+#: Index settings a DSN may carry -> the :class:`StoreConfig` field each sets.
+DSN_OPTIONS = {"index": "pg_index", "pg_index": "pg_index", "m": "hnsw_m", "hnsw_m": "hnsw_m",
+               "ef_construction": "ef_construction", "ef_search": "ef_search",
+               "refine_factor": "refine_factor"}
+INDEX_KINDS = ("auto", "vector", "halfvec", "binary")
+#: pgvector's accepted ranges (hnsw.ef_search is at most 1,000 too).
+_RANGES = {"hnsw_m": (2, 100), "ef_construction": (4, 1000), "ef_search": (1, 1000),
+           "refine_factor": (1, 1000)}
+# one ``key = value`` word of a libpq connection string; a value is quoted or runs to a space
+_WORD = re.compile(r"(?P<key>[A-Za-z_][A-Za-z0-9_]*)\s*=\s*"
+                   r"(?P<value>'(?:[^'\\]|\\.)*'|[^\s']*)")
 
 
 class PostgresStoreError(ValueError):
@@ -56,12 +80,79 @@ def dsn_of(uri: str) -> str:
     return "postgresql://" + uri[len("postgres://"):] if uri.startswith("postgres://") else uri
 
 
+def split_options(uri: str) -> tuple[str, dict[str, Any]]:
+    """(the DSN libpq sees, the index settings it carried as :class:`StoreConfig` fields).
+
+    Settings (:data:`DSN_OPTIONS`): ``index`` (``auto``, ``vector``, ``halfvec``, ``binary``:
+    what the HNSW index is built on), ``m`` and ``ef_construction`` (its build parameters),
+    ``ef_search`` (the search beam) and ``refine_factor`` (candidates re-scored per hit for the
+    ``halfvec``/``binary`` indexes): URL query parameters (``postgres://h/db?m=32&ef_search=100``)
+    or words of a ``key=value`` string (``host=h dbname=db m=32``). Every other parameter is
+    left, byte for byte, for libpq. A bad value raises ValueError naming it.
+    """
+    found: dict[str, str] = {}
+    if uri.startswith(("postgres://", "postgresql://")):
+        base, sep, query = uri.partition("?")
+        kept = []
+        for part in query.split("&") if sep else []:
+            key, _, value = part.partition("=")
+            name = unquote(key).strip().lower()
+            if name in DSN_OPTIONS:
+                found[name] = unquote(value)
+            elif part:
+                kept.append(part)
+        dsn = base + ("?" + "&".join(kept) if kept else "")
+    else:
+        pieces, last = [], 0
+        for m in _WORD.finditer(uri):
+            if m.group("key").lower() in DSN_OPTIONS:
+                value = m.group("value")
+                if value.startswith("'"):
+                    value = re.sub(r"\\(.)", r"\1", value[1:-1])
+                found[m.group("key").lower()] = value
+                pieces.append(uri[last : m.start()])
+                last = m.end()
+        dsn = "".join([*pieces, uri[last:]]).strip() if found else uri
+    return dsn, _settings(found)
+
+
+def _settings(found: Mapping[str, str]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, raw in found.items():
+        field = DSN_OPTIONS[key]
+        if field in out:
+            raise ValueError(f"the DSN sets {field} twice")
+        value = raw.strip()
+        if field == "pg_index":
+            if value.lower() not in INDEX_KINDS:
+                raise ValueError(f"DSN parameter {key}={raw!r}: use one of "
+                                 f"{', '.join(INDEX_KINDS)}")
+            out[field] = value.lower()
+            continue
+        lo, hi = _RANGES[field]
+        if not value.isdigit() or not lo <= int(value) <= hi:
+            raise ValueError(f"DSN parameter {key}={raw!r}: expected an integer in {lo}..{hi}")
+        out[field] = int(value)
+    return out
+
+
+def check_settings(config: StoreConfig) -> None:
+    """pgvector's rules for the HNSW settings: a clear error instead of the server's."""
+    for field, (lo, hi) in _RANGES.items():
+        value = getattr(config, field)
+        if not lo <= value <= hi:
+            raise ValueError(f"{field}={value}: pgvector takes {lo}..{hi}")
+    if config.ef_construction < 2 * config.hnsw_m:
+        raise ValueError(f"ef_construction={config.ef_construction} must be at least twice "
+                         f"m={config.hnsw_m} (pgvector)")
+
+
 def place(uri: str) -> str:
     """``host:port/dbname`` of a DSN, without the password, for messages."""
     psycopg = _import()
     try:
-        info = psycopg.conninfo.conninfo_to_dict(dsn_of(uri))
-    except psycopg.ProgrammingError:
+        info = psycopg.conninfo.conninfo_to_dict(dsn_of(split_options(uri)[0]))
+    except (psycopg.ProgrammingError, ValueError):
         return "<unparsable DSN>"
     host = info.get("host") or "localhost"
     return f"{host}:{info.get('port') or 5432}/{info.get('dbname') or info.get('user') or ''}"
@@ -114,7 +205,7 @@ def copy_tuples(ids: Sequence[str], vectors: np.ndarray, payloads: Sequence[str]
 
 class PostgresStore(VectorStore):
     """A pgvector table; search is an exact scan unless an HNSW index exists and
-    ``exact=False``."""
+    ``exact=False``. Index settings in the DSN (:func:`split_options`) override ``config``'s."""
 
     def __init__(self, config: StoreConfig, dimensions: int | None = None, *,
                  replace: bool = False) -> None:
@@ -123,6 +214,11 @@ class PostgresStore(VectorStore):
         from psycopg import sql
 
         self._sql = sql
+        dsn, settings = split_options(config.uri)
+        config = dataclasses.replace(config, uri=dsn, **settings)
+        check_settings(config)
+        #: The StoreConfig fields the DSN set (an index built otherwise is rebuilt).
+        self.dsn_settings = settings
         self.config = config
         self.where = place(config.uri)
         try:
@@ -267,17 +363,33 @@ class PostgresStore(VectorStore):
         return f"{self.config.table}_hnsw_{kind}"[:63]
 
     def _has_index(self, kind: str) -> bool:
-        row = self._conn.execute("SELECT 1 FROM pg_indexes WHERE indexname = %s AND tablename = %s",
-                                 [self._index_name(kind), self.config.table]).fetchone()
-        return row is not None
+        return kind in self._built_indexes()
+
+    def _search_kind(self) -> str | None:
+        """The HNSW index approximate search uses: ``pg_index``'s if built; with ``auto``
+        (the DSN or config names none) the most precise one the table has; None: no index
+        yet, so an exact scan, as the other stores do."""
+        if self.config.pg_index != "auto":
+            kind = index_kind(self.dimensions, self.config.pg_index)
+            return kind if self._has_index(kind) else None
+        preferred = index_kind(self.dimensions, "auto")
+        built = self._built_indexes()
+        return next((k for k in (preferred, "vector", "halfvec", "binary") if k in built), None)
+
+    def _built_indexes(self) -> dict[str, dict[str, str]]:
+        """This table's smysl HNSW indexes: kind -> their storage options (m, ...)."""
+        rows = self._conn.execute(
+            "SELECT c.relname, c.reloptions FROM pg_index i JOIN pg_class c ON c.oid = "
+            "i.indexrelid WHERE i.indrelid = to_regclass(%s)", [self._qualified()]).fetchall()
+        names = {self._index_name(k): k for k in ("vector", "halfvec", "binary")}
+        return {names[name]: dict(o.split("=", 1) for o in (opts or []))
+                for name, opts in rows if name in names}
 
     def search(self, vectors: np.ndarray, k: int = 10, *, where: Where | None = None,
                exact: bool = True, with_vectors: bool = False) -> list[list[Hit]]:
         q = self._queries(vectors, k)
         clause, params = self._where(where)
-        kind = None if exact else index_kind(self.dimensions, self.config.pg_index)
-        if kind is not None and not self._has_index(kind):
-            kind = None  # no index built yet: exact, as the other stores do
+        kind = None if exact else self._search_kind()
         cols = self._sql.SQL("id, payload, -(embedding <#> %s::vector) AS score"
                              + (", embedding" if with_vectors else ""))
         if kind is None:
@@ -372,11 +484,22 @@ class PostgresStore(VectorStore):
 
     def build_index(self) -> bool:
         """Build the HNSW index (see the module docstring) if missing; PostgreSQL maintains it
-        for later writes. Too many dimensions for ``pg_index`` raise a clear error."""
+        for later writes. An index of this kind built with other ``m``/``ef_construction``
+        than the DSN names is rebuilt (settings not in the DSN never rebuild one). Too many
+        dimensions for ``pg_index`` raise a clear error."""
         kind = index_kind(self.dimensions, self.config.pg_index)
         expr, ops, _ = self._index_expr(kind)
+        built = self._built_indexes().get(kind)
+        wanted = {"m": str(self.config.hnsw_m), "ef_construction": str(self.config.ef_construction)}
+        named = {"m": "hnsw_m", "ef_construction": "ef_construction"}
+        stale = built is not None and any(
+            named[k] in self.dsn_settings and built.get(k, _PG_DEFAULTS[k]) != v
+            for k, v in wanted.items())
         with self._conn.transaction():
             self._conn.execute("SET LOCAL maintenance_work_mem = '256MB'")
+            if stale:
+                self._conn.execute(self._sql.SQL("DROP INDEX {}").format(
+                    self._sql.Identifier(self._index_name(kind))))
             self._conn.execute(self._q(
                 "CREATE INDEX IF NOT EXISTS {i} ON {t} USING hnsw (" + expr + " " + ops + ") "
                 "WITH (m = {m}, ef_construction = {ef})",

@@ -1,12 +1,25 @@
-"""Embedding on a local Ray cluster with 2 actors and the tiny model (issue 16): the job's output
-is bit-identical to single-process `embed` with the same thread count; an actor killed mid-run
-is replaced and its batch redone; `embed_dataset` over a Ray Data dataset."""
+"""Embedding on a local Ray cluster started by the tests, 2 actors (issue 16).
+
+The bars: 20,000 distinct real texts from ../shared/datasets (``shared_texts.py``) with the
+tiny model, one torch thread per actor: every id exactly once and every vector bit-identical to
+single-process ``embed`` with one thread — on the job path (``smysl embed --ray``:
+:class:`RayEmbedder` under :func:`run_job`) also when one actor is SIGKILLed mid-run, and
+after Ctrl-C a rerun computes only the missing shards (counted); on the Ray Data path
+(:func:`embed_dataset`) also when one pool actor is SIGKILLed. A provider backend on the actors
+against a loopback OpenAI-compatible fake with 10% injected 429/500: all vectors, each input
+answered once, usage summed over the actors.
+"""
 
 from __future__ import annotations
 
+import collections
 import json
 import os
 import signal
+import sys
+import threading
+import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,12 +29,20 @@ from smysl.cli import main
 from smysl.options import ModelOptions
 from smysl.scale import JobConfig, embed_dataset, run_job
 
+from .shared_texts import available, real_texts, write_corpus
+
 ray = pytest.importorskip("ray")
+pa = pytest.importorskip("pyarrow")
 pq = pytest.importorskip("pyarrow.parquet")
 #: A Ray cluster and its actors take ~10 s to start: the tests on one are slow.
 slow = pytest.mark.slow
 
 OPTIONS = ModelOptions(device="cpu", threads=1)
+#: The bar's corpus size; shards of 2,000 rows: 11 shards over the three files.
+REAL = 20_000
+REAL_JOB = {"shard_rows": 2000, "batch_size": 256}
+TOKENIZER_JSON = Path(__file__).resolve().parents[3] / "shared" / "qwen3-tokenizer" / \
+    "tokenizer.json"
 
 
 @pytest.fixture(scope="module")
@@ -44,6 +65,42 @@ def corpus(tmp_path):
     return tmp_path / "rows.jsonl", rows
 
 
+@pytest.fixture(scope="module")
+def real_corpus(tmp_path_factory):
+    """20,000 distinct real texts as intents_en.jsonl, intents_ru.csv, sentirueval.parquet."""
+    if not available():
+        pytest.skip("../shared/datasets not found")
+    rows = real_texts(REAL)
+    assert len(rows) == REAL and len({t for _, _, t in rows}) == REAL
+    folder = tmp_path_factory.mktemp("real") / "corpus"
+    write_corpus(folder, rows)
+    return folder, rows
+
+
+@pytest.fixture(scope="module")
+def real_reference(reference, real_corpus) -> dict[str, np.ndarray]:
+    """Single-process `embed` of the 20,000 texts, one thread, one call."""
+    _, rows = real_corpus
+    vectors = reference.embed([t for _, _, t in rows])
+    return {rid: v for (_, rid, _), v in zip(rows, vectors, strict=True)}
+
+
+def test_unreachable_address_is_named() -> None:
+    """An address nobody answers fails at once, naming it (ray.init alone retries for
+    minutes) (issue 16). First in the file: before the module's cluster starts."""
+    import socket
+
+    from smysl.scale.ray_data import RayConfig, connect
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    if ray.is_initialized():
+        pytest.skip("a Ray cluster is already connected in this process")
+    with pytest.raises(ValueError, match=f"Ray cluster at 127.0.0.1:{port}: nothing answers"):
+        connect(RayConfig(address=f"127.0.0.1:{port}"))
+
+
 def _read(out) -> dict[str, np.ndarray]:
     table = pq.read_table(out)
     ids = table.column("id").to_pylist()
@@ -52,31 +109,163 @@ def _read(out) -> dict[str, np.ndarray]:
                     strict=True))
 
 
+def _assert_bit_identical(got: dict[str, np.ndarray], ref: dict[str, np.ndarray]) -> None:
+    assert got.keys() == ref.keys()  # every id exactly once (_read refuses repeats)
+    differ = [i for i in ref if not np.array_equal(got[i], ref[i])]
+    assert not differ, f"{len(differ)} vectors differ from single-process embed, e.g. {differ[0]}"
+
+
+def _pids(model) -> list[int]:
+    return ray.get([a.__ray_call__.remote(lambda self: os.getpid()) for a in model.actors])
+
+
+def _ray_embedder():
+    from smysl.scale.ray_data import RayEmbedder
+
+    class Counted(RayEmbedder):
+        """Counts the texts sent to the actors; at call ``kill_at`` SIGKILLs actor 0 while
+        that call runs; at call ``interrupt_at`` delivers SIGINT (Ctrl-C) to this process."""
+
+        kill_at = interrupt_at = 0
+        calls = sent = 0
+        victim = 0
+
+        def embed(self, texts, **kw):
+            self.calls += 1
+            if self.calls == self.interrupt_at:
+                os.kill(os.getpid(), signal.SIGINT)
+            if self.calls == self.kill_at:
+                threading.Timer(0.005, os.kill, (self.victim, signal.SIGKILL)).start()
+            self.sent += len(texts)
+            return super().embed(texts, **kw)
+
+    return Counted
+
+
+@slow
+def test_20000_real_texts_on_two_actors_bit_identical(cluster, tiny_dir, reference,
+                                                      real_corpus, real_reference,
+                                                      tmp_path) -> None:
+    """Issue 16 bar: 20,000 real texts, 2 actors: every id once, every vector bit-identical
+    to single-process `embed` with the same thread count."""
+    from smysl.scale.ray_data import RayConfig
+
+    folder, _ = real_corpus
+    with _ray_embedder()(str(tiny_dir), OPTIONS, RayConfig(actors=2)) as model:
+        assert model.fingerprint() == reference.fingerprint()
+        report = run_job(model, [folder], JobConfig(output=str(tmp_path / "out"), **REAL_JOB))
+    assert report.texts == REAL and report.shards_written == 11 and model.sent == REAL
+    _assert_bit_identical(_read(tmp_path / "out"), real_reference)
+
+
+@slow
+def test_20000_real_texts_survive_a_sigkilled_actor(cluster, tiny_dir, real_corpus,
+                                                    real_reference, tmp_path) -> None:
+    """Issue 16 bar: SIGKILL of one actor mid-run (call 30 of 81, inside the 4th shard): it
+    is replaced, its part of the batch redone, and the output is the same."""
+    from smysl.scale.ray_data import RayConfig
+
+    folder, _ = real_corpus
+    with _ray_embedder()(str(tiny_dir), OPTIONS, RayConfig(actors=2)) as model:
+        pids = _pids(model)
+        model.victim, model.kill_at = pids[0], 30
+        report = run_job(model, [folder], JobConfig(output=str(tmp_path / "out"), **REAL_JOB))
+        after = _pids(model)
+    assert after[0] != pids[0] and after[1] == pids[1]  # actor 0 was replaced
+    assert report.texts == REAL and report.shards_written == 11
+    _assert_bit_identical(_read(tmp_path / "out"), real_reference)
+
+
+@slow
+def test_20000_real_texts_ctrl_c_then_rerun_computes_missing_shards(
+        cluster, tiny_dir, real_corpus, real_reference, tmp_path) -> None:
+    """Issue 16 bar: Ctrl-C (SIGINT to the driver) mid-run, then a rerun: only the shards not
+    committed are computed (counted texts), and the output is identical."""
+    from smysl.scale.ray_data import RayConfig
+
+    folder, _ = real_corpus
+    out = tmp_path / "out"
+    config = JobConfig(output=str(out), **REAL_JOB)
+    counted = _ray_embedder()
+    with counted(str(tiny_dir), OPTIONS, RayConfig(actors=2)) as model:
+        model.interrupt_at = 30  # the 30th batch: inside the 4th shard
+        with pytest.raises(KeyboardInterrupt):
+            run_job(model, [folder], config)
+    committed = sorted(out.glob("*.parquet"))
+    done_rows = sum(pq.ParquetFile(p).metadata.num_rows for p in committed)
+    assert len(committed) == 3 and done_rows == 3 * 2000  # the 4th shard was not committed
+    with counted(str(tiny_dir), OPTIONS, RayConfig(actors=2)) as model:
+        report = run_job(model, [folder], config)
+    assert report.shards_skipped == 3 and report.shards_written == 8
+    assert model.sent == report.texts == REAL - done_rows  # only the missing shards' rows
+    assert not list(out.glob(".*.tmp"))
+    _assert_bit_identical(_read(out), real_reference)
+
+
+def _map_worker_pids() -> list[int]:
+    """Processes of Ray Data's pool actors running `_DatasetWorker` (by process title)."""
+    pids = []
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                title = (d / "cmdline").read_bytes().split(b"\0")[0]
+            except OSError:
+                continue
+            if title.startswith(b"ray::MapWorker(MapBatches(_DatasetWorker))"):
+                pids.append(int(d.name))
+    return pids
+
+
+@slow
+@pytest.mark.skipif(not Path("/proc").is_dir(), reason="finds actor processes in /proc")
+def test_20000_real_texts_on_ray_data_survive_a_sigkilled_pool_actor(
+        cluster, tiny_dir, real_corpus, real_reference, tmp_path) -> None:
+    """Issue 16 bar on the Ray Data path: `embed_dataset` over `read_parquet` (20 files),
+    a pool of 2 actors, one SIGKILLed after the first results arrive: every id once, every
+    vector bit-identical to single-process `embed`."""
+    from smysl.scale.ray_data import RayConfig
+
+    _, rows = real_corpus
+    (tmp_path / "in").mkdir()
+    for k in range(0, REAL, 1000):
+        part = rows[k : k + 1000]
+        pq.write_table(pa.table({"id": [r for _, r, _ in part], "text": [t for _, _, t in part]}),
+                       tmp_path / "in" / f"part-{k // 1000:02d}.parquet")
+    # Ray Data bundles small files into one read task: 20 blocks for the pool to share
+    ds = ray.data.read_parquet(str(tmp_path / "in")).repartition(20)
+    out = embed_dataset(ds, str(tiny_dir), OPTIONS, config=RayConfig(actors=2), batch_size=256)
+    got: dict[str, np.ndarray] = {}
+    killed = None
+    for batch in out.iter_batches(batch_size=None, batch_format="numpy"):
+        for rid, vec in zip(batch["id"], batch["vector"], strict=True):
+            assert rid not in got, f"{rid} twice"
+            got[str(rid)] = np.asarray(vec, np.float32)
+        if killed is None:
+            deadline = time.monotonic() + 30
+            while len(pids := _map_worker_pids()) < 2 and time.monotonic() < deadline:
+                time.sleep(0.1)
+            assert len(pids) == 2, f"expected 2 pool actors, found {pids}"
+            killed = pids[0]
+            os.kill(killed, signal.SIGKILL)  # its task is retried on a replacement actor
+    assert killed is not None and killed not in _map_worker_pids()
+    _assert_bit_identical(got, real_reference)
+
+
 @slow
 def test_job_on_two_actors_survives_a_killed_actor(cluster, tiny_dir, reference, corpus,
                                                    tmp_path) -> None:
     """Every id once, every vector bit-identical to `embed` in one process; SIGKILL of an
-    actor mid-run changes nothing (issue 16)."""
-    from smysl.scale.ray_data import RayConfig, RayEmbedder
-
-    class KillingOnce(RayEmbedder):
-        """SIGKILLs actor 0 as the fifth batch is sent to it (mid-run, mid-shard)."""
-
-        calls = 0
-
-        def embed(self, texts, **kw):
-            self.calls += 1
-            if self.calls == 5:
-                os.kill(pids[0], signal.SIGKILL)
-            return super().embed(texts, **kw)
+    actor mid-run changes nothing (issue 16; small batches: many kill points per shard)."""
+    from smysl.scale.ray_data import RayConfig
 
     path, rows = corpus
-    with KillingOnce(str(tiny_dir), OPTIONS, RayConfig(actors=2)) as model:
+    with _ray_embedder()(str(tiny_dir), OPTIONS, RayConfig(actors=2)) as model:
         assert model.fingerprint() == reference.fingerprint()
-        pids = ray.get([a.__ray_call__.remote(lambda self: os.getpid()) for a in model.actors])
+        pids = _pids(model)
+        model.victim, model.kill_at = pids[0], 5
         report = run_job(model, [path], JobConfig(output=str(tmp_path / "out"), shard_rows=10,
                                                   batch_size=4))
-        after = ray.get([a.__ray_call__.remote(lambda self: os.getpid()) for a in model.actors])
+        after = _pids(model)
     assert after[0] != pids[0] and after[1] == pids[1]  # actor 0 was replaced
     assert report.texts == 60 and report.shards_written == 6
     got = _read(tmp_path / "out")
@@ -104,6 +293,50 @@ def test_embed_dataset_on_an_actor_pool(cluster, tiny_dir, reference, corpus) ->
 
 
 @slow
+def test_provider_on_two_actors_with_injected_429_and_500(cluster, real_corpus,
+                                                          tmp_path) -> None:
+    """Issue 16 bar: a provider backend on the actors against a loopback OpenAI-compatible
+    server answering 5% 429 and 5% 500: all vectors; each input answered (billed) exactly
+    once, retries aside; tokens, requests, retries and cost summed over the actors."""
+    if not TOKENIZER_JSON.is_file():
+        pytest.skip(f"Qwen3 tokenizer not found at {TOKENIZER_JSON}")
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "providers"))
+    from provider_fakes import FakeServer, expected
+
+    from smysl.scale.ray_data import RayConfig, RayEmbedder
+    from smysl.tokenize import Tokenizer
+
+    _, real = real_corpus
+    rows = real[::10]  # 2,000 texts: English, Russian and tweets
+    texts = [t for _, _, t in rows]
+    (tmp_path / "in.jsonl").write_text("".join(json.dumps({"id": r, "text": t}) + "\n"
+                                               for _, r, t in rows), encoding="utf-8")
+    tok = Tokenizer(TOKENIZER_JSON, max_tokens=1 << 30)
+    price = 0.02  # $ per 1M tokens (a bare OpenAI-compatible URL is free by default)
+    with FakeServer(dims=64, tokenizer=tok, p429=0.05, p500=0.05, seed=16) as srv, \
+            RayEmbedder(f"openai:{srv.url}/v1#fake-embedding", ModelOptions(max_batch_size=16),
+                        RayConfig(actors=2), dimensions=64, tokenizer=str(TOKENIZER_JSON),
+                        price_per_mtok=price, backoff_base=0.001, api_key="sk-test") as model:
+        report = run_job(model, [tmp_path / "in.jsonl"],
+                         JobConfig(output=str(tmp_path / "out"), shard_rows=500, batch_size=128))
+        usage = model.usage.snapshot()
+    got = _read(tmp_path / "out")
+    assert list(got) == [r for _, r, _ in rows]
+    np.testing.assert_allclose(np.stack(list(got.values())), expected(texts, 64, 64),
+                               atol=1e-6)
+    assert collections.Counter(srv.billed_texts) == collections.Counter(texts)
+    assert srv.faults >= 10  # ~10% of ~140 requests were refused and retried
+    assert usage["texts"] == len(texts) and usage["requests"] == srv.ok_requests
+    assert usage["tokens"] == usage["reported_tokens"] == srv.billed_tokens == report.tokens
+    assert usage["retries"] == srv.faults and usage["failed_requests"] == 0
+    assert usage["cost"] == pytest.approx(srv.billed_tokens * price / 1e6)
+    summary = report.summary()
+    assert (f"openai:fake-embedding: {srv.billed_tokens:,} tokens (provider-reported), "
+            f"{len(texts):,} texts, {srv.ok_requests} requests, {srv.faults} retries, "
+            f"${usage['cost']:.6f} at $0.02/1M tokens (summed over 2 actors)") in summary
+
+
+@slow
 def test_cli_ray_flag(cluster, tiny_dir, reference, corpus, tmp_path, capsys) -> None:
     """`smysl embed --input FILE --output DIR --ray --actors 2` (issue 16)."""
     path, rows = corpus
@@ -112,19 +345,3 @@ def test_cli_ray_flag(cluster, tiny_dir, reference, corpus, tmp_path, capsys) ->
                  "--actors", "2", "--no-progress"]) == 0
     assert "embedded 60 texts" in capsys.readouterr().err
     assert set(_read(tmp_path / "out")) == {r["id"] for r in rows}
-
-
-def test_unreachable_address_is_named() -> None:
-    """An address nobody answers fails at once, naming it (ray.init alone retries for
-    minutes) (issue 16)."""
-    import socket
-
-    from smysl.scale.ray_data import RayConfig, connect
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    if ray.is_initialized():
-        pytest.skip("a Ray cluster is already connected in this process")
-    with pytest.raises(ValueError, match=f"Ray cluster at 127.0.0.1:{port}: nothing answers"):
-        connect(RayConfig(address=f"127.0.0.1:{port}"))

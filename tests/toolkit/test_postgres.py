@@ -140,3 +140,78 @@ def test_index_add_search_through_cli(postgres_dsn, tiny_dir, tmp_path, capsys) 
     hits = json.loads(capsys.readouterr().out.splitlines()[0])["hits"]
     assert len(hits) == 3 and all(h["payload"]["lang"] == "de" for h in hits)
     assert main(["index", "verify", spec, "--table", table, "--device", "cpu"]) == 0
+
+
+def test_dsn_carries_index_settings() -> None:
+    """HNSW m, ef_construction, ef_search, refine_factor and the index kind ride in the DSN
+    (URL query or key=value words); the rest reaches libpq untouched; bad values are named."""
+    from smysl.toolkit.postgres import split_options
+
+    url = ("postgres://me:p%40ss@db:5433/kb?sslmode=disable&index=binary&m=32"
+           "&ef_construction=200&options=-c%20search_path%3Dx&ef_search=100&refine_factor=8")
+    assert split_options(url) == (
+        "postgres://me:p%40ss@db:5433/kb?sslmode=disable&options=-c%20search_path%3Dx",
+        {"pg_index": "binary", "hnsw_m": 32, "ef_construction": 200, "ef_search": 100,
+         "refine_factor": 8})
+    assert split_options("postgresql://db/kb?index=halfvec") == (
+        "postgresql://db/kb", {"pg_index": "halfvec"})
+    words = "host=db m = 24 password='a m=3 \\' b' dbname=kb index=VECTOR ef_search=64"
+    assert split_options(words) == ("host=db  password='a m=3 \\' b' dbname=kb",
+                                    {"hnsw_m": 24, "pg_index": "vector", "ef_search": 64})
+    assert split_options("postgresql://db/kb") == ("postgresql://db/kb", {})
+    assert split_options("") == ("", {})
+    for bad, match in [("?m=1", r"m='1'.*2\.\.100"), ("?ef_search=x", "ef_search='x'"),
+                       ("?index=ivf", "index='ivf'.*auto, vector, halfvec, binary"),
+                       ("?m=8&hnsw_m=9", "hnsw_m twice")]:
+        with pytest.raises(ValueError, match=match):
+            split_options("postgresql://db/kb" + bad)
+    with pytest.raises(ValueError, match="at least twice m=32"):
+        open_store(StoreConfig.parse("postgresql://127.0.0.1:1/kb?m=32&ef_construction=40"), 8)
+
+
+def _hnsw(dsn: str, table: str) -> dict[str, list[str]]:
+    import psycopg
+
+    with psycopg.connect(dsn) as conn:
+        rows = conn.execute("SELECT c.relname, c.reloptions FROM pg_index i JOIN pg_class c "
+                            "ON c.oid = i.indexrelid WHERE i.indrelid = to_regclass(%s) "
+                            "AND c.relname LIKE %s", [table, "%hnsw%"]).fetchall()
+    return {name: sorted(opts or []) for name, opts in rows}
+
+
+def test_index_settings_through_cli_dsn(postgres_dsn, tiny_dir, tmp_path, capsys) -> None:
+    """`smysl index add/search postgres:DSN?index=binary&m=8&ef_construction=40&ef_search=80`
+    builds that index with those settings; search without `index=` finds it; new m in the
+    DSN rebuilds it, the DSN without settings leaves it alone (issue 16)."""
+    rows = [{"id": f"r{i}", "text": f"row {i} says {w}"}
+            for i, w in enumerate(["alpha", "beta", "gamma", "delta"] * 10)]
+    (tmp_path / "rows.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows),
+                                         encoding="utf-8")
+    table = f"kb_{uuid.uuid4().hex[:8]}"
+    model = ["--model", str(tiny_dir), "--device", "cpu"]
+    spec = f"postgres:{postgres_dsn}?index=binary&m=8&ef_construction=40"
+    assert main(["index", "add", spec, "--table", table, str(tmp_path / "rows.jsonl"),
+                 "--id-field", "id", *model, "--no-progress", "--ann"]) == 0
+    assert "approximate index built" in capsys.readouterr().err
+    assert _hnsw(postgres_dsn, table) == {f"{table}_hnsw_binary": ["ef_construction=40", "m=8"]}
+    with open_store(StoreConfig.parse(f"postgres:{postgres_dsn}?ef_search=80",
+                                      table=table)) as s:
+        assert s.config.ef_search == 80 and s.config.pg_index == "auto"
+        assert s._search_kind() == "binary"  # the index the table has, without index=
+    for dsn in (f"{postgres_dsn}?ef_search=80", f"{postgres_dsn}?index=binary&refine_factor=2"):
+        assert main(["index", "search", f"postgres:{dsn}", "alpha", "--table", table, "-k",
+                     "3", "--approximate", "--format", "json", "--device", "cpu"]) == 0
+        hits = json.loads(capsys.readouterr().out.splitlines()[0])["hits"]
+        assert len(hits) == 3
+    assert main(["index", "add", f"postgres:{postgres_dsn}?index=binary&m=12", "--table",
+                 table, str(tmp_path / "rows.jsonl"), "--id-field", "id", *model,
+                 "--no-progress", "--ann"]) == 0
+    assert _hnsw(postgres_dsn, table) == {
+        f"{table}_hnsw_binary": ["ef_construction=128", "m=12"]}  # rebuilt
+    with open_store(StoreConfig.parse(f"postgres:{postgres_dsn}", table=table,
+                                      pg_index="binary")) as s:
+        s.build_index()  # defaults, not in the DSN: the index stays as built
+    assert _hnsw(postgres_dsn, table) == {
+        f"{table}_hnsw_binary": ["ef_construction=128", "m=12"]}
+    with pytest.raises(ValueError, match="index='ivf'"):
+        open_store(StoreConfig.parse(f"postgres:{postgres_dsn}?index=ivf", table=table))
