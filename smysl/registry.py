@@ -95,11 +95,13 @@ def register(name: str, target: str | Factory, *, options: Iterable[str] = (),
     SCHEMES[name] = Scheme(name, target, frozenset(options), remote, summary)
 
 
-def split(model: str) -> tuple[str, str]:
+def split(model: str, schemes: dict[str, Scheme] | None = None) -> tuple[str, str]:
     """``"openrouter:qwen/x"`` -> ``("openrouter", "qwen/x")``; anything else is local:
-    ``("qwen3", model)`` (``qwen3-embedding:0.6b`` and ``C:\\models`` included)."""
+    ``("qwen3", model)`` (``qwen3-embedding:0.6b`` and ``C:\\models`` included). ``schemes``:
+    the table to look the scheme up in (default :data:`SCHEMES`)."""
     head, sep, rest = model.partition(":")
-    if sep and head in SCHEMES and not (len(head) == 1 and rest.startswith("\\")):
+    if sep and head in (SCHEMES if schemes is None else schemes) \
+            and not (len(head) == 1 and rest.startswith("\\")):
         return head, rest
     return LOCAL, model
 
@@ -115,6 +117,16 @@ def load(model: str, options: ModelOptions | None = None, **kwargs: Any) -> Base
     ``kwargs`` may hold :class:`~smysl.options.ModelOptions` fields (merged over ``options``)
     and the backend's own options (providers: ``api_key``, ``timeout``, ``dimensions``...).
     """
+    embedder: BaseEmbedder = _load(model, SCHEMES, options, kwargs)
+    return embedder
+
+
+def _load(model: str, schemes: dict[str, Scheme], options: ModelOptions | None,
+          kwargs: dict[str, Any]) -> Any:
+    """The one loading path of :func:`load` and :func:`load_reranker`: ``kwargs``' option
+    fields merged over ``options`` and checked against the scheme, the factory called, and the
+    model string recorded as ``source`` (a local folder or file made absolute, so the string
+    loads the same model from any directory)."""
     if not isinstance(model, str) or not model.strip():
         raise ValueError(f"model must be a non-empty string, got {model!r}")
     extra_opts, backend_kwargs = ModelOptions.split(kwargs)
@@ -122,14 +134,13 @@ def load(model: str, options: ModelOptions | None = None, **kwargs: Any) -> Base
         options = extra_opts
     elif extra_opts.given():
         options = options.replace(**extra_opts.given())
-    name, rest = split(model.strip())
-    scheme = SCHEMES[name]
+    name, rest = split(model.strip(), schemes)
+    scheme = schemes[name]
     options.check(scheme.options, model)
-    embedder = scheme.factory()(rest, options, **backend_kwargs)
-    # a local folder or file absolute, so the string loads the same model from any directory
+    made = scheme.factory()(rest, options, **backend_kwargs)
     local = name == LOCAL and Path(model.strip()).exists()
-    embedder.source = str(Path(model.strip()).resolve()) if local else model.strip()
-    return embedder
+    made.source = str(Path(model.strip()).resolve()) if local else model.strip()
+    return made
 
 
 #: Reranker schemes: ``factory(rest, options, **backend_kwargs) -> BaseReranker``. A string
@@ -150,17 +161,9 @@ RERANK_SCHEMES: dict[str, Scheme] = {s.name: s for s in (
 )}
 
 
-def split_reranker(model: str) -> tuple[str, str]:
-    """:func:`split` for reranker strings (:data:`RERANK_SCHEMES`)."""
-    head, sep, rest = model.partition(":")
-    if sep and head in RERANK_SCHEMES and not (len(head) == 1 and rest.startswith("\\")):
-        return head, rest
-    return LOCAL, model
-
-
 def rerank_scheme_of(model: str) -> Scheme:
     """The :class:`Scheme` that the reranker string ``model`` loads through."""
-    return RERANK_SCHEMES[split_reranker(model.strip())[0]]
+    return RERANK_SCHEMES[split(model.strip(), RERANK_SCHEMES)[0]]
 
 
 #: Loading flags a reranker shares with the embedding model it is loaded beside (``smysl serve
@@ -182,20 +185,7 @@ def load_reranker(model: str, options: ModelOptions | None = None,
     ``scheme:rest`` for a scheme of :data:`RERANK_SCHEMES` (``siliconflow:BAAI/bge-reranker-v2-m3``,
     ``tei:http://host:8080``), else a local Qwen3-Reranker (``Qwen/Qwen3-Reranker-0.6B``, a
     directory). ``kwargs`` as for :func:`load`."""
-    if not isinstance(model, str) or not model.strip():
-        raise ValueError(f"model must be a non-empty string, got {model!r}")
-    extra_opts, backend_kwargs = ModelOptions.split(kwargs)
-    if options is None:
-        options = extra_opts
-    elif extra_opts.given():
-        options = options.replace(**extra_opts.given())
-    head, rest = split_reranker(model.strip())
-    scheme = RERANK_SCHEMES[head]
-    options.check(scheme.options, model)
-    made: Any = scheme.factory()(rest, options, **backend_kwargs)  # a reranker factory
-    reranker: BaseReranker = made
-    local = head == LOCAL and Path(model.strip()).exists()
-    reranker.source = str(Path(model.strip()).resolve()) if local else model.strip()
+    reranker: BaseReranker = _load(model, RERANK_SCHEMES, options, kwargs)
     return reranker
 
 

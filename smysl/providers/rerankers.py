@@ -56,7 +56,7 @@ from smysl.providers.errors import (
 from smysl.providers.pricing import rerank_price_for, rerank_search_unit_price_for
 from smysl.providers.retry import Deadline, RetryingClient
 from smysl.providers.tokens import TOKENIZER_ENV, find_tokenizer
-from smysl.providers.usage import Usage
+from smysl.providers.usage import Usage, _n
 from smysl.rerank import BaseReranker
 from smysl.scheduler import SchedulerConfig, plan_batches
 from smysl.tokenize import Tokenizer
@@ -126,10 +126,6 @@ class RerankUsage(Usage):
         parts.append(f"${s['cost']:.6f} at {' + '.join(rates)}" if s["cost"] is not None
                      else "cost unknown (no price)")
         return f"{self.provider}:{self.model}: " + ", ".join(parts)
-
-
-def _n(count: int, one: str, many: str | None = None) -> str:
-    return f"{count:,} {one if count == 1 else many or one + 's'}"
 
 
 @dataclass

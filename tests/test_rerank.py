@@ -1,0 +1,77 @@
+"""The reranking contract (smysl/rerank.py): what every backend inherits from ``_scores``."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import smysl
+from smysl.rerank import BaseReranker, order
+
+
+class Lengthy(BaseReranker):
+    """Scores each document by its length; records every call."""
+
+    name, backend = "lengthy", "test"
+
+    def __init__(self, *, aware: bool = False, broken: bool = False) -> None:
+        self.instruction_aware = aware
+        self.broken = broken
+        self.calls: list[tuple[str, list[str], str | None, bool]] = []
+
+    def _scores(self, query: str, documents: list[str], *, instruction: str | None,
+                truncate: bool) -> np.ndarray:
+        self.calls.append((query, documents, instruction, truncate))
+        if self.broken:
+            return np.array([np.nan] * len(documents))
+        return np.array([float(len(d)) for d in documents])
+
+
+def test_rerank_orders_best_first_with_stable_ties_and_top_n() -> None:
+    r = Lengthy()
+    assert r.rerank("q", ["aa", "b", "cc", "dddd"]) == [(3, 4.0), (0, 2.0), (2, 2.0), (1, 1.0)]
+    assert r.rerank("q", ["aa", "b", "cc"], top_n=1) == [(0, 2.0)]
+    assert r.rerank("q", []) == [] and len(r.calls) == 2  # nothing to score: no call
+    assert order([1.0, 3.0, 3.0]) == [1, 2, 0]
+
+
+def test_score_groups_pairs_by_query_and_keeps_input_order() -> None:
+    r = Lengthy()
+    assert r.score([("q1", "aaa"), ("q2", "b"), ("q1", "cc")]) == [3.0, 1.0, 2.0]
+    assert [(q, docs) for q, docs, _, _ in r.calls] == [("q1", ["aaa", "cc"]), ("q2", ["b"])]
+
+
+def test_bad_input_is_refused_before_any_call() -> None:
+    r = Lengthy()
+    for call, error in [(lambda: r.rerank(" ", ["d"]), ValueError),
+                        (lambda: r.rerank("q", "one string"), TypeError),
+                        (lambda: r.rerank("q", ["d", 5]), ValueError),  # type: ignore[list-item]
+                        (lambda: r.rerank("q", ["d"], top_n=0), ValueError),
+                        (lambda: r.rerank("q", ["d"], top_n=True), ValueError),
+                        (lambda: r.rerank("q", ["d"], instruction="x"), ValueError),
+                        (lambda: r.score([("q", "d", "e")]), ValueError),  # type: ignore[list-item]
+                        (lambda: r.score("q"), ValueError)]:  # type: ignore[arg-type]
+        with pytest.raises(error):
+            call()
+    assert r.calls == []
+    aware = Lengthy(aware=True)
+    aware.rerank("q", ["d"], instruction="find it", truncate=True)
+    assert aware.calls == [("q", ["d"], "find it", True)]
+
+
+def test_a_backend_answer_is_checked() -> None:
+    with pytest.raises(RuntimeError, match="non-finite"):
+        Lengthy(broken=True).rerank("q", ["d"])
+
+
+def test_fingerprint_and_info_of_the_default() -> None:
+    r = Lengthy()
+    assert r.info().name == "lengthy" and r.token_level() is None and r.usage_report() is None
+    assert r.fingerprint() == Lengthy().fingerprint() != Lengthy(aware=True).fingerprint()
+
+
+def test_load_reranker_routes_by_scheme() -> None:
+    with pytest.raises(ValueError, match="does not use the option"):
+        smysl.load_reranker("siliconflow:BAAI/bge-reranker-v2-m3", device="cpu")
+    with pytest.raises(ValueError, match="non-empty"):
+        smysl.load_reranker(" ")
