@@ -26,13 +26,11 @@ class PrefixPlan:
     continuations attend to their root and causally within themselves."""
 
     def __init__(self, roots: list[tuple[int, int]],
-                 continuations: list[tuple[int, int, int]], outputs: list[int],
-                 device: torch.device) -> None:
+                 continuations: list[tuple[int, int, int]], outputs: list[int]) -> None:
         """roots: (start, length) in the stream; continuations: (start, length, root index),
         equal (root, length) runs contiguous; outputs: per batch sequence, its root (``-1 -
         r``, a sequence without a shared prefix) or its continuation index."""
         self.roots, self.continuations, self.outputs = roots, continuations, outputs
-        self.device = device
         # runs of continuations with the same root and length: one batched call each
         self.runs: list[tuple[int, int, int, int]] = []  # (start, count, length, root)
         for s, n, r in continuations:
@@ -121,7 +119,7 @@ def layout(batch: list[list[int]], heads: list[int], device: torch.device
         ids += batch[i]
         pos += range(len(batch[i]))
         ends[i] = len(ids) - 1
-    plan = PrefixPlan(roots, continuations, outputs, device)
+    plan = PrefixPlan(roots, continuations, outputs)
     return (torch.tensor(ids, dtype=torch.long, device=device),
             torch.tensor(pos, dtype=torch.long, device=device),
             torch.tensor(ends, dtype=torch.long, device=device), plan)
