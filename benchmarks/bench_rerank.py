@@ -152,6 +152,8 @@ def main() -> None:
                     help="smysl's variants only (the shared-prefix A/B)")
     ap.add_argument("--dtypes", default="float32",
                     help="smysl dtypes to run, comma-separated (float32, bfloat16, auto)")
+    ap.add_argument("--no-whole", action="store_true",
+                    help="skip smysl's whole-prompt runs (the shared-prefix A/B)")
     args = ap.parse_args()
     import torch
 
@@ -167,7 +169,9 @@ def main() -> None:
     runs: list[tuple[str, Callable[[], Scorer]]] = []
     for dt in args.dtypes.split(","):
         runs.append((f"smysl {dt}", lambda dt=dt: native(path, dt)))
-        runs.append((f"smysl {dt} whole", lambda dt=dt: native(path, dt, shared_prefix=False)))
+        if not args.no_whole:
+            runs.append((f"smysl {dt} whole",
+                         lambda dt=dt: native(path, dt, shared_prefix=False)))
     if not args.no_reference:
         runs.append(("transformers", lambda: reference(path, args.ref_batch)))
     results = {}
@@ -180,7 +184,7 @@ def main() -> None:
         print(f"{name:>22}: {pairs} pairs in {secs:.1f} s = {pairs / secs:.2f} pairs/s",
               flush=True)
         del scorer
-    base = "transformers" if "transformers" in results else runs[1][0]
+    base = "transformers" if "transformers" in results else runs[-1][0]
     for name, (scores, secs) in results.items():
         if name == base:
             continue
