@@ -88,14 +88,7 @@ class Provider(BaseEmbedder):
         self.max_tokens = config.max_tokens
         base = os.environ.get(config.base_url_env, "") if config.base_url_env else ""
         self.base_url = (base or config.base_url).rstrip("/")
-        envs = [e.strip() for e in (config.api_key_env or "").split(",") if e.strip()]
-        for env in envs if api_key is None else ():
-            api_key = os.environ.get(env) or None
-            if api_key:
-                break
-        if api_key is None and config.api_key_required:
-            raise ValueError(f"{config.name}: no API key; set ${' or $'.join(envs)} or pass "
-                             "api_key=...")
+        api_key = config.api_key(api_key)
         if dimensions is not None and (isinstance(dimensions, bool) or int(dimensions) < 1):
             raise ValueError(f"dimensions must be a positive integer, got {dimensions!r}")
         #: Width requested from the server (sent as ``dimensions`` when supported).

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 
@@ -87,3 +88,16 @@ class ProviderConfig:
         bad = [k for k, ok in checks.items() if not ok]
         if bad:
             raise ValueError(f"invalid provider setting(s) for {self.name}: {', '.join(bad)}")
+
+    def api_key(self, given: str | None) -> str | None:
+        """``given``, else the first set variable of :attr:`api_key_env`; ``ValueError`` naming
+        them when the API needs a key and none is found."""
+        envs = [e.strip() for e in (self.api_key_env or "").split(",") if e.strip()]
+        for env in envs if given is None else ():
+            given = os.environ.get(env) or None
+            if given:
+                break
+        if given is None and self.api_key_required:
+            raise ValueError(f"{self.name}: no API key; set ${' or $'.join(envs)} or pass "
+                             "api_key=...")
+        return given

@@ -148,11 +148,15 @@ _FROM_MODEL_OPTIONS = {"max_tokens": "max_tokens", "max_batch_tokens": "max_batc
                        "max_batch_size": "max_batch_texts"}
 
 
+def config_options(options: ModelOptions | None) -> dict[str, Any]:
+    """The :class:`ProviderConfig` fields that set :class:`ModelOptions` fields stand for."""
+    given = (options or ModelOptions()).given()
+    return {_FROM_MODEL_OPTIONS[k]: v for k, v in given.items() if k in _FROM_MODEL_OPTIONS}
+
+
 def _factory(scheme: str) -> Any:
     def load(rest: str, options: ModelOptions | None = None, **kwargs: Any) -> Provider:
-        given = (options or ModelOptions()).given()
-        mapped = {_FROM_MODEL_OPTIONS[k]: v for k, v in given.items() if k in _FROM_MODEL_OPTIONS}
-        return connect(scheme, rest, **mapped, **kwargs)
+        return connect(scheme, rest, **config_options(options), **kwargs)
 
     load.__name__ = f"load_{scheme}"
     load.__doc__ = f"``{scheme}:...`` model strings (see :func:`connect`)."

@@ -53,6 +53,7 @@ from smysl.providers.errors import (
     ProviderHTTPError,
     RetriesExhaustedError,
 )
+from smysl.providers.presets import config_options
 from smysl.providers.pricing import rerank_price_for, rerank_search_unit_price_for
 from smysl.providers.retry import Deadline, RetryingClient
 from smysl.providers.tokens import TOKENIZER_ENV, find_tokenizer
@@ -251,14 +252,7 @@ class RemoteReranker(BaseReranker):
         self.name = name or f"{config.name}:{model or self.base_url}"
         self.backend = config.name
         self.max_tokens = config.max_tokens
-        envs = [e.strip() for e in (config.api_key_env or "").split(",") if e.strip()]
-        for env in envs if api_key is None else ():
-            api_key = os.environ.get(env) or None
-            if api_key:
-                break
-        if api_key is None and config.api_key_required:
-            raise ValueError(f"{config.name}: no API key; set ${' or $'.join(envs)} or pass "
-                             "api_key=...")
+        api_key = config.api_key(api_key)
         if price_per_search_unit is not None and price_per_search_unit < 0:
             raise ValueError("price_per_search_unit must be >= 0")
         self._tokenizer = _pick_tokenizer(tokenizer)
@@ -718,17 +712,11 @@ def connect_reranker(scheme: str, rest: str = "", **options: Any) -> RemoteReran
     return cls(model, config, **options)
 
 
-#: ModelOptions fields -> ProviderConfig fields (the registry lets none through for remote
-#: rerankers today; mapped as the embedding providers do, should that change).
-_FROM_MODEL_OPTIONS = {"max_tokens": "max_tokens", "max_batch_tokens": "max_batch_tokens",
-                       "max_batch_size": "max_batch_texts"}
-
-
 def _factory(scheme: str) -> Callable[..., RemoteReranker]:
     def load(rest: str, options: ModelOptions | None = None, **kwargs: Any) -> RemoteReranker:
-        given = (options or ModelOptions()).given()
-        mapped = {_FROM_MODEL_OPTIONS[k]: v for k, v in given.items() if k in _FROM_MODEL_OPTIONS}
-        return connect_reranker(scheme, rest, **mapped, **kwargs)
+        # the registry lets no option through for remote rerankers today; mapped as the
+        # embedding providers map theirs, should that change
+        return connect_reranker(scheme, rest, **config_options(options), **kwargs)
 
     load.__name__ = f"load_{scheme}"
     load.__doc__ = f"``{scheme}:...`` reranker model strings (see :func:`connect_reranker`)."
