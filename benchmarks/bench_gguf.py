@@ -1,6 +1,7 @@
 """smysl vs llama.cpp on the same GGUF files, side by side in one run (issue 14).
 
     .venv/bin/python benchmarks/bench_gguf.py --size 0.6b --types Q8_0,Q6_K,Q4_K_M --scale 0.25
+    .venv/bin/python benchmarks/bench_gguf.py --systems int4   # the kept path only
 
 Needs ``llama-cpp-python`` (built from source; not a project dependency). From a random
 real-shape bf16 checkpoint: an F16 GGUF written the way convert_hf_to_gguf.py writes it
@@ -24,6 +25,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import corpus, random_checkpoint
 
 FTYPES = {"Q8_0": 7, "Q6_K": 18, "Q5_K_M": 17, "Q4_K_M": 15, "Q3_K_M": 12}
+#: smysl's ways to run a GGUF file: name -> (label, Embedder.load options).
+SYSTEMS: dict[str, tuple[str, dict[str, str]]] = {
+    "float32": ("smysl float32", {"dtype": "float32"}),
+    "bfloat16": ("smysl bfloat16", {"dtype": "bfloat16"}),
+    "int4": ("smysl int4 (kept)", {"quantize": "int4"}),
+}
 
 
 def quantize(src: Path, out: Path, kind: str, threads: int) -> Path:
@@ -72,6 +79,8 @@ def main() -> None:
     ap.add_argument("--scale", type=float, default=0.25)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--work", default="/tmp/smysl-bench")
+    ap.add_argument("--systems", default=",".join(SYSTEMS),
+                    help="smysl systems to run beside llama.cpp, comma-separated")
     args = ap.parse_args()
     work = Path(args.work)
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
@@ -98,10 +107,9 @@ def main() -> None:
         runs: list[tuple[str, np.ndarray, float]] = []
         v, s = llama_vectors(path, texts, args.threads)
         runs.append(("llama.cpp", v, s))
-        for label, opts in (("smysl float32", {"dtype": "float32"}),
-                            ("smysl bfloat16", {"dtype": "bfloat16"}),
-                            ("smysl int4 (kept)", {"quantize": "int4"})):
-            if label.startswith("smysl int4") and kind == "F16":
+        for name in args.systems.split(","):
+            label, opts = SYSTEMS[name]
+            if "quantize" in opts and kind == "F16":
                 continue
             v, s = smysl_vectors(str(path), texts, args.threads, **opts)
             runs.append((label, v, s))

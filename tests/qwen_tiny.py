@@ -344,8 +344,9 @@ def write_gguf(src: Path, out: Path, *, ftype: str = "F16", tokenizer: bool = Tr
 
     ``add_eos``: ``tokenizer.ggml.add_eos_token`` (None: absent, as in old conversions);
     ``pooling``: ``qwen3.pooling_type`` (None: absent); ``type_of``: per-tensor type overrides
-    (mixed files). The gguf package cannot quantise to K-quants (Q4_K ...): those tensors get
-    random blocks whose float16 scales are set to small values, a valid random model.
+    (mixed files). The gguf package cannot quantise to K-quants (Q4_K ...): Q6_K tensors are
+    quantised by :func:`quantize_q6_k`, the others get random blocks whose float16 scales are
+    set to small values, a valid random model.
     ``dequantized_to``: also write a copy of ``src`` whose weights are exactly what the GGUF
     file holds, dequantised by gguf-py (llama.cpp's reference): the checkpoint the GGUF's
     vectors must equal.
@@ -378,7 +379,8 @@ def write_gguf(src: Path, out: Path, *, ftype: str = "F16", tokenizer: bool = Tr
         try:
             packed = gguf.quants.quantize(data, qtype)
         except NotImplementedError:  # K-quants: only llama.cpp's C quantizer makes them
-            packed = random_blocks(data.shape, qtype, rng)
+            packed = (quantize_q6_k(data) if qtype == gguf.GGMLQuantizationType.Q6_K
+                      else random_blocks(data.shape, qtype, rng))
         w.add_tensor(gname, packed, raw_dtype=qtype)
         if dequantized_to is not None:
             held[key] = gguf.quants.dequantize(packed, qtype).reshape(data.shape)
@@ -404,6 +406,29 @@ def write_gguf(src: Path, out: Path, *, ftype: str = "F16", tokenizer: bool = Tr
 #: Byte offsets of the float16 scales in each block (ggml-common.h).
 _K_SCALES = {"Q8_0": (0,), "Q6_K": (208,), "Q5_K": (0, 2), "Q4_K": (0, 2), "Q3_K": (108,),
              "Q2_K": (80, 82)}
+
+
+def quantize_q6_k(x: np.ndarray) -> np.ndarray:
+    """``x`` ([rows, cols], cols % 256 == 0) as Q6_K blocks, the way llama.cpp's reference
+    quantizer does it without its error search: per 16 values the largest-magnitude one maps
+    to -32; the 16 scales as int8 of a float16 ``d`` (the largest to -128). Sub-block scales
+    that follow the data (unlike :func:`random_blocks`'), for tests of what depends on them."""
+    v = x.astype(np.float32).reshape(-1, 16, 16)  # [blocks, sub-blocks, 16]
+    idx = np.abs(v).argmax(-1)[..., None]
+    scale = -np.take_along_axis(v, idx, -1)[..., 0] / 32  # [blocks, 16]
+    top = np.take_along_axis(scale, np.abs(scale).argmax(-1)[:, None], -1)  # [blocks, 1]
+    d = np.where(top != 0, -top / 128, 0).astype(np.float16)
+    df = d.astype(np.float32)
+    sc = np.where(df != 0, np.round(scale / np.where(df != 0, df, 1)), 0).clip(-128, 127)
+    step = (df * sc)[..., None]
+    q = np.where(step != 0, np.round(v / np.where(step != 0, step, 1)), 0).clip(-32, 31)
+    u = (q.reshape(-1, 2, 4, 32) + 32).astype(np.uint8)  # [blocks, half, run, 32]
+    low, high = u & 15, u >> 4
+    ql = np.concatenate([low[:, :, 0] | low[:, :, 2] << 4, low[:, :, 1] | low[:, :, 3] << 4], 2)
+    qh = high[:, :, 0] | high[:, :, 1] << 2 | high[:, :, 2] << 4 | high[:, :, 3] << 6
+    out = np.concatenate([ql.reshape(-1, 128), qh.reshape(-1, 64),
+                          sc.astype(np.int8).view(np.uint8), d.view(np.uint8).reshape(-1, 2)], 1)
+    return out.reshape(x.shape[0], -1)
 
 
 def random_blocks(shape: tuple[int, ...], qtype, rng) -> np.ndarray:  # type: ignore[no-untyped-def]

@@ -102,3 +102,23 @@ def auto_dtype(features: CpuFeatures, stored: torch.dtype | None) -> tuple[torch
 
 def _name(dtype: torch.dtype | None) -> str:
     return "an unknown dtype" if dtype is None else str(dtype).removeprefix("torch.")
+
+
+def available_memory() -> int | None:
+    """Bytes this process can still take: ``MemAvailable``, capped by the cgroup (v2) limit
+    of a container; None where neither is readable (not Linux)."""
+    found: list[int] = []
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                found.append(int(line.split()[1]) * 1024)
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        cg = Path("/sys/fs/cgroup")
+        limit = (cg / "memory.max").read_text().strip()
+        if limit != "max":
+            found.append(int(limit) - int((cg / "memory.current").read_text()))
+    except (OSError, ValueError):
+        pass
+    return min(found) if found else None

@@ -11,14 +11,14 @@ import logging
 import threading
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 import torch
 
 from smysl.options import ModelOptions
-from smysl.qwen3.cpu import CpuFeatures, auto_dtype, detect
+from smysl.qwen3.cpu import CpuFeatures, auto_dtype, available_memory, detect
 from smysl.qwen3.heap import loading
 from smysl.qwen3.hub import Checkpoint
 from smysl.qwen3.loader import LinearFactory, load_encoder
@@ -70,7 +70,8 @@ class EngineConfig:
     dtype: str = "auto"
     #: None; "int8" (dynamic int8 linear layers, float32 activations; CPU only); or "int4"
     #: (4-bit weights in groups of 32 where the source allows, else 8-bit weight-only; bf16
-    #: activations; CPU only; a GGUF file's Q4_K blocks are used as they are).
+    #: activations; CPU only; a GGUF file's blocks become 4-bit planes, exact for Q8_0, Q5_K
+    #: and Q4_K: :func:`smysl.qwen3.ggml_quants.planes`).
     quantize: str | None = None
     #: CPU threads for torch; None keeps torch's default (one per physical core).
     threads: int | None = None
@@ -118,6 +119,33 @@ class EngineConfig:
             log.warning("%s matmuls are emulated on %s: expect them ~100x slower than float32",
                         str(dtype).removeprefix("torch."), features.describe())
         return device, dtype
+
+
+#: A quantised GGUF file is dequantised (the fastest path where bf16 is native) unless that
+#: would take more than this share of the memory available at load; then its blocks are kept.
+KEEP_BLOCKS_ABOVE = 0.7
+
+
+def keep_gguf_blocks(ckpt: Checkpoint, cfg: EngineConfig, device: torch.device,
+                     dtype: torch.dtype, available: int | None) -> bool:
+    """Whether a GGUF file loaded with ``quantize`` unset and ``dtype="auto"`` keeps its
+    quantised blocks (``quantize="int4"``, bf16 activations) because its
+    dequantised weights would not fit in :data:`KEEP_BLOCKS_ABOVE` of ``available`` bytes
+    (the 8B Q4_K_M: 15 GB in bf16, 5.9 GB kept). Logged with the numbers; an explicit
+    ``dtype`` or ``quantize`` always wins."""
+    if (ckpt.format != "gguf" or cfg.quantize is not None or cfg.dtype != "auto"
+            or device.type != "cpu" or available is None):
+        return False
+    from smysl.qwen3.gguf import dequantized_bytes
+
+    need = dequantized_bytes(ckpt.root, dtype.itemsize)
+    if need is None or need <= KEEP_BLOCKS_ABOVE * available:
+        return False
+    log.warning("%s dequantised to %s would take %.1f GiB of the %.1f GiB available: keeping "
+                "its quantised blocks (quantize=int4; pass dtype= or quantize= to choose)",
+                ckpt.root.name, str(dtype).removeprefix("torch."), need / 2**30,
+                available / 2**30)
+    return True
 
 
 def stored_dtype(config: dict[str, object]) -> torch.dtype | None:
@@ -193,6 +221,9 @@ class Engine:
     @classmethod
     def from_checkpoint(cls, ckpt: Checkpoint, cfg: EngineConfig) -> Engine:
         device, dtype = cfg.resolve(stored_dtype(ckpt.config))
+        if keep_gguf_blocks(ckpt, cfg, device, dtype, available_memory()):
+            cfg = replace(cfg, quantize="int4")
+            device, dtype = cfg.resolve(stored_dtype(ckpt.config))
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
         linear: LinearFactory | None = None
@@ -201,9 +232,9 @@ class Engine:
 
             linear = int8_linear()
         elif cfg.quantize == "int4":
-            from smysl.qwen3.quantize import gguf_linear, int4_linear
+            from smysl.qwen3.quantize import int4_linear
 
-            linear = gguf_linear if ckpt.format == "gguf" else int4_linear
+            linear = int4_linear(gguf=ckpt.format == "gguf")
         with loading():
             model = load_encoder(ckpt, device, dtype, linear,
                                  keep_blocks=cfg.quantize == "int4")

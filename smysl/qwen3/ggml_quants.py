@@ -17,6 +17,9 @@ same order; tested against llama.cpp's gguf-py). Layouts, from ggml-common.h (``
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import NamedTuple
+
 import torch
 
 #: GGML type ids of the block formats here -> (values per block, bytes per block).
@@ -34,8 +37,29 @@ def _i(x: torch.Tensor) -> torch.Tensor:
     return x.to(torch.int32)
 
 
-def q8_0(b: torch.Tensor) -> torch.Tensor:
-    return b[:, 2:].contiguous().view(torch.int8).float() * _f16(b[:, :2])
+class Codes(NamedTuple):
+    """A block format's integer codes and scales: the value at column ``c`` of a block is
+    ``scale[c // width] * q[c] - mins[c // width]`` (no ``mins``: nothing subtracted)."""
+
+    q: torch.Tensor  # [n, values] int32
+    scale: torch.Tensor  # [n, values // width] float32
+    mins: torch.Tensor | None  # like scale
+    width: int  # values per scale: 32 or 16
+    #: The range of ``q`` the format allows (for re-coding into 4-bit planes).
+    qmin: int
+    qmax: int
+
+    def values(self) -> torch.Tensor:
+        """[n, values] float32, in ggml's order of float32 operations."""
+        n, per = self.q.shape
+        y = self.scale[:, :, None] * self.q.view(n, -1, self.width).float()
+        if self.mins is not None:
+            y = y - self.mins[:, :, None]
+        return y.view(n, per)
+
+
+def q8_0_codes(b: torch.Tensor) -> Codes:
+    return Codes(_i(b[:, 2:].contiguous().view(torch.int8)), _f16(b[:, :2]), None, 32, -128, 127)
 
 
 def _scale_min_k4(s: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -56,25 +80,25 @@ def _nibbles(qs: torch.Tensor) -> torch.Tensor:
     return torch.cat([q & 0xF, q >> 4], 2).view(-1, 8, 32)
 
 
-def _affine(q: torch.Tensor, b: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
-    """``d * sc * q - dmin * m`` per 32-value sub-block; q [n, 8, 32] -> [n, 256]."""
+def _affine(q: torch.Tensor, b: torch.Tensor, scales: torch.Tensor, qmax: int) -> Codes:
+    """``d * sc * q - dmin * m`` per 32-value sub-block; q [n, 8, 32]."""
     sc, m = _scale_min_k4(scales)
     d1 = _f16(b[:, 0:2]) * sc.float()  # [n, 8]
     m1 = _f16(b[:, 2:4]) * m.float()
-    return (d1[:, :, None] * q.float() - m1[:, :, None]).view(-1, 256)
+    return Codes(q.reshape(-1, 256), d1, m1, 32, 0, qmax)
 
 
-def q4_k(b: torch.Tensor) -> torch.Tensor:
-    return _affine(_nibbles(b[:, 16:144]), b, b[:, 4:16])
+def q4_k_codes(b: torch.Tensor) -> Codes:
+    return _affine(_nibbles(b[:, 16:144]), b, b[:, 4:16], 15)
 
 
-def q5_k(b: torch.Tensor) -> torch.Tensor:
+def q5_k_codes(b: torch.Tensor) -> Codes:
     qh = _i(b[:, 16:48])  # [n, 32]: bit j is the fifth bit of sub-block j
     bits = (qh[:, None, :] >> torch.arange(8, dtype=torch.int32)[None, :, None]) & 1
-    return _affine(_nibbles(b[:, 48:176]) + 16 * bits, b, b[:, 4:16])
+    return _affine(_nibbles(b[:, 48:176]) + 16 * bits, b, b[:, 4:16], 31)
 
 
-def q6_k(b: torch.Tensor) -> torch.Tensor:
+def q6_k_codes(b: torch.Tensor) -> Codes:
     ql, qh = _i(b[:, 0:128]).view(-1, 2, 2, 32), _i(b[:, 128:192]).view(-1, 2, 1, 32)
     sc = b[:, 192:208].contiguous().view(torch.int8).float()  # [n, 16]
     d = _f16(b[:, 208:210])
@@ -83,11 +107,10 @@ def q6_k(b: torch.Tensor) -> torch.Tensor:
     low = torch.cat([ql & 0xF, ql >> 4], 2)  # [n, 2, 4, 32]
     high = (qh >> torch.tensor([0, 2, 4, 6], dtype=torch.int32)[None, None, :, None]) & 3
     q = (low | (high << 4)) - 32  # [n, 2, 4, 32]
-    scale = (d * sc).repeat_interleave(16, 1)  # [n, 256]: one scale per 16 values
-    return scale * q.reshape(-1, 256).float()
+    return Codes(q.reshape(-1, 256), d * sc, None, 16, -32, 31)  # one scale per 16 values
 
 
-def q3_k(b: torch.Tensor) -> torch.Tensor:
+def q3_k_codes(b: torch.Tensor) -> Codes:
     hm, qs, s = _i(b[:, 0:32]), _i(b[:, 32:96]).view(-1, 2, 1, 32), _i(b[:, 96:108])
     d = _f16(b[:, 108:110])
     # 16 six-bit scales: low 4 bits from bytes 0-7 (low then high nibbles), top 2 from 8-11
@@ -100,11 +123,20 @@ def q3_k(b: torch.Tensor) -> torch.Tensor:
     low = (qs >> shifts) & 3  # [n, 2 halves, 4 runs of 32, 32]
     bit = torch.arange(8, dtype=torch.int32).view(1, 2, 4, 1)  # hmask bit 4 * half + run
     q = low - 4 * (1 - ((hm[:, None, None, :] >> bit) & 1))
-    scale = (d * sc.float()).repeat_interleave(16, 1)  # [n, 256]: one scale per 16 values
-    return scale * q.reshape(-1, 256).float()
+    return Codes(q.reshape(-1, 256), d * sc.float(), None, 16, -4, 3)  # one scale per 16
 
 
-DEQUANTIZE = {Q8_0: q8_0, Q3_K: q3_k, Q4_K: q4_k, Q5_K: q5_k, Q6_K: q6_k}
+CODES = {Q8_0: q8_0_codes, Q3_K: q3_k_codes, Q4_K: q4_k_codes, Q5_K: q5_k_codes,
+         Q6_K: q6_k_codes}
+
+
+def _dequantizer(kind: int) -> Callable[[torch.Tensor], torch.Tensor]:
+    codes = CODES[kind]
+    return lambda b: codes(b).values()
+
+
+#: Block bytes [n, block_bytes] uint8 -> values [n, block_values] float32, per type.
+DEQUANTIZE = {kind: _dequantizer(kind) for kind in CODES}
 
 
 def dequantize(raw: torch.Tensor, kind: int, shape: tuple[int, ...], dtype: torch.dtype,
@@ -143,20 +175,70 @@ class QuantTensor:
         return QuantTensor(self.kind, data, (data.shape[0], self.shape[1]))
 
     @staticmethod
-    def cat(parts: list[QuantTensor]) -> QuantTensor:
-        """Row-wise concatenation of same-type matrices (a fused q|k|v or gate|up)."""
+    def cat(parts: list[QuantTensor]) -> QuantTensor | QuantStack:
+        """Row-wise concatenation (a fused q|k|v or gate|up): one matrix of blocks when the
+        parts share a type, else a :class:`QuantStack` of them."""
+        if len({p.kind for p in parts}) > 1:
+            return QuantStack(tuple(parts))
         return QuantTensor(parts[0].kind, torch.cat([p.data for p in parts]),
                            (sum(p.shape[0] for p in parts), parts[0].shape[1]))
 
 
-def q4_k_groups(q: QuantTensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """A Q4_K matrix as 4-bit groups of 32 columns: (q [rows, cols] int32 in 0..15, scale and
-    min [rows, cols // 32] float32) with ``w = scale * q - min`` exactly as :func:`q4_k`."""
-    b = q.data.reshape(-1, 144)
-    nib = _nibbles(b[:, 16:144])  # [n, 8, 32]
-    sc, m = _scale_min_k4(b[:, 4:16])
-    scale = _f16(b[:, 0:2]) * sc.float()  # [n, 8]
-    mins = _f16(b[:, 2:4]) * m.float()
-    rows, cols = q.shape
-    return (nib.reshape(rows, cols), scale.reshape(rows, cols // 32),
-            mins.reshape(rows, cols // 32))
+class QuantStack(NamedTuple):
+    """Matrices of different block types stacked by rows, each kept as its blocks."""
+
+    parts: tuple[QuantTensor, ...]
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return sum(p.shape[0] for p in self.parts), self.parts[0].shape[1]
+
+    def dequantize(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        return torch.cat([p.dequantize(dtype) for p in self.parts])
+
+
+#: A weight as the loader hands it to a layer constructor: float, or kept as GGUF blocks.
+Weight = torch.Tensor | QuantTensor | QuantStack
+
+
+class Plane(NamedTuple):
+    """One 4-bit plane of a matrix in groups of 32 columns: ``scale * q - mins`` per group."""
+
+    q: torch.Tensor  # [rows, cols] int32 in 0..15
+    scale: torch.Tensor  # [rows, cols // 32] float32
+    mins: torch.Tensor  # [rows, cols // 32] float32
+
+
+def planes(t: QuantTensor) -> list[Plane]:
+    """A quantised matrix as 4-bit planes in groups of 32 columns that sum to it (what torch's
+    int4 kernel multiplies: :class:`smysl.qwen3.quantize.Int4Linear`).
+
+    Exact for Q4_K (one plane: its own sub-blocks), Q5_K and Q8_0 (two: ``q = 16 * hi + lo``,
+    the low nibble with the block's scale, the high one with 16 times it). Q6_K and Q3_K have
+    one scale per 16 columns, which a 32-column group cannot hold: their two planes are a
+    signed 8-bit code per group on the grid of the sub-block with the larger scale — that
+    sub-block exact, the other rounded to half the grid: 1/8 (Q6_K) or 1/64 (Q3_K) of the
+    larger one's step (a whole grid step at +128, where the two have equal scales of opposite
+    sign). Every plane's offset is 0 or a power-of-two multiple of its scale, so rounding the
+    kernel's scales to bf16 scales each group's weights and adds no offset error.
+    """
+    rows, cols = t.shape
+    c = CODES[t.kind](t.data.reshape(-1, BLOCKS[t.kind][1]))
+    if c.width == 16:
+        n = c.q.shape[0]
+        pair = c.scale.view(n, -1, 2)
+        big = pair.abs().argmax(-1, keepdim=True)
+        # signed, a power of two below the larger scale: its values (q * scale) divide exactly
+        # into -128..124 (Q6_K 4 * q, Q3_K 32 * q), the other half's into -128..128
+        grid = pair.gather(-1, big).squeeze(-1) * (max(-c.qmin, c.qmax) / 128)  # [n, groups]
+        r = c.values().view(n, -1, 32) / grid.where(grid != 0, 1)[..., None]
+        q = r.round_().clamp_(-128, 127).where(grid[..., None] != 0, 0).to(torch.int32)
+        c = Codes(q.view(n, -1), grid, None, 32, -128, 127)
+    scale = c.scale.view(rows, -1)
+    mins = (c.mins if c.mins is not None else torch.zeros_like(c.scale)).view(rows, -1)
+    if c.qmin >= 0 and c.qmax <= 15:  # Q4_K: one plane
+        return [Plane(c.q.view(rows, cols), scale, mins)]
+    lo, hi = c.q & 15, c.q >> 4  # q = 16 * hi + lo, hi from qmin >> 4 up
+    h0 = c.qmin >> 4  # hi - h0 is in 0..15; 16 * scale * hi = 16 * scale * (hi - h0) + that
+    return [Plane(lo.view(rows, cols), scale, mins),
+            Plane((hi - h0).view(rows, cols), 16 * scale, -16 * h0 * scale)]

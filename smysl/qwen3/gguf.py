@@ -4,8 +4,8 @@ Supported: files that llama.cpp's ``convert_hf_to_gguf.py`` (or ``llama-quantize
 architecture ``qwen3``, with F32, F16, BF16, Q8_0, Q6_K, Q5_K, Q4_K and Q3_K weights (mixed per
 tensor, as the ``_M`` recipes make them). Quantised blocks are dequantised at load
 (:mod:`smysl.qwen3.ggml_quants`), one tensor at a time (in block slices), straight into the
-engine dtype; nothing is kept quantised yet. Other types (Q4_0, IQ4_XS ...) are refused with a
-clear error before any weight is read.
+engine dtype, or kept as blocks for ``quantize="int4"`` (:mod:`smysl.qwen3.quantize`). Other
+types (Q4_0, IQ4_XS ...) are refused with a clear error before any weight is read.
 
 Layout (v2/v3, little-endian): ``GGUF``, version, tensor count, key/value count; the key/values;
 per tensor its name, dims (innermost first: ``[in, out]`` for a weight), type and offset; padding
@@ -24,6 +24,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import math
 import mmap
 import struct
 from collections.abc import Iterator
@@ -312,6 +313,15 @@ def weight_type(header: Header) -> str:
         if len(t.shape) == 2:
             counts[t.type_name] = counts.get(t.type_name, 0) + int(np.prod(t.shape))
     return max(counts, key=lambda k: counts[k]) if counts else "F32"
+
+
+def dequantized_bytes(path: Path, itemsize: int) -> int | None:
+    """Bytes the tensors an encoder reads from ``path`` take dequantised to ``itemsize``-byte
+    floats; None when none of them is quantised (nothing to keep)."""
+    tensors = [t for t in read_header(path).tensors.values() if t.name != "output.weight"]
+    if not any(t.type in QUANT_BLOCKS for t in tensors):
+        return None
+    return sum(math.prod(t.shape) for t in tensors) * itemsize
 
 
 def expected_shapes(config: dict[str, Any]) -> dict[str, tuple[int, ...]]:

@@ -19,7 +19,7 @@ from typing import Any, BinaryIO
 import torch
 from torch import nn
 
-from smysl.qwen3.ggml_quants import QuantTensor
+from smysl.qwen3.ggml_quants import QuantStack, QuantTensor, Weight
 from smysl.qwen3.hub import Checkpoint
 from smysl.qwen3.model import Linear, Qwen3Config, Qwen3Encoder
 
@@ -121,15 +121,15 @@ def load_encoder(ckpt: Checkpoint, device: torch.device, dtype: torch.dtype,
 
 
 #: What :func:`build_encoder` calls to make each linear layer from its (fused) weight.
-LinearFactory = Callable[[torch.Tensor | QuantTensor], nn.Module]
+LinearFactory = Callable[[Weight], nn.Module]
 
 
-def _join(parts: list[torch.Tensor | QuantTensor], dtype: torch.dtype
-          ) -> torch.Tensor | QuantTensor:
-    """Row-wise concatenation of a fused weight's parts: as blocks when they share one
-    quantised type, else as ``dtype`` tensors (parts of other types dequantised)."""
+def _join(parts: list[torch.Tensor | QuantTensor], dtype: torch.dtype) -> Weight:
+    """Row-wise concatenation of a fused weight's parts: as blocks when all are quantised
+    (a :class:`QuantStack` when their types differ), else as ``dtype`` tensors (quantised
+    parts dequantised)."""
     quant = [p for p in parts if isinstance(p, QuantTensor)]
-    if len(quant) == len(parts) and len({p.kind for p in quant}) == 1:
+    if len(quant) == len(parts):
         return QuantTensor.cat(quant)
     return torch.cat([p.dequantize(dtype) if isinstance(p, QuantTensor) else p for p in parts])
 
@@ -155,7 +155,7 @@ def build_encoder(config: dict[str, Any],
     pending: dict[str, dict[int, torch.Tensor | QuantTensor]] = defaultdict(dict)
     loaded: set[str] = set()
 
-    def assign(name: str, tensor: torch.Tensor | QuantTensor) -> None:
+    def assign(name: str, tensor: Weight) -> None:
         if name not in params:
             raise ValueError(f"unexpected weight {name!r}")
         if tuple(tensor.shape) != tuple(params[name].shape):
@@ -171,7 +171,7 @@ def build_encoder(config: dict[str, Any],
 
             model.embed_tokens = QuantEmbedding(tensor, torch.float32)  # type: ignore[assignment]
         else:
-            if isinstance(tensor, QuantTensor):
+            if isinstance(tensor, QuantTensor | QuantStack):
                 tensor = tensor.dequantize(dtype)
             module._parameters[attr] = nn.Parameter(tensor, requires_grad=False)
         loaded.add(name)

@@ -1,5 +1,6 @@
 """Quantised linear layers for CPU: int8 dynamic (fbgemm), and the int4 layers of
-``quantize="int4"`` (torch's weight-only int4/int8 kernels, bf16 activations).
+``quantize="int4"`` (torch's weight-only int4/int8 kernels, bf16 activations: their float32
+variants are scalar code, 2.8 and 5.9 GFLOP/s against 345 and 321 in bf16 on an AVX-512 EPYC).
 
 int8 dynamic (``quantize="int8"``):
 
@@ -15,12 +16,12 @@ near-extreme products and is rarer than the precision lost to a 7-bit range.
 from __future__ import annotations
 
 import warnings
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 
 import torch
 from torch import nn
 
-from smysl.qwen3.ggml_quants import Q4_K, QuantTensor, q4_k_groups
+from smysl.qwen3.ggml_quants import Plane, QuantStack, QuantTensor, Weight, planes
 from smysl.qwen3.model import pad_rows
 
 
@@ -53,8 +54,16 @@ def int8_linear() -> type[Int8Linear]:
 # ---------------------------------------------------------------------------- 4-bit weights
 #: Columns per int4 group: a Q4_K sub-block, and the smallest group torch's CPU kernel takes.
 GROUP = 32
-#: Rows packed at a time (a multiple of the kernel's 64-row blocks).
-PACK_ROWS = 2048
+#: Elements of a weight converted at a time while loading: each chunk's int32 codes and float
+#: scratch take ~16 MB (with 2048-row chunks, the 8B's ffn_down planes took ~800 MB of
+#: scratch and the Q4_K_M load peaked 500 MiB higher).
+PACK_ELEMENTS = 1 << 22
+
+
+def pack_rows(cols: int) -> int:
+    """Rows per chunk of a ``cols``-wide weight: a multiple of the int4 kernel's 64-row
+    blocks, :data:`PACK_ELEMENTS` elements or fewer (64 rows at least)."""
+    return max(64, PACK_ELEMENTS // cols // 64 * 64)
 
 
 def int4_fits(shape: tuple[int, ...]) -> bool:
@@ -63,73 +72,81 @@ def int4_fits(shape: tuple[int, ...]) -> bool:
 
 
 class Int4Linear(nn.Module):
-    """4-bit weights in groups of 32 input columns, ``w = (q - 8) * scale + zero`` per group
-    (torch's ``_weight_int4pack_mm_for_cpu``; scale and zero in bf16, activations bf16).
+    """Weights as one or more 4-bit planes in groups of 32 input columns, ``w = sum over planes
+    of (q - 8) * scale + zero`` per group (torch's ``_weight_int4pack_mm_for_cpu``; activations,
+    scales and zeros bfloat16).
 
-    From a Q4_K GGUF tensor (:meth:`from_q4_k`) the groups are the file's own sub-blocks, so
-    only the bf16 rounding of each group's scale and zero is added; from float weights
-    (:meth:`from_float`) each group is quantised over its min..max.
+    From GGUF blocks (:meth:`from_blocks`) the planes are :func:`~smysl.qwen3.ggml_quants.planes`:
+    a Q4_K matrix is its own sub-blocks; Q8_0 and Q5_K are two planes, exactly; Q6_K and Q3_K
+    two planes of an 8-bit re-coding. From float weights (:meth:`from_float`) each group is
+    one plane quantised over its min..max. P planes are packed side by side as one ``[out,
+    P * in]`` matrix and the input repeated P times: one kernel call.
     """
 
-    def __init__(self, chunks: Iterable[tuple[torch.Tensor, torch.Tensor, torch.Tensor]],
-                 shape: tuple[int, int]) -> None:
-        """``chunks``: (q [rows, in] int in 0..15, scale and mins [rows, in / 32]) for
-        consecutive row ranges of :data:`PACK_ROWS` (the last may be shorter), ``w = scale * q
-        - mins``. The kernel packs blocks of 64 rows independently, so packing chunk by chunk
-        is packing the whole, with one chunk's int32 codes in memory instead of the layer's
-        (a gate|up of the 8B: 32 MB instead of 400 MB)."""
+    def __init__(self, chunks: Iterable[list[Plane]], shape: tuple[int, int]) -> None:
+        """``chunks``: the planes of consecutive row ranges of :func:`pack_rows` rows (the
+        last may be shorter). The kernel packs blocks of 64 rows independently, so packing chunk
+        by chunk is packing the whole, with one chunk's int32 codes in memory instead of the
+        layer's (a gate|up of the 8B: 32 MB instead of 400 MB)."""
         super().__init__()
         self.out_features, self.in_features = shape
         packed, scale_zero = [], []
-        for q, scale, mins in chunks:
-            packed.append(torch.ops.aten._convert_weight_to_int4pack_for_cpu(
-                q.to(torch.int32), 2))
-            zero = 8 * scale - mins  # the kernel's (q - 8) * scale + zero form
+        for chunk in chunks:
+            self.planes = len(chunk)
+            q = torch.cat([p.q for p in chunk], 1).to(torch.int32)  # [rows, P * in]
+            packed.append(torch.ops.aten._convert_weight_to_int4pack_for_cpu(q, 2))
+            scale = torch.cat([p.scale for p in chunk], 1)
+            zero = 8 * scale - torch.cat([p.mins for p in chunk], 1)  # (q - 8) * scale + zero
             scale_zero.append(torch.stack([scale.t(), zero.t()], -1).to(torch.bfloat16))
         self.packed = torch.cat(packed)
-        self.scale_zero = torch.cat(scale_zero, 1).contiguous()  # [in / 32, out, 2]
+        self.scale_zero = torch.cat(scale_zero, 1).contiguous()  # [P * in / 32, out, 2]
 
     @classmethod
     def from_float(cls, w: torch.Tensor) -> Int4Linear:
-        def chunks() -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-            for a in range(0, w.shape[0], PACK_ROWS):
-                g = w[a : a + PACK_ROWS].float().reshape(-1, w.shape[1] // GROUP, GROUP)
+        def chunks() -> Iterator[list[Plane]]:
+            step = pack_rows(w.shape[1])
+            for a in range(0, w.shape[0], step):
+                g = w[a : a + step].float().reshape(-1, w.shape[1] // GROUP, GROUP)
                 lo, hi = g.amin(-1), g.amax(-1)
                 scale = ((hi - lo) / 15).clamp_min(1e-12)
                 q = ((g - lo[..., None]) / scale[..., None]).round_().clamp_(0, 15)
-                yield q.reshape(-1, w.shape[1]), scale, -lo
+                yield [Plane(q.reshape(-1, w.shape[1]), scale, -lo)]
 
         return cls(chunks(), (w.shape[0], w.shape[1]))
 
     @classmethod
-    def from_q4_k(cls, t: QuantTensor) -> Int4Linear:
-        return cls((q4_k_groups(t.slice_rows(a, a + PACK_ROWS))
-                    for a in range(0, t.shape[0], PACK_ROWS)), t.shape)
+    def from_blocks(cls, t: QuantTensor) -> Int4Linear:
+        step = pack_rows(t.shape[1])
+        return cls((planes(t.slice_rows(a, a + step)) for a in range(0, t.shape[0], step)),
+                   t.shape)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = torch.ops.aten._weight_int4pack_mm_for_cpu(pad_rows(x.to(torch.bfloat16)),
-                                                       self.packed, GROUP, self.scale_zero)
+        a = pad_rows(x.to(torch.bfloat16))
+        if self.planes > 1:
+            a = a.repeat(1, self.planes)
+        y = torch.ops.aten._weight_int4pack_mm_for_cpu(a, self.packed, GROUP, self.scale_zero)
         return y[: x.shape[0]]
 
 
 class Int8WeightLinear(nn.Module):
     """8-bit weights, symmetric per output channel, bf16 activations (torch's
-    ``_weight_int8pack_mm``): the layers of a 4-bit model that are not 4-bit (Q6_K, Q5_K,
-    Q8_0 tensors, or shapes the int4 kernel does not take)."""
+    ``_weight_int8pack_mm``): the layers of a 4-bit model that the int4 kernel cannot take
+    (shapes, float tensors of a GGUF file)."""
 
     def __init__(self, w: torch.Tensor | QuantTensor) -> None:
-        """``w``: a float weight, or GGUF blocks (dequantised :data:`PACK_ROWS` rows at a
+        """``w``: a float weight, or GGUF blocks (dequantised :func:`pack_rows` rows at a
         time, so a float copy of the whole layer never exists)."""
         super().__init__()
         self.out_features, self.in_features = w.shape
         self.weight_q = torch.empty(w.shape, dtype=torch.int8)
         scales = torch.empty(w.shape[0])
-        for a in range(0, w.shape[0], PACK_ROWS):
-            rows = (w.slice_rows(a, a + PACK_ROWS).dequantize() if isinstance(w, QuantTensor)
-                    else w[a : a + PACK_ROWS].float())
+        step = pack_rows(w.shape[1])
+        for a in range(0, w.shape[0], step):
+            rows = (w.slice_rows(a, a + step).dequantize() if isinstance(w, QuantTensor)
+                    else w[a : a + step].float())
             s = (rows.abs().amax(dim=1) / 127.0).clamp_min(1e-12)
-            self.weight_q[a : a + PACK_ROWS] = (rows / s[:, None]).round_().clamp_(-127, 127)
-            scales[a : a + PACK_ROWS] = s
+            self.weight_q[a : a + step] = (rows / s[:, None]).round_().clamp_(-127, 127)
+            scales[a : a + step] = s
         self.scales = scales.to(torch.bfloat16)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -138,21 +155,36 @@ class Int8WeightLinear(nn.Module):
         return y[: x.shape[0]]
 
 
-def int4_linear(t: torch.Tensor | QuantTensor) -> nn.Module:
-    """The ``quantize="int4"`` layer for a (fused) float weight: 4-bit by group min/max where
-    the kernel takes the shape, else 8-bit weight-only."""
-    if isinstance(t, QuantTensor):
-        return gguf_linear(t)
-    return Int4Linear.from_float(t) if int4_fits(tuple(t.shape)) else Int8WeightLinear(t)
+class StackedLinear(nn.Module):
+    """Layers stacked along the output rows: a fused weight whose parts are of different GGUF
+    types (a q|k|v whose v is Q6_K) keeps each part in its own form."""
+
+    def __init__(self, parts: list[nn.Module]) -> None:
+        super().__init__()
+        self.parts = nn.ModuleList(parts)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([part(x) for part in self.parts], -1)
 
 
-def gguf_linear(t: torch.Tensor | QuantTensor) -> nn.Module:
-    """The ``quantize="int4"`` layer for a GGUF weight: Q4_K blocks stay 4-bit as they are;
-    anything else (Q8_0, Q6_K, Q5_K, Q3_K, F16, a fused weight of mixed types) becomes 8-bit
-    weight-only, never re-quantised to 4 bits."""
-    if isinstance(t, QuantTensor) and t.kind == Q4_K and int4_fits(t.shape):
-        return Int4Linear.from_q4_k(t)
-    return Int8WeightLinear(t)
+def int4_linear(gguf: bool) -> Callable[[Weight], nn.Module]:
+    """The ``quantize="int4"`` layer constructor. From a safetensors checkpoint each float
+    weight becomes 4-bit by group min/max where the kernel takes the shape, else 8-bit
+    weight-only. From a GGUF file (``gguf``) quantised blocks become 4-bit planes
+    (:func:`~smysl.qwen3.ggml_quants.planes`: exact for Q8_0/Q5_K/Q4_K), never re-quantised
+    to 4 bits; float tensors become 8-bit weight-only."""
+
+    def make(t: Weight) -> nn.Module:
+        if isinstance(t, QuantStack):
+            return StackedLinear([make(p) for p in t.parts])
+        fits = int4_fits(tuple(t.shape))
+        if isinstance(t, QuantTensor):
+            return Int4Linear.from_blocks(t) if fits else Int8WeightLinear(t)
+        if gguf or not fits:
+            return Int8WeightLinear(t)
+        return Int4Linear.from_float(t)
+
+    return make
 
 
 class QuantEmbedding(nn.Module):
