@@ -1,9 +1,11 @@
-"""GGML's quantised block formats -> float tensors (the GGUF loader's dequantisation).
+"""GGML's quantised block formats -> float tensors (the GGUF loader's dequantisation), or 4-bit
+planes for the kept path (:func:`planes`).
 
-Each function takes ``[n_blocks, block_bytes]`` uint8 and returns ``[n_blocks, block_values]``
-float32, computing exactly what ggml's ``dequantize_row_*`` computes (float32 products in the
-same order; tested against llama.cpp's gguf-py). Layouts, from ggml-common.h (``QK_K = 256``;
-``d``/``dmin`` are float16):
+Each ``*_codes`` function takes ``[n_blocks, block_bytes]`` uint8 and returns the blocks' integer
+codes and scales (:class:`Codes`); :data:`DEQUANTIZE` turns them into ``[n_blocks,
+block_values]`` float32, computing exactly what ggml's ``dequantize_row_*`` computes (float32
+products in the same order; tested against llama.cpp's gguf-py). Layouts, from ggml-common.h
+(``QK_K = 256``; ``d``/``dmin`` are float16):
 
 * Q8_0 (32 values, 34 bytes): ``d``, 32 int8 ``q``; ``y = q * d``.
 * Q6_K (256, 210): ``ql[128]`` low 4 bits, ``qh[64]`` high 2 bits, ``scales[16]`` int8, ``d``;
