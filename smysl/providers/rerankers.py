@@ -57,7 +57,7 @@ from smysl.providers.presets import config_options
 from smysl.providers.pricing import rerank_price_for, rerank_search_unit_price_for
 from smysl.providers.retry import Deadline, RetryingClient
 from smysl.providers.tokens import TOKENIZER_ENV, find_tokenizer
-from smysl.providers.usage import Usage, _n
+from smysl.providers.usage import Usage, count_of
 from smysl.rerank import BaseReranker
 from smysl.scheduler import SchedulerConfig, plan_batches
 from smysl.tokenize import Tokenizer
@@ -112,12 +112,12 @@ class RerankUsage(Usage):
 
     def __str__(self) -> str:
         s = self.snapshot()
-        parts = [f"{_n(s['tokens'], 'token')} (provider-reported)" if s["token_reports"]
+        parts = [f"{count_of(s['tokens'], 'token')} (provider-reported)" if s["token_reports"]
                  else "tokens not reported"]
         if s["search_units"] or self.price_per_search_unit is not None:
-            parts.append(_n(s["search_units"], "search unit"))
-        parts += [_n(s["texts"], "document"), _n(s["requests"], "request"),
-                  _n(s["retries"], "retry", "retries")]
+            parts.append(count_of(s["search_units"], "search unit"))
+        parts += [count_of(s["texts"], "document"), count_of(s["requests"], "request"),
+                  count_of(s["retries"], "retry", "retries")]
         if s["failed_requests"]:
             parts.append(f"{s['failed_requests']} failed")
         rates = [f"${p:g}/{unit}" for p, unit in ((self.price_per_mtok, "1M tokens"),

@@ -87,10 +87,12 @@ class Usage:
         cost = (f"${s['cost']:.6f} at {' + '.join(rates)}"
                 if s["cost"] is not None else "cost unknown (no price)")
         failed = f", {s['failed_requests']} failed" if s["failed_requests"] else ""
-        return (f"{self.provider}:{self.model}: {approx}{_n(s['tokens'], 'token')} ({source}), "
-                f"{_n(s['texts'], 'text')}, {_n(s['requests'], 'request')}, "
-                f"{_n(s['retries'], 'retry', 'retries')}{failed}, {cost}")
+        return (f"{self.provider}:{self.model}: "
+                f"{approx}{count_of(s['tokens'], 'token')} ({source}), "
+                f"{count_of(s['texts'], 'text')}, {count_of(s['requests'], 'request')}, "
+                f"{count_of(s['retries'], 'retry', 'retries')}{failed}, {cost}")
 
 
-def _n(count: int, one: str, many: str | None = None) -> str:
+def count_of(count: int, one: str, many: str | None = None) -> str:
+    """``1 token``, ``2,048 tokens``: a count with its noun (``many`` for irregular plurals)."""
     return f"{count:,} {one if count == 1 else many or one + 's'}"

@@ -127,19 +127,20 @@ KEEP_BLOCKS_ABOVE = 0.7
 
 
 def keep_gguf_blocks(ckpt: Checkpoint, cfg: EngineConfig, device: torch.device,
-                     dtype: torch.dtype, available: int | None) -> bool:
+                     dtype: torch.dtype) -> bool:
     """Whether a GGUF file loaded with ``quantize`` unset and ``dtype="auto"`` keeps its
-    quantised blocks (``quantize="int4"``, bf16 activations) because its
-    dequantised weights would not fit in :data:`KEEP_BLOCKS_ABOVE` of ``available`` bytes
-    (the 8B Q4_K_M: 15 GB in bf16, 5.9 GB kept). Logged with the numbers; an explicit
-    ``dtype`` or ``quantize`` always wins."""
+    quantised blocks (``quantize="int4"``, bf16 activations) because its dequantised weights
+    (``dtype``) would not fit in :data:`KEEP_BLOCKS_ABOVE` of the memory available
+    (:func:`~smysl.qwen3.cpu.available_memory`; the 8B Q4_K_M: 15 GB in bf16, 5.9 GB kept).
+    Logged with the numbers; an explicit ``dtype`` or ``quantize`` always wins."""
     if (ckpt.format != "gguf" or cfg.quantize is not None or cfg.dtype != "auto"
-            or device.type != "cpu" or available is None):
+            or device.type != "cpu"):
         return False
     from smysl.qwen3.gguf import dequantized_bytes
 
     need = dequantized_bytes(ckpt.root, dtype.itemsize)
-    if need is None or need <= KEEP_BLOCKS_ABOVE * available:
+    available = available_memory() if need is not None else None
+    if need is None or available is None or need <= KEEP_BLOCKS_ABOVE * available:
         return False
     log.warning("%s dequantised to %s would take %.1f GiB of the %.1f GiB available: keeping "
                 "its quantised blocks (quantize=int4; pass dtype= or quantize= to choose)",
@@ -221,7 +222,7 @@ class Engine:
     @classmethod
     def from_checkpoint(cls, ckpt: Checkpoint, cfg: EngineConfig) -> Engine:
         device, dtype = cfg.resolve(stored_dtype(ckpt.config))
-        if keep_gguf_blocks(ckpt, cfg, device, dtype, available_memory()):
+        if keep_gguf_blocks(ckpt, cfg, device, dtype):
             cfg = replace(cfg, quantize="int4")
             device, dtype = cfg.resolve(stored_dtype(ckpt.config))
         if cfg.threads:

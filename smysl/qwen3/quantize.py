@@ -92,7 +92,6 @@ class Int4Linear(nn.Module):
         self.out_features, self.in_features = shape
         packed, scale_zero = [], []
         for chunk in chunks:
-            self.planes = len(chunk)
             q = torch.cat([p.q for p in chunk], 1).to(torch.int32)  # [rows, P * in]
             packed.append(torch.ops.aten._convert_weight_to_int4pack_for_cpu(q, 2))
             scale = torch.cat([p.scale for p in chunk], 1)
@@ -100,6 +99,7 @@ class Int4Linear(nn.Module):
             scale_zero.append(torch.stack([scale.t(), zero.t()], -1).to(torch.bfloat16))
         self.packed = torch.cat(packed)
         self.scale_zero = torch.cat(scale_zero, 1).contiguous()  # [P * in / 32, out, 2]
+        self.planes = self.scale_zero.shape[0] * GROUP // self.in_features  # P
 
     @classmethod
     def from_float(cls, w: torch.Tensor) -> Int4Linear:
