@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import torch
 
-from smysl.qwen3.model import sdpa
+from smysl.qwen3.model import causal_attention, sdpa
 
 
 class PrefixPlan:
@@ -44,8 +44,8 @@ class PrefixPlan:
         """q: [T, Hq, D], k/v: [T, Hkv, D] -> [T, Hq, D]."""
         out = q.new_empty(q.shape)
         for s, n in self.roots:
-            out[s : s + n] = sdpa(q[None, s : s + n], k[None, s : s + n], v[None, s : s + n],
-                                   causal=True)[0]
+            out[s : s + n] = causal_attention(q[None, s : s + n], k[None, s : s + n],
+                                              v[None, s : s + n])[0]
         for s, count, n, r in self.runs:
             rs, rn = self.roots[r]
             e = s + count * n
@@ -54,10 +54,8 @@ class PrefixPlan:
                             k[s:e].unflatten(0, (count, n))], dim=1)  # [B, P + L, Hkv, D]
             vb = torch.cat([v[rs : rs + rn].expand(count, -1, -1, -1),
                             v[s:e].unflatten(0, (count, n))], dim=1)
-            # query j sees the whole prefix and its own positions 0..j: [L, P + L]
-            cols = torch.arange(rn + n, device=q.device)
-            mask = cols[None, :] <= (torch.arange(n, device=q.device)[:, None] + rn)
-            out[s:e] = sdpa(qb, kb, vb, causal=False, mask=mask).flatten(0, 1)
+            # query j sees the whole prefix and its own positions 0..j
+            out[s:e] = causal_attention(qb, kb, vb, offset=rn).flatten(0, 1)
         return out
 
     def attend_last(self, q_last: torch.Tensor, k: torch.Tensor, v: torch.Tensor

@@ -6,7 +6,15 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from smysl.qwen3.model import AttentionPlan, Qwen3Config, apply_rope, pad_rows
+from smysl.qwen3.model import (
+    AttentionPlan,
+    Qwen3Config,
+    apply_rope,
+    causal_attention,
+    gemm_attention,
+    pad_rows,
+    sdpa,
+)
 
 
 def _naive(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, lengths: list[int]) -> torch.Tensor:
@@ -34,6 +42,58 @@ def test_varlen_attention_matches_naive(lengths: list[int]) -> None:
     ends = torch.tensor(lengths).cumsum(0) - 1
     last = plan.attend_last(q[ends], k, v)
     assert torch.allclose(last, _naive(q, k, v, lengths)[ends], atol=1e-5)
+
+
+def _prefixed(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, offset: int) -> torch.Tensor:
+    """float64 reference: q [B, Lq, Hq, D] over k/v [B, offset + Lq, Hkv, D], query i sees
+    keys 0..offset + i."""
+    rep = q.shape[2] // k.shape[2]
+    q, k, v = q.double(), k.double().repeat_interleave(rep, 2), v.double().repeat_interleave(rep, 2)
+    scores = torch.einsum("bqhd,bkhd->bhqk", q, k) / q.shape[-1] ** 0.5
+    lq, lk = q.shape[1], k.shape[1]
+    mask = torch.arange(lk)[None, :] <= torch.arange(lq)[:, None] + offset
+    p = scores.masked_fill(~mask, float("-inf")).softmax(-1)
+    return torch.einsum("bhqk,bkhd->bqhd", p, v)
+
+
+@pytest.mark.parametrize(("b", "lq", "offset", "rows"),
+                         [(1, 1, 0, 128), (3, 37, 0, 16), (2, 130, 0, 128), (2, 20, 9, 16),
+                          (1, 300, 0, 128)])
+def test_gemm_attention_matches_reference(b: int, lq: int, offset: int, rows: int) -> None:
+    torch.manual_seed(0)
+    q = torch.randn(b, lq, 4, 32, dtype=torch.bfloat16)
+    k, v = (torch.randn(b, offset + lq, 2, 32, dtype=torch.bfloat16) for _ in range(2))
+    ref = _prefixed(q, k, v, offset)
+    # blocks of `rows` queries, the last one partial, and a budget that forces 16-query blocks
+    for out in (gemm_attention(q, k, v, offset, rows=rows),
+                gemm_attention(q, k, v, offset, budget=1)):
+        assert out.dtype == torch.bfloat16 and out.shape == q.shape
+        # bf16 inputs, scores and probabilities: error of the order of bf16's step
+        assert (out.double() - ref).abs().max() < 3e-2
+        assert F.cosine_similarity(out.double().flatten(2), ref.flatten(2), dim=-1).min() > 0.999
+
+
+def test_gemm_attention_does_not_depend_on_the_batch() -> None:
+    torch.manual_seed(1)
+    q = torch.randn(5, 50, 4, 32, dtype=torch.bfloat16)
+    k, v = (torch.randn(5, 50, 2, 32, dtype=torch.bfloat16) for _ in range(2))
+    together = gemm_attention(q, k, v)
+    for i in (0, 3):
+        assert torch.equal(gemm_attention(q[i : i + 1], k[i : i + 1], v[i : i + 1]),
+                           together[i : i + 1])
+
+
+def test_causal_attention_dispatch() -> None:
+    """float32 stays on SDPA's fused kernel (the exact path: bit-identical); bf16 on CPU runs
+    as GEMMs; a prefix offset in float32 is SDPA with the equivalent mask."""
+    torch.manual_seed(2)
+    q, k, v = torch.randn(2, 9, 4, 16), torch.randn(2, 9, 2, 16), torch.randn(2, 9, 2, 16)
+    assert torch.equal(causal_attention(q, k, v), sdpa(q, k, v, causal=True))
+    qb, kb, vb = q.bfloat16(), k.bfloat16(), v.bfloat16()
+    assert torch.equal(causal_attention(qb, kb, vb), gemm_attention(qb, kb, vb))
+    kp, vp = torch.randn(2, 14, 2, 16), torch.randn(2, 14, 2, 16)
+    assert torch.allclose(causal_attention(q, kp, vp, offset=5).double(),
+                          _prefixed(q, kp, vp, 5), atol=1e-5)
 
 
 def test_cpu_grouping_is_by_equal_length() -> None:
