@@ -14,12 +14,14 @@ vectors agree. Random weights: speed does not depend on weight values.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import resource
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -67,28 +69,40 @@ def flops_per_token(size: str, context: float) -> float:
     return L * (2 * linear + attn)
 
 
-def matmul_gflops(dtype: str = "float32") -> float:
+#: The GEMM kernels a system may multiply with, as ``kernel-dtype`` (what
+#: ``ModelInfo.kernel`` and ``.dtype`` report): sentence-transformers runs ``torch-float32``.
+KERNELS = ("torch-float32", "onednn-float32", "torch-bfloat16", "onednn-bfloat16",
+           "fbgemm-int8", "int4-bfloat16")
+
+
+def matmul_gflops(kind: str = "torch-float32") -> float:
     """This machine's matmul rate on an MLP-shaped GEMM ([1024 tokens, 1024] x [1024, 6144], the
-    0.6B shape's gate|up at the engine's slice size), torch, all threads: ``float32``,
-    ``bfloat16``, ``int8`` (the dynamic int8 linear the engine's int8 path runs) or ``int4``
-    (the 4-bit layer of ``quantize="int4"``, bf16 activations)."""
+    0.6B shape's gate|up at the engine's slice size), all threads, for one of :data:`KERNELS`:
+    ``torch-*`` is ``F.linear`` (float32: MKL), ``onednn-*`` the engine's prepacked layer,
+    ``fbgemm-int8`` its dynamic int8 layer, ``int4-bfloat16`` the 4-bit layer of
+    ``quantize="int4"``. NaN where this machine cannot run that kernel."""
     import torch
+
+    from smysl.qwen3.cpu import detect, packs_linear
+    from smysl.qwen3.model import PackedLinear
+    from smysl.qwen3.quantize import Int4Linear, Int8Linear
 
     m, k, n = 1024, 1024, 6144
     a, w = torch.randn(m, k), torch.randn(n, k) * 0.02
-    if dtype in ("int8", "int4"):
-        from smysl.qwen3.quantize import Int4Linear, Int8Linear
+    lib, _, dtype = kind.partition("-")
+    dt = getattr(torch, dtype)
+    if (lib == "onednn" and not packs_linear(dt)) or (
+            dt == torch.bfloat16 and not detect().native_bf16):
+        return float("nan")  # (emulated bf16 would take minutes here)
+    lin: Callable[[torch.Tensor], torch.Tensor] = {
+        "fbgemm": lambda: Int8Linear(w), "int4": lambda: Int4Linear.from_float(w),
+        "onednn": lambda: PackedLinear(w.to(dt)),
+        "torch": lambda: functools.partial(torch.nn.functional.linear, weight=w.to(dt)),
+    }[lib]()
+    a_ = a if lib == "fbgemm" else a.to(dt)
 
-        lin = Int8Linear(w) if dtype == "int8" else Int4Linear.from_float(w)
-
-        def step() -> object:
-            return lin(a)
-    else:
-        dt = getattr(torch, dtype)
-        a_, w_ = a.to(dt), w.to(dt)
-
-        def step() -> object:
-            return torch.nn.functional.linear(a_, w_)
+    def step() -> object:
+        return lin(a_)
     for _ in range(3):
         step()
     reps, t = 0, time.perf_counter()
@@ -104,7 +118,7 @@ def run_system(system: str, ckpt: Path, texts: list[str], out: Path,
     import torch
 
     t0 = time.perf_counter()
-    chosen = "float32"
+    kernel = "torch-float32"
     if system == "st":
         from sentence_transformers import SentenceTransformer
 
@@ -125,7 +139,8 @@ def run_system(system: str, ckpt: Path, texts: list[str], out: Path,
 
         def embed(x: list[str]) -> np.ndarray:
             return emb.embed(x)
-        chosen = emb.info().dtype
+        info = emb.info()
+        kernel = info.kernel if info.kernel == "fbgemm-int8" else f"{info.kernel}-{info.dtype}"
     load_s = time.perf_counter() - t0
     rss_loaded = rss_mib()
     embed(texts[:4])  # warm-up
@@ -135,7 +150,7 @@ def run_system(system: str, ckpt: Path, texts: list[str], out: Path,
     np.save(out, vecs)
     return {"system": system, "load_s": load_s, "embed_s": secs, "rss_loaded_mib": rss_loaded,
             "peak_rss_mib": peak_mib(), "threads": torch.get_num_threads(),
-            "gemm": system if system in ("int8", "int4") else chosen}
+            "gemm": kernel}
 
 
 def run_memory(ckpt: Path, n_tokens: int) -> dict:
@@ -212,7 +227,7 @@ def main() -> None:
     lengths = [len(e.ids) for e in tok.encode_batch(texts)]
     n_tok = sum(lengths)
     ctx = sum(n * n / 2 for n in lengths) / n_tok  # mean causal context per token
-    gemm = {d: matmul_gflops(d) for d in ("float32", "bfloat16", "int8", "int4")}
+    gemm = {d: matmul_gflops(d) for d in KERNELS}
     print(f"corpus: {len(texts)} texts, {n_tok} tokens (min {min(lengths)}, max {max(lengths)})")
     print("GEMM rate, [1024,1024]x[1024,6144]: " +
           ", ".join(f"{d} {g:.1f} GFLOP/s" for d, g in gemm.items()))
@@ -223,19 +238,19 @@ def main() -> None:
                                      "--child", system])
         r["tok_s"] = n_tok / r["embed_s"]
         r["texts_s"] = len(texts) / r["embed_s"]
-        # the fraction of the GEMM rate of the dtype the path multiplies in (ST: fp32)
+        # the fraction of the GEMM rate of the kernel the path multiplies with (ST: torch fp32)
         r["matmul_frac"] = (r["tok_s"] * flops_per_token(args.size, ctx) / 1e9
                             / gemm[r["gemm"]])
     vec = {s: np.load(OUT / f"{s}.npy") for s in results}
     ref = vec.get("fp32", vec.get("st"))
-    print(f"{'system':8} {'gemm':>8} {'tokens/s':>9} {'texts/s':>8} {'embed_s':>8} {'load_s':>7} "
+    print(f"{'system':8} {'gemm':>15} {'tokens/s':>9} {'texts/s':>8} {'embed_s':>8} {'load_s':>7} "
           f"{'peak_RSS_MiB':>12} {'of_gemm_rate':>12} {'x_st':>5} {'x_fp32':>6} "
           f"{'min_cos_fp32':>12}")
     for s, r in results.items():
         x_st = r["tok_s"] / results["st"]["tok_s"] if "st" in results else float("nan")
         x_fp = r["tok_s"] / results["fp32"]["tok_s"] if "fp32" in results else float("nan")
         cos = float((vec[s] * ref).sum(1).min()) if ref is not None else float("nan")
-        print(f"{s:8} {r['gemm']:>8} {r['tok_s']:9.1f} {r['texts_s']:8.2f} {r['embed_s']:8.1f} "
+        print(f"{s:8} {r['gemm']:>15} {r['tok_s']:9.1f} {r['texts_s']:8.2f} {r['embed_s']:8.1f} "
               f"{r['load_s']:7.1f} {r['peak_rss_mib']:12.0f} {r['matmul_frac']:12.0%} "
               f"{x_st:5.2f} {x_fp:6.2f} {cos:12.6f}")
     if "st" in vec and "fp32" in vec:

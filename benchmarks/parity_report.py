@@ -36,7 +36,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for name, kw in VARIANTS.items():
             t = build_tiny(Path(tmp) / str(abs(hash(name))), **kw)  # type: ignore[arg-type]
-            emb = Embedder.load(str(t.path), device="cpu")
+            # the exact path: "auto" would pick bf16 for the bf16 file on a bf16-native CPU
+            emb = Embedder.load(str(t.path), device="cpu", dtype="float32")
             ours, ref = emb.embed(texts), reference_embed(t.path, texts)
             alone = np.concatenate([emb.embed([x]) for x in texts])
             same = "bit-identical" if np.array_equal(alone, ours) else \

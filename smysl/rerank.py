@@ -37,6 +37,8 @@ class RerankerInfo:
     quantization: str | None = None
     #: Where it computes (``cpu``, ``cuda:0``), None for remote APIs.
     device: str | None = None
+    #: What a local engine's linear layers run (see :attr:`smysl.base.ModelInfo.kernel`).
+    kernel: str | None = None
 
 
 class RerankTokens(Protocol):

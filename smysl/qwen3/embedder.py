@@ -113,7 +113,7 @@ class Embedder(BaseEmbedder, TokenLevel):
             parameters=e.parameters, device=str(e.device),
             process=e.pid, fingerprint=self.fingerprint(),
             cpu=detect().describe() if e.device.type == "cpu" else None,
-            cuda_graphs=e.cuda_graphs or None)
+            cuda_graphs=e.cuda_graphs or None, kernel=e.kernel)
 
     def fingerprint(self) -> str:
         """Hash of the checkpoint's config, tokenizer and weights (size + three 1 MiB windows

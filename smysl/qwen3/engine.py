@@ -16,13 +16,15 @@ from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 import torch
+from torch import nn
 
 from smysl.options import ModelOptions
-from smysl.qwen3.cpu import CpuFeatures, auto_dtype, available_memory, detect
+from smysl.qwen3.cpu import CpuFeatures, auto_dtype, available_memory, detect, packs_linear
+from smysl.qwen3.ggml_quants import Weight
 from smysl.qwen3.heap import loading
 from smysl.qwen3.hub import Checkpoint
 from smysl.qwen3.loader import LinearFactory, load_encoder
-from smysl.qwen3.model import Qwen3Encoder
+from smysl.qwen3.model import PackedLinear, Qwen3Encoder
 from smysl.qwen3.prefix import layout
 
 if TYPE_CHECKING:
@@ -149,6 +151,14 @@ def keep_gguf_blocks(ckpt: Checkpoint, cfg: EngineConfig, device: torch.device,
     return True
 
 
+def packed_linear(weight: Weight) -> nn.Module:
+    """The CPU float layer (:class:`PackedLinear`); GGUF blocks reach a layer factory only when
+    they are kept (int4), so this one always gets a dequantised tensor."""
+    if not isinstance(weight, torch.Tensor):
+        raise TypeError("packed linear layers take float weights")
+    return PackedLinear(weight)
+
+
 def stored_dtype(config: dict[str, object]) -> torch.dtype | None:
     """The dtype a checkpoint's ``config.json`` says its weights are stored in, if it says."""
     name = config.get("torch_dtype") or config.get("dtype")
@@ -172,6 +182,9 @@ class EngineLike(Protocol):
     pid: int | None
     #: Token counts of the batch shapes captured as CUDA graphs (empty on CPU).
     cuda_graphs: list[int]
+    #: What the linear layers run: "onednn" (CPU, weights prepacked at load), "fbgemm-int8",
+    #: "int4" (CPU), "torch" (``F.linear``: CUDA, or a CPU oneDNN cannot serve).
+    kernel: str
 
     @property
     def alive(self) -> bool:
@@ -199,8 +212,10 @@ class Engine:
     alive: bool = True
 
     def __init__(self, model: Qwen3Encoder, device: torch.device, dtype: torch.dtype,
-                 quantization: str | None = None, cuda_graphs: int = 0) -> None:
+                 quantization: str | None = None, cuda_graphs: int = 0,
+                 kernel: str = "torch") -> None:
         self.model = model
+        self.kernel = kernel
         self.device = device
         self.dtype = dtype
         self.quantization = quantization
@@ -228,18 +243,23 @@ class Engine:
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
         linear: LinearFactory | None = None
+        kernel = "torch"
         if cfg.quantize == "int8":  # layers quantised as they load (peak: one float layer)
             from smysl.qwen3.quantize import int8_linear
 
-            linear = int8_linear()
+            linear, kernel = int8_linear(), "fbgemm-int8"
         elif cfg.quantize == "int4":
             from smysl.qwen3.quantize import int4_linear
 
-            linear = int4_linear(gguf=ckpt.format == "gguf")
+            linear, kernel = int4_linear(gguf=ckpt.format == "gguf"), "int4"
+        elif device.type == "cpu" and packs_linear(dtype):
+            linear, kernel = packed_linear, "onednn"
+            log.info("linear layers: oneDNN, %s weights prepacked at load",
+                     str(dtype).removeprefix("torch."))
         with loading():
             model = load_encoder(ckpt, device, dtype, linear,
                                  keep_blocks=cfg.quantize == "int4")
-        return cls(model, device, dtype, cfg.quantize, cfg.cuda_graphs)
+        return cls(model, device, dtype, cfg.quantize, cfg.cuda_graphs, kernel)
 
     def forward(self, batch: list[list[int]], heads: list[int] | None = None) -> np.ndarray:
         """One forward pass: token-id sequences -> float32 ``[len(batch), hidden]`` pooled rows.

@@ -108,6 +108,25 @@ class Linear(nn.Module):
         return F.linear(pad_rows(x), self.weight)[: x.shape[0]]
 
 
+class PackedLinear(nn.Module):
+    """A CPU linear layer with its weight reordered once into oneDNN's blocked layout (what
+    inductor's CPU weight prepacking does): no per-call packing, so small row counts run at
+    the large-GEMM rate. bf16 results are bit-identical to ``F.linear``'s; float32 differs in
+    summation order only. Each row's result does not depend on the other rows (no padding)."""
+
+    def __init__(self, weight: torch.Tensor) -> None:
+        super().__init__()
+        w = weight.detach()  # [out, in]
+        self.out_features, self.in_features = w.shape
+        self.dtype = w.dtype
+        # an opaque oneDNN tensor (layout torch._mkldnn), not a parameter: nothing reads it back
+        self.packed = torch.ops.mkldnn._reorder_linear_weight(w.contiguous())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.ops.mkldnn._linear_pointwise(x.to(self.dtype).contiguous(), self.packed,
+                                                  None, "none", [], "")
+
+
 class Attention(nn.Module):
     def __init__(self, cfg: Qwen3Config) -> None:
         super().__init__()

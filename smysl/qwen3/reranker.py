@@ -238,7 +238,7 @@ class Reranker(BaseReranker):
                             instruction_aware=True,
                             dtype=str(self.engine.dtype).removeprefix("torch."),
                             quantization=self.engine.quantization,
-                            device=str(self.engine.device))
+                            device=str(self.engine.device), kernel=self.engine.kernel)
 
     def fingerprint(self) -> str:
         """Hash of the checkpoint's files (size + three 1 MiB windows each), the dtype, the

@@ -65,7 +65,7 @@ def _child(conn: Connection, ckpt: Checkpoint, cfg: EngineConfig) -> None:
                            "dtype": str(engine.dtype).removeprefix("torch."),
                            "quantization": engine.quantization, "parameters": engine.parameters,
                            "threads": torch.get_num_threads(),
-                           "cuda_graphs": engine.cuda_graphs}))
+                           "cuda_graphs": engine.cuda_graphs, "kernel": engine.kernel}))
     while True:
         try:
             request = conn.recv()
@@ -180,6 +180,7 @@ class EngineProcess:
         self.quantization: str | None = info["quantization"]
         self.parameters: int = info["parameters"]
         self.cuda_graphs: list[int] = info["cuda_graphs"]
+        self.kernel: str = info["kernel"]
         self.pid: int | None = self._proc.pid
         self._stale = self._down = False
 

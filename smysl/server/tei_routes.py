@@ -70,6 +70,8 @@ class Info(BaseModel):
     cpu: str | None = None
     #: smysl's addition: token counts of the batch shapes replayed as CUDA graphs.
     cuda_graphs: list[int] | None = None
+    #: smysl's addition: what the linear layers run (``onednn``, ``fbgemm-int8``...).
+    kernel: str | None = None
 
 
 def router(service: Service) -> APIRouter:
@@ -146,7 +148,7 @@ def router(service: Service) -> APIRouter:
             "auto_truncate": False,
             "tokenization_workers": 1,
             "version": __version__, "sha": None, "docker_label": None, "cpu": model.cpu,
-            "cuda_graphs": model.cuda_graphs,
+            "cuda_graphs": model.cuda_graphs, "kernel": model.kernel,
         })
 
     @r.get("/health")

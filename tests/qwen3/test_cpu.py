@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 import torch
 
-from smysl.qwen3.cpu import CpuFeatures, auto_dtype, detect, parse_cpuinfo
+from smysl.qwen3.cpu import CpuFeatures, auto_dtype, detect, packs_linear, parse_cpuinfo
 from smysl.qwen3.engine import EngineConfig, stored_dtype
+from smysl.qwen3.model import PackedLinear
 
 ZEN3 = CpuFeatures("AMD EPYC 7B13", "x86_64", frozenset({"sse4_2", "avx", "avx2", "fma"}))
 ZEN5 = CpuFeatures("AMD EPYC", "x86_64", frozenset(
@@ -97,6 +98,7 @@ def test_info_route_names_the_cpu(tiny) -> None:  # type: ignore[no-untyped-def]
     with TestClient(create_app(tiny)) as client:
         body = client.get("/info").json()
     assert body["cpu"] == detect().describe() and body["model_dtype"] == "float32"
+    assert body["kernel"] == ("onednn" if packs_linear(torch.float32) else "torch")
 
 
 def test_bf16_path_is_batch_invariant(tiny_variants) -> None:  # type: ignore[no-untyped-def]
@@ -112,3 +114,48 @@ def test_bf16_path_is_batch_invariant(tiny_variants) -> None:  # type: ignore[no
     alone = np.vstack([emb.embed_documents([t]) for t in texts])
     reversed_ = emb.embed_documents(texts[::-1])[::-1]
     assert np.array_equal(together, alone) and np.array_equal(together, reversed_)
+
+
+def test_packed_linear_is_exact_and_row_independent() -> None:
+    """The oneDNN layer the CPU engine runs where it can: bf16 bit-identical to ``F.linear``,
+    float32 within float32 rounding of it; a row's result never depends on the other rows
+    (1 row alone, 16, 300), so no padding is needed for batch invariance."""
+    for dtype in (torch.float32, torch.bfloat16):
+        if not packs_linear(dtype):
+            continue
+        torch.manual_seed(0)
+        w = (torch.randn(96, 64) * 0.1).to(dtype)
+        x = torch.randn(300, 64).to(dtype)
+        layer = PackedLinear(w)
+        full = layer(x)
+        ref = torch.nn.functional.linear(x, w)
+        if dtype == torch.bfloat16:
+            assert torch.equal(full, ref)
+        else:
+            assert torch.allclose(full, ref, atol=1e-5, rtol=0)
+        for m in (1, 5, 16, 17):
+            assert torch.equal(layer(x[:m]), full[:m])
+        assert layer(x.float()).dtype == dtype  # inputs are cast to the weight's dtype
+
+
+def test_packs_linear_only_where_measured(monkeypatch: pytest.MonkeyPatch) -> None:
+    """fp16 (no native fp16 GEMM path measured) never packs; neither does Arm (oneDNN there
+    is ACL, unmeasured)."""
+    assert not packs_linear(torch.float16)
+    monkeypatch.setattr("smysl.qwen3.cpu.platform.machine", lambda: "aarch64")
+    assert not packs_linear.__wrapped__(torch.float32)
+
+
+def test_engine_reports_its_linear_kernel(tiny_variants) -> None:  # type: ignore[no-untyped-def]
+    """info() says what the linear layers run: oneDNN where it packs this dtype, fbgemm for
+    int8; the float path's vectors stay at the exact path's parity (checked in test_engine)."""
+    from smysl import Embedder
+
+    path = str(tiny_variants["gqa2-untied-eos-bf16"].path)
+    for dtype in ("float32", "bfloat16"):
+        if dtype == "bfloat16" and not detect().native_bf16:
+            continue
+        info = Embedder.load(path, device="cpu", dtype=dtype).info()
+        want = "onednn" if packs_linear(getattr(torch, dtype)) else "torch"
+        assert info.kernel == want, (dtype, info.kernel)
+    assert Embedder.load(path, device="cpu", quantize="int8").info().kernel == "fbgemm-int8"
