@@ -19,7 +19,14 @@ import torch
 from torch import nn
 
 from smysl.options import ModelOptions
-from smysl.qwen3.cpu import CpuFeatures, auto_dtype, available_memory, detect, packs_linear
+from smysl.qwen3.cpu import (
+    CpuFeatures,
+    auto_dtype,
+    available_memory,
+    detect,
+    int8_attention_dtype,
+    packs_linear,
+)
 from smysl.qwen3.ggml_quants import Weight
 from smysl.qwen3.heap import loading
 from smysl.qwen3.hub import Checkpoint
@@ -259,6 +266,8 @@ class Engine:
         with loading():
             model = load_encoder(ckpt, device, dtype, linear,
                                  keep_blocks=cfg.quantize == "int4")
+        if cfg.quantize == "int8":
+            model.attn_dtype = int8_attention_dtype(detect())
         return cls(model, device, dtype, cfg.quantize, cfg.cuda_graphs, kernel)
 
     def forward(self, batch: list[list[int]], heads: list[int] | None = None) -> np.ndarray:

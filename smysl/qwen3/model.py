@@ -170,15 +170,17 @@ class DecoderLayer(nn.Module):
 
     def forward(self, h: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor],
                 plan: Plan, dt: torch.dtype, last: torch.Tensor | None = None,
-                chunk: int = 4096) -> torch.Tensor:
-        """h: [T, H] float32 residual stream (updated in place); ``dt`` is the matmul dtype.
+                chunk: int = 4096, attn_dt: torch.dtype | None = None) -> torch.Tensor:
+        """h: [T, H] float32 residual stream (updated in place); ``dt`` is the matmul dtype,
+        ``attn_dt`` the dtype q/k/v are stored and attended in (default ``dt``).
 
         Everything but attention is per token, so it runs over ``chunk``-token slices: for one
         long input, memory is q/k/v and the attention output plus one chunk's temporaries.
         """
         a, t = self.self_attn, h.shape[0]
-        q = h.new_empty(t, a.hq, a.d, dtype=dt)
-        k, v = h.new_empty(t, a.hkv, a.d, dtype=dt), h.new_empty(t, a.hkv, a.d, dtype=dt)
+        adt = attn_dt or dt
+        q = h.new_empty(t, a.hq, a.d, dtype=adt)
+        k, v = h.new_empty(t, a.hkv, a.d, dtype=adt), h.new_empty(t, a.hkv, a.d, dtype=adt)
         cos, sin = rope  # [T, D] each, in dt
         for s in range(0, t, chunk):
             e = s + chunk
@@ -372,6 +374,10 @@ class Qwen3Encoder(nn.Module):
         #: The dtype activations enter the linear layers in (float32 for int8 layers); the
         #: embedding table may be stored narrower when that is lossless (a bf16 checkpoint).
         self.dtype = torch.float32
+        #: The dtype q/k/v are kept and attended in, None for :attr:`dtype`. The int8 path on a
+        #: CPU with native bf16 sets bfloat16: attention as bf16 GEMMs runs ~3x torch's fp32
+        #: flash kernel there (see :func:`causal_attention`).
+        self.attn_dtype: torch.dtype | None = None
         d = cfg.head_dim
         inv = 1.0 / (cfg.rope_theta ** (torch.arange(0, d, 2, dtype=torch.int64).float() / d))
         self.inv_freq: torch.Tensor
@@ -412,5 +418,6 @@ class Qwen3Encoder(nn.Module):
         h = self.embed_tokens(input_ids).float()  # [T, H] residual stream, float32
         n = len(self.layers)
         for i, layer in enumerate(self.layers):
-            h = layer(h, rope, plan, dt, last=ends if i == n - 1 else None, chunk=chunk)
+            h = layer(h, rope, plan, dt, last=ends if i == n - 1 else None, chunk=chunk,
+                      attn_dt=self.attn_dtype)
         return self.norm(h, torch.float32)  # [B, H]

@@ -5,7 +5,8 @@ variants are scalar code, 2.8 and 5.9 GFLOP/s against 345 and 321 in bf16 on an 
 int8 dynamic (``quantize="int8"``):
 
 Weights are quantised once, symmetric per output channel; activations are quantised per call
-(per tensor, full 8-bit range). Norms, RoPE, attention and the residual stream stay float32.
+(per tensor, full 8-bit range). Norms, RoPE and the residual stream stay float32; attention
+too, except where the CPU computes bf16 natively (:func:`smysl.qwen3.cpu.int8_attention_dtype`).
 
 On AVX2 without VNNI, fbgemm multiplies u8 x s8 pairs into saturating 16-bit sums; the usual
 cure, a 7-bit activation range ("reduce_range"), measured *worse* here (min cosine to fp32 on

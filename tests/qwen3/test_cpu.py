@@ -10,7 +10,14 @@ import numpy as np
 import pytest
 import torch
 
-from smysl.qwen3.cpu import CpuFeatures, auto_dtype, detect, packs_linear, parse_cpuinfo
+from smysl.qwen3.cpu import (
+    CpuFeatures,
+    auto_dtype,
+    detect,
+    int8_attention_dtype,
+    packs_linear,
+    parse_cpuinfo,
+)
 from smysl.qwen3.engine import EngineConfig, stored_dtype
 from smysl.qwen3.model import PackedLinear
 
@@ -159,3 +166,18 @@ def test_engine_reports_its_linear_kernel(tiny_variants) -> None:  # type: ignor
         want = "onednn" if packs_linear(getattr(torch, dtype)) else "torch"
         assert info.kernel == want, (dtype, info.kernel)
     assert Embedder.load(path, device="cpu", quantize="int8").info().kernel == "fbgemm-int8"
+
+
+def test_int8_attends_in_bf16_only_where_native(tiny_variants) -> None:  # type: ignore[no-untyped-def]
+    """The int8 path's attention: bf16 GEMMs on a bf16-native CPU, float32 elsewhere; its
+    vectors stay within int8's bound of fp32 either way."""
+    from smysl import Embedder
+
+    assert int8_attention_dtype(ZEN3) == torch.float32
+    assert int8_attention_dtype(ZEN5) == torch.bfloat16
+    path = str(tiny_variants["gqa2-untied-eos-bf16"].path)
+    int8 = Embedder.load(path, device="cpu", quantize="int8")
+    assert int8.engine.model.attn_dtype == int8_attention_dtype(detect())  # type: ignore[attr-defined]
+    texts = ["Кошка спит на подоконнике.", "The cat sleeps on the windowsill.", "x" * 300]
+    exact = Embedder.load(path, device="cpu", dtype="float32").embed_documents(texts)
+    assert ((int8.embed_documents(texts) * exact).sum(1) >= 0.99).all()
