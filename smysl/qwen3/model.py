@@ -95,7 +95,8 @@ def pad_rows(x: torch.Tensor) -> torch.Tensor:
 
 
 class Linear(nn.Module):
-    """Bias-free linear layer; ``smysl.qwen3.quantize`` swaps it for an int8 one on CPU."""
+    """Bias-free linear layer (CUDA, and CPUs oneDNN cannot serve); on CPU the loader makes a
+    :class:`PackedLinear` or a quantised layer (``smysl.qwen3.quantize``) in its place."""
 
     def __init__(self, in_features: int, out_features: int) -> None:
         super().__init__()
@@ -326,7 +327,8 @@ def gemm_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, offset: in
 
     The g = Hq / Hkv query heads that share a kv head are stacked as rows of one GEMM, so K/V
     are never repeated. The score block ([B * Hkv, rows * g, keys]) is kept under ``budget``
-    elements: 32 MiB of bf16 scores at any length. Each sequence is its own batch entry, so a
+    elements (blocks of 16 queries at the least): ~32 MiB of bf16 scores, and as much for the
+    probabilities, at any length up to 32K. Each sequence is its own batch entry, so a
     text's vector does not depend on its batch. 2-3x the flash kernel at 100-4,096 tokens
     (bf16, 2 threads, AVX512-BF16); error ~1.6x the flash kernel's (scores rounded to bf16).
     """
