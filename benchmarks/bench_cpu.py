@@ -92,8 +92,8 @@ def matmul_gflops(kind: str = "torch-float32") -> float:
     lib, _, dtype = kind.partition("-")
     dt = getattr(torch, dtype)
     if (lib == "onednn" and not packs_linear(dt)) or (
-            dt == torch.bfloat16 and not detect().native_bf16):
-        return float("nan")  # (emulated bf16 would take minutes here)
+            lib == "torch" and dt == torch.bfloat16 and not detect().native_bf16):
+        return float("nan")  # (emulated bf16 GEMMs would take minutes here)
     lin: Callable[[torch.Tensor], torch.Tensor] = {
         "fbgemm": lambda: Int8Linear(w), "int4": lambda: Int4Linear.from_float(w),
         "onednn": lambda: PackedLinear(w.to(dt)),

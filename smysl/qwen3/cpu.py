@@ -109,6 +109,15 @@ def int8_attention_dtype(features: CpuFeatures) -> torch.dtype:
 
 
 @functools.cache
+def onednn_bf16() -> bool:
+    """Whether torch's oneDNN computes bf16 GEMMs natively on this machine (AVX512-BF16 or AMX,
+    and not capped by ``ONEDNN_MAX_CPU_ISA``); where not, bf16 GEMMs are emulated, ~30x slower
+    than torch's bf16 flash attention and ~100x slower than fp32 GEMMs."""
+    return bool(torch.backends.mkldnn.is_available()
+                and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
+@functools.cache
 def packs_linear(dtype: torch.dtype) -> bool:
     """Whether linear layers in ``dtype`` run as :class:`~smysl.qwen3.model.PackedLinear`
     (weights reordered once into oneDNN's blocked layout) on this machine.
@@ -122,7 +131,7 @@ def packs_linear(dtype: torch.dtype) -> bool:
     if dtype not in (torch.float32, torch.bfloat16) or platform.machine().lower() not in (
             "x86_64", "amd64") or not torch.backends.mkldnn.is_available():
         return False
-    if dtype == torch.bfloat16 and not torch.ops.mkldnn._is_mkldnn_bf16_supported():
+    if dtype == torch.bfloat16 and not onednn_bf16():
         return False
     try:
         w, x = torch.randn(32, 64).to(dtype), torch.randn(3, 64).to(dtype)

@@ -19,6 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from smysl.qwen3.cpu import onednn_bf16
+
 
 @dataclass(frozen=True)
 class Qwen3Config:
@@ -95,8 +97,9 @@ def pad_rows(x: torch.Tensor) -> torch.Tensor:
 
 
 class Linear(nn.Module):
-    """Bias-free linear layer (CUDA, and CPUs oneDNN cannot serve); on CPU the loader makes a
-    :class:`PackedLinear` or a quantised layer (``smysl.qwen3.quantize``) in its place."""
+    """Bias-free linear layer: on CUDA, for fp16 on CPU, where oneDNN cannot pack (see
+    ``cpu.packs_linear``) and for models built without a layer factory; otherwise the engine's
+    loader makes a :class:`PackedLinear` or a quantised layer (``smysl.qwen3.quantize``)."""
 
     def __init__(self, in_features: int, out_features: int) -> None:
         super().__init__()
@@ -113,7 +116,8 @@ class PackedLinear(nn.Module):
     """A CPU linear layer with its weight reordered once into oneDNN's blocked layout (what
     inductor's CPU weight prepacking does): no per-call packing, so small row counts run at
     the large-GEMM rate. bf16 results are bit-identical to ``F.linear``'s; float32 differs in
-    summation order only. Each row's result does not depend on the other rows (no padding)."""
+    summation order only. Batch invariance relies on each row's result not depending on the
+    row count (no padding needed): tested on every machine the suite runs on."""
 
     def __init__(self, weight: torch.Tensor) -> None:
         super().__init__()
@@ -306,10 +310,12 @@ def causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, offset: 
     """q: [B, Lq, Hq, D], k/v: [B, offset + Lq, Hkv, D] -> [B, Lq, Hq, D]: query i sees keys
     0..offset + i (``offset`` > 0: a shared prefix before the queries).
 
-    bf16 on CPU runs as batched GEMMs (:func:`gemm_attention`): torch's CPU flash kernel
-    computes bf16 at its fp32 speed (~90-160 GFLOP/s here against ~900 for bf16 GEMMs).
-    Every other case is SDPA's fused kernel (float32 on CPU stays the exact path)."""
-    if q.dtype == torch.bfloat16 and q.device.type == "cpu":
+    bf16 on a CPU whose oneDNN computes bf16 natively runs as batched GEMMs
+    (:func:`gemm_attention`): torch's CPU flash kernel computes bf16 at its fp32 speed
+    (~90-160 GFLOP/s on an AVX512-BF16 EPYC against ~950 for bf16 GEMMs); where bf16 GEMMs
+    are emulated they are ~30x slower than that kernel. Every other case is SDPA's fused
+    kernel (float32 on CPU stays the exact path)."""
+    if q.dtype == torch.bfloat16 and q.device.type == "cpu" and onednn_bf16():
         return gemm_attention(q, k, v, offset)
     if offset == 0:
         return sdpa(q, k, v, causal=True)
@@ -326,31 +332,39 @@ def gemm_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, offset: in
     masked, softmax accumulated in fp32 (bf16 in and out, as transformers' eager attention).
 
     The g = Hq / Hkv query heads that share a kv head are stacked as rows of one GEMM, so K/V
-    are never repeated. The score block ([B * Hkv, rows * g, keys]) is kept under ``budget``
-    elements (blocks of 16 queries at the least): ~32 MiB of bf16 scores, and as much for the
-    probabilities, at any length up to 32K. Each sequence is its own batch entry, so a
-    text's vector does not depend on its batch. 2-3x the flash kernel at 100-4,096 tokens
-    (bf16, 2 threads, AVX512-BF16); error ~1.6x the flash kernel's (scores rounded to bf16).
+    are never repeated. The block size is chosen from one sequence's shape alone (``budget``
+    elements of scores per sequence, 16 queries at the least), and sequences are taken a slice
+    of the batch at a time under the same budget: a text's vector never depends on its batch,
+    and the scores take ~32 MiB of bf16 (as much again for the probabilities) at any length up
+    to 32K. 2-3x the flash kernel at 100-4,096 tokens (bf16, 2 threads, AVX512-BF16); error
+    ~1.6x the flash kernel's (scores rounded to bf16).
     """
     b, lq, hq, d = q.shape
     hkv = k.shape[2]
-    g, nb, lk = hq // hkv, b * hkv, k.shape[1]
-    qh = q.view(b, lq, hkv, g, d).transpose(1, 2).reshape(nb, lq * g, d)  # rows (position, head)
-    kh, vh = (x.transpose(1, 2).reshape(nb, lk, d) for x in (k, v))  # [B * Hkv, Lk, D]
-    n = max(16, min(rows, budget // (nb * g * lk)))
+    g, lk = hq // hkv, k.shape[1]
+    n = max(16, min(rows, budget // (hq * lk)))  # queries per block: per sequence, never per batch
+    per = max(1, budget // (hq * n * lk))  # sequences per slice
     # [n * g, n]: row (i, head) may not see diagonal-block column j > i
     above = torch.ones(n, n, dtype=torch.bool, device=q.device).triu(1)
     above = above[:, None, :].expand(n, g, n).reshape(n * g, n)
-    out = torch.empty_like(qh)
     unused = q.new_empty(())  # baddbmm's input, ignored with beta=0
-    for s in range(0, lq, n):
-        e = min(s + n, lq)
-        m, ke = e - s, offset + e  # queries in the block; keys they may see
-        sc = torch.baddbmm(unused, qh[:, s * g : e * g], kh[:, :ke].transpose(1, 2),
-                           beta=0, alpha=d**-0.5)  # [B * Hkv, m * g, ke]
-        sc[:, :, ke - m :].masked_fill_(above[: m * g, :m], float("-inf"))
-        out[:, s * g : e * g] = torch.bmm(torch.softmax(sc, -1), vh[:, :ke])
-    return out.view(b, hkv, lq, g, d).transpose(1, 2).reshape(b, lq, hq, d)
+    outs = []
+    for b0 in range(0, b, per):
+        qs, ks, vs = q[b0 : b0 + per], k[b0 : b0 + per], v[b0 : b0 + per]
+        nb = qs.shape[0] * hkv
+        # rows (position, head) of each (sequence, kv head): [nb, Lq * g, D]; K/V: [nb, Lk, D]
+        qh = qs.reshape(-1, lq, hkv, g, d).transpose(1, 2).reshape(nb, lq * g, d)
+        kh, vh = (x.transpose(1, 2).reshape(nb, lk, d) for x in (ks, vs))
+        out = torch.empty_like(qh)
+        for s in range(0, lq, n):
+            e = min(s + n, lq)
+            m, ke = e - s, offset + e  # queries in the block; keys they may see
+            sc = torch.baddbmm(unused, qh[:, s * g : e * g], kh[:, :ke].transpose(1, 2),
+                               beta=0, alpha=d**-0.5)  # [nb, m * g, ke]
+            sc[:, :, ke - m :].masked_fill_(above[: m * g, :m], float("-inf"))
+            out[:, s * g : e * g] = torch.bmm(torch.softmax(sc, -1), vh[:, :ke])
+        outs.append(out.view(-1, hkv, lq, g, d).transpose(1, 2).reshape(-1, lq, hq, d))
+    return outs[0] if len(outs) == 1 else torch.cat(outs)
 
 
 def sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool,

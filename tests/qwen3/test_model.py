@@ -6,6 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from smysl.qwen3.cpu import onednn_bf16
 from smysl.qwen3.model import (
     AttentionPlan,
     Qwen3Config,
@@ -73,14 +74,18 @@ def test_gemm_attention_matches_reference(b: int, lq: int, offset: int, rows: in
         assert F.cosine_similarity(out.double().flatten(2), ref.flatten(2), dim=-1).min() > 0.999
 
 
-def test_gemm_attention_does_not_depend_on_the_batch() -> None:
+@pytest.mark.parametrize("budget", [1 << 24, 6400, 1])
+def test_gemm_attention_does_not_depend_on_the_batch(budget: int) -> None:
+    """Bit for bit, alone or in a batch, also when the score budget makes the blocks small
+    (6,400: 32-query blocks, one sequence per slice; 1: 16-query blocks)."""
     torch.manual_seed(1)
     q = torch.randn(5, 50, 4, 32, dtype=torch.bfloat16)
     k, v = (torch.randn(5, 50, 2, 32, dtype=torch.bfloat16) for _ in range(2))
-    together = gemm_attention(q, k, v)
+    together = gemm_attention(q, k, v, budget=budget)
     for i in (0, 3):
-        assert torch.equal(gemm_attention(q[i : i + 1], k[i : i + 1], v[i : i + 1]),
-                           together[i : i + 1])
+        assert torch.equal(gemm_attention(q[i : i + 1], k[i : i + 1], v[i : i + 1],
+                                          budget=budget), together[i : i + 1])
+    assert torch.equal(gemm_attention(q[1:4], k[1:4], v[1:4], budget=budget), together[1:4])
 
 
 def test_causal_attention_dispatch() -> None:
@@ -90,10 +95,21 @@ def test_causal_attention_dispatch() -> None:
     q, k, v = torch.randn(2, 9, 4, 16), torch.randn(2, 9, 2, 16), torch.randn(2, 9, 2, 16)
     assert torch.equal(causal_attention(q, k, v), sdpa(q, k, v, causal=True))
     qb, kb, vb = q.bfloat16(), k.bfloat16(), v.bfloat16()
-    assert torch.equal(causal_attention(qb, kb, vb), gemm_attention(qb, kb, vb))
+    if onednn_bf16():
+        assert torch.equal(causal_attention(qb, kb, vb), gemm_attention(qb, kb, vb))
     kp, vp = torch.randn(2, 14, 2, 16), torch.randn(2, 14, 2, 16)
     assert torch.allclose(causal_attention(q, kp, vp, offset=5).double(),
                           _prefixed(q, kp, vp, 5), atol=1e-5)
+
+
+def test_emulated_bf16_keeps_the_flash_kernel(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Where oneDNN would emulate bf16 (an AVX2 CPU), bf16 attention stays on SDPA: the GEMM
+    form is ~30x slower there."""
+    monkeypatch.setattr("smysl.qwen3.model.onednn_bf16", lambda: False)
+    torch.manual_seed(3)
+    q = torch.randn(1, 9, 4, 16, dtype=torch.bfloat16)
+    k, v = (torch.randn(1, 9, 2, 16, dtype=torch.bfloat16) for _ in range(2))
+    assert torch.equal(causal_attention(q, k, v), sdpa(q, k, v, causal=True))
 
 
 def test_cpu_grouping_is_by_equal_length() -> None:

@@ -38,7 +38,18 @@ def test_shared_heads_give_the_whole_sequence_rows(engine: Any) -> None:
     np.testing.assert_array_equal(same, engine.forward([seqs[0][:7], seqs[6]]))
 
 
-def test_a_row_never_depends_on_its_batch(engine: Any) -> None:
+@pytest.fixture(scope="module")
+def bf16_engine(tiny_dir: Any) -> Any:
+    """bf16 on CPU: attention as blocked GEMMs where oneDNN computes bf16 natively (the path
+    ``dtype="auto"`` takes there), the continuations with a prefix ``offset``."""
+    from smysl import Embedder
+
+    return Embedder.load(str(tiny_dir), device="cpu", dtype="bfloat16").engine
+
+
+@pytest.mark.parametrize("which", ["float32", "bfloat16"])
+def test_a_row_never_depends_on_its_batch(which: str, request: pytest.FixtureRequest) -> None:
+    engine = request.getfixturevalue("engine" if which == "float32" else "bf16_engine")
     seqs, heads = _batch()
     full = engine.forward(seqs, heads)
     for i in range(len(seqs)):
