@@ -8,6 +8,10 @@ products in the same order; tested against llama.cpp's gguf-py). Layouts, from g
 (``QK_K = 256``; ``d``/``dmin`` are float16):
 
 * Q8_0 (32 values, 34 bytes): ``d``, 32 int8 ``q``; ``y = q * d``.
+* Q4_0 (32, 18): ``d``, ``qs[16]`` (value j the low nibble of byte j, value j + 16 the high
+  one); ``y = (q - 8) * d``. Q4_1 (32, 20): ``d``, ``m``, ``qs[16]``; ``y = q * d + m``.
+* Q5_0 (32, 22): ``d``, ``qh[4]`` (bit j: the fifth bit of value j), ``qs[16]``;
+  ``y = (q - 16) * d``. Q5_1 (32, 24): ``d``, ``m``, ``qh[4]``, ``qs[16]``; ``y = q * d + m``.
 * Q6_K (256, 210): ``ql[128]`` low 4 bits, ``qh[64]`` high 2 bits, ``scales[16]`` int8, ``d``;
   ``y = d * scale * (q - 32)``, one scale per 16 values.
 * Q5_K (256, 176): ``d``, ``dmin``, ``scales[12]`` (8 six-bit scales and mins), ``qh[32]`` fifth
@@ -25,9 +29,9 @@ from typing import NamedTuple
 import torch
 
 #: GGML type ids of the block formats here -> (values per block, bytes per block).
-Q8_0, Q3_K, Q4_K, Q5_K, Q6_K = 8, 11, 12, 13, 14
-BLOCKS = {Q8_0: (32, 34), Q3_K: (256, 110), Q4_K: (256, 144), Q5_K: (256, 176),
-          Q6_K: (256, 210)}
+Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q3_K, Q4_K, Q5_K, Q6_K = 2, 3, 6, 7, 8, 11, 12, 13, 14
+BLOCKS = {Q4_0: (32, 18), Q4_1: (32, 20), Q5_0: (32, 22), Q5_1: (32, 24), Q8_0: (32, 34),
+          Q3_K: (256, 110), Q4_K: (256, 144), Q5_K: (256, 176), Q6_K: (256, 210)}
 
 
 def _f16(b: torch.Tensor) -> torch.Tensor:
@@ -62,6 +66,38 @@ class Codes(NamedTuple):
 
 def q8_0_codes(b: torch.Tensor) -> Codes:
     return Codes(_i(b[:, 2:].contiguous().view(torch.int8)), _f16(b[:, :2]), None, 32, -128, 127)
+
+
+def _legacy(b: torch.Tensor, offset: int, fifth: bool, affine: bool) -> Codes:
+    """Q4_0 / Q4_1 / Q5_0 / Q5_1: 32 values per block, one scale ``d`` (and for the ``_1``
+    types a float16 ``m`` added). The ``_0`` types' offset (8 or 16 times ``d``) becomes
+    ``mins``, so ``q`` stays 0..15 (0..31) and a 4-bit plane holds it as it is."""
+    d = _f16(b[:, 0:2])  # [n, 1]
+    qs = _i(b[:, offset + (4 if fifth else 0) : offset + (20 if fifth else 16)])  # [n, 16]
+    q = torch.cat([qs & 0xF, qs >> 4], 1)  # [n, 32]: low nibbles are values 0..15
+    if fifth:
+        qh = _i(b[:, offset : offset + 4].contiguous().view(torch.int32))  # [n, 1] little-endian
+        q = q | (((qh >> torch.arange(32, dtype=torch.int32)) & 1) << 4)
+    top = 31 if fifth else 15
+    if affine:  # y = q * d + m
+        return Codes(q, d, -_f16(b[:, 2:4]), 32, 0, top)
+    return Codes(q, d, d * (top + 1) / 2, 32, 0, top)  # y = (q - 8 or 16) * d, exactly
+
+
+def q4_0_codes(b: torch.Tensor) -> Codes:
+    return _legacy(b, 2, fifth=False, affine=False)
+
+
+def q4_1_codes(b: torch.Tensor) -> Codes:
+    return _legacy(b, 4, fifth=False, affine=True)
+
+
+def q5_0_codes(b: torch.Tensor) -> Codes:
+    return _legacy(b, 2, fifth=True, affine=False)
+
+
+def q5_1_codes(b: torch.Tensor) -> Codes:
+    return _legacy(b, 4, fifth=True, affine=True)
 
 
 def _scale_min_k4(s: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -128,7 +164,8 @@ def q3_k_codes(b: torch.Tensor) -> Codes:
     return Codes(q.reshape(-1, 256), d * sc.float(), None, 16, -4, 3)  # one scale per 16
 
 
-CODES = {Q8_0: q8_0_codes, Q3_K: q3_k_codes, Q4_K: q4_k_codes, Q5_K: q5_k_codes,
+CODES = {Q4_0: q4_0_codes, Q4_1: q4_1_codes, Q5_0: q5_0_codes, Q5_1: q5_1_codes,
+         Q8_0: q8_0_codes, Q3_K: q3_k_codes, Q4_K: q4_k_codes, Q5_K: q5_k_codes,
          Q6_K: q6_k_codes}
 
 
