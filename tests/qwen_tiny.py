@@ -405,7 +405,8 @@ def write_gguf(src: Path, out: Path, *, ftype: str = "F16", tokenizer: bool = Tr
 
 #: Byte offsets of the float16 scales in each block (ggml-common.h).
 _K_SCALES = {"Q8_0": (0,), "Q6_K": (208,), "Q5_K": (0, 2), "Q4_K": (0, 2), "Q3_K": (108,),
-             "Q2_K": (80, 82), "Q4_0": (0,), "Q4_1": (0, 2), "Q5_0": (0,), "Q5_1": (0, 2)}
+             "Q2_K": (80, 82), "Q4_0": (0,), "Q4_1": (0, 2), "Q5_0": (0,), "Q5_1": (0, 2),
+             "IQ4_NL": (0,), "IQ4_XS": (0,)}
 
 
 def quantize_q6_k(x: np.ndarray) -> np.ndarray:

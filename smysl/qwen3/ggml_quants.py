@@ -12,6 +12,9 @@ products in the same order; tested against llama.cpp's gguf-py). Layouts, from g
   one); ``y = (q - 8) * d``. Q4_1 (32, 20): ``d``, ``m``, ``qs[16]``; ``y = q * d + m``.
 * Q5_0 (32, 22): ``d``, ``qh[4]`` (bit j: the fifth bit of value j), ``qs[16]``;
   ``y = (q - 16) * d``. Q5_1 (32, 24): ``d``, ``m``, ``qh[4]``, ``qs[16]``; ``y = q * d + m``.
+* IQ4_NL (32, 18): ``d``, ``qs[16]`` as Q4_0; ``y = d * K[q]`` with the non-uniform 16-entry
+  grid ``K`` (:data:`IQ4_GRID`). IQ4_XS (256, 136): ``d``, ``scales_h`` (uint16), ``scales_l[4]``,
+  ``qs[128]``; per 32 values a 6-bit scale ``ls`` and ``y = d * (ls - 32) * K[q]``.
 * Q6_K (256, 210): ``ql[128]`` low 4 bits, ``qh[64]`` high 2 bits, ``scales[16]`` int8, ``d``;
   ``y = d * scale * (q - 32)``, one scale per 16 values.
 * Q5_K (256, 176): ``d``, ``dmin``, ``scales[12]`` (8 six-bit scales and mins), ``qh[32]`` fifth
@@ -30,8 +33,12 @@ import torch
 
 #: GGML type ids of the block formats here -> (values per block, bytes per block).
 Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q3_K, Q4_K, Q5_K, Q6_K = 2, 3, 6, 7, 8, 11, 12, 13, 14
+IQ4_NL, IQ4_XS = 20, 23
 BLOCKS = {Q4_0: (32, 18), Q4_1: (32, 20), Q5_0: (32, 22), Q5_1: (32, 24), Q8_0: (32, 34),
-          Q3_K: (256, 110), Q4_K: (256, 144), Q5_K: (256, 176), Q6_K: (256, 210)}
+          Q3_K: (256, 110), Q4_K: (256, 144), Q5_K: (256, 176), Q6_K: (256, 210),
+          IQ4_NL: (32, 18), IQ4_XS: (256, 136)}
+#: ggml's ``kvalues_iq4nl``: the IQ4 types' 4-bit codes index this grid.
+IQ4_GRID = (-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113)
 
 
 def _f16(b: torch.Tensor) -> torch.Tensor:
@@ -100,6 +107,29 @@ def q5_1_codes(b: torch.Tensor) -> Codes:
     return _legacy(b, 4, fifth=True, affine=True)
 
 
+def _iq4(nibbles: torch.Tensor) -> torch.Tensor:
+    """4-bit codes -> their :data:`IQ4_GRID` values (int32, -127..113: integers, so the
+    two-plane split ``16 * hi + lo`` of :func:`planes` holds them exactly)."""
+    return torch.tensor(IQ4_GRID, dtype=torch.int32)[nibbles]
+
+
+def iq4_nl_codes(b: torch.Tensor) -> Codes:
+    qs = _i(b[:, 2:18])
+    q = _iq4(torch.cat([qs & 0xF, qs >> 4], 1))  # [n, 32], laid out as Q4_0
+    return Codes(q, _f16(b[:, 0:2]), None, 32, IQ4_GRID[0], IQ4_GRID[-1])
+
+
+def iq4_xs_codes(b: torch.Tensor) -> Codes:
+    d = _f16(b[:, 0:2])  # [n, 1]
+    hi = _i(b[:, 2:4].contiguous().view(torch.int16)) & 0xFFFF  # [n, 1] scales_h, uint16
+    lo = _i(b[:, 4:8])  # [n, 4]: sub-blocks 2i and 2i + 1 in the low and high nibble
+    ls = torch.stack([lo & 0xF, lo >> 4], 2).view(-1, 8)
+    ls = ls | (((hi >> (2 * torch.arange(8, dtype=torch.int32))) & 3) << 4)  # 6-bit, [n, 8]
+    qs = _i(b[:, 8:136]).view(-1, 8, 16)  # per 32 values: low nibbles, then high ones
+    q = _iq4(torch.cat([qs & 0xF, qs >> 4], 2)).view(-1, 256)
+    return Codes(q, d * (ls - 32).float(), None, 32, IQ4_GRID[0], IQ4_GRID[-1])
+
+
 def _scale_min_k4(s: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Q4_K/Q5_K ``scales[12]`` [n, 12] -> 6-bit scales and mins, [n, 8] each (ggml's
     ``get_scale_min_k4``: sub-blocks 0-3 in the low 6 bits of bytes 0-7, 4-7 split between
@@ -166,7 +196,7 @@ def q3_k_codes(b: torch.Tensor) -> Codes:
 
 CODES = {Q4_0: q4_0_codes, Q4_1: q4_1_codes, Q5_0: q5_0_codes, Q5_1: q5_1_codes,
          Q8_0: q8_0_codes, Q3_K: q3_k_codes, Q4_K: q4_k_codes, Q5_K: q5_k_codes,
-         Q6_K: q6_k_codes}
+         Q6_K: q6_k_codes, IQ4_NL: iq4_nl_codes, IQ4_XS: iq4_xs_codes}
 
 
 def _dequantizer(kind: int) -> Callable[[torch.Tensor], torch.Tensor]:

@@ -12,7 +12,7 @@ gguf = pytest.importorskip("gguf")
 
 
 @pytest.mark.parametrize("kind", ["Q8_0", "Q6_K", "Q5_K", "Q4_K", "Q3_K", "Q4_0", "Q4_1",
-                                  "Q5_0", "Q5_1"])
+                                  "Q5_0", "Q5_1", "IQ4_NL", "IQ4_XS"])
 def test_blocks_match_gguf_py(kind: str) -> None:
     from qwen_tiny import random_blocks
 
@@ -76,11 +76,12 @@ def _sum_planes(planes: list[gq.Plane]) -> torch.Tensor:
 
 
 @pytest.mark.parametrize(("kind", "count"), [("Q4_K", 1), ("Q5_K", 2), ("Q8_0", 2), ("Q4_0", 1),
-                                             ("Q4_1", 1), ("Q5_0", 2), ("Q5_1", 2)])
+                                             ("Q4_1", 1), ("Q5_0", 2), ("Q5_1", 2), ("IQ4_NL", 2),
+                                             ("IQ4_XS", 2)])
 def test_planes_are_exact_for_32_column_scales(kind: str, count: int) -> None:
-    """Issue 14: Q4_K, Q5_K, Q8_0 and the legacy Q4_0/Q4_1/Q5_0/Q5_1 blocks become 4-bit planes
-    (codes 0..15, groups of 32) that sum to llama.cpp's dequantisation (up to its float32
-    rounding)."""
+    """Issue 14: Q4_K, Q5_K, Q8_0, the legacy Q4_0/Q4_1/Q5_0/Q5_1 and the IQ4 blocks (their
+    non-uniform grid values are integers) become 4-bit planes (codes 0..15, groups of 32)
+    that sum to llama.cpp's dequantisation (up to its float32 rounding)."""
     t, w = _matrix(kind, 48, 512, seed=len(kind) + count)
     planes = gq.planes(t)
     assert len(planes) == count
@@ -111,7 +112,8 @@ def test_planes_of_16_column_scales_round_within_the_bound(kind: str, fraction: 
     assert err.max().item() > 0  # the other halves did round (random scales differ)
 
 
-@pytest.mark.parametrize("kind", ["Q8_0", "Q6_K", "Q5_K", "Q4_K", "Q3_K", "Q4_0", "Q5_1"])
+@pytest.mark.parametrize("kind", ["Q8_0", "Q6_K", "Q5_K", "Q4_K", "Q3_K", "Q4_0", "Q5_1",
+                                  "IQ4_XS"])
 def test_int4_layer_from_blocks_is_the_dequantised_weight(kind: str) -> None:
     """A GGUF matrix kept as 4-bit planes multiplies like its dequantised weights, up to bf16
     rounding of activations, group scales and outputs (Q6_K/Q3_K: and their 8-bit re-coding;

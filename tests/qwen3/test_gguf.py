@@ -207,7 +207,8 @@ def wide(tmp_path_factory: pytest.TempPathFactory) -> Path:
 _MATRICES = ("attn_q", "attn_k", "attn_v", "ffn_gate", "ffn_up", "ffn_down")
 
 
-@pytest.mark.parametrize("kind", ["Q6_K", "Q5_K", "Q4_K", "Q3_K", "Q4_0", "Q4_1", "Q5_0", "Q5_1"])
+@pytest.mark.parametrize("kind", ["Q6_K", "Q5_K", "Q4_K", "Q3_K", "Q4_0", "Q4_1", "Q5_0", "Q5_1",
+                                  "IQ4_NL", "IQ4_XS"])
 def test_k_quant_gguf_equals_its_dequantised_weights(wide: Path, tmp_path: Path, kind: str,
                                                      texts: list[str]) -> None:
     """Issue 14: K-quant tensors load as exactly the weights llama.cpp's reference
@@ -263,7 +264,7 @@ def test_q4_k_m_like_gguf_kept_4_bit(wide: Path, tmp_path: Path, texts: list[str
 
 
 @pytest.mark.parametrize(("kind", "slack"), [("Q8_0", 2e-5), ("Q5_K", 2e-5), ("Q4_K", 5e-4),
-                                             ("Q4_0", 2e-5), ("Q5_1", 5e-4)])
+                                             ("Q4_0", 2e-5), ("Q5_1", 5e-4), ("IQ4_XS", 2e-5)])
 def test_kept_blocks_are_as_close_as_the_bf16_dequantisation(wide: Path, tmp_path: Path,
                                                              kind: str, slack: float,
                                                              texts: list[str]) -> None:
@@ -412,8 +413,8 @@ def test_untied_output_is_ignored_whatever_its_type(tmp_path: Path, texts: list[
     cannot read there is fine."""
     src = build_tiny(tmp_path / "untied", tied=False, causal_lm=True, seed=4)
     path = write_gguf(src.path, tmp_path / "u.gguf", ftype="F32",
-                      type_of={"output.weight": "IQ4_NL"})
-    assert sg.read_header(path).tensors["output.weight"].type_name == "IQ4_NL"
+                      type_of={"output.weight": "Q8_1"})
+    assert sg.read_header(path).tensors["output.weight"].type_name == "Q8_1"
     ref = Embedder.load(str(src.path), device="cpu", dtype="float32")
     e = Embedder.load(str(path), device="cpu", dtype="float32")
     assert np.array_equal(e.embed(texts[:64]), ref.embed(texts[:64]))
@@ -440,13 +441,14 @@ def test_truncated_file(files: dict[str, Path], tmp_path: Path) -> None:
 
 
 def test_unsupported_tensor_type(tiny_dir: Path, sidecar_dir: Path) -> None:
-    """Issue 14 bad input: a tensor type not supported yet (IQ4_NL and Q8_1 here) names the
-    tensor, its type and what to use instead."""
+    """Issue 14 bad input: a tensor type not supported yet (Q8_1, llama.cpp's activation
+    format, here) names the tensor, its type and what to use instead."""
     path = write_gguf(tiny_dir, sidecar_dir / "q4.gguf", ftype="Q8_0", tokenizer=False,
-                      type_of={"blk.0.ffn_up.weight": "IQ4_NL", "blk.1.attn_q.weight": "Q8_1"})
-    _refused(path, r"tensor types not supported yet: blk\.0\.ffn_up\.weight \(IQ4_NL\), "
+                      type_of={"blk.0.ffn_up.weight": "Q8_1", "blk.1.attn_q.weight": "Q8_1"})
+    _refused(path, r"tensor types not supported yet: blk\.0\.ffn_up\.weight \(Q8_1\), "
                    r"blk\.1\.attn_q\.weight \(Q8_1\); smysl reads F32, F16, BF16, Q4_0, Q4_1, "
-                   "Q5_0, Q5_1, Q8_0, Q3_K, Q4_K, Q5_K, Q6_K: use such a GGUF, or the "
+                   "Q5_0, Q5_1, Q8_0, Q3_K, Q4_K, Q5_K, Q6_K, IQ4_NL, IQ4_XS: use such a GGUF, "
+                   "or the "
                    "safetensors checkpoint")
 
 
