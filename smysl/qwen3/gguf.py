@@ -3,11 +3,10 @@
 Supported: files that llama.cpp's ``convert_hf_to_gguf.py`` (or ``llama-quantize``) writes for
 architecture ``qwen3``, with F32, F16, BF16, Q8_0, Q6_K, Q5_K, Q4_K, Q3_K, the legacy Q4_0,
 Q4_1, Q5_0 and Q5_1, and IQ4_NL / IQ4_XS weights (mixed per tensor, as the ``_M`` recipes make
-them). Quantised
-blocks are dequantised at load (:mod:`smysl.qwen3.ggml_quants`), one tensor at a time (in block
-slices), straight into the engine dtype, or kept as blocks for ``quantize="int4"``
-(:mod:`smysl.qwen3.quantize`). Other types (Q2_K, IQ3_S ...) are refused with a clear error
-before any weight is read.
+them). Quantised blocks are dequantised at load (:mod:`smysl.qwen3.ggml_quants`), one tensor
+at a time (in block slices), straight into the engine dtype, or kept as blocks for
+``quantize="int4"`` (:mod:`smysl.qwen3.quantize`). Other types (Q2_K, IQ3_S ...) are refused
+with a clear error before any weight is read.
 
 Layout (v2/v3, little-endian): ``GGUF``, version, tensor count, key/value count; the key/values;
 per tensor its name, dims (innermost first: ``[in, out]`` for a weight), type and offset; padding
