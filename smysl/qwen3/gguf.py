@@ -63,7 +63,7 @@ BLOCKS = {F32: (1, 4), F16: (1, 2), BF16: (1, 2), **QUANT_BLOCKS}
 #: ``general.file_type`` (llama.cpp's ``llama_ftype``) -> the name Ollama and llama.cpp show.
 FILE_TYPES = {0: "F32", 1: "F16", 2: "Q4_0", 3: "Q4_1", 7: "Q8_0", 8: "Q5_0", 9: "Q5_1",
               10: "Q2_K", 11: "Q3_K_S", 12: "Q3_K_M", 13: "Q3_K_L", 14: "Q4_K_S", 15: "Q4_K_M",
-              16: "Q5_K_S", 17: "Q5_K_M", 18: "Q6_K", 32: "BF16"}
+              16: "Q5_K_S", 17: "Q5_K_M", 18: "Q6_K", 25: "IQ4_NL", 30: "IQ4_XS", 32: "BF16"}
 
 _STORED = {"F32": "float32", "F16": "float16", "BF16": "bfloat16"}
 
