@@ -75,15 +75,23 @@ def q8_0_codes(b: torch.Tensor) -> Codes:
     return Codes(_i(b[:, 2:].contiguous().view(torch.int8)), _f16(b[:, :2]), None, 32, -128, 127)
 
 
-def _legacy(b: torch.Tensor, offset: int, fifth: bool, affine: bool) -> Codes:
+def _halves(qs: torch.Tensor) -> torch.Tensor:
+    """[..., 16] bytes -> [..., 32] 4-bit codes: value j the low nibble of byte j, value j + 16
+    its high nibble (the 32-value layout of Q4_0 ... Q5_1 and the IQ4 types)."""
+    qs = _i(qs)
+    return torch.cat([qs & 0xF, qs >> 4], -1)
+
+
+def _legacy(b: torch.Tensor, fifth: bool, affine: bool) -> Codes:
     """Q4_0 / Q4_1 / Q5_0 / Q5_1: 32 values per block, one scale ``d`` (and for the ``_1``
-    types a float16 ``m`` added). The ``_0`` types' offset (8 or 16 times ``d``) becomes
-    ``mins``, so ``q`` stays 0..15 (0..31) and a 4-bit plane holds it as it is."""
+    types a float16 ``m`` added), the 16 bytes of codes last. The ``_0`` types' offset (8 or
+    16 times ``d``) becomes ``mins``, so ``q`` stays 0..15 (0..31) and a 4-bit plane holds it
+    as it is."""
     d = _f16(b[:, 0:2])  # [n, 1]
-    qs = _i(b[:, offset + (4 if fifth else 0) : offset + (20 if fifth else 16)])  # [n, 16]
-    q = torch.cat([qs & 0xF, qs >> 4], 1)  # [n, 32]: low nibbles are values 0..15
-    if fifth:
-        qh = _i(b[:, offset : offset + 4].contiguous().view(torch.int32))  # [n, 1] little-endian
+    q = _halves(b[:, -16:])  # [n, 32]
+    if fifth:  # qh: a little-endian uint32 after d (and m)
+        at = 4 if affine else 2
+        qh = _i(b[:, at : at + 4].contiguous().view(torch.int32))  # [n, 1]
         q = q | (((qh >> torch.arange(32, dtype=torch.int32)) & 1) << 4)
     top = 31 if fifth else 15
     if affine:  # y = q * d + m
@@ -92,30 +100,32 @@ def _legacy(b: torch.Tensor, offset: int, fifth: bool, affine: bool) -> Codes:
 
 
 def q4_0_codes(b: torch.Tensor) -> Codes:
-    return _legacy(b, 2, fifth=False, affine=False)
+    return _legacy(b, fifth=False, affine=False)
 
 
 def q4_1_codes(b: torch.Tensor) -> Codes:
-    return _legacy(b, 4, fifth=False, affine=True)
+    return _legacy(b, fifth=False, affine=True)
 
 
 def q5_0_codes(b: torch.Tensor) -> Codes:
-    return _legacy(b, 2, fifth=True, affine=False)
+    return _legacy(b, fifth=True, affine=False)
 
 
 def q5_1_codes(b: torch.Tensor) -> Codes:
-    return _legacy(b, 4, fifth=True, affine=True)
+    return _legacy(b, fifth=True, affine=True)
+
+
+_IQ4_VALUES = torch.tensor(IQ4_GRID, dtype=torch.int32)
 
 
 def _iq4(nibbles: torch.Tensor) -> torch.Tensor:
     """4-bit codes -> their :data:`IQ4_GRID` values (int32, -127..113: integers, so the
     two-plane split ``16 * hi + lo`` of :func:`planes` holds them exactly)."""
-    return torch.tensor(IQ4_GRID, dtype=torch.int32)[nibbles]
+    return _IQ4_VALUES[nibbles]
 
 
 def iq4_nl_codes(b: torch.Tensor) -> Codes:
-    qs = _i(b[:, 2:18])
-    q = _iq4(torch.cat([qs & 0xF, qs >> 4], 1))  # [n, 32], laid out as Q4_0
+    q = _iq4(_halves(b[:, 2:18]))  # [n, 32], laid out as Q4_0
     return Codes(q, _f16(b[:, 0:2]), None, 32, IQ4_GRID[0], IQ4_GRID[-1])
 
 
@@ -125,8 +135,7 @@ def iq4_xs_codes(b: torch.Tensor) -> Codes:
     lo = _i(b[:, 4:8])  # [n, 4]: sub-blocks 2i and 2i + 1 in the low and high nibble
     ls = torch.stack([lo & 0xF, lo >> 4], 2).view(-1, 8)
     ls = ls | (((hi >> (2 * torch.arange(8, dtype=torch.int32))) & 3) << 4)  # 6-bit, [n, 8]
-    qs = _i(b[:, 8:136]).view(-1, 8, 16)  # per 32 values: low nibbles, then high ones
-    q = _iq4(torch.cat([qs & 0xF, qs >> 4], 2)).view(-1, 256)
+    q = _iq4(_halves(b[:, 8:136].reshape(-1, 8, 16))).view(-1, 256)  # 8 runs laid out as Q4_0
     return Codes(q, d * (ls - 32).float(), None, 32, IQ4_GRID[0], IQ4_GRID[-1])
 
 
