@@ -72,34 +72,38 @@ def flops_per_token(size: str, context: float) -> float:
 #: The GEMM kernels a system may multiply with, as ``kernel-dtype`` (what
 #: ``ModelInfo.kernel`` and ``.dtype`` report): sentence-transformers runs ``torch-float32``.
 KERNELS = ("torch-float32", "onednn-float32", "torch-bfloat16", "onednn-bfloat16",
-           "fbgemm-int8", "int4-bfloat16")
+           "onednn-int8", "fbgemm-int8", "int4-bfloat16")
 
 
 def matmul_gflops(kind: str = "torch-float32") -> float:
     """This machine's matmul rate on an MLP-shaped GEMM ([1024 tokens, 1024] x [1024, 6144], the
     0.6B shape's gate|up at the engine's slice size), all threads, for one of :data:`KERNELS`:
     ``torch-*`` is ``F.linear`` (float32: MKL), ``onednn-*`` the engine's prepacked layer,
-    ``fbgemm-int8`` its dynamic int8 layer, ``int4-bfloat16`` the 4-bit layer of
-    ``quantize="int4"``. NaN where this machine cannot run that kernel."""
+    ``onednn-int8`` / ``fbgemm-int8`` the int8 layers (per-row / per-tensor activations, their
+    quantisation included), ``int4-bfloat16`` the 4-bit layer of ``quantize="int4"``. NaN
+    where this machine cannot run that kernel."""
     import torch
 
-    from smysl.qwen3.cpu import detect, packs_linear
+    from smysl.qwen3.cpu import detect, onednn_int8, packs_linear
     from smysl.qwen3.model import PackedLinear
-    from smysl.qwen3.quantize import Int4Linear, Int8Linear
+    from smysl.qwen3.quantize import DynamicInt8Linear, Int4Linear, Int8Linear
 
     m, k, n = 1024, 1024, 6144
     a, w = torch.randn(m, k), torch.randn(n, k) * 0.02
     lib, _, dtype = kind.partition("-")
     dt = getattr(torch, dtype)
-    if (lib == "onednn" and not packs_linear(dt)) or (
+    if kind == "onednn-int8":
+        if not onednn_int8():
+            return float("nan")
+    elif (lib == "onednn" and not packs_linear(dt)) or (
             lib == "torch" and dt == torch.bfloat16 and not detect().native_bf16):
         return float("nan")  # (emulated bf16 GEMMs would take minutes here)
     lin: Callable[[torch.Tensor], torch.Tensor] = {
-        "fbgemm": lambda: Int8Linear(w), "int4": lambda: Int4Linear.from_float(w),
-        "onednn": lambda: PackedLinear(w.to(dt)),
+        "fbgemm": lambda: DynamicInt8Linear(w), "int4": lambda: Int4Linear.from_float(w),
+        "onednn": lambda: Int8Linear(w) if dt == torch.int8 else PackedLinear(w.to(dt)),
         "torch": lambda: functools.partial(torch.nn.functional.linear, weight=w.to(dt)),
     }[lib]()
-    a_ = a if lib == "fbgemm" else a.to(dt)
+    a_ = a if dt == torch.int8 else a.to(dt)
 
     def step() -> object:
         return lin(a_)
@@ -140,7 +144,7 @@ def run_system(system: str, ckpt: Path, texts: list[str], out: Path,
         def embed(x: list[str]) -> np.ndarray:
             return emb.embed(x)
         info = emb.info()
-        kernel = info.kernel if info.kernel == "fbgemm-int8" else f"{info.kernel}-{info.dtype}"
+        kernel = info.kernel if info.kernel.endswith("-int8") else f"{info.kernel}-{info.dtype}"
     load_s = time.perf_counter() - t0
     rss_loaded = rss_mib()
     embed(texts[:4])  # warm-up

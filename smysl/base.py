@@ -66,7 +66,7 @@ class ModelInfo:
     #: Token counts of the batch shapes a CUDA engine replays as CUDA graphs (None: no graphs).
     cuda_graphs: list[int] | None = None
     #: What a local engine's linear layers run (``onednn``: CPU, weights prepacked at load;
-    #: ``fbgemm-int8``, ``int4``, ``torch``), None for other backends.
+    #: ``onednn-int8``, ``fbgemm-int8``, ``int4``, ``torch``), None for other backends.
     kernel: str | None = None
     #: Pooling of the hidden states.
     pooling: str = "last_token"

@@ -100,11 +100,38 @@ def auto_dtype(features: CpuFeatures, stored: torch.dtype | None) -> tuple[torch
     return torch.bfloat16, f"this CPU computes bf16 natively ({', '.join(have)})"
 
 
+def int8_kernel(features: CpuFeatures) -> str:
+    """What ``quantize="int8"`` multiplies with (see :mod:`smysl.qwen3.quantize`):
+    ``onednn-int8`` (activations quantised per row: batch invariant, 1.05x fbgemm and closer to
+    fp32 on an AVX-512-VNNI EPYC) on x86 with int8 dot products (VNNI / AMX-INT8) where this
+    torch's oneDNN has the op; ``fbgemm-int8`` (per-tensor activations) elsewhere: on AVX2
+    without VNNI oneDNN's int8 kernel ran at half fbgemm's speed."""
+    if features.arch == "x86_64" and features.int8_dot and onednn_int8():
+        return "onednn-int8"
+    return "fbgemm-int8"
+
+
+@functools.cache
+def onednn_int8() -> bool:
+    """Whether this torch has oneDNN's quantised linear op (u8 activations x s8 weights) and it
+    multiplies correctly here (checked once on a small exact case)."""
+    try:
+        w = torch.tensor([[1, -2, 3, 0], [4, 5, -6, 7]], dtype=torch.int8)
+        x = torch.tensor([[129, 127, 130, 128]], dtype=torch.uint8)  # codes 1, -1, 2, 0
+        packed = torch.ops.onednn.qlinear_prepack(w, None)
+        y = torch.ops.onednn.qlinear_pointwise(x, 1.0, 128, packed, torch.ones(2),
+                                               torch.zeros(2, dtype=torch.long), None, 1.0, 0,
+                                               torch.float32, "none", [], "")
+    except (RuntimeError, AttributeError, NotImplementedError):
+        return False
+    return bool(torch.equal(y, torch.tensor([[9.0, -13.0]])))
+
+
 def int8_attention_dtype(features: CpuFeatures) -> torch.dtype:
-    """The dtype the int8 path (float32 activations into fbgemm) attends in: bf16 where the CPU
-    computes it natively, as blocked GEMMs ~3x torch's float32 flash kernel (29% of the int8
-    path's time on an AVX512-BF16 EPYC, 0.6B shape); float32 elsewhere. Far inside int8's own
-    error (cosine >= 0.99 to fp32)."""
+    """The dtype the int8 path (float32 activations into the int8 layers) attends in: bf16
+    where the CPU computes it natively, as blocked GEMMs ~3x torch's float32 flash kernel (29%
+    of the int8 path's time on an AVX512-BF16 EPYC, 0.6B shape); float32 elsewhere. Far inside
+    int8's own error (cosine >= 0.99 to fp32)."""
     return torch.bfloat16 if features.native_bf16 else torch.float32
 
 

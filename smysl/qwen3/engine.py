@@ -25,6 +25,7 @@ from smysl.qwen3.cpu import (
     available_memory,
     detect,
     int8_attention_dtype,
+    int8_kernel,
     packs_linear,
 )
 from smysl.qwen3.ggml_quants import Weight
@@ -189,7 +190,8 @@ class EngineLike(Protocol):
     pid: int | None
     #: Token counts of the batch shapes captured as CUDA graphs (empty on CPU).
     cuda_graphs: list[int]
-    #: What the linear layers run: "onednn" (CPU, weights prepacked at load), "fbgemm-int8",
+    #: What the linear layers run: "onednn" (CPU, weights prepacked at load), "onednn-int8" or
+    #: "fbgemm-int8" (``quantize="int8"``, see ``cpu.int8_kernel``),
     #: "int4" (CPU), "torch" (``F.linear``: CUDA, or a CPU oneDNN cannot serve).
     kernel: str
 
@@ -254,7 +256,9 @@ class Engine:
         if cfg.quantize == "int8":  # layers quantised as they load (peak: one float layer)
             from smysl.qwen3.quantize import int8_linear
 
-            linear, kernel = int8_linear(), "fbgemm-int8"
+            kernel = int8_kernel(detect())
+            linear = int8_linear(kernel)
+            log.info("linear layers: int8 on %s", kernel)
         elif cfg.quantize == "int4":
             from smysl.qwen3.quantize import int4_linear
 

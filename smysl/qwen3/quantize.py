@@ -1,12 +1,23 @@
-"""Quantised linear layers for CPU: int8 dynamic (fbgemm), and the int4 layers of
+"""Quantised linear layers for CPU: int8 (``quantize="int8"``), and the int4 layers of
 ``quantize="int4"`` (torch's weight-only int4/int8 kernels, bf16 activations: their float32
 variants are scalar code, 2.8 and 5.9 GFLOP/s against 345 and 321 in bf16 on an AVX-512 EPYC).
 
-int8 dynamic (``quantize="int8"``):
+int8 (``quantize="int8"``): weights quantised once, symmetric per output channel. Which kernel
+multiplies them is :func:`smysl.qwen3.cpu.int8_kernel`'s rule:
 
-Weights are quantised once, symmetric per output channel; activations are quantised per call
-(per tensor, full 8-bit range). Norms, RoPE and the residual stream stay float32; attention
-too, except where the CPU computes bf16 natively (:func:`smysl.qwen3.cpu.int8_attention_dtype`).
+* ``onednn-int8`` (:class:`Int8Linear`; x86 with VNNI or AMX): activations quantised on each
+  call **per row** (per token), symmetric, 8 bits. A row's scale depends on that row alone and
+  the integer sums are exact, so a text's vector is bit-identical alone and in any batch, and
+  one outlier token no longer coarsens the others. On an AVX-512-VNNI EPYC (0.6B shape) it ran
+  1.05-1.07x fbgemm's per-tensor path, at min cosine to fp32 0.9983 instead of 0.9972.
+* ``fbgemm-int8`` (:class:`DynamicInt8Linear`; x86 without int8 dot products, and other CPUs
+  through torch's default quantised engine): activations quantised per call **per tensor**
+  (over the whole batch, full 8-bit range), so a vector depends slightly on its batch. Kept
+  there because oneDNN's AVX2 int8 kernel, measured with ``ONEDNN_MAX_CPU_ISA=AVX2``, ran at
+  half fbgemm's speed, and fbgemm's own AVX2 kernel could not be measured on a VNNI machine.
+
+Norms, RoPE and the residual stream stay float32; attention too, except where the CPU computes
+bf16 natively (:func:`smysl.qwen3.cpu.int8_attention_dtype`).
 
 On AVX2 without VNNI, fbgemm multiplies u8 x s8 pairs into saturating 16-bit sums; the usual
 cure, a 7-bit activation range ("reduce_range"), measured *worse* here (min cosine to fp32 on
@@ -25,9 +36,49 @@ from torch import nn
 from smysl.qwen3.ggml_quants import Plane, QuantStack, QuantTensor, Weight, planes
 from smysl.qwen3.model import pad_rows
 
+#: Activation code range of :class:`Int8Linear`: ``q`` in -127..127, passed to oneDNN as the
+#: unsigned ``q + ZERO`` (its fast int8 kernels take u8 activations x s8 weights).
+QMAX, ZERO = 127.0, 128
+
+
+def _weight_codes(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """[out, in] float -> (int8 codes, float32 scales [out]): symmetric per output channel."""
+    w = weight.detach().float().cpu()
+    scales = (w.abs().amax(dim=1) / 127.0).clamp_min(1e-12)
+    return torch.round(w / scales[:, None]).to(torch.int8), scales
+
 
 class Int8Linear(nn.Module):
-    """Drop-in for :class:`smysl.qwen3.model.Linear` holding a prepacked int8 weight."""
+    """Drop-in for :class:`smysl.qwen3.model.Linear`: int8 weights prepacked for oneDNN, and
+    activations quantised per row on each call (see the module docstring)."""
+
+    def __init__(self, weight: torch.Tensor) -> None:
+        super().__init__()
+        codes, self.scales = _weight_codes(weight)
+        self.out_features, self.in_features = codes.shape
+        self.zeros = torch.zeros(self.out_features, dtype=torch.long)
+        # an opaque oneDNN tensor, not a parameter: nothing reads it back
+        self.packed = torch.ops.onednn.qlinear_prepack(codes, None)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x: [M, in] float32 or bf16 -> [M, out] float32."""
+        amax = x.abs().amax(1, keepdim=True).float().clamp_min_(1e-30)  # [M, 1]
+        # codes computed in float32 whatever x is (bf16 would round them); a mixed-dtype
+        # multiply is ~10x slower than widening first. NaN/inf rows stay non-finite through
+        # ``amax`` below.
+        t = torch.mul(x, QMAX / amax) if x.dtype == torch.float32 else x.float().mul_(QMAX / amax)
+        # int8 -> uint8 code + ZERO by flipping the sign bit: float -> uint8 conversion is
+        # ~2x slower than float -> int8 here
+        xq = t.round_().to(torch.int8).view(torch.uint8).bitwise_xor_(ZERO)
+        y = torch.ops.onednn.qlinear_pointwise(xq.contiguous(), 1.0, ZERO, self.packed,
+                                               self.scales, self.zeros, None, 1.0, 0,
+                                               torch.float32, "none", [], "")
+        return y.mul_(amax / QMAX)
+
+
+class DynamicInt8Linear(nn.Module):
+    """Drop-in for :class:`smysl.qwen3.model.Linear`: torch's dynamic int8 layer (fbgemm on x86),
+    activations quantised per tensor on each call."""
 
     def __init__(self, weight: torch.Tensor) -> None:
         super().__init__()
@@ -45,11 +96,14 @@ class Int8Linear(nn.Module):
         return y[: x.shape[0]]
 
 
-def int8_linear() -> type[Int8Linear]:
-    """The int8 layer constructor, with fbgemm's x86 engine selected (loaders pass it on)."""
+def int8_linear(kernel: str) -> type[Int8Linear] | type[DynamicInt8Linear]:
+    """The int8 layer constructor for ``kernel`` (:func:`smysl.qwen3.cpu.int8_kernel`); for
+    ``fbgemm-int8`` with fbgemm's x86 engine selected where torch has it."""
+    if kernel == "onednn-int8":
+        return Int8Linear
     if "x86" in torch.backends.quantized.supported_engines:
         torch.backends.quantized.engine = "x86"
-    return Int8Linear
+    return DynamicInt8Linear
 
 
 # ---------------------------------------------------------------------------- 4-bit weights

@@ -70,7 +70,7 @@ class Info(BaseModel):
     cpu: str | None = None
     #: smysl's addition: token counts of the batch shapes replayed as CUDA graphs.
     cuda_graphs: list[int] | None = None
-    #: smysl's addition: what the linear layers run (``onednn``, ``fbgemm-int8``...).
+    #: smysl's addition: what the linear layers run (``onednn``, ``onednn-int8``...).
     kernel: str | None = None
 
 

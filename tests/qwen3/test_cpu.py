@@ -15,6 +15,7 @@ from smysl.qwen3.cpu import (
     auto_dtype,
     detect,
     int8_attention_dtype,
+    int8_kernel,
     packs_linear,
     parse_cpuinfo,
 )
@@ -154,8 +155,9 @@ def test_packs_linear_only_where_measured(monkeypatch: pytest.MonkeyPatch) -> No
 
 
 def test_engine_reports_its_linear_kernel(tiny_variants) -> None:  # type: ignore[no-untyped-def]
-    """info() says what the linear layers run: oneDNN where it packs this dtype, fbgemm for
-    int8; the float path's vectors stay at the exact path's parity (checked in test_engine)."""
+    """info() says what the linear layers run: oneDNN where it packs this dtype, the int8
+    kernel :func:`int8_kernel` picks for int8; the float path's vectors stay at the exact
+    path's parity (checked in test_engine)."""
     from smysl import Embedder
 
     path = str(tiny_variants["gqa2-untied-eos-bf16"].path)
@@ -165,7 +167,18 @@ def test_engine_reports_its_linear_kernel(tiny_variants) -> None:  # type: ignor
         info = Embedder.load(path, device="cpu", dtype=dtype).info()
         want = "onednn" if packs_linear(getattr(torch, dtype)) else "torch"
         assert info.kernel == want, (dtype, info.kernel)
-    assert Embedder.load(path, device="cpu", quantize="int8").info().kernel == "fbgemm-int8"
+    assert Embedder.load(path, device="cpu", quantize="int8").info().kernel == \
+        int8_kernel(detect())
+
+
+def test_int8_kernel_follows_the_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    """oneDNN's per-row int8 where the CPU has int8 dot products (VNNI / AMX) and torch has
+    the op; fbgemm's per-tensor layer on AVX2 without VNNI and off x86."""
+    monkeypatch.setattr("smysl.qwen3.cpu.onednn_int8", lambda: True)
+    assert int8_kernel(ZEN5) == int8_kernel(SPR) == "onednn-int8"
+    assert int8_kernel(ZEN3) == int8_kernel(GRAVITON3) == "fbgemm-int8"
+    monkeypatch.setattr("smysl.qwen3.cpu.onednn_int8", lambda: False)
+    assert int8_kernel(ZEN5) == "fbgemm-int8"
 
 
 def test_int8_attends_in_bf16_only_where_native(tiny_variants) -> None:  # type: ignore[no-untyped-def]

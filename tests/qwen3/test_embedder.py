@@ -134,6 +134,22 @@ def test_int8_close_to_fp32(tiny_dir: Path, tiny: LocalEmbedder) -> None:
     q = Embedder.load(str(tiny_dir), device="cpu", quantize="int8")
     a, b = q.embed(TEXTS), tiny.embed(TEXTS)
     assert (a * b).sum(axis=1).min() >= 0.99
+    if q.info().kernel == "onednn-int8":  # per-row activation scales: batch invariant
+        alone = np.stack([q.embed([t])[0] for t in TEXTS])
+        assert np.array_equal(alone, a)
+        assert np.array_equal(q.embed(TEXTS[::-1])[::-1], a)
+
+
+@pytest.mark.parametrize("quantize", [None, "int8"])
+def test_slice_size_does_not_change_vectors(tiny_dir: Path, quantize: str | None) -> None:
+    """Projections and the MLP run in ``engine.chunk``-token slices (a tuned size); a row's
+    result must not depend on it."""
+    e = Embedder.load(str(tiny_dir), device="cpu", quantize=quantize)
+    ids = e.tokenize(TEXTS)
+    base = e.engine.forward(ids)  # type: ignore[attr-defined]
+    for chunk in (1, 7, 4096):
+        e.engine.chunk = chunk  # type: ignore[attr-defined]
+        assert np.array_equal(e.engine.forward(ids), base), chunk  # type: ignore[attr-defined]
 
 
 def test_int4_close_to_fp32(tiny_dir: Path, tiny: LocalEmbedder) -> None:

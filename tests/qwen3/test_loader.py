@@ -52,16 +52,19 @@ def test_layers_quantised_while_loading_equal_quantising_after(tiny_dir: Path) -
     read, so no float copy of the whole model is ever held; the result is the same layers."""
     import json
 
+    from smysl.qwen3.cpu import detect, int8_kernel
     from smysl.qwen3.model import Linear
-    from smysl.qwen3.quantize import Int8Linear, int8_linear
+    from smysl.qwen3.quantize import int8_linear
 
     cfg = json.loads((tiny_dir / "config.json").read_text())
     state = list(load_file(tiny_dir / "model.safetensors").items())
     made: list[tuple[int, ...]] = []
 
-    def spy(w: torch.Tensor) -> Int8Linear:
+    make = int8_linear(int8_kernel(detect()))
+
+    def spy(w: torch.Tensor) -> torch.nn.Module:
         made.append(tuple(w.shape))
-        return int8_linear()(w)
+        return make(w)
 
     streamed = build_encoder(cfg, state, torch.device("cpu"), torch.float32, linear=spy)
     after = build_encoder(cfg, state, torch.device("cpu"), torch.float32)
@@ -71,7 +74,7 @@ def test_layers_quantised_while_loading_equal_quantising_after(tiny_dir: Path) -
     for name, m in list(after.named_modules()):
         if isinstance(m, Linear):
             parent, _, attr = name.rpartition(".")
-            setattr(after.get_submodule(parent), attr, Int8Linear(m.weight))
+            setattr(after.get_submodule(parent), attr, make(m.weight))
     ids, lengths = torch.arange(40) % 1000 + 5, [30, 10]
     assert torch.equal(streamed(ids, lengths), after(ids, lengths))
 

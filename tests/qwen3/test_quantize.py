@@ -1,0 +1,65 @@
+"""The int8 layers (issue 13): oneDNN's per-row layer against float, its row invariance and its
+handling of non-finite rows; the per-tensor fbgemm layer it replaces on VNNI machines."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from smysl.qwen3.cpu import onednn_int8
+from smysl.qwen3.quantize import DynamicInt8Linear, Int8Linear, int8_linear
+
+needs_onednn = pytest.mark.skipif(not onednn_int8(), reason="torch has no oneDNN int8 linear here")
+
+
+def rel_err(y: torch.Tensor, ref: torch.Tensor) -> float:
+    return float((y - ref).norm() / ref.norm())
+
+
+@pytest.fixture(scope="module")
+def weight() -> torch.Tensor:
+    torch.manual_seed(0)
+    return torch.randn(96, 64) * 0.05
+
+
+def test_constructor_follows_the_kernel() -> None:
+    assert int8_linear("onednn-int8") is Int8Linear
+    assert int8_linear("fbgemm-int8") is DynamicInt8Linear
+
+
+@needs_onednn
+def test_int8_close_to_float_and_no_worse_than_per_tensor(weight: torch.Tensor) -> None:
+    # one row 30x louder than the rest: a per-tensor scale coarsens every other row
+    x = torch.randn(40, 64)
+    x[3] *= 30
+    ref = x @ weight.t()
+    y = Int8Linear(weight)(x)
+    assert y.dtype == torch.float32 and y.shape == (40, 96)
+    quiet = torch.arange(40) != 3
+    err, err_tensor = rel_err(y[quiet], ref[quiet]), rel_err(
+        DynamicInt8Linear(weight)(x)[quiet], ref[quiet])
+    assert err < 0.02 and err < err_tensor / 3, (err, err_tensor)
+    # bf16 activations (the attention output) are quantised in float32: same codes
+    xb = x.to(torch.bfloat16)
+    assert torch.equal(Int8Linear(weight)(xb), Int8Linear(weight)(xb.float()))
+
+
+@needs_onednn
+def test_int8_row_result_does_not_depend_on_the_batch(weight: torch.Tensor) -> None:
+    layer = Int8Linear(weight)
+    x = torch.randn(300, 64)
+    full = layer(x)
+    for rows in (slice(0, 1), slice(17, 18), slice(5, 40), slice(299, 300), slice(0, 15)):
+        assert torch.equal(layer(x[rows]), full[rows])
+
+
+@needs_onednn
+def test_int8_non_finite_rows_stay_non_finite(weight: torch.Tensor) -> None:
+    """A NaN or inf in a row must not come out as a finite (wrong) vector, nor touch other
+    rows; an all-zero row gives zeros."""
+    layer = Int8Linear(weight)
+    x = torch.randn(5, 64)
+    x[1, 7], x[2, 0], x[4] = float("nan"), float("inf"), 0.0
+    y, clean = layer(x), layer(x[[0, 3]])
+    assert not torch.isfinite(y[1]).any() and not torch.isfinite(y[2]).any()
+    assert torch.equal(y[[0, 3]], clean) and torch.equal(y[4], torch.zeros(96))
