@@ -44,12 +44,13 @@ _DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bf
            "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}
 
 
-#: Tokens per slice of the per-token work (projections, MLP) and the default token budget of a
-#: forward pass, per device type. On this project's CPU (2 cores, 1 MiB L2) 1,024-token slices
-#: and batches ran 10-15% faster than 4,096 on the 0.6B shape (docs/benchmarks.md): the
-#: ``[tokens, 2*ffn]`` activations stay closer to the caches. GPUs want big batches, and CUDA
-#: slices are sized by :func:`chunk_tokens` instead.
-CHUNK_TOKENS = {"cpu": 1024}
+#: Tokens per slice of the per-token work (projections, MLP) on CPU, and the default token budget
+#: of a forward pass, per device type. The slice's ``[tokens, 2*ffn]`` MLP activations want to
+#: stay in the caches: on a 2-core EPYC (1 MiB L2 per core, 32 MiB L3), batches of ~1,000 short
+#: tokens ran fastest at 256-token slices for the 0.6B, 4B and 8B shapes in fp32, bf16 and int8
+#: (within 5% of the best size everywhere), while 1,024-token slices were 10-64% slower, worst
+#: for int8 on the 4B (docs/benchmarks.md). GPUs want big slices: see :func:`chunk_tokens`.
+CHUNK_TOKENS = {"cpu": 256}
 BATCH_TOKENS = {"cpu": 1024, "cuda": 32768}
 #: CUDA: the most bytes of one slice's ``[chunk, 2*ffn]`` bf16 MLP activations. A slice costs
 #: ~40 kernel launches per layer whatever its size; 4,096-token slices left the 0.6B host-bound
@@ -58,7 +59,7 @@ CUDA_SLICE_BYTES = 1 << 29
 
 
 def chunk_tokens(device_type: str, intermediate_size: int) -> int:
-    """Tokens per slice of the per-token work: CPU 1,024; CUDA the largest power of two up to
+    """Tokens per slice of the per-token work: CPU 256; CUDA the largest power of two up to
     32,768 whose MLP activations fit :data:`CUDA_SLICE_BYTES` (0.6B 32,768, 4B/8B 8,192)."""
     if device_type != "cuda":
         return CHUNK_TOKENS.get(device_type, 4096)
