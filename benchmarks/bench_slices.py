@@ -32,7 +32,7 @@ def main() -> None:
     ap.add_argument("--size", default="0.6b", choices=sorted(SHAPES))
     ap.add_argument("--layers", type=int, default=2, help="decoder layers (real shape each)")
     ap.add_argument("--paths", default="int8,bfloat16,float32",
-                    help="comma-separated: float32, bfloat16, int8")
+                    help="comma-separated: float32, bfloat16, int8, int4")
     ap.add_argument("--slices", default="128,256,512,1024")
     ap.add_argument("--rounds", type=int, default=4)
     ap.add_argument("--tokens", type=int, default=1024, help="tokens per forward pass")
@@ -59,7 +59,7 @@ def main() -> None:
     print(f"{args.size} shape, {args.layers} layers; one pass of {len(batch)} texts, "
           f"{n_tok} tokens")
     for path in args.paths.split(","):
-        kw = {"quantize": "int8"} if path == "int8" else {"dtype": path}
+        kw = {"quantize": path} if path in ("int8", "int4") else {"dtype": path}
         engine = Embedder.load(str(ckpt), device="cpu", **kw).engine  # type: ignore[attr-defined]
         engine.forward(batch)  # warm-up: oneDNN builds kernels per new shape
         times: dict[int, list[float]] = {s: [] for s in slices}
