@@ -44,6 +44,16 @@ def test_int8_close_to_float_and_no_worse_than_per_tensor(weight: torch.Tensor) 
     assert torch.equal(Int8Linear(weight)(xb), Int8Linear(weight)(xb.float()))
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_weight_is_left_as_it_was(weight: torch.Tensor, dtype: torch.dtype) -> None:
+    """Quantising reads the float weight (the loader's or a model's parameter), never edits it."""
+    w = weight.to(dtype)
+    before = w.clone()
+    for kernel in ("onednn-int8", "fbgemm-int8") if onednn_int8() else ("fbgemm-int8",):
+        int8_linear(kernel)(w)
+        assert torch.equal(w, before), kernel
+
+
 @needs_onednn
 def test_int8_row_result_does_not_depend_on_the_batch(weight: torch.Tensor) -> None:
     layer = Int8Linear(weight)
