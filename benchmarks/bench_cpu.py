@@ -77,7 +77,8 @@ KERNELS = ("torch-float32", "onednn-float32", "torch-bfloat16", "onednn-bfloat16
 
 def matmul_gflops(kind: str = "torch-float32") -> float:
     """This machine's matmul rate on an MLP-shaped GEMM ([1024 tokens, 1024] x [1024, 6144], the
-    0.6B shape's gate|up at the engine's slice size), all threads, for one of :data:`KERNELS`:
+    0.6B shape's gate|up over the CPU engine's batch budget), all threads, for one of
+    :data:`KERNELS`:
     ``torch-*`` is ``F.linear`` (float32: MKL), ``onednn-*`` the engine's prepacked layer,
     ``onednn-int8`` / ``fbgemm-int8`` the int8 layers (per-row / per-tensor activations, their
     quantisation included), ``int4-bfloat16`` the 4-bit layer of ``quantize="int4"``. NaN
@@ -244,7 +245,7 @@ def main() -> None:
         r["texts_s"] = len(texts) / r["embed_s"]
         # the fraction of the GEMM rate of the kernel the path multiplies with (ST: torch fp32)
         r["matmul_frac"] = (r["tok_s"] * flops_per_token(args.size, ctx) / 1e9
-                            / gemm[r["gemm"]])
+                            / gemm.get(r["gemm"], float("nan")))
     vec = {s: np.load(OUT / f"{s}.npy") for s in results}
     ref = vec.get("fp32", vec.get("st"))
     print(f"{'system':8} {'gemm':>15} {'tokens/s':>9} {'texts/s':>8} {'embed_s':>8} {'load_s':>7} "

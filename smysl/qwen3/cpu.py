@@ -104,11 +104,12 @@ def int8_kernel(features: CpuFeatures) -> str:
     """What ``quantize="int8"`` multiplies with (see :mod:`smysl.qwen3.quantize`):
     ``onednn-int8`` (activations quantised per row: batch invariant, 1.05x fbgemm and closer to
     fp32 on an AVX-512-VNNI EPYC) on x86 with int8 dot products (VNNI / AMX-INT8) where this
-    torch's oneDNN has the op; ``fbgemm-int8`` (per-tensor activations) elsewhere: on AVX2
-    without VNNI oneDNN's int8 kernel ran at half fbgemm's speed."""
-    if features.arch == "x86_64" and features.int8_dot and onednn_int8():
-        return "onednn-int8"
-    return "fbgemm-int8"
+    torch's oneDNN has the op; ``fbgemm-int8`` (per-tensor activations) on other x86 CPUs: on
+    AVX2 without VNNI oneDNN's int8 kernel ran at half fbgemm's speed; ``torch-int8`` (the same
+    per-tensor layer on torch's default quantised engine, e.g. qnnpack) off x86, unmeasured."""
+    if features.arch != "x86_64":
+        return "torch-int8"
+    return "onednn-int8" if features.int8_dot and onednn_int8() else "fbgemm-int8"
 
 
 @functools.cache

@@ -46,10 +46,10 @@ _DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bf
 
 #: Tokens per slice of the per-token work (projections, MLP) on CPU, and the default token budget
 #: of a forward pass, per device type. The slice's ``[tokens, 2*ffn]`` MLP activations want to
-#: stay in the caches: on a 2-core EPYC (1 MiB L2 per core, 32 MiB L3), batches of ~1,000 short
-#: tokens ran fastest at 256-token slices for the 0.6B, 4B and 8B shapes in fp32, bf16 and int8
-#: (within 5% of the best size everywhere), while 1,024-token slices were 10-64% slower, worst
-#: for int8 on the 4B (docs/benchmarks.md). GPUs want big slices: see :func:`chunk_tokens`.
+#: stay in the caches: on a 2-core EPYC (1 MiB L2 per core, 32 MiB L3), with batches of ~1,000
+#: tokens of short texts, 256-token slices were within 1% of the best size for the 0.6B, 4B and
+#: 8B shapes in fp32, bf16, int8 and int4, while 1,024-token slices were up to 1.6x slower
+#: (int8 on the 4B; docs/benchmarks.md). GPUs want big slices: see :func:`chunk_tokens`.
 CHUNK_TOKENS = {"cpu": 256}
 BATCH_TOKENS = {"cpu": 1024, "cuda": 32768}
 #: CUDA: the most bytes of one slice's ``[chunk, 2*ffn]`` bf16 MLP activations. A slice costs
@@ -79,7 +79,8 @@ class EngineConfig:
     #: natively, else float32 — see :func:`smysl.qwen3.cpu.auto_dtype`), "float32" (the exact
     #: path), "bfloat16" or "float16".
     dtype: str = "auto"
-    #: None; "int8" (dynamic int8 linear layers, float32 activations; CPU only); or "int4"
+    #: None; "int8" (int8 linear layers, activations quantised on each call: per row on
+    #: VNNI/AMX CPUs, per tensor elsewhere, see ``cpu.int8_kernel``; float32; CPU only); or "int4"
     #: (4-bit weights in groups of 32 where the source allows, else 8-bit weight-only; bf16
     #: activations; CPU only; a GGUF file's blocks become 4-bit planes, exact for Q8_0, Q5_K
     #: and Q4_K: :func:`smysl.qwen3.ggml_quants.planes`).
@@ -191,8 +192,8 @@ class EngineLike(Protocol):
     pid: int | None
     #: Token counts of the batch shapes captured as CUDA graphs (empty on CPU).
     cuda_graphs: list[int]
-    #: What the linear layers run: "onednn" (CPU, weights prepacked at load), "onednn-int8" or
-    #: "fbgemm-int8" (``quantize="int8"``, see ``cpu.int8_kernel``),
+    #: What the linear layers run: "onednn" (CPU, weights prepacked at load), "onednn-int8",
+    #: "fbgemm-int8" or "torch-int8" (``quantize="int8"``, see ``cpu.int8_kernel``),
     #: "int4" (CPU), "torch" (``F.linear``: CUDA, or a CPU oneDNN cannot serve).
     kernel: str
 

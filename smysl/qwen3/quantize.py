@@ -10,11 +10,12 @@ multiplies them is :func:`smysl.qwen3.cpu.int8_kernel`'s rule:
   the integer sums are exact, so a text's vector is bit-identical alone and in any batch, and
   one outlier token no longer coarsens the others. On an AVX-512-VNNI EPYC (0.6B shape) it ran
   1.05-1.07x fbgemm's per-tensor path, at min cosine to fp32 0.9983 instead of 0.9972.
-* ``fbgemm-int8`` (:class:`DynamicInt8Linear`; x86 without int8 dot products, and other CPUs
-  through torch's default quantised engine): activations quantised per call **per tensor**
-  (over the whole batch, full 8-bit range), so a vector depends slightly on its batch. Kept
-  there because oneDNN's AVX2 int8 kernel, measured with ``ONEDNN_MAX_CPU_ISA=AVX2``, ran at
-  half fbgemm's speed, and fbgemm's own AVX2 kernel could not be measured on a VNNI machine.
+* ``fbgemm-int8`` (:class:`DynamicInt8Linear`; x86 without int8 dot products; ``torch-int8``:
+  the same layer off x86, on torch's default quantised engine): activations quantised per call
+  **per tensor** (over the whole batch, full 8-bit range), so a vector depends slightly on its
+  batch. Kept there because oneDNN's AVX2 int8 kernel, measured with
+  ``ONEDNN_MAX_CPU_ISA=AVX2``, ran at half fbgemm's speed, and fbgemm's own AVX2 kernel could
+  not be measured on a VNNI machine.
 
 Norms, RoPE and the residual stream stay float32; attention too, except where the CPU computes
 bf16 natively (:func:`smysl.qwen3.cpu.int8_attention_dtype`).
@@ -41,18 +42,24 @@ from smysl.qwen3.model import pad_rows
 QMAX, ZERO = 127.0, 128
 
 
-def _weight_codes(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """[out, in] float -> (int8 codes, float32 scales [out]): symmetric per output channel.
-    Converted :data:`PACK_ELEMENTS` at a time: the float32 temporaries of a whole 8B gate|up
-    weight raised the loading peak by 579 MiB (fbgemm's layer: 194); in blocks, by none."""
-    w = weight.detach().cpu()
+def _weight_codes(w: torch.Tensor | QuantTensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """[out, in] float weight or GGUF blocks -> (int8 codes, float32 scales [out]): symmetric
+    per output channel. Converted :func:`pack_rows` rows at a time: the float32 temporaries of
+    a whole 8B gate|up weight raised the loading peak by 579 MiB (fbgemm's layer: 194); in
+    blocks, by none. A NaN or inf weight is an error: its codes would come out finite."""
     codes = torch.empty(w.shape, dtype=torch.int8)
     scales = torch.empty(w.shape[0])
-    step = max(1, PACK_ELEMENTS // w.shape[1])
+    step = pack_rows(w.shape[1])
     for a in range(0, w.shape[0], step):
-        block = w[a : a + step].float()  # the caller's tensor itself when already float32
-        s = (block.abs().amax(dim=1) / 127.0).clamp_min(1e-12)
-        codes[a : a + step] = torch.div(block, s[:, None]).round_()  # integers in -127..127
+        # float32 rows; the caller's own tensor when it is float32 already: never edited
+        rows = (w.slice_rows(a, a + step).dequantize() if isinstance(w, QuantTensor)
+                else w[a : a + step].detach().cpu().float())
+        s = rows.abs().amax(dim=1) / QMAX
+        if not torch.isfinite(s).all():
+            raise ValueError(f"a {tuple(w.shape)} weight holds NaN or inf values (rows from "
+                             f"{a}): the checkpoint is damaged")
+        s.clamp_min_(1e-12)
+        codes[a : a + step] = torch.div(rows, s[:, None]).round_()  # integers in -127..127
         scales[a : a + step] = s
     return codes, scales
 
@@ -71,10 +78,12 @@ class Int8Linear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: [M, in] float32 or bf16 -> [M, out] float32."""
+        if not x.shape[0]:
+            return x.new_zeros(0, self.out_features, dtype=torch.float32)
         amax = x.abs().amax(1, keepdim=True).float().clamp_min_(1e-30)  # [M, 1]
         # codes computed in float32 whatever x is (bf16 would round them); a mixed-dtype
-        # multiply is ~10x slower than widening first. NaN/inf rows stay non-finite through
-        # ``amax`` below.
+        # multiply is ~10x slower than widening first. A NaN/inf row gets arbitrary codes (the
+        # int8 cast of NaN is undefined) but stays non-finite: its ``amax`` rescales it below.
         t = torch.mul(x, QMAX / amax) if x.dtype == torch.float32 else x.float().mul_(QMAX / amax)
         # int8 -> uint8 code + ZERO by flipping the sign bit: float -> uint8 conversion is
         # ~2x slower than float -> int8 here
@@ -107,10 +116,10 @@ class DynamicInt8Linear(nn.Module):
 
 def int8_linear(kernel: str) -> type[Int8Linear] | type[DynamicInt8Linear]:
     """The int8 layer constructor for ``kernel`` (:func:`smysl.qwen3.cpu.int8_kernel`); for
-    ``fbgemm-int8`` with fbgemm's x86 engine selected where torch has it."""
+    ``fbgemm-int8`` with fbgemm's x86 engine selected."""
     if kernel == "onednn-int8":
         return Int8Linear
-    if "x86" in torch.backends.quantized.supported_engines:
+    if kernel == "fbgemm-int8" and "x86" in torch.backends.quantized.supported_engines:
         torch.backends.quantized.engine = "x86"
     return DynamicInt8Linear
 
@@ -202,15 +211,7 @@ class Int8WeightLinear(nn.Module):
         time, so a float copy of the whole layer never exists)."""
         super().__init__()
         self.out_features, self.in_features = w.shape
-        self.weight_q = torch.empty(w.shape, dtype=torch.int8)
-        scales = torch.empty(w.shape[0])
-        step = pack_rows(w.shape[1])
-        for a in range(0, w.shape[0], step):
-            rows = (w.slice_rows(a, a + step).dequantize() if isinstance(w, QuantTensor)
-                    else w[a : a + step].float())
-            s = (rows.abs().amax(dim=1) / 127.0).clamp_min(1e-12)
-            self.weight_q[a : a + step] = (rows / s[:, None]).round_().clamp_(-127, 127)
-            scales[a : a + step] = s
+        self.weight_q, scales = _weight_codes(w)
         self.scales = scales.to(torch.bfloat16)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -21,6 +21,7 @@ from smysl.qwen3.cpu import (
 )
 from smysl.qwen3.engine import EngineConfig, stored_dtype
 from smysl.qwen3.model import PackedLinear
+from smysl.qwen3.quantize import DynamicInt8Linear, Int8Linear
 
 ZEN3 = CpuFeatures("AMD EPYC 7B13", "x86_64", frozenset({"sse4_2", "avx", "avx2", "fma"}))
 ZEN5 = CpuFeatures("AMD EPYC", "x86_64", frozenset(
@@ -167,8 +168,11 @@ def test_engine_reports_its_linear_kernel(tiny_variants) -> None:  # type: ignor
         info = Embedder.load(path, device="cpu", dtype=dtype).info()
         want = "onednn" if packs_linear(getattr(torch, dtype)) else "torch"
         assert info.kernel == want, (dtype, info.kernel)
-    assert Embedder.load(path, device="cpu", quantize="int8").info().kernel == \
-        int8_kernel(detect())
+    int8 = Embedder.load(path, device="cpu", quantize="int8")
+    assert int8.info().kernel == int8_kernel(detect())
+    layer = int8.engine.model.layers[0].mlp.down_proj  # type: ignore[attr-defined]
+    want_type = Int8Linear if int8_kernel(detect()) == "onednn-int8" else DynamicInt8Linear
+    assert type(layer) is want_type
 
 
 def test_int8_kernel_follows_the_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -176,7 +180,8 @@ def test_int8_kernel_follows_the_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
     the op; fbgemm's per-tensor layer on AVX2 without VNNI and off x86."""
     monkeypatch.setattr("smysl.qwen3.cpu.onednn_int8", lambda: True)
     assert int8_kernel(ZEN5) == int8_kernel(SPR) == "onednn-int8"
-    assert int8_kernel(ZEN3) == int8_kernel(GRAVITON3) == "fbgemm-int8"
+    assert int8_kernel(ZEN3) == "fbgemm-int8"
+    assert int8_kernel(GRAVITON3) == "torch-int8"  # torch's default quantised engine
     monkeypatch.setattr("smysl.qwen3.cpu.onednn_int8", lambda: False)
     assert int8_kernel(ZEN5) == "fbgemm-int8"
 

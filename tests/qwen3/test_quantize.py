@@ -24,7 +24,15 @@ def weight() -> torch.Tensor:
 
 def test_constructor_follows_the_kernel() -> None:
     assert int8_linear("onednn-int8") is Int8Linear
-    assert int8_linear("fbgemm-int8") is DynamicInt8Linear
+    assert int8_linear("fbgemm-int8") is int8_linear("torch-int8") is DynamicInt8Linear
+
+
+def test_non_finite_weight_is_an_error(weight: torch.Tensor) -> None:
+    """int8 codes of a NaN/inf weight would be finite garbage: loading says so instead."""
+    w = weight.clone()
+    w[70, 3] = float("nan")
+    with pytest.raises(ValueError, match="NaN or inf"):
+        Int8Linear(w) if onednn_int8() else int8_linear("torch-int8")(w)
 
 
 @needs_onednn
@@ -73,3 +81,11 @@ def test_int8_non_finite_rows_stay_non_finite(weight: torch.Tensor) -> None:
     y, clean = layer(x), layer(x[[0, 3]])
     assert not torch.isfinite(y[1]).any() and not torch.isfinite(y[2]).any()
     assert torch.equal(y[[0, 3]], clean) and torch.equal(y[4], torch.zeros(96))
+
+
+@needs_onednn
+def test_int8_empty_and_strided_inputs(weight: torch.Tensor) -> None:
+    layer = Int8Linear(weight)
+    assert layer(torch.randn(0, 64)).shape == (0, 96)
+    x = torch.randn(64, 9).t()  # [9, 64], not contiguous
+    assert torch.equal(layer(x), layer(x.contiguous()))
