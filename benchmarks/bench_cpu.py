@@ -27,9 +27,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import SHAPES, corpus, random_checkpoint
-
-OUT = Path(os.environ.get("SMYSL_BENCH_DIR", Path(__file__).resolve().parents[1] / "bench-out"))
+from common import OUT, SHAPES, corpus, random_checkpoint
 
 
 def rss_mib() -> float:

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import random
 import shutil
 import sys
@@ -29,9 +28,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import DATASETS, SHAPES, TOKENIZER
-
-OUT = Path(os.environ.get("SMYSL_BENCH_DIR", Path(__file__).resolve().parents[1] / "bench-out"))
+from common import DATASETS, OUT, SHAPES, TOKENIZER
 
 
 def random_reranker(out: Path, layers: int) -> Path:

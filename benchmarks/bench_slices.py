@@ -15,16 +15,13 @@ is printed with its ratio to the best size. A row's result does not depend on th
 from __future__ import annotations
 
 import argparse
-import os
 import random
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import SHAPES, random_checkpoint
-
-OUT = Path(os.environ.get("SMYSL_BENCH_DIR", Path(__file__).resolve().parents[1] / "bench-out"))
+from common import OUT, SHAPES, random_checkpoint
 
 
 def main() -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import random
 import shutil
 import sys
@@ -16,6 +17,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from qwen_tiny import SHARED, embedding_tokenizer_json, write_st_files
 
 ROOT = Path(__file__).resolve().parents[1]
+#: Where benchmarks keep their random checkpoints and vectors (``SMYSL_BENCH_DIR`` overrides).
+OUT = Path(os.environ.get("SMYSL_BENCH_DIR", ROOT / "bench-out"))
 TOKENIZER = SHARED / "qwen3-tokenizer"
 DATASETS = SHARED / "datasets"
 

@@ -84,7 +84,8 @@ class Int8Linear(nn.Module):
         # codes computed in float32 whatever x is (bf16 would round them); a mixed-dtype
         # multiply is ~10x slower than widening first. A NaN/inf row gets arbitrary codes (the
         # int8 cast of NaN is undefined) but stays non-finite: its ``amax`` rescales it below.
-        t = torch.mul(x, QMAX / amax) if x.dtype == torch.float32 else x.float().mul_(QMAX / amax)
+        inv = QMAX / amax
+        t = torch.mul(x, inv) if x.dtype == torch.float32 else x.float().mul_(inv)
         # int8 -> uint8 code + ZERO by flipping the sign bit: float -> uint8 conversion is
         # ~2x slower than float -> int8 here
         xq = t.round_().to(torch.int8).view(torch.uint8).bitwise_xor_(ZERO)
