@@ -51,6 +51,12 @@ _DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bf
 #: 8B shapes in fp32, bf16, int8 and int4, while 1,024-token slices were up to 1.6x slower
 #: (int8 on the 4B; docs/benchmarks.md). GPUs want big slices: see :func:`chunk_tokens`.
 CHUNK_TOKENS = {"cpu": 256}
+#: CPU slices with int4 layers: above ``quantize.DEQUANT_ROWS`` rows each layer dequantises its
+#: weights once per call, so bigger slices amortise that. One 2,048-token pass on two 8B-shape
+#: layers: 884 tok/s with 256-token slices, 1,347 with 1,024, 1,426 with 2,048 (the int4
+#: kernel alone: 734 at best); the whole 8B Q4_K_M: 41.7 tok/s with 1,024, 41.1 with 2,048,
+#: whose activations raised the peak by 180 MiB (docs/benchmarks.md).
+INT4_CHUNK_TOKENS = 1024
 BATCH_TOKENS = {"cpu": 1024, "cuda": 32768}
 #: CUDA: the most bytes of one slice's ``[chunk, 2*ffn]`` bf16 MLP activations. A slice costs
 #: ~40 kernel launches per layer whatever its size; 4,096-token slices left the 0.6B host-bound
@@ -58,11 +64,12 @@ BATCH_TOKENS = {"cpu": 1024, "cuda": 32768}
 CUDA_SLICE_BYTES = 1 << 29
 
 
-def chunk_tokens(device_type: str, intermediate_size: int) -> int:
-    """Tokens per slice of the per-token work: CPU 256; CUDA the largest power of two up to
-    32,768 whose MLP activations fit :data:`CUDA_SLICE_BYTES` (0.6B 32,768, 4B/8B 8,192)."""
+def chunk_tokens(device_type: str, intermediate_size: int, kernel: str = "torch") -> int:
+    """Tokens per slice of the per-token work: CPU 256, or :data:`INT4_CHUNK_TOKENS` with
+    ``kernel`` "int4"; CUDA the largest power of two up to 32,768 whose MLP activations fit
+    :data:`CUDA_SLICE_BYTES` (0.6B 32,768, 4B/8B 8,192)."""
     if device_type != "cuda":
-        return CHUNK_TOKENS.get(device_type, 4096)
+        return INT4_CHUNK_TOKENS if kernel == "int4" else CHUNK_TOKENS.get(device_type, 4096)
     n = 32768
     while n > 4096 and n * 2 * intermediate_size * 2 > CUDA_SLICE_BYTES:
         n //= 2
@@ -236,7 +243,7 @@ class Engine:
         self.max_positions = cfg.max_position_embeddings
         # from the config: quantised layers hold no float parameters
         self.parameters = cfg.parameters
-        self.chunk = chunk_tokens(device.type, cfg.intermediate_size)
+        self.chunk = chunk_tokens(device.type, cfg.intermediate_size, kernel)
         self._lock = threading.Lock()  # one forward at a time: threads would oversubscribe
         self._cuda: Runner | None = None
         if device.type == "cuda":

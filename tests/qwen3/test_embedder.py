@@ -154,6 +154,30 @@ def test_slice_size_does_not_change_vectors(tiny_dir: Path, quantize: str | None
         assert np.array_equal(e.engine.forward(ids), base), chunk  # type: ignore[attr-defined]
 
 
+def test_int4_slices_and_batches_agree_to_bf16_tolerance(tiny_dir: Path,
+                                                         monkeypatch: pytest.MonkeyPatch
+                                                         ) -> None:
+    """int4 layers switch from torch's int4 kernel to a bf16 GEMM on dequantised weights for
+    slices of ``DEQUANT_ROWS`` rows or more (slices of ``INT4_CHUNK_TOKENS``): the two round
+    differently, so slice size and batch move a vector in the last bits, never further."""
+    from smysl.qwen3 import engine, quantize
+
+    monkeypatch.setattr(quantize, "DEQUANT_ROWS", 17)  # slices of 1 and 7: kernel (16 rows)
+    e = Embedder.load(str(tiny_dir), device="cpu", quantize="int4")
+    assert e.engine.chunk == engine.INT4_CHUNK_TOKENS  # type: ignore[attr-defined]
+    ids = e.tokenize(TEXTS)
+    base = e.engine.forward(ids)  # type: ignore[attr-defined]
+    base /= np.linalg.norm(base, axis=1, keepdims=True)
+    for chunk in (1, 7, 20, 4096):
+        e.engine.chunk = chunk  # type: ignore[attr-defined]
+        v = e.engine.forward(ids)  # type: ignore[attr-defined]
+        v /= np.linalg.norm(v, axis=1, keepdims=True)
+        assert (v * base).sum(axis=1).min() > 0.9999, chunk
+    alone = np.concatenate([e.engine.forward([s]) for s in ids])  # type: ignore[attr-defined]
+    alone /= np.linalg.norm(alone, axis=1, keepdims=True)
+    assert (alone * base).sum(axis=1).min() > 0.9999
+
+
 def test_int4_close_to_fp32(tiny_dir: Path, tiny: LocalEmbedder) -> None:
     q = Embedder.load(str(tiny_dir), device="cpu", quantize="int4")
     assert q.info().quantization == "int4" and q.info().dtype == "bfloat16"

@@ -178,3 +178,106 @@ def test_int4_layers_packed_in_row_chunks_equal_one_pack(monkeypatch: pytest.Mon
     assert quantize.pack_rows(256) == 64
     chunked = [quantize.Int4Linear.from_blocks(t)(x), quantize.Int4Linear.from_float(w)(x)]
     assert all(torch.equal(a, b) for a, b in zip(whole, chunked, strict=True))
+
+
+def _int4_layer(kind: str, rows: int, cols: int, seed: int):  # type: ignore[no-untyped-def]
+    from smysl.qwen3.quantize import Int4Linear
+
+    if kind == "float":
+        return Int4Linear.from_float(torch.randn(rows, cols, generator=torch.Generator()
+                                                 .manual_seed(seed)) * 0.02)
+    return Int4Linear.from_blocks(_matrix(kind, rows, cols, seed)[0])
+
+
+@pytest.mark.parametrize("kind", ["Q4_K", "Q8_0", "Q6_K", "float"])
+def test_int4_dequantised_regime_rebuilds_the_kernels_weights(kind: str,
+                                                              monkeypatch: pytest.MonkeyPatch
+                                                              ) -> None:
+    """Above ``DEQUANT_ROWS`` rows an int4 layer rebuilds its weights in bf16 (one or two
+    planes; several column blocks, the last one short) and runs a bf16 GEMM. Fed the identity,
+    both regimes return the weights themselves: the kernel's are float32 rounded to bf16 on
+    output, the rebuilt ones rounded once: equal to within one bf16 step."""
+    from smysl.qwen3 import quantize
+
+    if not quantize.unpacks(192):
+        pytest.skip("torch packs int4 weights in a layout dequant_mm does not read here")
+    layer = _int4_layer(kind, 192, 256, seed=7)
+    b = quantize._block_rows()
+    monkeypatch.setattr(quantize, "DEQUANT_ELEMENTS", 256 * 2 * b)  # 3 blocks of 2B columns
+    eye = torch.eye(256, dtype=torch.bfloat16)
+    kernel = torch.ops.aten._weight_int4pack_mm_for_cpu(
+        eye.repeat(1, layer.planes), layer.packed, quantize.GROUP, layer.scale_zero).float()
+    rebuilt = quantize.dequant_mm(eye, layer.packed, layer.scale_zero, 256).float()
+    assert rebuilt.shape == (256, 192)
+    assert (rebuilt - kernel).abs().le(kernel.abs() * 2**-8 + 1e-30).all()
+    # the layer's own dispatch: the same rows, below and above the threshold
+    x = torch.randn(40, 256)
+    monkeypatch.setattr(quantize, "DEQUANT_ROWS", 10**9)
+    slow = layer(x).double()
+    monkeypatch.setattr(quantize, "DEQUANT_ROWS", 16)
+    fast = layer(x).double()
+    want = x.double() @ kernel.double()
+    assert fast.shape == (40, 192)
+    for got in (slow, fast):
+        assert ((got - want).norm() / want.norm()) < 5e-3
+
+
+def test_int4_dequantised_rows_do_not_depend_on_the_batch(monkeypatch: pytest.MonkeyPatch
+                                                          ) -> None:
+    """Within the dequantised regime a row's result is the same in any batch (the bf16 GEMM's
+    rows are independent); between the regimes the vectors move in the last bits only."""
+    from smysl.qwen3 import quantize
+
+    if not quantize.unpacks(256):
+        pytest.skip("torch packs int4 weights in a layout dequant_mm does not read here")
+    monkeypatch.setattr(quantize, "DEQUANT_ROWS", 192)
+    layer, x = _int4_layer("Q4_K", 256, 512, seed=8), torch.randn(300, 512)
+    whole = layer(x)
+    assert torch.equal(layer(x[:200]), whole[:200])
+    assert torch.equal(layer(x[100:]), whole[100:])
+    small = layer(x[:20]).float()  # the int4 kernel
+    cos = torch.nn.functional.cosine_similarity(small, whole[:20].float(), dim=1)
+    assert cos.min() > 0.9999
+
+
+def test_int4_dequantising_falls_back_where_the_layout_is_not_whole_blocks(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A layer whose rows are not whole blocks of torch's layout (48 rows: 64-row blocks on
+    AVX-512) keeps the int4 kernel at any batch size; an unknown layout turns the regime off."""
+    from smysl.qwen3 import quantize
+
+    monkeypatch.setattr(quantize, "DEQUANT_ROWS", 1)
+    b = quantize._block_rows()
+    assert b in (0, 32, 64)
+    layer = _int4_layer("float", 48, 64, seed=9)
+    x = torch.randn(30, 64).bfloat16()
+    kernel = torch.ops.aten._weight_int4pack_mm_for_cpu(x, layer.packed, quantize.GROUP,
+                                                        layer.scale_zero)
+    assert quantize.unpacks(48) == (b > 0 and 48 % b == 0)
+    if not quantize.unpacks(48):
+        assert torch.equal(layer(x), kernel)
+    monkeypatch.setattr(quantize, "_block_rows", lambda: 0)
+    assert not quantize.unpacks(64)
+
+
+def test_int4_dequantising_in_threads_is_independent() -> None:
+    """The workspace is per thread: two engines (an embedder and a reranker) multiplying at
+    once do not share scratch memory."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from smysl.qwen3 import quantize
+
+    if not quantize.unpacks(128):
+        pytest.skip("torch packs int4 weights in a layout dequant_mm does not read here")
+    layers = [_int4_layer("Q4_K", 128, 256, seed=s) for s in (10, 11)]
+    xs = [torch.randn(64, 256).bfloat16() for _ in layers]
+
+    def run(i: int) -> list[torch.Tensor]:
+        lay = layers[i]
+        return [quantize.dequant_mm(xs[i], lay.packed, lay.scale_zero, 256) for _ in range(20)]
+
+    alone = [run(0)[0], run(1)[0]]
+    with ThreadPoolExecutor(2) as pool:
+        both = list(pool.map(run, [0, 1]))
+    for i in (0, 1):
+        assert all(torch.equal(y, alone[i]) for y in both[i])
