@@ -36,9 +36,9 @@ def main() -> None:
     for shape in args.shapes.split(","):
         n, k = (int(v) for v in shape.split("x"))
         layer = quantize.Int4Linear.from_float(torch.randn(n, k) * 0.02)
-        if not quantize.unpacks(n):
-            print(f"| {n} x {k} | — | torch packs this shape in a layout dequant_mm "
-                  "does not read | | |")
+        if not quantize.dequantises(n):
+            print(f"| {n} x {k} | — | no dequantised regime here (bf16 GEMMs emulated, or "
+                  "an unknown packed layout) | | |")
             continue
         for m in (int(r) for r in args.rows.split(",")):
             a = torch.randn(m, k).to(torch.bfloat16)

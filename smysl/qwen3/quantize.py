@@ -36,6 +36,7 @@ from collections.abc import Callable, Iterable, Iterator
 import torch
 from torch import nn
 
+from smysl.qwen3.cpu import onednn_bf16
 from smysl.qwen3.ggml_quants import Plane, QuantStack, QuantTensor, Weight, planes
 from smysl.qwen3.model import pad_rows
 
@@ -200,7 +201,7 @@ class Int4Linear(nn.Module):
         """x: [M, in] -> [M, out] bf16: torch's int4 kernel below :data:`DEQUANT_ROWS` rows,
         above it a bf16 GEMM on weights dequantised for this call (:func:`dequant_mm`)."""
         a = pad_rows(x.to(torch.bfloat16))
-        if a.shape[0] >= DEQUANT_ROWS and unpacks(self.out_features):
+        if a.shape[0] >= DEQUANT_ROWS and dequantises(self.out_features):
             return dequant_mm(a, self.packed, self.scale_zero, self.in_features)[: x.shape[0]]
         if self.planes > 1:
             a = a.repeat(1, self.planes)
@@ -240,11 +241,13 @@ def _block_rows() -> int:
     return 0
 
 
-def unpacks(out_features: int) -> bool:
-    """Whether :func:`dequant_mm` can read an ``out_features``-row packed weight (whole blocks
-    of the layout this CPU's torch packs)."""
+def dequantises(out_features: int) -> bool:
+    """Whether an ``out_features``-row :class:`Int4Linear` runs large batches through
+    :func:`dequant_mm`: where oneDNN computes bf16 natively (elsewhere bf16 GEMMs are emulated,
+    ~100x slower than float32, and the int4 kernel stays), and its rows are whole blocks of
+    the layout this CPU's torch packs."""
     b = _block_rows()
-    return b > 0 and out_features % b == 0
+    return b > 0 and out_features % b == 0 and onednn_bf16()
 
 
 _workspace = threading.local()

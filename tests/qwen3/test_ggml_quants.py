@@ -199,8 +199,8 @@ def test_int4_dequantised_regime_rebuilds_the_kernels_weights(kind: str,
     output, the rebuilt ones rounded once: equal to within one bf16 step."""
     from smysl.qwen3 import quantize
 
-    if not quantize.unpacks(192):
-        pytest.skip("torch packs int4 weights in a layout dequant_mm does not read here")
+    if not quantize.dequantises(192):
+        pytest.skip("no dequantised int4 regime here (bf16 emulated or unknown layout)")
     layer = _int4_layer(kind, 192, 256, seed=7)
     b = quantize._block_rows()
     monkeypatch.setattr(quantize, "DEQUANT_ELEMENTS", 256 * 2 * b)  # 3 blocks of 2B columns
@@ -228,8 +228,8 @@ def test_int4_dequantised_rows_do_not_depend_on_the_batch(monkeypatch: pytest.Mo
     rows are independent); between the regimes the vectors move in the last bits only."""
     from smysl.qwen3 import quantize
 
-    if not quantize.unpacks(256):
-        pytest.skip("torch packs int4 weights in a layout dequant_mm does not read here")
+    if not quantize.dequantises(256):
+        pytest.skip("no dequantised int4 regime here (bf16 emulated or unknown layout)")
     monkeypatch.setattr(quantize, "DEQUANT_ROWS", 192)
     layer, x = _int4_layer("Q4_K", 256, 512, seed=8), torch.randn(300, 512)
     whole = layer(x)
@@ -240,10 +240,11 @@ def test_int4_dequantised_rows_do_not_depend_on_the_batch(monkeypatch: pytest.Mo
     assert cos.min() > 0.9999
 
 
-def test_int4_dequantising_falls_back_where_the_layout_is_not_whole_blocks(
+def test_int4_dequantising_falls_back_where_it_would_not_pay(
         monkeypatch: pytest.MonkeyPatch) -> None:
-    """A layer whose rows are not whole blocks of torch's layout (48 rows: 64-row blocks on
-    AVX-512) keeps the int4 kernel at any batch size; an unknown layout turns the regime off."""
+    """The int4 kernel stays at any batch size for a layer whose rows are not whole blocks of
+    torch's layout (48 rows: 64-row blocks on AVX-512), where the layout is not the known one,
+    and where oneDNN's bf16 GEMMs are emulated (~100x slower than float32)."""
     from smysl.qwen3 import quantize
 
     monkeypatch.setattr(quantize, "DEQUANT_ROWS", 1)
@@ -253,11 +254,16 @@ def test_int4_dequantising_falls_back_where_the_layout_is_not_whole_blocks(
     x = torch.randn(30, 64).bfloat16()
     kernel = torch.ops.aten._weight_int4pack_mm_for_cpu(x, layer.packed, quantize.GROUP,
                                                         layer.scale_zero)
-    assert quantize.unpacks(48) == (b > 0 and 48 % b == 0)
-    if not quantize.unpacks(48):
+    if not quantize.dequantises(48):
         assert torch.equal(layer(x), kernel)
+    monkeypatch.setattr(quantize, "_block_rows", lambda: 64)
+    monkeypatch.setattr(quantize, "onednn_bf16", lambda: True)
+    assert quantize.dequantises(128) and not quantize.dequantises(48)
+    monkeypatch.setattr(quantize, "onednn_bf16", lambda: False)
+    assert not quantize.dequantises(128)
+    monkeypatch.setattr(quantize, "onednn_bf16", lambda: True)
     monkeypatch.setattr(quantize, "_block_rows", lambda: 0)
-    assert not quantize.unpacks(64)
+    assert not quantize.dequantises(128)
 
 
 def test_int4_dequantising_in_threads_is_independent() -> None:
@@ -267,8 +273,8 @@ def test_int4_dequantising_in_threads_is_independent() -> None:
 
     from smysl.qwen3 import quantize
 
-    if not quantize.unpacks(128):
-        pytest.skip("torch packs int4 weights in a layout dequant_mm does not read here")
+    if not quantize.dequantises(128):
+        pytest.skip("no dequantised int4 regime here (bf16 emulated or unknown layout)")
     layers = [_int4_layer("Q4_K", 128, 256, seed=s) for s in (10, 11)]
     xs = [torch.randn(64, 256).bfloat16() for _ in layers]
 
