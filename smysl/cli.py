@@ -21,6 +21,7 @@ COMMANDS: dict[str, str] = {
     "classify": "smysl.commands.classify",
     "cluster": "smysl.commands.cluster",
     "dedup": "smysl.commands.dedup",
+    "tune": "smysl.commands.tune",
     "models": "smysl.commands.models:MODELS",
     "pull": "smysl.commands.models:PULL",
     "show": "smysl.commands.models:SHOW",

@@ -6,10 +6,16 @@ is not, since every test folder may have its own).
 
 from __future__ import annotations
 
+import os
+import tempfile
 from pathlib import Path
 
 import pytest
 from qwen_tiny import Tiny, build_tiny
+
+# Engines read this machine's ``smysl tune`` results at load: tests see none (a test that
+# wants one points SMYSL_TUNING at its own file).
+os.environ["SMYSL_TUNING"] = str(Path(tempfile.mkdtemp(prefix="smysl-tuning-")) / "none.json")
 
 
 @pytest.fixture(scope="session")

@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from smysl.options import ModelOptions
+from smysl.qwen3 import tuning
 from smysl.qwen3.cpu import (
     CpuFeatures,
     auto_dtype,
@@ -244,6 +245,17 @@ class Engine:
         # from the config: quantised layers hold no float parameters
         self.parameters = cfg.parameters
         self.chunk = chunk_tokens(device.type, cfg.intermediate_size, kernel)
+        #: What ``smysl tune`` measured for this path on this machine, if it has (CPU).
+        self.tuned: tuning.Tuned | None = None
+        if device.type == "cpu":
+            self.tuned = tuning.lookup(tuning.key(self))
+            if self.tuned is not None:
+                tuning.apply(self, self.tuned)
+                log.info("slices of %d tokens%s, as measured on this machine on %s",
+                         self.tuned.chunk,
+                         "" if self.tuned.dequant_rows is None else
+                         f", int4 dequantised from {self.tuned.dequant_rows} rows",
+                         self.tuned.measured)
         self._lock = threading.Lock()  # one forward at a time: threads would oversubscribe
         self._cuda: Runner | None = None
         if device.type == "cuda":

@@ -197,11 +197,16 @@ class Int4Linear(nn.Module):
         return cls((planes(t.slice_rows(a, a + step)) for a in range(0, t.shape[0], step)),
                    t.shape)
 
+    #: Rows from which this layer dequantises (:func:`dequant_mm`); None: :data:`DEQUANT_ROWS`.
+    #: ``smysl tune`` measures it per machine (:mod:`smysl.qwen3.tuning`).
+    dequant_rows: int | None = None
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: [M, in] -> [M, out] bf16: torch's int4 kernel below :data:`DEQUANT_ROWS` rows,
         above it a bf16 GEMM on weights dequantised for this call (:func:`dequant_mm`)."""
         a = pad_rows(x.to(torch.bfloat16))
-        if a.shape[0] >= DEQUANT_ROWS and dequantises(self.out_features):
+        rows = DEQUANT_ROWS if self.dequant_rows is None else self.dequant_rows
+        if a.shape[0] >= rows and dequantises(self.out_features):
             return dequant_mm(a, self.packed, self.scale_zero, self.in_features)[: x.shape[0]]
         if self.planes > 1:
             a = a.repeat(1, self.planes)
@@ -259,7 +264,8 @@ def _buffer(name: str, n: int, dtype: torch.dtype) -> torch.Tensor:
     4096 x 24576 weight)."""
     buf: torch.Tensor | None = getattr(_workspace, name, None)
     if buf is None or buf.numel() < n or buf.dtype != dtype:
-        buf = torch.empty(n, dtype=dtype)
+        with torch.inference_mode(False):  # a normal tensor: usable in and outside the mode
+            buf = torch.empty(n, dtype=dtype)
         setattr(_workspace, name, buf)
     return buf[:n]
 

@@ -287,3 +287,28 @@ def test_int4_dequantising_in_threads_is_independent() -> None:
         both = list(pool.map(run, [0, 1]))
     for i in (0, 1):
         assert all(torch.equal(y, alone[i]) for y in both[i])
+
+
+def test_int4_dequantised_regime_in_and_outside_inference_mode(monkeypatch: pytest.MonkeyPatch
+                                                               ) -> None:
+    """The workspace made inside the engine's inference mode is reused by a plain call (and
+    the other way round) without torch's "inplace update to inference tensor" error."""
+    import threading
+
+    from smysl.qwen3 import quantize
+
+    if not quantize.dequantises(128):
+        pytest.skip("no dequantised int4 regime here (bf16 emulated or unknown layout)")
+    monkeypatch.setattr(quantize, "DEQUANT_ROWS", 16)
+    layer, x = _int4_layer("Q4_K", 128, 256, seed=12), torch.randn(40, 256)
+    got: list[torch.Tensor] = []
+
+    def run() -> None:  # a fresh thread: a fresh workspace, first made in inference mode
+        with torch.inference_mode():
+            got.append(layer(x))
+        got.append(layer(x))
+
+    t = threading.Thread(target=run)
+    t.start()
+    t.join()
+    assert len(got) == 2 and torch.equal(got[0], got[1])

@@ -1,0 +1,60 @@
+"""``smysl tune``: measure the CPU engine's slice size (and int4's dequantising threshold) on
+this machine for one model and path, and keep the result for every later load
+(:mod:`smysl.qwen3.tuning`)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from smysl.commands._model import add_model_arguments, load_model
+
+HELP = ("measure the CPU engine's slice size (int4: also when it dequantises) for a model and "
+        "path on this machine; engines use it from then on")
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    add_model_arguments(p)
+    p.add_argument("--slices", default=None,
+                   help="slice sizes to try, comma-separated tokens (default: powers of two "
+                        "from 128 to 2048)")
+    p.add_argument("--layers", type=int, default=2,
+                   help="decoder layers to time (real shapes; default: %(default)s)")
+    p.add_argument("--rounds", type=int, default=3, help="rounds per size (default: 3)")
+    p.add_argument("--dry-run", action="store_true", help="measure and print, store nothing")
+
+
+def run(args: argparse.Namespace) -> int:
+    from smysl.qwen3 import tuning
+    from smysl.qwen3.embedder import Embedder
+    from smysl.qwen3.engine import Engine
+
+    try:
+        slices = (tuple(sorted({int(s) for s in args.slices.split(",")})) if args.slices
+                  else tuning.SLICES)
+    except ValueError:
+        raise ValueError(f"--slices takes comma-separated token counts, not {args.slices!r}"
+                         ) from None
+    if min(slices) < 1 or args.layers < 1 or args.rounds < 1:
+        raise ValueError("--slices, --layers and --rounds take positive numbers")
+    emb = load_model(args.model, args)
+    engine = emb.engine if isinstance(emb, Embedder) else None
+    if not isinstance(engine, Engine) or engine.device.type != "cpu":
+        raise ValueError("smysl tune measures smysl's own CPU engine: a local Qwen3 "
+                         "checkpoint or GGUF file on --device cpu")
+    k = tuning.key(engine)
+    print(f"measuring {k}\n({args.layers} layers, {args.rounds} rounds per size)",
+          file=sys.stderr)
+    tuned = tuning.tune(engine, slices=slices, layers=args.layers, rounds=args.rounds)
+    best = tuned.seconds[tuned.chunk]
+    print("| slice tokens | seconds per pass | vs best |\n|---|---|---|")
+    for s, secs in sorted(tuned.seconds.items()):
+        print(f"| {s}{' (chosen)' if s == tuned.chunk else ''} | {secs:.3f} | {secs / best:.2f} |")
+    if tuned.dequant_rows is not None:
+        rows = ("never (the int4 kernel was faster at every size)"
+                if tuned.dequant_rows == tuning.NEVER else f"from {tuned.dequant_rows} rows")
+        print(f"\nint4 layers dequantise {rows}")
+    if args.dry_run:
+        return 0
+    print(f"\nstored in {tuning.store(k, tuned)}", file=sys.stderr)
+    return 0

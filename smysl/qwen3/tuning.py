@@ -1,0 +1,216 @@
+"""Per-machine tuning of the CPU engine, measured by ``smysl tune`` and read by engines at load.
+
+Two settings depend on the processor more than on anything else: the tokens per slice of the
+per-token work (``Engine.chunk``: the MLP's activations want to stay in the caches) and, for
+int4 layers, the row count from which they dequantise their weights for a bf16 GEMM instead of
+running torch's int4 kernel (it depends on the ratio of those two kernels' rates). The defaults
+(``engine.CHUNK_TOKENS``, ``engine.INT4_CHUNK_TOKENS``, ``quantize.DEQUANT_ROWS``) were measured
+on one machine (docs/benchmarks.md). :func:`tune` measures them on this one, on the loaded
+model's own layers, and :func:`store` keeps the result in a JSON file keyed by the CPU, its
+features, torch, threads, the path (kernel and dtype) and the layer shapes, which
+:func:`lookup` reads when an engine starts. Neither setting changes a vector beyond the last
+bits (slices: not at all except int4; see ``docs/engine.md``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from smysl.qwen3.cpu import detect
+
+if TYPE_CHECKING:
+    from smysl.qwen3.engine import Engine
+
+log = logging.getLogger(__name__)
+
+#: Slice sizes tried by default (tokens).
+SLICES = (128, 256, 512, 1024, 2048)
+#: Row counts at which an int4 layer's two regimes are compared.
+ROWS = (64, 96, 128, 192, 256, 384, 512, 768, 1024)
+#: Slice sizes this close to the fastest (relative) count as tied with it.
+TIE = 0.02
+#: ``dequant_rows`` meaning "never": the int4 kernel was faster at every row count measured.
+NEVER = 1 << 30
+_EOS = 151643
+
+
+@dataclass(frozen=True)
+class Tuned:
+    """What :func:`tune` measured for one engine path on this machine."""
+
+    #: Tokens per slice of the per-token work.
+    chunk: int
+    #: int4 engines: rows from which the layers dequantise (:data:`NEVER`: they never do);
+    #: None for other paths.
+    dequant_rows: int | None = None
+    #: When it was measured (UTC, ISO 8601).
+    measured: str = ""
+    #: Seconds per workload pass for each slice size tried (the evidence, for ``smysl tune``).
+    seconds: dict[int, float] = field(default_factory=dict)
+
+
+def key(engine: Engine) -> str:
+    """The cache key of ``engine``'s path on this machine: CPU and features, torch, threads,
+    kernel, dtype and layer shapes (anything that moves the measured optimum)."""
+    cfg = engine.model.cfg
+    shape = (f"h{cfg.hidden_size} i{cfg.intermediate_size} q{cfg.num_attention_heads} "
+             f"kv{cfg.num_key_value_heads} d{cfg.head_dim}")
+    return " | ".join([detect().describe(), f"torch {torch.__version__}",
+                       f"{torch.get_num_threads()} threads", engine.kernel,
+                       str(engine.dtype).removeprefix("torch."), shape])
+
+
+def cache_file() -> Path:
+    """``$SMYSL_TUNING`` or ``$XDG_CACHE_HOME/smysl/tuning.json`` (``~/.cache`` by default)."""
+    if os.environ.get("SMYSL_TUNING"):
+        return Path(os.environ["SMYSL_TUNING"])
+    root = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(root) / "smysl" / "tuning.json"
+
+
+def _read(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError) as e:
+        log.warning("ignoring the tuning file %s: %s", path, e)
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def lookup(k: str, path: Path | None = None) -> Tuned | None:
+    """The stored tuning for key ``k``, or None (absent, or an entry that does not parse)."""
+    entry = _read(path or cache_file()).get(k)
+    if not isinstance(entry, dict):
+        return None
+    try:
+        tuned = Tuned(chunk=int(entry["chunk"]),
+                      dequant_rows=(None if entry.get("dequant_rows") is None
+                                    else int(entry["dequant_rows"])),
+                      measured=str(entry.get("measured", "")),
+                      seconds={int(s): float(v) for s, v in entry.get("seconds", {}).items()})
+    except (KeyError, TypeError, ValueError) as e:
+        log.warning("ignoring a damaged tuning entry for %s: %s", k, e)
+        return None
+    if tuned.chunk < 1 or (tuned.dequant_rows is not None and tuned.dequant_rows < 1):
+        log.warning("ignoring a tuning entry with sizes below 1 for %s", k)
+        return None
+    return tuned
+
+
+def store(k: str, tuned: Tuned, path: Path | None = None) -> Path:
+    """Add or replace the entry for ``k`` (written to a temporary file, then renamed: a
+    concurrent reader sees the old file or the new one, never half of one)."""
+    path = path or cache_file()
+    data = _read(path)
+    data[k] = asdict(tuned)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tuning-")
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        json.dump(data, f, indent=1, sort_keys=True)
+    os.replace(tmp, path)
+    return path
+
+
+def apply(engine: Engine, tuned: Tuned) -> None:
+    """Use ``tuned`` in ``engine`` (its slice size; its int4 layers' threshold)."""
+    from smysl.qwen3.quantize import Int4Linear
+
+    engine.chunk = tuned.chunk
+    if tuned.dequant_rows is not None:
+        for m in engine.model.modules():
+            if isinstance(m, Int4Linear):
+                m.dequant_rows = tuned.dequant_rows
+
+
+def _workload(rng: random.Random, tokens: int) -> list[list[int]]:
+    """Short texts (20-100 tokens and EOS) up to ``tokens``: the engine's usual batch."""
+    batch: list[list[int]] = []
+    while True:
+        seq = [rng.randrange(1000, 100000) for _ in range(rng.randrange(20, 100))] + [_EOS]
+        if sum(map(len, batch)) + len(seq) > tokens:
+            return batch
+        batch.append(seq)
+
+
+def tune(engine: Engine, slices: tuple[int, ...] = SLICES, layers: int = 2, rounds: int = 3,
+         batch_tokens: int = 1024, long_tokens: int = 2048) -> Tuned:
+    """Measure the slice size (and, for int4, the dequantising threshold) on ``engine``'s
+    first ``layers`` layers (real shapes, real kernels; the rest would only repeat them).
+
+    Workload per slice size: one batch of short texts up to ``batch_tokens`` and one input of
+    ``long_tokens``; sizes interleaved round by round so a drifting machine hits them alike,
+    each size's best round kept. The engine's current size is kept when it is within
+    :data:`TIE` of the fastest. The engine is left as it was.
+    """
+    model = engine.model
+    full, chunk = model.layers, engine.chunk
+    rng = random.Random(0)
+    work = [_workload(rng, batch_tokens),
+            [[rng.randrange(1000, 100000) for _ in range(long_tokens - 1)] + [_EOS]]]
+    seconds = dict.fromkeys(slices, float("inf"))
+    try:
+        model.layers = full[:layers]
+        for b in work:  # warm-up: oneDNN builds its kernels per new shape
+            engine.forward(b)
+        for _ in range(rounds):
+            for s in slices:
+                engine.chunk = s
+                t = time.perf_counter()
+                for b in work:
+                    engine.forward(b)
+                seconds[s] = min(seconds[s], time.perf_counter() - t)
+    finally:
+        model.layers, engine.chunk = full, chunk
+    # within TIE of the fastest is noise on a shared machine: the default then stays
+    near = [s for s in slices if seconds[s] <= (1 + TIE) * min(seconds.values())]
+    best = chunk if chunk in near else min(near, key=lambda s: seconds[s])
+    rows = _dequant_rows(engine) if engine.kernel == "int4" else None
+    return Tuned(chunk=best, dequant_rows=rows, seconds=seconds,
+                 measured=datetime.now(UTC).isoformat(timespec="seconds"))
+
+
+@torch.inference_mode()
+def _dequant_rows(engine: Engine, rounds: int = 3) -> int:
+    """The smallest of :data:`ROWS` from which the largest dequantising int4 layer runs faster
+    dequantised than through the int4 kernel at that and every larger count (:data:`NEVER`
+    when at none)."""
+    from smysl.qwen3.quantize import Int4Linear, dequantises
+
+    layers = [m for m in engine.model.modules()
+              if isinstance(m, Int4Linear) and dequantises(m.out_features)]
+    if not layers:
+        return NEVER
+    layer = max(layers, key=lambda m: m.out_features * m.in_features)
+    faster: dict[int, bool] = {}
+    before = layer.dequant_rows
+    for rows in ROWS:  # (in inference mode, as in the engine's forward pass)
+        x = torch.randn(rows, layer.in_features).to(torch.bfloat16)
+        best = {}
+        for threshold in (NEVER, 1):  # kernel, then dequantised
+            layer.dequant_rows = threshold
+            layer(x)  # warm-up
+            times = []
+            for _ in range(rounds):
+                t = time.perf_counter()
+                layer(x)
+                times.append(time.perf_counter() - t)
+            best[threshold] = min(times)
+        faster[rows] = best[1] < best[NEVER]
+    layer.dequant_rows = before
+    for rows in ROWS:
+        if all(faster[r] for r in ROWS if r >= rows):
+            return rows
+    return NEVER
