@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import json
 import os
 import subprocess
@@ -228,7 +229,40 @@ def shape_run(size: str, work: Path, texts: list[str], n_tok: int, long_input: b
     if long_input:
         del m
         free()
+        int4(ck, texts, n_tok, first, row)
         long32k(ck, row)
+
+
+def int4(ck: Path, texts: list[str], n_tok: int, bf16: np.ndarray, row: dict[str, Any]
+         ) -> None:
+    """Issue 14 on the GPU: ``quantize="int4"`` (4-bit planes rebuilt per call for cuBLAS)
+    within 8 GiB of VRAM, its speed and its cosine to the bf16 vectors."""
+    from smysl import Embedder
+
+    torch.cuda.reset_peak_memory_stats()
+    t = time.perf_counter()
+    e = Embedder.load(str(ck), device="cuda", quantize="int4")
+    load_s, weights = time.perf_counter() - t, torch.cuda.memory_allocated() / 2**30
+    load_peak = torch.cuda.max_memory_allocated() / 2**30
+    e.embed(texts[:16])
+    torch.cuda.reset_peak_memory_stats()
+    v, secs = timed(e.embed, texts)
+    peak = max(load_peak, torch.cuda.max_memory_allocated() / 2**30)
+    _, warm = timed(e.embed, texts)
+    query = latency(functools.partial(e.embed, [QUERY]), n=30)
+    cos = (v * bf16).sum(axis=1)
+    row["int4"] = {"load_s": load_s, "weights_gib": weights, "peak_gib": peak,
+                   "first_tok_s": n_tok / secs, "warm_tok_s": n_tok / warm,
+                   "query_ms": query,
+                   "min_cos_bf16": float(cos.min()), "finite": bool(np.isfinite(v).all())}
+    r = row["int4"]
+    log(f"\n| int4 on CUDA | weights GiB | peak GiB (load, pass) | first tok/s | warm tok/s | "
+        f"query p50 ms | min cos to bf16 | finite |\n|---|---|---|---|---|---|---|---|\n"
+        f"| quantize=int4 (load {load_s:.0f} s) | {weights:.2f} | {peak:.2f} | "
+        f"{r['first_tok_s']:,.0f} | {r['warm_tok_s']:,.0f} | {r['query_ms'][0]:.1f} | "
+        f"{r['min_cos_bf16']:.5f} | {r['finite']} |")
+    del e
+    free()
 
 
 def profile(fn: Callable[[], Any]) -> dict[str, Any]:

@@ -23,7 +23,7 @@ class ModelOptions:
     device: str | None = None
     #: "auto", "float32", "bfloat16" or "float16".
     dtype: str | None = None
-    #: Weight quantisation: "int8" or "int4" (the local engine on CPU).
+    #: Weight quantisation: "int8" (the local engine on CPU) or "int4" (CPU or CUDA).
     quantize: str | None = None
     #: CPU threads for the engine (torch); None keeps one per physical core.
     threads: int | None = None

@@ -28,7 +28,8 @@ def add_model_arguments(p: argparse.ArgumentParser, *, model: bool = True,
     g.add_argument(FLAGS["quantize"], choices=["int8", "int4"], default=None,
                    help="int8: int8 layers, activations quantised per token on VNNI/AMX "
                         "CPUs (CPU, float32); int4: weights kept as "
-                        "4-bit planes, a GGUF's blocks without re-quantising (CPU, bfloat16)")
+                        "4-bit planes, a GGUF's blocks without re-quantising (CPU or CUDA, "
+                        "bfloat16)")
     g.add_argument(FLAGS["threads"], type=int, default=None,
                    help="torch CPU threads (default: one per core)")
     g.add_argument(FLAGS["max_tokens"], type=int, default=None,

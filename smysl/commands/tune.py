@@ -47,7 +47,7 @@ def run(args: argparse.Namespace) -> int:
           file=sys.stderr)
     tuned = tuning.tune(engine, slices=slices, layers=args.layers, rounds=args.rounds)
     best = tuned.seconds[tuned.chunk]
-    print("| slice tokens | seconds per pass | vs best |\n|---|---|---|")
+    print("| slice tokens | seconds per pass | vs the chosen size |\n|---|---|---|")
     for s, secs in sorted(tuned.seconds.items()):
         print(f"| {s}{' (chosen)' if s == tuned.chunk else ''} | {secs:.3f} | {secs / best:.2f} |")
     if tuned.dequant_rows is not None:

@@ -89,9 +89,10 @@ class EngineConfig:
     dtype: str = "auto"
     #: None; "int8" (int8 linear layers, activations quantised on each call: per row on
     #: VNNI/AMX CPUs, per tensor elsewhere, see ``cpu.int8_kernel``; float32; CPU only); or "int4"
-    #: (4-bit weights in groups of 32 where the source allows, else 8-bit weight-only; bf16
-    #: activations; CPU only; a GGUF file's blocks become 4-bit planes, exact for Q8_0, Q5_K
-    #: and Q4_K: :func:`smysl.qwen3.ggml_quants.planes`).
+    #: (4-bit weights in groups of 32 where the source allows, else 8-bit weight-only (CUDA:
+    #: bf16); bf16 activations; a GGUF file's blocks become 4-bit planes, exact for Q8_0, Q5_K
+    #: and Q4_K: :func:`smysl.qwen3.ggml_quants.planes`; on CUDA rebuilt per call for cuBLAS,
+    #: :class:`smysl.qwen3.quantize.Int4GemmLinear`).
     quantize: str | None = None
     #: CPU threads for torch; None keeps torch's default (one per physical core).
     threads: int | None = None
@@ -131,9 +132,8 @@ class EngineConfig:
         if self.quantize == "int4":
             if self.dtype == "auto":
                 dtype = torch.bfloat16
-            if device.type != "cpu" or dtype != torch.bfloat16:
-                raise ValueError("int4 quantisation runs on CPU with dtype bfloat16 "
-                                 "(activations)")
+            if dtype != torch.bfloat16:
+                raise ValueError("int4 quantisation runs with dtype bfloat16 (activations)")
         if device.type == "cpu" and dtype != torch.float32 and not (
                 dtype == torch.bfloat16 and features.native_bf16):
             log.warning("%s matmuls are emulated on %s: expect them ~100x slower than float32",
@@ -151,15 +151,18 @@ def keep_gguf_blocks(ckpt: Checkpoint, cfg: EngineConfig, device: torch.device,
     """Whether a GGUF file loaded with ``quantize`` unset and ``dtype="auto"`` keeps its
     quantised blocks (``quantize="int4"``, bf16 activations) because its dequantised weights
     (``dtype``) would not fit in :data:`KEEP_BLOCKS_ABOVE` of the memory available
-    (:func:`~smysl.qwen3.cpu.available_memory`; the 8B Q4_K_M: 15 GB in bf16, 5.9 GB kept).
-    Logged with the numbers; an explicit ``dtype`` or ``quantize`` always wins."""
-    if (ckpt.format != "gguf" or cfg.quantize is not None or cfg.dtype != "auto"
-            or device.type != "cpu"):
+    (:func:`~smysl.qwen3.cpu.available_memory`; on CUDA the device's free memory; the 8B
+    Q4_K_M: 15 GB in bf16, 5.9 GB kept, so it runs on an 8 GB machine or GPU). Logged with the
+    numbers; an explicit ``dtype`` or ``quantize`` always wins."""
+    if ckpt.format != "gguf" or cfg.quantize is not None or cfg.dtype != "auto":
         return False
     from smysl.qwen3.gguf import dequantized_bytes
 
     need = dequantized_bytes(ckpt.root, dtype.itemsize)
-    available = available_memory() if need is not None else None
+    available: int | None = None
+    if need is not None:
+        available = (torch.cuda.mem_get_info(device)[0] if device.type == "cuda"
+                     else available_memory())
     if need is None or available is None or need <= KEEP_BLOCKS_ABOVE * available:
         return False
     log.warning("%s dequantised to %s would take %.1f GiB of the %.1f GiB available: keeping "
@@ -202,7 +205,8 @@ class EngineLike(Protocol):
     cuda_graphs: list[int]
     #: What the linear layers run: "onednn" (CPU, weights prepacked at load), "onednn-int8",
     #: "fbgemm-int8" or "torch-int8" (``quantize="int8"``, see ``cpu.int8_kernel``),
-    #: "int4" (CPU), "torch" (``F.linear``: CUDA, or a CPU oneDNN cannot serve).
+    #: "int4" (4-bit planes: CPU, or CUDA), "torch" (``F.linear``: CUDA, or a CPU oneDNN
+    #: cannot serve).
     kernel: str
 
     @property
@@ -283,7 +287,7 @@ class Engine:
         elif cfg.quantize == "int4":
             from smysl.qwen3.quantize import int4_linear
 
-            linear, kernel = int4_linear(gguf=ckpt.format == "gguf"), "int4"
+            linear, kernel = int4_linear(gguf=ckpt.format == "gguf", device=device), "int4"
         elif device.type == "cpu" and packs_linear(dtype):
             linear, kernel = packed_linear, "onednn"
             log.info("linear layers: oneDNN, %s weights prepacked at load",

@@ -247,6 +247,10 @@ class QuantTensor:
         blocks = self.data[index].reshape(-1, BLOCKS[self.kind][1])
         return DEQUANTIZE[self.kind](blocks).view(len(index), self.shape[1]).to(dtype)
 
+    def to(self, device: torch.device) -> QuantTensor:
+        """The same blocks on ``device`` (a lookup then dequantises there)."""
+        return QuantTensor(self.kind, self.data.to(device), self.shape)
+
     def slice_rows(self, start: int, stop: int) -> QuantTensor:
         """Rows ``start:stop`` (a view of the same blocks)."""
         data = self.data[start:stop]

@@ -169,7 +169,8 @@ def build_encoder(config: dict[str, Any],
         elif isinstance(tensor, QuantTensor) and name == "embed_tokens.weight":
             from smysl.qwen3.quantize import QuantEmbedding
 
-            model.embed_tokens = QuantEmbedding(tensor, torch.float32)  # type: ignore[assignment]
+            model.embed_tokens = QuantEmbedding(tensor.to(device),  # type: ignore[assignment]
+                                                torch.float32)
         else:
             if isinstance(tensor, QuantTensor | QuantStack):
                 tensor = tensor.dequantize(dtype)

@@ -148,6 +148,25 @@ def int4_fits(shape: tuple[int, ...]) -> bool:
     return len(shape) == 2 and shape[0] % 16 == 0 and shape[1] % GROUP == 0
 
 
+def float_planes(w: torch.Tensor) -> Iterator[list[Plane]]:
+    """A float ``[out, in]`` weight as one 4-bit plane per :func:`pack_rows` rows: each group
+    of 32 columns quantised over its min..max (on the weight's device)."""
+    step = pack_rows(w.shape[1])
+    for a in range(0, w.shape[0], step):
+        g = w[a : a + step].float().reshape(-1, w.shape[1] // GROUP, GROUP)
+        lo, hi = g.amin(-1), g.amax(-1)
+        scale = ((hi - lo) / 15).clamp_min(1e-12)
+        q = ((g - lo[..., None]) / scale[..., None]).round_().clamp_(0, 15)
+        yield [Plane(q.reshape(-1, w.shape[1]), scale, -lo)]
+
+
+def block_planes(t: QuantTensor) -> Iterator[list[Plane]]:
+    """GGUF blocks as their 4-bit planes (:func:`~smysl.qwen3.ggml_quants.planes`),
+    :func:`pack_rows` rows at a time."""
+    step = pack_rows(t.shape[1])
+    return (planes(t.slice_rows(a, a + step)) for a in range(0, t.shape[0], step))
+
+
 class Int4Linear(nn.Module):
     """Weights as one or more 4-bit planes in groups of 32 input columns, ``w = sum over planes
     of (q - 8) * scale + zero`` per group (torch's ``_weight_int4pack_mm_for_cpu``; activations,
@@ -180,22 +199,11 @@ class Int4Linear(nn.Module):
 
     @classmethod
     def from_float(cls, w: torch.Tensor) -> Int4Linear:
-        def chunks() -> Iterator[list[Plane]]:
-            step = pack_rows(w.shape[1])
-            for a in range(0, w.shape[0], step):
-                g = w[a : a + step].float().reshape(-1, w.shape[1] // GROUP, GROUP)
-                lo, hi = g.amin(-1), g.amax(-1)
-                scale = ((hi - lo) / 15).clamp_min(1e-12)
-                q = ((g - lo[..., None]) / scale[..., None]).round_().clamp_(0, 15)
-                yield [Plane(q.reshape(-1, w.shape[1]), scale, -lo)]
-
-        return cls(chunks(), (w.shape[0], w.shape[1]))
+        return cls(float_planes(w), (w.shape[0], w.shape[1]))
 
     @classmethod
     def from_blocks(cls, t: QuantTensor) -> Int4Linear:
-        step = pack_rows(t.shape[1])
-        return cls((planes(t.slice_rows(a, a + step)) for a in range(0, t.shape[0], step)),
-                   t.shape)
+        return cls(block_planes(t), t.shape)
 
     #: Rows from which this layer dequantises (:func:`dequant_mm`); None: :data:`DEQUANT_ROWS`.
     #: ``smysl tune`` measures it per machine (:mod:`smysl.qwen3.tuning`).
@@ -307,6 +315,65 @@ def dequant_mm(a: torch.Tensor, packed: torch.Tensor, scale_zero: torch.Tensor, 
     return y
 
 
+class Int4GemmLinear(nn.Module):
+    """The planes of :class:`Int4Linear` for devices without torch's CPU int4 kernel (CUDA):
+    codes as plain nibbles ``[out, P * in / 2]`` (two columns per byte), bf16 scale and zero
+    ``[2, out, P * in / 32]``; every call rebuilds the bf16 weight a block of rows at a time
+    (``(q - 8) * scale + zero`` summed over planes in float32, rounded once: the weights of
+    :func:`dequant_mm`) and runs the device's dense bf16 GEMM. Memory as the CPU layer's: the
+    8B's Q4_K_M matrices take ~4.3 GB; a call adds one block's float32 and bf16 copies."""
+
+    #: Weights (over all planes) rebuilt per block: ~0.2 GB of float32 and bf16 scratch.
+    BLOCK = 1 << 25
+
+    def __init__(self, chunks: Iterable[list[Plane]], shape: tuple[int, int],
+                 device: torch.device) -> None:
+        super().__init__()
+        self.out_features, self.in_features = shape
+        codes, scale_zero = [], []
+        for chunk in chunks:
+            q = torch.cat([p.q for p in chunk], 1).to(torch.uint8)  # [rows, P * in], 0..15
+            codes.append((q[:, 0::2] | (q[:, 1::2] << 4)).to(device))
+            scale = torch.cat([p.scale for p in chunk], 1).float()
+            zero = 8 * scale - torch.cat([p.mins for p in chunk], 1).float()
+            scale_zero.append(torch.stack([scale, zero]).to(torch.bfloat16).to(device))
+        self.codes: torch.Tensor
+        self.scale_zero: torch.Tensor
+        self.register_buffer("codes", torch.cat(codes), persistent=False)
+        self.register_buffer("scale_zero", torch.cat(scale_zero, 1), persistent=False)
+        self.planes = self.scale_zero.shape[2] * GROUP // self.in_features  # P
+
+    @classmethod
+    def from_float(cls, w: torch.Tensor, device: torch.device) -> Int4GemmLinear:
+        return cls(float_planes(w), (w.shape[0], w.shape[1]), device)
+
+    @classmethod
+    def from_blocks(cls, t: QuantTensor, device: torch.device) -> Int4GemmLinear:
+        return cls(block_planes(t), t.shape, device)
+
+    def weight(self, start: int, stop: int) -> torch.Tensor:
+        """Rows ``start:stop`` of the weight, bf16 ``[rows, in]``."""
+        c = self.codes[start:stop]  # [r, P * in / 2]
+        r, k, p = c.shape[0], self.in_features, self.planes
+        q = torch.stack([c & 15, c >> 4], -1).view(r, p * k // GROUP, GROUP).float()
+        s, z = self.scale_zero[:, start:stop].float()  # [r, P * in / 32] each
+        w = q.mul_(s[..., None]).add_((z - 8 * s)[..., None])  # (q - 8) * s + z
+        w = w.view(r, p, k).sum(1) if p > 1 else w.view(r, k)
+        return w.to(torch.bfloat16)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x: [M, in] -> [M, out] bf16."""
+        a = x.to(torch.bfloat16)
+        n = self.out_features
+        step = max(1, self.BLOCK // (self.planes * self.in_features))
+        if step >= n:
+            return a @ self.weight(0, n).t()
+        y = a.new_empty(a.shape[0], n)
+        for r0 in range(0, n, step):
+            y[:, r0 : r0 + step] = a @ self.weight(r0, r0 + step).t()
+        return y
+
+
 class Int8WeightLinear(nn.Module):
     """8-bit weights, symmetric per output channel, bf16 activations (torch's
     ``_weight_int8pack_mm``): the layers of a 4-bit model that the int4 kernel cannot take
@@ -338,16 +405,20 @@ class StackedLinear(nn.Module):
         return torch.cat([part(x) for part in self.parts], -1)
 
 
-def int4_linear(gguf: bool) -> Callable[[Weight], nn.Module]:
+def int4_linear(gguf: bool, device: torch.device | None = None
+                ) -> Callable[[Weight], nn.Module]:
     """The ``quantize="int4"`` layer constructor. From a safetensors checkpoint each float
     weight becomes 4-bit by group min/max where the kernel takes the shape, else 8-bit
     weight-only. From a GGUF file (``gguf``) quantised blocks become 4-bit planes
     (:func:`~smysl.qwen3.ggml_quants.planes`: exact for Q8_0/Q5_K/Q4_K), never re-quantised
-    to 4 bits; float tensors become 8-bit weight-only."""
+    to 4 bits; float tensors become 8-bit weight-only. On CUDA (``device``) the planes are
+    :class:`Int4GemmLinear` layers there, and what they cannot take stays bf16."""
 
     def make(t: Weight) -> nn.Module:
         if isinstance(t, QuantStack):
             return StackedLinear([make(p) for p in t.parts])
+        if device is not None and device.type == "cuda":
+            return make_cuda(t, device, gguf)
         fits = int4_fits(tuple(t.shape))
         if isinstance(t, QuantTensor):
             return Int4Linear.from_blocks(t) if fits else Int8WeightLinear(t)
@@ -356,6 +427,22 @@ def int4_linear(gguf: bool) -> Callable[[Weight], nn.Module]:
         return Int4Linear.from_float(t)
 
     return make
+
+
+def make_cuda(t: torch.Tensor | QuantTensor, device: torch.device, gguf: bool) -> nn.Module:
+    """One ``quantize="int4"`` layer on CUDA: :class:`Int4GemmLinear` where the columns come
+    in groups of 32 (every Qwen3 matrix), else — and for a GGUF file's float tensors, never
+    re-quantised — a bf16 :class:`~smysl.qwen3.model.Linear`."""
+    from smysl.qwen3.model import Linear
+
+    if t.shape[1] % GROUP == 0 and (isinstance(t, QuantTensor) or not gguf):
+        return (Int4GemmLinear.from_blocks(t, device) if isinstance(t, QuantTensor)
+                else Int4GemmLinear.from_float(t, device))
+    w = t.dequantize(torch.bfloat16) if isinstance(t, QuantTensor) else t
+    with torch.device("meta"):
+        layer = Linear(t.shape[1], t.shape[0])
+    layer.weight = nn.Parameter(w.to(device=device, dtype=torch.bfloat16), requires_grad=False)
+    return layer
 
 
 class QuantEmbedding(nn.Module):

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from qwen_tiny import TEXTS, Tiny, build_tiny, reference_embed
 
 from smysl import Embedder
@@ -178,12 +179,33 @@ def test_int4_slices_and_batches_agree_to_bf16_tolerance(tiny_dir: Path,
     assert (alone * base).sum(axis=1).min() > 0.9999
 
 
+def test_cuda_int4_layers_through_the_engine(tiny_dir: Path,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """The layers ``quantize="int4"`` builds on CUDA (Int4GemmLinear; device-agnostic), run
+    through the whole engine here on CPU, give the CPU's int4 vectors when both rebuild the
+    same bf16 weights (the CPU's dequantised regime forced): what the GPU runs is checked
+    end to end without a GPU (tests/qwen3/test_gpu.py checks it on one)."""
+    from smysl.qwen3 import quantize
+
+    monkeypatch.setattr(quantize, "DEQUANT_ROWS", 1)
+    cpu = Embedder.load(str(tiny_dir), device="cpu", quantize="int4").embed(TEXTS)
+    def as_on_cuda(gguf: bool, device: torch.device | None = None):  # type: ignore[no-untyped-def]
+        return lambda t: quantize.make_cuda(t, torch.device("cpu"), gguf)
+
+    monkeypatch.setattr(quantize, "int4_linear", as_on_cuda)
+    e = Embedder.load(str(tiny_dir), device="cpu", quantize="int4")
+    model = e.engine.model  # type: ignore[attr-defined]
+    assert isinstance(model.layers[0].mlp.gate_up_proj, quantize.Int4GemmLinear)
+    got = e.embed(TEXTS)
+    assert np.isfinite(got).all() and (got * cpu).sum(axis=1).min() > 0.99999
+
+
 def test_int4_close_to_fp32(tiny_dir: Path, tiny: LocalEmbedder) -> None:
     q = Embedder.load(str(tiny_dir), device="cpu", quantize="int4")
     assert q.info().quantization == "int4" and q.info().dtype == "bfloat16"
     a, b = q.embed(TEXTS), tiny.embed(TEXTS)
     assert np.isfinite(a).all() and (a * b).sum(axis=1).min() >= 0.98
-    with pytest.raises(ValueError, match="int4 quantisation runs on CPU with dtype bfloat16"):
+    with pytest.raises(ValueError, match="int4 quantisation runs with dtype bfloat16"):
         Embedder.load(str(tiny_dir), device="cpu", dtype="float32", quantize="int4")
 
 

@@ -312,3 +312,55 @@ def test_int4_dequantised_regime_in_and_outside_inference_mode(monkeypatch: pyte
     t.start()
     t.join()
     assert len(got) == 2 and torch.equal(got[0], got[1])
+
+
+@pytest.mark.parametrize("kind", ["Q4_K", "Q8_0", "Q6_K", "float"])
+def test_int4_gemm_layer_rebuilds_the_same_weights(kind: str) -> None:
+    """CUDA's int4 layer (plain nibbles, device-agnostic torch ops; run here on CPU) holds the
+    planes of the CPU layer and rebuilds exactly the weights the CPU's dequantised regime
+    does, in row blocks or whole."""
+    from smysl.qwen3 import quantize
+
+    seed = {"Q4_K": 13, "Q8_0": 14, "Q6_K": 15, "float": 16}[kind]
+    cpu_layer = _int4_layer(kind, 192, 256, seed=seed)
+    if kind == "float":
+        w = torch.randn(192, 256, generator=torch.Generator().manual_seed(seed)) * 0.02
+        gemm = quantize.Int4GemmLinear.from_float(w, torch.device("cpu"))
+    else:
+        gemm = quantize.Int4GemmLinear.from_blocks(_matrix(kind, 192, 256, seed)[0],
+                                                   torch.device("cpu"))
+    assert gemm.planes == cpu_layer.planes
+    assert gemm.codes.dtype == torch.uint8 and gemm.codes.shape == (192, gemm.planes * 128)
+    whole = gemm.weight(0, 192)
+    assert whole.dtype == torch.bfloat16 and whole.shape == (192, 256)
+    assert torch.equal(torch.cat([gemm.weight(a, a + 50) for a in range(0, 192, 50)]), whole)
+    if quantize.dequantises(192):
+        eye = torch.eye(256, dtype=torch.bfloat16)
+        rebuilt = quantize.dequant_mm(eye, cpu_layer.packed, cpu_layer.scale_zero, 256)
+        assert torch.equal(rebuilt.t(), whole)
+    x = torch.randn(40, 256)
+    want = x.double() @ whole.double().t()
+    got = gemm(x)
+    assert got.dtype == torch.bfloat16 and ((got.double() - want).norm() / want.norm()) < 5e-3
+    small = gemm.BLOCK
+    try:
+        gemm.BLOCK = 64 * 256 * gemm.planes  # 64 rows per block: 3 GEMMs
+        assert ((gemm(x).double() - want).norm() / want.norm()) < 5e-3
+    finally:
+        gemm.BLOCK = small
+
+
+def test_int4_layers_for_cuda_follow_the_source() -> None:
+    """``quantize="int4"`` on CUDA: blocks and safetensors weights become Int4GemmLinear
+    layers; a GGUF's float tensors and widths not in groups of 32 stay bf16 (dispatch checked
+    with a CPU device: the layers are device-agnostic)."""
+    from smysl.qwen3.model import Linear
+    from smysl.qwen3.quantize import Int4GemmLinear, make_cuda
+
+    cpu = torch.device("cpu")
+    t, _ = _matrix("Q4_K", 64, 256, seed=17)
+    w = torch.randn(64, 256) * 0.02
+    assert isinstance(make_cuda(t, cpu, gguf=True), Int4GemmLinear)
+    assert isinstance(make_cuda(w, cpu, gguf=False), Int4GemmLinear)
+    for layer in (make_cuda(w, cpu, gguf=True), make_cuda(torch.randn(64, 80), cpu, gguf=False)):
+        assert isinstance(layer, Linear) and layer.weight.dtype == torch.bfloat16

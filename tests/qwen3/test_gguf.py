@@ -313,6 +313,11 @@ def test_quantised_file_kept_when_dequantising_would_not_fit(
     assert kept_as(files["Q8_0"]) is None
     monkeypatch.setattr(eng, "available_memory", lambda: None)  # unknown: dequantise
     assert kept_as(files["Q8_0"]) is None
+    # on CUDA the GPU's free memory decides (checked without a GPU: the rule alone)
+    ckpt, cuda = read_checkpoint(files["Q8_0"]), torch.device("cuda")
+    for free, keep in ((need, True), (2 * need, False)):
+        monkeypatch.setattr(torch.cuda, "mem_get_info", lambda d, f=free: (f, 4 * f))
+        assert eng.keep_gguf_blocks(ckpt, eng.EngineConfig(), cuda, torch.float32) is keep
 
 
 def test_q8_0_in_bfloat16_dequantises_per_tensor(files: dict[str, Path]) -> None:

@@ -156,3 +156,30 @@ def test_fp16_survives_large_residual_activations(tmp_path: Path) -> None:
     gpu = Embedder.load(str(t.path), device="cuda", dtype="float16").embed_documents(TEXTS)
     assert np.isfinite(gpu).all()
     assert _cosines(gpu, cpu).min() > 0.99
+
+
+def test_int4_on_cuda_matches_int4_on_cpu(tiny_dir: Path, tmp_path: Path) -> None:
+    """Issue 14: ``quantize="int4"`` on CUDA (4-bit planes rebuilt per call for cuBLAS, the
+    weights the CPU's dequantised regime rebuilds) gives the CPU's int4 vectors to bf16
+    tolerance, from safetensors and from a GGUF file's blocks (its embedding table kept as
+    blocks on the GPU); CUDA graphs replay it like eager."""
+    from qwen_tiny import write_gguf
+
+    from smysl.qwen3.quantize import Int4GemmLinear
+
+    texts = [*TEXTS, "длинный текст " * 150]
+    path = write_gguf(tiny_dir, tmp_path / "m.gguf", ftype="Q8_0")
+    for src in (str(tiny_dir), str(path)):
+        cpu = Embedder.load(src, device="cpu", quantize="int4")
+        gpu = Embedder.load(src, device="cuda", quantize="int4")
+        info = gpu.info()
+        assert info.quantization == "int4" and info.kernel == "int4" and info.dtype == "bfloat16"
+        assert info.device is not None and info.device.startswith("cuda")
+        layers = [m for m in gpu.engine.model.modules()  # type: ignore[attr-defined]
+                  if isinstance(m, Int4GemmLinear)]
+        assert layers and all(m.codes.is_cuda for m in layers)
+        got = gpu.embed_documents(texts)
+        assert np.isfinite(got).all()
+        assert _cosines(got, cpu.embed_documents(texts)).min() > 0.999, src
+        eager = Embedder.load(src, device="cuda", quantize="int4", cuda_graphs=0)
+        assert _cosines(eager.embed_documents(texts), got).min() > 0.99999, src
