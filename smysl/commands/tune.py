@@ -37,6 +37,8 @@ def run(args: argparse.Namespace) -> int:
                          ) from None
     if min(slices) < 1 or args.layers < 1 or args.rounds < 1:
         raise ValueError("--slices, --layers and --rounds take positive numbers")
+    if args.device is None:  # the CPU engine is what is tuned, also on a machine with a GPU
+        args.device = "cpu"
     emb = load_model(args.model, args)
     engine = emb.engine if isinstance(emb, Embedder) else None
     if not isinstance(engine, Engine) or engine.device.type != "cpu":

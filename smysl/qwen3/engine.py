@@ -67,10 +67,16 @@ CUDA_SLICE_BYTES = 1 << 29
 
 def chunk_tokens(device_type: str, intermediate_size: int, kernel: str = "torch") -> int:
     """Tokens per slice of the per-token work: CPU 256, or :data:`INT4_CHUNK_TOKENS` with
-    ``kernel`` "int4"; CUDA the largest power of two up to 32,768 whose MLP activations fit
-    :data:`CUDA_SLICE_BYTES` (0.6B 32,768, 4B/8B 8,192)."""
+    ``kernel`` "int4" where its layers dequantise large batches; CUDA the largest power of two
+    up to 32,768 whose MLP activations fit :data:`CUDA_SLICE_BYTES` (0.6B 32,768, 4B/8B
+    8,192)."""
     if device_type != "cuda":
-        return INT4_CHUNK_TOKENS if kernel == "int4" else CHUNK_TOKENS.get(device_type, 4096)
+        if kernel == "int4":
+            from smysl.qwen3.quantize import dequantising
+
+            if dequantising():  # else the int4 kernel alone, best at 256 like the rest
+                return INT4_CHUNK_TOKENS
+        return CHUNK_TOKENS.get(device_type, 4096)
     n = 32768
     while n > 4096 and n * 2 * intermediate_size * 2 > CUDA_SLICE_BYTES:
         n //= 2
@@ -255,11 +261,11 @@ class Engine:
             self.tuned = tuning.lookup(tuning.key(self))
             if self.tuned is not None:
                 tuning.apply(self, self.tuned)
+                rows = self.tuned.dequant_rows
                 log.info("slices of %d tokens%s, as measured on this machine on %s",
-                         self.tuned.chunk,
-                         "" if self.tuned.dequant_rows is None else
-                         f", int4 dequantised from {self.tuned.dequant_rows} rows",
-                         self.tuned.measured)
+                         self.tuned.chunk, "" if rows is None else
+                         ", int4 never dequantised" if rows == tuning.NEVER else
+                         f", int4 dequantised from {rows} rows", self.tuned.measured)
         self._lock = threading.Lock()  # one forward at a time: threads would oversubscribe
         self._cuda: Runner | None = None
         if device.type == "cuda":

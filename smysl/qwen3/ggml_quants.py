@@ -26,6 +26,7 @@ products in the same order; tested against llama.cpp's gguf-py). Layouts, from g
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import NamedTuple
 
@@ -82,6 +83,14 @@ def _halves(qs: torch.Tensor) -> torch.Tensor:
     return torch.cat([qs & 0xF, qs >> 4], -1)
 
 
+@functools.cache
+def _ints(values: tuple[int, ...], device: torch.device) -> torch.Tensor:
+    """A small int32 constant on ``device``, made once per device: the decoders run where the
+    blocks are (CPU; a GPU for an embedding table kept as blocks there, whose first lookup, in
+    the eager warm-up, comes before any CUDA graph is captured)."""
+    return torch.tensor(values, dtype=torch.int32, device=device)
+
+
 def _legacy(b: torch.Tensor, fifth: bool, affine: bool) -> Codes:
     """Q4_0 / Q4_1 / Q5_0 / Q5_1: 32 values per block, one scale ``d`` (and for the ``_1``
     types a float16 ``m`` added), the 16 bytes of codes last. The ``_0`` types' offset (8 or
@@ -92,7 +101,7 @@ def _legacy(b: torch.Tensor, fifth: bool, affine: bool) -> Codes:
     if fifth:  # qh: a little-endian uint32 after d (and m)
         at = 4 if affine else 2
         qh = _i(b[:, at : at + 4].contiguous().view(torch.int32))  # [n, 1]
-        q = q | (((qh >> torch.arange(32, dtype=torch.int32)) & 1) << 4)
+        q = q | (((qh >> _ints(tuple(range(32)), b.device)) & 1) << 4)
     top = 31 if fifth else 15
     if affine:  # y = q * d + m
         return Codes(q, d, -_f16(b[:, 2:4]), 32, 0, top)
@@ -115,13 +124,10 @@ def q5_1_codes(b: torch.Tensor) -> Codes:
     return _legacy(b, fifth=True, affine=True)
 
 
-_IQ4_VALUES = torch.tensor(IQ4_GRID, dtype=torch.int32)
-
-
 def _iq4(nibbles: torch.Tensor) -> torch.Tensor:
     """4-bit codes -> their :data:`IQ4_GRID` values (int32, -127..113: integers, so the
     two-plane split ``16 * hi + lo`` of :func:`planes` holds them exactly)."""
-    return _IQ4_VALUES[nibbles]
+    return _ints(IQ4_GRID, nibbles.device)[nibbles]
 
 
 def iq4_nl_codes(b: torch.Tensor) -> Codes:
@@ -134,7 +140,7 @@ def iq4_xs_codes(b: torch.Tensor) -> Codes:
     hi = _i(b[:, 2:4].contiguous().view(torch.int16)) & 0xFFFF  # [n, 1] scales_h, uint16
     lo = _i(b[:, 4:8])  # [n, 4]: sub-blocks 2i and 2i + 1 in the low and high nibble
     ls = torch.stack([lo & 0xF, lo >> 4], 2).view(-1, 8)
-    ls = ls | (((hi >> (2 * torch.arange(8, dtype=torch.int32))) & 3) << 4)  # 6-bit, [n, 8]
+    ls = ls | (((hi >> _ints(tuple(range(0, 16, 2)), b.device)) & 3) << 4)  # 6-bit, [n, 8]
     q = _iq4(_halves(b[:, 8:136].reshape(-1, 8, 16))).view(-1, 256)  # 8 runs laid out as Q4_0
     return Codes(q, d * (ls - 32).float(), None, 32, IQ4_GRID[0], IQ4_GRID[-1])
 
@@ -171,7 +177,7 @@ def q4_k_codes(b: torch.Tensor) -> Codes:
 
 def q5_k_codes(b: torch.Tensor) -> Codes:
     qh = _i(b[:, 16:48])  # [n, 32]: bit j is the fifth bit of sub-block j
-    bits = (qh[:, None, :] >> torch.arange(8, dtype=torch.int32)[None, :, None]) & 1
+    bits = (qh[:, None, :] >> _ints(tuple(range(8)), b.device)[None, :, None]) & 1
     return _affine(_nibbles(b[:, 48:176]) + 16 * bits, b, b[:, 4:16], 31)
 
 
@@ -182,7 +188,7 @@ def q6_k_codes(b: torch.Tensor) -> Codes:
     # per 128-value half: values l, l+32, l+64, l+96 take ql[l] low, ql[l+32] low, ql[l] high,
     # ql[l+32] high, each with two more bits of qh[l] (bits 0-1, 2-3, 4-5, 6-7)
     low = torch.cat([ql & 0xF, ql >> 4], 2)  # [n, 2, 4, 32]
-    high = (qh >> torch.tensor([0, 2, 4, 6], dtype=torch.int32)[None, None, :, None]) & 3
+    high = (qh >> _ints((0, 2, 4, 6), b.device)[None, None, :, None]) & 3
     q = (low | (high << 4)) - 32  # [n, 2, 4, 32]
     return Codes(q.reshape(-1, 256), d * sc, None, 16, -32, 31)  # one scale per 16 values
 
@@ -196,9 +202,9 @@ def q3_k_codes(b: torch.Tensor) -> Codes:
                     (s[:, 4:8] & 0xF) | (((top >> 2) & 3) << 4),
                     (s[:, 0:4] >> 4) | (((top >> 4) & 3) << 4),
                     (s[:, 4:8] >> 4) | (((top >> 6) & 3) << 4)], 1) - 32  # [n, 16]
-    shifts = torch.tensor([0, 2, 4, 6], dtype=torch.int32)[None, None, :, None]
+    shifts = _ints((0, 2, 4, 6), b.device)[None, None, :, None]
     low = (qs >> shifts) & 3  # [n, 2 halves, 4 runs of 32, 32]
-    bit = torch.arange(8, dtype=torch.int32).view(1, 2, 4, 1)  # hmask bit 4 * half + run
+    bit = _ints(tuple(range(8)), b.device).view(1, 2, 4, 1)  # hmask bit 4 * half + run
     q = low - 4 * (1 - ((hm[:, None, None, :] >> bit) & 1))
     return Codes(q.reshape(-1, 256), d * sc.float(), None, 16, -4, 3)  # one scale per 16
 

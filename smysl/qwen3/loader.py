@@ -131,7 +131,10 @@ def _join(parts: list[torch.Tensor | QuantTensor], dtype: torch.dtype) -> Weight
     quant = [p for p in parts if isinstance(p, QuantTensor)]
     if len(quant) == len(parts):
         return QuantTensor.cat(quant)
-    return torch.cat([p.dequantize(dtype) if isinstance(p, QuantTensor) else p for p in parts])
+    # dequantised parts join the float ones where those are (the GPU, loading for CUDA)
+    device = next(p.device for p in parts if isinstance(p, torch.Tensor))
+    return torch.cat([p.dequantize(dtype).to(device) if isinstance(p, QuantTensor) else p
+                      for p in parts])
 
 
 def build_encoder(config: dict[str, Any],

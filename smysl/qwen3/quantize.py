@@ -254,27 +254,35 @@ def _block_rows() -> int:
     return 0
 
 
+@functools.cache
+def dequantising() -> bool:
+    """Whether :class:`Int4Linear` layers run large batches through :func:`dequant_mm` on
+    this machine: where oneDNN computes bf16 natively (elsewhere bf16 GEMMs are emulated,
+    ~100x slower than float32, and the int4 kernel stays) and torch packs int4 weights in the
+    layout :func:`dequant_mm` reads. The rule for the layers and the engine's slice size."""
+    return _block_rows() > 0 and onednn_bf16()
+
+
 def dequantises(out_features: int) -> bool:
-    """Whether an ``out_features``-row :class:`Int4Linear` runs large batches through
-    :func:`dequant_mm`: where oneDNN computes bf16 natively (elsewhere bf16 GEMMs are emulated,
-    ~100x slower than float32, and the int4 kernel stays), and its rows are whole blocks of
-    the layout this CPU's torch packs."""
-    b = _block_rows()
-    return b > 0 and out_features % b == 0 and onednn_bf16()
+    """:func:`dequantising`, for an ``out_features``-row layer: its rows must be whole blocks
+    of the packed layout."""
+    return dequantising() and out_features % _block_rows() == 0
 
 
-_workspace = threading.local()
+#: The scratch of :func:`dequant_mm`: one set per process (~42 MiB), used under the lock. Per
+#: thread, every server worker thread that ever ran a large batch would keep its own.
+_workspace: dict[str, torch.Tensor] = {}
+_workspace_lock = threading.Lock()
 
 
 def _buffer(name: str, n: int, dtype: torch.dtype) -> torch.Tensor:
-    """A reusable per-thread scratch tensor of ``n`` elements: allocating the ~32 MiB afresh on
-    every call cost more in page faults than dequantising into it (0.10 s vs 0.03 s for a
-    4096 x 24576 weight)."""
-    buf: torch.Tensor | None = getattr(_workspace, name, None)
+    """A reusable scratch tensor of ``n`` elements (callers hold :data:`_workspace_lock`):
+    allocating the ~32 MiB afresh on every call cost more in page faults than dequantising
+    into it (0.10 s vs 0.03 s for a 4096 x 24576 weight)."""
+    buf = _workspace.get(name)
     if buf is None or buf.numel() < n or buf.dtype != dtype:
         with torch.inference_mode(False):  # a normal tensor: usable in and outside the mode
-            buf = torch.empty(n, dtype=dtype)
-        setattr(_workspace, name, buf)
+            buf = _workspace[name] = torch.empty(n, dtype=dtype)
     return buf[:n]
 
 
@@ -286,6 +294,12 @@ def dequant_mm(a: torch.Tensor, packed: torch.Tensor, scale_zero: torch.Tensor, 
     * scale + zero`` in float32, rounded to bf16 once, then multiplied by oneDNN's bf16 GEMM
     into those columns of the output.
     """
+    with _workspace_lock:  # two engines in one process (embedder, reranker) take turns
+        return _dequant_mm(a, packed, scale_zero, k)
+
+
+def _dequant_mm(a: torch.Tensor, packed: torch.Tensor, scale_zero: torch.Tensor, k: int
+                ) -> torch.Tensor:
     n, b = packed.shape[0], _block_rows()
     planes = scale_zero.shape[0] * GROUP // k
     blocks = packed.view(n // b, planes * k, b // 2)  # [N / B, P * K, B / 2] bytes
@@ -316,14 +330,16 @@ def dequant_mm(a: torch.Tensor, packed: torch.Tensor, scale_zero: torch.Tensor, 
 
 
 class Int4GemmLinear(nn.Module):
-    """The planes of :class:`Int4Linear` for devices without torch's CPU int4 kernel (CUDA):
-    codes as plain nibbles ``[out, P * in / 2]`` (two columns per byte), bf16 scale and zero
-    ``[2, out, P * in / 32]``; every call rebuilds the bf16 weight a block of rows at a time
-    (``(q - 8) * scale + zero`` summed over planes in float32, rounded once: the weights of
+    """The planes of :class:`Int4Linear` for CUDA, where torch's CPU int4 kernel does not run
+    (torch's CUDA int4 kernel takes another packed layout and is not used yet): codes as plain
+    nibbles ``[out, P * in / 2]`` (two columns per byte), bf16 scale and zero ``[2, out, P *
+    in / 32]``; every call rebuilds the bf16 weight a block of rows at a time (``(q - 8) *
+    scale + zero`` summed over planes in float32, rounded once: the weights of
     :func:`dequant_mm`) and runs the device's dense bf16 GEMM. Memory as the CPU layer's: the
-    8B's Q4_K_M matrices take ~4.3 GB; a call adds one block's float32 and bf16 copies."""
+    8B's Q4_K_M matrices take ~4.3 GB; a call adds one block's scratch. The rebuild moves ~30
+    bytes per weight whatever the batch, so small batches pay it in full (unmeasured)."""
 
-    #: Weights (over all planes) rebuilt per block: ~0.2 GB of float32 and bf16 scratch.
+    #: Weights (over all planes) rebuilt per block: ~0.3 GB of codes, float32 and bf16 scratch.
     BLOCK = 1 << 25
 
     def __init__(self, chunks: Iterable[list[Plane]], shape: tuple[int, int],

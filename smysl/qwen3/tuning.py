@@ -62,13 +62,21 @@ class Tuned:
 
 def key(engine: Engine) -> str:
     """The cache key of ``engine``'s path on this machine: CPU and features, torch, threads,
-    kernel, dtype and layer shapes (anything that moves the measured optimum)."""
+    kernel, dtype and layer shapes (anything that moves the measured optimum); for int4 also
+    the planes per layer (a Q8_0 file's two cost twice a Q4_K's one to rebuild)."""
+    from smysl.qwen3.quantize import Int4GemmLinear, Int4Linear
+
     cfg = engine.model.cfg
     shape = (f"h{cfg.hidden_size} i{cfg.intermediate_size} q{cfg.num_attention_heads} "
              f"kv{cfg.num_key_value_heads} d{cfg.head_dim}")
-    return " | ".join([detect().describe(), f"torch {torch.__version__}",
-                       f"{torch.get_num_threads()} threads", engine.kernel,
-                       str(engine.dtype).removeprefix("torch."), shape])
+    parts = [detect().describe(), f"torch {torch.__version__}",
+             f"{torch.get_num_threads()} threads", engine.kernel,
+             str(engine.dtype).removeprefix("torch."), shape]
+    planes = sorted({m.planes for m in engine.model.modules()
+                     if isinstance(m, Int4Linear | Int4GemmLinear)})
+    if planes:
+        parts.append("planes " + ",".join(map(str, planes)))
+    return " | ".join(parts)
 
 
 def cache_file() -> Path:
@@ -100,7 +108,7 @@ def lookup(k: str, path: Path | None = None) -> Tuned | None:
                       dequant_rows=(None if entry.get("dequant_rows") is None
                                     else int(entry["dequant_rows"])),
                       measured=str(entry.get("measured", "")),
-                      seconds={int(s): float(v) for s, v in entry.get("seconds", {}).items()})
+                      seconds={int(s): float(v) for s, v in dict(entry.get("seconds", {})).items()})
     except (KeyError, TypeError, ValueError) as e:
         log.warning("ignoring a damaged tuning entry for %s: %s", k, e)
         return None
@@ -118,9 +126,13 @@ def store(k: str, tuned: Tuned, path: Path | None = None) -> Path:
     data[k] = asdict(tuned)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tuning-")
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        json.dump(data, f, indent=1, sort_keys=True)
-    os.replace(tmp, path)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(data, f, indent=1, sort_keys=True)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
     return path
 
 
@@ -153,15 +165,23 @@ def tune(engine: Engine, slices: tuple[int, ...] = SLICES, layers: int = 2, roun
     Workload per slice size: one batch of short texts up to ``batch_tokens`` and one input of
     ``long_tokens``; sizes interleaved round by round so a drifting machine hits them alike,
     each size's best round kept. The engine's current size is kept when it is within
-    :data:`TIE` of the fastest. The engine is left as it was.
+    :data:`TIE` of the fastest. int4: the dequantising threshold is measured first and the
+    slices are timed under it. The engine is left as it was.
     """
+    from smysl.qwen3.quantize import Int4Linear
+
     model = engine.model
     full, chunk = model.layers, engine.chunk
+    rows = _dequant_rows(engine) if engine.kernel == "int4" else None
+    int4 = [m for m in model.modules() if isinstance(m, Int4Linear)]
+    before = [m.dequant_rows for m in int4]
     rng = random.Random(0)
     work = [_workload(rng, batch_tokens),
             [[rng.randrange(1000, 100000) for _ in range(long_tokens - 1)] + [_EOS]]]
     seconds = dict.fromkeys(slices, float("inf"))
     try:
+        for m in int4:
+            m.dequant_rows = rows
         model.layers = full[:layers]
         for b in work:  # warm-up: oneDNN builds its kernels per new shape
             engine.forward(b)
@@ -174,10 +194,11 @@ def tune(engine: Engine, slices: tuple[int, ...] = SLICES, layers: int = 2, roun
                 seconds[s] = min(seconds[s], time.perf_counter() - t)
     finally:
         model.layers, engine.chunk = full, chunk
-    # within TIE of the fastest is noise on a shared machine: the default then stays
+        for m, r in zip(int4, before, strict=True):
+            m.dequant_rows = r
+    # within TIE of the fastest is noise on a shared machine: the current size then stays
     near = [s for s in slices if seconds[s] <= (1 + TIE) * min(seconds.values())]
     best = chunk if chunk in near else min(near, key=lambda s: seconds[s])
-    rows = _dequant_rows(engine) if engine.kernel == "int4" else None
     return Tuned(chunk=best, dequant_rows=rows, seconds=seconds,
                  measured=datetime.now(UTC).isoformat(timespec="seconds"))
 

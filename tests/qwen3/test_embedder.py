@@ -165,7 +165,8 @@ def test_int4_slices_and_batches_agree_to_bf16_tolerance(tiny_dir: Path,
 
     monkeypatch.setattr(quantize, "DEQUANT_ROWS", 17)  # slices of 1 and 7: kernel (16 rows)
     e = Embedder.load(str(tiny_dir), device="cpu", quantize="int4")
-    assert e.engine.chunk == engine.INT4_CHUNK_TOKENS  # type: ignore[attr-defined]
+    assert e.engine.chunk == (engine.INT4_CHUNK_TOKENS if quantize.dequantising()  # type: ignore[attr-defined]
+                              else engine.CHUNK_TOKENS["cpu"])
     ids = e.tokenize(TEXTS)
     base = e.engine.forward(ids)  # type: ignore[attr-defined]
     base /= np.linalg.norm(base, axis=1, keepdims=True)
@@ -187,6 +188,8 @@ def test_cuda_int4_layers_through_the_engine(tiny_dir: Path,
     end to end without a GPU (tests/qwen3/test_gpu.py checks it on one)."""
     from smysl.qwen3 import quantize
 
+    if not quantize.dequantising():
+        pytest.skip("the CPU's int4 layers do not dequantise here: nothing equal to compare")
     monkeypatch.setattr(quantize, "DEQUANT_ROWS", 1)
     cpu = Embedder.load(str(tiny_dir), device="cpu", quantize="int4").embed(TEXTS)
     def as_on_cuda(gguf: bool, device: torch.device | None = None):  # type: ignore[no-untyped-def]

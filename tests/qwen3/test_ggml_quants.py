@@ -203,7 +203,7 @@ def test_int4_dequantised_regime_rebuilds_the_kernels_weights(kind: str,
         pytest.skip("no dequantised int4 regime here (bf16 emulated or unknown layout)")
     layer = _int4_layer(kind, 192, 256, seed=7)
     b = quantize._block_rows()
-    monkeypatch.setattr(quantize, "DEQUANT_ELEMENTS", 256 * 2 * b)  # 3 blocks of 2B columns
+    monkeypatch.setattr(quantize, "DEQUANT_ELEMENTS", 256 * 2 * b)  # blocks of 2B columns
     eye = torch.eye(256, dtype=torch.bfloat16)
     kernel = torch.ops.aten._weight_int4pack_mm_for_cpu(
         eye.repeat(1, layer.planes), layer.packed, quantize.GROUP, layer.scale_zero).float()
@@ -256,19 +256,25 @@ def test_int4_dequantising_falls_back_where_it_would_not_pay(
                                                         layer.scale_zero)
     if not quantize.dequantises(48):
         assert torch.equal(layer(x), kernel)
+    rule = quantize.dequantising.__wrapped__  # the cached rule, with injected answers
     monkeypatch.setattr(quantize, "_block_rows", lambda: 64)
     monkeypatch.setattr(quantize, "onednn_bf16", lambda: True)
-    assert quantize.dequantises(128) and not quantize.dequantises(48)
+    assert rule()
     monkeypatch.setattr(quantize, "onednn_bf16", lambda: False)
-    assert not quantize.dequantises(128)
+    assert not rule()
     monkeypatch.setattr(quantize, "onednn_bf16", lambda: True)
     monkeypatch.setattr(quantize, "_block_rows", lambda: 0)
+    assert not rule()
+    monkeypatch.setattr(quantize, "_block_rows", lambda: 64)
+    monkeypatch.setattr(quantize, "dequantising", lambda: True)
+    assert quantize.dequantises(128) and not quantize.dequantises(48)
+    monkeypatch.setattr(quantize, "dequantising", lambda: False)
     assert not quantize.dequantises(128)
 
 
 def test_int4_dequantising_in_threads_is_independent() -> None:
-    """The workspace is per thread: two engines (an embedder and a reranker) multiplying at
-    once do not share scratch memory."""
+    """Two engines (an embedder and a reranker) multiplying at once take turns on the one
+    workspace: neither sees the other's scratch."""
     from concurrent.futures import ThreadPoolExecutor
 
     from smysl.qwen3 import quantize
@@ -364,3 +370,17 @@ def test_int4_layers_for_cuda_follow_the_source() -> None:
     assert isinstance(make_cuda(w, cpu, gguf=False), Int4GemmLinear)
     for layer in (make_cuda(w, cpu, gguf=True), make_cuda(torch.randn(64, 80), cpu, gguf=False)):
         assert isinstance(layer, Linear) and layer.weight.dtype == torch.bfloat16
+
+
+@pytest.mark.parametrize("kind", ["Q8_0", "Q6_K", "Q5_K", "Q4_K", "Q3_K", "Q4_0", "Q4_1",
+                                  "Q5_0", "Q5_1", "IQ4_NL", "IQ4_XS"])
+def test_lookups_run_where_the_blocks_are(kind: str) -> None:
+    """An embedding table kept as blocks on the GPU decodes there: no decoder may mix in a
+    constant made on the CPU (checked on the meta device, which rejects CPU operands as CUDA
+    does)."""
+    t, w = _matrix(kind, 8, 256, seed=20)
+    on_meta = t.to(torch.device("meta"))
+    got = on_meta.rows(torch.tensor([3, 0], device="meta"), torch.float32)
+    assert got.device.type == "meta" and got.shape == (2, 256)
+    assert torch.equal(t.to(torch.device("cpu")).rows(torch.tensor([3, 0]), torch.float32),
+                       w[[3, 0]])

@@ -38,7 +38,7 @@ def test_key_names_what_moves_the_optimum(tiny_dir: Path) -> None:
     assert f"{torch.get_num_threads()} threads" in k and "float32" in k
     assert e.engine.kernel in k and "h64 i128 q4 kv2 d16" in k
     q = Embedder.load(str(tiny_dir), device="cpu", quantize="int4")
-    assert tuning.key(q.engine) != k  # type: ignore[arg-type]
+    assert tuning.key(q.engine).endswith(" | planes 1")  # type: ignore[arg-type]
 
 
 def test_store_and_lookup(cache: Path) -> None:
@@ -57,13 +57,15 @@ def test_damaged_cache_is_ignored_with_a_warning(cache: Path,
     assert tuning.lookup("a") is None
     assert "ignoring the tuning file" in caplog.text
     cache.write_text(json.dumps({"a": {"chunk": "many"}, "b": {"chunk": 0},
-                                 "c": {"nothing": 1}, "d": [1]}))
-    assert all(tuning.lookup(k) is None for k in "abcd")
+                                 "c": {"nothing": 1}, "d": [1], "f": {"chunk": 8, "seconds": [1]},
+                                 "g": {"chunk": 8, "dequant_rows": -1}}))
+    assert all(tuning.lookup(k) is None for k in "abcdfg")
     tuning.store("e", tuning.Tuned(chunk=64))  # a damaged file is replaced, entries kept
     assert tuning.lookup("e") == tuning.Tuned(chunk=64)
 
 
-def test_tune_measures_and_leaves_the_engine_as_it_was(tiny_dir: Path) -> None:
+def test_tune_measures_and_leaves_the_engine_as_it_was(tiny_dir: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
     e = Embedder.load(str(tiny_dir), device="cpu", quantize="int4")
     engine = e.engine
     before = (engine.chunk, len(engine.model.layers),  # type: ignore[attr-defined]
@@ -75,6 +77,12 @@ def test_tune_measures_and_leaves_the_engine_as_it_was(tiny_dir: Path) -> None:
     assert t.dequant_rows in (*tuning.ROWS, tuning.NEVER)
     assert (engine.chunk, len(engine.model.layers),  # type: ignore[attr-defined]
             [m.dequant_rows for m in int4_layers(e)]) == before
+    from smysl.qwen3 import quantize
+
+    with monkeypatch.context() as m:  # where no layer dequantises, the threshold is "never"
+        m.setattr(quantize, "dequantises", lambda n: False)
+        assert tuning.tune(engine, slices=(16,), layers=1, rounds=1,  # type: ignore[arg-type]
+                           batch_tokens=100, long_tokens=50).dequant_rows == tuning.NEVER
     f = Embedder.load(str(tiny_dir), device="cpu", dtype="float32")
     assert tuning.tune(f.engine, slices=(8, 32), layers=1, rounds=1,  # type: ignore[arg-type]
                        batch_tokens=100, long_tokens=50).dequant_rows is None
