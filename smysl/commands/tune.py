@@ -10,7 +10,7 @@ import sys
 from smysl.commands._model import add_model_arguments, load_model
 
 HELP = ("measure the CPU engine's slice size (int4: also when it dequantises) for a model and "
-        "path on this machine; engines use it from then on")
+        "path on this machine (--device cpu unless given); engines use it from then on")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
