@@ -68,6 +68,10 @@ class ModelInfo:
     #: What a local engine's linear layers run (``onednn``: CPU, weights prepacked at load;
     #: ``onednn-int8``, ``fbgemm-int8``, ``int4``, ``torch``), None for other backends.
     kernel: str | None = None
+    #: Tokens per slice of a local engine's per-token work, and when ``smysl tune`` measured it
+    #: on this machine (UTC, ISO 8601; None: the defaults). None for other backends.
+    slice_tokens: int | None = None
+    tuned_at: str | None = None
     #: Pooling of the hidden states.
     pooling: str = "last_token"
     #: :meth:`BaseEmbedder.fingerprint` where the backend computed one at load (the local

@@ -113,7 +113,8 @@ class Embedder(BaseEmbedder, TokenLevel):
             parameters=e.parameters, device=str(e.device),
             process=e.pid, fingerprint=self.fingerprint(),
             cpu=detect().describe() if e.device.type == "cpu" else None,
-            cuda_graphs=e.cuda_graphs or None, kernel=e.kernel)
+            cuda_graphs=e.cuda_graphs or None, kernel=e.kernel, slice_tokens=e.chunk,
+            tuned_at=e.tuned_at)
 
     def fingerprint(self) -> str:
         """Hash of the checkpoint's config, tokenizer and weights (size + three 1 MiB windows

@@ -214,6 +214,11 @@ class EngineLike(Protocol):
     #: "int4" (4-bit planes: CPU, or CUDA), "torch" (``F.linear``: CUDA, or a CPU oneDNN
     #: cannot serve).
     kernel: str
+    #: Tokens per slice of the per-token work (CPU: the default, or ``smysl tune``'s).
+    chunk: int
+    #: When ``smysl tune`` measured :attr:`chunk` on this machine (UTC, ISO 8601); None when
+    #: the engine runs on the defaults.
+    tuned_at: str | None
 
     @property
     def alive(self) -> bool:
@@ -257,9 +262,11 @@ class Engine:
         self.chunk = chunk_tokens(device.type, cfg.intermediate_size, kernel)
         #: What ``smysl tune`` measured for this path on this machine, if it has (CPU).
         self.tuned: tuning.Tuned | None = None
+        self.tuned_at: str | None = None
         if device.type == "cpu":
             self.tuned = tuning.lookup(tuning.key(self))
             if self.tuned is not None:
+                self.tuned_at = self.tuned.measured or "unknown"
                 tuning.apply(self, self.tuned)
                 rows = self.tuned.dequant_rows
                 log.info("slices of %d tokens%s, as measured on this machine on %s",

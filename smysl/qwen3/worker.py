@@ -65,7 +65,8 @@ def _child(conn: Connection, ckpt: Checkpoint, cfg: EngineConfig) -> None:
                            "dtype": str(engine.dtype).removeprefix("torch."),
                            "quantization": engine.quantization, "parameters": engine.parameters,
                            "threads": torch.get_num_threads(),
-                           "cuda_graphs": engine.cuda_graphs, "kernel": engine.kernel}))
+                           "cuda_graphs": engine.cuda_graphs, "kernel": engine.kernel,
+                           "chunk": engine.chunk, "tuned_at": engine.tuned_at}))
     while True:
         try:
             request = conn.recv()
@@ -181,6 +182,8 @@ class EngineProcess:
         self.parameters: int = info["parameters"]
         self.cuda_graphs: list[int] = info["cuda_graphs"]
         self.kernel: str = info["kernel"]
+        self.chunk: int = info["chunk"]
+        self.tuned_at: str | None = info["tuned_at"]
         self.pid: int | None = self._proc.pid
         self._stale = self._down = False
 

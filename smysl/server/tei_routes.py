@@ -72,6 +72,10 @@ class Info(BaseModel):
     cuda_graphs: list[int] | None = None
     #: smysl's addition: what the linear layers run (``onednn``, ``onednn-int8``...).
     kernel: str | None = None
+    #: smysl's addition: tokens per slice of the engine's per-token work, and when ``smysl
+    #: tune`` measured it on this machine (None: the defaults).
+    slice_tokens: int | None = None
+    tuned_at: str | None = None
 
 
 def router(service: Service) -> APIRouter:
@@ -149,6 +153,7 @@ def router(service: Service) -> APIRouter:
             "tokenization_workers": 1,
             "version": __version__, "sha": None, "docker_label": None, "cpu": model.cpu,
             "cuda_graphs": model.cuda_graphs, "kernel": model.kernel,
+            "slice_tokens": model.slice_tokens, "tuned_at": model.tuned_at,
         })
 
     @r.get("/health")

@@ -16,6 +16,7 @@ from smysl import Embedder
 from smysl.cli import main
 from smysl.qwen3 import tuning
 from smysl.qwen3.cpu import detect
+from smysl.qwen3.engine import CHUNK_TOKENS
 from smysl.qwen3.quantize import Int4Linear
 
 
@@ -92,12 +93,20 @@ def test_engines_apply_a_stored_entry_at_load(tiny_dir: Path, cache: Path) -> No
     plain = Embedder.load(str(tiny_dir), device="cpu", dtype="float32")
     base = plain.embed(TEXTS)
     assert plain.engine.tuned is None  # type: ignore[attr-defined]
+    assert (plain.info().slice_tokens, plain.info().tuned_at) == (CHUNK_TOKENS["cpu"], None)
     tuning.store(tuning.key(plain.engine), tuning.Tuned(chunk=7))  # type: ignore[arg-type]
     q = Embedder.load(str(tiny_dir), device="cpu", quantize="int4")
     tuning.store(tuning.key(q.engine),  # type: ignore[arg-type]
                  tuning.Tuned(chunk=33, dequant_rows=100))
     tuned = Embedder.load(str(tiny_dir), device="cpu", dtype="float32")
     assert tuned.engine.chunk == 7  # type: ignore[attr-defined]
+    info = tuned.info()
+    assert (info.slice_tokens, info.tuned_at) == (7, "unknown")  # stored without a date
+    child = Embedder.load(str(tiny_dir), device="cpu", dtype="float32", process=True)
+    try:  # an engine in a child process reads the same file and says so
+        assert (child.info().slice_tokens, child.info().tuned_at) == (7, "unknown")
+    finally:
+        child.close()
     assert np.array_equal(tuned.embed(TEXTS), base)  # slices never change fp32 vectors
     tq = Embedder.load(str(tiny_dir), device="cpu", quantize="int4")
     assert tq.engine.chunk == 33 and tq.engine.tuned.dequant_rows == 100  # type: ignore[attr-defined]
