@@ -37,6 +37,9 @@ def run(args: argparse.Namespace) -> int:
                          ) from None
     if min(slices) < 1 or args.layers < 1 or args.rounds < 1:
         raise ValueError("--slices, --layers and --rounds take positive numbers")
+    if max(slices) > tuning.MAX_SLICE:
+        raise ValueError(f"--slices: at most {tuning.MAX_SLICE} tokens (slices bound the memory "
+                         "of long inputs)")
     if args.device is None:  # the CPU engine is what is tuned, also on a machine with a GPU
         args.device = "cpu"
     emb = load_model(args.model, args)

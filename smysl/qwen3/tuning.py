@@ -36,6 +36,9 @@ log = logging.getLogger(__name__)
 
 #: Slice sizes tried by default (tokens).
 SLICES = (128, 256, 512, 1024, 2048)
+#: The largest slice accepted from the file or ``--slices``: slices are what bounds a long
+#: input's activations (a 32K-token slice of the 8B's MLP is ~3 GB in float32).
+MAX_SLICE = 8192
 #: Row counts at which an int4 layer's two regimes are compared.
 ROWS = (64, 96, 128, 192, 256, 384, 512, 768, 1024)
 #: Slice sizes this close to the fastest (relative) count as tied with it.
@@ -112,8 +115,10 @@ def lookup(k: str, path: Path | None = None) -> Tuned | None:
     except (KeyError, TypeError, ValueError) as e:
         log.warning("ignoring a damaged tuning entry for %s: %s", k, e)
         return None
-    if tuned.chunk < 1 or (tuned.dequant_rows is not None and tuned.dequant_rows < 1):
-        log.warning("ignoring a tuning entry with sizes below 1 for %s", k)
+    if not 1 <= tuned.chunk <= MAX_SLICE or (tuned.dequant_rows is not None
+                                              and tuned.dequant_rows < 1):
+        log.warning("ignoring a tuning entry with sizes out of range for %s (slices 1..%d)",
+                    k, MAX_SLICE)
         return None
     return tuned
 

@@ -59,8 +59,9 @@ def test_damaged_cache_is_ignored_with_a_warning(cache: Path,
     assert "ignoring the tuning file" in caplog.text
     cache.write_text(json.dumps({"a": {"chunk": "many"}, "b": {"chunk": 0},
                                  "c": {"nothing": 1}, "d": [1], "f": {"chunk": 8, "seconds": [1]},
-                                 "g": {"chunk": 8, "dequant_rows": -1}}))
-    assert all(tuning.lookup(k) is None for k in "abcdfg")
+                                 "g": {"chunk": 8, "dequant_rows": -1},
+                                 "h": {"chunk": tuning.MAX_SLICE + 1}}))
+    assert all(tuning.lookup(k) is None for k in "abcdfgh")
     tuning.store("e", tuning.Tuned(chunk=64))  # a damaged file is replaced, entries kept
     assert tuning.lookup("e") == tuning.Tuned(chunk=64)
 
@@ -128,3 +129,5 @@ def test_cli_tune(tiny_dir: Path, cache: Path, capsys: pytest.CaptureFixture[str
     assert "positive numbers" in capsys.readouterr().err
     assert main([*args[:-6], "--slices", "a,b"]) == 2
     assert "comma-separated" in capsys.readouterr().err
+    assert main([*args[:-6], "--slices", f"8,{tuning.MAX_SLICE * 2}"]) == 2
+    assert "at most" in capsys.readouterr().err
