@@ -384,3 +384,35 @@ def test_lookups_run_where_the_blocks_are(kind: str) -> None:
     assert got.device.type == "meta" and got.shape == (2, 256)
     assert torch.equal(t.to(torch.device("cpu")).rows(torch.tensor([3, 0]), torch.float32),
                        w[[3, 0]])
+
+
+@pytest.mark.skipif(not torch.backends.cpu.get_cpu_capability().startswith("AVX512"),
+                    reason="needs a CPU whose torch dispatches AVX-512, to compare with AVX2")
+def test_int4_layout_probe_on_an_avx2_dispatch() -> None:
+    """torch packs int4 weights in 64-row blocks on AVX-512 and 32-row ones on AVX2: the probe
+    finds each, and the rebuilt weights match the kernel's on both (the AVX2 one in a process
+    whose torch is told to dispatch AVX2 kernels)."""
+    import os
+    import subprocess
+    import sys
+
+    code = """
+import torch
+from smysl.qwen3 import quantize
+assert torch.backends.cpu.get_cpu_capability() == "AVX2"
+b = quantize._block_rows()
+layer = quantize.Int4Linear.from_float(torch.randn(128, 256) * 0.02)
+eye = torch.eye(256, dtype=torch.bfloat16)
+kernel = torch.ops.aten._weight_int4pack_mm_for_cpu(eye, layer.packed, 32, layer.scale_zero)
+rebuilt = quantize._dequant_mm(eye, layer.packed, layer.scale_zero, 256)
+assert (rebuilt.float() - kernel.float()).abs().le(kernel.float().abs() * 2**-8).all()
+print(b)
+"""
+    env = {**os.environ, "ATEN_CPU_CAPABILITY": "avx2"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split() == ["32"]
+    from smysl.qwen3 import quantize
+
+    assert quantize._block_rows() == 64
