@@ -39,6 +39,10 @@ class RerankerInfo:
     device: str | None = None
     #: What a local engine's linear layers run (see :attr:`smysl.base.ModelInfo.kernel`).
     kernel: str | None = None
+    #: A local engine's slice size and when ``smysl tune`` measured it (see
+    #: :attr:`smysl.base.ModelInfo.slice_tokens`).
+    slice_tokens: int | None = None
+    tuned_at: str | None = None
 
 
 class RerankTokens(Protocol):

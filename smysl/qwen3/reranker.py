@@ -238,7 +238,8 @@ class Reranker(BaseReranker):
                             instruction_aware=True,
                             dtype=str(self.engine.dtype).removeprefix("torch."),
                             quantization=self.engine.quantization,
-                            device=str(self.engine.device), kernel=self.engine.kernel)
+                            device=str(self.engine.device), kernel=self.engine.kernel,
+                            slice_tokens=self.engine.chunk, tuned_at=self.engine.tuned_at)
 
     def fingerprint(self) -> str:
         """Hash of the checkpoint's files (size + three 1 MiB windows each), the dtype, the

@@ -53,6 +53,16 @@ def test_scores_match_the_model_card_recipe(rerankers: dict[str, Tiny],
     assert not np.allclose(custom, ours[:4])
 
 
+def test_info_says_the_engine_path(loaded: dict[str, Reranker]) -> None:
+    """The reranker's info names its engine's kernel and slice size like the embedder's (no
+    tuning file in tests: ``tuned_at`` None)."""
+    from smysl.qwen3.engine import CHUNK_TOKENS
+
+    info = loaded["tied"].info()
+    assert (info.device, info.kernel) == ("cpu", loaded["tied"].engine.kernel)
+    assert (info.slice_tokens, info.tuned_at) == (CHUNK_TOKENS["cpu"], None)
+
+
 def test_prompt_is_the_model_card_prompt(loaded: dict[str, Reranker]) -> None:
     """issue 15: prefix + formatted pair + suffix, no special tokens added, no EOS."""
     r = loaded["tied"]
