@@ -39,16 +39,11 @@ def main() -> None:
 
     from smysl import Embedder
     from smysl.qwen3.cpu import detect
+    from smysl.qwen3.tuning import short_texts
 
     SHAPES[args.size] = dict(SHAPES[args.size], num_hidden_layers=args.layers)
     ckpt = random_checkpoint(args.size, OUT / f"qwen3-{args.size}-{args.layers}l-random")
-    rng = random.Random(0)
-    batch: list[list[int]] = []
-    while True:  # short texts (20-100 tokens + EOS) up to the token budget
-        seq = [rng.randrange(1000, 100000) for _ in range(rng.randrange(20, 100))] + [151643]
-        if sum(map(len, batch)) + len(seq) > args.tokens:
-            break
-        batch.append(seq)
+    batch = short_texts(random.Random(0), args.tokens)  # the workload smysl tune times
     n_tok = sum(map(len, batch))
     slices = [int(s) for s in args.slices.split(",")]
     print(f"CPU: {detect().describe()}, {torch.get_num_threads()} threads, torch "

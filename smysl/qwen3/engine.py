@@ -216,9 +216,12 @@ class EngineLike(Protocol):
     kernel: str
     #: Tokens per slice of the per-token work (CPU: the default, or ``smysl tune``'s).
     chunk: int
-    #: When ``smysl tune`` measured :attr:`chunk` on this machine (UTC, ISO 8601); None when
-    #: the engine runs on the defaults.
-    tuned_at: str | None
+
+    @property
+    def tuned_at(self) -> str | None:
+        """When ``smysl tune`` measured :attr:`chunk` on this machine (UTC, ISO 8601); None
+        when the engine runs on the defaults."""
+        ...
 
     @property
     def alive(self) -> bool:
@@ -261,18 +264,9 @@ class Engine:
         self.parameters = cfg.parameters
         self.chunk = chunk_tokens(device.type, cfg.intermediate_size, kernel)
         #: What ``smysl tune`` measured for this path on this machine, if it has (CPU).
-        self.tuned: tuning.Tuned | None = None
-        self.tuned_at: str | None = None
-        if device.type == "cpu":
-            self.tuned = tuning.lookup(tuning.key(self))
-            if self.tuned is not None:
-                self.tuned_at = self.tuned.measured or "unknown"
-                tuning.apply(self, self.tuned)
-                rows = self.tuned.dequant_rows
-                log.info("slices of %d tokens%s, as measured on this machine on %s",
-                         self.tuned.chunk, "" if rows is None else
-                         ", int4 never dequantised" if rows == tuning.NEVER else
-                         f", int4 dequantised from {rows} rows", self.tuned.measured)
+        self.tuned = tuning.lookup(tuning.key(self)) if device.type == "cpu" else None
+        if self.tuned is not None:
+            tuning.apply(self, self.tuned)
         self._lock = threading.Lock()  # one forward at a time: threads would oversubscribe
         self._cuda: Runner | None = None
         if device.type == "cuda":
@@ -280,6 +274,11 @@ class Engine:
 
             self._cuda = Runner(model, device, dtype, self.chunk, cuda_graphs)
         self.cuda_graphs = self._cuda.graph_sizes if self._cuda else []
+
+    @property
+    def tuned_at(self) -> str | None:
+        """When :attr:`tuned` was measured ("unknown" for an entry without a date)."""
+        return None if self.tuned is None else self.tuned.measured or "unknown"
 
     @classmethod
     def from_checkpoint(cls, ckpt: Checkpoint, cfg: EngineConfig) -> Engine:

@@ -168,6 +168,14 @@ def block_planes(t: QuantTensor) -> Iterator[list[Plane]]:
     return (planes(t.slice_rows(a, a + step)) for a in range(0, t.shape[0], step))
 
 
+def _scale_zero(chunk: list[Plane]) -> tuple[torch.Tensor, torch.Tensor]:
+    """A chunk's planes side by side as the int4 layers store them: float32 ``scale`` and
+    ``zero`` [rows, P * in / 32], each weight ``(q - 8) * scale + zero`` (= ``scale * q -
+    mins``)."""
+    scale = torch.cat([p.scale for p in chunk], 1)
+    return scale, 8 * scale - torch.cat([p.mins for p in chunk], 1)
+
+
 class Int4Linear(nn.Module):
     """Weights as one or more 4-bit planes in groups of 32 input columns, ``w = sum over planes
     of (q - 8) * scale + zero`` per group (torch's ``_weight_int4pack_mm_for_cpu``; activations,
@@ -191,8 +199,7 @@ class Int4Linear(nn.Module):
         for chunk in chunks:
             q = torch.cat([p.q for p in chunk], 1).to(torch.int32)  # [rows, P * in]
             packed.append(torch.ops.aten._convert_weight_to_int4pack_for_cpu(q, 2))
-            scale = torch.cat([p.scale for p in chunk], 1)
-            zero = 8 * scale - torch.cat([p.mins for p in chunk], 1)  # (q - 8) * scale + zero
+            scale, zero = _scale_zero(chunk)
             scale_zero.append(torch.stack([scale.t(), zero.t()], -1).to(torch.bfloat16))
         self.packed = torch.cat(packed)
         self.scale_zero = torch.cat(scale_zero, 1).contiguous()  # [P * in / 32, out, 2]
@@ -233,7 +240,7 @@ class Int4Linear(nn.Module):
 #: between a batch below and one above this size; within a regime rows are batch-invariant.
 DEQUANT_ROWS = 192
 #: Weights dequantised at a time (a column block of the transposed weight): the workspace,
-#: one per thread, stays ~42 MiB (float32 sums, a second plane, bf16 copy, codes), and its bf16
+#: one per process, stays ~42 MiB (float32 sums, a second plane, bf16 copy, codes), and its bf16
 #: block stays in cache for its GEMM; 4M was as fast as 8M-32M on an 8B gate|up and down.
 DEQUANT_ELEMENTS = 1 << 22
 
@@ -351,8 +358,7 @@ class Int4GemmLinear(nn.Module):
         for chunk in chunks:
             q = torch.cat([p.q for p in chunk], 1).to(torch.uint8)  # [rows, P * in], 0..15
             codes.append((q[:, 0::2] | (q[:, 1::2] << 4)).to(device))
-            scale = torch.cat([p.scale for p in chunk], 1).float()
-            zero = 8 * scale - torch.cat([p.mins for p in chunk], 1).float()
+            scale, zero = _scale_zero(chunk)
             scale_zero.append(torch.stack([scale, zero]).to(torch.bfloat16).to(device))
         self.codes: torch.Tensor
         self.scale_zero: torch.Tensor

@@ -142,17 +142,20 @@ def store(k: str, tuned: Tuned, path: Path | None = None) -> Path:
 
 
 def apply(engine: Engine, tuned: Tuned) -> None:
-    """Use ``tuned`` in ``engine`` (its slice size; its int4 layers' threshold)."""
+    """Use ``tuned`` in ``engine`` (its slice size; its int4 layers' threshold), and log it."""
     from smysl.qwen3.quantize import Int4Linear
 
-    engine.chunk = tuned.chunk
-    if tuned.dequant_rows is not None:
+    engine.chunk, rows = tuned.chunk, tuned.dequant_rows
+    if rows is not None:
         for m in engine.model.modules():
             if isinstance(m, Int4Linear):
-                m.dequant_rows = tuned.dequant_rows
+                m.dequant_rows = rows
+    log.info("slices of %d tokens%s, as measured on this machine on %s", tuned.chunk,
+             "" if rows is None else ", int4 never dequantised" if rows == NEVER else
+             f", int4 dequantised from {rows} rows", tuned.measured or "an unknown date")
 
 
-def _workload(rng: random.Random, tokens: int) -> list[list[int]]:
+def short_texts(rng: random.Random, tokens: int) -> list[list[int]]:
     """Short texts (20-100 tokens and EOS) up to ``tokens``: the engine's usual batch."""
     batch: list[list[int]] = []
     while True:
@@ -181,7 +184,7 @@ def tune(engine: Engine, slices: tuple[int, ...] = SLICES, layers: int = 2, roun
     int4 = [m for m in model.modules() if isinstance(m, Int4Linear)]
     before = [m.dequant_rows for m in int4]
     rng = random.Random(0)
-    work = [_workload(rng, batch_tokens),
+    work = [short_texts(rng, batch_tokens),
             [[rng.randrange(1000, 100000) for _ in range(long_tokens - 1)] + [_EOS]]]
     seconds = dict.fromkeys(slices, float("inf"))
     try:
