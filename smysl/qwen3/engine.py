@@ -309,6 +309,8 @@ class Engine:
                                  keep_blocks=cfg.quantize == "int4")
         if cfg.quantize == "int8":
             model.attn_dtype = int8_attention_dtype(detect())
+        # float32 stays the reference's operation order (the exact path)
+        model.exact_qk = device.type != "cpu" or (dtype == torch.float32 and not cfg.quantize)
         return cls(model, device, dtype, cfg.quantize, cfg.cuda_graphs, kernel)
 
     def forward(self, batch: list[list[int]], heads: list[int] | None = None) -> np.ndarray:

@@ -10,9 +10,11 @@ from smysl.qwen3.cpu import onednn_bf16
 from smysl.qwen3.model import (
     AttentionPlan,
     Qwen3Config,
+    RMSNorm,
     apply_rope,
     causal_attention,
     gemm_attention,
+    norm_rope,
     pad_rows,
     sdpa,
 )
@@ -118,6 +120,35 @@ def test_cpu_grouping_is_by_equal_length() -> None:
     assert exact.groups[0][2] is not None  # lengths 10 at 0 and 2: gathered, not contiguous
     run = AttentionPlan([4, 4, 4], torch.device("cpu"))
     assert len(run.groups) == 1 and run.groups[0][2] is None  # one contiguous run: a view
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_norm_rope_is_the_reference_chain_rounded_once(dtype: torch.dtype) -> None:
+    """norm_rope == apply_rope(RMSNorm(x)) in float64 maths; in bf16 it is closer to float64
+    than the reference chain (one rounding instead of one per step); it reads a strided view
+    of the qkv output and writes the attention buffer in place."""
+    torch.manual_seed(0)
+    t, heads, d = 40, 3, 16
+    qkv = (torch.randn(t, 2 * heads * d) * 3).to(dtype)
+    x = qkv[:, heads * d :].view(t, heads, d)  # not contiguous
+    norm = RMSNorm(d, 1e-6)
+    with torch.no_grad():
+        norm.weight.copy_(torch.rand(d) + 0.5)
+    inv = 1.0 / (1e6 ** (torch.arange(0, d, 2).float() / d))
+    emb = torch.arange(t).float()[:, None] * inv
+    cos, sin = torch.cat([emb, emb], -1).cos(), torch.cat([emb, emb], -1).sin()
+    x64 = x.double()
+    ref = apply_rope(x64 * torch.rsqrt(x64.pow(2).mean(-1, keepdim=True) + 1e-6)
+                     * norm.weight.double(), cos.double(), sin.double())
+    out = torch.full((t, heads, d), float("nan"), dtype=dtype)
+    with torch.inference_mode():  # as the engine runs
+        norm_rope(x, norm.weight, norm.eps, cos, sin, out)
+        chain = apply_rope(norm(x), cos.to(dtype), sin.to(dtype)).double()
+    err = (out.double() - ref).abs().max().item()
+    if dtype == torch.float32:
+        assert err < 1e-5
+    else:
+        assert err < 0.02 and err < (chain - ref).abs().max().item()
 
 
 def test_rope_matches_rotate_half_reference() -> None:
