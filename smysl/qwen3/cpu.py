@@ -10,8 +10,10 @@ any machine.
 from __future__ import annotations
 
 import functools
+import os
 import platform
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -27,6 +29,19 @@ KNOWN = {
 #: Matmul precision ``dtype="auto"`` may pick on CPU: bf16 stays within cosine 0.99996 of fp32 on
 #: the benchmark corpus (0.6B shape, docs/benchmarks.md), inside the 0.9999 the choice allows.
 NATIVE_BF16 = frozenset({"avx512_bf16", "amx_bf16"})
+#: oneDNN's ISA cap (``ONEDNN_MAX_CPU_ISA``, formerly ``DNNL_MAX_CPU_ISA``): the :data:`KNOWN`
+#: x86 features each level still lets it use. oneDNN runs every bf16 and int8 GEMM of the CPU
+#: engine, so a capped feature is one smysl cannot use either: on an AVX512-BF16 CPU capped at
+#: AVX2, a bf16 GEMM is emulated (~100x slower than float32). Levels not listed (and ``ALL``)
+#: cap nothing that decides a path.
+_ISA_CAPS: dict[str, frozenset[str]] = {
+    "SSE41": frozenset(), "AVX": frozenset(), "AVX2": frozenset({"avx2"}),
+    "AVX2_VNNI": frozenset({"avx2", "avx_vnni"}), "AVX2_VNNI_2": frozenset({"avx2", "avx_vnni"}),
+    "AVX512_CORE": frozenset({"avx2", "avx512f"}),
+    "AVX512_CORE_VNNI": frozenset({"avx2", "avx512f", "avx512_vnni"}),
+    "AVX512_CORE_BF16": frozenset({"avx2", "avx512f", "avx512_vnni", "avx512_bf16"}),
+}
+_ISA_CAPS["AVX512_CORE_FP16"] = _ISA_CAPS["AVX10_1_512"] = _ISA_CAPS["AVX512_CORE_BF16"]
 
 
 @dataclass(frozen=True)
@@ -36,6 +51,8 @@ class CpuFeatures:
     model: str
     arch: str
     flags: frozenset[str]
+    #: What an ISA cap hides from :attr:`flags` (see :func:`apply_isa_cap`), "" when none.
+    capped: str = ""
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -55,7 +72,8 @@ class CpuFeatures:
 
     def describe(self) -> str:
         """``AMD EPYC (avx2, avx512f, avx512_bf16, ...)`` for logs and benchmark output."""
-        return f"{self.model or self.arch} ({', '.join(self.names) or 'baseline only'})"
+        cap = f"; {self.capped}" if self.capped else ""
+        return f"{self.model or self.arch} ({', '.join(self.names) or 'baseline only'}{cap})"
 
 
 def parse_cpuinfo(text: str, arch: str) -> CpuFeatures:
@@ -71,17 +89,34 @@ def parse_cpuinfo(text: str, arch: str) -> CpuFeatures:
     return CpuFeatures(model, arch, flags)
 
 
+def apply_isa_cap(features: CpuFeatures, env: Mapping[str, str]) -> CpuFeatures:
+    """``features`` less what oneDNN's ISA cap in ``env`` forbids it to use (x86 only): the
+    features smysl's choices may count on. The cap is named in :attr:`CpuFeatures.capped`."""
+    name = next((v for v in (env.get("ONEDNN_MAX_CPU_ISA"), env.get("DNNL_MAX_CPU_ISA")) if v),
+                "")
+    allowed = _ISA_CAPS.get(name.strip().upper())
+    if features.arch != "x86_64" or allowed is None:
+        return features
+    hidden = features.flags & (frozenset(KNOWN["x86_64"]) - allowed)
+    if not hidden:
+        return features
+    names = ", ".join(f for f in KNOWN["x86_64"] if f in hidden)
+    return replace(features, flags=features.flags - hidden,
+                   capped=f"ONEDNN_MAX_CPU_ISA={name} hides {names}")
+
+
 @functools.cache
 def detect() -> CpuFeatures:
-    """This machine's features (read once). Empty flags where ``/proc/cpuinfo`` is absent
-    (macOS, Windows): ``auto`` then stays float32, the exact path."""
+    """This machine's features (read once), less those an ISA cap set in the environment
+    forbids (:func:`apply_isa_cap`). Empty flags where ``/proc/cpuinfo`` is absent (macOS,
+    Windows): ``auto`` then stays float32, the exact path."""
     arch = {"amd64": "x86_64", "arm64": "aarch64"}.get(platform.machine().lower(),
                                                         platform.machine().lower())
     try:
         text = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
     except OSError:
         return CpuFeatures(platform.processor(), arch, frozenset())
-    return parse_cpuinfo(text, arch)
+    return apply_isa_cap(parse_cpuinfo(text, arch), os.environ)
 
 
 def auto_dtype(features: CpuFeatures, stored: torch.dtype | None) -> tuple[torch.dtype, str]:
@@ -95,21 +130,37 @@ def auto_dtype(features: CpuFeatures, stored: torch.dtype | None) -> tuple[torch
     if stored is not torch.bfloat16:
         return torch.float32, f"the checkpoint is stored in {_name(stored)}"
     if not features.native_bf16:
-        return torch.float32, "this CPU has no native bf16 (AVX512-BF16 or AMX-BF16)"
+        cap = f" usable ({features.capped})" if features.capped else ""
+        return torch.float32, f"this CPU has no native bf16 (AVX512-BF16 or AMX-BF16){cap}"
     have = sorted(features.flags & NATIVE_BF16)
     return torch.bfloat16, f"this CPU computes bf16 natively ({', '.join(have)})"
 
 
 def int8_kernel(features: CpuFeatures) -> str:
     """What ``quantize="int8"`` multiplies with (see :mod:`smysl.qwen3.quantize`):
-    ``onednn-int8`` (activations quantised per row: batch invariant, 1.05x fbgemm and closer to
-    fp32 on an AVX-512-VNNI EPYC) on x86 with int8 dot products (VNNI / AMX-INT8) where this
-    torch's oneDNN has the op; ``fbgemm-int8`` (per-tensor activations) on other x86 CPUs: on
-    AVX2 without VNNI oneDNN's int8 kernel ran at half fbgemm's speed; ``torch-int8`` (the same
-    per-tensor layer on torch's default quantised engine, e.g. qnnpack) off x86, unmeasured."""
+    ``onednn-int8`` (activations quantised per row: batch invariant) on x86 where this torch's
+    oneDNN has the op, with :func:`int8_activation_bits` codes; ``fbgemm-int8`` (per-tensor
+    activations) on x86 without it; ``torch-int8`` (the same per-tensor layer on torch's
+    default quantised engine, e.g. qnnpack) off x86, unmeasured.
+
+    Measured on an AVX-512-VNNI EPYC: oneDNN 1.05-1.07x fbgemm, min cosine to fp32 0.9983 vs
+    0.9972. With every library capped at AVX2 there (an AVX2-only CPU's kernels): oneDNN with
+    7-bit codes 19.2 s vs fbgemm 18.8-19.3 s on the benchmark corpus, min cosine 0.9964 vs
+    0.9943 (fbgemm's 16-bit pair sums saturate there, oneDNN's 7-bit codes cannot)."""
     if features.arch != "x86_64":
         return "torch-int8"
-    return "onednn-int8" if features.int8_dot and onednn_int8() else "fbgemm-int8"
+    return "onednn-int8" if onednn_int8() else "fbgemm-int8"
+
+
+def int8_activation_bits(features: CpuFeatures) -> int:
+    """Bits of the per-row activation codes of ``onednn-int8``: 8 where the CPU has int8 dot
+    products (VNNI / AMX-INT8: u8 x s8 products accumulate straight into int32), 7 elsewhere.
+    Without them (AVX2) each pair of u8 x s8 products is summed into a saturating 16 bits:
+    codes ``q + 128`` up to 255 times weights up to 127 overflow (an error of 1.7e5 seen on an
+    adversarial row), while 7-bit codes ``q + 64 <= 127`` keep every pair <= 32,258: exact
+    integer sums, at the same min cosine to fp32 there (0.9964). On VNNI machines 8 bits are
+    closer (0.9983 vs 0.9966)."""
+    return 8 if features.int8_dot else 7
 
 
 @functools.cache

@@ -93,8 +93,8 @@ class EngineConfig:
     #: natively, else float32 — see :func:`smysl.qwen3.cpu.auto_dtype`), "float32" (the exact
     #: path), "bfloat16" or "float16".
     dtype: str = "auto"
-    #: None; "int8" (int8 linear layers, activations quantised on each call: per row on
-    #: VNNI/AMX CPUs, per tensor elsewhere, see ``cpu.int8_kernel``; float32; CPU only); or "int4"
+    #: None; "int8" (int8 linear layers, activations quantised per row on each call: 8 bits on
+    #: VNNI/AMX CPUs, 7 on other x86, see ``cpu.int8_kernel``; float32; CPU only); or "int4"
     #: (4-bit weights in groups of 32 where the source allows, else 8-bit weight-only (CUDA:
     #: bf16); bf16 activations; a GGUF file's blocks become 4-bit planes, exact for Q8_0, Q5_K
     #: and Q4_K: :func:`smysl.qwen3.ggml_quants.planes`; on CUDA rebuilt per call for cuBLAS,

@@ -5,25 +5,21 @@ variants are scalar code, 2.8 and 5.9 GFLOP/s against 345 and 321 in bf16 on an 
 int8 (``quantize="int8"``): weights quantised once, symmetric per output channel. Which kernel
 multiplies them is :func:`smysl.qwen3.cpu.int8_kernel`'s rule:
 
-* ``onednn-int8`` (:class:`Int8Linear`; x86 with VNNI or AMX): activations quantised on each
-  call **per row** (per token), symmetric, 8 bits. A row's scale depends on that row alone and
-  the integer sums are exact, so a text's vector is bit-identical alone and in any batch, and
-  one outlier token no longer coarsens the others. On an AVX-512-VNNI EPYC (0.6B shape) it ran
-  1.05-1.07x fbgemm's per-tensor path, at min cosine to fp32 0.9983 instead of 0.9972.
-* ``fbgemm-int8`` (:class:`DynamicInt8Linear`; x86 without int8 dot products; ``torch-int8``:
-  the same layer off x86, on torch's default quantised engine): activations quantised per call
-  **per tensor** (over the whole batch, full 8-bit range), so a vector depends slightly on its
-  batch. Kept there because oneDNN's AVX2 int8 kernel, measured with
-  ``ONEDNN_MAX_CPU_ISA=AVX2``, ran at half fbgemm's speed, and fbgemm's own AVX2 kernel could
-  not be measured on a VNNI machine.
+* ``onednn-int8`` (:class:`Int8Linear`; x86): activations quantised on each call **per row**
+  (per token), symmetric, 8 bits where the CPU has int8 dot products (VNNI / AMX) and 7 where
+  it has not (:func:`smysl.qwen3.cpu.int8_activation_bits`: AVX2's 16-bit pair sums cannot
+  saturate then). A row's scale depends on that row alone and the integer sums are exact, so a
+  text's vector is bit-identical alone and in any batch, and one outlier token no longer
+  coarsens the others. On an AVX-512-VNNI EPYC (0.6B shape) it ran 1.05-1.07x fbgemm's
+  per-tensor path, at min cosine to fp32 0.9983 instead of 0.9972; capped at AVX2 there,
+  0.92-1.0x fbgemm's AVX2 kernel at min cosine 0.9964 instead of 0.9943.
+* ``fbgemm-int8`` (:class:`DynamicInt8Linear`; x86 where torch's oneDNN lacks the op;
+  ``torch-int8``: the same layer off x86, on torch's default quantised engine): activations
+  quantised per call **per tensor** (over the whole batch, full 8-bit range), so a vector
+  depends slightly on its batch. Without VNNI, fbgemm's u8 x s8 pair sums can saturate.
 
 Norms, RoPE and the residual stream stay float32; attention too, except where the CPU computes
 bf16 natively (:func:`smysl.qwen3.cpu.int8_attention_dtype`).
-
-On AVX2 without VNNI, fbgemm multiplies u8 x s8 pairs into saturating 16-bit sums; the usual
-cure, a 7-bit activation range ("reduce_range"), measured *worse* here (min cosine to fp32 on
-the benchmark corpus 0.9913 vs 0.9964 with 8 bits, 0.6B shape): saturation needs two adjacent
-near-extreme products and is rarer than the precision lost to a 7-bit range.
 """
 
 from __future__ import annotations
@@ -36,13 +32,12 @@ from collections.abc import Callable, Iterable, Iterator
 import torch
 from torch import nn
 
-from smysl.qwen3.cpu import onednn_bf16
+from smysl.qwen3.cpu import detect, int8_activation_bits, onednn_bf16
 from smysl.qwen3.ggml_quants import Plane, QuantStack, QuantTensor, Weight, planes
 from smysl.qwen3.model import pad_rows
 
-#: Activation code range of :class:`Int8Linear`: ``q`` in -127..127, passed to oneDNN as the
-#: unsigned ``q + ZERO`` (its fast int8 kernels take u8 activations x s8 weights).
-QMAX, ZERO = 127.0, 128
+#: Weight code range: ``-QMAX..QMAX`` (int8, symmetric).
+QMAX = 127.0
 
 
 def _weight_codes(w: torch.Tensor | QuantTensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -69,10 +64,18 @@ def _weight_codes(w: torch.Tensor | QuantTensor) -> tuple[torch.Tensor, torch.Te
 
 class Int8Linear(nn.Module):
     """Drop-in for :class:`smysl.qwen3.model.Linear`: int8 weights prepacked for oneDNN, and
-    activations quantised per row on each call (see the module docstring)."""
+    activations quantised per row on each call (see the module docstring). ``act_bits``: 8 or
+    7, default :func:`smysl.qwen3.cpu.int8_activation_bits` of this CPU."""
 
-    def __init__(self, weight: torch.Tensor) -> None:
+    def __init__(self, weight: torch.Tensor, act_bits: int | None = None) -> None:
         super().__init__()
+        self.act_bits = act_bits or int8_activation_bits(detect())
+        if self.act_bits not in (7, 8):
+            raise ValueError(f"int8 activation codes have 7 or 8 bits, not {self.act_bits}")
+        # codes -qmax..qmax, passed to oneDNN as the unsigned q + zero (its fast int8 kernels
+        # take u8 activations x s8 weights): 127 and 128 for 8 bits, 63 and 64 for 7
+        self.zero = 1 << (self.act_bits - 1)
+        self.qmax = float(self.zero - 1)
         codes, self.scales = _weight_codes(weight)
         self.out_features, self.in_features = codes.shape
         self.zeros = torch.zeros(self.out_features, dtype=torch.long)
@@ -87,15 +90,17 @@ class Int8Linear(nn.Module):
         # codes computed in float32 whatever x is (bf16 would round them); a mixed-dtype
         # multiply is ~10x slower than widening first. A NaN/inf row gets arbitrary codes (the
         # int8 cast of NaN is undefined) but stays non-finite: its ``amax`` rescales it below.
-        inv = QMAX / amax
+        inv = self.qmax / amax
         t = torch.mul(x, inv) if x.dtype == torch.float32 else x.float().mul_(inv)
-        # int8 -> uint8 code + ZERO by flipping the sign bit: float -> uint8 conversion is
-        # ~2x slower than float -> int8 here
-        xq = t.round_().to(torch.int8).view(torch.uint8).bitwise_xor_(ZERO)
-        y = torch.ops.onednn.qlinear_pointwise(xq.contiguous(), 1.0, ZERO, self.packed,
+        # q + zero as uint8 via int8 (float -> uint8 conversion is ~2x slower than float ->
+        # int8 here): 8 bits flip the sign bit, 7 bits add 64 (q + 64 <= 127 is a valid int8)
+        q = t.round_().to(torch.int8)
+        xq = (q.view(torch.uint8).bitwise_xor_(128) if self.zero == 128
+              else q.add_(self.zero).view(torch.uint8))
+        y = torch.ops.onednn.qlinear_pointwise(xq.contiguous(), 1.0, self.zero, self.packed,
                                                self.scales, self.zeros, None, 1.0, 0,
                                                torch.float32, "none", [], "")
-        return y.mul_(amax / QMAX)
+        return y.mul_(amax / self.qmax)
 
 
 class DynamicInt8Linear(nn.Module):

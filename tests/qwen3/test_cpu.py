@@ -4,6 +4,9 @@ features are injected, so every branch runs whatever CPU the tests land on."""
 from __future__ import annotations
 
 import logging
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -12,8 +15,10 @@ import torch
 
 from smysl.qwen3.cpu import (
     CpuFeatures,
+    apply_isa_cap,
     auto_dtype,
     detect,
+    int8_activation_bits,
     int8_attention_dtype,
     int8_kernel,
     packs_linear,
@@ -27,7 +32,8 @@ ZEN3 = CpuFeatures("AMD EPYC 7B13", "x86_64", frozenset({"sse4_2", "avx", "avx2"
 ZEN5 = CpuFeatures("AMD EPYC", "x86_64", frozenset(
     {"avx2", "avx512f", "avx512bw", "avx512_bf16", "avx512_vnni", "avx_vnni"}))
 SPR = CpuFeatures("Intel Xeon Platinum 8480+", "x86_64", frozenset(
-    {"avx2", "avx512f", "avx512_bf16", "avx512_vnni", "amx_bf16", "amx_int8", "amx_tile"}))
+    {"avx2", "avx512f", "avx512_bf16", "avx512_vnni", "avx_vnni", "amx_bf16", "amx_int8",
+     "amx_tile"}))
 GRAVITON3 = CpuFeatures("", "aarch64", frozenset({"asimd", "asimddp", "i8mm", "sve", "bf16"}))
 
 
@@ -55,6 +61,49 @@ def test_auto_dtype_on_each_cpu(cpu: CpuFeatures, stored: torch.dtype | None,
                                 want: torch.dtype) -> None:
     dtype, why = auto_dtype(cpu, stored)
     assert dtype == want and why
+
+
+@pytest.mark.parametrize(("cap", "left"), [
+    ("AVX2", ("avx2",)),
+    ("avx2_vnni", ("avx2", "avx_vnni")),                 # case-insensitive, as oneDNN
+    ("AVX512_CORE", ("avx2", "avx512f")),
+    ("AVX512_CORE_BF16", ("avx2", "avx512f", "avx512_bf16", "avx512_vnni")),
+])
+def test_an_isa_cap_hides_what_onednn_may_not_use(cap: str, left: tuple[str, ...]) -> None:
+    capped = apply_isa_cap(SPR, {"ONEDNN_MAX_CPU_ISA": cap})
+    assert capped.names == left
+    assert cap in capped.capped and "amx_bf16" in capped.capped and capped.capped in (
+        capped.describe())
+    assert apply_isa_cap(SPR, {"DNNL_MAX_CPU_ISA": cap}).names == left  # the older name
+    if "avx512_bf16" not in left:  # bf16 would be emulated: auto keeps float32, and says why
+        dtype, why = auto_dtype(capped, torch.bfloat16)
+        assert dtype == torch.float32 and cap in why
+    assert int8_activation_bits(capped) == (8 if "vnni" in " ".join(left) else 7)
+
+
+@pytest.mark.parametrize("env", [{}, {"ONEDNN_MAX_CPU_ISA": "ALL"},
+                                 {"ONEDNN_MAX_CPU_ISA": "AVX512_CORE_AMX"},
+                                 {"ONEDNN_MAX_CPU_ISA": "nonsense"}])
+def test_no_cap_or_one_above_the_cpu_changes_nothing(env: dict[str, str]) -> None:
+    assert apply_isa_cap(SPR, env) is SPR and apply_isa_cap(ZEN3, env) is ZEN3
+    assert apply_isa_cap(GRAVITON3, {"ONEDNN_MAX_CPU_ISA": "AVX2"}) is GRAVITON3  # x86 only
+
+
+def test_a_process_started_with_an_isa_cap_keeps_to_it() -> None:
+    """detect() reads the cap from the environment: under ONEDNN_MAX_CPU_ISA=AVX2 ``auto`` stays
+    float32 on any CPU (oneDNN would emulate bf16 there: ~100x slower)."""
+    code = """
+import torch
+from smysl.qwen3.cpu import auto_dtype, detect, onednn_bf16
+f = detect()
+assert not f.native_bf16 and not f.int8_dot and not onednn_bf16()
+print(auto_dtype(f, torch.bfloat16)[0], f.capped or "-")
+"""
+    env = {**os.environ, "ONEDNN_MAX_CPU_ISA": "AVX2"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split()[0] == "torch.float32"
 
 
 def test_engine_config_uses_the_features_and_says_why(caplog: pytest.LogCaptureFixture) -> None:
@@ -176,14 +225,16 @@ def test_engine_reports_its_linear_kernel(tiny_variants) -> None:  # type: ignor
 
 
 def test_int8_kernel_follows_the_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
-    """oneDNN's per-row int8 where the CPU has int8 dot products (VNNI / AMX) and torch has
-    the op; fbgemm's per-tensor layer on AVX2 without VNNI and off x86."""
+    """oneDNN's per-row int8 on x86 where torch has the op, 8-bit codes with int8 dot products
+    (VNNI / AMX) and 7-bit ones without (AVX2); fbgemm's per-tensor layer where the op is
+    missing, torch's default quantised engine off x86."""
     monkeypatch.setattr("smysl.qwen3.cpu.onednn_int8", lambda: True)
-    assert int8_kernel(ZEN5) == int8_kernel(SPR) == "onednn-int8"
-    assert int8_kernel(ZEN3) == "fbgemm-int8"
-    assert int8_kernel(GRAVITON3) == "torch-int8"  # torch's default quantised engine
+    assert int8_kernel(ZEN5) == int8_kernel(SPR) == int8_kernel(ZEN3) == "onednn-int8"
+    assert int8_activation_bits(ZEN5) == int8_activation_bits(SPR) == 8
+    assert int8_activation_bits(ZEN3) == 7
+    assert int8_kernel(GRAVITON3) == "torch-int8"
     monkeypatch.setattr("smysl.qwen3.cpu.onednn_int8", lambda: False)
-    assert int8_kernel(ZEN5) == "fbgemm-int8"
+    assert int8_kernel(ZEN5) == int8_kernel(ZEN3) == "fbgemm-int8"
 
 
 def test_int8_attends_in_bf16_only_where_native(tiny_variants) -> None:  # type: ignore[no-untyped-def]
@@ -197,5 +248,8 @@ def test_int8_attends_in_bf16_only_where_native(tiny_variants) -> None:  # type:
     int8 = Embedder.load(path, device="cpu", quantize="int8")
     assert int8.engine.model.attn_dtype == int8_attention_dtype(detect())  # type: ignore[attr-defined]
     texts = ["Кошка спит на подоконнике.", "The cat sleeps on the windowsill.", "x" * 300]
-    exact = Embedder.load(path, device="cpu", dtype="float32").embed_documents(texts)
+    fp32 = Embedder.load(path, device="cpu", dtype="float32")
+    exact = fp32.embed_documents(texts)
     assert ((int8.embed_documents(texts) * exact).sum(1) >= 0.99).all()
+    # q/k norm + RoPE: the reference's order on the exact path only (model.norm_rope elsewhere)
+    assert fp32.engine.model.exact_qk and not int8.engine.model.exact_qk  # type: ignore[attr-defined]

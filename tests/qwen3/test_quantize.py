@@ -89,3 +89,51 @@ def test_int8_empty_and_strided_inputs(weight: torch.Tensor) -> None:
     assert layer(torch.randn(0, 64)).shape == (0, 96)
     x = torch.randn(64, 9).t()  # [9, 64], not contiguous
     assert torch.equal(layer(x), layer(x.contiguous()))
+
+
+@needs_onednn
+def test_seven_bit_codes_are_close_and_batch_invariant(weight: torch.Tensor) -> None:
+    """The layer of CPUs without int8 dot products (7-bit activation codes, q + 64 as u8)."""
+    layer = Int8Linear(weight, act_bits=7)
+    assert (layer.qmax, layer.zero) == (63.0, 64)
+    x = torch.randn(300, 64)
+    full = layer(x)
+    assert rel_err(full, x @ weight.t()) < 0.03
+    for rows in (slice(0, 1), slice(5, 40), slice(299, 300)):
+        assert torch.equal(layer(x[rows]), full[rows])
+    with pytest.raises(ValueError, match="7 or 8 bits"):
+        Int8Linear(weight, act_bits=6)
+
+
+@needs_onednn
+def test_seven_bit_sums_are_exact_where_avx2_pairs_saturate() -> None:
+    """With oneDNN capped at AVX2 (no VNNI: u8 x s8 pairs summed into saturating 16 bits), an
+    adversarial row (the largest codes against the largest weights, side by side) still gives
+    the exact integer sums with 7-bit codes: 127 * 127 * 2 <= 32,767, where 8-bit codes would
+    reach 255 * 127 * 2."""
+    import os
+    import subprocess
+    import sys
+
+    code = """
+import torch
+from smysl.qwen3.quantize import Int8Linear, _weight_codes
+torch.manual_seed(0)
+w = torch.randn(64, 256) * 0.02
+w[:, :16] = 0.05  # every row's largest weights, side by side: codes 127
+x = torch.randn(4, 256)
+x[:, :16] = 4.0   # and every row's largest activations
+layer = Int8Linear(w, act_bits=7)
+codes, scales = _weight_codes(w)
+amax = x.abs().amax(1, keepdim=True)
+q = torch.round(x * (63.0 / amax))
+exact = (q.double() @ codes.double().T) * scales.double() * (amax.double() / 63.0)
+y = layer(x).double()
+assert ((y - exact).abs() <= exact.abs() * 1e-6 + 1e-6).all(), (y - exact).abs().max()
+print("exact")
+"""
+    env = {**os.environ, "ONEDNN_MAX_CPU_ISA": "AVX2"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split() == ["exact"]
