@@ -26,8 +26,8 @@ def add_model_arguments(p: argparse.ArgumentParser, *, model: bool = True,
                    help="auto (default: float32 on CPU, bfloat16 on CUDA), float32, bfloat16, "
                         "float16")
     g.add_argument(FLAGS["quantize"], choices=["int8", "int4"], default=None,
-                   help="int8: int8 layers, activations quantised per token (8 bits on "
-                        "VNNI/AMX CPUs, 7 on other x86; CPU, float32); int4: weights kept as "
+                   help="int8: int8 layers, activations quantised per token on x86 (8 "
+                        "bits on VNNI/AMX CPUs, 7 elsewhere; CPU, float32); int4: weights kept as "
                         "4-bit planes, a GGUF's blocks without re-quantising (CPU or CUDA, "
                         "bfloat16)")
     g.add_argument(FLAGS["threads"], type=int, default=None,

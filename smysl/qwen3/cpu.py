@@ -41,7 +41,9 @@ _ISA_CAPS: dict[str, frozenset[str]] = {
     "AVX512_CORE_VNNI": frozenset({"avx2", "avx512f", "avx512_vnni"}),
     "AVX512_CORE_BF16": frozenset({"avx2", "avx512f", "avx512_vnni", "avx512_bf16"}),
 }
-_ISA_CAPS["AVX512_CORE_FP16"] = _ISA_CAPS["AVX10_1_512"] = _ISA_CAPS["AVX512_CORE_BF16"]
+# AVX10.1 includes the VEX-encoded VNNI (AVX-VNNI) as well
+_ISA_CAPS["AVX512_CORE_FP16"] = _ISA_CAPS["AVX10_1_512"] = _ISA_CAPS["AVX512_CORE_BF16"] | {
+    "avx_vnni"}
 
 
 @dataclass(frozen=True)
@@ -92,9 +94,9 @@ def parse_cpuinfo(text: str, arch: str) -> CpuFeatures:
 def apply_isa_cap(features: CpuFeatures, env: Mapping[str, str]) -> CpuFeatures:
     """``features`` less what oneDNN's ISA cap in ``env`` forbids it to use (x86 only): the
     features smysl's choices may count on. The cap is named in :attr:`CpuFeatures.capped`."""
-    name = next((v for v in (env.get("ONEDNN_MAX_CPU_ISA"), env.get("DNNL_MAX_CPU_ISA")) if v),
-                "")
-    allowed = _ISA_CAPS.get(name.strip().upper())
+    var = next((v for v in ("ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA") if env.get(v)), "")
+    name = env.get(var, "")
+    allowed = _ISA_CAPS.get(name.upper())  # oneDNN reads it case-insensitively, untrimmed
     if features.arch != "x86_64" or allowed is None:
         return features
     hidden = features.flags & (frozenset(KNOWN["x86_64"]) - allowed)
@@ -102,7 +104,7 @@ def apply_isa_cap(features: CpuFeatures, env: Mapping[str, str]) -> CpuFeatures:
         return features
     names = ", ".join(f for f in KNOWN["x86_64"] if f in hidden)
     return replace(features, flags=features.flags - hidden,
-                   capped=f"ONEDNN_MAX_CPU_ISA={name} hides {names}")
+                   capped=f"{var}={name} hides {names}")
 
 
 @functools.cache

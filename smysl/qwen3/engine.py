@@ -25,6 +25,7 @@ from smysl.qwen3.cpu import (
     auto_dtype,
     available_memory,
     detect,
+    int8_activation_bits,
     int8_attention_dtype,
     int8_kernel,
     packs_linear,
@@ -93,8 +94,9 @@ class EngineConfig:
     #: natively, else float32 — see :func:`smysl.qwen3.cpu.auto_dtype`), "float32" (the exact
     #: path), "bfloat16" or "float16".
     dtype: str = "auto"
-    #: None; "int8" (int8 linear layers, activations quantised per row on each call: 8 bits on
-    #: VNNI/AMX CPUs, 7 on other x86, see ``cpu.int8_kernel``; float32; CPU only); or "int4"
+    #: None; "int8" (int8 linear layers, activations quantised on each call: per row on x86,
+    #: 8 bits on VNNI/AMX CPUs and 7 elsewhere; per tensor off x86, see ``cpu.int8_kernel``;
+    #: float32; CPU only); or "int4"
     #: (4-bit weights in groups of 32 where the source allows, else 8-bit weight-only (CUDA:
     #: bf16); bf16 activations; a GGUF file's blocks become 4-bit planes, exact for Q8_0, Q5_K
     #: and Q4_K: :func:`smysl.qwen3.ggml_quants.planes`; on CUDA rebuilt per call for cuBLAS,
@@ -295,7 +297,9 @@ class Engine:
 
             kernel = int8_kernel(detect())
             linear = int8_linear(kernel)
-            log.info("linear layers: int8 on %s", kernel)
+            codes = (f", {int8_activation_bits(detect())}-bit activation codes per row"
+                     if kernel == "onednn-int8" else ", activations per tensor")
+            log.info("linear layers: int8 on %s%s", kernel, codes)
         elif cfg.quantize == "int4":
             from smysl.qwen3.quantize import int4_linear
 

@@ -145,8 +145,9 @@ class Attention(nn.Module):
     def project(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, q: torch.Tensor,
                 k: torch.Tensor, v: torch.Tensor, exact: bool = True) -> None:
         """x: [t, H] normed -> written into q [t, Hq, D], k and v [t, Hkv, D] (the attention
-        dtype; q/k normed and rotated). cos/sin: [t, D] float32. ``exact``: q/k norm and RoPE
-        in the reference's operation order (:func:`apply_rope`), else :func:`norm_rope`."""
+        dtype; q/k normed and rotated). cos/sin: [t, D] (float32 unless ``exact``). ``exact``:
+        q/k norm and RoPE in the reference's operation order (:func:`apply_rope`), else
+        :func:`norm_rope`."""
         t = x.shape[0]
         qkv = self.qkv_proj(x)  # [t, (Hq + 2 Hkv) D]
         qx, kx, vx = qkv.split([self.hq * self.d, self.hkv * self.d, self.hkv * self.d], dim=-1)
@@ -194,7 +195,7 @@ class DecoderLayer(nn.Module):
         adt = attn_dt or dt
         q = h.new_empty(t, a.hq, a.d, dtype=adt)
         k, v = h.new_empty(t, a.hkv, a.d, dtype=adt), h.new_empty(t, a.hkv, a.d, dtype=adt)
-        cos, sin = rope  # [T, D] each, in dt
+        cos, sin = rope  # [T, D] each: in dt if exact, else float32
         for s in range(0, t, chunk):
             e = s + chunk
             a.project(self.input_layernorm(h[s:e], dt), cos[s:e], sin[s:e], q[s:e], k[s:e],
@@ -228,15 +229,16 @@ def norm_rope(x: torch.Tensor, weight: torch.Tensor, eps: float, cos: torch.Tens
 
     The same maths as ``apply_rope(RMSNorm(x))`` in another order: with ``r`` each head's
     ``rsqrt(mean(x^2) + eps)`` and halves ``x = (x1, x2)``, ``c``/``s`` the half tables,
-    ``out = r * (x1 w1 c - x2 w2 s, x2 w2 c + x1 w1 s)``: 5 passes over the heads instead of
+    ``out = r * (x1 w1 c - x2 w2 s, x2 w2 c + x1 w1 s)``: ~6 passes over the heads instead of
     ~12 (the reference rounds to the matmul dtype after the norm, the weight and each RoPE
     step), and closer to float64 (bf16: max error 1.6e-2 vs 5.7e-2 on unit-scale heads). Used
-    on CPU by every path but ``dtype="float32"`` (see :attr:`Qwen3Encoder.exact_qk`).
+    on CPU by every path but the unquantised float32 one (see :attr:`Qwen3Encoder.exact_qk`).
     """
     d = x.shape[-1]
     h = d // 2
     x = x.float()  # float32 input: the view itself, read in place
-    r = torch.linalg.vecdot(x, x).div_(d).add_(eps).rsqrt_().unsqueeze(-1)  # [t, heads, 1]
+    # sum of squares as a squared norm: one reduction, no [t, heads, D] temporary (vecdot's)
+    r = torch.linalg.vector_norm(x, dim=-1).square_().div_(d).add_(eps).rsqrt_()[..., None]
     c, s = cos[:, None, :h], sin[:, None, :h]  # [t, 1, D/2]
     w1, w2 = weight[:h], weight[h:]
     x1, x2 = x[..., :h], x[..., h:]
@@ -431,8 +433,8 @@ class Qwen3Encoder(nn.Module):
         self.attn_dtype: torch.dtype | None = None
         #: q/k norm and RoPE in the reference's operation order, rounding to the matmul dtype
         #: after each step as transformers does (float32: bit-identical q and k). The CPU
-        #: engine clears it for every path but ``dtype="float32"``: :func:`norm_rope` is one
-        #: float32 chain rounded once (2x faster there, and closer to float64). CUDA keeps it:
+        #: engine clears it for every path but unquantised float32: :func:`norm_rope` is one
+        #: float32 chain rounded once (fewer passes, and closer to float64). CUDA keeps it:
         #: small batches there are bound by kernel launches, and it needs fewer.
         self.exact_qk = True
         d = cfg.head_dim

@@ -69,7 +69,7 @@ class Int8Linear(nn.Module):
 
     def __init__(self, weight: torch.Tensor, act_bits: int | None = None) -> None:
         super().__init__()
-        self.act_bits = act_bits or int8_activation_bits(detect())
+        self.act_bits = int8_activation_bits(detect()) if act_bits is None else act_bits
         if self.act_bits not in (7, 8):
             raise ValueError(f"int8 activation codes have 7 or 8 bits, not {self.act_bits}")
         # codes -qmax..qmax, passed to oneDNN as the unsigned q + zero (its fast int8 kernels

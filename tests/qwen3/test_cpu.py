@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import os
+import platform
 import subprocess
 import sys
 from pathlib import Path
@@ -89,6 +90,8 @@ def test_no_cap_or_one_above_the_cpu_changes_nothing(env: dict[str, str]) -> Non
     assert apply_isa_cap(GRAVITON3, {"ONEDNN_MAX_CPU_ISA": "AVX2"}) is GRAVITON3  # x86 only
 
 
+@pytest.mark.skipif(platform.machine().lower() not in ("x86_64", "amd64"),
+                    reason="oneDNN's ISA cap is x86's")
 def test_a_process_started_with_an_isa_cap_keeps_to_it() -> None:
     """detect() reads the cap from the environment: under ONEDNN_MAX_CPU_ISA=AVX2 ``auto`` stays
     float32 on any CPU (oneDNN would emulate bf16 there: ~100x slower)."""
