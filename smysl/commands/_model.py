@@ -31,7 +31,8 @@ def add_model_arguments(p: argparse.ArgumentParser, *, model: bool = True,
                         "4-bit planes, a GGUF's blocks without re-quantising (CPU or CUDA, "
                         "bfloat16)")
     g.add_argument(FLAGS["threads"], type=int, default=None,
-                   help="torch CPU threads (default: one per core)")
+                   help="torch CPU threads (default: what smysl tune measured for this "
+                        "path, else one per core)")
     g.add_argument(FLAGS["max_tokens"], type=int, default=None,
                    help="most tokens per input, EOS included (local, st:, providers)")
     g.add_argument(FLAGS["max_batch_tokens"], type=int, default=None,

@@ -1,6 +1,6 @@
-"""``smysl tune``: measure the CPU engine's slice size (and int4's dequantising threshold) on
-this machine for one model and path, and keep the result for every later load
-(:mod:`smysl.qwen3.tuning`)."""
+"""``smysl tune``: measure the CPU engine's thread count (unless ``--threads`` fixes it), slice
+size and int4's dequantising threshold on this machine for one model and path, and keep the
+results for every later load (:mod:`smysl.qwen3.tuning`)."""
 
 from __future__ import annotations
 
@@ -9,8 +9,9 @@ import sys
 
 from smysl.commands._model import add_model_arguments, load_model
 
-HELP = ("measure the CPU engine's slice size (int4: also when it dequantises) for a model and "
-        "path on this machine (--device cpu unless given); engines use it from then on")
+HELP = ("measure the CPU engine's thread count (unless --threads), slice size and int4's "
+        "dequantising threshold for a model and path on this machine (--device cpu unless "
+        "given); engines use them from then on")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -25,6 +26,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    import torch
+
     from smysl.qwen3 import tuning
     from smysl.qwen3.embedder import Embedder
     from smysl.qwen3.engine import Engine
@@ -47,6 +50,19 @@ def run(args: argparse.Namespace) -> int:
     if not isinstance(engine, Engine) or engine.device.type != "cpu":
         raise ValueError("smysl tune measures smysl's own CPU engine: a local Qwen3 "
                          "checkpoint or GGUF file on --device cpu")
+    threads = None
+    if args.threads is None:  # measured first: the best slice depends on it
+        tk = tuning.threads_key(engine)
+        print(f"measuring {tk}\n({args.layers} layers, {args.rounds} rounds per count)",
+              file=sys.stderr)
+        threads = tuning.tune_threads(engine, layers=args.layers, rounds=args.rounds)
+        best_t = threads.seconds[threads.threads]
+        print("| threads | seconds per pass | vs the chosen count |\n|---|---|---|")
+        for n, secs in sorted(threads.seconds.items()):
+            print(f"| {n}{' (chosen)' if n == threads.threads else ''} | {secs:.3f} | "
+                  f"{secs / best_t:.2f} |")
+        print()
+        torch.set_num_threads(threads.threads)  # the slices are timed with it
     k = tuning.key(engine)
     print(f"measuring {k}\n({args.layers} layers, {args.rounds} rounds per size)",
           file=sys.stderr)
@@ -61,5 +77,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"\nint4 layers dequantise {rows}")
     if args.dry_run:
         return 0
+    if threads is not None:
+        tuning.store(tk, threads)
     print(f"\nstored in {tuning.store(k, tuned)}", file=sys.stderr)
     return 0

@@ -252,7 +252,7 @@ class Engine:
 
     def __init__(self, model: Qwen3Encoder, device: torch.device, dtype: torch.dtype,
                  quantization: str | None = None, cuda_graphs: int = 0,
-                 kernel: str = "torch") -> None:
+                 kernel: str = "torch", threads_given: bool = False) -> None:
         self.model = model
         self.kernel = kernel
         self.device = device
@@ -265,6 +265,12 @@ class Engine:
         # from the config: quantised layers hold no float parameters
         self.parameters = cfg.parameters
         self.chunk = chunk_tokens(device.type, cfg.intermediate_size, kernel)
+        #: The thread count ``smysl tune`` measured for this path on this machine, applied
+        #: (process-wide, as ``threads=`` is) unless the caller gave one (CPU).
+        self.tuned_threads = (tuning.lookup_threads(tuning.threads_key(self))
+                              if device.type == "cpu" and not threads_given else None)
+        if self.tuned_threads is not None:
+            tuning.apply_threads(self.tuned_threads)
         #: What ``smysl tune`` measured for this path on this machine, if it has (CPU).
         self.tuned = tuning.lookup(tuning.key(self)) if device.type == "cpu" else None
         if self.tuned is not None:
@@ -315,7 +321,8 @@ class Engine:
             model.attn_dtype = int8_attention_dtype(detect())
         # float32 stays the reference's operation order (the exact path)
         model.exact_qk = device.type != "cpu" or (dtype == torch.float32 and not cfg.quantize)
-        return cls(model, device, dtype, cfg.quantize, cfg.cuda_graphs, kernel)
+        return cls(model, device, dtype, cfg.quantize, cfg.cuda_graphs, kernel,
+                   threads_given=bool(cfg.threads))
 
     def forward(self, batch: list[list[int]], heads: list[int] | None = None) -> np.ndarray:
         """One forward pass: token-id sequences -> float32 ``[len(batch), hidden]`` pooled rows.

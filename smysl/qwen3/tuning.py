@@ -1,15 +1,19 @@
 """Per-machine tuning of the CPU engine, measured by ``smysl tune`` and read by engines at load.
 
-Two settings depend on the processor more than on anything else: the tokens per slice of the
-per-token work (``Engine.chunk``: the MLP's activations want to stay in the caches) and, for
-int4 layers, the row count from which they dequantise their weights for a bf16 GEMM instead of
-running torch's int4 kernel (it depends on the ratio of those two kernels' rates). The defaults
-(``engine.CHUNK_TOKENS``, ``engine.INT4_CHUNK_TOKENS``, ``quantize.DEQUANT_ROWS``) were measured
-on one machine (docs/benchmarks.md). :func:`tune` measures them on this one, on the loaded
-model's own layers, and :func:`store` keeps the result in a JSON file keyed by the CPU, its
-features, torch, threads, the path (kernel and dtype) and the layer shapes, which
-:func:`lookup` reads when an engine starts. Neither setting changes a vector beyond the last
-bits (slices: not at all except int4; see ``docs/engine.md``).
+Three settings depend on the processor more than on anything else: torch's thread count (its
+default, one per physical core, is not always fastest: hyper-threads, a busy host, small
+batches), the tokens per slice of the per-token work (``Engine.chunk``: the MLP's activations
+want to stay in the caches) and, for int4 layers, the row count from which they dequantise their
+weights for a bf16 GEMM instead of running torch's int4 kernel (it depends on the ratio of those
+two kernels' rates). The defaults (torch's threads, ``engine.CHUNK_TOKENS``,
+``engine.INT4_CHUNK_TOKENS``, ``quantize.DEQUANT_ROWS``) were measured on one machine
+(docs/benchmarks.md). :func:`tune_threads` and :func:`tune` measure them on this one, on the
+loaded model's own layers, and :func:`store` keeps the results in a JSON file: the thread count
+keyed by the CPU, its features, torch, the path (kernel and dtype) and the layer shapes
+(:func:`threads_key`), the slices by the same and the thread count (:func:`key`); engines read
+them when they start (:func:`lookup_threads`, :func:`lookup`). No setting changes a vector
+beyond the last bits (slices: not at all except int4; threads: GEMMs split work by thread, see
+``docs/engine.md``).
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import os
 import random
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -39,6 +44,8 @@ SLICES = (128, 256, 512, 1024, 2048)
 #: The largest slice accepted from the file or ``--slices``: slices are what bounds a long
 #: input's activations (a 32K-token slice of the 8B's MLP is ~3 GB in float32).
 MAX_SLICE = 8192
+#: The most threads accepted from the file (more would be a damaged entry).
+MAX_THREADS = 4096
 #: Row counts at which an int4 layer's two regimes are compared.
 ROWS = (64, 96, 128, 192, 256, 384, 512, 768, 1024)
 #: Slice sizes this close to the fastest (relative) count as tied with it.
@@ -63,17 +70,38 @@ class Tuned:
     seconds: dict[int, float] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class Threads:
+    """What :func:`tune_threads` measured for one engine path on this machine."""
+
+    #: torch's thread count for this path.
+    threads: int
+    #: When it was measured (UTC, ISO 8601).
+    measured: str = ""
+    #: Seconds per workload pass for each thread count tried.
+    seconds: dict[int, float] = field(default_factory=dict)
+
+
 def key(engine: Engine) -> str:
     """The cache key of ``engine``'s path on this machine: CPU and features, torch, threads,
     kernel, dtype and layer shapes (anything that moves the measured optimum); for int4 also
     the planes per layer (a Q8_0 file's two cost twice a Q4_K's one to rebuild)."""
+    return _key(engine, threads=True)
+
+
+def threads_key(engine: Engine) -> str:
+    """The cache key of ``engine``'s thread count: :func:`key` without the threads."""
+    return "threads | " + _key(engine, threads=False)
+
+
+def _key(engine: Engine, threads: bool) -> str:
     from smysl.qwen3.quantize import Int4GemmLinear, Int4Linear
 
     cfg = engine.model.cfg
     shape = (f"h{cfg.hidden_size} i{cfg.intermediate_size} q{cfg.num_attention_heads} "
              f"kv{cfg.num_key_value_heads} d{cfg.head_dim}")
     parts = [detect().describe(), f"torch {torch.__version__}",
-             f"{torch.get_num_threads()} threads", engine.kernel,
+             *([f"{torch.get_num_threads()} threads"] if threads else []), engine.kernel,
              str(engine.dtype).removeprefix("torch."), shape]
     planes = sorted({m.planes for m in engine.model.modules()
                      if isinstance(m, Int4Linear | Int4GemmLinear)})
@@ -123,7 +151,26 @@ def lookup(k: str, path: Path | None = None) -> Tuned | None:
     return tuned
 
 
-def store(k: str, tuned: Tuned, path: Path | None = None) -> Path:
+def lookup_threads(k: str, path: Path | None = None) -> Threads | None:
+    """The stored thread count for :func:`threads_key` ``k``, or None (absent or damaged)."""
+    entry = _read(path or cache_file()).get(k)
+    if not isinstance(entry, dict):
+        return None
+    try:
+        found = Threads(threads=int(entry["threads"]), measured=str(entry.get("measured", "")),
+                        seconds={int(n): float(v)
+                                 for n, v in dict(entry.get("seconds", {})).items()})
+    except (KeyError, TypeError, ValueError) as e:
+        log.warning("ignoring a damaged tuning entry for %s: %s", k, e)
+        return None
+    if not 1 <= found.threads <= MAX_THREADS:
+        log.warning("ignoring a tuning entry with %d threads for %s (1..%d)", found.threads, k,
+                    MAX_THREADS)
+        return None
+    return found
+
+
+def store(k: str, tuned: Tuned | Threads, path: Path | None = None) -> Path:
     """Add or replace the entry for ``k`` (written to a temporary file, then renamed: a
     concurrent reader sees the old file or the new one, never half of one)."""
     path = path or cache_file()
@@ -155,6 +202,13 @@ def apply(engine: Engine, tuned: Tuned) -> None:
              f", int4 dequantised from {rows} rows", tuned.measured or "an unknown date")
 
 
+def apply_threads(found: Threads) -> None:
+    """Set torch's thread count to ``found``'s, and log it."""
+    torch.set_num_threads(found.threads)
+    log.info("%d threads, as measured on this machine on %s", found.threads,
+             found.measured or "an unknown date")
+
+
 def short_texts(rng: random.Random, tokens: int) -> list[list[int]]:
     """Short texts (20-100 tokens and EOS) up to ``tokens``: the engine's usual batch."""
     batch: list[list[int]] = []
@@ -165,49 +219,97 @@ def short_texts(rng: random.Random, tokens: int) -> list[list[int]]:
         batch.append(seq)
 
 
+def _workload(batch_tokens: int, long_tokens: int) -> list[list[list[int]]]:
+    """One batch of short texts up to ``batch_tokens`` and one input of ``long_tokens``."""
+    rng = random.Random(0)
+    return [short_texts(rng, batch_tokens),
+            [[rng.randrange(1000, 100000) for _ in range(long_tokens - 1)] + [_EOS]]]
+
+
+def _time(engine: Engine, settings: tuple[int, ...], use: Callable[[int], None], layers: int,
+          rounds: int, work: list[list[list[int]]]) -> dict[int, float]:
+    """Seconds per pass of ``work`` over ``engine``'s first ``layers`` layers under each setting
+    (``use(setting)`` applies it): settings interleaved round by round so a drifting machine
+    hits them alike, each one's best round kept, a warm-up pass first (oneDNN builds its
+    kernels per new shape and thread count). The caller restores what ``use`` changed."""
+    model = engine.model
+    full = model.layers
+    seconds = dict.fromkeys(settings, float("inf"))
+    try:
+        model.layers = full[:layers]
+        for r in range(rounds + 1):
+            for s in settings:
+                use(s)
+                t = time.perf_counter()
+                for b in work:
+                    engine.forward(b)
+                if r:  # round 0 is the warm-up
+                    seconds[s] = min(seconds[s], time.perf_counter() - t)
+    finally:
+        model.layers = full
+    return seconds
+
+
+def _pick(seconds: dict[int, float], current: int) -> int:
+    """The fastest setting; the current one when it is within :data:`TIE` of it (noise on a
+    shared machine)."""
+    near = [s for s in seconds if seconds[s] <= (1 + TIE) * min(seconds.values())]
+    return current if current in near else min(near, key=lambda s: seconds[s])
+
+
+def thread_counts(cpus: int | None = None) -> tuple[int, ...]:
+    """Thread counts :func:`tune_threads` tries: powers of two up to this machine's CPUs, the
+    CPU count itself and torch's current count."""
+    n = cpus or os.cpu_count() or 1
+    return tuple(sorted({1 << i for i in range(n.bit_length()) if 1 << i <= n}
+                        | {n, torch.get_num_threads()}))
+
+
+def tune_threads(engine: Engine, counts: tuple[int, ...] | None = None, layers: int = 2,
+                 rounds: int = 3, batch_tokens: int = 1024, long_tokens: int = 2048) -> Threads:
+    """Measure torch's thread count for ``engine``'s path (:func:`thread_counts` by default) on
+    its first ``layers`` layers and the :func:`tune` workload, at the engine's slice size.
+    torch's current count is kept when within :data:`TIE` of the fastest, and restored after."""
+    counts = counts or thread_counts()
+    current = torch.get_num_threads()
+    try:
+        seconds = _time(engine, counts, torch.set_num_threads, layers, rounds,
+                        _workload(batch_tokens, long_tokens))
+    finally:
+        torch.set_num_threads(current)
+    return Threads(threads=_pick(seconds, current), seconds=seconds,
+                   measured=datetime.now(UTC).isoformat(timespec="seconds"))
+
+
 def tune(engine: Engine, slices: tuple[int, ...] = SLICES, layers: int = 2, rounds: int = 3,
          batch_tokens: int = 1024, long_tokens: int = 2048) -> Tuned:
     """Measure the slice size (and, for int4, the dequantising threshold) on ``engine``'s
     first ``layers`` layers (real shapes, real kernels; the rest would only repeat them).
 
     Workload per slice size: one batch of short texts up to ``batch_tokens`` and one input of
-    ``long_tokens``; sizes interleaved round by round so a drifting machine hits them alike,
-    each size's best round kept. The engine's current size is kept when it is within
-    :data:`TIE` of the fastest. int4: the dequantising threshold is measured first and the
-    slices are timed under it. The engine is left as it was.
+    ``long_tokens``, timed as :func:`_time` does. The engine's current size is kept when it is
+    within :data:`TIE` of the fastest. int4: the dequantising threshold is measured first and
+    the slices are timed under it. The engine is left as it was.
     """
     from smysl.qwen3.quantize import Int4Linear
 
-    model = engine.model
-    full, chunk = model.layers, engine.chunk
+    chunk = engine.chunk
     rows = _dequant_rows(engine) if engine.kernel == "int4" else None
-    int4 = [m for m in model.modules() if isinstance(m, Int4Linear)]
+    int4 = [m for m in engine.model.modules() if isinstance(m, Int4Linear)]
     before = [m.dequant_rows for m in int4]
-    rng = random.Random(0)
-    work = [short_texts(rng, batch_tokens),
-            [[rng.randrange(1000, 100000) for _ in range(long_tokens - 1)] + [_EOS]]]
-    seconds = dict.fromkeys(slices, float("inf"))
+
+    def use(s: int) -> None:
+        engine.chunk = s
     try:
         for m in int4:
             m.dequant_rows = rows
-        model.layers = full[:layers]
-        for b in work:  # warm-up: oneDNN builds its kernels per new shape
-            engine.forward(b)
-        for _ in range(rounds):
-            for s in slices:
-                engine.chunk = s
-                t = time.perf_counter()
-                for b in work:
-                    engine.forward(b)
-                seconds[s] = min(seconds[s], time.perf_counter() - t)
+        seconds = _time(engine, slices, use, layers, rounds,
+                        _workload(batch_tokens, long_tokens))
     finally:
-        model.layers, engine.chunk = full, chunk
+        engine.chunk = chunk
         for m, r in zip(int4, before, strict=True):
             m.dequant_rows = r
-    # within TIE of the fastest is noise on a shared machine: the current size then stays
-    near = [s for s in slices if seconds[s] <= (1 + TIE) * min(seconds.values())]
-    best = chunk if chunk in near else min(near, key=lambda s: seconds[s])
-    return Tuned(chunk=best, dequant_rows=rows, seconds=seconds,
+    return Tuned(chunk=_pick(seconds, chunk), dequant_rows=rows, seconds=seconds,
                  measured=datetime.now(UTC).isoformat(timespec="seconds"))
 
 

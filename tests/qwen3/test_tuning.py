@@ -1,10 +1,11 @@
 """Per-machine tuning (issue 13: the per-token work tuned by measurement, not by constants):
-the cache's key, storage and damage handling; ``tune`` on a tiny engine; engines applying a
-stored entry at load; ``smysl tune``."""
+the cache's keys, storage and damage handling; ``tune`` and ``tune_threads`` on a tiny engine;
+engines applying stored entries at load; ``smysl tune``."""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -21,10 +22,12 @@ from smysl.qwen3.quantize import Int4Linear
 
 
 @pytest.fixture()
-def cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+def cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     path = tmp_path / "tuning.json"
     monkeypatch.setenv("SMYSL_TUNING", str(path))
-    return path
+    threads = torch.get_num_threads()
+    yield path
+    torch.set_num_threads(threads)  # a stored thread count is applied process-wide
 
 
 def int4_layers(e: Embedder) -> list[Int4Linear]:
@@ -116,6 +119,7 @@ def test_engines_apply_a_stored_entry_at_load(tiny_dir: Path, cache: Path) -> No
 
 def test_cli_tune(tiny_dir: Path, cache: Path, capsys: pytest.CaptureFixture[str]) -> None:
     args = ["tune", "--model", str(tiny_dir), "--device", "cpu", "--dtype", "float32",
+            "--threads", str(torch.get_num_threads()),  # the slices only
             "--slices", "16,4", "--layers", "1", "--rounds", "1"]
     assert main([*args, "--dry-run"]) == 0
     out = capsys.readouterr()
@@ -131,3 +135,70 @@ def test_cli_tune(tiny_dir: Path, cache: Path, capsys: pytest.CaptureFixture[str
     assert "comma-separated" in capsys.readouterr().err
     assert main([*args[:-6], "--slices", f"8,{tuning.MAX_SLICE * 2}"]) == 2
     assert "at most" in capsys.readouterr().err
+
+
+def test_threads_key_and_counts(tiny_dir: Path) -> None:
+    e = Embedder.load(str(tiny_dir), device="cpu", dtype="float32")
+    tk = tuning.threads_key(e.engine)  # type: ignore[arg-type]
+    assert tk.startswith("threads | ") and "threads |" not in tk[len("threads | "):]
+    assert tk.removeprefix("threads | ") == tuning.key(e.engine).replace(  # type: ignore[arg-type]
+        f" | {torch.get_num_threads()} threads", "")
+    assert tuning.thread_counts(8)[:4] == (1, 2, 4, 8) and torch.get_num_threads() in (
+        tuning.thread_counts(8))
+    assert {1, 2, 3} <= set(tuning.thread_counts(3))
+
+
+def test_tune_threads_measures_and_restores(tiny_dir: Path, cache: Path) -> None:
+    e = Embedder.load(str(tiny_dir), device="cpu", dtype="float32")
+    before = torch.get_num_threads()
+    t = tuning.tune_threads(e.engine, counts=(1, 2), layers=1, rounds=1,  # type: ignore[arg-type]
+                            batch_tokens=100, long_tokens=50)
+    assert torch.get_num_threads() == before
+    assert t.threads in (1, 2) and set(t.seconds) == {1, 2} and t.measured
+    assert all(s > 0 for s in t.seconds.values())
+    # the current count stays when the others are within the tie of it
+    assert tuning._pick({1: 1.0, 2: 1.01}, current=2) == 2
+    assert tuning._pick({1: 1.0, 2: 1.5}, current=2) == 1
+
+
+def test_engines_apply_a_stored_thread_count_unless_given(tiny_dir: Path, cache: Path,
+                                                          caplog: pytest.LogCaptureFixture
+                                                          ) -> None:
+    import logging
+
+    e = Embedder.load(str(tiny_dir), device="cpu", dtype="float32")
+    assert e.engine.tuned_threads is None  # type: ignore[attr-defined]
+    want = 1 if torch.get_num_threads() != 1 else 2
+    tuning.store(tuning.threads_key(e.engine),  # type: ignore[arg-type]
+                 tuning.Threads(threads=want, measured="2026-11-30T17:00:00+00:00"))
+    with caplog.at_level(logging.INFO, logger="smysl.qwen3.tuning"):
+        tuned = Embedder.load(str(tiny_dir), device="cpu", dtype="float32")
+    assert torch.get_num_threads() == want
+    assert tuned.engine.tuned_threads.threads == want  # type: ignore[attr-defined]
+    assert f"{want} threads, as measured on this machine" in caplog.text
+    torch.set_num_threads(3)
+    given = Embedder.load(str(tiny_dir), device="cpu", dtype="float32", threads=3)
+    assert torch.get_num_threads() == 3 and given.engine.tuned_threads is None  # type: ignore[attr-defined]
+
+
+def test_damaged_thread_entries_are_ignored(cache: Path) -> None:
+    cache.write_text(json.dumps({"a": {"threads": 0}, "b": {"threads": "x"}, "c": {},
+                                 "d": {"threads": tuning.MAX_THREADS + 1}, "e": 3}))
+    assert all(tuning.lookup_threads(k) is None for k in "abcde")
+    tuning.store("f", tuning.Threads(threads=4, seconds={4: 0.5}))
+    assert tuning.lookup_threads("f") == tuning.Threads(threads=4, seconds={4: 0.5})
+
+
+def test_cli_tune_measures_threads_unless_given(tiny_dir: Path, cache: Path,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    args = ["tune", "--model", str(tiny_dir), "--device", "cpu", "--dtype", "float32",
+            "--slices", "16", "--layers", "1", "--rounds", "1"]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "| threads |" in out and "| 1" in out and "| slice tokens |" in out
+    keys = list(json.loads(cache.read_text()))
+    assert len(keys) == 2 and sum(k.startswith("threads | ") for k in keys) == 1
+    cache.unlink()
+    assert main([*args, "--threads", "1"]) == 0
+    assert "| threads |" not in capsys.readouterr().out
+    assert len(json.loads(cache.read_text())) == 1  # the slices only
