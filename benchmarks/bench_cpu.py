@@ -144,7 +144,8 @@ def run_system(system: str, ckpt: Path, texts: list[str], out: Path,
                  "int4": "bfloat16"}.get(system, "auto")
         emb = Embedder.load(str(ckpt), device="cpu", dtype=dtype,
                             quantize=system if system in ("int8", "int4") else None,
-                            max_batch_tokens=batch_tokens)
+                            max_batch_tokens=batch_tokens,
+                            threads=torch.get_num_threads())  # as ST: no tuned count
 
         def embed(x: list[str]) -> np.ndarray:
             return emb.embed(x)

@@ -122,9 +122,12 @@ def reference(path: Path, batch: int) -> Scorer:
 
 def native(path: Path, dtype: str = "float32", shared_prefix: bool = True) -> Scorer:
     """smysl's reranker, loaded: each query's candidates in one ``rerank`` call."""
+    import torch
+
     from smysl import Reranker
 
-    r = Reranker.load(str(path), device="cpu", dtype=dtype, shared_prefix=shared_prefix)
+    r = Reranker.load(str(path), device="cpu", dtype=dtype, shared_prefix=shared_prefix,
+                      threads=torch.get_num_threads())  # the run's count, not a tuned one
 
     def run(work: Work) -> list[list[float]]:
         out = []

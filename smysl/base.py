@@ -72,6 +72,9 @@ class ModelInfo:
     #: on this machine (UTC, ISO 8601; None: the defaults). None for other backends.
     slice_tokens: int | None = None
     tuned_at: str | None = None
+    #: torch's CPU threads of a local engine on CPU (``threads=``, ``smysl tune``'s measured
+    #: count, or torch's default), None otherwise.
+    threads: int | None = None
     #: Pooling of the hidden states.
     pooling: str = "last_token"
     #: :meth:`BaseEmbedder.fingerprint` where the backend computed one at load (the local

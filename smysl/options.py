@@ -25,7 +25,8 @@ class ModelOptions:
     dtype: str | None = None
     #: Weight quantisation: "int8" (the local engine on CPU) or "int4" (CPU or CUDA).
     quantize: str | None = None
-    #: CPU threads for the engine (torch); None keeps one per physical core.
+    #: CPU threads for the engine (torch); None: what ``smysl tune`` measured for the path on
+    #: this machine, else torch's default (one per physical core).
     threads: int | None = None
     #: Most tokens one input may have (EOS included); at most the model's own limit.
     max_tokens: int | None = None

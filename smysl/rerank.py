@@ -43,6 +43,8 @@ class RerankerInfo:
     #: :attr:`smysl.base.ModelInfo.slice_tokens`).
     slice_tokens: int | None = None
     tuned_at: str | None = None
+    #: A local engine's CPU threads (see :attr:`smysl.base.ModelInfo.threads`).
+    threads: int | None = None
 
 
 class RerankTokens(Protocol):

@@ -51,8 +51,12 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError("smysl tune measures smysl's own CPU engine: a local Qwen3 "
                          "checkpoint or GGUF file on --device cpu")
     threads = None
+    tk = tuning.threads_key(engine.kernel, engine.dtype, engine.model.cfg)
+    if args.threads is not None and (stored := tuning.lookup_threads(tk)) is not None and (
+            stored.threads != args.threads):
+        print(f"note: loads without --threads run the {stored.threads} threads measured "
+              f"earlier, not these slices' {args.threads}", file=sys.stderr)
     if args.threads is None:  # measured first: the best slice depends on it
-        tk = tuning.threads_key(engine)
         print(f"measuring {tk}\n({args.layers} layers, {args.rounds} rounds per count)",
               file=sys.stderr)
         threads = tuning.tune_threads(engine, layers=args.layers, rounds=args.rounds)

@@ -34,7 +34,7 @@ from smysl.qwen3.ggml_quants import Weight
 from smysl.qwen3.heap import loading
 from smysl.qwen3.hub import Checkpoint
 from smysl.qwen3.loader import LinearFactory, load_encoder
-from smysl.qwen3.model import PackedLinear, Qwen3Encoder
+from smysl.qwen3.model import PackedLinear, Qwen3Config, Qwen3Encoder
 from smysl.qwen3.prefix import layout
 
 if TYPE_CHECKING:
@@ -102,7 +102,9 @@ class EngineConfig:
     #: and Q4_K: :func:`smysl.qwen3.ggml_quants.planes`; on CUDA rebuilt per call for cuBLAS,
     #: :class:`smysl.qwen3.quantize.Int4GemmLinear`).
     quantize: str | None = None
-    #: CPU threads for torch; None keeps torch's default (one per physical core).
+    #: CPU threads for torch; None: what ``smysl tune`` measured for this path on this
+    #: machine (unless ``OMP_NUM_THREADS`` / ``MKL_NUM_THREADS`` set it), else torch's default
+    #: (one per physical core).
     threads: int | None = None
     #: CUDA only: capture the forward pass as CUDA graphs for batches of up to this many tokens
     #: (buckets of 16, 32, ... tokens; captured at load, ~1 s); 0 turns graphs off.
@@ -218,6 +220,10 @@ class EngineLike(Protocol):
     kernel: str
     #: Tokens per slice of the per-token work (CPU: the default, or ``smysl tune``'s).
     chunk: int
+    @property
+    def threads(self) -> int:
+        """torch's CPU threads where the engine runs."""
+        ...
 
     @property
     def tuned_at(self) -> str | None:
@@ -252,7 +258,7 @@ class Engine:
 
     def __init__(self, model: Qwen3Encoder, device: torch.device, dtype: torch.dtype,
                  quantization: str | None = None, cuda_graphs: int = 0,
-                 kernel: str = "torch", threads_given: bool = False) -> None:
+                 kernel: str = "torch", tuned_threads: tuning.Threads | None = None) -> None:
         self.model = model
         self.kernel = kernel
         self.device = device
@@ -265,12 +271,9 @@ class Engine:
         # from the config: quantised layers hold no float parameters
         self.parameters = cfg.parameters
         self.chunk = chunk_tokens(device.type, cfg.intermediate_size, kernel)
-        #: The thread count ``smysl tune`` measured for this path on this machine, applied
-        #: (process-wide, as ``threads=`` is) unless the caller gave one (CPU).
-        self.tuned_threads = (tuning.lookup_threads(tuning.threads_key(self))
-                              if device.type == "cpu" and not threads_given else None)
-        if self.tuned_threads is not None:
-            tuning.apply_threads(self.tuned_threads)
+        #: The thread count ``smysl tune`` measured for this path on this machine, when it was
+        #: applied at load (:func:`tuning.load_threads`).
+        self.tuned_threads = tuned_threads
         #: What ``smysl tune`` measured for this path on this machine, if it has (CPU).
         self.tuned = tuning.lookup(tuning.key(self)) if device.type == "cpu" else None
         if self.tuned is not None:
@@ -287,6 +290,11 @@ class Engine:
     def tuned_at(self) -> str | None:
         """When :attr:`tuned` was measured ("unknown" for an entry without a date)."""
         return None if self.tuned is None else self.tuned.measured or "unknown"
+
+    @property
+    def threads(self) -> int:
+        """torch's CPU threads (process-wide: this process's count)."""
+        return torch.get_num_threads()
 
     @classmethod
     def from_checkpoint(cls, ckpt: Checkpoint, cfg: EngineConfig) -> Engine:
@@ -314,6 +322,10 @@ class Engine:
             linear, kernel = packed_linear, "onednn"
             log.info("linear layers: oneDNN, %s weights prepacked at load",
                      str(dtype).removeprefix("torch."))
+        tuned_threads = None  # before loading: prepacking and quantising run under it too
+        if device.type == "cpu" and not cfg.threads:
+            tuned_threads = tuning.load_threads(tuning.threads_key(
+                kernel, dtype, Qwen3Config.from_dict(ckpt.config)))
         with loading():
             model = load_encoder(ckpt, device, dtype, linear,
                                  keep_blocks=cfg.quantize == "int4")
@@ -321,8 +333,7 @@ class Engine:
             model.attn_dtype = int8_attention_dtype(detect())
         # float32 stays the reference's operation order (the exact path)
         model.exact_qk = device.type != "cpu" or (dtype == torch.float32 and not cfg.quantize)
-        return cls(model, device, dtype, cfg.quantize, cfg.cuda_graphs, kernel,
-                   threads_given=bool(cfg.threads))
+        return cls(model, device, dtype, cfg.quantize, cfg.cuda_graphs, kernel, tuned_threads)
 
     def forward(self, batch: list[list[int]], heads: list[int] | None = None) -> np.ndarray:
         """One forward pass: token-id sequences -> float32 ``[len(batch), hidden]`` pooled rows.

@@ -36,6 +36,7 @@ from smysl.qwen3.cpu import detect
 
 if TYPE_CHECKING:
     from smysl.qwen3.engine import Engine
+    from smysl.qwen3.model import Qwen3Config
 
 log = logging.getLogger(__name__)
 
@@ -89,25 +90,40 @@ def key(engine: Engine) -> str:
     return _key(engine, threads=True)
 
 
-def threads_key(engine: Engine) -> str:
-    """The cache key of ``engine``'s thread count: :func:`key` without the threads."""
-    return "threads | " + _key(engine, threads=False)
+def threads_key(kernel: str, dtype: torch.dtype, cfg: Qwen3Config) -> str:
+    """The cache key of a path's thread count: CPU and features, the CPUs this process may use
+    (a count measured on 64 vCPUs is no answer on 4 of the same CPU), torch, kernel, dtype and
+    layer shapes. Known before the weights load, which then run under it (prepacking too)."""
+    return " | ".join(["threads", detect().describe(), f"{usable_cpus()} CPUs",
+                       f"torch {torch.__version__}", kernel,
+                       str(dtype).removeprefix("torch."), _shape(cfg)])
+
+
+def _shape(cfg: Qwen3Config) -> str:
+    return (f"h{cfg.hidden_size} i{cfg.intermediate_size} q{cfg.num_attention_heads} "
+            f"kv{cfg.num_key_value_heads} d{cfg.head_dim}")
 
 
 def _key(engine: Engine, threads: bool) -> str:
     from smysl.qwen3.quantize import Int4GemmLinear, Int4Linear
 
-    cfg = engine.model.cfg
-    shape = (f"h{cfg.hidden_size} i{cfg.intermediate_size} q{cfg.num_attention_heads} "
-             f"kv{cfg.num_key_value_heads} d{cfg.head_dim}")
     parts = [detect().describe(), f"torch {torch.__version__}",
              *([f"{torch.get_num_threads()} threads"] if threads else []), engine.kernel,
-             str(engine.dtype).removeprefix("torch."), shape]
+             str(engine.dtype).removeprefix("torch."), _shape(engine.model.cfg)]
     planes = sorted({m.planes for m in engine.model.modules()
                      if isinstance(m, Int4Linear | Int4GemmLinear)})
     if planes:
         parts.append("planes " + ",".join(map(str, planes)))
     return " | ".join(parts)
+
+
+def usable_cpus() -> int:
+    """CPUs this process may run on (its affinity: a container's or ``taskset``'s limit), else
+    the machine's."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not Linux
+        return os.cpu_count() or 1
 
 
 def cache_file() -> Path:
@@ -202,11 +218,39 @@ def apply(engine: Engine, tuned: Tuned) -> None:
              f", int4 dequantised from {rows} rows", tuned.measured or "an unknown date")
 
 
-def apply_threads(found: Threads) -> None:
-    """Set torch's thread count to ``found``'s, and log it."""
+#: Environment variables by which a caller (or Ray, for its actors) already sets the count.
+THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS")
+#: The thread count an engine of this process applied from the file (the count is
+#: process-wide: a second engine with another entry keeps it rather than retune the first).
+_applied: int | None = None
+
+
+def load_threads(k: str) -> Threads | None:
+    """Apply the stored thread count for :func:`threads_key` ``k`` (logged) and return it, for
+    an engine that was given no ``threads``. Not applied (None) when absent, when
+    :data:`THREAD_VARIABLES` set a count, above :func:`usable_cpus`, or when another engine in
+    this process already applied a different one."""
+    global _applied
+    found = lookup_threads(k)
+    if found is None:
+        return None
+    if any(os.environ.get(v) for v in THREAD_VARIABLES):
+        log.info("not applying the measured %d threads: %s is set", found.threads,
+                 " / ".join(v for v in THREAD_VARIABLES if os.environ.get(v)))
+        return None
+    if found.threads > usable_cpus():
+        log.warning("ignoring a measured %d threads: this process may use %d CPUs",
+                    found.threads, usable_cpus())
+        return None
+    if _applied is not None and _applied != found.threads:
+        log.info("keeping %d threads (applied for another engine in this process) over the "
+                 "%d measured for this path", _applied, found.threads)
+        return None
     torch.set_num_threads(found.threads)
+    _applied = found.threads
     log.info("%d threads, as measured on this machine on %s", found.threads,
              found.measured or "an unknown date")
+    return found
 
 
 def short_texts(rng: random.Random, tokens: int) -> list[list[int]]:
@@ -258,9 +302,9 @@ def _pick(seconds: dict[int, float], current: int) -> int:
 
 
 def thread_counts(cpus: int | None = None) -> tuple[int, ...]:
-    """Thread counts :func:`tune_threads` tries: powers of two up to this machine's CPUs, the
-    CPU count itself and torch's current count."""
-    n = cpus or os.cpu_count() or 1
+    """Thread counts :func:`tune_threads` tries: powers of two up to the CPUs this process may
+    use (:func:`usable_cpus`), that count itself and torch's current count."""
+    n = cpus or usable_cpus()
     return tuple(sorted({1 << i for i in range(n.bit_length()) if 1 << i <= n}
                         | {n, torch.get_num_threads()}))
 

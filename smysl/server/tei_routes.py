@@ -76,6 +76,8 @@ class Info(BaseModel):
     #: tune`` measured it on this machine (None: the defaults).
     slice_tokens: int | None = None
     tuned_at: str | None = None
+    #: smysl's addition: torch's CPU threads of a local CPU engine.
+    threads: int | None = None
 
 
 def router(service: Service) -> APIRouter:
@@ -154,6 +156,7 @@ def router(service: Service) -> APIRouter:
             "version": __version__, "sha": None, "docker_label": None, "cpu": model.cpu,
             "cuda_graphs": model.cuda_graphs, "kernel": model.kernel,
             "slice_tokens": model.slice_tokens, "tuned_at": model.tuned_at,
+            "threads": model.threads,
         })
 
     @r.get("/health")

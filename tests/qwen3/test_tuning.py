@@ -137,14 +137,25 @@ def test_cli_tune(tiny_dir: Path, cache: Path, capsys: pytest.CaptureFixture[str
     assert "at most" in capsys.readouterr().err
 
 
+def tk(e: Embedder) -> str:
+    eng = e.engine
+    return tuning.threads_key(eng.kernel, eng.dtype, eng.model.cfg)  # type: ignore[attr-defined]
+
+
+@pytest.fixture()
+def fresh_threads(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No count applied yet in this process, none set by the environment."""
+    monkeypatch.setattr(tuning, "_applied", None)
+    for v in tuning.THREAD_VARIABLES:
+        monkeypatch.delenv(v, raising=False)
+
+
 def test_threads_key_and_counts(tiny_dir: Path) -> None:
     e = Embedder.load(str(tiny_dir), device="cpu", dtype="float32")
-    tk = tuning.threads_key(e.engine)  # type: ignore[arg-type]
-    assert tk.startswith("threads | ") and "threads |" not in tk[len("threads | "):]
-    assert tk.removeprefix("threads | ") == tuning.key(e.engine).replace(  # type: ignore[arg-type]
-        f" | {torch.get_num_threads()} threads", "")
-    assert tuning.thread_counts(8)[:4] == (1, 2, 4, 8) and torch.get_num_threads() in (
-        tuning.thread_counts(8))
+    k = tk(e)
+    assert k.startswith("threads | ") and f"{tuning.usable_cpus()} CPUs" in k
+    assert f"{torch.get_num_threads()} threads" not in k and "h64 i128 q4 kv2 d16" in k
+    assert set(tuning.thread_counts(8)) == {1, 2, 4, 8, torch.get_num_threads()}
     assert {1, 2, 3} <= set(tuning.thread_counts(3))
 
 
@@ -161,24 +172,39 @@ def test_tune_threads_measures_and_restores(tiny_dir: Path, cache: Path) -> None
     assert tuning._pick({1: 1.0, 2: 1.5}, current=2) == 1
 
 
-def test_engines_apply_a_stored_thread_count_unless_given(tiny_dir: Path, cache: Path,
-                                                          caplog: pytest.LogCaptureFixture
-                                                          ) -> None:
+def test_engines_apply_a_stored_thread_count_unless_told_otherwise(
+        tiny_dir: Path, cache: Path, fresh_threads: None, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
     import logging
 
     e = Embedder.load(str(tiny_dir), device="cpu", dtype="float32")
     assert e.engine.tuned_threads is None  # type: ignore[attr-defined]
-    want = 1 if torch.get_num_threads() != 1 else 2
-    tuning.store(tuning.threads_key(e.engine),  # type: ignore[arg-type]
-                 tuning.Threads(threads=want, measured="2026-11-30T17:00:00+00:00"))
+    start = torch.get_num_threads()
+    want = 1 if start != 1 else 2
+    tuning.store(tk(e), tuning.Threads(threads=want, measured="2026-11-30T17:00:00+00:00"))
+    monkeypatch.setenv("OMP_NUM_THREADS", str(start))  # a caller's (or Ray's) own setting wins
+    assert Embedder.load(str(tiny_dir), device="cpu", dtype="float32").info().threads == start
+    monkeypatch.delenv("OMP_NUM_THREADS")
+    given = Embedder.load(str(tiny_dir), device="cpu", dtype="float32", threads=start)
+    assert given.engine.tuned_threads is None and given.info().threads == start  # type: ignore[attr-defined]
     with caplog.at_level(logging.INFO, logger="smysl.qwen3.tuning"):
         tuned = Embedder.load(str(tiny_dir), device="cpu", dtype="float32")
-    assert torch.get_num_threads() == want
+    assert torch.get_num_threads() == want and tuned.info().threads == want
     assert tuned.engine.tuned_threads.threads == want  # type: ignore[attr-defined]
     assert f"{want} threads, as measured on this machine" in caplog.text
-    torch.set_num_threads(3)
-    given = Embedder.load(str(tiny_dir), device="cpu", dtype="float32", threads=3)
-    assert torch.get_num_threads() == 3 and given.engine.tuned_threads is None  # type: ignore[attr-defined]
+    # another path's entry with another count does not retune this process under the first
+    q = Embedder.load(str(tiny_dir), device="cpu", quantize="int8")
+    tuning.store(tk(q), tuning.Threads(threads=start))
+    q2 = Embedder.load(str(tiny_dir), device="cpu", quantize="int8")
+    assert torch.get_num_threads() == want and q2.engine.tuned_threads is None  # type: ignore[attr-defined]
+
+
+def test_a_count_above_the_usable_cpus_is_ignored(tiny_dir: Path, cache: Path,
+                                                  fresh_threads: None) -> None:
+    e = Embedder.load(str(tiny_dir), device="cpu", dtype="float32")
+    tuning.store(tk(e), tuning.Threads(threads=tuning.usable_cpus() + 1))
+    again = Embedder.load(str(tiny_dir), device="cpu", dtype="float32")
+    assert again.engine.tuned_threads is None  # type: ignore[attr-defined]
 
 
 def test_damaged_thread_entries_are_ignored(cache: Path) -> None:
@@ -190,15 +216,20 @@ def test_damaged_thread_entries_are_ignored(cache: Path) -> None:
 
 
 def test_cli_tune_measures_threads_unless_given(tiny_dir: Path, cache: Path,
+                                                monkeypatch: pytest.MonkeyPatch,
                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setattr(tuning, "thread_counts", lambda: (1, 2))  # any machine: two counts
     args = ["tune", "--model", str(tiny_dir), "--device", "cpu", "--dtype", "float32",
             "--slices", "16", "--layers", "1", "--rounds", "1"]
     assert main(args) == 0
     out = capsys.readouterr().out
-    assert "| threads |" in out and "| 1" in out and "| slice tokens |" in out
-    keys = list(json.loads(cache.read_text()))
-    assert len(keys) == 2 and sum(k.startswith("threads | ") for k in keys) == 1
-    cache.unlink()
-    assert main([*args, "--threads", "1"]) == 0
-    assert "| threads |" not in capsys.readouterr().out
-    assert len(json.loads(cache.read_text())) == 1  # the slices only
+    assert "| threads |" in out and "| 1" in out and "| 2" in out and "| slice tokens |" in out
+    data = json.loads(cache.read_text())
+    (threads_entry,) = (v for k, v in data.items() if k.startswith("threads | "))
+    assert len(data) == 2 and threads_entry["threads"] in (1, 2)
+    other = 3 - threads_entry["threads"]
+    assert main([*args, "--threads", str(other)]) == 0
+    captured = capsys.readouterr()
+    assert "| threads |" not in captured.out
+    assert f"run the {threads_entry['threads']} threads measured earlier" in captured.err
+    assert len(json.loads(cache.read_text())) == 3  # the slices under --threads added
