@@ -76,6 +76,24 @@ def test_gemm_attention_matches_reference(b: int, lq: int, offset: int, rows: in
         assert F.cosine_similarity(out.double().flatten(2), ref.flatten(2), dim=-1).min() > 0.999
 
 
+@pytest.mark.parametrize(("b", "lq", "offset"), [(1, 300, 0), (3, 70, 0), (2, 40, 50)])
+def test_per_head_gemms_give_the_batched_result(b: int, lq: int, offset: int,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """Long sequences run one 2-D GEMM per (sequence, kv head): bit-identical to the batched
+    calls (same kernels, no copy of the key prefixes), also alone vs in a batch."""
+    from smysl.qwen3 import model
+
+    torch.manual_seed(2)
+    q = torch.randn(b, lq, 4, 32, dtype=torch.bfloat16)
+    k, v = (torch.randn(b, offset + lq, 2, 32, dtype=torch.bfloat16) for _ in range(2))
+    batched = gemm_attention(q, k, v, offset, rows=16)
+    monkeypatch.setattr(model, "PER_HEAD_KEYS", 1)
+    per_head = gemm_attention(q, k, v, offset, rows=16)
+    assert torch.equal(per_head, batched)
+    assert torch.equal(gemm_attention(q[-1:], k[-1:], v[-1:], offset, rows=16), per_head[-1:])
+    assert (per_head.double() - _prefixed(q, k, v, offset)).abs().max() < 3e-2
+
+
 @pytest.mark.parametrize("budget", [1 << 24, 6400, 1])
 def test_gemm_attention_does_not_depend_on_the_batch(budget: int) -> None:
     """Bit for bit, alone or in a batch, also when the score budget makes the blocks small
