@@ -25,6 +25,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dry-run", action="store_true", help="measure and print, store nothing")
 
 
+def _table(setting: str, noun: str, seconds: dict[int, float], chosen: int) -> None:
+    """The measurements as a markdown table, each relative to the chosen setting."""
+    print(f"| {setting} | seconds per pass | vs the chosen {noun} |\n|---|---|---|")
+    for s, secs in sorted(seconds.items()):
+        print(f"| {s}{' (chosen)' if s == chosen else ''} | {secs:.3f} | "
+              f"{secs / seconds[chosen]:.2f} |")
+
+
 def run(args: argparse.Namespace) -> int:
     import torch
 
@@ -60,21 +68,14 @@ def run(args: argparse.Namespace) -> int:
         print(f"measuring {tk}\n({args.layers} layers, {args.rounds} rounds per count)",
               file=sys.stderr)
         threads = tuning.tune_threads(engine, layers=args.layers, rounds=args.rounds)
-        best_t = threads.seconds[threads.threads]
-        print("| threads | seconds per pass | vs the chosen count |\n|---|---|---|")
-        for n, secs in sorted(threads.seconds.items()):
-            print(f"| {n}{' (chosen)' if n == threads.threads else ''} | {secs:.3f} | "
-                  f"{secs / best_t:.2f} |")
+        _table("threads", "count", threads.seconds, threads.threads)
         print()
         torch.set_num_threads(threads.threads)  # the slices are timed with it
     k = tuning.key(engine)
     print(f"measuring {k}\n({args.layers} layers, {args.rounds} rounds per size)",
           file=sys.stderr)
     tuned = tuning.tune(engine, slices=slices, layers=args.layers, rounds=args.rounds)
-    best = tuned.seconds[tuned.chunk]
-    print("| slice tokens | seconds per pass | vs the chosen size |\n|---|---|---|")
-    for s, secs in sorted(tuned.seconds.items()):
-        print(f"| {s}{' (chosen)' if s == tuned.chunk else ''} | {secs:.3f} | {secs / best:.2f} |")
+    _table("slice tokens", "size", tuned.seconds, tuned.chunk)
     if tuned.dequant_rows is not None:
         rows = ("never (the int4 kernel was faster at every size)"
                 if tuned.dequant_rows == tuning.NEVER else f"from {tuned.dequant_rows} rows")

@@ -114,7 +114,7 @@ class Embedder(BaseEmbedder, TokenLevel):
             process=e.pid, fingerprint=self.fingerprint(),
             cpu=detect().describe() if e.device.type == "cpu" else None,
             cuda_graphs=e.cuda_graphs or None, kernel=e.kernel, slice_tokens=e.chunk,
-            tuned_at=e.tuned_at, threads=e.threads if e.device.type == "cpu" else None)
+            tuned_at=e.tuned_at, threads=e.threads)
 
     def fingerprint(self) -> str:
         """Hash of the checkpoint's config, tokenizer and weights (size + three 1 MiB windows

@@ -220,9 +220,10 @@ class EngineLike(Protocol):
     kernel: str
     #: Tokens per slice of the per-token work (CPU: the default, or ``smysl tune``'s).
     chunk: int
+
     @property
-    def threads(self) -> int:
-        """torch's CPU threads where the engine runs."""
+    def threads(self) -> int | None:
+        """torch's CPU threads of an engine on CPU, None on CUDA."""
         ...
 
     @property
@@ -292,9 +293,9 @@ class Engine:
         return None if self.tuned is None else self.tuned.measured or "unknown"
 
     @property
-    def threads(self) -> int:
-        """torch's CPU threads (process-wide: this process's count)."""
-        return torch.get_num_threads()
+    def threads(self) -> int | None:
+        """torch's CPU threads on CPU (process-wide: this process's count), None on CUDA."""
+        return torch.get_num_threads() if self.device.type == "cpu" else None
 
     @classmethod
     def from_checkpoint(cls, ckpt: Checkpoint, cfg: EngineConfig) -> Engine:

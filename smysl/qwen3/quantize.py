@@ -69,12 +69,12 @@ class Int8Linear(nn.Module):
 
     def __init__(self, weight: torch.Tensor, act_bits: int | None = None) -> None:
         super().__init__()
-        self.act_bits = int8_activation_bits(detect()) if act_bits is None else act_bits
-        if self.act_bits not in (7, 8):
-            raise ValueError(f"int8 activation codes have 7 or 8 bits, not {self.act_bits}")
+        bits = int8_activation_bits(detect()) if act_bits is None else act_bits
+        if bits not in (7, 8):
+            raise ValueError(f"int8 activation codes have 7 or 8 bits, not {bits}")
         # codes -qmax..qmax, passed to oneDNN as the unsigned q + zero (its fast int8 kernels
         # take u8 activations x s8 weights): 127 and 128 for 8 bits, 63 and 64 for 7
-        self.zero = 1 << (self.act_bits - 1)
+        self.zero = 1 << (bits - 1)
         self.qmax = float(self.zero - 1)
         codes, self.scales = _weight_codes(weight)
         self.out_features, self.in_features = codes.shape

@@ -240,8 +240,7 @@ class Reranker(BaseReranker):
                             quantization=self.engine.quantization,
                             device=str(self.engine.device), kernel=self.engine.kernel,
                             slice_tokens=self.engine.chunk, tuned_at=self.engine.tuned_at,
-                            threads=(self.engine.threads if self.engine.device.type == "cpu"
-                                     else None))
+                            threads=self.engine.threads)
 
     def fingerprint(self) -> str:
         """Hash of the checkpoint's files (size + three 1 MiB windows each), the dtype, the

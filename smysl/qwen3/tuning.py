@@ -9,8 +9,9 @@ two kernels' rates). The defaults (torch's threads, ``engine.CHUNK_TOKENS``,
 ``engine.INT4_CHUNK_TOKENS``, ``quantize.DEQUANT_ROWS``) were measured on one machine
 (docs/benchmarks.md). :func:`tune_threads` and :func:`tune` measure them on this one, on the
 loaded model's own layers, and :func:`store` keeps the results in a JSON file: the thread count
-keyed by the CPU, its features, torch, the path (kernel and dtype) and the layer shapes
-(:func:`threads_key`), the slices by the same and the thread count (:func:`key`); engines read
+keyed by the CPU, its features, the CPUs the process may use, torch, the path (kernel and
+dtype) and the layer shapes (:func:`threads_key`), the slices by the same but with the thread
+count instead of the CPUs (:func:`key`); engines read
 them when they start (:func:`lookup_threads`, :func:`lookup`). No setting changes a vector
 beyond the last bits (slices: not at all except int4; threads: GEMMs split work by thread, see
 ``docs/engine.md``).
@@ -28,7 +29,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import torch
 
@@ -39,6 +40,7 @@ if TYPE_CHECKING:
     from smysl.qwen3.model import Qwen3Config
 
 log = logging.getLogger(__name__)
+_T = TypeVar("_T")
 
 #: Slice sizes tried by default (tokens).
 SLICES = (128, 256, 512, 1024, 2048)
@@ -87,7 +89,16 @@ def key(engine: Engine) -> str:
     """The cache key of ``engine``'s path on this machine: CPU and features, torch, threads,
     kernel, dtype and layer shapes (anything that moves the measured optimum); for int4 also
     the planes per layer (a Q8_0 file's two cost twice a Q4_K's one to rebuild)."""
-    return _key(engine, threads=True)
+    from smysl.qwen3.quantize import Int4GemmLinear, Int4Linear
+
+    parts = [detect().describe(), f"torch {torch.__version__}",
+             f"{torch.get_num_threads()} threads", engine.kernel,
+             str(engine.dtype).removeprefix("torch."), _shape(engine.model.cfg)]
+    planes = sorted({m.planes for m in engine.model.modules()
+                     if isinstance(m, Int4Linear | Int4GemmLinear)})
+    if planes:
+        parts.append("planes " + ",".join(map(str, planes)))
+    return " | ".join(parts)
 
 
 def threads_key(kernel: str, dtype: torch.dtype, cfg: Qwen3Config) -> str:
@@ -102,19 +113,6 @@ def threads_key(kernel: str, dtype: torch.dtype, cfg: Qwen3Config) -> str:
 def _shape(cfg: Qwen3Config) -> str:
     return (f"h{cfg.hidden_size} i{cfg.intermediate_size} q{cfg.num_attention_heads} "
             f"kv{cfg.num_key_value_heads} d{cfg.head_dim}")
-
-
-def _key(engine: Engine, threads: bool) -> str:
-    from smysl.qwen3.quantize import Int4GemmLinear, Int4Linear
-
-    parts = [detect().describe(), f"torch {torch.__version__}",
-             *([f"{torch.get_num_threads()} threads"] if threads else []), engine.kernel,
-             str(engine.dtype).removeprefix("torch."), _shape(engine.model.cfg)]
-    planes = sorted({m.planes for m in engine.model.modules()
-                     if isinstance(m, Int4Linear | Int4GemmLinear)})
-    if planes:
-        parts.append("planes " + ",".join(map(str, planes)))
-    return " | ".join(parts)
 
 
 def usable_cpus() -> int:
@@ -145,19 +143,28 @@ def _read(path: Path) -> dict[str, Any]:
     return data if isinstance(data, dict) else {}
 
 
-def lookup(k: str, path: Path | None = None) -> Tuned | None:
-    """The stored tuning for key ``k``, or None (absent, or an entry that does not parse)."""
+def _entry(k: str, path: Path | None, parse: Callable[[dict[str, Any], str, dict[int, float]],
+                                                     _T]) -> _T | None:
+    """``parse(entry, measured, seconds)`` of the stored entry for ``k``; None when absent or
+    damaged (logged)."""
     entry = _read(path or cache_file()).get(k)
     if not isinstance(entry, dict):
         return None
     try:
-        tuned = Tuned(chunk=int(entry["chunk"]),
-                      dequant_rows=(None if entry.get("dequant_rows") is None
-                                    else int(entry["dequant_rows"])),
-                      measured=str(entry.get("measured", "")),
-                      seconds={int(s): float(v) for s, v in dict(entry.get("seconds", {})).items()})
+        return parse(entry, str(entry.get("measured", "")),
+                     {int(s): float(v) for s, v in dict(entry.get("seconds", {})).items()})
     except (KeyError, TypeError, ValueError) as e:
         log.warning("ignoring a damaged tuning entry for %s: %s", k, e)
+        return None
+
+
+def lookup(k: str, path: Path | None = None) -> Tuned | None:
+    """The stored tuning for key ``k``, or None (absent, or an entry that does not parse)."""
+    tuned = _entry(k, path, lambda e, measured, seconds: Tuned(
+        chunk=int(e["chunk"]),
+        dequant_rows=None if e.get("dequant_rows") is None else int(e["dequant_rows"]),
+        measured=measured, seconds=seconds))
+    if tuned is None:
         return None
     if not 1 <= tuned.chunk <= MAX_SLICE or (tuned.dequant_rows is not None
                                               and tuned.dequant_rows < 1):
@@ -169,15 +176,9 @@ def lookup(k: str, path: Path | None = None) -> Tuned | None:
 
 def lookup_threads(k: str, path: Path | None = None) -> Threads | None:
     """The stored thread count for :func:`threads_key` ``k``, or None (absent or damaged)."""
-    entry = _read(path or cache_file()).get(k)
-    if not isinstance(entry, dict):
-        return None
-    try:
-        found = Threads(threads=int(entry["threads"]), measured=str(entry.get("measured", "")),
-                        seconds={int(n): float(v)
-                                 for n, v in dict(entry.get("seconds", {})).items()})
-    except (KeyError, TypeError, ValueError) as e:
-        log.warning("ignoring a damaged tuning entry for %s: %s", k, e)
+    found = _entry(k, path, lambda e, measured, seconds: Threads(
+        threads=int(e["threads"]), measured=measured, seconds=seconds))
+    if found is None:
         return None
     if not 1 <= found.threads <= MAX_THREADS:
         log.warning("ignoring a tuning entry with %d threads for %s (1..%d)", found.threads, k,

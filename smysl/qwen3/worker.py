@@ -64,7 +64,7 @@ def _child(conn: Connection, ckpt: Checkpoint, cfg: EngineConfig) -> None:
                            "max_positions": engine.max_positions, "device": str(engine.device),
                            "dtype": str(engine.dtype).removeprefix("torch."),
                            "quantization": engine.quantization, "parameters": engine.parameters,
-                           "threads": torch.get_num_threads(),
+                           "threads": engine.threads,
                            "cuda_graphs": engine.cuda_graphs, "kernel": engine.kernel,
                            "chunk": engine.chunk, "tuned_at": engine.tuned_at}))
     while True:
@@ -177,7 +177,7 @@ class EngineProcess:
         self.max_positions: int = info["max_positions"]
         self.device = torch.device(info["device"])
         self.dtype: torch.dtype = getattr(torch, info["dtype"])
-        self.threads: int = info["threads"]
+        self.threads: int | None = info["threads"]
         self.quantization: str | None = info["quantization"]
         self.parameters: int = info["parameters"]
         self.cuda_graphs: list[int] = info["cuda_graphs"]
