@@ -12,6 +12,7 @@ reference exactly in fp32 and keeps bf16/fp16 from overflowing (the 8B's massive
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -75,13 +76,22 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
         self.eps = eps
 
-    def forward(self, x: torch.Tensor, out_dtype: torch.dtype | None = None) -> torch.Tensor:
-        # Reference order: normalise in fp32, cast back, then scale in the weight's dtype.
-        # F.rms_norm is one fused pass and bit-identical to the reference's x * rsqrt(mean + eps).
+    def forward(self, x: torch.Tensor, out_dtype: torch.dtype | None = None,
+                exact: bool = True) -> torch.Tensor:
+        """x: [..., dim] -> same shape in ``out_dtype`` (default x's). ``exact``: the
+        reference's operation order; else one float32 chain rounded once (see
+        :attr:`Qwen3Encoder.exact_qk`): 0.65x the time on CPU, and closer to float64."""
         dtype = out_dtype or x.dtype
         if x.dtype == dtype == torch.float32:
+            # one call, bit-identical to the reference's x * rsqrt(mean + eps) * weight
             return F.rms_norm(x, (x.shape[-1],), self.weight, self.eps)
-        x32 = F.rms_norm(x.float(), (x.shape[-1],), None, self.eps)
+        x = x.float()
+        if not exact:  # sum of squares as a squared norm: one reduction, no temporary
+            r = torch.linalg.vector_norm(x, dim=-1, keepdim=True)
+            r = r.square_().div_(x.shape[-1]).add_(self.eps).rsqrt_()
+            return (x * self.weight.float()).mul_(r).to(dtype)
+        # reference order: normalise in fp32, cast, then scale in the weight's dtype
+        x32 = F.rms_norm(x, (x.shape[-1],), None, self.eps)
         return self.weight.to(dtype) * x32.to(dtype)
 
 
@@ -143,21 +153,34 @@ class Attention(nn.Module):
         self.k_norm = RMSNorm(self.d, cfg.rms_norm_eps)
 
     def project(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, q: torch.Tensor,
-                k: torch.Tensor, v: torch.Tensor, exact: bool = True) -> None:
+                k: torch.Tensor, v: torch.Tensor) -> None:
         """x: [t, H] normed -> written into q [t, Hq, D], k and v [t, Hkv, D] (the attention
-        dtype; q/k normed and rotated). cos/sin: [t, D] (float32 unless ``exact``). ``exact``:
-        q/k norm and RoPE in the reference's operation order (:func:`apply_rope`), else
-        :func:`norm_rope`."""
+        dtype), q/k normed and rotated in the reference's operation order (:func:`apply_rope`;
+        cos/sin: [t, D] in the matmul dtype)."""
         t = x.shape[0]
         qkv = self.qkv_proj(x)  # [t, (Hq + 2 Hkv) D]
         qx, kx, vx = qkv.split([self.hq * self.d, self.hkv * self.d, self.hkv * self.d], dim=-1)
         for part, norm, out in ((qx, self.q_norm, q), (kx, self.k_norm, k)):
-            heads = part.view(t, -1, self.d)
-            if exact:
-                out.copy_(apply_rope(norm(heads), cos, sin))
-            else:
-                norm_rope(heads, norm.weight, norm.eps, cos, sin, out)
+            out.copy_(apply_rope(norm(part.view(t, -1, self.d)), cos, sin))
         v.copy_(vx.view(t, self.hkv, self.d))
+
+    def qk_weight(self) -> torch.Tensor:
+        """The q_norm / k_norm weights per group of Hkv heads of the q|k columns:
+        [Hq / Hkv + 1, 1, D] float32 (the query groups', then the keys')."""
+        w: list[torch.Tensor] = [self.q_norm.weight] * (self.hq // self.hkv)
+        w.append(self.k_norm.weight)
+        return torch.stack(w).float()[:, None]
+
+    def project_fused(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+                      qk: torch.Tensor, v: torch.Tensor, weight: torch.Tensor) -> None:
+        """As :meth:`project`, with q and k as the two parts of one buffer qk [t, Hq + Hkv, D],
+        normed and rotated together by :func:`norm_rope` (one float32 chain, rounded once).
+        cos/sin: [t, D] float32; weight: :meth:`qk_weight`."""
+        t, n = x.shape[0], (self.hq + self.hkv) * self.d
+        qkv = self.qkv_proj(x)  # [t, (Hq + 2 Hkv) D]
+        grouped = (t, -1, self.hkv, self.d)  # [t, G, Hkv, D]: heads that share a weight row
+        norm_rope(qkv[:, :n].view(grouped), weight, self.q_norm.eps, cos, sin, qk.view(grouped))
+        v.copy_(qkv[:, n:].view(t, self.hkv, self.d))
 
 
 class MLP(nn.Module):
@@ -193,23 +216,34 @@ class DecoderLayer(nn.Module):
         """
         a, t = self.self_attn, h.shape[0]
         adt = attn_dt or dt
-        q = h.new_empty(t, a.hq, a.d, dtype=adt)
-        k, v = h.new_empty(t, a.hkv, a.d, dtype=adt), h.new_empty(t, a.hkv, a.d, dtype=adt)
+        v = h.new_empty(t, a.hkv, a.d, dtype=adt)
         cos, sin = rope  # [T, D] each: in dt if exact, else float32
-        for s in range(0, t, chunk):
-            e = s + chunk
-            a.project(self.input_layernorm(h[s:e], dt), cos[s:e], sin[s:e], q[s:e], k[s:e],
-                      v[s:e], exact)
+        qk: torch.Tensor | None = None
+        if exact:
+            q = h.new_empty(t, a.hq, a.d, dtype=adt)
+            k = h.new_empty(t, a.hkv, a.d, dtype=adt)
+            for s in range(0, t, chunk):
+                e = s + chunk
+                a.project(self.input_layernorm(h[s:e], dt), cos[s:e], sin[s:e], q[s:e],
+                          k[s:e], v[s:e])
+        else:  # q and k: views of one buffer, normed and rotated in one pass
+            qk = h.new_empty(t, a.hq + a.hkv, a.d, dtype=adt)
+            q, k = qk[:, : a.hq], qk[:, a.hq :]
+            weight = a.qk_weight()
+            for s in range(0, t, chunk):
+                e = s + chunk
+                x = self.input_layernorm(h[s:e], dt, exact=False)
+                a.project_fused(x, cos[s:e], sin[s:e], qk[s:e], v[s:e], weight)
         # final layer: only each sequence's last query is needed downstream ([B, Hq, D])
         out = plan.attend(q, k, v) if last is None else plan.attend_last(q[last], k, v)
-        del q, k, v
+        del q, k, v, qk
         if last is not None:
             h = h[last]
         for s in range(0, h.shape[0], chunk):
             hs = h[s : s + chunk]
             # in-place adds promote to float32 in the same kernel: no separate cast launch
             hs += a.o_proj(out[s : s + chunk].flatten(1))
-            hs += self.mlp(self.post_attention_layernorm(hs, dt))
+            hs += self.mlp(self.post_attention_layernorm(hs, dt, exact))
         return h
 
 
@@ -222,29 +256,33 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
 
 def norm_rope(x: torch.Tensor, weight: torch.Tensor, eps: float, cos: torch.Tensor,
               sin: torch.Tensor, out: torch.Tensor) -> None:
-    """q_norm / k_norm and RoPE as one float32 chain, rounded once into ``out``.
+    """Per-head RMSNorm (q_norm / k_norm) and RoPE as one float32 chain, rounded once into
+    ``out``.
 
-    x: [t, heads, D] (a view of the qkv output, any float dtype); weight: [D] float32;
-    cos/sin: [t, D] float32 (the half-frequencies repeated); out: [t, heads, D].
+    x: [t, ..., D] (a view of the qkv output, any float dtype); weight: float32, broadcastable
+    to x's dims after the first (e.g. [G, 1, D] for x [t, G, Hkv, D]: a weight row per group
+    of heads); cos/sin: [t, D] float32 (the half-frequencies repeated); out: shaped as x.
 
     The same maths as ``apply_rope(RMSNorm(x))`` in another order: with ``r`` each head's
     ``rsqrt(mean(x^2) + eps)`` and halves ``x = (x1, x2)``, ``c``/``s`` the half tables,
-    ``out = r * (x1 w1 c - x2 w2 s, x2 w2 c + x1 w1 s)``: ~6 passes over the heads instead of
-    ~12 (the reference rounds to the matmul dtype after the norm, the weight and each RoPE
-    step), and closer to float64 (bf16: max error 1.6e-2 vs 5.7e-2 on unit-scale heads). Used
-    on CPU by every path but the unquantised float32 one (see :attr:`Qwen3Encoder.exact_qk`).
+    ``out = r * (x1 w1 c - x2 w2 s, x2 w2 c + x1 w1 s)``: the weight goes into the [t, G, D]
+    cos/sin tables: ~20 calls for all of q and k
+    (the reference's chain is ~12 passes per tensor, rounding to the matmul dtype after the
+    norm, the weight and each RoPE step); closer to float64 too (bf16: max error 1.6e-2 vs
+    5.7e-2 on unit-scale heads). Used on CPU by every path but the unquantised float32 one
+    (see :attr:`Qwen3Encoder.exact_qk`).
     """
     d = x.shape[-1]
     h = d // 2
-    x = x.float()  # float32 input: the view itself, read in place
-    # sum of squares as a squared norm: one reduction, no [t, heads, D] temporary (vecdot's)
-    r = torch.linalg.vector_norm(x, dim=-1).square_().div_(d).add_(eps).rsqrt_()[..., None]
-    c, s = cos[:, None, :h], sin[:, None, :h]  # [t, 1, D/2]
-    w1, w2 = weight[:h], weight[h:]
-    x1, x2 = x[..., :h], x[..., h:]
-    y = torch.empty(x.shape, dtype=torch.float32, device=x.device)
-    torch.mul(x1, c * w1, out=y[..., :h]).addcmul_(x2, s * w2, value=-1)
-    torch.mul(x2, c * w2, out=y[..., h:]).addcmul_(x1, s * w1)
+    table = (x.shape[0],) + (1,) * (x.dim() - 2) + (d,)  # cos/sin broadcast over the heads
+    x = x.float()  # one cast up front (mixed-dtype ops cast their inputs on every call)
+    # sum of squares as a squared norm: one reduction, no [t, ..., D] temporary
+    r = torch.linalg.vector_norm(x, dim=-1, keepdim=True).square_().div_(d).add_(eps).rsqrt_()
+    cw = cos.view(table) * weight  # (c w1, c w2)
+    sw = sin.view(table) * torch.cat((weight[..., h:], weight[..., :h]), -1)  # (s w2, s w1)
+    y = x * cw
+    y[..., :h].addcmul_(x[..., h:], sw[..., :h], value=-1)
+    y[..., h:].addcmul_(x[..., :h], sw[..., h:])
     torch.mul(y, r, out=out)
 
 
@@ -362,10 +400,14 @@ def causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, offset: 
                 mask=cols[None, :] <= torch.arange(n, device=q.device)[:, None] + offset)
 
 
-#: Keys from which :func:`gemm_attention` runs per-(sequence, kv head) GEMMs (AVX512-BF16 EPYC,
-#: 2 threads, one sequence: 0.97x at 768 keys, 1.04x at 832, 1.09x at 1,022, 1.35x at 2,048,
-#: 1.56x at 4,096).
-PER_HEAD_KEYS = 800
+@functools.lru_cache(maxsize=64)
+def causal_bias(m: int, g: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """[m * g, m], contiguous: 0 where row (query i, head) may see diagonal-block column j <= i,
+    else -inf. Added to the scores rather than masked_fill_'d (x + 0 == x, x + -inf == -inf,
+    bit for bit, in ~1/3 of the time); a slice of a larger mask would be ~10x slower still
+    (a broadcast add over a strided operand is not vectorised)."""
+    above = torch.full((m, m), float("-inf"), dtype=dtype, device=device).triu(1)
+    return above[:, None, :].expand(m, g, m).reshape(m * g, m)
 
 
 def gemm_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, offset: int = 0,
@@ -382,48 +424,37 @@ def gemm_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, offset: in
     to 32K. 2-3x the flash kernel at 100-4,096 tokens (bf16, 2 threads, AVX512-BF16); error
     ~1.6x the flash kernel's (scores rounded to bf16).
 
-    From :data:`PER_HEAD_KEYS` keys on, the blocks of a sequence run one 2-D GEMM per
-    (sequence, kv head) instead of one batched call: torch's oneDNN matmul takes contiguous
-    batches only, so a batched call on each block's key prefix (a batch-strided slice) first
-    copies it — O(L^2) bytes. The results are bit-identical; below that length the batched
-    call's larger GEMMs win.
+    K is transposed once per slice into ``[.., D, Lk]``, so each block's key prefix is a
+    column slice that oneDNN's batched GEMM reads in place: the prefix of a ``[.., Lk, D]``
+    K^T view is batch-strided, which torch's oneDNN matmul first copies (O(L^2) bytes over a
+    sequence; 0.6-0.7x the contiguous GEMM's rate, against 0.85-0.95x for the column slice).
     """
     b, lq, hq, d = q.shape
     hkv = k.shape[2]
     g, lk = hq // hkv, k.shape[1]
     n = max(16, min(rows, budget // (hq * lk)))  # queries per block: per sequence, never per batch
     per = max(1, budget // (hq * n * lk))  # sequences per slice
-    # [n * g, n]: row (i, head) may not see diagonal-block column j > i
-    above = torch.ones(n, n, dtype=torch.bool, device=q.device).triu(1)
-    above = above[:, None, :].expand(n, g, n).reshape(n * g, n)
-    unused = q.new_empty(())  # baddbmm's input, ignored with beta=0
     outs = []
     for b0 in range(0, b, per):
         qs, ks, vs = q[b0 : b0 + per], k[b0 : b0 + per], v[b0 : b0 + per]
         nb = qs.shape[0] * hkv
-        # rows (position, head) of each (sequence, kv head): [nb, Lq * g, D]; K/V: [nb, Lk, D]
-        qh = qs.reshape(-1, lq, hkv, g, d).transpose(1, 2).reshape(nb, lq * g, d)
-        kh, vh = (x.transpose(1, 2).reshape(nb, lk, d) for x in (ks, vs))
+        # rows (position, head) of each (sequence, kv head), scaled by 1/sqrt(D) in the copy
+        # (the GEMM that reads K^T slices in place has no epilogue scale): [nb, Lq * g, D]
+        qh = q.new_empty(nb, lq * g, d)
+        torch.mul(qs.unflatten(2, (hkv, g)).transpose(1, 2), d**-0.5,
+                  out=qh.view(-1, hkv, lq, g, d))
+        # K^T [nb, D, Lk] and V [nb, Lk, D], contiguous (one sequence's reshape is a view).
+        # K's rows are gathered first, then each [Lk, D] transposed: 2.5x a direct copy
+        # from the [B, Lk, Hkv, D] layout, which strides by Hkv * D on every element
+        kt = ks.transpose(1, 2).reshape(nb, lk, d).contiguous().mT.contiguous()
+        vh = vs.transpose(1, 2).reshape(nb, lk, d).contiguous()
         out = torch.empty_like(qh)
-        per_head = lk >= PER_HEAD_KEYS and lq > n  # (one block: whole, contiguous tensors)
         for s in range(0, lq, n):
             e = min(s + n, lq)
             m, ke = e - s, offset + e  # queries in the block; keys they may see
-            if not per_head:
-                sc = torch.baddbmm(unused, qh[:, s * g : e * g], kh[:, :ke].transpose(1, 2),
-                                   beta=0, alpha=d**-0.5)  # [nb, m * g, ke]
-            else:  # one 2-D GEMM per (sequence, kv head), on contiguous slices: see above
-                sc = qh.new_empty(nb, m * g, ke)
-                for i in range(nb):
-                    torch.addmm(sc[i], qh[i, s * g : e * g], kh[i, :ke].t(), beta=0,
-                                alpha=d**-0.5, out=sc[i])
-            sc[:, :, ke - m :].masked_fill_(above[: m * g, :m], float("-inf"))
-            p = torch.softmax(sc, -1)
-            if not per_head:
-                out[:, s * g : e * g] = torch.bmm(p, vh[:, :ke])
-            else:
-                for i in range(nb):
-                    torch.mm(p[i], vh[i, :ke], out=out[i, s * g : e * g])
+            sc = torch.bmm(qh[:, s * g : e * g], kt[:, :, :ke])  # [nb, m * g, ke]
+            sc[:, :, ke - m :] += causal_bias(m, g, q.dtype, q.device)
+            torch.bmm(torch.softmax(sc, -1), vh[:, :ke], out=out[:, s * g : e * g])
         outs.append(out.view(-1, hkv, lq, g, d).transpose(1, 2).reshape(-1, lq, hq, d))
     return outs[0] if len(outs) == 1 else torch.cat(outs)
 

@@ -274,16 +274,18 @@ def test_kept_blocks_are_as_close_as_the_bf16_dequantisation(wide: Path, tmp_pat
     as before, lost 10x that on Q8_0 at the 0.6B shape, docs/benchmarks.md). Q4_K's offsets
     (``8 * scale - dmin * m``, random here) are rounded to bf16 by the kernel: more slack.
 
-    Compared on the mean over the texts: in this tiny random model two texts are
+    Compared on the median over the texts: in this tiny random model two texts are
     ill-conditioned (bf16 activations alone move them by up to 2e-3 in cosine, and which way
-    depends on the attention kernel's rounding), so the minimum is bf16 noise, bounded apart."""
+    depends on the attention kernel's rounding), so the minimum is bf16 noise, bounded apart,
+    and those two alone move the mean of 48 by up to 3e-5 (more than the slack) when the
+    bf16 path's rounding changes."""
     types = {f"blk.{n}.{m}.weight": kind for n in range(2) for m in _MATRICES}
     path = write_gguf(wide, tmp_path / f"{kind}.gguf", ftype="Q8_0", type_of=types)
     exact = Embedder.load(str(path), device="cpu", dtype="float32").embed(texts[:48])
     bf16 = Embedder.load(str(path), device="cpu", dtype="bfloat16").embed(texts[:48])
     kept = Embedder.load(str(path), device="cpu", quantize="int4").embed(texts[:48])
     cos, floor = (kept * exact).sum(axis=1), (bf16 * exact).sum(axis=1)
-    assert cos.mean() >= floor.mean() - slack, (cos.mean(), floor.mean())
+    assert np.median(cos) >= np.median(floor) - slack, (np.median(cos), np.median(floor))
     assert cos.min() >= 0.997, cos.min()
 
 

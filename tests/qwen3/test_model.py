@@ -77,21 +77,15 @@ def test_gemm_attention_matches_reference(b: int, lq: int, offset: int, rows: in
 
 
 @pytest.mark.parametrize(("b", "lq", "offset"), [(1, 300, 0), (3, 70, 0), (2, 40, 50)])
-def test_per_head_gemms_give_the_batched_result(b: int, lq: int, offset: int,
-                                                monkeypatch: pytest.MonkeyPatch) -> None:
-    """Long sequences run one 2-D GEMM per (sequence, kv head): bit-identical to the batched
-    calls (same kernels, no copy of the key prefixes), also alone vs in a batch."""
-    from smysl.qwen3 import model
-
+def test_key_prefix_slices_are_batch_invariant(b: int, lq: int, offset: int) -> None:
+    """Many blocks per sequence, each reading a column slice of K^T (a prefix): the same bits
+    alone as in a batch, and close to the reference."""
     torch.manual_seed(2)
     q = torch.randn(b, lq, 4, 32, dtype=torch.bfloat16)
     k, v = (torch.randn(b, offset + lq, 2, 32, dtype=torch.bfloat16) for _ in range(2))
     batched = gemm_attention(q, k, v, offset, rows=16)
-    monkeypatch.setattr(model, "PER_HEAD_KEYS", 1)
-    per_head = gemm_attention(q, k, v, offset, rows=16)
-    assert torch.equal(per_head, batched)
-    assert torch.equal(gemm_attention(q[-1:], k[-1:], v[-1:], offset, rows=16), per_head[-1:])
-    assert (per_head.double() - _prefixed(q, k, v, offset)).abs().max() < 3e-2
+    assert torch.equal(gemm_attention(q[-1:], k[-1:], v[-1:], offset, rows=16), batched[-1:])
+    assert (batched.double() - _prefixed(q, k, v, offset)).abs().max() < 3e-2
 
 
 @pytest.mark.parametrize("budget", [1 << 24, 6400, 1])
@@ -199,3 +193,24 @@ def test_config_from_transformers_v4_and_v5_dicts() -> None:
         Qwen3Config.from_dict({**base, "model_type": "bert"})
     with pytest.raises(ValueError, match="rope"):
         Qwen3Config.from_dict({**base, "rope_scaling": {"rope_type": "yarn", "factor": 4}})
+
+
+def test_norm_rope_takes_a_weight_row_per_group_of_heads() -> None:
+    """q and k in one call: x [t, G, Hkv, D] with a weight row per group (the query groups'
+    q_norm, the last group's k_norm) == each group through the reference chain."""
+    torch.manual_seed(3)
+    t, groups, hkv, d = 12, 3, 2, 16
+    x = torch.randn(t, groups * hkv * d + 8)[:, :-8].view(t, groups, hkv, d)  # strided rows
+    norms = [RMSNorm(d, 1e-6) for _ in range(2)]
+    with torch.no_grad():
+        for n in norms:
+            n.weight.copy_(torch.rand(d) + 0.5)
+    weight = torch.stack([norms[0].weight, norms[0].weight, norms[1].weight]).float()[:, None]
+    emb = torch.arange(t).float()[:, None] * (1.0 / (1e6 ** (torch.arange(0, d, 2).float() / d)))
+    cos, sin = torch.cat([emb, emb], -1).cos(), torch.cat([emb, emb], -1).sin()
+    out = torch.empty(t, groups, hkv, d)
+    with torch.inference_mode():
+        norm_rope(x, weight, 1e-6, cos, sin, out)
+        for gi, n in enumerate((norms[0], norms[0], norms[1])):
+            ref = apply_rope(n(x[:, gi]), cos, sin)
+            assert torch.allclose(out[:, gi], ref, atol=1e-5), gi
