@@ -6,6 +6,7 @@ Usage (from the repo root, after the README's dev install):
     .venv/bin/python benchmarks/bench_cpu.py --systems st,fp32,bf16,int8,auto
     .venv/bin/python benchmarks/bench_cpu.py --memory 2048,4096,8192     # peak RSS per length
     .venv/bin/python benchmarks/bench_cpu.py --isa avx2    # an AVX2-only CPU's code paths
+    .venv/bin/python benchmarks/bench_cpu.py --isa sse41 --systems fp32,int8,auto  # pre-AVX
 
 Each system runs in its own process (clean peak RSS) on the same random-weight checkpoint and
 the same fixed Russian/English corpus; the parent prints them side by side and checks that the
@@ -185,7 +186,12 @@ def run_memory(ckpt: Path, n_tokens: int) -> dict:
 #: paths of an AVX2-only CPU (ATen, oneDNN, MKL and fbgemm kernels; smysl reads the oneDNN cap,
 #: see ``cpu.apply_isa_cap``) on a newer one. Its memory system and clocks stay this machine's.
 ISA_CAPS = {"avx2": {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2",
-                     "MKL_ENABLE_INSTRUCTIONS": "AVX2", "FBGEMM_ENABLE_INSTRUCTIONS": "AVX2"}}
+                     "MKL_ENABLE_INSTRUCTIONS": "AVX2", "FBGEMM_ENABLE_INSTRUCTIONS": "AVX2"},
+            # a pre-2013 x86 (SSE4.2, no AVX): torch's baseline kernels. fbgemm has no kernels
+            # below AVX2 and cannot be capped there, so its rate is not measured
+            "sse41": {"ATEN_CPU_CAPABILITY": "default", "ONEDNN_MAX_CPU_ISA": "SSE41",
+                      "MKL_ENABLE_INSTRUCTIONS": "SSE4_2"}}
+ISA_UNCAPPABLE = {"sse41": {"fbgemm-int8"}}
 
 
 def child(args: list[str]) -> dict:
@@ -258,7 +264,8 @@ def main() -> None:
     lengths = [len(e.ids) for e in tok.encode_batch(texts)]
     n_tok = sum(lengths)
     ctx = sum(n * n / 2 for n in lengths) / n_tok  # mean causal context per token
-    gemm = {d: matmul_gflops(d) for d in KERNELS}
+    gemm = {d: matmul_gflops(d) for d in KERNELS
+            if d not in ISA_UNCAPPABLE.get(args.isa or "", ())}
     print(f"corpus: {len(texts)} texts, {n_tok} tokens (min {min(lengths)}, max {max(lengths)})")
     print(f"timing: best of {args.passes} pass(es) per smysl system, one for ST; GEMM rate "
           "best of 4 windows")

@@ -114,9 +114,10 @@ def test_seven_bit_codes_are_close_and_batch_invariant(weight: torch.Tensor) -> 
 @needs_onednn
 @pytest.mark.skipif(platform.machine().lower() not in ("x86_64", "amd64"),
                     reason="oneDNN's ISA cap is x86's")
-def test_seven_bit_sums_are_exact_where_avx2_pairs_saturate() -> None:
-    """With oneDNN capped at AVX2 (no VNNI: u8 x s8 pairs summed into saturating 16 bits), an
-    adversarial row (large codes against large weights, side by side) gives the exact integer
+@pytest.mark.parametrize("cap", ["AVX2", "SSE41"])
+def test_seven_bit_sums_are_exact_where_pairs_saturate(cap: str) -> None:
+    """With oneDNN capped at AVX2 or SSE4.1 (a pre-2013 x86; no VNNI: u8 x s8 pairs summed
+    into saturating 16 bits by ``pmaddubsw``), an adversarial row (large codes against large weights, side by side) gives the exact integer
     sums with 7-bit codes: 127 * 127 * 2 <= 32,767. The same row with 8-bit codes (up to 255)
     is the control: it must come out wrong, or no saturating kernel ran here."""
     code = """
@@ -136,11 +137,11 @@ for bits in (7, 8):
     ok = ((layer(x).double() - exact).abs() <= exact.abs() * 1e-6 + 1e-6).all()
     print(bits, "exact" if ok else "wrong")
 """
-    env = {**os.environ, "ONEDNN_MAX_CPU_ISA": "AVX2"}
+    env = {**os.environ, "ONEDNN_MAX_CPU_ISA": cap}
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
                          timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
     got = dict(line.split() for line in out.stdout.splitlines())
     if got["8"] == "exact":
-        pytest.skip("8-bit codes did not saturate: oneDNN ran no AVX2 pair-sum kernel here")
+        pytest.skip(f"8-bit codes did not saturate: oneDNN ran no {cap} pair-sum kernel here")
     assert got["7"] == "exact"
