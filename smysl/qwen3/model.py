@@ -232,8 +232,8 @@ class DecoderLayer(nn.Module):
             weight = a.qk_weight()
             for s in range(0, t, chunk):
                 e = s + chunk
-                x = self.input_layernorm(h[s:e], dt, exact=False)
-                a.project_fused(x, cos[s:e], sin[s:e], qk[s:e], v[s:e], weight)
+                a.project_fused(self.input_layernorm(h[s:e], dt, exact=False), cos[s:e],
+                                sin[s:e], qk[s:e], v[s:e], weight)
         # final layer: only each sequence's last query is needed downstream ([B, Hq, D])
         out = plan.attend(q, k, v) if last is None else plan.attend_last(q[last], k, v)
         del q, k, v, qk
@@ -423,7 +423,8 @@ def gemm_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, offset: in
     of the batch at a time under the same budget: a text's vector never depends on its batch,
     and the scores take ~32 MiB of bf16 (as much again for the probabilities) at any length up
     to 32K. 2-3x the flash kernel at 100-4,096 tokens (bf16, 2 threads, AVX512-BF16); error
-    ~1.6x the flash kernel's (scores rounded to bf16).
+    vs float64 1.4-1.9x the flash kernel's for unit-variance q/k, 4-9x for scores twice that
+    wide (the scores rounded to bf16; the same before q took the scale in its copy).
 
     torch's oneDNN batched matmul copies every operand that is not contiguous or a transposed
     contiguous tensor, into a fresh tensor per call. A block's key and value prefixes are such
@@ -434,39 +435,45 @@ def gemm_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, offset: in
     an allocation per block (those fragmented the heap: +0.4-0.6 GiB peak RSS in 3 of 7 runs of
     one 8,192-token input).
     """
-    b, lq, hq, d = q.shape
-    hkv = k.shape[2]
-    g, lk = hq // hkv, k.shape[1]
+    b, hq, lk = q.shape[0], q.shape[2], k.shape[1]
     n = max(16, min(rows, budget // (hq * lk)))  # queries per block: per sequence, never per batch
     per = max(1, budget // (hq * n * lk))  # sequences per slice
-    outs = []
-    for b0 in range(0, b, per):
-        qs, ks, vs = q[b0 : b0 + per], k[b0 : b0 + per], v[b0 : b0 + per]
-        nb = qs.shape[0] * hkv
-        # rows (position, head) of each (sequence, kv head), scaled in the copy: [nb, Lq * g, D]
-        qh = q.new_empty(nb, lq * g, d)
-        torch.mul(qs.unflatten(2, (hkv, g)).transpose(1, 2), d**-0.5,
-                  out=qh.view(-1, hkv, lq, g, d))
-        # K and V [nb, Lk, D], contiguous (one sequence's reshape alone would be a view)
-        kh = ks.transpose(1, 2).reshape(nb, lk, d).contiguous()
-        vh = vs.transpose(1, 2).reshape(nb, lk, d).contiguous()
-        kt = kh.mT  # [nb, D, Lk]: a transposed contiguous tensor, read in place
-        if offset + min(n, lq) < lk:  # blocks that see a prefix: K^T contiguous (rows
-            kt = kt.contiguous()  # first, then transposed: 2.5x a direct copy) and buffers
-            kbuf, vbuf = kh.new_empty(kh.numel()), vh.new_empty(vh.numel())
-        out = torch.empty_like(qh)
-        for s in range(0, lq, n):
-            e = min(s + n, lq)
-            m, ke = e - s, offset + e  # queries in the block; keys they may see
-            kb, vb = kt, vh
-            if ke < lk:  # the prefixes, contiguous at the front of the buffers
-                kb = kbuf[: nb * d * ke].view(nb, d, ke).copy_(kt[:, :, :ke])
-                vb = vbuf[: nb * ke * d].view(nb, ke, d).copy_(vh[:, :ke])
-            sc = torch.bmm(qh[:, s * g : e * g], kb)  # [nb, m * g, ke]
-            sc[:, :, ke - m :] += causal_bias(m, g, q.dtype, q.device)
-            torch.bmm(torch.softmax(sc, -1), vb, out=out[:, s * g : e * g])
-        outs.append(out.view(-1, hkv, lq, g, d).transpose(1, 2).reshape(-1, lq, hq, d))
+    # one slice's temporaries (K^T, prefix buffers, scores) are freed before the next's
+    outs = [_attend_slice(q[b0 : b0 + per], k[b0 : b0 + per], v[b0 : b0 + per], offset, n)
+            for b0 in range(0, b, per)]
     return outs[0] if len(outs) == 1 else torch.cat(outs)
+
+
+def _attend_slice(qs: torch.Tensor, ks: torch.Tensor, vs: torch.Tensor, offset: int, n: int
+                  ) -> torch.Tensor:
+    """:func:`gemm_attention` over a slice of the batch, in blocks of ``n`` queries."""
+    bs, lq, hq, d = qs.shape
+    hkv, lk = ks.shape[2], ks.shape[1]
+    g, nb = hq // hkv, bs * hkv
+    # rows (position, head) of each (sequence, kv head), scaled in the copy: [nb, Lq * g, D]
+    qh = qs.new_empty(nb, lq * g, d)
+    torch.mul(qs.unflatten(2, (hkv, g)).transpose(1, 2), d**-0.5, out=qh.view(bs, hkv, lq, g, d))
+    # K and V [nb, Lk, D], contiguous (one sequence's reshape alone would be a view)
+    kh = ks.transpose(1, 2).reshape(nb, lk, d).contiguous()
+    vh = vs.transpose(1, 2).reshape(nb, lk, d).contiguous()
+    kt = kh.mT  # [nb, D, Lk]: a transposed contiguous tensor, read in place
+    kbuf = vbuf = kh.new_empty(0)  # prefix buffers, where some block sees a prefix
+    if offset + min(n, lq) < lk:
+        kt = kt.contiguous()  # rows first, then transposed: 2.5x a direct copy
+        kbuf, vbuf = kh.new_empty(kh.numel()), vh.new_empty(vh.numel())
+    del kh  # (kt is a view of it, or its copy)
+    out = torch.empty_like(qh)
+    for s in range(0, lq, n):
+        e = min(s + n, lq)
+        m, ke = e - s, offset + e  # queries in the block; keys they may see
+        kb, vb = kt, vh
+        if ke < lk:  # the prefixes, contiguous at the front of the buffers
+            kb = kbuf[: nb * d * ke].view(nb, d, ke).copy_(kt[:, :, :ke])
+            vb = vbuf[: nb * ke * d].view(nb, ke, d).copy_(vh[:, :ke])
+        sc = torch.bmm(qh[:, s * g : e * g], kb)  # [nb, m * g, ke]
+        sc[:, :, ke - m :] += causal_bias(m, g, qs.dtype, qs.device)
+        torch.bmm(torch.softmax(sc, -1), vb, out=out[:, s * g : e * g])
+    return out.view(bs, hkv, lq, g, d).transpose(1, 2).reshape(bs, lq, hq, d)
 
 
 def sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool,

@@ -88,6 +88,17 @@ def test_key_prefix_slices_are_batch_invariant(b: int, lq: int, offset: int) -> 
     assert (batched.double() - _prefixed(q, k, v, offset)).abs().max() < 3e-2
 
 
+def test_long_sequences_are_batch_invariant_at_the_real_head_size() -> None:
+    """0.6B heads (16 / 8 of 128), 1,040 keys: nine blocks whose key/value prefixes are copied
+    into buffers, batched over 1 or 2 sequences: the same bits."""
+    torch.manual_seed(4)
+    q = torch.randn(2, 1040, 16, 128, dtype=torch.bfloat16)
+    k, v = (torch.randn(2, 1040, 8, 128, dtype=torch.bfloat16) for _ in range(2))
+    with torch.inference_mode():
+        both = gemm_attention(q, k, v)
+        assert torch.equal(gemm_attention(q[1:], k[1:], v[1:]), both[1:])
+
+
 @pytest.mark.parametrize("budget", [1 << 24, 6400, 1])
 def test_gemm_attention_does_not_depend_on_the_batch(budget: int) -> None:
     """Bit for bit, alone or in a batch, also when the score budget makes the blocks small

@@ -117,8 +117,9 @@ def test_seven_bit_codes_are_close_and_batch_invariant(weight: torch.Tensor) -> 
 @pytest.mark.parametrize("cap", ["AVX2", "SSE41"])
 def test_seven_bit_sums_are_exact_where_pairs_saturate(cap: str) -> None:
     """With oneDNN capped at AVX2 or SSE4.1 (a pre-2013 x86; no VNNI: u8 x s8 pairs summed
-    into saturating 16 bits by ``pmaddubsw``), an adversarial row (large codes against large weights, side by side) gives the exact integer
-    sums with 7-bit codes: 127 * 127 * 2 <= 32,767. The same row with 8-bit codes (up to 255)
+    into saturating 16 bits by ``pmaddubsw``), an adversarial row (large codes against large
+    weights, side by side) gives the exact integer sums with 7-bit codes: 127 * 127 * 2 <=
+    32,767. The same row with 8-bit codes (up to 255)
     is the control: it must come out wrong, or no saturating kernel ran here."""
     code = """
 import torch
