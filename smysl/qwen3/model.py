@@ -265,12 +265,11 @@ def norm_rope(x: torch.Tensor, weight: torch.Tensor, eps: float, cos: torch.Tens
 
     The same maths as ``apply_rope(RMSNorm(x))`` in another order: with ``r`` each head's
     ``rsqrt(mean(x^2) + eps)`` and halves ``x = (x1, x2)``, ``c``/``s`` the half tables,
-    ``out = r * (x1 w1 c - x2 w2 s, x2 w2 c + x1 w1 s)``: the weight goes into the [t, G, D]
-    cos/sin tables: ~20 calls for all of q and k
-    (the reference's chain is ~12 passes per tensor, rounding to the matmul dtype after the
-    norm, the weight and each RoPE step); closer to float64 too (bf16: max error 1.6e-2 vs
-    5.7e-2 on unit-scale heads). Used on CPU by every path but the unquantised float32 one
-    (see :attr:`Qwen3Encoder.exact_qk`).
+    ``out = r * (x1 w1 c - x2 w2 s, x2 w2 c + x1 w1 s)``, the weight folded into the
+    [t, G, D] cos/sin tables: ~20 calls for all of q and k (the reference's chain is ~12 passes
+    per tensor, rounding to the matmul dtype after the norm, the weight and each RoPE step);
+    closer to float64 too (bf16: max error 1.6e-2 vs 5.7e-2 on unit-scale heads). Used on CPU
+    by every path but the unquantised float32 one (see :attr:`Qwen3Encoder.exact_qk`).
     """
     d = x.shape[-1]
     h = d // 2
@@ -428,8 +427,8 @@ def gemm_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, offset: in
 
     torch's oneDNN batched matmul copies every operand that is not contiguous or a transposed
     contiguous tensor, into a fresh tensor per call. A block's key and value prefixes are such
-    operands (batch-strided), so with several blocks K is transposed once into ``[.., D, Lk]``
-    and each prefix copied into the front of one buffer per operand, viewed contiguous: the
+    operands (batch-strided), so with several blocks each prefix is copied into the front of
+    one buffer per operand, viewed contiguous (K's as rows, read transposed in place): the
     same bytes as the matmul's own copies (O(L^2) over a long sequence, rows at memcpy speed,
     still faster than one 2-D GEMM per (sequence, kv head) at every length measured), without
     an allocation per block (those fragmented the heap: +0.4-0.6 GiB peak RSS in 3 of 7 runs of
@@ -456,21 +455,18 @@ def _attend_slice(qs: torch.Tensor, ks: torch.Tensor, vs: torch.Tensor, offset: 
     # K and V [nb, Lk, D], contiguous (one sequence's reshape alone would be a view)
     kh = ks.transpose(1, 2).reshape(nb, lk, d).contiguous()
     vh = vs.transpose(1, 2).reshape(nb, lk, d).contiguous()
-    kt = kh.mT  # [nb, D, Lk]: a transposed contiguous tensor, read in place
     kbuf = vbuf = kh.new_empty(0)  # prefix buffers, where some block sees a prefix
     if offset + min(n, lq) < lk:
-        kt = kt.contiguous()  # rows first, then transposed: 2.5x a direct copy
         kbuf, vbuf = kh.new_empty(kh.numel()), vh.new_empty(vh.numel())
-    del kh  # (kt is a view of it, or its copy)
     out = torch.empty_like(qh)
     for s in range(0, lq, n):
         e = min(s + n, lq)
         m, ke = e - s, offset + e  # queries in the block; keys they may see
-        kb, vb = kt, vh
+        kb, vb = kh, vh
         if ke < lk:  # the prefixes, contiguous at the front of the buffers
-            kb = kbuf[: nb * d * ke].view(nb, d, ke).copy_(kt[:, :, :ke])
+            kb = kbuf[: nb * ke * d].view(nb, ke, d).copy_(kh[:, :ke])
             vb = vbuf[: nb * ke * d].view(nb, ke, d).copy_(vh[:, :ke])
-        sc = torch.bmm(qh[:, s * g : e * g], kb)  # [nb, m * g, ke]
+        sc = torch.bmm(qh[:, s * g : e * g], kb.mT)  # [nb, m * g, ke]; K^T read in place
         sc[:, :, ke - m :] += causal_bias(m, g, qs.dtype, qs.device)
         torch.bmm(torch.softmax(sc, -1), vb, out=out[:, s * g : e * g])
     return out.view(bs, hkv, lq, g, d).transpose(1, 2).reshape(bs, lq, hq, d)
