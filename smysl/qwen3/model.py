@@ -127,7 +127,9 @@ class PackedLinear(nn.Module):
     inductor's CPU weight prepacking does): no per-call packing, so small row counts run at
     the large-GEMM rate. bf16 results are bit-identical to ``F.linear``'s; float32 differs in
     summation order only. Batch invariance relies on each row's result not depending on the
-    row count (no padding needed): tested on every machine the suite runs on."""
+    row count: fewer rows than :data:`MIN_ROWS` are padded up to it (float32 at the 0.6B's
+    o_proj and down_proj shapes summed a lone row in another order, so a text embedded alone
+    differed from the same text in a batch by ~2e-8), tested at the real shapes."""
 
     def __init__(self, weight: torch.Tensor) -> None:
         super().__init__()
@@ -138,8 +140,9 @@ class PackedLinear(nn.Module):
         self.packed = torch.ops.mkldnn._reorder_linear_weight(w.contiguous())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.ops.mkldnn._linear_pointwise(x.to(self.dtype).contiguous(), self.packed,
-                                                  None, "none", [], "")
+        y = torch.ops.mkldnn._linear_pointwise(pad_rows(x.to(self.dtype)).contiguous(),
+                                               self.packed, None, "none", [], "")
+        return y[: x.shape[0]]
 
 
 class Attention(nn.Module):
@@ -373,10 +376,24 @@ class AttentionPlan:
         out = q_last.new_empty(q_last.shape)
         for i, n in enumerate(self.lengths):
             s = self.starts[i]
-            # the last query sees its whole sequence: no mask needed
-            out[i] = sdpa(q_last[None, i : i + 1], k[None, s : s + n], v[None, s : s + n],
-                           causal=False)[0, 0]
+            out[i] = attend_one(q_last[i], k[s : s + n], v[s : s + n])
         return out
+
+
+def attend_one(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """One query over all of its keys (no mask: the last query sees its whole sequence).
+    q: [Hq, D], k/v: [n, Hkv, D] -> [Hq, D].
+
+    The query goes in :data:`ONE_QUERY_ROWS` times: SDPA's CPU kernel splits the keys of 1-3
+    queries among torch's threads, so their float32 sums changed with the thread count (in
+    ~2/3 of random cases, torch 2.13); from 4 queries on it did not (none in 480 cases at 1, 2
+    and 4 threads). A vector then does not depend on the threads it ran under, nor on the
+    lanes of a bulk call (``smysl.qwen3.lanes``): tested."""
+    return sdpa(q.expand(ONE_QUERY_ROWS, *q.shape)[None], k[None], v[None], causal=False)[0, 0]
+
+
+#: Copies of the query :func:`attend_one` attends with (see there).
+ONE_QUERY_ROWS = 4
 
 
 def causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, offset: int = 0

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import torch
 
-from smysl.qwen3.model import causal_attention, sdpa
+from smysl.qwen3.model import attend_one, causal_attention
 
 
 class PrefixPlan:
@@ -71,7 +71,7 @@ class PrefixPlan:
                 rs, rn = self.roots[r]
                 kk = torch.cat([k[rs : rs + rn], k[s : s + n]])
                 vv = torch.cat([v[rs : rs + rn], v[s : s + n]])
-            out[i] = sdpa(q_last[None, i : i + 1], kk[None], vv[None], causal=False)[0, 0]
+            out[i] = attend_one(q_last[i], kk, vv)
         return out
 
 
