@@ -75,6 +75,9 @@ class ModelInfo:
     #: torch's CPU threads of a local engine on CPU (``threads=``, ``smysl tune``'s measured
     #: count, or torch's default), None otherwise.
     threads: int | None = None
+    #: A local CPU engine's lanes: batches of a bulk call computed at once, each on
+    #: ``threads // lanes`` threads (``smysl.qwen3.lanes``); None otherwise.
+    lanes: int | None = None
     #: Pooling of the hidden states.
     pooling: str = "last_token"
     #: :meth:`BaseEmbedder.fingerprint` where the backend computed one at load (the local

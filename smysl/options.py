@@ -28,6 +28,9 @@ class ModelOptions:
     #: CPU threads for the engine (torch); None: what ``smysl tune`` measured for the path on
     #: this machine, else torch's default (one per physical core).
     threads: int | None = None
+    #: CPU: batches of a bulk call computed at once, each on ``threads // lanes`` threads;
+    #: None: what ``smysl tune`` measured, else ``smysl.qwen3.lanes.default_lanes``.
+    lanes: int | None = None
     #: Most tokens one input may have (EOS included); at most the model's own limit.
     max_tokens: int | None = None
     #: Token budget of one forward pass (local engine) or one request (providers).
@@ -42,7 +45,7 @@ class ModelOptions:
     cuda_graphs: int | None = None
 
     def __post_init__(self) -> None:
-        for name in ("threads", "max_tokens", "max_batch_tokens", "max_batch_size"):
+        for name in ("threads", "lanes", "max_tokens", "max_batch_tokens", "max_batch_size"):
             value = getattr(self, name)
             if value is not None and (isinstance(value, bool) or not isinstance(value, int)
                                       or value < 1):
@@ -79,6 +82,7 @@ class ModelOptions:
 #: CLI flag of each field, for error messages that name what the user typed.
 FLAGS: dict[str, str] = {
     "device": "--device", "dtype": "--dtype", "quantize": "--quantize", "threads": "--threads",
+    "lanes": "--lanes",
     "max_tokens": "--max-tokens", "max_batch_tokens": "--max-batch-tokens",
     "max_batch_size": "--max-batch-size", "revision": "--revision", "process": "--in-process",
     "cuda_graphs": "--cuda-graphs",

@@ -35,8 +35,8 @@ ALIASES: dict[str, str] = {
 #: The scheme of model strings that name none.
 LOCAL = "qwen3"
 
-_ENGINE = frozenset({"device", "dtype", "quantize", "threads", "max_tokens", "max_batch_tokens",
-                     "max_batch_size", "revision", "process",
+_ENGINE = frozenset({"device", "dtype", "quantize", "threads", "lanes", "max_tokens",
+                     "max_batch_tokens", "max_batch_size", "revision", "process",
                      "cuda_graphs"})
 _REMOTE = frozenset({"max_tokens", "max_batch_tokens", "max_batch_size"})
 
@@ -146,7 +146,7 @@ def _load(model: str, schemes: dict[str, Scheme], options: ModelOptions | None,
 #: Reranker schemes: ``factory(rest, options, **backend_kwargs) -> BaseReranker``. A string
 #: without one of these schemes is a local Qwen3-Reranker (directory or Hub id).
 RERANK_SCHEMES: dict[str, Scheme] = {s.name: s for s in (
-    Scheme(LOCAL, "smysl.qwen3.reranker:load", _ENGINE - {"cuda_graphs"}, False,
+    Scheme(LOCAL, "smysl.qwen3.reranker:load", _ENGINE - {"cuda_graphs", "lanes"}, False,
            "native Qwen3-Reranker engine: checkpoint dir or Hub id"),
     *(Scheme(name, f"smysl.providers.rerankers:load_{name}", frozenset(), True, summary)
       for name, summary in (

@@ -33,6 +33,10 @@ def add_model_arguments(p: argparse.ArgumentParser, *, model: bool = True,
     g.add_argument(FLAGS["threads"], type=int, default=None,
                    help="torch CPU threads (default: what smysl tune measured for this "
                         "path, else one per core)")
+    g.add_argument(FLAGS["lanes"], type=int, default=None,
+                   help="CPU: batches of a bulk call computed at once, each on threads/lanes "
+                        "threads (default: what smysl tune measured, else 2 for an even "
+                        "thread count, 1 for int4)")
     g.add_argument(FLAGS["max_tokens"], type=int, default=None,
                    help="most tokens per input, EOS included (local, st:, providers)")
     g.add_argument(FLAGS["max_batch_tokens"], type=int, default=None,
@@ -47,7 +51,7 @@ def add_model_arguments(p: argparse.ArgumentParser, *, model: bool = True,
 
 def model_options(args: argparse.Namespace, **changes: object) -> ModelOptions:
     """The :class:`ModelOptions` of parsed flags (``changes`` override fields)."""
-    fields = ("device", "dtype", "quantize", "threads", "max_tokens", "max_batch_tokens",
+    fields = ("device", "dtype", "quantize", "threads", "lanes", "max_tokens", "max_batch_tokens",
               "max_batch_size", "revision", "cuda_graphs")
     values = {f: getattr(args, f) for f in fields}
     return ModelOptions(**values).replace(**changes)

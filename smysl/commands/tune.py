@@ -1,6 +1,6 @@
 """``smysl tune``: measure the CPU engine's thread count (unless ``--threads`` fixes it), slice
-size and int4's dequantising threshold on this machine for one model and path, and keep the
-results for every later load (:mod:`smysl.qwen3.tuning`)."""
+size, bulk-call lanes and int4's dequantising threshold on this machine for one model and path,
+and keep the results for every later load (:mod:`smysl.qwen3.tuning`)."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ import sys
 
 from smysl.commands._model import add_model_arguments, load_model
 
-HELP = ("measure the CPU engine's thread count (unless --threads), slice size and int4's "
-        "dequantising threshold for a model and path on this machine (--device cpu unless "
-        "given); engines use them from then on")
+HELP = ("measure the CPU engine's thread count (unless --threads), slice size, bulk-call "
+        "lanes and int4's dequantising threshold for a model and path on this machine "
+        "(--device cpu unless given); engines use them from then on")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -76,6 +76,9 @@ def run(args: argparse.Namespace) -> int:
           file=sys.stderr)
     tuned = tuning.tune(engine, slices=slices, layers=args.layers, rounds=args.rounds)
     _table("slice tokens", "size", tuned.seconds, tuned.chunk)
+    if tuned.lane_seconds and tuned.lanes is not None:
+        print(f"\nbulk calls, {torch.get_num_threads()} threads shared by the lanes:")
+        _table("lanes", "count", tuned.lane_seconds, tuned.lanes)
     if tuned.dequant_rows is not None:
         rows = ("never (the int4 kernel was faster at every size)"
                 if tuned.dequant_rows == tuning.NEVER else f"from {tuned.dequant_rows} rows")

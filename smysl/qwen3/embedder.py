@@ -114,7 +114,8 @@ class Embedder(BaseEmbedder, TokenLevel):
             process=e.pid, fingerprint=self.fingerprint(),
             cpu=detect().describe() if e.device.type == "cpu" else None,
             cuda_graphs=e.cuda_graphs or None, kernel=e.kernel, slice_tokens=e.chunk,
-            tuned_at=e.tuned_at, threads=e.threads)
+            tuned_at=e.tuned_at, threads=e.threads,
+            lanes=e.lanes if e.device.type == "cpu" else None)
 
     def fingerprint(self) -> str:
         """Hash of the checkpoint's config, tokenizer and weights (size + three 1 MiB windows

@@ -7,12 +7,15 @@ Batching, tokenisation and prompts live elsewhere; model internals never leak pa
 
 from __future__ import annotations
 
+import itertools
 import logging
+import os
 import threading
+import weakref
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 import torch
@@ -33,6 +36,7 @@ from smysl.qwen3.cpu import (
 from smysl.qwen3.ggml_quants import Weight
 from smysl.qwen3.heap import loading
 from smysl.qwen3.hub import Checkpoint
+from smysl.qwen3.lanes import Lanes, LanesClosed, Slots, default_lanes, per_thread_counts
 from smysl.qwen3.loader import LinearFactory, load_encoder
 from smysl.qwen3.model import PackedLinear, Qwen3Config, Qwen3Encoder
 from smysl.qwen3.prefix import layout
@@ -60,6 +64,10 @@ CHUNK_TOKENS = {"cpu": 256}
 #: whose activations raised the peak by 180 MiB (docs/benchmarks.md).
 INT4_CHUNK_TOKENS = 1024
 BATCH_TOKENS = {"cpu": 1024, "cuda": 32768}
+#: CPU bulk calls: a batch of one input longer than this runs on all threads, not in a lane
+#: (:mod:`smysl.qwen3.lanes`): its GEMMs are large enough to use them, and alone in a lane it
+#: would leave the other lanes idle at the end of the call.
+LANE_TOKENS = 1024
 #: CUDA: the most bytes of one slice's ``[chunk, 2*ffn]`` bf16 MLP activations. A slice costs
 #: ~40 kernel launches per layer whatever its size; 4,096-token slices left the 0.6B host-bound
 #: on an H200 (docs/benchmarks.md), while 32K-token inputs on the 8B stay within 4 GiB.
@@ -106,6 +114,11 @@ class EngineConfig:
     #: machine (unless ``OMP_NUM_THREADS`` / ``MKL_NUM_THREADS`` set it), else torch's default
     #: (one per physical core).
     threads: int | None = None
+    #: CPU: batches of a bulk call (``embed`` of many inputs) computed at once, each on
+    #: ``threads // lanes`` threads (:mod:`smysl.qwen3.lanes`); None: what ``smysl tune``
+    #: measured for this path, else :func:`~smysl.qwen3.lanes.default_lanes`. One batch alone,
+    #: and one input over :data:`LANE_TOKENS`, run on all threads.
+    lanes: int | None = None
     #: CUDA only: capture the forward pass as CUDA graphs for batches of up to this many tokens
     #: (buckets of 16, 32, ... tokens; captured at load, ~1 s); 0 turns graphs off.
     cuda_graphs: int = 2048
@@ -220,6 +233,8 @@ class EngineLike(Protocol):
     kernel: str
     #: Tokens per slice of the per-token work (CPU: the default, or ``smysl tune``'s).
     chunk: int
+    #: Batches of a bulk call computed at once (CPU, :attr:`EngineConfig.lanes`); else 1.
+    lanes: int
 
     @property
     def threads(self) -> int | None:
@@ -243,15 +258,16 @@ class EngineLike(Protocol):
         ...
 
     def forward_many(self, batches: Iterable[list[list[int]]]) -> Iterator[np.ndarray]:
-        """:meth:`forward` of each batch in turn (on CUDA the next batch is assembled and
-        queued while the previous one runs)."""
+        """:meth:`forward` of each batch, results in order (on CUDA the next batch is assembled
+        and queued while the previous one runs; on CPU batches may run in lanes)."""
         ...
 
     def close(self) -> None: ...
 
 
 class Engine:
-    """Runs a loaded Qwen3 encoder on one batch of token-id sequences at a time."""
+    """Runs a loaded Qwen3 encoder on batches of token-id sequences: one at a time on all
+    threads, or, in a bulk call on CPU, :attr:`lanes` at a time (:mod:`smysl.qwen3.lanes`)."""
 
     #: In this process: no child pid, and never dead.
     pid: int | None = None
@@ -259,7 +275,8 @@ class Engine:
 
     def __init__(self, model: Qwen3Encoder, device: torch.device, dtype: torch.dtype,
                  quantization: str | None = None, cuda_graphs: int = 0,
-                 kernel: str = "torch", tuned_threads: tuning.Threads | None = None) -> None:
+                 kernel: str = "torch", tuned_threads: tuning.Threads | None = None,
+                 lanes: int | None = None) -> None:
         self.model = model
         self.kernel = kernel
         self.device = device
@@ -277,9 +294,22 @@ class Engine:
         self.tuned_threads = tuned_threads
         #: What ``smysl tune`` measured for this path on this machine, if it has (CPU).
         self.tuned = tuning.lookup(tuning.key(self)) if device.type == "cpu" else None
+        #: CPU: batches of a bulk call computed at once (:attr:`EngineConfig.lanes`); 1 on CUDA.
+        self.lanes = 1
+        if device.type == "cpu":
+            self.lanes = lanes or (self.tuned.lanes if self.tuned and self.tuned.lanes
+                                   else default_lanes(torch.get_num_threads(), kernel))
+            if self.lanes > 1 and not per_thread_counts():
+                log.warning("lanes: torch's thread count is process-wide here (its parallel "
+                            "backend is not OpenMP): one lane")
+                self.lanes = 1
+        # one pass on all threads at a time, or one per lane: more would oversubscribe
+        self._slots = Slots(self.lanes)
+        self._lanes: Lanes[list[list[int]], np.ndarray] | None = None  # built on first use
+        self._finalizer: weakref.finalize[..., Any] | None = None
+        self._lanes_lock = threading.Lock()
         if self.tuned is not None:
             tuning.apply(self, self.tuned)
-        self._lock = threading.Lock()  # one forward at a time: threads would oversubscribe
         self._cuda: Runner | None = None
         if device.type == "cuda":
             from smysl.qwen3.cuda import Runner
@@ -334,7 +364,8 @@ class Engine:
             model.attn_dtype = int8_attention_dtype(detect())
         # float32 stays the reference's operation order (the exact path)
         model.exact_qk = device.type != "cpu" or (dtype == torch.float32 and not cfg.quantize)
-        return cls(model, device, dtype, cfg.quantize, cfg.cuda_graphs, kernel, tuned_threads)
+        return cls(model, device, dtype, cfg.quantize, cfg.cuda_graphs, kernel, tuned_threads,
+                   cfg.lanes)
 
     def forward(self, batch: list[list[int]], heads: list[int] | None = None) -> np.ndarray:
         """One forward pass: token-id sequences -> float32 ``[len(batch), hidden]`` pooled rows.
@@ -347,8 +378,22 @@ class Engine:
         return self.submit(batch, heads)()
 
     def forward_many(self, batches: Iterable[list[list[int]]]) -> Iterator[np.ndarray]:
-        """Pooled rows of each batch in order; one batch stays queued ahead on CUDA, so the
-        GPU runs batch n while the caller's iterator assembles batch n + 1."""
+        """Pooled rows of each batch in order. CUDA: one batch stays queued ahead, so the GPU
+        runs batch n while the caller's iterator assembles batch n + 1. CPU with
+        :attr:`lanes` > 1: batches run in the lanes, :attr:`lanes` at a time, except a lone
+        batch and one input over :data:`LANE_TOKENS` (all threads)."""
+        if self.lanes > 1:
+            it = iter(batches)
+            head = list(itertools.islice(it, 2))
+            if len(head) < 2:  # nothing to overlap with
+                yield from map(self.forward, head)
+                return
+            lanes = self._lane_pool()
+            if lanes is not None:
+                yield from lanes.map(itertools.chain(head, it), alone=self.forward,
+                                     whole=lambda b: len(b) == 1 and len(b[0]) > LANE_TOKENS)
+                return
+            batches = itertools.chain(head, it)
         pending: deque[Callable[[], np.ndarray]] = deque()
         for batch in batches:
             pending.append(self.submit(batch))
@@ -362,15 +407,10 @@ class Engine:
         """Start one forward pass; the returned call waits for its rows (on CPU the pass has
         run already). A batch that runs out of CUDA memory is split and retried in halves."""
         try:
-            with self._lock:
+            with self._slots.hold(self._slots.size):
                 if self._cuda is not None:
                     return self._cuda.launch(batch)
-                if heads is not None and any(heads):
-                    packed = layout(batch, heads, self.device)
-                    rows = self.model.run(*packed, chunk=self.chunk).numpy()
-                    return lambda: rows
-                ids = torch.tensor([t for s in batch for t in s], dtype=torch.long)
-                rows = self.model(ids, [len(s) for s in batch], chunk=self.chunk).numpy()
+                rows = self._cpu_pass(batch, heads)
                 return lambda: rows
         except torch.cuda.OutOfMemoryError:
             if len(batch) == 1:
@@ -380,15 +420,82 @@ class Engine:
         first, second = self.submit(batch[:half]), self.submit(batch[half:])  # CUDA: no heads
         return lambda: np.concatenate([first(), second()])
 
+    @property
+    def running_lanes(self) -> int:
+        """Lane threads running for this engine's bulk calls (0 before the first one)."""
+        lanes = self._lanes
+        return lanes.count if lanes is not None and lanes.pid == os.getpid() else 0
+
+    def _cpu_pass(self, batch: list[list[int]], heads: list[int] | None = None) -> np.ndarray:
+        """One CPU forward pass, in the calling thread on its torch threads (the caller holds
+        the slots)."""
+        if heads is not None and any(heads):
+            return self.model.run(*layout(batch, heads, self.device), chunk=self.chunk).numpy()
+        ids = torch.tensor([t for s in batch for t in s], dtype=torch.long)
+        return self.model(ids, [len(s) for s in batch], chunk=self.chunk).numpy()
+
+    def set_lanes(self, lanes: int) -> None:
+        """Use ``lanes`` lanes from the next bulk call on (``smysl tune``; not during a bulk
+        call, which would fail with :class:`~smysl.qwen3.lanes.LanesClosed`)."""
+        if lanes < 1:
+            raise ValueError(f"lanes must be >= 1, got {lanes}")
+        if self.device.type != "cpu" or lanes == self.lanes:
+            return
+        self.close()
+        self.lanes = lanes
+        self._slots = Slots(lanes)
+
+    def _lane_pool(self) -> Lanes[list[list[int]], np.ndarray] | None:
+        """The lanes, started on the first bulk call (an engine that serves one batch at a
+        time never starts them) and again when the caller's thread count changed or in a
+        forked child; None when fewer than two lanes fit the caller's threads, or torch
+        cannot give each lane its own count."""
+        total = torch.get_num_threads()
+        count = min(self.lanes, total)
+        with self._lanes_lock:
+            old = self._lanes
+            if old is not None and (old.pid != os.getpid() or old.total != total):
+                if old.pid == os.getpid():
+                    old.close()
+                self._lanes = old = None
+            if old is None and count > 1:
+                # the lane threads hold the engine weakly: a dropped engine (and its weights)
+                # is freed, and its lanes stop
+                ref = weakref.WeakMethod(self._lane_forward)
+
+                def run(batch: list[list[int]]) -> np.ndarray:
+                    forward = ref()
+                    if forward is None:
+                        raise LanesClosed("the engine was freed")
+                    return forward(batch)
+
+                with self._slots.hold(self._slots.size):  # no pass of ours while they start
+                    self._lanes = Lanes(count, total // count, run)
+                self._finalizer = weakref.finalize(self, self._lanes.close)
+                log.info("bulk calls: %d lanes, %d thread(s) each", count, total // count)
+            return self._lanes if self._lanes is not None and self._lanes.count else None
+
+    def _lane_forward(self, batch: list[list[int]]) -> np.ndarray:
+        """One batch in a lane (a lane thread; holds one of the slots)."""
+        with self._slots.hold(1):
+            return self._cpu_pass(batch)
+
     def close(self) -> None:
-        """Nothing to stop in this process (the contract's hook for :class:`EngineProcess`)."""
+        """Stop the lanes, if they started (the contract's hook for :class:`EngineProcess`)."""
+        with self._lanes_lock:
+            if self._lanes is not None:
+                if self._finalizer is not None:
+                    self._finalizer.detach()
+                if self._lanes.pid == os.getpid():
+                    self._lanes.close()
+                self._lanes = None
 
 
 def start_engine(ckpt: Checkpoint, opts: ModelOptions) -> EngineLike:
     """The engine ``opts`` ask for: in this process, or in a child (``opts.process``; see
     :mod:`smysl.qwen3.worker`). The one place the embedder and the reranker start theirs."""
     cfg = EngineConfig(device=opts.device or "auto", dtype=opts.dtype or "auto",
-                       quantize=opts.quantize, threads=opts.threads,
+                       quantize=opts.quantize, threads=opts.threads, lanes=opts.lanes,
                        cuda_graphs=EngineConfig.cuda_graphs if opts.cuda_graphs is None
                        else opts.cuda_graphs)
     if opts.process:

@@ -71,6 +71,10 @@ class Tuned:
     measured: str = ""
     #: Seconds per workload pass for each slice size tried (the evidence, for ``smysl tune``).
     seconds: dict[int, float] = field(default_factory=dict)
+    #: Lanes of a bulk call (:mod:`smysl.qwen3.lanes`); None: not measured (an older entry).
+    lanes: int | None = None
+    #: Seconds per bulk workload for each lane count tried.
+    lane_seconds: dict[int, float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -163,13 +167,16 @@ def lookup(k: str, path: Path | None = None) -> Tuned | None:
     tuned = _entry(k, path, lambda e, measured, seconds: Tuned(
         chunk=int(e["chunk"]),
         dequant_rows=None if e.get("dequant_rows") is None else int(e["dequant_rows"]),
-        measured=measured, seconds=seconds))
+        measured=measured, seconds=seconds,
+        lanes=None if e.get("lanes") is None else int(e["lanes"]),
+        lane_seconds={int(n): float(v) for n, v in dict(e.get("lane_seconds", {})).items()}))
     if tuned is None:
         return None
     if not 1 <= tuned.chunk <= MAX_SLICE or (tuned.dequant_rows is not None
-                                              and tuned.dequant_rows < 1):
-        log.warning("ignoring a tuning entry with sizes out of range for %s (slices 1..%d)",
-                    k, MAX_SLICE)
+                                              and tuned.dequant_rows < 1) or (
+            tuned.lanes is not None and not 1 <= tuned.lanes <= MAX_THREADS):
+        log.warning("ignoring a tuning entry with sizes out of range for %s (slices 1..%d, "
+                    "lanes 1..%d)", k, MAX_SLICE, MAX_THREADS)
         return None
     return tuned
 
@@ -206,7 +213,8 @@ def store(k: str, tuned: Tuned | Threads, path: Path | None = None) -> Path:
 
 
 def apply(engine: Engine, tuned: Tuned) -> None:
-    """Use ``tuned`` in ``engine`` (its slice size; its int4 layers' threshold), and log it."""
+    """Use ``tuned`` in ``engine`` (its slice size; its int4 layers' threshold), and log it
+    (its lanes: the engine reads them itself, unless given ``lanes=``)."""
     from smysl.qwen3.quantize import Int4Linear
 
     engine.chunk, rows = tuned.chunk, tuned.dequant_rows
@@ -214,9 +222,11 @@ def apply(engine: Engine, tuned: Tuned) -> None:
         for m in engine.model.modules():
             if isinstance(m, Int4Linear):
                 m.dequant_rows = rows
-    log.info("slices of %d tokens%s, as measured on this machine on %s", tuned.chunk,
+    log.info("slices of %d tokens%s%s, as measured on this machine on %s", tuned.chunk,
              "" if rows is None else ", int4 never dequantised" if rows == NEVER else
-             f", int4 dequantised from {rows} rows", tuned.measured or "an unknown date")
+             f", int4 dequantised from {rows} rows",
+             "" if tuned.lanes is None else f", {tuned.lanes} lane(s) for bulk calls",
+             tuned.measured or "an unknown date")
 
 
 #: Environment variables by which a caller (or Ray, for its actors) already sets the count.
@@ -272,11 +282,13 @@ def _workload(batch_tokens: int, long_tokens: int) -> list[list[list[int]]]:
 
 
 def _time(engine: Engine, settings: tuple[int, ...], use: Callable[[int], None], layers: int,
-          rounds: int, work: list[list[list[int]]]) -> dict[int, float]:
+          rounds: int, work: list[list[list[int]]], bulk: bool = False) -> dict[int, float]:
     """Seconds per pass of ``work`` over ``engine``'s first ``layers`` layers under each setting
     (``use(setting)`` applies it): settings interleaved round by round so a drifting machine
     hits them alike, each one's best round kept, a warm-up pass first (oneDNN builds its
-    kernels per new shape and thread count). The caller restores what ``use`` changed."""
+    kernels per new shape and thread count). ``bulk``: the batches go in as one bulk call
+    (``Engine.forward_many``), else one ``forward`` each. The caller restores what ``use``
+    changed."""
     model = engine.model
     full = model.layers
     seconds = dict.fromkeys(settings, float("inf"))
@@ -286,8 +298,11 @@ def _time(engine: Engine, settings: tuple[int, ...], use: Callable[[int], None],
             for s in settings:
                 use(s)
                 t = time.perf_counter()
-                for b in work:
-                    engine.forward(b)
+                if bulk:
+                    list(engine.forward_many(work))
+                else:
+                    for b in work:
+                        engine.forward(b)
                 if r:  # round 0 is the warm-up
                     seconds[s] = min(seconds[s], time.perf_counter() - t)
     finally:
@@ -354,8 +369,39 @@ def tune(engine: Engine, slices: tuple[int, ...] = SLICES, layers: int = 2, roun
         engine.chunk = chunk
         for m, r in zip(int4, before, strict=True):
             m.dequant_rows = r
-    return Tuned(chunk=_pick(seconds, chunk), dequant_rows=rows, seconds=seconds,
+    best = _pick(seconds, chunk)
+    lanes, lane_seconds = tune_lanes(engine, best, layers, rounds, batch_tokens)
+    return Tuned(chunk=best, dequant_rows=rows, seconds=seconds, lanes=lanes,
+                 lane_seconds=lane_seconds,
                  measured=datetime.now(UTC).isoformat(timespec="seconds"))
+
+
+def lane_counts(threads: int) -> tuple[int, ...]:
+    """Lane counts :func:`tune_lanes` tries: 1 and the powers of two that divide ``threads``
+    (each lane gets an equal share)."""
+    return tuple(n for n in (1 << i for i in range(threads.bit_length()))
+                 if n <= threads and threads % n == 0)
+
+
+def tune_lanes(engine: Engine, chunk: int, layers: int = 2, rounds: int = 3,
+               batch_tokens: int = 1024, batches: int = 8) -> tuple[int, dict[int, float]]:
+    """(lanes, seconds per lane count): :func:`lane_counts` of torch's threads, timed on
+    ``batches`` batches of short texts as one bulk call, at slice size ``chunk``; the engine's
+    current count is kept when within :data:`TIE` of the fastest. The engine is left as it
+    was."""
+    counts = lane_counts(torch.get_num_threads())
+    before, before_chunk = engine.lanes, engine.chunk
+    if len(counts) == 1:
+        return counts[0], {}
+    rng = random.Random(1)
+    work = [b for b in (short_texts(rng, batch_tokens) for _ in range(batches)) if b]
+    try:
+        engine.chunk = chunk
+        seconds = _time(engine, counts, engine.set_lanes, layers, rounds, work, bulk=True)
+    finally:
+        engine.set_lanes(before)
+        engine.chunk = before_chunk
+    return _pick(seconds, before if before in counts else 1), seconds
 
 
 @torch.inference_mode()

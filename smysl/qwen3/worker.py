@@ -183,6 +183,8 @@ class EngineProcess:
         self.cuda_graphs: list[int] = info["cuda_graphs"]
         self.kernel: str = info["kernel"]
         self.chunk: int = info["chunk"]
+        #: Bulk calls through the child go one batch at a time (lanes run in-process only).
+        self.lanes = 1
         self.tuned_at: str | None = info["tuned_at"]
         self.pid: int | None = self._proc.pid
         self._stale = self._down = False

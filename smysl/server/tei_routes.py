@@ -78,6 +78,8 @@ class Info(BaseModel):
     tuned_at: str | None = None
     #: smysl's addition: torch's CPU threads of a local CPU engine.
     threads: int | None = None
+    #: smysl's addition: batches of a bulk call a local CPU engine computes at once.
+    lanes: int | None = None
 
 
 def router(service: Service) -> APIRouter:
@@ -156,7 +158,7 @@ def router(service: Service) -> APIRouter:
             "version": __version__, "sha": None, "docker_label": None, "cpu": model.cpu,
             "cuda_graphs": model.cuda_graphs, "kernel": model.kernel,
             "slice_tokens": model.slice_tokens, "tuned_at": model.tuned_at,
-            "threads": model.threads,
+            "threads": model.threads, "lanes": model.lanes,
         })
 
     @r.get("/health")

@@ -1,0 +1,300 @@
+"""Lanes (``smysl.qwen3.lanes``): a bulk call's batches a few at a time, each on a share of
+torch's threads; the vectors bit-identical to one lane's and to each text embedded alone."""
+
+from __future__ import annotations
+
+import gc
+import random
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from qwen_tiny import TEXTS
+
+from smysl import Embedder
+from smysl.options import ModelOptions
+from smysl.qwen3 import engine as engine_mod
+from smysl.qwen3 import tuning
+from smysl.qwen3.lanes import Lanes, LanesClosed, Slots, default_lanes, per_thread_counts
+from smysl.qwen3.model import attend_one
+
+two_threads = pytest.mark.skipif(
+    tuning.usable_cpus() < 2 or not per_thread_counts(),
+    reason="needs 2 CPUs and torch's OpenMP backend")
+
+
+def texts(n: int, seed: int = 0) -> list[str]:
+    rng = random.Random(seed)
+    return [*TEXTS, *(f"text {i} " * rng.randint(1, 40) for i in range(n))]
+
+
+def test_default_lanes_rule() -> None:
+    even = 2 if per_thread_counts() else 1
+    assert default_lanes(2, "onednn") == even and default_lanes(8, "onednn-int8") == even
+    assert default_lanes(1, "onednn") == 1 and default_lanes(3, "onednn") == 1
+    assert default_lanes(4, "int4") == 1  # its layers dequantise per call: lanes did it twice
+
+
+def test_lanes_option_is_checked() -> None:
+    with pytest.raises(ValueError, match="lanes"):
+        ModelOptions(lanes=0)
+    assert ModelOptions(lanes=2).lanes == 2
+
+
+def until(cond: Callable[[], bool], timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.005)
+
+
+def test_slots_give_a_whole_holder_the_cpu_alone() -> None:
+    slots = Slots(2)
+    events: list[str] = []
+    ones = [threading.Event() for _ in range(2)]
+
+    def one(i: int) -> None:
+        with slots.hold(1):
+            events.append(f"one{i} in")
+            ones[i].wait(5)
+            events.append(f"one{i} out")
+
+    def whole() -> None:
+        with slots.hold(2):
+            events.append("whole")
+
+    a = threading.Thread(target=one, args=(0,))
+    a.start()
+    until(lambda: events == ["one0 in"])
+    w = threading.Thread(target=whole)
+    w.start()
+    until(lambda: slots.waiting == 1)
+    b = threading.Thread(target=one, args=(1,))  # arrives while the whole holder waits
+    b.start()
+    time.sleep(0.05)
+    assert events == ["one0 in"]  # a slot is free, but the waiting whole holder goes first
+    ones[0].set()
+    w.join(5)
+    ones[1].set()
+    a.join(5)
+    b.join(5)
+    assert events == ["one0 in", "one0 out", "whole", "one1 in", "one1 out"]
+
+
+@two_threads
+def test_lanes_run_with_their_share_of_threads_and_keep_the_callers() -> None:
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        seen: list[tuple[str, int]] = []
+
+        def fn(i: int) -> int:
+            seen.append((threading.current_thread().name, torch.get_num_threads()))
+            return i * i
+
+        lanes: Lanes[int, int] = Lanes(2, 1, fn)
+        assert lanes.count == 2
+        assert torch.get_num_threads() == 2  # the caller's count is its own
+        out = list(lanes.map(range(10), whole=lambda i: i == 5, alone=lambda i: -i))
+        assert out == [i * i if i != 5 else -5 for i in range(10)]  # in order
+        assert {n for _, n in seen} == {1} and len(seen) == 9
+        assert all(name.startswith("smysl-lane-") for name, _ in seen)
+        fresh: list[int] = []  # a thread started later gets the process's count, not a lane's
+        t = threading.Thread(target=lambda: fresh.append(torch.get_num_threads()))
+        t.start()
+        t.join()
+        assert fresh == [2]
+        lanes.close()
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_lane_errors_reach_the_caller_and_the_rest_is_dropped() -> None:
+    ran: list[int] = []
+    gate = threading.Event()
+
+    def fn(i: int) -> int:
+        gate.wait(5)
+        ran.append(i)
+        if i == 1:
+            raise RuntimeError("boom")
+        return i
+
+    lanes: Lanes[int, int] = Lanes(1, 1, fn)
+    it = lanes.map(range(6), whole=lambda i: False, alone=lambda i: i, ahead=3)
+    gate.set()
+    assert next(it) == 0
+    with pytest.raises(RuntimeError, match="boom"):
+        next(it)
+    lanes.close()
+    time.sleep(0.1)
+    assert 5 not in ran  # never queued: the caller stopped at the error
+
+
+@two_threads
+@pytest.mark.parametrize("kind", ["float32", "bfloat16", "int8"])
+def test_bulk_calls_in_lanes_are_bit_identical(tiny_dir: Path, kind: str) -> None:
+    """Two lanes vs one, and vs each text alone (all threads), bit for bit; a lone long input
+    runs on all threads in the caller's thread."""
+    opts = {"dtype": "float32", "quantize": "int8"} if kind == "int8" else {"dtype": kind}
+    emb = Embedder.load(str(tiny_dir), device="cpu", max_batch_tokens=64, lanes=2, **opts)
+    engine = emb.engine
+    assert emb.info().lanes == 2
+    many = texts(40)
+    two = emb.embed(many)
+    assert engine.running_lanes == 2  # type: ignore[attr-defined]
+    engine.set_lanes(1)  # type: ignore[attr-defined]
+    one = emb.embed(many)
+    alone = np.concatenate([emb.embed([t]) for t in many])
+    assert np.array_equal(two, one) and np.array_equal(two, alone)
+    engine.set_lanes(2)  # type: ignore[attr-defined]
+    where: list[tuple[str, list[int]]] = []
+    forward = engine.forward
+
+    def spy(batch: list[list[int]], heads: list[int] | None = None) -> np.ndarray:
+        where.append((threading.current_thread().name, [len(s) for s in batch]))
+        return forward(batch, heads)
+
+    engine.forward = spy  # type: ignore[method-assign]
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(engine_mod, "LANE_TOKENS", 30)
+        long_text = "word " * 60
+        out = emb.embed([long_text, *many[:6]])
+    # lone inputs over the threshold (the long one among them) ran in the caller's thread, on
+    # all threads; everything else in the lanes
+    long_len = len(emb.tokenize([long_text])[0])
+    assert {name for name, _ in where} == {threading.current_thread().name}
+    assert [long_len] in [lens for _, lens in where]
+    assert all(len(lens) == 1 and lens[0] > 30 for _, lens in where)
+    assert np.array_equal(out[0], emb.embed([long_text])[0])
+    engine.close()  # type: ignore[attr-defined]
+
+
+def test_one_batch_runs_on_all_threads(tiny_dir: Path) -> None:
+    emb = Embedder.load(str(tiny_dir), device="cpu", dtype="float32", lanes=2)
+    emb.embed(TEXTS)  # one batch: no lanes started
+    assert emb.engine.running_lanes == 0  # type: ignore[attr-defined]
+
+
+@two_threads
+def test_lanes_survive_close_abandoned_calls_and_concurrent_passes(tiny_dir: Path) -> None:
+    emb = Embedder.load(str(tiny_dir), device="cpu", dtype="float32", max_batch_tokens=48,
+                        lanes=2)
+    engine = emb.engine
+    many = texts(30)
+    want = emb.embed(many)
+    # a bulk call abandoned half-way, then the engine used again
+    seqs = emb.tokenize(many)
+    it = engine.forward_many([[s] for s in seqs])
+    next(it)
+    it.close()
+    assert np.array_equal(emb.embed(many), want)
+    # a full-thread pass from another thread during a bulk call: same vectors, no deadlock
+    other: list[np.ndarray] = []
+    t = threading.Thread(target=lambda: other.append(emb.embed(many[:1])))
+    t.start()
+    assert np.array_equal(emb.embed(many), want)
+    t.join(30)
+    assert np.array_equal(other[0], want[:1])
+    # closed between calls: the next bulk call starts them again
+    engine.close()  # type: ignore[attr-defined]
+    assert engine.running_lanes == 0  # type: ignore[attr-defined]
+    assert np.array_equal(emb.embed(many), want) and engine.running_lanes == 2  # type: ignore[attr-defined]
+    # closed under a running bulk call: that call fails clearly, the engine goes on
+    it = engine.forward_many([[s] for s in seqs])
+    next(it)
+    engine.close()  # type: ignore[attr-defined]
+    with pytest.raises(LanesClosed):
+        list(it)
+    assert np.array_equal(emb.embed(many), want)
+
+
+@two_threads
+def test_lanes_fit_the_threads_and_stop_with_their_engine(tiny_dir: Path) -> None:
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        others = set(threading.enumerate())
+        emb = Embedder.load(str(tiny_dir), device="cpu", dtype="float32", max_batch_tokens=48,
+                            lanes=4)
+        emb.embed(texts(20))
+        engine = emb.engine
+        assert engine.running_lanes == 2  # type: ignore[attr-defined]  # 4 lanes, 2 threads
+        torch.set_num_threads(1)  # the caller's count changed: one lane fits, none run
+        emb.embed(texts(20))
+        assert engine.running_lanes == 0  # type: ignore[attr-defined]
+        torch.set_num_threads(2)
+        emb.embed(texts(20))
+        lanes = [t for t in set(threading.enumerate()) - others
+                 if t.name.startswith("smysl-lane-")]
+        assert len(lanes) == 2
+        del emb, engine  # nothing else holds the engine: its lanes stop
+        gc.collect()
+        until(lambda: not any(t.is_alive() for t in lanes))
+    finally:
+        torch.set_num_threads(before)
+
+
+@two_threads
+@pytest.mark.parametrize("kind", ["float32", "bfloat16", "int8"])
+def test_vectors_do_not_depend_on_the_thread_count(tiny_dir: Path, kind: str) -> None:
+    """What lets lanes (threads // lanes each) give the vectors of one lane (all threads)."""
+    opts = {"dtype": "float32", "quantize": "int8"} if kind == "int8" else {"dtype": kind}
+    emb = Embedder.load(str(tiny_dir), device="cpu", lanes=1, **opts)
+    before = torch.get_num_threads()
+    try:
+        runs = []
+        for n in (2, 1):
+            torch.set_num_threads(n)
+            runs.append(emb.embed(texts(30)))
+    finally:
+        torch.set_num_threads(before)
+    assert np.array_equal(runs[0], runs[1])
+
+
+@two_threads
+def test_one_query_attention_does_not_depend_on_the_thread_count() -> None:
+    """SDPA's kernel for 1-3 queries split the keys by thread (float32 sums changed in ~2/3 of
+    these cases); :func:`attend_one` does not, at the real head size."""
+    before = torch.get_num_threads()
+    g = torch.Generator().manual_seed(0)
+    try:
+        for _ in range(30):
+            n = int(torch.randint(2, 600, (), generator=g))
+            k = torch.randn(n, 8, 128, generator=g) * 3
+            v = torch.randn(n, 8, 128, generator=g)
+            q = torch.randn(16, 128, generator=g) * 3
+            out = []
+            for threads in (2, 1):
+                torch.set_num_threads(threads)
+                out.append(attend_one(q, k, v))
+            assert torch.equal(out[0], out[1])
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_tune_measures_lanes_and_engines_use_them(tiny_dir: Path, tmp_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SMYSL_TUNING", str(tmp_path / "tuning.json"))
+    assert tuning.lane_counts(8) == (1, 2, 4, 8) and tuning.lane_counts(6) == (1, 2)
+    assert tuning.lane_counts(1) == (1,)
+    emb = Embedder.load(str(tiny_dir), device="cpu", dtype="float32", lanes=1)
+    engine = emb.engine
+    monkeypatch.setattr(tuning, "lane_counts", lambda threads: (1, 2))
+    lanes, seconds = tuning.tune_lanes(engine, chunk=64, layers=1, rounds=1,  # type: ignore[arg-type]
+                                       batch_tokens=200, batches=4)
+    assert lanes in (1, 2) and set(seconds) == {1, 2}
+    assert engine.lanes == 1 and engine.running_lanes == 0  # type: ignore[attr-defined]
+    k = tuning.key(engine)  # type: ignore[arg-type]
+    tuning.store(k, tuning.Tuned(chunk=64, lanes=3, lane_seconds={1: 0.2, 3: 0.1}))
+    assert tuning.lookup(k) == tuning.Tuned(chunk=64, lanes=3, lane_seconds={1: 0.2, 3: 0.1})
+    tuned = Embedder.load(str(tiny_dir), device="cpu", dtype="float32")
+    assert tuned.info().lanes == 3  # the stored count, when none is given
+    given = Embedder.load(str(tiny_dir), device="cpu", dtype="float32", lanes=1)
+    assert given.info().lanes == 1
+    tuning.store(k, tuning.Tuned(chunk=64, lanes=0))
+    assert tuning.lookup(k) is None  # out of range: ignored
