@@ -7,6 +7,7 @@ Usage (from the repo root, after the README's dev install):
     .venv/bin/python benchmarks/bench_cpu.py --memory 2048,4096,8192     # peak RSS per length
     .venv/bin/python benchmarks/bench_cpu.py --isa avx2    # an AVX2-only CPU's code paths
     .venv/bin/python benchmarks/bench_cpu.py --isa sse41 --systems fp32,int8,auto  # pre-AVX
+    .venv/bin/python benchmarks/bench_cpu.py --systems fp32/1,fp32,bf16/1,bf16   # 1 lane vs default
 
 Each system runs in its own process (clean peak RSS) on the same random-weight checkpoint and
 the same fixed Russian/English corpus; the parent prints them side by side and checks that the
@@ -129,6 +130,8 @@ def run_system(system: str, ckpt: Path, texts: list[str], out: Path,
 
     t0 = time.perf_counter()
     kernel = "torch-float32"
+    system, _, lanes = system.partition("/")  # "bf16/1": one lane (the engine's default else)
+    lane_count: int | None = None
     if system == "st":
         from sentence_transformers import SentenceTransformer
 
@@ -145,13 +148,14 @@ def run_system(system: str, ckpt: Path, texts: list[str], out: Path,
                  "int4": "bfloat16"}.get(system, "auto")
         emb = Embedder.load(str(ckpt), device="cpu", dtype=dtype,
                             quantize=system if system in ("int8", "int4") else None,
-                            max_batch_tokens=batch_tokens,
+                            max_batch_tokens=batch_tokens, lanes=int(lanes) if lanes else None,
                             threads=torch.get_num_threads())  # as ST: no tuned count
 
         def embed(x: list[str]) -> np.ndarray:
             return emb.embed(x)
         info = emb.info()
         kernel = info.kernel if info.kernel.endswith("-int8") else f"{info.kernel}-{info.dtype}"
+        lane_count = info.lanes
     load_s = time.perf_counter() - t0
     rss_loaded = rss_mib()
     embed(texts[:4])  # warm-up
@@ -163,7 +167,7 @@ def run_system(system: str, ckpt: Path, texts: list[str], out: Path,
     np.save(out, vecs)
     return {"system": system, "load_s": load_s, "embed_s": secs, "rss_loaded_mib": rss_loaded,
             "peak_rss_mib": peak_mib(), "threads": torch.get_num_threads(),
-            "gemm": kernel}
+            "gemm": kernel, "lanes": lane_count}
 
 
 def run_memory(ckpt: Path, n_tokens: int) -> dict:
@@ -206,7 +210,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--size", default="0.6b", choices=sorted(SHAPES))
     ap.add_argument("--scale", type=float, default=0.6, help="corpus size factor (1.0 ~ 20K tok)")
-    ap.add_argument("--systems", default="st,fp32,bf16,int8,auto")
+    ap.add_argument("--systems", default="st,fp32,bf16,int8,auto",
+                    help="comma list; SYSTEM/N runs smysl with N lanes (default: the engine's)")
     ap.add_argument("--batch-tokens", type=int, default=None,
                     help="smysl token budget per forward (default: the engine's)")
     ap.add_argument("--memory", default="", help="comma list of token counts: RSS mode")
@@ -229,7 +234,8 @@ def main() -> None:
         print(json.dumps(run_memory(ckpt, int(args.child[4:]))))
         return
     if args.child:
-        print(json.dumps(run_system(args.child, ckpt, texts, OUT / f"{args.child}.npy",
+        print(json.dumps(run_system(args.child, ckpt, texts,
+                                    OUT / f"{args.child.replace('/', '-')}.npy",
                                     args.batch_tokens,
                                     1 if args.child == "st" else args.passes)))
         return
@@ -281,18 +287,18 @@ def main() -> None:
         # the fraction of the GEMM rate of the kernel the path multiplies with (ST: torch fp32)
         r["matmul_frac"] = (r["tok_s"] * flops_per_token(args.size, ctx) / 1e9
                             / gemm.get(r["gemm"], float("nan")))
-    vec = {s: np.load(OUT / f"{s}.npy") for s in results}
+    vec = {s: np.load(OUT / f"{s.replace('/', '-')}.npy") for s in results}
     ref = vec.get("fp32", vec.get("st"))
-    print(f"{'system':8} {'gemm':>15} {'tokens/s':>9} {'texts/s':>8} {'embed_s':>8} {'load_s':>7} "
-          f"{'peak_RSS_MiB':>12} {'of_gemm_rate':>12} {'x_st':>5} {'x_fp32':>6} "
+    print(f"{'system':8} {'gemm':>15} {'lanes':>5} {'tokens/s':>9} {'texts/s':>8} {'embed_s':>8} "
+          f"{'load_s':>7} {'peak_RSS_MiB':>12} {'of_gemm_rate':>12} {'x_st':>5} {'x_fp32':>6} "
           f"{'min_cos_fp32':>12}")
     for s, r in results.items():
         x_st = r["tok_s"] / results["st"]["tok_s"] if "st" in results else float("nan")
         x_fp = r["tok_s"] / results["fp32"]["tok_s"] if "fp32" in results else float("nan")
         cos = float((vec[s] * ref).sum(1).min()) if ref is not None else float("nan")
-        print(f"{s:8} {r['gemm']:>15} {r['tok_s']:9.1f} {r['texts_s']:8.2f} {r['embed_s']:8.1f} "
-              f"{r['load_s']:7.1f} {r['peak_rss_mib']:12.0f} {r['matmul_frac']:12.0%} "
-              f"{x_st:5.2f} {x_fp:6.2f} {cos:12.6f}")
+        print(f"{s:8} {r['gemm']:>15} {r['lanes'] or '-':>5} {r['tok_s']:9.1f} {r['texts_s']:8.2f} "
+              f"{r['embed_s']:8.1f} {r['load_s']:7.1f} {r['peak_rss_mib']:12.0f} "
+              f"{r['matmul_frac']:12.0%} {x_st:5.2f} {x_fp:6.2f} {cos:12.6f}")
     if "st" in vec and "fp32" in vec:
         print(f"max |fp32 - st| = {np.abs(vec['fp32'] - vec['st']).max():.2e}")
 
