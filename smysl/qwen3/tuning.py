@@ -1,20 +1,22 @@
 """Per-machine tuning of the CPU engine, measured by ``smysl tune`` and read by engines at load.
 
-Three settings depend on the processor more than on anything else: torch's thread count (its
+Four settings depend on the processor more than on anything else: torch's thread count (its
 default, one per physical core, is not always fastest: hyper-threads, a busy host, small
 batches), the tokens per slice of the per-token work (``Engine.chunk``: the MLP's activations
-want to stay in the caches) and, for int4 layers, the row count from which they dequantise their
-weights for a bf16 GEMM instead of running torch's int4 kernel (it depends on the ratio of those
-two kernels' rates). The defaults (torch's threads, ``engine.CHUNK_TOKENS``,
-``engine.INT4_CHUNK_TOKENS``, ``quantize.DEQUANT_ROWS``) were measured on one machine
+want to stay in the caches), the lanes of a bulk call (``smysl.qwen3.lanes``: how much of a pass
+does not scale with threads) and, for int4 layers, the row count from which they dequantise
+their weights for a bf16 GEMM instead of running torch's int4 kernel (it depends on the ratio of
+those two kernels' rates). The defaults (torch's threads, ``engine.CHUNK_TOKENS``,
+``engine.INT4_CHUNK_TOKENS``, ``lanes.default_lanes``, ``quantize.DEQUANT_ROWS``) were measured
+on one machine
 (docs/benchmarks.md). :func:`tune_threads` and :func:`tune` measure them on this one, on the
 loaded model's own layers, and :func:`store` keeps the results in a JSON file: the thread count
 keyed by the CPU, its features, the CPUs the process may use, torch, the path (kernel and
 dtype) and the layer shapes (:func:`threads_key`), the slices by the same but with the thread
-count instead of the CPUs (:func:`key`); engines read
-them when they start (:func:`lookup_threads`, :func:`lookup`). No setting changes a vector
-beyond the last bits (slices: not at all except int4; threads: GEMMs split work by thread, see
-``docs/engine.md``).
+count instead of the CPUs (:func:`key`), the lanes with the slices; engines read them when they
+start (:func:`lookup_threads`, :func:`lookup`). No setting changes a float32, bf16 or int8
+vector (on the CPUs tested, not even the thread count: see ``docs/engine.md``); int4's move in
+the last bits (its layers dequantise by row count).
 """
 
 from __future__ import annotations
@@ -349,7 +351,8 @@ def tune(engine: Engine, slices: tuple[int, ...] = SLICES, layers: int = 2, roun
     Workload per slice size: one batch of short texts up to ``batch_tokens`` and one input of
     ``long_tokens``, timed as :func:`_time` does. The engine's current size is kept when it is
     within :data:`TIE` of the fastest. int4: the dequantising threshold is measured first and
-    the slices are timed under it. The engine is left as it was.
+    the slices are timed under it. Then the lanes at the chosen size (:func:`tune_lanes`). The
+    engine is left as it was.
     """
     from smysl.qwen3.quantize import Int4Linear
 
