@@ -170,6 +170,11 @@ def run_system(system: str, ckpt: Path, texts: list[str], out: Path,
             "gemm": kernel, "lanes": lane_count}
 
 
+def vectors_file(system: str) -> Path:
+    """Where a system's child saves its vectors ("bf16/1" -> bf16-1.npy)."""
+    return OUT / f"{system.replace('/', '-')}.npy"
+
+
 def run_memory(ckpt: Path, n_tokens: int) -> dict:
     """Peak RSS of embedding one input of ``n_tokens`` tokens (fp32)."""
     from smysl import Embedder
@@ -234,8 +239,7 @@ def main() -> None:
         print(json.dumps(run_memory(ckpt, int(args.child[4:]))))
         return
     if args.child:
-        print(json.dumps(run_system(args.child, ckpt, texts,
-                                    OUT / f"{args.child.replace('/', '-')}.npy",
+        print(json.dumps(run_system(args.child, ckpt, texts, vectors_file(args.child),
                                     args.batch_tokens,
                                     1 if args.child == "st" else args.passes)))
         return
@@ -287,7 +291,7 @@ def main() -> None:
         # the fraction of the GEMM rate of the kernel the path multiplies with (ST: torch fp32)
         r["matmul_frac"] = (r["tok_s"] * flops_per_token(args.size, ctx) / 1e9
                             / gemm.get(r["gemm"], float("nan")))
-    vec = {s: np.load(OUT / f"{s.replace('/', '-')}.npy") for s in results}
+    vec = {s: np.load(vectors_file(s)) for s in results}
     ref = vec.get("fp32", vec.get("st"))
     print(f"{'system':8} {'gemm':>15} {'lanes':>5} {'tokens/s':>9} {'texts/s':>8} {'embed_s':>8} "
           f"{'load_s':>7} {'peak_RSS_MiB':>12} {'of_gemm_rate':>12} {'x_st':>5} {'x_fp32':>6} "

@@ -455,8 +455,7 @@ class Engine:
         with self._lanes_lock:
             old = self._lanes
             if old is not None and (old.pid != os.getpid() or old.total != total):
-                if old.pid == os.getpid():
-                    old.close()
+                old.close()
                 self._lanes = old = None
             if old is None and count > 1:
                 # the lane threads hold the engine weakly: a dropped engine (and its weights)
@@ -486,8 +485,7 @@ class Engine:
             if self._lanes is not None:
                 if self._finalizer is not None:
                     self._finalizer.detach()
-                if self._lanes.pid == os.getpid():
-                    self._lanes.close()
+                self._lanes.close()
                 self._lanes = None
 
 

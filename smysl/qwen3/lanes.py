@@ -183,7 +183,9 @@ class Lanes(Generic[_I, _R]):
     def close(self, timeout: float = 30.0) -> None:
         """Stop the lanes once the queued items are done, and wait for their threads (at most
         ``timeout`` seconds each): a lane thread still inside torch when the interpreter exits
-        aborts the process."""
+        aborts the process. Nothing to stop in a forked child (it has no lane threads)."""
+        if self.pid != os.getpid():
+            return
         with self._lock:
             if self._closed:
                 return

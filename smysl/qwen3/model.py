@@ -454,7 +454,7 @@ def gemm_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, offset: in
     b, hq, lk = q.shape[0], q.shape[2], k.shape[1]
     n = max(16, min(rows, budget // (hq * lk)))  # queries per block: per sequence, never per batch
     per = max(1, budget // (hq * n * lk))  # sequences per slice
-    # one slice's temporaries (K^T, prefix buffers, scores) are freed before the next's
+    # one slice's temporaries (K/V rows, prefix buffers, scores) are freed before the next's
     outs = [_attend_slice(q[b0 : b0 + per], k[b0 : b0 + per], v[b0 : b0 + per], offset, n)
             for b0 in range(0, b, per)]
     return outs[0] if len(outs) == 1 else torch.cat(outs)

@@ -382,8 +382,7 @@ def tune(engine: Engine, slices: tuple[int, ...] = SLICES, layers: int = 2, roun
 def lane_counts(threads: int) -> tuple[int, ...]:
     """Lane counts :func:`tune_lanes` tries: 1 and the powers of two that divide ``threads``
     (each lane gets an equal share)."""
-    return tuple(n for n in (1 << i for i in range(threads.bit_length()))
-                 if n <= threads and threads % n == 0)
+    return tuple(n for n in (1 << i for i in range(threads.bit_length())) if threads % n == 0)
 
 
 def tune_lanes(engine: Engine, chunk: int, layers: int = 2, rounds: int = 3,
