@@ -21,7 +21,8 @@ from smysl.base import BaseEmbedder
 from smysl.rerank import BaseReranker
 from smysl.server import ollama_routes, openai_routes, rerank_routes, tei_routes, ui
 from smysl.server.config import ServerConfig
-from smysl.server.errors import ApiError, api_of, render
+from smysl.server.errors import Api, ApiError, api_of, render
+from smysl.server.fast import FastRoutes
 from smysl.server.metrics import Metrics
 from smysl.server.service import Service
 
@@ -70,10 +71,11 @@ def create_app(embedder: BaseEmbedder | None, config: ServerConfig | None = None
                               f"{reranker.name if reranker else None}. See docs/server.md.")
     app.state.service = service
     app.state.metrics = metrics
+    fast = FastRoutes()
     if service is not None:
-        app.include_router(openai_routes.router(service))
-        app.include_router(ollama_routes.router(service))
-        app.include_router(tei_routes.router(service))
+        app.include_router(openai_routes.router(service, fast))
+        app.include_router(ollama_routes.router(service, fast))
+        app.include_router(tei_routes.router(service, fast))
         # opens config.index (a bad one fails here); /search reranks with the served reranker
         app.include_router(ui.router(service, reranking))
     if reranking is not None:
@@ -85,9 +87,7 @@ def create_app(embedder: BaseEmbedder | None, config: ServerConfig | None = None
         return Response(metrics.render(), media_type=metrics.content_type)
 
     def answer(request: Request, err: ApiError) -> Response:
-        api = api_of(request.url.path)
-        metrics.errors.labels(api, err.kind).inc()
-        return render(err, api)
+        return error_response(metrics, api_of(request.url.path), err)
 
     @app.exception_handler(ApiError)
     async def on_api_error(request: Request, exc: ApiError) -> Response:
@@ -110,11 +110,22 @@ def create_app(embedder: BaseEmbedder | None, config: ServerConfig | None = None
 
     @app.exception_handler(Exception)
     async def on_crash(request: Request, exc: Exception) -> Response:
-        log.exception("unhandled error on %s %s", request.method, request.url.path)
-        return answer(request, ApiError("internal", f"internal error: {type(exc).__name__}"))
+        return answer(request, crashed(request.method, request.url.path, exc))
 
-    app.add_middleware(EdgeMiddleware, config=config, metrics=metrics)
+    app.add_middleware(EdgeMiddleware, config=config, metrics=metrics, fast=fast)
     return app
+
+
+def error_response(metrics: Metrics, api: Api, err: ApiError) -> Response:
+    """An error as ``api``'s clients expect it, counted."""
+    metrics.errors.labels(api, err.kind).inc()
+    return render(err, api)
+
+
+def crashed(method: str, path: str, exc: Exception) -> ApiError:
+    """The 500 of an unexpected exception, logged with its traceback."""
+    log.exception("unhandled error on %s %s", method, path, exc_info=exc)
+    return ApiError("internal", f"internal error: {type(exc).__name__}")
 
 
 def validation_error(exc: RequestValidationError) -> ApiError:
@@ -150,12 +161,15 @@ def _as_json(scope: Scope) -> Scope:
 
 class EdgeMiddleware:
     """Pure ASGI (no per-request task, disconnects stay visible): body size limit, bearer auth,
-    request counting and latency. Runs before routing, so it answers in the API's error shape."""
+    request counting and latency. Runs before routing, so it answers in the API's error shape;
+    answers the routes of ``fast`` itself when it can (:mod:`smysl.server.fast`)."""
 
-    def __init__(self, app: ASGIApp, config: ServerConfig, metrics: Metrics) -> None:
+    def __init__(self, app: ASGIApp, config: ServerConfig, metrics: Metrics,
+                 fast: FastRoutes) -> None:
         self.app = app
         self.config = config
         self.metrics = metrics
+        self.fast = fast
         self._key = config.api_key.encode() if config.api_key else None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -184,7 +198,18 @@ class EdgeMiddleware:
                 return
             if api == "ollama" and scope["method"] == "POST":
                 scope = _as_json(scope)
-            await self.app(scope, _replay(body, receive), send_wrapper)
+            taken = self.fast.take(scope, body)
+            if taken is None:
+                await self.app(scope, _replay(body, receive), send_wrapper)
+                return
+            handler, parsed = taken
+            try:
+                response = await handler(parsed, receive)
+            except ApiError as e:
+                response = error_response(self.metrics, api, e)
+            except Exception as e:
+                response = error_response(self.metrics, api, crashed(scope["method"], path, e))
+            await response(scope, receive, send_wrapper)
         except asyncio.CancelledError:
             # uvicorn cancels requests still running when the graceful shutdown period ends;
             # answer them in their API's shape (it would send a plain-text 500) and end.
@@ -215,14 +240,17 @@ class EdgeMiddleware:
     async def _read_body(self, scope: Scope, receive: Receive) -> tuple[bytes, ApiError | None]:
         """Read the body up to the limit (rejecting early on Content-Length)."""
         limit = self.config.max_request_bytes
-        too_big = ApiError("payload_too_large", f"request body is larger than {limit} bytes; "
-                           "send fewer or shorter inputs per request")
+
+        def too_big() -> ApiError:
+            return ApiError("payload_too_large", f"request body is larger than {limit} bytes; "
+                            "send fewer or shorter inputs per request")
+
         headers = dict(scope.get("headers") or [])
         length = headers.get(b"content-length")
         if length is not None:
             try:
                 if int(length) > limit:
-                    return b"", too_big
+                    return b"", too_big()
             except ValueError:
                 return b"", ApiError("malformed", "Content-Length is not a number")
         chunks: list[bytes] = []
@@ -234,7 +262,7 @@ class EdgeMiddleware:
             chunk = message.get("body", b"")
             size += len(chunk)
             if size > limit:
-                return b"", too_big
+                return b"", too_big()
             chunks.append(chunk)
             if not message.get("more_body", False):
                 break
@@ -279,7 +307,10 @@ def serve(embedder: BaseEmbedder | None, config: ServerConfig, *, ready: Ready |
     server = uvicorn.Server(uvicorn.Config(
         app, host=config.host, port=config.port, log_level="info",
         timeout_graceful_shutdown=int(config.graceful_timeout_s), **uvicorn_options))
-    return asyncio.run(_supervise(server, app.state.service, config, ready))
+    # uvicorn's own loop choice (uvloop where installed): asyncio.run would take the
+    # pure-Python loop, which uvicorn.run avoids
+    with asyncio.Runner(loop_factory=server.config.get_loop_factory()) as runner:
+        return runner.run(_supervise(server, app.state.service, config, ready))
 
 
 async def _supervise(server: Any, service: Service | None, config: ServerConfig,

@@ -12,10 +12,12 @@ import hashlib
 from datetime import UTC, datetime
 from typing import Any
 
-from fastapi import APIRouter, Request, Response
+from fastapi import APIRouter, Response
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr
+from starlette.types import Receive
 
 from smysl.base import ModelInfo
+from smysl.server.fast import FastRoutes
 from smysl.server.http import json_response
 from smysl.server.service import Service, until_disconnected
 
@@ -78,7 +80,7 @@ def parameter_size(count: int | None) -> str:
     return f"{count / 1e6:.2f}M"
 
 
-def router(service: Service) -> APIRouter:
+def router(service: Service, fast: FastRoutes) -> APIRouter:
     r = APIRouter(prefix="/api", tags=["ollama"])
     modified = datetime.fromtimestamp(service.started, UTC).isoformat()
     # Not a content hash (the weights stay behind the BaseEmbedder contract): a stable id of the
@@ -90,8 +92,8 @@ def router(service: Service) -> APIRouter:
                 "families": ["qwen3"], "parameter_size": parameter_size(model.parameters),
                 "quantization_level": model.quantization_level}
 
-    @r.post("/embed", response_model=EmbedResponse)
-    async def embed(body: EmbedRequest, request: Request) -> Response:
+    @fast.post(r, EmbedRequest, "/embed", response_model=EmbedResponse)
+    async def embed(body: EmbedRequest, receive: Receive) -> Response:
         """Embed one text or a list (Ollama ``/api/embed``)."""
         model = service.resolve_model(body.model)
         dims = service.dimensions(body.dimensions)
@@ -104,14 +106,14 @@ def router(service: Service) -> APIRouter:
         task = service.instruction(body.instruction, body.input_type)
         result = await service.embed_texts(texts, instruction=task, dimensions=dims,
                                            truncate=body.truncate,
-                                           disconnected=until_disconnected(request.receive))
+                                           disconnected=until_disconnected(receive))
         return json_response({"model": model, "embeddings": result.vectors,
                               "total_duration": int(result.total_s * 1e9), "load_duration": 0,
                               "prompt_eval_count": result.tokens},
                              headers=service.timing_headers(result))
 
-    @r.post("/embeddings", response_model=LegacyEmbeddingsResponse)
-    async def embeddings(body: LegacyEmbeddingsRequest, request: Request) -> Response:
+    @fast.post(r, LegacyEmbeddingsRequest, "/embeddings", response_model=LegacyEmbeddingsResponse)
+    async def embeddings(body: LegacyEmbeddingsRequest, receive: Receive) -> Response:
         """Legacy single-prompt embedding (Ollama ``/api/embeddings``)."""
         service.resolve_model(body.model)
         if body.prompt == "":
@@ -120,7 +122,7 @@ def router(service: Service) -> APIRouter:
         service.check_texts([body.prompt], "prompt")
         result = await service.embed_texts([body.prompt], instruction=None,
                                            dimensions=service.dimensions(None), truncate=True,
-                                           disconnected=until_disconnected(request.receive),
+                                           disconnected=until_disconnected(receive),
                                            what="prompt")
         return json_response({"embedding": result.vectors[0]},
                              headers=service.timing_headers(result))

@@ -10,10 +10,12 @@ from __future__ import annotations
 import base64
 from typing import Literal
 
-from fastapi import APIRouter, Request, Response
+from fastapi import APIRouter, Response
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr
+from starlette.types import Receive
 
 from smysl.server.errors import ApiError
+from smysl.server.fast import FastRoutes
 from smysl.server.http import json_response
 from smysl.server.service import Service, until_disconnected
 
@@ -84,7 +86,7 @@ def split_input(inp: object) -> tuple[list[str] | None, list[list[int]]]:
                    "or a list of token-id lists", param="input")
 
 
-def router(service: Service) -> APIRouter:
+def router(service: Service, fast: FastRoutes) -> APIRouter:
     r = APIRouter(prefix="/v1", tags=["openai"])
 
     def card() -> dict[str, object]:
@@ -94,8 +96,8 @@ def router(service: Service) -> APIRouter:
                 "owned_by": "smysl", "dimensions": model.dimensions,
                 "max_model_len": model.max_tokens}
 
-    @r.post("/embeddings", response_model=EmbeddingResponse)
-    async def embeddings(body: EmbeddingRequest, request: Request) -> Response:
+    @fast.post(r, EmbeddingRequest, "/embeddings", response_model=EmbeddingResponse)
+    async def embeddings(body: EmbeddingRequest, receive: Receive) -> Response:
         """Create embeddings (OpenAI ``embeddings.create``)."""
         model = service.resolve_model(body.model)
         dims = service.dimensions(body.dimensions)
@@ -105,14 +107,14 @@ def router(service: Service) -> APIRouter:
             task = service.instruction(body.instruction, body.input_type)
             result = await service.embed_texts(texts, instruction=task, dimensions=dims,
                                                truncate=body.truncate,
-                                               disconnected=until_disconnected(request.receive))
+                                               disconnected=until_disconnected(receive))
         else:
             if body.instruction is not None or body.input_type == "query":
                 raise ApiError("invalid", "instruction and input_type 'query' apply to text "
                                "input only; apply the query template before tokenising",
                                param="instruction")
             result = await service.embed_ids(ids, dimensions=dims, truncate=body.truncate,
-                                             disconnected=until_disconnected(request.receive))
+                                             disconnected=until_disconnected(receive))
         vectors = result.vectors
         if body.encoding_format == "base64":
             # float32 little-endian bytes, as OpenAI returns them and its SDK decodes them

@@ -13,11 +13,13 @@ import dataclasses
 from typing import Literal
 
 import anyio
-from fastapi import APIRouter, Request, Response
+from fastapi import APIRouter, Response
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr
+from starlette.types import Receive
 
 from smysl.prompts import TASK_PRESETS
 from smysl.server.errors import ApiError
+from smysl.server.fast import FastRoutes
 from smysl.server.http import json_response
 from smysl.server.service import Service, until_disconnected
 
@@ -82,7 +84,7 @@ class Info(BaseModel):
     lanes: int | None = None
 
 
-def router(service: Service) -> APIRouter:
+def router(service: Service, fast: FastRoutes) -> APIRouter:
     r = APIRouter(tags=["tei"])
     emb = service.embedder
 
@@ -99,10 +101,9 @@ def router(service: Service) -> APIRouter:
         raise ApiError("invalid", f"prompt_name {prompt_name!r} is unknown; use 'query', "
                        f"'document' or one of {sorted(TASK_PRESETS)}", param="prompt_name")
 
-    @r.post("/embed", response_model=list[list[float]])
-    @r.post("/", response_model=list[list[float]], include_in_schema=False)
-    @r.post("/invocations", response_model=list[list[float]], include_in_schema=False)
-    async def embed(body: EmbedRequest, request: Request) -> Response:
+    @fast.post(r, EmbedRequest, "/embed", "/", "/invocations",
+               response_model=list[list[float]])
+    async def embed(body: EmbedRequest, receive: Receive) -> Response:
         """Embed one text or a list (TEI ``/embed``; ``POST /`` and ``/invocations`` take
         the same body)."""
         texts = [body.inputs] if isinstance(body.inputs, str) else list(body.inputs)
@@ -113,7 +114,7 @@ def router(service: Service) -> APIRouter:
             truncate=bool(body.truncate), normalize=body.normalize,
             direction="left" if body.truncation_direction.lower() == "left" else "right",
             what="inputs",
-            disconnected=until_disconnected(request.receive))
+            disconnected=until_disconnected(receive))
         return json_response(result.vectors, headers=service.timing_headers(result))
 
     @r.post("/tokenize", response_model=list[list[SimpleToken]])
