@@ -291,6 +291,13 @@ class BaseEmbedder(abc.ABC):
             return texts
         return [format_query(t, task) for t in texts]
 
+    def share(self) -> BaseEmbedder:
+        """A picklable twin that other processes embed with, computing on this embedder's
+        backend (the HTTP workers of ``smysl serve --workers``); closing it leaves this one
+        running. NotImplementedError for backends that cannot be shared."""
+        raise NotImplementedError(f"{type(self).__name__} cannot be shared with other processes "
+                                  "(a local model whose engine runs in a child process can)")
+
     def close(self) -> None:  # noqa: B027 - optional hook, a no-op for most backends
         """Release resources (connections, device memory). Safe to call twice."""
 

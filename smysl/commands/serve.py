@@ -55,6 +55,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "Qwen/Qwen3-Reranker-0.6B) to serve at TEI /rerank and Cohere/Jina "
                         "/v1/rerank; with or without --model. It takes --device, --dtype, "
                         "--quantize, --threads, --revision")
+    p.add_argument("--workers", type=int, default=1,
+                   help="HTTP worker processes sharing the one engine process (one answers "
+                        "~1,000-2,000 short requests/s; a GPU embeds several times that). "
+                        "A local model only, not with --in-process or --reranker")
     p.add_argument(FLAGS["process"], action="store_true",
                    help="run a local model's engine in the server process instead of a child "
                         "process (the child has its own GIL: the event loop does not slow "
@@ -88,7 +92,10 @@ def run(args: argparse.Namespace) -> int:
         unhealthy_exit_s=unhealthy_exit_s(model_name or args.reranker, args.unhealthy_exit_s),
         default_dimensions=args.dimensions, allow_empty=args.allow_empty_input,
         switch_interval_s=args.switch_interval_ms / 1000 if args.switch_interval_ms else None,
-        index=args.index)
+        index=args.index, workers=args.workers)
+    if config.workers > 1 and (args.in_process or args.reranker):
+        raise ValueError(f"--workers {config.workers} shares one engine process between the "
+                         "workers: drop " + ("--in-process" if args.in_process else "--reranker"))
 
     from smysl.registry import load, load_reranker, reranker_options, scheme_of
 
@@ -124,7 +131,9 @@ def run(args: argparse.Namespace) -> int:
             print(f"smysl serve: listening on http://{where}:{port} — {routes}"
                   + (f", search /search over {config.index}" if config.index else "")
                   + (", rerank TEI /rerank and Cohere/Jina /v1/rerank" if reranker else "")
-                  + ("; API key required" if config.api_key else ""), file=sys.stderr,
+                  + ("; API key required" if config.api_key else "")
+                  + (f"; {config.workers} HTTP workers" if config.workers > 1 else ""),
+                  file=sys.stderr,
                   flush=True)
 
         extra = {"reranker": reranker} if reranker is not None else {}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import re
 from collections.abc import Sequence
@@ -138,6 +139,14 @@ class Embedder(BaseEmbedder, TokenLevel):
 
     def token_level(self) -> TokenLevel:
         return self
+
+    def share(self) -> Embedder:
+        """A picklable twin on this embedder's engine process (see
+        :meth:`~smysl.qwen3.worker.EngineProcess.share`); NotImplementedError when the engine
+        runs in this process."""
+        twin = copy.copy(self)
+        twin.engine = self.engine.share()
+        return twin
 
     def close(self) -> None:
         """Stop the engine process, if the engine runs in one."""

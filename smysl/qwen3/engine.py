@@ -262,6 +262,11 @@ class EngineLike(Protocol):
         and queued while the previous one runs; on CPU batches may run in lanes)."""
         ...
 
+    def share(self) -> EngineLike:
+        """A picklable handle other processes compute with on this engine (an engine
+        process's :class:`~smysl.qwen3.worker.EngineClient`); NotImplementedError in process."""
+        ...
+
     def close(self) -> None: ...
 
 
@@ -478,6 +483,10 @@ class Engine:
         """One batch in a lane (a lane thread; holds one of the slots)."""
         with self._slots.hold(1):
             return self._cpu_pass(batch)
+
+    def share(self) -> EngineLike:
+        raise NotImplementedError("an engine in this process cannot compute for other "
+                                  "processes; run it in a child process (process=True)")
 
     def close(self) -> None:
         """Stop the lanes, if they started (the contract's hook for :class:`EngineProcess`)."""

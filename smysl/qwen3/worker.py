@@ -16,19 +16,24 @@ from __future__ import annotations
 import contextlib
 import logging
 import multiprocessing as mp
+import os
+import secrets
 import signal
+import tempfile
 import threading
 import time
 import weakref
 from collections import deque
-from collections.abc import Iterable, Iterator
-from multiprocessing.connection import Connection, wait
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from multiprocessing import AuthenticationError
+from multiprocessing.connection import Client, Connection, Listener, wait
 from typing import Any
 
 import numpy as np
 import torch
 
-from smysl.qwen3.engine import Engine, EngineConfig
+from smysl.qwen3.engine import BATCH_TOKENS, Engine, EngineConfig
 from smysl.qwen3.heap import keep_heap
 from smysl.qwen3.hub import Checkpoint
 
@@ -47,7 +52,8 @@ class EngineProcessError(RuntimeError):
 
 def _child(conn: Connection, ckpt: Checkpoint, cfg: EngineConfig) -> None:
     """Child main: load, report the engine's shape, then answer forward requests until the
-    parent sends ``None`` or goes away."""
+    parent sends ``None`` or goes away. After a ``("share", address, authkey)`` request it also
+    answers the processes that connect there (:class:`EngineClient`)."""
     # Ctrl-C reaches the whole process group; the parent decides when this process stops
     # (after in-flight batches), so the child ignores it.
     # SIGTERM to the process group (systemd, tini -g) likewise: the child exits when the parent
@@ -60,26 +66,128 @@ def _child(conn: Connection, ckpt: Checkpoint, cfg: EngineConfig) -> None:
     except BaseException as e:  # report any load failure to the parent, then exit
         _send(conn, ("error", e))
         return
-    _send(conn, ("ready", {"hidden_size": engine.hidden_size, "vocab_rows": engine.vocab_rows,
-                           "max_positions": engine.max_positions, "device": str(engine.device),
-                           "dtype": str(engine.dtype).removeprefix("torch."),
-                           "quantization": engine.quantization, "parameters": engine.parameters,
-                           "threads": engine.threads,
-                           "cuda_graphs": engine.cuda_graphs, "kernel": engine.kernel,
-                           "chunk": engine.chunk, "tuned_at": engine.tuned_at}))
-    while True:
-        try:
-            request = conn.recv()
-        except (EOFError, OSError):  # the parent is gone
+    info = {"hidden_size": engine.hidden_size, "vocab_rows": engine.vocab_rows,
+            "max_positions": engine.max_positions, "device": str(engine.device),
+            "dtype": str(engine.dtype).removeprefix("torch."),
+            "quantization": engine.quantization, "parameters": engine.parameters,
+            "threads": engine.threads, "cuda_graphs": engine.cuda_graphs, "kernel": engine.kernel,
+            "chunk": engine.chunk, "tuned_at": engine.tuned_at, "pid": os.getpid()}
+    _send(conn, ("ready", info))
+    _Hub(engine, conn, info).run()
+
+
+class _Hub:
+    """The child's loop: forward requests from the parent's pipe and from connected clients.
+
+    Requests that arrive together (from several HTTP worker processes) run as one forward
+    pass while they fit the engine's batch budget: the engine is batch-invariant, so each
+    client's rows are bit-identical to a pass of its own, and the GPU runs one larger batch
+    instead of several small ones in turn.
+    """
+
+    def __init__(self, engine: Engine, parent: Connection, info: dict[str, Any]) -> None:
+        self.engine, self.parent, self.info = engine, parent, info
+        self.budget = BATCH_TOKENS.get(engine.device.type, 4096)
+        self.clients: list[Connection] = []
+        self._joined: list[Connection] = []  # accepted, not yet polled
+        self._lock = threading.Lock()
+        self._wake_r, self._wake_w = os.pipe()
+
+    def run(self) -> None:
+        while True:
+            ready = wait([self.parent, *self.clients, self._wake_r])
+            if self._wake_r in ready:
+                os.read(self._wake_r, 512)
+                with self._lock:
+                    self.clients += self._joined
+                    self._joined = []
+            requests: list[tuple[Connection, Any]] = []
+            for c in ready:
+                if not isinstance(c, Connection):  # the wake-up pipe
+                    continue
+                try:
+                    request = c.recv()
+                except (EOFError, OSError):
+                    if c is self.parent:
+                        return  # the parent is gone
+                    self.clients.remove(c)
+                    c.close()
+                    continue
+                if request is None and c is self.parent:
+                    return
+                if c is self.parent and request[0] == "share":
+                    _send(c, self._listen(*request[1:]))
+                    continue
+                requests.append((c, request))
+            for group in merge([r for _, r in requests], self.budget):
+                self._answer([requests[i] for i in group])
+
+    def _answer(self, requests: list[tuple[Connection, Any]]) -> None:
+        """One forward pass for all ``requests`` ((batch, heads) each); each reply its rows."""
+        if len(requests) == 1:
+            (c, (batch, heads)), = requests
+            _send(c, _forward(self.engine, batch, heads))
             return
-        if request is None:
+        kind, rows = _forward(self.engine, [s for _, (b, _) in requests for s in b], None)
+        if kind == "error":  # whose input was it: each alone
+            for r in requests:
+                self._answer([r])
             return
+        start = 0
+        for c, (batch, _) in requests:
+            _send(c, ("ok", rows[start : start + len(batch)]))
+            start += len(batch)
+
+    def _listen(self, address: str, authkey: bytes) -> tuple[str, Any]:
+        """Accept clients at ``address`` (a Unix socket path) from now on."""
         try:
-            batch, heads = request
-            reply: tuple[str, Any] = ("ok", engine.forward(batch, heads))
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(address)  # a previous engine process's socket
+            listener = Listener(address, family="AF_UNIX", authkey=authkey)
         except Exception as e:
-            reply = ("error", e)
-        _send(conn, reply)
+            return ("error", e)
+        threading.Thread(target=self._accept, args=(listener,), daemon=True,
+                         name="smysl-engine-accept").start()
+        return ("ok", None)
+
+    def _accept(self, listener: Listener) -> None:
+        while True:
+            try:
+                c = listener.accept()
+            except (AuthenticationError, EOFError, ConnectionError):
+                continue  # a stranger, or a client that left mid-handshake
+            except OSError:
+                return
+            _send(c, ("ready", self.info))
+            with self._lock:
+                self._joined.append(c)
+            os.write(self._wake_w, b"x")
+
+
+def _forward(engine: Engine, batch: list[list[int]], heads: list[int] | None
+             ) -> tuple[str, Any]:
+    try:
+        return ("ok", engine.forward(batch, heads))
+    except Exception as e:
+        return ("error", e)
+
+
+def merge(requests: Sequence[tuple[list[list[int]], list[int] | None]], budget: int
+          ) -> list[list[int]]:
+    """Which requests ((batch, heads) each, in arrival order) share a forward pass: runs of
+    requests without heads whose tokens fit ``budget`` together; a request with heads (a
+    shared prefix, computed per batch) or over the budget alone. -> groups of indices."""
+    groups: list[list[int]] = []
+    tokens = 0
+    for i, (batch, heads) in enumerate(requests):
+        n = sum(map(len, batch))
+        if heads is None and groups and tokens + n <= budget and requests[groups[-1][0]][1] is None:
+            groups[-1].append(i)
+            tokens += n
+        else:
+            groups.append([i])
+            tokens = n
+    return groups
 
 
 def _send(conn: Connection, reply: tuple[str, Any]) -> None:
@@ -138,6 +246,8 @@ class EngineProcess:
         self._restarts: deque[float] = deque()
         #: Restarts after the child died on its own, over the engine's life.
         self.restarts = 0
+        #: Where the child accepts other processes (:meth:`share`), once asked.
+        self._shared: EngineClient | None = None
         self._start()
 
     def _start(self) -> None:
@@ -164,11 +274,17 @@ class EngineProcess:
         if kind == "error":
             _stop(proc, conn)
             raise info
+        if self._shared is not None:  # a restarted child serves the same clients
+            conn.send(("share", self._shared.address, self._shared.authkey))
+            kind, err = conn.recv()
+            if kind == "error":
+                _stop(proc, conn)
+                raise err
         return proc, conn, info
 
     def _install(self, proc: Any, conn: Connection, info: dict[str, Any]) -> None:
         """Make a started child the engine's (under the lock, or before any other thread)."""
-        self._proc, self._conn = proc, conn
+        self._proc, self._conn, self._info = proc, conn, info
         self._closer = weakref.finalize(self, _stop, proc, conn)
         threading.Thread(target=_watch, args=(weakref.ref(self), proc), daemon=True,
                          name="smysl-engine-watch").start()
@@ -282,8 +398,146 @@ class EngineProcess:
             raise payload
         return np.asarray(payload)
 
+    def share(self) -> EngineClient:
+        """A handle other processes can compute with on this engine (picklable; it connects
+        on first use): the child accepts them on a Unix socket from now on, a restarted child
+        at the same address. Their requests and this process's run in one queue, and
+        requests that arrive together share a forward pass."""
+        if os.name != "posix":
+            raise NotImplementedError("sharing an engine process needs Unix sockets "
+                                      "(Linux, macOS)")
+        with self._lock:
+            if self._shared is None:
+                folder = tempfile.mkdtemp(prefix="smysl-engine-")  # 0700: this user only
+                shared = EngineClient(os.path.join(folder, "engine.sock"),
+                                      secrets.token_bytes(32), self._info)
+                self._conn.send(("share", shared.address, shared.authkey))
+                kind, err = self._conn.recv()
+                if kind == "error":
+                    raise EngineProcessError(f"the engine process cannot accept other "
+                                             f"processes: {err}")
+                self._shared = shared
+                self._unshare = weakref.finalize(self, _remove_socket, shared.address)
+            return self._shared
+
     def close(self) -> None:
         """Stop the child process (idempotent)."""
         with self._lock:
             self._closed = True
             self._closer()
+            if self._shared is not None:
+                self._unshare()
+
+
+def _remove_socket(address: str) -> None:
+    with contextlib.suppress(OSError):
+        os.unlink(address)
+    with contextlib.suppress(OSError):
+        os.rmdir(os.path.dirname(address))
+
+
+@dataclass
+class EngineClient:
+    """The :class:`~smysl.qwen3.engine.EngineLike` contract for a process that did not start
+    the engine: forward passes on the engine process of :meth:`EngineProcess.share`, over its
+    Unix socket. Connects on first use, and again after the engine process restarted; while
+    it cannot, ``alive`` is False and calls raise :class:`EngineProcessError`."""
+
+    address: str
+    authkey: bytes
+    #: The engine's shape (``hidden_size``, ``device``...), as of the last connection.
+    info: dict[str, Any]
+
+    def __post_init__(self) -> None:
+        self._conn: Connection | None = None
+        self._lock = threading.Lock()
+        self.lanes = 1
+        self._describe(self.info)
+
+    def __getstate__(self) -> dict[str, Any]:  # the address and key travel, not the socket
+        return {"address": self.address, "authkey": self.authkey, "info": self.info}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self.__post_init__()
+
+    def _connected(self) -> Connection:
+        """The connection (under the lock), made or remade when needed."""
+        if self._conn is not None and self._conn.poll():  # EOF: the engine process exited
+            self._drop()
+        if self._conn is None:
+            try:
+                conn = Client(self.address, family="AF_UNIX", authkey=self.authkey)
+                _, info = conn.recv()
+            except (OSError, EOFError) as e:
+                raise EngineProcessError(f"the engine process does not answer at "
+                                         f"{self.address} ({e}); it may be restarting") from None
+            self._conn, self.info = conn, info
+            self._describe(info)
+        return self._conn
+
+    def _describe(self, info: dict[str, Any]) -> None:
+        self.hidden_size: int = info["hidden_size"]
+        self.vocab_rows: int = info["vocab_rows"]
+        self.max_positions: int = info["max_positions"]
+        self.device = torch.device(info["device"])
+        self.dtype: torch.dtype = getattr(torch, info["dtype"])
+        self.threads: int | None = info["threads"]
+        self.quantization: str | None = info["quantization"]
+        self.parameters: int = info["parameters"]
+        self.cuda_graphs: list[int] = info["cuda_graphs"]
+        self.kernel: str = info["kernel"]
+        self.chunk: int = info["chunk"]
+        self.tuned_at: str | None = info["tuned_at"]
+        self.pid: int | None = info["pid"]
+
+    def _drop(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+        self._conn = None
+
+    def connect(self) -> EngineClient:
+        """Connect now (the shape attributes are read from the engine): self."""
+        with self._lock:
+            self._connected()
+        return self
+
+    @property
+    def alive(self) -> bool:
+        with self._lock:
+            try:
+                self._connected()
+            except EngineProcessError:
+                return False
+            return True
+
+    def forward(self, batch: list[list[int]], heads: list[int] | None = None) -> np.ndarray:
+        """Same as :meth:`Engine.forward`: ``[len(batch), hidden]`` float32 pooled rows."""
+        with self._lock:
+            conn = self._connected()
+            try:
+                conn.send((batch, heads))
+                kind, payload = conn.recv()
+            except (EOFError, OSError):
+                self._drop()
+                raise EngineProcessError("the engine process exited during this batch; it "
+                                         "is restarting") from None
+            except BaseException:  # interrupted: its reply must not reach a later call
+                self._drop()
+                raise
+        if kind == "error":
+            raise payload
+        return np.asarray(payload)
+
+    def forward_many(self, batches: Iterable[list[list[int]]]) -> Iterator[np.ndarray]:
+        """:meth:`forward` of each batch in turn."""
+        for batch in batches:
+            yield self.forward(batch)
+
+    def share(self) -> EngineClient:
+        return EngineClient(self.address, self.authkey, self.info)
+
+    def close(self) -> None:
+        """Disconnect (the engine process keeps running for its owner)."""
+        with self._lock:
+            self._drop()

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import hmac
 import logging
+import socket
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -291,8 +292,11 @@ Ready = Callable[[str, int], None]
 
 
 def serve(embedder: BaseEmbedder | None, config: ServerConfig, *, ready: Ready | None = None,
-          reranker: BaseReranker | None = None, **uvicorn_options: Any) -> int:
-    """Run the server with uvicorn until interrupted (SIGINT/SIGTERM shut down gracefully).
+          reranker: BaseReranker | None = None, sockets: list[socket.socket] | None = None,
+          **uvicorn_options: Any) -> int:
+    """Run the server with uvicorn until interrupted (SIGINT/SIGTERM shut down gracefully);
+    with ``config.workers`` > 1 in that many processes (:mod:`smysl.server.workers`).
+    ``sockets``: listen on these instead of binding ``config.host``/``config.port``.
 
     Returns 0, or :data:`EXIT_BACKEND_DOWN` when it stopped because the backend stayed
     unhealthy for ``config.unhealthy_exit_s`` (a supervisor should restart the process).
@@ -300,6 +304,13 @@ def serve(embedder: BaseEmbedder | None, config: ServerConfig, *, ready: Ready |
     import sys
 
     import uvicorn
+
+    if config.workers > 1:
+        if embedder is None or reranker is not None:
+            raise ValueError("--workers serves an embedding model alone (not a reranker yet)")
+        from smysl.server.workers import serve_workers
+
+        return serve_workers(embedder, config, ready=ready)
 
     app = create_app(embedder, config, reranker=reranker)
     if config.switch_interval_s is not None:  # process-wide, hence here and not in create_app
@@ -310,13 +321,13 @@ def serve(embedder: BaseEmbedder | None, config: ServerConfig, *, ready: Ready |
     # uvicorn's own loop choice (uvloop where installed): asyncio.run would take the
     # pure-Python loop, which uvicorn.run avoids
     with asyncio.Runner(loop_factory=server.config.get_loop_factory()) as runner:
-        return runner.run(_supervise(server, app.state.service, config, ready))
+        return runner.run(_supervise(server, app.state.service, config, ready, sockets))
 
 
 async def _supervise(server: Any, service: Service | None, config: ServerConfig,
-                     ready: Ready | None) -> int:
+                     ready: Ready | None, sockets: list[socket.socket] | None) -> int:
     """Run uvicorn; report the bound port once; stop when the backend stays down too long."""
-    task = asyncio.create_task(server.serve())
+    task = asyncio.create_task(server.serve(sockets=sockets))
     code = 0
     while not task.done():
         if ready is not None and server.started:

@@ -64,6 +64,10 @@ class ServerConfig:
     #: thread re-takes the GIL between torch ops; with the default a busy event loop makes it
     #: wait up to 5 ms each time, and a CPU forward pass slows several-fold under load.
     switch_interval_s: float | None = 0.001
+    #: HTTP worker processes (:mod:`smysl.server.workers`): one process answers ~1,000-2,000
+    #: short requests a second, a GPU embeds several times that. Workers share one engine
+    #: process, so the model must be a local one run in a child process (the default).
+    workers: int = 1
     #: A toolkit index (``smysl index`` location: LanceDB folder, ``qdrant:URL``...) opened at
     #: start with the served model and searched by ``POST /search``; None = no search route.
     index: str | None = None
@@ -83,6 +87,7 @@ class ServerConfig:
             "graceful_timeout_s": self.graceful_timeout_s >= 0,
             "switch_interval_s": self.switch_interval_s is None or self.switch_interval_s > 0,
             "index": self.index is None or bool(self.index.strip()),
+            "workers": self.workers >= 1,
         }
         bad = [name for name, ok in checks.items() if not ok]
         if bad:

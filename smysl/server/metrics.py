@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
@@ -22,7 +24,7 @@ class BatchMetrics:
 
     def __init__(self, r: CollectorRegistry, prefix: str, noun: str) -> None:
         self.queue_depth = Gauge(f"{prefix}_queue_depth", "Requests waiting for compute",
-                                 registry=r)
+                                 registry=r, multiprocess_mode="livesum")
         self.queue_seconds = Histogram(f"{prefix}_queue_seconds",
                                        "Time a request waited for compute", buckets=_LATENCY,
                                        registry=r)
@@ -58,7 +60,7 @@ class Metrics(BatchMetrics):
         self.latency = Histogram("smysl_request_seconds", "Request latency, end to end",
                                  ["api", "route"], buckets=_LATENCY, registry=r)
         self.backend_up = Gauge("smysl_backend_up", "1 while the model backend can compute",
-                                registry=r)
+                                registry=r, multiprocess_mode="livemin")
         self.backend_up.set(1)
         self.backend_down = Counter("smysl_backend_down", "Times the model backend went down "
                                     "(e.g. its engine process died)", registry=r)
@@ -70,4 +72,13 @@ class Metrics(BatchMetrics):
                                           buckets=_LATENCY, registry=r)
 
     def render(self) -> bytes:
-        return generate_latest(self.registry)
+        """The exposition: of this process, or of all the server's worker processes
+        (``$PROMETHEUS_MULTIPROC_DIR``, set by :mod:`smysl.server.workers`)."""
+        folder = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+        if not folder:
+            return generate_latest(self.registry)
+        from prometheus_client import multiprocess
+
+        every = CollectorRegistry()
+        multiprocess.MultiProcessCollector(every, folder)
+        return generate_latest(every)

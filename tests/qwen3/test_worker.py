@@ -6,6 +6,7 @@ import dataclasses
 import os
 import signal
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -136,3 +137,95 @@ def test_a_dead_child_is_restarted_a_bounded_number_of_times(tiny_dir: Path, tin
     finally:
         engine.close()
     assert not engine.alive
+
+
+# ---------------------------------------------------------------------------- shared engines
+def _embed_in_child(twin: Embedder, texts: list[str], out: Any) -> None:
+    out.put((twin.info().process, twin.embed(texts)))
+    twin.close()
+
+
+def test_a_shared_engine_serves_other_processes_bit_identically(remote, tiny) -> None:  # type: ignore[no-untyped-def]
+    import multiprocessing as mp
+    import pickle
+
+    twin = remote.share()
+    assert twin.share().engine.address == twin.engine.address  # one address per engine
+    assert pickle.loads(pickle.dumps(twin.engine)).info == twin.engine.info
+    ctx = mp.get_context("spawn")
+    out = ctx.Queue()
+    procs = [ctx.Process(target=_embed_in_child, args=(twin, TEXTS, out)) for _ in range(2)]
+    for p in procs:
+        p.start()
+    got = [out.get(timeout=120) for _ in procs]
+    for p in procs:
+        p.join(30)
+        assert p.exitcode == 0
+    for pid, vectors in got:
+        assert pid == remote.engine.pid  # they reported the engine process, not themselves
+        assert np.array_equal(vectors, tiny.embed(TEXTS))
+    assert np.array_equal(remote.embed(TEXTS[:2]), tiny.embed(TEXTS[:2]))  # the owner too
+
+
+def test_concurrent_clients_get_their_own_rows(remote, tiny) -> None:  # type: ignore[no-untyped-def]
+    from concurrent.futures import ThreadPoolExecutor
+
+    clients = [remote.engine.share() for _ in range(4)]
+    batches = [tiny.tokenize(TEXTS[i : i + 3]) for i in range(8)]
+    try:
+        with ThreadPoolExecutor(4) as pool:
+            rows = list(pool.map(lambda i: clients[i % 4].forward(batches[i]), range(8)))
+        for batch, r in zip(batches, rows, strict=True):
+            assert np.array_equal(r, tiny.engine.forward(batch))
+        with pytest.raises(IndexError):  # a client's bad input is its own error
+            clients[0].forward([[5, 10**7]])
+        assert np.array_equal(clients[1].forward(batches[0]), tiny.engine.forward(batches[0]))
+    finally:
+        for c in clients:
+            c.close()
+
+
+def test_merge_groups_requests_within_the_budget() -> None:
+    from smysl.qwen3.worker import merge
+
+    def req(*lengths: int, heads: bool = False) -> Any:
+        return [[1] * n for n in lengths], ([0] * len(lengths) if heads else None)
+
+    assert merge([req(10), req(20, 5), req(30)], 100) == [[0, 1, 2]]
+    assert merge([req(60), req(50), req(40)], 100) == [[0], [1, 2]]
+    assert merge([req(150), req(10)], 100) == [[0], [1]]  # over the budget: alone
+    assert merge([req(10), req(10, heads=True), req(10)], 100) == [[0], [1], [2]]
+    assert merge([], 100) == []
+
+
+def test_clients_reconnect_to_a_restarted_engine(tiny_dir: Path, tiny) -> None:  # type: ignore[no-untyped-def]
+    engine = EngineProcess(read_checkpoint(tiny_dir),
+                           EngineConfig(device="cpu", threads=torch.get_num_threads()))
+    ids = tiny.tokenize(["again"])
+    try:
+        client = engine.share()
+        assert np.array_equal(client.forward(ids), tiny.engine.forward(ids))
+        first = engine.pid
+        os.kill(first, signal.SIGKILL)
+        with pytest.raises(EngineProcessError):
+            client.forward(ids)
+        wait_alive(engine)
+        import time
+
+        deadline = time.monotonic() + 60
+        while not client.alive:
+            assert time.monotonic() < deadline, "the client did not reconnect"
+            time.sleep(0.05)
+        assert client.pid == engine.pid != first
+        assert np.array_equal(client.forward(ids), tiny.engine.forward(ids))
+    finally:
+        engine.close()
+    import time
+
+    time.sleep(0.2)
+    assert not client.alive  # the engine is gone for good
+
+
+def test_an_in_process_engine_cannot_be_shared(tiny) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(NotImplementedError, match="process=True"):
+        tiny.share()

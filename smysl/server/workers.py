@@ -1,0 +1,198 @@
+"""``smysl serve --workers N``: N HTTP worker processes on one port, feeding one engine.
+
+One Python process answers a short embedding request in ~0.5-1 ms of CPU (HTTP parsing,
+validation, tokenising, JSON; docs/benchmarks.md), so it tops out near 1,000-2,000 requests a
+second, while one GPU embeds ~8,000 short texts a second. Here the process ``smysl serve``
+started becomes a supervisor: it binds the port, shares its model's engine process
+(:meth:`~smysl.base.BaseEmbedder.share`) and spawns N workers that each run the whole server
+(:func:`smysl.server.app.serve`: validation, batcher, metrics) on the one listening socket; the
+kernel hands each new connection to one of them. Every worker's batcher sends its batches to
+the one engine process, which runs batches that arrive together as one forward pass, so the
+vectors are those of a single-process server.
+
+``/metrics`` uses Prometheus' multiprocess mode: each worker writes its values to files in one
+temporary folder and whichever worker answers sums them (gauges: the live workers' sum, and
+``smysl_backend_up`` their minimum).
+
+Lifecycle: SIGINT or SIGTERM to the supervisor is passed to each worker once (uvicorn's
+graceful shutdown; a second one cuts in-flight requests off); then the engine stops. A worker
+that exits with :data:`~smysl.server.app.EXIT_BACKEND_DOWN` stops the server with that
+status; one that dies otherwise is restarted, at most :data:`MAX_RESTARTS` times a minute.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+import multiprocessing as mp
+import os
+import shutil
+import signal
+import socket
+import sys
+import tempfile
+import threading
+import time
+from collections import deque
+from multiprocessing.connection import wait
+from typing import Any
+
+from smysl.base import BaseEmbedder
+from smysl.server.config import ServerConfig
+
+log = logging.getLogger("smysl.server")
+
+#: Where prometheus_client keeps the values of a multiprocess server.
+METRICS_ENV = "PROMETHEUS_MULTIPROC_DIR"
+#: A worker that dies on its own is restarted at most this many times a minute.
+MAX_RESTARTS = 3
+_STOP = {signal.SIGINT, signal.SIGTERM}
+
+
+def serve_workers(embedder: BaseEmbedder, config: ServerConfig, *,
+                  ready: Any = None) -> int:
+    """Run ``config.workers`` worker processes until interrupted; ``ready(host, port)`` once
+    the port is bound. Returns the exit status, as :func:`smysl.server.app.serve` does."""
+    from smysl.server.app import EXIT_BACKEND_DOWN
+
+    try:
+        twin = embedder.share()
+    except NotImplementedError as e:
+        raise ValueError(f"--workers {config.workers} needs a model the workers can share: {e}"
+                         ) from None
+    sock = _bind(config.host, config.port)
+    host, port = sock.getsockname()[:2]
+    folder = tempfile.mkdtemp(prefix="smysl-metrics-")
+    one = dataclasses.replace(config, workers=1)
+    ctx = mp.get_context("spawn")  # a fork would copy this process's threads and torch state
+
+    def start(i: int) -> Any:
+        p = ctx.Process(target=_worker, args=(twin, one, sock, folder), name=f"smysl-http-{i}",
+                        daemon=False)
+        # blocked until the worker runs: a stop signal sent while it starts is not lost
+        old = signal.pthread_sigmask(signal.SIG_BLOCK, _STOP)
+        try:
+            p.start()
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, old)
+        return p
+
+    stopping: list[int] = []
+    told: set[int] = set()  # workers sent SIGTERM for the current stop
+
+    def tell() -> None:
+        """Pass a stop on, once per stop, to workers not yet told (some start meanwhile)."""
+        for p in list(workers.values()):
+            if p.pid not in told:
+                told.add(p.pid)
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(p.pid, signal.SIGTERM)
+
+    def on_signal(signum: int, _frame: Any) -> None:
+        if len(stopping) == 1:  # a second stop cuts in-flight requests off
+            told.clear()
+        stopping.append(signum)
+        tell()
+
+    workers: dict[int, Any] = {}
+    previous = {s: signal.signal(s, on_signal) for s in _STOP}
+    workers.update((i, start(i)) for i in range(config.workers))
+    restarts: deque[float] = deque()
+    code = 0
+    try:
+        if ready is not None:
+            ready(str(host), int(port))
+        while workers:
+            wait([p.sentinel for p in workers.values()], timeout=0.5)
+            if stopping:
+                tell()
+            for i, p in list(workers.items()):
+                if p.is_alive():
+                    continue
+                p.join()
+                _mark_dead(p.pid, folder)
+                del workers[i]
+                if stopping:
+                    continue
+                if p.exitcode == EXIT_BACKEND_DOWN:
+                    code = EXIT_BACKEND_DOWN
+                    on_signal(signal.SIGTERM, None)
+                    continue
+                now = time.monotonic()
+                while restarts and now - restarts[0] > 60:
+                    restarts.popleft()
+                if len(restarts) >= MAX_RESTARTS:
+                    log.error("HTTP worker %d exited (exit code %s) after %d restarts in a "
+                              "minute; stopping the server", i, p.exitcode, len(restarts))
+                    code = 1
+                    on_signal(signal.SIGTERM, None)
+                    continue
+                restarts.append(now)
+                log.warning("HTTP worker %d exited (exit code %s); restarting it", i,
+                            p.exitcode)
+                workers[i] = start(i)
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+        deadline = time.monotonic() + config.graceful_timeout_s + 10
+        for p in workers.values():
+            p.join(max(0.0, deadline - time.monotonic()))
+            if p.is_alive():
+                p.kill()
+                p.join(5)
+        sock.close()
+        twin.close()
+        shutil.rmtree(folder, ignore_errors=True)
+    return code
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    """The listening socket every worker accepts on (IPv6 for an address with a colon)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as e:
+        sock.close()
+        raise ValueError(f"cannot listen on {host}:{port}: {e.strerror}") from None
+    sock.listen(2048)
+    sock.set_inheritable(True)
+    return sock
+
+
+def _mark_dead(pid: int | None, folder: str) -> None:
+    """Drop a gone worker's live gauges (its counters keep counting in the totals)."""
+    if pid is None:
+        return
+    from prometheus_client import multiprocess
+
+    with contextlib.suppress(OSError):
+        multiprocess.mark_process_dead(pid, folder)
+
+
+def _worker(embedder: BaseEmbedder, config: ServerConfig, sock: socket.socket,
+            folder: str) -> None:
+    """A worker's main: the whole server on the shared socket."""
+    # Signals come from the supervisor alone (once each), not from the terminal's Ctrl-C to
+    # the whole process group: uvicorn cuts requests off at a second one.
+    os.setpgrp()
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP)  # one that came meanwhile ends it here
+    os.environ[METRICS_ENV] = folder  # before prometheus_client is imported
+    from smysl.server.app import serve
+
+    threading.Thread(target=_orphaned, args=(os.getppid(),), daemon=True).start()
+
+    try:
+        code = serve(embedder, config, sockets=[sock])
+    finally:
+        embedder.close()
+    sys.exit(code)
+
+
+def _orphaned(parent: int) -> None:
+    """Shut this worker down gracefully once its supervisor is gone (killed outright)."""
+    while os.getppid() == parent:
+        time.sleep(1.0)
+    os.kill(os.getpid(), signal.SIGTERM)

@@ -1,0 +1,124 @@
+"""``smysl serve --workers N`` on loopback: one port, N HTTP processes, one engine process."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+import torch
+from qwen_tiny import TEXTS as ALL
+
+from smysl.cli import main
+from smysl.server import ServerConfig
+
+ROOT = Path(__file__).resolve().parents[2]
+TEXTS = [t for t in ALL if t]  # the server refuses empty ones
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def children(pid: int) -> list[int]:
+    out = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout
+    return [int(x) for x in out.split()]
+
+
+def test_two_workers_one_engine(tiny_dir: Path, tiny) -> None:  # type: ignore[no-untyped-def]
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    log = tempfile.TemporaryFile()  # noqa: SIM115 - read while the server runs
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "smysl.cli", "serve", "--model", str(tiny_dir), "--port",
+         str(port), "--device", "cpu", "--threads", str(torch.get_num_threads()),
+         "--workers", "2"], cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+
+    def output() -> str:
+        log.seek(0)
+        return log.read().decode(errors="replace")
+
+    def wait_healthy(deadline: float) -> None:
+        while True:
+            assert proc.poll() is None, output()
+            try:
+                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            assert time.monotonic() < deadline, output()
+            time.sleep(0.2)
+
+    def started(n: int, deadline: float) -> None:
+        while len(re.findall(r"Started server process \[\d+\]", output())) < n:
+            assert time.monotonic() < deadline, output()
+            time.sleep(0.1)
+
+    try:
+        wait_healthy(time.monotonic() + 120)
+        started(2, time.monotonic() + 120)
+        want = tiny.embed(TEXTS)
+
+        def one(i: int) -> np.ndarray:
+            with httpx.Client(base_url=url, timeout=60) as c:  # a connection per client
+                r = c.post("/embed", json={"inputs": [TEXTS[i % len(TEXTS)]]})
+                assert r.status_code == 200, r.text
+                return np.asarray(r.json()[0], np.float32)
+
+        n = 48
+        with ThreadPoolExecutor(8) as pool:
+            got = list(pool.map(one, range(n)))
+        for i, v in enumerate(got):
+            assert np.array_equal(v, want[i % len(TEXTS)])
+        text = httpx.get(f"{url}/metrics").text  # either worker: the sum of both
+        assert re.search(r'^smysl_requests_total\{api="tei",route="/embed",status="200"\} '
+                         rf"{n}\.0$", text, re.M), text
+        assert re.search(r"^smysl_backend_up 1\.0$", text, re.M)
+        assert "2 HTTP workers" in output()
+
+        # a worker killed outright is replaced; the server answers throughout
+        workers = [p for p in children(proc.pid)
+                   if "multiprocessing" in Path(f"/proc/{p}/cmdline").read_text()]
+        assert len(workers) >= 3  # the engine process and two HTTP workers
+        http = [p for p in workers if Path(f"/proc/{p}/stat").read_text().split()[4] == str(p)]
+        assert len(http) == 2  # the workers lead their own process groups
+        os.kill(http[0], signal.SIGKILL)
+        deadline = time.monotonic() + 60
+        while "restarting it" not in output():
+            assert time.monotonic() < deadline, output()
+            time.sleep(0.1)
+        assert np.array_equal(one(0), want[0])
+        started(3, deadline)
+        wait_healthy(deadline)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        code = proc.wait(60)
+    assert code == 0, output()
+    assert "Shutting down" in output()
+
+
+def test_workers_setting_is_checked(tiny_dir: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(ValueError, match="workers"):
+        ServerConfig(workers=0)
+    rc = main(["serve", "--model", str(tiny_dir), "--workers", "2", "--in-process"])
+    assert rc == 2 and "drop --in-process" in capsys.readouterr().err
+
+
+def test_an_in_process_model_is_refused(tiny) -> None:  # type: ignore[no-untyped-def]
+    from smysl.server import serve
+
+    with pytest.raises(ValueError, match="process=True"):
+        serve(tiny, ServerConfig(port=0, workers=2))
