@@ -504,12 +504,17 @@ class EngineClient:
 
     @property
     def alive(self) -> bool:
-        with self._lock:
-            try:
-                self._connected()
-            except EngineProcessError:
-                return False
-            return True
+        # never waits for a call in flight (a server's event loop polls this): that call
+        # reports its own failure
+        if not self._lock.acquire(blocking=False):
+            return self._conn is not None
+        try:
+            self._connected()
+        except EngineProcessError:
+            return False
+        finally:
+            self._lock.release()
+        return True
 
     def forward(self, batch: list[list[int]], heads: list[int] | None = None) -> np.ndarray:
         """Same as :meth:`Engine.forward`: ``[len(batch), hidden]`` float32 pooled rows."""

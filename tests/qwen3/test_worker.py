@@ -229,3 +229,17 @@ def test_clients_reconnect_to_a_restarted_engine(tiny_dir: Path, tiny) -> None: 
 def test_an_in_process_engine_cannot_be_shared(tiny) -> None:  # type: ignore[no-untyped-def]
     with pytest.raises(NotImplementedError, match="process=True"):
         tiny.share()
+
+
+def test_alive_never_waits_for_a_call_in_flight(remote) -> None:  # type: ignore[no-untyped-def]
+    """A server's event loop polls ``alive``: it must not block behind a forward pass."""
+    import time
+
+    client = remote.engine.share().connect()
+    try:
+        with client._lock:  # as during a call
+            t = time.monotonic()
+            assert client.alive
+            assert time.monotonic() - t < 0.1
+    finally:
+        client.close()
