@@ -224,7 +224,28 @@ def _watch(ref: weakref.ref[EngineProcess], proc: Any) -> None:
         engine._on_exit(proc)
 
 
-class EngineProcess:
+class _Described:
+    """The engine's shape attributes, from the info dict the child reports when ready."""
+
+    def _describe(self, info: dict[str, Any]) -> None:
+        self.hidden_size: int = info["hidden_size"]
+        self.vocab_rows: int = info["vocab_rows"]
+        self.max_positions: int = info["max_positions"]
+        self.device = torch.device(info["device"])
+        self.dtype: torch.dtype = getattr(torch, info["dtype"])
+        self.threads: int | None = info["threads"]
+        self.quantization: str | None = info["quantization"]
+        self.parameters: int = info["parameters"]
+        self.cuda_graphs: list[int] = info["cuda_graphs"]
+        self.kernel: str = info["kernel"]
+        self.chunk: int = info["chunk"]
+        self.tuned_at: str | None = info["tuned_at"]
+        self.pid: int | None = info["pid"]
+        #: Bulk calls through the child go one batch at a time (lanes run in-process only).
+        self.lanes = 1
+
+
+class EngineProcess(_Described):
     """The :class:`~smysl.qwen3.engine.EngineLike` contract, served by a child process. One
     forward pass at a time; ``close()`` (or garbage collection, or
     interpreter exit) stops the child.
@@ -288,21 +309,7 @@ class EngineProcess:
         self._closer = weakref.finalize(self, _stop, proc, conn)
         threading.Thread(target=_watch, args=(weakref.ref(self), proc), daemon=True,
                          name="smysl-engine-watch").start()
-        self.hidden_size: int = info["hidden_size"]
-        self.vocab_rows: int = info["vocab_rows"]
-        self.max_positions: int = info["max_positions"]
-        self.device = torch.device(info["device"])
-        self.dtype: torch.dtype = getattr(torch, info["dtype"])
-        self.threads: int | None = info["threads"]
-        self.quantization: str | None = info["quantization"]
-        self.parameters: int = info["parameters"]
-        self.cuda_graphs: list[int] = info["cuda_graphs"]
-        self.kernel: str = info["kernel"]
-        self.chunk: int = info["chunk"]
-        #: Bulk calls through the child go one batch at a time (lanes run in-process only).
-        self.lanes = 1
-        self.tuned_at: str | None = info["tuned_at"]
-        self.pid: int | None = self._proc.pid
+        self._describe(info)
         self._stale = self._down = False
 
     def _on_exit(self, proc: Any) -> None:
@@ -437,7 +444,7 @@ def _remove_socket(address: str) -> None:
 
 
 @dataclass
-class EngineClient:
+class EngineClient(_Described):
     """The :class:`~smysl.qwen3.engine.EngineLike` contract for a process that did not start
     the engine: forward passes on the engine process of :meth:`EngineProcess.share`, over its
     Unix socket. Connects on first use, and again after the engine process restarted; while
@@ -451,7 +458,6 @@ class EngineClient:
     def __post_init__(self) -> None:
         self._conn: Connection | None = None
         self._lock = threading.Lock()
-        self.lanes = 1
         self._describe(self.info)
 
     def __getstate__(self) -> dict[str, Any]:  # the address and key travel, not the socket
@@ -475,21 +481,6 @@ class EngineClient:
             self._conn, self.info = conn, info
             self._describe(info)
         return self._conn
-
-    def _describe(self, info: dict[str, Any]) -> None:
-        self.hidden_size: int = info["hidden_size"]
-        self.vocab_rows: int = info["vocab_rows"]
-        self.max_positions: int = info["max_positions"]
-        self.device = torch.device(info["device"])
-        self.dtype: torch.dtype = getattr(torch, info["dtype"])
-        self.threads: int | None = info["threads"]
-        self.quantization: str | None = info["quantization"]
-        self.parameters: int = info["parameters"]
-        self.cuda_graphs: list[int] = info["cuda_graphs"]
-        self.kernel: str = info["kernel"]
-        self.chunk: int = info["chunk"]
-        self.tuned_at: str | None = info["tuned_at"]
-        self.pid: int | None = info["pid"]
 
     def _drop(self) -> None:
         if self._conn is not None:

@@ -74,7 +74,9 @@ class Metrics(BatchMetrics):
     def render(self) -> bytes:
         """The exposition: of this process, or of all the server's worker processes
         (``$PROMETHEUS_MULTIPROC_DIR``, set by :mod:`smysl.server.workers`)."""
-        folder = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+        from smysl.server.workers import METRICS_ENV
+
+        folder = os.environ.get(METRICS_ENV)
         if not folder:
             return generate_latest(self.registry)
         from prometheus_client import multiprocess
