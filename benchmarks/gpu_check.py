@@ -6,13 +6,15 @@ Sections, in order of importance (each prints a Markdown table as it finishes; a
 fails prints its traceback and the run goes on; sections that would start after ``--budget``
 seconds are skipped and say so):
 
-1. ``pytest -m gpu`` (tests/qwen3/test_gpu.py: parity, varlen kernels, graphs vs eager, ...).
+1. ``pytest`` of tests/qwen3/test_gpu.py (parity, varlen kernels, graphs vs eager, fused
+   kernels vs eager, ...) and tests/qwen3/test_kernels.py (the Triton kernels, bf16 and fp16).
 2. Parity on the real 0.6B shape (random weights): smysl fp32/bf16/fp16 on CUDA vs the
    transformers recipe in fp32 (TF32 off; left padding, official last-token pool).
 3. Per shape (0.6B, 8B, 4B): the GEMM-only ceiling (the layers' linear maps on 16,384 tokens),
    sentence-transformers bf16 at batch sizes 32 and 128 (one pass each, first pass after load),
    smysl bf16 first pass (16 texts of warm-up only) and warm pass, single-query latency
-   p50/p95 in-process (graphs replayed), and for 8B one 32,768-token input in bf16 and fp16.
+   p50/p95 in-process (graphs replayed), the same with the fused Triton kernels off
+   (``cuda_kernels=False``), and for 8B one 32,768-token input in bf16 and fp16.
 4. ``smysl serve`` on loopback (0.6B; one process, engine in or out of it, 4 and 8 HTTP
    workers): single-query latency, and 64 concurrent single-text clients (in 4 processes)
    against the offline throughput of the same texts.
@@ -95,8 +97,9 @@ def free() -> None:
 
 # --------------------------------------------------------------------------- 1. tests
 def gpu_tests(out: Path) -> None:
-    r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-m", "gpu", "-p",
-                        "no:cacheprovider", "tests/qwen3/test_gpu.py"], cwd=ROOT,
+    r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-m", "gpu or not slow", "-p",
+                        "no:cacheprovider", "tests/qwen3/test_gpu.py",
+                        "tests/qwen3/test_kernels.py"], cwd=ROOT,
                        capture_output=True, text=True, timeout=240)
     tail = (r.stdout + r.stderr)[-6000:]
     (out / "pytest-gpu.txt").write_text(r.stdout + r.stderr)
@@ -210,13 +213,30 @@ def shape_run(size: str, work: Path, texts: list[str], n_tok: int, long_input: b
     _, s2 = timed(m.embed, texts)
     row["smysl_first"] = {"tok_s": n_tok / s1, "secs": s1, "peak_gib": peak}
     row["smysl_warm"] = {"tok_s": n_tok / s2, "secs": s2}
-    row["query_ms"] = latency(lambda: m.embed([QUERY]))
+    row["query_ms"] = latency(functools.partial(m.embed, [QUERY]))
     if size == "0.6b":
         try:
-            row["profile"] = profile(lambda: m.embed(texts))
+            row["profile"] = profile(functools.partial(m.embed, texts))
         except Exception:
             log(f"!! profile failed:\n{traceback.format_exc()}")
     row["finite"] = bool(np.isfinite(first).all())
+    row["kernel"] = m.info().kernel
+    del m
+    free()
+    if size == "0.6b":
+        first_pass_anatomy(ck, texts, row)
+    # the same passes without the fused Triton kernels (after them: cuBLAS has seen these
+    # shapes, so the eager first pass has the advantage)
+    e = Embedder.load(str(ck), device="cuda", dtype="bfloat16", cuda_kernels=False)
+    e.embed(texts[:16])
+    eager, e1 = timed(e.embed, texts)
+    _, e2 = timed(e.embed, texts)
+    row["eager_first"] = {"tok_s": n_tok / e1, "secs": e1}
+    row["eager_warm"] = {"tok_s": n_tok / e2, "secs": e2}
+    row["eager_query_ms"] = latency(functools.partial(e.embed, [QUERY]))
+    row["fused_vs_eager_min_cos"] = float((first * eager).sum(axis=1).min())
+    del e
+    free()
     best_st = max(row["st_bs32"]["tok_s"], row["st_bs128"]["tok_s"])
     RES[f"shape_{size}"] = row
     log(f"\n## {size} shape, bf16, {len(texts)} texts / {n_tok} tokens "
@@ -227,17 +247,38 @@ def shape_run(size: str, work: Path, texts: list[str], n_tok: int, long_input: b
         r = row[f"st_bs{bs}"]
         log(f"| sentence-transformers bs {bs} | {r['tok_s']:,.0f} | {r['secs']:.2f} | "
             f"{r['peak_gib']:.1f} |")
-    log(f"| smysl first pass | {n_tok / s1:,.0f} | {s1:.2f} | {peak:.1f} |")
+    log(f"| smysl first pass ({row['kernel']}) | {n_tok / s1:,.0f} | {s1:.2f} | {peak:.1f} |")
     log(f"| smysl warm | {n_tok / s2:,.0f} | {s2:.2f} | |")
+    log(f"| smysl eager (no fused kernels), first pass | {n_tok / e1:,.0f} | {e1:.2f} | |")
+    log(f"| smysl eager, warm | {n_tok / e2:,.0f} | {e2:.2f} | |")
     log(f"\nsmysl first / best ST: {n_tok / s1 / best_st:.2f}x; first / warm: {s2 / s1:.2f}; "
         f"first / GEMM ceiling: {n_tok / s1 / row['gemm_ceiling_tok_s']:.2f}; single query "
-        f"p50 {row['query_ms'][0]:.2f} ms, p95 {row['query_ms'][1]:.2f} ms; finite "
-        f"{row['finite']}")
+        f"p50 {row['query_ms'][0]:.2f} ms, p95 {row['query_ms'][1]:.2f} ms (eager "
+        f"{row['eager_query_ms'][0]:.2f} / {row['eager_query_ms'][1]:.2f}); finite "
+        f"{row['finite']}; fused vs eager min cosine {row['fused_vs_eager_min_cos']:.6f}")
     if long_input:
-        del m
-        free()
         int4(ck, texts, n_tok, first, row)
         long32k(ck, row)
+
+
+def first_pass_anatomy(ck: Path, texts: list[str], row: dict[str, Any]) -> None:
+    """Where a first pass loses to a warm one (0.86 on the 0.6B, bar 0.9): tokenising (the
+    tokenizer's word cache starts empty; the GPU idles meanwhile) against the forward passes,
+    each timed first and second on a freshly loaded model."""
+    from smysl import Embedder
+
+    a = Embedder.load(str(ck), device="cuda", dtype="bfloat16")
+    a.embed(texts[:16])
+    seqs, tok1 = timed(a.tokenize, texts)
+    _, tok2 = timed(a.tokenize, texts)
+    _, fwd1 = timed(a.embed_prepared, seqs)
+    _, fwd2 = timed(a.embed_prepared, seqs)
+    row["anatomy_ms"] = {"tokenize_first": tok1 * 1e3, "tokenize_second": tok2 * 1e3,
+                         "forward_first": fwd1 * 1e3, "forward_second": fwd2 * 1e3}
+    log(f"\nfirst-pass anatomy (fresh load): tokenise {tok1 * 1e3:.0f} ms, then "
+        f"{tok2 * 1e3:.0f} ms; forward passes {fwd1 * 1e3:.0f} ms, then {fwd2 * 1e3:.0f} ms")
+    del a
+    free()
 
 
 def int4(ck: Path, texts: list[str], n_tok: int, bf16: np.ndarray, row: dict[str, Any]

@@ -43,6 +43,9 @@ class ModelOptions:
     process: bool | None = None
     #: CUDA: capture CUDA graphs for batches of up to this many tokens (0: none; default 2048).
     cuda_graphs: int | None = None
+    #: CUDA, bfloat16/float16: False runs the eager pass instead of the fused Triton kernels
+    #: (``smysl.qwen3.kernels``; None: fused where they pass their check at load).
+    cuda_kernels: bool | None = None
 
     def __post_init__(self) -> None:
         for name in ("threads", "lanes", "max_tokens", "max_batch_tokens", "max_batch_size"):
@@ -51,6 +54,8 @@ class ModelOptions:
                                       or value < 1):
                 raise ValueError(f"{name} ({FLAGS[name]}) must be a positive integer, "
                                  f"got {value!r}")
+        if self.cuda_kernels not in (None, True, False):
+            raise ValueError(f"cuda_kernels must be True or False, got {self.cuda_kernels!r}")
         g = self.cuda_graphs
         if g is not None and (isinstance(g, bool) or not isinstance(g, int) or g < 0):
             raise ValueError(f"cuda_graphs ({FLAGS['cuda_graphs']}) must be 0 (off) or a token "
@@ -85,5 +90,5 @@ FLAGS: dict[str, str] = {
     "lanes": "--lanes",
     "max_tokens": "--max-tokens", "max_batch_tokens": "--max-batch-tokens",
     "max_batch_size": "--max-batch-size", "revision": "--revision", "process": "--in-process",
-    "cuda_graphs": "--cuda-graphs",
+    "cuda_graphs": "--cuda-graphs", "cuda_kernels": "--no-cuda-kernels",
 }

@@ -37,7 +37,7 @@ LOCAL = "qwen3"
 
 _ENGINE = frozenset({"device", "dtype", "quantize", "threads", "lanes", "max_tokens",
                      "max_batch_tokens", "max_batch_size", "revision", "process",
-                     "cuda_graphs"})
+                     "cuda_graphs", "cuda_kernels"})
 _REMOTE = frozenset({"max_tokens", "max_batch_tokens", "max_batch_size"})
 
 

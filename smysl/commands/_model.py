@@ -47,12 +47,14 @@ def add_model_arguments(p: argparse.ArgumentParser, *, model: bool = True,
     g.add_argument(FLAGS["cuda_graphs"], type=int, default=None, metavar="TOKENS",
                    help="CUDA: capture graphs for batches up to TOKENS tokens at load "
                         "(default 2048; 0: off)")
+    g.add_argument(FLAGS["cuda_kernels"], dest="cuda_kernels", action="store_const", const=False,
+                   default=None, help="CUDA: run the eager pass, not the fused Triton kernels")
 
 
 def model_options(args: argparse.Namespace, **changes: object) -> ModelOptions:
     """The :class:`ModelOptions` of parsed flags (``changes`` override fields)."""
     fields = ("device", "dtype", "quantize", "threads", "lanes", "max_tokens", "max_batch_tokens",
-              "max_batch_size", "revision", "cuda_graphs")
+              "max_batch_size", "revision", "cuda_graphs", "cuda_kernels")
     values = {f: getattr(args, f) for f in fields}
     return ModelOptions(**values).replace(**changes)
 

@@ -11,6 +11,8 @@ this module is about launches and copies (issue 12 in docs/benchmarks.md):
 * :class:`Graphs`: the forward pass captured once per token bucket (16 ... 2,048 tokens, fixed
   sequence slots) and replayed when a batch fits: a short query costs one graph launch instead
   of ~40 kernel launches per layer.
+* :class:`Runner`: the forward pass on the fused Triton kernels of :mod:`smysl.qwen3.kernels`
+  (bfloat16/float16) once they agree with the eager one at load, else eager.
 
 Everything here must run on torch 2.11 and 2.13 alike: the attention kernels are called through
 their aten ops, whose leading arguments have not changed (``torch.nn.attention.varlen`` in 2.11
@@ -19,6 +21,7 @@ may pick cuDNN, and it allocates an extra tensor per call).
 
 from __future__ import annotations
 
+import functools
 import itertools
 import logging
 import time
@@ -61,6 +64,11 @@ def efficient_varlen(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_q: to
 def varlen_fn(dtype: torch.dtype) -> VarlenFn:
     """The varlen kernel for a matmul dtype."""
     return efficient_varlen if dtype == torch.float32 else flash_varlen
+
+
+#: ids, positions [T]; ends [B]; plan; chunk -> [B, H] float32: :meth:`Qwen3Encoder.run`, or
+#: :func:`smysl.qwen3.kernels.run` bound to the model.
+Forward = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, "VarlenPlan", int], torch.Tensor]
 
 
 class VarlenPlan:
@@ -162,9 +170,9 @@ class Graphs:
     """The forward pass captured as one CUDA graph per :class:`Bucket`, all sharing one memory
     pool (replays never overlap: one stream, one engine lock)."""
 
-    def __init__(self, model: Qwen3Encoder, device: torch.device, dtype: torch.dtype,
+    def __init__(self, forward: Forward, device: torch.device, dtype: torch.dtype,
                  largest: int, chunk: int) -> None:
-        self.model, self.device, self.chunk = model, device, chunk
+        self.forward, self.device, self.chunk = forward, device, chunk
         self.attn = varlen_fn(dtype)
         self.buckets = buckets(largest)
         self._captured: dict[Bucket, _Captured] = {}
@@ -207,16 +215,21 @@ class Graphs:
         side = torch.cuda.Stream(self.device)
         side.wait_stream(torch.cuda.current_stream(self.device))
         with torch.cuda.stream(side):
-            self.model.run(ids, pos, ends, plan, self.chunk)
+            self.forward(ids, pos, ends, plan, self.chunk)
         torch.cuda.current_stream(self.device).wait_stream(side)
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph, pool=self._pool):
-            out = self.model.run(ids, pos, ends, plan, self.chunk)
+            out = self.forward(ids, pos, ends, plan, self.chunk)
         self._captured[b] = _Captured(graph, data, out)
         self.capture_s += time.perf_counter() - t0
 
 
 # ---------------------------------------------------------------------------- the runner
+#: The least per-row cosine between the fused and the eager pass that :class:`Runner` accepts
+#: at load: they differ only in float32 summation order and in ``exp``'s last bits.
+FUSED_MIN_COSINE = 0.999
+
+
 class Runner:
     """Forward passes on one CUDA device: packs a batch, copies it in once (pinned,
     non-blocking), replays a graph or runs eagerly, and copies the pooled rows out once.
@@ -226,12 +239,16 @@ class Runner:
     """
 
     def __init__(self, model: Qwen3Encoder, device: torch.device, dtype: torch.dtype,
-                 chunk: int, graphs: int) -> None:
+                 chunk: int, graphs: int, kernels: bool = True) -> None:
         self.model, self.device, self.chunk = model, device, chunk
         self.attn = varlen_fn(dtype)
+        fused = self._fused() if kernels and dtype in (torch.bfloat16, torch.float16) else None
+        #: Whether passes run on the fused Triton kernels (:mod:`smysl.qwen3.kernels`).
+        self.fused = fused is not None
+        self.forward: Forward = fused or model.run
         self.graphs: Graphs | None = None
         if graphs:
-            g = Graphs(model, device, dtype, graphs, chunk)
+            g = Graphs(self.forward, device, dtype, graphs, chunk)
             try:
                 g.capture_all()
             except Exception as e:  # eager still works; say why graphs do not
@@ -240,6 +257,38 @@ class Runner:
             else:
                 self.graphs = g
                 log.info("captured CUDA graphs for %s tokens in %.2f s", g.sizes, g.capture_s)
+
+    def _fused(self) -> Forward | None:
+        """The fused forward pass, if Triton runs it here and it agrees with the eager pass on
+        a small batch (cosine >= :data:`FUSED_MIN_COSINE` per row, all finite); else None,
+        with a warning that says why."""
+        try:
+            from smysl.qwen3 import kernels
+        except ImportError as e:
+            log.warning("fused CUDA kernels off (eager pass): Triton cannot be imported: %s", e)
+            return None
+        fused: Forward = functools.partial(kernels.run, self.model)
+        gen = torch.Generator().manual_seed(0)
+        batch = [torch.randint(0, self.model.cfg.vocab_size, (n,), generator=gen).tolist()
+                 for n in (7, 33, 1)]
+        lengths = [len(s) for s in batch]
+        data = torch.from_numpy(pack(batch, lengths)).to(self.device)
+        ids, pos, ends, cu, cu_last = unpack(data, sum(lengths), len(lengths))
+        plan = VarlenPlan(cu, cu_last, max(lengths), self.attn)
+        try:
+            want = self.model.run(ids, pos, ends, plan, self.chunk)
+            got = fused(ids, pos, ends, plan, self.chunk)
+            cos = float(torch.nn.functional.cosine_similarity(want, got).min())
+        except Exception as e:  # a Triton that cannot compile here, say: eager still works
+            log.warning("fused CUDA kernels off (eager pass): %s: %s", type(e).__name__, e)
+            torch.cuda.synchronize(self.device)
+            return None
+        if not (torch.isfinite(got).all() and cos >= FUSED_MIN_COSINE):
+            log.warning("fused CUDA kernels off (eager pass): they disagree with it at load "
+                        "(min cosine %.6f)", cos)
+            return None
+        log.info("fused CUDA kernels on (min cosine %.7f against the eager pass)", cos)
+        return fused
 
     @property
     def graph_sizes(self) -> list[int]:
@@ -256,8 +305,8 @@ class Runner:
         else:
             data = host.to(self.device, non_blocking=True)
             ids, pos, ends, cu, cu_last = unpack(data, sum(slots), len(slots))
-            out = self.model.run(ids, pos, ends, VarlenPlan(cu, cu_last, max(lengths), self.attn),
-                                 self.chunk)
+            out = self.forward(ids, pos, ends, VarlenPlan(cu, cu_last, max(lengths), self.attn),
+                               self.chunk)
         rows = torch.empty((len(batch), out.shape[1]), dtype=torch.float32, pin_memory=True)
         rows.copy_(out[: len(batch)], non_blocking=True)
         done = torch.cuda.Event()

@@ -122,6 +122,10 @@ class EngineConfig:
     #: CUDA only: capture the forward pass as CUDA graphs for batches of up to this many tokens
     #: (buckets of 16, 32, ... tokens; captured at load, ~1 s); 0 turns graphs off.
     cuda_graphs: int = 2048
+    #: CUDA, bfloat16/float16: RMSNorm, q/k norm + RoPE and SwiGLU as fused Triton kernels
+    #: (:mod:`smysl.qwen3.kernels`), once they agree with the eager pass at load; eager when
+    #: Triton is missing or they do not (a warning says why). False: always eager.
+    cuda_kernels: bool = True
 
     def resolve(self, stored: torch.dtype | None = None, features: CpuFeatures | None = None
                 ) -> tuple[torch.device, torch.dtype]:
@@ -229,7 +233,8 @@ class EngineLike(Protocol):
     #: What the linear layers run: "onednn" (CPU, weights prepacked at load), "onednn-int8",
     #: "fbgemm-int8" or "torch-int8" (``quantize="int8"``, see ``cpu.int8_kernel``),
     #: "int4" (4-bit planes: CPU, or CUDA), "torch" (``F.linear``: CUDA, or a CPU oneDNN
-    #: cannot serve).
+    #: cannot serve); "+triton" appended on CUDA when the fused Triton kernels run the norms,
+    #: RoPE and SwiGLU (:attr:`EngineConfig.cuda_kernels`).
     kernel: str
     #: Tokens per slice of the per-token work (CPU: the default, or ``smysl tune``'s).
     chunk: int
@@ -281,7 +286,7 @@ class Engine:
     def __init__(self, model: Qwen3Encoder, device: torch.device, dtype: torch.dtype,
                  quantization: str | None = None, cuda_graphs: int = 0,
                  kernel: str = "torch", tuned_threads: tuning.Threads | None = None,
-                 lanes: int | None = None) -> None:
+                 lanes: int | None = None, cuda_kernels: bool = False) -> None:
         self.model = model
         self.kernel = kernel
         self.device = device
@@ -319,7 +324,9 @@ class Engine:
         if device.type == "cuda":
             from smysl.qwen3.cuda import Runner
 
-            self._cuda = Runner(model, device, dtype, self.chunk, cuda_graphs)
+            self._cuda = Runner(model, device, dtype, self.chunk, cuda_graphs, cuda_kernels)
+            if self._cuda.fused:
+                self.kernel += "+triton"
         self.cuda_graphs = self._cuda.graph_sizes if self._cuda else []
 
     @property
@@ -370,7 +377,7 @@ class Engine:
         # float32 stays the reference's operation order (the exact path)
         model.exact_qk = device.type != "cpu" or (dtype == torch.float32 and not cfg.quantize)
         return cls(model, device, dtype, cfg.quantize, cfg.cuda_graphs, kernel, tuned_threads,
-                   cfg.lanes)
+                   cfg.lanes, cfg.cuda_kernels)
 
     def forward(self, batch: list[list[int]], heads: list[int] | None = None) -> np.ndarray:
         """One forward pass: token-id sequences -> float32 ``[len(batch), hidden]`` pooled rows.
@@ -504,7 +511,8 @@ def start_engine(ckpt: Checkpoint, opts: ModelOptions) -> EngineLike:
     cfg = EngineConfig(device=opts.device or "auto", dtype=opts.dtype or "auto",
                        quantize=opts.quantize, threads=opts.threads, lanes=opts.lanes,
                        cuda_graphs=EngineConfig.cuda_graphs if opts.cuda_graphs is None
-                       else opts.cuda_graphs)
+                       else opts.cuda_graphs,
+                       cuda_kernels=opts.cuda_kernels is not False)
     if opts.process:
         from smysl.qwen3.worker import EngineProcess  # it imports this module
 

@@ -103,6 +103,46 @@ def test_cuda_graphs_match_eager(tiny_dir: Path, dtype: str) -> None:
             assert _cosines(a, b).min() > 0.9999
 
 
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+def test_fused_kernels_match_the_eager_pass(tiny_dir: Path, dtype: str) -> None:
+    """The fused Triton kernels (on by default in bf16/fp16) give the eager pass's vectors to
+    float tolerance, replayed in graphs and eager; float32 never runs them."""
+    fused = Embedder.load(str(tiny_dir), device="cuda", dtype=dtype)
+    eager = Embedder.load(str(tiny_dir), device="cuda", dtype=dtype, cuda_kernels=False)
+    assert fused.info().kernel == "torch+triton" and eager.info().kernel == "torch"
+    assert Embedder.load(str(tiny_dir), device="cuda", dtype="float32").info().kernel == "torch"
+    texts = [*TEXTS, *QUERIES, "длинный текст " * 150]  # the last one past the graphs
+    for batch in ([texts[0]], texts[:5], texts):
+        assert _cosines(fused.embed(batch), eager.embed(batch)).min() > 0.9999
+
+
+def test_fused_kernels_that_disagree_are_not_used(tiny_dir: Path, monkeypatch: pytest.MonkeyPatch,
+                                                  caplog: pytest.LogCaptureFixture) -> None:
+    """The load-time check: kernels whose rows differ from the eager pass's leave the engine
+    eager, with a warning; so do kernels that fail."""
+    from smysl.qwen3 import kernels
+
+    def wrong(model, *args, **kwargs):  # type: ignore[no-untyped-def]
+        return -kernels.model_run(model, *args, **kwargs)
+
+    monkeypatch.setattr(kernels, "model_run", kernels.run, raising=False)
+    monkeypatch.setattr(kernels, "run", wrong)
+    with caplog.at_level("WARNING", logger="smysl.qwen3.cuda"):
+        m = Embedder.load(str(tiny_dir), device="cuda", dtype="bfloat16")
+    assert m.info().kernel == "torch" and "disagree" in caplog.text
+    ref = Embedder.load(str(tiny_dir), device="cpu").embed(TEXTS)
+    assert _cosines(m.embed(TEXTS), ref).min() > 0.999
+
+    def broken(*args, **kwargs):  # type: ignore[no-untyped-def]
+        raise RuntimeError("no compiler")
+
+    monkeypatch.setattr(kernels, "run", broken)
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="smysl.qwen3.cuda"):
+        m = Embedder.load(str(tiny_dir), device="cuda", dtype="bfloat16")
+    assert m.info().kernel == "torch" and "no compiler" in caplog.text
+
+
 def test_cuda_batch_invariance_bf16(tiny_dir: Path) -> None:
     gpu = Embedder.load(str(tiny_dir), device="cuda", dtype="bfloat16")
     rng = random.Random(5)
@@ -173,7 +213,8 @@ def test_int4_on_cuda_matches_int4_on_cpu(tiny_dir: Path, tmp_path: Path) -> Non
         cpu = Embedder.load(src, device="cpu", quantize="int4")
         gpu = Embedder.load(src, device="cuda", quantize="int4")
         info = gpu.info()
-        assert info.quantization == "int4" and info.kernel == "int4" and info.dtype == "bfloat16"
+        assert info.quantization == "int4" and info.dtype == "bfloat16"
+        assert info.kernel == "int4+triton"  # the fused kernels around the int4 matmuls
         assert info.device is not None and info.device.startswith("cuda")
         layers = [m for m in gpu.engine.model.modules()  # type: ignore[attr-defined]
                   if isinstance(m, Int4GemmLinear)]

@@ -1,0 +1,152 @@
+"""The fused Triton kernels (smysl.qwen3.kernels) against the eager ops they replace.
+
+Without CUDA they run in Triton's interpreter on the CPU (``TRITON_INTERPRET=1``, set before
+the kernels are defined), in float16, where the interpreter rounds as a GPU does. The kernels
+take the eager chain's rounding steps; only float32 sums may run in another order, so an
+element may be one unit in the last place off, rarely. bfloat16 on the GPU is in
+tests/qwen3/test_gpu.py (the interpreter rounds bfloat16 wrongly)."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+pytest.importorskip("triton", reason="Triton is not installed")
+
+from smysl.qwen3 import kernels
+from smysl.qwen3.model import (
+    Attention,
+    AttentionPlan,
+    Qwen3Config,
+    Qwen3Encoder,
+    RMSNorm,
+)
+
+CUDA = torch.cuda.is_available()
+DEV = torch.device("cuda" if CUDA else "cpu")
+#: The interpreter rounds bfloat16 wrongly: float16 only there.
+DTYPES = [torch.float16, *([torch.bfloat16] if CUDA else [])]
+
+
+def same(got: torch.Tensor, want: torch.Tensor) -> None:
+    """Within one unit in the last place, and in fewer than 1% of the elements off at all
+    (float32 sums in another order)."""
+    assert got.dtype == want.dtype and got.shape == want.shape
+    torch.testing.assert_close(got, want, rtol=2 * torch.finfo(got.dtype).eps, atol=1e-6)
+    assert (got != want).float().mean() < 0.01
+
+
+def config(heads: int, kv_heads: int, head_dim: int, hidden: int = 64, layers: int = 1
+           ) -> Qwen3Config:
+    return Qwen3Config(vocab_size=100, hidden_size=hidden, intermediate_size=2 * hidden,
+                       num_hidden_layers=layers, num_attention_heads=heads,
+                       num_key_value_heads=kv_heads, head_dim=head_dim)
+
+
+def randomise(module: torch.nn.Module, scale: float = 1.0) -> torch.nn.Module:
+    gen = torch.Generator().manual_seed(0)
+    for p in module.parameters():
+        p.data = torch.randn(p.shape, generator=gen) * scale
+    return module
+
+
+@pytest.mark.parametrize("dt", DTYPES)
+@pytest.mark.parametrize("hidden", [64, 96, 1024])
+def test_rms_norm_matches_the_reference_chain(hidden: int, dt: torch.dtype) -> None:
+    gen = torch.Generator().manual_seed(hidden)
+    h = (torch.randn(37, hidden, generator=gen) * 4).to(DEV)
+    norm = randomise(RMSNorm(hidden, 1e-6)).to(DEV, dt)
+    want = norm(h, dt)
+    same(kernels.add_rms_norm(h.clone(), norm.weight, 1e-6, dt), want)
+    # a float32 weight is rounded to the matmul dtype first, as the reference does
+    same(kernels.add_rms_norm(h.clone(), norm.weight.float(), 1e-6, dt), want)
+
+
+@pytest.mark.parametrize("dt", DTYPES)
+def test_add_rms_norm_updates_the_residual_stream(dt: torch.dtype) -> None:
+    gen = torch.Generator().manual_seed(1)
+    h = (torch.randn(21, 96, generator=gen) * 4).to(DEV)
+    delta = torch.randn(21, 96, generator=gen).to(DEV, dt)
+    norm = randomise(RMSNorm(96, 1e-6)).to(DEV, dt)
+    got_h = h.clone()
+    got = kernels.add_rms_norm(got_h, norm.weight, 1e-6, dt, delta=delta)
+    want_h = h + delta  # what DecoderLayer's in-place mixed-dtype add computes
+    assert torch.equal(got_h, want_h)
+    same(got, norm(want_h, dt))
+
+
+@pytest.mark.parametrize("dt", DTYPES)
+@pytest.mark.parametrize(("heads", "kv_heads", "head_dim"),
+                         [(4, 2, 16), (8, 2, 16), (16, 8, 128), (6, 3, 24)])
+def test_qk_norm_rope_matches_project(heads: int, kv_heads: int, head_dim: int,
+                                      dt: torch.dtype) -> None:
+    """q/k norm and RoPE as Attention.project computes them: more heads than one program
+    takes (16 + 8 + 8 = the 0.6B's), and a head size that is not a power of two."""
+    cfg = config(heads, kv_heads, head_dim)
+    attn = randomise(Attention(cfg)).to(DEV, dt)
+    model = Qwen3Encoder(cfg).to(DEV)
+    t = 23
+    x = torch.randn(t, cfg.hidden_size, generator=torch.Generator().manual_seed(2)).to(DEV, dt)
+    cos, sin = (c.to(dt) for c in model.rope(torch.arange(t, device=DEV) * 37))
+    want = [torch.empty(t, n, head_dim, dtype=dt, device=DEV) for n in (heads, kv_heads, kv_heads)]
+    attn.project(x, cos, sin, *want)
+    got = [torch.full_like(w, float("nan")) for w in want]
+    kernels.qk_norm_rope(attn.qkv_proj(x), attn.q_norm.weight, attn.k_norm.weight,
+                         attn.q_norm.eps, cos, sin, *got)
+    for g, w in zip(got, want, strict=True):
+        same(g, w)
+
+
+@pytest.mark.parametrize("dt", DTYPES)
+def test_swiglu_matches_silu_times_up(dt: torch.dtype) -> None:
+    gen = torch.Generator().manual_seed(3)
+    gate_up = (torch.randn(19, 2 * 1100, generator=gen) * 3).to(DEV, dt)  # 2 column blocks
+    gate, up = gate_up.split(1100, dim=-1)
+    want = F.silu(gate) * up
+    got = kernels.swiglu(gate_up)
+    # exp's last bits may differ from torch's: one unit in the last place
+    torch.testing.assert_close(got, want, rtol=2 * torch.finfo(dt).eps, atol=1e-6)
+
+
+def test_empty_inputs() -> None:
+    h = torch.empty(0, 64, device=DEV)
+    assert kernels.add_rms_norm(h, torch.ones(64, device=DEV), 1e-6, torch.float16).shape == (0, 64)
+    assert kernels.swiglu(torch.empty(0, 256, dtype=torch.float16, device=DEV)).shape == (0, 128)
+
+
+@pytest.mark.parametrize("dt", DTYPES)
+def test_run_matches_the_eager_pass(dt: torch.dtype) -> None:
+    """The whole forward pass on the fused kernels, per-token work in slices smaller than the
+    batch: the same rows as Qwen3Encoder.run (attention through the CPU plan in the
+    interpreter; the CUDA plan on a GPU)."""
+    cfg = config(4, 2, 16, layers=3)
+    model = randomise(Qwen3Encoder(cfg), 0.2).to(DEV, dt)
+    assert isinstance(model, Qwen3Encoder)
+    model.dtype = dt
+    lengths = [5, 11, 1, 3]
+    ids = torch.randint(0, cfg.vocab_size, (sum(lengths),),
+                        generator=torch.Generator().manual_seed(4)).to(DEV)
+    pos = torch.cat([torch.arange(n) for n in lengths]).to(DEV)
+    ends = (torch.tensor(lengths).cumsum(0) - 1).to(DEV)
+    if CUDA:
+        from smysl.qwen3.cuda import VarlenPlan
+
+        plan = VarlenPlan.for_lengths(lengths, DEV, dt)
+    else:
+        plan = AttentionPlan(lengths, DEV)  # type: ignore[assignment]
+    want = model.run(ids, pos, ends, plan, chunk=8)
+    got = kernels.run(model, ids, pos, ends, plan, chunk=8)
+    assert got.shape == (len(lengths), cfg.hidden_size) and got.dtype == torch.float32
+    assert F.cosine_similarity(got, want).min() > 0.9999
+
+
+def test_run_refuses_what_it_does_not_compute() -> None:
+    model = Qwen3Encoder(config(4, 2, 16))  # float32: the exact path stays eager
+    ids = torch.zeros(3, dtype=torch.long)
+    with pytest.raises(ValueError, match="bfloat16/float16"):
+        kernels.run(model, ids, torch.arange(3), torch.tensor([2]), AttentionPlan([3], DEV))
