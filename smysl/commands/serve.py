@@ -59,6 +59,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="HTTP worker processes sharing the one engine process (one answers "
                         "~1,000-2,000 short requests/s; a GPU embeds several times that). "
                         "A local model only, not with --in-process or --reranker")
+    p.add_argument("--no-access-log", dest="access_log", action="store_false",
+                   help="no log line per request (6-10%% of the CPU a short request costs); "
+                        "start-up, warnings and errors are still logged")
     p.add_argument(FLAGS["process"], action="store_true",
                    help="run a local model's engine in the server process instead of a child "
                         "process (the child has its own GIL: the event loop does not slow "
@@ -92,7 +95,7 @@ def run(args: argparse.Namespace) -> int:
         unhealthy_exit_s=unhealthy_exit_s(model_name or args.reranker, args.unhealthy_exit_s),
         default_dimensions=args.dimensions, allow_empty=args.allow_empty_input,
         switch_interval_s=args.switch_interval_ms / 1000 if args.switch_interval_ms else None,
-        index=args.index, workers=args.workers)
+        index=args.index, workers=args.workers, access_log=args.access_log)
     if config.workers > 1 and (args.in_process or args.reranker):
         raise ValueError(f"--workers {config.workers} shares one engine process between the "
                          "workers: drop " + ("--in-process" if args.in_process else "--reranker"))

@@ -317,7 +317,8 @@ def serve(embedder: BaseEmbedder | None, config: ServerConfig, *, ready: Ready |
         sys.setswitchinterval(config.switch_interval_s)
     server = uvicorn.Server(uvicorn.Config(
         app, host=config.host, port=config.port, log_level="info",
-        timeout_graceful_shutdown=int(config.graceful_timeout_s), **uvicorn_options))
+        access_log=config.access_log, timeout_graceful_shutdown=int(config.graceful_timeout_s),
+        **uvicorn_options))
     # uvicorn's own loop choice (uvloop where installed): asyncio.run would take the
     # pure-Python loop, which uvicorn.run avoids
     with asyncio.Runner(loop_factory=server.config.get_loop_factory()) as runner:

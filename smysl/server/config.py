@@ -68,6 +68,10 @@ class ServerConfig:
     #: short requests a second, a GPU embeds several times that. Workers share one engine
     #: process, so the model must be a local one run in a child process (the default).
     workers: int = 1
+    #: uvicorn's line per request on stderr ("POST /embed 200"), as TEI and Ollama log
+    #: requests. False drops it (start-up, warnings and errors are still logged): it is 6-10%
+    #: of the server's CPU per short request (docs/benchmarks.md).
+    access_log: bool = True
     #: A toolkit index (``smysl index`` location: LanceDB folder, ``qdrant:URL``...) opened at
     #: start with the served model and searched by ``POST /search``; None = no search route.
     index: str | None = None

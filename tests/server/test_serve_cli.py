@@ -30,6 +30,7 @@ def test_serve_builds_config_and_reports(tiny_dir, monkeypatch, capsys) -> None:
     assert (cfg.api_key, cfg.served_name, cfg.default_dimensions, cfg.max_queue) == (
         "from-env", "qwen3-embedding:0.6b", 32, 7)
     assert cfg.max_request_bytes == 2 * 1024 * 1024 and cfg.host == "127.0.0.1"
+    assert cfg.access_log  # on unless --no-access-log
     assert seen["embedder"].dimensions == 64
     engine = seen["embedder"].engine  # a local model's engine runs in a child process
     assert engine.threads == 1 and seen["alive"]
