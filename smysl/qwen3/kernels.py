@@ -13,7 +13,14 @@ trips through memory):
   head and RoPE on q and k;
 * :func:`swiglu`: ``silu(gate) * up`` from the fused gate|up projection.
 
-:func:`run` is :meth:`Qwen3Encoder.run` with them: ~10 launches a layer instead of ~35.
+Every launch passes ``enable_fp_fusion=False`` (:data:`OPTIONS`): Triton otherwise contracts
+a product and a sum into one FMA (RoPE's ``x * cos + rot * sin``), skipping a rounding step
+of the reference's (a one-ulp difference in ~23% of q/k elements); the interpreter never
+contracts, so only a GPU would show it (the tests read the PTX compiled for an H100/H200).
+
+:func:`run` is :meth:`Qwen3Encoder.run` with them, the MLP's output added to the residual
+stream by the next norm's kernel: 9 launches a layer (4 of them matmuls, 1 attention) instead
+of ~35.
 The CUDA runner checks it against the eager pass at load and stays eager when Triton is
 missing or disagrees (:class:`smysl.qwen3.cuda.Runner`). Triton runs these on the CPU too,
 with ``TRITON_INTERPRET=1`` (float16 and float32 only: its interpreter rounds bfloat16
@@ -25,7 +32,6 @@ from __future__ import annotations
 from typing import cast
 
 import torch
-import torch.nn.functional as F
 import triton
 import triton.language as tl
 
@@ -35,6 +41,8 @@ from smysl.qwen3.model import DecoderLayer, Plan, Qwen3Encoder
 HEADS = 8
 #: Columns per program of :func:`swiglu`.
 SWIGLU_BLOCK = 1024
+#: Compile options of every launch: no FMA contraction (see above).
+OPTIONS = {"enable_fp_fusion": False}
 
 
 @triton.jit
@@ -61,13 +69,16 @@ def add_rms_norm(h: torch.Tensor, weight: torch.Tensor, eps: float, dtype: torch
     """h: [T, H] float32, contiguous (``h += delta`` in place first, if given: [T, H], any
     float dtype) -> ``weight * RMSNorm(h)`` [T, H] in ``dtype``, rounded as the reference."""
     t, n = h.shape
+    if not h.is_contiguous():
+        raise ValueError("add_rms_norm updates h in place: it must be contiguous")
     out = torch.empty((t, n), dtype=dtype, device=h.device)
     if delta is not None:
         delta = delta.contiguous()
     if t:
         block = triton.next_power_of_2(n)
         _add_rms_norm_kernel[(t,)](h, h if delta is None else delta, weight, out, eps, n, block,
-                                   delta is not None, num_warps=4 if block <= 1024 else 8)
+                                   delta is not None, num_warps=4 if block <= 1024 else 8,
+                                   **OPTIONS)
     return out
 
 
@@ -120,7 +131,7 @@ def qk_norm_rope(qkv: torch.Tensor, q_weight: torch.Tensor, k_weight: torch.Tens
         grid = (t, triton.cdiv(hq + 2 * hkv, HEADS))
         _qk_norm_rope_kernel[grid](qkv.contiguous(), q_weight, k_weight, cos, sin, q, k, v,
                                    eps, hq, hkv, d, triton.next_power_of_2(d), HEADS,
-                                   num_warps=2)
+                                   num_warps=2, **OPTIONS)
 
 
 @triton.jit
@@ -143,36 +154,44 @@ def swiglu(gate_up: torch.Tensor) -> torch.Tensor:
     out = gate_up.new_empty(t, i)
     if t:
         _swiglu_kernel[(t, triton.cdiv(i, SWIGLU_BLOCK))](gate_up, out, i, SWIGLU_BLOCK,
-                                                          num_warps=4)
+                                                          num_warps=4, **OPTIONS)
     return out
 
 
 # ---------------------------------------------------------------------------- the forward pass
-def layer(lay: DecoderLayer, h: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, plan: Plan,
-          dt: torch.dtype, last: torch.Tensor | None, chunk: int) -> torch.Tensor:
+def layer(lay: DecoderLayer, h: torch.Tensor, pending: list[torch.Tensor], cos: torch.Tensor,
+          sin: torch.Tensor, plan: Plan, dt: torch.dtype, last: torch.Tensor | None, chunk: int
+          ) -> tuple[torch.Tensor, list[torch.Tensor]]:
     """:meth:`DecoderLayer.forward` on the fused kernels (its exact path, q/k/v in ``dt``).
-    h: [T, H] float32, updated in place; cos/sin: [T, D] in ``dt``."""
+
+    h: [T, H] float32, updated in place; cos/sin: [T, D] in ``dt``. The MLP's output is not
+    added to h here but by the next norm's kernel, in the same pass over h: ``pending`` is
+    the previous layer's, one [chunk, H] tensor in ``dt`` per chunk of h (empty for the first
+    layer); returns (h, this layer's pending).
+    """
     a, t = lay.self_attn, h.shape[0]
     eps = lay.input_layernorm.eps
     q = h.new_empty(t, a.hq, a.d, dtype=dt)
     k = h.new_empty(t, a.hkv, a.d, dtype=dt)
     v = h.new_empty(t, a.hkv, a.d, dtype=dt)
-    for s in range(0, t, chunk):  # per-token work in slices: see DecoderLayer.forward
+    for i, s in enumerate(range(0, t, chunk)):  # per-token work in slices: see DecoderLayer
         e = s + chunk
-        x = add_rms_norm(h[s:e], lay.input_layernorm.weight, eps, dt)
+        x = add_rms_norm(h[s:e], lay.input_layernorm.weight, eps, dt,
+                         delta=pending[i] if pending else None)
         qk_norm_rope(a.qkv_proj(x), a.q_norm.weight, a.k_norm.weight, a.q_norm.eps, cos[s:e],
                      sin[s:e], q[s:e], k[s:e], v[s:e])
+    del pending
     out = plan.attend(q, k, v) if last is None else plan.attend_last(q[last], k, v)
     del q, k, v
     if last is not None:
         h = h[last]
     mlp = lay.mlp
+    mlp_out = []
     for s in range(0, h.shape[0], chunk):
-        hs = h[s : s + chunk]
-        x = add_rms_norm(hs, lay.post_attention_layernorm.weight, eps, dt,
+        x = add_rms_norm(h[s : s + chunk], lay.post_attention_layernorm.weight, eps, dt,
                          delta=a.o_proj(out[s : s + chunk].flatten(1)))
-        hs += mlp.down_proj(swiglu(mlp.gate_up_proj(x)))
-    return h
+        mlp_out.append(mlp.down_proj(swiglu(mlp.gate_up_proj(x))))
+    return h, mlp_out
 
 
 @torch.inference_mode()
@@ -185,9 +204,13 @@ def run(model: Qwen3Encoder, input_ids: torch.Tensor, positions: torch.Tensor,
         raise ValueError(f"fused kernels run bfloat16/float16 exact models, not {dt}")
     cos, sin = (x.to(dt) for x in model.rope(positions))
     h = model.embed_tokens(input_ids).float()  # [T, H] residual stream, float32
+    pending: list[torch.Tensor] = []
     layers = cast(list[DecoderLayer], list(model.layers))
     for i, lay in enumerate(layers):
-        h = layer(lay, h, cos, sin, plan, dt, ends if i == len(layers) - 1 else None, chunk)
-    # float32 out: torch's one-kernel rms_norm wants a float32 weight (else ~6 kernels)
+        h, pending = layer(lay, h, pending, cos, sin, plan, dt,
+                           ends if i == len(layers) - 1 else None, chunk)
+    # the last MLP's output added and the final norm applied, in float32: [B, H]
     norm = model.norm
-    return F.rms_norm(h, (h.shape[-1],), norm.weight.float(), norm.eps)  # [B, H]
+    rows = [add_rms_norm(h[s : s + chunk], norm.weight, norm.eps, torch.float32, delta=p)
+            for s, p in zip(range(0, h.shape[0], chunk), pending, strict=True)]
+    return rows[0] if len(rows) == 1 else torch.cat(rows)

@@ -150,3 +150,58 @@ def test_run_refuses_what_it_does_not_compute() -> None:
     ids = torch.zeros(3, dtype=torch.long)
     with pytest.raises(ValueError, match="bfloat16/float16"):
         kernels.run(model, ids, torch.arange(3), torch.tensor([2]), AttentionPlan([3], DEV))
+
+
+#: Compiles each kernel for sm_90 at the real shapes; prints one line per kernel: its name and
+#: whether its PTX has a contracted bf16/fp16 FMA. In a process of its own: in one where the
+#: interpreter ran, Triton's compiler sees the interpreter's language objects.
+COMPILE = """
+import sys, triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+from smysl.qwen3 import kernels as K
+dt = "*" + sys.argv[1]
+def ptx(fn, sig, const, warps):
+    attrs = {(i,): [["tt.divisibility", 16]] for i, t in enumerate(sig.values()) if t[0] == "*"}
+    src = ASTSource(fn=fn, signature=sig, constexprs=const, attrs=attrs)
+    return triton.compile(src, target=GPUTarget("cuda", 90, 32),
+                          options={"num_warps": warps, **K.OPTIONS}).asm["ptx"]
+def report(name, code):
+    assert "st.global" in code, name
+    print(name, "fma.rn" in code.replace("fma.rn.f32", ""))
+for h, ffn in ((1024, 3072), (2560, 9728), (4096, 12288)):
+    for add in (False, True):
+        report(f"rms_norm {h} add={add}", ptx(K._add_rms_norm_kernel, {
+            "h_ptr": "*fp32", "d_ptr": dt if add else "*fp32", "w_ptr": dt, "out_ptr": dt,
+            "eps": "fp32", "H": "constexpr", "BLOCK": "constexpr", "ADD": "constexpr"},
+            {"H": h, "BLOCK": triton.next_power_of_2(h), "ADD": add}, 8))
+    report(f"swiglu {ffn}", ptx(K._swiglu_kernel, {
+        "gu_ptr": dt, "out_ptr": dt, "N": "constexpr", "BLOCK": "constexpr"},
+        {"N": ffn, "BLOCK": K.SWIGLU_BLOCK}, 4))
+names = ("qkv_ptr", "qw_ptr", "kw_ptr", "cos_ptr", "sin_ptr", "q_ptr", "k_ptr", "v_ptr")
+for hq, hkv in ((16, 8), (32, 8)):
+    report(f"qk_norm_rope {hq}/{hkv}", ptx(K._qk_norm_rope_kernel, {
+        **dict.fromkeys(names, dt), "eps": "fp32", "HQ": "constexpr", "HKV": "constexpr",
+        "D": "constexpr", "DP": "constexpr", "NH": "constexpr"},
+        {"HQ": hq, "HKV": hkv, "D": 128, "DP": 128, "NH": K.HEADS}, 2))
+"""
+
+
+@pytest.mark.parametrize("dt", ["bf16", "fp16"])
+def test_kernels_compile_for_a_hopper_gpu_without_fma_contraction(dt: str) -> None:
+    """The interpreter never compiles: this builds each kernel for sm_90 (H100/H200) at the
+    0.6B's, 4B's and 8B's shapes with the launches' options, no GPU needed, and reads the
+    PTX: RoPE's ``x * cos + rot * sin`` must stay a rounded multiply and a rounded add (an FMA
+    would skip the reference's rounding of ``rot * sin``), and so must the rest."""
+    import subprocess
+    import sys
+
+    pytest.importorskip("triton.backends.nvidia", reason="Triton without its CUDA backend")
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    r = subprocess.run([sys.executable, "-c", COMPILE, dt], capture_output=True, text=True,
+                       env=env, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    lines = r.stdout.split("\n")
+    compiled = dict(line.rsplit(" ", 1) for line in lines if line.strip())
+    assert len(compiled) == 11
+    assert set(compiled.values()) == {"False"}, compiled
