@@ -14,6 +14,7 @@ engine with the same device, dtype and thread count.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import multiprocessing as mp
 import os
@@ -24,7 +25,7 @@ import threading
 import time
 import weakref
 from collections import deque
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from multiprocessing import AuthenticationError
 from multiprocessing.connection import Client, Connection, Listener, wait
@@ -83,6 +84,12 @@ class _Hub:
     pass while they fit the engine's batch budget: the engine is batch-invariant, so each
     client's rows are bit-identical to a pass of its own, and the GPU runs one larger batch
     instead of several small ones in turn.
+
+    On CUDA a pass is queued before the previous one is answered (:meth:`Engine.submit`
+    returns once its work is queued): requests that arrived while a pass ran are packed and
+    launched behind it, then its rows are sent, so the GPU does not wait on this loop's
+    receiving, merging, copying and replying between passes. On CPU a pass has finished when
+    it is submitted, and the order of events is as before.
     """
 
     def __init__(self, engine: Engine, parent: Connection, info: dict[str, Any]) -> None:
@@ -94,44 +101,74 @@ class _Hub:
         self._wake_r, self._wake_w = os.pipe()
 
     def run(self) -> None:
+        # passes launched and not yet answered, oldest first: at most two (one running, one
+        # queued behind it), each (its requests, the call that waits for its rows)
+        inflight: deque[tuple[list[tuple[Connection, Any]], Callable[[], np.ndarray]]] = deque()
         while True:
-            ready = wait([self.parent, *self.clients, self._wake_r])
-            if self._wake_r in ready:
-                os.read(self._wake_r, 512)
-                with self._lock:
-                    self.clients += self._joined
-                    self._joined = []
-            requests: list[tuple[Connection, Any]] = []
-            for c in ready:
-                if not isinstance(c, Connection):  # the wake-up pipe
-                    continue
-                try:
-                    request = c.recv()
-                except (EOFError, OSError):
-                    if c is self.parent:
-                        return  # the parent is gone
-                    self.clients.remove(c)
-                    c.close()
-                    continue
-                if request is None and c is self.parent:
-                    return
-                if c is self.parent and request[0] == "share":
-                    _send(c, self._listen(*request[1:]))
-                    continue
-                requests.append((c, request))
+            # with a pass in flight only look for what has arrived meanwhile
+            ready = wait([self.parent, *self.clients, self._wake_r],
+                         timeout=0 if inflight else None)
+            requests = self._receive(ready)
+            if requests is None:  # the parent is gone, or asked the child to stop
+                return
             for group in merge([r for _, r in requests], self.budget):
-                self._answer([requests[i] for i in group])
+                inflight.append(self._launch([requests[i] for i in group]))
+            # answer every pass but the newest; the newest too when nothing new came
+            while inflight and (len(inflight) > 1 or not requests):
+                self._finish(*inflight.popleft())
 
-    def _answer(self, requests: list[tuple[Connection, Any]]) -> None:
-        """One forward pass for all ``requests`` ((batch, heads) each); each reply its rows."""
+    def _receive(self, ready: list[Any]) -> list[tuple[Connection, Any]] | None:
+        """The forward requests among ``ready`` connections (new clients joined, a parent's
+        "share" answered); None when the parent is gone or sent the stop."""
+        if self._wake_r in ready:
+            os.read(self._wake_r, 512)
+            with self._lock:
+                self.clients += self._joined
+                self._joined = []
+        requests: list[tuple[Connection, Any]] = []
+        for c in ready:
+            if not isinstance(c, Connection):  # the wake-up pipe
+                continue
+            try:
+                request = c.recv()
+            except (EOFError, OSError):
+                if c is self.parent:
+                    return None
+                self.clients.remove(c)
+                c.close()
+                continue
+            if request is None and c is self.parent:
+                return None
+            if c is self.parent and request[0] == "share":
+                _send(c, self._listen(*request[1:]))
+                continue
+            requests.append((c, request))
+        return requests
+
+    def _launch(self, requests: list[tuple[Connection, Any]]
+                ) -> tuple[list[tuple[Connection, Any]], Callable[[], np.ndarray]]:
+        """Queue one forward pass for ``requests`` ((batch, heads) each) -> (them, the call
+        that waits for its rows; it raises what the pass raised)."""
         if len(requests) == 1:
-            (c, (batch, heads)), = requests
-            _send(c, _forward(self.engine, batch, heads))
-            return
-        kind, rows = _forward(self.engine, [s for _, (b, _) in requests for s in b], None)
-        if kind == "error":  # whose input was it: each alone
-            for r in requests:
-                self._answer([r])
+            batch, heads = requests[0][1]
+        else:  # merged: none has heads (see merge)
+            batch, heads = [s for _, (b, _) in requests for s in b], None
+        try:
+            return requests, self.engine.submit(batch, heads)
+        except Exception as e:
+            return requests, functools.partial(_raise, e)
+
+    def _finish(self, requests: list[tuple[Connection, Any]],
+                result: Callable[[], np.ndarray]) -> None:
+        """Wait for a launched pass and send each request its rows."""
+        try:
+            rows = result()
+        except Exception as e:
+            if len(requests) == 1:
+                _send(requests[0][0], ("error", e))
+            else:  # whose input was it: each alone
+                for c, (batch, heads) in requests:
+                    _send(c, _forward(self.engine, batch, heads))
             return
         start = 0
         for c, (batch, _) in requests:
@@ -162,6 +199,10 @@ class _Hub:
             with self._lock:
                 self._joined.append(c)
             os.write(self._wake_w, b"x")
+
+
+def _raise(e: Exception) -> np.ndarray:
+    raise e
 
 
 def _forward(engine: Engine, batch: list[list[int]], heads: list[int] | None

@@ -243,3 +243,73 @@ def test_alive_never_waits_for_a_call_in_flight(remote) -> None:  # type: ignore
             assert time.monotonic() - t < 0.1
     finally:
         client.close()
+
+
+class _FakeCudaEngine:
+    """Records when passes are queued and when their rows are waited for, as a CUDA engine
+    whose ``submit`` returns before the pass has run."""
+
+    device = torch.device("cuda")
+
+    def __init__(self, fail_merged: bool = False) -> None:
+        self.events: list[tuple[str, tuple[int, ...]]] = []
+        self.fail_merged = fail_merged
+
+    def submit(self, batch: list[list[int]], heads: list[int] | None = None) -> Any:
+        key = tuple(s[0] for s in batch)
+        self.events.append(("launch", key))
+
+        def rows() -> np.ndarray:
+            self.events.append(("wait", key))
+            if self.fail_merged and len(batch) > 1:
+                raise ValueError("bad input somewhere in the batch")
+            return np.array([[s[0], len(s)] for s in batch], dtype=np.float32)
+
+        return rows
+
+    def forward(self, batch: list[list[int]], heads: list[int] | None = None) -> np.ndarray:
+        return self.submit(batch, heads)()
+
+
+def _run_hub(engine: _FakeCudaEngine, requests: list[Any]) -> list[Any]:
+    """The child's loop in a thread, with one client connection per request (all sent before
+    it starts); -> each client's reply."""
+    import multiprocessing as mp
+    import threading
+
+    from smysl.qwen3.worker import _Hub
+
+    parent, child_end = mp.Pipe()
+    hub = _Hub(engine, child_end, {})  # type: ignore[arg-type]
+    ends = []
+    for r in requests:
+        mine, theirs = mp.Pipe()
+        hub.clients.append(theirs)
+        mine.send(r)
+        ends.append(mine)
+    thread = threading.Thread(target=hub.run, daemon=True)
+    thread.start()
+    replies = [c.recv() if c.poll(10) else None for c in ends]
+    parent.send(None)  # stop
+    thread.join(10)
+    assert not thread.is_alive()
+    return replies
+
+
+def test_the_hub_queues_the_next_pass_before_answering_the_last() -> None:
+    """On CUDA the child launches what has arrived behind a running pass before it waits for
+    that pass's rows (requests with heads are never merged: one pass each)."""
+    engine = _FakeCudaEngine()
+    replies = _run_hub(engine, [([[1, 2, 3]], [1]), ([[7, 8]], [1])])
+    assert engine.events == [("launch", (1,)), ("launch", (7,)), ("wait", (1,)),
+                             ("wait", (7,))]
+    assert [r[0] for r in replies] == ["ok", "ok"]
+    assert replies[0][1].tolist() == [[1, 3]] and replies[1][1].tolist() == [[7, 2]]
+
+
+def test_the_hub_answers_merged_requests_alone_after_a_failed_pass() -> None:
+    engine = _FakeCudaEngine(fail_merged=True)
+    replies = _run_hub(engine, [([[1, 2]], None), ([[5]], None)])  # merged into one pass
+    assert engine.events[:2] == [("launch", (1, 5)), ("wait", (1, 5))]
+    assert [r[0] for r in replies] == ["ok", "ok"]  # each alone passed
+    assert replies[0][1].tolist() == [[1, 2]] and replies[1][1].tolist() == [[5, 1]]
