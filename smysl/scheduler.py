@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 
@@ -49,3 +49,27 @@ def plan_batches(lengths: Sequence[int], cfg: SchedulerConfig) -> list[list[int]
     if cur:
         batches.append(cur)
     return batches
+
+
+def plan_blocks(blocks: Iterable[Sequence[int]], cfg: SchedulerConfig) -> Iterator[list[int]]:
+    """:func:`plan_batches` for inputs whose lengths arrive a block at a time (tokenised while
+    earlier batches compute): each block's batches as soon as it arrives, indices counted
+    from the first block's first input.
+
+    The last batch of a block, the one the budget did not fill, waits for the next block's
+    inputs to join it; so every batch but the last is as full as :func:`plan_batches` makes
+    them, and each index still appears exactly once.
+    """
+    start = 0
+    carry: list[tuple[int, int]] = []  # (index, length) of the batch still open
+    for lengths in blocks:
+        items = carry + [(start + i, n) for i, n in enumerate(lengths)]
+        start += len(lengths)
+        if not items:
+            continue
+        *ready, last = plan_batches([n for _, n in items], cfg)
+        for batch in ready:
+            yield [items[i][0] for i in batch]
+        carry = [items[i] for i in last]
+    if carry:
+        yield [i for i, _ in carry]

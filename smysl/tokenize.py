@@ -109,10 +109,13 @@ class Tokenizer:
         truncate: bool = False,
         direction: Direction = "right",
         max_tokens: int | None = None,
+        first_index: int = 0,
     ) -> list[list[int]]:
         """Token ids per text, EOS last. Over-long input raises unless ``truncate``.
 
         ``direction="right"`` keeps the beginning of a text, ``"left"`` its end; EOS stays last.
+        ``first_index``: the index of ``texts[0]`` in the caller's input, for errors (a slice
+        of a larger call).
         """
         limit = max_tokens or self.max_tokens
         if direction not in ("right", "left"):
@@ -124,8 +127,8 @@ class Tokenizer:
             ids = list(enc.ids)
             if not self.appends_eos:
                 ids.append(self.eos_id)
-            out.append(fit_length(ids, limit, eos_id=self.eos_id, truncate=truncate, index=i,
-                                  direction=direction))
+            out.append(fit_length(ids, limit, eos_id=self.eos_id, truncate=truncate,
+                                  index=first_index + i, direction=direction))
         return out
 
     def count(self, texts: Sequence[str]) -> list[int]:

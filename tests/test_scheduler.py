@@ -2,7 +2,7 @@ import random
 
 import pytest
 
-from smysl.scheduler import SchedulerConfig, plan_batches
+from smysl.scheduler import SchedulerConfig, plan_batches, plan_blocks
 
 
 def test_every_index_once_budget_respected_and_longest_first() -> None:
@@ -28,3 +28,33 @@ def test_single_input_over_budget_runs_alone() -> None:
 def test_invalid_config() -> None:
     with pytest.raises(ValueError):
         SchedulerConfig(max_batch_tokens=0)
+
+
+def test_blocks_of_lengths_are_planned_as_they_arrive() -> None:
+    """Lengths known a block at a time (tokenised while earlier batches run): each index once,
+    the budgets kept, a block's batches out before the next block is read, and at most one
+    batch more than planning all lengths at once."""
+    rng = random.Random(1)
+    cfg = SchedulerConfig(max_batch_tokens=2048, max_batch_size=64)
+    blocks = [[rng.randint(1, 700) for _ in range(n)] for n in (3, 0, 200, 1, 57, 120)]
+    lengths = [n for b in blocks for n in b]
+    read: list[int] = []
+
+    def arriving():  # type: ignore[no-untyped-def]
+        for i, b in enumerate(blocks):
+            read.append(i)
+            yield b
+
+    batches = []
+    for batch in plan_blocks(arriving(), cfg):
+        # every input of this batch had arrived when it was planned
+        assert max(batch) < sum(len(b) for b in blocks[: read[-1] + 1])
+        batches.append(batch)
+    assert sorted(i for b in batches for i in b) == list(range(len(lengths)))
+    for b in batches:
+        assert len(b) <= 64 and (sum(lengths[i] for i in b) <= 2048 or len(b) == 1)
+    # fewer than one batch more than planning all at once
+    assert len(batches) <= len(plan_batches(lengths, cfg)) + 1
+    # one block: exactly plan_batches
+    assert list(plan_blocks([lengths], cfg)) == plan_batches(lengths, cfg)
+    assert list(plan_blocks([], cfg)) == [] and list(plan_blocks([[]], cfg)) == []

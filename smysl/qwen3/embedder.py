@@ -5,7 +5,9 @@ from __future__ import annotations
 import copy
 import dataclasses
 import re
-from collections.abc import Sequence
+from collections import deque
+from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -24,8 +26,28 @@ from smysl.prompts import DEFAULT_TASK
 from smysl.qwen3.cpu import detect
 from smysl.qwen3.engine import BATCH_TOKENS, EngineLike, start_engine
 from smysl.qwen3.hub import Checkpoint, read_checkpoint, resolve
-from smysl.scheduler import SchedulerConfig, plan_batches
+from smysl.scheduler import SchedulerConfig, plan_batches, plan_blocks
 from smysl.tokenize import Direction, Tokenizer, TokenSpan, fit_length
+
+#: A rough count of characters per token, to cut a bulk call's texts into blocks of about one
+#: batch of tokens each for tokenising while earlier batches compute (Qwen3's tokenizer: ~4
+#: for English, fewer for Russian; a block only needs to be of the right order).
+CHARS_PER_TOKEN = 4
+
+
+def text_blocks(texts: Sequence[str], chars: int) -> list[tuple[int, int]]:
+    """``texts`` cut into consecutive (start, end) ranges of at least ``chars`` characters
+    each (the last one shorter), never empty."""
+    blocks, start, size = [], 0, 0
+    for i, t in enumerate(texts):
+        size += len(t)
+        if size >= chars:
+            blocks.append((start, i + 1))
+            start, size = i + 1, 0
+    if start < len(texts):
+        blocks.append((start, len(texts)))
+    return blocks
+
 
 _QUERY_PROMPT = re.compile(r"^Instruct: (?P<task>.*)\nQuery:$", re.S)
 _COMMIT = re.compile(r"^[0-9a-f]{40}$")
@@ -61,6 +83,10 @@ class Embedder(BaseEmbedder, TokenLevel):
             max_batch_tokens=max_batch_tokens or BATCH_TOKENS.get(engine.device.type, 4096),
             max_batch_size=max_batch_size or SchedulerConfig.max_batch_size)
         self.batch_tokens = self.scheduler.max_batch_tokens
+        #: Tokenise a bulk call a block at a time while earlier blocks' batches run (CUDA,
+        #: where forward passes are queued and the host is free meanwhile; on CPU tokenising
+        #: would compete with the forward passes for the cores).
+        self.overlap_tokenize = engine.device.type == "cuda"
 
     @classmethod
     def load(cls, model: str, options: ModelOptions | None = None, *, name: str | None = None,
@@ -154,7 +180,30 @@ class Embedder(BaseEmbedder, TokenLevel):
 
     def _embed(self, texts: list[str], *, truncate: bool,
                progress: Progress | None = None) -> np.ndarray:
-        return self._run(self.tokenizer.encode(texts, truncate=truncate), progress)
+        blocks = []
+        if self.overlap_tokenize:
+            blocks = text_blocks(texts, CHARS_PER_TOKEN * (self.batch_tokens or 32768))
+        if len(blocks) < 2:
+            return self._run(self.tokenizer.encode(texts, truncate=truncate), progress)
+        # the first block is tokenised before anything runs; each next one while the batches
+        # of those before it compute (HF tokenizers release the GIL while they encode)
+        seqs: list[list[int]] = []
+
+        def arriving() -> Iterator[list[int]]:
+            with ThreadPoolExecutor(1, thread_name_prefix="smysl-tokenize") as pool:
+                def encode(a: int, b: int) -> list[list[int]]:
+                    return self.tokenizer.encode(texts[a:b], truncate=truncate, first_index=a)
+
+                ahead = pool.submit(encode, *blocks[0])
+                for i in range(len(blocks)):
+                    ids = ahead.result()
+                    if i + 1 < len(blocks):
+                        ahead = pool.submit(encode, *blocks[i + 1])
+                    seqs.extend(ids)
+                    yield [len(x) for x in ids]
+
+        return self._run(seqs, progress, plan_blocks(arriving(), self.scheduler),
+                         count=len(texts))
 
     def count_tokens(self, texts: str | Sequence[str]) -> list[int]:
         """Tokens each text costs as a document, EOS included."""
@@ -204,13 +253,26 @@ class Embedder(BaseEmbedder, TokenLevel):
             return np.zeros((0, dims), dtype=np.float32)
         return finish(self._run(seqs, None), dims, normalize=normalize)
 
-    def _run(self, seqs: list[list[int]], progress: Progress | None) -> np.ndarray:
-        """Schedule sequences into token-budget batches; rows come back in input order."""
-        out = np.empty((len(seqs), self.dimensions), dtype=np.float32)
-        plan = plan_batches([len(s) for s in seqs], self.scheduler)
+    def _run(self, seqs: list[list[int]], progress: Progress | None,
+             plan: Iterable[list[int]] | None = None, count: int | None = None) -> np.ndarray:
+        """Schedule sequences into token-budget batches; rows come back in input order.
+        ``plan``: batches of indices into ``seqs`` (default :func:`plan_batches` of them all;
+        a streamed plan extends ``seqs`` before it yields the batches that need them, and
+        ``count`` says how many there will be)."""
+        out = np.empty((len(seqs) if count is None else count, self.dimensions),
+                       dtype=np.float32)
+        if plan is None:
+            plan = plan_batches([len(s) for s in seqs], self.scheduler)
+        order: deque[list[int]] = deque()
+
+        def batches() -> Iterator[list[list[int]]]:
+            for batch in plan:
+                order.append(batch)
+                yield [seqs[i] for i in batch]
+
         # a generator: batch n + 1 is assembled while the engine runs batch n (CUDA)
-        rows = self.engine.forward_many([seqs[i] for i in batch] for batch in plan)
-        for batch, pooled in zip(plan, rows, strict=True):
+        for pooled in self.engine.forward_many(batches()):
+            batch = order.popleft()
             out[batch] = pooled
             if progress is not None:
                 progress.update(len(batch))

@@ -68,6 +68,34 @@ def test_small_token_budget_changes_nothing(tiny_dir: Path, tiny: LocalEmbedder)
     assert np.array_equal(small.embed(TEXTS), tiny.embed(TEXTS))
 
 
+def test_tokenising_while_batches_run_changes_nothing(tiny_dir: Path,
+                                                      tiny: LocalEmbedder) -> None:
+    """A bulk call tokenised a block at a time while earlier blocks' batches compute (the
+    CUDA default; forced here on CPU, whose vectors do not depend on the batches): the same
+    vectors bit for bit, progress for every input, and an over-long input in a later block
+    named by its index in the call."""
+    from smysl.qwen3.embedder import text_blocks
+
+    streamed = Embedder.load(str(tiny_dir), device="cpu", max_batch_tokens=64)
+    streamed.overlap_tokenize = True
+    rng = random.Random(7)
+    texts = [*TEXTS, *(f"блок {i} " * rng.randint(1, 40) for i in range(120))]
+    assert len(text_blocks(texts, 4 * 64)) > 5  # many blocks
+    updates: list[int] = []
+
+    class Count:
+        def update(self, n: int) -> None:
+            updates.append(n)
+
+    got = streamed.embed(texts, progress=Count())  # type: ignore[arg-type]
+    assert np.array_equal(got, tiny.embed(texts))
+    assert sum(updates) == len(texts)
+    with pytest.raises(InputTooLongError, match="input 100 has"):
+        streamed.embed([*texts[:100], "token " * 2000, *texts[100:]])
+    assert text_blocks(["ab", "c", "", "defg", "h"], 3) == [(0, 2), (2, 4), (4, 5)]
+    assert text_blocks([], 3) == [] and text_blocks(["x"], 100) == [(0, 1)]
+
+
 def test_outputs_are_unit_float32_in_input_order(tiny: LocalEmbedder) -> None:
     v = tiny.embed(TEXTS)
     assert v.dtype == np.float32 and v.shape == (len(TEXTS), tiny.dimensions)
