@@ -21,6 +21,7 @@ may pick cuDNN, and it allocates an extra tensor per call).
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import itertools
 import logging
@@ -290,7 +291,8 @@ class Runner:
             cos = float(torch.nn.functional.cosine_similarity(want, got).min())
         except Exception as e:  # a Triton that cannot compile here, say: eager still works
             log.warning("fused CUDA kernels off (eager pass): %s: %s", type(e).__name__, e)
-            torch.cuda.synchronize(self.device)
+            with contextlib.suppress(Exception):  # a sticky CUDA error raises here again
+                torch.cuda.synchronize(self.device)
             return None
         if not torch.isfinite(want).all():
             log.warning("fused CUDA kernels off (eager pass): the eager pass of the check batch "

@@ -6,7 +6,7 @@ import copy
 import dataclasses
 import re
 from collections import deque
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Generator, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -32,7 +32,7 @@ from smysl.tokenize import Direction, Tokenizer, TokenSpan, fit_length
 #: A rough count of characters per token, to cut a bulk call's texts into blocks of about one
 #: batch of tokens each for tokenising while earlier batches compute (Qwen3's tokenizer: ~4
 #: for English, fewer for Russian; a block only needs to be of the right order).
-CHARS_PER_TOKEN = 4
+BLOCK_CHARS_PER_TOKEN = 4
 
 
 def text_blocks(texts: Sequence[str], chars: int) -> list[tuple[int, int]]:
@@ -182,14 +182,15 @@ class Embedder(BaseEmbedder, TokenLevel):
                progress: Progress | None = None) -> np.ndarray:
         blocks = []
         if self.overlap_tokenize:
-            blocks = text_blocks(texts, CHARS_PER_TOKEN * (self.batch_tokens or 32768))
+            budget = self.batch_tokens or BATCH_TOKENS["cuda"]  # None: no budget was set
+            blocks = text_blocks(texts, BLOCK_CHARS_PER_TOKEN * budget)
         if len(blocks) < 2:
             return self._run(self.tokenizer.encode(texts, truncate=truncate), progress)
         # the first block is tokenised before anything runs; each next one while the batches
         # of those before it compute (HF tokenizers release the GIL while they encode)
         seqs: list[list[int]] = []
 
-        def arriving() -> Iterator[list[int]]:
+        def arriving() -> Generator[list[int], None, None]:
             with ThreadPoolExecutor(1, thread_name_prefix="smysl-tokenize") as pool:
                 def encode(a: int, b: int) -> list[list[int]]:
                     return self.tokenizer.encode(texts[a:b], truncate=truncate, first_index=a)
@@ -202,8 +203,12 @@ class Embedder(BaseEmbedder, TokenLevel):
                     seqs.extend(ids)
                     yield [len(x) for x in ids]
 
-        return self._run(seqs, progress, plan_blocks(arriving(), self.scheduler),
-                         count=len(texts))
+        lengths = arriving()
+        try:
+            return self._run(seqs, progress, plan_blocks(lengths, self.scheduler),
+                             count=len(texts))
+        finally:  # a failed call stops the tokenising thread now, not when collected
+            lengths.close()
 
     def count_tokens(self, texts: str | Sequence[str]) -> list[int]:
         """Tokens each text costs as a document, EOS included."""
@@ -276,6 +281,8 @@ class Embedder(BaseEmbedder, TokenLevel):
             out[batch] = pooled
             if progress is not None:
                 progress.update(len(batch))
+        if order:
+            raise RuntimeError(f"the engine returned rows for {len(order)} batch(es) too few")
         return out
 
 

@@ -89,20 +89,23 @@ class _Hub:
     returns once its work is queued): requests that arrived while a pass ran are packed and
     launched behind it, then its rows are sent, so the GPU does not wait on this loop's
     receiving, merging, copying and replying between passes. On CPU a pass has finished when
-    it is submitted, and the order of events is as before.
+    it is submitted, and its rows go out at once, as before.
     """
 
     def __init__(self, engine: Engine, parent: Connection, info: dict[str, Any]) -> None:
         self.engine, self.parent, self.info = engine, parent, info
         self.budget = BATCH_TOKENS.get(engine.device.type, 4096)
+        # CUDA: submit returns once a pass is queued. On CPU it returns when the pass has
+        # run, and holding its rows back for the next pass would only delay them.
+        self.pipelined = engine.device.type == "cuda"
         self.clients: list[Connection] = []
         self._joined: list[Connection] = []  # accepted, not yet polled
         self._lock = threading.Lock()
         self._wake_r, self._wake_w = os.pipe()
 
     def run(self) -> None:
-        # passes launched and not yet answered, oldest first: at most two (one running, one
-        # queued behind it), each (its requests, the call that waits for its rows)
+        # passes launched and not yet answered, oldest first, each (its requests, the call
+        # that waits for its rows): between polls, only the newest one stays (CUDA)
         inflight: deque[tuple[list[tuple[Connection, Any]], Callable[[], np.ndarray]]] = deque()
         while True:
             # with a pass in flight only look for what has arrived meanwhile
@@ -110,12 +113,18 @@ class _Hub:
                          timeout=0 if inflight else None)
             requests = self._receive(ready)
             if requests is None:  # the parent is gone, or asked the child to stop
+                while inflight:
+                    self._finish(*inflight.popleft())
                 return
             for group in merge([r for _, r in requests], self.budget):
                 inflight.append(self._launch([requests[i] for i in group]))
-            # answer every pass but the newest; the newest too when nothing new came
-            while inflight and (len(inflight) > 1 or not requests):
-                self._finish(*inflight.popleft())
+                # CUDA: the newest pass stays queued while the older ones are answered; CPU:
+                # it has run already, so its rows go out now
+                while len(inflight) > (1 if self.pipelined else 0):
+                    self._finish(*inflight.popleft())
+            if not requests:  # nothing came meanwhile: wait for the last pass, answer it
+                while inflight:
+                    self._finish(*inflight.popleft())
 
     def _receive(self, ready: list[Any]) -> list[tuple[Connection, Any]] | None:
         """The forward requests among ``ready`` connections (new clients joined, a parent's

@@ -249,11 +249,10 @@ class _FakeCudaEngine:
     """Records when passes are queued and when their rows are waited for, as a CUDA engine
     whose ``submit`` returns before the pass has run."""
 
-    device = torch.device("cuda")
-
-    def __init__(self, fail_merged: bool = False) -> None:
+    def __init__(self, fail_merged: bool = False, device: str = "cuda") -> None:
         self.events: list[tuple[str, tuple[int, ...]]] = []
         self.fail_merged = fail_merged
+        self.device = torch.device(device)
 
     def submit(self, batch: list[list[int]], heads: list[int] | None = None) -> Any:
         key = tuple(s[0] for s in batch)
@@ -305,6 +304,15 @@ def test_the_hub_queues_the_next_pass_before_answering_the_last() -> None:
                              ("wait", (7,))]
     assert [r[0] for r in replies] == ["ok", "ok"]
     assert replies[0][1].tolist() == [[1, 3]] and replies[1][1].tolist() == [[7, 2]]
+
+
+def test_on_cpu_the_hub_answers_each_pass_before_the_next() -> None:
+    """A CPU pass has run when it is submitted: its rows go out before the next pass starts
+    (held back, they would wait a whole pass for nothing)."""
+    engine = _FakeCudaEngine(device="cpu")
+    _run_hub(engine, [([[1, 2, 3]], [1]), ([[7, 8]], [1])])
+    assert engine.events == [("launch", (1,)), ("wait", (1,)), ("launch", (7,)),
+                             ("wait", (7,))]
 
 
 def test_the_hub_answers_merged_requests_alone_after_a_failed_pass() -> None:
