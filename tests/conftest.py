@@ -11,11 +11,19 @@ import tempfile
 from pathlib import Path
 
 import pytest
+import torch
 from qwen_tiny import Tiny, build_tiny
 
 # Engines read this machine's ``smysl tune`` results at load: tests see none (a test that
 # wants one points SMYSL_TUNING at its own file).
 os.environ["SMYSL_TUNING"] = str(Path(tempfile.mkdtemp(prefix="smysl-tuning-")) / "none.json")
+
+# Without CUDA the fused kernels' tests (tests/qwen3/test_kernels.py) run in Triton's CPU
+# interpreter. Triton reads this when its language module is first imported (its own
+# ``tl.sum`` and friends are made then), and other libraries may import it before that file
+# does: so it is set here, before any test module is imported.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 
 @pytest.fixture(scope="session")

@@ -1,10 +1,10 @@
 """The fused Triton kernels (smysl.qwen3.kernels) against the eager ops they replace.
 
-Without CUDA they run in Triton's interpreter on the CPU (``TRITON_INTERPRET=1``, set before
-the kernels are defined), in float16, where the interpreter rounds as a GPU does. The kernels
-take the eager chain's rounding steps; only float32 sums may run in another order, so an
-element may be one unit in the last place off, rarely. bfloat16 on the GPU is in
-tests/qwen3/test_gpu.py (the interpreter rounds bfloat16 wrongly)."""
+Without CUDA they run in Triton's interpreter on the CPU (``TRITON_INTERPRET=1``, set by
+tests/conftest.py before anything imports Triton), in float16, where the interpreter rounds
+as a GPU does. The kernels take the eager chain's rounding steps; only float32 sums may run
+in another order, so an element may be one unit in the last place off, rarely. bfloat16 runs
+on a GPU only (the interpreter rounds it wrongly)."""
 
 from __future__ import annotations
 
@@ -14,8 +14,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-if not torch.cuda.is_available():
-    os.environ.setdefault("TRITON_INTERPRET", "1")
+# without CUDA, tests/conftest.py has set TRITON_INTERPRET=1 before anything imported Triton
 pytest.importorskip("triton", reason="Triton is not installed")
 
 from smysl.qwen3 import kernels
