@@ -130,6 +130,14 @@ def unpack(data: torch.Tensor, tokens: int, slots: int
             data[2 * t + s : 2 * t + 2 * s + 1], data[2 * t + 2 * s + 1 :])
 
 
+def device_inputs(data: torch.Tensor, slots: Sequence[int], max_len: int, attn: VarlenFn
+                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, VarlenPlan]:
+    """A :func:`pack` array on the device -> the forward pass's ids, positions [T], ends [S]
+    and its :class:`VarlenPlan` (``max_len``: at least the longest sequence)."""
+    ids, pos, ends, cu, cu_last = unpack(data, sum(slots), len(slots))
+    return ids, pos, ends, VarlenPlan(cu, cu_last, max_len, attn)
+
+
 # ---------------------------------------------------------------------------- CUDA graphs
 @dataclass(frozen=True)
 class Bucket:
@@ -209,8 +217,7 @@ class Graphs:
         t0 = time.perf_counter()
         slots = slot_lengths([1], b) or [b.tokens]
         data = torch.from_numpy(pack([[0]], slots)).to(self.device)
-        ids, pos, ends, cu, cu_last = unpack(data, b.tokens, b.slots)
-        plan = VarlenPlan(cu, cu_last, b.tokens, self.attn)
+        ids, pos, ends, plan = device_inputs(data, slots, b.tokens, self.attn)
         # a warm-up pass on a side stream first: cuBLAS and the allocator set themselves up
         # outside the capture, as torch.cuda.graphs asks
         side = torch.cuda.Stream(self.device)
@@ -243,29 +250,26 @@ class Runner:
                  chunk: int, graphs: int, kernels: bool = True) -> None:
         self.model, self.device, self.chunk = model, device, chunk
         self.attn = varlen_fn(dtype)
-        self.forward: Forward = model.run
-        #: Whether passes run on the fused Triton kernels (:mod:`smysl.qwen3.kernels`).
-        self.fused = False
         self.graphs: Graphs | None = None
         # Triton launches on the current device, not its tensors' (cuda:N with N > 0)
         with torch.cuda.device(device):
-            self._setup(dtype, graphs, kernels)
+            fused = self._fused() if kernels and dtype in (torch.bfloat16, torch.float16) else None
+            #: Whether passes run on the fused Triton kernels (:mod:`smysl.qwen3.kernels`).
+            self.fused = fused is not None
+            self.forward: Forward = fused or model.run
+            if graphs:
+                self._capture_graphs(dtype, graphs)
 
-    def _setup(self, dtype: torch.dtype, graphs: int, kernels: bool) -> None:
-        device, chunk = self.device, self.chunk
-        fused = self._fused() if kernels and dtype in (torch.bfloat16, torch.float16) else None
-        self.fused = fused is not None
-        self.forward = fused or self.model.run
-        if graphs:
-            g = Graphs(self.forward, device, dtype, graphs, chunk)
-            try:
-                g.capture_all()
-            except Exception as e:  # eager still works; say why graphs do not
-                log.warning("CUDA graphs disabled, capture failed: %s: %s", type(e).__name__, e)
-                torch.cuda.synchronize(device)
-            else:
-                self.graphs = g
-                log.info("captured CUDA graphs for %s tokens in %.2f s", g.sizes, g.capture_s)
+    def _capture_graphs(self, dtype: torch.dtype, largest: int) -> None:
+        g = Graphs(self.forward, self.device, dtype, largest, self.chunk)
+        try:
+            g.capture_all()
+        except Exception as e:  # eager still works; say why graphs do not
+            log.warning("CUDA graphs disabled, capture failed: %s: %s", type(e).__name__, e)
+            torch.cuda.synchronize(self.device)
+        else:
+            self.graphs = g
+            log.info("captured CUDA graphs for %s tokens in %.2f s", g.sizes, g.capture_s)
 
     def _fused(self) -> Forward | None:
         """The fused forward pass, if Triton runs it here and it agrees with the eager pass on
@@ -283,8 +287,7 @@ class Runner:
                  for n in (7, 33, 1)]
         lengths = [len(s) for s in batch]
         data = torch.from_numpy(pack(batch, lengths)).to(self.device)
-        ids, pos, ends, cu, cu_last = unpack(data, sum(lengths), len(lengths))
-        plan = VarlenPlan(cu, cu_last, max(lengths), self.attn)
+        ids, pos, ends, plan = device_inputs(data, lengths, max(lengths), self.attn)
         try:  # in 16-token slices: the slicing of the per-token work is checked too
             want = self.model.run(ids, pos, ends, plan, 16)
             got = fused(ids, pos, ends, plan, 16)
@@ -323,9 +326,7 @@ class Runner:
             out = self.graphs.replay(found[0], host)
         else:
             data = host.to(self.device, non_blocking=True)
-            ids, pos, ends, cu, cu_last = unpack(data, sum(slots), len(slots))
-            out = self.forward(ids, pos, ends, VarlenPlan(cu, cu_last, max(lengths), self.attn),
-                               self.chunk)
+            out = self.forward(*device_inputs(data, slots, max(lengths), self.attn), self.chunk)
         rows = torch.empty((len(batch), out.shape[1]), dtype=torch.float32, pin_memory=True)
         rows.copy_(out[: len(batch)], non_blocking=True)
         done = torch.cuda.Event()
