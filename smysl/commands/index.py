@@ -76,7 +76,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="--format context: most characters per query (default 8000)")
     s.add_argument("--output", "-o", help="write hit rows to .csv or .jsonl instead")
 
-    v = sub.add_parser("verify", help="check every stored vector (exit 1 when any is damaged)")
+    v = sub.add_parser("verify", help="check every stored vector (exit 1 when any is damaged); "
+                                      "loads no model unless --model is given")
     _store_arguments(v)
     add_model_arguments(v, required=False)
 
@@ -185,21 +186,20 @@ def _search(args: argparse.Namespace, store: StoreConfig) -> int:
 
 
 def _verify(args: argparse.Namespace, store: StoreConfig) -> int:
-    from smysl.toolkit.index import Index, IndexConfig
+    from smysl.toolkit.index import Index, IndexConfig, verify_store
 
-    model = load_model(args.model or Index.stored_model(store), args)
-    with Index.create_or_open(model, IndexConfig(store=store), create=False) as index:
-        damaged = index.verify()
-        total = index.count()
-        problems = index.problems
-    for record, problem in damaged.items():
+    if args.model:  # also: was the index built with this model? (refused if not)
+        Index.create_or_open(load_model(args.model, args), IndexConfig(store=store),
+                             create=False).close()
+    found = verify_store(store)  # the records alone: no model loaded
+    for record, problem in found.damaged.items():
         print(f"damaged {record}: {problem}")
-    for problem in problems:
+    for problem in found.problems:
         print(f"warning: {problem}", file=sys.stderr)
-    print(f"{len(damaged)} of {total} records damaged"
-          + ("; run `smysl index add` on the same files to repair them" if damaged else ""),
-          file=sys.stderr)
-    return 1 if damaged or problems else 0
+    print(f"{len(found.damaged)} of {found.total} records damaged"
+          + ("; run `smysl index add` on the same files to repair them" if found.damaged
+             else ""), file=sys.stderr)
+    return 1 if found.damaged or found.problems else 0
 
 
 def _delete(args: argparse.Namespace, store: StoreConfig) -> int:

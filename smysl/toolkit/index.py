@@ -118,7 +118,7 @@ class Index:
                         "dimensions": dims, "load": embedder.source or embedder.name,
                         CHECKSUMS: True}
                 store.write_meta(meta)
-            held, written = store.count(), meta.get(RECORDS)
+            lost = _lost_records(store, meta, config.store)
         except BaseException:
             store.close()
             raise
@@ -126,11 +126,8 @@ class Index:
         cache = EmbeddingCache(path) if path is not None else None
         index = cls(store, embedder, cache=cache, model_key=config.cache.model_key,
                     dimensions=dims, checksums=bool(meta.get(CHECKSUMS)))
-        if isinstance(written, int) and held < written:
-            index.problems.append(
-                f"{config.store.uri or config.store.table}: holds {held} records but {written} "
-                f"were written: the store lost records (damaged?); run `smysl index add` on the "
-                f"same files to restore them, or rebuild it (--rebuild)")
+        if lost:
+            index.problems.append(lost)
         return index
 
     @staticmethod
@@ -232,12 +229,7 @@ class Index:
         """Check every stored record (what a search checks for its hits only): record id ->
         problem for the damaged ones, also added to :attr:`damaged`. A damaged vector whose
         score fell out of a search's top k is found here, or by the next ingestion."""
-        found: dict[str, str] = {}
-        for batch in self.store.scan(batch_size, with_vectors=True):
-            for r in batch:
-                problem = stored_problem(r, self.store.dimensions, self.checksums)
-                if problem is not None:
-                    found[r.id] = problem
+        found = _damaged_records(self.store, self.checksums, batch_size)
         self.damaged.update(found)
         return found
 
@@ -257,6 +249,53 @@ class Index:
 
     def _dims_arg(self) -> int | None:
         return self.dimensions if self.dimensions != self.embedder.dimensions else None
+
+
+@dataclass(frozen=True)
+class Verification:
+    """What :func:`verify_store` found in an index."""
+
+    #: Record id -> problem, for each damaged record.
+    damaged: dict[str, str]
+    #: Records the store holds.
+    total: int
+    #: Problems with the index as a whole (records lost).
+    problems: list[str]
+
+
+def verify_store(config: StoreConfig, batch_size: int = 2048) -> Verification:
+    """Check every record of the index at ``config``, and whether records were lost, without
+    its model (:meth:`Index.verify` needs one loaded; ``smysl index verify`` runs this, so an
+    8B model's index is checked without loading 16 GB of weights)."""
+    with open_store(config) as store:
+        meta = store.read_meta()
+        if not meta:
+            raise ValueError(f"{config.uri}: no smysl index metadata (built outside smysl?)")
+        lost = _lost_records(store, meta, config)
+        return Verification(_damaged_records(store, bool(meta.get(CHECKSUMS)), batch_size),
+                            store.count(), [lost] if lost else [])
+
+
+def _damaged_records(store: VectorStore, checksums: bool, batch_size: int) -> dict[str, str]:
+    """Record id -> problem for every damaged record of ``store`` (a full scan)."""
+    found: dict[str, str] = {}
+    for batch in store.scan(batch_size, with_vectors=True):
+        for r in batch:
+            problem = stored_problem(r, store.dimensions, checksums)
+            if problem is not None:
+                found[r.id] = problem
+    return found
+
+
+def _lost_records(store: VectorStore, meta: Mapping[str, object], config: StoreConfig
+                  ) -> str | None:
+    """The problem of a store holding fewer records than were written through an index."""
+    held, written = store.count(), meta.get(RECORDS)
+    if isinstance(written, int) and held < written:
+        return (f"{config.uri or config.table}: holds {held} records but {written} were "
+                f"written: the store lost records (damaged?); run `smysl index add` on the "
+                f"same files to restore them, or rebuild it (--rebuild)")
+    return None
 
 
 def record_count(store: VectorStore) -> None:

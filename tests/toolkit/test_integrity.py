@@ -13,7 +13,7 @@ import pytest
 from smysl.cli import main
 from smysl.toolkit.cache import CacheConfig, CachedEmbedder, EmbeddingCache
 from smysl.toolkit.chunking import ChunkConfig, TokenChunker, chunker_for, word_offsets
-from smysl.toolkit.index import Index, IndexConfig
+from smysl.toolkit.index import Index, IndexConfig, verify_store
 from smysl.toolkit.ingest import BadFileError, IngestConfig, ReadConfig, read_documents
 from smysl.toolkit.io import read_column
 from smysl.toolkit.search import SearchConfig
@@ -45,6 +45,10 @@ def flip_in_folder(folder: Path, needle: bytes, offset: int, bit: int) -> None:
         flip(f, needle, offset, bit)
 
 
+def no_model(*args: object, **kwargs: object) -> None:
+    raise AssertionError("loaded a model")
+
+
 def test_damaged_cache_entries_are_recomputed_not_served(tiny, tmp_path) -> None:
     """issue 11 item 1: flipped bytes in embedding-cache.sqlite (an exponent: norm ~85; a low
     mantissa bit: norm still ~1) are found by the checksum, recomputed and counted."""
@@ -67,10 +71,11 @@ def test_damaged_cache_entries_are_recomputed_not_served(tiny, tmp_path) -> None
     assert broken.problems and str(path) in broken.problems[0]
 
 
-def test_damaged_stored_vectors_are_not_served_and_reruns_repair_them(tiny, tmp_path,
-                                                                      capsys) -> None:
+def test_damaged_stored_vectors_are_not_served_and_reruns_repair_them(tiny, tmp_path, capsys,
+                                                                      monkeypatch) -> None:
     """issue 11 item 1: a damaged stored vector is left out of search results (reported), and
-    the next ingestion re-embeds it instead of calling it unchanged."""
+    the next ingestion re-embeds it instead of calling it unchanged. ``smysl index verify``
+    finds damage and lost records without loading the model."""
     kb = tmp_path / "kb"
     cfg = IndexConfig(StoreConfig(uri=str(kb)))
     with Index.create_or_open(tiny, cfg) as ix:
@@ -80,7 +85,9 @@ def test_damaged_stored_vectors_are_not_served_and_reruns_repair_them(tiny, tmp_
     flip_in_folder(kb, records["3#0"].vector.tobytes(), 4 * 2 + 3, 6)  # norm far from 1
     flip_in_folder(kb, records["7#0"].vector.tobytes(), 4 * 9 + 1, 3)  # norm still ~1
     (kb / "embedding-cache.sqlite").unlink()  # the repair must come from the model
-    assert main(["index", "verify", str(kb), "--device", "cpu"]) == 1
+    with monkeypatch.context() as m:
+        m.setattr("smysl.commands.index.load_model", no_model)
+        assert main(["index", "verify", str(kb), "--device", "cpu"]) == 1
     out, err = capsys.readouterr()
     assert "damaged 3#0: has norm" in out and "damaged 7#0: does not match its checksum" in out
     assert f"2 of {len(TEXTS)} records damaged" in err
@@ -99,9 +106,13 @@ def test_damaged_stored_vectors_are_not_served_and_reruns_repair_them(tiny, tmp_
         assert len(hits) == len(TEXTS) and ix.verify() == {}  # repaired: served again
         fixed = {r.id: r for r in ix.store.get(["3#0", "7#0"])}
         ix.store.delete(["1#0", "2#0"])  # records gone behind the index's back (a lost fragment)
+    lost = f"{kb}: holds {len(TEXTS) - 2} records but {len(TEXTS)} were written"
+    found = verify_store(cfg.store)
+    assert found.damaged == {} and found.total == len(TEXTS) - 2
+    assert len(found.problems) == 1 and lost in found.problems[0]
     with Index.create_or_open(model, cfg) as ix:
         (problem,) = ix.problems
-        assert f"{kb}: holds {len(TEXTS) - 2} records but {len(TEXTS)} were written" in problem
+        assert lost in problem
         assert ix.add_texts(TEXTS, config=CFG).written == 2  # the rerun restores them
     with Index.create_or_open(model, cfg) as ix:
         assert ix.problems == []
@@ -172,6 +183,10 @@ def test_same_name_other_weights_neither_share_cache_nor_index(tmp_path, monkeyp
     np.testing.assert_allclose(mine, b.inner.embed(TEXTS), atol=1e-6)
     with pytest.raises(ValueError, match=r"fingerprint .*rebuild"):
         Index.create_or_open(b, cfg)
+    # verify checks the records alone, and with --model also that it built the index
+    kb = str(tmp_path / "kb")
+    assert main(["index", "verify", kb]) == 0
+    assert main(["index", "verify", kb, "--model", "tiny-eos", "--device", "cpu"]) == 2
     with Index.create_or_open(b, cfg, rebuild=True) as ix:  # the explicit way to switch
         assert ix.count() == 0 and ix.add_texts(TEXTS, config=CFG).cached == len(TEXTS)
 
