@@ -131,6 +131,7 @@ class FakeServer:
         self.billed_tokens = 0
         self.ok_requests = 0
         self.faults = 0  # injected 429/500/drops/malformed
+        self.too_large_answers = 0  # 413s sent (a request faulted first gets none)
         self.requests: list[dict[str, Any]] = []  # every parsed JSON body, in arrival order
         self.headers_seen: list[dict[str, str]] = []
         self.paths: list[str] = []  # the path of every POST, in arrival order
@@ -274,6 +275,8 @@ class FakeServer:
                 texts = body.get("input", body.get("inputs"))
                 if server.too_large is not None and isinstance(texts, list) and \
                         len(texts) > server.too_large:
+                    with server.lock:
+                        server.too_large_answers += 1
                     return 413, {"error": f"at most {server.too_large} inputs per request"}
                 if path.endswith("/predictions"):
                     return self.replicate(body)

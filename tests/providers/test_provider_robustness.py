@@ -252,8 +252,10 @@ def test_partial_failure_keeps_paid_rows_and_resumes(qwen_tok: Any) -> None:
         assert partials >= 1  # the injected faults did break some calls
         np.testing.assert_allclose(out, expected(texts, 32, 32), rtol=1e-5, atol=1e-6)
         sizes = [len(b["input"]) for b in srv.requests]
-        # Only the first batches in flight (64, then 32) learned the limit; none after.
-        assert sum(s > 16 for s in sizes) <= 2 * 4 and sizes.count(16) >= 600 // 16
+        # Only the batches in flight when a 413 came back (64, then 32; at most 4 each) were
+        # refused for their size; none after. (An oversized request that met an injected fault
+        # first taught nothing and may be sent again: how many depends on timing.)
+        assert srv.too_large_answers <= 2 * 4 and sizes.count(16) >= 600 // 16
         assert sorted(srv.billed_texts) == sorted(texts)  # each input paid for exactly once
         assert len(m._resume) == 0  # the successful call used up the kept rows
 
