@@ -152,6 +152,13 @@ class BaseReranker(abc.ABC):
             out[rows] = self._checked_scores(query, docs, instruction, truncate)
         return [float(s) for s in out]
 
+    def share(self) -> BaseReranker:
+        """A picklable twin that other processes rerank with, computing on this reranker's
+        backend (the HTTP workers of ``smysl serve --workers``); closing it leaves this one
+        running. NotImplementedError for backends that cannot be shared."""
+        raise NotImplementedError(f"{type(self).__name__} cannot be shared with other processes "
+                                  "(a local reranker whose engine runs in a child process can)")
+
     def close(self) -> None:  # noqa: B027 - optional hook, a no-op for most backends
         """Release resources (connections, an engine process). Safe to call twice."""
 

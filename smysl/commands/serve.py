@@ -58,7 +58,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--workers", type=int, default=1,
                    help="HTTP worker processes sharing the one engine process (one answers "
                         "~1,000-2,000 short requests/s; a GPU embeds several times that). "
-                        "A local model only, not with --in-process or --reranker")
+                        "Local models only (the model, the reranker or both), not with "
+                        "--in-process")
     p.add_argument("--no-access-log", dest="access_log", action="store_false",
                    help="no log line per request (6-10%% of the CPU a short request costs); "
                         "start-up, warnings and errors are still logged")
@@ -96,9 +97,9 @@ def run(args: argparse.Namespace) -> int:
         default_dimensions=args.dimensions, allow_empty=args.allow_empty_input,
         switch_interval_s=args.switch_interval_ms / 1000 if args.switch_interval_ms else None,
         index=args.index, workers=args.workers, access_log=args.access_log)
-    if config.workers > 1 and (args.in_process or args.reranker):
+    if config.workers > 1 and args.in_process:
         raise ValueError(f"--workers {config.workers} shares one engine process between the "
-                         "workers: drop " + ("--in-process" if args.in_process else "--reranker"))
+                         "workers: drop --in-process")
 
     from smysl.registry import load, load_reranker, reranker_options, scheme_of
 

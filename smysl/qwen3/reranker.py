@@ -19,6 +19,7 @@ the vocabulary is never computed.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -252,6 +253,14 @@ class Reranker(BaseReranker):
             "backend": "qwen3-reranker", "dtype": str(self.engine.dtype).removeprefix("torch."),
             "quantization": self.engine.quantization, "max_tokens": self.max_tokens,
             "shared_prefix": self.marker is not None})
+
+    def share(self) -> Reranker:
+        """A picklable twin on this reranker's engine process (see
+        :meth:`~smysl.qwen3.worker.EngineProcess.share`); NotImplementedError when the engine
+        runs in this process."""
+        twin = copy.copy(self)
+        twin.engine = self.engine.share()
+        return twin
 
     def close(self) -> None:
         """Stop the engine process, if the engine runs in one."""

@@ -306,11 +306,9 @@ def serve(embedder: BaseEmbedder | None, config: ServerConfig, *, ready: Ready |
     import uvicorn
 
     if config.workers > 1:
-        if embedder is None or reranker is not None:
-            raise ValueError("--workers serves an embedding model alone (not a reranker yet)")
         from smysl.server.workers import serve_workers
 
-        return serve_workers(embedder, config, ready=ready)
+        return serve_workers(embedder, config, ready=ready, reranker=reranker)
 
     app = create_app(embedder, config, reranker=reranker)
     if config.switch_interval_s is not None:  # process-wide, hence here and not in create_app

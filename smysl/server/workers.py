@@ -4,11 +4,12 @@ One Python process answers a short embedding request in ~0.5-1 ms of CPU (HTTP p
 validation, tokenising, JSON; docs/benchmarks.md), so it tops out near 1,000-2,000 requests a
 second, while one GPU embeds ~8,000 short texts a second. Here the process ``smysl serve``
 started becomes a supervisor: it binds the port, shares its model's engine process
-(:meth:`~smysl.base.BaseEmbedder.share`) and spawns N workers that each run the whole server
-(:func:`smysl.server.app.serve`: validation, batcher, metrics) on the one listening socket; the
-kernel hands each new connection to one of them. Every worker's batcher sends its batches to
-the one engine process, which runs batches that arrive together as one forward pass, so the
-vectors are those of a single-process server.
+(:meth:`~smysl.base.BaseEmbedder.share`; a reranker's too) and spawns N workers that each run
+the whole server (:func:`smysl.server.app.serve`: validation, batchers, metrics) on the one
+listening socket; the kernel hands each new connection to one of them. Every worker's
+batcher sends its batches to the one engine process, which runs batches that arrive together as
+one forward pass, so the vectors (and a reranker's scores) are those of a single-process
+server.
 
 ``/metrics`` uses Prometheus' multiprocess mode: each worker writes its values to files in one
 temporary folder and whichever worker answers sums them (gauges: the live workers' sum, and
@@ -39,6 +40,7 @@ from multiprocessing.connection import wait
 from typing import Any
 
 from smysl.base import BaseEmbedder
+from smysl.rerank import BaseReranker
 from smysl.server.config import ServerConfig
 
 log = logging.getLogger("smysl.server")
@@ -50,16 +52,24 @@ MAX_RESTARTS = 3
 _STOP = {signal.SIGINT, signal.SIGTERM}
 
 
-def serve_workers(embedder: BaseEmbedder, config: ServerConfig, *,
-                  ready: Any = None) -> int:
+def serve_workers(embedder: BaseEmbedder | None, config: ServerConfig, *,
+                  ready: Any = None, reranker: BaseReranker | None = None) -> int:
     """Run ``config.workers`` worker processes until interrupted; ``ready(host, port)`` once
-    the port is bound. Returns the exit status, as :func:`smysl.server.app.serve` does."""
+    the port is bound. The embedding model, the reranker or both are shared with every worker
+    (each its own engine process). Returns the exit status, as :func:`smysl.server.app.serve`
+    does."""
     from smysl.server.app import EXIT_BACKEND_DOWN
 
+    if embedder is None and reranker is None:
+        raise ValueError("nothing to serve: give an embedding model, a reranker or both")
+    twin = ranker = None
     try:
-        twin = embedder.share()
+        twin = embedder.share() if embedder is not None else None
+        ranker = reranker.share() if reranker is not None else None
     except NotImplementedError as e:
-        raise ValueError(f"--workers {config.workers} needs a model the workers can share: {e}"
+        if twin is not None:
+            twin.close()
+        raise ValueError(f"--workers {config.workers} needs models the workers can share: {e}"
                          ) from None
     sock = _bind(config.host, config.port)
     host, port = sock.getsockname()[:2]
@@ -68,8 +78,8 @@ def serve_workers(embedder: BaseEmbedder, config: ServerConfig, *,
     ctx = mp.get_context("spawn")  # a fork would copy this process's threads and torch state
 
     def start(i: int) -> Any:
-        p = ctx.Process(target=_worker, args=(twin, one, sock, folder), name=f"smysl-http-{i}",
-                        daemon=False)
+        p = ctx.Process(target=_worker, args=(twin, ranker, one, sock, folder),
+                        name=f"smysl-http-{i}", daemon=False)
         # blocked until the worker runs: a stop signal sent while it starts is not lost
         old = signal.pthread_sigmask(signal.SIG_BLOCK, _STOP)
         try:
@@ -142,7 +152,9 @@ def serve_workers(embedder: BaseEmbedder, config: ServerConfig, *,
                 p.kill()
                 p.join(5)
         sock.close()
-        twin.close()
+        for shared in (twin, ranker):
+            if shared is not None:
+                shared.close()
         shutil.rmtree(folder, ignore_errors=True)
     return code
 
@@ -172,8 +184,8 @@ def _mark_dead(pid: int | None, folder: str) -> None:
         multiprocess.mark_process_dead(pid, folder)
 
 
-def _worker(embedder: BaseEmbedder, config: ServerConfig, sock: socket.socket,
-            folder: str) -> None:
+def _worker(embedder: BaseEmbedder | None, reranker: BaseReranker | None,
+            config: ServerConfig, sock: socket.socket, folder: str) -> None:
     """A worker's main: the whole server on the shared socket."""
     # Signals come from the supervisor alone (once each), not from the terminal's Ctrl-C to
     # the whole process group: uvicorn cuts requests off at a second one.
@@ -185,9 +197,11 @@ def _worker(embedder: BaseEmbedder, config: ServerConfig, sock: socket.socket,
     threading.Thread(target=_orphaned, args=(os.getppid(),), daemon=True).start()
 
     try:
-        code = serve(embedder, config, sockets=[sock])
+        code = serve(embedder, config, sockets=[sock], reranker=reranker)
     finally:
-        embedder.close()
+        for model in (embedder, reranker):
+            if model is not None:
+                model.close()
     sys.exit(code)
 
 

@@ -38,14 +38,27 @@ def children(pid: int) -> list[int]:
     return [int(x) for x in out.split()]
 
 
-def test_two_workers_one_engine(tiny_dir: Path, tiny) -> None:  # type: ignore[no-untyped-def]
+QUERY = "Какая столица у России?"
+DOCS = ["Москва — столица России.", "Paris is the capital of France.", "a",
+        "Embeddings map text to vectors; similar texts land close together."]
+
+
+def test_two_workers_one_engine(tiny_dir: Path, tiny, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """Two HTTP workers share the model's engine process and the reranker's: vectors and
+    scores of the in-process models, metrics summed, a killed worker replaced."""
+    from qwen_tiny import build_tiny_reranker
+
+    from smysl import Reranker
+
+    ranker_dir = build_tiny_reranker(tmp_path / "rr", seed=7).path
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     log = tempfile.TemporaryFile()  # noqa: SIM115 - read while the server runs
     proc = subprocess.Popen(
         [sys.executable, "-m", "smysl.cli", "serve", "--model", str(tiny_dir), "--port",
          str(port), "--device", "cpu", "--threads", str(torch.get_num_threads()),
-         "--workers", "2"], cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+         "--reranker", str(ranker_dir), "--workers", "2"], cwd=ROOT, stdout=log,
+        stderr=subprocess.STDOUT)
 
     def output() -> str:
         log.seek(0)
@@ -78,21 +91,33 @@ def test_two_workers_one_engine(tiny_dir: Path, tiny) -> None:  # type: ignore[n
                 assert r.status_code == 200, r.text
                 return np.asarray(r.json()[0], np.float32)
 
+        def rank(i: int) -> list[tuple[int, float]]:
+            with httpx.Client(base_url=url, timeout=60) as c:
+                r = c.post("/rerank", json={"query": QUERY, "texts": DOCS[i % 2:]})
+                assert r.status_code == 200, r.text
+                return [(x["index"], x["score"]) for x in r.json()]
+
         n = 48
         with ThreadPoolExecutor(8) as pool:
             got = list(pool.map(one, range(n)))
+            ranked = list(pool.map(rank, range(16)))
         for i, v in enumerate(got):
             assert np.array_equal(v, want[i % len(TEXTS)])
+        with Reranker.load(str(ranker_dir), device="cpu") as reranker:
+            scores = [reranker.rerank(QUERY, DOCS[i:]) for i in range(2)]
+        assert all(r == scores[i % 2] for i, r in enumerate(ranked))
         text = httpx.get(f"{url}/metrics").text  # either worker: the sum of both
         assert re.search(r'^smysl_requests_total\{api="tei",route="/embed",status="200"\} '
                          rf"{n}\.0$", text, re.M), text
+        assert re.search(r'^smysl_requests_total\{api="tei",route="/rerank",status="200"\} '
+                         r"16\.0$", text, re.M), text
         assert re.search(r"^smysl_backend_up 1\.0$", text, re.M)
         assert "2 HTTP workers" in output()
 
         # a worker killed outright is replaced; the server answers throughout
         workers = [p for p in children(proc.pid)
                    if "multiprocessing" in Path(f"/proc/{p}/cmdline").read_text()]
-        assert len(workers) >= 3  # the engine process and two HTTP workers
+        assert len(workers) >= 4  # the two engine processes and two HTTP workers
         http = [p for p in workers if Path(f"/proc/{p}/stat").read_text().split()[4] == str(p)]
         assert len(http) == 2  # the workers lead their own process groups
         os.kill(http[0], signal.SIGKILL)
@@ -122,3 +147,20 @@ def test_an_in_process_model_is_refused(tiny) -> None:  # type: ignore[no-untype
 
     with pytest.raises(ValueError, match="process=True"):
         serve(tiny, ServerConfig(port=0, workers=2))
+
+
+def test_a_reranker_that_cannot_be_shared_is_refused(tiny_dir: Path, tmp_path: Path) -> None:
+    """A remote or in-process reranker has no engine process to share: refused before any
+    worker starts, and the model's shared engine handle is closed again."""
+    from qwen_tiny import build_tiny_reranker
+
+    from smysl import Embedder, Reranker
+    from smysl.server import serve
+
+    reranker = Reranker.load(str(build_tiny_reranker(tmp_path / "rr").path), device="cpu")
+    with Embedder.load(str(tiny_dir), device="cpu", process=True) as model:
+        with pytest.raises(ValueError, match=r"share.*process=True"):
+            serve(model, ServerConfig(port=0, workers=2), reranker=reranker)
+        assert model.embed(["still serving"]).shape == (1, model.dimensions)
+    with pytest.raises(ValueError, match="nothing to serve"):
+        serve(None, ServerConfig(port=0, workers=2))
