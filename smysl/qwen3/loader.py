@@ -172,8 +172,7 @@ def build_encoder(config: dict[str, Any],
         elif isinstance(tensor, QuantTensor) and name == "embed_tokens.weight":
             from smysl.qwen3.quantize import QuantEmbedding
 
-            model.embed_tokens = QuantEmbedding(tensor.to(device),  # type: ignore[assignment]
-                                                torch.float32)
+            model.embed_tokens = QuantEmbedding(tensor.to(device), torch.float32)
         else:
             if isinstance(tensor, QuantTensor | QuantStack):
                 tensor = tensor.dequantize(dtype)
@@ -207,7 +206,6 @@ def build_encoder(config: dict[str, Any],
     missing = sorted(set(params) - loaded) + sorted(pending)
     if missing:
         raise ValueError(f"checkpoint lacks weights {missing[:8]}")
-    inv = 1.0 / (cfg.rope_theta ** (torch.arange(0, cfg.head_dim, 2).float() / cfg.head_dim))
-    model.inv_freq = inv.to(device)
+    model.inv_freq = model.inv_freq.to(device)  # made on the CPU by the constructor
     model.dtype = dtype
     return model.eval()

@@ -506,7 +506,11 @@ class Qwen3Encoder(nn.Module):
     def __init__(self, cfg: Qwen3Config) -> None:
         super().__init__()
         self.cfg = cfg
-        self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
+        # weights come from the checkpoint, as Linear's do: no random init (nn.Embedding's
+        # normal_ on the loader's meta device imports torch._dynamo, 1-3 s of every start)
+        # (the loader may put a QuantEmbedding of a GGUF's blocks here)
+        self.embed_tokens: nn.Module = nn.Embedding.from_pretrained(
+            torch.empty(cfg.vocab_size, cfg.hidden_size))
         self.layers = nn.ModuleList(DecoderLayer(cfg) for _ in range(cfg.num_hidden_layers))
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         #: The dtype activations enter the linear layers in (float32 for int8 layers); the
@@ -522,10 +526,13 @@ class Qwen3Encoder(nn.Module):
         #: float32 chain rounded once (fewer passes, and closer to float64). CUDA keeps it:
         #: small batches there are bound by kernel launches, and it needs fewer.
         self.exact_qk = True
+        # on the CPU even when built on the meta device (the loader does): real values, and
+        # meta arithmetic runs torch's reference decompositions, which import torch._dynamo
         d = cfg.head_dim
-        inv = 1.0 / (cfg.rope_theta ** (torch.arange(0, d, 2, dtype=torch.int64).float() / d))
+        arange = torch.arange(0, d, 2, dtype=torch.int64, device="cpu")
         self.inv_freq: torch.Tensor
-        self.register_buffer("inv_freq", inv, persistent=False)
+        self.register_buffer("inv_freq", 1.0 / (cfg.rope_theta ** (arange.float() / d)),
+                             persistent=False)
 
     def rope(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """positions: [T] -> cos, sin: [T, D] in float32."""

@@ -95,3 +95,18 @@ def test_half_precision_embeddings_stay_as_stored_in_float32(tiny_variants) -> N
     assert widened.embed_tokens.weight.dtype == torch.float32
     ids, lengths = torch.arange(40) % 1000 + 5, [30, 10]
     assert torch.equal(kept(ids, lengths), widened(ids, lengths))
+
+
+def test_loading_imports_no_compiler(tiny_dir: Path) -> None:
+    """Building the model on the meta device ran torch's reference decompositions (the
+    embedding's random init, RoPE's frequencies), which import torch._dynamo: 1-3 s of every
+    process start (CLI, server, engine process) for nothing. A load and a pass stay clear."""
+    import subprocess
+    import sys
+
+    code = ("import sys, smysl; smysl.load(sys.argv[1], device='cpu').embed(['a']); "
+            "print('torch._dynamo' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code, str(tiny_dir)], capture_output=True,
+                         text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split()[-1] == "False"
