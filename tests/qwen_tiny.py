@@ -7,6 +7,7 @@ one (post-processor adds nothing) and the embedding one (appends ``<|endoftext|>
 
 from __future__ import annotations
 
+import functools
 import json
 import shutil
 from dataclasses import dataclass
@@ -267,10 +268,12 @@ def reference_rerank(path: Path, pairs: list[tuple[str, str]], instruction: str 
 NORMAL, CONTROL, USER_DEFINED, UNUSED = 1, 3, 4, 5
 
 
+@functools.cache
 def gguf_vocab(vocab_size: int) -> tuple[list[str], list[int], list[str]]:
     """Tokens, token types and merges of the real Qwen3 tokenizer as convert_hf_to_gguf.py's
     ``get_vocab_base`` writes them: added tokens that are special or look special (``<|...|>``)
-    CONTROL, other added tokens USER_DEFINED, ids past the tokenizer ``[PAD{i}]`` UNUSED."""
+    CONTROL, other added tokens USER_DEFINED, ids past the tokenizer ``[PAD{i}]`` UNUSED.
+    Made once per process (callers only read the lists)."""
     tok = json.loads((require_tokenizer() / "tokenizer.json").read_text(encoding="utf-8"))
     by_id = {i: t for t, i in tok["model"]["vocab"].items()}
     added = {a["id"]: a for a in tok["added_tokens"]}
