@@ -118,7 +118,7 @@ class Index:
                         "dimensions": dims, "load": embedder.source or embedder.name,
                         CHECKSUMS: True}
                 store.write_meta(meta)
-            lost = _lost_records(store, meta, config.store)
+            lost = _lost_records(store.count(), meta, config.store)
         except BaseException:
             store.close()
             raise
@@ -134,10 +134,11 @@ class Index:
     def stored_model(config: StoreConfig) -> str:
         """The model string that loads the model an existing index was built with."""
         with open_store(config) as store:
-            meta = store.read_meta()
-            model = meta.get("load") or meta.get("model")
+            meta = _index_meta(store, config)
+        model = meta.get("load") or meta.get("model")
         if not model:
-            raise ValueError(f"{config.uri}: no smysl index metadata (built outside smysl?)")
+            raise ValueError(f"{config.uri or config.table}: its smysl index metadata names "
+                             "no model")
         return str(model)
 
     # ------------------------------------------------------------------ writing
@@ -268,12 +269,21 @@ def verify_store(config: StoreConfig, batch_size: int = 2048) -> Verification:
     its model (:meth:`Index.verify` needs one loaded; ``smysl index verify`` runs this, so an
     8B model's index is checked without loading 16 GB of weights)."""
     with open_store(config) as store:
-        meta = store.read_meta()
-        if not meta:
-            raise ValueError(f"{config.uri}: no smysl index metadata (built outside smysl?)")
-        lost = _lost_records(store, meta, config)
+        meta = _index_meta(store, config)
+        total = store.count()
+        problems = [p for p in (_lost_records(total, meta, config),
+                                _dimension_problem(meta, store.dimensions)) if p]
         return Verification(_damaged_records(store, bool(meta.get(CHECKSUMS)), batch_size),
-                            store.count(), [lost] if lost else [])
+                            total, problems)
+
+
+def _index_meta(store: VectorStore, config: StoreConfig) -> dict[str, object]:
+    """An existing index's smysl metadata (model, fingerprint, dimensions...)."""
+    meta = store.read_meta()
+    if not meta:
+        raise ValueError(f"{config.uri or config.table}: no smysl index metadata (built outside "
+                         "smysl?)")
+    return meta
 
 
 def _damaged_records(store: VectorStore, checksums: bool, batch_size: int) -> dict[str, str]:
@@ -287,10 +297,10 @@ def _damaged_records(store: VectorStore, checksums: bool, batch_size: int) -> di
     return found
 
 
-def _lost_records(store: VectorStore, meta: Mapping[str, object], config: StoreConfig
-                  ) -> str | None:
-    """The problem of a store holding fewer records than were written through an index."""
-    held, written = store.count(), meta.get(RECORDS)
+def _lost_records(held: int, meta: Mapping[str, object], config: StoreConfig) -> str | None:
+    """The problem of a store holding fewer records (``held``) than were written through an
+    index."""
+    written = meta.get(RECORDS)
     if isinstance(written, int) and held < written:
         return (f"{config.uri or config.table}: holds {held} records but {written} were "
                 f"written: the store lost records (damaged?); run `smysl index add` on the "
@@ -321,6 +331,11 @@ def _mismatch(meta: dict[str, object], embedder: BaseEmbedder, dimensions: int |
                 f"use that model, or rebuild the index (smysl index add --rebuild)")
     if dimensions and dimensions != stored_dimensions:
         return f"index stores {stored_dimensions}-d vectors, not {dimensions}-d"
+    return _dimension_problem(meta, stored_dimensions)
+
+
+def _dimension_problem(meta: Mapping[str, object], stored_dimensions: int) -> str | None:
+    """The problem of a store whose vectors are not as wide as its metadata says."""
     if meta.get("dimensions") not in (None, stored_dimensions):
         return (f"index metadata says {meta.get('dimensions')}-d vectors but the store holds "
                 f"{stored_dimensions}-d ones: the store is damaged; restore it or rebuild it "

@@ -160,7 +160,8 @@ def test_document_ids_are_normalised_paths(tiny, tmp_path, monkeypatch) -> None:
         list(read_documents(["projB/docs"], rel))
 
 
-def test_same_name_other_weights_neither_share_cache_nor_index(tmp_path, monkeypatch) -> None:
+def test_same_name_other_weights_neither_share_cache_nor_index(tmp_path, monkeypatch,
+                                                               capsys) -> None:
     """issue 11 item 3: ``--model tiny-eos`` naming other weights in two folders: the second
     model embeds its own vectors (no reuse from the shared cache) and the index refuses it."""
     from qwen_tiny import build_tiny
@@ -184,11 +185,23 @@ def test_same_name_other_weights_neither_share_cache_nor_index(tmp_path, monkeyp
     with pytest.raises(ValueError, match=r"fingerprint .*rebuild"):
         Index.create_or_open(b, cfg)
     # verify checks the records alone, and with --model also that it built the index
-    kb = str(tmp_path / "kb")
-    assert main(["index", "verify", kb]) == 0
-    assert main(["index", "verify", kb, "--model", "tiny-eos", "--device", "cpu"]) == 2
+    kb = tmp_path / "kb"
+    capsys.readouterr()
+    assert main(["index", "verify", str(kb)]) == 0
+    assert f"0 of {len(TEXTS)} records damaged" in capsys.readouterr().err
+    assert main(["index", "verify", str(kb), "--model", "tiny-eos", "--device", "cpu"]) == 2
+    assert "fingerprint" in capsys.readouterr().err
+    monkeypatch.chdir(tmp_path / "a")  # where tiny-eos names the model that built it
+    assert main(["index", "verify", str(kb), "--model", "tiny-eos", "--device", "cpu"]) == 0
+    monkeypatch.chdir(tmp_path / "b")
     with Index.create_or_open(b, cfg, rebuild=True) as ix:  # the explicit way to switch
         assert ix.count() == 0 and ix.add_texts(TEXTS, config=CFG).cached == len(TEXTS)
+    # metadata that disagrees with the store's vectors: damage, found without the model
+    meta = kb / "chunks.smysl.json"
+    meta.write_text(json.dumps({**json.loads(meta.read_text()), "dimensions": 7}))
+    capsys.readouterr()
+    assert main(["index", "verify", str(kb)]) == 1
+    assert "metadata says 7-d vectors" in capsys.readouterr().err
 
 
 @pytest.fixture
