@@ -103,6 +103,10 @@ def run(args: argparse.Namespace) -> int:
 
     from smysl.registry import load, load_reranker, reranker_options, scheme_of
 
+    remote = [n for n in (model_name, args.reranker) if n and scheme_of(n).remote]
+    if config.workers > 1 and remote:  # refused before anything loads
+        raise ValueError(f"--workers {config.workers} shares local engine processes between the "
+                         f"workers; {remote[0]!r} is a remote API: serve it with one worker")
     options = model_options(args)
     reranker = None
     if args.reranker:

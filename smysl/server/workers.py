@@ -66,12 +66,15 @@ def serve_workers(embedder: BaseEmbedder | None, config: ServerConfig, *,
     try:
         twin = embedder.share() if embedder is not None else None
         ranker = reranker.share() if reranker is not None else None
-    except NotImplementedError as e:
-        if twin is not None:
-            twin.close()
-        raise ValueError(f"--workers {config.workers} needs models the workers can share: {e}"
-                         ) from None
-    sock = _bind(config.host, config.port)
+        sock = _bind(config.host, config.port)
+    except BaseException as e:  # what was shared already is closed again
+        for shared in (twin, ranker):
+            if shared is not None:
+                shared.close()
+        if isinstance(e, NotImplementedError):
+            raise ValueError(f"--workers {config.workers} needs models the workers can share: "
+                             f"{e}") from None
+        raise
     host, port = sock.getsockname()[:2]
     folder = tempfile.mkdtemp(prefix="smysl-metrics-")
     one = dataclasses.replace(config, workers=1)

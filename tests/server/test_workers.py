@@ -149,18 +149,29 @@ def test_an_in_process_model_is_refused(tiny) -> None:  # type: ignore[no-untype
         serve(tiny, ServerConfig(port=0, workers=2))
 
 
-def test_a_reranker_that_cannot_be_shared_is_refused(tiny_dir: Path, tmp_path: Path) -> None:
-    """A remote or in-process reranker has no engine process to share: refused before any
-    worker starts, and the model's shared engine handle is closed again."""
+def test_a_reranker_that_cannot_be_shared_is_refused(tiny, tmp_path: Path,  # type: ignore[no-untyped-def]
+                                                      monkeypatch: pytest.MonkeyPatch,
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    """An in-process or remote reranker has no engine process to share: refused before any
+    worker starts, and the model's handle, shared already, is closed again."""
     from qwen_tiny import build_tiny_reranker
 
-    from smysl import Embedder, Reranker
+    from smysl import Reranker
     from smysl.server import serve
 
-    reranker = Reranker.load(str(build_tiny_reranker(tmp_path / "rr").path), device="cpu")
-    with Embedder.load(str(tiny_dir), device="cpu", process=True) as model:
-        with pytest.raises(ValueError, match=r"share.*process=True"):
-            serve(model, ServerConfig(port=0, workers=2), reranker=reranker)
-        assert model.embed(["still serving"]).shape == (1, model.dimensions)
+    closed: list[bool] = []
+
+    class Twin:
+        def close(self) -> None:
+            closed.append(True)
+
+    monkeypatch.setattr(tiny, "share", Twin)  # as an engine process's model would share
+    ranker = Reranker.load(str(build_tiny_reranker(tmp_path / "rr").path), device="cpu")
+    with ranker, pytest.raises(ValueError, match=r"share.*process=True"):
+        serve(tiny, ServerConfig(port=0, workers=2), reranker=ranker)
+    assert closed == [True]
     with pytest.raises(ValueError, match="nothing to serve"):
         serve(None, ServerConfig(port=0, workers=2))
+    # the CLI refuses a remote one before loading anything
+    rc = main(["serve", "--reranker", "siliconflow:BAAI/bge-reranker-v2-m3", "--workers", "2"])
+    assert rc == 2 and "remote API" in capsys.readouterr().err
