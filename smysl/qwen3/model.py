@@ -501,7 +501,9 @@ def sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool,
 
 
 class Qwen3Encoder(nn.Module):
-    """Qwen3 decoder stack used as an encoder: returns each sequence's last hidden state."""
+    """Qwen3 decoder stack used as an encoder: returns each sequence's last hidden state.
+    Built with uninitialised weights (``torch.empty``): the loader fills them from a
+    checkpoint (:func:`smysl.qwen3.loader.build_encoder`)."""
 
     def __init__(self, cfg: Qwen3Config) -> None:
         super().__init__()
