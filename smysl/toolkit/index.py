@@ -260,14 +260,16 @@ class Verification:
     damaged: dict[str, str]
     #: Records the store holds.
     total: int
-    #: Problems with the index as a whole (records lost).
+    #: Problems with the index as a whole (records lost, metadata that disagrees with the
+    #: stored vectors' width).
     problems: list[str]
 
 
 def verify_store(config: StoreConfig, batch_size: int = 2048) -> Verification:
-    """Check every record of the index at ``config``, and whether records were lost, without
-    its model (:meth:`Index.verify` needs one loaded; ``smysl index verify`` runs this, so an
-    8B model's index is checked without loading 16 GB of weights)."""
+    """Check every record of the index at ``config``, whether records were lost and whether
+    its metadata matches the stored vectors, without its model (:meth:`Index.verify` needs one
+    loaded; ``smysl index verify`` runs this, so an 8B model's index is checked without loading
+    16 GB of weights)."""
     with open_store(config) as store:
         meta = _index_meta(store, config)
         total = store.count()
