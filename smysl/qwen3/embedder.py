@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import re
 from collections import deque
@@ -24,7 +23,7 @@ from smysl.options import ModelOptions
 from smysl.pooling import check_dimensions, finish
 from smysl.prompts import DEFAULT_TASK
 from smysl.qwen3.cpu import detect
-from smysl.qwen3.engine import BATCH_TOKENS, EngineLike, start_engine
+from smysl.qwen3.engine import BATCH_TOKENS, EngineLike, OnEngine, start_engine
 from smysl.qwen3.hub import Checkpoint, read_checkpoint, resolve
 from smysl.scheduler import SchedulerConfig, plan_batches, plan_blocks
 from smysl.tokenize import Direction, Tokenizer, TokenSpan, fit_length
@@ -53,7 +52,7 @@ _QUERY_PROMPT = re.compile(r"^Instruct: (?P<task>.*)\nQuery:$", re.S)
 _COMMIT = re.compile(r"^[0-9a-f]{40}$")
 
 
-class Embedder(BaseEmbedder, TokenLevel):
+class Embedder(OnEngine, BaseEmbedder, TokenLevel):
     """Qwen3-Embedding on the native engine (CPU or CUDA).
 
     Build it with :meth:`load` (or :func:`smysl.load`); ``embed``/``embed_queries``/
@@ -166,17 +165,6 @@ class Embedder(BaseEmbedder, TokenLevel):
     def token_level(self) -> TokenLevel:
         return self
 
-    def share(self) -> Embedder:
-        """A picklable twin on this embedder's engine process (see
-        :meth:`~smysl.qwen3.worker.EngineProcess.share`); NotImplementedError when the engine
-        runs in this process."""
-        twin = copy.copy(self)
-        twin.engine = self.engine.share()
-        return twin
-
-    def close(self) -> None:
-        """Stop the engine process, if the engine runs in one."""
-        self.engine.close()
 
     def _embed(self, texts: list[str], *, truncate: bool,
                progress: Progress | None = None) -> np.ndarray:

@@ -7,6 +7,7 @@ Batching, tokenisation and prompts live elsewhere; model internals never leak pa
 
 from __future__ import annotations
 
+import copy
 import itertools
 import logging
 import os
@@ -15,7 +16,7 @@ import weakref
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, Self
 
 import numpy as np
 import torch
@@ -273,6 +274,25 @@ class EngineLike(Protocol):
         ...
 
     def close(self) -> None: ...
+
+
+class OnEngine:
+    """Sharing and closing for the engine's front-ends (:class:`~smysl.qwen3.embedder.Embedder`,
+    :class:`~smysl.qwen3.reranker.Reranker`): both go to their engine."""
+
+    engine: EngineLike
+
+    def share(self) -> Self:
+        """A picklable twin on this front-end's engine process (see
+        :meth:`~smysl.qwen3.worker.EngineProcess.share`); NotImplementedError when the engine
+        runs in this process."""
+        twin = copy.copy(self)
+        twin.engine = self.engine.share()
+        return twin
+
+    def close(self) -> None:
+        """Stop the engine process, if the engine runs in one."""
+        self.engine.close()
 
 
 class Engine:

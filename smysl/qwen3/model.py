@@ -508,9 +508,9 @@ class Qwen3Encoder(nn.Module):
     def __init__(self, cfg: Qwen3Config) -> None:
         super().__init__()
         self.cfg = cfg
-        # weights come from the checkpoint, as Linear's do: no random init (nn.Embedding's
-        # normal_ on the loader's meta device imports torch._dynamo, 1-3 s of every start)
-        # (the loader may put a QuantEmbedding of a GGUF's blocks here)
+        # no random init: the weights come from the checkpoint, as Linear's do (nn.Embedding's
+        # normal_ on the loader's meta device imports torch._dynamo, 1-3 s of every start);
+        # the loader may put a QuantEmbedding of a GGUF's blocks here
         self.embed_tokens: nn.Module = nn.Embedding.from_pretrained(
             torch.empty(cfg.vocab_size, cfg.hidden_size))
         self.layers = nn.ModuleList(DecoderLayer(cfg) for _ in range(cfg.num_hidden_layers))

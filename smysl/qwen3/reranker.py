@@ -19,7 +19,6 @@ the vocabulary is never computed.
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -29,7 +28,7 @@ from tokenizers import Tokenizer
 
 from smysl.base import fingerprint_files
 from smysl.options import ModelOptions
-from smysl.qwen3.engine import BATCH_TOKENS, EngineLike, start_engine
+from smysl.qwen3.engine import BATCH_TOKENS, EngineLike, OnEngine, start_engine
 from smysl.qwen3.hub import read_checkpoint, resolve
 from smysl.rerank import BaseReranker, RerankerInfo, RerankTokens
 from smysl.scheduler import SchedulerConfig, plan_batches
@@ -57,7 +56,7 @@ def format_pair(query: str, document: str, instruction: str | None = None) -> st
                                 else instruction, query=query, document=document)
 
 
-class Reranker(BaseReranker):
+class Reranker(OnEngine, BaseReranker):
     """Qwen3-Reranker on the native engine (CPU or CUDA). Build it with :meth:`load` (or any
     reranker model string with :func:`smysl.load_reranker`).
 
@@ -254,17 +253,6 @@ class Reranker(BaseReranker):
             "quantization": self.engine.quantization, "max_tokens": self.max_tokens,
             "shared_prefix": self.marker is not None})
 
-    def share(self) -> Reranker:
-        """A picklable twin on this reranker's engine process (see
-        :meth:`~smysl.qwen3.worker.EngineProcess.share`); NotImplementedError when the engine
-        runs in this process."""
-        twin = copy.copy(self)
-        twin.engine = self.engine.share()
-        return twin
-
-    def close(self) -> None:
-        """Stop the engine process, if the engine runs in one."""
-        self.engine.close()
 
 
 def _find(seq: list[int], part: list[int], start: int = 0) -> int:

@@ -68,9 +68,7 @@ def serve_workers(embedder: BaseEmbedder | None, config: ServerConfig, *,
         ranker = reranker.share() if reranker is not None else None
         sock = _bind(config.host, config.port)
     except BaseException as e:  # what was shared already is closed again
-        for shared in (twin, ranker):
-            if shared is not None:
-                shared.close()
+        _close(twin, ranker)
         if isinstance(e, NotImplementedError):
             raise ValueError(f"--workers {config.workers} needs models the workers can share: "
                              f"{e}") from None
@@ -155,9 +153,7 @@ def serve_workers(embedder: BaseEmbedder | None, config: ServerConfig, *,
                 p.kill()
                 p.join(5)
         sock.close()
-        for shared in (twin, ranker):
-            if shared is not None:
-                shared.close()
+        _close(twin, ranker)
         shutil.rmtree(folder, ignore_errors=True)
     return code
 
@@ -202,10 +198,14 @@ def _worker(embedder: BaseEmbedder | None, reranker: BaseReranker | None,
     try:
         code = serve(embedder, config, sockets=[sock], reranker=reranker)
     finally:
-        for model in (embedder, reranker):
-            if model is not None:
-                model.close()
+        _close(embedder, reranker)
     sys.exit(code)
+
+
+def _close(*models: BaseEmbedder | BaseReranker | None) -> None:
+    for model in models:
+        if model is not None:
+            model.close()
 
 
 def _orphaned(parent: int) -> None:
