@@ -7,6 +7,7 @@ Batching, tokenisation and prompts live elsewhere; model internals never leak pa
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import itertools
 import logging
@@ -241,6 +242,10 @@ class EngineLike(Protocol):
     chunk: int
     #: Batches of a bulk call computed at once (CPU, :attr:`EngineConfig.lanes`); else 1.
     lanes: int
+    #: Whether :meth:`submit` returns once the pass is queued, before it has run (CUDA): the
+    #: caller can assemble its next batch meanwhile. False on CPU, where :meth:`submit` returns
+    #: after the pass, and holding its rows back for the next batch would only delay them.
+    queues: bool
 
     @property
     def threads(self) -> int | None:
@@ -268,12 +273,38 @@ class EngineLike(Protocol):
         and queued while the previous one runs; on CPU batches may run in lanes)."""
         ...
 
+    def submit(self, batch: list[list[int]], heads: list[int] | None = None
+               ) -> Callable[[], np.ndarray]:
+        """Start one :meth:`forward` pass; the returned call waits for its rows and raises what
+        the pass raised. Several may be in flight; each call returns its own pass's rows."""
+        ...
+
     def share(self) -> EngineLike:
         """A picklable handle other processes compute with on this engine (an engine
         process's :class:`~smysl.qwen3.worker.EngineClient`); NotImplementedError in process."""
         ...
 
     def close(self) -> None: ...
+
+
+def run_ahead(submit: Callable[[list[list[int]]], Callable[[], np.ndarray]],
+              batches: Iterable[list[list[int]]], queues: bool) -> Iterator[np.ndarray]:
+    """Rows of each batch in order, passes started with ``submit``. When passes ``queues``
+    (:attr:`EngineLike.queues`), the next one is queued before the previous one's rows are
+    read, so the device runs batch n while the caller's iterator assembles batch n + 1."""
+    pending: deque[Callable[[], np.ndarray]] = deque()
+    try:
+        for batch in batches:
+            pending.append(submit(batch))
+            if len(pending) > queues:
+                yield pending.popleft()()
+        while pending:
+            yield pending.popleft()()
+    finally:  # a caller that stopped early: collect what is in flight (an engine process's
+        # reply must not stay unread on its pipe)
+        for wait in pending:
+            with contextlib.suppress(Exception):
+                wait()
 
 
 class OnEngine:
@@ -348,6 +379,7 @@ class Engine:
             if self._cuda.fused:
                 self.kernel += "+triton"
         self.cuda_graphs = self._cuda.graph_sizes if self._cuda else []
+        self.queues = self._cuda is not None
 
     @property
     def tuned_at(self) -> str | None:
@@ -426,13 +458,7 @@ class Engine:
                                      whole=lambda b: len(b) == 1 and len(b[0]) > LANE_TOKENS)
                 return
             batches = itertools.chain(head, it)
-        pending: deque[Callable[[], np.ndarray]] = deque()
-        for batch in batches:
-            pending.append(self.submit(batch))
-            if len(pending) > 1:
-                yield pending.popleft()()
-        while pending:
-            yield pending.popleft()()
+        yield from run_ahead(self.submit, batches, self.queues)
 
     def submit(self, batch: list[list[int]], heads: list[int] | None = None
                ) -> Callable[[], np.ndarray]:

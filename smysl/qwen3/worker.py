@@ -29,16 +29,17 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from multiprocessing import AuthenticationError
 from multiprocessing.connection import Client, Connection, Listener, wait
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
 
-from smysl.qwen3.engine import BATCH_TOKENS, Engine, EngineConfig
+from smysl.qwen3.engine import BATCH_TOKENS, Engine, EngineConfig, run_ahead
 from smysl.qwen3.heap import keep_heap
 from smysl.qwen3.hub import Checkpoint
 
 log = logging.getLogger(__name__)
+_T = TypeVar("_T")
 
 #: Seconds the parent waits for the child to import torch and load the weights.
 START_TIMEOUT_S = 600.0
@@ -72,7 +73,8 @@ def _child(conn: Connection, ckpt: Checkpoint, cfg: EngineConfig) -> None:
             "dtype": str(engine.dtype).removeprefix("torch."),
             "quantization": engine.quantization, "parameters": engine.parameters,
             "threads": engine.threads, "cuda_graphs": engine.cuda_graphs, "kernel": engine.kernel,
-            "chunk": engine.chunk, "tuned_at": engine.tuned_at, "pid": os.getpid()}
+            "chunk": engine.chunk, "tuned_at": engine.tuned_at, "queues": engine.queues,
+            "pid": os.getpid()}
     _send(conn, ("ready", info))
     _Hub(engine, conn, info).run()
 
@@ -97,7 +99,7 @@ class _Hub:
         self.budget = BATCH_TOKENS.get(engine.device.type, 4096)
         # CUDA: submit returns once a pass is queued. On CPU it returns when the pass has
         # run, and holding its rows back for the next pass would only delay them.
-        self.pipelined = engine.device.type == "cuda"
+        self.pipelined = engine.queues
         self.clients: list[Connection] = []
         self._joined: list[Connection] = []  # accepted, not yet polled
         self._lock = threading.Lock()
@@ -240,6 +242,60 @@ def merge(requests: Sequence[tuple[list[list[int]], list[int] | None]], budget: 
     return groups
 
 
+class _Replies:
+    """One connection to the child, with several requests in flight: the child answers a
+    connection's requests in the order they were sent, so a request's reply is the n-th one
+    read. Whichever caller reads first keeps the replies that are not its own for theirs.
+    The owner's lock guards it; a connection that failed is replaced, never reused."""
+
+    def __init__(self, conn: Connection) -> None:
+        self.conn = conn
+        self.sent = self.read = 0
+        #: Replies read for requests whose callers have not asked yet, by request number.
+        self.early: dict[int, tuple[str, Any]] = {}
+
+    @property
+    def waiting(self) -> bool:
+        """Replies still to come."""
+        return self.read < self.sent
+
+    def send(self, request: Any) -> int:
+        """Send ``request`` -> its number, to ask :meth:`reply` for."""
+        self.conn.send(request)
+        self.sent += 1
+        return self.sent - 1
+
+    def check(self, number: int) -> None:
+        """Raise if request ``number``'s reply was handed out already (before any I/O: a
+        caller's mistake must not cost the connection)."""
+        if number < self.read and number not in self.early:
+            raise RuntimeError(f"the rows of pass {number} were read already")
+
+    def reply(self, number: int) -> tuple[str, Any]:
+        """Request ``number``'s reply (reads, and keeps, the ones sent before it)."""
+        while number not in self.early:
+            self._read_one()
+        return self.early.pop(number)
+
+    def ask(self, request: Any) -> tuple[str, Any]:
+        """Send a request the child answers at once, out of turn (``share``), and read its
+        reply: the replies still to come are read (and kept) first."""
+        while self.waiting:
+            self._read_one()
+        return self.reply(self.send(request))
+
+    def _read_one(self) -> None:
+        self.early[self.read] = self.conn.recv()
+        self.read += 1
+
+
+def _rows(kind: str, payload: Any) -> np.ndarray:
+    """A pass's reply -> its rows, or the error the pass raised."""
+    if kind == "error":
+        raise payload
+    return np.asarray(payload)
+
+
 def _send(conn: Connection, reply: tuple[str, Any]) -> None:
     try:
         conn.send(reply)
@@ -293,12 +349,14 @@ class _Described:
         self.pid: int | None = info["pid"]
         #: Bulk calls through the child go one batch at a time (lanes run in-process only).
         self.lanes = 1
+        #: The child queues a pass behind the one it runs (CUDA; :attr:`Engine.queues`).
+        self.queues: bool = info["queues"]
 
 
 class EngineProcess(_Described):
-    """The :class:`~smysl.qwen3.engine.EngineLike` contract, served by a child process. One
-    forward pass at a time; ``close()`` (or garbage collection, or
-    interpreter exit) stops the child.
+    """The :class:`~smysl.qwen3.engine.EngineLike` contract, served by a child process, which
+    runs passes in the order they were sent (several may be in flight: :meth:`submit`);
+    ``close()`` (or garbage collection, or interpreter exit) stops the child.
 
     A call interrupted between sending a batch and reading its rows (Ctrl-C) kills the child,
     which also stops its work; the next call starts a fresh one. A child that dies on its own
@@ -355,7 +413,8 @@ class EngineProcess(_Described):
 
     def _install(self, proc: Any, conn: Connection, info: dict[str, Any]) -> None:
         """Make a started child the engine's (under the lock, or before any other thread)."""
-        self._proc, self._conn, self._info = proc, conn, info
+        self._proc, self._info = proc, info
+        self._replies = _Replies(conn)
         self._closer = weakref.finalize(self, _stop, proc, conn)
         threading.Thread(target=_watch, args=(weakref.ref(self), proc), daemon=True,
                          name="smysl-engine-watch").start()
@@ -407,7 +466,7 @@ class EngineProcess(_Described):
         self._closer.detach()
         self._proc.kill()
         self._proc.join(5)
-        self._conn.close()
+        self._replies.conn.close()
         self._stale = True
 
     @property
@@ -416,12 +475,17 @@ class EngineProcess(_Described):
                 and (self._stale or self._proc.is_alive()))
 
     def forward_many(self, batches: Iterable[list[list[int]]]) -> Iterator[np.ndarray]:
-        """:meth:`forward` of each batch in turn (the child pipelines nothing)."""
-        for batch in batches:
-            yield self.forward(batch)
+        """:meth:`forward` of each batch in order; on CUDA the next batch is sent before the
+        previous one's rows come back, and the child queues it behind the running pass."""
+        return run_ahead(self.submit, batches, self.queues)
 
     def forward(self, batch: list[list[int]], heads: list[int] | None = None) -> np.ndarray:
         """Same as :meth:`Engine.forward`: ``[len(batch), hidden]`` float32 pooled rows."""
+        return self.submit(batch, heads)()
+
+    def submit(self, batch: list[list[int]], heads: list[int] | None = None
+               ) -> Callable[[], np.ndarray]:
+        """Send one forward pass to the child; the returned call waits for its rows."""
         with self._lock:
             if self._closed:
                 raise EngineProcessError("the engine process was closed")
@@ -436,24 +500,37 @@ class EngineProcess(_Described):
             if self._stale:
                 log.warning("starting a new engine process after an interrupted call")
                 self._start()
-            try:
-                self._conn.send((batch, heads))
-                kind, payload = self._conn.recv()
-            except (EOFError, OSError):
-                self._down = True  # the watcher restarts it
-                self._proc.join(1)
-                raise EngineProcessError(f"the engine process exited (exit code "
-                                         f"{self._proc.exitcode}) during this batch; it is "
-                                         "restarting") from None
-            except BaseException as e:  # interrupted, or a reply that does not unpickle
-                self._kill()
-                if isinstance(e, Exception):
-                    raise EngineProcessError(f"unreadable reply from the engine process: "
-                                             f"{e!r}") from e
-                raise
-        if kind == "error":
-            raise payload
-        return np.asarray(payload)
+            replies = self._replies
+            number = self._io(lambda: replies.send((batch, heads)))
+        return functools.partial(self._reply, replies, number)
+
+    def _reply(self, replies: _Replies, number: int) -> np.ndarray:
+        with self._lock:
+            if replies is not self._replies or replies.conn.closed:
+                raise EngineProcessError("the engine process was restarted before this "
+                                         "batch's rows came back")
+            replies.check(number)
+            kind, payload = self._io(lambda: replies.reply(number))
+        return _rows(kind, payload)
+
+    def _io(self, step: Callable[[], _T]) -> _T:
+        """One send or receive on the child's pipe (under the lock): a broken pipe is a dead
+        child (the watcher restarts it); an interrupted one (Ctrl-C), or a reply that does
+        not unpickle, kills the child, so that no reply reaches a later call."""
+        try:
+            return step()
+        except (EOFError, OSError):
+            self._down = True  # the watcher restarts it
+            self._proc.join(1)
+            raise EngineProcessError(f"the engine process exited (exit code "
+                                     f"{self._proc.exitcode}) during this batch; it is "
+                                     "restarting") from None
+        except BaseException as e:
+            self._kill()
+            if isinstance(e, Exception):
+                raise EngineProcessError(f"unreadable reply from the engine process: "
+                                         f"{e!r}") from e
+            raise
 
     def share(self) -> EngineClient:
         """A handle other processes can compute with on this engine (picklable; it connects
@@ -468,8 +545,8 @@ class EngineProcess(_Described):
                 folder = tempfile.mkdtemp(prefix="smysl-engine-")  # 0700: this user only
                 shared = EngineClient(os.path.join(folder, "engine.sock"),
                                       secrets.token_bytes(32), self._info)
-                self._conn.send(("share", shared.address, shared.authkey))
-                kind, err = self._conn.recv()
+                kind, err = self._io(lambda: self._replies.ask(
+                    ("share", shared.address, shared.authkey)))
                 if kind == "error":
                     raise EngineProcessError(f"the engine process cannot accept other "
                                              f"processes: {err}")
@@ -506,7 +583,7 @@ class EngineClient(_Described):
     info: dict[str, Any]
 
     def __post_init__(self) -> None:
-        self._conn: Connection | None = None
+        self._replies: _Replies | None = None
         self._lock = threading.Lock()
         self._describe(self.info)
 
@@ -517,25 +594,26 @@ class EngineClient(_Described):
         self.__dict__.update(state)
         self.__post_init__()
 
-    def _connected(self) -> Connection:
+    def _connected(self) -> _Replies:
         """The connection (under the lock), made or remade when needed."""
-        if self._conn is not None and self._conn.poll():  # EOF: the engine process exited
+        # with no reply to come, a readable connection is one the engine process closed
+        if self._replies is not None and not self._replies.waiting and self._replies.conn.poll():
             self._drop()
-        if self._conn is None:
+        if self._replies is None:
             try:
                 conn = Client(self.address, family="AF_UNIX", authkey=self.authkey)
                 _, info = conn.recv()
             except (OSError, EOFError) as e:
                 raise EngineProcessError(f"the engine process does not answer at "
                                          f"{self.address} ({e}); it may be restarting") from None
-            self._conn, self.info = conn, info
+            self._replies, self.info = _Replies(conn), info
             self._describe(info)
-        return self._conn
+        return self._replies
 
     def _drop(self) -> None:
-        if self._conn is not None:
-            self._conn.close()
-        self._conn = None
+        if self._replies is not None:
+            self._replies.conn.close()
+        self._replies = None
 
     def connect(self) -> EngineClient:
         """Connect now (the shape attributes are read from the engine): self."""
@@ -548,7 +626,7 @@ class EngineClient(_Described):
         # never waits for a call in flight (a server's event loop polls this): that call
         # reports its own failure
         if not self._lock.acquire(blocking=False):
-            return self._conn is not None
+            return self._replies is not None
         try:
             self._connected()
         except EngineProcessError:
@@ -559,26 +637,42 @@ class EngineClient(_Described):
 
     def forward(self, batch: list[list[int]], heads: list[int] | None = None) -> np.ndarray:
         """Same as :meth:`Engine.forward`: ``[len(batch), hidden]`` float32 pooled rows."""
+        return self.submit(batch, heads)()
+
+    def submit(self, batch: list[list[int]], heads: list[int] | None = None
+               ) -> Callable[[], np.ndarray]:
+        """Send one forward pass; the returned call waits for its rows."""
         with self._lock:
-            conn = self._connected()
-            try:
-                conn.send((batch, heads))
-                kind, payload = conn.recv()
-            except (EOFError, OSError):
-                self._drop()
-                raise EngineProcessError("the engine process exited during this batch; it "
-                                         "is restarting") from None
-            except BaseException:  # interrupted: its reply must not reach a later call
-                self._drop()
-                raise
-        if kind == "error":
-            raise payload
-        return np.asarray(payload)
+            replies = self._connected()
+            number = self._io(lambda: replies.send((batch, heads)))
+        return functools.partial(self._reply, replies, number)
+
+    def _reply(self, replies: _Replies, number: int) -> np.ndarray:
+        with self._lock:
+            if replies is not self._replies:
+                raise EngineProcessError("the connection to the engine process was lost "
+                                         "before this batch's rows came back")
+            replies.check(number)
+            kind, payload = self._io(lambda: replies.reply(number))
+        return _rows(kind, payload)
+
+    def _io(self, step: Callable[[], _T]) -> _T:
+        """One send or receive (under the lock); on failure the connection is dropped (an
+        interrupted one too: its reply must not reach a later call)."""
+        try:
+            return step()
+        except (EOFError, OSError):
+            self._drop()
+            raise EngineProcessError("the engine process exited during this batch; it "
+                                     "is restarting") from None
+        except BaseException:
+            self._drop()
+            raise
 
     def forward_many(self, batches: Iterable[list[list[int]]]) -> Iterator[np.ndarray]:
-        """:meth:`forward` of each batch in turn."""
-        for batch in batches:
-            yield self.forward(batch)
+        """:meth:`forward` of each batch in order, the next one sent ahead on CUDA (see
+        :meth:`EngineProcess.forward_many`)."""
+        return run_ahead(self.submit, batches, self.queues)
 
     def share(self) -> EngineClient:
         return EngineClient(self.address, self.authkey, self.info)

@@ -88,7 +88,7 @@ def test_an_interrupted_call_never_hands_its_rows_to_the_next(tiny_dir: Path, ti
         def interrupted() -> object:  # Ctrl-C while the child computes
             raise KeyboardInterrupt
 
-        engine._conn.recv = interrupted  # type: ignore[method-assign]
+        engine._replies.conn.recv = interrupted  # type: ignore[method-assign]
         with pytest.raises(KeyboardInterrupt):
             engine.forward(a)
         # the next call gets its own rows from a fresh child, never the interrupted batch's
@@ -253,6 +253,7 @@ class _FakeCudaEngine:
         self.events: list[tuple[str, tuple[int, ...]]] = []
         self.fail_merged = fail_merged
         self.device = torch.device(device)
+        self.queues = device == "cuda"
 
     def submit(self, batch: list[list[int]], heads: list[int] | None = None) -> Any:
         key = tuple(s[0] for s in batch)
@@ -321,3 +322,78 @@ def test_the_hub_answers_merged_requests_alone_after_a_failed_pass() -> None:
     assert engine.events[:2] == [("launch", (1, 5)), ("wait", (1, 5))]
     assert [r[0] for r in replies] == ["ok", "ok"]  # each alone passed
     assert replies[0][1].tolist() == [[1, 2]] and replies[1][1].tolist() == [[5, 1]]
+
+
+def test_passes_in_flight_each_get_their_own_rows(remote, tiny) -> None:  # type: ignore[no-untyped-def]
+    """Several passes sent before any rows are read (a CUDA caller keeps one ahead): each
+    wait returns its own pass's rows whatever the order of the waits, across a ``share``
+    asked in between, and on a shared client too."""
+    engine = remote.engine
+    batches = [tiny.tokenize([f"batch {i}", "слово " * i]) for i in range(1, 5)]
+    want = [tiny.engine.forward(b) for b in batches]
+    waits = [engine.submit(b) for b in batches]
+    client = engine.share()  # answered out of turn by the child, while replies are due
+    try:
+        for i in (2, 0, 3, 1):
+            assert np.array_equal(waits[i](), want[i])
+        with pytest.raises(RuntimeError, match="read already"):
+            waits[0]()
+        assert engine.alive and np.array_equal(engine.forward(batches[0]), want[0])
+        client.connect()
+        waits = [client.submit(b) for b in batches]
+        assert client.alive  # a reply waiting to be read is not the engine's EOF
+        for i in (3, 1, 0, 2):
+            assert np.array_equal(waits[i](), want[i])
+    finally:
+        client.close()
+
+
+def test_forward_many_sends_ahead_when_passes_queue(remote, tiny) -> None:  # type: ignore[no-untyped-def]
+    """With ``queues`` (as on CUDA) the parent sends batch n + 1 before reading batch n's rows;
+    the rows still come back in order, equal to the in-process engine's."""
+    engine = remote.engine
+    batches = [tiny.tokenize([f"text {i}"] * (i % 3 + 1)) for i in range(6)]
+    sent: list[int] = []
+    submit = engine.submit
+
+    def spy(batch: list[list[int]], heads: list[int] | None = None) -> Any:
+        sent.append(len(sent))
+        wait = submit(batch, heads)
+
+        def rows() -> np.ndarray:
+            read.append(len(sent))
+            return wait()
+
+        return rows
+
+    read: list[int] = []
+    engine.queues = True
+    engine.submit = spy  # type: ignore[method-assign]
+    try:
+        got = list(engine.forward_many(iter(batches)))
+    finally:
+        engine.queues = False
+        del engine.submit
+    assert all(np.array_equal(g, tiny.engine.forward(b)) for g, b in zip(got, batches, strict=True))
+    assert read == [2, 3, 4, 5, 6, 6]  # each read with the next batch sent already
+
+
+def test_a_pass_sent_before_an_interrupted_call_never_gets_wrong_rows(tiny_dir: Path, tiny) -> None:  # type: ignore[no-untyped-def]
+    engine = EngineProcess(read_checkpoint(tiny_dir),
+                           EngineConfig(device="cpu", threads=torch.get_num_threads()))
+    try:
+        a, b = tiny.tokenize(["first"]), tiny.tokenize(["second", "third"])
+        first = engine.submit(a)
+        second = engine.submit(b)
+
+        def interrupted() -> object:
+            raise KeyboardInterrupt
+
+        engine._replies.conn.recv = interrupted  # type: ignore[method-assign]
+        with pytest.raises(KeyboardInterrupt):
+            second()  # reading its rows means reading the first pass's: interrupted there
+        with pytest.raises(EngineProcessError, match="restarted before"):
+            first()  # the child that computed it is gone
+        assert np.array_equal(engine.forward(b), tiny.engine.forward(b))
+    finally:
+        engine.close()
