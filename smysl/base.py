@@ -13,7 +13,7 @@ from __future__ import annotations
 import abc
 import hashlib
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Protocol
@@ -111,6 +111,18 @@ class TokenLevel(Protocol):
 
     def embed_prepared(self, ids: list[list[int]]) -> np.ndarray:
         """Raw pooled rows ``[len(ids), dimensions]`` (not normalised) of prepared ids."""
+        ...
+
+    def start_prepared(self, ids: list[list[int]]) -> Callable[[], np.ndarray]:
+        """:meth:`embed_prepared`, started: the returned call waits for the rows (and raises
+        what computing them raised). See :attr:`queues` for when it returns."""
+        ...
+
+    @property
+    def queues(self) -> bool:
+        """Whether :meth:`start_prepared` returns once the work is queued, before it has run
+        (a CUDA engine): the caller can assemble its next batch meanwhile. Otherwise it
+        returns with the rows computed."""
         ...
 
     def token_spans(self, texts: Sequence[str], *,

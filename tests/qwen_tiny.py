@@ -495,3 +495,35 @@ def sdpa_varlen(q, k, v, cu_q, cu_k, max_q: int, max_k: int, causal: bool):  # t
                                            enable_gqa=True)
         out.append(o[0].transpose(0, 1))
     return torch.cat(out)
+
+
+class QueuedEngine:
+    """A CPU engine with a CUDA engine's timing (``queues``): ``submit`` returns at once, the
+    pass runs when its rows are waited for. ``events`` records both ("submit n", "wait n");
+    ``fail`` names passes (by submit order) that raise when submitted or when waited for."""
+
+    queues = True
+
+    def __init__(self, engine: object,
+                 fail: dict[int, tuple[str, Exception]] | None = None) -> None:
+        self.engine = engine
+        self.fail = fail or {}
+        self.events: list[str] = []
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.engine, name)
+
+    def submit(self, batch: list[list[int]], heads: list[int] | None = None) -> object:
+        n = len([e for e in self.events if e.startswith("submit")])
+        self.events.append(f"submit {n}")
+        when, error = self.fail.get(n, ("", None))
+        if when == "submit":
+            raise error  # type: ignore[misc]
+
+        def rows() -> np.ndarray:
+            self.events.append(f"wait {n}")
+            if when == "wait":
+                raise error  # type: ignore[misc]
+            return self.engine.forward(batch, heads)  # type: ignore[attr-defined]
+
+        return rows

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import re
 from collections import deque
-from collections.abc import Generator, Iterable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -85,7 +85,7 @@ class Embedder(OnEngine, BaseEmbedder, TokenLevel):
         #: Tokenise a bulk call a block at a time while earlier blocks' batches run (CUDA,
         #: where forward passes are queued and the host is free meanwhile; on CPU tokenising
         #: would compete with the forward passes for the cores).
-        self.overlap_tokenize = engine.device.type == "cuda"
+        self.overlap_tokenize = engine.queues
 
     @classmethod
     def load(cls, model: str, options: ModelOptions | None = None, *, name: str | None = None,
@@ -232,6 +232,30 @@ class Embedder(OnEngine, BaseEmbedder, TokenLevel):
         """Raw pooled rows of ids from :meth:`prepare_token_ids` or :meth:`tokenize`."""
         return self._run(ids, None)
 
+    def start_prepared(self, ids: list[list[int]]) -> Callable[[], np.ndarray]:
+        """:meth:`embed_prepared`, started: on an engine that queues passes (CUDA) every batch
+        of ``ids`` is queued before this returns (so the caller bounds ``ids``: the server
+        passes one of its batches); otherwise they are computed first."""
+        if not self.engine.queues:
+            done = self._run(ids, None)
+            return lambda: done
+        waits: list[tuple[list[int], Callable[[], np.ndarray]]] = []
+        try:
+            for batch in plan_batches([len(s) for s in ids], self.scheduler):
+                waits.append((batch, self.engine.submit([ids[i] for i in batch])))
+        except BaseException:
+            _collect(waits, np.empty((len(ids), self.dimensions), np.float32), quiet=True)
+            raise
+
+        def rows() -> np.ndarray:
+            return _collect(waits, np.empty((len(ids), self.dimensions), np.float32))
+
+        return rows
+
+    @property
+    def queues(self) -> bool:
+        return self.engine.queues
+
     def token_spans(self, texts: Sequence[str], *,
                     add_special_tokens: bool = True) -> list[list[TokenSpan]]:
         return self.tokenizer.spans(texts, add_special_tokens=add_special_tokens)
@@ -272,6 +296,21 @@ class Embedder(OnEngine, BaseEmbedder, TokenLevel):
         if order:
             raise RuntimeError(f"the engine returned rows for {len(order)} batch(es) too few")
         return out
+
+
+def _collect(waits: Sequence[tuple[list[int], Callable[[], np.ndarray]]], out: np.ndarray, *,
+             quiet: bool = False) -> np.ndarray:
+    """Wait for every started batch (an engine process's replies must all be read, even after
+    one failed), its rows into ``out`` at its indices; the first failure raises after."""
+    error: Exception | None = None
+    for batch, wait in waits:
+        try:
+            out[batch] = wait()
+        except Exception as e:
+            error = error or e
+    if error is not None and not quiet:
+        raise error
+    return out
 
 
 def load(rest: str, options: ModelOptions, **kwargs: Any) -> Embedder:

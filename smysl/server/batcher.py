@@ -122,10 +122,22 @@ class BatchBackend(Protocol):
     @property
     def healthy(self) -> bool: ...
 
-    def rows(self, key: tuple[Hashable, ...], items: list[Any]) -> np.ndarray:
-        """Raw rows ``[len(items), width]`` of one batch's items (all jobs share ``key``);
-        ``ValueError`` means bad input (the batch is retried job by job)."""
+    @property
+    def queues(self) -> bool:
+        """Whether :meth:`start` returns before the rows are computed (a CUDA engine): the
+        batcher then takes and starts the next batch while this one runs."""
         ...
+
+    def start(self, key: tuple[Hashable, ...], items: list[Any]) -> Callable[[], np.ndarray]:
+        """Start one batch's items (all jobs share ``key``); the returned call waits for their
+        raw rows ``[len(items), width]``. ``ValueError`` (from either) means bad input: the
+        batch is retried job by job."""
+        ...
+
+
+def computed(rows: np.ndarray) -> Callable[[], np.ndarray]:
+    """:meth:`BatchBackend.start`'s answer for rows computed already."""
+    return lambda: rows
 
 
 class EmbedBackend:
@@ -139,12 +151,16 @@ class EmbedBackend:
     def healthy(self) -> bool:
         return self.embedder.healthy
 
-    def rows(self, key: tuple[Hashable, ...], items: list[Any]) -> np.ndarray:
+    @property
+    def queues(self) -> bool:
+        return self.tokens is not None and self.tokens.queues
+
+    def start(self, key: tuple[Hashable, ...], items: list[Any]) -> Callable[[], np.ndarray]:
         if key[0] == "ids":
             if self.tokens is None:
                 raise RuntimeError("token-id job for a backend without token ids")
-            return self.tokens.embed_prepared(items)
-        return self.embedder.embed_formatted(items, truncate=bool(key[1]))
+            return self.tokens.start_prepared(items)
+        return computed(self.embedder.embed_formatted(items, truncate=bool(key[1])))
 
 
 class Batcher:
@@ -163,7 +179,7 @@ class Batcher:
         #: Guards ``_pending``, ``_closing`` and ``_inflight``; the compute thread sleeps on it.
         self._cond = threading.Condition()
         self._closing = False
-        #: Tokens of the batch being computed (still ahead of a new request).
+        #: Tokens of the batches being computed (still ahead of a new request).
         self._inflight = 0
         #: Batches in a row that left the waiting large jobs nothing (see ``_take``).
         self._starved = 0
@@ -172,6 +188,8 @@ class Batcher:
         self._thread: threading.Thread | None = None
         #: (tokens, seconds) of recent batches: the measured drain rate, for Retry-After.
         self._recent: deque[tuple[int, float]] = deque(maxlen=_RATE_WINDOW)
+        #: When the last batch's rows were ready (``time.perf_counter``; compute thread).
+        self._last_end = 0.0
 
     # ------------------------------------------------------------------ public
     @property
@@ -300,42 +318,55 @@ class Batcher:
 
     # ------------------------------------------------------------------ compute thread
     def _work(self) -> None:
-        """The compute thread: take a batch, compute, post rows; until closed and drained."""
+        """The compute thread: take a batch, start it, post the rows of the one before; until
+        closed and drained. With a backend that queues (CUDA), one batch stays started ahead:
+        the next batch is taken and queued before the running one's rows are read and posted,
+        so the device is not idle while this thread posts, drops and takes."""
+        ahead: Started | None = None  # started, rows not yet posted
         while True:
             dropped: list[tuple[Job, BaseException]] = []
             with self._cond:
                 while True:
                     dropped += self._drop_gone()
                     if not self._pending:
-                        if self._closing:
-                            self._post(dropped)
-                            return
-                        if dropped:
+                        if ahead is not None or dropped:
                             break
+                        if self._closing:
+                            return
                         self._cond.wait()
                         continue
                     # Let an idle-time arrival wait briefly for companions; jobs that queued
                     # behind a running batch have waited already and go at once.
                     delay = self._pending[0].enqueued + self.max_wait_s - time.perf_counter()
-                    if delay > 0 and not self._closing and not self._full():
+                    if (ahead is None and delay > 0 and not self._closing
+                            and not self._full()):
                         self._cond.wait(delay)
                         continue
                     break
                 batch = self._take() if self._pending else []
-                self._inflight = sum(sum(s.job.lengths[s.start : s.stop]) for s in batch)
+                self._inflight = _tokens(batch) + (ahead.tokens if ahead is not None else 0)
                 depth = len(self._pending)
+            started: Started | None = None
             try:
                 self._post(dropped)
                 self.metrics.queue_depth.set(depth)
                 if batch:
-                    self._run(batch)
+                    started = self._start(batch)
+                if ahead is not None:  # its rows go out while the new batch runs
+                    self._finish(ahead)
+                ahead = None
+                if started is not None and self.backend.queues:
+                    ahead, started = started, None
+                elif started is not None:  # computed already: no reason to hold it back
+                    self._finish(started)
             except BaseException as e:  # never leave a taken job unanswered
-                self._fail([(s.job, e) for s in batch])
+                self._fail([(s.job, e) for s in batch + (ahead.batch if ahead else [])])
+                ahead = None
                 if not isinstance(e, Exception):
                     raise
             finally:
                 with self._cond:
-                    self._inflight = 0
+                    self._inflight = ahead.tokens if ahead is not None else 0
 
     def _full(self) -> bool:
         return (len(self._pending) >= self.max_batch_requests
@@ -428,22 +459,32 @@ class Batcher:
             with contextlib.suppress(RuntimeError):
                 loop.call_soon_threadsafe(self._deliver, part)
 
-    def _run(self, batch: list[Slice]) -> None:
+    def _start(self, batch: list[Slice]) -> Started:
+        """Start one batch on the backend (its jobs' queue time ends here)."""
         start = time.perf_counter()
         for s in batch:
             if not s.job.started:
                 s.job.started = True
                 s.job.queue_s = start - s.job.enqueued
                 self.metrics.queue_seconds.observe(s.job.queue_s)
-        tokens = sum(sum(s.job.lengths[s.start : s.stop]) for s in batch)
+        tokens = _tokens(batch)
         self.metrics.batch_requests.observe(len(batch))
         self.metrics.batch_inputs.observe(sum(s.stop - s.start for s in batch))
         self.metrics.batch_tokens.observe(tokens)
-        results = self._compute(batch)
-        elapsed = time.perf_counter() - start
+        return Started(batch, tokens, start, self._compute(batch))
+
+    def _finish(self, started: Started) -> None:
+        """Wait for a started batch's rows; post the jobs it completed or failed."""
+        batch = started.batch
+        results = started.rows()
+        end = time.perf_counter()
+        # compute time of this batch alone: from its start, or from the end of the batch it
+        # was queued behind
+        elapsed = end - max(started.at, self._last_end)
+        self._last_end = end
         self.metrics.compute_seconds.observe(elapsed)
         with self._cond:
-            self._recent.append((tokens, elapsed))
+            self._recent.append((started.tokens, elapsed))
         done: list[tuple[Job, np.ndarray | BaseException]] = []
         failed: list[tuple[Job, BaseException]] = []
         for s, result in zip(batch, results, strict=True):
@@ -467,25 +508,55 @@ class Batcher:
             self._fail(failed)
         self._post(done)
 
-    def _compute(self, batch: list[Slice]) -> list[np.ndarray | BaseException]:
-        """Backend call on the union of the batch's slices; raw rows split per slice."""
+    def _compute(self, batch: list[Slice]) -> Callable[[], list[np.ndarray | BaseException]]:
+        """Start the backend on the union of the batch's slices -> the call that waits for
+        the raw rows, split per slice (or each slice's error)."""
         try:
-            raw = self.backend.rows(batch[0].job.key, [x for s in batch for x in s.items])
-        except ValueError as e:
+            wait = self.backend.start(batch[0].job.key, [x for s in batch for x in s.items])
+        except Exception as e:
+            failure = self._failure(batch, e)
+            return lambda: failure
+
+        def rows() -> list[np.ndarray | BaseException]:
+            try:
+                raw = wait()
+            except Exception as e:
+                return self._failure(batch, e)
+            out: list[np.ndarray | BaseException] = []
+            offset = 0
+            for s in batch:
+                out.append(raw[offset : offset + s.stop - s.start])
+                offset += s.stop - s.start
+            return out
+
+        return rows
+
+    def _failure(self, batch: list[Slice], e: Exception) -> list[np.ndarray | BaseException]:
+        """What each slice of a failed batch gets: bad input is retried slice by slice, so the
+        error lands on the job that caused it (one job's over-long input or bad token id must
+        not fail the others); any other failure is every slice's."""
+        if isinstance(e, ValueError):
             if len(batch) == 1:
                 return [e]
-            # One job's bad input (over-long, bad token id) must not fail the others: run each
-            # alone so the error lands on the job that caused it.
-            return [self._compute([s])[0] for s in batch]
-        except Exception as e:
-            err: Exception = e if self.backend.healthy else BackendDown(str(e))
-            return [err for _ in batch]
-        out: list[np.ndarray | BaseException] = []
-        offset = 0
-        for s in batch:
-            out.append(raw[offset : offset + s.stop - s.start])
-            offset += s.stop - s.start
-        return out
+            return [self._compute([s])()[0] for s in batch]
+        err: Exception = e if self.backend.healthy else BackendDown(str(e))
+        return [err for _ in batch]
+
+
+@dataclass(eq=False)
+class Started:
+    """A batch started on the backend, rows not yet posted."""
+
+    batch: list[Slice]
+    tokens: int
+    #: When it was started (``time.perf_counter``).
+    at: float
+    #: Waits for the rows, split per slice (or each slice's error).
+    rows: Callable[[], list[np.ndarray | BaseException]]
+
+
+def _tokens(batch: Sequence[Slice]) -> int:
+    return sum(sum(s.job.lengths[s.start : s.stop]) for s in batch)
 
 
 def batch_cost(recent: Sequence[tuple[int, float]]) -> tuple[float, float]:

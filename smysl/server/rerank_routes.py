@@ -19,7 +19,7 @@ cohere:...``) is called once per request, a few at a time.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable
 from typing import Any
 
 import anyio
@@ -29,7 +29,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, Strict
 
 from smysl.registry import names_of
 from smysl.rerank import BaseReranker, RerankTokens, order
-from smysl.server.batcher import BackendDown, Batcher, Job
+from smysl.server.batcher import BackendDown, Batcher, Job, computed
 from smysl.server.config import ServerConfig
 from smysl.server.errors import ApiError
 from smysl.server.http import json_response
@@ -93,8 +93,11 @@ class RerankBackend:
     def healthy(self) -> bool:
         return self.reranker.healthy
 
-    def rows(self, key: tuple[Hashable, ...], items: list[Any]) -> np.ndarray:
-        return self.tokens.prepared_scores(items)
+    #: Scores are computed when a batch starts.
+    queues = False
+
+    def start(self, key: tuple[Hashable, ...], items: list[Any]) -> Callable[[], np.ndarray]:
+        return computed(self.tokens.prepared_scores(items))
 
 
 class RerankService:

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from qwen_tiny import TEXTS, Tiny, build_tiny, reference_embed
+from qwen_tiny import TEXTS, QueuedEngine, Tiny, build_tiny, reference_embed
 
 from smysl import Embedder
 from smysl.prompts import DEFAULT_TASK, format_query
@@ -94,6 +94,59 @@ def test_tokenising_while_batches_run_changes_nothing(tiny_dir: Path,
         streamed.embed([*texts[:100], "token " * 2000, *texts[100:]])
     assert text_blocks(["ab", "c", "", "defg", "h"], 3) == [(0, 2), (2, 4), (4, 5)]
     assert text_blocks([], 3) == [] and text_blocks(["x"], 100) == [(0, 1)]
+
+
+def test_run_ahead_keeps_one_pass_queued_and_collects_what_a_stopped_caller_left() -> None:
+    from smysl.qwen3.engine import run_ahead
+
+    events: list[str] = []
+
+    def submit(batch: list[list[int]]) -> object:
+        events.append(f"submit {batch[0][0]}")
+        return lambda: events.append(f"wait {batch[0][0]}") or np.zeros((1, 1))
+
+    batches = [[[i]] for i in range(3)]
+    assert len(list(run_ahead(submit, batches, queues=True))) == 3  # type: ignore[arg-type]
+    assert events == ["submit 0", "submit 1", "wait 0", "submit 2", "wait 1", "wait 2"]
+    events.clear()
+    list(run_ahead(submit, batches, queues=False))  # type: ignore[arg-type]
+    assert events == ["submit 0", "wait 0", "submit 1", "wait 1", "submit 2", "wait 2"]
+    events.clear()
+    it = run_ahead(submit, batches, queues=True)  # type: ignore[arg-type]
+    next(it)
+    it.close()  # the caller stopped: the pass still queued is waited for, not left unread
+    assert events == ["submit 0", "submit 1", "wait 0", "wait 1"]
+
+
+def test_start_prepared_queues_every_batch_before_any_wait(tiny_dir: Path,
+                                                           tiny: LocalEmbedder) -> None:
+    """On an engine that queues passes (CUDA; a stand-in here), ``start_prepared`` returns with
+    all its batches queued and none waited for; the rows are the engine's, bit for bit."""
+    queued = QueuedEngine(tiny.engine)
+    emb = LocalEmbedder(queued, tiny.tokenizer, name="q", max_batch_tokens=32)  # type: ignore[arg-type]
+    assert emb.queues and not tiny.queues
+    ids = tiny.tokenize(TEXTS)
+    rows = emb.start_prepared(ids)
+    submitted = len(queued.events)
+    assert submitted > 2 and all(e.startswith("submit") for e in queued.events)
+    assert np.array_equal(rows(), tiny.embed_prepared(ids))
+    assert queued.events[submitted:] == [f"wait {i}" for i in range(submitted)]
+    # on CPU the rows are computed before it returns
+    assert np.array_equal(tiny.start_prepared(ids)(), tiny.embed_prepared(ids))
+
+
+def test_start_prepared_reads_every_pass_even_when_one_fails(tiny: LocalEmbedder) -> None:
+    """An engine process answers passes in turn: every queued pass is waited for, also after
+    one failed (at submit or at wait), and the failure reaches the caller."""
+    ids = tiny.tokenize(TEXTS)
+    for when in ("submit", "wait"):
+        queued = QueuedEngine(tiny.engine, {1: (when, RuntimeError(f"boom at {when}"))})
+        emb = LocalEmbedder(queued, tiny.tokenizer, name="q", max_batch_tokens=32)  # type: ignore[arg-type]
+        with pytest.raises(RuntimeError, match=f"boom at {when}"):
+            emb.start_prepared(ids)()
+        submits = [e for e in queued.events if e.startswith("submit")]
+        waits = [e for e in queued.events if e.startswith("wait")]
+        assert len(waits) == (1 if when == "submit" else len(submits)), queued.events
 
 
 def test_outputs_are_unit_float32_in_input_order(tiny: LocalEmbedder) -> None:

@@ -6,12 +6,15 @@ from __future__ import annotations
 import asyncio
 import re
 import threading
+import time
 
 import httpx
 import numpy as np
 import pytest
+from qwen_tiny import QueuedEngine
 from server_helpers import HashEmbedder
 
+from smysl.qwen3.embedder import Embedder
 from smysl.server import ServerConfig, create_app
 from smysl.server.batcher import Batcher, EmbedBackend, Job
 from smysl.server.errors import ApiError
@@ -255,3 +258,104 @@ def test_retry_after_cost_model_separates_batch_overhead_from_tokens() -> None:
     assert abs(32 * a + 32 * 1024 * b - real) < 1e-9
     assert batch_cost([]) == (0.0, 0.0)
     assert batch_cost([(100, 0.5), (100, 0.7)]) == (0.0, 0.006)  # one size: the ratio
+
+
+class _Ahead:
+    """A backend whose ``start`` returns before the rows exist (a CUDA engine); the first start
+    takes a while, so the next job is queued by the time it returns. Rows: [item, 1]."""
+
+    queues = True
+    healthy = True
+
+    def __init__(self, fail: dict[str, Exception] | None = None) -> None:
+        self.events: list[str] = []
+        self.fail = fail or {}
+
+    def start(self, key: object, items: list[str]) -> object:
+        tag = "+".join(items)
+        self.events.append(f"start {tag}")
+        if len(self.events) == 1:
+            time.sleep(0.2)
+
+        def rows() -> np.ndarray:
+            self.events.append(f"wait {tag}")
+            for item in items:
+                if item in self.fail:
+                    raise self.fail[item]
+            return np.array([[float(i.strip("abcdefghijklmnopqrstuvwxyz")), 1.0] for i in items],
+                            np.float32)
+
+        return rows
+
+
+def _batch_all(backend: _Ahead, jobs: list[list[str]], *, per_batch: int = 1) -> list[object]:
+    """Submit one job per item list (one token each): the first, then, once its batch has
+    started, the rest -> each job's rows or error."""
+    batcher = Batcher(backend, Metrics(), max_batch_tokens=100,  # type: ignore[arg-type]
+                      max_batch_requests=per_batch, max_wait_s=0, max_queue=16)
+
+    def submit(items: list[str]) -> asyncio.Future[np.ndarray]:
+        return asyncio.ensure_future(batcher.submit(Job(("ids",), items, [1] * len(items), 2,
+                                                        normalize=False)))
+
+    async def go() -> list[object]:
+        first = submit(jobs[0])
+        while not backend.events:
+            await asyncio.sleep(0.001)
+        got = await asyncio.gather(first, *map(submit, jobs[1:]), return_exceptions=True)
+        await batcher.close()
+        return got
+
+    return asyncio.run(go())
+
+
+def test_a_backend_that_queues_gets_the_next_batch_before_the_last_is_read() -> None:
+    """On CUDA the compute thread starts batch n + 1 before it waits for batch n's rows, so
+    the GPU is not idle while rows are posted and the next batch is taken."""
+    backend = _Ahead()
+    got = _batch_all(backend, [["a1"], ["b2"], ["c3"]])
+    assert backend.events == ["start a1", "start b2", "wait a1", "start c3", "wait b2",
+                              "wait c3"]
+    assert [r.tolist() for r in got] == [[[1, 1]], [[2, 1]], [[3, 1]]]  # type: ignore[attr-defined]
+
+
+def test_a_backend_that_computes_at_start_is_never_held_back() -> None:
+    backend = _Ahead()
+    backend.queues = False  # type: ignore[misc]
+    _batch_all(backend, [["a1"], ["b2"]])
+    assert backend.events == ["start a1", "wait a1", "start b2", "wait b2"]
+
+
+def test_failures_of_queued_batches_land_on_their_own_jobs() -> None:
+    """Bad input found when a queued batch is read is retried job by job; a backend error
+    fails its batch's jobs, not the batch queued behind it."""
+    backend = _Ahead({"b2": ValueError("bad token in b2"), "d4": RuntimeError("device lost")})
+    got = _batch_all(backend, [["a1"], ["b2"], ["c3"], ["d4"], ["e5"], ["f6"]], per_batch=2)
+    # batches: a1 (alone: taken at once), b2+c3, d4+e5, f6
+    assert backend.events[:5] == ["start a1", "start b2+c3", "wait a1", "start d4+e5",
+                                  "wait b2+c3"]
+    assert isinstance(got[1], ValueError) and "b2" in str(got[1])
+    assert all(isinstance(got[i], RuntimeError) and "device lost" in str(got[i])
+               for i in (3, 4))
+    assert [got[i].tolist() for i in (0, 2, 5)] == [  # type: ignore[attr-defined]
+        [[1, 1]], [[3, 1]], [[6, 1]]]
+
+
+def test_a_server_on_a_queueing_engine_answers_the_same_vectors(tiny) -> None:  # type: ignore[no-untyped-def]
+    """The whole path on an engine with CUDA's timing (a stand-in on CPU): each request gets
+    its own text's vector bit for bit, and at most two passes are ever in flight."""
+    queued = QueuedEngine(tiny.engine)
+    app = create_app(Embedder(queued, tiny.tokenizer, name="q"),  # type: ignore[arg-type]
+                     ServerConfig(max_wait_ms=0, max_batch_requests=4))
+
+    async def go() -> list[np.ndarray]:
+        async with client(app) as c:
+            rs = await asyncio.gather(*[
+                c.post("/v1/embeddings", json={"input": t}) for t in TEXTS])
+        assert all(r.status_code == 200 for r in rs)
+        return [np.array(r.json()["data"][0]["embedding"], dtype=np.float32) for r in rs]
+
+    got = np.stack(asyncio.run(go()))
+    assert np.array_equal(got, np.stack([tiny.embed([t])[0] for t in TEXTS]))
+    in_flight = np.cumsum([1 if e.startswith("submit") else -1 for e in queued.events])
+    assert in_flight.max() <= 2 and in_flight[-1] == 0
