@@ -18,6 +18,7 @@ import functools
 import logging
 import multiprocessing as mp
 import os
+import queue
 import secrets
 import signal
 import tempfile
@@ -104,8 +105,29 @@ class _Hub:
         self._joined: list[Connection] = []  # accepted, not yet polled
         self._lock = threading.Lock()
         self._wake_r, self._wake_w = os.pipe()
+        # Replies go out from a thread of their own: a caller with passes in flight reads no
+        # reply until its sends are done, and a loop blocked sending it a large reply would
+        # stop reading those sends; both ends would wait for ever.
+        self._replies: queue.SimpleQueue[tuple[Connection, tuple[str, Any]] | None] = (
+            queue.SimpleQueue())
 
     def run(self) -> None:
+        writer = threading.Thread(target=self._write, daemon=True, name="smysl-engine-reply")
+        writer.start()
+        try:
+            self._serve()
+        finally:  # the replies queued so far go out before the process ends
+            self._replies.put(None)
+            writer.join()
+
+    def _write(self) -> None:
+        while (item := self._replies.get()) is not None:
+            _send(*item)
+
+    def _reply(self, conn: Connection, reply: tuple[str, Any]) -> None:
+        self._replies.put((conn, reply))
+
+    def _serve(self) -> None:
         # passes launched and not yet answered, oldest first, each (its requests, the call
         # that waits for its rows): between polls, only the newest one stays (CUDA)
         inflight: deque[tuple[list[tuple[Connection, Any]], Callable[[], np.ndarray]]] = deque()
@@ -151,7 +173,7 @@ class _Hub:
             if request is None and c is self.parent:
                 return None
             if c is self.parent and request[0] == "share":
-                _send(c, self._listen(*request[1:]))
+                self._reply(c, self._listen(*request[1:]))
                 continue
             requests.append((c, request))
         return requests
@@ -176,14 +198,14 @@ class _Hub:
             rows = result()
         except Exception as e:
             if len(requests) == 1:
-                _send(requests[0][0], ("error", e))
+                self._reply(requests[0][0], ("error", e))
             else:  # whose input was it: each alone
                 for c, (batch, heads) in requests:
-                    _send(c, _forward(self.engine, batch, heads))
+                    self._reply(c, _forward(self.engine, batch, heads))
             return
         start = 0
         for c, (batch, _) in requests:
-            _send(c, ("ok", rows[start : start + len(batch)]))
+            self._reply(c, ("ok", rows[start : start + len(batch)]))
             start += len(batch)
 
     def _listen(self, address: str, authkey: bytes) -> tuple[str, Any]:
@@ -347,13 +369,57 @@ class _Described:
         self.chunk: int = info["chunk"]
         self.tuned_at: str | None = info["tuned_at"]
         self.pid: int | None = info["pid"]
-        #: Bulk calls through the child go one batch at a time (lanes run in-process only).
+        #: Bulk calls through the child use no lanes (they run in-process only).
         self.lanes = 1
         #: The child queues a pass behind the one it runs (CUDA; :attr:`Engine.queues`).
         self.queues: bool = info["queues"]
 
 
-class EngineProcess(_Described):
+class _Piped(_Described):
+    """Forward passes over a connection to the child (:class:`EngineProcess` through its
+    pipe, :class:`EngineClient` through the child's socket), several in flight at a time."""
+
+    _lock: threading.Lock
+    #: The current connection (None: none yet, or dropped).
+    _replies: _Replies | None
+
+    def _channel(self) -> _Replies:
+        """The connection to send on (under the lock), made or restored when it must be."""
+        raise NotImplementedError
+
+    def _io(self, step: Callable[[], _T]) -> _T:
+        """One send or receive on the connection (under the lock), its failures handled."""
+        raise NotImplementedError
+
+    def forward(self, batch: list[list[int]], heads: list[int] | None = None) -> np.ndarray:
+        """Same as :meth:`Engine.forward`: ``[len(batch), hidden]`` float32 pooled rows."""
+        return self.submit(batch, heads)()
+
+    def forward_many(self, batches: Iterable[list[list[int]]]) -> Iterator[np.ndarray]:
+        """:meth:`forward` of each batch in order; on CUDA the next batch is sent before the
+        previous one's rows come back, and the child queues it behind the running pass."""
+        return run_ahead(self.submit, batches, self.queues)
+
+    def submit(self, batch: list[list[int]], heads: list[int] | None = None
+               ) -> Callable[[], np.ndarray]:
+        """Send one forward pass to the child; the returned call waits for its rows."""
+        with self._lock:
+            replies = self._channel()
+            number = self._io(lambda: replies.send((batch, heads)))
+        return functools.partial(self._reply, replies, number)
+
+    def _reply(self, replies: _Replies, number: int) -> np.ndarray:
+        with self._lock:
+            if replies is not self._replies or replies.conn.closed:
+                raise EngineProcessError("the engine process was closed or restarted, or the "
+                                         "connection to it lost, before this batch's rows "
+                                         "came back")
+            replies.check(number)
+            kind, payload = self._io(lambda: replies.reply(number))
+        return _rows(kind, payload)
+
+
+class EngineProcess(_Piped):
     """The :class:`~smysl.qwen3.engine.EngineLike` contract, served by a child process, which
     runs passes in the order they were sent (several may be in flight: :meth:`submit`);
     ``close()`` (or garbage collection, or interpreter exit) stops the child.
@@ -364,6 +430,8 @@ class EngineProcess(_Described):
     times within ``restart_window_s`` seconds (each logged); while it is down ``alive`` is
     False and calls raise :class:`EngineProcessError` at once; past the limit it stays down.
     """
+
+    _replies: _Replies  # always one: a dead child's, until it is replaced
 
     def __init__(self, ckpt: Checkpoint, cfg: EngineConfig, *, max_restarts: int = MAX_RESTARTS,
                  restart_window_s: float = RESTART_WINDOW_S) -> None:
@@ -474,44 +542,23 @@ class EngineProcess(_Described):
         return (not (self._closed or self._dead or self._down)
                 and (self._stale or self._proc.is_alive()))
 
-    def forward_many(self, batches: Iterable[list[list[int]]]) -> Iterator[np.ndarray]:
-        """:meth:`forward` of each batch in order; on CUDA the next batch is sent before the
-        previous one's rows come back, and the child queues it behind the running pass."""
-        return run_ahead(self.submit, batches, self.queues)
-
-    def forward(self, batch: list[list[int]], heads: list[int] | None = None) -> np.ndarray:
-        """Same as :meth:`Engine.forward`: ``[len(batch), hidden]`` float32 pooled rows."""
-        return self.submit(batch, heads)()
-
-    def submit(self, batch: list[list[int]], heads: list[int] | None = None
-               ) -> Callable[[], np.ndarray]:
-        """Send one forward pass to the child; the returned call waits for its rows."""
-        with self._lock:
-            if self._closed:
-                raise EngineProcessError("the engine process was closed")
-            if self._dead:
-                raise EngineProcessError(f"the engine process exited (exit code "
-                                         f"{self._proc.exitcode}) and was restarted "
-                                         f"{len(self._restarts)} time(s) within "
-                                         f"{self.restart_window_s:.0f} s; restart the program")
-            if self._down or not (self._stale or self._proc.is_alive()):
-                raise EngineProcessError(f"the engine process exited (exit code "
-                                         f"{self._proc.exitcode}); it is restarting")
-            if self._stale:
-                log.warning("starting a new engine process after an interrupted call")
-                self._start()
-            replies = self._replies
-            number = self._io(lambda: replies.send((batch, heads)))
-        return functools.partial(self._reply, replies, number)
-
-    def _reply(self, replies: _Replies, number: int) -> np.ndarray:
-        with self._lock:
-            if replies is not self._replies or replies.conn.closed:
-                raise EngineProcessError("the engine process was restarted before this "
-                                         "batch's rows came back")
-            replies.check(number)
-            kind, payload = self._io(lambda: replies.reply(number))
-        return _rows(kind, payload)
+    def _channel(self) -> _Replies:
+        """The pipe to a running child (under the lock): a new child after an interrupted
+        call; EngineProcessError while it is closed, restarting or dead."""
+        if self._closed:
+            raise EngineProcessError("the engine process was closed")
+        if self._dead:
+            raise EngineProcessError(f"the engine process exited (exit code "
+                                     f"{self._proc.exitcode}) and was restarted "
+                                     f"{len(self._restarts)} time(s) within "
+                                     f"{self.restart_window_s:.0f} s; restart the program")
+        if self._down or not (self._stale or self._proc.is_alive()):
+            raise EngineProcessError(f"the engine process exited (exit code "
+                                     f"{self._proc.exitcode}); it is restarting")
+        if self._stale:
+            log.warning("starting a new engine process after an interrupted call")
+            self._start()
+        return self._replies
 
     def _io(self, step: Callable[[], _T]) -> _T:
         """One send or receive on the child's pipe (under the lock): a broken pipe is a dead
@@ -545,7 +592,8 @@ class EngineProcess(_Described):
                 folder = tempfile.mkdtemp(prefix="smysl-engine-")  # 0700: this user only
                 shared = EngineClient(os.path.join(folder, "engine.sock"),
                                       secrets.token_bytes(32), self._info)
-                kind, err = self._io(lambda: self._replies.ask(
+                replies = self._channel()
+                kind, err = self._io(lambda: replies.ask(
                     ("share", shared.address, shared.authkey)))
                 if kind == "error":
                     raise EngineProcessError(f"the engine process cannot accept other "
@@ -571,7 +619,7 @@ def _remove_socket(address: str) -> None:
 
 
 @dataclass
-class EngineClient(_Described):
+class EngineClient(_Piped):
     """The :class:`~smysl.qwen3.engine.EngineLike` contract for a process that did not start
     the engine: forward passes on the engine process of :meth:`EngineProcess.share`, over its
     Unix socket. Connects on first use, and again after the engine process restarted; while
@@ -594,7 +642,7 @@ class EngineClient(_Described):
         self.__dict__.update(state)
         self.__post_init__()
 
-    def _connected(self) -> _Replies:
+    def _channel(self) -> _Replies:
         """The connection (under the lock), made or remade when needed."""
         # with no reply to come, a readable connection is one the engine process closed
         if self._replies is not None and not self._replies.waiting and self._replies.conn.poll():
@@ -618,7 +666,7 @@ class EngineClient(_Described):
     def connect(self) -> EngineClient:
         """Connect now (the shape attributes are read from the engine): self."""
         with self._lock:
-            self._connected()
+            self._channel()
         return self
 
     @property
@@ -628,33 +676,12 @@ class EngineClient(_Described):
         if not self._lock.acquire(blocking=False):
             return self._replies is not None
         try:
-            self._connected()
+            self._channel()
         except EngineProcessError:
             return False
         finally:
             self._lock.release()
         return True
-
-    def forward(self, batch: list[list[int]], heads: list[int] | None = None) -> np.ndarray:
-        """Same as :meth:`Engine.forward`: ``[len(batch), hidden]`` float32 pooled rows."""
-        return self.submit(batch, heads)()
-
-    def submit(self, batch: list[list[int]], heads: list[int] | None = None
-               ) -> Callable[[], np.ndarray]:
-        """Send one forward pass; the returned call waits for its rows."""
-        with self._lock:
-            replies = self._connected()
-            number = self._io(lambda: replies.send((batch, heads)))
-        return functools.partial(self._reply, replies, number)
-
-    def _reply(self, replies: _Replies, number: int) -> np.ndarray:
-        with self._lock:
-            if replies is not self._replies:
-                raise EngineProcessError("the connection to the engine process was lost "
-                                         "before this batch's rows came back")
-            replies.check(number)
-            kind, payload = self._io(lambda: replies.reply(number))
-        return _rows(kind, payload)
 
     def _io(self, step: Callable[[], _T]) -> _T:
         """One send or receive (under the lock); on failure the connection is dropped (an
@@ -668,11 +695,6 @@ class EngineClient(_Described):
         except BaseException:
             self._drop()
             raise
-
-    def forward_many(self, batches: Iterable[list[list[int]]]) -> Iterator[np.ndarray]:
-        """:meth:`forward` of each batch in order, the next one sent ahead on CUDA (see
-        :meth:`EngineProcess.forward_many`)."""
-        return run_ahead(self.submit, batches, self.queues)
 
     def share(self) -> EngineClient:
         return EngineClient(self.address, self.authkey, self.info)

@@ -91,9 +91,13 @@ def test_an_interrupted_call_never_hands_its_rows_to_the_next(tiny_dir: Path, ti
         engine._replies.conn.recv = interrupted  # type: ignore[method-assign]
         with pytest.raises(KeyboardInterrupt):
             engine.forward(a)
-        # the next call gets its own rows from a fresh child, never the interrupted batch's
+        # the next call, a share, starts a fresh child; the next pass gets its own rows from
+        # it, never the interrupted batch's
+        client = engine.share().connect()
         assert np.array_equal(engine.forward(b), tiny.engine.forward(b))
+        assert np.array_equal(client.forward(a), tiny.engine.forward(a))
         assert engine.pid != first and engine.alive
+        client.close()
     finally:
         engine.close()
     assert not engine.alive
@@ -392,8 +396,38 @@ def test_a_pass_sent_before_an_interrupted_call_never_gets_wrong_rows(tiny_dir: 
         engine._replies.conn.recv = interrupted  # type: ignore[method-assign]
         with pytest.raises(KeyboardInterrupt):
             second()  # reading its rows means reading the first pass's: interrupted there
-        with pytest.raises(EngineProcessError, match="restarted before"):
+        with pytest.raises(EngineProcessError, match="before this batch's rows came back"):
             first()  # the child that computed it is gone
         assert np.array_equal(engine.forward(b), tiny.engine.forward(b))
     finally:
+        engine.close()
+
+
+def test_passes_in_flight_beyond_the_pipe_buffers_never_deadlock(tiny_dir: Path, tiny) -> None:  # type: ignore[no-untyped-def]
+    """Requests and replies far beyond the pipe's buffers both ways (40 passes of 6,000 tokens
+    and 300 rows each), none read until all are sent: the child must keep reading requests
+    while its replies wait to go out, or both ends block on their sends for ever."""
+    import threading
+
+    engine = EngineProcess(read_checkpoint(tiny_dir),
+                           EngineConfig(device="cpu", threads=torch.get_num_threads()))
+    stuck = False
+    try:
+        batch = [[(7 * i + j) % 5000 + 300 for j in range(19)] + [151643] for i in range(300)]
+        waits: list[Any] = []
+
+        def send() -> None:
+            for _ in range(40):
+                waits.append(engine.submit(batch))
+
+        sender = threading.Thread(target=send, daemon=True)
+        sender.start()
+        sender.join(60)
+        stuck = sender.is_alive()
+        assert not stuck, f"the parent's sends blocked after {len(waits)} passes"
+        want = tiny.engine.forward(batch)
+        assert all(np.array_equal(w(), want) for w in waits)
+    finally:
+        if stuck:
+            engine._proc.kill()
         engine.close()
