@@ -3,15 +3,17 @@
 Handlers append jobs to a bounded queue; a dedicated compute thread builds each batch from the
 queue, drops jobs whose client has gone or whose time budget ran out, runs the backend, and posts
 each finished job's rows back to its event loop. The thread pulls the next batch the moment the
-previous one ends: it never waits for the event loop, which keeps accepting, parsing and
-answering requests while the model computes.
+previous one ends (on CUDA, where starting a batch only queues it, before: the next batch is
+queued behind the running one, whose rows are then posted): it never waits for the event loop,
+which keeps accepting, parsing and answering requests while the model computes.
 
 Fairness: a job larger than one batch budget is cut into slices (runs of its inputs within the
 budget), and each batch takes at most one slice of it. Jobs that fit one batch go first, in
 arrival order; large jobs share what is left round-robin, and after two batches in a row that
 left them nothing, the next large job goes first (so none starves). So a
-short request waits for at most the batch that is running, never for a large request to finish
-(one input is never split: an input longer than the budget is a forward pass of its own).
+short request waits for at most the batches in flight (one, or on CUDA two), never for a large
+request to finish (one input is never split: an input longer than the budget is a forward pass
+of its own).
 
 Each job's dimensions and normalisation are applied by :func:`smysl.pooling.finish`, as
 :meth:`smysl.base.BaseEmbedder.embed` applies them; the engine is batch-invariant, so slicing does
@@ -361,6 +363,10 @@ class Batcher:
                     self._finish(started)
             except BaseException as e:  # never leave a taken job unanswered
                 self._fail([(s.job, e) for s in batch + (ahead.batch if ahead else [])])
+                if started is not None and isinstance(e, Exception):
+                    # an engine process answers in turn: its rows must still be read
+                    with contextlib.suppress(Exception):
+                        started.rows()
                 ahead = None
                 if not isinstance(e, Exception):
                     raise

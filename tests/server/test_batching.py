@@ -7,6 +7,7 @@ import asyncio
 import re
 import threading
 import time
+from collections.abc import Callable
 
 import httpx
 import numpy as np
@@ -262,7 +263,7 @@ def test_retry_after_cost_model_separates_batch_overhead_from_tokens() -> None:
 
 class _Ahead:
     """A backend whose ``start`` returns before the rows exist (a CUDA engine); the first start
-    takes a while, so the next job is queued by the time it returns. Rows: [item, 1]."""
+    returns once ``hold`` does (when the other jobs are queued). Rows: [item, 1]."""
 
     queues = True
     healthy = True
@@ -270,12 +271,13 @@ class _Ahead:
     def __init__(self, fail: dict[str, Exception] | None = None) -> None:
         self.events: list[str] = []
         self.fail = fail or {}
+        self.hold: Callable[[], object] = lambda: None
 
     def start(self, key: object, items: list[str]) -> object:
         tag = "+".join(items)
         self.events.append(f"start {tag}")
         if len(self.events) == 1:
-            time.sleep(0.2)
+            self.hold()
 
         def rows() -> np.ndarray:
             self.events.append(f"wait {tag}")
@@ -288,11 +290,20 @@ class _Ahead:
         return rows
 
 
-def _batch_all(backend: _Ahead, jobs: list[list[str]], *, per_batch: int = 1) -> list[object]:
-    """Submit one job per item list (one token each): the first, then, once its batch has
-    started, the rest -> each job's rows or error."""
+def _batch_all(backend: _Ahead, jobs: list[list[str]], *, per_batch: int = 1,
+               close_early: bool = False) -> list[object]:
+    """Submit one job per item list (one token each): the first, then, once its batch is
+    starting, the rest, which its start waits for -> each job's rows or error.
+    ``close_early``: close the batcher while they are all queued."""
     batcher = Batcher(backend, Metrics(), max_batch_tokens=100,  # type: ignore[arg-type]
                       max_batch_requests=per_batch, max_wait_s=0, max_queue=16)
+
+    def queued() -> None:
+        deadline = time.monotonic() + 10
+        while batcher.depth < len(jobs) - 1 and time.monotonic() < deadline:
+            time.sleep(0.001)
+
+    backend.hold = queued
 
     def submit(items: list[str]) -> asyncio.Future[np.ndarray]:
         return asyncio.ensure_future(batcher.submit(Job(("ids",), items, [1] * len(items), 2,
@@ -302,7 +313,11 @@ def _batch_all(backend: _Ahead, jobs: list[list[str]], *, per_batch: int = 1) ->
         first = submit(jobs[0])
         while not backend.events:
             await asyncio.sleep(0.001)
-        got = await asyncio.gather(first, *map(submit, jobs[1:]), return_exceptions=True)
+        rest = list(map(submit, jobs[1:]))
+        if close_early:
+            await asyncio.sleep(0)  # let them queue
+            await batcher.close()
+        got = await asyncio.gather(first, *rest, return_exceptions=True)
         await batcher.close()
         return got
 
@@ -314,6 +329,14 @@ def test_a_backend_that_queues_gets_the_next_batch_before_the_last_is_read() -> 
     the GPU is not idle while rows are posted and the next batch is taken."""
     backend = _Ahead()
     got = _batch_all(backend, [["a1"], ["b2"], ["c3"]])
+    assert backend.events == ["start a1", "start b2", "wait a1", "start c3", "wait b2",
+                              "wait c3"]
+    assert [r.tolist() for r in got] == [[[1, 1]], [[2, 1]], [[3, 1]]]  # type: ignore[attr-defined]
+
+
+def test_closing_with_a_batch_ahead_finishes_every_queued_job() -> None:
+    backend = _Ahead()
+    got = _batch_all(backend, [["a1"], ["b2"], ["c3"]], close_early=True)
     assert backend.events == ["start a1", "start b2", "wait a1", "start c3", "wait b2",
                               "wait c3"]
     assert [r.tolist() for r in got] == [[[1, 1]], [[2, 1]], [[3, 1]]]  # type: ignore[attr-defined]
@@ -358,4 +381,5 @@ def test_a_server_on_a_queueing_engine_answers_the_same_vectors(tiny) -> None:  
     got = np.stack(asyncio.run(go()))
     assert np.array_equal(got, np.stack([tiny.embed([t])[0] for t in TEXTS]))
     in_flight = np.cumsum([1 if e.startswith("submit") else -1 for e in queued.events])
-    assert in_flight.max() <= 2 and in_flight[-1] == 0
+    # 48 requests, 4 a batch: batches were queued behind running ones, never more than one
+    assert in_flight.max() == 2 and in_flight[-1] == 0
