@@ -95,28 +95,32 @@ def _qk_norm_rope_kernel(qkv_ptr, qw_ptr, kw_ptr, cos_ptr, sin_ptr, q_ptr, k_ptr
     rot = (d + half) % D  # the partner column of rotate_half
     row = qkv_ptr + t * ((HQ + 2 * HKV) * D) + head * D
     raw = tl.load(row + d, mask=valid, other=0.0)
-    x = raw.to(tl.float32)
-    xr = tl.load(row + rot, mask=valid, other=0.0).to(tl.float32)
-    r = tl.math.rsqrt(tl.sum(x * x, axis=1) / D + eps)[:, None]  # [NH, 1] per head
     dt = q_ptr.dtype.element_ty
-    is_q = head < HQ
-    w = tl.where(is_q, tl.load(qw_ptr + d, mask=d < D, other=0.0),
-                 tl.load(kw_ptr + d, mask=d < D, other=0.0)).to(dt).to(tl.float32)
-    wr = tl.where(is_q, tl.load(qw_ptr + rot, mask=d < D, other=0.0),
-                  tl.load(kw_ptr + rot, mask=d < D, other=0.0)).to(dt).to(tl.float32)
-    # RMSNorm as the reference rounds it (see _add_rms_norm_kernel), then
-    # RoPE: x * cos + cat(-x2, x1) * sin, each product and the sum rounded
-    y = (w * (x * r).to(dt).to(tl.float32)).to(dt).to(tl.float32)
-    yr = (wr * (xr * r).to(dt).to(tl.float32)).to(dt).to(tl.float32)
-    yr = tl.where(d < half, -yr, yr)
-    c = tl.load(cos_ptr + t * D + d, mask=d < D, other=0.0).to(tl.float32)
-    s = tl.load(sin_ptr + t * D + d, mask=d < D, other=0.0).to(tl.float32)
-    o = ((y * c).to(dt).to(tl.float32) + (yr * s).to(dt).to(tl.float32)).to(dt)
-    tl.store(q_ptr + t * (HQ * D) + head * D + d, o, mask=valid & is_q)
-    is_k = (head >= HQ) & (head < HQ + HKV)
-    tl.store(k_ptr + t * (HKV * D) + (head - HQ) * D + d, o, mask=valid & is_k)
     is_v = head >= HQ + HKV
-    tl.store(v_ptr + t * (HKV * D) + (head - HQ - HKV) * D + d, raw.to(dt), mask=valid & is_v)
+    v_out = v_ptr + t * (HKV * D) + (head - HQ - HKV) * D + d
+    if tl.program_id(1) * NH >= HQ + HKV:  # v heads only (the real shapes' last blocks): copy
+        tl.store(v_out, raw.to(dt), mask=valid & is_v)
+    else:
+        x = raw.to(tl.float32)
+        xr = tl.load(row + rot, mask=valid, other=0.0).to(tl.float32)
+        r = tl.math.rsqrt(tl.sum(x * x, axis=1) / D + eps)[:, None]  # [NH, 1] per head
+        is_q = head < HQ
+        w = tl.where(is_q, tl.load(qw_ptr + d, mask=d < D, other=0.0),
+                     tl.load(kw_ptr + d, mask=d < D, other=0.0)).to(dt).to(tl.float32)
+        wr = tl.where(is_q, tl.load(qw_ptr + rot, mask=d < D, other=0.0),
+                      tl.load(kw_ptr + rot, mask=d < D, other=0.0)).to(dt).to(tl.float32)
+        # RMSNorm as the reference rounds it (see _add_rms_norm_kernel), then
+        # RoPE: x * cos + cat(-x2, x1) * sin, each product and the sum rounded
+        y = (w * (x * r).to(dt).to(tl.float32)).to(dt).to(tl.float32)
+        yr = (wr * (xr * r).to(dt).to(tl.float32)).to(dt).to(tl.float32)
+        yr = tl.where(d < half, -yr, yr)
+        c = tl.load(cos_ptr + t * D + d, mask=d < D, other=0.0).to(tl.float32)
+        s = tl.load(sin_ptr + t * D + d, mask=d < D, other=0.0).to(tl.float32)
+        o = ((y * c).to(dt).to(tl.float32) + (yr * s).to(dt).to(tl.float32)).to(dt)
+        tl.store(q_ptr + t * (HQ * D) + head * D + d, o, mask=valid & is_q)
+        is_k = (head >= HQ) & (head < HQ + HKV)
+        tl.store(k_ptr + t * (HKV * D) + (head - HQ) * D + d, o, mask=valid & is_k)
+        tl.store(v_out, raw.to(dt), mask=valid & is_v)  # a block of k and v heads
 
 
 def qk_norm_rope(qkv: torch.Tensor, q_weight: torch.Tensor, k_weight: torch.Tensor,
