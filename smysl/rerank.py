@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import abc
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -65,6 +65,17 @@ class RerankTokens(Protocol):
     def prepared_scores(self, ids: list[list[int]]) -> np.ndarray:
         """float32 ``[len(ids), 2]``: each prompt's score and its raw form (for Qwen3-Reranker
         P("yes") and the logit difference ``yes - no``), each row independent of the batch."""
+        ...
+
+    def start_scores(self, ids: list[list[int]]) -> Callable[[], np.ndarray]:
+        """:meth:`prepared_scores`, started: the returned call waits for them (see
+        :attr:`queues` for when it returns)."""
+        ...
+
+    @property
+    def queues(self) -> bool:
+        """Whether :meth:`start_scores` returns once the work is queued, before it has run (a
+        CUDA engine); otherwise it returns with the scores computed."""
         ...
 
 

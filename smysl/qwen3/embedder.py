@@ -23,7 +23,7 @@ from smysl.options import ModelOptions
 from smysl.pooling import check_dimensions, finish
 from smysl.prompts import DEFAULT_TASK
 from smysl.qwen3.cpu import detect
-from smysl.qwen3.engine import BATCH_TOKENS, EngineLike, OnEngine, start_engine
+from smysl.qwen3.engine import BATCH_TOKENS, EngineLike, OnEngine, start_all, start_engine
 from smysl.qwen3.hub import Checkpoint, read_checkpoint, resolve
 from smysl.scheduler import SchedulerConfig, plan_batches, plan_blocks
 from smysl.tokenize import Direction, Tokenizer, TokenSpan, fit_length
@@ -239,16 +239,14 @@ class Embedder(OnEngine, BaseEmbedder, TokenLevel):
         if not self.engine.queues:
             done = self._run(ids, None)
             return lambda: done
-        waits: list[tuple[list[int], Callable[[], np.ndarray]]] = []
-        try:
-            for batch in plan_batches([len(s) for s in ids], self.scheduler):
-                waits.append((batch, self.engine.submit([ids[i] for i in batch])))
-        except BaseException:
-            _collect(waits, np.empty((len(ids), self.dimensions), np.float32), quiet=True)
-            raise
+        plan = list(plan_batches([len(s) for s in ids], self.scheduler))
+        wait = start_all(lambda batch: self.engine.submit([ids[i] for i in batch]), plan)
 
         def rows() -> np.ndarray:
-            return _collect(waits, np.empty((len(ids), self.dimensions), np.float32))
+            out = np.empty((len(ids), self.dimensions), dtype=np.float32)
+            for batch, pooled in zip(plan, wait(), strict=True):
+                out[batch] = pooled
+            return out
 
         return rows
 
@@ -296,21 +294,6 @@ class Embedder(OnEngine, BaseEmbedder, TokenLevel):
         if order:
             raise RuntimeError(f"the engine returned rows for {len(order)} batch(es) too few")
         return out
-
-
-def _collect(waits: Sequence[tuple[list[int], Callable[[], np.ndarray]]], out: np.ndarray, *,
-             quiet: bool = False) -> np.ndarray:
-    """Wait for every started batch (an engine process's replies must all be read, even after
-    one failed), its rows into ``out`` at its indices; the first failure raises after."""
-    error: Exception | None = None
-    for batch, wait in waits:
-        try:
-            out[batch] = wait()
-        except Exception as e:
-            error = error or e
-    if error is not None and not quiet:
-        raise error
-    return out
 
 
 def load(rest: str, options: ModelOptions, **kwargs: Any) -> Embedder:

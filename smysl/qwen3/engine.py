@@ -7,7 +7,6 @@ Batching, tokenisation and prompts live elsewhere; model internals never leak pa
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import itertools
 import logging
@@ -17,7 +16,7 @@ import weakref
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Any, Protocol, Self
+from typing import TYPE_CHECKING, Any, Protocol, Self, TypeVar
 
 import numpy as np
 import torch
@@ -287,8 +286,14 @@ class EngineLike(Protocol):
     def close(self) -> None: ...
 
 
-def run_ahead(submit: Callable[[list[list[int]]], Callable[[], np.ndarray]],
-              batches: Iterable[list[list[int]]], queues: bool) -> Iterator[np.ndarray]:
+#: A batch as a caller hands it to ``submit``: token-id sequences, or indices into them.
+_Batch = TypeVar("_Batch")
+#: Starts one pass -> the call that waits for its rows.
+Submit = Callable[[_Batch], Callable[[], np.ndarray]]
+
+
+def run_ahead(submit: Submit[_Batch], batches: Iterable[_Batch], queues: bool
+              ) -> Iterator[np.ndarray]:
     """Rows of each batch in order, passes started with ``submit``. When passes ``queues``
     (:attr:`EngineLike.queues`), the next one is queued before the previous one's rows are
     read, so the device runs batch n while the caller's iterator assembles batch n + 1."""
@@ -302,9 +307,36 @@ def run_ahead(submit: Callable[[list[list[int]]], Callable[[], np.ndarray]],
             yield pending.popleft()()
     finally:  # a caller that stopped early: collect what is in flight (an engine process's
         # reply must not stay unread on its pipe)
-        for wait in pending:
-            with contextlib.suppress(Exception):
-                wait()
+        _wait_all(pending, quiet=True)
+
+
+def start_all(submit: Submit[_Batch], batches: Iterable[_Batch]
+              ) -> Callable[[], list[np.ndarray]]:
+    """Start a pass for every batch now (the caller bounds them: one server batch) -> the
+    call that waits for all their rows, in order. Every pass is waited for, even after one
+    failed (an engine process answers in turn); the first failure is raised after that."""
+    waits: list[Callable[[], np.ndarray]] = []
+    try:
+        for batch in batches:
+            waits.append(submit(batch))
+    except BaseException:
+        _wait_all(waits, quiet=True)
+        raise
+    return lambda: _wait_all(waits)
+
+
+def _wait_all(waits: Iterable[Callable[[], np.ndarray]], *, quiet: bool = False
+              ) -> list[np.ndarray]:
+    rows: list[np.ndarray] = []
+    error: Exception | None = None
+    for wait in waits:
+        try:
+            rows.append(wait())
+        except Exception as e:
+            error = error or e
+    if error is not None and not quiet:
+        raise error
+    return rows
 
 
 class OnEngine:

@@ -19,7 +19,7 @@ the vocabulary is never computed.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +28,15 @@ from tokenizers import Tokenizer
 
 from smysl.base import fingerprint_files
 from smysl.options import ModelOptions
-from smysl.qwen3.engine import BATCH_TOKENS, EngineLike, OnEngine, start_engine
+from smysl.qwen3.engine import (
+    BATCH_TOKENS,
+    EngineLike,
+    OnEngine,
+    Submit,
+    run_ahead,
+    start_all,
+    start_engine,
+)
 from smysl.qwen3.hub import read_checkpoint, resolve
 from smysl.rerank import BaseReranker, RerankerInfo, RerankTokens
 from smysl.scheduler import SchedulerConfig, plan_batches
@@ -188,16 +196,44 @@ class Reranker(OnEngine, BaseReranker):
 
     def prepared_scores(self, ids: list[list[int]]) -> np.ndarray:
         """float32 ``[n, 2]`` of prompts from :meth:`tokenize`: P("yes") and the logit
-        difference ``yes - no`` (its sigmoid is P("yes")), both from one float64 difference."""
-        diff = np.empty(len(ids), dtype=np.float64)
+        difference ``yes - no`` (its sigmoid is P("yes")), both from one float64 difference.
+        On CUDA the next batch is queued while one runs (:func:`run_ahead`)."""
+        plan = list(plan_batches([len(s) for s in ids], self.scheduler))
+        return self._from_rows(plan, run_ahead(self._submit(ids), plan, self.engine.queues))
+
+    def start_scores(self, ids: list[list[int]]) -> Callable[[], np.ndarray]:
+        """:meth:`prepared_scores`, started: on an engine that queues passes (CUDA) every
+        batch of ``ids`` is queued before this returns (the caller bounds ``ids``: the server
+        passes one of its batches); otherwise they are computed first."""
+        if not self.engine.queues:
+            done = self.prepared_scores(ids)
+            return lambda: done
+        plan = list(plan_batches([len(s) for s in ids], self.scheduler))
+        wait = start_all(self._submit(ids), plan)
+        return lambda: self._from_rows(plan, wait())
+
+    @property
+    def queues(self) -> bool:
+        return self.engine.queues
+
+    def _submit(self, ids: list[list[int]]) -> Submit[list[int]]:
+        """Starts the pass of one batch of ``ids`` (given by index), each prompt's shared head
+        computed once per batch (CPU; see :meth:`head_length`)."""
         heads = [self.head_length(s) for s in ids] if self.marker else None
-        for batch in plan_batches([len(s) for s in ids], self.scheduler):
-            hidden = self.engine.forward([ids[i] for i in batch],
-                                         [heads[i] for i in batch] if heads else None
-                                         ).astype(np.float64)  # [b, H]
+
+        def submit(batch: list[int]) -> Callable[[], np.ndarray]:
+            return self.engine.submit([ids[i] for i in batch],
+                                      [heads[i] for i in batch] if heads else None)
+
+        return submit
+
+    def _from_rows(self, plan: list[list[int]], hidden: Iterable[np.ndarray]) -> np.ndarray:
+        """Scores from each planned batch's pooled rows ``[b, H]`` -> float32 ``[n, 2]``."""
+        diff = np.empty(sum(map(len, plan)), dtype=np.float64)
+        for batch, rows in zip(plan, hidden, strict=True):
             # [b, 1, H] * [1, 2, H] summed per row: each row's result is independent of the
             # batch it came in (a GEMM may pick other kernels for other row counts)
-            logits = (hidden[:, None, :] * self.head[None]).sum(-1)  # [b, 2]: no, yes
+            logits = (rows.astype(np.float64)[:, None, :] * self.head[None]).sum(-1)  # no, yes
             diff[batch] = logits[:, 1] - logits[:, 0]
         # softmax over [no, yes], "yes" half == sigmoid(yes - no)
         return np.stack([1.0 / (1.0 + np.exp(-diff)), diff], axis=1).astype(np.float32)

@@ -29,7 +29,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, Strict
 
 from smysl.registry import names_of
 from smysl.rerank import BaseReranker, RerankTokens, order
-from smysl.server.batcher import BackendDown, Batcher, Job, computed
+from smysl.server.batcher import BackendDown, Batcher, Job
 from smysl.server.config import ServerConfig
 from smysl.server.errors import ApiError
 from smysl.server.http import json_response
@@ -93,11 +93,12 @@ class RerankBackend:
     def healthy(self) -> bool:
         return self.reranker.healthy
 
-    #: Scores are computed when a batch starts.
-    queues = False
+    @property
+    def queues(self) -> bool:
+        return self.tokens.queues
 
     def start(self, key: tuple[Hashable, ...], items: list[Any]) -> Callable[[], np.ndarray]:
-        return computed(self.tokens.prepared_scores(items))
+        return self.tokens.start_scores(items)
 
 
 class RerankService:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from qwen_tiny import TEXTS, Tiny, build_tiny, build_tiny_reranker, reference_rerank
+from qwen_tiny import TEXTS, QueuedEngine, Tiny, build_tiny, build_tiny_reranker, reference_rerank
 
 from smysl import Reranker
 from smysl.qwen3.reranker import DEFAULT_INSTRUCTION, PREFIX, SUFFIX, format_pair
@@ -145,6 +145,27 @@ def test_the_shared_query_prefix_is_computed_once_and_changes_nothing(
     assert whole.fingerprint() != r.fingerprint() == loaded["tied"].fingerprint()
     assert r.fingerprint() != loaded["untied"].fingerprint()
     whole.close()
+
+
+def test_scores_on_an_engine_that_queues_are_the_same(loaded: dict[str, Reranker]) -> None:
+    """On an engine with CUDA's timing (a stand-in on CPU): a bulk call keeps one batch queued
+    ahead, ``start_scores`` (the server's) queues all its batches before any is read, and the
+    scores are the engine's, bit for bit, shared query prefixes included."""
+    r = loaded["tied"]
+    queued = QueuedEngine(r.engine)
+    q = Reranker(queued, r.tokenizer, r.head, name="q", max_batch_tokens=96)  # type: ignore[arg-type]
+    ids = r.tokenize([(qq, d) for qq in (QUERY, "what is a vector database") for d in DOCS])
+    want = r.prepared_scores(ids)
+    assert q.queues and not r.queues
+    assert np.array_equal(q.prepared_scores(ids), want)
+    passes = len(queued.events) // 2
+    assert passes > 2
+    assert queued.events[:4] == ["submit 0", "submit 1", "wait 0", "submit 2"]
+    queued.events.clear()
+    scores = q.start_scores(ids)
+    assert queued.events == [f"submit {i}" for i in range(passes)]
+    assert np.array_equal(scores(), want)
+    assert np.array_equal(r.start_scores(ids)(), want)
 
 
 def test_rerank_top_n_and_bad_input(loaded: dict[str, Reranker]) -> None:

@@ -10,9 +10,10 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import numpy as np
 import pytest
 from live_http import live_server
-from qwen_tiny import build_tiny_reranker
+from qwen_tiny import QueuedEngine, build_tiny_reranker
 from server_helpers import HashEmbedder
 
 pytest.importorskip("fastapi")
@@ -132,15 +133,22 @@ def test_reranker_alone_serves_health_metrics_and_no_embeddings(client: Any) -> 
     assert 'route="/v1/rerank"' in metrics
 
 
-def test_concurrent_requests_share_forward_passes(reranker: Any) -> None:
+@pytest.mark.parametrize("queues", [False, True])
+def test_concurrent_requests_share_forward_passes(reranker: Any, queues: bool) -> None:
     """issue 15: rerank requests go through the dynamic batcher: 24 concurrent small requests
     are packed into fewer forward passes, and every score equals the in-process one exactly
-    (each row is computed on its own, whatever it was batched with)."""
+    (each row is computed on its own, whatever it was batched with); also on an engine with
+    CUDA's timing (a stand-in), where a batch may be queued behind the running one."""
     import asyncio
 
+    from smysl import Reranker
     from smysl.server import ServerConfig, create_app
 
-    app = create_app(None, ServerConfig(max_inputs=100, max_wait_ms=20), reranker=reranker)
+    served, queued = reranker, QueuedEngine(reranker.engine)
+    if queues:
+        served = Reranker(queued, reranker.tokenizer, reranker.head,  # type: ignore[arg-type]
+                          name=reranker.name)
+    app = create_app(None, ServerConfig(max_inputs=100, max_wait_ms=20), reranker=served)
     queries = [f"{QUERY} {i}" for i in range(24)]
     want = [reranker.rerank(q, DOCS[i % 3:]) for i, q in enumerate(queries)]
 
@@ -161,6 +169,8 @@ def test_concurrent_requests_share_forward_passes(reranker: Any) -> None:
         values["smysl_rerank_batch_requests_sum"]
     assert requests == 24 and batches < 24, values
     assert f"smysl_rerank_inputs_total {sum(len(DOCS[i % 3:]) for i in range(24))}.0" in metrics
+    in_flight = np.cumsum([1 if e.startswith("submit") else -1 for e in queued.events])
+    assert len(in_flight) == 0 if not queues else in_flight.max() <= 2 and in_flight[-1] == 0
 
 
 def test_a_remote_reranker_is_served_per_request(reranker: Any) -> None:
