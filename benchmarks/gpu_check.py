@@ -16,8 +16,9 @@ seconds are skipped and say so):
    p50/p95 in-process (graphs replayed), the same with the fused Triton kernels off
    (``cuda_kernels=False``), and for 8B one 32,768-token input in bf16 and fp16.
 4. ``smysl serve`` on loopback (0.6B; one process, engine in or out of it, 4 and 8 HTTP
-   workers): single-query latency, and 64 concurrent single-text clients (in 4 processes)
-   against the offline throughput of the same texts.
+   workers): single-query latency, 64 concurrent single-text clients (in 4 processes)
+   against the offline throughput of the same texts, and one client sending them all in one
+   request (the server's batches of it queued back to back).
 
 Setup on the device machine (no internet): ``benchmarks/device_wheels.sh`` here fills
 ``.whl/`` with the server extra's wheels for its Python 3.12 (uvloop and httptools included);
@@ -32,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import functools
 import json
 import os
@@ -486,7 +488,23 @@ def serve_once(ck: Path, short: list[str], ref: np.ndarray, off: float, n_tok: i
             await conn.close()
             return ts
 
+        async def bulk() -> tuple[float, float]:
+            """All the texts in one OpenAI request (base64): -> (seconds, min cosine)."""
+            host, port = srv.url.removeprefix("http://").rsplit(":", 1)
+            conn = Conn(host, int(port))
+            t = time.perf_counter()
+            status, _, payload = await conn.post("/v1/embeddings", {
+                "input": short, "encoding_format": "base64"})
+            wall = time.perf_counter() - t
+            assert status == 200, payload[:200]
+            await conn.close()
+            got = np.stack([np.frombuffer(base64.b64decode(d["embedding"]), np.float32)
+                            for d in json.loads(payload)["data"]])
+            return wall, float((got * ref).sum(axis=1).min())
+
         ts = asyncio.run(single())
+        asyncio.run(bulk())  # warm
+        bulk_s, bulk_cos = asyncio.run(bulk())
         _clients(srv.url, short[:256], 64, ref[:256])  # every worker up and warm
         wall, lat, min_cos = _clients(srv.url, short, 64, ref)
         row = {"offline_tok_s": n_tok / off, "offline_texts_s": len(short) / off,
@@ -495,6 +513,8 @@ def serve_once(ck: Path, short: list[str], ref: np.ndarray, off: float, n_tok: i
                "single_p50_ms": float(np.percentile(ts, 50)),
                "single_p95_ms": float(np.percentile(ts, 95)),
                "clients_p50_ms": float(np.percentile(lat, 50) * 1000),
+               "bulk_texts_s": len(short) / bulk_s, "bulk_ratio": off / bulk_s,
+               "bulk_min_cos": bulk_cos,
                "cuda_graphs": info.get("cuda_graphs"), "client_procs": CLIENT_PROCS}
         RES[f"server_0.6b {variant}"] = row
         log(f"\n## smysl serve on loopback, 0.6B bf16, {variant} ({len(short)} short texts, "
@@ -506,6 +526,9 @@ def serve_once(ck: Path, short: list[str], ref: np.ndarray, off: float, n_tok: i
         log(f"| 64 clients ({CLIENT_PROCS} processes), one text per request | "
             f"{row['http_texts_s']:,.0f} texts/s (p50 {row['clients_p50_ms']:.1f} ms) |")
         log(f"| HTTP / offline | {row['ratio']:.2f} |")
+        log(f"| 1 client, all {len(short)} texts in one request (base64) | "
+            f"{row['bulk_texts_s']:,.0f} texts/s, {row['bulk_ratio']:.2f} of offline, min "
+            f"cosine {bulk_cos:.6f} |")
         log(f"| min cosine HTTP vs in-process | {min_cos:.6f} |")
     finally:
         srv.stop()
