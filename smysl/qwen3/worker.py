@@ -108,7 +108,8 @@ class _Hub:
         # Replies go out from a thread of their own: a caller with passes in flight reads no
         # reply until its sends are done, and a loop blocked sending it a large reply would
         # stop reading those sends; both ends would wait for ever.
-        self._replies: queue.SimpleQueue[tuple[Connection, tuple[str, Any]] | None] = (
+        #: (connection, reply), (connection, None) to close it after its replies, None: stop.
+        self._replies: queue.SimpleQueue[tuple[Connection, tuple[str, Any] | None] | None] = (
             queue.SimpleQueue())
 
     def run(self) -> None:
@@ -122,7 +123,11 @@ class _Hub:
 
     def _write(self) -> None:
         while (item := self._replies.get()) is not None:
-            _send(*item)
+            conn, reply = item
+            if reply is None:
+                conn.close()
+            else:
+                _send(conn, reply)
 
     def _reply(self, conn: Connection, reply: tuple[str, Any]) -> None:
         self._replies.put((conn, reply))
@@ -168,7 +173,9 @@ class _Hub:
                 if c is self.parent:
                     return None
                 self.clients.remove(c)
-                c.close()
+                # closed by the writer, after the replies queued for it: closed here, its
+                # descriptor could be reused by a new client before those were written
+                self._replies.put((c, None))
                 continue
             if request is None and c is self.parent:
                 return None
@@ -333,6 +340,8 @@ def _stop(proc: Any, conn: Connection) -> None:
     """Ask the child to exit, then make sure it has."""
     with contextlib.suppress(EOFError, OSError):
         conn.send(None)
+    # replies nobody will read must not hold the child's writer (and its exit) up
+    conn.close()
     proc.join(10)
     if proc.is_alive():
         proc.terminate()
@@ -340,7 +349,6 @@ def _stop(proc: Any, conn: Connection) -> None:
     if proc.is_alive():
         proc.kill()
         proc.join(5)
-    conn.close()
 
 
 def _watch(ref: weakref.ref[EngineProcess], proc: Any) -> None:
@@ -410,7 +418,9 @@ class _Piped(_Described):
 
     def _reply(self, replies: _Replies, number: int) -> np.ndarray:
         with self._lock:
-            if replies is not self._replies or replies.conn.closed:
+            # rows read already (by a call before a failure) are still this pass's
+            if number not in replies.early and (replies is not self._replies
+                                                or replies.conn.closed):
                 raise EngineProcessError("the engine process was closed or restarted, or the "
                                          "connection to it lost, before this batch's rows "
                                          "came back")
