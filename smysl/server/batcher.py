@@ -363,10 +363,12 @@ class Batcher:
                     self._finish(started)
             except BaseException as e:  # never leave a taken job unanswered
                 self._fail([(s.job, e) for s in batch + (ahead.batch if ahead else [])])
-                if started is not None and isinstance(e, Exception):
-                    # an engine process answers in turn: its rows must still be read
-                    with contextlib.suppress(Exception):
-                        started.rows()
+                if isinstance(e, Exception):
+                    # an engine process answers in turn: rows not read yet must still be
+                    for b in (ahead, started):
+                        if b is not None and not b.read:
+                            with contextlib.suppress(Exception):
+                                b.rows()
                 ahead = None
                 if not isinstance(e, Exception):
                     raise
@@ -482,6 +484,7 @@ class Batcher:
     def _finish(self, started: Started) -> None:
         """Wait for a started batch's rows; post the jobs it completed or failed."""
         batch = started.batch
+        started.read = True
         results = started.rows()
         end = time.perf_counter()
         # compute time of this batch alone: from its start, or from the end of the batch it
@@ -559,6 +562,8 @@ class Started:
     at: float
     #: Waits for the rows, split per slice (or each slice's error).
     rows: Callable[[], list[np.ndarray | BaseException]]
+    #: :attr:`rows` was called (by :meth:`Batcher._finish`).
+    read: bool = False
 
 
 def _tokens(batch: Sequence[Slice]) -> int:
