@@ -81,11 +81,12 @@ def test_add_rms_norm_updates_the_residual_stream(dt: torch.dtype) -> None:
 
 @pytest.mark.parametrize("dt", DTYPES)
 @pytest.mark.parametrize(("heads", "kv_heads", "head_dim"),
-                         [(4, 2, 16), (8, 2, 16), (16, 8, 128), (6, 3, 24)])
+                         [(4, 2, 16), (8, 2, 16), (16, 8, 128), (6, 3, 24), (12, 4, 16)])
 def test_qk_norm_rope_matches_project(heads: int, kv_heads: int, head_dim: int,
                                       dt: torch.dtype) -> None:
     """q/k norm and RoPE as Attention.project computes them: more heads than one program
-    takes (16 + 8 + 8 = the 0.6B's), and a head size that is not a power of two."""
+    takes (16 + 8 + 8 = the 0.6B's), blocks of v heads only (whole, or the last one partly
+    empty: 12 + 4 + 4), and a head size that is not a power of two."""
     cfg = config(heads, kv_heads, head_dim)
     attn = randomise(Attention(cfg)).to(DEV, dt)
     model = Qwen3Encoder(cfg).to(DEV)

@@ -168,6 +168,26 @@ def test_scores_on_an_engine_that_queues_are_the_same(loaded: dict[str, Reranker
     assert np.array_equal(r.start_scores(ids)(), want)
 
 
+def test_scores_read_every_queued_pass_even_when_one_fails(loaded: dict[str, Reranker]) -> None:
+    """An engine process answers passes in turn: every queued pass is waited for, also after
+    one failed (at submit or at wait), and the failure reaches the caller."""
+    r = loaded["tied"]
+    ids = r.tokenize([(QUERY, d) for d in DOCS * 3])
+    for when in ("submit", "wait"):
+        for call in ("prepared_scores", "start_scores"):
+            queued = QueuedEngine(r.engine, {1: (when, RuntimeError(f"boom at {when}"))})
+            q = Reranker(queued, r.tokenizer, r.head, name="q",  # type: ignore[arg-type]
+                         max_batch_tokens=96)
+            with pytest.raises(RuntimeError, match=f"boom at {when}"):
+                got = getattr(q, call)(ids)
+                if call == "start_scores":
+                    got()
+            submits = [e for e in queued.events if e.startswith("submit")]
+            waits = [e for e in queued.events if e.startswith("wait")]
+            # every pass submitted was waited for (the one that failed at submit was not one)
+            assert len(waits) == len(submits) - (when == "submit"), (call, queued.events)
+
+
 def test_rerank_top_n_and_bad_input(loaded: dict[str, Reranker]) -> None:
     """issue 15: top_n keeps the best; empty query, one string as documents, bad top_n and
     malformed pairs are clear errors; no documents is no results."""
