@@ -408,6 +408,7 @@ def test_passes_in_flight_beyond_the_pipe_buffers_never_deadlock(tiny_dir: Path,
     and 300 rows each), none read until all are sent: the child must keep reading requests
     while its replies wait to go out, or both ends block on their sends for ever."""
     import threading
+    import time
 
     engine = EngineProcess(read_checkpoint(tiny_dir),
                            EngineConfig(device="cpu", threads=torch.get_num_threads()))
@@ -427,6 +428,13 @@ def test_passes_in_flight_beyond_the_pipe_buffers_never_deadlock(tiny_dir: Path,
         assert not stuck, f"the parent's sends blocked after {len(waits)} passes"
         want = tiny.engine.forward(batch)
         assert all(np.array_equal(w(), want) for w in waits)
+        # closed with replies nobody will read: the child still exits when asked (before,
+        # its writer waited on them, and the parent killed it 15 s later)
+        for _ in range(40):
+            engine.submit(batch)
+        t = time.monotonic()
+        engine.close()
+        assert time.monotonic() - t < 8 and not engine._proc.is_alive()
     finally:
         if stuck:
             engine._proc.kill()
