@@ -513,6 +513,14 @@ class QueuedEngine:
     def __getattr__(self, name: str) -> object:
         return getattr(self.engine, name)
 
+    def in_flight(self) -> list[int]:
+        """Passes submitted and not yet waited for, after each event."""
+        counts, n = [], 0
+        for e in self.events:
+            n += 1 if e.startswith("submit") else -1
+            counts.append(n)
+        return counts
+
     def submit(self, batch: list[list[int]], heads: list[int] | None = None) -> object:
         n = len([e for e in self.events if e.startswith("submit")])
         self.events.append(f"submit {n}")

@@ -250,10 +250,6 @@ class Embedder(OnEngine, BaseEmbedder, TokenLevel):
 
         return rows
 
-    @property
-    def queues(self) -> bool:
-        return self.engine.queues
-
     def token_spans(self, texts: Sequence[str], *,
                     add_special_tokens: bool = True) -> list[list[TokenSpan]]:
         return self.tokenizer.spans(texts, add_special_tokens=add_special_tokens)

@@ -340,10 +340,16 @@ def _wait_all(waits: Iterable[Callable[[], np.ndarray]], *, quiet: bool = False
 
 
 class OnEngine:
-    """Sharing and closing for the engine's front-ends (:class:`~smysl.qwen3.embedder.Embedder`,
-    :class:`~smysl.qwen3.reranker.Reranker`): both go to their engine."""
+    """Sharing, closing and :attr:`queues` for the engine's front-ends
+    (:class:`~smysl.qwen3.embedder.Embedder`, :class:`~smysl.qwen3.reranker.Reranker`): all
+    three are their engine's."""
 
     engine: EngineLike
+
+    @property
+    def queues(self) -> bool:
+        """Whether starting work returns before it has run (:attr:`EngineLike.queues`)."""
+        return self.engine.queues
 
     def share(self) -> Self:
         """A picklable twin on this front-end's engine process (see

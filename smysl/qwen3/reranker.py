@@ -212,10 +212,6 @@ class Reranker(OnEngine, BaseReranker):
         wait = start_all(self._submit(ids), plan)
         return lambda: self._from_rows(plan, wait())
 
-    @property
-    def queues(self) -> bool:
-        return self.engine.queues
-
     def _submit(self, ids: list[list[int]]) -> Submit[list[int]]:
         """Starts the pass of one batch of ``ids`` (given by index), each prompt's shared head
         computed once per batch (CPU; see :meth:`head_length`)."""

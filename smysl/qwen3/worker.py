@@ -109,7 +109,7 @@ class _Hub:
         # reply until its sends are done, and a loop blocked sending it a large reply would
         # stop reading those sends; both ends would wait for ever.
         #: (connection, reply), (connection, None) to close it after its replies, None: stop.
-        self._replies: queue.SimpleQueue[tuple[Connection, tuple[str, Any] | None] | None] = (
+        self._outbox: queue.SimpleQueue[tuple[Connection, tuple[str, Any] | None] | None] = (
             queue.SimpleQueue())
 
     def run(self) -> None:
@@ -118,11 +118,11 @@ class _Hub:
         try:
             self._serve()
         finally:  # the replies queued so far go out before the process ends
-            self._replies.put(None)
+            self._outbox.put(None)
             writer.join()
 
     def _write(self) -> None:
-        while (item := self._replies.get()) is not None:
+        while (item := self._outbox.get()) is not None:
             conn, reply = item
             if reply is None:
                 conn.close()
@@ -130,7 +130,7 @@ class _Hub:
                 _send(conn, reply)
 
     def _reply(self, conn: Connection, reply: tuple[str, Any]) -> None:
-        self._replies.put((conn, reply))
+        self._outbox.put((conn, reply))
 
     def _serve(self) -> None:
         # passes launched and not yet answered, oldest first, each (its requests, the call
@@ -175,7 +175,7 @@ class _Hub:
                 self.clients.remove(c)
                 # closed by the writer, after the replies queued for it: closed here, its
                 # descriptor could be reused by a new client before those were written
-                self._replies.put((c, None))
+                self._outbox.put((c, None))
                 continue
             if request is None and c is self.parent:
                 return None

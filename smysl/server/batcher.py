@@ -137,11 +137,6 @@ class BatchBackend(Protocol):
         ...
 
 
-def computed(rows: np.ndarray) -> Callable[[], np.ndarray]:
-    """:meth:`BatchBackend.start`'s answer for rows computed already."""
-    return lambda: rows
-
-
 class EmbedBackend:
     """An embedder's raw (unnormalised) pooled rows of the native size."""
 
@@ -162,7 +157,8 @@ class EmbedBackend:
             if self.tokens is None:
                 raise RuntimeError("token-id job for a backend without token ids")
             return self.tokens.start_prepared(items)
-        return computed(self.embedder.embed_formatted(items, truncate=bool(key[1])))
+        rows = self.embedder.embed_formatted(items, truncate=bool(key[1]))  # computed now
+        return lambda: rows
 
 
 class Batcher:

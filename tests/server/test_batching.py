@@ -38,8 +38,8 @@ def metric(app, name: str) -> float:  # type: ignore[no-untyped-def]
     return total
 
 
-def test_concurrent_requests_coalesce_and_match_embed(tiny) -> None:  # type: ignore[no-untyped-def]
-    app = create_app(tiny, ServerConfig(max_wait_ms=20))
+def embed_each(app) -> np.ndarray:  # type: ignore[no-untyped-def]
+    """Every text of TEXTS in its own request, all at once -> their vectors, in order."""
 
     async def go() -> list[np.ndarray]:
         async with client(app) as c:
@@ -48,7 +48,13 @@ def test_concurrent_requests_coalesce_and_match_embed(tiny) -> None:  # type: ig
         assert all(r.status_code == 200 for r in rs)
         return [np.array(r.json()["data"][0]["embedding"], dtype=np.float32) for r in rs]
 
-    got = np.stack(asyncio.run(go()))
+    return np.stack(asyncio.run(go()))
+
+
+def test_concurrent_requests_coalesce_and_match_embed(tiny) -> None:  # type: ignore[no-untyped-def]
+    app = create_app(tiny, ServerConfig(max_wait_ms=20))
+
+    got = embed_each(app)
     # requests really shared batches
     assert metric(app, "smysl_batch_requests_count") < len(TEXTS)
     assert metric(app, "smysl_batch_requests_sum") == len(TEXTS)
@@ -371,15 +377,8 @@ def test_a_server_on_a_queueing_engine_answers_the_same_vectors(tiny) -> None:  
     app = create_app(Embedder(queued, tiny.tokenizer, name="q"),  # type: ignore[arg-type]
                      ServerConfig(max_wait_ms=0, max_batch_requests=4))
 
-    async def go() -> list[np.ndarray]:
-        async with client(app) as c:
-            rs = await asyncio.gather(*[
-                c.post("/v1/embeddings", json={"input": t}) for t in TEXTS])
-        assert all(r.status_code == 200 for r in rs)
-        return [np.array(r.json()["data"][0]["embedding"], dtype=np.float32) for r in rs]
-
-    got = np.stack(asyncio.run(go()))
+    got = embed_each(app)
     assert np.array_equal(got, np.stack([tiny.embed([t])[0] for t in TEXTS]))
-    in_flight = np.cumsum([1 if e.startswith("submit") else -1 for e in queued.events])
+    in_flight = queued.in_flight()
     # 48 requests, 4 a batch: batches were queued behind running ones, never more than one
-    assert in_flight.max() == 2 and in_flight[-1] == 0
+    assert max(in_flight) == 2 and in_flight[-1] == 0
