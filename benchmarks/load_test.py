@@ -109,13 +109,14 @@ def free_port() -> int:
 class Server:
     """``smysl serve`` in a subprocess on 127.0.0.1."""
 
-    def __init__(self, model: str, *extra: str, device: str = "cpu") -> None:
+    def __init__(self, model: str, *extra: str, device: str = "cpu",
+                 cwd: Path = ROOT) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         cmd = [sys.executable, "-m", "smysl.cli", "serve", "--model", model, "--host",
                "127.0.0.1", "--port", str(self.port), "--device", device, *extra]
         self.log = tempfile.TemporaryFile()  # noqa: SIM115 - lives as long as the server
-        self.proc = subprocess.Popen(cmd, cwd=ROOT, stdout=self.log, stderr=subprocess.STDOUT)
+        self.proc = subprocess.Popen(cmd, cwd=cwd, stdout=self.log, stderr=subprocess.STDOUT)
 
     def wait_ready(self, timeout: float = 120) -> None:
         import httpx
