@@ -61,8 +61,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "Local models only (the model, the reranker or both), not with "
                         "--in-process")
     p.add_argument("--no-access-log", dest="access_log", action="store_false",
-                   help="no log line per request (6-10%% of the CPU a short request costs); "
-                        "start-up, warnings and errors are still logged")
+                   help="no log line per request on stdout; start-up, warnings and "
+                        "errors are still logged")
     p.add_argument(FLAGS["process"], action="store_true",
                    help="run a local model's engine in the server process instead of a child "
                         "process (the child has its own GIL: the event loop does not slow "

@@ -68,9 +68,10 @@ class ServerConfig:
     #: short requests a second, a GPU embeds several times that. Workers share one engine
     #: process, so the model must be a local one run in a child process (the default).
     workers: int = 1
-    #: uvicorn's line per request on stderr ("POST /embed 200"), as TEI and Ollama log
-    #: requests. False drops it (start-up, warnings and errors are still logged): it is 6-10%
-    #: of the server's CPU per short request (docs/benchmarks.md).
+    #: A line per request on stdout, uvicorn's with the time appended (``"POST /embed
+    #: HTTP/1.1" 200 OK 3.1 ms``), as TEI and Ollama log requests; written by
+    #: :mod:`smysl.server.access_log` at a tenth of uvicorn's cost. False drops it (start-up,
+    #: warnings and errors are still logged).
     access_log: bool = True
     #: A toolkit index (``smysl index`` location: LanceDB folder, ``qdrant:URL``...) opened at
     #: start with the served model and searched by ``POST /search``; None = no search route.

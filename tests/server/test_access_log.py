@@ -1,0 +1,82 @@
+"""smysl's access log: uvicorn's line per request, kept in memory and written in chunks."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+
+import pytest
+
+from smysl.server import access_log
+from smysl.server.access_log import AccessLog
+
+
+def scope(path: str = "/embed", query: bytes = b"", client: tuple[str, int] | None = (
+        "10.0.0.7", 51234), method: str = "POST") -> dict[str, object]:
+    return {"type": "http", "method": method, "path": path, "query_string": query,
+            "root_path": "", "http_version": "1.1", "client": client}
+
+
+def test_lines_are_uvicorns_with_the_time_and_wait_for_the_flush() -> None:
+    out = io.StringIO()
+    log = AccessLog(out)
+
+    async def main() -> None:
+        log.add(scope(), 200, 0.0031)
+        log.add(scope("/v1/embeddings", b"a=1&b=%20"), 429, 0.25)
+        log.add(scope("/api/embed", client=None), 499, 1.0)
+        log.add(scope("/путь с пробелом", method="GET"), 404, 0.0)
+        assert out.getvalue() == ""  # nothing written on the request path
+        await asyncio.sleep(access_log.FLUSH_S * 3)
+
+    asyncio.run(main())
+    assert out.getvalue().splitlines() == [
+        'INFO:     10.0.0.7:51234 - "POST /embed HTTP/1.1" 200 OK 3.1 ms',
+        'INFO:     10.0.0.7:51234 - "POST /v1/embeddings?a=1&b=%20 HTTP/1.1" 429 Too Many '
+        "Requests 250.0 ms",
+        'INFO:     - "POST /api/embed HTTP/1.1" 499 1000.0 ms',
+        'INFO:     10.0.0.7:51234 - "GET /%D0%BF%D1%83%D1%82%D1%8C%20%D1%81%20%D0%BF%D1%80%D0%BE'
+        '%D0%B1%D0%B5%D0%BB%D0%BE%D0%BC HTTP/1.1" 404 Not Found 0.0 ms']
+
+
+class Writes(io.StringIO):
+    def __init__(self) -> None:
+        super().__init__()
+        self.writes: list[str] = []
+
+    def write(self, s: str) -> int:
+        self.writes.append(s)
+        return super().write(s)
+
+
+def test_a_flush_writes_whole_lines_in_chunks_below_a_pipes_atomic_size() -> None:
+    """``--workers`` processes share stdout: each write is whole lines of <= CHUNK bytes."""
+    out = Writes()
+    log = AccessLog(out)
+
+    async def main() -> None:
+        for i in range(500):
+            log.add(scope(f"/embed/{i}"), 200, 0.001)
+        log.flush()
+
+    asyncio.run(main())
+    assert len(out.writes) > 1
+    assert all(len(w.encode()) <= access_log.CHUNK and w.endswith("\n") for w in out.writes)
+    lines = "".join(out.writes).splitlines()
+    assert [x.split('"')[1] for x in lines] == [f"POST /embed/{i} HTTP/1.1" for i in range(500)]
+
+
+@pytest.mark.parametrize("error", [OSError(32, "Broken pipe"), ValueError("closed file")])
+def test_a_broken_stdout_loses_the_lines_not_the_server(error: Exception) -> None:
+    class Broken(io.StringIO):
+        def write(self, s: str) -> int:
+            raise error
+
+    log = AccessLog(Broken())
+
+    async def main() -> None:
+        log.add(scope(), 200, 0.001)
+        log.flush()
+        log.add(scope(), 200, 0.001)  # goes on logging
+
+    asyncio.run(main())
