@@ -35,6 +35,16 @@ def test_eos_exactly_once_and_identical_ids(both: tuple[Tokenizer, Tokenizer]) -
     assert base.count(TEXTS) == emb.count(TEXTS) == lens
 
 
+def test_one_text_alone_gets_the_ids_it_gets_in_a_batch(
+        both: tuple[Tokenizer, Tokenizer]) -> None:
+    """A single text is encoded without the batch call (its thread pool): same ids, counts."""
+    for tok in both:
+        texts = [*TEXTS, "", " ", "\u200b\ufeffé\U0001f600"]
+        together = tok.encode(texts, max_tokens=10_000)
+        assert [tok.encode([t], max_tokens=10_000)[0] for t in texts] == together
+        assert [tok.count([t])[0] for t in texts] == tok.count(texts)
+
+
 def test_over_long_input_is_an_error_by_default(both: tuple[Tokenizer, Tokenizer]) -> None:
     base, _ = both
     long = "слово " * 200
