@@ -51,6 +51,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import ROOT, SHAPES, corpus, random_checkpoint
+from server_cpu import busiest, tree_cpu
 
 torch.backends.cuda.matmul.allow_tf32 = False
 torch.backends.cudnn.allow_tf32 = False
@@ -530,7 +531,10 @@ def serve_once(ck: Path, short: list[str], ref: np.ndarray, off: float, counts: 
         asyncio.run(bulk())  # warm
         bulk_s, bulk_cos = asyncio.run(bulk())
         _clients(srv.url, short[:256], 64, ref[:256])  # every worker up and warm
+        cpu0 = tree_cpu(srv.proc.pid)
         wall, lat, min_cos = _clients(srv.url, short, 64, ref)
+        cpu1 = tree_cpu(srv.proc.pid)
+        shares = busiest(cpu0, cpu1, wall, srv.proc.pid)
         row = {"offline_tok_s": n_tok / off, "offline_texts_s": len(short) / off,
                "http_tok_s": n_tok / wall, "http_texts_s": len(short) / wall,
                "ratio": off / wall, "min_cos_vs_in_process": min_cos,
@@ -539,7 +543,9 @@ def serve_once(ck: Path, short: list[str], ref: np.ndarray, off: float, counts: 
                "clients_p50_ms": float(np.percentile(lat, 50) * 1000),
                "bulk_texts_s": len(short) / bulk_s, "bulk_ratio": off / bulk_s,
                "bulk_min_cos": bulk_cos,
-               "cuda_graphs": info.get("cuda_graphs"), "client_procs": CLIENT_PROCS}
+               "cuda_graphs": info.get("cuda_graphs"), "client_procs": CLIENT_PROCS,
+               "cpu_us_per_request": (sum(cpu1.values()) - sum(cpu0.values())) / len(short) * 1e6,
+               "busiest": shares[:10]}
         RES[f"server_0.6b {variant}"] = row
         log(f"\n## smysl serve on loopback, 0.6B bf16, {variant} ({len(short)} short texts, "
             f"{n_tok} tokens; graphs {row['cuda_graphs']})\n")
@@ -550,6 +556,9 @@ def serve_once(ck: Path, short: list[str], ref: np.ndarray, off: float, counts: 
         log(f"| 64 clients ({CLIENT_PROCS} processes), one text per request | "
             f"{row['http_texts_s']:,.0f} texts/s (p50 {row['clients_p50_ms']:.1f} ms) |")
         log(f"| HTTP / offline | {row['ratio']:.2f} |")
+        log(f"| during the 64 clients: CPU of the server's processes per request; each one's "
+            f"share of a core | {row['cpu_us_per_request']:,.0f} us; "
+            + ", ".join(f"{name} {share:.2f}" for name, share in shares[:10]) + " |")
         log(f"| all {len(short)} texts in {len(bulk_requests(counts, BULK_TOKENS))} requests of <= "
             f"{BULK_TOKENS:,} tokens, sent at once (base64) | "
             f"{row['bulk_texts_s']:,.0f} texts/s, {row['bulk_ratio']:.2f} of offline, min "

@@ -50,6 +50,44 @@ def children(pid: int) -> list[int]:
     return out
 
 
+def tree_cpu(pid: int) -> dict[int, float]:
+    """CPU seconds of ``pid`` and of every process below it, by pid (gone ones left out)."""
+    out: dict[int, float] = {}
+    todo = [pid]
+    while todo:
+        p = todo.pop()
+        try:
+            out[p] = cpu_seconds(p)
+            todo += children(p)
+        except (FileNotFoundError, ProcessLookupError, ValueError):
+            continue
+    return out
+
+
+def role(pid: int, root: int) -> str:
+    """What a process of a ``smysl serve`` tree is: the server, the process holding the CUDA
+    driver (the engine), Python's resource tracker, or another (an HTTP worker; on a CPU
+    the engine too)."""
+    if pid == root:
+        return "server"
+    try:
+        if b"resource_tracker" in Path(f"/proc/{pid}/cmdline").read_bytes():
+            return "resource tracker"
+        if "libcuda.so" in Path(f"/proc/{pid}/maps").read_text():
+            return "engine (CUDA)"
+    except OSError:
+        pass
+    return "worker"
+
+
+def busiest(before: dict[int, float], after: dict[int, float], wall: float, root: int
+            ) -> list[tuple[str, float]]:
+    """Each process's CPU over ``wall`` seconds as a share of one core, busiest first: a
+    process near 1.0 is what bounds the server."""
+    shares = [(role(p, root), (after[p] - before.get(p, 0.0)) / wall) for p in after]
+    return sorted(shares, key=lambda x: -x[1])
+
+
 async def load(url: str, texts: list[str], requests: int, clients: int, path: str) -> float:
     """``requests`` single-text requests over ``clients`` connections -> wall seconds."""
     host, port = url.removeprefix("http://").rsplit(":", 1)
