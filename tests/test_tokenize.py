@@ -39,7 +39,7 @@ def test_one_text_alone_gets_the_ids_it_gets_in_a_batch(
         both: tuple[Tokenizer, Tokenizer]) -> None:
     """A single text is encoded without the batch call (its thread pool): same ids, counts."""
     for tok in both:
-        texts = [*TEXTS, "", " ", "\u200b\ufeffé\U0001f600"]
+        texts = [*TEXTS, "", " ", "\u200b\ufeffé\U0001f600", "длинный текст " * 200]
         together = tok.encode(texts, max_tokens=10_000)
         assert [tok.encode([t], max_tokens=10_000)[0] for t in texts] == together
         assert [tok.count([t])[0] for t in texts] == tok.count(texts)
