@@ -30,27 +30,42 @@ _STATUS = {s.value: f"{s.value} {s.phrase}" for s in http.HTTPStatus}
 class AccessLog:
     """Lines as uvicorn's access log writes them (``INFO:     127.0.0.1:50000 - "POST /embed
     HTTP/1.1" 200 OK``), with the request's time appended (``3.1 ms``), to ``stream`` (default:
-    stdout at write time, where uvicorn's access log goes). A request the client left before
-    any answer is logged with status 499."""
+    stdout at write time, where uvicorn's access log goes). A request whose client the server
+    saw leave before it answered is logged with status 499."""
 
     def __init__(self, stream: TextIO | None = None) -> None:
         self.stream = stream
         self._lines: list[str] = []
         self._timer: asyncio.TimerHandle | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._closed = False
 
     def add(self, scope: Scope, status: int, seconds: float) -> None:
-        """Keep the line of one answered request; called on the event loop."""
+        """Keep the line of one answered request (after :meth:`close`, write it at once);
+        called on the event loop."""
         client = scope.get("client")
-        addr = f"{client[0]}:{client[1]} - " if client else "- "
-        path = quote(scope.get("root_path", "") + scope["path"])
+        addr = f"{client[0]}:{client[1]}" if client else ""
+        path = quote(scope["path"])  # uvicorn's scope["path"] includes the root path
         query = scope.get("query_string", b"")
         if query:
             path += "?" + query.decode("ascii", "replace")
         self._lines.append(
-            f'INFO:     {addr}"{scope["method"]} {path} HTTP/{scope.get("http_version", "1.1")}" '
+            f'INFO:     {addr} - "{scope["method"]} {path} '
+            f'HTTP/{scope.get("http_version", "1.1")}" '
             f"{_STATUS.get(status) or status} {seconds * 1000:.1f} ms\n")
-        if self._timer is None:
-            self._timer = asyncio.get_running_loop().call_later(FLUSH_S, self.flush)
+        if self._closed:
+            self.flush()
+            return
+        loop = asyncio.get_running_loop()
+        if self._timer is None or self._loop is not loop:  # a timer of an ended loop never runs
+            self._timer, self._loop = loop.call_later(FLUSH_S, self.flush), loop
+
+    def close(self) -> None:
+        """Write the lines kept so far, and any later one at once (the server is stopping:
+        a request cut off at shutdown ends after this, and the process may end before a
+        timer runs)."""
+        self._closed = True
+        self.flush()
 
     def flush(self) -> None:
         """Write the lines kept so far."""

@@ -68,7 +68,7 @@ def create_app(embedder: BaseEmbedder | None, config: ServerConfig | None = None
             for b in batchers:
                 await b.close()
             if access_log is not None:
-                access_log.flush()
+                access_log.close()
 
     from smysl import __version__
 
@@ -209,7 +209,12 @@ class EdgeMiddleware:
                 scope = _as_json(scope)
             taken = self.fast.take(scope, body)
             if taken is None:
-                await self.app(scope, _replay(body, receive), send_wrapper)
+                try:
+                    await self.app(scope, _replay(body, receive), send_wrapper)
+                except Exception:
+                    if status["code"] == 499:  # FastAPI's outer layer answered on_crash's 500
+                        status["code"] = ApiError("internal", "").status(api)
+                    raise
                 return
             handler, parsed = taken
             try:
@@ -321,23 +326,21 @@ def serve(embedder: BaseEmbedder | None, config: ServerConfig, *, ready: Ready |
 
         return serve_workers(embedder, config, ready=ready, reranker=reranker)
 
-    # smysl's own line per request instead of uvicorn's (the same line, at a tenth the cost)
-    access_log = AccessLog() if config.access_log else None
+    # smysl's own line per request instead of uvicorn's (the same line, at a fraction of its
+    # cost), unless the caller configures uvicorn's logging: then uvicorn's access logger
+    own_log = config.access_log and "log_config" not in uvicorn_options
+    access_log = AccessLog() if own_log else None
     app = create_app(embedder, config, reranker=reranker, access_log=access_log)
     if config.switch_interval_s is not None:  # process-wide, hence here and not in create_app
         sys.setswitchinterval(config.switch_interval_s)
     server = uvicorn.Server(uvicorn.Config(
         app, host=config.host, port=config.port, log_level="info",
-        access_log=False, timeout_graceful_shutdown=int(config.graceful_timeout_s),
-        **uvicorn_options))
+        access_log=config.access_log and not own_log,
+        timeout_graceful_shutdown=int(config.graceful_timeout_s), **uvicorn_options))
     # uvicorn's own loop choice (uvloop where installed): asyncio.run would take the
     # pure-Python loop, which uvicorn.run avoids
-    try:
-        with asyncio.Runner(loop_factory=server.config.get_loop_factory()) as runner:
-            return runner.run(_supervise(server, app.state.service, config, ready, sockets))
-    finally:  # requests answered after the lifespan ended (cut off at shutdown)
-        if access_log is not None:
-            access_log.flush()
+    with asyncio.Runner(loop_factory=server.config.get_loop_factory()) as runner:
+        return runner.run(_supervise(server, app.state.service, config, ready, sockets))
 
 
 async def _supervise(server: Any, service: Service | None, config: ServerConfig,

@@ -34,7 +34,7 @@ def test_lines_are_uvicorns_with_the_time_and_wait_for_the_flush() -> None:
         'INFO:     10.0.0.7:51234 - "POST /embed HTTP/1.1" 200 OK 3.1 ms',
         'INFO:     10.0.0.7:51234 - "POST /v1/embeddings?a=1&b=%20 HTTP/1.1" 429 Too Many '
         "Requests 250.0 ms",
-        'INFO:     - "POST /api/embed HTTP/1.1" 499 1000.0 ms',
+        'INFO:      - "POST /api/embed HTTP/1.1" 499 1000.0 ms',
         'INFO:     10.0.0.7:51234 - "GET /%D0%BF%D1%83%D1%82%D1%8C%20%D1%81%20%D0%BF%D1%80%D0%BE'
         '%D0%B1%D0%B5%D0%BB%D0%BE%D0%BC HTTP/1.1" 404 Not Found 0.0 ms']
 
@@ -80,3 +80,95 @@ def test_a_broken_stdout_loses_the_lines_not_the_server(error: Exception) -> Non
         log.add(scope(), 200, 0.001)  # goes on logging
 
     asyncio.run(main())
+
+
+@pytest.mark.parametrize(("client", "status", "query"), [
+    (("10.0.0.7", 51234), 200, b""), (None, 429, b"a=1"), (("::1", 80), 404, b""),
+    (("127.0.0.1", 9), 503, b"q=%20x")])
+def test_the_line_is_uvicorns_without_colours_plus_the_time(
+        client: tuple[str, int] | None, status: int, query: bytes) -> None:
+    """What uvicorn's own access formatter writes for the same request, then the time."""
+    import logging
+
+    from uvicorn.logging import AccessFormatter
+    from uvicorn.protocols.utils import get_client_addr, get_path_with_query_string
+
+    sc = {**scope("/root/embed", query, client), "root_path": "/root"}  # uvicorn's path has it
+    record = logging.LogRecord("uvicorn.access", logging.INFO, __file__, 1,
+                               '%s - "%s %s HTTP/%s" %d',
+                               (get_client_addr(sc), "POST",  # type: ignore[arg-type]
+                                get_path_with_query_string(sc), "1.1", status), None)
+    want = AccessFormatter('%(levelprefix)s %(client_addr)s - "%(request_line)s" '
+                           "%(status_code)s", use_colors=False).format(record)
+    out = io.StringIO()
+    log = AccessLog(out)
+
+    async def main() -> None:
+        log.add(sc, status, 0.0125)
+        log.flush()
+
+    asyncio.run(main())
+    assert out.getvalue() == f"{want} 12.5 ms\n"
+
+
+def test_after_close_a_line_is_written_at_once() -> None:
+    """A request cut off at shutdown ends after the lifespan closed the log: no timer is
+    left to write its line (the process may end first)."""
+    out = io.StringIO()
+    log = AccessLog(out)
+
+    async def main() -> None:
+        log.add(scope(), 200, 0.001)
+        log.close()
+        assert out.getvalue().count("\n") == 1
+        log.add(scope(), 503, 0.001)
+        assert out.getvalue().count("\n") == 2
+
+    asyncio.run(main())
+
+
+def test_a_log_outliving_its_loop_still_writes_on_the_next() -> None:
+    out = io.StringIO()
+    log = AccessLog(out)
+
+    async def add() -> None:
+        log.add(scope(), 200, 0.001)
+
+    asyncio.run(add())  # its timer dies with this loop
+    before = out.getvalue()
+
+    async def again() -> None:
+        log.add(scope(), 200, 0.001)
+        await asyncio.sleep(access_log.FLUSH_S * 3)
+
+    asyncio.run(again())
+    assert before == "" and out.getvalue().count("\n") == 2
+
+
+def test_a_crash_in_a_fastapi_route_is_logged_with_the_status_sent() -> None:
+    """The 500-class answer of an unexpected exception comes from FastAPI's outermost layer,
+    around the edge middleware: the line says what the client got, not 499."""
+    from fastapi.testclient import TestClient
+    from server_helpers import HashEmbedder
+
+    from smysl.server import ServerConfig
+    from smysl.server.app import create_app
+
+    out = io.StringIO()
+    log = AccessLog(out)
+    app = create_app(HashEmbedder(), ServerConfig(), access_log=log)
+
+    @app.get("/v1/boom")
+    async def boom() -> None:
+        raise RuntimeError("boom")
+
+    with TestClient(app, raise_server_exceptions=False) as c:
+        r = c.get("/v1/boom")
+        ok = c.post("/embed", json={"inputs": "a"})
+    assert ok.status_code == 200
+    lines = out.getvalue().splitlines()
+    assert [x.split('"')[1:] for x in lines] == [
+        ["GET /v1/boom HTTP/1.1", f" {r.status_code} Internal Server Error "
+         f"{lines[0].rsplit(' ', 2)[1]} ms"],
+        ["POST /embed HTTP/1.1", f" 200 OK {lines[1].rsplit(' ', 2)[1]} ms"]]
+    assert r.status_code == 500

@@ -31,12 +31,13 @@ class Flaky(HashEmbedder):
         return self.up
 
 
-def run_serve(embedder: Any, config: ServerConfig, ready: Any) -> dict[str, Any]:
+def run_serve(embedder: Any, config: ServerConfig, ready: Any, **options: Any
+              ) -> dict[str, Any]:
     """``serve`` in a thread (as ``smysl serve`` runs it); the result dict gets its code."""
     out: dict[str, Any] = {}
 
     def main() -> None:
-        out["code"] = serve(embedder, config, ready=ready)
+        out["code"] = serve(embedder, config, ready=ready, **options)
 
     out["thread"] = threading.Thread(target=main, daemon=True)
     out["thread"].start()
@@ -165,12 +166,17 @@ def test_tei_root_and_invocations_serve_huggingface_hub(live, tiny) -> None:  # 
         assert np.array_equal(np.array(r.json(), np.float32), tiny.embed(texts, dimensions=32))
 
 
-@pytest.mark.parametrize("access_log", [True, False])
-def test_access_log_can_be_turned_off(access_log: bool, capsys: pytest.CaptureFixture[str]
-                                      ) -> None:
+@pytest.mark.parametrize(("access_log", "log_config"), [(True, False), (False, False),
+                                                       (True, True)])
+def test_access_log_can_be_turned_off(access_log: bool, log_config: bool,
+                                      capsys: pytest.CaptureFixture[str]) -> None:
     """A line per request on stdout, smysl's (uvicorn's access logger stays off: no line
-    twice); ``--no-access-log``: none. The line is written by the time ``serve`` returns."""
+    twice); ``--no-access-log``: none. The line is written by the time ``serve`` returns.
+    A caller who passes uvicorn a ``log_config`` gets uvicorn's access logger instead."""
+    import copy
     import logging
+
+    from uvicorn.config import LOGGING_CONFIG
 
     seen: dict[str, Any] = {}
     bound = threading.Event()
@@ -181,8 +187,9 @@ def test_access_log_can_be_turned_off(access_log: bool, capsys: pytest.CaptureFi
         bound.set()
 
     backend = Flaky()
+    options = {"log_config": copy.deepcopy(LOGGING_CONFIG)} if log_config else {}
     run = run_serve(backend, ServerConfig(port=0, unhealthy_exit_s=0.5, access_log=access_log),
-                    ready)
+                    ready, **options)
     try:
         assert bound.wait(20)
         r = httpx.post(f"{seen['url']}/embed?x=1", json={"inputs": "привет"}, timeout=10)
@@ -190,11 +197,12 @@ def test_access_log_can_be_turned_off(access_log: bool, capsys: pytest.CaptureFi
     finally:
         backend.up = False  # serve() exits on its own
         run["thread"].join(20)
-    assert not seen["uvicorn logs"]
+    assert seen["uvicorn logs"] is log_config
     lines = [x for x in capsys.readouterr().out.splitlines() if '"POST /embed' in x]
     if access_log:
         assert len(lines) == 1, lines
-        assert re.fullmatch(r'INFO: {5}127\.0\.0\.1:\d+ - "POST /embed\?x=1 HTTP/1\.1" 200 OK '
-                            r"\d+\.\d ms", lines[0]), lines[0]
+        ms = "" if log_config else r" \d+\.\d ms"
+        assert re.fullmatch(r'INFO: {5}127\.0\.0\.1:\d+ - "POST /embed\?x=1 HTTP/1\.1" 200 OK'
+                            + ms, lines[0]), lines[0]
     else:
         assert lines == []
