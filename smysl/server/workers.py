@@ -93,12 +93,15 @@ def serve_workers(embedder: BaseEmbedder | None, config: ServerConfig, *,
     told: set[int] = set()  # workers sent SIGTERM for the current stop
 
     def tell() -> None:
-        """Pass a stop on, once per stop, to workers not yet told (some start meanwhile)."""
+        """Pass a stop on, once per stop, to workers not yet told (some start meanwhile): a
+        SIGTERM, then a SIGINT, which uvicorn takes as a second stop (it does not for a
+        second SIGTERM) and ends without waiting for requests in flight."""
+        sig = signal.SIGTERM if len(stopping) <= 1 else signal.SIGINT
         for p in list(workers.values()):
             if p.pid not in told:
                 told.add(p.pid)
                 with contextlib.suppress(ProcessLookupError):
-                    os.kill(p.pid, signal.SIGTERM)
+                    os.kill(p.pid, sig)
 
     def on_signal(signum: int, _frame: Any) -> None:
         if len(stopping) == 1:  # a second stop cuts in-flight requests off
