@@ -83,8 +83,10 @@ class RMSNorm(nn.Module):
         :attr:`Qwen3Encoder.exact_qk`): 0.65x the time on CPU, and closer to float64."""
         dtype = out_dtype or x.dtype
         if x.dtype == dtype == torch.float32:
-            # one call, bit-identical to the reference's x * rsqrt(mean + eps) * weight
-            return F.rms_norm(x, (x.shape[-1],), self.weight, self.eps)
+            # one call, bit-identical to the reference's x * rsqrt(mean + eps) * weight; a
+            # bf16/fp16 model's final norm of the float32 stream too, with the weight cast
+            # exactly (uncast, torch warns and takes its unfused path: the same numbers)
+            return F.rms_norm(x, (x.shape[-1],), self.weight.float(), self.eps)
         x = x.float()
         if not exact:  # sum of squares as a squared norm: one reduction, no temporary
             r = torch.linalg.vector_norm(x, dim=-1, keepdim=True)
