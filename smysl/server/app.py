@@ -10,8 +10,10 @@ import socket
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from types import FrameType
 from typing import Any
 
+import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -319,8 +321,6 @@ def serve(embedder: BaseEmbedder | None, config: ServerConfig, *, ready: Ready |
     """
     import sys
 
-    import uvicorn
-
     if config.workers > 1:
         from smysl.server.workers import serve_workers
 
@@ -333,7 +333,7 @@ def serve(embedder: BaseEmbedder | None, config: ServerConfig, *, ready: Ready |
     app = create_app(embedder, config, reranker=reranker, access_log=access_log)
     if config.switch_interval_s is not None:  # process-wide, hence here and not in create_app
         sys.setswitchinterval(config.switch_interval_s)
-    server = uvicorn.Server(uvicorn.Config(
+    server = _Server(uvicorn.Config(
         app, host=config.host, port=config.port, log_level="info",
         access_log=config.access_log and not own_log,
         timeout_graceful_shutdown=int(config.graceful_timeout_s), **uvicorn_options))
@@ -341,6 +341,18 @@ def serve(embedder: BaseEmbedder | None, config: ServerConfig, *, ready: Ready |
     # pure-Python loop, which uvicorn.run avoids
     with asyncio.Runner(loop_factory=server.config.get_loop_factory()) as runner:
         return runner.run(_supervise(server, app.state.service, config, ready, sockets))
+
+
+class _Server(uvicorn.Server):
+    """uvicorn's server, where a second stop signal of either kind forces the stop. uvicorn
+    forces only on a SIGINT after a first stop; and when a SIGTERM and a SIGINT are both
+    pending (the loop was busy), Python runs SIGINT's handler first, which uvicorn then took
+    as the first stop: the second was lost (tests/server/test_workers.py)."""
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        if self.should_exit:
+            self.force_exit = True
+        super().handle_exit(sig, frame)
 
 
 async def _supervise(server: Any, service: Service | None, config: ServerConfig,

@@ -94,8 +94,9 @@ def serve_workers(embedder: BaseEmbedder | None, config: ServerConfig, *,
 
     def tell() -> None:
         """Pass a stop on, once per stop, to workers not yet told (some start meanwhile): a
-        SIGTERM, then a SIGINT, which uvicorn takes as a second stop (it does not for a
-        second SIGTERM) and ends without waiting for requests in flight."""
+        SIGTERM, then a SIGINT, which a worker busy meanwhile cannot take for a repeat of the
+        first (two pending SIGTERMs are one); its server forces the stop at a second
+        signal of either kind (:func:`smysl.server.app.serve`)."""
         sig = signal.SIGTERM if len(stopping) <= 1 else signal.SIGINT
         for p in list(workers.values()):
             if p.pid not in told:
