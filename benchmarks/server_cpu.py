@@ -118,10 +118,10 @@ def batches(url: str) -> float:
     raise RuntimeError("no smysl_batch_requests_count in /metrics")
 
 
-def one_round(model: str, extra: list[str], pythonpath: str | None, texts: list[str],
+def one_round(model: str, extra: list[str], tree: str | None, texts: list[str],
               args: argparse.Namespace) -> dict[str, float]:
     # ``python -m`` puts its working directory first on sys.path: the tree it runs from
-    srv = Server(model, *extra, cwd=Path(pythonpath) if pythonpath else ROOT)
+    srv = Server(model, *extra, cwd=Path(tree) if tree else ROOT)
     try:
         srv.wait_ready(120)
         asyncio.run(load(srv.url, texts, 200, args.clients, args.path))  # warm
@@ -137,11 +137,12 @@ def one_round(model: str, extra: list[str], pythonpath: str | None, texts: list[
                     os.sched_setaffinity(int(tid), others)
             os.sched_setaffinity(0, others)
         b0 = batches(srv.url)
-        s0, k0 = cpu_seconds(pid), sum(cpu_seconds(k) for k in kids)
+        c0 = tree_cpu(pid)
         wall = asyncio.run(load(srv.url, texts, args.requests, args.clients, args.path))
-        s1, k1 = cpu_seconds(pid), sum(cpu_seconds(k) for k in kids)
+        c1 = tree_cpu(pid)
         n = args.requests
-        return {"server_us": (s1 - s0) / n * 1e6, "engine_us": (k1 - k0) / n * 1e6,
+        engine = sum(c1[k] - c0.get(k, 0.0) for k in c1 if k != pid)
+        return {"server_us": (c1[pid] - c0[pid]) / n * 1e6, "engine_us": engine / n * 1e6,
                 "req_s": n / wall, "per_batch": n / (batches(srv.url) - b0)}
     finally:
         srv.stop()
@@ -167,8 +168,8 @@ def main(argv: list[str] | None = None) -> int:
     variants = {"this tree": None, **({args.other: args.other} if args.other else {})}
     rows: dict[str, list[dict[str, float]]] = {v: [] for v in variants}
     for r in range(args.rounds):
-        for name, pp in (variants.items() if r % 2 == 0 else reversed(variants.items())):
-            row = one_round(model, extra, pp, texts, args)
+        for name, tree in (variants.items() if r % 2 == 0 else reversed(variants.items())):
+            row = one_round(model, extra, tree, texts, args)
             rows[name].append(row)
             print(f"round {r + 1} {name}: server {row['server_us']:,.0f} us/request, engine "
                   f"process {row['engine_us']:,.0f} us/request, {row['req_s']:,.0f} req/s, "

@@ -43,6 +43,39 @@ DOCS = ["Москва — столица России.", "Paris is the capital o
         "Embeddings map text to vectors; similar texts land close together."]
 
 
+class Workers:
+    """``smysl serve --workers 2`` of ``model`` in a subprocess on a free port, its output kept."""
+
+    def __init__(self, model: Path, *extra: str) -> None:
+        self.url = f"http://127.0.0.1:{free_port()}"
+        self.log = tempfile.TemporaryFile()  # noqa: SIM115 - read while the server runs
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "smysl.cli", "serve", "--model", str(model), "--port",
+             self.url.rsplit(":", 1)[1], "--device", "cpu", "--workers", "2", *extra],
+            cwd=ROOT, stdout=self.log, stderr=subprocess.STDOUT)
+
+    def output(self) -> str:
+        self.log.seek(0)
+        return self.log.read().decode(errors="replace")
+
+    def wait_healthy(self, deadline: float) -> None:
+        while True:
+            assert self.proc.poll() is None, self.output()
+            try:
+                if httpx.get(f"{self.url}/health", timeout=2).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            assert time.monotonic() < deadline, self.output()
+            time.sleep(0.2)
+
+    def started(self, n: int, deadline: float) -> None:
+        """Wait until ``n`` worker processes have started (restarts count)."""
+        while len(re.findall(r"Started server process \[\d+\]", self.output())) < n:
+            assert time.monotonic() < deadline, self.output()
+            time.sleep(0.1)
+
+
 def test_two_workers_one_engine(tiny_dir: Path, tiny, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     """Two HTTP workers share the model's engine process and the reranker's: vectors and
     scores of the in-process models, metrics summed, a killed worker replaced."""
@@ -51,34 +84,10 @@ def test_two_workers_one_engine(tiny_dir: Path, tiny, tmp_path: Path) -> None:  
     from smysl import Reranker
 
     ranker_dir = build_tiny_reranker(tmp_path / "rr", seed=7).path
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    log = tempfile.TemporaryFile()  # noqa: SIM115 - read while the server runs
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "smysl.cli", "serve", "--model", str(tiny_dir), "--port",
-         str(port), "--device", "cpu", "--threads", str(torch.get_num_threads()),
-         "--reranker", str(ranker_dir), "--workers", "2"], cwd=ROOT, stdout=log,
-        stderr=subprocess.STDOUT)
-
-    def output() -> str:
-        log.seek(0)
-        return log.read().decode(errors="replace")
-
-    def wait_healthy(deadline: float) -> None:
-        while True:
-            assert proc.poll() is None, output()
-            try:
-                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            assert time.monotonic() < deadline, output()
-            time.sleep(0.2)
-
-    def started(n: int, deadline: float) -> None:
-        while len(re.findall(r"Started server process \[\d+\]", output())) < n:
-            assert time.monotonic() < deadline, output()
-            time.sleep(0.1)
+    server = Workers(tiny_dir, "--threads", str(torch.get_num_threads()), "--reranker",
+                     str(ranker_dir))
+    proc, url, output = server.proc, server.url, server.output
+    wait_healthy, started = server.wait_healthy, server.started
 
     try:
         wait_healthy(time.monotonic() + 120)
@@ -139,34 +148,13 @@ def test_a_second_stop_cuts_the_workers_requests_off(tiny_dir: Path) -> None:
     """The first SIGTERM waits for requests in flight; a second one forces the workers' stop
     and cuts them off. Before, the server waited them out (uvicorn forces only on a SIGINT
     after a first stop)."""
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    log = tempfile.TemporaryFile()  # noqa: SIM115 - read while the server runs
     # batches of 64 tokens: each request is a thousand passes, seconds of work
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "smysl.cli", "serve", "--model", str(tiny_dir), "--port",
-         str(port), "--device", "cpu", "--threads", "1", "--workers", "2",
-         "--max-batch-tokens", "64", "--no-access-log"], cwd=ROOT, stdout=log,
-        stderr=subprocess.STDOUT)
-
-    def output() -> str:
-        log.seek(0)
-        return log.read().decode(errors="replace")
-
+    server = Workers(tiny_dir, "--threads", "1", "--max-batch-tokens", "64", "--no-access-log")
+    proc, url, output = server.proc, server.url, server.output
     try:
         deadline = time.monotonic() + 120
-        while True:
-            assert proc.poll() is None
-            try:
-                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert time.monotonic() < deadline
-            time.sleep(0.2)
-        while output().count("Started server process") < 2:  # both workers up
-            assert proc.poll() is None and time.monotonic() < deadline, output()
-            time.sleep(0.1)
+        server.wait_healthy(deadline)
+        server.started(2, deadline)  # both workers up
         texts = [f"{t} {i}" for i in range(250) for t in TEXTS]  # under the request limits
 
         def post(_: int) -> int | str:
