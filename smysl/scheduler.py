@@ -51,23 +51,29 @@ def plan_batches(lengths: Sequence[int], cfg: SchedulerConfig) -> list[list[int]
     return batches
 
 
-def plan_blocks(blocks: Iterable[Sequence[int]], cfg: SchedulerConfig) -> Iterator[list[int]]:
+def plan_blocks(blocks: Iterable[Sequence[int]], cfg: SchedulerConfig, *, whole: int = 0
+                ) -> Iterator[list[int]]:
     """:func:`plan_batches` for inputs whose lengths arrive a block at a time (tokenised while
     earlier batches compute): each block's batches as soon as it arrives, indices counted
     from the first block's first input.
 
     The last batch of a block, the one the budget did not fill, waits for the next block's
     inputs to join it; so every batch but the last is as full as :func:`plan_batches` makes
-    them, and each index still appears exactly once.
+    them, and each index still appears exactly once. The first ``whole`` blocks are the
+    exception: their unfilled batches go out at once, because nothing runs yet while the next
+    block is tokenised (small first blocks start the device early).
     """
     start = 0
     carry: list[tuple[int, int]] = []  # (index, length) of the batch still open
-    for lengths in blocks:
+    for b, lengths in enumerate(blocks):
         items = carry + [(start + i, n) for i, n in enumerate(lengths)]
         start += len(lengths)
         if not items:
             continue
         *ready, last = plan_batches([n for _, n in items], cfg)
+        if b < whole:
+            ready.append(last)
+            last = []
         for batch in ready:
             yield [items[i][0] for i in batch]
         carry = [items[i] for i in last]

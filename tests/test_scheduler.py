@@ -58,3 +58,28 @@ def test_blocks_of_lengths_are_planned_as_they_arrive() -> None:
     # one block: exactly plan_batches
     assert list(plan_blocks([lengths], cfg)) == plan_batches(lengths, cfg)
     assert list(plan_blocks([], cfg)) == [] and list(plan_blocks([[]], cfg)) == []
+
+
+def test_the_first_blocks_go_out_whole() -> None:
+    """``whole=k``: every input of the first k blocks is in a batch before block k is read
+    (the device starts on them), later blocks keep their unfilled batch open as before."""
+    cfg = SchedulerConfig(max_batch_tokens=100, max_batch_size=64)
+    blocks = [[10, 20], [30], [25, 25], [40, 40, 40], [5]]
+    read: list[int] = []
+
+    def arriving():  # type: ignore[no-untyped-def]
+        for i, b in enumerate(blocks):
+            read.append(i)
+            yield b
+
+    seen: list[tuple[int, list[int]]] = []
+    for batch in plan_blocks(arriving(), cfg, whole=2):
+        seen.append((read[-1], batch))
+    # blocks 0 and 1 each went out alone, as soon as they arrived
+    assert seen[:2] == [(0, [1, 0]), (1, [2])]
+    # block 2 (50 tokens) waited for block 3 to fill a batch
+    assert all(r >= 3 for r, _ in seen[2:])
+    assert sorted(i for _, b in seen for i in b) == list(range(9))
+    assert list(plan_blocks(iter(blocks), cfg, whole=9)) == [
+        b for blk_start, blk in zip([0, 2, 3, 5, 8], blocks, strict=True)
+        for b in ([[blk_start + i for i in x] for x in plan_batches(blk, cfg)])]

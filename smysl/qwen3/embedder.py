@@ -34,13 +34,22 @@ from smysl.tokenize import Direction, Tokenizer, TokenSpan, fit_length
 BLOCK_CHARS_PER_TOKEN = 4
 
 
-def text_blocks(texts: Sequence[str], chars: int) -> list[tuple[int, int]]:
+#: Blocks of a bulk call that grow to full size: the first is 1/16 of a batch of tokens, the
+#: next ones 1/8, 1/4 and 1/2, and each goes to the device as soon as it is tokenised, so the
+#: GPU starts after ~2,000 tokens are tokenised instead of a whole batch's worth (~33,000),
+#: and every next block is tokenised while the one before it computes.
+RAMP_BLOCKS = 4
+
+
+def text_blocks(texts: Sequence[str], chars: int, ramp: int = 0) -> list[tuple[int, int]]:
     """``texts`` cut into consecutive (start, end) ranges of at least ``chars`` characters
-    each (the last one shorter), never empty."""
-    blocks, start, size = [], 0, 0
+    each (the last one shorter), never empty; with ``ramp``, the first ``ramp`` ranges are
+    smaller: ``chars / 2**ramp`` characters, doubling."""
+    blocks: list[tuple[int, int]] = []
+    start, size = 0, 0
     for i, t in enumerate(texts):
         size += len(t)
-        if size >= chars:
+        if size >= chars >> max(ramp - len(blocks), 0):
             blocks.append((start, i + 1))
             start, size = i + 1, 0
     if start < len(texts):
@@ -171,11 +180,11 @@ class Embedder(OnEngine, BaseEmbedder, TokenLevel):
         blocks = []
         if self.overlap_tokenize:
             budget = self.batch_tokens or BATCH_TOKENS["cuda"]  # None: no budget was set
-            blocks = text_blocks(texts, BLOCK_CHARS_PER_TOKEN * budget)
+            blocks = text_blocks(texts, BLOCK_CHARS_PER_TOKEN * budget, RAMP_BLOCKS)
         if len(blocks) < 2:
             return self._run(self.tokenizer.encode(texts, truncate=truncate), progress)
-        # the first block is tokenised before anything runs; each next one while the batches
-        # of those before it compute (HF tokenizers release the GIL while they encode)
+        # the first (small) block is tokenised before anything runs; each next one while the
+        # batches of those before it compute (HF tokenizers release the GIL while they encode)
         seqs: list[list[int]] = []
 
         def arriving() -> Generator[list[int], None, None]:
@@ -193,8 +202,8 @@ class Embedder(OnEngine, BaseEmbedder, TokenLevel):
 
         lengths = arriving()
         try:
-            return self._run(seqs, progress, plan_blocks(lengths, self.scheduler),
-                             count=len(texts))
+            plan = plan_blocks(lengths, self.scheduler, whole=RAMP_BLOCKS)
+            return self._run(seqs, progress, plan, count=len(texts))
         finally:  # a failed call stops the tokenising thread now, not when collected
             lengths.close()
 

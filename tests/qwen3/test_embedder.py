@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -94,6 +95,37 @@ def test_tokenising_while_batches_run_changes_nothing(tiny_dir: Path,
         streamed.embed([*texts[:100], "token " * 2000, *texts[100:]])
     assert text_blocks(["ab", "c", "", "defg", "h"], 3) == [(0, 2), (2, 4), (4, 5)]
     assert text_blocks([], 3) == [] and text_blocks(["x"], 100) == [(0, 1)]
+    # a ramp: blocks of 4, 8 and then 16 characters
+    assert text_blocks(["a"] * 40, 16, ramp=2) == [(0, 4), (4, 12), (12, 28), (28, 40)]
+
+
+def test_a_bulk_call_starts_the_device_on_its_first_small_block(tiny: LocalEmbedder) -> None:
+    """On an engine that queues passes, the first pass of a bulk call holds the first block of
+    the ramp alone (1/16 of a batch of tokens): the device starts after that much is
+    tokenised, not after a whole batch's worth. The vectors are the engine's, bit for bit."""
+    from smysl.qwen3.embedder import BLOCK_CHARS_PER_TOKEN, RAMP_BLOCKS, text_blocks
+    from smysl.qwen3.engine import run_ahead
+
+    batches: list[list[list[int]]] = []
+
+    class Recording(QueuedEngine):
+        def submit(self, batch: list[list[int]], heads: list[int] | None = None) -> object:
+            batches.append(batch)
+            return super().submit(batch, heads)
+
+        def forward_many(self, todo: Iterable[list[list[int]]]) -> Iterator[np.ndarray]:
+            return run_ahead(self.submit, todo, True)  # type: ignore[arg-type]
+
+    emb = LocalEmbedder(Recording(tiny.engine), tiny.tokenizer, name="q",
+                        max_batch_tokens=256)  # type: ignore[arg-type]
+    rng = random.Random(3)
+    texts = [f"текст {i} " * rng.randint(1, 30) for i in range(200)]
+    blocks = text_blocks(texts, BLOCK_CHARS_PER_TOKEN * 256, RAMP_BLOCKS)
+    assert len(blocks) > RAMP_BLOCKS + 1
+    got = emb.embed(texts)
+    first = tiny.tokenize(texts[: blocks[0][1]])
+    assert sorted(batches[0]) == sorted(first) and sum(map(len, first)) < 256 // 4
+    assert np.array_equal(got, tiny.embed(texts))
 
 
 def test_run_ahead_keeps_one_pass_queued_and_collects_what_a_stopped_caller_left() -> None:
