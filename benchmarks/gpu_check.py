@@ -295,6 +295,17 @@ def first_pass_anatomy(ck: Path, texts: list[str], row: dict[str, Any]) -> None:
     _, tok2 = timed(a.tokenize, texts)
     _, fwd1 = timed(a.embed_prepared, seqs)
     _, fwd2 = timed(a.embed_prepared, seqs)
+    # warm calls from text: the blocks' ramp (the GPU starts after ~2K tokens are tokenised)
+    # against blocks of a whole batch (as before: ~33K tokens tokenised first)
+    from smysl.qwen3 import embedder
+
+    ramp = embedder.RAMP_BLOCKS
+    _, with_ramp = timed(a.embed, texts)
+    embedder.RAMP_BLOCKS = 0
+    try:
+        _, no_ramp = timed(a.embed, texts)
+    finally:
+        embedder.RAMP_BLOCKS = ramp
     del a
     free()
     # a second model in the same process: a first pass as slow as the first model's is a
@@ -305,10 +316,13 @@ def first_pass_anatomy(ck: Path, texts: list[str], row: dict[str, Any]) -> None:
     _, again = timed(b.embed_prepared, seqs)
     row["anatomy_ms"] = {"tokenize_first": tok1 * 1e3, "tokenize_second": tok2 * 1e3,
                          "forward_first": fwd1 * 1e3, "forward_second": fwd2 * 1e3,
-                         "forward_first_second_model": again * 1e3}
+                         "forward_first_second_model": again * 1e3,
+                         "warm_embed_ramp": with_ramp * 1e3, "warm_embed_no_ramp": no_ramp * 1e3}
     log(f"\nfirst-pass anatomy (fresh load): tokenise {tok1 * 1e3:.0f} ms, then "
         f"{tok2 * 1e3:.0f} ms; forward passes {fwd1 * 1e3:.0f} ms, then {fwd2 * 1e3:.0f} ms; "
-        f"a second model's first forward pass {again * 1e3:.0f} ms")
+        f"a second model's first forward pass {again * 1e3:.0f} ms; warm embed from text "
+        f"{with_ramp * 1e3:.0f} ms (blocks ramp up), {no_ramp * 1e3:.0f} ms (whole-batch "
+        f"blocks, as before)")
     del b
     free()
 
