@@ -584,6 +584,24 @@ def serve_once(ck: Path, short: list[str], ref: np.ndarray, off: float, counts: 
         log("server log (requests left out):\n" + "\n".join(tail[-15:]))
 
 
+def preflight() -> None:
+    """What the sections need, imported up front: a module the device lacks shows here at
+    once, not as a server that exits in every variant."""
+    import importlib
+
+    found, missing = [], []
+    for name in ("smysl.server.app", "uvicorn", "uvloop", "httptools", "orjson", "gguf",
+                 "triton", "sentence_transformers", "pytest"):
+        try:
+            mod = importlib.import_module(name)
+            found.append(f"{name} {getattr(mod, '__version__', '')}".strip())
+        except Exception as e:
+            missing.append(f"{name} ({type(e).__name__}: {e})")
+    RES["preflight"] = {"found": found, "missing": missing}
+    log(f"imports: {', '.join(found)}" + (f"\n!! missing: {'; '.join(missing)}" if missing
+                                          else ""))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default=os.environ.get("OUT", "gpu-out"))
@@ -603,6 +621,7 @@ def main() -> None:
                transformers=transformers.__version__)
     log(f"# smysl GPU check on {RES['gpu']}, torch {RES['torch']}, transformers "
         f"{RES['transformers']}")
+    preflight()
     texts = corpus(args.scale)
     from smysl.tokenize import Tokenizer
 
