@@ -405,9 +405,10 @@ CLIENT_PROCS = 4
 
 
 def _client_proc(url: str, texts: list[str], ids: list[int], conns: int, ref: np.ndarray,
-                 start_at: float, out: Any) -> None:
+                 start: Any, out: Any) -> None:
     """One load process: ``conns`` closed-loop clients (a keep-alive connection each) share
-    ``ids``, one text per TEI /embed request, from ``start_at`` (time.time) on."""
+    ``ids``, one text per TEI /embed request, once every load process has passed the barrier
+    ``start`` (imports done)."""
     import orjson
     from load_test import Conn
 
@@ -428,11 +429,11 @@ def _client_proc(url: str, texts: list[str], ids: list[int], conns: int, ref: np
         await conn.close()
 
     async def run() -> tuple[float, float]:
-        await asyncio.sleep(max(0.0, start_at - time.time()))
         t0 = time.time()
         await asyncio.gather(*[client() for _ in range(conns)])
         return t0, time.time()
 
+    start.wait(120)
     t0, t1 = asyncio.run(run())
     out.put((t0, t1, lat, min(cos)))
 
@@ -445,10 +446,12 @@ def _clients(url: str, texts: list[str], clients: int, ref: np.ndarray
 
     ctx = mp.get_context("spawn")
     out = ctx.Queue()
-    start_at = time.time() + 8.0  # the processes import numpy first
+    # all start together once each has imported this script (seconds, and not alike): a
+    # late starter would stretch the wall time from the first start to the last end
+    start = ctx.Barrier(CLIENT_PROCS)
     procs = [ctx.Process(target=_client_proc, args=(
         url, texts, list(range(k, len(texts), CLIENT_PROCS)), clients // CLIENT_PROCS, ref,
-        start_at, out)) for k in range(CLIENT_PROCS)]
+        start, out)) for k in range(CLIENT_PROCS)]
     for p in procs:
         p.start()
     parts = [out.get(timeout=300) for _ in procs]
