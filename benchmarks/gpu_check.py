@@ -27,6 +27,10 @@ carry ``.whl`` and a copy of ``../shared`` as ``shared``, install with
 ``PYTHONPATH=$PWD:/tmp/site``.
 
 Writes ``gpu.json`` to --out.
+
+``--dry-run`` runs every section on the CPU with tiny shapes (2 layers, 64 wide) and a smaller
+corpus: no GPU and no number that means anything, only the script's own plumbing (about ten
+minutes on two cores). Run it after changing this script: the GPU run is one call.
 """
 
 from __future__ import annotations
@@ -56,6 +60,13 @@ from server_cpu import busiest, tree_cpu
 torch.backends.cuda.matmul.allow_tf32 = False
 torch.backends.cudnn.allow_tf32 = False
 QUERY = "как устроен семантический поиск?"
+#: Where everything runs: "cuda", or "cpu" for ``--dry-run``.
+DEV = "cuda"
+#: The shape every size takes in ``--dry-run``.
+TINY = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+            intermediate_size=128, vocab_size=151669, max_position_embeddings=40960)
+#: Short texts the server section sends (fewer in ``--dry-run``).
+SHORT_TEXTS = 1500
 T0 = time.perf_counter()
 RES: dict[str, Any] = {}
 
@@ -68,11 +79,30 @@ def elapsed() -> float:
     return time.perf_counter() - T0
 
 
+def sync() -> None:
+    if DEV == "cuda":
+        torch.cuda.synchronize()
+
+
+def reset_peak() -> None:
+    if DEV == "cuda":
+        reset_peak()
+
+
+def peak_gib() -> float:
+    """Peak GPU memory since :func:`reset_peak` (0 in a dry run)."""
+    return peak_gib() if DEV == "cuda" else 0.0
+
+
+def allocated_gib() -> float:
+    return allocated_gib() if DEV == "cuda" else 0.0
+
+
 def timed(fn: Callable[..., Any], *a: Any, **k: Any) -> tuple[Any, float]:
-    torch.cuda.synchronize()
+    sync()
     t = time.perf_counter()
     r = fn(*a, **k)
-    torch.cuda.synchronize()
+    sync()
     return r, time.perf_counter() - t
 
 
@@ -88,14 +118,15 @@ def section(name: str, budget: float, fn: Callable[[], None]) -> None:
         log(f"\n!! {name} failed:\n{traceback.format_exc()}")
         RES.setdefault("failed", []).append(name)
     log(f"({name}: {time.perf_counter() - t:.0f} s; {elapsed():.0f} s so far)")
-    torch.cuda.empty_cache()
+    free()
 
 
 def free() -> None:
     import gc
 
     gc.collect()
-    torch.cuda.empty_cache()
+    if DEV == "cuda":
+        torch.cuda.empty_cache()
 
 
 # --------------------------------------------------------------------------- 1. tests
@@ -116,11 +147,11 @@ def reference(ck: Path, texts: list[str]) -> np.ndarray:
     import torch.nn.functional as F
     from transformers import AutoTokenizer, Qwen3Model
 
-    model = Qwen3Model.from_pretrained(str(ck), dtype=torch.float32).cuda().eval()
+    model = Qwen3Model.from_pretrained(str(ck), dtype=torch.float32).to(DEV).eval()
     tok = AutoTokenizer.from_pretrained(str(ck), padding_side="left")
     out = []
     for i in range(0, len(texts), 8):
-        batch = tok(texts[i : i + 8], padding=True, return_tensors="pt").to("cuda")
+        batch = tok(texts[i : i + 8], padding=True, return_tensors="pt").to(DEV)
         with torch.no_grad():
             h = model(**batch).last_hidden_state
         out.append(F.normalize(h[:, -1].float(), dim=1).cpu().numpy())  # left padded
@@ -137,7 +168,7 @@ def parity(ck: Path, texts: list[str]) -> None:
     log("\n## Parity, 0.6B shape (random weights), vs transformers fp32, 48 texts\n")
     log("| smysl dtype | max abs diff | min cosine | finite |\n|---|---|---|---|")
     for dtype in ("float32", "bfloat16", "float16"):
-        e = Embedder.load(str(ck), device="cuda", dtype=dtype)
+        e = Embedder.load(str(ck), device=DEV, dtype=dtype)
         v = e.embed(texts)
         rows[dtype] = {"max_abs": float(np.abs(v - ref).max()),
                        "min_cos": float((v * ref).sum(1).min()),
@@ -157,8 +188,8 @@ def gemm_ceiling(size: str, tokens: int = 16384) -> float:
     hq, hkv = s["num_attention_heads"], s["num_key_value_heads"]
     d = 128
     shapes = [((hq + 2 * hkv) * d, h), (h, hq * d), (2 * f, h), (h, f)]
-    ws = [torch.randn(o, i, device="cuda", dtype=torch.bfloat16) * 0.02 for o, i in shapes]
-    xs = [torch.randn(tokens, i, device="cuda", dtype=torch.bfloat16) for _, i in shapes]
+    ws = [torch.randn(o, i, device=DEV, dtype=torch.bfloat16) * 0.02 for o, i in shapes]
+    xs = [torch.randn(tokens, i, device=DEV, dtype=torch.bfloat16) for _, i in shapes]
 
     def one(n: int) -> None:
         for _ in range(n * L):
@@ -176,10 +207,10 @@ def gemm_ceiling(size: str, tokens: int = 16384) -> float:
 def st_pass(ck: Path, texts: list[str], bs: int) -> tuple[float, float]:
     from sentence_transformers import SentenceTransformer
 
-    st = SentenceTransformer(str(ck), device="cuda", model_kwargs={"dtype": torch.bfloat16})
-    torch.cuda.reset_peak_memory_stats()
+    st = SentenceTransformer(str(ck), device=DEV, model_kwargs={"dtype": torch.bfloat16})
+    reset_peak()
     _, secs = timed(st.encode, texts, batch_size=bs, normalize_embeddings=True)
-    peak = torch.cuda.max_memory_allocated() / 2**30
+    peak = peak_gib()
     del st
     free()
     return secs, peak
@@ -199,7 +230,7 @@ def shape_run(size: str, work: Path, texts: list[str], n_tok: int, long_input: b
     from smysl import Embedder
 
     t = time.perf_counter()
-    ck = random_checkpoint(size, work / f"qwen3-{size}-random", device="cuda")
+    ck = random_checkpoint(size, work / f"qwen3-{size}-random", device=DEV)
     log(f"\n### {size}: checkpoint ready in {time.perf_counter() - t:.0f} s")
     row: dict[str, Any] = {"gemm_ceiling_tok_s": gemm_ceiling(size)}
     RES[f"shape_{size}"] = row  # filled in as it goes: a later failure keeps what ran
@@ -207,13 +238,13 @@ def shape_run(size: str, work: Path, texts: list[str], n_tok: int, long_input: b
         secs, peak = st_pass(ck, texts, bs)
         row[f"st_bs{bs}"] = {"tok_s": n_tok / secs, "secs": secs, "peak_gib": peak}
     t = time.perf_counter()
-    m = Embedder.load(str(ck), device="cuda", dtype="bfloat16")
+    m = Embedder.load(str(ck), device=DEV, dtype="bfloat16")
     row["load_s"] = time.perf_counter() - t
     row["cuda_graphs"] = m.info().cuda_graphs
     m.embed(texts[:16])
-    torch.cuda.reset_peak_memory_stats()
+    reset_peak()
     first, s1 = timed(m.embed, texts)
-    peak = torch.cuda.max_memory_allocated() / 2**30
+    peak = peak_gib()
     _, s2 = timed(m.embed, texts)
     row["smysl_first"] = {"tok_s": n_tok / s1, "secs": s1, "peak_gib": peak}
     row["smysl_warm"] = {"tok_s": n_tok / s2, "secs": s2}
@@ -271,7 +302,7 @@ def eager_passes(ck: Path, texts: list[str], n_tok: int, fused: np.ndarray,
     shapes, so the eager first pass has the advantage)."""
     from smysl import Embedder
 
-    e = Embedder.load(str(ck), device="cuda", dtype="bfloat16", cuda_kernels=False)
+    e = Embedder.load(str(ck), device=DEV, dtype="bfloat16", cuda_kernels=False)
     e.embed(texts[:16])
     eager, e1 = timed(e.embed, texts)
     _, e2 = timed(e.embed, texts)
@@ -289,7 +320,7 @@ def first_pass_anatomy(ck: Path, texts: list[str], row: dict[str, Any]) -> None:
     each timed first and second on a freshly loaded model."""
     from smysl import Embedder
 
-    a = Embedder.load(str(ck), device="cuda", dtype="bfloat16")
+    a = Embedder.load(str(ck), device=DEV, dtype="bfloat16")
     a.embed(texts[:16])
     seqs, tok1 = timed(a.tokenize, texts)
     _, tok2 = timed(a.tokenize, texts)
@@ -311,7 +342,7 @@ def first_pass_anatomy(ck: Path, texts: list[str], row: dict[str, Any]) -> None:
     # a second model in the same process: a first pass as slow as the first model's is a
     # per-model cost (allocator, pinned buffers); one as fast as a warm pass was the process's
     # first use of these kernels (lazy module loading, cuBLAS heuristics)
-    b = Embedder.load(str(ck), device="cuda", dtype="bfloat16")
+    b = Embedder.load(str(ck), device=DEV, dtype="bfloat16")
     b.embed(texts[:16])
     _, again = timed(b.embed_prepared, seqs)
     row["anatomy_ms"] = {"tokenize_first": tok1 * 1e3, "tokenize_second": tok2 * 1e3,
@@ -333,15 +364,15 @@ def int4(ck: Path, texts: list[str], n_tok: int, bf16: np.ndarray, row: dict[str
     within 8 GiB of VRAM, its speed and its cosine to the bf16 vectors."""
     from smysl import Embedder
 
-    torch.cuda.reset_peak_memory_stats()
+    reset_peak()
     t = time.perf_counter()
-    e = Embedder.load(str(ck), device="cuda", quantize="int4")
-    load_s, weights = time.perf_counter() - t, torch.cuda.memory_allocated() / 2**30
-    load_peak = torch.cuda.max_memory_allocated() / 2**30
+    e = Embedder.load(str(ck), device=DEV, quantize="int4")
+    load_s, weights = time.perf_counter() - t, allocated_gib()
+    load_peak = peak_gib()
     e.embed(texts[:16])
-    torch.cuda.reset_peak_memory_stats()
+    reset_peak()
     v, secs = timed(e.embed, texts)
-    peak = max(load_peak, torch.cuda.max_memory_allocated() / 2**30)
+    peak = max(load_peak, peak_gib())
     _, warm = timed(e.embed, texts)
     query = latency(functools.partial(e.embed, [QUERY]), n=30)
     cos = (v * bf16).sum(axis=1)
@@ -364,7 +395,8 @@ def profile(fn: Callable[[], Any]) -> dict[str, Any]:
     from torch.profiler import ProfilerActivity
     from torch.profiler import profile as prof
 
-    with prof(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as p:
+    activities = [ProfilerActivity.CPU, *([ProfilerActivity.CUDA] if DEV == "cuda" else [])]
+    with prof(activities=activities) as p:
         _, wall = timed(fn)
     kernels = [e for e in p.events() if e.device_type.name == "CUDA"]
     busy = sum(e.device_time for e in kernels) / 1e6  # device_time: microseconds
@@ -385,11 +417,11 @@ def long32k(ck: Path, row: dict[str, Any]) -> None:
     log("\n| 32,768 tokens, 8B | seconds | peak GiB | weights GiB | finite |\n"
         "|---|---|---|---|---|")
     for dtype in ("bfloat16", "float16"):
-        e = Embedder.load(str(ck), device="cuda", dtype=dtype)
-        weights = torch.cuda.memory_allocated() / 2**30
-        torch.cuda.reset_peak_memory_stats()
+        e = Embedder.load(str(ck), device=DEV, dtype=dtype)
+        weights = allocated_gib()
+        reset_peak()
         v, secs = timed(e.embed_token_ids, ids)
-        peak = torch.cuda.max_memory_allocated() / 2**30
+        peak = peak_gib()
         ok = bool(np.isfinite(v).all())
         row[f"long32k_{dtype}"] = {"secs": secs, "peak_gib": peak, "weights_gib": weights,
                                    "finite": ok}
@@ -472,8 +504,8 @@ def server(work: Path) -> None:
 
     ck = random_checkpoint("0.6b", work / "qwen3-0.6b-random")
     texts = corpus(4.0)
-    short = [t for t in texts if len(t) < 400][:1500]
-    m = Embedder.load(str(ck), device="cuda", dtype="bfloat16")
+    short = [t for t in texts if len(t) < 400][:SHORT_TEXTS]
+    m = Embedder.load(str(ck), device=DEV, dtype="bfloat16")
     m.embed(short[:64])
     ref, off = timed(m.embed, short)
     counts = m.count_tokens(short)
@@ -504,7 +536,7 @@ def serve_once(ck: Path, short: list[str], ref: np.ndarray, off: float, counts: 
     from load_test import Conn, Server
 
     n_tok = sum(counts)
-    srv = Server(str(ck), *extra, device="cuda")
+    srv = Server(str(ck), *extra, device=DEV)
     try:
         srv.wait_ready(180)
         with urllib.request.urlopen(f"{srv.url}/info", timeout=10) as r:
@@ -614,13 +646,25 @@ def main() -> None:
                     help="seconds after which no new section starts")
     ap.add_argument("--shapes", default="0.6b,8b,4b")
     ap.add_argument("--skip-tests", action="store_true")
+    ap.add_argument("--dry-run", action="store_true",
+                    help="on the CPU, tiny shapes: the script's plumbing, no GPU numbers")
     args = ap.parse_args()
+    if args.dry_run:
+        global DEV, SHORT_TEXTS
+        DEV, SHORT_TEXTS = "cpu", 300
+        for size in SHAPES:  # every size builds the tiny checkpoint, in its own folder
+            SHAPES[size] = dict(TINY)
+        args.work += "-dry-run"
+        args.scale = min(args.scale, 0.5)
+        args.skip_tests = True
+        args.budget = float("inf")
     out, work = Path(args.out), Path(args.work)
     out.mkdir(parents=True, exist_ok=True)
     work.mkdir(parents=True, exist_ok=True)
     import transformers
 
-    RES.update(gpu=torch.cuda.get_device_name(), torch=torch.__version__,
+    RES.update(gpu=torch.cuda.get_device_name() if DEV == "cuda" else "dry run on the CPU",
+               torch=torch.__version__,
                transformers=transformers.__version__)
     log(f"# smysl GPU check on {RES['gpu']}, torch {RES['torch']}, transformers "
         f"{RES['transformers']}")
@@ -639,7 +683,7 @@ def main() -> None:
     try:
         if not args.skip_tests:
             section("pytest -m gpu", args.budget, lambda: gpu_tests(out))
-        ck = random_checkpoint("0.6b", work / "qwen3-0.6b-random", device="cuda")
+        ck = random_checkpoint("0.6b", work / "qwen3-0.6b-random", device=DEV)
         section("parity", args.budget, lambda: parity(ck, texts[:48]))
         shapes = args.shapes.split(",")
         if "0.6b" in shapes:

@@ -1,0 +1,33 @@
+"""The GPU run is one call of ``benchmarks/gpu_check.py`` on a lent device: its plumbing is
+checked here first, on the CPU (``--dry-run``: tiny shapes, every section; ~6 minutes)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.slow
+def test_gpu_check_runs_every_section_dry(tmp_path: Path) -> None:
+    r = subprocess.run([sys.executable, "benchmarks/gpu_check.py", "--dry-run", "--out",
+                        str(tmp_path), "--work", str(tmp_path / "work")], cwd=ROOT,
+                       capture_output=True, text=True, timeout=1800)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    res = json.loads((tmp_path / "gpu.json").read_text())
+    # a section that fails logs its traceback and the run goes on: here none may
+    assert not res.get("failed") and not res.get("skipped"), r.stdout[-6000:]
+    assert not res["preflight"]["missing"]
+    for size in ("0.6b", "8b", "4b"):
+        row = res[f"shape_{size}"]
+        assert row["smysl_first"]["tok_s"] > 0 and row["finite"]
+    assert "anatomy_ms" in res["shape_0.6b"] and "long32k_float16" in res["shape_8b"]
+    servers = [k for k in res if k.startswith("server_0.6b")]
+    assert len(servers) == 4
+    for k in servers:  # every text came back, equal to the in-process vector
+        assert res[k]["min_cos_vs_in_process"] > 0.999 and res[k]["http_texts_s"] > 0
