@@ -65,19 +65,23 @@ def tree_cpu(pid: int) -> dict[int, float]:
 
 
 def role(pid: int, root: int) -> str:
-    """What a process of a ``smysl serve`` tree is: the server, the process holding the CUDA
-    driver (the engine), Python's resource tracker, or another (an HTTP worker; on a CPU
-    the engine too)."""
+    """What a process of a ``smysl serve`` tree is: the server, the engine process (CUDA or
+    CPU), an HTTP worker, or another (Python's resource tracker), by the name smysl gives its
+    processes (:mod:`smysl.procname`)."""
     if pid == root:
         return "server"
     try:
+        name = Path(f"/proc/{pid}/comm").read_text().strip()
+        if name == "smysl-engine":
+            cuda = "libcuda.so" in Path(f"/proc/{pid}/maps").read_text()
+            return "engine (CUDA)" if cuda else "engine (CPU)"
+        if name == "smysl-http":
+            return "worker"
         if b"resource_tracker" in Path(f"/proc/{pid}/cmdline").read_bytes():
             return "resource tracker"
-        if "libcuda.so" in Path(f"/proc/{pid}/maps").read_text():
-            return "engine (CUDA)"
     except OSError:
         pass
-    return "worker"
+    return "other"
 
 
 def busiest(before: dict[int, float], after: dict[int, float], wall: float, root: int

@@ -35,6 +35,7 @@ from typing import Any, TypeVar
 import numpy as np
 import torch
 
+from smysl.procname import ENGINE, set_name
 from smysl.qwen3.engine import BATCH_TOKENS, Engine, EngineConfig, run_ahead
 from smysl.qwen3.heap import keep_heap
 from smysl.qwen3.hub import Checkpoint
@@ -63,6 +64,7 @@ def _child(conn: Connection, ckpt: Checkpoint, cfg: EngineConfig) -> None:
     # sends None or goes away.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    set_name(ENGINE)
     keep_heap()
     try:
         engine = Engine.from_checkpoint(ckpt, cfg)

@@ -40,6 +40,7 @@ from multiprocessing.connection import wait
 from typing import Any
 
 from smysl.base import BaseEmbedder
+from smysl.procname import HTTP_WORKER, set_name
 from smysl.rerank import BaseReranker
 from smysl.server.config import ServerConfig
 
@@ -193,6 +194,7 @@ def _worker(embedder: BaseEmbedder | None, reranker: BaseReranker | None,
     # Signals come from the supervisor alone (once each), not from the terminal's Ctrl-C to
     # the whole process group: uvicorn cuts requests off at a second one.
     os.setpgrp()
+    set_name(HTTP_WORKER)
     signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP)  # one that came meanwhile ends it here
     os.environ[METRICS_ENV] = folder  # before prometheus_client is imported
     from smysl.server.app import serve

@@ -31,6 +31,8 @@ def remote(tiny_dir: Path):  # type: ignore[no-untyped-def]
 def test_vectors_are_bit_identical_to_the_in_process_engine(remote, tiny) -> None:  # type: ignore[no-untyped-def]
     assert isinstance(remote.engine, EngineProcess)
     assert remote.engine.pid != os.getpid() and remote.engine.alive
+    # named for ps and top
+    assert Path(f"/proc/{remote.engine.pid}/comm").read_text().strip() == "smysl-engine"
     assert (remote.dimensions, remote.max_tokens) == (tiny.dimensions, tiny.max_tokens)
     assert remote.engine.vocab_rows == tiny.engine.vocab_rows
     # what the child reports is what an in-process engine says, plus its pid; its bulk calls

@@ -129,6 +129,11 @@ def test_two_workers_one_engine(tiny_dir: Path, tiny, tmp_path: Path) -> None:  
         assert len(workers) >= 4  # the two engine processes and two HTTP workers
         http = [p for p in workers if Path(f"/proc/{p}/stat").read_text().split()[4] == str(p)]
         assert len(http) == 2  # the workers lead their own process groups
+        # ps and top tell them apart by name
+        names = {p: Path(f"/proc/{p}/comm").read_text().strip() for p in workers}
+        assert sorted(n for n in names.values() if n.startswith("smysl-")) == [
+            "smysl-engine", "smysl-engine", "smysl-http", "smysl-http"]
+        assert {names[p] for p in http} == {"smysl-http"}
         os.kill(http[0], signal.SIGKILL)
         deadline = time.monotonic() + 60
         while "restarting it" not in output():
