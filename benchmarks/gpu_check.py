@@ -86,16 +86,16 @@ def sync() -> None:
 
 def reset_peak() -> None:
     if DEV == "cuda":
-        reset_peak()
+        torch.cuda.reset_peak_memory_stats()
 
 
 def peak_gib() -> float:
     """Peak GPU memory since :func:`reset_peak` (0 in a dry run)."""
-    return peak_gib() if DEV == "cuda" else 0.0
+    return torch.cuda.max_memory_allocated() / 2**30 if DEV == "cuda" else 0.0
 
 
 def allocated_gib() -> float:
-    return allocated_gib() if DEV == "cuda" else 0.0
+    return torch.cuda.memory_allocated() / 2**30 if DEV == "cuda" else 0.0
 
 
 def timed(fn: Callable[..., Any], *a: Any, **k: Any) -> tuple[Any, float]:
