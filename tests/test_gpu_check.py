@@ -33,23 +33,26 @@ def test_gpu_check_runs_every_section_dry(tmp_path: Path) -> None:
         assert res[k]["min_cos_vs_in_process"] > 0.999 and res[k]["http_texts_s"] > 0
 
 
-def test_the_cuda_helpers_call_cuda_once(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The helpers' CUDA branch, which a dry run never takes (each once called itself)."""
-    import torch
-
-    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
-    import gpu_check
-
-    calls: list[str] = []
-    for name, value in (("synchronize", None), ("reset_peak_memory_stats", None),
-                        ("max_memory_allocated", 3 * 2**30), ("memory_allocated", 2**30),
-                        ("empty_cache", None)):
-        monkeypatch.setattr(torch.cuda, name,
-                            lambda *a, name=name, value=value, **k: calls.append(name) or value)
-    monkeypatch.setattr(gpu_check, "DEV", "cuda")
-    gpu_check.reset_peak()
-    assert gpu_check.peak_gib() == 3.0 and gpu_check.allocated_gib() == 1.0
-    assert gpu_check.timed(lambda x: x + 1, 1)[0] == 2
-    gpu_check.free()
-    assert calls == ["reset_peak_memory_stats", "max_memory_allocated", "memory_allocated",
-                     "synchronize", "synchronize", "empty_cache"]
+def test_the_cuda_helpers_call_cuda_once() -> None:
+    """The helpers' CUDA branch, which a dry run never takes (each once called itself). In a
+    subprocess: the script puts benchmarks/ on sys.path and sets torch's TF32 flags."""
+    code = """
+import sys, torch
+sys.path.insert(0, "benchmarks")
+import gpu_check
+calls = []
+for name, value in (("synchronize", None), ("reset_peak_memory_stats", None),
+                    ("max_memory_allocated", 3 * 2**30), ("memory_allocated", 2**30),
+                    ("empty_cache", None)):
+    setattr(torch.cuda, name, lambda *a, name=name, value=value, **k: calls.append(name) or value)
+gpu_check.DEV = "cuda"
+gpu_check.reset_peak()
+assert gpu_check.peak_gib() == 3.0 and gpu_check.allocated_gib() == 1.0
+assert gpu_check.timed(lambda x: x + 1, 1)[0] == 2
+gpu_check.free()
+assert calls == ["reset_peak_memory_stats", "max_memory_allocated", "memory_allocated",
+                 "synchronize", "synchronize", "empty_cache"], calls
+"""
+    r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode == 0, r.stderr[-3000:]

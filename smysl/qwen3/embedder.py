@@ -36,8 +36,8 @@ BLOCK_CHARS_PER_TOKEN = 4
 
 #: Blocks of a bulk call that grow to full size: the first is 1/16 of a batch of tokens, the
 #: next ones 1/8, 1/4 and 1/2, and each goes to the device as soon as it is tokenised, so the
-#: GPU starts after ~2,000 tokens are tokenised instead of a whole batch's worth (~33,000),
-#: and every next block is tokenised while the one before it computes.
+#: GPU starts after ~1/16 of a batch is tokenised instead of a whole batch's worth, and every
+#: next block is tokenised while the one before it computes (docs/benchmarks.md, issue 12).
 RAMP_BLOCKS = 4
 
 

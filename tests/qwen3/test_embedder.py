@@ -123,8 +123,14 @@ def test_a_bulk_call_starts_the_device_on_its_first_small_block(tiny: LocalEmbed
     blocks = text_blocks(texts, BLOCK_CHARS_PER_TOKEN * 256, RAMP_BLOCKS)
     assert len(blocks) > RAMP_BLOCKS + 1
     got = emb.embed(texts)
-    first = tiny.tokenize(texts[: blocks[0][1]])
-    assert sorted(batches[0]) == sorted(first) and sum(map(len, first)) < 256 // 4
+    # each block of the ramp is a pass of its own (each fits the budget), the first one
+    # 1/16 of it; the later blocks' passes are full but for the last
+    for (start, stop), batch in zip(blocks[:RAMP_BLOCKS], batches, strict=False):
+        block = tiny.tokenize(texts[start:stop])
+        assert sorted(batch) == sorted(block) and sum(map(len, block)) <= 256
+    assert sum(map(len, batches[0])) < 256 // 4
+    longest = max(len(x) for x in tiny.tokenize(texts))  # what a full batch may lack
+    assert all(sum(map(len, b)) > 256 - longest for b in batches[RAMP_BLOCKS:-1])
     assert np.array_equal(got, tiny.embed(texts))
 
 
