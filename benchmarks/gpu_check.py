@@ -39,6 +39,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import contextlib
 import functools
 import json
 import os
@@ -48,7 +49,7 @@ import sys
 import time
 import traceback
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -316,6 +317,20 @@ def eager_passes(ck: Path, texts: list[str], n_tok: int, fused: np.ndarray,
     free()
 
 
+@contextlib.contextmanager
+def ramp(on: bool) -> Iterator[None]:
+    """Bulk calls with the blocks' ramp (the code's ``RAMP_BLOCKS``) or without it (blocks of
+    a whole batch, as before the fifteenth session)."""
+    from smysl.qwen3 import embedder
+
+    blocks = embedder.RAMP_BLOCKS
+    embedder.RAMP_BLOCKS = blocks if on else 0
+    try:
+        yield
+    finally:
+        embedder.RAMP_BLOCKS = blocks
+
+
 def first_pass_anatomy(ck: Path, texts: list[str], row: dict[str, Any]) -> None:
     """Where a first pass loses to a warm one (0.86 on the 0.6B, bar 0.9): tokenising (the
     tokenizer's word cache starts empty; the GPU idles meanwhile) against the forward passes,
@@ -330,17 +345,12 @@ def first_pass_anatomy(ck: Path, texts: list[str], row: dict[str, Any]) -> None:
     _, fwd2 = timed(a.embed_prepared, seqs)
     # warm calls from text: the blocks' ramp (the GPU starts after ~2.8K tokens of this corpus
     # are tokenised) against blocks of a whole batch (as before: ~40K tokens tokenised first)
-    from smysl.qwen3 import embedder
-
-    ramp, times = embedder.RAMP_BLOCKS, {}
-    try:
-        for blocks in (ramp, 0, 0, ramp):  # interleaved, the better of two each
-            embedder.RAMP_BLOCKS = blocks
+    times: dict[bool, float] = {}
+    for on in (True, False, False, True):  # interleaved, the better of two each
+        with ramp(on):
             _, t = timed(a.embed, texts)
-            times[blocks] = min(t, times.get(blocks, t))
-    finally:
-        embedder.RAMP_BLOCKS = ramp
-    with_ramp, no_ramp = times[ramp], times[0]
+        times[on] = min(t, times.get(on, t))
+    with_ramp, no_ramp = times[True], times[False]
     del a
     free()
     # a second model in the same process: a first pass as slow as the first model's is a
@@ -380,13 +390,8 @@ def int4(ck: Path, texts: list[str], n_tok: int, bf16: np.ndarray, row: dict[str
     _, warm = timed(e.embed, texts)
     # int4 rebuilds its weights on every pass: the blocks' ramp (3 passes more) costs it more
     # than it costs bf16; the same warm call without it
-    from smysl.qwen3 import embedder
-
-    ramp, embedder.RAMP_BLOCKS = embedder.RAMP_BLOCKS, 0
-    try:
+    with ramp(False):
         _, warm_no_ramp = timed(e.embed, texts)
-    finally:
-        embedder.RAMP_BLOCKS = ramp
     query = latency(functools.partial(e.embed, [QUERY]), n=30)
     cos = (v * bf16).sum(axis=1)
     row["int4"] = {"load_s": load_s, "weights_gib": weights, "peak_gib": peak,

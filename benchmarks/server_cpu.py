@@ -33,6 +33,8 @@ from pathlib import Path
 from common import ROOT
 from load_test import Conn, Server, build_random, load_texts
 
+from smysl import procname
+
 TICK = os.sysconf("SC_CLK_TCK")
 
 
@@ -72,10 +74,10 @@ def role(pid: int, root: int) -> str:
         return "server"
     try:
         name = Path(f"/proc/{pid}/comm").read_text().strip()
-        if name == "smysl-engine":
+        if name == procname.ENGINE:
             cuda = "libcuda.so" in Path(f"/proc/{pid}/maps").read_text()
             return "engine (CUDA)" if cuda else "engine (CPU)"
-        if name == "smysl-http":
+        if name == procname.HTTP_WORKER:
             return "worker"
         if b"resource_tracker" in Path(f"/proc/{pid}/cmdline").read_bytes():
             return "resource tracker"
