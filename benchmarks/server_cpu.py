@@ -5,7 +5,8 @@ millisecond of CPU on each request, so the event loop, not the GPU, bounds many 
 (docs/benchmarks.md, issue 12). This measures that cost without a GPU: ``smysl serve`` of the
 tiny random checkpoint (its compute is negligible), a client process of ``--clients``
 keep-alive connections (``load_test.Conn``) sending one text per request, and the CPU time the
-server process and its engine child spent (``/proc``, all threads) divided by the requests.
+server's HTTP processes (the server; with ``--workers`` its workers and supervisor) and its
+engine process spent (``/proc``, all threads) divided by the requests.
 
 Usage::
 
@@ -147,8 +148,15 @@ def one_round(model: str, extra: list[str], tree: str | None, texts: list[str],
         wall = asyncio.run(load(srv.url, texts, args.requests, args.clients, args.path))
         c1 = tree_cpu(pid)
         n = args.requests
-        engine = sum(c1[k] - c0.get(k, 0.0) for k in c1 if k != pid)
-        return {"server_us": (c1[pid] - c0[pid]) / n * 1e6, "engine_us": engine / n * 1e6,
+        # by role: with --workers the HTTP work is the workers' (the root supervises)
+        spent: dict[str, float] = {}
+        for k in c1:
+            kind = role(k, pid)
+            kind = ("engine" if kind.startswith("engine") else
+                    "server" if kind in ("server", "worker") else kind)
+            spent[kind] = spent.get(kind, 0.0) + c1[k] - c0.get(k, 0.0)
+        return {"server_us": spent.get("server", 0.0) / n * 1e6,
+                "engine_us": spent.get("engine", 0.0) / n * 1e6,
                 "req_s": n / wall, "per_batch": n / (batches(srv.url) - b0)}
     finally:
         srv.stop()
