@@ -30,10 +30,9 @@ from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future
 
 import numpy as np
-import torch
 
+from smysl.qwen3.contract import run_ahead
 from smysl.qwen3.embedder import Embedder
-from smysl.qwen3.engine import run_ahead
 from smysl.server.batcher import Batcher, EmbedBackend, Job
 from smysl.server.metrics import Metrics
 from smysl.tokenize import Tokenizer
@@ -47,8 +46,9 @@ class SimulatedDevice:
     hidden_size = HIDDEN
     vocab_rows = 151669
     max_positions = 32768
-    device = torch.device("cuda")
-    dtype = torch.bfloat16
+    device = "cuda"
+    dtype = "bfloat16"
+    cpu = None
     quantization = None
     parameters = 0
     pid = None

@@ -55,11 +55,11 @@ def run(args: argparse.Namespace) -> int:
         args.device = "cpu"
     emb = load_model(args.model, args)
     engine = emb.engine if isinstance(emb, Embedder) else None
-    if not isinstance(engine, Engine) or engine.device.type != "cpu":
+    if not isinstance(engine, Engine) or engine.torch_device.type != "cpu":
         raise ValueError("smysl tune measures smysl's own CPU engine: a local Qwen3 "
                          "checkpoint or GGUF file on --device cpu")
     threads = None
-    tk = tuning.threads_key(engine.kernel, engine.dtype, engine.model.cfg)
+    tk = tuning.threads_key(engine.kernel, engine.torch_dtype, engine.model.cfg)
     if args.threads is not None and (stored := tuning.lookup_threads(tk)) is not None and (
             stored.threads != args.threads):
         print(f"note: loads without --threads run the {stored.threads} threads measured "

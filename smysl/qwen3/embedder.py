@@ -22,8 +22,15 @@ from smysl.base import (
 from smysl.options import ModelOptions
 from smysl.pooling import check_dimensions, finish
 from smysl.prompts import DEFAULT_TASK
-from smysl.qwen3.cpu import detect
-from smysl.qwen3.engine import BATCH_TOKENS, EngineLike, OnEngine, start_all, start_engine
+from smysl.qwen3.contract import (
+    BATCH_TOKENS,
+    EngineLike,
+    OnEngine,
+    device_type,
+    require_torch,
+    start_all,
+    start_engine,
+)
 from smysl.qwen3.hub import Checkpoint, read_checkpoint, resolve
 from smysl.scheduler import SchedulerConfig, plan_batches, plan_blocks
 from smysl.tokenize import Direction, Tokenizer, TokenSpan, fit_length
@@ -88,7 +95,7 @@ class Embedder(OnEngine, BaseEmbedder, TokenLevel):
         self.limit = min(max_tokens or engine.max_positions, engine.max_positions)
         self.max_tokens = tokenizer.max_tokens = self.limit
         self.scheduler = SchedulerConfig(
-            max_batch_tokens=max_batch_tokens or BATCH_TOKENS.get(engine.device.type, 4096),
+            max_batch_tokens=max_batch_tokens or BATCH_TOKENS.get(device_type(engine.device), 4096),
             max_batch_size=max_batch_size or SchedulerConfig.max_batch_size)
         self.batch_tokens = self.scheduler.max_batch_tokens
         #: Tokenise a bulk call a block at a time while earlier blocks' batches run (CUDA,
@@ -109,6 +116,7 @@ class Embedder(OnEngine, BaseEmbedder, TokenLevel):
         passes for the GIL; ``close()`` stops it. Other model strings (``st:``, providers) load
         through :func:`smysl.load`.
         """
+        require_torch()
         given, unknown = ModelOptions.split(kwargs)
         if unknown:
             raise TypeError(f"unexpected options for a local model: {sorted(unknown)}")
@@ -141,16 +149,16 @@ class Embedder(OnEngine, BaseEmbedder, TokenLevel):
     def info(self) -> ModelInfo:
         e = self.engine
         return dataclasses.replace(
-            super().info(), dtype=str(e.dtype).removeprefix("torch."),
+            super().info(), dtype=e.dtype,
             # a GGUF file's weight type (Q8_0, F16) unless the engine re-quantised them
             quantization=e.quantization or (self.checkpoint.weight_type if self.checkpoint
                                             else None),
-            parameters=e.parameters, device=str(e.device),
+            parameters=e.parameters, device=e.device,
             process=e.pid, fingerprint=self.fingerprint(),
-            cpu=detect().describe() if e.device.type == "cpu" else None,
+            cpu=e.cpu,
             cuda_graphs=e.cuda_graphs or None, kernel=e.kernel, slice_tokens=e.chunk,
             tuned_at=e.tuned_at, threads=e.threads,
-            lanes=e.lanes if e.device.type == "cpu" else None)
+            lanes=e.lanes if device_type(e.device) == "cpu" else None)
 
     def fingerprint(self) -> str:
         """Hash of the checkpoint's config, tokenizer and weights (size + three 1 MiB windows
@@ -161,13 +169,13 @@ class Embedder(OnEngine, BaseEmbedder, TokenLevel):
             if self.checkpoint is None:  # the contract's default, without info() (it asks us)
                 self._fingerprint = fingerprint_of({
                     "backend": self.backend, "name": self.name, "dimensions": self.dimensions,
-                    "dtype": str(e.dtype).removeprefix("torch."), "quantization": e.quantization})
+                    "dtype": e.dtype, "quantization": e.quantization})
             else:
                 ck = self.checkpoint
                 files = ck.files
                 rev = self.revision if self.revision and _COMMIT.match(self.revision) else None
                 self._fingerprint = fingerprint_files(files, {
-                    "backend": self.backend, "dtype": str(e.dtype).removeprefix("torch."),
+                    "backend": self.backend, "dtype": e.dtype,
                     "quantization": e.quantization, "revision": rev})
         return self._fingerprint
 

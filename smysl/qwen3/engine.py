@@ -1,29 +1,25 @@
-"""The engine contract: packed token ids in, pooled unit vectors out.
-
-This is the whole interface between the model and everything above it (like TEI's ``Backend``):
-callers hand it one batch of token-id sequences, it returns ``[B, hidden]`` float32 pooled rows.
-Batching, tokenisation and prompts live elsewhere; model internals never leak past here.
+"""The engine: a loaded Qwen3 encoder that runs batches of token ids (the contract it
+meets, :class:`~smysl.qwen3.contract.EngineLike`, and how one starts, live in
+:mod:`smysl.qwen3.contract`, without torch).
 """
 
 from __future__ import annotations
 
-import copy
 import itertools
 import logging
 import os
 import threading
 import weakref
-from collections import deque
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Any, Protocol, Self, TypeVar
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 from torch import nn
 
-from smysl.options import ModelOptions
 from smysl.qwen3 import tuning
+from smysl.qwen3.contract import EngineConfig, EngineLike, run_ahead
 from smysl.qwen3.cpu import (
     CpuFeatures,
     auto_dtype,
@@ -51,12 +47,12 @@ _DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bf
            "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}
 
 
-#: Tokens per slice of the per-token work (projections, MLP) on CPU, and the default token budget
-#: of a forward pass, per device type. The slice's ``[tokens, 2*ffn]`` MLP activations want to
-#: stay in the caches: on a 2-core EPYC (1 MiB L2 per core, 32 MiB L3), with batches of ~1,000
-#: tokens of short texts, 256-token slices were within 1% of the best size for the 0.6B, 4B and
-#: 8B shapes in fp32, bf16, int8 and int4, while 1,024-token slices were up to 1.6x slower
-#: (int8 on the 4B; docs/benchmarks.md). GPUs want big slices: see :func:`chunk_tokens`.
+#: Tokens per slice of the per-token work (projections, MLP) on CPU (a pass's default budget:
+#: :data:`smysl.qwen3.contract.BATCH_TOKENS`). The slice's ``[tokens, 2*ffn]`` MLP activations
+#: want to stay in the caches: on a 2-core EPYC (1 MiB L2 per core, 32 MiB L3), with batches of
+#: ~1,000 tokens of short texts, 256-token slices were within 1% of the best size for the 0.6B,
+#: 4B and 8B shapes in fp32, bf16, int8 and int4, while 1,024-token slices were up to 1.6x
+#: slower (int8 on the 4B; docs/benchmarks.md). GPUs want big slices: see :func:`chunk_tokens`.
 CHUNK_TOKENS = {"cpu": 256}
 #: CPU slices with int4 layers: above ``quantize.DEQUANT_ROWS`` rows each layer dequantises its
 #: weights once per call, so bigger slices amortise that. One 2,048-token pass on two 8B-shape
@@ -64,7 +60,6 @@ CHUNK_TOKENS = {"cpu": 256}
 #: kernel alone: 734 at best); the whole 8B Q4_K_M: 41.7 tok/s with 1,024, 41.1 with 2,048,
 #: whose activations raised the peak by 180 MiB (docs/benchmarks.md).
 INT4_CHUNK_TOKENS = 1024
-BATCH_TOKENS = {"cpu": 1024, "cuda": 32768}
 #: CPU bulk calls: a batch of one input longer than this runs on all threads, not in a lane
 #: (:mod:`smysl.qwen3.lanes`): its GEMMs are large enough to use them, and alone in a lane it
 #: would leave the other lanes idle at the end of the call.
@@ -93,80 +88,45 @@ def chunk_tokens(device_type: str, intermediate_size: int, kernel: str = "torch"
     return n
 
 
-@dataclass(frozen=True)
-class EngineConfig:
-    """Where and how the model runs."""
-
-    #: "auto" (CUDA when available, else CPU), "cpu", "cuda" or "cuda:N".
-    device: str = "auto"
-    #: "auto" (CUDA: bfloat16; CPU: bfloat16 for a bf16 checkpoint where the CPU computes bf16
-    #: natively, else float32 — see :func:`smysl.qwen3.cpu.auto_dtype`), "float32" (the exact
-    #: path), "bfloat16" or "float16".
-    dtype: str = "auto"
-    #: None; "int8" (int8 linear layers, activations quantised on each call: per row on x86,
-    #: 8 bits on VNNI/AMX CPUs and 7 elsewhere; per tensor off x86, see ``cpu.int8_kernel``;
-    #: float32; CPU only); or "int4"
-    #: (4-bit weights in groups of 32 where the source allows, else 8-bit weight-only (CUDA:
-    #: bf16); bf16 activations; a GGUF file's blocks become 4-bit planes, exact for Q8_0, Q5_K
-    #: and Q4_K: :func:`smysl.qwen3.ggml_quants.planes`; on CUDA rebuilt per call for cuBLAS,
-    #: :class:`smysl.qwen3.quantize.Int4GemmLinear`).
-    quantize: str | None = None
-    #: CPU threads for torch; None: what ``smysl tune`` measured for this path on this
-    #: machine (unless ``OMP_NUM_THREADS`` / ``MKL_NUM_THREADS`` set it), else torch's default
-    #: (one per physical core).
-    threads: int | None = None
-    #: CPU: batches of a bulk call (``embed`` of many inputs) computed at once, each on
-    #: ``threads // lanes`` threads (:mod:`smysl.qwen3.lanes`); None: what ``smysl tune``
-    #: measured for this path, else :func:`~smysl.qwen3.lanes.default_lanes`. One batch alone,
-    #: and one input over :data:`LANE_TOKENS`, run on all threads.
-    lanes: int | None = None
-    #: CUDA only: capture the forward pass as CUDA graphs for batches of up to this many tokens
-    #: (buckets of 16, 32, ... tokens; captured at load, ~1 s); 0 turns graphs off.
-    cuda_graphs: int = 2048
-    #: CUDA, bfloat16/float16: RMSNorm, q/k norm + RoPE and SwiGLU as fused Triton kernels
-    #: (:mod:`smysl.qwen3.kernels`), once they agree with the eager pass at load; eager when
-    #: Triton is missing or they do not (a warning says why). False: always eager.
-    cuda_kernels: bool = True
-
-    def resolve(self, stored: torch.dtype | None = None, features: CpuFeatures | None = None
-                ) -> tuple[torch.device, torch.dtype]:
-        """(device, matmul dtype). ``stored`` (the checkpoint's dtype) and ``features`` (the
-        CPU's; default this machine's) decide ``dtype="auto"`` on CPU (see
-        :func:`smysl.qwen3.cpu.auto_dtype`)."""
-        dev = self.device
-        if dev == "auto":
-            dev = "cuda" if torch.cuda.is_available() else "cpu"
-        device = torch.device(dev)
-        if device.type == "cuda" and not torch.cuda.is_available():
-            raise ValueError("device 'cuda' requested but CUDA is not available")
-        if device.type not in ("cpu", "cuda"):
-            raise ValueError(f"unsupported device {self.device!r} (use auto, cpu or cuda)")
-        features = features or detect()
-        if self.dtype == "auto" and device.type == "cpu" and self.quantize is None:
-            dtype, why = auto_dtype(features, stored)
-            log.info("dtype auto on %s: %s, because %s", features.describe(),
-                     str(dtype).removeprefix("torch."), why)
-        elif self.dtype == "auto":
-            dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-        elif self.dtype in _DTYPES:
-            dtype = _DTYPES[self.dtype]
-        else:
-            raise ValueError(f"unsupported dtype {self.dtype!r} (use auto, float32, bfloat16, "
-                             "float16)")
-        if self.quantize not in (None, "int8", "int4"):
-            raise ValueError(f"unsupported quantize {self.quantize!r} (use int8, int4 or none)")
-        if self.quantize == "int8" and (device.type != "cpu" or dtype != torch.float32):
-            raise ValueError("int8 quantisation runs on CPU with dtype float32")
-        if self.quantize == "int4":
-            if self.dtype == "auto":
-                dtype = torch.bfloat16
-            if dtype != torch.bfloat16:
-                raise ValueError("int4 quantisation runs with dtype bfloat16 (activations)")
-        if device.type == "cpu" and dtype != torch.float32 and not (
-                dtype == torch.bfloat16 and features.native_bf16):
-            log.warning("%s matmuls are emulated on %s: expect them ~100x slower than float32",
-                        str(dtype).removeprefix("torch."), features.describe())
-        return device, dtype
+def resolve_config(cfg: EngineConfig, stored: torch.dtype | None = None,
+            features: CpuFeatures | None = None) -> tuple[torch.device, torch.dtype]:
+    """(device, matmul dtype). ``stored`` (the checkpoint's dtype) and ``features`` (the
+    CPU's; default this machine's) decide ``dtype="auto"`` on CPU (see
+    :func:`smysl.qwen3.cpu.auto_dtype`)."""
+    dev = cfg.device
+    if dev == "auto":
+        dev = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(dev)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device 'cuda' requested but CUDA is not available")
+    if device.type not in ("cpu", "cuda"):
+        raise ValueError(f"unsupported device {cfg.device!r} (use auto, cpu or cuda)")
+    features = features or detect()
+    if cfg.dtype == "auto" and device.type == "cpu" and cfg.quantize is None:
+        dtype, why = auto_dtype(features, stored)
+        log.info("dtype auto on %s: %s, because %s", features.describe(),
+                 str(dtype).removeprefix("torch."), why)
+    elif cfg.dtype == "auto":
+        dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    elif cfg.dtype in _DTYPES:
+        dtype = _DTYPES[cfg.dtype]
+    else:
+        raise ValueError(f"unsupported dtype {cfg.dtype!r} (use auto, float32, bfloat16, "
+                         "float16)")
+    if cfg.quantize not in (None, "int8", "int4"):
+        raise ValueError(f"unsupported quantize {cfg.quantize!r} (use int8, int4 or none)")
+    if cfg.quantize == "int8" and (device.type != "cpu" or dtype != torch.float32):
+        raise ValueError("int8 quantisation runs on CPU with dtype float32")
+    if cfg.quantize == "int4":
+        if cfg.dtype == "auto":
+            dtype = torch.bfloat16
+        if dtype != torch.bfloat16:
+            raise ValueError("int4 quantisation runs with dtype bfloat16 (activations)")
+    if device.type == "cpu" and dtype != torch.float32 and not (
+            dtype == torch.bfloat16 and features.native_bf16):
+        log.warning("%s matmuls are emulated on %s: expect them ~100x slower than float32",
+                    str(dtype).removeprefix("torch."), features.describe())
+    return device, dtype
 
 
 #: A quantised GGUF file is dequantised (the fastest path where bf16 is native) unless that
@@ -214,156 +174,6 @@ def stored_dtype(config: dict[str, object]) -> torch.dtype | None:
     return _DTYPES.get(str(name)) if name else None
 
 
-class EngineLike(Protocol):
-    """The contract above this module: :class:`Engine` in this process, or
-    :class:`smysl.qwen3.worker.EngineProcess` running one in a child process."""
-
-    hidden_size: int
-    vocab_rows: int
-    max_positions: int
-    device: torch.device
-    dtype: torch.dtype
-    #: Weight quantisation ("int8") or None.
-    quantization: str | None
-    #: Parameter count of the model as loaded (before quantisation).
-    parameters: int
-    #: Process id of the child process running the engine, None when in this process.
-    pid: int | None
-    #: Token counts of the batch shapes captured as CUDA graphs (empty on CPU).
-    cuda_graphs: list[int]
-    #: What the linear layers run: "onednn" (CPU, weights prepacked at load), "onednn-int8",
-    #: "fbgemm-int8" or "torch-int8" (``quantize="int8"``, see ``cpu.int8_kernel``),
-    #: "int4" (4-bit planes: CPU, or CUDA), "torch" (``F.linear``: CUDA, or a CPU oneDNN
-    #: cannot serve); "+triton" appended on CUDA when the fused Triton kernels run the norms,
-    #: RoPE and SwiGLU (:attr:`EngineConfig.cuda_kernels`).
-    kernel: str
-    #: Tokens per slice of the per-token work (CPU: the default, or ``smysl tune``'s).
-    chunk: int
-    #: Batches of a bulk call computed at once (CPU, :attr:`EngineConfig.lanes`); else 1.
-    lanes: int
-    #: Whether :meth:`submit` returns once the pass is queued, before it has run (CUDA): the
-    #: caller can assemble its next batch meanwhile. False on CPU, where :meth:`submit` returns
-    #: after the pass, and holding its rows back for the next batch would only delay them.
-    queues: bool
-
-    @property
-    def threads(self) -> int | None:
-        """torch's CPU threads of an engine on CPU, None on CUDA."""
-        ...
-
-    @property
-    def tuned_at(self) -> str | None:
-        """When ``smysl tune`` measured :attr:`chunk` on this machine (UTC, ISO 8601); None
-        when the engine runs on the defaults."""
-        ...
-
-    @property
-    def alive(self) -> bool:
-        """Whether forward passes can still run (an engine process may have died)."""
-        ...
-
-    def forward(self, batch: list[list[int]], heads: list[int] | None = None) -> np.ndarray:
-        """Pooled rows ``[len(batch), hidden]``; ``heads[i]``: leading tokens of sequence ``i``
-        that sequences with the same head compute once (CPU; see :mod:`smysl.qwen3.prefix`)."""
-        ...
-
-    def forward_many(self, batches: Iterable[list[list[int]]]) -> Iterator[np.ndarray]:
-        """:meth:`forward` of each batch, results in order (on CUDA the next batch is assembled
-        and queued while the previous one runs; on CPU batches may run in lanes)."""
-        ...
-
-    def submit(self, batch: list[list[int]], heads: list[int] | None = None
-               ) -> Callable[[], np.ndarray]:
-        """Start one :meth:`forward` pass; the returned call waits for its rows and raises what
-        the pass raised. Several may be in flight; each call returns its own pass's rows."""
-        ...
-
-    def share(self) -> EngineLike:
-        """A picklable handle other processes compute with on this engine (an engine
-        process's :class:`~smysl.qwen3.worker.EngineClient`); NotImplementedError in process."""
-        ...
-
-    def close(self) -> None: ...
-
-
-#: A batch as a caller hands it to ``submit``: token-id sequences, or indices into them.
-_Batch = TypeVar("_Batch")
-#: Starts one pass -> the call that waits for its rows.
-Submit = Callable[[_Batch], Callable[[], np.ndarray]]
-
-
-def run_ahead(submit: Submit[_Batch], batches: Iterable[_Batch], queues: bool
-              ) -> Iterator[np.ndarray]:
-    """Rows of each batch in order, passes started with ``submit``. When passes ``queues``
-    (:attr:`EngineLike.queues`), the next one is queued before the previous one's rows are
-    read, so the device runs batch n while the caller's iterator assembles batch n + 1."""
-    pending: deque[Callable[[], np.ndarray]] = deque()
-    try:
-        for batch in batches:
-            pending.append(submit(batch))
-            if len(pending) > queues:
-                yield pending.popleft()()
-        while pending:
-            yield pending.popleft()()
-    finally:  # a caller that stopped early: collect what is in flight (an engine process's
-        # reply must not stay unread on its pipe)
-        _wait_all(pending, quiet=True)
-
-
-def start_all(submit: Submit[_Batch], batches: Iterable[_Batch]
-              ) -> Callable[[], list[np.ndarray]]:
-    """Start a pass for every batch now (the caller bounds them: one server batch) -> the
-    call that waits for all their rows, in order. Every pass is waited for, even after one
-    failed (an engine process answers in turn); the first failure is raised after that."""
-    waits: list[Callable[[], np.ndarray]] = []
-    try:
-        for batch in batches:
-            waits.append(submit(batch))
-    except BaseException:
-        _wait_all(waits, quiet=True)
-        raise
-    return lambda: _wait_all(waits)
-
-
-def _wait_all(waits: Iterable[Callable[[], np.ndarray]], *, quiet: bool = False
-              ) -> list[np.ndarray]:
-    rows: list[np.ndarray] = []
-    error: Exception | None = None
-    for wait in waits:
-        try:
-            rows.append(wait())
-        except Exception as e:
-            error = error or e
-    if error is not None and not quiet:
-        raise error
-    return rows
-
-
-class OnEngine:
-    """Sharing, closing and :attr:`queues` for the engine's front-ends
-    (:class:`~smysl.qwen3.embedder.Embedder`, :class:`~smysl.qwen3.reranker.Reranker`): all
-    three are their engine's."""
-
-    engine: EngineLike
-
-    @property
-    def queues(self) -> bool:
-        """Whether starting work returns before it has run (:attr:`EngineLike.queues`)."""
-        return self.engine.queues
-
-    def share(self) -> Self:
-        """A picklable twin on this front-end's engine process (see
-        :meth:`~smysl.qwen3.worker.EngineProcess.share`); NotImplementedError when the engine
-        runs in this process."""
-        twin = copy.copy(self)
-        twin.engine = self.engine.share()
-        return twin
-
-    def close(self) -> None:
-        """Stop the engine process, if the engine runs in one."""
-        self.engine.close()
-
-
 class Engine:
     """Runs a loaded Qwen3 encoder on batches of token-id sequences: one at a time on all
     threads, or, in a bulk call on CPU, :attr:`lanes` at a time (:mod:`smysl.qwen3.lanes`)."""
@@ -378,8 +188,12 @@ class Engine:
                  lanes: int | None = None, cuda_kernels: bool = False) -> None:
         self.model = model
         self.kernel = kernel
-        self.device = device
-        self.dtype = dtype
+        #: Where and in what the model computes; :attr:`device` and :attr:`dtype` (the
+        #: contract's) are their names ("cpu", "cuda", "cuda:1"; "bfloat16").
+        self.torch_device, self.torch_dtype = device, dtype
+        self.device = str(device)
+        self.dtype = str(dtype).removeprefix("torch.")
+        self.cpu = detect().describe() if device.type == "cpu" else None
         self.quantization = quantization
         cfg = model.cfg
         self.hidden_size = cfg.hidden_size
@@ -427,14 +241,14 @@ class Engine:
     @property
     def threads(self) -> int | None:
         """torch's CPU threads on CPU (process-wide: this process's count), None on CUDA."""
-        return torch.get_num_threads() if self.device.type == "cpu" else None
+        return torch.get_num_threads() if self.torch_device.type == "cpu" else None
 
     @classmethod
     def from_checkpoint(cls, ckpt: Checkpoint, cfg: EngineConfig) -> Engine:
-        device, dtype = cfg.resolve(stored_dtype(ckpt.config))
+        device, dtype = resolve_config(cfg, stored_dtype(ckpt.config))
         if keep_gguf_blocks(ckpt, cfg, device, dtype):
             cfg = replace(cfg, quantize="int4")
-            device, dtype = cfg.resolve(stored_dtype(ckpt.config))
+            device, dtype = resolve_config(cfg, stored_dtype(ckpt.config))
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
         linear: LinearFactory | None = None
@@ -526,7 +340,8 @@ class Engine:
         """One CPU forward pass, in the calling thread on its torch threads (the caller holds
         the slots)."""
         if heads is not None and any(heads):
-            return self.model.run(*layout(batch, heads, self.device), chunk=self.chunk).numpy()
+            return self.model.run(*layout(batch, heads, self.torch_device),
+                                  chunk=self.chunk).numpy()
         ids = torch.tensor([t for s in batch for t in s], dtype=torch.long)
         return self.model(ids, [len(s) for s in batch], chunk=self.chunk).numpy()
 
@@ -535,7 +350,7 @@ class Engine:
         call, which would fail with :class:`~smysl.qwen3.lanes.LanesClosed`)."""
         if lanes < 1:
             raise ValueError(f"lanes must be >= 1, got {lanes}")
-        if self.device.type != "cpu" or lanes == self.lanes:
+        if self.torch_device.type != "cpu" or lanes == self.lanes:
             return
         self.close()
         self.lanes = lanes
@@ -587,18 +402,3 @@ class Engine:
                     self._finalizer.detach()
                 self._lanes.close()
                 self._lanes = None
-
-
-def start_engine(ckpt: Checkpoint, opts: ModelOptions) -> EngineLike:
-    """The engine ``opts`` ask for: in this process, or in a child (``opts.process``; see
-    :mod:`smysl.qwen3.worker`). The one place the embedder and the reranker start theirs."""
-    cfg = EngineConfig(device=opts.device or "auto", dtype=opts.dtype or "auto",
-                       quantize=opts.quantize, threads=opts.threads, lanes=opts.lanes,
-                       cuda_graphs=EngineConfig.cuda_graphs if opts.cuda_graphs is None
-                       else opts.cuda_graphs,
-                       cuda_kernels=opts.cuda_kernels is not False)
-    if opts.process:
-        from smysl.qwen3.worker import EngineProcess  # it imports this module
-
-        return EngineProcess(ckpt, cfg)
-    return Engine.from_checkpoint(ckpt, cfg)

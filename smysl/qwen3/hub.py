@@ -1,16 +1,22 @@
 """Find a checkpoint: a local directory or a Hugging Face repo id (downloaded through the HF cache).
 
 Reads what the engine needs from it: ``config.json``, safetensors weights (single or sharded),
-``tokenizer.json``, and the sentence-transformers files (prompts, pooling) when present.
+``tokenizer.json``, and the sentence-transformers files (prompts, pooling) when present. No
+torch here: the weights themselves load in :mod:`smysl.qwen3.loader`; a safetensors header and
+a few rows of one tensor (:func:`read_rows`) are read with numpy.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import struct
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
+
+import numpy as np
 
 from smysl.registry import ALIASES
 
@@ -198,3 +204,52 @@ def read_checkpoint(root: Path, name: str | None = None) -> Checkpoint:
         st_config=_json(root / "config_sentence_transformers.json"),
         pooling=pooling,
     )
+
+
+def safetensors_header(f: BinaryIO, path: Path) -> tuple[dict[str, Any], int]:
+    """A safetensors file's header (name -> dtype, shape, data_offsets) and where data starts."""
+    (header_len,) = struct.unpack("<Q", f.read(8))
+    if header_len > 100 * 2**20:
+        raise ValueError(f"{path}: not a safetensors file (header of {header_len} bytes)")
+    header = json.loads(f.read(header_len))
+    header.pop("__metadata__", None)
+    return header, 8 + header_len
+
+
+#: Float dtypes of safetensors files (little-endian) -> the numpy dtype read as (bf16: its bits).
+_ROW_DTYPES: dict[str, np.dtype[Any]] = {
+    "BF16": np.dtype("<u2"), "F16": np.dtype("<f2"), "F32": np.dtype("<f4"),
+    "F64": np.dtype("<f8")}
+
+
+def read_rows(ckpt: Checkpoint, names: Sequence[str], rows: Sequence[int]) -> np.ndarray | None:
+    """Rows ``rows`` of the first of the 2-D float tensors ``names`` that the checkpoint holds,
+    as float32 ``[len(rows), columns]`` (exact: bf16 and f16 widen without rounding), read by
+    seeking: the rest of the tensor is never loaded (a reranker's two head rows of 151,669).
+    None when it holds none of them."""
+    for path in ckpt.weights:
+        with path.open("rb") as f:
+            header, base = safetensors_header(f, path)
+            name = next((n for n in names if n in header), None)
+            if name is None:
+                continue
+            info = header[name]
+            if info["dtype"] not in _ROW_DTYPES or len(info["shape"]) != 2:
+                raise ValueError(f"{path}: {name} is not a 2-D float tensor")
+            count, columns = info["shape"]
+            dtype = _ROW_DTYPES[info["dtype"]]
+            row_bytes = columns * dtype.itemsize
+            out = np.empty((len(rows), columns), np.float32)
+            for i, r in enumerate(rows):
+                if not 0 <= r < count:
+                    raise ValueError(f"{path}: row {r} outside {name} ({count} rows)")
+                f.seek(base + info["data_offsets"][0] + r * row_bytes)
+                buf = f.read(row_bytes)
+                if len(buf) != row_bytes:
+                    raise ValueError(f"{path}: truncated file (tensor {name})")
+                values = np.frombuffer(buf, dtype)
+                # bf16 is the top half of a float32
+                out[i] = ((values.astype(np.uint32) << 16).view(np.float32)
+                          if info["dtype"] == "BF16" else values)
+            return out
+    return None

@@ -12,15 +12,15 @@ import json
 import re
 import struct
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 import torch
 from torch import nn
 
 from smysl.qwen3.ggml_quants import QuantStack, QuantTensor, Weight
-from smysl.qwen3.hub import Checkpoint
+from smysl.qwen3.hub import Checkpoint, safetensors_header
 from smysl.qwen3.model import Linear, Qwen3Config, Qwen3Encoder
 
 # Checkpoint parts that are fused into one weight here: fused name -> parts in order.
@@ -37,20 +37,10 @@ _ST_DTYPES = {"BF16": torch.bfloat16, "F16": torch.float16, "F32": torch.float32
               "F64": torch.float64}
 
 
-def _header(f: BinaryIO, path: Path) -> tuple[dict[str, Any], int]:
-    """A safetensors file's header (name -> dtype, shape, data_offsets) and where data starts."""
-    (header_len,) = struct.unpack("<Q", f.read(8))
-    if header_len > 100 * 2**20:
-        raise ValueError(f"{path}: not a safetensors file (header of {header_len} bytes)")
-    header = json.loads(f.read(header_len))
-    header.pop("__metadata__", None)
-    return header, 8 + header_len
-
-
 def read_safetensors(path: Path) -> Iterator[tuple[str, torch.Tensor]]:
     """Yield (name, tensor) from a safetensors file one tensor at a time, in file order."""
     with path.open("rb") as f:
-        header, base = _header(f, path)
+        header, base = safetensors_header(f, path)
         for name, info in sorted(header.items(), key=lambda kv: kv[1]["data_offsets"][0]):
             if info["dtype"] not in _ST_DTYPES:
                 raise ValueError(f"{path}: {name} has unsupported dtype {info['dtype']}")
@@ -62,39 +52,6 @@ def read_safetensors(path: Path) -> Iterator[tuple[str, torch.Tensor]]:
             dt = _ST_DTYPES[info["dtype"]]
             t = torch.frombuffer(buf, dtype=dt) if buf else torch.empty(0, dtype=dt)
             yield name, t.reshape(info["shape"])
-
-
-def read_head_rows(ckpt: Checkpoint, rows: Sequence[int]) -> torch.Tensor:
-    """Rows ``rows`` of the output head as float32 ``[len(rows), H]``, read by seeking (the
-    rest of the head is never loaded): ``lm_head.weight``, or the token embeddings when the
-    config ties them (transformers then saves no ``lm_head``). Qwen3-Reranker needs only the
-    rows of its answer tokens "yes" and "no"."""
-    tied = bool(ckpt.config.get("tie_word_embeddings", False))
-    names = ("model.embed_tokens.weight", "embed_tokens.weight") if tied else ("lm_head.weight",)
-    for path in ckpt.weights:
-        with path.open("rb") as f:
-            header, base = _header(f, path)
-            name = next((n for n in names if n in header), None)
-            if name is None:
-                continue
-            info = header[name]
-            if info["dtype"] not in _ST_DTYPES or len(info["shape"]) != 2:
-                raise ValueError(f"{path}: {name} is not a 2-D float tensor")
-            vocab, hidden = info["shape"]
-            dt = _ST_DTYPES[info["dtype"]]
-            row_bytes = hidden * torch.empty(0, dtype=dt).element_size()
-            out = torch.empty(len(rows), hidden, dtype=torch.float32)
-            for i, r in enumerate(rows):
-                if not 0 <= r < vocab:
-                    raise ValueError(f"{path}: row {r} outside {name} ({vocab} rows)")
-                f.seek(base + info["data_offsets"][0] + r * row_bytes)
-                buf = bytearray(f.read(row_bytes))
-                if len(buf) != row_bytes:
-                    raise ValueError(f"{path}: truncated file (tensor {name})")
-                out[i] = torch.frombuffer(buf, dtype=dt).float()
-            return out
-    raise ValueError(f"{ckpt.root}: checkpoint lacks {names[0]} (the output head"
-                     f"{', tied to the token embeddings' if tied else ''})")
 
 
 def load_encoder(ckpt: Checkpoint, device: torch.device, dtype: torch.dtype,

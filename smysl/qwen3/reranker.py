@@ -13,8 +13,8 @@ and the score reproduce the model card's reference code (huggingface.co/Qwen/Qwe
 The trunk is :class:`~smysl.qwen3.model.Qwen3Encoder` (through :class:`~smysl.qwen3.engine.Engine`,
 so packed, length-sorted batches and the child-process engine come for free): its output is
 the final-norm hidden state of each sequence's last token, and only the two head rows of "no"
-and "yes" (:func:`~smysl.qwen3.loader.read_head_rows`) are ever multiplied with it; the rest of
-the vocabulary is never computed.
+and "yes" (:func:`~smysl.qwen3.hub.read_rows`) are ever multiplied with it; the rest of the
+vocabulary is never computed.
 """
 
 from __future__ import annotations
@@ -28,16 +28,18 @@ from tokenizers import Tokenizer
 
 from smysl.base import fingerprint_files
 from smysl.options import ModelOptions
-from smysl.qwen3.engine import (
+from smysl.qwen3.contract import (
     BATCH_TOKENS,
     EngineLike,
     OnEngine,
     Submit,
+    device_type,
+    require_torch,
     run_ahead,
     start_all,
     start_engine,
 )
-from smysl.qwen3.hub import read_checkpoint, resolve
+from smysl.qwen3.hub import Checkpoint, read_checkpoint, read_rows, resolve
 from smysl.rerank import BaseReranker, RerankerInfo, RerankTokens
 from smysl.scheduler import SchedulerConfig, plan_batches
 from smysl.tokenize import InputTooLongError
@@ -108,7 +110,7 @@ class Reranker(OnEngine, BaseReranker):
         if self.max_tokens <= len(self.prefix) + len(self.suffix):
             raise ValueError(f"max_tokens {self.max_tokens} leaves no room for the pair: the "
                              f"prompt alone takes {len(self.prefix) + len(self.suffix)} tokens")
-        self._batch_tokens = max_batch_tokens or BATCH_TOKENS.get(engine.device.type, 4096)
+        self._batch_tokens = max_batch_tokens or BATCH_TOKENS.get(device_type(engine.device), 4096)
         self.scheduler = SchedulerConfig(
             max_batch_tokens=self._batch_tokens,
             max_batch_size=max_batch_size or SchedulerConfig.max_batch_size)
@@ -120,14 +122,13 @@ class Reranker(OnEngine, BaseReranker):
         (``Qwen/Qwen3-Reranker-0.6B``). ``options`` / ``kwargs`` are
         :class:`~smysl.options.ModelOptions` fields (``device``, ``dtype``, ``quantize``,
         ``max_tokens``, ``process``...); ``shared_prefix=False`` computes every prompt whole."""
-        from smysl.qwen3.loader import read_head_rows
-
+        require_torch()
         given, unknown = ModelOptions.split(kwargs)
         if unknown:
             raise TypeError(f"unexpected options for a local reranker: {sorted(unknown)}")
         opts = (options or ModelOptions()).replace(**given.given())
         ckpt = read_checkpoint(resolve(model, revision=opts.revision), name=model)
-        if ckpt.format != "safetensors":  # read_head_rows seeks in safetensors files
+        if ckpt.format != "safetensors":  # read_rows seeks in safetensors files
             raise ValueError(f"{model}: a reranker loads from a safetensors checkpoint "
                              f"(Qwen/Qwen3-Reranker-*), not {ckpt.format}")
         tokenizer = Tokenizer.from_file(str(ckpt.tokenizer_file))
@@ -135,7 +136,7 @@ class Reranker(OnEngine, BaseReranker):
         if None in rows:
             raise ValueError(f"{model}: the tokenizer has no {ANSWERS} tokens; not a "
                              "Qwen3-Reranker")
-        head = read_head_rows(ckpt, [int(r) for r in rows if r is not None]).numpy()
+        head = read_head_rows(ckpt, [int(r) for r in rows if r is not None])
         engine = start_engine(ckpt, opts)
         return cls(engine, tokenizer, head, name=model, max_tokens=opts.max_tokens,
                    max_batch_tokens=opts.max_batch_tokens, max_batch_size=opts.max_batch_size,
@@ -268,9 +269,9 @@ class Reranker(OnEngine, BaseReranker):
     def info(self) -> RerankerInfo:
         return RerankerInfo(name=self.name, backend=self.backend, max_tokens=self.max_tokens,
                             instruction_aware=True,
-                            dtype=str(self.engine.dtype).removeprefix("torch."),
+                            dtype=self.engine.dtype,
                             quantization=self.engine.quantization,
-                            device=str(self.engine.device), kernel=self.engine.kernel,
+                            device=self.engine.device, kernel=self.engine.kernel,
                             slice_tokens=self.engine.chunk, tuned_at=self.engine.tuned_at,
                             threads=self.engine.threads)
 
@@ -281,7 +282,7 @@ class Reranker(OnEngine, BaseReranker):
         if not self.files:
             return super().fingerprint()
         return fingerprint_files(self.files, {
-            "backend": "qwen3-reranker", "dtype": str(self.engine.dtype).removeprefix("torch."),
+            "backend": "qwen3-reranker", "dtype": self.engine.dtype,
             "quantization": self.engine.quantization, "max_tokens": self.max_tokens,
             "shared_prefix": self.marker is not None})
 
@@ -304,3 +305,16 @@ def load(rest: str, options: ModelOptions, *, shared_prefix: bool = True,
     if kwargs:
         raise TypeError(f"unexpected options for a local reranker: {sorted(kwargs)}")
     return Reranker.load(rest, options, shared_prefix=shared_prefix)
+
+
+def read_head_rows(ckpt: Checkpoint, rows: Sequence[int]) -> np.ndarray:
+    """Rows ``rows`` of the output head as float32 ``[len(rows), H]``: ``lm_head.weight``, or
+    the token embeddings when the config ties them (transformers then saves no ``lm_head``).
+    Qwen3-Reranker needs only the rows of its answer tokens "yes" and "no"."""
+    tied = bool(ckpt.config.get("tie_word_embeddings", False))
+    names = ("model.embed_tokens.weight", "embed_tokens.weight") if tied else ("lm_head.weight",)
+    head = read_rows(ckpt, names, rows)
+    if head is None:
+        raise ValueError(f"{ckpt.root}: checkpoint lacks {names[0]} (the output head"
+                         f"{', tied to the token embeddings' if tied else ''})")
+    return head

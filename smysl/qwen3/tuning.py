@@ -99,7 +99,7 @@ def key(engine: Engine) -> str:
 
     parts = [detect().describe(), f"torch {torch.__version__}",
              f"{torch.get_num_threads()} threads", engine.kernel,
-             str(engine.dtype).removeprefix("torch."), _shape(engine.model.cfg)]
+             engine.dtype, _shape(engine.model.cfg)]
     planes = sorted({m.planes for m in engine.model.modules()
                      if isinstance(m, Int4Linear | Int4GemmLinear)})
     if planes:

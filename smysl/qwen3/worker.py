@@ -1,4 +1,5 @@
-"""The engine in a child process, behind the same contract as :class:`smysl.qwen3.engine.Engine`.
+"""The engine in a child process, behind the same contract as :class:`smysl.qwen3.engine.Engine`
+(:class:`~smysl.qwen3.contract.EngineLike`).
 
 Why: a forward pass is a few thousand torch calls, and between two calls the Python thread that
 issues them must re-take the GIL. In a server the event loop holds the GIL while it parses and
@@ -8,7 +9,8 @@ would delay every kernel launch. A child process has its own interpreter and GIL
 only sends token ids and receives pooled rows (one pipe round trip per forward pass).
 
 The child runs exactly :meth:`Engine.forward`, so vectors are bit-identical to an in-process
-engine with the same device, dtype and thread count.
+engine with the same device, dtype and thread count. Only the child imports torch: the parent
+and the processes it shares the engine with (:mod:`smysl.qwen3.client`) need none.
 """
 
 from __future__ import annotations
@@ -26,19 +28,27 @@ import threading
 import time
 import weakref
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
 from multiprocessing import AuthenticationError
-from multiprocessing.connection import Client, Connection, Listener, wait
-from typing import Any, TypeVar
+from multiprocessing.connection import Connection, Listener, wait
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
-import torch
 
 from smysl.procname import ENGINE, set_name
-from smysl.qwen3.engine import BATCH_TOKENS, Engine, EngineConfig, run_ahead
+from smysl.qwen3.client import (
+    EngineClient,
+    EngineProcessError,
+    Piped,
+    Replies,
+    send_reply,
+)
+from smysl.qwen3.contract import BATCH_TOKENS, EngineConfig, device_type
 from smysl.qwen3.heap import keep_heap
 from smysl.qwen3.hub import Checkpoint
+
+if TYPE_CHECKING:
+    from smysl.qwen3.engine import Engine
 
 log = logging.getLogger(__name__)
 _T = TypeVar("_T")
@@ -48,10 +58,6 @@ START_TIMEOUT_S = 600.0
 #: A child that dies on its own is restarted at most this many times within this many seconds;
 #: then the engine stays down (``alive`` False) and every call raises.
 MAX_RESTARTS, RESTART_WINDOW_S = 3, 60.0
-
-
-class EngineProcessError(RuntimeError):
-    """The engine process could not start, or exited while in use."""
 
 
 def _child(conn: Connection, ckpt: Checkpoint, cfg: EngineConfig) -> None:
@@ -65,20 +71,22 @@ def _child(conn: Connection, ckpt: Checkpoint, cfg: EngineConfig) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     set_name(ENGINE)
+    from smysl.qwen3.engine import Engine  # torch: this process computes
+
     keep_heap()
     try:
         engine = Engine.from_checkpoint(ckpt, cfg)
     except BaseException as e:  # report any load failure to the parent, then exit
-        _send(conn, ("error", e))
+        send_reply(conn, ("error", e))
         return
     info = {"hidden_size": engine.hidden_size, "vocab_rows": engine.vocab_rows,
-            "max_positions": engine.max_positions, "device": str(engine.device),
-            "dtype": str(engine.dtype).removeprefix("torch."),
+            "max_positions": engine.max_positions, "device": engine.device,
+            "dtype": engine.dtype, "cpu": engine.cpu,
             "quantization": engine.quantization, "parameters": engine.parameters,
             "threads": engine.threads, "cuda_graphs": engine.cuda_graphs, "kernel": engine.kernel,
             "chunk": engine.chunk, "tuned_at": engine.tuned_at, "queues": engine.queues,
             "pid": os.getpid()}
-    _send(conn, ("ready", info))
+    send_reply(conn, ("ready", info))
     _Hub(engine, conn, info).run()
 
 
@@ -99,7 +107,7 @@ class _Hub:
 
     def __init__(self, engine: Engine, parent: Connection, info: dict[str, Any]) -> None:
         self.engine, self.parent, self.info = engine, parent, info
-        self.budget = BATCH_TOKENS.get(engine.device.type, 4096)
+        self.budget = BATCH_TOKENS.get(device_type(engine.device), 4096)
         # CUDA: submit returns once a pass is queued. On CPU it returns when the pass has
         # run, and holding its rows back for the next pass would only delay them.
         self.pipelined = engine.queues
@@ -129,7 +137,7 @@ class _Hub:
             if reply is None:
                 conn.close()
             else:
-                _send(conn, reply)
+                send_reply(conn, reply)
 
     def _reply(self, conn: Connection, reply: tuple[str, Any]) -> None:
         self._outbox.put((conn, reply))
@@ -237,7 +245,7 @@ class _Hub:
                 continue  # a stranger, or a client that left mid-handshake
             except OSError:
                 return
-            _send(c, ("ready", self.info))
+            send_reply(c, ("ready", self.info))
             with self._lock:
                 self._joined.append(c)
             os.write(self._wake_w, b"x")
@@ -273,71 +281,6 @@ def merge(requests: Sequence[tuple[list[list[int]], list[int] | None]], budget: 
     return groups
 
 
-class _Replies:
-    """One connection to the child, with several requests in flight: the child answers a
-    connection's requests in the order they were sent, so a request's reply is the n-th one
-    read. Whichever caller reads first keeps the replies that are not its own for theirs.
-    The owner's lock guards it; a connection that failed is replaced, never reused."""
-
-    def __init__(self, conn: Connection) -> None:
-        self.conn = conn
-        self.sent = self.read = 0
-        #: Replies read for requests whose callers have not asked yet, by request number.
-        self.early: dict[int, tuple[str, Any]] = {}
-
-    @property
-    def waiting(self) -> bool:
-        """Replies still to come."""
-        return self.read < self.sent
-
-    def send(self, request: Any) -> int:
-        """Send ``request`` -> its number, to ask :meth:`reply` for."""
-        self.conn.send(request)
-        self.sent += 1
-        return self.sent - 1
-
-    def check(self, number: int) -> None:
-        """Raise if request ``number``'s reply was handed out already (before any I/O: a
-        caller's mistake must not cost the connection)."""
-        if number < self.read and number not in self.early:
-            raise RuntimeError(f"the rows of pass {number} were read already")
-
-    def reply(self, number: int) -> tuple[str, Any]:
-        """Request ``number``'s reply (reads, and keeps, the ones sent before it)."""
-        while number not in self.early:
-            self._read_one()
-        return self.early.pop(number)
-
-    def ask(self, request: Any) -> tuple[str, Any]:
-        """Send a request the child answers at once, out of turn (``share``), and read its
-        reply: the replies still to come are read (and kept) first."""
-        while self.waiting:
-            self._read_one()
-        return self.reply(self.send(request))
-
-    def _read_one(self) -> None:
-        self.early[self.read] = self.conn.recv()
-        self.read += 1
-
-
-def _rows(kind: str, payload: Any) -> np.ndarray:
-    """A pass's reply -> its rows, or the error the pass raised."""
-    if kind == "error":
-        raise payload
-    return np.asarray(payload)
-
-
-def _send(conn: Connection, reply: tuple[str, Any]) -> None:
-    try:
-        conn.send(reply)
-    except (EOFError, OSError):
-        pass
-    except Exception as e:  # an exception that does not pickle: send its text
-        with contextlib.suppress(Exception):
-            conn.send(("error", EngineProcessError(f"{type(reply[1]).__name__}: {reply[1]} "
-                                                   f"({e})")))
-
-
 def _stop(proc: Any, conn: Connection) -> None:
     """Ask the child to exit, then make sure it has."""
     with contextlib.suppress(EOFError, OSError):
@@ -362,77 +305,8 @@ def _watch(ref: weakref.ref[EngineProcess], proc: Any) -> None:
         engine._on_exit(proc)
 
 
-class _Described:
-    """The engine's shape attributes, from the info dict the child reports when ready."""
-
-    def _describe(self, info: dict[str, Any]) -> None:
-        self.hidden_size: int = info["hidden_size"]
-        self.vocab_rows: int = info["vocab_rows"]
-        self.max_positions: int = info["max_positions"]
-        self.device = torch.device(info["device"])
-        self.dtype: torch.dtype = getattr(torch, info["dtype"])
-        self.threads: int | None = info["threads"]
-        self.quantization: str | None = info["quantization"]
-        self.parameters: int = info["parameters"]
-        self.cuda_graphs: list[int] = info["cuda_graphs"]
-        self.kernel: str = info["kernel"]
-        self.chunk: int = info["chunk"]
-        self.tuned_at: str | None = info["tuned_at"]
-        self.pid: int | None = info["pid"]
-        #: Bulk calls through the child use no lanes (they run in-process only).
-        self.lanes = 1
-        #: The child queues a pass behind the one it runs (CUDA; :attr:`Engine.queues`).
-        self.queues: bool = info["queues"]
-
-
-class _Piped(_Described):
-    """Forward passes over a connection to the child (:class:`EngineProcess` through its
-    pipe, :class:`EngineClient` through the child's socket), several in flight at a time."""
-
-    _lock: threading.Lock
-    #: The current connection (None: none yet, or dropped).
-    _replies: _Replies | None
-
-    def _channel(self) -> _Replies:
-        """The connection to send on (under the lock), made or restored when it must be."""
-        raise NotImplementedError
-
-    def _io(self, step: Callable[[], _T]) -> _T:
-        """One send or receive on the connection (under the lock), its failures handled."""
-        raise NotImplementedError
-
-    def forward(self, batch: list[list[int]], heads: list[int] | None = None) -> np.ndarray:
-        """Same as :meth:`Engine.forward`: ``[len(batch), hidden]`` float32 pooled rows."""
-        return self.submit(batch, heads)()
-
-    def forward_many(self, batches: Iterable[list[list[int]]]) -> Iterator[np.ndarray]:
-        """:meth:`forward` of each batch in order; on CUDA the next batch is sent before the
-        previous one's rows come back, and the child queues it behind the running pass."""
-        return run_ahead(self.submit, batches, self.queues)
-
-    def submit(self, batch: list[list[int]], heads: list[int] | None = None
-               ) -> Callable[[], np.ndarray]:
-        """Send one forward pass to the child; the returned call waits for its rows."""
-        with self._lock:
-            replies = self._channel()
-            number = self._io(lambda: replies.send((batch, heads)))
-        return functools.partial(self._reply, replies, number)
-
-    def _reply(self, replies: _Replies, number: int) -> np.ndarray:
-        with self._lock:
-            # rows read already (by a call before a failure) are still this pass's
-            if number not in replies.early and (replies is not self._replies
-                                                or replies.conn.closed):
-                raise EngineProcessError("the engine process was closed or restarted, or the "
-                                         "connection to it lost, before this batch's rows "
-                                         "came back")
-            replies.check(number)
-            kind, payload = self._io(lambda: replies.reply(number))
-        return _rows(kind, payload)
-
-
-class EngineProcess(_Piped):
-    """The :class:`~smysl.qwen3.engine.EngineLike` contract, served by a child process, which
+class EngineProcess(Piped):
+    """The :class:`~smysl.qwen3.contract.EngineLike` contract, served by a child process, which
     runs passes in the order they were sent (several may be in flight: :meth:`submit`);
     ``close()`` (or garbage collection, or interpreter exit) stops the child.
 
@@ -443,7 +317,7 @@ class EngineProcess(_Piped):
     False and calls raise :class:`EngineProcessError` at once; past the limit it stays down.
     """
 
-    _replies: _Replies  # always one: a dead child's, until it is replaced
+    _replies: Replies  # always one: a dead child's, until it is replaced
 
     def __init__(self, ckpt: Checkpoint, cfg: EngineConfig, *, max_restarts: int = MAX_RESTARTS,
                  restart_window_s: float = RESTART_WINDOW_S) -> None:
@@ -494,7 +368,7 @@ class EngineProcess(_Piped):
     def _install(self, proc: Any, conn: Connection, info: dict[str, Any]) -> None:
         """Make a started child the engine's (under the lock, or before any other thread)."""
         self._proc, self._info = proc, info
-        self._replies = _Replies(conn)
+        self._replies = Replies(conn)
         self._closer = weakref.finalize(self, _stop, proc, conn)
         threading.Thread(target=_watch, args=(weakref.ref(self), proc), daemon=True,
                          name="smysl-engine-watch").start()
@@ -554,7 +428,7 @@ class EngineProcess(_Piped):
         return (not (self._closed or self._dead or self._down)
                 and (self._stale or self._proc.is_alive()))
 
-    def _channel(self) -> _Replies:
+    def _channel(self) -> Replies:
         """The pipe to a running child (under the lock): a new child after an interrupted
         call; EngineProcessError while it is closed, restarting or dead."""
         if self._closed:
@@ -628,90 +502,3 @@ def _remove_socket(address: str) -> None:
         os.unlink(address)
     with contextlib.suppress(OSError):
         os.rmdir(os.path.dirname(address))
-
-
-@dataclass
-class EngineClient(_Piped):
-    """The :class:`~smysl.qwen3.engine.EngineLike` contract for a process that did not start
-    the engine: forward passes on the engine process of :meth:`EngineProcess.share`, over its
-    Unix socket. Connects on first use, and again after the engine process restarted; while
-    it cannot, ``alive`` is False and calls raise :class:`EngineProcessError`."""
-
-    address: str
-    authkey: bytes
-    #: The engine's shape (``hidden_size``, ``device``...), as of the last connection.
-    info: dict[str, Any]
-
-    def __post_init__(self) -> None:
-        self._replies: _Replies | None = None
-        self._lock = threading.Lock()
-        self._describe(self.info)
-
-    def __getstate__(self) -> dict[str, Any]:  # the address and key travel, not the socket
-        return {"address": self.address, "authkey": self.authkey, "info": self.info}
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__dict__.update(state)
-        self.__post_init__()
-
-    def _channel(self) -> _Replies:
-        """The connection (under the lock), made or remade when needed."""
-        # with no reply to come, a readable connection is one the engine process closed
-        if self._replies is not None and not self._replies.waiting and self._replies.conn.poll():
-            self._drop()
-        if self._replies is None:
-            try:
-                conn = Client(self.address, family="AF_UNIX", authkey=self.authkey)
-                _, info = conn.recv()
-            except (OSError, EOFError) as e:
-                raise EngineProcessError(f"the engine process does not answer at "
-                                         f"{self.address} ({e}); it may be restarting") from None
-            self._replies, self.info = _Replies(conn), info
-            self._describe(info)
-        return self._replies
-
-    def _drop(self) -> None:
-        if self._replies is not None:
-            self._replies.conn.close()
-        self._replies = None
-
-    def connect(self) -> EngineClient:
-        """Connect now (the shape attributes are read from the engine): self."""
-        with self._lock:
-            self._channel()
-        return self
-
-    @property
-    def alive(self) -> bool:
-        # never waits for a call in flight (a server's event loop polls this): that call
-        # reports its own failure
-        if not self._lock.acquire(blocking=False):
-            return self._replies is not None
-        try:
-            self._channel()
-        except EngineProcessError:
-            return False
-        finally:
-            self._lock.release()
-        return True
-
-    def _io(self, step: Callable[[], _T]) -> _T:
-        """One send or receive (under the lock); on failure the connection is dropped (an
-        interrupted one too: its reply must not reach a later call)."""
-        try:
-            return step()
-        except (EOFError, OSError):
-            self._drop()
-            raise EngineProcessError("the engine process exited during this batch; it "
-                                     "is restarting") from None
-        except BaseException:
-            self._drop()
-            raise
-
-    def share(self) -> EngineClient:
-        return EngineClient(self.address, self.authkey, self.info)
-
-    def close(self) -> None:
-        """Disconnect (the engine process keeps running for its owner)."""
-        with self._lock:
-            self._drop()

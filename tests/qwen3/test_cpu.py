@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 
+from smysl.qwen3.contract import EngineConfig
 from smysl.qwen3.cpu import (
     CpuFeatures,
     apply_isa_cap,
@@ -25,7 +26,7 @@ from smysl.qwen3.cpu import (
     packs_linear,
     parse_cpuinfo,
 )
-from smysl.qwen3.engine import EngineConfig, stored_dtype
+from smysl.qwen3.engine import resolve_config, stored_dtype
 from smysl.qwen3.model import PackedLinear
 from smysl.qwen3.quantize import DynamicInt8Linear, Int8Linear
 
@@ -111,19 +112,19 @@ print(auto_dtype(f, torch.bfloat16)[0], f.capped or "-")
 
 def test_engine_config_uses_the_features_and_says_why(caplog: pytest.LogCaptureFixture) -> None:
     with caplog.at_level(logging.INFO, logger="smysl.qwen3.engine"):
-        assert EngineConfig(device="cpu").resolve(torch.bfloat16, ZEN5)[1] == torch.bfloat16
+        assert resolve_config(EngineConfig(device="cpu"), torch.bfloat16, ZEN5)[1] == torch.bfloat16
     assert "avx512_bf16" in caplog.text and "natively" in caplog.text
-    assert EngineConfig(device="cpu").resolve(torch.bfloat16, ZEN3)[1] == torch.float32
+    assert resolve_config(EngineConfig(device="cpu"), torch.bfloat16, ZEN3)[1] == torch.float32
     # explicit choices win; int8 keeps its float32 activations
-    assert EngineConfig(device="cpu", dtype="float32").resolve(torch.bfloat16, ZEN5)[1] \
+    assert resolve_config(EngineConfig(device="cpu", dtype="float32"), torch.bfloat16, ZEN5)[1] \
         == torch.float32
-    assert EngineConfig(device="cpu", quantize="int8").resolve(torch.bfloat16, ZEN5)[1] \
+    assert resolve_config(EngineConfig(device="cpu", quantize="int8"), torch.bfloat16, ZEN5)[1] \
         == torch.float32
     caplog.clear()
     with caplog.at_level(logging.WARNING, logger="smysl.qwen3.engine"):
-        EngineConfig(device="cpu", dtype="bfloat16").resolve(torch.bfloat16, ZEN5)
+        resolve_config(EngineConfig(device="cpu", dtype="bfloat16"), torch.bfloat16, ZEN5)
         assert "emulated" not in caplog.text
-        EngineConfig(device="cpu", dtype="bfloat16").resolve(torch.bfloat16, ZEN3)
+        resolve_config(EngineConfig(device="cpu", dtype="bfloat16"), torch.bfloat16, ZEN3)
         assert "emulated" in caplog.text and "AMD EPYC 7B13" in caplog.text
 
 

@@ -103,8 +103,8 @@ def test_a_bulk_call_starts_the_device_on_its_first_small_block(tiny: LocalEmbed
     """On an engine that queues passes, the first pass of a bulk call holds the first block of
     the ramp alone (1/16 of a batch of tokens): the device starts after that much is
     tokenised, not after a whole batch's worth. The vectors are the engine's, bit for bit."""
+    from smysl.qwen3.contract import run_ahead
     from smysl.qwen3.embedder import BLOCK_CHARS_PER_TOKEN, RAMP_BLOCKS, text_blocks
-    from smysl.qwen3.engine import run_ahead
 
     batches: list[list[list[int]]] = []
 
@@ -135,7 +135,7 @@ def test_a_bulk_call_starts_the_device_on_its_first_small_block(tiny: LocalEmbed
 
 
 def test_run_ahead_keeps_one_pass_queued_and_collects_what_a_stopped_caller_left() -> None:
-    from smysl.qwen3.engine import run_ahead
+    from smysl.qwen3.contract import run_ahead
 
     events: list[str] = []
 

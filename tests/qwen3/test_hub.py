@@ -6,7 +6,9 @@ import json
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
+import torch
 
 from smysl import Embedder
 from smysl.qwen3.hub import ModelNotFoundError, download, read_checkpoint, resolve
@@ -214,3 +216,22 @@ def test_pull_downloads_the_engine_files_through_the_hub(
         assert "RepositoryNotFoundError" not in err and "local_files_only" not in err
     finally:
         hub.close()
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
+def test_read_rows_seeks_the_rows_exactly(tmp_path: Path, dtype: torch.dtype) -> None:
+    from safetensors.torch import save_file
+
+    from smysl.qwen3.hub import Checkpoint, read_rows
+
+    table = torch.randn(50, 12).to(dtype)
+    save_file({"other": torch.zeros(3, 2), "head": table}, str(tmp_path / "model.safetensors"))
+    ckpt = Checkpoint(root=tmp_path, name="m", config={},
+                      weights=(tmp_path / "model.safetensors",),
+                      tokenizer_file=tmp_path / "tokenizer.json")
+    got = read_rows(ckpt, ["missing", "head"], [49, 0, 7])
+    assert got is not None and got.dtype == np.float32
+    assert np.array_equal(got, table[[49, 0, 7]].float().numpy())
+    assert read_rows(ckpt, ["missing"], [0]) is None
+    with pytest.raises(ValueError, match="row 50 outside head"):
+        read_rows(ckpt, ["head"], [50])

@@ -139,7 +139,7 @@ def test_cli_tune(tiny_dir: Path, cache: Path, capsys: pytest.CaptureFixture[str
 
 def tk(e: Embedder) -> str:
     eng = e.engine
-    return tuning.threads_key(eng.kernel, eng.dtype, eng.model.cfg)  # type: ignore[attr-defined]
+    return tuning.threads_key(eng.kernel, eng.torch_dtype, eng.model.cfg)  # type: ignore[attr-defined]
 
 
 @pytest.fixture()

@@ -5,6 +5,8 @@ from __future__ import annotations
 import dataclasses
 import os
 import signal
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +16,7 @@ import torch
 from qwen_tiny import TEXTS
 
 from smysl import Embedder
-from smysl.qwen3.engine import EngineConfig
+from smysl.qwen3.contract import EngineConfig
 from smysl.qwen3.hub import read_checkpoint
 from smysl.qwen3.worker import EngineProcess, EngineProcessError
 
@@ -258,7 +260,7 @@ class _FakeCudaEngine:
     def __init__(self, fail_merged: bool = False, device: str = "cuda") -> None:
         self.events: list[tuple[str, tuple[int, ...]]] = []
         self.fail_merged = fail_merged
-        self.device = torch.device(device)
+        self.device = device
         self.queues = device == "cuda"
 
     def submit(self, batch: list[list[int]], heads: list[int] | None = None) -> Any:
@@ -441,3 +443,76 @@ def test_passes_in_flight_beyond_the_pipe_buffers_never_deadlock(tiny_dir: Path,
         if stuck:
             engine._proc.kill()
         engine.close()
+
+
+_PARENT = """
+import pickle, sys
+import numpy as np
+from smysl import Embedder
+from smysl.qwen3.reranker import Reranker
+m = Embedder.load(sys.argv[1], device="cpu", process=True)
+r = Reranker.load(sys.argv[2], device="cpu", process=True)
+np.save(sys.argv[3] + "/vectors.npy", m.embed(["один", "two words"]))
+np.save(sys.argv[3] + "/scores.npy", r.score([("q", "один"), ("q", "two words")]))
+with open(sys.argv[3] + "/twins.pickle", "wb") as f:
+    pickle.dump((m.share(), r.share()), f)
+print(m.info().device, m.info().dtype, m.info().cpu is not None, r.info().dtype, flush=True)
+assert "torch" not in sys.modules, "the engines' parent imported torch"
+sys.stdin.read()  # the engines live until the test is done
+m.close()
+r.close()
+"""
+
+_OTHER = """
+import pickle, sys
+import numpy as np
+m, r = pickle.load(open(sys.argv[1] + "/twins.pickle", "rb"))
+assert np.array_equal(m.embed(["один", "two words"]), np.load(sys.argv[1] + "/vectors.npy"))
+assert np.array_equal(r.score([("q", "один"), ("q", "two words")]),
+                      np.load(sys.argv[1] + "/scores.npy"))
+print(m.info().device, m.info().dtype, m.info().cpu is not None, r.info().dtype)
+assert "torch" not in sys.modules, "the shared engines' clients imported torch"
+"""
+
+
+def test_only_the_engine_process_imports_torch(tiny_dir: Path, tmp_path: Path) -> None:
+    """The process that starts engine processes (a model's, a reranker's), and the processes
+    it shares them with (the HTTP workers of ``smysl serve --workers``), compute nothing: they
+    run without torch (docs/benchmarks.md: 161 instead of 343 MiB a worker). Both run in
+    fresh interpreters (this one has torch already)."""
+    from qwen_tiny import build_tiny_reranker
+
+    ranker = build_tiny_reranker(tmp_path / "reranker", seed=3).path
+    parent = subprocess.Popen(
+        [sys.executable, "-c", _PARENT, str(tiny_dir), str(ranker), str(tmp_path)],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert parent.stdout is not None
+        first = parent.stdout.readline()
+        assert first.split() == ["cpu", "float32", "True", "float32"], \
+            parent.communicate()[1][-2000:]
+        other = subprocess.run([sys.executable, "-c", _OTHER, str(tmp_path)],
+                               capture_output=True, text=True, timeout=120)
+        assert other.returncode == 0, other.stderr[-2000:]
+        assert other.stdout.split() == ["cpu", "float32", "True", "float32"]
+    finally:
+        _, err = parent.communicate("", timeout=60)
+    assert parent.returncode == 0, err[-2000:]
+
+
+def test_torch_errors_reach_other_processes_as_runtime_errors() -> None:
+    """Unpickled, a torch exception would import torch where the engine's clients run
+    without it: the engine process sends its text as a RuntimeError (what torch's derive
+    from); other errors go as they are."""
+    import multiprocessing as mp
+
+    from smysl.qwen3.client import send_reply
+
+    mine, theirs = mp.Pipe()
+    send_reply(theirs, ("error", torch.cuda.OutOfMemoryError("CUDA out of memory")))
+    send_reply(theirs, ("error", ValueError("bad ids")))
+    kind, e = mine.recv()
+    assert kind == "error" and type(e) is RuntimeError
+    assert str(e) == "OutOfMemoryError: CUDA out of memory"
+    kind, e = mine.recv()
+    assert type(e) is ValueError and str(e) == "bad ids"

@@ -1,0 +1,260 @@
+"""Forward passes on an engine process, from any process: the pipe protocol, and
+:class:`EngineClient`, the :class:`~smysl.qwen3.contract.EngineLike` contract for a process that
+did not start the engine (an HTTP worker of ``smysl serve --workers``).
+
+No torch here: a request is token ids, a reply float32 rows as numpy arrays, so the worker
+processes of a server (and the process that started the engine, :mod:`smysl.qwen3.worker`)
+run without it (~300 MB and ~2 s of start less for each).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import threading
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from multiprocessing.connection import Client, Connection
+from typing import Any, TypeVar
+
+import numpy as np
+
+from smysl.qwen3.contract import run_ahead
+
+_T = TypeVar("_T")
+
+
+class EngineProcessError(RuntimeError):
+    """The engine process could not start, or exited while in use."""
+
+
+class Replies:
+    """One connection to the child, with several requests in flight: the child answers a
+    connection's requests in the order they were sent, so a request's reply is the n-th one
+    read. Whichever caller reads first keeps the replies that are not its own for theirs.
+    The owner's lock guards it; a connection that failed is replaced, never reused."""
+
+    def __init__(self, conn: Connection) -> None:
+        self.conn = conn
+        self.sent = self.read = 0
+        #: Replies read for requests whose callers have not asked yet, by request number.
+        self.early: dict[int, tuple[str, Any]] = {}
+
+    @property
+    def waiting(self) -> bool:
+        """Replies still to come."""
+        return self.read < self.sent
+
+    def send(self, request: Any) -> int:
+        """Send ``request`` -> its number, to ask :meth:`reply` for."""
+        self.conn.send(request)
+        self.sent += 1
+        return self.sent - 1
+
+    def check(self, number: int) -> None:
+        """Raise if request ``number``'s reply was handed out already (before any I/O: a
+        caller's mistake must not cost the connection)."""
+        if number < self.read and number not in self.early:
+            raise RuntimeError(f"the rows of pass {number} were read already")
+
+    def reply(self, number: int) -> tuple[str, Any]:
+        """Request ``number``'s reply (reads, and keeps, the ones sent before it)."""
+        while number not in self.early:
+            self._read_one()
+        return self.early.pop(number)
+
+    def ask(self, request: Any) -> tuple[str, Any]:
+        """Send a request the child answers at once, out of turn (``share``), and read its
+        reply: the replies still to come are read (and kept) first."""
+        while self.waiting:
+            self._read_one()
+        return self.reply(self.send(request))
+
+    def _read_one(self) -> None:
+        self.early[self.read] = self.conn.recv()
+        self.read += 1
+
+
+def _rows(kind: str, payload: Any) -> np.ndarray:
+    """A pass's reply -> its rows, or the error the pass raised."""
+    if kind == "error":
+        raise payload
+    return np.asarray(payload)
+
+
+def send_reply(conn: Connection, reply: tuple[str, Any]) -> None:
+    """Send a reply (the engine process's side); one that cannot reach the other end is
+    dropped: that end is gone."""
+    kind, payload = reply
+    if kind == "error" and type(payload).__module__.partition(".")[0] == "torch":
+        # unpickled, torch's exceptions (a CUDA out-of-memory) would import torch in processes
+        # that run without it; RuntimeError is what they derive from
+        reply = ("error", RuntimeError(f"{type(payload).__name__}: {payload}"))
+    try:
+        conn.send(reply)
+    except (EOFError, OSError):
+        pass
+    except Exception as e:  # an exception that does not pickle: send its text
+        with contextlib.suppress(Exception):
+            conn.send(("error", EngineProcessError(f"{type(reply[1]).__name__}: {reply[1]} "
+                                                   f"({e})")))
+
+
+class _Described:
+    """The engine's shape attributes, from the info dict the child reports when ready."""
+
+    def _describe(self, info: dict[str, Any]) -> None:
+        self.hidden_size: int = info["hidden_size"]
+        self.vocab_rows: int = info["vocab_rows"]
+        self.max_positions: int = info["max_positions"]
+        self.device: str = info["device"]
+        self.dtype: str = info["dtype"]
+        self.cpu: str | None = info["cpu"]
+        self.threads: int | None = info["threads"]
+        self.quantization: str | None = info["quantization"]
+        self.parameters: int = info["parameters"]
+        self.cuda_graphs: list[int] = info["cuda_graphs"]
+        self.kernel: str = info["kernel"]
+        self.chunk: int = info["chunk"]
+        self.tuned_at: str | None = info["tuned_at"]
+        self.pid: int | None = info["pid"]
+        #: Bulk calls through the child use no lanes (they run in-process only).
+        self.lanes = 1
+        #: The child queues a pass behind the one it runs (CUDA; :attr:`EngineLike.queues`).
+        self.queues: bool = info["queues"]
+
+
+class Piped(_Described):
+    """Forward passes over a connection to the engine process
+    (:class:`~smysl.qwen3.worker.EngineProcess` through its pipe, :class:`EngineClient` through
+    its socket), several in flight at a time."""
+
+    _lock: threading.Lock
+    #: The current connection (None: none yet, or dropped).
+    _replies: Replies | None
+
+    def _channel(self) -> Replies:
+        """The connection to send on (under the lock), made or restored when it must be."""
+        raise NotImplementedError
+
+    def _io(self, step: Callable[[], _T]) -> _T:
+        """One send or receive on the connection (under the lock), its failures handled."""
+        raise NotImplementedError
+
+    def forward(self, batch: list[list[int]], heads: list[int] | None = None) -> np.ndarray:
+        """Same as :meth:`smysl.qwen3.engine.Engine.forward`: ``[len(batch), hidden]``
+        float32 pooled rows."""
+        return self.submit(batch, heads)()
+
+    def forward_many(self, batches: Iterable[list[list[int]]]) -> Iterator[np.ndarray]:
+        """:meth:`forward` of each batch in order; on CUDA the next batch is sent before the
+        previous one's rows come back, and the child queues it behind the running pass."""
+        return run_ahead(self.submit, batches, self.queues)
+
+    def submit(self, batch: list[list[int]], heads: list[int] | None = None
+               ) -> Callable[[], np.ndarray]:
+        """Send one forward pass to the child; the returned call waits for its rows."""
+        with self._lock:
+            replies = self._channel()
+            number = self._io(lambda: replies.send((batch, heads)))
+        return functools.partial(self._reply, replies, number)
+
+    def _reply(self, replies: Replies, number: int) -> np.ndarray:
+        with self._lock:
+            # rows read already (by a call before a failure) are still this pass's
+            if number not in replies.early and (replies is not self._replies
+                                                or replies.conn.closed):
+                raise EngineProcessError("the engine process was closed or restarted, or the "
+                                         "connection to it lost, before this batch's rows "
+                                         "came back")
+            replies.check(number)
+            kind, payload = self._io(lambda: replies.reply(number))
+        return _rows(kind, payload)
+
+
+@dataclass
+class EngineClient(Piped):
+    """The :class:`~smysl.qwen3.contract.EngineLike` contract for a process that did not start
+    the engine: forward passes on the engine process of
+    :meth:`smysl.qwen3.worker.EngineProcess.share`, over its Unix socket. Connects on first
+    use, and again after the engine process restarted; while it cannot, ``alive`` is False and
+    calls raise :class:`EngineProcessError`."""
+
+    address: str
+    authkey: bytes
+    #: The engine's shape (``hidden_size``, ``device``...), as of the last connection.
+    info: dict[str, Any]
+
+    def __post_init__(self) -> None:
+        self._replies: Replies | None = None
+        self._lock = threading.Lock()
+        self._describe(self.info)
+
+    def __getstate__(self) -> dict[str, Any]:  # the address and key travel, not the socket
+        return {"address": self.address, "authkey": self.authkey, "info": self.info}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self.__post_init__()
+
+    def _channel(self) -> Replies:
+        """The connection (under the lock), made or remade when needed."""
+        # with no reply to come, a readable connection is one the engine process closed
+        if self._replies is not None and not self._replies.waiting and self._replies.conn.poll():
+            self._drop()
+        if self._replies is None:
+            try:
+                conn = Client(self.address, family="AF_UNIX", authkey=self.authkey)
+                _, info = conn.recv()
+            except (OSError, EOFError) as e:
+                raise EngineProcessError(f"the engine process does not answer at "
+                                         f"{self.address} ({e}); it may be restarting") from None
+            self._replies, self.info = Replies(conn), info
+            self._describe(info)
+        return self._replies
+
+    def _drop(self) -> None:
+        if self._replies is not None:
+            self._replies.conn.close()
+        self._replies = None
+
+    def connect(self) -> EngineClient:
+        """Connect now (the shape attributes are read from the engine): self."""
+        with self._lock:
+            self._channel()
+        return self
+
+    @property
+    def alive(self) -> bool:
+        # never waits for a call in flight (a server's event loop polls this): that call
+        # reports its own failure
+        if not self._lock.acquire(blocking=False):
+            return self._replies is not None
+        try:
+            self._channel()
+        except EngineProcessError:
+            return False
+        finally:
+            self._lock.release()
+        return True
+
+    def _io(self, step: Callable[[], _T]) -> _T:
+        """One send or receive (under the lock); on failure the connection is dropped (an
+        interrupted one too: its reply must not reach a later call)."""
+        try:
+            return step()
+        except (EOFError, OSError):
+            self._drop()
+            raise EngineProcessError("the engine process exited during this batch; it "
+                                     "is restarting") from None
+        except BaseException:
+            self._drop()
+            raise
+
+    def share(self) -> EngineClient:
+        return EngineClient(self.address, self.authkey, self.info)
+
+    def close(self) -> None:
+        """Disconnect (the engine process keeps running for its owner)."""
+        with self._lock:
+            self._drop()
