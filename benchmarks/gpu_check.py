@@ -15,10 +15,11 @@ seconds are skipped and say so):
    smysl bf16 first pass (16 texts of warm-up only) and warm pass, single-query latency
    p50/p95 in-process (graphs replayed), the same with the fused Triton kernels off
    (``cuda_kernels=False``), and for 8B one 32,768-token input in bf16 and fp16.
-4. ``smysl serve`` on loopback (0.6B; one process, engine in or out of it, 4 and 8 HTTP
-   workers): single-query latency, 64 concurrent single-text clients (in 4 processes)
-   against the offline throughput of the same texts, and the same texts in a few large
-   requests sent at once (each several server batches, queued back to back).
+4. ``smysl serve`` on loopback (0.6B; one process, engine in or out of it, 4 HTTP workers,
+   and the default ``--workers auto``, 8 on a 16-CPU host): single-query latency, 64
+   concurrent single-text clients (in 4 processes) against the offline throughput of the same
+   texts, and the same texts in a few large requests sent at once (each several server
+   batches, queued back to back).
 
 Setup on the device machine (no internet): ``benchmarks/device_wheels.sh`` here fills
 ``.whl/`` with the server extra's wheels for its Python 3.12 (uvloop and httptools included);
@@ -526,9 +527,11 @@ def _clients(url: str, texts: list[str], clients: int, ref: np.ndarray
 
 
 #: ``smysl serve`` placements measured: one process with the engine in a child, the same with
-#: the engine in the server process, and HTTP worker processes sharing one engine.
-SERVER_VARIANTS = (("engine in a child process", ()), ("engine in process", ("--in-process",)),
-                   ("--workers 4", ("--workers", "4")), ("--workers 8", ("--workers", "8")))
+#: the engine in the server process, and HTTP worker processes sharing one engine (4, and the
+#: default ``--workers auto``: half the CPUs, at most 8, on CUDA).
+SERVER_VARIANTS = (("one process, engine in a child process", ("--workers", "1")),
+                   ("engine in process", ("--in-process",)),
+                   ("--workers 4", ("--workers", "4")), ("--workers auto (the default)", ()))
 
 
 def server(work: Path) -> None:

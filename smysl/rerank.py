@@ -45,6 +45,8 @@ class RerankerInfo:
     tuned_at: str | None = None
     #: A local engine's CPU threads (see :attr:`smysl.base.ModelInfo.threads`).
     threads: int | None = None
+    #: Process id of an engine running in a child process, else None.
+    process: int | None = None
 
 
 class RerankTokens(Protocol):

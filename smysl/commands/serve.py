@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 
@@ -55,11 +56,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "Qwen/Qwen3-Reranker-0.6B) to serve at TEI /rerank and Cohere/Jina "
                         "/v1/rerank; with or without --model. It takes --device, --dtype, "
                         "--quantize, --threads, --revision")
-    p.add_argument("--workers", type=int, default=1,
+    p.add_argument("--workers", type=workers_arg, default="auto",
                    help="HTTP worker processes sharing the one engine process (one answers "
                         "~1,000-2,000 short requests/s; a GPU embeds several times that). "
                         "Local models only (the model, the reranker or both), not with "
-                        "--in-process")
+                        "--in-process. auto (the default): on CUDA half the CPUs, at most 8; "
+                        "else 1")
     p.add_argument("--no-access-log", dest="access_log", action="store_false",
                    help="no log line per request on stdout; start-up, warnings and "
                         "errors are still logged")
@@ -67,6 +69,19 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="run a local model's engine in the server process instead of a child "
                         "process (the child has its own GIL: the event loop does not slow "
                         "the forward passes)")
+
+
+def workers_arg(value: str) -> int | str:
+    """``--workers``: a count >= 1, or ``auto``."""
+    if value == "auto":
+        return value
+    try:
+        n = int(value)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"expected a count >= 1 or auto, got {value!r}")
+    return n
 
 
 def unhealthy_exit_s(model: str, given: float | None) -> float | None:
@@ -96,7 +111,8 @@ def run(args: argparse.Namespace) -> int:
         unhealthy_exit_s=unhealthy_exit_s(model_name or args.reranker, args.unhealthy_exit_s),
         default_dimensions=args.dimensions, allow_empty=args.allow_empty_input,
         switch_interval_s=args.switch_interval_ms / 1000 if args.switch_interval_ms else None,
-        index=args.index, workers=args.workers, access_log=args.access_log)
+        index=args.index, workers=1 if args.workers == "auto" else args.workers,
+        access_log=args.access_log)
     if config.workers > 1 and args.in_process:
         raise ValueError(f"--workers {config.workers} shares one engine process between the "
                          "workers: drop --in-process")
@@ -144,6 +160,12 @@ def run(args: argparse.Namespace) -> int:
                   file=sys.stderr,
                   flush=True)
 
+        if args.workers == "auto":  # known once the models are loaded
+            from smysl.server.workers import auto_workers
+
+            served = [(i.device, i.process) for i in (model.info() if model else None,
+                                                      reranker.info() if reranker else None) if i]
+            config = dataclasses.replace(config, workers=auto_workers(served))
         extra = {"reranker": reranker} if reranker is not None else {}
         return serve(model, config, ready=listening, **extra)
     finally:

@@ -273,7 +273,7 @@ class Reranker(OnEngine, BaseReranker):
                             quantization=self.engine.quantization,
                             device=self.engine.device, kernel=self.engine.kernel,
                             slice_tokens=self.engine.chunk, tuned_at=self.engine.tuned_at,
-                            threads=self.engine.threads)
+                            threads=self.engine.threads, process=self.engine.pid)
 
     def fingerprint(self) -> str:
         """Hash of the checkpoint's files (size + three 1 MiB windows each), the dtype, the

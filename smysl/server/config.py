@@ -67,6 +67,8 @@ class ServerConfig:
     #: HTTP worker processes (:mod:`smysl.server.workers`): one process answers ~1,000-2,000
     #: short requests a second, a GPU embeds several times that. Workers share one engine
     #: process, so the model must be a local one run in a child process (the default).
+    #: ``smysl serve --workers auto`` sets it once the models are loaded
+    #: (:func:`smysl.server.workers.auto_workers`).
     workers: int = 1
     #: A line per request on stdout, uvicorn's with the time appended (``"POST /embed
     #: HTTP/1.1" 200 OK 3.1 ms``), as TEI and Ollama log requests; written by

@@ -31,6 +31,7 @@ def test_serve_builds_config_and_reports(tiny_dir, monkeypatch, capsys) -> None:
         "from-env", "qwen3-embedding:0.6b", 32, 7)
     assert cfg.max_request_bytes == 2 * 1024 * 1024 and cfg.host == "127.0.0.1"
     assert cfg.access_log  # on unless --no-access-log
+    assert cfg.workers == 1  # --workers auto on CPU: the cores are the engine's
     assert seen["embedder"].dimensions == 64
     engine = seen["embedder"].engine  # a local model's engine runs in a child process
     assert engine.threads == 1 and seen["alive"]
@@ -100,3 +101,47 @@ def test_unhealthy_exit_defaults_to_never_for_a_remote_api() -> None:
     assert unhealthy_exit_s("openrouter:qwen/qwen3-embedding-8b", None) is None
     assert unhealthy_exit_s("tei:http://127.0.0.1:8080", 30.0) == 30.0
     assert unhealthy_exit_s("Qwen/Qwen3-Embedding-0.6B", 0.0) is None
+
+
+def test_workers_auto_on_cuda_runs_half_the_cpus(tiny_dir, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """``--workers auto`` (the default) asks the loaded model where it computes: a model whose
+    engine process says CUDA gets HTTP workers for half the CPUs; in process, one."""
+    import dataclasses
+    import os
+
+    from smysl import Embedder
+
+    real = Embedder.info
+    monkeypatch.setattr(Embedder, "info", lambda self: dataclasses.replace(real(self),
+                                                                             device="cuda:0"))
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(12)))
+    seen: list[int] = []
+    monkeypatch.setattr(smysl.server, "serve",
+                        lambda embedder, config, ready: seen.append(config.workers))
+    assert main(["serve", "--model", str(tiny_dir), "--device", "cpu", "--threads", "1"]) == 0
+    assert main(["serve", "--model", str(tiny_dir), "--device", "cpu", "--threads", "1",
+                 "--workers", "3"]) == 0
+    assert main(["serve", "--model", str(tiny_dir), "--device", "cpu", "--in-process"]) == 0
+    assert seen == [6, 3, 1]
+
+
+def test_auto_workers_rule() -> None:
+    from smysl.server.workers import MAX_AUTO_WORKERS, auto_workers
+
+    assert auto_workers([("cuda", 101)], cpus=16) == MAX_AUTO_WORKERS == 8
+    assert auto_workers([("cuda:1", 101), ("cpu", 102)], cpus=64) == 8
+    assert auto_workers([("cuda", 101)], cpus=4) == 2
+    assert auto_workers([("cuda", 101)], cpus=1) == 1
+    assert auto_workers([("cpu", 101)], cpus=16) == 1  # the cores are the engine's
+    assert auto_workers([("cuda", None)], cpus=16) == 1  # in process: nothing to share
+    assert auto_workers([("cuda", 101), (None, None)], cpus=16) == 1  # a remote reranker
+    assert auto_workers([], cpus=16) == 1
+
+
+@pytest.mark.parametrize("value", ["0", "-2", "many"])
+def test_workers_flag_takes_a_count_or_auto(value: str, capsys) -> None:  # type: ignore[no-untyped-def]
+    assert build_parser().parse_args(["serve", "--workers", "auto"]).workers == "auto"
+    assert build_parser().parse_args(["serve", "--workers", "4"]).workers == 4
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["serve", "--workers", value])
+    assert "count >= 1 or auto" in capsys.readouterr().err
