@@ -112,8 +112,11 @@ class BaseReranker(abc.ABC):
     def fingerprint(self) -> str:
         """What the reranker *is*, for caches of its scores (see
         :meth:`smysl.base.BaseEmbedder.fingerprint`): this default hashes :meth:`info`'s fields
-        (right for remote APIs); the local engine hashes its checkpoint's files."""
-        return fingerprint_of(dataclasses.asdict(self.info()))
+        (right for remote APIs) but where it runs (the engine process's pid); the local engine
+        hashes its checkpoint's files."""
+        fields = dataclasses.asdict(self.info())
+        del fields["process"]  # changes every run; and the hashes made before it existed
+        return fingerprint_of(fields)
 
     def token_level(self) -> RerankTokens | None:
         """The token-id interface when the backend has one (the local engine), else None."""

@@ -68,6 +68,14 @@ def test_fingerprint_and_info_of_the_default() -> None:
     r = Lengthy()
     assert r.info().name == "lengthy" and r.token_level() is None and r.usage_report() is None
     assert r.fingerprint() == Lengthy().fingerprint() != Lengthy(aware=True).fingerprint()
+    # where it runs (an engine process's pid) is no part of what it is
+    import dataclasses
+
+    class Elsewhere(Lengthy):
+        def info(self):  # type: ignore[no-untyped-def]
+            return dataclasses.replace(super().info(), process=4242)
+
+    assert Elsewhere().fingerprint() == r.fingerprint()
 
 
 def test_load_reranker_routes_by_scheme() -> None:

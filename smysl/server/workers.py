@@ -37,6 +37,7 @@ import threading
 import time
 from collections import deque
 from multiprocessing.connection import wait
+from pathlib import Path
 from typing import Any
 
 from smysl.base import BaseEmbedder
@@ -53,6 +54,8 @@ MAX_RESTARTS = 3
 #: The most workers ``--workers auto`` starts: eight carry ~8,000-13,000 short requests a
 #: second at ~0.6-1 ms of CPU each, more than the 0.6B's short-text rate on an H200.
 MAX_AUTO_WORKERS = 8
+#: A cgroup v2 CPU quota: "max" or "<quota> <period>" (microseconds).
+CPU_MAX = Path("/sys/fs/cgroup/cpu.max")
 _STOP = {signal.SIGINT, signal.SIGTERM}
 
 
@@ -66,14 +69,44 @@ def auto_workers(models: list[tuple[str | None, int | None]], cpus: int | None =
     single-text clients reached 0.11-0.12 of offline on an H200, docs/benchmarks.md): half
     the CPUs, at most :data:`MAX_AUTO_WORKERS`, the other half left to the engine process and
     the tokenizer threads. On CPU the cores are the engine's: one. A worker without torch
-    costs ~160 MiB and ~2 s of start."""
-    if not models or any(pid is None for _, pid in models) or not any(
+    costs ~160 MiB and ~2 s of start. Workers share engines over Unix sockets: one elsewhere."""
+    if os.name != "posix" or not models or any(pid is None for _, pid in models) or not any(
             (device or "").startswith("cuda") for device, _ in models):
         return 1
-    if cpus is None:
-        cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (
-            os.cpu_count() or 1)
-    return max(1, min(MAX_AUTO_WORKERS, cpus // 2))
+    return max(1, min(MAX_AUTO_WORKERS, (cpus or cpu_budget()) // 2))
+
+
+def check_settings(embedder: BaseEmbedder, config: ServerConfig) -> None:
+    """What each worker's server checks before it listens (the default ``--dimensions``, the
+    ``--index``: :class:`~smysl.server.service.Service`, :func:`smysl.server.ui.router`),
+    checked once here first: a bad one stops the supervisor with one clear error, before the
+    port is bound, instead of every worker exiting with a traceback and being restarted."""
+    from smysl.pooling import check_dimensions
+
+    if config.default_dimensions is not None:
+        check_dimensions(config.default_dimensions, embedder.dimensions,
+                         minimum=embedder.min_dimensions)
+    if config.index:
+        from smysl.server.ui import open_index
+
+        store, _ = open_index(config.index, embedder)
+        store.close()
+
+
+def cpu_budget() -> int:
+    """CPUs this process may use: its affinity (``taskset``, a cpuset), capped by a cgroup v2
+    CPU quota (a container's ``--cpus``, a Kubernetes limit), which affinity does not show."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not Linux
+        cpus = os.cpu_count() or 1
+    try:
+        quota, period = CPU_MAX.read_text().split()[:2]
+        if quota != "max":
+            cpus = min(cpus, max(1, int(quota) // int(period)))  # whole CPUs
+    except (OSError, ValueError):
+        pass
+    return cpus
 
 
 def serve_workers(embedder: BaseEmbedder | None, config: ServerConfig, *,
@@ -86,6 +119,8 @@ def serve_workers(embedder: BaseEmbedder | None, config: ServerConfig, *,
 
     if embedder is None and reranker is None:
         raise ValueError("nothing to serve: give an embedding model, a reranker or both")
+    if embedder is not None:
+        check_settings(embedder, config)
     twin = ranker = None
     try:
         twin = embedder.share() if embedder is not None else None

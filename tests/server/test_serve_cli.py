@@ -108,13 +108,16 @@ def test_workers_auto_on_cuda_runs_half_the_cpus(tiny_dir, monkeypatch) -> None:
     engine process says CUDA gets HTTP workers for half the CPUs; in process, one."""
     import dataclasses
     import os
+    from pathlib import Path
 
+    import smysl.server.workers
     from smysl import Embedder
 
     real = Embedder.info
     monkeypatch.setattr(Embedder, "info", lambda self: dataclasses.replace(real(self),
                                                                              device="cuda:0"))
-    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(12)))
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(12)), raising=False)
+    monkeypatch.setattr(smysl.server.workers, "CPU_MAX", Path("/nonexistent/cpu.max"))
     seen: list[int] = []
     monkeypatch.setattr(smysl.server, "serve",
                         lambda embedder, config, ready: seen.append(config.workers))

@@ -231,6 +231,18 @@ def test_serve_cli_refuses_a_foreign_index(tiny_dir, hash_index, monkeypatch, ca
     assert "smysl serve: error: --index" in err and "'hash-embedder'" in err
 
 
+def test_workers_refuse_a_foreign_index_before_they_start(tiny_dir, hash_index, capsys) -> None:  # type: ignore[no-untyped-def]
+    """With HTTP workers (the default on CUDA) the supervisor checks the index before it binds
+    the port: one error, not every worker's traceback and restarts."""
+    from smysl.cli import main
+
+    rc = main(["serve", "--model", str(tiny_dir), "--device", "cpu", "--workers", "2",
+               "--port", "0", "--index", str(hash_index)])
+    err = capsys.readouterr().err
+    assert rc == 2 and "smysl serve: error: --index" in err and "'hash-embedder'" in err
+    assert "listening" not in err and "Traceback" not in err
+
+
 # ---------------------------------------------------------------------------- browser
 
 

@@ -197,6 +197,30 @@ def test_workers_setting_is_checked(tiny_dir: Path, capsys) -> None:  # type: ig
     assert rc == 2 and "drop --in-process" in capsys.readouterr().err
 
 
+def test_a_bad_default_dimensions_stops_the_supervisor(tiny_dir: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+    rc = main(["serve", "--model", str(tiny_dir), "--device", "cpu", "--workers", "2",
+               "--port", "0", "--dimensions", "4096"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "4096" in err and "listening" not in err
+
+
+def test_cpu_budget_reads_a_containers_quota(monkeypatch: pytest.MonkeyPatch,
+                                             tmp_path: Path) -> None:
+    from smysl.server import workers
+
+    quota = tmp_path / "cpu.max"
+    monkeypatch.setattr(workers, "CPU_MAX", quota)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(64)), raising=False)
+    assert workers.cpu_budget() == 64  # no cgroup file
+    quota.write_text("max 100000\n")
+    assert workers.cpu_budget() == 64
+    quota.write_text("250000 100000\n")  # --cpus 2.5
+    assert workers.cpu_budget() == 2
+    assert workers.auto_workers([("cuda", 7)]) == 1
+    quota.write_text("1600000 100000\n")
+    assert workers.auto_workers([("cuda", 7)]) == 8
+
+
 def test_an_in_process_model_is_refused(tiny) -> None:  # type: ignore[no-untyped-def]
     from smysl.server import serve
 
