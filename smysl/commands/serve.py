@@ -163,9 +163,9 @@ def run(args: argparse.Namespace) -> int:
         if args.workers == "auto":  # known once the models are loaded
             from smysl.server.workers import auto_workers
 
-            served = [(i.device, i.process) for i in (model.info() if model else None,
-                                                      reranker.info() if reranker else None) if i]
-            config = dataclasses.replace(config, workers=auto_workers(served))
+            served = [m.info() for m in (model, reranker) if m is not None]
+            config = dataclasses.replace(config, workers=auto_workers(
+                [(i.device, i.process) for i in served]))
         extra = {"reranker": reranker} if reranker is not None else {}
         return serve(model, config, ready=listening, **extra)
     finally:

@@ -44,6 +44,11 @@ def device_type(device: str) -> str:
     return device.partition(":")[0]
 
 
+def batch_tokens(device: str) -> int:
+    """The default token budget of a forward pass on ``device`` (:data:`BATCH_TOKENS`)."""
+    return BATCH_TOKENS.get(device_type(device), 4096)
+
+
 @dataclass(frozen=True)
 class EngineConfig:
     """Where and how the model runs (:func:`smysl.qwen3.engine.resolve_config` turns it into a

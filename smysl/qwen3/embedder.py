@@ -26,6 +26,7 @@ from smysl.qwen3.contract import (
     BATCH_TOKENS,
     EngineLike,
     OnEngine,
+    batch_tokens,
     device_type,
     require_torch,
     start_all,
@@ -95,7 +96,7 @@ class Embedder(OnEngine, BaseEmbedder, TokenLevel):
         self.limit = min(max_tokens or engine.max_positions, engine.max_positions)
         self.max_tokens = tokenizer.max_tokens = self.limit
         self.scheduler = SchedulerConfig(
-            max_batch_tokens=max_batch_tokens or BATCH_TOKENS.get(device_type(engine.device), 4096),
+            max_batch_tokens=max_batch_tokens or batch_tokens(engine.device),
             max_batch_size=max_batch_size or SchedulerConfig.max_batch_size)
         self.batch_tokens = self.scheduler.max_batch_tokens
         #: Tokenise a bulk call a block at a time while earlier blocks' batches run (CUDA,

@@ -29,11 +29,10 @@ from tokenizers import Tokenizer
 from smysl.base import fingerprint_files
 from smysl.options import ModelOptions
 from smysl.qwen3.contract import (
-    BATCH_TOKENS,
     EngineLike,
     OnEngine,
     Submit,
-    device_type,
+    batch_tokens,
     require_torch,
     run_ahead,
     start_all,
@@ -110,7 +109,7 @@ class Reranker(OnEngine, BaseReranker):
         if self.max_tokens <= len(self.prefix) + len(self.suffix):
             raise ValueError(f"max_tokens {self.max_tokens} leaves no room for the pair: the "
                              f"prompt alone takes {len(self.prefix) + len(self.suffix)} tokens")
-        self._batch_tokens = max_batch_tokens or BATCH_TOKENS.get(device_type(engine.device), 4096)
+        self._batch_tokens = max_batch_tokens or batch_tokens(engine.device)
         self.scheduler = SchedulerConfig(
             max_batch_tokens=self._batch_tokens,
             max_batch_size=max_batch_size or SchedulerConfig.max_batch_size)

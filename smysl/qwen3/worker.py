@@ -43,7 +43,7 @@ from smysl.qwen3.client import (
     Replies,
     send_reply,
 )
-from smysl.qwen3.contract import BATCH_TOKENS, EngineConfig, device_type
+from smysl.qwen3.contract import EngineConfig, batch_tokens
 from smysl.qwen3.heap import keep_heap
 from smysl.qwen3.hub import Checkpoint
 
@@ -107,7 +107,7 @@ class _Hub:
 
     def __init__(self, engine: Engine, parent: Connection, info: dict[str, Any]) -> None:
         self.engine, self.parent, self.info = engine, parent, info
-        self.budget = BATCH_TOKENS.get(device_type(engine.device), 4096)
+        self.budget = batch_tokens(engine.device)
         # CUDA: submit returns once a pass is queued. On CPU it returns when the pass has
         # run, and holding its rows back for the next pass would only delay them.
         self.pipelined = engine.queues
