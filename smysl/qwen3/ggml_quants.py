@@ -32,12 +32,10 @@ from typing import NamedTuple
 
 import torch
 
-#: GGML type ids of the block formats here -> (values per block, bytes per block).
-Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q3_K, Q4_K, Q5_K, Q6_K = 2, 3, 6, 7, 8, 11, 12, 13, 14
-IQ4_NL, IQ4_XS = 20, 23
-BLOCKS = {Q4_0: (32, 18), Q4_1: (32, 20), Q5_0: (32, 22), Q5_1: (32, 24), Q8_0: (32, 34),
-          Q3_K: (256, 110), Q4_K: (256, 144), Q5_K: (256, 176), Q6_K: (256, 210),
-          IQ4_NL: (32, 18), IQ4_XS: (256, 136)}
+# GGML type ids of the block formats here, and each one's (values, bytes) per block
+from smysl.qwen3.gguf import IQ4_NL, IQ4_XS, Q3_K, Q4_0, Q4_1, Q4_K, Q5_0, Q5_1, Q5_K, Q6_K, Q8_0
+from smysl.qwen3.gguf import QUANT_BLOCKS as BLOCKS
+
 #: ggml's ``kvalues_iq4nl``: the IQ4 types' 4-bit codes index this grid.
 IQ4_GRID = (-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113)
 

@@ -35,13 +35,13 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from smysl.qwen3.ggml_quants import BLOCKS as QUANT_BLOCKS
-from smysl.qwen3.ggml_quants import QuantTensor, dequantize
 from smysl.qwen3.hub import Checkpoint
 from smysl.tokenize import EOS_TOKEN, Tokenizer
 
 if TYPE_CHECKING:
     import torch
+
+    from smysl.qwen3.ggml_quants import QuantTensor
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +57,14 @@ TYPE_NAMES = {0: "F32", 1: "F16", 2: "Q4_0", 3: "Q4_1", 6: "Q5_0", 7: "Q5_1", 8:
               21: "IQ3_S", 22: "IQ2_S", 23: "IQ4_XS", 24: "I8", 25: "I16", 26: "I32", 27: "I64",
               28: "F64", 29: "IQ1_M", 30: "BF16", 34: "TQ1_0", 35: "TQ2_0", 39: "MXFP4"}
 F32, F16, BF16 = 0, 1, 30
+#: The block formats :mod:`smysl.qwen3.ggml_quants` decodes -> (values per block, bytes per
+#: block). Here, not there: reading a header (a tokenizer, a supervisor process that serves a
+#: GGUF model from an engine process) must not import torch, which that module needs.
+Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q3_K, Q4_K, Q5_K, Q6_K = 2, 3, 6, 7, 8, 11, 12, 13, 14
+IQ4_NL, IQ4_XS = 20, 23
+QUANT_BLOCKS = {Q4_0: (32, 18), Q4_1: (32, 20), Q5_0: (32, 22), Q5_1: (32, 24), Q8_0: (32, 34),
+                Q3_K: (256, 110), Q4_K: (256, 144), Q5_K: (256, 176), Q6_K: (256, 210),
+                IQ4_NL: (32, 18), IQ4_XS: (256, 136)}
 #: Types this loader reads: id -> (elements per block, bytes per block).
 BLOCKS = {F32: (1, 4), F16: (1, 2), BF16: (1, 2), **QUANT_BLOCKS}
 
@@ -498,6 +506,8 @@ def read_tensors(path: Path, dtype: torch.dtype, keep_blocks: bool = False
     from it (peak 10.6 GB instead of the weights alone)."""
     import torch
 
+    from smysl.qwen3.ggml_quants import QuantTensor
+
     header = read_header(path)
     check_tensors(header, config_of(header))
     with path.open("rb", buffering=0) as f:
@@ -524,6 +534,8 @@ def read_tensors(path: Path, dtype: torch.dtype, keep_blocks: bool = False
 def _convert(raw: np.ndarray, t: TensorInfo, dtype: torch.dtype) -> torch.Tensor:
     """Bytes of tensor ``t`` -> a new ``[shape]`` tensor in ``dtype``."""
     import torch
+
+    from smysl.qwen3.ggml_quants import dequantize
 
     if t.type in QUANT_BLOCKS:
         return dequantize(torch.from_numpy(raw), t.type, t.shape, dtype)

@@ -155,6 +155,33 @@ def test_f32_gguf_is_bit_identical_to_safetensors(files: dict[str, Path], refere
         assert torch.equal(t, ref[name]), name
 
 
+_PARENT = """
+import sys
+import numpy as np
+from smysl import Embedder
+m = Embedder.load(sys.argv[1], device="cpu", process=True)
+np.save(sys.argv[2], m.embed(sys.argv[3:]))
+m.close()
+assert "torch" not in sys.modules, "a GGUF model's parent process imported torch"
+"""
+
+
+def test_gguf_in_an_engine_process_leaves_the_parent_without_torch(
+        files: dict[str, Path], reference: Embedder, tmp_path: Path) -> None:
+    """``smysl serve --workers`` of a GGUF file: the supervisor reads the file's tokenizer
+    and the engine process its weights; the supervisor (and the workers) do without torch,
+    as for safetensors (before, reading the header imported the block decoders, and torch)."""
+    import subprocess
+    import sys
+
+    texts = ["один", "two words", ""]
+    out = tmp_path / "vectors.npy"
+    run = subprocess.run([sys.executable, "-c", _PARENT, str(files["F32"]), str(out), *texts],
+                         capture_output=True, text=True, timeout=180)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert np.array_equal(np.load(out), reference.embed(texts))
+
+
 def _weights(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     """The state dict plus each oneDNN-packed layer's weight (its packed form is opaque): read
     back as the layer applied to the identity, which is exact (one nonzero term per output)."""
