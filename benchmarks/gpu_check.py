@@ -4,7 +4,10 @@
 
 Sections, in order of importance (each prints a Markdown table as it finishes; a section that
 fails prints its traceback and the run goes on; sections that would start after ``--budget``
-seconds are skipped and say so):
+seconds are skipped and say so, and so are a section's optional steps (eager passes, int4,
+profiles, server variants after the first) that would start after ``--deadline``; gpu.json is
+rewritten after every section and step, and on SIGTERM, so a run cut off by ``timeout`` keeps
+what it measured):
 
 1. ``pytest`` of tests/qwen3/test_gpu.py (parity, varlen kernels, graphs vs eager, fused
    kernels vs eager, ...) and tests/qwen3/test_kernels.py (the Triton kernels, bf16 and fp16).
@@ -15,8 +18,8 @@ seconds are skipped and say so):
    smysl bf16 first pass (16 texts of warm-up only) and warm pass, single-query latency
    p50/p95 in-process (graphs replayed), the same with the fused Triton kernels off
    (``cuda_kernels=False``), and for 8B one 32,768-token input in bf16 and fp16.
-4. ``smysl serve`` on loopback (0.6B; one process, engine in or out of it, 4 HTTP workers,
-   and the default ``--workers auto``, 8 on a 16-CPU host): single-query latency, 64
+4. ``smysl serve`` on loopback (0.6B; the default ``--workers auto``, 8 on a 16-CPU host,
+   then 4 HTTP workers, one process, engine in or out of it): single-query latency, 64
    concurrent single-text clients (in 4 processes) against the offline throughput of the same
    texts, and the same texts in a few large requests sent at once (each several server
    batches, queued back to back).
@@ -45,6 +48,7 @@ import functools
 import json
 import os
 import queue
+import signal
 import subprocess
 import sys
 import time
@@ -73,6 +77,10 @@ TINY = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_
 SHORT_TEXTS = 1500
 T0 = time.perf_counter()
 RES: dict[str, Any] = {}
+#: Seconds after which no optional step starts (``--deadline``).
+DEADLINE = float("inf")
+#: Where gpu.json goes (``--out``).
+OUT = Path("gpu-out")
 
 
 def log(msg: str) -> None:
@@ -110,10 +118,17 @@ def timed(fn: Callable[..., Any], *a: Any, **k: Any) -> tuple[Any, float]:
     return r, time.perf_counter() - t
 
 
+def save() -> None:
+    """gpu.json as measured so far (after each section and step: a run cut off keeps it)."""
+    RES["elapsed_s"] = elapsed()
+    (OUT / "gpu.json").write_text(json.dumps(RES, indent=2))
+
+
 def section(name: str, budget: float, fn: Callable[[], None]) -> None:
     if elapsed() > budget:
         log(f"\n(skipped {name}: {elapsed():.0f} s elapsed, budget {budget:.0f} s)")
         RES.setdefault("skipped", []).append(name)
+        save()
         return
     t = time.perf_counter()
     try:
@@ -123,6 +138,28 @@ def section(name: str, budget: float, fn: Callable[[], None]) -> None:
         RES.setdefault("failed", []).append(name)
     log(f"({name}: {time.perf_counter() - t:.0f} s; {elapsed():.0f} s so far)")
     free()
+    save()
+
+
+def step(name: str, fn: Callable[[], None]) -> bool:
+    """An optional part of a section: skipped after :data:`DEADLINE`, its failure logged and
+    the section goes on. True when it ran through."""
+    if elapsed() > DEADLINE:
+        log(f"\n(skipped {name}: {elapsed():.0f} s elapsed, deadline {DEADLINE:.0f} s)")
+        RES.setdefault("skipped", []).append(name)
+        return False
+    t = time.perf_counter()
+    try:
+        fn()
+        ok = True
+    except Exception:
+        log(f"\n!! {name} failed:\n{traceback.format_exc()}")
+        RES.setdefault("failed", []).append(name)
+        ok = False
+    log(f"({name}: {time.perf_counter() - t:.0f} s; {elapsed():.0f} s so far)")
+    free()
+    save()
+    return ok
 
 
 def free() -> None:
@@ -135,12 +172,16 @@ def free() -> None:
 
 # --------------------------------------------------------------------------- 1. tests
 def gpu_tests(out: Path) -> None:
-    r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-m", "gpu or not slow", "-p",
-                        "no:cacheprovider", "tests/qwen3/test_gpu.py",
-                        "tests/qwen3/test_kernels.py"], cwd=ROOT,
-                       capture_output=True, text=True, timeout=360)
-    tail = (r.stdout + r.stderr)[-6000:]
-    (out / "pytest-gpu.txt").write_text(r.stdout + r.stderr)
+    """The GPU tests, their output written to pytest-gpu.txt as they run (a run cut off keeps
+    it). The Hopper compile test is left out: it needs no GPU and runs in every CI."""
+    path = out / "pytest-gpu.txt"
+    with path.open("w") as f:
+        r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-m", "gpu or not slow", "-p",
+                            "no:cacheprovider", "-k", "not compile_for_a_hopper",
+                            "tests/qwen3/test_gpu.py", "tests/qwen3/test_kernels.py"], cwd=ROOT,
+                           stdout=f, stderr=subprocess.STDOUT, timeout=300)
+    text = path.read_text(errors="replace")
+    tail = text[-6000:]
     RES["pytest_gpu"] = {"rc": r.returncode, "tail": tail.splitlines()[-1:]}
     log("\n## pytest -m gpu\n\n```\n" + tail + "\n```")
 
@@ -253,29 +294,11 @@ def shape_run(size: str, work: Path, texts: list[str], n_tok: int, long_input: b
     row["smysl_first"] = {"tok_s": n_tok / s1, "secs": s1, "peak_gib": peak}
     row["smysl_warm"] = {"tok_s": n_tok / s2, "secs": s2}
     row["query_ms"] = latency(functools.partial(m.embed, [QUERY]))
-    if size == "0.6b":
-        try:
-            row["profile"] = profile(functools.partial(m.embed, texts))
-        except Exception:
-            log(f"!! profile failed:\n{traceback.format_exc()}")
     row["finite"] = bool(np.isfinite(first).all())
     row["kernel"] = m.info().kernel
-    del m
-    free()
-    if size == "0.6b":
-        try:
-            first_pass_anatomy(ck, texts, row)
-        except Exception:
-            log(f"!! first-pass anatomy failed:\n{traceback.format_exc()}")
-            free()
-    try:
-        eager_passes(ck, texts, n_tok, first, row)
-    except Exception:
-        log(f"!! eager passes failed:\n{traceback.format_exc()}")
-        row.update(eager_first={"tok_s": 0.0, "secs": 0.0}, eager_warm={"tok_s": 0.0, "secs": 0.0},
-                   eager_query_ms=(0.0, 0.0), fused_vs_eager_min_cos=0.0)
-        free()
-    e1, e2 = row["eager_first"]["secs"], row["eager_warm"]["secs"]
+    if DEV == "cuda" and "triton" not in row["kernel"]:
+        log(f"!! {size}: the fused Triton kernels are off ({row['kernel']}): see the engine's "
+            f"warning above; every fused-vs-eager number of this run compares eager with eager")
     best_st = max(row["st_bs32"]["tok_s"], row["st_bs128"]["tok_s"])
     log(f"\n## {size} shape, bf16, {len(texts)} texts / {n_tok} tokens "
         f"(load {row['load_s']:.1f} s, graphs {row['cuda_graphs']})\n")
@@ -287,17 +310,24 @@ def shape_run(size: str, work: Path, texts: list[str], n_tok: int, long_input: b
             f"{r['peak_gib']:.1f} |")
     log(f"| smysl first pass ({row['kernel']}) | {n_tok / s1:,.0f} | {s1:.2f} | {peak:.1f} |")
     log(f"| smysl warm | {n_tok / s2:,.0f} | {s2:.2f} | |")
-    log(f"| smysl eager (no fused kernels), first pass | "
-        f"{row['eager_first']['tok_s']:,.0f} | {e1:.2f} | |")
-    log(f"| smysl eager, warm | {row['eager_warm']['tok_s']:,.0f} | {e2:.2f} | |")
     log(f"\nsmysl first / best ST: {n_tok / s1 / best_st:.2f}x; first / warm: {s2 / s1:.2f}; "
         f"first / GEMM ceiling: {n_tok / s1 / row['gemm_ceiling_tok_s']:.2f}; single query "
-        f"p50 {row['query_ms'][0]:.2f} ms, p95 {row['query_ms'][1]:.2f} ms (eager "
-        f"{row['eager_query_ms'][0]:.2f} / {row['eager_query_ms'][1]:.2f}); finite "
-        f"{row['finite']}; fused vs eager min cosine {row['fused_vs_eager_min_cos']:.6f}")
+        f"p50 {row['query_ms'][0]:.2f} ms, p95 {row['query_ms'][1]:.2f} ms; finite "
+        f"{row['finite']}")
+    save()
+    if size == "0.6b":
+        whole = functools.partial(m.embed, texts)
+        step(f"{size} profile", lambda: row.update(profile=profile(whole)))
+        del whole
+    del m
+    free()
+    if size == "0.6b":
+        step(f"{size} first-pass anatomy", lambda: first_pass_anatomy(ck, texts, row))
+    if long_input:  # a bar (memory, finite); the eager and int4 steps are not
+        step(f"{size} 32K input", lambda: long32k(ck, row))
+    step(f"{size} eager passes", lambda: eager_passes(ck, texts, n_tok, first, row))
     if long_input:
-        int4(ck, texts, n_tok, first, row)
-        long32k(ck, row)
+        step(f"{size} int4", lambda: int4(ck, texts, n_tok, first, row))
 
 
 def eager_passes(ck: Path, texts: list[str], n_tok: int, fused: np.ndarray,
@@ -316,6 +346,12 @@ def eager_passes(ck: Path, texts: list[str], n_tok: int, fused: np.ndarray,
     row["fused_vs_eager_min_cos"] = float((fused * eager).sum(axis=1).min())
     del e
     free()
+    q = row["eager_query_ms"]
+    log("\n| smysl eager (cuda_kernels=False) | tokens/s | seconds | query p50 / p95 ms |\n"
+        "|---|---|---|---|\n"
+        f"| first pass | {n_tok / e1:,.0f} | {e1:.2f} | {q[0]:.2f} / {q[1]:.2f} |\n"
+        f"| warm | {n_tok / e2:,.0f} | {e2:.2f} | |\n\n"
+        f"fused vs eager min cosine {row['fused_vs_eager_min_cos']:.6f}")
 
 
 @contextlib.contextmanager
@@ -529,9 +565,9 @@ def _clients(url: str, texts: list[str], clients: int, ref: np.ndarray
 #: ``smysl serve`` placements measured: one process with the engine in a child, the same with
 #: the engine in the server process, and HTTP worker processes sharing one engine (4, and the
 #: default ``--workers auto``: half the CPUs, at most 8, on CUDA).
-SERVER_VARIANTS = (("one process, engine in a child process", ("--workers", "1")),
-                   ("engine in process", ("--in-process",)),
-                   ("--workers 4", ("--workers", "4")), ("--workers auto (the default)", ()))
+SERVER_VARIANTS = (("--workers auto (the default)", ()), ("--workers 4", ("--workers", "4")),
+                   ("one process, engine in a child process", ("--workers", "1")),
+                   ("engine in process", ("--in-process",)))
 
 
 def server(work: Path) -> None:
@@ -547,7 +583,8 @@ def server(work: Path) -> None:
     del m
     free()
     for variant, extra in SERVER_VARIANTS:
-        serve_once(ck, short, ref, off, counts, variant, extra)
+        step(f"server {variant}", functools.partial(serve_once, ck, short, ref, off, counts,
+                                                    variant, extra))
 
 
 #: Tokens per request of the bulk measure: under the server's ``max_request_tokens`` (65,536).
@@ -641,7 +678,9 @@ def serve_once(ck: Path, short: list[str], ref: np.ndarray, off: float, counts: 
             f"{row['http_texts_s']:,.0f} texts/s (p50 {row['clients_p50_ms']:.1f} ms) |")
         log(f"| HTTP / offline | {row['ratio']:.2f} |")
         log(f"| during the 64 clients: CPU of the server's processes per request; each one's "
-            f"share of a core | {row['cpu_us_per_request']:,.0f} us; "
+            f"share of a core (the engine's includes CUDA spinning while it waits for a "
+            f"batch: its default with fewer CUDA contexts than CPUs) | "
+            f"{row['cpu_us_per_request']:,.0f} us; "
             + ", ".join(f"{name} {share:.2f}" for name, share in shares[:10]) + " |")
         log(f"| all {len(short)} texts in {len(bulk_requests(counts, BULK_TOKENS))} requests of <= "
             f"{BULK_TOKENS:,} tokens, sent at once (base64) | "
@@ -670,6 +709,37 @@ def preflight() -> None:
     RES["preflight"] = {"found": found, "missing": missing}
     log(f"imports: {', '.join(found)}" + (f"\n!! missing: {'; '.join(missing)}" if missing
                                           else ""))
+    if DEV == "cuda":
+        RES["preflight"]["triton_launch"] = triton_launch()
+        log(f"a Triton kernel on CUDA: {RES['preflight']['triton_launch']}")
+
+
+def triton_launch() -> str:
+    """One tiny Triton kernel compiled and run on the GPU: the fused kernels need a C compiler
+    and Python's headers (Triton builds its launcher), libcuda and a writable cache. Without
+    them every engine falls back to eager with a warning in its log only, and each "fused vs
+    eager" row would compare eager with eager: said here, first."""
+    import shutil
+    import sysconfig
+
+    headers = (Path(sysconfig.get_paths()["include"]) / "Python.h").is_file()
+    where = (f"cc {shutil.which('cc') or shutil.which('gcc') or 'missing'}, Python.h "
+             f"{'found' if headers else 'missing'}")
+    try:
+        import triton
+        import triton.language as tl
+
+        @triton.jit
+        def add_one(x_ptr, n, BLOCK: tl.constexpr):  # type: ignore[no-untyped-def]
+            i = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+            tl.store(x_ptr + i, tl.load(x_ptr + i, mask=i < n) + 1, mask=i < n)
+
+        x = torch.zeros(100, device=DEV)
+        add_one[(1,)](x, 100, BLOCK=128)
+        ok = bool((x == 1).all())
+        return f"ok ({where})" if ok else f"!! wrong result ({where})"
+    except Exception as e:
+        return f"!! failed: {type(e).__name__}: {str(e)[:300]} ({where})"
 
 
 def main() -> None:
@@ -679,11 +749,17 @@ def main() -> None:
     ap.add_argument("--scale", type=float, default=4.0)
     ap.add_argument("--budget", type=float, default=420.0,
                     help="seconds after which no new section starts")
+    ap.add_argument("--deadline", type=float, default=None,
+                    help="seconds after which no optional step starts (eager passes, int4, "
+                         "profiles, server variants); default 480, none in a dry run")
     ap.add_argument("--shapes", default="0.6b,8b,4b")
     ap.add_argument("--skip-tests", action="store_true")
     ap.add_argument("--dry-run", action="store_true",
                     help="on the CPU, tiny shapes: the script's plumbing, no GPU numbers")
     args = ap.parse_args()
+    global DEADLINE, OUT
+    DEADLINE = args.deadline if args.deadline is not None else (
+        float("inf") if args.dry_run else 480.0)
     if args.dry_run:
         global DEV, SHORT_TEXTS
         DEV, SHORT_TEXTS = "cpu", 300
@@ -694,6 +770,11 @@ def main() -> None:
         args.skip_tests = True
         args.budget = float("inf")
     out, work = Path(args.out), Path(args.work)
+    OUT = out
+    # Triton's cache (compiled kernels, launchers) where it can write, for the subprocesses too
+    os.environ.setdefault("TRITON_CACHE_DIR", str(work / "triton-cache"))
+    # ``timeout`` stops the run with SIGTERM: through the finally below, which saves gpu.json
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     out.mkdir(parents=True, exist_ok=True)
     work.mkdir(parents=True, exist_ok=True)
     import transformers
@@ -728,7 +809,7 @@ def main() -> None:
             section(size, args.budget,
                     lambda size=size: shape_run(size, work, texts, n_tok, size == "8b"))
     finally:
-        (out / "gpu.json").write_text(json.dumps(RES, indent=2))
+        save()
         log(f"\ntotal {elapsed():.0f} s")
 
 

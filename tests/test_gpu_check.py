@@ -56,3 +56,35 @@ assert calls == ["reset_peak_memory_stats", "max_memory_allocated", "memory_allo
     r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
                        timeout=120)
     assert r.returncode == 0, r.stderr[-3000:]
+
+
+@pytest.mark.slow
+def test_a_cut_off_run_keeps_what_it_measured(tmp_path: Path) -> None:
+    """The device run is one call under ``timeout``: past ``--deadline`` the optional steps
+    are skipped, and a SIGTERM still leaves gpu.json with every section finished so far."""
+    import signal
+    import time
+
+    proc = subprocess.Popen([sys.executable, "benchmarks/gpu_check.py", "--dry-run",
+                             "--deadline", "0", "--out", str(tmp_path), "--work",
+                             str(tmp_path / "work")], cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    out = tmp_path / "gpu.json"
+    try:
+        deadline = time.monotonic() + 900
+        while not (out.is_file() and "0.6b eager passes" in out.read_text()):
+            assert proc.poll() is None and time.monotonic() < deadline
+            time.sleep(0.5)
+        res = json.loads(out.read_text())  # rewritten after each section and step
+        assert res["shape_0.6b"]["smysl_first"]["tok_s"] > 0
+        # past the deadline: the optional steps said so instead of running
+        assert {"0.6b profile", "0.6b first-pass anatomy", "0.6b eager passes"} <= set(
+            res["skipped"]) and "anatomy_ms" not in res["shape_0.6b"]
+        proc.send_signal(signal.SIGTERM)
+        text, _ = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 143, text[-3000:]
+    res = json.loads(out.read_text())
+    assert "shape_0.6b" in res and res["elapsed_s"] > 0 and "total" in text
