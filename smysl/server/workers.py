@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
 import logging
 import multiprocessing as mp
 import os
@@ -125,20 +126,20 @@ def serve_workers(embedder: BaseEmbedder | None, config: ServerConfig, *,
     try:
         twin = embedder.share() if embedder is not None else None
         ranker = reranker.share() if reranker is not None else None
-        sock = _bind(config.host, config.port)
+        socks = _bind(config.host, config.port)
     except BaseException as e:  # what was shared already is closed again
         _close(twin, ranker)
         if isinstance(e, NotImplementedError):
             raise ValueError(f"--workers {config.workers} needs models the workers can share: "
                              f"{e}") from None
         raise
-    host, port = sock.getsockname()[:2]
+    host, port = socks[0].getsockname()[:2]
     folder = tempfile.mkdtemp(prefix="smysl-metrics-")
     one = dataclasses.replace(config, workers=1)
     ctx = mp.get_context("spawn")  # a fork would copy this process's threads and torch state
 
     def start(i: int) -> Any:
-        p = ctx.Process(target=_worker, args=(twin, ranker, one, sock, folder),
+        p = ctx.Process(target=_worker, args=(twin, ranker, one, socks, folder),
                         name=f"smysl-http-{i}", daemon=False)
         # blocked until the worker runs: a stop signal sent while it starts is not lost
         old = signal.pthread_sigmask(signal.SIG_BLOCK, _STOP)
@@ -215,25 +216,57 @@ def serve_workers(embedder: BaseEmbedder | None, config: ServerConfig, *,
             if p.is_alive():
                 p.kill()
                 p.join(5)
-        sock.close()
+        for sock in socks:
+            sock.close()
         _close(twin, ranker)
         shutil.rmtree(folder, ignore_errors=True)
     return code
 
 
-def _bind(host: str, port: int) -> socket.socket:
-    """The listening socket every worker accepts on (IPv6 for an address with a colon)."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+def _bind(host: str, port: int) -> list[socket.socket]:
+    """The listening sockets every worker accepts on: one per address ``host`` resolves to,
+    as one uvicorn process binds them (``localhost``: 127.0.0.1 and ::1 where the system
+    lists both; a client that tries ::1 first must not find nothing there), all on one port
+    (``port`` 0: the one the first address got). An address the system cannot bind (IPv6
+    switched off) is skipped while another one binds."""
     try:
-        sock.bind((host, port))
-    except OSError as e:
-        sock.close()
+        found = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM,
+                                   flags=socket.AI_PASSIVE)
+    except socket.gaierror as e:
         raise ValueError(f"cannot listen on {host}:{port}: {e.strerror}") from None
-    sock.listen(2048)
-    sock.set_inheritable(True)
-    return sock
+    addresses = list(dict.fromkeys((family, addr[:2]) for family, _, _, _, addr in found))
+    socks: list[socket.socket] = []
+    error: OSError | None = None
+    try:
+        for family, (ip, _) in addresses:
+            try:
+                sock = socket.socket(family, socket.SOCK_STREAM)
+            except OSError as e:
+                if e.errno != errno.EAFNOSUPPORT:
+                    raise
+                error = error or e
+                continue
+            socks.append(sock)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:  # its own address only, as asyncio binds it
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            try:
+                sock.bind((ip, socks[0].getsockname()[1] if len(socks) > 1 else port))
+            except OSError as e:
+                socks.pop().close()
+                if e.errno != errno.EADDRNOTAVAIL:
+                    raise
+                error = error or e
+                continue
+            sock.listen(2048)
+            sock.set_inheritable(True)
+        if not socks:
+            raise error or OSError(errno.EADDRNOTAVAIL, "no address to listen on")
+    except OSError as e:
+        for sock in socks:
+            sock.close()
+        raise ValueError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
+    return socks
 
 
 def _mark_dead(pid: int | None, folder: str) -> None:
@@ -247,7 +280,7 @@ def _mark_dead(pid: int | None, folder: str) -> None:
 
 
 def _worker(embedder: BaseEmbedder | None, reranker: BaseReranker | None,
-            config: ServerConfig, sock: socket.socket, folder: str) -> None:
+            config: ServerConfig, socks: list[socket.socket], folder: str) -> None:
     """A worker's main: the whole server on the shared socket."""
     # Signals come from the supervisor alone (once each), not from the terminal's Ctrl-C to
     # the whole process group: uvicorn cuts requests off at a second one.
@@ -260,7 +293,7 @@ def _worker(embedder: BaseEmbedder | None, reranker: BaseReranker | None,
     threading.Thread(target=_orphaned, args=(os.getppid(),), daemon=True).start()
 
     try:
-        code = serve(embedder, config, sockets=[sock], reranker=reranker)
+        code = serve(embedder, config, sockets=socks, reranker=reranker)
     finally:
         _close(embedder, reranker)
     sys.exit(code)

@@ -254,3 +254,105 @@ def test_a_reranker_that_cannot_be_shared_is_refused(tiny, tmp_path: Path,  # ty
     # the CLI refuses a remote one before loading anything
     rc = main(["serve", "--reranker", "siliconflow:BAAI/bge-reranker-v2-m3", "--workers", "2"])
     assert rc == 2 and "remote API" in capsys.readouterr().err
+
+
+def _resolving(monkeypatch: pytest.MonkeyPatch, *ips: str) -> None:
+    """``socket.getaddrinfo`` of any host gives ``ips`` (as a system that lists ::1 beside
+    127.0.0.1 for localhost does; this machine's /etc/hosts may list one)."""
+    import socket
+
+    def fake(host, port, *a, **k):  # type: ignore[no-untyped-def]
+        return [(socket.AF_INET6 if ":" in ip else socket.AF_INET, socket.SOCK_STREAM, 6, "",
+                 (ip, port)) for ip in ips]
+
+    monkeypatch.setattr(socket, "getaddrinfo", fake)
+
+
+def test_workers_listen_on_every_address_of_the_host(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``--host localhost`` with workers listens where one uvicorn process would: on each
+    address the name resolves to, one port for all; one the system cannot bind is skipped."""
+    import socket
+
+    from smysl.server import workers
+
+    if not socket.has_ipv6:
+        pytest.skip("no IPv6 here")
+    _resolving(monkeypatch, "127.0.0.1", "::1", "127.0.0.1")
+    try:
+        socks = workers._bind("localhost", 0)
+    except ValueError as e:
+        pytest.skip(f"no IPv6 loopback here: {e}")
+    try:
+        assert [s.family for s in socks] == [socket.AF_INET, socket.AF_INET6]
+        assert len({s.getsockname()[1] for s in socks}) == 1
+        assert socks[1].getsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY) == 1
+        for s in socks:
+            with socket.create_connection(s.getsockname()[:2], timeout=5):
+                pass
+    finally:
+        for s in socks:
+            s.close()
+    _resolving(monkeypatch, "2001:db8::1", "127.0.0.1")  # not this host's: skipped
+    socks = workers._bind("somewhere", 0)
+    assert [s.getsockname()[0] for s in socks] == ["127.0.0.1"]
+    with pytest.raises(ValueError, match="cannot listen on somewhere:"):
+        workers._bind("somewhere", socks[0].getsockname()[1])  # the port is taken
+    socks[0].close()
+    _resolving(monkeypatch, "2001:db8::1")
+    with pytest.raises(ValueError, match="cannot listen on somewhere:0"):
+        workers._bind("somewhere", 0)
+
+
+_DUAL = """
+import socket, sys
+real = socket.getaddrinfo
+def both(host, port, *a, **k):
+    if host != "localhost":
+        return real(host, port, *a, **k)
+    return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", ("127.0.0.1", port)),
+            (socket.AF_INET6, socket.SOCK_STREAM, 6, "", ("::1", port, 0, 0))]
+socket.getaddrinfo = both
+from smysl.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_workers_answer_on_ipv4_and_ipv6_loopback(tiny_dir: Path) -> None:
+    """End to end: ``smysl serve --host localhost --workers 2`` where localhost is both
+    127.0.0.1 and ::1 answers on both (before, on 127.0.0.1 alone)."""
+    import socket
+
+    try:
+        with socket.socket(socket.AF_INET6) as s:
+            s.bind(("::1", 0))
+    except OSError:
+        pytest.skip("no IPv6 loopback here")
+    port = free_port()
+    with tempfile.TemporaryFile() as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-c", _DUAL, "serve", "--model", str(tiny_dir), "--host",
+             "localhost", "--port", str(port), "--device", "cpu", "--workers", "2"],
+            cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+        try:
+            deadline = time.monotonic() + 120
+            got = []
+            for url in (f"http://127.0.0.1:{port}", f"http://[::1]:{port}"):
+                while True:
+                    assert proc.poll() is None
+                    try:
+                        r = httpx.post(f"{url}/embed", json={"inputs": "один"}, timeout=10)
+                        break
+                    except httpx.HTTPError:
+                        assert time.monotonic() < deadline
+                        time.sleep(0.2)
+                assert r.status_code == 200
+                got.append(r.json()[0])
+            assert got[0] == got[1]
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(60)
+            finally:
+                log.seek(0)
+                out = log.read().decode(errors="replace")
+        assert proc.returncode == 0, out[-3000:]
