@@ -314,14 +314,15 @@ def serve(embedder: BaseEmbedder | None, config: ServerConfig, *, ready: Ready |
           **uvicorn_options: Any) -> int:
     """Run the server with uvicorn until interrupted (SIGINT/SIGTERM shut down gracefully);
     with ``config.workers`` > 1 in that many processes (:mod:`smysl.server.workers`).
-    ``sockets``: listen on these instead of binding ``config.host``/``config.port``.
+    ``sockets``: listen on these instead of binding ``config.host``/``config.port`` (one
+    worker of ``config.workers``: this process serves alone on them).
 
     Returns 0, or :data:`EXIT_BACKEND_DOWN` when it stopped because the backend stayed
     unhealthy for ``config.unhealthy_exit_s`` (a supervisor should restart the process).
     """
     import sys
 
-    if config.workers > 1:
+    if config.workers > 1 and sockets is None:
         from smysl.server.workers import serve_workers
 
         return serve_workers(embedder, config, ready=ready, reranker=reranker)

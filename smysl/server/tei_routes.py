@@ -149,13 +149,14 @@ def router(service: Service, fast: FastRoutes) -> APIRouter:
             "model_id": model.name, "model_sha": None,
             "model_dtype": model.dtype or "unknown",
             "model_type": {"embedding": {"pooling": model.pooling}},
-            "max_concurrent_requests": cfg.max_queue,
+            # the server's, not this worker's: each of --workers queues its own max_queue
+            "max_concurrent_requests": cfg.max_queue * cfg.workers,
             "max_input_length": model.max_tokens or 0,
             "max_batch_tokens": service.batcher.max_batch_tokens,
             "max_batch_requests": cfg.max_batch_requests,
             "max_client_batch_size": cfg.max_inputs,
             "auto_truncate": False,
-            "tokenization_workers": 1,
+            "tokenization_workers": cfg.workers,  # each worker tokenises its own requests
             "version": __version__, "sha": None, "docker_label": None, "cpu": model.cpu,
             "cuda_graphs": model.cuda_graphs, "kernel": model.kernel,
             "slice_tokens": model.slice_tokens, "tuned_at": model.tuned_at,

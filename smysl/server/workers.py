@@ -24,7 +24,6 @@ status; one that dies otherwise is restarted, at most :data:`MAX_RESTARTS` times
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import errno
 import logging
 import multiprocessing as mp
@@ -135,11 +134,10 @@ def serve_workers(embedder: BaseEmbedder | None, config: ServerConfig, *,
         raise
     host, port = socks[0].getsockname()[:2]
     folder = tempfile.mkdtemp(prefix="smysl-metrics-")
-    one = dataclasses.replace(config, workers=1)
     ctx = mp.get_context("spawn")  # a fork would copy this process's threads and torch state
 
     def start(i: int) -> Any:
-        p = ctx.Process(target=_worker, args=(twin, ranker, one, socks, folder),
+        p = ctx.Process(target=_worker, args=(twin, ranker, config, socks, folder),
                         name=f"smysl-http-{i}", daemon=False)
         # blocked until the worker runs: a stop signal sent while it starts is not lost
         old = signal.pthread_sigmask(signal.SIG_BLOCK, _STOP)

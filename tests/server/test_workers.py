@@ -122,6 +122,8 @@ def test_two_workers_one_engine(tiny_dir: Path, tiny, tmp_path: Path) -> None:  
                          r"16\.0$", text, re.M), text
         assert re.search(r"^smysl_backend_up 1\.0$", text, re.M)
         assert "2 HTTP workers" in output()
+        info = httpx.get(f"{url}/info").json()  # the server's limits, not one worker's
+        assert (info["max_concurrent_requests"], info["tokenization_workers"]) == (2 * 512, 2)
 
         # a worker killed outright is replaced; the server answers throughout
         workers = [p for p in children(proc.pid)
