@@ -273,6 +273,8 @@ class Engine:
         if device.type == "cpu" and not cfg.threads:
             tuned_threads = tuning.load_threads(tuning.threads_key(
                 kernel, dtype, Qwen3Config.from_dict(ckpt.config)))
+            if tuned_threads is None:
+                tuning.fit_threads()
         with loading():
             model = load_encoder(ckpt, device, dtype, linear,
                                  keep_blocks=cfg.quantize == "int4")

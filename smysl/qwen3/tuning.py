@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import torch
 
+from smysl.qwen3.contract import usable_cpus
 from smysl.qwen3.cpu import detect
 
 if TYPE_CHECKING:
@@ -119,15 +120,6 @@ def threads_key(kernel: str, dtype: torch.dtype, cfg: Qwen3Config) -> str:
 def _shape(cfg: Qwen3Config) -> str:
     return (f"h{cfg.hidden_size} i{cfg.intermediate_size} q{cfg.num_attention_heads} "
             f"kv{cfg.num_key_value_heads} d{cfg.head_dim}")
-
-
-def usable_cpus() -> int:
-    """CPUs this process may run on (its affinity: a container's or ``taskset``'s limit), else
-    the machine's."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):  # not Linux
-        return os.cpu_count() or 1
 
 
 def cache_file() -> Path:
@@ -264,6 +256,18 @@ def load_threads(k: str) -> Threads | None:
     log.info("%d threads, as measured on this machine on %s", found.threads,
              found.measured or "an unknown date")
     return found
+
+
+def fit_threads() -> None:
+    """torch's default thread count (one per core it sees) cut to :func:`usable_cpus`, for an
+    engine given no ``threads`` and none measured: torch sees the affinity but not a container's
+    CPU quota, and 32 threads on a 4-CPU quota stall at every throttled period. Left alone when
+    :data:`THREAD_VARIABLES` set a count (the user's)."""
+    cpus = usable_cpus()
+    if torch.get_num_threads() > cpus and not any(os.environ.get(v) for v in THREAD_VARIABLES):
+        log.info("%d torch threads instead of %d: this process may use %d CPUs (a CPU quota)",
+                 cpus, torch.get_num_threads(), cpus)
+        torch.set_num_threads(cpus)
 
 
 def short_texts(rng: random.Random, tokens: int) -> list[list[int]]:

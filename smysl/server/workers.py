@@ -37,11 +37,11 @@ import threading
 import time
 from collections import deque
 from multiprocessing.connection import wait
-from pathlib import Path
 from typing import Any
 
 from smysl.base import BaseEmbedder
 from smysl.procname import HTTP_WORKER, set_name
+from smysl.qwen3.contract import usable_cpus
 from smysl.rerank import BaseReranker
 from smysl.server.config import ServerConfig
 
@@ -54,8 +54,6 @@ MAX_RESTARTS = 3
 #: The most workers ``--workers auto`` starts: eight carry ~8,000-13,000 short requests a
 #: second at ~0.6-1 ms of CPU each, more than the 0.6B's short-text rate on an H200.
 MAX_AUTO_WORKERS = 8
-#: A cgroup v2 CPU quota: "max" or "<quota> <period>" (microseconds).
-CPU_MAX = Path("/sys/fs/cgroup/cpu.max")
 _STOP = {signal.SIGINT, signal.SIGTERM}
 
 
@@ -73,7 +71,7 @@ def auto_workers(models: list[tuple[str | None, int | None]], cpus: int | None =
     if os.name != "posix" or not models or any(pid is None for _, pid in models) or not any(
             (device or "").startswith("cuda") for device, _ in models):
         return 1
-    return max(1, min(MAX_AUTO_WORKERS, (cpus or cpu_budget()) // 2))
+    return max(1, min(MAX_AUTO_WORKERS, (cpus or usable_cpus()) // 2))
 
 
 def check_settings(embedder: BaseEmbedder, config: ServerConfig) -> None:
@@ -91,22 +89,6 @@ def check_settings(embedder: BaseEmbedder, config: ServerConfig) -> None:
 
         store, _ = open_index(config.index, embedder)
         store.close()
-
-
-def cpu_budget() -> int:
-    """CPUs this process may use: its affinity (``taskset``, a cpuset), capped by a cgroup v2
-    CPU quota (a container's ``--cpus``, a Kubernetes limit), which affinity does not show."""
-    try:
-        cpus = len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):  # not Linux
-        cpus = os.cpu_count() or 1
-    try:
-        quota, period = CPU_MAX.read_text().split()[:2]
-        if quota != "max":
-            cpus = min(cpus, max(1, int(quota) // int(period)))  # whole CPUs
-    except (OSError, ValueError):
-        pass
-    return cpus
 
 
 def serve_workers(embedder: BaseEmbedder | None, config: ServerConfig, *,

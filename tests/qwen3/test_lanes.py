@@ -19,11 +19,12 @@ from smysl import Embedder
 from smysl.options import ModelOptions
 from smysl.qwen3 import engine as engine_mod
 from smysl.qwen3 import tuning
+from smysl.qwen3.contract import usable_cpus
 from smysl.qwen3.lanes import Lanes, LanesClosed, Slots, default_lanes, per_thread_counts
 from smysl.qwen3.model import attend_one
 
 two_threads = pytest.mark.skipif(
-    tuning.usable_cpus() < 2 or not per_thread_counts(),
+    usable_cpus() < 2 or not per_thread_counts(),
     reason="needs 2 CPUs and torch's OpenMP backend")
 
 

@@ -16,6 +16,7 @@ from qwen_tiny import TEXTS
 from smysl import Embedder
 from smysl.cli import main
 from smysl.qwen3 import tuning
+from smysl.qwen3.contract import usable_cpus
 from smysl.qwen3.cpu import detect
 from smysl.qwen3.engine import CHUNK_TOKENS
 from smysl.qwen3.quantize import Int4Linear
@@ -153,7 +154,7 @@ def fresh_threads(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_threads_key_and_counts(tiny_dir: Path) -> None:
     e = Embedder.load(str(tiny_dir), device="cpu", dtype="float32")
     k = tk(e)
-    assert k.startswith("threads | ") and f"{tuning.usable_cpus()} CPUs" in k
+    assert k.startswith("threads | ") and f"{usable_cpus()} CPUs" in k
     assert f"{torch.get_num_threads()} threads" not in k and "h64 i128 q4 kv2 d16" in k
     assert set(tuning.thread_counts(8)) == {1, 2, 4, 8, torch.get_num_threads()}
     assert {1, 2, 3} <= set(tuning.thread_counts(3))
@@ -202,9 +203,30 @@ def test_engines_apply_a_stored_thread_count_unless_told_otherwise(
 def test_a_count_above_the_usable_cpus_is_ignored(tiny_dir: Path, cache: Path,
                                                   fresh_threads: None) -> None:
     e = Embedder.load(str(tiny_dir), device="cpu", dtype="float32")
-    tuning.store(tk(e), tuning.Threads(threads=tuning.usable_cpus() + 1))
+    tuning.store(tk(e), tuning.Threads(threads=usable_cpus() + 1))
     again = Embedder.load(str(tiny_dir), device="cpu", dtype="float32")
     assert again.engine.tuned_threads is None  # type: ignore[attr-defined]
+
+
+def test_default_threads_fit_a_cpu_quota(tiny_dir: Path, cache: Path, fresh_threads: None,
+                                         monkeypatch: pytest.MonkeyPatch,
+                                         caplog: pytest.LogCaptureFixture) -> None:
+    """No ``threads`` and none measured: torch's default (the cores it sees) is cut to the
+    CPUs a container's quota allows; a count the environment sets is the user's and stays."""
+    torch.set_num_threads(2)
+    want = Embedder.load(str(tiny_dir), device="cpu", dtype="float32").embed(["один", "two"])
+    monkeypatch.setattr(tuning, "usable_cpus", lambda: 1)  # a quota of 1.5 CPUs, say
+    with caplog.at_level("INFO", logger="smysl.qwen3.tuning"):
+        e = Embedder.load(str(tiny_dir), device="cpu", dtype="float32")
+    assert torch.get_num_threads() == 1 and e.engine.threads == 1  # type: ignore[attr-defined]
+    assert "1 torch threads instead of 2: this process may use 1 CPUs" in caplog.text
+    np.testing.assert_allclose(e.embed(["один", "two"]), want, atol=1e-6)
+    torch.set_num_threads(2)
+    Embedder.load(str(tiny_dir), device="cpu", dtype="float32", threads=2)
+    assert torch.get_num_threads() == 2  # asked for: kept
+    monkeypatch.setenv("OMP_NUM_THREADS", "2")
+    Embedder.load(str(tiny_dir), device="cpu", dtype="float32")
+    assert torch.get_num_threads() == 2
 
 
 def test_damaged_thread_entries_are_ignored(cache: Path) -> None:

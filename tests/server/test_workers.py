@@ -206,21 +206,21 @@ def test_a_bad_default_dimensions_stops_the_supervisor(tiny_dir: Path, capsys) -
     assert rc == 2 and "4096" in err and "listening" not in err
 
 
-def test_cpu_budget_reads_a_containers_quota(monkeypatch: pytest.MonkeyPatch,
-                                             tmp_path: Path) -> None:
+def test_auto_workers_count_a_containers_quota(monkeypatch: pytest.MonkeyPatch,
+                                              tmp_path: Path) -> None:
+    """Half the usable CPUs (a container's quota, not the host's cores), at most 8."""
+    from smysl.qwen3 import contract
     from smysl.server import workers
 
-    quota = tmp_path / "cpu.max"
-    monkeypatch.setattr(workers, "CPU_MAX", quota)
+    monkeypatch.setattr(contract, "CGROUP_ROOT", tmp_path)
+    monkeypatch.setattr(contract, "PROC_CGROUP", tmp_path / "none")
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(64)), raising=False)
-    assert workers.cpu_budget() == 64  # no cgroup file
-    quota.write_text("max 100000\n")
-    assert workers.cpu_budget() == 64
-    quota.write_text("250000 100000\n")  # --cpus 2.5
-    assert workers.cpu_budget() == 2
-    assert workers.auto_workers([("cuda", 7)]) == 1
-    quota.write_text("1600000 100000\n")
     assert workers.auto_workers([("cuda", 7)]) == 8
+    (tmp_path / "cpu.max").write_text("250000 100000\n")  # --cpus 2.5
+    assert workers.auto_workers([("cuda", 7)]) == 1
+    (tmp_path / "cpu.max").write_text("1000000 100000\n")
+    assert workers.auto_workers([("cuda", 7)]) == 5
+    assert workers.auto_workers([("cpu", 7)]) == workers.auto_workers([("cuda", None)]) == 1
 
 
 def test_an_in_process_model_is_refused(tiny) -> None:  # type: ignore[no-untyped-def]
