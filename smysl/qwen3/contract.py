@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import copy
 import importlib.util
+import math
 import os
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
@@ -59,16 +60,18 @@ PROC_CGROUP = Path("/proc/self/cgroup")
 def usable_cpus() -> int:
     """CPUs this process may use: its affinity (``taskset``, a cpuset), capped by a cgroup CPU
     quota (``docker run --cpus``, a Kubernetes CPU limit), which neither affinity nor
-    ``os.cpu_count`` shows, rounded down: one thread more than a quota can run and the rest wait
-    on it at every throttled period (Ollama's default threads lose ~45x that way, ollama#17916).
-    How many torch threads an engine on CPU starts by default, and ``smysl serve --workers
-    auto`` counts with it."""
+    ``os.cpu_count`` shows: threads beyond the quota wait on each other at every throttled
+    period (Ollama's default threads lose ~45x that way, ollama#17916). A fractional quota is
+    rounded up: under a 1.5-CPU quota two torch threads ran the 0.6B 37% faster than one (one
+    leaves the half unused), under 1.0 one ran 4% faster than two (docs/benchmarks.md). How
+    many torch threads an engine on CPU starts by default, and ``smysl serve --workers auto``
+    counts with it."""
     try:
         cpus = len(os.sched_getaffinity(0))
     except (AttributeError, OSError):  # not Linux
         cpus = os.cpu_count() or 1
     quota = cgroup_cpus()
-    return max(1, min(cpus, int(quota))) if quota is not None else cpus
+    return max(1, min(cpus, math.ceil(quota))) if quota is not None else cpus
 
 
 def cgroup_cpus() -> float | None:
