@@ -13,12 +13,9 @@ from __future__ import annotations
 
 import copy
 import importlib.util
-import math
-import os
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Protocol, Self, TypeVar
 
 import numpy as np
@@ -52,69 +49,6 @@ def batch_tokens(device: str) -> int:
     return BATCH_TOKENS.get(device_type(device), 4096)
 
 
-#: Where the cgroup file systems are mounted, and this process's cgroups (tests move them).
-CGROUP_ROOT = Path("/sys/fs/cgroup")
-PROC_CGROUP = Path("/proc/self/cgroup")
-
-
-def usable_cpus() -> int:
-    """CPUs this process may use: its affinity (``taskset``, a cpuset), capped by a cgroup CPU
-    quota (``docker run --cpus``, a Kubernetes CPU limit), which neither affinity nor
-    ``os.cpu_count`` shows: threads beyond the quota wait on each other at every throttled
-    period (Ollama's default threads lose ~45x that way, ollama#17916). A fractional quota is
-    rounded up: under a 1.5-CPU quota two torch threads ran the 0.6B 37% faster than one (one
-    leaves the half unused), under 1.0 one ran 4% faster than two (docs/benchmarks.md). How
-    many torch threads an engine on CPU starts by default, and ``smysl serve --workers auto``
-    counts with it."""
-    try:
-        cpus = len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):  # not Linux
-        cpus = os.cpu_count() or 1
-    quota = cgroup_cpus()
-    return max(1, min(cpus, math.ceil(quota))) if quota is not None else cpus
-
-
-def cgroup_cpus() -> float | None:
-    """The tightest CPU quota, in CPUs, of this process's cgroup and its ancestors (cgroup v2
-    ``cpu.max``, v1 ``cpu.cfs_quota_us`` / ``cpu.cfs_period_us``; a Kubernetes pod sets one a
-    level above its container's); None without one, or off Linux."""
-    try:
-        lines = PROC_CGROUP.read_text().splitlines()
-    except OSError:
-        lines = []
-    # "0::/path" (v2) and "4:cpu,cpuacct:/path" (v1); in a container with its own cgroup
-    # namespace the path is "/", without one the host's (not mounted here: the root is tried)
-    paths = {line.split(":", 2)[2].strip("/") for line in lines if line.count(":") >= 2
-             and (line.split(":")[1] == "" or "cpu" in line.split(":")[1].split(","))}
-    found: list[float] = []
-    for mount in (CGROUP_ROOT, CGROUP_ROOT / "cpu", CGROUP_ROOT / "cpu,cpuacct"):
-        for path in paths | {""}:
-            folder = mount / path if path else mount
-            while True:
-                quota = _quota(folder)
-                if quota is not None:
-                    found.append(quota)
-                if folder == mount or mount not in folder.parents:
-                    break
-                folder = folder.parent
-    return min(found) if found else None
-
-
-def _quota(folder: Path) -> float | None:
-    """One cgroup folder's CPU quota in CPUs, None where it sets none."""
-    try:
-        if (folder / "cpu.max").is_file():
-            quota, period = (folder / "cpu.max").read_text().split()[:2]
-            return None if quota == "max" else int(quota) / int(period)
-        if (folder / "cpu.cfs_quota_us").is_file():
-            quota = (folder / "cpu.cfs_quota_us").read_text().strip()
-            period = (folder / "cpu.cfs_period_us").read_text().strip()
-            return None if int(quota) <= 0 else int(quota) / int(period)
-    except (OSError, ValueError):
-        pass
-    return None
-
-
 @dataclass(frozen=True)
 class EngineConfig:
     """Where and how the model runs (:func:`smysl.qwen3.engine.resolve_config` turns it into a
@@ -136,7 +70,7 @@ class EngineConfig:
     quantize: str | None = None
     #: CPU threads for torch; None: what ``smysl tune`` measured for this path on this
     #: machine (unless ``OMP_NUM_THREADS`` / ``MKL_NUM_THREADS`` set it), else torch's default
-    #: (one per physical core it may run on), at most :func:`usable_cpus` (a CPU quota).
+    #: (one per physical core it may run on), at most :func:`smysl.cpus.usable_cpus` (a CPU quota).
     threads: int | None = None
     #: CPU: batches of a bulk call (``embed`` of many inputs) computed at once, each on
     #: ``threads // lanes`` threads (:mod:`smysl.qwen3.lanes`); None: what ``smysl tune``

@@ -250,7 +250,7 @@ class Engine:
             cfg = replace(cfg, quantize="int4")
             device, dtype = resolve_config(cfg, stored_dtype(ckpt.config))
         if cfg.threads:
-            torch.set_num_threads(cfg.threads)
+            tuning.set_threads(cfg.threads)
         linear: LinearFactory | None = None
         kernel = "torch"
         if cfg.quantize == "int8":  # layers quantised as they load (peak: one float layer)

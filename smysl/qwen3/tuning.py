@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import torch
 
-from smysl.qwen3.contract import usable_cpus
+from smysl.cpus import usable_cpus
 from smysl.qwen3.cpu import detect
 
 if TYPE_CHECKING:
@@ -228,6 +228,8 @@ THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS")
 #: The thread count an engine of this process applied from the file (the count is
 #: process-wide: a second engine with another entry keeps it rather than retune the first).
 _applied: int | None = None
+#: The thread count an engine of this process was given (``threads=``), kept the same way.
+_given: int | None = None
 
 
 def load_threads(k: str) -> Threads | None:
@@ -258,11 +260,22 @@ def load_threads(k: str) -> Threads | None:
     return found
 
 
+def set_threads(n: int) -> None:
+    """Apply an engine's ``threads=n`` (process-wide), remembered: :func:`fit_threads` of a
+    later engine leaves it alone."""
+    global _given
+    torch.set_num_threads(n)
+    _given = n
+
+
 def fit_threads() -> None:
     """torch's default thread count (one per core it sees) cut to :func:`usable_cpus`, for an
     engine given no ``threads`` and none measured: torch sees the affinity but not a container's
     CPU quota, and 32 threads on a 4-CPU quota stall at every throttled period. Left alone when
-    :data:`THREAD_VARIABLES` set a count (the user's)."""
+    :data:`THREAD_VARIABLES` set a count (the user's), or an engine of this process was given
+    one or applied a measured one (the count is process-wide)."""
+    if _given is not None or _applied is not None:
+        return
     cpus = usable_cpus()
     if torch.get_num_threads() > cpus and not any(os.environ.get(v) for v in THREAD_VARIABLES):
         log.info("%d torch threads instead of %d: this process may use %d CPUs (a CPU quota)",

@@ -36,12 +36,13 @@ import tempfile
 import threading
 import time
 from collections import deque
+from collections.abc import Sequence
 from multiprocessing.connection import wait
 from typing import Any
 
 from smysl.base import BaseEmbedder
+from smysl.cpus import usable_cpus
 from smysl.procname import HTTP_WORKER, set_name
-from smysl.qwen3.contract import usable_cpus
 from smysl.rerank import BaseReranker
 from smysl.server.config import ServerConfig
 
@@ -207,18 +208,32 @@ def _bind(host: str, port: int) -> list[socket.socket]:
     """The listening sockets every worker accepts on: one per address ``host`` resolves to,
     as one uvicorn process binds them (``localhost``: 127.0.0.1 and ::1 where the system
     lists both; a client that tries ::1 first must not find nothing there), all on one port
-    (``port`` 0: the one the first address got). An address the system cannot bind (IPv6
-    switched off) is skipped while another one binds."""
+    (``port`` 0: the one the first address got; tried again should another address have it
+    taken). An address the system cannot bind (IPv6 switched off) is skipped while another
+    one binds."""
     try:
         found = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM,
                                    flags=socket.AI_PASSIVE)
     except socket.gaierror as e:
         raise ValueError(f"cannot listen on {host}:{port}: {e.strerror}") from None
-    addresses = list(dict.fromkeys((family, addr[:2]) for family, _, _, _, addr in found))
+    # the whole address: an IPv6 one keeps its scope (fe80::1%eth0)
+    addresses = list(dict.fromkeys((family, addr) for family, _, _, _, addr in found))
+    for attempt in range(8):
+        try:
+            return _bind_all(addresses, port)
+        except OSError as e:
+            if port == 0 and e.errno == errno.EADDRINUSE and attempt < 7:
+                continue
+            raise ValueError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
+    raise AssertionError("unreachable")
+
+
+def _bind_all(addresses: Sequence[tuple[int, Any]], port: int) -> list[socket.socket]:
+    """:func:`_bind` once: every address on one port, or none (all closed again)."""
     socks: list[socket.socket] = []
     error: OSError | None = None
     try:
-        for family, (ip, _) in addresses:
+        for family, addr in addresses:
             try:
                 sock = socket.socket(family, socket.SOCK_STREAM)
             except OSError as e:
@@ -230,8 +245,9 @@ def _bind(host: str, port: int) -> list[socket.socket]:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             if family == socket.AF_INET6:  # its own address only, as asyncio binds it
                 sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            taken = socks[0].getsockname()[1] if len(socks) > 1 else port
             try:
-                sock.bind((ip, socks[0].getsockname()[1] if len(socks) > 1 else port))
+                sock.bind((addr[0], taken, *addr[2:]))
             except OSError as e:
                 socks.pop().close()
                 if e.errno != errno.EADDRNOTAVAIL:
@@ -242,10 +258,10 @@ def _bind(host: str, port: int) -> list[socket.socket]:
             sock.set_inheritable(True)
         if not socks:
             raise error or OSError(errno.EADDRNOTAVAIL, "no address to listen on")
-    except OSError as e:
+    except BaseException:
         for sock in socks:
             sock.close()
-        raise ValueError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
+        raise
     return socks
 
 

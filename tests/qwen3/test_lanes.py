@@ -16,10 +16,10 @@ import torch
 from qwen_tiny import TEXTS
 
 from smysl import Embedder
+from smysl.cpus import usable_cpus
 from smysl.options import ModelOptions
 from smysl.qwen3 import engine as engine_mod
 from smysl.qwen3 import tuning
-from smysl.qwen3.contract import usable_cpus
 from smysl.qwen3.lanes import Lanes, LanesClosed, Slots, default_lanes, per_thread_counts
 from smysl.qwen3.model import attend_one
 

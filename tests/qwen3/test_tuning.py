@@ -15,8 +15,8 @@ from qwen_tiny import TEXTS
 
 from smysl import Embedder
 from smysl.cli import main
+from smysl.cpus import usable_cpus
 from smysl.qwen3 import tuning
-from smysl.qwen3.contract import usable_cpus
 from smysl.qwen3.cpu import detect
 from smysl.qwen3.engine import CHUNK_TOKENS
 from smysl.qwen3.quantize import Int4Linear
@@ -147,6 +147,7 @@ def tk(e: Embedder) -> str:
 def fresh_threads(monkeypatch: pytest.MonkeyPatch) -> None:
     """No count applied yet in this process, none set by the environment."""
     monkeypatch.setattr(tuning, "_applied", None)
+    monkeypatch.setattr(tuning, "_given", None)
     for v in tuning.THREAD_VARIABLES:
         monkeypatch.delenv(v, raising=False)
 
@@ -221,12 +222,14 @@ def test_default_threads_fit_a_cpu_quota(tiny_dir: Path, cache: Path, fresh_thre
     assert torch.get_num_threads() == 1 and e.engine.threads == 1  # type: ignore[attr-defined]
     assert "1 torch threads instead of 2: this process may use 1 CPUs" in caplog.text
     np.testing.assert_allclose(e.embed(["один", "two"]), want, atol=1e-6)
-    torch.set_num_threads(2)
     Embedder.load(str(tiny_dir), device="cpu", dtype="float32", threads=2)
     assert torch.get_num_threads() == 2  # asked for: kept
+    Embedder.load(str(tiny_dir), device="cpu", dtype="float32")
+    assert torch.get_num_threads() == 2  # process-wide: not cut under the first engine
+    monkeypatch.setattr(tuning, "_given", None)
     monkeypatch.setenv("OMP_NUM_THREADS", "2")
     Embedder.load(str(tiny_dir), device="cpu", dtype="float32")
-    assert torch.get_num_threads() == 2
+    assert torch.get_num_threads() == 2  # the environment's count is the user's
 
 
 def test_damaged_thread_entries_are_ignored(cache: Path) -> None:

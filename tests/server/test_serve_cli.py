@@ -110,14 +110,14 @@ def test_workers_auto_on_cuda_runs_half_the_cpus(tiny_dir, monkeypatch) -> None:
     import os
     from pathlib import Path
 
-    import smysl.qwen3.contract
+    import smysl.cpus
     from smysl import Embedder
 
     real = Embedder.info
     monkeypatch.setattr(Embedder, "info", lambda self: dataclasses.replace(real(self),
                                                                              device="cuda:0"))
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(12)), raising=False)
-    monkeypatch.setattr(smysl.qwen3.contract, "CGROUP_ROOT", Path("/nonexistent"))  # no quota
+    monkeypatch.setattr(smysl.cpus, "CGROUP_ROOT", Path("/nonexistent"))  # no quota
     seen: list[int] = []
     monkeypatch.setattr(smysl.server, "serve",
                         lambda embedder, config, ready: seen.append(config.workers))

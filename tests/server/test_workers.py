@@ -209,11 +209,11 @@ def test_a_bad_default_dimensions_stops_the_supervisor(tiny_dir: Path, capsys) -
 def test_auto_workers_count_a_containers_quota(monkeypatch: pytest.MonkeyPatch,
                                               tmp_path: Path) -> None:
     """Half the usable CPUs (a container's quota, not the host's cores), at most 8."""
-    from smysl.qwen3 import contract
+    from smysl import cpus
     from smysl.server import workers
 
-    monkeypatch.setattr(contract, "CGROUP_ROOT", tmp_path)
-    monkeypatch.setattr(contract, "PROC_CGROUP", tmp_path / "none")
+    monkeypatch.setattr(cpus, "CGROUP_ROOT", tmp_path)
+    monkeypatch.setattr(cpus, "PROC_CGROUP", tmp_path / "none")
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(64)), raising=False)
     assert workers.auto_workers([("cuda", 7)]) == 8
     (tmp_path / "cpu.max").write_text("250000 100000\n")  # --cpus 2.5
@@ -303,6 +303,36 @@ def test_workers_listen_on_every_address_of_the_host(monkeypatch: pytest.MonkeyP
     _resolving(monkeypatch, "2001:db8::1")
     with pytest.raises(ValueError, match="cannot listen on somewhere:0"):
         workers._bind("somewhere", 0)
+
+
+def test_port_0_is_tried_again_when_another_address_has_it(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """``--port 0`` on two addresses: the port the first got may be taken on the second; then
+    all are bound again, not refused."""
+    import errno
+    import socket
+
+    from smysl.server import workers
+
+    _resolving(monkeypatch, "127.0.0.1", "::1")
+    real, taken = socket.socket.bind, []
+
+    def bind(self: socket.socket, addr: tuple) -> None:  # type: ignore[type-arg]
+        if self.family == socket.AF_INET6 and not taken:
+            taken.append(addr[1])
+            raise OSError(errno.EADDRINUSE, "Address already in use")
+        real(self, addr)
+
+    monkeypatch.setattr(socket.socket, "bind", bind)
+    try:
+        socks = workers._bind("localhost", 0)
+    except ValueError as e:
+        pytest.skip(f"no IPv6 loopback here: {e}")
+    try:
+        assert taken and len(socks) == 2 and len({s.getsockname()[1] for s in socks}) == 1
+    finally:
+        for s in socks:
+            s.close()
 
 
 _DUAL = """

@@ -1,4 +1,4 @@
-"""The engine contract's torch-free helpers: the CPUs this process may use."""
+"""The CPUs this process may use (``smysl.cpus``): affinity and a container's CPU quota."""
 
 from __future__ import annotations
 
@@ -7,21 +7,21 @@ from pathlib import Path
 
 import pytest
 
-from smysl.qwen3 import contract
+from smysl import cpus
 
 
 @pytest.fixture
 def cgroups(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
     """A fake cgroup mount and /proc/self/cgroup, on a machine of 64 CPUs."""
-    monkeypatch.setattr(contract, "CGROUP_ROOT", tmp_path / "fs")
-    monkeypatch.setattr(contract, "PROC_CGROUP", tmp_path / "proc-cgroup")
+    monkeypatch.setattr(cpus, "CGROUP_ROOT", tmp_path / "fs")
+    monkeypatch.setattr(cpus, "PROC_CGROUP", tmp_path / "proc-cgroup")
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(64)), raising=False)
     (tmp_path / "fs").mkdir()
     return tmp_path
 
 
 def test_no_cgroup_files_leave_the_affinity(cgroups: Path) -> None:
-    assert contract.cgroup_cpus() is None and contract.usable_cpus() == 64
+    assert cpus.cgroup_cpus() is None and cpus.usable_cpus() == 64
 
 
 def test_a_v2_quota_in_a_containers_own_namespace(cgroups: Path) -> None:
@@ -29,13 +29,13 @@ def test_a_v2_quota_in_a_containers_own_namespace(cgroups: Path) -> None:
     rounded up (two threads under a 1.5-CPU quota beat one by 37%, docs/benchmarks.md)."""
     (cgroups / "proc-cgroup").write_text("0::/\n")
     (cgroups / "fs" / "cpu.max").write_text("max 100000\n")
-    assert contract.usable_cpus() == 64
+    assert cpus.usable_cpus() == 64
     (cgroups / "fs" / "cpu.max").write_text("250000 100000\n")
-    assert contract.cgroup_cpus() == 2.5 and contract.usable_cpus() == 3
+    assert cpus.cgroup_cpus() == 2.5 and cpus.usable_cpus() == 3
     (cgroups / "fs" / "cpu.max").write_text("400000 100000\n")
-    assert contract.usable_cpus() == 4
+    assert cpus.usable_cpus() == 4
     (cgroups / "fs" / "cpu.max").write_text("50000 100000\n")  # half a CPU: one
-    assert contract.usable_cpus() == 1
+    assert cpus.usable_cpus() == 1
 
 
 def test_the_tightest_quota_of_the_cgroup_and_its_ancestors(cgroups: Path) -> None:
@@ -46,7 +46,7 @@ def test_the_tightest_quota_of_the_cgroup_and_its_ancestors(cgroups: Path) -> No
     (pod / "ctr" / "cpu.max").write_text("max 100000\n")
     (pod / "cpu.max").write_text("400000 100000\n")
     (cgroups / "fs" / "kubepods" / "cpu.max").write_text("1600000 100000\n")
-    assert contract.cgroup_cpus() == 4.0 and contract.usable_cpus() == 4
+    assert cpus.cgroup_cpus() == 4.0 and cpus.usable_cpus() == 4
 
 
 def test_a_v1_quota(cgroups: Path) -> None:
@@ -55,9 +55,9 @@ def test_a_v1_quota(cgroups: Path) -> None:
     v1.mkdir()
     (v1 / "cpu.cfs_quota_us").write_text("-1\n")
     (v1 / "cpu.cfs_period_us").write_text("100000\n")
-    assert contract.cgroup_cpus() is None
+    assert cpus.cgroup_cpus() is None
     (v1 / "cpu.cfs_quota_us").write_text("300000\n")
-    assert contract.usable_cpus() == 3
+    assert cpus.usable_cpus() == 3
 
 
 def test_the_affinity_below_the_quota_wins(cgroups: Path,
@@ -65,10 +65,10 @@ def test_the_affinity_below_the_quota_wins(cgroups: Path,
     (cgroups / "proc-cgroup").write_text("0::/\n")
     (cgroups / "fs" / "cpu.max").write_text("800000 100000\n")
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
-    assert contract.usable_cpus() == 2
+    assert cpus.usable_cpus() == 2
 
 
 def test_unreadable_files_are_no_quota(cgroups: Path) -> None:
     (cgroups / "proc-cgroup").write_text("garbage\n0::/\n")
     (cgroups / "fs" / "cpu.max").write_text("lots 100000\n")
-    assert contract.cgroup_cpus() is None and contract.usable_cpus() == 64
+    assert cpus.cgroup_cpus() is None and cpus.usable_cpus() == 64
