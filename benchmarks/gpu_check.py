@@ -20,7 +20,8 @@ what it measured):
    p50/p95 in-process (graphs replayed), the same with the fused Triton kernels off
    (``cuda_kernels=False``), and for 8B one 32,768-token input in bf16 and fp16.
 4. ``smysl serve`` on loopback (0.6B; the default ``--workers auto``, 8 on a 16-CPU host,
-   then 4 HTTP workers, one process, engine in or out of it): single-query latency, 64
+   before the 8B; after it, 4 HTTP workers, one process, engine in or out of it, and then the
+   4B): single-query latency, 64
    concurrent single-text clients (in 4 processes) against the offline throughput of the same
    texts, and the same texts in a few large requests sent at once (each several server
    batches, queued back to back).
@@ -573,7 +574,9 @@ SERVER_VARIANTS = (("--workers auto (the default)", ()), ("--workers 4", ("--wor
                    ("engine in process", ("--in-process",)))
 
 
-def server(work: Path) -> None:
+def server(work: Path, variants: tuple[tuple[str, tuple[str, ...]], ...], bar: bool) -> None:
+    """``smysl serve`` in each of ``variants`` against the same offline pass (``bar``: the
+    first measures the issue's bar, run even after the deadline)."""
     from smysl import Embedder
 
     ck = random_checkpoint("0.6b", work / "qwen3-0.6b-random")
@@ -585,9 +588,9 @@ def server(work: Path) -> None:
     counts = m.count_tokens(short)
     del m
     free()
-    for i, (variant, extra) in enumerate(SERVER_VARIANTS):  # the first: the default, a bar
+    for i, (variant, extra) in enumerate(variants):
         step(f"server {variant}", functools.partial(serve_once, ck, short, ref, off, counts,
-                                                    variant, extra), bar=i == 0)
+                                                    variant, extra), bar=bar and i == 0)
 
 
 #: Tokens per request of the bulk measure: under the server's ``max_request_tokens`` (65,536).
@@ -807,10 +810,18 @@ def main() -> None:
         shapes = args.shapes.split(",")
         if "0.6b" in shapes:
             section("0.6b", args.budget, lambda: shape_run("0.6b", work, texts, n_tok, False))
-        section("server", args.budget, lambda: server(work))
-        for size in (s for s in shapes if s != "0.6b"):
-            section(size, args.budget,
-                    lambda size=size: shape_run(size, work, texts, n_tok, size == "8b"))
+        # the default server (a bar), the 8B (bars), then the comparisons: the other server
+        # variants, the 4B
+        section("server", args.budget, lambda: server(work, SERVER_VARIANTS[:1], True))
+        others = "server, other variants"
+        order = [s for s in shapes if s == "8b"] + [others] + [
+            s for s in shapes if s not in ("0.6b", "8b")]
+        for name in order:
+            if name == others:
+                section(name, args.budget, lambda: server(work, SERVER_VARIANTS[1:], False))
+            else:
+                section(name, args.budget,
+                        lambda size=name: shape_run(size, work, texts, n_tok, size == "8b"))
     finally:
         save()
         log(f"\ntotal {elapsed():.0f} s")
