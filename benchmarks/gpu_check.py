@@ -129,8 +129,21 @@ def save() -> None:
 
 
 def section(name: str, budget: float, fn: Callable[[], None]) -> None:
-    if elapsed() > budget:
-        log(f"\n(skipped {name}: {elapsed():.0f} s elapsed, budget {budget:.0f} s)")
+    """One section of the run: skipped when it would start after ``budget`` seconds."""
+    attempt(name, fn, budget, "budget")
+
+
+def step(name: str, fn: Callable[[], None], *, bar: bool = False) -> None:
+    """A part of a section: skipped after :data:`DEADLINE` unless it measures a ``bar`` of the
+    issue."""
+    attempt(name, fn, float("inf") if bar else DEADLINE, "deadline")
+
+
+def attempt(name: str, fn: Callable[[], None], limit: float, what: str) -> None:
+    """Run ``fn`` unless ``limit`` seconds have passed (``what`` says which limit); a failure
+    is logged and the run goes on; gpu.json is saved either way."""
+    if elapsed() > limit:
+        log(f"\n(skipped {name}: {elapsed():.0f} s elapsed, {what} {limit:.0f} s)")
         RES.setdefault("skipped", []).append(name)
         save()
         return
@@ -143,27 +156,6 @@ def section(name: str, budget: float, fn: Callable[[], None]) -> None:
     log(f"({name}: {time.perf_counter() - t:.0f} s; {elapsed():.0f} s so far)")
     free()
     save()
-
-
-def step(name: str, fn: Callable[[], None], *, bar: bool = False) -> bool:
-    """A part of a section: its failure logged and the section goes on; skipped after
-    :data:`DEADLINE` unless it measures a ``bar`` of the issue. True when it ran through."""
-    if elapsed() > DEADLINE and not bar:
-        log(f"\n(skipped {name}: {elapsed():.0f} s elapsed, deadline {DEADLINE:.0f} s)")
-        RES.setdefault("skipped", []).append(name)
-        return False
-    t = time.perf_counter()
-    try:
-        fn()
-        ok = True
-    except Exception:
-        log(f"\n!! {name} failed:\n{traceback.format_exc()}")
-        RES.setdefault("failed", []).append(name)
-        ok = False
-    log(f"({name}: {time.perf_counter() - t:.0f} s; {elapsed():.0f} s so far)")
-    free()
-    save()
-    return ok
 
 
 def free() -> None:
@@ -574,9 +566,10 @@ SERVER_VARIANTS = (("--workers auto (the default)", ()), ("--workers 4", ("--wor
                    ("engine in process", ("--in-process",)))
 
 
-def server(work: Path, variants: tuple[tuple[str, tuple[str, ...]], ...], bar: bool) -> None:
-    """``smysl serve`` in each of ``variants`` against the same offline pass (``bar``: the
-    first measures the issue's bar, run even after the deadline)."""
+@functools.cache
+def offline(work: Path) -> tuple[Path, list[str], np.ndarray, float, list[int]]:
+    """The server sections' texts and their in-process pass, once for both sections: the 0.6B
+    checkpoint, the short texts, their vectors, the seconds of that pass, their token counts."""
     from smysl import Embedder
 
     ck = random_checkpoint("0.6b", work / "qwen3-0.6b-random")
@@ -588,9 +581,15 @@ def server(work: Path, variants: tuple[tuple[str, tuple[str, ...]], ...], bar: b
     counts = m.count_tokens(short)
     del m
     free()
+    return ck, short, ref, off, counts
+
+
+def server(work: Path, variants: tuple[tuple[str, tuple[str, ...]], ...], bar: bool) -> None:
+    """``smysl serve`` in each of ``variants`` against the same offline pass (``bar``: the
+    first measures the issue's bar, run even after the deadline)."""
     for i, (variant, extra) in enumerate(variants):
-        step(f"server {variant}", functools.partial(serve_once, ck, short, ref, off, counts,
-                                                    variant, extra), bar=bar and i == 0)
+        step(f"server {variant}", functools.partial(serve_once, *offline(work), variant, extra),
+             bar=bar and i == 0)
 
 
 #: Tokens per request of the bulk measure: under the server's ``max_request_tokens`` (65,536).

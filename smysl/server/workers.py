@@ -218,14 +218,14 @@ def _bind(host: str, port: int) -> list[socket.socket]:
         raise ValueError(f"cannot listen on {host}:{port}: {e.strerror}") from None
     # the whole address: an IPv6 one keeps its scope (fe80::1%eth0)
     addresses = list(dict.fromkeys((family, addr) for family, _, _, _, addr in found))
-    for attempt in range(8):
+    for _ in range(8 if port == 0 else 1):
         try:
             return _bind_all(addresses, port)
         except OSError as e:
-            if port == 0 and e.errno == errno.EADDRINUSE and attempt < 7:
-                continue
-            raise ValueError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
-    raise AssertionError("unreachable")
+            error = e
+            if e.errno != errno.EADDRINUSE:
+                break
+    raise ValueError(f"cannot listen on {host}:{port}: {error.strerror or error}") from None
 
 
 def _bind_all(addresses: Sequence[tuple[int, Any]], port: int) -> list[socket.socket]:
