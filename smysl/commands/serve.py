@@ -148,7 +148,7 @@ def run(args: argparse.Namespace) -> int:
                   + (f"; engine in child process {info.process}" if info.process else ""),
                   file=sys.stderr)
 
-        def listening(host: str, port: int) -> None:  # once the port is bound, not before
+        def listening(host: str, port: int) -> None:  # once it serves, not before
             where = f"[{host}]" if ":" in host else host
             routes = ("OpenAI /v1/embeddings, Ollama /api/embed, TEI /embed, metrics /metrics, "
                       "page /ui" if model else "metrics /metrics")

@@ -305,7 +305,8 @@ def _replay(body: bytes, receive: Receive) -> Receive:
 #: ``serve``'s return value when it stopped because the backend stayed down.
 EXIT_BACKEND_DOWN = 3
 
-#: Called once the port is bound, with the host and port (the real one when ``port`` was 0).
+#: Called once the server accepts connections, with the host and port (the real one when
+#: ``port`` was 0).
 Ready = Callable[[str, int], None]
 
 

@@ -95,9 +95,9 @@ def check_settings(embedder: BaseEmbedder, config: ServerConfig) -> None:
 def serve_workers(embedder: BaseEmbedder | None, config: ServerConfig, *,
                   ready: Any = None, reranker: BaseReranker | None = None) -> int:
     """Run ``config.workers`` worker processes until interrupted; ``ready(host, port)`` once
-    the port is bound. The embedding model, the reranker or both are shared with every worker
-    (each its own engine process). Returns the exit status, as :func:`smysl.server.app.serve`
-    does."""
+    the first worker accepts connections on the bound port. The embedding model, the
+    reranker or both are shared with every worker (each its own engine process). Returns the
+    exit status, as :func:`smysl.server.app.serve` does."""
     from smysl.server.app import EXIT_BACKEND_DOWN
 
     if embedder is None and reranker is None:
@@ -118,9 +118,12 @@ def serve_workers(embedder: BaseEmbedder | None, config: ServerConfig, *,
     host, port = socks[0].getsockname()[:2]
     folder = tempfile.mkdtemp(prefix="smysl-metrics-")
     ctx = mp.get_context("spawn")  # a fork would copy this process's threads and torch state
+    # set by the first worker whose server runs: until then connections wait in the backlog
+    # (seconds of imports), and "listening" would be said too early
+    up = ctx.Event()
 
     def start(i: int) -> Any:
-        p = ctx.Process(target=_worker, args=(twin, ranker, config, socks, folder),
+        p = ctx.Process(target=_worker, args=(twin, ranker, config, socks, folder, up),
                         name=f"smysl-http-{i}", daemon=False)
         # blocked until the worker runs: a stop signal sent while it starts is not lost
         old = signal.pthread_sigmask(signal.SIG_BLOCK, _STOP)
@@ -157,10 +160,11 @@ def serve_workers(embedder: BaseEmbedder | None, config: ServerConfig, *,
     restarts: deque[float] = deque()
     code = 0
     try:
-        if ready is not None:
-            ready(str(host), int(port))
         while workers:
-            wait([p.sentinel for p in workers.values()], timeout=0.5)
+            if ready is not None and up.is_set():
+                ready(str(host), int(port))
+                ready = None
+            wait([p.sentinel for p in workers.values()], timeout=0.5 if ready is None else 0.05)
             if stopping:
                 tell()
             for i, p in list(workers.items()):
@@ -276,8 +280,8 @@ def _mark_dead(pid: int | None, folder: str) -> None:
 
 
 def _worker(embedder: BaseEmbedder | None, reranker: BaseReranker | None,
-            config: ServerConfig, socks: list[socket.socket], folder: str) -> None:
-    """A worker's main: the whole server on the shared socket."""
+            config: ServerConfig, socks: list[socket.socket], folder: str, up: Any) -> None:
+    """A worker's main: the whole server on the shared socket; sets ``up`` once it serves."""
     # Signals come from the supervisor alone (once each), not from the terminal's Ctrl-C to
     # the whole process group: uvicorn cuts requests off at a second one.
     os.setpgrp()
@@ -289,7 +293,8 @@ def _worker(embedder: BaseEmbedder | None, reranker: BaseReranker | None,
     threading.Thread(target=_orphaned, args=(os.getppid(),), daemon=True).start()
 
     try:
-        code = serve(embedder, config, sockets=socks, reranker=reranker)
+        code = serve(embedder, config, sockets=socks, reranker=reranker,
+                     ready=lambda _host, _port: up.set())
     finally:
         _close(embedder, reranker)
     sys.exit(code)

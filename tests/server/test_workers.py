@@ -90,8 +90,9 @@ def test_two_workers_one_engine(tiny_dir: Path, tiny, tmp_path: Path) -> None:  
     wait_healthy, started = server.wait_healthy, server.started
 
     try:
-        wait_healthy(time.monotonic() + 120)
-        started(2, time.monotonic() + 120)
+        deadline = time.monotonic() + 120
+        wait_healthy(deadline)
+        started(2, deadline)
         want = tiny.embed(TEXTS)
 
         def one(i: int) -> np.ndarray:
@@ -122,6 +123,11 @@ def test_two_workers_one_engine(tiny_dir: Path, tiny, tmp_path: Path) -> None:  
                          r"16\.0$", text, re.M), text
         assert re.search(r"^smysl_backend_up 1\.0$", text, re.M)
         assert "2 HTTP workers" in output()
+        # "listening" is said once a worker serves, not while connections wait in the backlog
+        while "listening on" not in output():
+            assert time.monotonic() < deadline, output()
+            time.sleep(0.05)
+        assert output().index("Application startup complete") < output().index("listening on")
         info = httpx.get(f"{url}/info").json()  # the server's limits, not one worker's
         assert (info["max_concurrent_requests"], info["tokenization_workers"]) == (2 * 512, 2)
 
