@@ -36,4 +36,5 @@ def finish(raw: np.ndarray, dimensions: int, *, normalize: bool = True) -> np.nd
     x = np.asarray(raw, dtype=np.float32)
     if dimensions != x.shape[1]:
         x = x[:, :dimensions]
-    return l2_normalize(x) if normalize else x
+    # a column slice is a strided view; callers serialise rows (orjson refuses strided arrays)
+    return l2_normalize(x) if normalize else np.ascontiguousarray(x)

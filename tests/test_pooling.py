@@ -32,3 +32,10 @@ def test_dimensions_bounds_are_inclusive() -> None:
     assert check_dimensions(1024, 1024) == 1024
     assert check_dimensions(None, 1024) == 1024
     assert check_dimensions(np.int64(64), 1024) == 64
+
+
+def test_raw_rows_cut_to_fewer_dimensions_are_contiguous() -> None:
+    """Callers serialise the rows (orjson refuses a strided view)."""
+    raw = np.arange(12, dtype=np.float32).reshape(3, 4)
+    out = finish(raw, 2, normalize=False)
+    assert out.flags.c_contiguous and np.array_equal(out, raw[:, :2])

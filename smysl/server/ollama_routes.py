@@ -144,7 +144,8 @@ def router(service: Service, fast: FastRoutes) -> APIRouter:
         info: dict[str, object] = {
             "general.architecture": "qwen3",
             "general.basename": service.model_id,
-            "qwen3.embedding_length": model.dimensions,
+            # what a request without ``dimensions`` gets (``--dimensions``)
+            "qwen3.embedding_length": service.dimensions(None),
         }
         if model.parameters:
             info["general.parameter_count"] = model.parameters

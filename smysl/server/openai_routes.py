@@ -91,9 +91,10 @@ def router(service: Service, fast: FastRoutes) -> APIRouter:
 
     def card() -> dict[str, object]:
         model = service.info()
-        # OpenAI's fields, plus the width and context that vLLM-style clients read
+        # OpenAI's fields, plus the width and context that vLLM-style clients read: the width
+        # a request without ``dimensions`` gets (``--dimensions``), which sizes their stores
         return {"id": service.model_id, "object": "model", "created": int(service.started),
-                "owned_by": "smysl", "dimensions": model.dimensions,
+                "owned_by": "smysl", "dimensions": service.dimensions(None),
                 "max_model_len": model.max_tokens}
 
     @fast.post(r, EmbeddingRequest, "/embeddings", response_model=EmbeddingResponse)

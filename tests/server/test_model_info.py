@@ -46,3 +46,15 @@ def test_a_backend_that_knows_less_reports_unknown() -> None:
         assert c.get("/info").json()["model_dtype"] == "unknown"
         details = c.post("/api/show", json={}).json()["details"]
         assert details["quantization_level"] == "" and details["parameter_size"] == ""
+
+
+def test_the_reported_width_is_the_served_one(tiny) -> None:  # type: ignore[no-untyped-def]
+    """With ``--dimensions`` the cards that clients size their stores by say what a request
+    gets, not the model's native width."""
+    with TestClient(create_app(tiny, ServerConfig(served_name="tiny", default_dimensions=48))) as c:
+        assert len(c.post("/v1/embeddings", json={"input": "fox"}).json()["data"][0]
+                   ["embedding"]) == 48
+        assert c.get("/v1/models/tiny").json()["dimensions"] == 48
+        assert c.get("/v1/models").json()["data"][0]["dimensions"] == 48
+        show = c.post("/api/show", json={"model": "tiny"}).json()
+        assert show["model_info"]["qwen3.embedding_length"] == 48
