@@ -76,6 +76,8 @@ def split_input(inp: object) -> tuple[list[str] | None, list[list[int]]]:
     if isinstance(inp, str):
         return [inp], []
     items = list(inp) if isinstance(inp, list) else []
+    if isinstance(inp, list) and not items:  # text as far as anyone can tell: "not empty"
+        return [], []
     if items and all(isinstance(x, str) for x in items):
         return [str(x) for x in items], []
     if items and all(isinstance(x, int) for x in items):

@@ -166,10 +166,13 @@ class Service:
                            f"{self.config.max_inputs} are allowed per request; split it",
                            param=what)
 
-    def check_texts(self, texts: Sequence[str], what: str = "input") -> None:
+    def check_texts(self, texts: Sequence[str], what: str = "input", *,
+                    empty_ok: bool = False) -> None:
+        """Count, Unicode and size of a request's texts; an empty text is refused unless
+        ``empty_ok`` (a route that only shows tokens) or ``allow_empty``."""
         self.check_count(len(texts), what)
         for i, t in enumerate(texts):
-            if t == "" and not self.config.allow_empty:
+            if t == "" and not (empty_ok or self.config.allow_empty):
                 raise ApiError("empty", f"{what}[{i}] is an empty string; remove it or send "
                                "text (this server rejects empty inputs, see docs/server.md)",
                                param=what)

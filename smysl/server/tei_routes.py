@@ -125,7 +125,8 @@ def router(service: Service, fast: FastRoutes) -> APIRouter:
             raise ApiError("not_implemented",
                            f"model {service.model_id!r} has no local tokenizer to show")
         texts = [body.inputs] if isinstance(body.inputs, str) else list(body.inputs)
-        service.check_texts(texts, "inputs")  # refuses huge bodies before tokenising
+        # refuses huge bodies before tokenising; "" has tokens to show (TEI shows them)
+        service.check_texts(texts, "inputs", empty_ok=True)
         formatted = emb.format_texts(texts, instruction(body.prompt_name))
 
         def work() -> list[list[dict[str, object]]]:

@@ -116,6 +116,10 @@ def test_tei_tokenize(client, tiny) -> None:  # type: ignore[no-untyped-def]
     plain = client.post("/tokenize", json={"inputs": [text, "a"],
                                            "add_special_tokens": False}).json()
     assert len(plain) == 2 and not any(t["special"] for t in plain[0])
+    # an empty text has tokens to show too (the empty-input rule is for embedding routes)
+    empty = client.post("/tokenize", json={"inputs": ""})
+    assert empty.status_code == 200, empty.text
+    assert [t["id"] for t in empty.json()[0]] == tiny.tokenize([""])[0]
 
 
 def test_tei_info_health_errors(client, tiny) -> None:  # type: ignore[no-untyped-def]

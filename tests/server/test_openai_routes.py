@@ -104,6 +104,9 @@ def test_bad_input_gets_openai_errors(client) -> None:  # type: ignore[no-untype
     error(post("/v1/embeddings", json={"input": ""}), 400, "empty string")
     error(post("/v1/embeddings", json={"input": ["ok", ""]}), 400, "input[1]")
     error(post("/v1/embeddings", json={"input": []}), 400, "must not be empty")
+    # an empty list is no token-id input: the same answer when asked as a query
+    error(post("/v1/embeddings", json={"input": [], "input_type": "query"}), 400,
+          "must not be empty")
     error(post("/v1/embeddings", json={"input": 5}), 400, "input")
     error(post("/v1/embeddings", json={"input": ["a", 1]}), 400, "input")
     error(post("/v1/embeddings", json={}), 400, "input")
