@@ -32,10 +32,11 @@ from smysl.server.service import Service
 
 log = logging.getLogger("smysl.server")
 
-#: Paths reachable without the API key: probes and API tooling.
-#: ``/ui`` is the page alone: the calls it makes carry the key the user types.
-OPEN_PATHS = frozenset({"/health", "/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc",
-                        "/ui"})
+#: Paths a GET or HEAD reaches without the API key: probes and API tooling (``POST /`` is
+#: TEI's embedding route and needs the key). ``/ui`` is the page alone: the calls it makes
+#: carry the key the user types.
+OPEN_PATHS = frozenset({"/health", "/ping", "/", "/openapi.json", "/docs",
+                        "/docs/oauth2-redirect", "/redoc", "/ui"})
 
 
 def create_app(embedder: BaseEmbedder | None, config: ServerConfig | None = None, *,
@@ -110,9 +111,10 @@ def create_app(embedder: BaseEmbedder | None, config: ServerConfig | None = None
     async def on_http(request: Request, exc: StarletteHTTPException) -> Response:
         if exc.status_code == 404:
             err = ApiError("route_not_found", f"no route {request.method} {request.url.path}")
-        elif exc.status_code == 405:
+        elif exc.status_code == 405:  # with its Allow header, which says what is
             err = ApiError("method_not_allowed",
-                           f"{request.method} is not allowed on {request.url.path}")
+                           f"{request.method} is not allowed on {request.url.path}",
+                           headers=dict(exc.headers or {}))
         else:
             err = ApiError("malformed" if exc.status_code < 500 else "internal", str(exc.detail))
         return answer(request, err)
@@ -157,14 +159,20 @@ def validation_error(exc: RequestValidationError) -> ApiError:
 
 _ROUTES = frozenset({"/v1/embeddings", "/v1/models", "/api/embed", "/api/embeddings",
                      "/api/tags", "/api/show", "/api/version", "/embed", "/", "/invocations",
-                     "/tokenize", "/info", "/health", "/metrics", "/ui", "/ui/info", "/search",
-                     "/rerank", "/v1/rerank"})
+                     "/ping", "/tokenize", "/info", "/health", "/metrics", "/ui", "/ui/info",
+                     "/search", "/rerank", "/v1/rerank"})
+
+
+def _content_type(scope: Scope) -> bytes | None:
+    return next((v for k, v in scope.get("headers") or [] if k == b"content-type"), None)
 
 
 def _as_json(scope: Scope) -> Scope:
-    """The scope with ``Content-Type: application/json``: Ollama reads every body as JSON
+    """The scope with ``Content-Type: application/json``. Ollama reads every body as JSON
     whatever the header says, and its documented ``curl URL/api/embed -d '{...}'`` sends
-    ``application/x-www-form-urlencoded``."""
+    ``application/x-www-form-urlencoded``. Every route reads a body without the header as
+    JSON (``requests.post(url, data=json.dumps(...))`` sends none), as FastAPI did before
+    0.132; FastAPI now refuses it, while the fast path took it (one rule for both here)."""
     headers = [(k, v) for k, v in scope.get("headers") or [] if k != b"content-type"]
     return {**scope, "headers": [*headers, (b"content-type", b"application/json")]}
 
@@ -207,8 +215,10 @@ class EdgeMiddleware:
                 self.metrics.errors.labels(api, err.kind).inc()
                 await render(err, api)(scope, receive, send_wrapper)
                 return
-            if api == "ollama" and scope["method"] == "POST":
+            if scope["method"] == "POST" and (api == "ollama" or _content_type(scope) is None):
                 scope = _as_json(scope)
+            elif scope["method"] == "HEAD":  # as GET, for probes; uvicorn sends no body
+                scope = {**scope, "method": "GET"}
             taken = self.fast.take(scope, body)
             if taken is None:
                 try:
@@ -244,7 +254,7 @@ class EdgeMiddleware:
                 self.access_log.add(scope, status["code"], took)
 
     def _check_auth(self, scope: Scope, path: str) -> ApiError | None:
-        if self._key is None or path in OPEN_PATHS:
+        if self._key is None or (path in OPEN_PATHS and scope["method"] in ("GET", "HEAD")):
             return None
         headers = dict(scope.get("headers") or [])
         auth: bytes = headers.get(b"authorization", b"")

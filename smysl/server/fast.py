@@ -79,10 +79,13 @@ class FastRoutes:
 
 
 def _json(scope: Scope) -> bool:
-    """Whether FastAPI parses this body as JSON: no content type, ``application/json`` or
-    ``application/*+json`` (its rule in ``fastapi.routing``)."""
+    """Whether FastAPI parses this body as JSON: ``application/json`` or
+    ``application/*+json`` (its rule in ``fastapi.routing``; the edge middleware gives a body
+    without a content type ``application/json``)."""
     value = next((v for k, v in scope.get("headers") or [] if k == b"content-type"), None)
-    if value is None or value == b"application/json":
+    if value is None:
+        return False
+    if value == b"application/json":
         return True
     message = email.message.Message()
     message["content-type"] = value.decode("latin-1")

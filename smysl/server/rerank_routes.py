@@ -279,6 +279,8 @@ def router(rs: RerankService, *, health: bool = False) -> APIRouter:
         })
 
     if health:
+        @r.get("/", include_in_schema=False)
+        @r.get("/ping", include_in_schema=False)
         @r.get("/health")
         async def alive() -> Response:
             """200 while the reranker can compute, else 503."""

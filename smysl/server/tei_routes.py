@@ -164,6 +164,10 @@ def router(service: Service, fast: FastRoutes) -> APIRouter:
             "threads": model.threads, "lanes": model.lanes,
         })
 
+    # "/" and "/ping": the probes of TEI (SageMaker pings next to /invocations) and of the
+    # Ollama client, which checks the server with ``HEAD /`` before its commands
+    @r.get("/", include_in_schema=False)
+    @r.get("/ping", include_in_schema=False)
     @r.get("/health")
     async def health() -> Response:
         """200 while the server takes requests; 503 once it is shutting down or its model

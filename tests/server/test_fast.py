@@ -42,6 +42,10 @@ CASES: list[tuple[str, Any, dict[str, str]]] = [
     ("/embed", {"inputs": [LONG], "truncate": True, "truncation_direction": "Left"}, {}),
     ("/embed", {"inputs": "fox", "truncate": "yes"}, {}),
     ("/", {"inputs": "fox"}, {}),
+    # no content type at all (requests.post(url, data=...)): read as JSON on either path
+    ("/v1/embeddings", {"input": "fox"}, {"content-type": ""}),
+    ("/v1/embeddings", {"input": 5}, {"content-type": ""}),
+    ("/embed", {"inputs": ["fox"]}, {"content-type": ""}),
     ("/invocations", {"inputs": ["fox", "dog"]}, {}),
 ]
 #: Headers and fields that measure time, not content.
@@ -56,8 +60,8 @@ def answers(tiny: Any, fast: bool) -> list[tuple[int, dict[str, str], Any]]:
         with TestClient(create_app(tiny, ServerConfig())) as client:
             for path, body, headers in CASES:
                 data = body if isinstance(body, bytes) else orjson.dumps(body)
-                r = client.post(path, content=data,
-                                headers={"content-type": "application/json", **headers})
+                sent = {"content-type": "application/json", **headers}
+                r = client.post(path, content=data, headers={k: v for k, v in sent.items() if v})
                 payload = r.json()
                 if isinstance(payload, dict):
                     payload.pop("total_duration", None)  # Ollama's timing field
@@ -71,6 +75,11 @@ def test_fast_path_answers_as_fastapi(tiny) -> None:  # type: ignore[no-untyped-
     for case, a, b in zip(CASES, fast, slow, strict=True):
         assert a == b, case[:2]
     assert {s for s, _, _ in fast} >= {200, 400, 404, 422}  # the cases reach every outcome
+    bare = [(case[0], a[0]) for case, a in zip(CASES, fast, strict=True)
+            if case[2] == {"content-type": ""}]
+    assert bare == [("/v1/embeddings", 200), ("/v1/embeddings", 400), ("/embed", 200)]
+    assert "input" in fast[CASES.index(("/v1/embeddings", {"input": 5}, {"content-type": ""}))
+                            ][2]["error"]["message"]
 
 
 def test_fast_routes_registered(tiny) -> None:  # type: ignore[no-untyped-def]

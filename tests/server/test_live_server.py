@@ -118,8 +118,18 @@ def test_plain_http_ollama_and_tei(live, tiny) -> None:  # type: ignore[no-untyp
         assert c.post("/tokenize", json={"inputs": "hi"}).status_code == 200
         assert c.get("/info").json()["model_id"] == "qwen3-embedding:0.6b"
         assert "smysl_requests_total" in c.get("/metrics").text
+        r = c.head("/api/tags")  # HEAD wherever GET is (curl -I, wget --spider)
+        assert r.status_code == 200 and r.content == b"" and r.headers["content-length"] != "0"
+        r = c.delete("/embed")
+        assert r.status_code == 405 and r.headers["allow"] == "POST", r.headers
     with httpx.Client(base_url=live, timeout=30) as anon:
         assert anon.get("/health").status_code == 200  # probes need no key
+        # the Ollama client's heartbeat (HEAD /), TEI's GET / and SageMaker's /ping
+        for method, path in (("HEAD", "/"), ("GET", "/"), ("GET", "/ping"), ("HEAD", "/health")):
+            r = anon.request(method, path)
+            assert (r.status_code, r.content) == (200, b""), (method, path, r)
+        assert anon.post("/", json={"inputs": "x"}).status_code == 401  # TEI's embed route
+        assert anon.head("/api/tags").status_code == 401
         assert anon.get("/openapi.json").status_code == 200
         r = anon.post("/api/embed", json={"input": "x"})
         assert r.status_code == 401 and "API key" in r.json()["error"]

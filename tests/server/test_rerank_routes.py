@@ -123,6 +123,7 @@ def test_reranker_alone_serves_health_metrics_and_no_embeddings(client: Any) -> 
     """issue 15: ``--reranker`` without ``--model``: rerank routes, /health and /metrics; the
     embedding routes are absent (404), and rerank work is counted."""
     assert client.get("/health").status_code == 200
+    assert client.get("/ping").status_code == client.head("/").status_code == 200
     assert client.post("/v1/embeddings", json={"input": "x"}).status_code == 404
     r = client.post("/v1/rerank", json={"query": QUERY, "documents": DOCS, "top_n": 2})
     assert r.status_code == 200 and len(r.json()["results"]) == 2
