@@ -27,15 +27,17 @@ TASK_PRESETS: dict[str, str] = {
 
 
 def resolve_task(task: str | None) -> str | None:
-    """Map a preset name to its instruction; any other non-empty string is used verbatim."""
+    """Map a preset name to its instruction; any other string is used verbatim (the
+    reference formats it as given: surrounding spaces change the vector), and an empty or
+    all-whitespace one means no instruction."""
     if task is None:
         return None
     if not isinstance(task, str):
         raise ValueError(f"instruction must be a string, got {type(task).__name__}")
-    task = task.strip()
-    if not task:
+    name = task.strip()
+    if not name:
         return None
-    return TASK_PRESETS.get(task, task)
+    return TASK_PRESETS.get(name, task)
 
 
 def format_query(text: str, task: str | None) -> str:

@@ -18,6 +18,10 @@ def test_presets_resolve_and_custom_text_is_verbatim() -> None:
     assert resolve_task("retrieval") == DEFAULT_TASK
     assert resolve_task("sts") == TASK_PRESETS["sts"] == "Retrieve semantically similar text"
     assert resolve_task("Classify spam") == "Classify spam"
+    # as the reference formats it: the spaces are part of the prompt (and of the vector)
+    assert resolve_task(" Classify spam\n") == " Classify spam\n"
+    assert format_query("q", "Find it ") == "Instruct: Find it \nQuery:q"
+    assert resolve_task(" qa ") == TASK_PRESETS["qa"]  # a preset's name, padded
 
 
 def test_non_string_instruction_is_rejected() -> None:
