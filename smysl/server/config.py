@@ -42,7 +42,7 @@ class ServerConfig:
     #: Largest request body in bytes; larger bodies get 413 before they are read in full.
     max_request_bytes: int = 16 * 1024 * 1024
     #: Most tokens one request may embed or tokenise (after truncation, EOS included); more
-    #: is answered 400 (TEI: 413). Texts with more than 8 characters per allowed token are
+    #: is answered 400 (TEI: 422). Texts with more than 8 characters per allowed token are
     #: refused before tokenisation, so a huge body costs neither time nor memory.
     max_request_tokens: int = 65536
     #: Time budget of one embedding request from queueing, in seconds; past it the request is

@@ -2,7 +2,7 @@
 
 OpenAI clients expect ``{"error": {"message", "type", "param", "code"}}``, Ollama clients
 ``{"error": "..."}`` and TEI clients ``{"error": "...", "error_type": "..."}``; each API also
-has its own status code for a few kinds (TEI answers 413 for validation, for instance).
+has its own status code for a few kinds (TEI answers 422 for validation, for instance).
 """
 
 from __future__ import annotations
@@ -18,8 +18,9 @@ _KINDS: dict[str, tuple[int, int, int, str]] = {
     "malformed": (400, 400, 400, "Validation"),
     "invalid": (400, 400, 422, "Validation"),
     "empty": (400, 400, 400, "Empty"),
-    "too_long": (400, 400, 413, "Validation"),
-    "too_many": (400, 400, 413, "Validation"),
+    # TEI answered these 413 before 1.9.0 (huggingface/text-embeddings-inference#818)
+    "too_long": (400, 400, 422, "Validation"),
+    "too_many": (400, 400, 422, "Validation"),
     "payload_too_large": (413, 413, 413, "Validation"),
     "unsupported": (400, 400, 422, "Validation"),
     "not_implemented": (501, 501, 501, "Backend"),

@@ -171,7 +171,7 @@ def capped(tiny):  # type: ignore[no-untyped-def]
 
 
 def test_token_cap_in_each_api_shape(capped, tiny) -> None:  # type: ignore[no-untyped-def]
-    """issue 11 item 6: a request over ``max_request_tokens`` gets a clear 400 (TEI: 413)."""
+    """issue 11 item 6: a request over ``max_request_tokens`` gets a clear 400 (TEI: 422)."""
     texts = ["one two three four five six seven eight nine ten"] * 6
     assert sum(tiny.count_tokens(texts)) > 40
     r = capped.post("/v1/embeddings", json={"input": texts})
@@ -179,9 +179,9 @@ def test_token_cap_in_each_api_shape(capped, tiny) -> None:  # type: ignore[no-u
     r = capped.post("/api/embed", json={"input": texts})
     assert r.status_code == 400 and "max_request_tokens" in r.json()["error"]
     r = capped.post("/embed", json={"inputs": texts})
-    assert r.status_code == 413 and r.json()["error_type"] == "Validation"
+    assert r.status_code == 422 and r.json()["error_type"] == "Validation"
     r = capped.post("/tokenize", json={"inputs": texts})
-    assert r.status_code == 413 and "max_request_tokens" in r.json()["error"]
+    assert r.status_code == 422 and "max_request_tokens" in r.json()["error"]
     r = capped.post("/v1/embeddings", json={"input": [[5] * 50]})
     assert r.status_code == 400 and "max_request_tokens" in r.json()["error"]["message"]
     # within the cap all is as before
@@ -195,7 +195,7 @@ def test_huge_bodies_are_refused_before_tokenisation(capped) -> None:  # type: i
     huge = "word " * 200_000  # 1 MB
     t0 = time.perf_counter()
     r = capped.post("/tokenize", json={"inputs": huge})
-    assert r.status_code == 413 and "characters" in r.json()["error"]
+    assert r.status_code == 422 and "characters" in r.json()["error"]
     r = capped.post("/api/embed", json={"input": huge})  # Ollama truncates by default
     assert r.status_code == 400 and "characters" in r.json()["error"]
     assert time.perf_counter() - t0 < 2  # tokenising 1 MB twice would take longer
