@@ -25,6 +25,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--api-key", default=None,
                    help="require 'Authorization: Bearer KEY' (default: $SMYSL_API_KEY, else none)")
     p.add_argument("--served-name", default=None, help="extra model name clients may send")
+    p.add_argument("--cors-allow-origin", action="append", metavar="ORIGIN",
+                   help="let pages of this origin (https://app.example; '*' for any) call the "
+                        "server from a browser; repeat for more (default: none)")
     p.add_argument("--dimensions", type=int, default=None,
                    help="default output size when a request names none (Matryoshka)")
     p.add_argument("--max-batch-requests", type=int, default=256)
@@ -112,7 +115,7 @@ def run(args: argparse.Namespace) -> int:
         default_dimensions=args.dimensions, allow_empty=args.allow_empty_input,
         switch_interval_s=args.switch_interval_ms / 1000 if args.switch_interval_ms else None,
         index=args.index, workers=1 if args.workers == "auto" else args.workers,
-        access_log=args.access_log)
+        access_log=args.access_log, cors_origins=tuple(args.cors_allow_origin or ()))
     if config.workers > 1 and args.in_process:
         raise ValueError(f"--workers {config.workers} shares one engine process between the "
                          "workers: drop --in-process")

@@ -125,6 +125,14 @@ def create_app(embedder: BaseEmbedder | None, config: ServerConfig | None = None
 
     app.add_middleware(EdgeMiddleware, config=config, metrics=metrics, fast=fast,
                        access_log=access_log)
+    if config.cors_origins:  # outermost: a browser's preflight carries no API key
+        from starlette.middleware.cors import CORSMiddleware
+
+        app.add_middleware(CORSMiddleware, allow_origins=list(config.cors_origins),
+                           allow_methods=["GET", "HEAD", "POST"], allow_headers=["*"],
+                           # what a page may read besides the safelisted ones
+                           expose_headers=["x-queue-time", "x-compute-time", "x-total-time",
+                                           "x-compute-tokens", "x-queue-depth", "retry-after"])
     return app
 
 

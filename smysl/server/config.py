@@ -79,6 +79,10 @@ class ServerConfig:
     #: A toolkit index (``smysl index`` location: LanceDB folder, ``qdrant:URL``...) opened at
     #: start with the served model and searched by ``POST /search``; None = no search route.
     index: str | None = None
+    #: Origins (``https://app.example``) whose pages may call the server from a browser
+    #: (CORS, TEI's ``--cors-allow-origin``); ``"*"`` allows any. Empty: none, so only pages
+    #: the server serves itself (``/ui``) can. Preflights need no API key; the calls do.
+    cors_origins: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         checks = {
@@ -96,6 +100,8 @@ class ServerConfig:
             "switch_interval_s": self.switch_interval_s is None or self.switch_interval_s > 0,
             "index": self.index is None or bool(self.index.strip()),
             "workers": self.workers >= 1,
+            "cors_origins": all(o == "*" or o.startswith(("http://", "https://"))
+                                for o in self.cors_origins),
         }
         bad = [name for name, ok in checks.items() if not ok]
         if bad:

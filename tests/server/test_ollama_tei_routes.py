@@ -136,3 +136,30 @@ def test_tei_info_health_errors(client, tiny) -> None:  # type: ignore[no-untype
         r = client.post("/embed", json=body)
         assert (r.status_code, r.json()["error_type"]) == (status, kind), r.text
         assert r.json()["error"]
+
+
+def test_cors_for_the_origins_allowed(tiny) -> None:  # type: ignore[no-untyped-def]
+    """``--cors-allow-origin``: a page of that origin may call the server (its preflight
+    needs no key, its calls do); others get no CORS headers; none allowed by default."""
+    page = "https://app.example"
+    preflight = {"Origin": page, "Access-Control-Request-Method": "POST",
+                 "Access-Control-Request-Headers": "authorization, content-type"}
+    config = ServerConfig(api_key="sekret", cors_origins=(page,))
+    with TestClient(create_app(tiny, config)) as c:
+        r = c.options("/v1/embeddings", headers=preflight)
+        assert r.status_code == 200 and r.headers["access-control-allow-origin"] == page
+        assert "authorization" in r.headers["access-control-allow-headers"].lower()
+        r = c.post("/embed", json={"inputs": "fox"},
+                   headers={"Origin": page, "Authorization": "Bearer sekret"})
+        assert r.status_code == 200 and r.headers["access-control-allow-origin"] == page
+        assert "x-compute-time" in r.headers["access-control-expose-headers"]
+        r = c.post("/embed", json={"inputs": "fox"}, headers={"Origin": page})
+        assert r.status_code == 401  # the key is still needed
+        assert r.headers["access-control-allow-origin"] == page  # and the page can read why
+        other = c.options("/v1/embeddings", headers={**preflight, "Origin": "https://evil.example"})
+        assert "access-control-allow-origin" not in other.headers
+    with TestClient(create_app(tiny, ServerConfig())) as c:
+        r = c.options("/v1/embeddings", headers=preflight)
+        assert "access-control-allow-origin" not in r.headers
+    with pytest.raises(ValueError, match="cors_origins"):
+        ServerConfig(cors_origins=("app.example",))
