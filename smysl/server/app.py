@@ -165,10 +165,10 @@ def validation_error(exc: RequestValidationError) -> ApiError:
     return ApiError("invalid", "invalid request: " + "; ".join(parts) + more, param=param)
 
 
-_ROUTES = frozenset({"/v1/embeddings", "/v1/models", "/api/embed", "/api/embeddings",
-                     "/api/tags", "/api/show", "/api/version", "/embed", "/", "/invocations",
-                     "/ping", "/tokenize", "/info", "/health", "/metrics", "/ui", "/ui/info",
-                     "/search", "/rerank", "/v1/rerank"})
+_ROUTES = frozenset({"/v1/embeddings", "/embeddings", "/v1/models", "/api/embed",
+                     "/api/embeddings", "/api/tags", "/api/show", "/api/version", "/embed", "/",
+                     "/invocations", "/ping", "/tokenize", "/info", "/health", "/metrics",
+                     "/ui", "/ui/info", "/search", "/rerank", "/v1/rerank"})
 
 
 def _content_type(scope: Scope) -> bytes | None:

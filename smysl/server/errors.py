@@ -77,7 +77,7 @@ class ApiError(Exception):
 
 def api_of(path: str) -> Api:
     """Which API a path belongs to (decides the error shape)."""
-    if path.startswith("/v1/") or path == "/v1":
+    if path.startswith("/v1/") or path in ("/v1", "/embeddings"):  # TEI's OpenAI alias
         return "openai"
     if path.startswith("/api/"):
         return "ollama"

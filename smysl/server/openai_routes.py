@@ -89,7 +89,7 @@ def split_input(inp: object) -> tuple[list[str] | None, list[list[int]]]:
 
 
 def router(service: Service, fast: FastRoutes) -> APIRouter:
-    r = APIRouter(prefix="/v1", tags=["openai"])
+    r = APIRouter(tags=["openai"])  # no prefix: /embeddings is an alias, as in TEI
 
     def card() -> dict[str, object]:
         model = service.info()
@@ -99,7 +99,8 @@ def router(service: Service, fast: FastRoutes) -> APIRouter:
                 "owned_by": "smysl", "dimensions": service.dimensions(None),
                 "max_model_len": model.max_tokens}
 
-    @fast.post(r, EmbeddingRequest, "/embeddings", response_model=EmbeddingResponse)
+    @fast.post(r, EmbeddingRequest, "/v1/embeddings", "/embeddings",
+               response_model=EmbeddingResponse)
     async def embeddings(body: EmbeddingRequest, receive: Receive) -> Response:
         """Create embeddings (OpenAI ``embeddings.create``)."""
         model = service.resolve_model(body.model)
@@ -131,12 +132,12 @@ def router(service: Service, fast: FastRoutes) -> APIRouter:
                                         "total_tokens": result.tokens}},
                              headers=service.timing_headers(result))
 
-    @r.get("/models", response_model=ModelList)
+    @r.get("/v1/models", response_model=ModelList)
     async def models() -> Response:
         """The served model."""
         return json_response({"object": "list", "data": [card()]})
 
-    @r.get("/models/{model:path}", response_model=ModelCard)
+    @r.get("/v1/models/{model:path}", response_model=ModelCard)
     async def model(model: str) -> Response:
         """One model, if it is the served one (404 otherwise)."""
         service.resolve_model(model)

@@ -47,6 +47,8 @@ CASES: list[tuple[str, Any, dict[str, str]]] = [
     ("/v1/embeddings", {"input": 5}, {"content-type": ""}),
     ("/embed", {"inputs": ["fox"]}, {"content-type": ""}),
     ("/invocations", {"inputs": ["fox", "dog"]}, {}),
+    ("/embeddings", {"input": ["fox"], "dimensions": 40}, {}),
+    ("/embeddings", {"input": 5}, {}),
 ]
 #: Headers and fields that measure time, not content.
 TIMED = {"x-queue-time", "x-compute-time", "x-total-time", "date", "content-length"}
@@ -87,7 +89,7 @@ def test_fast_routes_registered(tiny) -> None:  # type: ignore[no-untyped-def]
     schema = app.openapi()["paths"]
     for path in ("/v1/embeddings", "/api/embed", "/api/embeddings", "/embed"):
         assert "post" in schema[path]  # FastAPI still declares them
-    assert "/invocations" not in schema  # aliases stay out of the schema
+    assert "/invocations" not in schema and "/embeddings" not in schema  # aliases: out
 
 
 def test_fast_path_taken_and_counted(tiny, monkeypatch) -> None:  # type: ignore[no-untyped-def]

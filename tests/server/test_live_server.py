@@ -85,6 +85,12 @@ def test_openai_sdk_float_and_base64(live, tiny) -> None:  # type: ignore[no-unt
     got = np.array([d.embedding for d in res.data], dtype=np.float32)
     assert np.array_equal(got, tiny.embed(TEXTS))
     assert res.usage.prompt_tokens == sum(tiny.count_tokens(TEXTS))
+    # a base URL without /v1 reaches the same route, as on TEI (/embeddings)
+    bare = openai.OpenAI(base_url=live, api_key="sekret", max_retries=0)
+    res = bare.embeddings.create(model="qwen3-embedding:0.6b", input=TEXTS)
+    assert np.array_equal(np.array([d.embedding for d in res.data], np.float32), got)
+    with pytest.raises(openai.NotFoundError):  # in OpenAI's error shape
+        bare.embeddings.create(model="text-embedding-3-large", input="x")
     res = client.embeddings.create(model="Qwen/Qwen3-Embedding-0.6B", input=TEXTS[0],
                                    encoding_format="float", dimensions=32)
     assert np.array_equal(np.array(res.data[0].embedding, np.float32),
