@@ -219,9 +219,9 @@ class BaseEmbedder(abc.ABC):
         embedded as documents.
         """
         items = self._check_texts(texts)
+        if not items:  # before self.dimensions, which a remote server may answer only for a fee
+            return np.zeros((0, self._empty_width(dimensions)), dtype=np.float32)
         dims = check_dimensions(dimensions, self.dimensions, minimum=self.min_dimensions)
-        if not items:
-            return np.zeros((0, dims), dtype=np.float32)
         formatted = self.format_texts(items, instruction)
         with _progress_bar(progress, len(items)) as bar:
             raw = self.embed_formatted(formatted, truncate=bool(truncate), progress=bar)
@@ -267,6 +267,26 @@ class BaseEmbedder(abc.ABC):
             raise RuntimeError(f"backend returned shape {raw.shape}, "
                                f"expected {(len(texts), self.dimensions)}")
         return raw
+
+    def known_dimensions(self) -> int | None:
+        """:attr:`dimensions` where knowing it costs nothing; None where only a (billed) request
+        would tell (a remote server of unknown width). Local backends always know it."""
+        return self.dimensions
+
+    def _empty_width(self, dimensions: int | None) -> int:
+        """Width of what ``embed`` returns for no texts: the size asked for, else the native
+        width, checked as any call's where the width is known. Where it is not, no request is
+        sent to learn it: the size asked for is taken as given, and without one the rows are
+        0 wide (there are none)."""
+        native = self.known_dimensions()
+        if native is not None:
+            return check_dimensions(dimensions, native, minimum=self.min_dimensions)
+        if dimensions is None:
+            return 0
+        if isinstance(dimensions, bool) or not isinstance(dimensions, int | np.integer) \
+                or dimensions < 1:
+            raise ValueError(f"dimensions must be a positive integer, got {dimensions!r}")
+        return int(dimensions)
 
     def count_tokens(self, texts: str | Sequence[str]) -> list[int]:
         """Tokens each text costs as a document, EOS included (backends with a tokenizer)."""

@@ -79,6 +79,30 @@ def test_embed_formatted_checks_the_backend_shape() -> None:
         Short().embed(["a"])
 
 
+def test_empty_input_needs_no_width_that_costs() -> None:
+    """``embed([])`` answers ``[0, d]`` without asking :attr:`dimensions` where that costs a
+    request (a remote server of unknown width): the size asked for, else 0 wide."""
+    class Remote(Echo):
+        @property  # type: ignore[misc]
+        def dimensions(self) -> int:
+            raise AssertionError("a billed request for the width")
+
+        def known_dimensions(self) -> int | None:
+            return None
+
+    r = Remote()
+    assert r.embed([]).shape == (0, 0) and r.embed_queries([], dimensions=128).shape == (0, 128)
+    assert r.embed([]).dtype == np.float32
+    for bad in (0, -1, True, 2.5):
+        with pytest.raises(ValueError, match="positive integer"):
+            r.embed([], dimensions=bad)  # type: ignore[arg-type]
+    e = Echo()  # a known width: checked as any call's
+    assert e.embed([]).shape == (0, 64) and e.embed([], dimensions=32).shape == (0, 32)
+    with pytest.raises(ValueError, match=r"must be in 32\.\.64"):
+        e.embed([], dimensions=65)
+    assert e.seen == []
+
+
 def test_default_info() -> None:
     info = Echo().info()
     assert (info.name, info.backend, info.dimensions, info.dtype) == ("echo", "custom", 64, None)

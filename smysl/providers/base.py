@@ -3,20 +3,24 @@
 A concrete provider says only how one request looks (:meth:`Provider.request_body`) and how
 its response is read (:meth:`Provider.parse_response`). Everything else is derived once for
 all of them: splitting inputs by the provider's batch-size and request-size limits (a 413
-lowers the size for the rest of the call and later calls), concurrent requests
-(:mod:`~smysl.providers.dispatch`), wall-clock deadlines per request and per call, bounded
-retries with exponential backoff and jitter that honour ``Retry-After``, the upstream's health
-(:mod:`~smysl.providers.retry`), row validation (:mod:`~smysl.providers.rows`), token usage and
-cost (:mod:`~smysl.providers.usage`). Rows always come back in input order; a text that cannot
-be embedded raises :class:`IncompleteEmbeddingError` naming it, never a silent gap, and rows
-finished before the failure ride along and are kept for a resume
+halves the size for the rest of the call, and for later calls once a request of that size went
+through: :class:`~smysl.providers.dispatch.BatchLimit`; a 413 for one input alone rejects that
+input), concurrent requests (:mod:`~smysl.providers.dispatch`), wall-clock deadlines per request
+and per call, bounded retries with exponential backoff and jitter that honour ``Retry-After``,
+the upstream's health (:mod:`~smysl.providers.retry`), row validation
+(:mod:`~smysl.providers.rows`), token usage and cost (:mod:`~smysl.providers.usage`: every
+billed answer, recorded before its rows are checked). Rows always come back in input order; a
+text that cannot be embedded raises :class:`IncompleteEmbeddingError` naming it, never a silent
+gap, and rows finished before the failure ride along and are kept for a resume
 (:mod:`~smysl.providers.resume`).
 
 Matryoshka: a provider returns rows of a fixed width (``dimensions``, chosen when it is built
 and sent as the request's ``dimensions`` where the API takes it). Smaller sizes asked of
 ``embed`` are cut and re-normalised locally by :class:`~smysl.base.BaseEmbedder`, which for
 Qwen3-Embedding is exactly what a server-side ``dimensions`` does, so one provider object can
-serve every size without a request per size and results match the local engine.
+serve every size without a request per size and results match the local engine. A server
+that ignores the request's ``dimensions`` and answers wider rows has them cut the same way
+(:func:`~smysl.providers.rows.check_rows`).
 """
 
 from __future__ import annotations
@@ -33,7 +37,7 @@ import numpy as np
 from smysl.base import BaseEmbedder, Progress
 from smysl.prompts import DEFAULT_TASK
 from smysl.providers.config import ProviderConfig
-from smysl.providers.dispatch import run_batches
+from smysl.providers.dispatch import BatchLimit, CallLimit, run_batches
 from smysl.providers.errors import (
     IncompleteEmbeddingError,
     PartialEmbeddingError,
@@ -46,7 +50,7 @@ from smysl.providers.resume import ResumeStore
 from smysl.providers.retry import Deadline, RetryingClient
 from smysl.providers.rows import check_rows
 from smysl.providers.tokens import TOKENIZER_ENV, find_tokenizer, fit_texts, width_from_name
-from smysl.providers.usage import Usage
+from smysl.providers.usage import Usage, reported_count
 from smysl.scheduler import SchedulerConfig, plan_batches
 from smysl.tokenize import Tokenizer
 
@@ -101,8 +105,7 @@ class Provider(BaseEmbedder):
         self._tokenizer: Tokenizer | None = tokenizer if isinstance(tokenizer, Tokenizer) else None
         self._tokenizer_resolved = self._tokenizer is not None
         #: Batch size learned from 413 answers (servers whose limit is below the config's).
-        self._batch_cap = config.max_batch_texts
-        self._cap_lock = threading.Lock()
+        self._batch_limit = BatchLimit(config.max_batch_texts)
         #: Rows of calls that failed part-way, for the next call to resume from.
         self._resume = ResumeStore(int(config.resume_cache_mb * (1 << 20)))
         self._width_lock = threading.Lock()
@@ -127,8 +130,9 @@ class Provider(BaseEmbedder):
         """JSON body embedding ``texts`` (already formatted: instructions applied)."""
 
     @abc.abstractmethod
-    def parse_response(self, body: Any, n: int) -> tuple[Sequence[Sequence[float]], int | None]:
-        """Rows (in request order) and the token count the provider reports (None if none).
+    def parse_response(self, body: Any, n: int) -> tuple[Sequence[Sequence[float]], Any]:
+        """Rows (in request order) and the token count the provider reports (None if none; a
+        value that is no count is taken as none: :func:`~smysl.providers.usage.reported_count`).
 
         Raise ``ValueError``/``KeyError``/``TypeError`` on an unexpected shape.
         """
@@ -153,15 +157,16 @@ class Provider(BaseEmbedder):
             with self._width_lock:
                 if self._width is None:
                     # One real (billed) request for a one-token text; its usage is recorded.
-                    probe = ["dimension probe"]
-                    rows, reported = self._request(probe, truncate=True)
-                    self._record(probe, reported)
-                    self._width = int(rows.shape[1])
+                    self._width = int(self._request(["dimension probe"], truncate=True).shape[1])
         return self._width
 
     @dimensions.setter
     def dimensions(self, value: int) -> None:
         self._width = int(value)
+
+    def known_dimensions(self) -> int | None:
+        """The width if known without a request: given, read off the model name, or probed."""
+        return self._width
 
     @property
     def tokenizer(self) -> Tokenizer | None:
@@ -193,12 +198,15 @@ class Provider(BaseEmbedder):
         if used and progress is not None:
             progress.update(int(done.sum()))
         todo = np.flatnonzero(~done).tolist()
-        batches = [[todo[k] for k in b] for b in self._plan([texts[i] for i in todo])]
+        limit = self._batch_limit.call()
+        batches = [[todo[k] for k in b] for b in self._plan([texts[i] for i in todo], limit)]
         deadline = Deadline(self.config.job_timeout, self.name)
         error = run_batches(
-            batches, lambda batch: self._embed_batch(texts, batch, truncate, out, done, deadline),
+            batches,
+            lambda batch: self._embed_batch(texts, batch, truncate, out, done, deadline, limit),
             workers=min(self.config.max_concurrency, len(batches)),
             thread_name=f"smysl-{self.config.name}", progress=progress)
+        limit.finish(error)
         if error is None:
             self._resume.drop(used)
             return out
@@ -215,7 +223,8 @@ class Provider(BaseEmbedder):
         if isinstance(error, ProviderHTTPError) and error.status in (401, 403, 404):
             return error  # a bad key or an unknown model fails every input alike
         failed, got = np.flatnonzero(~done).tolist(), np.flatnonzero(done).tolist()
-        rejected = isinstance(error, ProviderHTTPError) and error.status in (400, 422)
+        # A 413 ends a call only for one input refused on its own (larger batches are split).
+        rejected = isinstance(error, ProviderHTTPError) and error.status in (400, 413, 422)
         cls = (RejectedInputError if rejected else PartialEmbeddingError if got
                else IncompleteEmbeddingError)
         kept = (f"; the {len(got)} finished rows are kept: embed the same texts again to send "
@@ -256,47 +265,54 @@ class Provider(BaseEmbedder):
         # Byte-level BPE never makes more tokens than bytes: a safe bound, plus EOS.
         return [len(t.encode("utf-8")) + 1 for t in texts]
 
-    def _plan(self, texts: list[str]) -> list[list[int]]:
+    def _plan(self, texts: list[str], limit: CallLimit) -> list[list[int]]:
         """Consecutive batches within the per-request text and token limits."""
         cfg = self.config
         sizes = self._estimate(texts) if cfg.max_batch_tokens else [0] * len(texts)
         return plan_batches(sizes, SchedulerConfig(
             max_batch_tokens=cfg.max_batch_tokens, by_length=False,
-            max_batch_size=min(cfg.max_batch_texts, self._batch_cap)))
+            max_batch_size=min(cfg.max_batch_texts, limit.size)))
 
     def _embed_batch(self, texts: list[str], batch: list[int], truncate: bool,
-                     out: np.ndarray, done: np.ndarray, deadline: Deadline) -> None:
+                     out: np.ndarray, done: np.ndarray, deadline: Deadline,
+                     limit: CallLimit) -> None:
         deadline.check()
-        cap = self._batch_cap
+        cap = limit.size
         if len(batch) > cap:  # a 413 taught a smaller size since this batch was planned
             for k in range(0, len(batch), cap):
-                self._embed_batch(texts, batch[k:k + cap], truncate, out, done, deadline)
+                self._embed_batch(texts, batch[k:k + cap], truncate, out, done, deadline, limit)
             return
-        chunk = [texts[i] for i in batch]
         try:
-            rows, reported = self._request(chunk, truncate=truncate, positions=batch,
-                                           deadline=deadline)
-        except PayloadTooLargeError:
+            rows = self._request([texts[i] for i in batch], truncate=truncate, positions=batch,
+                                 deadline=deadline)
+        except PayloadTooLargeError as e:
             if len(batch) == 1:
-                raise
-            # The server's limit is below this batch: halve the size for this batch, its
-            # retries and every later batch of this object (issue 11 item 9a).
-            with self._cap_lock:
-                self._batch_cap = min(self._batch_cap, (len(batch) + 1) // 2)
-            self._embed_batch(texts, batch, truncate, out, done, deadline)
+                raise self._input_too_large(batch[0], e) from e
+            # The server's limit may be below this batch, or one input in it too large: halve
+            # the size for this batch, its retries and the call's later batches (issue 11 9a).
+            limit.refused(len(batch))
+            self._embed_batch(texts, batch, truncate, out, done, deadline, limit)
             return
+        limit.passed(len(batch))
         out[batch] = rows
         done[batch] = True
-        self._record(chunk, reported)
+
+    def _input_too_large(self, position: int, error: PayloadTooLargeError) -> ProviderHTTPError:
+        """The error for input ``position`` answered 413 in a request of its own: the input is
+        what the server refuses (TEI: longer than its limit, without truncation), not a batch
+        size, so it is a rejected input (:meth:`_incomplete`), not retried or split further."""
+        return ProviderHTTPError(
+            f"{self.name}: input #{position} was refused on its own as too large (413): the "
+            f"input itself exceeds what the server takes: {error.body.strip()[:300]}",
+            error.status, error.body)
 
     def _probe(self) -> None:
         """Whether a down upstream is back: one short text, one timeout (usage records it)."""
-        probe = ["health probe"]
-        _, reported = self._request(probe, truncate=True,
-                                    deadline=Deadline(self.config.timeout, self.name))
-        self._record(probe, reported)
+        self._request(["health probe"], truncate=True,
+                      deadline=Deadline(self.config.timeout, self.name))
 
     def _record(self, chunk: list[str], reported: int | None) -> None:
+        """Usage of one billed answer for ``chunk``: the provider's count, else a local one."""
         counted = estimated = None
         if reported is None:
             tok = self.tokenizer
@@ -308,18 +324,28 @@ class Provider(BaseEmbedder):
                           estimated=estimated)
 
     def _request(self, texts: list[str], *, truncate: bool, positions: list[int] | None = None,
-                 deadline: Deadline | None = None) -> tuple[np.ndarray, int | None]:
-        """POST one batch; retry what is worth retrying; return validated rows and usage.
-        ``positions`` (the texts' places in the call) only word row errors."""
+                 deadline: Deadline | None = None) -> np.ndarray:
+        """POST one batch; retry what is worth retrying; return validated rows (every billed
+        answer's usage recorded). ``positions`` (the texts' places in the call) only word row
+        errors."""
         body = self.request_body(texts, truncate=truncate)
-        return self._http.post(body, len(texts), read=lambda b, n: self._read(b, n, positions),
+        return self._http.post(body, len(texts),
+                               read=lambda b, n: self._read(b, texts, positions),
                                sleep=self.sleep, deadline=deadline)
 
-    def _read(self, body: Any, n: int,
-              positions: list[int] | None = None) -> tuple[np.ndarray, int | None]:
-        rows, tokens = self.parse_response(body, n)
-        return check_rows(rows, tokens, n, width=self._width, name=self.name,
-                          positions=positions)
+    def _read(self, body: Any, texts: list[str],
+              positions: list[int] | None = None) -> np.ndarray:
+        """Rows of an answer for ``texts``. Its usage is recorded before the rows are checked:
+        an answer whose rows are refused (and the request retried) was billed all the same."""
+        rows, tokens = self.parse_response(body, len(texts))
+        self._record(texts, reported_count(tokens))
+        return self._check(rows, len(texts), positions)
+
+    def _check(self, rows: Sequence[Any], n: int, positions: list[int] | None) -> np.ndarray:
+        """``n`` rows as float32 at this provider's width (:func:`check_rows`)."""
+        return check_rows(rows, n, width=self._width, name=self.name,
+                          min_width=self.min_dimensions,
+                          asked=self.request_dimensions is not None, positions=positions)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.name!r}, base_url={self.base_url!r})"

@@ -1,13 +1,73 @@
 """Sending one ``embed`` call's batches: in order on one thread, or a few at a time, and
 stopping at the first failure so that a call that will raise anyway spends no more (the rows of
-batches that did finish are kept by the caller for a resume)."""
+batches that did finish are kept by the caller for a resume); and the batch size that 413
+answers teach (:class:`BatchLimit`)."""
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 
 from smysl.base import Progress
+from smysl.providers.errors import ProviderHTTPError
+
+
+class BatchLimit:
+    """Most inputs per request as 413 answers teach it: one per provider object, thread-safe.
+
+    A 413 says the batch is too large or that one input in it is (TEI answers an over-long input
+    with 413), and only splitting tells which. So a call's 413s halve the size for the rest of
+    that call at once (:class:`CallLimit`), while the object keeps the smaller size for later
+    calls only once a request within it went through, and not when the call found an input
+    refused even on its own: that input explains the 413s, and one bad text must not cut every
+    later call to one text per request.
+    """
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._lock = threading.Lock()
+
+    def call(self) -> CallLimit:
+        """The limit of one call, starting from what earlier calls learned."""
+        return CallLimit(self)
+
+    def keep(self, size: int) -> None:
+        with self._lock:
+            self.size = min(self.size, size)
+
+
+class CallLimit:
+    """The batch size within one call: :meth:`refused` halves it, :meth:`passed` records that
+    a request within a halved size went through, :meth:`finish` tells the object."""
+
+    def __init__(self, shared: BatchLimit) -> None:
+        self.shared = shared
+        self.start = self.size = shared.size
+        self._learned: int | None = None
+        self._lock = threading.Lock()
+
+    def refused(self, n: int) -> None:
+        """A request of ``n`` inputs got 413: at most half of them per request from now on."""
+        with self._lock:
+            self.size = min(self.size, (n + 1) // 2)
+
+    def passed(self, n: int) -> None:
+        """A request of ``n`` inputs went through."""
+        with self._lock:
+            if self.size < self.start and n <= self.size:
+                self._learned = self.size
+
+    def finish(self, error: BaseException | None) -> None:
+        """The call ended with ``error`` (None: it succeeded)."""
+        if self._learned is not None and not refused_alone(error):
+            self.shared.keep(self._learned)
+
+
+def refused_alone(error: BaseException | None) -> bool:
+    """Whether a call ended on an input the server refused with 413 on its own: a 413 for
+    more inputs splits the batch, so only one for a single input ends a call."""
+    return isinstance(error, ProviderHTTPError) and error.status == 413
 
 
 def run_batches(batches: list[list[int]], send: Callable[[list[int]], None], *, workers: int,

@@ -78,7 +78,8 @@ class PartialEmbeddingError(IncompleteEmbeddingError):
 
 
 class RejectedInputError(IncompleteEmbeddingError, ValueError):
-    """The provider rejected the inputs themselves (400/422: empty, too long, malformed).
+    """The provider rejected the inputs themselves (400/422: empty, too long, malformed; or 413
+    for one input sent alone: too large for the server, e.g. TEI without truncation).
 
     A ``ValueError`` like the engine's input errors, so callers that isolate bad inputs (the
     server's batcher, the CLI) treat it the same way. Rows embedded before it are kept too.

@@ -20,7 +20,7 @@ class OllamaProvider(Provider):
     def request_body(self, texts: list[str], *, truncate: bool) -> dict[str, Any]:
         return {"model": self.model, "input": texts, "truncate": truncate}
 
-    def parse_response(self, body: Any, n: int) -> tuple[Sequence[Sequence[float]], int | None]:
+    def parse_response(self, body: Any, n: int) -> tuple[Sequence[Sequence[float]], Any]:
         rows = body["embeddings"]
         if not isinstance(rows, list):
             raise TypeError("'embeddings' is not a list")

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from smysl.providers.base import Provider
+from smysl.providers.usage import reported_count
 
 
 class OpenAIProvider(Provider):
@@ -27,7 +28,7 @@ class OpenAIProvider(Provider):
             body["dimensions"] = self.request_dimensions
         return body
 
-    def parse_response(self, body: Any, n: int) -> tuple[Sequence[Sequence[float]], int | None]:
+    def parse_response(self, body: Any, n: int) -> tuple[Sequence[Sequence[float]], Any]:
         data = body["data"]
         if not isinstance(data, list):
             raise TypeError("'data' is not a list")
@@ -46,8 +47,11 @@ class OpenAIProvider(Provider):
         usage = body.get("usage")
         tokens = None
         if isinstance(usage, dict):
-            raw = usage.get("prompt_tokens", usage.get("total_tokens"))
-            tokens = raw if raw is not None else None
+            # Embeddings have no output tokens, so total_tokens is the input count too: the one
+            # to read where prompt_tokens is missing or null (some OpenAI-compatible servers).
+            tokens = reported_count(usage.get("prompt_tokens"))
+            if tokens is None:
+                tokens = reported_count(usage.get("total_tokens"))
         return rows, tokens
 
 

@@ -23,10 +23,12 @@ PRESETS: dict[str, ProviderConfig] = {
         name="dashscope", base_url="https://dashscope-intl.aliyuncs.com/compatible-mode/v1",
         api_key_env="DASHSCOPE_API_KEY", api_key_required=True, base_url_env="DASHSCOPE_BASE_URL",
         max_batch_texts=10, max_tokens=8192, supports_dimensions=True),
+    # docs.deepinfra.com/api-reference/openai-embeddings-1: "dimensions" (>= 32) is taken.
     "deepinfra": ProviderConfig(
         name="deepinfra", base_url="https://api.deepinfra.com/v1/openai",
         api_key_env="DEEPINFRA_API_KEY,DEEPINFRA_TOKEN", api_key_required=True,
-        base_url_env="DEEPINFRA_BASE_URL", max_batch_texts=256, max_tokens=8192),
+        base_url_env="DEEPINFRA_BASE_URL", max_batch_texts=256, max_tokens=8192,
+        supports_dimensions=True),
     "fireworks": ProviderConfig(
         name="fireworks", base_url="https://api.fireworks.ai/inference/v1",
         api_key_env="FIREWORKS_API_KEY", api_key_required=True, base_url_env="FIREWORKS_BASE_URL",

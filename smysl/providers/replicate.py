@@ -38,6 +38,9 @@ KNOWN_VERSIONS: dict[str, str] = {
 }
 #: Prediction states after which nothing changes.
 TERMINAL = frozenset({"succeeded", "failed", "canceled", "aborted"})
+#: End states Replicate bills, whatever the output: the model ran (failed and canceled runs
+#: too: replicate.com/docs/topics/predictions/lifecycle). An ``aborted`` one never started.
+BILLED = frozenset({"succeeded", "failed", "canceled"})
 #: Longest wait Replicate's sync mode allows (seconds), and the longest pause between polls.
 _MAX_WAIT, _MAX_POLL = 60, 2.0
 
@@ -93,7 +96,7 @@ class ReplicateProvider(Provider):
             body["version"] = self.version
         return body
 
-    def parse_response(self, body: Any, n: int) -> tuple[Sequence[Sequence[float]], int | None]:
+    def parse_response(self, body: Any, n: int) -> tuple[Sequence[Sequence[float]], Any]:
         """``body`` is the prediction's ``output``."""
         rows = body.get("embeddings") if isinstance(body, dict) else body
         if not isinstance(rows, list):
@@ -101,7 +104,7 @@ class ReplicateProvider(Provider):
         return rows, None
 
     def _request(self, texts: list[str], *, truncate: bool, positions: list[int] | None = None,
-                 deadline: Deadline | None = None) -> tuple[np.ndarray, int | None]:
+                 deadline: Deadline | None = None) -> np.ndarray:
         cfg, n = self.config, len(texts)
         budget = min(cfg.timeout, deadline.remaining() if deadline is not None else cfg.timeout)
         wait = int(max(1, min(_MAX_WAIT, budget - 1)))  # the POST must end within our limit
@@ -123,12 +126,15 @@ class ReplicateProvider(Provider):
             if isinstance(cancel, str):  # stop paying for a prediction nobody will read
                 self._http.fire("POST", cancel, min(cfg.connect_timeout, 5.0))
             raise
+        if pred["status"] in BILLED:  # before its output is read: a bad one was paid for too
+            self._record(texts, None)
         if pred["status"] != "succeeded":
             self.usage.record_failure()
             raise ProviderError(f"{self.name}: prediction {pred.get('id')} {pred['status']}: "
                                 f"{pred.get('error') or 'no error message'}")
         try:
-            return self._read(pred.get("output"), n, positions)
+            rows, _ = self.parse_response(pred.get("output"), n)  # Replicate reports no tokens
+            return self._check(rows, n, positions)
         except (ValueError, KeyError, TypeError, IndexError) as e:
             self.usage.record_failure()
             raise MalformedResponseError(f"{self.name}: prediction {pred.get('id')}: malformed "

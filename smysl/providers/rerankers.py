@@ -35,7 +35,6 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
-import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -45,7 +44,7 @@ import numpy as np
 
 from smysl.options import ModelOptions
 from smysl.providers.config import ProviderConfig
-from smysl.providers.dispatch import run_batches
+from smysl.providers.dispatch import BatchLimit, CallLimit, run_batches
 from smysl.providers.errors import (
     JobTimeoutError,
     MalformedResponseError,
@@ -57,7 +56,7 @@ from smysl.providers.presets import config_options
 from smysl.providers.pricing import rerank_price_for, rerank_search_unit_price_for
 from smysl.providers.retry import Deadline, RetryingClient
 from smysl.providers.tokens import TOKENIZER_ENV, find_tokenizer
-from smysl.providers.usage import Usage, count_of
+from smysl.providers.usage import Usage, count_of, reported_count
 from smysl.rerank import BaseReranker
 from smysl.scheduler import SchedulerConfig, plan_batches
 from smysl.tokenize import Tokenizer
@@ -193,13 +192,6 @@ def scores_from_list(scores: Any, n: int, who: str) -> np.ndarray:
                      for i, s in enumerate(scores)], dtype=np.float64)
 
 
-def _count(value: Any) -> int | None:
-    """A reported token or unit count, None when absent or not a count."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        return None
-    return value
-
-
 def _dig(body: Any, *path: str) -> Any:
     for key in path:
         if not isinstance(body, dict):
@@ -210,7 +202,7 @@ def _dig(body: Any, *path: str) -> Any:
 
 def _first_count(body: Any, *paths: tuple[str, ...]) -> int | None:
     for path in paths:
-        found = _count(_dig(body, *path))
+        found = reported_count(_dig(body, *path))
         if found is not None:
             return found
     return None
@@ -257,8 +249,7 @@ class RemoteReranker(BaseReranker):
             raise ValueError("price_per_search_unit must be >= 0")
         self._tokenizer = _pick_tokenizer(tokenizer)
         #: Documents per request learned from 413 answers (servers below the config's limit).
-        self._batch_cap = config.max_batch_texts
-        self._cap_lock = threading.Lock()
+        self._batch_limit = BatchLimit(config.max_batch_texts)
         #: Sleep function between retries (tests record instead of sleeping).
         self.sleep: Callable[[float], None] = time.sleep
         per_mtok = config.price_per_mtok
@@ -306,16 +297,18 @@ class RemoteReranker(BaseReranker):
         cfg = self.config
         sizes = (self._sizes(query, documents, instruction) if cfg.max_batch_tokens
                  else [0] * len(documents))
+        limit = self._batch_limit.call()
         batches = plan_batches(sizes, SchedulerConfig(
             max_batch_tokens=cfg.max_batch_tokens, by_length=False,
-            max_batch_size=min(cfg.max_batch_texts, self._batch_cap)))
+            max_batch_size=min(cfg.max_batch_texts, limit.size)))
         out = np.full(len(documents), np.nan)
         deadline = _CallDeadline(cfg.job_timeout, self.name)
         error = run_batches(
             batches, lambda batch: self._send(query, documents, batch, instruction, truncate,
-                                              out, deadline),
+                                              out, deadline, limit),
             workers=min(cfg.max_concurrency, len(batches)),
             thread_name=f"smysl-rerank-{cfg.name}")
+        limit.finish(error)
         if error is None:
             return out
         if isinstance(error, RetriesExhaustedError) and \
@@ -337,13 +330,13 @@ class RemoteReranker(BaseReranker):
 
     def _send(self, query: str, documents: list[str], batch: list[int],
               instruction: str | None, truncate: bool, out: np.ndarray,
-              deadline: Deadline) -> None:
+              deadline: Deadline, limit: CallLimit) -> None:
         deadline.check()
-        cap = self._batch_cap
+        cap = limit.size
         if len(batch) > cap:  # a 413 taught a smaller size since this batch was planned
             for k in range(0, len(batch), cap):
                 self._send(query, documents, batch[k:k + cap], instruction, truncate, out,
-                           deadline)
+                           deadline, limit)
             return
         chunk = [documents[i] for i in batch]
         try:
@@ -353,9 +346,8 @@ class RemoteReranker(BaseReranker):
             if len(batch) == 1:
                 raise RejectedRerankError(f"{self.name}: document {batch[0]} was refused as too "
                                           f"large (413): {e}", e.status, e.body) from e
-            with self._cap_lock:  # halve for this batch, its retries and later calls
-                self._batch_cap = min(self._batch_cap, (len(batch) + 1) // 2)
-            self._send(query, documents, batch, instruction, truncate, out, deadline)
+            limit.refused(len(batch))  # for this batch, its retries and the call's later ones
+            self._send(query, documents, batch, instruction, truncate, out, deadline, limit)
             return
         except ProviderHTTPError as e:
             if e.status in (400, 422):
@@ -364,6 +356,7 @@ class RemoteReranker(BaseReranker):
                 raise RejectedRerankError(f"{self.name}: the API rejected the request for "
                                           f"{first}: {e}", e.status, e.body) from e
             raise
+        limit.passed(len(batch))
         out[batch] = scores
         self.usage.record_rerank(documents=len(batch), tokens=tokens, search_units=units)
 
@@ -379,7 +372,7 @@ class RemoteReranker(BaseReranker):
         if scores.shape != (n,):  # parse_response's helpers check this; a subclass may not
             raise MalformedResponseError(f"{self.name}: malformed response: {scores.shape} "
                                          f"scores for {n} documents")
-        return scores, _count(tokens), _count(units)
+        return scores, reported_count(tokens), reported_count(units)
 
     def _probe(self) -> None:
         """Whether a down upstream is back: one short pair, one timeout (usage records it)."""

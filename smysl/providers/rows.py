@@ -5,6 +5,12 @@ one width (the expected one where known), every value finite in float32, and the
 normalisable in float32 exactly as :func:`smysl.pooling.finish` will do it: a non-zero, finite
 norm at full width and at the smallest Matryoshka cut. Rows that fail are an error naming the
 provider, the row and the input, never a silent zero vector (issue 11 item 4).
+
+Rows all wider than expected come from a server that ignored the request's ``dimensions`` (an
+OpenRouter upstream, vLLM): of a Matryoshka model their prefix is the narrower embedding, so they
+are cut to the expected width, as ``embed(..., dimensions=...)`` cuts, and
+:func:`smysl.pooling.finish` normalises the cut exactly as a server-side ``dimensions`` would.
+Narrower rows cannot be made whole and stay an error.
 """
 
 from __future__ import annotations
@@ -14,28 +20,29 @@ from typing import Any
 
 import numpy as np
 
-from smysl.pooling import MIN_DIMENSIONS
+from smysl.pooling import MIN_DIMENSIONS, check_dimensions
 from smysl.providers.errors import InvalidRowError, ProviderError
 
 _NUMBERS = (float, int)
 
 
-def check_rows(rows: Sequence[Any], tokens: Any, n: int, *, width: int | None, name: str,
-               positions: Sequence[int] | None = None) -> tuple[np.ndarray, int | None]:
-    """``rows`` as float32 ``[n, width]`` and the token count, after checking them.
+def check_rows(rows: Sequence[Any], n: int, *, width: int | None, name: str,
+               min_width: int = MIN_DIMENSIONS, asked: bool = False,
+               positions: Sequence[int] | None = None) -> np.ndarray:
+    """``rows`` as float32 ``[n, width]``, after checking them.
 
-    A wrong row count or token count raises ``ValueError`` and a row that is no embedding
+    A wrong row count raises ``ValueError`` and a row that is no embedding
     :class:`InvalidRowError` (a ``ValueError`` too: both are malformed bodies, retried),
-    naming row ``i`` of the response and input ``positions[i]``. Rows that all have another
-    width than ``width`` raise :class:`ProviderError` with a ``dimensions=`` hint.
+    naming row ``i`` of the response and input ``positions[i]``. Rows all wider than ``width``
+    are cut to it where ``width`` was ``asked`` for (the caller's ``dimensions``, not a width
+    guessed from the model's name: wider rows then mean another model) and is a Matryoshka
+    size of theirs (at least ``min_width``, the model's smallest); rows that all have another
+    width raise :class:`ProviderError` with a ``dimensions=`` hint.
     """
     if not isinstance(rows, Sequence | np.ndarray) or isinstance(rows, str | bytes):
         raise TypeError(f"embeddings are a {type(rows).__name__}, not a list")
     if len(rows) != n:
         raise ValueError(f"{len(rows)} embeddings for {n} inputs")
-    if tokens is not None and (isinstance(tokens, bool) or not isinstance(tokens, int)
-                               or tokens < 0):
-        raise ValueError(f"bad token count {tokens!r}")
 
     def bad(i: int, what: str) -> InvalidRowError:
         at = f" (input #{positions[i]})" if positions is not None else ""
@@ -54,12 +61,14 @@ def check_rows(rows: Sequence[Any], tokens: Any, n: int, *, width: int | None, n
             raise bad(i, f"is a {type(row).__name__}, not a list of numbers")
         widths.add(len(row))
     if n == 0:
-        return np.zeros((0, width or 0), np.float32), tokens
+        return np.zeros((0, width or 0), np.float32)
     if len(widths) == 1 and width is not None and width not in widths:
-        # Not transient: the model is not the width this object was built for.
         got = widths.pop()
-        raise ProviderError(f"{name} returned {got}-wide rows but {width} were expected; "
-                            f"pass dimensions={got} if that is the model's width")
+        if not (asked and _cuttable(got, width, min_width)):
+            # Not transient: the model is not the width this object was built for.
+            raise ProviderError(f"{name} returned {got}-wide rows but {width} were expected; "
+                                f"pass dimensions={got} if that is the model's width")
+        rows = [row[:width] for row in rows]
     want = width if width is not None else max(widths)
     for i, row in enumerate(rows):
         if len(row) != want:
@@ -86,7 +95,17 @@ def check_rows(rows: Sequence[Any], tokens: Any, n: int, *, width: int | None, n
     if len(broken):
         raise bad(int(broken[0]), _what_is_wrong(rows[int(broken[0])], arr[broken[0]],
                                                  min(MIN_DIMENSIONS, want)))
-    return arr, tokens
+    return arr
+
+
+def _cuttable(got: int, width: int, min_width: int) -> bool:
+    """Whether ``got``-wide rows hold ``width``-wide ones as their prefix: ``width`` is a size
+    ``embed(..., dimensions=width)`` would accept of a ``got``-wide model."""
+    try:
+        check_dimensions(width, got, minimum=min_width)
+    except ValueError:
+        return False
+    return True
 
 
 def _what_is_wrong(raw: Any, row: np.ndarray, smallest: int) -> str:

@@ -22,7 +22,7 @@ class TEIProvider(Provider):
         return {"inputs": texts, "truncate": truncate, "truncation_direction": "Right",
                 "normalize": False}
 
-    def parse_response(self, body: Any, n: int) -> tuple[Sequence[Sequence[float]], int | None]:
+    def parse_response(self, body: Any, n: int) -> tuple[Sequence[Sequence[float]], Any]:
         if not isinstance(body, list):
             raise TypeError("response is not a list of rows")
         return body, None

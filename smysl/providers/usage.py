@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import threading
 from dataclasses import dataclass, field
 from typing import Any
@@ -15,7 +16,10 @@ class Usage:
     Cost is tokens x ``price_per_mtok`` / 1M plus answered requests x ``price_per_request``
     (APIs billed per run). ``tokens`` sums what the provider reported where it did and the
     local Qwen3 count elsewhere (``counted_tokens``); ``estimated_tokens`` is the part that
-    could only be bounded (no tokenizer available). Thread-safe; ``str()`` is a one-line report.
+    could only be bounded (no tokenizer available). ``requests``, ``texts`` and ``tokens`` count
+    every answer the provider bills: a 2xx answer whose rows are then refused (and the request
+    retried) counts as well as the answer that replaces it. Thread-safe; ``str()`` is a one-line
+    report.
     """
 
     provider: str
@@ -91,6 +95,18 @@ class Usage:
                 f"{approx}{count_of(s['tokens'], 'token')} ({source}), "
                 f"{count_of(s['texts'], 'text')}, {count_of(s['requests'], 'request')}, "
                 f"{count_of(s['retries'], 'retry', 'retries')}{failed}, {cost}")
+
+
+def reported_count(value: Any) -> int | None:
+    """A count an API reported (tokens, search units): a non-negative integer, or a float that
+    is one (``12.0``: JSON has one number type and some servers send counts as floats); None when
+    absent or not a count, and the caller falls back to its own count. A bad count never makes a
+    good answer fail: the rows are what was paid for."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    if isinstance(value, float) and not (math.isfinite(value) and value.is_integer()):
+        return None
+    return int(value) if value >= 0 else None
 
 
 def count_of(count: int, one: str, many: str | None = None) -> str:

@@ -29,8 +29,10 @@ from smysl.registry import split
 class Recorder:
     """A MockTransport handler answering OpenAI-shaped requests, with scripted statuses."""
 
-    def __init__(self, dims: int = 16, script: list[httpx.Response] | None = None) -> None:
+    def __init__(self, dims: int = 16, script: list[httpx.Response] | None = None, *,
+                 honour_dimensions: bool = True) -> None:
         self.dims = dims
+        self.honour_dimensions = honour_dimensions
         self.script = list(script or [])
         self.bodies: list[dict[str, Any]] = []
         self.requests: list[httpx.Request] = []
@@ -42,7 +44,7 @@ class Recorder:
         if self.script:
             return self.script.pop(0)
         texts = body["input"]
-        dims = body.get("dimensions", self.dims)
+        dims = body.get("dimensions", self.dims) if self.honour_dimensions else self.dims
         data = [{"object": "embedding", "index": i,
                  "embedding": det_vector(t, self.dims)[:dims].tolist()}
                 for i, t in enumerate(texts)]
@@ -160,9 +162,45 @@ def test_dimensions_sent_where_supported_and_cut_locally() -> None:
     assert v4.dimensions == 2048
     v4.embed(["x"])
     assert h2.bodies[0]["dimensions"] == 2048
-    h3 = Recorder(dims=16)
-    make("deepinfra", "m", h3, dimensions=16).embed(["x"])
-    assert "dimensions" not in h3.bodies[0]  # not documented for DeepInfra: cut locally
+    # DeepInfra documents ``dimensions`` (docs.deepinfra.com/api-reference/openai-embeddings-1).
+    h3 = Recorder(dims=4096)
+    di = make("deepinfra", "Qwen/Qwen3-Embedding-8B", h3, dimensions=1024)
+    assert di.embed(["x"]).shape == (1, 1024) and h3.bodies[0]["dimensions"] == 1024
+
+
+def _unit(rows: np.ndarray) -> np.ndarray:
+    return rows / np.linalg.norm(rows, axis=1, keepdims=True)
+
+
+@pytest.mark.parametrize("scheme", ["openrouter", "deepinfra", "openai"])
+def test_wider_rows_than_asked_are_cut_like_server_side_dimensions(scheme: str) -> None:
+    """A server that ignores ``dimensions`` (an OpenRouter upstream, vLLM) answers the model's
+    full width: its Matryoshka prefix is what was asked for, cut and normalised as a
+    server-side ``dimensions`` would, not an error on every call."""
+    texts = ["x", "y"]
+    h = Recorder(dims=64, honour_dimensions=False)
+    p = make(scheme, "qwen/qwen3-embedding-8b", h, dimensions=40)
+    out = p.embed(texts)
+    assert out.shape == (2, 40) and p.usage.retries == 0 and len(h.bodies) == 1
+    want = _unit(np.stack([det_vector(t, 64)[:40] for t in texts]))
+    np.testing.assert_allclose(out, want, rtol=1e-6)
+    np.testing.assert_allclose(p.embed(texts, dimensions=32), _unit(want[:, :32]), rtol=1e-6)
+
+
+def test_narrower_or_unmatryoshka_rows_stay_an_error() -> None:
+    """Rows narrower than asked cannot be made whole; a width below the smallest Matryoshka
+    size is no prefix worth cutting to. Both fail at once with the ``dimensions=`` hint."""
+    narrow = Recorder(dims=32, honour_dimensions=False)
+    with pytest.raises(IncompleteEmbeddingError, match="pass dimensions=32") as e:
+        make("openrouter", "m", narrow, dimensions=64).embed(["x"])
+    assert len(narrow.bodies) == 1 and e.value.failed == [0]
+    tiny = Recorder(dims=64, honour_dimensions=False)
+    with pytest.raises(IncompleteEmbeddingError, match="64-wide rows but 16 were expected"):
+        make("openrouter", "m", tiny, dimensions=16).embed(["x"])
+    # a width guessed from the model's name, not asked for: wider rows are another model
+    other = Recorder(dims=4096, honour_dimensions=False)
+    with pytest.raises(IncompleteEmbeddingError, match="4096-wide rows but 1024 were expected"):
+        make("openrouter", "qwen/qwen3-embedding-0.6b", other).embed(["x"])
 
 
 def test_unknown_width_is_probed_once() -> None:
@@ -171,6 +209,24 @@ def test_unknown_width_is_probed_once() -> None:
     assert p.dimensions == 24 and p.dimensions == 24
     assert len(h.bodies) == 1
     assert p.embed(["a"]).shape == (1, 24)
+
+
+@pytest.mark.parametrize("scheme", ["openai", "ollama", "tei", "smysl"])
+def test_empty_input_sends_nothing(scheme: str) -> None:
+    """No texts, no request: not even the (billed) width probe, and a server that is down does
+    not matter. The width is what was asked for, else the known one, else 0."""
+    def down(request: httpx.Request) -> httpx.Response:
+        raise httpx.ConnectError("refused", request=request)
+
+    p = connect(scheme, "http://h:1#m", transport=httpx.MockTransport(down), max_retries=0)
+    assert p.embed([]).shape == (0, 0) and p.embed_queries([], dimensions=32).shape == (0, 32)
+    assert p.embed([]).dtype == np.float32 and p.usage.requests == p.usage.failed_requests == 0
+    with pytest.raises(ValueError, match="positive integer"):
+        p.embed([], dimensions=0)
+    known = connect(scheme, "http://h:1#m", transport=httpx.MockTransport(down), dimensions=64)
+    assert known.embed([]).shape == (0, 64) and known.embed([], dimensions=32).shape == (0, 32)
+    with pytest.raises(ValueError, match=r"must be in 32\.\.64"):
+        known.embed([], dimensions=65)  # checked against a known width as any call's is
 
 
 @pytest.mark.filterwarnings("ignore:no Qwen3 tokenizer")
@@ -251,23 +307,57 @@ def test_retries_are_bounded() -> None:
     assert p.usage.retries == 3 and p.usage.failed_requests == 1
 
 
-@pytest.mark.parametrize("bad", [
-    httpx.Response(200, text="{not json"),
-    httpx.Response(200, json={"data": [{"index": 0, "embedding": [1.0] * 16}]}),  # one row short
-    httpx.Response(200, json={"data": [{"index": 0, "embedding": [1.0] * 16},
-                                       {"index": 1, "embedding": [1.0] * 15}]}),  # ragged
-    httpx.Response(200, json={"data": [{"index": 0, "embedding": [1.0] * 16},
-                                       {"index": 0, "embedding": [1.0] * 16}]}),  # twice index 0
-    httpx.Response(200, text='{"data": [{"index": 0, "embedding": [NaN]}]}'),
-    httpx.Response(200, json={"object": "error"}),
+_USAGE = {"usage": {"prompt_tokens": 5}}
+
+
+@pytest.mark.parametrize(("bad", "billed"), [
+    (httpx.Response(200, text="{not json"), False),
+    (httpx.Response(200, json={"data": [{"index": 0, "embedding": [1.0] * 16}], **_USAGE}),
+     True),  # one row short
+    (httpx.Response(200, json={"data": [{"index": 0, "embedding": [1.0] * 16},
+                                        {"index": 1, "embedding": [1.0] * 15}], **_USAGE}),
+     True),  # ragged
+    (httpx.Response(200, json={"data": [{"index": 0, "embedding": [1.0] * 16},
+                                        {"index": 0, "embedding": [1.0] * 16}]}),
+     False),  # twice index 0: no answer to the inputs at all
+    (httpx.Response(200, text='{"data": [{"index": 0, "embedding": [NaN' + ', 1.0' * 15 +
+                              ']}, {"index": 1, "embedding": [' + '1.0, ' * 15 + '1.0]}], '
+                              '"usage": {"prompt_tokens": 5}}'), True),  # a NaN in a row
+    (httpx.Response(200, json={"object": "error"}), False),
 ])
-def test_malformed_bodies_are_retried(bad: httpx.Response) -> None:
+def test_malformed_bodies_are_retried(bad: httpx.Response, billed: bool) -> None:
+    """Retried; an answer that is an embeddings answer was billed even though its rows are
+    refused, so its usage counts (before, only the answer that replaced it did)."""
     h = Recorder(script=[bad])
     p = make("openai", "m", h, dimensions=16)
     out = p.embed(["a", "b"])
     ref = np.stack([det_vector(t, 16) for t in ["a", "b"]])
     np.testing.assert_allclose(out, ref / np.linalg.norm(ref, axis=1, keepdims=True), rtol=1e-6)
-    assert p.usage.retries == 1 and p.usage.tokens == 6  # only the good answer is billed
+    assert p.usage.retries == 1
+    assert (p.usage.requests, p.usage.texts, p.usage.tokens) == \
+        ((2, 4, 11) if billed else (1, 2, 6))
+
+
+@pytest.mark.parametrize(("usage", "reported"), [
+    ({"prompt_tokens": 6.0, "total_tokens": 6.0}, 6),  # a float that is a count
+    ({"prompt_tokens": None, "total_tokens": 6}, 6),  # null beside total_tokens
+    ({"total_tokens": 6}, 6),
+    ({"prompt_tokens": 6.5}, None),  # no count: the local estimate, the rows kept
+    ({"prompt_tokens": "6"}, None),
+    ({"prompt_tokens": -1}, None),
+])
+@pytest.mark.filterwarnings("ignore:no Qwen3 tokenizer")
+def test_token_counts_are_read_without_refusing_good_rows(usage: dict[str, Any],
+                                                          reported: int | None) -> None:
+    data = [{"index": 0, "embedding": det_vector("a", 16).tolist()}]
+    h = Recorder(script=[httpx.Response(200, json={"data": data, "usage": usage})])
+    p = make("openai", "m", h, dimensions=16)
+    p.embed(["a"])
+    assert len(h.bodies) == 1 and p.usage.retries == 0 and p.usage.requests == 1
+    if reported is None:  # "a" + EOS bounded by UTF-8 bytes + 1
+        assert (p.usage.reported_tokens, p.usage.estimated_tokens) == (0, 2)
+    else:
+        assert p.usage.reported_tokens == p.usage.tokens == reported
 
 
 def test_payload_too_large_is_split() -> None:
@@ -276,6 +366,49 @@ def test_payload_too_large_is_split() -> None:
     out = p.embed([f"t{i}" for i in range(5)])
     assert [len(b["input"]) for b in h.bodies] == [5, 3, 2]  # halved (rounded up)
     assert out.shape == (5, 16) and p.usage.requests == 2
+
+
+def _tei_refusing_long_inputs(sizes: list[int]) -> httpx.MockTransport:
+    """TEI with its default batch limit (32) that answers an over-long input (no truncation)
+    with 413, as TEI's validation does."""
+    def handler(request: httpx.Request) -> httpx.Response:
+        inputs = json.loads(request.content)["inputs"]
+        sizes.append(len(inputs))
+        if len(inputs) > 32:
+            return httpx.Response(413, json={"error": f"batch size {len(inputs)} > maximum "
+                                             "allowed batch size 32", "error_type": "Validation"})
+        if any(len(t) > 100 for t in inputs):
+            return httpx.Response(413, json={"error": "`inputs` must have less than 512 tokens. "
+                                             "Given: 900", "error_type": "Validation"})
+        return httpx.Response(200, json=[det_vector(t, 8).tolist() for t in inputs])
+
+    return httpx.MockTransport(handler)
+
+
+@pytest.mark.filterwarnings("ignore:no Qwen3 tokenizer")
+def test_one_input_tei_refuses_is_a_rejected_input_and_leaves_the_batch_size() -> None:
+    """A 413 for one input alone is that input's error (a ValueError, like the engine's input
+    errors), not a batch to split further; and the 413s that led to it do not cut later calls
+    to one text per request."""
+    sizes: list[int] = []
+    p = connect("tei", "http://tei:8080", transport=_tei_refusing_long_inputs(sizes),
+                dimensions=8, max_concurrency=1)
+    texts = [f"t{i}" for i in range(31)] + ["x" * 500]
+    with pytest.raises(RejectedInputError, match="input #31 was refused on its own") as e:
+        p.embed(texts)
+    assert isinstance(e.value, ValueError) and e.value.failed == [31]
+    assert e.value.done == list(range(31)) and "less than 512 tokens" in str(e.value)
+    assert sizes[-2:] == [1, 1]  # bisected down to the input itself, then not retried
+    sizes.clear()
+    out = p.embed([f"u{i}" for i in range(64)])
+    assert sizes == [32, 32] and out.shape == (64, 8)
+    # A real limit is still learned, once a request of the smaller size went through.
+    q = connect("tei", "http://tei:8080", transport=_tei_refusing_long_inputs(sizes),
+                dimensions=8, max_concurrency=1, max_batch_texts=64)
+    sizes.clear()
+    q.embed([f"u{i}" for i in range(64)])
+    q.embed([f"u{i}" for i in range(64)])
+    assert sizes == [64, 32, 32, 32, 32]
 
 
 def test_base64_rows_are_decoded() -> None:

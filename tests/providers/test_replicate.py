@@ -81,12 +81,13 @@ def test_polling_path() -> None:
 
 def test_failed_prediction_is_reported_not_repeated() -> None:
     """Issue 11 item 12: a failed prediction raises with Replicate's error; it is not sent
-    again (it was billed)."""
+    again. It ran, so it was billed: its run counts in usage and cost."""
     with FakeServer(dims=64, replicate_error="CUDA out of memory") as srv:
         m = replicate(srv, max_retries=3)
         with pytest.raises(IncompleteEmbeddingError, match="prediction p0 failed: CUDA out of"):
             m.embed(["a"])
         assert len(srv.predictions) == 1 and m.usage.failed_requests == 1
+        assert m.usage.requests == 1 and m.usage.cost == pytest.approx(0.001)
 
 
 def test_a_prediction_past_the_job_deadline_is_cancelled() -> None:

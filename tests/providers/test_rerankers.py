@@ -5,12 +5,14 @@ Qwen3-Reranker, whose scores a ``smysl:`` reranker must reproduce."""
 
 from __future__ import annotations
 
+import json
 import math
 import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from provider_fakes import FakeServer, Fault, rerank_score
 
@@ -260,10 +262,34 @@ def test_413_halves_the_batch_for_this_and_later_calls() -> None:
     with FakeServer(tei_max_batch=8) as srv:
         rr = load(srv, "tei", max_concurrency=1)  # one at a time: the halving is exact
         assert rr.rerank(QUERY, docs) == want(QUERY, docs)
-        assert rr._batch_cap == 8 and max(len(b["texts"]) for b in srv.requests) == 32
+        assert rr._batch_limit.size == 8 and max(len(b["texts"]) for b in srv.requests) == 32
         n = len(srv.requests)
         rr.rerank(QUERY, docs)
         assert len(srv.requests) - n == 7  # ceil(50 / 8), no 413 any more
+
+
+def test_one_document_tei_refuses_leaves_the_batch_size() -> None:
+    """TEI answers an over-long pair (without truncation) with 413 too: bisected down to that
+    document it is a RejectedRerankError, and the 413s that led there do not cut later calls
+    to one document per request (they did: every later call sent 32 single requests)."""
+    sizes: list[int] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        body = json.loads(request.content)
+        sizes.append(len(body["texts"]))
+        if any(len(t) > 100 for t in body["texts"]):
+            return httpx.Response(413, json={"error": "`inputs` must have less than 512 tokens",
+                                             "error_type": "Validation"})
+        return httpx.Response(200, json=[{"index": i, "score": 1.0 / (i + 1)}
+                                         for i in range(len(body["texts"]))])
+
+    rr = remote("tei:http://tei:8080", transport=httpx.MockTransport(handler),
+                max_concurrency=1, **FAST)
+    with pytest.raises(RejectedRerankError, match="document 31 was refused as too large"):
+        rr.rerank(QUERY, [f"d{i}" for i in range(31)] + ["x" * 500])
+    sizes.clear()
+    rr.rerank(QUERY, [f"d{i}" for i in range(64)])
+    assert sizes == [32, 32]
 
 
 def test_slow_calls_stop_at_job_timeout() -> None:
