@@ -56,7 +56,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"smysl {args.command}: error: {e.describe(f'input {e.index}', audience='cli')}",
               file=sys.stderr)
         return 2
-    except (ValueError, FileNotFoundError, ImportError) as e:
+    # A path that is a folder, or one not readable or writable, is a mistake in the arguments
+    # like a missing file: one line, not a traceback.
+    except (ValueError, FileNotFoundError, IsADirectoryError, NotADirectoryError,
+            PermissionError, ImportError) as e:
         print(f"smysl {args.command}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

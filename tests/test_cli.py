@@ -12,6 +12,7 @@ from qwen_tiny import fake_hub_cache
 
 from smysl.cli import main
 from smysl.qwen3.embedder import Embedder
+from smysl.rerank import BaseReranker
 
 
 def _run(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], argv: list[str],
@@ -265,3 +266,112 @@ def test_too_long_input_names_the_flag_for_cli_users(
     http = e.value.describe("input[1]")
     assert http.startswith("input[1] has") and "truncate=True" not in http
     assert "--truncate" not in http
+
+
+# ------------------------------------------------ line inputs, python -m, OS errors (audit)
+#: Characters ``str.splitlines()`` also breaks at (and a lone \r): inside a line they are text.
+ODD = "two\u2028three \u2029 \x0b \x0c \x1c\x1d\x1e \x85 x\ry end"
+
+
+def test_embed_reads_one_text_per_newline(tiny_dir: Path, tiny: Embedder, tmp_path: Path,
+                                          monkeypatch: pytest.MonkeyPatch,
+                                          capsys: pytest.CaptureFixture[str]) -> None:
+    """Row i of the output is line i + 1 of the input, from a file or stdin: only \\n ends a
+    line (one \\r before it is dropped), not U+2028, a form feed... as str.splitlines() has it."""
+    lines = ["one", ODD, "", "four\x0cfive"]
+    raw = f"one\r\n{ODD}\n\nfour\x0cfive\n"
+    src = tmp_path / "in.txt"
+    src.write_bytes(raw.encode())
+    for argv, stdin in ((["-i", str(src)], ""), ([], raw)):
+        code, out, err = _run(monkeypatch, capsys, ["embed", "--model", str(tiny_dir),
+                                                    "--device", "cpu", *argv], stdin)
+        assert code == 0, err
+        rows = [json.loads(x) for x in out.split("\n") if x]  # the output escapes nothing
+        assert [(r["index"], r["text"]) for r in rows] == list(enumerate(lines))
+        got = np.array([r["embedding"] for r in rows], dtype=np.float32)
+        np.testing.assert_allclose(got, tiny.embed(lines), atol=1e-6)
+        assert "embedded 4 texts" in err
+
+
+class _Positions(BaseReranker):
+    """Scores document i as i: the output, best first, is the input reversed."""
+
+    name = "positions"
+    backend = "fake"
+
+    def _scores(self, query: str, documents: list[str], *, instruction: str | None,
+                truncate: bool) -> np.ndarray:
+        return np.arange(len(documents), dtype=np.float64)
+
+
+def test_rerank_reads_jsonl_only_from_jsonl_files(tmp_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    """docs/reranker.md: a .jsonl/.ndjson file is JSONL; any other file and stdin are one plain
+    document per line, never guessed from the content (quotes stay; a JSON-looking log line is
+    a line); a JSON string holding a raw U+2028 stays one item."""
+    import smysl.registry
+
+    monkeypatch.setattr(smysl.registry, "load_reranker",
+                        lambda model, options=None: _Positions())
+
+    def documents(argv: list[str], stdin: str = "") -> list[object]:
+        code, out, err = _run(monkeypatch, capsys, ["rerank", "--model", "fake:x", "-q", "q",
+                                                    *argv], stdin)
+        assert code == 0, err
+        rows = [json.loads(x) for x in out.split("\n") if x]
+        return [r["document"] for r in sorted(rows, key=lambda r: r["index"])]
+
+    lines = ['"a quoted line"', '{"level": "info", "text": "a log line"}', ODD, "[1, 2]"]
+    plain = tmp_path / "docs.txt"
+    plain.write_bytes(("\n".join(lines) + "\n").encode())
+    assert documents(["-i", str(plain)]) == lines
+    assert documents([], "\n".join(lines) + "\n") == lines
+    items: list[object] = ["first\u2028still first", {"text": f"second {ODD}", "id": 7}]
+    for suffix in (".jsonl", ".ndjson"):
+        docs = tmp_path / f"docs{suffix}"
+        docs.write_text("".join(json.dumps(x, ensure_ascii=False) + "\n" for x in items),
+                        encoding="utf-8")
+        assert documents(["-i", str(docs)]) == items
+    # --jsonl: JSONL whatever the input's name, piped in too
+    jsonl = "".join(json.dumps(x, ensure_ascii=False) + "\n" for x in items)
+    assert documents(["--jsonl"], jsonl) == items
+
+
+def test_python_dash_m_smysl_is_the_smysl_command(tmp_path: Path) -> None:
+    """``python -m smysl`` runs the console script's entry point, exit status included."""
+    import subprocess
+    import sys
+
+    import smysl
+
+    version = subprocess.run([sys.executable, "-m", "smysl", "--version"], capture_output=True,
+                             text=True, timeout=120)
+    assert (version.returncode, version.stdout.strip()) == (0, f"smysl {smysl.__version__}")
+    missing = subprocess.run([sys.executable, "-m", "smysl", "rerank", "--model", "x", "-q",
+                              "q", "-i", str(tmp_path / "nope.txt")], capture_output=True,
+                             text=True, timeout=120)
+    assert missing.returncode == 2
+    assert missing.stderr.startswith("smysl rerank: error: ") and "nope.txt" in missing.stderr
+
+
+def test_os_errors_on_paths_are_one_line_errors(tmp_path: Path,
+                                                monkeypatch: pytest.MonkeyPatch,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    """A folder where a file belongs, or a file that may not be read, is the usual one-line
+    error with status 2, like a missing file, not a traceback."""
+    import smysl.commands.rerank
+
+    code, _, err = _run(monkeypatch, capsys, ["rerank", "--model", "x", "-q", "q", "-i",
+                                              str(tmp_path)])
+    assert code == 2 and err == f"smysl rerank: error: [Errno 21] Is a directory: " \
+                                f"'{tmp_path}'\n"
+
+    def unreadable(source: str) -> list[str]:  # chmod 000 does not stop root, who runs CI
+        raise PermissionError(13, "Permission denied", source)
+
+    monkeypatch.setattr(smysl.commands.rerank, "read_lines", unreadable)
+    code, _, err = _run(monkeypatch, capsys, ["rerank", "--model", "x", "-q", "q", "-i",
+                                              "locked.txt"])
+    assert code == 2 and err == "smysl rerank: error: [Errno 13] Permission denied: " \
+                                "'locked.txt'\n"

@@ -6,6 +6,7 @@ import argparse
 import json
 import re
 import sys
+from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -64,6 +65,21 @@ def load_rerank_model(model: str, args: argparse.Namespace) -> BaseReranker:
     from smysl.registry import load_reranker, reranker_options
 
     return load_reranker(model, reranker_options(model, model_options(args)))
+
+
+def column(rows: Iterable[Mapping[str, Any]], field: str, source: str, option: str
+           ) -> list[Any]:
+    """``row[field]`` of every row of the table ``source`` (a file, ``-`` for stdin); a row
+    without the field is a ValueError naming the file, the row and the ``option`` that chooses
+    the column (a bare KeyError would name only the field)."""
+    values = []
+    for n, row in enumerate(rows, 1):
+        if field not in row:
+            name = "<stdin>" if source == "-" else source
+            raise ValueError(f"{name}: row {n} has no {field!r} column (columns: "
+                             f"{sorted(row)}); choose one with {option}")
+        values.append(row[field])
+    return values
 
 
 def progress(args: argparse.Namespace) -> bool:

@@ -10,6 +10,7 @@ from pathlib import Path
 from smysl.commands._model import add_model_arguments, load_model
 from smysl.commands._toolkit import (
     add_table_arguments,
+    column,
     progress,
 )
 
@@ -43,8 +44,10 @@ def _labels(spec: str, args: argparse.Namespace) -> dict[str, str]:
             return {str(x): str(x) for x in data}
         return {str(k): str(v) for k, v in data.items()}
     if path.suffix.lower() in (".csv", ".jsonl") and path.is_file():
-        return {str(r[args.label_field]): str(r.get(args.description_field) or r[args.label_field])
-                for r in iter_rows(path)}
+        rows = list(iter_rows(path))
+        names = column(rows, args.label_field, spec, "--label-field")
+        return {str(n): str(r.get(args.description_field) or n)
+                for n, r in zip(names, rows, strict=True)}
     names = [x.strip() for x in spec.split(",") if x.strip()]
     return {n: n for n in names}
 
@@ -59,8 +62,12 @@ def run(args: argparse.Namespace) -> int:
     )
     from smysl.toolkit.io import read_column, write_rows
 
-    model = load_model(args.model, args)
     texts, rows = read_column(args.input, args.text_field)
+    # Gold labels (when the input has the column) are read before any work, so a row without
+    # one fails the command before its output exists.
+    gold = ([str(x) for x in column(rows, args.label_field, args.input, "--label-field")]
+            if rows and args.label_field in rows[0] else None)
+    model = load_model(args.model, args)
     show = progress(args)
     scores: list[float] | None = None
     candidates: list[str]
@@ -74,7 +81,8 @@ def run(args: argparse.Namespace) -> int:
     else:
         if args.train:
             train, train_rows = read_column(args.train, args.text_field)
-            labels = [str(r[args.label_field]) for r in train_rows]
+            labels = [str(x) for x in column(train_rows, args.label_field, args.train,
+                                             "--label-field")]
             config = ClassifyConfig(method=args.method, instruction=args.instruction,
                                     dimensions=args.dimensions, c=args.C,
                                     neighbors=args.neighbors)
@@ -89,8 +97,8 @@ def run(args: argparse.Namespace) -> int:
     out = [{**r, "predicted": p} | ({"score": round(s, 6)} if scores else {})
            for r, p, s in zip(rows, pred, scores or [0.0] * len(pred), strict=True)]
     write_rows(args.output, out)
-    if rows and args.label_field in rows[0]:
-        match = match_gold([str(r[args.label_field]) for r in rows], candidates)
+    if gold is not None:
+        match = match_gold(gold, candidates)
         if match.gold is None:
             print(f"smysl classify: {match.message(candidates, args.label_field)}",
                   file=sys.stderr)

@@ -8,9 +8,9 @@ import argparse
 import contextlib
 import json
 import sys
-from pathlib import Path
 from typing import TYPE_CHECKING
 
+from smysl.commands._lines import read_lines
 from smysl.commands._model import add_model_arguments, load_model
 
 if TYPE_CHECKING:
@@ -62,10 +62,7 @@ def run(args: argparse.Namespace) -> int:
 
     if args.input != "-" and is_input(args.input):
         return _run_job(args)
-    if args.input == "-":
-        lines = sys.stdin.read().splitlines()
-    else:
-        lines = Path(args.input).read_text(encoding="utf-8").splitlines()
+    lines = read_lines(args.input)
     model = load_model(args.model, args)
     task = model.choose_instruction(args.task, role="query") if args.task or args.query else None
     progress = not args.no_progress and len(lines) >= 64 and sys.stderr.isatty()

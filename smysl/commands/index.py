@@ -8,9 +8,11 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from smysl.commands._lines import read_lines
 from smysl.commands._model import add_model_arguments, load_model
 from smysl.commands._toolkit import (
     add_rerank_arguments,
+    column,
     load_rerank_model,
     parse_where,
     progress,
@@ -140,10 +142,10 @@ def _search(args: argparse.Namespace, store: StoreConfig) -> int:
     queries = list(args.queries)
     if args.queries_file:
         if args.queries_file.endswith(".txt"):
-            queries += [q for q in Path(args.queries_file).read_text(encoding="utf-8")
-                        .splitlines() if q.strip()]
+            queries += [q for q in read_lines(args.queries_file) if q.strip()]
         else:
-            queries += [str(r[args.query_field]) for r in iter_rows(args.queries_file)]
+            queries += [str(q) for q in column(iter_rows(args.queries_file), args.query_field,
+                                               args.queries_file, "--query-field")]
     if not queries:
         raise ValueError("give queries as arguments or with --queries-file")
     if args.context_chars is not None and (args.format != "context" or args.context_chars < 1):

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from smysl.commands._lines import read_lines
 from smysl.commands._model import add_model_arguments, model_options
 
 HELP = "rank documents (JSONL or lines) against a query with a reranker; write JSONL"
@@ -24,31 +25,29 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--instruction", default=None,
                    help="the <Instruct> line (default: the model card's web-search one)")
     p.add_argument("--input", "-i", default="-",
-                   help="documents: .jsonl (a string or an object with \"text\" per line) or "
-                        "plain text, one document per line (- = stdin, read as JSONL when "
-                        "every line is JSON)")
+                   help="documents: a .jsonl/.ndjson file (a string or an object with "
+                        "\"text\" per line), or any other file or stdin (-, the default): "
+                        "plain text, one document per line (unless --jsonl)")
+    p.add_argument("--jsonl", action="store_true",
+                   help="read the input as JSONL whatever its name (for stdin)")
     p.add_argument("--output", "-o", default="-", help="output .jsonl (- = stdout)")
     p.add_argument("--top-n", type=int, default=None, help="keep the best N")
     p.add_argument("--truncate", action="store_true",
                    help="cut over-long documents (their end) instead of failing")
 
 
-def _is_item(line: str) -> bool:
-    try:
-        return isinstance(json.loads(line), str | dict)
-    except json.JSONDecodeError:
-        return False
+#: Suffixes read as JSONL; any other file, and stdin, holds one plain document per line.
+JSONL_SUFFIXES = (".jsonl", ".ndjson")
 
 
-def read_documents(text: str, jsonl: bool | None) -> tuple[list[str], list[Any]]:
-    """(texts, items) of an input. JSONL lines (blank ones skipped) are strings or objects with
-    a string ``text``, each item kept whole for the output; plain lines are their own text.
-    ``jsonl=None``: JSONL when every non-blank line is a JSON string or object."""
-    lines = text.splitlines()
-    if jsonl is None:
-        jsonl = any(ln.strip() for ln in lines) and all(_is_item(ln) for ln in lines
-                                                         if ln.strip())
-    if not jsonl:
+def read_documents(source: str, jsonl: bool = False) -> tuple[list[str], list[Any]]:
+    """(texts, items) of the input ``source`` (a file, ``-`` for stdin). A ``.jsonl``/``.ndjson``
+    file's lines, or any input's with ``jsonl`` (blank ones skipped), are strings or objects
+    with a string ``text``, each item kept whole for the output; any other input's lines are
+    their own text. Never guessed from the content: a plain line that happens to look like
+    JSON stays a plain line."""
+    lines = read_lines(source)
+    if not jsonl and Path(source).suffix.lower() not in JSONL_SUFFIXES:
         return lines, list(lines)
     texts, items = [], []
     for n, line in enumerate(lines, 1):
@@ -57,11 +56,11 @@ def read_documents(text: str, jsonl: bool | None) -> tuple[list[str], list[Any]]
         try:
             item = json.loads(line)
         except json.JSONDecodeError as e:
-            raise ValueError(f"line {n} is not JSON: {e}") from None
+            raise ValueError(f"{source}: line {n} is not JSON: {e}") from None
         doc = item if isinstance(item, str) else (
             item.get("text") if isinstance(item, dict) else None)
         if not isinstance(doc, str):
-            raise ValueError(f"line {n}: expected a string or an object with a string "
+            raise ValueError(f"{source}: line {n}: expected a string or an object with a string "
                              "\"text\" field")
         texts.append(doc)
         items.append(item)
@@ -71,12 +70,7 @@ def read_documents(text: str, jsonl: bool | None) -> tuple[list[str], list[Any]]
 def run(args: argparse.Namespace) -> int:
     from smysl.registry import load_reranker
 
-    if args.input == "-":
-        texts, items = read_documents(sys.stdin.read(), None)
-    else:
-        path = Path(args.input)
-        texts, items = read_documents(path.read_text(encoding="utf-8"),
-                                      path.suffix.lower() in (".jsonl", ".ndjson") or None)
+    texts, items = read_documents(args.input, args.jsonl)
     with load_reranker(args.model, model_options(args)) as reranker:
         ranked = reranker.rerank(args.query, texts, instruction=args.instruction,
                                  top_n=args.top_n, truncate=args.truncate)

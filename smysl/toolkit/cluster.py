@@ -22,7 +22,9 @@ class ClusterConfig:
 
     Attributes:
         method: ``"kmeans"`` or ``"hdbscan"`` (density-based; finds k itself, marks noise -1).
-        k: Clusters for k-means; None estimates it by the best silhouette in ``k_min..k_max``.
+        k: Clusters for k-means; None estimates it by the best silhouette in ``k_min..k_max``
+            (1 when no k there splits the texts, e.g. all near-identical: see
+            :func:`estimate_k`).
         k_min: Smallest k tried when estimating.
         k_max: Largest k tried when estimating (capped at the number of texts - 1).
         min_cluster_size: Smallest HDBSCAN cluster.
@@ -69,20 +71,33 @@ class ClusterResult:
 
 
 def estimate_k(x: np.ndarray, config: ClusterConfig) -> tuple[int, dict[int, float]]:
-    """The k in ``k_min..k_max`` with the best cosine silhouette on a sample."""
+    """The k in ``k_min..k_max`` with the best cosine silhouette on a sample.
+
+    A k for which k-means finds fewer than k distinct clusters (near-identical vectors), or
+    whose sample holds fewer than two, has no silhouette and is skipped; when no k has one the
+    texts are a single cluster: k = 1, with no scores.
+    """
+    import warnings
+
     from sklearn.cluster import KMeans
+    from sklearn.exceptions import ConvergenceWarning
     from sklearn.metrics import silhouette_score
 
     hi = min(config.k_max, len(x) - 1)
     if hi < config.k_min:
         raise ValueError(f"need more than {config.k_min} texts to estimate k")
+    # the sample silhouette_score(sample_size=..., random_state=seed) would draw, drawn once
+    # here so that each k's labels can be checked on it
+    sample = np.random.RandomState(config.seed).permutation(len(x))[: config.sample]
     scores: dict[int, float] = {}
     for k in range(config.k_min, hi + 1):
-        labels = KMeans(n_clusters=k, n_init=3, random_state=config.seed).fit_predict(x)
-        scores[k] = float(silhouette_score(x, labels, metric="cosine",
-                                           sample_size=min(config.sample, len(x)),
-                                           random_state=config.seed))
-    return max(scores, key=lambda k: scores[k]), scores
+        with warnings.catch_warnings():  # fewer distinct clusters than k: skipped just below
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            labels = KMeans(n_clusters=k, n_init=3, random_state=config.seed).fit_predict(x)
+        if len(np.unique(labels)) < k or not 2 <= len(np.unique(labels[sample])) < len(sample):
+            continue
+        scores[k] = float(silhouette_score(x[sample], labels[sample], metric="cosine"))
+    return (max(scores, key=lambda k: scores[k]) if scores else 1), scores
 
 
 def cluster_vectors(vectors: np.ndarray, config: ClusterConfig = ClusterConfig()

@@ -35,11 +35,13 @@ _BLOCK = 1 << 20  # bytes per read when checking a file
 
 @dataclass(frozen=True)
 class Document:
-    """A unit of ingestion: chunk ids are ``f"{id}#{n}"``; metadata goes into each payload."""
+    """A unit of ingestion: chunk ids are ``f"{id}#{n}"``; metadata goes into each payload.
+    ``origin`` says where it was read (``FILE``, ``FILE row N``) for error messages only."""
 
     id: str
     text: str
     metadata: dict[str, Any] = field(default_factory=dict)
+    origin: str = field(default="", compare=False)
 
 
 @dataclass(frozen=True)
@@ -140,15 +142,22 @@ def content_hash(text: str) -> str:
 
 
 def iter_paths(paths: Iterable[str | Path]) -> Iterator[Path]:
-    """Files named, and supported files under folders named (sorted, recursive)."""
+    """Files named, and supported files under folders named (sorted, recursive); a file named
+    twice (say, itself and through its folder) comes once, as its documents' ids must."""
+    seen: set[Path] = set()
     for p in map(Path, paths):
         if p.is_dir():
-            yield from sorted(f for f in p.rglob("*") if f.is_file()
-                              and f.suffix.lower() in TEXT_SUFFIXES + TABLE_SUFFIXES)
+            files = sorted(f for f in p.rglob("*") if f.is_file()
+                           and f.suffix.lower() in TEXT_SUFFIXES + TABLE_SUFFIXES)
         elif p.is_file():
-            yield p
+            files = [p]
         else:
             raise FileNotFoundError(f"{p}: no such file or folder")
+        for f in files:
+            real = f.resolve()
+            if real not in seen:
+                seen.add(real)
+                yield f
 
 
 def document_path(path: Path, root: Path | None = None) -> str:
@@ -208,7 +217,8 @@ def read_documents(paths: Iterable[str | Path], config: ReadConfig = ReadConfig(
         if suffix in TABLE_SUFFIXES:
             yield from _table_documents(path, doc_path, config)
         else:
-            yield Document(doc_path, path.read_text(encoding="utf-8"), {"source": doc_path})
+            yield Document(doc_path, path.read_text(encoding="utf-8"), {"source": doc_path},
+                           origin=str(path))
 
 
 def _table_documents(path: Path, doc_path: str, config: ReadConfig) -> Iterator[Document]:
@@ -230,7 +240,7 @@ def _table_documents(path: Path, doc_path: str, config: ReadConfig) -> Iterator[
             k for k in row if k not in skip]
         meta = {k: row.get(k) for k in keys}
         meta["source"] = doc_path
-        yield Document(doc_id, text, meta)
+        yield Document(doc_id, text, meta, origin=f"{path} row {n}")
 
 
 def iter_chunk_payloads(doc: Document, chunker: Chunker
@@ -282,7 +292,9 @@ def ingest(documents: Iterable[Document], *, store: Any, embed: Callable[[list[s
 
     ``counters`` (a :class:`~smysl.toolkit.cache.CachedEmbedder`) supplies embedded/cached counts.
     Each payload gets the checksum of its vector; ``checksums=False`` (an index built before
-    checksums) accepts stored records without one.
+    checksums) accepts stored records without one. Two documents with one id are a ValueError
+    naming both (the later would silently replace the earlier), raised before the batch holding
+    the repeat is written; batches stored before it stay stored, as after a crash.
     """
     import time
 
@@ -297,6 +309,7 @@ def ingest(documents: Iterable[Document], *, store: Any, embed: Callable[[list[s
     ends: dict[str, int] = {}  # doc id -> chunk count, for docs fully chunked since last flush
     e0 = ((counters.embedded, counters.cached, counters.recomputed) if counters is not None
           else (0, 0, 0))
+    origins: dict[str, str] = {}  # doc id -> where it was read, to name both of a repeated id
 
     def flush() -> None:
         if not pending and not ends:
@@ -338,6 +351,12 @@ def ingest(documents: Iterable[Document], *, store: Any, embed: Callable[[list[s
     try:
         for doc in documents:
             report.documents += 1
+            origin = doc.origin or f"document {report.documents}"
+            if doc.id in origins:
+                raise ValueError(f"document id {doc.id!r} repeats: {origins[doc.id]} and "
+                                 f"{origin}; ids must be unique (the later would replace the "
+                                 "earlier)")
+            origins[doc.id] = origin
             n = 0
             # Chunks stream in: a huge one-line file never holds all its chunks at once.
             for item in iter_chunk_payloads(doc, chunker):

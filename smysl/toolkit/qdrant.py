@@ -89,22 +89,33 @@ class QdrantStore(VectorStore):
         must: list[Any] = []
         for c in conditions:
             if c.op == "eq" or c.op == "in":
-                values = c.value if c.op == "in" else [c.value]
-                # Qdrant matches keywords, ints and bools; floats match as a closed range
-                exact = [v for v in values if not isinstance(v, float)]
-                alts: list[Any] = []
-                if exact:
-                    alts.append(m.FieldCondition(key=c.key, match=m.MatchAny(any=exact))
-                                if len(exact) > 1 else
-                                m.FieldCondition(key=c.key, match=m.MatchValue(value=exact[0])))
-                alts += [m.FieldCondition(key=c.key, range=m.Range(gte=v, lte=v))
-                         for v in values if isinstance(v, float)]
+                alts = self._any_of(c.key, c.value if c.op == "in" else [c.value])
                 must.append(alts[0] if len(alts) == 1 else m.Filter(should=alts))
             else:
                 must.append(m.FieldCondition(key=c.key, range=m.Range(**{c.op: c.value})))
         if ids is not None:
             must.append(m.HasIdCondition(has_id=[point_id(i) for i in ids]))
         return m.Filter(must=must) if must else None
+
+    def _any_of(self, key: str, values: Sequence[Any]) -> list[Any]:
+        """Conditions, to be ORed, that ``payload[key]`` equals one of ``values`` as
+        :func:`~smysl.toolkit.store.matches` has it: a bool only a bool, a string only a string,
+        a number any equal number, int or float. Qdrant keeps those types apart: a match takes
+        one string or int (``MatchAny`` all strings or all ints) and never finds a float, so
+        each type gets its own condition and numbers are closed ranges, which compare int and
+        float payloads alike and skip bools."""
+        m = self._m
+        strings = list(dict.fromkeys(v for v in values if isinstance(v, str)))
+        bools = list(dict.fromkeys(v for v in values if isinstance(v, bool)))
+        numbers = list(dict.fromkeys(v for v in values if not isinstance(v, str | bool)))
+        alts: list[Any] = []
+        if strings:
+            alts.append(m.FieldCondition(key=key, match=m.MatchAny(any=strings))
+                        if len(strings) > 1 else
+                        m.FieldCondition(key=key, match=m.MatchValue(value=strings[0])))
+        alts += [m.FieldCondition(key=key, match=m.MatchValue(value=b)) for b in bools]
+        alts += [m.FieldCondition(key=key, range=m.Range(gte=v, lte=v)) for v in numbers]
+        return alts
 
     def upsert(self, ids: Sequence[str], vectors: np.ndarray,
                payloads: Sequence[Mapping[str, Any]] | None = None) -> None:

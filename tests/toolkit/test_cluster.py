@@ -54,3 +54,16 @@ def test_cluster_texts_uses_clustering_instruction(tiny) -> None:
     assert res.labels.tolist() == direct.labels.tolist()
     with pytest.raises(ValueError, match="at least two"):
         cluster_vectors(unit_rows(1, 8), ClusterConfig(k=1))
+
+
+def test_estimated_k_skips_degenerate_k_and_falls_back_to_one_cluster() -> None:
+    """Near-identical vectors: a k that k-means cannot fill (fewer distinct clusters than k) has
+    no silhouette and is skipped, instead of sklearn's "Number of labels is 1" aborting the
+    estimate; with no k left the texts are one cluster."""
+    same = np.repeat(unit_rows(1, 16, seed=4), 12, axis=0)
+    one = cluster_vectors(same, ClusterConfig(k=None, k_max=5))
+    assert one.k == 1 and one.silhouettes == {} and set(one.labels.tolist()) == {0}
+    two = np.vstack([same, np.repeat(unit_rows(1, 16, seed=5), 8, axis=0)])
+    est = cluster_vectors(two, ClusterConfig(k=None, k_max=5))
+    assert est.k == 2 and set(est.silhouettes) == {2}
+    assert est.labels.tolist() == [est.labels[0]] * 12 + [est.labels[12]] * 8

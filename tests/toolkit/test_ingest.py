@@ -114,6 +114,26 @@ def test_readers_and_payloads(tiny, tmp_path) -> None:
         ix.add([Document("x", "text", {"chunk": 1})], CFG)
 
 
+def test_a_repeated_document_id_is_refused_not_overwritten(tiny, tmp_path) -> None:
+    """Two documents with one id (the later silently replaced the earlier): a ValueError naming
+    both, before the batch holding the repeat is written; batches stored before it stay, as
+    after a crash. A file named twice is read once."""
+    with open_index(tiny, tmp_path / "kb") as ix:
+        with pytest.raises(ValueError, match="document id 'a' repeats: document 1 and "
+                                             "document 3; ids must be unique"):
+            ix.add_texts(["one", "two", "three"], ids=["a", "b", "a"])
+        assert ix.count() == 0  # one batch: nothing of it written
+        with pytest.raises(ValueError, match="'a' repeats"):
+            ix.add_texts(["one", "two", "three"], ids=["a", "b", "a"],
+                         config=IngestConfig(batch_size=1))
+        assert [r.payload["text"] for r in ix.store.get(["a#0", "b#0"])] == ["one", "two"]
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "a.md").write_text("text", encoding="utf-8")
+    notes = tmp_path / "notes"
+    assert len(list(read_documents([notes / "a.md", notes, notes / ".." / "notes" / "a.md"]))
+               ) == 1
+
+
 def test_index_refuses_another_model(tiny, tmp_path) -> None:
     with open_index(tiny, tmp_path / "kb") as ix:
         ix.add_texts(["a b c"])

@@ -71,6 +71,10 @@ def test_exact_search_equals_brute_force(filled) -> None:
 @pytest.mark.parametrize("where", [
     {"lang": "de"}, {"lang": ["en", "fr"]}, {"n": {"$gte": 30, "$lt": 60}}, {"even": True},
     {"lang": "en", "n": {"$gt": 50}}, {"w": 2.5}, {"n": "3"}, {"missing": 1}, {"w": {"$lte": 3}},
+    # mixed types (Qdrant took only all-str or all-int lists), and a number matching int and
+    # float payloads alike but never a bool (audit item 7)
+    {"even": [True, False]}, {"n": [1, "1"]}, {"n": [True, 3, "x", 5]}, {"w": 1},
+    {"w": [1, 2.5, "x"]}, {"even": 1}, {"even": [0, "True"]},
 ])
 def test_filters_match_reference_semantics(filled, where) -> None:
     store, x = filled

@@ -87,3 +87,66 @@ def test_classify_cluster_dedup(tiny_dir, data, capsys) -> None:
     assert [k["text"] for k in kept] == ["same words", "entirely different"]
     report = json.loads((data / "r.json").read_text(encoding="utf-8"))
     assert report["groups"] == 1 and report["groups_detail"][0][1]["index"] == 1
+
+
+def _jsonl(path, rows) -> str:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return str(path)
+
+
+def test_missing_fields_name_file_row_and_option(tiny_dir, data, capsys) -> None:
+    """A row without the --label-field / --query-field column is one error line naming the
+    file, the row and the option (was a KeyError traceback); classify fails before writing."""
+    model = ["--model", str(tiny_dir), "--device", "cpu"]
+    rows = str(data / "rows.jsonl")
+    bad = _jsonl(data / "bad.jsonl", [{"text": "a", "label": "x"}, {"text": "b"}])
+    out = data / "pred.jsonl"
+    for argv, name in ((["-i", rows, "--train", bad], bad),
+                       (["-i", rows, "--labels", _jsonl(data / "labels.jsonl", [
+                           {"label": "x"}, {"description": "no label"}])], "labels.jsonl"),
+                       (["-i", bad, "--labels", "x,y"], bad)):
+        assert main(["classify", *model, *argv, "-o", str(out)]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("smysl classify: error: ") and err.count("\n") == 1, err
+        assert name in err and "row 2 has no 'label' column" in err and "--label-field" in err
+        assert not out.exists()
+    queries = _jsonl(data / "q.jsonl", [{"q": "alpha"}])
+    assert main(["index", "search", str(data / "kb"), "--queries-file", queries]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("smysl index: error: ") and "q.jsonl: row 1 has no 'query'" in err
+    assert "--query-field" in err
+
+
+def test_index_add_refuses_a_repeated_document_id(tiny_dir, data, capsys) -> None:
+    """Two rows with one --id-field value: an error naming both rows, and nothing of the batch
+    written (the second silently replaced the first)."""
+    kb = str(data / "kb")
+    model = ["--model", str(tiny_dir), "--device", "cpu", "--no-progress"]
+    twice = _jsonl(data / "twice.jsonl", [{"id": "r1", "text": "first"},
+                                          {"id": "r2", "text": "other"},
+                                          {"id": "r1", "text": "second"}])
+    assert main(["index", "add", kb, twice, "--id-field", "id", *model]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("smysl index: error: document id 'r1' repeats: ")
+    assert f"{twice} row 1 and {twice} row 3" in err
+    assert main(["index", "delete", kb, "--where", "chunk>=0"]) == 0
+    assert "deleted 0 chunks; 0 left" in capsys.readouterr().err
+    # a file named twice (itself and through its folder) is read once, not a repeat
+    notes = data / "notes"
+    notes.mkdir()
+    (notes / "n.md").write_text("Owls hunt at night.", encoding="utf-8")
+    assert main(["index", "add", kb, str(notes / "n.md"), str(notes), *model]) == 0
+    assert "1 documents" in capsys.readouterr().err
+
+
+def test_index_search_queries_file_lines(tiny_dir, data, capsys) -> None:
+    """--queries-file .txt: one query per \\n-ended line, blank ones skipped."""
+    kb = str(data / "kb")
+    assert main(["index", "add", kb, str(data / "a.md"), "--model", str(tiny_dir), "--device",
+                 "cpu", "--no-progress"]) == 0
+    queries = data / "q.txt"
+    queries.write_bytes("cats\u2028dogs\r\n\nnight\x0cowls\n".encode())
+    assert main(["index", "search", kb, "--queries-file", str(queries), "--format", "json",
+                 "--device", "cpu"]) == 0
+    out = [json.loads(x) for x in capsys.readouterr().out.split("\n") if x]
+    assert [o["query"] for o in out] == ["cats\u2028dogs", "night\x0cowls"]

@@ -1,0 +1,36 @@
+"""Reading text one item per line (``smysl embed``, ``smysl rerank``, ``--queries-file``): the one
+rule of where a line ends, shared so that row ``i`` of every output is line ``i + 1`` of its
+input."""
+
+from __future__ import annotations
+
+import sys
+
+
+def split_lines(text: str) -> list[str]:
+    """``text`` split at ``\\n`` only, each line without one trailing ``\\r`` (CRLF files); a
+    final ``\\n`` ends the last line instead of starting an empty one.
+
+    Not ``str.splitlines``: it also splits at U+2028, U+2029, ``\\x0b``, ``\\x0c``,
+    ``\\x1c``-``\\x1e`` and ``\\x85``, which may sit inside a line (and inside a JSON string,
+    which ``ensure_ascii=False`` writers leave unescaped), so one line would become several.
+    """
+    lines = text.split("\n")
+    if lines[-1] == "":
+        lines.pop()
+    return [line[:-1] if line.endswith("\r") else line for line in lines]
+
+
+def read_lines(source: str) -> list[str]:
+    """The lines (:func:`split_lines`) of a UTF-8 file, or of stdin for ``-``."""
+    if source == "-":
+        # stdin keeps Python's newline translation (\r\n, and a rare lone \r, become \n)
+        return split_lines(sys.stdin.read())
+    try:
+        # newline="": only \n ends a line (the default translation would also end one at a
+        # lone \r)
+        with open(source, encoding="utf-8", newline="") as f:
+            return split_lines(f.read())
+    except UnicodeDecodeError as e:  # the codec's message names no file
+        raise ValueError(f"{source}: not valid UTF-8 ({e.reason}); convert it to UTF-8"
+                         ) from None
