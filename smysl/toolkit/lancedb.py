@@ -255,6 +255,12 @@ class LanceStore(VectorStore):
             typ = cols.get(c.key)
             col = f"`{_PREFIX}{c.key}`"
             values = c.value if c.op == "in" else [c.value]
+            # an int column meets a float value as a DOUBLE (LanceDB refuses to compare them:
+            # "could not convert Float64 to Int64"); exact for ints below 2**53
+            floats = typ == pa.int64() and any(self._arrow_type(v) == pa.float64()
+                                               for v in values)
+            if floats:
+                col = f"CAST({col} AS DOUBLE)"
             if c.op in ("eq", "in"):
                 ok = [v for v in values if typ is not None and (
                     self._arrow_type(v) == typ

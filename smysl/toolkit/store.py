@@ -98,6 +98,11 @@ def parse_where(where: Where | None) -> list[Condition]:
             out.append(Condition(key, "eq", cond))
         else:
             raise ValueError(f"unsupported filter value for {key!r}: {cond!r}")
+    for c in out:  # what no payload holds and no backend's query language can write
+        values = c.value if c.op == "in" else [c.value]
+        if any(isinstance(v, float) and not math.isfinite(v) for v in values):
+            raise ValueError(f"filter values for {c.key!r} must be finite numbers, got "
+                             f"{c.value!r}")
     return out
 
 

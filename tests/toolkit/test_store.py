@@ -75,6 +75,9 @@ def test_exact_search_equals_brute_force(filled) -> None:
     # float payloads alike but never a bool (audit item 7)
     {"even": [True, False]}, {"n": [1, "1"]}, {"n": [True, 3, "x", 5]}, {"w": 1},
     {"w": [1, 2.5, "x"]}, {"even": 1}, {"even": [0, "True"]},
+    # a float against an int column (LanceDB refused to compare them: "damaged store")
+    {"n": 4.0}, {"n": [3, 5.0]}, {"n": 4.5}, {"n": {"$gt": 4.5, "$lte": 9.5}},
+    {"n": {"$gte": 4.5, "$lt": 8.0}},
 ])
 def test_filters_match_reference_semantics(filled, where) -> None:
     store, x = filled
@@ -134,6 +137,9 @@ def test_scan_meta_and_validation(store) -> None:
         store.upsert(["a"], np.full((1, D), np.nan, np.float32))
     with pytest.raises(ValueError, match="operator"):
         store.count({"i": {"$regex": "x"}})
+    for bad in ({"i": float("inf")}, {"i": {"$gt": float("nan")}}, {"i": [1, float("-inf")]}):
+        with pytest.raises(ValueError, match="finite"):
+            store.count(bad)
 
 
 def test_lancedb_reopens_with_data_and_checks_dimensions(tmp_path) -> None:
