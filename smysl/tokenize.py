@@ -40,9 +40,18 @@ class InputTooLongError(ValueError):
         self.index, self.tokens, self.limit, self.who = index, tokens, limit, who
         super().__init__(self.describe(f"input {index}", audience="python"))
 
+    def __reduce__(self) -> tuple[Any, tuple[int, int, int, str]]:
+        # pickled whole (an engine or Ray process to its caller): the keyword-only __init__
+        # cannot take the message that pickle would pass by default
+        return _too_long, (self.index, self.tokens, self.limit, self.who)
+
     def describe(self, what: str, *, audience: Audience = "http") -> str:
         return (f"{what} has {self.tokens} tokens (special tokens included) but {self.who} "
                 f"takes at most {self.limit}; shorten it or {TRUNCATE_HINT[audience]}")
+
+
+def _too_long(index: int, tokens: int, limit: int, who: str) -> InputTooLongError:
+    return InputTooLongError(index=index, tokens=tokens, limit=limit, who=who)
 
 
 def fit_length(ids: list[int], limit: int, *, eos_id: int, truncate: bool, index: int = 0,

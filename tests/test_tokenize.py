@@ -77,3 +77,14 @@ def test_tokenizer_without_eos_token_is_rejected(tmp_path: Path) -> None:
     (tmp_path / "tokenizer.json").write_text(json.dumps(tok), encoding="utf-8")
     with pytest.raises(ValueError, match="endoftext"):
         Tokenizer(tmp_path / "tokenizer.json", max_tokens=8)
+
+
+def test_too_long_error_survives_pickling() -> None:
+    """It crosses processes (an engine process, a Ray actor) whole: a subclass of ValueError
+    with its fields, not an error pickle cannot rebuild."""
+    import pickle
+
+    e = pickle.loads(pickle.dumps(InputTooLongError(index=3, tokens=40, limit=32, who="m")))
+    assert isinstance(e, InputTooLongError) and isinstance(e, ValueError)
+    assert (e.index, e.tokens, e.limit, e.who) == (3, 40, 32, "m")
+    assert str(e) == str(InputTooLongError(index=3, tokens=40, limit=32, who="m"))
