@@ -25,8 +25,10 @@ from typing import Any
 import numpy as np
 
 from smysl.base import BaseEmbedder, fingerprint_of
+from smysl.pooling import check_dimensions
 from smysl.scale.sources import Row, Source, count_records, find_sources, read_rows
-from smysl.toolkit.chunking import ChunkConfig
+from smysl.tokenize import InputTooLongError
+from smysl.toolkit.chunking import ChunkConfig, TokenChunker, chunker_for
 
 MANIFEST = "_smysl_job.json"
 #: Store metadata key: job fingerprint -> names of the shards committed to the store.
@@ -52,7 +54,9 @@ class JobConfig:
         instruction: Embed every text as a query with this instruction (resolved text, see
             :meth:`~smysl.base.BaseEmbedder.choose_instruction`); None embeds documents.
         chunk: Split texts into chunks (ids ``ROW-ID#n``); None embeds each row whole. An
-            index always chunks (the toolkit's default sizes when None).
+            index always chunks (the toolkit's default sizes when None). A row with no text
+            to chunk (empty or whitespace only) gives no chunk, and is counted in
+            :attr:`JobReport.empty_rows`.
         truncate: Cut over-long texts at the model's limit instead of failing.
         shard_rows: Records per shard: the unit of resumption and of output files.
         batch_size: Texts per embedding call and write (bounds memory).
@@ -83,6 +87,11 @@ class JobConfig:
     def to_store(self) -> bool:
         return self.output.startswith(STORE_PREFIXES)
 
+    @property
+    def chunking(self) -> ChunkConfig | None:
+        """How the job cuts texts: :attr:`chunk`, the toolkit's default for an index."""
+        return self.chunk if self.chunk is not None or not self.to_store else ChunkConfig()
+
 
 @dataclass
 class JobReport:
@@ -97,6 +106,8 @@ class JobReport:
     bad_rows: int = 0
     #: The first broken rows, "FILE, row N: problem".
     bad_examples: list[str] = field(default_factory=list)
+    #: Rows that gave no chunk: nothing but whitespace to chunk (chunking jobs only).
+    empty_rows: int = 0
     seconds: float = 0.0
     usage: str | None = None
 
@@ -109,6 +120,8 @@ class JobReport:
                 f"-> {self.output}")
         if self.bad_rows:
             line += f"; {self.bad_rows} bad rows skipped"
+        if self.empty_rows:
+            line += f"; {self.empty_rows} empty rows gave no chunks"
         return line + (f"; {self.usage}" if self.usage else "")
 
 
@@ -118,7 +131,7 @@ def job_fingerprint(model: BaseEmbedder, config: JobConfig) -> str:
 
 
 def _identity(model: BaseEmbedder, config: JobConfig) -> dict[str, Any]:
-    chunk = config.chunk if config.chunk is not None or not config.to_store else ChunkConfig()
+    chunk = config.chunking
     return {"model": model.fingerprint(), "dimensions": config.dimensions or model.dimensions,
             "instruction": config.instruction, "chunk": asdict(chunk) if chunk else None,
             "id_field": config.id_field, "text_field": config.text_field,
@@ -140,8 +153,10 @@ def run_job(model: BaseEmbedder, inputs: Sequence[str | Path], config: JobConfig
     """Embed every row of ``inputs`` (files or folders) into ``config.output``; shards already
     committed by an earlier run of the same job are skipped (counted in the report)."""
     sources = find_sources(inputs)
+    chunker = _check_settings(model, config)
     fp = job_fingerprint(model, config)
     report = JobReport(config.output, fp)
+    bad = _BadRows(config, report, on_bad_row)
     t0 = time.perf_counter()
     bar = None
     if progress:
@@ -151,7 +166,7 @@ def run_job(model: BaseEmbedder, inputs: Sequence[str | Path], config: JobConfig
                    smoothing=0.1)
     try:
         writer: _Writer = (_StoreWriter(model, config, fp) if config.to_store
-                           else _ParquetWriter(model, config, fp))
+                           else _ParquetWriter(model, config, fp, chunker))
         with writer:
             for source in sources:
                 rows = read_rows(source, config.id_field, config.text_field)
@@ -164,8 +179,7 @@ def run_job(model: BaseEmbedder, inputs: Sequence[str | Path], config: JobConfig
                         if bar is not None:
                             bar.update(skipped)
                         continue
-                    writer.write(name, _checked(group, source, config, report, on_bad_row, bar),
-                                 report)
+                    writer.write(name, source, _checked(group, source, bad, bar), report, bad)
                     report.shards_written += 1
     finally:
         if bar is not None:
@@ -175,10 +189,43 @@ def run_job(model: BaseEmbedder, inputs: Sequence[str | Path], config: JobConfig
     return report
 
 
-def _checked(rows: Iterable[Row], source: Source, config: JobConfig, report: JobReport,
-             on_bad_row: BadRowCallback | None, bar: Any) -> Iterator[Row]:
-    """The good rows; a broken one raises :class:`BadRowError` or, with ``skip_bad_rows``,
-    is reported and left out."""
+def _check_settings(model: BaseEmbedder, config: JobConfig) -> TokenChunker | None:
+    """The job's settings checked against the model before any output exists (a bad one must
+    not leave a folder or an index that the corrected rerun finds in its way); returns the
+    job's chunker, None when rows are embedded whole."""
+    check_dimensions(config.dimensions, model.dimensions, minimum=model.min_dimensions)
+    model.choose_instruction(config.instruction)  # a model that takes none refuses one
+    if config.to_store and config.instruction is not None:
+        raise ValueError("an index stores documents: embed queries (an instruction) into a "
+                         "Parquet folder instead")
+    chunk = config.chunking
+    return (chunker_for(model, chunk, instruction=config.instruction) if chunk is not None
+            else None)
+
+
+class _BadRows:
+    """The one rule for a broken row: the job stops naming it, or with ``skip_bad_rows`` it is
+    reported, counted and left out."""
+
+    def __init__(self, config: JobConfig, report: JobReport,
+                 on_bad_row: BadRowCallback | None) -> None:
+        self.skip, self.report, self.on_bad_row = config.skip_bad_rows, report, on_bad_row
+
+    def __call__(self, source: Source, row: Row, problem: str) -> None:
+        """Raises :class:`BadRowError` unless broken rows are skipped."""
+        where = f"{source.path}, row {row.number}: {problem}"
+        if not self.skip:
+            raise BadRowError(f"{where}; fix the row, or report and skip broken rows "
+                              f"(--skip-bad-rows / skip_bad_rows=True)")
+        self.report.bad_rows += 1
+        if len(self.report.bad_examples) < 20:
+            self.report.bad_examples.append(where)
+        if self.on_bad_row is not None:
+            self.on_bad_row(where)
+
+
+def _checked(rows: Iterable[Row], source: Source, bad: _BadRows, bar: Any) -> Iterator[Row]:
+    """The good rows; a broken one goes to ``bad`` (which raises, or leaves it out)."""
     seen: set[str] = set()  # one shard's ids: a duplicate would be written twice
     for row in rows:
         if bar is not None:
@@ -187,15 +234,7 @@ def _checked(rows: Iterable[Row], source: Source, config: JobConfig, report: Job
         if problem is None and row.id in seen:
             problem = f"duplicate id {row.id!r} (first seen earlier in this shard)"
         if problem is not None:
-            where = f"{source.path}, row {row.number}: {problem}"
-            if not config.skip_bad_rows:
-                raise BadRowError(f"{where}; fix the row, or report and skip broken rows "
-                                  f"(--skip-bad-rows / skip_bad_rows=True)")
-            report.bad_rows += 1
-            if len(report.bad_examples) < 20:
-                report.bad_examples.append(where)
-            if on_bad_row is not None:
-                on_bad_row(where)
+            bad(source, row, problem)
             continue
         seen.add(row.id)
         yield row
@@ -211,7 +250,8 @@ class _Writer:
     def done(self, name: str) -> bool:
         raise NotImplementedError
 
-    def write(self, name: str, rows: Iterable[Row], report: JobReport) -> None:
+    def write(self, name: str, source: Source, rows: Iterable[Row], report: JobReport,
+              bad: _BadRows) -> None:
         raise NotImplementedError
 
     def __enter__(self) -> _Writer:
@@ -221,46 +261,78 @@ class _Writer:
         pass
 
 
-class _ParquetWriter(_Writer):
-    """One Parquet file per shard, written to a hidden temporary name and renamed when whole."""
+@dataclass
+class _Batch:
+    """What one batch of rows embeds: ids, texts and token counts, and the row of each text."""
 
-    def __init__(self, model: BaseEmbedder, config: JobConfig, fp: str) -> None:
+    rows: list[Row]
+    ids: list[str]
+    texts: list[str]
+    tokens: list[int] | None
+    owners: list[int]  # index in ``rows`` of each text's row
+
+    def without(self, row: int) -> _Batch:
+        keep = [i for i, r in enumerate(self.owners) if r != row]
+        return _Batch(self.rows, [self.ids[i] for i in keep], [self.texts[i] for i in keep],
+                      None if self.tokens is None else [self.tokens[i] for i in keep],
+                      [self.owners[i] for i in keep])
+
+
+class _ParquetWriter(_Writer):
+    """One Parquet file per shard, written to a hidden temporary name and renamed when whole.
+    The folder's manifest (the job's identity) is written with the first shard: a job that
+    fails before committing anything leaves nothing that refuses the corrected rerun."""
+
+    def __init__(self, model: BaseEmbedder, config: JobConfig, fp: str,
+                 chunker: TokenChunker | None) -> None:
         try:
             import pyarrow as pa
             import pyarrow.parquet as pq
         except ImportError as e:
             raise ImportError("Parquet output needs pyarrow: pip install 'smysl[toolkit]'") from e
         self.pa, self.pq = pa, pq
-        self.model, self.config, self.fp = model, config, fp
+        self.model, self.config, self.fp, self.chunker = model, config, fp, chunker
         self.dims = config.dimensions or model.dimensions
         self.model_fp = model.fingerprint()
         self.dir = Path(config.output).expanduser()
         if self.dir.exists() and not self.dir.is_dir():
             raise ValueError(f"{self.dir}: the output must be a folder (a Parquet dataset)")
+        self.identity = {"fingerprint": fp, "model_name": model.name, **_identity(model, config)}
+        self.manifest = self.dir / MANIFEST
+        self.claimed = self._same_job()
         self.dir.mkdir(parents=True, exist_ok=True)
-        identity = {"fingerprint": fp, "model_name": model.name, **_identity(model, config)}
-        manifest = self.dir / MANIFEST
-        if manifest.is_file():
-            try:
-                old = json.loads(manifest.read_text(encoding="utf-8"))
-            except ValueError:
-                old = {}
-            if old.get("fingerprint") != fp:
-                differ = sorted(k for k in identity if old.get(k) != identity[k]
-                                and k not in ("fingerprint", "model_name"))
-                raise ValueError(f"{self.dir} holds the output of another job (it differs in: "
-                                 f"{', '.join(differ) or 'fingerprint'}); write to a new folder")
-        else:
-            manifest.write_text(json.dumps(identity, indent=2) + "\n", encoding="utf-8")
         for stale in self.dir.glob(".*.parquet.tmp"):  # an interrupted run's partial shard
             stale.unlink()
         self.schema = pa.schema([("id", pa.string()), ("vector", pa.list_(pa.float32(), self.dims)),
                                  ("dimensions", pa.int32()), ("model", pa.string()),
                                  ("tokens", pa.int32())])
-        if config.chunk is not None:
-            from smysl.toolkit.chunking import chunker_for
 
-            self.chunker: Any = chunker_for(model, config.chunk)
+    def _same_job(self) -> bool:
+        """Whether the folder's manifest names this job (False: there is none yet); another
+        job's raises."""
+        if not self.manifest.is_file():
+            return False
+        try:
+            old = json.loads(self.manifest.read_text(encoding="utf-8"))
+        except ValueError:
+            old = {}
+        if old.get("fingerprint") != self.fp:
+            differ = sorted(k for k in self.identity if old.get(k) != self.identity[k]
+                            and k not in ("fingerprint", "model_name"))
+            raise ValueError(f"{self.dir} holds the output of another job (it differs in: "
+                             f"{', '.join(differ) or 'fingerprint'}); write to a new folder")
+        return True
+
+    def _claim(self) -> None:
+        """Write the manifest before the first shard appears (unless a job wrote it since the
+        folder was opened: then it must be this job)."""
+        if self.claimed or self._same_job():
+            self.claimed = True
+            return
+        tmp = self.manifest.with_name(f".{MANIFEST}.tmp")
+        tmp.write_text(json.dumps(self.identity, indent=2) + "\n", encoding="utf-8")
+        os.replace(tmp, self.manifest)
+        self.claimed = True
 
     def _path(self, name: str) -> Path:
         return self.dir / f"{name}.{self.fp[:16]}.parquet"
@@ -268,28 +340,54 @@ class _ParquetWriter(_Writer):
     def done(self, name: str) -> bool:
         return self._path(name).is_file()
 
-    def _texts(self, rows: list[Row]) -> tuple[list[str], list[str], list[int] | None]:
-        if self.config.chunk is None:
+    def _batch(self, rows: list[Row], source: Source, report: JobReport,
+               bad: _BadRows) -> _Batch:
+        if self.chunker is None:
             texts = [r.text for r in rows]
-            return [r.id for r in rows], texts, _tokens(self.model, texts)
-        ids, texts, tokens = [], [], []
-        for r in rows:
-            for c in self.chunker.iter_split(r.text):
+            return _Batch(rows, [r.id for r in rows], texts,
+                          _tokens(self.model, texts, self.config.instruction),
+                          list(range(len(rows))))
+        ids, texts, tokens, owners = [], [], [], []
+        for i, r in enumerate(rows):
+            try:
+                chunks = list(self.chunker.iter_split(r.text))
+            except ValueError as e:  # a character that no chunk of this size holds
+                bad(source, r, str(e))
+                continue
+            if not chunks:
+                report.empty_rows += 1
+            for c in chunks:
                 ids.append(f"{r.id}#{c.index}")
                 texts.append(c.text)
                 tokens.append(c.tokens)
-        return ids, texts, tokens
+                owners.append(i)
+        return _Batch(rows, ids, texts, tokens, owners)
 
-    def write(self, name: str, rows: Iterable[Row], report: JobReport) -> None:
+    def _embed(self, batch: _Batch, source: Source, bad: _BadRows) -> tuple[_Batch, np.ndarray]:
+        """The batch's vectors; a text the model refuses as too long is its row's problem
+        (named by file and row, or that row alone left out), not the batch's."""
+        while True:
+            try:
+                return batch, self.model.embed(batch.texts, instruction=self.config.instruction,
+                                               dimensions=self.config.dimensions,
+                                               truncate=self.config.truncate)
+            except InputTooLongError as e:
+                owner = batch.owners[e.index]
+                row = batch.rows[owner]
+                what = (f"the text of id {row.id!r}" if self.chunker is None
+                        else f"chunk {batch.ids[e.index]!r}")
+                bad(source, row, e.describe(what, audience="cli"))
+                batch = batch.without(owner)
+
+    def write(self, name: str, source: Source, rows: Iterable[Row], report: JobReport,
+              bad: _BadRows) -> None:
         pa = self.pa
         final = self._path(name)
         tmp = final.with_name(f".{final.name}.tmp")
         with self.pq.ParquetWriter(tmp, self.schema) as out:
-            for batch in _batches(rows, self.config.batch_size):
-                ids, texts, tokens = self._texts(batch)
-                vectors = self.model.embed(texts, instruction=self.config.instruction,
-                                           dimensions=self.config.dimensions,
-                                           truncate=self.config.truncate)
+            for group in _batches(rows, self.config.batch_size):
+                batch, vectors = self._embed(self._batch(group, source, report, bad), source, bad)
+                ids, tokens = batch.ids, batch.tokens
                 out.write_table(pa.table({
                     "id": pa.array(ids, pa.string()),
                     "vector": pa.FixedSizeListArray.from_arrays(
@@ -303,12 +401,15 @@ class _ParquetWriter(_Writer):
                 report.texts += len(ids)
                 report.tokens = (report.tokens + sum(tokens)
                                  if tokens is not None and report.tokens is not None else None)
+        self._claim()
         os.replace(tmp, final)  # the shard appears whole or not at all
 
 
-def _tokens(model: BaseEmbedder, texts: list[str]) -> list[int] | None:
+def _tokens(model: BaseEmbedder, texts: list[str], instruction: str | None) -> list[int] | None:
+    """Tokens each text costs as embedded: EOS included, and the query template with an
+    instruction (what a chunk's count is too)."""
     try:
-        return model.count_tokens(texts)
+        return model.count_tokens(model.format_texts(texts, instruction))
     except NotImplementedError:  # a backend without a tokenizer
         return None
 
@@ -321,9 +422,6 @@ class _StoreWriter(_Writer):
         from smysl.toolkit.index import Index, IndexConfig
         from smysl.toolkit.store import StoreConfig
 
-        if config.instruction is not None:
-            raise ValueError("an index stores documents: embed queries (an instruction) into a "
-                             "Parquet folder instead")
         self.model, self.config, self.fp = model, config, fp
         store = StoreConfig.parse(config.output, table=config.table)
         self.index = Index.create_or_open(model, IndexConfig(store=store,
@@ -336,21 +434,28 @@ class _StoreWriter(_Writer):
     def done(self, name: str) -> bool:
         return name in self._committed().get(self.fp, [])
 
-    def write(self, name: str, rows: Iterable[Row], report: JobReport) -> None:
+    def write(self, name: str, source: Source, rows: Iterable[Row], report: JobReport,
+              bad: _BadRows) -> None:
         from smysl.toolkit.ingest import Document, IngestConfig
 
         counted: list[int] = []
+        row_ids: list[str] = []
+        chunked: set[str] = set()  # ids of the rows that gave chunks
 
         def documents() -> Iterator[Document]:
             for batch in _batches(rows, self.config.batch_size):
-                tokens = _tokens(self.model, [r.text for r in batch])
+                tokens = _tokens(self.model, [r.text for r in batch], None)
                 counted.append(sum(tokens) if tokens is not None else -1)
+                row_ids.extend(r.id for r in batch)
                 yield from (Document(r.id, r.text) for r in batch)
 
-        done = self.index.add(documents(), IngestConfig(
-            chunk=self.config.chunk or ChunkConfig(), batch_size=self.config.batch_size,
-            dimensions=self.config.dimensions, optimize=False))
+        done = self.index.add(
+            documents(), IngestConfig(chunk=self.config.chunking or ChunkConfig(),
+                                      batch_size=self.config.batch_size,
+                                      dimensions=self.config.dimensions, optimize=False),
+            on_stored=lambda ids: chunked.update(i.rpartition("#")[0] for i in ids))
         report.texts += done.chunks
+        report.empty_rows += sum(1 for i in row_ids if i not in chunked)
         report.tokens = (report.tokens + sum(counted)
                          if report.tokens is not None and all(c >= 0 for c in counted) else None)
         store = self.index.store

@@ -29,6 +29,7 @@ import numpy as np
 
 from smysl.base import BaseEmbedder, Progress
 from smysl.options import ModelOptions
+from smysl.tokenize import InputTooLongError
 
 INSTALL_HINT = "pip install 'smysl[ray]'"
 
@@ -104,6 +105,23 @@ USAGE_COUNTS = ("texts", "tokens", "reported_tokens", "counted_tokens", "estimat
                 "requests", "retries", "failed_requests")
 
 
+@dataclass(frozen=True)
+class TooLong:
+    """An :class:`~smysl.tokenize.InputTooLongError` on its way from an actor to the driver
+    (the error itself does not pickle: Ray would deliver an unreadable one), its ``index`` in
+    the actor's part of the texts."""
+
+    index: int
+    tokens: int
+    limit: int
+    who: str
+
+    def error(self, offset: int) -> InputTooLongError:
+        """The error, its index in the whole call (``offset``: where the part starts)."""
+        return InputTooLongError(index=offset + self.index, tokens=self.tokens,
+                                 limit=self.limit, who=self.who)
+
+
 class Worker:
     """What runs inside an actor: one model, loaded once."""
 
@@ -135,7 +153,10 @@ class Worker:
         driver sums these, so usage survives an actor's restart (an actor runs one call at a
         time, so the difference is this call's)."""
         before = self._usage()
-        out = getattr(self, method)(*args)
+        try:
+            out = getattr(self, method)(*args)
+        except InputTooLongError as e:
+            out = TooLong(e.index, e.tokens, e.limit, e.who)
         return out, usage_delta(before, self._usage())
 
     def _usage(self) -> dict[str, Any] | None:
@@ -210,14 +231,19 @@ class RayEmbedder(BaseEmbedder):
         return self._run("embed_formatted", texts, truncate)
 
     def _run(self, method: str, texts: list[str], *args: Any) -> np.ndarray:
-        """``Worker.method(part, *args)`` on every actor's part of ``texts``, in order."""
+        """``Worker.method(part, *args)`` on every actor's part of ``texts``, in order; a text
+        too long raises :class:`~smysl.tokenize.InputTooLongError` with its index in
+        ``texts``, as one model would."""
+        parts = self._parts(len(texts))
         futures = [self.actors[i].metered.remote(method, texts[s], *args)
-                   for i, s in enumerate(self._parts(len(texts)))]
-        parts = []
-        for vectors, usage in self._ray.get(futures):
-            parts.append(vectors)
+                   for i, s in enumerate(parts)]
+        results = self._ray.get(futures)
+        for _, usage in results:
             self._add_usage(usage)
-        return np.concatenate(parts).astype(np.float32, copy=False)
+        for part, (out, _) in zip(parts, results, strict=True):
+            if isinstance(out, TooLong):
+                raise out.error(part.start)
+        return np.concatenate([out for out, _ in results]).astype(np.float32, copy=False)
 
     def _add_usage(self, delta: dict[str, Any] | None) -> None:
         if delta is None:

@@ -1,8 +1,14 @@
 """Token-aware chunking with overlap, on the tokenizer of the model that will embed the chunks.
 
 A :class:`Chunker` turns one text into :class:`Chunk` spans of at most ``max_tokens`` model tokens
-(special tokens included), consecutive chunks sharing ``overlap`` tokens. Spans come from the
-tokenizer's character offsets, so a chunk is an exact slice of the source text.
+as embedded (special tokens included, and the instruction of chunks embedded as queries),
+consecutive chunks sharing up to ``overlap`` tokens. Spans come from the tokenizer's character
+offsets, so a chunk is an exact slice of the source text. Every chunk is counted again on its own
+before it is yielded, and made shorter if it must: a slice does not always cost the tokens it had
+in context (a character's bytes split over several tokens, a word piece merging differently at
+the cut), and the limit must hold for what is embedded. A chunk's ``tokens`` is that count.
+
+A text with nothing but whitespace yields no chunk.
 
 Tokenizers, in order of preference: the local Qwen3 engine's (``embedder.tokenizer.raw``), a
 Hugging Face fast tokenizer at ``embedder.model.tokenizer`` or ``embedder.tokenizer``
@@ -15,17 +21,23 @@ instead of failing. Leave headroom (a smaller ``max_tokens``) with such backends
 
 from __future__ import annotations
 
+import itertools
 import re
+import sys
+from bisect import bisect_left, bisect_right
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 Offsets = Callable[[str], list[tuple[int, int]]]
+#: Tokens one chunk's text costs as embedded (special tokens and any instruction included).
+Count = Callable[[str], int]
 
 _WORDS = re.compile(r"\w+|[^\w\s]")
 _SENTENCE_END = ".!?;:。！？"
 #: Characters tokenised at once by :meth:`TokenChunker.iter_split` (widened when one chunk's
-#: tokens do not fit), and how close to a window's cut a token must not end to count as final.
+#: tokens do not fit), and the context read beyond a window's cuts: a token ending that close
+#: to its end is not final, and a window starts that far before the next chunk.
 WINDOW_CHARS = 1 << 18
 WINDOW_MARGIN = 1024
 
@@ -35,8 +47,10 @@ class ChunkConfig:
     """How texts are split.
 
     Attributes:
-        max_tokens: Most tokens per chunk, special tokens included; capped at the model's limit.
-        overlap: Tokens shared by consecutive chunks (context that would be cut at a boundary).
+        max_tokens: Most tokens per chunk as embedded: special tokens included, and the
+            instruction when chunks are embedded as queries; capped at the model's limit.
+        overlap: Most tokens shared by consecutive chunks (context that would be cut at a
+            boundary); a chunk start moved back off a word piece shares that piece as well.
         snap: End a chunk at a sentence or line break when one lies in the window's second half.
     """
 
@@ -53,7 +67,8 @@ class ChunkConfig:
 
 @dataclass(frozen=True)
 class Chunk:
-    """A slice ``text[start:end]`` of the source, with its position and token count."""
+    """A slice ``text[start:end]`` of the source, with its position and its tokens as embedded
+    (counted on the slice itself)."""
 
     index: int
     text: str
@@ -78,20 +93,27 @@ def word_offsets(text: str) -> list[tuple[int, int]]:
 
 
 class TokenChunker:
-    """Sliding token windows over character offsets from ``offsets``."""
+    """Sliding token windows over character offsets from ``offsets``, each chunk recounted with
+    ``count`` (default: its offsets plus ``special_tokens``)."""
 
     def __init__(self, offsets: Offsets, config: ChunkConfig = ChunkConfig(), *,
-                 special_tokens: int = 0, model_max_tokens: int | None = None,
-                 exact: bool = True) -> None:
+                 count: Count | None = None, special_tokens: int = 0,
+                 model_max_tokens: int | None = None, exact: bool = True) -> None:
         self.offsets = offsets
         self.config = config
-        limit = min(config.max_tokens, model_max_tokens or config.max_tokens)
-        #: Content tokens per chunk (special tokens excluded).
-        self.budget = limit - special_tokens
-        if self.budget < 1 or config.overlap >= self.budget:
-            raise ValueError(f"chunks of {limit} tokens leave {self.budget} for text, which must "
-                             f"exceed the overlap ({config.overlap})")
+        #: Tokens the model adds to every text (EOS; [CLS] and [SEP]).
         self.special_tokens = special_tokens
+        self.count: Count = count or (lambda text: len(offsets(text)) + special_tokens)
+        #: Most tokens per chunk as embedded.
+        self.limit = min(config.max_tokens, model_max_tokens or config.max_tokens)
+        overhead = self.count("")
+        #: Text tokens per chunk: the limit less what every chunk costs besides its text
+        #: (special tokens, an instruction).
+        self.budget = self.limit - overhead
+        if self.budget < 1 or config.overlap >= self.budget:
+            raise ValueError(f"chunks of {self.limit} tokens leave {self.budget} for text "
+                             f"besides the {overhead} every chunk costs (special tokens, "
+                             f"instruction), which must exceed the overlap ({config.overlap})")
         #: False when token counts are approximated (no model tokenizer available).
         self.exact = exact
 
@@ -100,45 +122,118 @@ class TokenChunker:
 
     def iter_split(self, text: str) -> Iterator[Chunk]:
         """Chunks in order, tokenising :data:`WINDOW_CHARS` characters at a time: memory follows
-        the window, not the text (a 20 MB one-line file). Each window starts where the next
-        chunk starts; tokens within :data:`WINDOW_MARGIN` characters of a window's cut are
-        re-read in the next window, so chunk boundaries match tokenising the whole text."""
+        the window, not the text (a 20 MB one-line file). Each window holds the next chunk's
+        start and the :data:`WINDOW_MARGIN` characters before it; units within that margin of
+        the window's end are re-read in the next window. So no cut changes a token that a chunk
+        is made of, and chunk boundaries match tokenising the whole text."""
         index, pos, width = 0, 0, WINDOW_CHARS
         while True:
             end = min(pos + width, len(text))
             final = end >= len(text)
-            spans = [(a + pos, b + pos) for a, b in self.offsets(text[pos:end]) if b > a]
-            n = len(spans)
-            # Spans that the cut cannot have changed; the last one never counts as safe.
+            lead = max(0, pos - WINDOW_MARGIN)  # context only: those units are chunked already
+            units, cum = self._units(text[lead:end], lead)
+            n = len(units)
+            starts = [a for a, _ in units]
+            first = max(0, bisect_right(starts, pos) - 1)  # the unit holding the next start
+            if first < n and units[first][1] <= pos:
+                first += 1
+            # Units that the cut cannot have changed; the last one never counts as safe.
             safe = n if final else min(
-                n - 1, sum(1 for _, b in spans if b <= end - WINDOW_MARGIN))
-            s, restart = 0, None
+                n - 1, sum(1 for _, b in units if b <= end - WINDOW_MARGIN))
+            s, restart = first, None
             while s < n:
-                if not final and s + self.budget > safe:
-                    restart = s  # this chunk could reach the cut: take it from the next window
+                e = max(s + 1, bisect_right(cum, cum[s] + self.budget) - 1)
+                if not final and e >= safe:
+                    # the chunk, or the unit after it that decides its end, could reach the
+                    # cut: take it from the next window
+                    restart = s
                     break
-                e = min(s + self.budget, n)
                 if e < n and self.config.snap:
-                    e = self._snap(text, spans, s, e)
-                a, b = spans[s][0], spans[e - 1][1]
-                piece = text[a:b]
-                lead = len(piece) - len(piece.lstrip())
-                piece = piece.strip()
-                if piece:
-                    yield Chunk(index, piece, a + lead, a + lead + len(piece),
-                                e - s + self.special_tokens)
+                    e = self._snap(text, units, s, e)
+                e, chunk = self._fit(text, units, cum, s, e, index)
+                if chunk is not None:
+                    yield chunk
                     index += 1
                 if e >= n:
                     break
-                s = self._word_start(text, spans, max(e - self.config.overlap, s + 1), s + 1, e)
+                # The next chunk starts past this one's first characters (its stripped start),
+                # so that a start moved back off a word piece cannot repeat this chunk.
+                lo = s + 1 if chunk is None else max(s + 1, bisect_right(starts, chunk.start))
+                s = self._word_start(text, units, self._back(cum, lo, e), lo, e)
             if final:
                 return
-            if restart is None:  # no tokens in this window at all
+            if restart is None:  # no tokens in this window but whitespace
                 pos, width = end, WINDOW_CHARS
-            elif restart == 0:  # not even one chunk fits: a wider window
+            elif restart == first:  # not even one chunk fits: a wider window
                 width *= 2
             else:
-                pos, width = spans[restart][0], WINDOW_CHARS
+                pos, width = units[restart][0], WINDOW_CHARS
+
+    def _units(self, window: str, pos: int) -> tuple[list[tuple[int, int]], list[int]]:
+        """The places a chunk may start and end at in ``window`` (``text[pos:]``), and the
+        running sum of their tokens.
+
+        Tokens whose characters overlap are one unit, weighed by their count: byte-level BPE
+        splits a rare character's bytes over several tokens that all point at the character
+        (``𝔘`` is two tokens at (0, 1)), and a cut between them would put the whole character
+        in the chunk. A unit heavier than a chunk's budget is split at its characters instead,
+        each weighed by the tokens touching it (over-estimates; the recount decides).
+
+        Characters that no token covers, but whitespace, end the unit before them (the text's
+        first unit starts at 0), so that every character is in a chunk: Unicode normalisation
+        folds ``e`` + U+0301 into one token whose offsets cover the ``e`` only, and a
+        WordPiece tokenizer drops a zero-width joiner."""
+        spans = self.offsets(window)
+        units: list[tuple[int, int]] = []
+        cum = [0]
+        ua = ub = w = i0 = 0  # the open unit: characters, tokens, its first token
+        # a sentinel token past the end closes the last unit
+        for i, (a, b) in enumerate(itertools.chain(spans, [(sys.maxsize - 1, sys.maxsize)])):
+            if b <= a:  # a token without characters (rare) joins the open unit
+                if w:
+                    w += 1
+                continue
+            if w and a < ub:
+                w += 1
+                ub = max(ub, b)
+                continue
+            if w:
+                end = ub + len(window[ub:a].rstrip())
+                if w > self.budget and ub - ua > 1:
+                    for c in range(ua, ub):
+                        units.append((c + pos, (c + 1 if c + 1 < ub else end) + pos))
+                        cum.append(cum[-1] + sum(1 for x, y in spans[i0:i] if x <= c < y))
+                else:
+                    units.append((ua + pos, end + pos))
+                    cum.append(cum[-1] + w)
+            ua, ub, w, i0 = a, b, 1, i
+        if pos == 0 and units:
+            units[0] = (0, units[0][1])
+        return units, cum
+
+    def _fit(self, text: str, units: list[tuple[int, int]], cum: list[int], s: int, e: int,
+             index: int) -> tuple[int, Chunk | None]:
+        """The chunk of units ``s..e-1``, stripped and counted on its own; while it costs more
+        than :attr:`limit`, units come off its end (at least the excess, by their weights)."""
+        while True:
+            a, b = units[s][0], units[e - 1][1]
+            piece = text[a:b]
+            lead = len(piece) - len(piece.lstrip())
+            piece = piece.strip()
+            if not piece:
+                return e, None
+            tokens = self.count(piece)
+            if tokens <= self.limit:
+                return e, Chunk(index, piece, a + lead, a + lead + len(piece), tokens)
+            if e - s == 1:
+                raise ValueError(f"characters {a}..{b} take {tokens} tokens: more than a chunk "
+                                 f"of {self.limit} tokens holds; use larger chunks")
+            e = min(e - 1, max(s + 1, bisect_right(cum, cum[e] - (tokens - self.limit)) - 1))
+
+    def _back(self, cum: list[int], lo: int, e: int) -> int:
+        """Where the chunk after one ending before unit ``e`` starts: back from ``e`` over at
+        most ``overlap`` tokens, not before ``lo``."""
+        return min(e, max(lo, bisect_left(cum, cum[e] - self.config.overlap)))
 
     @staticmethod
     def _word_start(text: str, spans: list[tuple[int, int]], j: int, lo: int, hi: int) -> int:
@@ -177,18 +272,34 @@ def _hf_offsets(tok: Any) -> Offsets:
     return offsets
 
 
-def chunker_for(embedder: Any, config: ChunkConfig = ChunkConfig()) -> TokenChunker:
-    """A chunker on ``embedder``'s own tokenizer (see the module docstring for the fallbacks)."""
+def chunker_for(embedder: Any, config: ChunkConfig = ChunkConfig(), *,
+                instruction: str | None = None) -> TokenChunker:
+    """A chunker on ``embedder``'s own tokenizer (see the module docstring for the fallbacks).
+
+    ``instruction``: the chunks are embedded as queries with it (``embedder.embed(chunks,
+    instruction=...)``), and counted so: the query template's tokens count against the limit.
+    """
     limit = getattr(embedder, "max_tokens", None)
-    smysl_tok = getattr(embedder, "tokenizer", None)
+
+    def embedded(text: str) -> str:
+        return text if instruction is None else embedder.format_texts([text], instruction)[0]
+
+    smysl_tok: Any = getattr(embedder, "tokenizer", None)
     raw = getattr(smysl_tok, "raw", None)
     if raw is not None and hasattr(raw, "encode"):
         # The local engine: offsets from the tokenizers object; EOS is the one special token.
         return TokenChunker(lambda t: list(raw.encode(t, add_special_tokens=False).offsets),
-                            config, special_tokens=1, model_max_tokens=limit)
+                            config, count=lambda t: smysl_tok.count([embedded(t)])[0],
+                            special_tokens=1, model_max_tokens=limit)
     for tok in (getattr(getattr(embedder, "model", None), "tokenizer", None), smysl_tok):
         if tok is not None and getattr(tok, "is_fast", False):
             special = len(tok("", add_special_tokens=True)["input_ids"])
-            return TokenChunker(_hf_offsets(tok), config, special_tokens=special,
+
+            def count(text: str, tok: Any = tok) -> int:
+                return len(tok(embedded(text), add_special_tokens=True,
+                               verbose=False)["input_ids"])
+
+            return TokenChunker(_hf_offsets(tok), config, count=count, special_tokens=special,
                                 model_max_tokens=limit)
-    return TokenChunker(word_offsets, config, model_max_tokens=limit, exact=False)
+    return TokenChunker(word_offsets, config, count=lambda t: len(word_offsets(embedded(t))),
+                        model_max_tokens=limit, exact=False)

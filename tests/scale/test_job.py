@@ -49,6 +49,14 @@ def _read(out) -> dict[str, np.ndarray]:
     return dict(zip(ids, vecs, strict=True))
 
 
+@pytest.fixture(scope="module")
+def tiny32(tiny_dir):
+    """The tiny model taking at most 32 tokens an input."""
+    from smysl import Embedder
+
+    return Embedder.load(str(tiny_dir), device="cpu", max_tokens=32)
+
+
 class Crashing(Counting):
     """Stops (as Ctrl-C would) once ``limit`` texts have been embedded."""
 
@@ -138,18 +146,118 @@ def test_other_job_in_same_folder_is_refused(tiny, corpus, tmp_path) -> None:
 
 
 def test_chunked_parquet_and_query_instruction(tiny, corpus, tmp_path) -> None:
-    """Chunking gives ROW-ID#n ids with chunk token counts; an instruction embeds queries."""
+    """Chunking gives ROW-ID#n ids; an instruction embeds queries, and its template counts
+    against the chunk size: each chunk's `tokens` is what it cost as embedded."""
     out = tmp_path / "out"
     task = tiny.choose_instruction("retrieval", role="query")
+    template = tiny.count_tokens(tiny.format_texts([""], task))[0]  # instruction + EOS
+    config = ChunkConfig(max_tokens=template + 6, overlap=2)
     run_job(tiny, [corpus / "a.jsonl"], JobConfig(output=str(out), instruction=task,
-                                                  chunk=ChunkConfig(max_tokens=8, overlap=2)))
+                                                  chunk=config))
     got = _read(out)
     assert all("#" in i for i in got) and len(got) > 10
-    first = pq.read_table(out).to_pylist()[0]
-    assert first["id"] == "a0#0"
-    chunk0 = chunker_for(tiny, ChunkConfig(max_tokens=8, overlap=2)).split(_text(0))[0]
+    table = pq.read_table(out).to_pylist()
+    assert table[0]["id"] == "a0#0"
+    chunker = chunker_for(tiny, config, instruction=task)
+    chunk0 = chunker.split(_text(0))[0]
     np.testing.assert_allclose(got["a0#0"], tiny.embed([chunk0.text], instruction=task)[0],
                                atol=1e-5)
+    texts = {f"a{i}#{c.index}": c.text for i in range(10) for c in chunker.split(_text(i))}
+    assert set(texts) == set(got)
+    for row in table:
+        as_embedded = tiny.count_tokens(tiny.format_texts([texts[row["id"]]], task))[0]
+        assert row["tokens"] == as_embedded <= template + 6
+
+
+def test_too_long_row_is_named_by_file_and_row(tiny32, tmp_path) -> None:
+    """A row the model refuses as too long is named by file, row and id, not by its place in
+    the batch; --skip-bad-rows leaves out that row only, counted and reported."""
+    d = tmp_path / "in"
+    d.mkdir()
+    rows = [{"id": i, "text": "word " * (60 if i == 7 else 3)} for i in range(10)]
+    (d / "rows.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    with pytest.raises(BadRowError, match=r"rows\.jsonl, row 8: the text of id '7' has \d+ "
+                                          r"tokens .* at most 32; .*--skip-bad-rows"):
+        run_job(tiny32, [d], JobConfig(output=str(tmp_path / "o1"), batch_size=4))
+    seen: list[str] = []
+    out = tmp_path / "o2"
+    report = run_job(tiny32, [d], JobConfig(output=str(out), batch_size=4, skip_bad_rows=True),
+                     on_bad_row=seen.append)
+    assert report.bad_rows == 1 and len(seen) == 1 and "rows.jsonl, row 8:" in seen[0]
+    assert "1 bad rows skipped" in report.summary()
+    got = _read(out)
+    assert sorted(got, key=int) == [str(i) for i in range(10) if i != 7]
+    np.testing.assert_allclose(got["8"], tiny32.embed([rows[8]["text"]])[0], atol=1e-5)
+    assert report.texts == 9
+
+
+def test_chunks_of_multi_token_characters_fit_the_model(tiny32, tmp_path) -> None:
+    """A character that is several tokens (𝔘: two byte-level tokens at the same offsets)
+    never straddles a chunk's end: every chunk of a chunking job fits the model's 32 tokens
+    and its `tokens` is its exact count (the job failed with 'input 0 has 33 tokens')."""
+    d = tmp_path / "in"
+    d.mkdir()
+    texts = ["𝔘𝔫 " * 10 + "𝔘𝔫" * 60, "🙂👨‍👩‍👧 x" * 40]
+    (d / "u.jsonl").write_text("".join(json.dumps({"id": i, "text": t}) + "\n"
+                                       for i, t in enumerate(texts)), encoding="utf-8")
+    out = tmp_path / "out"
+    run_job(tiny32, [d], JobConfig(output=str(out), chunk=ChunkConfig(max_tokens=32, overlap=0)))
+    table = pq.read_table(out).to_pylist()
+    chunks = {f"{i}#{c.index}": c.text for i, t in enumerate(texts)
+              for c in chunker_for(tiny32, ChunkConfig(max_tokens=32, overlap=0)).split(t)}
+    assert len(table) == len(chunks) > 4
+    for row in table:
+        assert row["tokens"] == tiny32.count_tokens([chunks[row["id"]]])[0] <= 32
+
+
+def test_bad_settings_leave_no_output_in_the_way(tiny, corpus, tmp_path) -> None:
+    """Dimensions the model cannot give fail before the output folder exists, and a job that
+    fails before its first shard commits leaves no manifest: the corrected rerun works (it
+    was refused: 'holds the output of another job (it differs in: dimensions)')."""
+    out = tmp_path / "out"
+    with pytest.raises(ValueError, match=r"dimensions must be in 32\.\.64"):
+        run_job(tiny, [corpus / "a.jsonl"], JobConfig(output=str(out), dimensions=4096))
+    assert not out.exists()
+    task = tiny.choose_instruction("retrieval", role="query")  # 20 tokens with EOS
+    with pytest.raises(ValueError, match="exceed the overlap"):  # no room for the text
+        run_job(tiny, [corpus / "a.jsonl"], JobConfig(output=str(out), instruction=task,
+                                                      chunk=ChunkConfig(max_tokens=16, overlap=2)))
+    assert not out.exists()
+    (corpus / "z.jsonl").write_text('{"id": "z"}\n', encoding="utf-8")  # no text: a bad row
+    with pytest.raises(BadRowError):
+        run_job(tiny, [corpus / "z.jsonl"], JobConfig(output=str(out), dimensions=32))
+    assert not (out / "_smysl_job.json").exists()
+    report = run_job(tiny, [corpus / "a.jsonl"], JobConfig(output=str(out)))
+    assert report.texts == 10 and len(_read(out)) == 10
+    with pytest.raises(ValueError, match=r"another job.*dimensions"):  # now it is claimed
+        run_job(tiny, [corpus / "a.jsonl"], JobConfig(output=str(out), dimensions=32))
+
+
+def _empty_rows_corpus(tmp_path):
+    d = tmp_path / "in"
+    d.mkdir()
+    rows = [{"id": "a", "text": "some text"}, {"id": "b", "text": ""},
+            {"id": "c", "text": "   "}, {"id": "d", "text": "more text"}]
+    (d / "e.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return d
+
+
+def test_empty_rows_of_a_chunking_job_are_counted(tiny, tmp_path) -> None:
+    """Rows with nothing but whitespace give no chunk: the report counts them and says so
+    (they vanished silently); embedded whole, every row gets its vector."""
+    d = _empty_rows_corpus(tmp_path)
+    report = run_job(tiny, [d], JobConfig(output=str(tmp_path / "o1"),
+                                          chunk=ChunkConfig(max_tokens=16, overlap=2)))
+    assert set(_read(tmp_path / "o1")) == {"a#0", "d#0"}
+    assert report.empty_rows == 2 and report.texts == 2
+    assert "2 empty rows gave no chunks" in report.summary()
+    whole = run_job(tiny, [d], JobConfig(output=str(tmp_path / "o2")))
+    assert set(_read(tmp_path / "o2")) == {"a", "b", "c", "d"} and whole.empty_rows == 0
+    assert "empty rows" not in whole.summary()
+    pytest.importorskip("lancedb")
+    index = run_job(tiny, [d], JobConfig(output=f"lancedb:{tmp_path / 'kb'}",
+                                         chunk=ChunkConfig(max_tokens=16, overlap=2)))
+    assert index.empty_rows == 2 and index.texts == 2
 
 
 @pytest.mark.parametrize("kind", ["lancedb", "postgres"])

@@ -276,6 +276,27 @@ def test_job_on_two_actors_survives_a_killed_actor(cluster, tiny_dir, reference,
 
 
 @slow
+def test_too_long_row_on_two_actors_is_named(cluster, tiny_dir, tmp_path) -> None:
+    """A row too long for the model, in the second actor's part of a batch, is named by its
+    file and row (the driver got an unreadable error naming its index in that part); with
+    --skip-bad-rows that row alone is left out."""
+    from smysl.scale import BadRowError
+    from smysl.scale.ray_data import RayConfig
+
+    rows = [{"id": i, "text": "word " * (60 if i == 7 else 3)} for i in range(10)]
+    path = tmp_path / "rows.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    options = ModelOptions(device="cpu", threads=1, max_tokens=32)
+    with _ray_embedder()(str(tiny_dir), options, RayConfig(actors=2)) as model:
+        with pytest.raises(BadRowError, match=r"rows\.jsonl, row 8: the text of id '7' has"):
+            run_job(model, [path], JobConfig(output=str(tmp_path / "o1"), batch_size=4))
+        report = run_job(model, [path], JobConfig(output=str(tmp_path / "o2"), batch_size=4,
+                                                  skip_bad_rows=True))
+    assert report.bad_rows == 1 and "row 8" in report.bad_examples[0]
+    assert set(_read(tmp_path / "o2")) == {str(i) for i in range(10) if i != 7}
+
+
+@slow
 def test_embed_dataset_on_an_actor_pool(cluster, tiny_dir, reference, corpus) -> None:
     """`smysl.scale.embed_dataset` maps a Ray Data dataset with 2 actors (issue 16)."""
     from smysl.scale.ray_data import RayConfig

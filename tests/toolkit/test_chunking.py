@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import random
 
 import pytest
 
@@ -15,11 +16,9 @@ TEXT = ("Embeddings map text to vectors. Similar texts land close together, so s
 def check(chunker: TokenChunker, text: str, count) -> None:
     chunks = chunker.split(text)
     assert len(chunks) > 3
-    limit = chunker.budget + chunker.special_tokens
     for c in chunks:
         assert text[c.start : c.end] == c.text and c.text == c.text.strip()
-        assert c.tokens <= limit
-        assert count(c.text) <= limit + 1  # re-tokenising a slice may merge one boundary
+        assert count(c.text) == c.tokens <= chunker.limit
     assert [c.index for c in chunks] == list(range(len(chunks)))
     # consecutive chunks overlap and together cover the text
     for a, b in itertools.pairwise(chunks):
@@ -31,6 +30,80 @@ def test_local_engine_tokenizer(tiny) -> None:
     ch = chunker_for(tiny, ChunkConfig(max_tokens=40, overlap=8))
     assert ch.exact and ch.special_tokens == 1
     check(ch, TEXT, lambda t: tiny.count_tokens([t])[0])
+
+
+def _random_text(rng: random.Random) -> str:
+    """Emoji (ZWJ families, flags, skin tones), rare-plane letters, CJK, combining marks and
+    words: characters that byte-level BPE cuts into several tokens sharing their offsets."""
+    pieces = ["𝔘𝔫", "👨‍👩‍👧", "🙂", "🇺🇦", "👍🏽", "東京", "é", "e\u0301", "Привет", " мир",
+              "the", " quick", "embedder", "12345", "can't", ".", "!", " ", "  ", "\n", "\t",
+              "<|endoftext|>", "\u200d", "\ufe0f"]
+    out = []
+    for _ in range(rng.randint(0, 200)):
+        r = rng.random()
+        if r < 0.3:  # any emoji, mathematical letter, CJK extension B ideograph, or other
+            lo, hi = rng.choice([(0x1F300, 0x1FAFF), (0x1D400, 0x1D7FF), (0x20000, 0x2A6DF),
+                                 (0x80, 0xD7FF), (0xE000, 0x10FFF)])
+            out.append(chr(rng.randint(lo, hi)))
+        else:
+            out.append(rng.choice(pieces))
+    return "".join(out)
+
+
+def test_random_unicode_chunks_fit_as_embedded(tiny) -> None:
+    """Property over random emoji and rare Unicode on the real Qwen3 tokenizer: every chunk,
+    tokenised on its own as the engine does (EOS; the query template when embedded with an
+    instruction), costs at most the limit and exactly its reported tokens; chunks cover the
+    text with nothing but whitespace between them, in order. Before, a cut between two
+    tokens of one character put the whole character in the chunk: chunks came out 1-3
+    tokens over (363 over a 64-token limit in random emoji text)."""
+    rng = random.Random(16)
+    task = tiny.choose_instruction("qa", role="query")
+    template = tiny.count_tokens(tiny.format_texts([""], task))[0]
+    for trial in range(150):
+        text = _random_text(rng)
+        size = rng.randint(6, 64)
+        overlap = rng.randint(0, size - 6)
+        instruction = task if trial % 3 == 0 else None
+        max_tokens = size + (template if instruction else 0)
+        chunker = chunker_for(tiny, ChunkConfig(max_tokens=max_tokens, overlap=overlap,
+                                                snap=trial % 2 == 0), instruction=instruction)
+        chunks = chunker.split(text)
+        for c in chunks:
+            assert text[c.start : c.end] == c.text and c.text == c.text.strip()
+            embedded = tiny.format_texts([c.text], instruction)
+            assert tiny.count_tokens(embedded)[0] == c.tokens <= max_tokens, (trial, c)
+        if not chunks:
+            assert not text.strip()
+            continue
+        assert not text[: chunks[0].start].strip() and not text[chunks[-1].end :].strip()
+        for a, b in itertools.pairwise(chunks):
+            assert a.start < b.start and not text[a.end : b.start].strip(), (trial, a, b)
+
+
+def test_multi_token_characters_never_straddle_a_cut(tiny) -> None:
+    """The audit's case: 𝔘 is two tokens at (0, 1); 32-token chunks without overlap gave a
+    33-token chunk. Now each fits, with its exact count, and nothing is lost or repeated."""
+    text = "𝔘𝔫 " * 10 + "𝔘𝔫" * 60
+    chunks = chunker_for(tiny, ChunkConfig(max_tokens=32, overlap=0)).split(text)
+    assert [tiny.count_tokens([c.text])[0] for c in chunks] == [c.tokens for c in chunks]
+    assert max(c.tokens for c in chunks) <= 32
+    assert "".join(text[a.start : b.start] for a, b in itertools.pairwise(chunks)) \
+        + chunks[-1].text == text
+
+
+def test_instruction_counts_against_the_model_limit(tiny) -> None:
+    """Chunks to be embedded as queries hold the query template too: at the model's own
+    limit, each chunk with its instruction still fits (the template made them overflow)."""
+    task = tiny.choose_instruction("retrieval", role="query")
+    text = " ".join(f"word{i} and more" for i in range(600))
+    chunker = chunker_for(tiny, ChunkConfig(max_tokens=100_000, overlap=16), instruction=task)
+    chunks = chunker.split(text)
+    assert len(chunks) > 2 and chunker.limit == tiny.max_tokens
+    for c in chunks:
+        assert tiny.count_tokens(tiny.format_texts([c.text], task))[0] == c.tokens
+        assert c.tokens <= tiny.max_tokens
+    tiny.embed([c.text for c in chunks], instruction=task)  # raised "input 0 has N tokens"
 
 
 def test_sentence_transformers_tokenizer(minilm) -> None:
