@@ -204,6 +204,7 @@ class EdgeMiddleware:
             await self.app(scope, receive, send)
             return
         path: str = scope["path"]
+        asked = scope  # as the client sent it, for the access log (a HEAD is routed as GET)
         api = api_of(path)
         route = path if path in _ROUTES else ("/v1/models/{model}"
                                               if path.startswith("/v1/models/") else "other")
@@ -259,7 +260,7 @@ class EdgeMiddleware:
             self.metrics.requests.labels(api, route, str(status["code"])).inc()
             self.metrics.latency.labels(api, route).observe(took)
             if self.access_log is not None:
-                self.access_log.add(scope, status["code"], took)
+                self.access_log.add(asked, status["code"], took)
 
     def _check_auth(self, scope: Scope, path: str) -> ApiError | None:
         if self._key is None or (path in OPEN_PATHS and scope["method"] in ("GET", "HEAD")):

@@ -172,3 +172,20 @@ def test_a_crash_in_a_fastapi_route_is_logged_with_the_status_sent() -> None:
          f"{lines[0].rsplit(' ', 2)[1]} ms"],
         ["POST /embed HTTP/1.1", f" 200 OK {lines[1].rsplit(' ', 2)[1]} ms"]]
     assert r.status_code == 500
+
+
+def test_a_head_request_is_logged_as_head(tiny) -> None:  # type: ignore[no-untyped-def]
+    """The server routes HEAD as GET; the log says what the client sent."""
+    from fastapi.testclient import TestClient
+
+    from smysl.server import ServerConfig
+    from smysl.server.app import create_app
+
+    out = io.StringIO()
+    log = AccessLog(out)
+    with TestClient(create_app(tiny, ServerConfig(), access_log=log)) as c:
+        assert c.head("/health").status_code == 200
+        assert c.get("/health").status_code == 200
+    log.flush()
+    assert [x.split('"')[1] for x in out.getvalue().splitlines()] == [
+        "HEAD /health HTTP/1.1", "GET /health HTTP/1.1"]
