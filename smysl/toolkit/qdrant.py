@@ -103,17 +103,21 @@ class QdrantStore(VectorStore):
         a number any equal number, int or float. Qdrant keeps those types apart: a match takes
         one string or int (``MatchAny`` all strings or all ints) and never finds a float, so
         each type gets its own condition and numbers are closed ranges, which compare int and
-        float payloads alike and skip bools."""
+        float payloads alike and skip bools. A range compares as a float: an int beyond 2**53,
+        which no float holds exactly, is matched exactly instead (a timestamp in ns, an id)."""
         m = self._m
         strings = list(dict.fromkeys(v for v in values if isinstance(v, str)))
         bools = list(dict.fromkeys(v for v in values if isinstance(v, bool)))
         numbers = list(dict.fromkeys(v for v in values if not isinstance(v, str | bool)))
+        huge = [v for v in numbers if isinstance(v, int) and abs(v) > 2**53]
+        numbers = [v for v in numbers if v not in huge]
         alts: list[Any] = []
         if strings:
             alts.append(m.FieldCondition(key=key, match=m.MatchAny(any=strings))
                         if len(strings) > 1 else
                         m.FieldCondition(key=key, match=m.MatchValue(value=strings[0])))
         alts += [m.FieldCondition(key=key, match=m.MatchValue(value=b)) for b in bools]
+        alts += [m.FieldCondition(key=key, match=m.MatchValue(value=v)) for v in huge]
         alts += [m.FieldCondition(key=key, range=m.Range(gte=v, lte=v)) for v in numbers]
         return alts
 

@@ -19,7 +19,7 @@ N = 120
 
 def payload(i: int) -> dict:
     return {"n": i, "lang": ["en", "de", "fr"][i % 3], "even": i % 2 == 0, "w": i / 4,
-            "tags": ["x", str(i)]}
+            "tags": ["x", str(i)], "ns": 2**60 + i}
 
 
 @pytest.fixture(params=["lancedb", "qdrant", "memory", "qdrant-live", "postgres"])
@@ -78,6 +78,8 @@ def test_exact_search_equals_brute_force(filled) -> None:
     # a float against an int column (LanceDB refused to compare them: "damaged store")
     {"n": 4.0}, {"n": [3, 5.0]}, {"n": 4.5}, {"n": {"$gt": 4.5, "$lte": 9.5}},
     {"n": {"$gte": 4.5, "$lt": 8.0}},
+    # ints no float holds: matched exactly, not as a float range
+    {"ns": 2**60 + 3}, {"ns": [2**60 + 1, 2**60 + 5, "x"]},
 ])
 def test_filters_match_reference_semantics(filled, where) -> None:
     store, x = filled
