@@ -280,8 +280,10 @@ class _Batch:
 
 class _ParquetWriter(_Writer):
     """One Parquet file per shard, written to a hidden temporary name and renamed when whole.
-    The folder's manifest (the job's identity) is written with the first shard: a job that
-    fails before committing anything leaves nothing that refuses the corrected rerun."""
+    The folder's manifest (the job's identity) is written at the start, so another job is
+    refused while this one runs; a folder whose manifest names another job but that holds no
+    shard is taken over (that job failed before committing anything: the corrected rerun
+    must not find it in its way)."""
 
     def __init__(self, model: BaseEmbedder, config: JobConfig, fp: str,
                  chunker: TokenChunker | None) -> None:
@@ -299,40 +301,41 @@ class _ParquetWriter(_Writer):
             raise ValueError(f"{self.dir}: the output must be a folder (a Parquet dataset)")
         self.identity = {"fingerprint": fp, "model_name": model.name, **_identity(model, config)}
         self.manifest = self.dir / MANIFEST
-        self.claimed = self._same_job()
         self.dir.mkdir(parents=True, exist_ok=True)
-        for stale in self.dir.glob(".*.parquet.tmp"):  # an interrupted run's partial shard
+        self._claim()
+        # an interrupted run's partial shard (this job's: the name holds its fingerprint)
+        for stale in self.dir.glob(f".*.{fp[:16]}.parquet.tmp"):
             stale.unlink()
         self.schema = pa.schema([("id", pa.string()), ("vector", pa.list_(pa.float32(), self.dims)),
                                  ("dimensions", pa.int32()), ("model", pa.string()),
                                  ("tokens", pa.int32())])
 
     def _same_job(self) -> bool:
-        """Whether the folder's manifest names this job (False: there is none yet); another
-        job's raises."""
+        """Whether the folder's manifest names this job (False: there is none, or it names a
+        job that committed no shard here); another job's with shards raises."""
         if not self.manifest.is_file():
             return False
         try:
             old = json.loads(self.manifest.read_text(encoding="utf-8"))
         except ValueError:
             old = {}
-        if old.get("fingerprint") != self.fp:
-            differ = sorted(k for k in self.identity if old.get(k) != self.identity[k]
-                            and k not in ("fingerprint", "model_name"))
-            raise ValueError(f"{self.dir} holds the output of another job (it differs in: "
-                             f"{', '.join(differ) or 'fingerprint'}); write to a new folder")
-        return True
+        if old.get("fingerprint") == self.fp:
+            return True
+        if not any(self.dir.glob("*.parquet")):
+            return False
+        differ = sorted(k for k in self.identity if old.get(k) != self.identity[k]
+                        and k not in ("fingerprint", "model_name"))
+        raise ValueError(f"{self.dir} holds the output of another job (it differs in: "
+                         f"{', '.join(differ) or 'fingerprint'}); write to a new folder")
 
     def _claim(self) -> None:
-        """Write the manifest before the first shard appears (unless a job wrote it since the
-        folder was opened: then it must be this job)."""
-        if self.claimed or self._same_job():
-            self.claimed = True
+        """Write this job's manifest unless the folder's names it already."""
+        if self._same_job():
             return
-        tmp = self.manifest.with_name(f".{MANIFEST}.tmp")
+        # a temporary name of this process's own: two runs starting at once do not share it
+        tmp = self.manifest.with_name(f".{MANIFEST}.{os.getpid()}.tmp")
         tmp.write_text(json.dumps(self.identity, indent=2) + "\n", encoding="utf-8")
         os.replace(tmp, self.manifest)
-        self.claimed = True
 
     def _path(self, name: str) -> Path:
         return self.dir / f"{name}.{self.fp[:16]}.parquet"
@@ -401,7 +404,6 @@ class _ParquetWriter(_Writer):
                 report.texts += len(ids)
                 report.tokens = (report.tokens + sum(tokens)
                                  if tokens is not None and report.tokens is not None else None)
-        self._claim()
         os.replace(tmp, final)  # the shard appears whole or not at all
 
 

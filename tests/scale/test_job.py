@@ -212,8 +212,9 @@ def test_chunks_of_multi_token_characters_fit_the_model(tiny32, tmp_path) -> Non
 
 def test_bad_settings_leave_no_output_in_the_way(tiny, corpus, tmp_path) -> None:
     """Dimensions the model cannot give fail before the output folder exists, and a job that
-    fails before its first shard commits leaves no manifest: the corrected rerun works (it
-    was refused: 'holds the output of another job (it differs in: dimensions)')."""
+    fails before its first shard commits leaves nothing in the way: the corrected rerun takes
+    the folder over (it was refused: 'holds the output of another job (it differs in:
+    dimensions)'). A running job claims its folder at the start."""
     out = tmp_path / "out"
     with pytest.raises(ValueError, match=r"dimensions must be in 32\.\.64"):
         run_job(tiny, [corpus / "a.jsonl"], JobConfig(output=str(out), dimensions=4096))
@@ -226,7 +227,8 @@ def test_bad_settings_leave_no_output_in_the_way(tiny, corpus, tmp_path) -> None
     (corpus / "z.jsonl").write_text('{"id": "z"}\n', encoding="utf-8")  # no text: a bad row
     with pytest.raises(BadRowError):
         run_job(tiny, [corpus / "z.jsonl"], JobConfig(output=str(out), dimensions=32))
-    assert not (out / "_smysl_job.json").exists()
+    assert not list(out.glob("*.parquet"))  # claimed, but nothing committed
+    assert json.loads((out / "_smysl_job.json").read_text())["dimensions"] == 32
     report = run_job(tiny, [corpus / "a.jsonl"], JobConfig(output=str(out)))
     assert report.texts == 10 and len(_read(out)) == 10
     with pytest.raises(ValueError, match=r"another job.*dimensions"):  # now it is claimed
