@@ -224,3 +224,15 @@ def test_qdrant_index_ingests_incrementally(tiny, tmp_path) -> None:
         assert model.embedded == before and second.unchanged == first.chunks
         (hits,) = ix.search("river stone", SearchConfig(k=3, where={"group": 1}))
         assert len(hits) == 3 and {h.payload["doc_id"] for h in hits} <= {"doc1", "doc5"}
+
+
+def test_seen_ids_hold_every_id_past_their_recent_dict(monkeypatch) -> None:
+    """Ids move from the recent dict into the sorted arrays; a repeat is found in either."""
+    from smysl.toolkit.ingest import SeenIds
+
+    monkeypatch.setattr(SeenIds, "RECENT", 7)
+    seen = SeenIds()
+    ids = [f"doc-{i}" for i in range(100)]
+    assert all(seen.add(x, n) is None for n, x in enumerate(ids, 1))
+    assert [seen.add(x, 1000) for x in ids[::9]] == list(range(1, 101, 9))
+    assert seen.add("doc-100", 101) is None

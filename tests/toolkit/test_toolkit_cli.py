@@ -128,7 +128,7 @@ def test_index_add_refuses_a_repeated_document_id(tiny_dir, data, capsys) -> Non
     assert main(["index", "add", kb, twice, "--id-field", "id", *model]) == 2
     err = capsys.readouterr().err
     assert err.startswith("smysl index: error: document id 'r1' repeats: ")
-    assert f"{twice} row 1 and {twice} row 3" in err
+    assert f"document 1 and {twice} row 3" in err
     assert main(["index", "delete", kb, "--where", "chunk>=0"]) == 0
     assert "deleted 0 chunks; 0 left" in capsys.readouterr().err
     # a file named twice (itself and through its folder) is read once, not a repeat
