@@ -97,6 +97,11 @@ class Provider(BaseEmbedder):
             raise ValueError(f"dimensions must be a positive integer, got {dimensions!r}")
         #: Width requested from the server (sent as ``dimensions`` when supported).
         self.request_dimensions = int(dimensions) if dimensions is not None else None
+        #: Whether requests ask the server for that width: then rows all wider than it come
+        #: from a server that ignored it, and their Matryoshka prefix is what was asked for.
+        #: Where nothing is sent (TEI, Ollama), wider rows are no such prefix: an error.
+        self.sends_dimensions = (self.request_dimensions is not None
+                                 and config.supports_dimensions)
         self._width: int | None = (
             self.request_dimensions
             or (width_from_name(model) if config.width_from_name else None)
@@ -206,7 +211,7 @@ class Provider(BaseEmbedder):
             lambda batch: self._embed_batch(texts, batch, truncate, out, done, deadline, limit),
             workers=min(self.config.max_concurrency, len(batches)),
             thread_name=f"smysl-{self.config.name}", progress=progress)
-        limit.finish(error)
+        limit.finish()
         if error is None:
             self._resume.drop(used)
             return out
@@ -286,11 +291,11 @@ class Provider(BaseEmbedder):
             rows = self._request([texts[i] for i in batch], truncate=truncate, positions=batch,
                                  deadline=deadline)
         except PayloadTooLargeError as e:
+            limit.refused(len(batch))
             if len(batch) == 1:
                 raise self._input_too_large(batch[0], e) from e
             # The server's limit may be below this batch, or one input in it too large: halve
             # the size for this batch, its retries and the call's later batches (issue 11 9a).
-            limit.refused(len(batch))
             self._embed_batch(texts, batch, truncate, out, done, deadline, limit)
             return
         limit.passed(len(batch))
@@ -345,7 +350,7 @@ class Provider(BaseEmbedder):
         """``n`` rows as float32 at this provider's width (:func:`check_rows`)."""
         return check_rows(rows, n, width=self._width, name=self.name,
                           min_width=self.min_dimensions,
-                          asked=self.request_dimensions is not None, positions=positions)
+                          asked=self.sends_dimensions, positions=positions)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.name!r}, base_url={self.base_url!r})"

@@ -10,7 +10,6 @@ from collections.abc import Callable
 from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 
 from smysl.base import Progress
-from smysl.providers.errors import ProviderHTTPError
 
 
 class BatchLimit:
@@ -45,12 +44,18 @@ class CallLimit:
         self.shared = shared
         self.start = self.size = shared.size
         self._learned: int | None = None
+        #: An input was refused on its own: it explains this call's 413s, whatever error
+        #: ends the call (another batch's 5xx may come first).
+        self._alone = False
         self._lock = threading.Lock()
 
     def refused(self, n: int) -> None:
-        """A request of ``n`` inputs got 413: at most half of them per request from now on."""
+        """A request of ``n`` inputs got 413: at most half of them per request from now on
+        (one input alone: that input is what the server refuses)."""
         with self._lock:
-            self.size = min(self.size, (n + 1) // 2)
+            if n == 1:
+                self._alone = True
+            self.size = max(1, min(self.size, (n + 1) // 2))
 
     def passed(self, n: int) -> None:
         """A request of ``n`` inputs went through."""
@@ -58,16 +63,11 @@ class CallLimit:
             if self.size < self.start and n <= self.size:
                 self._learned = self.size
 
-    def finish(self, error: BaseException | None) -> None:
-        """The call ended with ``error`` (None: it succeeded)."""
-        if self._learned is not None and not refused_alone(error):
+    def finish(self) -> None:
+        """The call ended: later calls keep the size learned, unless an input refused on its
+        own explains the 413s."""
+        if self._learned is not None and not self._alone:
             self.shared.keep(self._learned)
-
-
-def refused_alone(error: BaseException | None) -> bool:
-    """Whether a call ended on an input the server refused with 413 on its own: a 413 for
-    more inputs splits the batch, so only one for a single input ends a call."""
-    return isinstance(error, ProviderHTTPError) and error.status == 413
 
 
 def run_batches(batches: list[list[int]], send: Callable[[list[int]], None], *, workers: int,

@@ -24,7 +24,7 @@ class OpenAIProvider(Provider):
 
     def request_body(self, texts: list[str], *, truncate: bool) -> dict[str, Any]:
         body: dict[str, Any] = {"model": self.model, "input": texts, "encoding_format": "float"}
-        if self.config.supports_dimensions and self.request_dimensions is not None:
+        if self.sends_dimensions:
             body["dimensions"] = self.request_dimensions
         return body
 

@@ -39,11 +39,12 @@ PRESETS: dict[str, ProviderConfig] = {
         api_key_env="SILICONFLOW_API_KEY", api_key_required=True,
         base_url_env="SILICONFLOW_BASE_URL", max_batch_texts=32, max_tokens=32768,
         supports_dimensions=True),
-    # OpenAI's own limits: 2,048 inputs and 300,000 tokens per request.
+    # OpenAI's own limits: 2,048 inputs and 300,000 tokens per request. OpenAI and vLLM take
+    # `dimensions` (vLLM for Matryoshka models: another refuses it with a clear 400).
     "openai": ProviderConfig(
         name="openai", base_url="https://api.openai.com/v1", api_key_env="OPENAI_API_KEY",
         base_url_env="OPENAI_BASE_URL", max_batch_texts=2048, max_batch_tokens=300_000,
-        width_from_name=False),
+        width_from_name=False, supports_dimensions=True),
     "ollama": ProviderConfig(
         name="ollama", base_url="http://localhost:11434", path="/api/embed",
         base_url_env="OLLAMA_HOST", max_batch_texts=64, server_truncates=True,
@@ -63,7 +64,7 @@ PRESETS: dict[str, ProviderConfig] = {
     "smysl": ProviderConfig(
         name="smysl", base_url="http://127.0.0.1:8000/v1", base_url_env="SMYSL_URL",
         api_key_env="SMYSL_API_KEY", max_batch_texts=2048, server_truncates=True,
-        width_from_name=False),
+        width_from_name=False, supports_dimensions=True),
 }
 
 #: Output width by model where the name does not say it (DashScope's largest sizes).

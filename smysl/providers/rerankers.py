@@ -308,7 +308,7 @@ class RemoteReranker(BaseReranker):
                                               out, deadline, limit),
             workers=min(cfg.max_concurrency, len(batches)),
             thread_name=f"smysl-rerank-{cfg.name}")
-        limit.finish(error)
+        limit.finish()
         if error is None:
             return out
         if isinstance(error, RetriesExhaustedError) and \
@@ -343,10 +343,10 @@ class RemoteReranker(BaseReranker):
             scores, tokens, units = self._request(query, chunk, instruction=instruction,
                                                   truncate=truncate, deadline=deadline)
         except PayloadTooLargeError as e:
+            limit.refused(len(batch))  # for this batch, its retries and the call's later ones
             if len(batch) == 1:
                 raise RejectedRerankError(f"{self.name}: document {batch[0]} was refused as too "
                                           f"large (413): {e}", e.status, e.body) from e
-            limit.refused(len(batch))  # for this batch, its retries and the call's later ones
             self._send(query, documents, batch, instruction, truncate, out, deadline, limit)
             return
         except ProviderHTTPError as e:

@@ -34,8 +34,9 @@ def check_rows(rows: Sequence[Any], n: int, *, width: int | None, name: str,
     A wrong row count raises ``ValueError`` and a row that is no embedding
     :class:`InvalidRowError` (a ``ValueError`` too: both are malformed bodies, retried),
     naming row ``i`` of the response and input ``positions[i]``. Rows all wider than ``width``
-    are cut to it where ``width`` was ``asked`` for (the caller's ``dimensions``, not a width
-    guessed from the model's name: wider rows then mean another model) and is a Matryoshka
+    are cut to it where the request ``asked`` the server for ``width`` (the caller's
+    ``dimensions``, sent: not a width guessed from the model's name, where wider rows mean
+    another model, nor one a server without the parameter never saw) and is a Matryoshka
     size of theirs (at least ``min_width``, the model's smallest); rows that all have another
     width raise :class:`ProviderError` with a ``dimensions=`` hint.
     """

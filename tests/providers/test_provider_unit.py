@@ -201,6 +201,14 @@ def test_narrower_or_unmatryoshka_rows_stay_an_error() -> None:
     other = Recorder(dims=4096, honour_dimensions=False)
     with pytest.raises(IncompleteEmbeddingError, match="4096-wide rows but 1024 were expected"):
         make("openrouter", "qwen/qwen3-embedding-0.6b", other).embed(["x"])
+    # nor to a width the server never saw (TEI takes no dimensions): its rows need be no prefix
+    def tei(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, json=[det_vector(t, 64).tolist()
+                                         for t in json.loads(request.content)["inputs"]])
+
+    with pytest.raises(IncompleteEmbeddingError, match="64-wide rows but 40 were expected"):
+        connect("tei", "http://h:1", transport=httpx.MockTransport(tei),
+                dimensions=40).embed(["x"])
 
 
 def test_unknown_width_is_probed_once() -> None:
