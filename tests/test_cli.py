@@ -336,6 +336,12 @@ def test_rerank_reads_jsonl_only_from_jsonl_files(tmp_path: Path,
     # --jsonl: JSONL whatever the input's name, piped in too
     jsonl = "".join(json.dumps(x, ensure_ascii=False) + "\n" for x in items)
     assert documents(["--jsonl"], jsonl) == items
+    # piped without --jsonl: read as lines, as documented, and a warning says so
+    objects = '{"text": "a", "id": 1}\n{"text": "b"}\n'
+    code, out, err = _run(monkeypatch, capsys, ["rerank", "--model", "fake:x", "-q", "q"],
+                          objects)
+    assert code == 0 and "pass --jsonl" in err, err
+    assert {json.loads(x)["document"] for x in out.splitlines()} == set(objects.splitlines())
 
 
 def test_python_dash_m_smysl_is_the_smysl_command(tmp_path: Path) -> None:
