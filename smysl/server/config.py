@@ -21,7 +21,8 @@ class ServerConfig:
     #: TCP port (0 = pick a free one).
     port: int = 8000
     #: Bearer token clients must send (compared in constant time). None = no auth.
-    #: ``/health`` and ``/openapi.json`` stay open so probes and tooling need no secret.
+    #: Probes (``/health``, ``/ping``, ``GET /``) and API tooling (``/openapi.json``, ``/docs``)
+    #: stay open so they need no secret (``smysl.server.app.OPEN_PATHS``).
     api_key: str | None = None
     #: Extra model name clients may send; it is also the name the server reports first.
     served_name: str | None = None
