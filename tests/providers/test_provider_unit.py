@@ -187,6 +187,7 @@ def test_wider_rows_than_asked_are_cut_like_server_side_dimensions(scheme: str) 
     np.testing.assert_allclose(p.embed(texts, dimensions=32), _unit(want[:, :32]), rtol=1e-6)
 
 
+@pytest.mark.filterwarnings("ignore:no Qwen3 tokenizer")
 def test_narrower_or_unmatryoshka_rows_stay_an_error() -> None:
     """Rows narrower than asked cannot be made whole; a width below the smallest Matryoshka
     size is no prefix worth cutting to. Both fail at once with the ``dimensions=`` hint."""
