@@ -26,9 +26,9 @@ from smysl.server import ollama_routes, openai_routes, rerank_routes, tei_routes
 from smysl.server.access_log import AccessLog
 from smysl.server.config import ServerConfig
 from smysl.server.errors import Api, ApiError, api_of, render
-from smysl.server.fast import FastRoutes
+from smysl.server.fast import FastRoutes, content_type
 from smysl.server.metrics import Metrics
-from smysl.server.service import Service
+from smysl.server.service import TIMING_HEADERS, Service
 
 log = logging.getLogger("smysl.server")
 
@@ -131,8 +131,7 @@ def create_app(embedder: BaseEmbedder | None, config: ServerConfig | None = None
         app.add_middleware(CORSMiddleware, allow_origins=list(config.cors_origins),
                            allow_methods=["GET", "HEAD", "POST"], allow_headers=["*"],
                            # what a page may read besides the safelisted ones
-                           expose_headers=["x-queue-time", "x-compute-time", "x-total-time",
-                                           "x-compute-tokens", "x-queue-depth", "retry-after"])
+                           expose_headers=[*TIMING_HEADERS, "retry-after"])
     return app
 
 
@@ -169,10 +168,6 @@ _ROUTES = frozenset({"/v1/embeddings", "/embeddings", "/v1/models", "/api/embed"
                      "/api/embeddings", "/api/tags", "/api/show", "/api/version", "/embed", "/",
                      "/invocations", "/ping", "/tokenize", "/info", "/health", "/metrics",
                      "/ui", "/ui/info", "/search", "/rerank", "/v1/rerank"})
-
-
-def _content_type(scope: Scope) -> bytes | None:
-    return next((v for k, v in scope.get("headers") or [] if k == b"content-type"), None)
 
 
 def _as_json(scope: Scope) -> Scope:
@@ -224,7 +219,7 @@ class EdgeMiddleware:
                 self.metrics.errors.labels(api, err.kind).inc()
                 await render(err, api)(scope, receive, send_wrapper)
                 return
-            if scope["method"] == "POST" and (api == "ollama" or _content_type(scope) is None):
+            if scope["method"] == "POST" and (api == "ollama" or content_type(scope) is None):
                 scope = _as_json(scope)
             elif scope["method"] == "HEAD":  # as GET, for probes; uvicorn sends no body
                 scope = {**scope, "method": "GET"}

@@ -78,11 +78,16 @@ class FastRoutes:
             return None  # FastAPI reports it, in its words
 
 
+def content_type(scope: Scope) -> bytes | None:
+    """The request's ``Content-Type`` header, None without one."""
+    return next((v for k, v in scope.get("headers") or [] if k == b"content-type"), None)
+
+
 def _json(scope: Scope) -> bool:
     """Whether FastAPI parses this body as JSON: ``application/json`` or
     ``application/*+json`` (its rule in ``fastapi.routing``; the edge middleware gives a body
     without a content type ``application/json``)."""
-    value = next((v for k, v in scope.get("headers") or [] if k == b"content-type"), None)
+    value = content_type(scope)
     if value is None:
         return False
     if value == b"application/json":

@@ -78,6 +78,11 @@ class Embedded:
     total_s: float
 
 
+#: The headers :meth:`Service.timing_headers` adds to an embedding response.
+TIMING_HEADERS = ("x-queue-time", "x-compute-time", "x-total-time", "x-compute-tokens",
+                  "x-queue-depth")
+
+
 class Service:
     """The loaded model behind all three APIs."""
 
@@ -361,7 +366,8 @@ class Service:
             await asyncio.sleep(_HEALTH_POLL_S)
 
     def timing_headers(self, e: Embedded) -> dict[str, str]:
-        """TEI's timing headers (milliseconds), which any client may read."""
+        """TEI's timing headers (milliseconds), which any client may read
+        (:data:`TIMING_HEADERS`)."""
         return {
             "x-queue-time": f"{e.queue_s * 1000:.3f}",
             "x-compute-time": f"{e.compute_s * 1000:.3f}",

@@ -23,6 +23,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from smysl.toolkit.chunking import ChunkConfig, Chunker
 from smysl.toolkit.io import TABLE_SUFFIXES, iter_rows
 from smysl.toolkit.store import DIGEST_FIELD, vector_digest, vector_problem
@@ -253,9 +255,6 @@ class SeenIds:
     RECENT = 1 << 16
 
     def __init__(self) -> None:
-        import numpy as np
-
-        self._np = np
         self._keys = np.empty(0, np.int64)
         self._numbers = np.empty(0, np.int64)
         self._recent: dict[int, int] = {}
@@ -263,7 +262,6 @@ class SeenIds:
     def add(self, doc_id: str, number: int) -> int | None:
         """Record ``doc_id`` as document ``number``; the number of the document that had it
         first when it was met already (then nothing is recorded)."""
-        np = self._np
         # 63 bits: numpy compares them as int64, never through float
         key = int.from_bytes(hashlib.blake2b(doc_id.encode("utf-8", "surrogatepass"),
                                              digest_size=8).digest(), "little") >> 1
