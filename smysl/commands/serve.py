@@ -49,6 +49,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "cannot fix)")
     p.add_argument("--allow-empty-input", action="store_true",
                    help="embed empty strings (EOS alone) instead of answering 400")
+    p.add_argument("--token-ids", action="store_true",
+                   help="accept token-id input on /v1/embeddings as the model's own token "
+                        "ids (default: 400, since an OpenAI client's ids are tiktoken's, "
+                        "e.g. LangChain's OpenAIEmbeddings)")
     p.add_argument("--switch-interval-ms", type=float, default=1.0,
                    help="GIL switch interval while serving (0 = Python's default 5 ms)")
     p.add_argument("--index", default=None,
@@ -113,6 +117,7 @@ def run(args: argparse.Namespace) -> int:
         request_timeout_s=args.request_timeout_s or None,
         unhealthy_exit_s=unhealthy_exit_s(model_name or args.reranker, args.unhealthy_exit_s),
         default_dimensions=args.dimensions, allow_empty=args.allow_empty_input,
+        token_ids=args.token_ids,
         switch_interval_s=args.switch_interval_ms / 1000 if args.switch_interval_ms else None,
         index=args.index, workers=1 if args.workers == "auto" else args.workers,
         access_log=args.access_log, cors_origins=tuple(args.cors_allow_origin or ()))

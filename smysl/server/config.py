@@ -54,6 +54,13 @@ class ServerConfig:
     default_dimensions: int | None = None
     #: Embed ``""`` (as the engine does: EOS alone) instead of rejecting it with 400.
     allow_empty: bool = False
+    #: Take OpenAI's token-id input (lists of ints) as the served model's token ids. Off by
+    #: default (400): ids from an OpenAI client are tiktoken's (LangChain's
+    #: ``OpenAIEmbeddings`` sends them unless ``check_embedding_ctx_length=False``), which
+    #: name other tokens in Qwen3's vocabulary ("the" is 1820 in cl100k, 1782 in Qwen3) and
+    #: would embed a garbled text. The ids themselves cannot tell: of 1,902 XQuAD ru/en texts
+    #: in cl100k ids, 643 come back unchanged when decoded as Qwen3 ids and tokenised again.
+    token_ids: bool = False
     #: Seconds uvicorn waits for in-flight requests on shutdown before it cuts them off
     #: (those get 503 in their API's error shape).
     graceful_timeout_s: float = 30.0

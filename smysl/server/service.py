@@ -275,6 +275,12 @@ class Service:
                         disconnected: Disconnected | None = None) -> Embedded:
         """Embed pre-tokenised inputs (token-level backends only, see :attr:`tokens`)."""
         t0 = time.perf_counter()
+        if not self.config.token_ids:
+            raise ApiError("invalid", "token-id input is off on this server: an OpenAI "
+                           "client's ids are tiktoken's, not this model's, and would embed a "
+                           "garbled text; send the text (LangChain's OpenAIEmbeddings: "
+                           "check_embedding_ctx_length=False), or start the server with "
+                           "--token-ids if these are the model's own ids", param="input")
         self.batcher.check_room()
         if self.tokens is None:
             raise ApiError("unsupported", f"model {self.model_id!r} takes text only; send "

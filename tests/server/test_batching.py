@@ -137,7 +137,7 @@ def test_disconnected_client_is_dropped_before_compute(hash_backend: HashEmbedde
 
 
 def test_one_bad_request_does_not_fail_its_batch(tiny) -> None:  # type: ignore[no-untyped-def]
-    app = create_app(tiny, ServerConfig(max_wait_ms=50))
+    app = create_app(tiny, ServerConfig(max_wait_ms=50, token_ids=True))
     ids = tiny.tokenize(["good one", "good two"])
 
     async def go() -> list[httpx.Response]:
@@ -180,7 +180,7 @@ def test_graceful_close_finishes_queued_work(hash_backend: HashEmbedder) -> None
 
 
 def test_generic_backend_without_tokenizer(hash_backend: HashEmbedder) -> None:
-    app = create_app(hash_backend, ServerConfig())
+    app = create_app(hash_backend, ServerConfig(token_ids=True))
 
     async def go() -> None:
         async with client(app) as c:

@@ -166,7 +166,7 @@ def test_retry_after_follows_the_measured_drain_rate() -> None:
 
 @pytest.fixture(scope="module")
 def capped(tiny):  # type: ignore[no-untyped-def]
-    with TestClient(create_app(tiny, ServerConfig(max_request_tokens=40))) as c:
+    with TestClient(create_app(tiny, ServerConfig(max_request_tokens=40, token_ids=True))) as c:
         yield c
 
 

@@ -29,7 +29,7 @@ def live(tiny_dir):  # type: ignore[no-untyped-def]
                           process=True)
     try:
         with live_server(model, api_key="sekret", served_name="qwen3-embedding:0.6b",
-                         max_wait_ms=20) as url:
+                         max_wait_ms=20, token_ids=True) as url:
             yield url
     finally:
         model.close()

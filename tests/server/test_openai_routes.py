@@ -19,7 +19,8 @@ TEXTS = ["Привет, мир!", "The quick brown fox jumps over the lazy dog."
 
 @pytest.fixture(scope="module")
 def client(tiny):  # type: ignore[no-untyped-def]
-    cfg = ServerConfig(max_inputs=16, max_request_bytes=64 * 1024, served_name="my-embedder")
+    cfg = ServerConfig(max_inputs=16, max_request_bytes=64 * 1024, served_name="my-embedder",
+                       token_ids=True)
     with TestClient(create_app(tiny, cfg)) as c:
         yield c
 
@@ -141,3 +142,16 @@ def test_over_long_input(client, tiny) -> None:  # type: ignore[no-untyped-def]
           f"at most {tiny.max_tokens}")
     got = floats(client.post("/v1/embeddings", json={"input": ["ok", long], "truncate": True}))
     assert np.array_equal(got, tiny.embed(["ok", long], truncate=True))
+
+
+def test_token_ids_are_refused_unless_the_server_takes_them(tiny) -> None:  # type: ignore[no-untyped-def]
+    """An OpenAI client's token ids are tiktoken's: LangChain's OpenAIEmbeddings sends cl100k
+    ids (``"the"`` is 1820 there, 1782 in Qwen3), which would embed another text. Without
+    ``--token-ids`` they get a 400 that says what to do; the text itself is embedded as ever."""
+    with TestClient(create_app(tiny, ServerConfig())) as c:
+        cl100k = [[1820, 4062, 14198, 39935]]  # "the quick brown fox" in tiktoken's cl100k_base
+        for body in ({"input": cl100k}, {"input": cl100k[0]}, {"input": tiny.tokenize(["x"])}):
+            err = error(c.post("/v1/embeddings", json=body), 400, "check_embedding_ctx_length",
+                        "--token-ids")
+            assert err["param"] == "input"
+        assert c.post("/v1/embeddings", json={"input": ["the quick brown fox"]}).status_code == 200
