@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -68,8 +69,22 @@ def manifests(root: Path | None = None) -> Iterator[tuple[str, dict[str, Any]]]:
 
 
 def blob(root: Path, digest: str) -> Path:
-    """The file of a layer digest (``sha256:<hex>`` -> ``blobs/sha256-<hex>``)."""
+    """The file of a layer digest (``sha256:<hex>`` -> ``blobs/sha256-<hex>``); ``ValueError``
+    for anything else, as Ollama refuses it (a manifest cannot point outside ``blobs/``)."""
+    if not _DIGEST.fullmatch(digest):
+        raise ValueError(f"{digest!r} is not a sha256 layer digest")
     return root / "blobs" / digest.replace(":", "-")
+
+
+_DIGEST = re.compile(r"sha256[:-][0-9a-fA-F]{64}")
+
+
+def find(name: str, root: Path | None = None) -> str | None:
+    """The store's own spelling of model ``name`` (any of its forms: ``model[:tag]``,
+    ``namespace/model[:tag]``, ``host/namespace/model[:tag]``), matched without regard to case
+    as Ollama matches names; None when it is not there."""
+    want = name_of(parts_of(name)).lower()
+    return next((n for n, _ in manifests(root) if n.lower() == want), None)
 
 
 def model_layer(manifest: dict[str, Any]) -> dict[str, Any] | None:
@@ -83,6 +98,8 @@ def model_blob(name: str, root: Path | None = None) -> Path:
     listing the store's models when it is not there."""
     root = root or ollama_root()
     manifest = read_json(root / "manifests" / Path(*parts_of(name)))
+    if not manifest and (stored := find(name, root)) is not None:  # another case
+        manifest = read_json(root / "manifests" / Path(*parts_of(stored)))
     layer = model_layer(manifest) if manifest else None
     if layer is None:
         held = [n for n, _ in manifests(root)]
@@ -90,7 +107,10 @@ def model_blob(name: str, root: Path | None = None) -> Path:
         what = "has no weights layer" if manifest else "is not"
         raise FileNotFoundError(f"Ollama model {name!r} {what} in the store at {root} "
                                 f"(OLLAMA_MODELS); {there}")
-    path = blob(root, str(layer.get("digest", "")))
+    try:
+        path = blob(root, str(layer.get("digest", "")))
+    except ValueError as e:
+        raise FileNotFoundError(f"Ollama model {name!r}: its manifest is damaged ({e})") from None
     if not path.is_file():
         raise FileNotFoundError(f"Ollama model {name!r}: its weights blob {path} is missing "
                                 "(`ollama pull` it again)")

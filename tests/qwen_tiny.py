@@ -336,8 +336,9 @@ def gguf_writer(cfg: dict, out: Path, *, name: str, ftype: str = "F16", tokenize
 
 def write_gguf(src: Path, out: Path, *, ftype: str = "F16", tokenizer: bool = True,
                add_eos: bool | None = None, pooling: int | None = 3, arch: str = "qwen3",
-               type_of: dict[str, str] | None = None, dequantized_to: Path | None = None
-               ) -> Path:
+               type_of: dict[str, str] | None = None, dequantized_to: Path | None = None,
+               extra_tensors: dict[str, np.ndarray] | None = None,
+               extra_u32: dict[str, int] | None = None) -> Path:
     """Write the tiny safetensors checkpoint in ``src`` as a GGUF file, the way llama.cpp's
     ``convert_hf_to_gguf.py`` does for Qwen3-Embedding: ``qwen3.*`` hyperparameters,
     ``tokenizer.ggml.*`` (gpt2 model, qwen2 pre-tokenizer), tensor names from gguf-py's own
@@ -350,6 +351,8 @@ def write_gguf(src: Path, out: Path, *, ftype: str = "F16", tokenizer: bool = Tr
     (mixed files). The gguf package cannot quantise to K-quants (Q4_K ...): Q6_K tensors are
     quantised by :func:`quantize_q6_k`, the others get random blocks whose float16 scales are
     set to small values, a valid random model.
+    ``extra_tensors`` (float32, as they are) and ``extra_u32`` (metadata) are added as given
+    (what other conversions write: a reranker's ``cls.output.weight``, ``rope.dimension_count``).
     ``dequantized_to``: also write a copy of ``src`` whose weights are exactly what the GGUF
     file holds, dequantised by gguf-py (llama.cpp's reference): the checkpoint the GGUF's
     vectors must equal.
@@ -364,6 +367,10 @@ def write_gguf(src: Path, out: Path, *, ftype: str = "F16", tokenizer: bool = Tr
     names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.QWEN3, cfg["num_hidden_layers"])
     w = gguf_writer(cfg, out, name=src.name, ftype=ftype, tokenizer=tokenizer, add_eos=add_eos,
                     pooling=pooling, arch=arch)
+    for key, value in (extra_u32 or {}).items():
+        w.add_uint32(key, value)
+    for gname, data in (extra_tensors or {}).items():
+        w.add_tensor(gname, data.astype(np.float32))
     rng = np.random.default_rng(0)
     held = {}  # what the file holds, as float32 (only for dequantized_to)
     for key, t in state.items():

@@ -218,6 +218,11 @@ def test_show_reads_config_and_headers_only(machine: Path, tiny_dir: Path,
     assert main(["show", "ollama:qwen3-embedding:0.6b"]) == 0
     text = capsys.readouterr().out
     assert "Q8_0" in text and "pooling_type: 3" in text and "layers:       28" in text
+    # Ollama matches names in any case and in their long forms: so does `show`
+    for name in ("ollama:Qwen3-Embedding:0.6B", "ollama:library/qwen3-embedding:0.6b",
+                 "ollama:registry.ollama.ai/library/qwen3-embedding:0.6b"):
+        assert main(["show", name, "--json"]) == 0, name
+        assert json.loads(capsys.readouterr().out)["name"] == "ollama:qwen3-embedding:0.6b"
 
 
 def test_show_and_pull_errors_are_smysl_errors(machine: Path, tmp_path: Path,

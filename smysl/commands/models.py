@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from smysl.ollama_store import blob, manifests, model_layer, ollama_root
+from smysl.ollama_store import find as find_ollama
 from smysl.ollama_store import read_json as _json
 from smysl.pooling import MIN_DIMENSIONS
 from smysl.registry import ALIASES, split
@@ -204,8 +205,11 @@ def _ollama_entry(root: Path, name: str, manifest: dict[str, Any]) -> ModelEntry
     if model is None:
         return None
     config_layer = manifest.get("config") or {}
-    config = _json(blob(root, str(config_layer.get("digest", ""))))
-    weights = blob(root, str(model.get("digest", "")))
+    try:
+        weights = blob(root, str(model.get("digest", "")))
+        config = _json(blob(root, str(config_layer.get("digest", "")))) if config_layer else {}
+    except ValueError:  # a damaged manifest: listed by `ollama list`, not usable here either
+        return None
     meta = gguf_metadata(weights) if weights.is_file() else {}
     arch = str(meta.get("general.architecture", config.get("model_family", "")))
     dims = config.get("embedding_length") or meta.get(f"{arch}.embedding_length")
@@ -380,9 +384,9 @@ def show_entry(model: str) -> ModelEntry:
 
     scheme, rest = split(model)
     if scheme in ("ollama", "ollama-store"):  # a served or an in-process Ollama store model
-        model = f"ollama:{rest}"
-        for entry in ollama_models(every=True):
-            if entry.name in (model, f"{model}:latest"):
+        stored = find_ollama(rest)  # any form of the name, any case, as Ollama matches
+        for entry in ollama_models(every=True) if stored else ():
+            if entry.name == f"ollama:{stored}":
                 return entry
         raise FileNotFoundError(f"{rest!r} is not in the Ollama store ({ollama_root()}); "
                                 "`smysl models` lists what is there")

@@ -98,7 +98,10 @@ def _legacy(b: torch.Tensor, fifth: bool, affine: bool) -> Codes:
     q = _halves(b[:, -16:])  # [n, 32]
     if fifth:  # qh: a little-endian uint32 after d (and m)
         at = 4 if affine else 2
-        qh = _i(b[:, at : at + 4].contiguous().view(torch.int32))  # [n, 1]
+        # a fresh copy, not contiguous(): one block's slice counts as contiguous already, and
+        # its offset (2 for Q5_0) and row stride are no multiples of 4, which view(int32) refuses
+        qh = _i(b[:, at : at + 4].clone(memory_format=torch.contiguous_format)
+                .view(torch.int32))  # [n, 1]
         q = q | (((qh >> _ints(tuple(range(32)), b.device)) & 1) << 4)
     top = 31 if fifth else 15
     if affine:  # y = q * d + m

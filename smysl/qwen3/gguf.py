@@ -296,6 +296,11 @@ def config_of(header: Header) -> dict[str, Any]:
         raise ValueError(f"{path}: GGUF file lacks a token_embd.weight matrix")
     heads = int(need("attention.head_count"))
     hidden = int(need("embedding_length"))
+    head_dim = int(meta.get(f"{arch}.attention.key_length", hidden // heads))
+    rotary = meta.get(f"{arch}.rope.dimension_count")  # llama.cpp's n_rot; Qwen3 rotates all
+    if rotary is not None and int(rotary) != head_dim:
+        raise ValueError(f"{path}: {arch}.rope.dimension_count {int(rotary)} is not the head "
+                         f"size {head_dim}: partial rotary embeddings are not Qwen3's")
     return {
         "model_type": ARCH,
         "vocab_size": embed.shape[0],
@@ -304,7 +309,7 @@ def config_of(header: Header) -> dict[str, Any]:
         "num_hidden_layers": int(need("block_count")),
         "num_attention_heads": heads,
         "num_key_value_heads": int(meta.get(f"{arch}.attention.head_count_kv", heads)),
-        "head_dim": int(meta.get(f"{arch}.attention.key_length", hidden // heads)),
+        "head_dim": head_dim,
         "rms_norm_eps": _float(need("attention.layer_norm_rms_epsilon")),
         "rope_theta": _float(need("rope.freq_base")),
         "max_position_embeddings": int(need("context_length")),
@@ -417,9 +422,9 @@ def read_checkpoint(path: Path, name: str | None = None) -> Checkpoint:
     for anything unsupported (architecture, tensor types, pooling, tokenizer), before any
     weight is read."""
     header = read_header(path)
+    check_pooling(header)  # first: a reranker's file also has a tensor no embedder has
     config = config_of(header)
     check_tensors(header, config)
-    check_pooling(header)
     sidecar = path.parent / "tokenizer.json"
     if not sidecar.is_file():
         check_tokenizer(header)

@@ -416,3 +416,19 @@ print(b)
     from smysl.qwen3 import quantize
 
     assert quantize._block_rows() == 64
+
+
+@pytest.mark.parametrize("kind", ["Q5_0", "Q5_1", "Q4_0", "Q8_0", "Q6_K", "IQ4_NL"])
+def test_one_block_alone_decodes(kind: str) -> None:
+    """A single block (a one-block tensor, a chunk's last block, ``QuantTensor.rows`` of one
+    row) decodes as it does among others: Q5_0's ``qh`` sits at byte 2, and a one-row slice
+    there was viewed as int32 at an offset no multiple of 4 (a RuntimeError)."""
+    from qwen_tiny import random_blocks
+
+    qtype = getattr(gguf.GGMLQuantizationType, kind)
+    per, width = gq.BLOCKS[int(qtype)]
+    raw = random_blocks((3, per), qtype, np.random.default_rng(7)).reshape(3, width)
+    together = gq.DEQUANTIZE[int(qtype)](torch.from_numpy(raw)).numpy()
+    for i in range(3):
+        alone = gq.DEQUANTIZE[int(qtype)](torch.from_numpy(raw)[i:i + 1]).numpy()
+        assert np.array_equal(alone, together[i:i + 1])

@@ -441,6 +441,29 @@ def test_other_pooling_is_refused(tiny_dir: Path, sidecar_dir: Path, pooling: in
         Embedder.load(str(path), device="cpu")
 
 
+def test_a_reranker_file_is_named_a_reranker(tiny_dir: Path, sidecar_dir: Path) -> None:
+    """convert_hf_to_gguf.py writes a Qwen3-Reranker with ``pooling_type`` 4 (rank) and its
+    two-row head as ``cls.output.weight``: the refusal says "a reranker", not that the head is
+    a tensor no embedder has."""
+    cfg = json.loads((tiny_dir / "config.json").read_text())
+    head = np.zeros((2, cfg["hidden_size"]), np.float32)
+    path = write_gguf(tiny_dir, sidecar_dir / "rerank.gguf", tokenizer=False, pooling=4,
+                      extra_tensors={"cls.output.weight": head})
+    _refused(path, r"pooling_type 4 \(a reranker\) is not last-token pooling")
+
+
+def test_partial_rotary_is_refused(tiny_dir: Path, sidecar_dir: Path) -> None:
+    """llama.cpp rotates ``rope.dimension_count`` dimensions of each head (its n_rot); Qwen3
+    rotates all of them, so another count is another model, not one to run with full RoPE."""
+    cfg = json.loads((tiny_dir / "config.json").read_text())
+    path = write_gguf(tiny_dir, sidecar_dir / "rot.gguf", tokenizer=False,
+                      extra_u32={"qwen3.rope.dimension_count": cfg["head_dim"] // 2})
+    _refused(path, rf"rope.dimension_count {cfg['head_dim'] // 2} is not the head size")
+    same = write_gguf(tiny_dir, sidecar_dir / "rot_all.gguf", tokenizer=False,
+                      extra_u32={"qwen3.rope.dimension_count": cfg["head_dim"]})
+    assert read_checkpoint(same).config["head_dim"] == cfg["head_dim"]
+
+
 def test_untied_output_is_ignored_whatever_its_type(tmp_path: Path, texts: list[str]) -> None:
     """Issue 14 pitfall: an untied checkpoint's output.weight (Qwen3ForCausalLM's lm_head) is
     in the file, tied ones have none; embeddings never read it, so even a type this loader
@@ -577,6 +600,18 @@ def test_ollama_store_model_loads_by_name(files: dict[str, Path], tmp_path: Path
     (entry,) = ollama_models()
     assert (entry.name, entry.dimensions, entry.dtype) == ("ollama:qwen3-embedding:0.6b", 64,
                                                            "Q8_0")
+    # Ollama matches names without regard to case (its getExistingName): so does the store
+    upper = smysl.load("ollama-store:Qwen3-Embedding:0.6B", device="cpu", dtype="float32")
+    assert np.array_equal(upper.embed(TEXTS[:2]), direct.embed(TEXTS[:2]))
+    # a manifest's digest names a file in blobs/ and nothing else (Ollama refuses others too)
+    manifest = store / "manifests" / "registry.ollama.ai" / "library" / "qwen3-embedding" / "0.6b"
+    data = json.loads(manifest.read_text())
+    for layer in data["layers"]:
+        layer["digest"] = "sha256:../../x"
+    manifest.write_text(json.dumps(data))
+    with pytest.raises(FileNotFoundError, match=r"manifest is damaged .*not a sha256 layer"):
+        smysl.load("ollama-store:qwen3-embedding:0.6b")
+    assert ollama_models() == []  # listed no more, and `smysl models` does not fail on it
 
 
 def test_gguf_in_an_engine_process(files: dict[str, Path]) -> None:
