@@ -70,6 +70,19 @@ def test_embed_paths_apply_the_rule() -> None:
                       "d", format_query("x", TASK_PRESETS["sts"])]
 
 
+def test_a_lone_surrogate_is_named_before_any_backend_sees_it() -> None:
+    """A Python string may hold a lone surrogate (``surrogateescape``, JSON's ``\\ud800``); no
+    tokenizer or API takes it (the local one raised a TypeError about its own input types).
+    Every path says which text, and embeds nothing."""
+    e = Echo()
+    for call in (e.embed, e.embed_queries, e.embed_documents):
+        with pytest.raises(ValueError, match=r"texts\[1\] has a lone surrogate \('\\udc80'\) "
+                                             r"at character 3"):
+            call(["fine", "bad\udc80 text"])
+    assert e.seen == []
+    assert e.embed(["ok 😀 ёж"]).shape == (1, 64)  # astral and Cyrillic are text
+
+
 def test_embed_formatted_checks_the_backend_shape() -> None:
     class Short(Echo):
         def _embed(self, texts: list[str], *, truncate: bool, progress: Any = None) -> np.ndarray:

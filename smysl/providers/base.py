@@ -26,6 +26,7 @@ that ignores the request's ``dimensions`` and answers wider rows has them cut th
 from __future__ import annotations
 
 import abc
+import operator
 import os
 import threading
 import time
@@ -93,10 +94,8 @@ class Provider(BaseEmbedder):
         base = os.environ.get(config.base_url_env, "") if config.base_url_env else ""
         self.base_url = (base or config.base_url).rstrip("/")
         api_key = config.api_key(api_key)
-        if dimensions is not None and (isinstance(dimensions, bool) or int(dimensions) < 1):
-            raise ValueError(f"dimensions must be a positive integer, got {dimensions!r}")
         #: Width requested from the server (sent as ``dimensions`` when supported).
-        self.request_dimensions = int(dimensions) if dimensions is not None else None
+        self.request_dimensions = _positive_int(dimensions, "dimensions")
         #: Whether requests ask the server for that width: then rows all wider than it come
         #: from a server that ignored it, and their Matryoshka prefix is what was asked for.
         #: Where nothing is sent (TEI, Ollama), wider rows are no such prefix: an error.
@@ -354,3 +353,17 @@ class Provider(BaseEmbedder):
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.name!r}, base_url={self.base_url!r})"
+
+
+def _positive_int(value: object, what: str) -> int | None:
+    """``value`` as an int >= 1 (None stays None): an int or numpy integer, not a bool, float
+    or string (``int("32")`` or ``int(3.7)`` would pass where the request then differs)."""
+    if value is None:
+        return None
+    try:
+        n = operator.index(value)  # type: ignore[arg-type]
+    except TypeError:
+        n = 0
+    if isinstance(value, bool) or n < 1:
+        raise ValueError(f"{what} must be a positive integer, got {value!r}")
+    return int(n)

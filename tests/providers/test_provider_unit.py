@@ -445,3 +445,12 @@ def test_usage_line_is_readable() -> None:
     assert p.usage.snapshot()["cost"] == pytest.approx(75 * 0.07 / 1e6)
     p.usage.reset()
     assert p.usage.tokens == 0 and p.usage.requests == 0
+
+
+@pytest.mark.parametrize("bad", [0, -3, True, 3.7, "32", "abc", [32]])
+def test_provider_dimensions_are_a_positive_integer(bad: object) -> None:
+    """``dimensions=`` at construction is an int >= 1: a float or string was turned into some
+    int (3.7 -> 3, "32" -> 32) and sent, so the rows asked for were not the ones given."""
+    with pytest.raises(ValueError, match=r"dimensions must be a positive integer, got"):
+        connect("openai", "http://h:1#m", dimensions=bad)
+    assert connect("openai", "http://h:1#m", dimensions=np.int64(48)).request_dimensions == 48
