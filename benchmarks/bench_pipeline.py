@@ -54,6 +54,7 @@ class SimulatedDevice:
     pid = None
     cuda_graphs: tuple[int, ...] = ()
     kernel = "simulated"
+    numerics = ""
     chunk = 4096
     lanes = 1
     alive = True

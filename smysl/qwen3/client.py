@@ -116,6 +116,7 @@ class _Described:
         self.parameters: int = info["parameters"]
         self.cuda_graphs: list[int] = info["cuda_graphs"]
         self.kernel: str = info["kernel"]
+        self.numerics: str = info["numerics"]
         self.chunk: int = info["chunk"]
         self.tuned_at: str | None = info["tuned_at"]
         self.pid: int | None = info["pid"]

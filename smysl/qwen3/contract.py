@@ -115,6 +115,11 @@ class EngineLike(Protocol):
     #: cannot serve); "+triton" appended on CUDA when the fused Triton kernels run the norms,
     #: RoPE and SwiGLU (:attr:`EngineConfig.cuda_kernels`).
     kernel: str
+    #: What a quantised path's vectors depend on besides the weights, the kernel and the dtype,
+    #: where the CPU decides it: int8's activation codes (8 or 7 bits, or per tensor) and its
+    #: attention dtype ("onednn-int8 7-bit, attention float32"); "" elsewhere. Part of the
+    #: fingerprint: two kernels' int8 vectors differ by ~1e-2 (cosine 0.999).
+    numerics: str
     #: Tokens per slice of the per-token work (CPU: the default, or ``smysl tune``'s).
     chunk: int
     #: Batches of a bulk call computed at once (CPU, :attr:`EngineConfig.lanes`); else 1.

@@ -175,9 +175,11 @@ class Embedder(OnEngine, BaseEmbedder, TokenLevel):
                 ck = self.checkpoint
                 files = ck.files
                 rev = self.revision if self.revision and _COMMIT.match(self.revision) else None
-                self._fingerprint = fingerprint_files(files, {
-                    "backend": self.backend, "dtype": e.dtype,
-                    "quantization": e.quantization, "revision": rev})
+                fields = {"backend": self.backend, "dtype": e.dtype,
+                          "quantization": e.quantization, "revision": rev}
+                if e.numerics:  # only then: other paths' fingerprints stay what they were
+                    fields["numerics"] = e.numerics
+                self._fingerprint = fingerprint_files(files, fields)
         return self._fingerprint
 
     def token_level(self) -> TokenLevel:

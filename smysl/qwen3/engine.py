@@ -188,6 +188,12 @@ class Engine:
                  lanes: int | None = None, cuda_kernels: bool = False) -> None:
         self.model = model
         self.kernel = kernel
+        self.numerics = ""
+        if quantization == "int8":
+            codes = (f"{int8_activation_bits(detect())}-bit" if kernel == "onednn-int8"
+                     else "per-tensor")
+            attention = str(model.attn_dtype or dtype).removeprefix("torch.")
+            self.numerics = f"{kernel} {codes}, attention {attention}"
         #: Where and in what the model computes; :attr:`device` and :attr:`dtype` (the
         #: contract's) are their names ("cpu", "cuda", "cuda:1"; "bfloat16").
         self.torch_device, self.torch_dtype = device, dtype

@@ -84,8 +84,8 @@ def _child(conn: Connection, ckpt: Checkpoint, cfg: EngineConfig) -> None:
             "dtype": engine.dtype, "cpu": engine.cpu,
             "quantization": engine.quantization, "parameters": engine.parameters,
             "threads": engine.threads, "cuda_graphs": engine.cuda_graphs, "kernel": engine.kernel,
-            "chunk": engine.chunk, "tuned_at": engine.tuned_at, "queues": engine.queues,
-            "pid": os.getpid()}
+            "numerics": engine.numerics, "chunk": engine.chunk, "tuned_at": engine.tuned_at,
+            "queues": engine.queues, "pid": os.getpid()}
     send_reply(conn, ("ready", info))
     _Hub(engine, conn, info).run()
 

@@ -381,3 +381,31 @@ def test_fingerprint_names_the_weights_not_the_name(tmp_path: Path, monkeypatch)
     assert same.fingerprint() == prints[0]
     assert Embedder.load(str(tmp_path / "a" / "tiny-eos"), device="cpu",
                          dtype="bfloat16").fingerprint() != prints[0]
+
+
+def test_int8_fingerprint_names_its_numerics(tmp_path: Path, monkeypatch) -> None:
+    """Two int8 kernels (per-row oneDNN codes vs per-tensor fbgemm; 8- vs 7-bit codes; the
+    attention dtype: each the CPU's choice) give vectors ~1e-2 apart on the same weights, so
+    an index or a corpus job resumed on another machine must not take them as one model's.
+    Other paths' fingerprints stay as they were (no field added)."""
+    import smysl.qwen3.engine as engine_mod
+    from smysl.base import fingerprint_files
+
+    path = build_tiny(tmp_path / "t", seed=0).path
+    fp32 = Embedder.load(str(path), device="cpu")
+    assert fp32.checkpoint is not None
+    files = list(fp32.checkpoint.files)
+    assert fp32.fingerprint() == fingerprint_files(files, {
+        "backend": "qwen3", "dtype": "float32", "quantization": None, "revision": None})
+    assert fp32.engine.numerics == ""
+    prints = {}
+    from smysl.qwen3.cpu import onednn_int8
+
+    if not onednn_int8():
+        pytest.skip("torch has no oneDNN int8 linear here: one int8 kernel only")
+    for kernel in ("onednn-int8", "fbgemm-int8"):
+        monkeypatch.setattr(engine_mod, "int8_kernel", lambda features, k=kernel: k)
+        emb = Embedder.load(str(path), device="cpu", quantize="int8")
+        assert emb.engine.numerics.startswith(kernel)
+        prints[kernel] = emb.fingerprint()
+    assert len({*prints.values(), fp32.fingerprint()}) == 3
