@@ -47,7 +47,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--limit", type=int, default=None,
                    help="first N rows per task only (smoke tests; not comparable)")
     p.add_argument("--instruction", action="append", type=_instruction, default=[],
-                   metavar="TASK=TEXT", help="override a task's instruction ('' for none)")
+                   metavar="TASK=TEXT",
+                   help="override a task's instruction ('' for none); TASK is a task name from "
+                        "--list-tasks (an unknown one is refused)")
     p.add_argument("--no-instructions", action="store_true",
                    help="embed every text without instructions")
     p.add_argument("--compare", action="append", type=Path, default=[], metavar="DIR",

@@ -5,9 +5,15 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from smysl.eval.data import DEFAULT_DATA_DIR
 from smysl.options import ModelOptions
+
+#: Fields of :class:`EvalConfig` that decide the scores, recorded with every run's results.
+PROTOCOL = ("limit", "seed", "n_experiments", "samples_per_label", "max_iter",
+            "clustering_bootstraps", "clustering_sample_size", "retrieval_ks", "use_instructions",
+            "rerank_top", "rerank_queries")
 
 
 @dataclass(frozen=True)
@@ -20,7 +26,10 @@ class EvalConfig:
         tasks: task names from :data:`smysl.eval.tasks.TASKS`; empty means all of them.
         dimensions: Matryoshka sizes to score besides the model's native size. Each is scored
             from the full vectors by truncation and re-normalisation; sizes above the native
-            size are skipped.
+            size are skipped. A size below a Matryoshka model's ``min_dimensions`` is refused
+            before anything is embedded, as the model refuses it; a model not trained for
+            Matryoshka (``min_dimensions`` = its size) takes any smaller size, as a study of
+            naive truncation.
         data_dir: folder holding ``stsb/``, ``paraphraser/``, ``sentirueval/``, ``intents/`` and
             ``xquad/`` (``../shared/datasets`` by default); read in place, never copied.
         out_dir: where JSON, Markdown and PNG reports go; None writes nothing.
@@ -31,12 +40,14 @@ class EvalConfig:
         samples_per_label: training texts per label in each classification experiment (MTEB: 8).
         max_iter: LogisticRegression iterations (MTEB: 100).
         clustering_bootstraps: clustering repeats on resampled texts (MTEB: 10).
-        clustering_sample_size: texts per clustering repeat (MTEB fast clustering: 2048).
+        clustering_sample_size: texts drawn (with replacement) for each clustering repeat (MTEB's
+            ``max_documents_per_cluster``: 16,384).
         retrieval_ks: cut-offs for nDCG@k, recall@k, MRR@k and MAP@k.
         use_instructions: apply task instructions to instruction-aware models; models that are not
             instruction-aware never get one.
         instructions: per-task instruction overrides, ``{task name: instruction}``; an empty
-            string means "no instruction" for that task.
+            string means "no instruction" for that task. A key that names no task (nor a
+            reranking task) is refused.
         model_options: how every model loads (device, dtype, quantize, ...); a model whose
             backend cannot use a set option fails to load with an error naming it.
         cache_dir: if set, embeddings are kept there per model and instruction and reused by the
@@ -66,7 +77,7 @@ class EvalConfig:
     samples_per_label: int = 8
     max_iter: int = 100
     clustering_bootstraps: int = 10
-    clustering_sample_size: int = 2048
+    clustering_sample_size: int = 16_384
     retrieval_ks: tuple[int, ...] = (1, 3, 5, 10, 100)
     use_instructions: bool = True
     instructions: Mapping[str, str] = field(default_factory=dict)
@@ -79,6 +90,11 @@ class EvalConfig:
     reranker_options: ModelOptions = field(default_factory=ModelOptions)
     rerank_top: int = 50
     rerank_queries: int | None = None
+
+    def protocol(self) -> dict[str, Any]:
+        """The settings that decide the scores (JSON types): runs that differ in one of them
+        are not comparable (:data:`PROTOCOL`)."""
+        return {k: list(v) if isinstance(v := getattr(self, k), tuple) else v for k in PROTOCOL}
 
     def __post_init__(self) -> None:
         if not self.models:

@@ -4,8 +4,8 @@ timed for the throughput report.
 Vectors are kept at the model's full size; Matryoshka sizes are cut from them later
 (:func:`smysl.pooling.finish`), which is exactly what asking the model for fewer
 dimensions returns. With a ``cache_dir`` the vectors also persist across runs (development),
-in a folder per model fingerprint (:meth:`~smysl.base.BaseEmbedder.fingerprint`): two checkpoints
-with the same name never share vectors.
+in a folder per :func:`cache_key`: two checkpoints with the same name never share vectors, nor
+do two truncation limits of one checkpoint.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from smysl.base import BaseEmbedder
+from smysl.base import BaseEmbedder, fingerprint_of
 from smysl.eval.results import model_slug
 
 
@@ -39,6 +39,15 @@ class Throughput:
         return self.tokens / self.seconds if self.seconds > 0 and self.tokens else None
 
 
+def cache_key(model: BaseEmbedder) -> str:
+    """What decides the vectors an eval run caches for ``model``: its
+    :meth:`~smysl.base.BaseEmbedder.fingerprint` (weights, dtype, quantization) and its
+    ``max_tokens`` (``--max-tokens``), which the fingerprint leaves out but which truncates the
+    texts. The rest is keyed elsewhere or fixed: the instruction names the file, sizes are cut
+    later from the full vectors, and eval always truncates."""
+    return fingerprint_of({"model": model.fingerprint(), "max_tokens": model.max_tokens})
+
+
 def _key(text: str) -> bytes:
     return hashlib.sha1(text.encode("utf-8")).digest()
 
@@ -56,7 +65,7 @@ class ModelEmbeddings:
         self.progress = progress
         self.throughput = Throughput()
         self._vectors: dict[str | None, dict[bytes, np.ndarray]] = {}
-        self._dir = (Path(cache_dir) / f"{model_slug(model.name)}-{model.fingerprint()[:16]}"
+        self._dir = (Path(cache_dir) / f"{model_slug(model.name)}-{cache_key(model)[:16]}"
                      if cache_dir else None)
 
     def ensure(self, texts: list[str], instruction: str | None, *, label: str = "") -> None:

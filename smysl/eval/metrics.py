@@ -161,11 +161,13 @@ def classification_scores(x_train: np.ndarray, y_train: Sequence[str], x_test: n
 
 # --------------------------------------------------------------------------- clustering
 def clustering_scores(x: np.ndarray, labels: Sequence[str], *, n_bootstrap: int = 10,
-                      sample_size: int = 2048, batch_size: int = 512,
+                      sample_size: int = 16_384, batch_size: int = 512,
                       seed: int = 42) -> dict[str, Any]:
-    """MTEB fast clustering: ``n_bootstrap`` samples of ``sample_size`` rows (with replacement,
-    ``random.Random(seed).choices``), each clustered by MiniBatchKMeans with as many clusters as
-    gold labels; main score is the mean V-measure."""
+    """MTEB clustering (``AbsTaskClustering``, ``_evaluate_clustering_bootstrapped``):
+    ``n_bootstrap`` samples of ``sample_size`` rows (with replacement,
+    ``random.Random(seed).choices``; MTEB's ``n_clusters`` and ``max_documents_per_cluster``),
+    each clustered by MiniBatchKMeans with as many clusters as gold labels; main score is the
+    mean V-measure. ``x`` holds every row to sample from (MTEB may embed a subset first)."""
     cluster = require("sklearn.cluster", "scikit-learn")
     metrics = require("sklearn.metrics", "scikit-learn")
     y = np.asarray(labels, dtype=object)
@@ -187,7 +189,8 @@ def retrieval_scores(q: np.ndarray, d: np.ndarray, query_ids: Sequence[str],
                      doc_ids: Sequence[str], qrels: dict[str, set[str]],
                      ks: Sequence[int] = (1, 3, 5, 10, 100)) -> dict[str, float]:
     """Exact cosine search of every query over the corpus, scored like MTEB (pytrec_eval) with
-    binary relevance: nDCG@k, recall@k, MRR@k and MAP@k averaged over queries.
+    binary relevance: nDCG@k, recall@k, MRR@k and MAP@k averaged over the queries that have a
+    relevant document (:func:`ranking_scores`); equal scores ranked as :func:`top_documents` does.
 
     nDCG@k = DCG@k / IDCG@k with gain 1/log2(rank+1); recall@k = relevant found in the top k /
     relevant; MRR@k = 1/rank of the first relevant document within k (0 if none); MAP@k = sum of
@@ -199,39 +202,54 @@ def retrieval_scores(q: np.ndarray, d: np.ndarray, query_ids: Sequence[str],
 
 def top_documents(q: np.ndarray, d: np.ndarray, doc_ids: Sequence[str],
                   k: int) -> list[list[str]]:
-    """Ids of each query's ``k`` most cosine-similar documents, best first (exact search; ties
-    keep corpus order, deterministic across runs)."""
+    """Ids of each query's ``k`` most cosine-similar documents, best first (exact search).
+
+    Equal scores are ordered by doc id, descending, as pytrec_eval/trec_eval order a run (and
+    MTEB copies it): the metrics then equal pytrec_eval's on the same similarities.
+    """
     sims = np.asarray(q, dtype=np.float32) @ np.asarray(d, dtype=np.float32).T
-    top = np.argsort(-sims, axis=1, kind="stable")[:, :k]
+    # rank of each id in ascending string order; lexsort's last key is the primary one
+    id_rank = np.empty(len(doc_ids), dtype=np.int64)
+    id_rank[sorted(range(len(doc_ids)), key=doc_ids.__getitem__)] = np.arange(len(doc_ids))
+    top = np.lexsort((np.broadcast_to(-id_rank, sims.shape), -sims), axis=1)[:, :k]
     return [[doc_ids[int(j)] for j in row] for row in top]
 
 
 def ranking_scores(ranked: Sequence[Sequence[str]], query_ids: Sequence[str],
                    qrels: dict[str, set[str]],
                    ks: Sequence[int] = (1, 3, 5, 10, 100)) -> dict[str, float]:
-    """nDCG@k, recall@k, MRR@k and MAP@k (binary relevance, pytrec_eval definitions) of given
-    rankings, averaged over queries. ``ranked[i]`` are query ``i``'s document ids best first,
-    possibly fewer than ``k`` (a reranker's candidates): a relevant document absent from it counts
-    as not found, while the ideal DCG still assumes every relevant document could be ranked.
+    """nDCG@k, recall@k, MRR@k and MAP@k (pytrec_eval definitions) of given rankings, averaged
+    over the queries that have a relevant document. ``ranked[i]`` are query ``i``'s document ids
+    best first, possibly fewer than ``k`` (a reranker's candidates): a relevant document absent
+    from it counts as not found, while the ideal DCG still assumes every relevant document could
+    be ranked.
+
+    Relevance is binary: a document is relevant when it is in ``qrels[query]``. A query with no
+    relevant document is skipped, as pytrec_eval evaluates only the queries in the qrels (and
+    MTEB divides by their count); every metric is NaN when no query has one.
     """
     kmax = max(ks)
     discount = 1.0 / np.log2(np.arange(2, kmax + 2))
-    sums: dict[str, float] = defaultdict(float)
+    sums: dict[str, float] = {f"{name}_at_{k}": 0.0 for k in ks
+                              for name in ("ndcg", "recall", "mrr", "map")}
+    judged = 0
     for qid, docs in zip(query_ids, ranked, strict=True):
         rel = qrels.get(qid, set())
+        if not rel:
+            continue
+        judged += 1
         hits = np.array([doc in rel for doc in list(docs)[:kmax]], dtype=np.float64)
         for k in ks:
             h = hits[:k]
             kk = len(h)
             ideal = discount[: min(len(rel), k)].sum()
-            sums[f"ndcg_at_{k}"] += float(h @ discount[:kk] / ideal) if ideal > 0 else 0.0
-            sums[f"recall_at_{k}"] += float(h.sum() / len(rel)) if rel else 0.0
+            sums[f"ndcg_at_{k}"] += float(h @ discount[:kk] / ideal)
+            sums[f"recall_at_{k}"] += float(h.sum() / len(rel))
             first = np.flatnonzero(h)
             sums[f"mrr_at_{k}"] += float(1.0 / (first[0] + 1)) if len(first) else 0.0
             precisions = np.cumsum(h) / np.arange(1, kk + 1)
-            sums[f"map_at_{k}"] += float((precisions * h).sum() / len(rel)) if rel else 0.0
-    n = max(len(query_ids), 1)
-    return {k: v / n for k, v in sorted(sums.items())}
+            sums[f"map_at_{k}"] += float((precisions * h).sum() / len(rel))
+    return {k: v / judged if judged else float("nan") for k, v in sorted(sums.items())}
 
 
 def first_relevant_rank(ranked: Sequence[str], relevant: set[str]) -> int | None:

@@ -14,16 +14,20 @@ Layout of ``out_dir``::
 from __future__ import annotations
 
 import json
+import logging
 import math
 import time
+from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from smysl.eval.config import EvalConfig
+from smysl.eval.config import PROTOCOL, EvalConfig
 from smysl.eval.results import ModelResult, model_slug
 
 Run = dict[str, Any]  # one model's results as stored in results.json
+
+log = logging.getLogger(__name__)
 
 
 def write_reports(results: Sequence[ModelResult], cfg: EvalConfig) -> list[Path]:
@@ -43,17 +47,16 @@ def write_reports(results: Sequence[ModelResult], cfg: EvalConfig) -> list[Path]
                                        ensure_ascii=False), encoding="utf-8")
             written.append(path)
     meta = {"created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            "data_dir": str(cfg.data_dir), "limit": cfg.limit, "seed": cfg.seed,
-            "n_experiments": cfg.n_experiments, "samples_per_label": cfg.samples_per_label,
-            "reranker": cfg.reranker, "rerank_top": cfg.rerank_top,
-            "rerank_queries": cfg.rerank_queries}
+            "data_dir": str(cfg.data_dir), **cfg.protocol(), "reranker": cfg.reranker}
     path = out / "results.json"
     path.write_text(json.dumps({"meta": meta, "models": runs}, indent=1, ensure_ascii=False),
                     encoding="utf-8")
     written.append(path)
     compared = [run for p in cfg.compare for run in load_runs(p)]
+    for line in comparability(runs + compared):
+        log.warning("%s", line)
     path = out / "summary.md"
-    path.write_text(summary_markdown(runs, compared, limit=cfg.limit), encoding="utf-8")
+    path.write_text(summary_markdown(runs, compared), encoding="utf-8")
     written.append(path)
     if cfg.plots:
         written += [p for p in (plot_dimensions(runs + compared, out / "quality_vs_dimensions.png"),
@@ -64,12 +67,84 @@ def write_reports(results: Sequence[ModelResult], cfg: EvalConfig) -> list[Path]
 
 
 def load_runs(path: Path) -> list[Run]:
-    """Models stored in an earlier run's ``results.json`` (a folder or the file itself)."""
+    """Models stored in an earlier run's ``results.json`` (a folder or the file itself). Each
+    keeps its run's ``protocol`` (limit, seed...; from the file's ``meta`` where results older
+    than the per-model record lack it, without the settings it did not record)."""
     path = Path(path)
     file = path / "results.json" if path.is_dir() else path
     if not file.is_file():
         raise FileNotFoundError(f"no results.json in {path}")
-    return list(json.loads(file.read_text(encoding="utf-8"))["models"])
+    stored = json.loads(file.read_text(encoding="utf-8"))
+    meta = stored.get("meta") or {}
+    runs = list(stored["models"])
+    for run in runs:
+        if not run.get("protocol"):
+            run["protocol"] = {k: meta[k] for k in PROTOCOL if k in meta}
+    return runs
+
+
+def run_labels(runs: Sequence[Run]) -> list[str]:
+    """A column, section and legend label per run: the model name, with the settings that tell
+    apart runs of one name (quantization or dtype, device, max tokens; as recorded in their
+    ``info``), and a number where even those agree."""
+    labels = [str(r["model"]) for r in runs]
+    for name in set(labels):
+        group = [i for i, label in enumerate(labels) if label == name]
+        if len(group) < 2:
+            continue
+        settings = [_settings(runs[i]) for i in group]
+        keys: list[str] = []  # the settings that differ, in order, until they tell all apart
+        for key in settings[0]:
+            if len({s[key] for s in settings}) > 1:
+                keys.append(key)
+            if len({tuple(s[k] for k in keys) for s in settings}) == len(settings):
+                break
+        for i, own in zip(group, settings, strict=True):
+            parts = [v for k in keys if (v := own[k]) is not None]
+            if parts:
+                labels[i] = f"{name} ({', '.join(parts)})"
+    count, seen = Counter(labels), Counter[str]()
+    for i, label in enumerate(labels):
+        if count[label] > 1:
+            seen[label] += 1
+            labels[i] = f"{label} #{seen[label]}"
+    return labels
+
+
+def _settings(run: Run) -> dict[str, str | None]:
+    info = run.get("info") or {}
+    weights = info.get("quantization") or info.get("dtype")
+    return {"weights": str(weights) if weights else None,
+            "device": str(info["device"]) if info.get("device") else None,
+            "max_tokens": f"max {info['max_tokens']} tokens" if info.get("max_tokens") else None}
+
+
+def comparability(runs: Sequence[Run]) -> list[str]:
+    """Why the scores of ``runs`` do not compare: a subset run (``limit``) and runs that differ
+    in a setting that decides the scores (their ``protocol``); no lines when they compare."""
+    labels = run_labels(runs)
+    protocols = [r.get("protocol") or {} for r in runs]
+    limits = {p.get("limit") for p in protocols}  # an older file without one: a full run
+    lines = []
+    if limits == {None}:
+        pass
+    elif len(limits) == 1:
+        lines.append(f"Subset run (limit={limits.pop()}): not comparable with published scores.")
+    else:
+        lines.append("Not comparable: runs on different data (--limit): " + ", ".join(
+            f"{label} {'all of it' if p.get('limit') is None else 'limit=' + str(p['limit'])}"
+            for label, p in zip(labels, protocols, strict=True)) + ".")
+    for key in PROTOCOL:
+        known = [(label, p[key]) for label, p in zip(labels, protocols, strict=True) if key in p]
+        if key != "limit" and len({json.dumps(v) for _, v in known}) > 1:
+            lines.append(f"Runs differ in {key}: "
+                         + ", ".join(f"{label} {v}" for label, v in known) + ".")
+    for label, p in zip(labels, protocols, strict=True):
+        missing = [k for k in PROTOCOL if k not in p]
+        if missing and len(runs) > 1:
+            lines.append(f"{label} did not record {', '.join(missing)} (older results): they "
+                         "may differ.")
+    return lines
 
 
 # --------------------------------------------------------------------------- helpers on JSON runs
@@ -91,18 +166,24 @@ def _rate(x: float | None) -> str:
 
 
 # --------------------------------------------------------------------------- markdown
-def summary_markdown(runs: Sequence[Run], compared: Sequence[Run] = (), *,
-                     limit: int | None = None) -> str:
-    """Main score per task at the native size for every model, then per dimension."""
+def summary_markdown(runs: Sequence[Run], compared: Sequence[Run] = ()) -> str:
+    """Main score per task at the native size for every model, then per dimension; first the
+    reasons the scores do not compare (:func:`comparability`) and the tasks' warnings."""
     everyone = list(runs) + list(compared)
+    labels = run_labels(everyone)
     lines = ["# smysl eval summary", ""]
-    if limit is not None:
-        lines += [f"**Subset run (limit={limit}): not comparable with published scores.**", ""]
+    lines += [f"**{line}**" for line in comparability(everyone)]
+    warnings = [f"- {label} {t['task']}: {w}" for run, label in zip(everyone, labels, strict=True)
+                for t in run["tasks"] for w in t.get("warnings", [])]
+    if warnings:
+        lines += ["", "## Warnings", "", *warnings]
+    if lines[-1]:
+        lines.append("")
     tasks: dict[str, dict[str, Any]] = {}
     for run in everyone:
         for t in run["tasks"]:
             tasks.setdefault(t["task"], t)
-    header = "| task | metric | " + " | ".join(r["model"] for r in everyone) + " |"
+    header = "| task | metric | " + " | ".join(labels) + " |"
     lines += ["## Main score at native size", "", header,
               "|" + "---|" * (2 + len(everyone))]
     for name, t in tasks.items():
@@ -115,9 +196,9 @@ def summary_markdown(runs: Sequence[Run], compared: Sequence[Run] = (), *,
               + " | ".join(_rate(r.get("texts_per_s")) for r in everyone) + " |",
               "| | tokens/s | " + " | ".join(_rate(r.get("tokens_per_s")) for r in everyone)
               + " |", ""]
-    for run in everyone:
+    for run, label in zip(everyone, labels, strict=True):
         dims = _dims(run)
-        lines += [f"## {run['model']}", "",
+        lines += [f"## {label}", "",
                   f"native size {run['dimensions']}, instruction-aware: "
                   f"{'yes' if run['instruction_aware'] else 'no'}; embedded "
                   f"{run['texts_embedded']:,} texts ({run['tokens_embedded']:,} tokens) in "
@@ -133,13 +214,15 @@ def summary_markdown(runs: Sequence[Run], compared: Sequence[Run] = (), *,
             lines.append(f"| {t['task']} | {t['metric_label']} | "
                          + " | ".join(_fmt(_main(t, d)) for d in dims) + f" | {instr} |")
         lines.append("")
-    lines += reranking_markdown(everyone)
+    lines += reranking_markdown(everyone, labels)
     return "\n".join(lines)
 
 
-def reranking_markdown(runs: Sequence[Run]) -> list[str]:
+def reranking_markdown(runs: Sequence[Run], labels: Sequence[str] | None = None) -> list[str]:
     """The reranking section: before -> after per reranking task, embedder and reranker, the
-    ceiling the candidates set (recall@N) and the reranker's work; no lines without any."""
+    ceiling the candidates set (recall@N) and the reranker's work; no lines without any.
+    ``labels``: the embedders' labels (default :func:`run_labels`)."""
+    names = dict(zip(map(id, runs), labels or run_labels(runs), strict=True))
     rows = [(run, r) for run in runs for r in run.get("reranking", [])]
     if not rows:
         return []
@@ -157,7 +240,7 @@ def reranking_markdown(runs: Sequence[Run]) -> list[str]:
         ceiling = _fmt(r["recall_at_candidates"]) + (
             "" if len(tops) == 1 else f" (@{r['candidates']})")
         lines.append(
-            f"| {r['task']} | {run['model']} | {r['reranker']} | {r['size']['queries']:,} | "
+            f"| {r['task']} | {names[id(run)]} | {r['reranker']} | {r['size']['queries']:,} | "
             f"{_arrow(b['ndcg_at_10'], a['ndcg_at_10'])} | "
             f"{_arrow(b['mrr_at_10'], a['mrr_at_10'])} | {ceiling} | {r['pairs_scored']:,} | "
             f"{r['rerank_seconds']:.1f} | {_rate(r.get('pairs_per_s'))} |")
@@ -205,7 +288,9 @@ def _ticker() -> Any:
 
 def plot_dimensions(runs: Sequence[Run], path: Path) -> Path | None:
     """One panel per task: main score against Matryoshka size, one line per model."""
-    runs = [r for r in runs if len(_dims(r)) > 1]
+    labelled = [(r, label) for r, label in zip(runs, run_labels(runs), strict=True)
+                if len(_dims(r)) > 1]
+    runs = [r for r, _ in labelled]
     names = list(dict.fromkeys(t["task"] for r in runs for t in r["tasks"]))
     if not names:  # no sweep, or reranking tasks only (-t rerank)
         return None
@@ -215,13 +300,13 @@ def plot_dimensions(runs: Sequence[Run], path: Path) -> Path | None:
     fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.4 * rows), squeeze=False)
     for ax, name in zip(axes.flat, names, strict=False):
         label = ""
-        for run in runs:
+        for run, run_label in labelled:
             task = next((t for t in run["tasks"] if t["task"] == name), None)
             if task is None:
                 continue
             label = task["metric_label"]
             dims = _dims(run)
-            ax.plot(dims, [_main(task, d) for d in dims], marker="o", label=run["model"])
+            ax.plot(dims, [_main(task, d) for d in dims], marker="o", label=run_label)
         ax.set_xscale("log", base=2)
         ax.set_xticks(sorted({d for r in runs for d in _dims(r)}))
         ax.get_xaxis().set_major_formatter(_ticker().ScalarFormatter())
@@ -243,7 +328,9 @@ def plot_dimensions(runs: Sequence[Run], path: Path) -> Path | None:
 
 def plot_throughput(runs: Sequence[Run], path: Path) -> Path | None:
     """Mean main score over the tasks every model ran, against embedding throughput."""
-    runs = [r for r in runs if r.get("texts_per_s")]
+    labelled = [(r, label) for r, label in zip(runs, run_labels(runs), strict=True)
+                if r.get("texts_per_s")]
+    runs = [r for r, _ in labelled]
     if not runs:
         return None
     common = set.intersection(*({t["task"] for t in r["tasks"]} for r in runs))
@@ -251,13 +338,13 @@ def plot_throughput(runs: Sequence[Run], path: Path) -> Path | None:
         return None
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7.5, 5))
-    for run in runs:
+    for run, label in labelled:
         dims = int(run["dimensions"])
         scores = [_main(t, dims) for t in run["tasks"] if t["task"] in common]
         mean = sum(s for s in scores if s is not None) / len(scores)
         ax.scatter([run["texts_per_s"]], [mean], s=70, zorder=3,
-                   label=f"{run['model']} ({dims} d, {run.get('machine', '').strip()})")
-        ax.annotate(run["model"], (run["texts_per_s"], mean), textcoords="offset points",
+                   label=f"{label} ({dims} d, {run.get('machine', '').strip()})")
+        ax.annotate(label, (run["texts_per_s"], mean), textcoords="offset points",
                     xytext=(6, 6), fontsize=8)
     ax.set_xscale("log")
     plain = _ticker().FuncFormatter(lambda v, _: f"{v:g}")  # 20, 50, 100 rather than 2x10^1
@@ -278,13 +365,15 @@ def plot_throughput(runs: Sequence[Run], path: Path) -> Path | None:
 def plot_reranking(runs: Sequence[Run], path: Path) -> Path | None:
     """nDCG@10 and MRR@10 before and after reranking: a pair of bars per reranking task (per
     language) and embedder, with the candidates' recall as the ceiling mark."""
+    names = dict(zip(map(id, runs), run_labels(runs), strict=True))
     rows = [(run, r) for run in runs for r in run.get("reranking", [])]
     if not rows:
         return None
     plt = _pyplot()
-    models = len({run["model"] for run, _ in rows}) > 1
+    models = len({names[id(run)] for run, _ in rows}) > 1
     rerankers = list(dict.fromkeys(r["reranker"] for _, r in rows))
-    labels = [r["task"].removesuffix("-rerank") + (f"\n{_short(run['model'])}" if models else "")
+    labels = [r["task"].removesuffix("-rerank")
+              + (f"\n{_short(names[id(run)])}" if models else "")
               + (f"\n+ {_short(r['reranker'])}" if len(rerankers) > 1 else "")
               for run, r in rows]
     tops = sorted({int(r["candidates"]) for _, r in rows})

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -91,6 +91,15 @@ def select_all(names: Sequence[str], *, reranker: bool) -> tuple[list[Task], lis
                              f"{', '.join(t.retrieval for t in RERANK_TASKS.values())} or "
                              "'rerank'")
     return list(tasks.values()), list(reranks.values())
+
+
+def check_instructions(instructions: Mapping[str, str]) -> None:
+    """Refuse an instruction override whose key names no task: a typo (or a kind such as
+    ``xquad``) would otherwise leave every task on its default instruction, silently."""
+    unknown = sorted(set(instructions) - set(TASKS) - set(RERANK_TASKS))
+    if unknown:
+        raise ValueError(f"instruction for unknown task {', '.join(map(repr, unknown))}: give a "
+                         f"task name, one of {', '.join([*TASKS, *RERANK_TASKS])}")
 
 
 def query_instruction(model: BaseEmbedder, cfg: EvalConfig, task: Task) -> str | None:

@@ -30,6 +30,8 @@ class TaskResult:
     #: dimension -> every metric the task computes
     scores: dict[int, dict[str, Any]]
     seconds: float
+    #: what makes the scores meaningless (a NaN main score, identical vectors), for the report
+    warnings: list[str] = field(default_factory=list)
 
     def main(self, dims: int) -> float:
         return float(self.scores[dims][self.main_metric])
@@ -103,6 +105,11 @@ class ModelResult:
     eval_seconds: float
     tasks: list[TaskResult] = field(default_factory=list)
     machine: str = field(default_factory=lambda: _machine())
+    #: the embedder's settings: its ``info()`` (backend, dtype, quantization, device,
+    #: max_tokens, fingerprint...) and ``source``; None in results written before it was kept
+    info: dict[str, Any] | None = None
+    #: the run's settings that decide the scores (:meth:`EvalConfig.protocol`: limit, seed...)
+    protocol: dict[str, Any] = field(default_factory=dict)
     #: the reranker of the reranking tasks (its ``info()``, ``source``, load time), if any
     reranker: dict[str, Any] | None = None
     reranking: list[RerankResult] = field(default_factory=list)

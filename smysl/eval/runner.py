@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import logging
+import math
 import time
+from dataclasses import asdict
 from typing import Any
+
+import numpy as np
 
 from smysl.base import BaseEmbedder
 from smysl.eval._deps import require
@@ -14,6 +18,7 @@ from smysl.eval.report import write_reports
 from smysl.eval.rerank import (
     RerankScores,
     RerankTask,
+    check_instructions,
     evaluate_rerank,
     query_instruction,
     reranker_record,
@@ -21,7 +26,7 @@ from smysl.eval.rerank import (
 )
 from smysl.eval.results import ModelResult, TaskResult
 from smysl.eval.tasks import Task
-from smysl.pooling import finish
+from smysl.pooling import check_dimensions, finish
 from smysl.rerank import BaseReranker
 
 log = logging.getLogger(__name__)
@@ -39,14 +44,14 @@ def evaluate_model(model: BaseEmbedder, cfg: EvalConfig, *, load_seconds: float 
         chosen, chosen_reranks = select_all(cfg.tasks, reranker=reranker is not None)
         tasks = tasks if tasks is not None else chosen
         rerank_tasks = rerank_tasks if rerank_tasks is not None else chosen_reranks
+    check_instructions(cfg.instructions)
+    dims, skipped = _dimensions(model, cfg.dimensions)
     native = model.dimensions
-    dims = sorted({int(x) for x in cfg.dimensions if int(x) <= native} | {native})
-    skipped = sorted({int(x) for x in cfg.dimensions if int(x) > native})
-    if skipped:
-        log.warning("%s: skipping dimensions %s above its native %d", model.name, skipped, native)
     embeddings = ModelEmbeddings(model, cache_dir=cfg.cache_dir, progress=cfg.progress)
     result = ModelResult(model.name, native, model.min_dimensions, model.instruction_aware, dims,
-                         skipped, load_seconds, 0.0, 0, 0, 0.0)
+                         skipped, load_seconds, 0.0, 0, 0, 0.0,
+                         info={**asdict(model.info()), "source": model.source},
+                         protocol=cfg.protocol())
     started = time.perf_counter()
     for task in tasks:
         t0 = time.perf_counter()
@@ -65,9 +70,15 @@ def evaluate_model(model: BaseEmbedder, cfg: EvalConfig, *, load_seconds: float 
                 # Matryoshka: the first `dim` components re-normalised, from the full vectors
                 vectors = {role: finish(v, dim) for role, v in full.items()}
                 scores[dim] = prepared.score(vectors)
+        warnings = _degenerate(full) + [
+            f"main score {task.main_metric} is NaN at {dim} d" for dim in dims
+            if not math.isfinite(float(scores[dim][task.main_metric]))]
+        for w in warnings:
+            log.warning("%s %s: %s", model.name, task.name, w)
         result.tasks.append(TaskResult(
             task.name, task.kind, task.language, task.description, task.main_metric,
-            task.metric_label, instruction, prepared.size, scores, time.perf_counter() - t0))
+            task.metric_label, instruction, prepared.size, scores, time.perf_counter() - t0,
+            warnings))
         log.info("%s %s: %s = %.4f", model.name, task.name, task.main_metric,
                  scores[native][task.main_metric])
     if reranker is not None and rerank_tasks:
@@ -89,12 +100,41 @@ def evaluate_model(model: BaseEmbedder, cfg: EvalConfig, *, load_seconds: float 
     return result
 
 
+def _dimensions(model: BaseEmbedder, asked: tuple[int, ...]) -> tuple[list[int], list[int]]:
+    """The sizes to score (the native one included) and those skipped above it. A size the
+    model refuses below its ``min_dimensions`` is an error (:func:`smysl.pooling.check_dimensions`)
+    when the model was trained for Matryoshka; one not trained for it (``min_dimensions`` = its
+    size) is scored at any smaller size: what naive truncation costs (the summary says so)."""
+    native = model.dimensions
+    matryoshka = model.min_dimensions < native
+    for x in asked:
+        if matryoshka and int(x) <= native:
+            try:
+                check_dimensions(int(x), native, minimum=model.min_dimensions)
+            except ValueError as e:
+                raise ValueError(f"{model.name}: {e} (--dimensions)") from None
+    dims = sorted({int(x) for x in asked if int(x) <= native} | {native})
+    skipped = sorted({int(x) for x in asked if int(x) > native})
+    if skipped:
+        log.warning("%s: skipping dimensions %s above its native %d", model.name, skipped, native)
+    return dims, skipped
+
+
+def _degenerate(vectors: dict[str, np.ndarray]) -> list[str]:
+    """A line per role whose vectors are all the same (every text truncated to the same
+    tokens, say): its scores then measure nothing."""
+    return [f"all {len(v)} {role} vectors are identical (texts cut to the same tokens by "
+            "--max-tokens?)" for role, v in vectors.items()
+            if len(v) > 1 and float(np.abs(v - v[0]).max()) <= 1e-6]
+
+
 def run(cfg: EvalConfig) -> list[ModelResult]:
     """Load each model in turn, evaluate it, and write the reports when ``cfg.out_dir`` is set."""
     from smysl.registry import load, load_reranker
 
-    # fail on a bad task name before loading any model
+    # fail on a bad task name (or instruction key) before loading any model
     tasks, rerank_tasks = select_all(cfg.tasks, reranker=cfg.reranker is not None)
+    check_instructions(cfg.instructions)
     reranker: BaseReranker | None = None
     rerank_scores = None
     reranker_load = 0.0

@@ -152,3 +152,43 @@ def test_retrieval_scores_match_references() -> None:
     mrr10 = np.mean([1 / r if r is not None and r <= 10 else 0 for r in ranks])
     assert out["mrr_at_10"] == pytest.approx(mrr10)
     assert 0 < out["ndcg_at_10"] < 1
+
+
+def _tied_run() -> tuple[np.ndarray, np.ndarray, list[str], list[str]]:
+    # one-hot documents, so each query's row of scores is its similarities; ids out of order
+    doc_ids = ["d2", "d10", "d1", "x", "d3", "a"]
+    scores = [[0.5, 0.5, 0.5, 0.1, 0.5, 0.2],  # q1: four-way tie
+              [0.3, 0.9, 0.3, 0.3, 0.0, 0.3],  # q2: d10, then a tie of four
+              [0.7, 0.7, 0.1, 0.2, 0.3, 0.4],  # q3: judged, no relevant document
+              [0.2] * 6]                       # q4: not in the qrels
+    return (np.asarray(scores, dtype=np.float32), np.eye(6, dtype=np.float32), doc_ids,
+            ["q1", "q2", "q3", "q4"])
+
+
+def test_ties_are_broken_by_doc_id_descending_as_pytrec_eval_does() -> None:
+    q, d, doc_ids, _ = _tied_run()
+    top = m.top_documents(q, d, doc_ids, 6)
+    assert top[0] == ["d3", "d2", "d10", "d1", "a", "x"]  # string order, not corpus order
+    assert top[1] == ["d10", "x", "d2", "d1", "a", "d3"]
+
+
+def test_retrieval_scores_equal_pytrec_eval_on_ties_and_unjudged_queries() -> None:
+    q, d, doc_ids, query_ids = _tied_run()
+    qrels = {"q1": {"d1", "a"}, "q2": {"d2"}, "q3": set()}
+    out = m.retrieval_scores(q, d, query_ids, doc_ids, qrels, ks=(1, 3, 5, 10))
+    # pytrec-eval-terrier 0.5.11 (ndcg_cut, map_cut, recall, recip_rank) on this run: q3 and
+    # q4 are not evaluated, so every mean is over q1 and q2
+    want = {"ndcg_at_1": 0.0, "ndcg_at_3": 0.25, "ndcg_at_10": 0.5006329176709435,
+            "map_at_3": 1 / 6, "map_at_10": 0.32916666666666666, "recall_at_1": 0.0,
+            "recall_at_3": 0.5, "recall_at_5": 1.0, "mrr_at_10": 0.29166666666666663}
+    assert {k: out[k] for k in want} == pytest.approx(want, abs=1e-9)
+
+
+def test_ranking_scores_skip_queries_without_a_relevant_document() -> None:
+    judged = m.ranking_scores([["a", "b"]], ["q1"], {"q1": {"a"}}, ks=(1, 10))
+    mixed = m.ranking_scores([["a", "b"], ["a", "b"], ["b"]], ["q1", "q2", "q3"],
+                             {"q1": {"a"}, "q3": set()}, ks=(1, 10))
+    assert mixed == judged and mixed["ndcg_at_10"] == mixed["mrr_at_1"] == 1.0
+    none = m.ranking_scores([["a"]], ["q"], {}, ks=(10,))
+    assert set(none) == {"ndcg_at_10", "recall_at_10", "mrr_at_10", "map_at_10"}
+    assert all(np.isnan(v) for v in none.values())
