@@ -13,7 +13,6 @@ from __future__ import annotations
 import abc
 import hashlib
 import json
-import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +22,7 @@ import numpy as np
 
 from smysl.pooling import MIN_DIMENSIONS, check_dimensions, finish
 from smysl.prompts import DEFAULT_TASK, format_query, resolve_task
-from smysl.tokenize import Direction, TokenSpan
+from smysl.tokenize import Direction, TokenSpan, check_unicode
 
 Role = Literal["query", "document"]
 
@@ -350,16 +349,8 @@ class BaseEmbedder(abc.ABC):
         for i, t in enumerate(items):
             if not isinstance(t, str):
                 raise ValueError(f"texts[{i}] must be a string, got {type(t).__name__}")
-            if not t.isascii() and (bad := _SURROGATE.search(t)) is not None:
-                # no UTF-8 for it: the tokenizer would raise a TypeError about its own types
-                raise ValueError(f"texts[{i}] has a lone surrogate ({bad.group()!r}) at "
-                                 f"character {bad.start()}: not text that UTF-8 can hold")
+            check_unicode(t, f"texts[{i}]")
         return items
-
-
-#: A UTF-16 surrogate code point: Python strings may hold one alone (``"\ud800"``, from
-#: ``surrogateescape`` decoding or JSON's ``\ud800``), text may not.
-_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 #: Bytes hashed per window of a large file: three windows (start, middle, end) stand in for

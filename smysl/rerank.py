@@ -11,13 +11,15 @@ from __future__ import annotations
 
 import abc
 import dataclasses
+import operator
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, SupportsIndex
 
 import numpy as np
 
 from smysl.base import fingerprint_of
+from smysl.tokenize import Direction, check_unicode
 
 
 @dataclass(frozen=True)
@@ -59,9 +61,19 @@ class RerankTokens(Protocol):
         """Token budget of one forward pass the engine is tuned for."""
         ...
 
+    @property
+    def cut_chars(self) -> int:
+        """Characters of a document that truncation of its end reads: with ``truncate`` (and
+        ``direction="right"``), a longer one is cut to this many before tokenising (its kept
+        tokens unchanged)."""
+        ...
+
     def tokenize(self, pairs: Sequence[tuple[str, str]], *, instruction: str | None = None,
-                 truncate: bool = False) -> list[list[int]]:
-        """Prompt ids of each (query, document) pair, exactly as scored."""
+                 truncate: bool = False, direction: Direction = "right",
+                 max_document_tokens: int | None = None) -> list[list[int]]:
+        """Prompt ids of each (query, document) pair, exactly as scored; truncation keeps a
+        document's beginning (``right``) or end (``left``), ``max_document_tokens`` (which
+        implies truncation) at most that many of its tokens."""
         ...
 
     def prepared_scores(self, ids: list[list[int]]) -> np.ndarray:
@@ -136,19 +148,39 @@ class BaseReranker(abc.ABC):
         ``truncate``, which cuts the document's end.
         """
 
+    def _scores_and_keys(self, query: str, documents: list[str], *, instruction: str | None,
+                         truncate: bool) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`_scores` and the keys :meth:`rerank` orders them by (higher first), from one
+        computation. This default ranks by the scores; a backend whose scores saturate
+        (Qwen3-Reranker's P("yes") is 1.0 in float32 for every confident document) returns
+        finer keys."""
+        scores = self._scores(query, documents, instruction=instruction, truncate=truncate)
+        return scores, scores
+
     # ----------------------------------------------------------------- derived API
     def rerank(self, query: str, documents: Sequence[str], *, instruction: str | None = None,
-               top_n: int | None = None, truncate: bool = False) -> list[tuple[int, float]]:
+               top_n: SupportsIndex | None = None, truncate: bool = False
+               ) -> list[tuple[int, float]]:
         """``(index, score)`` of each document, best first (ties: input order); ``top_n``
         keeps the best ``top_n``."""
-        if top_n is not None and (isinstance(top_n, bool) or not isinstance(top_n, int)
-                                  or top_n < 1):
-            raise ValueError(f"top_n must be an integer >= 1, got {top_n!r}")
+        best: int | None = None
+        if top_n is not None:
+            try:
+                if isinstance(top_n, bool):
+                    raise TypeError
+                best = operator.index(top_n)  # numpy integers too
+            except TypeError:
+                raise ValueError(f"top_n must be an integer >= 1, got {top_n!r}") from None
+            if best < 1:
+                raise ValueError(f"top_n must be an integer >= 1, got {top_n!r}")
         docs = self._check(query, documents, instruction)
         if not docs:
             return []
-        scores = self._checked_scores(query, docs, instruction, truncate)
-        return [(i, float(scores[i])) for i in order(scores)[:top_n]]
+        scores, keys = self._scores_and_keys(query, docs, instruction=instruction,
+                                             truncate=bool(truncate))
+        scores = self._checked(scores, len(docs))
+        keys = self._checked(keys, len(docs))
+        return [(i, float(scores[i])) for i in order(keys)[:best]]
 
     def score(self, pairs: Sequence[tuple[str, str]], *, instruction: str | None = None,
               truncate: bool = False) -> list[float]:
@@ -192,24 +224,36 @@ class BaseReranker(abc.ABC):
             raise TypeError("documents must be a list of strings, not "
                             f"{type(documents).__name__}")
         docs = list(documents)
+        check_unicode(query, "the query")
         for i, d in enumerate(docs):
             if not isinstance(d, str):
                 raise ValueError(f"documents[{i}] must be a string, got {type(d).__name__}")
-        if instruction is not None:
-            if not isinstance(instruction, str):
-                raise ValueError("instruction must be a string")
-            if not self.instruction_aware:
-                raise ValueError(f"reranker {self.name!r} ({self.backend}) takes no "
-                                 "instruction; drop it")
+            check_unicode(d, f"documents[{i}]")
+        self.check_instruction(instruction)
         return docs
+
+    def check_instruction(self, instruction: str | None) -> None:
+        """ValueError unless ``instruction`` is None or a string this reranker takes (see
+        :attr:`instruction_aware`)."""
+        if instruction is None:
+            return
+        if not isinstance(instruction, str):
+            raise ValueError("instruction must be a string")
+        check_unicode(instruction, "the instruction")
+        if not self.instruction_aware:
+            raise ValueError(f"reranker {self.name!r} ({self.backend}) takes no "
+                             "instruction; drop it")
 
     def _checked_scores(self, query: str, docs: list[str], instruction: str | None,
                         truncate: bool) -> np.ndarray:
-        scores = np.asarray(self._scores(query, docs, instruction=instruction,
-                                         truncate=bool(truncate)), dtype=np.float64)
-        if scores.shape != (len(docs),):
+        return self._checked(self._scores(query, docs, instruction=instruction,
+                                          truncate=bool(truncate)), len(docs))
+
+    def _checked(self, values: np.ndarray, n: int) -> np.ndarray:
+        scores = np.asarray(values, dtype=np.float64)
+        if scores.shape != (n,):
             raise RuntimeError(f"reranker {self.name!r} returned {scores.shape} scores for "
-                               f"{len(docs)} documents")
+                               f"{n} documents")
         if not np.isfinite(scores).all():
             raise RuntimeError(f"reranker {self.name!r} returned a non-finite score")
         return scores

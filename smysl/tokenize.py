@@ -6,6 +6,7 @@ conversions do not. We detect which kind we hold and append only when the tokeni
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,6 +49,22 @@ class InputTooLongError(ValueError):
     def describe(self, what: str, *, audience: Audience = "http") -> str:
         return (f"{what} has {self.tokens} tokens (special tokens included) but {self.who} "
                 f"takes at most {self.limit}; shorten it or {TRUNCATE_HINT[audience]}")
+
+
+def check_unicode(text: str | None, what: str) -> None:
+    """``ValueError`` naming ``what`` when ``text`` holds a lone surrogate: a Python string may
+    (``surrogateescape`` decoding, JSON's ``\\ud800``), text may not, and no tokenizer or API
+    takes it (the local one raises a TypeError about its own input types)."""
+    if text is None or text.isascii():
+        return
+    bad = _SURROGATE.search(text)
+    if bad is not None:
+        raise ValueError(f"{what} is not valid Unicode: a lone surrogate ({bad.group()!r}) at "
+                         f"character {bad.start()}; pass UTF-8 text")
+
+
+#: A UTF-16 surrogate code point.
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 def _too_long(index: int, tokens: int, limit: int, who: str) -> InputTooLongError:

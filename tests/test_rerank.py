@@ -83,3 +83,39 @@ def test_load_reranker_routes_by_scheme() -> None:
         smysl.load_reranker("siliconflow:BAAI/bge-reranker-v2-m3", device="cpu")
     with pytest.raises(ValueError, match="non-empty"):
         smysl.load_reranker(" ")
+
+
+class Saturated(Lengthy):
+    """P("yes")-like scores that tie at 1.0, with finer keys (a logit difference)."""
+
+    def _scores_and_keys(self, query: str, documents: list[str], *, instruction: str | None,
+                         truncate: bool) -> tuple[np.ndarray, np.ndarray]:
+        keys = np.array([float(len(d)) for d in documents])
+        return np.minimum(keys, 3.0), keys
+
+
+def test_rerank_orders_by_the_backends_keys_and_reports_its_scores() -> None:
+    """audit 7: scores that saturate tie; rerank orders by the finer keys and still reports
+    the scores, while score() reports the scores alone."""
+    r = Saturated()
+    assert r.rerank("q", ["aaa", "aaaaa", "a", "aaaa"]) == [(1, 3.0), (3, 3.0), (0, 3.0),
+                                                            (2, 1.0)]
+    assert r.rerank("q", ["aaa", "aaaaa", "aaaa"], top_n=1) == [(1, 3.0)]
+    assert Lengthy().rerank("q", ["a", "bb"]) == [(1, 2.0), (0, 1.0)]  # default: the scores
+
+
+def test_top_n_takes_any_integer_type_and_a_lone_surrogate_names_its_document() -> None:
+    """audit 8: numpy integers are integers (operator.index); invalid Unicode is a ValueError
+    naming the document (tokenizers raise TypeError on it)."""
+    r = Lengthy(aware=True)
+    assert r.rerank("q", ["aa", "b", "ccc"], top_n=np.int64(2)) == [(2, 3.0), (0, 2.0)]
+    for bad in (1.5, "2", np.float64(2.0)):
+        with pytest.raises(ValueError, match="top_n must be an integer"):
+            r.rerank("q", ["d"], top_n=bad)  # type: ignore[arg-type]
+    for call, words in [(lambda: r.rerank("q", ["ok", "x\ud800"]), r"documents\[1\]"),
+                        (lambda: r.rerank("\udc00", ["ok"]), "the query"),
+                        (lambda: r.rerank("q", ["ok"], instruction="\ud800"), "instruction"),
+                        (lambda: r.score([("q", "\ud800")]), r"documents\[0\]")]:
+        with pytest.raises(ValueError, match=words + " is not valid Unicode"):
+            call()
+    assert len(r.calls) == 1  # the top_n call only

@@ -60,9 +60,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "search box of /ui query it")
     p.add_argument("--reranker", default=None,
                    help="a local Qwen3-Reranker (directory or Hub id, e.g. "
-                        "Qwen/Qwen3-Reranker-0.6B) to serve at TEI /rerank and Cohere/Jina "
-                        "/v1/rerank; with or without --model. It takes --device, --dtype, "
-                        "--quantize, --threads, --revision")
+                        "Qwen/Qwen3-Reranker-0.6B) to serve at TEI /rerank, Cohere/Jina "
+                        "/v1/rerank and Cohere /v2/rerank; with or without --model. It takes "
+                        "--device, --dtype, --quantize, --threads, --revision")
     p.add_argument("--workers", type=workers_arg, default="auto",
                    help="HTTP worker processes sharing the one engine process (one answers "
                         "~1,000-2,000 short requests/s; a GPU embeds several times that). "
@@ -162,7 +162,8 @@ def run(args: argparse.Namespace) -> int:
                       "page /ui" if model else "metrics /metrics")
             print(f"smysl serve: listening on http://{where}:{port} — {routes}"
                   + (f", search /search over {config.index}" if config.index else "")
-                  + (", rerank TEI /rerank and Cohere/Jina /v1/rerank" if reranker else "")
+                  + (", rerank TEI /rerank, Cohere/Jina /v1/rerank, Cohere /v2/rerank"
+                     if reranker else "")
                   + ("; API key required" if config.api_key else "")
                   + (f"; {config.workers} HTTP workers" if config.workers > 1 else ""),
                   file=sys.stderr,

@@ -500,8 +500,8 @@ class TEIReranker(RemoteReranker):
     """text-embeddings-inference ``POST /rerank``: ``{"query", "texts", "truncate",
     "truncation_direction", "raw_scores", "return_text"}`` -> ``[{"index", "score"}]`` best first
     (TEI's OpenAPI, mirrored at ai.azure.com/catalog/models/baai-bge-reranker-v2-m3). ``truncate``
-    is passed through (TEI refuses an over-long pair with 413 otherwise: a
-    :class:`RejectedRerankError` here once the batch is down to that document). TEI's default
+    is passed through (TEI refuses an over-long pair with 422 otherwise, 413 before 1.9.0: a
+    :class:`RejectedRerankError` either way). TEI's default
     ``--max-client-batch-size`` is 32: requests carry at most 32 texts and a 413 halves that.
     No token usage, no instruction."""
 

@@ -19,9 +19,11 @@ vocabulary is never computed.
 
 from __future__ import annotations
 
+import operator
+import unicodedata
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, SupportsIndex
 
 import numpy as np
 from tokenizers import Tokenizer
@@ -41,7 +43,7 @@ from smysl.qwen3.contract import (
 from smysl.qwen3.hub import Checkpoint, read_checkpoint, read_rows, resolve
 from smysl.rerank import BaseReranker, RerankerInfo, RerankTokens
 from smysl.scheduler import SchedulerConfig, plan_batches
-from smysl.tokenize import InputTooLongError
+from smysl.tokenize import Direction, InputTooLongError, check_unicode
 
 #: The model card's ``prefix``: the system line and the opening of the user turn.
 PREFIX = ("<|im_start|>system\nJudge whether the Document meets the requirements based on the "
@@ -57,6 +59,11 @@ DEFAULT_INSTRUCTION = ("Given a web search query, retrieve relevant passages tha
 MAX_TOKENS = 8192
 #: Answer tokens, in the order the model card stacks their logits (``[false, true]``).
 ANSWERS = ("no", "yes")
+#: Truncating a document's end, a document over ``max_tokens * CUT_CHARS_PER_TOKEN``
+#: characters is cut to that many before it is tokenised (text runs 2-5 characters per Qwen3
+#: token), as TEI cuts characters first; a cut that could change the tokens kept is widened
+#: (see :meth:`Reranker.tokenize`), so the tokens are those of the whole document.
+CUT_CHARS_PER_TOKEN = 8
 
 
 def format_pair(query: str, document: str, instruction: str | None = None) -> str:
@@ -97,6 +104,10 @@ class Reranker(OnEngine, BaseReranker):
         self.tokenizer.no_truncation()
         self.tokenizer.no_padding()
         self.prefix = self.tokenizer.encode(PREFIX, add_special_tokens=False).ids
+        #: Characters of added tokens ("<|im_end|>"...) that are no letters: a word ends at
+        #: none of them (see :meth:`_unchanged`).
+        self._reserved = {c for t in self.tokenizer.get_added_tokens_decoder().values()
+                          for c in t.content if not c.isalpha()}
         self.suffix = self.tokenizer.encode(SUFFIX, add_special_tokens=False).ids
         #: Tokens that end a prompt's shared head (``<Document>:``), None: no sharing.
         self.marker: list[int] | None = None
@@ -147,15 +158,36 @@ class Reranker(OnEngine, BaseReranker):
         return self.engine.alive
 
     # ------------------------------------------------------------------ tokens
+    @property
+    def cut_chars(self) -> int:
+        """Characters of a document that truncation of its end reads (longer ones are cut
+        first; see :data:`CUT_CHARS_PER_TOKEN`)."""
+        return self.max_tokens * CUT_CHARS_PER_TOKEN
+
     def tokenize(self, pairs: Sequence[tuple[str, str]], *, instruction: str | None = None,
-                 truncate: bool = False) -> list[list[int]]:
+                 truncate: bool = False, direction: Direction = "right",
+                 max_document_tokens: SupportsIndex | None = None) -> list[list[int]]:
         """Prompt token ids of each (query, document) pair, exactly as scored.
 
         A prompt over :attr:`max_tokens` raises :class:`~smysl.tokenize.InputTooLongError`
         unless ``truncate``, which cuts the document's end (the model card cuts the text on the
-        right); a query and instruction that do not fit on their own raise ``ValueError``.
+        right) or, with ``direction="left"``, its beginning; the prompt template, instruction
+        and query stay whole. ``max_document_tokens`` keeps at most that many tokens of each
+        document (Cohere's ``max_tokens_per_doc``) and implies ``truncate``. A query and
+        instruction that do not fit on their own raise ``ValueError``.
         """
-        texts, heads = [], []
+        if direction not in ("right", "left"):
+            raise ValueError(f"truncation direction must be 'right' or 'left', got {direction!r}")
+        limit: int | None = None
+        if max_document_tokens is not None:
+            if isinstance(max_document_tokens, bool):
+                raise ValueError("max_document_tokens must be an integer >= 1")
+            limit = operator.index(max_document_tokens)
+            if limit < 1:
+                raise ValueError(f"max_document_tokens must be >= 1, got {limit}")
+            truncate = True
+        check_unicode(instruction, "the instruction")
+        checked: list[tuple[str, str]] = []
         for i, pair in enumerate(pairs):
             if not (isinstance(pair, tuple | list) and len(pair) == 2
                     and all(isinstance(x, str) for x in pair)):
@@ -163,27 +195,71 @@ class Reranker(OnEngine, BaseReranker):
             query, document = pair
             if not query.strip():
                 raise ValueError(f"pair {i} has an empty query")
-            text = format_pair(query, document, instruction)
-            texts.append(text)
-            heads.append(len(text) - len(document))  # characters before the document
+            check_unicode(query, f"the query of pair {i}")
+            check_unicode(document, f"the document of pair {i}")
+            checked.append((query, document))
+        # a cut from the left would change which tokens come before the document (the
+        # template's last space joins the document's first word): the left reads it whole
+        cut = self.cut_chars if truncate and direction == "right" else None
+        pieces = [_cut(d, cut) for _, d in checked]
+        texts = [format_pair(q, piece, instruction) for (q, _), piece in zip(checked, pieces,
+                                                                              strict=True)]
         fixed = len(self.prefix) + len(self.suffix)
         budget = self.max_tokens - fixed  # the model card's max_length - prefix - suffix
         out = []
         for i, enc in enumerate(self.tokenizer.encode_batch(texts, add_special_tokens=False)):
-            body = list(enc.ids)
-            if len(body) > budget:
-                if not truncate:
-                    raise InputTooLongError(index=i, tokens=len(body) + fixed,
-                                            limit=self.max_tokens, who="the reranker")
-                # tokens that start before the document: instruction and query
-                head = sum(1 for start, _ in enc.offsets if start < heads[i])
-                if head >= budget:
-                    raise ValueError(f"pair {i}: the instruction and query take {head + fixed} "
-                                     f"tokens, the reranker at most {self.max_tokens} with the "
-                                     "document; shorten the query")
-                body = body[:budget]
-            out.append(self.prefix + body + self.suffix)
+            (query, document), piece, text = checked[i], pieces[i], texts[i]
+            while True:
+                ids, offsets = enc.ids, enc.offsets
+                start = len(text) - len(piece)  # where the document begins
+                # tokens wholly before it (the first document token may hold the template's
+                # space before the document: it counts as the document's)
+                head = sum(1 for _, end in offsets if end <= start)
+                keep = len(ids) - head if limit is None else min(len(ids) - head, limit)
+                if head + keep > budget:
+                    if not truncate:
+                        raise InputTooLongError(index=i, tokens=len(ids) + fixed,
+                                                limit=self.max_tokens, who="the reranker")
+                    if head >= budget:
+                        raise ValueError(f"pair {i}: the instruction and query take "
+                                         f"{head + fixed} tokens, the reranker at most "
+                                         f"{self.max_tokens} with the document; shorten the "
+                                         "query")
+                    keep = budget - head
+                lo, hi = ((head, head + keep) if direction == "right"
+                          else (len(ids) - keep, len(ids)))
+                if len(piece) == len(document) or self._unchanged(text, offsets[hi - 1][1]):
+                    break
+                # the kept tokens might differ from the whole document's (no word boundary
+                # between them and the cut): read twice as much, at worst all of it
+                piece = _cut(document, 2 * len(piece))
+                text = format_pair(query, piece, instruction)
+                enc = self.tokenizer.encode(text, add_special_tokens=False)
+            out.append(self.prefix + list(ids[:head]) + list(ids[lo:hi]) + self.suffix)
         return out
+
+    def _unchanged(self, text: str, end: int) -> bool:
+        """Whether the tokens of ``text`` (a prompt whose document was cut to its beginning)
+        that end by character ``end`` are those the whole document has there.
+
+        Why a word end proves it: the tokenizer splits added tokens out of the text, normalises
+        it (NFC), splits it with Qwen's pre-tokenizer regex and runs BPE within each piece.
+        Every regex piece holding a letter ends with the letters' run, so a letter followed by
+        a character that is no letter or digit ends a piece wherever the text is cut; if that
+        character also takes part in no added token and composes with nothing (NFC), the
+        pieces on each side of it, and so their tokens, are the same in the cut text and the
+        whole one (the regex has no look-behind, and only one character of look-ahead). So
+        the kept tokens are the whole document's when such a word end lies between the last
+        kept token's end and the cut.
+        """
+        return any(self._word_end(text[j], text[j + 1])
+                   for j in range(max(end - 1, 0), len(text) - 1))
+
+    def _word_end(self, a: str, b: str) -> bool:
+        """Whether a regex piece of the tokenizer ends between ``a`` and ``b`` in any text."""
+        return (a.isalpha() and not b.isalnum() and b not in self._reserved
+                and unicodedata.combining(a) == 0 == unicodedata.combining(b)
+                and unicodedata.normalize("NFC", a + b) == a + b)
 
     # ------------------------------------------------------------------ scores
     @property
@@ -198,6 +274,10 @@ class Reranker(OnEngine, BaseReranker):
         """float32 ``[n, 2]`` of prompts from :meth:`tokenize`: P("yes") and the logit
         difference ``yes - no`` (its sigmoid is P("yes")), both from one float64 difference.
         On CUDA the next batch is queued while one runs (:func:`run_ahead`)."""
+        return _scores_of(self._diffs(ids))
+
+    def _diffs(self, ids: list[list[int]]) -> np.ndarray:
+        """float64 ``[n]``: each prompt's logit difference ``yes - no``."""
         plan = list(plan_batches([len(s) for s in ids], self.scheduler))
         return self._from_rows(plan, run_ahead(self._submit(ids), plan, self.engine.queues))
 
@@ -210,7 +290,7 @@ class Reranker(OnEngine, BaseReranker):
             return lambda: done
         plan = list(plan_batches([len(s) for s in ids], self.scheduler))
         wait = start_all(self._submit(ids), plan)
-        return lambda: self._from_rows(plan, wait())
+        return lambda: _scores_of(self._from_rows(plan, wait()))
 
     def _submit(self, ids: list[list[int]]) -> Submit[list[int]]:
         """Starts the pass of one batch of ``ids`` (given by index), each prompt's shared head
@@ -224,15 +304,15 @@ class Reranker(OnEngine, BaseReranker):
         return submit
 
     def _from_rows(self, plan: list[list[int]], hidden: Iterable[np.ndarray]) -> np.ndarray:
-        """Scores from each planned batch's pooled rows ``[b, H]`` -> float32 ``[n, 2]``."""
+        """Logit differences ``yes - no`` from each planned batch's pooled rows ``[b, H]``
+        -> float64 ``[n]``."""
         diff = np.empty(sum(map(len, plan)), dtype=np.float64)
         for batch, rows in zip(plan, hidden, strict=True):
             # [b, 1, H] * [1, 2, H] summed per row: each row's result is independent of the
             # batch it came in (a GEMM may pick other kernels for other row counts)
             logits = (rows.astype(np.float64)[:, None, :] * self.head[None]).sum(-1)  # no, yes
             diff[batch] = logits[:, 1] - logits[:, 0]
-        # softmax over [no, yes], "yes" half == sigmoid(yes - no)
-        return np.stack([1.0 / (1.0 + np.exp(-diff)), diff], axis=1).astype(np.float32)
+        return diff
 
     def score_prepared(self, ids: list[list[int]], *, raw: bool = False) -> np.ndarray:
         """Scores of prompts from :meth:`tokenize`: float32 ``[n]`` P("yes"), or with ``raw``
@@ -250,9 +330,18 @@ class Reranker(OnEngine, BaseReranker):
 
     def _scores(self, query: str, documents: list[str], *, instruction: str | None,
                 truncate: bool) -> np.ndarray:
+        return self._scores_and_keys(query, documents, instruction=instruction,
+                                     truncate=truncate)[0]
+
+    def _scores_and_keys(self, query: str, documents: list[str], *, instruction: str | None,
+                         truncate: bool) -> tuple[np.ndarray, np.ndarray]:
+        """P("yes") as :meth:`score_prepared` gives it, ranked by the float64 logit
+        difference: P("yes") rounds to 1.0 in float32 once the difference passes ~17, where
+        the difference still tells documents apart."""
         ids = self.tokenize([(query, d) for d in documents], instruction=instruction,
                             truncate=truncate)
-        return self.score_prepared(ids)
+        diffs = self._diffs(ids)
+        return _scores_of(diffs)[:, 0], diffs
 
     def score(self, pairs: Sequence[tuple[str, str]], *, instruction: str | None = None,
               truncate: bool = False) -> list[float]:
@@ -285,6 +374,17 @@ class Reranker(OnEngine, BaseReranker):
             "quantization": self.engine.quantization, "max_tokens": self.max_tokens,
             "shared_prefix": self.marker is not None})
 
+
+
+def _scores_of(diff: np.ndarray) -> np.ndarray:
+    """float32 ``[n, 2]``: P("yes") and the logit difference, from float64 differences."""
+    # softmax over [no, yes], "yes" half == sigmoid(yes - no)
+    return np.stack([1.0 / (1.0 + np.exp(-diff)), diff], axis=1).astype(np.float32)
+
+
+def _cut(document: str, chars: int | None) -> str:
+    """``document`` cut to its first ``chars`` characters."""
+    return document if chars is None else document[:chars]
 
 
 def _find(seq: list[int], part: list[int], start: int = 0) -> int:

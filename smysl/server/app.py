@@ -167,7 +167,7 @@ def validation_error(exc: RequestValidationError) -> ApiError:
 _ROUTES = frozenset({"/v1/embeddings", "/embeddings", "/v1/models", "/api/embed",
                      "/api/embeddings", "/api/tags", "/api/show", "/api/version", "/embed", "/",
                      "/invocations", "/ping", "/tokenize", "/info", "/health", "/metrics",
-                     "/ui", "/ui/info", "/search", "/rerank", "/v1/rerank"})
+                     "/ui", "/ui/info", "/search", "/rerank", "/v1/rerank", "/v2/rerank"})
 
 
 def _as_json(scope: Scope) -> Scope:

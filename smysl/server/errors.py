@@ -77,8 +77,8 @@ class ApiError(Exception):
 
 def api_of(path: str) -> Api:
     """Which API a path belongs to (decides the error shape)."""
-    if path.startswith("/v1/") or path in ("/v1", "/embeddings"):  # TEI's OpenAI alias
-        return "openai"
+    if path.startswith(("/v1/", "/v2/")) or path in ("/v1", "/embeddings"):  # TEI's alias
+        return "openai"  # and Cohere's /v2/rerank: its SDK reads any JSON error, 400 as 400
     if path.startswith("/api/"):
         return "ollama"
     return "tei"

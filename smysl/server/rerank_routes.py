@@ -1,12 +1,16 @@
-"""Reranking routes: TEI ``POST /rerank`` and Cohere/Jina-style ``POST /v1/rerank``.
+"""Reranking routes: TEI ``POST /rerank``, Cohere/Jina-style ``POST /v1/rerank`` and Cohere's
+``POST /v2/rerank``.
 
-Both score (query, document) pairs with the served reranker (:class:`smysl.Reranker`, served
+All score (query, document) pairs with the served reranker (:class:`smysl.Reranker`, served
 with ``smysl serve --reranker R``) and answer best first. Limits are the embedding routes'
 (``max_inputs`` documents, ``max_request_tokens`` tokens, ``max_queue`` waiting requests, then
 429; ``request_timeout_s`` waiting for compute, then 504), errors take each API's shape
-(``/rerank`` TEI's, ``/v1/rerank`` the OpenAI-style one of every ``/v1`` route), and an
-over-long pair is refused unless the request asks for truncation (``truncate: true``), which
-cuts the document's end.
+(``/rerank`` TEI's, as ``/v2/rerank`` for now, ``/v1/rerank`` the OpenAI-style one of every
+``/v1`` route), and an over-long pair is refused unless the request asks for truncation
+(``truncate: true``), which cuts the document's end (TEI's ``truncation_direction: "left"``:
+its beginning). Cohere's
+``max_tokens_per_doc`` keeps at most that many tokens of each document (truncation implied);
+``/v2/rerank`` applies Cohere's default, 4,096, when it is absent.
 
 A local Qwen3-Reranker (one with :meth:`~smysl.rerank.BaseReranker.token_level`) scores through
 its own :class:`~smysl.server.batcher.Batcher`, as embeddings do: each request is tokenised on
@@ -18,9 +22,10 @@ cohere:...``) is called once per request, a few at a time.
 
 from __future__ import annotations
 
+import math
 import uuid
 from collections.abc import Callable, Hashable
-from typing import Any
+from typing import Any, Literal
 
 import anyio
 import numpy as np
@@ -35,7 +40,7 @@ from smysl.server.errors import ApiError
 from smysl.server.http import json_response
 from smysl.server.metrics import BatchMetrics, Metrics
 from smysl.server.service import CHARS_PER_TOKEN, Disconnected, check_unicode, until_disconnected
-from smysl.tokenize import InputTooLongError
+from smysl.tokenize import Direction, InputTooLongError
 
 #: Requests with more characters than this are tokenised off the event loop.
 _INLINE_CHARS = 4096
@@ -47,15 +52,19 @@ class TeiRerankRequest(BaseModel):
     query: StrictStr
     texts: list[StrictStr]
     truncate: StrictBool | None = Field(None, description="default: false (no auto-truncate)")
+    truncation_direction: Literal["right", "left", "Right", "Left"] = Field(
+        "right", description="which end of an over-long document truncation cuts")
     raw_scores: StrictBool = False
     return_text: StrictBool = False
     instruction: StrictStr | None = Field(None, description="smysl extension: the Instruct line")
 
 
-class DocumentObject(BaseModel):
-    model_config = ConfigDict(extra="allow")
-
-    text: StrictStr
+#: Cohere ``/v2/rerank``'s ``max_tokens_per_doc`` when a request leaves it out
+#: (docs.cohere.com/reference/rerank: "Defaults to 4096").
+COHERE_MAX_TOKENS_PER_DOC = 4096
+#: Documents one Cohere search unit covers (docs.cohere.com/docs/rerank: one query with up to
+#: 100 documents).
+DOCUMENTS_PER_SEARCH_UNIT = 100
 
 
 class RerankRequest(BaseModel):
@@ -65,22 +74,41 @@ class RerankRequest(BaseModel):
 
     model: StrictStr | None = None
     query: StrictStr
-    documents: list[StrictStr | DocumentObject]
+    documents: list[StrictStr | dict[str, Any]]
     top_n: StrictInt | None = None
+    rank_fields: list[StrictStr] | None = None
     return_documents: StrictBool = False
+    max_tokens_per_doc: StrictInt | None = None
     truncate: StrictBool = Field(False, description="smysl extension: cut over-long documents")
     instruction: StrictStr | None = Field(None, description="smysl extension: the Instruct line")
 
 
-class Scored:
-    """Scores of one request (input order) and what it cost."""
+class RerankV2Request(BaseModel):
+    """Cohere ``/v2/rerank``: string documents, no ``return_documents``."""
 
-    def __init__(self, scores: np.ndarray, tokens: int) -> None:
+    model_config = ConfigDict(extra="ignore")
+
+    model: StrictStr | None = None
+    query: StrictStr
+    documents: list[StrictStr]
+    top_n: StrictInt | None = None
+    max_tokens_per_doc: StrictInt | None = None
+    relevant_spans: dict[str, Any] | None = None
+    instruction: StrictStr | None = Field(None, description="smysl extension: the Instruct line")
+
+
+class Scored:
+    """Scores of one request (input order), the keys they rank by, and what it cost."""
+
+    def __init__(self, scores: np.ndarray, tokens: int, keys: np.ndarray | None = None) -> None:
+        #: ``keys``: a local reranker's logit differences, which still differ where P("yes")
+        #: has saturated to 1.0; else the scores.
         self.scores, self.tokens = scores, tokens
+        self.keys = scores if keys is None else keys
 
     def order(self, top_n: int | None = None) -> list[int]:
         """Indices best first (ties: input order), the best ``top_n`` when given."""
-        return order(self.scores)[:top_n]
+        return order(self.keys)[:top_n]
 
 
 class RerankBackend:
@@ -133,9 +161,17 @@ class RerankService:
 
     async def score(self, query: str, documents: list[str], *, instruction: str | None,
                     truncate: bool, raw: bool = False, what: str = "documents",
+                    direction: Direction = "right", max_document_tokens: int | None = None,
                     disconnected: Disconnected | None = None) -> Scored:
-        """Scores of ``documents`` against ``query`` (input order), or a 4xx :class:`ApiError`."""
+        """Scores of ``documents`` against ``query`` (input order), or a 4xx :class:`ApiError`.
+        ``max_document_tokens`` keeps at most that many tokens of each document and implies
+        ``truncate``; ``direction`` is the end truncation cuts."""
         cfg = self.config
+        if max_document_tokens is not None:
+            if max_document_tokens < 1:
+                raise ApiError("invalid", "max_tokens_per_doc must be >= 1, got "
+                               f"{max_document_tokens}", param="max_tokens_per_doc")
+            truncate = True
         if not query.strip():
             raise ApiError("empty", "query must not be empty", param="query")
         if not documents:
@@ -146,22 +182,36 @@ class RerankService:
                            f"{cfg.max_inputs} are allowed per request; split it", param=what)
         check_unicode(query, "query")
         check_unicode(instruction, "instruction")
+        try:
+            self.reranker.check_instruction(instruction)
+        except ValueError as e:
+            raise ApiError("invalid", str(e), param="instruction") from None
         for i, d in enumerate(documents):
             check_unicode(d, f"{what}[{i}]", param=what)
-        chars = sum(map(len, documents)) + len(query) * len(documents)
+        # truncating a document's end, a local reranker reads at most cut_chars of it (it cuts
+        # the rest before tokenising; the tokens it keeps are the whole document's)
+        cut = (self.tokens.cut_chars if truncate and direction == "right"
+               and self.tokens is not None else None)
+        chars = (sum(len(d) if cut is None else min(len(d), cut) for d in documents)
+                 + len(query) * len(documents))
         if chars > CHARS_PER_TOKEN * cfg.max_request_tokens:
             raise ApiError("too_many", f"the request has {chars} characters of query and "
                            f"{what}, more than this server tokenises per request; split it",
                            param=what)
         if self.tokens is None:
-            return await self._remote(query, documents, instruction, truncate, raw, chars)
+            if direction != "right":
+                raise ApiError("unsupported", "truncation_direction 'left' needs a local "
+                               f"Qwen3-Reranker; {self.model_id!r} is a remote API (its "
+                               "truncation cuts the end)", param="truncation_direction")
+            return await self._remote(query, documents, instruction, truncate, raw, chars, what)
         assert self.batcher is not None
         self.batcher.check_room()  # a full queue answers 429 before any tokenising
         tokens = self.tokens
         pairs = [(query, d) for d in documents]
 
         def tokenize() -> list[list[int]]:
-            return tokens.tokenize(pairs, instruction=instruction, truncate=truncate)
+            return tokens.tokenize(pairs, instruction=instruction, truncate=truncate,
+                                   direction=direction, max_document_tokens=max_document_tokens)
 
         try:
             ids = (tokenize() if chars <= _INLINE_CHARS
@@ -192,13 +242,13 @@ class RerankService:
                 raise self.unavailable() from None
             raise
         scores = rows[:, 1 if raw else 0]
-        if not np.isfinite(scores).all():  # never serialised as null or NaN
+        if not np.isfinite(rows).all():  # never serialised as null or NaN
             raise ApiError("internal", f"the reranker {self.model_id!r} returned a non-finite "
                            "score for this request")
-        return Scored(scores, total)
+        return Scored(scores, total, keys=rows[:, 1])
 
     async def _remote(self, query: str, documents: list[str], instruction: str | None,
-                      truncate: bool, raw: bool, chars: int) -> Scored:
+                      truncate: bool, raw: bool, chars: int, what: str) -> Scored:
         """One call of a reranker without token ids (a remote API) per request."""
         if raw:
             raise ApiError("unsupported", f"raw_scores needs a local Qwen3-Reranker; "
@@ -218,7 +268,7 @@ class RerankService:
             raise ApiError("timeout", "the reranker did not answer within the server's time "
                            "budget (request_timeout_s); retry") from None
         except ValueError as e:  # the API refused the input (RejectedRerankError) or ours
-            raise ApiError("invalid", str(e), param="query") from None
+            raise ApiError("invalid", str(e), param=what) from None
         except Exception:
             if not self.reranker.healthy:
                 raise self.unavailable() from None
@@ -247,6 +297,8 @@ def router(rs: RerankService, *, health: bool = False) -> APIRouter:
         """TEI ``/rerank``: ``[{index, score, text?}]`` best first."""
         out = await rs.score(body.query, body.texts, instruction=body.instruction,
                              truncate=bool(body.truncate), raw=body.raw_scores, what="texts",
+                             direction="left" if body.truncation_direction.lower() == "left"
+                             else "right",
                              disconnected=until_disconnected(request.receive))
         rows: list[dict[str, Any]] = []
         for i in out.order():
@@ -260,22 +312,46 @@ def router(rs: RerankService, *, health: bool = False) -> APIRouter:
     async def rerank(body: RerankRequest, request: Request) -> Response:
         """Cohere/Jina ``/v1/rerank``: ``results[].index`` and ``relevance_score`` best first."""
         model = rs.resolve_model(body.model)
-        if body.top_n is not None and body.top_n < 1:
-            raise ApiError("invalid", f"top_n must be >= 1, got {body.top_n}", param="top_n")
-        texts = [d if isinstance(d, str) else d.text for d in body.documents]
+        check_top_n(body.top_n)
+        texts = [document_text(d, i, body.rank_fields) for i, d in enumerate(body.documents)]
         out = await rs.score(body.query, texts, instruction=body.instruction,
-                             truncate=body.truncate,
+                             truncate=body.truncate, max_document_tokens=body.max_tokens_per_doc,
                              disconnected=until_disconnected(request.receive))
         results: list[dict[str, Any]] = []
         for i in out.order(body.top_n):
             item: dict[str, Any] = {"index": i, "relevance_score": float(out.scores[i])}
-            if body.return_documents:
-                item["document"] = {"text": texts[i]}
+            if body.return_documents:  # as sent (Cohere echoes a string as {"text": ...})
+                d = body.documents[i]
+                item["document"] = {"text": d} if isinstance(d, str) else d
             results.append(item)
         return json_response({
             "id": str(uuid.uuid4()), "model": model, "results": results,
             "usage": {"total_tokens": out.tokens},
-            "meta": {"billed_units": {"search_units": 1}, "tokens": {"input_tokens": out.tokens}},
+            "meta": {"billed_units": {"search_units": search_units(len(texts))},
+                     "tokens": {"input_tokens": out.tokens}},
+        })
+
+    @r.post("/v2/rerank")
+    async def rerank_v2(body: RerankV2Request, request: Request) -> Response:
+        """Cohere ``/v2/rerank``: ``results[].index`` and ``relevance_score`` best first;
+        documents are cut to ``max_tokens_per_doc`` tokens (Cohere's default: 4,096)."""
+        rs.resolve_model(body.model)
+        check_top_n(body.top_n)
+        if (body.relevant_spans or {}).get("mode", "disabled") != "disabled":
+            raise ApiError("unsupported", "relevant_spans needs a Cohere Rerank v5 model; this "
+                           f"server reranks with {rs.model_id!r} and returns no spans",
+                           param="relevant_spans")
+        limit = (COHERE_MAX_TOKENS_PER_DOC if body.max_tokens_per_doc is None
+                 else body.max_tokens_per_doc)
+        out = await rs.score(body.query, body.documents, instruction=body.instruction,
+                             truncate=True, max_document_tokens=limit,
+                             disconnected=until_disconnected(request.receive))
+        return json_response({
+            "id": str(uuid.uuid4()),
+            "results": [{"index": i, "relevance_score": float(out.scores[i])}
+                        for i in out.order(body.top_n)],
+            "meta": {"billed_units": {"search_units": search_units(len(body.documents))},
+                     "tokens": {"input_tokens": out.tokens}},
         })
 
     if health:
@@ -289,3 +365,38 @@ def router(rs: RerankService, *, health: bool = False) -> APIRouter:
             return Response(status_code=200)
 
     return r
+
+
+def check_top_n(top_n: int | None) -> None:
+    """400 for a ``top_n`` below 1 (None: every document)."""
+    if top_n is not None and top_n < 1:
+        raise ApiError("invalid", f"top_n must be >= 1, got {top_n}", param="top_n")
+
+
+def search_units(documents: int) -> int:
+    """Cohere's billing of one query: a search unit per started 100 documents."""
+    return max(1, math.ceil(documents / DOCUMENTS_PER_SEARCH_UNIT))
+
+
+def document_text(document: str | dict[str, Any], index: int,
+                  rank_fields: list[str] | None) -> str:
+    """The text a Cohere ``/v1/rerank`` document is scored by: a string as it is; an object's
+    ``text`` field, or with ``rank_fields`` those fields in that order, as ``field: value``
+    lines (the YAML form Cohere recommends for structured documents) when there are several.
+    A string document is ``{"text": string}``. 400 for a field missing or not a string."""
+    fields = rank_fields or ["text"]
+    if len(set(fields)) != len(fields):
+        raise ApiError("invalid", f"rank_fields must name distinct fields, got {rank_fields}",
+                       param="rank_fields")
+    obj = {"text": document} if isinstance(document, str) else document
+    values = []
+    for f in fields:
+        value = obj.get(f)
+        if not isinstance(value, str):
+            why = "has no" if value is None else f"has a {type(value).__name__} in its"
+            hint = "" if rank_fields else " (or name the fields to rank by in rank_fields)"
+            raise ApiError("invalid", f"documents[{index}] {why} {f!r} field; each document "
+                           f"needs a string {f!r}{hint}", param="documents")
+        values.append(value)
+    return values[0] if len(fields) == 1 else "\n".join(
+        f"{f}: {v}" for f, v in zip(fields, values, strict=True))

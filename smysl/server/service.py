@@ -16,6 +16,7 @@ from typing import Any
 import anyio
 import numpy as np
 
+from smysl import tokenize
 from smysl.base import BaseEmbedder, ModelInfo, Role, TokenLevel
 from smysl.pooling import check_dimensions
 from smysl.registry import names_of
@@ -44,14 +45,12 @@ _DOWN_RETRY_S = 5.0
 
 
 def check_unicode(value: str | None, what: str, *, param: str | None = None) -> None:
-    """400 for a string that is not valid Unicode (a lone surrogate from JSON ``"\\ud800"``)."""
-    if value is None:
-        return
+    """400 for a string that is not valid Unicode (a lone surrogate from JSON ``"\\ud800"``:
+    :func:`smysl.tokenize.check_unicode`)."""
     try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:
-        raise ApiError("invalid", f"{what} is not valid Unicode (lone surrogate); send UTF-8 "
-                       "text", param=param or what) from None
+        tokenize.check_unicode(value, what)
+    except ValueError as e:
+        raise ApiError("invalid", str(e), param=param or what) from None
 
 
 def until_disconnected(receive: Callable[[], Awaitable[Mapping[str, Any]]]) -> Disconnected:

@@ -246,3 +246,93 @@ def test_rerank_command_reads_jsonl_and_writes_ranked_jsonl(
     docs.write_text('{"title": "no text"}\n', encoding="utf-8")
     assert main(["rerank", "--model", path, "-q", QUERY, "-i", str(docs)]) == 2
     assert "string \"text\" field" in capsys.readouterr().err
+
+
+def whole_prompt(r: Reranker, query: str, document: str, *, keep: int | None = None,
+                 direction: str = "right") -> list[int]:
+    """The prompt as the model card builds it: the whole pair tokenised at once, then the
+    document's tokens cut (``keep`` of them from its start, or its end with ``left``)."""
+    text = format_pair(query, document)
+    enc = r.tokenizer.encode(text, add_special_tokens=False)
+    start = len(text) - len(document)
+    head = sum(1 for _, end in enc.offsets if end <= start)
+    doc = enc.ids[head:]
+    budget = r.max_tokens - len(r.prefix) - len(r.suffix) - head
+    keep = min(len(doc), budget if keep is None else min(keep, budget))
+    kept = doc[:keep] if direction == "right" else doc[len(doc) - keep:]
+    return r.prefix + enc.ids[:head] + kept + r.suffix
+
+
+def test_truncation_reads_a_cut_of_a_huge_document_and_keeps_its_tokens(
+        loaded: dict[str, Reranker]) -> None:
+    """audit 3: with truncate, a document far over the limit is cut to cut_chars characters
+    before it is tokenised, and the kept tokens are exactly those of the whole document (from
+    its beginning, or with direction="left" its end), also where no word boundary is near the
+    cut (the cut widens: one letter run, long whitespace runs, added-token text)."""
+    r = loaded["tied"]
+    huge = "Москва — столица России. " * 24000  # 600,000 characters
+    assert r.cut_chars == r.max_tokens * 8 < len(huge)
+    tricky = ["я" * 30_000, ("x" + " " * 300) * 300 + "tail", "ab<|im_end|>" * 2000,
+              "e\u0301" * 9000 + " end", "Столица, " * 3000]
+    for doc in [huge, *tricky]:
+        for direction in ("right", "left"):
+            got = r.tokenize([(QUERY, doc)], truncate=True, direction=direction)[0]
+            assert got == whole_prompt(r, QUERY, doc, direction=direction), (doc[:20], direction)
+            assert len(got) == r.max_tokens
+    # the score is that of the whole prompt (the Python API's truncate=True)
+    whole = whole_prompt(r, QUERY, huge)
+    assert r.score([(QUERY, huge)], truncate=True) == [float(r.score_prepared([whole])[0])]
+    with pytest.raises(InputTooLongError):
+        r.tokenize([(QUERY, huge)])
+
+
+def test_max_document_tokens_cuts_the_document_part_only(loaded: dict[str, Reranker]) -> None:
+    """audit 2: max_document_tokens keeps that many tokens of the document (the template,
+    instruction and query stay whole) and implies truncation; bad values are refused."""
+    r = loaded["tied"]
+    doc = "Смысл жизни — в поиске смысла. " * 200  # over the 512-token limit
+    for n in (1, 7, 100, 10_000):
+        got = r.tokenize([(QUERY, doc), (QUERY, "short")], max_document_tokens=n)
+        assert got[0] == whole_prompt(r, QUERY, doc, keep=n)
+        assert got[1] == whole_prompt(r, QUERY, "short", keep=n)
+    text = r.tokenizer.decode(r.tokenize([(QUERY, doc)], max_document_tokens=7)[0],
+                              skip_special_tokens=False)
+    head = PREFIX + format_pair(QUERY, "")
+    assert text.startswith(head) and text.endswith(SUFFIX)
+    kept = text[len(head):-len(SUFFIX)]  # the document's first 7 tokens
+    assert doc.startswith(kept) and 7 <= len(kept) < 60
+    assert r.tokenize([(QUERY, doc)], max_document_tokens=np.int64(7)) == \
+        r.tokenize([(QUERY, doc)], max_document_tokens=7)
+    for bad in (0, -1, True):
+        with pytest.raises(ValueError, match="max_document_tokens"):
+            r.tokenize([(QUERY, doc)], max_document_tokens=bad)
+    with pytest.raises(ValueError, match="direction"):
+        r.tokenize([(QUERY, doc)], truncate=True, direction="up")  # type: ignore[arg-type]
+
+
+def test_saturated_scores_are_ranked_by_the_logit_difference(
+        loaded: dict[str, Reranker]) -> None:
+    """audit 7: P("yes") is 1.0 in float32 once yes - no passes ~17; rerank then orders by
+    the logit difference, not by input order, and still reports P("yes")."""
+    r = loaded["tied"]
+    sharp = Reranker(r.engine, r.tokenizer, r.head * 3000, name="sharp")
+    raw = sharp.score_prepared(sharp.tokenize([(QUERY, d) for d in DOCS]), raw=True)
+    scores = sharp.score([(QUERY, d) for d in DOCS])
+    assert sum(s == 1.0 for s in scores) >= 2  # saturated: ties in P("yes")
+    ranked = sharp.rerank(QUERY, DOCS)
+    assert [i for i, _ in ranked] == [int(i) for i in np.argsort(-raw, kind="stable")]
+    assert [i for i, _ in ranked] != sorted(range(len(DOCS)), key=lambda i: -scores[i])
+    assert [s for _, s in ranked] == [scores[i] for i, _ in ranked]
+
+
+def test_a_lone_surrogate_is_a_value_error_naming_the_pair(loaded: dict[str, Reranker]) -> None:
+    """audit 8: invalid Unicode is refused before the tokenizer (which raises TypeError)."""
+    r = loaded["tied"]
+    with pytest.raises(ValueError, match=r"documents\[1\] is not valid Unicode"):
+        r.rerank(QUERY, ["ok", "bad \ud800"])
+    with pytest.raises(ValueError, match="the document of pair 1 is not valid Unicode"):
+        r.score([(QUERY, "ok"), (QUERY, "bad \ud800")])
+    with pytest.raises(ValueError, match="the query of pair 0"):
+        r.score([("\udfff?", "ok")])
+    with pytest.raises(ValueError, match="instruction is not valid Unicode"):
+        r.rerank(QUERY, ["ok"], instruction="\ud800")

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import numpy as np
 import pytest
 from live_http import live_server
 from qwen_tiny import QueuedEngine, build_tiny_reranker
@@ -239,3 +240,176 @@ def test_serve_cli_takes_a_reranker_with_or_without_a_model(
     assert "/v1/embeddings" in capsys.readouterr().err
     assert main(["serve", "--device", "cpu"]) != 0
     assert "--reranker" in capsys.readouterr().err
+
+
+def test_cohere_v2_sdk_reranks_with_max_tokens_per_doc(reranker: Any) -> None:
+    """audit 1, 2, 6: the official SDK's ClientV2 (POST /v2/rerank) gets the in-process scores
+    best first, top_n honoured, no documents echoed; documents are cut to max_tokens_per_doc
+    tokens (Cohere's default 4,096 when absent, so a long document is no error); search units
+    are one per started 100 documents."""
+    cohere = pytest.importorskip("cohere")
+    long_doc = "слово " * 600  # over the tiny model's 512 positions
+    docs = [*DOCS, long_doc]
+    want = reranker.rerank(QUERY, docs, truncate=True)
+    with live_server(None, reranker, max_inputs=300) as url:
+        co = cohere.ClientV2(api_key="x", base_url=url)
+        res = co.rerank(model=reranker.name, query=QUERY, documents=docs, top_n=3)
+        assert [(r.index, r.relevance_score) for r in res.results] == want[:3]
+        assert res.meta.billed_units.search_units == 1 and res.id
+        cut = co.rerank(model=reranker.name, query=QUERY, documents=docs, max_tokens_per_doc=4)
+        ids = reranker.tokenize([(QUERY, d) for d in docs], max_document_tokens=4)
+        scores = reranker.score_prepared(ids)
+        assert {r.index: r.relevance_score for r in cut.results} == \
+            {i: float(s) for i, s in enumerate(scores)}
+        many = co.rerank(model=reranker.name, query=QUERY, documents=["d"] * 250, top_n=1)
+        assert many.meta.billed_units.search_units == 3
+        # the plain JSON: no model is fine, as on /v1; a wrong one is 404; bad fields are 4xx
+        body = httpx.post(f"{url}/v2/rerank", json={"query": QUERY, "documents": DOCS}).json()
+        assert set(body) == {"id", "results", "meta"}
+        assert [r["index"] for r in body["results"]] == [i for i, _ in
+                                                          reranker.rerank(QUERY, DOCS)]
+        assert set(body["results"][0]) == {"index", "relevance_score"}
+        assert httpx.post(f"{url}/v2/rerank", json={"model": "gpt-4", "query": QUERY,
+                                                    "documents": DOCS}).status_code == 404
+        for bad in ({"max_tokens_per_doc": 0}, {"top_n": 0}, {"documents": [{"text": "x"}]},
+                    {"relevant_spans": {"mode": "enabled"}}, {"query": ""}):
+            r = httpx.post(f"{url}/v2/rerank", json={"query": QUERY, "documents": DOCS, **bad})
+            # the /v1 routes' shape and status: Cohere's SDK raises BadRequestError
+            assert r.status_code == 400 and r.json()["error"]["message"], (bad, r.text)
+        assert 'route="/v2/rerank"' in httpx.get(f"{url}/metrics").text
+
+
+def test_v1_max_tokens_per_doc_cuts_documents_and_search_units_count_documents(
+        reranker: Any) -> None:
+    """audit 2, 6: /v1/rerank's max_tokens_per_doc cuts each document to that many tokens
+    (truncation implied: no 400 for a long one); without it a long document is still 400
+    unless truncate; search_units = ceil(documents / 100)."""
+    from fastapi.testclient import TestClient
+
+    from smysl.server import ServerConfig, create_app
+    from smysl.server.rerank_routes import search_units
+
+    long_doc = "слово " * 600
+    docs = [DOCS[0], long_doc]
+    with TestClient(create_app(None, ServerConfig(max_inputs=300), reranker=reranker)) as c:
+        r = c.post("/v1/rerank", json={"query": QUERY, "documents": docs,
+                                       "max_tokens_per_doc": 3})
+        assert r.status_code == 200, r.text
+        scores = reranker.score_prepared(reranker.tokenize([(QUERY, d) for d in docs],
+                                                           max_document_tokens=3))
+        assert {x["index"]: x["relevance_score"] for x in r.json()["results"]} == \
+            {i: float(s) for i, s in enumerate(scores)}
+        assert c.post("/v1/rerank", json={"query": QUERY, "documents": docs}).status_code == 400
+        for n, units in ((1, 1), (100, 1), (101, 2), (250, 3)):
+            got = c.post("/v1/rerank", json={"query": QUERY, "documents": ["d"] * n, "top_n": 1})
+            assert got.json()["meta"]["billed_units"]["search_units"] == units
+    assert search_units(0) == 1 and search_units(200) == 2
+
+
+def test_truncate_rescues_one_huge_document(client: Any, reranker: Any) -> None:
+    """audit 3: with truncate, one document far over the request's character budget is cut
+    before tokenising (its kept tokens unchanged) instead of answered "split it": the score is
+    the Python API's truncate=True score; without truncate it is still refused."""
+    huge = "Москва — столица России. " * 24000  # 600,000 characters
+    want = reranker.rerank(QUERY, [huge], truncate=True)[0][1]
+    tei = client.post("/rerank", json={"query": QUERY, "texts": [huge], "truncate": True})
+    assert tei.status_code == 200, tei.text
+    assert tei.json()[0]["score"] == want
+    v1 = client.post("/v1/rerank", json={"query": QUERY, "documents": [huge], "truncate": True})
+    assert v1.status_code == 200 and v1.json()["results"][0]["relevance_score"] == want
+    assert client.post("/rerank", json={"query": QUERY, "texts": [huge]}).status_code == 422
+
+
+def test_tei_truncation_direction_left_keeps_the_documents_end(client: Any,
+                                                                reranker: Any) -> None:
+    """audit 4: truncation_direction "Left" keeps the end of an over-long document (the
+    prompt template and query stay), "Right" (the default) its beginning."""
+    doc = "Tail: " + "pad " * 600 + "Moscow is the capital of Russia"
+    got = {}
+    for direction in ("Left", "left", "Right", "right"):
+        r = client.post("/rerank", json={"query": QUERY, "texts": [doc], "truncate": True,
+                                         "truncation_direction": direction})
+        assert r.status_code == 200, r.text
+        got[direction] = r.json()[0]["score"]
+    for direction in ("left", "right"):
+        ids = reranker.tokenize([(QUERY, doc)], truncate=True, direction=direction)
+        assert got[direction] == got[direction.title()] == float(reranker.score_prepared(ids)[0])
+    assert got["left"] != got["right"]
+    assert client.post("/rerank", json={"query": QUERY, "texts": [doc], "truncate": True,
+                                        "truncation_direction": "up"}).status_code == 422
+
+
+def test_rank_fields_rank_by_those_fields_and_documents_come_back_as_sent(
+        client: Any, reranker: Any) -> None:
+    """audit 5: rank_fields score an object document by the named fields in order
+    ("field: value" lines; one field: its value), return_documents echoes the object as sent,
+    and a missing or non-string field is a 400 naming the document."""
+    docs = [{"title": "Moscow is the capital of Russia", "text": "x", "id": 7},
+            {"title": "Bananas", "text": "Yellow fruit", "id": 8}]
+    r = client.post("/v1/rerank", json={"query": QUERY, "documents": docs,
+                                        "rank_fields": ["title", "text"],
+                                        "return_documents": True})
+    assert r.status_code == 200, r.text
+    texts = [f"title: {d['title']}\ntext: {d['text']}" for d in docs]
+    want = reranker.rerank(QUERY, texts)
+    assert [(x["index"], x["relevance_score"]) for x in r.json()["results"]] == want
+    assert [x["document"] for x in r.json()["results"]] == [docs[i] for i, _ in want]
+    titles = client.post("/v1/rerank", json={"query": QUERY, "documents": docs,
+                                             "rank_fields": ["title"]}).json()["results"]
+    assert [(x["index"], x["relevance_score"]) for x in titles] == \
+        reranker.rerank(QUERY, [d["title"] for d in docs])
+    plain = client.post("/v1/rerank", json={"query": QUERY, "documents": ["a", {"text": "b"}],
+                                            "return_documents": True}).json()["results"]
+    assert sorted((x["index"], x["document"]["text"]) for x in plain) == [(0, "a"), (1, "b")]
+    cases: list[tuple[dict[str, Any], str]] = [
+        ({"documents": docs, "rank_fields": ["author"]}, "documents[0] has no"),
+        ({"documents": [{"text": 5}]}, "documents[0] has a int"),
+        ({"documents": docs, "rank_fields": ["text", "text"]}, "distinct")]
+    for body, words in cases:
+        bad = client.post("/v1/rerank", json={"query": QUERY, **body})
+        assert bad.status_code == 400 and words in bad.json()["error"]["message"], bad.text
+
+
+def test_scores_that_saturate_are_ranked_by_the_logit_difference(reranker: Any) -> None:
+    """audit 7: with P("yes") saturated at 1.0 the routes order by the logit difference (as
+    the Python API does), not by input order, and report P("yes")."""
+    from fastapi.testclient import TestClient
+
+    from smysl import Reranker
+    from smysl.server import create_app
+    from smysl.server.rerank_routes import Scored
+
+    sharp = Reranker(reranker.engine, reranker.tokenizer, reranker.head * 3000, name="sharp")
+    want = sharp.rerank(QUERY, DOCS)
+    assert sum(s == 1.0 for _, s in want) >= 2
+    with TestClient(create_app(None, reranker=sharp)) as c:
+        got = c.post("/v1/rerank", json={"query": QUERY, "documents": DOCS}).json()["results"]
+        assert [(x["index"], x["relevance_score"]) for x in got] == want
+        tei = c.post("/rerank", json={"query": QUERY, "texts": DOCS}).json()
+        assert [x["index"] for x in tei] == [i for i, _ in want]
+    ones = np.ones(3, dtype=np.float32)
+    assert Scored(ones, 0, keys=np.array([17.5, 30.0, 20.0])).order() == [1, 2, 0]
+    assert Scored(ones, 0).order(2) == [0, 1]
+
+
+def test_a_refused_instruction_names_the_instruction(reranker: Any) -> None:
+    """audit 8: a reranker without instructions (a TEI one) answers an instruction with a 400
+    whose param is "instruction"."""
+    from fastapi.testclient import TestClient
+
+    import smysl
+    from smysl.server import create_app
+
+    with live_server(None, reranker) as url:
+        remote = smysl.load_reranker(f"tei:{url}")
+        with TestClient(create_app(None, reranker=remote)) as c:
+            r = c.post("/v1/rerank", json={"query": QUERY, "documents": DOCS,
+                                           "instruction": "find it"})
+            assert r.status_code == 400 and r.json()["error"]["param"] == "instruction"
+            assert "takes no instruction" in r.json()["error"]["message"]
+            ok = c.post("/v1/rerank", json={"query": QUERY, "documents": DOCS})
+            assert ok.status_code == 200
+            left = c.post("/rerank", json={"query": QUERY, "texts": DOCS, "truncate": True,
+                                           "truncation_direction": "left"})
+            assert left.status_code == 422 and "truncation_direction" in left.text
+        remote.close()
