@@ -7,7 +7,9 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
 import sys
+import warnings
 from typing import TYPE_CHECKING
 
 from smysl.commands._lines import read_lines
@@ -58,10 +60,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from smysl.scale.sources import is_input
+    from smysl.scale.sources import is_input, other_data
 
     if args.input != "-" and is_input(args.input):
         return _run_job(args)
+    problem = other_data(args.input) if args.input != "-" else None
+    if problem is not None:  # its lines would be embedded as texts: raw JSON, compressed bytes
+        raise ValueError(problem)
+    _check_lines_output(args.output)
     lines = read_lines(args.input)
     model = load_model(args.model, args)
     task = model.choose_instruction(args.task, role="query") if args.task or args.query else None
@@ -84,6 +90,23 @@ def run(args: argparse.Namespace) -> int:
     print(f"embedded {len(lines)} texts -> {vectors.shape[1]} dims"
           + (f"; {usage}" if usage else ""), file=sys.stderr)
     return 0
+
+
+def _check_lines_output(output: str) -> None:
+    """Refuse, before anything is embedded, an output that lines of text cannot go to."""
+    from pathlib import Path
+
+    from smysl.scale.job import is_store
+
+    if output == "-":
+        return
+    if is_store(output) or Path(output).is_dir() or output.endswith(("/", os.sep)):
+        raise ValueError(f"--output {output}: lines of text are written to a .jsonl or .npy "
+                         "file (or stdout); a folder or an index takes a corpus: --input a "
+                         ".jsonl, .csv or .parquet file, or a folder of them")
+    parent = Path(output).expanduser().parent
+    if not parent.is_dir():
+        raise FileNotFoundError(f"--output {output}: no such folder {parent}")
 
 
 def _run_job(args: argparse.Namespace) -> int:
@@ -115,8 +138,12 @@ def _job(args: argparse.Namespace, model: BaseEmbedder, chunk: ChunkConfig | Non
                        truncate=args.truncate, shard_rows=args.shard_rows,
                        batch_size=args.batch_size, skip_bad_rows=args.skip_bad_rows,
                        table=args.table)
-    report = run_job(model, [args.input], config,
-                     progress=not args.no_progress and sys.stderr.isatty(),
-                     on_bad_row=lambda where: print(f"skipped bad row: {where}", file=sys.stderr))
+    with warnings.catch_warnings():  # the job's warnings (unread files) as one plain line
+        warnings.showwarning = lambda message, *_, **__: print(
+            f"smysl embed: warning: {message}", file=sys.stderr)
+        report = run_job(model, [args.input], config,
+                         progress=not args.no_progress and sys.stderr.isatty(),
+                         on_bad_row=lambda where: print(f"skipped bad row: {where}",
+                                                        file=sys.stderr))
     print(report.summary(), file=sys.stderr)
     return 0

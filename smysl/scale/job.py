@@ -3,34 +3,51 @@
 The input is cut into shards: consecutive ranges of :attr:`JobConfig.shard_rows` records of each
 file. A shard's output is committed whole or not at all — a Parquet file renamed into place, or
 (for an index) a shard name recorded in the store's metadata after its chunks were upserted by
-id — and named by the shard and the job's :func:`job_fingerprint` (model fingerprint,
-dimensions, instruction, chunking, fields, shard size). A rerun after a crash or Ctrl-C
-therefore computes only the shards not yet committed, and no id is written twice. Memory is
-bounded by one batch of texts (and one shard's ids, to refuse a duplicate id within it).
+id — and named by the file's name and content (:func:`shard_name`), the record range, and the
+job's :func:`job_fingerprint` (model fingerprint, dimensions, instruction, chunking, fields,
+shard size). A rerun after a crash or Ctrl-C therefore computes only the shards not yet
+committed; a file whose content changed gets new shards, and a Parquet folder holding the old
+content's is refused (its rows would be there twice). Memory is bounded by one batch of texts
+(and one shard's ids, to refuse a duplicate id within it; an index job keeps 16 bytes for each
+id of its input, to refuse an id that another shard has).
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import itertools
 import json
 import os
 import re
+import secrets
+import socket
 import time
+import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
 from smysl.base import BaseEmbedder, fingerprint_of
 from smysl.pooling import check_dimensions
-from smysl.scale.sources import Row, Source, count_records, find_sources, read_rows
+from smysl.scale.sources import (
+    Row,
+    Source,
+    content_id,
+    count_records,
+    find_sources,
+    read_rows,
+)
 from smysl.tokenize import InputTooLongError
 from smysl.toolkit.chunking import ChunkConfig, TokenChunker, chunker_for
 
 MANIFEST = "_smysl_job.json"
+#: A running job's claim on its Parquet folder, one file per process:
+#: ``_smysl_run.FP.MACHINE.PID.TOKEN`` (JSON inside: pid, host, start).
+RUN_PREFIX = "_smysl_run."
 #: Store metadata key: job fingerprint -> names of the shards committed to the store.
 STORE_SHARDS = "embed_shards"
 STORE_PREFIXES = ("lancedb:", "qdrant:", "postgres:", "postgres://", "postgresql://", "http://",
@@ -85,12 +102,17 @@ class JobConfig:
 
     @property
     def to_store(self) -> bool:
-        return self.output.startswith(STORE_PREFIXES)
+        return is_store(self.output)
 
     @property
     def chunking(self) -> ChunkConfig | None:
         """How the job cuts texts: :attr:`chunk`, the toolkit's default for an index."""
         return self.chunk if self.chunk is not None or not self.to_store else ChunkConfig()
+
+
+def is_store(output: str) -> bool:
+    """Whether ``output`` names an index (``lancedb:``, ``qdrant:``, ``postgres:`` ...)."""
+    return output.startswith(STORE_PREFIXES)
 
 
 @dataclass
@@ -108,6 +130,8 @@ class JobReport:
     bad_examples: list[str] = field(default_factory=list)
     #: Rows that gave no chunk: nothing but whitespace to chunk (chunking jobs only).
     empty_rows: int = 0
+    #: Files of the input folders that are not JSONL/CSV/Parquet, so not read.
+    unread_files: list[str] = field(default_factory=list)
     seconds: float = 0.0
     usage: str | None = None
 
@@ -122,7 +146,15 @@ class JobReport:
             line += f"; {self.bad_rows} bad rows skipped"
         if self.empty_rows:
             line += f"; {self.empty_rows} empty rows gave no chunks"
+        if self.unread_files:
+            line += f"; {unread_message(self.unread_files)}"
         return line + (f"; {self.usage}" if self.usage else "")
+
+
+def unread_message(files: Sequence[str]) -> str:
+    """The files a folder held but the job does not read, named (the first ten)."""
+    shown = ", ".join(files[:10]) + (f" and {len(files) - 10} more" if len(files) > 10 else "")
+    return f"{len(files)} files not read (not .jsonl/.csv/.parquet): {shown}"
 
 
 def job_fingerprint(model: BaseEmbedder, config: JobConfig) -> str:
@@ -138,11 +170,37 @@ def _identity(model: BaseEmbedder, config: JobConfig) -> dict[str, Any]:
             "truncate": config.truncate, "shard_rows": config.shard_rows}
 
 
-def shard_name(source: Source, part: int) -> str:
-    """``STEM-HASH-PART``: readable, and unique per input file and record range."""
-    stem = re.sub(r"[^A-Za-z0-9._-]+", "_", Path(source.name).stem)[:60] or "input"
-    digest = hashlib.sha256(source.name.encode()).hexdigest()[:8]
-    return f"{stem}-{digest}-{part:05d}"
+def source_key(source: Source) -> str:
+    """8 hex digits naming an input file by its name as given (:attr:`Source.name`): shards of
+    two contents under one key are two versions of one file."""
+    return hashlib.sha256(source.name.encode()).hexdigest()[:8]
+
+
+def shard_name(source: Source, content: str, part: int) -> str:
+    """``STEM-KEY-CONTENT-pPART``: the file's stem (readable; never starting with ``.`` or
+    ``_``, which Parquet readers skip), :func:`source_key`, its
+    :func:`~smysl.scale.sources.content_id` and the record range."""
+    stem = re.sub(r"[^A-Za-z0-9._-]+", "_", Path(source.name).stem).lstrip("._-")[:60]
+    return f"{stem or 'input'}-{source_key(source)}-{content}-p{part:05d}"
+
+
+class ShardName(NamedTuple):
+    """A :func:`shard_name` read back."""
+
+    key: str
+    content: str
+    part: int
+
+
+_SHARD = re.compile(r".+-(?P<key>[0-9a-f]{8})-(?P<content>[0-9a-f]{12})-p(?P<part>\d{5,})")
+#: A shard file of smysl before content ids (``STEM-NAMEHASH-PART.FP.parquet``).
+_OLD_SHARD_FILE = re.compile(r".+-[0-9a-f]{8}-\d{5,}\.[0-9a-f]{16}\.parquet")
+
+
+def parse_shard(name: str) -> ShardName | None:
+    """The parts of a :func:`shard_name` (None for any other name)."""
+    m = _SHARD.fullmatch(name)
+    return ShardName(m["key"], m["content"], int(m["part"])) if m else None
 
 
 BadRowCallback = Callable[[str], None]
@@ -151,35 +209,48 @@ BadRowCallback = Callable[[str], None]
 def run_job(model: BaseEmbedder, inputs: Sequence[str | Path], config: JobConfig, *,
             progress: bool = False, on_bad_row: BadRowCallback | None = None) -> JobReport:
     """Embed every row of ``inputs`` (files or folders) into ``config.output``; shards already
-    committed by an earlier run of the same job are skipped (counted in the report)."""
-    sources = find_sources(inputs)
+    committed by an earlier run of the same job are skipped (counted in the report). Files of
+    a folder that are not JSONL/CSV/Parquet are warned about (``UserWarning``) and listed in
+    the report."""
+    unread: list[Path] = []
+    sources = find_sources(inputs, unread)
     chunker = _check_settings(model, config)
     fp = job_fingerprint(model, config)
-    report = JobReport(config.output, fp)
+    report = JobReport(config.output, fp, unread_files=[str(p) for p in unread])
+    if unread:
+        warnings.warn(unread_message(report.unread_files), UserWarning, stacklevel=2)
     bad = _BadRows(config, report, on_bad_row)
+    ids = _JobIds(sources) if config.to_store else None
     t0 = time.perf_counter()
     bar = None
-    if progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=sum(count_records(s) for s in sources), unit="row", desc="embedding",
-                   smoothing=0.1)
     try:
         writer: _Writer = (_StoreWriter(model, config, fp) if config.to_store
                            else _ParquetWriter(model, config, fp, chunker))
         with writer:
+            contents = writer.check(sources)  # a refused folder costs no embedding
+            if progress:
+                from tqdm.auto import tqdm
+
+                bar = tqdm(total=sum(count_records(s) for s in sources), unit="row",
+                           desc="embedding", smoothing=0.1)
             for source in sources:
+                content = contents.get(source) or content_id(source)
                 rows = read_rows(source, config.id_field, config.text_field)
                 for part, group in itertools.groupby(
                         rows, key=lambda r: (r.number - 1) // config.shard_rows):
-                    name = shard_name(source, part)
+                    name = shard_name(source, content, part)
                     if writer.done(name):
                         report.shards_skipped += 1
-                        skipped = sum(1 for _ in group)  # read past it: nothing re-checked
+                        skipped = 0  # read past it: nothing re-checked, ids kept for an index
+                        for row in group:
+                            skipped += 1
+                            if ids is not None and row.problem is None:
+                                ids.first(source, row)
                         if bar is not None:
                             bar.update(skipped)
                         continue
-                    writer.write(name, source, _checked(group, source, bad, bar), report, bad)
+                    writer.write(name, source, _checked(group, source, bad, bar, ids), report,
+                                 bad)
                     report.shards_written += 1
     finally:
         if bar is not None:
@@ -224,7 +295,31 @@ class _BadRows:
             self.on_bad_row(where)
 
 
-def _checked(rows: Iterable[Row], source: Source, bad: _BadRows, bar: Any) -> Iterator[Row]:
+class _JobIds:
+    """Every row id of an index job's input, read this run (committed shards are read past, so
+    they count too): in an index a second row of one id would replace the first's chunks.
+    16 bytes an id (:class:`~smysl.toolkit.ingest.SeenIds`)."""
+
+    #: A row's place packed in one int64: source index above, row number below.
+    ROW_BITS = 40
+
+    def __init__(self, sources: Sequence[Source]) -> None:
+        from smysl.toolkit.ingest import SeenIds
+
+        self.seen = SeenIds()
+        self.sources = list(sources)
+        self.index = {s: i for i, s in enumerate(self.sources)}
+
+    def first(self, source: Source, row: Row) -> str | None:
+        """Record ``row``'s id; where another row had it first ("FILE, row N"), else None."""
+        at = self.seen.add(row.id, self.index[source] << self.ROW_BITS | row.number)
+        if at is None:
+            return None
+        return f"{self.sources[at >> self.ROW_BITS].path}, row {at & ((1 << self.ROW_BITS) - 1)}"
+
+
+def _checked(rows: Iterable[Row], source: Source, bad: _BadRows, bar: Any,
+             ids: _JobIds | None) -> Iterator[Row]:
     """The good rows; a broken one goes to ``bad`` (which raises, or leaves it out)."""
     seen: set[str] = set()  # one shard's ids: a duplicate would be written twice
     for row in rows:
@@ -233,6 +328,9 @@ def _checked(rows: Iterable[Row], source: Source, bad: _BadRows, bar: Any) -> It
         problem = row.problem
         if problem is None and row.id in seen:
             problem = f"duplicate id {row.id!r} (first seen earlier in this shard)"
+        if problem is None and ids is not None and (first := ids.first(source, row)):
+            problem = (f"duplicate id {row.id!r} (first at {first}): in an index it would "
+                       "replace that row")
         if problem is not None:
             bad(source, row, problem)
             continue
@@ -247,6 +345,11 @@ def _batches(rows: Iterable[Row], size: int) -> Iterator[list[Row]]:
 
 
 class _Writer:
+    def check(self, sources: Sequence[Source]) -> dict[Source, str]:
+        """Refuse what the output holds that this run would contradict; the
+        :func:`~smysl.scale.sources.content_id` of each source it has hashed for that."""
+        return {}
+
     def done(self, name: str) -> bool:
         raise NotImplementedError
 
@@ -278,12 +381,47 @@ class _Batch:
                       [self.owners[i] for i in keep])
 
 
+def _machine() -> str:
+    """8 hex digits naming this machine and pid namespace (host name, boot id, the pid
+    namespace): where a pid in a file name means a process this one can ask about."""
+    parts = [socket.gethostname()]
+    with contextlib.suppress(OSError):  # Linux only
+        parts.append(Path("/proc/sys/kernel/random/boot_id").read_text().strip())
+    with contextlib.suppress(OSError):
+        parts.append(str(os.stat("/proc/self/ns/pid").st_ino))
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:8]
+
+
+def _alive(pid: int) -> bool:
+    """Whether process ``pid`` of this machine runs (True when that cannot be known)."""
+    if os.name == "nt":  # os.kill(pid, 0) there would send CTRL_C_EVENT
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # EPERM: it runs, as another user
+        return True
+    return True
+
+
+#: A run file (:data:`RUN_PREFIX`) and a shard's temporary file, read back.
+_RUN_FILE = re.compile(re.escape(RUN_PREFIX)
+                       + r"(?P<fp>[0-9a-f]{16})\.(?P<machine>[0-9a-f]{8})\.(?P<pid>\d+)\.[0-9a-f]+")
+_TEMP_FILE = re.compile(r"\..+\.(?P<machine>[0-9a-f]{8})\.(?P<pid>\d+)\.[0-9a-f]+\.tmp")
+
+
 class _ParquetWriter(_Writer):
-    """One Parquet file per shard, written to a hidden temporary name and renamed when whole.
-    The folder's manifest (the job's identity) is written at the start, so another job is
-    refused while this one runs; a folder whose manifest names another job but that holds no
-    shard is taken over (that job failed before committing anything: the corrected rerun
-    must not find it in its way)."""
+    """One Parquet file per shard, written to a hidden temporary name of this process's own and
+    renamed when whole.
+
+    A running job holds a run file in the folder (:data:`RUN_PREFIX`, one per process; several
+    drivers of one job share a folder). The folder's manifest (the job's identity) is written
+    at the start; a folder whose manifest names another job is refused while that job runs or
+    once it committed a shard, and taken over otherwise (it failed before committing
+    anything: the corrected rerun must not find it in its way). A run file or a temporary file
+    is removed by another run only when its process is certainly gone: on this machine, its
+    pid not running."""
 
     def __init__(self, model: BaseEmbedder, config: JobConfig, fp: str,
                  chunker: TokenChunker | None) -> None:
@@ -302,31 +440,79 @@ class _ParquetWriter(_Writer):
         self.identity = {"fingerprint": fp, "model_name": model.name, **_identity(model, config)}
         self.manifest = self.dir / MANIFEST
         self.dir.mkdir(parents=True, exist_ok=True)
-        self._claim()
-        # an interrupted run's partial shard (this job's: the name holds its fingerprint)
-        for stale in self.dir.glob(f".*.{fp[:16]}.parquet.tmp"):
-            stale.unlink()
+        self.machine, self.pid = _machine(), os.getpid()
+        self.token = secrets.token_hex(4)
+        self.parts: set[tuple[str, int]] = set()  # (content, part) of every committed shard
+        self.run_file = self.dir / f"{RUN_PREFIX}{fp[:16]}.{self.machine}.{self.pid}.{self.token}"
+        self._register()
+        try:
+            self._sweep()
+            self._claim()
+        except BaseException:
+            self.run_file.unlink(missing_ok=True)
+            raise
         self.schema = pa.schema([("id", pa.string()), ("vector", pa.list_(pa.float32(), self.dims)),
                                  ("dimensions", pa.int32()), ("model", pa.string()),
                                  ("tokens", pa.int32())])
 
+    def _register(self) -> None:
+        """Create this process's run file (O_EXCL: never another's)."""
+        about = {"fingerprint": self.fp, "pid": self.pid, "host": socket.gethostname(),
+                 "started": time.strftime("%Y-%m-%d %H:%M:%S")}
+        fd = os.open(self.run_file, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(about, f)
+
+    def _gone(self, machine: str, pid: str) -> bool:
+        return machine == self.machine and not _alive(int(pid))
+
+    def _sweep(self) -> None:
+        """Remove run and temporary files of processes certainly gone."""
+        for p in self.dir.iterdir():
+            m = _RUN_FILE.fullmatch(p.name) or _TEMP_FILE.fullmatch(p.name)
+            if m and self._gone(m["machine"], m["pid"]):
+                p.unlink(missing_ok=True)
+
+    def _other_run(self) -> str | None:
+        """Another job running on the folder ("pid N on HOST since T (FILE)"), else None."""
+        for p in sorted(self.dir.glob(f"{RUN_PREFIX}*")):
+            m = _RUN_FILE.fullmatch(p.name)
+            if m is None or m["fp"] == self.fp[:16]:
+                continue
+            try:
+                about = json.loads(p.read_text(encoding="utf-8"))
+            except (OSError, ValueError):
+                about = {}
+            return (f"pid {m['pid']} on {about.get('host', 'another machine')} since "
+                    f"{about.get('started', '?')} ({p})")
+        return None
+
     def _same_job(self) -> bool:
         """Whether the folder's manifest names this job (False: there is none, or it names a
-        job that committed no shard here); another job's with shards raises."""
-        if not self.manifest.is_file():
-            return False
+        job that committed no shard here); raises while another job runs (its run file was
+        there before this one's, or the two started at once and both give way) and for a
+        folder holding another job's shards."""
         try:
             old = json.loads(self.manifest.read_text(encoding="utf-8"))
-        except ValueError:
+        except FileNotFoundError:
+            old = None
+        except (OSError, ValueError):
             old = {}
-        if old.get("fingerprint") == self.fp:
-            return True
-        if not any(self.dir.glob("*.parquet")):
-            return False
-        differ = sorted(k for k in self.identity if old.get(k) != self.identity[k]
+        if old is not None and old.get("fingerprint") == self.fp:
+            return True  # another job starting now finds this one's run file
+        differ = sorted(k for k in self.identity if old is not None
+                        and old.get(k) != self.identity[k]
                         and k not in ("fingerprint", "model_name"))
-        raise ValueError(f"{self.dir} holds the output of another job (it differs in: "
-                         f"{', '.join(differ) or 'fingerprint'}); write to a new folder")
+        what = ("another job" if old is None else
+                f"another job (it differs in: {', '.join(differ) or 'fingerprint'})")
+        running = self._other_run()
+        if running is not None:
+            raise ValueError(f"{self.dir} is being written by {what}: {running}; wait for "
+                             "it or write to a new folder (if that job is gone, delete its "
+                             "file)")
+        if old is None or not any(self.dir.glob("*.parquet")):
+            return False
+        raise ValueError(f"{self.dir} holds the output of {what}; write to a new folder")
 
     def _claim(self) -> None:
         """Write this job's manifest unless the folder's names it already."""
@@ -337,18 +523,55 @@ class _ParquetWriter(_Writer):
         tmp.write_text(json.dumps(self.identity, indent=2) + "\n", encoding="utf-8")
         os.replace(tmp, self.manifest)
 
+    def check(self, sources: Sequence[Source]) -> dict[Source, str]:
+        """Refuse shards of an earlier smysl (named without content ids: which are current
+        cannot be told) and shards of another version of an input file (its rows would be in
+        the folder twice); hashes the sources the folder has shards of."""
+        suffix = f".{self.fp[:16]}.parquet"
+        known: dict[str, dict[str, list[str]]] = {}  # key -> content -> shard files
+        for p in sorted(self.dir.glob("*.parquet")):
+            shard = parse_shard(p.name[:-len(suffix)]) if p.name.endswith(suffix) else None
+            if shard is not None:
+                known.setdefault(shard.key, {}).setdefault(shard.content, []).append(p.name)
+                self.parts.add((shard.content, shard.part))
+            elif _OLD_SHARD_FILE.fullmatch(p.name):
+                raise ValueError(f"{self.dir} holds shards written by an earlier smysl, named "
+                                 f"by file name only (e.g. {p.name}): a rerun cannot tell "
+                                 "whether their files changed since. Write to a new folder, "
+                                 "or delete its *.parquet files to embed everything again")
+        contents: dict[Source, str] = {}
+        for s in sources:
+            versions = known.get(source_key(s))
+            if not versions:
+                continue
+            content = contents[s] = content_id(s)
+            old = {c: files for c, files in versions.items() if c != content}
+            if old:
+                # STEM-KEY-CONTENT-p*: exactly the shards of that version
+                patterns = " ".join(f"'{self.dir / files[0].rsplit('-', 1)[0]}'-p*{suffix}"
+                                    for files in old.values())
+                raise ValueError(
+                    f"{s.path}: {self.dir} holds {sum(map(len, old.values()))} shard file(s) "
+                    f"of another version of {s.name!r} (e.g. {min(min(old.values()))}): the "
+                    f"file changed since they were written (or another input of that name "
+                    f"was embedded), and its rows would be there twice. To embed this "
+                    f"version, delete them (rm {patterns}), or write to a new folder")
+        return contents
+
     def _path(self, name: str) -> Path:
         return self.dir / f"{name}.{self.fp[:16]}.parquet"
 
     def done(self, name: str) -> bool:
-        return self._path(name).is_file()
+        shard = parse_shard(name)
+        return shard is not None and (shard.content, shard.part) in self.parts
 
     def _batch(self, rows: list[Row], source: Source, report: JobReport,
                bad: _BadRows) -> _Batch:
         if self.chunker is None:
             texts = [r.text for r in rows]
             return _Batch(rows, [r.id for r in rows], texts,
-                          _tokens(self.model, texts, self.config.instruction),
+                          embedded_tokens(self.model, texts, self.config.instruction,
+                                          self.config.truncate),
                           list(range(len(rows))))
         ids, texts, tokens, owners = [], [], [], []
         for i, r in enumerate(rows):
@@ -386,39 +609,58 @@ class _ParquetWriter(_Writer):
               bad: _BadRows) -> None:
         pa = self.pa
         final = self._path(name)
-        tmp = final.with_name(f".{final.name}.tmp")
-        with self.pq.ParquetWriter(tmp, self.schema) as out:
-            for group in _batches(rows, self.config.batch_size):
-                batch, vectors = self._embed(self._batch(group, source, report, bad), source, bad)
-                ids, tokens = batch.ids, batch.tokens
-                out.write_table(pa.table({
-                    "id": pa.array(ids, pa.string()),
-                    "vector": pa.FixedSizeListArray.from_arrays(
-                        pa.array(np.ascontiguousarray(vectors, np.float32).ravel(), pa.float32()),
-                        self.dims),
-                    "dimensions": pa.array([self.dims] * len(ids), pa.int32()),
-                    "model": pa.array([self.model_fp] * len(ids), pa.string()),
-                    "tokens": pa.array(tokens if tokens is not None else [None] * len(ids),
-                                       pa.int32()),
-                }, schema=self.schema))
-                report.texts += len(ids)
-                report.tokens = (report.tokens + sum(tokens)
-                                 if tokens is not None and report.tokens is not None else None)
-        os.replace(tmp, final)  # the shard appears whole or not at all
+        tmp = final.with_name(f".{final.name}.{self.machine}.{self.pid}.{self.token}.tmp")
+        try:
+            with self.pq.ParquetWriter(tmp, self.schema) as out:
+                for group in _batches(rows, self.config.batch_size):
+                    batch, vectors = self._embed(self._batch(group, source, report, bad),
+                                                 source, bad)
+                    ids, tokens = batch.ids, batch.tokens
+                    out.write_table(pa.table({
+                        "id": pa.array(ids, pa.string()),
+                        "vector": pa.FixedSizeListArray.from_arrays(
+                            pa.array(np.ascontiguousarray(vectors, np.float32).ravel(),
+                                     pa.float32()), self.dims),
+                        "dimensions": pa.array([self.dims] * len(ids), pa.int32()),
+                        "model": pa.array([self.model_fp] * len(ids), pa.string()),
+                        "tokens": pa.array(tokens if tokens is not None else [None] * len(ids),
+                                           pa.int32()),
+                    }, schema=self.schema))
+                    report.texts += len(ids)
+                    report.tokens = (report.tokens + sum(tokens)
+                                     if tokens is not None and report.tokens is not None
+                                     else None)
+            os.replace(tmp, final)  # the shard appears whole or not at all
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        shard = parse_shard(name)
+        if shard is not None:
+            self.parts.add((shard.content, shard.part))
+
+    def __exit__(self, *exc: object) -> None:
+        self.run_file.unlink(missing_ok=True)
 
 
-def _tokens(model: BaseEmbedder, texts: list[str], instruction: str | None) -> list[int] | None:
-    """Tokens each text costs as embedded: EOS included, and the query template with an
-    instruction (what a chunk's count is too)."""
+def embedded_tokens(model: BaseEmbedder, texts: list[str], instruction: str | None,
+                    truncate: bool) -> list[int] | None:
+    """Tokens each text costs as embedded: EOS included, the query template with an
+    instruction (what a chunk's count is too), and with ``truncate`` at most the model's
+    limit, where the model cuts; None for a backend without a tokenizer."""
     try:
-        return model.count_tokens(model.format_texts(texts, instruction))
-    except NotImplementedError:  # a backend without a tokenizer
+        counts = model.count_tokens(model.format_texts(texts, instruction))
+    except NotImplementedError:
         return None
+    if truncate and model.max_tokens is not None:
+        return [min(c, model.max_tokens) for c in counts]
+    return counts
 
 
 class _StoreWriter(_Writer):
     """Shards ingested into an index (chunks upserted by id); the shard's name is recorded in
-    the store's metadata once its chunks are stored."""
+    the store's metadata once its chunks are stored. A file that changed since its shards were
+    committed is ingested again: its rows' chunks are replaced by id (unchanged chunks kept,
+    as `smysl index add` does); rows it no longer has stay in the index."""
 
     def __init__(self, model: BaseEmbedder, config: JobConfig, fp: str) -> None:
         from smysl.toolkit.index import Index, IndexConfig
@@ -428,13 +670,19 @@ class _StoreWriter(_Writer):
         store = StoreConfig.parse(config.output, table=config.table)
         self.index = Index.create_or_open(model, IndexConfig(store=store,
                                                              dimensions=config.dimensions))
+        self.parts: set[tuple[str, int]] | None = None  # (content, part) of committed shards
 
     def _committed(self) -> dict[str, list[str]]:
         jobs = self.index.store.read_meta().get(STORE_SHARDS)
         return dict(jobs) if isinstance(jobs, dict) else {}
 
     def done(self, name: str) -> bool:
-        return name in self._committed().get(self.fp, [])
+        if self.parts is None:  # read once: a lookup per shard, not a scan of every name
+            self.parts = {(s.content, s.part) for s in map(parse_shard,
+                                                           self._committed().get(self.fp, []))
+                          if s is not None}
+        shard = parse_shard(name)
+        return shard is not None and (shard.content, shard.part) in self.parts
 
     def write(self, name: str, source: Source, rows: Iterable[Row], report: JobReport,
               bad: _BadRows) -> None:
@@ -446,7 +694,7 @@ class _StoreWriter(_Writer):
 
         def documents() -> Iterator[Document]:
             for batch in _batches(rows, self.config.batch_size):
-                tokens = _tokens(self.model, [r.text for r in batch], None)
+                tokens = embedded_tokens(self.model, [r.text for r in batch], None, False)
                 counted.append(sum(tokens) if tokens is not None else -1)
                 row_ids.extend(r.id for r in batch)
                 yield from (Document(r.id, r.text) for r in batch)
@@ -463,8 +711,16 @@ class _StoreWriter(_Writer):
         store = self.index.store
         meta = store.read_meta()
         jobs = self._committed()
-        jobs[self.fp] = [*jobs.get(self.fp, []), name]
+        this = parse_shard(name)
+
+        def current(old: str) -> bool:  # shards of the file's earlier versions are forgotten
+            s = parse_shard(old)
+            return this is None or s is None or s.key != this.key or s.content == this.content
+
+        jobs[self.fp] = [*filter(current, jobs.get(self.fp, [])), name]
         store.write_meta({**meta, STORE_SHARDS: jobs})
+        if self.parts is not None and this is not None:
+            self.parts.add((this.content, this.part))
 
     def __exit__(self, *exc: object) -> None:
         try:

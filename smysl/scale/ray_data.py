@@ -29,6 +29,7 @@ import numpy as np
 
 from smysl.base import BaseEmbedder, Progress
 from smysl.options import ModelOptions
+from smysl.scale.sources import to_row
 from smysl.tokenize import InputTooLongError
 
 INSTALL_HINT = "pip install 'smysl[ray]'"
@@ -291,11 +292,24 @@ class _DatasetWorker(Worker):
         self.fp = self.model.fingerprint()
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, Any]:
-        ids = [str(i) for i in batch[self.columns[0]]]
-        texts = [str(t) for t in batch[self.columns[1]]]
+        """Raises :class:`~smysl.scale.job.BadRowError` for a row without a usable id or text
+        (a null is not the string "None"), as the job's rule (:func:`to_row`) says."""
+        from smysl.scale.job import BadRowError, embedded_tokens
+
+        id_column, text_column = self.columns
+        rows = [to_row(n, {id_column: i, text_column: t}, id_column, text_column)
+                for n, (i, t) in enumerate(zip(batch[id_column], batch[text_column],
+                                               strict=True), 1)]
+        for row, i, t in zip(rows, batch[id_column], batch[text_column], strict=True):
+            if row.problem is not None:
+                i, t = (v.item() if isinstance(v, np.generic) else v for v in (i, t))
+                text = t[:40] + "..." if isinstance(t, str) and len(t) > 40 else t
+                raise BadRowError(f"Ray Data row ({id_column}={i!r}, {text_column}={text!r}): "
+                                  f"{row.problem}; drop such rows first (ds.filter(...))")
+        ids, texts = [r.id for r in rows], [r.text for r in rows]
         instruction, dimensions, truncate = self.settings
         vectors = self.embed(texts, instruction, dimensions, truncate)
-        tokens = self.count_tokens(texts)
+        tokens = embedded_tokens(self.model, texts, instruction, truncate)
         return {"id": np.asarray(ids, dtype=object), "vector": vectors,
                 "dimensions": np.full(len(ids), vectors.shape[1], np.int32),
                 "model": np.asarray([self.fp] * len(ids), dtype=object),
@@ -309,8 +323,11 @@ def embed_dataset(ds: Any, model: str, options: ModelOptions | None = None, *,
                   truncate: bool = False, config: RayConfig = RayConfig(),
                   batch_size: int = 256, load_kwargs: dict[str, Any] | None = None) -> Any:
     """A ``ray.data.Dataset`` of (id, text) rows -> one of (id, vector, dimensions, model
-    fingerprint, tokens; -1 where the backend cannot count), embedded by ``config.actors``
-    actors, each holding ``smysl.load(model, options, **load_kwargs)``.
+    fingerprint, tokens as embedded; -1 where the backend cannot count), embedded by
+    ``config.actors`` actors, each holding ``smysl.load(model, options, **load_kwargs)``. A row
+    without a usable id or text (a null, an empty id) fails the run with
+    :class:`~smysl.scale.job.BadRowError` naming it, as the job's rows do; the ids are not
+    checked for repeats (Ray Data has no order to name the first by).
 
     The pool holds ``actors x num_cpus`` CPUs for the whole run; Ray Data's read tasks need
     CPUs besides (one each by default). A cluster with no CPU left over stalls for good, so

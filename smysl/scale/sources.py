@@ -3,26 +3,43 @@ stream of numbered records.
 
 Each record keeps its 1-based number in its file (JSONL: the line; CSV: the data row; Parquet:
 the row), so a job can name the place of a broken row and cut a file into shards of fixed record
-ranges that do not move when rows are skipped.
+ranges that do not move when rows are skipped. A file is known by its name as given
+(:attr:`Source.name`) and by its bytes (:func:`content_id`).
 """
 
 from __future__ import annotations
 
+import codecs
 import csv
+import hashlib
 import json
-from collections.abc import Iterator, Sequence
+import math
+import os
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 SUFFIXES = {".jsonl": "jsonl", ".ndjson": "jsonl", ".csv": "csv", ".parquet": "parquet"}
+#: Data files that are neither corpus input nor lines of text: named, never read as either.
+OTHER_DATA = {".json": "JSON Lines go in a .jsonl file (one object a line): rename it if it is "
+                       "that",
+              ".tsv": "convert it to .csv", ".gz": "decompress it", ".bz2": "decompress it",
+              ".xz": "decompress it", ".zst": "decompress it", ".zip": "unpack it",
+              ".arrow": "convert it to .parquet", ".feather": "convert it to .parquet",
+              ".xlsx": "export it as .csv", ".xls": "export it as .csv"}
 #: Records read from Parquet per batch (bounded memory whatever the file size).
 PARQUET_BATCH = 4096
+#: The longest CSV field read (the csv module's default, 131,072 characters, is shorter than
+#: many documents); 2**31 - 1 fits the C long the module keeps it in everywhere.
+CSV_FIELD_LIMIT = 2**31 - 1
 
 
 @dataclass(frozen=True)
 class Source:
-    """One input file and its name relative to the input (stable across machines)."""
+    """One input file, and its name as given: its path from the folder given, that folder's own
+    name first (``corpus/sub/a.jsonl``); a file given itself, its folder's name and its own
+    (``corpus/a.jsonl``). The name is stable across machines and working directories."""
 
     path: Path
     name: str
@@ -42,20 +59,34 @@ class Row:
     problem: str | None = None
 
 
-def find_sources(inputs: Sequence[str | Path]) -> list[Source]:
+def _named(base: Path, rel: str) -> str:
+    """``rel`` after the name of folder ``base`` (made absolute, symlinks kept: the name given)."""
+    root = Path(os.path.abspath(base)).name
+    return f"{root}/{rel}" if root else rel
+
+
+def find_sources(inputs: Sequence[str | Path], unread: list[Path] | None = None
+                 ) -> list[Source]:
     """The input files: each file given, and every JSONL/CSV/Parquet file under each folder
-    (sorted, so shard order is stable); a clear error when there are none."""
+    (sorted, so shard order is stable; hidden files and folders left out); a clear error when
+    there are none. The other files of a folder are appended to ``unread`` (except names
+    starting with ``_``: markers such as Spark's ``_SUCCESS``)."""
     out: list[Source] = []
     for item in inputs:
         p = Path(item).expanduser()
         if p.is_dir():
-            files = sorted(f for f in p.rglob("*") if f.is_file()
-                           and f.suffix.lower() in SUFFIXES and not f.name.startswith("."))
-            out += [Source(f, f.relative_to(p).as_posix()) for f in files]
+            for f in sorted(p.rglob("*")):
+                rel = f.relative_to(p)
+                if not f.is_file() or any(part.startswith(".") for part in rel.parts):
+                    continue
+                if f.suffix.lower() in SUFFIXES:
+                    out.append(Source(f, _named(p, rel.as_posix())))
+                elif unread is not None and not f.name.startswith("_"):
+                    unread.append(f)
         elif p.is_file():
             if p.suffix.lower() not in SUFFIXES:
                 raise ValueError(f"{p}: expected a .jsonl, .csv or .parquet file, or a folder")
-            out.append(Source(p, p.name))
+            out.append(Source(p, _named(p.parent, p.name)))
         else:
             raise FileNotFoundError(f"{p}: no such file or folder")
     if not out:
@@ -73,6 +104,27 @@ def is_input(path: str | Path) -> bool:
     return p.is_dir() or p.suffix.lower() in SUFFIXES
 
 
+def other_data(path: str | Path) -> str | None:
+    """Why ``path`` is read neither as a corpus nor as lines of text (a ``.json``, ``.tsv`` or
+    compressed file: its lines are not inputs), else None."""
+    p = Path(path)
+    hint = OTHER_DATA.get(p.suffix.lower())
+    if hint is None:
+        return None
+    return (f"{p}: a {p.suffix} file is not read: a corpus is a .jsonl, .csv or .parquet file "
+            f"(or a folder of them), lines of text a plain text file; {hint}")
+
+
+def content_id(source: Source) -> str:
+    """12 hex digits of the SHA-256 of the file's bytes: what its shards hold depends on them
+    alone (an edited or appended file gets new shards; a moved or copied one keeps its own)."""
+    h = hashlib.sha256()
+    with open(source.path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()[:12]
+
+
 def count_records(source: Source) -> int:
     """Records in a file, cheaply (Parquet metadata; lines otherwise), for progress totals."""
     if source.format == "parquet":
@@ -86,37 +138,40 @@ def count_records(source: Source) -> int:
     return max(0, n - 1) if source.format == "csv" else n
 
 
-def _row(number: int, record: Any, id_field: str, text_field: str) -> Row:
+def _missing(value: Any) -> bool:
+    """A null: None, or the NaN a float column (pandas, Ray Data) holds for one."""
+    return value is None or (isinstance(value, float) and math.isnan(value))
+
+
+def to_row(number: int, record: Any, id_field: str, text_field: str) -> Row:
+    """The one rule for a usable record: an id (a non-empty string or a number) and a text (a
+    string, empty allowed); otherwise a :class:`Row` carrying its problem."""
     if not isinstance(record, dict):
         return Row(number, problem="not an object")
     rid, text = record.get(id_field), record.get(text_field)
-    if rid is None or rid == "" or isinstance(rid, dict | list | bool):
-        return Row(number, problem=f"no usable id field {id_field!r}" if rid is None or rid == ""
-                   else f"id field {id_field!r} is not a string or number")
+    if _missing(rid) or rid == "" or isinstance(rid, dict | list | bool):
+        return Row(number, problem=f"no usable id field {id_field!r}"
+                   if _missing(rid) or rid == "" else
+                   f"id field {id_field!r} is not a string or number")
     if not isinstance(text, str):
-        return Row(number, problem=f"no text field {text_field!r}" if text is None
+        return Row(number, problem=f"no text field {text_field!r}" if _missing(text)
                    else f"text field {text_field!r} is not a string")
     return Row(number, str(rid), text)
 
 
 def read_rows(source: Source, id_field: str, text_field: str) -> Iterator[Row]:
     """Every record of ``source`` as a :class:`Row`; broken records carry their problem (the
-    caller decides to stop or skip). A file-level problem (no such column) raises ValueError."""
+    caller decides to stop or skip). A file-level problem (no such column, a byte that is not
+    UTF-8, a CSV the csv module cannot parse) raises ValueError naming the file and line."""
     fmt = source.format
     if fmt == "parquet":
         yield from _parquet(source, id_field, text_field)
         return
-    with open(source.path, encoding="utf-8", errors="strict", newline="") as f:
+    # utf-8-sig: a leading BOM (Excel, Notepad) is not part of the first column or line
+    with open(source.path, encoding="utf-8-sig", errors="strict", newline="") as f:
         try:
             if fmt == "csv":
-                reader = csv.DictReader(f)
-                columns = reader.fieldnames or []
-                missing = [c for c in (id_field, text_field) if c not in columns]
-                if missing:
-                    raise ValueError(f"{source.path}: no column {missing[0]!r} "
-                                     f"(columns: {', '.join(columns)})")
-                for n, record in enumerate(reader, 1):
-                    yield _row(n, record, id_field, text_field)
+                yield from _csv(source, f, id_field, text_field)
                 return
             for n, line in enumerate(f, 1):
                 if not line.strip():
@@ -126,10 +181,52 @@ def read_rows(source: Source, id_field: str, text_field: str) -> Iterator[Row]:
                 except json.JSONDecodeError as e:
                     yield Row(n, problem=f"invalid JSON ({e.msg})")
                     continue
-                yield _row(n, record, id_field, text_field)
-        except UnicodeDecodeError as e:
-            raise ValueError(f"{source.path}: not valid UTF-8 ({e.reason}); convert it to "
-                             f"UTF-8") from None
+                yield to_row(n, record, id_field, text_field)
+        except UnicodeDecodeError as e:  # the codec's message names no file and no place
+            number, offset, byte = _bad_byte(source.path)
+            raise ValueError(f"{source.path}, line {number} (byte {offset} of the file, "
+                             f"0x{byte:02x}): not valid UTF-8 ({e.reason}); convert the file "
+                             "to UTF-8") from None
+
+
+def _bad_byte(path: Path) -> tuple[int, int, int]:
+    """(line, offset in the file, value) of the first byte of ``path`` that is not UTF-8."""
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    offset = lines = 0
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            try:
+                decoder.decode(block)
+            except UnicodeDecodeError as e:  # e.object: the decoder's pending bytes + block
+                at = offset - (len(e.object) - len(block)) + e.start
+                line = lines + block[:max(0, at - offset)].count(b"\n") + 1
+                return line, at, e.object[e.start]
+            offset += len(block)
+            lines += block.count(b"\n")
+    try:
+        decoder.decode(b"", final=True)
+    except UnicodeDecodeError as e:  # a sequence cut off at the end of the file
+        return lines + 1, offset - len(e.object) + e.start, e.object[e.start]
+    return lines + 1, offset, 0
+
+
+def _csv(source: Source, lines: Iterable[str], id_field: str, text_field: str
+         ) -> Iterator[Row]:
+    if csv.field_size_limit() < CSV_FIELD_LIMIT:  # process-wide; only ever raised
+        csv.field_size_limit(CSV_FIELD_LIMIT)
+    reader = csv.DictReader(lines)
+    try:
+        columns = reader.fieldnames or []
+        missing = [c for c in (id_field, text_field) if c not in columns]
+        if missing:
+            raise ValueError(f"{source.path}: no column {missing[0]!r} "
+                             f"(columns: {', '.join(columns)})")
+        for n, record in enumerate(reader, 1):
+            yield to_row(n, record, id_field, text_field)
+    except csv.Error as e:
+        # the csv reader's count: DictReader's own is updated only after a good record
+        raise ValueError(f"{source.path}, line {reader.reader.line_num}: not readable as CSV "
+                         f"({e})") from None
 
 
 def _parquet(source: Source, id_field: str, text_field: str) -> Iterator[Row]:
@@ -151,4 +248,4 @@ def _parquet(source: Source, id_field: str, text_field: str) -> Iterator[Row]:
                                 columns=list(dict.fromkeys([id_field, text_field]))):
         for record in batch.to_pylist():
             n += 1
-            yield _row(n, record, id_field, text_field)
+            yield to_row(n, record, id_field, text_field)

@@ -1,0 +1,195 @@
+"""Reading a corpus job's input: CSV fields of any length, a UTF-8 BOM, bytes that are not
+UTF-8 named by line, files a folder holds that are not read, tokens as embedded, and the Ray
+Data rows' one rule for a usable id and text."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from smysl.cli import main
+from smysl.options import ModelOptions
+from smysl.scale import BadRowError, JobConfig, run_job
+
+pa = pytest.importorskip("pyarrow")
+pq = pytest.importorskip("pyarrow.parquet")
+
+
+@pytest.fixture(scope="module")
+def tiny32(tiny_dir):
+    """The tiny model taking at most 32 tokens an input."""
+    from smysl import Embedder
+
+    return Embedder.load(str(tiny_dir), device="cpu", max_tokens=32)
+
+
+def _table(out) -> dict[str, dict]:
+    return {r["id"]: r for r in pq.read_table(out).to_pylist()}
+
+
+def test_csv_field_longer_than_the_csv_default(tiny32, tmp_path) -> None:
+    """A text over 131,072 characters crashed with `_csv.Error: field larger than field limit`,
+    naming neither file nor row; it is read (and cut under --truncate)."""
+    d = tmp_path / "in"
+    d.mkdir()
+    long = "word " * 40_000  # 200,000 characters
+    (d / "big.csv").write_text(f"id,text\nshort,a few words\nlong,{long}\n", encoding="utf-8")
+    got = _table(run_job(tiny32, [d], JobConfig(output=str(tmp_path / "o"), truncate=True))
+                 .output)
+    assert set(got) == {"short", "long"}
+    np.testing.assert_allclose(got["long"]["vector"], tiny32.embed([long], truncate=True)[0],
+                               atol=1e-5)
+
+
+def test_utf8_bom_is_not_part_of_the_first_column(tiny, tmp_path) -> None:
+    """A BOM broke the CSV header (`no column 'id' (columns: \\ufeffid, text)`) and the first
+    JSONL line (invalid JSON)."""
+    d = tmp_path / "in"
+    d.mkdir()
+    (d / "a.csv").write_bytes("\ufeffid,text\nc1,from csv\n".encode())
+    (d / "b.jsonl").write_bytes(("\ufeff" + json.dumps({"id": "j1", "text": "from jsonl"})
+                                 + "\n").encode())
+    report = run_job(tiny, [d], JobConfig(output=str(tmp_path / "o")))
+    assert set(_table(report.output)) == {"c1", "j1"} and report.bad_rows == 0
+
+
+@pytest.mark.parametrize("name", ["rows.jsonl", "rows.csv"])
+def test_a_byte_that_is_not_utf8_is_named_by_file_and_line(tiny, tmp_path, name) -> None:
+    """The error named the file only; it names the line and the byte's offset too."""
+    d = tmp_path / "in"
+    d.mkdir()
+    head = "id,text\nr1,fine\n" if name.endswith(".csv") else '{"id": "r1", "text": "fine"}\n'
+    bad = b"r2,caf\xe9\n" if name.endswith(".csv") else b'{"id": "r2", "text": "caf\xe9"}\n'
+    (d / name).write_bytes(head.encode() + bad)
+    offset = len(head.encode()) + bad.index(b"\xe9")
+    line = head.count("\n") + 1
+    with pytest.raises(ValueError, match=rf"{name}, line {line} \(byte {offset} of the file, "
+                                         r"0xe9\): not valid UTF-8.*convert the file to UTF-8"):
+        run_job(tiny, [d], JobConfig(output=str(tmp_path / "o")))
+
+
+def test_unparseable_csv_is_named_by_file_and_line(tiny, tmp_path, monkeypatch) -> None:
+    """An error of the csv module names the file and the line (a field over a limit lowered
+    for the test: the only error its lenient default dialect raises)."""
+    import csv
+
+    import smysl.scale.sources as sources
+
+    d = tmp_path / "in"
+    d.mkdir()
+    (d / "rows.csv").write_text("id,text\nr1,fine\nr2,a text longer than 20\n")
+    before = csv.field_size_limit(20)
+    monkeypatch.setattr(sources, "CSV_FIELD_LIMIT", 20)
+    try:
+        with pytest.raises(ValueError, match=r"rows\.csv, line 3: not readable as CSV \(field "
+                                             r"larger than field limit \(20\)\)"):
+            run_job(tiny, [d], JobConfig(output=str(tmp_path / "o")))
+    finally:
+        csv.field_size_limit(before)
+
+
+def test_truncated_tokens_are_counted_as_embedded(tiny32, tmp_path) -> None:
+    """Under --truncate the `tokens` column and the summary said the untruncated count; they
+    say what was embedded: at most the model's 32, EOS included."""
+    d = tmp_path / "in"
+    d.mkdir()
+    texts = {"short": "a few words", "long": "word " * 100}
+    (d / "t.jsonl").write_text("".join(json.dumps({"id": i, "text": t}) + "\n"
+                                       for i, t in texts.items()), encoding="utf-8")
+    report = run_job(tiny32, [d], JobConfig(output=str(tmp_path / "o"), truncate=True))
+    got = _table(report.output)
+    short = tiny32.count_tokens([texts["short"]])[0]
+    assert tiny32.count_tokens([texts["long"]])[0] > 32
+    assert got["long"]["tokens"] == 32 and got["short"]["tokens"] == short
+    assert report.tokens == 32 + short
+
+
+def test_files_a_folder_holds_but_the_job_does_not_read_are_named(tiny, tiny_dir, tmp_path,
+                                                                  capsys) -> None:
+    """.json, .jsonl.gz and .tsv files in an input folder were skipped silently."""
+    d = tmp_path / "in"
+    (d / ".git").mkdir(parents=True)
+    (d / "a.jsonl").write_text(json.dumps({"id": "a", "text": "read"}) + "\n")
+    for name in ("b.json", "c.jsonl.gz", "d.tsv", "_SUCCESS", ".hidden.json", ".git/config"):
+        (d / name).write_text("x")
+    with pytest.warns(UserWarning, match=r"3 files not read \(not \.jsonl/\.csv/\.parquet\): "
+                                         r".*b\.json, .*c\.jsonl\.gz, .*d\.tsv$"):
+        report = run_job(tiny, [d], JobConfig(output=str(tmp_path / "o")))
+    assert len(report.unread_files) == 3 and "3 files not read" in report.summary()
+    assert main(["embed", "--input", str(d), "--output", str(tmp_path / "o2"), "--model",
+                 str(tiny_dir), "--device", "cpu", "--no-progress"]) == 0
+    err = capsys.readouterr().err
+    assert "smysl embed: warning: 3 files not read" in err and "UserWarning" not in err
+
+
+@pytest.mark.parametrize("name", ["rows.json", "rows.jsonl.gz", "rows.tsv"])
+def test_a_data_file_is_not_embedded_as_lines(tiny_dir, tmp_path, capsys, name) -> None:
+    """`--input x.json` embedded each raw JSON line as a text; such files are refused."""
+    (tmp_path / name).write_text(json.dumps({"id": "a", "text": "t"}) + "\n")
+    out = tmp_path / "out.jsonl"
+    assert main(["embed", "--input", str(tmp_path / name), "--output", str(out), "--model",
+                 str(tiny_dir), "--device", "cpu"]) == 2
+    assert f"{name}: a {name[name.rindex('.'):]} file is not read" in capsys.readouterr().err
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("output", ["folder", "lancedb:kb", "missing/out.jsonl"])
+def test_lines_mode_refuses_an_output_it_cannot_write_before_embedding(
+        tiny_dir, tmp_path, capsys, monkeypatch, output) -> None:
+    """Lines of text with a folder --output failed only after embedding everything
+    ([Errno 21] Is a directory)."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "folder").mkdir()
+    (tmp_path / "lines.txt").write_text("one\ntwo\n")
+    import smysl.commands.embed as command
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("the model was loaded")
+
+    monkeypatch.setattr(command, "load_model", no_model)
+    assert main(["embed", "--input", "lines.txt", "--output", output, "--model",
+                 str(tiny_dir)]) == 2
+    err = capsys.readouterr().err
+    assert f"--output {output}:" in err
+    assert not (tmp_path / "kb").exists()
+
+
+def _dataset_worker(tiny_dir, **settings):
+    from smysl.scale.ray_data import _DatasetWorker
+
+    kwargs = {"instruction": None, "dimensions": None, "truncate": False, **settings}
+    return _DatasetWorker(str(tiny_dir), ModelOptions(device="cpu", **(
+        {"max_tokens": 32} if settings.get("truncate") else {})), "id", "text", **kwargs)
+
+
+@pytest.mark.parametrize(("ids", "texts", "problem"), [
+    (["a", None], ["alpha", "beta"], r"\(id=None, text='beta'\): no usable id field 'id'"),
+    (["a", "c"], ["alpha", None], r"\(id='c', text=None\): no text field 'text'"),
+    ([1.0, float("nan")], ["alpha", "beta"], r"\(id=nan, text='beta'\): no usable id field"),
+    (["a", ""], ["alpha", "beta"], r"\(id='', text='beta'\): no usable id field 'id'"),
+])
+def test_ray_data_rows_without_id_or_text_are_refused(tiny_dir, ids, texts, problem) -> None:
+    """A null id or text became the string "None"/"nan" and was embedded; the batch is refused
+    naming the row, as the job's rule says (no Ray cluster needed: the map_batches callable)."""
+    worker = _dataset_worker(tiny_dir)
+    batch = {"id": np.asarray(ids, dtype=object if isinstance(ids[0], str) else float),
+             "text": np.asarray(texts, dtype=object)}
+    with pytest.raises(BadRowError, match=rf"Ray Data row {problem}"):
+        worker(batch)
+
+
+def test_ray_data_tokens_are_counted_as_embedded(tiny_dir, tiny32) -> None:
+    """The Ray Data callable's `tokens`: the query template counted, and at most the model's
+    limit under truncation (it counted the bare, untruncated text)."""
+    worker = _dataset_worker(tiny_dir, truncate=True, instruction="find")
+    texts = ["a few words", "word " * 100]
+    out = worker({"id": np.asarray(["s", "l"], dtype=object),
+                  "text": np.asarray(texts, dtype=object)})
+    expected = [min(n, 32) for n in tiny32.count_tokens(tiny32.format_texts(texts, "find"))]
+    assert out["tokens"].tolist() == expected and expected[1] == 32
+    assert list(out["id"]) == ["s", "l"]
+    np.testing.assert_allclose(out["vector"],
+                               tiny32.embed(texts, instruction="find", truncate=True),
+                               atol=1e-5)

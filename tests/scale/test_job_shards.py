@@ -1,0 +1,303 @@
+"""Which shards a job may call its own: shards known by the file's name and content, folders
+owned by one running job, names Parquet readers do not skip, ids an index would overwrite."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+
+import numpy as np
+import pytest
+from toolkit.helpers import Counting
+
+from smysl.scale import BadRowError, JobConfig, run_job
+
+pa = pytest.importorskip("pyarrow")
+pq = pytest.importorskip("pyarrow.parquet")
+
+
+def _write(path, rows) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps({"id": i, "text": t}) + "\n" for i, t in rows),
+                    encoding="utf-8")
+
+
+def _ids(out) -> list[str]:
+    return sorted(pq.read_table(out).column("id").to_pylist())
+
+
+class Gated(Counting):
+    """Blocks in its first embedding call until ``go`` is set (``started`` says it is there):
+    a job caught between opening a shard and committing it."""
+
+    def __init__(self, inner) -> None:
+        super().__init__(inner)
+        self.started, self.go = threading.Event(), threading.Event()
+
+    def _embed(self, texts, *, truncate, progress=None):
+        self.started.set()
+        assert self.go.wait(60)
+        return super()._embed(texts, truncate=truncate, progress=progress)
+
+
+def _in_thread(fn):
+    """Run ``fn`` in a thread; ``join()`` returns its result or raises its error."""
+    box: dict[str, object] = {}
+
+    def target() -> None:
+        try:
+            box["result"] = fn()
+        except BaseException as e:  # handed to join()
+            box["error"] = e
+
+    t = threading.Thread(target=target)
+    t.start()
+
+    def join():
+        t.join(60)
+        if "error" in box:
+            raise box["error"]  # type: ignore[misc]
+        return box["result"]
+
+    return join
+
+
+def test_files_of_one_name_in_two_folders_both_embedded(tiny, tmp_path) -> None:
+    """part1/data.jsonl and part2/data.jsonl into one output (the multi-driver recipe): the
+    second job embeds its rows (it reported 'already done' and embedded nothing)."""
+    _write(tmp_path / "part1" / "data.jsonl", [(f"p1-{i}", f"first {i}") for i in range(5)])
+    _write(tmp_path / "part2" / "data.jsonl", [(f"p2-{i}", f"second {i}") for i in range(5)])
+    out = str(tmp_path / "out")
+    run_job(tiny, [tmp_path / "part1"], JobConfig(output=out, shard_rows=2))
+    report = run_job(tiny, [tmp_path / "part2"], JobConfig(output=out, shard_rows=2))
+    assert report.shards_written == 3 and report.texts == 5
+    assert _ids(out) == sorted([f"p1-{i}" for i in range(5)] + [f"p2-{i}" for i in range(5)])
+
+
+def test_two_drivers_of_one_job_share_a_folder(tiny, tmp_path) -> None:
+    """A second driver of the same job starting while the first has a shard open leaves the
+    first's temporary file alone (it deleted it as stale: the first crashed on its rename)."""
+    _write(tmp_path / "a" / "x.jsonl", [(f"a{i}", f"alpha {i}") for i in range(4)])
+    _write(tmp_path / "b" / "y.jsonl", [(f"b{i}", f"beta {i}") for i in range(4)])
+    out = tmp_path / "out"
+    first = Gated(tiny)
+    join = _in_thread(lambda: run_job(first, [tmp_path / "a"], JobConfig(output=str(out))))
+    assert first.started.wait(60)
+    (tmp,) = out.glob(".*.tmp")  # the first driver's open shard
+    assert str(os.getpid()) in tmp.name
+    run_job(tiny, [tmp_path / "b"], JobConfig(output=str(out)))
+    assert tmp.exists()
+    first.go.set()
+    assert join().texts == 4
+    assert _ids(out) == [f"a{i}" for i in range(4)] + [f"b{i}" for i in range(4)]
+    assert not list(out.glob(".*.tmp")) and not list(out.glob("_smysl_run.*"))
+
+
+def _dead_pid() -> int:
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    return child.pid
+
+
+def test_temp_and_run_files_of_dead_processes_are_removed(tiny, tmp_path) -> None:
+    """A crashed process's temporary shard and run file (this machine, its pid gone) are
+    removed by the next run; a live process's are kept."""
+    from smysl.scale.job import _machine
+
+    _write(tmp_path / "in" / "x.jsonl", [("a", "alpha")])
+    out = tmp_path / "out"
+    run_job(tiny, [tmp_path / "in"], JobConfig(output=str(out)))
+    machine, dead = _machine(), _dead_pid()
+    (final,) = out.glob("*.parquet")
+    fp = final.name.split(".")[-2]
+    crashed = out / f".{final.name}.{machine}.{dead}.0badc0de.tmp"
+    live = out / f".{final.name}.{machine}.{os.getpid()}.0badc0de.tmp"
+    elsewhere = out / f".{final.name}.0000beef.{dead}.0badc0de.tmp"  # another machine's
+    stale_run = out / f"_smysl_run.{fp}.{machine}.{dead}.0badc0de"
+    for p in (crashed, live, elsewhere, stale_run):
+        p.write_text("{}")
+    run_job(tiny, [tmp_path / "in"], JobConfig(output=str(out)))
+    assert not crashed.exists() and not stale_run.exists()
+    assert live.exists() and elsewhere.exists()
+
+
+def _versions(tmp_path):
+    src = tmp_path / "in" / "data.jsonl"
+    rows = [(f"r{i}", f"row number {i}") for i in range(5)]
+    _write(src, rows)
+    return src, rows
+
+
+def test_a_changed_file_is_refused_until_its_old_shards_go(tiny, tmp_path) -> None:
+    """Rows appended after a run were never embedded (the last, short shard was 'done'), and
+    an edited row kept its stale vector. A changed file gets new shards; its old ones in the
+    folder are named and refused (both would be read: every row twice); once deleted as the
+    message says, the rerun embeds this version, every id once."""
+    src, _ = _versions(tmp_path)
+    out = tmp_path / "out"
+    config = JobConfig(output=str(out), shard_rows=2)
+    run_job(tiny, [src.parent], config)
+    old = sorted(p.name for p in out.glob("*.parquet"))
+    with src.open("a", encoding="utf-8") as f:
+        f.write(json.dumps({"id": "r5", "text": "appended later"}) + "\n")
+    counting = Counting(tiny)
+    with pytest.raises(ValueError, match=r"holds 3 shard file\(s\) of another version of "
+                                         r"'in/data\.jsonl'.*rows\s+would be there twice.*"
+                                         r"delete them \(rm '.*/data-[0-9a-f]{8}-"
+                                         r"[0-9a-f]{12}'-p\*\."):
+        run_job(counting, [src.parent], config)
+    assert counting.embedded == 0  # refused before embedding anything
+    for name in old:
+        (out / name).unlink()
+    report = run_job(tiny, [src.parent], config)
+    assert report.texts == 6 and _ids(out) == [f"r{i}" for i in range(6)]
+    # an edit in place, same length: the content changed, so do the shard names
+    text = src.read_text(encoding="utf-8").replace("row number 3", "row NUMBER 3")
+    src.write_text(text, encoding="utf-8")
+    with pytest.raises(ValueError, match="another version"):
+        run_job(tiny, [src.parent], config)
+
+
+def test_an_unchanged_file_keeps_its_shards_wherever_it_lies(tiny, tmp_path) -> None:
+    """Shards are known by content: the same file reached from another folder (or moved)
+    resumes, nothing embedded twice."""
+    src, _ = _versions(tmp_path)
+    out = str(tmp_path / "out")
+    run_job(tiny, [src.parent], JobConfig(output=out, shard_rows=2))
+    moved = tmp_path / "elsewhere" / "data.jsonl"
+    moved.parent.mkdir()
+    os.replace(src, moved)
+    counting = Counting(tiny)
+    report = run_job(counting, [moved], JobConfig(output=out, shard_rows=2))
+    assert report.shards_skipped == 3 and counting.embedded == 0
+    assert _ids(out) == [f"r{i}" for i in range(5)]
+
+
+def test_a_changed_file_updates_an_index(tiny, tmp_path) -> None:
+    """An index upserts by id: the changed file's shards are ingested again, the appended row
+    is embedded and the edited row's vector replaced."""
+    pytest.importorskip("lancedb")
+    from smysl.toolkit.index import Index, IndexConfig
+    from smysl.toolkit.store import StoreConfig
+
+    src, rows = _versions(tmp_path)
+    output = f"lancedb:{tmp_path / 'kb'}"
+    run_job(tiny, [src.parent], JobConfig(output=output, shard_rows=2))
+    _write(src, [*rows[:3], ("r3", "an edited row"), rows[4], ("r5", "appended later")])
+    report = run_job(tiny, [src.parent], JobConfig(output=output, shard_rows=2))
+    assert report.shards_written == 3 and report.shards_skipped == 0
+    store = StoreConfig.parse(output, table="chunks")
+    with Index.create_or_open(tiny, IndexConfig(store=store), create=False) as index:
+        assert index.count() == 6
+        (r3,) = index.store.get(["r3#0"])
+        np.testing.assert_allclose(r3.vector, tiny.embed(["an edited row"])[0], atol=1e-5)
+        shards = index.store.read_meta()["embed_shards"][report.fingerprint]
+    assert len(shards) == 3  # the earlier version's shard names are forgotten
+    again = Counting(tiny)
+    assert run_job(again, [src.parent], JobConfig(output=output, shard_rows=2)
+                   ).shards_skipped == 3 and again.embedded == 0
+
+
+def test_a_folder_of_an_earlier_smysl_is_refused(tiny, tmp_path) -> None:
+    """Shards named by file name alone (earlier smysl) cannot be told current or stale: a
+    rerun refuses the folder instead of writing every row a second time."""
+    src, _ = _versions(tmp_path)
+    out = tmp_path / "out"
+    run_job(tiny, [src.parent], JobConfig(output=str(out)))
+    (shard,) = out.glob("*.parquet")
+    fp = shard.name.split(".")[-2]
+    os.replace(shard, out / f"data-5fd19e74-00000.{fp}.parquet")  # the earlier naming
+    with pytest.raises(ValueError, match="shards written by an earlier smysl"):
+        run_job(tiny, [src.parent], JobConfig(output=str(out)))
+
+
+def test_shard_names_never_start_with_dot_or_underscore(tiny, tmp_path) -> None:
+    """A file named `_part.jsonl` gave the shard `_part-...parquet`, which pyarrow and Spark
+    skip when they read the folder: its rows were missing from the dataset."""
+    _write(tmp_path / "in" / "_part.jsonl", [("u1", "underscore"), ("u2", "more")])
+    _write(tmp_path / "in" / "-dash.jsonl", [("d1", "dash")])
+    out = tmp_path / "out"
+    run_job(tiny, [tmp_path / "in"], JobConfig(output=str(out)))
+    assert all(p.name[0] not in "._-" for p in out.glob("*.parquet"))
+    assert _ids(out) == ["d1", "u1", "u2"]
+
+
+def test_another_job_is_refused_while_the_first_runs(tiny, tmp_path) -> None:
+    """A job with other settings starting before the first committed a shard took the folder
+    over (no *.parquet yet) and the two jobs' shards mixed; now it is refused while the first
+    runs, and the folder holds the first job's shards only."""
+    _write(tmp_path / "in" / "x.jsonl", [(f"a{i}", f"alpha {i}") for i in range(4)])
+    out = tmp_path / "out"
+    first = Gated(tiny)
+    join = _in_thread(lambda: run_job(first, [tmp_path / "in"], JobConfig(output=str(out))))
+    assert first.started.wait(60)
+    try:
+        with pytest.raises(ValueError, match=r"is being written by another job \(it differs "
+                                             rf"in: dimensions\): pid {os.getpid()} on "):
+            run_job(tiny, [tmp_path / "in"], JobConfig(output=str(out), dimensions=32))
+    finally:
+        first.go.set()
+    assert join().texts == 4
+    assert set(pq.read_table(out).column("dimensions").to_pylist()) == {tiny.dimensions}
+
+
+def test_a_killed_jobs_folder_is_taken_over(tiny, tmp_path) -> None:
+    """A job killed before committing a shard leaves its run file; its process is gone, so the
+    corrected job takes the folder over (as after a job that failed)."""
+    from smysl.scale.job import _machine
+
+    _write(tmp_path / "in" / "x.jsonl", [("a", "alpha")])
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "_smysl_job.json").write_text(json.dumps({"fingerprint": "f" * 64}))
+    (out / f"_smysl_run.{'f' * 16}.{_machine()}.{_dead_pid()}.0badc0de").write_text("{}")
+    assert run_job(tiny, [tmp_path / "in"], JobConfig(output=str(out))).texts == 1
+    alive = out / f"_smysl_run.{'e' * 16}.0000beef.1.0badc0de"  # another machine: may run
+    alive.write_text(json.dumps({"host": "node7", "started": "today"}))
+    (out / "_smysl_job.json").write_text(json.dumps({"fingerprint": "e" * 64}))
+    for p in out.glob("*.parquet"):
+        p.unlink()
+    with pytest.raises(ValueError, match=r"being written by another job.*pid 1 on node7.*"
+                                         r"if that job is gone, delete its file"):
+        run_job(tiny, [tmp_path / "in"], JobConfig(output=str(out)))
+
+
+def test_an_index_refuses_an_id_another_shard_has(tiny, tmp_path) -> None:
+    """An id in two files (or two shards) of an index job: the second row silently replaced
+    the first's chunks while the summary counted both; it is a bad row naming the first."""
+    pytest.importorskip("lancedb")
+    _write(tmp_path / "in" / "a.jsonl", [("x", "first x"), ("y", "a y")])
+    _write(tmp_path / "in" / "b.jsonl", [("z", "a z"), ("x", "second x")])
+    output = f"lancedb:{tmp_path / 'kb'}"
+    with pytest.raises(BadRowError, match=r"b\.jsonl, row 2: duplicate id 'x' \(first at "
+                                          r".*a\.jsonl, row 1\)"):
+        run_job(tiny, [tmp_path / "in"], JobConfig(output=output))
+    seen: list[str] = []
+    report = run_job(tiny, [tmp_path / "in"], JobConfig(output=output, skip_bad_rows=True),
+                     on_bad_row=seen.append)
+    assert report.bad_rows == 1 and "duplicate id 'x'" in seen[0]
+    # a rerun reads the committed shards past and still knows their ids
+    (tmp_path / "in" / "c.jsonl").write_text(json.dumps({"id": "y", "text": "y again"}) + "\n")
+    with pytest.raises(BadRowError, match=r"c\.jsonl, row 1: duplicate id 'y' \(first at "
+                                          r".*a\.jsonl, row 2\)"):
+        run_job(tiny, [tmp_path / "in"], JobConfig(output=output, skip_bad_rows=False))
+
+
+def test_two_jobs_starting_at_once_do_not_both_claim_a_new_folder(tiny, tmp_path) -> None:
+    """A new folder (no job record yet) with another job's run file: that job is between
+    starting and writing its record, so this one gives way instead of claiming the folder
+    too (both would write their shards into it)."""
+    from smysl.scale.job import _machine
+
+    _write(tmp_path / "in" / "x.jsonl", [("a", "alpha")])
+    out = tmp_path / "out"
+    out.mkdir()
+    starting = out / f"_smysl_run.{'e' * 16}.{_machine()}.{os.getpid()}.0badc0de"
+    starting.write_text(json.dumps({"host": "here", "started": "now"}))
+    with pytest.raises(ValueError, match=r"being written by another job: pid \d+ on here"):
+        run_job(tiny, [tmp_path / "in"], JobConfig(output=str(out)))
+    assert not (out / "_smysl_job.json").exists() and starting.exists()
+    assert [p.name for p in out.iterdir()] == [starting.name]  # its own run file is gone
