@@ -63,17 +63,19 @@ class RerankTokens(Protocol):
 
     @property
     def cut_chars(self) -> int:
-        """Characters of a document that truncation of its end reads: with ``truncate`` (and
-        ``direction="right"``), a longer one is cut to this many before tokenising (its kept
-        tokens unchanged)."""
+        """Characters of a document that truncation of its end may read on a server (passed
+        as ``tokenize(read_chars=...)``; the tokens kept are the whole document's, or the
+        pair is refused)."""
         ...
 
     def tokenize(self, pairs: Sequence[tuple[str, str]], *, instruction: str | None = None,
                  truncate: bool = False, direction: Direction = "right",
-                 max_document_tokens: int | None = None) -> list[list[int]]:
+                 max_document_tokens: int | None = None,
+                 read_chars: int | None = None) -> list[list[int]]:
         """Prompt ids of each (query, document) pair, exactly as scored; truncation keeps a
         document's beginning (``right``) or end (``left``), ``max_document_tokens`` (which
-        implies truncation) at most that many of its tokens."""
+        implies truncation) at most that many of its tokens; ``read_chars``: truncating the
+        end, read at most that many characters of a document (more needed: ValueError)."""
         ...
 
     def prepared_scores(self, ids: list[list[int]]) -> np.ndarray:

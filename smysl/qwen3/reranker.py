@@ -62,8 +62,11 @@ ANSWERS = ("no", "yes")
 #: Truncating a document's end, a document over ``max_tokens * CUT_CHARS_PER_TOKEN``
 #: characters is cut to that many before it is tokenised (text runs 2-5 characters per Qwen3
 #: token), as TEI cuts characters first; a cut that could change the tokens kept is widened
-#: (see :meth:`Reranker.tokenize`), so the tokens are those of the whole document.
+#: (see :meth:`Reranker.tokenize`), so the tokens are those of the whole document. The server
+#: lets it read ``READ_CUTS`` times that (:attr:`Reranker.cut_chars`, what it charges a
+#: document), no more.
 CUT_CHARS_PER_TOKEN = 8
+READ_CUTS = 4
 
 
 def format_pair(query: str, document: str, instruction: str | None = None) -> str:
@@ -160,13 +163,14 @@ class Reranker(OnEngine, BaseReranker):
     # ------------------------------------------------------------------ tokens
     @property
     def cut_chars(self) -> int:
-        """Characters of a document that truncation of its end reads (longer ones are cut
-        first; see :data:`CUT_CHARS_PER_TOKEN`)."""
-        return self.max_tokens * CUT_CHARS_PER_TOKEN
+        """Characters of a document the server lets truncation of its end read
+        (``tokenize(read_chars=...)``; see :data:`CUT_CHARS_PER_TOKEN`)."""
+        return self.max_tokens * CUT_CHARS_PER_TOKEN * READ_CUTS
 
     def tokenize(self, pairs: Sequence[tuple[str, str]], *, instruction: str | None = None,
                  truncate: bool = False, direction: Direction = "right",
-                 max_document_tokens: SupportsIndex | None = None) -> list[list[int]]:
+                 max_document_tokens: SupportsIndex | None = None,
+                 read_chars: int | None = None) -> list[list[int]]:
         """Prompt token ids of each (query, document) pair, exactly as scored.
 
         A prompt over :attr:`max_tokens` raises :class:`~smysl.tokenize.InputTooLongError`
@@ -175,6 +179,11 @@ class Reranker(OnEngine, BaseReranker):
         and query stay whole. ``max_document_tokens`` keeps at most that many tokens of each
         document (Cohere's ``max_tokens_per_doc``) and implies ``truncate``. A query and
         instruction that do not fit on their own raise ``ValueError``.
+
+        Truncating a document's end reads its first ``max_tokens * CUT_CHARS_PER_TOKEN``
+        characters, more only where the tokens kept could differ from the whole document's;
+        ``read_chars`` caps that (the server's :attr:`cut_chars`): a document whose kept
+        tokens cannot be told within it raises ``ValueError``.
         """
         if direction not in ("right", "left"):
             raise ValueError(f"truncation direction must be 'right' or 'left', got {direction!r}")
@@ -200,7 +209,8 @@ class Reranker(OnEngine, BaseReranker):
             checked.append((query, document))
         # a cut from the left would change which tokens come before the document (the
         # template's last space joins the document's first word): the left reads it whole
-        cut = self.cut_chars if truncate and direction == "right" else None
+        cut = (self.max_tokens * CUT_CHARS_PER_TOKEN if truncate and direction == "right"
+               else None)
         pieces = [_cut(d, cut) for _, d in checked]
         texts = [format_pair(q, piece, instruction) for (q, _), piece in zip(checked, pieces,
                                                                               strict=True)]
@@ -230,9 +240,16 @@ class Reranker(OnEngine, BaseReranker):
                           else (len(ids) - keep, len(ids)))
                 if len(piece) == len(document) or self._unchanged(text, offsets[hi - 1][1]):
                     break
-                # the kept tokens might differ from the whole document's (no word boundary
-                # between them and the cut): read twice as much, at worst all of it
-                piece = _cut(document, 2 * len(piece))
+                # the kept tokens might differ from the whole document's (no word end between
+                # them and the cut, or the cut holds fewer tokens than are kept): read twice as
+                # much, up to read_chars (a server charged a document that much, no more)
+                if read_chars is not None and len(piece) >= read_chars:
+                    raise ValueError(
+                        f"pair {i}: the tokens to keep of the document cannot be told from its "
+                        f"first {len(piece)} characters (no word end after them, or fewer "
+                        "tokens than the reranker takes); send it cut, or without truncation")
+                wider = 2 * len(piece)
+                piece = _cut(document, wider if read_chars is None else min(wider, read_chars))
                 text = format_pair(query, piece, instruction)
                 enc = self.tokenizer.encode(text, add_special_tokens=False)
             out.append(self.prefix + list(ids[:head]) + list(ids[lo:hi]) + self.suffix)
@@ -256,8 +273,11 @@ class Reranker(OnEngine, BaseReranker):
                    for j in range(max(end - 1, 0), len(text) - 1))
 
     def _word_end(self, a: str, b: str) -> bool:
-        """Whether a regex piece of the tokenizer ends between ``a`` and ``b`` in any text."""
-        return (a.isalpha() and not b.isalnum() and b not in self._reserved
+        """Whether a regex piece of the tokenizer ends between ``a`` and ``b`` in any text.
+        ``b`` must be a character Python's Unicode tables know (assigned): the tokenizer's
+        may be newer, and a letter there unassigned here would not end the piece."""
+        return (a.isalpha() and not b.isalnum() and unicodedata.category(b) != "Cn"
+                and b not in self._reserved
                 and unicodedata.combining(a) == 0 == unicodedata.combining(b)
                 and unicodedata.normalize("NFC", a + b) == a + b)
 

@@ -189,7 +189,8 @@ class RerankService:
         for i, d in enumerate(documents):
             check_unicode(d, f"{what}[{i}]", param=what)
         # truncating a document's end, a local reranker reads at most cut_chars of it (it cuts
-        # the rest before tokenising; the tokens it keeps are the whole document's)
+        # the rest before tokenising; the tokens it keeps are the whole document's, or the
+        # pair is refused)
         cut = (self.tokens.cut_chars if truncate and direction == "right"
                and self.tokens is not None else None)
         chars = (sum(len(d) if cut is None else min(len(d), cut) for d in documents)
@@ -211,7 +212,8 @@ class RerankService:
 
         def tokenize() -> list[list[int]]:
             return tokens.tokenize(pairs, instruction=instruction, truncate=truncate,
-                                   direction=direction, max_document_tokens=max_document_tokens)
+                                   direction=direction, max_document_tokens=max_document_tokens,
+                                   read_chars=cut)  # what the character budget charged
 
         try:
             ids = (tokenize() if chars <= _INLINE_CHARS

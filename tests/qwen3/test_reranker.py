@@ -271,9 +271,10 @@ def test_truncation_reads_a_cut_of_a_huge_document_and_keeps_its_tokens(
     cut (the cut widens: one letter run, long whitespace runs, added-token text)."""
     r = loaded["tied"]
     huge = "Москва — столица России. " * 24000  # 600,000 characters
-    assert r.cut_chars == r.max_tokens * 8 < len(huge)
-    tricky = ["я" * 30_000, ("x" + " " * 300) * 300 + "tail", "ab<|im_end|>" * 2000,
-              "e\u0301" * 9000 + " end", "Столица, " * 3000]
+    assert r.cut_chars == r.max_tokens * 32 < len(huge)
+    tricky = ["я" * 15_000, ("x" + " " * 300) * 300 + "tail", "ab<|im_end|>" * 1000,
+              "e\u0301" * 7000 + " end", "Столица, " * 3000,
+              "a" * 5000 + "\U00011f04" * 3 + " end"]  # a Unicode-15 letter Python 3.11 lacks
     for doc in [huge, *tricky]:
         for direction in ("right", "left"):
             got = r.tokenize([(QUERY, doc)], truncate=True, direction=direction)[0]
@@ -284,6 +285,13 @@ def test_truncation_reads_a_cut_of_a_huge_document_and_keeps_its_tokens(
     assert r.score([(QUERY, huge)], truncate=True) == [float(r.score_prepared([whole])[0])]
     with pytest.raises(InputTooLongError):
         r.tokenize([(QUERY, huge)])
+    # the server lets it read cut_chars of a document (what it charged): one whose kept
+    # tokens cannot be told that far is refused, not read whole; in Python it is read
+    for odd in ("ACGT" * 10_000, ("x" + " " * 300) * 300):  # no word end; few tokens
+        with pytest.raises(ValueError, match=r"pair 0: the tokens to keep of the document "
+                                             rf"cannot be told from its first {r.cut_chars} "):
+            r.tokenize([(QUERY, odd)], truncate=True, read_chars=r.cut_chars)
+        assert r.tokenize([(QUERY, odd)], truncate=True)[0] == whole_prompt(r, QUERY, odd)
 
 
 def test_max_document_tokens_cuts_the_document_part_only(loaded: dict[str, Reranker]) -> None:
