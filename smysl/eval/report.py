@@ -85,8 +85,8 @@ def load_runs(path: Path) -> list[Run]:
 
 def run_labels(runs: Sequence[Run]) -> list[str]:
     """A column, section and legend label per run: the model name, with the settings that tell
-    apart runs of one name (quantization or dtype, device, max tokens; as recorded in their
-    ``info``), and a number where even those agree."""
+    apart runs of one name (quantization or dtype, then dtype, device, max tokens; as recorded
+    in their ``info``), and a number where even those agree."""
     labels = [str(r["model"]) for r in runs]
     for name in set(labels):
         group = [i for i, label in enumerate(labels) if label == name]
@@ -115,6 +115,8 @@ def _settings(run: Run) -> dict[str, str | None]:
     info = run.get("info") or {}
     weights = info.get("quantization") or info.get("dtype")
     return {"weights": str(weights) if weights else None,
+            # a quantised model computing in two dtypes (a Q8_0 GGUF in float32 and bfloat16)
+            "dtype": str(info["dtype"]) if info.get("dtype") else None,
             "device": str(info["device"]) if info.get("device") else None,
             "max_tokens": f"max {info['max_tokens']} tokens" if info.get("max_tokens") else None}
 
@@ -172,7 +174,8 @@ def summary_markdown(runs: Sequence[Run], compared: Sequence[Run] = ()) -> str:
     everyone = list(runs) + list(compared)
     labels = run_labels(everyone)
     lines = ["# smysl eval summary", ""]
-    lines += [f"**{line}**" for line in comparability(everyone)]
+    for line in comparability(everyone):  # a paragraph each (Markdown joins adjacent lines)
+        lines += [f"**{line}**", ""]
     warnings = [f"- {label} {t['task']}: {w}" for run, label in zip(everyone, labels, strict=True)
                 for t in run["tasks"] for w in t.get("warnings", [])]
     if warnings:

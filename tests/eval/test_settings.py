@@ -114,6 +114,10 @@ def test_reports_keep_the_embedder_settings_and_tell_two_setups_apart(tmp_path: 
     assert run_labels(runs) == ["hashed (float32)", "hashed (int8)"]
     assert run_labels([runs[0], runs[0]]) == ["hashed #1", "hashed #2"]
     assert run_labels(runs[:1]) == ["hashed"]  # no collision: the name alone
+    # one quantisation computing in two dtypes (a Q8_0 GGUF in float32 and bfloat16)
+    q8 = [{**runs[1], "info": {**runs[1]["info"], "quantization": "Q8_0", "dtype": dt}}
+          for dt in ("float32", "bfloat16")]
+    assert run_labels(q8) == ["hashed (float32)", "hashed (bfloat16)"]
     # the docs' example: an int8 run compared with the earlier one, each labelled
     cfg = _cfg(tmp_path / "a")
     write_reports([plain], cfg)
