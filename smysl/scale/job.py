@@ -498,18 +498,21 @@ class _ParquetWriter(_Writer):
             old = None
         except (OSError, ValueError):
             old = {}
-        if old is not None and old.get("fingerprint") == self.fp:
-            return True  # another job starting now finds this one's run file
-        differ = sorted(k for k in self.identity if old is not None
+        same = old is not None and old.get("fingerprint") == self.fp
+        differ = sorted(k for k in self.identity if old is not None and not same
                         and old.get(k) != self.identity[k]
                         and k not in ("fingerprint", "model_name"))
-        what = ("another job" if old is None else
+        what = ("another job" if old is None or same else
                 f"another job (it differs in: {', '.join(differ) or 'fingerprint'})")
+        # also when the manifest names this job: another job may have registered and be
+        # about to replace it (each gives way to the other's run file)
         running = self._other_run()
         if running is not None:
             raise ValueError(f"{self.dir} is being written by {what}: {running}; wait for "
                              "it or write to a new folder (if that job is gone, delete its "
                              "file)")
+        if same:
+            return True
         if old is None or not any(self.dir.glob("*.parquet")):
             return False
         raise ValueError(f"{self.dir} holds the output of {what}; write to a new folder")
@@ -518,8 +521,9 @@ class _ParquetWriter(_Writer):
         """Write this job's manifest unless the folder's names it already."""
         if self._same_job():
             return
-        # a temporary name of this process's own: two runs starting at once do not share it
-        tmp = self.manifest.with_name(f".{MANIFEST}.{os.getpid()}.tmp")
+        # a temporary name of this process's own (on any machine sharing the folder; swept
+        # as a temporary file once the process is gone)
+        tmp = self.manifest.with_name(f".{MANIFEST}.{self.machine}.{self.pid}.{self.token}.tmp")
         tmp.write_text(json.dumps(self.identity, indent=2) + "\n", encoding="utf-8")
         os.replace(tmp, self.manifest)
 
@@ -557,6 +561,24 @@ class _ParquetWriter(_Writer):
                     f"was embedded), and its rows would be there twice. To embed this "
                     f"version, delete them (rm {patterns}), or write to a new folder")
         return contents
+
+    def _no_other_version(self, name: str, source: Source) -> None:
+        """Refuse to commit ``name`` beside a shard of another version of its file that a
+        driver running at the same time committed since :meth:`check` (two drivers given
+        folders of one name holding files of one name): each would count the other's
+        shards as done on a rerun, or ask to delete them."""
+        shard = parse_shard(name)
+        if shard is None:
+            return
+        suffix = f".{self.fp[:16]}.parquet"
+        for p in self.dir.glob(f"*-{shard.key}-*{suffix}"):
+            other = parse_shard(p.name[:-len(suffix)])
+            if other is not None and other.key == shard.key and other.content != shard.content:
+                raise ValueError(
+                    f"{source.path}: another driver committed {p.name} to {self.dir}, a shard "
+                    f"of another file named {source.name!r}: two inputs of one name (their "
+                    "folder's and their own) would mix their rows. Give each driver a folder "
+                    "of its own name, or write to separate outputs")
 
     def _path(self, name: str) -> Path:
         return self.dir / f"{name}.{self.fp[:16]}.parquet"
@@ -630,6 +652,7 @@ class _ParquetWriter(_Writer):
                     report.tokens = (report.tokens + sum(tokens)
                                      if tokens is not None and report.tokens is not None
                                      else None)
+            self._no_other_version(name, source)
             os.replace(tmp, final)  # the shard appears whole or not at all
         except BaseException:
             tmp.unlink(missing_ok=True)

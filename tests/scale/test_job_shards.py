@@ -96,6 +96,26 @@ def test_two_drivers_of_one_job_share_a_folder(tiny, tmp_path) -> None:
     assert not list(out.glob(".*.tmp")) and not list(out.glob("_smysl_run.*"))
 
 
+def test_two_drivers_of_same_named_files_do_not_both_commit(tiny, tmp_path) -> None:
+    """Review: drivers given folders of one name holding files of one name, running at once,
+    both passed the start-up check and committed, and a rerun of the first then asked to
+    delete the second's shards as 'another version'. The later commit is refused instead."""
+    _write(tmp_path / "a" / "data" / "x.jsonl", [(f"a{i}", f"alpha {i}") for i in range(3)])
+    _write(tmp_path / "b" / "data" / "x.jsonl", [(f"b{i}", f"beta {i}") for i in range(3)])
+    out = tmp_path / "out"
+    first = Gated(tiny)
+    join = _in_thread(lambda: run_job(first, [tmp_path / "a" / "data"],
+                                      JobConfig(output=str(out))))
+    assert first.started.wait(60)
+    run_job(tiny, [tmp_path / "b" / "data"], JobConfig(output=str(out)))
+    first.go.set()
+    with pytest.raises(ValueError, match=r"another driver committed .* a shard of another file "
+                                         r"named 'data/x.jsonl'"):
+        join()
+    assert _ids(out) == [f"b{i}" for i in range(3)]  # one file's rows, not two mixed
+    assert not list(out.glob(".*.tmp")) and not list(out.glob("_smysl_run.*"))
+
+
 def _dead_pid() -> int:
     child = subprocess.Popen([sys.executable, "-c", "pass"])
     child.wait()
