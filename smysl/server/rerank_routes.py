@@ -5,8 +5,8 @@ All score (query, document) pairs with the served reranker (:class:`smysl.Rerank
 with ``smysl serve --reranker R``) and answer best first. Limits are the embedding routes'
 (``max_inputs`` documents, ``max_request_tokens`` tokens, ``max_queue`` waiting requests, then
 429; ``request_timeout_s`` waiting for compute, then 504), errors take each API's shape
-(``/rerank`` TEI's, as ``/v2/rerank`` for now, ``/v1/rerank`` the OpenAI-style one of every
-``/v1`` route), and an over-long pair is refused unless the request asks for truncation
+(``/rerank`` TEI's, ``/v1/rerank`` and ``/v2/rerank`` the OpenAI-style one of every ``/v1``
+route), and an over-long pair is refused unless the request asks for truncation
 (``truncate: true``), which cuts the document's end (TEI's ``truncation_direction: "left"``:
 its beginning). Cohere's
 ``max_tokens_per_doc`` keeps at most that many tokens of each document (truncation implied);
