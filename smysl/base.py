@@ -13,6 +13,7 @@ from __future__ import annotations
 import abc
 import hashlib
 import json
+import operator
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -283,10 +284,10 @@ class BaseEmbedder(abc.ABC):
             return check_dimensions(dimensions, native, minimum=self.min_dimensions)
         if dimensions is None:
             return 0
-        if isinstance(dimensions, bool) or not isinstance(dimensions, int | np.integer) \
-                or dimensions < 1:
+        n = positive_int(dimensions)
+        if n is None:
             raise ValueError(f"dimensions must be a positive integer, got {dimensions!r}")
-        return int(dimensions)
+        return n
 
     def count_tokens(self, texts: str | Sequence[str]) -> list[int]:
         """Tokens each text costs as a document, EOS included (backends with a tokenizer)."""
@@ -351,6 +352,19 @@ class BaseEmbedder(abc.ABC):
                 raise ValueError(f"texts[{i}] must be a string, got {type(t).__name__}")
             check_unicode(t, f"texts[{i}]")
         return items
+
+
+def positive_int(value: object) -> int | None:
+    """``value`` as an int >= 1 if it is one (an int or numpy integer; not a bool, float or
+    string, which ``int()`` would turn into some other count), else None. Callers word the
+    error for their own parameter."""
+    if isinstance(value, bool):
+        return None
+    try:
+        n = operator.index(value)  # type: ignore[arg-type]
+    except TypeError:
+        return None
+    return n if n >= 1 else None
 
 
 #: Bytes hashed per window of a large file: three windows (start, middle, end) stand in for

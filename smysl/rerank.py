@@ -11,14 +11,13 @@ from __future__ import annotations
 
 import abc
 import dataclasses
-import operator
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol, SupportsIndex
 
 import numpy as np
 
-from smysl.base import fingerprint_of
+from smysl.base import fingerprint_of, positive_int
 from smysl.tokenize import Direction, check_unicode
 
 
@@ -165,16 +164,9 @@ class BaseReranker(abc.ABC):
                ) -> list[tuple[int, float]]:
         """``(index, score)`` of each document, best first (ties: input order); ``top_n``
         keeps the best ``top_n``."""
-        best: int | None = None
-        if top_n is not None:
-            try:
-                if isinstance(top_n, bool):
-                    raise TypeError
-                best = operator.index(top_n)  # numpy integers too
-            except TypeError:
-                raise ValueError(f"top_n must be an integer >= 1, got {top_n!r}") from None
-            if best < 1:
-                raise ValueError(f"top_n must be an integer >= 1, got {top_n!r}")
+        best = None if top_n is None else positive_int(top_n)  # numpy integers too
+        if top_n is not None and best is None:
+            raise ValueError(f"top_n must be an integer >= 1, got {top_n!r}")
         docs = self._check(query, documents, instruction)
         if not docs:
             return []

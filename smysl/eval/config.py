@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from smysl.eval.data import DEFAULT_DATA_DIR
+from smysl.eval.metrics import CLUSTER_SAMPLE_SIZE
 from smysl.options import ModelOptions
 
 #: Fields of :class:`EvalConfig` that decide the scores, recorded with every run's results.
@@ -77,7 +78,7 @@ class EvalConfig:
     samples_per_label: int = 8
     max_iter: int = 100
     clustering_bootstraps: int = 10
-    clustering_sample_size: int = 16_384
+    clustering_sample_size: int = CLUSTER_SAMPLE_SIZE
     retrieval_ks: tuple[int, ...] = (1, 3, 5, 10, 100)
     use_instructions: bool = True
     instructions: Mapping[str, str] = field(default_factory=dict)

@@ -160,8 +160,12 @@ def classification_scores(x_train: np.ndarray, y_train: Sequence[str], x_test: n
 
 
 # --------------------------------------------------------------------------- clustering
+#: Texts per clustering sample: MTEB's ``max_documents_per_cluster`` (since 1.14).
+CLUSTER_SAMPLE_SIZE = 16_384
+
+
 def clustering_scores(x: np.ndarray, labels: Sequence[str], *, n_bootstrap: int = 10,
-                      sample_size: int = 16_384, batch_size: int = 512,
+                      sample_size: int = CLUSTER_SAMPLE_SIZE, batch_size: int = 512,
                       seed: int = 42) -> dict[str, Any]:
     """MTEB clustering (``AbsTaskClustering``, ``_evaluate_clustering_bootstrapped``):
     ``n_bootstrap`` samples of ``sample_size`` rows (with replacement,

@@ -26,7 +26,6 @@ that ignores the request's ``dimensions`` and answers wider rows has them cut th
 from __future__ import annotations
 
 import abc
-import operator
 import os
 import threading
 import time
@@ -35,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from smysl.base import BaseEmbedder, Progress
+from smysl.base import BaseEmbedder, Progress, positive_int
 from smysl.prompts import DEFAULT_TASK
 from smysl.providers.config import ProviderConfig
 from smysl.providers.dispatch import BatchLimit, CallLimit, run_batches
@@ -95,7 +94,9 @@ class Provider(BaseEmbedder):
         self.base_url = (base or config.base_url).rstrip("/")
         api_key = config.api_key(api_key)
         #: Width requested from the server (sent as ``dimensions`` when supported).
-        self.request_dimensions = _positive_int(dimensions, "dimensions")
+        self.request_dimensions = positive_int(dimensions)
+        if dimensions is not None and self.request_dimensions is None:
+            raise ValueError(f"dimensions must be a positive integer, got {dimensions!r}")
         #: Whether requests ask the server for that width: then rows all wider than it come
         #: from a server that ignored it, and their Matryoshka prefix is what was asked for.
         #: Where nothing is sent (TEI, Ollama), wider rows are no such prefix: an error.
@@ -354,16 +355,3 @@ class Provider(BaseEmbedder):
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.name!r}, base_url={self.base_url!r})"
 
-
-def _positive_int(value: object, what: str) -> int | None:
-    """``value`` as an int >= 1 (None stays None): an int or numpy integer, not a bool, float
-    or string (``int("32")`` or ``int(3.7)`` would pass where the request then differs)."""
-    if value is None:
-        return None
-    try:
-        n = operator.index(value)  # type: ignore[arg-type]
-    except TypeError:
-        n = 0
-    if isinstance(value, bool) or n < 1:
-        raise ValueError(f"{what} must be a positive integer, got {value!r}")
-    return int(n)

@@ -19,7 +19,6 @@ vocabulary is never computed.
 
 from __future__ import annotations
 
-import operator
 import unicodedata
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
@@ -28,7 +27,7 @@ from typing import Any, SupportsIndex
 import numpy as np
 from tokenizers import Tokenizer
 
-from smysl.base import fingerprint_files
+from smysl.base import fingerprint_files, positive_int
 from smysl.options import ModelOptions
 from smysl.qwen3.contract import (
     EngineLike,
@@ -187,13 +186,11 @@ class Reranker(OnEngine, BaseReranker):
         """
         if direction not in ("right", "left"):
             raise ValueError(f"truncation direction must be 'right' or 'left', got {direction!r}")
-        limit: int | None = None
+        limit = None if max_document_tokens is None else positive_int(max_document_tokens)
         if max_document_tokens is not None:
-            if isinstance(max_document_tokens, bool):
-                raise ValueError("max_document_tokens must be an integer >= 1")
-            limit = operator.index(max_document_tokens)
-            if limit < 1:
-                raise ValueError(f"max_document_tokens must be >= 1, got {limit}")
+            if limit is None:
+                raise ValueError("max_document_tokens must be an integer >= 1, got "
+                                 f"{max_document_tokens!r}")
             truncate = True
         check_unicode(instruction, "the instruction")
         checked: list[tuple[str, str]] = []

@@ -531,7 +531,7 @@ class _ParquetWriter(_Writer):
         """Refuse shards of an earlier smysl (named without content ids: which are current
         cannot be told) and shards of another version of an input file (its rows would be in
         the folder twice); hashes the sources the folder has shards of."""
-        suffix = f".{self.fp[:16]}.parquet"
+        suffix = self.suffix
         known: dict[str, dict[str, list[str]]] = {}  # key -> content -> shard files
         for p in sorted(self.dir.glob("*.parquet")):
             shard = parse_shard(p.name[:-len(suffix)]) if p.name.endswith(suffix) else None
@@ -570,7 +570,7 @@ class _ParquetWriter(_Writer):
         shard = parse_shard(name)
         if shard is None:
             return
-        suffix = f".{self.fp[:16]}.parquet"
+        suffix = self.suffix
         for p in self.dir.glob(f"*-{shard.key}-*{suffix}"):
             other = parse_shard(p.name[:-len(suffix)])
             if other is not None and other.key == shard.key and other.content != shard.content:
@@ -580,8 +580,13 @@ class _ParquetWriter(_Writer):
                     "folder's and their own) would mix their rows. Give each driver a folder "
                     "of its own name, or write to separate outputs")
 
+    @property
+    def suffix(self) -> str:
+        """What follows a shard's name in its file's: this job's fingerprint."""
+        return f".{self.fp[:16]}.parquet"
+
     def _path(self, name: str) -> Path:
-        return self.dir / f"{name}.{self.fp[:16]}.parquet"
+        return self.dir / f"{name}{self.suffix}"
 
     def done(self, name: str) -> bool:
         shard = parse_shard(name)
