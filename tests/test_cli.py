@@ -17,7 +17,9 @@ from smysl.rerank import BaseReranker
 
 def _run(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], argv: list[str],
          stdin: str = "") -> tuple[int, str, str]:
-    monkeypatch.setattr("sys.stdin", io.StringIO(stdin))
+    # as a real stdin is: bytes under a text layer with universal newlines
+    monkeypatch.setattr("sys.stdin", io.TextIOWrapper(io.BytesIO(stdin.encode()),
+                                                      encoding="utf-8"))
     code = main(argv)
     out = capsys.readouterr()
     return code, out.out, out.err

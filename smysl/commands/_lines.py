@@ -24,8 +24,14 @@ def split_lines(text: str) -> list[str]:
 def read_lines(source: str) -> list[str]:
     """The lines (:func:`split_lines`) of a UTF-8 file, or of stdin for ``-``."""
     if source == "-":
-        # stdin keeps Python's newline translation (\r\n, and a rare lone \r, become \n)
-        return split_lines(sys.stdin.read())
+        # the bytes, as a file's are read: sys.stdin's text layer would end a line at a lone
+        # \r too (universal newlines), and decode in the locale's encoding
+        data = sys.stdin.buffer.read()
+        try:
+            return split_lines(data.decode("utf-8"))
+        except UnicodeDecodeError as e:
+            raise ValueError(f"stdin: not valid UTF-8 ({e.reason}); convert it to UTF-8"
+                             ) from None
     try:
         # newline="": only \n ends a line (the default translation would also end one at a
         # lone \r)

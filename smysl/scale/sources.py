@@ -167,8 +167,11 @@ def read_rows(source: Source, id_field: str, text_field: str) -> Iterator[Row]:
     if fmt == "parquet":
         yield from _parquet(source, id_field, text_field)
         return
-    # utf-8-sig: a leading BOM (Excel, Notepad) is not part of the first column or line
-    with open(source.path, encoding="utf-8-sig", errors="strict", newline="") as f:
+    # utf-8-sig: a leading BOM (Excel, Notepad) is not part of the first column or line. A
+    # JSON line ends at \n only (a lone \r is JSON whitespace; line numbers count as wc and
+    # sed do); the csv module wants newline="" and finds the ends of its rows itself
+    newline = "" if fmt == "csv" else "\n"
+    with open(source.path, encoding="utf-8-sig", errors="strict", newline=newline) as f:
         try:
             if fmt == "csv":
                 yield from _csv(source, f, id_field, text_field)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import io
 import json
 import sys
 from collections.abc import Iterable, Iterator, Mapping
@@ -25,18 +26,26 @@ def table_format(path: str | Path) -> str:
 def iter_rows(path: str | Path) -> Iterator[dict[str, Any]]:
     """Rows of a CSV or JSONL file as dicts (CSV values are strings)."""
     fmt = table_format(path)
-    if str(path) == "-":
-        yield from _jsonl(sys.stdin, "<stdin>")
-        return
-    with open(path, encoding="utf-8", newline="") as f:
-        try:
-            if fmt == "csv":
-                yield from csv.DictReader(f)
-            else:
-                yield from _jsonl(f, str(path))
-        except UnicodeDecodeError as e:  # the codec's message names no file
-            raise ValueError(f"{path}: not valid UTF-8 ({e.reason}); convert it to UTF-8"
-                             ) from None
+    stdin = str(path) == "-"
+    # stdin's bytes, read as a file's are (its text layer decodes in the locale's encoding);
+    # a JSON line ends at \n only, not at a lone \r (JSON whitespace); the csv module wants
+    # newline="" and finds the ends of its rows itself
+    newline = "" if fmt == "csv" else "\n"
+    f = (io.TextIOWrapper(sys.stdin.buffer, encoding="utf-8", newline=newline) if stdin
+         else open(path, encoding="utf-8", newline=newline))  # noqa: SIM115 - closed below
+    try:
+        if fmt == "csv":
+            yield from csv.DictReader(f)
+        else:
+            yield from _jsonl(f, "<stdin>" if stdin else str(path))
+    except UnicodeDecodeError as e:  # the codec's message names no file
+        raise ValueError(f"{'stdin' if stdin else path}: not valid UTF-8 ({e.reason}); "
+                         "convert it to UTF-8") from None
+    finally:
+        if stdin:
+            f.detach()  # sys.stdin.buffer stays open
+        else:
+            f.close()
 
 
 def _jsonl(f: TextIO, name: str) -> Iterator[dict[str, Any]]:

@@ -114,7 +114,8 @@ def test_cli_embed_prints_a_usage_line(qwen_tok: Any, monkeypatch: pytest.Monkey
 
     lines = ["первая строка", "second line", "третья"]
     with FakeServer(dims=2048, tokenizer=qwen_tok) as srv:
-        monkeypatch.setattr("sys.stdin", io.StringIO("\n".join(lines) + "\n"))
+        stdin = io.TextIOWrapper(io.BytesIO(("\n".join(lines) + "\n").encode()))
+        monkeypatch.setattr("sys.stdin", stdin)
         model = f"dashscope:{srv.url}/compatible-mode/v1#text-embedding-v4"
         assert main(["embed", "--model", model, "--query", "--dimensions", "64",
                      "--no-progress"]) == 0

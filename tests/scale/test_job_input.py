@@ -55,6 +55,18 @@ def test_utf8_bom_is_not_part_of_the_first_column(tiny, tmp_path) -> None:
     assert set(_table(report.output)) == {"c1", "j1"} and report.bad_rows == 0
 
 
+def test_a_json_line_ends_at_newline_only(tiny, tmp_path) -> None:
+    """A lone \\r (JSON whitespace) ended a JSONL line: its record became two broken ones, and
+    every later record's number (its line, as wc and sed count them) moved by one."""
+    d = tmp_path / "in"
+    d.mkdir()
+    (d / "a.jsonl").write_bytes(b'{"id": "r1",\r"text": "one"}\n{"id": "r2", "text": "two"}\n'
+                                b"not json\n")
+    report = run_job(tiny, [d], JobConfig(output=str(tmp_path / "o"), skip_bad_rows=True))
+    assert set(_table(report.output)) == {"r1", "r2"} and report.bad_rows == 1
+    assert report.bad_examples[0].endswith("a.jsonl, row 3: invalid JSON (Expecting value)")
+
+
 @pytest.mark.parametrize("name", ["rows.jsonl", "rows.csv"])
 def test_a_byte_that_is_not_utf8_is_named_by_file_and_line(tiny, tmp_path, name) -> None:
     """The error named the file only; it names the line and the byte's offset too."""

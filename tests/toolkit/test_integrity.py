@@ -253,6 +253,21 @@ def test_bad_files_are_skipped_by_name_or_stop_strict(tiny_dir, tmp_path, capsys
         read_column(bad_csv, "text")
 
 
+def test_tables_on_stdin_are_read_as_utf8_bytes(monkeypatch) -> None:
+    """A table on stdin (``-``) is read as a file is: UTF-8 whatever the locale (a latin-1
+    locale's text layer turned Cyrillic into mojibake, silently), a lone \\r (JSON whitespace)
+    inside its line; sys.stdin's buffer is left open."""
+    import io
+
+    buf = io.BytesIO('{"text":\r"один"}\n{"text": "два\\r"}\n'.encode())
+    monkeypatch.setattr("sys.stdin", io.TextIOWrapper(buf, encoding="latin-1"))
+    assert read_column("-", "text")[0] == ["один", "два\r"]
+    assert not buf.closed
+    monkeypatch.setattr("sys.stdin", io.TextIOWrapper(io.BytesIO(b'{"text": "caf\xe9"}\n')))
+    with pytest.raises(ValueError, match="stdin: not valid UTF-8"):
+        read_column("-", "text")
+
+
 def test_damaged_store_and_metadata_give_one_line_errors(tiny_dir, tmp_path, capfd) -> None:
     """issue 11 item 9: LanceDB damage printed a 55-line Rust traceback and a garbled
     ``.smysl.json`` an error without the file; both are now one line naming the path."""
