@@ -305,7 +305,9 @@ class Service:
         job = Job(key=("ids",), items=seqs, lengths=lengths, dimensions=dimensions,
                   disconnected=disconnected, timeout_s=self.config.request_timeout_s)
         vectors = await self._submit(job)
-        usage = sum(len(s) for s in ids)  # as sent, like OpenAI's usage (EOS may be added)
+        # as sent, like OpenAI's usage, but no more than embedded (an added EOS is not counted,
+        # ids cut off by ``truncate`` are not either: text's usage counts what was embedded)
+        usage = sum(min(len(s), len(q)) for s, q in zip(ids, seqs, strict=True))
         return Embedded(vectors, usage, job.queue_s, job.compute_s, time.perf_counter() - t0)
 
     async def _submit(self, job: Job) -> np.ndarray:

@@ -140,8 +140,15 @@ def test_over_long_input(client, tiny) -> None:  # type: ignore[no-untyped-def]
     assert tiny.count_tokens([long])[0] > tiny.max_tokens
     error(client.post("/v1/embeddings", json={"input": ["ok", long]}), 400, "input[1]",
           f"at most {tiny.max_tokens}")
-    got = floats(client.post("/v1/embeddings", json={"input": ["ok", long], "truncate": True}))
-    assert np.array_equal(got, tiny.embed(["ok", long], truncate=True))
+    r = client.post("/v1/embeddings", json={"input": ["ok", long], "truncate": True})
+    assert np.array_equal(floats(r), tiny.embed(["ok", long], truncate=True))
+    embedded = tiny.count_tokens(["ok"])[0] + tiny.max_tokens
+    assert r.json()["usage"]["prompt_tokens"] == embedded  # what was embedded, not sent
+    # token ids too: usage counted every id sent, the ones cut off as well
+    ids = [tiny.tokenize(["ok"])[0], tiny.tokenize([long], truncate=True)[0][:-1] * 2]
+    r = client.post("/v1/embeddings", json={"input": ids, "truncate": True})
+    assert np.array_equal(floats(r), tiny.embed_token_ids(ids, truncate=True))
+    assert r.json()["usage"]["prompt_tokens"] == embedded
 
 
 def test_token_ids_are_refused_unless_the_server_takes_them(tiny) -> None:  # type: ignore[no-untyped-def]
