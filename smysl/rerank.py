@@ -13,12 +13,21 @@ import abc
 import dataclasses
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Protocol, SupportsIndex
+from typing import Literal, Protocol, SupportsIndex
 
 import numpy as np
 
 from smysl.base import fingerprint_of, positive_int
 from smysl.tokenize import Direction, check_unicode
+
+
+class PairError(ValueError):
+    """Pair ``index`` cannot be scored as asked, because of its ``part`` (its query with the
+    instruction, or its document): what a server names as the field to mend."""
+
+    def __init__(self, index: int, part: Literal["query", "document"], problem: str) -> None:
+        self.index, self.part, self.problem = index, part, problem
+        super().__init__(f"pair {index}: {problem}")
 
 
 @dataclass(frozen=True)
@@ -74,7 +83,9 @@ class RerankTokens(Protocol):
         """Prompt ids of each (query, document) pair, exactly as scored; truncation keeps a
         document's beginning (``right``) or end (``left``), ``max_document_tokens`` (which
         implies truncation) at most that many of its tokens; ``read_chars``: truncating the
-        end, read at most that many characters of a document (more needed: ValueError)."""
+        end, read at most that many characters of a document (more needed:
+        :class:`PairError`); a pair whose query and instruction leave no room for its document:
+        :class:`PairError` too."""
         ...
 
     def prepared_scores(self, ids: list[list[int]]) -> np.ndarray:

@@ -40,7 +40,7 @@ from smysl.qwen3.contract import (
     start_engine,
 )
 from smysl.qwen3.hub import Checkpoint, read_checkpoint, read_rows, resolve
-from smysl.rerank import BaseReranker, RerankerInfo, RerankTokens
+from smysl.rerank import BaseReranker, PairError, RerankerInfo, RerankTokens
 from smysl.scheduler import SchedulerConfig, plan_batches
 from smysl.tokenize import Direction, InputTooLongError, check_unicode
 
@@ -228,10 +228,10 @@ class Reranker(OnEngine, BaseReranker):
                         raise InputTooLongError(index=i, tokens=len(ids) + fixed,
                                                 limit=self.max_tokens, who="the reranker")
                     if head >= budget:
-                        raise ValueError(f"pair {i}: the instruction and query take "
-                                         f"{head + fixed} tokens, the reranker at most "
-                                         f"{self.max_tokens} with the document; shorten the "
-                                         "query")
+                        raise PairError(i, "query", f"the instruction and query take "
+                                        f"{head + fixed} tokens, the reranker at most "
+                                        f"{self.max_tokens} with the document; shorten the "
+                                        "query")
                     keep = budget - head
                 lo, hi = ((head, head + keep) if direction == "right"
                           else (len(ids) - keep, len(ids)))
@@ -241,10 +241,11 @@ class Reranker(OnEngine, BaseReranker):
                 # them and the cut, or the cut holds fewer tokens than are kept): read twice as
                 # much, up to read_chars (a server charged a document that much, no more)
                 if read_chars is not None and len(piece) >= read_chars:
-                    raise ValueError(
-                        f"pair {i}: the tokens to keep of the document cannot be told from its "
-                        f"first {len(piece)} characters (no word end after them, or fewer "
-                        "tokens than the reranker takes); send it cut, or without truncation")
+                    raise PairError(
+                        i, "document", f"the tokens to keep of the document cannot be told "
+                        f"from its first {len(piece)} characters (no word end after them, or "
+                        "fewer tokens than the reranker takes); send it cut, or without "
+                        "truncation")
                 wider = 2 * len(piece)
                 piece = _cut(document, wider if read_chars is None else min(wider, read_chars))
                 text = format_pair(query, piece, instruction)

@@ -33,7 +33,7 @@ from fastapi import APIRouter, Request, Response
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr
 
 from smysl.registry import names_of
-from smysl.rerank import BaseReranker, RerankTokens, order
+from smysl.rerank import BaseReranker, PairError, RerankTokens, order
 from smysl.server.batcher import BackendDown, Batcher, Job
 from smysl.server.config import ServerConfig
 from smysl.server.errors import ApiError
@@ -221,6 +221,10 @@ class RerankService:
         except InputTooLongError as e:
             raise ApiError("too_long", e.describe(f"{what}[{e.index}] with the query"),
                            param=what) from None
+        except PairError as e:  # the request's query, or one of its documents
+            if e.part == "query":
+                raise ApiError("invalid", e.problem, param="query") from None
+            raise ApiError("invalid", f"{what}[{e.index}]: {e.problem}", param=what) from None
         except ValueError as e:
             raise ApiError("invalid", str(e), param="query") from None
         total = sum(map(len, ids))

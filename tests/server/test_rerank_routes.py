@@ -413,3 +413,21 @@ def test_a_refused_instruction_names_the_instruction(reranker: Any) -> None:
                                            "truncation_direction": "left"})
             assert left.status_code == 422 and "truncation_direction" in left.text
         remote.close()
+
+
+def test_a_pair_that_cannot_be_cut_names_its_part(client: Any, reranker: Any) -> None:
+    """A document whose kept tokens cannot be told from the characters a server reads was
+    answered with param "query"; it names the document (``documents[1]``), and a query too long
+    for any document still names the query."""
+    odd = "ACGT" * 10_000  # no word end, few tokens a character: refused past cut_chars
+    r = client.post("/v1/rerank", json={"query": QUERY, "documents": [DOCS[0], odd],
+                                        "truncate": True})
+    err = r.json()["error"]
+    assert r.status_code == 400 and err["param"] == "documents", r.text
+    assert err["message"].startswith("documents[1]: the tokens to keep of the document")
+    long_query = "слово " * 600  # over the tiny model's 512 positions on its own
+    r = client.post("/v1/rerank", json={"query": long_query, "documents": DOCS[:1],
+                                        "truncate": True})
+    err = r.json()["error"]
+    assert r.status_code == 400 and err["param"] == "query" and "shorten the query" in (
+        err["message"]), r.text
