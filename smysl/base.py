@@ -105,9 +105,15 @@ class TokenLevel(Protocol):
         :class:`~smysl.tokenize.InputTooLongError` unless ``truncate``."""
         ...
 
-    def prepare_token_ids(self, ids: Sequence[Sequence[int]], *,
-                          truncate: bool = False) -> list[list[int]]:
+    def prepare_token_ids(self, ids: Sequence[Sequence[int]], *, truncate: bool = False,
+                          direction: Direction = "right") -> list[list[int]]:
         """Client token ids checked and made embeddable (EOS last once, within the limit)."""
+        ...
+
+    def decode(self, ids: Sequence[Sequence[int]], *,
+               skip_special_tokens: bool = True) -> list[str]:
+        """The text of each token-id list (TEI's ``/decode``); an id outside the tokenizer's
+        vocabulary raises ``ValueError``."""
         ...
 
     def embed_prepared(self, ids: list[list[int]]) -> np.ndarray:

@@ -183,6 +183,12 @@ class Tokenizer:
         """Text of ``ids``, special tokens kept."""
         return str(self.raw.decode(list(ids), skip_special_tokens=False))
 
+    def decode_batch(self, ids: Sequence[Sequence[int]], *,
+                     skip_special_tokens: bool = True) -> list[str]:
+        """Text of each id list."""
+        return [str(t) for t in self.raw.decode_batch([list(x) for x in ids],
+                                                      skip_special_tokens=skip_special_tokens)]
+
     def spans(self, texts: Sequence[str], *, add_special_tokens: bool = True
               ) -> list[list[TokenSpan]]:
         """Tokens of each text with UTF-8 byte offsets, EOS last when ``add_special_tokens``."""

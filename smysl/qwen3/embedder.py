@@ -229,11 +229,12 @@ class Embedder(OnEngine, BaseEmbedder, TokenLevel):
         return self.tokenizer.encode(self._check_texts(texts), truncate=truncate,
                                      direction=direction)
 
-    def prepare_token_ids(self, ids: Sequence[Sequence[int]], *,
-                          truncate: bool = False) -> list[list[int]]:
+    def prepare_token_ids(self, ids: Sequence[Sequence[int]], *, truncate: bool = False,
+                          direction: Direction = "right") -> list[list[int]]:
         """Token ids exactly as they are embedded: every id in the vocabulary, EOS last once
-        (appended when missing), over-long input cut on the right (``truncate``) or rejected
-        with :class:`~smysl.tokenize.InputTooLongError`; other bad input is ``ValueError``."""
+        (appended when missing), over-long input cut (``truncate``: its end, or with
+        ``direction="left"`` its beginning) or rejected with
+        :class:`~smysl.tokenize.InputTooLongError`; other bad input is ``ValueError``."""
         seqs: list[list[int]] = []
         eos, rows = self.tokenizer.eos_id, self.engine.vocab_rows
         for i, seq in enumerate(ids):
@@ -245,8 +246,18 @@ class Embedder(OnEngine, BaseEmbedder, TokenLevel):
                 raise ValueError(f"input {i} has token ids outside 0..{rows - 1}: {bad[:5]}")
             if s[-1] != eos:
                 s.append(eos)
-            seqs.append(fit_length(s, self.limit, eos_id=eos, truncate=truncate, index=i))
+            seqs.append(fit_length(s, self.limit, eos_id=eos, truncate=truncate, index=i,
+                                   direction=direction))
         return seqs
+
+    def decode(self, ids: Sequence[Sequence[int]], *,
+               skip_special_tokens: bool = True) -> list[str]:
+        size = self.tokenizer.vocab_size
+        for i, seq in enumerate(ids):
+            bad = [t for t in seq if not 0 <= t < size]
+            if bad:  # the tokenizer would leave them out of the text without a word
+                raise ValueError(f"input {i} has token ids outside 0..{size - 1}: {bad[:5]}")
+        return self.tokenizer.decode_batch(ids, skip_special_tokens=skip_special_tokens)
 
     def embed_prepared(self, ids: list[list[int]]) -> np.ndarray:
         """Raw pooled rows of ids from :meth:`prepare_token_ids` or :meth:`tokenize`."""

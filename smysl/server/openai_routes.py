@@ -17,7 +17,7 @@ from starlette.types import Receive
 from smysl.server.errors import ApiError
 from smysl.server.fast import FastRoutes
 from smysl.server.http import json_response
-from smysl.server.service import Service, until_disconnected
+from smysl.server.service import Service, split_inputs, until_disconnected
 
 Input = StrictStr | list[StrictStr] | list[StrictInt] | list[list[StrictInt]]
 
@@ -71,23 +71,6 @@ class ModelList(BaseModel):
     data: list[ModelCard]
 
 
-def split_input(inp: object) -> tuple[list[str] | None, list[list[int]]]:
-    """OpenAI's four input forms -> (texts, None) or (None, token-id lists)."""
-    if isinstance(inp, str):
-        return [inp], []
-    items = list(inp) if isinstance(inp, list) else []
-    if isinstance(inp, list) and not items:  # text as far as anyone can tell: "not empty"
-        return [], []
-    if items and all(isinstance(x, str) for x in items):
-        return [str(x) for x in items], []
-    if items and all(isinstance(x, int) for x in items):
-        return None, [[int(x) for x in items]]
-    if all(isinstance(x, list) for x in items):
-        return None, [[int(t) for t in x] for x in items]
-    raise ApiError("invalid", "input must be a string, a list of strings, a list of token ids "
-                   "or a list of token-id lists", param="input")
-
-
 def router(service: Service, fast: FastRoutes) -> APIRouter:
     r = APIRouter(tags=["openai"])  # no prefix: /embeddings is an alias, as in TEI
 
@@ -105,7 +88,7 @@ def router(service: Service, fast: FastRoutes) -> APIRouter:
         """Create embeddings (OpenAI ``embeddings.create``)."""
         model = service.resolve_model(body.model)
         dims = service.dimensions(body.dimensions)
-        texts, ids = split_input(body.input)
+        texts, ids = split_inputs(body.input)
         if texts is not None:
             service.check_texts(texts)
             task = service.instruction(body.instruction, body.input_type)

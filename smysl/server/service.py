@@ -66,6 +66,25 @@ def until_disconnected(receive: Callable[[], Awaitable[Mapping[str, Any]]]) -> D
     return wait
 
 
+def split_inputs(inp: object, what: str = "input") -> tuple[list[str] | None, list[list[int]]]:
+    """A request's inputs in OpenAI's (and TEI's) four forms -> (texts, []) or (None, token-id
+    lists): a string, a list of strings, a list of token ids, a list of token-id lists."""
+    if isinstance(inp, str):
+        return [inp], []
+    items = list(inp) if isinstance(inp, list) else []
+    if isinstance(inp, list) and not items:  # text as far as anyone can tell: "not empty"
+        return [], []
+    if items and all(isinstance(x, str) for x in items):
+        return [str(x) for x in items], []
+    if items and all(isinstance(x, int) for x in items):
+        return None, [[int(x) for x in items]]
+    if all(isinstance(x, list) for x in items):
+        return None, [[int(t) for t in x] for x in items]
+    raise ApiError("invalid", f"{what} must be a string, a list of strings, a list of token "
+                   "ids or a list of token-id lists (not texts and token ids in one request)",
+                   param=what)
+
+
 @dataclass(frozen=True)
 class Embedded:
     """Vectors of one request plus what the response headers and usage fields report."""
@@ -271,7 +290,9 @@ class Service:
         return ApiError("too_long", e.describe(f"{what}[{e.index}]"), param=what)
 
     async def embed_ids(self, ids: list[list[int]], *, dimensions: int, truncate: bool,
-                        disconnected: Disconnected | None = None) -> Embedded:
+                        normalize: bool = True, direction: Direction = "right",
+                        disconnected: Disconnected | None = None,
+                        what: str = "input") -> Embedded:
         """Embed pre-tokenised inputs (token-level backends only, see :attr:`tokens`)."""
         t0 = time.perf_counter()
         if not self.config.token_ids:
@@ -279,31 +300,35 @@ class Service:
                            "client's ids are tiktoken's, not this model's, and would embed a "
                            "garbled text; send the text (LangChain's OpenAIEmbeddings: "
                            "check_embedding_ctx_length=False), or start the server with "
-                           "--token-ids if these are the model's own ids", param="input")
+                           "--token-ids if these are the model's own ids", param=what)
         self.batcher.check_room()
         if self.tokens is None:
             raise ApiError("unsupported", f"model {self.model_id!r} takes text only; send "
-                           "strings instead of token ids", param="input")
-        self.check_count(len(ids))
+                           "strings instead of token ids", param=what)
+        self.check_count(len(ids), what)
         for i, seq in enumerate(ids):
             if not seq:
-                raise ApiError("empty", f"input[{i}] is an empty token list", param="input")
-        self.check_tokens([len(x) for x in ids])
-        prepare = self.tokens.prepare_token_ids
+                raise ApiError("empty", f"{what}[{i}] is an empty token list", param=what)
+        self.check_tokens([len(x) for x in ids], what)
+        tokens = self.tokens
+
+        def prepare() -> list[list[int]]:
+            return tokens.prepare_token_ids(ids, truncate=truncate, direction=direction)
+
         try:
             if sum(map(len, ids)) <= _INLINE_TOKENS:
-                seqs = prepare(ids, truncate=truncate)
+                seqs = prepare()
             else:
-                seqs = await anyio.to_thread.run_sync(lambda: prepare(ids, truncate=truncate),
-                                                      limiter=self.tokenizers)
+                seqs = await anyio.to_thread.run_sync(prepare, limiter=self.tokenizers)
         except InputTooLongError as e:
-            raise self._too_long("input", e) from None
+            raise self._too_long(what, e) from None
         except ValueError as e:
-            raise ApiError("invalid", str(e), param="input") from None
+            raise ApiError("invalid", str(e), param=what) from None
         lengths = [len(x) for x in seqs]
-        self.check_tokens(lengths)  # EOS may have been added
+        self.check_tokens(lengths, what)  # EOS may have been added
         job = Job(key=("ids",), items=seqs, lengths=lengths, dimensions=dimensions,
-                  disconnected=disconnected, timeout_s=self.config.request_timeout_s)
+                  normalize=normalize, disconnected=disconnected,
+                  timeout_s=self.config.request_timeout_s)
         vectors = await self._submit(job)
         # as sent, like OpenAI's usage, but no more than embedded (an added EOS is not counted,
         # ids cut off by ``truncate`` are not either: text's usage counts what was embedded)

@@ -1,27 +1,42 @@
-"""Text Embeddings Inference (TEI) compatible routes: ``/embed`` (also ``POST /`` and
-``/invocations``, as TEI serves an embedding model there: ``huggingface_hub``'s
-``InferenceClient(model=URL)`` posts to the URL itself), ``/tokenize``, ``/info``, ``/health``.
+"""Text Embeddings Inference (TEI) compatible routes: ``/embed``, ``/similarity``, ``/tokenize``,
+``/decode``, ``/info``, ``/health``. ``POST /`` and ``/invocations`` take an ``/embed`` body, as
+TEI serves an embedding model there, or a ``/similarity`` body (``{"inputs": {"source_sentence",
+"sentences"}}``, what TEI serves there under ``TASK=sentence-similarity``): ``huggingface_hub``'s
+``InferenceClient(model=URL)`` posts both its ``feature_extraction`` and its
+``sentence_similarity`` to the URL itself.
 
 ``prompt_name`` takes ``query`` (the model's default query instruction), ``document``, or any task
 preset name from :data:`smysl.prompts.TASK_PRESETS`. ``/tokenize`` offsets are UTF-8 byte
-offsets into the (prompted) text, as TEI's are.
+offsets into the (prompted) text, as TEI's are. ``/embed`` takes token ids where TEI does, on a
+server started with ``--token-ids`` (the one rule for token-id input, :meth:`Service.embed_ids`).
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Literal
+from typing import Annotated, Literal
 
 import anyio
-from fastapi import APIRouter, Response
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr
+import numpy as np
+from fastapi import APIRouter, Request, Response
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    RootModel,
+    StrictBool,
+    StrictInt,
+    StrictStr,
+    Tag,
+)
 from starlette.types import Receive
 
 from smysl.prompts import TASK_PRESETS
 from smysl.server.errors import ApiError
 from smysl.server.fast import FastRoutes
 from smysl.server.http import json_response
-from smysl.server.service import Service, until_disconnected
+from smysl.server.service import Service, split_inputs, until_disconnected
 
 Direction = Literal["right", "left", "Right", "Left"]
 
@@ -29,12 +44,57 @@ Direction = Literal["right", "left", "Right", "Left"]
 class EmbedRequest(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
-    inputs: StrictStr | list[StrictStr] = Field(description="text or list of texts")
+    inputs: StrictStr | list[StrictStr | list[StrictInt]] | list[StrictInt] = Field(
+        description="text or list of texts; token ids or lists of them (--token-ids)")
     normalize: StrictBool = True
     truncate: StrictBool | None = Field(None, description="default: false (no auto-truncate)")
     truncation_direction: Direction = "right"
     prompt_name: StrictStr | None = None
     dimensions: StrictInt | None = None
+
+
+class SimilarityInput(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    source_sentence: StrictStr
+    sentences: list[StrictStr] = Field(description="compared with source_sentence")
+
+
+class SimilarityParameters(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    prompt_name: StrictStr | None = None
+    truncate: StrictBool | None = None
+    truncation_direction: Direction = "right"
+
+
+class SimilarityRequest(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    inputs: SimilarityInput
+    parameters: SimilarityParameters | None = None
+
+
+def _root_kind(body: object) -> str:
+    inputs = (body.get("inputs") if isinstance(body, dict)
+              else body.inputs if isinstance(body, EmbedRequest | SimilarityRequest) else None)
+    return "similarity" if isinstance(inputs, dict | SimilarityInput) else "embed"
+
+
+class RootRequest(RootModel[Annotated[Annotated[EmbedRequest, Tag("embed")]
+                                      | Annotated[SimilarityRequest, Tag("similarity")],
+                                      Discriminator(_root_kind)]]):
+    """``POST /`` and ``/invocations``: an ``/embed`` or a ``/similarity`` body, told apart
+    by ``inputs`` (an object only in the latter; a bad body is reported against the one its
+    ``inputs`` picks)."""
+
+
+class DecodeRequest(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    ids: list[StrictInt] | list[list[StrictInt]] = Field(
+        description="token ids, or lists of them")
+    skip_special_tokens: StrictBool = True
 
 
 class TokenizeRequest(BaseModel):
@@ -101,21 +161,64 @@ def router(service: Service, fast: FastRoutes) -> APIRouter:
         raise ApiError("invalid", f"prompt_name {prompt_name!r} is unknown; use 'query', "
                        f"'document' or one of {sorted(TASK_PRESETS)}", param="prompt_name")
 
-    @fast.post(r, EmbedRequest, "/embed", "/", "/invocations",
-               response_model=list[list[float]])
-    async def embed(body: EmbedRequest, receive: Receive) -> Response:
-        """Embed one text or a list (TEI ``/embed``; ``POST /`` and ``/invocations`` take
-        the same body)."""
-        texts = [body.inputs] if isinstance(body.inputs, str) else list(body.inputs)
-        service.check_texts(texts, "inputs")
+    def direction(value: str) -> Literal["right", "left"]:
+        return "left" if value.lower() == "left" else "right"
+
+    async def embed_body(body: EmbedRequest, receive: Receive) -> Response:
+        texts, ids = split_inputs(body.inputs, "inputs")
+        task = instruction(body.prompt_name)
         dims = service.dimensions(body.dimensions)
-        result = await service.embed_texts(
-            texts, instruction=instruction(body.prompt_name), dimensions=dims,
-            truncate=bool(body.truncate), normalize=body.normalize,
-            direction="left" if body.truncation_direction.lower() == "left" else "right",
-            what="inputs",
-            disconnected=until_disconnected(receive))
+        if texts is not None:
+            service.check_texts(texts, "inputs")
+            result = await service.embed_texts(
+                texts, instruction=task, dimensions=dims, truncate=bool(body.truncate),
+                normalize=body.normalize, direction=direction(body.truncation_direction),
+                what="inputs", disconnected=until_disconnected(receive))
+        else:
+            if task is not None:
+                raise ApiError("invalid", "a prompt_name with an instruction applies to text "
+                               "input only; apply the query template before tokenising",
+                               param="prompt_name")
+            result = await service.embed_ids(
+                ids, dimensions=dims, truncate=bool(body.truncate), normalize=body.normalize,
+                direction=direction(body.truncation_direction), what="inputs",
+                disconnected=until_disconnected(receive))
         return json_response(result.vectors, headers=service.timing_headers(result))
+
+    async def similarity_body(body: SimilarityRequest, receive: Receive) -> Response:
+        inputs, params = body.inputs, body.parameters or SimilarityParameters()
+        if not inputs.sentences:
+            raise ApiError("empty", "inputs.sentences must not be empty", param="inputs")
+        texts = [inputs.source_sentence, *inputs.sentences]
+        service.check_texts(texts, "inputs")
+        result = await service.embed_texts(
+            texts, instruction=instruction(params.prompt_name),
+            dimensions=service.dimensions(None), truncate=bool(params.truncate),
+            direction=direction(params.truncation_direction), what="inputs",
+            disconnected=until_disconnected(receive))
+        v = result.vectors  # unit rows: their dot products are the cosines
+        cosines = (v[1:].astype(np.float64) @ v[0].astype(np.float64)).astype(np.float32)
+        return json_response(cosines, headers=service.timing_headers(result))
+
+    @fast.post(r, EmbedRequest, "/embed", response_model=list[list[float]])
+    async def embed(body: EmbedRequest, receive: Receive) -> Response:
+        """Embed one text or a list (TEI ``/embed``); token ids on a server started with
+        ``--token-ids``."""
+        return await embed_body(body, receive)
+
+    @fast.post(r, SimilarityRequest, "/similarity", response_model=list[float])
+    async def similarity(body: SimilarityRequest, receive: Receive) -> Response:
+        """Cosine similarity of ``source_sentence`` to each of ``sentences`` (TEI
+        ``/similarity``; the server's default dimensions)."""
+        return await similarity_body(body, receive)
+
+    @fast.post(r, RootRequest, "/", "/invocations",
+               response_model=list[list[float]] | list[float])
+    async def root(body: RootRequest, receive: Receive) -> Response:
+        """An ``/embed`` or a ``/similarity`` body (TEI's routes for the model's task)."""
+        if isinstance(body.root, SimilarityRequest):
+            return await similarity_body(body.root, receive)
+        return await embed_body(body.root, receive)
 
     @r.post("/tokenize", response_model=list[list[SimpleToken]])
     async def tokenize(body: TokenizeRequest) -> Response:
@@ -138,6 +241,38 @@ def router(service: Service, fast: FastRoutes) -> APIRouter:
         # tokenising a large request takes long enough to stall other clients: off the loop
         out = await anyio.to_thread.run_sync(work, limiter=service.tokenizers)
         return json_response(out)
+
+    @r.post("/decode", response_model=list[str])
+    async def decode(body: DecodeRequest) -> Response:
+        """The text of token ids (TEI ``/decode``)."""
+        tokens = service.tokens
+        if tokens is None:
+            raise ApiError("not_implemented",
+                           f"model {service.model_id!r} has no local tokenizer to decode with")
+        # a flat list is one sequence (an empty one too: TEI decodes it to "")
+        batch = split_inputs(body.ids, "ids")[1] if body.ids else [[]]
+        service.check_count(len(batch), "ids")
+        service.check_tokens([len(x) for x in batch], "ids")
+
+        def work() -> list[str]:
+            return tokens.decode(batch, skip_special_tokens=body.skip_special_tokens)
+
+        try:
+            out = (work() if sum(map(len, batch)) <= 4096
+                   else await anyio.to_thread.run_sync(work, limiter=service.tokenizers))
+        except ValueError as e:
+            raise ApiError("invalid", str(e), param="ids") from None
+        return json_response(out)
+
+    @r.post("/embed_all", include_in_schema=False)
+    @r.post("/embed_sparse", include_in_schema=False)
+    async def not_served(request: Request) -> Response:
+        """TEI routes for what this model does not give: said, not a bare 404."""
+        what = ("every token's hidden state" if request.url.path == "/embed_all"
+                else "sparse (SPLADE) vectors")
+        raise ApiError("not_implemented", f"{request.url.path} is not served: model "
+                       f"{service.model_id!r} gives pooled vectors (its last token's hidden "
+                       f"state), not {what}; use /embed")
 
     @r.get("/info", response_model=Info)
     async def info() -> Response:

@@ -158,8 +158,13 @@ def test_tei_root_and_invocations_serve_huggingface_hub(live, tiny) -> None:  # 
     ``huggingface_hub.InferenceClient(model=URL).feature_extraction`` posts there (it got 404)."""
     hub = pytest.importorskip("huggingface_hub")
     texts = ["Привет, мир!", "The quick brown fox"]
-    got = hub.InferenceClient(model=live).feature_extraction(texts[0])
+    client = hub.InferenceClient(model=live)
+    got = client.feature_extraction(texts[0])
     assert np.array_equal(np.asarray(got, np.float32).reshape(1, -1), tiny.embed(texts[:1]))
+    # its sentence_similarity posts a /similarity body to the URL too (it got 422)
+    sims = client.sentence_similarity(texts[0], [texts[1], texts[0]])
+    v = tiny.embed([texts[0], texts[1], texts[0]])
+    np.testing.assert_allclose(sims, v[1:] @ v[0], atol=1e-6)
     for path in ("/", "/invocations"):
         r = httpx.post(f"{live}{path}", json={"inputs": texts, "dimensions": 32}, timeout=30)
         assert r.status_code == 200

@@ -163,3 +163,84 @@ def test_cors_for_the_origins_allowed(tiny) -> None:  # type: ignore[no-untyped-
         assert "access-control-allow-origin" not in r.headers
     with pytest.raises(ValueError, match="cors_origins"):
         ServerConfig(cors_origins=("app.example",))
+
+
+def test_tei_similarity_at_its_route_and_at_the_root(client, tiny) -> None:  # type: ignore[no-untyped-def]
+    """TEI's /similarity: the cosine of source_sentence to each sentence, with prompt_name
+    and truncation as parameters; POST / and /invocations take its body too (huggingface_hub's
+    sentence_similarity posts it to the URL itself)."""
+    body = {"inputs": {"source_sentence": TEXTS[0], "sentences": [*TEXTS[1:], TEXTS[0]]}}
+    v = tiny.embed([*TEXTS, TEXTS[0]])
+    want = v[1:] @ v[0]
+    for path in ("/similarity", "/", "/invocations"):
+        r = client.post(path, json=body)
+        assert r.status_code == 200, r.text
+        np.testing.assert_allclose(r.json(), want, atol=1e-6)
+        assert abs(r.json()[-1] - 1.0) < 1e-6
+    q = client.post("/similarity", json={**body, "parameters": {"prompt_name": "query"}}).json()
+    vq = tiny.embed_queries([*TEXTS, TEXTS[0]])
+    np.testing.assert_allclose(q, vq[1:] @ vq[0], atol=1e-6)
+    long = {"inputs": {"source_sentence": "a", "sentences": [LONG]}}
+    r = client.post("/similarity", json=long)
+    assert r.status_code == 422 and "inputs[1]" in r.json()["error"]
+    cut = client.post("/", json={**long, "parameters": {"truncate": True}}).json()
+    va = tiny.embed(["a", LONG], truncate=True)
+    np.testing.assert_allclose(cut, [va[1] @ va[0]], atol=1e-6)
+    r = client.post("/similarity", json={"inputs": {"source_sentence": "a", "sentences": []}})
+    assert (r.status_code, r.json()["error_type"]) == (400, "Empty")
+    # the root still embeds an /embed body
+    assert np.array_equal(vecs(client.post("/", json={"inputs": TEXTS}).json()), tiny.embed(TEXTS))
+
+
+def test_tei_decode(client, tiny) -> None:  # type: ignore[no-untyped-def]
+    """TEI's /decode: a list of ids or lists of them -> their texts, special tokens skipped
+    unless asked; ids outside the vocabulary are refused, not dropped silently."""
+    ids = tiny.tokenize(TEXTS)
+    assert client.post("/decode", json={"ids": ids}).json() == TEXTS
+    assert client.post("/decode", json={"ids": ids[0]}).json() == [TEXTS[0]]
+    kept = client.post("/decode", json={"ids": ids[0], "skip_special_tokens": False}).json()
+    assert kept == [TEXTS[0] + "<|endoftext|>"]
+    assert client.post("/decode", json={"ids": []}).json() == [""]
+    r = client.post("/decode", json={"ids": [ids[0][0], 10**9]})
+    assert (r.status_code, r.json()["error_type"]) == (422, "Validation")
+    assert "outside" in r.json()["error"]
+
+
+def test_tei_embed_takes_token_ids_where_the_server_does(tiny) -> None:  # type: ignore[no-untyped-def]
+    """TEI's /embed takes token ids (a list, or lists) on a server started with --token-ids,
+    with normalize, dimensions and truncation of either end; without the flag, or mixed with
+    texts, or with a query prompt, they are refused with what to do."""
+    ids = tiny.tokenize(TEXTS)
+    long = tiny.tokenize([LONG], truncate=True)[0][:-1] * 2
+    with TestClient(create_app(tiny, ServerConfig(token_ids=True))) as c:
+        assert np.array_equal(vecs(c.post("/embed", json={"inputs": ids}).json()),
+                              tiny.embed(TEXTS))
+        one = c.post("/embed", json={"inputs": ids[1], "dimensions": 32}).json()
+        assert np.array_equal(vecs(one), tiny.embed(TEXTS[1:2], dimensions=32))
+        raw = vecs(c.post("/embed", json={"inputs": ids, "normalize": False}).json())
+        np.testing.assert_allclose(raw / np.linalg.norm(raw, axis=1, keepdims=True),
+                                   tiny.embed(TEXTS), atol=1e-6)
+        for direction in ("right", "left"):
+            got = c.post("/embed", json={"inputs": [long], "truncate": True,
+                                         "truncation_direction": direction}).json()
+            want = tiny.embed_token_ids(
+                [long[: tiny.max_tokens - 1] if direction == "right"
+                 else long[-(tiny.max_tokens - 1):]])
+            assert np.array_equal(vecs(got), want), direction
+        r = c.post("/embed", json={"inputs": [long]})
+        assert r.status_code == 422 and "inputs[0]" in r.json()["error"]
+        r = c.post("/embed", json={"inputs": [TEXTS[0], ids[1]]})
+        assert r.status_code == 422 and "not texts and token ids" in r.json()["error"]
+        r = c.post("/embed", json={"inputs": ids, "prompt_name": "query"})
+        assert r.status_code == 422 and "query template" in r.json()["error"]
+    with TestClient(create_app(tiny, ServerConfig())) as c:
+        r = c.post("/embed", json={"inputs": ids})
+        assert r.status_code == 422 and "--token-ids" in r.json()["error"]
+
+
+def test_tei_routes_for_other_models_say_so(client) -> None:  # type: ignore[no-untyped-def]
+    """/embed_all and /embed_sparse (TEI's per-token and SPLADE outputs) answer 501 with what
+    to use instead, not a bare 404."""
+    for path in ("/embed_all", "/embed_sparse"):
+        r = client.post(path, json={"inputs": "x"})
+        assert r.status_code == 501 and "use /embed" in r.json()["error"], r.text
