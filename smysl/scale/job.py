@@ -132,6 +132,9 @@ class JobReport:
     empty_rows: int = 0
     #: Files of the input folders that are not JSONL/CSV/Parquet, so not read.
     unread_files: list[str] = field(default_factory=list)
+    #: Inputs with the same bytes as an earlier input of this run, "COPY = FIRST": their
+    #: shards are that input's (counted as already done), their rows written once.
+    copies: list[str] = field(default_factory=list)
     seconds: float = 0.0
     usage: str | None = None
 
@@ -148,6 +151,10 @@ class JobReport:
             line += f"; {self.empty_rows} empty rows gave no chunks"
         if self.unread_files:
             line += f"; {unread_message(self.unread_files)}"
+        if self.copies:
+            line += (f"; {len(self.copies)} input file(s) with the same bytes as another, "
+                     f"their rows written once: {', '.join(self.copies[:3])}"
+                     + (" ..." if len(self.copies) > 3 else ""))
         return line + (f"; {self.usage}" if self.usage else "")
 
 
@@ -233,8 +240,12 @@ def run_job(model: BaseEmbedder, inputs: Sequence[str | Path], config: JobConfig
 
                 bar = tqdm(total=sum(count_records(s) for s in sources), unit="row",
                            desc="embedding", smoothing=0.1)
+            first: dict[str, Source] = {}  # content id -> the first input with those bytes
             for source in sources:
                 content = contents.get(source) or content_id(source)
+                if (same := first.setdefault(content, source)) is not source:
+                    # its shards are named by content: the first one's, done already
+                    report.copies.append(f"{source.name} = {same.name}")
                 rows = read_rows(source, config.id_field, config.text_field)
                 for part, group in itertools.groupby(
                         rows, key=lambda r: (r.number - 1) // config.shard_rows):

@@ -196,6 +196,23 @@ def test_an_unchanged_file_keeps_its_shards_wherever_it_lies(tiny, tmp_path) -> 
     assert _ids(out) == [f"r{i}" for i in range(5)]
 
 
+def test_copies_of_one_file_in_a_run_are_named_not_called_done(tiny, tmp_path) -> None:
+    """Two inputs with the same bytes share their shards (named by content): the copy's were
+    reported "already done" on a first run, as if an earlier run had embedded them; the
+    report names the copy and says its rows are written once."""
+    rows = [(f"r{i}", f"text {i}") for i in range(5)]
+    _write(tmp_path / "in" / "a.jsonl", rows)
+    _write(tmp_path / "in" / "b.jsonl", rows)
+    out = str(tmp_path / "out")
+    report = run_job(tiny, [tmp_path / "in"], JobConfig(output=out, shard_rows=2))
+    assert report.copies == ["in/b.jsonl = in/a.jsonl"]
+    assert "1 input file(s) with the same bytes as another, their rows written once: " \
+           "in/b.jsonl = in/a.jsonl" in report.summary()
+    assert report.shards_written == 3 and _ids(out) == [r for r, _ in rows]
+    again = run_job(tiny, [tmp_path / "in" / "b.jsonl"], JobConfig(output=out, shard_rows=2))
+    assert again.copies == [] and again.shards_skipped == 3  # done by an earlier run: true
+
+
 def test_a_changed_file_updates_an_index(tiny, tmp_path) -> None:
     """An index upserts by id: the changed file's shards are ingested again, the appended row
     is embedded and the edited row's vector replaced."""
