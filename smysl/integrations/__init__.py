@@ -11,6 +11,7 @@ its package raises an ``ImportError`` naming the extra to install.
 from __future__ import annotations
 
 import importlib
+import pickle
 from dataclasses import dataclass
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
@@ -55,12 +56,40 @@ def open_model(model: str | BaseEmbedder, load_kwargs: dict[str, Any]) -> BaseEm
     return load(model, **load_kwargs)
 
 
+def check_config(model: BaseEmbedder, cfg: AdapterConfig) -> AdapterConfig:
+    """``cfg`` once the model accepts it: a bad size, task or flag fails when the adapter is
+    made, not at the first document of an ingestion run."""
+    if not isinstance(cfg.truncate, bool):  # embed's bool() would take "no" for True
+        raise ValueError(f"truncate must be True or False, got {cfg.truncate!r}")
+    # Both checks are smysl's own, with their messages; neither sends a request. An empty
+    # embed checks dimensions as every call does, where the width is known without one.
+    model.embed([], dimensions=cfg.dimensions)
+    model.choose_instruction(cfg.task, role="query")
+    return cfg
+
+
+def check_picklable(model: BaseEmbedder, adapter: str) -> None:
+    """Raise a ``TypeError`` saying what to do when ``model`` cannot travel to another
+    process (a framework's worker pool pickles the adapter)."""
+    try:
+        pickle.dumps(model)
+    except Exception as e:
+        raise TypeError(
+            f"{adapter} cannot be pickled: its model {model.name!r} ({type(model).__name__}) "
+            "does not pickle. To embed in other processes, wrap model.share() of a model "
+            "loaded with process=True (it computes on that model's engine process)") from e
+
+
 def embed_queries(model: BaseEmbedder, texts: list[str], cfg: AdapterConfig) -> list[list[float]]:
+    """Query vectors (the instruction applied) as the frameworks' lists of floats."""
     rows = model.embed_queries(texts, cfg.task, dimensions=cfg.dimensions, truncate=cfg.truncate)
-    return [[float(x) for x in row] for row in rows]
+    out: list[list[float]] = rows.tolist()  # the same Python floats as float(x), in one C pass
+    return out
 
 
 def embed_documents(model: BaseEmbedder, texts: list[str],
                     cfg: AdapterConfig) -> list[list[float]]:
+    """Document vectors (no instruction) as the frameworks' lists of floats."""
     rows = model.embed_documents(texts, dimensions=cfg.dimensions, truncate=cfg.truncate)
-    return [[float(x) for x in row] for row in rows]
+    out: list[list[float]] = rows.tolist()
+    return out

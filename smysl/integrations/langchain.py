@@ -12,32 +12,56 @@ from __future__ import annotations
 from typing import Any
 
 from smysl.base import BaseEmbedder
-from smysl.integrations import AdapterConfig, embed_documents, embed_queries, open_model, require
+from smysl.integrations import (
+    AdapterConfig,
+    check_config,
+    check_picklable,
+    embed_documents,
+    embed_queries,
+    open_model,
+    require,
+)
 
 Embeddings = require("langchain_core.embeddings", "langchain").Embeddings
 
 
 class SmyslEmbeddings(Embeddings):  # type: ignore[misc, valid-type]
     """``embed_query`` -> smysl's ``embed_queries`` (instruction ``task``), ``embed_documents``
-    -> ``embed_documents``; vectors are unit length, ``dimensions`` long.
+    -> ``embed_documents``; vectors are unit length, ``dimensions`` long. The async methods are
+    LangChain's: the same calls in its executor, off the event loop.
 
     ``model`` is a loaded :class:`~smysl.base.BaseEmbedder` or a model string for
     :func:`smysl.load` (``load_kwargs``: its options, e.g. ``device="cpu"``); a model loaded
-    here is closed by :meth:`close`.
+    here is closed by :meth:`close`. ``dimensions``, ``task`` and ``truncate`` are checked
+    here. Pickling needs a model that pickles (``model.share()`` of one loaded with
+    ``process=True``); otherwise it is a ``TypeError`` saying so.
     """
 
     def __init__(self, model: str | BaseEmbedder, *, dimensions: int | None = None,
                  task: str | None = None, truncate: bool = False, **load_kwargs: Any) -> None:
         self.model = open_model(model, load_kwargs)
         self._owned = not isinstance(model, BaseEmbedder)
-        self.config = AdapterConfig(dimensions=dimensions, task=task, truncate=truncate)
+        try:
+            self.config = check_config(self.model, AdapterConfig(
+                dimensions=dimensions, task=task, truncate=truncate))
+        except Exception:
+            self.close()  # a model loaded for an adapter that is not made would leak
+            raise
 
     def embed_documents(self, texts: list[str]) -> list[list[float]]:
+        if isinstance(texts, str):  # list("abc") would embed three one-letter documents
+            raise ValueError("embed_documents takes a list of texts, got one string: "
+                             "pass [text], or embed_query for a query")
         return embed_documents(self.model, list(texts), self.config)
 
     def embed_query(self, text: str) -> list[float]:
         return embed_queries(self.model, [text], self.config)[0]
 
     def close(self) -> None:
+        """Close the model if this adapter loaded it from a string."""
         if self._owned:
             self.model.close()
+
+    def __getstate__(self) -> dict[str, Any]:
+        check_picklable(self.model, type(self).__name__)
+        return self.__dict__.copy()

@@ -15,10 +15,24 @@ import asyncio
 from typing import Any
 
 from smysl.base import BaseEmbedder
-from smysl.integrations import AdapterConfig, embed_documents, embed_queries, open_model, require
+from smysl.integrations import (
+    AdapterConfig,
+    check_config,
+    check_picklable,
+    embed_documents,
+    embed_queries,
+    open_model,
+    require,
+)
+from smysl.tokenize import InputTooLongError
 
 _base = require("llama_index.core.base.embeddings.base", "llamaindex")
-PrivateAttr = require("pydantic", "llamaindex").PrivateAttr
+# pydantic comes with llama-index-core (its models are pydantic's)
+from pydantic import BaseModel, Field, PrivateAttr, computed_field  # noqa: E402
+
+#: The framework's own fields (callback_manager, num_workers, embeddings_cache, ...): keyword
+#: arguments by these names go to LlamaIndex, the rest to smysl.load.
+_FRAMEWORK_FIELDS = frozenset(_base.BaseEmbedding.model_fields)
 
 
 class SmyslEmbedding(_base.BaseEmbedding):  # type: ignore[name-defined]
@@ -26,22 +40,61 @@ class SmyslEmbedding(_base.BaseEmbedding):  # type: ignore[name-defined]
     ``task``; texts (``get_text_embedding[_batch]``, what indexes store) -> ``embed_documents``.
 
     ``model`` is a loaded :class:`~smysl.base.BaseEmbedder` or a model string for
-    :func:`smysl.load` (``load_kwargs``: its options). ``embed_batch_size`` (texts per call into
-    smysl, which plans its own forward passes) defaults to 256.
+    :func:`smysl.load`, also accepted as ``model_name`` (what ``from_dict`` passes); other
+    keyword arguments are LlamaIndex's fields (``callback_manager``, ``num_workers``,
+    ``embeddings_cache``, ...) or else :func:`smysl.load` options. ``embed_batch_size`` (texts
+    per call into smysl, which plans its own forward passes) defaults to 256.
+
+    ``to_dict()`` holds ``dimensions``, ``task``, ``truncate`` and the model's
+    :meth:`~smysl.base.BaseEmbedder.fingerprint`, so LlamaIndex's ingestion cache (keyed by it)
+    never hands back another model's or size's vectors, and ``from_dict`` loads ``model_name``
+    again, refusing a model whose fingerprint changed. ``embeddings_cache`` is refused while
+    queries get an instruction: LlamaIndex keys it by text alone. Pickling needs a model that
+    pickles (``model.share()`` of one loaded with ``process=True``); otherwise a ``TypeError``.
     """
 
+    dimensions: int | None = Field(
+        default=None, description="Matryoshka output size (None: the model's native size).")
+    task: str | None = Field(
+        default=None, description="Query instruction or preset (None: the model's default).")
+    truncate: bool = Field(
+        default=False, description="Cut over-long inputs instead of raising.")
+
     _model: Any = PrivateAttr()
-    _config: AdapterConfig = PrivateAttr()
     _owned: bool = PrivateAttr()
 
-    def __init__(self, model: str | BaseEmbedder, *, dimensions: int | None = None,
-                 task: str | None = None, truncate: bool = False, embed_batch_size: int = 256,
-                 **load_kwargs: Any) -> None:
-        loaded = open_model(model, load_kwargs)
-        super().__init__(model_name=loaded.name, embed_batch_size=embed_batch_size)
+    def __init__(self, model: str | BaseEmbedder | None = None, *, model_name: str | None = None,
+                 dimensions: int | None = None, task: str | None = None,
+                 truncate: bool = False, embed_batch_size: int = 256, **kwargs: Any) -> None:
+        if model is None and model_name is not None:
+            model = model_name
+        elif model is None or model_name is not None:
+            raise TypeError("pass the model (a BaseEmbedder or a model string) or model_name "
+                            "(a model string), not both or neither")
+        fields = {k: v for k, v in kwargs.items() if k in _FRAMEWORK_FIELDS}
+        loaded = open_model(model, {k: v for k, v in kwargs.items() if k not in fields})
+        owned = not isinstance(model, BaseEmbedder)
+        try:
+            # model_name is the string the model loads from again (from_dict), else its name
+            super().__init__(model_name=loaded.source or loaded.name,
+                             embed_batch_size=embed_batch_size, dimensions=dimensions,
+                             task=task, truncate=truncate, **fields)
+            check_config(loaded, self._config)
+            if self.embeddings_cache is not None and loaded.choose_instruction(
+                    self.task, role="query") is not None:
+                # LlamaIndex keys that cache by the text alone, queries and documents in one
+                # collection: a query once embedded as a document got the document's vector
+                raise ValueError(
+                    "embeddings_cache keys vectors by text alone, so a query would get the "
+                    "vector of the same text embedded as a document (without the query "
+                    "instruction); cache documents with IngestionPipeline(cache=...) instead, "
+                    "or pass task=\"\" to embed queries without an instruction")
+        except Exception:
+            if owned:  # a model loaded for an adapter that is not made would leak
+                loaded.close()
+            raise
         self._model = loaded
-        self._owned = not isinstance(model, BaseEmbedder)
-        self._config = AdapterConfig(dimensions=dimensions, task=task, truncate=truncate)
+        self._owned = owned
 
     @classmethod
     def class_name(cls) -> str:
@@ -53,6 +106,18 @@ class SmyslEmbedding(_base.BaseEmbedding):  # type: ignore[name-defined]
         loaded: BaseEmbedder = self._model
         return loaded
 
+    @computed_field(repr=False)  # type: ignore[prop-decorator]
+    @property
+    def fingerprint(self) -> str:
+        """The model's :meth:`~smysl.base.BaseEmbedder.fingerprint` (what makes it the same
+        model), part of ``to_dict()`` and so of LlamaIndex's ingestion cache keys."""
+        return self.model.fingerprint()
+
+    @property
+    def _config(self) -> AdapterConfig:
+        # read from the fields on every call: they are what to_dict() reports
+        return AdapterConfig(dimensions=self.dimensions, task=self.task, truncate=self.truncate)
+
     def _get_query_embedding(self, query: str) -> list[float]:
         return embed_queries(self._model, [query], self._config)[0]
 
@@ -60,7 +125,15 @@ class SmyslEmbedding(_base.BaseEmbedding):  # type: ignore[name-defined]
         return embed_documents(self._model, [text], self._config)[0]
 
     def _get_text_embeddings(self, texts: list[str]) -> list[list[float]]:
-        return embed_documents(self._model, list(texts), self._config)
+        try:
+            return embed_documents(self._model, list(texts), self._config)
+        except InputTooLongError as e:
+            # LlamaIndex cuts the texts into batches of embed_batch_size: smysl's "input i"
+            # would count within a batch the caller never sees, so the text's start names it
+            named = InputTooLongError(index=e.index, tokens=e.tokens, limit=e.limit, who=e.who)
+            named.args = (e.describe(f"the text starting {texts[e.index][:60]!r}",
+                                     audience="python"),)
+            raise named from e
 
     async def _aget_query_embedding(self, query: str) -> list[float]:
         return await asyncio.to_thread(self._get_query_embedding, query)
@@ -72,5 +145,32 @@ class SmyslEmbedding(_base.BaseEmbedding):  # type: ignore[name-defined]
         return await asyncio.to_thread(self._get_text_embeddings, texts)
 
     def close(self) -> None:
+        """Close the model if this adapter loaded it from a string."""
         if self._owned:
             self._model.close()
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], **kwargs: Any) -> SmyslEmbedding:
+        """Load ``data["model_name"]`` again (``to_dict``'s output); ``ValueError`` when the
+        model found there is not the one recorded (its fingerprint differs)."""
+        data = dict(data)
+        recorded = data.pop("fingerprint", None)  # computed, not an argument
+        made: SmyslEmbedding = super().from_dict(data, **kwargs)
+        if recorded is not None and made.fingerprint != recorded:
+            made.close()
+            raise ValueError(f"model {made.model_name!r} is not the model this was saved with "
+                             f"(fingerprint {made.fingerprint}, saved {recorded}): its vectors "
+                             "would not match the ones made before")
+        return made
+
+    def __getstate__(self) -> dict[str, Any]:
+        # LlamaIndex's own drops an unpicklable model with a log line, and the copy then
+        # fails at its first embedding with an AttributeError
+        check_picklable(self._model, type(self).__name__)
+        state: dict[str, Any] = super().__getstate__()
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        # pydantic's restore: LlamaIndex's calls __init__ with the fields, which would load
+        # model_name afresh instead of keeping the model that was pickled
+        BaseModel.__setstate__(self, state)

@@ -122,3 +122,143 @@ def test_missing_framework_names_the_extra(monkeypatch: pytest.MonkeyPatch, modu
     monkeypatch.setattr(builtins, "__import__", blocked)
     with pytest.raises(ImportError, match=rf"pip install 'smysl\[{extra}\]'"):
         importlib.import_module(module)
+
+
+def test_llama_index_dict_keys_the_ingestion_cache_by_size_and_model(tiny: BaseEmbedder) -> None:
+    # LlamaIndex's IngestionPipeline keys its cache by to_dict(): without the size in it, a
+    # second run at 48 dimensions got the first run's 32-wide vectors back, without a word
+    from llama_index.core.ingestion import IngestionCache, IngestionPipeline
+    from llama_index.core.schema import Document
+
+    from smysl.integrations.llama_index import SmyslEmbedding
+
+    cache = IngestionCache()
+    for dims in (32, 48):
+        emb = SmyslEmbedding(tiny, dimensions=dims)
+        nodes = IngestionPipeline(transformations=[emb], cache=cache).run(
+            documents=[Document(text=t) for t in DOCS])
+        np.testing.assert_array_equal(np.array([n.embedding for n in nodes], dtype=np.float32),
+                                      tiny.embed_documents(DOCS, dimensions=dims))
+    assert {k: emb.to_dict()[k] for k in ("dimensions", "task", "truncate", "fingerprint")} == {
+        "dimensions": 48, "task": None, "truncate": False, "fingerprint": tiny.fingerprint()}
+    emb.dimensions = 32  # a field set later is what embeds and what to_dict reports
+    assert len(emb.get_query_embedding("q")) == 32 == emb.to_dict()["dimensions"]
+
+
+def test_llama_index_from_dict_loads_the_same_model_again(tiny: BaseEmbedder,
+                                                          tiny_dir: Path) -> None:
+    from smysl.integrations.llama_index import SmyslEmbedding
+
+    saved = SmyslEmbedding(str(tiny_dir), device="cpu", dimensions=48, task="qa").to_json()
+    again = SmyslEmbedding.from_json(saved, device="cpu")  # smysl.load options ride along
+    assert (again.dimensions, again.task) == (48, "qa")
+    np.testing.assert_array_equal(np.array(again.get_query_embedding(QUERIES[0]), np.float32),
+                                  tiny.embed_queries(QUERIES[:1], "qa", dimensions=48)[0])
+    again.close()
+    changed = {**SmyslEmbedding(tiny).to_dict(), "fingerprint": "0" * 32}
+    with pytest.raises(ValueError, match="not the model this was saved with"):
+        SmyslEmbedding.from_dict(changed)
+
+
+def test_llama_index_takes_its_own_fields(tiny: BaseEmbedder, tiny_dir: Path) -> None:
+    # callback_manager, num_workers, embeddings_cache went to smysl.load (or were refused)
+    from llama_index.core.callbacks import CallbackManager, LlamaDebugHandler
+    from llama_index.core.storage.kvstore import SimpleKVStore
+
+    from smysl.integrations.llama_index import SmyslEmbedding
+
+    debug, kv = LlamaDebugHandler(), SimpleKVStore()
+    emb = SmyslEmbedding(tiny, callback_manager=CallbackManager([debug]), num_workers=2,
+                         embeddings_cache=kv, task="")  # queries as documents: one cache fits
+    assert emb.num_workers == 2
+    vectors = asyncio.run(emb.aget_text_embedding_batch(DOCS))
+    np.testing.assert_array_equal(np.array(vectors, np.float32), tiny.embed_documents(DOCS))
+    assert debug.get_event_pairs() and len(kv.get_all(collection="embeddings")) == len(DOCS)
+    by_name = SmyslEmbedding(model_name=str(tiny_dir), device="cpu")  # LlamaIndex's spelling
+    np.testing.assert_array_equal(np.array(by_name.get_text_embedding(DOCS[0]), np.float32),
+                                  tiny.embed_documents(DOCS[:1])[0])
+    by_name.close()
+    with pytest.raises(TypeError, match="not both or neither"):
+        SmyslEmbedding(tiny, model_name=str(tiny_dir))
+
+
+def test_llama_index_too_long_text_is_named_not_numbered_in_its_batch(
+        tiny: BaseEmbedder) -> None:
+    # LlamaIndex sends batches of embed_batch_size: "input 1" meant the 4th text here
+    from smysl.integrations.llama_index import SmyslEmbedding
+    from smysl.tokenize import InputTooLongError
+
+    emb = SmyslEmbedding(tiny, embed_batch_size=2)
+    texts = ["a", "b", "c", "long " * 3000]
+    with pytest.raises(InputTooLongError, match="the text starting 'long long") as err:
+        emb.get_text_embedding_batch(texts)
+    assert "input 1" not in str(err.value)
+    with pytest.raises(InputTooLongError, match="the text starting 'long long"):
+        asyncio.run(emb.aget_text_embedding_batch(texts))
+
+
+def test_langchain_documents_must_be_a_list(tiny: BaseEmbedder) -> None:
+    from smysl.integrations.langchain import SmyslEmbeddings
+
+    # list("abc") made three one-letter documents
+    with pytest.raises(ValueError, match="got one string"):
+        SmyslEmbeddings(tiny).embed_documents("abc")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("adapter", list(ADAPTERS))
+def test_bad_settings_fail_when_the_adapter_is_made(tiny: BaseEmbedder,
+                                                    monkeypatch: pytest.MonkeyPatch,
+                                                    adapter: str) -> None:
+    from smysl.integrations.langchain import SmyslEmbeddings
+    from smysl.integrations.llama_index import SmyslEmbedding
+
+    cls: Any = {"langchain": SmyslEmbeddings, "llama_index": SmyslEmbedding}[adapter]
+    with pytest.raises(ValueError, match=r"dimensions must be in 32\.\.64"):
+        cls(tiny, dimensions=7)
+    with pytest.raises(ValueError, match=r"instruction must be a string|task\n.*valid string"):
+        cls(tiny, task=5)  # smysl's words, or pydantic's for the LlamaIndex field
+    with pytest.raises(ValueError, match="truncate"):
+        cls(tiny, truncate="maybe")
+    # a model the adapter loaded for itself is closed when its settings are refused
+    closed: list[bool] = []
+    monkeypatch.setattr("smysl.registry.load", lambda *a, **k: tiny)
+    monkeypatch.setattr(tiny, "close", lambda: closed.append(True))
+    with pytest.raises(ValueError, match="dimensions"):
+        cls("some/model", dimensions=7)
+    assert closed == [True]
+
+
+def test_pickling_keeps_the_model_or_says_why_not(tiny: BaseEmbedder, tiny_dir: Path) -> None:
+    # LlamaIndex dropped the model with a log line (IngestionPipeline(num_workers=...) pickles
+    # its transformations): the copy failed later with an AttributeError
+    import pickle
+
+    from smysl import Embedder
+    from smysl.integrations.langchain import SmyslEmbeddings
+    from smysl.integrations.llama_index import SmyslEmbedding
+
+    for adapter in (SmyslEmbeddings(tiny), SmyslEmbedding(tiny)):
+        with pytest.raises(TypeError, match=r"cannot be pickled.*model\.share\(\)"):
+            pickle.dumps(adapter)
+    with Embedder.load(str(tiny_dir), device="cpu", process=True) as served:
+        lc = pickle.loads(pickle.dumps(SmyslEmbeddings(served.share(), dimensions=32)))
+        li = pickle.loads(pickle.dumps(SmyslEmbedding(served.share(), dimensions=32)))
+        np.testing.assert_array_equal(np.array(lc.embed_query(QUERIES[0]), np.float32),
+                                      tiny.embed_queries(QUERIES[:1], dimensions=32)[0])
+        np.testing.assert_array_equal(np.array(li.get_text_embedding(DOCS[0]), np.float32),
+                                      tiny.embed_documents(DOCS[:1], dimensions=32)[0])
+        assert li.dimensions == 32
+        lc.model.close()
+        li.model.close()
+
+
+def test_llama_index_refuses_a_text_keyed_cache_while_queries_get_an_instruction(
+        tiny: BaseEmbedder) -> None:
+    # LlamaIndex's embeddings_cache keys by text alone: a query embedded earlier as a document
+    # got the document's vector (no instruction), without a word
+    from llama_index.core.storage.kvstore import SimpleKVStore
+
+    from smysl.integrations.llama_index import SmyslEmbedding
+
+    with pytest.raises(ValueError, match="embeddings_cache keys vectors by text alone"):
+        SmyslEmbedding(tiny, embeddings_cache=SimpleKVStore())
