@@ -11,7 +11,6 @@ its package raises an ``ImportError`` naming the extra to install.
 from __future__ import annotations
 
 import importlib
-import pickle
 from dataclasses import dataclass
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
@@ -66,18 +65,6 @@ def check_config(model: BaseEmbedder, cfg: AdapterConfig) -> AdapterConfig:
     model.embed([], dimensions=cfg.dimensions)
     model.choose_instruction(cfg.task, role="query")
     return cfg
-
-
-def check_picklable(model: BaseEmbedder, adapter: str) -> None:
-    """Raise a ``TypeError`` saying what to do when ``model`` cannot travel to another
-    process (a framework's worker pool pickles the adapter)."""
-    try:
-        pickle.dumps(model)
-    except Exception as e:
-        raise TypeError(
-            f"{adapter} cannot be pickled: its model {model.name!r} ({type(model).__name__}) "
-            "does not pickle. To embed in other processes, wrap model.share() of a model "
-            "loaded with process=True (it computes on that model's engine process)") from e
 
 
 def embed_queries(model: BaseEmbedder, texts: list[str], cfg: AdapterConfig) -> list[list[float]]:

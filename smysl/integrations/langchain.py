@@ -15,7 +15,6 @@ from smysl.base import BaseEmbedder
 from smysl.integrations import (
     AdapterConfig,
     check_config,
-    check_picklable,
     embed_documents,
     embed_queries,
     open_model,
@@ -33,8 +32,7 @@ class SmyslEmbeddings(Embeddings):  # type: ignore[misc, valid-type]
     ``model`` is a loaded :class:`~smysl.base.BaseEmbedder` or a model string for
     :func:`smysl.load` (``load_kwargs``: its options, e.g. ``device="cpu"``); a model loaded
     here is closed by :meth:`close`. ``dimensions``, ``task`` and ``truncate`` are checked
-    here. Pickling needs a model that pickles (``model.share()`` of one loaded with
-    ``process=True``); otherwise it is a ``TypeError`` saying so.
+    here.
     """
 
     def __init__(self, model: str | BaseEmbedder, *, dimensions: int | None = None,
@@ -61,7 +59,3 @@ class SmyslEmbeddings(Embeddings):  # type: ignore[misc, valid-type]
         """Close the model if this adapter loaded it from a string."""
         if self._owned:
             self.model.close()
-
-    def __getstate__(self) -> dict[str, Any]:
-        check_picklable(self.model, type(self).__name__)
-        return self.__dict__.copy()

@@ -18,7 +18,6 @@ from smysl.base import BaseEmbedder
 from smysl.integrations import (
     AdapterConfig,
     check_config,
-    check_picklable,
     embed_documents,
     embed_queries,
     open_model,
@@ -49,12 +48,14 @@ class SmyslEmbedding(_base.BaseEmbedding):  # type: ignore[name-defined]
     :meth:`~smysl.base.BaseEmbedder.fingerprint`, so LlamaIndex's ingestion cache (keyed by it)
     never hands back another model's or size's vectors, and ``from_dict`` loads ``model_name``
     again, refusing a model whose fingerprint changed. ``embeddings_cache`` is refused while
-    queries get an instruction: LlamaIndex keys it by text alone. Pickling needs a model that
-    pickles (``model.share()`` of one loaded with ``process=True``); otherwise a ``TypeError``.
+    queries get an instruction: LlamaIndex keys it by text alone. Pickling (a worker pool) needs
+    a model that pickles (``model.share()`` of one loaded with ``process=True``); otherwise a
+    ``TypeError`` saying so, where LlamaIndex would drop the model.
     """
 
-    dimensions: int | None = Field(
-        default=None, description="Matryoshka output size (None: the model's native size).")
+    dimensions: int | None = Field(  # strict: True is not 1
+        default=None, strict=True,
+        description="Matryoshka output size (None: the model's native size).")
     task: str | None = Field(
         default=None, description="Query instruction or preset (None: the model's default).")
     truncate: bool = Field(
@@ -160,14 +161,23 @@ class SmyslEmbedding(_base.BaseEmbedding):  # type: ignore[name-defined]
             made.close()
             raise ValueError(f"model {made.model_name!r} is not the model this was saved with "
                              f"(fingerprint {made.fingerprint}, saved {recorded}): its vectors "
-                             "would not match the ones made before")
+                             "would not match the ones made before. If it was loaded with "
+                             "options (dtype=, quantize=, ...), pass them: "
+                             "SmyslEmbedding.from_dict(data, dtype=...)")
         return made
 
     def __getstate__(self) -> dict[str, Any]:
-        # LlamaIndex's own drops an unpicklable model with a log line, and the copy then
-        # fails at its first embedding with an AttributeError
-        check_picklable(self._model, type(self).__name__)
+        # LlamaIndex's own tries to pickle each attribute and drops an unpicklable model with
+        # a log line: the copy then failed at its first embedding with an AttributeError
         state: dict[str, Any] = super().__getstate__()
+        if "_model" not in (state.get("__pydantic_private__") or {}):
+            model = self._model
+            raise TypeError(
+                f"{type(self).__name__} cannot be pickled (a worker pool such as "
+                f"IngestionPipeline(num_workers=...) pickles it): its model {model.name!r} "
+                f"({type(model).__name__}) does not pickle. A local model: wrap model.share() "
+                "of one loaded with process=True (workers compute on its engine process); a "
+                "remote API: make the adapter in each worker, or run without num_workers")
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:

@@ -18,6 +18,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
+from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from smysl.base import BaseEmbedder
@@ -82,14 +83,17 @@ def create_app(embedder: BaseEmbedder | None, config: ServerConfig | None = None
     app.state.service = service
     app.state.metrics = metrics
     fast = FastRoutes()
+    routers = []
     if service is not None:
-        app.include_router(openai_routes.router(service, fast))
-        app.include_router(ollama_routes.router(service, fast))
-        app.include_router(tei_routes.router(service, fast))
-        # opens config.index (a bad one fails here); /search reranks with the served reranker
-        app.include_router(ui.router(service, reranking))
+        routers += [openai_routes.router(service, fast), ollama_routes.router(service, fast),
+                    tei_routes.router(service, fast),
+                    # opens config.index (a bad one fails here); /search reranks with the
+                    # served reranker
+                    ui.router(service, reranking)]
     if reranking is not None:
-        app.include_router(rerank_routes.router(reranking, health=service is None))
+        routers.append(rerank_routes.router(reranking, health=service is None))
+    for router in routers:
+        app.include_router(router)
 
     @app.get("/metrics", tags=["ops"])
     async def prometheus() -> Response:
@@ -123,8 +127,13 @@ def create_app(embedder: BaseEmbedder | None, config: ServerConfig | None = None
     async def on_crash(request: Request, exc: Exception) -> Response:
         return answer(request, crashed(request.method, request.url.path, exc))
 
+    # the routes' own paths label the metrics (any other path is "other": a client's typos
+    # must not grow the label set); a path with parameters is labelled by its pattern below.
+    # Read from the routers: FastAPI may keep an included router as one lazy entry
+    routes = frozenset(r.path for router in routers for r in router.routes
+                       if isinstance(r, Route) and "{" not in r.path) | {"/metrics"}
     app.add_middleware(EdgeMiddleware, config=config, metrics=metrics, fast=fast,
-                       access_log=access_log)
+                       routes=routes, access_log=access_log)
     if config.cors_origins:  # outermost: a browser's preflight carries no API key
         from starlette.middleware.cors import CORSMiddleware
 
@@ -164,12 +173,6 @@ def validation_error(exc: RequestValidationError) -> ApiError:
     return ApiError("invalid", "invalid request: " + "; ".join(parts) + more, param=param)
 
 
-_ROUTES = frozenset({"/v1/embeddings", "/embeddings", "/v1/models", "/api/embed",
-                     "/api/embeddings", "/api/tags", "/api/show", "/api/version", "/embed", "/",
-                     "/invocations", "/ping", "/tokenize", "/info", "/health", "/metrics",
-                     "/ui", "/ui/info", "/search", "/rerank", "/v1/rerank", "/v2/rerank"})
-
-
 def _as_json(scope: Scope) -> Scope:
     """The scope with ``Content-Type: application/json``. Ollama reads every body as JSON
     whatever the header says, and its documented ``curl URL/api/embed -d '{...}'`` sends
@@ -186,8 +189,10 @@ class EdgeMiddleware:
     answers the routes of ``fast`` itself when it can (:mod:`smysl.server.fast`)."""
 
     def __init__(self, app: ASGIApp, config: ServerConfig, metrics: Metrics,
-                 fast: FastRoutes, access_log: AccessLog | None = None) -> None:
+                 fast: FastRoutes, routes: frozenset[str],
+                 access_log: AccessLog | None = None) -> None:
         self.app = app
+        self.routes = routes  # paths that label the metrics as themselves
         self.config = config
         self.metrics = metrics
         self.fast = fast
@@ -201,7 +206,7 @@ class EdgeMiddleware:
         path: str = scope["path"]
         asked = scope  # as the client sent it, for the access log (a HEAD is routed as GET)
         api = api_of(path)
-        route = path if path in _ROUTES else ("/v1/models/{model}"
+        route = path if path in self.routes else ("/v1/models/{model}"
                                               if path.startswith("/v1/models/") else "other")
         start = time.perf_counter()
         status = {"code": 499}  # stays so only when no response started: the client left

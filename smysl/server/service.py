@@ -335,6 +335,27 @@ class Service:
         usage = sum(min(len(s), len(q)) for s, q in zip(ids, seqs, strict=True))
         return Embedded(vectors, usage, job.queue_s, job.compute_s, time.perf_counter() - t0)
 
+    async def decode(self, ids: list[list[int]], *, skip_special_tokens: bool,
+                     what: str = "ids") -> list[str]:
+        """The text of each token-id list (token-level backends only); long requests off the
+        loop, as tokenising is."""
+        tokens = self.tokens
+        if tokens is None:
+            raise ApiError("not_implemented",
+                           f"model {self.model_id!r} has no local tokenizer to decode with")
+        self.check_count(len(ids), what)
+        self.check_tokens([len(x) for x in ids], what)
+
+        def run() -> list[str]:
+            return tokens.decode(ids, skip_special_tokens=skip_special_tokens)
+
+        try:
+            if sum(map(len, ids)) <= _INLINE_TOKENS:
+                return run()
+            return await anyio.to_thread.run_sync(run, limiter=self.tokenizers)
+        except ValueError as e:
+            raise ApiError("invalid", str(e), param=what) from None
+
     async def _submit(self, job: Job) -> np.ndarray:
         try:
             vectors = await self.batcher.submit(job)

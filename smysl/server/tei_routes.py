@@ -245,24 +245,10 @@ def router(service: Service, fast: FastRoutes) -> APIRouter:
     @r.post("/decode", response_model=list[str])
     async def decode(body: DecodeRequest) -> Response:
         """The text of token ids (TEI ``/decode``)."""
-        tokens = service.tokens
-        if tokens is None:
-            raise ApiError("not_implemented",
-                           f"model {service.model_id!r} has no local tokenizer to decode with")
         # a flat list is one sequence (an empty one too: TEI decodes it to "")
         batch = split_inputs(body.ids, "ids")[1] if body.ids else [[]]
-        service.check_count(len(batch), "ids")
-        service.check_tokens([len(x) for x in batch], "ids")
-
-        def work() -> list[str]:
-            return tokens.decode(batch, skip_special_tokens=body.skip_special_tokens)
-
-        try:
-            out = (work() if sum(map(len, batch)) <= 4096
-                   else await anyio.to_thread.run_sync(work, limiter=service.tokenizers))
-        except ValueError as e:
-            raise ApiError("invalid", str(e), param="ids") from None
-        return json_response(out)
+        return json_response(await service.decode(
+            batch, skip_special_tokens=body.skip_special_tokens))
 
     @r.post("/embed_all", include_in_schema=False)
     @r.post("/embed_sparse", include_in_schema=False)
@@ -271,8 +257,8 @@ def router(service: Service, fast: FastRoutes) -> APIRouter:
         what = ("every token's hidden state" if request.url.path == "/embed_all"
                 else "sparse (SPLADE) vectors")
         raise ApiError("not_implemented", f"{request.url.path} is not served: model "
-                       f"{service.model_id!r} gives pooled vectors (its last token's hidden "
-                       f"state), not {what}; use /embed")
+                       f"{service.model_id!r} gives pooled vectors ({service.info().pooling} "
+                       f"pooling), not {what}; use /embed")
 
     @r.get("/info", response_model=Info)
     async def info() -> Response:

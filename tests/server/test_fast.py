@@ -42,6 +42,16 @@ CASES: list[tuple[str, Any, dict[str, str]]] = [
     ("/embed", {"inputs": [LONG], "truncate": True, "truncation_direction": "Left"}, {}),
     ("/embed", {"inputs": "fox", "truncate": "yes"}, {}),
     ("/", {"inputs": "fox"}, {}),
+    ("/embed", {"inputs": [[1, 2, 3], [4, 5]]}, {}),  # token ids: refused without --token-ids
+    ("/embed", {"inputs": ["fox", [4, 5]]}, {}),
+    ("/embed", {"inputs": [1.5]}, {}),
+    ("/similarity", {"inputs": {"source_sentence": "fox", "sentences": ["dog", "fox"]},
+                     "parameters": {"prompt_name": "query"}}, {}),
+    ("/similarity", {"inputs": {"source_sentence": "fox", "sentences": []}}, {}),
+    ("/similarity", {"inputs": {"source_sentence": "fox"}}, {}),
+    ("/", {"inputs": {"source_sentence": "fox", "sentences": ["dog"]}}, {}),
+    ("/", {"inputs": {"source_sentence": "fox"}}, {}),
+    ("/invocations", {"inputs": 5}, {}),
     # no content type at all (requests.post(url, data=...)): read as JSON on either path
     ("/v1/embeddings", {"input": "fox"}, {"content-type": ""}),
     ("/v1/embeddings", {"input": 5}, {"content-type": ""}),

@@ -244,3 +244,25 @@ def test_tei_routes_for_other_models_say_so(client) -> None:  # type: ignore[no-
     for path in ("/embed_all", "/embed_sparse"):
         r = client.post(path, json={"inputs": "x"})
         assert r.status_code == 501 and "use /embed" in r.json()["error"], r.text
+
+
+def test_metrics_label_every_route_by_its_path(client) -> None:  # type: ignore[no-untyped-def]
+    """The metrics' route label comes from the routes themselves: /similarity and /decode were
+    counted as "other" (a hand-kept list missed them); an unknown path is still "other"."""
+    client.post("/similarity", json={"inputs": {"source_sentence": "a", "sentences": ["b"]}})
+    client.post("/decode", json={"ids": [1, 2]})
+    client.post("/no-such-route", json={})
+    text = client.get("/metrics").text
+    for route in ("/similarity", "/decode"):
+        assert f'smysl_requests_total{{api="tei",route="{route}",status="200"}}' in text, route
+    assert 'route="/no-such-route"' not in text
+    assert 'smysl_requests_total{api="tei",route="other",status="404"}' in text
+
+
+def test_tei_decode_needs_a_local_tokenizer() -> None:
+    """A backend without a tokenizer (a provider, a generic model) answers /decode 501."""
+    from server_helpers import HashEmbedder
+
+    with TestClient(create_app(HashEmbedder(), ServerConfig())) as c:
+        r = c.post("/decode", json={"ids": [1, 2]})
+        assert r.status_code == 501 and "no local tokenizer" in r.json()["error"]
