@@ -23,8 +23,9 @@ def add_model_arguments(p: argparse.ArgumentParser, *, model: bool = True,
     g = p.add_argument_group("model options (local engine unless noted)")
     g.add_argument(FLAGS["device"], default=None, help="auto (default), cpu, cuda, cuda:N")
     g.add_argument(FLAGS["dtype"], default=None,
-                   help="auto (default: float32 on CPU, bfloat16 on CUDA), float32, bfloat16, "
-                        "float16")
+                   help="auto (default: on CPU bfloat16 for a bf16 checkpoint where the CPU "
+                        "computes bf16 natively, else float32; bfloat16 on CUDA), float32, "
+                        "bfloat16, float16")
     g.add_argument(FLAGS["quantize"], choices=["int8", "int4"], default=None,
                    help="int8: int8 layers, activations quantised per token on x86 (8 "
                         "bits on VNNI/AMX CPUs, 7 elsewhere; CPU, float32); int4: weights kept as "

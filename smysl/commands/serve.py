@@ -50,9 +50,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--allow-empty-input", action="store_true",
                    help="embed empty strings (EOS alone) instead of answering 400")
     p.add_argument("--token-ids", action="store_true",
-                   help="accept token-id input on /v1/embeddings as the model's own token "
-                        "ids (default: 400, since an OpenAI client's ids are tiktoken's, "
-                        "e.g. LangChain's OpenAIEmbeddings)")
+                   help="accept token-id input on /v1/embeddings and TEI /embed as the "
+                        "model's own token ids (default: refused, since an OpenAI client's ids "
+                        "are tiktoken's, e.g. LangChain's OpenAIEmbeddings)")
     p.add_argument("--switch-interval-ms", type=float, default=1.0,
                    help="GIL switch interval while serving (0 = Python's default 5 ms)")
     p.add_argument("--index", default=None,
@@ -62,7 +62,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="a local Qwen3-Reranker (directory or Hub id, e.g. "
                         "Qwen/Qwen3-Reranker-0.6B) to serve at TEI /rerank, Cohere/Jina "
                         "/v1/rerank and Cohere /v2/rerank; with or without --model. It takes "
-                        "--device, --dtype, --quantize, --threads, --revision")
+                        "--device, --dtype and --threads (--quantize and --revision stay the "
+                        "embedding model's)")
     p.add_argument("--workers", type=workers_arg, default="auto",
                    help="HTTP worker processes sharing the one engine process (one answers "
                         "~1,000-2,000 short requests/s; a GPU embeds several times that). "

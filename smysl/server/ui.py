@@ -192,8 +192,12 @@ def router(service: Service, reranking: RerankService | None = None) -> APIRoute
         disconnected = until_disconnected(request.receive)
         # the query side of `smysl index search`: the instruction rule of the model, the
         # index's stored size, over-long queries cut (through the batcher, like every route)
+        # "" is no instruction, as `smysl index search --instruction ''` has it (the OpenAI
+        # extension's empty field is an absent one instead: the model's task)
+        task = (None if body.instruction == ""
+                else service.instruction(body.instruction, "query"))
         result = await service.embed_texts(
-            [body.query], instruction=service.instruction(body.instruction, "query"),
+            [body.query], instruction=task,
             dimensions=searched.dimensions, truncate=True, what="query",
             disconnected=disconnected)
         wanted = dataclasses.replace(config, k=candidates(config, reranking=rerank))

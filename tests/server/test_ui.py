@@ -363,3 +363,27 @@ def test_page_with_auth_in_chromium(chromium, tiny, tmp_path) -> None:  # type: 
             assert view.errors == []
         finally:
             view.context.close()
+
+
+def test_search_instruction_empty_means_none(hash_index: Path) -> None:
+    """/search's ``instruction: ""`` embedded the query with the model's task (the OpenAI
+    extension's rule for an empty field); it means none, as documented and as in `smysl index
+    search --instruction ''`."""
+
+    class Aware(HashEmbedder):
+        instruction_aware = True
+        default_task = "Find the pet"
+
+    backend = Aware()
+    with TestClient(create_app(backend, ServerConfig(index=str(hash_index)))) as client:
+        for instruction, sent in (("", "a cat"), (None, "Instruct: Find the pet\nQuery:a cat"),
+                                  ("qa", None)):
+            backend.calls.clear()
+            body = {"query": "a cat"} if instruction is None else {
+                "query": "a cat", "instruction": instruction}
+            assert client.post("/search", json=body).status_code == 200
+            if sent is not None:
+                assert backend.calls == [[sent]], instruction
+            else:
+                assert backend.calls[0][0].startswith("Instruct: ") and backend.calls[0][0] != (
+                    "Instruct: Find the pet\nQuery:a cat")
