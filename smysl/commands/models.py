@@ -63,16 +63,12 @@ class ModelEntry:
     max_tokens: int | None = None
     #: Extra facts ``smysl show`` prints (layers, heads, files, revision, digests...).
     details: dict[str, Any] = field(default_factory=dict, compare=False)
+    #: Why loading ``name`` fails as the files stand (an interrupted download, a cache without
+    #: ``main``), with what to do; None when nothing is known to stop it.
+    problem: str | None = None
 
 
 # ---------------------------------------------------------------------- checkpoint directories
-def _weight_files(root: Path) -> list[Path]:
-    index = _json(root / "model.safetensors.index.json")
-    if index:
-        return [root / s for s in sorted(set(index.get("weight_map", {}).values()))]
-    return sorted(root.glob("*.safetensors"))
-
-
 def safetensors_summary(files: list[Path]) -> tuple[int, str | None]:
     """(parameter count, dtype holding most parameters) from the safetensors headers only."""
     params: dict[str, int] = {}
@@ -112,15 +108,26 @@ def embedding_kind(root: Path, name: str) -> str | None:
 
 
 def checkpoint_entry(root: Path, name: str, source: str, *, size: int | None = None,
-                     kind: str | None = None) -> ModelEntry:
-    """Facts of a checkpoint directory (configs and safetensors headers; weights not read)."""
+                     kind: str | None = None, problem: str | None = None) -> ModelEntry:
+    """Facts of a checkpoint directory (configs and safetensors headers; weights not read),
+    and what stops it loading (``problem``: the caller's, else missing or truncated files)."""
+    from smysl.qwen3.hub import missing_weights, read_checkpoint, weight_files
+
     config = _json(root / "config.json")
     kind = kind or embedding_kind(root, name) or "st"
     pooling = _json(root / "1_Pooling" / "config.json")
     hidden = config.get("hidden_size")
     dims = pooling.get("word_embedding_dimension") or hidden
-    weights = _weight_files(root)
-    params, dtype = safetensors_summary(weights)
+    weights = list(weight_files(root))
+    if problem is None and kind == "qwen3":
+        try:  # the engine's own check of the files it reads: listed only if it would load
+            read_checkpoint(root, name)
+        except ValueError as e:
+            problem = str(e)
+    elif problem is None and (missing := missing_weights(weights)):
+        # st: models: their weights may be in other formats; safetensors named must be whole
+        problem = f"incomplete weights: {', '.join(missing)}"
+    params, dtype = safetensors_summary([w for w in weights if w.is_file()])
     dtype = dtype or config.get("torch_dtype") or config.get("dtype")
     files = sorted(p for p in root.rglob("*") if p.is_file())
     disk = size if size is not None else sum(p.stat().st_size for p in files)
@@ -145,16 +152,18 @@ def checkpoint_entry(root: Path, name: str, source: str, *, size: int | None = N
     details.update(_hub_fingerprint(root, weights))
     model = name if kind == "qwen3" else f"st:{name}"
     return ModelEntry(model, source, disk, int(dims) if dims else None, dtype, str(root),
-                      int(max_tokens) if max_tokens else None, details)
+                      int(max_tokens) if max_tokens else None, details, problem)
 
 
 def _hub_fingerprint(root: Path, weights: list[Path]) -> dict[str, Any]:
     """A Hub snapshot names its commit, and its LFS blobs are named by their SHA-256: the
     exact identity of the weights, free to read. Empty for other directories."""
-    if root.parent.name != "snapshots" or not root.parent.parent.name.startswith("models--"):
+    from smysl.qwen3.hub import hub_snapshot_repo
+
+    if hub_snapshot_repo(root) is None:
         return {}
     out: dict[str, Any] = {"revision": root.name}
-    digests = {w.name: Path(os.path.realpath(w)).name for w in weights}
+    digests = {w.name: Path(os.path.realpath(w)).name for w in weights if w.is_file()}
     if digests and all(_SHA256.match(d) for d in digests.values()):
         out["weights_sha256"] = digests
     return out
@@ -181,8 +190,14 @@ def hub_models(cache_dir: str | None = None, *, every: bool = False) -> list[Mod
         kind = embedding_kind(rev.snapshot_path, repo.repo_id)
         if kind is None and not every:
             continue
+        problem = None
+        if "main" not in rev.refs:  # `smysl.load(repo_id)` asks for main: say what to ask for
+            pin = sorted(rev.refs)[0] if rev.refs else rev.commit_hash
+            problem = (f"not cached at revision 'main', only at {pin!r}: load it with "
+                       f"--revision {pin} (revision={pin!r})")
+        # this revision's files, as `smysl show` counts them (not every cached revision's)
         out.append(checkpoint_entry(rev.snapshot_path, repo.repo_id, "hub",
-                                    size=repo.size_on_disk, kind=kind))
+                                    size=rev.size_on_disk, kind=kind, problem=problem))
     return out
 
 
@@ -286,7 +301,8 @@ def alias_models(cached: list[ModelEntry]) -> list[ModelEntry]:
         out.append(ModelEntry(alias, "alias", hit.size if hit else None,
                               hit.dimensions if hit else None, hit.dtype if hit else None,
                               repo if hit else f"{repo} (not downloaded)",
-                              hit.max_tokens if hit else None))
+                              hit.max_tokens if hit else None,
+                              problem=hit.problem if hit else None))
     return out
 
 
@@ -317,8 +333,9 @@ def _table(rows: list[list[str]]) -> Iterator[str]:
 
 
 def _row(e: ModelEntry) -> list[str]:
+    where = f"{e.where}  (cannot load: `smysl show {e.name}` says why)" if e.problem else e.where
     return [e.name, e.source, human_size(e.size), str(e.dimensions or "-"), e.dtype or "-",
-            e.where]
+            where]
 
 
 def _dump(data: Any) -> None:
@@ -366,6 +383,8 @@ def _run_pull(args: argparse.Namespace) -> int:
     # no fallback on the cache: a pull that could not reach the Hub must say so
     path = download(repo, revision=args.revision, fallback=False)
     entry = checkpoint_entry(path, repo, "hub")
+    if entry.problem:  # offline, a cache without the Hub's file list returns a partial copy
+        raise ValueError(f"{repo} is in the cache but cannot load: {entry.problem}")
     print(f"{entry.name}: {human_size(entry.size)}, {entry.dimensions} dims, {entry.dtype}, "
           f"revision {entry.details.get('revision', '-')} -> {path}")
     return 0
@@ -376,14 +395,19 @@ def _add_show(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", help="checkpoint dir, Hub id, alias, st:ID or ollama:NAME "
                                  "(must be on this machine: see `smysl models`)")
     p.add_argument("--json", action="store_true", help="JSON instead of text")
+    p.add_argument("--revision", default=None,
+                   help="the cached branch, tag or commit of a Hub model (default: main)")
 
 
-def show_entry(model: str) -> ModelEntry:
-    """Facts of ``model`` from local files only (no download, no weights loaded)."""
+def show_entry(model: str, revision: str | None = None) -> ModelEntry:
+    """Facts of ``model`` (at Hub ``revision``) from local files only (no download, no weights
+    loaded)."""
     from smysl.qwen3.hub import download, repo_id
 
     scheme, rest = split(model)
     if scheme in ("ollama", "ollama-store"):  # a served or an in-process Ollama store model
+        if revision:
+            raise ValueError("--revision applies to Hub models, not the Ollama store")
         stored = find_ollama(rest)  # any form of the name, any case, as Ollama matches
         for entry in ollama_models(every=True) if stored else ():
             if entry.name == f"ollama:{stored}":
@@ -395,12 +419,15 @@ def show_entry(model: str) -> ModelEntry:
                          "(smysl serve's /info, Ollama's /api/show)")
     path = Path(rest).expanduser()
     if path.is_dir():
+        if revision:
+            raise ValueError(f"--revision applies to Hub models, not the directory {path}")
         root, name = path, rest
     else:
         name = repo_id(rest)
         if name.count("/") != 1:
             raise FileNotFoundError(f"{model!r} is not a model directory, Hub repo id or alias")
-        root = download(name, offline=True)  # the cache only; its error says `smysl pull`
+        # the cache only; its error says `smysl pull`
+        root = download(name, revision=revision, offline=True)
     if not (root / "config.json").is_file():
         raise ValueError(f"{root} has no config.json: not a transformers checkpoint")
     native = scheme == "qwen3" and _json(root / "config.json").get("model_type") == "qwen3"
@@ -409,7 +436,7 @@ def show_entry(model: str) -> ModelEntry:
 
 
 def _run_show(args: argparse.Namespace) -> int:
-    e = show_entry(args.model)
+    e = show_entry(args.model, args.revision)
     if args.json:
         _dump(asdict(e))
         return 0
@@ -423,7 +450,8 @@ def _run_show(args: argparse.Namespace) -> int:
                else e.dimensions), ("max tokens", e.max_tokens),
               ("parameters", d.get("parameters")), ("pooling_type", d.get("pooling_type")),
               ("query prompt", repr(d["query_prompt"]) if d.get("query_prompt") else None),
-              ("revision", d.get("revision")), ("digest", d.get("digest"))]
+              ("revision", d.get("revision")), ("digest", d.get("digest")),
+              ("problem", e.problem)]
     for key, value in lines:
         if value is not None:
             print(f"{key + ':':<14}{value}")

@@ -64,7 +64,13 @@ def run(args: argparse.Namespace) -> int:
             stored.threads != args.threads):
         print(f"note: loads without --threads run the {stored.threads} threads measured "
               f"earlier, not these slices' {args.threads}", file=sys.stderr)
-    if args.threads is None:  # measured first: the best slice depends on it
+    if args.threads is None and (variables := tuning.environment_threads()) is not None:
+        # loads under this environment run its count, never a measured one (load_threads):
+        # slices measured under another count would be stored under a key no load asks for
+        print(f"note: {variables} is set: loads run that count, so the slices are measured "
+              f"under it ({torch.get_num_threads()} threads); unset it to measure the thread "
+              "count too", file=sys.stderr)
+    elif args.threads is None:  # measured first: the best slice depends on it
         print(f"measuring {tk}\n({args.layers} layers, {args.rounds} rounds per count)",
               file=sys.stderr)
         threads = tuning.tune_threads(engine, layers=args.layers, rounds=args.rounds)

@@ -122,9 +122,8 @@ class Embedder(OnEngine, BaseEmbedder, TokenLevel):
         if unknown:
             raise TypeError(f"unexpected options for a local model: {sorted(unknown)}")
         opts = (options or ModelOptions()).replace(**given.given())
+        # a revision with a local path or GGUF file is refused by resolve()
         ckpt = read_checkpoint(resolve(model, revision=opts.revision), name=name or model)
-        if ckpt.format == "gguf" and opts.revision:
-            raise ValueError(f"revision applies to Hub models, not the GGUF file {ckpt.root}")
         # the tokenizer first: a bad one fails before any weight is read
         positions = int(ckpt.config.get("max_position_embeddings", 32768))
         if ckpt.format == "gguf":

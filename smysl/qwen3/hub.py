@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import struct
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -75,9 +76,15 @@ def resolve(model: str, *, revision: str | None = None, cache_dir: str | None = 
     file itself for a path to a file (a GGUF).
 
     A Hub model comes from the cache, downloaded first when missing or outdated; when the Hub
-    cannot be reached the cached copy is used."""
+    cannot be reached the cached copy is used. ``revision`` with a local path is a
+    ``ValueError``: a path has no revisions, and a load must not claim one it did not get."""
     path = Path(model).expanduser()
     if path.is_dir() or path.is_file():
+        if revision:  # a revision names a Hub commit: ignoring it would load something else
+            raise ValueError(
+                f"revision {revision!r} applies to Hugging Face repo ids, not the local "
+                f"{'directory' if path.is_dir() else 'file'} {path}: drop --revision, or pass "
+                "the repo id")
         return path
     repo = repo_id(model)
     if path.exists() or repo.count("/") != 1 or repo.startswith((".", "/")):
@@ -90,25 +97,44 @@ def download(repo: str, *, revision: str | None = None, cache_dir: str | None = 
     """Snapshot the files the engine reads of Hub repo ``repo`` into the HF cache (tqdm bars
     unless ``HF_HUB_DISABLE_PROGRESS_BARS``); returns the snapshot directory.
 
-    ``offline`` (default: ``HF_HUB_OFFLINE``) reads the cache only; ``fallback`` uses the cache
-    when the Hub cannot be reached. Failures are a :class:`ModelNotFoundError` in smysl's words
-    (the Hub library's exception stays chained)."""
+    ``offline`` (default: :func:`offline_variable`) reads the cache only; ``fallback`` uses the
+    cache when the Hub cannot be reached. Failures are a :class:`ModelNotFoundError` in smysl's
+    words (the Hub library's exception stays chained)."""
     from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import IncompleteSnapshotError
 
     if offline is None:
-        offline = os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes", "on")
+        offline = offline_variable() is not None
     kwargs: dict[str, Any] = dict(repo_id=repo, revision=revision,
                                   cache_dir=str(hub_cache(cache_dir)), allow_patterns=_PATTERNS)
     try:
         return Path(snapshot_download(local_files_only=offline, **kwargs))
     except Exception as first:  # network down, no such repo, or offline and not cached
-        if not offline and fallback:
+        error: BaseException = first
+        if not offline and fallback and not isinstance(first, IncompleteSnapshotError):
             try:  # fall back on whatever the cache already holds
                 return Path(snapshot_download(local_files_only=True, **kwargs))
+            except IncompleteSnapshotError as cached:  # the cause to report: it can be fixed
+                error = cached
             except Exception:
                 pass
+        if isinstance(error, IncompleteSnapshotError):
+            raise ModelNotFoundError(_incomplete(repo, Path(error.snapshot_path), offline,
+                                                 first)) from first
         raise ModelNotFoundError(_hub_failure(repo, revision, cache_dir, offline, first)) \
             from first
+
+
+def offline_variable() -> str | None:
+    """The environment variable that turns offline mode on, read at call time by the Hub
+    library's own rule (``HF_HUB_OFFLINE``, else ``TRANSFORMERS_OFFLINE``; "1", "on", "yes",
+    "true"), or None when online. The library reads it once, at import: a later change would
+    otherwise leave smysl and it disagreeing on whether the network may be used."""
+    for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
+        value = os.environ.get(name)
+        if value:  # set, even to "0": the first one set decides, as in huggingface_hub
+            return name if value.upper() in ("1", "ON", "YES", "TRUE") else None
+    return None
 
 
 def hub_cache(cache_dir: str | None = None) -> Path:
@@ -116,9 +142,15 @@ def hub_cache(cache_dir: str | None = None) -> Path:
     from the environment at call time."""
     if cache_dir:
         return Path(cache_dir).expanduser()
-    from huggingface_hub import constants
-
-    return Path(os.environ.get("HF_HUB_CACHE") or constants.HF_HUB_CACHE).expanduser()
+    # huggingface_hub's precedence (its constants.py), re-read here: the library computes it
+    # once at import, so an HF_HOME set afterwards (a notebook, a test) would be missed
+    env = os.environ
+    home = env.get("HF_HOME") or os.path.join(
+        env.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"),
+        "huggingface")
+    cache = (env.get("HF_HUB_CACHE") or env.get("HUGGINGFACE_HUB_CACHE")
+             or os.path.join(os.path.expandvars(os.path.expanduser(home)), "hub"))
+    return Path(os.path.expandvars(os.path.expanduser(cache)))
 
 
 def _hub_failure(repo: str, revision: str | None, cache_dir: str | None, offline: bool,
@@ -128,10 +160,14 @@ def _hub_failure(repo: str, revision: str | None, cache_dir: str | None, offline
 
     where = f"the Hugging Face cache ({hub_cache(cache_dir)})"
     rev = f" at revision {revision!r}" if revision else ""
+    # cached at other revisions only (a pinned tag, no `main`): say which to ask for
+    others = cached_revisions(hub_cache(cache_dir), repo)
+    elsewhere = (f" (it is cached at revision {', '.join(map(repr, others))}: pass "
+                 f"--revision / revision=)" if others else "")
     if offline:
-        return (f"model {repo!r}{rev} is not in {where} and offline mode is on "
-                "(HF_HUB_OFFLINE): download it once with network access (`smysl pull "
-                f"{repo}`) or pass a checkpoint directory")
+        return (f"model {repo!r}{rev} is not in {where}{elsewhere} and offline mode is on "
+                f"({offline_variable() or 'HF_HUB_OFFLINE'}): download it once with network "
+                f"access (`smysl pull {repo}`) or pass a checkpoint directory")
     if isinstance(error, errors.GatedRepoError):
         return (f"model {repo!r} is gated on the Hugging Face Hub: accept its terms on "
                 f"https://huggingface.co/{repo} and set HF_TOKEN (or `hf auth login`)")
@@ -143,8 +179,29 @@ def _hub_failure(repo: str, revision: str | None, cache_dir: str | None, offline
     from huggingface_hub import constants
 
     return (f"could not download model {repo!r}{rev} from the Hugging Face Hub "
-            f"({constants.ENDPOINT}: {_root_cause(error)}) and it is not in {where}; check the "
-            "network (HF_ENDPOINT, HTTPS_PROXY) or pass a checkpoint directory")
+            f"({constants.ENDPOINT}: {_root_cause(error)}) and it is not in {where}{elsewhere}; "
+            "check the network (HF_ENDPOINT, HTTPS_PROXY) or pass a checkpoint directory")
+
+
+def _incomplete(repo: str, snapshot: Path, offline: bool, error: BaseException) -> str:
+    """A cached snapshot that the Hub library knows lacks files (an interrupted download)."""
+    missing = missing_files(snapshot)
+    why = (f"offline mode is on ({offline_variable() or 'HF_HUB_OFFLINE'})" if offline
+           else f"the Hugging Face Hub cannot be reached ({_root_cause(error)})")
+    return (f"the cached copy of model {repo!r} in {snapshot} is incomplete"
+            f"{': ' + ', '.join(missing) if missing else ''} (an interrupted download) and "
+            f"{why}: run `smysl pull {repo}` with network access to complete it")
+
+
+def cached_revisions(cache: Path, repo: str) -> list[str]:
+    """The refs (branches, tags) under which ``repo`` is in the HF cache ``cache``, else the
+    commits of its snapshots; empty when it is not cached."""
+    base = cache / ("models--" + repo.replace("/", "--"))
+    refs = sorted(str(p.relative_to(base / "refs")) for p in (base / "refs").rglob("*")
+                  if p.is_file()) if (base / "refs").is_dir() else []
+    snaps = sorted(p.name for p in (base / "snapshots").iterdir()
+                   if p.is_dir()) if (base / "snapshots").is_dir() else []
+    return refs or snaps
 
 
 def _root_cause(error: BaseException) -> str:
@@ -176,21 +233,14 @@ def read_checkpoint(root: Path, name: str | None = None) -> Checkpoint:
         if not gguf.is_gguf(root):
             raise ValueError(f"{root} is neither a checkpoint directory nor a GGUF file")
         return gguf.read_checkpoint(root, name)
+    if missing := missing_files(root):
+        raise ValueError(f"{root}: missing or incomplete files: {', '.join(missing)}"
+                         f"{_redo(root)}")
     config = _json(root / "config.json")
     if not config:
-        raise ValueError(f"{root} has no config.json")
-    index = _json(root / "model.safetensors.index.json")
-    if index:
-        shards = sorted(set(index.get("weight_map", {}).values()))
-        weights = tuple(root / s for s in shards)
-    else:
-        weights = tuple(sorted(root.glob("*.safetensors")))
-    missing = [str(w) for w in weights if not w.is_file()]
-    if not weights or missing:
-        raise ValueError(f"{root}: safetensors weights missing {missing or '(none found)'}")
+        raise ValueError(f"{root}: config.json is empty")
+    weights = weight_files(root)
     tok = root / "tokenizer.json"
-    if not tok.is_file():
-        raise ValueError(f"{root} has no tokenizer.json")
     pooling = _json(root / "1_Pooling" / "config.json")
     modes = [k for k, v in pooling.items() if k.startswith("pooling_mode_") and v]
     if pooling and modes != ["pooling_mode_lasttoken"]:
@@ -204,6 +254,75 @@ def read_checkpoint(root: Path, name: str | None = None) -> Checkpoint:
         st_config=_json(root / "config_sentence_transformers.json"),
         pooling=pooling,
     )
+
+
+#: A shard's name as transformers writes it: ``model-00002-of-00004.safetensors``.
+_SHARD = re.compile(r"^(?P<stem>.+)-(?P<index>\d{5})-of-(?P<count>\d{5})\.safetensors$")
+
+
+def weight_files(root: Path) -> tuple[Path, ...]:
+    """The safetensors files that make the weights of checkpoint directory ``root``, present
+    or not: the shards its ``model.safetensors.index.json`` names, else every
+    ``*.safetensors`` plus the siblings a shard's name promises (``-00002-of-00004``: four),
+    so that a download that lost both the index and a shard is not read as a smaller model."""
+    index = _json(root / "model.safetensors.index.json")
+    if index:
+        return tuple(root / s for s in sorted(set(index.get("weight_map", {}).values())))
+    found = set(root.glob("*.safetensors"))
+    for f in list(found):
+        if m := _SHARD.match(f.name):
+            count = int(m["count"])
+            found |= {root / f"{m['stem']}-{i:05d}-of-{count:05d}.safetensors"
+                      for i in range(1, count + 1)}
+    return tuple(sorted(found))
+
+
+def missing_weights(weights: Sequence[Path]) -> list[str]:
+    """``weights`` that are absent, unreadable or shorter than their own header says (an
+    interrupted download or copy), each as ``name (why)``; empty when all are whole. Reads
+    the headers only."""
+    out = []
+    for w in weights:
+        if not w.is_file():
+            out.append(f"{w.name} (missing)")
+            continue
+        try:
+            with w.open("rb") as f:
+                header, base = safetensors_header(f, w)
+            end = base + max((int(t["data_offsets"][1]) for t in header.values()), default=0)
+        except (OSError, ValueError, KeyError, TypeError, IndexError, struct.error) as e:
+            out.append(f"{w.name} (unreadable: {e})")
+            continue
+        if (size := w.stat().st_size) < end:
+            out.append(f"{w.name} (truncated: {size} of {end} bytes)")
+    return out
+
+
+def missing_files(root: Path) -> list[str]:
+    """The files the engine reads of checkpoint directory ``root`` that are absent or cut
+    short (config, every weight file, tokenizer), each as ``name (why)``; empty when whole."""
+    weights = weight_files(root)
+    return [*(f"{n} (missing)" for n in ("config.json",) if not (root / n).is_file()),
+            *(missing_weights(weights) if weights else ["*.safetensors (none)"]),
+            *(f"{n} (missing)" for n in ("tokenizer.json",) if not (root / n).is_file())]
+
+
+def hub_snapshot_repo(root: Path) -> str | None:
+    """The repo id of a Hugging Face cache snapshot directory
+    (``models--Org--Name/snapshots/<commit>``), None for any other directory."""
+    repo = root.parent.parent.name
+    if root.parent.name != "snapshots" or not repo.startswith("models--"):
+        return None
+    return repo.removeprefix("models--").replace("--", "/", 1)
+
+
+def _redo(root: Path) -> str:
+    """What to do about a checkpoint with missing files: where they come from."""
+    repo = hub_snapshot_repo(root)
+    if repo is not None:
+        return (f" (an interrupted download? `smysl pull {repo}` with network access "
+                "completes it)")
+    return " (copy or convert the checkpoint again)"
 
 
 def safetensors_header(f: BinaryIO, path: Path) -> tuple[dict[str, Any], int]:

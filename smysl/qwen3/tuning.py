@@ -232,6 +232,13 @@ _applied: int | None = None
 _given: int | None = None
 
 
+def environment_threads() -> str | None:
+    """The :data:`THREAD_VARIABLES` that set a thread count (``OMP_NUM_THREADS=8``), or None:
+    a count the environment sets is the user's, and no measured one replaces it."""
+    found = [f"{v}={os.environ[v]}" for v in THREAD_VARIABLES if os.environ.get(v)]
+    return " / ".join(found) or None
+
+
 def load_threads(k: str) -> Threads | None:
     """Apply the stored thread count for :func:`threads_key` ``k`` (logged) and return it, for
     an engine that was given no ``threads``. Not applied (None) when absent, when
@@ -241,9 +248,8 @@ def load_threads(k: str) -> Threads | None:
     found = lookup_threads(k)
     if found is None:
         return None
-    if any(os.environ.get(v) for v in THREAD_VARIABLES):
-        log.info("not applying the measured %d threads: %s is set", found.threads,
-                 " / ".join(v for v in THREAD_VARIABLES if os.environ.get(v)))
+    if (variables := environment_threads()) is not None:
+        log.info("not applying the measured %d threads: %s is set", found.threads, variables)
         return None
     if found.threads > usable_cpus():
         log.warning("ignoring a measured %d threads: this process may use %d CPUs",
@@ -277,7 +283,7 @@ def fit_threads() -> None:
     if _given is not None or _applied is not None:
         return
     cpus = usable_cpus()
-    if torch.get_num_threads() > cpus and not any(os.environ.get(v) for v in THREAD_VARIABLES):
+    if torch.get_num_threads() > cpus and environment_threads() is None:
         log.info("%d torch threads instead of %d: this process may use %d CPUs (a CPU quota)",
                  cpus, torch.get_num_threads(), cpus)
         torch.set_num_threads(cpus)

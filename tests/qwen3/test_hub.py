@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -235,3 +236,173 @@ def test_read_rows_seeks_the_rows_exactly(tmp_path: Path, dtype: torch.dtype) ->
     assert read_rows(ckpt, ["missing"], [0]) is None
     with pytest.raises(ValueError, match="row 50 outside head"):
         read_rows(ckpt, ["head"], [50])
+
+
+# ---------------------------------------------------------------- incomplete and pinned copies
+def _sharded(tmp_path: Path) -> Path:
+    from qwen_tiny import build_tiny
+
+    return build_tiny(tmp_path / "sharded", shard=True).path
+
+
+def test_a_lost_shard_is_named_even_without_the_index(tmp_path: Path) -> None:
+    """An interrupted download can lack both the index and a shard: the shards' names say how
+    many there are, so the rest is not read as a smaller model (it failed later, naming
+    tensors, not the file)."""
+    from qwen_tiny import fake_hub_cache
+
+    snap = fake_hub_cache(tmp_path / "hf", "Qwen/Qwen3-Embedding-0.6B", _sharded(tmp_path))
+    (snap / "model.safetensors.index.json").unlink()
+    (snap / "model-00002-of-00002.safetensors").unlink()
+    with pytest.raises(ValueError, match=r"model-00002-of-00002\.safetensors \(missing\).*"
+                                         r"smysl pull Qwen/Qwen3-Embedding-0\.6B"):
+        read_checkpoint(snap)
+
+
+def test_a_truncated_weight_file_is_refused_before_loading(tiny_dir: Path,
+                                                           tmp_path: Path) -> None:
+    d = _copy(tiny_dir, tmp_path)
+    data = (d / "model.safetensors").read_bytes()
+    (d / "model.safetensors").write_bytes(data[: len(data) // 2])
+    with pytest.raises(ValueError, match=rf"model\.safetensors \(truncated: {len(data) // 2} "
+                                         rf"of {len(data)} bytes\).*copy or convert"):
+        read_checkpoint(d)
+
+
+def test_a_revision_is_refused_for_a_local_path(tiny_dir: Path) -> None:
+    """It was ignored: the directory loaded, and a commit-like revision even went into the
+    fingerprint as if it had been checked out."""
+    with pytest.raises(ValueError, match="applies to Hugging Face repo ids, not the local "
+                                         "directory"):
+        resolve(str(tiny_dir), revision="a" * 40)
+    with pytest.raises(ValueError, match="revision"):
+        Embedder.load(str(tiny_dir), device="cpu", revision="main")
+
+
+def test_a_repo_cached_at_another_revision_only_says_which(
+        tiny_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from qwen_tiny import fake_hub_cache
+
+    snap = fake_hub_cache(tmp_path / "hf", "Qwen/Qwen3-Embedding-0.6B", tiny_dir)
+    refs = snap.parent.parent / "refs"
+    (refs / "main").rename(refs / "v1.0")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf"))
+    with pytest.raises(ModelNotFoundError, match=r"cached at revision 'v1\.0': pass --revision"):
+        resolve("qwen3-embedding:0.6b")
+    assert resolve("qwen3-embedding:0.6b", revision="v1.0") == snap
+
+
+def test_an_incomplete_snapshot_is_not_called_missing(
+        tiny_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """huggingface_hub knows a snapshot is incomplete from its cached file list; the error
+    said "not in the Hugging Face cache", offline and with the Hub down alike."""
+    import huggingface_hub.constants as hub_constants
+
+    files = {str(p.relative_to(tiny_dir)): p.read_bytes() for p in tiny_dir.rglob("*")
+             if p.is_file()}
+    hub = FakeHub("Qwen/Qwen3-Embedding-0.6B", files)
+    monkeypatch.setenv("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(hub_constants, "ENDPOINT", hub.url)
+    monkeypatch.setattr(hub_constants, "HUGGINGFACE_CO_URL_TEMPLATE",
+                        hub.url + "/{repo_id}/resolve/{revision}/{filename}")
+    try:
+        snap = download("Qwen/Qwen3-Embedding-0.6B", cache_dir=str(tmp_path))
+    finally:
+        hub.close()
+    (snap / "model.safetensors").unlink()  # as an interrupted download leaves it
+    for offline, why in ((True, r"offline mode is on \(HF_HUB_OFFLINE\)"),
+                         (False, "the Hugging Face Hub cannot be reached")):
+        with pytest.raises(ModelNotFoundError) as err:
+            download("Qwen/Qwen3-Embedding-0.6B", cache_dir=str(tmp_path), offline=offline)
+        text = str(err.value)
+        assert f"cached copy of model 'Qwen/Qwen3-Embedding-0.6B' in {snap} is incomplete" \
+            in text and "*.safetensors (none)" in text, text
+        assert re.search(why, text) and "smysl pull Qwen/Qwen3-Embedding-0.6B" in text, text
+        assert "not in the Hugging Face cache" not in text
+
+
+def test_hub_cache_follows_the_hub_librarys_precedence_at_call_time(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """HF_HOME (and the legacy HUGGINGFACE_HUB_CACHE, XDG_CACHE_HOME) set after
+    huggingface_hub was imported were missed: its constants are computed at import."""
+    import huggingface_hub.constants  # noqa: F401  (imported first, as transformers does)
+
+    from smysl.qwen3.hub import hub_cache
+
+    for v in ("HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE", "HF_HOME", "XDG_CACHE_HOME"):
+        monkeypatch.delenv(v, raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert hub_cache() == tmp_path / "xdg" / "huggingface" / "hub"
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "home"))
+    assert hub_cache() == tmp_path / "home" / "hub"
+    monkeypatch.setenv("HUGGINGFACE_HUB_CACHE", str(tmp_path / "legacy"))
+    assert hub_cache() == tmp_path / "legacy"
+    monkeypatch.setenv("SMYSL_TEST_ROOT", str(tmp_path))
+    monkeypatch.setenv("HF_HUB_CACHE", "$SMYSL_TEST_ROOT/new")  # expanded, as the library does
+    assert hub_cache() == tmp_path / "new"
+    assert hub_cache(str(tmp_path / "given")) == tmp_path / "given"
+
+
+def test_transformers_offline_is_offline_mode_too(tmp_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """huggingface_hub reads TRANSFORMERS_OFFLINE as well; smysl tried the network and blamed
+    it ("check the network") while the library refused to use it."""
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setenv("TRANSFORMERS_OFFLINE", "1")
+    with pytest.raises(ModelNotFoundError, match=r"offline mode is on \(TRANSFORMERS_OFFLINE\)"):
+        download("Qwen/Qwen3-Embedding-4B", cache_dir=str(tmp_path))
+    from smysl.qwen3.hub import offline_variable
+
+    assert offline_variable() == "TRANSFORMERS_OFFLINE"
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")  # set: it decides, as in huggingface_hub
+    assert offline_variable() is None
+    monkeypatch.setenv("HF_HUB_OFFLINE", "yes")
+    assert offline_variable() == "HF_HUB_OFFLINE"
+
+
+def test_models_show_and_pull_say_what_cannot_load(
+        tiny_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """`smysl models` listed an incomplete download and a repo cached without `main` as
+    fine, `smysl pull` (offline) reported a partial copy as pulled, and a repo's size was that
+    of every cached revision while its other facts (and `show`) were of one."""
+    from qwen_tiny import fake_hub_cache
+
+    from smysl.cli import main
+
+    cache = tmp_path / "hf"
+    part = fake_hub_cache(cache, "Qwen/Qwen3-Embedding-0.6B", _sharded(tmp_path))
+    (part / "model-00001-of-00002.safetensors").unlink()
+    pinned = fake_hub_cache(cache, "Qwen/Qwen3-Embedding-4B", tiny_dir)
+    (pinned.parent.parent / "refs" / "main").rename(pinned.parent.parent / "refs" / "v1")
+    whole = fake_hub_cache(cache, "Qwen/Qwen3-Embedding-8B", tiny_dir, commit="c" * 40)
+    fake_hub_cache(cache, "Qwen/Qwen3-Embedding-8B", _sharded(tmp_path), commit="d" * 40)
+    (whole.parent.parent / "refs" / "main").write_text("c" * 40)
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("OLLAMA_MODELS", str(tmp_path / "no-ollama"))
+
+    assert main(["models", "--json"]) == 0
+    rows = {r["name"]: r for r in json.loads(capsys.readouterr().out)}
+    assert "model-00001-of-00002.safetensors (missing)" in rows["Qwen/Qwen3-Embedding-0.6B"][
+        "problem"]
+    assert "smysl pull Qwen/Qwen3-Embedding-0.6B" in rows["Qwen/Qwen3-Embedding-0.6B"]["problem"]
+    assert rows["qwen3-embedding:0.6b"]["problem"] == rows["Qwen/Qwen3-Embedding-0.6B"]["problem"]
+    assert "--revision v1" in rows["Qwen/Qwen3-Embedding-4B"]["problem"]
+    eight = rows["Qwen/Qwen3-Embedding-8B"]
+    assert eight["problem"] is None and eight["where"] == str(whole)
+    assert main(["show", "Qwen/Qwen3-Embedding-8B", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["size"] == eight["size"]
+    assert eight["size"] == sum(p.stat().st_size for p in tiny_dir.rglob("*") if p.is_file())
+    assert main(["models"]) == 0
+    table = capsys.readouterr().out
+    assert "cannot load: `smysl show Qwen/Qwen3-Embedding-0.6B` says why" in table
+    assert main(["show", "Qwen/Qwen3-Embedding-0.6B"]) == 0
+    assert "problem:      " in capsys.readouterr().out
+    assert main(["show", "Qwen/Qwen3-Embedding-4B", "--revision", "v1", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["where"] == str(pinned)
+    assert main(["pull", "Qwen/Qwen3-Embedding-0.6B"]) == 2
+    err = capsys.readouterr().err
+    assert "in the cache but cannot load" in err and "(missing)" in err

@@ -241,6 +241,7 @@ def test_damaged_thread_entries_are_ignored(cache: Path) -> None:
 
 
 def test_cli_tune_measures_threads_unless_given(tiny_dir: Path, cache: Path,
+                                                fresh_threads: None,
                                                 monkeypatch: pytest.MonkeyPatch,
                                                 capsys: pytest.CaptureFixture[str]) -> None:
     monkeypatch.setattr(tuning, "thread_counts", lambda: (1, 2))  # any machine: two counts
@@ -258,3 +259,26 @@ def test_cli_tune_measures_threads_unless_given(tiny_dir: Path, cache: Path,
     assert "| threads |" not in captured.out
     assert f"run the {threads_entry['threads']} threads measured earlier" in captured.err
     assert len(json.loads(cache.read_text())) == 3  # the slices under --threads added
+
+
+def test_cli_tune_measures_under_the_environments_thread_count(
+        tiny_dir: Path, cache: Path, fresh_threads: None, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """With OMP_NUM_THREADS set, loads run its count and never a measured one: `smysl tune`
+    measured the thread count anyway and stored the slices under the count it picked, a key
+    no later load asked for (the slices were silently never used)."""
+    start = torch.get_num_threads()
+    other = 1 if start != 1 else 2
+    monkeypatch.setenv("OMP_NUM_THREADS", str(start))
+    # as if another count had measured fastest
+    monkeypatch.setattr(tuning, "tune_threads", lambda *a, **k: tuning.Threads(threads=other))
+    assert main(["tune", "--model", str(tiny_dir), "--device", "cpu", "--dtype", "float32",
+                 "--slices", "16", "--layers", "1", "--rounds", "1"]) == 0
+    captured = capsys.readouterr()
+    assert "| threads |" not in captured.out
+    assert f"OMP_NUM_THREADS={start} is set: loads run that count" in captured.err
+    (k,) = json.loads(cache.read_text())  # the slices only
+    assert f"| {start} threads |" in k
+    e = Embedder.load(str(tiny_dir), device="cpu", dtype="float32")
+    assert e.info().threads == start and e.engine.tuned is not None  # type: ignore[attr-defined]
+    assert e.engine.chunk == 16  # type: ignore[attr-defined]
