@@ -185,7 +185,7 @@ def _hub_failure(repo: str, revision: str | None, cache_dir: str | None, offline
 
 def _incomplete(repo: str, snapshot: Path, offline: bool, error: BaseException) -> str:
     """A cached snapshot that the Hub library knows lacks files (an interrupted download)."""
-    missing = missing_files(snapshot)
+    missing = missing_files(snapshot, weight_files(snapshot))
     why = (f"offline mode is on ({offline_variable() or 'HF_HUB_OFFLINE'})" if offline
            else f"the Hugging Face Hub cannot be reached ({_root_cause(error)})")
     return (f"the cached copy of model {repo!r} in {snapshot} is incomplete"
@@ -233,13 +233,13 @@ def read_checkpoint(root: Path, name: str | None = None) -> Checkpoint:
         if not gguf.is_gguf(root):
             raise ValueError(f"{root} is neither a checkpoint directory nor a GGUF file")
         return gguf.read_checkpoint(root, name)
-    if missing := missing_files(root):
+    weights = weight_files(root)
+    if missing := missing_files(root, weights):
         raise ValueError(f"{root}: missing or incomplete files: {', '.join(missing)}"
                          f"{_redo(root)}")
     config = _json(root / "config.json")
     if not config:
         raise ValueError(f"{root}: config.json is empty")
-    weights = weight_files(root)
     tok = root / "tokenizer.json"
     pooling = _json(root / "1_Pooling" / "config.json")
     modes = [k for k, v in pooling.items() if k.startswith("pooling_mode_") and v]
@@ -298,13 +298,15 @@ def missing_weights(weights: Sequence[Path]) -> list[str]:
     return out
 
 
-def missing_files(root: Path) -> list[str]:
-    """The files the engine reads of checkpoint directory ``root`` that are absent or cut
-    short (config, every weight file, tokenizer), each as ``name (why)``; empty when whole."""
-    weights = weight_files(root)
-    return [*(f"{n} (missing)" for n in ("config.json",) if not (root / n).is_file()),
-            *(missing_weights(weights) if weights else ["*.safetensors (none)"]),
-            *(f"{n} (missing)" for n in ("tokenizer.json",) if not (root / n).is_file())]
+def missing_files(root: Path, weights: Sequence[Path]) -> list[str]:
+    """The files the engine reads of checkpoint directory ``root`` (its :func:`weight_files`
+    ``weights``) that are absent or cut short (config, every weight file, tokenizer), each as
+    ``name (why)``; empty when whole."""
+    out = [] if (root / "config.json").is_file() else ["config.json (missing)"]
+    out += missing_weights(weights) if weights else ["*.safetensors (none)"]
+    if not (root / "tokenizer.json").is_file():
+        out.append("tokenizer.json (missing)")
+    return out
 
 
 def hub_snapshot_repo(root: Path) -> str | None:

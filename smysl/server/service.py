@@ -11,7 +11,7 @@ import math
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import anyio
 import numpy as np
@@ -26,14 +26,16 @@ from smysl.server.errors import ApiError
 from smysl.server.metrics import Metrics
 from smysl.tokenize import Direction, InputTooLongError
 
+_T = TypeVar("_T")
+
 #: Completes when the request's client has gone (see :func:`until_disconnected`).
 Disconnected = Callable[[], Awaitable[object]]
 
 log = logging.getLogger("smysl.server")
 
-#: Requests with more characters (texts) or tokens (token ids) than this are tokenised or
-#: checked off the event loop.
-_INLINE_CHARS = _INLINE_TOKENS = 4096
+#: Requests with more characters (texts) or tokens (token ids) than this are tokenised,
+#: checked or decoded off the event loop (:meth:`Service._off_loop`).
+_INLINE_SIZE = 4096
 #: Texts with more characters than this per token of ``max_request_tokens`` are refused before
 #: tokenisation (real text runs 2-5 characters per Qwen3 token): tokenising a 15 MB body
 #: would take seconds and over a gigabyte only to refuse it.
@@ -218,10 +220,8 @@ class Service:
     async def count_tokens(self, texts: list[str]) -> list[int] | None:
         """Tokens per formatted text, or None when the backend cannot count."""
         try:
-            if sum(map(len, texts)) <= _INLINE_CHARS:
-                return list(self.embedder.count_tokens(texts))
-            return list(await anyio.to_thread.run_sync(self.embedder.count_tokens, texts,
-                                                       limiter=self.tokenizers))
+            return list(await self._off_loop(lambda: self.embedder.count_tokens(texts),
+                                             sum(map(len, texts))))
         except NotImplementedError:
             return None
 
@@ -279,11 +279,16 @@ class Service:
             return tokens.tokenize(texts, truncate=truncate, direction=direction)
 
         try:
-            if sum(map(len, texts)) <= _INLINE_CHARS:
-                return run()
-            return await anyio.to_thread.run_sync(run, limiter=self.tokenizers)
+            return await self._off_loop(run, sum(map(len, texts)))
         except InputTooLongError as e:
             raise self._too_long(what, e) from None
+
+    async def _off_loop(self, run: Callable[[], _T], size: int) -> _T:
+        """``run()``: inline for a request of at most :data:`_INLINE_SIZE` characters or
+        tokens, else in a tokenizer thread (a large one would stall every other client)."""
+        if size <= _INLINE_SIZE:
+            return run()
+        return await anyio.to_thread.run_sync(run, limiter=self.tokenizers)
 
     @staticmethod
     def _too_long(what: str, e: InputTooLongError) -> ApiError:
@@ -316,10 +321,7 @@ class Service:
             return tokens.prepare_token_ids(ids, truncate=truncate, direction=direction)
 
         try:
-            if sum(map(len, ids)) <= _INLINE_TOKENS:
-                seqs = prepare()
-            else:
-                seqs = await anyio.to_thread.run_sync(prepare, limiter=self.tokenizers)
+            seqs = await self._off_loop(prepare, sum(map(len, ids)))
         except InputTooLongError as e:
             raise self._too_long(what, e) from None
         except ValueError as e:
@@ -350,9 +352,7 @@ class Service:
             return tokens.decode(ids, skip_special_tokens=skip_special_tokens)
 
         try:
-            if sum(map(len, ids)) <= _INLINE_TOKENS:
-                return run()
-            return await anyio.to_thread.run_sync(run, limiter=self.tokenizers)
+            return await self._off_loop(run, sum(map(len, ids)))
         except ValueError as e:
             raise ApiError("invalid", str(e), param=what) from None
 
