@@ -48,7 +48,10 @@ MANIFEST = "_smysl_job.json"
 #: A running job's claim on its Parquet folder, one file per process:
 #: ``_smysl_run.FP.MACHINE.PID.TOKEN`` (JSON inside: pid, host, start).
 RUN_PREFIX = "_smysl_run."
-#: Store metadata key: job fingerprint -> names of the shards committed to the store.
+#: Store metadata: one key per shard committed to the store, ``embed_shard:FP:SHARD`` (FP the
+#: job's fingerprint), so that drivers of one job add theirs without undoing each other's.
+STORE_SHARD = "embed_shard:"
+#: The earlier layout, one key (job fingerprint -> shard names); moved to the above on opening.
 STORE_SHARDS = "embed_shards"
 STORE_PREFIXES = ("lancedb:", "qdrant:", "postgres:", "postgres://", "postgresql://", "http://",
                   "https://")
@@ -709,16 +712,23 @@ class _StoreWriter(_Writer):
         store = StoreConfig.parse(config.output, table=config.table)
         self.index = Index.create_or_open(model, IndexConfig(store=store,
                                                              dimensions=config.dimensions))
+        self.prefix = f"{STORE_SHARD}{fp}:"
         self.parts: set[tuple[str, int]] | None = None  # (content, part) of committed shards
+        old = self.index.store.read_meta().get(STORE_SHARDS)
+        if old is not None:  # written by an earlier smysl: one key per shard from now on
+            self.index.store.update_meta({STORE_SHARDS: None, **{
+                f"{STORE_SHARD}{job}:{name}": True for job, names in
+                (old.items() if isinstance(old, dict) else ())
+                if isinstance(names, list) for name in names if isinstance(name, str)}})
 
-    def _committed(self) -> dict[str, list[str]]:
-        jobs = self.index.store.read_meta().get(STORE_SHARDS)
-        return dict(jobs) if isinstance(jobs, dict) else {}
+    def _committed(self) -> list[str]:
+        """The names of this job's shards committed to the store."""
+        return [k[len(self.prefix):] for k in self.index.store.read_meta()
+                if k.startswith(self.prefix)]
 
     def done(self, name: str) -> bool:
         if self.parts is None:  # read once: a lookup per shard, not a scan of every name
-            self.parts = {(s.content, s.part) for s in map(parse_shard,
-                                                           self._committed().get(self.fp, []))
+            self.parts = {(s.content, s.part) for s in map(parse_shard, self._committed())
                           if s is not None}
         shard = parse_shard(name)
         return shard is not None and (shard.content, shard.part) in self.parts
@@ -747,17 +757,17 @@ class _StoreWriter(_Writer):
         report.empty_rows += sum(1 for i in row_ids if i not in chunked)
         report.tokens = (report.tokens + sum(counted)
                          if report.tokens is not None and all(c >= 0 for c in counted) else None)
-        store = self.index.store
-        meta = store.read_meta()
-        jobs = self._committed()
         this = parse_shard(name)
 
-        def current(old: str) -> bool:  # shards of the file's earlier versions are forgotten
+        def stale(old: str) -> bool:  # shards of the file's earlier versions are forgotten
             s = parse_shard(old)
-            return this is None or s is None or s.key != this.key or s.content == this.content
+            return this is not None and s is not None and s.key == this.key \
+                and s.content != this.content
 
-        jobs[self.fp] = [*filter(current, jobs.get(self.fp, [])), name]
-        store.write_meta({**meta, STORE_SHARDS: jobs})
+        # only this shard's key and the stale ones change: another driver's commits stay
+        self.index.store.update_meta({**{self.prefix + old: None
+                                         for old in self._committed() if stale(old)},
+                                      self.prefix + name: True})
         if self.parts is not None and this is not None:
             self.parts.add((this.content, this.part))
 

@@ -117,7 +117,7 @@ class Index:
                 meta = {"model": embedder.name, "fingerprint": embedder.fingerprint(),
                         "dimensions": dims, "load": embedder.source or embedder.name,
                         CHECKSUMS: True}
-                store.write_meta(meta)
+                store.update_meta(meta)
             lost = _lost_records(store.count(), meta, config.store)
         except BaseException:
             store.close()
@@ -313,9 +313,8 @@ def _lost_records(held: int, meta: Mapping[str, object], config: StoreConfig) ->
 def record_count(store: VectorStore) -> None:
     """Save how many records the index holds (``RECORDS``), after writing through it; the
     next opening reports fewer as records lost."""
-    meta = store.read_meta()
-    if meta:
-        store.write_meta({**meta, RECORDS: store.count()})
+    if store.read_meta():
+        store.update_meta({RECORDS: store.count()})
 
 
 def _mismatch(meta: dict[str, object], embedder: BaseEmbedder, dimensions: int | None,

@@ -23,6 +23,7 @@ import shutil
 import sys
 import tempfile
 from collections.abc import Iterable, Iterator, Mapping, Sequence
+from datetime import timedelta
 from typing import Any, TypeVar
 
 import numpy as np
@@ -36,6 +37,7 @@ from smysl.toolkit.store import (
     VectorStore,
     Where,
     local_path,
+    merged_meta,
     parse_where,
 )
 
@@ -83,6 +85,32 @@ def _held_stderr() -> Iterator[None]:
                     os.write(2, held)
 
 
+@contextlib.contextmanager
+def _file_lock(path: Any) -> Iterator[None]:
+    """Hold an exclusive lock on ``path`` (created if missing) against other processes."""
+    with open(path, "a+b") as f:
+        if sys.platform == "win32":
+            import msvcrt
+
+            f.seek(0)
+            while True:
+                try:  # LK_LOCK gives up after 10 s; a long-held lock is waited out
+                    msvcrt.locking(f.fileno(), msvcrt.LK_LOCK, 1)
+                    break
+                except OSError:
+                    continue
+            try:
+                yield
+            finally:
+                f.seek(0)
+                msvcrt.locking(f.fileno(), msvcrt.LK_UNLCK, 1)
+        else:
+            import fcntl
+
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX)  # released when the file closes
+            yield
+
+
 def _payload(text: str | None) -> dict[str, Any]:
     if not text:
         return {}
@@ -115,7 +143,12 @@ class LanceStore(VectorStore):
         if path is not None:
             path.mkdir(parents=True, exist_ok=True)
         with self._guard():
-            self._db = lancedb.connect(str(path) if path is not None else config.uri)
+            # Every read sees the table's latest version: by default LanceDB keeps the version
+            # it opened, so a server searching the index never saw documents `smysl index add`
+            # wrote later, and drivers of one job added payload columns from stale schemas.
+            # The check costs ~0.03 ms a read on a local folder.
+            self._db = lancedb.connect(str(path) if path is not None else config.uri,
+                                       read_consistency_interval=timedelta(0))
         if replace and dimensions is not None:
             self._drop()
         with self._guard():
@@ -219,8 +252,30 @@ class LanceStore(VectorStore):
         return None
 
     def _add_columns(self, payloads: list[dict[str, Any]]) -> dict[str, Any]:
+        """The filterable columns, after adding those ``payloads`` need. Another process may
+        add columns at the same time (drivers of one job): its commit makes ours fail, and the
+        columns are read again; what it added is taken as it is."""
+        for attempt in range(8):
+            cols = self._columns()
+            new = self._new_columns(cols, payloads)
+            if not new:
+                return cols
+            sql = {self._pa.bool_(): "BOOLEAN", self._pa.int64(): "BIGINT",
+                   self._pa.float64(): "DOUBLE", self._pa.string(): "STRING"}
+            try:
+                with self._guard():
+                    self._table.add_columns({_PREFIX + k: f"CAST(NULL AS {sql[t]})"
+                                             for k, t in new.items()})
+                return {**cols, **new}
+            except StoreDamagedError:
+                if attempt == 7 or set(self._columns()) == set(cols):
+                    raise  # nobody else changed the schema: a real failure
+        raise AssertionError("unreachable")
+
+    def _new_columns(self, cols: dict[str, Any], payloads: list[dict[str, Any]]
+                     ) -> dict[str, Any]:
+        """Payload fields with no column yet -> the arrow type they get."""
         pa = self._pa
-        cols = self._columns()
         new: dict[str, Any] = {}
         for p in payloads:
             for key, v in p.items():
@@ -235,14 +290,7 @@ class LanceStore(VectorStore):
                         new[key] = pa.float64()
                     continue
                 new.setdefault(key, t)
-        if new:
-            sql = {pa.bool_(): "BOOLEAN", pa.int64(): "BIGINT", pa.float64(): "DOUBLE",
-                   pa.string(): "STRING"}
-            with self._guard():
-                    self._table.add_columns({_PREFIX + k: f"CAST(NULL AS {sql[t]})"
-                                         for k, t in new.items()})
-            cols.update(new)
-        return cols
+        return new
 
     def _sql(self, conditions: Sequence[Condition]) -> str | None:
         if not conditions:
@@ -403,7 +451,10 @@ class LanceStore(VectorStore):
         return path / f"{self.config.table}.smysl.json"
 
     def read_meta(self) -> dict[str, Any]:
-        p = self._meta_path()
+        return self._read_meta(self._meta_path())
+
+    @staticmethod
+    def _read_meta(p: Any) -> dict[str, Any]:
         if not p.is_file():
             return {}
         try:
@@ -416,11 +467,26 @@ class LanceStore(VectorStore):
                              f"or rebuild the index (smysl index add --rebuild)")
         return meta
 
-    def write_meta(self, meta: Mapping[str, Any]) -> None:
+    def update_meta(self, changes: Mapping[str, Any]) -> None:
+        # Read, change and write under a lock on the folder: drivers of one corpus job commit
+        # their shards into this file at the same time.
         p = self._meta_path()
-        tmp = p.with_suffix(".tmp")
-        tmp.write_text(json.dumps(dict(meta), indent=2, ensure_ascii=False), encoding="utf-8")
-        os.replace(tmp, p)  # atomic: a crash leaves the old or the new file, never half of one
+        with _file_lock(p.with_name(p.name + ".lock")):
+            self._replace_meta(p, merged_meta(self._read_meta(p), changes))
+
+    @staticmethod
+    def _replace_meta(p: Any, meta: Mapping[str, Any]) -> None:
+        # A temporary file of this call's own, renamed into place: a crash leaves the old or
+        # the new file, never half of one (a shared temporary name let two writers mix).
+        fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=f".{p.name}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                f.write(json.dumps(dict(meta), indent=2, ensure_ascii=False))
+            os.replace(tmp, p)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
 
     def build_index(self) -> bool:
         """(Re)build the approximate index; tables under :data:`MIN_INDEX_ROWS` stay exact."""

@@ -8,7 +8,15 @@ from typing import Any
 
 import numpy as np
 
-from smysl.toolkit.store import Hit, Record, VectorStore, Where, matches, parse_where
+from smysl.toolkit.store import (
+    Hit,
+    Record,
+    VectorStore,
+    Where,
+    matches,
+    merged_meta,
+    parse_where,
+)
 
 
 class MemoryStore(VectorStore):
@@ -103,5 +111,6 @@ class MemoryStore(VectorStore):
     def read_meta(self) -> dict[str, Any]:
         return dict(self._meta)
 
-    def write_meta(self, meta: Mapping[str, Any]) -> None:
-        self._meta = dict(meta)
+    def update_meta(self, changes: Mapping[str, Any]) -> None:
+        # one process, and the dict is replaced whole: a reader sees the old or the new one
+        self._meta = merged_meta(self._meta, changes)

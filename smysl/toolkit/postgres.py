@@ -477,10 +477,15 @@ class PostgresStore(VectorStore):
                              f"index (smysl index add --rebuild)")
         return dict(row[0])
 
-    def write_meta(self, meta: Mapping[str, Any]) -> None:
+    def update_meta(self, changes: Mapping[str, Any]) -> None:
+        # One statement: the row lock of ON CONFLICT ... DO UPDATE orders concurrent writers,
+        # and each merges into what the one before it left.
+        kept = {k: v for k, v in changes.items() if v is not None}
+        gone = [k for k, v in changes.items() if v is None]
         self._conn.execute(f"INSERT INTO {META_TABLE} (table_name, meta) VALUES (%s, %s::jsonb) "
-                           "ON CONFLICT (table_name) DO UPDATE SET meta = EXCLUDED.meta",
-                           [self.config.table, json.dumps(dict(meta), ensure_ascii=False)])
+                           f"ON CONFLICT (table_name) DO UPDATE "
+                           f"SET meta = ({META_TABLE}.meta || EXCLUDED.meta) - %s::text[]",
+                           [self.config.table, json.dumps(kept, ensure_ascii=False), gone])
 
     def build_index(self) -> bool:
         """Build the HNSW index (see the module docstring) if missing; PostgreSQL maintains it

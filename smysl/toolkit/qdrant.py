@@ -206,8 +206,9 @@ class QdrantStore(VectorStore):
         info = self.client.get_collection(self.collection)
         return dict(getattr(info.config, "metadata", None) or {})
 
-    def write_meta(self, meta: Mapping[str, Any]) -> None:
-        self.client.update_collection(self.collection, metadata=dict(meta))
+    def update_meta(self, changes: Mapping[str, Any]) -> None:
+        # Qdrant's own merge (a null removes the key) is one step on the server.
+        self.client.update_collection(self.collection, metadata=dict(changes))
 
     def close(self) -> None:
         self.client.close()

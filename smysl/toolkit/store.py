@@ -241,11 +241,15 @@ class VectorStore(abc.ABC):
 
     @abc.abstractmethod
     def read_meta(self) -> dict[str, Any]:
-        """The index metadata saved with :meth:`write_meta` (empty when none)."""
+        """The index metadata (small JSON: model, dimensions...) saved with
+        :meth:`update_meta`; empty when none."""
 
     @abc.abstractmethod
-    def write_meta(self, meta: Mapping[str, Any]) -> None:
-        """Save small JSON metadata (model, dimensions, instruction) with the data."""
+    def update_meta(self, changes: Mapping[str, Any]) -> None:
+        """Set the top-level metadata keys in ``changes`` (a value of None removes the key)
+        and keep every other key, as one step: processes updating other keys of the same
+        store at the same time (drivers of one corpus job) do not undo each other's changes,
+        as reading the whole, changing it and writing it back would."""
 
     def build_index(self) -> bool:
         """Build or refresh an approximate index; True when approximate search will use one."""
@@ -307,3 +311,14 @@ def local_path(uri: str) -> Path | None:
     if not uri or uri == ":memory:" or "://" in uri:
         return None
     return Path(uri).expanduser()
+
+
+def merged_meta(meta: Mapping[str, Any], changes: Mapping[str, Any]) -> dict[str, Any]:
+    """``meta`` with ``changes`` applied as :meth:`VectorStore.update_meta` defines them."""
+    out = dict(meta)
+    for key, value in changes.items():
+        if value is None:
+            out.pop(key, None)
+        else:
+            out[key] = value
+    return out

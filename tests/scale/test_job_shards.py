@@ -231,11 +231,74 @@ def test_a_changed_file_updates_an_index(tiny, tmp_path) -> None:
         assert index.count() == 6
         (r3,) = index.store.get(["r3#0"])
         np.testing.assert_allclose(r3.vector, tiny.embed(["an edited row"])[0], atol=1e-5)
-        shards = index.store.read_meta()["embed_shards"][report.fingerprint]
+        prefix = f"embed_shard:{report.fingerprint}:"
+        shards = [k for k in index.store.read_meta() if k.startswith(prefix)]
     assert len(shards) == 3  # the earlier version's shard names are forgotten
     again = Counting(tiny)
     assert run_job(again, [src.parent], JobConfig(output=output, shard_rows=2)
                    ).shards_skipped == 3 and again.embedded == 0
+
+
+def test_drivers_of_one_index_keep_each_others_shards(tiny, tmp_path, monkeypatch) -> None:
+    """Two drivers of one job writing into one index: each read the store's metadata, added
+    its shard and wrote it all back, so a shard the other committed in between was forgotten
+    and embedded again by the next run. Here the second driver commits one shard each time
+    the first reads the metadata (the moment that lost it); a rerun finds every shard done."""
+    pytest.importorskip("lancedb")
+    from smysl.toolkit.lancedb import LanceStore
+
+    _write(tmp_path / "a" / "a.jsonl", [(f"a{i}", f"first driver {i}") for i in range(6)])
+    for k in range(6):
+        _write(tmp_path / "b" / f"b{k}.jsonl", [(f"b{k}", f"second driver {k}")])
+    todo = sorted((tmp_path / "b").iterdir())
+    output = f"lancedb:{tmp_path / 'kb'}"
+    config = JobConfig(output=output, shard_rows=2)
+    read, busy = LanceStore.read_meta, [False]
+
+    def read_meta(store):
+        meta = read(store)
+        if todo and not busy[0]:
+            busy[0] = True
+            try:
+                assert run_job(tiny, [todo.pop(0)], config).shards_written == 1
+            finally:
+                busy[0] = False
+        return meta
+
+    monkeypatch.setattr(LanceStore, "read_meta", read_meta)
+    assert run_job(tiny, [tmp_path / "a" / "a.jsonl"], config).shards_written == 3
+    monkeypatch.undo()
+    assert not todo  # the second driver committed all six while the first ran
+    again = Counting(tiny)
+    report = run_job(again, [tmp_path / "a" / "a.jsonl", *sorted((tmp_path / "b").iterdir())],
+                     config)
+    assert (report.shards_written, report.shards_skipped, again.embedded) == (0, 9, 0)
+
+
+def test_an_index_of_an_earlier_smysl_keeps_its_shards(tiny, tmp_path) -> None:
+    """An index whose shards were recorded under one key (earlier smysl) is read in that
+    layout: a rerun embeds nothing, and the records move to one key per shard."""
+    pytest.importorskip("lancedb")
+    from smysl.toolkit.store import StoreConfig
+    from smysl.toolkit.stores import open_store
+
+    src, _ = _versions(tmp_path)
+    output = f"lancedb:{tmp_path / 'kb'}"
+    first = run_job(tiny, [src.parent], JobConfig(output=output, shard_rows=2))
+    cfg = StoreConfig.parse(output, table="chunks")
+    with open_store(cfg) as store:
+        prefix = f"embed_shard:{first.fingerprint}:"
+        names = [k[len(prefix):] for k in store.read_meta() if k.startswith(prefix)]
+        assert len(names) == 3
+        store.update_meta({**{prefix + n: None for n in names},
+                           "embed_shards": {first.fingerprint: names, "other-job": ["x"]}})
+    again = Counting(tiny)
+    report = run_job(again, [src.parent], JobConfig(output=output, shard_rows=2))
+    assert (report.shards_skipped, again.embedded) == (3, 0)
+    with open_store(cfg) as store:
+        meta = store.read_meta()
+    assert "embed_shards" not in meta and meta["embed_shard:other-job:x"] is True
+    assert sorted(k for k in meta if k.startswith(prefix)) == sorted(prefix + n for n in names)
 
 
 def test_a_folder_of_an_earlier_smysl_is_refused(tiny, tmp_path) -> None:

@@ -387,3 +387,18 @@ def test_search_instruction_empty_means_none(hash_index: Path) -> None:
             else:
                 assert backend.calls[0][0].startswith("Instruct: ") and backend.calls[0][0] != (
                     "Instruct: Find the pet\nQuery:a cat")
+
+
+def test_search_finds_what_was_added_while_serving(hash_index: Path) -> None:
+    """The server keeps its store open: LanceDB kept the version it had opened, so documents
+    `smysl index add` wrote while the server ran were never found until a restart."""
+    backend = HashEmbedder()
+    with TestClient(create_app(backend, ServerConfig(index=str(hash_index)))) as client:
+        query = {"query": "Moscow is the capital of Russia", "k": 1}
+        assert client.post("/search", json=query).json()["hits"][0]["text"] != query["query"]
+        with Index.create_or_open(backend, IndexConfig(StoreConfig(uri=str(hash_index))),
+                                  create=False) as ix:
+            ix.add_texts([query["query"]], ids=["moscow"], metadata=[{"topic": "geo"}])
+        (hit,) = client.post("/search", json=query).json()["hits"]
+        assert hit["text"] == query["query"] and hit["metadata"]["topic"] == "geo"
+        assert client.get("/ui/info").json()["index"]["chunks"] == len(TEXTS) + 1

@@ -102,7 +102,7 @@ def test_reopen_upsert_and_bad_payloads(postgres_dsn) -> None:
     x = unit_rows(4, 8)
     with open_store(cfg, 8) as s:
         s.upsert(["a", "b"], x[:2], [{"v": 1}, {"v": 2}])
-        s.write_meta({"model": "m", "records": 2})
+        s.update_meta({"model": "m", "records": 2})
     with open_store(cfg) as s:
         assert s.dimensions == 8 and s.count() == 2 and s.read_meta()["records"] == 2
         s.upsert(["b", "c"], x[2:4], [{"v": 3}, {"v": 4}])
