@@ -30,6 +30,7 @@ from smysl.toolkit.ingest import (
     ingest,
     read_documents,
     stored_problem,
+    text_ids,
 )
 from smysl.toolkit.search import MMR_AND_RERANK, SearchConfig, search_vectors
 from smysl.toolkit.store import Hit, Record, StoreConfig, VectorStore, Where, local_path
@@ -172,8 +173,11 @@ class Index:
     def add_texts(self, texts: Sequence[str], ids: Sequence[str] | None = None,
                   metadata: Sequence[Mapping[str, Any]] | None = None,
                   config: IngestConfig | None = None) -> IngestReport:
-        """Ingest in-memory texts (ids default to their positions)."""
-        ids = list(ids) if ids is not None else [str(i) for i in range(len(texts))]
+        """Ingest in-memory texts; without ``ids``, each text's id is a hash of it
+        (:func:`~smysl.toolkit.ingest.text_ids`): pass ids to replace documents in place."""
+        if isinstance(texts, str):
+            raise TypeError("texts must be a list of strings, not one string")
+        ids = list(ids) if ids is not None else text_ids(texts)
         metas = list(metadata) if metadata is not None else [{} for _ in texts]
         if not len(ids) == len(metas) == len(texts):
             raise ValueError("texts, ids and metadata must have the same length")

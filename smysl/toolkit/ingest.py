@@ -143,6 +143,20 @@ def content_hash(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:32]
 
 
+def text_ids(texts: Sequence[str]) -> list[str]:
+    """Document ids for texts given without ids: a hash of each text (16 hex digits; the
+    n-th repeat of a text in ``texts`` gets ``HASH-n``). Adding the same texts again changes
+    nothing, and a text added later never takes another's id (ids by position did: a second
+    ``add_texts`` replaced the first call's documents)."""
+    seen: dict[str, int] = {}
+    out = []
+    for t in texts:
+        h = hashlib.sha256(t.encode("utf-8", "surrogatepass")).hexdigest()[:16]
+        seen[h] = n = seen.get(h, 0) + 1
+        out.append(h if n == 1 else f"{h}-{n}")
+    return out
+
+
 def iter_paths(paths: Iterable[str | Path]) -> Iterator[Path]:
     """Files named, and supported files under folders named (sorted, recursive); a file named
     twice (say, itself and through its folder) comes once, as its documents' ids must."""

@@ -34,7 +34,8 @@ TEXTS = ["Cats purr when they are content.", "Dogs bark at the postman.",
 def build_index(embedder: BaseEmbedder, path: Path) -> Path:
     """A tiny LanceDB index as `smysl index add` builds it (one chunk per text)."""
     with Index.create_or_open(embedder, IndexConfig(StoreConfig(uri=str(path)))) as ix:
-        ix.add_texts(TEXTS, metadata=[{"topic": t} for t in
+        ix.add_texts(TEXTS, [str(i) for i in range(len(TEXTS))],
+                     metadata=[{"topic": t} for t in
                                       ["pets", "pets", "pets", "geo", "bio", "code"]])
     return path
 

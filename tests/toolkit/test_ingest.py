@@ -15,7 +15,7 @@ import pytest
 
 from smysl.toolkit.chunking import ChunkConfig
 from smysl.toolkit.index import Index, IndexConfig
-from smysl.toolkit.ingest import Document, IngestConfig, ReadConfig, read_documents
+from smysl.toolkit.ingest import Document, IngestConfig, ReadConfig, read_documents, text_ids
 from smysl.toolkit.search import SearchConfig
 from smysl.toolkit.store import StoreConfig
 from toolkit.helpers import Counting, OtherWeights
@@ -132,6 +132,25 @@ def test_a_repeated_document_id_is_refused_not_overwritten(tiny, tmp_path) -> No
     notes = tmp_path / "notes"
     assert len(list(read_documents([notes / "a.md", notes, notes / ".." / "notes" / "a.md"]))
                ) == 1
+
+
+def test_texts_without_ids_never_replace_other_documents(tiny, tmp_path) -> None:
+    """`add_texts` without ids numbered the texts of each call from 0: a second call replaced
+    the first call's documents, silently. Ids are now hashes of the texts: a later text is a
+    new document, the same texts again change nothing, a repeat is its own document."""
+    with open_index(tiny, tmp_path / "kb") as ix:
+        assert ix.add_texts(["first note", "second note"]).written == 2
+        assert ix.add_texts(["a later note"]).written == 1
+        assert ix.count() == 3
+        again = ix.add_texts(["first note", "second note"])
+        assert (again.written, again.unchanged, ix.count()) == (0, 2, 3)
+        assert ix.add_texts(["twice", "twice"]).written == 2 and ix.count() == 5
+        texts = sorted(r.payload["text"] for b in ix.store.scan() for r in b)
+        assert texts == ["a later note", "first note", "second note", "twice", "twice"]
+        with pytest.raises(TypeError, match="not one string"):
+            ix.add_texts("one string")
+    assert text_ids(["x", "y", "x"]) == [text_ids(["x"])[0], text_ids(["y"])[0],
+                                         text_ids(["x"])[0] + "-2"]
 
 
 def test_index_refuses_another_model(tiny, tmp_path) -> None:

@@ -26,6 +26,7 @@ CFG = IngestConfig(chunk=ChunkConfig(max_tokens=24, overlap=4), batch_size=16)
 TEXTS = [f"note {i}: the {w} sits by the {v} at dawn." for i, (w, v) in enumerate(
     zip(["river", "stone", "lamp", "cat", "tree", "boat", "bell", "kite"] * 3,
         ["door", "hill", "sea", "road", "wall", "farm", "gate", "mill"] * 3, strict=True))]
+IDS = [str(i) for i in range(len(TEXTS))]  # readable chunk ids ("3#0") for the damage tests
 
 
 def flip(path: Path, needle: bytes, offset: int, bit: int) -> None:
@@ -79,7 +80,7 @@ def test_damaged_stored_vectors_are_not_served_and_reruns_repair_them(tiny, tmp_
     kb = tmp_path / "kb"
     cfg = IndexConfig(StoreConfig(uri=str(kb)))
     with Index.create_or_open(tiny, cfg) as ix:
-        ix.add_texts(TEXTS, config=CFG)
+        ix.add_texts(TEXTS, IDS, config=CFG)
         records = {r.id: r for b in ix.store.scan() for r in b}
     assert all(r.payload[DIGEST_FIELD] for r in records.values())
     flip_in_folder(kb, records["3#0"].vector.tobytes(), 4 * 2 + 3, 6)  # norm far from 1
@@ -99,7 +100,7 @@ def test_damaged_stored_vectors_are_not_served_and_reruns_repair_them(tiny, tmp_
         assert "norm" in ix.damaged["3#0"] and "checksum" in ix.damaged["7#0"]
         assert set(ix.verify()) == {"3#0", "7#0"}  # the full scan finds them too
         before = model.embedded  # the query
-        rep = ix.add_texts(TEXTS, config=CFG)
+        rep = ix.add_texts(TEXTS, IDS, config=CFG)
         assert (rep.repaired, rep.written, rep.unchanged) == (2, 2, len(TEXTS) - 2)
         assert model.embedded - before == 2
         (hits,) = ix.search(TEXTS[3], SearchConfig(k=len(TEXTS)))
@@ -113,7 +114,7 @@ def test_damaged_stored_vectors_are_not_served_and_reruns_repair_them(tiny, tmp_
     with Index.create_or_open(model, cfg) as ix:
         (problem,) = ix.problems
         assert lost in problem
-        assert ix.add_texts(TEXTS, config=CFG).written == 2  # the rerun restores them
+        assert ix.add_texts(TEXTS, IDS, config=CFG).written == 2  # the rerun restores them
     with Index.create_or_open(model, cfg) as ix:
         assert ix.problems == []
     for i in ("3#0", "7#0"):
