@@ -25,7 +25,6 @@ import json
 import logging
 import os
 import random
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -36,6 +35,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import torch
 
 from smysl.cpus import usable_cpus
+from smysl.files import file_lock, replace_file
 from smysl.qwen3.cpu import detect
 
 if TYPE_CHECKING:
@@ -189,20 +189,15 @@ def lookup_threads(k: str, path: Path | None = None) -> Threads | None:
 
 
 def store(k: str, tuned: Tuned | Threads, path: Path | None = None) -> Path:
-    """Add or replace the entry for ``k`` (written to a temporary file, then renamed: a
-    concurrent reader sees the old file or the new one, never half of one)."""
+    """Add or replace the entry for ``k``: under a lock (``smysl tune`` in two processes kept
+    only the last one's entries) and through a temporary file renamed into place (a reader
+    sees the old file or the new one, never half of one)."""
     path = path or cache_file()
-    data = _read(path)
-    data[k] = asdict(tuned)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tuning-")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(data, f, indent=1, sort_keys=True)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with file_lock(path.with_name(path.name + ".lock")):
+        data = _read(path)
+        data[k] = asdict(tuned)
+        replace_file(path, json.dumps(data, indent=1, sort_keys=True))
     return path
 
 

@@ -257,3 +257,40 @@ def test_an_open_store_sees_later_writes(kind, tmp_path, request) -> None:
         assert [h.id for h in reader.search(x[2:3], k=1)[0]] == ["c"]
         assert [r.id for r in reader.get(["b"])] == ["b"]
         assert reader.read_meta()["records"] == 3
+
+
+def _write_and_compact(cfg: StoreConfig, worker: int, n: int, ready, go) -> None:
+    """A process opening (creating) the table at the same moment as others, then writing its
+    own rows and compacting after each write, as `smysl index add` does."""
+    ready.release()
+    go.wait(60)
+    with open_store(cfg, D) as s:
+        for i in range(n):
+            s.upsert([f"w{worker}-{i}"], unit_rows(1, D, seed=100 * worker + i),
+                     [{"worker": worker, f"f{worker}": i}])
+            s.optimize()
+
+
+def test_processes_creating_writing_and_compacting_at_once(tmp_path) -> None:
+    """Two first `smysl index add` runs into a new folder: the slower one's create failed
+    ("Table 'chunks' already exists"); later, a compaction that lost to another process's
+    commit (LanceDB's "Retryable commit conflict", 7-13 of 40 while another process wrote)
+    was reported as a damaged store, after every row had been written."""
+    import multiprocessing
+
+    pytest.importorskip("lancedb")
+    cfg = StoreConfig(backend="lancedb", uri=str(tmp_path / "db"))
+    ctx = multiprocessing.get_context("spawn")
+    ready, go = ctx.Semaphore(0), ctx.Event()
+    procs = [ctx.Process(target=_write_and_compact, args=(cfg, w, 12, ready, go))
+             for w in range(3)]
+    for p in procs:
+        p.start()
+    for _ in procs:
+        assert ready.acquire(timeout=120)
+    go.set()
+    for p in procs:
+        p.join(180)
+        assert p.exitcode == 0
+    with open_store(cfg) as s:
+        assert s.count() == 36 and all(s.count({f"f{w}": {"$gte": 0}}) == 12 for w in range(3))
