@@ -59,7 +59,16 @@ class QdrantStore(VectorStore):
             self.client = client_cls(url=uri, api_key=config.api_key
                                      or os.environ.get("QDRANT_API_KEY"))
         else:
-            self.client = client_cls(path=uri)
+            try:
+                self.client = client_cls(path=uri)
+            except RuntimeError as e:
+                if "already accessed" not in str(e):
+                    raise
+                raise ValueError(
+                    f"qdrant:{uri}: another process has this local Qdrant folder open (a "
+                    f"server, an index add or search); Qdrant's local mode is one process at "
+                    f"a time: wait for it, or use a Qdrant server (qdrant:http://HOST:6333) "
+                    f"for several") from None
         self.collection = config.table
         if replace and dimensions is not None and self.client.collection_exists(self.collection):
             self.client.delete_collection(self.collection)  # its metadata goes with it

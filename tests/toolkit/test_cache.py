@@ -40,3 +40,44 @@ def test_cache_serves_repeats_and_persists(tiny, tmp_path) -> None:
     assert model.embedded == 5 and q.shape == (1, 64) and half.shape == (1, 32)
     np.testing.assert_allclose(half, tiny.embed(["alpha"], dimensions=32), atol=1e-6)
     assert len(again.cache) == 5  # type: ignore[arg-type]
+
+
+def test_a_busy_answer_while_opening_is_waited_out(tmp_path, monkeypatch) -> None:
+    """Two processes opening a new cache file at once: switching it to WAL answered "database
+    is locked" at once, without SQLite's busy wait (2 in 1,200 openings), and the run went on
+    without its cache, saying the file was unreadable and should be deleted."""
+    import sqlite3
+
+    from smysl.toolkit import cache as cache_module
+
+    connect, busy = sqlite3.connect, [2]
+
+    class Busy:
+        def __init__(self, *args, **kwargs) -> None:
+            self.db = connect(*args, **kwargs)
+
+        def execute(self, sql, *args):
+            if sql.startswith("PRAGMA journal_mode") and busy[0]:
+                busy[0] -= 1
+                raise sqlite3.OperationalError("database is locked")
+            return self.db.execute(sql, *args)
+
+        def __getattr__(self, name):
+            return getattr(self.db, name)
+
+        def __enter__(self):
+            return self.db.__enter__()
+
+        def __exit__(self, *exc):
+            return self.db.__exit__(*exc)
+
+    monkeypatch.setattr(cache_module.sqlite3, "connect", Busy)
+    c = EmbeddingCache(tmp_path / "c.sqlite")
+    assert c.usable and c.problems == [] and busy == [0]
+    c.put_many([b"k"], np.eye(1, 4, dtype=np.float32))  # a unit vector
+    found, damaged = c.get_many([b"k"], 4)
+    assert list(found) == [b"k"] and not damaged
+    monkeypatch.setattr(cache_module, "LOCK_WAIT_S", 0)  # held for good: said so, not "delete"
+    busy[0] = 10**6
+    held = EmbeddingCache(tmp_path / "d.sqlite")
+    assert not held.usable and "busy" in held.problems[0] and "delete" not in held.problems[0]

@@ -294,3 +294,14 @@ def test_processes_creating_writing_and_compacting_at_once(tmp_path) -> None:
         assert p.exitcode == 0
     with open_store(cfg) as s:
         assert s.count() == 36 and all(s.count({f"f{w}": {"$gte": 0}}) == 12 for w in range(3))
+
+
+def test_a_local_qdrant_folder_held_by_another_is_named(tmp_path) -> None:
+    """A second process on a local Qdrant folder (`smysl index search` while a server holds
+    it) got qdrant-client's traceback; now one line saying why and what to do."""
+    pytest.importorskip("qdrant_client")
+    cfg = StoreConfig(backend="qdrant", uri=str(tmp_path / "q"))
+    held = r"another process has this local Qdrant folder open.*qdrant:http://HOST:6333"
+    with open_store(cfg, D), pytest.raises(ValueError, match=held):
+        open_store(cfg)
+    open_store(cfg).close()  # free again once the first one closed
