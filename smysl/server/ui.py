@@ -28,6 +28,7 @@ from smysl.server.errors import ApiError
 from smysl.server.http import json_response
 from smysl.server.rerank_routes import RerankService
 from smysl.server.service import Service, until_disconnected
+from smysl.toolkit.store import parse_where
 
 if TYPE_CHECKING:
     from smysl.base import BaseEmbedder
@@ -168,7 +169,7 @@ def router(service: Service, reranking: RerankService | None = None) -> APIRoute
     async def search(body: SearchRequest, request: Request) -> Response:
         """Top-k chunks of the served index: ``{"hits": [{"id", "score", "text", "metadata"}]}``
         (score: cosine; metadata: the stored payload without the text)."""
-        from smysl.toolkit.index import hit_problem
+        from smysl.toolkit.index import binding_problem, hit_problem
         from smysl.toolkit.search import (
             RerankedHit,
             SearchConfig,
@@ -188,6 +189,10 @@ def router(service: Service, reranking: RerankService | None = None) -> APIRoute
             raise ApiError("invalid", f"rerank_top must be between k ({body.k}) and "
                            f"{MAX_RERANK_TOP}, got {body.rerank_top}", param="rerank_top")
         service.check_texts([body.query], "query")
+        try:  # the filter's own problems are the request's; the store's are the server's
+            parse_where(body.where)
+        except ValueError as e:
+            raise ApiError("invalid", str(e), param="where") from None
         config = SearchConfig(k=body.k, where=body.where, rerank_top=body.rerank_top)
         disconnected = until_disconnected(request.receive)
         # the query side of `smysl index search`: the instruction rule of the model, the
@@ -201,13 +206,23 @@ def router(service: Service, reranking: RerankService | None = None) -> APIRoute
             dimensions=searched.dimensions, truncate=True, what="query",
             disconnected=disconnected)
         wanted = dataclasses.replace(config, k=candidates(config, reranking=rerank))
-        try:
+
+        def nearest() -> list[Any]:
+            # another process may have rebuilt the index for another model since the start
+            problem = binding_problem(searched, service.embedder, searched.dimensions)
+            if problem is not None:
+                raise ApiError("unavailable", f"--index {service.config.index}: {problem}; "
+                                              f"restart the server with its model")
             # damaged stored vectors are never served: left out, the search widened to k
-            (hits,) = await in_thread(lambda: search_vectors(
+            (found,) = search_vectors(
                 searched, result.vectors, wanted,
-                check=lambda h: hit_problem(h, searched.dimensions, checksums) is None))
-        except ValueError as e:  # the store's verdict on the filter
-            raise ApiError("invalid", str(e), param="where") from None
+                check=lambda h: hit_problem(h, searched.dimensions, checksums) is None)
+            return found
+
+        try:
+            hits = await in_thread(nearest)
+        except ValueError as e:  # the store's (a damaged folder, say): not the request's
+            raise ApiError("unavailable", f"--index {service.config.index}: {e}") from None
         if rerank and reranking is not None and hits:
             # the candidates through the reranker's batcher, like any /rerank request
             texts = [str(h.payload.get("text", "")) for h in hits]

@@ -151,10 +151,15 @@ class Index:
         if dims != self.dimensions:
             raise ValueError(f"index stores {self.dimensions}-d vectors, not {dims}-d")
         chunker = chunker_for(self.embedder, config.chunk)
+
+        def embed(texts: list[str]) -> np.ndarray:
+            vectors = self.cached.embed(texts, dimensions=self._dims_arg(), truncate=True)
+            self._check_binding()  # just before these vectors are written
+            return vectors
+
         report = ingest(documents, store=self.store, chunker=chunker, config=config,
-                        embed=lambda texts: self.cached.embed(
-                            texts, dimensions=self._dims_arg(), truncate=True),
-                        on_stored=on_stored, counters=self.cached, checksums=self.checksums)
+                        embed=embed, on_stored=on_stored, counters=self.cached,
+                        checksums=self.checksums)
         record_count(self.store)
         return report
 
@@ -221,8 +226,14 @@ class Index:
         qs = [queries] if isinstance(queries, str) else list(queries)
         if reranker is not None and config.mmr:
             raise ValueError(MMR_AND_RERANK)  # before the queries are embedded
+        self._check_binding()
         return search_vectors(self.store, self.embed_queries(qs, config.instruction), config,
                               check=self._check_hit, reranker=reranker, texts=qs)
+
+    def _check_binding(self) -> None:
+        problem = binding_problem(self.store, self.embedder, self.dimensions)
+        if problem is not None:
+            raise ValueError(problem)
 
     def _check_hit(self, hit: Hit) -> bool:
         problem = hit_problem(hit, self.store.dimensions, self.checksums)
@@ -319,6 +330,25 @@ def record_count(store: VectorStore) -> None:
     next opening reports fewer as records lost."""
     if store.read_meta():
         store.update_meta({RECORDS: store.count()})
+
+
+def binding_problem(store: VectorStore, embedder: BaseEmbedder, dimensions: int
+                    ) -> str | None:
+    """Why ``embedder`` can no longer write or search ``store`` at ``dimensions`` since they
+    were checked at opening, else None: another process rebuilt the index for another model or
+    size (``--rebuild``), or removed it. One metadata read (a small file or one request);
+    checked before every search and after every embedded write batch, so vectors of two
+    models never meet in one index and a search never compares them."""
+    meta = store.read_meta()
+    if not meta:
+        return ("the index was removed, or is being rebuilt, by another process since it was "
+                "opened")
+    width = meta.get("dimensions")
+    problem = (_mismatch(meta, embedder, None, store.dimensions)
+               or (f"index stores {width}-d vectors, not {dimensions}-d"
+                   if isinstance(width, int) and width != dimensions else None))
+    return None if problem is None else (f"another process rebuilt the index since it was "
+                                         f"opened: {problem}")
 
 
 def _mismatch(meta: dict[str, object], embedder: BaseEmbedder, dimensions: int | None,

@@ -403,3 +403,28 @@ def test_search_finds_what_was_added_while_serving(hash_index: Path) -> None:
         (hit,) = client.post("/search", json=query).json()["hits"]
         assert hit["text"] == query["query"] and hit["metadata"]["topic"] == "geo"
         assert client.get("/ui/info").json()["index"]["chunks"] == len(TEXTS) + 1
+
+
+def test_search_refuses_an_index_rebuilt_for_another_model(hash_index: Path) -> None:
+    """`smysl index add --rebuild` with another model while the server ran: /search compared
+    its queries with the other model's vectors (same width: 200 and meaningless hits; another
+    width: 422 blaming the filter, with the "damaged, restore a backup" text)."""
+
+    class Other(HashEmbedder):
+        name = "another-hash-model"
+
+        def fingerprint(self) -> str:
+            return "0123456789abcdef"
+
+    backend = HashEmbedder()
+    with TestClient(create_app(backend, ServerConfig(index=str(hash_index)))) as client:
+        assert client.post("/search", json={"query": "cats"}).status_code == 200
+        with Index.create_or_open(Other(), IndexConfig(StoreConfig(uri=str(hash_index))),
+                                  rebuild=True) as ix:
+            ix.add_texts(TEXTS)
+        r = client.post("/search", json={"query": "cats"})
+        assert r.status_code == 503, r.text
+        assert "another process rebuilt the index" in r.json()["error"]
+        assert "another-hash-model" in r.json()["error"]
+        bad = client.post("/search", json={"query": "cats", "where": {"n": {"$regex": "x"}}})
+        assert bad.status_code == 422 and "operator" in bad.json()["error"]  # still the filter's

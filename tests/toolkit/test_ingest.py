@@ -153,6 +153,24 @@ def test_texts_without_ids_never_replace_other_documents(tiny, tmp_path) -> None
                                          text_ids(["x"])[0] + "-2"]
 
 
+def test_an_index_rebuilt_meanwhile_is_neither_written_nor_searched(tiny, tmp_path) -> None:
+    """`index add --rebuild` with another model while an `index add` of this model ran: the
+    running one's later batches landed in the other model's index (`index verify`: nothing
+    damaged), and an open Index searched the other model's vectors."""
+    with open_index(tiny, tmp_path / "kb") as ix:
+        ix.add_texts(["before the rebuild"])
+        with Index.create_or_open(OtherWeights(tiny), IndexConfig(StoreConfig(
+                uri=str(tmp_path / "kb"))), rebuild=True) as other:
+            other.add_texts(["the other model's"])
+        with pytest.raises(ValueError, match="another process rebuilt the index"):
+            ix.add_texts(["after the rebuild"])
+        with pytest.raises(ValueError, match="another process rebuilt the index"):
+            ix.search("anything")
+    with Index.create_or_open(OtherWeights(tiny), IndexConfig(StoreConfig(
+            uri=str(tmp_path / "kb"))), create=False) as other:
+        assert [r.payload["text"] for b in other.store.scan() for r in b] == ["the other model's"]
+
+
 def test_index_refuses_another_model(tiny, tmp_path) -> None:
     with open_index(tiny, tmp_path / "kb") as ix:
         ix.add_texts(["a b c"])
