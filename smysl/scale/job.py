@@ -679,6 +679,16 @@ class _ParquetWriter(_Writer):
         shard = parse_shard(name)
         if shard is not None:
             self.parts.add((shard.content, shard.part))
+            self._one_copy(shard)
+
+    def _one_copy(self, shard: ShardName) -> None:
+        """Drivers running at once on overlapping inputs (``corpus/`` and ``corpus/sub/``)
+        reach one file under two names and each committed its shards: every row twice. Of the
+        shard files of one content and part, the first by name stays; each driver deletes the
+        others after its commit, so whichever commits last sees them all."""
+        same = sorted(self.dir.glob(f"*-{shard.content}-p{shard.part:05d}{self.suffix}"))
+        for extra in same[1:]:
+            extra.unlink(missing_ok=True)
 
     def __exit__(self, *exc: object) -> None:
         self.run_file.unlink(missing_ok=True)

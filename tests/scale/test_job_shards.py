@@ -116,6 +116,30 @@ def test_two_drivers_of_same_named_files_do_not_both_commit(tiny, tmp_path) -> N
     assert not list(out.glob(".*.tmp")) and not list(out.glob("_smysl_run.*"))
 
 
+def test_drivers_of_overlapping_inputs_write_each_row_once(tiny, tmp_path) -> None:
+    """One driver given corpus/, another corpus/sub/ at the same time: each reached
+    sub/x.jsonl under its own name and committed its shards, so every row of it was in the
+    dataset twice. Of the shard files of one content and part, one stays."""
+    _write(tmp_path / "corpus" / "sub" / "x.jsonl", [(f"r{i}", f"row {i}") for i in range(5)])
+    _write(tmp_path / "corpus" / "y.jsonl", [("y0", "other file")])
+    out = tmp_path / "out"
+    first = Gated(tiny)
+    join = _in_thread(lambda: run_job(first, [tmp_path / "corpus"],
+                                      JobConfig(output=str(out), shard_rows=2)))
+    assert first.started.wait(60)
+    assert run_job(tiny, [tmp_path / "corpus" / "sub"],
+                   JobConfig(output=str(out), shard_rows=2)).shards_written == 3
+    first.go.set()
+    join()
+    assert _ids(out) == [f"r{i}" for i in range(5)] + ["y0"]
+    assert len(list(out.glob("*.parquet"))) == 4
+    again = Counting(tiny)
+    for inputs in ([tmp_path / "corpus"], [tmp_path / "corpus" / "sub"]):
+        assert run_job(again, inputs, JobConfig(output=str(out), shard_rows=2)
+                       ).shards_written == 0
+    assert again.embedded == 0
+
+
 def _dead_pid() -> int:
     child = subprocess.Popen([sys.executable, "-c", "pass"])
     child.wait()
