@@ -114,11 +114,14 @@ class Index:
                 dims = store.dimensions
             elif store.dimensions != dims:
                 raise ValueError(f"store holds {store.dimensions}-d vectors, not {dims}-d")
-            else:
-                meta = {"model": embedder.name, "fingerprint": embedder.fingerprint(),
-                        "dimensions": dims, "load": embedder.source or embedder.name,
-                        CHECKSUMS: True}
-                store.update_meta(meta)
+            else:  # bound now, unless another process bound it since the read above
+                meta = store.claim_meta({
+                    "model": embedder.name, "fingerprint": embedder.fingerprint(),
+                    "dimensions": dims, "load": embedder.source or embedder.name,
+                    CHECKSUMS: True})
+                problem = _mismatch(meta, embedder, config.dimensions, store.dimensions)
+                if problem:
+                    raise ValueError(problem)
             lost = _lost_records(store.count(), meta, config.store)
         except BaseException:
             store.close()

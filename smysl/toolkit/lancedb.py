@@ -472,6 +472,15 @@ class LanceStore(VectorStore):
                              f"or rebuild the index (smysl index add --rebuild)")
         return meta
 
+    def claim_meta(self, meta: Mapping[str, Any]) -> dict[str, Any]:
+        p = self._meta_path()
+        with file_lock(p.with_name(p.name + ".lock")):
+            held = self._read_meta(p)
+            if held:
+                return held
+            replace_file(p, json.dumps(dict(meta), indent=2, ensure_ascii=False))
+            return dict(meta)
+
     def update_meta(self, changes: Mapping[str, Any]) -> None:
         # Read, change and write under a lock on the folder: drivers of one corpus job commit
         # their shards into this file at the same time.

@@ -111,6 +111,11 @@ class MemoryStore(VectorStore):
     def read_meta(self) -> dict[str, Any]:
         return dict(self._meta)
 
+    def claim_meta(self, meta: Mapping[str, Any]) -> dict[str, Any]:
+        if not self._meta:
+            self._meta = dict(meta)
+        return dict(self._meta)
+
     def update_meta(self, changes: Mapping[str, Any]) -> None:
         # one process, and the dict is replaced whole: a reader sees the old or the new one
         self._meta = merged_meta(self._meta, changes)

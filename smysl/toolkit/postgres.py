@@ -477,6 +477,12 @@ class PostgresStore(VectorStore):
                              f"index (smysl index add --rebuild)")
         return dict(row[0])
 
+    def claim_meta(self, meta: Mapping[str, Any]) -> dict[str, Any]:
+        self._conn.execute(f"INSERT INTO {META_TABLE} (table_name, meta) VALUES (%s, %s::jsonb) "
+                           "ON CONFLICT (table_name) DO NOTHING",
+                           [self.config.table, json.dumps(dict(meta), ensure_ascii=False)])
+        return self.read_meta()
+
     def update_meta(self, changes: Mapping[str, Any]) -> None:
         # One statement: the row lock of ON CONFLICT ... DO UPDATE orders concurrent writers,
         # and each merges into what the one before it left.

@@ -215,6 +215,16 @@ class QdrantStore(VectorStore):
         info = self.client.get_collection(self.collection)
         return dict(getattr(info.config, "metadata", None) or {})
 
+    def claim_meta(self, meta: Mapping[str, Any]) -> dict[str, Any]:
+        # Qdrant has no conditional write of collection metadata: two processes binding a new
+        # collection in the same instant may both write (the index's checks before each write
+        # batch and search then stop the loser). A local folder is one process's anyway.
+        held = self.read_meta()
+        if held:
+            return held
+        self.update_meta(meta)
+        return self.read_meta()
+
     def update_meta(self, changes: Mapping[str, Any]) -> None:
         # Qdrant's own merge (a null removes the key) is one step on the server.
         self.client.update_collection(self.collection, metadata=dict(changes))

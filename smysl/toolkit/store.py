@@ -245,6 +245,12 @@ class VectorStore(abc.ABC):
         :meth:`update_meta`; empty when none."""
 
     @abc.abstractmethod
+    def claim_meta(self, meta: Mapping[str, Any]) -> dict[str, Any]:
+        """Write ``meta`` if the store holds no metadata yet, and return what it holds then:
+        ``meta``, or what another process wrote first (two first `smysl index add` runs with
+        two models: one binds the index, the other finds it bound)."""
+
+    @abc.abstractmethod
     def update_meta(self, changes: Mapping[str, Any]) -> None:
         """Set the top-level metadata keys in ``changes`` (a value of None removes the key)
         and keep every other key, as one step: processes updating other keys of the same

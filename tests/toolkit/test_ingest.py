@@ -171,6 +171,27 @@ def test_an_index_rebuilt_meanwhile_is_neither_written_nor_searched(tiny, tmp_pa
         assert [r.payload["text"] for b in other.store.scan() for r in b] == ["the other model's"]
 
 
+def test_two_first_writers_with_two_models_bind_the_index_once(tiny, tmp_path) -> None:
+    """Two first `index add` runs into a new folder with two models: both found the table
+    without metadata, both bound it (the last one won) and both wrote, so the index held two
+    models' vectors under one binding. Here the other model binds it while this one hashes
+    its checkpoint (its fingerprint): this one is refused, and nothing of it is written."""
+    kb = IndexConfig(StoreConfig(uri=str(tmp_path / "kb")))
+
+    class Slow(Counting):
+        def fingerprint(self) -> str:
+            if not hasattr(self, "raced"):
+                self.raced = True
+                with Index.create_or_open(OtherWeights(tiny), kb) as other:
+                    other.add_texts(["the other model's"])
+            return super().fingerprint()
+
+    with pytest.raises(ValueError, match=r"built with model .*fingerprint 0{32}"):
+        Index.create_or_open(Slow(tiny), kb)
+    with Index.create_or_open(OtherWeights(tiny), kb, create=False) as other:
+        assert [r.payload["text"] for b in other.store.scan() for r in b] == ["the other model's"]
+
+
 def test_index_refuses_another_model(tiny, tmp_path) -> None:
     with open_index(tiny, tmp_path / "kb") as ix:
         ix.add_texts(["a b c"])

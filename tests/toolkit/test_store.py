@@ -132,12 +132,15 @@ def test_scan_meta_and_validation(store) -> None:
     assert r.payload == {"i": -1}
     assert sorted(r.id for b in store.scan(7) for r in b) == sorted(ids)
     assert store.read_meta() == {}
-    store.update_meta({"model": "m", "dimensions": D})
+    assert store.claim_meta({"model": "m", "dimensions": D}) == {"model": "m", "dimensions": D}
     assert store.read_meta() == {"model": "m", "dimensions": D}
     # keys not named stay, None removes one, values are replaced whole
     store.update_meta({"dimensions": None, "shards": {"a": [1]}, "gone": None})
     store.update_meta({"shards": {"b": [2]}, "x": "я"})
     assert store.read_meta() == {"model": "m", "shards": {"b": [2]}, "x": "я"}
+    # a claim writes only where nothing is held, and answers what is
+    assert store.claim_meta({"model": "other"}) == store.read_meta()
+    assert store.read_meta()["model"] == "m"
     with pytest.raises(ValueError, match="shape"):
         store.upsert(["a"], np.zeros((1, D + 1), np.float32))
     with pytest.raises(ValueError, match="NaN"):
