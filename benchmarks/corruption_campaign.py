@@ -61,6 +61,11 @@ def corpus(n: int, seed: int) -> list[str]:
     return [f"doc {i}: " + " ".join(rng.choice(WORDS) for _ in range(10)) + "." for i in range(n)]
 
 
+def index_ids(texts: list[str]) -> list[str]:
+    """Document ids that are the texts' indexes (hits are mapped back to rows by them)."""
+    return [str(i) for i in range(len(texts))]
+
+
 def kind(path: Path) -> str:
     if path.name.startswith(CACHE_FILE):
         return "cache (sqlite)"
@@ -79,14 +84,15 @@ class Campaign:
         self.model = Embedder.load(str(build_tiny(work / "tiny").path), device="cpu")
         self.golden = work / "golden"
         with Index.create_or_open(self.model, self.config(self.golden)) as ix:
-            ix.add_texts(texts, config=INGEST)
+            ix.add_texts(texts, index_ids(texts), config=INGEST)  # ids: the texts' indexes
             assert ix.count() == len(texts), "one chunk per text"
             self.good_q = ix.embed_queries(queries)
         self.good = self.model.embed(texts, truncate=True)  # known-good rows, by text index
         scores = self.good_q @ self.good.T
         self.good_rank = [list(np.argsort(-s, kind="stable")) for s in scores]
+        # the metadata's lock file is empty: nothing in it to flip
         self.files = sorted(p.relative_to(self.golden) for p in self.golden.rglob("*")
-                            if p.is_file())
+                            if p.is_file() and p.stat().st_size > 0)
         self.by_kind: dict[str, list[Path]] = collections.defaultdict(list)
         for f in self.files:
             self.by_kind[kind(f)].append(f)
@@ -148,7 +154,7 @@ class Campaign:
                     return "lost unreported", f"got {got}, expected {expect}"
             if ix.damaged or ix.problems:
                 outcome = "reported"
-                ix.add_texts(self.texts, config=INGEST)  # the rerun repairs
+                ix.add_texts(self.texts, index_ids(self.texts), config=INGEST)  # the rerun repairs
                 ix.damaged.clear()
                 again = ix.search(self.queries, SearchConfig(k=self.k))
                 whole = (not ix.damaged and not ix.verify() and ix.count() == len(self.texts)

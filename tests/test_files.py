@@ -30,3 +30,16 @@ def test_read_change_write_under_the_lock_loses_nothing(tmp_path: Path) -> None:
     assert json.loads(path.read_text(encoding="utf-8")) == {
         f"{w}-{i}": i for w in range(4) for i in range(50)}
     assert sorted(p.name for p in tmp_path.iterdir()) == ["shared.json", "shared.json.lock"]
+
+
+def test_a_replaced_file_keeps_the_umask_mode(tmp_path: Path) -> None:
+    """mkstemp's 0600 made every index's metadata its builder's alone: an index built in CI
+    or as root could not be searched or served by another user."""
+    import os
+
+    old = os.umask(0o022)
+    try:
+        replace_file(tmp_path / "meta.json", "{}")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "meta.json").stat().st_mode & 0o777 == 0o644

@@ -221,8 +221,8 @@ def router(service: Service, reranking: RerankService | None = None) -> APIRoute
 
         try:
             hits = await in_thread(nearest)
-        except ValueError as e:  # the store's (a damaged folder, say): not the request's
-            raise ApiError("unavailable", f"--index {service.config.index}: {e}") from None
+        except ValueError as e:  # the store's (a damaged folder, say; it names the place)
+            raise ApiError("unavailable", str(e)) from None
         if rerank and reranking is not None and hits:
             # the candidates through the reranker's batcher, like any /rerank request
             texts = [str(h.payload.get("text", "")) for h in hits]

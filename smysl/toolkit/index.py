@@ -347,9 +347,10 @@ def binding_problem(store: VectorStore, embedder: BaseEmbedder, dimensions: int
         return ("the index was removed, or is being rebuilt, by another process since it was "
                 "opened")
     width = meta.get("dimensions")
-    problem = (_mismatch(meta, embedder, None, store.dimensions)
-               or (f"index stores {width}-d vectors, not {dimensions}-d"
-                   if isinstance(width, int) and width != dimensions else None))
+    # the size first: a rebuild with this model at another size is no damage of the store
+    problem = (f"index stores {width}-d vectors, not {dimensions}-d"
+               if isinstance(width, int) and width != dimensions
+               else _mismatch(meta, embedder, None, store.dimensions))
     return None if problem is None else (f"another process rebuilt the index since it was "
                                          f"opened: {problem}")
 

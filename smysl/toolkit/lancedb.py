@@ -40,12 +40,16 @@ from smysl.toolkit.store import (
     StoreConfig,
     VectorStore,
     Where,
+    bound,
     local_path,
     merged_meta,
     parse_where,
 )
 
 log = logging.getLogger(__name__)
+
+#: How LanceDB says a write lost to another process's (after its own retries), lower case.
+_CONFLICTS = ("commit conflict", "too many concurrent writers", "incompatible transaction")
 
 _FIELD = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
 _PREFIX = "p_"
@@ -200,7 +204,7 @@ class LanceStore(VectorStore):
         except Exception as e:  # whatever else the native code raises means damage
             first = (str(e).strip().splitlines() or [type(e).__name__])[0]
             first = first.split(", /")[0][:200]  # drop the Rust source location
-            if "commit conflict" in first.lower():
+            if any(m in first.lower() for m in _CONFLICTS):
                 raise StoreConflictError(
                     f"{self.config.uri}: another process changed LanceDB store "
                     f"{self.config.table!r} at the same time and LanceDB gave up retrying "
@@ -325,7 +329,11 @@ class LanceStore(VectorStore):
                 if typ not in numeric:
                     return "FALSE"
                 sym = {"gt": ">", "gte": ">=", "lt": "<", "lte": "<="}[c.op]
-                parts.append(f"{col} {sym} {_sql_literal(c.value)}")
+                bound = c.value
+                if self._arrow_type(bound) is None:  # an int beyond int64: LanceDB refuses
+                    bound = float(bound)  # the literal; as a DOUBLE the comparison holds
+                    col = col if floats else f"CAST({col} AS DOUBLE)"
+                parts.append(f"{col} {sym} {_sql_literal(bound)}")
         return " AND ".join(f"({p})" for p in parts)
 
     def _where(self, where: Where | None, ids: Sequence[str] | None = None) -> str | None:
@@ -476,10 +484,11 @@ class LanceStore(VectorStore):
         p = self._meta_path()
         with file_lock(p.with_name(p.name + ".lock")):
             held = self._read_meta(p)
-            if held:
+            if bound(held):
                 return held
-            replace_file(p, json.dumps(dict(meta), indent=2, ensure_ascii=False))
-            return dict(meta)
+            claimed = {**held, **meta}
+            replace_file(p, json.dumps(claimed, indent=2, ensure_ascii=False))
+            return claimed
 
     def update_meta(self, changes: Mapping[str, Any]) -> None:
         # Read, change and write under a lock on the folder: drivers of one corpus job commit

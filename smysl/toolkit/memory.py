@@ -13,6 +13,7 @@ from smysl.toolkit.store import (
     Record,
     VectorStore,
     Where,
+    bound,
     matches,
     merged_meta,
     parse_where,
@@ -112,8 +113,8 @@ class MemoryStore(VectorStore):
         return dict(self._meta)
 
     def claim_meta(self, meta: Mapping[str, Any]) -> dict[str, Any]:
-        if not self._meta:
-            self._meta = dict(meta)
+        if not bound(self._meta):
+            self._meta = {**self._meta, **meta}
         return dict(self._meta)
 
     def update_meta(self, changes: Mapping[str, Any]) -> None:

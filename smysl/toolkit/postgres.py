@@ -479,7 +479,10 @@ class PostgresStore(VectorStore):
 
     def claim_meta(self, meta: Mapping[str, Any]) -> dict[str, Any]:
         self._conn.execute(f"INSERT INTO {META_TABLE} (table_name, meta) VALUES (%s, %s::jsonb) "
-                           "ON CONFLICT (table_name) DO NOTHING",
+                           f"ON CONFLICT (table_name) DO UPDATE "
+                           f"SET meta = {META_TABLE}.meta || EXCLUDED.meta "
+                           f"WHERE coalesce({META_TABLE}.meta->>'fingerprint', "
+                           f"{META_TABLE}.meta->>'model', '') = ''",
                            [self.config.table, json.dumps(dict(meta), ensure_ascii=False)])
         return self.read_meta()
 

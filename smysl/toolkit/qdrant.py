@@ -23,6 +23,7 @@ from smysl.toolkit.store import (
     StoreConfig,
     VectorStore,
     Where,
+    bound,
     parse_where,
 )
 
@@ -220,7 +221,7 @@ class QdrantStore(VectorStore):
         # collection in the same instant may both write (the index's checks before each write
         # batch and search then stop the loser). A local folder is one process's anyway.
         held = self.read_meta()
-        if held:
+        if bound(held):
             return held
         self.update_meta(meta)
         return self.read_meta()

@@ -246,9 +246,10 @@ class VectorStore(abc.ABC):
 
     @abc.abstractmethod
     def claim_meta(self, meta: Mapping[str, Any]) -> dict[str, Any]:
-        """Write ``meta`` if the store holds no metadata yet, and return what it holds then:
-        ``meta``, or what another process wrote first (two first `smysl index add` runs with
-        two models: one binds the index, the other finds it bound)."""
+        """Add ``meta`` to the metadata unless it is :func:`bound` already, and return what it
+        holds then: with ``meta``, or what another process bound it to first (two first
+        `smysl index add` runs with two models: one binds the index, the other finds it
+        bound)."""
 
     @abc.abstractmethod
     def update_meta(self, changes: Mapping[str, Any]) -> None:
@@ -328,3 +329,9 @@ def merged_meta(meta: Mapping[str, Any], changes: Mapping[str, Any]) -> dict[str
         else:
             out[key] = value
     return out
+
+
+def bound(meta: Mapping[str, Any]) -> bool:
+    """Whether index metadata names the model it was built with (keys other writers add, such
+    as a corpus job's shard records, do not bind it)."""
+    return bool(meta.get("fingerprint") or meta.get("model"))

@@ -169,6 +169,15 @@ def test_an_index_rebuilt_meanwhile_is_neither_written_nor_searched(tiny, tmp_pa
     with Index.create_or_open(OtherWeights(tiny), IndexConfig(StoreConfig(
             uri=str(tmp_path / "kb"))), create=False) as other:
         assert [r.payload["text"] for b in other.store.scan() for r in b] == ["the other model's"]
+    # the same model rebuilt at another size: said so, not called damage
+    with open_index(tiny, tmp_path / "kb2") as ix:
+        ix.add_texts(["full size"])
+        with Index.create_or_open(tiny, IndexConfig(StoreConfig(uri=str(tmp_path / "kb2")),
+                                                    dimensions=32), rebuild=True) as small:
+            small.add_texts(["cut to 32"])
+        with pytest.raises(ValueError, match=r"rebuilt the index .*: index stores 32-d "
+                                             r"vectors, not 64-d$"):
+            ix.search("anything")
 
 
 def test_two_first_writers_with_two_models_bind_the_index_once(tiny, tmp_path) -> None:

@@ -308,3 +308,20 @@ def test_a_local_qdrant_folder_held_by_another_is_named(tmp_path) -> None:
     with open_store(cfg, D), pytest.raises(ValueError, match=held):
         open_store(cfg)
     open_store(cfg).close()  # free again once the first one closed
+
+
+def test_a_claim_binds_metadata_other_writers_started(store) -> None:
+    """Another writer's keys (a job's shard record) in metadata that names no model yet do
+    not bind the store: a claim adds the binding to them."""
+    store.update_meta({"embed_shard:x": True})
+    assert store.claim_meta({"model": "m"}) == {"embed_shard:x": True, "model": "m"}
+    assert store.claim_meta({"model": "other"})["model"] == "m"
+
+
+def test_range_bounds_beyond_int64(filled) -> None:
+    """A filter bound outside int64 (`{"n": {"$lt": 2**63}}`) made LanceDB refuse the SQL
+    literal, reported as a damaged store (503 from /search)."""
+    store, _ = filled
+    assert store.count({"n": {"$lt": 2**63}}) == N
+    assert store.count({"n": {"$gt": 10**30}}) == 0
+    assert store.count({"n": {"$gte": -(2**70), "$lt": 3}}) == 3
