@@ -27,6 +27,7 @@ import tempfile
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from datetime import timedelta
+from pathlib import Path
 from typing import Any, TypeVar
 
 import numpy as np
@@ -329,11 +330,11 @@ class LanceStore(VectorStore):
                 if typ not in numeric:
                     return "FALSE"
                 sym = {"gt": ">", "gte": ">=", "lt": "<", "lte": "<="}[c.op]
-                bound = c.value
-                if self._arrow_type(bound) is None:  # an int beyond int64: LanceDB refuses
-                    bound = float(bound)  # the literal; as a DOUBLE the comparison holds
+                limit = c.value
+                if self._arrow_type(limit) is None:  # an int beyond int64: LanceDB refuses
+                    limit = float(limit)  # the literal; as a DOUBLE the comparison holds
                     col = col if floats else f"CAST({col} AS DOUBLE)"
-                parts.append(f"{col} {sym} {_sql_literal(bound)}")
+                parts.append(f"{col} {sym} {_sql_literal(limit)}")
         return " AND ".join(f"({p})" for p in parts)
 
     def _where(self, where: Where | None, ids: Sequence[str] | None = None) -> str | None:
@@ -457,7 +458,7 @@ class LanceStore(VectorStore):
              with_vectors: bool = True) -> Iterator[list[Record]]:
         yield from self._records(self._where(where), with_vectors, batch_size)
 
-    def _meta_path(self) -> Any:
+    def _meta_path(self) -> Path:
         path = local_path(self.config.uri)
         if path is None:
             raise ValueError("index metadata needs a local LanceDB folder")
@@ -467,7 +468,12 @@ class LanceStore(VectorStore):
         return self._read_meta(self._meta_path())
 
     @staticmethod
-    def _read_meta(p: Any) -> dict[str, Any]:
+    def _meta_lock(p: Path) -> contextlib.AbstractContextManager[None]:
+        """The lock every change of the metadata file ``p`` holds (other processes write it)."""
+        return file_lock(p.with_name(p.name + ".lock"))
+
+    @staticmethod
+    def _read_meta(p: Path) -> dict[str, Any]:
         if not p.is_file():
             return {}
         try:
@@ -482,7 +488,7 @@ class LanceStore(VectorStore):
 
     def claim_meta(self, meta: Mapping[str, Any]) -> dict[str, Any]:
         p = self._meta_path()
-        with file_lock(p.with_name(p.name + ".lock")):
+        with self._meta_lock(p):
             held = self._read_meta(p)
             if bound(held):
                 return held
@@ -494,7 +500,7 @@ class LanceStore(VectorStore):
         # Read, change and write under a lock on the folder: drivers of one corpus job commit
         # their shards into this file at the same time.
         p = self._meta_path()
-        with file_lock(p.with_name(p.name + ".lock")):
+        with self._meta_lock(p):
             meta = merged_meta(self._read_meta(p), changes)
             replace_file(p, json.dumps(meta, indent=2, ensure_ascii=False))
 

@@ -481,8 +481,8 @@ class PostgresStore(VectorStore):
         self._conn.execute(f"INSERT INTO {META_TABLE} (table_name, meta) VALUES (%s, %s::jsonb) "
                            f"ON CONFLICT (table_name) DO UPDATE "
                            f"SET meta = {META_TABLE}.meta || EXCLUDED.meta "
-                           f"WHERE coalesce({META_TABLE}.meta->>'fingerprint', "
-                           f"{META_TABLE}.meta->>'model', '') = ''",
+                           f"WHERE coalesce(nullif({META_TABLE}.meta->>'fingerprint', ''), "
+                           f"nullif({META_TABLE}.meta->>'model', ''), '') = ''",  # not bound()
                            [self.config.table, json.dumps(dict(meta), ensure_ascii=False)])
         return self.read_meta()
 
