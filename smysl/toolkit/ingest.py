@@ -151,7 +151,7 @@ def text_ids(texts: Sequence[str]) -> list[str]:
     seen: dict[str, int] = {}
     out = []
     for t in texts:
-        h = hashlib.sha256(t.encode("utf-8", "surrogatepass")).hexdigest()[:16]
+        h = content_hash(t)[:16]
         seen[h] = n = seen.get(h, 0) + 1
         out.append(h if n == 1 else f"{h}-{n}")
     return out

@@ -194,6 +194,33 @@ def test_store_spec_parsing() -> None:
     assert (pg.backend, pg.uri) == ("postgres", "host=h dbname=db")
 
 
+def _shared_store(kind: str, tmp_path, request) -> StoreConfig:
+    """A store other processes can open too: a LanceDB folder, or a fresh PostgreSQL table."""
+    if kind == "lancedb":
+        pytest.importorskip("lancedb")
+        return StoreConfig(backend="lancedb", uri=str(tmp_path / "db"))
+    return StoreConfig(backend="postgres", uri=request.getfixturevalue("postgres_dsn"),
+                       table=f"t_{uuid.uuid4().hex[:12]}")
+
+
+def _at_once(target, cfg: StoreConfig, n: int, processes: int = 3) -> None:
+    """Run ``target(cfg, worker, n, ready, go)`` in spawned processes that start their work
+    together (each releases ``ready``, then waits for ``go``); all must exit cleanly."""
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("spawn")
+    ready, go = ctx.Semaphore(0), ctx.Event()
+    procs = [ctx.Process(target=target, args=(cfg, w, n, ready, go)) for w in range(processes)]
+    for p in procs:
+        p.start()
+    for _ in procs:
+        assert ready.acquire(timeout=120)
+    go.set()
+    for p in procs:
+        p.join(180)
+        assert p.exitcode == 0
+
+
 def _update_meta_in_turn(cfg: StoreConfig, worker: int, n: int, ready, go) -> None:
     """A process adding its own keys one update at a time (drivers of one corpus job)."""
     with open_store(cfg) as s:
@@ -209,28 +236,10 @@ def test_concurrent_meta_updates_lose_nothing(kind, tmp_path, request) -> None:
     read the metadata, added its shard and wrote it all back, so one could undo the other's
     (and on LanceDB both wrote one temporary file: one rename failed, or moved the other's
     half-written file into place). Every key of every process is kept."""
-    import multiprocessing
-
-    if kind == "lancedb":
-        pytest.importorskip("lancedb")
-        cfg = StoreConfig(backend="lancedb", uri=str(tmp_path / "db"))
-    else:
-        cfg = StoreConfig(backend="postgres", uri=request.getfixturevalue("postgres_dsn"),
-                          table=f"t_{uuid.uuid4().hex[:12]}")
+    cfg = _shared_store(kind, tmp_path, request)
     with open_store(cfg, D) as s:
         s.update_meta({"model": "m"})
-    ctx = multiprocessing.get_context("spawn")
-    ready, go = ctx.Semaphore(0), ctx.Event()
-    procs = [ctx.Process(target=_update_meta_in_turn, args=(cfg, w, 40, ready, go))
-             for w in range(3)]
-    for p in procs:
-        p.start()
-    for _ in procs:  # all three open, then all start at once
-        assert ready.acquire(timeout=120)
-    go.set()
-    for p in procs:
-        p.join(120)
-        assert p.exitcode == 0
+    _at_once(_update_meta_in_turn, cfg, 40)
     with open_store(cfg) as s:
         meta = s.read_meta()
     assert meta == {"model": "m", **{f"w{w}-{i}": i for w in range(3) for i in range(40)}}
@@ -243,12 +252,7 @@ def test_an_open_store_sees_later_writes(kind, tmp_path, request) -> None:
     """`smysl serve --index` keeps its store open: LanceDB read the version it had opened, so
     documents another process added later were never found (nor counted, nor got), whatever
     was written, until the server restarted."""
-    if kind == "lancedb":
-        pytest.importorskip("lancedb")
-        cfg = StoreConfig(backend="lancedb", uri=str(tmp_path / "db"))
-    else:
-        cfg = StoreConfig(backend="postgres", uri=request.getfixturevalue("postgres_dsn"),
-                          table=f"t_{uuid.uuid4().hex[:12]}")
+    cfg = _shared_store(kind, tmp_path, request)
     x = unit_rows(3, D, seed=5)
     with open_store(cfg, D) as reader:
         reader.upsert(["a"], x[:1], [{"n": 1}])
@@ -279,22 +283,9 @@ def test_processes_creating_writing_and_compacting_at_once(tmp_path) -> None:
     ("Table 'chunks' already exists"); later, a compaction that lost to another process's
     commit (LanceDB's "Retryable commit conflict", 7-13 of 40 while another process wrote)
     was reported as a damaged store, after every row had been written."""
-    import multiprocessing
-
     pytest.importorskip("lancedb")
     cfg = StoreConfig(backend="lancedb", uri=str(tmp_path / "db"))
-    ctx = multiprocessing.get_context("spawn")
-    ready, go = ctx.Semaphore(0), ctx.Event()
-    procs = [ctx.Process(target=_write_and_compact, args=(cfg, w, 12, ready, go))
-             for w in range(3)]
-    for p in procs:
-        p.start()
-    for _ in procs:
-        assert ready.acquire(timeout=120)
-    go.set()
-    for p in procs:
-        p.join(180)
-        assert p.exitcode == 0
+    _at_once(_write_and_compact, cfg, 12)
     with open_store(cfg) as s:
         assert s.count() == 36 and all(s.count({f"f{w}": {"$gte": 0}}) == 12 for w in range(3))
 
