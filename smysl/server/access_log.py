@@ -45,7 +45,11 @@ class AccessLog:
         called on the event loop."""
         client = scope.get("client")
         addr = f"{client[0]}:{client[1]}" if client else ""
-        path = quote(scope["path"])  # uvicorn's scope["path"] includes the root path
+        # the target as received, as uvicorn >= 0.55 logs it (latin-1, '"' as %22); before
+        # it, uvicorn quoted the decoded path (scope["path"]); both include the root path
+        raw = scope.get("raw_path")
+        path = (raw.decode("latin1").replace('"', "%22") if isinstance(raw, bytes)
+                else quote(scope["path"]))
         query = scope.get("query_string", b"")
         if query:
             path += "?" + query.decode("ascii", "replace")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+from urllib.parse import quote
 
 import pytest
 
@@ -14,6 +15,7 @@ from smysl.server.access_log import AccessLog
 def scope(path: str = "/embed", query: bytes = b"", client: tuple[str, int] | None = (
         "10.0.0.7", 51234), method: str = "POST") -> dict[str, object]:
     return {"type": "http", "method": method, "path": path, "query_string": query,
+            "raw_path": quote(path).encode("ascii"),  # as a client sends it: percent-encoded
             "root_path": "", "http_version": "1.1", "client": client}
 
 
