@@ -33,6 +33,7 @@ from typing import Any, TypeVar
 import numpy as np
 
 from smysl.files import file_lock, replace_file
+from smysl.toolkit import lexical
 from smysl.toolkit._deps import INSTALL_HINT
 from smysl.toolkit.store import (
     Condition,
@@ -54,6 +55,10 @@ _CONFLICTS = ("commit conflict", "too many concurrent writers", "incompatible tr
 
 _FIELD = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
 _PREFIX = "p_"
+#: Column of each row's analysed text (:func:`smysl.toolkit.lexical.terms_text`), and the name
+#: of its full-text index; not a payload field (those are ``p_*``).
+_TERMS = "terms"
+_TERMS_INDEX = "terms_idx"
 # Below this many rows an approximate index buys nothing and IVF training has too little data.
 MIN_INDEX_ROWS = 1024
 
@@ -127,6 +132,7 @@ class LanceStore(VectorStore):
         lancedb, pa = _import()
         self._pa = pa
         self.config = config
+        self._terms_ready = False  # the terms column and its index exist (checked on a write)
         path = local_path(config.uri)
         if path is None and not config.uri:
             raise ValueError("a LanceDB store needs a folder (uri)")
@@ -174,7 +180,8 @@ class LanceStore(VectorStore):
         self.dimensions = dimensions
         schema = pa.schema([pa.field("id", pa.string(), nullable=False),
                             pa.field("vector", pa.list_(pa.float32(), self.dimensions)),
-                            pa.field("payload", pa.string())])
+                            pa.field("payload", pa.string()),
+                            pa.field(_TERMS, pa.string())])
         with self._guard():
             self._table = self._db.create_table(self.config.table, schema=schema)
 
@@ -354,23 +361,56 @@ class LanceStore(VectorStore):
         if not ids:
             return
         pa = self._pa
+        self._ensure_terms()
         cols = self._add_columns(pays)
         data: dict[str, Any] = {
             "id": pa.array(ids, pa.string()),
             "vector": pa.FixedSizeListArray.from_arrays(pa.array(vecs.ravel(), pa.float32()),
                                                         self.dimensions),
             "payload": pa.array([json.dumps(p, ensure_ascii=False) for p in pays], pa.string()),
+            _TERMS: pa.array([lexical.terms_text(p.get("text")) for p in pays], pa.string()),
         }
         for key, typ in cols.items():
             data[_PREFIX + key] = pa.array([self._fits(p.get(key), typ) for p in pays], typ)
         with self._guard():
-            table = pa.table(data).cast(self._table.schema)
+            schema = self._table.schema
+            # in the table's column order: a table of an earlier smysl has its terms column
+            # after the payload columns, where it was added
+            table = pa.table({n: data[n] for n in schema.names if n in data}).cast(schema)
             (self._table.merge_insert("id").when_matched_update_all()
              .when_not_matched_insert_all().execute(table))
 
+    def _ensure_terms(self) -> None:
+        """Give a table of an earlier smysl the terms column (its rows get terms when they are
+        written again), and the table its full-text index: LanceDB searches rows written since
+        the index was built (or last folded in by :meth:`optimize`) by a scan, so it is built
+        once, on the first write. Another process may do either at the same time: its commit
+        makes ours fail, and what it made is used."""
+        if self._terms_ready:
+            return
+        from lancedb.index import FTS
+
+        for attempt in range(8):
+            try:
+                with self._guard():
+                    if _TERMS not in self._table.schema.names:
+                        self._table.add_columns({_TERMS: "CAST(NULL AS STRING)"})
+                    if not any(i.name == _TERMS_INDEX for i in self._table.list_indices()):
+                        # terms are analysed already: split at spaces, nothing else
+                        self._table.create_index(_TERMS, config=FTS(
+                            base_tokenizer="whitespace", lower_case=False, stem=False,
+                            remove_stop_words=False, ascii_folding=False, with_position=False,
+                            max_token_length=None), name=_TERMS_INDEX)
+                self._terms_ready = True
+                return
+            except (StoreConflictError, StoreDamagedError):  # "already exists" of a racer
+                if attempt == 7:
+                    raise
+                time.sleep(0.02 * (1 + random.random()))
+
     def _has_index(self) -> bool:
         with self._guard():
-            return bool(self._table.list_indices())
+            return any(i.name != _TERMS_INDEX for i in self._table.list_indices())
 
     def search(self, vectors: np.ndarray, k: int = 10, *, where: Where | None = None,
                exact: bool = True, with_vectors: bool = False) -> list[list[Hit]]:
@@ -407,6 +447,37 @@ class LanceStore(VectorStore):
                     vec[n].copy() if vec is not None else None))
         for hits in out:  # scores from 1 - distance can reorder at float ties; sort, stably
             hits.sort(key=lambda h: -h.score)
+        return out
+
+    def search_text(self, queries: Sequence[Sequence[str]], k: int = 10, *,
+                    where: Where | None = None, with_vectors: bool = False
+                    ) -> list[list[Hit]]:
+        if k < 1:
+            raise ValueError(f"k must be >= 1, got {k}")
+        sql = self._where(where)
+        with self._guard():
+            has_terms = _TERMS in self._table.schema.names
+        cols = ["id", "payload", "_score"] + (["vector"] if with_vectors else [])
+        out: list[list[Hit]] = []
+        for terms in queries:
+            if not terms or not has_terms:  # a table no smysl with lexical search wrote
+                out.append([])
+                continue
+            with self._guard():
+                # BM25 over the whitespace-split terms; a query term no row holds adds nothing
+                query = self._table.search(" ".join(terms), query_type="fts",
+                                           fts_columns=_TERMS).limit(k).select(cols)
+                if sql:
+                    query = query.where(sql, prefilter=True)
+                res = query.to_arrow()
+            vec = (res.column("vector").combine_chunks().flatten().to_numpy()
+                   .reshape(-1, self.dimensions) if with_vectors else None)
+            hits = [Hit(i, float(s), _payload(p), vec[n].copy() if vec is not None else None)
+                    for n, (i, p, s) in enumerate(zip(
+                        res.column("id").to_pylist(), res.column("payload").to_pylist(),
+                        res.column("_score").to_pylist(), strict=True))]
+            hits.sort(key=lambda h: -h.score)
+            out.append(hits)
         return out
 
     def _records(self, sql: str | None, with_vectors: bool, batch_size: int

@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 
+from smysl.toolkit import lexical
 from smysl.toolkit.store import (
     Hit,
     Record,
@@ -30,6 +31,7 @@ class MemoryStore(VectorStore):
         self._rows: dict[str, int] = {}
         self._ids: list[str] = []
         self._payloads: list[dict[str, Any]] = []
+        self._terms: list[list[str]] = []  # analysed payload["text"] per row
         self._matrix = np.zeros((0, dimensions), dtype=np.float32)
         self._alive = np.zeros(0, dtype=bool)
         self._meta: dict[str, Any] = {}
@@ -47,10 +49,12 @@ class MemoryStore(VectorStore):
                 self._rows[i] = start + n
                 self._ids.append(i)
                 self._payloads.append({})
+                self._terms.append([])
         for i, v, p in zip(ids, vecs, pays, strict=True):
             row = self._rows[i]
             self._matrix[row] = v
             self._payloads[row] = copy.deepcopy(p)
+            self._terms[row] = lexical.terms_text(p.get("text")).split()
             self._alive[row] = True
 
     def _mask(self, where: Where | None) -> np.ndarray:
@@ -70,6 +74,25 @@ class MemoryStore(VectorStore):
         for s in scores:
             order = np.argsort(-s, kind="stable")[:k]
             out.append([Hit(self._ids[rows[j]], float(s[j]),
+                            copy.deepcopy(self._payloads[rows[j]]),
+                            self._matrix[rows[j]].copy() if with_vectors else None)
+                        for j in order])
+        return out
+
+    def search_text(self, queries: Sequence[Sequence[str]], k: int = 10, *,
+                    where: Where | None = None, with_vectors: bool = False
+                    ) -> list[list[Hit]]:
+        if k < 1:
+            raise ValueError(f"k must be >= 1, got {k}")
+        rows = np.flatnonzero(self._mask(where))
+        docs = [self._terms[r] for r in rows]
+        # BM25 over the records the filter leaves that have terms (as LanceDB counts them)
+        stats = lexical.corpus([d for d in docs if d])
+        out = []
+        for terms in queries:
+            scores = np.array([lexical.bm25(terms, d, stats) for d in docs], np.float64)
+            order = [j for j in np.argsort(-scores, kind="stable")[:k] if scores[j] > 0]
+            out.append([Hit(self._ids[rows[j]], float(scores[j]),
                             copy.deepcopy(self._payloads[rows[j]]),
                             self._matrix[rows[j]].copy() if with_vectors else None)
                         for j in order])

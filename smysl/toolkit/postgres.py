@@ -7,6 +7,14 @@ by a GIN index), ranges compare numbers only. Writes are binary ``COPY`` into a 
 followed by one ``INSERT ... ON CONFLICT (id) DO UPDATE`` (upsert by chunk id), in one
 transaction. Index metadata lives in the ``smysl_meta`` table, one row per table.
 
+Lexical search (:meth:`PostgresStore.search_text`): ``terms`` (``tsvector``, GIN-indexed) holds
+the terms of ``payload["text"]`` as smysl's one analyser makes them (:mod:`smysl.toolkit.lexical`),
+written as they are: no PostgreSQL text search configuration re-parses or re-stems them. Rows
+are ranked by BM25 over what PostgreSQL keeps cheaply: term frequencies and the number of
+distinct terms of each matching row, document frequencies among the rows the filter and the
+query match, and the table's row count from the planner's statistics. Tables of an earlier
+smysl get the column and index when opened; their rows match nothing until written again.
+
 :meth:`PostgresStore.build_index` builds an HNSW index (cosine). pgvector indexes at most 2,000
 dimensions of ``vector`` and 4,000 of ``halfvec``, so the index is built on the column itself,
 on its ``halfvec`` cast, or on its binary quantization (``binary_quantize``, any width); the last
@@ -32,6 +40,7 @@ from urllib.parse import unquote
 
 import numpy as np
 
+from smysl.toolkit import lexical
 from smysl.toolkit.store import Condition, Hit, Record, StoreConfig, VectorStore, Where, parse_where
 
 INSTALL_HINT = "pip install 'smysl[postgres]'"
@@ -45,6 +54,12 @@ MAX_VECTOR_COLUMN = 16000
 BINARY_OVERSAMPLE = 4
 _COPY_HEADER = b"PGCOPY\n\xff\r\n\x00" + struct.pack(">ii", 0, 0)
 _COPY_TRAILER = struct.pack(">h", -1)
+#: tsvector limits: positions run 1..16383 (later ones read as 16383), a lexeme keeps at most
+#: 256 of them, and lexemes with their positions take under 1 MiB in all.
+_MAX_POSITION = 16383
+_MAX_POSITIONS = 256
+_MAX_TSVECTOR_BYTES = (1 << 20) - 1
+_POSITION_TEXT = [str(n) for n in range(_MAX_POSITION + 1)]
 
 
 #: pgvector's HNSW build defaults (what an index built without options has).
@@ -187,19 +202,73 @@ def _vector_bytes(raw: bytes, dimensions: int) -> np.ndarray:
     return np.frombuffer(raw, ">f4", count=dimensions, offset=4).astype(np.float32)
 
 
-def copy_tuples(ids: Sequence[str], vectors: np.ndarray, payloads: Sequence[str]) -> bytes:
-    """Binary COPY tuples (no header or trailer) for (text, vector, jsonb) rows."""
+def tsvector_literal(terms: str) -> str:
+    """PostgreSQL's text form of a ``tsvector`` of ``terms`` (space-separated, as
+    :func:`smysl.toolkit.lexical.terms_text` gives them), each term once with its positions.
+    The ``tsvector`` input takes lexemes as written, where ``to_tsvector`` would parse them
+    again (``'simple'`` drops ``²``; splitting follows the server's locale)."""
+    words = terms.split()
+    positions: dict[str, list[str]] = {}
+    # position strings made once (upserts are hot); zip stops at the last position
+    for n, term in zip(_POSITION_TEXT[1:], words, strict=False):
+        p = positions.get(term)
+        if p is None:
+            positions[term] = [n]
+        else:
+            p.append(n)
+    last = _POSITION_TEXT[-1]
+    for term in words[_MAX_POSITION:]:  # as to_tsvector: a long text's tail shares the last
+        p = positions.setdefault(term, [])
+        if not p or p[-1] != last:
+            p.append(last)
+    lexemes = list(positions)
+    # a term of c characters takes at most 4c + 5 bytes with one position, a further
+    # occurrence 2 more: only a long text can overflow, count its bytes then
+    if 8 * (len(terms) + 1) > _MAX_TSVECTOR_BYTES:
+        size, kept = 0, []
+        for t in lexemes:
+            nbytes = len(t.encode())
+            # 2-aligned lexeme, number of positions, positions
+            size += nbytes + nbytes % 2 + 2 + 2 * min(len(positions[t]), _MAX_POSITIONS)
+            if size > _MAX_TSVECTOR_BYTES:
+                break  # the server would refuse the row: index the terms that fit
+            kept.append(t)
+        lexemes = kept
+    return " ".join([_quoted(t) + ":" + ",".join(positions[t][:_MAX_POSITIONS])
+                     for t in lexemes])
+
+
+def tsquery_terms(terms: Sequence[str]) -> list[str]:
+    """One ``tsquery`` (text form) per distinct query term that a stored term could equal
+    (non-empty, at most :data:`~smysl.toolkit.lexical.MAX_TERM_CHARS` characters, no NUL), in
+    order, the first :data:`~smysl.toolkit.lexical.MAX_QUERY_TERMS` (the statement has columns
+    per term, and PostgreSQL takes at most 1,664). Each lexeme is quoted: a term never reads
+    as an operator or gets split."""
+    kept = dict.fromkeys(t for t in terms
+                         if t and len(t) <= lexical.MAX_TERM_CHARS and "\x00" not in t)
+    return [_quoted(t) for t in kept][: lexical.MAX_QUERY_TERMS]
+
+
+def _quoted(lexeme: str) -> str:
+    # tsvector/tsquery quoting: backslashes and quotes doubled
+    return "'" + lexeme.replace("\\", "\\\\").replace("'", "''") + "'"
+
+
+def copy_tuples(ids: Sequence[str], vectors: np.ndarray, payloads: Sequence[str],
+                terms: Sequence[str]) -> bytes:
+    """Binary COPY tuples (no header or trailer) for (text, vector, jsonb, text) rows."""
     n, d = vectors.shape
     # per row: int32 length, int16 dim, int16 unused, d big-endian float32
     vec_part = np.empty((n, 8 + 4 * d), np.uint8)
     vec_part[:, :8] = np.frombuffer(struct.pack(">ihh", 4 + 4 * d, d, 0), np.uint8)
     vec_part[:, 8:] = vectors.astype(">f4").view(np.uint8).reshape(n, 4 * d)
     parts = []
-    for i, row_id, pay in zip(range(n), ids, payloads, strict=True):
+    for i, row_id, pay, words in zip(range(n), ids, payloads, terms, strict=True):
         rid = row_id.encode()
         js = b"\x01" + pay.encode()  # jsonb binary: version 1, then the JSON text
-        parts += [struct.pack(">hi", 3, len(rid)), rid, vec_part[i].tobytes(),
-                  struct.pack(">i", len(js)), js]
+        tv = words.encode()
+        parts += [struct.pack(">hi", 4, len(rid)), rid, vec_part[i].tobytes(),
+                  struct.pack(">i", len(js)), js, struct.pack(">i", len(tv)), tv]
     return b"".join(parts)
 
 
@@ -239,6 +308,10 @@ class PostgresStore(VectorStore):
         if dimensions is not None and not 1 <= dimensions <= MAX_VECTOR_COLUMN:
             raise ValueError(f"a pgvector column holds 1..{MAX_VECTOR_COLUMN} dimensions, "
                              f"not {dimensions}")
+        #: Whether the table has the terms column, else why it could not get it
+        #: (:meth:`_ensure_terms`).
+        self._lexical = True
+        self._terms_refused = ""
         with self._conn.transaction():
             # one creator at a time per table (concurrent job workers)
             self._conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", [self.config.table])
@@ -256,14 +329,19 @@ class PostgresStore(VectorStore):
                                             f"{self.where}")
                 self._conn.execute(self._q(
                     "CREATE TABLE {t} (id text PRIMARY KEY, embedding vector({d}) NOT NULL, "
-                    "payload jsonb NOT NULL DEFAULT '{{}}')", d=self._sql.Literal(dimensions)))
+                    "payload jsonb NOT NULL DEFAULT '{{}}', terms tsvector)",
+                    d=self._sql.Literal(dimensions)))
                 self._conn.execute(self._q("CREATE INDEX {i} ON {t} USING gin "
                                            "(payload jsonb_path_ops)",
                                            i=self._sql.Identifier(f"{self.config.table}_payload")))
+                self._conn.execute(self._q("CREATE INDEX {i} ON {t} USING gin (terms)",
+                                           i=self._sql.Identifier(f"{self.config.table}_terms")))
                 dims = dimensions
             elif dimensions is not None and dims != dimensions:
                 raise ValueError(f"table {self.config.table!r} holds {dims}-d vectors, "
                                  f"not {dimensions}-d")
+            else:
+                self._lexical = self._ensure_terms()
         self.dimensions = dims
         if self.config.pg_index != "auto":
             index_kind(dims, self.config.pg_index)  # an impossible explicit choice fails now
@@ -279,6 +357,34 @@ class PostgresStore(VectorStore):
                 f"PostgreSQL at {self.where} lacks the pgvector extension and it could not be "
                 f"created ({_first_line(e)}); install pgvector there, or have an administrator "
                 f"run CREATE EXTENSION vector") from None
+
+    def _ensure_terms(self) -> bool:
+        """Give a table of an earlier smysl the terms column and its GIN index (under the
+        caller's lock; its rows get terms when written again); whether it has the column.
+        The catalog is read first: ALTER TABLE would lock the table against every reader on
+        each open. A role that may not alter the table (not its owner) still opens it: vector
+        search works, lexical search finds nothing and writes fail until the owner opens it."""
+        has_column = self._conn.execute(
+            "SELECT 1 FROM pg_attribute WHERE attrelid = to_regclass(%s) AND attname = 'terms' "
+            "AND NOT attisdropped", [self._qualified()]).fetchone() is not None
+        # any index on the column will do (one a DBA built, a name PostgreSQL truncated)
+        has_index = has_column and self._conn.execute(
+            "SELECT 1 FROM pg_index i JOIN pg_attribute a ON a.attrelid = i.indrelid AND "
+            "a.attnum = ANY(i.indkey) WHERE i.indrelid = to_regclass(%s) AND a.attname = 'terms'",
+            [self._qualified()]).fetchone() is not None
+        if has_index:
+            return True
+        try:
+            with self._conn.transaction():  # a savepoint: a refusal leaves the open going
+                self._conn.execute(self._q("ALTER TABLE {t} ADD COLUMN IF NOT EXISTS "
+                                           "terms tsvector"))
+                self._conn.execute(self._q(
+                    "CREATE INDEX IF NOT EXISTS {i} ON {t} USING gin (terms)",
+                    i=self._sql.Identifier(f"{self.config.table}_terms")))
+        except self._pg.errors.InsufficientPrivilege as e:
+            self._terms_refused = _first_line(e)
+            return has_column
+        return True
 
     def _stored_dimensions(self) -> int | None:
         row = self._conn.execute(
@@ -337,19 +443,29 @@ class PostgresStore(VectorStore):
             raise ValueError(f"payloads must be JSON (no NaN or infinity): {e}") from None
         if any("\x00" in t for t in ids + texts):
             raise ValueError("ids and payloads must not contain NUL characters (PostgreSQL text)")
+        if not self._lexical:  # rows without terms would go missing from lexical search
+            raise PostgresStoreError(
+                f"table {self.config.table!r} in PostgreSQL at {self.where} predates lexical "
+                f"search and this role could not add its terms column "
+                f"({self._terms_refused}); open it once as the table's owner, then write again")
+        terms = [tsvector_literal(lexical.terms_text(p.get("text"))) for p in pays]
         with self._conn.transaction(), self._conn.cursor() as cur:
-            cur.execute(self._q("CREATE TEMP TABLE _smysl_load (LIKE {t}) ON COMMIT DROP"))
-            with cur.copy("COPY _smysl_load (id, embedding, payload) FROM STDIN "
+            # the terms travel as text and become a tsvector in the INSERT (binary COPY would
+            # need tsvector's binary form)
+            cur.execute(self._q("CREATE TEMP TABLE _smysl_load (LIKE {t}, terms_text text) "
+                                "ON COMMIT DROP"))
+            with cur.copy("COPY _smysl_load (id, embedding, payload, terms_text) FROM STDIN "
                           "WITH (FORMAT BINARY)") as copy:
                 copy.write(_COPY_HEADER)
                 step = 8192  # bounded COPY buffers
                 for s in range(0, len(ids), step):
                     copy.write(copy_tuples(ids[s : s + step], vecs[s : s + step],
-                                           texts[s : s + step]))
+                                           texts[s : s + step], terms[s : s + step]))
                 copy.write(_COPY_TRAILER)
-            cur.execute(self._q("INSERT INTO {t} (id, embedding, payload) SELECT id, embedding, "
-                                "payload FROM _smysl_load ON CONFLICT (id) DO UPDATE SET "
-                                "embedding = EXCLUDED.embedding, payload = EXCLUDED.payload"))
+            cur.execute(self._q("INSERT INTO {t} (id, embedding, payload, terms) SELECT id, "
+                                "embedding, payload, terms_text::tsvector FROM _smysl_load "
+                                "ON CONFLICT (id) DO UPDATE SET embedding = EXCLUDED.embedding, "
+                                "payload = EXCLUDED.payload, terms = EXCLUDED.terms"))
 
     def _index_expr(self, kind: str) -> tuple[str, str, str]:
         """(indexed expression, operator class, distance operator) of an index kind."""
@@ -420,6 +536,80 @@ class PostgresStore(VectorStore):
                                 _vector_bytes(r[3], self.dimensions) if with_vectors else None)
                             for r in cur.fetchall()])
         return out
+
+    def search_text(self, queries: Sequence[Sequence[str]], k: int = 10, *,
+                    where: Where | None = None, with_vectors: bool = False
+                    ) -> list[list[Hit]]:
+        """BM25 (:mod:`smysl.toolkit.lexical`'s k1 and b) of the rows holding any query term:
+        found through the GIN index, every match scored, so the cost grows with the rows a
+        query matches. Term frequencies and lengths (distinct terms) are the rows'; document
+        frequencies count the rows the filter and the query match; the collection size is the
+        table's (:meth:`_row_count`). A table that could not get the terms column (see
+        :meth:`_ensure_terms`) has no hits."""
+        if k < 1:
+            raise ValueError(f"k must be >= 1, got {k}")
+        clause, params = self._where(where)
+        out: list[list[Hit]] = []
+        docs: int | None = None
+        with self._conn.cursor(binary=True) as cur:
+            for terms in queries:
+                each = tsquery_terms(terms)
+                if not each or not self._lexical:
+                    out.append([])
+                    continue
+                if docs is None:
+                    docs = self._row_count(cur)
+                cur.execute(self._text_query(len(each), clause, with_vectors),
+                            [*each, " | ".join(each), *params, docs, k])
+                out.append([Hit(r[0], float(r[2]), r[1],
+                                _vector_bytes(r[3], self.dimensions) if with_vectors else None)
+                            for r in cur.fetchall()])
+        return out
+
+    def _text_query(self, n_terms: int, clause: Any, with_vectors: bool) -> Any:
+        """The BM25 statement of :meth:`search_text` for ``n_terms`` query terms; parameters:
+        one tsquery per term, their OR, the filter's, the collection size, k."""
+        sql = self._sql
+        k1, b = lexical.BM25_K1, lexical.BM25_B
+
+        def per_term(template: str, sep: str = ", ") -> Any:
+            return sql.SQL(sep).join(sql.SQL(template.replace("#", str(i)))
+                                     for i in range(n_terms))
+
+        return self._q(
+            # the matching rows: with unit weights ts_rank_cd scores each occurrence of a lone
+            # lexeme 1, so it is the term's frequency; the row's tsvector is detoasted (read,
+            # decompressed) once, not once per function
+            "WITH m AS MATERIALIZED (SELECT r.id, length(d.tv)::float8 AS dl, {tf} "
+            "FROM {t} AS r CROSS JOIN LATERAL (SELECT r.terms || ''::tsvector AS tv OFFSET 0) "
+            "AS d WHERE r.terms @@ %s::tsquery AND {w}), "
+            "s AS (SELECT avg(dl) AS avgdl, greatest(count(*), %s)::float8 AS docs, {df} "
+            "FROM m), "
+            "c AS (SELECT avgdl, {idf} FROM s), "
+            "top AS (SELECT m.id, {score} AS score FROM m, c "
+            "ORDER BY score DESC, m.id LIMIT %s) "
+            "SELECT r.id, r.payload, top.score" + (", r.embedding" if with_vectors else "")
+            + " FROM top JOIN {t} AS r ON r.id = top.id ORDER BY top.score DESC, top.id",
+            tf=per_term("ts_rank_cd('{1,1,1,1}', d.tv, %s::tsquery)::float8 AS tf#"),
+            w=clause,
+            df=per_term("count(*) FILTER (WHERE tf# > 0)::float8 AS df#"),
+            idf=per_term("ln(1 + (docs - df# + 0.5) / (df# + 0.5)) AS idf#"),
+            score=per_term(f"c.idf# * m.tf# * {k1 + 1} / (m.tf# + {k1} * (1 - {b} + {b} * m.dl "
+                           f"/ c.avgdl))", " + "))
+
+    def _row_count(self, cur: Any) -> int:
+        """BM25's collection size: the planner's row estimate scaled to the table's current
+        size, as the planner scales it (autovacuum and :meth:`optimize` refresh it), so a
+        query costs no scan of the table; counted while there are no statistics (the table
+        was never analysed, or was empty then)."""
+        cur.execute("SELECT reltuples, relpages, pg_relation_size(oid) / "
+                    "current_setting('block_size')::int FROM pg_class "
+                    "WHERE oid = to_regclass(%s)", [self._qualified()])
+        row = cur.fetchone()
+        if row and row[0] > 0 and row[1] > 0:
+            return round(row[0] / row[1] * row[2])
+        cur.execute(self._q("SELECT count(*) FROM {t}"))
+        return int(cur.fetchone()[0])
 
     def get(self, ids: Sequence[str]) -> list[Record]:
         ids = [str(i) for i in ids]

@@ -4,17 +4,26 @@ Qdrant point ids must be integers or UUIDs, so a string id maps to ``uuid5(names
 original id travels in the payload under :data:`ID_FIELD`. Index metadata lives in the
 collection's own ``metadata``. Qdrant maintains its HNSW index itself; ``exact=True`` asks it for a
 full scan.
+
+Lexical search keeps each record's BM25 term weights (of ``payload["text"]``, analysed by
+:mod:`~smysl.toolkit.lexical`) in the named sparse vector :data:`TEXT_VECTOR`, beside the unnamed
+dense one; Qdrant multiplies them by the IDF it keeps itself (``Modifier.IDF``).
 """
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import hashlib
 import os
 import uuid
+from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
+from smysl.toolkit import lexical
 from smysl.toolkit._deps import INSTALL_HINT
 from smysl.toolkit.store import (
     Condition,
@@ -29,11 +38,40 @@ from smysl.toolkit.store import (
 
 ID_FIELD = "_smysl_id"
 _NAMESPACE = uuid.UUID("6f1d0c8e-5b7a-4a8e-9a51-2f0f8d6c1e37")
+#: The named sparse vector with a record's term weights.
+TEXT_VECTOR = "text_terms"
+#: Qdrant's name for a collection's unnamed (dense) vector.
+_DENSE = ""
+#: Document length (in terms) BM25's length normalisation divides by. Qdrant supplies the IDF
+#: but not the collection's mean length, and a weight stored with a point cannot follow a mean
+#: that every write moves, so it is fixed (fastembed's Qdrant/bm25 does the same, with 256):
+#: a longer text than this still weighs each of its terms less, a shorter one more.
+AVG_TERMS = 256.0
 
 
 def point_id(record_id: str) -> str:
     """The Qdrant point id (a UUID string) for a smysl record id."""
     return str(uuid.uuid5(_NAMESPACE, record_id))
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def term_index(term: str) -> int:
+    """The sparse-vector index of a term: 32 bits of its BLAKE2b, the same in every process
+    (``hash()`` is salted per process). Stored in collections: changing it needs a rebuild."""
+    return int.from_bytes(hashlib.blake2b(term.encode()).digest()[:4], "big")
+
+
+def term_weights(text: Any) -> dict[int, float]:
+    """The sparse vector of a record's text, ``{term_index: weight}``: the term-frequency part
+    of BM25, ``tf * (k1 + 1) / (tf + k1 * (1 - b + b * length / AVG_TERMS))``; empty for a
+    record without text. Terms that share an index (a hash collision) add up."""
+    terms = lexical.analyze(text) if isinstance(text, str) else []
+    norm = lexical.BM25_K1 * (1 - lexical.BM25_B + lexical.BM25_B * len(terms) / AVG_TERMS)
+    out: dict[int, float] = {}
+    for term, tf in Counter(terms).items():
+        i = term_index(term)
+        out[i] = out.get(i, 0.0) + tf * (lexical.BM25_K1 + 1) / (tf + norm)
+    return out
 
 
 def _import() -> Any:
@@ -81,6 +119,8 @@ class QdrantStore(VectorStore):
                 raise ValueError(f"collection {self.collection!r} holds {dims}-d vectors, "
                                  f"not {dimensions}-d")
             self.dimensions = dims
+            self._lexical = self._has_text_vector()
+            self._tried_adding = False
         else:
             if dimensions is None:
                 self.client.close()
@@ -92,7 +132,30 @@ class QdrantStore(VectorStore):
         self.client.create_collection(
             self.collection,
             vectors_config=self._m.VectorParams(size=self.dimensions,
-                                                distance=self._m.Distance.DOT))
+                                                distance=self._m.Distance.DOT),
+            sparse_vectors_config={TEXT_VECTOR: self._m.SparseVectorParams(
+                modifier=self._m.Modifier.IDF)})
+        self._lexical = True
+        self._tried_adding = False
+
+    def _has_text_vector(self) -> bool:
+        params = self.client.get_collection(self.collection).config.params
+        return TEXT_VECTOR in (params.sparse_vectors or {})
+
+    def _add_text_vector(self) -> bool:
+        """Give a collection made before lexical search its sparse vector; whether it has one
+        now. ``update_collection`` only tunes vectors that exist, ``create_vector_name`` adds
+        one (local mode, or a server from Qdrant 1.18 on). Points written before it keep none
+        until they are written again."""
+        self._tried_adding = True  # once per store: an older server refuses every time
+        m = self._m
+        config = m.SparseVectorNameConfig(sparse=m.SparseVectorConfig(modifier=m.Modifier.IDF))
+        # Adding a vector that exists with this schema is a no-op, so two writers racing here
+        # both succeed. Whatever refuses (an older server, a read-only key), the re-read below
+        # says whether the collection has the vector.
+        with contextlib.suppress(Exception):
+            self.client.create_vector_name(self.collection, TEXT_VECTOR, config)
+        return self._has_text_vector()
 
     def _filter(self, conditions: Sequence[Condition], ids: Sequence[str] | None = None) -> Any:
         m = self._m
@@ -136,15 +199,45 @@ class QdrantStore(VectorStore):
         ids, vecs, pays = self._check_upsert(ids, vectors, payloads)
         if not ids:
             return
-        points = [self._m.PointStruct(id=point_id(i), vector=v.tolist(),
+        if not self._lexical and not self._tried_adding:
+            self._lexical = self._add_text_vector()
+        points = [self._m.PointStruct(id=point_id(i), vector=self._vectors(v, p),
                                       payload={**p, ID_FIELD: i})
                   for i, v, p in zip(ids, vecs, pays, strict=True)]
         self.client.upsert(self.collection, points=points, wait=True)
+
+    def _vectors(self, vector: np.ndarray, payload: Mapping[str, Any]) -> Any:
+        """A point's vectors: the dense one, with the text's term weights where the collection
+        has room for them (a collection made before lexical search may not)."""
+        if not self._lexical:
+            return vector.tolist()
+        weights = term_weights(payload.get("text"))
+        if not weights:  # a record without terms is no lexical hit: it needs no sparse vector
+            return {_DENSE: vector.tolist()}
+        indices = sorted(weights)
+        return {_DENSE: vector.tolist(), TEXT_VECTOR: self._m.SparseVector(
+            indices=indices, values=[weights[i] for i in indices])}
 
     @staticmethod
     def _payload(raw: Mapping[str, Any] | None) -> tuple[str, dict[str, Any]]:
         p = dict(raw or {})
         return str(p.pop(ID_FIELD, "")), p
+
+    @staticmethod
+    def _dense(raw: Any) -> np.ndarray:
+        # A point of a collection with the sparse vector comes with a dict of its vectors by
+        # name (the dense one under ""), one of an older collection with the dense list. All
+        # are asked for (True), not [""]: that a server takes "" as a name to select is not
+        # tested here, and a sparse vector is small.
+        return np.asarray(raw[_DENSE] if isinstance(raw, Mapping) else raw, np.float32)
+
+    def _hits(self, points: Sequence[Any], with_vectors: bool) -> list[Hit]:
+        hits = []
+        for p in points:
+            rid, pay = self._payload(p.payload)
+            hits.append(Hit(rid, float(p.score), pay,
+                            self._dense(p.vector) if with_vectors else None))
+        return hits
 
     def search(self, vectors: np.ndarray, k: int = 10, *, where: Where | None = None,
                exact: bool = True, with_vectors: bool = False) -> list[list[Hit]]:
@@ -155,14 +248,39 @@ class QdrantStore(VectorStore):
         for s in range(0, len(q), 64):
             requests = [self._m.QueryRequest(query=v.tolist(), filter=flt, limit=k,
                                              params=params, with_payload=True,
-                                             with_vector=with_vectors) for v in q[s : s + 64]]
+                                             with_vector=with_vectors)
+                        for v in q[s : s + 64]]
             for res in self.client.query_batch_points(self.collection, requests=requests):
-                hits = []
-                for p in res.points:
-                    rid, pay = self._payload(p.payload)
-                    vec = np.asarray(p.vector, np.float32) if with_vectors else None
-                    hits.append(Hit(rid, float(p.score), pay, vec))
-                out.append(hits)
+                out.append(self._hits(res.points, with_vectors))
+        return out
+
+    def search_text(self, queries: Sequence[Sequence[str]], k: int = 10, *,
+                    where: Where | None = None, with_vectors: bool = False
+                    ) -> list[list[Hit]]:
+        """BM25 with Qdrant's IDF over the whole collection (not only the records ``where``
+        leaves) and a fixed mean length (:data:`AVG_TERMS`)."""
+        if k < 1:
+            raise ValueError(f"k must be >= 1, got {k}")
+        if not self._lexical:  # another process may have added it since this one looked
+            self._lexical = self._has_text_vector()
+            if not self._lexical:
+                raise ValueError(f"qdrant collection {self.collection!r} was created before "
+                                 f"lexical search and has no term index: rebuild it (smysl "
+                                 f"index add --rebuild)")
+        flt = self._filter(parse_where(where))
+        m = self._m
+        out: list[list[Hit]] = [[] for _ in queries]
+        asked = [(n, sorted({term_index(t) for t in terms}))
+                 for n, terms in enumerate(queries) if terms]
+        for s in range(0, len(asked), 64):
+            # each distinct term once, weight 1: the score is the sum of its IDF * stored weight
+            requests = [m.QueryRequest(query=m.SparseVector(indices=ix, values=[1.0] * len(ix)),
+                                       using=TEXT_VECTOR, filter=flt, limit=k, with_payload=True,
+                                       with_vector=with_vectors)
+                        for _, ix in asked[s : s + 64]]
+            results = self.client.query_batch_points(self.collection, requests=requests)
+            for (n, _), res in zip(asked[s : s + 64], results, strict=True):
+                out[n] = self._hits(res.points, with_vectors)
         return out
 
     def get(self, ids: Sequence[str]) -> list[Record]:
@@ -172,7 +290,7 @@ class QdrantStore(VectorStore):
             for p in self.client.retrieve(self.collection, [point_id(i) for i in ids[s : s + 1000]],
                                           with_payload=True, with_vectors=True):
                 rid, pay = self._payload(p.payload)
-                found[rid] = Record(rid, np.asarray(p.vector, np.float32), pay)
+                found[rid] = Record(rid, self._dense(p.vector), pay)
         return [found[i] for i in ids if i in found]
 
     def delete(self, ids: Sequence[str] | None = None, *, where: Where | None = None) -> int:
@@ -197,13 +315,14 @@ class QdrantStore(VectorStore):
         while True:
             points, offset = self.client.scroll(self.collection, scroll_filter=flt,
                                                 limit=batch_size, offset=offset,
-                                                with_payload=True, with_vectors=with_vectors)
+                                                with_payload=True,
+                                                with_vectors=with_vectors)
             if points:
                 batch = []
                 for p in points:
                     rid, pay = self._payload(p.payload)
-                    batch.append(Record(rid, np.asarray(p.vector, np.float32)
-                                        if with_vectors else empty, pay))
+                    batch.append(Record(rid, self._dense(p.vector) if with_vectors else empty,
+                                        pay))
                 yield batch
             if offset is None:
                 return

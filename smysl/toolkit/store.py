@@ -142,7 +142,8 @@ class Record:
 
 @dataclass(frozen=True)
 class Hit:
-    """One search result: id, cosine score (higher is closer), payload, vector when asked."""
+    """One search result: id, score (higher is closer: the cosine for a vector search, the
+    store's BM25 for a search by words), payload, vector when asked."""
 
     id: str
     score: float
@@ -221,6 +222,19 @@ class VectorStore(abc.ABC):
         ``exact=True`` scans every candidate (brute force); ``exact=False`` may use an
         approximate index when one exists.
         """
+
+    def search_text(self, queries: Sequence[Sequence[str]], k: int = 10, *,
+                    where: Where | None = None, with_vectors: bool = False
+                    ) -> list[list[Hit]]:
+        """Top-``k`` hits per query by lexical relevance, best first: each query is a list of
+        terms (:func:`smysl.toolkit.lexical.analyze` of its text), matched against the terms of
+        the records' ``payload["text"]``, which the store analyses the same way when a record
+        is written (:func:`~smysl.toolkit.lexical.terms_text`). ``score`` is the backend's
+        relevance (BM25, or what it has nearest to it), comparable within one query only. A
+        record matching no query term is no hit; a query without terms has none. Every smysl
+        store has it; a store of another package may not (``NotImplementedError``).
+        """
+        raise NotImplementedError(f"{type(self).__name__} has no search by words")
 
     @abc.abstractmethod
     def get(self, ids: Sequence[str]) -> list[Record]:

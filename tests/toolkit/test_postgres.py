@@ -215,3 +215,225 @@ def test_index_settings_through_cli_dsn(postgres_dsn, tiny_dir, tmp_path, capsys
         f"{table}_hnsw_binary": ["ef_construction=128", "m=12"]}
     with pytest.raises(ValueError, match="index='ivf'"):
         open_store(StoreConfig.parse(f"postgres:{postgres_dsn}?index=ivf", table=table))
+
+
+# ---------------------------------------------------------------- lexical search
+
+_DOCS = [("ru1", "Кошки любят спать на диване", "ru"), ("ru2", "Собака спит во дворе", "ru"),
+         ("ru3", "Кошка и собака", "ru"), ("en1", "The cats are running in the garden", "en"),
+         ("en2", "A cat sleeps", "en"), ("en3", "Running late again", "en"),
+         ("en4", "covid19 cases in 2020, or not", "en")]
+
+
+def _text_store(dsn: str):
+    s = open_store(_config(dsn), 8)
+    x = unit_rows(len(_DOCS) + 1, 8, seed=3)
+    s.upsert([d[0] for d in _DOCS] + ["empty"], x,
+             [{"text": t, "lang": lang} for _, t, lang in _DOCS] + [{"lang": "en"}])
+    return s, x
+
+
+def _ids(hits) -> list[str]:
+    return [h.id for h in hits]
+
+
+def test_search_text_stems_ranks_and_filters(postgres_dsn) -> None:
+    """Lexical search over the analysed text: Russian and English stems meet the query's,
+    a row with more query terms ranks higher, the filter applies, vectors come back."""
+    from smysl.toolkit.lexical import analyze
+
+    s, x = _text_store(postgres_dsn)
+    with s:
+        # "кошка" -> "кошк" finds "Кошки" and "Кошка"; "cats"/"cat" -> "cat"
+        assert set(_ids(s.search_text([analyze("кошка")], 10)[0])) == {"ru1", "ru3"}
+        assert set(_ids(s.search_text([analyze("cat")], 10)[0])) == {"en1", "en2"}
+        # both terms above one term; every hit scores > 0, best first
+        hits = s.search_text([analyze("кошка спать")], 10)[0]
+        assert _ids(hits)[0] == "ru1" and set(_ids(hits)) == {"ru1", "ru3"}
+        assert all(h.score > 0 for h in hits) and hits[0].score > hits[1].score
+        ran = s.search_text([analyze("cats running")], 10)[0]
+        assert _ids(ran)[0] == "en1" and set(_ids(ran)) == {"en1", "en2", "en3"}
+        # the filter, k, several queries in one call, and the records as search returns them
+        two = s.search_text([analyze("кошка собака"), analyze("running")], 1,
+                            where={"lang": "ru"}, with_vectors=True)
+        assert [len(q) for q in two] == [1, 0]
+        top = two[0][0]
+        assert top.id == "ru3" and top.payload == {"text": "Кошка и собака", "lang": "ru"}
+        np.testing.assert_array_equal(top.vector, x[2])
+        assert s.search_text([analyze("кошка")], 5)[0][0].vector is None
+        # digits and mixed words are terms as they are
+        assert _ids(s.search_text([["covid19"], ["2020"]], 5)[0]) == ["en4"]
+        assert _ids(s.search_text([["2020"]], 5)[0]) == ["en4"]
+        # no terms, unknown terms, no rows: no hits
+        assert s.search_text([[], ["zebra"], analyze("кошка")], 5, where={"lang": "xx"}) == [
+            [], [], []]
+        assert s.search_text([], 5) == []
+        with pytest.raises(ValueError, match="k must be"):
+            s.search_text([["cat"]], 0)
+        # rewriting a record rewrites its terms
+        s.upsert(["ru3"], x[2:3], [{"text": "Собака", "lang": "ru"}])
+        assert set(_ids(s.search_text([analyze("кошка")], 10)[0])) == {"ru1"}
+
+
+def test_search_text_terms_cannot_inject(postgres_dsn) -> None:
+    """Query terms are quoted lexemes: tsquery operators, quotes and backslashes are plain
+    terms (matching nothing, or what holds them), never syntax."""
+    s, _ = _text_store(postgres_dsn)
+    with s:
+        assert _ids(s.search_text([["or"]], 5)[0]) == ["en4"]
+        assert _ids(s.search_text([["not", "and"]], 5)[0]) == ["en4"]
+        odd = ["'", "''", "\\", "it's", "a\\'b", "!", "|", "&", "<->", ":*", "cat:*", "x' | 'y",
+               "cat' | 'кошк", "a b", "(", ")", "", "x" * 65, "nul\x00", "'; DROP TABLE x; --"]
+        assert s.search_text([[t] for t in odd], 5) == [[] for _ in odd]
+        # the odd terms beside a real one change nothing
+        assert set(_ids(s.search_text([["cat", *odd]], 5)[0])) == {"en1", "en2"}
+        assert s.count() == len(_DOCS) + 1
+
+
+def test_search_text_agrees_with_memory_store(postgres_dsn) -> None:
+    """The same rows match as in MemoryStore (BM25 over every record), with and without a
+    filter, before and after ANALYZE (the collection size from the planner's statistics)."""
+    from smysl.toolkit.lexical import analyze
+    from smysl.toolkit.memory import MemoryStore
+
+    rng = np.random.default_rng(11)
+    words = ["кошка", "кошки", "собаки", "спит", "спать", "дом", "дома", "cat", "cats", "dog",
+             "running", "runs", "house", "2020", "covid19", "x1", "или", "and", "not"]
+    n = 80
+    texts = [" ".join(rng.choice(words, rng.integers(1, 12))) if i % 13 else None
+             for i in range(n)]
+    pays = [({"text": t} if t else {}) | {"g": i % 3} for i, t in enumerate(texts)]
+    ids = [f"d{i}" for i in range(n)]
+    x = unit_rows(n, 8, seed=12)
+    mem = MemoryStore(8)
+    mem.upsert(ids, x, pays)
+    queries = [analyze(q) for q in ["кошка", "спать дома", "cats running", "dog 2020", "not",
+                                    "covid19 x1 house", "собака кошки дом", "zebra", ""]]
+    with open_store(_config(postgres_dsn), 8) as s:
+        s.upsert(ids, x, pays)
+        for analysed in (False, True):
+            if analysed:
+                s.optimize()  # ANALYZE: reltuples known, no count per query
+            for where in (None, {"g": 1}, {"g": [0, 2]}):
+                got = s.search_text(queries, n, where=where)
+                ref = mem.search_text(queries, n, where=where)
+                for g, r in zip(got, ref, strict=True):
+                    assert {h.id for h in g} == {h.id for h in r}
+                    scores = [h.score for h in g]
+                    assert scores == sorted(scores, reverse=True)
+                    assert all(sc > 0 for sc in scores)
+        with s._conn.cursor() as cur:
+            assert s._row_count(cur) == n
+
+
+def test_table_without_terms_is_migrated(postgres_dsn) -> None:
+    """A table an earlier smysl made (no terms column, no GIN index on it) gets both when
+    opened, by several openers at once; its rows match nothing until written again."""
+    import threading
+
+    import psycopg
+
+    from smysl.toolkit.lexical import analyze
+
+    cfg = _config(postgres_dsn)
+    x = unit_rows(3, 8)
+    pays = [{"text": "Кошки любят спать"}, {"text": "cats sleep"}, {"text": "dogs"}]
+    with open_store(cfg, 8) as s:
+        s.upsert(["a", "b", "c"], x, pays)
+    with psycopg.connect(postgres_dsn, autocommit=True) as conn:
+        conn.execute(f'ALTER TABLE "{cfg.table}" DROP COLUMN terms')  # and its index
+
+        def columns() -> tuple[bool, int]:
+            col = conn.execute("SELECT 1 FROM pg_attribute WHERE attrelid = to_regclass(%s) "
+                               "AND attname = 'terms' AND NOT attisdropped",
+                               [cfg.table]).fetchone()
+            idx = conn.execute("SELECT count(*) FROM pg_indexes WHERE tablename = %s AND "
+                               "indexdef LIKE %s", [cfg.table, "%gin (terms)%"]).fetchone()
+            return col is not None, idx[0]
+
+        assert columns() == (False, 0)
+        errors: list[BaseException] = []
+
+        def reopen() -> None:
+            try:
+                with open_store(cfg) as other:
+                    assert other.count() == 3
+            except BaseException as e:  # reported below
+                errors.append(e)
+
+        threads = [threading.Thread(target=reopen) for _ in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert not errors
+        assert columns() == (True, 1)
+    with open_store(cfg) as s:
+        assert s.search_text([analyze("кошка"), analyze("cat")], 5) == [[], []]  # NULL terms
+        assert [h.id for h in s.search(x[1], 1)[0]] == ["b"]  # vector search as before
+        s.upsert(["a", "b"], x[:2], pays[:2])  # what the index layer does
+        assert [_ids(q) for q in s.search_text([analyze("кошка"), analyze("cat")], 5)] == [
+            ["a"], ["b"]]
+
+
+def test_role_that_cannot_migrate_still_opens(postgres_dsn) -> None:
+    """A role that may use but not alter an earlier smysl's table opens it: vector search
+    works, lexical search has no hits, and a write fails naming the way out."""
+    import psycopg
+
+    from smysl.toolkit.postgres import PostgresStoreError
+
+    cfg = _config(postgres_dsn)
+    x = unit_rows(2, 8)
+    with open_store(cfg, 8) as s:
+        s.upsert(["a", "b"], x, [{"text": "cats"}, {"text": "dogs"}])
+    role = f"r_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(postgres_dsn, autocommit=True) as conn:
+        conn.execute(f'ALTER TABLE "{cfg.table}" DROP COLUMN terms')
+        conn.execute(f"CREATE ROLE {role} LOGIN")
+        conn.execute(f"GRANT CREATE, USAGE ON SCHEMA public TO {role}")
+        conn.execute(f'GRANT SELECT, INSERT, UPDATE, DELETE ON "{cfg.table}", smysl_meta '
+                     f"TO {role}")
+        try:
+            dsn = postgres_dsn.replace("postgres@", f"{role}@")
+            with open_store(StoreConfig(backend="postgres", uri=dsn, table=cfg.table)) as s:
+                assert [h.id for h in s.search(x[0], 1)[0]] == ["a"]
+                assert s.search_text([["cat"]], 5) == [[]]
+                with pytest.raises(PostgresStoreError, match="owner"):
+                    s.upsert(["c"], x[:1], [{"text": "cats"}])
+                assert s.count() == 2
+        finally:
+            conn.execute(f"DROP OWNED BY {role}")
+            conn.execute(f"DROP ROLE {role}")
+
+
+def test_tsvector_literal_keeps_terms_as_they_are(postgres_dsn) -> None:
+    """The stored tsvector holds the analyser's terms unchanged (what to_tsvector('simple')
+    gives for plain words), with positions; PostgreSQL's limits are kept, not hit."""
+    import psycopg
+
+    from smysl.toolkit.postgres import tsquery_terms, tsvector_literal
+
+    assert tsvector_literal("") == ""
+    assert tsvector_literal("кошк cat кошк 2020 covid19") == (
+        "'кошк':1,3 'cat':2 '2020':4 'covid19':5")
+    assert tsvector_literal("it's a\\b") == "'it''s':1 'a\\\\b':2"
+    assert tsquery_terms(["cat", "", "cat", "it's", "x" * 65, "\x00"]) == ["'cat'", "'it''s'"]
+    long = " ".join(["a"] * 300 + ["b"] * 20_000 + ["c"] * 3)
+    lit = tsvector_literal(long)
+    parsed = {w.split(":")[0]: w.split(":")[1].split(",") for w in lit.split()}
+    # at most 256 positions a term; past 16,383 every term sits at 16,383
+    assert parsed == {"'a'": [str(i) for i in range(1, 257)],
+                      "'b'": [str(i) for i in range(301, 557)], "'c'": ["16383"]}
+    with psycopg.connect(postgres_dsn, autocommit=True) as conn:
+        text = "кошк cat кошк 2020 covid19 x2 007"
+        same = conn.execute("SELECT to_tsvector('simple', %s) = %s::tsvector",
+                            [text, tsvector_literal(text)]).fetchone()
+        assert same == (True,)
+        tf = conn.execute("SELECT ts_rank_cd('{1,1,1,1}', v, 'a'), ts_rank_cd('{1,1,1,1}', v, "
+                          "'c'), length(v) FROM (SELECT %s::tsvector AS v) AS t", [lit]).fetchone()
+        assert tf == (256.0, 1.0, 3)
+        # distinct terms past 1 MiB: the ones that fit are kept, the row is not refused
+        huge = " ".join(f"w{i:07d}" for i in range(100_000))
+        assert conn.execute("SELECT length(%s::tsvector)",
+                            [tsvector_literal(huge)]).fetchone()[0] == 87_381

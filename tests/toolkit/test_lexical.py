@@ -1,0 +1,185 @@
+"""Lexical search: the analyser, BM25, rank fusion, and every store's ``search_text`` against
+the in-memory reference (LanceDB's BM25 equals it; the others rank the same records)."""
+
+from __future__ import annotations
+
+import math
+import uuid
+
+import numpy as np
+import pytest
+
+from smysl.toolkit import lexical
+from smysl.toolkit.memory import MemoryStore
+from smysl.toolkit.store import StoreConfig
+from smysl.toolkit.stores import open_store
+
+pytest.importorskip("Stemmer")
+
+TEXTS = [
+    "Кошки любят спать на солнце.",
+    "Кошка спала на диване, а собака у двери.",
+    "The cats sat on the mat; a cat is sleeping.",
+    "Налоговый кодекс, статья 220: имущественный налоговый вычет.",
+    "Артикул 4417-БК снят с производства в 2023 году.",
+    "Ёлка и елка — одно дерево.",
+    "",
+    "Собаки и кошки: уход за домашними животными.",
+]
+
+
+def test_russian_forms_meet_at_their_stem() -> None:
+    forms = ["кошка", "кошки", "кошкам", "Кошкой", "КОШЕК"]
+    stems = {t for f in forms for t in lexical.analyze(f)}
+    assert stems <= {"кошк", "кошек"}  # Snowball keeps the fleeting-vowel genitive plural apart
+    assert lexical.analyze("кошки") == lexical.analyze("кошкам") == lexical.analyze("Кошкой")
+    assert lexical.analyze("ёлка") == lexical.analyze("елка")  # ё is read as е
+
+
+def test_english_numbers_and_other_words() -> None:
+    assert lexical.analyze("Cats are sleeping") == ["cat", "are", "sleep"]
+    # numbers and mixed words stay as they are; punctuation and underscores split words
+    assert lexical.analyze("COVID19 in 2023: snake_case, 4417-БК") == [
+        "covid19", "in", "2023", "snake", "case", "4417", "бк"]
+    assert lexical.analyze("ＡＢＣ") == ["abc"]  # NFKC: full-width letters
+    assert lexical.analyze("  ... ") == [] and lexical.terms_text(None) == ""
+    assert lexical.analyze("x" * (lexical.MAX_TERM_CHARS + 1) + " ok") == ["ok"]
+    assert lexical.analyze("東京タワー") == ["東京タワー"]  # other scripts: a run is one term
+
+
+def test_combining_marks_stay_in_their_word() -> None:
+    """A stress mark (Russian dictionaries, Wikipedia) does not split a word and is dropped
+    before stemming; other scripts keep their marks (a Devanagari vowel sign)."""
+    assert lexical.analyze("за́мок Толсто́й") == lexical.analyze("замок Толстой")
+    assert lexical.analyze("नमस्ते") == ["नमस्ते"]
+    assert lexical.analyze("cafe\u0301") == lexical.analyze("café") == ["café"]  # NFKC
+
+
+def test_query_terms_are_distinct_and_bounded() -> None:
+    assert lexical.query_terms("кошка, кошки и собака") == ["кошк", "и", "собак"]
+    many = " ".join(f"w{i}" for i in range(3 * lexical.MAX_QUERY_TERMS))
+    assert lexical.query_terms(many) == [f"w{i}" for i in range(lexical.MAX_QUERY_TERMS)]
+
+
+def test_bm25_prefers_more_and_rarer_terms() -> None:
+    docs = [lexical.analyze(t) for t in TEXTS]
+    stats = lexical.corpus(docs)
+    assert stats.docs == len(TEXTS) and stats.doc_freq["кошк"] == 3
+    q = lexical.analyze("кошка собака")
+    scores = [lexical.bm25(q, d, stats) for d in docs]
+    assert scores[1] > scores[0] > 0  # both terms beat one
+    assert scores[6] == 0.0 and scores[3] == 0.0
+    # a term in one document weighs more than one in three
+    assert lexical.bm25(["вычет"], docs[3], stats) > lexical.bm25(["кошк"], docs[0], stats)
+    assert lexical.bm25(q + q, docs[1], stats) == scores[1]  # a repeated query term counts once
+    idf = math.log(1 + (stats.docs - 1 + 0.5) / 1.5)
+    d = docs[3]  # the textbook formula, by hand
+    norm = lexical.BM25_K1 * (1 - lexical.BM25_B + lexical.BM25_B * len(d) / stats.avg_length)
+    assert lexical.bm25(["220"], d, stats) == pytest.approx(idf * 2.2 / (1 + norm))
+
+
+def test_reciprocal_rank_fusion() -> None:
+    fused = lexical.fuse([["a", "b", "c"], ["c", "d", "a"]], 3, rrf_k=60)
+    assert [i for i, _, _ in fused] == ["a", "c", "b"]
+    assert fused[0][1] == pytest.approx(1 / 61 + 1 / 63) and fused[0][2] == [1, 3]
+    assert fused[2][2] == [2, None]
+    # ties keep first appearance; a repeat within one ranking counts at its best rank
+    assert [i for i, _, _ in lexical.fuse([["x", "y"], ["y", "x"]], 2)] == ["x", "y"]
+    assert lexical.fuse([["a", "a"]], 5) == [("a", 1 / 61, [1])]
+    assert lexical.fuse([[], []], 3) == []
+
+
+STORES = ["memory", "lancedb", "qdrant", "postgres"]
+
+
+def _store(kind: str, tmp_path, request, dims: int = 4):  # type: ignore[no-untyped-def]
+    if kind == "memory":
+        return MemoryStore(dims)
+    if kind == "postgres":  # a fresh table on the session's server
+        return open_store(StoreConfig(backend="postgres",
+                                      uri=request.getfixturevalue("postgres_dsn"),
+                                      table=f"t_{uuid.uuid4().hex[:12]}"), dims)
+    if kind == "qdrant":
+        pytest.importorskip("qdrant_client")
+        return open_store(StoreConfig(backend="qdrant", uri=":memory:"), dims)
+    pytest.importorskip("lancedb")
+    return open_store(StoreConfig(uri=str(tmp_path / "kb")), dims)
+
+
+def _fill(store) -> tuple[list[str], np.ndarray]:  # type: ignore[no-untyped-def]
+    ids = [f"d{i}" for i in range(len(TEXTS))]
+    rng = np.random.default_rng(0)
+    vecs = rng.normal(size=(len(TEXTS), store.dimensions)).astype(np.float32)
+    vecs /= np.linalg.norm(vecs, axis=1, keepdims=True)
+    store.upsert(ids, vecs, [{"text": t, "n": i, "lang": "en" if i == 2 else "ru"}
+                             for i, t in enumerate(TEXTS)])
+    return ids, vecs
+
+
+QUERIES = ["кошка", "собаки и кошки", "cat", "налоговый вычет", "4417", "ёлки", "дом", "..."]
+
+
+@pytest.mark.parametrize("kind", STORES)
+def test_search_text_finds_what_the_reference_finds(kind, tmp_path, request) -> None:
+    ref = MemoryStore(4)
+    _fill(ref)
+    store = _store(kind, tmp_path, request)
+    ids, vecs = _fill(store)
+    terms = [lexical.analyze(q) for q in QUERIES]
+    want = ref.search_text(terms, 20)
+    got = store.search_text(terms, 20)
+    for q, w, g in zip(QUERIES, want, got, strict=True):
+        assert {h.id for h in g} == {h.id for h in w}, q
+        if w:
+            assert g[0].id == w[0].id, q
+        assert [h.score for h in g] == sorted((h.score for h in g), reverse=True)
+        if kind == "lancedb":  # the same BM25 over the same terms
+            np.testing.assert_allclose([h.score for h in g], [h.score for h in w], rtol=1e-5)
+    assert got[-1] == [] and got[6] == []  # no terms; no record holds the term
+    assert {h.id for h in got[0]} == {"d0", "d1", "d7"}
+    assert got[4][0].id == "d4" and got[4][0].payload["text"] == TEXTS[4]
+    (hits,) = store.search_text([terms[0]], 5, where={"n": {"$gte": 1}}, with_vectors=True)
+    assert {h.id for h in hits} == {"d1", "d7"}
+    for h in hits:
+        np.testing.assert_allclose(h.vector, vecs[ids.index(h.id)], atol=1e-6)
+    assert store.search_text([terms[0]], 1)[0][0].id == want[0][0].id
+    # a long query (a document pasted as one): the first MAX_QUERY_TERMS distinct terms
+    long = lexical.query_terms(" ".join([TEXTS[4]] + [f"x{i}" for i in range(3000)]))
+    assert [h.id for h in store.search_text([long], 3)[0]] == ["d4"]
+    with pytest.raises(ValueError, match="k must be"):
+        store.search_text([terms[0]], 0)
+
+
+@pytest.mark.parametrize("kind", STORES)
+def test_rewritten_and_deleted_records_leave_the_text_search(kind, tmp_path, request) -> None:
+    store = _store(kind, tmp_path, request)
+    _, vecs = _fill(store)
+    store.upsert(["d4"], vecs[4:5], [{"text": "другой текст"}])
+    store.delete(["d0"])
+    (gone,), (found,), (cats,) = (store.search_text([lexical.analyze(q)], 10)
+                                  for q in ("4417", "другой", "кошки"))
+    assert gone == [] and [h.id for h in found] == ["d4"]
+    assert {h.id for h in cats} == {"d1", "d7"}
+    store.optimize()  # LanceDB folds the new rows into its full-text index
+    assert {h.id for h in store.search_text([lexical.analyze("кошки")], 10)[0]} == {"d1", "d7"}
+
+
+def test_lancedb_table_of_an_earlier_smysl_gets_its_terms_column(tmp_path) -> None:
+    lancedb = pytest.importorskip("lancedb")
+    import pyarrow as pa
+
+    from smysl.toolkit.lancedb import LanceStore
+
+    # a table as an earlier smysl made it: id, vector, payload
+    db = lancedb.connect(str(tmp_path / "kb"))
+    db.create_table("chunks", schema=pa.schema([
+        pa.field("id", pa.string(), nullable=False),
+        pa.field("vector", pa.list_(pa.float32(), 4)), pa.field("payload", pa.string())]))
+    old = LanceStore(StoreConfig(uri=str(tmp_path / "kb")))
+    assert old.search_text([["кошк"]], 5) == [[]]  # nothing to match, and nothing written
+    _fill(old)
+    assert {h.id for h in old.search_text([["кошк"]], 5)[0]} == {"d0", "d1", "d7"}
+    old.build_index()  # too few rows for an ANN index: the full-text one does not count as one
+    assert not old._has_index()
+    again = LanceStore(StoreConfig(uri=str(tmp_path / "kb")))
+    assert [h.id for h in again.search_text([["4417"]], 5)[0]] == ["d4"]
