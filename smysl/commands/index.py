@@ -64,11 +64,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     s.add_argument("--query-field", default="query", help="csv/jsonl query column")
     add_model_arguments(s, required=False)
     s.add_argument("-k", type=int, default=10, help="hits per query")
+    s.add_argument("--mode", choices=["vector", "hybrid", "text"], default="vector",
+                   help="rank by the query's embedding (vector), by its words (text: BM25 "
+                        "over Russian/English stems, finds exact names and numbers; loads no "
+                        "model unless --model is given), or both fused by reciprocal rank "
+                        "(hybrid)")
     s.add_argument("--where", action="append", help="filter: key=value, key>=n (repeatable)")
     s.add_argument("--instruction", help="query instruction or preset ('' for none)")
     s.add_argument("--mmr", action="store_true", help="diversify with maximal marginal relevance")
     s.add_argument("--mmr-lambda", type=float, default=0.5, help="1 = relevance, 0 = diversity")
-    s.add_argument("--fetch-k", type=int, default=50, help="MMR candidates")
+    s.add_argument("--fetch-k", type=int, default=50,
+                   help="MMR candidates; --mode hybrid: candidates of each ranking")
     s.add_argument("--approximate", action="store_true", help="use the ANN index if built")
     add_rerank_arguments(s)
     s.add_argument("--format", choices=["table", "json", "context"], default="table",
@@ -117,6 +123,10 @@ def _add(args: argparse.Namespace, store: StoreConfig) -> int:
     with Index.create_or_open(model, config, rebuild=args.rebuild) as index:
         for problem in index.problems:
             print(f"warning: {problem}", file=sys.stderr)
+        given = index.add_terms()
+        if given:
+            print(f"gave {given} chunks of an earlier smysl their search terms (once)",
+                  file=sys.stderr)
         report = index.add_files(args.paths, read, ingest)
         first, _, rest = report.summary().partition("\n")
         print(f"{first}; index holds {index.count()} chunks" + (f"\n{rest}" if rest else ""),
@@ -129,7 +139,7 @@ def _add(args: argparse.Namespace, store: StoreConfig) -> int:
 
 
 def _search(args: argparse.Namespace, store: StoreConfig) -> int:
-    from smysl.toolkit.index import Index, IndexConfig
+    from smysl.toolkit.index import Index, IndexConfig, search_words
     from smysl.toolkit.io import iter_rows, write_rows
     from smysl.toolkit.search import (
         SearchConfig,
@@ -153,25 +163,29 @@ def _search(args: argparse.Namespace, store: StoreConfig) -> int:
                          "context")
     if args.format == "context" and args.output:
         raise ValueError("--format context prints to stdout; drop --output")
-    config = SearchConfig(k=args.k, instruction=args.instruction,
+    config = SearchConfig(k=args.k, mode=args.mode, instruction=args.instruction,
                           where=parse_where(args.where), exact=not args.approximate,
                           mmr=args.mmr, mmr_lambda=args.mmr_lambda, fetch_k=args.fetch_k,
                           **rerank_settings(args))
-    model = load_model(args.model or Index.stored_model(store), args)
     with contextlib.ExitStack() as stack:
-        index = stack.enter_context(
-            Index.create_or_open(model, IndexConfig(store=store), create=False))
         reranker = (stack.enter_context(load_rerank_model(args.rerank, args))
                     if args.rerank else None)
-        for problem in index.problems:
-            print(f"warning: {problem}", file=sys.stderr)
-        results = index.search(queries, config, reranker=reranker)
+        if args.mode == "text" and not args.model:  # by words: no weights to load
+            results, damaged = search_words(store, queries, config, reranker=reranker)
+        else:
+            model = load_model(args.model or Index.stored_model(store), args)
+            index = stack.enter_context(
+                Index.create_or_open(model, IndexConfig(store=store), create=False))
+            for problem in index.problems:
+                print(f"warning: {problem}", file=sys.stderr)
+            results = index.search(queries, config, reranker=reranker)
+            damaged = index.damaged
         spent = reranker.usage_report() if reranker is not None else None
         if spent:
             print(f"reranker: {spent}", file=sys.stderr)
-        if index.damaged:
-            shown = ", ".join(f"{i} ({p})" for i, p in list(index.damaged.items())[:5])
-            print(f"warning: {len(index.damaged)} damaged stored vectors left out of the results: "
+        if damaged:
+            shown = ", ".join(f"{i} ({p})" for i, p in list(damaged.items())[:5])
+            print(f"warning: {len(damaged)} damaged stored vectors left out of the results: "
                   f"{shown}; run `smysl index add` on the same files to repair them",
                   file=sys.stderr)
     if args.output:

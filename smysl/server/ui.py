@@ -18,7 +18,7 @@ import threading
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from importlib import resources
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 import anyio
 from fastapi import APIRouter, FastAPI, Request, Response
@@ -53,6 +53,9 @@ class SearchRequest(BaseModel):
     query: StrictStr = Field(description="query text (embedded as a query, like smysl index "
                                          "search)")
     k: StrictInt = Field(10, description=f"hits to return, 1..{MAX_K}")
+    mode: Literal["vector", "hybrid", "text"] = Field(
+        "vector", description="rank by the query's embedding (vector), by its words (text: "
+                              "BM25 over Russian/English stems), or both fused (hybrid)")
     instruction: StrictStr | None = Field(
         None, description="query instruction or preset name; default: the model's task, "
                           "'' for none")
@@ -168,9 +171,13 @@ def router(service: Service, reranking: RerankService | None = None) -> APIRoute
     @r.post("/search")
     async def search(body: SearchRequest, request: Request) -> Response:
         """Top-k chunks of the served index: ``{"hits": [{"id", "score", "text", "metadata"}]}``
-        (score: cosine; metadata: the stored payload without the text)."""
-        from smysl.toolkit.index import binding_problem, hit_problem
+        (score: cosine, BM25 in mode ``text``, the fusion score in mode ``hybrid``, whose hits
+        also carry their ``vector_rank``/``text_rank``; metadata: the stored payload without
+        the text)."""
+        from smysl.toolkit import lexical
+        from smysl.toolkit.index import binding_problem, hit_problem, lexical_problem
         from smysl.toolkit.search import (
+            FusedHit,
             RerankedHit,
             SearchConfig,
             candidates,
@@ -193,7 +200,8 @@ def router(service: Service, reranking: RerankService | None = None) -> APIRoute
             parse_where(body.where)
         except ValueError as e:
             raise ApiError("invalid", str(e), param="where") from None
-        config = SearchConfig(k=body.k, where=body.where, rerank_top=body.rerank_top)
+        config = SearchConfig(k=body.k, mode=body.mode, where=body.where,
+                              rerank_top=body.rerank_top)
         disconnected = until_disconnected(request.receive)
         # the query side of `smysl index search`: the instruction rule of the model, the
         # index's stored size, over-long queries cut (through the batcher, like every route)
@@ -201,10 +209,10 @@ def router(service: Service, reranking: RerankService | None = None) -> APIRoute
         # extension's empty field is an absent one instead: the model's task)
         task = (None if body.instruction == ""
                 else service.instruction(body.instruction, "query"))
-        result = await service.embed_texts(
+        result = (await service.embed_texts(
             [body.query], instruction=task,
             dimensions=searched.dimensions, truncate=True, what="query",
-            disconnected=disconnected)
+            disconnected=disconnected) if body.mode != "text" else None)
         wanted = dataclasses.replace(config, k=candidates(config, reranking=rerank))
 
         def nearest() -> list[Any]:
@@ -213,10 +221,14 @@ def router(service: Service, reranking: RerankService | None = None) -> APIRoute
             if problem is not None:
                 raise ApiError("unavailable", f"--index {service.config.index}: {problem}; "
                                               f"restart the server with its model")
+            if body.mode != "vector" and (problem := lexical_problem(searched.read_meta())):
+                raise ApiError("unsupported", f"--index {service.config.index}: {problem}",
+                               param="mode")
             # damaged stored vectors are never served: left out, the search widened to k
             (found,) = search_vectors(
-                searched, result.vectors, wanted,
-                check=lambda h: hit_problem(h, searched.dimensions, checksums) is None)
+                searched, result.vectors if result is not None else None, wanted,
+                check=lambda h: hit_problem(h, searched.dimensions, checksums) is None,
+                terms=[lexical.query_terms(body.query)] if body.mode != "vector" else None)
             return found
 
         try:
@@ -238,9 +250,13 @@ def router(service: Service, reranking: RerankService | None = None) -> APIRoute
                                                 if k != "text"}}
             if isinstance(h, RerankedHit):
                 row.update(vector_score=h.vector_score, vector_rank=h.vector_rank)
+            elif isinstance(h, FusedHit):
+                row.update(vector_score=h.vector_score, vector_rank=h.vector_rank,
+                           text_score=h.text_score, text_rank=h.text_rank)
             rows.append(row)
         return json_response({"model": service.model_id,
                               "reranker": reranking.model_id if rerank and reranking else None,
-                              "hits": rows}, headers=service.timing_headers(result))
+                              "hits": rows},
+                             headers=service.timing_headers(result) if result is not None else None)
 
     return r

@@ -30,7 +30,7 @@ from smysl.toolkit.ingest import (
     SkippedFile,
     read_documents,
 )
-from smysl.toolkit.search import SearchConfig, build_context, mmr
+from smysl.toolkit.search import FusedHit, RerankedHit, SearchConfig, build_context, mmr
 from smysl.toolkit.store import Hit, Record, StoreConfig, VectorStore
 from smysl.toolkit.stores import open_store
 
@@ -48,6 +48,7 @@ __all__ = [
     "DedupResult",
     "Document",
     "EmbeddingCache",
+    "FusedHit",
     "Hit",
     "Index",
     "IndexConfig",
@@ -55,6 +56,7 @@ __all__ = [
     "IngestReport",
     "ReadConfig",
     "Record",
+    "RerankedHit",
     "SearchConfig",
     "SkippedFile",
     "StoreConfig",

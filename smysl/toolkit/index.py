@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from smysl.base import BaseEmbedder
+from smysl.toolkit import lexical
 from smysl.toolkit.cache import CacheConfig, CachedEmbedder, EmbeddingCache
 from smysl.toolkit.chunking import chunker_for
 from smysl.toolkit.ingest import (
@@ -45,6 +46,9 @@ CHECKSUMS = "checksums"
 #: Meta key: records the index held after its last write through :class:`Index`; fewer at
 #: opening means the store lost some (a damaged manifest drops whole fragments silently).
 RECORDS = "records"
+#: Meta key: the :data:`smysl.toolkit.lexical.VERSION` every record's search terms were made
+#: with; absent in an index of an earlier smysl, whose records have none until written again.
+LEXICAL = "lexical"
 
 
 @dataclass(frozen=True)
@@ -118,7 +122,7 @@ class Index:
                 meta = store.claim_meta({
                     "model": embedder.name, "fingerprint": embedder.fingerprint(),
                     "dimensions": dims, "load": embedder.source or embedder.name,
-                    CHECKSUMS: True})
+                    CHECKSUMS: True, LEXICAL: lexical.VERSION})
                 problem = _mismatch(meta, embedder, config.dimensions, store.dimensions)
                 if problem:
                     raise ValueError(problem)
@@ -192,6 +196,39 @@ class Index:
         return self.add((Document(i, t, dict(m)) for i, t, m in zip(ids, texts, metas,
                                                                     strict=True)), config)
 
+    def add_terms(self, batch_size: int = 1024) -> int:
+        """Give the records of an index built by an earlier smysl (or with other analysis
+        rules) their lexical search terms: each record is written again as it is, and the store
+        analyses its text (see :mod:`~smysl.toolkit.lexical`). Once per index (``smysl index
+        add`` runs it first); returns how many records were written (0: nothing to do).
+
+        Each batch is read again just before it is written, so a record another process
+        deleted or changed since the scan is not brought back; one changed within those
+        milliseconds still could be: run it while no other process writes the index (a corpus
+        job's drivers do not run it). Damaged records are left as they are (the next
+        ingestion of their document writes them again, with terms). ``ValueError`` when the
+        store cannot keep terms (a Qdrant server older than 1.18 for a collection made
+        before them): the index is then not marked as having them."""
+        if self.store.read_meta().get(LEXICAL) == lexical.VERSION:
+            return 0
+        written = 0
+        for batch in self.store.scan(batch_size, with_vectors=False):
+            now = self.store.get([r.id for r in batch])  # as they are now, vectors with them
+            good = [r for r in now if stored_problem(r, self.store.dimensions,
+                                                     self.checksums) is None]
+            if good:
+                self.store.upsert([r.id for r in good], np.stack([r.vector for r in good]),
+                                  [r.payload for r in good])
+                written += len(good)
+        if written:
+            self.store.optimize()  # LanceDB: fold the rewritten rows into its full-text index
+        try:  # whether the store now searches by words at all (one cheap query)
+            self.store.search_text([["smysl"]], 1)
+        except NotImplementedError:
+            raise ValueError("this index's store has no search by words") from None
+        self.store.update_meta({LEXICAL: lexical.VERSION})
+        return written
+
     def delete(self, doc_ids: Sequence[str] | None = None, *, where: Where | None = None
                ) -> int:
         """Delete the chunks of documents (by id) and/or those matching a filter."""
@@ -224,14 +261,23 @@ class Index:
         With a ``reranker``, the ``max(config.rerank_top, k)`` nearest chunks (filters
         applied) are scored by it against the query text and the best ``k`` come back as
         :class:`~smysl.toolkit.search.RerankedHit` (``score``: the reranker's,
-        ``vector_score``: the cosine); ``config.mmr`` with a reranker is refused."""
+        ``vector_score``: the first stage's); ``config.mmr`` with a reranker is refused.
+        ``config.mode`` ``"text"`` ranks by the queries' words alone (nothing is embedded),
+        ``"hybrid"`` fuses both rankings (:class:`~smysl.toolkit.search.FusedHit`)."""
         config = config or SearchConfig()
         qs = [queries] if isinstance(queries, str) else list(queries)
         if reranker is not None and config.mmr:
             raise ValueError(MMR_AND_RERANK)  # before the queries are embedded
         self._check_binding()
-        return search_vectors(self.store, self.embed_queries(qs, config.instruction), config,
-                              check=self._check_hit, reranker=reranker, texts=qs)
+        if config.mode != "vector":
+            problem = lexical_problem(self.store.read_meta())
+            if problem is not None:
+                raise ValueError(problem)
+        vectors = (self.embed_queries(qs, config.instruction) if config.mode != "text"
+                   else None)
+        terms = [lexical.query_terms(q) for q in qs] if config.mode != "vector" else None
+        return search_vectors(self.store, vectors, config, check=self._check_hit,
+                              reranker=reranker, texts=qs, terms=terms)
 
     def _check_binding(self) -> None:
         problem = binding_problem(self.store, self.embedder, self.dimensions)
@@ -297,6 +343,34 @@ def verify_store(config: StoreConfig, batch_size: int = 2048) -> Verification:
                             total, problems)
 
 
+def search_words(config: StoreConfig, queries: Sequence[str], search: SearchConfig, *,
+                 reranker: BaseReranker | None = None
+                 ) -> tuple[list[list[Hit]], dict[str, str]]:
+    """Mode ``text`` of :meth:`Index.search` without the index's model (nothing is embedded:
+    ``smysl index search --mode text`` loads no weights): the hits per query, and record id
+    -> problem for the damaged records left out."""
+    if search.mode != "text":
+        raise ValueError(f"search_words ranks by words alone (mode 'text'), not {search.mode!r}")
+    damaged: dict[str, str] = {}
+    with open_store(config) as store:
+        meta = _index_meta(store, config)
+        problem = lexical_problem(meta)
+        if problem is not None:
+            raise ValueError(problem)
+        checksums = bool(meta.get(CHECKSUMS))
+
+        def check(hit: Hit) -> bool:
+            problem = hit_problem(hit, store.dimensions, checksums)
+            if problem is not None:
+                damaged[hit.id] = problem
+            return problem is None
+
+        hits = search_vectors(store, None, search, check=check, reranker=reranker,
+                              texts=list(queries),
+                              terms=[lexical.query_terms(q) for q in queries])
+    return hits, damaged
+
+
 def _index_meta(store: VectorStore, config: StoreConfig) -> dict[str, object]:
     """An existing index's smysl metadata (model, fingerprint, dimensions...)."""
     meta = store.read_meta()
@@ -333,6 +407,17 @@ def record_count(store: VectorStore) -> None:
     next opening reports fewer as records lost."""
     if store.read_meta():
         store.update_meta({RECORDS: store.count()})
+
+
+def lexical_problem(meta: Mapping[str, object]) -> str | None:
+    """Why an index's records cannot all be searched by their words (an index of an earlier
+    smysl: its records have no terms yet), else None."""
+    if meta.get(LEXICAL) == lexical.VERSION:
+        return None
+    return ("the index was built by an earlier smysl: its chunks have no search terms for "
+            "mode 'text' or 'hybrid' yet; `smysl index add` on it gives them terms first "
+            "(once; or Index.add_terms(); while no other process writes it), or search with "
+            "mode 'vector'")
 
 
 def binding_problem(store: VectorStore, embedder: BaseEmbedder, dimensions: int

@@ -1,6 +1,12 @@
 """Search and RAG retrieval over a store: top-k with scores and payloads, filters, optional MMR,
 optional reranking of the top candidates by a :class:`~smysl.rerank.BaseReranker`.
 
+Three ways to rank (``SearchConfig.mode``): ``vector``, by the cosine of the query's embedding;
+``text``, by the lexical relevance (BM25) of the query's words (:mod:`smysl.toolkit.lexical`:
+Russian and English words by their stems), which finds the exact names, numbers and codes an
+embedding blurs; ``hybrid``, both rankings of ``fetch_k`` candidates each fused by reciprocal
+rank (:class:`FusedHit`).
+
 Reranking is two-stage: the store returns the ``rerank_top`` nearest chunks (filters and the
 damaged-vector check apply there), the reranker scores each (query, chunk text) pair, and the best
 ``k`` by that score come back as :class:`RerankedHit` (``score``: the reranker's,
@@ -10,13 +16,15 @@ reranker brings torch only when the caller loads one.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
+from smysl.toolkit import lexical
 from smysl.toolkit.store import Hit, VectorStore, Where
 
 if TYPE_CHECKING:
@@ -26,6 +34,11 @@ if TYPE_CHECKING:
 MMR_AND_RERANK = ("MMR and reranking both choose the final hits out of the candidates, by "
                   "different scores: use one of them (--mmr / SearchConfig(mmr=True), or "
                   "--rerank / reranker=)")
+#: Why MMR needs the vector ranking.
+MMR_NEEDS_VECTORS = ("MMR diversifies the hits of a vector search: use it with mode 'vector' "
+                     "(--mode vector), or search in mode 'text'/'hybrid' without it")
+Mode = Literal["vector", "hybrid", "text"]
+MODES: tuple[Mode, ...] = ("vector", "hybrid", "text")
 
 
 @dataclass(frozen=True)
@@ -34,13 +47,20 @@ class SearchConfig:
 
     Attributes:
         k: Hits per query.
+        mode: ``"vector"`` ranks by the cosine of the query's embedding; ``"text"`` by the
+            lexical relevance (BM25) of its words (no embedding); ``"hybrid"`` fuses both
+            rankings, ``fetch_k`` candidates each (at least the hits wanted), by reciprocal
+            rank (:class:`FusedHit`).
         instruction: Query instruction (a task or preset name); None uses the model's default task
             when the model takes instructions; ``""`` embeds queries bare.
         where: Payload filter (see :mod:`smysl.toolkit.store`), applied before ranking.
         exact: Brute-force scan (True) or the store's approximate index when it has one.
         mmr: Re-rank ``fetch_k`` candidates by maximal marginal relevance for diverse results.
         mmr_lambda: MMR trade-off: 1 is pure relevance, 0 pure diversity.
-        fetch_k: Candidates MMR chooses from.
+        fetch_k: Candidates MMR chooses from; with ``mode="hybrid"``, candidates of each
+            ranking.
+        rrf_k: Reciprocal rank fusion constant: a hit scores ``1 / (rrf_k + rank)`` per
+            ranking it is in.
         rerank_top: With a reranker: candidates the vector search fetches and the reranker
             scores (``max(rerank_top, k)`` of them); the best ``k`` are returned.
         rerank_instruction: With a reranker: its instruction (Qwen3-Reranker's
@@ -50,12 +70,14 @@ class SearchConfig:
     """
 
     k: int = 10
+    mode: Mode = "vector"
     instruction: str | None = None
     where: Where | None = None
     exact: bool = True
     mmr: bool = False
     mmr_lambda: float = 0.5
     fetch_k: int = 50
+    rrf_k: int = lexical.RRF_K
     rerank_top: int = 50
     rerank_instruction: str | None = None
     rerank_truncate: bool = True
@@ -63,6 +85,14 @@ class SearchConfig:
     def __post_init__(self) -> None:
         if self.k < 1:
             raise ValueError(f"k must be >= 1, got {self.k}")
+        if self.mode not in MODES:
+            raise ValueError(f"mode must be one of {', '.join(MODES)}, got {self.mode!r}")
+        if self.mmr and self.mode != "vector":
+            raise ValueError(MMR_NEEDS_VECTORS)
+        for name in ("fetch_k", "rrf_k"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
         if not 0.0 <= self.mmr_lambda <= 1.0:
             raise ValueError(f"mmr_lambda must be in [0, 1], got {self.mmr_lambda}")
         if isinstance(self.rerank_top, bool) or not isinstance(self.rerank_top, int) \
@@ -80,27 +110,50 @@ class RerankedHit(Hit):
     vector_rank: int = 0
 
 
-def search_vectors(store: VectorStore, queries: np.ndarray, config: SearchConfig,
+@dataclass(frozen=True)
+class FusedHit(Hit):
+    """A hybrid-search hit: ``score`` is its reciprocal rank fusion score; ``vector_rank`` and
+    ``text_rank`` its places in the vector and the lexical ranking (1 = first; None: not among
+    that ranking's candidates), ``vector_score`` and ``text_score`` its scores there (the
+    cosine, the store's BM25; None likewise)."""
+
+    vector_score: float | None = None
+    vector_rank: int | None = None
+    text_score: float | None = None
+    text_rank: int | None = None
+
+
+def search_vectors(store: VectorStore, queries: np.ndarray | None, config: SearchConfig,
                    check: Callable[[Hit], bool] | None = None, *,
                    reranker: BaseReranker | None = None,
-                   texts: Sequence[str] | None = None) -> list[list[Hit]]:
-    """Top-k hits per query vector; with MMR, ``k`` diverse hits out of ``fetch_k``; with a
-    ``reranker``, the best ``k`` by its score out of ``max(rerank_top, k)`` nearest
-    (:class:`RerankedHit`; ``texts``, the query texts in the order of ``queries``, are what it
-    reads). MMR and a reranker together are refused (``ValueError``).
+                   texts: Sequence[str] | None = None,
+                   terms: Sequence[Sequence[str]] | None = None) -> list[list[Hit]]:
+    """Top-k hits per query, ranked as ``config.mode`` says: by the query vectors
+    (``queries``, ``[n, d]``), by the queries' lexical ``terms``
+    (:func:`~smysl.toolkit.lexical.analyze` of each query text), or both fused
+    (:class:`FusedHit`). With MMR, ``k`` diverse hits out of ``fetch_k``; with a ``reranker``,
+    the best ``k`` by its score out of ``max(rerank_top, k)`` first-stage hits
+    (:class:`RerankedHit`; ``texts``, the query texts in query order, are what it reads). MMR
+    and a reranker together are refused (``ValueError``).
 
     ``check`` (given the hit with its vector) rejects hits that must not be served, e.g. a
     damaged stored vector; the search then widens until each query has its good candidates or
     the store has no more.
     """
+    if config.mode != "text" and queries is None:
+        raise ValueError(f"mode {config.mode!r} needs the query vectors")
+    if config.mode != "vector" and terms is None:
+        raise ValueError(f"mode {config.mode!r} needs the queries' terms")
+    n = len(np.atleast_2d(queries)) if queries is not None else len(terms or ())
+    if queries is not None and terms is not None and len(terms) != n:
+        raise ValueError(f"{n} query vectors but {len(terms)} term lists")
     if reranker is not None:
         if config.mmr:
             raise ValueError(MMR_AND_RERANK)
-        if texts is None or isinstance(texts, str) or len(texts) != len(
-                np.atleast_2d(queries)):
-            raise ValueError("reranking needs the query texts, one per query vector")
-        pool = _checked_search(store, queries, candidates(config, reranking=True), config,
-                               check)
+        if texts is None or isinstance(texts, str) or len(texts) != n:
+            raise ValueError("reranking needs the query texts, one per query")
+        pool = first_stage(store, config, queries, terms,
+                           candidates(config, reranking=True), check)
         out: list[list[Hit]] = []
         for text, hits in zip(texts, pool, strict=True):
             best: list[Hit] = list(rerank_hits(reranker, text, hits, k=config.k,
@@ -109,15 +162,15 @@ def search_vectors(store: VectorStore, queries: np.ndarray, config: SearchConfig
             out.append(best)
         return out
     want = candidates(config, reranking=False)
-    pool = _checked_search(store, queries, want, config, check)
+    pool = first_stage(store, config, queries, terms, want, check)
     if not config.mmr:
-        return [[Hit(h.id, h.score, h.payload) for h in hits] for hits in pool]
+        return [[dataclasses.replace(h, vector=None) for h in hits] for hits in pool]
     q = np.atleast_2d(np.asarray(queries, np.float32))
     return [mmr(q[i], hits, config.k, config.mmr_lambda) for i, hits in enumerate(pool)]
 
 
 def candidates(config: SearchConfig, *, reranking: bool) -> int:
-    """How many nearest hits the vector search fetches per query: ``max(rerank_top, k)`` when
+    """How many first-stage hits a search takes per query: ``max(rerank_top, k)`` when
     reranking, ``max(fetch_k, k)`` with MMR, else ``k``."""
     if reranking:
         if config.mmr:
@@ -157,12 +210,49 @@ def reorder_hits(hits: Sequence[Hit], ranked: Sequence[tuple[int, float]]
     return out
 
 
-def _checked_search(store: VectorStore, queries: np.ndarray, want: int, config: SearchConfig,
-                    check: Callable[[Hit], bool] | None) -> list[list[Hit]]:
+def first_stage(store: VectorStore, config: SearchConfig, queries: np.ndarray | None,
+                terms: Sequence[Sequence[str]] | None, want: int,
+                check: Callable[[Hit], bool] | None) -> list[list[Hit]]:
+    """The ``want`` best hits per query as ``config.mode`` ranks them (see
+    :func:`search_vectors`), each passed by ``check``; with vectors when checked or for MMR."""
+    vectors = check is not None or config.mmr
+
+    def by_vector(k: int) -> list[list[Hit]]:
+        assert queries is not None
+        return store.search(queries, k, where=config.where, exact=config.exact,
+                            with_vectors=vectors)
+
+    def by_text(k: int) -> list[list[Hit]]:
+        assert terms is not None
+        return store.search_text(terms, k, where=config.where, with_vectors=vectors)
+
+    if config.mode == "vector":
+        return _checked(by_vector, want, check)
+    if config.mode == "text":
+        return _checked(by_text, want, check)
+    pool = max(config.fetch_k, want)
+    return [list[Hit](fuse_hits(v, t, want, config.rrf_k)) for v, t in zip(
+        _checked(by_vector, pool, check), _checked(by_text, pool, check), strict=True)]
+
+
+def fuse_hits(by_vector: Sequence[Hit], by_text: Sequence[Hit], k: int,
+              rrf_k: int = lexical.RRF_K) -> list[FusedHit]:
+    """One query's vector and lexical hits (each best first) fused by reciprocal rank: the
+    best ``k``, as :class:`FusedHit`."""
+    hits = {h.id: h for h in (*by_text, *by_vector)}  # the vector search's copy where both
+    scores = ({h.id: h.score for h in by_vector}, {h.id: h.score for h in by_text})
+    return [FusedHit(i, score, hits[i].payload, hits[i].vector,
+                     vector_score=scores[0].get(i), vector_rank=ranks[0],
+                     text_score=scores[1].get(i), text_rank=ranks[1])
+            for i, score, ranks in lexical.fuse(
+                [[h.id for h in by_vector], [h.id for h in by_text]], k, rrf_k)]
+
+
+def _checked(search: Callable[[int], list[list[Hit]]], want: int,
+             check: Callable[[Hit], bool] | None) -> list[list[Hit]]:
     k = want
     while True:
-        raw = store.search(queries, k, where=config.where, exact=config.exact,
-                           with_vectors=check is not None or config.mmr)
+        raw = search(k)
         if check is None:
             return raw
         good = [[h for h in hits if check(h)] for hits in raw]
@@ -199,23 +289,32 @@ def mmr(query: np.ndarray, hits: Sequence[Hit], k: int, lam: float = 0.5) -> lis
 
 
 def _scores(h: Hit) -> dict[str, Any]:
-    """``score`` (and, for a reranked hit, ``vector_score`` and ``vector_rank``) of a hit."""
+    """``score`` (and, for a reranked hit, ``vector_score`` and ``vector_rank``; for a fused
+    one, also ``text_score`` and ``text_rank``, None where it was not that ranking's) of a
+    hit."""
+    def r(x: float | None) -> float | None:
+        return None if x is None else round(x, 6)
+
     out: dict[str, Any] = {"score": round(h.score, 6)}
     if isinstance(h, RerankedHit):
         out.update(vector_score=round(h.vector_score, 6), vector_rank=h.vector_rank)
+    elif isinstance(h, FusedHit):
+        out.update(vector_score=r(h.vector_score), vector_rank=h.vector_rank,
+                   text_score=r(h.text_score), text_rank=h.text_rank)
     return out
 
 
 def hits_to_rows(queries: Sequence[str], results: Sequence[Sequence[Hit]]) -> list[dict[str, Any]]:
-    """Flat JSON-ready rows: query, rank, id, score (reranked hits: also ``vector_score`` and
-    ``vector_rank``) and the payload."""
+    """Flat JSON-ready rows: query, rank, id, score (reranked and fused hits: also their
+    first-stage scores and ranks, see :func:`format_json`) and the payload."""
     return [{"query": q, "rank": r, "id": h.id, **_scores(h), **h.payload}
             for q, hits in zip(queries, results, strict=True) for r, h in enumerate(hits, 1)]
 
 
 def format_json(queries: Sequence[str], results: Sequence[Sequence[Hit]]) -> str:
     """One JSON object per query: ``{"query", "hits": [{"id", "score", "payload"}]}`` per line;
-    reranked hits also carry ``vector_score`` and ``vector_rank``."""
+    reranked hits also carry ``vector_score`` and ``vector_rank``, fused (hybrid) hits those
+    and ``text_score`` and ``text_rank`` (None where the hit was not that ranking's)."""
     return "\n".join(json.dumps({"query": q, "hits": [
         {"id": h.id, **_scores(h), "payload": h.payload} for h in hits]},
         ensure_ascii=False) for q, hits in zip(queries, results, strict=True))
@@ -225,13 +324,18 @@ def format_table(queries: Sequence[str], results: Sequence[Sequence[Hit]],
                  width: int = 100) -> str:
     """A readable table per query: rank, score, id and a one-line snippet of the text.
     Reranked hits show the reranker's score (``rerank``), the vector search's cosine
-    (``vector``) and their rank there (``was``)."""
+    (``vector``) and their rank there (``was``); fused (hybrid) hits the fusion score
+    (``fused``) and their ranks in the vector and the lexical ranking (``vec#``, ``text#``; ``-``:
+    not among its candidates)."""
     lines = []
     for q, hits in zip(queries, results, strict=True):
         reranked = any(isinstance(h, RerankedHit) for h in hits)
+        fused = not reranked and any(isinstance(h, FusedHit) for h in hits)
         lines.append(f"query: {q}")
         lines.append(f"{'#':>3}  {'rerank':>7}  {'vector':>7}  {'was':>4}  {'id':<28}  text"
-                     if reranked else f"{'#':>3}  {'score':>7}  {'id':<28}  text")
+                     if reranked else
+                     f"{'#':>3}  {'fused':>7}  {'vec#':>4}  {'text#':>5}  {'id':<28}  text"
+                     if fused else f"{'#':>3}  {'score':>7}  {'id':<28}  text")
         for r, h in enumerate(hits, 1):
             text = " ".join(str(h.payload.get("text", "")).split())
             snippet = text if len(text) <= width else text[: width - 1] + "…"
@@ -239,6 +343,8 @@ def format_table(queries: Sequence[str], results: Sequence[Sequence[Hit]],
             if reranked:
                 scores += (f"  {h.vector_score:7.4f}  {h.vector_rank:>4}"
                            if isinstance(h, RerankedHit) else f"  {'':7}  {'':>4}")
+            elif fused and isinstance(h, FusedHit):
+                scores += f"  {h.vector_rank or '-':>4}  {h.text_rank or '-':>5}"
             lines.append(f"{r:>3}  {scores}  {h.id[:28]:<28}  {snippet}")
         if not hits:
             lines.append("  (no results)")

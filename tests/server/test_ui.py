@@ -112,6 +112,41 @@ def test_search_answers_like_the_toolkit(hash_index: Path) -> None:
         assert info == {"location": str(hash_index), "dimensions": 48, "chunks": len(TEXTS)}
 
 
+def test_search_by_words_and_hybrid_as_the_toolkit(hash_index: Path) -> None:
+    """/search ``mode``: ``text`` ranks by the query's words (nothing embedded), ``hybrid``
+    fuses both rankings, each as the toolkit's search; an index of an earlier smysl is a
+    clear 4xx in those modes."""
+    from smysl.toolkit.index import LEXICAL
+
+    backend = HashEmbedder()
+    with Index.create_or_open(backend, IndexConfig(StoreConfig(uri=str(hash_index))),
+                              create=False) as ix:
+        want = {mode: ix.search("purring cats", SearchConfig(k=3, mode=mode))[0]
+                for mode in ("text", "hybrid")}
+    assert want["text"] and want["hybrid"][0].text_rank is not None
+    with TestClient(create_app(backend, ServerConfig(index=str(hash_index)))) as client:
+        for mode, hits in want.items():
+            r = client.post("/search", json={"query": "purring cats", "k": 3, "mode": mode})
+            assert r.status_code == 200, r.text
+            got = r.json()["hits"]
+            assert [h["id"] for h in got] == [h.id for h in hits]
+            np.testing.assert_allclose([h["score"] for h in got], [h.score for h in hits],
+                                       rtol=1e-6)
+            if mode == "hybrid":
+                assert [(h["vector_rank"], h["text_rank"]) for h in got] == [
+                    (h.vector_rank, h.text_rank) for h in hits]
+            else:  # nothing embedded: no model timing to report
+                assert "text_rank" not in got[0] and "x-compute-time" not in r.headers
+        bad = client.post("/search", json={"query": "q", "mode": "bm25"})
+        assert bad.status_code == 422
+        with Index.create_or_open(backend, IndexConfig(StoreConfig(uri=str(hash_index))),
+                                  create=False) as ix:
+            ix.store.update_meta({LEXICAL: None})
+        old = client.post("/search", json={"query": "cats", "mode": "text"})
+        assert old.status_code in (400, 422) and "earlier smysl" in old.text
+        assert client.post("/search", json={"query": "cats"}).status_code == 200
+
+
 def test_search_reranks_with_the_served_reranker(hash_index: Path,
                                                   tmp_path_factory: pytest.TempPathFactory
                                                   ) -> None:
@@ -333,6 +368,13 @@ def test_page_in_chromium(chromium, tiny, tmp_path) -> None:  # type: ignore[no-
             scores = [float(s) for s in page.locator("#hits .score").all_inner_texts()]
             np.testing.assert_allclose(scores, [h.score for h in hits], atol=1e-3)
             assert page.locator("#hits .snippet").first.inner_text() == hits[0].payload["text"]
+            page.get_by_label("Rank by", exact=True).select_option("text")  # by its words
+            page.get_by_label("Search query", exact=True).fill("purrs")
+            page.get_by_role("button", name="Search", exact=True).click()
+            from playwright.sync_api import expect  # (no wait_for_function: the CSP bars eval)
+
+            expect(page.locator("#hits li.hit")).to_have_count(1)
+            assert page.locator("#hits .snippet").first.inner_text() == TEXTS[0]
             assert view.errors == []
         finally:
             view.context.close()

@@ -100,3 +100,146 @@ def test_output_formats_and_rag_context() -> None:
     assert lines[1] == {"query": "q2", "hits": []}
     ctx = build_context(hits[0], max_chars=200)
     assert ctx.startswith("[1] d\nfirst  chunk\ntext") and "[2]" not in ctx
+
+
+CATALOG = [
+    "Артикул 4417-БК: кабель медный, снят с производства в 2023 году.",
+    "Кабели и провода для домашней проводки.",
+    "Медные трубы для отопления и водоснабжения.",
+    "Cable ties, 200 mm, pack of 100.",
+    "Кошки любят спать на солнце.",
+]
+
+
+@pytest.fixture
+def catalog(tiny, tmp_path):  # type: ignore[no-untyped-def]
+    with Index.create_or_open(tiny, IndexConfig(StoreConfig(uri=str(tmp_path / "kb")))) as ix:
+        ix.add_texts(CATALOG, ids=[f"c{i}" for i in range(len(CATALOG))],
+                     metadata=[{"n": i} for i in range(len(CATALOG))])
+        yield ix
+
+
+def test_text_mode_finds_codes_and_word_forms_without_embedding(catalog, monkeypatch) -> None:
+    """Mode ``text`` ranks by the query's words (BM25 over stems): an article number and an
+    inflected word find their chunks, which a random model's vectors cannot; no query is
+    embedded."""
+    monkeypatch.setattr(catalog, "embed_queries", lambda *a, **k: pytest.fail("embedded"))
+    code, forms, english, nothing = catalog.search(
+        ["4417", "медного кабеля", "cable", "жирафы"], SearchConfig(k=3, mode="text"))
+    assert [h.id for h in code] == ["c0#0"]
+    assert [h.id for h in forms][:1] == ["c0#0"] and {h.id for h in forms} == {
+        "c0#0", "c1#0", "c2#0"}  # кабель+медный, кабели, медные
+    assert [h.id for h in english] == ["c3#0"]
+    assert nothing == []
+    (filtered,) = catalog.search("медный", SearchConfig(k=3, mode="text", where={"n": 2}))
+    assert [h.id for h in filtered] == ["c2#0"]
+    assert all(h.vector is None and "text" in h.payload for h in forms)
+
+
+def test_hybrid_mode_fuses_both_rankings(catalog) -> None:
+    from smysl.toolkit.search import FusedHit
+
+    (vec,) = catalog.search("4417 кабель", SearchConfig(k=5))
+    (txt,) = catalog.search("4417 кабель", SearchConfig(k=5, mode="text"))
+    (hyb,) = catalog.search("4417 кабель", SearchConfig(k=5, mode="hybrid", rrf_k=60))
+    assert all(isinstance(h, FusedHit) for h in hyb)
+    assert hyb[0].id == "c0#0" and hyb[0].text_rank == 1  # both terms: first by words
+    for h in hyb:  # each hit's ranks and scores are those of the two searches
+        v = [x.id for x in vec].index(h.id) + 1 if h.id in [x.id for x in vec] else None
+        t = [x.id for x in txt].index(h.id) + 1 if h.id in [x.id for x in txt] else None
+        assert (h.vector_rank, h.text_rank) == (v, t)
+        assert h.score == pytest.approx(sum(1 / (60 + r) for r in (v, t) if r))
+        if v:
+            assert h.vector_score == pytest.approx(vec[v - 1].score, abs=1e-6)
+        if t:
+            assert h.text_score == pytest.approx(txt[t - 1].score, rel=1e-6)
+    assert [h.score for h in hyb] == sorted((h.score for h in hyb), reverse=True)
+    rows = json.loads(format_json(["q"], [hyb]))["hits"]
+    assert rows[0]["text_rank"] == 1 and "vector_rank" in rows[0]
+    table = format_table(["q"], [hyb])
+    assert "fused" in table and "text#" in table
+
+
+def test_search_modes_are_checked(catalog) -> None:
+    with pytest.raises(ValueError, match="mode must be one of"):
+        SearchConfig(mode="bm25")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="MMR diversifies"):
+        SearchConfig(mode="hybrid", mmr=True)
+    for bad in ({"rrf_k": 0}, {"fetch_k": 0}, {"fetch_k": True}):
+        with pytest.raises(ValueError, match="must be an integer"):
+            SearchConfig(**bad)  # type: ignore[arg-type]
+    from smysl.toolkit.search import search_vectors
+
+    with pytest.raises(ValueError, match="needs the queries' terms"):
+        search_vectors(catalog.store, catalog.embed_queries(["q"]), SearchConfig(mode="hybrid"))
+
+
+def test_an_index_of_an_earlier_smysl_gets_its_terms(catalog, tmp_path) -> None:
+    """An index built before lexical search (no terms, no ``lexical`` metadata) refuses modes
+    ``text``/``hybrid`` with what to do; :meth:`Index.add_terms` (run by every ``add``) gives
+    its records terms once, leaving damaged records as they are."""
+    from smysl.toolkit.index import LEXICAL
+
+    store = catalog.store
+    store._table.drop_index("terms_idx")
+    store._table.drop_columns(["terms"])
+    store.update_meta({LEXICAL: None})
+    bad = store.get(["c4#0"])[0]  # text that no longer matches its hash: damaged
+    store.upsert([bad.id], bad.vector[None], [{**bad.payload, "text": "Кошки спят"}])
+    with pytest.raises(ValueError, match="built by an earlier smysl"):
+        catalog.search("4417", SearchConfig(mode="text"))
+    assert catalog.search("4417", SearchConfig(k=1))[0]  # vector search still works
+    reopened = Index.create_or_open(catalog.embedder,
+                                    IndexConfig(StoreConfig(uri=str(tmp_path / "kb"))))
+    with reopened:
+        assert reopened.add_terms() == len(CATALOG) - 1
+        assert reopened.add_terms() == 0  # once
+        # every rewritten row is in LanceDB's full-text index (no scan of the table per query)
+        assert reopened.store._table.index_stats("terms_idx").num_unindexed_rows == 0
+        (hits,) = reopened.search("4417", SearchConfig(mode="text"))
+        assert [h.id for h in hits] == ["c0#0"]
+        assert reopened.search("кошки", SearchConfig(mode="text")) == [[]]  # the damaged one
+        reopened.add_texts(["Кошки любят спать на солнце."], ids=["c4"])  # repaired: found
+        assert [h.id for h in reopened.search("кошки", SearchConfig(mode="text"))[0]] == [
+            "c4#0"]
+
+
+def test_add_terms_brings_back_nothing_another_process_changed(catalog, monkeypatch) -> None:
+    """Records deleted or rewritten by another process after the scan read them are not
+    written back as they were: each batch is read again just before it is written."""
+    from smysl.toolkit.index import LEXICAL
+
+    store = catalog.store
+    store.update_meta({LEXICAL: None})
+    scan = store.scan
+
+    def racing_scan(*a, **k):  # type: ignore[no-untyped-def]
+        for batch in scan(*a, **k):
+            catalog.delete(["c1"])  # "another process", between the scan and the write
+            catalog.add_texts(["Артикул 5520-ЖК: другой кабель."], ids=["c0"])
+            yield batch
+
+    monkeypatch.setattr(store, "scan", racing_scan)
+    catalog.add_terms()
+    assert store.get(["c1#0"]) == []
+    assert store.get(["c0#0"])[0].payload["text"] == "Артикул 5520-ЖК: другой кабель."
+    monkeypatch.undo()
+    (hits,) = catalog.search("5520", SearchConfig(mode="text"))
+    assert [h.id for h in hits] == ["c0#0"]
+
+
+def test_add_terms_does_not_mark_a_store_that_cannot_keep_terms(catalog, monkeypatch) -> None:
+    """A store that cannot search by words after the rewrite (a Qdrant server too old to add
+    the sparse vector) raises, and the index is not marked as having terms."""
+    from smysl.toolkit.index import LEXICAL
+
+    store = catalog.store
+    store.update_meta({LEXICAL: None})
+
+    def refuses(*a, **k):  # type: ignore[no-untyped-def]
+        raise ValueError("collection was created before lexical search: rebuild it")
+
+    monkeypatch.setattr(store, "search_text", refuses)
+    with pytest.raises(ValueError, match="rebuild it"):
+        catalog.add_terms()
+    assert LEXICAL not in store.read_meta()

@@ -117,6 +117,45 @@ def test_missing_fields_name_file_row_and_option(tiny_dir, data, capsys) -> None
     assert "--query-field" in err
 
 
+def test_index_search_modes_and_terms_for_an_earlier_index(tiny_dir, data, capsys,
+                                                           monkeypatch) -> None:
+    """``--mode text|hybrid`` (text loads no model); an index of an earlier smysl is refused in
+    those modes with what to do, and the next ``index add`` gives its chunks their terms
+    first."""
+    import smysl.commands.index as command
+    from smysl.toolkit.index import LEXICAL
+    from smysl.toolkit.store import StoreConfig
+    from smysl.toolkit.stores import open_store
+
+    kb = str(data / "kb")
+    model = ["--model", str(tiny_dir), "--device", "cpu"]
+    assert main(["index", "add", kb, str(data / "rows.jsonl"), "--id-field", "id", *model,
+                 "--no-progress"]) == 0
+    capsys.readouterr()
+    with monkeypatch.context() as m:
+        m.setattr(command, "load_model", lambda *a, **k: pytest.fail("a model was loaded"))
+        assert main(["index", "search", kb, "gamma", "--mode", "text", "--format", "json",
+                     "--device", "cpu"]) == 0
+    (hit,) = json.loads(capsys.readouterr().out)["hits"]
+    assert hit["id"] == "r2#0" and hit["score"] > 0
+    assert main(["index", "search", kb, "delta", "--mode", "hybrid", "-k", "2",
+                 "--device", "cpu"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert "fused" in out[1]
+    # the one chunk with the word is first by words, so among the 2 best fused (1/(60+1) at
+    # least; only the nearest by vector can tie it)
+    (row,) = [line.split() for line in out[2:] if "r3#0" in line]
+    assert row[3] == "1"
+    with open_store(StoreConfig(uri=kb)) as store:  # as an earlier smysl left it
+        store.update_meta({LEXICAL: None})
+    assert main(["index", "search", kb, "gamma", "--mode", "text", "--device", "cpu"]) == 2
+    assert "`smysl index add` on it gives them terms" in capsys.readouterr().err
+    assert main(["index", "add", kb, str(data / "a.md"), *model, "--no-progress"]) == 0
+    assert "gave 6 chunks of an earlier smysl their search terms" in capsys.readouterr().err
+    assert main(["index", "search", kb, "purr", "--mode", "text", "--device", "cpu"]) == 0
+    assert "Cats purr" in capsys.readouterr().out
+
+
 def test_index_add_refuses_a_repeated_document_id(tiny_dir, data, capsys) -> None:
     """Two rows with one --id-field value: an error naming both rows, and nothing of the batch
     written (the second silently replaced the first)."""
