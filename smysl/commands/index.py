@@ -69,6 +69,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "over Russian/English stems, finds exact names and numbers; loads no "
                         "model unless --model is given), or both fused by reciprocal rank "
                         "(hybrid)")
+    s.add_argument("--text-weight", type=float, default=1.0,
+                   help="--mode hybrid: the weight of the word ranking against the vector "
+                        "ranking's 1 (more where words matter more, or the model is weak in "
+                        "the language)")
     s.add_argument("--where", action="append", help="filter: key=value, key>=n (repeatable)")
     s.add_argument("--instruction", help="query instruction or preset ('' for none)")
     s.add_argument("--mmr", action="store_true", help="diversify with maximal marginal relevance")
@@ -163,7 +167,8 @@ def _search(args: argparse.Namespace, store: StoreConfig) -> int:
                          "context")
     if args.format == "context" and args.output:
         raise ValueError("--format context prints to stdout; drop --output")
-    config = SearchConfig(k=args.k, mode=args.mode, instruction=args.instruction,
+    config = SearchConfig(k=args.k, mode=args.mode, text_weight=args.text_weight,
+                          instruction=args.instruction,
                           where=parse_where(args.where), exact=not args.approximate,
                           mmr=args.mmr, mmr_lambda=args.mmr_lambda, fetch_k=args.fetch_k,
                           **rerank_settings(args))

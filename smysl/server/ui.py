@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 import anyio
 from fastapi import APIRouter, FastAPI, Request, Response
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr
 
 from smysl.server.errors import ApiError
 from smysl.server.http import json_response
@@ -56,6 +56,9 @@ class SearchRequest(BaseModel):
     mode: Literal["vector", "hybrid", "text"] = Field(
         "vector", description="rank by the query's embedding (vector), by its words (text: "
                               "BM25 over Russian/English stems), or both fused (hybrid)")
+    text_weight: StrictFloat | StrictInt = Field(
+        1.0, description="mode hybrid: the weight of the word ranking (the vector ranking "
+                         "weighs 1), 0..100")
     instruction: StrictStr | None = Field(
         None, description="query instruction or preset name; default: the model's task, "
                           "'' for none")
@@ -200,8 +203,11 @@ def router(service: Service, reranking: RerankService | None = None) -> APIRoute
             parse_where(body.where)
         except ValueError as e:
             raise ApiError("invalid", str(e), param="where") from None
+        if not 0 <= body.text_weight <= 100:
+            raise ApiError("invalid", f"text_weight must be between 0 and 100, got "
+                           f"{body.text_weight}", param="text_weight")
         config = SearchConfig(k=body.k, mode=body.mode, where=body.where,
-                              rerank_top=body.rerank_top)
+                              rerank_top=body.rerank_top, text_weight=body.text_weight)
         disconnected = until_disconnected(request.receive)
         # the query side of `smysl index search`: the instruction rule of the model, the
         # index's stored size, over-long queries cut (through the batcher, like every route)

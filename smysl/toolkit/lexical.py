@@ -145,13 +145,18 @@ def bm25(query: Sequence[str], doc: Sequence[str], stats: Corpus) -> float:
     return score
 
 
-def fuse(rankings: Sequence[Sequence[str]], k: int, rrf_k: int = RRF_K
+def fuse(rankings: Sequence[Sequence[str]], k: int, rrf_k: int = RRF_K,
+         weights: Sequence[float] | None = None
          ) -> list[tuple[str, float, list[int | None]]]:
-    """Reciprocal rank fusion of several rankings of ids (best first): the best ``k`` ids as
-    ``(id, score, ranks)``, ``ranks[i]`` the 1-based rank in ranking ``i`` or None where it is
-    absent. Ties keep the order of first appearance (the first ranking first)."""
+    """Reciprocal rank fusion of several rankings of ids (best first), ``sum w / (rrf_k +
+    rank)`` with ranking ``i`` weighing ``weights[i]`` (1 each by default): the best ``k`` ids
+    as ``(id, score, ranks)``, ``ranks[i]`` the 1-based rank in ranking ``i`` or None where it
+    is absent. Ties keep the order of first appearance (the first ranking first)."""
     scores: dict[str, float] = {}
     ranks: dict[str, list[int | None]] = {}
+    weights = [1.0] * len(rankings) if weights is None else list(weights)
+    if len(weights) != len(rankings):
+        raise ValueError(f"{len(rankings)} rankings but {len(weights)} weights")
     for which, ranking in enumerate(rankings):
         for rank, i in enumerate(ranking, 1):
             if i not in ranks:
@@ -159,6 +164,6 @@ def fuse(rankings: Sequence[Sequence[str]], k: int, rrf_k: int = RRF_K
                 scores[i] = 0.0
             if ranks[i][which] is None:  # an id twice in one ranking counts at its best rank
                 ranks[i][which] = rank
-                scores[i] += 1.0 / (rrf_k + rank)
+                scores[i] += weights[which] / (rrf_k + rank)
     order = sorted(scores, key=lambda i: -scores[i])  # stable: first appearance breaks ties
     return [(i, scores[i], ranks[i]) for i in order[:k]]

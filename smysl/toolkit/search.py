@@ -59,8 +59,11 @@ class SearchConfig:
         mmr_lambda: MMR trade-off: 1 is pure relevance, 0 pure diversity.
         fetch_k: Candidates MMR chooses from; with ``mode="hybrid"``, candidates of each
             ranking.
-        rrf_k: Reciprocal rank fusion constant: a hit scores ``1 / (rrf_k + rank)`` per
+        rrf_k: Reciprocal rank fusion constant: a hit scores ``weight / (rrf_k + rank)`` per
             ranking it is in.
+        text_weight: With ``mode="hybrid"``: the weight of the lexical ranking (the vector
+            ranking weighs 1); above 1 where the words matter more (codes, names, or a model
+            weak in the language), below where meaning does; 0 is the vector ranking.
         rerank_top: With a reranker: candidates the vector search fetches and the reranker
             scores (``max(rerank_top, k)`` of them); the best ``k`` are returned.
         rerank_instruction: With a reranker: its instruction (Qwen3-Reranker's
@@ -78,6 +81,7 @@ class SearchConfig:
     mmr_lambda: float = 0.5
     fetch_k: int = 50
     rrf_k: int = lexical.RRF_K
+    text_weight: float = 1.0
     rerank_top: int = 50
     rerank_instruction: str | None = None
     rerank_truncate: bool = True
@@ -89,6 +93,10 @@ class SearchConfig:
             raise ValueError(f"mode must be one of {', '.join(MODES)}, got {self.mode!r}")
         if self.mmr and self.mode != "vector":
             raise ValueError(MMR_NEEDS_VECTORS)
+        if isinstance(self.text_weight, bool) or not isinstance(self.text_weight, int | float) \
+                or not 0.0 <= self.text_weight <= 100.0:
+            raise ValueError(f"text_weight must be a number in [0, 100], got "
+                             f"{self.text_weight!r}")
         for name in ("fetch_k", "rrf_k"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -231,21 +239,22 @@ def first_stage(store: VectorStore, config: SearchConfig, queries: np.ndarray | 
     if config.mode == "text":
         return _checked(by_text, want, check)
     pool = max(config.fetch_k, want)
-    return [list[Hit](fuse_hits(v, t, want, config.rrf_k)) for v, t in zip(
+    return [list[Hit](fuse_hits(v, t, want, config.rrf_k, config.text_weight)) for v, t in zip(
         _checked(by_vector, pool, check), _checked(by_text, pool, check), strict=True)]
 
 
 def fuse_hits(by_vector: Sequence[Hit], by_text: Sequence[Hit], k: int,
-              rrf_k: int = lexical.RRF_K) -> list[FusedHit]:
-    """One query's vector and lexical hits (each best first) fused by reciprocal rank: the
-    best ``k``, as :class:`FusedHit`."""
+              rrf_k: int = lexical.RRF_K, text_weight: float = 1.0) -> list[FusedHit]:
+    """One query's vector and lexical hits (each best first) fused by reciprocal rank, the
+    lexical ranking weighing ``text_weight``: the best ``k``, as :class:`FusedHit`."""
     hits = {h.id: h for h in (*by_text, *by_vector)}  # the vector search's copy where both
     scores = ({h.id: h.score for h in by_vector}, {h.id: h.score for h in by_text})
     return [FusedHit(i, score, hits[i].payload, hits[i].vector,
                      vector_score=scores[0].get(i), vector_rank=ranks[0],
                      text_score=scores[1].get(i), text_rank=ranks[1])
             for i, score, ranks in lexical.fuse(
-                [[h.id for h in by_vector], [h.id for h in by_text]], k, rrf_k)]
+                [[h.id for h in by_vector], [h.id for h in by_text]], k, rrf_k,
+                [1.0, text_weight])]
 
 
 def _checked(search: Callable[[int], list[list[Hit]]], want: int,

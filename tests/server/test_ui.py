@@ -139,6 +139,12 @@ def test_search_by_words_and_hybrid_as_the_toolkit(hash_index: Path) -> None:
                 assert "text_rank" not in got[0] and "x-compute-time" not in r.headers
         bad = client.post("/search", json={"query": "q", "mode": "bm25"})
         assert bad.status_code == 422
+        heavy = client.post("/search", json={"query": "purring cats", "k": 3, "mode": "hybrid",
+                                             "text_weight": 0}).json()["hits"]
+        assert [h["id"] for h in heavy] == [h.id for h in toolkit_search(
+            backend, hash_index, "purring cats", 3)]  # weight 0: the vector ranking
+        bad = client.post("/search", json={"query": "q", "mode": "hybrid", "text_weight": -1})
+        assert bad.status_code in (400, 422) and "text_weight" in bad.text
         with Index.create_or_open(backend, IndexConfig(StoreConfig(uri=str(hash_index))),
                                   create=False) as ix:
             ix.store.update_meta({LEXICAL: None})

@@ -87,6 +87,12 @@ def test_reciprocal_rank_fusion() -> None:
     assert [i for i, _, _ in lexical.fuse([["x", "y"], ["y", "x"]], 2)] == ["x", "y"]
     assert lexical.fuse([["a", "a"]], 5) == [("a", 1 / 61, [1])]
     assert lexical.fuse([[], []], 3) == []
+    # a weighted ranking: w / (rrf_k + rank)
+    weighted = lexical.fuse([["x", "y"], ["y", "x"]], 2, rrf_k=60, weights=[1.0, 3.0])
+    assert [i for i, _, _ in weighted] == ["y", "x"]
+    assert weighted[0][1] == pytest.approx(1 / 62 + 3 / 61)
+    with pytest.raises(ValueError, match="2 rankings but 1 weights"):
+        lexical.fuse([["x"], ["y"]], 2, weights=[1.0])
 
 
 STORES = ["memory", "lancedb", "qdrant", "postgres"]

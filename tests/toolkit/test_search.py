@@ -154,6 +154,11 @@ def test_hybrid_mode_fuses_both_rankings(catalog) -> None:
         if t:
             assert h.text_score == pytest.approx(txt[t - 1].score, rel=1e-6)
     assert [h.score for h in hyb] == sorted((h.score for h in hyb), reverse=True)
+    # text_weight: 0 leaves the vector ranking's order; a large one the word ranking's first
+    (none,) = catalog.search("4417 кабель", SearchConfig(k=5, mode="hybrid", text_weight=0))
+    assert [h.id for h in none] == [h.id for h in vec]
+    (words,) = catalog.search("4417 кабель", SearchConfig(k=5, mode="hybrid", text_weight=50))
+    assert [h.id for h in words][: len(txt)] == [h.id for h in txt]
     rows = json.loads(format_json(["q"], [hyb]))["hits"]
     assert rows[0]["text_rank"] == 1 and "vector_rank" in rows[0]
     table = format_table(["q"], [hyb])
@@ -168,6 +173,9 @@ def test_search_modes_are_checked(catalog) -> None:
     for bad in ({"rrf_k": 0}, {"fetch_k": 0}, {"fetch_k": True}):
         with pytest.raises(ValueError, match="must be an integer"):
             SearchConfig(**bad)  # type: ignore[arg-type]
+    for weight in (-1, 101, float("nan"), True):
+        with pytest.raises(ValueError, match="text_weight must be"):
+            SearchConfig(mode="hybrid", text_weight=weight)
     from smysl.toolkit.search import search_vectors
 
     with pytest.raises(ValueError, match="needs the queries' terms"):
