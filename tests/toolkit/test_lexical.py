@@ -189,3 +189,29 @@ def test_lancedb_table_of_an_earlier_smysl_gets_its_terms_column(tmp_path) -> No
     assert not old._has_index()
     again = LanceStore(StoreConfig(uri=str(tmp_path / "kb")))
     assert [h.id for h in again.search_text([["4417"]], 5)[0]] == ["d4"]
+
+
+def test_a_store_of_another_package_without_word_search_still_works() -> None:
+    """``search_text`` is not abstract: a store written against the earlier contract still
+    opens and searches by vector; asked for words, it says it has none, and an index on it is
+    not marked as having terms."""
+    from smysl.toolkit.index import LEXICAL, Index
+    from smysl.toolkit.store import VectorStore
+
+    class Older(MemoryStore):
+        search_text = VectorStore.search_text
+
+    store = Older(4)
+    _, vecs = _fill(store)
+    assert store.search(vecs[0], 1)[0][0].id == "d0"
+    with pytest.raises(NotImplementedError, match="Older has no search by words"):
+        store.search_text([["кошк"]], 1)
+
+    class Fake:  # what add_terms needs of the model: nothing beyond a cache key
+        def fingerprint(self) -> str:
+            return "fake"
+
+    index = Index(store, Fake(), checksums=False)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="has no search by words"):
+        index.add_terms()
+    assert LEXICAL not in store.read_meta()
