@@ -58,7 +58,7 @@ class SearchRequest(BaseModel):
                               "BM25 over Russian/English stems), or both fused (hybrid)")
     text_weight: StrictFloat | StrictInt = Field(
         1.0, description="mode hybrid: the weight of the word ranking (the vector ranking "
-                         "weighs 1), 0..100")
+                         "weighs 1; 0: the vector ranking alone)")
     instruction: StrictStr | None = Field(
         None, description="query instruction or preset name; default: the model's task, "
                           "'' for none")
@@ -180,6 +180,7 @@ def router(service: Service, reranking: RerankService | None = None) -> APIRoute
         from smysl.toolkit import lexical
         from smysl.toolkit.index import binding_problem, hit_problem, lexical_problem
         from smysl.toolkit.search import (
+            MAX_TEXT_WEIGHT,
             FusedHit,
             RerankedHit,
             SearchConfig,
@@ -203,9 +204,9 @@ def router(service: Service, reranking: RerankService | None = None) -> APIRoute
             parse_where(body.where)
         except ValueError as e:
             raise ApiError("invalid", str(e), param="where") from None
-        if not 0 <= body.text_weight <= 100:
-            raise ApiError("invalid", f"text_weight must be between 0 and 100, got "
-                           f"{body.text_weight}", param="text_weight")
+        if not 0 <= body.text_weight <= MAX_TEXT_WEIGHT:
+            raise ApiError("invalid", f"text_weight must be between 0 and {MAX_TEXT_WEIGHT:g}, "
+                           f"got {body.text_weight}", param="text_weight")
         config = SearchConfig(k=body.k, mode=body.mode, where=body.where,
                               rerank_top=body.rerank_top, text_weight=body.text_weight)
         disconnected = until_disconnected(request.receive)

@@ -106,10 +106,15 @@ def query_terms(text: str) -> list[str]:
     return list(dict.fromkeys(analyze(text)))[:MAX_QUERY_TERMS]
 
 
+def record_terms(text: Any) -> list[str]:
+    """A record's terms: those of its ``payload["text"]``, none for a record without text."""
+    return analyze(text) if isinstance(text, str) else []
+
+
 def terms_text(text: Any) -> str:
-    """What a store indexes for one record: the terms of ``text`` joined by spaces (terms hold
-    no spaces), ``""`` for a record without text."""
-    return " ".join(analyze(text)) if isinstance(text, str) else ""
+    """What a store indexes for one record, as one string: :func:`record_terms` joined by
+    spaces (terms hold no spaces)."""
+    return " ".join(record_terms(text))
 
 
 @dataclass(frozen=True)
@@ -129,19 +134,25 @@ def corpus(term_lists: Sequence[Sequence[str]]) -> Corpus:
     return Corpus(len(term_lists), total / len(term_lists) if term_lists else 0.0, freq)
 
 
+def tf_weight(tf: int, length: int, avg_length: float) -> float:
+    """BM25's term-frequency part: a term ``tf`` times in a document of ``length`` terms,
+    documents ``avg_length`` terms long on average."""
+    norm = BM25_K1 * (1 - BM25_B + BM25_B * length / (avg_length or 1.0))
+    return tf * (BM25_K1 + 1) / (tf + norm)
+
+
 def bm25(query: Sequence[str], doc: Sequence[str], stats: Corpus) -> float:
     """Okapi BM25 of one document for one query (a repeated query term counts once)."""
     if not doc:
         return 0.0
     tf = Counter(doc)
-    norm = BM25_K1 * (1 - BM25_B + BM25_B * len(doc) / (stats.avg_length or 1.0))
     score = 0.0
     for term in set(query):
         f = tf.get(term, 0)
         if f:
             df = stats.doc_freq.get(term, 0)
             idf = math.log(1 + (stats.docs - df + 0.5) / (df + 0.5))
-            score += idf * f * (BM25_K1 + 1) / (f + norm)
+            score += idf * tf_weight(f, len(doc), stats.avg_length)
     return score
 
 

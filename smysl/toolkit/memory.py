@@ -54,7 +54,7 @@ class MemoryStore(VectorStore):
             row = self._rows[i]
             self._matrix[row] = v
             self._payloads[row] = copy.deepcopy(p)
-            self._terms[row] = lexical.terms_text(p.get("text")).split()
+            self._terms[row] = lexical.record_terms(p.get("text"))
             self._alive[row] = True
 
     def _mask(self, where: Where | None) -> np.ndarray:

@@ -63,14 +63,13 @@ def term_index(term: str) -> int:
 
 def term_weights(text: Any) -> dict[int, float]:
     """The sparse vector of a record's text, ``{term_index: weight}``: the term-frequency part
-    of BM25, ``tf * (k1 + 1) / (tf + k1 * (1 - b + b * length / AVG_TERMS))``; empty for a
-    record without text. Terms that share an index (a hash collision) add up."""
-    terms = lexical.analyze(text) if isinstance(text, str) else []
-    norm = lexical.BM25_K1 * (1 - lexical.BM25_B + lexical.BM25_B * len(terms) / AVG_TERMS)
+    of BM25 (:func:`~smysl.toolkit.lexical.tf_weight`, mean length :data:`AVG_TERMS`); empty
+    for a record without text. Terms that share an index (a hash collision) add up."""
+    terms = lexical.record_terms(text)
     out: dict[int, float] = {}
     for term, tf in Counter(terms).items():
         i = term_index(term)
-        out[i] = out.get(i, 0.0) + tf * (lexical.BM25_K1 + 1) / (tf + norm)
+        out[i] = out.get(i, 0.0) + lexical.tf_weight(tf, len(terms), AVG_TERMS)
     return out
 
 
@@ -112,14 +111,14 @@ class QdrantStore(VectorStore):
         if replace and dimensions is not None and self.client.collection_exists(self.collection):
             self.client.delete_collection(self.collection)  # its metadata goes with it
         if self.client.collection_exists(self.collection):
-            params = self.client.get_collection(self.collection).config.params.vectors
-            dims = int(params.size)
+            params = self.client.get_collection(self.collection).config.params
+            dims = int(params.vectors.size)
             if dimensions is not None and dims != dimensions:
                 self.client.close()  # local mode holds a folder lock until closed
                 raise ValueError(f"collection {self.collection!r} holds {dims}-d vectors, "
                                  f"not {dimensions}-d")
             self.dimensions = dims
-            self._lexical = self._has_text_vector()
+            self._lexical = TEXT_VECTOR in (params.sparse_vectors or {})
             self._tried_adding = False
         else:
             if dimensions is None:

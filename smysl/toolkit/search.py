@@ -37,6 +37,8 @@ MMR_AND_RERANK = ("MMR and reranking both choose the final hits out of the candi
 #: Why MMR needs the vector ranking.
 MMR_NEEDS_VECTORS = ("MMR diversifies the hits of a vector search: use it with mode 'vector' "
                      "(--mode vector), or search in mode 'text'/'hybrid' without it")
+#: Largest ``text_weight``: beyond it the vector ranking only breaks the word ranking's ties.
+MAX_TEXT_WEIGHT = 100.0
 Mode = Literal["vector", "hybrid", "text"]
 MODES: tuple[Mode, ...] = ("vector", "hybrid", "text")
 
@@ -94,8 +96,8 @@ class SearchConfig:
         if self.mmr and self.mode != "vector":
             raise ValueError(MMR_NEEDS_VECTORS)
         if isinstance(self.text_weight, bool) or not isinstance(self.text_weight, int | float) \
-                or not 0.0 <= self.text_weight <= 100.0:
-            raise ValueError(f"text_weight must be a number in [0, 100], got "
+                or not 0.0 <= self.text_weight <= MAX_TEXT_WEIGHT:
+            raise ValueError(f"text_weight must be a number in [0, {MAX_TEXT_WEIGHT:g}], got "
                              f"{self.text_weight!r}")
         for name in ("fetch_k", "rrf_k"):
             value = getattr(self, name)
