@@ -40,11 +40,12 @@ def build_index(embedder: BaseEmbedder, path: Path) -> Path:
     return path
 
 
-def toolkit_search(embedder: BaseEmbedder, path: Path, query: str, k: int) -> list[Any]:
-    """What `smysl index search` answers, in-process."""
+def toolkit_search(embedder: BaseEmbedder, path: Path, query: str, k: int,
+                   **search: Any) -> list[Any]:
+    """What `smysl index search` answers, in-process (``search``: more SearchConfig)."""
     with Index.create_or_open(embedder, IndexConfig(StoreConfig(uri=str(path))),
                               create=False) as ix:
-        (hits,) = ix.search(query, SearchConfig(k=k))
+        (hits,) = ix.search(query, SearchConfig(k=k, **search))
     return hits
 
 
@@ -381,6 +382,20 @@ def test_page_in_chromium(chromium, tiny, tmp_path) -> None:  # type: ignore[no-
 
             expect(page.locator("#hits li.hit")).to_have_count(1)
             assert page.locator("#hits .snippet").first.inner_text() == TEXTS[0]
+            # both fused, the words weighing 3: the field shows with the mode that uses it
+            assert page.locator("#search-weight").is_hidden()
+            page.get_by_label("Rank by", exact=True).select_option("hybrid")
+            page.get_by_label("Words weigh", exact=True).fill("3")
+            page.get_by_label("Search query", exact=True).fill("a cat that purrs")
+            page.get_by_role("button", name="Search", exact=True).click()
+            fused = toolkit_search(tiny, kb, "a cat that purrs", 4, mode="hybrid",
+                                   text_weight=3.0)
+            expect(page.locator("#status")).to_contain_text("hits for “a cat that purrs”")
+            assert page.locator("#hits li.hit .hit-id").all_inner_texts() == [h.id for h in fused]
+            scores = [float(s) for s in page.locator("#hits .score").all_inner_texts()]
+            np.testing.assert_allclose(scores, [h.score for h in fused], atol=1e-3)
+            even = toolkit_search(tiny, kb, "a cat that purrs", 4, mode="hybrid")
+            assert not np.allclose(scores, [h.score for h in even], atol=1e-3)  # it was sent
             assert view.errors == []
         finally:
             view.context.close()
