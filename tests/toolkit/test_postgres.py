@@ -323,7 +323,122 @@ def test_search_text_agrees_with_memory_store(postgres_dsn) -> None:
                     assert scores == sorted(scores, reverse=True)
                     assert all(sc > 0 for sc in scores)
         with s._conn.cursor() as cur:
-            assert s._row_count(cur) == n
+            assert s._text_stats(cur).docs == n
+
+
+def _zipf_corpus(n: int, seed: int) -> tuple[list[str], list[dict]]:
+    """Texts of Zipf-distributed words (a few in most rows, most in few) and a group field."""
+    rng = np.random.default_rng(seed)
+    vocab = [f"w{i}" for i in range(400)]
+    p = 1 / np.arange(1, len(vocab) + 1) ** 1.1
+    p /= p.sum()
+    texts = [" ".join(rng.choice(vocab, rng.integers(3, 40), p=p)) for _ in range(n)]
+    return [f"d{i}" for i in range(n)], [{"text": t, "g": i % 4} for i, t in enumerate(texts)]
+
+
+def test_search_text_prunes_exactly(postgres_dsn, monkeypatch) -> None:
+    """Scoring the rarest terms' rows first and stopping once the other terms cannot lift a
+    row into the top k gives the same hits and scores, bit for bit, as scoring every row that
+    holds a query term, with and without a filter, before and after ANALYZE (df from its
+    sample); and it does stop early: fewer statements than terms, fewer rows read."""
+    import smysl.toolkit.postgres as pg
+
+    ids, pays = _zipf_corpus(600, seed=5)
+    rng = np.random.default_rng(6)
+    # common words and rare ones, as questions mix them
+    queries = [[f"w{i}" for i in sorted(set(rng.integers(0, 400, 2)) | {0, 1, 2})]
+               for _ in range(12)] + [["w0", "w1"], ["w399"], ["w0", "w350", "nothere"]]
+    with open_store(_config(postgres_dsn), 8) as s:
+        s.upsert(ids, unit_rows(len(ids), 8, seed=7), pays)
+        for analysed in (False, True):
+            if analysed:
+                s.optimize()
+            for where in (None, {"g": [1, 2]}):
+                for k in (1, 5, 50):
+                    monkeypatch.setattr(pg, "TEXT_FIRST_ROWS", 1 << 62)  # score all at once
+                    full = s.search_text(queries, k, where=where)
+                    monkeypatch.setattr(pg, "TEXT_FIRST_ROWS", 1)  # rarest term first
+                    pruned = s.search_text(queries, k, where=where)
+                    assert [[(h.id, h.score) for h in q] for q in pruned] == [
+                        [(h.id, h.score) for h in q] for q in full]
+        assert s._text_stats(s._conn.cursor()).common  # ANALYZE's shares were used
+        # it stops early: a rare term's rows decide a query of three common words and it
+        rare = next(t for t in (f"w{i}" for i in range(399, 0, -1)) if s.search_text([[t]], 1)[0])
+        executed: list[tuple[str, list]] = []
+        cursor = type(s._conn.cursor())
+        real = cursor.execute
+        monkeypatch.setattr(cursor, "execute", lambda self, q, p=None, **kw: (
+            executed.append((q if isinstance(q, str) else q.as_string(s._conn), p)),
+            real(self, q, p, **kw))[1])
+        monkeypatch.setattr(pg, "TEXT_FIRST_ROWS", 1)
+        assert len(s.search_text([["w0", "w1", "w2", rare]], 1)[0]) == 1
+        (scoring,) = [p for q, p in executed if "ts_rank_cd" in q]  # one statement
+        # the rows scored are those holding the rare term (after two tsqueries per term)
+        assert scoring[8] == f"'{rare}'"
+
+
+def test_search_text_scores_are_bm25_over_table_statistics(postgres_dsn) -> None:
+    """A hit's score is BM25 (lexical's k1, b and term-frequency part) with the table's
+    statistics: df counted over the whole table (not the filter), the mean number of distinct
+    terms per row with terms, the row count."""
+    import math
+
+    from smysl.toolkit import lexical
+
+    ids, pays = _zipf_corpus(300, seed=9)
+    pays[5] = {"g": 1}  # a row without text: counted in the rows, not in the mean length
+    with open_store(_config(postgres_dsn), 8) as s:
+        s.upsert(ids, unit_rows(len(ids), 8, seed=10), pays)
+        terms = {i: lexical.record_terms(p.get("text")) for i, p in zip(ids, pays, strict=True)}
+        with_terms = [t for t in terms.values() if t]
+        avgdl = sum(len(set(t)) for t in with_terms) / len(with_terms)
+        stats = s._text_stats(s._conn.cursor())
+        assert stats.docs == 300 and stats.avgdl == pytest.approx(avgdl, rel=1e-12)
+        query = ["w3", "w40", "w0"]
+        for where in (None, {"g": 2}):
+            hits = s.search_text([query], 300, where=where)[0]
+            assert hits
+            for h in hits:
+                doc = terms[h.id]
+                want = 0.0
+                for q in query:
+                    df = sum(q in t for t in terms.values())
+                    tf = doc.count(q)
+                    if tf:
+                        idf = math.log(1 + (300 - df + 0.5) / (df + 0.5))
+                        want += idf * lexical.tf_weight(tf, len(set(doc)), avgdl)
+                assert h.score == pytest.approx(want, rel=1e-9), h.id
+                assert where is None or h.payload["g"] == 2
+
+
+def test_search_text_statistics_at_scale_and_both_row_reads(postgres_dsn, monkeypatch) -> None:
+    """A large table's mean row length comes from a fixed sample (close to the exact one, the
+    same on every call until ANALYZE runs again); rows' terms read in place and read once per
+    row give the same hits."""
+    import smysl.toolkit.postgres as pg
+
+    ids, pays = _zipf_corpus(400, seed=13)
+    with open_store(_config(postgres_dsn), 8) as s:
+        s.upsert(ids, unit_rows(len(ids), 8, seed=14), pays)
+        s.optimize()
+        exact = s._text_stats(s._conn.cursor()).avgdl
+        s._text_cache = None
+        monkeypatch.setattr(pg, "AVGDL_SAMPLE_ROWS", 100)
+        sampled = s._text_stats(s._conn.cursor()).avgdl
+        assert sampled != exact and sampled == pytest.approx(exact, rel=0.25)
+        assert s._text_stats(s._conn.cursor()).avgdl == sampled
+        # read again once the table is analysed again, even with its size unchanged
+        key = s._text_cache[0]
+        s.optimize()
+        s._text_stats(s._conn.cursor())
+        assert s._text_cache[0][:2] == key[:2] and s._text_cache[0] != key
+        queries = [["w0", "w7", "w100"], ["w1"], ["w2", "w300"]]
+        monkeypatch.setattr(pg, "TEXT_INLINE_BYTES", 0)
+        once = s.search_text(queries, 20, where={"g": [0, 3]})
+        monkeypatch.setattr(pg, "TEXT_INLINE_BYTES", 1 << 30)
+        assert s._text_stats(s._conn.cursor()).in_place
+        assert s.search_text(queries, 20, where={"g": [0, 3]}) == once
+        assert all(once)
 
 
 def test_table_without_terms_is_migrated(postgres_dsn) -> None:
@@ -334,6 +449,7 @@ def test_table_without_terms_is_migrated(postgres_dsn) -> None:
     import psycopg
 
     from smysl.toolkit.lexical import analyze
+    from smysl.toolkit.postgres import TERMS_STATISTICS
 
     cfg = _config(postgres_dsn)
     x = unit_rows(3, 8)
@@ -368,6 +484,14 @@ def test_table_without_terms_is_migrated(postgres_dsn) -> None:
             t.join()
         assert not errors
         assert columns() == (True, 1)
+        # ANALYZE samples the terms at the larger target (TERMS_STATISTICS)
+        target = ("SELECT attstattarget FROM pg_attribute WHERE attrelid = to_regclass(%s) "
+                  "AND attname = 'terms'")
+        assert conn.execute(target, [cfg.table]).fetchone()[0] == TERMS_STATISTICS
+        # a table of the version before (terms, index, the default target) gets it at open
+        conn.execute(f'ALTER TABLE "{cfg.table}" ALTER COLUMN terms SET STATISTICS -1')
+        open_store(cfg).close()
+        assert conn.execute(target, [cfg.table]).fetchone()[0] == TERMS_STATISTICS
     with open_store(cfg) as s:
         assert s.search_text([analyze("кошка"), analyze("cat")], 5) == [[], []]  # NULL terms
         assert [h.id for h in s.search(x[1], 1)[0]] == ["b"]  # vector search as before
@@ -407,18 +531,48 @@ def test_role_that_cannot_migrate_still_opens(postgres_dsn) -> None:
             conn.execute(f"DROP ROLE {role}")
 
 
+def test_role_that_cannot_raise_the_statistics_target_still_searches(postgres_dsn) -> None:
+    """A table with terms at ANALYZE's default target, opened by a role that may not alter
+    it: it opens, writes and searches by words (the target stays as it was)."""
+    import psycopg
+
+    cfg = _config(postgres_dsn)
+    x = unit_rows(2, 8)
+    with open_store(cfg, 8) as s:
+        s.upsert(["a", "b"], x, [{"text": "cats"}, {"text": "dogs"}])
+    role = f"r_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(postgres_dsn, autocommit=True) as conn:
+        conn.execute(f'ALTER TABLE "{cfg.table}" ALTER COLUMN terms SET STATISTICS -1')
+        conn.execute(f"CREATE ROLE {role} LOGIN")
+        conn.execute(f"GRANT CREATE, USAGE ON SCHEMA public TO {role}")
+        conn.execute(f'GRANT SELECT, INSERT, UPDATE, DELETE ON "{cfg.table}", smysl_meta '
+                     f"TO {role}")
+        try:
+            dsn = postgres_dsn.replace("postgres@", f"{role}@")
+            with open_store(StoreConfig(backend="postgres", uri=dsn, table=cfg.table)) as s:
+                s.upsert(["c"], x[:1], [{"text": "cats and dogs"}])
+                assert set(_ids(s.search_text([["cat"]], 5)[0])) == {"a", "c"}
+            target = conn.execute("SELECT coalesce(attstattarget, -1) FROM pg_attribute WHERE "
+                                  "attrelid = to_regclass(%s) AND attname = 'terms'",
+                                  [cfg.table]).fetchone()[0]
+            assert target == -1
+        finally:
+            conn.execute(f"DROP OWNED BY {role}")
+            conn.execute(f"DROP ROLE {role}")
+
+
 def test_tsvector_literal_keeps_terms_as_they_are(postgres_dsn) -> None:
     """The stored tsvector holds the analyser's terms unchanged (what to_tsvector('simple')
     gives for plain words), with positions; PostgreSQL's limits are kept, not hit."""
     import psycopg
 
-    from smysl.toolkit.postgres import tsquery_terms, tsvector_literal
+    from smysl.toolkit.postgres import query_lexemes, tsvector_literal
 
     assert tsvector_literal("") == ""
     assert tsvector_literal("кошк cat кошк 2020 covid19") == (
         "'кошк':1,3 'cat':2 '2020':4 'covid19':5")
     assert tsvector_literal("it's a\\b") == "'it''s':1 'a\\\\b':2"
-    assert tsquery_terms(["cat", "", "cat", "it's", "x" * 65, "\x00"]) == ["'cat'", "'it''s'"]
+    assert query_lexemes(["cat", "", "cat", "it's", "x" * 65, "\x00"]) == ["cat", "it's"]
     long = " ".join(["a"] * 300 + ["b"] * 20_000 + ["c"] * 3)
     lit = tsvector_literal(long)
     parsed = {w.split(":")[0]: w.split(":")[1].split(",") for w in lit.split()}
