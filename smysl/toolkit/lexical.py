@@ -134,11 +134,17 @@ def corpus(term_lists: Sequence[Sequence[str]]) -> Corpus:
     return Corpus(len(term_lists), total / len(term_lists) if term_lists else 0.0, freq)
 
 
-def tf_weight(tf: int, length: int, avg_length: float) -> float:
+def tf_weight(tf: Any, length: Any, avg_length: float) -> Any:
     """BM25's term-frequency part: a term ``tf`` times in a document of ``length`` terms,
-    documents ``avg_length`` terms long on average."""
+    documents ``avg_length`` terms long on average (numbers, or numpy arrays of them)."""
     norm = BM25_K1 * (1 - BM25_B + BM25_B * length / (avg_length or 1.0))
     return tf * (BM25_K1 + 1) / (tf + norm)
+
+
+def idf(df: float, docs: float) -> float:
+    """BM25's inverse document frequency (Lucene's, never negative): a term held by ``df`` of
+    ``docs`` documents."""
+    return math.log(1 + (docs - df + 0.5) / (df + 0.5))
 
 
 def bm25(query: Sequence[str], doc: Sequence[str], stats: Corpus) -> float:
@@ -150,9 +156,8 @@ def bm25(query: Sequence[str], doc: Sequence[str], stats: Corpus) -> float:
     for term in set(query):
         f = tf.get(term, 0)
         if f:
-            df = stats.doc_freq.get(term, 0)
-            idf = math.log(1 + (stats.docs - df + 0.5) / (df + 0.5))
-            score += idf * tf_weight(f, len(doc), stats.avg_length)
+            score += (idf(stats.doc_freq.get(term, 0), stats.docs)
+                      * tf_weight(f, len(doc), stats.avg_length))
     return score
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
@@ -31,7 +32,11 @@ class MemoryStore(VectorStore):
         self._rows: dict[str, int] = {}
         self._ids: list[str] = []
         self._payloads: list[dict[str, Any]] = []
-        self._terms: list[list[str]] = []  # analysed payload["text"] per row
+        # word search: term -> {row: times in the row}, each row's terms (to take them back
+        # out when it is rewritten) and its number of terms
+        self._postings: dict[str, dict[int, int]] = {}
+        self._tf: list[Counter[str]] = []
+        self._lengths = np.zeros(0, dtype=np.int64)
         self._matrix = np.zeros((0, dimensions), dtype=np.float32)
         self._alive = np.zeros(0, dtype=bool)
         self._meta: dict[str, Any] = {}
@@ -45,16 +50,26 @@ class MemoryStore(VectorStore):
             self._matrix = np.vstack([self._matrix,
                                       np.zeros((len(new), self.dimensions), np.float32)])
             self._alive = np.concatenate([self._alive, np.zeros(len(new), bool)])
+            self._lengths = np.concatenate([self._lengths, np.zeros(len(new), np.int64)])
             for n, i in enumerate(new):
                 self._rows[i] = start + n
                 self._ids.append(i)
                 self._payloads.append({})
-                self._terms.append([])
+                self._tf.append(Counter())
         for i, v, p in zip(ids, vecs, pays, strict=True):
             row = self._rows[i]
             self._matrix[row] = v
             self._payloads[row] = copy.deepcopy(p)
-            self._terms[row] = lexical.record_terms(p.get("text"))
+            for term in self._tf[row]:
+                post = self._postings[term]
+                del post[row]
+                if not post:
+                    del self._postings[term]
+            terms = lexical.record_terms(p.get("text"))
+            self._tf[row] = tf = Counter(terms)
+            for term, n in tf.items():
+                self._postings.setdefault(term, {})[row] = n
+            self._lengths[row] = len(terms)
             self._alive[row] = True
 
     def _mask(self, where: Where | None) -> np.ndarray:
@@ -84,18 +99,30 @@ class MemoryStore(VectorStore):
                     ) -> list[list[Hit]]:
         if k < 1:
             raise ValueError(f"k must be >= 1, got {k}")
-        rows = np.flatnonzero(self._mask(where))
-        docs = [self._terms[r] for r in rows]
-        # BM25 over the records the filter leaves that have terms (as LanceDB counts them)
-        stats = lexical.corpus([d for d in docs if d])
+        # BM25 over the records the filter leaves that have terms (as LanceDB counts them);
+        # only the rows holding a query term are scored (the postings)
+        mask = self._mask(where) & (self._lengths > 0)
+        docs = int(mask.sum())
+        avg = float(self._lengths[mask].mean()) if docs else 0.0
         out = []
         for terms in queries:
-            scores = np.array([lexical.bm25(terms, d, stats) for d in docs], np.float64)
-            order = [j for j in np.argsort(-scores, kind="stable")[:k] if scores[j] > 0]
-            out.append([Hit(self._ids[rows[j]], float(scores[j]),
-                            copy.deepcopy(self._payloads[rows[j]]),
-                            self._matrix[rows[j]].copy() if with_vectors else None)
-                        for j in order])
+            scores = np.zeros(len(self._ids), np.float64)
+            for term in dict.fromkeys(terms):
+                post = self._postings.get(term)
+                if not post or not docs:
+                    continue
+                rows = np.fromiter(post.keys(), np.int64, len(post))
+                tf = np.fromiter(post.values(), np.float64, len(post))
+                keep = mask[rows]
+                rows, tf = rows[keep], tf[keep]
+                if len(rows):
+                    scores[rows] += lexical.idf(len(rows), docs) * lexical.tf_weight(
+                        tf, self._lengths[rows], avg)
+            found = np.flatnonzero(scores > 0)  # ties: the earlier row first
+            order = found[np.argsort(-scores[found], kind="stable")[:k]]
+            out.append([Hit(self._ids[r], float(scores[r]), copy.deepcopy(self._payloads[r]),
+                            self._matrix[r].copy() if with_vectors else None)
+                        for r in order])
         return out
 
     def get(self, ids: Sequence[str]) -> list[Record]:

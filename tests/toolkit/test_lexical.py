@@ -78,6 +78,45 @@ def test_bm25_prefers_more_and_rarer_terms() -> None:
     assert lexical.bm25(["220"], d, stats) == pytest.approx(idf * 2.2 / (1 + norm))
 
 
+def test_memory_store_word_search_is_bm25_through_rewrites_and_deletes() -> None:
+    """The memory store's postings give :func:`lexical.bm25` over the live records the
+    filter leaves that have text, to float precision and in the same order, after records
+    are rewritten with other words, lose their text, are deleted and come back."""
+    rng = np.random.default_rng(3)
+    vocab = ["кошка", "кошки", "собака", "и", "в", "дом", "cat", "cats", "the", "4417", "ёлка"]
+    store = MemoryStore(4)
+    live: dict[str, dict] = {}
+
+    def write(ids: list[str]) -> None:
+        pays = [({"text": " ".join(rng.choice(vocab, rng.integers(1, 15)))} if rng.random() > .1
+                 else {}) | {"g": int(rng.integers(0, 3))} for _ in ids]
+        vecs = rng.normal(size=(len(ids), 4)).astype(np.float32)
+        store.upsert(ids, vecs / np.linalg.norm(vecs, axis=1, keepdims=True), pays)
+        live.update(zip(ids, pays, strict=True))
+
+    write([f"d{i}" for i in range(60)])
+    write([f"d{i}" for i in range(0, 60, 3)])  # rewritten: other words, or none
+    store.delete([f"d{i}" for i in range(1, 60, 7)])
+    for i in range(1, 60, 7):
+        live.pop(f"d{i}")
+    write(["d8", "d99"])  # one deleted comes back, one is new
+    queries = [lexical.query_terms(q) for q in ("кошка и собака", "cats the", "в", "4417 ёлки",
+                                                "zebra", "")]
+    for where in (None, {"g": [0, 2]}):
+        kept = {i: lexical.record_terms(p.get("text")) for i, p in live.items()
+                if where is None or p["g"] in where["g"]}
+        stats = lexical.corpus([t for t in kept.values() if t])
+        for q, hits in zip(queries, store.search_text(queries, 100, where=where), strict=True):
+            want = sorted(((i, lexical.bm25(q, t, stats)) for i, t in kept.items()),
+                          key=lambda x: -x[1])
+            want = [(i, sc) for i, sc in want if sc > 0]
+            assert [h.id for h in hits] == [i for i, _ in want] or (
+                sorted(h.id for h in hits) == sorted(i for i, _ in want))  # ties: any order
+            np.testing.assert_allclose([h.score for h in hits], [sc for _, sc in want],
+                                       rtol=1e-12)
+            assert all(h.payload == live[h.id] for h in hits)
+
+
 def test_reciprocal_rank_fusion() -> None:
     fused = lexical.fuse([["a", "b", "c"], ["c", "d", "a"]], 3, rrf_k=60)
     assert [i for i, _, _ in fused] == ["a", "c", "b"]
