@@ -58,18 +58,14 @@ BINARY_OVERSAMPLE = 4
 _COPY_HEADER = b"PGCOPY\n\xff\r\n\x00" + struct.pack(">ii", 0, 0)
 _COPY_TRAILER = struct.pack(">h", -1)
 #: Word search: the mean row length is exact up to this many rows, else from a sample of about
-#: this many (its error, ~0.5%, moves no ranking); the rarest query terms' rows are scored
-#: first, at least this many rows' worth of them (:meth:`PostgresStore._top_by_words`).
+#: this many (off by a fraction of a percent: every score moves alike, near-ties may swap);
+#: the rows of the rarest query terms are scored first, those terms up to this many rows'
+#: worth, at least one term (:meth:`PostgresStore._top_by_words`).
 AVGDL_SAMPLE_ROWS = 20_000
 TEXT_FIRST_ROWS = 4_000
-#: A row's terms larger than this (bytes, on average: ANALYZE's ``avg_width``) are likely kept
-#: out of line (TOAST): read them once per row, not once per function that looks at them.
+#: Rows' terms larger than this (bytes stored, on average) are likely compressed or kept out
+#: of line (TOAST): read them once per row, not once per function that looks at them.
 TEXT_INLINE_BYTES = 1000
-#: ANALYZE's statistics target for the terms column: a sample of 300 times this many rows
-#: (the whole table up to 300,000 rows, so the common terms' shares are the same at every
-#: ANALYZE), and up to 10 times this many common terms. PostgreSQL's default, 100, sampled
-#: 30,000 rows: at 100,000 rows a second ANALYZE reordered 17 of 100 questions' top 10.
-TERMS_STATISTICS = 1000
 #: tsvector limits: positions run 1..16383 (later ones read as 16383), a lexeme keeps at most
 #: 256 of them, and lexemes with their positions take under 1 MiB in all.
 _MAX_POSITION = 16383
@@ -367,8 +363,6 @@ class PostgresStore(VectorStore):
                                            i=self._sql.Identifier(f"{self.config.table}_payload")))
                 self._conn.execute(self._q("CREATE INDEX {i} ON {t} USING gin (terms)",
                                            i=self._sql.Identifier(f"{self.config.table}_terms")))
-                self._conn.execute(self._q("ALTER TABLE {t} ALTER COLUMN terms SET STATISTICS "
-                                           "{n}", n=self._sql.Literal(TERMS_STATISTICS)))
                 dims = dimensions
             elif dimensions is not None and dims != dimensions:
                 raise ValueError(f"table {self.config.table!r} holds {dims}-d vectors, "
@@ -397,25 +391,15 @@ class PostgresStore(VectorStore):
         The catalog is read first: ALTER TABLE would lock the table against every reader on
         each open. A role that may not alter the table (not its owner) still opens it: vector
         search works, lexical search finds nothing and writes fail until the owner opens it."""
-        column = self._conn.execute(
-            "SELECT coalesce(attstattarget, -1) FROM pg_attribute WHERE attrelid = "
-            "to_regclass(%s) AND attname = 'terms' AND NOT attisdropped",
-            [self._qualified()]).fetchone()
-        has_column = column is not None
+        has_column = self._conn.execute(
+            "SELECT 1 FROM pg_attribute WHERE attrelid = to_regclass(%s) AND attname = 'terms' "
+            "AND NOT attisdropped", [self._qualified()]).fetchone() is not None
         # any index on the column will do (one a DBA built, a name PostgreSQL truncated)
         has_index = has_column and self._conn.execute(
             "SELECT 1 FROM pg_index i JOIN pg_attribute a ON a.attrelid = i.indrelid AND "
             "a.attnum = ANY(i.indkey) WHERE i.indrelid = to_regclass(%s) AND a.attname = 'terms'",
             [self._qualified()]).fetchone() is not None
         if has_index:
-            if column is not None and column[0] < TERMS_STATISTICS:
-                try:  # once; its lock lets reads and writes go on
-                    with self._conn.transaction():
-                        self._conn.execute(self._q(
-                            "ALTER TABLE {t} ALTER COLUMN terms SET STATISTICS {n}",
-                            n=self._sql.Literal(TERMS_STATISTICS)))
-                except self._pg.errors.InsufficientPrivilege:
-                    pass  # ANALYZE's smaller default sample: word search works all the same
             return True
         try:
             with self._conn.transaction():  # a savepoint: a refusal leaves the open going
@@ -424,8 +408,6 @@ class PostgresStore(VectorStore):
                 self._conn.execute(self._q(
                     "CREATE INDEX IF NOT EXISTS {i} ON {t} USING gin (terms)",
                     i=self._sql.Identifier(f"{self.config.table}_terms")))
-                self._conn.execute(self._q("ALTER TABLE {t} ALTER COLUMN terms SET STATISTICS "
-                                           "{n}", n=self._sql.Literal(TERMS_STATISTICS)))
         except self._pg.errors.InsufficientPrivilege as e:
             self._terms_refused = _first_line(e)
             return has_column
@@ -636,32 +618,34 @@ class PostgresStore(VectorStore):
         if analysed and cached is not None and cached[0] == key:
             return _TextStats(docs, *cached[1:])
         common: dict[str, float] = {}
-        in_place = False
         if analysed:
             cur.execute("SELECT s.most_common_elems::text::text[], s.most_common_elem_freqs, "
-                        "s.null_frac, s.avg_width FROM pg_class c JOIN pg_namespace n ON "
+                        "s.null_frac FROM pg_class c JOIN pg_namespace n ON "
                         "n.oid = c.relnamespace JOIN pg_stats s ON s.schemaname = n.nspname "
                         "AND s.tablename = c.relname AND s.attname = 'terms' "
                         "WHERE c.oid = to_regclass(%s)", [self._qualified()])
             row = cur.fetchone()
-            in_place = bool(row) and row[3] is not None and row[3] <= TEXT_INLINE_BYTES
             if row and row[0] and row[1]:
                 # ANALYZE's shares are of the rows with terms; the extra entries at the end
                 # of the frequencies (minimum, maximum, nulls) have no element
                 share = 1.0 - float(row[2] or 0.0)
                 common = {e: float(f) * share for e, f in zip(row[0], row[1], strict=False)}
         # rows without text (an empty tsvector) or never written since terms came (NULL)
-        # are no documents of the mean
-        mean = "SELECT avg(nullif(length(terms), 0))::float8 FROM {t}"
+        # are no documents of the mean length; pg_column_size is what a row stores (a TOAST
+        # pointer's target size, compressed or not), where ANALYZE's avg_width counts a
+        # pointer's 18 bytes
+        mean = ("SELECT avg(nullif(length(terms), 0))::float8, "
+                "avg(pg_column_size(terms))::float8 FROM {t}")
         found = None
         if docs > AVGDL_SAMPLE_ROWS:
             cur.execute(self._q(mean + " TABLESAMPLE SYSTEM (%s) REPEATABLE (0)"),
                         [100.0 * AVGDL_SAMPLE_ROWS / docs])
-            found = cur.fetchone()[0]
-        if found is None:  # a small table, or a sample of no rows with terms
+            found = cur.fetchone()
+        if found is None or found[0] is None:  # a small table, or a sample of no terms
             cur.execute(self._q(mean))
-            found = cur.fetchone()[0]
-        avgdl = float(found or 0.0) or 1.0
+            found = cur.fetchone()
+        avgdl = float(found[0] or 0.0) or 1.0
+        in_place = found[1] is not None and found[1] <= TEXT_INLINE_BYTES
         if analysed:
             self._text_cache = (key, avgdl, common, in_place)
         return _TextStats(docs, avgdl, common, in_place)
@@ -698,7 +682,7 @@ class PostgresStore(VectorStore):
         ub = [f * (lexical.BM25_K1 + 1) for f in idf]  # the most a term adds to a score
         rest = [sum(ub[i] for i in order[n:]) for n in range(len(order) + 1)]
         rows_of = [sum(df[i] for i in order[:n]) for n in range(len(order) + 1)]
-        taken = 1  # the rarest terms, at least TEXT_FIRST_ROWS rows' worth
+        taken = 1  # the rarest terms up to TEXT_FIRST_ROWS rows' worth, at least one
         while taken < len(order) and rows_of[taken + 1] <= TEXT_FIRST_ROWS:
             taken += 1
         while True:
