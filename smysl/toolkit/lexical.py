@@ -143,8 +143,8 @@ def tf_weight(tf: Any, length: Any, avg_length: float) -> Any:
 
 def idf(df: float, docs: float) -> float:
     """BM25's inverse document frequency (Lucene's, never negative): a term held by ``df`` of
-    ``docs`` documents."""
-    return math.log(1 + (docs - df + 0.5) / (df + 0.5))
+    ``docs`` documents (an estimated ``df`` above ``docs`` counts as ``docs``)."""
+    return math.log(1 + (max(docs, df) - df + 0.5) / (df + 0.5))
 
 
 def bm25(query: Sequence[str], doc: Sequence[str], stats: Corpus) -> float:

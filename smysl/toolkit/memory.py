@@ -60,17 +60,23 @@ class MemoryStore(VectorStore):
             row = self._rows[i]
             self._matrix[row] = v
             self._payloads[row] = copy.deepcopy(p)
-            for term in self._tf[row]:
-                post = self._postings[term]
-                del post[row]
-                if not post:
-                    del self._postings[term]
+            self._drop_terms(row)
             terms = lexical.record_terms(p.get("text"))
             self._tf[row] = tf = Counter(terms)
             for term, n in tf.items():
                 self._postings.setdefault(term, {})[row] = n
             self._lengths[row] = len(terms)
             self._alive[row] = True
+
+    def _drop_terms(self, row: int) -> None:
+        """Take a row's terms out of the postings (it is rewritten or deleted)."""
+        for term in self._tf[row]:
+            post = self._postings[term]
+            del post[row]
+            if not post:
+                del self._postings[term]
+        self._tf[row] = Counter()
+        self._lengths[row] = 0
 
     def _mask(self, where: Where | None) -> np.ndarray:
         conds = parse_where(where)
@@ -146,6 +152,8 @@ class MemoryStore(VectorStore):
                     chosen[row] = True
             mask &= chosen
         self._alive[mask] = False
+        for gone in np.flatnonzero(mask).tolist():
+            self._drop_terms(gone)
         return int(mask.sum())
 
     def count(self, where: Where | None = None) -> int:
