@@ -396,6 +396,13 @@ def test_page_in_chromium(chromium, tiny, tmp_path) -> None:  # type: ignore[no-
             np.testing.assert_allclose(scores, [h.score for h in fused], atol=1e-3)
             even = toolkit_search(tiny, kb, "a cat that purrs", 4, mode="hybrid")
             assert not np.allclose(scores, [h.score for h in even], atol=1e-3)  # it was sent
+            # a weight the field refuses, then another mode: that search is not held back
+            page.get_by_label("Words weigh", exact=True).fill("500")
+            page.get_by_label("Rank by", exact=True).select_option("text")
+            page.get_by_label("Search query", exact=True).fill("barking dogs")
+            page.get_by_role("button", name="Search", exact=True).click()
+            expect(page.locator("#status")).to_contain_text("hits for “barking dogs”")
+            assert page.locator("#hits .snippet").first.inner_text() == TEXTS[1]
             assert view.errors == []
         finally:
             view.context.close()
