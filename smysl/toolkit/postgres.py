@@ -674,6 +674,8 @@ class PostgresStore(VectorStore):
         more statement gives the final top k. Exact: the same rows and scores as scoring
         every row that holds any query term."""
         df = self._doc_freqs(cur, lexemes, stats)
+        if not any(df):
+            return []  # no row holds any of the terms
         docs = max(stats.docs, *df)  # ANALYZE's estimate may run ahead of the row count
         idf = [lexical.idf(f, docs) for f in df]
         order = sorted(range(len(lexemes)), key=lambda i: (df[i], i))
