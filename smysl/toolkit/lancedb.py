@@ -375,8 +375,10 @@ class LanceStore(VectorStore):
         with self._guard():
             schema = self._table.schema
             # in the table's column order: a table of an earlier smysl has its terms column
-            # after the payload columns, where it was added
-            table = pa.table({n: data[n] for n in schema.names if n in data}).cast(schema)
+            # after the payload columns, where it was added; a payload column another process
+            # added since _add_columns is null here (these records lack that field)
+            table = pa.table({n: data[n] if n in data else pa.nulls(len(ids), schema.field(n).type)
+                              for n in schema.names}).cast(schema)
             (self._table.merge_insert("id").when_matched_update_all()
              .when_not_matched_insert_all().execute(table))
 
