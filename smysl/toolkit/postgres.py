@@ -334,11 +334,9 @@ class PostgresStore(VectorStore):
         #: (:meth:`_ensure_terms`).
         self._lexical = True
         self._terms_refused = ""
-        #: The word statistics as read after the table's last ANALYZE: its key (reltuples,
-        #: relpages, how many ANALYZEs), the mean row length, the common terms' shares,
-        #: whether rows' terms are read in place.
-        self._text_cache: (tuple[tuple[float, int, int], float, dict[str, float], bool]
-                           | None) = None
+        #: The word statistics as read after the table's last ANALYZE, under its key
+        #: (reltuples, relpages, how many ANALYZEs); the row count is read on every search.
+        self._text_cache: tuple[tuple[float, int, int], _TextStats] | None = None
         with self._conn.transaction():
             # one creator at a time per table (concurrent job workers)
             self._conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", [self.config.table])
@@ -616,7 +614,7 @@ class PostgresStore(VectorStore):
         key = (float(reltuples), int(relpages), int(analyses))
         cached = self._text_cache
         if analysed and cached is not None and cached[0] == key:
-            return _TextStats(docs, *cached[1:])
+            return dataclasses.replace(cached[1], docs=docs)
         common: dict[str, float] = {}
         if analysed:
             cur.execute("SELECT s.most_common_elems::text::text[], s.most_common_elem_freqs, "
@@ -646,9 +644,10 @@ class PostgresStore(VectorStore):
             found = cur.fetchone()
         avgdl = float(found[0] or 0.0) or 1.0
         in_place = found[1] is not None and found[1] <= TEXT_INLINE_BYTES
+        stats = _TextStats(docs, avgdl, common, in_place)
         if analysed:
-            self._text_cache = (key, avgdl, common, in_place)
-        return _TextStats(docs, avgdl, common, in_place)
+            self._text_cache = (key, stats)
+        return stats
 
     def _doc_freqs(self, cur: Any, lexemes: Sequence[str], stats: _TextStats) -> list[float]:
         """How many rows hold each term: from ``ANALYZE``'s shares for the common terms,
