@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import re
 import struct
 from collections.abc import Iterator, Mapping, Sequence
@@ -58,11 +59,16 @@ BINARY_OVERSAMPLE = 4
 _COPY_HEADER = b"PGCOPY\n\xff\r\n\x00" + struct.pack(">ii", 0, 0)
 _COPY_TRAILER = struct.pack(">h", -1)
 #: Word search: the mean row length is exact up to this many rows, else from a sample of about
-#: this many (off by a fraction of a percent: every score moves alike, near-ties may swap);
-#: the rows of the rarest query terms are scored first, those terms up to this many rows'
-#: worth, at least one term (:meth:`PostgresStore._top_by_words`).
+#: this many (off by a fraction of a percent: every score moves alike, near-ties may swap).
 AVGDL_SAMPLE_ROWS = 20_000
-TEXT_FIRST_ROWS = 4_000
+#: The rows of the rarest query terms are scored first, those terms up to this many rows'
+#: worth, at least one term (:meth:`PostgresStore._top_by_words`).
+TEXT_FIRST_ROWS = 1_000
+#: The most sets of terms one statement looks for (:func:`_term_sets`): PostgreSQL checks each
+#: row holding any of their terms against every set (16 measured best of 8, 16, 32 and 64).
+TEXT_MAX_SETS = 16
+#: Steps of the search for those sets (~0.7 us each): past them, terms are taken one by one.
+_TERM_SETS_STEPS = 5000
 #: Rows' terms larger than this (bytes stored, on average) are likely compressed or kept out
 #: of line (TOAST): read them once per row, not once per function that looks at them.
 TEXT_INLINE_BYTES = 1000
@@ -274,6 +280,62 @@ class _TextStats:
 def _quoted(lexeme: str) -> str:
     # tsvector/tsquery quoting: backslashes and quotes doubled
     return "'" + lexeme.replace("\\", "\\\\").replace("'", "''") + "'"
+
+
+def _term_sets(terms: Sequence[int], ub: Sequence[float], df: Sequence[float], need: float
+               ) -> list[list[int]] | None:
+    """What a row holding none of the terms already scored must hold to score ``need``: a
+    list of sets of ``terms`` (indexes into ``ub``, each term's most it adds, and ``df``, the
+    rows holding it), read as "all of one of the sets", at most :data:`TEXT_MAX_SETS` of
+    them. Every row that can reach ``need`` is found by them (they may find more). None when
+    the search for them ran past :data:`_TERM_SETS_STEPS`."""
+    by_ub = sorted(terms, key=lambda i: (-ub[i], i))
+    suffix = [0.0] * (len(by_ub) + 1)
+    for j in range(len(by_ub) - 1, -1, -1):
+        suffix[j] = suffix[j + 1] + ub[by_ub[j]]
+    found: list[frozenset[int]] = []
+    steps = 0
+
+    def walk(start: int, chosen: tuple[int, ...], total: float) -> bool:
+        # every minimal set: terms in falling bound order, stop as soon as the sum reaches
+        # need; False once the search ran past its budget
+        nonlocal steps
+        for j in range(start, len(by_ub)):
+            steps += 1
+            if steps > _TERM_SETS_STEPS:
+                return False
+            if total + suffix[j] < need:
+                return True
+            if total + ub[by_ub[j]] >= need:
+                found.append(frozenset((*chosen, by_ub[j])))
+            elif not walk(j + 1, (*chosen, by_ub[j]), total + ub[by_ub[j]]):
+                return False
+        return True
+
+    if not walk(0, (), 0.0):
+        return None
+    # too many sets cost PostgreSQL more to check than the rows they save: leave the commonest
+    # terms out of the sets (a set's other terms alone find more rows, never fewer), and drop
+    # the sets another one covers
+    commonest = sorted(terms, key=lambda i: (-df[i], i))
+    while len(found) > TEXT_MAX_SETS and commonest:
+        out = commonest.pop(0)
+        found = _covering(sorted({(c - {out}) or c for c in found}, key=len))
+    return [sorted(c, key=lambda i: (df[i], i)) for c in found]
+
+
+def _covering(sets: Sequence[frozenset[int]]) -> list[frozenset[int]]:
+    """``sets`` (shortest first) without those holding another: the rows they find stay."""
+    out: list[frozenset[int]] = []
+    for c in sets:
+        if not any(f <= c for f in out):
+            out.append(c)
+    return out
+
+
+def _rows_of_sets(sets: Sequence[Sequence[int]], df: Sequence[float], docs: float) -> float:
+    """About how many rows hold all of one of ``sets``: terms taken as independent."""
+    return sum(docs * math.prod(df[i] / docs for i in c) for c in sets)
 
 
 def copy_tuples(ids: Sequence[str], vectors: np.ndarray, payloads: Sequence[str],
@@ -666,12 +728,15 @@ class PostgresStore(VectorStore):
     def _top_by_words(self, cur: Any, lexemes: Sequence[str], stats: _TextStats,
                       clause: Any, params: Sequence[Any], k: int, with_vectors: bool
                       ) -> list[Any]:
-        """The best ``k`` rows by BM25, found as MaxScore finds them: the rows holding the
-        rarest terms are scored (on every query term); once the ``k``-th score is above what
-        the other terms could add up to (each at most ``idf * (k1 + 1)``), no row without a
-        rare term can enter. Else the terms whose sum is not below that score join, and one
-        more statement gives the final top k. Exact: the same rows and scores as scoring
-        every row that holds any query term."""
+        """The best ``k`` rows by BM25, found as MaxScore finds them, and exact: the same rows
+        and scores as scoring every row that holds any query term. The rows holding the
+        rarest terms are scored first, each row on every query term (a row is scored once:
+        later statements leave out the rows of the terms already taken). No term adds more
+        than ``idf * (k1 + 1)`` to a score, so once the top ``k`` is full, a row holding
+        none of the terms taken can enter it only if it holds a set of the other terms whose
+        bounds add up to the ``k``-th score (:func:`_term_sets`): one more statement scores
+        the rows holding such a set, and the top ``k`` is final. While those sets would
+        match more rows than the next rarest term holds, that term is taken first."""
         df = self._doc_freqs(cur, lexemes, stats)
         if not any(df):
             return []  # no row holds any of the terms
@@ -683,32 +748,43 @@ class PostgresStore(VectorStore):
         ub = [f * (lexical.BM25_K1 + 1) for f in idf]  # the most a term adds to a score
         rest = [sum(ub[i] for i in order[n:]) for n in range(len(order) + 1)]
         rows_of = [sum(df[i] for i in order[:n]) for n in range(len(order) + 1)]
-        taken = 1  # the rarest terms up to TEXT_FIRST_ROWS rows' worth, at least one
-        while taken < len(order) and rows_of[taken + 1] <= TEXT_FIRST_ROWS:
-            taken += 1
-        while True:
-            if rows_of[taken] > stats.docs / 2:
-                taken = len(order)  # most of the table either way: score it once
-            scored = " | ".join(tsq[i] for i in order[:taken])
-            cur.execute(statement, [*(q for q in tsq for _ in "tf"), scored, *params, *idf,
+
+        def score(match: str, taken: int) -> list[Any]:
+            """The best k of the rows ``match`` finds, leaving out those of order[:taken]."""
+            if taken:
+                match = f"({match}) & !({' | '.join(tsq[i] for i in order[:taken])})"
+            cur.execute(statement, [*(q for q in tsq for _ in "tf"), match, *params, *idf,
                                     stats.avgdl, k])
-            rows = cur.fetchall()
-            if taken == len(order):
-                return rows
+            return list(cur.fetchall())
+
+        def merged(a: list[Any], b: list[Any]) -> list[Any]:
+            # the statement's order: score, then id in code-point order (COLLATE "C")
+            return sorted([*a, *b], key=lambda r: (-r[2], r[0]))[:k]
+
+        rows: list[Any] = []
+        taken = 0  # the rows of order[:taken] are scored
+        while taken < len(order):
+            nxt = taken + 1
             if len(rows) == k:
-                # a row holding none of the scored terms scores below rest[taken]; the k-th
-                # score only grows as terms join, so once the terms whose sum falls below it
-                # are scored too, the top k is final
+                # a row holding none of the terms taken scores below rest[taken]; the k-th
+                # score only grows as rows join
                 kth = rows[-1][2] * (1 - 1e-9)
-                need = next(n for n in range(taken, len(order) + 1) if rest[n] < kth)
-                if need == taken:
-                    return rows
-                taken = need
-            else:  # fewer than k rows: take terms until the rows scored at least double
-                reach = 2 * rows_of[taken]
-                taken += 1
-                while taken < len(order) and rows_of[taken + 1] <= reach:
-                    taken += 1
+                if rest[taken] < kth:
+                    break
+                sets = _term_sets(order[taken:], ub, df, kth)
+                if sets is not None and _rows_of_sets(sets, df, docs) <= df[order[taken]]:
+                    found = " | ".join("(" + " & ".join(tsq[i] for i in c) + ")"
+                                       for c in sets)
+                    return merged(rows, score(found, taken))
+            else:  # the top k is not full: take terms until the rows scored at least double
+                reach = max(2 * rows_of[taken], TEXT_FIRST_ROWS)
+                while nxt < len(order) and rows_of[nxt + 1] <= reach:
+                    nxt += 1
+            if rows_of[nxt] - rows_of[taken] > stats.docs / 2:
+                nxt = len(order)  # most of the table either way: score it once
+            rows = merged(rows, score(" | ".join(tsq[i] for i in order[taken:nxt]), taken))
+            taken = nxt
+        return rows
 
     def _text_query(self, n_terms: int, clause: Any, with_vectors: bool, in_place: bool
                     ) -> Any:
@@ -735,8 +811,9 @@ class PostgresStore(VectorStore):
             + " FROM (SELECT m.id, {score} AS score FROM (SELECT r.id, "
             "length(" + tv + ")::float8 AS dl, {tf} FROM " + source
             + " WHERE r.terms @@ %s::tsquery AND {w} OFFSET 0) AS m, "
-            "(SELECT {idf}, %s::float8 AS avgdl) AS c ORDER BY score DESC, m.id LIMIT %s) "
-            "AS top JOIN {t} AS r ON r.id = top.id ORDER BY top.score DESC, top.id",
+            "(SELECT {idf}, %s::float8 AS avgdl) AS c ORDER BY score DESC, m.id COLLATE \"C\" "
+            "LIMIT %s) AS top JOIN {t} AS r ON r.id = top.id "
+            "ORDER BY top.score DESC, top.id COLLATE \"C\"",
             tf=per_term("CASE WHEN " + tv + " @@ %s::tsquery THEN ts_rank_cd('{1,1,1,1}', "
                         + tv + ", %s::tsquery)::float8 ELSE 0 END AS tf#"),
             w=clause,

@@ -348,6 +348,11 @@ def test_search_text_prunes_exactly(postgres_dsn, monkeypatch) -> None:
     # common words and rare ones, as questions mix them
     queries = [[f"w{i}" for i in sorted(set(rng.integers(0, 400, 2)) | {0, 1, 2})]
                for _ in range(12)] + [["w0", "w1"], ["w399"], ["w0", "w350", "nothere"]]
+    sets_used = []
+    term_sets = pg._term_sets
+    monkeypatch.setattr(pg, "_term_sets", lambda *a: (
+        found := term_sets(*a), sets_used.append(found) if found and len(found) > 1 else None
+    )[0])
     with open_store(_config(postgres_dsn), 8) as s:
         s.upsert(ids, unit_rows(len(ids), 8, seed=7), pays)
         for analysed in (False, True):
@@ -358,9 +363,12 @@ def test_search_text_prunes_exactly(postgres_dsn, monkeypatch) -> None:
                     monkeypatch.setattr(pg, "TEXT_FIRST_ROWS", 1 << 62)  # score all at once
                     full = s.search_text(queries, k, where=where)
                     monkeypatch.setattr(pg, "TEXT_FIRST_ROWS", 1)  # rarest term first
-                    pruned = s.search_text(queries, k, where=where)
-                    assert [[(h.id, h.score) for h in q] for q in pruned] == [
-                        [(h.id, h.score) for h in q] for q in full]
+                    for max_sets in (1, 3, 16):  # sets of terms relaxed hard, some, not
+                        monkeypatch.setattr(pg, "TEXT_MAX_SETS", max_sets)
+                        pruned = s.search_text(queries, k, where=where)
+                        assert [[(h.id, h.score) for h in q] for q in pruned] == [
+                            [(h.id, h.score) for h in q] for q in full]
+        assert sets_used  # the last statement found rows by sets of terms
         assert s._text_stats(s._conn.cursor()).common  # ANALYZE's shares were used
         # it stops early: a rare term's rows decide a query of three common words and it
         rare = next(t for t in (f"w{i}" for i in range(399, 0, -1)) if s.search_text([[t]], 1)[0])
@@ -375,6 +383,62 @@ def test_search_text_prunes_exactly(postgres_dsn, monkeypatch) -> None:
         (scoring,) = [p for q, p in executed if "ts_rank_cd" in q]  # one statement
         # the rows scored are those holding the rare term (after two tsqueries per term)
         assert scoring[8] == f"'{rare}'"
+
+
+def test_search_text_ties_in_code_point_order(postgres_dsn, monkeypatch) -> None:
+    """Equal scores come in the ids' code-point order (what Python's sort gives, and the
+    order the statements' rows are merged in), whatever the database's collation, whether
+    the rows were scored in one statement or several."""
+    import smysl.toolkit.postgres as pg
+    from smysl.toolkit.lexical import analyze
+
+    ids = ["b", "B", "é", "z", "ё", "10", "9", "a b", "Ж"]
+    tied = [{"text": "редкое слово and common words"} for _ in ids]
+    other = [{"text": f"common words {i}"} for i in range(40)]
+    with open_store(_config(postgres_dsn), 8) as s:
+        s.upsert([*ids, *(f"o{i}" for i in range(40))], unit_rows(49, 8, seed=2),
+                 [*tied, *other])
+        query = [analyze("редкое слово common")]
+        for first in (1, 1 << 62):
+            monkeypatch.setattr(pg, "TEXT_FIRST_ROWS", first)
+            hits = s.search_text(query, 5)[0]
+            assert [h.id for h in hits] == sorted(ids)[:5]
+            assert len({h.score for h in hits}) == 1
+
+
+def test_term_sets_find_every_row_that_can_reach_the_score(monkeypatch) -> None:
+    """Every set of terms whose bounds add up to the score holds one of the sets (no row that
+    could enter the top k is missed); unrelaxed, each set reaches the score and none is
+    redundant; relaxed (fewer sets allowed), still every such set of terms is found; and a
+    search too large to finish gives None (terms are then taken one by one)."""
+    import itertools
+
+    import smysl.toolkit.postgres as pg
+
+    rng = np.random.default_rng(3)
+    for trial in range(60):
+        n = int(rng.integers(1, 9))
+        ub = list(rng.uniform(0.1, 5, n))
+        df = list(rng.uniform(1, 1000, n))
+        need = float(rng.uniform(0, sum(ub) * 1.2))
+        terms = list(range(n))
+        for max_sets in (1 << 30, 2):
+            monkeypatch.setattr(pg, "TEXT_MAX_SETS", max_sets)
+            sets = pg._term_sets(terms, ub, df, need)
+            assert sets is not None
+            held = [set(c) for c in sets]
+            for r in range(n + 1):
+                for h in map(set, itertools.combinations(terms, r)):
+                    if sum(ub[i] for i in h) >= need:
+                        assert any(c <= h for c in held), (trial, h, sets)
+            if max_sets > n * n:
+                for c in held:
+                    assert sum(ub[i] for i in c) >= need
+                    assert all(sum(ub[i] for i in c - {j}) < need for j in c)
+            else:
+                assert len(sets) <= max_sets or all(len(c) == 1 for c in held)
+    monkeypatch.setattr(pg, "_TERM_SETS_STEPS", 50)
+    assert pg._term_sets(list(range(30)), [1.0] * 30, [10.0] * 30, 15.0) is None
 
 
 def test_search_text_scores_are_bm25_over_table_statistics(postgres_dsn) -> None:
