@@ -105,11 +105,14 @@ class MemoryStore(VectorStore):
                     ) -> list[list[Hit]]:
         if k < 1:
             raise ValueError(f"k must be >= 1, got {k}")
-        # BM25 over the records the filter leaves that have terms (as LanceDB counts them);
-        # only the rows holding a query term are scored (the postings)
-        mask = self._mask(where) & (self._lengths > 0)
-        docs = int(mask.sum())
-        avg = float(self._lengths[mask].mean()) if docs else 0.0
+        # BM25 with the statistics of every record with terms, whatever the filter (as
+        # LanceDB, PostgreSQL and Qdrant count them: a hit's score does not depend on what
+        # else the filter leaves); only the rows holding a query term are scored (the
+        # postings), those the filter leaves
+        counted = self._alive & (self._lengths > 0)
+        docs = int(counted.sum())
+        avg = float(self._lengths[counted].mean()) if docs else 0.0
+        mask = self._mask(where) & counted
         out = []
         for terms in queries:
             scores = np.zeros(len(self._ids), np.float64)
@@ -120,10 +123,9 @@ class MemoryStore(VectorStore):
                 rows = np.fromiter(post.keys(), np.int64, len(post))
                 tf = np.fromiter(post.values(), np.float64, len(post))
                 keep = mask[rows]
-                rows, tf = rows[keep], tf[keep]
-                if len(rows):
-                    scores[rows] += lexical.idf(len(rows), docs) * lexical.tf_weight(
-                        tf, self._lengths[rows], avg)
+                if keep.any():
+                    scores[rows[keep]] += lexical.idf(len(rows), docs) * lexical.tf_weight(
+                        tf[keep], self._lengths[rows[keep]], avg)
             found = np.flatnonzero(scores > 0)  # ties: the earlier row first
             order = found[np.argsort(-scores[found], kind="stable")[:k]]
             out.append([Hit(self._ids[r], float(scores[r]), copy.deepcopy(self._payloads[r]),

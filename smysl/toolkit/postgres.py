@@ -13,9 +13,9 @@ written as they are: no PostgreSQL text search configuration re-parses or re-ste
 are ranked by BM25 with table-wide statistics that cost no scan of the rows a query matches
 (the row count and ``ANALYZE``'s share of rows holding each common term from the planner's
 statistics, rarer terms counted through the index, the mean row length once per ``ANALYZE``),
-lengths in distinct terms. The rows holding the rarest query terms are scored first, and a
-common word's rows only when they could still change the top k (MaxScore): exact for those
-statistics. Tables of an earlier smysl get the column and index when opened; their rows match
+lengths in distinct terms. The rows holding the rarest query terms are scored first, then
+only the rows holding a set of the other terms that could still lift a row into the top k
+(MaxScore): exact for those statistics. Tables of an earlier smysl get the column and index when opened; their rows match
 nothing until written again.
 
 :meth:`PostgresStore.build_index` builds an HNSW index (cosine). pgvector indexes at most 2,000
@@ -630,8 +630,8 @@ class PostgresStore(VectorStore):
         """BM25 (:mod:`smysl.toolkit.lexical`'s k1 and b) over the table's statistics
         (:meth:`_text_stats`), the best ``k`` rows the filter leaves. Found through the GIN
         index, rarest terms first (:meth:`_top_by_words`): a common word ("и", "the") adds
-        its score to the rows the rarer words found, and its rows are read only when those
-        rows cannot fill the top ``k`` without them. A table that could not get the terms
+        its score to the rows the rarer words found, and its rows are read only where they
+        hold enough of the other words to enter the top ``k``. A table that could not get the terms
         column (see :meth:`_ensure_terms`) has no hits."""
         if k < 1:
             raise ValueError(f"k must be >= 1, got {k}")

@@ -79,9 +79,10 @@ def test_bm25_prefers_more_and_rarer_terms() -> None:
 
 
 def test_memory_store_word_search_is_bm25_through_rewrites_and_deletes() -> None:
-    """The memory store's postings give :func:`lexical.bm25` over the live records the
-    filter leaves that have text, to float precision and in the same order, after records
-    are rewritten with other words, lose their text, are deleted and come back."""
+    """The memory store's postings give :func:`lexical.bm25` with the statistics of every
+    live record that has text (a filter chooses the hits, not their scores), to float
+    precision and in the same order, after records are rewritten with other words, lose
+    their text, are deleted and come back."""
     rng = np.random.default_rng(3)
     vocab = ["кошка", "кошки", "собака", "и", "в", "дом", "cat", "cats", "the", "4417", "ёлка"]
     store = MemoryStore(4)
@@ -102,10 +103,12 @@ def test_memory_store_word_search_is_bm25_through_rewrites_and_deletes() -> None
     write(["d8", "d99"])  # one deleted comes back, one is new
     queries = [lexical.query_terms(q) for q in ("кошка и собака", "cats the", "в", "4417 ёлки",
                                                 "zebra", "")]
+    # the statistics are of every record (a filter chooses hits, not their scores)
+    stats = lexical.corpus([t for t in (lexical.record_terms(p.get("text"))
+                                        for p in live.values()) if t])
     for where in (None, {"g": [0, 2]}):
         kept = {i: lexical.record_terms(p.get("text")) for i, p in live.items()
                 if where is None or p["g"] in where["g"]}
-        stats = lexical.corpus([t for t in kept.values() if t])
         for q, hits in zip(queries, store.search_text(queries, 100, where=where), strict=True):
             want = sorted(((i, lexical.bm25(q, t, stats)) for i, t in kept.items()),
                           key=lambda x: -x[1])
@@ -198,6 +201,15 @@ def test_search_text_finds_what_the_reference_finds(kind, tmp_path, request) -> 
     for h in hits:
         np.testing.assert_allclose(h.vector, vecs[ids.index(h.id)], atol=1e-6)
     assert store.search_text([terms[0]], 1)[0][0].id == want[0][0].id
+    # a filter chooses the hits, not their scores: every store's statistics are the table's
+    # (LanceDB's once its index covers every row; rows outside it are scored with the
+    # statistics of those the filter leaves)
+    store.optimize()
+    every = {h.id: h.score for h in store.search_text([terms[1]], 20)[0]}
+    (some,) = store.search_text([terms[1]], 20, where={"lang": "ru"})
+    assert some and len(some) < len(TEXTS)
+    for h in some:
+        assert h.score == pytest.approx(every[h.id], rel=1e-6), h.id
     # a long query (a document pasted as one): the first MAX_QUERY_TERMS distinct terms
     long = lexical.query_terms(" ".join([TEXTS[4]] + [f"x{i}" for i in range(3000)]))
     assert [h.id for h in store.search_text([long], 3)[0]] == ["d4"]
