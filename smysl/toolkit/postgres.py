@@ -15,8 +15,8 @@ are ranked by BM25 with table-wide statistics that cost no scan of the rows a qu
 statistics, rarer terms counted through the index, the mean row length once per ``ANALYZE``),
 lengths in distinct terms. The rows holding the rarest query terms are scored first, then
 only the rows holding a set of the other terms that could still lift a row into the top k
-(MaxScore): exact for those statistics. Tables of an earlier smysl get the column and index when opened; their rows match
-nothing until written again.
+(MaxScore): exact for those statistics. Tables of an earlier smysl get the column and index
+when opened; their rows match nothing until written again.
 
 :meth:`PostgresStore.build_index` builds an HNSW index (cosine). pgvector indexes at most 2,000
 dimensions of ``vector`` and 4,000 of ``halfvec``, so the index is built on the column itself,
@@ -33,6 +33,7 @@ connection string. They override the :class:`StoreConfig` fields and never reach
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -923,7 +924,17 @@ class PostgresStore(VectorStore):
         return True
 
     def optimize(self) -> None:
-        """Refresh the planner's statistics after large writes."""
+        """After large writes: move the GIN indexes' pending entries into the indexes, and
+        refresh the planner's statistics. PostgreSQL queues a GIN index's new entries in a
+        pending list (up to ``gin_pending_list_limit``, 4 MB by default) that every search by
+        words or by payload filter reads through until (auto)vacuum empties it: right after
+        30,000 chunks were written, word search took twice as long. Emptying it needs the
+        table's owner (or MAINTAIN, PostgreSQL 17); another role leaves it to autovacuum."""
+        with contextlib.suppress(self._pg.errors.InsufficientPrivilege):
+            self._conn.execute(
+                "SELECT gin_clean_pending_list(i.indexrelid) FROM pg_index i JOIN pg_class c "
+                "ON c.oid = i.indexrelid JOIN pg_am a ON a.oid = c.relam "
+                "WHERE i.indrelid = to_regclass(%s) AND a.amname = 'gin'", [self._qualified()])
         self._conn.execute(self._q("ANALYZE {t}"))
 
     def close(self) -> None:

@@ -610,6 +610,54 @@ def test_role_that_cannot_migrate_still_opens(postgres_dsn) -> None:
             conn.execute(f"DROP ROLE {role}")
 
 
+def _pending(dsn: str, table: str) -> list[int]:
+    """Pages each GIN index of ``table`` had pending (emptied by asking)."""
+    import psycopg
+
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        return [r[0] for r in conn.execute(
+            "SELECT gin_clean_pending_list(i.indexrelid) FROM pg_index i JOIN pg_class c ON "
+            "c.oid = i.indexrelid JOIN pg_am a ON a.oid = c.relam WHERE i.indrelid = "
+            "to_regclass(%s) AND a.amname = 'gin' ORDER BY c.relname", [table]).fetchall()]
+
+
+def test_optimize_empties_the_gin_pending_lists(postgres_dsn) -> None:
+    """optimize() moves the entries PostgreSQL queued for the GIN indexes (terms, payload)
+    into them: searches by words and filters no longer read the queue; a role that does not
+    own the table gets the statistics refreshed and no error."""
+    import psycopg
+
+    cfg = _config(postgres_dsn)
+    ids, pays = _zipf_corpus(400, seed=3)
+    x = unit_rows(len(ids), 8, seed=4)
+    with open_store(cfg, 8) as s:
+        s.upsert(ids, x, pays)
+        assert all(n > 0 for n in _pending(postgres_dsn, cfg.table))  # queued, now emptied
+        s.upsert([f"more{i}" for i in ids], x, pays)
+        hits = s.search_text([["w3", "w30"]], 6, where={"g": 1})[0]
+        s.optimize()
+        assert _pending(postgres_dsn, cfg.table) == [0, 0]
+        # the same rows (ANALYZE's float4 shares move the scores a little)
+        again = s.search_text([["w3", "w30"]], 6, where={"g": 1})[0]
+        assert [h.id for h in again] == [h.id for h in hits]
+    role = f"r_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(postgres_dsn, autocommit=True) as conn:
+        conn.execute(f"CREATE ROLE {role} LOGIN")
+        conn.execute(f"GRANT CREATE, USAGE ON SCHEMA public TO {role}")
+        conn.execute(f'GRANT SELECT, INSERT, UPDATE, DELETE ON "{cfg.table}", smysl_meta '
+                     f"TO {role}")
+        try:
+            dsn = postgres_dsn.replace("postgres@", f"{role}@")
+            with open_store(StoreConfig(backend="postgres", uri=dsn, table=cfg.table)) as s:
+                s.upsert(["late"], x[:1], [{"text": "w3 w30"}])
+                s.optimize()  # not the owner: nothing emptied, no error
+                assert s.search_text([["w3", "w30"]], 1)[0][0].id == "late"
+            assert _pending(postgres_dsn, cfg.table)[1] > 0  # still queued for terms
+        finally:
+            conn.execute(f"DROP OWNED BY {role}")
+            conn.execute(f"DROP ROLE {role}")
+
+
 def test_tsvector_literal_keeps_terms_as_they_are(postgres_dsn) -> None:
     """The stored tsvector holds the analyser's terms unchanged (what to_tsvector('simple')
     gives for plain words), with positions; PostgreSQL's limits are kept, not hit."""
