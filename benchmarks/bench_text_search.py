@@ -105,6 +105,51 @@ def opened(store: str, folder: Path) -> Iterator[Any]:
             yield s
 
 
+def against(store: Any, terms: list[list[str]], k: int, rounds: int, rev: str
+            ) -> dict[str, object]:
+    """Each question by revision ``rev``'s ``PostgresStore._top_by_words`` and this one's in
+    turn, on the same table and statistics: both sides' timings and how many agree."""
+    import importlib.util
+    import subprocess
+
+    from smysl.toolkit import postgres
+
+    source = subprocess.run(["git", "-C", str(ROOT), "show", f"{rev}:smysl/toolkit/postgres.py"],
+                            check=True, capture_output=True, text=True).stdout
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "postgres_then.py"
+        path.write_text(source)
+        spec = importlib.util.spec_from_file_location("postgres_then", path)
+        assert spec and spec.loader
+        then = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = then  # its dataclasses look their module up
+        spec.loader.exec_module(then)
+    cls = postgres.PostgresStore
+    sides = {"then": then.PostgresStore._top_by_words, "now": cls._top_by_words}
+    best: dict[str, list[float]] = {name: [] for name in sides}
+    same = 0
+    try:
+        for ts in terms:
+            got: dict[str, list[float]] = {}
+            times = {name: float("inf") for name in sides}
+            for _ in range(rounds):
+                for name, fn in sides.items():
+                    cls._top_by_words = fn  # type: ignore[method-assign]
+                    t0 = time.perf_counter()
+                    got[name] = [h.score for h in store.search_text([ts], k)[0]]
+                    times[name] = min(times[name], time.perf_counter() - t0)
+            for name in sides:
+                best[name].append(times[name] * 1000)
+            same += got["then"] == got["now"]
+    finally:
+        cls._top_by_words = sides["now"]  # type: ignore[method-assign]
+    return {"rev": rev, "same_scores": f"{same}/{len(terms)}", **{
+        name: {"p50_ms": round(float(np.median(v)), 1),
+               "p95_ms": round(float(np.percentile(v, 95)), 1),
+               "max_ms": round(float(max(v)), 1), "mean_ms": round(float(np.mean(v)), 1)}
+        for name, v in best.items()}}
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--store", choices=("memory", "lancedb", "postgres"), default="postgres")
@@ -118,6 +163,10 @@ def main() -> int:
                     help="PostgreSQL, after the timing: the same queries scoring every row "
                          "that holds a query term (no pruning) hit for hit, and again after "
                          "a second ANALYZE (another sample of the table)")
+    ap.add_argument("--against", metavar="REV",
+                    help="PostgreSQL: also run the word search of git revision REV "
+                         "(its PostgresStore._top_by_words) on the same table, each question "
+                         "by both in turn, and report both and whether their scores agree")
     args = ap.parse_args()
 
     from smysl.toolkit import lexical
@@ -151,6 +200,8 @@ def main() -> int:
                 if r == 0:
                     hits.append([(h.id, h.score) for h in found])
         checks: dict[str, object] = {}
+        if args.against and args.store == "postgres":
+            checks["against"] = against(s, terms, args.k, args.rounds, args.against)
         if args.checks and args.store == "postgres":
             from smysl.toolkit import postgres
 
