@@ -277,7 +277,10 @@ class VectorStore(abc.ABC):
         return False
 
     def optimize(self) -> None:  # noqa: B027 - optional maintenance
-        """Compact storage after many small writes; a no-op where there is nothing to do."""
+        """After many writes: compact storage and bring search structures up to date (LanceDB:
+        files and the full-text index; PostgreSQL: the GIN indexes' pending entries and the
+        planner's statistics); a no-op where there is nothing to do. Ingestion calls it at
+        its end."""
 
     def close(self) -> None:  # noqa: B027 - nothing to release for most backends
         """Release connections. Safe to call twice."""
