@@ -224,11 +224,12 @@ def router(service: Service, reranking: RerankService | None = None) -> APIRoute
 
         def nearest() -> list[Any]:
             # another process may have rebuilt the index for another model since the start
-            problem = binding_problem(searched, service.embedder, searched.dimensions)
+            meta = searched.read_meta()
+            problem = binding_problem(searched, service.embedder, searched.dimensions, meta)
             if problem is not None:
                 raise ApiError("unavailable", f"--index {service.config.index}: {problem}; "
                                               f"restart the server with its model")
-            if body.mode != "vector" and (problem := lexical_problem(searched.read_meta())):
+            if body.mode != "vector" and (problem := lexical_problem(meta)):
                 raise ApiError("unsupported", f"--index {service.config.index}: {problem}",
                                param="mode")
             # damaged stored vectors are never served: left out, the search widened to k

@@ -268,9 +268,9 @@ class Index:
         qs = [queries] if isinstance(queries, str) else list(queries)
         if reranker is not None and config.mmr:
             raise ValueError(MMR_AND_RERANK)  # before the queries are embedded
-        self._check_binding()
+        meta = self._check_binding()
         if config.mode != "vector":
-            problem = lexical_problem(self.store.read_meta())
+            problem = lexical_problem(meta)
             if problem is not None:
                 raise ValueError(problem)
         vectors = (self.embed_queries(qs, config.instruction) if config.mode != "text"
@@ -279,10 +279,13 @@ class Index:
         return search_vectors(self.store, vectors, config, check=self._check_hit,
                               reranker=reranker, texts=qs, terms=terms)
 
-    def _check_binding(self) -> None:
-        problem = binding_problem(self.store, self.embedder, self.dimensions)
+    def _check_binding(self) -> dict[str, Any]:
+        """The index's metadata as read now, once it is still this embedder's."""
+        meta = self.store.read_meta()
+        problem = binding_problem(self.store, self.embedder, self.dimensions, meta)
         if problem is not None:
             raise ValueError(problem)
+        return meta
 
     def _check_hit(self, hit: Hit) -> bool:
         problem = hit_problem(hit, self.store.dimensions, self.checksums)
@@ -420,14 +423,16 @@ def lexical_problem(meta: Mapping[str, object]) -> str | None:
             "mode 'vector'")
 
 
-def binding_problem(store: VectorStore, embedder: BaseEmbedder, dimensions: int
-                    ) -> str | None:
+def binding_problem(store: VectorStore, embedder: BaseEmbedder, dimensions: int,
+                    meta: Mapping[str, object] | None = None) -> str | None:
     """Why ``embedder`` can no longer write or search ``store`` at ``dimensions`` since they
     were checked at opening, else None: another process rebuilt the index for another model or
-    size (``--rebuild``), or removed it. One metadata read (a small file or one request);
-    checked before every search and after every embedded write batch, so vectors of two
-    models never meet in one index and a search never compares them."""
-    meta = store.read_meta()
+    size (``--rebuild``), or removed it. One metadata read (a small file or one request), or
+    ``meta`` as the caller just read it; checked before every search and after every embedded
+    write batch, so vectors of two models never meet in one index and a search never
+    compares them."""
+    if meta is None:
+        meta = store.read_meta()
     if not meta:
         return ("the index was removed, or is being rebuilt, by another process since it was "
                 "opened")
@@ -440,7 +445,7 @@ def binding_problem(store: VectorStore, embedder: BaseEmbedder, dimensions: int
                                          f"opened: {problem}")
 
 
-def _mismatch(meta: dict[str, object], embedder: BaseEmbedder, dimensions: int | None,
+def _mismatch(meta: Mapping[str, object], embedder: BaseEmbedder, dimensions: int | None,
               stored_dimensions: int) -> str | None:
     """Why ``embedder`` may not use an index with ``meta``, else None."""
     built = meta.get("fingerprint")

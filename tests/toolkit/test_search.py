@@ -134,6 +134,14 @@ def test_text_mode_finds_codes_and_word_forms_without_embedding(catalog, monkeyp
     (filtered,) = catalog.search("медный", SearchConfig(k=3, mode="text", where={"n": 2}))
     assert [h.id for h in filtered] == ["c2#0"]
     assert all(h.vector is None and "text" in h.payload for h in forms)
+    # one metadata read a search checks both the model's binding and the words' terms with
+    monkeypatch.undo()  # hybrid embeds
+    reads = []
+    real = catalog.store.read_meta
+    monkeypatch.setattr(catalog.store, "read_meta", lambda: (reads.append(1), real())[1])
+    for mode in ("text", "hybrid"):
+        catalog.search("медный", SearchConfig(k=3, mode=mode))
+    assert len(reads) == 2
 
 
 def test_hybrid_mode_fuses_both_rankings(catalog) -> None:
