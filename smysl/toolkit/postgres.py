@@ -68,7 +68,8 @@ TEXT_FIRST_ROWS = 1_000
 #: The most sets of terms one statement looks for (:func:`_term_sets`): PostgreSQL checks each
 #: row holding any of their terms against every set (16 measured best of 8, 16, 32 and 64).
 TEXT_MAX_SETS = 16
-#: Steps of the search for those sets (~0.7 us each): past them, terms are taken one by one.
+#: Steps of the search for those sets (:func:`_minimal_sets`, ~0.3 us each): past them, the
+#: terms are taken as the top k is filled.
 _TERM_SETS_STEPS = 5000
 #: Rows' terms larger than this (bytes stored, on average) are likely compressed or kept out
 #: of line (TOAST): read them once per row, not once per function that looks at them.
@@ -285,53 +286,66 @@ def _quoted(lexeme: str) -> str:
 
 def _term_sets(terms: Sequence[int], ub: Sequence[float], df: Sequence[float], need: float
                ) -> list[list[int]] | None:
-    """What a row holding none of the terms already scored must hold to score ``need``: a
-    list of sets of ``terms`` (indexes into ``ub``, each term's most it adds, and ``df``, the
-    rows holding it), read as "all of one of the sets", at most :data:`TEXT_MAX_SETS` of
-    them. Every row that can reach ``need`` is found by them (they may find more). None when
-    the search for them ran past :data:`_TERM_SETS_STEPS`."""
-    by_ub = sorted(terms, key=lambda i: (-ub[i], i))
-    suffix = [0.0] * (len(by_ub) + 1)
-    for j in range(len(by_ub) - 1, -1, -1):
-        suffix[j] = suffix[j + 1] + ub[by_ub[j]]
-    found: list[frozenset[int]] = []
+    """What a row holding none of the terms already scored must hold to score ``need``: at
+    most :data:`TEXT_MAX_SETS` sets of ``terms`` (indexes into ``ub``, each term's most it
+    adds, and ``df``, the rows holding it), read as "all of one of the sets". Every row that
+    can reach ``need`` is found by them (they may find more). None when no such sets were
+    found within :data:`_TERM_SETS_STEPS` steps of the search.
+
+    Too many sets cost PostgreSQL more to check than the rows they save: then the commonest
+    terms are left out of the sets, taken as held (a set's other terms alone find more rows,
+    never fewer), as long as the terms left out cannot reach ``need`` by themselves."""
+    kept = sorted(terms, key=lambda i: (-ub[i], i))
+    left_out = 0.0  # the bounds of the terms left out
     steps = 0
+    for out in [None, *sorted(terms, key=lambda i: (-df[i], i))]:
+        if out is not None:
+            if left_out + ub[out] >= need:
+                continue  # a row holding only terms left out could reach need
+            left_out += ub[out]
+            kept.remove(out)
+        found, used = _minimal_sets(kept, ub, need - left_out, TEXT_MAX_SETS,
+                                    _TERM_SETS_STEPS - steps)
+        steps += used
+        if found:
+            return [sorted(c, key=lambda i: (df[i], i)) for c in found]
+        if found is not None or steps >= _TERM_SETS_STEPS:
+            return None  # none (rounding at the last bit) or out of steps
+    return None
 
-    def walk(start: int, chosen: tuple[int, ...], total: float) -> bool:
-        # every minimal set: terms in falling bound order, stop as soon as the sum reaches
-        # need; False once the search ran past its budget
-        nonlocal steps
-        for j in range(start, len(by_ub)):
+
+def _minimal_sets(by_ub: Sequence[int], ub: Sequence[float], need: float, most: int,
+                  budget: int) -> tuple[list[list[int]] | None, int]:
+    """Every minimal set of ``by_ub`` (terms in falling ``ub`` order) whose bounds add up to
+    ``need``, and the steps taken; None past ``most`` sets or ``budget`` steps (~0.3 us a
+    step). Depth first, terms in order, a set ending as soon as its sum reaches ``need``: as
+    the bounds fall, no term of such a set can be spared, and no set is found twice."""
+    n = len(by_ub)
+    suffix = [0.0] * (n + 1)  # suffix[j]: the sum of the bounds from position j on
+    for j in range(n - 1, -1, -1):
+        suffix[j] = suffix[j + 1] + ub[by_ub[j]]
+    found: list[list[int]] = []
+    chosen: list[int] = []  # positions in by_ub
+    totals = [0.0]  # totals[-1]: the bounds of the chosen terms
+    j = steps = 0
+    while True:
+        if j < n and totals[-1] + suffix[j] >= need:
             steps += 1
-            if steps > _TERM_SETS_STEPS:
-                return False
-            if total + suffix[j] < need:
-                return True
-            if total + ub[by_ub[j]] >= need:
-                found.append(frozenset((*chosen, by_ub[j])))
-            elif not walk(j + 1, (*chosen, by_ub[j]), total + ub[by_ub[j]]):
-                return False
-        return True
-
-    if not walk(0, (), 0.0):
-        return None
-    # too many sets cost PostgreSQL more to check than the rows they save: leave the commonest
-    # terms out of the sets (a set's other terms alone find more rows, never fewer), and drop
-    # the sets another one covers
-    commonest = sorted(terms, key=lambda i: (-df[i], i))
-    while len(found) > TEXT_MAX_SETS and commonest:
-        out = commonest.pop(0)
-        found = _covering(sorted({(c - {out}) or c for c in found}, key=len))
-    return [sorted(c, key=lambda i: (df[i], i)) for c in found]
-
-
-def _covering(sets: Sequence[frozenset[int]]) -> list[frozenset[int]]:
-    """``sets`` (shortest first) without those holding another: the rows they find stay."""
-    out: list[frozenset[int]] = []
-    for c in sets:
-        if not any(f <= c for f in out):
-            out.append(c)
-    return out
+            if steps > budget:
+                return None, steps
+            if totals[-1] + ub[by_ub[j]] >= need:
+                found.append([by_ub[c] for c in (*chosen, j)])
+                if len(found) > most:
+                    return None, steps
+            else:
+                chosen.append(j)
+                totals.append(totals[-1] + ub[by_ub[j]])
+            j += 1
+        elif chosen:  # nothing from position j on completes the chosen terms: back up
+            j = chosen.pop() + 1
+            totals.pop()
+        else:
+            return found, steps
 
 
 def _rows_of_sets(sets: Sequence[Sequence[int]], df: Sequence[float], docs: float) -> float:
@@ -359,7 +373,9 @@ def copy_tuples(ids: Sequence[str], vectors: np.ndarray, payloads: Sequence[str]
 
 class PostgresStore(VectorStore):
     """A pgvector table; search is an exact scan unless an HNSW index exists and
-    ``exact=False``. Index settings in the DSN (:func:`split_options`) override ``config``'s."""
+    ``exact=False``. Index settings in the DSN (:func:`split_options`) override ``config``'s.
+    A store holds one connection and its transactions: use it from one thread at a time (a
+    store per thread, or a lock, as the web UI's)."""
 
     def __init__(self, config: StoreConfig, dimensions: int | None = None, *,
                  replace: bool = False) -> None:
@@ -639,7 +655,10 @@ class PostgresStore(VectorStore):
         clause, params = self._where(where)
         out: list[list[Hit]] = []
         stats: _TextStats | None = None
-        with self._conn.cursor(binary=True) as cur:
+        with self._conn.cursor(binary=True) as cur, self._conn.transaction():
+            # one snapshot for every statement: a row written meanwhile is not scored twice
+            # (once by the terms it held, once by those it holds now) nor missed
+            cur.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
             for terms in queries:
                 lexemes = query_lexemes(terms)
                 if not lexemes or not self._lexical:
@@ -737,7 +756,10 @@ class PostgresStore(VectorStore):
         none of the terms taken can enter it only if it holds a set of the other terms whose
         bounds add up to the ``k``-th score (:func:`_term_sets`): one more statement scores
         the rows holding such a set, and the top ``k`` is final. While those sets would
-        match more rows than the next rarest term holds, that term is taken first."""
+        match more rows than the next rarest term holds, the next terms are taken instead,
+        until the rows scored at least double, as while the top ``k`` is filled (a long
+        question takes a few statements, not one per term). ``cur`` is in a transaction of
+        one snapshot (:meth:`search_text`): a row is scored once, written meanwhile or not."""
         df = self._doc_freqs(cur, lexemes, stats)
         if not any(df):
             return []  # no row holds any of the terms
@@ -759,13 +781,14 @@ class PostgresStore(VectorStore):
             return list(cur.fetchall())
 
         def merged(a: list[Any], b: list[Any]) -> list[Any]:
-            # the statement's order: score, then id in code-point order (COLLATE "C")
+            # the statement's order: score, then id in code-point order (COLLATE "C" is
+            # that in a UTF-8 database; in one of another encoding, the encoding's bytes)
             return sorted([*a, *b], key=lambda r: (-r[2], r[0]))[:k]
 
         rows: list[Any] = []
         taken = 0  # the rows of order[:taken] are scored
         while taken < len(order):
-            nxt = taken + 1
+            end = len(order)
             if len(rows) == k:
                 # a row holding none of the terms taken scores below rest[taken]; the k-th
                 # score only grows as rows join
@@ -777,12 +800,15 @@ class PostgresStore(VectorStore):
                     found = " | ".join("(" + " & ".join(tsq[i] for i in c) + ")"
                                        for c in sets)
                     return merged(rows, score(found, taken))
-            else:  # the top k is not full: take terms until the rows scored at least double
-                reach = max(2 * rows_of[taken], TEXT_FIRST_ROWS)
-                while nxt < len(order) and rows_of[nxt + 1] <= reach:
-                    nxt += 1
+                # rows holding only terms of order[end:] score below kth: none past end
+                end = next(n for n in range(taken + 1, len(order) + 1) if rest[n] < kth)
+            # the next terms, until the rows scored at least double (at least one term)
+            reach = max(2 * rows_of[taken], TEXT_FIRST_ROWS)
+            nxt = taken + 1
+            while nxt < end and rows_of[nxt + 1] <= reach:
+                nxt += 1
             if rows_of[nxt] - rows_of[taken] > stats.docs / 2:
-                nxt = len(order)  # most of the table either way: score it once
+                nxt = end  # most of the table either way: score it once
             rows = merged(rows, score(" | ".join(tsq[i] for i in order[taken:nxt]), taken))
             taken = nxt
         return rows

@@ -14,7 +14,7 @@ import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import pytest
@@ -36,12 +36,33 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def _compile_locales(names: Sequence[str], into: Path) -> None:
+    """glibc locales (``en_US.UTF-8``) built from the system's sources into ``into``, for a
+    server started with ``LOCPATH`` there: a machine may have only C and C.UTF-8 installed."""
+    if not names:
+        return
+    if shutil.which("localedef") is None or not Path("/usr/share/i18n/locales").is_dir():
+        pytest.skip("this test needs glibc's localedef and locale sources (Debian: libc-bin, "
+                    "and the locales package's /usr/share/i18n/locales)")
+    into.mkdir(mode=0o755)
+    for name in names:
+        lang, _, charset = name.partition(".")
+        subprocess.run(["localedef", "-i", lang, "-c", "-f", charset or "UTF-8",
+                        str(into / name)], check=True, capture_output=True)
+
+
 @contextlib.contextmanager
-def postgres_server() -> Iterator[str]:
-    """Start a throwaway server; yields its DSN."""
+def postgres_server(locales: Sequence[str] = ()) -> Iterator[str]:
+    """Start a throwaway server, which can use the glibc ``locales`` named (built for it);
+    yields its DSN."""
     pytest.importorskip("psycopg", reason="PostgreSQL tests need psycopg 3 (smysl[postgres])")
     bins = _bin_dir()
     root = Path(tempfile.mkdtemp(prefix="smysl-pg-"))
+    try:
+        _compile_locales(locales, root / "locales")
+    except BaseException:  # a skip included: leave no folder behind
+        shutil.rmtree(root, ignore_errors=True)
+        raise
     # postgres refuses to run as root: run it as an unprivileged user then
     user = "nobody" if os.geteuid() == 0 else None
     if user is not None:
@@ -55,7 +76,9 @@ def postgres_server() -> Iterator[str]:
     proc = subprocess.Popen([str(bins / "postgres"), "-D", str(data), "-p", str(port),
                              "-h", "127.0.0.1", "-k", str(root), "-c", "fsync=off",
                              "-c", "synchronous_commit=off", "-c", "full_page_writes=off"],
-                            user=user, stdout=log, stderr=subprocess.STDOUT)
+                            user=user, stdout=log, stderr=subprocess.STDOUT,
+                            env={**os.environ, "LOCPATH": str(root / "locales")}
+                            if locales else None)
     dsn = f"postgresql://postgres@127.0.0.1:{port}/postgres"
     try:
         import psycopg

@@ -326,6 +326,23 @@ def test_search_text_agrees_with_memory_store(postgres_dsn) -> None:
             assert s._text_stats(cur).docs == n
 
 
+def _scoring_statements(monkeypatch) -> list[list]:
+    """The parameters of every BM25 statement run from now on (the test's end undoes it)."""
+    import psycopg
+
+    executed: list[list] = []
+    real = psycopg.Cursor.execute
+
+    def execute(self, query, params=None, **kw):
+        text = query if isinstance(query, str) else query.as_string(self.connection)
+        if "ts_rank_cd" in text:
+            executed.append(list(params))
+        return real(self, query, params, **kw)
+
+    monkeypatch.setattr(psycopg.Cursor, "execute", execute)
+    return executed
+
+
 def _zipf_corpus(n: int, seed: int) -> tuple[list[str], list[dict]]:
     """Texts of Zipf-distributed words (a few in most rows, most in few) and a group field."""
     rng = np.random.default_rng(seed)
@@ -348,11 +365,7 @@ def test_search_text_prunes_exactly(postgres_dsn, monkeypatch) -> None:
     # common words and rare ones, as questions mix them
     queries = [[f"w{i}" for i in sorted(set(rng.integers(0, 400, 2)) | {0, 1, 2})]
                for _ in range(12)] + [["w0", "w1"], ["w399"], ["w0", "w350", "nothere"]]
-    sets_used = []
-    term_sets = pg._term_sets
-    monkeypatch.setattr(pg, "_term_sets", lambda *a: (
-        found := term_sets(*a), sets_used.append(found) if found and len(found) > 1 else None
-    )[0])
+    scoring = _scoring_statements(monkeypatch)
     with open_store(_config(postgres_dsn), 8) as s:
         s.upsert(ids, unit_rows(len(ids), 8, seed=7), pays)
         for analysed in (False, True):
@@ -368,77 +381,168 @@ def test_search_text_prunes_exactly(postgres_dsn, monkeypatch) -> None:
                         pruned = s.search_text(queries, k, where=where)
                         assert [[(h.id, h.score) for h in q] for q in pruned] == [
                             [(h.id, h.score) for h in q] for q in full]
-        assert sets_used  # the last statement found rows by sets of terms
+        # some last statements found rows by sets of terms: ('a' & 'b') | ...
+        assert any("' & '" in str(p) for params in scoring for p in params)
         assert s._text_stats(s._conn.cursor()).common  # ANALYZE's shares were used
         # it stops early: a rare term's rows decide a query of three common words and it
         rare = next(t for t in (f"w{i}" for i in range(399, 0, -1)) if s.search_text([[t]], 1)[0])
-        executed: list[tuple[str, list]] = []
-        cursor = type(s._conn.cursor())
-        real = cursor.execute
-        monkeypatch.setattr(cursor, "execute", lambda self, q, p=None, **kw: (
-            executed.append((q if isinstance(q, str) else q.as_string(s._conn), p)),
-            real(self, q, p, **kw))[1])
+        scoring.clear()
         monkeypatch.setattr(pg, "TEXT_FIRST_ROWS", 1)
         assert len(s.search_text([["w0", "w1", "w2", rare]], 1)[0]) == 1
-        (scoring,) = [p for q, p in executed if "ts_rank_cd" in q]  # one statement
+        (params,) = scoring  # one statement
         # the rows scored are those holding the rare term (after two tsqueries per term)
-        assert scoring[8] == f"'{rare}'"
+        assert params[8] == f"'{rare}'"
 
 
-def test_search_text_ties_in_code_point_order(postgres_dsn, monkeypatch) -> None:
-    """Equal scores come in the ids' code-point order (what Python's sort gives, and the
-    order the statements' rows are merged in), whatever the database's collation, whether
-    the rows were scored in one statement or several."""
+def test_search_text_long_question_takes_few_statements(postgres_dsn, monkeypatch) -> None:
+    """A question of hundreds of words (a pasted paragraph) is scored in a few statements,
+    the rows scored at least doubling from one to the next, not one statement per word; the
+    hits are those of scoring every row at once."""
+    import smysl.toolkit.postgres as pg
+
+    ids, pays = _zipf_corpus(3000, seed=8)
+    scoring = _scoring_statements(monkeypatch)
+    with open_store(_config(postgres_dsn), 8) as s:
+        s.upsert(ids, unit_rows(len(ids), 8, seed=9), pays)
+        s.optimize()
+        for n_words, k in ((256, 10), (64, 10), (32, 50)):
+            query = [f"w{i}" for i in range(400 - n_words, 400)]  # the rarer words
+            monkeypatch.setattr(pg, "TEXT_FIRST_ROWS", 1 << 62)
+            full = s.search_text([query], k)[0]
+            monkeypatch.setattr(pg, "TEXT_FIRST_ROWS", 1)
+            scoring.clear()
+            pruned = s.search_text([query], k)[0]
+            assert [(h.id, h.score) for h in pruned] == [(h.id, h.score) for h in full]
+            # from one row to 3,000: twice log2(3000) statements at the very most
+            assert 1 < len(scoring) <= 24, (n_words, len(scoring))
+
+
+def test_search_text_sees_one_snapshot(postgres_dsn, monkeypatch) -> None:
+    """A row rewritten between two statements of one word search (its rare word gone, the
+    common one kept) is scored once, as it stood when the search began."""
+    import psycopg
+
     import smysl.toolkit.postgres as pg
     from smysl.toolkit.lexical import analyze
 
-    ids = ["b", "B", "é", "z", "ё", "10", "9", "a b", "Ж"]
-    tied = [{"text": "редкое слово and common words"} for _ in ids]
+    config = _config(postgres_dsn)
+    texts = {"x": "редкое common", **{f"o{i}": f"common words {i}" for i in range(8)}}
+    query = [analyze("редкое common")]
+    with open_store(config, 8) as s, open_store(config, 8) as writer:
+        s.upsert(list(texts), unit_rows(9, 8, seed=1), [{"text": t} for t in texts.values()])
+        monkeypatch.setattr(pg, "TEXT_FIRST_ROWS", 1)  # the rare word's row first, alone
+        before = s.search_text(query, 5)[0]
+        assert before[0].id == "x"
+        real = psycopg.Cursor.execute
+        statements = []
+
+        def execute(self, q, params=None, **kw):
+            out = real(self, q, params, **kw)
+            text = q if isinstance(q, str) else q.as_string(self.connection)
+            if "ts_rank_cd" in text and self.connection is not writer._conn:
+                statements.append(params)
+                if len(statements) == 1:  # between the first statement and the second
+                    writer.upsert(["x"], unit_rows(1, 8, seed=1), [{"text": "common common"}])
+            return out
+
+        monkeypatch.setattr(psycopg.Cursor, "execute", execute)
+        during = s.search_text(query, 5)[0]
+        assert len(statements) > 1
+        assert [(h.id, h.score) for h in during] == [(h.id, h.score) for h in before]
+        after = s.search_text(query, 5)[0]  # the rewrite, seen by the next search
+        assert len({h.id for h in after}) == len(after)
+        assert next(h.score for h in after if h.id == "x") < before[0].score
+
+
+def test_search_text_ties_in_code_point_order(monkeypatch) -> None:
+    """Equal scores come in the ids' code-point order (what Python's sort gives, and the
+    order the statements' rows are merged in), in a database whose collation orders them
+    otherwise (en_US), whether the rows were scored in one statement or several (each tied
+    row holds its own rare word, all as rare)."""
+    import psycopg
+
+    import smysl.toolkit.postgres as pg
+    from smysl.toolkit.lexical import analyze
+    from toolkit.pgserver import postgres_server
+
+    # code points: 10 9 Y Z a b | b é Ж ё; en_US: 10 9 a b b é | Y Z Ж ё
+    ids = ["b", "Z", "é", "ё", "10", "9", "a b", "Ж", "Y"]
+    tied = [{"text": f"zq{i} common words"} for i in range(len(ids))]
     other = [{"text": f"common words {i}"} for i in range(40)]
-    with open_store(_config(postgres_dsn), 8) as s:
-        s.upsert([*ids, *(f"o{i}" for i in range(40))], unit_rows(49, 8, seed=2),
-                 [*tied, *other])
-        query = [analyze("редкое слово common")]
-        for first in (1, 1 << 62):
-            monkeypatch.setattr(pg, "TEXT_FIRST_ROWS", first)
-            hits = s.search_text(query, 5)[0]
-            assert [h.id for h in hits] == sorted(ids)[:5]
-            assert len({h.score for h in hits}) == 1
+    with postgres_server(locales=["en_US.UTF-8"]) as server:
+        with psycopg.connect(server, autocommit=True) as conn:
+            conn.execute("CREATE DATABASE ties TEMPLATE template0 LOCALE 'en_US.UTF-8'")
+        dsn = server.rsplit("/", 1)[0] + "/ties"
+        with psycopg.connect(dsn) as conn:
+            (db_order,) = conn.execute("SELECT array_agg(x ORDER BY x) FROM unnest(%s::text[]) "
+                                       "AS x", [ids]).fetchone()
+        assert db_order != sorted(ids)  # the database's own order is not code points
+        with open_store(_config(dsn), 8) as s:
+            s.upsert([*ids, *(f"o{i}" for i in range(40))], unit_rows(49, 8, seed=2),
+                     [*tied, *other])
+            query = [analyze(" ".join(f"zq{i}" for i in range(len(ids))) + " common")]
+            scoring = _scoring_statements(monkeypatch)
+            for first, statements in ((1, range(2, 9)), (1 << 62, [1])):
+                monkeypatch.setattr(pg, "TEXT_FIRST_ROWS", first)
+                scoring.clear()
+                hits = s.search_text(query, 5)[0]
+                assert [h.id for h in hits] == sorted(ids)[:5]
+                assert len({h.score for h in hits}) == 1
+                assert len(scoring) in statements
 
 
 def test_term_sets_find_every_row_that_can_reach_the_score(monkeypatch) -> None:
     """Every set of terms whose bounds add up to the score holds one of the sets (no row that
     could enter the top k is missed); unrelaxed, each set reaches the score and none is
-    redundant; relaxed (fewer sets allowed), still every such set of terms is found; and a
-    search too large to finish gives None (terms are then taken one by one)."""
+    redundant; relaxed (fewer sets allowed), at most that many sets, still finding every such
+    set of terms, or None; and a search too large to finish gives None, soon."""
     import itertools
 
     import smysl.toolkit.postgres as pg
 
     rng = np.random.default_rng(3)
-    for trial in range(60):
-        n = int(rng.integers(1, 9))
+    relaxed = 0
+    for trial in range(200):
+        n = int(rng.integers(1, 10))
         ub = list(rng.uniform(0.1, 5, n))
         df = list(rng.uniform(1, 1000, n))
         need = float(rng.uniform(0, sum(ub) * 1.2))
         terms = list(range(n))
-        for max_sets in (1 << 30, 2):
+        for max_sets in (1 << 30, 3, 1):
             monkeypatch.setattr(pg, "TEXT_MAX_SETS", max_sets)
             sets = pg._term_sets(terms, ub, df, need)
-            assert sets is not None
+            if sets is None:
+                assert max_sets < 1 << 30 or sum(ub) < need, (trial, max_sets)
+                continue
+            assert 0 < len(sets) <= max_sets
             held = [set(c) for c in sets]
             for r in range(n + 1):
                 for h in map(set, itertools.combinations(terms, r)):
                     if sum(ub[i] for i in h) >= need:
                         assert any(c <= h for c in held), (trial, h, sets)
-            if max_sets > n * n:
+            if max_sets == 1 << 30:
                 for c in held:
                     assert sum(ub[i] for i in c) >= need
                     assert all(sum(ub[i] for i in c - {j}) < need for j in c)
             else:
-                assert len(sets) <= max_sets or all(len(c) == 1 for c in held)
+                relaxed += 1
+    assert relaxed > 100
+    steps = []
+    minimal_sets = pg._minimal_sets
+    monkeypatch.setattr(pg, "_minimal_sets", lambda *a: (
+        found := minimal_sets(*a), steps.append(found[1]))[0])
+    monkeypatch.setattr(pg, "TEXT_MAX_SETS", 16)
+    # 256 terms, each enough alone: too many sets, and none can be left out
+    assert pg._term_sets(list(range(256)), [2.0] * 256, [10.0] * 256, 1.0) is None
+    assert sum(steps) <= 17
+    # 20 terms, any 8 enough (125,970 sets): the 7 commonest are left out, 13 sets remain
+    steps.clear()
+    sets = pg._term_sets(list(range(20)), [1.0] * 20, [float(i) for i in range(1, 21)], 8.0)
+    assert sets == [[i] for i in range(13)] and sum(steps) < 500
     monkeypatch.setattr(pg, "_TERM_SETS_STEPS", 50)
+    steps.clear()
     assert pg._term_sets(list(range(30)), [1.0] * 30, [10.0] * 30, 15.0) is None
+    assert sum(steps) <= 51
 
 
 def test_search_text_scores_are_bm25_over_table_statistics(postgres_dsn) -> None:
