@@ -74,6 +74,16 @@ def questions(n: int) -> list[str]:
     return out
 
 
+def passages(n: int, words: int) -> list[str]:
+    """The first ``words`` words of ``n`` XQuAD paragraphs, half Russian, half English."""
+    out = []
+    for lang in ("ru", "en"):
+        data = json.loads((DATASETS / "xquad" / f"xquad.{lang}.json").read_text())
+        paras = [para["context"] for art in data["data"] for para in art["paragraphs"]]
+        out += [" ".join(p.split()[:words]) for p in random.Random(2).sample(paras, n // 2)]
+    return out
+
+
 def same(hits: list, other: list) -> dict[str, object]:
     """How many queries got the same ids in the same order, the same id sets, and the largest
     score difference of two hits at the same rank."""
@@ -105,10 +115,16 @@ def opened(store: str, folder: Path) -> Iterator[Any]:
             yield s
 
 
+#: The methods of PostgreSQL's word search: ``--against`` runs an old revision's, where it
+#: has them, in place of these.
+WORD_SEARCH = ("search_text", "_text_stats", "_doc_freqs", "_top_by_words", "_text_query")
+
+
 def against(store: Any, terms: list[list[str]], k: int, rounds: int, rev: str
             ) -> dict[str, object]:
-    """Each question by revision ``rev``'s ``PostgresStore._top_by_words`` and this one's in
-    turn, on the same table and statistics: both sides' timings and how many agree."""
+    """Each question by revision ``rev``'s PostgreSQL word search (:data:`WORD_SEARCH`) and
+    this one's in turn, on the same table and statistics: both sides' timings and how many
+    agree."""
     import importlib.util
     import subprocess
 
@@ -116,16 +132,21 @@ def against(store: Any, terms: list[list[str]], k: int, rounds: int, rev: str
 
     source = subprocess.run(["git", "-C", str(ROOT), "show", f"{rev}:smysl/toolkit/postgres.py"],
                             check=True, capture_output=True, text=True).stdout
+    cls = postgres.PostgresStore
+    now = {name: vars(cls)[name] for name in WORD_SEARCH}
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "postgres_then.py"
         path.write_text(source)
         spec = importlib.util.spec_from_file_location("postgres_then", path)
         assert spec and spec.loader
-        then = importlib.util.module_from_spec(spec)
-        sys.modules[spec.name] = then  # its dataclasses look their module up
-        spec.loader.exec_module(then)
-    cls = postgres.PostgresStore
-    sides = {"then": then.PostgresStore._top_by_words, "now": cls._top_by_words}
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = module  # its dataclasses look their module up
+        try:
+            spec.loader.exec_module(module)
+        finally:
+            del sys.modules[spec.name]
+    then = {name: vars(module.PostgresStore).get(name, now[name]) for name in WORD_SEARCH}
+    sides = {"then": then, "now": now}
     best: dict[str, list[float]] = {name: [] for name in sides}
     same = 0
     try:
@@ -133,8 +154,12 @@ def against(store: Any, terms: list[list[str]], k: int, rounds: int, rev: str
             got: dict[str, list[float]] = {}
             times = {name: float("inf") for name in sides}
             for _ in range(rounds):
-                for name, fn in sides.items():
-                    cls._top_by_words = fn  # type: ignore[method-assign]
+                for name, methods in sides.items():
+                    for method, fn in methods.items():
+                        setattr(cls, method, fn)
+                    store._text_cache = None  # each side's statistics, read untimed
+                    with store._conn.cursor() as cur:
+                        store._text_stats(cur)
                     t0 = time.perf_counter()
                     got[name] = [h.score for h in store.search_text([ts], k)[0]]
                     times[name] = min(times[name], time.perf_counter() - t0)
@@ -142,7 +167,8 @@ def against(store: Any, terms: list[list[str]], k: int, rounds: int, rev: str
                 best[name].append(times[name] * 1000)
             same += got["then"] == got["now"]
     finally:
-        cls._top_by_words = sides["now"]  # type: ignore[method-assign]
+        for method, fn in now.items():
+            setattr(cls, method, fn)
     return {"rev": rev, "same_scores": f"{same}/{len(terms)}", **{
         name: {"p50_ms": round(float(np.median(v)), 1),
                "p95_ms": round(float(np.percentile(v, 95)), 1),
@@ -165,14 +191,18 @@ def main() -> int:
                          "a second ANALYZE (another sample of the table)")
     ap.add_argument("--against", metavar="REV",
                     help="PostgreSQL: also run the word search of git revision REV "
-                         "(its PostgresStore._top_by_words) on the same table, each question "
-                         "by both in turn, and report both and whether their scores agree")
+                         "(its PostgresStore methods of WORD_SEARCH) on the same table, each "
+                         "question by both in turn, and report both and whether their scores "
+                         "agree")
+    ap.add_argument("--words", type=int, metavar="N",
+                    help="questions of N words instead: the start of XQuAD paragraphs, as a "
+                         "pasted passage (half Russian, half English)")
     args = ap.parse_args()
 
     from smysl.toolkit import lexical
 
     texts = corpus(args.rows)
-    qs = questions(args.queries)
+    qs = passages(args.queries, args.words) if args.words else questions(args.queries)
     terms = [lexical.query_terms(q) for q in qs]
     rng = np.random.default_rng(0)
     vecs = rng.normal(size=(args.rows, DIM)).astype(np.float32)
@@ -224,7 +254,8 @@ def main() -> int:
                 "max_ms": round(float(best[sel].max()), 2)}
 
     out: dict[str, object] = {
-        "store": args.store, "rows": args.rows, "k": args.k, "write_s": round(write_s, 1),
+        "store": args.store, "rows": args.rows, "k": args.k, "words": args.words,
+        "write_s": round(write_s, 1),
         "machine": platform.processor() or platform.machine(),
         "all": stats(np.ones(len(qs), bool)), "with_common_word": stats(flags),
         "rare_words_only": stats(~flags)}
