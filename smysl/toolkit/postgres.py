@@ -68,7 +68,7 @@ TEXT_FIRST_ROWS = 1_000
 #: The most sets of terms one statement looks for (:func:`_term_sets`): PostgreSQL checks each
 #: row holding any of their terms against every set (16 measured best of 8, 16, 32 and 64).
 TEXT_MAX_SETS = 16
-#: Steps of the search for those sets (:func:`_minimal_sets`, ~0.3 us each): past them, the
+#: Steps of the search for those sets (:func:`_minimal_sets`, under 1 us each): past them, the
 #: terms are taken as the top k is filled.
 _TERM_SETS_STEPS = 5000
 #: Rows' terms larger than this (bytes stored, on average) are likely compressed or kept out
@@ -317,7 +317,7 @@ def _term_sets(terms: Sequence[int], ub: Sequence[float], df: Sequence[float], n
 def _minimal_sets(by_ub: Sequence[int], ub: Sequence[float], need: float, most: int,
                   budget: int) -> tuple[list[list[int]] | None, int]:
     """Every minimal set of ``by_ub`` (terms in falling ``ub`` order) whose bounds add up to
-    ``need``, and the steps taken; None past ``most`` sets or ``budget`` steps (~0.3 us a
+    ``need``, and the steps taken; None past ``most`` sets or ``budget`` steps (under 1 us a
     step). Depth first, terms in order, a set ending as soon as its sum reaches ``need``: as
     the bounds fall, no term of such a set can be spared, and no set is found twice."""
     n = len(by_ub)
