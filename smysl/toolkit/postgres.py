@@ -648,29 +648,42 @@ class PostgresStore(VectorStore):
         (:meth:`_text_stats`), the best ``k`` rows the filter leaves. Found through the GIN
         index, rarest terms first (:meth:`_top_by_words`): a common word ("и", "the") adds
         its score to the rows the rarer words found, and its rows are read only where they
-        hold enough of the other words to enter the top ``k``. A table that could not get the terms
-        column (see :meth:`_ensure_terms`) has no hits."""
+        hold enough of the other words to enter the top ``k``. Every question of one call
+        reads one snapshot of the table (:meth:`_one_snapshot`). A table that could not get
+        the terms column (see :meth:`_ensure_terms`) has no hits."""
         if k < 1:
             raise ValueError(f"k must be >= 1, got {k}")
         clause, params = self._where(where)
         out: list[list[Hit]] = []
         stats: _TextStats | None = None
-        with self._conn.cursor(binary=True) as cur, self._conn.transaction():
-            # one snapshot for every statement: a row written meanwhile is not scored twice
-            # (once by the terms it held, once by those it holds now) nor missed
-            cur.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+        counted: dict[str, float] = {}  # rows holding a term, counted in this snapshot
+        with self._conn.cursor(binary=True) as cur, contextlib.ExitStack() as snapshot:
             for terms in queries:
                 lexemes = query_lexemes(terms)
                 if not lexemes or not self._lexical:
                     out.append([])
                     continue
                 if stats is None:
+                    snapshot.enter_context(self._one_snapshot(cur))
                     stats = self._text_stats(cur)
-                rows = self._top_by_words(cur, lexemes, stats, clause, params, k, with_vectors)
+                rows = self._top_by_words(cur, lexemes, stats, clause, params, k, with_vectors,
+                                          counted)
                 out.append([Hit(r[0], float(r[2]), r[1],
                                 _vector_bytes(r[3], self.dimensions) if with_vectors else None)
                             for r in rows])
         return out
+
+    @contextlib.contextmanager
+    def _one_snapshot(self, cur: Any) -> Iterator[None]:
+        """One snapshot for every statement of a search by words: a row written meanwhile is
+        neither scored twice (once by the terms it held, once by those it holds now) nor
+        missed. Inside a transaction the caller opened, its snapshot (and isolation) serve."""
+        if self._conn.info.transaction_status != _import().pq.TransactionStatus.IDLE:
+            yield
+            return
+        with self._conn.transaction():
+            cur.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+            yield
 
     def _text_stats(self, cur: Any) -> _TextStats:
         """The collection statistics of BM25, table-wide (as Lucene's are index-wide, not per
@@ -731,10 +744,13 @@ class PostgresStore(VectorStore):
             self._text_cache = (key, stats)
         return stats
 
-    def _doc_freqs(self, cur: Any, lexemes: Sequence[str], stats: _TextStats) -> list[float]:
+    def _doc_freqs(self, cur: Any, lexemes: Sequence[str], stats: _TextStats,
+                   counted: dict[str, float]) -> list[float]:
         """How many rows hold each term: from ``ANALYZE``'s shares for the common terms,
-        counted through the GIN index for the others (the rarer, the cheaper)."""
-        out = [stats.common[t] * stats.docs if t in stats.common else -1.0 for t in lexemes]
+        counted through the GIN index for the others (the rarer, the cheaper), once per
+        snapshot (``counted``, which this fills)."""
+        out = [stats.common[t] * stats.docs if t in stats.common else counted.get(t, -1.0)
+               for t in lexemes]
         missing = [i for i, f in enumerate(out) if f < 0]
         if missing:
             count = self._q("(SELECT count(*) FROM {t} WHERE terms @@ %s::tsquery)")
@@ -742,12 +758,12 @@ class PostgresStore(VectorStore):
                 self._sql.SQL(", ").join([count] * len(missing))),
                 [_quoted(lexemes[i]) for i in missing])
             for i, n in zip(missing, cur.fetchone(), strict=True):
-                out[i] = float(n)
+                out[i] = counted[lexemes[i]] = float(n)
         return out
 
     def _top_by_words(self, cur: Any, lexemes: Sequence[str], stats: _TextStats,
-                      clause: Any, params: Sequence[Any], k: int, with_vectors: bool
-                      ) -> list[Any]:
+                      clause: Any, params: Sequence[Any], k: int, with_vectors: bool,
+                      counted: dict[str, float]) -> list[Any]:
         """The best ``k`` rows by BM25, found as MaxScore finds them, and exact: the same rows
         and scores as scoring every row that holds any query term. The rows holding the
         rarest terms are scored first, each row on every query term (a row is scored once:
@@ -758,9 +774,9 @@ class PostgresStore(VectorStore):
         the rows holding such a set, and the top ``k`` is final. While those sets would
         match more rows than the next rarest term holds, the next terms are taken instead,
         until the rows scored at least double, as while the top ``k`` is filled (a long
-        question takes a few statements, not one per term). ``cur`` is in a transaction of
-        one snapshot (:meth:`search_text`): a row is scored once, written meanwhile or not."""
-        df = self._doc_freqs(cur, lexemes, stats)
+        question takes a few statements, not one per term). ``cur`` reads one snapshot
+        (:meth:`_one_snapshot`): a row is scored once, written meanwhile or not."""
+        df = self._doc_freqs(cur, lexemes, stats, counted)
         if not any(df):
             return []  # no row holds any of the terms
         docs = max(stats.docs, *df)  # ANALYZE's estimate may run ahead of the row count
@@ -801,7 +817,8 @@ class PostgresStore(VectorStore):
                                        for c in sets)
                     return merged(rows, score(found, taken))
                 # rows holding only terms of order[end:] score below kth: none past end
-                end = next(n for n in range(taken + 1, len(order) + 1) if rest[n] < kth)
+                end = next((n for n in range(taken + 1, len(order)) if rest[n] < kth),
+                           len(order))  # (a k-th score of 0: rows stored without positions)
             # the next terms, until the rows scored at least double (at least one term)
             reach = max(2 * rows_of[taken], TEXT_FIRST_ROWS)
             nxt = taken + 1

@@ -41,14 +41,24 @@ def _compile_locales(names: Sequence[str], into: Path) -> None:
     server started with ``LOCPATH`` there: a machine may have only C and C.UTF-8 installed."""
     if not names:
         return
-    if shutil.which("localedef") is None or not Path("/usr/share/i18n/locales").is_dir():
+    if not can_build_locales():
         pytest.skip("this test needs glibc's localedef and locale sources (Debian: libc-bin, "
-                    "and the locales package's /usr/share/i18n/locales)")
-    into.mkdir(mode=0o755)
+                    "and the locales package's /usr/share/i18n)")
+    into.mkdir()
     for name in names:
         lang, _, charset = name.partition(".")
         subprocess.run(["localedef", "-i", lang, "-c", "-f", charset or "UTF-8",
                         str(into / name)], check=True, capture_output=True)
+    # the server may run as another user (nobody), whatever the umask made of these
+    for path in [into, *into.rglob("*")]:
+        path.chmod(0o755 if path.is_dir() else 0o644)
+
+
+def can_build_locales() -> bool:
+    """Whether glibc's ``localedef`` and its sources are here (:func:`postgres_server`'s
+    ``locales``)."""
+    return shutil.which("localedef") is not None and all(
+        Path("/usr/share/i18n", d).is_dir() for d in ("locales", "charmaps"))
 
 
 @contextlib.contextmanager

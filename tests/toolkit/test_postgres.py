@@ -4,6 +4,7 @@ The shared store contract runs on it in test_store.py."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import socket
 import uuid
@@ -326,8 +327,9 @@ def test_search_text_agrees_with_memory_store(postgres_dsn) -> None:
             assert s._text_stats(cur).docs == n
 
 
-def _scoring_statements(monkeypatch) -> list[list]:
-    """The parameters of every BM25 statement run from now on (the test's end undoes it)."""
+def _scoring_statements(monkeypatch, needle: str = "ts_rank_cd") -> list[list]:
+    """The parameters of every BM25 statement (one holding ``needle``) run from now on (the
+    test's end undoes it)."""
     import psycopg
 
     executed: list[list] = []
@@ -335,8 +337,8 @@ def _scoring_statements(monkeypatch) -> list[list]:
 
     def execute(self, query, params=None, **kw):
         text = query if isinstance(query, str) else query.as_string(self.connection)
-        if "ts_rank_cd" in text:
-            executed.append(list(params))
+        if needle in text:
+            executed.append(list(params or ()))
         return real(self, query, params, **kw)
 
     monkeypatch.setattr(psycopg.Cursor, "execute", execute)
@@ -366,7 +368,10 @@ def test_search_text_prunes_exactly(postgres_dsn, monkeypatch) -> None:
     queries = [[f"w{i}" for i in sorted(set(rng.integers(0, 400, 2)) | {0, 1, 2})]
                for _ in range(12)] + [["w0", "w1"], ["w399"], ["w0", "w350", "nothere"]]
     scoring = _scoring_statements(monkeypatch)
-    with open_store(_config(postgres_dsn), 8) as s:
+    config = _config(postgres_dsn)
+    with open_store(config, 8) as s:
+        # ANALYZE by autovacuum between two searches would change the statistics under them
+        s._conn.execute(f'ALTER TABLE "{config.table}" SET (autovacuum_enabled = off)')
         s.upsert(ids, unit_rows(len(ids), 8, seed=7), pays)
         for analysed in (False, True):
             if analysed:
@@ -452,43 +457,74 @@ def test_search_text_sees_one_snapshot(postgres_dsn, monkeypatch) -> None:
         after = s.search_text(query, 5)[0]  # the rewrite, seen by the next search
         assert len({h.id for h in after}) == len(after)
         assert next(h.score for h in after if h.id == "x") < before[0].score
+        monkeypatch.setattr(psycopg.Cursor, "execute", real)
+        # inside a transaction of the caller's, its snapshot serves
+        with s._conn.transaction():
+            s._conn.execute("SELECT 1")
+            assert s.search_text(query, 5)[0] == after
+        # the rows holding a term are counted once per call, whatever the questions
+        counts = _scoring_statements(monkeypatch, "count(*)")
+        assert s.search_text([query[0], query[0][::-1], ["zzz"]], 5)[:2] == [after, after]
+        assert sorted(p for params in counts for p in params) == ["'common'", "'zzz'", "'редк'"]
 
 
-def test_search_text_ties_in_code_point_order(monkeypatch) -> None:
+def test_search_text_rows_without_positions(postgres_dsn, monkeypatch) -> None:
+    """Terms stored without positions (written by another program, ``strip()``) score 0
+    (``ts_rank_cd`` counts positions): the hits are still those of scoring every row."""
+    import smysl.toolkit.postgres as pg
+
+    config = _config(postgres_dsn)
+    ids, pays = _zipf_corpus(60, seed=4)
+    with open_store(config, 8) as s:
+        s.upsert(ids, unit_rows(len(ids), 8, seed=4), pays)
+        s._conn.execute(f'UPDATE "{config.table}" SET terms = strip(terms)')
+        query = [[f"w{i}" for i in range(0, 400, 19)]]
+        monkeypatch.setattr(pg, "TEXT_FIRST_ROWS", 1 << 62)
+        full = s.search_text(query, 2)
+        monkeypatch.setattr(pg, "TEXT_FIRST_ROWS", 1)
+        assert s.search_text(query, 2) == full
+        assert [h.score for h in full[0]] == [0.0, 0.0]
+
+
+def test_search_text_ties_in_code_point_order(postgres_dsn, monkeypatch) -> None:
     """Equal scores come in the ids' code-point order (what Python's sort gives, and the
     order the statements' rows are merged in), in a database whose collation orders them
-    otherwise (en_US), whether the rows were scored in one statement or several (each tied
-    row holds its own rare word, all as rare)."""
+    otherwise (en_US; where glibc's locale sources are missing, the session's C.UTF-8 one),
+    whether the rows were scored in one statement or several (each tied row holds its own
+    rare word, all as rare)."""
     import psycopg
 
     import smysl.toolkit.postgres as pg
     from smysl.toolkit.lexical import analyze
-    from toolkit.pgserver import postgres_server
+    from toolkit.pgserver import can_build_locales, postgres_server
 
     # code points: 10 9 Y Z a b | b é Ж ё; en_US: 10 9 a b b é | Y Z Ж ё
     ids = ["b", "Z", "é", "ё", "10", "9", "a b", "Ж", "Y"]
     tied = [{"text": f"zq{i} common words"} for i in range(len(ids))]
     other = [{"text": f"common words {i}"} for i in range(40)]
-    with postgres_server(locales=["en_US.UTF-8"]) as server:
-        with psycopg.connect(server, autocommit=True) as conn:
-            conn.execute("CREATE DATABASE ties TEMPLATE template0 LOCALE 'en_US.UTF-8'")
-        dsn = server.rsplit("/", 1)[0] + "/ties"
-        with psycopg.connect(dsn) as conn:
-            (db_order,) = conn.execute("SELECT array_agg(x ORDER BY x) FROM unnest(%s::text[]) "
-                                       "AS x", [ids]).fetchone()
-        assert db_order != sorted(ids)  # the database's own order is not code points
-        with open_store(_config(dsn), 8) as s:
-            s.upsert([*ids, *(f"o{i}" for i in range(40))], unit_rows(49, 8, seed=2),
-                     [*tied, *other])
-            query = [analyze(" ".join(f"zq{i}" for i in range(len(ids))) + " common")]
-            scoring = _scoring_statements(monkeypatch)
-            for first, statements in ((1, range(2, 9)), (1 << 62, [1])):
-                monkeypatch.setattr(pg, "TEXT_FIRST_ROWS", first)
-                scoring.clear()
-                hits = s.search_text(query, 5)[0]
-                assert [h.id for h in hits] == sorted(ids)[:5]
-                assert len({h.score for h in hits}) == 1
-                assert len(scoring) in statements
+    with contextlib.ExitStack() as stack:
+        dsn = postgres_dsn
+        if can_build_locales():
+            server = stack.enter_context(postgres_server(locales=["en_US.UTF-8"]))
+            with psycopg.connect(server, autocommit=True) as conn:
+                conn.execute("CREATE DATABASE ties TEMPLATE template0 LOCALE 'en_US.UTF-8'")
+            dsn = server.rsplit("/", 1)[0] + "/ties"
+            with psycopg.connect(dsn) as conn:
+                (db_order,) = conn.execute("SELECT array_agg(x ORDER BY x) FROM "
+                                           "unnest(%s::text[]) AS x", [ids]).fetchone()
+            assert db_order != sorted(ids)  # the database's own order is not code points
+        s = stack.enter_context(open_store(_config(dsn), 8))
+        s.upsert([*ids, *(f"o{i}" for i in range(40))], unit_rows(49, 8, seed=2),
+                 [*tied, *other])
+        query = [analyze(" ".join(f"zq{i}" for i in range(len(ids))) + " common")]
+        scoring = _scoring_statements(monkeypatch)
+        for first, statements in ((1, range(2, 9)), (1 << 62, [1])):
+            monkeypatch.setattr(pg, "TEXT_FIRST_ROWS", first)
+            scoring.clear()
+            hits = s.search_text(query, 5)[0]
+            assert [h.id for h in hits] == sorted(ids)[:5]
+            assert len({h.score for h in hits}) == 1
+            assert len(scoring) in statements
 
 
 def test_term_sets_find_every_row_that_can_reach_the_score(monkeypatch) -> None:
