@@ -678,7 +678,7 @@ class PostgresStore(VectorStore):
         """One snapshot for every statement of a search by words: a row written meanwhile is
         neither scored twice (once by the terms it held, once by those it holds now) nor
         missed. Inside a transaction the caller opened, its snapshot (and isolation) serve."""
-        if self._conn.info.transaction_status != _import().pq.TransactionStatus.IDLE:
+        if self._conn.info.transaction_status != self._pg.pq.TransactionStatus.IDLE:
             yield
             return
         with self._conn.transaction():

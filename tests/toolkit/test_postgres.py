@@ -327,9 +327,9 @@ def test_search_text_agrees_with_memory_store(postgres_dsn) -> None:
             assert s._text_stats(cur).docs == n
 
 
-def _scoring_statements(monkeypatch, needle: str = "ts_rank_cd") -> list[list]:
+def _scoring_statements(monkeypatch, needle: str = "ts_rank_cd", after=None) -> list[list]:
     """The parameters of every BM25 statement (one holding ``needle``) run from now on (the
-    test's end undoes it)."""
+    test's end undoes it); ``after(executed)`` is called once each such statement ran."""
     import psycopg
 
     executed: list[list] = []
@@ -337,9 +337,13 @@ def _scoring_statements(monkeypatch, needle: str = "ts_rank_cd") -> list[list]:
 
     def execute(self, query, params=None, **kw):
         text = query if isinstance(query, str) else query.as_string(self.connection)
-        if needle in text:
-            executed.append(list(params or ()))
-        return real(self, query, params, **kw)
+        if needle not in text:
+            return real(self, query, params, **kw)
+        executed.append(list(params or ()))
+        out = real(self, query, params, **kw)
+        if after is not None:
+            after(executed)
+        return out
 
     monkeypatch.setattr(psycopg.Cursor, "execute", execute)
     return executed
@@ -439,18 +443,9 @@ def test_search_text_sees_one_snapshot(postgres_dsn, monkeypatch) -> None:
         before = s.search_text(query, 5)[0]
         assert before[0].id == "x"
         real = psycopg.Cursor.execute
-        statements = []
-
-        def execute(self, q, params=None, **kw):
-            out = real(self, q, params, **kw)
-            text = q if isinstance(q, str) else q.as_string(self.connection)
-            if "ts_rank_cd" in text and self.connection is not writer._conn:
-                statements.append(params)
-                if len(statements) == 1:  # between the first statement and the second
-                    writer.upsert(["x"], unit_rows(1, 8, seed=1), [{"text": "common common"}])
-            return out
-
-        monkeypatch.setattr(psycopg.Cursor, "execute", execute)
+        # between the first statement and the second, another connection rewrites x
+        statements = _scoring_statements(monkeypatch, after=lambda done: len(done) == 1 and (
+            writer.upsert(["x"], unit_rows(1, 8, seed=1), [{"text": "common common"}])))
         during = s.search_text(query, 5)[0]
         assert len(statements) > 1
         assert [(h.id, h.score) for h in during] == [(h.id, h.score) for h in before]
