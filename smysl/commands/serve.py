@@ -58,6 +58,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--index", default=None,
                    help="a 'smysl index' location built with this model: POST /search and the "
                         "search box of /ui query it")
+    p.add_argument("--index-threads", type=int, default=4,
+                   help="threads per HTTP worker running --index searches at once, where the "
+                        "store allows it (PostgreSQL: one connection each; other stores run "
+                        "one search at a time)")
     p.add_argument("--reranker", default=None,
                    help="a local Qwen3-Reranker (directory or Hub id, e.g. "
                         "Qwen/Qwen3-Reranker-0.6B) to serve at TEI /rerank, Cohere/Jina "
@@ -120,7 +124,8 @@ def run(args: argparse.Namespace) -> int:
         default_dimensions=args.dimensions, allow_empty=args.allow_empty_input,
         token_ids=args.token_ids,
         switch_interval_s=args.switch_interval_ms / 1000 if args.switch_interval_ms else None,
-        index=args.index, workers=1 if args.workers == "auto" else args.workers,
+        index=args.index, index_threads=args.index_threads,
+        workers=1 if args.workers == "auto" else args.workers,
         access_log=args.access_log, cors_origins=tuple(args.cors_allow_origin or ()))
     if config.workers > 1 and args.in_process:
         raise ValueError(f"--workers {config.workers} shares one engine process between the "

@@ -87,6 +87,11 @@ class ServerConfig:
     #: A toolkit index (``smysl index`` location: LanceDB folder, ``qdrant:URL``...) opened at
     #: start with the served model and searched by ``POST /search``; None = no search route.
     index: str | None = None
+    #: Threads that run ``/search``'s store calls, per HTTP worker, where the store takes
+    #: calls from several threads at once (``VectorStore.concurrent_reads``: PostgreSQL,
+    #: a connection per thread, so workers x this many connections); other stores get one
+    #: thread, one call at a time.
+    index_threads: int = 4
     #: Origins (``https://app.example``) whose pages may call the server from a browser
     #: (CORS, TEI's ``--cors-allow-origin``); ``"*"`` allows any. Empty: none, so only pages
     #: the server serves itself (``/ui``) can. Preflights need no API key; the calls do.
@@ -108,6 +113,7 @@ class ServerConfig:
             "switch_interval_s": self.switch_interval_s is None or self.switch_interval_s > 0,
             "index": self.index is None or bool(self.index.strip()),
             "workers": self.workers >= 1,
+            "index_threads": self.index_threads >= 1,
             "cors_origins": all(o == "*" or o.startswith(("http://", "https://"))
                                 for o in self.cors_origins),
         }

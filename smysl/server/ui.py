@@ -10,17 +10,17 @@ server has one.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import dataclasses
 import hashlib
 import re
-import threading
 from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from importlib import resources
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
-import anyio
 from fastapi import APIRouter, FastAPI, Request, Response
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr
 
@@ -129,14 +129,19 @@ def router(service: Service, reranking: RerankService | None = None) -> APIRoute
     """
     store, checksums = (open_index(service.config.index, service.embedder)
                         if service.config.index else (None, False))
-    # stores differ in what they allow from several threads at once: one call at a time
-    store_lock = threading.Lock()
+    # the store's calls run on threads of its own: several where it takes calls at once
+    # (PostgreSQL: a connection per thread), else one, so that they never overlap
+    pool = (ThreadPoolExecutor(service.config.index_threads if store.concurrent_reads else 1,
+                               thread_name_prefix="smysl-index")
+            if store is not None else None)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         try:
             yield
         finally:
+            if pool is not None:
+                pool.shutdown()
             if store is not None:
                 store.close()
 
@@ -146,11 +151,7 @@ def router(service: Service, reranking: RerankService | None = None) -> APIRoute
                     "Cache-Control": "no-cache", "Referrer-Policy": "no-referrer"}
 
     async def in_thread(fn: Callable[[], T]) -> T:
-        def locked() -> T:
-            with store_lock:
-                return fn()
-
-        return await anyio.to_thread.run_sync(locked)
+        return await asyncio.get_running_loop().run_in_executor(pool, fn)
 
     @r.get("/ui", include_in_schema=False)
     async def ui() -> Response:

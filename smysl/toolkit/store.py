@@ -208,6 +208,11 @@ class VectorStore(abc.ABC):
     """Ids + unit vectors + payloads. Ids are strings; upserting an existing id replaces it."""
 
     dimensions: int
+    #: Whether one store object takes calls from several threads at once (the reads:
+    #: :meth:`search`, :meth:`search_text`, :meth:`get`, :meth:`count`, :meth:`scan`,
+    #: :meth:`read_meta`). False: one call at a time, which the server keeps by running a
+    #: store's calls on one thread (``smysl serve --index-threads``).
+    concurrent_reads: bool = False
 
     @abc.abstractmethod
     def upsert(self, ids: Sequence[str], vectors: np.ndarray,

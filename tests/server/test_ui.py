@@ -498,3 +498,67 @@ def test_search_refuses_an_index_rebuilt_for_another_model(hash_index: Path) -> 
         assert "another-hash-model" in r.json()["error"]
         bad = client.post("/search", json={"query": "cats", "where": {"n": {"$regex": "x"}}})
         assert bad.status_code == 422 and "operator" in bad.json()["error"]  # still the filter's
+
+
+def _concurrent_posts(client: TestClient, bodies: list[dict[str, Any]]) -> list[Any]:
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(len(bodies)) as pool:
+        return list(pool.map(lambda b: client.post("/search", json=b), bodies))
+
+
+def test_search_runs_side_by_side_where_the_store_allows(hash_index: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """``/search`` runs a store's calls on ``index_threads`` threads of its own where the store
+    takes calls at once (PostgreSQL: a connection each): two searches meet inside the store
+    (one lock held every /search's store calls in turn before)."""
+    import threading
+
+    from smysl.toolkit.lancedb import LanceStore
+
+    real = LanceStore.search
+    met = threading.Barrier(2, timeout=20)
+    native = threading.Lock()  # LanceDB itself one at a time (its stderr guard is global)
+
+    def search(self: LanceStore, *a: Any, **kw: Any) -> Any:
+        met.wait()
+        with native:
+            return real(self, *a, **kw)
+
+    monkeypatch.setattr(LanceStore, "concurrent_reads", True)
+    monkeypatch.setattr(LanceStore, "search", search)
+    app = create_app(HashEmbedder(), ServerConfig(index=str(hash_index), index_threads=2))
+    with TestClient(app) as client:
+        got = _concurrent_posts(client, [{"query": "cats", "k": 2}, {"query": "dogs", "k": 2}])
+    assert [r.status_code for r in got] == [200, 200], [r.text for r in got]
+    assert [len(r.json()["hits"]) for r in got] == [2, 2]
+
+
+def test_search_runs_one_store_call_at_a_time_otherwise(hash_index: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A store that does not take calls at once (LanceDB) gets one thread: its calls never
+    overlap, however many searches come in together."""
+    import threading
+    import time
+
+    from smysl.toolkit.lancedb import LanceStore
+
+    real = LanceStore.search
+    seen: list[tuple[str, int]] = []
+    inside = [0]
+
+    def search(self: LanceStore, *a: Any, **kw: Any) -> Any:
+        inside[0] += 1
+        seen.append((threading.current_thread().name, inside[0]))
+        time.sleep(0.02)  # long enough for another call to come in beside it
+        inside[0] -= 1
+        return real(self, *a, **kw)
+
+    assert not LanceStore.concurrent_reads
+    monkeypatch.setattr(LanceStore, "search", search)
+    app = create_app(HashEmbedder(), ServerConfig(index=str(hash_index), index_threads=4))
+    with TestClient(app) as client:
+        got = _concurrent_posts(client, [{"query": f"q{i}", "k": 1} for i in range(6)])
+    assert [r.status_code for r in got] == [200] * 6
+    assert len(seen) == 6 and {n for _, n in seen} == {1}  # never two inside at once
+    assert len({name for name, _ in seen}) == 1  # one thread of the server's own

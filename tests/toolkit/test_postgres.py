@@ -8,6 +8,7 @@ import contextlib
 import json
 import socket
 import uuid
+from typing import Any
 
 import numpy as np
 import pytest
@@ -823,3 +824,75 @@ def test_tsvector_literal_keeps_terms_as_they_are(postgres_dsn) -> None:
         huge = " ".join(f"w{i:07d}" for i in range(100_000))
         assert conn.execute("SELECT length(%s::tsvector)",
                             [tsvector_literal(huge)]).fetchone()[0] == 87_381
+
+
+def test_one_store_serves_several_threads(postgres_dsn, monkeypatch) -> None:
+    """A store takes calls from several threads at once (the server runs ``/search`` on
+    several): each thread has a connection of its own, so one thread's transactions (an
+    upsert, a word search's snapshot) never take in another's statements; a thread's
+    connection closes when the thread ends, every one when the store closes."""
+    import gc
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    import psycopg
+
+    from smysl.toolkit.postgres import PostgresStoreError
+
+    opened: list[Any] = []
+    real = psycopg.connect
+    monkeypatch.setattr(psycopg, "connect", lambda *a, **kw: opened.append(real(*a, **kw))
+                        or opened[-1])
+    x = unit_rows(64, 16, seed=3)
+    texts = [f"common word{i % 8} row{i}" for i in range(len(x))]
+    with open_store(_config(postgres_dsn), 16) as s:
+        assert s.concurrent_reads
+        s.upsert([str(i) for i in range(32)], x[:32], [{"text": t, "g": 0} for t in texts[:32]])
+        want_vec = s.search(x[:8], 5, where={"g": 0})
+        want_text = s.search_text([["word3"], ["common", "row5"]], 5)
+        barrier = threading.Barrier(8, timeout=30)
+
+        def work(n: int) -> tuple[Any, ...]:
+            barrier.wait()  # all eight at once
+            for r in range(3):  # each thread writes rows of its own, in transactions
+                i = 32 + 4 * n + r
+                s.upsert([str(i)], x[i : i + 1], [{"text": f"other{i}"}])
+            own = str(32 + 4 * n)
+            return (s.search(x[:8], 5, where={"g": 0}),
+                    s.search_text([["word3"], ["common", "row5"]], 5),
+                    s.count(where={"text": f"other{own}"}), len(s.get([own])))
+
+        with ThreadPoolExecutor(8) as pool:
+            results = list(pool.map(work, range(8)))
+        for vec, text, count, got in results:
+            assert [[h.id for h in row] for row in vec] == [[h.id for h in row]
+                                                            for row in want_vec]
+            # (the scores move with the rows the others add: the table's statistics)
+            assert [[h.id for h in row] for row in text] == [[h.id for h in row]
+                                                             for row in want_text]
+            assert (count, got) == (1, 1)
+        assert s.count() == 32 + 8 * 3
+        assert len(opened) == 9  # the opening thread's, one per pool thread
+        del pool, results
+        gc.collect()
+        assert [c.closed for c in opened] == [False] + [True] * 8  # their threads ended
+        t = threading.Thread(target=s.count)
+        t.start()
+        t.join()
+        gc.collect()
+        assert len(opened) == 10 and opened[-1].closed
+    assert all(c.closed for c in opened)
+    errors: list[BaseException] = []
+
+    def late() -> None:
+        try:
+            s.count()
+        except PostgresStoreError as e:
+            errors.append(e)
+
+    t = threading.Thread(target=late)
+    t.start()
+    t.join()
+    assert len(errors) == 1 and "closed" in str(errors[0])
+    assert len(opened) == 10  # a closed store opens nothing
+
