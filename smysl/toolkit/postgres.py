@@ -472,6 +472,13 @@ class PostgresStore(VectorStore):
                     "CREATE TABLE {t} (id text PRIMARY KEY, embedding vector({d}) NOT NULL, "
                     "payload jsonb NOT NULL DEFAULT '{{}}', terms tsvector)",
                     d=self._sql.Literal(dimensions)))
+                # vectors in the row where they fit (MAIN): the default (EXTENDED) moves any
+                # row over 2 KB out to the TOAST table, so an exact search of 1,024-d vectors
+                # (the 0.6B's) fetched every vector from there: 2.3x the time (20,000 rows:
+                # 112 vs 49 ms), for +46% of table size (a row a page). 2,560-d and wider
+                # do not fit a page and stay out of line either way.
+                self._conn.execute(self._q(
+                    "ALTER TABLE {t} ALTER COLUMN embedding SET STORAGE MAIN"))
                 self._conn.execute(self._q("CREATE INDEX {i} ON {t} USING gin "
                                            "(payload jsonb_path_ops)",
                                            i=self._sql.Identifier(f"{self.config.table}_payload")))
