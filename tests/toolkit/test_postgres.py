@@ -894,28 +894,61 @@ def test_one_store_serves_several_threads(postgres_dsn, monkeypatch) -> None:
     t.start()
     t.join()
     assert len(errors) == 1 and "closed" in str(errors[0])
+    with pytest.raises(PostgresStoreError, match="closed"):
+        s.count()  # this thread had one: the store's word, not the closed connection's
     assert len(opened) == 10  # a closed store opens nothing
 
 
-def test_vectors_stay_in_the_row_where_they_fit(postgres_dsn) -> None:
-    """A new table keeps 1,024-d vectors (the 0.6B's) in the row (storage MAIN): with the
-    default, every row over 2 KB went to the TOAST table, and an exact search fetched each
-    vector from there (2.3x the time at 20,000 rows). 2,560-d rows cannot fit a page and are
-    stored out of line, as before; both read back exactly."""
+def test_a_connection_the_server_ended_is_replaced(postgres_dsn) -> None:
+    """A connection the server ends (a restart, ``pg_terminate_backend``) fails the call
+    that finds out; the thread's next call opens a new one and goes on."""
     import psycopg
 
-    for dims, toasted in ((1024, False), (2560, True)):
+    x = unit_rows(8, 16, seed=5)
+    with open_store(_config(postgres_dsn), 16) as s:
+        s.upsert([str(i) for i in range(len(x))], x)
+        with psycopg.connect(postgres_dsn, autocommit=True) as c:
+            others = ("SELECT pid FROM pg_stat_activity WHERE datname = current_database() "
+                      "AND backend_type = 'client backend' AND pid <> pg_backend_pid()")
+            pids = [r[0] for r in c.execute(others)]
+            assert len(pids) == 1  # the store's one connection (this thread's)
+            assert c.execute("SELECT pg_terminate_backend(%s)", pids).fetchone()[0]
+            with pytest.raises(psycopg.OperationalError):
+                s.count()
+            assert s.count() == len(x)
+            assert [r[0] for r in c.execute(others)] not in ([], pids)
+        assert [h.id for h in s.search(x[2], 1)[0]] == ["2"]
+
+
+def test_rows_stay_whole_where_they_fit_a_page(postgres_dsn) -> None:
+    """A new table keeps a row whole in the table while it fits a page (toast_tuple_target):
+    with the default, every row over 2 KB had its vector (1,024-d: 4 KB) moved to the TOAST
+    table, and an exact search fetched each from there (2.3x the time at 20,000 rows);
+    storage MAIN on the vector instead moved the payload and the words out (a word search
+    4.7x slower). A 2,560-d vector cannot fit and goes out of line; the payload and words
+    stay. All of it reads back exactly."""
+    import psycopg
+    from psycopg import sql
+
+    words = [f"слово{i}" for i in range(400)]
+    for dims, vector_out in ((1024, False), (2560, True)):
         config = _config(postgres_dsn)
         x = unit_rows(20, dims, seed=dims)
+        texts = [" ".join([f"row{i}"] + [words[(7 * i + j) % 400] for j in range(40)])
+                 for i in range(len(x))]
         with open_store(config, dims) as s:
-            s.upsert([str(i) for i in range(len(x))], x)
-            got = s.get(["3"])[0].vector
-            np.testing.assert_array_equal(got, x[3])
+            s.upsert([str(i) for i in range(len(x))], x, [{"text": t} for t in texts])
+            got = s.get(["3"])[0]
+            np.testing.assert_array_equal(got.vector, x[3])
+            assert got.payload == {"text": texts[3]}
             assert [h.id for h in s.search(x[5], 1)[0]] == ["5"]
+            assert s.search_text([["row4"]], 1)[0][0].id == "4"
         with psycopg.connect(postgres_dsn) as c:
-            storage, toast = c.execute(
-                "SELECT a.attstorage, pg_relation_size(c.reltoastrelid) FROM pg_attribute a "
-                "JOIN pg_class c ON c.oid = a.attrelid WHERE c.oid = to_regclass(%s) "
-                "AND a.attname = 'embedding'", [config.table]).fetchone()
-        assert storage == "m"
-        assert (toast > 0) == toasted, (dims, toast)
+            out = c.execute(sql.SQL(
+                "SELECT count(pg_column_toast_chunk_id(embedding)), "
+                "count(pg_column_toast_chunk_id(payload)), count(pg_column_toast_chunk_id(terms)),"
+                " count(terms) FROM {}").format(sql.Identifier(config.table))).fetchone()
+            options = c.execute("SELECT reloptions FROM pg_class WHERE oid = to_regclass(%s)",
+                                [config.table]).fetchone()[0]
+        assert options == ["toast_tuple_target=8160"]
+        assert out == ((len(x) if vector_out else 0), 0, 0, len(x)), (dims, out)
