@@ -7,10 +7,11 @@ stored with (bool, int64, float64 or string); a later value of another type stay
 cannot be filtered on (ints widen into float columns).
 
 Damage to the files (a flipped byte, a truncated manifest) surfaces as :class:`StoreDamagedError`:
-one line naming the folder and what to do, instead of LanceDB's Rust error or panic (whose
-report, written straight to the process's stderr, is held back while a call runs and dropped when
-the call fails). A record whose payload no longer decodes comes back with an empty payload, which
-fails the index's checksum check (:mod:`smysl.toolkit.index`).
+one line naming the folder and what to do, instead of LanceDB's Rust error or panic. Its log
+lines, written straight to fd 2, are held back while a call runs and dropped when the call fails,
+in a process of one thread (the CLI); beside other threads they go out as written. A record
+whose payload no longer decodes comes back with an empty payload, which fails the index's
+checksum check (:mod:`smysl.toolkit.index`).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import re
 import shutil
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from datetime import timedelta
@@ -84,26 +86,40 @@ class StoreConflictError(ValueError):
     conflict, after its own retries): nothing is damaged, the write can be made again."""
 
 
+_swap_lock = threading.Lock()
+
+
 @contextlib.contextmanager
 def _held_stderr() -> Iterator[None]:
-    """Hold back what native code writes to fd 2 during the block; replay it on success."""
-    sys.stderr.flush()
-    saved = os.dup(2)
-    ok = False
-    with tempfile.TemporaryFile() as tmp:
-        os.dup2(tmp.fileno(), 2)
-        try:
-            yield
-            ok = True
-        finally:
-            sys.stderr.flush()
-            os.dup2(saved, 2)
-            os.close(saved)
-            if ok:
-                tmp.seek(0)
-                held = tmp.read()
-                if held:
-                    os.write(2, held)
+    """Hold back what native code writes to fd 2 during the block; replay it on success.
+
+    Only in a process of one thread (the CLI): fd 2 is the whole process's, so a swap beside
+    other threads would hold back their lines too (a server's log), drop them when the call
+    fails, and two overlapping swaps would leave stderr pointing at a deleted file for good.
+    With other threads, LanceDB's lines go out as it writes them."""
+    if threading.active_count() > 1 or not _swap_lock.acquire(blocking=False):
+        yield
+        return
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+        ok = False
+        with tempfile.TemporaryFile() as tmp:
+            os.dup2(tmp.fileno(), 2)
+            try:
+                yield
+                ok = True
+            finally:
+                sys.stderr.flush()
+                os.dup2(saved, 2)
+                os.close(saved)
+                if ok:
+                    tmp.seek(0)
+                    held = tmp.read()
+                    if held:
+                        os.write(2, held)
+    finally:
+        _swap_lock.release()
 
 
 def _payload(text: str | None) -> dict[str, Any]:
