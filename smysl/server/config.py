@@ -88,8 +88,8 @@ class ServerConfig:
     #: start with the served model and searched by ``POST /search``; None = no search route.
     index: str | None = None
     #: Threads that run ``/search``'s store calls, per HTTP worker, where the store takes
-    #: calls from several threads at once (``VectorStore.concurrent_reads``: PostgreSQL,
-    #: a connection per thread and one it was opened on, so workers x (this + 1)
+    #: calls from several threads at once (``VectorStore.concurrent_reads``: LanceDB;
+    #: PostgreSQL, a connection per thread and one it was opened on, so workers x (this + 1)
     #: connections); other stores get one thread, one call at a time.
     index_threads: int = 4
     #: Origins (``https://app.example``) whose pages may call the server from a browser

@@ -141,7 +141,14 @@ def _sql_literal(v: Any) -> str:
 
 
 class LanceStore(VectorStore):
-    """A LanceDB table; search is an exact scan unless an index exists and ``exact=False``."""
+    """A LanceDB table; search is an exact scan unless an index exists and ``exact=False``.
+
+    Reads run from several threads at once (:attr:`concurrent_reads`): LanceDB's table is
+    shared by its native runtime, and this object keeps no state a read changes (20,000
+    rows, 2 cores: 1.5x the searches by words a second with two threads, ~1.1x by vector,
+    whose scan LanceDB already spreads over the cores)."""
+
+    concurrent_reads = True
 
     def __init__(self, config: StoreConfig, dimensions: int | None = None, *,
                  replace: bool = False) -> None:

@@ -510,22 +510,20 @@ def _concurrent_posts(client: TestClient, bodies: list[dict[str, Any]]) -> list[
 def test_search_runs_side_by_side_where_the_store_allows(hash_index: Path,
                                                          monkeypatch: pytest.MonkeyPatch) -> None:
     """``/search`` runs a store's calls on ``index_threads`` threads of its own where the store
-    takes calls at once (PostgreSQL: a connection each): two searches meet inside the store
-    (one lock held every /search's store calls in turn before)."""
+    takes calls at once (LanceDB; PostgreSQL: a connection each): two searches meet inside
+    the store (one lock held every /search's store calls in turn before)."""
     import threading
 
     from smysl.toolkit.lancedb import LanceStore
 
     real = LanceStore.search
     met = threading.Barrier(2, timeout=20)
-    native = threading.Lock()  # LanceDB itself one at a time (its stderr guard is global)
 
     def search(self: LanceStore, *a: Any, **kw: Any) -> Any:
-        met.wait()
-        with native:
-            return real(self, *a, **kw)
+        met.wait()  # both inside at once, then both into LanceDB
+        return real(self, *a, **kw)
 
-    monkeypatch.setattr(LanceStore, "concurrent_reads", True)
+    assert LanceStore.concurrent_reads
     monkeypatch.setattr(LanceStore, "search", search)
     app = create_app(HashEmbedder(), ServerConfig(index=str(hash_index), index_threads=2))
     with TestClient(app) as client:
@@ -536,8 +534,9 @@ def test_search_runs_side_by_side_where_the_store_allows(hash_index: Path,
 
 def test_search_runs_one_store_call_at_a_time_otherwise(hash_index: Path,
                                                         monkeypatch: pytest.MonkeyPatch) -> None:
-    """A store that does not take calls at once (LanceDB) gets one thread: its calls never
-    overlap, however many searches come in together."""
+    """A store that does not take calls at once (Qdrant's, the memory store; here LanceDB's
+    class said so) gets one thread: its calls never overlap, however many searches come in
+    together."""
     import threading
     import time
 
@@ -554,7 +553,7 @@ def test_search_runs_one_store_call_at_a_time_otherwise(hash_index: Path,
         inside[0] -= 1
         return real(self, *a, **kw)
 
-    assert not LanceStore.concurrent_reads
+    monkeypatch.setattr(LanceStore, "concurrent_reads", False)
     monkeypatch.setattr(LanceStore, "search", search)
     app = create_app(HashEmbedder(), ServerConfig(index=str(hash_index), index_threads=4))
     with TestClient(app) as client:
