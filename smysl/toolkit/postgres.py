@@ -35,14 +35,15 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import json
 import math
 import re
 import struct
 import threading
 import weakref
-from collections.abc import Iterator, Mapping, Sequence
-from typing import Any
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any, Concatenate, ParamSpec, TypeVar
 from urllib.parse import unquote
 
 import numpy as np
@@ -82,6 +83,12 @@ _MAX_POSITION = 16383
 _MAX_POSITIONS = 256
 _MAX_TSVECTOR_BYTES = (1 << 20) - 1
 _POSITION_TEXT = [str(n) for n in range(_MAX_POSITION + 1)]
+
+
+#: Bytes a row keeps besides its vector once its text and terms went out of line (tuple
+#: header, the id, two TOAST pointers): a vector stays in the row (storage MAIN) where it fits
+#: a page with this much room, up to 1,958 dimensions with 8 KB pages.
+ROW_ROOM = 320
 
 
 #: pgvector's HNSW build defaults (what an index built without options has).
@@ -373,6 +380,42 @@ def copy_tuples(ids: Sequence[str], vectors: np.ndarray, payloads: Sequence[str]
     return b"".join(parts)
 
 
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+
+
+def _read(method: Callable[Concatenate[PostgresStore, _P], _R]
+          ) -> Callable[Concatenate[PostgresStore, _P], _R]:
+    """A read whose connection the server ended (a restart, ``pg_terminate_backend``,
+    ``idle_session_timeout``) runs once more on a new connection: a server restarted
+    under a running ``smysl serve`` costs no failed search."""
+
+    @functools.wraps(method)
+    def call(self: PostgresStore, *args: _P.args, **kw: _P.kwargs) -> _R:
+        with self._lost_connection():
+            try:
+                return method(self, *args, **kw)
+            except self._pg.OperationalError:
+                if not self._lost():
+                    raise
+            return method(self, *args, **kw)
+
+    return call
+
+
+def _write(method: Callable[Concatenate[PostgresStore, _P], _R]
+           ) -> Callable[Concatenate[PostgresStore, _P], _R]:
+    """A write whose connection the server ended fails with :class:`PostgresStoreError`
+    (not psycopg's error); the thread's next call opens a new connection."""
+
+    @functools.wraps(method)
+    def call(self: PostgresStore, *args: _P.args, **kw: _P.kwargs) -> _R:
+        with self._lost_connection():
+            return method(self, *args, **kw)
+
+    return call
+
+
 class _Connection:
     """A thread's connection, closed when the thread ends (its ``threading.local`` slot goes)
     or when the store closes, whichever comes first."""
@@ -433,12 +476,13 @@ class PostgresStore(VectorStore):
         else:
             if not conn.broken:
                 return conn
-            # the server ended it (a restart, pg_terminate_backend): the call that found
-            # out failed; this one gets a new connection
-            self._held.discard(self._threads.held)
+            # the server ended it (a restart, pg_terminate_backend): this call gets a new
+            # connection (a read that found out is run again: _read)
         with self._closing:
             if self._closed:
                 raise PostgresStoreError(f"the store of {self.where} is closed")
+            with contextlib.suppress(AttributeError):  # under the lock: close() iterates
+                self._held.discard(self._threads.held)
             try:
                 conn = self._pg.connect(dsn_of(self.config.uri), autocommit=True,
                                         connect_timeout=self.config.connect_timeout)
@@ -448,6 +492,30 @@ class PostgresStore(VectorStore):
             self._threads.held = held = _Connection(conn)
             self._held.add(held)
         return conn
+
+    def _lost(self) -> bool:
+        """Whether the calling thread's connection is one the server ended."""
+        try:
+            return bool(self._threads.held.conn.broken)
+        except AttributeError:
+            return False
+
+    @contextlib.contextmanager
+    def _lost_connection(self) -> Iterator[None]:
+        """psycopg's error for a connection the server ended, or the store closed from another
+        thread mid-call, as a PostgresStoreError that names the server (a served index
+        answers 503 with it, not 500)."""
+        try:
+            yield
+        except self._pg.Error as e:
+            if self._closed:  # close() from another thread, mid-call
+                raise PostgresStoreError(f"the store of {self.where} is closed") from None
+            if not isinstance(e, self._pg.OperationalError) or not self._lost():
+                raise
+            raise PostgresStoreError(
+                f"PostgreSQL at {self.where} ended the connection ({_first_line(e)}); a write "
+                f"may not have landed (upserts by id may be repeated); the next call "
+                f"reconnects") from None
 
     # ---------------------------------------------------------------- setup
     def _open(self, dimensions: int | None, replace: bool) -> None:
@@ -483,12 +551,18 @@ class PostgresStore(VectorStore):
                 # rows up to a page stay whole in the table: by default any row over 2 KB
                 # has its widest values moved out to the TOAST table, so an exact search of
                 # 1,024-d vectors (the 0.6B's, 4 KB) fetched every vector from there (20,000
-                # chunks: 121 vs 38 ms). Storage MAIN on the vector instead pushed the
-                # payload and the terms out (a word search 2.7x slower). Rows wider than a
-                # page (2,560-d and up) still move their vector out, and keep the rest.
+                # chunks: 121 vs 38 ms). A row still wider than a page (a long chunk's text
+                # and terms) moves its widest value out, which is the vector unless it is
+                # stored MAIN: so it is, where it fits a page beside the row's other parts,
+                # and such a row moves its text or terms out instead. Storage MAIN alone (the
+                # 2 KB target) had pushed every payload out (a word search 2.7x slower).
+                # Wider vectors (2,048-d and up) go out of line; the payload and words stay.
                 page = int(self._conn.execute("SHOW block_size").fetchone()[0])
                 self._conn.execute(self._q("ALTER TABLE {t} SET (toast_tuple_target = {n})",
                                            n=self._sql.Literal(page - 32)))
+                if 4 * dimensions + 8 + ROW_ROOM <= page - 32:
+                    self._conn.execute(self._q(
+                        "ALTER TABLE {t} ALTER COLUMN embedding SET STORAGE MAIN"))
                 self._conn.execute(self._q("CREATE INDEX {i} ON {t} USING gin "
                                            "(payload jsonb_path_ops)",
                                            i=self._sql.Identifier(f"{self.config.table}_payload")))
@@ -590,6 +664,7 @@ class PostgresStore(VectorStore):
         return clause, params
 
     # ---------------------------------------------------------------- VectorStore
+    @_write
     def upsert(self, ids: Sequence[str], vectors: np.ndarray,
                payloads: Sequence[Mapping[str, Any]] | None = None) -> None:
         ids, vecs, pays = self._check_upsert(ids, vectors, payloads)
@@ -659,6 +734,7 @@ class PostgresStore(VectorStore):
         return {names[name]: dict(o.split("=", 1) for o in (opts or []))
                 for name, opts in rows if name in names}
 
+    @_read
     def search(self, vectors: np.ndarray, k: int = 10, *, where: Where | None = None,
                exact: bool = True, with_vectors: bool = False) -> list[list[Hit]]:
         q = self._queries(vectors, k)
@@ -695,6 +771,7 @@ class PostgresStore(VectorStore):
                             for r in cur.fetchall()])
         return out
 
+    @_read
     def search_text(self, queries: Sequence[Sequence[str]], k: int = 10, *,
                     where: Where | None = None, with_vectors: bool = False
                     ) -> list[list[Hit]]:
@@ -919,6 +996,7 @@ class PostgresStore(VectorStore):
             score=per_term(f"c.idf# * m.tf# * {k1 + 1} / (m.tf# + {k1} * (1 - {b} + {b} * m.dl "
                            f"/ c.avgdl))", " + "))
 
+    @_read
     def get(self, ids: Sequence[str]) -> list[Record]:
         ids = [str(i) for i in ids]
         found: dict[str, Record] = {}
@@ -930,6 +1008,7 @@ class PostgresStore(VectorStore):
                     found[rid] = Record(rid, _vector_bytes(raw, self.dimensions), pay)
         return [found[i] for i in ids if i in found]
 
+    @_write
     def delete(self, ids: Sequence[str] | None = None, *, where: Where | None = None) -> int:
         if ids is None and not where:
             raise ValueError("delete needs ids or a filter")
@@ -938,6 +1017,7 @@ class PostgresStore(VectorStore):
             cur.execute(self._q("DELETE FROM {t} WHERE {w}", w=clause), params)
             return int(cur.rowcount)
 
+    @_read
     def count(self, where: Where | None = None) -> int:
         clause, params = self._where(where)
         row = self._conn.execute(self._q("SELECT count(*) FROM {t} WHERE {w}", w=clause),
@@ -955,15 +1035,21 @@ class PostgresStore(VectorStore):
         empty = np.zeros(0, np.float32)
         last = ""
         while True:
-            with self._conn.cursor(binary=True) as cur:
-                cur.execute(query, [*params, last, batch_size])
-                rows = cur.fetchall()
+            rows = self._fetch(query, [*params, last, batch_size])
             if not rows:
                 return
             yield [Record(r[0], _vector_bytes(r[2], self.dimensions) if with_vectors else empty,
                           r[1]) for r in rows]
             last = rows[-1][0]
 
+    @_read
+    def _fetch(self, query: Any, args: Sequence[Any]) -> list[Any]:
+        """One statement's rows (binary), as a read: one batch of :meth:`scan`."""
+        with self._conn.cursor(binary=True) as cur:
+            cur.execute(query, args)
+            return cur.fetchall()
+
+    @_read
     def read_meta(self) -> dict[str, Any]:
         row = self._conn.execute(f"SELECT meta FROM {META_TABLE} WHERE table_name = %s",
                                  [self.config.table]).fetchone()
@@ -975,6 +1061,7 @@ class PostgresStore(VectorStore):
                              f"index (smysl index add --rebuild)")
         return dict(row[0])
 
+    @_write
     def claim_meta(self, meta: Mapping[str, Any]) -> dict[str, Any]:
         self._conn.execute(f"INSERT INTO {META_TABLE} (table_name, meta) VALUES (%s, %s::jsonb) "
                            f"ON CONFLICT (table_name) DO UPDATE "
@@ -984,6 +1071,7 @@ class PostgresStore(VectorStore):
                            [self.config.table, json.dumps(dict(meta), ensure_ascii=False)])
         return self.read_meta()
 
+    @_write
     def update_meta(self, changes: Mapping[str, Any]) -> None:
         # One statement: the row lock of ON CONFLICT ... DO UPDATE orders concurrent writers,
         # and each merges into what the one before it left.
@@ -994,6 +1082,7 @@ class PostgresStore(VectorStore):
                            f"SET meta = ({META_TABLE}.meta || EXCLUDED.meta) - %s::text[]",
                            [self.config.table, json.dumps(kept, ensure_ascii=False), gone])
 
+    @_write
     def build_index(self) -> bool:
         """Build the HNSW index (see the module docstring) if missing; PostgreSQL maintains it
         for later writes. An index of this kind built with other ``m``/``ef_construction``
@@ -1020,6 +1109,7 @@ class PostgresStore(VectorStore):
                 ef=self._sql.Literal(self.config.ef_construction)))
         return True
 
+    @_write
     def optimize(self) -> None:
         """After large writes: move the GIN indexes' pending entries into the indexes, and
         refresh the planner's statistics. PostgreSQL queues a GIN index's new entries in a

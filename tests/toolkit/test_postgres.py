@@ -900,41 +900,64 @@ def test_one_store_serves_several_threads(postgres_dsn, monkeypatch) -> None:
 
 
 def test_a_connection_the_server_ended_is_replaced(postgres_dsn) -> None:
-    """A connection the server ends (a restart, ``pg_terminate_backend``) fails the call
-    that finds out; the thread's next call opens a new one and goes on."""
+    """A connection the server ends (a restart, ``pg_terminate_backend``): a read runs
+    again on a new one and answers; a write fails with a PostgresStoreError that names the
+    server (a served index answers 503, not 500), and the thread's next call goes on."""
     import psycopg
 
+    from smysl.toolkit.postgres import PostgresStoreError
+
     x = unit_rows(8, 16, seed=5)
-    with open_store(_config(postgres_dsn), 16) as s:
+    # the store's connections by name (other tests' stores may still hold theirs)
+    name = f"ended-{uuid.uuid4().hex[:8]}"
+    others = f"SELECT pid FROM pg_stat_activity WHERE application_name = '{name}'"
+    with open_store(_config(f"{postgres_dsn}?application_name={name}"), 16) as s, \
+            psycopg.connect(postgres_dsn, autocommit=True) as c:
         s.upsert([str(i) for i in range(len(x))], x)
-        with psycopg.connect(postgres_dsn, autocommit=True) as c:
-            others = ("SELECT pid FROM pg_stat_activity WHERE datname = current_database() "
-                      "AND backend_type = 'client backend' AND pid <> pg_backend_pid()")
+
+        def end_the_stores_connection() -> list[int]:
             pids = [r[0] for r in c.execute(others)]
             assert len(pids) == 1  # the store's one connection (this thread's)
             assert c.execute("SELECT pg_terminate_backend(%s)", pids).fetchone()[0]
-            with pytest.raises(psycopg.OperationalError):
-                s.count()
-            assert s.count() == len(x)
+            return pids
+
+        reads = [lambda: s.count(), lambda: [h.id for h in s.search(x[2], 1)[0]],
+                 lambda: [r.id for r in s.get(["1"])], lambda: s.search_text([["x"]], 1),
+                 lambda: [len(b) for b in s.scan(3)], lambda: s.read_meta()]
+        answers = [r() for r in reads]
+        assert answers[:3] == [len(x), ["2"], ["1"]]
+        for read, answer in zip(reads, answers, strict=True):
+            pids = end_the_stores_connection()
+            assert read() == answer
             assert [r[0] for r in c.execute(others)] not in ([], pids)
-        assert [h.id for h in s.search(x[2], 1)[0]] == ["2"]
+        end_the_stores_connection()
+        with pytest.raises(PostgresStoreError, match=r"ended the connection.*next call"):
+            s.upsert(["new"], x[:1])
+        s.upsert(["new"], x[:1])
+        assert s.count() == len(x) + 1
 
 
 def test_rows_stay_whole_where_they_fit_a_page(postgres_dsn) -> None:
     """A new table keeps a row whole in the table while it fits a page (toast_tuple_target):
     with the default, every row over 2 KB had its vector (1,024-d: 4 KB) moved to the TOAST
-    table, and an exact search fetched each from there (2.3x the time at 20,000 rows);
-    storage MAIN on the vector instead moved the payload and the words out (a word search
-    4.7x slower). A 2,560-d vector cannot fit and goes out of line; the payload and words
-    stay. All of it reads back exactly."""
+    table, and an exact search fetched each from there (2.3x the time at 20,000 rows). A row
+    still wider than a page (a 512-token chunk of Russian: its text and terms) moves its
+    terms or text out, not the vector (stored MAIN where it fits a page: 20,000 such chunks,
+    exact 110-131 -> 46-51 ms); storage MAIN with the 2 KB target had moved every payload
+    out (a word search 2.7x slower). A 2,048-d vector cannot fit beside the rest and goes
+    out of line; the payload and words stay. All of it reads back exactly."""
     import psycopg
     from psycopg import sql
 
     words = [f"слово{i}" for i in range(400)]
-    for dims, vector_out in ((1024, False), (2560, True)):
+    # (dims, words a text, vector stored MAIN, vector out of line, text or terms out)
+    cases = ((1024, 40, True, False, False), (1024, 400, True, False, True),
+             (1958, 40, True, False, True), (2048, 40, False, True, False),
+             (2560, 40, False, True, False))
+    for dims, n_words, stored_main, vector_out, rest_out in cases:
         config = _config(postgres_dsn)
         x = unit_rows(20, dims, seed=dims)
-        texts = [" ".join([f"row{i}"] + [words[(7 * i + j) % 400] for j in range(40)])
+        texts = [" ".join([f"row{i}"] + [words[(7 * i + j) % 400] for j in range(n_words)])
                  for i in range(len(x))]
         with open_store(config, dims) as s:
             s.upsert([str(i) for i in range(len(x))], x, [{"text": t} for t in texts])
@@ -946,9 +969,16 @@ def test_rows_stay_whole_where_they_fit_a_page(postgres_dsn) -> None:
         with psycopg.connect(postgres_dsn) as c:
             out = c.execute(sql.SQL(
                 "SELECT count(pg_column_toast_chunk_id(embedding)), "
-                "count(pg_column_toast_chunk_id(payload)), count(pg_column_toast_chunk_id(terms)),"
-                " count(terms) FROM {}").format(sql.Identifier(config.table))).fetchone()
+                "count(pg_column_toast_chunk_id(payload)) + "
+                "count(pg_column_toast_chunk_id(terms)), count(terms) FROM {}").format(
+                    sql.Identifier(config.table))).fetchone()
             options = c.execute("SELECT reloptions FROM pg_class WHERE oid = to_regclass(%s)",
                                 [config.table]).fetchone()[0]
+            storage = c.execute("SELECT attstorage FROM pg_attribute WHERE attrelid = "
+                                "to_regclass(%s) AND attname = 'embedding'",
+                                [config.table]).fetchone()[0]
         assert options == ["toast_tuple_target=8160"]
-        assert out == ((len(x) if vector_out else 0), 0, 0, len(x)), (dims, out)
+        assert storage == ("m" if stored_main else "e"), (dims, storage)
+        assert out[0] == (len(x) if vector_out else 0), (dims, n_words, out)
+        assert (out[1] >= len(x)) if rest_out else (out[1] == 0), (dims, n_words, out)
+        assert out[2] == len(x)
