@@ -89,6 +89,14 @@ class StoreConflictError(ValueError):
 _swap_lock = threading.Lock()
 
 
+def _alone() -> bool:
+    """Whether the calling thread is the process's only one but LanceDB's event loop."""
+    from lancedb.background_loop import LOOP
+
+    me = threading.current_thread()
+    return all(t is me or t is LOOP.thread for t in threading.enumerate())
+
+
 @contextlib.contextmanager
 def _held_stderr() -> Iterator[None]:
     """Hold back what native code writes to fd 2 during the block; replay it on success.
@@ -96,8 +104,9 @@ def _held_stderr() -> Iterator[None]:
     Only in a process of one thread (the CLI): fd 2 is the whole process's, so a swap beside
     other threads would hold back their lines too (a server's log), drop them when the call
     fails, and two overlapping swaps would leave stderr pointing at a deleted file for good.
-    With other threads, LanceDB's lines go out as it writes them."""
-    if threading.active_count() > 1 or not _swap_lock.acquire(blocking=False):
+    With other threads, LanceDB's lines go out as it writes them. LanceDB's own event loop
+    thread (started by ``import lancedb``; it runs the calls) does not count."""
+    if not _alone() or not _swap_lock.acquire(blocking=False):
         yield
         return
     try:
