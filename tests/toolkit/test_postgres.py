@@ -940,7 +940,7 @@ def test_a_connection_the_server_ended_is_replaced(postgres_dsn) -> None:
 def test_rows_stay_whole_where_they_fit_a_page(postgres_dsn) -> None:
     """A new table keeps a row whole in the table while it fits a page (toast_tuple_target):
     with the default, every row over 2 KB had its vector (1,024-d: 4 KB) moved to the TOAST
-    table, and an exact search fetched each from there (2.3x the time at 20,000 rows). A row
+    table, and an exact search fetched each from there (3.2x the time at 20,000 rows). A row
     still wider than a page (a 512-token chunk of Russian: its text and terms) moves its
     terms or text out, not the vector (stored MAIN where it fits a page: 20,000 such chunks,
     exact 110-131 -> 46-51 ms); storage MAIN with the 2 KB target had moved every payload
