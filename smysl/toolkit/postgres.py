@@ -556,7 +556,8 @@ class PostgresStore(VectorStore):
                 # stored MAIN: so it is, where it fits a page beside the row's other parts,
                 # and such a row moves its text or terms out instead. Storage MAIN alone (the
                 # 2 KB target) had pushed every payload out (a word search 2.7x slower).
-                # Wider vectors (2,048-d and up) go out of line; the payload and words stay.
+                # Wider vectors (over 1,958-d: 2,048, 2,560, 4,096) go out of line; the
+                # payload and words stay.
                 page = int(self._conn.execute("SHOW block_size").fetchone()[0])
                 self._conn.execute(self._q("ALTER TABLE {t} SET (toast_tuple_target = {n})",
                                            n=self._sql.Literal(page - 32)))
