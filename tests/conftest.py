@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -54,3 +55,13 @@ def tiny(tiny_dir: Path):  # type: ignore[no-untyped-def]
     from smysl import Embedder
 
     return Embedder.load(str(tiny_dir), device="cpu")
+
+
+@pytest.fixture(scope="session")
+def postgres_dsn() -> Iterator[str]:
+    """DSN of a real PostgreSQL + pgvector server started once for this test session (the
+    toolkit's, the scale jobs' and the served index's tests)."""
+    from toolkit.pgserver import postgres_server
+
+    with postgres_server() as dsn:
+        yield dsn

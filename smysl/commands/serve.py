@@ -58,6 +58,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--index", default=None,
                    help="a 'smysl index' location built with this model: POST /search and the "
                         "search box of /ui query it")
+    p.add_argument("--index-table", default="chunks",
+                   help="the table (collection) of --index to serve, as 'smysl index add "
+                        "--table' named it (default: chunks)")
     p.add_argument("--index-threads", type=int, default=4,
                    help="threads per HTTP worker running --index searches at once, where the "
                         "store allows it (PostgreSQL: one connection each; other stores run "
@@ -108,6 +111,7 @@ def unhealthy_exit_s(model: str, given: float | None) -> float | None:
 
 def run(args: argparse.Namespace) -> int:
     from smysl.server import ServerConfig, serve
+    from smysl.server.ui import index_label
 
     model_name = args.model or os.environ.get(MODEL_ENV, "").strip()
     if not model_name and not args.reranker:
@@ -124,7 +128,7 @@ def run(args: argparse.Namespace) -> int:
         default_dimensions=args.dimensions, allow_empty=args.allow_empty_input,
         token_ids=args.token_ids,
         switch_interval_s=args.switch_interval_ms / 1000 if args.switch_interval_ms else None,
-        index=args.index, index_threads=args.index_threads,
+        index=args.index, index_table=args.index_table, index_threads=args.index_threads,
         workers=1 if args.workers == "auto" else args.workers,
         access_log=args.access_log, cors_origins=tuple(args.cors_allow_origin or ()))
     if config.workers > 1 and args.in_process:
@@ -167,7 +171,8 @@ def run(args: argparse.Namespace) -> int:
             routes = ("OpenAI /v1/embeddings, Ollama /api/embed, TEI /embed, metrics /metrics, "
                       "page /ui" if model else "metrics /metrics")
             print(f"smysl serve: listening on http://{where}:{port} — {routes}"
-                  + (f", search /search over {config.index}" if config.index else "")
+                  + (f", search /search over {index_label(config.index, config.index_table)}"
+                     if config.index else "")
                   + (", rerank TEI /rerank, Cohere/Jina /v1/rerank, Cohere /v2/rerank"
                      if reranker else "")
                   + ("; API key required" if config.api_key else "")

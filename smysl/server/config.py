@@ -87,6 +87,9 @@ class ServerConfig:
     #: A toolkit index (``smysl index`` location: LanceDB folder, ``qdrant:URL``...) opened at
     #: start with the served model and searched by ``POST /search``; None = no search route.
     index: str | None = None
+    #: The table (LanceDB, PostgreSQL) or collection (Qdrant) of ``index`` that is served:
+    #: ``smysl index add --table``'s.
+    index_table: str = "chunks"
     #: Threads that run ``/search``'s store calls, per HTTP worker, where the store takes
     #: calls from several threads at once (``VectorStore.concurrent_reads``: LanceDB;
     #: PostgreSQL, a connection per thread and one it was opened on, so workers x (this + 1)
@@ -112,6 +115,7 @@ class ServerConfig:
             "graceful_timeout_s": self.graceful_timeout_s >= 0,
             "switch_interval_s": self.switch_interval_s is None or self.switch_interval_s > 0,
             "index": self.index is None or bool(self.index.strip()),
+            "index_table": bool(self.index_table.strip()),
             "workers": self.workers >= 1,
             "index_threads": self.index_threads >= 1,
             "cors_origins": all(o == "*" or o.startswith(("http://", "https://"))

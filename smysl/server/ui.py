@@ -71,9 +71,19 @@ class SearchRequest(BaseModel):
                                                    f"k..{MAX_RERANK_TOP}")
 
 
-def open_index(spec: str, embedder: BaseEmbedder) -> tuple[VectorStore, bool]:
-    """The store of the index ``spec`` (a ``smysl index`` location), checked for ``embedder``,
-    and whether its records carry vector checksums (see :func:`~smysl.toolkit.index.hit_problem`).
+def index_label(spec: str, table: str) -> str:
+    """The served index as logs, errors and ``/ui/info`` name it: its place without secrets
+    (a PostgreSQL DSN's password never reaches a client or a log) and its table."""
+    from smysl.toolkit.store import StoreConfig
+    from smysl.toolkit.stores import location
+
+    return f"{location(StoreConfig.parse(spec, table=table))} table {table}"
+
+
+def open_index(spec: str, table: str, embedder: BaseEmbedder) -> tuple[VectorStore, bool]:
+    """The store of table ``table`` of the index ``spec`` (a ``smysl index`` location),
+    checked for ``embedder``, and whether its records carry vector checksums (see
+    :func:`~smysl.toolkit.index.hit_problem`).
 
     Refuses a missing index, a store without smysl's metadata (rather than claiming it), and an
     index built with another model or size (the toolkit's own check, :meth:`Index.create_or_open`).
@@ -84,7 +94,8 @@ def open_index(spec: str, embedder: BaseEmbedder) -> tuple[VectorStore, bool]:
     from smysl.toolkit.store import StoreConfig, local_path
     from smysl.toolkit.stores import open_store
 
-    store = StoreConfig.parse(spec)
+    store = StoreConfig.parse(spec, table=table)
+    label = index_label(spec, table)
     path = local_path(store.uri) if store.backend == "lancedb" else None
     if path is not None and not path.is_dir():
         raise FileNotFoundError(f"--index {spec}: no such index folder; build one with "
@@ -92,12 +103,12 @@ def open_index(spec: str, embedder: BaseEmbedder) -> tuple[VectorStore, bool]:
     try:
         built_with = Index.stored_model(store)  # a store without smysl metadata stops here
     except (ValueError, FileNotFoundError) as e:
-        raise type(e)(f"--index {spec}: {e}; build it with 'smysl index add'") from None
+        raise type(e)(f"--index {label}: {e}; build it with 'smysl index add'") from None
     try:
         with Index.create_or_open(embedder, IndexConfig(store=store), create=False) as index:
             checksums = index.checksums
     except ValueError as e:
-        raise ValueError(f"--index {spec}: {e}; serve it with --model {built_with}") from None
+        raise ValueError(f"--index {label}: {e}; serve it with --model {built_with}") from None
     return open_store(store), checksums
 
 
@@ -127,8 +138,10 @@ def router(service: Service, reranking: RerankService | None = None) -> APIRoute
     The index is opened and checked here, so a bad ``--index`` stops the server before it
     listens; its store is closed when the app shuts down.
     """
-    store, checksums = (open_index(service.config.index, service.embedder)
-                        if service.config.index else (None, False))
+    served = service.config
+    store, checksums = (open_index(served.index, served.index_table, service.embedder)
+                        if served.index else (None, False))
+    label = index_label(served.index, served.index_table) if served.index else ""
     # the store's calls run on threads of its own: several where it takes calls at once
     # (PostgreSQL: a connection per thread), else one, so that they never overlap
     pool = (ThreadPoolExecutor(service.config.index_threads if store.concurrent_reads else 1,
@@ -163,8 +176,11 @@ def router(service: Service, reranking: RerankService | None = None) -> APIRoute
         """The served model's facts and the served index (null without ``--index``)."""
         described: dict[str, object] | None = None
         if store is not None:
-            described = {"location": service.config.index, "dimensions": store.dimensions,
-                         "chunks": await in_thread(store.count)}
+            try:
+                chunks = await in_thread(store.count)
+            except ValueError as e:  # the store's (its server gone, say; it names the place)
+                raise ApiError("unavailable", str(e)) from None
+            described = {"location": label, "dimensions": store.dimensions, "chunks": chunks}
         return json_response({"model": dataclasses.asdict(service.info()),
                               "index": described})
 
@@ -228,10 +244,10 @@ def router(service: Service, reranking: RerankService | None = None) -> APIRoute
             meta = searched.read_meta()
             problem = binding_problem(searched, service.embedder, searched.dimensions, meta)
             if problem is not None:
-                raise ApiError("unavailable", f"--index {service.config.index}: {problem}; "
+                raise ApiError("unavailable", f"--index {label}: {problem}; "
                                               f"restart the server with its model")
             if body.mode != "vector" and (problem := lexical_problem(meta)):
-                raise ApiError("unsupported", f"--index {service.config.index}: {problem}",
+                raise ApiError("unsupported", f"--index {label}: {problem}",
                                param="mode")
             # damaged stored vectors are never served: left out, the search widened to k
             (found,) = search_vectors(

@@ -88,7 +88,7 @@ def check_settings(embedder: BaseEmbedder, config: ServerConfig) -> None:
     if config.index:
         from smysl.server.ui import open_index
 
-        store, _ = open_index(config.index, embedder)
+        store, _ = open_index(config.index, config.index_table, embedder)
         store.close()
 
 

@@ -90,11 +90,15 @@ _swap_lock = threading.Lock()
 
 
 def _alone() -> bool:
-    """Whether the calling thread is the process's only one but LanceDB's event loop."""
+    """Whether the calling thread is the process's only one but LanceDB's event loop and
+    tqdm's monitor (a progress bar's: it only redraws the bar, which may be held back)."""
     from lancedb.background_loop import LOOP
 
+    monitor = sys.modules.get("tqdm._monitor")
+    quiet: tuple[type, ...] = (monitor.TMonitor,) if monitor is not None else ()
     me = threading.current_thread()
-    return all(t is me or t is LOOP.thread for t in threading.enumerate())
+    return all(t is me or t is LOOP.thread or isinstance(t, quiet)
+               for t in threading.enumerate())
 
 
 @contextlib.contextmanager
@@ -105,7 +109,8 @@ def _held_stderr() -> Iterator[None]:
     other threads would hold back their lines too (a server's log), drop them when the call
     fails, and two overlapping swaps would leave stderr pointing at a deleted file for good.
     With other threads, LanceDB's lines go out as it writes them. LanceDB's own event loop
-    thread (started by ``import lancedb``; it runs the calls) does not count."""
+    thread (started by ``import lancedb``; it runs the calls) and tqdm's monitor (an
+    interactive ``smysl index add`` has a progress bar) do not count."""
     if not _alone() or not _swap_lock.acquire(blocking=False):
         yield
         return

@@ -388,15 +388,19 @@ def _read(method: Callable[Concatenate[PostgresStore, _P], _R]
           ) -> Callable[Concatenate[PostgresStore, _P], _R]:
     """A read whose connection the server ended (a restart, ``pg_terminate_backend``,
     ``idle_session_timeout``) runs once more on a new connection: a server restarted
-    under a running ``smysl serve`` costs no failed search."""
+    under a running ``smysl serve`` costs no failed search. So does one an administrator
+    ended on purpose (it runs again, once). Not inside a transaction the caller opened on the
+    thread's connection: that transaction is gone, and a read on a new connection would
+    answer from outside it; the read fails as a write does."""
 
     @functools.wraps(method)
     def call(self: PostgresStore, *args: _P.args, **kw: _P.kwargs) -> _R:
-        with self._lost_connection():
+        idle = self._idle()
+        with self._lost_connection(wrote=False, idle=idle):
             try:
                 return method(self, *args, **kw)
             except self._pg.OperationalError:
-                if not self._lost():
+                if not idle or not self._lost():
                     raise
             return method(self, *args, **kw)
 
@@ -410,7 +414,7 @@ def _write(method: Callable[Concatenate[PostgresStore, _P], _R]
 
     @functools.wraps(method)
     def call(self: PostgresStore, *args: _P.args, **kw: _P.kwargs) -> _R:
-        with self._lost_connection():
+        with self._lost_connection(wrote=True, idle=self._idle()):
             return method(self, *args, **kw)
 
     return call
@@ -459,7 +463,8 @@ class PostgresStore(VectorStore):
         self._closed = False
         self._table = sql.Identifier(config.table)
         try:
-            self._open(dimensions, replace)
+            with self._lost_connection(wrote=True, idle=True):
+                self._open(dimensions, replace)
         except BaseException:
             self.close()
             raise
@@ -500,22 +505,39 @@ class PostgresStore(VectorStore):
         except AttributeError:
             return False
 
+    def _idle(self) -> bool:
+        """Whether no transaction is open on the calling thread's connection (or it has none,
+        or one the server ended, which the next call replaces)."""
+        try:
+            conn = self._threads.held.conn
+        except AttributeError:
+            return True
+        return bool(conn.broken) or (
+            conn.info.transaction_status == self._pg.pq.TransactionStatus.IDLE)
+
     @contextlib.contextmanager
-    def _lost_connection(self) -> Iterator[None]:
-        """psycopg's error for a connection the server ended, or the store closed from another
-        thread mid-call, as a PostgresStoreError that names the server (a served index
-        answers 503 with it, not 500)."""
+    def _lost_connection(self, *, wrote: bool, idle: bool) -> Iterator[None]:
+        """psycopg's errors as a PostgresStoreError that names the server: a connection the
+        server ended, the store closed from another thread mid-call, a statement the server
+        refused or cancelled (``statement_timeout``, ``lock_timeout``, a full disk, a table
+        dropped meanwhile). A served index answers 503 with its message, not 500. ``wrote``:
+        the call writes; ``idle``: no transaction was open on the connection before it."""
         try:
             yield
         except self._pg.Error as e:
             if self._closed:  # close() from another thread, mid-call
                 raise PostgresStoreError(f"the store of {self.where} is closed") from None
             if not isinstance(e, self._pg.OperationalError) or not self._lost():
-                raise
+                raise PostgresStoreError(f"PostgreSQL at {self.where}: {_first_line(e)}") from e
+            if not idle:
+                what = "; the transaction open on it is lost"
+            elif wrote:
+                what = "; a write may not have landed (upserts by id may be repeated)"
+            else:
+                what = ""
             raise PostgresStoreError(
-                f"PostgreSQL at {self.where} ended the connection ({_first_line(e)}); a write "
-                f"may not have landed (upserts by id may be repeated); the next call "
-                f"reconnects") from None
+                f"PostgreSQL at {self.where} ended the connection ({_first_line(e)}){what}; "
+                f"the next call reconnects") from None
 
     # ---------------------------------------------------------------- setup
     def _open(self, dimensions: int | None, replace: bool) -> None:

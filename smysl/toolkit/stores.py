@@ -8,7 +8,24 @@ its kind is opened, so its client library loads on demand.
 
 from __future__ import annotations
 
+from urllib.parse import urlsplit
+
 from smysl.toolkit.store import StoreConfig, VectorStore
+
+
+def location(config: StoreConfig) -> str:
+    """Where the store is, for logs, errors and ``/ui/info``: never a password (a PostgreSQL
+    DSN as ``host:port/dbname``; a URL without its user part or query)."""
+    if config.backend == "postgres":
+        from smysl.toolkit.postgres import place
+
+        return f"postgres:{place(config.uri)}"
+    if config.uri.startswith(("http://", "https://")):
+        url = urlsplit(config.uri)
+        host = url.hostname or ""
+        host = f"[{host}]" if ":" in host else host
+        return f"{url.scheme}://{host}" + (f":{url.port}" if url.port else "") + url.path
+    return f"{config.backend}:{config.uri}" if config.backend != "lancedb" else config.uri
 
 
 def open_store(config: StoreConfig, dimensions: int | None = None, *,

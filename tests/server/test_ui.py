@@ -110,7 +110,8 @@ def test_search_answers_like_the_toolkit(hash_index: Path) -> None:
         assert len(filtered["hits"]) == 3
         assert {h["metadata"]["topic"] for h in filtered["hits"]} == {"pets"}
         info = client.get("/ui/info", headers=auth).json()["index"]
-        assert info == {"location": str(hash_index), "dimensions": 48, "chunks": len(TEXTS)}
+        assert info == {"location": f"{hash_index} table chunks", "dimensions": 48,
+                        "chunks": len(TEXTS)}
 
 
 def test_search_by_words_and_hybrid_as_the_toolkit(hash_index: Path) -> None:

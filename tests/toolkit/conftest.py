@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 
 from smysl.base import BaseEmbedder
@@ -16,12 +14,3 @@ def minilm() -> BaseEmbedder:
     import smysl
 
     return smysl.load("st:all-minilm-l6-v2")
-
-
-@pytest.fixture(scope="session")
-def postgres_dsn() -> Iterator[str]:
-    """DSN of a real PostgreSQL + pgvector server started for this test session (issue 16)."""
-    from toolkit.pgserver import postgres_server
-
-    with postgres_server() as dsn:
-        yield dsn

@@ -45,12 +45,19 @@ def test_stderr_stays_the_process_s_beside_other_threads(capfd) -> None:
 def test_a_process_of_one_thread_holds_native_lines_back() -> None:
     """The CLI's case: a failed call drops what LanceDB wrote during it, a successful one
     replays it after the call. ``import lancedb`` starts LanceDB's event loop thread, which
-    runs the calls: a process of it and one other thread holds lines back too."""
+    runs the calls, and an interactive ``smysl index add`` has a progress bar, whose first
+    one starts tqdm's monitor thread: a process of them and one other thread holds lines back
+    too."""
     code = """if True:
         import os, sys, threading
         import lancedb
+        from tqdm import tqdm
+        from tqdm._monitor import TMonitor
         from smysl.toolkit.lancedb import _held_stderr
-        assert [t.name for t in threading.enumerate()][1:] == ["LanceDBBackgroundEventLoop"]
+        bar = tqdm(total=3, file=open(os.devnull, "w"))
+        others = threading.enumerate()[1:]
+        assert len(others) == 2 and others[0].name == "LanceDBBackgroundEventLoop", others
+        assert isinstance(others[1], TMonitor), others
         with _held_stderr():
             os.write(2, b"kept\\n")
             sys.stdout.write("inside\\n"); sys.stdout.flush()

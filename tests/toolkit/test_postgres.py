@@ -982,3 +982,54 @@ def test_rows_stay_whole_where_they_fit_a_page(postgres_dsn) -> None:
         assert out[0] == (len(x) if vector_out else 0), (dims, n_words, out)
         assert (out[1] >= len(x)) if rest_out else (out[1] == 0), (dims, n_words, out)
         assert out[2] == len(x)
+
+
+def test_a_read_inside_the_callers_transaction_is_not_run_again(postgres_dsn) -> None:
+    """A read in a transaction the caller opened on the thread's connection, whose connection
+    the server then ends, fails: run again on a new connection it would answer from outside
+    that transaction, which is lost. The thread's next call goes on."""
+    import psycopg
+
+    from smysl.toolkit.postgres import PostgresStoreError
+
+    x = unit_rows(4, 16, seed=6)
+    name = f"intx-{uuid.uuid4().hex[:8]}"
+    with open_store(_config(f"{postgres_dsn}?application_name={name}"), 16) as s, \
+            psycopg.connect(postgres_dsn, autocommit=True) as c:
+        s.upsert([str(i) for i in range(len(x))], x)
+        lost = r"ended the connection.*transaction open on it is lost.*next call reconnects"
+        with pytest.raises(PostgresStoreError, match=lost), s._conn.transaction():
+            assert s.count() == len(x)
+            c.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                      "WHERE application_name = %s", [name])
+            s.count()
+        assert s.count() == len(x)
+
+
+def test_a_statement_the_server_refuses_names_the_server(postgres_dsn) -> None:
+    """psycopg's errors other than a lost connection (``lock_timeout``, ``statement_timeout``,
+    a full disk, a table dropped meanwhile) leave the store as a PostgresStoreError naming the
+    server, reads and writes alike (a served index answers 503 with it, not 500); the
+    connection stays and serves the next call."""
+    import psycopg
+    from psycopg import sql
+
+    from smysl.toolkit.postgres import PostgresStoreError
+
+    x = unit_rows(4, 16, seed=7)
+    config = _config(f"{postgres_dsn}?options=-c%20lock_timeout%3D200")
+    with open_store(config, 16) as s, psycopg.connect(postgres_dsn) as c:
+        s.upsert([str(i) for i in range(len(x))], x)
+        table = sql.Identifier(config.table)
+        c.execute(sql.SQL("LOCK TABLE {} IN ACCESS EXCLUSIVE MODE").format(table))
+        for call in (lambda: s.count(), lambda: s.search(x[0], 1), lambda: s.get(["1"]),
+                     lambda: s.upsert(["new"], x[:1]), lambda: s.delete(["1"])):
+            with pytest.raises(PostgresStoreError, match=r"PostgreSQL at 127\.0\.0\.1:\d+/"
+                                                         r"postgres: .*lock timeout"):
+                call()
+        c.rollback()
+        assert s.count() == len(x)
+        c.execute(sql.SQL("DROP TABLE {}").format(table))
+        c.commit()
+        with pytest.raises(PostgresStoreError, match="does not exist"):
+            s.search(x[0], 1)
