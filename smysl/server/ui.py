@@ -75,9 +75,9 @@ def index_label(spec: str, table: str) -> str:
     """The served index as logs, errors and ``/ui/info`` name it: its place without secrets
     (a PostgreSQL DSN's password never reaches a client or a log) and its table."""
     from smysl.toolkit.store import StoreConfig
-    from smysl.toolkit.stores import location
+    from smysl.toolkit.stores import described
 
-    return f"{location(StoreConfig.parse(spec, table=table))} table {table}"
+    return described(StoreConfig.parse(spec, table=table))
 
 
 def open_index(spec: str, table: str, embedder: BaseEmbedder) -> tuple[VectorStore, bool]:
@@ -87,28 +87,39 @@ def open_index(spec: str, table: str, embedder: BaseEmbedder) -> tuple[VectorSto
 
     Refuses a missing index, a store without smysl's metadata (rather than claiming it), and an
     index built with another model or size (the toolkit's own check, :meth:`Index.create_or_open`).
-    Searching needs the store alone: the index's embedding cache (an SQLite connection bound to
-    the opening thread) is closed again at once, and nothing is written to the store.
+    A database that fails or refuses (:class:`~smysl.toolkit.store.StoreError`) says so, with
+    no advice to build or re-serve the index. Searching needs the store alone: the index's
+    embedding cache (an SQLite connection bound to the opening thread) is closed again at once,
+    and nothing is written to the store.
     """
     from smysl.toolkit.index import Index, IndexConfig
-    from smysl.toolkit.store import StoreConfig, local_path
+    from smysl.toolkit.store import StoreConfig, StoreError, local_path
     from smysl.toolkit.stores import open_store
 
     store = StoreConfig.parse(spec, table=table)
     label = index_label(spec, table)
     path = local_path(store.uri) if store.backend == "lancedb" else None
     if path is not None and not path.is_dir():
+        flag = "" if table == StoreConfig.table else f" --table {table}"
         raise FileNotFoundError(f"--index {spec}: no such index folder; build one with "
-                                f"'smysl index add {spec} FILES --model MODEL'")
+                                f"'smysl index add {spec} FILES --model MODEL{flag}'")
+
+    def named(e: Exception) -> str:  # the toolkit's messages may name the index already
+        return f"--index {e}" if str(e).startswith(label) else f"--index {label}: {e}"
+
     try:
         built_with = Index.stored_model(store)  # a store without smysl metadata stops here
+    except StoreError as e:
+        raise StoreError(named(e)) from None
     except (ValueError, FileNotFoundError) as e:
-        raise type(e)(f"--index {label}: {e}; build it with 'smysl index add'") from None
+        raise type(e)(f"{named(e)}; build it with 'smysl index add'") from None
     try:
         with Index.create_or_open(embedder, IndexConfig(store=store), create=False) as index:
             checksums = index.checksums
+    except StoreError as e:
+        raise StoreError(named(e)) from None
     except ValueError as e:
-        raise ValueError(f"--index {label}: {e}; serve it with --model {built_with}") from None
+        raise ValueError(f"{named(e)}; serve it with --model {built_with}") from None
     return open_store(store), checksums
 
 

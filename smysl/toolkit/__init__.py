@@ -31,7 +31,7 @@ from smysl.toolkit.ingest import (
     read_documents,
 )
 from smysl.toolkit.search import FusedHit, RerankedHit, SearchConfig, build_context, mmr
-from smysl.toolkit.store import Hit, Record, StoreConfig, VectorStore
+from smysl.toolkit.store import Hit, Record, StoreConfig, StoreError, VectorStore
 from smysl.toolkit.stores import open_store
 
 __all__ = [
@@ -60,6 +60,7 @@ __all__ = [
     "SearchConfig",
     "SkippedFile",
     "StoreConfig",
+    "StoreError",
     "SupervisedClassifier",
     "TokenChunker",
     "VectorStore",

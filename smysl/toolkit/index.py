@@ -35,7 +35,7 @@ from smysl.toolkit.ingest import (
 )
 from smysl.toolkit.search import MMR_AND_RERANK, SearchConfig, search_vectors
 from smysl.toolkit.store import Hit, Record, StoreConfig, VectorStore, Where, local_path
-from smysl.toolkit.stores import open_store
+from smysl.toolkit.stores import described, open_store
 
 if TYPE_CHECKING:
     from smysl.rerank import BaseReranker
@@ -145,7 +145,7 @@ class Index:
             meta = _index_meta(store, config)
         model = meta.get("load") or meta.get("model")
         if not model:
-            raise ValueError(f"{config.uri or config.table}: its smysl index metadata names "
+            raise ValueError(f"{described(config)}: its smysl index metadata names "
                              "no model")
         return str(model)
 
@@ -378,7 +378,7 @@ def _index_meta(store: VectorStore, config: StoreConfig) -> dict[str, object]:
     """An existing index's smysl metadata (model, fingerprint, dimensions...)."""
     meta = store.read_meta()
     if not meta:
-        raise ValueError(f"{config.uri or config.table}: no smysl index metadata (built outside "
+        raise ValueError(f"{described(config)}: no smysl index metadata (built outside "
                          "smysl?)")
     return meta
 
@@ -399,7 +399,7 @@ def _lost_records(held: int, meta: Mapping[str, object], config: StoreConfig) ->
     index."""
     written = meta.get(RECORDS)
     if isinstance(written, int) and held < written:
-        return (f"{config.uri or config.table}: holds {held} records but {written} were "
+        return (f"{described(config)}: holds {held} records but {written} were "
                 f"written: the store lost records (damaged?); run `smysl index add` on the "
                 f"same files to restore them, or rebuild it (--rebuild)")
     return None

@@ -49,7 +49,16 @@ from urllib.parse import unquote
 import numpy as np
 
 from smysl.toolkit import lexical
-from smysl.toolkit.store import Condition, Hit, Record, StoreConfig, VectorStore, Where, parse_where
+from smysl.toolkit.store import (
+    Condition,
+    Hit,
+    Record,
+    StoreConfig,
+    StoreError,
+    VectorStore,
+    Where,
+    parse_where,
+)
 
 INSTALL_HINT = "pip install 'smysl[postgres]'"
 META_TABLE = "smysl_meta"
@@ -106,7 +115,7 @@ _WORD = re.compile(r"(?P<key>[A-Za-z_][A-Za-z0-9_]*)\s*=\s*"
                    r"(?P<value>'(?:[^'\\]|\\.)*'|[^\s']*)")
 
 
-class PostgresStoreError(ValueError):
+class PostgresStoreError(StoreError):
     """A PostgreSQL store that cannot be reached or used; the message names the server."""
 
 
@@ -198,7 +207,9 @@ def place(uri: str) -> str:
         info = psycopg.conninfo.conninfo_to_dict(dsn_of(split_options(uri)[0]))
     except (psycopg.ProgrammingError, ValueError):
         return "<unparsable DSN>"
-    host = info.get("host") or "localhost"
+    # a password with an unescaped '@' ends up in libpq's host: never show what precedes it
+    host = (info.get("host") or "localhost").rpartition("@")[2]
+    host = f"[{host}]" if ":" in host else host
     return f"{host}:{info.get('port') or 5432}/{info.get('dbname') or info.get('user') or ''}"
 
 

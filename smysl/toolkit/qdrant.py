@@ -34,6 +34,7 @@ from smysl.toolkit.store import (
     Where,
     bound,
     parse_where,
+    shown_url,
 )
 
 ID_FIELD = "_smysl_id"
@@ -123,7 +124,8 @@ class QdrantStore(VectorStore):
         else:
             if dimensions is None:
                 self.client.close()
-                raise FileNotFoundError(f"no collection {self.collection!r} at {uri}")
+                where = shown_url(uri) if self.remote else uri
+                raise FileNotFoundError(f"no collection {self.collection!r} at {where}")
             self._create(int(dimensions))
 
     def _create(self, dimensions: int) -> None:

@@ -335,6 +335,27 @@ class VectorStore(abc.ABC):
         return q
 
 
+class StoreError(ValueError):
+    """The database behind a store failed, refused a call or could not be reached (its
+    message names the place, never a password): not a problem of the index's contents, so
+    "rebuild it" is no answer to it. A served index answers 503 with it."""
+
+
+def shown_url(url: str) -> str:
+    """``url`` as messages may show it: scheme, host, port and path, without the user part
+    (``user:password@``) or the query (``?api_key=``)."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    host = f"[{host}]" if ":" in host else host
+    try:
+        port = f":{parts.port}" if parts.port else ""
+    except ValueError:  # not a number: the host alone
+        port = ""
+    return f"{parts.scheme}://{host}{port}{parts.path}"
+
+
 def local_path(uri: str) -> Path | None:
     """The local folder a URI names, or None for remote/in-memory URIs."""
     if not uri or uri == ":memory:" or "://" in uri:

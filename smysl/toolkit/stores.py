@@ -8,24 +8,26 @@ its kind is opened, so its client library loads on demand.
 
 from __future__ import annotations
 
-from urllib.parse import urlsplit
-
-from smysl.toolkit.store import StoreConfig, VectorStore
+from smysl.toolkit.store import StoreConfig, VectorStore, shown_url
 
 
 def location(config: StoreConfig) -> str:
     """Where the store is, for logs, errors and ``/ui/info``: never a password (a PostgreSQL
-    DSN as ``host:port/dbname``; a URL without its user part or query)."""
+    DSN as ``postgres:host:port/dbname``; a URL without its user part or query)."""
     if config.backend == "postgres":
         from smysl.toolkit.postgres import place
 
         return f"postgres:{place(config.uri)}"
     if config.uri.startswith(("http://", "https://")):
-        url = urlsplit(config.uri)
-        host = url.hostname or ""
-        host = f"[{host}]" if ":" in host else host
-        return f"{url.scheme}://{host}" + (f":{url.port}" if url.port else "") + url.path
+        return shown_url(config.uri)
+    if config.backend == "memory":
+        return "memory:"
     return f"{config.backend}:{config.uri}" if config.backend != "lancedb" else config.uri
+
+
+def described(config: StoreConfig) -> str:
+    """The store and its table (collection), as messages name an index."""
+    return f"{location(config)} table {config.table}"
 
 
 def open_store(config: StoreConfig, dimensions: int | None = None, *,

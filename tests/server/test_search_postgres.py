@@ -100,3 +100,36 @@ def test_serve_cli_serves_the_named_table_without_printing_the_password(
     port = postgres_dsn.rsplit(":", 1)[1].split("/")[0]
     assert f"search /search over postgres:127.0.0.1:{port}/postgres table docs" in err
     assert "sekret" not in err
+
+
+def test_an_index_that_cannot_be_served_is_named_without_its_password(
+        postgres_dsn: str) -> None:
+    """Start-up refusals name the index as ``/ui/info`` does: a table without smysl's
+    metadata ("build it"), and a role the database refuses (a StoreError: no advice to build
+    or re-serve what the database would not let it read)."""
+    import numpy as np
+    import psycopg
+
+    from smysl.server.ui import open_index
+    from smysl.toolkit.store import StoreError
+    from smysl.toolkit.stores import open_store
+
+    table, role = f"bare_{uuid.uuid4().hex[:8]}", f"reader_{uuid.uuid4().hex[:8]}"
+    with open_store(StoreConfig.parse(postgres_dsn, table=table), 4) as s:
+        s.upsert(["a"], np.full((1, 4), 0.5, np.float32))
+    port = postgres_dsn.rsplit(":", 1)[1].split("/")[0]
+    label = f"postgres:127.0.0.1:{port}/postgres table {table}"
+    with pytest.raises(ValueError, match="build it with") as bare:
+        open_index(with_secret(postgres_dsn), table, HashEmbedder())
+    assert str(bare.value).startswith(f"--index {label}: no smysl index metadata")
+    assert "sekret" not in str(bare.value)
+
+    with psycopg.connect(postgres_dsn, autocommit=True) as c:
+        c.execute(f"CREATE ROLE {role} LOGIN")  # may read nothing, not even the schema's
+        c.execute(f"REVOKE ALL ON SCHEMA public FROM {role}")
+    refused = with_secret(postgres_dsn).replace("postgres:sekret@", f"{role}:sekret@")
+    with pytest.raises(StoreError) as no_access:
+        open_index(refused, table, HashEmbedder())
+    message = str(no_access.value)
+    assert message.startswith(f"--index {label}: PostgreSQL at 127.0.0.1:{port}/postgres: ")
+    assert "build it" not in message and "--model" not in message and "sekret" not in message

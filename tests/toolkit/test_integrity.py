@@ -107,7 +107,7 @@ def test_damaged_stored_vectors_are_not_served_and_reruns_repair_them(tiny, tmp_
         assert len(hits) == len(TEXTS) and ix.verify() == {}  # repaired: served again
         fixed = {r.id: r for r in ix.store.get(["3#0", "7#0"])}
         ix.store.delete(["1#0", "2#0"])  # records gone behind the index's back (a lost fragment)
-    lost = f"{kb}: holds {len(TEXTS) - 2} records but {len(TEXTS)} were written"
+    lost = f"{kb} table chunks: holds {len(TEXTS) - 2} records but {len(TEXTS)} were written"
     found = verify_store(cfg.store)
     assert found.damaged == {} and found.total == len(TEXTS) - 2
     assert len(found.problems) == 1 and lost in found.problems[0]

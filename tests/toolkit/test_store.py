@@ -316,3 +316,62 @@ def test_range_bounds_beyond_int64(filled) -> None:
     assert store.count({"n": {"$lt": 2**63}}) == N
     assert store.count({"n": {"$gt": 10**30}}) == 0
     assert store.count({"n": {"$gte": -(2**70), "$lt": 3}}) == 3
+
+
+@pytest.mark.parametrize(("spec", "shown"), [
+    ("kb", "kb"),
+    ("lancedb:/data/kb", "/data/kb"),
+    ("qdrant::memory:", "qdrant::memory:"),
+    ("qdrant:http://admin:s3cret@q.example:6333/?api_key=k3y", "http://q.example:6333/"),
+    ("https://admin:s3cret@[::1]:6333", "https://[::1]:6333"),
+    ("qdrant:http://q.example:port/", "http://q.example/"),  # a bad port: the host alone
+    ("postgresql://u:s3cret@db.example:5433/kb?sslmode=require&password=s3cret",
+     "postgres:db.example:5433/kb"),
+    ("postgres:host=db.example password='s3 cret' dbname=kb", "postgres:db.example:5432/kb"),
+    ("postgresql://u:s3@cret@db.example/kb", "postgres:db.example:5432/kb"),  # '@' unescaped
+    ("postgresql://u@[::1]:5433/kb", "postgres:[::1]:5433/kb"),
+    ("memory:", "memory:"),
+])
+def test_a_store_is_named_without_secrets(spec: str, shown: str) -> None:
+    """What logs, errors and ``/ui/info`` show of an index: its place and table, never a
+    password, a URL's user part or an ``api_key`` in its query."""
+    pytest.importorskip("psycopg")
+    from smysl.toolkit.stores import described
+
+    assert described(StoreConfig.parse(spec, table="docs")) == f"{shown} table docs"
+
+
+@pytest.mark.filterwarnings("ignore:Failed to obtain server version")
+def test_a_missing_qdrant_collection_is_named_without_credentials() -> None:
+    """A Qdrant URL's user part does not reach the error of a missing collection (a served
+    index printed it at start-up). The server here answers as Qdrant does for a collection
+    that does not exist."""
+    pytest.importorskip("qdrant_client")
+    import json
+    import threading
+    from http.server import BaseHTTPRequestHandler, HTTPServer
+
+    class Qdrant(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            body = ({"result": {"exists": False}, "status": "ok", "time": 0}
+                    if self.path.endswith("/exists") else {"title": "qdrant", "version": "1.12.0"})
+            raw = json.dumps(body).encode()
+            self.send_response(200)
+            self.send_header("content-type", "application/json")
+            self.send_header("content-length", str(len(raw)))
+            self.end_headers()
+            self.wfile.write(raw)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = HTTPServer(("127.0.0.1", 0), Qdrant)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        port = server.server_port
+        with pytest.raises(FileNotFoundError) as missing:
+            open_store(StoreConfig.parse(f"qdrant:http://admin:s3cret@127.0.0.1:{port}"))
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert str(missing.value) == f"no collection 'chunks' at http://127.0.0.1:{port}"
