@@ -132,3 +132,18 @@ def test_loaded_models_remember_a_string_that_loads_them_again(
     monkeypatch.chdir(tmp_path)
     again = smysl.load(Index.stored_model(kb), device="cpu")
     assert again.fingerprint() == m.fingerprint()
+
+
+def test_an_index_records_the_model_string_without_a_password(tmp_path: Path) -> None:
+    """The string an index records to load its model again (and eval reports) keeps a URL's
+    host and path, not its user part: index metadata is readable by whoever reads the index."""
+    pytest.importorskip("lancedb")
+    pytest.importorskip("httpx")
+    from smysl.toolkit import Index, IndexConfig, StoreConfig
+
+    m = smysl.load("openai:http://u:s3cret@127.0.0.1:9/v1#m", dimensions=16)
+    assert m.source == "openai:http://u:s3cret@127.0.0.1:9/v1#m"  # kept, to connect with
+    kb = StoreConfig(uri=str(tmp_path / "kb"))
+    with Index.create_or_open(m, IndexConfig(kb)):
+        pass
+    assert Index.stored_model(kb) == "openai:http://127.0.0.1:9/v1#m"

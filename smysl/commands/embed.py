@@ -96,14 +96,14 @@ def _check_lines_output(output: str) -> None:
     """Refuse, before anything is embedded, an output that lines of text cannot go to."""
     from pathlib import Path
 
-    from smysl.scale.job import is_store
+    from smysl.scale.job import is_store, shown_output
 
     if output == "-":
         return
     if is_store(output) or Path(output).is_dir() or output.endswith(("/", os.sep)):
-        raise ValueError(f"--output {output}: lines of text are written to a .jsonl or .npy "
-                         "file (or stdout); a folder or an index takes a corpus: --input a "
-                         ".jsonl, .csv or .parquet file, or a folder of them")
+        raise ValueError(f"--output {shown_output(output)}: lines of text are written to a "
+                         ".jsonl or .npy file (or stdout); a folder or an index takes a "
+                         "corpus: --input a .jsonl, .csv or .parquet file, or a folder of them")
     parent = Path(output).expanduser().parent
     if not parent.is_dir():
         raise FileNotFoundError(f"--output {output}: no such folder {parent}")

@@ -94,6 +94,9 @@ def run(args: argparse.Namespace) -> int:
             print(f"{name:24s} {kind:15s} {label:18s} {description}")
         return 0
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    # httpx logs every request's URL at INFO, a provider URL's password with it
+    for name in ("httpx", "httpcore"):
+        logging.getLogger(name).setLevel(logging.WARNING)
     out = args.out or Path("eval-results") / time.strftime("%Y%m%d-%H%M%S")
     options = model_options(args)
     cfg = EvalConfig(

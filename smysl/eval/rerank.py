@@ -131,7 +131,9 @@ def reranker_record(reranker: BaseReranker) -> dict[str, Any]:
     """What the reports say of a reranker: its ``info()`` and the string it was loaded from."""
     from dataclasses import asdict
 
-    return {**asdict(reranker.info()), "source": reranker.source}
+    from smysl.shown import shown_source
+
+    return {**asdict(reranker.info()), "source": reranker.source and shown_source(reranker.source)}
 
 
 def _key(query: str, document: str) -> bytes:

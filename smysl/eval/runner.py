@@ -28,6 +28,7 @@ from smysl.eval.results import ModelResult, TaskResult
 from smysl.eval.tasks import Task
 from smysl.pooling import check_dimensions, finish
 from smysl.rerank import BaseReranker
+from smysl.shown import shown_source
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +51,8 @@ def evaluate_model(model: BaseEmbedder, cfg: EvalConfig, *, load_seconds: float 
     embeddings = ModelEmbeddings(model, cache_dir=cfg.cache_dir, progress=cfg.progress)
     result = ModelResult(model.name, native, model.min_dimensions, model.instruction_aware, dims,
                          skipped, load_seconds, 0.0, 0, 0, 0.0,
-                         info={**asdict(model.info()), "source": model.source},
+                         info={**asdict(model.info()),
+                               "source": model.source and shown_source(model.source)},
                          protocol=cfg.protocol())
     started = time.perf_counter()
     for task in tasks:

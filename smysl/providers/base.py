@@ -52,6 +52,7 @@ from smysl.providers.rows import check_rows
 from smysl.providers.tokens import TOKENIZER_ENV, find_tokenizer, fit_texts, width_from_name
 from smysl.providers.usage import Usage, reported_count
 from smysl.scheduler import SchedulerConfig, plan_batches
+from smysl.shown import shown_url
 from smysl.tokenize import Tokenizer
 
 
@@ -353,5 +354,5 @@ class Provider(BaseEmbedder):
                           asked=self.sends_dimensions, positions=positions)
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}({self.name!r}, base_url={self.base_url!r})"
+        return f"{type(self).__name__}({self.name!r}, base_url={shown_url(self.base_url)!r})"
 

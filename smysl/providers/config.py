@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+from smysl.shown import shown_url
 
 
 @dataclass(frozen=True)
@@ -65,8 +68,9 @@ class ProviderConfig:
     #: MiB of rows kept from ``embed`` calls that failed part-way, so that calling ``embed``
     #: again with the same texts sends only the missing ones (0: keep none).
     resume_cache_mb: float = 256.0
-    #: Extra HTTP headers sent with every request.
-    headers: tuple[tuple[str, str], ...] = ()
+    #: Extra HTTP headers sent with every request (an ``Authorization`` among them: not in
+    #: ``repr``).
+    headers: tuple[tuple[str, str], ...] = field(default=(), repr=False)
 
     def __post_init__(self) -> None:
         checks = {
@@ -88,6 +92,12 @@ class ProviderConfig:
         bad = [k for k, ok in checks.items() if not ok]
         if bad:
             raise ValueError(f"invalid provider setting(s) for {self.name}: {', '.join(bad)}")
+
+    def __repr__(self) -> str:
+        # the URL without its user part (a password) or query; the headers not at all
+        shown = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.repr}
+        shown["base_url"] = shown_url(self.base_url) if self.base_url else self.base_url
+        return f"ProviderConfig({', '.join(f'{k}={v!r}' for k, v in shown.items())})"
 
     def api_key(self, given: str | None) -> str | None:
         """``given``, else the first set variable of :attr:`api_key_env`; ``ValueError`` naming

@@ -10,6 +10,7 @@ from typing import Any
 from smysl.options import ModelOptions
 from smysl.providers.base import Provider
 from smysl.providers.config import ProviderConfig
+from smysl.shown import shown_url
 
 #: Default configuration per scheme. Limits are the providers' documented ones where found.
 PRESETS: dict[str, ProviderConfig] = {
@@ -142,8 +143,9 @@ def connect(scheme: str, rest: str = "", **options: Any) -> Provider:
     if scheme in ("openrouter", "dashscope", "deepinfra", "fireworks", "siliconflow") and \
             "dimensions" not in options:
         options["dimensions"] = _WIDTHS.get(f"{scheme}:{model}".lower())
-    # TEI serves one model and takes no name: the server's URL identifies it.
-    return cls(model or config.base_url, config, **options)
+    # TEI serves one model and takes no name: the server's URL identifies it (shown without
+    # its user part: the name reaches /v1/models, logs and index metadata)
+    return cls(model or shown_url(config.base_url), config, **options)
 
 
 #: ModelOptions fields -> ProviderConfig fields (the registry rejects any other option set).

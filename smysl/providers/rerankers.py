@@ -59,6 +59,7 @@ from smysl.providers.tokens import TOKENIZER_ENV, find_tokenizer
 from smysl.providers.usage import Usage, count_of, reported_count
 from smysl.rerank import BaseReranker
 from smysl.scheduler import SchedulerConfig, plan_batches
+from smysl.shown import shown_url
 from smysl.tokenize import Tokenizer
 
 # ----------------------------------------------------------------------------- errors, usage
@@ -241,7 +242,7 @@ class RemoteReranker(BaseReranker):
         self.model = model
         self.config = config
         self.base_url = config.base_url.rstrip("/")
-        self.name = name or f"{config.name}:{model or self.base_url}"
+        self.name = name or f"{config.name}:{model or shown_url(self.base_url)}"
         self.backend = config.name
         self.max_tokens = config.max_tokens
         api_key = config.api_key(api_key)
@@ -289,7 +290,7 @@ class RemoteReranker(BaseReranker):
         self._http.close()
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}({self.name!r}, base_url={self.base_url!r})"
+        return f"{type(self).__name__}({self.name!r}, base_url={shown_url(self.base_url)!r})"
 
     # ---------------------------------------------------------------- BaseReranker
     def _scores(self, query: str, documents: list[str], *, instruction: str | None,

@@ -37,6 +37,7 @@ from smysl.providers.errors import (
     RetriesExhaustedError,
 )
 from smysl.providers.usage import Usage
+from smysl.shown import redacted, shown_url, url_secrets
 
 log = logging.getLogger(__name__)
 
@@ -119,6 +120,10 @@ class RetryingClient:
         headers = {"User-Agent": "smysl", **dict(config.headers)}
         if api_key:
             headers["Authorization"] = f"Bearer {api_key}"
+        #: What an upstream's error body must not carry into a message (one that echoes the
+        #: request's headers): the key, the headers' values, the URL's password.
+        self._secrets = [api_key or "", *(value for _, value in config.headers),
+                         *url_secrets(base_url)]
         self._client = httpx.Client(
             base_url=base_url,
             headers=headers,
@@ -228,17 +233,18 @@ class RetryingClient:
                         last = e
                     except (ValueError, KeyError, TypeError, IndexError) as e:
                         last = MalformedResponseError(
-                            f"{self.name}: malformed response ({e}): {resp.text[:200]!r}")
+                            f"{self.name}: malformed response ({e}): "
+                            f"{self.shown(resp.text[:200])!r}")
                     except ProviderError:
                         self.usage.record_failure()
                         raise
                 elif status == 413:
                     raise PayloadTooLargeError(
                         f"{self.name}: request too large (413) for {n} inputs: "
-                        f"{_excerpt(resp)}", status, resp.text)
+                        f"{self.excerpt(resp)}", status, resp.text)
                 elif status in RETRYABLE_STATUS:
                     retry_after = retry_after_seconds(resp.headers)
-                    last = ProviderHTTPError(f"{self.name}: HTTP {status}: {_excerpt(resp)}",
+                    last = ProviderHTTPError(f"{self.name}: HTTP {status}: {self.excerpt(resp)}",
                                              status, resp.text)
                 else:
                     self.usage.record_failure()
@@ -304,7 +310,8 @@ class RetryingClient:
         if "error" in box:
             error: BaseException = box["error"]
             if isinstance(error, httpx.UnsupportedProtocol):  # a bad URL does not heal
-                raise ProviderError(f"{self.name}: bad URL {self.base_url!r}: {error}")
+                raise ProviderError(f"{self.name}: bad URL {shown_url(self.base_url)!r}: "
+                                    f"{self.shown(str(error))}")
             raise error
         answer: Answer = box["answer"]
         return answer
@@ -323,8 +330,18 @@ class RetryingClient:
             hint = (f" (check the API key: ${self.config.api_key_env})"
                     if self.config.api_key_env else " (the server wants an API key)")
         elif status == 404:
-            hint = f" (unknown model {self.model!r} or wrong URL {self.base_url}{self.config.path})"
-        return f"{self.name}: HTTP {status}{hint}: {_excerpt(resp)}"
+            hint = (f" (unknown model {self.model!r} or wrong URL "
+                    f"{shown_url(self.base_url + self.config.path)})")
+        return f"{self.name}: HTTP {status}{hint}: {self.excerpt(resp)}"
+
+    def shown(self, text: str) -> str:
+        """``text`` (an upstream's words) without this client's secrets."""
+        return redacted(text, self._secrets)
+
+    def excerpt(self, resp: Answer, limit: int = 300) -> str:
+        """The start of an upstream's answer, on one line, without this client's secrets."""
+        text = self.shown(resp.text.strip().replace("\n", " "))
+        return text[:limit] + ("…" if len(text) > limit else "")
 
     def close(self) -> None:
         self._client.close()
@@ -372,8 +389,3 @@ def _ssl_context() -> Any:
     import httpx
 
     return httpx.create_ssl_context()
-
-
-def _excerpt(resp: Answer, limit: int = 300) -> str:
-    text: str = resp.text.strip().replace("\n", " ")
-    return text[:limit] + ("…" if len(text) > limit else "")

@@ -118,6 +118,19 @@ def is_store(output: str) -> bool:
     return output.startswith(STORE_PREFIXES)
 
 
+def shown_output(output: str) -> str:
+    """``output`` as messages show it: an index by its place (never a DSN's password or a
+    URL's user part), anything else as given."""
+    if not is_store(output):
+        return output
+    from smysl.shown import shown_source
+    from smysl.toolkit.store import StoreConfig
+    from smysl.toolkit.stores import location
+
+    config = StoreConfig.parse(output)
+    return location(config) if config.backend == "postgres" else shown_source(output)
+
+
 @dataclass
 class JobReport:
     """What a job did."""
@@ -147,7 +160,7 @@ class JobReport:
         tokens = f"{self.tokens:,} tokens" if self.tokens is not None else "tokens not counted"
         line = (f"embedded {self.texts:,} texts ({tokens}) in {self.seconds:.1f} s{rate}; "
                 f"shards: {self.shards_written} written, {self.shards_skipped} already done; "
-                f"-> {self.output}")
+                f"-> {shown_output(self.output)}")
         if self.bad_rows:
             line += f"; {self.bad_rows} bad rows skipped"
         if self.empty_rows:

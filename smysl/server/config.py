@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 #: Environment variable read for the API key when ``--api-key`` is not given.
 API_KEY_ENV = "SMYSL_API_KEY"
@@ -22,8 +22,8 @@ class ServerConfig:
     port: int = 8000
     #: Bearer token clients must send (compared in constant time). None = no auth.
     #: Probes (``/health``, ``/ping``, ``GET /``) and API tooling (``/openapi.json``, ``/docs``)
-    #: stay open so they need no secret (``smysl.server.app.OPEN_PATHS``).
-    api_key: str | None = None
+    #: stay open so they need no secret (``smysl.server.app.OPEN_PATHS``). Not in ``repr``.
+    api_key: str | None = field(default=None, repr=False)
     #: Extra model name clients may send; it is also the name the server reports first.
     served_name: str | None = None
     #: Token budget of one coalesced batch handed to the backend (the backend may split it

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from smysl.base import BaseEmbedder
+from smysl.shown import shown_source
 from smysl.toolkit import lexical
 from smysl.toolkit.cache import CacheConfig, CachedEmbedder, EmbeddingCache
 from smysl.toolkit.chunking import chunker_for
@@ -121,7 +122,7 @@ class Index:
             else:  # bound now, unless another process bound it since the read above
                 meta = store.claim_meta({
                     "model": embedder.name, "fingerprint": embedder.fingerprint(),
-                    "dimensions": dims, "load": embedder.source or embedder.name,
+                    "dimensions": dims, "load": shown_source(embedder.source or embedder.name),
                     CHECKSUMS: True, LEXICAL: lexical.VERSION})
                 problem = _mismatch(meta, embedder, config.dimensions, store.dimensions)
                 if problem:

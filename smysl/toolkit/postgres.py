@@ -115,6 +115,10 @@ _WORD = re.compile(r"(?P<key>[A-Za-z_][A-Za-z0-9_]*)\s*=\s*"
                    r"(?P<value>'(?:[^'\\]|\\.)*'|[^\s']*)")
 
 
+#: What :func:`place` names a DSN libpq cannot parse.
+UNPARSABLE = "<unparsable DSN>"
+
+
 class PostgresStoreError(StoreError):
     """A PostgreSQL store that cannot be reached or used; the message names the server."""
 
@@ -206,7 +210,7 @@ def place(uri: str) -> str:
     try:
         info = psycopg.conninfo.conninfo_to_dict(dsn_of(split_options(uri)[0]))
     except (psycopg.ProgrammingError, ValueError):
-        return "<unparsable DSN>"
+        return UNPARSABLE
     # a password with an unescaped '@' ends up in libpq's host: never show what precedes it
     host = (info.get("host") or "localhost").rpartition("@")[2]
     host = f"[{host}]" if ":" in host else host
@@ -503,8 +507,12 @@ class PostgresStore(VectorStore):
                 conn = self._pg.connect(dsn_of(self.config.uri), autocommit=True,
                                         connect_timeout=self.config.connect_timeout)
             except self._pg.Error as e:
+                # libpq's words on a DSN it cannot parse quote it, the password with it
+                why = ("the DSN cannot be parsed: percent-encode the password's special "
+                       "characters (%, @, /, :) in a URL, quote values with spaces in "
+                       "key=value words" if self.where == UNPARSABLE else _first_line(e))
                 raise PostgresStoreError(
-                    f"cannot connect to PostgreSQL at {self.where}: {_first_line(e)}") from None
+                    f"cannot connect to PostgreSQL at {self.where}: {why}") from None
             self._threads.held = held = _Connection(conn)
             self._held.add(held)
         return conn

@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from smysl.shown import shown_url
 from smysl.toolkit import lexical
 from smysl.toolkit._deps import INSTALL_HINT
 from smysl.toolkit.store import (
@@ -34,7 +35,6 @@ from smysl.toolkit.store import (
     Where,
     bound,
     parse_where,
-    shown_url,
 )
 
 ID_FIELD = "_smysl_id"

@@ -17,6 +17,7 @@ picks one for a :class:`StoreConfig`.
 from __future__ import annotations
 
 import abc
+import dataclasses
 import hashlib
 import math
 from collections.abc import Iterator, Mapping, Sequence
@@ -183,12 +184,20 @@ class StoreConfig:
     index: Literal["ivf_hnsw_sq", "ivf_pq", "ivf_flat"] = "ivf_hnsw_sq"
     nprobes: int = 64
     refine_factor: int = 4
-    api_key: str | None = None
+    api_key: str | None = field(default=None, repr=False)
     pg_index: Literal["auto", "vector", "halfvec", "binary"] = "auto"
     hnsw_m: int = 16
     ef_construction: int = 128
     ef_search: int = 256
     connect_timeout: int = 10
+
+    def __repr__(self) -> str:
+        # the place without secrets (a DSN's password, a URL's user part); no api_key
+        from smysl.toolkit.stores import location
+
+        shown = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.repr}
+        shown["uri"] = location(self)
+        return f"StoreConfig({', '.join(f'{k}={v!r}' for k, v in shown.items())})"
 
     @classmethod
     def parse(cls, spec: str, **kw: Any) -> StoreConfig:
@@ -339,21 +348,6 @@ class StoreError(ValueError):
     """The database behind a store failed, refused a call or could not be reached (its
     message names the place, never a password): not a problem of the index's contents, so
     "rebuild it" is no answer to it. A served index answers 503 with it."""
-
-
-def shown_url(url: str) -> str:
-    """``url`` as messages may show it: scheme, host, port and path, without the user part
-    (``user:password@``) or the query (``?api_key=``)."""
-    from urllib.parse import urlsplit
-
-    parts = urlsplit(url)
-    host = parts.hostname or ""
-    host = f"[{host}]" if ":" in host else host
-    try:
-        port = f":{parts.port}" if parts.port else ""
-    except ValueError:  # not a number: the host alone
-        port = ""
-    return f"{parts.scheme}://{host}{port}{parts.path}"
 
 
 def local_path(uri: str) -> Path | None:

@@ -8,7 +8,8 @@ its kind is opened, so its client library loads on demand.
 
 from __future__ import annotations
 
-from smysl.toolkit.store import StoreConfig, VectorStore, shown_url
+from smysl.shown import shown_url
+from smysl.toolkit.store import StoreConfig, VectorStore
 
 
 def location(config: StoreConfig) -> str:

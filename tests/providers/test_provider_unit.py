@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 from typing import Any
 
@@ -454,3 +455,27 @@ def test_provider_dimensions_are_a_positive_integer(bad: object) -> None:
     with pytest.raises(ValueError, match=r"dimensions must be a positive integer, got"):
         connect("openai", "http://h:1#m", dimensions=bad)
     assert connect("openai", "http://h:1#m", dimensions=np.int64(48)).request_dimensions == 48
+
+
+def test_secrets_stay_out_of_names_reprs_and_errors() -> None:
+    """A key, a header's value or a URL's password never reaches a provider's name, repr or
+    error message, even from an upstream whose error bodies echo the request's headers."""
+    def echo(status: int) -> httpx.MockTransport:
+        return httpx.MockTransport(lambda request: httpx.Response(
+            status, json={"error": {"message": "no", "headers": dict(request.headers),
+                                    "url": str(request.url)}}))
+
+    url = "http://u:URLSECRET@h:1/v1"
+    for status in (400, 401, 404, 500):
+        p = connect("openai", f"{url}#m", transport=echo(status), api_key="KEYSECRET",
+                    headers=(("X-Token", "HDRSECRET"),), max_retries=0, dimensions=16)
+        with pytest.raises(Exception) as e:
+            p.embed(["x"])
+        for secret in ("KEYSECRET", "HDRSECRET", "URLSECRET",
+                       base64.b64encode(b"u:URLSECRET").decode()):
+            assert secret not in str(e.value), (status, str(e.value))
+            assert secret not in repr(p) and secret not in p.name
+            assert secret not in repr(p.config)
+    tei = connect("tei", "http://u:URLSECRET@h:1", transport=echo(500))
+    assert "URLSECRET" not in tei.name and "URLSECRET" not in repr(tei)
+    assert "h:1" in tei.name

@@ -270,11 +270,14 @@ def test_index_output_resumes_and_searches(tiny, corpus, tmp_path, kind, request
         pytest.importorskip("lancedb")
         output = f"lancedb:{tmp_path / 'kb'}"
     else:
-        output = f"postgres:{request.getfixturevalue('postgres_dsn')}"
+        # a password (trust auth ignores it) that the summary must not repeat
+        dsn = request.getfixturevalue("postgres_dsn").replace("postgres@", "postgres:s3cret@")
+        output = f"postgres:{dsn}"
     config = JobConfig(output=output, shard_rows=5, table=f"t_{uuid.uuid4().hex[:8]}")
     counting = Counting(tiny)
     report = run_job(counting, [corpus], config)
     assert report.shards_written == 2 + 2 + 2 and counting.embedded == 25
+    assert "s3cret" not in report.summary() and "-> " in report.summary()
     again = Counting(tiny)
     report = run_job(again, [corpus], config)
     assert report.shards_skipped == 6 and report.shards_written == 0 and again.embedded == 0

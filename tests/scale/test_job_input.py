@@ -147,11 +147,14 @@ def test_a_data_file_is_not_embedded_as_lines(tiny_dir, tmp_path, capsys, name) 
     assert not out.exists()
 
 
-@pytest.mark.parametrize("output", ["folder", "lancedb:kb", "missing/out.jsonl"])
+@pytest.mark.parametrize(("output", "shown"), [
+    ("folder", "folder"), ("lancedb:kb", "lancedb:kb"), ("missing/out.jsonl", "missing/out.jsonl"),
+    ("postgresql://u:s3cret@127.0.0.1:9/db", "postgres:127.0.0.1:9/db"),
+    ("qdrant:http://u:s3cret@127.0.0.1:9", "qdrant:http://127.0.0.1:9")])
 def test_lines_mode_refuses_an_output_it_cannot_write_before_embedding(
-        tiny_dir, tmp_path, capsys, monkeypatch, output) -> None:
+        tiny_dir, tmp_path, capsys, monkeypatch, output, shown) -> None:
     """Lines of text with a folder --output failed only after embedding everything
-    ([Errno 21] Is a directory)."""
+    ([Errno 21] Is a directory). An index's password is not repeated."""
     monkeypatch.chdir(tmp_path)
     (tmp_path / "folder").mkdir()
     (tmp_path / "lines.txt").write_text("one\ntwo\n")
@@ -164,7 +167,7 @@ def test_lines_mode_refuses_an_output_it_cannot_write_before_embedding(
     assert main(["embed", "--input", "lines.txt", "--output", output, "--model",
                  str(tiny_dir)]) == 2
     err = capsys.readouterr().err
-    assert f"--output {output}:" in err
+    assert f"--output {shown}:" in err and "s3cret" not in err
     assert not (tmp_path / "kb").exists()
 
 

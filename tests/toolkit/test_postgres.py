@@ -1033,3 +1033,16 @@ def test_a_statement_the_server_refuses_names_the_server(postgres_dsn) -> None:
         c.commit()
         with pytest.raises(PostgresStoreError, match="does not exist"):
             s.search(x[0], 1)
+
+
+def test_a_dsn_libpq_cannot_parse_is_not_quoted() -> None:
+    """libpq's words on a DSN it cannot parse quote it, a password with a raw '%' with it:
+    the error says how to write the DSN instead."""
+    pytest.importorskip("psycopg")
+    from smysl.toolkit.postgres import PostgresStoreError
+
+    for dsn in ("postgresql://u:PG%ZZs3cret@127.0.0.1:9/db",
+                "postgres:host=127.0.0.1 password=two s3cret words dbname=db"):
+        with pytest.raises(PostgresStoreError, match="cannot be parsed: percent-encode") as e:
+            open_store(StoreConfig.parse(dsn, table="t"), 4)
+        assert "s3cret" not in str(e.value)

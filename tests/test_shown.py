@@ -1,0 +1,37 @@
+"""What may be shown of a place or a model string (smysl/shown.py): never a password."""
+
+from __future__ import annotations
+
+import base64
+
+import pytest
+
+from smysl.shown import redacted, shown_source, shown_url, url_secrets
+
+
+@pytest.mark.parametrize(("url", "shown"), [
+    ("http://h:8080/v1", "http://h:8080/v1"),
+    ("https://user:pa%40ss@api.example/v1?api_key=k3y", "https://api.example/v1"),
+    ("http://u:p@[::1]:6333/", "http://[::1]:6333/"),
+    ("http://h:port/x", "http://h/x"),
+])
+def test_a_url_is_shown_without_its_user_part_or_query(url: str, shown: str) -> None:
+    assert shown_url(url) == shown
+
+
+def test_a_model_string_is_shown_without_the_passwords_of_its_urls() -> None:
+    assert shown_source("openai:http://u:s3cret@h:1/v1#text-embedding-3") == \
+        "openai:http://h:1/v1#text-embedding-3"
+    assert shown_source("tei:https://u:s3cret@tei.example") == "tei:https://tei.example"
+    assert shown_source("Qwen/Qwen3-Embedding-0.6B") == "Qwen/Qwen3-Embedding-0.6B"
+    assert shown_source("/models/qwen3 0.6b") == "/models/qwen3 0.6b"
+
+
+def test_secrets_of_a_url_are_redacted_as_written_decoded_and_as_basic_auth() -> None:
+    secrets = url_secrets("http://user:p%40ssw0rd@h/")
+    basic = base64.b64encode(b"user:p@ssw0rd").decode()
+    assert set(secrets) == {"p%40ssw0rd", "p@ssw0rd", basic}
+    echoed = f'{{"authorization": "Basic {basic}", "url": "http://user:p%40ssw0rd@h/"}}'
+    assert "ssw0rd" not in redacted(echoed, secrets) and basic not in redacted(echoed, secrets)
+    assert url_secrets("http://h/") == []
+    assert redacted("a key abc", ["abc", ""]) == "a key abc"  # under 4 characters: kept
