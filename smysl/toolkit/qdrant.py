@@ -18,12 +18,12 @@ import hashlib
 import os
 import uuid
 from collections import Counter
-from collections.abc import Iterator, Mapping, Sequence
-from typing import Any
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any, Concatenate, ParamSpec, TypeVar
 
 import numpy as np
 
-from smysl.shown import shown_url
+from smysl.shown import redacted, shown_url, url_secrets
 from smysl.toolkit import lexical
 from smysl.toolkit._deps import INSTALL_HINT
 from smysl.toolkit.store import (
@@ -31,11 +31,15 @@ from smysl.toolkit.store import (
     Hit,
     Record,
     StoreConfig,
+    StoreError,
     VectorStore,
     Where,
     bound,
     parse_where,
 )
+
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
 
 ID_FIELD = "_smysl_id"
 _NAMESPACE = uuid.UUID("6f1d0c8e-5b7a-4a8e-9a51-2f0f8d6c1e37")
@@ -74,6 +78,24 @@ def term_weights(text: Any) -> dict[int, float]:
     return out
 
 
+class QdrantStoreError(StoreError):
+    """A Qdrant server that cannot be reached or refused a call; the message names it (without
+    credentials) and gives Qdrant's reason. A served index answers 503 with it."""
+
+
+def _qdrant_errors(method: Callable[Concatenate[QdrantStore, _P], _R]
+                   ) -> Callable[Concatenate[QdrantStore, _P], _R]:
+    """The Qdrant client's errors (an HTTP status, a connection refused) of ``method`` as a
+    :class:`QdrantStoreError`."""
+
+    @functools.wraps(method)
+    def call(self: QdrantStore, *args: _P.args, **kw: _P.kwargs) -> _R:
+        with self._server_errors():
+            return method(self, *args, **kw)
+
+    return call
+
+
 def _import() -> Any:
     try:
         from qdrant_client import QdrantClient, models
@@ -92,11 +114,15 @@ class QdrantStore(VectorStore):
         uri = config.uri or ":memory:"
         #: Local mode is always an exact scan and warns about search parameters.
         self.remote = uri.startswith(("http://", "https://"))
+        #: The store's place in messages: a server's URL without credentials.
+        self.where = shown_url(uri) if self.remote else f"qdrant:{uri}"
+        self._secrets: list[str] = []
         if uri == ":memory:":
             self.client = client_cls(":memory:")
         elif uri.startswith(("http://", "https://")):
-            self.client = client_cls(url=uri, api_key=config.api_key
-                                     or os.environ.get("QDRANT_API_KEY"))
+            api_key = config.api_key or os.environ.get("QDRANT_API_KEY")
+            self._secrets = [api_key or "", *url_secrets(uri)]
+            self.client = client_cls(url=uri, api_key=api_key)
         else:
             try:
                 self.client = client_cls(path=uri)
@@ -109,13 +135,38 @@ class QdrantStore(VectorStore):
                     f"a time: wait for it, or use a Qdrant server (qdrant:http://HOST:6333) "
                     f"for several") from None
         self.collection = config.table
+        try:
+            with self._server_errors():
+                self._open(dimensions, replace)
+        except BaseException:
+            self.client.close()  # local mode holds a folder lock until closed
+            raise
+
+    @contextlib.contextmanager
+    def _server_errors(self) -> Iterator[None]:
+        from qdrant_client.http.exceptions import ApiException, UnexpectedResponse
+
+        try:
+            yield
+        except UnexpectedResponse as e:
+            why = f"HTTP {e.status_code} {e.reason_phrase}".strip()
+            with contextlib.suppress(ValueError, TypeError, AttributeError, KeyError):
+                why += f": {e.structured()['status']['error']}"
+            raise QdrantStoreError(f"Qdrant at {self.where}: {redacted(why, self._secrets)}"
+                                   ) from None
+        except ApiException as e:  # no answer: refused, timed out, reset
+            cause = getattr(e, "source", e)
+            first = (str(cause).strip().splitlines() or [type(cause).__name__])[0][:300]
+            raise QdrantStoreError(f"cannot reach Qdrant at {self.where}: "
+                                   f"{redacted(first, self._secrets)}") from None
+
+    def _open(self, dimensions: int | None, replace: bool) -> None:
         if replace and dimensions is not None and self.client.collection_exists(self.collection):
             self.client.delete_collection(self.collection)  # its metadata goes with it
         if self.client.collection_exists(self.collection):
             params = self.client.get_collection(self.collection).config.params
             dims = int(params.vectors.size)
             if dimensions is not None and dims != dimensions:
-                self.client.close()  # local mode holds a folder lock until closed
                 raise ValueError(f"collection {self.collection!r} holds {dims}-d vectors, "
                                  f"not {dimensions}-d")
             self.dimensions = dims
@@ -123,9 +174,7 @@ class QdrantStore(VectorStore):
             self._tried_adding = False
         else:
             if dimensions is None:
-                self.client.close()
-                where = shown_url(uri) if self.remote else uri
-                raise FileNotFoundError(f"no collection {self.collection!r} at {where}")
+                raise FileNotFoundError(f"no collection {self.collection!r} at {self.where}")
             self._create(int(dimensions))
 
     def _create(self, dimensions: int) -> None:
@@ -195,6 +244,7 @@ class QdrantStore(VectorStore):
         alts += [m.FieldCondition(key=key, range=m.Range(gte=v, lte=v)) for v in numbers]
         return alts
 
+    @_qdrant_errors
     def upsert(self, ids: Sequence[str], vectors: np.ndarray,
                payloads: Sequence[Mapping[str, Any]] | None = None) -> None:
         ids, vecs, pays = self._check_upsert(ids, vectors, payloads)
@@ -240,6 +290,7 @@ class QdrantStore(VectorStore):
                             self._dense(p.vector) if with_vectors else None))
         return hits
 
+    @_qdrant_errors
     def search(self, vectors: np.ndarray, k: int = 10, *, where: Where | None = None,
                exact: bool = True, with_vectors: bool = False) -> list[list[Hit]]:
         q = self._queries(vectors, k)
@@ -255,6 +306,7 @@ class QdrantStore(VectorStore):
                 out.append(self._hits(res.points, with_vectors))
         return out
 
+    @_qdrant_errors
     def search_text(self, queries: Sequence[Sequence[str]], k: int = 10, *,
                     where: Where | None = None, with_vectors: bool = False
                     ) -> list[list[Hit]]:
@@ -284,6 +336,7 @@ class QdrantStore(VectorStore):
                 out[n] = self._hits(res.points, with_vectors)
         return out
 
+    @_qdrant_errors
     def get(self, ids: Sequence[str]) -> list[Record]:
         ids = [str(i) for i in ids]
         found: dict[str, Record] = {}
@@ -294,6 +347,7 @@ class QdrantStore(VectorStore):
                 found[rid] = Record(rid, self._dense(p.vector), pay)
         return [found[i] for i in ids if i in found]
 
+    @_qdrant_errors
     def delete(self, ids: Sequence[str] | None = None, *, where: Where | None = None) -> int:
         if ids is None and not where:
             raise ValueError("delete needs ids or a filter")
@@ -304,6 +358,7 @@ class QdrantStore(VectorStore):
                                wait=True)
         return int(n)
 
+    @_qdrant_errors
     def count(self, where: Where | None = None) -> int:
         flt = self._filter(parse_where(where))
         return int(self.client.count(self.collection, count_filter=flt, exact=True).count)
@@ -314,10 +369,11 @@ class QdrantStore(VectorStore):
         offset = None
         empty = np.zeros(0, np.float32)
         while True:
-            points, offset = self.client.scroll(self.collection, scroll_filter=flt,
-                                                limit=batch_size, offset=offset,
-                                                with_payload=True,
-                                                with_vectors=with_vectors)
+            with self._server_errors():
+                points, offset = self.client.scroll(self.collection, scroll_filter=flt,
+                                                    limit=batch_size, offset=offset,
+                                                    with_payload=True,
+                                                    with_vectors=with_vectors)
             if points:
                 batch = []
                 for p in points:
@@ -328,14 +384,17 @@ class QdrantStore(VectorStore):
             if offset is None:
                 return
 
+    @_qdrant_errors
     def build_index(self) -> bool:
         """Qdrant maintains its HNSW index itself (a server does; local mode is always exact)."""
         return self.remote
 
+    @_qdrant_errors
     def read_meta(self) -> dict[str, Any]:
         info = self.client.get_collection(self.collection)
         return dict(getattr(info.config, "metadata", None) or {})
 
+    @_qdrant_errors
     def claim_meta(self, meta: Mapping[str, Any]) -> dict[str, Any]:
         # Qdrant has no conditional write of collection metadata: two processes binding a new
         # collection in the same instant may both write (the index's checks before each write
@@ -346,6 +405,7 @@ class QdrantStore(VectorStore):
         self.update_meta(meta)
         return self.read_meta()
 
+    @_qdrant_errors
     def update_meta(self, changes: Mapping[str, Any]) -> None:
         # Qdrant's own merge (a null removes the key) is one step on the server.
         self.client.update_collection(self.collection, metadata=dict(changes))

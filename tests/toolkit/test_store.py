@@ -375,3 +375,51 @@ def test_a_missing_qdrant_collection_is_named_without_credentials() -> None:
         server.shutdown()
         server.server_close()
     assert str(missing.value) == f"no collection 'chunks' at http://127.0.0.1:{port}"
+
+
+@pytest.mark.filterwarnings("ignore:Failed to obtain server version")
+def test_a_qdrant_server_that_fails_gives_a_store_error_without_secrets() -> None:
+    """A Qdrant server that refuses a call or cannot be reached: a QdrantStoreError (a
+    StoreError: a served index answers 503, not 500) naming the server without the URL's
+    user part, with Qdrant's reason and no API key in it (the client's own error quoted the
+    raw body)."""
+    pytest.importorskip("qdrant_client")
+    import json
+    import socket
+    import threading
+    from http.server import BaseHTTPRequestHandler, HTTPServer
+
+    from smysl.toolkit.qdrant import QdrantStoreError
+    from smysl.toolkit.store import StoreError
+
+    class Failing(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            raw = json.dumps({"status": {"error": f"boom for {self.headers.get('api-key')}"},
+                              "time": 0}).encode()
+            self.send_response(500)
+            self.send_header("content-type", "application/json")
+            self.send_header("content-length", str(len(raw)))
+            self.end_headers()
+            self.wfile.write(raw)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = HTTPServer(("127.0.0.1", 0), Failing)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        port = server.server_port
+        with pytest.raises(QdrantStoreError) as failed:
+            open_store(StoreConfig.parse(f"qdrant:http://admin:s3cret@127.0.0.1:{port}",
+                                         api_key="k3y-secret"))
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert isinstance(failed.value, StoreError)
+    assert str(failed.value) == (f"Qdrant at http://127.0.0.1:{port}: HTTP 500 Internal Server "
+                                 f"Error: boom for ***")
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        closed = s.getsockname()[1]
+    with pytest.raises(QdrantStoreError, match=f"cannot reach Qdrant at http://127.0.0.1:{closed}"):
+        open_store(StoreConfig.parse(f"qdrant:http://admin:s3cret@127.0.0.1:{closed}"))
