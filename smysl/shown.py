@@ -20,13 +20,8 @@ def shown_url(url: str) -> str:
     """``url`` as it may be shown: scheme, host, port and path, without the user part or the
     query (``?api_key=``)."""
     parts = urlsplit(url)
-    host = parts.hostname or ""
-    host = f"[{host}]" if ":" in host else host
-    try:
-        port = f":{parts.port}" if parts.port else ""
-    except ValueError:  # not a number: the host alone
-        port = ""
-    return f"{parts.scheme}://{host}{port}{parts.path}"
+    # host and port as written (a name, or fingerprint, made of it stays what it was)
+    return f"{parts.scheme}://{parts.netloc.rpartition('@')[2]}{parts.path}"
 
 
 def shown_source(source: str) -> str:
@@ -44,6 +39,20 @@ def url_secrets(url: str) -> list[str]:
     user, password = unquote(parts.username or ""), unquote(parts.password)
     basic = base64.b64encode(f"{user}:{password}".encode()).decode()
     return [s for s in (parts.password, password, basic) if s]
+
+
+#: Header names whose values are credentials (``Authorization``, ``X-API-Key``, a cookie...).
+_SECRET_HEADER = re.compile(r"auth|key|token|secret|cookie|signature|password", re.IGNORECASE)
+
+
+def header_secrets(headers: Iterable[tuple[str, str]]) -> list[str]:
+    """The credentials among HTTP headers: the values of headers named like one, and of an
+    ``Authorization``-style value (``Bearer sk-...``) the credential alone as well."""
+    out: list[str] = []
+    for name, value in headers:
+        if _SECRET_HEADER.search(name):
+            out += [value, value.partition(" ")[2].strip()]
+    return [s for s in out if s]
 
 
 def redacted(text: str, secrets: Iterable[str]) -> str:

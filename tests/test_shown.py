@@ -6,14 +6,15 @@ import base64
 
 import pytest
 
-from smysl.shown import redacted, shown_source, shown_url, url_secrets
+from smysl.shown import header_secrets, redacted, shown_source, shown_url, url_secrets
 
 
 @pytest.mark.parametrize(("url", "shown"), [
     ("http://h:8080/v1", "http://h:8080/v1"),
     ("https://user:pa%40ss@api.example/v1?api_key=k3y", "https://api.example/v1"),
     ("http://u:p@[::1]:6333/", "http://[::1]:6333/"),
-    ("http://h:port/x", "http://h/x"),
+    ("http://h:port/x", "http://h:port/x"),
+    ("http://MyHost:8080", "http://MyHost:8080"),  # as written: a TEI model's name is made of it
 ])
 def test_a_url_is_shown_without_its_user_part_or_query(url: str, shown: str) -> None:
     assert shown_url(url) == shown
@@ -35,3 +36,13 @@ def test_secrets_of_a_url_are_redacted_as_written_decoded_and_as_basic_auth() ->
     assert "ssw0rd" not in redacted(echoed, secrets) and basic not in redacted(echoed, secrets)
     assert url_secrets("http://h/") == []
     assert redacted("a key abc", ["abc", ""]) == "a key abc"  # under 4 characters: kept
+
+
+def test_only_credential_headers_are_secrets_and_a_bearer_key_alone_is_one_too() -> None:
+    """Redacting every header value turned "application/json" and an app's name into ***;
+    a key echoed without its "Bearer " was missed."""
+    secrets = header_secrets([("Authorization", "Bearer sk-live-SECRET"), ("X-Title", "smysl"),
+                              ("Accept", "application/json"), ("X-API-Key", "k3y-value")])
+    assert set(secrets) == {"Bearer sk-live-SECRET", "sk-live-SECRET", "k3y-value"}
+    assert redacted("Incorrect API key provided: sk-live-SECRET; expected application/json",
+                    secrets) == "Incorrect API key provided: ***; expected application/json"

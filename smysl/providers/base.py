@@ -309,7 +309,8 @@ class Provider(BaseEmbedder):
         size, so it is a rejected input (:meth:`_incomplete`), not retried or split further."""
         return ProviderHTTPError(
             f"{self.name}: input #{position} was refused on its own as too large (413): the "
-            f"input itself exceeds what the server takes: {error.body.strip()[:300]}",
+            f"input itself exceeds what the server takes: "
+            f"{self._http.shown(error.body.strip())[:300]}",
             error.status, error.body)
 
     def _probe(self) -> None:

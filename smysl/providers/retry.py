@@ -37,7 +37,7 @@ from smysl.providers.errors import (
     RetriesExhaustedError,
 )
 from smysl.providers.usage import Usage
-from smysl.shown import redacted, shown_url, url_secrets
+from smysl.shown import header_secrets, redacted, shown_url, url_secrets
 
 log = logging.getLogger(__name__)
 
@@ -122,8 +122,7 @@ class RetryingClient:
             headers["Authorization"] = f"Bearer {api_key}"
         #: What an upstream's error body must not carry into a message (one that echoes the
         #: request's headers): the key, the headers' values, the URL's password.
-        self._secrets = [api_key or "", *(value for _, value in config.headers),
-                         *url_secrets(base_url)]
+        self._secrets = [api_key or "", *header_secrets(config.headers), *url_secrets(base_url)]
         self._client = httpx.Client(
             base_url=base_url,
             headers=headers,

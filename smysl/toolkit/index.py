@@ -452,12 +452,14 @@ def _mismatch(meta: Mapping[str, object], embedder: BaseEmbedder, dimensions: in
     built = meta.get("fingerprint")
     if built is not None:
         if built != embedder.fingerprint():
-            return (f"index was built with model {meta.get('model')!r} (fingerprint {built}), "
+            return (f"index was built with model {shown_source(str(meta.get('model')))!r} "
+                    f"(fingerprint {built}), "
                     f"not with {embedder.name!r} (fingerprint {embedder.fingerprint()}): other "
                     f"weights or settings; use that model, or rebuild the index for this one "
                     f"(smysl index add --rebuild)")
     elif meta.get("model") != embedder.name:  # an index from before fingerprints
-        return (f"index was built with model {meta.get('model')!r}, not {embedder.name!r}; "
+        return (f"index was built with model {shown_source(str(meta.get('model')))!r}, not "
+                f"{embedder.name!r}; "
                 f"use that model, or rebuild the index (smysl index add --rebuild)")
     if dimensions and dimensions != stored_dimensions:
         return f"index stores {stored_dimensions}-d vectors, not {dimensions}-d"

@@ -44,7 +44,7 @@ import threading
 import weakref
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, Concatenate, ParamSpec, TypeVar
-from urllib.parse import unquote
+from urllib.parse import unquote, urlsplit
 
 import numpy as np
 
@@ -205,16 +205,34 @@ def check_settings(config: StoreConfig) -> None:
 
 
 def place(uri: str) -> str:
-    """``host:port/dbname`` of a DSN, without the password, for messages."""
-    psycopg = _import()
+    """``host:port/dbname`` of a DSN, without the password, for messages (and reprs: without
+    psycopg installed too)."""
     try:
-        info = psycopg.conninfo.conninfo_to_dict(dsn_of(split_options(uri)[0]))
-    except (psycopg.ProgrammingError, ValueError):
-        return UNPARSABLE
+        psycopg = _import()
+    except ImportError:
+        info = _rough_conninfo(dsn_of(uri))
+    else:
+        try:
+            info = psycopg.conninfo.conninfo_to_dict(dsn_of(split_options(uri)[0]))
+        except (psycopg.ProgrammingError, ValueError):
+            return UNPARSABLE
     # a password with an unescaped '@' ends up in libpq's host: never show what precedes it
     host = (info.get("host") or "localhost").rpartition("@")[2]
     host = f"[{host}]" if ":" in host else host
     return f"{host}:{info.get('port') or 5432}/{info.get('dbname') or info.get('user') or ''}"
+
+
+def _rough_conninfo(dsn: str) -> dict[str, str]:
+    """Host, port, database and user of a DSN, read without libpq (psycopg not installed)."""
+    if dsn.startswith("postgresql://"):
+        url = urlsplit(dsn)
+        try:
+            port = str(url.port or "")
+        except ValueError:
+            port = ""
+        return {"host": url.hostname or "", "port": port,
+                "dbname": unquote(url.path.lstrip("/")), "user": unquote(url.username or "")}
+    return {m.group("key").lower(): m.group("value").strip("'") for m in _WORD.finditer(dsn)}
 
 
 def index_kind(dimensions: int, wanted: str) -> str:

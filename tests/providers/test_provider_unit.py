@@ -476,6 +476,11 @@ def test_secrets_stay_out_of_names_reprs_and_errors() -> None:
             assert secret not in str(e.value), (status, str(e.value))
             assert secret not in repr(p) and secret not in p.name
             assert secret not in repr(p.config)
-    tei = connect("tei", "http://u:URLSECRET@h:1", transport=echo(500))
+    tei = connect("tei", "http://u:URLSECRET@h:1", transport=echo(413), api_key="KEYSECRET",
+                  max_retries=0, dimensions=16)
     assert "URLSECRET" not in tei.name and "URLSECRET" not in repr(tei)
     assert "h:1" in tei.name
+    with pytest.raises(Exception, match="refused on its own as too large") as too_large:
+        tei.embed(["x"])  # one input the server refuses: its 413 body is quoted
+    assert "KEYSECRET" not in str(too_large.value)
+    assert base64.b64encode(b"u:URLSECRET").decode() not in str(too_large.value)

@@ -324,7 +324,7 @@ def test_range_bounds_beyond_int64(filled) -> None:
     ("qdrant::memory:", "qdrant::memory:"),
     ("qdrant:http://admin:s3cret@q.example:6333/?api_key=k3y", "http://q.example:6333/"),
     ("https://admin:s3cret@[::1]:6333", "https://[::1]:6333"),
-    ("qdrant:http://q.example:port/", "http://q.example/"),  # a bad port: the host alone
+    ("qdrant:http://q.example:port/", "http://q.example:port/"),  # as written
     ("postgresql://u:s3cret@db.example:5433/kb?sslmode=require&password=s3cret",
      "postgres:db.example:5433/kb"),
     ("postgres:host=db.example password='s3 cret' dbname=kb", "postgres:db.example:5432/kb"),
@@ -339,6 +339,21 @@ def test_a_store_is_named_without_secrets(spec: str, shown: str) -> None:
     from smysl.toolkit.stores import described
 
     assert described(StoreConfig.parse(spec, table="docs")) == f"{shown} table docs"
+
+
+def test_a_postgres_store_config_prints_without_psycopg(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``repr`` of a PostgreSQL StoreConfig (pytest's output, logs) names the place without
+    the password, psycopg (an optional extra) installed or not."""
+    import smysl.toolkit.postgres as postgres
+
+    def missing() -> None:
+        raise ImportError("the PostgreSQL store needs psycopg 3")
+
+    monkeypatch.setattr(postgres, "_import", missing)
+    for spec in ("postgresql://u:s3cret@db.example:5433/kb", "postgres:host=db.example "
+                 "port=5433 password=s3cret dbname=kb"):
+        shown = repr(StoreConfig.parse(spec))
+        assert "uri='postgres:db.example:5433/kb'" in shown and "s3cret" not in shown
 
 
 @pytest.mark.filterwarnings("ignore:Failed to obtain server version")
