@@ -16,12 +16,23 @@ from urllib.parse import unquote, urlsplit
 _URL = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^\s#]+")
 
 
+def split_user(url: str) -> tuple[str | None, str]:
+    """(the user part of ``url`` or None, ``url`` without it). The user part runs to the last
+    '@': a password with an unescaped '/', '?', '#' or '@' in it is still all of it (a parser
+    would end it early and show the rest as the host)."""
+    scheme, sep, rest = url.partition("://")
+    if not sep or "@" not in rest:
+        return None, url
+    user, _, rest = rest.rpartition("@")
+    return user, f"{scheme}://{rest}"
+
+
 def shown_url(url: str) -> str:
     """``url`` as it may be shown: scheme, host, port and path, without the user part or the
     query (``?api_key=``)."""
-    parts = urlsplit(url)
+    parts = urlsplit(split_user(url)[1])
     # host and port as written (a name, or fingerprint, made of it stays what it was)
-    return f"{parts.scheme}://{parts.netloc.rpartition('@')[2]}{parts.path}"
+    return f"{parts.scheme}://{parts.netloc}{parts.path}"
 
 
 def shown_source(source: str) -> str:
@@ -33,25 +44,32 @@ def shown_source(source: str) -> str:
 def url_secrets(url: str) -> list[str]:
     """What a URL carries that must not be shown: its password, as written and decoded, and
     the HTTP Basic credentials made of it."""
-    parts = urlsplit(url)
-    if parts.password is None:
+    user, sep, written = (split_user(url)[0] or "").partition(":")
+    if not sep or not written:
         return []
-    user, password = unquote(parts.username or ""), unquote(parts.password)
-    basic = base64.b64encode(f"{user}:{password}".encode()).decode()
-    return [s for s in (parts.password, password, basic) if s]
+    password = unquote(written)
+    basic = base64.b64encode(f"{unquote(user)}:{password}".encode()).decode()
+    return [s for s in (written, password, basic) if s]
 
 
-#: Header names whose values are credentials (``Authorization``, ``X-API-Key``, a cookie...).
-_SECRET_HEADER = re.compile(r"auth|key|token|secret|cookie|signature|password", re.IGNORECASE)
+#: Last words of header names whose values are credentials (``X-API-Key``, ``X-Auth-Token``,
+#: ``Ocp-Apim-Subscription-Key``...; not ``X-Token-Limit``).
+_CREDENTIAL_WORDS = {"auth", "authorization", "key", "apikey", "token", "secret", "cookie",
+                     "signature", "password", "pass", "passphrase", "credential", "credentials",
+                     "jwt", "bearer"}
 
 
 def header_secrets(headers: Iterable[tuple[str, str]]) -> list[str]:
-    """The credentials among HTTP headers: the values of headers named like one, and of an
-    ``Authorization``-style value (``Bearer sk-...``) the credential alone as well."""
+    """The credentials among HTTP headers: the values of headers whose name ends in a
+    credential word (or holds ``session``), and of an ``Authorization`` value (``Bearer
+    sk-...``) the credential alone as well."""
     out: list[str] = []
     for name, value in headers:
-        if _SECRET_HEADER.search(name):
-            out += [value, value.partition(" ")[2].strip()]
+        words = re.split(r"[-_\s]+", name.strip().lower())
+        if words[-1] in _CREDENTIAL_WORDS or "session" in words or "cookie" in words:
+            out.append(value)
+            if words[-1] == "authorization":
+                out.append(value.partition(" ")[2].strip())
     return [s for s in out if s]
 
 

@@ -15,6 +15,7 @@ from smysl.shown import header_secrets, redacted, shown_source, shown_url, url_s
     ("http://u:p@[::1]:6333/", "http://[::1]:6333/"),
     ("http://h:port/x", "http://h:port/x"),
     ("http://MyHost:8080", "http://MyHost:8080"),  # as written: a TEI model's name is made of it
+    ("http://u:s3/cr?e#t@h:6333/v1", "http://h:6333/v1"),  # a password a parser would end early
 ])
 def test_a_url_is_shown_without_its_user_part_or_query(url: str, shown: str) -> None:
     assert shown_url(url) == shown
@@ -34,7 +35,8 @@ def test_secrets_of_a_url_are_redacted_as_written_decoded_and_as_basic_auth() ->
     assert set(secrets) == {"p%40ssw0rd", "p@ssw0rd", basic}
     echoed = f'{{"authorization": "Basic {basic}", "url": "http://user:p%40ssw0rd@h/"}}'
     assert "ssw0rd" not in redacted(echoed, secrets) and basic not in redacted(echoed, secrets)
-    assert url_secrets("http://h/") == []
+    assert url_secrets("http://h/") == [] and url_secrets("http://user@h/") == []
+    assert "s3/cr?e#t" in url_secrets("http://u:s3/cr?e#t@h:6333/v1")
     assert redacted("a key abc", ["abc", ""]) == "a key abc"  # under 4 characters: kept
 
 
@@ -42,7 +44,10 @@ def test_only_credential_headers_are_secrets_and_a_bearer_key_alone_is_one_too()
     """Redacting every header value turned "application/json" and an app's name into ***;
     a key echoed without its "Bearer " was missed."""
     secrets = header_secrets([("Authorization", "Bearer sk-live-SECRET"), ("X-Title", "smysl"),
-                              ("Accept", "application/json"), ("X-API-Key", "k3y-value")])
-    assert set(secrets) == {"Bearer sk-live-SECRET", "sk-live-SECRET", "k3y-value"}
+                              ("Accept", "application/json"), ("X-API-Key", "k3y value"),
+                              ("X-Token-Limit", "1000"), ("X-Session-Id", "sess-1"),
+                              ("Ocp-Apim-Subscription-Key", "azure-k3y")])
+    assert set(secrets) == {"Bearer sk-live-SECRET", "sk-live-SECRET", "k3y value", "sess-1",
+                            "azure-k3y"}
     assert redacted("Incorrect API key provided: sk-live-SECRET; expected application/json",
                     secrets) == "Incorrect API key provided: ***; expected application/json"

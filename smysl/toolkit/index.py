@@ -452,18 +452,24 @@ def _mismatch(meta: Mapping[str, object], embedder: BaseEmbedder, dimensions: in
     built = meta.get("fingerprint")
     if built is not None:
         if built != embedder.fingerprint():
-            return (f"index was built with model {shown_source(str(meta.get('model')))!r} "
+            return (f"index was built with model {_shown_model(meta)!r} "
                     f"(fingerprint {built}), "
                     f"not with {embedder.name!r} (fingerprint {embedder.fingerprint()}): other "
                     f"weights or settings; use that model, or rebuild the index for this one "
                     f"(smysl index add --rebuild)")
     elif meta.get("model") != embedder.name:  # an index from before fingerprints
-        return (f"index was built with model {shown_source(str(meta.get('model')))!r}, not "
+        return (f"index was built with model {_shown_model(meta)!r}, not "
                 f"{embedder.name!r}; "
                 f"use that model, or rebuild the index (smysl index add --rebuild)")
     if dimensions and dimensions != stored_dimensions:
         return f"index stores {stored_dimensions}-d vectors, not {dimensions}-d"
     return _dimension_problem(meta, stored_dimensions)
+
+
+def _shown_model(meta: Mapping[str, object]) -> object:
+    """The model an index's metadata names, without a URL's password."""
+    model = meta.get("model")
+    return shown_source(model) if isinstance(model, str) else model
 
 
 def _dimension_problem(meta: Mapping[str, object], stored_dimensions: int) -> str | None:

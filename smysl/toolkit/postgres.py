@@ -48,6 +48,7 @@ from urllib.parse import unquote, urlsplit
 
 import numpy as np
 
+from smysl.shown import split_user
 from smysl.toolkit import lexical
 from smysl.toolkit.store import (
     Condition,
@@ -225,13 +226,14 @@ def place(uri: str) -> str:
 def _rough_conninfo(dsn: str) -> dict[str, str]:
     """Host, port, database and user of a DSN, read without libpq (psycopg not installed)."""
     if dsn.startswith("postgresql://"):
-        url = urlsplit(dsn)
+        user, rest = split_user(dsn)
+        url = urlsplit(rest)
         try:
             port = str(url.port or "")
         except ValueError:
             port = ""
-        return {"host": url.hostname or "", "port": port,
-                "dbname": unquote(url.path.lstrip("/")), "user": unquote(url.username or "")}
+        return {"host": url.hostname or "", "port": port, "dbname": unquote(url.path.lstrip("/")),
+                "user": unquote((user or "").partition(":")[0])}
     return {m.group("key").lower(): m.group("value").strip("'") for m in _WORD.finditer(dsn)}
 
 

@@ -122,7 +122,12 @@ class QdrantStore(VectorStore):
         elif uri.startswith(("http://", "https://")):
             api_key = config.api_key or os.environ.get("QDRANT_API_KEY")
             self._secrets = [api_key or "", *url_secrets(uri)]
-            self.client = client_cls(url=uri, api_key=api_key)
+            try:
+                self.client = client_cls(url=uri, api_key=api_key)
+            except ValueError as e:  # a URL it cannot parse, quoted whole
+                first = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
+                raise ValueError(f"bad Qdrant URL {self.where}: "
+                                 f"{redacted(first, self._secrets)}") from None
         else:
             try:
                 self.client = client_cls(path=uri)
@@ -144,7 +149,18 @@ class QdrantStore(VectorStore):
 
     @contextlib.contextmanager
     def _server_errors(self) -> Iterator[None]:
+        """A Qdrant server's failures as :class:`QdrantStoreError`: an HTTP status (429
+        included), no answer (refused, timed out, reset), or an answer the client cannot read
+        (not JSON, a result missing, another shape)."""
+        import json
+
+        from pydantic import ValidationError
+        from qdrant_client.common.client_exceptions import QdrantException
         from qdrant_client.http.exceptions import ApiException, UnexpectedResponse
+
+        def failed(what: str, e: BaseException) -> QdrantStoreError:
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
+            return QdrantStoreError(f"{what} {self.where}: {redacted(first, self._secrets)}")
 
         try:
             yield
@@ -152,13 +168,19 @@ class QdrantStore(VectorStore):
             why = f"HTTP {e.status_code} {e.reason_phrase}".strip()
             with contextlib.suppress(ValueError, TypeError, AttributeError, KeyError):
                 why += f": {e.structured()['status']['error']}"
-            raise QdrantStoreError(f"Qdrant at {self.where}: {redacted(why, self._secrets)}"
-                                   ) from None
-        except ApiException as e:  # no answer: refused, timed out, reset
+            raise failed("Qdrant at", ValueError(why)) from None
+        except ApiException as e:
             cause = getattr(e, "source", e)
-            first = (str(cause).strip().splitlines() or [type(cause).__name__])[0][:300]
-            raise QdrantStoreError(f"cannot reach Qdrant at {self.where}: "
-                                   f"{redacted(first, self._secrets)}") from None
+            if isinstance(cause, ValidationError | ValueError):
+                raise failed("bad answer from Qdrant at", cause) from None
+            raise failed("cannot reach Qdrant at", cause) from None
+        except QdrantException as e:  # 429 with Retry-After (ResourceExhaustedResponse)
+            raise failed("Qdrant at", e) from None
+        except (json.JSONDecodeError, ValidationError, AssertionError) as e:
+            if not self.remote:
+                raise
+            # a proxy's HTML page, "result": null (the client asserts it is there)
+            raise failed("bad answer from Qdrant at", e) from None
 
     def _open(self, dimensions: int | None, replace: bool) -> None:
         if replace and dimensions is not None and self.client.collection_exists(self.collection):

@@ -393,14 +393,21 @@ def test_a_missing_qdrant_collection_is_named_without_credentials() -> None:
 
 
 @pytest.mark.filterwarnings("ignore:Failed to obtain server version")
-def test_a_qdrant_server_that_fails_gives_a_store_error_without_secrets() -> None:
-    """A Qdrant server that refuses a call or cannot be reached: a QdrantStoreError (a
-    StoreError: a served index answers 503, not 500) naming the server without the URL's
-    user part, with Qdrant's reason and no API key in it (the client's own error quoted the
-    raw body)."""
+@pytest.mark.parametrize(("status", "body", "headers", "says"), [
+    (500, '{"status": {"error": "boom for KEY"}, "time": 0}', {},
+     "Qdrant at {url}: HTTP 500 Internal Server Error: boom for ***"),
+    (429, '{"status": {"error": "slow down KEY"}}', {"Retry-After": "1"},
+     "Qdrant at {url}: "),
+    (200, "<html>a proxy's page for KEY</html>", {}, "bad answer from Qdrant at {url}: "),
+    (200, '{"result": null, "status": "ok", "time": 0}', {}, "bad answer from Qdrant at {url}"),
+])
+def test_a_qdrant_server_that_fails_gives_a_store_error_without_secrets(
+        status: int, body: str, headers: dict, says: str) -> None:
+    """A Qdrant server that refuses a call (a status, 429 with Retry-After), answers what the
+    client cannot read (a proxy's HTML page, a result missing), or cannot be reached: a
+    QdrantStoreError (a StoreError: a served index answers 503, not 500) naming the server
+    without the URL's user part, with the reason and no API key in it."""
     pytest.importorskip("qdrant_client")
-    import json
-    import socket
     import threading
     from http.server import BaseHTTPRequestHandler, HTTPServer
 
@@ -409,10 +416,10 @@ def test_a_qdrant_server_that_fails_gives_a_store_error_without_secrets() -> Non
 
     class Failing(BaseHTTPRequestHandler):
         def do_GET(self) -> None:
-            raw = json.dumps({"status": {"error": f"boom for {self.headers.get('api-key')}"},
-                              "time": 0}).encode()
-            self.send_response(500)
-            self.send_header("content-type", "application/json")
+            raw = body.replace("KEY", str(self.headers.get("api-key"))).encode()
+            self.send_response(status)
+            for name, value in {"content-type": "application/json", **headers}.items():
+                self.send_header(name, value)
             self.send_header("content-length", str(len(raw)))
             self.end_headers()
             self.wfile.write(raw)
@@ -431,10 +438,22 @@ def test_a_qdrant_server_that_fails_gives_a_store_error_without_secrets() -> Non
         server.shutdown()
         server.server_close()
     assert isinstance(failed.value, StoreError)
-    assert str(failed.value) == (f"Qdrant at http://127.0.0.1:{port}: HTTP 500 Internal Server "
-                                 f"Error: boom for ***")
+    assert str(failed.value).startswith(says.format(url=f"http://127.0.0.1:{port}"))
+    assert "k3y-secret" not in str(failed.value) and "s3cret" not in str(failed.value)
+
+
+@pytest.mark.filterwarnings("ignore:Failed to obtain server version")
+def test_a_qdrant_server_out_of_reach_or_a_bad_url_names_no_secret() -> None:
+    pytest.importorskip("qdrant_client")
+    import socket
+
+    from smysl.toolkit.qdrant import QdrantStoreError
+
     with socket.socket() as s:  # a port nothing listens on
         s.bind(("127.0.0.1", 0))
         closed = s.getsockname()[1]
     with pytest.raises(QdrantStoreError, match=f"cannot reach Qdrant at http://127.0.0.1:{closed}"):
         open_store(StoreConfig.parse(f"qdrant:http://admin:s3cret@127.0.0.1:{closed}"))
+    with pytest.raises(ValueError, match=r"bad Qdrant URL http://127\.0\.0\.1:99999") as bad:
+        open_store(StoreConfig.parse("qdrant:http://admin:s3cret@127.0.0.1:99999"))
+    assert "s3cret" not in str(bad.value)
