@@ -63,8 +63,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "--table' named it (default: chunks)")
     p.add_argument("--index-threads", type=int, default=4,
                    help="threads per HTTP worker running --index searches at once, where the "
-                        "store allows it (PostgreSQL: one connection each; other stores run "
-                        "one search at a time)")
+                        "store allows it (LanceDB, a Qdrant server; PostgreSQL: one "
+                        "connection each; a local Qdrant folder and the memory store run one "
+                        "search at a time)")
     p.add_argument("--reranker", default=None,
                    help="a local Qwen3-Reranker (directory or Hub id, e.g. "
                         "Qwen/Qwen3-Reranker-0.6B) to serve at TEI /rerank, Cohere/Jina "

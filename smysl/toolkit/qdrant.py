@@ -114,6 +114,10 @@ class QdrantStore(VectorStore):
         uri = config.uri or ":memory:"
         #: Local mode is always an exact scan and warns about search parameters.
         self.remote = uri.startswith(("http://", "https://"))
+        #: A server takes calls from several threads at once (the REST client's connection
+        #: pool is thread-safe); the local mode is one process's in-memory engine: one call
+        #: at a time.
+        self.concurrent_reads = self.remote
         #: The store's place in messages: a server's URL without credentials.
         self.where = shown_url(uri) if self.remote else f"qdrant:{uri}"
         self._secrets: list[str] = []

@@ -535,9 +535,9 @@ def test_search_runs_side_by_side_where_the_store_allows(hash_index: Path,
 
 def test_search_runs_one_store_call_at_a_time_otherwise(hash_index: Path,
                                                         monkeypatch: pytest.MonkeyPatch) -> None:
-    """A store that does not take calls at once (Qdrant's, the memory store; here LanceDB's
-    class said so) gets one thread: its calls never overlap, however many searches come in
-    together."""
+    """A store that does not take calls at once (a local Qdrant folder, the memory store; here
+    LanceDB's class said so) gets one thread: its calls never overlap, however many searches
+    come in together."""
     import threading
     import time
 

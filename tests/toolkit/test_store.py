@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import uuid
+from collections.abc import Iterator
 
 import numpy as np
 import pytest
@@ -22,10 +23,24 @@ def payload(i: int) -> dict:
             "tags": ["x", str(i)], "ns": 2**60 + i}
 
 
-@pytest.fixture(params=["lancedb", "qdrant", "memory", "qdrant-live", "postgres"])
+@pytest.fixture(scope="module")
+def qdrant_http() -> Iterator[str]:
+    """A Qdrant REST endpoint (qdrant-client's local mode behind its routes): the store's
+    server path, through the REST client, without a Qdrant server."""
+    pytest.importorskip("qdrant_client")
+    from toolkit.qdrant_http import qdrant_http_server
+
+    with qdrant_http_server() as url:
+        yield url
+
+
+@pytest.fixture(params=["lancedb", "qdrant", "qdrant-http", "memory", "qdrant-live", "postgres"])
 def store(request, tmp_path):
     kind = request.param
-    if kind == "postgres":
+    if kind == "qdrant-http":
+        cfg = StoreConfig(backend="qdrant", uri=request.getfixturevalue("qdrant_http"),
+                          table=f"t-{uuid.uuid4().hex[:8]}")
+    elif kind == "postgres":
         # a fresh table per test on the session's server
         cfg = StoreConfig(backend="postgres", uri=request.getfixturevalue("postgres_dsn"),
                           table=f"t_{uuid.uuid4().hex[:12]}")
@@ -457,3 +472,56 @@ def test_a_qdrant_server_out_of_reach_or_a_bad_url_names_no_secret() -> None:
     with pytest.raises(ValueError, match=r"bad Qdrant URL http://127\.0\.0\.1:99999") as bad:
         open_store(StoreConfig.parse("qdrant:http://admin:s3cret@127.0.0.1:99999"))
     assert "s3cret" not in str(bad.value)
+
+
+def test_a_qdrant_server_store_serves_several_threads(qdrant_http) -> None:
+    """Through a server, reads from eight threads at once (the server's ``/search`` runs a
+    store's calls on ``--index-threads`` threads where ``concurrent_reads``) give what they
+    give one at a time, beside a writer; the local mode keeps one call at a time."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    from smysl.toolkit.lexical import record_terms
+
+    x = unit_rows(200, D, seed=12)
+    texts = [f"common word{i % 13} row{i}" for i in range(len(x))]
+    config = StoreConfig(backend="qdrant", uri=qdrant_http, table=f"t-{uuid.uuid4().hex[:8]}")
+    with open_store(config, D) as s, open_store(StoreConfig(backend="qdrant", uri=":memory:"),
+                                                D) as local:
+        assert s.concurrent_reads and not local.concurrent_reads
+        s.upsert([str(i) for i in range(len(x))], x,
+                 [{"text": t, "g": i % 4} for i, t in enumerate(texts)])
+
+        def reads(i: int) -> tuple[object, ...]:
+            return ([h.id for h in s.search(x[i : i + 2], 5)[0]],
+                    [h.id for h in s.search(x[i : i + 1], 5, where={"g": i % 4})[0]],
+                    [h.id for h in s.search_text([record_terms(texts[i])[-1:]], 3)[0]],
+                    s.count(where={"g": i % 4}), [r.id for r in s.get([str(i)])])
+
+        want = [reads(i) for i in range(48)]
+        barrier = threading.Barrier(8, timeout=30)
+        stop = threading.Event()
+
+        def writer() -> None:  # other rows, in a group of their own
+            n = 0
+            while not stop.is_set():
+                s.upsert([f"w{n}"], -x[n % 8 : n % 8 + 1], [{"text": "writer", "g": 9}])
+                n += 1
+
+        def read(i: int) -> tuple[object, ...]:
+            if i < 8:
+                barrier.wait()  # the first eight at once
+            return reads(i)
+
+        w = threading.Thread(target=writer)
+        w.start()
+        try:
+            with ThreadPoolExecutor(8) as pool:
+                got = list(pool.map(read, range(48)))
+        finally:
+            stop.set()
+            w.join(60)
+        for (near, *rest), (want_near, *want_rest) in zip(got, want, strict=True):
+            ours = [i for i in near if not i.startswith("w")]  # the writer's may come in
+            assert ours == want_near[: len(ours)] and rest == want_rest
+        assert s.count(where={"g": 9}) >= 1
