@@ -35,6 +35,7 @@ from typing import Any, TypeVar
 import numpy as np
 
 from smysl.files import file_lock, replace_file
+from smysl.shown import shown_source
 from smysl.toolkit import lexical
 from smysl.toolkit._deps import INSTALL_HINT
 from smysl.toolkit.store import (
@@ -169,6 +170,9 @@ class LanceStore(VectorStore):
         lancedb, pa = _import()
         self._pa = pa
         self.config = config
+        #: The store's place in messages: a folder as given, a URL (``s3://...``) without a
+        #: user part.
+        self.where = shown_source(config.uri)
         self._terms_ready = False  # the terms column and its index exist (checked on a write)
         path = local_path(config.uri)
         if path is None and not config.uri:
@@ -193,7 +197,7 @@ class LanceStore(VectorStore):
                 self.dimensions = dims
                 return
             if dimensions is None:
-                raise FileNotFoundError(f"no table {config.table!r} in {config.uri}")
+                raise FileNotFoundError(f"no table {config.table!r} in {self.where}")
             try:
                 self._create(int(dimensions))
                 return
@@ -251,13 +255,13 @@ class LanceStore(VectorStore):
             first = first.split(", /")[0][:200]  # drop the Rust source location
             if any(m in first.lower() for m in _CONFLICTS):
                 raise StoreConflictError(
-                    f"{self.config.uri}: another process changed LanceDB store "
+                    f"{self.where}: another process changed LanceDB store "
                     f"{self.config.table!r} at the same time and LanceDB gave up retrying "
                     f"({first}); nothing is damaged: run the command again") from None
             raise StoreDamagedError(
-                f"{self.config.uri}: LanceDB store {self.config.table!r} is damaged or "
+                f"{self.where}: LanceDB store {self.config.table!r} is damaged or "
                 f"unreadable ({type(e).__name__}: {first}); restore the folder from a backup, "
-                f"or rebuild it: smysl index add {self.config.uri} FILES... --rebuild"
+                f"or rebuild it: smysl index add {self.where} FILES... --rebuild"
             ) from None
 
     def _guarded(self, items: Iterable[T]) -> Iterator[T]:
@@ -643,4 +647,4 @@ class LanceStore(VectorStore):
             except StoreConflictError:
                 time.sleep(0.05 * 2**attempt * (1 + random.random()))
         log.info("%s: LanceDB compaction skipped: other processes keep writing the table",
-                 self.config.uri)
+                 self.where)

@@ -336,6 +336,7 @@ def test_range_bounds_beyond_int64(filled) -> None:
 @pytest.mark.parametrize(("spec", "shown"), [
     ("kb", "kb"),
     ("lancedb:/data/kb", "/data/kb"),
+    ("lancedb:s3://AKIA:s3cret@bucket/kb", "s3://bucket/kb"),
     ("qdrant::memory:", "qdrant::memory:"),
     ("qdrant:http://admin:s3cret@q.example:6333/?api_key=k3y", "http://q.example:6333/"),
     ("https://admin:s3cret@[::1]:6333", "https://[::1]:6333"),
