@@ -30,7 +30,11 @@ def split_user(url: str) -> tuple[str | None, str]:
 def shown_url(url: str) -> str:
     """``url`` as it may be shown: scheme, host, port and path, without the user part or the
     query (``?api_key=``)."""
-    parts = urlsplit(split_user(url)[1])
+    without = split_user(url)[1]
+    try:
+        parts = urlsplit(without)
+    except ValueError:  # not a URL urllib can read ("s3://[bucket"): as given, less its user
+        return without
     # host and port as written (a name, or fingerprint, made of it stays what it was)
     return f"{parts.scheme}://{parts.netloc}{parts.path}"
 

@@ -16,6 +16,7 @@ from smysl.shown import header_secrets, redacted, shown_source, shown_url, url_s
     ("http://h:port/x", "http://h:port/x"),
     ("http://MyHost:8080", "http://MyHost:8080"),  # as written: a TEI model's name is made of it
     ("http://u:s3/cr?e#t@h:6333/v1", "http://h:6333/v1"),  # a password a parser would end early
+    ("s3://u:s3cret@[bucket/kb", "s3://[bucket/kb"),  # no URL to urllib: as given, less its user
 ])
 def test_a_url_is_shown_without_its_user_part_or_query(url: str, shown: str) -> None:
     assert shown_url(url) == shown

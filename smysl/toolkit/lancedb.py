@@ -35,7 +35,7 @@ from typing import Any, TypeVar
 import numpy as np
 
 from smysl.files import file_lock, replace_file
-from smysl.shown import shown_source
+from smysl.shown import split_user
 from smysl.toolkit import lexical
 from smysl.toolkit._deps import INSTALL_HINT
 from smysl.toolkit.store import (
@@ -171,8 +171,8 @@ class LanceStore(VectorStore):
         self._pa = pa
         self.config = config
         #: The store's place in messages: a folder as given, a URL (``s3://...``) without a
-        #: user part.
-        self.where = shown_source(config.uri)
+        #: user part (its query kept: ``s3+ddb://bucket/kb?ddbTableName=...`` names the store).
+        self.where = split_user(config.uri)[1]
         self._terms_ready = False  # the terms column and its index exist (checked on a write)
         path = local_path(config.uri)
         if path is None and not config.uri:

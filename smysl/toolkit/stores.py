@@ -8,7 +8,7 @@ its kind is opened, so its client library loads on demand.
 
 from __future__ import annotations
 
-from smysl.shown import shown_source, shown_url
+from smysl.shown import shown_source, shown_url, split_user
 from smysl.toolkit.store import StoreConfig, VectorStore
 
 
@@ -23,9 +23,9 @@ def location(config: StoreConfig) -> str:
         return shown_url(config.uri)
     if config.backend == "memory":
         return "memory:"
-    # a LanceDB object-store URI (s3://...) or a local path, shown without a user part
-    return shown_source(config.uri if config.backend == "lancedb"
-                        else f"{config.backend}:{config.uri}")
+    if config.backend == "lancedb":  # a local path, or an object-store URI less its user part
+        return split_user(config.uri)[1]
+    return shown_source(f"{config.backend}:{config.uri}")
 
 
 def described(config: StoreConfig) -> str:

@@ -88,6 +88,11 @@ def qdrant_http_server() -> Iterator[str]:
     ]
 
     class Handler(BaseHTTPRequestHandler):
+        # keep-alive (HTTP/1.1), as a server: the client's pooled connections are then reused
+        # across threads (on 127.0.0.1 or localhost qdrant-client turns keep-alive off)
+        protocol_version = "HTTP/1.1"
+        disable_nagle_algorithm = True
+
         def _answer(self) -> None:
             path = self.path.partition("?")[0]
             size = int(self.headers.get("content-length") or 0)
@@ -118,12 +123,15 @@ def qdrant_http_server() -> Iterator[str]:
         def log_message(self, *args: object) -> None:
             pass
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    try:  # 127.0.0.2: a loopback host on which qdrant-client keeps connections alive
+        server = ThreadingHTTPServer(("127.0.0.2", 0), Handler)
+    except OSError:  # only 127.0.0.1 is loopback here (macOS)
+        server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     server.daemon_threads = True
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
-        yield f"http://127.0.0.1:{server.server_port}"
+        yield f"http://{server.server_address[0]}:{server.server_port}"
     finally:
         server.shutdown()
         server.server_close()

@@ -337,6 +337,7 @@ def test_range_bounds_beyond_int64(filled) -> None:
     ("kb", "kb"),
     ("lancedb:/data/kb", "/data/kb"),
     ("lancedb:s3://AKIA:s3cret@bucket/kb", "s3://bucket/kb"),
+    ("lancedb:s3+ddb://bucket/kb?ddbTableName=locks", "s3+ddb://bucket/kb?ddbTableName=locks"),
     ("qdrant::memory:", "qdrant::memory:"),
     ("qdrant:http://admin:s3cret@q.example:6333/?api_key=k3y", "http://q.example:6333/"),
     ("https://admin:s3cret@[::1]:6333", "https://[::1]:6333"),
@@ -503,11 +504,16 @@ def test_a_qdrant_server_store_serves_several_threads(qdrant_http) -> None:
         barrier = threading.Barrier(8, timeout=30)
         stop = threading.Event()
 
+        failed: list[BaseException] = []
+
         def writer() -> None:  # other rows, in a group of their own
             n = 0
-            while not stop.is_set():
-                s.upsert([f"w{n}"], -x[n % 8 : n % 8 + 1], [{"text": "writer", "g": 9}])
-                n += 1
+            try:
+                while not stop.is_set():
+                    s.upsert([f"w{n}"], -x[n % 8 : n % 8 + 1], [{"text": "writer", "g": 9}])
+                    n += 1
+            except BaseException as e:  # the test fails with it, not a thread's warning
+                failed.append(e)
 
         def read(i: int) -> tuple[object, ...]:
             if i < 8:
@@ -522,6 +528,8 @@ def test_a_qdrant_server_store_serves_several_threads(qdrant_http) -> None:
         finally:
             stop.set()
             w.join(60)
+        if failed:
+            raise failed[0]
         for (near, *rest), (want_near, *want_rest) in zip(got, want, strict=True):
             ours = [i for i in near if not i.startswith("w")]  # the writer's may come in
             assert ours == want_near[: len(ours)] and rest == want_rest
