@@ -77,12 +77,9 @@ def test_a_process_of_one_thread_holds_native_lines_back() -> None:
 def test_one_store_serves_several_threads(tmp_path) -> None:
     """Reads from eight threads at once (the server's ``/search`` runs a store's calls on
     ``--index-threads`` threads) give what they give one at a time, beside a writer."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    from smysl.toolkit.lexical import record_terms
     from smysl.toolkit.store import StoreConfig
     from smysl.toolkit.stores import open_store
-    from toolkit.helpers import unit_rows
+    from toolkit.helpers import check_reads_beside_a_writer, unit_rows
 
     x = unit_rows(400, 32, seed=11)
     texts = [f"common word{i % 13} row{i}" for i in range(len(x))]
@@ -92,36 +89,4 @@ def test_one_store_serves_several_threads(tmp_path) -> None:
         s.upsert([str(i) for i in range(len(x))], x,
                  [{"text": t, "g": i % 4} for i, t in enumerate(texts)])
 
-        def reads(i: int) -> tuple[object, ...]:
-            return ([h.id for h in s.search(x[i : i + 2], 5)[0]],
-                    [h.id for h in s.search(x[i : i + 1], 5, where={"g": i % 4})[0]],
-                    [h.id for h in s.search_text([record_terms(texts[i])[-1:]], 3)[0]],
-                    s.count(where={"g": i % 4}), [r.id for r in s.get([str(i)])])
-
-        want = [reads(i) for i in range(64)]
-        barrier = threading.Barrier(8, timeout=30)
-        stop = threading.Event()
-
-        def writer() -> None:  # other rows, in a group of their own
-            n = 0
-            while not stop.is_set():
-                s.upsert([f"w{n}"], -x[n % 8 : n % 8 + 1], [{"text": "writer", "g": 9}])
-                n += 1
-
-        def read(i: int) -> tuple[object, ...]:
-            if i < 8:
-                barrier.wait()  # the first eight at once
-            return reads(i)
-
-        w = threading.Thread(target=writer)
-        w.start()
-        try:
-            with ThreadPoolExecutor(8) as pool:
-                got = list(pool.map(read, range(64)))
-        finally:
-            stop.set()
-            w.join(60)
-        for (near, *rest), (want_near, *want_rest) in zip(got, want, strict=True):
-            ours = [i for i in near if not i.startswith("w")]  # the writer's may come in
-            assert ours == want_near[: len(ours)] and rest == want_rest
-        assert s.count(where={"g": 9}) >= 1
+        check_reads_beside_a_writer(s, x, texts, reads=64)

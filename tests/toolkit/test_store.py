@@ -12,7 +12,7 @@ import pytest
 
 from smysl.toolkit.store import StoreConfig, matches, parse_where
 from smysl.toolkit.stores import open_store
-from toolkit.helpers import brute_force, unit_rows
+from toolkit.helpers import brute_force, check_reads_beside_a_writer, unit_rows
 
 D = 16
 N = 120
@@ -480,11 +480,6 @@ def test_a_qdrant_server_store_serves_several_threads(qdrant_http) -> None:
     """Through a server, reads from eight threads at once (the server's ``/search`` runs a
     store's calls on ``--index-threads`` threads where ``concurrent_reads``) give what they
     give one at a time, beside a writer; the local mode keeps one call at a time."""
-    import threading
-    from concurrent.futures import ThreadPoolExecutor
-
-    from smysl.toolkit.lexical import record_terms
-
     x = unit_rows(200, D, seed=12)
     texts = [f"common word{i % 13} row{i}" for i in range(len(x))]
     config = StoreConfig(backend="qdrant", uri=qdrant_http, table=f"t-{uuid.uuid4().hex[:8]}")
@@ -494,43 +489,4 @@ def test_a_qdrant_server_store_serves_several_threads(qdrant_http) -> None:
         s.upsert([str(i) for i in range(len(x))], x,
                  [{"text": t, "g": i % 4} for i, t in enumerate(texts)])
 
-        def reads(i: int) -> tuple[object, ...]:
-            return ([h.id for h in s.search(x[i : i + 2], 5)[0]],
-                    [h.id for h in s.search(x[i : i + 1], 5, where={"g": i % 4})[0]],
-                    [h.id for h in s.search_text([record_terms(texts[i])[-1:]], 3)[0]],
-                    s.count(where={"g": i % 4}), [r.id for r in s.get([str(i)])])
-
-        want = [reads(i) for i in range(48)]
-        barrier = threading.Barrier(8, timeout=30)
-        stop = threading.Event()
-
-        failed: list[BaseException] = []
-
-        def writer() -> None:  # other rows, in a group of their own
-            n = 0
-            try:
-                while not stop.is_set():
-                    s.upsert([f"w{n}"], -x[n % 8 : n % 8 + 1], [{"text": "writer", "g": 9}])
-                    n += 1
-            except BaseException as e:  # the test fails with it, not a thread's warning
-                failed.append(e)
-
-        def read(i: int) -> tuple[object, ...]:
-            if i < 8:
-                barrier.wait()  # the first eight at once
-            return reads(i)
-
-        w = threading.Thread(target=writer)
-        w.start()
-        try:
-            with ThreadPoolExecutor(8) as pool:
-                got = list(pool.map(read, range(48)))
-        finally:
-            stop.set()
-            w.join(60)
-        if failed:
-            raise failed[0]
-        for (near, *rest), (want_near, *want_rest) in zip(got, want, strict=True):
-            ours = [i for i in near if not i.startswith("w")]  # the writer's may come in
-            assert ours == want_near[: len(ours)] and rest == want_rest
-        assert s.count(where={"g": 9}) >= 1
+        check_reads_beside_a_writer(s, x, texts, reads=48)
