@@ -94,10 +94,10 @@ def open_index(spec: str, table: str, embedder: BaseEmbedder) -> tuple[VectorSto
     """
     from smysl.toolkit.index import Index, IndexConfig
     from smysl.toolkit.store import StoreConfig, StoreError, local_path
-    from smysl.toolkit.stores import open_store
+    from smysl.toolkit.stores import described, open_store
 
     store = StoreConfig.parse(spec, table=table)
-    label = index_label(spec, table)
+    label = described(store)
     path = local_path(store.uri) if store.backend == "lancedb" else None
     if path is not None and not path.is_dir():
         flag = "" if table == StoreConfig.table else f" --table {table}"
