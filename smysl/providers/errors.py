@@ -11,7 +11,8 @@ class ProviderError(RuntimeError):
 
 
 class ProviderHTTPError(ProviderError):
-    """The provider answered with an error status."""
+    """The provider answered with an error status; ``body`` is its answer, with this client's
+    key, credential headers and URL password as ``***`` (upstreams echo request headers)."""
 
     def __init__(self, message: str, status: int, body: str = "") -> None:
         super().__init__(message)

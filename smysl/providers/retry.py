@@ -240,14 +240,15 @@ class RetryingClient:
                 elif status == 413:
                     raise PayloadTooLargeError(
                         f"{self.name}: request too large (413) for {n} inputs: "
-                        f"{self.excerpt(resp)}", status, resp.text)
+                        f"{self.excerpt(resp)}", status, self.shown(resp.text))
                 elif status in RETRYABLE_STATUS:
                     retry_after = retry_after_seconds(resp.headers)
                     last = ProviderHTTPError(f"{self.name}: HTTP {status}: {self.excerpt(resp)}",
-                                             status, resp.text)
+                                             status, self.shown(resp.text))
                 else:
                     self.usage.record_failure()
-                    raise ProviderHTTPError(self.explain(status, resp), status, resp.text)
+                    raise ProviderHTTPError(self.explain(status, resp), status,
+                                            self.shown(resp.text))
             if attempt == cfg.max_retries:
                 break
             delay = backoff_delay(cfg, attempt, self._rng, retry_after)

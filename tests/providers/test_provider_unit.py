@@ -457,6 +457,15 @@ def test_provider_dimensions_are_a_positive_integer(bad: object) -> None:
     assert connect("openai", "http://h:1#m", dimensions=np.int64(48)).request_dimensions == 48
 
 
+def _chain(error: BaseException | None) -> list[BaseException]:
+    """``error`` and the errors it was raised from."""
+    seen: list[BaseException] = []
+    while error is not None and error not in seen:
+        seen.append(error)
+        error = error.__cause__ or error.__context__
+    return seen
+
+
 def test_secrets_stay_out_of_names_reprs_and_errors() -> None:
     """A key, a header's value or a URL's password never reaches a provider's name, repr or
     error message, even from an upstream whose error bodies echo the request's headers."""
@@ -471,9 +480,12 @@ def test_secrets_stay_out_of_names_reprs_and_errors() -> None:
                     headers=(("X-Token", "HDRSECRET"),), max_retries=0, dimensions=16)
         with pytest.raises(Exception) as e:
             p.embed(["x"])
+        bodies = [str(x.body) for x in _chain(e.value) if isinstance(x, ProviderHTTPError)]
+        assert bodies and all("headers" in body for body in bodies)  # the body is kept...
         for secret in ("KEYSECRET", "HDRSECRET", "URLSECRET",
                        base64.b64encode(b"u:URLSECRET").decode()):
             assert secret not in str(e.value), (status, str(e.value))
+            assert all(secret not in body for body in bodies), (status, bodies)  # ...less them
             assert secret not in repr(p) and secret not in p.name
             assert secret not in repr(p.config)
     tei = connect("tei", "http://u:URLSECRET@h:1", transport=echo(413), api_key="KEYSECRET",
@@ -483,4 +495,6 @@ def test_secrets_stay_out_of_names_reprs_and_errors() -> None:
     with pytest.raises(Exception, match="refused on its own as too large") as too_large:
         tei.embed(["x"])  # one input the server refuses: its 413 body is quoted
     assert "KEYSECRET" not in str(too_large.value)
+    assert all("KEYSECRET" not in str(x.body) for x in _chain(too_large.value)
+               if isinstance(x, ProviderHTTPError))
     assert base64.b64encode(b"u:URLSECRET").decode() not in str(too_large.value)
