@@ -151,6 +151,9 @@ def _sql_literal(v: Any) -> str:
     if isinstance(v, bool):
         return "TRUE" if v else "FALSE"
     if isinstance(v, int | float):
+        if isinstance(v, int) and v == -(2**63):
+            # SQL reads "-9223372036854775808" as minus a literal beyond int64 (a float)
+            return "(-9223372036854775807 - 1)"
         return repr(float(v)) if isinstance(v, float) else str(int(v))
     return "'" + str(v).replace("'", "''") + "'"
 

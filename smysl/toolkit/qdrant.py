@@ -253,12 +253,15 @@ class QdrantStore(VectorStore):
         one string or int (``MatchAny`` all strings or all ints) and never finds a float, so
         each type gets its own condition and numbers are closed ranges, which compare int and
         float payloads alike and skip bools. A range compares as a float: an int beyond 2**53,
-        which no float holds exactly, is matched exactly instead (a timestamp in ns, an id)."""
+        which no float holds exactly, is matched exactly instead (a timestamp in ns, an id),
+        up to Qdrant's 64-bit signed ints; one beyond those (no payload int can hold it, Qdrant
+        refuses the match) stays a range, which finds a float payload of its value."""
         m = self._m
         strings = list(dict.fromkeys(v for v in values if isinstance(v, str)))
         bools = list(dict.fromkeys(v for v in values if isinstance(v, bool)))
         numbers = list(dict.fromkeys(v for v in values if not isinstance(v, str | bool)))
-        huge = [v for v in numbers if isinstance(v, int) and abs(v) > 2**53]
+        huge = [v for v in numbers
+                if isinstance(v, int) and abs(v) > 2**53 and -(2**63) <= v < 2**63]
         numbers = [v for v in numbers if v not in huge]
         alts: list[Any] = []
         if strings:

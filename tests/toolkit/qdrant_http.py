@@ -87,6 +87,21 @@ def qdrant_http_server() -> Iterator[str]:
         ("POST", r"/collections/([^/]+)/points/query/batch", query),
     ]
 
+    def beyond_int64(value: Any) -> bool:
+        """Whether a filter in ``value`` matches an int Qdrant cannot read: its match values
+        are 64-bit signed (``ValueVariants::Integer(i64)``); the server answers 400."""
+        if isinstance(value, list):
+            return any(beyond_int64(v) for v in value)
+        if not isinstance(value, dict):
+            return False
+        match = value.get("match")
+        if isinstance(match, dict):
+            wanted = match.get("value", match.get("any"))
+            for v in wanted if isinstance(wanted, list) else [wanted]:
+                if isinstance(v, int) and not isinstance(v, bool) and not -(2**63) <= v < 2**63:
+                    return True
+        return any(beyond_int64(v) for v in value.values())
+
     class Handler(BaseHTTPRequestHandler):
         # keep-alive (HTTP/1.1), as a server: the client's pooled connections are then reused
         # across threads (on 127.0.0.1 or localhost qdrant-client turns keep-alive off)
@@ -103,6 +118,11 @@ def qdrant_http_server() -> Iterator[str]:
                                     "version": "1.20.0"}
             for method, pattern, handler in routes:
                 m = re.fullmatch(pattern, path)
+                if method == self.command and m and beyond_int64(body):
+                    status, out = 400, {"status": {"error": "Format error in JSON body: data "
+                                                   "did not match any variant of untagged "
+                                                   "enum ValueVariants"}, "time": 0.0}
+                    break
                 if method == self.command and m:
                     try:
                         with lock:

@@ -326,11 +326,19 @@ def test_a_claim_binds_metadata_other_writers_started(store) -> None:
 
 def test_range_bounds_beyond_int64(filled) -> None:
     """A filter bound outside int64 (`{"n": {"$lt": 2**63}}`) made LanceDB refuse the SQL
-    literal, reported as a damaged store (503 from /search)."""
+    literal, reported as a damaged store (503 from /search); so did int64's least value."""
     store, _ = filled
     assert store.count({"n": {"$lt": 2**63}}) == N
     assert store.count({"n": {"$gt": 10**30}}) == 0
     assert store.count({"n": {"$gte": -(2**70), "$lt": 3}}) == 3
+    # an equal value beyond int64 finds no int (Qdrant's match values are 64-bit: it answered
+    # 400 to one), next to one that does
+    assert store.count({"n": 2**64}) == 0 and store.count({"n": -(2**63) - 1}) == 0
+    assert store.count({"n": [2**64, 1, 2**63]}) == 1
+    assert store.count({"n": [2**62, -(2**63)]}) == 0
+    store.upsert(["least"], unit_rows(1, D, seed=3), [{"n": -(2**63)}])  # int64's least value
+    assert store.count({"n": [2**62, -(2**63)]}) == 1  # LanceDB's SQL read it as a float
+    assert store.count({"n": {"$lte": -(2**63)}}) == 1
 
 
 @pytest.mark.parametrize(("spec", "shown"), [
