@@ -121,6 +121,7 @@ class QdrantStore(VectorStore):
         #: The store's place in messages: a server's URL without credentials.
         self.where = shown_url(uri) if self.remote else f"qdrant:{uri}"
         self._secrets: list[str] = []
+        self._closed = False
         if uri == ":memory:":
             self.client = client_cls(":memory:")
         elif uri.startswith(("http://", "https://")):
@@ -166,8 +167,15 @@ class QdrantStore(VectorStore):
             first = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
             return QdrantStoreError(f"{what} {self.where}: {redacted(first, self._secrets)}")
 
+        if self._closed:
+            raise QdrantStoreError(f"the store of {self.where} is closed")
         try:
-            yield
+            try:
+                yield
+            except Exception:
+                if self._closed:  # close() from another thread, mid-call: not Qdrant's fault
+                    raise QdrantStoreError(f"the store of {self.where} is closed") from None
+                raise
         except UnexpectedResponse as e:
             why = f"HTTP {e.status_code} {e.reason_phrase}".strip()
             with contextlib.suppress(ValueError, TypeError, AttributeError, KeyError):
@@ -440,4 +448,5 @@ class QdrantStore(VectorStore):
         self.client.update_collection(self.collection, metadata=dict(changes))
 
     def close(self) -> None:
+        self._closed = True
         self.client.close()

@@ -498,3 +498,51 @@ def test_a_qdrant_server_store_serves_several_threads(qdrant_http) -> None:
                  [{"text": t, "g": i % 4} for i, t in enumerate(texts)])
 
         check_reads_beside_a_writer(s, x, texts, reads=48)
+
+
+@pytest.mark.filterwarnings("ignore:Failed to obtain server version")
+@pytest.mark.parametrize("where", ["server", "local"])
+def test_a_closed_qdrant_store_says_so_to_reads_in_flight_and_after(where: str,
+                                                                    tmp_path) -> None:
+    """Reads running while another thread closes the store, and calls after it, fail saying
+    the store is closed; reads on a server failed "cannot reach Qdrant ... Bad file
+    descriptor", as if the server were down."""
+    pytest.importorskip("qdrant_client")
+    import threading
+
+    from smysl.toolkit.qdrant import QdrantStoreError
+
+    def check(spec: str) -> None:
+        s = open_store(StoreConfig.parse(spec), D)
+        s.upsert([f"id{i}" for i in range(50)], unit_rows(50, D, seed=1))
+        failures: list[BaseException] = []
+        started = threading.Barrier(5)
+
+        def read() -> None:
+            started.wait()
+            try:
+                while True:
+                    s.search(unit_rows(2, D, seed=2), 5)
+            except Exception as e:  # the test looks at every kind
+                failures.append(e)
+
+        threads = [threading.Thread(target=read) for _ in range(4)]
+        for t in threads:
+            t.start()
+        started.wait()
+        s.close()
+        for t in threads:
+            t.join(10)
+        assert len(failures) == 4
+        for e in failures:
+            assert isinstance(e, QdrantStoreError) and str(e).endswith("is closed"), repr(e)
+        with pytest.raises(QdrantStoreError, match="is closed"):
+            s.count()
+
+    if where == "server":
+        from toolkit.qdrant_http import qdrant_http_server
+
+        with qdrant_http_server() as url:
+            check(f"qdrant:{url}")
+    else:
+        check(f"qdrant:{tmp_path / 'q'}")
