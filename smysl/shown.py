@@ -16,6 +16,12 @@ from urllib.parse import unquote, urlsplit
 _URL = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^\s#]+")
 
 
+def first_line(error: BaseException, limit: int = 300) -> str:
+    """The first line of ``error``'s message (its type's name when it has none), cut at
+    ``limit`` characters: a native library's error as one line of a message of smysl's."""
+    return (str(error).strip().splitlines() or [type(error).__name__])[0][:limit]
+
+
 def split_user(url: str) -> tuple[str | None, str]:
     """(the user part of ``url`` or None, ``url`` without it). The user part runs to the last
     '@': a password with an unescaped '/', '?', '#' or '@' in it is still all of it (a parser

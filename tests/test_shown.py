@@ -6,7 +6,14 @@ import base64
 
 import pytest
 
-from smysl.shown import header_secrets, redacted, shown_source, shown_url, url_secrets
+from smysl.shown import (
+    first_line,
+    header_secrets,
+    redacted,
+    shown_source,
+    shown_url,
+    url_secrets,
+)
 
 
 @pytest.mark.parametrize(("url", "shown"), [
@@ -52,3 +59,10 @@ def test_only_credential_headers_are_secrets_and_a_bearer_key_alone_is_one_too()
                             "azure-k3y"}
     assert redacted("Incorrect API key provided: sk-live-SECRET; expected application/json",
                     secrets) == "Incorrect API key provided: ***; expected application/json"
+
+
+def test_a_native_error_is_shown_as_its_first_line_or_its_type() -> None:
+    assert first_line(RuntimeError("\n  boom at x\n  backtrace: ...\n")) == "boom at x"
+    assert first_line(OSError()) == "OSError"
+    assert first_line(ValueError("y" * 500)) == "y" * 300
+    assert first_line(ValueError("y" * 500), 10) == "y" * 10

@@ -30,6 +30,7 @@ import numpy as np
 from smysl.base import BaseEmbedder, Progress
 from smysl.options import ModelOptions
 from smysl.scale.sources import to_row
+from smysl.shown import first_line
 from smysl.tokenize import InputTooLongError
 
 INSTALL_HINT = "pip install 'smysl[ray]'"
@@ -80,7 +81,7 @@ def connect(config: RayConfig) -> Any:
         ray.init(address=config.address, include_dashboard=False, log_to_driver=False)
     except (ConnectionError, RuntimeError, ValueError) as e:
         where = config.address or "the address in $RAY_ADDRESS"
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
+        first = first_line(e)
         raise ValueError(f"cannot connect to the Ray cluster at {where}: {first}; start one "
                          f"(ray start --head) or omit --ray's address for a local one") from None
     return ray

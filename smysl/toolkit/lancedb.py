@@ -35,7 +35,7 @@ from typing import Any, TypeVar
 import numpy as np
 
 from smysl.files import file_lock, replace_file
-from smysl.shown import split_user
+from smysl.shown import first_line, split_user
 from smysl.toolkit import lexical
 from smysl.toolkit._deps import INSTALL_HINT
 from smysl.toolkit.store import (
@@ -254,8 +254,7 @@ class LanceStore(VectorStore):
         except (StoreDamagedError, StoreConflictError, KeyboardInterrupt):
             raise
         except Exception as e:  # whatever else the native code raises means damage
-            first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-            first = first.split(", /")[0][:200]  # drop the Rust source location
+            first = first_line(e, 10**6).split(", /")[0][:200]  # drop the Rust source location
             if any(m in first.lower() for m in _CONFLICTS):
                 raise StoreConflictError(
                     f"{self.where}: another process changed LanceDB store "

@@ -48,7 +48,7 @@ from urllib.parse import unquote, urlsplit
 
 import numpy as np
 
-from smysl.shown import split_user
+from smysl.shown import first_line, split_user
 from smysl.toolkit import lexical
 from smysl.toolkit.store import (
     Condition,
@@ -530,7 +530,7 @@ class PostgresStore(VectorStore):
                 # libpq's words on a DSN it cannot parse quote it, the password with it
                 why = ("the DSN cannot be parsed: percent-encode the password's special "
                        "characters (%, @, /, :) in a URL, quote values with spaces in "
-                       "key=value words" if self.where == UNPARSABLE else _first_line(e))
+                       "key=value words" if self.where == UNPARSABLE else first_line(e))
                 raise PostgresStoreError(
                     f"cannot connect to PostgreSQL at {self.where}: {why}") from None
             self._threads.held = held = _Connection(conn)
@@ -567,7 +567,7 @@ class PostgresStore(VectorStore):
             if self._closed:  # close() from another thread, mid-call
                 raise PostgresStoreError(f"the store of {self.where} is closed") from None
             if not isinstance(e, self._pg.OperationalError) or not self._lost():
-                raise PostgresStoreError(f"PostgreSQL at {self.where}: {_first_line(e)}") from e
+                raise PostgresStoreError(f"PostgreSQL at {self.where}: {first_line(e)}") from e
             if not idle:
                 what = "; the transaction open on it is lost"
             elif wrote:
@@ -575,7 +575,7 @@ class PostgresStore(VectorStore):
             else:
                 what = ""
             raise PostgresStoreError(
-                f"PostgreSQL at {self.where} ended the connection ({_first_line(e)}){what}; "
+                f"PostgreSQL at {self.where} ended the connection ({first_line(e)}){what}; "
                 f"the next call reconnects") from None
 
     # ---------------------------------------------------------------- setup
@@ -649,7 +649,7 @@ class PostgresStore(VectorStore):
         except self._pg.Error as e:
             raise PostgresStoreError(
                 f"PostgreSQL at {self.where} lacks the pgvector extension and it could not be "
-                f"created ({_first_line(e)}); install pgvector there, or have an administrator "
+                f"created ({first_line(e)}); install pgvector there, or have an administrator "
                 f"run CREATE EXTENSION vector") from None
 
     def _ensure_terms(self) -> bool:
@@ -676,7 +676,7 @@ class PostgresStore(VectorStore):
                     "CREATE INDEX IF NOT EXISTS {i} ON {t} USING gin (terms)",
                     i=self._sql.Identifier(f"{self.config.table}_terms")))
         except self._pg.errors.InsufficientPrivilege as e:
-            self._terms_refused = _first_line(e)
+            self._terms_refused = first_line(e)
             return has_column
         return True
 
@@ -1191,7 +1191,3 @@ class PostgresStore(VectorStore):
             self._closed = True
             for held in list(self._held):
                 held.conn.close()
-
-
-def _first_line(e: BaseException) -> str:
-    return (str(e).strip().splitlines() or [type(e).__name__])[0][:300]

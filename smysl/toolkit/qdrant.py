@@ -23,7 +23,7 @@ from typing import Any, Concatenate, ParamSpec, TypeVar
 
 import numpy as np
 
-from smysl.shown import redacted, shown_url, url_secrets
+from smysl.shown import first_line, redacted, shown_url, url_secrets
 from smysl.toolkit import lexical
 from smysl.toolkit._deps import INSTALL_HINT
 from smysl.toolkit.store import (
@@ -130,7 +130,7 @@ class QdrantStore(VectorStore):
             try:
                 self.client = client_cls(url=uri, api_key=api_key)
             except ValueError as e:  # a URL it cannot parse, quoted whole
-                first = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
+                first = first_line(e)
                 raise ValueError(f"bad Qdrant URL {self.where}: "
                                  f"{redacted(first, self._secrets)}") from None
         else:
@@ -164,7 +164,7 @@ class QdrantStore(VectorStore):
         from qdrant_client.http.exceptions import ApiException, UnexpectedResponse
 
         def failed(what: str, e: BaseException) -> QdrantStoreError:
-            first = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
+            first = first_line(e)
             return QdrantStoreError(f"{what} {self.where}: {redacted(first, self._secrets)}")
 
         if self._closed:
