@@ -26,30 +26,77 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     mode.add_argument("--train", help="labelled .csv/.jsonl to train on")
     mode.add_argument("--load", help="saved classifier (.npz) to apply")
     p.add_argument("--label-field", default="label", help="column with gold labels")
-    p.add_argument("--description-field", default="description",
-                   help="column with label descriptions (zero-shot files)")
-    p.add_argument("--save", help="where to save the trained classifier (.npz)")
-    p.add_argument("--method", choices=["logreg", "knn"], default="logreg")
-    p.add_argument("--neighbors", type=int, default=10, help="k for kNN")
-    p.add_argument("-C", type=float, default=1.0, help="logistic regression C")
+    p.add_argument("--description-field", default=None,
+                   help="column with label descriptions (a --labels file; default description)")
+    p.add_argument("--save", help="where to save the trained classifier (.npz; with --train)")
+    p.add_argument("--method", choices=["logreg", "knn"], default=None,
+                   help="with --train: logreg (default) or knn")
+    p.add_argument("--neighbors", type=int, default=None, help="k for kNN (default 10)")
+    p.add_argument("-C", type=float, default=None, help="logistic regression C (default 1.0)")
+    p.add_argument("--truncate", action="store_true",
+                   help="cut texts longer than the model takes (else an error)")
+
+
+#: Files --labels reads; any other value is a comma-separated list of labels.
+LABEL_FILES = (".csv", ".jsonl", ".json")
 
 
 def _labels(spec: str, args: argparse.Namespace) -> dict[str, str]:
+    """Label -> description from a --labels file or list; a file that is not there, a repeated
+    label or a single one is an error (each would classify silently wrong)."""
     from smysl.toolkit.io import iter_rows
 
     path = Path(spec)
+    looks_like_file = path.suffix.lower() in (*LABEL_FILES, ".txt", ".tsv") or "/" in spec
+    if "," not in spec and looks_like_file and not path.is_file():
+        raise ValueError(f"--labels {spec}: no such file (labels given inline are separated "
+                         f"by commas: --labels billing,bug)")
+    if path.is_file() and path.suffix.lower() not in LABEL_FILES:
+        raise ValueError(f"--labels {spec}: a labels file is .csv, .jsonl or .json "
+                         f"(label -> description); inline labels are separated by commas")
+    described = args.description_field is not None
     if path.suffix.lower() == ".json" and path.is_file():
         data = json.loads(path.read_text(encoding="utf-8"))
-        if isinstance(data, list):
-            return {str(x): str(x) for x in data}
-        return {str(k): str(v) for k, v in data.items()}
-    if path.suffix.lower() in (".csv", ".jsonl") and path.is_file():
+        items = ([(str(x), str(x)) for x in data] if isinstance(data, list)
+                 else [(str(k), str(v)) for k, v in data.items()])
+        described = False
+    elif path.suffix.lower() in (".csv", ".jsonl") and path.is_file():
         rows = list(iter_rows(path))
         names = column(rows, args.label_field, spec, "--label-field")
-        return {str(n): str(r.get(args.description_field) or n)
-                for n, r in zip(names, rows, strict=True)}
-    names = [x.strip() for x in spec.split(",") if x.strip()]
-    return {n: n for n in names}
+        field = args.description_field or "description"
+        items = [(str(n), str(r.get(field) or n)) for n, r in zip(names, rows, strict=True)]
+        described = False
+    else:
+        items = [(x.strip(), x.strip()) for x in spec.split(",") if x.strip()]
+    if described:
+        raise ValueError("--description-field names a column of a --labels .csv/.jsonl file")
+    seen: dict[str, int] = {}
+    for n, (name, _) in enumerate(items, 1):
+        if name in seen:
+            raise ValueError(f"--labels {spec}: label {name!r} is given twice (#{seen[name]} "
+                             f"and #{n}); give each label once, with one description")
+        seen[name] = n
+    if len(items) < 2:
+        raise ValueError(f"--labels {spec}: zero-shot classification needs at least two "
+                         f"labels, got {len(items)}")
+    return dict(items)
+
+
+def _refuse_unused(args: argparse.Namespace, mode: str) -> None:
+    """Flags the chosen mode would ignore are an error: an option never silently does
+    nothing."""
+    given = vars(args)
+    unused = {"--save": "save", "--method": "method", "--neighbors": "neighbors", "-C": "C"}
+    if mode == "--load":
+        unused |= {"--dimensions": "dimensions", "--instruction": "instruction"}
+    if mode == "--train":
+        unused = {}
+    named = [flag for flag, dest in unused.items() if given[dest] is not None]
+    if named:
+        also = (" (the classifier keeps the settings it was trained with)"
+                if mode == "--load" else "")
+        raise ValueError(f"{', '.join(named)} do(es) nothing with {mode}{also}; they apply "
+                         f"to --train")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -62,18 +109,20 @@ def run(args: argparse.Namespace) -> int:
     )
     from smysl.toolkit.io import read_column, write_rows
 
+    _refuse_unused(args, "--labels" if args.labels else "--train" if args.train else "--load")
+    labels_by_name = _labels(args.labels, args) if args.labels else None
     texts, rows = read_column(args.input, args.text_field)
-    # Gold labels (when the input has the column) are read before any work, so a row without
+    # Gold labels (when any row has the column) are read before any work, so a row without
     # one fails the command before its output exists.
     gold = ([str(x) for x in column(rows, args.label_field, args.input, "--label-field")]
-            if rows and args.label_field in rows[0] else None)
+            if any(args.label_field in r for r in rows) else None)
     model = load_model(args.model, args)
     show = progress(args)
     scores: list[float] | None = None
     candidates: list[str]
-    if args.labels:
-        zs = ZeroShotClassifier(model, _labels(args.labels, args),
-                                instruction=args.instruction, dimensions=args.dimensions)
+    if labels_by_name is not None:
+        zs = ZeroShotClassifier(model, labels_by_name, instruction=args.instruction,
+                                dimensions=args.dimensions, truncate=args.truncate)
         sims = zs.scores(texts, progress=show)
         pred = [zs.labels[int(i)] for i in sims.argmax(axis=1)]
         scores = [float(x) for x in sims.max(axis=1)]
@@ -83,16 +132,18 @@ def run(args: argparse.Namespace) -> int:
             train, train_rows = read_column(args.train, args.text_field)
             labels = [str(x) for x in column(train_rows, args.label_field, args.train,
                                              "--label-field")]
-            config = ClassifyConfig(method=args.method, instruction=args.instruction,
-                                    dimensions=args.dimensions, c=args.C,
-                                    neighbors=args.neighbors)
+            config = ClassifyConfig(method=args.method or "logreg",
+                                    instruction=args.instruction, dimensions=args.dimensions,
+                                    c=1.0 if args.C is None else args.C,
+                                    neighbors=10 if args.neighbors is None else args.neighbors,
+                                    truncate=args.truncate)
             clf = SupervisedClassifier.fit(model, train, labels, config, progress=show)
             if args.save:
                 clf.save(args.save)
                 print(f"saved classifier to {args.save}", file=sys.stderr)
         else:
             clf = SupervisedClassifier.load(args.load)
-        pred = clf.predict(model, texts, progress=show)
+        pred = clf.predict(model, texts, progress=show, truncate=args.truncate)
         candidates = [str(c) for c in clf.classes]
     out = [{**r, "predicted": p} | ({"score": round(s, 6)} if scores else {})
            for r, p, s in zip(rows, pred, scores or [0.0] * len(pred), strict=True)]

@@ -20,24 +20,46 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_model_arguments(p)
     add_table_arguments(p)
     p.add_argument("--method", choices=["kmeans", "hdbscan"], default="kmeans")
-    p.add_argument("--k", type=int, help="number of clusters (default: estimated)")
-    p.add_argument("--k-max", type=int, default=30, help="largest k tried when estimating")
-    p.add_argument("--min-cluster-size", type=int, default=5, help="HDBSCAN smallest cluster")
+    p.add_argument("--k", type=int, help="k-means: number of clusters (default: estimated)")
+    p.add_argument("--k-max", type=int, default=None,
+                   help="k-means without --k: largest k tried when estimating (default 30)")
+    p.add_argument("--min-cluster-size", type=int, default=None,
+                   help="HDBSCAN: smallest cluster (default 5)")
     p.add_argument("--representatives", type=int, default=3, help="texts shown per cluster")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--summary", help="write clusters with representative texts to this .json")
+    p.add_argument("--truncate", action="store_true",
+                   help="cut texts longer than the model takes (else an error)")
+
+
+def _refuse_unused(args: argparse.Namespace) -> None:
+    """A flag the chosen method would ignore is an error: an option never silently does
+    nothing."""
+    if args.method == "hdbscan":
+        named = [f for f, v in (("--k", args.k), ("--k-max", args.k_max)) if v is not None]
+        if named:
+            raise ValueError(f"{' and '.join(named)} do(es) nothing with --method hdbscan "
+                             f"(it finds the number of clusters itself)")
+    elif args.min_cluster_size is not None:
+        raise ValueError("--min-cluster-size is for --method hdbscan")
+    elif args.k is not None and args.k_max is not None:
+        raise ValueError("--k-max bounds the estimate of k: it does nothing with --k")
 
 
 def run(args: argparse.Namespace) -> int:
     from smysl.toolkit.cluster import ClusterConfig, cluster_texts
     from smysl.toolkit.io import read_column, write_rows
 
+    _refuse_unused(args)
+    config = ClusterConfig(method=args.method, k=args.k,
+                           k_max=30 if args.k_max is None else args.k_max,
+                           min_cluster_size=(5 if args.min_cluster_size is None
+                                             else args.min_cluster_size),
+                           representatives=args.representatives, seed=args.seed,
+                           instruction=args.instruction, dimensions=args.dimensions,
+                           truncate=args.truncate)
     model = load_model(args.model, args)
     texts, rows = read_column(args.input, args.text_field)
-    config = ClusterConfig(method=args.method, k=args.k, k_max=args.k_max,
-                           min_cluster_size=args.min_cluster_size,
-                           representatives=args.representatives, seed=args.seed,
-                           instruction=args.instruction, dimensions=args.dimensions)
     result = cluster_texts(model, texts, config, progress=progress(args))
     write_rows(args.output, [{**r, "cluster": int(c)}
                              for r, c in zip(rows, result.labels, strict=True)])

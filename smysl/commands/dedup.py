@@ -21,9 +21,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threshold", type=float, default=0.9, help="cosine similarity (default 0.9)")
     p.add_argument("--neighbors", type=int, default=10, help="candidates per text (blocking)")
     p.add_argument("--approximate", action="store_true",
-                   help="block through an approximate index (LanceDB IVF-HNSW)")
+                   help="block through an approximate index (LanceDB IVF-HNSW) in a temporary "
+                        "folder; slower than the exact default up to 100,000 texts, measured")
+    p.add_argument("--truncate", action="store_true",
+                   help="cut texts longer than the model takes (else an error): texts that "
+                        "differ only after the cut come out as duplicates")
     p.add_argument("--unique", action="store_true",
-                   help="write only kept rows (one per group, plus unique texts)")
+                   help="write only kept rows: each row left out is a near-duplicate of an "
+                        "earlier row kept (a group of chained near-duplicates may keep several)")
     p.add_argument("--report", help="write the report with groups and pairs to this .json")
 
 
@@ -40,20 +45,23 @@ def run(args: argparse.Namespace) -> int:
         store = StoreConfig(uri=tmp, table="dedup") if args.approximate else None
         config = DedupConfig(threshold=args.threshold, neighbors=args.neighbors,
                              exact=not args.approximate, store=store,
-                             instruction=args.instruction, dimensions=args.dimensions)
+                             instruction=args.instruction, dimensions=args.dimensions,
+                             truncate=args.truncate)
         result = dedup_texts(model, texts, config, progress=progress(args))
     groups = result.group_of
-    keep = set(result.keep)
-    out = [{**r, "group": int(g), "keep": i in keep}
-           for i, (r, g) in enumerate(zip(rows, groups, strict=True))
-           if not args.unique or i in keep]
+    # duplicate_of: the row (0-based, in input order) a dropped row duplicates; empty if kept
+    out = [{**r, "group": int(g), "keep": d < 0, "duplicate_of": d if d >= 0 else None}
+           for i, (r, g, d) in enumerate(zip(rows, groups, result.duplicate_of, strict=True))
+           if not args.unique or d < 0]
     write_rows(args.output, out)
     report = result.report()
     if args.report:
         with open(args.report, "w", encoding="utf-8") as f:
             json.dump({**report,
-                       "groups_detail": [[{"index": i, "text": texts[i]} for i in g]
-                                         for g in result.groups],
+                       "groups_detail": [[{"index": i, "text": texts[i],
+                                           "duplicate_of": result.duplicate_of[i]
+                                           if result.duplicate_of[i] >= 0 else None}
+                                          for i in g] for g in result.groups],
                        "pairs_detail": [{"a": i, "b": j, "score": round(s, 6)}
                                         for i, j, s in result.pairs]},
                       f, ensure_ascii=False, indent=2)

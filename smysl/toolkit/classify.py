@@ -30,6 +30,7 @@ class ClassifyConfig:
         c: Inverse regularisation strength of the logistic regression.
         max_iter: Solver iterations for the logistic regression.
         neighbors: k of kNN.
+        truncate: Cut texts longer than the model takes (else an error names the first).
     """
 
     method: Literal["logreg", "knn"] = "logreg"
@@ -38,37 +39,52 @@ class ClassifyConfig:
     c: float = 1.0
     max_iter: int = 1000
     neighbors: int = 10
+    truncate: bool = False
+
+    def __post_init__(self) -> None:
+        if self.method not in ("logreg", "knn"):
+            raise ValueError(f"unknown method {self.method!r} (logreg or knn)")
+        if self.neighbors < 1:
+            raise ValueError(f"neighbors must be >= 1, got {self.neighbors}")
+        if not self.c > 0:
+            raise ValueError(f"c must be > 0, got {self.c}")
 
 
 def embed_for(embedder: BaseEmbedder, texts: Sequence[str], instruction: str | None,
               dimensions: int | None, preset: str = "classification",
-              progress: bool = False) -> np.ndarray:
+              progress: bool = False, truncate: bool = False) -> np.ndarray:
     """Toolkit texts as queries: ``instruction`` when given (``""``: none), else ``preset`` on
-    instruction-aware models."""
+    instruction-aware models. A text longer than the model takes is an error
+    (:class:`~smysl.tokenize.InputTooLongError`) unless ``truncate``: cut silently, two long
+    texts that differ after the cut would look alike."""
     task = embedder.choose_instruction(instruction, role="query", default=preset)
     return embedder.embed(list(texts), instruction=task,
-                          dimensions=dimensions, truncate=True, progress=progress)
+                          dimensions=dimensions, truncate=truncate, progress=progress)
 
 
 class ZeroShotClassifier:
     """Each text goes to the label whose description embedding is most similar."""
 
     def __init__(self, embedder: BaseEmbedder, labels: Mapping[str, str], *,
-                 instruction: str | None = None, dimensions: int | None = None) -> None:
-        if not labels:
-            raise ValueError("zero-shot classification needs at least one label")
+                 instruction: str | None = None, dimensions: int | None = None,
+                 truncate: bool = False) -> None:
+        if len(labels) < 2:
+            raise ValueError(f"zero-shot classification needs at least two labels, got "
+                             f"{len(labels)}")
         self.embedder = embedder
         self.labels = list(labels)
         self.instruction = instruction
         self.dimensions = dimensions
+        #: Cut texts (and descriptions) longer than the model takes; else an error.
+        self.truncate = truncate
         # Descriptions are the documents; texts are the queries (with the instruction).
         self.label_vectors = embedder.embed([labels[name] or name for name in self.labels],
-                                            dimensions=dimensions, truncate=True)
+                                            dimensions=dimensions, truncate=truncate)
 
     def scores(self, texts: Sequence[str], progress: bool = False) -> np.ndarray:
         """Cosine similarity ``[len(texts), len(labels)]``."""
         x = embed_for(self.embedder, texts, self.instruction, self.dimensions,
-                      progress=progress)
+                      progress=progress, truncate=self.truncate)
         return np.asarray(x @ self.label_vectors.T)
 
     def predict(self, texts: Sequence[str], progress: bool = False) -> list[str]:
@@ -116,21 +132,31 @@ class SupervisedClassifier:
     def fit(cls, embedder: BaseEmbedder, texts: Sequence[str], labels: Sequence[str],
             config: ClassifyConfig = ClassifyConfig(), progress: bool = False
             ) -> SupervisedClassifier:
-        x = embed_for(embedder, texts, config.instruction, config.dimensions, progress=progress)
+        x = embed_for(embedder, texts, config.instruction, config.dimensions, progress=progress,
+                      truncate=config.truncate)
         return cls.fit_vectors(x, labels, config, model=embedder.name,
                                fingerprint=embedder.fingerprint())
 
     def predict_vectors(self, vectors: np.ndarray) -> list[str]:
-        return [str(v) for v in self.estimator.predict(np.asarray(vectors, np.float32))]
+        x = np.asarray(vectors, np.float32)
+        if len(x) == 0:  # no texts, no labels (scikit-learn refuses an empty array)
+            return []
+        return [str(v) for v in self.estimator.predict(x)]
 
     def predict_proba_vectors(self, vectors: np.ndarray) -> np.ndarray:
-        return np.asarray(self.estimator.predict_proba(np.asarray(vectors, np.float32)))
+        x = np.asarray(vectors, np.float32)
+        if len(x) == 0:
+            return np.zeros((0, len(self.classes)))
+        return np.asarray(self.estimator.predict_proba(x))
 
-    def predict(self, embedder: BaseEmbedder, texts: Sequence[str], progress: bool = False
-                ) -> list[str]:
+    def predict(self, embedder: BaseEmbedder, texts: Sequence[str], progress: bool = False,
+                truncate: bool | None = None) -> list[str]:
+        """Labels of ``texts``; ``truncate``: cut over-long texts (None: as trained)."""
         self.check_model(embedder)
+        cut = self.config.truncate if truncate is None else truncate
         return self.predict_vectors(embed_for(embedder, texts, self.config.instruction,
-                                              self.config.dimensions, progress=progress))
+                                              self.config.dimensions, progress=progress,
+                                              truncate=cut))
 
     def check_model(self, embedder: BaseEmbedder) -> None:
         """Refuse another model's embeddings: by fingerprint (by name for files without one)."""

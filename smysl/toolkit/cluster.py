@@ -34,6 +34,7 @@ class ClusterConfig:
         instruction: Instruction texts are embedded with; None uses the ``clustering`` preset
             on instruction-aware models and none otherwise; ``""`` forces none.
         dimensions: Matryoshka size; None is the model's native size.
+        truncate: Cut texts longer than the model takes (else an error names the first).
     """
 
     method: Literal["kmeans", "hdbscan"] = "kmeans"
@@ -46,6 +47,24 @@ class ClusterConfig:
     seed: int = 0
     instruction: str | None = None
     dimensions: int | None = None
+    truncate: bool = False
+
+    def __post_init__(self) -> None:
+        if self.method not in ("kmeans", "hdbscan"):
+            raise ValueError(f"unknown method {self.method!r} (kmeans or hdbscan)")
+        if self.method == "hdbscan" and self.k is not None:
+            raise ValueError("k is for k-means: HDBSCAN finds the number of clusters itself")
+        if self.k is not None and self.k < 1:
+            raise ValueError(f"k must be >= 1, got {self.k}")
+        if not 2 <= self.k_min <= self.k_max:
+            raise ValueError(f"estimating k needs 2 <= k_min <= k_max, got k_min {self.k_min}"
+                             f", k_max {self.k_max}")
+        if self.min_cluster_size < 2:
+            raise ValueError(f"min_cluster_size must be >= 2, got {self.min_cluster_size}")
+        if self.representatives < 0:
+            raise ValueError(f"representatives must be >= 0, got {self.representatives}")
+        if self.sample < 2:
+            raise ValueError(f"sample must be >= 2, got {self.sample}")
 
 
 @dataclass(frozen=True)
@@ -84,8 +103,8 @@ def estimate_k(x: np.ndarray, config: ClusterConfig) -> tuple[int, dict[int, flo
     from sklearn.metrics import silhouette_score
 
     hi = min(config.k_max, len(x) - 1)
-    if hi < config.k_min:
-        raise ValueError(f"need more than {config.k_min} texts to estimate k")
+    if hi < config.k_min:  # too few texts to split into k_min clusters with a silhouette
+        return 1, {}
     # the sample silhouette_score(sample_size=..., random_state=seed) would draw, drawn once
     # here so that each k's labels can be checked on it
     sample = np.random.RandomState(config.seed).permutation(len(x))[: config.sample]
@@ -104,7 +123,13 @@ def cluster_vectors(vectors: np.ndarray, config: ClusterConfig = ClusterConfig()
                     ) -> ClusterResult:
     """Cluster unit vectors."""
     require_sklearn()
-    x = l2_normalize(np.asarray(vectors, np.float32))
+    x = np.asarray(vectors, np.float32)
+    if x.ndim != 2:
+        raise ValueError(f"vectors must be a 2-D array [items, dimensions], got shape "
+                         f"{x.shape}")
+    if not np.isfinite(x).all():  # l2_normalize would make such a row zero, and cluster it
+        raise ValueError("vectors contain NaN or infinity")
+    x = l2_normalize(x)
     if len(x) < 2:
         raise ValueError("clustering needs at least two texts")
     silhouettes: dict[int, float] = {}
@@ -120,6 +145,9 @@ def cluster_vectors(vectors: np.ndarray, config: ClusterConfig = ClusterConfig()
     elif config.method == "hdbscan":
         from sklearn.cluster import HDBSCAN
 
+        if config.min_cluster_size > len(x):
+            raise ValueError(f"min_cluster_size ({config.min_cluster_size}) is larger than "
+                             f"the number of texts ({len(x)})")
         # Euclidean distance on unit vectors orders pairs exactly as cosine does.
         labels = HDBSCAN(min_cluster_size=config.min_cluster_size, copy=True).fit_predict(x)
     else:
@@ -139,5 +167,5 @@ def cluster_texts(embedder: BaseEmbedder, texts: Sequence[str],
                   ) -> ClusterResult:
     """Embed ``texts`` (with the clustering instruction where it applies) and cluster them."""
     x = embed_for(embedder, texts, config.instruction, config.dimensions, preset="clustering",
-                  progress=progress)
+                  progress=progress, truncate=config.truncate)
     return cluster_vectors(x, config)

@@ -1,29 +1,34 @@
 """Near-duplicate detection: groups of texts whose cosine similarity reaches a threshold.
 
-Blocking through an index instead of all pairs: every vector is stored once and asks the store for
-its ``neighbors`` nearest items; pairs at or above the threshold join groups (union-find, so groups
-are transitive). An item whose neighbours are all still above the threshold asks again with twice
-the width, up to ``max_neighbors``, so with exact search the pairs equal the all-pairs reference.
-Cost is about n searches of k instead of n²/2 comparisons, and with an approximate index (LanceDB,
-``exact=False``) each search is sub-linear.
+Blocking through an index instead of all pairs: every distinct vector is stored once and asks
+the store for its ``neighbors`` nearest items; pairs at or above the threshold join groups
+(union-find, so groups are transitive). An item whose neighbours are all still above the
+threshold asks again with twice the width, up to ``max_neighbors``, so with exact search the
+pairs equal the all-pairs reference. Exact copies (the same text, the same vector) are set
+aside first: each is paired with its first occurrence and costs no search.
+
+Which items to keep is not "one per group": a chain of near-duplicates (a ~ b ~ c) can join
+items that are far apart (a and c). Items are kept greedily in input order instead: an item is
+dropped only as a duplicate of an earlier item that is kept (:attr:`DedupResult.duplicate_of`).
 """
 
 from __future__ import annotations
 
-import tempfile
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from smysl.base import BaseEmbedder
+from smysl.tokenize import InputTooLongError
 from smysl.toolkit.classify import embed_for
 from smysl.toolkit.store import StoreConfig, VectorStore
 from smysl.toolkit.stores import open_store
 
-#: Above this many items the default store is a temporary LanceDB table with an ANN index.
-MEMORY_LIMIT = 20_000
+#: A pair scoring this little below the threshold still counts: float32 rounding (an exact
+#: copy of a unit vector scores 0.99999994 against it, so ``threshold=1.0`` found none).
+TOLERANCE = 1e-6
 
 
 @dataclass(frozen=True)
@@ -31,17 +36,21 @@ class DedupConfig:
     """Deduplication settings.
 
     Attributes:
-        threshold: Cosine similarity at which two texts count as near-duplicates.
+        threshold: Cosine similarity at which two texts count as near-duplicates (scores
+            :data:`TOLERANCE` below it count too: float32 rounding).
         neighbors: Candidates fetched per item from the index at first (the blocking width).
         max_neighbors: Widest re-query for items whose candidates all pass the threshold; an
             item with more duplicates than this reports only its nearest ones as pairs.
-        exact: Exact neighbour search; False uses the store's approximate index; None is exact
-            in memory and approximate in the large-input LanceDB default.
-        store: Where vectors are blocked; None uses an in-memory exact store up to
-            :data:`MEMORY_LIMIT` items, else a temporary LanceDB table with an ANN index.
+        exact: Exact neighbour search (True; None means the same); False uses the store's
+            approximate index (a LanceDB ``store``: measured slower than the exact default
+            up to 100,000 items, see docs/toolkit.md).
+        store: Where vectors are blocked; None: an exact store in memory (the vectors are in
+            memory already; it holds a second copy).
         instruction: Instruction both sides are embedded with; None uses the ``dedup`` preset
             on instruction-aware models and none otherwise; ``""`` forces none.
         dimensions: Matryoshka size; None is the model's native size.
+        truncate: Cut texts longer than the model takes (else an error names the first): two
+            long texts that differ only after the cut would be duplicates.
         batch_size: Query vectors per search round trip.
     """
 
@@ -52,6 +61,7 @@ class DedupConfig:
     store: StoreConfig | None = None
     instruction: str | None = None
     dimensions: int | None = None
+    truncate: bool = False
     batch_size: int = 512
 
     def __post_init__(self) -> None:
@@ -59,16 +69,29 @@ class DedupConfig:
             raise ValueError(f"threshold must be in [-1, 1], got {self.threshold}")
         if self.neighbors < 1:
             raise ValueError(f"neighbors must be >= 1, got {self.neighbors}")
+        if self.max_neighbors < self.neighbors:
+            raise ValueError(f"max_neighbors ({self.max_neighbors}) must be at least "
+                             f"neighbors ({self.neighbors})")
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
 
 
 @dataclass
 class DedupResult:
-    """Pairs ``(i, j, score)`` with ``i < j``, groups of 2+ indices, and which items to keep."""
+    """Pairs ``(i, j, score)`` with ``i < j``, groups of 2+ indices (connected by pairs), and
+    which items to keep."""
 
     n: int
     threshold: float
     pairs: list[tuple[int, int, float]]
     groups: list[list[int]]
+    #: Per item: -1 if kept, else the earlier kept item it is a near-duplicate of (its pair
+    #: with the highest score). Empty: computed from ``pairs`` (:func:`keeping`).
+    duplicate_of: list[int] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if not self.duplicate_of:
+            self.duplicate_of = keeping(self.n, self.pairs)
 
     @property
     def group_of(self) -> np.ndarray:
@@ -80,16 +103,30 @@ class DedupResult:
 
     @property
     def keep(self) -> list[int]:
-        """Unique items and the first member of each group, in input order."""
-        drop = {i for g in self.groups for i in g[1:]}
-        return [i for i in range(self.n) if i not in drop]
+        """Items to keep, in input order: every item dropped is a near-duplicate of one kept
+        (a group may keep several: its members need not all be alike)."""
+        return [i for i, d in enumerate(self.duplicate_of) if d < 0]
 
     def report(self) -> dict[str, Any]:
         sizes = [len(g) for g in self.groups]
+        kept = len(self.keep)
         return {"items": self.n, "threshold": self.threshold, "pairs": len(self.pairs),
-                "groups": len(self.groups), "duplicates": sum(sizes) - len(sizes),
-                "kept": self.n - (sum(sizes) - len(sizes)),
+                "groups": len(self.groups), "duplicates": self.n - kept, "kept": kept,
                 "largest_group": max(sizes, default=0)}
+
+
+def keeping(n: int, pairs: Sequence[tuple[int, int, float]]) -> list[int]:
+    """Greedy in input order: item j is dropped, as a duplicate of the kept ``i < j`` it
+    scores highest with, if it has one; else kept. -1 marks a kept item."""
+    earlier: dict[int, list[tuple[float, int]]] = {}
+    for i, j, score in pairs:
+        earlier.setdefault(j, []).append((score, i))
+    out = [-1] * n
+    for j in sorted(earlier):
+        kept = [(score, -i) for score, i in earlier[j] if out[i] < 0]
+        if kept:
+            out[j] = -max(kept)[1]  # the highest score; of equal ones, the earliest
+    return out
 
 
 def _groups(n: int, pairs: Sequence[tuple[int, int, float]]) -> list[list[int]]:
@@ -111,15 +148,6 @@ def _groups(n: int, pairs: Sequence[tuple[int, int, float]]) -> list[list[int]]:
     return sorted((m for m in members.values() if len(m) > 1), key=lambda m: m[0])
 
 
-def _open(config: DedupConfig, n: int, dims: int) -> tuple[VectorStore, Any]:
-    if config.store is not None:
-        return open_store(config.store, dims), None
-    if n <= MEMORY_LIMIT:
-        return open_store(StoreConfig(backend="memory"), dims), None
-    tmp = tempfile.TemporaryDirectory(prefix="smysl-dedup-")
-    return open_store(StoreConfig(uri=tmp.name, table="dedup"), dims), tmp
-
-
 def candidate_pairs(store: VectorStore, vectors: np.ndarray, config: DedupConfig,
                     exact: bool = True) -> Iterator[tuple[int, int, float]]:
     """Pairs ``i < j`` at or above the threshold among each item's index neighbours."""
@@ -135,13 +163,13 @@ def candidate_pairs(store: VectorStore, vectors: np.ndarray, config: DedupConfig
                 results[i] = hits
             # saturated: every candidate passed, more may lie beyond the width
             rows = [i for i in rows if len(results[i]) == width and width < total
-                    and results[i][-1].score >= config.threshold
+                    and results[i][-1].score >= config.threshold - TOLERANCE
                     and width <= config.max_neighbors]
             width = min(width * 2, total, config.max_neighbors + 1)
         for i in range(s, min(s + config.batch_size, total)):
             for h in results[i]:
                 j = int(h.id)
-                if j == i or h.score < config.threshold:
+                if j == i or h.score < config.threshold - TOLERANCE:
                     continue
                 key = (min(i, j), max(i, j))
                 if key not in seen:
@@ -150,28 +178,76 @@ def candidate_pairs(store: VectorStore, vectors: np.ndarray, config: DedupConfig
 
 
 def find_duplicates(vectors: np.ndarray, config: DedupConfig = DedupConfig()) -> DedupResult:
-    """Near-duplicate groups among unit ``vectors`` (row i is item i)."""
+    """Near-duplicate groups among unit ``vectors`` ``[items, dimensions]`` (row i is item
+    i)."""
+    x = _unit_rows(vectors)
+    # exact copies: the first occurrence of each distinct row stands for its copies
+    first: dict[bytes, int] = {}
+    rep_of = np.array([first.setdefault(row.tobytes(), i) for i, row in enumerate(x)],
+                      dtype=np.int64)
+    reps = np.flatnonzero(rep_of == np.arange(len(x)))
+    found = _search(x[reps], config) if len(reps) > 1 else []  # pairs of positions in reps
+    pairs = [(int(reps[a]), int(reps[b]), score) for a, b, score in found]
+    dup_rep = keeping(len(reps), found)
+    duplicate_of = [-1] * len(x)
+    for pos, item in enumerate(reps.tolist()):
+        duplicate_of[item] = -1 if dup_rep[pos] < 0 else int(reps[dup_rep[pos]])
+    for i in np.flatnonzero(rep_of != np.arange(len(x))).tolist():
+        r = int(rep_of[i])
+        pairs.append((r, i, float(x[r] @ x[i])))  # at or above 1 - TOLERANCE: unit rows
+        duplicate_of[i] = r if duplicate_of[r] < 0 else duplicate_of[r]
+    pairs.sort()
+    return DedupResult(len(x), config.threshold, pairs, _groups(len(x), pairs), duplicate_of)
+
+
+def _unit_rows(vectors: np.ndarray) -> np.ndarray:
+    """``vectors`` as float32 ``[n, d]``, refused unless every row is finite and of unit
+    length (cosine scores are dot products here; other rows would give other pairs)."""
     x = np.asarray(vectors, np.float32)
-    store, tmp = _open(config, len(x), x.shape[1])
+    if x.ndim != 2:
+        raise ValueError(f"vectors must be a 2-D array [items, dimensions], got shape "
+                         f"{x.shape}")
+    if not np.isfinite(x).all():
+        raise ValueError("vectors contain NaN or infinity")
+    norms = np.linalg.norm(x, axis=1)
+    off = np.flatnonzero(np.abs(norms - 1.0) > 1e-3)
+    if len(off):
+        raise ValueError(f"vectors must have unit length (cosine = dot product): row "
+                         f"{off[0]} has norm {norms[off[0]]:.6g}; normalise them "
+                         f"(smysl.pooling.l2_normalize)")
+    return x
+
+
+def _search(x: np.ndarray, config: DedupConfig) -> list[tuple[int, int, float]]:
+    """Pairs ``(a, b, score)`` of rows of ``x`` (distinct rows) found through the store."""
+    if config.store is not None:
+        store: VectorStore = open_store(config.store, x.shape[1])
+        chunk = 4096
+    else:  # exact in memory: every row at once (the store grows by copying)
+        store, chunk = open_store(StoreConfig(backend="memory"), x.shape[1]), len(x)
     try:
         if store.count():
             raise ValueError("the dedup store must start empty")
-        for s in range(0, len(x), 4096):
-            store.upsert([str(i) for i in range(s, min(s + 4096, len(x)))], x[s : s + 4096])
-        exact = config.exact if config.exact is not None else tmp is None
+        for s in range(0, len(x), chunk):
+            store.upsert([str(i) for i in range(s, min(s + chunk, len(x)))], x[s : s + chunk])
+        exact = config.exact is not False
         if not exact:
             store.build_index()
-        pairs = sorted(candidate_pairs(store, x, config, exact))
+        return sorted(candidate_pairs(store, x, config, exact))
     finally:
         store.close()
-        if tmp is not None:
-            tmp.cleanup()
-    return DedupResult(len(x), config.threshold, pairs, _groups(len(x), pairs))
 
 
 def dedup_texts(embedder: BaseEmbedder, texts: Sequence[str],
                 config: DedupConfig = DedupConfig(), progress: bool = False) -> DedupResult:
-    """Embed ``texts`` (both sides alike) and find near-duplicate groups."""
-    x = embed_for(embedder, texts, config.instruction, config.dimensions, preset="dedup",
-                  progress=progress)
-    return find_duplicates(x, config)
+    """Embed ``texts`` (both sides alike; each distinct text once) and find near-duplicate
+    groups."""
+    distinct = list(dict.fromkeys(texts))
+    at = {t: i for i, t in enumerate(distinct)}
+    try:
+        x = embed_for(embedder, distinct, config.instruction, config.dimensions,
+                      preset="dedup", progress=progress, truncate=config.truncate)
+    except InputTooLongError as e:  # named by its place in the caller's texts
+        raise InputTooLongError(index=list(texts).index(distinct[e.index]), tokens=e.tokens,
+                                limit=e.limit, who=e.who) from None
+    return find_duplicates(x[[at[t] for t in texts]] if len(texts) else x, config)

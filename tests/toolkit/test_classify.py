@@ -79,5 +79,41 @@ def test_zero_shot_picks_nearest_description(tiny) -> None:
         tiny.embed(["first label", "second label"]).T
     np.testing.assert_allclose(s, expected, atol=1e-5)
     assert zs.predict(["some text", "other text"]) == [["a", "b"][i] for i in s.argmax(1)]
-    with pytest.raises(ValueError, match="at least one label"):
-        ZeroShotClassifier(tiny, {})
+    for labels in ({}, {"only": "one label: every text would get it"}):
+        with pytest.raises(ValueError, match="at least two labels"):
+            ZeroShotClassifier(tiny, labels)
+
+
+def test_empty_input_predicts_nothing(tmp_path) -> None:
+    """No texts to classify with a loaded classifier: no labels (scikit-learn refused the
+    empty array: "Found array with 0 sample(s)")."""
+    x = unit_rows(20, 8, seed=3)
+    clf = SupervisedClassifier.fit_vectors(x, ["a", "b"] * 10, ClassifyConfig())
+    assert clf.predict_vectors(np.zeros((0, 8), np.float32)) == []
+    assert clf.predict_proba_vectors(np.zeros((0, 8), np.float32)).shape == (0, 2)
+    for kwargs, says in (({"method": "svm"}, "unknown method"), ({"neighbors": 0}, ">= 1"),
+                         ({"c": 0.0}, "c must be > 0")):
+        with pytest.raises(ValueError, match=says):
+            ClassifyConfig(**kwargs)  # type: ignore[arg-type]
+
+
+def test_over_long_texts_are_an_error_unless_truncation_is_asked_for(minilm) -> None:
+    """Classification and clustering cut texts at the model's limit without a word; now the
+    text is named (as everywhere else in smysl) and truncate=True cuts it."""
+    from smysl.tokenize import InputTooLongError
+    from smysl.toolkit.cluster import ClusterConfig, cluster_texts
+
+    texts = ["short", "word " * 400, "another"]
+    labels = {"a": "about a", "b": "about b"}
+    with pytest.raises(InputTooLongError, match="input 1 has"):
+        ZeroShotClassifier(minilm, labels).predict(texts)
+    assert len(ZeroShotClassifier(minilm, labels, truncate=True).predict(texts)) == 3
+    with pytest.raises(InputTooLongError, match="input 1 has"):
+        SupervisedClassifier.fit(minilm, texts, ["a", "b", "a"])
+    clf = SupervisedClassifier.fit(minilm, texts, ["a", "b", "a"], ClassifyConfig(truncate=True))
+    assert len(clf.predict(minilm, texts)) == 3  # as trained: cut
+    with pytest.raises(InputTooLongError):
+        clf.predict(minilm, texts, truncate=False)
+    with pytest.raises(InputTooLongError, match="input 1 has"):
+        cluster_texts(minilm, texts, ClusterConfig(k=2))
+    assert cluster_texts(minilm, texts, ClusterConfig(k=2, truncate=True)).k == 2

@@ -67,3 +67,27 @@ def test_estimated_k_skips_degenerate_k_and_falls_back_to_one_cluster() -> None:
     est = cluster_vectors(two, ClusterConfig(k=None, k_max=5))
     assert est.k == 2 and set(est.silhouettes) == {2}
     assert est.labels.tolist() == [est.labels[0]] * 12 + [est.labels[12]] * 8
+
+
+def test_bad_vectors_and_settings_are_refused_and_few_texts_are_one_cluster() -> None:
+    """A NaN row was made a zero vector and clustered; settings a method ignores or cannot
+    take were sklearn's errors or silently dropped; two texts and an estimated k were an
+    error where the docs promise one cluster."""
+    x = unit_rows(12, 8, seed=1)
+    bad = x.copy()
+    bad[3, 0] = np.nan
+    with pytest.raises(ValueError, match="NaN or infinity"):
+        cluster_vectors(bad, ClusterConfig(k=2))
+    with pytest.raises(ValueError, match=r"2-D array"):
+        cluster_vectors(x[0], ClusterConfig(k=2))
+    for kwargs, says in (({"method": "hdbscan", "k": 5}, "k is for k-means"),
+                         ({"k_max": 1}, "2 <= k_min <= k_max"),
+                         ({"min_cluster_size": 1}, "min_cluster_size must be >= 2"),
+                         ({"representatives": -1}, "representatives must be >= 0"),
+                         ({"method": "dbscan"}, "unknown method")):
+        with pytest.raises(ValueError, match=says):
+            ClusterConfig(**kwargs)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=r"min_cluster_size \(20\) is larger than the number"):
+        cluster_vectors(x, ClusterConfig(method="hdbscan", min_cluster_size=20))
+    two = cluster_vectors(x[:2], ClusterConfig())
+    assert two.k == 1 and two.labels.tolist() == [0, 0]

@@ -85,8 +85,20 @@ def test_classify_cluster_dedup(tiny_dir, data, capsys) -> None:
                  "--report", str(data / "r.json")]) == 0
     kept = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
     assert [k["text"] for k in kept] == ["same words", "entirely different"]
+    assert [k["duplicate_of"] for k in kept] == [None, None]
     report = json.loads((data / "r.json").read_text(encoding="utf-8"))
     assert report["groups"] == 1 and report["groups_detail"][0][1]["index"] == 1
+    assert report["groups_detail"][0][1]["duplicate_of"] == 0
+    assert main(["dedup", *model, "-i", str(dup), "--threshold", "0.999"]) == 0
+    marked = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
+    assert [(m["keep"], m["duplicate_of"]) for m in marked] == [(True, None), (False, 0),
+                                                                 (True, None)]
+    # a text longer than the model takes: an error naming it and the flag, not a silent cut
+    dup.write_text("".join(json.dumps({"text": t}) + "\n" for t in
+                           ["short", "word " * 600]), encoding="utf-8")  # 512 at most
+    assert main(["dedup", *model, "-i", str(dup)]) == 2
+    assert "input 1 has" in (err := capsys.readouterr().err) and "pass --truncate" in err
+    assert main(["dedup", *model, "-i", str(dup), "--truncate"]) == 0
 
 
 def _jsonl(path, rows) -> str:
@@ -189,3 +201,42 @@ def test_index_search_queries_file_lines(tiny_dir, data, capsys) -> None:
                  "--device", "cpu"]) == 0
     out = [json.loads(x) for x in capsys.readouterr().out.split("\n") if x]
     assert [o["query"] for o in out] == ["cats\u2028dogs", "night\x0cowls"]
+
+
+def test_classify_and_cluster_refuse_what_they_would_get_silently_wrong(tiny_dir, data,
+                                                                        capsys) -> None:
+    """A mistyped labels file was taken as one label (every row predicted "labls.csv"); one
+    label, a label given twice (its last description won), flags the mode ignores, and gold
+    labels from the second row on (no accuracy, no word) each ran to exit 0."""
+    model = ["--model", str(tiny_dir), "--device", "cpu"]
+    rows = str(data / "rows.csv")
+    twice = _jsonl(data / "twice.jsonl", [{"label": "a", "description": "first"},
+                                          {"label": "b"}, {"label": "a", "description": "x"}])
+    late_gold = _jsonl(data / "late.jsonl", [{"text": "a"}, {"text": "b", "label": "x"}])
+    out = data / "never.jsonl"
+    for argv, says in (
+            (["--labels", str(data / "labls.csv")], "no such file (labels given inline"),
+            (["--labels", "labels.txt"], "no such file"),
+            (["--labels", "billing"], "needs at least two labels, got 1"),
+            (["--labels", "a,b,a"], "label 'a' is given twice (#1 and #3)"),
+            (["--labels", twice], "label 'a' is given twice"),
+            (["--labels", "a,b", "--save", "m.npz"], "--save do(es) nothing with --labels"),
+            (["--labels", "a,b", "--description-field", "d"], "--description-field names"),
+            (["--load", "m.npz", "--method", "knn"], "--method do(es) nothing with --load"),
+            (["--load", "m.npz", "--dimensions", "16"], "the classifier keeps the settings"),
+            (["-i", late_gold, "--labels", "x,y"], "row 1 has no 'label' column")):
+        argv = argv if "-i" in argv else ["-i", rows, *argv]
+        assert main(["classify", *model, *argv, "-o", str(out)]) == 2, argv
+        err = capsys.readouterr().err
+        assert err.startswith("smysl classify: error: ") and says in err, (argv, err)
+        assert not out.exists()
+    (data / "notes.txt").write_text("a\nb\n", encoding="utf-8")
+    assert main(["classify", *model, "-i", rows, "--labels", str(data / "notes.txt")]) == 2
+    assert "a labels file is .csv, .jsonl or .json" in capsys.readouterr().err
+    for argv, says in ((["--method", "hdbscan", "--k", "3"], "--k do(es) nothing with"),
+                       (["--min-cluster-size", "3"], "--min-cluster-size is for --method"),
+                       (["--k", "2", "--k-max", "4"], "--k-max bounds the estimate"),
+                       (["--k-max", "1"], "2 <= k_min <= k_max")):
+        assert main(["cluster", *model, "-i", rows, *argv, "-o", str(out)]) == 2, argv
+        assert says in capsys.readouterr().err
+        assert not out.exists()
