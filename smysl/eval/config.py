@@ -98,12 +98,21 @@ class EvalConfig:
         return {k: list(v) if isinstance(v := getattr(self, k), tuple) else v for k in PROTOCOL}
 
     def __post_init__(self) -> None:
+        # one model, task, size or folder given bare: a tuple of it (a str was taken for a
+        # sequence of one-letter models: "'s' is not a model directory"); lists: tuples
+        for name in ("models", "tasks", "dimensions", "retrieval_ks", "compare"):
+            value = getattr(self, name)
+            if isinstance(value, str | int | Path):
+                object.__setattr__(self, name, (value,))
+            elif not isinstance(value, tuple):
+                object.__setattr__(self, name, tuple(value))
+        object.__setattr__(self, "compare", tuple(Path(p) for p in self.compare))
         if not self.models:
             raise ValueError("EvalConfig needs at least one model")
         if any(int(d) < 1 for d in self.dimensions):
             raise ValueError(f"dimensions must be positive, got {self.dimensions}")
-        if self.limit is not None and self.limit < 1:
-            raise ValueError(f"limit must be positive, got {self.limit}")
+        if self.limit is not None and self.limit < 2:  # a correlation needs two pairs
+            raise ValueError(f"limit must be at least 2, got {self.limit}")
         for name in ("n_experiments", "samples_per_label", "max_iter", "clustering_bootstraps",
                      "clustering_sample_size"):
             if getattr(self, name) < 1:

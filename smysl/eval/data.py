@@ -51,8 +51,9 @@ class Retrieval:
 def _path(data_dir: Path, *parts: str) -> Path:
     path = Path(data_dir).joinpath(*parts)
     if not path.is_file():
-        raise FileNotFoundError(f"evaluation data not found: {path} (see shared/README.md; pass "
-                                "--data DIR)")
+        raise FileNotFoundError(f"evaluation data not found: {path} (the README.md beside "
+                                f"the datasets folder, {Path(data_dir).parent / 'README.md'}, "
+                                f"says what belongs there; pass --data DIR for another folder)")
     return path
 
 

@@ -68,7 +68,10 @@ def read_column(path: str | Path, field: str) -> tuple[list[str], list[dict[str,
         raise ValueError(f"{path}: no column {field!r} (columns: {sorted(rows[0])})")
     texts = []
     for n, r in enumerate(rows, 1):
-        v = r.get(field)
+        if field not in r:
+            raise ValueError(f"{path}: row {n} has no {field!r} column (columns: "
+                             f"{sorted(r)})")
+        v = r[field]
         if not isinstance(v, str):
             raise ValueError(f"{path}: row {n}: {field!r} must be a string, got {v!r}")
         texts.append(v)

@@ -326,6 +326,11 @@ class VectorStore(abc.ABC):
             raise ValueError(f"{len(ids)} ids but {len(pays)} payloads")
         if any(not i for i in ids):
             raise ValueError("ids must be non-empty strings")
+        for i, p in zip(ids, pays, strict=True):
+            for key, value in p.items():
+                if not _finite(value):  # JSON has no NaN: PostgreSQL and Qdrant refuse it,
+                    # and a search's JSON output would not parse
+                    raise ValueError(f"the payload of {i!r} has NaN or infinity in {key!r}")
         # Last write wins inside one batch, as it would across batches.
         last = {i: n for n, i in enumerate(ids)}
         if len(last) != len(ids):
@@ -342,6 +347,18 @@ class VectorStore(abc.ABC):
         if k < 1:
             raise ValueError(f"k must be >= 1, got {k}")
         return q
+
+
+def _finite(value: Any) -> bool:
+    """Whether ``value`` (a payload value: nested lists and mappings too) holds no NaN or
+    infinite float."""
+    if isinstance(value, float | np.floating):
+        return math.isfinite(value)
+    if isinstance(value, Mapping):
+        return all(_finite(v) for v in value.values())
+    if isinstance(value, list | tuple):
+        return all(_finite(v) for v in value)
+    return True
 
 
 class StoreError(ValueError):

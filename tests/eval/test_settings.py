@@ -253,3 +253,15 @@ def test_clustering_default_follows_mteb_max_documents_per_cluster() -> None:
         rows = state.choices(range(300), k=16_384)
         want.append(float(v_measure_score(y[rows], km.fit_predict(x[rows]))))
     assert got["v_measures"] == want
+
+
+def test_one_model_or_task_may_be_given_bare_and_a_limit_of_one_is_refused() -> None:
+    """``EvalConfig(models="st:...")`` iterated the string ("'s' is not a model directory");
+    ``limit=1`` failed in scipy ("`x` and `y` must have length at least 2")."""
+    cfg = EvalConfig(models="st:all-minilm-l6-v2", tasks="sts-en", dimensions=64,
+                     retrieval_ks=[1, 10], compare="runs/a")  # type: ignore[arg-type]
+    assert cfg.models == ("st:all-minilm-l6-v2",) and cfg.tasks == ("sts-en",)
+    assert cfg.dimensions == (64,) and cfg.retrieval_ks == (1, 10)
+    assert cfg.compare == (Path("runs/a"),)
+    with pytest.raises(ValueError, match="limit must be at least 2, got 1"):
+        EvalConfig(models=("m",), limit=1)

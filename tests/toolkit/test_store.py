@@ -567,3 +567,15 @@ def test_memory_search_takes_the_k_best_as_a_full_stable_sort_would() -> None:
         want = [[f"r{alive[j]}" for j in np.argsort(-row, kind="stable")[:k]]
                 for row in q @ x[alive].T]
         assert [[h.id for h in hits] for hits in s.search(q, k)] == want
+
+
+def test_a_payload_with_nan_is_refused_and_nothing_is_written(store) -> None:
+    """NaN or infinity in a payload, at any depth: refused naming the record and field, on
+    every store (LanceDB and the memory store took it, and a search's JSON output then held
+    a bare NaN; PostgreSQL's JSON refuses it)."""
+    x = unit_rows(2, D, seed=1)
+    for bad in ({"score": float("nan")}, {"n": {"deep": [1.0, float("inf")]}},
+                {"v": np.float32("nan")}):
+        with pytest.raises(ValueError, match=r"payload of 'b' has NaN or infinity in"):
+            store.upsert(["a", "b"], x, [{"ok": 1.5}, bad])
+    assert store.count() == 0
