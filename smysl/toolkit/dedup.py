@@ -181,10 +181,7 @@ def find_duplicates(vectors: np.ndarray, config: DedupConfig = DedupConfig()) ->
     """Near-duplicate groups among unit ``vectors`` ``[items, dimensions]`` (row i is item
     i)."""
     x = _unit_rows(vectors)
-    # exact copies: the first occurrence of each distinct row stands for its copies
-    first: dict[bytes, int] = {}
-    rep_of = np.array([first.setdefault(row.tobytes(), i) for i, row in enumerate(x)],
-                      dtype=np.int64)
+    rep_of = _first_copies(x)
     reps = np.flatnonzero(rep_of == np.arange(len(x)))
     found = _search(x[reps], config) if len(reps) > 1 else []  # pairs of positions in reps
     pairs = [(int(reps[a]), int(reps[b]), score) for a, b, score in found]
@@ -198,6 +195,21 @@ def find_duplicates(vectors: np.ndarray, config: DedupConfig = DedupConfig()) ->
         duplicate_of[i] = r if duplicate_of[r] < 0 else duplicate_of[r]
     pairs.sort()
     return DedupResult(len(x), config.threshold, pairs, _groups(len(x), pairs), duplicate_of)
+
+
+def _first_copies(x: np.ndarray) -> np.ndarray:
+    """Per row, the first row equal to it bit for bit (itself if none is earlier). Rows are
+    keyed by a 128-bit digest, not their bytes (1M rows of 4,096 floats would be 16 GB of
+    keys), and a digest match is confirmed by comparing the rows."""
+    import hashlib
+
+    first: dict[bytes, int] = {}
+    out = np.arange(len(x), dtype=np.int64)
+    for i, row in enumerate(x):
+        at = first.setdefault(hashlib.blake2b(row.tobytes(), digest_size=16).digest(), i)
+        if at != i and np.array_equal(x[at].view(np.uint32), row.view(np.uint32)):
+            out[i] = at
+    return out
 
 
 def _unit_rows(vectors: np.ndarray) -> np.ndarray:
