@@ -111,7 +111,7 @@ def _add(args: argparse.Namespace, store: StoreConfig) -> int:
     from smysl.toolkit.cache import CacheConfig
     from smysl.toolkit.chunking import ChunkConfig
     from smysl.toolkit.index import Index, IndexConfig
-    from smysl.toolkit.ingest import IngestConfig, ReadConfig
+    from smysl.toolkit.ingest import IngestConfig, ReadConfig, read_documents
 
     model = load_model(args.model, args)
     config = IndexConfig(store=store,
@@ -124,6 +124,9 @@ def _add(args: argparse.Namespace, store: StoreConfig) -> int:
     ingest = IngestConfig(chunk=ChunkConfig(max_tokens=args.chunk_tokens, overlap=args.overlap),
                           batch_size=args.batch_size, dimensions=args.dimensions,
                           progress=progress(args))
+    if args.rebuild:  # read every input once first: a path or field error empties nothing
+        for _ in read_documents(args.paths, read, []):
+            pass
     with Index.create_or_open(model, config, rebuild=args.rebuild) as index:
         for problem in index.problems:
             print(f"warning: {problem}", file=sys.stderr)

@@ -346,6 +346,19 @@ def serve(embedder: BaseEmbedder | None, config: ServerConfig, *, ready: Ready |
         from smysl.server.workers import serve_workers
 
         return serve_workers(embedder, config, ready=ready, reranker=reranker)
+    if sockets is None:
+        from smysl.server.workers import listening_sockets
+
+        # bound here, as for workers: a port taken or a host that does not resolve is one
+        # line and exit status 2 (uvicorn's own bind printed a traceback and gave 3, the
+        # status that asks a supervisor to restart)
+        socks = listening_sockets(config.host, config.port)
+        try:
+            return serve(embedder, config, ready=ready, reranker=reranker, sockets=socks,
+                         **uvicorn_options)
+        finally:
+            for sock in socks:
+                sock.close()
 
     # smysl's own line per request instead of uvicorn's (the same line, at a fraction of its
     # cost), unless the caller configures uvicorn's logging: then uvicorn's access logger

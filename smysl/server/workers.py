@@ -108,7 +108,7 @@ def serve_workers(embedder: BaseEmbedder | None, config: ServerConfig, *,
     try:
         twin = embedder.share() if embedder is not None else None
         ranker = reranker.share() if reranker is not None else None
-        socks = _bind(config.host, config.port)
+        socks = listening_sockets(config.host, config.port)
     except BaseException as e:  # what was shared already is closed again
         _close(twin, ranker)
         if isinstance(e, NotImplementedError):
@@ -208,7 +208,7 @@ def serve_workers(embedder: BaseEmbedder | None, config: ServerConfig, *,
     return code
 
 
-def _bind(host: str, port: int) -> list[socket.socket]:
+def listening_sockets(host: str, port: int) -> list[socket.socket]:
     """The listening sockets every worker accepts on: one per address ``host`` resolves to,
     as one uvicorn process binds them (``localhost``: 127.0.0.1 and ::1 where the system
     lists both; a client that tries ::1 first must not find nothing there), all on one port
@@ -233,7 +233,7 @@ def _bind(host: str, port: int) -> list[socket.socket]:
 
 
 def _bind_all(addresses: Sequence[tuple[int, Any]], port: int) -> list[socket.socket]:
-    """:func:`_bind` once: every address on one port, or none (all closed again)."""
+    """:func:`listening_sockets` once: every address on one port, or none (all closed again)."""
     socks: list[socket.socket] = []
     error: OSError | None = None
     try:

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from smysl.base import BaseEmbedder
+from smysl.pooling import check_dimensions
 from smysl.shown import shown_source
 from smysl.toolkit import lexical
 from smysl.toolkit.cache import CacheConfig, CachedEmbedder, EmbeddingCache
@@ -102,7 +103,10 @@ class Index:
         ``st:all-minilm-l6-v2``) is saved so that later searches can load it without being told
         (backend ``name``s may lack the scheme).
         """
-        dims = config.dimensions or embedder.dimensions
+        # before anything is opened, created or (rebuild) emptied: a size the model cannot
+        # give, written into a new index's settings, made every later call fail
+        dims = check_dimensions(config.dimensions, embedder.dimensions,
+                                minimum=embedder.min_dimensions)
         try:
             store = open_store(config.store, dims if rebuild or config.store.backend == "memory"
                                else None, replace=rebuild)

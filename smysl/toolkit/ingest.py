@@ -255,6 +255,9 @@ def _table_documents(path: Path, doc_path: str, config: ReadConfig) -> Iterator[
         keys = config.metadata_fields if config.metadata_fields is not None else [
             k for k in row if k not in skip]
         meta = {k: row.get(k) for k in keys}
+        if "source" in meta:  # it was overwritten with the file's path without a word
+            raise ValueError(f"{path}: row {n}: the column 'source' is reserved (smysl records "
+                             f"the file there); rename it, or leave it out of --meta-fields")
         meta["source"] = doc_path
         yield Document(doc_id, text, meta, origin=f"{path} row {n}")
 

@@ -317,9 +317,20 @@ def _scores(h: Hit) -> dict[str, Any]:
 
 def hits_to_rows(queries: Sequence[str], results: Sequence[Sequence[Hit]]) -> list[dict[str, Any]]:
     """Flat JSON-ready rows: query, rank, id, score (reranked and fused hits: also their
-    first-stage scores and ranks, see :func:`format_json`) and the payload."""
-    return [{"query": q, "rank": r, "id": h.id, **_scores(h), **h.payload}
-            for q, hits in zip(queries, results, strict=True) for r, h in enumerate(hits, 1)]
+    first-stage scores and ranks, see :func:`format_json`) and the payload. A payload field
+    named as one of those (a document's own ``score`` or ``id`` column) comes as
+    ``payload_<name>``: it replaced the hit's."""
+    rows = []
+    for q, hits in zip(queries, results, strict=True):
+        for r, h in enumerate(hits, 1):
+            row: dict[str, Any] = {"query": q, "rank": r, "id": h.id, **_scores(h)}
+            for key, value in h.payload.items():
+                name = key
+                while name in row:
+                    name = f"payload_{name}"
+                row[name] = value
+            rows.append(row)
+    return rows
 
 
 def format_json(queries: Sequence[str], results: Sequence[Sequence[Hit]]) -> str:

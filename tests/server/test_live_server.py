@@ -244,3 +244,22 @@ def test_a_dead_engine_process_is_restarted(tiny_dir) -> None:  # type: ignore[n
             assert re.search(r"^smysl_backend_recovered_total 1\.0$", text, re.M)
     finally:
         model.close()
+
+
+def test_a_port_in_use_is_one_line_and_status_2(tiny_dir) -> None:  # type: ignore[no-untyped-def]
+    """One process, a port another holds: uvicorn's bind printed a traceback and exited 3,
+    the status that asks a supervisor to restart the server (so it would, in a loop)."""
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        held.listen(1)
+        port = held.getsockname()[1]
+        done = subprocess.run([sys.executable, "-m", "smysl.cli", "serve", "--model",
+                               str(tiny_dir), "--device", "cpu", "--host", "127.0.0.1",
+                               "--port", str(port)], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert f"cannot listen on 127.0.0.1:{port}: Address already in use" in done.stderr
+    assert "Traceback" not in done.stderr

@@ -287,7 +287,7 @@ def test_workers_listen_on_every_address_of_the_host(monkeypatch: pytest.MonkeyP
         pytest.skip("no IPv6 here")
     _resolving(monkeypatch, "127.0.0.1", "::1", "127.0.0.1")
     try:
-        socks = workers._bind("localhost", 0)
+        socks = workers.listening_sockets("localhost", 0)
     except ValueError as e:
         pytest.skip(f"no IPv6 loopback here: {e}")
     try:
@@ -301,14 +301,14 @@ def test_workers_listen_on_every_address_of_the_host(monkeypatch: pytest.MonkeyP
         for s in socks:
             s.close()
     _resolving(monkeypatch, "2001:db8::1", "127.0.0.1")  # not this host's: skipped
-    socks = workers._bind("somewhere", 0)
+    socks = workers.listening_sockets("somewhere", 0)
     assert [s.getsockname()[0] for s in socks] == ["127.0.0.1"]
     with pytest.raises(ValueError, match="cannot listen on somewhere:"):
-        workers._bind("somewhere", socks[0].getsockname()[1])  # the port is taken
+        workers.listening_sockets("somewhere", socks[0].getsockname()[1])  # the port is taken
     socks[0].close()
     _resolving(monkeypatch, "2001:db8::1")
     with pytest.raises(ValueError, match="cannot listen on somewhere:0"):
-        workers._bind("somewhere", 0)
+        workers.listening_sockets("somewhere", 0)
 
 
 def test_port_0_is_tried_again_when_another_address_has_it(
@@ -331,7 +331,7 @@ def test_port_0_is_tried_again_when_another_address_has_it(
 
     monkeypatch.setattr(socket.socket, "bind", bind)
     try:
-        socks = workers._bind("localhost", 0)
+        socks = workers.listening_sockets("localhost", 0)
     except ValueError as e:
         pytest.skip(f"no IPv6 loopback here: {e}")
     try:

@@ -240,3 +240,42 @@ def test_classify_and_cluster_refuse_what_they_would_get_silently_wrong(tiny_dir
         assert main(["cluster", *model, "-i", rows, *argv, "-o", str(out)]) == 2, argv
         assert says in capsys.readouterr().err
         assert not out.exists()
+
+
+def test_index_add_checks_before_it_empties_or_binds_and_search_rows_keep_hit_fields(
+        tiny_dir, data, capsys) -> None:
+    """`--rebuild` with a path that is not there (or a missing --text-field) emptied the index
+    and then failed; a --dimensions the model cannot give was written into a new index's
+    settings and failed every later call; `index search -o` let a document's own `score`,
+    `rank`, `query` or `id` column replace the hit's; a `source` column was overwritten with
+    the file's path."""
+    kb = str(data / "kb")
+    model = ["--model", str(tiny_dir), "--device", "cpu", "--no-progress"]
+    assert main(["index", "add", kb, str(data / "rows.jsonl"), "--id-field", "id", *model]) == 0
+    capsys.readouterr()
+    for bad in ([str(data / "no-such.jsonl")], [str(data / "rows.jsonl"), "--text-field", "x"]):
+        assert main(["index", "add", kb, *bad, "--rebuild", *model]) == 2
+        capsys.readouterr()
+        assert main(["index", "verify", kb]) == 0
+        assert "0 of 6 records damaged" in capsys.readouterr().err
+    fresh = str(data / "fresh")
+    assert main(["index", "add", fresh, str(data / "rows.jsonl"), *model,
+                 "--dimensions", "16"]) == 2
+    assert "dimensions must be in 32..64" in capsys.readouterr().err
+    assert main(["index", "add", fresh, str(data / "rows.jsonl"), *model]) == 0  # usable
+    capsys.readouterr()
+
+    clash = data / "clash.csv"
+    clash.write_text("text,score,rank,query,id\nhello world,5,99,foo,d1\n", encoding="utf-8")
+    hits = data / "hits.jsonl"
+    other = str(data / "other")
+    assert main(["index", "add", other, str(clash), *model]) == 0
+    assert main(["index", "search", other, "hello", "-o", str(hits), "--device", "cpu"]) == 0
+    (row,) = [json.loads(x) for x in hits.read_text(encoding="utf-8").splitlines()]
+    assert row["query"] == "hello" and row["rank"] == 1 and row["id"].endswith(":1#0")
+    assert row["score"] != "5" and row["payload_score"] == "5" and row["payload_rank"] == "99"
+    assert row["payload_query"] == "foo" and row["payload_id"] == "d1"
+    capsys.readouterr()
+    (data / "src.csv").write_text("text,source\nhi,crm\n", encoding="utf-8")
+    assert main(["index", "add", other, str(data / "src.csv"), *model]) == 2
+    assert "the column 'source' is reserved" in capsys.readouterr().err
