@@ -388,3 +388,47 @@ def test_os_errors_on_paths_are_one_line_errors(tmp_path: Path,
                                               "locked.txt"])
     assert code == 2 and err == "smysl rerank: error: [Errno 13] Permission denied: " \
                                 "'locked.txt'\n"
+
+
+def test_embed_lines_refuse_job_flags_and_outputs_they_would_misname(
+        tiny_dir: Path, tiny: Embedder, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """Lines of text with corpus-job flags (--ray embedded locally, --chunk-tokens did not
+    chunk), `-o x.csv` (JSONL under that name), `-o x.NPY` (saved as x.NPY.npy), and a
+    byte-order mark embedded as part of the first line."""
+    model = ["embed", "--model", str(tiny_dir), "--device", "cpu"]
+    for flags in (["--ray"], ["--chunk-tokens", "8"], ["--skip-bad-rows"], ["--table", "t"],
+                  ["--actors", "3", "--batch-size", "1"]):
+        code, out, err = _run(monkeypatch, capsys, [*model, *flags], "x\n")
+        assert code == 2 and "corpus-job flag(s)" in err and flags[0] in err, (flags, err)
+        assert out == ""
+    code, _, err = _run(monkeypatch, capsys, [*model, "-o", str(tmp_path / "x.csv")], "x\n")
+    assert code == 2 and "written to a .jsonl or .npy file" in err
+    assert not (tmp_path / "x.csv").exists()
+    upper = tmp_path / "x.NPY"
+    assert _run(monkeypatch, capsys, [*model, "-o", str(upper)], "x\n")[0] == 0
+    assert np.array_equal(np.load(upper), tiny.embed(["x"]))
+    bom = tmp_path / "bom.txt"
+    bom.write_bytes("\ufeffhello\nworld\n".encode())
+    code, out, _ = _run(monkeypatch, capsys, [*model, "-i", str(bom)])
+    assert [json.loads(x)["text"] for x in out.splitlines()] == ["hello", "world"]
+    monkeypatch.setattr("sys.stdin", io.TextIOWrapper(io.BytesIO(b"\xef\xbb\xbfhello\n"),
+                                                      encoding="utf-8"))
+    assert main(model) == 0
+    assert json.loads(capsys.readouterr().out)["text"] == "hello"
+
+
+def test_corpus_job_flags_that_do_nothing_are_refused(
+        tiny_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    corpus = tmp_path / "c.jsonl"
+    corpus.write_text('{"id": "a", "text": "hello"}\n', encoding="utf-8")
+    model = ["embed", "--model", str(tiny_dir), "--device", "cpu", "-i", str(corpus)]
+    for flags in (["--actors", "3"], ["--gpus-per-actor", "1"], ["--overlap", "4"],
+                  ["--table", "t"]):
+        code, _, err = _run(monkeypatch, capsys, [*model, "-o", str(tmp_path / "out"),
+                                                  *flags])
+        assert code == 2 and f"{flags[0]} do(es) nothing here" in err, (flags, err)
+    assert not (tmp_path / "out").exists()
+    code, _, err = _run(monkeypatch, capsys, [*model, "-o", str(tmp_path / "out")])
+    assert code == 0, err

@@ -22,20 +22,22 @@ def split_lines(text: str) -> list[str]:
 
 
 def read_lines(source: str) -> list[str]:
-    """The lines (:func:`split_lines`) of a UTF-8 file, or of stdin for ``-``."""
+    """The lines (:func:`split_lines`) of a UTF-8 file, or of stdin for ``-``; a byte-order
+    mark at the start is not text (Windows editors write one; it was embedded as part of the
+    first line, whose vector then differed from the same line's without it)."""
     if source == "-":
         # the bytes, as a file's are read: sys.stdin's text layer would end a line at a lone
         # \r too (universal newlines), and decode in the locale's encoding
         data = sys.stdin.buffer.read()
         try:
-            return split_lines(data.decode("utf-8"))
+            return split_lines(data.decode("utf-8-sig"))
         except UnicodeDecodeError as e:
             raise ValueError(f"stdin: not valid UTF-8 ({e.reason}); convert it to UTF-8"
                              ) from None
     try:
         # newline="": only \n ends a line (the default translation would also end one at a
         # lone \r)
-        with open(source, encoding="utf-8", newline="") as f:
+        with open(source, encoding="utf-8-sig", newline="") as f:
             return split_lines(f.read())
     except UnicodeDecodeError as e:  # the codec's message names no file
         raise ValueError(f"{source}: not valid UTF-8 ({e.reason}); convert it to UTF-8"

@@ -38,25 +38,38 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="output .jsonl or .npy (- = stdout JSONL); for a corpus a folder "
                         "(Parquet dataset) or an index: lancedb:PATH, qdrant:URL, postgres:DSN")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    # defaults of None, resolved in _run_job: a flag given where it does nothing is an error
     job = p.add_argument_group("corpus jobs (--input a .jsonl/.csv/.parquet file or folder)")
-    job.add_argument("--id-field", default="id", help="column with each row's id (default: id)")
-    job.add_argument("--text-field", default="text", help="column with the text (default: text)")
-    job.add_argument("--skip-bad-rows", action="store_true",
+    job.add_argument("--id-field", help="column with each row's id (default: id)")
+    job.add_argument("--text-field", help="column with the text (default: text)")
+    job.add_argument("--skip-bad-rows", action="store_true", default=None,
                      help="report and skip broken rows (default: stop at the first, naming it)")
-    job.add_argument("--shard-rows", type=int, default=10_000,
+    job.add_argument("--shard-rows", type=int,
                      help="rows per shard, the unit a rerun resumes from (default: 10000)")
-    job.add_argument("--batch-size", type=int, default=256, help="texts per embed+write step")
+    job.add_argument("--batch-size", type=int, help="texts per embed+write step (default: 256)")
     job.add_argument("--chunk-tokens", type=int,
                      help="split texts into chunks of this many tokens (ids ROW-ID#n; an index "
                           "always chunks, 256 by default)")
-    job.add_argument("--overlap", type=int, default=32, help="tokens shared by adjacent chunks")
-    job.add_argument("--table", default="chunks", help="index table / collection name")
+    job.add_argument("--overlap", type=int,
+                     help="with --chunk-tokens: tokens shared by adjacent chunks (default: 32)")
+    job.add_argument("--table", help="index table / collection name (default: chunks)")
     job.add_argument("--ray", nargs="?", const="", metavar="ADDRESS",
                      help="embed on a Ray cluster (HOST:PORT, auto; no value: $RAY_ADDRESS or "
                           "a local cluster), one loaded model per actor")
-    job.add_argument("--actors", type=int, default=2, help="Ray actors (default: 2)")
-    job.add_argument("--gpus-per-actor", type=float, default=0.0,
-                     help="GPUs per Ray actor (1: one model per GPU)")
+    job.add_argument("--actors", type=int, help="with --ray: Ray actors (default: 2)")
+    job.add_argument("--gpus-per-actor", type=float,
+                     help="with --ray: GPUs per Ray actor (default 0; 1: one model per GPU)")
+
+#: The corpus-job flags (argparse dests), each with its default.
+JOB_DEFAULTS = {"id_field": "id", "text_field": "text", "skip_bad_rows": False,
+                "shard_rows": 10_000, "batch_size": 256, "chunk_tokens": None, "overlap": 32,
+                "table": "chunks", "ray": None, "actors": 2, "gpus_per_actor": 0.0}
+
+
+def _flags(args: argparse.Namespace, dests: list[str]) -> list[str]:
+    """The command-line spelling of those of ``dests`` that were given."""
+    given = vars(args)
+    return ["--" + d.replace("_", "-") for d in dests if given[d] is not None]
 
 
 def run(args: argparse.Namespace) -> int:
@@ -67,6 +80,11 @@ def run(args: argparse.Namespace) -> int:
     problem = other_data(args.input) if args.input != "-" else None
     if problem is not None:  # its lines would be embedded as texts: raw JSON, compressed bytes
         raise ValueError(problem)
+    given = _flags(args, list(JOB_DEFAULTS))
+    if given:  # lines mode: they were ignored without a word (--ray embedded locally)
+        raise ValueError(f"{', '.join(given)}: corpus-job flag(s), for --input a .jsonl, .csv "
+                         f"or .parquet file or a folder of them; {args.input} is read as lines "
+                         f"of text")
     _check_lines_output(args.output)
     lines = read_lines(args.input)
     model = load_model(args.model, args)
@@ -75,10 +93,11 @@ def run(args: argparse.Namespace) -> int:
     vectors = model.embed(lines, instruction=task, dimensions=args.dimensions,
                           truncate=args.truncate, progress=progress)
     usage = model.usage_report()
-    if args.output.endswith(".npy"):
+    if args.output.lower().endswith(".npy"):
         import numpy as np
 
-        np.save(args.output, vectors)
+        with open(args.output, "wb") as f:  # the name as given (np.save adds ".npy" to x.NPY)
+            np.save(f, vectors)
     else:
         with contextlib.ExitStack() as stack:
             out = sys.stdout if args.output == "-" else stack.enter_context(
@@ -104,14 +123,28 @@ def _check_lines_output(output: str) -> None:
         raise ValueError(f"--output {shown_output(output)}: lines of text are written to a "
                          ".jsonl or .npy file (or stdout); a folder or an index takes a "
                          "corpus: --input a .jsonl, .csv or .parquet file, or a folder of them")
+    if not output.lower().endswith((".jsonl", ".ndjson", ".npy")):  # x.csv got JSONL
+        raise ValueError(f"--output {output}: lines of text are written to a .jsonl or .npy "
+                         f"file (or stdout: -)")
     parent = Path(output).expanduser().parent
     if not parent.is_dir():
         raise FileNotFoundError(f"--output {output}: no such folder {parent}")
 
 
 def _run_job(args: argparse.Namespace) -> int:
+    from smysl.scale.job import is_store
     from smysl.toolkit.chunking import ChunkConfig
 
+    unused = [*(_flags(args, ["actors", "gpus_per_actor"]) if args.ray is None else []),
+              *(_flags(args, ["overlap"]) if not args.chunk_tokens else []),
+              *(_flags(args, ["table"]) if not is_store(args.output) else [])]
+    if unused:
+        raise ValueError(f"{', '.join(unused)} do(es) nothing here: --actors and "
+                         f"--gpus-per-actor go with --ray, --overlap with --chunk-tokens, "
+                         f"--table with an index output")
+    for dest, default in JOB_DEFAULTS.items():
+        if vars(args)[dest] is None:
+            setattr(args, dest, default)
     if args.output.endswith((".jsonl", ".npy")) or args.output == "-":
         raise ValueError("a corpus job writes a folder (Parquet dataset) or an index "
                          "(lancedb:PATH, qdrant:URL, postgres:DSN): give it with --output")
