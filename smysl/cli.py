@@ -49,7 +49,15 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     from smysl.tokenize import InputTooLongError
 
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    rest = vars(args).get("_rest")  # a command's positional list that may follow its options
+    if extra and rest and not any(x.startswith("-") for x in extra):
+        # `index search kb -k 2 "reset password"`: argparse ends a `nargs="*"` positional at
+        # the first option and would refuse the words after it
+        setattr(args, rest, [*vars(args)[rest], *extra])
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
         return int(args._run(args) or 0)
     except InputTooLongError as e:  # worded with the flag, not the Python argument

@@ -119,3 +119,15 @@ def test_top_n_takes_any_integer_type_and_a_lone_surrogate_names_its_document() 
         with pytest.raises(ValueError, match=words + " is not valid Unicode"):
             call()
     assert len(r.calls) == 1  # the top_n call only
+
+
+def test_rerank_refuses_an_output_folder_that_is_not_there_before_it_loads(
+        tmp_path, capsys) -> None:  # type: ignore[no-untyped-def]
+    """The reranker ran (a paid API's cost spent) and then the output could not be opened."""
+    from smysl.cli import main
+
+    docs = tmp_path / "d.txt"
+    docs.write_text("a\nb\n", encoding="utf-8")
+    assert main(["rerank", "--model", str(tmp_path / "no-model"), "-q", "x", "-i", str(docs),
+                 "-o", str(tmp_path / "nowhere" / "r.jsonl")]) == 2
+    assert "no such folder" in capsys.readouterr().err

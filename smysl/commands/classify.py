@@ -107,9 +107,10 @@ def run(args: argparse.Namespace) -> int:
         accuracy,
         match_gold,
     )
-    from smysl.toolkit.io import read_column, write_rows
+    from smysl.toolkit.io import check_output, read_column, write_rows
 
     _refuse_unused(args, "--labels" if args.labels else "--train" if args.train else "--load")
+    check_output(args.output)
     labels_by_name = _labels(args.labels, args) if args.labels else None
     texts, rows = read_column(args.input, args.text_field)
     # Gold labels (when any row has the column) are read before any work, so a row without

@@ -48,9 +48,10 @@ def _refuse_unused(args: argparse.Namespace) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from smysl.toolkit.cluster import ClusterConfig, cluster_texts
-    from smysl.toolkit.io import read_column, write_rows
+    from smysl.toolkit.io import check_output, read_column, write_rows
 
     _refuse_unused(args)
+    check_output(args.output)
     config = ClusterConfig(method=args.method, k=args.k,
                            k_max=30 if args.k_max is None else args.k_max,
                            min_cluster_size=(5 if args.min_cluster_size is None

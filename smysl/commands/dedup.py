@@ -36,9 +36,10 @@ def run(args: argparse.Namespace) -> int:
     import tempfile
 
     from smysl.toolkit.dedup import DedupConfig, dedup_texts
-    from smysl.toolkit.io import read_column, write_rows
+    from smysl.toolkit.io import check_output, read_column, write_rows
     from smysl.toolkit.store import StoreConfig
 
+    check_output(args.output)
     model = load_model(args.model, args)
     texts, rows = read_column(args.input, args.text_field)
     with tempfile.TemporaryDirectory(prefix="smysl-dedup-") as tmp:

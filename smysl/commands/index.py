@@ -59,9 +59,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
     s = sub.add_parser("search", help="top-k chunks for queries")
     _store_arguments(s)
-    s.add_argument("queries", nargs="*", help="query texts")
+    s.add_argument("queries", nargs="*", help="query texts (before or after the options)")
+    s.set_defaults(_rest="queries")
     s.add_argument("--queries-file", help="more queries: .txt (one per line), .csv or .jsonl")
-    s.add_argument("--query-field", default="query", help="csv/jsonl query column")
+    s.add_argument("--query-field", help="--queries-file csv/jsonl: query column (default: "
+                                          "query)")
     add_model_arguments(s, required=False)
     s.add_argument("-k", type=int, default=10, help="hits per query")
     s.add_argument("--mode", choices=["vector", "hybrid", "text"], default="vector",
@@ -69,21 +71,22 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "over Russian/English stems, finds exact names and numbers; loads no "
                         "model unless --model is given), or both fused by reciprocal rank "
                         "(hybrid)")
-    s.add_argument("--text-weight", type=float, default=1.0,
+    s.add_argument("--text-weight", type=float, default=None,
                    help="--mode hybrid: the weight of the word ranking against the vector "
                         "ranking's 1 (more where words matter more, or the model is weak in "
-                        "the language)")
+                        "the language; default 1)")
     s.add_argument("--where", action="append", help="filter: key=value, key>=n (repeatable)")
     s.add_argument("--instruction", help="query instruction or preset ('' for none)")
     s.add_argument("--mmr", action="store_true", help="diversify with maximal marginal relevance")
-    s.add_argument("--mmr-lambda", type=float, default=0.5, help="1 = relevance, 0 = diversity")
-    s.add_argument("--fetch-k", type=int, default=50,
-                   help="MMR candidates; --mode hybrid: candidates of each ranking")
+    s.add_argument("--mmr-lambda", type=float, default=None,
+                   help="with --mmr: 1 = relevance, 0 = diversity (default 0.5)")
+    s.add_argument("--fetch-k", type=int, default=None,
+                   help="MMR candidates; --mode hybrid: candidates of each ranking (default 50)")
     s.add_argument("--approximate", action="store_true", help="use the ANN index if built")
     add_rerank_arguments(s)
-    s.add_argument("--format", choices=["table", "json", "context"], default="table",
+    s.add_argument("--format", choices=["table", "json", "context"], default=None,
                    help="table, json (one line per query), or context: the numbered chunk "
-                        "texts of a RAG prompt")
+                        "texts of a RAG prompt (default table)")
     s.add_argument("--context-chars", type=int, default=None, metavar="N",
                    help="--format context: most characters per query (default 8000)")
     s.add_argument("--output", "-o", help="write hit rows to .csv or .jsonl instead")
@@ -147,7 +150,7 @@ def _add(args: argparse.Namespace, store: StoreConfig) -> int:
 
 def _search(args: argparse.Namespace, store: StoreConfig) -> int:
     from smysl.toolkit.index import Index, IndexConfig, search_words
-    from smysl.toolkit.io import iter_rows, write_rows
+    from smysl.toolkit.io import check_output, iter_rows, write_rows
     from smysl.toolkit.search import (
         SearchConfig,
         build_context,
@@ -156,12 +159,16 @@ def _search(args: argparse.Namespace, store: StoreConfig) -> int:
         hits_to_rows,
     )
 
+    _refuse_unused_search(args)
+    if args.output:
+        check_output(args.output)
     queries = list(args.queries)
     if args.queries_file:
         if args.queries_file.endswith(".txt"):
             queries += [q for q in read_lines(args.queries_file) if q.strip()]
         else:
-            queries += [str(q) for q in column(iter_rows(args.queries_file), args.query_field,
+            queries += [str(q) for q in column(iter_rows(args.queries_file),
+                                               args.query_field or "query",
                                                args.queries_file, "--query-field")]
     if not queries:
         raise ValueError("give queries as arguments or with --queries-file")
@@ -170,10 +177,13 @@ def _search(args: argparse.Namespace, store: StoreConfig) -> int:
                          "context")
     if args.format == "context" and args.output:
         raise ValueError("--format context prints to stdout; drop --output")
-    config = SearchConfig(k=args.k, mode=args.mode, text_weight=args.text_weight,
+    config = SearchConfig(k=args.k, mode=args.mode,
+                          text_weight=1.0 if args.text_weight is None else args.text_weight,
                           instruction=args.instruction,
                           where=parse_where(args.where), exact=not args.approximate,
-                          mmr=args.mmr, mmr_lambda=args.mmr_lambda, fetch_k=args.fetch_k,
+                          mmr=args.mmr,
+                          mmr_lambda=0.5 if args.mmr_lambda is None else args.mmr_lambda,
+                          fetch_k=50 if args.fetch_k is None else args.fetch_k,
                           **rerank_settings(args))
     with contextlib.ExitStack() as stack:
         reranker = (stack.enter_context(load_rerank_model(args.rerank, args))
@@ -207,6 +217,26 @@ def _search(args: argparse.Namespace, store: StoreConfig) -> int:
         print(format_json(queries, results) if args.format == "json"
               else format_table(queries, results))
     return 0
+
+
+def _refuse_unused_search(args: argparse.Namespace) -> None:
+    """Search flags the other flags make ignored are an error: an option never silently does
+    nothing."""
+    pairs = [("--mmr-lambda", args.mmr_lambda is not None and not args.mmr, "goes with --mmr"),
+             ("--fetch-k", args.fetch_k is not None and not (args.mmr or args.mode == "hybrid"),
+              "goes with --mmr or --mode hybrid"),
+             ("--text-weight", args.text_weight is not None and args.mode != "hybrid",
+              "goes with --mode hybrid"),
+             ("--query-field", args.query_field is not None and not (
+                 args.queries_file and not args.queries_file.endswith(".txt")),
+              "names the column of a .csv/.jsonl --queries-file"),
+             ("--format", args.format is not None and args.format != "context"
+              and args.output is not None, "is for stdout; --output writes rows by its suffix"),
+             ("--instruction", args.instruction is not None and args.mode == "text",
+              "is for the query's embedding; --mode text ranks by its words")]
+    for flag, unused, why in pairs:
+        if unused:
+            raise ValueError(f"{flag} does nothing here: it {why}")
 
 
 def _verify(args: argparse.Namespace, store: StoreConfig) -> int:

@@ -83,6 +83,10 @@ def read_documents(source: str, jsonl: bool = False) -> tuple[list[str], list[An
 def run(args: argparse.Namespace) -> int:
     from smysl.registry import load_reranker
 
+    if args.output != "-" and not Path(args.output).expanduser().parent.is_dir():
+        # before the reranker (a paid API's, too) spends anything
+        raise FileNotFoundError(f"--output {args.output}: no such folder "
+                                f"{Path(args.output).expanduser().parent}")
     texts, items = read_documents(args.input, args.jsonl)
     with load_reranker(args.model, model_options(args)) as reranker:
         ranked = reranker.rerank(args.query, texts, instruction=args.instruction,

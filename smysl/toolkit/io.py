@@ -23,6 +23,14 @@ def table_format(path: str | Path) -> str:
     raise ValueError(f"{path}: expected a .csv or .jsonl file")
 
 
+def check_output(path: str | Path) -> None:
+    """Refuse, before any work, an output :func:`write_rows` could not write: another suffix,
+    or a folder that is not there (a model's work, or a paid API's, was lost at the end)."""
+    table_format(path)
+    if str(path) != "-" and not Path(path).expanduser().parent.is_dir():
+        raise FileNotFoundError(f"{path}: no such folder {Path(path).expanduser().parent}")
+
+
 def iter_rows(path: str | Path) -> Iterator[dict[str, Any]]:
     """Rows of a CSV or JSONL file as dicts (CSV values are strings)."""
     fmt = table_format(path)

@@ -279,3 +279,34 @@ def test_index_add_checks_before_it_empties_or_binds_and_search_rows_keep_hit_fi
     (data / "src.csv").write_text("text,source\nhi,crm\n", encoding="utf-8")
     assert main(["index", "add", other, str(data / "src.csv"), *model]) == 2
     assert "the column 'source' is reserved" in capsys.readouterr().err
+
+
+def test_index_search_takes_queries_after_options_and_refuses_ignored_flags(
+        tiny_dir, data, capsys) -> None:
+    """`index search kb -k 2 "q"` was a usage error (the query after an option); flags the
+    others make ignored ran without a word; an output it cannot write failed after the
+    work."""
+    kb = str(data / "kb")
+    assert main(["index", "add", kb, str(data / "rows.jsonl"), "--model", str(tiny_dir),
+                 "--device", "cpu", "--no-progress"]) == 0
+    capsys.readouterr()
+    assert main(["index", "search", kb, "alpha", "-k", "2", "beta", "--device", "cpu",
+                 "--format", "json"]) == 0
+    assert [json.loads(x)["query"] for x in capsys.readouterr().out.splitlines()] == [
+        "alpha", "beta"]
+    for flags, says in ((["--mmr-lambda", "0.3"], "--mmr-lambda does nothing here"),
+                        (["--fetch-k", "20"], "--fetch-k does nothing here"),
+                        (["--text-weight", "2"], "--text-weight does nothing here"),
+                        (["--query-field", "q"], "--query-field does nothing here"),
+                        (["--format", "json", "-o", str(data / "h.csv")], "--format does "),
+                        (["--mode", "text", "--instruction", "x"], "--instruction does "),
+                        (["-o", str(data / "h.txt")], "expected a .csv or .jsonl file"),
+                        (["-o", str(data / "nowhere" / "h.csv")], "no such folder")):
+        assert main(["index", "search", kb, "alpha", "--device", "cpu", *flags]) == 2, flags
+        assert says in capsys.readouterr().err, flags
+    assert main(["index", "search", kb, "alpha", "--mmr", "--mmr-lambda", "0.3", "--fetch-k",
+                 "5", "--device", "cpu"]) == 0
+    for command in (["classify", "--labels", "a,b"], ["cluster", "--k", "2"], ["dedup"]):
+        assert main([command[0], "--model", str(tiny_dir), "--device", "cpu", "-i",
+                     str(data / "rows.csv"), *command[1:], "-o", str(data / "out.txt")]) == 2
+        assert "expected a .csv or .jsonl file" in capsys.readouterr().err
