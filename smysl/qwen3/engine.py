@@ -96,7 +96,11 @@ def resolve_config(cfg: EngineConfig, stored: torch.dtype | None = None,
     dev = cfg.device
     if dev == "auto":
         dev = "cuda" if torch.cuda.is_available() else "cpu"
-    device = torch.device(dev)
+    try:
+        device = torch.device(dev)
+    except RuntimeError as e:  # "foo", "cuda:x": torch's own words, raised as a traceback
+        raise ValueError(f"unknown device {cfg.device!r} (use auto, cpu, cuda or cuda:N): "
+                         f"{str(e).splitlines()[0]}") from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError("device 'cuda' requested but CUDA is not available")
     if device.type not in ("cpu", "cuda"):

@@ -181,6 +181,9 @@ class LanceStore(VectorStore):
         if path is None and not config.uri:
             raise ValueError("a LanceDB store needs a folder (uri)")
         if path is not None:
+            if path.exists() and not path.is_dir():  # mkdir's FileExistsError: a traceback
+                raise ValueError(f"{path} is a file, not a LanceDB folder: give the index a "
+                                 f"folder of its own")
             path.mkdir(parents=True, exist_ok=True)
         with self._guard():
             # Every read sees the table's latest version: by default LanceDB keeps the version

@@ -77,3 +77,13 @@ def test_fingerprint_hashes_the_model_folder(minilm: BaseEmbedder, tmp_path) -> 
     assert smysl.load(f"st:{copy}").fingerprint() == minilm.fingerprint()
     (copy / "config.json").write_text((copy / "config.json").read_text() + " ")
     assert smysl.load(f"st:{copy}").fingerprint() != minilm.fingerprint()
+
+
+def test_max_tokens_beyond_the_position_table_is_refused_at_load() -> None:
+    """`st:... --max-tokens 100000` loaded, then failed mid-forward in torch ("The size of
+    tensor a (1002) must match ... (512)"); up to the table is taken."""
+    import smysl
+
+    with pytest.raises(ValueError, match=r"takes at most 512 tokens \(its position table\)"):
+        smysl.load("st:all-minilm-l6-v2", max_tokens=100_000)
+    assert smysl.load("st:all-minilm-l6-v2", max_tokens=512).max_tokens == 512

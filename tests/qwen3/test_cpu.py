@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import os
 import platform
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -261,3 +262,10 @@ def test_int8_attends_in_bf16_only_where_native(tiny_variants) -> None:  # type:
     assert ((int8.embed_documents(texts) * exact).sum(1) >= 0.99).all()
     # q/k norm + RoPE: the reference's order on the exact path only (model.norm_rope elsewhere)
     assert fp32.engine.model.exact_qk and not int8.engine.model.exact_qk  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("device", ["foo", "cuda:x"])
+def test_a_device_torch_cannot_parse_is_a_clear_error(device: str) -> None:
+    """torch's RuntimeError came out as a traceback (exit 1)."""
+    with pytest.raises(ValueError, match=rf"unknown device '{re.escape(device)}' \(use auto"):
+        resolve_config(EngineConfig(device=device))

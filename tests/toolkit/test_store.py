@@ -579,3 +579,11 @@ def test_a_payload_with_nan_is_refused_and_nothing_is_written(store) -> None:
         with pytest.raises(ValueError, match=r"payload of 'b' has NaN or infinity in"):
             store.upsert(["a", "b"], x, [{"ok": 1.5}, bad])
     assert store.count() == 0
+
+
+def test_a_file_where_a_lancedb_folder_should_be_is_named(tmp_path) -> None:
+    pytest.importorskip("lancedb")
+    f = tmp_path / "notes.txt"
+    f.write_text("x", encoding="utf-8")
+    with pytest.raises(ValueError, match="is a file, not a LanceDB folder"):
+        open_store(StoreConfig(uri=str(f)), D)
