@@ -184,6 +184,10 @@ class LanceStore(VectorStore):
             if path.exists() and not path.is_dir():  # mkdir's FileExistsError: a traceback
                 raise ValueError(f"{path} is a file, not a LanceDB folder: give the index a "
                                  f"folder of its own")
+            if dimensions is None and not path.exists():  # opening only: make no folder (a
+                # search of a mistyped path left an empty one behind)
+                raise FileNotFoundError(f"no table {config.table!r} in {self.where} (no such "
+                                        f"folder)")
             path.mkdir(parents=True, exist_ok=True)
         with self._guard():
             # Every read sees the table's latest version: by default LanceDB keeps the version

@@ -587,3 +587,13 @@ def test_a_file_where_a_lancedb_folder_should_be_is_named(tmp_path) -> None:
     f.write_text("x", encoding="utf-8")
     with pytest.raises(ValueError, match="is a file, not a LanceDB folder"):
         open_store(StoreConfig(uri=str(f)), D)
+
+
+def test_opening_a_missing_lancedb_folder_makes_none(tmp_path) -> None:
+    """`smysl index search`/`verify`/`delete` of a mistyped path left an empty folder."""
+    pytest.importorskip("lancedb")
+    with pytest.raises(FileNotFoundError, match="no such folder"):
+        open_store(StoreConfig(uri=str(tmp_path / "typo")))
+    assert not (tmp_path / "typo").exists()
+    open_store(StoreConfig(uri=str(tmp_path / "new")), D).close()  # creating one still does
+    assert (tmp_path / "new").is_dir()
