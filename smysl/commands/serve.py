@@ -58,14 +58,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--index", default=None,
                    help="a 'smysl index' location built with this model: POST /search and the "
                         "search box of /ui query it")
-    p.add_argument("--index-table", default="chunks",
+    p.add_argument("--index-table", default=None,
                    help="the table (collection) of --index to serve, as 'smysl index add "
                         "--table' named it (default: chunks)")
-    p.add_argument("--index-threads", type=int, default=4,
+    p.add_argument("--index-threads", type=int, default=None,
                    help="threads per HTTP worker running --index searches at once, where the "
                         "store allows it (LanceDB, a Qdrant server; PostgreSQL: one "
                         "connection each; a local Qdrant folder and the memory store run one "
-                        "search at a time)")
+                        "search at a time; default 4)")
     p.add_argument("--reranker", default=None,
                    help="a local Qwen3-Reranker (directory or Hub id, e.g. "
                         "Qwen/Qwen3-Reranker-0.6B) to serve at TEI /rerank, Cohere/Jina "
@@ -110,6 +110,32 @@ def unhealthy_exit_s(model: str, given: float | None) -> float | None:
     return None if scheme_of(model).remote else 60.0
 
 
+def _refuse_unused(args: argparse.Namespace, model_name: str) -> None:
+    """Flags of an embedding model given without one (a reranker-only server started, said
+    it served --index's /search, and answered 404), and --index-* without --index: errors,
+    as an option never silently does nothing."""
+    from smysl.registry import RERANK_SHARED, rerank_scheme_of
+
+    if args.index is None:
+        named = [f for f, v in (("--index-table", args.index_table),
+                                ("--index-threads", args.index_threads)) if v is not None]
+        if named:
+            raise ValueError(f"{' and '.join(named)} go(es) with --index")
+    if model_name:
+        return
+    usable = rerank_scheme_of(args.reranker).options & RERANK_SHARED
+    named = [f for f, v in (("--index", args.index is not None),
+                            ("--dimensions", args.dimensions is not None),
+                            ("--served-name", args.served_name is not None),
+                            ("--token-ids", args.token_ids),
+                            ("--allow-empty-input", args.allow_empty_input)) if v]
+    named += [FLAGS[k] for k in model_options(args).given() if k not in usable]
+    if named:
+        raise ValueError(f"{', '.join(named)}: embedding-model flag(s), and no --model is "
+                         f"served (the reranker keeps its own limits; it takes "
+                         f"{', '.join(sorted(FLAGS[k] for k in usable)) or 'none of them'})")
+
+
 def run(args: argparse.Namespace) -> int:
     from smysl.server import ServerConfig, serve
     from smysl.server.ui import index_label
@@ -118,6 +144,9 @@ def run(args: argparse.Namespace) -> int:
     if not model_name and not args.reranker:
         raise ValueError(f"no model to serve: pass --model (or set ${MODEL_ENV}), --reranker, "
                          "or both")
+    _refuse_unused(args, model_name)
+    index_settings = {k: v for k, v in (("index_table", args.index_table),
+                                        ("index_threads", args.index_threads)) if v is not None}
     config = ServerConfig.from_env(
         host=args.host, port=args.port, api_key=args.api_key, served_name=args.served_name,
         max_batch_tokens=args.max_batch_tokens, max_batch_requests=args.max_batch_requests,
@@ -129,7 +158,7 @@ def run(args: argparse.Namespace) -> int:
         default_dimensions=args.dimensions, allow_empty=args.allow_empty_input,
         token_ids=args.token_ids,
         switch_interval_s=args.switch_interval_ms / 1000 if args.switch_interval_ms else None,
-        index=args.index, index_table=args.index_table, index_threads=args.index_threads,
+        index=args.index, **index_settings,
         workers=1 if args.workers == "auto" else args.workers,
         access_log=args.access_log, cors_origins=tuple(args.cors_allow_origin or ()))
     if config.workers > 1 and args.in_process:

@@ -224,13 +224,23 @@ def test_serve_cli_takes_a_reranker_with_or_without_a_model(
     monkeypatch.setattr(smysl.server, "serve", fake_serve)
     monkeypatch.delenv("SMYSL_MODEL", raising=False)
     path = reranker.name  # the tiny checkpoint's directory
-    assert main(["serve", "--reranker", path, "--device", "cpu", "--max-tokens", "64"]) == 0
+    # an embedding model's flags without one: an error (they were ignored, and --index was
+    # announced as /search, which answered 404)
+    for flags in (["--max-tokens", "64"], ["--index", "kb"], ["--dimensions", "32"],
+                  ["--quantize", "int8"], ["--token-ids"]):
+        assert main(["serve", "--reranker", path, "--device", "cpu", *flags]) == 2
+        assert f"{flags[0]}: embedding-model flag(s)" in capsys.readouterr().err
+    assert main(["serve", "--model", str(tiny_dir), "--device", "cpu",
+                 "--index-threads", "2"]) == 2
+    assert "--index-threads go(es) with --index" in capsys.readouterr().err
+    assert not seen
+    assert main(["serve", "--reranker", path, "--device", "cpu"]) == 0
     assert seen["embedder"] is None and seen["alive"]
     assert seen["reranker"].engine.pid is not None  # the engine runs in a child process
     want = reranker.rerank(QUERY, DOCS)
     assert [i for i, _ in seen["ranked"]] == [i for i, _ in want]
     assert max(abs(a - b) for (_, a), (_, b) in zip(seen["ranked"], want, strict=True)) <= 1e-6
-    assert seen["reranker"].max_tokens == 512  # --max-tokens is the embedding model's
+    assert seen["reranker"].max_tokens == 512
     assert not seen["reranker"].healthy  # its engine process was stopped on exit
     err = capsys.readouterr().err
     assert "loaded reranker" in err and "/v1/rerank" in err and "/v1/embeddings" not in err
