@@ -429,8 +429,15 @@ def read_head_rows(ckpt: Checkpoint, rows: Sequence[int]) -> np.ndarray:
     the token embeddings when the config ties them (transformers then saves no ``lm_head``).
     Qwen3-Reranker needs only the rows of its answer tokens "yes" and "no"."""
     tied = bool(ckpt.config.get("tie_word_embeddings", False))
-    names = ("model.embed_tokens.weight", "embed_tokens.weight") if tied else ("lm_head.weight",)
+    # a Qwen3-Reranker is a Qwen3ForCausalLM: its weights are named "model.*". A bare
+    # Qwen3Model's ("embed_tokens.weight", no head) is an embedding checkpoint: it scored
+    # every document 1.0 with the embedding rows taken for a head
+    names = ("model.embed_tokens.weight",) if tied else ("lm_head.weight",)
     head = read_rows(ckpt, names, rows)
+    if head is None and read_rows(ckpt, ("embed_tokens.weight",), rows[:1]) is not None:
+        raise ValueError(f"{ckpt.root}: a Qwen3Model checkpoint without an output head (an "
+                         f"embedding model?), not a Qwen3-Reranker (a Qwen3ForCausalLM, "
+                         f"e.g. Qwen/Qwen3-Reranker-0.6B)")
     if head is None:
         raise ValueError(f"{ckpt.root}: checkpoint lacks {names[0]} (the output head"
                          f"{', tied to the token embeddings' if tied else ''})")

@@ -211,7 +211,7 @@ def test_rerank_top_n_and_bad_input(loaded: dict[str, Reranker]) -> None:
 def test_untied_checkpoint_without_lm_head_is_refused(tmp_path: Path) -> None:
     """issue 15: an untied config whose files lack lm_head (an embedding model) is an error."""
     t = build_tiny(tmp_path / "emb", tied=False, eos_tokenizer=False, st_files=False)
-    with pytest.raises(ValueError, match=r"lacks lm_head\.weight"):
+    with pytest.raises(ValueError, match=r"without an output head \(an embedding model\?\)"):
         Reranker.load(str(t.path), device="cpu")
 
 
@@ -344,3 +344,12 @@ def test_a_lone_surrogate_is_a_value_error_naming_the_pair(loaded: dict[str, Rer
         r.score([("\udfff?", "ok")])
     with pytest.raises(ValueError, match="instruction is not valid Unicode"):
         r.rerank(QUERY, ["ok"], instruction="\ud800")
+
+
+def test_an_embedding_checkpoint_is_refused_as_a_reranker(tiny_dir) -> None:  # type: ignore[no-untyped-def]
+    """A Qwen3Model (embedding) checkpoint passed as a reranker scored every document 1.0:
+    its token embeddings were taken for the tied output head."""
+    from smysl.qwen3.reranker import Reranker
+
+    with pytest.raises(ValueError, match=r"without an output head .* not a Qwen3-Reranker"):
+        Reranker.load(str(tiny_dir), device="cpu")
