@@ -37,7 +37,25 @@ def resolve_task(task: str | None) -> str | None:
     name = task.strip()
     if not name:
         return None
-    return TASK_PRESETS.get(name, task)
+    if name in TASK_PRESETS:
+        return TASK_PRESETS[name]
+    typo = misspelt_preset(name)
+    if typo is not None:  # "retreival" was embedded as the instruction "retreival"
+        raise ValueError(f"instruction {task!r} looks like the preset {typo!r} misspelt; "
+                         f"presets: {', '.join(TASK_PRESETS)} (an instruction of your own is "
+                         f"a sentence)")
+    return task
+
+
+def misspelt_preset(name: str) -> str | None:
+    """The preset a one-word ``name`` (no spaces) is a near miss of, if any: a single word
+    is no instruction the model was trained on, a misspelt preset name is likely."""
+    import difflib
+
+    if any(c.isspace() for c in name):
+        return None
+    close = difflib.get_close_matches(name.lower(), list(TASK_PRESETS), n=1, cutoff=0.8)
+    return close[0] if close else None
 
 
 def format_query(text: str, task: str | None) -> str:

@@ -27,3 +27,13 @@ def test_presets_resolve_and_custom_text_is_verbatim() -> None:
 def test_non_string_instruction_is_rejected() -> None:
     with pytest.raises(ValueError, match="instruction must be a string"):
         resolve_task(3)  # type: ignore[arg-type]
+
+
+def test_a_misspelt_preset_is_refused_not_embedded_as_the_instruction() -> None:
+    """`--task retreival` was embedded as the instruction "retreival"."""
+    for typo, preset in (("retreival", "retrieval"), ("clustring", "clustering"),
+                         ("websearch", "web_search"), ("Retrieval", "retrieval")):
+        with pytest.raises(ValueError, match=f"looks like the preset '{preset}' misspelt"):
+            resolve_task(typo)
+    assert resolve_task("summarize") == "summarize"  # no preset is near it: as given
+    assert resolve_task("Retrieve relevant passages") == "Retrieve relevant passages"
