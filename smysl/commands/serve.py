@@ -6,9 +6,13 @@ import argparse
 import dataclasses
 import os
 import sys
+from typing import TYPE_CHECKING
 
 from smysl.commands._model import add_model_arguments, model_options
 from smysl.options import FLAGS
+
+if TYPE_CHECKING:
+    from smysl.server import ServerConfig
 
 HELP = "serve a model over OpenAI-, Ollama- and TEI-compatible HTTP APIs"
 
@@ -136,18 +140,11 @@ def _refuse_unused(args: argparse.Namespace, model_name: str) -> None:
                          f"{', '.join(sorted(FLAGS[k] for k in usable)) or 'none of them'})")
 
 
-def run(args: argparse.Namespace) -> int:
-    from smysl.server import ServerConfig, serve
-    from smysl.server.ui import index_label
+def _server_config(args: argparse.Namespace, model_name: str,
+                   index_settings: dict[str, object]) -> ServerConfig:
+    from smysl.server import ServerConfig
 
-    model_name = args.model or os.environ.get(MODEL_ENV, "").strip()
-    if not model_name and not args.reranker:
-        raise ValueError(f"no model to serve: pass --model (or set ${MODEL_ENV}), --reranker, "
-                         "or both")
-    _refuse_unused(args, model_name)
-    index_settings = {k: v for k, v in (("index_table", args.index_table),
-                                        ("index_threads", args.index_threads)) if v is not None}
-    config = ServerConfig.from_env(
+    return ServerConfig.from_env(
         host=args.host, port=args.port, api_key=args.api_key, served_name=args.served_name,
         max_batch_tokens=args.max_batch_tokens, max_batch_requests=args.max_batch_requests,
         max_wait_ms=args.max_wait_ms, max_queue=args.max_queue, max_inputs=args.max_inputs,
@@ -161,6 +158,37 @@ def run(args: argparse.Namespace) -> int:
         index=args.index, **index_settings,
         workers=1 if args.workers == "auto" else args.workers,
         access_log=args.access_log, cors_origins=tuple(args.cors_allow_origin or ()))
+
+
+#: The flag of each :class:`~smysl.server.ServerConfig` field, for its errors.
+FIELD_FLAGS = {
+    "port": "--port ($SMYSL_PORT)", "max_batch_tokens": "--max-batch-tokens",
+    "max_batch_requests": "--max-batch-requests", "max_wait_ms": "--max-wait-ms",
+    "max_queue": "--max-queue", "max_inputs": "--max-inputs",
+    "max_request_bytes": "--max-request-mb", "max_request_tokens": "--max-request-tokens",
+    "request_timeout_s": "--request-timeout-s", "unhealthy_exit_s": "--unhealthy-exit-s",
+    "switch_interval_s": "--switch-interval-ms", "index": "--index",
+    "index_table": "--index-table", "workers": "--workers", "index_threads": "--index-threads",
+    "cors_origins": "--cors-allow-origin",
+}
+
+
+def run(args: argparse.Namespace) -> int:
+    from smysl.server import serve
+    from smysl.server.config import InvalidServerSettings
+    from smysl.server.ui import index_label
+
+    model_name = args.model or os.environ.get(MODEL_ENV, "").strip()
+    if not model_name and not args.reranker:
+        raise ValueError(f"no model to serve: pass --model (or set ${MODEL_ENV}), --reranker, "
+                         "or both")
+    _refuse_unused(args, model_name)
+    index_settings = {k: v for k, v in (("index_table", args.index_table),
+                                        ("index_threads", args.index_threads)) if v is not None}
+    try:
+        config = _server_config(args, model_name, index_settings)
+    except InvalidServerSettings as e:  # worded with the flags, not the Python fields
+        raise InvalidServerSettings(e.fields, FIELD_FLAGS) from None
     if config.workers > 1 and args.in_process:
         raise ValueError(f"--workers {config.workers} shares one engine process between the "
                          "workers: drop --in-process")

@@ -12,6 +12,28 @@ API_KEY_ENV = "SMYSL_API_KEY"
 HOST_ENV, PORT_ENV = "SMYSL_HOST", "SMYSL_PORT"
 
 
+#: What each checked :class:`ServerConfig` field must be, in words (for its error).
+RULES = {
+    "port": "0..65535", "max_batch_tokens": ">= 1", "max_batch_requests": ">= 1",
+    "max_wait_ms": ">= 0", "max_queue": ">= 1", "max_inputs": ">= 1",
+    "max_request_bytes": ">= 1024 bytes", "max_request_tokens": ">= 1",
+    "request_timeout_s": "> 0", "unhealthy_exit_s": "> 0", "graceful_timeout_s": ">= 0",
+    "switch_interval_s": "> 0", "index": "not empty", "index_table": "not empty",
+    "workers": ">= 1", "index_threads": ">= 1",
+    "cors_origins": "each '*' or an http:// or https:// origin",
+}
+
+
+class InvalidServerSettings(ValueError):
+    """:class:`ServerConfig` fields out of their range; ``fields`` names them."""
+
+    def __init__(self, fields: list[str], names: dict[str, str] | None = None) -> None:
+        self.fields = fields
+        shown = names or {}
+        super().__init__("invalid server setting(s): " + ", ".join(
+            f"{shown.get(f, f)} ({RULES.get(f, 'out of range')})" for f in fields))
+
+
 @dataclass(frozen=True)
 class ServerConfig:
     """Everything the server needs to know besides the model. Defaults suit one CPU or GPU box."""
@@ -123,7 +145,7 @@ class ServerConfig:
         }
         bad = [name for name, ok in checks.items() if not ok]
         if bad:
-            raise ValueError(f"invalid server setting(s): {', '.join(bad)}")
+            raise InvalidServerSettings(bad)
         if self.api_key is not None and not self.api_key:
             raise ValueError("api_key must not be empty (leave it unset to disable auth)")
 

@@ -148,3 +148,15 @@ def test_workers_flag_takes_a_count_or_auto(value: str, capsys) -> None:  # type
     with pytest.raises(SystemExit):
         build_parser().parse_args(["serve", "--workers", value])
     assert "count >= 1 or auto" in capsys.readouterr().err
+
+
+def test_bad_settings_are_named_by_their_flags_and_ranges(capsys) -> None:  # type: ignore[no-untyped-def]
+    """The message named Python fields ("max_request_bytes", "switch_interval_s") that no
+    flag is called, without the range; it is checked before any model loads."""
+    assert main(["serve", "--model", "/no/such/model", "--max-request-mb", "0.0001",
+                 "--port", "70000", "--index-threads", "0", "--index", "kb"]) == 2
+    err = capsys.readouterr().err
+    assert ("invalid server setting(s): --port ($SMYSL_PORT) (0..65535), --max-request-mb "
+            "(>= 1024 bytes), --index-threads (>= 1)") in err
+    with pytest.raises(ValueError, match=r"max_queue \(>= 1\)"):
+        ServerConfig(max_queue=0)  # the Python API keeps its field names
