@@ -48,6 +48,10 @@ class ModelOptions:
     cuda_kernels: bool | None = None
 
     def __post_init__(self) -> None:
+        for name in ("device", "dtype", "revision"):  # "" was taken for the default
+            value = getattr(self, name)
+            if isinstance(value, str) and not value.strip():
+                raise ValueError(f"{name} ({FLAGS[name]}) must not be empty")
         for name in ("threads", "lanes", "max_tokens", "max_batch_tokens", "max_batch_size"):
             value = getattr(self, name)
             if value is not None and (isinstance(value, bool) or not isinstance(value, int)

@@ -147,3 +147,19 @@ def test_an_index_records_the_model_string_without_a_password(tmp_path: Path) ->
     with Index.create_or_open(m, IndexConfig(kb)):
         pass
     assert Index.stored_model(kb) == "openai:http://127.0.0.1:9/v1#m"
+
+
+@pytest.mark.parametrize("field", ["device", "dtype", "revision"])
+def test_an_empty_placement_or_revision_is_refused_not_taken_for_the_default(field: str) -> None:
+    from smysl.options import ModelOptions
+
+    with pytest.raises(ValueError, match=f"{field} \\(--{field}\\) must not be empty"):
+        ModelOptions(**{field: " "})
+
+
+def test_an_empty_table_name_is_refused() -> None:
+    """LanceDB took "" and reported the store damaged, advising a rebuild."""
+    from smysl.toolkit.store import StoreConfig
+
+    with pytest.raises(ValueError, match=r"table .* must not be empty"):
+        StoreConfig.parse("kb", table="")

@@ -191,6 +191,12 @@ class StoreConfig:
     ef_search: int = 256
     connect_timeout: int = 10
 
+    def __post_init__(self) -> None:
+        if not isinstance(self.table, str) or not self.table.strip():
+            # LanceDB took "" and reported a damaged store, with advice to rebuild it
+            raise ValueError(f"the table (collection) name must not be empty, got "
+                             f"{self.table!r}")
+
     def __repr__(self) -> str:
         # the place without secrets (a DSN's password, a URL's user part); no api_key
         from smysl.toolkit.stores import location
