@@ -432,3 +432,15 @@ def test_corpus_job_flags_that_do_nothing_are_refused(
     assert not (tmp_path / "out").exists()
     code, _, err = _run(monkeypatch, capsys, [*model, "-o", str(tmp_path / "out")])
     assert code == 0, err
+
+
+def test_embed_warns_when_stdin_looks_like_jsonl(tiny_dir: Path, monkeypatch: pytest.MonkeyPatch,
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    """JSONL piped in was embedded line by line, braces and all, without a word (rerank warns)."""
+    code, out, err = _run(monkeypatch, capsys, ["embed", "--model", str(tiny_dir), "--device",
+                                                "cpu"], '{"id": 1, "text": "hi"}\n')
+    assert code == 0 and "stdin looks like JSONL" in err
+    assert json.loads(out)["text"] == '{"id": 1, "text": "hi"}'  # still as documented
+    code, _, err = _run(monkeypatch, capsys, ["embed", "--model", str(tiny_dir), "--device",
+                                              "cpu"], "plain\n")
+    assert code == 0 and "JSONL" not in err

@@ -4,6 +4,7 @@ input."""
 
 from __future__ import annotations
 
+import json
 import sys
 
 
@@ -42,3 +43,13 @@ def read_lines(source: str) -> list[str]:
     except UnicodeDecodeError as e:  # the codec's message names no file
         raise ValueError(f"{source}: not valid UTF-8 ({e.reason}); convert it to UTF-8"
                          ) from None
+
+
+def looks_like_jsonl(lines: list[str]) -> bool:
+    """Every non-blank line a JSON object with a string ``text``: what --jsonl reads."""
+    items = [ln for ln in lines if ln.strip()]
+    try:
+        return bool(items) and all(isinstance(x, dict) and isinstance(x.get("text"), str)
+                                   for x in map(json.loads, items))
+    except json.JSONDecodeError:
+        return False

@@ -12,7 +12,7 @@ import sys
 import warnings
 from typing import TYPE_CHECKING
 
-from smysl.commands._lines import read_lines
+from smysl.commands._lines import looks_like_jsonl, read_lines
 from smysl.commands._model import add_model_arguments, load_model
 
 if TYPE_CHECKING:
@@ -87,6 +87,10 @@ def run(args: argparse.Namespace) -> int:
                          f"of text")
     _check_lines_output(args.output)
     lines = read_lines(args.input)
+    if args.input == "-" and looks_like_jsonl(lines):  # as smysl rerank says it
+        print("smysl embed: warning: stdin looks like JSONL but is embedded one text per line, "
+              "JSON and all; to embed a corpus's text field, give its file with --input",
+              file=sys.stderr)
     model = load_model(args.model, args)
     task = model.choose_instruction(args.task, role="query") if args.task or args.query else None
     progress = not args.no_progress and len(lines) >= 64 and sys.stderr.isatty()

@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from smysl.commands._lines import read_lines
+from smysl.commands._lines import looks_like_jsonl, read_lines
 from smysl.commands._model import add_model_arguments, model_options
 
 HELP = "rank documents (JSONL or lines) against a query with a reranker; write JSONL"
@@ -40,16 +40,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 JSONL_SUFFIXES = (".jsonl", ".ndjson")
 
 
-def _looks_like_jsonl(lines: list[str]) -> bool:
-    """Every non-blank line a JSON object with a string ``text``: what --jsonl reads."""
-    items = [ln for ln in lines if ln.strip()]
-    try:
-        return bool(items) and all(isinstance(x, dict) and isinstance(x.get("text"), str)
-                                   for x in map(json.loads, items))
-    except json.JSONDecodeError:
-        return False
-
-
 def read_documents(source: str, jsonl: bool = False) -> tuple[list[str], list[Any]]:
     """(texts, items) of the input ``source`` (a file, ``-`` for stdin). A ``.jsonl``/``.ndjson``
     file's lines, or any input's with ``jsonl`` (blank ones skipped), are strings or objects
@@ -58,7 +48,7 @@ def read_documents(source: str, jsonl: bool = False) -> tuple[list[str], list[An
     JSON stays a plain line."""
     lines = read_lines(source)
     if not jsonl and Path(source).suffix.lower() not in JSONL_SUFFIXES:
-        if source == "-" and _looks_like_jsonl(lines):  # stdin was guessed once: say it
+        if source == "-" and looks_like_jsonl(lines):  # stdin was guessed once: say it
             print("smysl rerank: warning: stdin looks like JSONL but is read one document per "
                   "line, JSON and all; pass --jsonl to read it as JSONL", file=sys.stderr)
         return lines, list(lines)
