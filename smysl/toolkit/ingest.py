@@ -254,6 +254,11 @@ def _table_documents(path: Path, doc_path: str, config: ReadConfig) -> Iterator[
         skip = {config.text_field, config.id_field}
         keys = config.metadata_fields if config.metadata_fields is not None else [
             k for k in row if k not in skip]
+        if n == 1 and path.suffix.lower() == ".csv" and config.metadata_fields is not None:
+            absent = [k for k in config.metadata_fields if k not in row]
+            if absent:  # every row would have stored None under the misspelt name
+                raise ValueError(f"{path}: no column(s) {absent} for --meta-fields (columns: "
+                                 f"{sorted(row)})")
         meta = {k: row.get(k) for k in keys}
         if "source" in meta:  # it was overwritten with the file's path without a word
             raise ValueError(f"{path}: row {n}: the column 'source' is reserved (smysl records "

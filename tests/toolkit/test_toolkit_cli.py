@@ -310,3 +310,10 @@ def test_index_search_takes_queries_after_options_and_refuses_ignored_flags(
         assert main([command[0], "--model", str(tiny_dir), "--device", "cpu", "-i",
                      str(data / "rows.csv"), *command[1:], "-o", str(data / "out.txt")]) == 2
         assert "expected a .csv or .jsonl file" in capsys.readouterr().err
+
+
+def test_a_misspelt_meta_field_of_a_csv_is_refused(tiny_dir, data, capsys) -> None:
+    """`--meta-fields nope` stored "nope": null on every row of a CSV, without a word."""
+    assert main(["index", "add", str(data / "kb"), str(data / "rows.csv"), "--model",
+                 str(tiny_dir), "--device", "cpu", "--meta-fields", "lang,nope"]) == 2
+    assert "no column(s) ['nope'] for --meta-fields" in capsys.readouterr().err
