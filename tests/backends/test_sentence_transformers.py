@@ -87,3 +87,16 @@ def test_max_tokens_beyond_the_position_table_is_refused_at_load() -> None:
     with pytest.raises(ValueError, match=r"takes at most 512 tokens \(its position table\)"):
         smysl.load("st:all-minilm-l6-v2", max_tokens=100_000)
     assert smysl.load("st:all-minilm-l6-v2", max_tokens=512).max_tokens == 512
+
+
+def test_loading_prints_no_progress_bar_into_a_pipe() -> None:
+    """transformers' "Loading weights" bar went into logs and pipes (and ignored
+    --no-progress)."""
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", "import smysl; smysl.load("
+                           "'st:all-minilm-l6-v2').embed(['x'])"],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "Loading weights" not in done.stderr
