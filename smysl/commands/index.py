@@ -114,7 +114,7 @@ def _add(args: argparse.Namespace, store: StoreConfig) -> int:
     from smysl.toolkit.cache import CacheConfig
     from smysl.toolkit.chunking import ChunkConfig
     from smysl.toolkit.index import Index, IndexConfig
-    from smysl.toolkit.ingest import IngestConfig, ReadConfig, read_documents
+    from smysl.toolkit.ingest import IngestConfig, ReadConfig, iter_paths, read_documents
 
     model = load_model(args.model, args)
     config = IndexConfig(store=store,
@@ -129,6 +129,9 @@ def _add(args: argparse.Namespace, store: StoreConfig) -> int:
                           progress=progress(args))
     if args.rebuild:  # read every input once first: a path or field error empties nothing
         for _ in read_documents(args.paths, read, []):
+            pass
+    else:  # every path there before an index is made (a typo left one bound to the model)
+        for _ in iter_paths(args.paths):
             pass
     with Index.create_or_open(model, config, rebuild=args.rebuild) as index:
         for problem in index.problems:

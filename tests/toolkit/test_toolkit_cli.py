@@ -317,3 +317,12 @@ def test_a_misspelt_meta_field_of_a_csv_is_refused(tiny_dir, data, capsys) -> No
     assert main(["index", "add", str(data / "kb"), str(data / "rows.csv"), "--model",
                  str(tiny_dir), "--device", "cpu", "--meta-fields", "lang,nope"]) == 2
     assert "no column(s) ['nope'] for --meta-fields" in capsys.readouterr().err
+
+
+def test_index_add_of_a_missing_path_makes_no_index(tiny_dir, data, capsys) -> None:
+    """A mistyped path left a new, empty index bound to the model."""
+    kb = data / "new-kb"
+    assert main(["index", "add", str(kb), str(data / "rows.jsonl"), str(data / "typo.csv"),
+                 "--model", str(tiny_dir), "--device", "cpu"]) == 2
+    assert "typo.csv: no such file or folder" in capsys.readouterr().err
+    assert not kb.exists()
