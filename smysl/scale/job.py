@@ -464,6 +464,14 @@ class _ParquetWriter(_Writer):
         self.dir = Path(config.output).expanduser()
         if self.dir.exists() and not self.dir.is_dir():
             raise ValueError(f"{self.dir}: the output must be a folder (a Parquet dataset)")
+        if self.dir.is_dir() and not (self.dir / MANIFEST).exists():
+            foreign = sorted(p.name for p in self.dir.glob("*.parquet")
+                             if not p.name.startswith(("_", ".")))
+            if foreign:  # a reader of the folder would take them for rows of this dataset
+                raise ValueError(f"{self.dir} holds Parquet files no smysl job wrote "
+                                 f"({foreign[0]}{', ...' if len(foreign) > 1 else ''}); a "
+                                 f"reader of the folder would mix their rows with the "
+                                 f"vectors: write to an empty folder")
         self.identity = {"fingerprint": fp, "model_name": model.name, **_identity(model, config)}
         self.manifest = self.dir / MANIFEST
         self.dir.mkdir(parents=True, exist_ok=True)

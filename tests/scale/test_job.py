@@ -310,3 +310,19 @@ def test_cli_corpus_job_and_lines_mode(tiny_dir, corpus, tmp_path, capsys) -> No
     assert main(["embed", "--input", str(corpus), "--output", str(tmp_path / "o2"),
                  *model, "--no-progress"]) == 2
     assert "bad.jsonl, row 1: no text field 'text'" in capsys.readouterr().err
+
+
+def test_a_folder_holding_other_parquet_files_is_refused(tiny, corpus, tmp_path) -> None:
+    """Shards were written beside someone else's Parquet files: a reader of the folder then
+    got their rows too (all-null vectors)."""
+    import pyarrow as pa
+
+    out = tmp_path / "out"
+    out.mkdir()
+    pq.write_table(pa.table({"x": [1, 2]}), out / "theirs.parquet")
+    with pytest.raises(ValueError, match=r"holds Parquet files no smysl job wrote \(theirs"):
+        run_job(tiny, [corpus / "a.jsonl"], JobConfig(output=str(out)))
+    assert sorted(p.name for p in out.iterdir()) == ["theirs.parquet"]
+    again = tmp_path / "again"
+    run_job(tiny, [corpus / "a.jsonl"], JobConfig(output=str(again)))
+    run_job(tiny, [corpus / "a.jsonl"], JobConfig(output=str(again)))  # its own: a rerun
