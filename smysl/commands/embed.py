@@ -60,6 +60,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     job.add_argument("--gpus-per-actor", type=float,
                      help="with --ray: GPUs per Ray actor (default 0; 1: one model per GPU)")
 
+
 #: The corpus-job flags (argparse dests), each with its default.
 JOB_DEFAULTS = {"id_field": "id", "text_field": "text", "skip_bad_rows": False,
                 "shard_rows": 10_000, "batch_size": 256, "chunk_tokens": None, "overlap": 32,
