@@ -1,1 +1,25 @@
 """Subcommands of the ``smysl`` CLI (see :mod:`smysl.cli`)."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+
+def given(args: argparse.Namespace, **fields: str) -> dict[str, Any]:
+    """``{config field: value}`` of the flags (argparse dests, ``fields``' values) that were
+    given: flags whose argparse default is None, so that the config's own default holds
+    where one was not (one home for each default) and a flag given where it does nothing
+    can be told apart."""
+    values = vars(args)
+    return {field: values[dest] for field, dest in fields.items() if values[dest] is not None}
+
+
+def check_output_folder(output: str) -> None:
+    """``FileNotFoundError`` when ``--output``'s folder is not there, before any work (a
+    model's, or a paid API's, was lost at the end); ``-`` is stdout."""
+    from pathlib import Path
+
+    parent = Path(output).expanduser().parent
+    if output != "-" and not parent.is_dir():
+        raise FileNotFoundError(f"--output {output}: no such folder {parent}")

@@ -7,6 +7,7 @@ import json
 import sys
 from pathlib import Path
 
+from smysl.commands import given
 from smysl.commands._model import add_model_arguments, load_model
 from smysl.commands._toolkit import (
     add_table_arguments,
@@ -54,22 +55,19 @@ def _labels(spec: str, args: argparse.Namespace) -> dict[str, str]:
     if path.is_file() and path.suffix.lower() not in LABEL_FILES:
         raise ValueError(f"--labels {spec}: a labels file is .csv, .jsonl or .json "
                          f"(label -> description); inline labels are separated by commas")
-    described = args.description_field is not None
     if path.suffix.lower() == ".json" and path.is_file():
         data = json.loads(path.read_text(encoding="utf-8"))
         items = ([(str(x), str(x)) for x in data] if isinstance(data, list)
                  else [(str(k), str(v)) for k, v in data.items()])
-        described = False
     elif path.suffix.lower() in (".csv", ".jsonl") and path.is_file():
         rows = list(iter_rows(path))
         names = column(rows, args.label_field, spec, "--label-field")
         field = args.description_field or "description"
         items = [(str(n), str(r.get(field) or n)) for n, r in zip(names, rows, strict=True)]
-        described = False
+    elif args.description_field is not None:
+        raise ValueError("--description-field names a column of a --labels .csv/.jsonl file")
     else:
         items = [(x.strip(), x.strip()) for x in spec.split(",") if x.strip()]
-    if described:
-        raise ValueError("--description-field names a column of a --labels .csv/.jsonl file")
     seen: dict[str, int] = {}
     for n, (name, _) in enumerate(items, 1):
         if name in seen:
@@ -85,13 +83,12 @@ def _labels(spec: str, args: argparse.Namespace) -> dict[str, str]:
 def _refuse_unused(args: argparse.Namespace, mode: str) -> None:
     """Flags the chosen mode would ignore are an error: an option never silently does
     nothing."""
-    given = vars(args)
+    if mode == "--train":
+        return
     unused = {"--save": "save", "--method": "method", "--neighbors": "neighbors", "-C": "C"}
     if mode == "--load":
         unused |= {"--dimensions": "dimensions", "--instruction": "instruction"}
-    if mode == "--train":
-        unused = {}
-    named = [flag for flag, dest in unused.items() if given[dest] is not None]
+    named = [flag for flag, dest in unused.items() if vars(args)[dest] is not None]
     if named:
         also = (" (the classifier keeps the settings it was trained with)"
                 if mode == "--load" else "")
@@ -133,11 +130,9 @@ def run(args: argparse.Namespace) -> int:
             train, train_rows = read_column(args.train, args.text_field)
             labels = [str(x) for x in column(train_rows, args.label_field, args.train,
                                              "--label-field")]
-            config = ClassifyConfig(method=args.method or "logreg",
-                                    instruction=args.instruction, dimensions=args.dimensions,
-                                    c=1.0 if args.C is None else args.C,
-                                    neighbors=10 if args.neighbors is None else args.neighbors,
-                                    truncate=args.truncate)
+            config = ClassifyConfig(instruction=args.instruction, dimensions=args.dimensions,
+                                    truncate=args.truncate,
+                                    **given(args, method="method", c="C", neighbors="neighbors"))
             clf = SupervisedClassifier.fit(model, train, labels, config, progress=show)
             if args.save:
                 clf.save(args.save)

@@ -7,6 +7,7 @@ import json
 import sys
 from typing import Any
 
+from smysl.commands import given
 from smysl.commands._model import add_model_arguments, load_model
 from smysl.commands._toolkit import (
     add_table_arguments,
@@ -53,9 +54,7 @@ def run(args: argparse.Namespace) -> int:
     _refuse_unused(args)
     check_output(args.output)
     config = ClusterConfig(method=args.method, k=args.k,
-                           k_max=30 if args.k_max is None else args.k_max,
-                           min_cluster_size=(5 if args.min_cluster_size is None
-                                             else args.min_cluster_size),
+                           **given(args, k_max="k_max", min_cluster_size="min_cluster_size"),
                            representatives=args.representatives, seed=args.seed,
                            instruction=args.instruction, dimensions=args.dimensions,
                            truncate=args.truncate)

@@ -12,6 +12,7 @@ import sys
 import warnings
 from typing import TYPE_CHECKING
 
+from smysl.commands import check_output_folder, given
 from smysl.commands._lines import looks_like_jsonl, read_lines
 from smysl.commands._model import add_model_arguments, load_model
 
@@ -61,10 +62,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                      help="with --ray: GPUs per Ray actor (default 0; 1: one model per GPU)")
 
 
-#: The corpus-job flags (argparse dests), each with its default.
-JOB_DEFAULTS = {"id_field": "id", "text_field": "text", "skip_bad_rows": False,
-                "shard_rows": 10_000, "batch_size": 256, "chunk_tokens": None, "overlap": 32,
-                "table": "chunks", "ray": None, "actors": 2, "gpus_per_actor": 0.0}
+#: The corpus-job flags (argparse dests); their defaults are JobConfig's, ChunkConfig's and
+#: RayConfig's.
+JOB_FLAGS = ("id_field", "text_field", "skip_bad_rows", "shard_rows", "batch_size",
+             "chunk_tokens", "overlap", "table", "ray", "actors", "gpus_per_actor")
 
 
 def _flags(args: argparse.Namespace, dests: list[str]) -> list[str]:
@@ -81,9 +82,9 @@ def run(args: argparse.Namespace) -> int:
     problem = other_data(args.input) if args.input != "-" else None
     if problem is not None:  # its lines would be embedded as texts: raw JSON, compressed bytes
         raise ValueError(problem)
-    given = _flags(args, list(JOB_DEFAULTS))
-    if given:  # lines mode: they were ignored without a word (--ray embedded locally)
-        raise ValueError(f"{', '.join(given)}: corpus-job flag(s), for --input a .jsonl, .csv "
+    named = _flags(args, list(JOB_FLAGS))
+    if named:  # lines mode: they were ignored without a word (--ray embedded locally)
+        raise ValueError(f"{', '.join(named)}: corpus-job flag(s), for --input a .jsonl, .csv "
                          f"or .parquet file or a folder of them; {args.input} is read as lines "
                          f"of text")
     _check_lines_output(args.output)
@@ -131,9 +132,7 @@ def _check_lines_output(output: str) -> None:
     if not output.lower().endswith((".jsonl", ".ndjson", ".npy")):  # x.csv got JSONL
         raise ValueError(f"--output {output}: lines of text are written to a .jsonl or .npy "
                          f"file (or stdout: -)")
-    parent = Path(output).expanduser().parent
-    if not parent.is_dir():
-        raise FileNotFoundError(f"--output {output}: no such folder {parent}")
+    check_output_folder(output)
 
 
 def _run_job(args: argparse.Namespace) -> int:
@@ -147,20 +146,18 @@ def _run_job(args: argparse.Namespace) -> int:
         raise ValueError(f"{', '.join(unused)} do(es) nothing here: --actors and "
                          f"--gpus-per-actor go with --ray, --overlap with --chunk-tokens, "
                          f"--table with an index output")
-    for dest, default in JOB_DEFAULTS.items():
-        if vars(args)[dest] is None:
-            setattr(args, dest, default)
     if args.output.endswith((".jsonl", ".npy")) or args.output == "-":
         raise ValueError("a corpus job writes a folder (Parquet dataset) or an index "
                          "(lancedb:PATH, qdrant:URL, postgres:DSN): give it with --output")
-    chunk = (ChunkConfig(max_tokens=args.chunk_tokens, overlap=args.overlap)
+    chunk = (ChunkConfig(max_tokens=args.chunk_tokens, **given(args, overlap="overlap"))
              if args.chunk_tokens else None)
     if args.ray is not None:
         from smysl.commands._model import model_options
         from smysl.scale.ray_data import RayConfig, RayEmbedder
 
         model: BaseEmbedder = RayEmbedder(args.model, model_options(args), RayConfig(
-            address=args.ray or None, actors=args.actors, num_gpus=args.gpus_per_actor))
+            address=args.ray or None,
+            **given(args, actors="actors", num_gpus="gpus_per_actor")))
     else:
         model = load_model(args.model, args)
     with model:
@@ -171,11 +168,11 @@ def _job(args: argparse.Namespace, model: BaseEmbedder, chunk: ChunkConfig | Non
     from smysl.scale.job import JobConfig, run_job
 
     task = model.choose_instruction(args.task, role="query") if args.task or args.query else None
-    config = JobConfig(output=args.output, id_field=args.id_field, text_field=args.text_field,
-                       dimensions=args.dimensions, instruction=task, chunk=chunk,
-                       truncate=args.truncate, shard_rows=args.shard_rows,
-                       batch_size=args.batch_size, skip_bad_rows=args.skip_bad_rows,
-                       table=args.table)
+    config = JobConfig(output=args.output, dimensions=args.dimensions, instruction=task,
+                       chunk=chunk, truncate=args.truncate,
+                       **given(args, id_field="id_field", text_field="text_field",
+                               shard_rows="shard_rows", batch_size="batch_size",
+                               skip_bad_rows="skip_bad_rows", table="table"))
     with warnings.catch_warnings():  # the job's warnings (unread files) as one plain line
         warnings.showwarning = lambda message, *_, **__: print(
             f"smysl embed: warning: {message}", file=sys.stderr)

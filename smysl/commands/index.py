@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from smysl.commands import given
 from smysl.commands._lines import read_lines
 from smysl.commands._model import add_model_arguments, load_model
 from smysl.commands._toolkit import (
@@ -180,13 +181,10 @@ def _search(args: argparse.Namespace, store: StoreConfig) -> int:
                          "context")
     if args.format == "context" and args.output:
         raise ValueError("--format context prints to stdout; drop --output")
-    config = SearchConfig(k=args.k, mode=args.mode,
-                          text_weight=1.0 if args.text_weight is None else args.text_weight,
-                          instruction=args.instruction,
+    config = SearchConfig(k=args.k, mode=args.mode, instruction=args.instruction,
                           where=parse_where(args.where), exact=not args.approximate,
-                          mmr=args.mmr,
-                          mmr_lambda=0.5 if args.mmr_lambda is None else args.mmr_lambda,
-                          fetch_k=50 if args.fetch_k is None else args.fetch_k,
+                          mmr=args.mmr, **given(args, text_weight="text_weight",
+                                                mmr_lambda="mmr_lambda", fetch_k="fetch_k"),
                           **rerank_settings(args))
     with contextlib.ExitStack() as stack:
         reranker = (stack.enter_context(load_rerank_model(args.rerank, args))

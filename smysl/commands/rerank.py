@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from smysl.commands import check_output_folder
 from smysl.commands._lines import looks_like_jsonl, read_lines
 from smysl.commands._model import add_model_arguments, model_options
 
@@ -73,10 +74,7 @@ def read_documents(source: str, jsonl: bool = False) -> tuple[list[str], list[An
 def run(args: argparse.Namespace) -> int:
     from smysl.registry import load_reranker
 
-    if args.output != "-" and not Path(args.output).expanduser().parent.is_dir():
-        # before the reranker (a paid API's, too) spends anything
-        raise FileNotFoundError(f"--output {args.output}: no such folder "
-                                f"{Path(args.output).expanduser().parent}")
+    check_output_folder(args.output)
     texts, items = read_documents(args.input, args.jsonl)
     with load_reranker(args.model, model_options(args)) as reranker:
         ranked = reranker.rerank(args.query, texts, instruction=args.instruction,

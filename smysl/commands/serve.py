@@ -8,6 +8,7 @@ import os
 import sys
 from typing import TYPE_CHECKING
 
+from smysl.commands import given
 from smysl.commands._model import add_model_arguments, model_options
 from smysl.options import FLAGS
 
@@ -183,8 +184,7 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"no model to serve: pass --model (or set ${MODEL_ENV}), --reranker, "
                          "or both")
     _refuse_unused(args, model_name)
-    index_settings = {k: v for k, v in (("index_table", args.index_table),
-                                        ("index_threads", args.index_threads)) if v is not None}
+    index_settings = given(args, index_table="index_table", index_threads="index_threads")
     try:
         config = _server_config(args, model_name, index_settings)
     except InvalidServerSettings as e:  # worded with the flags, not the Python fields

@@ -310,7 +310,7 @@ class Provider(BaseEmbedder):
         return ProviderHTTPError(
             f"{self.name}: input #{position} was refused on its own as too large (413): the "
             f"input itself exceeds what the server takes: "
-            f"{self._http.shown(error.body.strip())[:300]}",
+            f"{error.body.strip()[:300]}",  # redacted by the client already
             error.status, error.body)
 
     def _probe(self) -> None:

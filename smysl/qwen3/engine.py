@@ -37,6 +37,7 @@ from smysl.qwen3.lanes import Lanes, LanesClosed, Slots, default_lanes, per_thre
 from smysl.qwen3.loader import LinearFactory, load_encoder
 from smysl.qwen3.model import PackedLinear, Qwen3Config, Qwen3Encoder
 from smysl.qwen3.prefix import layout
+from smysl.shown import first_line
 
 if TYPE_CHECKING:
     from smysl.qwen3.cuda import Runner
@@ -100,7 +101,7 @@ def resolve_config(cfg: EngineConfig, stored: torch.dtype | None = None,
         device = torch.device(dev)
     except RuntimeError as e:  # "foo", "cuda:x": torch's own words, raised as a traceback
         raise ValueError(f"unknown device {cfg.device!r} (use auto, cpu, cuda or cuda:N): "
-                         f"{str(e).splitlines()[0]}") from None
+                         f"{first_line(e)}") from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError("device 'cuda' requested but CUDA is not available")
     if device.type not in ("cpu", "cuda"):

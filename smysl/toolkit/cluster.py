@@ -14,6 +14,7 @@ from smysl.base import BaseEmbedder
 from smysl.pooling import l2_normalize
 from smysl.toolkit._deps import require_sklearn
 from smysl.toolkit.classify import embed_for
+from smysl.toolkit.store import finite_rows
 
 
 @dataclass(frozen=True)
@@ -123,13 +124,8 @@ def cluster_vectors(vectors: np.ndarray, config: ClusterConfig = ClusterConfig()
                     ) -> ClusterResult:
     """Cluster unit vectors."""
     require_sklearn()
-    x = np.asarray(vectors, np.float32)
-    if x.ndim != 2:
-        raise ValueError(f"vectors must be a 2-D array [items, dimensions], got shape "
-                         f"{x.shape}")
-    if not np.isfinite(x).all():  # l2_normalize would make such a row zero, and cluster it
-        raise ValueError("vectors contain NaN or infinity")
-    x = l2_normalize(x)
+    # a NaN row refused: l2_normalize would make it zero, and cluster it
+    x = l2_normalize(finite_rows(vectors))
     if len(x) < 2:
         raise ValueError("clustering needs at least two texts")
     silhouettes: dict[int, float] = {}

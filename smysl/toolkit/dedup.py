@@ -23,7 +23,7 @@ import numpy as np
 from smysl.base import BaseEmbedder
 from smysl.tokenize import InputTooLongError
 from smysl.toolkit.classify import embed_for
-from smysl.toolkit.store import StoreConfig, VectorStore
+from smysl.toolkit.store import StoreConfig, VectorStore, check_unit, finite_rows
 from smysl.toolkit.stores import open_store
 
 #: A pair scoring this little below the threshold still counts: float32 rounding (an exact
@@ -180,7 +180,8 @@ def candidate_pairs(store: VectorStore, vectors: np.ndarray, config: DedupConfig
 def find_duplicates(vectors: np.ndarray, config: DedupConfig = DedupConfig()) -> DedupResult:
     """Near-duplicate groups among unit ``vectors`` ``[items, dimensions]`` (row i is item
     i)."""
-    x = _unit_rows(vectors)
+    x = finite_rows(vectors)
+    check_unit(x, " (cosine = dot product here: other rows would give other pairs)")
     rep_of = _first_copies(x)
     reps = np.flatnonzero(rep_of == np.arange(len(x)))
     found = _search(x[reps], config) if len(reps) > 1 else []  # pairs of positions in reps
@@ -210,24 +211,6 @@ def _first_copies(x: np.ndarray) -> np.ndarray:
         if at != i and np.array_equal(x[at].view(np.uint32), row.view(np.uint32)):
             out[i] = at
     return out
-
-
-def _unit_rows(vectors: np.ndarray) -> np.ndarray:
-    """``vectors`` as float32 ``[n, d]``, refused unless every row is finite and of unit
-    length (cosine scores are dot products here; other rows would give other pairs)."""
-    x = np.asarray(vectors, np.float32)
-    if x.ndim != 2:
-        raise ValueError(f"vectors must be a 2-D array [items, dimensions], got shape "
-                         f"{x.shape}")
-    if not np.isfinite(x).all():
-        raise ValueError("vectors contain NaN or infinity")
-    norms = np.linalg.norm(x, axis=1)
-    off = np.flatnonzero(np.abs(norms - 1.0) > 1e-3)
-    if len(off):
-        raise ValueError(f"vectors must have unit length (cosine = dot product): row "
-                         f"{off[0]} has norm {norms[off[0]]:.6g}; normalise them "
-                         f"(smysl.pooling.l2_normalize)")
-    return x
 
 
 def _search(x: np.ndarray, config: DedupConfig) -> list[tuple[int, int, float]]:

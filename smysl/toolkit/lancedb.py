@@ -261,7 +261,7 @@ class LanceStore(VectorStore):
         except (StoreDamagedError, StoreConflictError, KeyboardInterrupt):
             raise
         except Exception as e:  # whatever else the native code raises means damage
-            first = first_line(e, 10**6).split(", /")[0][:200]  # drop the Rust source location
+            first = first_line(e, 200).split(", /")[0]  # less the Rust source location
             if any(m in first.lower() for m in _CONFLICTS):
                 raise StoreConflictError(
                     f"{self.where}: another process changed LanceDB store "

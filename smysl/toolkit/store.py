@@ -40,6 +40,27 @@ NORM_TOLERANCE = 1e-3
 DIGEST_FIELD = "vector_sha"
 
 
+def finite_rows(vectors: np.ndarray) -> np.ndarray:
+    """``vectors`` as float32 ``[items, dimensions]``; ``ValueError`` unless 2-D and finite."""
+    x = np.asarray(vectors, np.float32)
+    if x.ndim != 2:
+        raise ValueError(f"vectors must be a 2-D array [items, dimensions], got shape "
+                         f"{x.shape}")
+    if not np.isfinite(x).all():
+        raise ValueError("vectors contain NaN or infinity")
+    return x
+
+
+def check_unit(rows: np.ndarray, why: str = "") -> None:
+    """``ValueError`` unless every row of ``rows`` ``[n, d]`` has unit length (cosine is then
+    the dot product), within :data:`NORM_TOLERANCE`; ``why`` follows "unit length"."""
+    norms = np.linalg.norm(rows.astype(np.float64), axis=1)
+    bad = np.flatnonzero(np.abs(norms - 1.0) > NORM_TOLERANCE)
+    if len(bad):
+        raise ValueError(f"vectors must have unit length{why}: row {int(bad[0])} has norm "
+                         f"{float(norms[bad[0]]):.4g} ({len(bad)} such rows)")
+
+
 def vector_digest(vector: np.ndarray) -> str:
     """Short SHA-256 (hex) of a float32 vector's bytes."""
     return hashlib.sha256(np.asarray(vector, np.float32).tobytes()).hexdigest()[:16]
@@ -320,13 +341,7 @@ class VectorStore(abc.ABC):
         if vecs.ndim != 2 or vecs.shape != (len(ids), self.dimensions):
             raise ValueError(f"expected vectors of shape {(len(ids), self.dimensions)}, "
                              f"got {vecs.shape}")
-        if not np.isfinite(vecs).all():
-            raise ValueError("vectors contain NaN or infinity")
-        norms = np.linalg.norm(vecs.astype(np.float64), axis=1)
-        bad = np.flatnonzero(np.abs(norms - 1.0) > NORM_TOLERANCE)
-        if len(bad):
-            raise ValueError(f"vectors must have unit length: row {int(bad[0])} has norm "
-                             f"{float(norms[bad[0]]):.4g} ({len(bad)} such rows)")
+        check_unit(finite_rows(vecs))
         pays = [dict(p) for p in payloads] if payloads is not None else [{} for _ in ids]
         if len(pays) != len(ids):
             raise ValueError(f"{len(ids)} ids but {len(pays)} payloads")
