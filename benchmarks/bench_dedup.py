@@ -1,6 +1,7 @@
 """Dedup at scale and the memory store's top-k: ``find_duplicates`` on real MiniLM vectors.
 
-The intents set (test + train, the English originals: its ``answer`` column) embedded with ``st:all-minilm-l6-v2`` (384-d),
+The intents set (test + train, the English originals: its ``answer`` column) embedded with
+``st:all-minilm-l6-v2`` (384-d),
 padded to each size with jittered copies of its rows (noise 0.01, renormalised): near-duplicates
 as a real corpus has them. Per size: the whole dedup's wall time and report; with
 ``--probe``, 512 searches of k=11 in the memory store and in a LanceDB IVF index (built first)

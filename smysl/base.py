@@ -23,7 +23,7 @@ import numpy as np
 
 from smysl.pooling import MIN_DIMENSIONS, check_dimensions, finish
 from smysl.prompts import DEFAULT_TASK, format_query, resolve_task
-from smysl.tokenize import Direction, TokenSpan, check_unicode
+from smysl.tokenize import Direction, TextTokens, TokenSpan, check_unicode
 
 Role = Literal["query", "document"]
 
@@ -189,6 +189,11 @@ class BaseEmbedder(abc.ABC):
 
     def token_level(self) -> TokenLevel | None:
         """The token-id interface when the backend has one (the local engine), else None."""
+        return None
+
+    def text_tokens(self) -> TextTokens | None:
+        """The model's tokenizer as chunkers need it (offsets, counts), None where the backend
+        has none (a remote API of unknown tokenizer): chunkers then approximate."""
         return None
 
     def usage_report(self) -> str | None:

@@ -7,7 +7,7 @@ conversions do not. We detect which kind we hold and append only when the tokeni
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -103,6 +103,19 @@ class TokenSpan:
     stop: int | None
 
 
+@dataclass(frozen=True)
+class TextTokens:
+    """A model's tokenizer as chunking needs it (:func:`smysl.toolkit.chunking.chunker_for`):
+    where each token of a text lies, and what the text costs as embedded."""
+
+    #: ``(start, end)`` character span of each token of a text, special tokens left out.
+    offsets: Callable[[str], list[tuple[int, int]]]
+    #: Tokens a text costs embedded as a document, special tokens included.
+    count: Callable[[str], int]
+    #: Special tokens the model adds to every text (Qwen3: EOS; BERT: [CLS] and [SEP]).
+    special_tokens: int
+
+
 class Tokenizer:
     """A ``tokenizers`` tokenizer that yields Qwen3-Embedding token ids."""
 
@@ -166,6 +179,13 @@ class Tokenizer:
         """Tokens per text, EOS included, without any length limit."""
         encs = self._encodings(texts)
         return [len(e.ids) + (0 if self.appends_eos else 1) for e in encs]
+
+    def text_tokens(self) -> TextTokens:
+        """Offsets and counts for chunking; EOS is the one special token."""
+        raw = self.raw
+        return TextTokens(
+            offsets=lambda text: list(raw.encode(text, add_special_tokens=False).offsets),
+            count=lambda text: self.count([text])[0], special_tokens=1)
 
     def _encodings(self, texts: Sequence[str]) -> list[Any]:
         """``tokenizers`` encodings of ``texts``, special tokens added. One short text (a

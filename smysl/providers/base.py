@@ -53,7 +53,7 @@ from smysl.providers.tokens import TOKENIZER_ENV, find_tokenizer, fit_texts, wid
 from smysl.providers.usage import Usage, reported_count
 from smysl.scheduler import SchedulerConfig, plan_batches
 from smysl.shown import shown_url
-from smysl.tokenize import Tokenizer
+from smysl.tokenize import TextTokens, Tokenizer
 
 
 class Provider(BaseEmbedder):
@@ -185,6 +185,11 @@ class Provider(BaseEmbedder):
                         None if arg is None or isinstance(arg, Tokenizer) else arg)
                     self._tokenizer_resolved = True
         return self._tokenizer
+
+    def text_tokens(self) -> TextTokens | None:
+        """The Qwen3 tokenizer's offsets and counts where one is found, else None."""
+        tok = self.tokenizer
+        return None if tok is None else tok.text_tokens()
 
     def count_tokens(self, texts: str | Sequence[str]) -> list[int]:
         """Tokens each text costs as a document, EOS included (Qwen3 tokenizer)."""

@@ -34,7 +34,7 @@ from smysl.qwen3.contract import (
 )
 from smysl.qwen3.hub import Checkpoint, read_checkpoint, resolve
 from smysl.scheduler import SchedulerConfig, plan_batches, plan_blocks
-from smysl.tokenize import Direction, Tokenizer, TokenSpan, fit_length
+from smysl.tokenize import Direction, TextTokens, Tokenizer, TokenSpan, fit_length
 
 #: A rough count of characters per token, to cut a bulk call's texts into blocks of about one
 #: batch of tokens each for tokenising while earlier batches compute (Qwen3's tokenizer: ~4
@@ -184,6 +184,8 @@ class Embedder(OnEngine, BaseEmbedder, TokenLevel):
     def token_level(self) -> TokenLevel:
         return self
 
+    def text_tokens(self) -> TextTokens:
+        return self.tokenizer.text_tokens()
 
     def _embed(self, texts: list[str], *, truncate: bool,
                progress: Progress | None = None) -> np.ndarray:

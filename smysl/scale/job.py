@@ -636,6 +636,7 @@ class _ParquetWriter(_Writer):
                                           self.config.truncate),
                           list(range(len(rows))))
         ids, texts, tokens, owners = [], [], [], []
+        counted = self.chunker.exact  # an approximated count is not recorded as one
         for i, r in enumerate(rows):
             try:
                 chunks = list(self.chunker.iter_split(r.text))
@@ -647,9 +648,9 @@ class _ParquetWriter(_Writer):
             for c in chunks:
                 ids.append(f"{r.id}#{c.index}")
                 texts.append(c.text)
-                tokens.append(c.tokens)
+                tokens.append(c.tokens or 0)
                 owners.append(i)
-        return _Batch(rows, ids, texts, tokens, owners)
+        return _Batch(rows, ids, texts, tokens if counted else None, owners)
 
     def _embed(self, batch: _Batch, source: Source, bad: _BadRows) -> tuple[_Batch, np.ndarray]:
         """The batch's vectors; a text the model refuses as too long is its row's problem

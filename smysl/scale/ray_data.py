@@ -31,7 +31,7 @@ from smysl.base import BaseEmbedder, Progress
 from smysl.options import ModelOptions
 from smysl.scale.sources import to_row
 from smysl.shown import first_line
-from smysl.tokenize import InputTooLongError
+from smysl.tokenize import InputTooLongError, TextTokens
 
 INSTALL_HINT = "pip install 'smysl[ray]'"
 
@@ -142,6 +142,9 @@ class Worker:
                  "source": m.source, "fingerprint": m.fingerprint()}
         return {**about, "usage": usage_delta(before, self._usage())}  # a width probe is billed
 
+    def text_tokens(self) -> TextTokens | None:
+        return self.model.text_tokens()
+
     def embed(self, texts: list[str], instruction: str | None, dimensions: int | None,
               truncate: bool) -> np.ndarray:
         return self.model.embed(texts, instruction=instruction, dimensions=dimensions,
@@ -209,10 +212,20 @@ class RayEmbedder(BaseEmbedder):
         self.max_tokens, self.instruction_aware = about["max_tokens"], about["instruction_aware"]
         self.default_task, self.source = about["default_task"], about["source"]
         self._fingerprint = about["fingerprint"]
+        self._text_tokens: TextTokens | None = None
+        self._text_tokens_fetched = False
         self._next = 0
 
     def fingerprint(self) -> str:
         return str(self._fingerprint)
+
+    def text_tokens(self) -> TextTokens | None:
+        """The actors' model's tokenizer, fetched once (pickled, it counts here exactly as
+        there): chunks are cut to the model's tokens, not approximated."""
+        if not self._text_tokens_fetched:
+            self._text_tokens = self._ray.get(self.actors[0].text_tokens.remote())
+            self._text_tokens_fetched = True
+        return self._text_tokens
 
     def _parts(self, n: int) -> list[slice]:
         k = min(len(self.actors), n)

@@ -10,13 +10,14 @@ the cut), and the limit must hold for what is embedded. A chunk's ``tokens`` is 
 
 A text with nothing but whitespace yields no chunk.
 
-Tokenizers, in order of preference: the local Qwen3 engine's (``embedder.tokenizer.raw``), a
-Hugging Face fast tokenizer at ``embedder.model.tokenizer`` or ``embedder.tokenizer``
-(sentence-transformers),
-else an approximation — words and punctuation marks counted as one token each — for backends that
-expose no tokenizer (remote providers). BPE splits rare words into several tokens, so the
-approximation undercounts; ingestion embeds with truncation on, so an over-long chunk loses its tail
-instead of failing. Leave headroom (a smaller ``max_tokens``) with such backends.
+The tokenizer is the model's own (:meth:`~smysl.base.BaseEmbedder.text_tokens`: the local Qwen3
+engine's, a provider's Qwen3 tokenizer, a sentence-transformers model's fast tokenizer, a Ray
+pool's model's), else an approximation — words and punctuation marks counted as one token each —
+for backends that expose no tokenizer (a remote API of another model family). BPE splits rare
+words into several tokens, so the approximation undercounts; ingestion embeds with truncation on,
+so an over-long chunk loses its tail instead of failing. Leave headroom (a smaller
+``max_tokens``) with such backends. Approximated chunks carry ``tokens=None``: a guess is not
+recorded as a count.
 """
 
 from __future__ import annotations
@@ -27,7 +28,10 @@ import sys
 from bisect import bisect_left, bisect_right
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    from smysl.base import BaseEmbedder
 
 Offsets = Callable[[str], list[tuple[int, int]]]
 #: Tokens one chunk's text costs as embedded (special tokens and any instruction included).
@@ -74,7 +78,8 @@ class Chunk:
     text: str
     start: int
     end: int
-    tokens: int
+    #: None where the backend has no tokenizer and the count was approximated.
+    tokens: int | None
 
 
 class Chunker(Protocol):
@@ -224,7 +229,8 @@ class TokenChunker:
                 return e, None
             tokens = self.count(piece)
             if tokens <= self.limit:
-                return e, Chunk(index, piece, a + lead, a + lead + len(piece), tokens)
+                return e, Chunk(index, piece, a + lead, a + lead + len(piece),
+                                tokens if self.exact else None)
             if e - s == 1:
                 raise ValueError(f"characters {a}..{b} take {tokens} tokens: more than a chunk "
                                  f"of {self.limit} tokens holds; use larger chunks")
@@ -264,42 +270,23 @@ class TokenChunker:
         return best_sentence or e
 
 
-def _hf_offsets(tok: Any) -> Offsets:
-    def offsets(text: str) -> list[tuple[int, int]]:
-        enc = tok(text, add_special_tokens=False, return_offsets_mapping=True, verbose=False)
-        return [tuple(x) for x in enc["offset_mapping"]]
-
-    return offsets
-
-
-def chunker_for(embedder: Any, config: ChunkConfig = ChunkConfig(), *,
+def chunker_for(embedder: BaseEmbedder, config: ChunkConfig = ChunkConfig(), *,
                 instruction: str | None = None) -> TokenChunker:
-    """A chunker on ``embedder``'s own tokenizer (see the module docstring for the fallbacks).
+    """A chunker on ``embedder``'s own tokenizer (:meth:`BaseEmbedder.text_tokens`), else the
+    approximation (see the module docstring).
 
     ``instruction``: the chunks are embedded as queries with it (``embedder.embed(chunks,
     instruction=...)``), and counted so: the query template's tokens count against the limit.
     """
-    limit = getattr(embedder, "max_tokens", None)
 
     def embedded(text: str) -> str:
         return text if instruction is None else embedder.format_texts([text], instruction)[0]
 
-    smysl_tok: Any = getattr(embedder, "tokenizer", None)
-    raw = getattr(smysl_tok, "raw", None)
-    if raw is not None and hasattr(raw, "encode"):
-        # The local engine: offsets from the tokenizers object; EOS is the one special token.
-        return TokenChunker(lambda t: list(raw.encode(t, add_special_tokens=False).offsets),
-                            config, count=lambda t: smysl_tok.count([embedded(t)])[0],
-                            special_tokens=1, model_max_tokens=limit)
-    for tok in (getattr(getattr(embedder, "model", None), "tokenizer", None), smysl_tok):
-        if tok is not None and getattr(tok, "is_fast", False):
-            special = len(tok("", add_special_tokens=True)["input_ids"])
-
-            def count(text: str, tok: Any = tok) -> int:
-                return len(tok(embedded(text), add_special_tokens=True,
-                               verbose=False)["input_ids"])
-
-            return TokenChunker(_hf_offsets(tok), config, count=count, special_tokens=special,
-                                model_max_tokens=limit)
-    return TokenChunker(word_offsets, config, count=lambda t: len(word_offsets(embedded(t))),
-                        model_max_tokens=limit, exact=False)
+    tokens = embedder.text_tokens()
+    if tokens is None:
+        return TokenChunker(word_offsets, config, count=lambda t: len(word_offsets(embedded(t))),
+                            model_max_tokens=embedder.max_tokens, exact=False)
+    count = tokens.count
+    return TokenChunker(tokens.offsets, config, count=lambda t: count(embedded(t)),
+                        special_tokens=tokens.special_tokens,
+                        model_max_tokens=embedder.max_tokens)

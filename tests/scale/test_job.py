@@ -210,6 +210,30 @@ def test_chunks_of_multi_token_characters_fit_the_model(tiny32, tmp_path) -> Non
         assert row["tokens"] == tiny32.count_tokens([chunks[row["id"]]])[0] <= 32
 
 
+def test_chunk_counts_of_a_backend_without_tokenizer_are_left_out(tiny, tmp_path) -> None:
+    """A backend with no tokenizer (a remote API of another family) gets chunks cut on an
+    approximate count: the job writes no count for them (null), not the guess as if the model
+    had counted it, and reports no token total."""
+
+    class NoTokenizer(Counting):
+        def text_tokens(self):
+            return None
+
+        def count_tokens(self, texts):
+            raise NotImplementedError
+
+    d = tmp_path / "in"
+    d.mkdir()
+    (d / "r.jsonl").write_text(json.dumps({"id": 1, "text": "Смысл жизни. " * 40}) + "\n",
+                               encoding="utf-8")
+    report = run_job(NoTokenizer(tiny), [d], JobConfig(output=str(tmp_path / "out"),
+                                                       chunk=ChunkConfig(max_tokens=16,
+                                                                         overlap=2)))
+    table = pq.read_table(tmp_path / "out")
+    assert table.num_rows > 3 and set(table.column("tokens").to_pylist()) == {None}
+    assert report.texts == table.num_rows and report.tokens is None
+
+
 def test_bad_settings_leave_no_output_in_the_way(tiny, corpus, tmp_path) -> None:
     """Dimensions the model cannot give fail before the output folder exists, and a job that
     fails before its first shard commits leaves nothing in the way: the corrected rerun takes

@@ -297,6 +297,32 @@ def test_too_long_row_on_two_actors_is_named(cluster, tiny_dir, tmp_path) -> Non
 
 
 @slow
+def test_chunks_on_actors_cut_by_the_models_tokenizer(cluster, tiny_dir, reference,
+                                                      tmp_path) -> None:
+    """A chunking job on a Ray pool cuts and counts chunks with the model's own tokenizer, as
+    in one process. Before, the pool offered no tokenizer: chunks were cut on a word count
+    (rare words cost several tokens: over-long chunks failed as too long) and the guesses were
+    written as the chunks' token counts."""
+    from smysl.scale.ray_data import RayConfig, RayEmbedder
+    from smysl.toolkit.chunking import ChunkConfig, chunker_for
+
+    text = ("Смысл жизни — в поиске смысла 𝔘𝔫 👨‍👩‍👧. Embeddings map text to "
+            "vectors.\n") * 8
+    path = tmp_path / "rows.jsonl"
+    path.write_text(json.dumps({"id": "a", "text": text}) + "\n", encoding="utf-8")
+    config = ChunkConfig(max_tokens=24, overlap=4)
+    with RayEmbedder(str(tiny_dir), OPTIONS, RayConfig(actors=2)) as model:
+        chunker = chunker_for(model, config)
+        run_job(model, [path], JobConfig(output=str(tmp_path / "out"), chunk=config))
+    want = chunker_for(reference, config).split(text)
+    assert chunker.exact and chunker.split(text) == want
+    table = pq.read_table(tmp_path / "out")
+    assert table.column("id").to_pylist() == [f"a#{c.index}" for c in want]
+    assert table.column("tokens").to_pylist() == [c.tokens for c in want]
+    assert max(c.tokens for c in want) <= 24  # type: ignore[type-var]
+
+
+@slow
 def test_embed_dataset_on_an_actor_pool(cluster, tiny_dir, reference, corpus) -> None:
     """`smysl.scale.embed_dataset` maps a Ray Data dataset with 2 actors (issue 16)."""
     from smysl.scale.ray_data import RayConfig

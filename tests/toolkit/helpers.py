@@ -23,7 +23,6 @@ class Counting(BaseEmbedder):
         self.max_tokens = inner.max_tokens
         self.instruction_aware = inner.instruction_aware
         self.default_task = inner.default_task
-        self.tokenizer = getattr(inner, "tokenizer", None)
         self.calls: list[int] = []
 
     @property
@@ -43,6 +42,9 @@ class Counting(BaseEmbedder):
 
     def count_tokens(self, texts):
         return self.inner.count_tokens(texts)
+
+    def text_tokens(self):
+        return self.inner.text_tokens()
 
 
 class OtherWeights(Counting):

@@ -5,8 +5,10 @@ from __future__ import annotations
 import itertools
 import random
 
+import numpy as np
 import pytest
 
+from smysl.base import BaseEmbedder
 from smysl.toolkit.chunking import ChunkConfig, TokenChunker, chunker_for, word_offsets
 
 TEXT = ("Embeddings map text to vectors. Similar texts land close together, so search becomes "
@@ -115,12 +117,24 @@ def test_sentence_transformers_tokenizer(minilm) -> None:
 
 
 def test_word_approximation_without_tokenizer() -> None:
-    class Remote:
-        max_tokens = None
+    """A backend without a tokenizer: chunks cut on words and punctuation marks, and their
+    counts left out (None), not recorded as if the model had counted them."""
+
+    class Remote(BaseEmbedder):
+        name, dimensions = "remote", 8
+
+        def _embed(self, texts, *, truncate, progress=None):
+            return np.ones((len(texts), 8), np.float32)
 
     ch = chunker_for(Remote(), ChunkConfig(max_tokens=30, overlap=5))
     assert not ch.exact
-    check(ch, TEXT, lambda t: len(word_offsets(t)))
+    chunks = ch.split(TEXT)
+    assert len(chunks) > 3 and all(c.tokens is None for c in chunks)
+    assert all(TEXT[c.start : c.end] == c.text and len(word_offsets(c.text)) <= 30
+               for c in chunks)
+    # the query template counts against the limit there too
+    queries = chunker_for(Remote(), ChunkConfig(max_tokens=30, overlap=5), instruction="t")
+    assert len(queries.split(TEXT)) > len(chunks)
 
 
 def test_snapping_prefers_line_and_sentence_ends() -> None:
