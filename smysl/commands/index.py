@@ -21,6 +21,8 @@ from smysl.commands._toolkit import (
 )
 
 if TYPE_CHECKING:
+    from smysl.base import BaseEmbedder
+    from smysl.toolkit.index import IndexConfig
     from smysl.toolkit.store import StoreConfig
 
 HELP = "build, search, check and prune a semantic index (add | search | verify | delete)"
@@ -128,10 +130,12 @@ def _add(args: argparse.Namespace, store: StoreConfig) -> int:
     ingest = IngestConfig(chunk=ChunkConfig(max_tokens=args.chunk_tokens, overlap=args.overlap),
                           batch_size=args.batch_size, dimensions=args.dimensions,
                           progress=progress(args))
-    if args.rebuild:  # read every input once first: a path or field error empties nothing
+    if args.rebuild or not _exists(model, config):
+        # every input read once first: a path, field or content error empties nothing, and
+        # makes no new index (one left empty was bound to the model it named)
         for _ in read_documents(args.paths, read, []):
             pass
-    else:  # every path there before an index is made (a typo left one bound to the model)
+    else:  # an index there: a failure part-way keeps what was added, and a rerun resumes
         for _ in iter_paths(args.paths):
             pass
     with Index.create_or_open(model, config, rebuild=args.rebuild) as index:
@@ -150,6 +154,17 @@ def _add(args: argparse.Namespace, store: StoreConfig) -> int:
                   "no approximate index (too few rows, or the store is exact); searches stay "
                   "exact", file=sys.stderr)
     return 0
+
+
+def _exists(model: BaseEmbedder, config: IndexConfig) -> bool:
+    """Whether the index is there (opened and checked against ``model``, then closed)."""
+    from smysl.toolkit.index import Index
+
+    try:
+        Index.create_or_open(model, config, create=False).close()
+    except FileNotFoundError:
+        return False
+    return True
 
 
 def _search(args: argparse.Namespace, store: StoreConfig) -> int:

@@ -326,3 +326,23 @@ def test_index_add_of_a_missing_path_makes_no_index(tiny_dir, data, capsys) -> N
                  "--model", str(tiny_dir), "--device", "cpu"]) == 2
     assert "typo.csv: no such file or folder" in capsys.readouterr().err
     assert not kb.exists()
+
+
+def test_index_add_of_a_broken_file_makes_no_index(tiny_dir, data, tmp_path, capsys) -> None:
+    """A file whose third line is not JSON left a new, empty index bound to the model named:
+    a rerun with another model was refused. Now the inputs are read before a new index is
+    made; into an index already there, what was added before the broken row stays."""
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"id": 1, "text": "one"}\n{"id": 2, "text": "two"}\n{broken\n',
+                   encoding="utf-8")
+    kb = tmp_path / "kb"
+    assert main(["index", "add", str(kb), str(bad), "--model", str(tiny_dir),
+                 "--device", "cpu"]) == 2
+    assert "bad.jsonl" in capsys.readouterr().err
+    assert not kb.exists()
+    assert main(["index", "add", str(kb), str(data / "rows.jsonl"), "--model", str(tiny_dir),
+                 "--device", "cpu"]) == 0
+    capsys.readouterr()
+    assert main(["index", "add", str(kb), str(bad), "--model", str(tiny_dir),
+                 "--device", "cpu"]) == 2
+    assert "bad.jsonl" in capsys.readouterr().err
