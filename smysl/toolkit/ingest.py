@@ -214,8 +214,12 @@ def read_documents(paths: Iterable[str | Path], config: ReadConfig = ReadConfig(
     """Documents from txt/md (one per file) and csv/jsonl (one per row) files.
 
     Files that are not UTF-8 text are appended to ``skipped`` (a warning when None is given) or,
-    with ``config.strict``, raise :class:`BadFileError` naming the file.
+    with ``config.strict``, raise :class:`BadFileError` naming the file. A
+    ``config.metadata_fields`` name that no row of any CSV/JSONL file had raises
+    ``ValueError`` once every document is out (a misspelt name stored null on every row).
     """
+    seen: set[str] = set()  # metadata fields some table row had
+    tables = 0
     for path in iter_paths(paths):
         suffix = path.suffix.lower()
         if suffix not in TABLE_SUFFIXES + TEXT_SUFFIXES:
@@ -231,13 +235,21 @@ def read_documents(paths: Iterable[str | Path], config: ReadConfig = ReadConfig(
                 skipped.append(SkippedFile(str(path), problem))
             continue
         if suffix in TABLE_SUFFIXES:
-            yield from _table_documents(path, doc_path, config)
+            tables += 1
+            yield from _table_documents(path, doc_path, config, seen)
         else:
             yield Document(doc_path, path.read_text(encoding="utf-8"), {"source": doc_path},
                            origin=str(path))
+    absent = [k for k in config.metadata_fields or () if k not in seen]
+    if tables and absent:
+        raise ValueError(f"--meta-fields {absent}: no row of the input files has "
+                         f"{'it' if len(absent) == 1 else 'them'} (a misspelt field name?)")
 
 
-def _table_documents(path: Path, doc_path: str, config: ReadConfig) -> Iterator[Document]:
+def _table_documents(path: Path, doc_path: str, config: ReadConfig,
+                     seen: set[str]) -> Iterator[Document]:
+    """The rows of a CSV/JSONL file as documents; the metadata fields met are added to
+    ``seen``."""
     for n, row in enumerate(iter_rows(path), 1):
         if config.text_field not in row:
             raise ValueError(f"{path}: row {n} has no {config.text_field!r} column "
@@ -260,6 +272,7 @@ def _table_documents(path: Path, doc_path: str, config: ReadConfig) -> Iterator[
                 raise ValueError(f"{path}: no column(s) {absent} for --meta-fields (columns: "
                                  f"{sorted(row)})")
         meta = {k: row.get(k) for k in keys}
+        seen.update(k for k in keys if k in row)
         if "source" in meta:  # it was overwritten with the file's path without a word
             raise ValueError(f"{path}: row {n}: the column 'source' is reserved (smysl records "
                              f"the file there); rename it, or leave it out of --meta-fields")

@@ -319,6 +319,21 @@ def test_a_misspelt_meta_field_of_a_csv_is_refused(tiny_dir, data, capsys) -> No
     assert "no column(s) ['nope'] for --meta-fields" in capsys.readouterr().err
 
 
+def test_a_meta_field_no_jsonl_row_has_is_refused(tiny_dir, data, tmp_path, capsys) -> None:
+    """`--meta-fields lang,lnag` on JSONL stored "lnag": null on every row without a word
+    (a CSV's missing column was refused already). A field some rows lack stays legal."""
+    kb = tmp_path / "kb"
+    model = ["--model", str(tiny_dir), "--device", "cpu"]
+    assert main(["index", "add", str(kb), str(data / "rows.jsonl"), *model,
+                 "--meta-fields", "lang,lnag"]) == 2
+    assert "--meta-fields ['lnag']: no row of the input files has it" in capsys.readouterr().err
+    assert not kb.exists()
+    some = tmp_path / "some.jsonl"
+    some.write_text('{"text": "a", "note": "n"}\n{"text": "b"}\n', encoding="utf-8")
+    assert main(["index", "add", str(kb), str(data / "rows.jsonl"), str(some), *model,
+                 "--meta-fields", "lang,note"]) == 0
+
+
 def test_index_add_of_a_missing_path_makes_no_index(tiny_dir, data, capsys) -> None:
     """A mistyped path left a new, empty index bound to the model."""
     kb = data / "new-kb"
