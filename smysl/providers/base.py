@@ -255,17 +255,18 @@ class Provider(BaseEmbedder):
 
     # ---------------------------------------------------------------- internals
     def _fit_lengths(self, texts: list[str], truncate: bool) -> list[str]:
-        """Enforce ``max_tokens`` where a tokenizer can: raise, or truncate client-side."""
+        """Enforce ``max_tokens`` where a tokenizer can: raise, or truncate client-side.
+
+        The tokenizer is looked up on the first call either way: a check that held only once
+        some earlier call had fetched it let the same over-long text through before (a server
+        that cuts silently, DashScope past 8,192 tokens, then embedded part of it). A limit
+        given to a server that truncates by itself (TEI, Ollama, smysl: no limit of their
+        own here) is applied here too: the server would cut at its own limit instead."""
         limit = self.max_tokens
         if limit is None:
             return texts
-        if truncate and self.config.server_truncates:
-            return texts
-        # A tokenizer is fetched for client-side truncation; a mere check uses one only if
-        # it is already at hand (the provider's own error covers the rest).
-        tok = self.tokenizer if truncate else (self._tokenizer if self._tokenizer_resolved
-                                               else None)
-        if tok is None:
+        tok = self.tokenizer
+        if tok is None:  # warned once at the lookup; the provider's own limit applies
             return texts
         return fit_texts(texts, tok, limit, truncate=truncate, who=self.name)
 

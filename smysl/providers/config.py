@@ -38,9 +38,6 @@ class ProviderConfig:
     width_from_name: bool = True
     #: Whether requests may carry ``dimensions`` (the width rows come back with).
     supports_dimensions: bool = False
-    #: Whether the API truncates over-long inputs itself when asked (TEI, Ollama); otherwise
-    #: ``truncate=True`` is done client-side with the Qwen3 tokenizer.
-    server_truncates: bool = False
     #: Wall-clock seconds one HTTP request may take, from sending to the last byte of the
     #: answer (not per read: a body that drips in slowly times out too). Retried.
     timeout: float = 60.0

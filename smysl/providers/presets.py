@@ -48,12 +48,12 @@ PRESETS: dict[str, ProviderConfig] = {
         width_from_name=False, supports_dimensions=True),
     "ollama": ProviderConfig(
         name="ollama", base_url="http://localhost:11434", path="/api/embed",
-        base_url_env="OLLAMA_HOST", max_batch_texts=64, server_truncates=True,
+        base_url_env="OLLAMA_HOST", max_batch_texts=64,
         width_from_name=False),
     # TEI's default --max-client-batch-size is 32; larger batches get 413 (and are split).
     "tei": ProviderConfig(
         name="tei", base_url="http://localhost:8080", path="/embed", base_url_env="TEI_URL",
-        api_key_env="TEI_API_KEY", max_batch_texts=32, server_truncates=True,
+        api_key_env="TEI_API_KEY", max_batch_texts=32,
         width_from_name=False),
     # Replicate predictions (one batch per prediction); 32 texts per run as public code using
     # lucataco/qwen3-embedding-8b does. Billed per run: pricing.REQUEST_PRICES.
@@ -64,7 +64,7 @@ PRESETS: dict[str, ProviderConfig] = {
     # smysl serve: OpenAI-compatible /v1/embeddings; at most 2,048 inputs per request.
     "smysl": ProviderConfig(
         name="smysl", base_url="http://127.0.0.1:8000/v1", base_url_env="SMYSL_URL",
-        api_key_env="SMYSL_API_KEY", max_batch_texts=2048, server_truncates=True,
+        api_key_env="SMYSL_API_KEY", max_batch_texts=2048,
         width_from_name=False, supports_dimensions=True),
 }
 

@@ -498,3 +498,63 @@ def test_secrets_stay_out_of_names_reprs_and_errors() -> None:
     assert all("KEYSECRET" not in str(x.body) for x in _chain(too_large.value)
                if isinstance(x, ProviderHTTPError))
     assert base64.b64encode(b"u:URLSECRET").decode() not in str(too_large.value)
+
+
+def test_length_is_checked_from_the_first_call(tokenizer_path, tmp_path,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """With the Qwen3 tokenizer in the Hugging Face cache, an over-long text is refused on the
+    first call. Before, a mere check used a tokenizer only once an earlier call had loaded it
+    (truncate=True): DashScope got the 18,002-token text whole (it cuts past 8,192 without a
+    word), and the same text was refused after a truncating call."""
+    import shutil
+
+    from qwen_tiny import fake_hub_cache
+
+    from smysl.tokenize import InputTooLongError
+
+    src = tmp_path / "tok"
+    src.mkdir()
+    shutil.copy(tokenizer_path, src / "tokenizer.json")
+    fake_hub_cache(tmp_path / "hf" / "hub", "Qwen/Qwen3-Embedding-0.6B", src)
+    h = Recorder()
+    p = make("dashscope", "text-embedding-v4", h, dimensions=16)
+    long = "слово " * 9000
+    with pytest.raises(InputTooLongError, match=r"18002 tokens .* at most 8192"):
+        p.embed([long])
+    assert h.bodies == []
+    p.embed([long], truncate=True)
+    assert len(h.bodies[-1]["input"][0]) < len(long) // 2
+
+
+def test_a_max_tokens_given_to_a_truncating_server_is_applied_here(
+        qwen_tok: Any, tokenizer_path) -> None:
+    """`max_tokens=N` with `truncate=True` on TEI/Ollama/smysl: the server cut at its own
+    limit instead (the vector of the whole text came back); now the text is cut to N tokens
+    here, as the local engine does with `max_tokens=N`, and refused without truncate."""
+    from smysl.tokenize import InputTooLongError
+
+    long = "Смысл жизни — в поиске смысла. " * 10
+    want = qwen_tok.encode([long], truncate=True, max_tokens=20)[0]
+    for scheme, rest in (("smysl", "http://h:1#m"), ("tei", "http://h:1"),
+                         ("ollama", "http://h:1#m")):
+        bodies: list[dict[str, Any]] = []
+
+        def handler(request: httpx.Request, bodies=bodies, scheme=scheme) -> httpx.Response:
+            body = json.loads(request.content)
+            bodies.append(body)
+            texts = body.get("input", body.get("inputs"))
+            rows = [det_vector(t, 16).tolist() for t in texts]
+            if scheme == "tei":
+                return httpx.Response(200, json=rows)
+            if scheme == "ollama":
+                return httpx.Response(200, json={"embeddings": rows})
+            return httpx.Response(200, json={"data": [{"index": i, "embedding": r}
+                                                      for i, r in enumerate(rows)]})
+
+        p = connect(scheme, rest, transport=httpx.MockTransport(handler), dimensions=16,
+                    max_tokens=20, tokenizer=tokenizer_path)
+        with pytest.raises(InputTooLongError, match="at most 20"):
+            p.embed([long])
+        p.embed([long], truncate=True)
+        sent = bodies[-1].get("input", bodies[-1].get("inputs"))[0]
+        assert qwen_tok.encode([sent])[0] == want, scheme
