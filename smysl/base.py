@@ -233,11 +233,14 @@ class BaseEmbedder(abc.ABC):
         items = self._check_texts(texts)
         if not items:  # before self.dimensions, which a remote server may answer only for a fee
             return np.zeros((0, self._empty_width(dimensions)), dtype=np.float32)
-        dims = check_dimensions(dimensions, self.dimensions, minimum=self.min_dimensions)
+        # A remote server's unknown width, not needed to check a size, is learned within the
+        # call (its probe under the call's deadline, its failure the call's)
+        dims = (None if dimensions is None and self.known_dimensions() is None else
+                check_dimensions(dimensions, self.dimensions, minimum=self.min_dimensions))
         formatted = self.format_texts(items, instruction)
         with _progress_bar(progress, len(items)) as bar:
             raw = self.embed_formatted(formatted, truncate=bool(truncate), progress=bar)
-        return finish(raw, dims)
+        return finish(raw, raw.shape[1] if dims is None else dims)
 
     def embed_queries(
         self,

@@ -42,6 +42,7 @@ from smysl.providers.errors import (
     IncompleteEmbeddingError,
     PartialEmbeddingError,
     PayloadTooLargeError,
+    ProviderError,
     ProviderHTTPError,
     RejectedInputError,
 )
@@ -159,16 +160,21 @@ class Provider(BaseEmbedder):
     @property
     def dimensions(self) -> int:
         """Width of the rows this provider returns (probed with one request if unknown)."""
-        if self._width is None:
-            with self._width_lock:
-                if self._width is None:
-                    # One real (billed) request for a one-token text; its usage is recorded.
-                    self._width = int(self._request(["dimension probe"], truncate=True).shape[1])
-        return self._width
+        return self._probe_width(Deadline(self.config.job_timeout, self.name))
 
     @dimensions.setter
     def dimensions(self, value: int) -> None:
         self._width = int(value)
+
+    def _probe_width(self, deadline: Deadline) -> int:
+        """:attr:`dimensions`, a probe bounded by ``deadline`` (an ``embed`` call's own)."""
+        if self._width is None:
+            with self._width_lock:
+                if self._width is None:
+                    # One real (billed) request for a one-token text; its usage is recorded.
+                    self._width = int(self._request(["dimension probe"], truncate=True,
+                                                    deadline=deadline).shape[1])
+        return self._width
 
     def known_dimensions(self) -> int | None:
         """The width if known without a request: given, read off the model name, or probed."""
@@ -202,16 +208,22 @@ class Provider(BaseEmbedder):
     def _embed(self, texts: list[str], *, truncate: bool,
                progress: Progress | None = None) -> np.ndarray:
         texts = self._fit_lengths(texts, truncate)
-        width = self.dimensions
-        out = np.empty((len(texts), width), dtype=np.float32)
+        deadline = Deadline(self.config.job_timeout, self.name)  # the width probe's too
         done = np.zeros(len(texts), dtype=bool)
+        try:
+            width = self._probe_width(deadline)
+        except ProviderError as e:  # nothing embedded: the call fails as any request would
+            failure = self._incomplete(e, np.zeros((len(texts), 0), np.float32), done)
+            if failure is e:
+                raise
+            raise failure from e
+        out = np.empty((len(texts), width), dtype=np.float32)
         used = self._resume.take(texts, truncate, out, done)  # paid for by a failed call
         if used and progress is not None:
             progress.update(int(done.sum()))
         todo = np.flatnonzero(~done).tolist()
         limit = self._batch_limit.call()
         batches = [[todo[k] for k in b] for b in self._plan([texts[i] for i in todo], limit)]
-        deadline = Deadline(self.config.job_timeout, self.name)
         error = run_batches(
             batches,
             lambda batch: self._embed_batch(texts, batch, truncate, out, done, deadline, limit),

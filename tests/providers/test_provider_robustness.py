@@ -130,6 +130,21 @@ def test_the_job_deadline_bounds_retries_of_a_hanging_upstream() -> None:
     assert "job_timeout=1s" in str(e.value) and "Pass job_timeout=SECONDS" in str(e.value)
 
 
+def test_the_job_deadline_bounds_the_width_probe_too() -> None:
+    """A self-hosted server of unknown width is probed first: that request ran outside the
+    call's deadline (16.6 s for job_timeout=2; ~7 minutes with the defaults) and failed as a
+    bare RetriesExhaustedError instead of the call's IncompleteEmbeddingError."""
+    with FakeServer(dims=32) as srv:
+        srv.script.extend(Fault(delay=5.0) for _ in range(20))
+        m = smysl.load(f"tei:{srv.url}", timeout=0.4, job_timeout=1.0, max_retries=6)
+        t0 = time.perf_counter()
+        with pytest.raises(IncompleteEmbeddingError) as e:
+            m.embed(["a", "b"])
+        elapsed = time.perf_counter() - t0
+    assert 0.9 < elapsed < 1.8
+    assert isinstance(e.value.cause, JobTimeoutError) and e.value.failed == [0, 1]
+
+
 def test_deadline_defaults_are_finite() -> None:
     """Issue 11 item 7: with defaults a hanging upstream is bounded (it took 444 s)."""
     cfg = ProviderConfig(name="x", base_url="http://x")
