@@ -5,6 +5,7 @@ factories that :mod:`smysl.registry` names."""
 from __future__ import annotations
 
 import dataclasses
+import urllib.parse
 from typing import Any
 
 from smysl.options import ModelOptions
@@ -105,11 +106,21 @@ def _normalise_url(scheme: str, url: str) -> str:
     url = url.strip().rstrip("/")
     if "://" not in url:  # OLLAMA_HOST is often "host:port" or "0.0.0.0"
         url = "http://" + url
-    if scheme == "ollama" and url.count(":") == 1:
-        url += ":11434"
+        # Ollama's own rule (OLLAMA_HOST): 11434 only where no scheme was written; with one,
+        # the scheme's port (https://ollama.example.com is 443, not 443's host on 11434)
+        if scheme == "ollama" and _port(url) is None:
+            host, slash, path = url[len("http://"):].partition("/")
+            url = f"http://{host or '127.0.0.1'}:11434{slash}{path}"
     if scheme == "smysl" and not url.endswith("/v1"):
         url += "/v1"
     return url
+
+
+def _port(url: str) -> int | None:
+    try:
+        return urllib.parse.urlsplit(url).port
+    except ValueError as e:  # "host:abc", a port past 65535
+        raise ValueError(f"bad URL {shown_url(url)!r}: {e}") from None
 
 
 def connect(scheme: str, rest: str = "", **options: Any) -> Provider:

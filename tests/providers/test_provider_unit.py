@@ -90,6 +90,28 @@ def test_model_string_grammar(model: str, base: str, name: str) -> None:
     p.close()
 
 
+@pytest.mark.parametrize(("host", "base"), [
+    ("0.0.0.0", "http://0.0.0.0:11434"),
+    ("gpu-box:1234", "http://gpu-box:1234"),
+    ("[::1]", "http://[::1]:11434"),
+    ("gpu-box/ollama", "http://gpu-box:11434/ollama"),
+    # a scheme written: its own port, as Ollama reads OLLAMA_HOST (these became
+    # https://ollama.example.com:11434 and http://gpu-box/ollama:11434)
+    ("https://ollama.example.com", "https://ollama.example.com"),
+    ("http://gpu-box/ollama", "http://gpu-box/ollama"),
+    ("http://gpu-box:11434/", "http://gpu-box:11434"),
+])
+def test_ollama_hosts_are_read_as_ollama_reads_them(host: str, base: str,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OLLAMA_HOST", host)
+    assert connect("ollama", "m").base_url == base
+    monkeypatch.delenv("OLLAMA_HOST")
+    if "://" in host:
+        assert connect("ollama", f"{host}#m").base_url == base
+    with pytest.raises(ValueError, match="bad URL 'http://h:99999'"):
+        connect("ollama", "m", base_url="h:99999")
+
+
 def test_environment_base_urls_and_options(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("OLLAMA_HOST", "0.0.0.0")
     p = connect("ollama", "m")
