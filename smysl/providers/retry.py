@@ -140,6 +140,7 @@ class RetryingClient:
         self._probing = False
         self._next_probe = 0.0
         self._probe_wait = PROBE_INTERVAL
+        self._closed = False
 
     # ---------------------------------------------------------------- health
     @property
@@ -199,6 +200,9 @@ class RetryingClient:
         cfg = self.config
         last: BaseException | None = None
         for attempt in range(cfg.max_retries + 1):
+            if self._closed:  # not a connection error to retry (httpx's RuntimeError was)
+                raise ProviderError(f"{self.name}: the provider is closed (close() was "
+                                    f"called); load it again to use it")
             if attempt:
                 self.usage.record_retry()
             budget = cfg.timeout
@@ -344,6 +348,7 @@ class RetryingClient:
         return text[:limit] + ("…" if len(text) > limit else "")
 
     def close(self) -> None:
+        self._closed = True
         self._client.close()
 
 

@@ -580,3 +580,16 @@ def test_a_max_tokens_given_to_a_truncating_server_is_applied_here(
         p.embed([long], truncate=True)
         sent = bodies[-1].get("input", bodies[-1].get("inputs"))[0]
         assert qwen_tok.encode([sent])[0] == want, scheme
+
+
+def test_a_closed_provider_says_so_at_once() -> None:
+    """After close(), a call retried httpx's "client has been closed" as a connection error
+    (7 attempts, ~18 s), marked the upstream down and started health probes."""
+    h = Recorder()
+    p = make("openai", "m", h, dimensions=16)
+    p.embed(["a"])
+    p.close()
+    with pytest.raises(IncompleteEmbeddingError, match="the provider is closed") as e:
+        p.embed(["b"])
+    assert p.sleeps == [] and p.healthy and len(h.bodies) == 1  # type: ignore[attr-defined]
+    assert e.value.failed == [0]
