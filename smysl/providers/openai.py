@@ -34,6 +34,8 @@ class OpenAIProvider(Provider):
             raise TypeError("'data' is not a list")
         rows: list[Any] = [None] * len(data)
         for pos, item in enumerate(data):
+            if not isinstance(item, dict):  # null: an AttributeError, not retried, before
+                raise TypeError(f"data[{pos}] is not an object")
             # ``index`` says which input a row belongs to; servers may return them shuffled.
             idx = item.get("index", pos)
             if isinstance(idx, bool) or not isinstance(idx, int) or not 0 <= idx < len(data):

@@ -356,6 +356,7 @@ _USAGE = {"usage": {"prompt_tokens": 5}}
                               ']}, {"index": 1, "embedding": [' + '1.0, ' * 15 + '1.0]}], '
                               '"usage": {"prompt_tokens": 5}}'), True),  # a NaN in a row
     (httpx.Response(200, json={"object": "error"}), False),
+    (httpx.Response(200, json={"data": [None, None]}), False),  # was not retried
 ])
 def test_malformed_bodies_are_retried(bad: httpx.Response, billed: bool) -> None:
     """Retried; an answer that is an embeddings answer was billed even though its rows are
