@@ -121,7 +121,8 @@ class Provider(BaseEmbedder):
         self.sleep: Callable[[float], None] = time.sleep
         price, per_request = config.price_per_mtok, config.price_per_request
         self.usage = Usage(
-            config.name, model, price if price is not None else price_for(config.name, model),
+            config.name, model,
+            price if price is not None else price_for(config.name, model, self.base_url),
             per_request if per_request is not None else request_price_for(config.name, model))
         self._http = RetryingClient(config, name=self.name, model=model, base_url=self.base_url,
                                     api_key=api_key, usage=self.usage, transport=transport,

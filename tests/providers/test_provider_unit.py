@@ -149,6 +149,16 @@ def test_price_table_lookup_and_override() -> None:
     assert price_for("dashscope", "text-embedding-v4") == 0.07
     assert price_for("deepinfra", "Qwen/Qwen3-Embedding-0.6B") == 0.002
     assert price_for("nobody", "x") is None
+    assert price_for("deepinfra", "Qwen/Qwen3-Embedding-8B") == 0.05  # the family's
+    assert price_for("openrouter", "qwen/qwen3-embedding-4b") == 0.02
+    # another model at the same provider, or OpenAI's own API: not $0 and not another
+    # model's price (OpenRouter's 8B price was used for any model, OpenAI's API cost $0)
+    assert price_for("openrouter", "openai/text-embedding-3-large") is None
+    assert price_for("deepinfra", "BAAI/bge-m3") is None
+    assert price_for("openai", "text-embedding-3-large", "https://api.openai.com/v1") == 0.13
+    assert price_for("openai", "my-model", "https://api.openai.com/v1") is None
+    assert price_for("openai", "text-embedding-3-large", "http://gpu:9000/v1") == 0.0
+    assert smysl.load("openai:text-embedding-3-small").usage.price_per_mtok == 0.02
     h = Recorder()
     p = make("openrouter", "qwen/qwen3-embedding-8b", h, price_per_mtok=2.0, dimensions=16)
     p.embed(["a", "b"])
