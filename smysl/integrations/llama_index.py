@@ -23,6 +23,7 @@ from smysl.integrations import (
     open_model,
     require,
 )
+from smysl.shown import shown_source
 from smysl.tokenize import InputTooLongError
 
 _base = require("llama_index.core.base.embeddings.base", "llamaindex")
@@ -76,8 +77,9 @@ class SmyslEmbedding(_base.BaseEmbedding):  # type: ignore[name-defined]
         loaded = open_model(model, {k: v for k, v in kwargs.items() if k not in fields})
         owned = not isinstance(model, BaseEmbedder)
         try:
-            # model_name is the string the model loads from again (from_dict), else its name
-            super().__init__(model_name=loaded.source or loaded.name,
+            # model_name is the string the model loads from again (from_dict), else its name;
+            # a URL's password is left out: to_dict() is stored (LlamaIndex's caches and files)
+            super().__init__(model_name=shown_source(loaded.source or loaded.name),
                              embed_batch_size=embed_batch_size, dimensions=dimensions,
                              task=task, truncate=truncate, **fields)
             check_config(loaded, self._config)

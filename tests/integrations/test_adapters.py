@@ -160,6 +160,19 @@ def test_llama_index_from_dict_loads_the_same_model_again(tiny: BaseEmbedder,
         SmyslEmbedding.from_dict(changed)
 
 
+def test_llama_index_dict_holds_no_url_password(monkeypatch: pytest.MonkeyPatch) -> None:
+    """to_dict()/to_json() (stored by LlamaIndex) carried a server URL's password in
+    model_name."""
+    from smysl.integrations.llama_index import SmyslEmbedding
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    model = smysl.load("tei:http://user:s3cret@127.0.0.1:9#m", dimensions=64)
+    emb = SmyslEmbedding(model)
+    assert "s3cret" not in emb.to_json()
+    assert emb.to_dict()["model_name"] == "tei:http://127.0.0.1:9#m"
+    model.close()
+
+
 def test_llama_index_takes_its_own_fields(tiny: BaseEmbedder, tiny_dir: Path) -> None:
     # callback_manager, num_workers, embeddings_cache went to smysl.load (or were refused)
     from llama_index.core.callbacks import CallbackManager, LlamaDebugHandler
