@@ -83,6 +83,9 @@ class ReplicateProvider(Provider):
         self.input = ReplicateInput(input_field, texts_as, dimensions_field,
                                     tuple(sorted((extra_input or {}).items())))
         super().__init__(model, config, **options)
+        # without a field for it the width is never sent: wider rows are no Matryoshka prefix
+        # the server chose, so they are an error, not cut to the width asked for
+        self.sends_dimensions = self.sends_dimensions and dimensions_field is not None
 
     def request_body(self, texts: list[str], *, truncate: bool) -> dict[str, Any]:
         inp: dict[str, Any] = dict(self.input.extra)

@@ -118,3 +118,15 @@ def test_official_models_and_other_input_schemas() -> None:
         connect("replicate", "a/b:c", texts_as="csv")
     with pytest.raises(TypeError, match="unexpected options"):
         connect("openrouter", "m", input_field="x")
+
+
+def test_wider_rows_than_a_width_never_sent_are_an_error() -> None:
+    """`dimensions_field=None`: the width is never sent, so 128-wide rows for `dimensions=64`
+    are no Matryoshka prefix the server chose; they were cut to 64 without a word."""
+    with FakeServer(dims=128) as srv:
+        m = replicate(srv, dimensions_field=None, max_retries=0)
+        with pytest.raises(IncompleteEmbeddingError, match="128"):
+            m.embed(["a"])
+        assert "embedding_dim" not in json.dumps(srv.requests[-1])
+        sent = replicate(srv)  # the width sent: the server's 64-wide rows
+        np.testing.assert_allclose(sent.embed(["a"]), expected(["a"], 64, 128), rtol=1e-5)
