@@ -22,6 +22,7 @@ MODEL_ENV = "SMYSL_MODEL"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    from smysl.server.config import ServerConfig
     add_model_arguments(p, required=False)  # else $SMYSL_MODEL
     p.add_argument("--host", default=None,
                    help="interface to bind (default: $SMYSL_HOST, else loopback 127.0.0.1)")
@@ -35,18 +36,24 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "server from a browser; repeat for more (default: none)")
     p.add_argument("--dimensions", type=int, default=None,
                    help="default output size when a request names none (Matryoshka)")
-    p.add_argument("--max-batch-requests", type=int, default=256)
+    d = ServerConfig()  # its defaults, named in the help: one home for each
+    p.add_argument("--max-batch-requests", type=int, default=None,
+                   help=f"requests one batch may serve (default {d.max_batch_requests})")
     p.add_argument("--max-wait-ms", type=float, default=None,
                    help="how long an idle-time request waits for companions (default 2 ms; "
                         "0 for a model on a GPU)")
-    p.add_argument("--max-queue", type=int, default=512,
-                   help="requests waiting for compute before 429")
-    p.add_argument("--max-inputs", type=int, default=2048, help="inputs per request")
-    p.add_argument("--max-request-mb", type=float, default=16.0, help="request body limit")
-    p.add_argument("--max-request-tokens", type=int, default=65536,
-                   help="tokens one request may embed or tokenise (after truncation)")
-    p.add_argument("--request-timeout-s", type=float, default=120.0,
-                   help="time budget of one embedding request, then 504 (0 = none)")
+    p.add_argument("--max-queue", type=int, default=None,
+                   help=f"requests waiting for compute before 429 (default {d.max_queue})")
+    p.add_argument("--max-inputs", type=int, default=None,
+                   help=f"inputs per request (default {d.max_inputs}, OpenAI's)")
+    p.add_argument("--max-request-mb", type=float, default=None,
+                   help=f"request body limit (default {d.max_request_bytes / 2**20:g})")
+    p.add_argument("--max-request-tokens", type=int, default=None,
+                   help=f"tokens one request may embed or tokenise, after truncation "
+                        f"(default {d.max_request_tokens}, OpenAI's)")
+    p.add_argument("--request-timeout-s", type=float, default=None,
+                   help=f"time budget of one embedding request, then 504 (0 = none; default "
+                        f"{d.request_timeout_s:g})")
     p.add_argument("--unhealthy-exit-s", type=float, default=None,
                    help="exit with status 3 once the model backend has been down this long, "
                         "so a supervisor restarts the server (0 = never; default 60 for a "
@@ -58,8 +65,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="accept token-id input on /v1/embeddings and TEI /embed as the "
                         "model's own token ids (default: refused, since an OpenAI client's ids "
                         "are tiktoken's, e.g. LangChain's OpenAIEmbeddings)")
-    p.add_argument("--switch-interval-ms", type=float, default=1.0,
-                   help="GIL switch interval while serving (0 = Python's default 5 ms)")
+    p.add_argument("--switch-interval-ms", type=float, default=None,
+                   help=f"GIL switch interval while serving (0 = Python's default 5 ms; "
+                        f"default {(d.switch_interval_s or 0) * 1000:g})")
     p.add_argument("--index", default=None,
                    help="a 'smysl index' location built with this model: POST /search and the "
                         "search box of /ui query it")
@@ -145,17 +153,23 @@ def _server_config(args: argparse.Namespace, model_name: str,
                    index_settings: dict[str, object]) -> ServerConfig:
     from smysl.server import ServerConfig
 
+    # flags in other units than their fields, converted where given (0: none)
+    converted: dict[str, object] = {}
+    if args.max_request_mb is not None:
+        converted["max_request_bytes"] = int(args.max_request_mb * 1024 * 1024)
+    if args.request_timeout_s is not None:
+        converted["request_timeout_s"] = args.request_timeout_s or None
+    if args.switch_interval_ms is not None:
+        converted["switch_interval_s"] = args.switch_interval_ms / 1000 or None
     return ServerConfig.from_env(
         host=args.host, port=args.port, api_key=args.api_key, served_name=args.served_name,
-        max_batch_tokens=args.max_batch_tokens, max_batch_requests=args.max_batch_requests,
-        max_wait_ms=args.max_wait_ms, max_queue=args.max_queue, max_inputs=args.max_inputs,
-        max_request_bytes=int(args.max_request_mb * 1024 * 1024),
-        max_request_tokens=args.max_request_tokens,
-        request_timeout_s=args.request_timeout_s or None,
+        max_batch_tokens=args.max_batch_tokens, max_wait_ms=args.max_wait_ms,
+        **given(args, max_batch_requests="max_batch_requests", max_queue="max_queue",
+                max_inputs="max_inputs", max_request_tokens="max_request_tokens"),
+        **converted,
         unhealthy_exit_s=unhealthy_exit_s(model_name or args.reranker, args.unhealthy_exit_s),
         default_dimensions=args.dimensions, allow_empty=args.allow_empty_input,
         token_ids=args.token_ids,
-        switch_interval_s=args.switch_interval_ms / 1000 if args.switch_interval_ms else None,
         index=args.index, **index_settings,
         workers=1 if args.workers == "auto" else args.workers,
         access_log=args.access_log, cors_origins=tuple(args.cors_allow_origin or ()))

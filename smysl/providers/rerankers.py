@@ -477,9 +477,9 @@ class SmyslReranker(CohereReranker):
     """Another ``smysl serve --reranker R``: its Cohere-shaped ``POST /v1/rerank``
     (smysl/server/rerank_routes.py) with smysl's extensions ``instruction`` (the Qwen3-Reranker
     ``<Instruct>`` line) and ``truncate`` (cut an over-long document instead of a 400). Limits
-    are the server's defaults (``max_inputs`` 2,048 documents, ``max_request_tokens`` 65,536
-    prompt tokens per request); pass ``max_batch_texts=``/``max_batch_tokens=`` for a server
-    started with others."""
+    are within the server's defaults (``max_inputs`` 2,048 documents; 65,536 prompt tokens per
+    request, the default ``max_request_tokens`` of servers before 300,000); pass
+    ``max_batch_texts=``/``max_batch_tokens=`` for a server started with others."""
 
     SEARCH_UNITS = False
     #: The Qwen3-Reranker prompt (system line, tags, empty think block, the default

@@ -65,9 +65,11 @@ class ServerConfig:
     #: Largest request body in bytes; larger bodies get 413 before they are read in full.
     max_request_bytes: int = 16 * 1024 * 1024
     #: Most tokens one request may embed or tokenise (after truncation, EOS included); more
-    #: is answered 400 (TEI: 422). Texts with more than 8 characters per allowed token are
-    #: refused before tokenisation, so a huge body costs neither time nor memory.
-    max_request_tokens: int = 65536
+    #: is answered 400 (TEI: 422). OpenAI's own per-request limit: its clients batch to it
+    #: (LangChain's OpenAIEmbeddings: 1,000 texts, up to 300,000 tokens, a call), and one of
+    #: 65,536 refused their ordinary batches. Texts with more than 8 characters per allowed
+    #: token are refused before tokenisation, so a huge body costs neither time nor memory.
+    max_request_tokens: int = 300_000
     #: Time budget of one embedding request from queueing, in seconds; past it the request is
     #: answered 504 and the rest of its work is dropped (a forward pass that has started
     #: finishes). None = no limit.

@@ -189,6 +189,22 @@ def test_token_cap_in_each_api_shape(capped, tiny) -> None:  # type: ignore[no-u
     assert np.array_equal(np.array(r.json()["embeddings"], np.float32), tiny.embed(texts[:2]))
 
 
+def test_an_openai_clients_ordinary_batch_fits_the_default_limits(tiny) -> None:  # type: ignore[no-untyped-def]
+    """LangChain's OpenAIEmbeddings sends 1,000 texts a call (up to OpenAI's 300,000 tokens):
+    1,000 RAG chunks of ~1,000 characters (~277K tokens) got a 400 under the old defaults
+    (65,536 tokens, 524,288 characters), and OpenAI clients do not split on a 400."""
+    words = ["Семантический", "поиск", "сравнивает", "смыслы", "текстов,", "а", "не",
+             "слова.", "Search", "compares", "meanings."]
+    texts = [" ".join(words[(i + j) % len(words)] for j in range(120)) + f" {i}"
+             for i in range(1000)]
+    assert sum(map(len, texts)) > 900_000 and sum(tiny.count_tokens(texts)) > 250_000
+    with TestClient(create_app(tiny, ServerConfig())) as c:
+        r = c.post("/v1/embeddings", json={"input": texts, "model": tiny.name})
+    assert r.status_code == 200, r.text
+    got = np.array([d["embedding"] for d in r.json()["data"]], np.float32)
+    np.testing.assert_allclose(got[::97], tiny.embed(texts[::97]), atol=1e-6)
+
+
 def test_huge_bodies_are_refused_before_tokenisation(capped) -> None:  # type: ignore[no-untyped-def]
     """issue 11 item 6: a big body on /tokenize or a truncating /api/embed is refused from its
     length alone (it used to be tokenised whole: 1.7 GB for 15 MB)."""

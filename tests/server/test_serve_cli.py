@@ -160,3 +160,24 @@ def test_bad_settings_are_named_by_their_flags_and_ranges(capsys) -> None:  # ty
             "(>= 1024 bytes), --index-threads (>= 1)") in err
     with pytest.raises(ValueError, match=r"max_queue \(>= 1\)"):
         ServerConfig(max_queue=0)  # the Python API keeps its field names
+
+
+def test_flags_not_given_keep_the_configs_defaults() -> None:
+    """The serve flags had defaults of their own (a copy of each ServerConfig default, the
+    request token cap among them); given ones are converted to the fields' units."""
+    import argparse
+
+    from smysl.commands import serve
+
+    p = argparse.ArgumentParser()
+    serve.add_arguments(p)
+    config = serve._server_config(p.parse_args(["--model", "m"]), "m", {})
+    default = ServerConfig()
+    for field in ("max_batch_requests", "max_queue", "max_inputs", "max_request_bytes",
+                  "max_request_tokens", "request_timeout_s", "switch_interval_s"):
+        assert getattr(config, field) == getattr(default, field), field
+    args = p.parse_args(["--model", "m", "--max-request-mb", "2", "--request-timeout-s", "0",
+                         "--switch-interval-ms", "0", "--max-request-tokens", "7"])
+    config = serve._server_config(args, "m", {})
+    assert (config.max_request_bytes, config.request_timeout_s, config.switch_interval_s,
+            config.max_request_tokens) == (2 << 20, None, None, 7)
