@@ -31,8 +31,12 @@ class EmbedRequest(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
     model: StrictStr | None = Field(None, description="served model name (any alias)")
-    input: StrictStr | list[StrictStr] = Field(description="text or list of texts")
-    truncate: StrictBool = True
+    # null, missing or "": no input, as Ollama reads it (ollama-python's embed(model=...) sends
+    # input="" to load a model); it answers no embeddings
+    input: StrictStr | list[StrictStr] | None = Field(None, description="text or list of texts")
+    # null is unset in Ollama's Go (a nil pointer): truncate then defaults to true, and a
+    # dimensions of 0 (Go's zero value) is no size asked for
+    truncate: StrictBool | None = True
     dimensions: StrictInt | None = None
     keep_alive: KeepAlive = None
     options: dict[str, Any] | None = None
@@ -54,7 +58,7 @@ class LegacyEmbeddingsRequest(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
     model: StrictStr | None = None
-    prompt: StrictStr = ""
+    prompt: StrictStr | None = ""  # null is Go's "": a preload
     keep_alive: KeepAlive = None
     options: dict[str, Any] | None = None
 
@@ -95,9 +99,13 @@ def router(service: Service, fast: FastRoutes) -> APIRouter:
     @fast.post(r, EmbedRequest, "/embed", response_model=EmbedResponse)
     async def embed(body: EmbedRequest, receive: Receive) -> Response:
         """Embed one text or a list (Ollama ``/api/embed``)."""
+        # Ollama answers with the model name as the request gave it
         model = service.resolve_model(body.model)
-        dims = service.dimensions(body.dimensions)
-        texts = [body.input] if isinstance(body.input, str) else list(body.input)
+        if body.model and body.model.strip():
+            model = body.model
+        dims = service.dimensions(body.dimensions or None)
+        texts = ([] if body.input is None or body.input == "" else
+                 [body.input] if isinstance(body.input, str) else list(body.input))
         if not texts:
             # Ollama answers an empty input with no embeddings: clients use it to preload.
             return json_response({"model": model, "embeddings": [], "total_duration": 0,
@@ -105,7 +113,7 @@ def router(service: Service, fast: FastRoutes) -> APIRouter:
         service.check_texts(texts)
         task = service.instruction(body.instruction, body.input_type)
         result = await service.embed_texts(texts, instruction=task, dimensions=dims,
-                                           truncate=body.truncate,
+                                           truncate=body.truncate is not False,
                                            disconnected=until_disconnected(receive))
         return json_response({"model": model, "embeddings": result.vectors,
                               "total_duration": int(result.total_s * 1e9), "load_duration": 0,
@@ -116,7 +124,7 @@ def router(service: Service, fast: FastRoutes) -> APIRouter:
     async def embeddings(body: LegacyEmbeddingsRequest, receive: Receive) -> Response:
         """Legacy single-prompt embedding (Ollama ``/api/embeddings``)."""
         service.resolve_model(body.model)
-        if body.prompt == "":
+        if not body.prompt:
             # Ollama's legacy route answers an empty prompt with an empty embedding (a preload).
             return json_response({"embedding": []})
         service.check_texts([body.prompt], "prompt")

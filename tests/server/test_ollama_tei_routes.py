@@ -62,6 +62,25 @@ def test_ollama_legacy_and_metadata(client, tiny) -> None:  # type: ignore[no-un
     assert client.get("/api/version").json()["version"].count(".") == 2
 
 
+def test_ollama_reads_requests_as_ollama_does(client, tiny) -> None:  # type: ignore[no-untyped-def]
+    """What Ollama accepts: "", null or no input (ollama-python's `embed(model=...)` preload
+    sends input=""), null fields as unset (Go), dimensions 0 as none asked; the model named
+    as the request named it. All were 400s, and the model came back as the served id."""
+    for body in ({"model": "qwen3-embedding", "input": ""}, {"model": "qwen3-embedding"},
+                 {"model": "qwen3-embedding", "input": None}):
+        r = client.post("/api/embed", json=body)
+        assert r.status_code == 200, (body, r.text)
+        assert r.json()["embeddings"] == [] and r.json()["model"] == "qwen3-embedding"
+    r = client.post("/api/embed", json={"input": LONG, "truncate": None, "dimensions": 0,
+                                        "keep_alive": None, "options": None})
+    assert r.status_code == 200, r.text
+    assert np.array_equal(vecs(r.json()["embeddings"]), tiny.embed([LONG], truncate=True))
+    assert r.json()["model"] == "qwen3-embedding:0.6b"  # none named: the served name
+    r = client.post("/api/embed", json={"model": "Qwen3-Embedding:0.6B:latest", "input": "a"})
+    assert r.json()["model"] == "Qwen3-Embedding:0.6B:latest"
+    assert client.post("/api/embeddings", json={"prompt": None}).json() == {"embedding": []}
+
+
 def test_ollama_errors(client) -> None:  # type: ignore[no-untyped-def]
     r = client.post("/api/embed", json={"model": "llama3", "input": "x"})
     assert r.status_code == 404 and "llama3" in r.json()["error"]
