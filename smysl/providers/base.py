@@ -101,7 +101,7 @@ class Provider(BaseEmbedder):
             raise ValueError(f"dimensions must be a positive integer, got {dimensions!r}")
         #: Whether requests ask the server for that width: then rows all wider than it come
         #: from a server that ignored it, and their Matryoshka prefix is what was asked for.
-        #: Where nothing is sent (TEI, Ollama), wider rows are no such prefix: an error.
+        #: Where nothing is sent (TEI), wider rows are no such prefix: an error.
         self.sends_dimensions = (self.request_dimensions is not None
                                  and config.supports_dimensions)
         self._width: int | None = (

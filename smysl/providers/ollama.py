@@ -1,6 +1,7 @@
 """Ollama's native ``POST /api/embed``.
 
-Request ``{"model", "input": [...], "truncate": bool}``; response
+Request ``{"model", "input": [...], "truncate": bool}`` (and ``dimensions`` when a width is
+asked for); response
 ``{"model", "embeddings": [[...]], "total_duration", "load_duration", "prompt_eval_count"}``.
 ``truncate`` is always sent because Ollama truncates silently by default, which would hide
 over-long inputs that the local engine rejects.
@@ -18,7 +19,10 @@ class OllamaProvider(Provider):
     """A model served by Ollama (``ollama pull qwen3-embedding:0.6b``)."""
 
     def request_body(self, texts: list[str], *, truncate: bool) -> dict[str, Any]:
-        return {"model": self.model, "input": texts, "truncate": truncate}
+        body: dict[str, Any] = {"model": self.model, "input": texts, "truncate": truncate}
+        if self.sends_dimensions:  # Ollama 0.11+; older ones answer full rows, then cut here
+            body["dimensions"] = self.request_dimensions
+        return body
 
     def parse_response(self, body: Any, n: int) -> tuple[Sequence[Sequence[float]], Any]:
         rows = body["embeddings"]

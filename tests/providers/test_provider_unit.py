@@ -604,3 +604,26 @@ def test_a_closed_provider_says_so_at_once() -> None:
         p.embed(["b"])
     assert p.sleeps == [] and p.healthy and len(h.bodies) == 1  # type: ignore[attr-defined]
     assert e.value.failed == [0]
+
+
+@pytest.mark.parametrize("honours", [True, False])
+def test_ollama_is_sent_the_width_asked_for(honours: bool) -> None:
+    """Ollama's /api/embed takes `dimensions` (0.11+): it was never sent, and rows of the
+    model's full width for `dimensions=40` were an error. An older Ollama ignores it: its
+    full rows are cut here, as a server-side `dimensions` would."""
+    bodies: list[dict[str, Any]] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        body = json.loads(request.content)
+        bodies.append(body)
+        width = body.get("dimensions", 64) if honours else 64
+        rows = [det_vector(t, 64)[:width] for t in body["input"]]
+        return httpx.Response(200, json={"embeddings": [_unit(r[None])[0].tolist()
+                                                        for r in rows]})
+
+    p = connect("ollama", "http://h:1#qwen3-embedding:8b",
+                transport=httpx.MockTransport(handler), dimensions=40)
+    out = p.embed(["x", "y"])
+    assert bodies[0]["dimensions"] == 40 and out.shape == (2, 40)
+    np.testing.assert_allclose(out, _unit(np.stack([det_vector(t, 64)[:40] for t in "xy"])),
+                               rtol=1e-5)
