@@ -24,6 +24,7 @@ from smysl.server.batcher import BackendDown, Batcher, EmbedBackend, Job
 from smysl.server.config import ServerConfig
 from smysl.server.errors import ApiError
 from smysl.server.metrics import Metrics
+from smysl.shown import shown_source
 from smysl.tokenize import Direction, InputTooLongError
 
 _T = TypeVar("_T")
@@ -139,7 +140,11 @@ class Service:
 
     # ------------------------------------------------------------------ names
     def _accepted_names(self) -> set[str]:
-        return names_of(self.embedder.name) | names_of(self.model_id)
+        # the --model string too, as typed (st:all-minilm-l6-v2 was a 404 while the backend's
+        # name, all-minilm-l6-v2, was served): a client configured as the server was works
+        source = self.embedder.source
+        return (names_of(self.embedder.name) | names_of(self.model_id)
+                | (names_of(shown_source(source)) if source else set()))
 
     def info(self) -> ModelInfo:
         """The served model's :class:`~smysl.base.ModelInfo` (under the served name)."""

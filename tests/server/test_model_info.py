@@ -58,3 +58,19 @@ def test_the_reported_width_is_the_served_one(tiny) -> None:  # type: ignore[no-
         assert c.get("/v1/models").json()["data"][0]["dimensions"] == 48
         show = c.post("/api/show", json={"model": "tiny"}).json()
         assert show["model_info"]["qwen3.embedding_length"] == 48
+
+
+def test_the_model_string_served_is_a_name_clients_may_send(tiny_dir: Path) -> None:
+    """`smysl serve --model st:all-minilm-l6-v2`, then a client sending that same string:
+    404 model_not_found (only the backend's own name, all-minilm-l6-v2, was known)."""
+    minilm = smysl.load("st:all-minilm-l6-v2", device="cpu")
+    tiny = smysl.load(str(tiny_dir), device="cpu")
+    for model, names in ((minilm, ["st:all-minilm-l6-v2", "ST:all-MiniLM-L6-v2",
+                                   "all-minilm-l6-v2"]),
+                         (tiny, [str(tiny_dir), tiny_dir.name])):
+        with TestClient(create_app(model, ServerConfig())) as c:
+            for name in names:
+                r = c.post("/v1/embeddings", json={"model": name, "input": "hello"})
+                assert r.status_code == 200, (name, r.text)
+            r = c.post("/v1/embeddings", json={"model": "gpt-4", "input": "hello"})
+            assert r.status_code == 404
