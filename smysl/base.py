@@ -57,6 +57,10 @@ class ModelInfo:
     parameters: int | None = None
     #: Where it computes (``cpu``, ``cuda:0``), None for remote APIs.
     device: str | None = None
+    #: The network's family as transformers and GGUF name it (``qwen3``, ``bert``), and the
+    #: weights' file format (``safetensors``, ``gguf``); None where unknown (remote APIs).
+    architecture: str | None = None
+    file_format: str | None = None
     #: Process id of an engine running in a child process, else None.
     process: int | None = None
     #: Token budget of one forward pass the backend is tuned for, None when it has none.

@@ -156,7 +156,8 @@ class SentenceTransformerEmbedder(BaseEmbedder):
         return dataclasses.replace(super().info(), dtype=self.dtype, device=str(self.model.device),
                                    parameters=sum(p.numel() for p in self.model.parameters()),
                                    pooling="sentence-transformers",
-                                   fingerprint=self.fingerprint())
+                                   fingerprint=self.fingerprint(),
+                                   architecture=_model_type(self.model))
 
     def fingerprint(self) -> str:
         """Hash of every file in the model's folder (size + three 1 MiB windows each) and the

@@ -153,7 +153,8 @@ class Embedder(OnEngine, BaseEmbedder, TokenLevel):
             # a GGUF file's weight type (Q8_0, F16) unless the engine re-quantised them
             quantization=e.quantization or (self.checkpoint.weight_type if self.checkpoint
                                             else None),
-            parameters=e.parameters, device=e.device,
+            parameters=e.parameters, device=e.device, architecture="qwen3",
+            file_format=self.checkpoint.format if self.checkpoint else None,
             process=e.pid, fingerprint=self.fingerprint(),
             cpu=e.cpu,
             cuda_graphs=e.cuda_graphs or None, kernel=e.kernel, slice_tokens=e.chunk,

@@ -92,8 +92,11 @@ def router(service: Service, fast: FastRoutes) -> APIRouter:
     digest = hashlib.sha256(service.model_id.encode()).hexdigest()
 
     def details(model: ModelInfo) -> dict[str, object]:
-        return {"parent_model": "", "format": "safetensors", "family": "qwen3",
-                "families": ["qwen3"], "parameter_size": parameter_size(model.parameters),
+        # what the model is (a MiniLM served through st: is no qwen3); "" where unknown
+        family = model.architecture or ""
+        return {"parent_model": "", "format": model.file_format or "", "family": family,
+                "families": [family] if family else None,
+                "parameter_size": parameter_size(model.parameters),
                 "quantization_level": model.quantization_level}
 
     @fast.post(r, EmbedRequest, "/embed", response_model=EmbedResponse)
@@ -149,16 +152,19 @@ def router(service: Service, fast: FastRoutes) -> APIRouter:
         """Model details (Ollama ``/api/show``)."""
         service.resolve_model(body.model if body.model is not None else body.name)
         model = service.info()
+        # Ollama's keys are "<architecture>.<field>"; a backend of unknown architecture (a
+        # remote API) is named by its scheme
+        arch = model.architecture or model.backend
         info: dict[str, object] = {
-            "general.architecture": "qwen3",
+            "general.architecture": arch,
             "general.basename": service.model_id,
             # what a request without ``dimensions`` gets (``--dimensions``)
-            "qwen3.embedding_length": service.dimensions(None),
+            f"{arch}.embedding_length": service.dimensions(None),
         }
         if model.parameters:
             info["general.parameter_count"] = model.parameters
         if model.max_tokens:
-            info["qwen3.context_length"] = model.max_tokens
+            info[f"{arch}.context_length"] = model.max_tokens
         return json_response({"license": "", "modelfile": f"FROM {service.model_id}\n",
                               "parameters": "", "template": "", "details": details(model),
                               "model_info": info, "capabilities": ["embedding"],

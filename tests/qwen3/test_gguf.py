@@ -587,7 +587,7 @@ def test_ollama_store_model_loads_by_name(files: dict[str, Path], tmp_path: Path
     model = smysl.load("ollama-store:qwen3-embedding:0.6b", device="cpu", dtype="float32")
     assert (model.name, model.source) == ("qwen3-embedding:0.6b",
                                           "ollama-store:qwen3-embedding:0.6b")
-    assert model.info().quantization == "Q8_0"
+    assert (model.info().quantization, model.info().file_format) == ("Q8_0", "gguf")
     direct = Embedder.load(str(files["Q8_0"]), device="cpu", dtype="float32")
     assert np.array_equal(model.embed(TEXTS), direct.embed(TEXTS))
     with pytest.raises(FileNotFoundError, match=r"'qwen3-embedding:8b' is not in the store at "

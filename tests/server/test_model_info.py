@@ -74,3 +74,10 @@ def test_the_model_string_served_is_a_name_clients_may_send(tiny_dir: Path) -> N
                 assert r.status_code == 200, (name, r.text)
             r = c.post("/v1/embeddings", json={"model": "gpt-4", "input": "hello"})
             assert r.status_code == 404
+            # what the model is: a MiniLM was shown as a qwen3 in safetensors
+            show = c.post("/api/show", json={}).json()
+            arch = "bert" if model is minilm else "qwen3"
+            assert show["details"]["family"] == show["model_info"]["general.architecture"] == arch
+            assert show["model_info"][f"{arch}.embedding_length"] == model.dimensions
+            assert c.get("/api/tags").json()["models"][0]["details"]["families"] == [arch]
+    assert tiny.info().file_format == "safetensors" and minilm.info().file_format is None
