@@ -115,6 +115,8 @@ class SimpleToken(BaseModel):
 
 class Info(BaseModel):
     model_id: str
+    #: The name clients send (TEI's ``--served-model-name``; here the served model's id).
+    served_model_name: str
     model_sha: str | None
     model_dtype: str
     model_type: dict[str, dict[str, str]]
@@ -268,7 +270,7 @@ def router(service: Service, fast: FastRoutes) -> APIRouter:
         cfg = service.config
         model = service.info()
         return json_response({
-            "model_id": model.name, "model_sha": None,
+            "model_id": model.name, "served_model_name": model.name, "model_sha": None,
             "model_dtype": model.dtype or "unknown",
             "model_type": {"embedding": {"pooling": model.pooling}},
             # the server's, not this worker's: each of --workers queues its own max_queue

@@ -26,7 +26,7 @@ def test_reported_dtype_and_quantization(tiny_dir: Path, options: dict[str, str]
     assert info.parameters and info.parameters > 0
     with TestClient(create_app(model, ServerConfig(served_name="tiny"))) as c:
         tei = c.get("/info").json()
-        assert tei["model_dtype"] == dtype and tei["model_id"] == "tiny"
+        assert tei["model_dtype"] == dtype and tei["model_id"] == tei["served_model_name"] == "tiny"
         # the engine's slice size, and no tuning here (conftest points SMYSL_TUNING nowhere)
         assert tei["slice_tokens"] == info.slice_tokens and info.slice_tokens
         assert tei["tuned_at"] is info.tuned_at is None
