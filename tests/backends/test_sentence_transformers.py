@@ -69,11 +69,11 @@ def test_fingerprint_hashes_the_model_folder(minilm: BaseEmbedder, tmp_path) -> 
     import shutil
 
     import smysl
-    from smysl.backends.sentence_transformers import _model_path
+    from smysl.backends.sentence_transformers import model_path
 
     assert minilm.info().fingerprint == minilm.fingerprint()
     copy = tmp_path / "copy"
-    shutil.copytree(_model_path("all-minilm-l6-v2"), copy)
+    shutil.copytree(model_path("all-minilm-l6-v2"), copy)
     assert smysl.load(f"st:{copy}").fingerprint() == minilm.fingerprint()
     (copy / "config.json").write_text((copy / "config.json").read_text() + " ")
     assert smysl.load(f"st:{copy}").fingerprint() != minilm.fingerprint()
