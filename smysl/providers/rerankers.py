@@ -38,7 +38,7 @@ import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -181,6 +181,34 @@ def scores_from_results(results: Any, n: int, who: str, *,
     return out
 
 
+class Ranking(NamedTuple):
+    """What orders documents whose scores tie (a Qwen3-Reranker's P("yes") is 1.0 for every
+    confident document), in input order; a ``parse_response`` may return it fourth."""
+
+    #: Finer scores that rank as the server ranked (smysl's ``raw_score``: the logit
+    #: difference), None when the answer has none.
+    keys: np.ndarray | None
+    #: Each document's place in its answer, best first (None: the answer is in input order).
+    places: np.ndarray | None
+
+
+def ranking_from_results(results: list[Any], n: int, who: str, *,
+                         key: str | None = None) -> Ranking:
+    """The :class:`Ranking` of results already checked by :func:`scores_from_results`: their
+    places, and ``key``'s finite values when every result has one."""
+    places = np.zeros(n, dtype=np.int64)
+    keys = np.zeros(n) if key is not None else None
+    for k, item in enumerate(results):
+        places[item["index"]] = k
+        if keys is not None:
+            if item.get(key) is None:
+                keys = None
+            else:
+                keys[item["index"]] = _finite(item[key], who, f"the {key} of document "
+                                                               f"{item['index']}")
+    return Ranking(keys, places)
+
+
 def scores_from_list(scores: Any, n: int, who: str) -> np.ndarray:
     """Scores given as a bare list in input order (DeepInfra): ``n`` finite numbers."""
     if not isinstance(scores, list):
@@ -271,9 +299,11 @@ class RemoteReranker(BaseReranker):
         """JSON body scoring every one of ``documents`` against ``query``."""
         raise NotImplementedError
 
-    def parse_response(self, body: Any, n: int) -> tuple[np.ndarray, int | None, int | None]:
+    def parse_response(self, body: Any, n: int) -> tuple[Any, ...]:
         """Scores of the ``n`` documents in request order (checked: see
-        :func:`scores_from_results`), tokens and search units reported (None: not reported).
+        :func:`scores_from_results`), tokens and search units reported (None: not reported),
+        and optionally fourth the :class:`Ranking` that breaks ties among equal scores (an
+        answer best first: :func:`ranking_from_results`).
         ``KeyError``/``TypeError``/``ValueError`` on an unexpected shape."""
         raise NotImplementedError
 
@@ -295,6 +325,14 @@ class RemoteReranker(BaseReranker):
     # ---------------------------------------------------------------- BaseReranker
     def _scores(self, query: str, documents: list[str], *, instruction: str | None,
                 truncate: bool) -> np.ndarray:
+        return self._scores_and_keys(query, documents, instruction=instruction,
+                                     truncate=truncate)[0]
+
+    def _scores_and_keys(self, query: str, documents: list[str], *, instruction: str | None,
+                         truncate: bool) -> tuple[np.ndarray, np.ndarray]:
+        """Scores, and keys that rank as the server did: its finer keys where every answer had
+        them, else the scores; ties broken by each answer's order (a server ranking by keys
+        it does not send, as a smysl server does, kept its order where its scores tie)."""
         cfg = self.config
         sizes = (self._sizes(query, documents, instruction) if cfg.max_batch_tokens
                  else [0] * len(documents))
@@ -303,15 +341,21 @@ class RemoteReranker(BaseReranker):
             max_batch_tokens=cfg.max_batch_tokens, by_length=False,
             max_batch_size=min(cfg.max_batch_texts, limit.size)))
         out = np.full(len(documents), np.nan)
+        keys = np.full(len(documents), np.nan)  # NaN where an answer had none
+        places = np.zeros(len(documents), dtype=np.int64)
         deadline = _CallDeadline(cfg.job_timeout, self.name)
         error = run_batches(
             batches, lambda batch: self._send(query, documents, batch, instruction, truncate,
-                                              out, deadline, limit),
+                                              (out, keys, places), deadline, limit),
             workers=min(cfg.max_concurrency, len(batches)),
             thread_name=f"smysl-rerank-{cfg.name}")
         limit.finish()
         if error is None:
-            return out
+            primary = keys if not np.isnan(keys).any() else out
+            ranked = np.lexsort((places, -primary))  # best first; ties: the answer's order
+            rank_keys = np.empty(len(documents))
+            rank_keys[ranked] = -np.arange(len(documents), dtype=np.float64)
+            return out, rank_keys
         if isinstance(error, RetriesExhaustedError) and \
                 isinstance(error.__cause__, MalformedResponseError):
             # Every try answered a malformed body: say so in the type, not only the text.
@@ -330,8 +374,10 @@ class RemoteReranker(BaseReranker):
         return [fixed + d for d in count(documents)]
 
     def _send(self, query: str, documents: list[str], batch: list[int],
-              instruction: str | None, truncate: bool, out: np.ndarray,
+              instruction: str | None, truncate: bool,
+              out: tuple[np.ndarray, np.ndarray, np.ndarray],
               deadline: Deadline, limit: CallLimit) -> None:
+        """Scores of ``batch`` into ``out`` (scores, keys, places in the answer)."""
         deadline.check()
         cap = limit.size
         if len(batch) > cap:  # a 413 taught a smaller size since this batch was planned
@@ -341,8 +387,8 @@ class RemoteReranker(BaseReranker):
             return
         chunk = [documents[i] for i in batch]
         try:
-            scores, tokens, units = self._request(query, chunk, instruction=instruction,
-                                                  truncate=truncate, deadline=deadline)
+            scores, tokens, units, ranking = self._request(
+                query, chunk, instruction=instruction, truncate=truncate, deadline=deadline)
         except PayloadTooLargeError as e:
             limit.refused(len(batch))  # for this batch, its retries and the call's later ones
             if len(batch) == 1:
@@ -358,26 +404,33 @@ class RemoteReranker(BaseReranker):
                                           f"{first}: {e}", e.status, e.body) from e
             raise
         limit.passed(len(batch))
-        out[batch] = scores
+        scored, keys, places = out
+        scored[batch] = scores
+        if ranking.keys is not None:
+            keys[batch] = ranking.keys
+        if ranking.places is not None:
+            places[batch] = ranking.places
         self.usage.record_rerank(documents=len(batch), tokens=tokens, search_units=units)
 
     def _request(self, query: str, documents: list[str], *, instruction: str | None,
                  truncate: bool, deadline: Deadline | None = None
-                 ) -> tuple[np.ndarray, int | None, int | None]:
+                 ) -> tuple[np.ndarray, int | None, int | None, Ranking]:
         body = self.request_body(query, documents, instruction=instruction, truncate=truncate)
         return self._http.post(body, len(documents), read=self._read, sleep=self.sleep,
                                deadline=deadline)
 
-    def _read(self, body: Any, n: int) -> tuple[np.ndarray, int | None, int | None]:
-        scores, tokens, units = self.parse_response(body, n)
+    def _read(self, body: Any, n: int) -> tuple[np.ndarray, int | None, int | None, Ranking]:
+        parsed = self.parse_response(body, n)
+        scores, tokens, units = parsed[:3]
+        ranking = parsed[3] if len(parsed) > 3 else Ranking(None, None)
         if scores.shape != (n,):  # parse_response's helpers check this; a subclass may not
             raise MalformedResponseError(f"{self.name}: malformed response: {scores.shape} "
                                          f"scores for {n} documents")
-        return scores, reported_count(tokens), reported_count(units)
+        return scores, reported_count(tokens), reported_count(units), ranking
 
     def _probe(self) -> None:
         """Whether a down upstream is back: one short pair, one timeout (usage records it)."""
-        _, tokens, units = self._request(
+        _, tokens, units, _ = self._request(
             "health probe", ["health probe"], instruction=None, truncate=True,
             deadline=_CallDeadline(self.config.timeout, self.name))
         self.usage.record_rerank(documents=1, tokens=tokens, search_units=units)
@@ -429,13 +482,17 @@ class CohereReranker(RemoteReranker):
             body["return_documents"] = False
         return body
 
-    def parse_response(self, body: Any, n: int) -> tuple[np.ndarray, int | None, int | None]:
+    #: A result field with finer scores than ``relevance_score`` (smysl's ``raw_score``).
+    KEY_FIELD: str | None = None
+
+    def parse_response(self, body: Any, n: int) -> tuple[Any, ...]:
         scores = scores_from_results(body["results"], n, self.name)
         tokens = _first_count(body, ("usage", "total_tokens"), ("usage", "prompt_tokens"),
                               ("tokens", "input_tokens"), ("meta", "tokens", "input_tokens"))
         units = (_first_count(body, ("meta", "billed_units", "search_units"))
                  if self.SEARCH_UNITS else None)
-        return scores, tokens, units
+        return scores, tokens, units, ranking_from_results(body["results"], n, self.name,
+                                                           key=self.KEY_FIELD)
 
 
 class JinaReranker(CohereReranker):
@@ -486,12 +543,14 @@ class SmyslReranker(CohereReranker):
     #: instruction) is about 75 tokens, about 330 bytes.
     PAIR_OVERHEAD = (100, 400)
     instruction_aware = True
+    KEY_FIELD = "raw_score"
 
     def request_body(self, query: str, documents: list[str], *, instruction: str | None,
                      truncate: bool) -> dict[str, Any]:
         body = super().request_body(query, documents, instruction=instruction,
                                     truncate=truncate)
         body["truncate"] = truncate
+        body["raw_scores"] = True  # each result's raw_score: ties across requests broken
         if instruction is not None:
             body["instruction"] = instruction
         return body
@@ -511,8 +570,9 @@ class TEIReranker(RemoteReranker):
         return {"query": query, "texts": documents, "truncate": truncate,
                 "truncation_direction": "Right", "raw_scores": False, "return_text": False}
 
-    def parse_response(self, body: Any, n: int) -> tuple[np.ndarray, int | None, int | None]:
-        return scores_from_results(body, n, self.name, score_key="score"), None, None
+    def parse_response(self, body: Any, n: int) -> tuple[Any, ...]:
+        scores = scores_from_results(body, n, self.name, score_key="score")
+        return scores, None, None, ranking_from_results(body, n, self.name)
 
 
 class DeepInfraReranker(RemoteReranker):
@@ -528,7 +588,7 @@ class DeepInfraReranker(RemoteReranker):
                      truncate: bool) -> dict[str, Any]:
         return {"queries": [query] * len(documents), "documents": documents}
 
-    def parse_response(self, body: Any, n: int) -> tuple[np.ndarray, int | None, int | None]:
+    def parse_response(self, body: Any, n: int) -> tuple[Any, ...]:
         return (scores_from_list(body["scores"], n, self.name),
                 _first_count(body, ("input_tokens",), ("inference_status", "tokens_input")),
                 None)
@@ -590,10 +650,11 @@ class DashScopeReranker(RemoteReranker):
         return {"model": self.model, "input": {"query": query, "documents": documents},
                 "parameters": {"top_n": len(documents), "return_documents": False}}
 
-    def parse_response(self, body: Any, n: int) -> tuple[np.ndarray, int | None, int | None]:
+    def parse_response(self, body: Any, n: int) -> tuple[Any, ...]:
         results = body["results"] if self.compatible else body["output"]["results"]
         return (scores_from_results(results, n, self.name),
-                _first_count(body, ("usage", "total_tokens"), ("usage", "input_tokens")), None)
+                _first_count(body, ("usage", "total_tokens"), ("usage", "input_tokens")), None,
+                ranking_from_results(results, n, self.name))
 
 
 # ----------------------------------------------------------------------------- model strings

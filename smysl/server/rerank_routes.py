@@ -81,6 +81,9 @@ class RerankRequest(BaseModel):
     max_tokens_per_doc: StrictInt | None = None
     truncate: StrictBool = Field(False, description="smysl extension: cut over-long documents")
     instruction: StrictStr | None = Field(None, description="smysl extension: the Instruct line")
+    raw_scores: StrictBool = Field(
+        False, description="smysl extension: each result's raw_score (the logit difference the "
+                           "ranking follows, where the reranker is local)")
 
 
 class RerankV2Request(BaseModel):
@@ -105,6 +108,8 @@ class Scored:
         #: has saturated to 1.0; else the scores.
         self.scores, self.tokens = scores, tokens
         self.keys = scores if keys is None else keys
+        #: The logit differences where the reranker gave them (smysl's ``raw_score``).
+        self.raw = keys
 
     def order(self, top_n: int | None = None) -> list[int]:
         """Indices best first (ties: input order), the best ``top_n`` when given."""
@@ -326,6 +331,8 @@ def router(rs: RerankService, *, health: bool = False) -> APIRouter:
         results: list[dict[str, Any]] = []
         for i in out.order(body.top_n):
             item: dict[str, Any] = {"index": i, "relevance_score": float(out.scores[i])}
+            if body.raw_scores and out.raw is not None:  # P("yes") ties at 1.0; these do not
+                item["raw_score"] = float(out.raw[i])
             if body.return_documents:  # as sent (Cohere echoes a string as {"text": ...})
                 d = body.documents[i]
                 item["document"] = {"text": d} if isinstance(d, str) else d

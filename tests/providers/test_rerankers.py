@@ -95,6 +95,7 @@ def expected_body(shape: str, docs: list[str], instruction: str | None = None,
         body["return_documents"] = False
     if scheme == "smysl":
         body["truncate"] = truncate
+        body["raw_scores"] = True
     if instruction is not None and field is not None:
         body[field] = instruction
     return body

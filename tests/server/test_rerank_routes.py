@@ -402,6 +402,26 @@ def test_scores_that_saturate_are_ranked_by_the_logit_difference(reranker: Any) 
     assert Scored(ones, 0).order(2) == [0, 1]
 
 
+def test_remote_clients_keep_the_servers_ranking_of_saturated_scores(reranker: Any) -> None:
+    """`smysl:URL` and `tei:URL` re-sorted the answer by P("yes"): with every score 1.0 the
+    ranking fell back to input order. Now the smysl client ranks by each result's raw_score
+    (across requests too: here 3 documents a request) and both keep an answer's own order."""
+    import smysl
+    from smysl import Reranker
+
+    sharp = Reranker(reranker.engine, reranker.tokenizer, reranker.head * 3000, name="sharp")
+    want = sharp.rerank(QUERY, DOCS)
+    assert sum(s == 1.0 for _, s in want) >= 2 and [i for i, _ in want] != sorted(
+        i for i, _ in want)
+    with live_server(None, sharp) as url:
+        for model, options in ((f"smysl:{url}", {"max_batch_texts": 3}), (f"tei:{url}", {})):
+            remote = smysl.load_reranker(model, **options)
+            got = remote.rerank(QUERY, DOCS)
+            assert [i for i, _ in got] == [i for i, _ in want], model
+            np.testing.assert_allclose([s for _, s in got], [s for _, s in want], atol=1e-6)
+            remote.close()
+
+
 def test_a_refused_instruction_names_the_instruction(reranker: Any) -> None:
     """audit 8: a reranker without instructions (a TEI one) answers an instruction with a 400
     whose param is "instruction"."""
