@@ -224,9 +224,15 @@ def router(service: Service, reranking: RerankService | None = None) -> APIRoute
         if rerank and reranking is None:
             raise ApiError("unsupported", "this server has no reranker (smysl serve "
                            "--reranker R)", param="rerank")
-        if rerank and not body.k <= body.rerank_top <= MAX_RERANK_TOP:
-            raise ApiError("invalid", f"rerank_top must be between k ({body.k}) and "
-                           f"{MAX_RERANK_TOP}, got {body.rerank_top}", param="rerank_top")
+        # the reranker scores at most the server's max_inputs documents a request: a default
+        # rerank_top of 50 failed every search on a server started with fewer
+        most = min(MAX_RERANK_TOP, service.config.max_inputs)
+        top = (body.rerank_top if "rerank_top" in body.model_fields_set
+               else max(body.k, min(body.rerank_top, most)))
+        if rerank and not body.k <= top <= most:
+            raise ApiError("invalid", f"rerank_top must be between k ({body.k}) and {most} "
+                           f"(at most {MAX_RERANK_TOP}, and this server's max_inputs), got "
+                           f"{top}", param="rerank_top" if top != body.k else "k")
         service.check_texts([body.query], "query")
         try:  # the filter's own problems are the request's; the store's are the server's
             parse_where(body.where)
@@ -236,7 +242,7 @@ def router(service: Service, reranking: RerankService | None = None) -> APIRoute
             raise ApiError("invalid", f"text_weight must be between 0 and {MAX_TEXT_WEIGHT:g}, "
                            f"got {body.text_weight}", param="text_weight")
         config = SearchConfig(k=body.k, mode=body.mode, where=body.where,
-                              rerank_top=body.rerank_top, text_weight=body.text_weight)
+                              rerank_top=top, text_weight=body.text_weight)
         disconnected = until_disconnected(request.receive)
         # the query side of `smysl index search`: the instruction rule of the model, the
         # index's stored size, over-long queries cut (through the batcher, like every route)

@@ -189,6 +189,22 @@ def test_search_reranks_with_the_served_reranker(hash_index: Path,
     with TestClient(create_app(backend, ServerConfig(index=str(hash_index)))) as client:
         r = client.post("/search", json={"query": "q", "rerank": True})
         assert r.status_code == 422 and "no reranker" in r.json()["error"]
+    # a server taking 4 inputs a request: the default rerank_top (50) failed every search with
+    # "documents has 6 items but at most 4"; now it reranks the 4 nearest, and a rerank_top
+    # asked for above that is refused naming it
+    with Index.create_or_open(backend, IndexConfig(StoreConfig(uri=str(hash_index))),
+                              create=False) as ix:
+        (four,) = ix.search("a cat that purrs", SearchConfig(k=3, rerank_top=4),
+                            reranker=reranker)
+    app = create_app(backend, ServerConfig(index=str(hash_index), max_inputs=4),
+                     reranker=reranker)
+    with TestClient(app) as client:
+        r = client.post("/search", json={"query": "a cat that purrs", "k": 3})
+        assert r.status_code == 200, r.text
+        assert [h["id"] for h in r.json()["hits"]] == [h.id for h in four]
+        r = client.post("/search", json={"query": "q", "k": 3, "rerank_top": 5})
+        assert r.status_code == 422 and "rerank_top must be between k (3) and 4" in \
+            r.json()["error"]
 
 
 def test_search_never_serves_a_damaged_stored_vector(hash_index: Path) -> None:
