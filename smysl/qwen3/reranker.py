@@ -367,6 +367,7 @@ class Reranker(OnEngine, BaseReranker):
         the same length-sorted batches, whatever their query."""
         if isinstance(pairs, str | bytes):
             raise ValueError("pairs must be a sequence of (query, document) pairs")
+        self.check_instruction(instruction)  # instruction=5 was an AttributeError deep down
         if not pairs:
             return []
         ids = self.tokenize(pairs, instruction=instruction, truncate=truncate)

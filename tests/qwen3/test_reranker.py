@@ -206,6 +206,11 @@ def test_rerank_top_n_and_bad_input(loaded: dict[str, Reranker]) -> None:
         r.rerank(QUERY, DOCS, top_n=0)
     with pytest.raises(ValueError, match="pair 0 must be"):
         r.score([(QUERY,)])  # type: ignore[list-item]
+    # score() skipped the instruction check: an AttributeError ('int' ... 'isascii')
+    for call in (lambda: r.score([(QUERY, DOCS[0])], instruction=5),  # type: ignore[arg-type]
+                 lambda: r.rerank(QUERY, DOCS, instruction=5)):  # type: ignore[arg-type]
+        with pytest.raises(ValueError, match="instruction must be a string"):
+            call()
 
 
 def test_untied_checkpoint_without_lm_head_is_refused(tmp_path: Path) -> None:
