@@ -34,7 +34,7 @@ from torch import nn
 
 from smysl.qwen3.cpu import detect, int8_activation_bits, onednn_bf16
 from smysl.qwen3.ggml_quants import Plane, QuantStack, QuantTensor, Weight, planes
-from smysl.qwen3.model import pad_rows
+from smysl.qwen3.model import pad_rows, padded_rows
 
 #: Weight code range: ``-QMAX..QMAX`` (int8, symmetric).
 QMAX = 127.0
@@ -97,10 +97,13 @@ class Int8Linear(nn.Module):
         q = t.round_().to(torch.int8)
         xq = (q.view(torch.uint8).bitwise_xor_(128) if self.zero == 128
               else q.add_(self.zero).view(torch.uint8))
+        m = xq.shape[0]
+        if padded_rows(m) != m:  # oneDNN keeps a kernel and its memory per row count
+            xq = torch.cat([xq, xq.new_full((padded_rows(m) - m, xq.shape[1]), self.zero)])
         y = torch.ops.onednn.qlinear_pointwise(xq.contiguous(), 1.0, self.zero, self.packed,
                                                self.scales, self.zeros, None, 1.0, 0,
                                                torch.float32, "none", [], "")
-        return y.mul_(amax / self.qmax)
+        return y[:m].mul_(amax / self.qmax)
 
 
 class DynamicInt8Linear(nn.Module):
