@@ -27,13 +27,29 @@ def check_dimensions(dimensions: int | None, native: int, *, minimum: int = MIN_
     return int(dimensions)
 
 
+class NonFiniteError(RuntimeError):
+    """The model computed NaN or inf for input ``index`` (float16 overflowing, a damaged
+    checkpoint): such a row is never returned (normalised, it was an all-zero "vector")."""
+
+    def __init__(self, index: int) -> None:
+        self.index = index
+        super().__init__(
+            f"input {index}: the model computed non-finite values (NaN or inf) for it, so it "
+            "has no vector; float16 overflows where activations pass 65,504: load the model "
+            "in bfloat16 or float32")
+
+
 def finish(raw: np.ndarray, dimensions: int, *, normalize: bool = True) -> np.ndarray:
     """The one post-processing of pooled rows ``raw [n, native]`` -> ``[n, dimensions]``.
 
     Matryoshka: keep the first ``dimensions`` components, then L2-normalise (all of it at the
-    native size). ``normalize=False`` (TEI's option) keeps the raw components.
+    native size). ``normalize=False`` (TEI's option) keeps the raw components. A row with NaN
+    or inf raises :class:`NonFiniteError` naming it.
     """
     x = np.asarray(raw, dtype=np.float32)
+    finite = np.isfinite(x).all(axis=1)
+    if not finite.all():
+        raise NonFiniteError(int(np.flatnonzero(~finite)[0]))
     if dimensions != x.shape[1]:
         x = x[:, :dimensions]
     # a column slice is a strided view; callers serialise rows (orjson refuses strided arrays)

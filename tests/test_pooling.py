@@ -39,3 +39,52 @@ def test_raw_rows_cut_to_fewer_dimensions_are_contiguous() -> None:
     raw = np.arange(12, dtype=np.float32).reshape(3, 4)
     out = finish(raw, 2, normalize=False)
     assert out.flags.c_contiguous and np.array_equal(out, raw[:, :2])
+
+
+def test_a_non_finite_row_is_an_error_naming_it() -> None:
+    """A NaN/inf row (float16 overflowing) was normalised into an all-zero "unit" vector."""
+    from smysl.pooling import NonFiniteError
+
+    raw = np.ones((3, 40), np.float32)
+    raw[1, 5] = np.inf
+    for normalize in (True, False):
+        with pytest.raises(NonFiniteError, match="input 1: the model computed non-finite"):
+            finish(raw, 32, normalize=normalize)
+    raw[1, 5] = np.nan
+    with pytest.raises(NonFiniteError) as e:
+        finish(raw, 40)
+    assert e.value.index == 1
+
+
+def test_float16_overflow_is_reported_not_zeroed(tiny_dir, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """A checkpoint whose first MLP pushes activations past float16's 65,504: the engine's
+    float16 rows are NaN; embed returned all-zero vectors for them (cosine 0 to the
+    reference, into an index without a word). Now an error naming the input, in Python and
+    on the server (a 5xx for that request alone)."""
+    import shutil
+
+    import torch
+    from fastapi.testclient import TestClient
+    from safetensors.torch import load_file, save_file
+
+    import smysl
+    from smysl.pooling import NonFiniteError
+    from smysl.server import create_app
+
+    loud = tmp_path / "loud"
+    shutil.copytree(tiny_dir, loud)
+    weights = load_file(loud / "model.safetensors")
+    key = next(k for k in weights if "layers.0.mlp.down_proj" in k)
+    weights[key] = weights[key] * 200_000.0
+    save_file(weights, loud / "model.safetensors", metadata={"format": "pt"})
+    fine = smysl.load(str(loud), device="cpu", dtype="float32")
+    assert np.isfinite(fine.embed(["hello world"])).all()
+    model = smysl.load(str(loud), device="cpu", dtype="float16")
+    assert not torch.isfinite(torch.from_numpy(
+        model.embed_formatted(["hello world"], truncate=False))).all()
+    with pytest.raises(NonFiniteError, match="input 0"):
+        model.embed(["hello world"])
+    with TestClient(create_app(model), raise_server_exceptions=False) as c:
+        r = c.post("/v1/embeddings", json={"input": ["hello world"]})
+        assert r.status_code >= 500 and "non-finite" in r.text
+        assert c.get("/health").status_code == 200

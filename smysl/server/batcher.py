@@ -35,7 +35,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from smysl.base import BaseEmbedder
-from smysl.pooling import finish
+from smysl.pooling import NonFiniteError, finish
 from smysl.server.errors import ApiError
 from smysl.server.metrics import BatchMetrics
 
@@ -507,7 +507,10 @@ class Batcher:
             self.metrics.inputs.inc(s.stop - s.start)
             self.metrics.tokens.inc(sum(job.lengths[s.start : s.stop]))
             if job.computed == len(job.items):
-                done.append((job, finish(job.raw, job.dimensions, normalize=job.normalize)))
+                try:
+                    done.append((job, finish(job.raw, job.dimensions, normalize=job.normalize)))
+                except NonFiniteError as e:  # this request's failure, not the batch's
+                    failed.append((job, e))
                 job.raw = None
         if failed:
             self._fail(failed)

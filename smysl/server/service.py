@@ -18,7 +18,7 @@ import numpy as np
 
 from smysl import tokenize
 from smysl.base import BaseEmbedder, ModelInfo, Role, TokenLevel
-from smysl.pooling import check_dimensions
+from smysl.pooling import NonFiniteError, check_dimensions
 from smysl.registry import names_of
 from smysl.server.batcher import BackendDown, Batcher, EmbedBackend, Job
 from smysl.server.config import ServerConfig
@@ -363,11 +363,9 @@ class Service:
 
     async def _submit(self, job: Job) -> np.ndarray:
         try:
-            vectors = await self.batcher.submit(job)
-            if not np.isfinite(vectors).all():  # never serialised as null or NaN
-                raise ApiError("internal", f"model {self.model_id!r} returned non-finite "
-                               "values for this input")
-            return vectors
+            return await self.batcher.submit(job)  # finite rows (finish() checks them)
+        except NonFiniteError as e:  # the model's failure on this input: never null or NaN
+            raise ApiError("internal", f"model {self.model_id!r}: {e}") from None
         except InputTooLongError as e:
             raise self._too_long("input", e) from None
         except ValueError as e:  # the backend's contract: ValueError means bad input
