@@ -239,7 +239,17 @@ class Embedder(OnEngine, BaseEmbedder, TokenLevel):
         :class:`~smysl.tokenize.InputTooLongError`; other bad input is ``ValueError``."""
         seqs: list[list[int]] = []
         eos, rows = self.tokenizer.eos_id, self.engine.vocab_rows
+        if isinstance(ids, str | bytes) or any(isinstance(x, int | np.integer) for x in ids):
+            raise ValueError("token ids must be a list of token-id lists, one per input (a flat "
+                             "list of ids is one input: wrap it, [[...]])")
         for i, seq in enumerate(ids):
+            if isinstance(seq, str | bytes):
+                raise ValueError(f"input {i} is a string, not a list of token ids")
+            # int(1.7) was 1 and int(True) 1: ids are integers, nothing else is taken for one
+            odd = [t for t in seq if isinstance(t, bool) or not isinstance(t, int | np.integer)]
+            if odd:
+                raise ValueError(f"input {i} has items that are not token ids (integers): "
+                                 f"{odd[:5]!r}")
             s = [int(t) for t in seq]
             if not s:
                 raise ValueError(f"input {i} is an empty token list")

@@ -226,6 +226,16 @@ def test_bad_inputs_are_clear_errors(tiny: LocalEmbedder) -> None:
         tiny.embed_token_ids([[1, 2, 10**7]])
     with pytest.raises(ValueError, match="empty token list"):
         tiny.embed_token_ids([[]])
+    # 1.7 and True were embedded as id 1; a flat list was a TypeError ('int' object is not
+    # iterable), a string a ValueError without the input's index
+    for bad, words in (([[1.7, 2]], r"input 0 has items that are not token ids.*1\.7"),
+                       ([[5], [True]], "input 1 has items that are not token ids"),
+                       ([1, 2, 3], "flat list of ids is one input"),
+                       (["abc"], "input 0 is a string")):
+        with pytest.raises(ValueError, match=words):
+            tiny.embed_token_ids(bad)  # type: ignore[arg-type]
+    assert np.array_equal(tiny.embed_token_ids([np.array([5, 6])]),
+                          tiny.embed_token_ids([[5, 6]]))  # numpy ids are integers too
 
 
 def test_long_inputs_error_or_truncate(tiny: LocalEmbedder) -> None:
