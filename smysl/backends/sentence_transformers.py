@@ -87,7 +87,7 @@ def _model_type(model: Any) -> str | None:
 
 
 def _without_normalize(model: Any) -> None:
-    """Drop the pipeline's Normalize modules: the rows ``_embed`` returns are raw, as every
+    """Drop the pipeline's final Normalize module: the rows ``_embed`` returns are raw, as every
     backend's are (:func:`smysl.pooling.finish` normalises once, after a Matryoshka cut, and
     TEI's ``normalize: false`` gets the pooled vector, which a Normalize module had made unit
     length)."""
@@ -95,8 +95,9 @@ def _without_normalize(model: Any) -> None:
         from sentence_transformers.base.modules import Normalize
     except ImportError:  # earlier versions
         from sentence_transformers.models import Normalize  # type: ignore[no-redef]
-    for i in reversed([i for i, m in enumerate(model) if isinstance(m, Normalize)]):
-        del model[i]
+    # the last modules only: a Normalize before, say, a Dense layer is part of the model
+    while len(model) > 1 and isinstance(model[len(model) - 1], Normalize):
+        del model[len(model) - 1]
 
 
 def _local_folder(path: str) -> Path | None:
