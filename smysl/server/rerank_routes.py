@@ -32,6 +32,7 @@ import numpy as np
 from fastapi import APIRouter, Request, Response
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr
 
+from smysl.pooling import NonFiniteError
 from smysl.registry import names_of
 from smysl.rerank import BaseReranker, PairError, RerankTokens, order
 from smysl.server.batcher import BackendDown, Batcher, Job
@@ -241,7 +242,10 @@ class RerankService:
         job = Job(key=("ids",), items=ids, lengths=[len(x) for x in ids], dimensions=2,
                   normalize=False, disconnected=disconnected, timeout_s=cfg.request_timeout_s)
         try:
-            rows = await self.batcher.submit(job)
+            rows = await self.batcher.submit(job)  # finite rows (finish() checks them)
+        except NonFiniteError as e:  # the model's failure on this pair: never null or NaN
+            raise ApiError("internal", f"the reranker {self.model_id!r} computed a non-finite "
+                           f"score for {what}[{e.index}]") from None
         except ValueError as e:  # the backend's contract: ValueError means bad input
             raise ApiError("invalid", str(e), param=what) from None
         except BackendDown:
@@ -252,11 +256,7 @@ class RerankService:
             if not self.reranker.healthy:
                 raise self.unavailable() from None
             raise
-        scores = rows[:, 1 if raw else 0]
-        if not np.isfinite(rows).all():  # never serialised as null or NaN
-            raise ApiError("internal", f"the reranker {self.model_id!r} returned a non-finite "
-                           "score for this request")
-        return Scored(scores, total, keys=rows[:, 1])
+        return Scored(rows[:, 1 if raw else 0], total, keys=rows[:, 1])
 
     async def _remote(self, query: str, documents: list[str], instruction: str | None,
                       truncate: bool, raw: bool, chars: int, what: str) -> Scored:

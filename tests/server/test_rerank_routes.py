@@ -402,6 +402,23 @@ def test_scores_that_saturate_are_ranked_by_the_logit_difference(reranker: Any) 
     assert Scored(ones, 0).order(2) == [0, 1]
 
 
+def test_a_non_finite_score_is_a_server_error_naming_the_document(reranker: Any) -> None:
+    """A reranker computing NaN (a float16 overflow): a 500 naming the document, the
+    server still up (it was "internal error: NonFiniteError" and a traceback)."""
+    from fastapi.testclient import TestClient
+
+    from smysl import Reranker
+    from smysl.server import create_app
+
+    broken = Reranker(reranker.engine, reranker.tokenizer, reranker.head * float("nan"),
+                      name="broken")
+    with TestClient(create_app(None, reranker=broken), raise_server_exceptions=False) as c:
+        r = c.post("/v1/rerank", json={"query": QUERY, "documents": DOCS})
+        assert r.status_code == 500
+        assert "computed a non-finite score for documents[0]" in r.json()["error"]["message"]
+        assert c.get("/health").status_code == 200
+
+
 def test_remote_clients_keep_the_servers_ranking_of_saturated_scores(reranker: Any) -> None:
     """`smysl:URL` and `tei:URL` re-sorted the answer by P("yes"): with every score 1.0 the
     ranking fell back to input order. Now the smysl client ranks by each result's raw_score
