@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import sys
+import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -145,7 +146,10 @@ def _add(args: argparse.Namespace, store: StoreConfig) -> int:
         if given:
             print(f"gave {given} chunks of an earlier smysl their search terms (once)",
                   file=sys.stderr)
-        report = index.add_files(args.paths, read, ingest)
+        with warnings.catch_warnings():  # the library's warnings as one plain line each
+            warnings.showwarning = lambda message, *_, **__: print(
+                f"smysl index: warning: {message}", file=sys.stderr)
+            report = index.add_files(args.paths, read, ingest)
         first, _, rest = report.summary().partition("\n")
         print(f"{first}; index holds {index.count()} chunks" + (f"\n{rest}" if rest else ""),
               file=sys.stderr)

@@ -25,6 +25,7 @@ from __future__ import annotations
 import itertools
 import re
 import sys
+import warnings
 from bisect import bisect_left, bisect_right
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -52,7 +53,8 @@ class ChunkConfig:
 
     Attributes:
         max_tokens: Most tokens per chunk as embedded: special tokens included, and the
-            instruction when chunks are embedded as queries; capped at the model's limit.
+            instruction when chunks are embedded as queries; capped at the model's limit
+            (with a warning).
         overlap: Most tokens shared by consecutive chunks (context that would be cut at a
             boundary); a chunk start moved back off a word piece shares that piece as well.
         snap: End a chunk at a sentence or line break when one lies in the window's second half.
@@ -111,6 +113,10 @@ class TokenChunker:
         self.count: Count = count or (lambda text: len(offsets(text)) + special_tokens)
         #: Most tokens per chunk as embedded.
         self.limit = min(config.max_tokens, model_max_tokens or config.max_tokens)
+        if self.limit < config.max_tokens:  # said once here, not cut without a word
+            warnings.warn(f"chunks of {config.max_tokens} tokens were asked for, but the model "
+                          f"takes at most {self.limit}: chunks of {self.limit} tokens",
+                          UserWarning, stacklevel=3)
         overhead = self.count("")
         #: Text tokens per chunk: the limit less what every chunk costs besides its text
         #: (special tokens, an instruction).

@@ -99,7 +99,10 @@ def test_instruction_counts_against_the_model_limit(tiny) -> None:
     limit, each chunk with its instruction still fits (the template made them overflow)."""
     task = tiny.choose_instruction("retrieval", role="query")
     text = " ".join(f"word{i} and more" for i in range(600))
-    chunker = chunker_for(tiny, ChunkConfig(max_tokens=100_000, overlap=16), instruction=task)
+    with pytest.warns(UserWarning, match="chunks of 100000 tokens were asked for, but the "
+                                         "model takes at most 512"):  # cut without a word before
+        chunker = chunker_for(tiny, ChunkConfig(max_tokens=100_000, overlap=16),
+                              instruction=task)
     chunks = chunker.split(text)
     assert len(chunks) > 2 and chunker.limit == tiny.max_tokens
     for c in chunks:
@@ -113,7 +116,8 @@ def test_sentence_transformers_tokenizer(minilm) -> None:
     assert ch.exact and ch.special_tokens == 2  # [CLS] and [SEP]
     check(ch, TEXT, lambda t: minilm.count_tokens([t])[0])
     # capped at the model's limit (MiniLM: 256 word pieces)
-    assert chunker_for(minilm, ChunkConfig(max_tokens=10_000)).budget == 254
+    with pytest.warns(UserWarning, match="at most 256"):
+        assert chunker_for(minilm, ChunkConfig(max_tokens=10_000)).budget == 254
 
 
 def test_word_approximation_without_tokenizer() -> None:

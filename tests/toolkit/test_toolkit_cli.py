@@ -361,3 +361,12 @@ def test_index_add_of_a_broken_file_makes_no_index(tiny_dir, data, tmp_path, cap
     assert main(["index", "add", str(kb), str(bad), "--model", str(tiny_dir),
                  "--device", "cpu"]) == 2
     assert "bad.jsonl" in capsys.readouterr().err
+
+
+def test_chunks_larger_than_the_model_takes_are_said(tiny_dir, data, tmp_path, capsys) -> None:
+    """`--chunk-tokens 100000` on a 512-token model made 512-token chunks without a word."""
+    assert main(["index", "add", str(tmp_path / "kb"), str(data / "a.md"), "--model",
+                 str(tiny_dir), "--device", "cpu", "--chunk-tokens", "100000"]) == 0
+    err = capsys.readouterr().err
+    assert ("smysl index: warning: chunks of 100000 tokens were asked for, but the model "
+            "takes at most 512: chunks of 512 tokens") in err
