@@ -70,8 +70,8 @@ JOB_FLAGS = ("id_field", "text_field", "skip_bad_rows", "shard_rows", "batch_siz
 
 def _flags(args: argparse.Namespace, dests: list[str]) -> list[str]:
     """The command-line spelling of those of ``dests`` that were given."""
-    given = vars(args)
-    return ["--" + d.replace("_", "-") for d in dests if given[d] is not None]
+    values = vars(args)
+    return ["--" + d.replace("_", "-") for d in dests if values[d] is not None]
 
 
 def run(args: argparse.Namespace) -> int:

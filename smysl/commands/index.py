@@ -22,8 +22,6 @@ from smysl.commands._toolkit import (
 )
 
 if TYPE_CHECKING:
-    from smysl.base import BaseEmbedder
-    from smysl.toolkit.index import IndexConfig
     from smysl.toolkit.store import StoreConfig
 
 HELP = "build, search, check and prune a semantic index (add | search | verify | delete)"
@@ -131,15 +129,24 @@ def _add(args: argparse.Namespace, store: StoreConfig) -> int:
     ingest = IngestConfig(chunk=ChunkConfig(max_tokens=args.chunk_tokens, overlap=args.overlap),
                           batch_size=args.batch_size, dimensions=args.dimensions,
                           progress=progress(args))
-    if args.rebuild or not _exists(model, config):
+    def read_all() -> None:
         # every input read once first: a path, field or content error empties nothing, and
         # makes no new index (one left empty was bound to the model it named)
         for _ in read_documents(args.paths, read, []):
             pass
-    else:  # an index there: a failure part-way keeps what was added, and a rerun resumes
-        for _ in iter_paths(args.paths):
+
+    if args.rebuild:
+        read_all()
+        opened = Index.create_or_open(model, config, rebuild=True)
+    else:
+        for _ in iter_paths(args.paths):  # a typo'd path: nothing opened
             pass
-    with Index.create_or_open(model, config, rebuild=args.rebuild) as index:
+        try:  # an index there: a failure part-way keeps what was added; a rerun resumes
+            opened = Index.create_or_open(model, config, create=False)
+        except FileNotFoundError:
+            read_all()
+            opened = Index.create_or_open(model, config)
+    with opened as index:
         for problem in index.problems:
             print(f"warning: {problem}", file=sys.stderr)
         given = index.add_terms()
@@ -158,17 +165,6 @@ def _add(args: argparse.Namespace, store: StoreConfig) -> int:
                   "no approximate index (too few rows, or the store is exact); searches stay "
                   "exact", file=sys.stderr)
     return 0
-
-
-def _exists(model: BaseEmbedder, config: IndexConfig) -> bool:
-    """Whether the index is there (opened and checked against ``model``, then closed)."""
-    from smysl.toolkit.index import Index
-
-    try:
-        Index.create_or_open(model, config, create=False).close()
-    except FileNotFoundError:
-        return False
-    return True
 
 
 def _search(args: argparse.Namespace, store: StoreConfig) -> int:

@@ -161,6 +161,8 @@ class Provider(BaseEmbedder):
     @property
     def dimensions(self) -> int:
         """Width of the rows this provider returns (probed with one request if unknown)."""
+        if self._width is not None:
+            return self._width
         return self._probe_width(Deadline(self.config.job_timeout, self.name))
 
     @dimensions.setter

@@ -97,9 +97,9 @@ class Int8Linear(nn.Module):
         q = t.round_().to(torch.int8)
         xq = (q.view(torch.uint8).bitwise_xor_(128) if self.zero == 128
               else q.add_(self.zero).view(torch.uint8))
-        m = xq.shape[0]
-        if padded_rows(m) != m:  # oneDNN keeps a kernel and its memory per row count
-            xq = torch.cat([xq, xq.new_full((padded_rows(m) - m, xq.shape[1]), self.zero)])
+        m, n = xq.shape[0], padded_rows(xq.shape[0])
+        if n != m:  # oneDNN keeps a kernel and its memory per row count
+            xq = torch.cat([xq, xq.new_full((n - m, xq.shape[1]), self.zero)])
         y = torch.ops.onednn.qlinear_pointwise(xq.contiguous(), 1.0, self.zero, self.packed,
                                                self.scales, self.zeros, None, 1.0, 0,
                                                torch.float32, "none", [], "")

@@ -272,7 +272,8 @@ def _table_documents(path: Path, doc_path: str, config: ReadConfig,
                 raise ValueError(f"{path}: no column(s) {absent} for --meta-fields (columns: "
                                  f"{sorted(row)})")
         meta = {k: row.get(k) for k in keys}
-        seen.update(k for k in keys if k in row)
+        if config.metadata_fields is not None and len(seen) < len(keys):  # until all met
+            seen.update(k for k in keys if k in row)
         if "source" in meta:  # it was overwritten with the file's path without a word
             raise ValueError(f"{path}: row {n}: the column 'source' is reserved (smysl records "
                              f"the file there); rename it, or leave it out of --meta-fields")
