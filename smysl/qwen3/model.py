@@ -100,18 +100,27 @@ class RMSNorm(nn.Module):
 #: CPU GEMM picks other kernels (other summation orders) for fewer rows than this; padding
 #: small inputs up to it makes every row's result independent of the batch it came in.
 MIN_ROWS = 16
-#: Larger row counts are padded up to a multiple of this: oneDNN builds a kernel for each
-#: row count it meets and keeps it, with memory that stays (the 0.6B's four linear shapes at
-#: random counts from 16 to 256: RSS 278 -> 900 MiB over three sweeps, still rising; 313 MiB
-#: and flat rounded to 16). A layer meets at most slice / ROW_STEP counts; the zero rows cost
-#: < ROW_STEP rows of a batch's last slice (bf16 0.6B on 2 cores: 397-401 tok/s, 398-400
-#: before; 32 cost ~4%).
+#: Row counts are padded to a multiple of this at the least (see :func:`padded_rows`).
 ROW_STEP = 16
+#: Padded sizes per doubling of a size (see :func:`padded_rows`).
+STEPS_PER_OCTAVE = 16
 
 
 def padded_rows(m: int) -> int:
-    """The row count a CPU GEMM of ``m`` rows runs at (:data:`MIN_ROWS`, :data:`ROW_STEP`)."""
-    return MIN_ROWS if m <= MIN_ROWS else -(-m // ROW_STEP) * ROW_STEP
+    """The size a CPU GEMM dimension of ``m`` runs at: at least :data:`MIN_ROWS`, then a
+    multiple of :data:`ROW_STEP` up to 256 and :data:`STEPS_PER_OCTAVE` sizes per doubling
+    above (<= 6.25% of zero rows).
+
+    oneDNN builds a kernel for every GEMM shape it meets and keeps it in two caches of 1,024
+    entries, ~0.7 MiB each, for the life of the process: a server fed mixed lengths grew
+    without end (0.6B widths in bf16, 1,000 random batches: 926 -> 2,404 MiB and rising;
+    linear row counts, attention's key and query counts alike). With sizes from this short
+    list, the shapes a model can meet are few whatever the traffic: 80 row counts up to a
+    4,096-token slice, 128 key counts up to 32K."""
+    if m <= MIN_ROWS:
+        return MIN_ROWS
+    step = max(ROW_STEP, 1 << (m.bit_length() - 5))
+    return -(-m // step) * step
 
 
 def pad_rows(x: torch.Tensor) -> torch.Tensor:
@@ -432,13 +441,14 @@ def causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, offset: 
 
 
 @functools.lru_cache(maxsize=64)
-def causal_bias(m: int, g: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    """[m * g, m], contiguous: 0 where row (query i, head) may see diagonal-block column j <= i,
-    else -inf. Added to the scores rather than masked_fill_'d (x + 0 == x, x + -inf == -inf,
-    bit for bit, in ~1/3 of the time); a slice of a larger mask would be ~10x slower still
-    (a broadcast add over a strided operand is not vectorised)."""
-    above = torch.full((m, m), float("-inf"), dtype=dtype, device=device).triu(1)
-    return above[:, None, :].expand(m, g, m).reshape(m * g, m)
+def causal_bias(m: int, w: int, g: int, dtype: torch.dtype, device: torch.device
+                ) -> torch.Tensor:
+    """[m * g, w], contiguous: 0 where row (query i, head) may see column j <= i, else -inf.
+    Added to the scores rather than masked_fill_'d (x + 0 == x, x + -inf == -inf, bit for bit,
+    in ~1/3 of the time); a slice of a larger mask would be ~10x slower still (a broadcast add
+    over a strided operand is not vectorised)."""
+    above = torch.full((m, w), float("-inf"), dtype=dtype, device=device).triu(1)
+    return above[:, None, :].expand(m, g, w).reshape(m * g, w)
 
 
 def gemm_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, offset: int = 0,
@@ -457,6 +467,12 @@ def gemm_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, offset: in
     vs float64 1.4-1.9x the flash kernel's for unit-variance q/k, 4-9x for scores twice that
     wide (the scores rounded to bf16; the same before q took the scale in its copy).
 
+    Every GEMM runs at a shape from a short list, as the linear layers do (oneDNN keeps a
+    kernel per shape: see :func:`padded_rows`): blocks of a power-of-two count of queries
+    (the last block of a sequence ends at its end, overlapping the one before), the keys a
+    block sees padded with zero rows by :func:`padded_rows` (masked like later keys), the
+    queries of a one-block sequence too, and slices of a power-of-two count of sequences.
+
     torch's oneDNN batched matmul copies every operand that is not contiguous or a transposed
     contiguous tensor, into a fresh tensor per call. A block's key and value prefixes are such
     operands (batch-strided), so with several blocks each prefix is copied into the front of
@@ -467,11 +483,16 @@ def gemm_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, offset: in
     one 8,192-token input).
     """
     b, hq, lk = q.shape[0], q.shape[2], k.shape[1]
-    n = max(16, min(rows, budget // (hq * lk)))  # queries per block: per sequence, never per batch
-    per = max(1, budget // (hq * n * lk))  # sequences per slice
-    # one slice's temporaries (K/V rows, prefix buffers, scores) are freed before the next's
-    outs = [_attend_slice(q[b0 : b0 + per], k[b0 : b0 + per], v[b0 : b0 + per], offset, n)
-            for b0 in range(0, b, per)]
+    # queries per block, a power of two: per sequence, never per batch
+    n = 1 << max(16, min(rows, budget // (hq * lk))).bit_length() - 1
+    per = max(1, budget // (hq * n * lk))  # sequences per slice at most
+    outs, b0 = [], 0
+    while b0 < b:  # slices of 2^i sequences, the largest that fit
+        step = 1 << min(per, b - b0).bit_length() - 1
+        # one slice's temporaries (K/V rows, prefix buffers, scores) are freed before the next's
+        outs.append(_attend_slice(q[b0 : b0 + step], k[b0 : b0 + step], v[b0 : b0 + step],
+                                  offset, n))
+        b0 += step
     return outs[0] if len(outs) == 1 else torch.cat(outs)
 
 
@@ -481,27 +502,41 @@ def _attend_slice(qs: torch.Tensor, ks: torch.Tensor, vs: torch.Tensor, offset: 
     bs, lq, hq, d = qs.shape
     hkv, lk = ks.shape[2], ks.shape[1]
     g, nb = hq // hkv, bs * hkv
-    # rows (position, head) of each (sequence, kv head), scaled in the copy: [nb, Lq * g, D]
-    qh = qs.new_empty(nb, lq * g, d)
-    torch.mul(qs.unflatten(2, (hkv, g)).transpose(1, 2), d**-0.5, out=qh.view(bs, hkv, lq, g, d))
-    # K and V [nb, Lk, D], contiguous (one sequence's reshape alone would be a view)
-    kh = ks.transpose(1, 2).reshape(nb, lk, d).contiguous()
-    vh = vs.transpose(1, 2).reshape(nb, lk, d).contiguous()
+    # Every block has m queries: the last one ends at lq, overlapping the one before (its
+    # rows are computed again and written over). One block pads its queries to mp rows.
+    m = min(n, lq)
+    mp, lkp = padded_rows(m), padded_rows(lk)
+    lqp = lq - m + mp
+    # rows (position, head) of each (sequence, kv head), scaled in the copy: [nb, Lqp * g, D]
+    qh = qs.new_empty(nb, lqp * g, d)
+    qh5 = qh.view(bs, hkv, lqp, g, d)
+    torch.mul(qs.unflatten(2, (hkv, g)).transpose(1, 2), d**-0.5, out=qh5[:, :, :lq])
+    qh5[:, :, lq:] = 0
+    # K and V [nb, Lkp, D], contiguous, zero past Lk (a padded key's score is masked, and
+    # 0 * its zero value row adds nothing)
+    kh, vh = qs.new_zeros(nb, lkp, d), qs.new_zeros(nb, lkp, d)
+    kh.view(bs, hkv, lkp, d)[:, :, :lk] = ks.transpose(1, 2)
+    vh.view(bs, hkv, lkp, d)[:, :, :lk] = vs.transpose(1, 2)
     kbuf = vbuf = kh.new_empty(0)  # prefix buffers, where some block sees a prefix
-    if offset + min(n, lq) < lk:
+    if padded_rows(offset + m) < lkp:
         kbuf, vbuf = kh.new_empty(kh.numel()), vh.new_empty(vh.numel())
     out = torch.empty_like(qh)
-    for s in range(0, lq, n):
-        e = min(s + n, lq)
-        m, ke = e - s, offset + e  # queries in the block; keys they may see
+    for s in [*range(0, lq - m, m), lq - m]:
+        ke = offset + s + m  # keys the block's queries may see
+        kp = padded_rows(ke)  # keys it reads
         kb, vb = kh, vh
-        if ke < lk:  # the prefixes, contiguous at the front of the buffers
-            kb = kbuf[: nb * ke * d].view(nb, ke, d).copy_(kh[:, :ke])
-            vb = vbuf[: nb * ke * d].view(nb, ke, d).copy_(vh[:, :ke])
-        sc = torch.bmm(qh[:, s * g : e * g], kb.mT)  # [nb, m * g, ke]; K^T read in place
-        sc[:, :, ke - m :] += causal_bias(m, g, qs.dtype, qs.device)
-        torch.bmm(torch.softmax(sc, -1), vb, out=out[:, s * g : e * g])
-    return out.view(bs, hkv, lq, g, d).transpose(1, 2).reshape(bs, lq, hq, d)
+        if kp < lkp:  # the prefixes, contiguous at the front of the buffers
+            kb = kbuf[: nb * kp * d].view(nb, kp, d).copy_(kh[:, :kp])
+            vb = vbuf[: nb * kp * d].view(nb, kp, d).copy_(vh[:, :kp])
+        block = slice(s * g, (s + mp) * g)
+        sc = torch.bmm(qh[:, block], kb.mT)  # [nb, mp * g, kp]; K^T read in place
+        # query i of the block sees keys up to ke - m + i (a padded query as many); the
+        # diagonal block is masked by the bias, any columns after it wholly
+        c, w = ke - m, min(mp, kp - ke + m)
+        sc[:, :, c : c + w] += causal_bias(mp, w, g, qs.dtype, qs.device)
+        sc[:, :, c + w :] = float("-inf")
+        torch.bmm(torch.softmax(sc, -1), vb, out=out[:, block])
+    return out.view(bs, hkv, lqp, g, d)[:, :, :lq].transpose(1, 2).reshape(bs, lq, hq, d)
 
 
 def sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool,
