@@ -6,6 +6,7 @@ conversions do not. We detect which kind we hold and append only when the tokeni
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -119,14 +120,30 @@ class TextTokens:
 class Tokenizer:
     """A ``tokenizers`` tokenizer that yields Qwen3-Embedding token ids."""
 
-    def __init__(self, path: str | Path, max_tokens: int, *, json_text: str | None = None
-                 ) -> None:
+    def __init__(self, path: str | Path, max_tokens: int, *, json_text: str | None = None,
+                 rows: int | None = None) -> None:
         """``path``: a ``tokenizer.json``; or, with ``json_text`` (its content, e.g. built from
-        a GGUF file's metadata), the file it came from, for messages."""
+        a GGUF file's metadata), the file it came from, for messages.
+
+        ``rows``: the model's embedding rows. Added tokens past them are left out, and their
+        text is split like any other: Qwen3-Embedding-4B/8B have 151,665 rows and the
+        tokenizer they ship 151,669 tokens, so ``<think>`` in a text was an id with no row (an
+        IndexError; on CUDA a device assert that ends the process's CUDA context), while their
+        GGUF files, whose tokenizer has 151,665 tokens, embed it as ``<``, ``think``, ``>``.
+        Now both files give the same ids."""
         from tokenizers import Tokenizer as HFTokenizer
 
         self.raw = (HFTokenizer.from_str(json_text) if json_text is not None
                     else HFTokenizer.from_file(str(path)))
+        if rows is not None and self.raw.get_vocab_size(with_added_tokens=True) > rows:
+            spec = json.loads(json_text if json_text is not None
+                              else Path(path).read_text(encoding="utf-8"))
+            spec["added_tokens"] = [t for t in spec.get("added_tokens") or [] if t["id"] < rows]
+            self.raw = HFTokenizer.from_str(json.dumps(spec, ensure_ascii=False))
+            if self.raw.get_vocab_size(with_added_tokens=True) > rows:
+                raise ValueError(f"{path}: the tokenizer's vocabulary "
+                                 f"({self.raw.get_vocab_size(with_added_tokens=True):,} tokens) "
+                                 f"does not fit the model's {rows:,} embedding rows")
         self.raw.no_truncation()
         self.raw.no_padding()
         eos = self.raw.token_to_id(EOS_TOKEN)

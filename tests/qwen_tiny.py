@@ -95,13 +95,14 @@ def write_st_files(root: Path, hidden: int) -> None:
 def build_tiny(root: Path, *, heads: int = 4, kv_heads: int = 2, tied: bool = True,
                eos_tokenizer: bool = True, dtype: str = "float32", causal_lm: bool = False,
                shard: bool = False, st_files: bool = True, seed: int = 0,
-               max_positions: int = 512, hidden: int = 64) -> Tiny:
+               max_positions: int = 512, hidden: int = 64, vocab_size: int = 151669) -> Tiny:
     import torch
     from transformers import Qwen3Config, Qwen3ForCausalLM, Qwen3Model
 
     torch.manual_seed(seed)
     cfg = Qwen3Config(
-        vocab_size=151669, hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=2,
+        vocab_size=vocab_size, hidden_size=hidden, intermediate_size=2 * hidden,
+        num_hidden_layers=2,
         num_attention_heads=heads, num_key_value_heads=kv_heads, head_dim=16,
         max_position_embeddings=max_positions, rope_theta=1_000_000.0, rms_norm_eps=1e-6,
         tie_word_embeddings=tied,

@@ -126,12 +126,13 @@ class Embedder(OnEngine, BaseEmbedder, TokenLevel):
         ckpt = read_checkpoint(resolve(model, revision=opts.revision), name=name or model)
         # the tokenizer first: a bad one fails before any weight is read
         positions = int(ckpt.config.get("max_position_embeddings", 32768))
+        rows = ckpt.config.get("vocab_size")
         if ckpt.format == "gguf":
             from smysl.qwen3.gguf import load_tokenizer
 
-            tokenizer = load_tokenizer(ckpt, positions)
+            tokenizer = load_tokenizer(ckpt, positions, rows)
         else:
-            tokenizer = Tokenizer(ckpt.tokenizer_file, positions)
+            tokenizer = Tokenizer(ckpt.tokenizer_file, positions, rows=rows)
         engine = start_engine(ckpt, opts)
         query_prompt = str(ckpt.st_config.get("prompts", {}).get("query", ""))
         m = _QUERY_PROMPT.match(query_prompt)

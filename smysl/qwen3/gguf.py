@@ -488,13 +488,14 @@ def tokenizer_json(header: Header) -> dict[str, Any]:
     }
 
 
-def load_tokenizer(ckpt: Checkpoint, max_tokens: int) -> Tokenizer:
+def load_tokenizer(ckpt: Checkpoint, max_tokens: int, rows: int | None = None) -> Tokenizer:
     """The tokenizer of a GGUF checkpoint: ``tokenizer.json`` next to the file when there is
-    one, else built from the file's metadata (:func:`tokenizer_json`)."""
+    one, else built from the file's metadata (:func:`tokenizer_json`). ``rows``: see
+    :class:`~smysl.tokenize.Tokenizer`."""
     if ckpt.tokenizer_file != ckpt.root:
-        return Tokenizer(ckpt.tokenizer_file, max_tokens)
+        return Tokenizer(ckpt.tokenizer_file, max_tokens, rows=rows)
     text = json.dumps(tokenizer_json(read_header(ckpt.root)), ensure_ascii=False)
-    return Tokenizer(ckpt.root, max_tokens, json_text=text)
+    return Tokenizer(ckpt.root, max_tokens, json_text=text, rows=rows)
 
 
 # ---------------------------------------------------------------------- weights

@@ -614,6 +614,36 @@ def test_ollama_store_model_loads_by_name(files: dict[str, Path], tmp_path: Path
     assert ollama_models() == []  # listed no more, and `smysl models` does not fail on it
 
 
+def test_odd_ollama_manifests_leave_the_others_listed(files: dict[str, Path], tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """``"layers": null`` (Go's nil list), a config that is not an object, a null size, a
+    blob whose header claims a 1 TiB string: each was a traceback of `smysl models`, which
+    then listed nothing. Now such a model is left out (or named damaged) and the rest are
+    listed."""
+    from smysl.commands.models import gguf_metadata, ollama_models
+
+    store = tmp_path / "ollama"
+    monkeypatch.setenv("OLLAMA_MODELS", str(store))
+    for name in ("good", "nolayers", "badconfig", "nullsize"):
+        ollama_store(store, name, "latest", files["Q8_0"])
+    lib = store / "manifests" / "registry.ollama.ai" / "library"
+    for name, change in (("nolayers", {"layers": None}), ("badconfig", {"config": "x"})):
+        data = json.loads((lib / name / "latest").read_text())
+        (lib / name / "latest").write_text(json.dumps({**data, **change}))
+    data = json.loads((lib / "nullsize" / "latest").read_text())
+    data["layers"][0]["size"] = None
+    (lib / "nullsize" / "latest").write_text(json.dumps(data))
+    names = {e.name for e in ollama_models()}
+    assert names == {"ollama:good:latest", "ollama:badconfig:latest", "ollama:nullsize:latest"}
+    with pytest.raises(FileNotFoundError, match="has no weights layer"):
+        smysl.load("ollama-store:nolayers")
+    bad = tmp_path / "bad.gguf"
+    raw = bytearray(files["Q8_0"].read_bytes()[:4096])
+    raw[24:32] = (1 << 40).to_bytes(8, "little")  # the first key's length
+    bad.write_bytes(bytes(raw))
+    assert gguf_metadata(bad) == {}
+
+
 def test_gguf_in_an_engine_process(files: dict[str, Path]) -> None:
     """The engine process (``smysl serve``'s default) loads a GGUF checkpoint the same way."""
     direct = Embedder.load(str(files["Q8_0"]), device="cpu", dtype="float32")
@@ -623,3 +653,32 @@ def test_gguf_in_an_engine_process(files: dict[str, Path]) -> None:
         assert np.array_equal(child.embed(TEXTS), direct.embed(TEXTS))
     finally:
         child.close()
+
+
+def test_tokens_past_the_embedding_rows_are_split_like_the_gguf(tmp_path: Path) -> None:
+    """Qwen3-Embedding-4B/8B: 151,665 embedding rows, a shipped tokenizer of 151,669 tokens.
+    ``<think>`` in a text was id 151,667, no row: an IndexError (a device assert on CUDA).
+    Now those added tokens are left out of the tokenizer, as the 4B/8B GGUF files' own
+    tokenizer has them left out: the safetensors folder, the GGUF and the GGUF with the
+    folder's tokenizer.json beside it give the same ids and vectors."""
+    tiny = build_tiny(tmp_path / "v65", tied=False, vocab_size=151_665)
+    for d in ("side", "bare"):
+        (tmp_path / d).mkdir()
+    gguf = write_gguf(tiny.path, tmp_path / "side" / "v65.gguf", ftype="F32")
+    bare = write_gguf(tiny.path, tmp_path / "bare" / "v65.gguf", ftype="F32")
+    shutil.copy(tiny.path / "tokenizer.json", gguf.parent / "tokenizer.json")
+    texts = ["a <think> b </think>", "<tool_response>ok</tool_response>", "просто текст"]
+    ids, vecs = [], []
+    for src in (tiny.path, gguf, bare):
+        e = Embedder.load(str(src), device="cpu", dtype="float32")
+        ids.append(e.tokenize(texts))
+        vecs.append(e.embed(texts))
+        e.close()
+    assert all(max(seq) < 151_665 for seq in ids[0])
+    assert ids[0] == ids[1] == ids[2]
+    assert ids[0][0][-1] == EOS and ids[0][0].count(EOS) == 1
+    np.testing.assert_array_equal(vecs[0], vecs[1])
+    np.testing.assert_array_equal(vecs[0], vecs[2])
+    # texts without those tokens keep their ids
+    full = Tokenizer(tiny.path / "tokenizer.json", 512)
+    assert ids[0][2] == full.encode(texts[2:])[0]
