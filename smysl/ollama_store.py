@@ -89,8 +89,13 @@ def find(name: str, root: Path | None = None) -> str | None:
 
 def model_layer(manifest: dict[str, Any]) -> dict[str, Any] | None:
     """The manifest's weights layer (the GGUF file), None for models without one."""
-    layers = [x for x in manifest.get("layers", []) if isinstance(x, dict)]
-    return next((x for x in layers if x.get("mediaType") == MODEL_MEDIA), None)
+    return next((x for x in layers_of(manifest) if x.get("mediaType") == MODEL_MEDIA), None)
+
+
+def layers_of(manifest: dict[str, Any]) -> list[dict[str, Any]]:
+    """The manifest's layers (Go writes a nil list as ``null``; damaged entries left out)."""
+    layers = manifest.get("layers")
+    return [x for x in layers if isinstance(x, dict)] if isinstance(layers, list) else []
 
 
 def model_blob(name: str, root: Path | None = None) -> Path:

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from smysl.backends.sentence_transformers import PACKAGED, model_path, packaged_models
-from smysl.ollama_store import blob, manifests, model_layer, ollama_root
+from smysl.ollama_store import blob, layers_of, manifests, model_layer, ollama_root
 from smysl.ollama_store import find as find_ollama
 from smysl.ollama_store import read_json as _json
 from smysl.pooling import MIN_DIMENSIONS
@@ -210,18 +210,22 @@ def ollama_models(root: Path | None = None, *, every: bool = False) -> list[Mode
     root = root or ollama_root()
     out = []
     for name, manifest in manifests(root):
-        entry = _ollama_entry(root, name, manifest)
+        try:
+            entry = _ollama_entry(root, name, manifest)
+        except (ValueError, TypeError, AttributeError, OSError):  # one damaged model: the
+            continue  # others are still listed (`ollama list` lists it; not usable here)
         if entry is not None and (every or entry.details["embedding"]):
             out.append(entry)
     return out
 
 
 def _ollama_entry(root: Path, name: str, manifest: dict[str, Any]) -> ModelEntry | None:
-    layers = [x for x in manifest.get("layers", []) if isinstance(x, dict)]
+    layers = layers_of(manifest)
     model = model_layer(manifest)
     if model is None:
         return None
-    config_layer = manifest.get("config") or {}
+    config_layer = manifest.get("config")
+    config_layer = config_layer if isinstance(config_layer, dict) else {}
     try:
         weights = blob(root, str(model.get("digest", "")))
         config = _json(blob(root, str(config_layer.get("digest", "")))) if config_layer else {}
@@ -233,7 +237,8 @@ def _ollama_entry(root: Path, name: str, manifest: dict[str, Any]) -> ModelEntry
     context = config.get("context_length") or meta.get(f"{arch}.context_length")
     embedding = ("embedding" in (config.get("capabilities") or [])
                  or f"{arch}.pooling_type" in meta or "embed" in name.lower())
-    size = sum(int(x.get("size", 0)) for x in [*layers, config_layer])
+    size = sum(x["size"] for x in [*layers, config_layer]
+               if isinstance(x.get("size"), int) and not isinstance(x.get("size"), bool))
     details = {"backend": "ollama", "embedding": embedding, "format": config.get("model_format"),
                "family": config.get("model_family") or arch or None,
                "parameters": config.get("model_type"), "digest": model.get("digest"),
@@ -273,6 +278,8 @@ def gguf_metadata(path: Path) -> dict[str, Any]:
 
 def _gguf_string(f: BinaryIO) -> str:
     (n,) = struct.unpack("<Q", f.read(8))
+    if n > 1 << 24:  # a damaged header: no key or scalar string is this long
+        raise ValueError(f"a GGUF string of {n:,} bytes")
     return f.read(n).decode("utf-8")
 
 

@@ -34,6 +34,7 @@ import numpy as np
 from smysl.base import BaseEmbedder, fingerprint_of
 from smysl.pooling import check_dimensions
 from smysl.scale.sources import (
+    JOB_MANIFEST,
     Row,
     Source,
     content_id,
@@ -44,7 +45,7 @@ from smysl.scale.sources import (
 from smysl.tokenize import InputTooLongError
 from smysl.toolkit.chunking import ChunkConfig, TokenChunker, chunker_for
 
-MANIFEST = "_smysl_job.json"
+MANIFEST = JOB_MANIFEST
 #: A running job's claim on its Parquet folder, one file per process:
 #: ``_smysl_run.FP.MACHINE.PID.TOKEN`` (JSON inside: pid, host, start).
 RUN_PREFIX = "_smysl_run."
@@ -190,13 +191,17 @@ def _identity(model: BaseEmbedder, config: JobConfig) -> dict[str, Any]:
     return {"model": model.fingerprint(), "dimensions": config.dimensions or model.dimensions,
             "instruction": config.instruction, "chunk": asdict(chunk) if chunk else None,
             "id_field": config.id_field, "text_field": config.text_field,
-            "truncate": config.truncate, "shard_rows": config.shard_rows}
+            "truncate": config.truncate, "shard_rows": config.shard_rows,
+            # where texts are cut (--truncate), chunks capped, and which rows are too long
+            "max_tokens": model.max_tokens}
 
 
 def source_key(source: Source) -> str:
-    """8 hex digits naming an input file by its name as given (:attr:`Source.name`): shards of
-    two contents under one key are two versions of one file."""
-    return hashlib.sha256(source.name.encode()).hexdigest()[:8]
+    """16 hex digits naming an input file by its name as given (:attr:`Source.name`): shards
+    of two contents under one key are two versions of one file. (8 digits were too few: two
+    of 77,000 files shared a key as often as not, and the job stopped as if they were two
+    versions of one.)"""
+    return hashlib.sha256(source.name.encode()).hexdigest()[:16]
 
 
 def shard_name(source: Source, content: str, part: int) -> str:
@@ -215,9 +220,11 @@ class ShardName(NamedTuple):
     part: int
 
 
-_SHARD = re.compile(r".+-(?P<key>[0-9a-f]{8})-(?P<content>[0-9a-f]{12})-p(?P<part>\d{5,})")
-#: A shard file of smysl before content ids (``STEM-NAMEHASH-PART.FP.parquet``).
-_OLD_SHARD_FILE = re.compile(r".+-[0-9a-f]{8}-\d{5,}\.[0-9a-f]{16}\.parquet")
+_SHARD = re.compile(r".+-(?P<key>[0-9a-f]{16})-(?P<content>[0-9a-f]{12})-p(?P<part>\d{5,})")
+#: A shard file of an earlier smysl: ``STEM-NAMEHASH-PART.FP.parquet`` (before content ids),
+#: ``STEM-NAMEHASH8-CONTENT-pPART.FP.parquet`` (before 16-digit name keys).
+_OLD_SHARD_FILE = re.compile(
+    r".+-[0-9a-f]{8}-(?:\d{5,}|[0-9a-f]{12}-p\d{5,})\.[0-9a-f]{16}\.parquet")
 
 
 def parse_shard(name: str) -> ShardName | None:
@@ -313,8 +320,11 @@ class _BadRows:
         """Raises :class:`BadRowError` unless broken rows are skipped."""
         where = f"{source.path}, row {row.number}: {problem}"
         if not self.skip:
-            raise BadRowError(f"{where}; fix the row, or report and skip broken rows "
-                              f"(--skip-bad-rows / skip_bad_rows=True)")
+            # shards are named by their file's whole content: an edited file is a new version
+            raise BadRowError(f"{where}; report and skip broken rows (--skip-bad-rows / "
+                              "skip_bad_rows=True), or fix the row (an edited file is "
+                              "another version of it: its shards committed so far are not "
+                              "reused)")
         self.report.bad_rows += 1
         if len(self.report.bad_examples) < 20:
             self.report.bad_examples.append(where)
@@ -575,9 +585,9 @@ class _ParquetWriter(_Writer):
                 self.parts.add((shard.content, shard.part))
             elif _OLD_SHARD_FILE.fullmatch(p.name):
                 raise ValueError(f"{self.dir} holds shards written by an earlier smysl, named "
-                                 f"by file name only (e.g. {p.name}): a rerun cannot tell "
-                                 "whether their files changed since. Write to a new folder, "
-                                 "or delete its *.parquet files to embed everything again")
+                                 f"otherwise (e.g. {p.name}): a rerun cannot tell which "
+                                 "inputs they hold. Write to a new folder, or delete its "
+                                 "*.parquet files to embed everything again")
         contents: dict[Source, str] = {}
         for s in sources:
             versions = known.get(source_key(s))

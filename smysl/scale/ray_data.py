@@ -322,7 +322,12 @@ class _DatasetWorker(Worker):
                                   f"{row.problem}; drop such rows first (ds.filter(...))")
         ids, texts = [r.id for r in rows], [r.text for r in rows]
         instruction, dimensions, truncate = self.settings
-        vectors = self.embed(texts, instruction, dimensions, truncate)
+        try:
+            vectors = self.embed(texts, instruction, dimensions, truncate)
+        except InputTooLongError as e:  # its index is the row's place in a Ray batch: no help
+            raise BadRowError(f"Ray Data row ({id_column}={ids[e.index]!r}): {e.tokens:,} "
+                              f"tokens, over the model's {e.limit:,}; drop or cut such rows "
+                              "first, or pass truncate=True") from e
         tokens = embedded_tokens(self.model, texts, instruction, truncate)
         return {"id": np.asarray(ids, dtype=object), "vector": vectors,
                 "dimensions": np.full(len(ids), vectors.shape[1], np.int32),

@@ -20,6 +20,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from smysl.tokenize import check_unicode
+
+#: The manifest a job writes in its output folder (``smysl.scale.job.MANIFEST``).
+JOB_MANIFEST = "_smysl_job.json"
 SUFFIXES = {".jsonl": "jsonl", ".ndjson": "jsonl", ".csv": "csv", ".parquet": "parquet"}
 #: Data files that are neither corpus input nor lines of text: named, never read as either.
 OTHER_DATA = {".json": "JSON Lines go in a .jsonl file (one object a line): rename it if it is "
@@ -70,14 +74,19 @@ def find_sources(inputs: Sequence[str | Path], unread: list[Path] | None = None
     """The input files: each file given, and every JSONL/CSV/Parquet file under each folder
     (sorted, so shard order is stable; hidden files and folders left out); a clear error when
     there are none. The other files of a folder are appended to ``unread`` (except names
-    starting with ``_``: markers such as Spark's ``_SUCCESS``)."""
+    starting with ``_``: markers such as Spark's ``_SUCCESS``). A job's output folder (it
+    holds ``_smysl_job.json``) inside an input folder is left out: its shards are no corpus,
+    and ``-o corpus/vectors`` broke every run after the first."""
     out: list[Source] = []
     for item in inputs:
         p = Path(item).expanduser()
         if p.is_dir():
+            outputs = {f.parent for f in p.rglob(JOB_MANIFEST)}
             for f in sorted(p.rglob("*")):
                 rel = f.relative_to(p)
                 if not f.is_file() or any(part.startswith(".") for part in rel.parts):
+                    continue
+                if any(d in outputs for d in f.parents):
                     continue
                 if f.suffix.lower() in SUFFIXES:
                     out.append(Source(f, _named(p, rel.as_posix())))
@@ -153,10 +162,22 @@ def to_row(number: int, record: Any, id_field: str, text_field: str) -> Row:
         return Row(number, problem=f"no usable id field {id_field!r}"
                    if _missing(rid) or rid == "" else
                    f"id field {id_field!r} is not a string or number")
+    if isinstance(rid, bytes):  # a Parquet binary column (older Spark/Hive write strings so)
+        try:
+            rid = rid.decode("utf-8")
+        except UnicodeDecodeError:
+            return Row(number, problem=f"id field {id_field!r} is bytes that are not UTF-8")
     if not isinstance(text, str):
         return Row(number, problem=f"no text field {text_field!r}" if _missing(text)
                    else f"text field {text_field!r} is not a string")
-    return Row(number, str(rid), text)
+    rid = str(rid)
+    # JSON may spell a lone surrogate ("\ud800"): not text, and no UTF-8 output can hold it
+    for field, value in ((id_field, rid), (text_field, text)):
+        try:
+            check_unicode(value, f"field {field!r}")
+        except ValueError as e:
+            return Row(number, problem=str(e))
+    return Row(number, rid, text)
 
 
 def read_rows(source: Source, id_field: str, text_field: str) -> Iterator[Row]:

@@ -350,3 +350,49 @@ def test_a_folder_holding_other_parquet_files_is_refused(tiny, corpus, tmp_path)
     again = tmp_path / "again"
     run_job(tiny, [corpus / "a.jsonl"], JobConfig(output=str(again)))
     run_job(tiny, [corpus / "a.jsonl"], JobConfig(output=str(again)))  # its own: a rerun
+
+
+def test_a_resume_with_another_token_limit_is_refused(tiny, tiny32, corpus, tmp_path) -> None:
+    """--max-tokens decides where --truncate cuts (and chunk sizes, and which rows are too
+    long): a resume under another limit mixed 16- and 64-token vectors in one output with
+    one fingerprint. Now it is another job."""
+    out = str(tmp_path / "out")
+    run_job(tiny32, [corpus / "a.jsonl"], JobConfig(output=out, truncate=True))
+    with pytest.raises(ValueError, match=r"another job.*max_tokens"):
+        run_job(tiny, [corpus / "a.jsonl"], JobConfig(output=out, truncate=True))
+
+
+def test_rows_that_are_not_unicode_or_bytes_ids(tiny, tmp_path) -> None:
+    """JSON's lone surrogates ("\\ud800") in a text or an id ended the whole job, with
+    --skip-bad-rows too, naming neither file nor row; a Parquet binary id column came out
+    as "b'doc1'"."""
+    d = tmp_path / "in"
+    d.mkdir()
+    (d / "rows.jsonl").write_text(
+        '{"id": "t1", "text": "fine"}\n{"id": "t2", "text": "lone \\udc80 surrogate"}\n'
+        '{"id": "s\\ud800", "text": "fine too"}\n{"id": "t4", "text": "also fine"}\n',
+        encoding="utf-8")
+    with pytest.raises(BadRowError, match=r"rows\.jsonl, row 2: field 'text' is not valid "
+                                          r"Unicode: a lone surrogate"):
+        run_job(tiny, [d], JobConfig(output=str(tmp_path / "o1")))
+    seen: list[str] = []
+    report = run_job(tiny, [d], JobConfig(output=str(tmp_path / "o2"), skip_bad_rows=True),
+                     on_bad_row=seen.append)
+    assert report.bad_rows == 2 and "row 3: field 'id'" in seen[1]
+    assert set(_read(tmp_path / "o2")) == {"t1", "t4"}
+    b = tmp_path / "bin"
+    b.mkdir()
+    pq.write_table(pa.table({"id": pa.array([b"doc1", b"\xd0\xb4\xd0\xbe\xd0\xba"], pa.binary()),
+                             "text": ["one", "two"]}), b / "p.parquet")
+    run_job(tiny, [b], JobConfig(output=str(tmp_path / "o3")))
+    assert set(_read(tmp_path / "o3")) == {"doc1", "док"}
+
+
+def test_an_output_folder_inside_the_input_folder(tiny, corpus, tmp_path) -> None:
+    """``-i corpus -o corpus/vectors``: the rerun read the first run's shards as input (no
+    column 'text'). A job's output folder is no input."""
+    out = corpus / "vectors"
+    first = run_job(tiny, [corpus], JobConfig(output=str(out)))
+    again = run_job(tiny, [corpus], JobConfig(output=str(out)))
+    assert first.shards_written > 0 and again.shards_written == 0
+    assert len(_read(out)) == 25

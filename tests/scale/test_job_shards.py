@@ -190,7 +190,7 @@ def test_a_changed_file_is_refused_until_its_old_shards_go(tiny, tmp_path) -> No
     counting = Counting(tiny)
     with pytest.raises(ValueError, match=r"holds 3 shard file\(s\) of another version of "
                                          r"'in/data\.jsonl'.*rows\s+would be there twice.*"
-                                         r"delete them \(rm '.*/data-[0-9a-f]{8}-"
+                                         r"delete them \(rm '.*/data-[0-9a-f]{16}-"
                                          r"[0-9a-f]{12}'-p\*\."):
         run_job(counting, [src.parent], config)
     assert counting.embedded == 0  # refused before embedding anything
@@ -334,6 +334,11 @@ def test_a_folder_of_an_earlier_smysl_is_refused(tiny, tmp_path) -> None:
     (shard,) = out.glob("*.parquet")
     fp = shard.name.split(".")[-2]
     os.replace(shard, out / f"data-5fd19e74-00000.{fp}.parquet")  # the earlier naming
+    with pytest.raises(ValueError, match="shards written by an earlier smysl"):
+        run_job(tiny, [src.parent], JobConfig(output=str(out)))
+    # 8-digit name keys (two of ~77,000 file names shared one as often as not)
+    os.replace(out / f"data-5fd19e74-00000.{fp}.parquet",
+               out / f"data-5fd19e74-0123456789ab-p00000.{fp}.parquet")
     with pytest.raises(ValueError, match="shards written by an earlier smysl"):
         run_job(tiny, [src.parent], JobConfig(output=str(out)))
 
