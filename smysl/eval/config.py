@@ -43,7 +43,8 @@ class EvalConfig:
         clustering_bootstraps: clustering repeats on resampled texts (MTEB: 10).
         clustering_sample_size: texts drawn (with replacement) for each clustering repeat (MTEB's
             ``max_documents_per_cluster``: 16,384).
-        retrieval_ks: cut-offs for nDCG@k, recall@k, MRR@k and MAP@k.
+        retrieval_ks: cut-offs for nDCG@k, recall@k, MRR@k and MAP@k (10 is always
+            computed: nDCG@10 is the main metric).
         use_instructions: apply task instructions to instruction-aware models; models that are not
             instruction-aware never get one.
         instructions: per-task instruction overrides, ``{task name: instruction}``; an empty

@@ -301,15 +301,20 @@ def plot_dimensions(runs: Sequence[Run], path: Path) -> Path | None:
     cols = min(4, len(names))
     rows = math.ceil(len(names) / cols)
     fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.4 * rows), squeeze=False)
+    legend: dict[str, Any] = {}  # run label -> its line: every run, whichever panel it is in
     for ax, name in zip(axes.flat, names, strict=False):
         label = ""
-        for run, run_label in labelled:
+        # each run keeps one colour in every panel (a panel's own colour cycle gave a run
+        # that skipped a task another's colour there)
+        for i, (run, run_label) in enumerate(labelled):
             task = next((t for t in run["tasks"] if t["task"] == name), None)
             if task is None:
                 continue
             label = task["metric_label"]
             dims = _dims(run)
-            ax.plot(dims, [_main(task, d) for d in dims], marker="o", label=run_label)
+            (line,) = ax.plot(dims, [_main(task, d) for d in dims], marker="o",
+                              label=run_label, color=f"C{i % 10}")
+            legend.setdefault(run_label, line)
         ax.set_xscale("log", base=2)
         ax.set_xticks(sorted({d for r in runs for d in _dims(r)}))
         ax.get_xaxis().set_major_formatter(_ticker().ScalarFormatter())
@@ -320,8 +325,8 @@ def plot_dimensions(runs: Sequence[Run], path: Path) -> Path | None:
         ax.grid(alpha=0.3)
     for ax in list(axes.flat)[len(names):]:
         ax.axis("off")
-    handles, labels = axes.flat[0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 4), frameon=False)
+    fig.legend(list(legend.values()), list(legend), loc="lower center",
+               ncol=min(len(legend), 4), frameon=False)
     fig.suptitle("Quality vs Matryoshka dimension (truncate + re-normalise)")
     fig.tight_layout(rect=(0, 0.06, 1, 0.96))
     fig.savefig(path, dpi=110)

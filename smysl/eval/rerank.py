@@ -26,6 +26,7 @@ from smysl.eval.embeddings import ModelEmbeddings
 from smysl.eval.results import RerankResult, model_slug
 from smysl.eval.tasks import QA, TASKS, Task, select
 from smysl.pooling import finish
+from smysl.prompts import resolve_task
 from smysl.rerank import BaseReranker, order
 
 
@@ -100,6 +101,11 @@ def check_instructions(instructions: Mapping[str, str]) -> None:
     if unknown:
         raise ValueError(f"instruction for unknown task {', '.join(map(repr, unknown))}: give a "
                          f"task name, one of {', '.join([*TASKS, *RERANK_TASKS])}")
+    for task, text in instructions.items():  # a misspelt preset, before any model loads
+        try:
+            resolve_task(text)
+        except ValueError as e:
+            raise ValueError(f"instruction for {task!r}: {e}") from None
 
 
 def query_instruction(model: BaseEmbedder, cfg: EvalConfig, task: Task) -> str | None:
@@ -244,7 +250,7 @@ def evaluate_rerank(task: RerankTask, model: BaseEmbedder, cfg: EvalConfig,
     finally:
         if bar is not None:
             bar.close()
-    scores.save()
+        scores.save()  # also the pairs scored before a failure (a paid API's, say)
     ks = sorted({k for k in cfg.retrieval_ks if k <= cfg.rerank_top} | {10, cfg.rerank_top})
     info = scores.reranker.info()
     return RerankResult(

@@ -14,7 +14,7 @@ from smysl.base import BaseEmbedder
 from smysl.eval._deps import require
 from smysl.eval.config import EvalConfig
 from smysl.eval.embeddings import ModelEmbeddings
-from smysl.eval.report import write_reports
+from smysl.eval.report import load_runs, write_reports
 from smysl.eval.rerank import (
     RerankScores,
     RerankTask,
@@ -134,13 +134,15 @@ def run(cfg: EvalConfig) -> list[ModelResult]:
     """Load each model in turn, evaluate it, and write the reports when ``cfg.out_dir`` is set."""
     from smysl.registry import load, load_reranker
 
-    # fail on a bad task name (or instruction key) before loading any model
+    # fail on a bad task name, instruction or --compare folder before loading any model
     tasks, rerank_tasks = select_all(cfg.tasks, reranker=cfg.reranker is not None)
     check_instructions(cfg.instructions)
+    for folder in cfg.compare:
+        load_runs(folder)
     reranker: BaseReranker | None = None
     rerank_scores = None
     reranker_load = 0.0
-    results = []
+    results: list[ModelResult] = []
     try:
         if cfg.reranker is not None:
             t0 = time.perf_counter()
@@ -149,13 +151,23 @@ def run(cfg: EvalConfig) -> list[ModelResult]:
             rerank_scores = RerankScores(reranker, cache_dir=cfg.cache_dir)
         for name in cfg.models:
             t0 = time.perf_counter()
-            model = load(name, cfg.model_options)
             try:
-                result = evaluate_model(model, cfg, tasks=tasks, reranker=reranker,
-                                        rerank_tasks=rerank_tasks, rerank_scores=rerank_scores,
-                                        load_seconds=time.perf_counter() - t0)
-            finally:
-                model.close()
+                model = load(name, cfg.model_options)
+                try:
+                    result = evaluate_model(model, cfg, tasks=tasks, reranker=reranker,
+                                            rerank_tasks=rerank_tasks,
+                                            rerank_scores=rerank_scores,
+                                            load_seconds=time.perf_counter() - t0)
+                finally:
+                    model.close()
+            except BaseException:
+                # the models evaluated so far keep their reports (a bad second model string
+                # threw the first model's hour away)
+                if results and cfg.out_dir is not None:
+                    write_reports(results, cfg)
+                    log.warning("%s failed: wrote the reports of the %d model(s) evaluated "
+                                "before it to %s", name, len(results), cfg.out_dir)
+                raise
             if result.reranker is not None:
                 result.reranker["load_seconds"] = reranker_load
             results.append(result)

@@ -127,7 +127,7 @@ def _prepare_retrieval(task: Task, data: d.Retrieval, instruction: str | None,
                        cfg: EvalConfig) -> Prepared:
     def score(v: dict[str, np.ndarray]) -> dict[str, Any]:
         return m.retrieval_scores(v["queries"], v["docs"], data.query_ids, data.doc_ids,
-                                  data.qrels, cfg.retrieval_ks)
+                                  data.qrels, sorted({*cfg.retrieval_ks, 10}))
 
     return Prepared([Request("queries", data.queries, instruction),
                      Request("docs", data.docs, None)], score,

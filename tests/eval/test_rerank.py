@@ -269,3 +269,25 @@ def test_missing_gold_stays_missing_and_scores_are_shared_between_models(  # typ
                                     rerank_top=5, rerank_queries=2, use_instructions=False,
                                     cache_dir=tmp_path / "cache"), reranker=fake)
     assert off.reranking[0].instruction is None and off.reranking[0].query_instruction is None
+
+
+@needs_data
+def test_scores_before_a_failure_are_kept(tiny, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """A reranker (a paid API, say) failing at query 5: the pairs scored before were lost,
+    --cache or not, and a rerun paid for them again. Now they are saved."""
+
+    class FailsLate(Fingerprinted):
+        def _scores(self, query: str, documents: list[str], *, instruction: str | None,
+                    truncate: bool) -> np.ndarray:
+            if len(self.calls) == 4:
+                raise RuntimeError("HTTP 503")
+            return super()._scores(query, documents, instruction=instruction,
+                                   truncate=truncate)
+
+    cfg = _cfg(tmp_path, tasks=("xquad-en-rerank",), limit=150, rerank_top=5,
+               rerank_queries=8, cache_dir=tmp_path / "cache")
+    with pytest.raises(RuntimeError, match="503"):
+        evaluate_model(tiny, cfg, reranker=FailsLate({}))
+    fine = Fingerprinted({})
+    evaluate_model(tiny, cfg, reranker=fine)
+    assert len(fine.calls) == 4  # the first four queries came from the cache

@@ -103,3 +103,59 @@ def test_reports_written(sweep, tmp_path) -> None:  # type: ignore[no-untyped-de
     # a later run can compare against this one
     runs = load_runs(out)
     assert runs[0]["model"] == result.model and runs[0]["evaluated_dimensions"] == [32, 48, 64]
+
+
+def test_a_failing_second_model_keeps_the_firsts_reports(tiny_dir, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """`-m MODEL -m /bad/path`: the first model was evaluated, then the error, and no report
+    at all; a bad --compare folder or a misspelt instruction was found only after the
+    evaluation. Now the finished model's reports are written, and the other mistakes stop the
+    run before any model loads."""
+    from smysl.eval.runner import run
+
+    cfg = _cfg(tmp_path, models=(str(tiny_dir), str(tmp_path / "nonexistent")),
+               tasks=("sts-en",), dimensions=())
+    with pytest.raises((ValueError, FileNotFoundError), match="nonexistent"):
+        run(cfg)
+    (only,) = load_runs(tmp_path / "out")
+    assert only["tasks"][0]["task"] == "sts-en"
+    for bad, match in ((dict(compare=(tmp_path / "no_such_run",)), "no_such_run"),
+                       (dict(instructions={"sts-en": "retreival"}), "misspelt")):
+        cfg = _cfg(tmp_path, models=(str(tmp_path / "never loaded"),), tasks=("sts-en",),
+                   **bad)
+        with pytest.raises((ValueError, FileNotFoundError), match=match):
+            run(cfg)
+
+
+def test_cut_offs_without_10_still_score(tiny, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """retrieval_ks=(1, 5): a KeyError for nDCG@10, the main metric, after every text was
+    embedded. 10 is always computed."""
+    cfg = _cfg(tmp_path, tasks=("xquad-en",), dimensions=(), retrieval_ks=(1, 5))
+    (task,) = evaluate_model(tiny, cfg).tasks
+    scores = next(iter(task.scores.values()))
+    assert {"ndcg_at_1", "ndcg_at_5", "ndcg_at_10"} <= set(scores)
+
+
+def test_dimension_plot_keeps_each_runs_colour(sweep, tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """A run without a task another run has took that run's colour in the task's panel, and
+    the legend listed the first panel's runs only."""
+    from matplotlib.figure import Figure
+
+    from smysl.eval.report import plot_dimensions
+
+    _, result = sweep
+    write_reports([result], _cfg(tmp_path))
+    (full,) = load_runs(tmp_path / "out")
+    first = full["tasks"][0]["task"]
+    partial = {**full, "model": "partial", "tasks": full["tasks"][1:]}  # lacks the first task
+    figs: list[Figure] = []
+    monkeypatch.setattr(Figure, "savefig", lambda self, *a, **k: figs.append(self))
+    plot_dimensions([partial, full], tmp_path / "dims.png")
+    (fig,) = figs
+    assert len(fig.legends[0].get_texts()) == 2
+    colours = {}
+    for ax in fig.axes:
+        for line in ax.get_lines():
+            colours.setdefault(line.get_label(), set()).add(line.get_color())
+    assert all(len(c) == 1 for c in colours.values()) and len(colours) == 2, colours
+    assert next(ax for ax in fig.axes if ax.get_title() == first).get_lines()[0].get_color() \
+        == "C1"
