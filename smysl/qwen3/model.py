@@ -473,14 +473,13 @@ def gemm_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, offset: in
     block sees padded with zero rows by :func:`padded_rows` (masked like later keys), the
     queries of a one-block sequence too, and slices of a power-of-two count of sequences.
 
-    torch's oneDNN batched matmul copies every operand that is not contiguous or a transposed
-    contiguous tensor, into a fresh tensor per call. A block's key and value prefixes are such
-    operands (batch-strided), so with several blocks each prefix is copied into the front of
-    one buffer per operand, viewed contiguous (K's as rows, read transposed in place): the
-    same bytes as the matmul's own copies (O(L^2) over a long sequence, rows at memcpy speed,
-    still faster than one 2-D GEMM per (sequence, kv head) at every length measured), without
-    an allocation per block (those fragmented the heap: +0.4-0.6 GiB peak RSS in 3 of 7 runs of
-    one 8,192-token input).
+    A block that sees more than :data:`KEY_TILE` keys reads them a tile at a time: two GEMM
+    shapes per (slice, block) size whatever the length, where one per length made oneDNN keep
+    a P @ V kernel with up to ~12 MiB of scratch memory for each (a server's RSS grew with
+    every new long input). K and V are laid out tile by tile once per slice, so a block reads
+    whole tiles in place and copies only its last, partial one (before, it copied its whole
+    key prefix: O(L^2) bytes over a long sequence). The tiles' P @ V products are rounded to
+    bf16 and summed in fp32; up to KEY_TILE keys a block is one GEMM each, as before.
     """
     b, hq, lk = q.shape[0], q.shape[2], k.shape[1]
     # queries per block, a power of two: per sequence, never per batch
@@ -494,6 +493,11 @@ def gemm_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, offset: in
                                   offset, n))
         b0 += step
     return outs[0] if len(outs) == 1 else torch.cat(outs)
+
+
+#: Keys one attention GEMM reads at most: a block that sees more reads them a tile at a time
+#: (see :func:`gemm_attention`).
+KEY_TILE = 2048
 
 
 def _attend_slice(qs: torch.Tensor, ks: torch.Tensor, vs: torch.Tensor, offset: int, n: int
@@ -512,30 +516,59 @@ def _attend_slice(qs: torch.Tensor, ks: torch.Tensor, vs: torch.Tensor, offset: 
     qh5 = qh.view(bs, hkv, lqp, g, d)
     torch.mul(qs.unflatten(2, (hkv, g)).transpose(1, 2), d**-0.5, out=qh5[:, :, :lq])
     qh5[:, :, lq:] = 0
-    # K and V [nb, Lkp, D], contiguous, zero past Lk (a padded key's score is masked, and
-    # 0 * its zero value row adds nothing)
-    kh, vh = qs.new_zeros(nb, lkp, d), qs.new_zeros(nb, lkp, d)
-    kh.view(bs, hkv, lkp, d)[:, :, :lk] = ks.transpose(1, 2)
-    vh.view(bs, hkv, lkp, d)[:, :, :lk] = vs.transpose(1, 2)
-    kbuf = vbuf = kh.new_empty(0)  # prefix buffers, where some block sees a prefix
-    if padded_rows(offset + m) < lkp:
-        kbuf, vbuf = kh.new_empty(kh.numel()), vh.new_empty(vh.numel())
+    # K and V a tile of keys at a time, each tile contiguous: [tiles, nb, width, D], zero past
+    # Lk (a padded key's score is masked, and 0 * its zero value row adds nothing)
+    width = min(lkp, KEY_TILE)
+    tiles = -(-lkp // width)
+    kt, vt = qs.new_zeros(tiles, nb, width, d), qs.new_zeros(tiles, nb, width, d)
+    for t in range(tiles):
+        a, e = t * width, min(lk, (t + 1) * width)
+        kt[t].view(bs, hkv, width, d)[:, :, : e - a] = ks[:, a:e].transpose(1, 2)
+        vt[t].view(bs, hkv, width, d)[:, :, : e - a] = vs[:, a:e].transpose(1, 2)
+    # Every GEMM operand is contiguous (K^T: transposed contiguous), in buffers of this slice:
+    # oneDNN keys its kernels by strides as well as shapes, and a block of qh is strided by
+    # the sequence's length (one kernel per length again), a slice of a tile by its width;
+    # torch's oneDNN batched matmul would also copy such operands into a fresh tensor per
+    # call (those fragmented the heap: +0.4-0.6 GiB peak RSS in 3 of 7 runs of one
+    # 8,192-token input).
+    qbuf, obuf = qh.new_empty(nb, mp * g, d), qh.new_empty(nb, mp * g, d)
+    kbuf, vbuf = kt.new_empty(nb * width * d), vt.new_empty(nb * width * d)
+    pbuf = qh.new_empty(nb * mp * g * width) if tiles > 1 else qh.new_empty(0)
     out = torch.empty_like(qh)
+
+    def tile(x: torch.Tensor, buf: torch.Tensor, a: int, e: int) -> torch.Tensor:
+        """Keys a..e of tiled K or V (within one tile): [nb, e - a, D], contiguous."""
+        if e - a == width:
+            return x[a // width]
+        return buf[: nb * (e - a) * d].view(nb, e - a, d).copy_(x[a // width][:, : e - a])
+
     for s in [*range(0, lq - m, m), lq - m]:
         ke = offset + s + m  # keys the block's queries may see
-        kp = padded_rows(ke)  # keys it reads
-        kb, vb = kh, vh
-        if kp < lkp:  # the prefixes, contiguous at the front of the buffers
-            kb = kbuf[: nb * kp * d].view(nb, kp, d).copy_(kh[:, :kp])
-            vb = vbuf[: nb * kp * d].view(nb, kp, d).copy_(vh[:, :kp])
+        kp = padded_rows(ke)  # keys it reads: tiles, the last one partial
+        spans = [(a, min(kp, a + width)) for a in range(0, kp, width)]
         block = slice(s * g, (s + mp) * g)
-        sc = torch.bmm(qh[:, block], kb.mT)  # [nb, mp * g, kp]; K^T read in place
+        qb = qbuf.copy_(qh[:, block])
+        if len(spans) == 1:
+            sc = torch.bmm(qb, tile(kt, kbuf, 0, kp).mT)  # [nb, mp * g, kp]
+        else:
+            sc = qs.new_empty(nb, mp * g, kp)
+            for a, e in spans:
+                sc[:, :, a:e] = torch.bmm(qb, tile(kt, kbuf, a, e).mT)
         # query i of the block sees keys up to ke - m + i (a padded query as many); the
         # diagonal block is masked by the bias, any columns after it wholly
         c, w = ke - m, min(mp, kp - ke + m)
         sc[:, :, c : c + w] += causal_bias(mp, w, g, qs.dtype, qs.device)
         sc[:, :, c + w :] = float("-inf")
-        torch.bmm(torch.softmax(sc, -1), vb, out=out[:, block])
+        p = torch.softmax(sc, -1)
+        if len(spans) == 1:
+            out[:, block] = torch.bmm(p, tile(vt, vbuf, 0, kp), out=obuf)
+            continue
+        # tile by tile, the partial products summed in fp32 (each rounded to bf16 first)
+        acc = torch.zeros(nb, mp * g, d, dtype=torch.float32, device=qs.device)
+        for a, e in spans:
+            pt = pbuf[: nb * mp * g * (e - a)].view(nb, mp * g, e - a).copy_(p[:, :, a:e])
+            acc += torch.bmm(pt, tile(vt, vbuf, a, e), out=obuf)
+        out[:, block] = acc
     return out.view(bs, hkv, lqp, g, d)[:, :, :lq].transpose(1, 2).reshape(bs, lq, hq, d)
 
 

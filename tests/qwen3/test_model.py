@@ -118,15 +118,17 @@ def test_gemm_attention_does_not_depend_on_the_batch(budget: int) -> None:
 
 def test_gemm_attention_meets_few_gemm_shapes(monkeypatch: pytest.MonkeyPatch) -> None:
     """oneDNN keeps a kernel (with a buffer up to ~12 MiB for a long sequence's P @ V) for every
-    GEMM shape it meets, for the life of the process: attention at every 7th length from 1 to
-    1,100, 1-7 sequences at a time, meets a short list of shapes (1,392 without the padding,
-    one or two per length and block; 183 with it), and its results stay close to the
-    reference."""
-    shapes: set[tuple[tuple[int, ...], tuple[int, ...]]] = set()
+    GEMM shape and operand strides it meets, for the life of the process: attention at every
+    7th length from 1 to 1,100, 1-7 sequences at a time, meets a short list of them (184;
+    2,216 before: some per length and block, a block of queries strided by its sequence's
+    length among them), and its results stay close to the reference."""
+    shapes: set[tuple[object, ...]] = set()
     bmm = torch.bmm
 
     def counted(a: torch.Tensor, b: torch.Tensor, **kw: Any) -> torch.Tensor:
-        shapes.add((tuple(a.shape), tuple(b.shape)))
+        out = kw.get("out")
+        shapes.add((a.shape, b.shape, a.stride(), b.stride(),
+                    None if out is None else out.stride()))
         return bmm(a, b, **kw)
 
     monkeypatch.setattr(torch, "bmm", counted)
