@@ -527,6 +527,10 @@ def read_tensors(path: Path, dtype: torch.dtype, keep_blocks: bool = False
             if f.readinto(raw.data) != t.nbytes:
                 raise ValueError(f"{path}: truncated file (tensor {t.name})")
             want = dtype if len(t.shape) > 1 else torch.float32
+            if t.name == "token_embd.weight" and dtype == torch.float32 and t.type in (F16, BF16):
+                # as stored: the loader keeps a half-precision table when computing in float32
+                # (its rows widen exactly); widened here, the 8B's took 2.5 GB, not 1.2
+                want = torch.float16 if t.type == F16 else torch.bfloat16
             tensor: torch.Tensor | QuantTensor
             if keep_blocks and t.type in QUANT_BLOCKS and len(t.shape) == 2:
                 data = torch.from_numpy(raw).view(t.shape[0], -1)
