@@ -795,10 +795,14 @@ class _StoreWriter(_Writer):
                                       batch_size=self.config.batch_size,
                                       dimensions=self.config.dimensions, optimize=False),
             on_stored=lambda ids: chunked.update(i.rpartition("#")[0] for i in ids))
-        report.texts += done.chunks
+        # what was embedded: chunks already in the index (an appended file's old rows, a
+        # resumed shard's) are not; their rows' tokens cannot be told apart, so a shard that
+        # kept some leaves the count unknown rather than counting them as embedded
+        report.texts += done.embedded
         report.empty_rows += sum(1 for i in row_ids if i not in chunked)
+        exact = done.embedded == done.chunks and all(c >= 0 for c in counted)
         report.tokens = (report.tokens + sum(counted)
-                         if report.tokens is not None and all(c >= 0 for c in counted) else None)
+                         if report.tokens is not None and exact else None)
         this = parse_shard(name)
 
         def stale(old: str) -> bool:  # shards of the file's earlier versions are forgotten

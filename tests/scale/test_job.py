@@ -314,6 +314,13 @@ def test_index_output_resumes_and_searches(tiny, corpus, tmp_path, kind, request
         (record,) = index.store.get(["a3#0"])
         np.testing.assert_allclose(record.vector, tiny.embed([_text(3)])[0], atol=1e-5)
         assert index.verify() == {}  # checksums and payloads as `smysl index add` writes them
+    # one row appended: its file's shards are new, but only that row is embedded (the summary
+    # said "embedded 11 texts" and counted the tokens of all 11)
+    with open(corpus / "a.jsonl", "a", encoding="utf-8") as f:
+        f.write(json.dumps({"id": "a10", "text": "an appended row"}) + "\n")
+    appended = Counting(tiny)
+    report = run_job(appended, [corpus], config)
+    assert appended.embedded == 1 and report.texts == 1 and report.tokens is None
     with pytest.raises(ValueError, match="an index stores documents"):
         run_job(tiny, [corpus], JobConfig(output=output, instruction="find", table=config.table))
 
