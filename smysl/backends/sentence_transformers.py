@@ -165,6 +165,11 @@ class SentenceTransformerEmbedder(BaseEmbedder):
         prompts: dict[str, str] = dict(getattr(self.model, "prompts", {}) or {})
         self._query_prompt = prompts.get("query", "")
         self.instruction_aware = bool(self._query_prompt)
+        #: What documents are prefixed with: the first of these prompts the model has, as
+        #: sentence-transformers' ``encode_document`` picks it (e5's "passage: "); texts
+        #: without an instruction are documents here.
+        self._document_prompt = next((prompts[k] for k in ("document", "passage", "corpus")
+                                      if prompts.get(k)), "")
 
     def info(self) -> ModelInfo:
         return dataclasses.replace(super().info(), dtype=self.dtype, device=str(self.model.device),
@@ -178,6 +183,8 @@ class SentenceTransformerEmbedder(BaseEmbedder):
         dtype; computed once. A hub id not found on disk falls back to the contract's default."""
         if self._fingerprint is None:
             fields: dict[str, object] = {"backend": self.backend, "dtype": self.dtype}
+            if self._document_prompt:  # documents were embedded without it before
+                fields["document_prompt"] = self._document_prompt
             if self._folder is None:
                 fields |= {"name": self.name, "dimensions": self.dimensions}
                 self._fingerprint = fingerprint_files([], fields)
@@ -190,7 +197,7 @@ class SentenceTransformerEmbedder(BaseEmbedder):
     def format_texts(self, texts: list[str], instruction: str | None) -> list[str]:
         task = self.choose_instruction(instruction)
         if task is None:
-            return texts
+            return [self._document_prompt + t for t in texts] if self._document_prompt else texts
         if self._query_prompt.startswith("Instruct:"):
             return super().format_texts(texts, task)
         return [self._query_prompt + t for t in texts]

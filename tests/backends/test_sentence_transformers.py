@@ -131,3 +131,32 @@ def test_a_qwen3_checkpoint_takes_matryoshka_sizes(tiny_dir) -> None:
     full = model.embed(["a query"], dimensions=model.dimensions)
     cut = model.embed(["a query"], dimensions=32)
     np.testing.assert_allclose(cut[0], full[0, :32] / np.linalg.norm(full[0, :32]), atol=1e-6)
+
+
+def test_documents_get_the_models_document_prompt(tmp_path) -> None:
+    """An e5-style model (prompts "query: " / "passage: "): queries got "query: ", documents
+    nothing, where sentence-transformers' ``encode_document`` prefixes "passage: " (its
+    retrieval scores fell below MTEB's). Now documents get it, and the fingerprint changes."""
+    import json
+    import shutil
+
+    import smysl
+    from smysl.backends.sentence_transformers import model_path
+
+    copy = tmp_path / "e5like"
+    shutil.copytree(model_path("all-minilm-l6-v2"), copy)
+    cfg = copy / "config_sentence_transformers.json"
+    data = json.loads(cfg.read_text()) if cfg.is_file() else {}
+    data["prompts"] = {"query": "query: ", "passage": "passage: "}
+    cfg.write_text(json.dumps(data))
+    model = smysl.load(f"st:{copy}")
+    st = model.model  # type: ignore[attr-defined]
+    docs = ["The paragraph.", "Москва — столица России."]
+    np.testing.assert_allclose(model.embed(docs),
+                               st.encode(docs, prompt="passage: ", normalize_embeddings=True),
+                               atol=1e-5)
+    np.testing.assert_allclose(model.embed_queries(docs),
+                               st.encode(docs, prompt="query: ", normalize_embeddings=True),
+                               atol=1e-5)
+    plain = smysl.load(f"st:{model_path('all-minilm-l6-v2')}")
+    assert model.fingerprint() != plain.fingerprint()
