@@ -91,6 +91,8 @@ def pair_classification_scores(emb1: np.ndarray, emb2: np.ndarray,
     for name, sim in similarities.items():
         acc, acc_t = best_accuracy(sim, y)
         f1, precision, recall, f1_t = best_f1(sim, y)
+        if name in ("euclidean", "manhattan"):  # thresholds as distances, as MTEB reports them
+            acc_t, f1_t = -acc_t, -f1_t
         out[name] = {"ap": float(metrics.average_precision_score(y, sim)), "accuracy": acc,
                      "accuracy_threshold": acc_t, "f1": f1, "precision": precision,
                      "recall": recall, "f1_threshold": f1_t}

@@ -68,6 +68,12 @@ def test_pair_classification_ap_is_max_over_similarities() -> None:
     assert out["manhattan"]["ap"] == pytest.approx(average_precision_score(labels, manhattan))
     assert out["max_ap"] == max(out[k]["ap"] for k in ("cosine", "dot", "euclidean", "manhattan"))
     assert out["max_ap"] > 0.8  # the signal is there
+    # distance thresholds are distances (MTEB's), not their negation: pairs closer than the
+    # threshold are called positive, and that accuracy is the one reported
+    euclid = np.linalg.norm(a.astype(np.float64) - b, axis=1)
+    t = out["euclidean"]["accuracy_threshold"]
+    assert t > 0
+    assert np.mean((euclid < t) == (labels == 1)) == pytest.approx(out["euclidean"]["accuracy"])
 
 
 def _mteb_undersample(labels: list[str], per_label: int, n: int, seed: int) -> list[list[int]]:
