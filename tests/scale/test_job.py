@@ -403,3 +403,27 @@ def test_an_output_folder_inside_the_input_folder(tiny, corpus, tmp_path) -> Non
     again = run_job(tiny, [corpus], JobConfig(output=str(out)))
     assert first.shards_written > 0 and again.shards_written == 0
     assert len(_read(out)) == 25
+
+
+def test_index_output_back_to_earlier_settings_embeds_again(tiny, corpus, tmp_path) -> None:
+    """Job A, then job B (other chunks) over the same rows, then A again: A's shard records
+    said "already done" (0 written) while the index held B's 8-token chunks. B's commit now
+    drops other jobs' records of that file version, and A writes its chunks back."""
+    pytest.importorskip("lancedb")
+    from smysl.toolkit.index import Index, IndexConfig
+    from smysl.toolkit.store import StoreConfig
+
+    output = f"lancedb:{tmp_path / 'kb'}"
+    a = JobConfig(output=output, shard_rows=5)
+    b = JobConfig(output=output, shard_rows=5, chunk=ChunkConfig(max_tokens=8, overlap=2))
+    run_job(tiny, [corpus / "a.jsonl"], a)
+
+    def count() -> int:
+        with Index.create_or_open(tiny, IndexConfig(store=StoreConfig.parse(output)),
+                                  create=False) as index:
+            return index.count()
+
+    whole = count()
+    assert run_job(tiny, [corpus / "a.jsonl"], b).shards_written == 2 and count() > whole
+    again = run_job(tiny, [corpus / "a.jsonl"], a)
+    assert again.shards_written == 2 and count() == whole
