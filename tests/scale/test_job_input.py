@@ -208,3 +208,26 @@ def test_ray_data_tokens_are_counted_as_embedded(tiny_dir, tiny32) -> None:
     np.testing.assert_allclose(out["vector"],
                                tiny32.embed(texts, instruction="find", truncate=True),
                                atol=1e-5)
+
+
+def test_progress_totals_count_records_not_lines(tmp_path) -> None:
+    """The progress bar's total: 30 CSV records of 10 lines each were 300 (the bar ended at
+    10% and the ETA was ten times too long); blank JSONL lines counted, a last line without
+    a newline not. Each total now equals the rows the reader gives."""
+    import csv as csvmod
+
+    from smysl.scale.sources import Source, count_records, read_rows
+
+    multi = tmp_path / "multi.csv"
+    with open(multi, "w", encoding="utf-8", newline="") as f:
+        w = csvmod.writer(f)
+        w.writerow(["id", "text"])
+        w.writerows([f"r{i}", "\n".join(f"line {j}" for j in range(10))] for i in range(30))
+    plain = tmp_path / "plain.csv"
+    plain.write_text("id,text\na,one\n\nb,two", encoding="utf-8")
+    blank = tmp_path / "blank.jsonl"
+    blank.write_text('\n{"id": "a", "text": "x"}\n\n  \n{"id": "b", "text": "y"}', encoding="utf-8")
+    for path in (multi, plain, blank):
+        src = Source(path, path.name)
+        assert count_records(src) == len(list(read_rows(src, "id", "text"))), path.name
+    assert count_records(Source(multi, multi.name)) == 30
