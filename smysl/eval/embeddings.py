@@ -68,27 +68,42 @@ class ModelEmbeddings:
         self._dir = (Path(cache_dir) / f"{model_slug(model.name)}-{cache_key(model)[:16]}"
                      if cache_dir else None)
 
+    #: Texts per embedding call: what a failure (a paid API's outage, Ctrl-C) can lose.
+    block = 2048
+    #: Seconds between saves of the disk cache while one task's texts are embedded (each
+    #: save writes the whole file: saving after every block would be quadratic).
+    save_every = 120.0
+
     def ensure(self, texts: list[str], instruction: str | None, *, label: str = "") -> None:
-        """Embed whichever of ``texts`` (under ``instruction``) are not cached yet."""
+        """Embed whichever of ``texts`` (under ``instruction``) are not cached yet, a block at a
+        time; what was embedded is saved also when a later block fails."""
         store = self._load(instruction)
         missing = list(dict.fromkeys(t for t in texts if _key(t) not in store))
         if not missing:
             return
         bar = self._bar(len(missing), label)
-        start = time.perf_counter()
+        done, saved = 0, time.monotonic()
         try:
-            # truncate=True: MTEB embeds over-long texts truncated to the model's limit
-            vectors = self.model.embed(missing, instruction=instruction, truncate=True,
-                                       progress=bar if bar is not None else False)
+            for s in range(0, len(missing), self.block):
+                part = missing[s : s + self.block]
+                start = time.perf_counter()
+                # truncate=True: MTEB embeds over-long texts truncated to the model's limit
+                vectors = self.model.embed(part, instruction=instruction, truncate=True,
+                                           progress=bar if bar is not None else False)
+                self.throughput.seconds += time.perf_counter() - start
+                for t, v in zip(part, vectors, strict=True):
+                    store[_key(t)] = v
+                done += len(part)
+                if done < len(missing) and time.monotonic() - saved > self.save_every:
+                    self._save(instruction, store)
+                    saved = time.monotonic()
         finally:
             if bar is not None:
                 bar.close()
-        self.throughput.seconds += time.perf_counter() - start
-        self.throughput.texts += len(missing)
-        self.throughput.tokens += self._count_tokens(missing, instruction)
-        for t, v in zip(missing, vectors, strict=True):
-            store[_key(t)] = v
-        self._save(instruction, store)
+            if done:
+                self.throughput.texts += done
+                self.throughput.tokens += self._count_tokens(missing[:done], instruction)
+                self._save(instruction, store)
 
     def get(self, texts: list[str], instruction: str | None) -> np.ndarray:
         """Full-size vectors of ``texts`` in order; every text must have been ensured."""

@@ -159,3 +159,29 @@ def test_dimension_plot_keeps_each_runs_colour(sweep, tmp_path, monkeypatch) -> 
     assert all(len(c) == 1 for c in colours.values()) and len(colours) == 2, colours
     assert next(ax for ax in fig.axes if ax.get_title() == first).get_lines()[0].get_color() \
         == "C1"
+
+
+def test_embeddings_before_a_failure_are_cached(tiny, tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """A model (a paid API, say) failing part way through a task's texts: every vector of
+    that request was lost, --cache or not. Texts go a block at a time, and the blocks done are
+    saved when a later one fails."""
+    from toolkit.helpers import Counting
+
+    from smysl.eval.embeddings import ModelEmbeddings
+
+    class FailsLate(Counting):
+        def _embed(self, texts, *, truncate, progress=None):  # type: ignore[no-untyped-def]
+            if self.embedded >= 20:
+                raise RuntimeError("HTTP 503")
+            return super()._embed(texts, truncate=truncate, progress=progress)
+
+    monkeypatch.setattr(ModelEmbeddings, "block", 8)
+    texts = [f"text number {i}" for i in range(30)]
+    failing = ModelEmbeddings(FailsLate(tiny), cache_dir=tmp_path, progress=False)
+    with pytest.raises(RuntimeError, match="503"):
+        failing.ensure(texts, None)
+    again = Counting(tiny)
+    rerun = ModelEmbeddings(again, cache_dir=tmp_path, progress=False)
+    rerun.ensure(texts, None)
+    assert again.embedded == 30 - 24  # three blocks of 8 were done and kept
+    np.testing.assert_allclose(rerun.get(texts, None), tiny.embed(texts), atol=1e-6)
