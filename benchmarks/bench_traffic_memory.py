@@ -1,6 +1,7 @@
 """RSS of a CPU engine fed a server's mixed traffic: does memory stay flat?
 
     .venv/bin/python benchmarks/bench_traffic_memory.py --batches 1500 --dtype bfloat16
+    .venv/bin/python benchmarks/bench_traffic_memory.py --batches 600 --quantize int8
 
 The 0.6B's widths (1,024 hidden, 16/8 heads, ffn 3,072) with ``--layers`` layers and random
 weights (built once under ``bench-out/``: memory held per GEMM shape does not depend on the
@@ -29,6 +30,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--batches", type=int, default=1500)
     ap.add_argument("--dtype", default="bfloat16")
+    ap.add_argument("--quantize", choices=["int8", "int4"], default=None)
     ap.add_argument("--layers", type=int, default=2)
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
@@ -38,8 +40,11 @@ def main() -> None:
 
     from smysl import Embedder
 
-    e = Embedder.load(str(ckpt), device="cpu", threads=args.threads, dtype=args.dtype)
-    print(f"{e.info().dtype}, {args.layers} layers; RSS after loading {rss_mib():,.0f} MiB")
+    opts = {"quantize": args.quantize} if args.quantize else {"dtype": args.dtype}
+    e = Embedder.load(str(ckpt), device="cpu", threads=args.threads, **opts)
+    info = e.info()
+    print(f"{info.dtype} {info.quantization or ''}, {args.layers} layers; RSS after loading "
+          f"{rss_mib():,.0f} MiB")
     rng = random.Random(1)
     t, tokens = time.perf_counter(), 0
     for i in range(args.batches):
