@@ -493,7 +493,20 @@ def load_tokenizer(ckpt: Checkpoint, max_tokens: int, rows: int | None = None) -
     one, else built from the file's metadata (:func:`tokenizer_json`). ``rows``: see
     :class:`~smysl.tokenize.Tokenizer`."""
     if ckpt.tokenizer_file != ckpt.root:
-        return Tokenizer(ckpt.tokenizer_file, max_tokens, rows=rows)
+        tok = Tokenizer(ckpt.tokenizer_file, max_tokens, rows=rows)
+        tokens = read_header(ckpt.root).metadata.get("tokenizer.ggml.tokens")
+        if isinstance(tokens, list) and tokens:
+            # the file's own vocabulary, where it has one, names the same tokens: another
+            # model's tokenizer.json in the folder would give wrong ids without a word
+            n = min(len(tokens), tok.vocab_size)
+            wrong = [i for i in range(0, n, max(1, n // 512))
+                     if tok.raw.id_to_token(i) != tokens[i]]
+            if wrong:
+                i = wrong[0]
+                raise ValueError(f"{ckpt.tokenizer_file} is not the tokenizer of {ckpt.root}: "
+                                 f"token {i} is {tok.raw.id_to_token(i)!r} there, {tokens[i]!r} "
+                                 "in the GGUF file; remove it (the file's own tokenizer is used)")
+        return tok
     text = json.dumps(tokenizer_json(read_header(ckpt.root)), ensure_ascii=False)
     return Tokenizer(ckpt.root, max_tokens, json_text=text, rows=rows)
 

@@ -687,3 +687,21 @@ def test_tokens_past_the_embedding_rows_are_split_like_the_gguf(tmp_path: Path) 
     # texts without those tokens keep their ids
     full = Tokenizer(tiny.path / "tokenizer.json", 512)
     assert ids[0][2] == full.encode(texts[2:])[0]
+
+
+def test_a_tokenizer_json_of_another_vocabulary_beside_a_gguf_is_refused(
+        files: dict[str, Path], tmp_path: Path) -> None:
+    """A tokenizer.json beside a GGUF wins over the file's own tokenizer: one of another
+    vocabulary (another model's, in a shared folder) gave wrong ids without a word."""
+    d = tmp_path / "side"
+    d.mkdir()
+    shutil.copy(files["Q8_0"], d / "m.gguf")
+    spec = json.loads((require_tokenizer() / "tokenizer.json").read_text(encoding="utf-8"))
+    vocab = spec["model"]["vocab"]
+    by_id = {i: t for t, i in vocab.items()}
+    vocab[by_id[0]], vocab[by_id[296]] = 296, 0  # two tokens trade ids
+    (d / "tokenizer.json").write_text(json.dumps(spec), encoding="utf-8")
+    with pytest.raises(ValueError, match="is not the tokenizer of"):
+        Embedder.load(str(d / "m.gguf"), device="cpu", dtype="float32")
+    shutil.copy(require_tokenizer() / "tokenizer.json", d / "tokenizer.json")  # its own: fine
+    assert Embedder.load(str(d / "m.gguf"), device="cpu", dtype="float32").embed(["x"]).shape
