@@ -20,7 +20,7 @@ from smysl import tokenize
 from smysl.base import BaseEmbedder, ModelInfo, Role, TokenLevel
 from smysl.pooling import NonFiniteError, check_dimensions
 from smysl.registry import names_of
-from smysl.server.batcher import BackendDown, Batcher, EmbedBackend, Job
+from smysl.server.batcher import BackendDown, Batcher, EmbedBackend, Job, Slot
 from smysl.server.config import ServerConfig
 from smysl.server.errors import ApiError
 from smysl.server.metrics import Metrics
@@ -235,8 +235,17 @@ class Service:
                           disconnected: Disconnected | None = None,
                           what: str = "input") -> Embedded:
         """Embed texts (already validated with :meth:`check_texts`)."""
+        # a full queue answers 429 before any tokenising, and the request holds its place
+        # while it is tokenised
+        with self.batcher.admitted() as slot:
+            return await self._embed_texts(slot, texts, instruction, dimensions, truncate,
+                                           normalize, direction, disconnected, what)
+
+    async def _embed_texts(self, slot: Slot, texts: list[str], instruction: str | None,
+                           dimensions: int, truncate: bool, normalize: bool,
+                           direction: Direction, disconnected: Disconnected | None,
+                           what: str) -> Embedded:
         t0 = time.perf_counter()
-        self.batcher.check_room()  # a full queue answers 429 before any tokenising
         try:
             formatted = self.embedder.format_texts(texts, instruction)
         except ValueError as e:
@@ -248,7 +257,7 @@ class Service:
             job = Job(key=("ids",), items=ids, lengths=lengths, dimensions=dimensions,
                       normalize=normalize, disconnected=disconnected,
                       timeout_s=self.config.request_timeout_s)
-            vectors = await self._submit(job)
+            vectors = await self._submit(job, slot)
             return Embedded(vectors, sum(lengths), job.queue_s, job.compute_s,
                             time.perf_counter() - t0)
         counts = await self.count_tokens(formatted)
@@ -272,7 +281,7 @@ class Service:
         job = Job(key=("text", truncate), items=formatted, lengths=lengths,
                   dimensions=dimensions, normalize=normalize, disconnected=disconnected,
                   timeout_s=self.config.request_timeout_s)
-        vectors = await self._submit(job)
+        vectors = await self._submit(job, slot)
         return Embedded(vectors, sum(lengths) if counts is not None else 0, job.queue_s,
                         job.compute_s, time.perf_counter() - t0)
 
@@ -311,7 +320,13 @@ class Service:
                            "garbled text; send the text (LangChain's OpenAIEmbeddings: "
                            "check_embedding_ctx_length=False), or start the server with "
                            "--token-ids if these are the model's own ids", param=what)
-        self.batcher.check_room()
+        with self.batcher.admitted() as slot:  # its place held while ids are checked
+            return await self._embed_ids(slot, t0, ids, dimensions, truncate, normalize,
+                                         direction, disconnected, what)
+
+    async def _embed_ids(self, slot: Slot, t0: float, ids: list[list[int]], dimensions: int,
+                         truncate: bool, normalize: bool, direction: Direction,
+                         disconnected: Disconnected | None, what: str) -> Embedded:
         if self.tokens is None:
             raise ApiError("unsupported", f"model {self.model_id!r} takes text only; send "
                            "strings instead of token ids", param=what)
@@ -336,7 +351,7 @@ class Service:
         job = Job(key=("ids",), items=seqs, lengths=lengths, dimensions=dimensions,
                   normalize=normalize, disconnected=disconnected,
                   timeout_s=self.config.request_timeout_s)
-        vectors = await self._submit(job)
+        vectors = await self._submit(job, slot)
         # as sent, like OpenAI's usage, but no more than embedded (an added EOS is not counted,
         # ids cut off by ``truncate`` are not either: text's usage counts what was embedded)
         usage = sum(min(len(s), len(q)) for s, q in zip(ids, seqs, strict=True))
@@ -361,9 +376,9 @@ class Service:
         except ValueError as e:
             raise ApiError("invalid", str(e), param=what) from None
 
-    async def _submit(self, job: Job) -> np.ndarray:
+    async def _submit(self, job: Job, slot: Slot) -> np.ndarray:
         try:
-            return await self.batcher.submit(job)  # finite rows (finish() checks them)
+            return await self.batcher.submit(job, slot)  # finite rows (finish() checks them)
         except NonFiniteError as e:  # the model's failure on this input: never null or NaN
             raise ApiError("internal", f"model {self.model_id!r}: {e}") from None
         except InputTooLongError as e:

@@ -99,6 +99,37 @@ def test_overload_answers_429_then_recovers(hash_backend: HashEmbedder) -> None:
     asyncio.run(go())
 
 
+def test_requests_being_tokenised_hold_their_place_in_the_queue(
+        hash_backend: HashEmbedder) -> None:
+    """Requests admitted and still being tokenised count against --max-queue: a burst of large
+    ones all passed a check of the queue alone, waited to be tokenised, and got their 429
+    seconds later (p50 4.2 s for 150 clients, queue of 2). Now the request after the queue's
+    worth is refused at once; a request's place becomes its job's when it is queued (not
+    counted twice), and is given back when the request fails before that."""
+    batcher = Batcher(EmbedBackend(hash_backend), Metrics(), max_batch_tokens=1000,
+                      max_batch_requests=8, max_wait_s=0, max_queue=2)
+    with batcher.admitted(), batcher.admitted():
+        with pytest.raises(ApiError, match="overloaded") as e:
+            batcher.check_room()
+        assert e.value.headers["Retry-After"]
+        with pytest.raises(ApiError, match="overloaded"), batcher.admitted():
+            pass
+    with pytest.raises(ValueError), batcher.admitted():  # a request failing while tokenised
+        raise ValueError("bad input")
+    batcher.check_room()  # every place given back
+
+    async def go() -> None:
+        with batcher.admitted() as a, batcher.admitted() as b:
+            rows = await asyncio.gather(
+                batcher.submit(Job(("text", False), ["one"], [2], 48), a),
+                batcher.submit(Job(("text", False), ["two"], [2], 48), b))
+        assert [r.shape for r in rows] == [(1, 48), (1, 48)]
+        batcher.check_room()
+        await batcher.close()
+
+    asyncio.run(go())
+
+
 def test_disconnected_client_is_dropped_before_compute(hash_backend: HashEmbedder) -> None:
     metrics = Metrics()
     batcher = Batcher(EmbedBackend(hash_backend), metrics, max_batch_tokens=1000,
