@@ -420,6 +420,21 @@ def test_page_in_chromium(chromium, tiny, tmp_path) -> None:  # type: ignore[no-
             page.get_by_role("button", name="Search", exact=True).click()
             expect(page.locator("#status")).to_contain_text("hits for “barking dogs”")
             assert page.locator("#hits .snippet").first.inner_text() == TEXTS[1]
+            # an earlier search answered after a later one: its hits replaced the later ones
+            held: list[Any] = []
+            page.route("**/search", lambda r: held.append(r) if not held else r.continue_())
+            page.get_by_label("Search query", exact=True).fill("barking dogs")
+            page.get_by_role("button", name="Search", exact=True).click()
+            page.wait_for_timeout(200)
+            assert len(held) == 1
+            page.get_by_label("Search query", exact=True).fill("purrs")
+            page.get_by_role("button", name="Search", exact=True).click()
+            expect(page.locator("#status")).to_contain_text("hits for “purrs”")
+            held[0].continue_()  # the first search's answer arrives now
+            page.wait_for_timeout(500)
+            assert "hits for “purrs”" in page.locator("#status").inner_text()
+            assert page.locator("#hits .snippet").first.inner_text() == TEXTS[0]
+            page.unroute("**/search")
             assert view.errors == []
         finally:
             view.context.close()
