@@ -463,6 +463,14 @@ def test_page_with_auth_in_chromium(chromium, tiny, tmp_path) -> None:  # type: 
             page.get_by_role("button", name="Search", exact=True).click()
             page.wait_for_selector("#hits li.hit")
             assert page.locator("#hits li.hit").count() == 5  # the page's default k
+            # the key can be forgotten once taken (its button was inside the hidden form)
+            page.get_by_role("button", name="Forget key", exact=True).click()
+            assert page.locator("#auth").is_visible() and page.locator("#similarity").is_hidden()
+            assert page.locator("#hits li.hit").count() == 0
+            assert page.evaluate("sessionStorage.getItem('smysl-api-key')") is None
+            page.get_by_label("API key", exact=True).fill("s3cret")
+            page.get_by_role("button", name="Use key", exact=True).click()
+            page.wait_for_selector("#heatmap td.cell")
             assert view.errors == []
         finally:
             view.context.close()
