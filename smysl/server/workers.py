@@ -152,6 +152,11 @@ def serve_workers(embedder: BaseEmbedder | None, config: ServerConfig, *,
         if len(stopping) == 1:  # a second stop cuts in-flight requests off
             told.clear()
         stopping.append(signum)
+        # no worker starts while stopping, and the workers close theirs: with this process's
+        # copies open the kernel went on accepting connections that nobody served (a client
+        # hung until the drain ended, then was reset, where it should be refused at once)
+        for sock in socks:
+            sock.close()
         tell()
 
     workers: dict[int, Any] = {}

@@ -198,6 +198,47 @@ def test_a_second_stop_cuts_the_workers_requests_off(tiny_dir: Path) -> None:
     assert all(isinstance(a, str) for a in got), (got, output()[-3000:])  # no answer at all
 
 
+def test_a_stopping_server_refuses_new_connections_at_once(tiny_dir: Path) -> None:
+    """While the workers drain their requests after a SIGTERM, a new client is refused at
+    once, as by one process: the supervisor's copies of the listening sockets kept the
+    kernel accepting connections nobody served (a client hung until the drain ended, then
+    was reset; a load balancer would wait instead of failing over)."""
+    server = Workers(tiny_dir, "--threads", "1", "--max-batch-tokens", "64", "--no-access-log")
+    proc, url, output = server.proc, server.url, server.output
+    try:
+        deadline = time.monotonic() + 120
+        server.wait_healthy(deadline)
+        server.started(2, deadline)
+        texts = [f"{t} {i}" for i in range(250) for t in TEXTS]
+
+        def post(_: int) -> int | str:
+            try:
+                return httpx.post(f"{url}/embed", json={"inputs": texts}, timeout=120).status_code
+            except httpx.HTTPError as e:
+                return type(e).__name__
+
+        with ThreadPoolExecutor(2) as pool:
+            answers = pool.map(post, range(2))
+            time.sleep(1.0)
+            proc.send_signal(signal.SIGTERM)
+            while "Waiting for connections to close" not in output() and proc.poll() is None:
+                time.sleep(0.05)
+            draining = proc.poll() is None
+            t = time.monotonic()
+            try:
+                late: int | str = httpx.get(f"{url}/health", timeout=10).status_code
+            except httpx.HTTPError as e:
+                late = type(e).__name__
+            took = time.monotonic() - t
+            list(answers)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    if not draining:
+        pytest.skip("the requests ended before the stop: nothing was draining")
+    assert late == "ConnectError" and took < 1, (late, took, output()[-2000:])
+
+
 def test_workers_setting_is_checked(tiny_dir: Path, capsys) -> None:  # type: ignore[no-untyped-def]
     with pytest.raises(ValueError, match="workers"):
         ServerConfig(workers=0)
