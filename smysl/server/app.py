@@ -109,7 +109,7 @@ def create_app(embedder: BaseEmbedder | None, config: ServerConfig | None = None
 
     @app.exception_handler(RequestValidationError)
     async def on_validation(request: Request, exc: RequestValidationError) -> Response:
-        return answer(request, validation_error(exc))
+        return answer(request, validation_error(exc, request.headers.get("content-type")))
 
     @app.exception_handler(StarletteHTTPException)
     async def on_http(request: Request, exc: StarletteHTTPException) -> Response:
@@ -156,9 +156,15 @@ def crashed(method: str, path: str, exc: Exception) -> ApiError:
     return ApiError("internal", f"internal error: {type(exc).__name__}")
 
 
-def validation_error(exc: RequestValidationError) -> ApiError:
-    """FastAPI's validation report as one readable message naming the fields to fix."""
+def validation_error(exc: RequestValidationError, sent_as: str | None = None) -> ApiError:
+    """FastAPI's validation report as one readable message naming the fields to fix;
+    ``sent_as``: the request's Content-Type."""
     errors = list(exc.errors())
+    whole = [e for e in errors if tuple(e.get("loc", ())) == ("body",)]
+    if whole and sent_as is not None and "json" not in sent_as.lower():
+        # curl -d sends application/x-www-form-urlencoded: the JSON in it was never read
+        return ApiError("invalid", f"the request body was sent as {sent_as.split(';')[0]!r}, "
+                        "not JSON: send it with Content-Type: application/json")
     if any(e.get("type") == "json_invalid" for e in errors):
         ctx = next(e for e in errors if e.get("type") == "json_invalid").get("ctx") or {}
         return ApiError("malformed", "request body is not valid JSON"

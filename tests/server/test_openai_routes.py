@@ -122,6 +122,12 @@ def test_bad_input_gets_openai_errors(client) -> None:  # type: ignore[no-untype
                                                                  "application/json"}),
           400, "not valid JSON")
     error(post("/v1/embeddings", json={"input": [[1, 2], []]}), 400, "empty token list")
+    # curl -d's default type: the JSON was never read ("Input should be a valid dictionary")
+    form = {"content-type": "application/x-www-form-urlencoded"}
+    error(post("/v1/embeddings", content=b'{"input": "hi"}', headers=form), 400,
+          "sent as 'application/x-www-form-urlencoded', not JSON: send it with Content-Type")
+    assert "Content-Type: application/json" in post(
+        "/embed", content=b'{"inputs": "hi"}', headers=form).text
     error(post("/v1/embeddings", json={"input": [[1, 10**9]]}), 400, "token ids outside")
     error(post("/v1/embeddings", json={"input": [1, 2], "input_type": "query"}), 400,
           "text input only")
