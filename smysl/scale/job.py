@@ -805,24 +805,23 @@ class _StoreWriter(_Writer):
                          if report.tokens is not None and exact else None)
         this = parse_shard(name)
 
-        def stale(old: str) -> bool:  # shards of the file's earlier versions are forgotten
-            s = parse_shard(old)
-            return this is not None and s is not None and s.key == this.key \
-                and s.content != this.content
-
-        def other_job(key: str) -> bool:  # another job's record of this file version: its
-            # chunks of these rows were just replaced by this job's (another chunking, say),
-            # and a rerun of that job must not call its shards done over them
-            if not key.startswith(STORE_SHARD) or key.startswith(self.prefix):
+        def dropped(key: str) -> bool:
+            """A record this commit outdates: this job's shards of the file's earlier
+            versions, and another job's of this version (its chunks of these rows were just
+            replaced by this job's, another chunking say: a rerun of that job must not call
+            its shards done over them)."""
+            if this is None or not key.startswith(STORE_SHARD):
                 return False
             s = parse_shard(key[len(STORE_SHARD):].partition(":")[2])
-            return this is not None and s is not None and s.content == this.content
+            if s is None:
+                return False
+            if key.startswith(self.prefix):
+                return s.key == this.key and s.content != this.content
+            return s.content == this.content
 
-        # only this shard's key and the stale ones change: another driver's commits stay
-        self.index.store.update_meta({**{self.prefix + old: None
-                                         for old in self._committed() if stale(old)},
-                                      **{key: None for key in self.index.store.read_meta()
-                                         if other_job(key)},
+        # only this shard's key and the outdated ones change: another driver's commits stay
+        self.index.store.update_meta({**{k: None for k in self.index.store.read_meta()
+                                         if dropped(k)},
                                       self.prefix + name: True})
         if self.parts is not None and this is not None:
             self.parts.add((this.content, this.part))

@@ -239,9 +239,15 @@ class Batcher:
 
     def _release(self, slot: Slot) -> None:
         with self._cond:
-            if not slot.released:
-                slot.released = True
-                self._preparing -= 1
+            self._release_locked(slot)
+
+    def _release_locked(self, slot: Slot) -> bool:
+        """Give ``slot``'s place back (once); whether it still held one."""
+        if slot.released:
+            return False
+        slot.released = True
+        self._preparing -= 1
+        return True
 
     async def submit(self, job: Job, slot: Slot | None = None) -> np.ndarray:
         """Queue ``job`` and wait for its rows. Raises :class:`ApiError` 429 when the queue is
@@ -255,11 +261,9 @@ class Batcher:
         with self._cond:
             if self._closing:  # closed since the check above (the thread may have exited)
                 raise ApiError("shutting_down", "the server is shutting down; retry elsewhere")
-            if slot is not None and not slot.released:  # its place becomes the job's
-                slot.released = True
-                self._preparing -= 1
-            elif len(self._pending) + self._preparing >= self.max_queue:
-                raise self._overloaded()
+            # the slot's place becomes the job's; without one, the queue must have room
+            if not (slot is not None and self._release_locked(slot)):
+                self._check_room_locked()
             job.enqueued = time.perf_counter()
             if job.timeout_s is not None:
                 job.deadline = job.enqueued + job.timeout_s

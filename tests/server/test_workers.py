@@ -157,6 +157,16 @@ def test_two_workers_one_engine(tiny_dir: Path, tiny, tmp_path: Path) -> None:  
     assert "Shutting down" in output()
 
 
+def long_request(url: str) -> int | str:
+    """One request of seconds of work (with batches of 64 tokens: a thousand passes), under
+    the request limits -> its status, or the name of the error that ended it."""
+    texts = [f"{t} {i}" for i in range(250) for t in TEXTS]
+    try:
+        return httpx.post(f"{url}/embed", json={"inputs": texts}, timeout=120).status_code
+    except httpx.HTTPError as e:
+        return type(e).__name__
+
+
 def test_a_second_stop_cuts_the_workers_requests_off(tiny_dir: Path) -> None:
     """The first SIGTERM waits for requests in flight; a second one forces the workers' stop
     and cuts them off. Before, the server waited them out (uvicorn forces only on a SIGINT
@@ -168,16 +178,8 @@ def test_a_second_stop_cuts_the_workers_requests_off(tiny_dir: Path) -> None:
         deadline = time.monotonic() + 120
         server.wait_healthy(deadline)
         server.started(2, deadline)  # both workers up
-        texts = [f"{t} {i}" for i in range(250) for t in TEXTS]  # under the request limits
-
-        def post(_: int) -> int | str:
-            try:
-                return httpx.post(f"{url}/embed", json={"inputs": texts}, timeout=120).status_code
-            except httpx.HTTPError as e:
-                return type(e).__name__
-
         with ThreadPoolExecutor(4) as pool:
-            answers = pool.map(post, range(4))
+            answers = pool.map(long_request, [url] * 4)
             time.sleep(1.0)
             proc.send_signal(signal.SIGTERM)
             # the second once a worker waits for its requests: two signals of one kind that
@@ -209,16 +211,8 @@ def test_a_stopping_server_refuses_new_connections_at_once(tiny_dir: Path) -> No
         deadline = time.monotonic() + 120
         server.wait_healthy(deadline)
         server.started(2, deadline)
-        texts = [f"{t} {i}" for i in range(250) for t in TEXTS]
-
-        def post(_: int) -> int | str:
-            try:
-                return httpx.post(f"{url}/embed", json={"inputs": texts}, timeout=120).status_code
-            except httpx.HTTPError as e:
-                return type(e).__name__
-
         with ThreadPoolExecutor(2) as pool:
-            answers = pool.map(post, range(2))
+            answers = pool.map(long_request, [url] * 2)
             time.sleep(1.0)
             proc.send_signal(signal.SIGTERM)
             while "Waiting for connections to close" not in output() and proc.poll() is None:
