@@ -119,7 +119,7 @@ def padded_rows(m: int) -> int:
     4,096-token slice, 128 key counts up to 32K."""
     if m <= MIN_ROWS:
         return MIN_ROWS
-    step = max(ROW_STEP, 1 << (m.bit_length() - 5))
+    step = max(ROW_STEP, (1 << (m.bit_length() - 1)) // STEPS_PER_OCTAVE)
     return -(-m // step) * step
 
 
