@@ -81,8 +81,9 @@ def find_sources(inputs: Sequence[str | Path], unread: list[Path] | None = None
     for item in inputs:
         p = Path(item).expanduser()
         if p.is_dir():
-            outputs = {f.parent for f in p.rglob(JOB_MANIFEST)}
-            for f in sorted(p.rglob("*")):
+            found = sorted(p.rglob("*"))  # one walk of the tree
+            outputs = {f.parent for f in found if f.name == JOB_MANIFEST}
+            for f in found:
                 rel = f.relative_to(p)
                 if not f.is_file() or any(part.startswith(".") for part in rel.parts):
                     continue
