@@ -107,11 +107,14 @@ def test_an_interrupted_call_never_hands_its_rows_to_the_next(tiny_dir: Path, ti
     assert not engine.alive
 
 
-def wait_alive(engine: EngineProcess, timeout: float = 60) -> None:
+def wait_alive(engine: EngineProcess, dead_pid: int, timeout: float = 60) -> None:
+    """Wait until a child other than ``dead_pid`` serves ``engine``: for a moment after a
+    SIGKILL the dead child's sockets are closed but it is not yet a zombie, and ``alive``
+    still reads True with the old pid."""
     import time
 
     deadline = time.monotonic() + timeout
-    while not engine.alive:
+    while not (engine.alive and engine.pid != dead_pid):
         assert time.monotonic() < deadline, "the engine process did not come back"
         time.sleep(0.05)
 
@@ -130,7 +133,7 @@ def test_a_dead_child_is_restarted_a_bounded_number_of_times(tiny_dir: Path, tin
         with pytest.raises(EngineProcessError, match="restarting"):
             engine.forward(ids)  # the dead window fails fast
         assert not engine.alive
-        wait_alive(engine)
+        wait_alive(engine, first)
         assert engine.pid != first and engine.restarts == 1
         assert np.array_equal(engine.forward(ids), tiny.engine.forward(ids))
         os.kill(engine.pid, signal.SIGKILL)  # a second death within the window: no restart
@@ -217,7 +220,7 @@ def test_clients_reconnect_to_a_restarted_engine(tiny_dir: Path, tiny) -> None: 
         os.kill(first, signal.SIGKILL)
         with pytest.raises(EngineProcessError):
             client.forward(ids)
-        wait_alive(engine)
+        wait_alive(engine, first)
         import time
 
         deadline = time.monotonic() + 60
