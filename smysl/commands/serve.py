@@ -113,14 +113,17 @@ def workers_arg(value: str) -> int | str:
     return n
 
 
-def unhealthy_exit_s(model: str, given: float | None) -> float | None:
-    """``--unhealthy-exit-s``: as given (0 = never), else 60 s for a local model and never for a
-    remote API (restarting smysl does not bring an upstream back; /health shows the outage)."""
-    from smysl.registry import scheme_of
+def unhealthy_exit_s(model: str, reranker: str | None, given: float | None) -> float | None:
+    """``--unhealthy-exit-s``: as given (0 = never), else 60 s when the served models are local
+    and never when one is a remote API (restarting smysl does not bring an upstream back;
+    /health shows the outage)."""
+    from smysl.registry import rerank_scheme_of, scheme_of
 
     if given is not None:
         return given or None
-    return None if scheme_of(model).remote else 60.0
+    remote = ((bool(model) and scheme_of(model).remote)
+              or (reranker is not None and rerank_scheme_of(reranker).remote))
+    return None if remote else 60.0
 
 
 def _refuse_unused(args: argparse.Namespace, model_name: str) -> None:
@@ -167,7 +170,7 @@ def _server_config(args: argparse.Namespace, model_name: str,
         **given(args, max_batch_requests="max_batch_requests", max_queue="max_queue",
                 max_inputs="max_inputs", max_request_tokens="max_request_tokens"),
         **converted,
-        unhealthy_exit_s=unhealthy_exit_s(model_name or args.reranker, args.unhealthy_exit_s),
+        unhealthy_exit_s=unhealthy_exit_s(model_name, args.reranker, args.unhealthy_exit_s),
         default_dimensions=args.dimensions, allow_empty=args.allow_empty_input,
         token_ids=args.token_ids,
         index=args.index, **index_settings,

@@ -28,6 +28,7 @@ from smysl.server.access_log import AccessLog
 from smysl.server.config import ServerConfig
 from smysl.server.errors import Api, ApiError, api_of, render
 from smysl.server.fast import FastRoutes, content_type
+from smysl.server.health import BackendHealth
 from smysl.server.metrics import Metrics
 from smysl.server.service import TIMING_HEADERS, Service
 
@@ -56,17 +57,18 @@ def create_app(embedder: BaseEmbedder | None, config: ServerConfig | None = None
                  if reranker is not None else None)
     batchers = [b for b in (service.batcher if service else None,
                             reranking.batcher if reranking else None) if b is not None]
+    healths = [s.health for s in (service, reranking) if s is not None]
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         for b in batchers:
             b.open()
-        watcher = asyncio.create_task(service.watch_backend()) if service else None
+        watchers = [asyncio.create_task(h.watch()) for h in healths]
         try:
             yield
         finally:
-            if watcher is not None:
-                watcher.cancel()
+            for w in watchers:
+                w.cancel()
             # uvicorn has stopped accepting and waited for in-flight requests (or cut them off);
             # finish what is queued.
             for b in batchers:
@@ -82,6 +84,7 @@ def create_app(embedder: BaseEmbedder | None, config: ServerConfig | None = None
                               f"{reranker.name if reranker else None}. See docs/server.md.")
     app.state.service = service
     app.state.metrics = metrics
+    app.state.healths = healths
     fast = FastRoutes()
     routers = []
     if service is not None:
@@ -91,9 +94,24 @@ def create_app(embedder: BaseEmbedder | None, config: ServerConfig | None = None
                     # served reranker
                     ui.router(service, reranking)]
     if reranking is not None:
-        routers.append(rerank_routes.router(reranking, health=service is None))
+        routers.append(rerank_routes.router(reranking))
     for router in routers:
         app.include_router(router)
+
+    # "/" and "/ping": the probes of TEI (SageMaker pings next to /invocations) and of the
+    # Ollama client, which checks the server with ``HEAD /`` before its commands
+    @app.get("/", include_in_schema=False, tags=["ops"])
+    @app.get("/ping", include_in_schema=False, tags=["ops"])
+    @app.get("/health", tags=["ops"])
+    async def health() -> Response:
+        """200 while the server takes requests; 503 once it is shutting down or a model backend
+        it serves (the embedding model's, the reranker's) is down."""
+        if not all(b.healthy for b in batchers):
+            raise ApiError("shutting_down", "the server is shutting down")
+        for h in healths:
+            if not h.check():
+                raise h.unavailable()
+        return Response(status_code=200)
 
     @app.get("/metrics", tags=["ops"])
     async def prometheus() -> Response:
@@ -380,7 +398,7 @@ def serve(embedder: BaseEmbedder | None, config: ServerConfig, *, ready: Ready |
     # uvicorn's own loop choice (uvloop where installed): asyncio.run would take the
     # pure-Python loop, which uvicorn.run avoids
     with asyncio.Runner(loop_factory=server.config.get_loop_factory()) as runner:
-        return runner.run(_supervise(server, app.state.service, config, ready, sockets))
+        return runner.run(_supervise(server, app.state.healths, config, ready, sockets))
 
 
 class _Server(uvicorn.Server):
@@ -395,9 +413,9 @@ class _Server(uvicorn.Server):
         super().handle_exit(sig, frame)
 
 
-async def _supervise(server: Any, service: Service | None, config: ServerConfig,
+async def _supervise(server: Any, healths: list[BackendHealth], config: ServerConfig,
                      ready: Ready | None, sockets: list[socket.socket] | None) -> int:
-    """Run uvicorn; report the bound port once; stop when the backend stays down too long."""
+    """Run uvicorn; report the bound port once; stop when a backend stays down too long."""
     task = asyncio.create_task(server.serve(sockets=sockets))
     code = 0
     while not task.done():
@@ -406,10 +424,10 @@ async def _supervise(server: Any, service: Service | None, config: ServerConfig,
             ready(str(host), int(port))
             ready = None
         limit = config.unhealthy_exit_s
-        if (limit is not None and service is not None and not server.should_exit
-                and service.down_for() > limit):
-            log.error("the model backend has been down for %.0f s (unhealthy_exit_s); exiting "
-                      "with status %d so a supervisor can restart the server", limit,
+        down = [h for h in healths if limit is not None and h.down_for() > limit]
+        if down and not server.should_exit:
+            log.error("%s has been down for %.0f s (unhealthy_exit_s); exiting with status %d "
+                      "so a supervisor can restart the server", down[0].what, limit,
                       EXIT_BACKEND_DOWN)
             code = EXIT_BACKEND_DOWN
             server.should_exit = True

@@ -13,7 +13,10 @@ from prometheus_client import (
     generate_latest,
 )
 
-_LATENCY = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+#: Up to 300 s: a request may wait up to ``request_timeout_s`` (120 s by default), an outage
+#: last minutes.
+_LATENCY = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+            60.0, 120.0, 300.0)
 _SIZES = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048)
 _TOKENS = (16, 64, 256, 1024, 2048, 4096, 8192, 16384, 32768, 65536)
 
@@ -44,6 +47,21 @@ class BatchMetrics:
                                ["reason"], registry=r)
 
 
+class HealthMetrics:
+    """A backend's outages, named ``{prefix}_backend_...``."""
+
+    def __init__(self, r: CollectorRegistry, prefix: str) -> None:
+        self.up = Gauge(f"{prefix}_backend_up", "1 while the model backend can compute",
+                        registry=r, multiprocess_mode="livemin")
+        self.up.set(1)
+        self.down = Counter(f"{prefix}_backend_down", "Times the model backend went down "
+                            "(e.g. its engine process died)", registry=r)
+        self.recovered = Counter(f"{prefix}_backend_recovered", "Times the model backend came "
+                                 "back (e.g. a restarted engine process)", registry=r)
+        self.downtime = Histogram(f"{prefix}_backend_downtime_seconds", "How long the backend "
+                                  "was down before it came back", buckets=_LATENCY, registry=r)
+
+
 class Metrics(BatchMetrics):
     """All counters, gauges and histograms the server exports at ``GET /metrics``; the
     embedding batcher's are inherited (:class:`BatchMetrics` ``smysl``)."""
@@ -59,17 +77,8 @@ class Metrics(BatchMetrics):
                               registry=r)
         self.latency = Histogram("smysl_request_seconds", "Request latency, end to end",
                                  ["api", "route"], buckets=_LATENCY, registry=r)
-        self.backend_up = Gauge("smysl_backend_up", "1 while the model backend can compute",
-                                registry=r, multiprocess_mode="livemin")
-        self.backend_up.set(1)
-        self.backend_down = Counter("smysl_backend_down", "Times the model backend went down "
-                                    "(e.g. its engine process died)", registry=r)
-        self.backend_recovered = Counter("smysl_backend_recovered", "Times the model backend "
-                                         "came back (e.g. a restarted engine process)",
-                                         registry=r)
-        self.backend_downtime = Histogram("smysl_backend_downtime_seconds", "How long the "
-                                          "backend was down before it came back",
-                                          buckets=_LATENCY, registry=r)
+        #: The embedding model's backend (the reranker's: ``smysl_rerank_backend_...``).
+        self.backend = HealthMetrics(r, "smysl")
 
     def render(self) -> bytes:
         """The exposition: of this process, or of all the server's worker processes

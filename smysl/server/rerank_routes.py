@@ -38,8 +38,9 @@ from smysl.rerank import BaseReranker, PairError, RerankTokens, order
 from smysl.server.batcher import BackendDown, Batcher, Job
 from smysl.server.config import ServerConfig
 from smysl.server.errors import ApiError
+from smysl.server.health import BackendHealth
 from smysl.server.http import json_response
-from smysl.server.metrics import BatchMetrics, Metrics
+from smysl.server.metrics import BatchMetrics, HealthMetrics, Metrics
 from smysl.server.service import CHARS_PER_TOKEN, Disconnected, check_unicode, until_disconnected
 from smysl.tokenize import Direction, InputTooLongError
 
@@ -145,6 +146,9 @@ class RerankService:
         self.names = names_of(reranker.name)
         self.tokens = reranker.token_level()
         self.metrics = BatchMetrics(metrics.registry, "smysl_rerank", "scored")
+        self.health = BackendHealth(f"the reranker {self.model_id!r}", lambda: reranker.healthy,
+                                    HealthMetrics(metrics.registry, "smysl_rerank"),
+                                    remote=self.tokens is None)
         self.batcher: Batcher | None = None
         if self.tokens is not None:
             wait_ms = config.max_wait_ms
@@ -249,12 +253,12 @@ class RerankService:
         except ValueError as e:  # the backend's contract: ValueError means bad input
             raise ApiError("invalid", str(e), param=what) from None
         except BackendDown:
-            raise self.unavailable() from None
+            raise self.health.unavailable() from None
         except ApiError:
             raise
         except Exception:
             if not self.reranker.healthy:
-                raise self.unavailable() from None
+                raise self.health.unavailable() from None
             raise
         return Scored(rows[:, 1 if raw else 0], total, keys=rows[:, 1])
 
@@ -282,7 +286,7 @@ class RerankService:
             raise ApiError("invalid", str(e), param=what) from None
         except Exception:
             if not self.reranker.healthy:
-                raise self.unavailable() from None
+                raise self.health.unavailable() from None
             raise
         finally:
             self.waiting -= 1
@@ -292,15 +296,9 @@ class RerankService:
         self.metrics.tokens.inc(estimate)
         return Scored(np.asarray(scores, dtype=np.float32), estimate)
 
-    def unavailable(self) -> ApiError:
-        why = ("an engine process that exited restarts itself" if self.tokens is not None
-               else "its upstream API does not answer")
-        return ApiError("unavailable", f"the reranker {self.model_id!r} is down ({why}); retry "
-                        "shortly", headers={"Retry-After": "5"})
 
-
-def router(rs: RerankService, *, health: bool = False) -> APIRouter:
-    """The rerank routes; ``health`` adds ``GET /health`` (when no embedder serves it)."""
+def router(rs: RerankService) -> APIRouter:
+    """The rerank routes."""
     r = APIRouter(tags=["rerank"])
 
     @r.post("/rerank")
@@ -366,16 +364,6 @@ def router(rs: RerankService, *, health: bool = False) -> APIRouter:
             "meta": {"billed_units": {"search_units": search_units(len(body.documents))},
                      "tokens": {"input_tokens": out.tokens}},
         })
-
-    if health:
-        @r.get("/", include_in_schema=False)
-        @r.get("/ping", include_in_schema=False)
-        @r.get("/health")
-        async def alive() -> Response:
-            """200 while the reranker can compute, else 503."""
-            if not rs.reranker.healthy:
-                raise ApiError("unavailable", f"the reranker {rs.model_id!r} is down")
-            return Response(status_code=200)
 
     return r
 

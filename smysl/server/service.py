@@ -4,10 +4,8 @@ hand-off to the batcher. Routes only translate their wire format to and from the
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import logging
-import math
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -23,6 +21,7 @@ from smysl.registry import names_of
 from smysl.server.batcher import BackendDown, Batcher, EmbedBackend, Job, Slot
 from smysl.server.config import ServerConfig
 from smysl.server.errors import ApiError
+from smysl.server.health import BackendHealth
 from smysl.server.metrics import Metrics
 from smysl.shown import shown_source
 from smysl.tokenize import Direction, InputTooLongError
@@ -41,10 +40,6 @@ _INLINE_SIZE = 4096
 #: tokenisation (real text runs 2-5 characters per Qwen3 token): tokenising a 15 MB body
 #: would take seconds and over a gigabyte only to refuse it.
 CHARS_PER_TOKEN = 8
-#: How often the backend's health is polled (seconds), and the Retry-After of a 503 while it is
-#: down before any recovery was measured.
-_HEALTH_POLL_S = 0.25
-_DOWN_RETRY_S = 5.0
 
 
 def check_unicode(value: str | None, what: str, *, param: str | None = None) -> None:
@@ -130,10 +125,9 @@ class Service:
         #: Tokenising large requests off the event loop, at most two at a time: a burst of large
         #: requests in dozens of threads starved the compute thread of the GIL (and the CPU).
         self.tokenizers = anyio.CapacityLimiter(2)
-        #: When the backend went down (``time.monotonic``), None while it is up; and how long
-        #: its last outage lasted (for Retry-After).
-        self.down_since: float | None = None
-        self.last_downtime: float | None = None
+        self.health = BackendHealth(f"the model backend of {self.model_id!r}",
+                                    lambda: embedder.healthy, metrics.backend,
+                                    remote=embedder.info().device is None)
         if config.default_dimensions is not None:
             check_dimensions(config.default_dimensions, embedder.dimensions,
                              minimum=embedder.min_dimensions)
@@ -388,53 +382,11 @@ class Service:
         except ApiError:
             raise
         except BackendDown:
-            raise self.unavailable() from None
+            raise self.health.unavailable() from None
         except Exception:
             if not self.embedder.healthy:
-                raise self.unavailable() from None
+                raise self.health.unavailable() from None
             raise
-
-    # ------------------------------------------------------------------ backend health
-    def unavailable(self) -> ApiError:
-        """The documented 503 while the backend is down, with a Retry-After from the last
-        measured outage."""
-        expected = self.last_downtime or _DOWN_RETRY_S
-        so_far = time.monotonic() - self.down_since if self.down_since is not None else 0.0
-        retry = max(1, math.ceil(expected - so_far))
-        why = ("its upstream API does not answer" if self.info().device is None
-               else "an engine process that exited restarts itself")
-        return ApiError("unavailable", f"the model backend of {self.model_id!r} is down ({why}); "
-                        "retry shortly", headers={"Retry-After": str(retry)})
-
-    def down_for(self) -> float:
-        """Seconds the backend has been unhealthy without a break (0 while it is healthy)."""
-        return 0.0 if self.down_since is None else time.monotonic() - self.down_since
-
-    def check_backend(self) -> bool:
-        """Poll ``embedder.healthy`` once: log and count changes. Returns it."""
-        healthy = self.embedder.healthy
-        now = time.monotonic()
-        if not healthy and self.down_since is None:
-            self.down_since = now
-            self.metrics.backend_up.set(0)
-            self.metrics.backend_down.inc()
-            log.error("the model backend of %r is down; requests get 503 until it is back",
-                      self.model_id)
-        elif healthy and self.down_since is not None:
-            self.last_downtime = now - self.down_since
-            self.down_since = None
-            self.metrics.backend_up.set(1)
-            self.metrics.backend_recovered.inc()
-            self.metrics.backend_downtime.observe(self.last_downtime)
-            log.warning("the model backend of %r is back after %.1f s", self.model_id,
-                        self.last_downtime)
-        return healthy
-
-    async def watch_backend(self) -> None:
-        """Poll the backend's health for the life of the app (the app's lifespan runs it)."""
-        while True:
-            self.check_backend()
-            await asyncio.sleep(_HEALTH_POLL_S)
 
     def timing_headers(self, e: Embedded) -> dict[str, str]:
         """TEI's timing headers (milliseconds), which any client may read

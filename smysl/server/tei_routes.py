@@ -1,5 +1,6 @@
 """Text Embeddings Inference (TEI) compatible routes: ``/embed``, ``/similarity``, ``/tokenize``,
-``/decode``, ``/info``, ``/health``. ``POST /`` and ``/invocations`` take an ``/embed`` body, as
+``/decode``, ``/info`` (``/health`` is the app's: it covers a reranker served beside).
+``POST /`` and ``/invocations`` take an ``/embed`` body, as
 TEI serves an embedding model there, or a ``/similarity`` body (``{"inputs": {"source_sentence",
 "sentences"}}``, what TEI serves there under ``TASK=sentence-similarity``): ``huggingface_hub``'s
 ``InferenceClient(model=URL)`` posts both its ``feature_extraction`` and its
@@ -286,19 +287,5 @@ def router(service: Service, fast: FastRoutes) -> APIRouter:
             "slice_tokens": model.slice_tokens, "tuned_at": model.tuned_at,
             "threads": model.threads, "lanes": model.lanes,
         })
-
-    # "/" and "/ping": the probes of TEI (SageMaker pings next to /invocations) and of the
-    # Ollama client, which checks the server with ``HEAD /`` before its commands
-    @r.get("/", include_in_schema=False)
-    @r.get("/ping", include_in_schema=False)
-    @r.get("/health")
-    async def health() -> Response:
-        """200 while the server takes requests; 503 once it is shutting down or its model
-        backend is down."""
-        if not service.batcher.healthy:
-            raise ApiError("shutting_down", "the server is shutting down")
-        if not service.check_backend():
-            raise service.unavailable()
-        return Response(status_code=200)
 
     return r

@@ -15,8 +15,10 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
+from fastapi.testclient import TestClient
 from server_helpers import HashEmbedder, free_port, live_server
 
+from smysl.rerank import BaseReranker
 from smysl.server import ServerConfig, create_app, serve
 from smysl.server.app import EXIT_BACKEND_DOWN
 
@@ -211,3 +213,51 @@ def test_access_log_can_be_turned_off(access_log: bool, log_config: bool,
                             + ms, lines[0]), lines[0]
     else:
         assert lines == []
+
+
+class FlakyReranker(BaseReranker):
+    """A remote-like reranker (no token level) whose health the test decides."""
+
+    name, backend = "flaky-reranker", "test"
+    up = True
+
+    @property
+    def healthy(self) -> bool:
+        return self.up
+
+    def _scores(self, query: str, documents: list[str], *, instruction: str | None,
+                truncate: bool) -> np.ndarray:
+        if not self.up:
+            raise ConnectionError("upstream gone")
+        return np.array([float(len(d)) for d in documents])
+
+
+def test_a_reranker_down_beside_a_model_is_seen_by_health_metrics_and_exit() -> None:
+    """A reranker served beside an embedding model used to go unseen: /health 200,
+    ``smysl_backend_up`` 1 and no exit while its engine stayed down (its routes said 503)."""
+    reranker = FlakyReranker()
+    with TestClient(create_app(HashEmbedder(), ServerConfig(), reranker=reranker)) as c:
+        assert c.get("/health").status_code == 200
+        reranker.up = False
+        r = c.get("/health")
+        assert r.status_code == 503 and "flaky-reranker" in r.json()["error"]
+        assert int(r.headers["Retry-After"]) >= 1
+        assert c.post("/rerank", json={"query": "q", "texts": ["a"]}).status_code == 503
+        assert c.post("/v1/embeddings", json={"input": "still served"}).status_code == 200
+        text = c.get("/metrics").text
+        assert re.search(r"^smysl_rerank_backend_up 0\.0$", text, re.M)
+        assert re.search(r"^smysl_backend_up 1\.0$", text, re.M)  # the embedder is fine
+        reranker.up = True
+        assert c.get("/health").status_code == 200
+        text = c.get("/metrics").text
+        assert re.search(r"^smysl_rerank_backend_recovered_total 1\.0$", text, re.M)
+
+    reranker.up = True
+
+    def ready(host: str, port: int) -> None:
+        reranker.up = False
+
+    run = run_serve(HashEmbedder(), ServerConfig(port=0, unhealthy_exit_s=0.5), ready,
+                    reranker=reranker)
+    run["thread"].join(20)
+    assert not run["thread"].is_alive() and run["code"] == EXIT_BACKEND_DOWN

@@ -97,10 +97,14 @@ def test_unhealthy_exit_defaults_to_never_for_a_remote_api() -> None:
     API that does not answer does not: a restart cannot bring it back, /health shows it."""
     from smysl.commands.serve import unhealthy_exit_s
 
-    assert unhealthy_exit_s("Qwen/Qwen3-Embedding-0.6B", None) == 60.0
-    assert unhealthy_exit_s("openrouter:qwen/qwen3-embedding-8b", None) is None
-    assert unhealthy_exit_s("tei:http://127.0.0.1:8080", 30.0) == 30.0
-    assert unhealthy_exit_s("Qwen/Qwen3-Embedding-0.6B", 0.0) is None
+    assert unhealthy_exit_s("Qwen/Qwen3-Embedding-0.6B", None, None) == 60.0
+    assert unhealthy_exit_s("openrouter:qwen/qwen3-embedding-8b", None, None) is None
+    assert unhealthy_exit_s("tei:http://127.0.0.1:8080", None, 30.0) == 30.0
+    assert unhealthy_exit_s("Qwen/Qwen3-Embedding-0.6B", None, 0.0) is None
+    # the reranker's own scheme decides (cohere is no embedding scheme: it was taken as local)
+    assert unhealthy_exit_s("", "Qwen/Qwen3-Reranker-0.6B", None) == 60.0
+    assert unhealthy_exit_s("", "cohere:rerank-v3.5", None) is None
+    assert unhealthy_exit_s("Qwen/Qwen3-Embedding-0.6B", "jina:jina-reranker-v2-base", None) is None
 
 
 def test_workers_auto_on_cuda_runs_half_the_cpus(tiny_dir, monkeypatch) -> None:  # type: ignore[no-untyped-def]
