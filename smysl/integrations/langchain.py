@@ -9,6 +9,7 @@ Needs the ``langchain`` extra (``langchain-core``).
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 from smysl.base import BaseEmbedder
@@ -59,3 +60,14 @@ class SmyslEmbeddings(Embeddings):  # type: ignore[misc, valid-type]
         """Close the model if this adapter loaded it from a string."""
         if self._owned:
             self.model.close()
+
+    def __copy__(self) -> SmyslEmbeddings:
+        # a copy shares the model, as it would a connection (a deep copy reached the weights
+        # and failed in torch); only the adapter that loaded it closes it
+        twin = object.__new__(type(self))
+        twin.__dict__.update(self.__dict__)
+        twin._owned = False
+        return twin
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> SmyslEmbeddings:
+        return copy.copy(self)

@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from smysl.base import BaseEmbedder
+from smysl.base import BaseEmbedder, positive_int
 from smysl.integrations import (
     AdapterConfig,
     check_config,
@@ -27,12 +27,72 @@ from smysl.shown import shown_source
 from smysl.tokenize import InputTooLongError
 
 _base = require("llama_index.core.base.embeddings.base", "llamaindex")
+_kv = require("llama_index.core.storage.kvstore.types", "llamaindex")
 # pydantic comes with llama-index-core (its models are pydantic's)
-from pydantic import BaseModel, Field, PrivateAttr, computed_field  # noqa: E402
+from pydantic import (  # noqa: E402
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    computed_field,
+    field_validator,
+)
 
 #: The framework's own fields (callback_manager, num_workers, embeddings_cache, ...): keyword
 #: arguments by these names go to LlamaIndex, the rest to smysl.load.
 _FRAMEWORK_FIELDS = frozenset(_base.BaseEmbedding.model_fields)
+#: Fields checked against the model, when the adapter is made and when one is assigned.
+_CHECKED = frozenset({"dimensions", "task", "truncate", "embeddings_cache"})
+
+
+class _ModelCache(_kv.BaseKVStore):  # type: ignore[name-defined]
+    """A user's ``embeddings_cache`` with its collections named by the model's fingerprint and
+    the vectors' size: LlamaIndex keys that cache by text alone, so one store shared by two
+    models or sizes (a Redis cache, a persisted file) handed one's vectors to the other. The
+    fingerprint is read at the first lookup (a remote model may send a request for it)."""
+
+    def __init__(self, store: Any, model: BaseEmbedder, dimensions: int | None) -> None:
+        self.store, self.model, self.dimensions = store, model, dimensions
+        self._suffix: str | None = None
+
+    def _named(self, collection: str) -> str:
+        if self._suffix is None:
+            self._suffix = f"smysl-{self.model.fingerprint()}-{self.dimensions or 'native'}"
+        return f"{collection}/{self._suffix}"
+
+    def put(self, key: str, val: dict[str, Any], collection: str = _kv.DEFAULT_COLLECTION
+            ) -> None:
+        self.store.put(key, val, collection=self._named(collection))
+
+    async def aput(self, key: str, val: dict[str, Any],
+                   collection: str = _kv.DEFAULT_COLLECTION) -> None:
+        await self.store.aput(key, val, collection=self._named(collection))
+
+    def get(self, key: str, collection: str = _kv.DEFAULT_COLLECTION) -> dict[str, Any] | None:
+        got: dict[str, Any] | None = self.store.get(key, collection=self._named(collection))
+        return got
+
+    async def aget(self, key: str, collection: str = _kv.DEFAULT_COLLECTION
+                   ) -> dict[str, Any] | None:
+        got: dict[str, Any] | None = await self.store.aget(key,
+                                                           collection=self._named(collection))
+        return got
+
+    def get_all(self, collection: str = _kv.DEFAULT_COLLECTION) -> dict[str, dict[str, Any]]:
+        got: dict[str, dict[str, Any]] = self.store.get_all(collection=self._named(collection))
+        return got
+
+    async def aget_all(self, collection: str = _kv.DEFAULT_COLLECTION
+                       ) -> dict[str, dict[str, Any]]:
+        got: dict[str, dict[str, Any]] = await self.store.aget_all(
+            collection=self._named(collection))
+        return got
+
+    def delete(self, key: str, collection: str = _kv.DEFAULT_COLLECTION) -> bool:
+        return bool(self.store.delete(key, collection=self._named(collection)))
+
+    async def adelete(self, key: str, collection: str = _kv.DEFAULT_COLLECTION) -> bool:
+        return bool(await self.store.adelete(key, collection=self._named(collection)))
 
 
 class SmyslEmbedding(_base.BaseEmbedding):  # type: ignore[name-defined]
@@ -49,21 +109,42 @@ class SmyslEmbedding(_base.BaseEmbedding):  # type: ignore[name-defined]
     :meth:`~smysl.base.BaseEmbedder.fingerprint`, so LlamaIndex's ingestion cache (keyed by it)
     never hands back another model's or size's vectors, and ``from_dict`` loads ``model_name``
     again, refusing a model whose fingerprint changed. ``embeddings_cache`` is refused while
-    queries get an instruction: LlamaIndex keys it by text alone. Pickling (a worker pool) needs
+    queries get an instruction (LlamaIndex keys it by text alone, queries and documents alike);
+    otherwise its collections are named by the model's fingerprint and ``dimensions``, so one
+    store serves several models and sizes. Fields assigned later are checked as in the
+    constructor (a refused value leaves the old one). Pickling (a worker pool) needs
     a model that pickles (``model.share()`` of one loaded with ``process=True``); otherwise a
     ``TypeError`` saying so, where LlamaIndex would drop the model.
     """
 
-    dimensions: int | None = Field(  # strict: True is not 1
-        default=None, strict=True,
-        description="Matryoshka output size (None: the model's native size).")
+    # assigned fields are validated as given ones (pydantic) and checked against the model
+    model_config = ConfigDict(validate_assignment=True)
+
+    dimensions: int | None = Field(
+        default=None, description="Matryoshka output size (None: the model's native size).")
     task: str | None = Field(
         default=None, description="Query instruction or preset (None: the model's default).")
-    truncate: bool = Field(
-        default=False, description="Cut over-long inputs instead of raising.")
+    truncate: bool = Field(  # strict: "no" is not False
+        default=False, strict=True, description="Cut over-long inputs instead of raising.")
+    # LlamaIndex's field, left out of to_dict()/to_json(): a store is no setting (to_json()
+    # of an adapter with one raised "not JSON serializable")
+    embeddings_cache: Any = Field(
+        default=None, exclude=True,
+        description="Cache for the embeddings (a BaseKVStore): if None, none are cached")
 
     _model: Any = PrivateAttr()
     _owned: bool = PrivateAttr()
+
+    @field_validator("dimensions", mode="before")
+    @classmethod
+    def _size(cls, value: object) -> int | None:
+        # smysl's rule (numpy integers too; True is not 1); its range is the model's
+        if value is None:
+            return None
+        n = positive_int(value)
+        if n is None:
+            raise ValueError(f"dimensions must be a positive integer or None, got {value!r}")
+        return n
 
     def __init__(self, model: str | BaseEmbedder | None = None, *, model_name: str | None = None,
                  dimensions: int | None = None, task: str | None = None,
@@ -82,22 +163,42 @@ class SmyslEmbedding(_base.BaseEmbedding):  # type: ignore[name-defined]
             super().__init__(model_name=shown_source(loaded.source or loaded.name),
                              embed_batch_size=embed_batch_size, dimensions=dimensions,
                              task=task, truncate=truncate, **fields)
-            check_config(loaded, self._config)
-            if self.embeddings_cache is not None and loaded.choose_instruction(
-                    self.task, role="query") is not None:
-                # LlamaIndex keys that cache by the text alone, queries and documents in one
-                # collection: a query once embedded as a document got the document's vector
-                raise ValueError(
-                    "embeddings_cache keys vectors by text alone, so a query would get the "
-                    "vector of the same text embedded as a document (without the query "
-                    "instruction); cache documents with IngestionPipeline(cache=...) instead, "
-                    "or pass task=\"\" to embed queries without an instruction")
+            self._model, self._owned = loaded, owned
+            self._check()
         except Exception:
             if owned:  # a model loaded for an adapter that is not made would leak
                 loaded.close()
             raise
-        self._model = loaded
-        self._owned = owned
+
+    def _check(self) -> None:
+        """Check the fields against the model; name ``embeddings_cache``'s collections by it."""
+        check_config(self._model, self._config)
+        cache = self.embeddings_cache
+        if cache is None:
+            return
+        if self._model.choose_instruction(self.task, role="query") is not None:
+            # LlamaIndex keys that cache by the text alone, queries and documents in one
+            # collection: a query once embedded as a document got the document's vector
+            raise ValueError(
+                "embeddings_cache keys vectors by text alone, so a query would get the "
+                "vector of the same text embedded as a document (without the query "
+                "instruction); cache documents with IngestionPipeline(cache=...) instead, "
+                "or pass task=\"\" to embed queries without an instruction")
+        store = cache.store if isinstance(cache, _ModelCache) else cache
+        # set past __setattr__ (and pydantic's check: a _ModelCache is a BaseKVStore)
+        super().__setattr__("embeddings_cache", _ModelCache(store, self._model, self.dimensions))
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name not in _CHECKED:
+            super().__setattr__(name, value)
+            return
+        old = self.__dict__[name]
+        super().__setattr__(name, value)  # pydantic validates the value itself
+        try:
+            self._check()
+        except Exception:
+            super().__setattr__(name, old)  # a refused value loses nothing
+            raise
 
     @classmethod
     def class_name(cls) -> str:
@@ -167,6 +268,20 @@ class SmyslEmbedding(_base.BaseEmbedding):  # type: ignore[name-defined]
                              "options (dtype=, quantize=, ...), pass them: "
                              "SmyslEmbedding.from_dict(data, dtype=...)")
         return made
+
+    def __copy__(self) -> SmyslEmbedding:
+        twin: SmyslEmbedding = super().__copy__()
+        twin._owned = False  # only the adapter that loaded the model closes it
+        return twin
+
+    def __deepcopy__(self, memo: dict[int, Any] | None = None) -> SmyslEmbedding:
+        # the copy shares the model, as it would a connection (copying it reached the weights
+        # and failed in torch)
+        memo = {} if memo is None else memo
+        memo[id(self._model)] = self._model
+        twin: SmyslEmbedding = super().__deepcopy__(memo)
+        twin._owned = False
+        return twin
 
     def __getstate__(self) -> dict[str, Any]:
         # LlamaIndex's own tries to pickle each attribute and drops an unpicklable model with

@@ -407,6 +407,13 @@ class Engine:
         raise NotImplementedError("an engine in this process cannot compute for other "
                                   "processes; run it in a child process (process=True)")
 
+    def __reduce__(self) -> Any:
+        # pickle reached the weights and failed deep in torch ("Cannot access storage of
+        # OpaqueTensorImpl") for a model held by a framework adapter or a worker pool
+        raise TypeError("a model whose engine runs in this process cannot be pickled (a worker "
+                        "pool, a deep copy): load it with process=True and pickle "
+                        "model.share(), which computes on that engine process")
+
     def close(self) -> None:
         """Stop the lanes, if they started (the contract's hook for :class:`EngineProcess`)."""
         with self._lanes_lock:

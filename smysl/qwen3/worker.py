@@ -465,6 +465,10 @@ class EngineProcess(Piped):
                                          f"{e!r}") from e
             raise
 
+    def __reduce__(self) -> Any:
+        raise TypeError("an engine process cannot be pickled (a worker pool, a deep copy): "
+                        "pickle model.share(), a handle that computes on it")
+
     def share(self) -> EngineClient:
         """A handle other processes can compute with on this engine (picklable; it connects
         on first use): the child accepts them on a Unix socket from now on, a restarted child

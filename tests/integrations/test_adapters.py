@@ -186,7 +186,9 @@ def test_llama_index_takes_its_own_fields(tiny: BaseEmbedder, tiny_dir: Path) ->
     assert emb.num_workers == 2
     vectors = asyncio.run(emb.aget_text_embedding_batch(DOCS))
     np.testing.assert_array_equal(np.array(vectors, np.float32), tiny.embed_documents(DOCS))
-    assert debug.get_event_pairs() and len(kv.get_all(collection="embeddings")) == len(DOCS)
+    # in kv, under a collection named by the model and size
+    assert debug.get_event_pairs() and emb.embeddings_cache.store is kv
+    assert len(emb.embeddings_cache.get_all(collection="embeddings")) == len(DOCS)
     by_name = SmyslEmbedding(model_name=str(tiny_dir), device="cpu")  # LlamaIndex's spelling
     np.testing.assert_array_equal(np.array(by_name.get_text_embedding(DOCS[0]), np.float32),
                                   tiny.embed_documents(DOCS[:1])[0])
@@ -277,3 +279,76 @@ def test_llama_index_refuses_a_text_keyed_cache_while_queries_get_an_instruction
 
     with pytest.raises(ValueError, match="embeddings_cache keys vectors by text alone"):
         SmyslEmbedding(tiny, embeddings_cache=SimpleKVStore())
+
+
+def test_llama_index_fields_assigned_later_are_checked_and_a_refusal_keeps_the_old(
+        tiny: BaseEmbedder) -> None:
+    # pydantic took any assignment: truncate="no" cut texts as True would; a task given after a
+    # cache handed queries the documents' vectors
+    from llama_index.core.storage.kvstore import SimpleKVStore
+
+    from smysl.integrations.llama_index import SmyslEmbedding
+
+    emb = SmyslEmbedding(tiny)
+    with pytest.raises(ValueError, match="truncate"):
+        emb.truncate = "no"  # type: ignore[assignment]
+    with pytest.raises(ValueError, match=r"dimensions must be in 32\.\.64"):
+        emb.dimensions = 7
+    assert emb.truncate is False and emb.dimensions is None
+    emb.dimensions = np.int64(48)  # type: ignore[assignment]  # numpy sizes, as smysl takes
+    assert emb.dimensions == 48 and len(emb.get_text_embedding(DOCS[0])) == 48
+    with pytest.raises(ValueError, match="dimensions must be a positive integer"):
+        SmyslEmbedding(tiny, dimensions=True)  # type: ignore[arg-type]
+    cached = SmyslEmbedding(tiny, task="", embeddings_cache=SimpleKVStore())
+    with pytest.raises(ValueError, match="embeddings_cache keys vectors by text alone"):
+        cached.task = "qa"
+    assert cached.task == ""
+
+
+def test_llama_index_cache_shared_by_two_sizes_keeps_each_sizes_vectors(
+        tiny: BaseEmbedder) -> None:
+    # LlamaIndex keys embeddings_cache by text alone: the second adapter got the first's
+    # 32-wide vectors from the shared store (widths [32, 48] in one batch)
+    import json
+
+    from llama_index.core.storage.kvstore import SimpleKVStore
+
+    from smysl.integrations.llama_index import SmyslEmbedding
+
+    store = SimpleKVStore()
+    small = SmyslEmbedding(tiny, task="", dimensions=32, embeddings_cache=store)
+    large = SmyslEmbedding(tiny, task="", dimensions=48, embeddings_cache=store)
+    assert len(small.get_text_embedding(DOCS[0])) == 32
+    got = np.array(large.get_text_embedding_batch(DOCS[:2]), np.float32)
+    np.testing.assert_array_equal(got, tiny.embed_documents(DOCS[:2], dimensions=48))
+    again = np.array(small.get_text_embedding_batch(DOCS[:2]), np.float32)  # from its cache
+    np.testing.assert_array_equal(again, tiny.embed_documents(DOCS[:2], dimensions=32))
+    assert "embeddings_cache" not in json.loads(large.to_json())  # a store is no setting
+
+
+@pytest.mark.parametrize("adapter", list(ADAPTERS))
+def test_copies_share_the_model_and_pickling_a_local_one_says_why_not(
+        tiny: BaseEmbedder, tiny_dir: Path, adapter: str) -> None:
+    # a deep copy (and pickling the LangChain adapter) reached the weights and failed in torch:
+    # "Cannot access storage of OpaqueTensorImpl"
+    import copy
+    import pickle
+
+    from smysl.integrations.langchain import SmyslEmbeddings
+    from smysl.integrations.llama_index import SmyslEmbedding
+
+    cls: Any = {"langchain": SmyslEmbeddings, "llama_index": SmyslEmbedding}[adapter]
+    emb = cls(str(tiny_dir), device="cpu", dimensions=32)
+    twin = copy.deepcopy(emb)
+    assert twin.model is emb.model and twin.dimensions == 32 if adapter == "llama_index" \
+        else twin.model is emb.model and twin.config == emb.config
+    twin.close()  # a copy does not close the model it shares
+    shallow = copy.copy(emb)
+    shallow.close()
+    assert emb.model.engine.alive  # type: ignore[attr-defined]
+    query = emb.embed_query if adapter == "langchain" else emb.get_query_embedding
+    np.testing.assert_array_equal(np.array(query(QUERIES[0]), np.float32),
+                                  tiny.embed_queries(QUERIES[:1], dimensions=32)[0])
+    with pytest.raises(TypeError, match=r"cannot be pickled.*share\(\)"):
+        pickle.dumps(emb)
+    emb.close()
