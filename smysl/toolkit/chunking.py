@@ -57,7 +57,8 @@ class ChunkConfig:
             (with a warning).
         overlap: Most tokens shared by consecutive chunks (context that would be cut at a
             boundary); a chunk start moved back off a word piece shares that piece as well.
-        snap: End a chunk at a sentence or line break when one lies in the window's second half.
+        snap: End a chunk at a line break, else a sentence's end, else a word's end, when one
+            lies in the window's second half.
     """
 
     max_tokens: int = 256
@@ -264,16 +265,26 @@ class TokenChunker:
         return j
 
     def _snap(self, text: str, spans: list[tuple[int, int]], s: int, e: int) -> int:
-        """Latest boundary in the window's second half (line breaks first), else ``e``."""
+        """Latest boundary in the window's second half: a line break, else a sentence's end,
+        else a word's end; else ``e``. The whitespace at a cut is read on both sides of it:
+        byte-level BPE puts the space or line break before a word into the word's token
+        (`` Смысл``, ``.\n\n``), so the gap between two units is mostly empty."""
         lo = s + max(1, (e - s) // 2)
-        best_sentence = None
+        sentence = word = None
         for j in range(e - 1, lo - 1, -1):
-            gap = text[spans[j][1] : spans[j + 1][0]]
-            if "\n" in gap:
+            left = text[spans[j][0] : spans[j][1]]
+            right = text[spans[j + 1][0] : spans[j + 1][1]]
+            space = (left[len(left.rstrip()):] + text[spans[j][1] : spans[j + 1][0]]
+                     + right[: len(right) - len(right.lstrip())])
+            if "\n" in space:
                 return j + 1
-            if best_sentence is None and text[spans[j][1] - 1] in _SENTENCE_END and gap:
-                best_sentence = j + 1
-        return best_sentence or e
+            body = left.rstrip()
+            if sentence is None and space and body and body[-1] in _SENTENCE_END:
+                sentence = j + 1
+            if word is None and (space or not (body and body[-1].isalnum()
+                                               and right[:1].isalnum())):
+                word = j + 1
+        return sentence or word or e
 
 
 def chunker_for(embedder: BaseEmbedder, config: ChunkConfig = ChunkConfig(), *,

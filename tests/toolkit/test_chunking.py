@@ -162,3 +162,18 @@ def test_config_validation() -> None:
         ChunkConfig(max_tokens=10, overlap=10)
     with pytest.raises(ValueError, match="exceed the overlap"):
         TokenChunker(word_offsets, ChunkConfig(max_tokens=10, overlap=8), special_tokens=2)
+
+
+def test_snapping_with_the_qwen3_tokenizer_ends_at_sentences_and_words(tiny) -> None:  # type: ignore[no-untyped-def]
+    """Byte-level BPE puts the space or line break before a word into the word's token
+    (" Смысл", ".\\n\\n"): snapping looked only at gaps between tokens, found none, and every
+    chunk ended wherever its budget did, mid-word ("... по числен")."""
+    para = ("Москва — столица России, крупнейший по численности населения город страны. "
+            "Смысл жизни — в поиске смысла.\n\n") * 30
+    chunks = chunker_for(tiny, ChunkConfig(max_tokens=64, overlap=8)).split(para)
+    assert all(c.text.endswith("смысла.") for c in chunks[:-1])
+    check(chunker_for(tiny, ChunkConfig(max_tokens=64, overlap=8)), para,
+          lambda t: tiny.count_tokens([t])[0])
+    words = " ".join(["численность", "населения", "embedding", "tokenizer"] * 80)
+    chunks = chunker_for(tiny, ChunkConfig(max_tokens=40, overlap=6)).split(words)
+    assert len(chunks) > 5 and not any(words[c.end].isalnum() for c in chunks[:-1])
