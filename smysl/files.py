@@ -1,9 +1,11 @@
 """Files several processes share: written whole under a temporary name of their own, and
-changed under an exclusive lock (index metadata, the tuning file)."""
+changed under an exclusive lock (index metadata, the tuning file); and the rule for reading
+CSV fields."""
 
 from __future__ import annotations
 
 import contextlib
+import csv
 import errno
 import os
 import sys
@@ -70,3 +72,15 @@ def _umask() -> int:
     mask = os.umask(0o022)
     os.umask(mask)
     return mask
+
+
+#: The longest CSV field read (the csv module's default, 131,072 characters, is shorter than
+#: many documents); 2**31 - 1 fits the C long the module keeps it in everywhere.
+CSV_FIELD_LIMIT = 2**31 - 1
+
+
+def allow_long_csv_fields() -> None:
+    """Raise the csv module's field limit to :data:`CSV_FIELD_LIMIT` (process-wide; only
+    ever raised): a document in one cell is often longer than its default."""
+    if csv.field_size_limit() < CSV_FIELD_LIMIT:
+        csv.field_size_limit(CSV_FIELD_LIMIT)

@@ -114,7 +114,7 @@ def run(args: argparse.Namespace) -> int:
 
 def _add(args: argparse.Namespace, store: StoreConfig) -> int:
     from smysl.toolkit.cache import CacheConfig
-    from smysl.toolkit.chunking import ChunkConfig
+    from smysl.toolkit.chunking import ChunkConfig, chunker_for
     from smysl.toolkit.index import Index, IndexConfig
     from smysl.toolkit.ingest import IngestConfig, ReadConfig, iter_paths, read_documents
 
@@ -129,6 +129,12 @@ def _add(args: argparse.Namespace, store: StoreConfig) -> int:
     ingest = IngestConfig(chunk=ChunkConfig(max_tokens=args.chunk_tokens, overlap=args.overlap),
                           batch_size=args.batch_size, dimensions=args.dimensions,
                           progress=progress(args))
+    with warnings.catch_warnings():  # a capped size is said once, when the files are added
+        warnings.simplefilter("ignore")
+        # chunk settings the model refuses (an overlap that leaves no room once EOS is
+        # counted): before an index is made or emptied
+        chunker_for(model, ingest.chunk)
+
     def read_all() -> None:
         # every input read once first: a path, field or content error empties nothing, and
         # makes no new index (one left empty was bound to the model it named)

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from smysl.files import allow_long_csv_fields
 from smysl.tokenize import check_unicode
 
 #: The manifest a job writes in its output folder (``smysl.scale.job.MANIFEST``).
@@ -34,9 +35,6 @@ OTHER_DATA = {".json": "JSON Lines go in a .jsonl file (one object a line): rena
               ".xlsx": "export it as .csv", ".xls": "export it as .csv"}
 #: Records read from Parquet per batch (bounded memory whatever the file size).
 PARQUET_BATCH = 4096
-#: The longest CSV field read (the csv module's default, 131,072 characters, is shorter than
-#: many documents); 2**31 - 1 fits the C long the module keeps it in everywhere.
-CSV_FIELD_LIMIT = 2**31 - 1
 
 
 @dataclass(frozen=True)
@@ -168,6 +166,9 @@ def to_row(number: int, record: Any, id_field: str, text_field: str) -> Row:
     string, empty allowed); otherwise a :class:`Row` carrying its problem."""
     if not isinstance(record, dict):
         return Row(number, problem="not an object")
+    if None in record:  # csv.DictReader's key for values past the header's columns
+        return Row(number, problem="more fields than the header has (an unquoted comma in a "
+                   "field?)")
     rid, text = record.get(id_field), record.get(text_field)
     if _missing(rid) or rid == "" or isinstance(rid, dict | list | bool):
         return Row(number, problem=f"no usable id field {id_field!r}"
@@ -247,8 +248,7 @@ def _bad_byte(path: Path) -> tuple[int, int, int]:
 
 def _csv(source: Source, lines: Iterable[str], id_field: str, text_field: str
          ) -> Iterator[Row]:
-    if csv.field_size_limit() < CSV_FIELD_LIMIT:  # process-wide; only ever raised
-        csv.field_size_limit(CSV_FIELD_LIMIT)
+    allow_long_csv_fields()
     reader = csv.DictReader(lines)
     try:
         columns = reader.fieldnames or []

@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from smysl.tokenize import check_unicode
 from smysl.toolkit.chunking import ChunkConfig, Chunker
 from smysl.toolkit.io import TABLE_SUFFIXES, iter_rows
 from smysl.toolkit.store import DIGEST_FIELD, vector_digest, vector_problem
@@ -238,8 +239,9 @@ def read_documents(paths: Iterable[str | Path], config: ReadConfig = ReadConfig(
             tables += 1
             yield from _table_documents(path, doc_path, config, seen)
         else:
-            yield Document(doc_path, path.read_text(encoding="utf-8"), {"source": doc_path},
-                           origin=str(path))
+            # utf-8-sig: a byte-order mark is no text (it began the first chunk)
+            yield Document(doc_path, path.read_text(encoding="utf-8-sig"),
+                           {"source": doc_path}, origin=str(path))
     absent = [k for k in config.metadata_fields or () if k not in seen]
     if tables and absent:
         raise ValueError(f"--meta-fields {absent}: no row of the input files has "
@@ -263,6 +265,10 @@ def _table_documents(path: Path, doc_path: str, config: ReadConfig,
             doc_id = str(row[config.id_field])
         else:
             doc_id = f"{doc_path}:{n}"
+        # JSON may spell a lone surrogate ("\ud800"): found while reading, before an index
+        # is made or emptied (the tokenizer's TypeError named no file)
+        check_unicode(text, f"{path}: row {n}: {config.text_field!r}")
+        check_unicode(doc_id, f"{path}: row {n}: the id")
         skip = {config.text_field, config.id_field}
         keys = config.metadata_fields if config.metadata_fields is not None else [
             k for k in row if k not in skip]
@@ -277,6 +283,7 @@ def _table_documents(path: Path, doc_path: str, config: ReadConfig,
         if "source" in meta:  # it was overwritten with the file's path without a word
             raise ValueError(f"{path}: row {n}: the column 'source' is reserved (smysl records "
                              f"the file there); rename it, or leave it out of --meta-fields")
+        check_metadata(meta, f"{path}: row {n}")
         meta["source"] = doc_path
         yield Document(doc_id, text, meta, origin=f"{path} row {n}")
 
@@ -318,12 +325,25 @@ class SeenIds:
         return None
 
 
+def check_metadata(metadata: dict[str, Any], what: str) -> None:
+    """``ValueError`` naming ``what`` for a reserved field name, or a string value that is
+    not valid Unicode."""
+    clash = sorted(set(metadata) & (set(RESERVED) - {"source"}))
+    if clash:
+        raise ValueError(f"{what}: metadata fields {clash} are reserved (smysl stores each "
+                         "chunk's own there); rename them, or leave them out of --meta-fields")
+    for k, v in metadata.items():
+        if isinstance(v, str):
+            check_unicode(v, f"{what}: field {k!r}")
+
+
 def iter_chunk_payloads(doc: Document, chunker: Chunker
                         ) -> Iterator[tuple[str, dict[str, Any]]]:
     """(chunk id, payload) for every chunk of ``doc``, as the chunker produces them."""
-    clash = sorted(set(doc.metadata) & (set(RESERVED) - {"source"}))
-    if clash:
-        raise ValueError(f"document {doc.id!r}: metadata fields {clash} are reserved")
+    what = doc.origin or f"document {doc.id!r}"
+    check_metadata(doc.metadata, what)
+    check_unicode(doc.text, f"{what}: the text")
+    check_unicode(doc.id, f"{what}: the id")
     for c in chunker.iter_split(doc.text):
         payload = {**doc.metadata, "doc_id": doc.id, "chunk": c.index, "text": c.text,
                    "start": c.start, "end": c.end, "tokens": c.tokens,

@@ -10,6 +10,8 @@ from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, TextIO
 
+from smysl.files import allow_long_csv_fields
+
 TABLE_SUFFIXES = (".csv", ".jsonl", ".ndjson")
 
 
@@ -39,11 +41,14 @@ def iter_rows(path: str | Path) -> Iterator[dict[str, Any]]:
     # a JSON line ends at \n only, not at a lone \r (JSON whitespace); the csv module wants
     # newline="" and finds the ends of its rows itself
     newline = "" if fmt == "csv" else "\n"
-    f = (io.TextIOWrapper(sys.stdin.buffer, encoding="utf-8", newline=newline) if stdin
-         else open(path, encoding="utf-8", newline=newline))  # noqa: SIM115 - closed below
+    # utf-8-sig: Excel's "CSV UTF-8" starts with a byte-order mark, which became part of the
+    # first column's name
+    f = (io.TextIOWrapper(sys.stdin.buffer, encoding="utf-8-sig", newline=newline) if stdin
+         else open(path, encoding="utf-8-sig", newline=newline))  # noqa: SIM115 - closed below
+    name = "stdin" if stdin else str(path)
     try:
         if fmt == "csv":
-            yield from csv.DictReader(f)
+            yield from _csv(f, name)
         else:
             yield from _jsonl(f, "<stdin>" if stdin else str(path))
     except UnicodeDecodeError as e:  # the codec's message names no file
@@ -54,6 +59,19 @@ def iter_rows(path: str | Path) -> Iterator[dict[str, Any]]:
             f.detach()  # sys.stdin.buffer stays open
         else:
             f.close()
+
+
+def _csv(f: TextIO, name: str) -> Iterator[dict[str, Any]]:
+    allow_long_csv_fields()
+    reader = csv.DictReader(f)
+    try:
+        for row in reader:
+            if None in row:  # DictReader's key for the values past the header's columns
+                raise ValueError(f"{name}, line {reader.line_num}: more fields than the header "
+                                 "has (an unquoted comma in a field?); quote that field")
+            yield row
+    except csv.Error as e:  # e.g. a field past the limit; the csv module names no file
+        raise ValueError(f"{name}, line {reader.line_num}: not readable as CSV ({e})") from None
 
 
 def _jsonl(f: TextIO, name: str) -> Iterator[dict[str, Any]]:

@@ -87,13 +87,13 @@ def test_unparseable_csv_is_named_by_file_and_line(tiny, tmp_path, monkeypatch) 
     for the test: the only error its lenient default dialect raises)."""
     import csv
 
-    import smysl.scale.sources as sources
+    import smysl.files
 
     d = tmp_path / "in"
     d.mkdir()
     (d / "rows.csv").write_text("id,text\nr1,fine\nr2,a text longer than 20\n")
     before = csv.field_size_limit(20)
-    monkeypatch.setattr(sources, "CSV_FIELD_LIMIT", 20)
+    monkeypatch.setattr(smysl.files, "CSV_FIELD_LIMIT", 20)
     try:
         with pytest.raises(ValueError, match=r"rows\.csv, line 3: not readable as CSV \(field "
                                              r"larger than field limit \(20\)\)"):
@@ -231,3 +231,12 @@ def test_progress_totals_count_records_not_lines(tmp_path) -> None:
         src = Source(path, path.name)
         assert count_records(src) == len(list(read_rows(src, "id", "text"))), path.name
     assert count_records(Source(multi, multi.name)) == 30
+
+
+def test_a_csv_row_with_more_fields_than_its_header_is_a_bad_row() -> None:
+    """`hello, world` unquoted: the text was "hello" and " world" went unseen."""
+    from smysl.scale.sources import to_row
+
+    row = to_row(2, {"id": "a", "text": "hello", None: [" world"]}, "id", "text")
+    assert row.problem is not None and "more fields than the header" in row.problem
+    assert to_row(2, {"id": "a", "text": "hello, world"}, "id", "text").problem is None

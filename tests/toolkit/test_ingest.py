@@ -303,3 +303,26 @@ def test_seen_ids_hold_every_id_past_their_recent_dict(monkeypatch) -> None:
     assert all(seen.add(x, n) is None for n, x in enumerate(ids, 1))
     assert [seen.add(x, 1000) for x in ids[::9]] == list(range(1, 101, 9))
     assert seen.add("doc-100", 101) is None
+
+
+def test_files_as_excel_and_editors_write_them(tmp_path) -> None:
+    """A byte-order mark (Excel's "CSV UTF-8") became part of the first column's name (a
+    `--where lang=ru` found nothing, or "no 'text' column") and began a text file's first
+    chunk; a row with an unquoted comma stored "hello" and put " world" under the next column;
+    a cell over 131,072 characters ended the run with the csv module's error, naming no
+    file."""
+    bom = "\ufeff"
+    (tmp_path / "excel.csv").write_text(bom + "lang,text\nru,Привет мир\n", encoding="utf-8")
+    (tmp_path / "first.csv").write_text(bom + "text,id\nhi,1\n", encoding="utf-8")
+    (tmp_path / "bom.jsonl").write_text(bom + '{"text": "hi"}\n', encoding="utf-8")
+    (tmp_path / "bom.txt").write_text(bom + "Заметка.", encoding="utf-8")
+    (tmp_path / "long.csv").write_text("text\n" + "x " * 100_000 + "\n", encoding="utf-8")
+    docs = list(read_documents([tmp_path / n for n in
+                                ("excel.csv", "first.csv", "bom.jsonl", "bom.txt", "long.csv")]))
+    assert docs[0].text == "Привет мир" and docs[0].metadata["lang"] == "ru"
+    assert docs[1].text == "hi" and docs[1].metadata["id"] == "1"
+    assert docs[2].text == "hi" and docs[3].text == "Заметка."
+    assert len(docs[4].text) == 200_000
+    (tmp_path / "comma.csv").write_text("text,lang\nhello, world,en\n", encoding="utf-8")
+    with pytest.raises(ValueError, match=r"comma\.csv, line 2: more fields than the header"):
+        list(read_documents([tmp_path / "comma.csv"]))

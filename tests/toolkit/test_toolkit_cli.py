@@ -281,6 +281,30 @@ def test_index_add_checks_before_it_empties_or_binds_and_search_rows_keep_hit_fi
     assert "the column 'source' is reserved" in capsys.readouterr().err
 
 
+def test_index_add_refuses_bad_chunks_and_rows_before_it_empties_or_makes_an_index(
+        tiny_dir, data, capsys) -> None:
+    """Chunk settings the model refuses (an overlap leaving no room once EOS is counted), a
+    reserved column and a lone surrogate were found after `--rebuild` had emptied the index,
+    and a new index was left bound to the model."""
+    kb = str(data / "kb")
+    model = ["--model", str(tiny_dir), "--device", "cpu", "--no-progress"]
+    assert main(["index", "add", kb, str(data / "rows.jsonl"), "--id-field", "id", *model]) == 0
+    (data / "reserved.csv").write_text("text,start\nhello,2024\n", encoding="utf-8")
+    (data / "bad.jsonl").write_text('{"text": "ok \\ud800"}\n', encoding="utf-8")
+    for bad, says in ((["--chunk-tokens", "33", "--overlap", "32"], "must exceed the overlap"),
+                      ([str(data / "reserved.csv")], "['start'] are reserved"),
+                      ([str(data / "bad.jsonl")], "bad.jsonl: row 1: 'text' is not valid")):
+        capsys.readouterr()
+        assert main(["index", "add", kb, str(data / "rows.jsonl"), *bad, "--rebuild",
+                     *model]) == 2
+        assert says in capsys.readouterr().err
+        assert main(["index", "verify", kb]) == 0
+        assert "0 of 6 records damaged" in capsys.readouterr().err
+        assert main(["index", "add", str(data / "new"), str(data / "rows.jsonl"), *bad,
+                     *model]) == 2
+        assert not (data / "new").exists()
+
+
 def test_index_search_takes_queries_after_options_and_refuses_ignored_flags(
         tiny_dir, data, capsys) -> None:
     """`index search kb -k 2 "q"` was a usage error (the query after an option); flags the
