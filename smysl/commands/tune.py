@@ -60,10 +60,18 @@ def run(args: argparse.Namespace) -> int:
                          "checkpoint or GGUF file on --device cpu")
     threads = None
     tk = tuning.threads_key(engine.kernel, engine.torch_dtype, engine.model.cfg)
-    if args.threads is not None and (stored := tuning.lookup_threads(tk)) is not None and (
-            stored.threads != args.threads):
-        print(f"note: loads without --threads run the {stored.threads} threads measured "
-              f"earlier, not these slices' {args.threads}", file=sys.stderr)
+    if args.threads is not None:
+        # slices are stored under the thread count they were measured with, and a load finds
+        # them only when it runs that count
+        stored = tuning.lookup_threads(tk)
+        if stored is None:
+            print(f"note: these slices apply to loads that run {args.threads} threads "
+                  f"(--threads {args.threads}); loads without --threads run torch's default "
+                  "count, up to the CPUs this process may use. Run tune without --threads to "
+                  "measure and store a thread count for them", file=sys.stderr)
+        elif stored.threads != args.threads:
+            print(f"note: loads without --threads run the {stored.threads} threads measured "
+                  f"earlier, not these slices' {args.threads}", file=sys.stderr)
     if args.threads is None and (variables := tuning.environment_threads()) is not None:
         # loads under this environment run its count, never a measured one (load_threads):
         # slices measured under another count would be stored under a key no load asks for

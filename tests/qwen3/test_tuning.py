@@ -252,6 +252,12 @@ def test_cli_tune_measures_threads_unless_given(tiny_dir: Path, cache: Path,
     out = capsys.readouterr().out
     assert "| threads |" in out and "| 1" in out and "| 2" in out and "| slice tokens |" in out
     data = json.loads(cache.read_text())
+    # before any thread count was stored, --threads N stored slices only loads of N threads
+    # find, without a word
+    cache.write_text(json.dumps({k: v for k, v in data.items() if not k.startswith("threads")}))
+    assert main([*args, "--threads", "1", "--dry-run"]) == 0
+    assert "these slices apply to loads that run 1 threads" in capsys.readouterr().err
+    cache.write_text(json.dumps(data))
     (threads_entry,) = (v for k, v in data.items() if k.startswith("threads | "))
     assert len(data) == 2 and threads_entry["threads"] in (1, 2)
     other = 3 - threads_entry["threads"]
