@@ -653,9 +653,11 @@ def serve_once(ck: Path, short: list[str], ref: np.ndarray, off: float, counts: 
             wall = time.perf_counter() - t
             return wall, float((np.concatenate(parts) * ref).sum(axis=1).min())
 
-        ts = asyncio.run(single())
-        asyncio.run(bulk())  # warm
-        bulk_s, bulk_cos = asyncio.run(bulk())
+        # bounded: a wedged engine would hold each request for the server's 120 s timeout,
+        # and the outer timeout would take every later section with it
+        ts = asyncio.run(asyncio.wait_for(single(), 120))
+        asyncio.run(asyncio.wait_for(bulk(), 120))  # warm
+        bulk_s, bulk_cos = asyncio.run(asyncio.wait_for(bulk(), 120))
         _clients(srv.url, short[:256], 64, ref[:256])  # every worker up and warm
         cpu0 = tree_cpu(srv.proc.pid)
         wall, lat, min_cos = _clients(srv.url, short, 64, ref)

@@ -215,7 +215,8 @@ class Graphs:
 
     def _capture(self, b: Bucket) -> None:
         t0 = time.perf_counter()
-        slots = slot_lengths([1], b) or [b.tokens]
+        slots = slot_lengths([1], b)
+        assert slots is not None, b  # every bucket has room for one token (buckets())
         data = torch.from_numpy(pack([[0]], slots)).to(self.device)
         ids, pos, ends, plan = device_inputs(data, slots, b.tokens, self.attn)
         # a warm-up pass on a side stream first: cuBLAS and the allocator set themselves up
@@ -262,11 +263,19 @@ class Runner:
 
     def _capture_graphs(self, dtype: torch.dtype, largest: int) -> None:
         g = Graphs(self.forward, self.device, dtype, largest, self.chunk)
+        stream = torch.cuda.current_stream(self.device)
         try:
             g.capture_all()
         except Exception as e:  # eager still works; say why graphs do not
-            log.warning("CUDA graphs disabled, capture failed: %s: %s", type(e).__name__, e)
-            torch.cuda.synchronize(self.device)
+            # torch's graph context leaves its capture stream only after capture_end: when
+            # that raised, this thread would run its eager passes on the side stream
+            torch.cuda.set_stream(stream)
+            # an error in the captured pass comes back as capture_end's, with it as context
+            during = f" (during: {e.__context__!r})" if e.__context__ is not None else ""
+            log.warning("CUDA graphs disabled, capture failed: %s: %s%s", type(e).__name__, e,
+                        during)
+            with contextlib.suppress(Exception):  # a sticky error is the first pass's to say
+                torch.cuda.synchronize(self.device)
         else:
             self.graphs = g
             log.info("captured CUDA graphs for %s tokens in %.2f s", g.sizes, g.capture_s)
