@@ -95,7 +95,10 @@ def parse_value(text: str) -> Any:
 
 
 def parse_where(items: list[str] | None) -> dict[str, Any] | None:
-    """``["lang=en", "chunk>=2", "tag=[\\"a\\",\\"b\\"]"]`` -> a store filter."""
+    """``["lang=en", "chunk>=2", "tag=[\"a\",\"b\"]"]`` -> a store filter. ``key=number``
+    matches the number or its spelling as text: CSV columns are stored as text, and
+    ``year=2020`` found no row of one. A key given twice is refused (a second ``=`` replaced
+    the first, a later ``=`` dropped a range)."""
     if not items:
         return None
     where: dict[str, Any] = {}
@@ -103,14 +106,21 @@ def parse_where(items: list[str] | None) -> dict[str, Any] | None:
         m = _WHERE.match(item)
         if not m:
             raise ValueError(f"bad filter {item!r}: use key=value, key>=number, ...")
-        key, op, value = m["key"].strip(), m["op"], parse_value(m["value"])
+        key, op, spelled = m["key"].strip(), m["op"], m["value"].strip()
+        value = parse_value(spelled)
         if op == "=":
-            where[key] = value
+            if key in where:
+                raise ValueError(f"filter {item!r}: {key} has a condition already; for any of "
+                                 f"several values write {key}='[\"a\", \"b\"]'")
+            number = isinstance(value, int | float) and not isinstance(value, bool)
+            where[key] = [value, spelled] if number else value
         else:
             if isinstance(value, bool) or not isinstance(value, int | float):
                 raise ValueError(f"filter {item!r}: {op} needs a number")
             bounds = where.setdefault(key, {})
             if not isinstance(bounds, dict):
                 raise ValueError(f"filter {item!r}: {key} already has an equality condition")
+            if _RANGE[op] in bounds:
+                raise ValueError(f"filter {item!r}: {key} has a {op} bound already")
             bounds[_RANGE[op]] = value
     return where

@@ -197,6 +197,8 @@ def _search(args: argparse.Namespace, store: StoreConfig) -> int:
                                                args.queries_file, "--query-field")]
     if not queries:
         raise ValueError("give queries as arguments or with --queries-file")
+    if any(not q.strip() for q in queries):  # embedded, it gave arbitrary neighbours
+        raise ValueError("a query is empty; give its text")
     if args.context_chars is not None and (args.format != "context" or args.context_chars < 1):
         raise ValueError("--context-chars takes a positive number and goes with --format "
                          "context")
@@ -255,7 +257,9 @@ def _refuse_unused_search(args: argparse.Namespace) -> None:
              ("--format", args.format is not None and args.format != "context"
               and args.output is not None, "is for stdout; --output writes rows by its suffix"),
              ("--instruction", args.instruction is not None and args.mode == "text",
-              "is for the query's embedding; --mode text ranks by its words")]
+              "is for the query's embedding; --mode text ranks by its words"),
+             ("--approximate", args.approximate and args.mode == "text",
+              "is the vector ranking's; --mode text ranks by words")]
     for flag, unused, why in pairs:
         if unused:
             raise ValueError(f"{flag} does nothing here: it {why}")

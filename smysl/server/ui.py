@@ -227,8 +227,12 @@ def router(service: Service, reranking: RerankService | None = None) -> APIRoute
         # the reranker scores at most the server's max_inputs documents a request: a default
         # rerank_top of 50 failed every search on a server started with fewer
         most = min(MAX_RERANK_TOP, service.config.max_inputs)
-        top = (body.rerank_top if "rerank_top" in body.model_fields_set
-               else max(body.k, min(body.rerank_top, most)))
+        given = "rerank_top" in body.model_fields_set
+        if given and not rerank:  # it did nothing, or was a 500 when below 1
+            raise ApiError("invalid", "rerank_top is how many nearest hits the reranker "
+                           "scores, and this search is not reranked (rerank is false, or the "
+                           "server has no reranker)", param="rerank_top")
+        top = body.rerank_top if given else max(body.k, min(body.rerank_top, most))
         if rerank and not body.k <= top <= most:
             raise ApiError("invalid", f"rerank_top must be between k ({body.k}) and {most} "
                            f"(at most {MAX_RERANK_TOP}, and this server's max_inputs), got "

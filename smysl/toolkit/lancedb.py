@@ -17,6 +17,7 @@ checksum check (:mod:`smysl.toolkit.index`).
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import logging
 import os
@@ -57,7 +58,19 @@ log = logging.getLogger(__name__)
 _CONFLICTS = ("commit conflict", "too many concurrent writers", "incompatible transaction")
 
 _FIELD = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
+#: Filter columns: ``p_<field>`` for a field named like an SQL identifier, ``px_<digest>`` for
+#: any other name (Cyrillic, a hyphen, a space, past 63 characters), which had no column and
+#: so matched nothing.
 _PREFIX = "p_"
+_HASHED = "px_"
+
+
+def _column(key: str) -> str:
+    """The filter column of payload field ``key``."""
+    if _FIELD.match(key):
+        return _PREFIX + key
+    return _HASHED + hashlib.blake2b(key.encode("utf-8", "surrogatepass"),
+                                     digest_size=12).hexdigest()
 #: Column of each row's analysed text (:func:`smysl.toolkit.lexical.terms_text`), and the name
 #: of its full-text index; not a payload field (those are ``p_*``).
 _TERMS = "terms"
@@ -286,10 +299,10 @@ class LanceStore(VectorStore):
 
     # ---------------------------------------------------------------- columns and filters
     def _columns(self) -> dict[str, Any]:
-        """Filterable payload field -> arrow type."""
+        """Filter column (:func:`_column`) -> arrow type."""
         with self._guard():
             schema = self._table.schema
-        return {f.name[len(_PREFIX):]: f.type for f in schema if f.name.startswith(_PREFIX)}
+        return {f.name: f.type for f in schema if f.name.startswith((_PREFIX, _HASHED))}
 
     def _arrow_type(self, v: Any) -> Any:
         pa = self._pa
@@ -328,8 +341,8 @@ class LanceStore(VectorStore):
                    self._pa.float64(): "DOUBLE", self._pa.string(): "STRING"}
             try:
                 with self._guard():
-                    self._table.add_columns({_PREFIX + k: f"CAST(NULL AS {sql[t]})"
-                                             for k, t in new.items()})
+                    self._table.add_columns({name: f"CAST(NULL AS {sql[t]})"
+                                             for name, t in new.items()})
                 return {**cols, **new}
             except StoreConflictError:
                 if attempt == 7:
@@ -341,22 +354,23 @@ class LanceStore(VectorStore):
 
     def _new_columns(self, cols: dict[str, Any], payloads: list[dict[str, Any]]
                      ) -> dict[str, Any]:
-        """Payload fields with no column yet -> the arrow type they get."""
+        """The columns of payload fields that have none yet -> the arrow type they get."""
         pa = self._pa
         new: dict[str, Any] = {}
         for p in payloads:
             for key, v in p.items():
-                if key in cols or not _FIELD.match(key):
+                name = _column(key)
+                if name in cols:
                     continue
                 t = self._arrow_type(v)
                 if t is None:
                     continue
-                if key in new and new[key] != t:
+                if name in new and new[name] != t:
                     # int and float in one batch widen to float; other mixes pick the first
-                    if {new[key], t} == {pa.int64(), pa.float64()}:
-                        new[key] = pa.float64()
+                    if {new[name], t} == {pa.int64(), pa.float64()}:
+                        new[name] = pa.float64()
                     continue
-                new.setdefault(key, t)
+                new.setdefault(name, t)
         return new
 
     def _sql(self, conditions: Sequence[Condition]) -> str | None:
@@ -367,8 +381,8 @@ class LanceStore(VectorStore):
         parts = []
         numeric = (pa.int64(), pa.float64())
         for c in conditions:
-            typ = cols.get(c.key)
-            col = f"`{_PREFIX}{c.key}`"
+            typ = cols.get(_column(c.key))
+            col = f"`{_column(c.key)}`"
             values = c.value if c.op == "in" else [c.value]
             # an int column meets a float value as a DOUBLE (LanceDB refuses to compare them:
             # "could not convert Float64 to Int64"); exact for ints below 2**53
@@ -420,8 +434,11 @@ class LanceStore(VectorStore):
             "payload": pa.array([json.dumps(p, ensure_ascii=False) for p in pays], pa.string()),
             _TERMS: pa.array([lexical.terms_text(p.get("text")) for p in pays], pa.string()),
         }
-        for key, typ in cols.items():
-            data[_PREFIX + key] = pa.array([self._fits(p.get(key), typ) for p in pays], typ)
+        named = {_column(k): k for p in pays for k in p}  # column -> the field it holds
+        for name, typ in cols.items():
+            key = named.get(name)
+            data[name] = pa.array([None if key is None else self._fits(p.get(key), typ)
+                                   for p in pays], typ)
         with self._guard():
             schema = self._table.schema
             # in the table's column order: a table of an earlier smysl has its terms column

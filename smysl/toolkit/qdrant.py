@@ -16,6 +16,7 @@ import contextlib
 import functools
 import hashlib
 import os
+import re
 import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -102,6 +103,21 @@ def _import() -> Any:
     except ImportError as e:
         raise ImportError(f"the Qdrant store needs qdrant-client: {INSTALL_HINT}") from e
     return QdrantClient, models
+
+
+_PLAIN_KEY = re.compile(r"^[A-Za-z0-9_-]+$")
+
+
+def _path(key: str) -> str:
+    """Qdrant's path to the top-level payload field ``key``: quoted unless it is a plain name,
+    as Qdrant reads ``.`` and ``[]`` as steps into nested payloads (``v1.2`` matched nothing,
+    ``Year Published`` was an invalid path)."""
+    if _PLAIN_KEY.match(key):
+        return key
+    if '"' in key:
+        raise ValueError(f"filter field {key!r}: Qdrant has no way to name a field with a "
+                         "double quote in a filter; rename it")
+    return f'"{key}"'
 
 
 class QdrantStore(VectorStore):
@@ -245,11 +261,12 @@ class QdrantStore(VectorStore):
         m = self._m
         must: list[Any] = []
         for c in conditions:
+            key = _path(c.key)
             if c.op == "eq" or c.op == "in":
-                alts = self._any_of(c.key, c.value if c.op == "in" else [c.value])
+                alts = self._any_of(key, c.value if c.op == "in" else [c.value])
                 must.append(alts[0] if len(alts) == 1 else m.Filter(should=alts))
             else:
-                must.append(m.FieldCondition(key=c.key, range=m.Range(**{c.op: c.value})))
+                must.append(m.FieldCondition(key=key, range=m.Range(**{c.op: c.value})))
         if ids is not None:
             must.append(m.HasIdCondition(has_id=[point_id(i) for i in ids]))
         return m.Filter(must=must) if must else None

@@ -189,6 +189,10 @@ def test_search_reranks_with_the_served_reranker(hash_index: Path,
     with TestClient(create_app(backend, ServerConfig(index=str(hash_index)))) as client:
         r = client.post("/search", json={"query": "q", "rerank": True})
         assert r.status_code == 422 and "no reranker" in r.json()["error"]
+        # rerank_top did nothing without reranking, and was a 424 "internal error" below 1
+        for top in (0, 5):
+            r = client.post("/search", json={"query": "q", "rerank_top": top})
+            assert r.status_code == 422 and "not reranked" in r.json()["error"]
     # a server taking 4 inputs a request: the default rerank_top (50) failed every search with
     # "documents has 6 items but at most 4"; now it reranks the 4 nearest, and a rerank_top
     # asked for above that is refused naming it

@@ -259,3 +259,10 @@ def test_add_terms_does_not_mark_a_store_that_cannot_keep_terms(catalog, monkeyp
     with pytest.raises(ValueError, match="rebuild it"):
         catalog.add_terms()
     assert LEXICAL not in store.read_meta()
+
+
+def test_search_config_takes_whole_numbers_of_hits() -> None:
+    # k=2.5 reached the memory store and failed there: "slice indices must be integers"
+    for bad in (2.5, True, 0):
+        with pytest.raises(ValueError, match="k must be an integer >= 1"):
+            SearchConfig(k=bad)  # type: ignore[arg-type]

@@ -597,3 +597,22 @@ def test_opening_a_missing_lancedb_folder_makes_none(tmp_path) -> None:
     assert not (tmp_path / "typo").exists()
     open_store(StoreConfig(uri=str(tmp_path / "new")), D).close()  # creating one still does
     assert (tmp_path / "new").is_dir()
+
+
+def test_fields_not_named_like_identifiers_filter_as_on_every_backend(store) -> None:
+    """LanceDB made no filter column for `язык`, `doc-type` or `Year Published` (no results,
+    no error); Qdrant read `v1.2` as a path into nested payloads (no results) and `Year
+    Published` as an invalid one (an error)."""
+    x = unit_rows(2, D, seed=3)
+    pays = [{"язык": "ru", "doc-type": "faq", "Year Published": 2020, "Lang": "ru", "lang": "en",
+             "v1.2": "yes", "meta": {"lang": "ru"}},
+            {"язык": "en", "doc-type": "man", "Year Published": 2021, "Lang": "en", "lang": "ru",
+             "v1.2": "no"}]
+    store.upsert(["a", "b"], x, pays)
+    for where, want in (({"язык": "ru"}, ["a"]), ({"doc-type": "man"}, ["b"]),
+                        ({"Year Published": {"$gte": 2021}}, ["b"]), ({"Lang": "ru"}, ["a"]),
+                        ({"lang": "ru"}, ["b"]), ({"x" * 80: "y"}, []), ({"v1.2": "yes"}, ["a"]),
+                        ({"meta.lang": "ru"}, [])):
+        (hits,) = store.search(x[0], 5, where=where)
+        assert sorted(h.id for h in hits) == want, where
+        assert store.count(where) == len(want), where

@@ -305,6 +305,32 @@ def test_index_add_refuses_bad_chunks_and_rows_before_it_empties_or_makes_an_ind
         assert not (data / "new").exists()
 
 
+def test_where_finds_csv_numbers_and_fields_named_in_russian(tiny_dir, data, capsys) -> None:
+    """CSV columns are stored as text: `--where year=2020` found nothing; LanceDB had no filter
+    column for a field not named like an SQL identifier (`язык`, `doc-type`): no results and
+    "deleted 0"; a second `--where` on a key replaced the first."""
+    kb = str(data / "kb")
+    model = ["--model", str(tiny_dir), "--device", "cpu", "--no-progress"]
+    (data / "ru.csv").write_text("text,year,язык,doc-type\nкошка спит,2020,ru,faq\n"
+                                 "dogs bark,2021,en,man\n", encoding="utf-8")
+    assert main(["index", "add", kb, str(data / "ru.csv"), *model]) == 0
+    capsys.readouterr()
+    for where, want in ((["year=2020"], "кошка спит"), (["язык=en"], "dogs bark"),
+                        (["doc-type = faq"], "кошка спит"),
+                        (['year=["2021"]', "язык=en"], "dogs bark")):
+        args = [a for w in where for a in ("--where", w)]
+        assert main(["index", "search", kb, "text", "-k", "5", *args, "--format", "json",
+                     "--device", "cpu"]) == 0, where
+        (line,) = capsys.readouterr().out.splitlines()
+        assert [h["payload"]["text"] for h in json.loads(line)["hits"]] == [want], where
+    for twice in (["lang=en", "lang=ru"], ["year>=2020", "year=2021"], ["chunk>=1", "chunk>=2"]):
+        assert main(["index", "search", kb, "text", "--where", twice[0], "--where", twice[1],
+                     "--device", "cpu"]) == 2
+        assert "already" in capsys.readouterr().err
+    assert main(["index", "delete", kb, "--where", "язык=ru"]) == 0
+    assert "deleted 1" in capsys.readouterr().err
+
+
 def test_index_search_takes_queries_after_options_and_refuses_ignored_flags(
         tiny_dir, data, capsys) -> None:
     """`index search kb -k 2 "q"` was a usage error (the query after an option); flags the
@@ -324,6 +350,8 @@ def test_index_search_takes_queries_after_options_and_refuses_ignored_flags(
                         (["--query-field", "q"], "--query-field does nothing here"),
                         (["--format", "json", "-o", str(data / "h.csv")], "--format does "),
                         (["--mode", "text", "--instruction", "x"], "--instruction does "),
+                        (["--mode", "text", "--approximate"], "--approximate does "),
+                        (["  "], "a query is empty"),
                         (["-o", str(data / "h.txt")], "expected a .csv or .jsonl file"),
                         (["-o", str(data / "nowhere" / "h.csv")], "no such folder")):
         assert main(["index", "search", kb, "alpha", "--device", "cpu", *flags]) == 2, flags
