@@ -55,6 +55,9 @@ class CpuFeatures:
     flags: frozenset[str]
     #: What an ISA cap hides from :attr:`flags` (see :func:`apply_isa_cap`), "" when none.
     capped: str = ""
+    #: ATen's vector level where ``ATEN_CPU_CAPABILITY`` set one ("avx2"), else "": it moves
+    #: the int4 kernel's speed (165 -> 109 GFLOP/s capped at avx2 on an EPYC Zen 5).
+    aten: str = ""
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -73,9 +76,20 @@ class CpuFeatures:
         return bool(self.flags & {"avx512_vnni", "avx_vnni", "amx_int8", "asimddp", "i8mm"})
 
     def describe(self) -> str:
-        """``AMD EPYC (avx2, avx512f, avx512_bf16, ...)`` for logs and benchmark output."""
+        """``AMD EPYC (avx2, avx512f, avx512_bf16, ...)`` for logs and benchmark output, with
+        any cap set in the environment."""
         cap = f"; {self.capped}" if self.capped else ""
-        return f"{self.model or self.arch} ({', '.join(self.names) or 'baseline only'}{cap})"
+        aten = f"; ATen {self.aten}" if self.aten else ""
+        return (f"{self.model or self.arch} ({', '.join(self.names) or 'baseline only'}"
+                f"{cap}{aten})")
+
+    def key(self) -> str:
+        """What measurements on this CPU are keyed by: the model and the features in use,
+        whichever spelling of a cap hid the others (``avx2``, ``AVX2``, ``DNNL_MAX_CPU_ISA``
+        made four keys of one machine), and ATen's level where one was set. Uncapped, the
+        same text as :meth:`describe`."""
+        aten = f"; ATen {self.aten}" if self.aten else ""
+        return f"{self.model or self.arch} ({', '.join(self.names) or 'baseline only'}{aten})"
 
 
 def parse_cpuinfo(text: str, arch: str) -> CpuFeatures:
@@ -118,7 +132,10 @@ def detect() -> CpuFeatures:
         text = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
     except OSError:
         return CpuFeatures(platform.processor(), arch, frozenset())
-    return apply_isa_cap(parse_cpuinfo(text, arch), os.environ)
+    features = apply_isa_cap(parse_cpuinfo(text, arch), os.environ)
+    if os.environ.get("ATEN_CPU_CAPABILITY"):  # the level ATen took (it ignores a misspelt one)
+        features = replace(features, aten=torch.backends.cpu.get_cpu_capability().lower())
+    return features
 
 
 def auto_dtype(features: CpuFeatures, stored: torch.dtype | None) -> tuple[torch.dtype, str]:
@@ -192,10 +209,15 @@ def int8_attention_dtype(features: CpuFeatures) -> torch.dtype:
 @functools.cache
 def onednn_bf16() -> bool:
     """Whether torch's oneDNN computes bf16 GEMMs natively on this machine (AVX512-BF16 or AMX,
-    and not capped by ``ONEDNN_MAX_CPU_ISA``); where not, bf16 GEMMs are emulated, ~30x slower
-    than torch's bf16 flash attention and ~100x slower than fp32 GEMMs."""
+    and not capped by ``ONEDNN_MAX_CPU_ISA``); where not, bf16 GEMMs are emulated (an EPYC
+    capped at AVX512_CORE: 76 GFLOP/s against fp32's 220; bf16 batched matmuls at AVX2 ~100x
+    slower than fp32). oneDNN's own answer only says it takes bf16, which it emulates on
+    any AVX-512 CPU (Skylake to Ice Lake): int4 layers then dequantised into emulated GEMMs,
+    2.3x slower than torch's int4 kernel."""
+    features = detect()
     return bool(torch.backends.mkldnn.is_available()
-                and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+                and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+                and (features.arch != "x86_64" or features.native_bf16))
 
 
 @functools.cache

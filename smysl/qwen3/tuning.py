@@ -98,7 +98,7 @@ def key(engine: Engine) -> str:
     the planes per layer (a Q8_0 file's two cost twice a Q4_K's one to rebuild)."""
     from smysl.qwen3.quantize import Int4GemmLinear, Int4Linear
 
-    parts = [detect().describe(), f"torch {torch.__version__}",
+    parts = [detect().key(), f"torch {torch.__version__}",
              f"{torch.get_num_threads()} threads", engine.kernel,
              engine.dtype, _shape(engine.model.cfg)]
     planes = sorted({m.planes for m in engine.model.modules()
@@ -112,7 +112,7 @@ def threads_key(kernel: str, dtype: torch.dtype, cfg: Qwen3Config) -> str:
     """The cache key of a path's thread count: CPU and features, the CPUs this process may use
     (a count measured on 64 vCPUs is no answer on 4 of the same CPU), torch, kernel, dtype and
     layer shapes. Known before the weights load, which then run under it (prepacking too)."""
-    return " | ".join(["threads", detect().describe(), f"{usable_cpus()} CPUs",
+    return " | ".join(["threads", detect().key(), f"{usable_cpus()} CPUs",
                        f"torch {torch.__version__}", kernel,
                        str(dtype).removeprefix("torch."), _shape(cfg)])
 

@@ -111,6 +111,31 @@ print(auto_dtype(f, torch.bfloat16)[0], f.capped or "-")
     assert out.stdout.split()[0] == "torch.float32"
 
 
+def test_avx512_without_bf16_keeps_int4_and_attention_off_emulated_bf16() -> None:
+    """oneDNN takes bf16 on any AVX-512 CPU, emulating it where AVX512-BF16 is missing
+    (Skylake to Ice Lake, emulated here by a cap): int4 layers dequantised into emulated GEMMs
+    there, 2.3x slower than torch's int4 kernel (1,640 vs 3,775 tok/s, 0.6B widths)."""
+    if "avx512f" not in detect().flags:
+        pytest.skip("needs an AVX-512 CPU")
+    code = """
+from smysl.qwen3.cpu import detect, onednn_bf16
+from smysl.qwen3.quantize import dequantising
+assert not detect().native_bf16 and not onednn_bf16() and not dequantising()
+print(detect().key())
+"""
+    keys = set()
+    for var, cap in (("ONEDNN_MAX_CPU_ISA", "AVX512_CORE"), ("ONEDNN_MAX_CPU_ISA", "avx512_core"),
+                     ("DNNL_MAX_CPU_ISA", "Avx512_Core")):
+        env = {k: v for k, v in os.environ.items() if "MAX_CPU_ISA" not in k}
+        out = subprocess.run([sys.executable, "-c", code], env={**env, var: cap},
+                             capture_output=True, text=True, timeout=120)
+        assert out.returncode == 0, out.stderr[-2000:]
+        keys.add(out.stdout.strip())
+    # one machine, one tuning key, whichever spelling of the cap hid the same features
+    (key,) = keys
+    assert "avx512f" in key and "avx512_bf16" not in key
+
+
 def test_engine_config_uses_the_features_and_says_why(caplog: pytest.LogCaptureFixture) -> None:
     with caplog.at_level(logging.INFO, logger="smysl.qwen3.engine"):
         assert resolve_config(EngineConfig(device="cpu"), torch.bfloat16, ZEN5)[1] == torch.bfloat16
@@ -300,3 +325,14 @@ def test_a_device_torch_cannot_parse_is_a_clear_error(device: str) -> None:
     """torch's RuntimeError came out as a traceback (exit 1)."""
     with pytest.raises(ValueError, match=rf"unknown device '{re.escape(device)}' \(use auto"):
         resolve_config(EngineConfig(device=device))
+
+
+def test_aten_level_set_by_hand_keys_measurements_apart() -> None:
+    # ATEN_CPU_CAPABILITY=avx2 alone left the key as uncapped while the int4 kernel ran at
+    # 109 GFLOP/s instead of 165: a stored slice size or dequant threshold was reused
+    from dataclasses import replace
+
+    assert ZEN5.key() == ZEN5.describe()  # uncapped: entries stored before still found
+    capped = replace(ZEN5, aten="avx2")
+    assert capped.key() != ZEN5.key() and "ATen avx2" in capped.key()
+    assert "ATen avx2" in capped.describe()
