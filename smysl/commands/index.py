@@ -116,7 +116,13 @@ def _add(args: argparse.Namespace, store: StoreConfig) -> int:
     from smysl.toolkit.cache import CacheConfig
     from smysl.toolkit.chunking import ChunkConfig, chunker_for
     from smysl.toolkit.index import Index, IndexConfig
-    from smysl.toolkit.ingest import IngestConfig, ReadConfig, iter_paths, read_documents
+    from smysl.toolkit.ingest import (
+        IngestConfig,
+        ReadConfig,
+        SeenIds,
+        iter_paths,
+        read_documents,
+    )
 
     model = load_model(args.model, args)
     config = IndexConfig(store=store,
@@ -136,10 +142,11 @@ def _add(args: argparse.Namespace, store: StoreConfig) -> int:
         chunker_for(model, ingest.chunk)
 
     def read_all() -> None:
-        # every input read once first: a path, field or content error empties nothing, and
-        # makes no new index (one left empty was bound to the model it named)
-        for _ in read_documents(args.paths, read, []):
-            pass
+        # every input read once first: a path, field, content error or a repeated id empties
+        # nothing, and makes no new index (one left empty was bound to the model it named)
+        seen = SeenIds()
+        for n, doc in enumerate(read_documents(args.paths, read, []), 1):
+            seen.check(doc, n)
 
     if args.rebuild:
         read_all()

@@ -55,9 +55,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help=f"time budget of one embedding request, then 504 (0 = none; default "
                         f"{d.request_timeout_s:g})")
     p.add_argument("--unhealthy-exit-s", type=float, default=None,
-                   help="exit with status 3 once the model backend has been down this long, "
-                        "so a supervisor restarts the server (0 = never; default 60 for a "
-                        "local model, never for a remote API, whose outage a restart "
+                   help="exit with status 3 once a model backend (the model's or the "
+                        "reranker's) has been down this long, so a supervisor restarts the "
+                        "server (0 = never; default 60 for local models, never when the "
+                        "model or the reranker is a remote API, whose outage a restart "
                         "cannot fix)")
     p.add_argument("--allow-empty-input", action="store_true",
                    help="embed empty strings (EOS alone) instead of answering 400")
@@ -80,11 +81,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "connection each; a local Qdrant folder and the memory store run one "
                         "search at a time; default 4)")
     p.add_argument("--reranker", default=None,
-                   help="a local Qwen3-Reranker (directory or Hub id, e.g. "
-                        "Qwen/Qwen3-Reranker-0.6B) to serve at TEI /rerank, Cohere/Jina "
-                        "/v1/rerank and Cohere /v2/rerank; with or without --model. It takes "
-                        "--device, --dtype and --threads (--quantize and --revision stay the "
-                        "embedding model's)")
+                   help="a reranker to serve at TEI /rerank, Cohere/Jina /v1/rerank and "
+                        "Cohere /v2/rerank, with or without --model: a local Qwen3-Reranker "
+                        "(directory or Hub id, e.g. Qwen/Qwen3-Reranker-0.6B; it takes "
+                        "--device, --dtype and --threads, while --quantize and --revision stay "
+                        "the embedding model's) or a remote one (cohere:, jina:, tei:URL, "
+                        "smysl:URL ...; docs/reranker.md)")
     p.add_argument("--workers", type=workers_arg, default="auto",
                    help="HTTP worker processes sharing the one engine process (one answers "
                         "~1,000-2,000 short requests/s; a GPU embeds several times that). "

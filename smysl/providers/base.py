@@ -268,6 +268,12 @@ class Provider(BaseEmbedder):
     def close(self) -> None:
         self._http.close()
 
+    def __reduce__(self) -> Any:
+        # pickle met the HTTP client's lock: "cannot pickle '_thread.lock' object"
+        raise TypeError(f"a client of a remote API ({self.name!r}) cannot be pickled (a worker "
+                        "pool, a framework adapter copied to workers): make it in each worker "
+                        "with smysl.load(model string)")
+
     # ---------------------------------------------------------------- internals
     def _fit_lengths(self, texts: list[str], truncate: bool) -> list[str]:
         """Enforce ``max_tokens`` where a tokenizer can: raise, or truncate client-side.

@@ -28,7 +28,7 @@ from smysl.server.access_log import AccessLog
 from smysl.server.config import ServerConfig
 from smysl.server.errors import Api, ApiError, api_of, render
 from smysl.server.fast import FastRoutes, content_type
-from smysl.server.health import BackendHealth
+from smysl.server.health import DOWN_RETRY_S, BackendHealth
 from smysl.server.metrics import Metrics
 from smysl.server.service import TIMING_HEADERS, Service
 
@@ -106,8 +106,9 @@ def create_app(embedder: BaseEmbedder | None, config: ServerConfig | None = None
     async def health() -> Response:
         """200 while the server takes requests; 503 once it is shutting down or a model backend
         it serves (the embedding model's, the reranker's) is down."""
-        if not all(b.healthy for b in batchers):
-            raise ApiError("shutting_down", "the server is shutting down")
+        if not all(b.healthy for b in batchers):  # a balancer retries another instance
+            raise ApiError("shutting_down", "the server is shutting down",
+                           headers={"Retry-After": str(int(DOWN_RETRY_S))})
         for h in healths:
             if not h.check():
                 raise h.unavailable()

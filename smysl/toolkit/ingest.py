@@ -302,6 +302,15 @@ class SeenIds:
         self._numbers = np.empty(0, np.int64)
         self._recent: dict[int, int] = {}
 
+    def check(self, doc: Document, number: int) -> None:
+        """Record ``doc`` as document ``number``; ``ValueError`` naming both when its id was
+        met already (the later would replace the earlier)."""
+        first = self.add(doc.id, number)
+        if first is not None:
+            raise ValueError(f"document id {doc.id!r} repeats: document {first} and "
+                             f"{doc.origin or f'document {number}'}; ids must be unique (the "
+                             "later would replace the earlier)")
+
     def add(self, doc_id: str, number: int) -> int | None:
         """Record ``doc_id`` as document ``number``; the number of the document that had it
         first when it was met already (then nothing is recorded)."""
@@ -446,11 +455,7 @@ def ingest(documents: Iterable[Document], *, store: Any, embed: Callable[[list[s
     try:
         for doc in documents:
             report.documents += 1
-            first = seen.add(doc.id, report.documents)
-            if first is not None:
-                raise ValueError(f"document id {doc.id!r} repeats: document {first} and "
-                                 f"{doc.origin or f'document {report.documents}'}; ids must "
-                                 "be unique (the later would replace the earlier)")
+            seen.check(doc, report.documents)
             n = 0
             # Chunks stream in: a huge one-line file never holds all its chunks at once.
             for item in iter_chunk_payloads(doc, chunker):

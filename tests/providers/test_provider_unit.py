@@ -627,3 +627,15 @@ def test_ollama_is_sent_the_width_asked_for(honours: bool) -> None:
     assert bodies[0]["dimensions"] == 40 and out.shape == (2, 40)
     np.testing.assert_allclose(out, _unit(np.stack([det_vector(t, 64)[:40] for t in "xy"])),
                                rtol=1e-5)
+
+
+def test_a_remote_api_client_says_why_it_does_not_pickle() -> None:
+    # a LangChain adapter sent to a worker pool raised "cannot pickle '_thread.lock' object"
+    import pickle
+
+    from smysl.registry import load
+
+    client = load("tei:http://127.0.0.1:9")
+    with pytest.raises(TypeError, match=r"remote API .* cannot be pickled.*in each worker"):
+        pickle.dumps(client)
+    client.close()
