@@ -261,3 +261,13 @@ def test_a_reranker_down_beside_a_model_is_seen_by_health_metrics_and_exit() -> 
                     reranker=reranker)
     run["thread"].join(20)
     assert not run["thread"].is_alive() and run["code"] == EXIT_BACKEND_DOWN
+
+
+def test_health_while_shutting_down_is_503_with_retry_after() -> None:
+    # docs/server.md promised Retry-After on both of /health's 503s; this one had none
+    with TestClient(create_app(HashEmbedder(), ServerConfig())) as c:
+        c.app.state.service.batcher._closing = True  # as close() marks it, without the wait
+        r = c.get("/health")
+        c.app.state.service.batcher._closing = False
+    assert r.status_code == 503 and "shutting down" in r.json()["error"]
+    assert int(r.headers["Retry-After"]) >= 1
