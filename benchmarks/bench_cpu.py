@@ -6,6 +6,7 @@ Usage (from the repo root, after the README's dev install):
     .venv/bin/python benchmarks/bench_cpu.py --systems st,fp32,bf16,int8,auto
     .venv/bin/python benchmarks/bench_cpu.py --memory 2048,4096,8192     # peak RSS per length
     .venv/bin/python benchmarks/bench_cpu.py --isa avx2    # an AVX2-only CPU's code paths
+    .venv/bin/python benchmarks/bench_cpu.py --isa avx512_vnni --systems fp32,int4  # Ice Lake
     .venv/bin/python benchmarks/bench_cpu.py --isa sse41 --systems fp32,int8,auto  # pre-AVX
     .venv/bin/python benchmarks/bench_cpu.py --systems fp32/1,fp32,bf16/1,bf16   # 1 lane vs default
 
@@ -196,6 +197,8 @@ def run_memory(ckpt: Path, n_tokens: int) -> dict:
 #: see ``cpu.apply_isa_cap``) on a newer one. Its memory system and clocks stay this machine's.
 ISA_CAPS = {"avx2": {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2",
                      "MKL_ENABLE_INSTRUCTIONS": "AVX2", "FBGEMM_ENABLE_INSTRUCTIONS": "AVX2"},
+            # AVX-512 with VNNI but no BF16 (Cascade Lake, Ice Lake): oneDNN emulates bf16
+            "avx512_vnni": {"ONEDNN_MAX_CPU_ISA": "AVX512_CORE_VNNI"},
             # a pre-2013 x86 (SSE4.2, no AVX): torch's baseline kernels. fbgemm has no kernels
             # below AVX2 and cannot be capped there, so its rate is not measured
             "sse41": {"ATEN_CPU_CAPABILITY": "default", "ONEDNN_MAX_CPU_ISA": "SSE41",
