@@ -12,6 +12,7 @@ Needs the ``llamaindex`` extra (``llama-index-core``).
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Mapping
 from typing import Any
 
 from smysl.base import BaseEmbedder, positive_int
@@ -87,6 +88,19 @@ class _ModelCache(_kv.BaseKVStore):  # type: ignore[name-defined]
         got: dict[str, dict[str, Any]] = await self.store.aget_all(
             collection=self._named(collection))
         return got
+
+    def put_all(self, kv_pairs: list[tuple[str, dict[str, Any]]],
+                collection: str = _kv.DEFAULT_COLLECTION, batch_size: int = 1) -> None:
+        self.store.put_all(kv_pairs, collection=self._named(collection), batch_size=batch_size)
+
+    async def aput_all(self, kv_pairs: list[tuple[str, dict[str, Any]]],
+                       collection: str = _kv.DEFAULT_COLLECTION, batch_size: int = 1) -> None:
+        await self.store.aput_all(kv_pairs, collection=self._named(collection),
+                                  batch_size=batch_size)
+
+    def persist(self, *args: Any, **kwargs: Any) -> Any:
+        """The user's store's own ``persist`` (a SimpleKVStore's file)."""
+        return self.store.persist(*args, **kwargs)
 
     def delete(self, key: str, collection: str = _kv.DEFAULT_COLLECTION) -> bool:
         return bool(self.store.delete(key, collection=self._named(collection)))
@@ -193,12 +207,23 @@ class SmyslEmbedding(_base.BaseEmbedding):  # type: ignore[name-defined]
             super().__setattr__(name, value)
             return
         old = self.__dict__[name]
-        super().__setattr__(name, value)  # pydantic validates the value itself
         try:
+            super().__setattr__(name, value)  # pydantic validates the value itself
             self._check()
         except Exception:
-            super().__setattr__(name, old)  # a refused value loses nothing
+            # a refused value loses nothing (LlamaIndex's own check raised after pydantic
+            # had written it)
+            self.__dict__[name] = old
             raise
+
+    def model_copy(self, *, update: Mapping[str, Any] | None = None,
+                   deep: bool = False) -> SmyslEmbedding:
+        """pydantic's copy, with ``update``'s fields checked as assigned ones (pydantic takes
+        them unvalidated; a copy at another size kept the cache of the first)."""
+        twin: SmyslEmbedding = super().model_copy(deep=deep)
+        for name, value in (update or {}).items():
+            setattr(twin, name, value)
+        return twin
 
     @classmethod
     def class_name(cls) -> str:
@@ -279,6 +304,9 @@ class SmyslEmbedding(_base.BaseEmbedding):  # type: ignore[name-defined]
         # and failed in torch)
         memo = {} if memo is None else memo
         memo[id(self._model)] = self._model
+        cache = self.embeddings_cache
+        if isinstance(cache, _ModelCache):  # shared too: a store is a connection of sorts
+            memo[id(cache.store)] = cache.store
         twin: SmyslEmbedding = super().__deepcopy__(memo)
         twin._owned = False
         return twin

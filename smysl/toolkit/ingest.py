@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import codecs
 import hashlib
+import json
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -341,9 +342,11 @@ def check_metadata(metadata: dict[str, Any], what: str) -> None:
     if clash:
         raise ValueError(f"{what}: metadata fields {clash} are reserved (smysl stores each "
                          "chunk's own there); rename them, or leave them out of --meta-fields")
-    for k, v in metadata.items():
-        if isinstance(v, str):
-            check_unicode(v, f"{what}: field {k!r}")
+    try:  # any depth, keys too: a surrogate in a list failed the store's write unnamed
+        json.dumps(metadata, ensure_ascii=False, default=str).encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError(f"{what}: the metadata is not valid Unicode (a lone surrogate in a "
+                         "field name or value); pass UTF-8 text") from None
 
 
 def iter_chunk_payloads(doc: Document, chunker: Chunker

@@ -190,6 +190,8 @@ class LanceStore(VectorStore):
         #: user part (its query kept: ``s3+ddb://bucket/kb?ddbTableName=...`` names the store).
         self.where = split_user(config.uri)[1]
         self._terms_ready = False  # the terms column and its index exist (checked on a write)
+        #: Filter columns (px_) known to hold every row's value (:meth:`_check_filled`).
+        self._filled: set[str] = set()
         path = local_path(config.uri)
         if path is None and not config.uri:
             raise ValueError("a LanceDB store needs a folder (uri)")
@@ -383,6 +385,7 @@ class LanceStore(VectorStore):
         for c in conditions:
             typ = cols.get(_column(c.key))
             col = f"`{_column(c.key)}`"
+            self._check_filled(c.key, typ)
             values = c.value if c.op == "in" else [c.value]
             # an int column meets a float value as a DOUBLE (LanceDB refuses to compare them:
             # "could not convert Float64 to Int64"); exact for ints below 2**53
@@ -407,6 +410,29 @@ class LanceStore(VectorStore):
                     col = col if floats else f"CAST({col} AS DOUBLE)"
                 parts.append(f"{col} {sym} {_sql_literal(limit)}")
         return " AND ".join(f"({p})" for p in parts)
+
+    def _check_filled(self, key: str, typ: Any) -> None:
+        """``ValueError`` when rows of an earlier smysl hold ``key`` without a filter column:
+        it made none for a name that is no SQL identifier, so a filter on it would find only
+        the rows written since (a partial "deleted 1" of 2). Checked once per field and store:
+        every write since fills the column."""
+        name = _column(key)
+        if not name.startswith(_HASHED) or name in self._filled:
+            return
+        # rows whose payload spells the field (json.dumps, ensure_ascii=False) and whose column
+        # is empty; of those, the ones whose value a column would hold (not null, not a list,
+        # not of another type than the column's: those stay unfilterable by design)
+        spelled = _sql_literal("%" + json.dumps(key, ensure_ascii=False) + ":%")
+        unfilled = f"payload LIKE {spelled}" + (f" AND `{name}` IS NULL" if typ else "")
+        stale = sum(1 for batch in self._records(unfilled, False, 2048) for r in batch
+                    if (self._fits(r.payload.get(key), typ) if typ is not None
+                        else self._arrow_type(r.payload.get(key))) is not None)
+        if stale:
+            raise ValueError(f"filter field {key!r}: {stale} record(s) of this index were "
+                             "written by a smysl that kept no filter column for a field of this "
+                             "name, so a filter would miss them; rebuild the index (smysl index "
+                             "add ... --rebuild) to filter on it")
+        self._filled.add(name)
 
     def _where(self, where: Where | None, ids: Sequence[str] | None = None) -> str | None:
         parts = []

@@ -352,3 +352,28 @@ def test_copies_share_the_model_and_pickling_a_local_one_says_why_not(
     with pytest.raises(TypeError, match=r"cannot be pickled.*share\(\)"):
         pickle.dumps(emb)
     emb.close()
+
+
+def test_llama_index_copies_and_refusals_keep_the_cache_right(tiny: BaseEmbedder,
+                                                              tmp_path: Path) -> None:
+    # a refused store stayed assigned; model_copy(update=...) kept the first size's cache
+    # (32-wide rows at 48) and skipped the checks; a deep copy split an in-memory store in two
+    import copy
+
+    from llama_index.core.storage.kvstore import SimpleKVStore
+
+    from smysl.integrations.llama_index import SmyslEmbedding
+
+    store = SimpleKVStore()
+    emb = SmyslEmbedding(tiny, task="", dimensions=32, embeddings_cache=store)
+    with pytest.raises(TypeError, match="BaseKVStore"):
+        emb.embeddings_cache = "x"
+    assert emb.embeddings_cache.store is store
+    emb.get_text_embedding(DOCS[0])
+    wider = emb.model_copy(update={"dimensions": 48})
+    assert len(wider.get_text_embedding(DOCS[0])) == 48
+    with pytest.raises(ValueError, match="embeddings_cache keys vectors by text alone"):
+        emb.model_copy(update={"task": "qa"})
+    assert copy.deepcopy(emb).embeddings_cache.store is store
+    emb.embeddings_cache.persist(str(tmp_path / "cache.json"))  # the store's own
+    assert (tmp_path / "cache.json").exists()

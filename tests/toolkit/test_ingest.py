@@ -326,3 +326,11 @@ def test_files_as_excel_and_editors_write_them(tmp_path) -> None:
     (tmp_path / "comma.csv").write_text("text,lang\nhello, world,en\n", encoding="utf-8")
     with pytest.raises(ValueError, match=r"comma\.csv, line 2: more fields than the header"):
         list(read_documents([tmp_path / "comma.csv"]))
+
+
+def test_a_lone_surrogate_at_any_depth_of_the_metadata_is_named(tmp_path) -> None:
+    # in a list it passed the check and failed the store's write, naming no file
+    (tmp_path / "t.jsonl").write_text('{"text": "fine", "tags": ["\\ud800"]}\n',
+                                      encoding="utf-8")
+    with pytest.raises(ValueError, match=r"t\.jsonl: row 1: the metadata is not valid Unicode"):
+        list(read_documents([tmp_path / "t.jsonl"]))

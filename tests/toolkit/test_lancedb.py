@@ -90,3 +90,27 @@ def test_one_store_serves_several_threads(tmp_path) -> None:
                  [{"text": t, "g": i % 4} for i, t in enumerate(texts)])
 
         check_reads_beside_a_writer(s, x, texts, reads=64)
+
+
+def test_a_field_an_earlier_smysl_kept_no_column_for_is_refused_not_half_found(tmp_path) -> None:
+    """An earlier smysl made no filter column for `язык`: after an upgrade, a row added made
+    one, and `язык=ru` found 1 of 2 (a delete by it would remove part of them)."""
+    from smysl.toolkit.lancedb import _column
+    from smysl.toolkit.store import StoreConfig
+    from smysl.toolkit.stores import open_store
+    from toolkit.helpers import unit_rows
+
+    x = unit_rows(3, 8, seed=2)
+    store = open_store(StoreConfig(uri=str(tmp_path / "kb")), 8)
+    store.upsert(["a", "b"], x[:2], [{"язык": "ru", "n": None}, {"язык": "en", "n": None}])
+    store._table.drop_columns([_column("язык")])  # as the earlier smysl wrote it
+    store.close()
+    store = open_store(StoreConfig(uri=str(tmp_path / "kb")))
+    store.upsert(["c"], x[2:], [{"язык": "ru"}])
+    with pytest.raises(ValueError, match=r"2 record.* kept no filter column .*--rebuild"):
+        store.count({"язык": "ru"})
+    store.close()
+    fresh = open_store(StoreConfig(uri=str(tmp_path / "new")), 8)  # this smysl's own rows
+    fresh.upsert(["a", "b", "c"], x, [{"язык": "ru"}, {"язык": None}, {"язык": ["ru"]}])
+    assert fresh.count({"язык": "ru"}) == 1
+    fresh.close()
