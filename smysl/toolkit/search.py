@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
+from smysl.base import positive_int
 from smysl.toolkit import lexical
 from smysl.toolkit.store import Hit, VectorStore, Where
 
@@ -89,7 +90,7 @@ class SearchConfig:
     rerank_truncate: bool = True
 
     def __post_init__(self) -> None:
-        if isinstance(self.k, bool) or not isinstance(self.k, int) or self.k < 1:
+        if positive_int(self.k) is None:  # numpy integers too, as everywhere in smysl
             raise ValueError(f"k must be an integer >= 1, got {self.k!r}")
         if self.mode not in MODES:
             raise ValueError(f"mode must be one of {', '.join(MODES)}, got {self.mode!r}")

@@ -266,3 +266,4 @@ def test_search_config_takes_whole_numbers_of_hits() -> None:
     for bad in (2.5, True, 0):
         with pytest.raises(ValueError, match="k must be an integer >= 1"):
             SearchConfig(k=bad)  # type: ignore[arg-type]
+    assert SearchConfig(k=np.int64(5)).k == 5  # type: ignore[arg-type]
