@@ -17,6 +17,7 @@ checksum check (:mod:`smysl.toolkit.index`).
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import logging
@@ -65,6 +66,7 @@ _PREFIX = "p_"
 _HASHED = "px_"
 
 
+@functools.lru_cache(maxsize=4096)  # called per field of every row written
 def _column(key: str) -> str:
     """The filter column of payload field ``key``."""
     if _FIELD.match(key):

@@ -9,8 +9,10 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import httpx
 import numpy as np
@@ -167,25 +169,33 @@ def long_request(url: str) -> int | str:
         return type(e).__name__
 
 
+def _stop_while_busy(server: Workers, pool: ThreadPoolExecutor, n: int) -> Iterator[Any]:
+    """Both workers up, ``n`` long requests in flight, a SIGTERM, and back once a worker
+    waits for its requests (or the server is gone): the requests' answers, to come."""
+    deadline = time.monotonic() + 120
+    server.wait_healthy(deadline)
+    server.started(2, deadline)
+    answers = pool.map(long_request, [server.url] * n)
+    time.sleep(1.0)
+    server.proc.send_signal(signal.SIGTERM)
+    while ("Waiting for connections to close" not in server.output()
+           and server.proc.poll() is None):
+        time.sleep(0.05)
+    return answers
+
+
 def test_a_second_stop_cuts_the_workers_requests_off(tiny_dir: Path) -> None:
     """The first SIGTERM waits for requests in flight; a second one forces the workers' stop
     and cuts them off. Before, the server waited them out (uvicorn forces only on a SIGINT
     after a first stop)."""
     # batches of 64 tokens: each request is a thousand passes, seconds of work
     server = Workers(tiny_dir, "--threads", "1", "--max-batch-tokens", "64", "--no-access-log")
-    proc, url, output = server.proc, server.url, server.output
+    proc, output = server.proc, server.output
     try:
-        deadline = time.monotonic() + 120
-        server.wait_healthy(deadline)
-        server.started(2, deadline)  # both workers up
         with ThreadPoolExecutor(4) as pool:
-            answers = pool.map(long_request, [url] * 4)
-            time.sleep(1.0)
-            proc.send_signal(signal.SIGTERM)
             # the second once a worker waits for its requests: two signals of one kind that
             # arrive before a process handles the first are one
-            while "Waiting for connections to close" not in output() and proc.poll() is None:
-                time.sleep(0.05)
+            answers = _stop_while_busy(server, pool, 4)
             t = time.monotonic()
             proc.send_signal(signal.SIGTERM)
             code = proc.wait(60)
@@ -208,15 +218,8 @@ def test_a_stopping_server_refuses_new_connections_at_once(tiny_dir: Path) -> No
     server = Workers(tiny_dir, "--threads", "1", "--max-batch-tokens", "64", "--no-access-log")
     proc, url, output = server.proc, server.url, server.output
     try:
-        deadline = time.monotonic() + 120
-        server.wait_healthy(deadline)
-        server.started(2, deadline)
         with ThreadPoolExecutor(2) as pool:
-            answers = pool.map(long_request, [url] * 2)
-            time.sleep(1.0)
-            proc.send_signal(signal.SIGTERM)
-            while "Waiting for connections to close" not in output() and proc.poll() is None:
-                time.sleep(0.05)
+            answers = _stop_while_busy(server, pool, 2)
             draining = proc.poll() is None
             t = time.monotonic()
             try:
