@@ -145,6 +145,72 @@ def test_run_matches_the_eager_pass(dt: torch.dtype) -> None:
     assert F.cosine_similarity(got, want).min() > 0.9999
 
 
+def _tiny(dt: torch.dtype, layers: int) -> tuple[Qwen3Encoder, tuple[torch.Tensor, ...]]:
+    """A random model in ``dt`` and one batch's (ids, positions, ends, plan)."""
+    cfg = config(4, 2, 16, layers=layers)
+    model = randomise(Qwen3Encoder(cfg), 0.2).to(DEV, dt)
+    assert isinstance(model, Qwen3Encoder)
+    model.dtype = dt
+    lengths = [7, 33, 1]
+    ids = torch.randint(0, cfg.vocab_size, (sum(lengths),),
+                        generator=torch.Generator().manual_seed(4)).to(DEV)
+    pos = torch.cat([torch.arange(n) for n in lengths]).to(DEV)
+    ends = (torch.tensor(lengths).cumsum(0) - 1).to(DEV)
+    if CUDA:
+        from smysl.qwen3.cuda import VarlenPlan
+
+        plan = VarlenPlan.for_lengths(lengths, DEV, dt)
+    else:
+        plan = AttentionPlan(lengths, DEV)  # type: ignore[assignment]
+    return model, (ids, pos, ends, plan)
+
+
+@pytest.mark.parametrize("dt", DTYPES)
+def test_agreement_of_correct_kernels_is_near_one(dt: torch.dtype) -> None:
+    """Each layer's update on the kernels is the eager one's to float tolerance, however
+    deep the model (the load-time check of smysl.qwen3.cuda.Runner)."""
+    model, batch = _tiny(dt, 4)
+    assert kernels.agreement(model, *batch, chunk=16) > 0.99999
+
+
+@pytest.mark.parametrize("part", ["swiglu", "qk_norm_rope", "last norm"])
+def test_agreement_finds_a_wrong_kernel(part: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A kernel wrong in a way a whole pass may hide (gate and up read the other way round;
+    RoPE turned the wrong way; the final norm's weight left out) fails the check."""
+    model, batch = _tiny(torch.float16, 3)
+    if part == "swiglu":
+        def swiglu(gate_up: torch.Tensor) -> torch.Tensor:
+            u, g = gate_up.float().chunk(2, dim=-1)
+            return (F.silu(g) * u).to(gate_up.dtype)
+
+        monkeypatch.setattr(kernels, "swiglu", swiglu)
+    elif part == "qk_norm_rope":
+        right = kernels.qk_norm_rope
+
+        def rope(qkv, qw, kw, eps, cos, sin, q, k, v):  # type: ignore[no-untyped-def]
+            right(qkv, qw, kw, eps, cos, -sin, q, k, v)
+
+        monkeypatch.setattr(kernels, "qk_norm_rope", rope)
+    else:
+        model.norm.weight.data.normal_(generator=torch.Generator().manual_seed(1))
+        right_norm = kernels.add_rms_norm
+
+        def norm(h, weight, eps, dtype, delta=None):  # type: ignore[no-untyped-def]
+            if weight is model.norm.weight:
+                weight = torch.ones_like(weight)
+            return right_norm(h, weight, eps, dtype, delta)
+
+        monkeypatch.setattr(kernels, "add_rms_norm", norm)
+    assert kernels.agreement(model, *batch, chunk=16) < 0.9999
+
+
+def test_agreement_fails_rows_that_are_not_finite(monkeypatch: pytest.MonkeyPatch) -> None:
+    model, batch = _tiny(torch.float16, 2)
+    monkeypatch.setattr(kernels, "swiglu", lambda gu: torch.full_like(gu[:, : gu.shape[1] // 2],
+                                                                      float("nan")))
+    assert kernels.agreement(model, *batch, chunk=16) == -1.0
+
+
 def test_run_refuses_what_it_does_not_compute() -> None:
     model = Qwen3Encoder(config(4, 2, 16))  # float32: the exact path stays eager
     ids = torch.zeros(3, dtype=torch.long)
