@@ -48,6 +48,7 @@ import base64
 import contextlib
 import functools
 import json
+import logging
 import os
 import queue
 import signal
@@ -558,6 +559,39 @@ def _clients(url: str, texts: list[str], clients: int, ref: np.ndarray
     return wall, [x for p in parts for x in p[2]], min(p[3] for p in parts)
 
 
+def scrape(url: str) -> dict[str, float]:
+    """The server's /metrics: each sample's value summed over its labels, by name."""
+    with urllib.request.urlopen(f"{url}/metrics", timeout=10) as r:
+        text = r.read().decode()
+    out: dict[str, float] = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            name, value = line.split("{")[0].split()[0], line.rsplit(" ", 1)[1]
+            with contextlib.suppress(ValueError):
+                out[name] = out.get(name, 0.0) + float(value)
+    return out
+
+
+def latency_parts(before: dict[str, float], after: dict[str, float], lat: list[float]
+                  ) -> dict[str, float]:
+    """Where a request's time went under load, from two scrapes around it (means, ms): the
+    client's whole wait, the server's time for it (edge middleware in to response out), its
+    wait for a batch, the backend's time per batch, and requests per batch. A client's wait
+    past the server's time was spent before the server read the request (a busy event loop)
+    or in the clients; empty when the server has no such metrics."""
+    def delta(name: str) -> float:
+        return after.get(name, 0.0) - before.get(name, 0.0)
+
+    counts = {k: delta(f"smysl_{k}_count") for k in ("request_seconds", "queue_seconds",
+                                                     "compute_seconds", "batch_requests")}
+    if not all(counts.values()):
+        return {}
+    mean = {k: delta(f"smysl_{k}_sum") / n for k, n in counts.items()}
+    return {"client_ms": float(np.mean(lat)) * 1e3, "server_ms": mean["request_seconds"] * 1e3,
+            "queue_ms": mean["queue_seconds"] * 1e3, "compute_ms": mean["compute_seconds"] * 1e3,
+            "requests_per_batch": mean["batch_requests"]}
+
+
 #: ``smysl serve`` placements measured: one process with the engine in a child, the same with
 #: the engine in the server process, and HTTP worker processes sharing one engine (4, and the
 #: default ``--workers auto``: half the CPUs, at most 8, on CUDA).
@@ -659,9 +693,11 @@ def serve_once(ck: Path, short: list[str], ref: np.ndarray, off: float, counts: 
         asyncio.run(asyncio.wait_for(bulk(), 120))  # warm
         bulk_s, bulk_cos = asyncio.run(asyncio.wait_for(bulk(), 120))
         _clients(srv.url, short[:256], 64, ref[:256])  # every worker up and warm
+        m0 = scrape(srv.url)
         cpu0 = tree_cpu(srv.proc.pid)
         wall, lat, min_cos = _clients(srv.url, short, 64, ref)
         cpu1 = tree_cpu(srv.proc.pid)
+        parts = latency_parts(m0, scrape(srv.url), lat)
         shares = busiest(cpu0, cpu1, wall, srv.proc.pid)
         row = {"offline_tok_s": n_tok / off, "offline_texts_s": len(short) / off,
                "http_tok_s": n_tok / wall, "http_texts_s": len(short) / wall,
@@ -673,7 +709,7 @@ def serve_once(ck: Path, short: list[str], ref: np.ndarray, off: float, counts: 
                "bulk_min_cos": bulk_cos,
                "cuda_graphs": info.get("cuda_graphs"), "client_procs": CLIENT_PROCS,
                "cpu_us_per_request": (sum(cpu1.values()) - sum(cpu0.values())) / len(short) * 1e6,
-               "busiest": shares[:10]}
+               "busiest": shares[:10], "latency_parts_ms": parts}
         RES[f"server_0.6b {variant}"] = row
         log(f"\n## smysl serve on loopback, 0.6B bf16, {variant} ({len(short)} short texts, "
             f"{n_tok} tokens; graphs {row['cuda_graphs']})\n")
@@ -689,6 +725,12 @@ def serve_once(ck: Path, short: list[str], ref: np.ndarray, off: float, counts: 
             f"batch: its default with fewer CUDA contexts than CPUs) | "
             f"{row['cpu_us_per_request']:,.0f} us; "
             + ", ".join(f"{name} {share:.2f}" for name, share in shares[:10]) + " |")
+        log("| during the 64 clients, means (the server's /metrics): a client's wait; the "
+            "server's time per request; a request's wait for a batch; the backend's time per "
+            "batch (engine round trip); requests per batch | " + (
+                f"{parts['client_ms']:.2f} ms; {parts['server_ms']:.2f} ms; "
+                f"{parts['queue_ms']:.2f} ms; {parts['compute_ms']:.2f} ms; "
+                f"{parts['requests_per_batch']:.1f} |" if parts else "(no metrics) |"))
         log(f"| all {len(short)} texts in {len(bulk_requests(counts, BULK_TOKENS))} requests of <= "
             f"{BULK_TOKENS:,} tokens, sent at once (base64) | "
             f"{row['bulk_texts_s']:,.0f} texts/s, {row['bulk_ratio']:.2f} of offline, min "
@@ -784,6 +826,10 @@ def main() -> None:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     out.mkdir(parents=True, exist_ok=True)
     work.mkdir(parents=True, exist_ok=True)
+    # each load's CUDA choices in the log: graphs captured, the fused kernels' agreement
+    cuda_log = logging.getLogger("smysl.qwen3.cuda")
+    cuda_log.setLevel(logging.INFO)
+    cuda_log.addHandler(logging.StreamHandler(sys.stdout))
     import transformers
 
     RES.update(gpu=torch.cuda.get_device_name() if DEV == "cuda" else "dry run on the CPU",

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from smysl.qwen3 import tuning
-from smysl.qwen3.contract import EngineConfig, EngineLike, run_ahead
+from smysl.qwen3.contract import EngineConfig, EngineLike, batch_tokens, run_ahead
 from smysl.qwen3.cpu import (
     CpuFeatures,
     auto_dtype,
@@ -241,7 +241,8 @@ class Engine:
         if device.type == "cuda":
             from smysl.qwen3.cuda import Runner
 
-            self._cuda = Runner(model, device, dtype, self.chunk, cuda_graphs, cuda_kernels)
+            self._cuda = Runner(model, device, dtype, self.chunk, cuda_graphs, cuda_kernels,
+                                warm_tokens=batch_tokens(self.device))
             if self._cuda.fused:
                 self.kernel += "+triton"
         self.cuda_graphs = self._cuda.graph_sizes if self._cuda else []

@@ -87,6 +87,23 @@ def test_varlen_kernels_match_per_sequence_attention(dtype: torch.dtype) -> None
     assert torch.allclose(attn(q, k, v, cu, cu, 512, 512, True).float(), got.float(), atol=1e-6)
 
 
+def test_eager_sizes_past_the_graphs_run_at_load(tiny_dir: Path,
+                                                 caplog: pytest.LogCaptureFixture) -> None:
+    """A load runs one eager pass of each doubling past the largest graph, up to the batch
+    budget (a process's first pass of a size ran 1.2x slower than the next)."""
+    from smysl.qwen3.contract import BATCH_TOKENS
+
+    with caplog.at_level("INFO", logger="smysl.qwen3.cuda"):
+        m = Embedder.load(str(tiny_dir), device="cuda", dtype="bfloat16")
+    assert m.engine._cuda is not None
+    sizes = m.engine._cuda.warmed
+    assert sizes[0] == 4096 and sizes[-1] == BATCH_TOKENS["cuda"]
+    assert sizes == [4096 * 2**i for i in range(len(sizes))]
+    assert "eager passes of" in caplog.text
+    eager = Embedder.load(str(tiny_dir), device="cuda", dtype="bfloat16", cuda_graphs=0)
+    assert eager.engine._cuda is not None and eager.engine._cuda.warmed == sizes
+
+
 @pytest.mark.parametrize("dtype", ["bfloat16", "float32"])
 def test_cuda_graphs_match_eager(tiny_dir: Path, dtype: str) -> None:
     graphs = Embedder.load(str(tiny_dir), device="cuda", dtype=dtype)
