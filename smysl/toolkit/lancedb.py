@@ -51,6 +51,7 @@ from smysl.toolkit.store import (
     local_path,
     merged_meta,
     parse_where,
+    text_queries,
 )
 
 log = logging.getLogger(__name__)
@@ -549,8 +550,7 @@ class LanceStore(VectorStore):
     def search_text(self, queries: Sequence[Sequence[str]], k: int = 10, *,
                     where: Where | None = None, with_vectors: bool = False
                     ) -> list[list[Hit]]:
-        if k < 1:
-            raise ValueError(f"k must be >= 1, got {k}")
+        queries = text_queries(queries, k)
         sql = self._where(where)
         with self._guard():
             has_terms = _TERMS in self._table.schema.names

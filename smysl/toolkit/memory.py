@@ -19,6 +19,7 @@ from smysl.toolkit.store import (
     matches,
     merged_meta,
     parse_where,
+    text_queries,
 )
 
 
@@ -106,8 +107,7 @@ class MemoryStore(VectorStore):
     def search_text(self, queries: Sequence[Sequence[str]], k: int = 10, *,
                     where: Where | None = None, with_vectors: bool = False
                     ) -> list[list[Hit]]:
-        if k < 1:
-            raise ValueError(f"k must be >= 1, got {k}")
+        queries = text_queries(queries, k)
         # BM25 with the statistics of every record with terms, whatever the filter (as
         # LanceDB, PostgreSQL and Qdrant count them: a hit's score does not depend on what
         # else the filter leaves); only the rows holding a query term are scored (the

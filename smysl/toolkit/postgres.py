@@ -59,6 +59,7 @@ from smysl.toolkit.store import (
     VectorStore,
     Where,
     parse_where,
+    text_queries,
 )
 
 INSTALL_HINT = "pip install 'smysl[postgres]'"
@@ -844,8 +845,7 @@ class PostgresStore(VectorStore):
         hold enough of the other words to enter the top ``k``. Every question of one call
         reads one snapshot of the table (:meth:`_one_snapshot`). A table that could not get
         the terms column (see :meth:`_ensure_terms`) has no hits."""
-        if k < 1:
-            raise ValueError(f"k must be >= 1, got {k}")
+        queries = text_queries(queries, k)
         clause, params = self._where(where)
         out: list[list[Hit]] = []
         stats: _TextStats | None = None

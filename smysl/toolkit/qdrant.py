@@ -37,6 +37,7 @@ from smysl.toolkit.store import (
     Where,
     bound,
     parse_where,
+    text_queries,
 )
 
 _P = ParamSpec("_P")
@@ -366,8 +367,7 @@ class QdrantStore(VectorStore):
                     ) -> list[list[Hit]]:
         """BM25 with Qdrant's IDF over the whole collection (not only the records ``where``
         leaves) and a fixed mean length (:data:`AVG_TERMS`)."""
-        if k < 1:
-            raise ValueError(f"k must be >= 1, got {k}")
+        queries = text_queries(queries, k)
         if not self._lexical:  # another process may have added it since this one looked
             self._lexical = self._has_text_vector()
             if not self._lexical:

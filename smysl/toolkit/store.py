@@ -128,6 +128,25 @@ def parse_where(where: Where | None) -> list[Condition]:
     return out
 
 
+def text_queries(queries: Sequence[Sequence[str]], k: int) -> list[list[str]]:
+    """The arguments of :meth:`VectorStore.search_text`, checked (every store's): ``k`` >= 1
+    and each query a list of terms. A string in place of the list, or of one query, would
+    be read letter by letter (a query of one-letter terms, each found nowhere)."""
+    if k < 1:
+        raise ValueError(f"k must be >= 1, got {k}")
+    if isinstance(queries, (str, bytes)):
+        raise TypeError("search_text takes a list of queries, each a list of terms "
+                        "(smysl.toolkit.lexical.analyze of its text), not a string")
+    out = []
+    for i, terms in enumerate(queries):
+        if isinstance(terms, (str, bytes)) or not all(isinstance(t, str) for t in terms):
+            raise TypeError(f"query {i} of search_text is not a list of terms (strings): "
+                            f"{terms!r:.80}; analyse its text with "
+                            "smysl.toolkit.lexical.analyze")
+        out.append(list(terms))
+    return out
+
+
 def _same(a: Any, b: Any) -> bool:
     # bool is an int in Python; a filter for True must not match 1 (and backends agree).
     return isinstance(a, bool) == isinstance(b, bool) and a == b

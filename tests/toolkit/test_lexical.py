@@ -178,6 +178,23 @@ QUERIES = ["кошка", "собаки и кошки", "cat", "налоговы�
 
 
 @pytest.mark.parametrize("kind", STORES)
+def test_search_text_refuses_a_string_for_terms(kind, tmp_path, request) -> None:
+    """A string where a list of queries or a query's terms go was read letter by letter:
+    one-letter terms, found nowhere, and no word of why."""
+    store = _store(kind, tmp_path, request)
+    _fill(store)
+    with pytest.raises(TypeError, match="not a string"):
+        store.search_text("кошка", 5)
+    with pytest.raises(TypeError, match=r"query 1 .*lexical\.analyze"):
+        store.search_text([["кошк"], "кошка"], 5)
+    with pytest.raises(TypeError, match="query 0"):
+        store.search_text([[1, 2]], 5)
+    with pytest.raises(ValueError, match="k must be"):
+        store.search_text([["кошк"]], 0)
+    assert [h.id for h in store.search_text(iter([lexical.analyze("кошка")]), 5)[0]]
+
+
+@pytest.mark.parametrize("kind", STORES)
 def test_search_text_finds_what_the_reference_finds(kind, tmp_path, request) -> None:
     ref = MemoryStore(4)
     _fill(ref)
