@@ -20,8 +20,8 @@ what it measured):
    p50/p95 in-process (graphs replayed), the same with the fused Triton kernels off
    (``cuda_kernels=False``), and for 8B one 32,768-token input in bf16 and fp16.
 4. ``smysl serve`` on loopback (0.6B; the default ``--workers auto``, 8 on a 16-CPU host,
-   before the 8B; after it, 4 HTTP workers, one process, engine in or out of it, and then the
-   4B): single-query latency, 64
+   before the 8B; after it, 12 and 4 HTTP workers and one process, and then the 4B):
+   single-query latency, 64
    concurrent single-text clients (in 4 processes) against the offline throughput of the same
    texts, and the same texts in a few large requests sent at once (each several server
    batches, queued back to back).
@@ -592,12 +592,14 @@ def latency_parts(before: dict[str, float], after: dict[str, float], lat: list[f
             "requests_per_batch": mean["batch_requests"]}
 
 
-#: ``smysl serve`` placements measured: one process with the engine in a child, the same with
-#: the engine in the server process, and HTTP worker processes sharing one engine (4, and the
-#: default ``--workers auto``: half the CPUs, at most 8, on CUDA).
-SERVER_VARIANTS = (("--workers auto (the default)", ()), ("--workers 4", ("--workers", "4")),
-                   ("one process, engine in a child process", ("--workers", "1")),
-                   ("engine in process", ("--in-process",)))
+#: ``smysl serve`` placements measured: HTTP worker processes sharing one engine (the default
+#: ``--workers auto``: half the CPUs, at most 8, on CUDA; then 12, whether more workers, each
+#: with fewer clients, help where the load's 4 processes and the engine share 16 CPUs; 4),
+#: and one process with the engine in a child (the engine in the server process measured
+#: 0.13 of offline on an H200, below one process's 0.15: not repeated).
+SERVER_VARIANTS = (("--workers auto (the default)", ()), ("--workers 12", ("--workers", "12")),
+                   ("--workers 4", ("--workers", "4")),
+                   ("one process, engine in a child process", ("--workers", "1")))
 
 
 @functools.cache

@@ -4,6 +4,7 @@ pass through :class:`VarlenPlan` with a per-sequence stand-in for the FlashAtten
 
 from __future__ import annotations
 
+import itertools
 import random
 
 import numpy as np
@@ -26,7 +27,12 @@ def test_pack_lays_out_ids_positions_and_offsets() -> None:
 
 def test_buckets_and_slot_lengths() -> None:
     bs = buckets(2048)
-    assert [b.tokens for b in bs] == [16, 32, 64, 128, 256, 512, 1024, 2048]
+    assert [b.tokens for b in bs] == [16, 32, 64, 128, 256, 320, 384, 448, 512, 640, 768, 896,
+                                      1024, 1280, 1536, 1792, 2048]
+    for small, large in itertools.pairwise(bs):  # past 256 tokens, less than a quarter padded
+        assert large.tokens - small.tokens <= max(small.tokens // 4, small.tokens if
+                                                  small.tokens < 256 else 0)
+    assert [b.tokens for b in buckets(3000)][-2:] == [2048, 2560]
     assert bs[0] == Bucket(16, 4) and bs[-1] == Bucket(2048, 128)
     assert buckets(0) == []
     b = Bucket(16, 4)
