@@ -171,8 +171,10 @@ def layer(lay: DecoderLayer, h: torch.Tensor, pending: list[torch.Tensor], cos: 
 
     h: [T, H] float32, updated in place; cos/sin: [T, D] in ``dt``. The MLP's output is not
     added to h here but by the next norm's kernel, in the same pass over h: ``pending`` is
-    the previous layer's, one [chunk, H] tensor in ``dt`` per chunk of h (empty for the first
-    layer); returns (h, this layer's pending).
+    the previous layer's, one [chunk, H] tensor per chunk of h, in ``dt`` (float32 for
+    float16; empty for the first layer); returns (h, this layer's pending). In float16 the
+    MLP is :meth:`smysl.qwen3.model.MLP.fp16` (rows scaled where float16 would overflow),
+    not the SwiGLU kernel.
     """
     a, t = lay.self_attn, h.shape[0]
     eps = lay.input_layernorm.eps
@@ -195,7 +197,11 @@ def layer(lay: DecoderLayer, h: torch.Tensor, pending: list[torch.Tensor], cos: 
     for s in range(0, h.shape[0], chunk):
         x = add_rms_norm(h[s : s + chunk], lay.post_attention_layernorm.weight, eps, dt,
                          delta=a.o_proj(out[s : s + chunk].flatten(1)))
-        mlp_out.append(mlp.down_proj(swiglu(mlp.gate_up_proj(x))))
+        if dt == torch.float16:  # rows scaled where float16 would overflow (MLP.fp16)
+            gate, up = mlp.gate_up_proj(x).split(mlp.inter, dim=-1)
+            mlp_out.append(mlp.fp16(gate, up))
+        else:
+            mlp_out.append(mlp.down_proj(swiglu(mlp.gate_up_proj(x))))
     return h, mlp_out
 
 

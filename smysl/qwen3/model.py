@@ -210,6 +210,13 @@ class Attention(nn.Module):
         v.copy_(qkv[:, n:].view(t, self.hkv, self.d))
 
 
+#: float16 only: a row of the SwiGLU output whose largest magnitude passes this is scaled
+#: down by a power of two before the down projection, and its output scaled back up in
+#: float32 (:meth:`MLP.fp16`). 64x below float16's largest value, so the projection's own
+#: output has room too; ordinary rows stay far below it and are computed as the reference's.
+FP16_ROW_LIMIT = 1024.0
+
+
 class MLP(nn.Module):
     def __init__(self, cfg: Qwen3Config) -> None:
         super().__init__()
@@ -218,8 +225,28 @@ class MLP(nn.Module):
         self.down_proj = Linear(cfg.intermediate_size, cfg.hidden_size)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x: [t, H] -> [t, H] in x's dtype, float32 for float16 (:meth:`fp16`)."""
         gate, up = self.gate_up_proj(x).split(self.inter, dim=-1)
+        if gate.dtype == torch.float16:
+            return self.fp16(gate, up)
         return self.down_proj(F.silu(gate) * up)
+
+    def fp16(self, gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
+        """``down_proj(silu(gate) * up)`` for float16 ``gate``/``up`` [t, I] -> [t, H] float32,
+        without the overflow of the reference's float16 chain. float16 ends at 65,504, and a
+        Qwen model's massive-activation tokens pass it in the SwiGLU output (the first
+        non-finite value of a float16 pass is there: llama.cpp #26044; ~50K out of a Qwen2
+        down projection, auto-round #218), which the reference rounds to float16 as inf: NaN
+        downstream. Each row over :data:`FP16_ROW_LIMIT` is scaled by a power of two, so its
+        values round as the reference's would, save those that fall below float16's normal
+        range (6.1e-5 times the scale); rows within it are the reference's to the bit."""
+        # float32 and exact: a product of two float16 values fits float32's mantissa
+        prod = F.silu(gate).float().mul_(up)
+        amax = prod.abs().amax(dim=1, keepdim=True)  # [t, 1]
+        # 0 for rows within the limit (log2(0) = -inf too); an inf row stays non-finite
+        k = torch.log2(amax / FP16_ROW_LIMIT).ceil_().clamp_(min=0)
+        y = self.down_proj(prod.mul_(torch.exp2(-k)).half())
+        return y.float().mul_(torch.exp2(k))
 
 
 class DecoderLayer(nn.Module):

@@ -10,8 +10,10 @@ import torch.nn.functional as F
 
 from smysl.qwen3.cpu import onednn_bf16
 from smysl.qwen3.model import (
+    MLP,
     AttentionPlan,
     Qwen3Config,
+    Qwen3Encoder,
     RMSNorm,
     apply_rope,
     causal_attention,
@@ -257,3 +259,68 @@ def test_norm_rope_takes_a_weight_row_per_group_of_heads() -> None:
         for gi, n in enumerate((norms[0], norms[0], norms[1])):
             ref = apply_rope(n(x[:, gi]), cos, sin)
             assert torch.allclose(out[:, gi], ref, atol=1e-5), gi
+
+
+def _massive_mlp(hidden: int = 64, inter: int = 128) -> tuple[MLP, torch.Tensor]:
+    """A float16 MLP whose neuron 3 makes a SwiGLU value of ~9e4 for an input row of ones
+    (float16 ends at 65,504: a Qwen model's massive-activation tokens reach such values),
+    and a batch: that row between two ordinary ones."""
+    cfg = Qwen3Config(vocab_size=100, hidden_size=hidden, intermediate_size=inter,
+                      num_hidden_layers=1, num_attention_heads=4, num_key_value_heads=2,
+                      head_dim=16)
+    gen = torch.Generator().manual_seed(0)
+    mlp = MLP(cfg)
+    for p in mlp.parameters():
+        p.data = torch.randn(p.shape, generator=gen) * 0.05
+    mlp.gate_up_proj.weight.data[3] = 300 / hidden  # gate
+    mlp.gate_up_proj.weight.data[inter + 3] = 300 / hidden  # up
+    mlp.half()
+    x = torch.randn(3, hidden, generator=gen).half()
+    x[1] = 1.0
+    return mlp, x
+
+
+def test_fp16_mlp_keeps_a_massive_activation_finite() -> None:
+    mlp, x = _massive_mlp()
+    gate, up = mlp.gate_up_proj(x).split(mlp.inter, dim=-1)
+    assert torch.isinf(F.silu(gate) * up).any()  # the reference's float16 chain: inf
+    want = F.linear(F.silu(gate.float()) * up.float(), mlp.down_proj.weight.float())
+    got = mlp(x)
+    assert got.dtype == torch.float32 and torch.isfinite(got).all()
+    torch.testing.assert_close(got[1], want[1], rtol=2e-3, atol=2e-2)
+    # the ordinary rows are the reference's chain, to the bit
+    ref = mlp.down_proj(F.silu(gate) * up).float()
+    assert torch.equal(got[[0, 2]], ref[[0, 2]])
+    # and a row does not depend on the batch's others
+    assert torch.equal(mlp(x[1:2]), got[1:2]) and torch.equal(mlp(x[:1]), got[:1])
+
+
+def test_fp16_encoder_stays_finite_where_the_reference_chain_overflows() -> None:
+    """A whole float16 pass over a token whose first-layer MLP makes ~9e4: finite, and the
+    float32 pass's rows within float16's tolerance (the pass used to give NaN)."""
+    cfg = Qwen3Config(vocab_size=100, hidden_size=64, intermediate_size=128,
+                      num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                      head_dim=16)
+    gen = torch.Generator().manual_seed(1)
+    model = Qwen3Encoder(cfg)
+    for p in model.parameters():
+        p.data = torch.randn(p.shape, generator=gen) * 0.05
+    for norm in (model.layers[0].input_layernorm, model.layers[0].post_attention_layernorm,
+                 model.layers[1].input_layernorm, model.layers[1].post_attention_layernorm,
+                 model.norm):
+        norm.weight.data.fill_(1.0)
+    model.layers[0].self_attn.o_proj.weight.data.zero_()  # the MLP sees token 5's embedding
+    model.embed_tokens.weight.data[5] = 1.0
+    mlp = model.layers[0].mlp
+    mlp.gate_up_proj.weight.data[3] = 300 / 64
+    mlp.gate_up_proj.weight.data[128 + 3] = 300 / 64
+    ids = torch.tensor([7, 5, 9, 2, 5, 4, 11])
+    want = model(ids, [3, 4])
+    half = Qwen3Encoder(cfg)
+    half.load_state_dict(model.state_dict())
+    for p in half.parameters():  # as the loader: parameters in the dtype, RoPE's stay
+        p.data = p.data.half()
+    half.dtype = torch.float16
+    got = half(ids, [3, 4])
+    assert torch.isfinite(want).all() and torch.isfinite(got).all()
+    assert F.cosine_similarity(got, want).min() > 0.999
