@@ -23,8 +23,9 @@ what it measured):
    before the 8B; after it, 12 and 4 HTTP workers and one process, and then the 4B):
    single-query latency, 64
    concurrent single-text clients (in 4 processes) against the offline throughput of the same
-   texts, and the same texts in a few large requests sent at once (each several server
-   batches, queued back to back).
+   texts, where their time went (the server's /metrics: its own time, the wait for a batch,
+   the engine round trip, requests per batch), and the same texts in a few large requests
+   sent at once (each several server batches, queued back to back).
 
 Setup on the device machine (no internet): ``benchmarks/device_wheels.sh`` here fills
 ``.whl/`` with the server extra's wheels for its Python 3.12 (uvloop and httptools included);
