@@ -561,9 +561,14 @@ def _clients(url: str, texts: list[str], clients: int, ref: np.ndarray
 
 
 def scrape(url: str) -> dict[str, float]:
-    """The server's /metrics: each sample's value summed over its labels, by name."""
-    with urllib.request.urlopen(f"{url}/metrics", timeout=10) as r:
-        text = r.read().decode()
+    """The server's /metrics: each sample's value summed over its labels, by name (empty when
+    it cannot be read: the measure around it must not be lost)."""
+    try:
+        with urllib.request.urlopen(f"{url}/metrics", timeout=10) as r:
+            text = r.read().decode()
+    except (OSError, ValueError) as e:
+        log(f"!! /metrics not read: {type(e).__name__}: {e}")
+        return {}
     out: dict[str, float] = {}
     for line in text.splitlines():
         if line and not line.startswith("#"):
@@ -580,6 +585,9 @@ def latency_parts(before: dict[str, float], after: dict[str, float], lat: list[f
     wait for a batch, the backend's time per batch, and requests per batch. A client's wait
     past the server's time was spent before the server read the request (a busy event loop)
     or in the clients; empty when the server has no such metrics."""
+    if not before or not after:  # a scrape failed: totals since start would mislead
+        return {}
+
     def delta(name: str) -> float:
         return after.get(name, 0.0) - before.get(name, 0.0)
 
@@ -829,7 +837,7 @@ def main() -> None:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     out.mkdir(parents=True, exist_ok=True)
     work.mkdir(parents=True, exist_ok=True)
-    # each load's CUDA choices in the log: graphs captured, the fused kernels' agreement
+    # each load's CUDA choices in the log: graphs captured, the fused kernels' check
     cuda_log = logging.getLogger("smysl.qwen3.cuda")
     cuda_log.setLevel(logging.INFO)
     cuda_log.addHandler(logging.StreamHandler(sys.stdout))

@@ -238,14 +238,16 @@ class Graphs:
 
 
 # ---------------------------------------------------------------------------- the runner
-#: The least per-row cosine between what a layer adds on the fused kernels and on the eager
-#: ops, from the same input (:func:`smysl.qwen3.kernels.agreement`), that :class:`Runner`
-#: accepts at load: they differ only in float32 summation order and in ``exp``'s last bits.
-FUSED_MIN_COSINE = 0.9999
+#: The largest per-row relative difference between what a layer adds on the fused kernels
+#: and on the eager ops, from the same input (:func:`smysl.qwen3.kernels.layer_error`), that
+#: :class:`Runner` accepts at load: they differ only in float32 summation order and in
+#: ``exp``'s last bits, a rare one-unit flip of a rounding (a tiny float16 model in Triton's
+#: interpreter: 8e-5; bfloat16's units are 8x coarser). RoPE turned the wrong way there: 0.04.
+FUSED_MAX_ERROR = 0.02
 #: The least per-row cosine between a whole fused pass and a whole eager one: a looser bound,
 #: since two bfloat16 passes drift apart with depth (0.99979 over the 8B's 36 layers of random
-#: weights on an H200, where each layer agreed); it catches what the layers' check cannot, a
-#: layer's output handed on wrongly.
+#: weights on an H200 refused kernels under a bound of 0.9999); it catches what the layers'
+#: check cannot, a layer's output handed on wrongly.
 WHOLE_MIN_COSINE = 0.999
 
 
@@ -275,19 +277,25 @@ class Runner:
             if warm_tokens:
                 self._warm(warm_tokens)
 
-    def _warm(self, largest: int) -> None:
-        """Eager passes of 4,096, 8,192, ... tokens up to ``largest`` (the batch budget),
-        once at load. A process's first pass of a new size ran 1.2x slower than the next one
-        on an H200 (0.6B, 77K tokens: 210 against 169 ms of forward passes; a second model in
-        the same process was as fast as a warm pass, so not the allocator): likely kernels
-        first used then (cuBLAS picks others for larger matrices, and CUDA loads each on its
-        first launch). A size that runs out of memory ends the warm-up (a real batch of it is
-        split then, :meth:`Engine.submit`)."""
+    def _warm(self, budget: int) -> None:
+        """Eager passes of 4,096, 8,192, ... tokens up to the batch ``budget`` or the slice of
+        the per-token work (:attr:`chunk`: 32,768 on the 0.6B, 8,192 on the 4B/8B, whose
+        larger batches run the same matrix shapes), once at load. A process's first pass of a
+        new size ran 1.2x slower than the next one on an H200 (0.6B, 77K tokens: 210 against
+        169 ms of forward passes), and a second model in the same process was as fast as a
+        warm pass after the first's memory had been handed back: kernels first used then,
+        likely (cuBLAS picks others for larger matrices, and CUDA loads each on its first
+        launch), not the allocator. So the memory these passes took is handed back after
+        them (the caching allocator would keep their peak for the life of the process). A
+        size that runs out of memory ends the warm-up (a real batch of it is split then,
+        :meth:`Engine.submit`)."""
+        largest = min(budget, self.chunk)
         sizes, t = [], max(4096, 2 * max(self.graph_sizes, default=0))  # past the graphs
         while t < largest:
             sizes.append(t)
             t *= 2
         start = time.perf_counter()
+        short = False
         for t in [*sizes, largest]:
             lengths: list[int] = []  # sequences of 1, 2, 4 ... 2,048 tokens, and again
             left = t
@@ -297,12 +305,12 @@ class Runner:
             try:
                 self._launch([[0] * n for n in lengths])()
             except torch.cuda.OutOfMemoryError:
-                torch.cuda.empty_cache()
-                log.info("eager warm-up stopped at %d tokens: out of memory", t)
+                short = True  # freed below: here the traceback still holds the pass's tensors
                 break
             self.warmed.append(t)
-        log.info("eager passes of %s tokens run at load in %.2f s", self.warmed,
-                 time.perf_counter() - start)
+        torch.cuda.empty_cache()
+        log.info("eager passes of %s tokens run at load in %.2f s%s", self.warmed,
+                 time.perf_counter() - start, " (stopped: out of memory)" if short else "")
 
     def _capture_graphs(self, dtype: torch.dtype, largest: int) -> None:
         g = Graphs(self.forward, self.device, dtype, largest, self.chunk)
@@ -326,7 +334,7 @@ class Runner:
     def _fused(self) -> Forward | None:
         """The fused forward pass, if Triton runs it here and it agrees with the eager pass on
         a small batch (3 sequences, 41 tokens): each layer's update within
-        :data:`FUSED_MIN_COSINE`, the whole pass within :data:`WHOLE_MIN_COSINE`, all finite;
+        :data:`FUSED_MAX_ERROR`, the whole pass within :data:`WHOLE_MIN_COSINE`, all finite;
         else None, with a warning that says why."""
         try:
             from smysl.qwen3 import kernels
@@ -345,7 +353,7 @@ class Runner:
             want = self.model.run(ids, pos, ends, plan, 16)
             got = fused(ids, pos, ends, plan, 16)
             cos = float(torch.nn.functional.cosine_similarity(want, got).min())
-            layers = kernels.agreement(self.model, ids, pos, ends, plan, 16)
+            layers = kernels.layer_error(self.model, ids, pos, ends, plan, 16)
         except Exception as e:  # a Triton that cannot compile here, say: eager still works
             log.warning("fused CUDA kernels off (eager pass): %s: %s", type(e).__name__, e)
             with contextlib.suppress(Exception):  # a sticky CUDA error raises here again
@@ -356,13 +364,13 @@ class Runner:
                         "is not finite, nothing to compare with")
             return None
         if not (torch.isfinite(got).all() and cos >= WHOLE_MIN_COSINE
-                and layers >= FUSED_MIN_COSINE):
+                and layers <= FUSED_MAX_ERROR):
             log.warning("fused CUDA kernels off (eager pass): they disagree with it at load "
-                        "(min cosine %.6f per layer, %.6f over the whole pass; bounds %g, %g)",
-                        layers, cos, FUSED_MIN_COSINE, WHOLE_MIN_COSINE)
+                        "(a layer's update off by %.2e, bound %g; whole pass min cosine %.6f, "
+                        "bound %g)", layers, FUSED_MAX_ERROR, cos, WHOLE_MIN_COSINE)
             return None
-        log.info("fused CUDA kernels on (min cosine against the eager pass %.7f per layer, "
-                 "%.7f over the whole pass)", layers, cos)
+        log.info("fused CUDA kernels on (against the eager pass: a layer's update off by at "
+                 "most %.2e; whole pass min cosine %.7f)", layers, cos)
         return fused
 
     @property

@@ -138,12 +138,13 @@ def text_queries(queries: Sequence[Sequence[str]], k: int) -> list[list[str]]:
         raise TypeError("search_text takes a list of queries, each a list of terms "
                         "(smysl.toolkit.lexical.analyze of its text), not a string")
     out = []
-    for i, terms in enumerate(queries):
-        if isinstance(terms, (str, bytes)) or not all(isinstance(t, str) for t in terms):
+    for i, query in enumerate(queries):
+        terms = None if isinstance(query, (str, bytes)) else list(query)  # an iterator once
+        if terms is None or not all(isinstance(t, str) for t in terms):
             raise TypeError(f"query {i} of search_text is not a list of terms (strings): "
-                            f"{terms!r:.80}; analyse its text with "
+                            f"{query!r:.80}; analyse its text with "
                             "smysl.toolkit.lexical.analyze")
-        out.append(list(terms))
+        out.append(terms)
     return out
 
 

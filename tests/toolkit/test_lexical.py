@@ -192,6 +192,8 @@ def test_search_text_refuses_a_string_for_terms(kind, tmp_path, request) -> None
     with pytest.raises(ValueError, match="k must be"):
         store.search_text([["кошк"]], 0)
     assert [h.id for h in store.search_text(iter([lexical.analyze("кошка")]), 5)[0]]
+    # a query given as an iterator is read once, not emptied by the check
+    assert [h.id for h in store.search_text([iter(lexical.analyze("кошка"))], 5)[0]]
 
 
 @pytest.mark.parametrize("kind", STORES)
