@@ -572,8 +572,8 @@ def scrape(url: str) -> dict[str, float]:
     out: dict[str, float] = {}
     for line in text.splitlines():
         if line and not line.startswith("#"):
-            name, value = line.split("{")[0].split()[0], line.rsplit(" ", 1)[1]
-            with contextlib.suppress(ValueError):
+            with contextlib.suppress(ValueError, IndexError):  # not a sample line
+                name, value = line.split("{")[0].split()[0], line.rsplit(" ", 1)[1]
                 out[name] = out.get(name, 0.0) + float(value)
     return out
 
