@@ -6,7 +6,7 @@ import argparse
 import dataclasses
 import os
 import sys
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 from smysl.commands import given
 from smysl.commands._model import add_model_arguments, model_options
@@ -57,9 +57,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--unhealthy-exit-s", type=float, default=None,
                    help="exit with status 3 once a model backend (the model's or the "
                         "reranker's) has been down this long, so a supervisor restarts the "
-                        "server (0 = never; default 60 for local models, never when the "
-                        "model or the reranker is a remote API, whose outage a restart "
-                        "cannot fix)")
+                        "server (0 = never; default 60 for a local model, never for a "
+                        "remote API, whose outage a restart cannot fix)")
     p.add_argument("--allow-empty-input", action="store_true",
                    help="embed empty strings (EOS alone) instead of answering 400")
     p.add_argument("--token-ids", action="store_true",
@@ -115,17 +114,12 @@ def workers_arg(value: str) -> int | str:
     return n
 
 
-def unhealthy_exit_s(model: str, reranker: str | None, given: float | None) -> float | None:
-    """``--unhealthy-exit-s``: as given (0 = never), else 60 s when the served models are local
-    and never when one is a remote API (restarting smysl does not bring an upstream back;
-    /health shows the outage)."""
-    from smysl.registry import rerank_scheme_of, scheme_of
-
-    if given is not None:
-        return given or None
-    remote = ((bool(model) and scheme_of(model).remote)
-              or (reranker is not None and rerank_scheme_of(reranker).remote))
-    return None if remote else 60.0
+def unhealthy_exit_s(given: float | None) -> float | Literal["auto"] | None:
+    """``--unhealthy-exit-s`` as :attr:`ServerConfig.unhealthy_exit_s`: 0 = never, not given =
+    ``"auto"`` (each backend's own default: :func:`smysl.server.health.exit_after`)."""
+    if given is None:
+        return "auto"
+    return given or None
 
 
 def _refuse_unused(args: argparse.Namespace, model_name: str) -> None:
@@ -172,7 +166,7 @@ def _server_config(args: argparse.Namespace, model_name: str,
         **given(args, max_batch_requests="max_batch_requests", max_queue="max_queue",
                 max_inputs="max_inputs", max_request_tokens="max_request_tokens"),
         **converted,
-        unhealthy_exit_s=unhealthy_exit_s(model_name, args.reranker, args.unhealthy_exit_s),
+        unhealthy_exit_s=unhealthy_exit_s(args.unhealthy_exit_s),
         default_dimensions=args.dimensions, allow_empty=args.allow_empty_input,
         token_ids=args.token_ids,
         index=args.index, **index_settings,

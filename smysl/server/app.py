@@ -28,7 +28,7 @@ from smysl.server.access_log import AccessLog
 from smysl.server.config import ServerConfig
 from smysl.server.errors import Api, ApiError, api_of, render
 from smysl.server.fast import FastRoutes, content_type
-from smysl.server.health import DOWN_RETRY_S, BackendHealth
+from smysl.server.health import DOWN_RETRY_S, BackendHealth, exit_after
 from smysl.server.metrics import Metrics
 from smysl.server.service import TIMING_HEADERS, Service
 
@@ -424,11 +424,12 @@ async def _supervise(server: Any, healths: list[BackendHealth], config: ServerCo
             host, port = server.servers[0].sockets[0].getsockname()[:2]
             ready(str(host), int(port))
             ready = None
-        limit = config.unhealthy_exit_s
-        down = [h for h in healths if limit is not None and h.down_for() > limit]
+        down = [(h, limit) for h in healths
+                if (limit := exit_after(config.unhealthy_exit_s, h.remote)) is not None
+                and h.down_for() > limit]
         if down and not server.should_exit:
             log.error("%s has been down for %.0f s (unhealthy_exit_s); exiting with status %d "
-                      "so a supervisor can restart the server", down[0].what, limit,
+                      "so a supervisor can restart the server", down[0][0].what, down[0][1],
                       EXIT_BACKEND_DOWN)
             code = EXIT_BACKEND_DOWN
             server.should_exit = True

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
+from typing import Literal
 
 #: Environment variable read for the API key when ``--api-key`` is not given.
 API_KEY_ENV = "SMYSL_API_KEY"
@@ -17,7 +18,8 @@ RULES = {
     "port": "0..65535", "max_batch_tokens": ">= 1", "max_batch_requests": ">= 1",
     "max_wait_ms": ">= 0", "max_queue": ">= 1", "max_inputs": ">= 1",
     "max_request_bytes": ">= 1024 bytes", "max_request_tokens": ">= 1",
-    "request_timeout_s": "> 0", "unhealthy_exit_s": "> 0", "graceful_timeout_s": ">= 0",
+    "request_timeout_s": "> 0", "unhealthy_exit_s": "> 0 (or None, 'auto')",
+    "graceful_timeout_s": ">= 0",
     "switch_interval_s": "> 0", "index": "not empty", "index_table": "not empty",
     "workers": ">= 1", "index_threads": ">= 1",
     "cors_origins": "each '*' or an http:// or https:// origin",
@@ -88,10 +90,12 @@ class ServerConfig:
     #: Seconds uvicorn waits for in-flight requests on shutdown before it cuts them off
     #: (those get 503 in their API's error shape).
     graceful_timeout_s: float = 30.0
-    #: ``serve`` exits with status 3 once the backend has been unhealthy this long (a local
-    #: engine process restarts itself up to 3 times a minute first), so a supervisor restarts
-    #: the server. None = keep answering 503.
-    unhealthy_exit_s: float | None = 60.0
+    #: ``serve`` exits with status 3 once a backend (the model's, the reranker's) has been
+    #: unhealthy this long, so a supervisor restarts the server; None = keep answering 503.
+    #: ``"auto"``: 60 s for a local engine (it restarts itself up to 3 times a minute first),
+    #: never for a remote API, which a restart cannot bring back
+    #: (:func:`smysl.server.health.exit_after`).
+    unhealthy_exit_s: float | Literal["auto"] | None = "auto"
     #: Python's GIL switch interval while serving (seconds; None keeps Python's 5 ms). The compute
     #: thread re-takes the GIL between torch ops; with the default a busy event loop makes it
     #: wait up to 5 ms each time, and a CPU forward pass slows several-fold under load.
@@ -135,7 +139,9 @@ class ServerConfig:
             "max_request_bytes": self.max_request_bytes >= 1024,
             "max_request_tokens": self.max_request_tokens >= 1,
             "request_timeout_s": self.request_timeout_s is None or self.request_timeout_s > 0,
-            "unhealthy_exit_s": self.unhealthy_exit_s is None or self.unhealthy_exit_s > 0,
+            "unhealthy_exit_s": self.unhealthy_exit_s in (None, "auto") or (
+                isinstance(self.unhealthy_exit_s, int | float)
+                and not isinstance(self.unhealthy_exit_s, bool) and self.unhealthy_exit_s > 0),
             "graceful_timeout_s": self.graceful_timeout_s >= 0,
             "switch_interval_s": self.switch_interval_s is None or self.switch_interval_s > 0,
             "index": self.index is None or bool(self.index.strip()),

@@ -19,6 +19,19 @@ log = logging.getLogger("smysl.server")
 #: down before any recovery was measured.
 POLL_S = 0.25
 DOWN_RETRY_S = 5.0
+#: ``unhealthy_exit_s="auto"``: how long a local backend (an engine process, which restarts
+#: itself up to 3 times a minute first) may stay down before ``serve`` exits.
+LOCAL_EXIT_S = 60.0
+
+
+def exit_after(setting: float | str | None, remote: bool) -> float | None:
+    """Seconds a backend may stay down before ``serve`` exits, None for never:
+    ``unhealthy_exit_s`` as set, or for ``"auto"`` :data:`LOCAL_EXIT_S` for a local backend
+    and never for a remote API (restarting smysl does not bring an upstream back; ``/health``
+    shows the outage meanwhile)."""
+    if setting == "auto":
+        return None if remote else LOCAL_EXIT_S
+    return None if setting is None else float(setting)
 
 
 class BackendHealth:

@@ -4,6 +4,7 @@ bound, Ollama bodies without Content-Type, TEI's ``POST /`` for ``huggingface_hu
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import shutil
 import socket
@@ -259,6 +260,33 @@ def test_a_reranker_down_beside_a_model_is_seen_by_health_metrics_and_exit() -> 
 
     run = run_serve(HashEmbedder(), ServerConfig(port=0, unhealthy_exit_s=0.5), ready,
                     reranker=reranker)
+    run["thread"].join(20)
+    assert not run["thread"].is_alive() and run["code"] == EXIT_BACKEND_DOWN
+
+
+class LocalFlaky(Flaky):
+    """A backend that reports a device, as a local engine does."""
+
+    def info(self):  # type: ignore[no-untyped-def]
+        return dataclasses.replace(super().info(), device="cpu")
+
+
+def test_default_exit_waits_for_a_local_backend_never_for_a_remote_one(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """``serve`` from Python with the default settings exited 60 s into a remote API's
+    outage (the CLI alone knew to wait); and a local model beside a remote reranker never
+    exited, whatever its engine did. Now each backend by its kind."""
+    from smysl.server import health
+
+    monkeypatch.setattr(health, "LOCAL_EXIT_S", 0.5)
+    reranker, model = FlakyReranker(), LocalFlaky()
+
+    def ready(host: str, port: int) -> None:
+        reranker.up = False
+
+    run = run_serve(model, ServerConfig(port=0), ready, reranker=reranker)
+    time.sleep(2.0)  # four times the local limit: the remote reranker's outage is no exit
+    assert run["thread"].is_alive()
+    model.up = False
     run["thread"].join(20)
     assert not run["thread"].is_alive() and run["code"] == EXIT_BACKEND_DOWN
 

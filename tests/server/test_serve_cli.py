@@ -92,19 +92,23 @@ def test_serve_reads_model_host_and_port_from_env(tiny_dir, monkeypatch, capsys)
     assert "SMYSL_MODEL" in capsys.readouterr().err
 
 
-def test_unhealthy_exit_defaults_to_never_for_a_remote_api() -> None:
+def test_unhealthy_exit_defaults_to_each_backend_s_kind() -> None:
     """A local engine that stays down makes `serve` exit (a supervisor restarts it); an upstream
-    API that does not answer does not: a restart cannot bring it back, /health shows it."""
+    API that does not answer does not: a restart cannot bring it back, /health shows it. Each
+    backend by its own kind, in the server (the CLI and Python alike); a number or 0 given
+    applies to all."""
     from smysl.commands.serve import unhealthy_exit_s
+    from smysl.server.config import InvalidServerSettings, ServerConfig
+    from smysl.server.health import LOCAL_EXIT_S, exit_after
 
-    assert unhealthy_exit_s("Qwen/Qwen3-Embedding-0.6B", None, None) == 60.0
-    assert unhealthy_exit_s("openrouter:qwen/qwen3-embedding-8b", None, None) is None
-    assert unhealthy_exit_s("tei:http://127.0.0.1:8080", None, 30.0) == 30.0
-    assert unhealthy_exit_s("Qwen/Qwen3-Embedding-0.6B", None, 0.0) is None
-    # the reranker's own scheme decides (cohere is no embedding scheme: it was taken as local)
-    assert unhealthy_exit_s("", "Qwen/Qwen3-Reranker-0.6B", None) == 60.0
-    assert unhealthy_exit_s("", "cohere:rerank-v3.5", None) is None
-    assert unhealthy_exit_s("Qwen/Qwen3-Embedding-0.6B", "jina:jina-reranker-v2-base", None) is None
+    assert unhealthy_exit_s(None) == "auto" == ServerConfig().unhealthy_exit_s
+    assert unhealthy_exit_s(30.0) == 30.0 and unhealthy_exit_s(0.0) is None
+    assert exit_after("auto", remote=False) == LOCAL_EXIT_S == 60.0
+    assert exit_after("auto", remote=True) is None
+    assert exit_after(30.0, remote=True) == 30.0 and exit_after(None, remote=False) is None
+    for bad in ("soon", 0, -1.0, True):
+        with pytest.raises(InvalidServerSettings, match="unhealthy_exit_s"):
+            ServerConfig(unhealthy_exit_s=bad)  # type: ignore[arg-type]
 
 
 def test_workers_auto_on_cuda_runs_half_the_cpus(tiny_dir, monkeypatch) -> None:  # type: ignore[no-untyped-def]
