@@ -162,6 +162,10 @@ class BaseEmbedder(abc.ABC):
     default_task: str = DEFAULT_TASK
     #: Token budget of one forward pass the backend is tuned for (the server batches to it).
     batch_tokens: int | None = None
+    #: An upstream API (a provider), which comes back on its own, rather than a model computed
+    #: here, which a restart may bring back: ``smysl serve`` exits when a local backend stays
+    #: down, never by default for a remote one (:func:`smysl.server.health.exit_after`).
+    remote: bool = False
     #: The model string :func:`smysl.load` loaded it from (a local folder made absolute), so
     #: that what records a model (an index) can load it again; None when built directly.
     source: str | None = None

@@ -120,6 +120,9 @@ class BaseReranker(abc.ABC):
     max_tokens: int | None = None
     #: Whether ``instruction=`` is taken (others reject it rather than ignore it).
     instruction_aware: bool = False
+    #: An upstream API rather than a model computed here (see
+    #: :attr:`smysl.base.BaseEmbedder.remote`).
+    remote: bool = False
     #: The model string :func:`smysl.load_reranker` loaded it from, None when built directly.
     source: str | None = None
 

@@ -6,9 +6,10 @@ the engine process imports :mod:`smysl.qwen3.worker`: ``submit`` queues the pass
 "device" thread that takes A_MS + B_US per token of the pass (the tokens padded to the CUDA
 graph bucket the batch would replay, powers of two with ``pow2``) and returns at once
 (``queues``, as on CUDA); the rows are unit vectors. The engine's merge budget is CUDA's.
-Every second the device's counters go to ``$SMYSL_SIM_STATS/<pid>.json``. Nothing else
-changes: the HTTP workers, the batcher, the pipe to the engine process and its loop are the
-shipped ones, so their latency can be studied on a CPU machine.
+Every second the device's counters go to ``$SMYSL_SIM_STATS/<pid>.json``. The HTTP workers,
+the batcher, the pipe to the engine process and its loop are the shipped ones, so their
+latency can be studied on a CPU machine; the real pass's host work (packing, pinned copies,
+launches) is left out, so the engine process's share of a core reads low.
 """
 
 from __future__ import annotations
@@ -35,17 +36,16 @@ def _patch(engine_mod: Any, worker_mod: Any) -> None:
 
     parts = (SPEC or "").split(",")
     fixed, per_token = float(parts[0]) / 1e3, float(parts[1]) / 1e6
-    pow2 = len(parts) > 2 and parts[2] == "pow2"
-    sizes = [b.tokens for b in cuda.buckets(2048)]
+    # the engine's default graphs (cuda_graphs 2048), or powers of two as before
+    buckets = ([cuda.Bucket(1 << i, min(max((1 << i) // 4, 1), 128)) for i in range(4, 12)]
+               if len(parts) > 2 and parts[2] == "pow2" else cuda.buckets(2048))
     stats = {"passes": 0, "tokens": 0, "padded": 0, "busy": 0.0}
 
-    def padded(tokens: int) -> int:
-        if pow2:
-            t = 16
-            while t < tokens:
-                t *= 2
-            return t if t <= 2048 else tokens
-        return next((t for t in sizes if t >= tokens), tokens)
+    def padded(lengths: list[int]) -> int:
+        """Tokens the pass computes: its graph bucket's (the first with room for its tokens
+        and its sequences, as the engine picks), else its own (eager)."""
+        fits = (b.tokens for b in buckets if cuda.slot_lengths(lengths, b) is not None)
+        return next(fits, sum(lengths))
 
     def device(work: queue.SimpleQueue) -> None:
         while True:
@@ -80,8 +80,8 @@ def _patch(engine_mod: Any, worker_mod: Any) -> None:
                              daemon=True).start()
 
     def submit(self: Any, batch: list[list[int]], heads: list[int] | None = None) -> Any:
-        tokens = sum(map(len, batch))
-        pad = padded(tokens)
+        lengths = [len(s) for s in batch]
+        tokens, pad = sum(lengths), padded(lengths)
         stats["passes"] += 1
         stats["tokens"] += tokens
         stats["padded"] += pad

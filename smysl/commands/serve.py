@@ -206,9 +206,17 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--workers {config.workers} shares one engine process between the "
                          "workers: drop --in-process")
 
-    from smysl.registry import load, load_reranker, reranker_options, scheme_of
+    from smysl.registry import (
+        load,
+        load_reranker,
+        rerank_scheme_of,
+        reranker_options,
+        scheme_of,
+    )
 
-    remote = [n for n in (model_name, args.reranker) if n and scheme_of(n).remote]
+    # each name by its own table: cohere: and jina: are reranker schemes only
+    remote = [n for n, of in ((model_name, scheme_of), (args.reranker, rerank_scheme_of))
+              if n and of(n).remote]
     if config.workers > 1 and remote:  # refused before anything loads
         raise ValueError(f"--workers {config.workers} shares local engine processes between the "
                          f"workers; {remote[0]!r} is a remote API: serve it with one worker")

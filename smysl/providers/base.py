@@ -67,6 +67,7 @@ class Provider(BaseEmbedder):
 
     #: Keyword options the subclass's constructor takes besides :class:`Provider`'s.
     OPTIONS: frozenset[str] = frozenset()
+    remote = True
 
     def __init__(
         self,

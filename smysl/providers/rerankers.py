@@ -254,6 +254,7 @@ class RemoteReranker(BaseReranker):
 
     #: Keyword options the subclass's constructor takes besides :class:`RemoteReranker`'s.
     OPTIONS: frozenset[str] = frozenset()
+    remote = True
     #: What the server's prompt adds to each (query, document) pair, for request-size estimates:
     #: (tokens, UTF-8 bytes); the second is used without a tokenizer.
     PAIR_OVERHEAD: tuple[int, int] = (0, 0)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numbers
 import os
 from dataclasses import dataclass, field
 from typing import Literal
@@ -18,7 +19,7 @@ RULES = {
     "port": "0..65535", "max_batch_tokens": ">= 1", "max_batch_requests": ">= 1",
     "max_wait_ms": ">= 0", "max_queue": ">= 1", "max_inputs": ">= 1",
     "max_request_bytes": ">= 1024 bytes", "max_request_tokens": ">= 1",
-    "request_timeout_s": "> 0", "unhealthy_exit_s": "> 0 (or None, 'auto')",
+    "request_timeout_s": "> 0", "unhealthy_exit_s": "seconds > 0, None (never) or 'auto'",
     "graceful_timeout_s": ">= 0",
     "switch_interval_s": "> 0", "index": "not empty", "index_table": "not empty",
     "workers": ">= 1", "index_threads": ">= 1",
@@ -140,7 +141,7 @@ class ServerConfig:
             "max_request_tokens": self.max_request_tokens >= 1,
             "request_timeout_s": self.request_timeout_s is None or self.request_timeout_s > 0,
             "unhealthy_exit_s": self.unhealthy_exit_s in (None, "auto") or (
-                isinstance(self.unhealthy_exit_s, int | float)
+                isinstance(self.unhealthy_exit_s, numbers.Real)  # numpy's too
                 and not isinstance(self.unhealthy_exit_s, bool) and self.unhealthy_exit_s > 0),
             "graceful_timeout_s": self.graceful_timeout_s >= 0,
             "switch_interval_s": self.switch_interval_s is None or self.switch_interval_s > 0,

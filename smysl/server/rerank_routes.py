@@ -148,7 +148,7 @@ class RerankService:
         self.metrics = BatchMetrics(metrics.registry, "smysl_rerank", "scored")
         self.health = BackendHealth(f"the reranker {self.model_id!r}", lambda: reranker.healthy,
                                     HealthMetrics(metrics.registry, "smysl_rerank"),
-                                    remote=self.tokens is None)
+                                    remote=reranker.remote)
         self.batcher: Batcher | None = None
         if self.tokens is not None:
             wait_ms = config.max_wait_ms

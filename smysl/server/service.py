@@ -127,7 +127,7 @@ class Service:
         self.tokenizers = anyio.CapacityLimiter(2)
         self.health = BackendHealth(f"the model backend of {self.model_id!r}",
                                     lambda: embedder.healthy, metrics.backend,
-                                    remote=embedder.info().device is None)
+                                    remote=embedder.remote)
         if config.default_dimensions is not None:
             check_dimensions(config.default_dimensions, embedder.dimensions,
                              minimum=embedder.min_dimensions)

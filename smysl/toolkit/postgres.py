@@ -834,7 +834,6 @@ class PostgresStore(VectorStore):
                             for r in cur.fetchall()])
         return out
 
-    @_read
     def search_text(self, queries: Sequence[Sequence[str]], k: int = 10, *,
                     where: Where | None = None, with_vectors: bool = False
                     ) -> list[list[Hit]]:
@@ -845,7 +844,13 @@ class PostgresStore(VectorStore):
         hold enough of the other words to enter the top ``k``. Every question of one call
         reads one snapshot of the table (:meth:`_one_snapshot`). A table that could not get
         the terms column (see :meth:`_ensure_terms`) has no hits."""
-        queries = text_queries(queries, k)
+        # read once, before the retry on a lost connection: an iterator would be empty then
+        return self._search_text(text_queries(queries, k), k, where=where,
+                                 with_vectors=with_vectors)
+
+    @_read
+    def _search_text(self, queries: list[list[str]], k: int, *, where: Where | None,
+                     with_vectors: bool) -> list[list[Hit]]:
         clause, params = self._where(where)
         out: list[list[Hit]] = []
         stats: _TextStats | None = None

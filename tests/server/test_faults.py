@@ -4,7 +4,6 @@ bound, Ollama bodies without Content-Type, TEI's ``POST /`` for ``huggingface_hu
 
 from __future__ import annotations
 
-import dataclasses
 import re
 import shutil
 import socket
@@ -221,6 +220,7 @@ class FlakyReranker(BaseReranker):
 
     name, backend = "flaky-reranker", "test"
     up = True
+    remote = True
 
     @property
     def healthy(self) -> bool:
@@ -264,21 +264,18 @@ def test_a_reranker_down_beside_a_model_is_seen_by_health_metrics_and_exit() -> 
     assert not run["thread"].is_alive() and run["code"] == EXIT_BACKEND_DOWN
 
 
-class LocalFlaky(Flaky):
-    """A backend that reports a device, as a local engine does."""
-
-    def info(self):  # type: ignore[no-untyped-def]
-        return dataclasses.replace(super().info(), device="cpu")
-
-
 def test_default_exit_waits_for_a_local_backend_never_for_a_remote_one(monkeypatch) -> None:  # type: ignore[no-untyped-def]
     """``serve`` from Python with the default settings exited 60 s into a remote API's
     outage (the CLI alone knew to wait); and a local model beside a remote reranker never
-    exited, whatever its engine did. Now each backend by its kind."""
+    exited, whatever its engine did. Now each backend by its kind (``remote``: a provider's,
+    a remote reranker's; a backend of one's own is local, whatever its info says)."""
+    from smysl.providers.openai import OpenAIProvider
+    from smysl.providers.rerankers import CohereReranker
     from smysl.server import health
 
+    assert OpenAIProvider.remote and CohereReranker.remote and not Flaky.remote
     monkeypatch.setattr(health, "LOCAL_EXIT_S", 0.5)
-    reranker, model = FlakyReranker(), LocalFlaky()
+    reranker, model = FlakyReranker(), Flaky()
 
     def ready(host: str, port: int) -> None:
         reranker.up = False

@@ -158,6 +158,17 @@ def test_workers_flag_takes_a_count_or_auto(value: str, capsys) -> None:  # type
     assert "count >= 1 or auto" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("reranker", ["cohere:rerank-v3.5", "jina:jina-reranker-v2-base"])
+def test_workers_refuse_a_remote_reranker_before_loading(reranker: str, tiny_dir,  # type: ignore[no-untyped-def]
+                                                         capsys) -> None:
+    """cohere: and jina: are reranker schemes only: read from the embedding table they were
+    taken as local, and the server loaded both models before share() failed."""
+    assert main(["serve", "--model", str(tiny_dir), "--device", "cpu", "--workers", "2",
+                 "--reranker", reranker]) == 2
+    err = capsys.readouterr().err
+    assert "is a remote API: serve it with one worker" in err and "loaded" not in err
+
+
 def test_bad_settings_are_named_by_their_flags_and_ranges(capsys) -> None:  # type: ignore[no-untyped-def]
     """The message named Python fields ("max_request_bytes", "switch_interval_s") that no
     flag is called, without the range; it is checked before any model loads."""

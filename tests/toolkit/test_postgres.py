@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from smysl.cli import main
+from smysl.toolkit import lexical
 from smysl.toolkit.store import StoreConfig
 from smysl.toolkit.stores import open_store
 from toolkit.helpers import brute_force, unit_rows
@@ -913,7 +914,8 @@ def test_a_connection_the_server_ended_is_replaced(postgres_dsn) -> None:
     others = f"SELECT pid FROM pg_stat_activity WHERE application_name = '{name}'"
     with open_store(_config(f"{postgres_dsn}?application_name={name}"), 16) as s, \
             psycopg.connect(postgres_dsn, autocommit=True) as c:
-        s.upsert([str(i) for i in range(len(x))], x)
+        s.upsert([str(i) for i in range(len(x))], x,
+                 [{"text": "общий корень" if i in (3, 5) else f"слово{i}"} for i in range(len(x))])
 
         def end_the_stores_connection() -> list[int]:
             pids = [r[0] for r in c.execute(others)]
@@ -923,9 +925,12 @@ def test_a_connection_the_server_ended_is_replaced(postgres_dsn) -> None:
 
         reads = [lambda: s.count(), lambda: [h.id for h in s.search(x[2], 1)[0]],
                  lambda: [r.id for r in s.get(["1"])], lambda: s.search_text([["x"]], 1),
+                 # queries given as iterators: read once, not emptied for the second attempt
+                 lambda: sorted(h.id for h in s.search_text(
+                     iter([iter(lexical.analyze("общий"))]), 5)[0]),
                  lambda: [len(b) for b in s.scan(3)], lambda: s.read_meta()]
         answers = [r() for r in reads]
-        assert answers[:3] == [len(x), ["2"], ["1"]]
+        assert answers[:3] == [len(x), ["2"], ["1"]] and answers[4] == ["3", "5"]
         for read, answer in zip(reads, answers, strict=True):
             pids = end_the_stores_connection()
             assert read() == answer
