@@ -90,7 +90,8 @@ def test_varlen_kernels_match_per_sequence_attention(dtype: torch.dtype) -> None
 def test_eager_sizes_past_the_graphs_run_at_load(tiny_dir: Path,
                                                  caplog: pytest.LogCaptureFixture) -> None:
     """A load runs one eager pass of each doubling past the largest graph, up to the batch
-    budget (a process's first pass of a size ran 1.2x slower than the next)."""
+    budget or the per-token slice, the smaller (the tiny model's slice is the budget; a
+    process's first pass of a size ran 1.2x slower than the next)."""
     from smysl.qwen3.contract import BATCH_TOKENS
 
     with caplog.at_level("INFO", logger="smysl.qwen3.cuda"):
