@@ -78,18 +78,18 @@ class CpuFeatures:
     def describe(self) -> str:
         """``AMD EPYC (avx2, avx512f, avx512_bf16, ...)`` for logs and benchmark output, with
         any cap set in the environment."""
-        cap = f"; {self.capped}" if self.capped else ""
-        aten = f"; ATen {self.aten}" if self.aten else ""
-        return (f"{self.model or self.arch} ({', '.join(self.names) or 'baseline only'}"
-                f"{cap}{aten})")
+        return self._text(self.capped)
 
     def key(self) -> str:
         """What measurements on this CPU are keyed by: the model and the features in use,
         whichever spelling of a cap hid the others (``avx2``, ``AVX2``, ``DNNL_MAX_CPU_ISA``
         made four keys of one machine), and ATen's level where one was set. Uncapped, the
         same text as :meth:`describe`."""
-        aten = f"; ATen {self.aten}" if self.aten else ""
-        return f"{self.model or self.arch} ({', '.join(self.names) or 'baseline only'}{aten})"
+        return self._text("")
+
+    def _text(self, cap: str) -> str:
+        extra = (f"; {cap}" if cap else "") + (f"; ATen {self.aten}" if self.aten else "")
+        return f"{self.model or self.arch} ({', '.join(self.names) or 'baseline only'}{extra})"
 
 
 def parse_cpuinfo(text: str, arch: str) -> CpuFeatures:

@@ -197,12 +197,19 @@ def layer(lay: DecoderLayer, h: torch.Tensor, pending: list[torch.Tensor], cos: 
     for s in range(0, h.shape[0], chunk):
         x = add_rms_norm(h[s : s + chunk], lay.post_attention_layernorm.weight, eps, dt,
                          delta=a.o_proj(out[s : s + chunk].flatten(1)))
-        if dt == torch.float16:  # rows scaled where float16 would overflow (MLP.fp16)
-            gate, up = mlp.gate_up_proj(x).split(mlp.inter, dim=-1)
-            mlp_out.append(mlp.fp16(gate, up))
-        else:
-            mlp_out.append(mlp.down_proj(swiglu(mlp.gate_up_proj(x))))
+        # float16: the MLP's own pass (rows scaled where float16 would overflow, MLP.fp16)
+        mlp_out.append(mlp(x) if dt == torch.float16
+                       else mlp.down_proj(swiglu(mlp.gate_up_proj(x))))
     return h, mlp_out
+
+
+def _fused_dtype(model: Qwen3Encoder) -> torch.dtype:
+    """The model's matmul dtype, if these kernels compute it (bfloat16/float16, the
+    reference's operation order); else ``ValueError``."""
+    dt = model.dtype
+    if dt not in (torch.bfloat16, torch.float16) or not model.exact_qk or model.attn_dtype:
+        raise ValueError(f"fused kernels run bfloat16/float16 exact models, not {dt}")
+    return dt
 
 
 @torch.inference_mode()
@@ -210,9 +217,7 @@ def run(model: Qwen3Encoder, input_ids: torch.Tensor, positions: torch.Tensor,
         ends: torch.Tensor, plan: Plan, chunk: int = 4096) -> torch.Tensor:
     """:meth:`Qwen3Encoder.run` on the fused kernels -> [B, H] float32. For bfloat16/float16
     models on the reference's operation order (``exact_qk``, q/k/v in the matmul dtype)."""
-    dt = model.dtype
-    if dt not in (torch.bfloat16, torch.float16) or not model.exact_qk or model.attn_dtype:
-        raise ValueError(f"fused kernels run bfloat16/float16 exact models, not {dt}")
+    dt = _fused_dtype(model)
     cos, sin = (x.to(dt) for x in model.rope(positions))
     h = model.embed_tokens(input_ids).float()  # [T, H] residual stream, float32
     pending: list[torch.Tensor] = []
@@ -240,9 +245,7 @@ def layer_error(model: Qwen3Encoder, input_ids: torch.Tensor, positions: torch.T
     ``exp``'s last bits. A non-finite row is an infinite difference. Arguments as
     :func:`run`'s. (The hand-over of a layer's MLP output to the next norm is the whole
     pass's to check.)"""
-    dt = model.dtype
-    if dt not in (torch.bfloat16, torch.float16) or not model.exact_qk or model.attn_dtype:
-        raise ValueError(f"fused kernels run bfloat16/float16 exact models, not {dt}")
+    dt = _fused_dtype(model)
     cos, sin = (x.to(dt) for x in model.rope(positions))
     h = model.embed_tokens(input_ids).float()  # [T, H]
     layers = cast(list[DecoderLayer], list(model.layers))

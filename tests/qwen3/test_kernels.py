@@ -9,6 +9,8 @@ on a GPU only (the interpreter rounds it wrongly)."""
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
+from typing import Any
 
 import pytest
 import torch
@@ -120,39 +122,14 @@ def test_empty_inputs() -> None:
     assert kernels.swiglu(torch.empty(0, 256, dtype=torch.float16, device=DEV)).shape == (0, 128)
 
 
-@pytest.mark.parametrize("dt", DTYPES)
-def test_run_matches_the_eager_pass(dt: torch.dtype) -> None:
-    """The whole forward pass on the fused kernels, per-token work in slices smaller than the
-    batch: the same rows as Qwen3Encoder.run (attention through the CPU plan in the
-    interpreter; the CUDA plan on a GPU)."""
-    cfg = config(4, 2, 16, layers=3)
-    model = randomise(Qwen3Encoder(cfg), 0.2).to(DEV, dt)
-    assert isinstance(model, Qwen3Encoder)
-    model.dtype = dt
-    lengths = [5, 11, 1, 3]
-    ids = torch.randint(0, cfg.vocab_size, (sum(lengths),),
-                        generator=torch.Generator().manual_seed(4)).to(DEV)
-    pos = torch.cat([torch.arange(n) for n in lengths]).to(DEV)
-    ends = (torch.tensor(lengths).cumsum(0) - 1).to(DEV)
-    if CUDA:
-        from smysl.qwen3.cuda import VarlenPlan
-
-        plan = VarlenPlan.for_lengths(lengths, DEV, dt)
-    else:
-        plan = AttentionPlan(lengths, DEV)  # type: ignore[assignment]
-    want = model.run(ids, pos, ends, plan, chunk=8)
-    got = kernels.run(model, ids, pos, ends, plan, chunk=8)
-    assert got.shape == (len(lengths), cfg.hidden_size) and got.dtype == torch.float32
-    assert F.cosine_similarity(got, want).min() > 0.9999
-
-
-def _tiny(dt: torch.dtype, layers: int) -> tuple[Qwen3Encoder, tuple[torch.Tensor, ...]]:
+def _tiny(dt: torch.dtype, layers: int, lengths: Sequence[int] = (7, 33, 1)
+          ) -> tuple[Qwen3Encoder, tuple[Any, ...]]:
     """A random model in ``dt`` and one batch's (ids, positions, ends, plan)."""
     cfg = config(4, 2, 16, layers=layers)
     model = randomise(Qwen3Encoder(cfg), 0.2).to(DEV, dt)
     assert isinstance(model, Qwen3Encoder)
     model.dtype = dt
-    lengths = [7, 33, 1]
+    lengths = list(lengths)
     ids = torch.randint(0, cfg.vocab_size, (sum(lengths),),
                         generator=torch.Generator().manual_seed(4)).to(DEV)
     pos = torch.cat([torch.arange(n) for n in lengths]).to(DEV)
@@ -164,6 +141,19 @@ def _tiny(dt: torch.dtype, layers: int) -> tuple[Qwen3Encoder, tuple[torch.Tenso
     else:
         plan = AttentionPlan(lengths, DEV)  # type: ignore[assignment]
     return model, (ids, pos, ends, plan)
+
+
+@pytest.mark.parametrize("dt", DTYPES)
+def test_run_matches_the_eager_pass(dt: torch.dtype) -> None:
+    """The whole forward pass on the fused kernels, per-token work in slices smaller than the
+    batch: the same rows as Qwen3Encoder.run (attention through the CPU plan in the
+    interpreter; the CUDA plan on a GPU)."""
+    lengths = [5, 11, 1, 3]
+    model, (ids, pos, ends, plan) = _tiny(dt, 3, lengths)
+    want = model.run(ids, pos, ends, plan, chunk=8)
+    got = kernels.run(model, ids, pos, ends, plan, chunk=8)
+    assert got.shape == (len(lengths), model.cfg.hidden_size) and got.dtype == torch.float32
+    assert F.cosine_similarity(got, want).min() > 0.9999
 
 
 @pytest.mark.parametrize("dt", DTYPES)

@@ -261,21 +261,35 @@ def test_norm_rope_takes_a_weight_row_per_group_of_heads() -> None:
             assert torch.allclose(out[:, gi], ref, atol=1e-5), gi
 
 
-def _massive_mlp(hidden: int = 64, inter: int = 128) -> tuple[MLP, torch.Tensor]:
-    """A float16 MLP whose neuron 3 makes a SwiGLU value of ~9e4 for an input row of ones
-    (float16 ends at 65,504: a Qwen model's massive-activation tokens reach such values),
-    and a batch: that row between two ordinary ones."""
-    cfg = Qwen3Config(vocab_size=100, hidden_size=hidden, intermediate_size=inter,
-                      num_hidden_layers=1, num_attention_heads=4, num_key_value_heads=2,
-                      head_dim=16)
-    gen = torch.Generator().manual_seed(0)
-    mlp = MLP(cfg)
-    for p in mlp.parameters():
+def _small(layers: int) -> Qwen3Config:
+    """64 wide, an MLP of 128: the float16 overflow tests' shape."""
+    return Qwen3Config(vocab_size=100, hidden_size=64, intermediate_size=128,
+                       num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=2,
+                       head_dim=16)
+
+
+def _randomised(module: Any, gen: torch.Generator) -> Any:
+    """``module`` with every parameter drawn from N(0, 0.05^2)."""
+    for p in module.parameters():
         p.data = torch.randn(p.shape, generator=gen) * 0.05
+    return module
+
+
+def _massive(mlp: MLP) -> None:
+    """Neuron 3 of ``mlp`` makes a SwiGLU value of ~9e4 for an input row of ones (float16
+    ends at 65,504: a Qwen model's massive-activation tokens reach such values)."""
+    hidden = mlp.down_proj.weight.shape[0]
     mlp.gate_up_proj.weight.data[3] = 300 / hidden  # gate
-    mlp.gate_up_proj.weight.data[inter + 3] = 300 / hidden  # up
+    mlp.gate_up_proj.weight.data[mlp.inter + 3] = 300 / hidden  # up
+
+
+def _massive_mlp() -> tuple[MLP, torch.Tensor]:
+    """A float16 :func:`_massive` MLP and a batch: a row of ones between two ordinary ones."""
+    gen = torch.Generator().manual_seed(0)
+    mlp = _randomised(MLP(_small(1)), gen)
+    _massive(mlp)
     mlp.half()
-    x = torch.randn(3, hidden, generator=gen).half()
+    x = torch.randn(3, 64, generator=gen).half()
     x[1] = 1.0
     return mlp, x
 
@@ -298,22 +312,15 @@ def test_fp16_mlp_keeps_a_massive_activation_finite() -> None:
 def test_fp16_encoder_stays_finite_where_the_reference_chain_overflows() -> None:
     """A whole float16 pass over a token whose first-layer MLP makes ~9e4: finite, and the
     float32 pass's rows within float16's tolerance (the pass used to give NaN)."""
-    cfg = Qwen3Config(vocab_size=100, hidden_size=64, intermediate_size=128,
-                      num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                      head_dim=16)
-    gen = torch.Generator().manual_seed(1)
-    model = Qwen3Encoder(cfg)
-    for p in model.parameters():
-        p.data = torch.randn(p.shape, generator=gen) * 0.05
+    cfg = _small(2)
+    model = _randomised(Qwen3Encoder(cfg), torch.Generator().manual_seed(1))
     for norm in (model.layers[0].input_layernorm, model.layers[0].post_attention_layernorm,
                  model.layers[1].input_layernorm, model.layers[1].post_attention_layernorm,
                  model.norm):
         norm.weight.data.fill_(1.0)
     model.layers[0].self_attn.o_proj.weight.data.zero_()  # the MLP sees token 5's embedding
     model.embed_tokens.weight.data[5] = 1.0
-    mlp = model.layers[0].mlp
-    mlp.gate_up_proj.weight.data[3] = 300 / 64
-    mlp.gate_up_proj.weight.data[128 + 3] = 300 / 64
+    _massive(model.layers[0].mlp)
     ids = torch.tensor([7, 5, 9, 2, 5, 4, 11])
     want = model(ids, [3, 4])
     half = Qwen3Encoder(cfg)
