@@ -130,10 +130,11 @@ class TokenLevel(Protocol):
         ...
 
     @property
-    def queues(self) -> bool:
-        """Whether :meth:`start_prepared` returns once the work is queued, before it has run
-        (a CUDA engine): the caller can assemble its next batch meanwhile. Otherwise it
-        returns with the rows computed."""
+    def queues(self) -> int:
+        """How many calls of :meth:`start_prepared` may be started behind the one whose rows
+        are awaited. 0: it returns with the rows computed (CPU); 1 or more: it returns once
+        the work is queued, before it has run (a CUDA engine; more for an engine process,
+        which merges what arrives while it computes)."""
         ...
 
     def token_spans(self, texts: Sequence[str], *,

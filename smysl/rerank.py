@@ -99,9 +99,10 @@ class RerankTokens(Protocol):
         ...
 
     @property
-    def queues(self) -> bool:
-        """Whether :meth:`start_scores` returns once the work is queued, before it has run (a
-        CUDA engine); otherwise it returns with the scores computed."""
+    def queues(self) -> int:
+        """How many calls of :meth:`start_scores` may be started behind the one whose scores
+        are awaited (as :attr:`smysl.base.TokenLevel.queues`): 0 when it returns with them
+        computed."""
         ...
 
 

@@ -507,8 +507,9 @@ def sdpa_varlen(q, k, v, cu_q, cu_k, max_q: int, max_k: int, causal: bool):  # t
 
 class QueuedEngine:
     """A CPU engine with a CUDA engine's timing (``queues``): ``submit`` returns at once, the
-    pass runs when its rows are waited for. ``events`` records both ("submit n", "wait n");
-    ``fail`` names passes (by submit order) that raise when submitted or when waited for."""
+    pass runs when its rows are waited for. ``events`` records each ("submit n", "wait n",
+    and "done n" once computed); ``fail`` names passes (by submit order) that raise when
+    submitted or when waited for."""
 
     queues = True
 
@@ -522,10 +523,10 @@ class QueuedEngine:
         return getattr(self.engine, name)
 
     def in_flight(self) -> list[int]:
-        """Passes submitted and not yet waited for, after each event."""
+        """Passes submitted and not yet computed, after each event."""
         counts, n = [], 0
         for e in self.events:
-            n += 1 if e.startswith("submit") else -1
+            n += 1 if e.startswith("submit") else -1 if e.startswith("done") else 0
             counts.append(n)
         return counts
 
@@ -538,8 +539,11 @@ class QueuedEngine:
 
         def rows() -> np.ndarray:
             self.events.append(f"wait {n}")
-            if when == "wait":
-                raise error  # type: ignore[misc]
-            return self.engine.forward(batch, heads)  # type: ignore[attr-defined]
+            try:
+                if when == "wait":
+                    raise error  # type: ignore[misc]
+                return self.engine.forward(batch, heads)  # type: ignore[attr-defined]
+            finally:
+                self.events.append(f"done {n}")
 
         return rows

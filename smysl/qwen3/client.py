@@ -15,7 +15,7 @@ import functools
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from multiprocessing.connection import Client, Connection
+from multiprocessing.connection import Client, Connection, wait
 from typing import Any, TypeVar
 
 import numpy as np
@@ -23,6 +23,16 @@ import numpy as np
 from smysl.qwen3.contract import run_ahead
 
 _T = TypeVar("_T")
+
+#: Passes a caller may send to an engine process on CUDA ahead of the one whose rows it waits
+#: for (:attr:`~smysl.qwen3.contract.EngineLike.queues`). The child holds what arrives while
+#: its pass runs and merges it into the next one (:class:`~smysl.qwen3.worker._Hub`), so a
+#: request sent at once waits for the rest of one pass; held back in the caller behind its
+#: own pass in flight, it waited for one more (docs/benchmarks.md). The child puts two passes
+#: on the device at most; the rest wait there as token ids.
+MERGED_AHEAD = 8
+#: Seconds a caller waits on the connection before it looks again whether it was closed.
+WAIT_S = 0.5
 
 
 class EngineProcessError(RuntimeError):
@@ -64,6 +74,13 @@ class Replies:
             self._read_one()
         return self.early.pop(number)
 
+    def arrived(self, number: int) -> tuple[str, Any] | None:
+        """Request ``number``'s reply if it has come, else None: reads (and keeps) the replies
+        that have begun to arrive, never waits for one that has not."""
+        while number not in self.early and self.conn.poll():
+            self._read_one()
+        return self.early.pop(number, None)
+
     def ask(self, request: Any) -> tuple[str, Any]:
         """Send a request the child answers at once, out of turn (``share``), and read its
         reply: the replies still to come are read (and kept) first."""
@@ -74,6 +91,10 @@ class Replies:
     def _read_one(self) -> None:
         self.early[self.read] = self.conn.recv()
         self.read += 1
+
+
+def _reraise(e: BaseException) -> Any:
+    raise e
 
 
 def _rows(kind: str, payload: Any) -> np.ndarray:
@@ -122,8 +143,8 @@ class _Described:
         self.pid: int | None = info["pid"]
         #: Bulk calls through the child use no lanes (they run in-process only).
         self.lanes = 1
-        #: The child queues a pass behind the one it runs (CUDA; :attr:`EngineLike.queues`).
-        self.queues: bool = info["queues"]
+        #: Passes to send ahead (:attr:`EngineLike.queues`): on CUDA the child merges them.
+        self.queues: int = MERGED_AHEAD if info["queues"] else 0
 
 
 class Piped(_Described):
@@ -134,6 +155,15 @@ class Piped(_Described):
     _lock: threading.Lock
     #: The current connection (None: none yet, or dropped).
     _replies: Replies | None
+    #: On ``_lock``: a caller waiting on the connection read something (:meth:`_reply`).
+    _arrived: threading.Condition
+    #: A caller waits on the connection (:meth:`_reply`; under the lock).
+    _reading: bool
+
+    def _init_reading(self) -> None:
+        """The lock's condition for callers waiting for rows (after ``_lock`` is made)."""
+        self._arrived = threading.Condition(self._lock)
+        self._reading = False
 
     def _channel(self) -> Replies:
         """The connection to send on (under the lock), made or restored when it must be."""
@@ -149,8 +179,9 @@ class Piped(_Described):
         return self.submit(batch, heads)()
 
     def forward_many(self, batches: Iterable[list[list[int]]]) -> Iterator[np.ndarray]:
-        """:meth:`forward` of each batch in order; on CUDA the next batch is sent before the
-        previous one's rows come back, and the child queues it behind the running pass."""
+        """:meth:`forward` of each batch in order; on CUDA up to :data:`MERGED_AHEAD` batches
+        are sent before the oldest one's rows come back, and the child runs them in turn (a
+        large one queued behind the running pass)."""
         return run_ahead(self.submit, batches, self.queues)
 
     def submit(self, batch: list[list[int]], heads: list[int] | None = None
@@ -162,16 +193,54 @@ class Piped(_Described):
         return functools.partial(self._reply, replies, number)
 
     def _reply(self, replies: Replies, number: int) -> np.ndarray:
-        with self._lock:
-            # rows read already (by a call before a failure) are still this pass's
-            if number not in replies.early and (replies is not self._replies
-                                                or replies.conn.closed):
-                raise EngineProcessError("the engine process was closed or restarted, or the "
-                                         "connection to it lost, before this batch's rows "
-                                         "came back")
-            replies.check(number)
-            kind, payload = self._io(lambda: replies.reply(number))
-        return _rows(kind, payload)
+        """Wait for pass ``number``'s rows. The lock is held to read, not to wait: a caller
+        with passes in flight (a server's batcher on an engine that merges them) sends more
+        while another thread waits for rows (waiting under the lock, a batch sent while a
+        pass ran went out only after its rows had come back). One caller at a time waits on
+        the connection; the others wait until it has read something (their rows, maybe)."""
+        waited = False
+        with self._arrived:
+            while True:
+                # rows read already (by a call before a failure) are still this pass's
+                lost = replies is not self._replies or replies.conn.closed
+                if number not in replies.early and lost:
+                    if waited and replies is self._replies:
+                        # closed while this call waited (the engine process died and its
+                        # watcher closed the pipe): the engine's account, as a failed read's
+                        self._io(functools.partial(_reraise, EOFError()))
+                    raise EngineProcessError("the engine process was closed, or is restarting, "
+                                             "or the connection to it was lost, before this "
+                                             "batch's rows came back")
+                replies.check(number)
+                read = replies.read
+                reply = self._io(lambda: replies.arrived(number))
+                if replies.read != read:
+                    self._arrived.notify_all()
+                if reply is not None:
+                    return _rows(*reply)
+                waited = True
+                if self._reading:  # another caller waits on the connection
+                    self._arrived.wait()
+                    continue
+                self._reading = True
+                self._arrived.release()
+                interrupted: BaseException | None = None
+                try:
+                    # readable, or closed by the other end. Bounded: the connection closed
+                    # here meanwhile (an engine process's watcher closes a dead child's
+                    # pipe) may have had its descriptor reused before the wait began, by a
+                    # restarted child's pipe that never speaks to this call
+                    wait([replies.conn], WAIT_S)
+                except (OSError, ValueError):
+                    pass  # closed here meanwhile: the checks above say how
+                except BaseException as e:  # interrupted (Ctrl-C) while the engine computes
+                    interrupted = e
+                finally:
+                    self._arrived.acquire()
+                    self._reading = False
+                    self._arrived.notify_all()
+                if interrupted is not None:
+                    self._io(functools.partial(_reraise, interrupted))
 
 
 @dataclass
@@ -190,6 +259,7 @@ class EngineClient(Piped):
     def __post_init__(self) -> None:
         self._replies: Replies | None = None
         self._lock = threading.Lock()
+        self._init_reading()
         self._describe(self.info)
 
     def __getstate__(self) -> dict[str, Any]:  # the address and key travel, not the socket

@@ -124,10 +124,12 @@ class EngineLike(Protocol):
     chunk: int
     #: Batches of a bulk call computed at once (CPU, :attr:`EngineConfig.lanes`); else 1.
     lanes: int
-    #: Whether :meth:`submit` returns once the pass is queued, before it has run (CUDA): the
-    #: caller can assemble its next batch meanwhile. False on CPU, where :meth:`submit` returns
-    #: after the pass, and holding its rows back for the next batch would only delay them.
-    queues: bool
+    #: Passes a caller may start behind the one whose rows it waits for. 0 on CPU, where
+    #: :meth:`submit` returns after the pass (holding its rows back for the next batch would
+    #: only delay them); 1 on CUDA, where it returns once the pass is queued (the caller
+    #: assembles its next batch meanwhile); :data:`~smysl.qwen3.client.MERGED_AHEAD` for an
+    #: engine process on CUDA, which merges what arrives while its pass runs into the next.
+    queues: int
 
     @property
     def threads(self) -> int | None:
@@ -175,11 +177,11 @@ _Batch = TypeVar("_Batch")
 Submit = Callable[[_Batch], Callable[[], np.ndarray]]
 
 
-def run_ahead(submit: Submit[_Batch], batches: Iterable[_Batch], queues: bool
+def run_ahead(submit: Submit[_Batch], batches: Iterable[_Batch], queues: int
               ) -> Iterator[np.ndarray]:
-    """Rows of each batch in order, passes started with ``submit``. When passes ``queues``
-    (:attr:`EngineLike.queues`), the next one is queued before the previous one's rows are
-    read, so the device runs batch n while the caller's iterator assembles batch n + 1."""
+    """Rows of each batch in order, passes started with ``submit``, up to ``queues``
+    (:attr:`EngineLike.queues`) started before the oldest one's rows are read, so the device
+    runs batch n while the caller's iterator assembles batch n + 1."""
     pending: deque[Callable[[], np.ndarray]] = deque()
     try:
         for batch in batches:
@@ -230,8 +232,8 @@ class OnEngine:
     engine: EngineLike
 
     @property
-    def queues(self) -> bool:
-        """Whether starting work returns before it has run (:attr:`EngineLike.queues`)."""
+    def queues(self) -> int:
+        """Passes that may be started behind a running one (:attr:`EngineLike.queues`)."""
         return self.engine.queues
 
     def share(self) -> Self:

@@ -246,7 +246,7 @@ class Engine:
             if self._cuda.fused:
                 self.kernel += "+triton"
         self.cuda_graphs = self._cuda.graph_sizes if self._cuda else []
-        self.queues = self._cuda is not None
+        self.queues = 1 if self._cuda is not None else 0
 
     @property
     def tuned_at(self) -> str | None:

@@ -90,6 +90,26 @@ def _child(conn: Connection, ckpt: Checkpoint, cfg: EngineConfig) -> None:
     _Hub(engine, conn, info).run()
 
 
+class _Pass:
+    """One forward pass launched by the hub: its requests, and once :attr:`done`, its rows or
+    the error it raised."""
+
+    def __init__(self, requests: list[tuple[Connection, Any]],
+                 wait: Callable[[], np.ndarray]) -> None:
+        self.requests, self.wait = requests, wait
+        self.rows: np.ndarray | None = None
+        self.error: Exception | None = None
+        self.done = False
+
+    def run(self) -> None:
+        """Wait for the rows (or the error); then :attr:`done`."""
+        try:
+            self.rows = self.wait()
+        except Exception as e:
+            self.error = e
+        self.done = True
+
+
 class _Hub:
     """The child's loop: forward requests from the parent's pipe and from connected clients.
 
@@ -98,18 +118,22 @@ class _Hub:
     client's rows are bit-identical to a pass of its own, and the GPU runs one larger batch
     instead of several small ones in turn.
 
-    On CUDA a pass is queued before the previous one is answered (:meth:`Engine.submit`
-    returns once its work is queued): requests that arrived while a pass ran are packed and
-    launched behind it, then its rows are sent, so the GPU does not wait on this loop's
-    receiving, merging, copying and replying between passes. On CPU a pass has finished when
-    it is submitted, and its rows go out at once, as before.
+    On CUDA (:meth:`Engine.submit` returns once a pass is queued) a watcher thread waits for
+    each pass's rows, so this loop keeps reading requests while the GPU runs. What arrives
+    meanwhile waits here and goes in the next pass, launched the moment the running one ends:
+    a request waits for the rest of one pass, not for a pass queued behind it (with 64
+    single-text clients behind HTTP workers a request spent ~3-5 passes in flight, and each
+    pass carried a fraction of them: docs/benchmarks.md). A pass of at least half the budget
+    (a bulk request's) is worth queuing behind the running one, as :meth:`Engine.forward_many`
+    does: the GPU never waits for the host between large passes. At most two passes are on
+    the device, so its memory holds two passes' activations at most. On CPU a pass has run
+    when it is submitted, and its rows go out at once.
     """
 
     def __init__(self, engine: Engine, parent: Connection, info: dict[str, Any]) -> None:
         self.engine, self.parent, self.info = engine, parent, info
         self.budget = batch_tokens(engine.device)
-        # CUDA: submit returns once a pass is queued. On CPU it returns when the pass has
-        # run, and holding its rows back for the next pass would only delay them.
+        #: CUDA: submit returns once a pass is queued (the watcher waits for its rows).
         self.pipelined = engine.queues
         self.clients: list[Connection] = []
         self._joined: list[Connection] = []  # accepted, not yet polled
@@ -121,13 +145,20 @@ class _Hub:
         #: (connection, reply), (connection, None) to close it after its replies, None: stop.
         self._outbox: queue.SimpleQueue[tuple[Connection, tuple[str, Any] | None] | None] = (
             queue.SimpleQueue())
+        #: Launched passes for the watcher, in launch order; None: stop.
+        self._launched: queue.SimpleQueue[_Pass | None] = queue.SimpleQueue()
+        #: The watcher writes a byte here after each pass it has waited for.
+        self._done_r, self._done_w = os.pipe()
 
     def run(self) -> None:
         writer = threading.Thread(target=self._write, daemon=True, name="smysl-engine-reply")
         writer.start()
+        watcher = threading.Thread(target=self._watch, daemon=True, name="smysl-engine-wait")
+        watcher.start()
         try:
             self._serve()
         finally:  # the replies queued so far go out before the process ends
+            self._launched.put(None)
             self._outbox.put(None)
             writer.join()
 
@@ -139,35 +170,61 @@ class _Hub:
             else:
                 send_reply(conn, reply)
 
+    def _watch(self) -> None:
+        while (p := self._launched.get()) is not None:
+            p.run()
+            os.write(self._done_w, b"x")
+
     def _reply(self, conn: Connection, reply: tuple[str, Any]) -> None:
         self._outbox.put((conn, reply))
 
     def _serve(self) -> None:
-        # passes launched and not yet answered, oldest first, each (its requests, the call
-        # that waits for its rows): between polls, only the newest one stays (CUDA)
-        inflight: deque[tuple[list[tuple[Connection, Any]], Callable[[], np.ndarray]]] = deque()
+        inflight: deque[_Pass] = deque()  # launched, not yet answered, oldest first
+        pending: list[tuple[Connection, Any]] = []  # received, not yet launched
         while True:
-            # with a pass in flight only look for what has arrived meanwhile
-            ready = wait([self.parent, *self.clients, self._wake_r],
-                         timeout=0 if inflight else None)
+            ready = wait([self.parent, *self.clients, self._wake_r, self._done_r])
+            if self._done_r in ready:
+                os.read(self._done_r, 4096)
+            while inflight and inflight[0].done:  # answered in launch order
+                self._finish(inflight.popleft())
             requests = self._receive(ready)
+            if requests is not None:
+                pending += requests
+            pending = self._start(pending, inflight, stopping=requests is None)
             if requests is None:  # the parent is gone, or asked the child to stop
                 while inflight:
-                    self._finish(*inflight.popleft())
+                    if not inflight[0].done:
+                        wait([self._done_r])
+                        os.read(self._done_r, 4096)
+                    while inflight and inflight[0].done:
+                        self._finish(inflight.popleft())
                 return
-            for group in merge([r for _, r in requests], self.budget):
-                inflight.append(self._launch([requests[i] for i in group]))
-                # CUDA: the newest pass stays queued while the older ones are answered; CPU:
-                # it has run already, so its rows go out now
-                while len(inflight) > (1 if self.pipelined else 0):
-                    self._finish(*inflight.popleft())
-            if not requests:  # nothing came meanwhile: wait for the last pass, answer it
-                while inflight:
-                    self._finish(*inflight.popleft())
+
+    def _start(self, pending: list[tuple[Connection, Any]], inflight: deque[_Pass],
+               stopping: bool = False) -> list[tuple[Connection, Any]]:
+        """Launch what may run now of ``pending`` (merged, in arrival order) -> the rest.
+        CUDA: the next pass when none runs, or one of at least half the budget behind a
+        single running one (all of them when ``stopping``); CPU: every pass, each answered
+        when it has run."""
+        groups = merge([r for _, r in pending], self.budget)
+        for n, group in enumerate(groups):
+            if self.pipelined and not stopping and inflight and (
+                    len(inflight) > 1
+                    or sum(len(s) for i in group for s in pending[i][1][0]) < self.budget // 2):
+                return [pending[i] for g in groups[n:] for i in g]
+            p = self._launch([pending[i] for i in group])
+            if self.pipelined:
+                inflight.append(p)
+                self._launched.put(p)
+            else:
+                p.run()
+                self._finish(p)
+        return []
 
     def _receive(self, ready: list[Any]) -> list[tuple[Connection, Any]] | None:
-        """The forward requests among ``ready`` connections (new clients joined, a parent's
-        "share" answered); None when the parent is gone or sent the stop."""
+        """The forward requests among ``ready`` connections, all that each has sent (new
+        clients joined, a parent's "share" answered); None when the parent is gone or sent the
+        stop."""
         if self._wake_r in ready:
             os.read(self._wake_r, 512)
             with self._lock:
@@ -175,53 +232,56 @@ class _Hub:
                 self._joined = []
         requests: list[tuple[Connection, Any]] = []
         for c in ready:
-            if not isinstance(c, Connection):  # the wake-up pipe
+            if not isinstance(c, Connection):  # the wake-up pipes
                 continue
-            try:
-                request = c.recv()
-            except (EOFError, OSError):
-                if c is self.parent:
+            while True:
+                try:
+                    request = c.recv()
+                except (EOFError, OSError):
+                    if c is self.parent:
+                        return None
+                    self.clients.remove(c)
+                    # closed by the writer, after the replies queued for it: closed here,
+                    # its descriptor could be reused by a new client before those were
+                    # written
+                    self._outbox.put((c, None))
+                    break
+                if request is None and c is self.parent:
                     return None
-                self.clients.remove(c)
-                # closed by the writer, after the replies queued for it: closed here, its
-                # descriptor could be reused by a new client before those were written
-                self._outbox.put((c, None))
-                continue
-            if request is None and c is self.parent:
-                return None
-            if c is self.parent and request[0] == "share":
-                self._reply(c, self._listen(*request[1:]))
-                continue
-            requests.append((c, request))
+                if c is self.parent and request[0] == "share":
+                    self._reply(c, self._listen(*request[1:]))
+                else:
+                    requests.append((c, request))
+                try:  # what else it has sent, now: one pass can take it all
+                    if not c.poll():
+                        break
+                except (EOFError, OSError):
+                    break  # the next wait sees it closed
         return requests
 
-    def _launch(self, requests: list[tuple[Connection, Any]]
-                ) -> tuple[list[tuple[Connection, Any]], Callable[[], np.ndarray]]:
-        """Queue one forward pass for ``requests`` ((batch, heads) each) -> (them, the call
-        that waits for its rows; it raises what the pass raised)."""
+    def _launch(self, requests: list[tuple[Connection, Any]]) -> _Pass:
+        """Queue one forward pass for ``requests`` ((batch, heads) each)."""
         if len(requests) == 1:
             batch, heads = requests[0][1]
         else:  # merged: none has heads (see merge)
             batch, heads = [s for _, (b, _) in requests for s in b], None
         try:
-            return requests, self.engine.submit(batch, heads)
+            return _Pass(requests, self.engine.submit(batch, heads))
         except Exception as e:
-            return requests, functools.partial(_raise, e)
+            return _Pass(requests, functools.partial(_raise, e))
 
-    def _finish(self, requests: list[tuple[Connection, Any]],
-                result: Callable[[], np.ndarray]) -> None:
-        """Wait for a launched pass and send each request its rows."""
-        try:
-            rows = result()
-        except Exception as e:
-            if len(requests) == 1:
-                self._reply(requests[0][0], ("error", e))
-            else:  # whose input was it: each alone
-                for c, (batch, heads) in requests:
+    def _finish(self, p: _Pass) -> None:
+        """Send each request of a pass that has run its rows."""
+        if p.error is not None:
+            if len(p.requests) == 1:
+                self._reply(p.requests[0][0], ("error", p.error))
+            else:  # whose input was it: each alone (here: rare, and replies keep their order)
+                for c, (batch, heads) in p.requests:
                     self._reply(c, _forward(self.engine, batch, heads))
             return
-        start = 0
-        for c, (batch, _) in requests:
+        rows, start = p.rows, 0
+        assert rows is not None  # done without an error
+        for c, (batch, _) in p.requests:
             self._reply(c, ("ok", rows[start : start + len(batch)]))
             start += len(batch)
 
@@ -324,6 +384,7 @@ class EngineProcess(Piped):
         self._ckpt, self._cfg = ckpt, cfg
         self.max_restarts, self.restart_window_s = max_restarts, restart_window_s
         self._lock = threading.Lock()
+        self._init_reading()
         self._closed = self._dead = self._stale = self._down = False
         #: When recent restarts began (``time.monotonic``), to bound them.
         self._restarts: deque[float] = deque()
@@ -453,6 +514,8 @@ class EngineProcess(Piped):
         try:
             return step()
         except (EOFError, OSError):
+            if self._closed:
+                raise EngineProcessError("the engine process was closed") from None
             self._down = True  # the watcher restarts it
             self._proc.join(1)
             raise EngineProcessError(f"the engine process exited (exit code "

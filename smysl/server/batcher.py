@@ -1,19 +1,23 @@
 """Dynamic batching: inputs from many requests coalesce into token-budget batches, fairly.
 
 Handlers append jobs to a bounded queue; a dedicated compute thread builds each batch from the
-queue, drops jobs whose client has gone or whose time budget ran out, runs the backend, and posts
-each finished job's rows back to its event loop. The thread pulls the next batch the moment the
-previous one ends (on CUDA, where starting a batch only queues it, before: the next batch is
-queued behind the running one, whose rows are then posted): it never waits for the event loop,
-which keeps accepting, parsing and answering requests while the model computes.
+queue, drops jobs whose client has gone or whose time budget ran out and starts the backend on
+it; a finisher thread waits for each started batch's rows in turn and posts each finished
+job's rows back to its event loop. Neither waits for the event loop, which keeps accepting,
+parsing and answering requests while the model computes. How many batches are in flight is
+the backend's (:attr:`BatchBackend.queues`): one where starting a batch computes it (CPU);
+on a CUDA engine one more, queued behind the running one; on an engine process that merges
+what arrives while it computes (CUDA, ``--workers``), each batch is started the moment it can
+be taken, while those in flight stay under one token budget: held back behind a batch in
+flight, a request waited for that batch's rows and then for a pass of its own.
 
 Fairness: a job larger than one batch budget is cut into slices (runs of its inputs within the
 budget), and each batch takes at most one slice of it. Jobs that fit one batch go first, in
 arrival order; large jobs share what is left round-robin, and after two batches in a row that
-left them nothing, the next large job goes first (so none starves). So a
-short request waits for at most the batches in flight (one, or on CUDA two), never for a large
-request to finish (one input is never split: an input longer than the budget is a forward pass
-of its own).
+left them nothing, the next large job goes first (so none starves). So a short request
+waits for at most the batches in flight (one, on CUDA two, or a budget's worth), never for a
+large request to finish (one input is never split: an input longer than the budget is a
+forward pass of its own).
 
 Each job's dimensions and normalisation are applied by :func:`smysl.pooling.finish`, as
 :meth:`smysl.base.BaseEmbedder.embed` applies them; the engine is batch-invariant, so slicing does
@@ -79,7 +83,8 @@ class Job:
     expired: bool = field(init=False, default=False)
     queue_s: float = 0.0
     compute_s: float = 0.0
-    # compute-thread state: items handed to batches so far, tokens not yet handed, raw rows
+    # compute threads' state: items handed to batches so far, tokens not yet handed (the compute
+    # thread's, under the lock), raw rows (the finisher's)
     taken: int = field(init=False, default=0)
     left: int = field(init=False, default=0)
     started: bool = field(init=False, default=False)
@@ -125,9 +130,12 @@ class BatchBackend(Protocol):
     def healthy(self) -> bool: ...
 
     @property
-    def queues(self) -> bool:
-        """Whether :meth:`start` returns before the rows are computed (a CUDA engine): the
-        batcher then takes and starts the next batch while this one runs."""
+    def queues(self) -> int:
+        """How many batches may be started behind the one whose rows are awaited: 0 when
+        :meth:`start` returns with them computed (CPU); 1 when it returns once they are queued
+        (a CUDA engine: the batcher takes and starts the next batch while one runs); more
+        for an engine process, which merges what arrives while it computes (the batcher then
+        starts each batch at once while those in flight are under one token budget)."""
         ...
 
     def start(self, key: tuple[Hashable, ...], items: list[Any]) -> Callable[[], np.ndarray]:
@@ -149,8 +157,8 @@ class EmbedBackend:
         return self.embedder.healthy
 
     @property
-    def queues(self) -> bool:
-        return self.tokens is not None and self.tokens.queues
+    def queues(self) -> int:
+        return self.tokens.queues if self.tokens is not None else 0
 
     def start(self, key: tuple[Hashable, ...], items: list[Any]) -> Callable[[], np.ndarray]:
         if key[0] == "ids":
@@ -185,6 +193,11 @@ class Batcher:
         self._closing = False
         #: Tokens of the batches being computed (still ahead of a new request).
         self._inflight = 0
+        #: Batches started, rows not yet posted, oldest first (the finisher thread's work).
+        self._started: deque[Started] = deque()
+        #: The compute thread is taking batches (the finisher stops once it is not and
+        #: nothing is in flight).
+        self._taking = False
         #: Requests admitted (:meth:`admitted`) and being tokenised, not yet queued: they count
         #: against ``max_queue`` as queued ones do.
         self._preparing = 0
@@ -269,7 +282,7 @@ class Batcher:
                 job.deadline = job.enqueued + job.timeout_s
             self._pending.append(job)
             depth = len(self._pending)
-            self._cond.notify()
+            self._cond.notify_all()
         self.metrics.queue_depth.set(depth)
         watcher = None
         if job.disconnected is not None:
@@ -358,63 +371,96 @@ class Batcher:
             except Exception as e:  # e.g. asyncio refuses StopIteration: still answer the job
                 job.future.set_exception(RuntimeError(f"backend error: {result!r} ({e})"))
 
-    # ------------------------------------------------------------------ compute thread
+    # ------------------------------------------------------------------ compute threads
     def _work(self) -> None:
-        """The compute thread: take a batch, start it, post the rows of the one before; until
-        closed and drained. With a backend that queues (CUDA), one batch stays started ahead:
-        the next batch is taken and queued before the running one's rows are read and posted,
-        so the device is not idle while this thread posts, drops and takes."""
-        ahead: Started | None = None  # started, rows not yet posted
+        """The compute thread: take batches and start them, as many at a time as the backend
+        takes (:meth:`_room_locked`), until closed and drained; a finisher thread waits for
+        each started batch's rows in turn and posts them (:meth:`_finish_all`). So the device
+        is not idle while rows are posted, and with an engine process that merges batches
+        (on CUDA) a request goes out the moment it is queued, not after the rows of a batch
+        in flight."""
+        with self._cond:
+            self._taking = True
+        finisher = threading.Thread(target=self._finish_all, name="smysl-finish", daemon=True)
+        finisher.start()
+        try:
+            self._take_all()
+        finally:
+            with self._cond:
+                self._taking = False
+                self._cond.notify_all()
+            finisher.join()
+
+    def _take_all(self) -> None:
         while True:
             dropped: list[tuple[Job, BaseException]] = []
             with self._cond:
                 while True:
                     dropped += self._drop_gone()
-                    if not self._pending:
-                        if ahead is not None or dropped:
+                    if not self._pending or not self._room_locked():
+                        if dropped:
                             break
-                        if self._closing:
+                        if self._closing and not self._pending:
                             return
                         self._cond.wait()
                         continue
                     # Let an idle-time arrival wait briefly for companions; jobs that queued
                     # behind a running batch have waited already and go at once.
                     delay = self._pending[0].enqueued + self.max_wait_s - time.perf_counter()
-                    if (ahead is None and delay > 0 and not self._closing
+                    if (not self._started and delay > 0 and not self._closing
                             and not self._full()):
                         self._cond.wait(delay)
                         continue
                     break
-                batch = self._take() if self._pending else []
-                self._inflight = _tokens(batch) + (ahead.tokens if ahead is not None else 0)
+                batch = self._take() if self._pending and self._room_locked() else []
+                self._inflight += _tokens(batch)
                 depth = len(self._pending)
-            started: Started | None = None
+            self._post(dropped)
+            self.metrics.queue_depth.set(depth)
+            if not batch:
+                continue
             try:
-                self._post(dropped)
-                self.metrics.queue_depth.set(depth)
-                if batch:
-                    started = self._start(batch)
-                if ahead is not None:  # its rows go out while the new batch runs
-                    self._finish(ahead)
-                ahead = None
-                if started is not None and self.backend.queues:
-                    ahead, started = started, None
-                elif started is not None:  # computed already: no reason to hold it back
-                    self._finish(started)
+                started = self._start(batch)
             except BaseException as e:  # never leave a taken job unanswered
-                self._fail([(s.job, e) for s in batch + (ahead.batch if ahead else [])])
-                if isinstance(e, Exception):
-                    # an engine process answers in turn: rows not read yet must still be
-                    for b in (ahead, started):
-                        if b is not None and not b.read:
-                            with contextlib.suppress(Exception):
-                                b.rows()
-                ahead = None
+                self._fail([(s.job, e) for s in batch])
+                with self._cond:
+                    self._inflight -= _tokens(batch)
                 if not isinstance(e, Exception):
                     raise
+                continue
+            with self._cond:
+                self._started.append(started)
+                self._cond.notify_all()
+
+    def _room_locked(self) -> bool:
+        """Whether another batch may start now (:attr:`BatchBackend.queues`): one at a time
+        when starting computes it; one more behind it when the backend queues; more while the
+        batches in flight are under one token budget when it merges them."""
+        n, ahead = len(self._started), self.backend.queues
+        return n <= min(ahead, 1) or (n <= ahead and self._inflight < self.max_batch_tokens)
+
+    def _finish_all(self) -> None:
+        """The finisher thread: each started batch's rows in turn, posted; until the compute
+        thread has stopped and nothing is in flight."""
+        while True:
+            with self._cond:
+                while not self._started:
+                    if not self._taking:
+                        return
+                    self._cond.wait()
+                started = self._started[0]
+            try:
+                self._finish(started)
+            except BaseException as e:  # never leave a started job unanswered
+                self._fail([(s.job, e) for s in started.batch])
+                if not started.read:  # an engine process answers in turn: read its rows
+                    with contextlib.suppress(BaseException):
+                        started.rows()
             finally:
                 with self._cond:
-                    self._inflight = ahead.tokens if ahead is not None else 0
+                    self._started.popleft()
+                    self._inflight -= started.tokens
+                    self._cond.notify_all()
 
     def _full(self) -> bool:
         return (len(self._pending) >= self.max_batch_requests

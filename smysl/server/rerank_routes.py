@@ -129,7 +129,7 @@ class RerankBackend:
         return self.reranker.healthy
 
     @property
-    def queues(self) -> bool:
+    def queues(self) -> int:
         return self.tokens.queues
 
     def start(self, key: tuple[Hashable, ...], items: list[Any]) -> Callable[[], np.ndarray]:

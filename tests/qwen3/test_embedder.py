@@ -168,7 +168,8 @@ def test_start_prepared_queues_every_batch_before_any_wait(tiny_dir: Path,
     submitted = len(queued.events)
     assert submitted > 2 and all(e.startswith("submit") for e in queued.events)
     assert np.array_equal(rows(), tiny.embed_prepared(ids))
-    assert queued.events[submitted:] == [f"wait {i}" for i in range(submitted)]
+    assert [e for e in queued.events[submitted:] if e.startswith("wait")] == [
+        f"wait {i}" for i in range(submitted)]
     # on CPU the rows are computed before it returns
     assert np.array_equal(tiny.start_prepared(ids)(), tiny.embed_prepared(ids))
 

@@ -258,20 +258,32 @@ def test_alive_never_waits_for_a_call_in_flight(remote) -> None:  # type: ignore
 
 class _FakeCudaEngine:
     """Records when passes are queued and when their rows are waited for, as a CUDA engine
-    whose ``submit`` returns before the pass has run."""
+    whose ``submit`` returns before the pass has run; with ``gated``, a pass's rows come only
+    once the test opens its gate (:meth:`open`): the pass "runs" until then."""
 
-    def __init__(self, fail_merged: bool = False, device: str = "cuda") -> None:
+    def __init__(self, fail_merged: bool = False, device: str = "cuda",
+                 gated: bool = False) -> None:
+        import threading
+
         self.events: list[tuple[str, tuple[int, ...]]] = []
         self.fail_merged = fail_merged
         self.device = device
         self.queues = device == "cuda"
+        self.gated = gated
+        self.gates: dict[tuple[int, ...], threading.Event] = {}
+        self.changed = threading.Condition()
 
     def submit(self, batch: list[list[int]], heads: list[int] | None = None) -> Any:
+        import threading
+
         key = tuple(s[0] for s in batch)
-        self.events.append(("launch", key))
+        gate = self.gates.setdefault(key, threading.Event())
+        self._record(("launch", key))
 
         def rows() -> np.ndarray:
-            self.events.append(("wait", key))
+            if self.gated:
+                gate.wait(10)
+            self._record(("wait", key))
             if self.fail_merged and len(batch) > 1:
                 raise ValueError("bad input somewhere in the batch")
             return np.array([[s[0], len(s)] for s in batch], dtype=np.float32)
@@ -281,10 +293,25 @@ class _FakeCudaEngine:
     def forward(self, batch: list[list[int]], heads: list[int] | None = None) -> np.ndarray:
         return self.submit(batch, heads)()
 
+    def _record(self, event: tuple[str, tuple[int, ...]]) -> None:
+        with self.changed:
+            self.events.append(event)
+            self.changed.notify_all()
 
-def _run_hub(engine: _FakeCudaEngine, requests: list[Any]) -> list[Any]:
-    """The child's loop in a thread, with one client connection per request (all sent before
-    it starts); -> each client's reply."""
+    def until(self, event: tuple[str, tuple[int, ...]]) -> None:
+        """Wait (10 s at most) until ``event`` has happened."""
+        with self.changed:
+            assert self.changed.wait_for(lambda: event in self.events, 10), self.events
+
+    def open(self, *keys: int) -> None:
+        import threading
+
+        self.gates.setdefault(keys, threading.Event()).set()
+
+
+def _hub(engine: _FakeCudaEngine, clients: int) -> tuple[Any, list[Any], Any]:
+    """The child's loop in a thread, with ``clients`` client connections -> (the thread,
+    the clients' ends, the parent's end: send None to stop)."""
     import multiprocessing as mp
     import threading
 
@@ -293,27 +320,82 @@ def _run_hub(engine: _FakeCudaEngine, requests: list[Any]) -> list[Any]:
     parent, child_end = mp.Pipe()
     hub = _Hub(engine, child_end, {})  # type: ignore[arg-type]
     ends = []
-    for r in requests:
+    for _ in range(clients):
         mine, theirs = mp.Pipe()
         hub.clients.append(theirs)
-        mine.send(r)
         ends.append(mine)
     thread = threading.Thread(target=hub.run, daemon=True)
-    thread.start()
-    replies = [c.recv() if c.poll(10) else None for c in ends]
-    parent.send(None)  # stop
+    return thread, ends, parent
+
+
+def _stop(thread: Any, parent: Any) -> None:
+    parent.send(None)
     thread.join(10)
     assert not thread.is_alive()
+
+
+def _run_hub(engine: _FakeCudaEngine, requests: list[Any]) -> list[Any]:
+    """The child's loop in a thread, with one client connection per request (all sent before
+    it starts); -> each client's reply."""
+    thread, ends, parent = _hub(engine, len(requests))
+    for c, r in zip(ends, requests, strict=True):
+        c.send(r)
+    thread.start()
+    replies = [c.recv() if c.poll(10) else None for c in ends]
+    _stop(thread, parent)
     return replies
 
 
-def test_the_hub_queues_the_next_pass_before_answering_the_last() -> None:
-    """On CUDA the child launches what has arrived behind a running pass before it waits for
-    that pass's rows (requests with heads are never merged: one pass each)."""
+def test_the_hub_merges_what_arrives_while_a_small_pass_runs_into_the_next() -> None:
+    """CUDA: requests that come while a pass runs wait in the child and go, merged, in one
+    pass launched when it ends (queued behind it, each would wait a whole pass more); a
+    client's requests sent together are read together."""
+    engine = _FakeCudaEngine(gated=True)
+    thread, (a, b, c), parent = _hub(engine, 3)
+    thread.start()
+    a.send(([[1, 2, 3]], None))
+    engine.until(("launch", (1,)))
+    b.send(([[7, 8]], None))
+    c.send(([[9]], None))
+    c.send(([[11, 12]], None))  # one client, two requests in flight
+    assert not a.poll(0.3) and engine.events == [("launch", (1,))]  # they wait for the pass
+    engine.open(1)
+    assert a.recv()[1].tolist() == [[1, 3]]
+    engine.until(("launch", (7, 9, 11)))
+    engine.open(7, 9, 11)
+    assert b.recv()[1].tolist() == [[7, 2]]
+    assert [c.recv()[1].tolist(), c.recv()[1].tolist()] == [[[9, 1]], [[11, 2]]]
+    assert engine.events == [("launch", (1,)), ("wait", (1,)), ("launch", (7, 9, 11)),
+                             ("wait", (7, 9, 11))]
+    _stop(thread, parent)
+
+
+def test_the_hub_queues_a_large_pass_behind_a_running_one_two_at_most() -> None:
+    """A pass of half the budget or more is launched behind the running one at once (the GPU
+    never waits for the host between bulk passes); a third waits until one has ended."""
+    engine = _FakeCudaEngine(gated=True)
+    thread, (a, b, c), parent = _hub(engine, 3)
+    thread.start()
+    big = [2] * 16_384  # half of CUDA's budget of 32,768 tokens
+    a.send(([[1, 2]], None))
+    engine.until(("launch", (1,)))
+    b.send(([big], None))
+    engine.until(("launch", (2,)))  # behind the running pass, before its rows
+    c.send(([[3] * 16_384], None))
+    assert not c.poll(0.3) and engine.events == [("launch", (1,)), ("launch", (2,))]
+    engine.open(1)
+    engine.until(("launch", (3,)))
+    engine.open(2)
+    engine.open(3)
+    assert [x.recv()[0] for x in (a, b, c)] == ["ok", "ok", "ok"]
+    assert engine.events == [("launch", (1,)), ("launch", (2,)), ("wait", (1,)),
+                             ("launch", (3,)), ("wait", (2,)), ("wait", (3,))]
+    _stop(thread, parent)
+
+
+def test_the_hub_answers_what_it_received_before_it_stops() -> None:
     engine = _FakeCudaEngine()
     replies = _run_hub(engine, [([[1, 2, 3]], [1]), ([[7, 8]], [1])])
-    assert engine.events == [("launch", (1,)), ("launch", (7,)), ("wait", (1,)),
-                             ("wait", (7,))]
     assert [r[0] for r in replies] == ["ok", "ok"]
     assert replies[0][1].tolist() == [[1, 3]] and replies[1][1].tolist() == [[7, 2]]
 
@@ -519,3 +601,60 @@ def test_torch_errors_reach_other_processes_as_runtime_errors() -> None:
     assert str(e) == "OutOfMemoryError: CUDA out of memory"
     kind, e = mine.recv()
     assert type(e) is ValueError and str(e) == "bad ids"
+
+
+def test_a_caller_sends_while_another_thread_waits_for_rows() -> None:
+    """A server's batcher sends its next batch to an engine process that merges passes while
+    its finisher thread waits for the rows of one in flight: the wait must not hold the
+    connection (under its lock, the batch went out only once the rows had come back)."""
+    import multiprocessing as mp
+    import threading
+    import time
+
+    from smysl.qwen3.client import Piped, Replies
+
+    mine, child = mp.Pipe()
+
+    class Direct(Piped):
+        def __init__(self) -> None:
+            self._lock = threading.Lock()
+            self._init_reading()
+            self._replies = Replies(mine)
+            self.queues = 8
+
+        def _channel(self) -> Replies:
+            assert self._replies is not None
+            return self._replies
+
+        def _io(self, step):  # type: ignore[no-untyped-def]
+            return step()
+
+    engine = Direct()
+    first = engine.submit([[1]])
+    got: list[Any] = []
+    waiter = threading.Thread(target=lambda: got.append(first()), daemon=True)
+    waiter.start()
+    time.sleep(0.2)  # the waiter is blocked: the child has not answered
+    sent = threading.Thread(target=lambda: got.append(engine.submit([[2]])), daemon=True)
+    sent.start()
+    sent.join(5)
+    assert not sent.is_alive(), "the send waited for the rows of the pass in flight"
+    assert [child.recv(), child.recv()] == [([[1]], None), ([[2]], None)]
+    child.send(("ok", np.array([[1.0]], np.float32)))
+    child.send(("ok", np.array([[2.0]], np.float32)))
+    waiter.join(5)
+    assert got[1].tolist() == [[1.0]] and got[0]().tolist() == [[2.0]]
+    # callers waiting at once: whoever reads the connection hands the others their rows
+    waits = [engine.submit([[i]]) for i in range(3, 7)]
+    out: dict[int, Any] = {}
+    threads = [threading.Thread(target=lambda i=i: out.__setitem__(i, waits[i]()), daemon=True)
+               for i in (3, 1, 0, 2)]
+    for t in threads:
+        t.start()
+    time.sleep(0.2)
+    for i in range(3, 7):
+        assert child.recv() == ([[i]], None)
+        child.send(("ok", np.array([[float(i)]], np.float32)))
+    for t in threads:
+        t.join(5)
+    assert {i: r.tolist() for i, r in out.items()} == {i: [[i + 3.0]] for i in range(4)}

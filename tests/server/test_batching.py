@@ -309,14 +309,21 @@ class _Ahead:
         self.events: list[str] = []
         self.fail = fail or {}
         self.hold: Callable[[], object] = lambda: None
+        #: Called after each start, and before the first batch's rows are read.
+        self.on_start: Callable[[], object] = lambda: None
+        self.first_rows: Callable[[], object] = lambda: None
 
     def start(self, key: object, items: list[str]) -> object:
         tag = "+".join(items)
         self.events.append(f"start {tag}")
-        if len(self.events) == 1:
+        first = len(self.events) == 1
+        if first:
             self.hold()
+        self.on_start()
 
         def rows() -> np.ndarray:
+            if first:
+                self.first_rows()
             self.events.append(f"wait {tag}")
             for item in items:
                 if item in self.fail:
@@ -328,10 +335,11 @@ class _Ahead:
 
 
 def _batch_all(backend: _Ahead, jobs: list[list[str]], *, per_batch: int = 1,
-               close_early: bool = False) -> list[object]:
-    """Submit one job per item list (one token each): the first, then, once its batch is
-    starting, the rest, which its start waits for -> each job's rows or error.
-    ``close_early``: close the batcher while they are all queued."""
+               close_early: bool = False, tokens: int = 1) -> list[object]:
+    """Submit one job per item list (``tokens`` tokens each item, against a batch budget of
+    100): the first, then, once its batch is starting, the rest, which its start waits for
+    -> each job's rows or error. ``close_early``: close the batcher while they are all
+    queued."""
     batcher = Batcher(backend, Metrics(), max_batch_tokens=100,  # type: ignore[arg-type]
                       max_batch_requests=per_batch, max_wait_s=0, max_queue=16)
 
@@ -343,7 +351,8 @@ def _batch_all(backend: _Ahead, jobs: list[list[str]], *, per_batch: int = 1,
     backend.hold = queued
 
     def submit(items: list[str]) -> asyncio.Future[np.ndarray]:
-        return asyncio.ensure_future(batcher.submit(Job(("ids",), items, [1] * len(items), 2,
+        return asyncio.ensure_future(batcher.submit(Job(("ids",), items,
+                                                        [tokens] * len(items), 2,
                                                         normalize=False)))
 
     async def go() -> list[object]:
@@ -361,22 +370,60 @@ def _batch_all(backend: _Ahead, jobs: list[list[str]], *, per_batch: int = 1,
     return asyncio.run(go())
 
 
+def _ahead(events: list[str]) -> int:
+    """The most batches started and not yet read at any point of ``events``."""
+    n = most = 0
+    for e in events:
+        n += 1 if e.startswith("start") else -1
+        most = max(most, n)
+    return most
+
+
 def test_a_backend_that_queues_gets_the_next_batch_before_the_last_is_read() -> None:
-    """On CUDA the compute thread starts batch n + 1 before it waits for batch n's rows, so
-    the GPU is not idle while rows are posted and the next batch is taken."""
+    """On CUDA the compute thread starts batch n + 1 before batch n's rows are read, so the
+    GPU is not idle while rows are posted and the next batch is taken; never a third."""
     backend = _Ahead()
     got = _batch_all(backend, [["a1"], ["b2"], ["c3"]])
-    assert backend.events == ["start a1", "start b2", "wait a1", "start c3", "wait b2",
-                              "wait c3"]
+    ev = backend.events
+    assert ev.index("start b2") < ev.index("wait a1") < ev.index("start c3")
+    assert [e for e in ev if e.startswith("wait")] == ["wait a1", "wait b2", "wait c3"]
+    assert _ahead(ev) == 2
     assert [r.tolist() for r in got] == [[[1, 1]], [[2, 1]], [[3, 1]]]  # type: ignore[attr-defined]
 
 
 def test_closing_with_a_batch_ahead_finishes_every_queued_job() -> None:
     backend = _Ahead()
     got = _batch_all(backend, [["a1"], ["b2"], ["c3"]], close_early=True)
-    assert backend.events == ["start a1", "start b2", "wait a1", "start c3", "wait b2",
-                              "wait c3"]
+    assert sorted(backend.events) == ["start a1", "start b2", "start c3", "wait a1", "wait b2",
+                                      "wait c3"]
+    assert _ahead(backend.events) == 2
     assert [r.tolist() for r in got] == [[[1, 1]], [[2, 1]], [[3, 1]]]  # type: ignore[attr-defined]
+
+
+def test_a_backend_that_merges_gets_every_batch_at_once_within_a_budget() -> None:
+    """An engine process on CUDA merges what arrives while it computes: each batch is started
+    the moment it is queued, none waits for the rows of those in flight (a request held back
+    behind them waited a whole pass more), while their tokens stay under one budget."""
+    backend = _Ahead()
+    backend.queues = 8  # type: ignore[assignment]
+    starts = threading.Event()
+    backend.first_rows = lambda: starts.wait(10)  # a1 computes until the others started
+
+    def started() -> None:
+        if sum(e.startswith("start") for e in backend.events) == 4:
+            starts.set()
+
+    backend.on_start = started
+    got = _batch_all(backend, [["a1"], ["b2"], ["c3"], ["d4"]])
+    ev = backend.events
+    assert ev.index("start d4") < ev.index("wait a1") and _ahead(ev) == 4
+    assert [r.tolist() for r in got] == [[[i, 1]] for i in range(1, 5)]  # type: ignore[attr-defined]
+    # jobs of 60 tokens against a budget of 100: a third waits until one is read
+    backend = _Ahead()
+    backend.queues = 8  # type: ignore[assignment]
+    _batch_all(backend, [["a1"], ["b2"], ["c3"]], tokens=60)
+    assert backend.events.index("wait a1") < backend.events.index("start c3")
+    assert _ahead(backend.events) == 2
 
 
 def test_a_backend_that_computes_at_start_is_never_held_back() -> None:
@@ -391,9 +438,10 @@ def test_failures_of_queued_batches_land_on_their_own_jobs() -> None:
     fails its batch's jobs, not the batch queued behind it."""
     backend = _Ahead({"b2": ValueError("bad token in b2"), "d4": RuntimeError("device lost")})
     got = _batch_all(backend, [["a1"], ["b2"], ["c3"], ["d4"], ["e5"], ["f6"]], per_batch=2)
-    # batches: a1 (alone: taken at once), b2+c3, d4+e5, f6
-    assert backend.events[:5] == ["start a1", "start b2+c3", "wait a1", "start d4+e5",
-                                  "wait b2+c3"]
+    # batches: a1 (alone: taken at once), b2+c3, d4+e5, f6; b2 and c3 again, each alone
+    assert sorted(e for e in backend.events if e.startswith("start")) == [
+        "start a1", "start b2", "start b2+c3", "start c3", "start d4+e5", "start f6"]
+    assert _ahead(backend.events) == 2
     assert isinstance(got[1], ValueError) and "b2" in str(got[1])
     assert all(isinstance(got[i], RuntimeError) and "device lost" in str(got[i])
                for i in (3, 4))
@@ -411,5 +459,5 @@ def test_a_server_on_a_queueing_engine_answers_the_same_vectors(tiny) -> None:  
     got = embed_each(app)
     assert np.array_equal(got, np.stack([tiny.embed([t])[0] for t in TEXTS]))
     in_flight = queued.in_flight()
-    # 48 requests, 4 a batch: batches were queued behind running ones, never more than one
+    # 48 requests, 4 a batch: batches were queued behind computing ones, never more than one
     assert max(in_flight) == 2 and in_flight[-1] == 0

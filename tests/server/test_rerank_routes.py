@@ -171,7 +171,7 @@ def test_concurrent_requests_share_forward_passes(reranker: Any, queues: bool) -
     assert requests == 24 and batches < 24, values
     assert f"smysl_rerank_inputs_total {sum(len(DOCS[i % 3:]) for i in range(24))}.0" in metrics
     in_flight = queued.in_flight()
-    # queued: a batch went ahead of the running one, never more than one
+    # queued: a batch went ahead of the one computing, never more than one
     assert not in_flight if not queues else max(in_flight) == 2 and in_flight[-1] == 0
 
 
