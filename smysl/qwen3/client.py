@@ -219,27 +219,30 @@ class Piped(_Described):
                 if reply is not None:
                     return _rows(*reply)
                 waited = True
-                if self._reading:  # another caller waits on the connection
-                    self._arrived.wait()
-                    continue
-                self._reading = True
-                self._arrived.release()
                 interrupted: BaseException | None = None
-                try:
-                    # readable, or closed by the other end. Bounded: the connection closed
-                    # here meanwhile (an engine process's watcher closes a dead child's
-                    # pipe) may have had its descriptor reused before the wait began, by a
-                    # restarted child's pipe that never speaks to this call
-                    wait([replies.conn], WAIT_S)
-                except (OSError, ValueError):
-                    pass  # closed here meanwhile: the checks above say how
-                except BaseException as e:  # interrupted (Ctrl-C) while the engine computes
-                    interrupted = e
-                finally:
-                    self._arrived.acquire()
-                    self._reading = False
-                    self._arrived.notify_all()
-                if interrupted is not None:
+                if self._reading:  # another caller waits on the connection
+                    try:
+                        self._arrived.wait(WAIT_S)
+                    except BaseException as e:  # interrupted (Ctrl-C) while it computes
+                        interrupted = e
+                else:
+                    self._reading = True
+                    self._arrived.release()
+                    try:
+                        # readable, or closed by the other end. Bounded: the connection
+                        # closed here meanwhile (an engine process's watcher closes a dead
+                        # child's pipe) may have had its descriptor reused before the wait
+                        # began, by a restarted child's pipe that never speaks to this call
+                        wait([replies.conn], WAIT_S)
+                    except (OSError, ValueError):
+                        pass  # closed here meanwhile: the checks above say how
+                    except BaseException as e:  # interrupted (Ctrl-C) while it computes
+                        interrupted = e
+                    finally:
+                        self._reading = False
+                        self._arrived.acquire()
+                        self._arrived.notify_all()
+                if interrupted is not None:  # as a read that was interrupted: the engine's way
                     self._io(functools.partial(_reraise, interrupted))
 
 

@@ -189,7 +189,9 @@ class _Hub:
                 self._finish(inflight.popleft())
             requests = self._receive(ready)
             if requests is not None:
-                pending += requests
+                # a client gone meanwhile: its requests need no pass
+                pending = [r for r in pending + requests
+                           if r[0] is self.parent or r[0] in self.clients]
             pending = self._start(pending, inflight, stopping=requests is None)
             if requests is None:  # the parent is gone, or asked the child to stop
                 while inflight:
@@ -516,6 +518,11 @@ class EngineProcess(Piped):
         except (EOFError, OSError):
             if self._closed:
                 raise EngineProcessError("the engine process was closed") from None
+            if self._stale:  # killed by another call (interrupted, or an unreadable reply)
+                raise EngineProcessError("the engine process was stopped (a call was "
+                                         "interrupted, or a reply unreadable) before this "
+                                         "batch's rows came back; the next call starts a new "
+                                         "one") from None
             self._down = True  # the watcher restarts it
             self._proc.join(1)
             raise EngineProcessError(f"the engine process exited (exit code "

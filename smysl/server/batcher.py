@@ -8,7 +8,7 @@ parsing and answering requests while the model computes. How many batches are in
 the backend's (:attr:`BatchBackend.queues`): one where starting a batch computes it (CPU);
 on a CUDA engine one more, queued behind the running one; on an engine process that merges
 what arrives while it computes (CUDA, ``--workers``), each batch is started the moment it can
-be taken, while those in flight stay under one token budget: held back behind a batch in
+be taken, while those in flight are under one token budget: held back behind a batch in
 flight, a request waited for that batch's rows and then for a pass of its own.
 
 Fairness: a job larger than one batch budget is cut into slices (runs of its inputs within the
@@ -188,7 +188,8 @@ class Batcher:
         self.max_queue = max_queue
         #: Jobs with items not yet handed to a batch, in arrival order (large ones rotate).
         self._pending: deque[Job] = deque()
-        #: Guards ``_pending``, ``_closing`` and ``_inflight``; the compute thread sleeps on it.
+        #: Guards ``_pending``, ``_closing``, ``_inflight``, ``_started`` and ``_recent``; the
+        #: compute and finisher threads sleep on it.
         self._cond = threading.Condition()
         self._closing = False
         #: Tokens of the batches being computed (still ahead of a new request).
@@ -203,12 +204,12 @@ class Batcher:
         self._preparing = 0
         #: Batches in a row that left the waiting large jobs nothing (see ``_take``).
         self._starved = 0
-        # One compute thread: the backends serialise forward passes anyway, and one thread keeps
-        # batches in a predictable order.
+        # One compute thread takes and starts batches, one finisher thread reads and posts
+        # them: batches start and end in a predictable order.
         self._thread: threading.Thread | None = None
         #: (tokens, seconds) of recent batches: the measured drain rate, for Retry-After.
         self._recent: deque[tuple[int, float]] = deque(maxlen=_RATE_WINDOW)
-        #: When the last batch's rows were ready (``time.perf_counter``; compute thread).
+        #: When the last batch's rows were ready (``time.perf_counter``; finisher thread).
         self._last_end = 0.0
 
     # ------------------------------------------------------------------ public
@@ -573,13 +574,16 @@ class Batcher:
         started.read = True
         results = started.rows()
         end = time.perf_counter()
-        # compute time of this batch alone: from its start, or from the end of the batch it
-        # was queued behind
-        elapsed = end - max(started.at, self._last_end)
-        self._last_end = end
+        # the backend's time for this batch, as its requests saw it: from its start to its
+        # rows (with batches in flight together, a pass queued ahead of it included)
+        elapsed = end - started.at
         self.metrics.compute_seconds.observe(elapsed)
+        # the drain rate counts each stretch of backend time once: from its start, or from
+        # the rows of the batch before (batches an engine process merged into one pass end
+        # together: the first takes the pass's time, the others ~0; the fit averages them)
         with self._cond:
-            self._recent.append((started.tokens, elapsed))
+            self._recent.append((started.tokens, end - max(started.at, self._last_end)))
+        self._last_end = end
         done: list[tuple[Job, np.ndarray | BaseException]] = []
         failed: list[tuple[Job, BaseException]] = []
         for s, result in zip(batch, results, strict=True):

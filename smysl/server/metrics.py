@@ -31,7 +31,8 @@ class BatchMetrics:
         self.queue_seconds = Histogram(f"{prefix}_queue_seconds",
                                        "Time a request waited for compute", buckets=_LATENCY,
                                        registry=r)
-        self.compute_seconds = Histogram(f"{prefix}_compute_seconds", "Backend time per batch",
+        self.compute_seconds = Histogram(f"{prefix}_compute_seconds",
+                                         "Backend time per batch, from its start to its rows",
                                          buckets=_LATENCY, registry=r)
         self.batch_inputs = Histogram(f"{prefix}_batch_inputs", "Inputs per coalesced batch",
                                       buckets=_SIZES, registry=r)

@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -393,6 +394,26 @@ def test_the_hub_queues_a_large_pass_behind_a_running_one_two_at_most() -> None:
     _stop(thread, parent)
 
 
+def test_the_hub_computes_nothing_for_a_client_gone_while_it_waited() -> None:
+    engine = _FakeCudaEngine(gated=True)
+    thread, (a, b), parent = _hub(engine, 2)
+    thread.start()
+    a.send(([[1, 2]], None))
+    engine.until(("launch", (1,)))
+    b.send(([[7]], None))  # waits for the running pass
+    time.sleep(0.2)
+    b.close()  # and its client goes away meanwhile
+    time.sleep(0.2)
+    engine.open(1)
+    assert a.recv()[0] == "ok"
+    a.send(([[3]], None))
+    engine.until(("launch", (3,)))
+    engine.open(3)
+    assert a.recv()[1].tolist() == [[3, 1]]
+    assert ("launch", (7,)) not in engine.events
+    _stop(thread, parent)
+
+
 def test_the_hub_answers_what_it_received_before_it_stops() -> None:
     engine = _FakeCudaEngine()
     replies = _run_hub(engine, [([[1, 2, 3]], [1]), ([[7, 8]], [1])])
@@ -658,3 +679,68 @@ def test_a_caller_sends_while_another_thread_waits_for_rows() -> None:
     for t in threads:
         t.join(5)
     assert {i: r.tolist() for i, r in out.items()} == {i: [[i + 3.0]] for i in range(4)}
+
+
+class _Unreadable:
+    """Pickles, but does not unpickle (a TypeError on the reading side)."""
+
+    def __reduce__(self) -> Any:
+        return (_Unreadable, (1, 2))
+
+
+def test_a_waiter_behind_a_killed_child_leaves_the_engine_restartable() -> None:
+    """Two callers wait for rows; the reply the reader gets does not unpickle, so the child is
+    killed (no reply may reach a later call). The other caller gets a clear error, and the
+    engine is not left "restarting" for ever: the next call starts a fresh child."""
+    import multiprocessing as mp
+    import threading
+    import time
+    import weakref
+    from collections import deque
+
+    from smysl.qwen3.client import Replies
+
+    class Proc:  # the child: alive until killed
+        exitcode = None
+
+        def is_alive(self) -> bool:
+            return True
+
+        def kill(self) -> None:
+            pass
+
+        def join(self, timeout: float | None = None) -> None:
+            pass
+
+    engine = object.__new__(EngineProcess)  # its pipe and process stand-ins, no real child
+    engine._lock = threading.Lock()
+    engine._init_reading()
+    engine._closed = engine._dead = engine._stale = engine._down = False
+    engine._restarts, engine.restarts, engine._shared = deque(), 0, None
+    mine, child = mp.Pipe()
+    engine._proc, engine._replies = Proc(), Replies(mine)
+    engine._closer = weakref.finalize(engine, lambda: None)
+    engine.queues = 8
+    waits = [engine.submit([[1]]), engine.submit([[2]])]
+    assert child.recv() and child.recv()
+    errors: dict[int, str] = {}
+
+    def call(i: int) -> None:
+        try:
+            waits[i]()
+        except Exception as e:
+            errors[i] = str(e)
+
+    threads = [threading.Thread(target=call, args=(i,), daemon=True) for i in (1, 0)]
+    for t in threads:
+        t.start()
+        time.sleep(0.2)  # the first waits on the pipe, the second behind it
+    child.send(("ok", _Unreadable()))
+    for t in threads:
+        t.join(5)
+    assert "unreadable reply" in errors[1]  # its reader: the reply was pass 0's
+    assert "was stopped" in errors[0] and engine._stale and not engine._down
+    started: list[bool] = []
+    engine._start = lambda: started.append(True)  # type: ignore[method-assign]
+    engine._channel()
+    assert started == [True]  # a fresh child, not "restarting" for ever
