@@ -744,3 +744,34 @@ def test_a_waiter_behind_a_killed_child_leaves_the_engine_restartable() -> None:
     engine._start = lambda: started.append(True)  # type: ignore[method-assign]
     engine._channel()
     assert started == [True]  # a fresh child, not "restarting" for ever
+
+
+def test_a_pipelined_hub_gives_every_client_its_own_rows(tiny) -> None:  # type: ignore[no-untyped-def]
+    """The engine process's loop with CUDA's timing (a CPU engine whose pass runs when its
+    rows are waited for, in the watcher thread): requests of six clients, three each in a
+    row, are merged into passes as they come; every reply is its own request's rows, bit for
+    bit, in the order each client sent them."""
+
+    class Lazy:
+        device, queues = "cuda", 1
+        passes = 0
+
+        def submit(self, batch: list[list[int]], heads: list[int] | None = None) -> Any:
+            self.passes += 1
+            return lambda: tiny.engine.forward(batch, heads)
+
+        def forward(self, batch: list[list[int]], heads: list[int] | None = None) -> Any:
+            return tiny.engine.forward(batch, heads)
+
+    engine = Lazy()
+    thread, ends, parent = _hub(engine, 6)  # type: ignore[arg-type]
+    batches = [tiny.tokenize([TEXTS[(i + k) % len(TEXTS)] for k in range(1 + i % 3)])
+               for i in range(18)]
+    for i, b in enumerate(batches):
+        ends[i % 6].send((b, None))
+    thread.start()
+    for i, b in enumerate(batches):
+        kind, rows = ends[i % 6].recv()
+        assert kind == "ok" and np.array_equal(rows, tiny.engine.forward(b)), i
+    assert engine.passes == 1  # all sent before the loop started: one merged pass
+    _stop(thread, parent)
