@@ -11,6 +11,11 @@ requests per batch), the simulated device's passes, padding and busy share, and 
 process's share of a core (a process near 1.0 bounds the rest).
 
     .venv/bin/python benchmarks/sim_gpu.py --workers 1 --clients 64 --sim 0.5,1.2
+    .venv/bin/python benchmarks/sim_gpu.py --workers 2 --clients 64 --sim 10,1
+
+The second, a slow device, leaves neither this machine's cores nor Python to set the rate:
+what it shows is the server's structure (how many passes a request waits for, how many
+requests a pass carries; docs/benchmarks.md, thirty-fifth session).
 
 The default ``--sim`` scales the 0.6B on an H200 (~1.2 ms a launch-bound pass, ~365K tokens
 a second warm) by this kind of VM's ~2.3x faster Python per request (~0.4 ms against ~0.9 ms
