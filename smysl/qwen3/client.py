@@ -93,7 +93,8 @@ class Replies:
         self.read += 1
 
 
-def _reraise(e: BaseException) -> Any:
+def reraise(e: BaseException) -> Any:
+    """Raise ``e`` (a call that fails as a read or pass would: ``partial(reraise, e)``)."""
     raise e
 
 
@@ -207,7 +208,7 @@ class Piped(_Described):
                     if waited and replies is self._replies:
                         # closed while this call waited (the engine process died and its
                         # watcher closed the pipe): the engine's account, as a failed read's
-                        self._io(functools.partial(_reraise, EOFError()))
+                        self._io(functools.partial(reraise, EOFError()))
                     raise EngineProcessError("the engine process was closed, or is restarting, "
                                              "or the connection to it was lost, before this "
                                              "batch's rows came back")
@@ -219,31 +220,32 @@ class Piped(_Described):
                 if reply is not None:
                     return _rows(*reply)
                 waited = True
-                interrupted: BaseException | None = None
-                if self._reading:  # another caller waits on the connection
-                    try:
-                        self._arrived.wait(WAIT_S)
-                    except BaseException as e:  # interrupted (Ctrl-C) while it computes
-                        interrupted = e
-                else:
-                    self._reading = True
-                    self._arrived.release()
-                    try:
-                        # readable, or closed by the other end. Bounded: the connection
-                        # closed here meanwhile (an engine process's watcher closes a dead
-                        # child's pipe) may have had its descriptor reused before the wait
-                        # began, by a restarted child's pipe that never speaks to this call
-                        wait([replies.conn], WAIT_S)
-                    except (OSError, ValueError):
-                        pass  # closed here meanwhile: the checks above say how
-                    except BaseException as e:  # interrupted (Ctrl-C) while it computes
-                        interrupted = e
-                    finally:
-                        self._reading = False
-                        self._arrived.acquire()
-                        self._arrived.notify_all()
-                if interrupted is not None:  # as a read that was interrupted: the engine's way
-                    self._io(functools.partial(_reraise, interrupted))
+                try:
+                    self._await(replies)
+                except BaseException as e:  # interrupted (Ctrl-C) while the engine computes:
+                    self._io(functools.partial(reraise, e))  # as an interrupted read
+
+    def _await(self, replies: Replies) -> None:
+        """Wait (under the lock, :data:`WAIT_S` at most) until something may have arrived:
+        on the connection when no other caller waits there (the lock released meanwhile),
+        else for that caller to say it has read."""
+        if self._reading:
+            self._arrived.wait(WAIT_S)
+            return
+        self._reading = True
+        self._arrived.release()
+        try:
+            # readable, or closed by the other end. Bounded: the connection closed here
+            # meanwhile (an engine process's watcher closes a dead child's pipe) may have had
+            # its descriptor reused before the wait began, by a restarted child's pipe that
+            # never speaks to this call
+            wait([replies.conn], WAIT_S)
+        except (OSError, ValueError):
+            pass  # closed here meanwhile: the caller's checks say how
+        finally:
+            self._reading = False
+            self._arrived.acquire()
+            self._arrived.notify_all()
 
 
 @dataclass

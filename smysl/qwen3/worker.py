@@ -42,6 +42,7 @@ from smysl.qwen3.client import (
     EngineProcessError,
     Piped,
     Replies,
+    reraise,
     send_reply,
 )
 from smysl.qwen3.contract import EngineConfig, batch_tokens
@@ -154,7 +155,6 @@ class _Hub:
         #: once: ``multiprocessing.connection.wait`` builds a selector per call (~12 us for ten
         #: connections against ~1.5), and the loop now wakes for every request.
         self._selector = selectors.DefaultSelector()
-        self._watched: set[Any] = set()
 
     def run(self) -> None:
         writer = threading.Thread(target=self._write, daemon=True, name="smysl-engine-reply")
@@ -187,17 +187,14 @@ class _Hub:
     def _serve(self) -> None:
         inflight: deque[_Pass] = deque()  # launched, not yet answered, oldest first
         pending: list[tuple[Connection, Any]] = []  # received, not yet launched
-        for source in (self.parent, self._wake_r, self._done_r):
-            self._watch_source(source)
+        for source in (self._wake_r, self._done_r):
+            self._selector.register(source, selectors.EVENT_READ)
+        for c in (self.parent, *self.clients):
+            self._selector.register(c, selectors.EVENT_READ)
         while True:
-            for c in self.clients:  # clients joined (or given before the loop started)
-                if c not in self._watched:
-                    self._watch_source(c)
             ready = [key.fileobj for key, _ in self._selector.select()]
             if self._done_r in ready:
-                os.read(self._done_r, 4096)
-            while inflight and inflight[0].done:  # answered in launch order
-                self._finish(inflight.popleft())
+                self._answer_done(inflight)
             requests = self._receive(ready)
             if requests is not None:
                 # a client gone meanwhile: its requests need no pass
@@ -206,16 +203,16 @@ class _Hub:
             pending = self._start(pending, inflight, stopping=requests is None)
             if requests is None:  # the parent is gone, or asked the child to stop
                 while inflight:
-                    if not inflight[0].done:
-                        wait([self._done_r])
-                        os.read(self._done_r, 4096)
-                    while inflight and inflight[0].done:
-                        self._finish(inflight.popleft())
+                    wait([self._done_r])
+                    self._answer_done(inflight)
                 return
 
-    def _watch_source(self, source: Any) -> None:
-        self._selector.register(source, selectors.EVENT_READ)
-        self._watched.add(source)
+    def _answer_done(self, inflight: deque[_Pass]) -> None:
+        """After the watcher's signal: answer the passes it has waited for, in launch
+        order."""
+        os.read(self._done_r, 4096)
+        while inflight and inflight[0].done:
+            self._finish(inflight.popleft())
 
     def _start(self, pending: list[tuple[Connection, Any]], inflight: deque[_Pass],
                stopping: bool = False) -> list[tuple[Connection, Any]]:
@@ -227,7 +224,7 @@ class _Hub:
         for n, group in enumerate(groups):
             if self.pipelined and not stopping and inflight and (
                     len(inflight) > 1
-                    or sum(len(s) for i in group for s in pending[i][1][0]) < self.budget // 2):
+                    or sum(_tokens(pending[i][1]) for i in group) < self.budget // 2):
                 return [pending[i] for g in groups[n:] for i in g]
             p = self._launch([pending[i] for i in group])
             if self.pipelined:
@@ -245,8 +242,10 @@ class _Hub:
         if self._wake_r in ready:
             os.read(self._wake_r, 512)
             with self._lock:
-                self.clients += self._joined
-                self._joined = []
+                joined, self._joined = self._joined, []
+            for c in joined:
+                self._selector.register(c, selectors.EVENT_READ)
+            self.clients += joined
         requests: list[tuple[Connection, Any]] = []
         for c in ready:
             if not isinstance(c, Connection):  # the wake-up pipes
@@ -259,7 +258,6 @@ class _Hub:
                         return None
                     self.clients.remove(c)
                     self._selector.unregister(c)
-                    self._watched.discard(c)
                     # closed by the writer, after the replies queued for it: closed here,
                     # its descriptor could be reused by a new client before those were
                     # written
@@ -287,7 +285,7 @@ class _Hub:
         try:
             return _Pass(requests, self.engine.submit(batch, heads))
         except Exception as e:
-            return _Pass(requests, functools.partial(_raise, e))
+            return _Pass(requests, functools.partial(reraise, e))
 
     def _finish(self, p: _Pass) -> None:
         """Send each request of a pass that has run its rows."""
@@ -330,16 +328,17 @@ class _Hub:
             os.write(self._wake_w, b"x")
 
 
-def _raise(e: Exception) -> np.ndarray:
-    raise e
-
-
 def _forward(engine: Engine, batch: list[list[int]], heads: list[int] | None
              ) -> tuple[str, Any]:
     try:
         return ("ok", engine.forward(batch, heads))
     except Exception as e:
         return ("error", e)
+
+
+def _tokens(request: tuple[list[list[int]], list[int] | None]) -> int:
+    """A forward request's tokens: its (batch, heads)' sequences together."""
+    return sum(map(len, request[0]))
 
 
 def merge(requests: Sequence[tuple[list[list[int]], list[int] | None]], budget: int
@@ -349,8 +348,8 @@ def merge(requests: Sequence[tuple[list[list[int]], list[int] | None]], budget: 
     shared prefix, computed per batch) or over the budget alone. -> groups of indices."""
     groups: list[list[int]] = []
     tokens = 0
-    for i, (batch, heads) in enumerate(requests):
-        n = sum(map(len, batch))
+    for i, (_, heads) in enumerate(requests):
+        n = _tokens(requests[i])
         if heads is None and groups and tokens + n <= budget and requests[groups[-1][0]][1] is None:
             groups[-1].append(i)
             tokens += n
