@@ -195,16 +195,16 @@ class _Hub:
             ready = [key.fileobj for key, _ in self._selector.select()]
             if self._done_r in ready:
                 self._answer_done(inflight)
-            requests = self._receive(ready)
-            if requests is not None:
-                # a client gone meanwhile: its requests need no pass
-                pending = [r for r in pending + requests
-                           if r[0] is self.parent or r[0] in self.clients]
-            pending = self._start(pending, inflight, stopping=requests is None)
-            if requests is None:  # the parent is gone, or asked the child to stop
-                while inflight:
+            requests, stop = self._receive(ready)
+            # a client gone meanwhile: its requests need no pass
+            pending = [r for r in pending + requests
+                       if r[0] is self.parent or r[0] in self.clients]
+            pending = self._start(pending, inflight)
+            if stop:  # the parent is gone, or asked the child to stop: answer what came
+                while pending or inflight:  # (two passes on the device at most, as ever)
                     wait([self._done_r])
                     self._answer_done(inflight)
+                    pending = self._start(pending, inflight)
                 return
 
     def _answer_done(self, inflight: deque[_Pass]) -> None:
@@ -214,15 +214,14 @@ class _Hub:
         while inflight and inflight[0].done:
             self._finish(inflight.popleft())
 
-    def _start(self, pending: list[tuple[Connection, Any]], inflight: deque[_Pass],
-               stopping: bool = False) -> list[tuple[Connection, Any]]:
+    def _start(self, pending: list[tuple[Connection, Any]], inflight: deque[_Pass]
+               ) -> list[tuple[Connection, Any]]:
         """Launch what may run now of ``pending`` (merged, in arrival order) -> the rest.
         CUDA: the next pass when none runs, or one of at least half the budget behind a
-        single running one (all of them when ``stopping``); CPU: every pass, each answered
-        when it has run."""
+        single running one; CPU: every pass, each answered when it has run."""
         groups = merge([r for _, r in pending], self.budget)
         for n, group in enumerate(groups):
-            if self.pipelined and not stopping and inflight and (
+            if self.pipelined and inflight and (
                     len(inflight) > 1
                     or sum(_tokens(pending[i][1]) for i in group) < self.budget // 2):
                 return [pending[i] for g in groups[n:] for i in g]
@@ -235,10 +234,10 @@ class _Hub:
                 self._finish(p)
         return []
 
-    def _receive(self, ready: list[Any]) -> list[tuple[Connection, Any]] | None:
+    def _receive(self, ready: list[Any]) -> tuple[list[tuple[Connection, Any]], bool]:
         """The forward requests among ``ready`` connections, all that each has sent (new
-        clients joined, a parent's "share" answered); None when the parent is gone or sent the
-        stop."""
+        clients joined, a parent's "share" answered), and whether the parent is gone or sent
+        the stop (what the clients sent is answered still)."""
         if self._wake_r in ready:
             os.read(self._wake_r, 512)
             with self._lock:
@@ -247,6 +246,7 @@ class _Hub:
                 self._selector.register(c, selectors.EVENT_READ)
             self.clients += joined
         requests: list[tuple[Connection, Any]] = []
+        stop = False
         for c in ready:
             if not isinstance(c, Connection):  # the wake-up pipes
                 continue
@@ -255,7 +255,8 @@ class _Hub:
                     request = c.recv()
                 except (EOFError, OSError):
                     if c is self.parent:
-                        return None
+                        stop = True
+                        break
                     self.clients.remove(c)
                     self._selector.unregister(c)
                     # closed by the writer, after the replies queued for it: closed here,
@@ -264,7 +265,8 @@ class _Hub:
                     self._outbox.put((c, None))
                     break
                 if request is None and c is self.parent:
-                    return None
+                    stop = True
+                    break
                 if c is self.parent and request[0] == "share":
                     self._reply(c, self._listen(*request[1:]))
                 else:
@@ -274,7 +276,7 @@ class _Hub:
                         break
                 except (EOFError, OSError):
                     break  # the next wait sees it closed
-        return requests
+        return requests, stop
 
     def _launch(self, requests: list[tuple[Connection, Any]]) -> _Pass:
         """Queue one forward pass for ``requests`` ((batch, heads) each)."""

@@ -414,6 +414,43 @@ def test_the_hub_computes_nothing_for_a_client_gone_while_it_waited() -> None:
     _stop(thread, parent)
 
 
+def test_the_hub_keeps_two_passes_at_most_on_the_device_while_it_stops() -> None:
+    """At the parent's stop the hub answers every request it has, launching them as ever
+    (all at once, three bulk passes would hold three passes' activations)."""
+    engine = _FakeCudaEngine(gated=True)
+    thread, (a, b, c), parent = _hub(engine, 3)
+    thread.start()
+    a.send(([[1] * 16_384], None))
+    engine.until(("launch", (1,)))
+    b.send(([[2] * 16_384], [1]))  # a shared prefix: a pass of its own
+    engine.until(("launch", (2,)))
+    c.send(([[3] * 16_384], [1]))
+    time.sleep(0.2)
+    parent.send(None)
+    time.sleep(0.3)
+    assert ("launch", (3,)) not in engine.events
+    engine.open(1)
+    engine.until(("launch", (3,)))
+    engine.open(2)
+    engine.open(3)
+    assert [x.recv()[0] for x in (a, b, c)] == ["ok", "ok", "ok"]
+    thread.join(10)
+    assert not thread.is_alive()
+
+
+def test_the_hub_answers_what_a_client_sent_with_the_stop() -> None:
+    """Requests read in the same wake-up as the parent's stop are answered too."""
+    engine = _FakeCudaEngine()
+    thread, (a, b), parent = _hub(engine, 2)
+    parent.send(None)  # the parent's end is the first the hub reads
+    a.send(([[1, 2]], None))
+    b.send(([[7]], None))
+    thread.start()
+    assert [x.recv()[1].tolist() if x.poll(10) else None for x in (a, b)] == [[[1, 2]], [[7, 1]]]
+    thread.join(10)
+    assert not thread.is_alive()
+
+
 def test_the_hub_answers_what_it_received_before_it_stops() -> None:
     engine = _FakeCudaEngine()
     replies = _run_hub(engine, [([[1, 2, 3]], [1]), ([[7, 8]], [1])])
