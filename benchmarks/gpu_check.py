@@ -320,7 +320,7 @@ def shape_run(size: str, work: Path, texts: list[str], n_tok: int, long_input: b
     del m
     free()
     if size == "0.6b":
-        step(f"{size} first-pass anatomy", lambda: first_pass_anatomy(ck, texts, row))
+        step(f"{size} first-pass causes", lambda: first_pass_causes(ck, texts, row))
     if long_input:  # a bar (memory, finite); the eager and int4 steps are not
         step(f"{size} 32K input", lambda: long32k(ck, row), bar=True)
     step(f"{size} eager passes", lambda: eager_passes(ck, texts, n_tok, first, row))
@@ -366,45 +366,119 @@ def ramp(on: bool) -> Iterator[None]:
         embedder.RAMP_BLOCKS = blocks
 
 
-def first_pass_anatomy(ck: Path, texts: list[str], row: dict[str, Any]) -> None:
-    """Where a first pass loses to a warm one (0.86 on the 0.6B, bar 0.9): tokenising (the
-    tokenizer's word cache starts empty; the GPU idles meanwhile) against the forward passes,
-    each timed first and second on a freshly loaded model."""
+#: The fresh processes of :func:`first_pass_causes`: (name, the load's sweep of matrix
+#: products on, profiled).
+FRESH_RUNS = (("as shipped", True, False), ("without the load's sweep", False, False),
+              ("without the sweep, profiled", False, True))
+
+
+def api_calls(p: Any) -> dict[str, Any]:
+    """The CUDA runtime and driver calls of a profiled pass: per name, calls and ms, and the
+    calls over 0.5 ms (a kernel's first launch loads it; a full launch queue also blocks),
+    and those long calls by the op that made them."""
+    names: dict[str, list[float]] = {}
+    by_op: dict[str, list[float]] = {}
+    for e in p.events():
+        if e.device_type.name != "CPU" or not e.name.startswith("cu"):
+            continue
+        ms = e.time_range.elapsed_us() / 1e3
+        r = names.setdefault(e.name, [0, 0.0, 0, 0.0])
+        r[0] += 1
+        r[1] += ms
+        if ms > 0.5:
+            r[2] += 1
+            r[3] += ms
+            op = e.cpu_parent.name if e.cpu_parent is not None else "(none)"
+            o = by_op.setdefault(op[:60], [0, 0.0])
+            o[0] += 1
+            o[1] += ms
+    top = sorted(names.items(), key=lambda kv: -kv[1][1])[:8]
+    return {"calls": {k: {"n": v[0], "ms": round(v[1], 2), "long_n": v[2],
+                          "long_ms": round(v[3], 2)} for k, v in top},
+            "long_by_op": {k: {"n": v[0], "ms": round(v[1], 2)}
+                           for k, v in sorted(by_op.items(), key=lambda kv: -kv[1][1])[:8]}}
+
+
+def _fresh_pass(ck: str, texts: list[str], dev: str, sweep: bool, profiled: bool,
+                out: Any) -> None:
+    """One fresh process: load the 0.6B (bf16), embed 16 texts, then time a first and a
+    second pass over ``texts`` (each profiled with ``profiled``) -> ``out``."""
+    from torch.profiler import ProfilerActivity, profile
+
+    global DEV
+    DEV = dev
+    cuda_log = logging.getLogger("smysl.qwen3.cuda")  # the load's warm-up, with its times
+    cuda_log.setLevel(logging.INFO)
+    cuda_log.addHandler(logging.StreamHandler(sys.stdout))
+    from smysl.qwen3 import cuda
+
+    if not sweep:
+        cuda.SWEEP_STEPS = 0
     from smysl import Embedder
 
-    a = Embedder.load(str(ck), device=DEV, dtype="bfloat16")
-    a.embed(texts[:16])
-    seqs, tok1 = timed(a.tokenize, texts)
-    _, tok2 = timed(a.tokenize, texts)
-    _, fwd1 = timed(a.embed_prepared, seqs)
-    _, fwd2 = timed(a.embed_prepared, seqs)
-    # warm calls from text: the blocks' ramp (the GPU starts after ~2.8K tokens of this corpus
-    # are tokenised) against blocks of a whole batch (as before: ~40K tokens tokenised first)
-    times: dict[bool, float] = {}
-    for on in (True, False, False, True):  # interleaved, the better of two each
-        with ramp(on):
-            _, t = timed(a.embed, texts)
-        times[on] = min(t, times.get(on, t))
-    with_ramp, no_ramp = times[True], times[False]
-    del a
-    free()
-    # a second model in the same process: a first pass as slow as the first model's is a
-    # per-model cost (allocator, pinned buffers); one as fast as a warm pass was the process's
-    # first use of these kernels (lazy module loading, cuBLAS heuristics)
-    b = Embedder.load(str(ck), device=DEV, dtype="bfloat16")
-    b.embed(texts[:16])
-    _, again = timed(b.embed_prepared, seqs)
-    row["anatomy_ms"] = {"tokenize_first": tok1 * 1e3, "tokenize_second": tok2 * 1e3,
-                         "forward_first": fwd1 * 1e3, "forward_second": fwd2 * 1e3,
-                         "forward_first_second_model": again * 1e3,
-                         "warm_embed_ramp": with_ramp * 1e3, "warm_embed_no_ramp": no_ramp * 1e3}
-    log(f"\nfirst-pass anatomy (fresh load): tokenise {tok1 * 1e3:.0f} ms, then "
-        f"{tok2 * 1e3:.0f} ms; forward passes {fwd1 * 1e3:.0f} ms, then {fwd2 * 1e3:.0f} ms; "
-        f"a second model's first forward pass {again * 1e3:.0f} ms; warm embed from text "
-        f"{with_ramp * 1e3:.0f} ms (blocks ramp up), {no_ramp * 1e3:.0f} ms (whole-batch "
-        f"blocks, as before)")
-    del b
-    free()
+    t = time.perf_counter()
+    m = Embedder.load(ck, device=dev, dtype="bfloat16")
+    res: dict[str, Any] = {"load_s": time.perf_counter() - t}
+    m.embed(texts[:16])
+    for name in ("first", "warm"):
+        if profiled:
+            acts = [ProfilerActivity.CPU, *([ProfilerActivity.CUDA] if dev == "cuda" else [])]
+            with profile(activities=acts) as p:
+                _, res[f"{name}_s"] = timed(m.embed, texts)
+            res[f"{name}_api"] = api_calls(p)
+        else:
+            _, res[f"{name}_s"] = timed(m.embed, texts)
+    out.put(res)
+
+
+def first_pass_causes(ck: Path, texts: list[str], row: dict[str, Any]) -> None:
+    """Why a first pass is slower than the next (0.82 of warm on the 0.6B, bar 0.9), each in
+    a fresh process (what a first pass meets first is the process's: a second model in the
+    same process was as fast as a warm pass): as shipped, without the load's sweep of matrix
+    products (``cuda.SWEEP_STEPS`` 0: the eager passes of the warm-up only), and that again
+    under the profiler, whose CUDA calls over 0.5 ms, first pass against warm, show what the
+    first one waited for (kernels loaded at their first launch, pinned or device memory)."""
+    import multiprocessing as mp
+
+    ctx = mp.get_context("spawn")
+    runs: dict[str, Any] = {}
+    row["first_pass_causes"] = runs
+    log("\n| fresh process, 0.6B | load s | first pass s | warm s | first / warm |\n"
+        "|---|---|---|---|---|")
+    for name, sweep, profiled in FRESH_RUNS:
+        out = ctx.Queue()
+        proc = ctx.Process(target=_fresh_pass,
+                           args=(str(ck), texts, DEV, sweep, profiled, out))
+        proc.start()
+        deadline = time.monotonic() + 240
+        try:
+            while True:  # a process that died fails the step at once
+                try:
+                    r = out.get(timeout=1)
+                    break
+                except queue.Empty:
+                    if proc.exitcode is not None or time.monotonic() > deadline:
+                        raise RuntimeError(f"fresh process {name!r} failed (exit code "
+                                           f"{proc.exitcode})") from None
+        finally:
+            proc.join(30)
+            if proc.is_alive():
+                proc.kill()
+        runs[name] = r
+        log(f"| {name} | {r['load_s']:.2f} | {r['first_s']:.3f} | {r['warm_s']:.3f} | "
+            f"{r['warm_s'] / r['first_s']:.2f} |")
+        save()
+    for name, r in runs.items():
+        if "first_api" not in r:
+            continue
+        for which in ("first", "warm"):
+            api = r[f"{which}_api"]
+            log(f"\n{name}, {which} pass: CUDA calls (calls, ms; over 0.5 ms: calls, ms): " + (
+                "; ".join(f"{k} {v['n']}, {v['ms']:.1f}; {v['long_n']}, {v['long_ms']:.1f}"
+                          for k, v in api["calls"].items()) or "none"))
+            log(f"{name}, {which} pass: calls over 0.5 ms by op: " + (
+                "; ".join(f"{k} {v['n']}, {v['ms']:.1f} ms"
+                          for k, v in api["long_by_op"].items()) or "none"))
 
 
 def int4(ck: Path, texts: list[str], n_tok: int, bf16: np.ndarray, row: dict[str, Any]

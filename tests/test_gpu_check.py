@@ -26,7 +26,10 @@ def test_gpu_check_runs_every_section_dry(tmp_path: Path) -> None:
     for size in ("0.6b", "8b", "4b"):
         row = res[f"shape_{size}"]
         assert row["smysl_first"]["tok_s"] > 0 and row["finite"]
-    assert "anatomy_ms" in res["shape_0.6b"] and "long32k_float16" in res["shape_8b"]
+    causes = res["shape_0.6b"]["first_pass_causes"]  # three fresh processes, one profiled
+    assert len(causes) == 3 and all(r["first_s"] > 0 and r["warm_s"] > 0 for r in causes.values())
+    assert sum("first_api" in r for r in causes.values()) == 1
+    assert "long32k_float16" in res["shape_8b"]
     servers = [k for k in res if k.startswith("server_0.6b")]
     assert len(servers) == 4
     for k in servers:  # every text came back, equal to the in-process vector
@@ -78,8 +81,8 @@ def test_a_cut_off_run_keeps_what_it_measured(tmp_path: Path) -> None:
         res = json.loads(out.read_text())  # rewritten after each section and step
         assert res["shape_0.6b"]["smysl_first"]["tok_s"] > 0
         # past the deadline: the optional steps said so instead of running
-        assert {"0.6b profile", "0.6b first-pass anatomy", "0.6b eager passes"} <= set(
-            res["skipped"]) and "anatomy_ms" not in res["shape_0.6b"]
+        assert {"0.6b profile", "0.6b first-pass causes", "0.6b eager passes"} <= set(
+            res["skipped"]) and "first_pass_causes" not in res["shape_0.6b"]
         proc.send_signal(signal.SIGTERM)
         text, _ = proc.communicate(timeout=120)
     finally:
@@ -88,3 +91,29 @@ def test_a_cut_off_run_keeps_what_it_measured(tmp_path: Path) -> None:
     assert proc.returncode == 143, text[-3000:]
     res = json.loads(out.read_text())
     assert "shape_0.6b" in res and res["elapsed_s"] > 0 and "total" in text
+
+
+def test_api_calls_sums_cuda_calls_and_names_the_long_ones_by_op() -> None:
+    """The profiled first pass's summary (a dry run has no CUDA calls to show it)."""
+    from types import SimpleNamespace
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import gpu_check
+
+    def event(name: str, us: float, parent: str | None, device: str = "CPU") -> object:
+        return SimpleNamespace(name=name, device_type=SimpleNamespace(name=device),
+                               time_range=SimpleNamespace(elapsed_us=lambda: us),
+                               cpu_parent=SimpleNamespace(name=parent) if parent else None)
+
+    events = [event("cudaLaunchKernel", 5, "aten::mm"), event("cudaLaunchKernel", 2000, "aten::mm"),
+              event("cudaLaunchKernel", 900, "aten::_flash_attention_forward"),
+              event("cuLaunchKernel", 3000, None), event("aten::mm", 9000, None),
+              event("cudaHostAlloc", 700, "aten::pin_memory"),
+              event("some_kernel", 4000, None, device="CUDA")]
+    got = gpu_check.api_calls(SimpleNamespace(events=lambda: events))
+    assert got["calls"]["cudaLaunchKernel"] == {"n": 3, "ms": 2.9, "long_n": 2, "long_ms": 2.9}
+    assert set(got["calls"]) == {"cudaLaunchKernel", "cuLaunchKernel", "cudaHostAlloc"}
+    assert next(iter(got["calls"])) == "cuLaunchKernel"  # the most time first
+    assert got["long_by_op"] == {"(none)": {"n": 1, "ms": 3.0}, "aten::mm": {"n": 1, "ms": 2.0},
+                                 "aten::_flash_attention_forward": {"n": 1, "ms": 0.9},
+                                 "aten::pin_memory": {"n": 1, "ms": 0.7}}

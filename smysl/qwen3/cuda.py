@@ -32,7 +32,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from smysl.qwen3.model import Qwen3Encoder
+from smysl.qwen3.model import Linear, Qwen3Encoder
 
 log = logging.getLogger(__name__)
 
@@ -251,6 +251,11 @@ FUSED_MAX_ERROR = 0.02
 WHOLE_MIN_COSINE = 0.999
 
 
+#: Row counts an octave of the linear layers' products run once at load (:meth:`Runner._sweep`);
+#: 0: none.
+SWEEP_STEPS = 8
+
+
 class Runner:
     """Forward passes on one CUDA device: packs a batch, copies it in once (pinned,
     non-blocking), replays a graph or runs eagerly, and copies the pooled rows out once.
@@ -266,6 +271,8 @@ class Runner:
         self.graphs: Graphs | None = None
         #: Token counts of the eager passes run at load (:meth:`_warm`).
         self.warmed: list[int] = []
+        #: Row counts of the linear layers' products run at load (:meth:`_sweep`).
+        self.swept: list[int] = []
         # Triton launches on the current device, not its tensors' (cuda:N with N > 0)
         with torch.cuda.device(device):
             fused = self._fused() if kernels and dtype in (torch.bfloat16, torch.float16) else None
@@ -308,9 +315,40 @@ class Runner:
                 short = True  # freed below: here the traceback still holds the pass's tensors
                 break
             self.warmed.append(t)
+        passes = time.perf_counter() - start
+        if not short:
+            self.swept = self._sweep(largest)
         torch.cuda.empty_cache()
-        log.info("eager passes of %s tokens run at load in %.2f s%s", self.warmed,
-                 time.perf_counter() - start, " (stopped: out of memory)" if short else "")
+        log.info("eager passes of %s tokens run at load in %.2f s%s; matrix products of 1 ... "
+                 "%d rows (%d sizes) in %.2f s", self.warmed, passes,
+                 " (stopped: out of memory)" if short else "", largest, len(self.swept),
+                 time.perf_counter() - start - passes)
+
+    @torch.inference_mode()
+    def _sweep(self, largest: int) -> list[int]:
+        """Each linear layer shape's product once for row counts from 1 to ``largest``,
+        :data:`SWEEP_STEPS` an octave -> those counts. The passes above meet a few row counts
+        only, and a batch's are its token count (a slice's) and, in the last layer, its
+        sequence count: any number. cuBLAS picks its kernel by the matrix shape, and CUDA
+        loads each kernel on its first launch, so a process's first passes met kernels the
+        warm-up had not (the suspect of the 0.6B's first pass at 0.82 of warm, H200). Only
+        the products run here: ~12 TFLOP on the 0.6B, ~43 on the 8B (estimates; tens of ms
+        on an H200 besides the loading)."""
+        if not SWEEP_STEPS:
+            return []
+        layers: dict[tuple[int, ...], Linear] = {}
+        for mod in self.model.layers[0].modules():
+            if isinstance(mod, Linear):  # quantised layers have their own kernels
+                layers.setdefault(tuple(mod.weight.shape), mod)
+        rows = sorted({largest} | {round(2 ** (i / SWEEP_STEPS))
+                                   for i in range(int(SWEEP_STEPS * np.log2(largest)) + 1)})
+        for mod in layers.values():
+            x = torch.zeros(largest, mod.weight.shape[1], dtype=mod.weight.dtype,
+                            device=self.device)
+            for m in rows:
+                mod(x[:m])
+            del x
+        return rows if layers else []
 
     def _capture_graphs(self, dtype: torch.dtype, largest: int) -> None:
         g = Graphs(self.forward, self.device, dtype, largest, self.chunk)

@@ -77,3 +77,36 @@ def test_varlen_plan_for_lengths_builds_offsets() -> None:
     plan = VarlenPlan.for_lengths([3, 1, 4], torch.device("cpu"), torch.bfloat16, sdpa_varlen)
     assert plan.cu.tolist() == [0, 3, 4, 8] and plan.cu_last.tolist() == [0, 1, 2, 3]
     assert plan.max_len == 4 and plan.cu.dtype == torch.int32
+
+
+def test_the_load_sweep_runs_each_layer_shape_at_every_row_count(
+        encoder, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
+    """:meth:`Runner._sweep` (run at load on CUDA): each linear layer shape once per row
+    count, eight counts an octave from 1 to the largest (a batch's tokens and its sequence
+    count are any number; cuBLAS picks a kernel per shape, loaded at its first launch)."""
+    from types import SimpleNamespace
+
+    from smysl.qwen3 import cuda
+    from smysl.qwen3.model import Linear, Qwen3Encoder
+
+    model = Qwen3Encoder(encoder.cfg)  # plain Linear layers, as on CUDA (CPU's are packed)
+
+    calls: list[tuple[tuple[int, ...], int]] = []
+    real = Linear.forward
+
+    def record(self: Linear, x: torch.Tensor) -> torch.Tensor:
+        calls.append((tuple(self.weight.shape), x.shape[0]))
+        assert x.is_contiguous()  # the layout of a real pass's inputs
+        return real(self, x)
+
+    monkeypatch.setattr(Linear, "forward", record)
+    runner = SimpleNamespace(model=model, device=torch.device("cpu"))
+    rows = cuda.Runner._sweep(runner, 300)  # type: ignore[arg-type]
+    assert rows[:9] == [1, 2, 3, 4, 5, 6, 7, 8, 9] and rows[-2:] == [279, 300]
+    assert all(b - a <= a * (2 ** (1 / 8) - 1) + 1 for a, b in itertools.pairwise(rows))
+    shapes = {tuple(m.weight.shape) for m in model.layers[0].modules() if isinstance(m, Linear)}
+    assert len(shapes) == 4  # qkv, o, gate|up, down
+    assert sorted(calls) == sorted((s, m) for s in shapes for m in rows)
+    calls.clear()
+    monkeypatch.setattr(cuda, "SWEEP_STEPS", 0)
+    assert cuda.Runner._sweep(runner, 300) == [] and not calls  # type: ignore[arg-type]

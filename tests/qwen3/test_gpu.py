@@ -101,6 +101,9 @@ def test_eager_sizes_past_the_graphs_run_at_load(tiny_dir: Path,
     assert sizes[0] == 4096 and sizes[-1] == BATCH_TOKENS["cuda"]
     assert sizes == [4096 * 2**i for i in range(len(sizes))]
     assert "eager passes of" in caplog.text
+    # and each linear layer's product at every row count up to the largest pass
+    assert m.engine._cuda.swept[0] == 1 and m.engine._cuda.swept[-1] == sizes[-1]
+    assert "matrix products of 1 ..." in caplog.text
     eager = Embedder.load(str(tiny_dir), device="cuda", dtype="bfloat16", cuda_graphs=0)
     assert eager.engine._cuda is not None and eager.engine._cuda.warmed == sizes
 
