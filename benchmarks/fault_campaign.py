@@ -20,6 +20,13 @@ while a burst is tokenised weigh on the measured drain rate and Retry-After over
    Retry-After against how long the requests queued before it really took to drain.
 
     .venv/bin/python benchmarks/fault_campaign.py --random small
+
+The engine process on a GPU runs its passes pipelined (several in flight, requests merged
+while one runs); the same code with the CPU's passes, real vectors, on a "device" thread
+(benchmarks/sim_gpu/sitecustomize.py), two HTTP workers:
+
+    SMYSL_SIM_GPU=real PYTHONPATH=benchmarks/sim_gpu .venv/bin/python \
+        benchmarks/fault_campaign.py --random small --serve-args "--workers 2"
 """
 
 from __future__ import annotations
@@ -309,6 +316,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--max-request-tokens", type=int, default=65536)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--serve-args", default="", help="more 'smysl serve' arguments (e.g. "
+                   "--workers 2)")
     p.add_argument("--fairness-s", type=float, default=20.0,
                    help="seconds the large requests keep running in the fairness phase")
     args = p.parse_args(argv)
@@ -326,7 +335,9 @@ def main(argv: list[str] | None = None) -> int:
     vocab = emb.engine.vocab_rows
     limit_mb = 1.0
     flags = ["--served-name", "served", "--threads", str(args.threads), "--max-request-mb",
-             str(limit_mb), "--max-request-tokens", str(args.max_request_tokens)]
+             str(limit_mb), "--max-request-tokens", str(args.max_request_tokens),
+             "--token-ids",  # the fairness part sends Qwen3 token ids (off by default)
+             *args.serve_args.split()]
     print(f"model: {model} ({args.random if not args.model else 'given'}; hidden "
           f"{emb.dimensions}, batch budget {emb.batch_tokens} tokens), {args.threads} thread(s), "
           f"{os.cpu_count()} CPUs", flush=True)

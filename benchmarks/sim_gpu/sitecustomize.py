@@ -6,6 +6,9 @@ the engine process imports :mod:`smysl.qwen3.worker`: ``submit`` queues the pass
 "device" thread that takes A_MS + B_US per token of the pass (the tokens padded to the CUDA
 graph bucket the batch would replay, powers of two with ``pow2``) and returns at once
 (``queues``, as on CUDA); the rows are unit vectors. The engine's merge budget is CUDA's.
+With ``SMYSL_SIM_GPU=real`` the device thread runs the engine's own CPU pass instead (its rows,
+its errors, raised when the rows are read): the CUDA path's concurrency with real vectors, for
+``benchmarks/fault_campaign.py``.
 Every second the device's counters go to ``$SMYSL_SIM_STATS/<pid>.json``. The HTTP workers,
 the batcher, the pipe to the engine process and its loop are the shipped ones, so their
 latency can be studied on a CPU machine; the real pass's host work (packing, pinned copies,
@@ -34,7 +37,8 @@ def _patch(engine_mod: Any, worker_mod: Any) -> None:
     from smysl.qwen3 import cuda
     from smysl.qwen3.contract import BATCH_TOKENS
 
-    parts = (SPEC or "").split(",")
+    real = SPEC == "real"
+    parts = (SPEC or "").split(",") if not real else ["0", "0"]
     fixed, per_token = float(parts[0]) / 1e3, float(parts[1]) / 1e6
     # the engine's default graphs (cuda_graphs 2048), or powers of two as before
     buckets = ([cuda.Bucket(1 << i, min(max((1 << i) // 4, 1), 128)) for i in range(4, 12)]
@@ -51,6 +55,11 @@ def _patch(engine_mod: Any, worker_mod: Any) -> None:
         while True:
             seconds, done = work.get()
             start = time.perf_counter()
+            if callable(seconds):  # a real pass
+                seconds()
+                stats["busy"] += time.perf_counter() - start
+                done.set()
+                continue
             end = start + seconds
             while (left := end - time.perf_counter()) > 2e-4:  # sleep, then spin the rest
                 time.sleep(left - 2e-4)
@@ -68,6 +77,7 @@ def _patch(engine_mod: Any, worker_mod: Any) -> None:
 
     engine_cls = engine_mod.Engine
     init = engine_cls.__init__
+    cpu_submit = engine_cls.submit
 
     def sim_init(self: Any, *args: Any, **kwargs: Any) -> None:
         init(self, *args, **kwargs)
@@ -88,11 +98,23 @@ def _patch(engine_mod: Any, worker_mod: Any) -> None:
         rows = np.zeros((len(batch), self.hidden_size), np.float32)
         rows[:, 0] = 1.0
         done = threading.Event()
-        self.sim_work.put((fixed + per_token * pad, done))
+        got: list[Any] = []
+
+        def run() -> None:
+            try:
+                got.append(cpu_submit(self, batch, heads)())
+            except Exception as e:
+                got.append(e)
+
+        self.sim_work.put((run if real else fixed + per_token * pad, done))
 
         def result() -> np.ndarray:
             done.wait()
-            return rows
+            if not real:
+                return rows
+            if isinstance(got[0], Exception):
+                raise got[0]
+            return got[0]
 
         return result
 
