@@ -380,7 +380,9 @@ def main(argv: list[str] | None = None) -> int:
                  str(t.transport_errors), "0", "ok" if t.transport_errors == 0 else "FAIL"))
 
     small_queue = 32
-    server = Server(model, *flags, "--max-queue", str(small_queue))
+    # one worker: the probe fills one queue (each worker has its own, and the kernel spreads
+    # the requests over them)
+    server = Server(model, *flags, "--max-queue", str(small_queue), "--workers", "1")
     try:
         server.wait_ready()
         probes = asyncio.run(retry_after(server.url, texts, small_queue,

@@ -236,6 +236,58 @@ def test_a_stopping_server_refuses_new_connections_at_once(tiny_dir: Path) -> No
     assert late == "ConnectError" and took < 1, (late, took, output()[-2000:])
 
 
+def _connections_by_process(pids: list[int], port: int) -> dict[int, int]:
+    """Linux: established connections on ``port`` held by each of ``pids`` (/proc)."""
+    inodes = set()
+    for name in ("tcp", "tcp6"):
+        with open(f"/proc/net/{name}") as f:
+            for line in f.readlines()[1:]:
+                col = line.split()
+                if int(col[1].rsplit(":", 1)[1], 16) == port and col[3] == "01":
+                    inodes.add(col[9])
+    held = {}
+    for pid in pids:
+        fds = Path(f"/proc/{pid}/fd")
+        held[pid] = sum(os.readlink(fds / fd).removeprefix("socket:[").rstrip("]") in inodes
+                        for fd in os.listdir(fds) if os.readlink(fds / fd).startswith("socket:"))
+    return held
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="SO_REUSEPORT spreads on Linux")
+def test_clients_that_connect_at_once_are_spread_over_the_workers(tiny_dir: Path) -> None:
+    """48 connections opened together, one request each, kept open: every worker holds some
+    and none half of them. On one shared socket the first worker to wake took every waiting
+    connection (asyncio accepts until none is left): all 64 of a load test's on one of 4 or
+    8 workers."""
+    import socket
+
+    server = Workers(tiny_dir, "--threads", "1", "--workers", "4", "--no-access-log")
+    conns: list[socket.socket] = []
+    try:
+        server.wait_healthy(time.monotonic() + 120)
+        server.started(4, time.monotonic() + 60)
+        host, port = server.url.removeprefix("http://").rsplit(":", 1)
+        conns = [socket.create_connection((host, int(port)), timeout=10) for _ in range(48)]
+        for c in conns:
+            c.sendall(f"GET /health HTTP/1.1\r\nHost: {host}\r\n\r\n".encode())
+        for c in conns:
+            assert c.recv(4096).startswith(b"HTTP/1.1 200"), server.output()[-2000:]
+        workers = [p for p in children(server.proc.pid)
+                   if Path(f"/proc/{p}/comm").read_text().strip() == "smysl-http"]
+        held = _connections_by_process(workers, int(port))
+        assert len(held) == 4 and sum(held.values()) == 48, held
+        assert min(held.values()) >= 1 and max(held.values()) <= 24, held
+    finally:
+        for c in conns:
+            c.close()
+        server.proc.send_signal(signal.SIGTERM)
+        try:
+            server.proc.wait(30)
+        finally:
+            if server.proc.poll() is None:
+                server.proc.kill()
+
+
 def test_workers_setting_is_checked(tiny_dir: Path, capsys) -> None:  # type: ignore[no-untyped-def]
     with pytest.raises(ValueError, match="workers"):
         ServerConfig(workers=0)
