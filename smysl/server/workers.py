@@ -228,33 +228,43 @@ def worker_sockets(host: str, port: int, workers: int) -> list[list[socket.socke
     every connection waiting (asyncio accepts until none is left), so 64 clients connecting at
     once were all one worker's, the others idle (measured with 4 and 8 workers). The
     supervisor keeps every set open: the connections the kernel hands a worker that is being
-    restarted wait for it in its socket's backlog. Elsewhere, or where a second set cannot
-    be bound, one set shared by all."""
+    restarted wait for it in its socket's backlog. Elsewhere, or where the option is refused,
+    one set shared by all.
+
+    The port is claimed first without the option: taken by anyone, it fails as one process's
+    bind does. ``SO_REUSEPORT`` alone would join the sockets of another server of the same
+    user on that port (another smysl's workers), and the two would split each other's
+    clients without a word."""
     if workers <= 1 or not SPREADS:
         return [listening_sockets(host, port)] * max(workers, 1)
-    first = listening_sockets(host, port, reuse_port=True)
-    groups = [first]
-    addresses = [(x.family, x.getsockname()) for x in first]
-    try:
-        for _ in range(workers - 1):
-            groups.append(_bind_all(addresses, first[0].getsockname()[1], reuse_port=True))
-    except OSError as e:
-        for g in groups[1:]:
-            for x in g:
+    for _ in range(8 if port == 0 else 1):
+        probe = listening_sockets(host, port, listen=False)  # ValueError when taken
+        addresses = [(x.family, x.getsockname()) for x in probe]
+        taken = probe[0].getsockname()[1]
+        for x in probe:
+            x.close()
+        groups: list[list[socket.socket]] = []
+        try:
+            for _ in range(workers):
+                groups.append(_bind_all(addresses, taken, reuse_port=True))
+            return groups
+        except OSError as e:
+            for x in (x for g in groups for x in g):
                 x.close()
-        log.warning("one listening socket shared by the workers (SO_REUSEPORT: %s)", e)
-        return [first] * workers
-    return groups
+            if e.errno != errno.EADDRINUSE:
+                log.warning("one listening socket shared by the workers (SO_REUSEPORT: %s)", e)
+                return [listening_sockets(host, port)] * workers
+            error = e  # taken between the claim and the bind: port 0 tries another
+    raise ValueError(f"cannot listen on {host}:{port}: {error.strerror or error}") from None
 
 
-def listening_sockets(host: str, port: int, *, reuse_port: bool = False
-                      ) -> list[socket.socket]:
+def listening_sockets(host: str, port: int, *, listen: bool = True) -> list[socket.socket]:
     """Listening sockets on ``port``: one per address ``host`` resolves to,
     as one uvicorn process binds them (``localhost``: 127.0.0.1 and ::1 where the system
     lists both; a client that tries ::1 first must not find nothing there), all on one port
     (``port`` 0: the one the first address got; tried again should another address have it
     taken). An address the system cannot bind (IPv6 switched off) is skipped while another
-    one binds."""
+    one binds. ``listen``: False to bind only (a claim of the port)."""
     try:
         found = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM,
                                    flags=socket.AI_PASSIVE)
@@ -264,7 +274,7 @@ def listening_sockets(host: str, port: int, *, reuse_port: bool = False
     addresses = list(dict.fromkeys((family, addr) for family, _, _, _, addr in found))
     for _ in range(8 if port == 0 else 1):
         try:
-            return _bind_all(addresses, port, reuse_port=reuse_port)
+            return _bind_all(addresses, port, listen=listen)
         except OSError as e:
             error = e
             if e.errno != errno.EADDRINUSE:
@@ -272,10 +282,11 @@ def listening_sockets(host: str, port: int, *, reuse_port: bool = False
     raise ValueError(f"cannot listen on {host}:{port}: {error.strerror or error}") from None
 
 
-def _bind_all(addresses: Sequence[tuple[int, Any]], port: int, *, reuse_port: bool = False
-              ) -> list[socket.socket]:
+def _bind_all(addresses: Sequence[tuple[int, Any]], port: int, *, reuse_port: bool = False,
+              listen: bool = True) -> list[socket.socket]:
     """:func:`listening_sockets` once: every address on one port, or none (all closed again);
-    ``reuse_port``: with ``SO_REUSEPORT`` (:func:`worker_sockets`)."""
+    ``reuse_port``: with ``SO_REUSEPORT`` (:func:`worker_sockets`); ``listen``: False to
+    bind only (a claim of the port)."""
     socks: list[socket.socket] = []
     error: OSError | None = None
     try:
@@ -302,7 +313,8 @@ def _bind_all(addresses: Sequence[tuple[int, Any]], port: int, *, reuse_port: bo
                     raise
                 error = error or e
                 continue
-            sock.listen(2048)
+            if listen:
+                sock.listen(2048)
             sock.set_inheritable(True)
         if not socks:
             raise error or OSError(errno.EADDRNOTAVAIL, "no address to listen on")

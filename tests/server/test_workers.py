@@ -236,6 +236,34 @@ def test_a_stopping_server_refuses_new_connections_at_once(tiny_dir: Path) -> No
     assert late == "ConnectError" and took < 1, (late, took, output()[-2000:])
 
 
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="SO_REUSEPORT spreads on Linux")
+def test_workers_sockets_are_one_port_each_and_refuse_a_taken_one() -> None:
+    """A socket set per worker on one port; a second server's workers on that port are
+    refused as a single process would be (SO_REUSEPORT alone would have joined them to the
+    first server's, splitting its clients without a word); so is a port another program
+    holds."""
+    import socket
+
+    from smysl.server.workers import worker_sockets
+
+    groups = worker_sockets("127.0.0.1", 0, 3)
+    try:
+        assert len(groups) == 3 and len({id(g[0]) for g in groups}) == 3
+        port = groups[0][0].getsockname()[1]
+        assert {g[0].getsockname()[1] for g in groups} == {port}
+        with pytest.raises(ValueError, match=f"cannot listen on 127.0.0.1:{port}"):
+            worker_sockets("127.0.0.1", port, 2)
+    finally:
+        for g in groups:
+            for x in g:
+                x.close()
+    with socket.socket() as other:
+        other.bind(("127.0.0.1", 0))
+        other.listen()
+        with pytest.raises(ValueError, match="cannot listen"):
+            worker_sockets("127.0.0.1", other.getsockname()[1], 2)
+
+
 def _connections_by_process(pids: list[int], port: int) -> dict[int, int]:
     """Linux: established connections on ``port`` held by each of ``pids`` (/proc)."""
     inodes = set()
