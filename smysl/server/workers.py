@@ -121,16 +121,20 @@ def serve_workers(embedder: BaseEmbedder | None, config: ServerConfig, *,
     host, port = socks[0].getsockname()[:2]
     folder = tempfile.mkdtemp(prefix="smysl-metrics-")
     ctx = mp.get_context("spawn")  # a fork would copy this process's threads and torch state
-    # set by the first worker whose server runs: until then connections wait in the backlog
-    # (seconds of imports), and "listening" would be said too early
-    up = ctx.Event()
+    # each set by its worker once its server runs: until then connections wait in the
+    # backlog (seconds of imports), and "listening" is said when every worker serves (each
+    # has its own socket: a connection the kernel hands one that has not started waits)
+    ups = [ctx.Event() for _ in range(config.workers)]
 
     def start(i: int) -> Any:
-        p = ctx.Process(target=_worker, args=(twin, ranker, config, groups[i], folder, up),
+        """Worker ``i`` started (None once a stop has begun: its sockets are closed)."""
+        p = ctx.Process(target=_worker, args=(twin, ranker, config, groups[i], folder, ups[i]),
                         name=f"smysl-http-{i}", daemon=False)
         # blocked until the worker runs: a stop signal sent while it starts is not lost
         old = signal.pthread_sigmask(signal.SIG_BLOCK, _STOP)
         try:
+            if stopping:  # handled just before the block
+                return None
             p.start()
         finally:
             signal.pthread_sigmask(signal.SIG_SETMASK, old)
@@ -164,12 +168,14 @@ def serve_workers(embedder: BaseEmbedder | None, config: ServerConfig, *,
 
     workers: dict[int, Any] = {}
     previous = {s: signal.signal(s, on_signal) for s in _STOP}
-    workers.update((i, start(i)) for i in range(config.workers))
+    for i in range(config.workers):
+        if (p := start(i)) is not None:
+            workers[i] = p
     restarts: deque[float] = deque()
     code = 0
     try:
         while workers:
-            if ready is not None and up.is_set():
+            if ready is not None and all(u.is_set() for u in ups):
                 ready(str(host), int(port))
                 ready = None
             wait([p.sentinel for p in workers.values()], timeout=0.5 if ready is None else 0.05)
@@ -199,7 +205,8 @@ def serve_workers(embedder: BaseEmbedder | None, config: ServerConfig, *,
                 restarts.append(now)
                 log.warning("HTTP worker %d exited (exit code %s); restarting it", i,
                             p.exitcode)
-                workers[i] = start(i)
+                if (p := start(i)) is not None:
+                    workers[i] = p
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
@@ -234,7 +241,9 @@ def worker_sockets(host: str, port: int, workers: int) -> list[list[socket.socke
     The port is claimed first without the option: taken by anyone, it fails as one process's
     bind does. ``SO_REUSEPORT`` alone would join the sockets of another server of the same
     user on that port (another smysl's workers), and the two would split each other's
-    clients without a word."""
+    clients without a word. Between the claim and the binds another one could still bind it
+    so: the listeners on the port are checked after the binds (two servers starting at that
+    instant both refuse)."""
     if workers <= 1 or not SPREADS:
         return [listening_sockets(host, port)] * max(workers, 1)
     for _ in range(8 if port == 0 else 1):
@@ -247,6 +256,9 @@ def worker_sockets(host: str, port: int, workers: int) -> list[list[socket.socke
         try:
             for _ in range(workers):
                 groups.append(_bind_all(addresses, taken, reuse_port=True))
+            if _foreign_listeners([x for g in groups for x in g]):
+                # another server claimed the port between our claim and our binds
+                raise OSError(errno.EADDRINUSE, "another server took it at the same time")
             return groups
         except OSError as e:
             for x in (x for g in groups for x in g):
@@ -256,6 +268,29 @@ def worker_sockets(host: str, port: int, workers: int) -> list[list[socket.socke
                 return [listening_sockets(host, port)] * workers
             error = e  # taken between the claim and the bind: port 0 tries another
     raise ValueError(f"cannot listen on {host}:{port}: {error.strerror or error}") from None
+
+
+def _foreign_listeners(ours: list[socket.socket]) -> list[str]:
+    """Linux: listening TCP sockets on ``ours``' port, at one of their addresses or a
+    wildcard one, that are not ``ours`` (``/proc/net/tcp``, ``tcp6``) -> their addresses."""
+    port = ours[0].getsockname()[1]
+    mine = {os.fstat(x.fileno()).st_ino for x in ours}
+
+    def hexed(x: socket.socket) -> str:  # /proc's form: 32-bit words, each little-endian
+        b = socket.inet_pton(x.family, x.getsockname()[0])
+        return "".join(b[i : i + 4][::-1].hex().upper() for i in range(0, len(b), 4))
+
+    where = {hexed(x) for x in ours} | {"0" * 8, "0" * 32}
+    found = []
+    for name in ("tcp", "tcp6"):
+        with contextlib.suppress(OSError), open(f"/proc/net/{name}") as f:
+            for line in f.readlines()[1:]:
+                col = line.split()  # sl, local, remote, state (0A: listening), ..., inode
+                addr, _, hex_port = col[1].rpartition(":")
+                if (col[3] == "0A" and int(hex_port, 16) == port and addr in where
+                        and int(col[9]) not in mine):
+                    found.append(col[1])
+    return found
 
 
 def listening_sockets(host: str, port: int, *, listen: bool = True) -> list[socket.socket]:
@@ -337,7 +372,7 @@ def _mark_dead(pid: int | None, folder: str) -> None:
 
 def _worker(embedder: BaseEmbedder | None, reranker: BaseReranker | None,
             config: ServerConfig, socks: list[socket.socket], folder: str, up: Any) -> None:
-    """A worker's main: the whole server on the shared socket; sets ``up`` once it serves."""
+    """A worker's main: the whole server on its sockets; sets ``up`` once it serves."""
     # Signals come from the supervisor alone (once each), not from the terminal's Ctrl-C to
     # the whole process group: uvicorn cuts requests off at a second one.
     os.setpgrp()

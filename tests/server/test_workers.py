@@ -264,6 +264,44 @@ def test_workers_sockets_are_one_port_each_and_refuse_a_taken_one() -> None:
             worker_sockets("127.0.0.1", other.getsockname()[1], 2)
 
 
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="SO_REUSEPORT spreads on Linux")
+def test_a_server_binding_the_port_between_the_claim_and_the_binds_is_refused(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Another server (same user, SO_REUSEPORT) that binds the port in the instant between
+    the claim and the workers' binds would split the clients: the listeners are checked after
+    the binds."""
+    import socket
+
+    from smysl.server import workers
+
+    real = workers._bind_all
+    foreign: list[socket.socket] = []
+
+    def racing(addresses: Any, port: int, **kw: Any) -> list[socket.socket]:
+        if kw.get("reuse_port") and not foreign:  # the other server, just after our claim
+            other = socket.socket()
+            other.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            other.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            other.bind(("127.0.0.1", port))
+            other.listen()
+            foreign.append(other)
+        return real(addresses, port, **kw)
+
+    monkeypatch.setattr(workers, "_bind_all", racing)
+    port = free_port()
+    try:
+        with pytest.raises(ValueError, match=f"127.0.0.1:{port}: another server took it"):
+            workers.worker_sockets("127.0.0.1", port, 2)
+    finally:
+        for x in foreign:
+            x.close()
+    monkeypatch.setattr(workers, "_bind_all", real)
+    groups = workers.worker_sockets("127.0.0.1", port, 2)  # the port free again: ours
+    assert workers._foreign_listeners([x for g in groups for x in g]) == []
+    for g in groups:
+        g[0].close()
+
+
 def _connections_by_process(pids: list[int], port: int) -> dict[int, int]:
     """Linux: established connections on ``port`` held by each of ``pids`` (/proc)."""
     inodes = set()
