@@ -317,7 +317,11 @@ class Runner:
             self.warmed.append(t)
         passes = time.perf_counter() - start
         if not short:
-            self.swept = self._sweep(largest)
+            try:
+                self.swept = self._sweep(largest)
+                torch.cuda.synchronize(self.device)
+            except torch.cuda.OutOfMemoryError:
+                short = True  # the sweep is a warm-up too: a smaller one is no failure
         torch.cuda.empty_cache()
         log.info("eager passes of %s tokens run at load in %.2f s%s; matrix products of 1 ... "
                  "%d rows (%d sizes) in %.2f s", self.warmed, passes,
