@@ -12,6 +12,7 @@ process's share of a core (a process near 1.0 bounds the rest).
 
     .venv/bin/python benchmarks/sim_gpu.py --workers 1 --clients 64 --sim 0.5,1.2
     .venv/bin/python benchmarks/sim_gpu.py --workers 2 --clients 64 --sim 10,1
+    .venv/bin/python benchmarks/sim_gpu.py --workers 4 --sim 2,1 --gpu-check-load
 
 The second, a slow device, leaves neither this machine's cores nor Python to set the rate:
 what it shows is the server's structure (how many passes a request waits for, how many
@@ -53,6 +54,9 @@ def main() -> None:
     ap.add_argument("--clients", type=int, default=64)
     ap.add_argument("--requests", type=int, default=3000)
     ap.add_argument("--serve-args", default="", help="more 'smysl serve' arguments")
+    ap.add_argument("--gpu-check-load", action="store_true",
+                    help="gpu_check.py's load instead: the clients in 4 processes, connecting "
+                         "at once (a burst of connections, as a pool's), each text once")
     args = ap.parse_args()
     stats = tempfile.mkdtemp(prefix="smysl-sim-")
     os.environ.update(SMYSL_SIM_GPU=args.sim, SMYSL_SIM_STATS=stats,
@@ -66,7 +70,16 @@ def main() -> None:
         asyncio.run(load(srv.url, texts, 500, args.clients, "/embed"))  # warm
         time.sleep(1.2)
         s0, m0, c0 = device_stats(stats), scrape(srv.url), tree_cpu(srv.proc.pid)
-        wall = asyncio.run(load(srv.url, texts, args.requests, args.clients, "/embed"))
+        if args.gpu_check_load:
+            import numpy as np
+            from gpu_check import _clients
+
+            args.requests = min(args.requests, len(texts))
+            ref = np.zeros((args.requests, 64), np.float32)  # the simulated rows (tiny: 64)
+            ref[:, 0] = 1.0
+            wall = _clients(srv.url, texts[: args.requests], args.clients, ref)[0]
+        else:
+            wall = asyncio.run(load(srv.url, texts, args.requests, args.clients, "/embed"))
         c1, m1 = tree_cpu(srv.proc.pid), scrape(srv.url)
         time.sleep(1.2)
         s1 = device_stats(stats)
