@@ -277,7 +277,7 @@ def _foreign_listeners(ours: list[socket.socket]) -> list[str]:
     mine = {os.fstat(x.fileno()).st_ino for x in ours}
 
     def hexed(x: socket.socket) -> str:  # /proc's form: 32-bit words, each little-endian
-        b = socket.inet_pton(x.family, x.getsockname()[0])
+        b = socket.inet_pton(x.family, x.getsockname()[0].split("%")[0])  # no IPv6 scope
         return "".join(b[i : i + 4][::-1].hex().upper() for i in range(0, len(b), 4))
 
     where = {hexed(x) for x in ours} | {"0" * 8, "0" * 32}
