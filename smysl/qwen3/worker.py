@@ -196,11 +196,12 @@ class _Hub:
             if self._done_r in ready:
                 self._answer_done(inflight)
             requests, stop = self._receive(ready)
-            # a client gone meanwhile: its requests need no pass
+            # a client gone meanwhile needs no pass; nor does the parent once it has stopped
+            # us (it closed its end: nobody would read the rows)
             pending = [r for r in pending + requests
-                       if r[0] is self.parent or r[0] in self.clients]
+                       if (r[0] is self.parent and not stop) or r[0] in self.clients]
             pending = self._start(pending, inflight)
-            if stop:  # the parent is gone, or asked the child to stop: answer what came
+            if stop:  # the parent is gone, or asked the child to stop: answer the clients
                 while pending or inflight:  # (two passes on the device at most, as ever)
                     wait([self._done_r])
                     self._answer_done(inflight)

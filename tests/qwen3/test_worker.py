@@ -451,6 +451,23 @@ def test_the_hub_answers_what_a_client_sent_with_the_stop() -> None:
     assert not thread.is_alive()
 
 
+@pytest.mark.parametrize("device", ["cuda", "cpu"])
+def test_the_hub_computes_nothing_for_the_parent_once_it_has_stopped(device: str) -> None:
+    """The parent closes its end right after the stop (``_stop``): passes for its requests
+    still waiting would be rows nobody reads (40 CPU passes held a close for 10 s)."""
+    engine = _FakeCudaEngine(device=device)
+    thread, (a,), parent = _hub(engine, 1)
+    for key in (1, 2, 3):
+        parent.send(([[key, 9]], [1]))  # a shared prefix each: three passes
+    parent.send(None)
+    a.send(([[7]], None))
+    thread.start()
+    assert a.poll(10) and a.recv()[1].tolist() == [[7, 1]]  # the client's, answered
+    thread.join(10)
+    assert not thread.is_alive()
+    assert [e for e in engine.events if e[0] == "launch"] == [("launch", (7,))]
+
+
 def test_the_hub_answers_what_it_received_before_it_stops() -> None:
     engine = _FakeCudaEngine()
     replies = _run_hub(engine, [([[1, 2, 3]], [1]), ([[7, 8]], [1])])
