@@ -97,7 +97,7 @@ def check_settings(embedder: BaseEmbedder, config: ServerConfig) -> None:
 def serve_workers(embedder: BaseEmbedder | None, config: ServerConfig, *,
                   ready: Any = None, reranker: BaseReranker | None = None) -> int:
     """Run ``config.workers`` worker processes until interrupted; ``ready(host, port)`` once
-    the first worker accepts connections on the bound port. The embedding model, the
+    every worker accepts connections on the bound port. The embedding model, the
     reranker or both are shared with every worker (each its own engine process). Returns the
     exit status, as :func:`smysl.server.app.serve` does."""
     from smysl.server.app import EXIT_BACKEND_DOWN
