@@ -92,6 +92,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "Local models only (the model, the reranker or both), not with "
                         "--in-process. auto (the default): on CUDA half the CPUs, at most 8; "
                         "else 1")
+    p.add_argument("--worker-stall-s", type=float, default=None,
+                   help=f"with --workers: a worker whose event loop has not run for this long "
+                        f"has its stacks logged and is restarted, since its share of the "
+                        f"port's new connections would wait on it (0 = never; default "
+                        f"{d.worker_stall_s:g})")
     p.add_argument("--no-access-log", dest="access_log", action="store_false",
                    help="no log line per request on stdout; start-up, warnings and "
                         "errors are still logged")
@@ -160,6 +165,8 @@ def _server_config(args: argparse.Namespace, model_name: str,
         converted["request_timeout_s"] = args.request_timeout_s or None
     if args.switch_interval_ms is not None:
         converted["switch_interval_s"] = args.switch_interval_ms / 1000 or None
+    if args.worker_stall_s is not None:
+        converted["worker_stall_s"] = args.worker_stall_s or None
     return ServerConfig.from_env(
         host=args.host, port=args.port, api_key=args.api_key, served_name=args.served_name,
         max_batch_tokens=args.max_batch_tokens, max_wait_ms=args.max_wait_ms,
@@ -182,7 +189,8 @@ FIELD_FLAGS = {
     "max_request_bytes": "--max-request-mb", "max_request_tokens": "--max-request-tokens",
     "request_timeout_s": "--request-timeout-s", "unhealthy_exit_s": "--unhealthy-exit-s",
     "switch_interval_s": "--switch-interval-ms", "index": "--index",
-    "index_table": "--index-table", "workers": "--workers", "index_threads": "--index-threads",
+    "index_table": "--index-table", "workers": "--workers", "worker_stall_s": "--worker-stall-s",
+    "index_threads": "--index-threads",
     "cors_origins": "--cors-allow-origin",
 }
 

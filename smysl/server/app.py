@@ -356,11 +356,13 @@ Ready = Callable[[str, int], None]
 
 def serve(embedder: BaseEmbedder | None, config: ServerConfig, *, ready: Ready | None = None,
           reranker: BaseReranker | None = None, sockets: list[socket.socket] | None = None,
-          **uvicorn_options: Any) -> int:
+          heartbeat: Callable[[], None] | None = None, **uvicorn_options: Any) -> int:
     """Run the server with uvicorn until interrupted (SIGINT/SIGTERM shut down gracefully);
     with ``config.workers`` > 1 in that many processes (:mod:`smysl.server.workers`).
     ``sockets``: listen on these instead of binding ``config.host``/``config.port`` (one
-    worker of ``config.workers``: this process serves alone on them).
+    worker of ``config.workers``: this process serves alone on them). ``heartbeat``: called
+    from the event loop about every 0.1 s while it runs, from before ``ready`` on (a
+    worker's supervisor watches it for a stalled loop).
 
     Returns 0, or :data:`EXIT_BACKEND_DOWN` when it stopped because the backend stayed
     unhealthy for ``config.unhealthy_exit_s`` (a supervisor should restart the process).
@@ -380,7 +382,7 @@ def serve(embedder: BaseEmbedder | None, config: ServerConfig, *, ready: Ready |
         socks = listening_sockets(config.host, config.port)
         try:
             return serve(embedder, config, ready=ready, reranker=reranker, sockets=socks,
-                         **uvicorn_options)
+                         heartbeat=heartbeat, **uvicorn_options)
         finally:
             for sock in socks:
                 sock.close()
@@ -399,7 +401,8 @@ def serve(embedder: BaseEmbedder | None, config: ServerConfig, *, ready: Ready |
     # uvicorn's own loop choice (uvloop where installed): asyncio.run would take the
     # pure-Python loop, which uvicorn.run avoids
     with asyncio.Runner(loop_factory=server.config.get_loop_factory()) as runner:
-        return runner.run(_supervise(server, app.state.healths, config, ready, sockets))
+        return runner.run(_supervise(server, app.state.healths, config, ready, sockets,
+                                     heartbeat))
 
 
 class _Server(uvicorn.Server):
@@ -415,11 +418,15 @@ class _Server(uvicorn.Server):
 
 
 async def _supervise(server: Any, healths: list[BackendHealth], config: ServerConfig,
-                     ready: Ready | None, sockets: list[socket.socket] | None) -> int:
-    """Run uvicorn; report the bound port once; stop when a backend stays down too long."""
+                     ready: Ready | None, sockets: list[socket.socket] | None,
+                     heartbeat: Callable[[], None] | None) -> int:
+    """Run uvicorn; report the bound port once; stop when a backend stays down too long;
+    beat while the loop runs."""
     task = asyncio.create_task(server.serve(sockets=sockets))
     code = 0
     while not task.done():
+        if heartbeat is not None:
+            heartbeat()
         if ready is not None and server.started:
             host, port = server.servers[0].sockets[0].getsockname()[:2]
             ready(str(host), int(port))

@@ -22,7 +22,7 @@ RULES = {
     "request_timeout_s": "> 0", "unhealthy_exit_s": "seconds > 0, None (never) or 'auto'",
     "graceful_timeout_s": ">= 0",
     "switch_interval_s": "> 0", "index": "not empty", "index_table": "not empty",
-    "workers": ">= 1", "index_threads": ">= 1",
+    "workers": ">= 1", "worker_stall_s": "seconds > 0 or None (never)", "index_threads": ">= 1",
     "cors_origins": "each '*' or an http:// or https:// origin",
 }
 
@@ -107,6 +107,13 @@ class ServerConfig:
     #: ``smysl serve --workers auto`` sets it once the models are loaded
     #: (:func:`smysl.server.workers.auto_workers`).
     workers: int = 1
+    #: With ``workers`` > 1: a worker whose event loop has not run for this many seconds (a
+    #: request handler blocked, a deadlock, a stopped process) has its threads' stacks dumped
+    #: to the server's output, is killed and restarted (:mod:`smysl.server.workers`). Each
+    #: worker has its own share of the port's new connections: a wedged one would hold its
+    #: share unanswered for ever. The loop's own work never blocks it this long (engine
+    #: calls and index searches run off it); None = never.
+    worker_stall_s: float | None = 30.0
     #: A line per request on stdout, uvicorn's with the time appended (``"POST /embed
     #: HTTP/1.1" 200 OK 3.1 ms``), as TEI and Ollama log requests; written by
     #: :mod:`smysl.server.access_log` (uvicorn's own cost a short request 13-15% of the
@@ -148,6 +155,7 @@ class ServerConfig:
             "index": self.index is None or bool(self.index.strip()),
             "index_table": bool(self.index_table.strip()),
             "workers": self.workers >= 1,
+            "worker_stall_s": self.worker_stall_s is None or self.worker_stall_s > 0,
             "index_threads": self.index_threads >= 1,
             "cors_origins": all(o == "*" or o.startswith(("http://", "https://"))
                                 for o in self.cors_origins),

@@ -21,12 +21,18 @@ Lifecycle: SIGINT or SIGTERM to the supervisor is passed to each worker once (uv
 graceful shutdown; a second one cuts in-flight requests off); then the engine stops. A worker
 that exits with :data:`~smysl.server.app.EXIT_BACKEND_DOWN` stops the server with that
 status; one that dies otherwise is restarted, at most :data:`MAX_RESTARTS` times a minute.
+So is one whose event loop stalls (``ServerConfig.worker_stall_s``): each worker's loop
+writes the time to a shared heartbeat about every 0.1 s, and a worker silent for that long
+has its threads' stacks written to the server's output (:mod:`faulthandler`, on
+``SIGUSR1``) and is killed. Its own socket's share of the new connections would otherwise
+wait on it for ever, where on one shared socket the others would have taken them.
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
+import faulthandler
 import logging
 import multiprocessing as mp
 import os
@@ -58,6 +64,10 @@ MAX_RESTARTS = 3
 #: second at ~0.6-1 ms of CPU each, more than the 0.6B's short-text rate on an H200.
 MAX_AUTO_WORKERS = 8
 _STOP = {signal.SIGINT, signal.SIGTERM}
+#: Asks a worker for its threads' stacks (on its output), before a stalled one is killed.
+_STACKS = signal.SIGUSR1  # (workers are POSIX only: pthread_sigmask, Unix sockets)
+#: Seconds the supervisor gives a stalled worker to write its stacks before the kill.
+STACKS_WAIT_S = 0.5
 
 
 def auto_workers(models: list[tuple[str | None, int | None]], cpus: int | None = None) -> int:
@@ -125,10 +135,14 @@ def serve_workers(embedder: BaseEmbedder | None, config: ServerConfig, *,
     # backlog (seconds of imports), and "listening" is said when every worker serves (each
     # has its own socket: a connection the kernel hands one that has not started waits)
     ups = [ctx.Event() for _ in range(config.workers)]
+    #: each worker's last heartbeat (time.monotonic(): one clock for every process)
+    beats = [ctx.Value("d", 0.0, lock=False) for _ in range(config.workers)]
 
     def start(i: int) -> Any:
         """Worker ``i`` started (None once a stop has begun: its sockets are closed)."""
-        p = ctx.Process(target=_worker, args=(twin, ranker, config, groups[i], folder, ups[i]),
+        ups[i].clear()  # watched for a stall once this one serves (a restart's too)
+        p = ctx.Process(target=_worker, args=(twin, ranker, config, groups[i], folder, ups[i],
+                                              beats[i]),
                         name=f"smysl-http-{i}", daemon=False)
         # blocked until the worker runs: a stop signal sent while it starts is not lost
         old = signal.pthread_sigmask(signal.SIG_BLOCK, _STOP)
@@ -181,6 +195,12 @@ def serve_workers(embedder: BaseEmbedder | None, config: ServerConfig, *,
             wait([p.sentinel for p in workers.values()], timeout=0.5 if ready is None else 0.05)
             if stopping:
                 tell()
+            elif config.worker_stall_s is not None:
+                for i, p in workers.items():
+                    if ups[i].is_set() and p.is_alive():
+                        silent = time.monotonic() - beats[i].value
+                        if silent > config.worker_stall_s:
+                            _kill_stalled(i, p, silent)
             for i, p in list(workers.items()):
                 if p.is_alive():
                     continue
@@ -360,6 +380,19 @@ def _bind_all(addresses: Sequence[tuple[int, Any]], port: int, *, reuse_port: bo
     return socks
 
 
+def _kill_stalled(i: int, p: Any, silent: float) -> None:
+    """Kill worker ``i`` (process ``p``), its event loop silent for ``silent`` seconds, once
+    it has had a moment to write its threads' stacks (what it was stuck on)."""
+    log.error("HTTP worker %d (pid %s): its event loop has not run for %.1f s "
+              "(worker_stall_s); its threads' stacks follow, then it is killed and restarted",
+              i, p.pid, silent)
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(p.pid, _STACKS)
+    p.join(STACKS_WAIT_S)  # (a stopped process writes nothing: it is killed all the same)
+    p.kill()
+    p.join(5)
+
+
 def _mark_dead(pid: int | None, folder: str) -> None:
     """Drop a gone worker's live gauges (its counters keep counting in the totals)."""
     if pid is None:
@@ -371,8 +404,10 @@ def _mark_dead(pid: int | None, folder: str) -> None:
 
 
 def _worker(embedder: BaseEmbedder | None, reranker: BaseReranker | None,
-            config: ServerConfig, socks: list[socket.socket], folder: str, up: Any) -> None:
-    """A worker's main: the whole server on its sockets; sets ``up`` once it serves."""
+            config: ServerConfig, socks: list[socket.socket], folder: str, up: Any,
+            beat: Any) -> None:
+    """A worker's main: the whole server on its sockets; sets ``up`` once it serves, and
+    ``beat`` (a shared double) to the time while its event loop runs."""
     # Signals come from the supervisor alone (once each), not from the terminal's Ctrl-C to
     # the whole process group: uvicorn cuts requests off at a second one.
     os.setpgrp()
@@ -382,13 +417,23 @@ def _worker(embedder: BaseEmbedder | None, reranker: BaseReranker | None,
     from smysl.server.app import serve
 
     threading.Thread(target=_orphaned, args=(os.getppid(),), daemon=True).start()
+    _last_words()
+
+    def heartbeat() -> None:
+        beat.value = time.monotonic()
 
     try:
         code = serve(embedder, config, sockets=socks, reranker=reranker,
-                     ready=lambda _host, _port: up.set())
+                     ready=lambda _host, _port: up.set(), heartbeat=heartbeat)
     finally:
         _close(embedder, reranker)
     sys.exit(code)
+
+
+def _last_words() -> None:
+    """Write this process's threads' stacks to stderr when the supervisor sends
+    :data:`_STACKS` to a stalled worker (at C level: needs neither the GIL nor the loop)."""
+    faulthandler.register(_STACKS, all_threads=True)
 
 
 def _close(*models: BaseEmbedder | BaseReranker | None) -> None:

@@ -111,6 +111,25 @@ def test_unhealthy_exit_defaults_to_each_backend_s_kind() -> None:
             ServerConfig(unhealthy_exit_s=bad)  # type: ignore[arg-type]
 
 
+def test_worker_stall_flag(tiny_dir, monkeypatch, capsys) -> None:  # type: ignore[no-untyped-def]
+    """``--worker-stall-s``: seconds, 0 = never watch; a negative one is refused by its flag's
+    name."""
+    from smysl.server.config import InvalidServerSettings
+
+    seen: list[ServerConfig] = []
+    monkeypatch.setattr(smysl.server, "serve",
+                        lambda embedder, config, ready: seen.append(config) or 0)
+    base = ["serve", "--model", str(tiny_dir), "--device", "cpu", "--in-process"]
+    assert main(base) == 0 and seen[-1].worker_stall_s == ServerConfig().worker_stall_s == 30
+    assert main([*base, "--worker-stall-s", "5"]) == 0 and seen[-1].worker_stall_s == 5
+    assert main([*base, "--worker-stall-s", "0"]) == 0 and seen[-1].worker_stall_s is None
+    assert main([*base, "--worker-stall-s", "-1"]) == 2
+    assert "--worker-stall-s" in capsys.readouterr().err
+    for bad in (0, -2.0):
+        with pytest.raises(InvalidServerSettings, match="worker_stall_s"):
+            ServerConfig(worker_stall_s=bad)
+
+
 def test_workers_auto_on_cuda_runs_half_the_cpus(tiny_dir, monkeypatch) -> None:  # type: ignore[no-untyped-def]
     """``--workers auto`` (the default) asks the loaded model where it computes: a model whose
     engine process says CUDA gets HTTP workers for half the CPUs; in process, one."""

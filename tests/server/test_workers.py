@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
@@ -550,3 +551,81 @@ def test_workers_answer_on_ipv4_and_ipv6_loopback(tiny_dir: Path) -> None:
                 log.seek(0)
                 out = log.read().decode(errors="replace")
         assert proc.returncode == 0, out[-3000:]
+
+
+def _http_workers(pid: int) -> list[int]:
+    return [p for p in children(pid) if Path(f"/proc/{p}/comm").read_text().strip() == "smysl-http"]
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="SO_REUSEPORT spreads on Linux")
+def test_a_stalled_worker_is_restarted_and_its_share_of_clients_answered(tiny_dir: Path
+                                                                        ) -> None:
+    """A worker whose event loop stops running (here: SIGSTOP) is killed after
+    ``--worker-stall-s`` and restarted, and every new connection is answered: the ones the
+    kernel handed its socket meanwhile wait in that socket's backlog (the supervisor keeps it
+    open) for the new worker. Without the watch they waited for ever: each worker has a
+    socket of its own (SO_REUSEPORT) and its share of the port's connections."""
+    server = Workers(tiny_dir, "--threads", "1", "--no-access-log", "--worker-stall-s", "1")
+    stopped = 0
+    try:
+        server.wait_healthy(time.monotonic() + 120)
+        server.started(2, time.monotonic() + 60)
+        stopped = _http_workers(server.proc.pid)[0]
+        os.kill(stopped, signal.SIGSTOP)
+
+        def fresh(_: int) -> int | str:  # a new connection each (no client: no pool)
+            try:
+                return httpx.get(f"{server.url}/health", timeout=30).status_code
+            except httpx.HTTPError as e:
+                return type(e).__name__
+
+        with ThreadPoolExecutor(8) as pool:
+            got = list(pool.map(fresh, range(32)))
+        assert got == [200] * 32, (got, server.output()[-3000:])
+        server.started(3, time.monotonic() + 30)
+        out = server.output()
+        assert re.search(rf"HTTP worker \d \(pid {stopped}\): its event loop has not run", out), out
+        assert stopped not in _http_workers(server.proc.pid)
+    finally:
+        if stopped:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(stopped, signal.SIGKILL)
+        server.proc.send_signal(signal.SIGTERM)
+        try:
+            server.proc.wait(30)
+        finally:
+            if server.proc.poll() is None:
+                server.proc.kill()
+
+
+def _blocked_for_ever(ready: Any) -> None:
+    from smysl.server import workers
+
+    workers._last_words()  # as a worker does
+    ready.set()
+    while True:
+        time.sleep(1)
+
+
+def test_a_stalled_worker_writes_its_stacks_before_it_is_killed(
+        capfd: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture) -> None:
+    """What the stalled worker was stuck on reaches the server's output: its threads' stacks
+    (faulthandler, at C level: the stuck thread may hold the GIL)."""
+    import multiprocessing as mp
+
+    from smysl.server import workers
+
+    ctx = mp.get_context("spawn")
+    ready = ctx.Event()
+    p = ctx.Process(target=_blocked_for_ever, args=(ready,))
+    p.start()
+    try:
+        assert ready.wait(60)
+        with caplog.at_level("ERROR", logger="smysl.server"):
+            workers._kill_stalled(1, p, 31.5)
+        assert not p.is_alive() and p.exitcode == -signal.SIGKILL
+        assert "_blocked_for_ever" in capfd.readouterr().err
+        assert f"HTTP worker 1 (pid {p.pid}): its event loop has not run for 31.5 s" in caplog.text
+    finally:
+        if p.is_alive():
+            p.kill()
