@@ -48,6 +48,9 @@ SHAPES = {
     "tiny": (64, 2, 4, 2, 16, 128),
     "small": (384, 6, 6, 2, 64, 1024),
     "0.6b": (1024, 28, 16, 8, 128, 3072),  # Qwen3-Embedding-0.6B's shape, random weights
+    # the 0.6B's vector width in one cheap layer: a server's per-request cost with its
+    # 1,024-float rows (pickled from the engine process, written as JSON), not its compute
+    "wide": (1024, 1, 2, 1, 64, 256),
 }
 
 

@@ -174,9 +174,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--pin", action="store_true",
                    help="the server process alone on CPU 0 (less noise from sharing a core)")
     p.add_argument("--json", help="write the results here")
+    p.add_argument("--shape", default="tiny", choices=["tiny", "wide"],
+                    help="the random model: tiny (64-float rows) or wide (the 0.6B's 1,024, "
+                         "in one layer: its rows' cost in the server)")
     args = p.parse_args(argv)
 
-    model = str(build_random("tiny", Path(args.random_dir)))
+    model = str(build_random(args.shape, Path(args.random_dir)))
     texts = load_texts(1000)
     extra = shlex.split(args.serve_args)
     variants = {"this tree": None, **({args.other: args.other} if args.other else {})}

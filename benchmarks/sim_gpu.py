@@ -54,6 +54,9 @@ def main() -> None:
     ap.add_argument("--clients", type=int, default=64)
     ap.add_argument("--requests", type=int, default=3000)
     ap.add_argument("--serve-args", default="", help="more 'smysl serve' arguments")
+    ap.add_argument("--shape", default="tiny", choices=["tiny", "wide"],
+                    help="the random model: tiny (64-float rows) or wide (the 0.6B's 1,024, "
+                         "in one layer: its rows' cost in the server)")
     ap.add_argument("--gpu-check-load", action="store_true",
                     help="gpu_check.py's load instead: the clients in 4 processes, connecting "
                          "at once (a burst of connections, as a pool's), each text once")
@@ -61,7 +64,7 @@ def main() -> None:
     stats = tempfile.mkdtemp(prefix="smysl-sim-")
     os.environ.update(SMYSL_SIM_GPU=args.sim, SMYSL_SIM_STATS=stats,
                       PYTHONPATH=str(ROOT / "benchmarks" / "sim_gpu"))
-    model = str(build_random("tiny", Path(tempfile.gettempdir()) / "smysl-bench"))
+    model = str(build_random(args.shape, Path(tempfile.gettempdir()) / "smysl-bench"))
     texts = load_texts(1000)
     srv = Server(model, "--threads", "1", "--max-wait-ms", "0", "--max-batch-tokens", "32768",
                  "--workers", args.workers, *args.serve_args.split())
@@ -75,7 +78,8 @@ def main() -> None:
             from gpu_check import _clients
 
             args.requests = min(args.requests, len(texts))
-            ref = np.zeros((args.requests, 64), np.float32)  # the simulated rows (tiny: 64)
+            width = 1024 if args.shape == "wide" else 64  # the simulated rows: unit vectors
+            ref = np.zeros((args.requests, width), np.float32)
             ref[:, 0] = 1.0
             wall = _clients(srv.url, texts[: args.requests], args.clients, ref)[0]
         else:

@@ -66,8 +66,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "model's own token ids (default: refused, since an OpenAI client's ids "
                         "are tiktoken's, e.g. LangChain's OpenAIEmbeddings)")
     p.add_argument("--switch-interval-ms", type=float, default=None,
-                   help=f"GIL switch interval while serving (0 = Python's default 5 ms; "
-                        f"default {(d.switch_interval_s or 0) * 1000:g})")
+                   help="GIL switch interval while serving (0 = Python's default 5 ms; "
+                        "default: 1 where a model computes in the server process "
+                        "(--in-process), else Python's)")
     p.add_argument("--index", default=None,
                    help="a 'smysl index' location built with this model: POST /search and the "
                         "search box of /ui query it")

@@ -25,7 +25,7 @@ from smysl.base import BaseEmbedder
 from smysl.rerank import BaseReranker
 from smysl.server import ollama_routes, openai_routes, rerank_routes, tei_routes, ui
 from smysl.server.access_log import AccessLog
-from smysl.server.config import ServerConfig
+from smysl.server.config import ServerConfig, switch_interval
 from smysl.server.errors import Api, ApiError, api_of, render
 from smysl.server.fast import FastRoutes, content_type
 from smysl.server.health import DOWN_RETRY_S, BackendHealth, exit_after
@@ -392,8 +392,11 @@ def serve(embedder: BaseEmbedder | None, config: ServerConfig, *, ready: Ready |
     own_log = config.access_log and "log_config" not in uvicorn_options
     access_log = AccessLog() if own_log else None
     app = create_app(embedder, config, reranker=reranker, access_log=access_log)
-    if config.switch_interval_s is not None:  # process-wide, hence here and not in create_app
-        sys.setswitchinterval(config.switch_interval_s)
+    # process-wide, hence here and not in create_app
+    interval = switch_interval(config.switch_interval_s,
+                               [m.info() for m in (embedder, reranker) if m is not None])
+    if interval is not None:
+        sys.setswitchinterval(interval)
     server = _Server(uvicorn.Config(
         app, host=config.host, port=config.port, log_level="info",
         access_log=config.access_log and not own_log,

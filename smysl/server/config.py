@@ -5,13 +5,25 @@ from __future__ import annotations
 import numbers
 import os
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from smysl.base import ModelInfo
+    from smysl.rerank import RerankerInfo
 
 #: Environment variable read for the API key when ``--api-key`` is not given.
 API_KEY_ENV = "SMYSL_API_KEY"
 #: Environment variables read for the interface and port when no flag or value gives them
 #: (like TEI's ``HOSTNAME``/``PORT`` and Ollama's ``OLLAMA_HOST``).
 HOST_ENV, PORT_ENV = "SMYSL_HOST", "SMYSL_PORT"
+
+
+#: ``switch_interval_s="auto"`` where a served model computes in the server process: its
+#: compute thread re-takes the GIL between torch ops, and with Python's 5 ms a busy event loop
+#: made it wait that long each time (a CPU forward pass several-fold slower under load).
+IN_PROCESS_SWITCH_S = 0.001
 
 
 #: What each checked :class:`ServerConfig` field must be, in words (for its error).
@@ -21,7 +33,8 @@ RULES = {
     "max_request_bytes": ">= 1024 bytes", "max_request_tokens": ">= 1",
     "request_timeout_s": "> 0", "unhealthy_exit_s": "seconds > 0, None (never) or 'auto'",
     "graceful_timeout_s": ">= 0",
-    "switch_interval_s": "> 0", "index": "not empty", "index_table": "not empty",
+    "switch_interval_s": "seconds > 0, None (Python's) or 'auto'", "index": "not empty",
+    "index_table": "not empty",
     "workers": ">= 1", "worker_stall_s": "seconds > 0 or None (never)", "index_threads": ">= 1",
     "cors_origins": "each '*' or an http:// or https:// origin",
 }
@@ -97,10 +110,10 @@ class ServerConfig:
     #: never for a remote API, which a restart cannot bring back
     #: (:func:`smysl.server.health.exit_after`).
     unhealthy_exit_s: float | Literal["auto"] | None = "auto"
-    #: Python's GIL switch interval while serving (seconds; None keeps Python's 5 ms). The compute
-    #: thread re-takes the GIL between torch ops; with the default a busy event loop makes it
-    #: wait up to 5 ms each time, and a CPU forward pass slows several-fold under load.
-    switch_interval_s: float | None = 0.001
+    #: Python's GIL switch interval while serving (seconds; None keeps Python's 5 ms).
+    #: ``"auto"``: :data:`IN_PROCESS_SWITCH_S` where a served model computes in the server
+    #: process, else Python's (:func:`switch_interval`).
+    switch_interval_s: float | Literal["auto"] | None = "auto"
     #: HTTP worker processes (:mod:`smysl.server.workers`): one process answers ~1,000-2,000
     #: short requests a second, a GPU embeds several times that. Workers share one engine
     #: process, so the model must be a local one run in a child process (the default).
@@ -147,11 +160,11 @@ class ServerConfig:
             "max_request_bytes": self.max_request_bytes >= 1024,
             "max_request_tokens": self.max_request_tokens >= 1,
             "request_timeout_s": self.request_timeout_s is None or self.request_timeout_s > 0,
-            "unhealthy_exit_s": self.unhealthy_exit_s in (None, "auto") or (
-                isinstance(self.unhealthy_exit_s, numbers.Real)  # numpy's too
-                and not isinstance(self.unhealthy_exit_s, bool) and self.unhealthy_exit_s > 0),
+            "unhealthy_exit_s": self.unhealthy_exit_s in (None, "auto")
+            or _seconds(self.unhealthy_exit_s),
             "graceful_timeout_s": self.graceful_timeout_s >= 0,
-            "switch_interval_s": self.switch_interval_s is None or self.switch_interval_s > 0,
+            "switch_interval_s": self.switch_interval_s in (None, "auto")
+            or _seconds(self.switch_interval_s),
             "index": self.index is None or bool(self.index.strip()),
             "index_table": bool(self.index_table.strip()),
             "workers": self.workers >= 1,
@@ -186,3 +199,23 @@ class ServerConfig:
             except ValueError:
                 raise ValueError(f"${env} must be a port number, got {raw!r}") from None
         return cls(**values)  # type: ignore[arg-type]
+
+
+def _seconds(value: object) -> bool:
+    """A number of seconds > 0 (numpy's numbers too; not a bool)."""
+    return isinstance(value, numbers.Real) and not isinstance(value, bool) and float(value) > 0
+
+
+def switch_interval(setting: float | Literal["auto"] | None,
+                    served: Sequence[ModelInfo | RerankerInfo]) -> float | None:
+    """The GIL switch interval a server of ``served`` models sets (None: Python's own).
+    ``"auto"``: :data:`IN_PROCESS_SWITCH_S` if one of them computes in this process (a
+    device, no engine process), else Python's 5 ms: an HTTP process whose models compute
+    elsewhere (an engine process, a remote API) has only its event loop and the batch
+    threads, and a shorter interval takes the GIL from the loop more often (64 single-text
+    clients of one such process: 3,270-3,630 requests/s at 1 ms, 3,870-3,900 at 5 ms,
+    ``benchmarks/sim_gpu.py --shape wide``; one client alike)."""
+    if setting != "auto":
+        return setting
+    here = any(m.device is not None and m.process is None for m in served)
+    return IN_PROCESS_SWITCH_S if here else None

@@ -219,3 +219,46 @@ def test_flags_not_given_keep_the_configs_defaults() -> None:
     config = serve._server_config(args, "m", {})
     assert (config.max_request_bytes, config.request_timeout_s, config.switch_interval_s,
             config.max_request_tokens) == (2 << 20, None, None, 7)
+
+
+def test_gil_switch_interval_is_short_only_where_a_model_computes_in_process(
+        tiny, tiny_dir, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
+    """``switch_interval_s="auto"`` (the default): 1 ms where a served model computes in the
+    server process (its compute thread re-takes the GIL between torch ops), Python's own 5 ms
+    where none does (an engine process, a remote API: a shorter one only takes the GIL from
+    the event loop more often); a number or None given applies as given."""
+    import dataclasses
+    import sys
+
+    import smysl.server.app as app_mod
+    from smysl.base import ModelInfo
+    from smysl.server.config import IN_PROCESS_SWITCH_S, switch_interval
+
+    base = ModelInfo(name="m", backend="qwen3", dimensions=64, min_dimensions=32,
+                     max_tokens=8, instruction_aware=True, default_task="t")
+    here = dataclasses.replace(base, device="cpu")
+    child = dataclasses.replace(base, device="cuda:0", process=1234)
+    assert switch_interval("auto", [here]) == IN_PROCESS_SWITCH_S == 0.001
+    assert switch_interval("auto", [child, here]) == 0.001
+    assert switch_interval("auto", [child]) is None
+    assert switch_interval("auto", [base]) is None  # a remote API
+    assert switch_interval(0.004, [child]) == 0.004 and switch_interval(None, [here]) is None
+
+    async def stopped(*_: Any) -> int:
+        return 0
+
+    set_to: list[float] = []
+    monkeypatch.setattr(app_mod, "_supervise", stopped)
+    monkeypatch.setattr(sys, "setswitchinterval", set_to.append)
+    config = ServerConfig(port=0)
+    assert app_mod.serve(tiny, config) == 0 and set_to == [0.001]  # tiny: in process
+    from smysl import Embedder
+
+    child_model = Embedder.load(str(tiny_dir), device="cpu", process=True)
+    try:
+        assert child_model.info().process is not None
+        assert app_mod.serve(child_model, config) == 0 and set_to == [0.001]  # nothing set
+    finally:
+        child_model.close()
+    assert app_mod.serve(tiny, dataclasses.replace(
+        config, switch_interval_s=0.003)) == 0 and set_to[-1] == 0.003
