@@ -213,8 +213,9 @@ def switch_interval(setting: float | Literal["auto"] | None,
     device, no engine process), else Python's 5 ms: an HTTP process whose models compute
     elsewhere (an engine process, a remote API) has only its event loop and the batch
     threads, and a shorter interval takes the GIL from the loop more often (64 single-text
-    clients of one such process: 3,270-3,630 requests/s at 1 ms, 3,870-3,900 at 5 ms,
-    ``benchmarks/sim_gpu.py --shape wide``; one client alike)."""
+    clients, ``benchmarks/sim_gpu.py --shape wide``, rounds interleaved: one HTTP process
+    3,220-3,400 requests/s at 1 ms, 3,690-4,050 at 5 ms; two workers 5,110-5,360 and
+    5,750-5,960; one client alike)."""
     if setting != "auto":
         return setting
     here = any(m.device is not None and m.process is None for m in served)
