@@ -48,12 +48,14 @@ def uvicorn_thread(app: Any, port: int, *, grace_s: float = 10, log_level: str =
 @contextmanager
 def live_server(embedder: BaseEmbedder | None, reranker: Any = None, **config: Any
                 ) -> Iterator[str]:
-    """Run the app (the embedder and/or a reranker, as ``create_app`` takes them) under uvicorn
-    on a free loopback port in a thread; yields the base URL."""
+    """Run what ``smysl serve`` runs (:func:`smysl.server.app.serving_app`: the embedder and/or
+    a reranker, as ``create_app`` takes them) under uvicorn on a free loopback port in a
+    thread; yields the base URL."""
     pytest.importorskip("fastapi")
     pytest.importorskip("prometheus_client")
-    from smysl.server import ServerConfig, create_app
+    from smysl.server import ServerConfig
+    from smysl.server.app import serving_app
 
     cfg = ServerConfig(host="127.0.0.1", port=free_port(), **config)
-    with uvicorn_thread(create_app(embedder, cfg, reranker=reranker), cfg.port):
+    with uvicorn_thread(serving_app(embedder, cfg, reranker=reranker)[0], cfg.port):
         yield f"http://{cfg.host}:{cfg.port}"

@@ -147,27 +147,34 @@ def test_a_log_outliving_its_loop_still_writes_on_the_next() -> None:
     assert before == "" and out.getvalue().count("\n") == 2
 
 
-def test_a_crash_in_a_fastapi_route_is_logged_with_the_status_sent() -> None:
+@pytest.mark.parametrize("arrangement", ["create_app", "serving_app"])
+def test_a_crash_in_a_fastapi_route_is_logged_with_the_status_sent(arrangement: str) -> None:
     """The 500-class answer of an unexpected exception comes from FastAPI's outermost layer,
-    around the edge middleware: the line says what the client got, not 499."""
+    around the edge middleware (``create_app``) or behind it (``serving_app``, what ``smysl
+    serve`` runs): the line says what the client got, not 499, and the body is the API's
+    error shape."""
     from fastapi.testclient import TestClient
     from server_helpers import HashEmbedder
 
     from smysl.server import ServerConfig
-    from smysl.server.app import create_app
+    from smysl.server.app import create_app, serving_app
 
     out = io.StringIO()
     log = AccessLog(out)
-    app = create_app(HashEmbedder(), ServerConfig(), access_log=log)
+    if arrangement == "create_app":
+        front = app = create_app(HashEmbedder(), ServerConfig(), access_log=log)
+    else:
+        front, app = serving_app(HashEmbedder(), ServerConfig(), access_log=log)
 
     @app.get("/v1/boom")
     async def boom() -> None:
         raise RuntimeError("boom")
 
-    with TestClient(app, raise_server_exceptions=False) as c:
+    with TestClient(front, raise_server_exceptions=False) as c:
         r = c.get("/v1/boom")
         ok = c.post("/embed", json={"inputs": "a"})
     assert ok.status_code == 200
+    assert r.json()["error"]["message"] == "internal error: RuntimeError", r.text
     lines = out.getvalue().splitlines()
     assert [x.split('"')[1:] for x in lines] == [
         ["GET /v1/boom HTTP/1.1", f" {r.status_code} Internal Server Error "

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
@@ -157,14 +159,23 @@ def test_tei_info_health_errors(client, tiny) -> None:  # type: ignore[no-untype
         assert r.json()["error"]
 
 
-def test_cors_for_the_origins_allowed(tiny) -> None:  # type: ignore[no-untyped-def]
+@pytest.mark.parametrize("arrangement", ["create_app", "serving_app"])
+def test_cors_for_the_origins_allowed(tiny, arrangement: str) -> None:  # type: ignore[no-untyped-def]
     """``--cors-allow-origin``: a page of that origin may call the server (its preflight
-    needs no key, its calls do); others get no CORS headers; none allowed by default."""
+    needs no key, its calls do); others get no CORS headers; none allowed by default. Alike
+    with the edge inside FastAPI's middleware (an app of yours) and in front of it (what
+    ``smysl serve`` runs)."""
+    from smysl.server.app import serving_app
+
+    def build(config: ServerConfig) -> Any:
+        return (create_app(tiny, config) if arrangement == "create_app"
+                else serving_app(tiny, config)[0])
+
     page = "https://app.example"
     preflight = {"Origin": page, "Access-Control-Request-Method": "POST",
                  "Access-Control-Request-Headers": "authorization, content-type"}
     config = ServerConfig(api_key="sekret", cors_origins=(page,))
-    with TestClient(create_app(tiny, config)) as c:
+    with TestClient(build(config)) as c:
         r = c.options("/v1/embeddings", headers=preflight)
         assert r.status_code == 200 and r.headers["access-control-allow-origin"] == page
         assert "authorization" in r.headers["access-control-allow-headers"].lower()
@@ -177,7 +188,7 @@ def test_cors_for_the_origins_allowed(tiny) -> None:  # type: ignore[no-untyped-
         assert r.headers["access-control-allow-origin"] == page  # and the page can read why
         other = c.options("/v1/embeddings", headers={**preflight, "Origin": "https://evil.example"})
         assert "access-control-allow-origin" not in other.headers
-    with TestClient(create_app(tiny, ServerConfig())) as c:
+    with TestClient(build(ServerConfig())) as c:
         r = c.options("/v1/embeddings", headers=preflight)
         assert "access-control-allow-origin" not in r.headers
     with pytest.raises(ValueError, match="cors_origins"):
