@@ -64,8 +64,8 @@ def serving_app(embedder: BaseEmbedder | None, config: ServerConfig | None = Non
     embedding routes the edge answers itself skip FastAPI's per-request layers (its
     OpenTelemetry check, body-limit and error wrappers: 5-6% less CPU per short request,
     ~7% more of them a second from one HTTP process, docs/benchmarks.md), and every other
-    route passes through all of them as before. Middleware you add to the FastAPI app sees only those other routes: to
-    add your own, use :func:`create_app`."""
+    route passes through all of them as before. Middleware you add to the FastAPI app sees
+    only those other routes: to add your own, use :func:`create_app`."""
     app, layers = _build(embedder, config or ServerConfig(), reranker=reranker,
                          access_log=access_log)
     front: ASGIApp = app
