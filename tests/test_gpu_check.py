@@ -34,6 +34,7 @@ def test_gpu_check_runs_every_section_dry(tmp_path: Path) -> None:
     assert len(servers) == 4
     for k in servers:  # every text came back, equal to the in-process vector
         assert res[k]["min_cos_vs_in_process"] > 0.999 and res[k]["http_texts_s"] > 0
+        assert res[k]["long_texts_s"] > 0
 
 
 def test_the_cuda_helpers_call_cuda_once() -> None:
