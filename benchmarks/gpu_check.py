@@ -824,8 +824,8 @@ def serve_once(ck: Path, short: list[str], ref: np.ndarray, off: float, counts: 
         log(f"| the same, each text {LONG_ROUNDS} times (less of the start and the tail) | "
             f"{row['long_texts_s']:,.0f} texts/s, {row['long_ratio']:.2f} of offline |")
         log(f"| during the 64 clients: CPU of the server's processes per request; each one's "
-            f"share of a core (the engine's includes CUDA spinning while it waits for a "
-            f"batch: its default with fewer CUDA contexts than CPUs) | "
+            f"share of a core (the engine process waits for a pass asleep, on a blocking CUDA "
+            f"event: what it shows is its work) | "
             f"{row['cpu_us_per_request']:,.0f} us; "
             + ", ".join(f"{name} {share:.2f}" for name, share in shares[:10]) + " |")
         log("| during the 64 clients, means (the server's /metrics): a client's wait; the "

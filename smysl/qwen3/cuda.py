@@ -436,7 +436,11 @@ class Runner:
             out = self.forward(*device_inputs(data, slots, max(lengths), self.attn), self.chunk)
         rows = torch.empty((len(batch), out.shape[1]), dtype=torch.float32, pin_memory=True)
         rows.copy_(out[: len(batch)], non_blocking=True)
-        done = torch.cuda.Event()
+        # blocking: its waiter sleeps until the pass ends (woken by the driver, ~tens of us)
+        # instead of spinning; the spin cost an engine process a whole CPU core for as long
+        # as passes ran (1.05 of a core under 64 HTTP clients on an H200), a core that the
+        # HTTP workers on the same host need
+        done = torch.cuda.Event(blocking=True)
         done.record()
 
         def result() -> np.ndarray:
