@@ -168,7 +168,7 @@ class ServerConfig:
             "index": self.index is None or bool(self.index.strip()),
             "index_table": bool(self.index_table.strip()),
             "workers": self.workers >= 1,
-            "worker_stall_s": self.worker_stall_s is None or self.worker_stall_s > 0,
+            "worker_stall_s": self.worker_stall_s is None or _seconds(self.worker_stall_s),
             "index_threads": self.index_threads >= 1,
             "cors_origins": all(o == "*" or o.startswith(("http://", "https://"))
                                 for o in self.cors_origins),
