@@ -96,7 +96,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--worker-stall-s", type=float, default=None,
                    help=f"with --workers: a worker whose event loop has not run for this long "
                         f"has its stacks logged and is restarted, since its share of the "
-                        f"port's new connections would wait on it (0 = never; default "
+                        f"port's new connections would wait on it (at least 1; 0 = never; default "
                         f"{d.worker_stall_s:g})")
     p.add_argument("--no-access-log", dest="access_log", action="store_false",
                    help="no log line per request on stdout; start-up, warnings and "

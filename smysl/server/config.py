@@ -35,7 +35,7 @@ RULES = {
     "graceful_timeout_s": ">= 0",
     "switch_interval_s": "seconds > 0, None (Python's) or 'auto'", "index": "not empty",
     "index_table": "not empty",
-    "workers": ">= 1", "worker_stall_s": "seconds > 0 or None (never)", "index_threads": ">= 1",
+    "workers": ">= 1", "worker_stall_s": "seconds >= 1 or None (never)", "index_threads": ">= 1",
     "cors_origins": "each '*' or an http:// or https:// origin",
 }
 
@@ -125,7 +125,7 @@ class ServerConfig:
     #: to the server's output, is killed and restarted (:mod:`smysl.server.workers`). Each
     #: worker has its own share of the port's new connections: a wedged one would hold its
     #: share unanswered for ever. The loop's own work never blocks it this long (engine
-    #: calls and index searches run off it); None = never.
+    #: calls and index searches run off it); at least 1; None = never.
     worker_stall_s: float | None = 30.0
     #: A line per request on stdout, uvicorn's with the time appended (``"POST /embed
     #: HTTP/1.1" 200 OK 3.1 ms``), as TEI and Ollama log requests; written by
@@ -168,7 +168,9 @@ class ServerConfig:
             "index": self.index is None or bool(self.index.strip()),
             "index_table": bool(self.index_table.strip()),
             "workers": self.workers >= 1,
-            "worker_stall_s": self.worker_stall_s is None or _seconds(self.worker_stall_s),
+            # >= 1: a worker beats every 0.1 s and is looked at every 0.5 s
+            "worker_stall_s": self.worker_stall_s is None or (
+                _seconds(self.worker_stall_s) and float(self.worker_stall_s) >= 1),
             "index_threads": self.index_threads >= 1,
             "cors_origins": all(o == "*" or o.startswith(("http://", "https://"))
                                 for o in self.cors_origins),

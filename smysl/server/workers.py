@@ -68,6 +68,12 @@ _STOP = {signal.SIGINT, signal.SIGTERM}
 _STACKS = signal.SIGUSR1  # (workers are POSIX only: pthread_sigmask, Unix sockets)
 #: Seconds the supervisor gives a stalled worker to write its stacks before the kill.
 STACKS_WAIT_S = 0.5
+#: A worker that has not begun serving this many seconds after its start (or a stall limit
+#: past it) counts as stalled too: its socket's share of connections waits on it meanwhile.
+START_LIMIT_S = 120.0
+#: A pause of the supervisor's own loop longer than this (the whole container frozen, the
+#: host suspended) restarts every stall clock: the workers were paused with it.
+SELF_PAUSE_S = 2.0
 
 
 def auto_workers(models: list[tuple[str | None, int | None]], cpus: int | None = None) -> int:
@@ -138,9 +144,13 @@ def serve_workers(embedder: BaseEmbedder | None, config: ServerConfig, *,
     #: each worker's last heartbeat (time.monotonic(): one clock for every process)
     beats = [ctx.Value("d", 0.0, lock=False) for _ in range(config.workers)]
 
+    started: dict[int, float] = {}  # worker i's start (time.monotonic())
+    stalled: set[int] = set()  # pids the watch killed: restarted outside the crash count
+
     def start(i: int) -> Any:
         """Worker ``i`` started (None once a stop has begun: its sockets are closed)."""
-        ups[i].clear()  # watched for a stall once this one serves (a restart's too)
+        ups[i].clear()  # watched by its heartbeat once this one serves (a restart's too)
+        started[i] = time.monotonic()
         p = ctx.Process(target=_worker, args=(twin, ranker, config, groups[i], folder, ups[i],
                                               beats[i]),
                         name=f"smysl-http-{i}", daemon=False)
@@ -187,6 +197,7 @@ def serve_workers(embedder: BaseEmbedder | None, config: ServerConfig, *,
             workers[i] = p
     restarts: deque[float] = deque()
     code = 0
+    last = resumed = time.monotonic()  # this loop's last turn; its return from a pause
     try:
         while workers:
             if ready is not None and all(u.is_set() for u in ups):
@@ -195,12 +206,23 @@ def serve_workers(embedder: BaseEmbedder | None, config: ServerConfig, *,
             wait([p.sentinel for p in workers.values()], timeout=0.5 if ready is None else 0.05)
             if stopping:
                 tell()
-            elif config.worker_stall_s is not None:
+            now = time.monotonic()
+            if now - last > SELF_PAUSE_S:  # paused with the workers: none is judged on that
+                resumed = now
+            last = now
+            if not stopping and config.worker_stall_s is not None:
                 for i, p in workers.items():
-                    if ups[i].is_set() and p.is_alive():
-                        silent = time.monotonic() - beats[i].value
-                        if silent > config.worker_stall_s:
-                            _kill_stalled(i, p, silent)
+                    if not p.is_alive():
+                        continue
+                    if ups[i].is_set():
+                        silent = now - max(beats[i].value, resumed)
+                        limit = config.worker_stall_s
+                    else:  # not serving yet: its connections wait in its backlog meanwhile
+                        silent = now - max(started[i], resumed)
+                        limit = START_LIMIT_S + config.worker_stall_s
+                    if silent > limit:
+                        stalled.add(p.pid)
+                        _kill_stalled(i, p, silent, serving=ups[i].is_set())
             for i, p in list(workers.items()):
                 if p.is_alive():
                     continue
@@ -212,6 +234,12 @@ def serve_workers(embedder: BaseEmbedder | None, config: ServerConfig, *,
                 if p.exitcode == EXIT_BACKEND_DOWN:
                     code = EXIT_BACKEND_DOWN
                     on_signal(signal.SIGTERM, None)
+                    continue
+                if p.pid in stalled:  # the watch's own kill, not a crash (several may stall
+                    # at once from one cause, a blocked output): not counted as a death
+                    stalled.discard(p.pid)
+                    if (p := start(i)) is not None:
+                        workers[i] = p
                     continue
                 now = time.monotonic()
                 while restarts and now - restarts[0] > 60:
@@ -380,12 +408,14 @@ def _bind_all(addresses: Sequence[tuple[int, Any]], port: int, *, reuse_port: bo
     return socks
 
 
-def _kill_stalled(i: int, p: Any, silent: float) -> None:
-    """Kill worker ``i`` (process ``p``), its event loop silent for ``silent`` seconds, once
-    it has had a moment to write its threads' stacks (what it was stuck on)."""
-    log.error("HTTP worker %d (pid %s): its event loop has not run for %.1f s "
-              "(worker_stall_s); its threads' stacks follow, then it is killed and restarted",
-              i, p.pid, silent)
+def _kill_stalled(i: int, p: Any, silent: float, *, serving: bool = True) -> None:
+    """Kill worker ``i`` (process ``p``), its event loop silent for ``silent`` seconds (or,
+    not ``serving``, not serving ``silent`` seconds after its start), once it has had a
+    moment to write its threads' stacks (what it was stuck on)."""
+    what = ("its event loop has not run for" if serving
+            else "it has not begun serving (worker_stall_s past start-up) for")
+    log.error("HTTP worker %d (pid %s): %s %.1f s (worker_stall_s); its threads' stacks "
+              "follow, then it is killed and restarted", i, p.pid, what, silent)
     with contextlib.suppress(ProcessLookupError):
         os.kill(p.pid, _STACKS)
     p.join(STACKS_WAIT_S)  # (a stopped process writes nothing: it is killed all the same)

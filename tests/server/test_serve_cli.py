@@ -125,7 +125,7 @@ def test_worker_stall_flag(tiny_dir, monkeypatch, capsys) -> None:  # type: igno
     assert main([*base, "--worker-stall-s", "0"]) == 0 and seen[-1].worker_stall_s is None
     assert main([*base, "--worker-stall-s", "-1"]) == 2
     assert "--worker-stall-s" in capsys.readouterr().err
-    for bad in (0, -2.0, True, "30"):
+    for bad in (0, 0.05, -2.0, True, "30"):
         with pytest.raises(InvalidServerSettings, match="worker_stall_s"):
             ServerConfig(worker_stall_s=bad)
 

@@ -557,21 +557,47 @@ def _http_workers(pid: int) -> list[int]:
     return [p for p in children(pid) if Path(f"/proc/{p}/comm").read_text().strip() == "smysl-http"]
 
 
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="SO_REUSEPORT spreads on Linux")
-def test_a_stalled_worker_is_restarted_and_its_share_of_clients_answered(tiny_dir: Path
-                                                                        ) -> None:
-    """A worker whose event loop stops running (here: SIGSTOP) is killed after
-    ``--worker-stall-s`` and restarted, and every new connection is answered: the ones the
-    kernel handed its socket meanwhile wait in that socket's backlog (the supervisor keeps it
-    open) for the new worker. Without the watch they waited for ever: each worker has a
-    socket of its own (SO_REUSEPORT) and its share of the port's connections."""
-    server = Workers(tiny_dir, "--threads", "1", "--no-access-log", "--worker-stall-s", "1")
-    stopped = 0
+def _serving(server: Workers) -> None:
+    """Wait until every worker serves ("listening" is said then): from then on each one is
+    watched by its heartbeat."""
+    server.wait_healthy(time.monotonic() + 120)
+    deadline = time.monotonic() + 60
+    while "listening on" not in server.output():
+        assert time.monotonic() < deadline, server.output()
+        time.sleep(0.1)
+
+
+def _stop_server(server: Workers, *pids: int) -> None:
+    for pid in pids:  # a test that failed may leave some stopped
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGCONT)
+    server.proc.send_signal(signal.SIGTERM)
     try:
-        server.wait_healthy(time.monotonic() + 120)
-        server.started(2, time.monotonic() + 60)
-        stopped = _http_workers(server.proc.pid)[0]
-        os.kill(stopped, signal.SIGSTOP)
+        server.proc.wait(30)
+    finally:
+        if server.proc.poll() is None:
+            server.proc.kill()
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="SO_REUSEPORT spreads on Linux")
+def test_stalled_workers_are_restarted_and_their_share_of_clients_answered(tiny_dir: Path
+                                                                          ) -> None:
+    """Workers whose event loops stop running (here: all four, SIGSTOP, as one cause such as
+    a blocked output would stall them together) are killed after ``--worker-stall-s`` and
+    restarted, and every new connection is answered: the ones the kernel handed their
+    sockets meanwhile wait in those sockets' backlogs (the supervisor keeps them open) for
+    the new workers. Without the watch they waited for ever (each worker has a socket of its
+    own, SO_REUSEPORT, and its share of the port's connections); the watch's kills are not
+    counted as crashes (four at once would have stopped the server: 3 a minute)."""
+    server = Workers(tiny_dir, "--threads", "1", "--no-access-log", "--worker-stall-s", "1",
+                     "--workers", "4")
+    stopped: list[int] = []
+    try:
+        _serving(server)
+        stopped = _http_workers(server.proc.pid)
+        assert len(stopped) == 4
+        for pid in stopped:
+            os.kill(pid, signal.SIGSTOP)
 
         def fresh(_: int) -> int | str:  # a new connection each (no client: no pool)
             try:
@@ -582,20 +608,42 @@ def test_a_stalled_worker_is_restarted_and_its_share_of_clients_answered(tiny_di
         with ThreadPoolExecutor(8) as pool:
             got = list(pool.map(fresh, range(32)))
         assert got == [200] * 32, (got, server.output()[-3000:])
-        server.started(3, time.monotonic() + 30)
+        server.started(8, time.monotonic() + 30)
         out = server.output()
-        assert re.search(rf"HTTP worker \d \(pid {stopped}\): its event loop has not run", out), out
-        assert stopped not in _http_workers(server.proc.pid)
+        for pid in stopped:
+            assert re.search(rf"HTTP worker \d \(pid {pid}\): its event loop has not run",
+                             out), out
+        assert server.proc.poll() is None and not set(stopped) & set(
+            _http_workers(server.proc.pid))
     finally:
-        if stopped:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(stopped, signal.SIGKILL)
-        server.proc.send_signal(signal.SIGTERM)
-        try:
-            server.proc.wait(30)
-        finally:
-            if server.proc.poll() is None:
-                server.proc.kill()
+        _stop_server(server, *stopped)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="/proc")
+def test_workers_paused_with_their_supervisor_are_not_taken_for_stalled(tiny_dir: Path
+                                                                        ) -> None:
+    """The whole server paused (a frozen container, a suspended host) for longer than
+    ``--worker-stall-s``, its supervisor thawed first: the workers had no chance to beat, and
+    none is killed (before, each was, as stalled)."""
+    server = Workers(tiny_dir, "--threads", "1", "--no-access-log", "--worker-stall-s", "1")
+    workers: list[int] = []
+    try:
+        _serving(server)
+        workers = _http_workers(server.proc.pid)
+        for pid in (server.proc.pid, *workers):
+            os.kill(pid, signal.SIGSTOP)
+        time.sleep(3)
+        os.kill(server.proc.pid, signal.SIGCONT)
+        time.sleep(0.5)
+        for pid in workers:
+            os.kill(pid, signal.SIGCONT)
+        time.sleep(3)
+        out = server.output()
+        assert "has not run" not in out, out
+        assert sorted(_http_workers(server.proc.pid)) == sorted(workers)
+        assert httpx.get(f"{server.url}/health", timeout=10).status_code == 200
+    finally:
+        _stop_server(server, server.proc.pid, *workers)
 
 
 def _blocked_for_ever(ready: Any) -> None:
