@@ -209,7 +209,6 @@ def serve_workers(embedder: BaseEmbedder | None, config: ServerConfig, *,
             now = time.monotonic()
             if now - last > SELF_PAUSE_S:  # paused with the workers: none is judged on that
                 resumed = now
-            last = now
             if not stopping and config.worker_stall_s is not None:
                 for i, p in workers.items():
                     if not p.is_alive():
@@ -223,6 +222,7 @@ def serve_workers(embedder: BaseEmbedder | None, config: ServerConfig, *,
                     if silent > limit:
                         stalled.add(p.pid)
                         _kill_stalled(i, p, silent, serving=ups[i].is_set())
+            last = time.monotonic()  # after the kills: their waits are no pause
             for i, p in list(workers.items()):
                 if p.is_alive():
                     continue
@@ -441,13 +441,13 @@ def _worker(embedder: BaseEmbedder | None, reranker: BaseReranker | None,
     # Signals come from the supervisor alone (once each), not from the terminal's Ctrl-C to
     # the whole process group: uvicorn cuts requests off at a second one.
     os.setpgrp()
+    _last_words()  # first: SIGUSR1 would end a worker stuck in its imports without a word
     set_name(HTTP_WORKER)
     signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP)  # one that came meanwhile ends it here
     os.environ[METRICS_ENV] = folder  # before prometheus_client is imported
     from smysl.server.app import serve
 
     threading.Thread(target=_orphaned, args=(os.getppid(),), daemon=True).start()
-    _last_words()
 
     def heartbeat() -> None:
         beat.value = time.monotonic()

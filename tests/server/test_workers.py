@@ -347,12 +347,7 @@ def test_clients_that_connect_at_once_are_spread_over_the_workers(tiny_dir: Path
     finally:
         for c in conns:
             c.close()
-        server.proc.send_signal(signal.SIGTERM)
-        try:
-            server.proc.wait(30)
-        finally:
-            if server.proc.poll() is None:
-                server.proc.kill()
+        _stop_server(server)
 
 
 def test_workers_setting_is_checked(tiny_dir: Path, capsys) -> None:  # type: ignore[no-untyped-def]
