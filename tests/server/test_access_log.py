@@ -3,10 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
+import re
+import signal
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
 from urllib.parse import quote
 
 import pytest
+from server_helpers import free_port
 
 from smysl.server import access_log
 from smysl.server.access_log import AccessLog
@@ -198,3 +207,107 @@ def test_a_head_request_is_logged_as_head(tiny) -> None:  # type: ignore[no-unty
     log.flush()
     assert [x.split('"')[1] for x in out.getvalue().splitlines()] == [
         "HEAD /health HTTP/1.1", "GET /health HTTP/1.1"]
+
+
+def test_a_stdout_that_takes_nothing_never_blocks_the_loop_and_drops_are_counted(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A reader gone (a full pipe) used to block the event loop in the write, and every
+    request with it. The writes are a thread's: lines are kept up to MAX_PENDING characters,
+    then dropped and counted; once stdout takes lines again, one line says how many."""
+    monkeypatch.setattr(access_log, "MAX_PENDING", 2000)
+    release = threading.Event()
+
+    class Blocked(Writes):
+        def write(self, s: str) -> int:
+            release.wait(20)  # (the old code blocked the loop here)
+            return super().write(s)
+
+    out = Blocked()
+    log = AccessLog(out)
+    line = len('INFO:     10.0.0.7:51234 - "POST /embed/0000 HTTP/1.1" 200 OK 1.0 ms\n')
+
+    async def main() -> None:
+        for i in range(200):
+            log.add(scope(f"/embed/{i:04}"), 200, 0.001)
+            if i % 20 == 19:
+                start = time.monotonic()
+                await asyncio.sleep(access_log.FLUSH_S * 1.5)  # the timer hands them over
+                assert time.monotonic() - start < access_log.FLUSH_S * 1.5 + 1
+        start = time.monotonic()
+        assert not log.flush(timeout=0.2)  # not written: waited its timeout
+        assert not log.flush()  # a second wait does not wait while the writer is stuck
+        assert time.monotonic() - start < 1
+
+    asyncio.run(main())
+    # the writer took the first 20 lines and blocks in their write; 2000 characters more wait
+    kept = 20 + 2000 // line
+    assert log.dropped == 200 - kept
+    release.set()
+    deadline = time.monotonic() + 10
+    while not log.flush():  # at once when the writer has written since
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    lines = "".join(out.writes).splitlines()
+    assert [x.split('"')[1] for x in lines[:-1]] == [
+        f"POST /embed/{i:04} HTTP/1.1" for i in range(kept)]
+    assert lines[-1] == f"WARNING:  {200 - kept} access log lines dropped: stdout was not read"
+    assert log.dropped == 0
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="F_SETPIPE_SZ")
+def test_smysl_serve_answers_while_nobody_reads_its_stdout(tiny_dir: Path) -> None:
+    """``smysl serve --workers 2`` with stdout a pipe nobody reads (4 KiB: ~60 lines): every
+    request is answered, no worker is taken for stalled; the lines come once it is read."""
+    import fcntl
+    import os
+    import subprocess
+
+    import httpx
+
+    read_end, write_end = os.pipe()
+    fcntl.fcntl(write_end, 1031, 4096)  # F_SETPIPE_SZ
+    port = free_port()
+    err = tempfile.TemporaryFile()  # noqa: SIM115 - read after the server stops
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "smysl.cli", "serve", "--model", str(tiny_dir), "--port",
+         str(port), "--device", "cpu", "--workers", "2", "--threads", "1",
+         "--worker-stall-s", "2"],
+        cwd=Path(__file__).resolve().parents[2], stdout=write_end, stderr=err)
+    os.close(write_end)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            assert proc.poll() is None
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
+                    break
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
+        with httpx.Client(timeout=10) as client:
+            codes = [client.get(f"{url}/health?n={i}").status_code for i in range(300)]
+            time.sleep(3)  # longer than --worker-stall-s
+            codes += [client.post(f"{url}/embed", json={"inputs": "привет"}).status_code
+                      for _ in range(20)]
+        assert codes == [200] * 320
+        out = b""
+        os.set_blocking(read_end, False)
+        deadline = time.monotonic() + 30
+        while out.count(b"GET /health?n=") < 300 or out.count(b"POST /embed") < 20:
+            assert time.monotonic() < deadline, out[-2000:]
+            with contextlib.suppress(BlockingIOError):
+                out += os.read(read_end, 1 << 16)
+            time.sleep(0.01)
+        got = re.findall(rb"GET /health\?n=(\d+) HTTP/1.1\" 200 OK", out)
+        assert sorted(int(x) for x in got) == list(range(300))
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(30)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+            os.close(read_end)
+    err.seek(0)
+    log = err.read().decode(errors="replace")
+    assert proc.returncode == 0 and "its event loop has not run" not in log, log[-3000:]
