@@ -6,9 +6,11 @@ import asyncio
 import contextlib
 import hmac
 import logging
+import signal
 import socket
+import threading
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
 from types import FrameType
 from typing import Any
@@ -20,6 +22,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from uvicorn.server import HANDLED_SIGNALS
 
 from smysl.base import BaseEmbedder
 from smysl.rerank import BaseReranker
@@ -429,7 +432,7 @@ def serve(embedder: BaseEmbedder | None, config: ServerConfig, *, ready: Ready |
     front, app = serving_app(embedder, config, reranker=reranker, access_log=access_log)
     # process-wide, hence here and not in create_app
     interval = switch_interval(config.switch_interval_s,
-                               [m.info() for m in (embedder, reranker) if m is not None])
+                               [m for m in (embedder, reranker) if m is not None])
     if interval is not None:
         sys.setswitchinterval(interval)
     server = _Server(uvicorn.Config(
@@ -453,6 +456,22 @@ class _Server(uvicorn.Server):
         if self.should_exit:
             self.force_exit = True
         super().handle_exit(sig, frame)
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        """uvicorn's, without raising the stop signal again once stopped: that ended the
+        process by SIGTERM (status -15) inside :func:`serve`, before the caller closed the
+        engine, the reranker and the index (``smysl serve``'s ``finally``); a stop asked
+        for is a clean exit, status 0, as with ``--workers``."""
+        if threading.current_thread() is not threading.main_thread():
+            yield  # signals reach the main thread alone
+            return
+        previous = {sig: signal.signal(sig, self.handle_exit) for sig in HANDLED_SIGNALS}
+        try:
+            yield
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
 
 
 async def _supervise(server: Any, healths: list[BackendHealth], config: ServerConfig,

@@ -10,8 +10,8 @@ from typing import TYPE_CHECKING, Literal
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
-    from smysl.base import ModelInfo
-    from smysl.rerank import RerankerInfo
+    from smysl.base import BaseEmbedder
+    from smysl.rerank import BaseReranker
 
 #: Environment variable read for the API key when ``--api-key`` is not given.
 API_KEY_ENV = "SMYSL_API_KEY"
@@ -209,16 +209,17 @@ def _seconds(value: object) -> bool:
 
 
 def switch_interval(setting: float | Literal["auto"] | None,
-                    served: Sequence[ModelInfo | RerankerInfo]) -> float | None:
+                    served: Sequence[BaseEmbedder | BaseReranker]) -> float | None:
     """The GIL switch interval a server of ``served`` models sets (None: Python's own).
-    ``"auto"``: :data:`IN_PROCESS_SWITCH_S` if one of them computes in this process (a
-    device, no engine process), else Python's 5 ms: an HTTP process whose models compute
-    elsewhere (an engine process, a remote API) has only its event loop and the batch
-    threads, and a shorter interval takes the GIL from the loop more often (64 single-text
+    ``"auto"``: :data:`IN_PROCESS_SWITCH_S` if one of them computes in this process (not
+    remote, no engine process: a model class of yours that names no device too), else
+    Python's 5 ms: an HTTP process whose models compute elsewhere (an engine process, a
+    remote API) has only its event loop and the batch threads, and a shorter interval takes
+    the GIL from the loop more often (64 single-text
     clients, ``benchmarks/sim_gpu.py --shape wide``, rounds interleaved: one HTTP process
     3,220-3,400 requests/s at 1 ms, 3,690-4,050 at 5 ms; two workers 5,110-5,360 and
     5,750-5,960; one client alike)."""
     if setting != "auto":
         return setting
-    here = any(m.device is not None and m.process is None for m in served)
+    here = any(not m.remote and m.info().process is None for m in served)
     return IN_PROCESS_SWITCH_S if here else None

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 import smysl.server
 from smysl.cli import build_parser, main
+from smysl.procname import ENGINE
 from smysl.server import ServerConfig
 
 
@@ -230,19 +233,20 @@ def test_gil_switch_interval_is_short_only_where_a_model_computes_in_process(
     import dataclasses
     import sys
 
+    from server_helpers import HashEmbedder
+
     import smysl.server.app as app_mod
-    from smysl.base import ModelInfo
     from smysl.server.config import IN_PROCESS_SWITCH_S, switch_interval
 
-    base = ModelInfo(name="m", backend="qwen3", dimensions=64, min_dimensions=32,
-                     max_tokens=8, instruction_aware=True, default_task="t")
-    here = dataclasses.replace(base, device="cpu")
-    child = dataclasses.replace(base, device="cuda:0", process=1234)
-    assert switch_interval("auto", [here]) == IN_PROCESS_SWITCH_S == 0.001
-    assert switch_interval("auto", [child, here]) == 0.001
-    assert switch_interval("auto", [child]) is None
-    assert switch_interval("auto", [base]) is None  # a remote API
-    assert switch_interval(0.004, [child]) == 0.004 and switch_interval(None, [here]) is None
+    class Remote(HashEmbedder):
+        remote = True
+
+    mine = HashEmbedder()  # a model class of yours: in this process, no device named
+    assert mine.info().device is None and mine.info().process is None
+    assert switch_interval("auto", [tiny]) == IN_PROCESS_SWITCH_S == 0.001
+    assert switch_interval("auto", [mine]) == 0.001
+    assert switch_interval("auto", [Remote()]) is None
+    assert switch_interval(0.004, [Remote()]) == 0.004 and switch_interval(None, [tiny]) is None
 
     async def stopped(*_: Any) -> int:
         return 0
@@ -257,8 +261,53 @@ def test_gil_switch_interval_is_short_only_where_a_model_computes_in_process(
     child_model = Embedder.load(str(tiny_dir), device="cpu", process=True)
     try:
         assert child_model.info().process is not None
+        assert switch_interval("auto", [child_model]) is None
+        assert switch_interval("auto", [child_model, mine]) == 0.001
         assert app_mod.serve(child_model, config) == 0 and set_to == [0.001]  # nothing set
     finally:
         child_model.close()
     assert app_mod.serve(tiny, dataclasses.replace(
         config, switch_interval_s=0.003)) == 0 and set_to[-1] == 0.003
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="/proc, pgrep")
+@pytest.mark.parametrize("sig", ["SIGTERM", "SIGINT"])
+def test_a_stopped_server_exits_0_having_closed_its_engine(tiny_dir: Path, sig: str) -> None:
+    """SIGTERM (or Ctrl-C) to ``smysl serve``: status 0, and its engine process ended with it
+    (closed, not left to notice the orphaning). uvicorn raised the signal again once it had
+    stopped: the process died of it (-15) before ``smysl serve`` closed its models."""
+    import signal
+    import subprocess
+    import time
+
+    import httpx
+    from live_http import free_port
+
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "smysl.cli", "serve", "--model", str(tiny_dir), "--port",
+         str(port), "--device", "cpu", "--threads", "1"],
+        cwd=Path(__file__).resolve().parents[2], stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE, start_new_session=True)  # Ctrl-C reaches the server alone
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            assert proc.poll() is None, proc.communicate()[1].decode()[-3000:]
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
+        engine = [p for p in subprocess.run(["pgrep", "-P", str(proc.pid)],
+                                            capture_output=True, text=True).stdout.split()
+                  if Path(f"/proc/{p}/comm").read_text().strip() == ENGINE]
+        assert len(engine) == 1
+        proc.send_signal(getattr(signal, sig))
+        err = proc.communicate(timeout=30)[1].decode(errors="replace")
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, err[-3000:]
+    assert not Path(f"/proc/{engine[0]}").exists()
