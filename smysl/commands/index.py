@@ -85,6 +85,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     s.add_argument("--fetch-k", type=int, default=None,
                    help="MMR candidates; --mode hybrid: candidates of each ranking (default 50)")
     s.add_argument("--approximate", action="store_true", help="use the ANN index if built")
+    s.add_argument("--per-document", type=int, default=None, metavar="N",
+                   help="at most N chunks of one document among the hits (and the "
+                        "candidates of --mmr and --rerank), so that one long document does "
+                        "not fill them all")
     add_rerank_arguments(s)
     s.add_argument("--format", choices=["table", "json", "context"], default=None,
                    help="table, json (one line per query), or context: the numbered chunk "
@@ -209,12 +213,16 @@ def _search(args: argparse.Namespace, store: StoreConfig) -> int:
     if args.context_chars is not None and (args.format != "context" or args.context_chars < 1):
         raise ValueError("--context-chars takes a positive number and goes with --format "
                          "context")
+    if args.per_document is not None and args.per_document < 1:
+        raise ValueError(f"--per-document takes a number of chunks >= 1, got "
+                         f"{args.per_document}")
     if args.format == "context" and args.output:
         raise ValueError("--format context prints to stdout; drop --output")
     config = SearchConfig(k=args.k, mode=args.mode, instruction=args.instruction,
                           where=parse_where(args.where), exact=not args.approximate,
                           mmr=args.mmr, **given(args, text_weight="text_weight",
-                                                mmr_lambda="mmr_lambda", fetch_k="fetch_k"),
+                                                mmr_lambda="mmr_lambda", fetch_k="fetch_k",
+                                                per_document="per_document"),
                           **rerank_settings(args))
     with contextlib.ExitStack() as stack:
         reranker = (stack.enter_context(load_rerank_model(args.rerank, args))

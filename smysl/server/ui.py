@@ -69,6 +69,9 @@ class SearchRequest(BaseModel):
                           "(default: when the server has one, smysl serve --reranker)")
     rerank_top: StrictInt = Field(50, description=f"candidates the reranker scores, "
                                                    f"k..{MAX_RERANK_TOP}")
+    per_document: StrictInt | None = Field(
+        None, description="at most this many chunks of one document (their doc_id) among the "
+                          "hits (and the reranker's candidates); default: no limit")
 
 
 def index_label(spec: str, table: str) -> str:
@@ -245,8 +248,12 @@ def router(service: Service, reranking: RerankService | None = None) -> APIRoute
         if not 0 <= body.text_weight <= MAX_TEXT_WEIGHT:
             raise ApiError("invalid", f"text_weight must be between 0 and {MAX_TEXT_WEIGHT:g}, "
                            f"got {body.text_weight}", param="text_weight")
+        if body.per_document is not None and body.per_document < 1:
+            raise ApiError("invalid", f"per_document must be at least 1, got "
+                           f"{body.per_document}", param="per_document")
         config = SearchConfig(k=body.k, mode=body.mode, where=body.where,
-                              rerank_top=top, text_weight=body.text_weight)
+                              rerank_top=top, text_weight=body.text_weight,
+                              per_document=body.per_document)
         disconnected = until_disconnected(request.receive)
         # the query side of `smysl index search`: the instruction rule of the model, the
         # index's stored size, over-long queries cut (through the batcher, like every route)

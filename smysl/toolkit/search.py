@@ -73,6 +73,10 @@ class SearchConfig:
             ``<Instruct>`` line); None is the reranker's default.
         rerank_truncate: With a reranker: cut chunks that exceed its token limit (True) or
             fail on them.
+        per_document: At most this many chunks of one document (the payload's ``doc_id``)
+            among the hits, so that one long document does not fill them all; the search
+            widens until each query has its ``k`` (or the store has no more). With MMR or a
+            reranker it applies to their candidates too. None: no limit.
     """
 
     k: int = 10
@@ -88,6 +92,7 @@ class SearchConfig:
     rerank_top: int = 50
     rerank_instruction: str | None = None
     rerank_truncate: bool = True
+    per_document: int | None = None
 
     def __post_init__(self) -> None:
         if positive_int(self.k) is None:  # numpy integers too, as everywhere in smysl
@@ -109,6 +114,9 @@ class SearchConfig:
         if isinstance(self.rerank_top, bool) or not isinstance(self.rerank_top, int) \
                 or self.rerank_top < 1:
             raise ValueError(f"rerank_top must be an integer >= 1, got {self.rerank_top!r}")
+        if self.per_document is not None and positive_int(self.per_document) is None:
+            raise ValueError("per_document must be an integer >= 1 or None, got "
+                             f"{self.per_document!r}")
 
 
 @dataclass(frozen=True)
@@ -225,7 +233,39 @@ def first_stage(store: VectorStore, config: SearchConfig, queries: np.ndarray | 
                 terms: Sequence[Sequence[str]] | None, want: int,
                 check: Callable[[Hit], bool] | None) -> list[list[Hit]]:
     """The ``want`` best hits per query as ``config.mode`` ranks them (see
-    :func:`search_vectors`), each passed by ``check``; with vectors when checked or for MMR."""
+    :func:`search_vectors`), each passed by ``check``, at most ``config.per_document`` of a
+    document; with vectors when checked or for MMR."""
+    cap = config.per_document
+    if cap is None:
+        return _ranked(store, config, queries, terms, want, check)
+    k = want
+    while True:
+        raw = _ranked(store, config, queries, terms, k, check)
+        kept = [per_document(hits, cap) for hits in raw]
+        # a query short of hits while the ranking gave k may find more further down
+        if not any(len(c) < want and len(r) == k for c, r in zip(kept, raw, strict=True)):
+            return [c[:want] for c in kept]
+        k *= 2
+
+
+def per_document(hits: Sequence[Hit], cap: int) -> list[Hit]:
+    """``hits`` in their order, past the first ``cap`` of each document left out (a hit
+    without a ``doc_id`` in its payload is a document of its own)."""
+    seen: dict[object, int] = {}
+    out = []
+    for h in hits:
+        doc = h.payload.get("doc_id", ("id", h.id))
+        if isinstance(doc, list | dict):  # unhashable: compared as its JSON
+            doc = json.dumps(doc, sort_keys=True)
+        if seen.get(doc, 0) < cap:
+            seen[doc] = seen.get(doc, 0) + 1
+            out.append(h)
+    return out
+
+
+def _ranked(store: VectorStore, config: SearchConfig, queries: np.ndarray | None,
+            terms: Sequence[Sequence[str]] | None, want: int,
+            check: Callable[[Hit], bool] | None) -> list[list[Hit]]:
     vectors = check is not None or config.mmr
 
     def by_vector(k: int) -> list[list[Hit]]:

@@ -605,3 +605,33 @@ def test_search_runs_one_store_call_at_a_time_otherwise(hash_index: Path,
     assert [r.status_code for r in got] == [200] * 6
     assert len(seen) == 6 and {n for _, n in seen} == {1}  # never two inside at once
     assert len({name for name, _ in seen}) == 1  # one thread of the server's own
+
+
+def test_search_per_document_caps_a_long_documents_chunks(tmp_path: Path) -> None:
+    """``per_document``: at most that many chunks of one document, as the toolkit's
+    ``SearchConfig(per_document=)`` gives them; below 1 refused (422, TEI's shape). By words:
+    the hash model's vectors rank nothing."""
+    from smysl.toolkit.chunking import ChunkConfig
+    from smysl.toolkit.ingest import Document, IngestConfig
+
+    backend = HashEmbedder()
+    path = tmp_path / "long"
+    long = " ".join(f"Cats purr and sleep, part {i}." for i in range(40))
+    with Index.create_or_open(backend, IndexConfig(StoreConfig(uri=str(path)))) as ix:
+        ix.add([Document("long", long), *(Document(str(i), t) for i, t in enumerate(TEXTS))],
+               IngestConfig(chunk=ChunkConfig(max_tokens=16, overlap=0)))
+        assert ix.count({"doc_id": "long"}) >= 8
+    plain = toolkit_search(backend, path, "cats purr", 5, mode="text")
+    assert sum(h.payload["doc_id"] == "long" for h in plain) >= 3  # one document fills them
+    capped = toolkit_search(backend, path, "cats purr", 5, mode="text", per_document=1)
+    with TestClient(create_app(backend, ServerConfig(index=str(path)))) as client:
+        r = client.post("/search", json={"query": "cats purr", "k": 5, "mode": "text",
+                                              "per_document": 1})
+        assert r.status_code == 200, r.text
+        hits = r.json()["hits"]
+        assert [h["id"] for h in hits] == [h.id for h in capped]
+        docs = [h["metadata"]["doc_id"] for h in hits]
+        assert docs == ["long", "0"]  # the two documents with these words, once each
+        for bad in (0, -2):
+            r = client.post("/search", json={"query": "q", "per_document": bad})
+            assert r.status_code == 422 and "per_document" in r.json()["error"], r.text

@@ -267,3 +267,70 @@ def test_search_config_takes_whole_numbers_of_hits() -> None:
         with pytest.raises(ValueError, match="k must be an integer >= 1"):
             SearchConfig(k=bad)  # type: ignore[arg-type]
     assert SearchConfig(k=np.int64(5)).k == 5  # type: ignore[arg-type]
+
+
+def _chunked_store():  # type: ignore[no-untyped-def]
+    """Chunks at known angles from the query [1, 0, 0, 0]: document A's 8 nearest, then B's
+    2, C's 1, a record without a doc_id, and a far document D; every text holds "кабель"."""
+    from smysl.toolkit.memory import MemoryStore
+
+    order = [("A", 8), ("B", 2), ("C", 1), (None, 1), ("D", 3)]
+    ids, vecs, payloads = [], [], []
+    for doc, n in order:
+        for c in range(n):
+            t = 0.01 * (len(ids) + 1) + (1.2 if doc == "D" else 0.0)
+            ids.append(f"{doc}#{c}" if doc else "x")
+            vecs.append([np.cos(t), np.sin(t), 0.0, 0.0])
+            payloads.append({"text": f"кабель {doc or 'x'} {c}",
+                             **({"doc_id": doc, "chunk": c} if doc else {})})
+    store = MemoryStore(4)
+    store.upsert(ids, np.array(vecs, np.float32), payloads)
+    return store
+
+
+def test_per_document_caps_the_chunks_of_one_document() -> None:
+    """One long document filled the hits; ``per_document`` keeps at most N chunks of each,
+    widening the search past the capped ones until ``k`` (or the store's end), in every mode
+    and for MMR's candidates."""
+    from smysl.toolkit.search import search_vectors
+
+    store = _chunked_store()
+    q = np.array([[1.0, 0.0, 0.0, 0.0]], np.float32)
+    terms = [["кабел"]]
+
+    def ids(config: SearchConfig) -> list[str]:
+        (hits,) = search_vectors(store, q, config, terms=terms)
+        return [h.id for h in hits]
+
+    assert ids(SearchConfig(k=4)) == ["A#0", "A#1", "A#2", "A#3"]
+    assert ids(SearchConfig(k=4, per_document=1)) == ["A#0", "B#0", "C#0", "x"]
+    assert ids(SearchConfig(k=5, per_document=2)) == ["A#0", "A#1", "B#0", "B#1", "C#0"]
+    assert ids(SearchConfig(k=9, per_document=1)) == ["A#0", "B#0", "C#0", "x", "D#0"]
+    for mode in ("text", "hybrid"):
+        got = ids(SearchConfig(k=4, mode=mode, per_document=1))  # type: ignore[arg-type]
+        docs = [i.split("#")[0] for i in got]
+        assert len(got) == 4 and len(set(docs)) == 4, (mode, got)
+    got = ids(SearchConfig(k=3, mmr=True, fetch_k=4, per_document=1))
+    assert sorted(got) == ["A#0", "B#0", "C#0"]  # out of the capped candidates
+    for bad in (0, -1, 1.5, True):
+        with pytest.raises(ValueError, match="per_document must be"):
+            SearchConfig(per_document=bad)  # type: ignore[arg-type]
+
+
+def test_per_document_caps_the_reranked_candidates() -> None:
+    from smysl.rerank import BaseReranker
+    from smysl.toolkit.search import RerankedHit, search_vectors
+
+    class Reverse(BaseReranker):
+        name, backend = "reverse", "fake"
+
+        def _scores(self, query: str, documents: list[str], *, instruction: str | None,
+                    truncate: bool) -> np.ndarray:
+            return np.arange(len(documents), dtype=np.float64)
+
+    store = _chunked_store()
+    (hits,) = search_vectors(store, np.array([[1.0, 0, 0, 0]], np.float32),
+                             SearchConfig(k=3, rerank_top=4, per_document=1),
+                             reranker=Reverse(), texts=["q"])
+    assert all(isinstance(h, RerankedHit) for h in hits)
+    assert [h.id for h in hits] == ["x", "C#0", "B#0"]  # the last of the capped 4 first

@@ -425,3 +425,27 @@ def test_chunks_larger_than_the_model_takes_are_said(tiny_dir, data, tmp_path, c
     err = capsys.readouterr().err
     assert ("smysl index: warning: chunks of 100000 tokens were asked for, but the model "
             "takes at most 512: chunks of 512 tokens") in err
+
+
+def test_index_search_per_document(tiny_dir, data, capsys) -> None:  # type: ignore[no-untyped-def]
+    """``--per-document N``: at most N chunks of one document among the hits (by words here:
+    no model to load); 0 is refused with the flag's name."""
+    long = " ".join(f"Cats purr and sleep, part {i}." for i in range(30))
+    (data / "long.md").write_text(long, encoding="utf-8")
+    kb = str(data / "kb")
+    assert main(["index", "add", kb, str(data / "long.md"), str(data / "a.md"), "--model",
+                 str(tiny_dir), "--device", "cpu", "--chunk-tokens", "16", "--overlap", "0",
+                 "--no-progress"]) == 0
+    capsys.readouterr()
+
+    def docs(*extra: str) -> list[str]:
+        assert main(["index", "search", kb, "cats purr", "--mode", "text", "-k", "4",
+                     "--format", "json", *extra]) == 0
+        return [h["payload"]["doc_id"] for h in json.loads(capsys.readouterr().out)["hits"]]
+
+    plain = docs()
+    assert len(plain) == 4 and len(set(plain)) == 1  # the long document's chunks
+    assert sorted(docs("--per-document", "1")) == sorted({str(data / "long.md"),
+                                                          str(data / "a.md")})
+    assert main(["index", "search", kb, "cats", "--mode", "text", "--per-document", "0"]) == 2
+    assert "per-document" in capsys.readouterr().err
