@@ -247,6 +247,8 @@ class Index:
                 return 0
             flt["doc_id"] = list(doc_ids)
         gone = self.store.delete(where=flt)
+        if gone:  # LanceDB scored words with the deleted rows' statistics until then
+            self.store.optimize()
         record_count(self.store)
         return gone
 

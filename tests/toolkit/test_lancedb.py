@@ -114,3 +114,31 @@ def test_a_field_an_earlier_smysl_kept_no_column_for_is_refused_not_half_found(t
     fresh.upsert(["a", "b", "c"], x, [{"язык": "ru"}, {"язык": None}, {"язык": ["ru"]}])
     assert fresh.count({"язык": "ru"}) == 1
     fresh.close()
+
+
+def test_word_scores_after_a_delete_are_those_of_the_rows_left(tiny, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """LanceDB's full-text index scored words with the deleted rows' statistics (document
+    count, lengths, frequencies) until the next ``optimize``: scores moved after
+    ``smysl index delete`` and ranks could. ``Index.delete`` now folds the delete in; the
+    scores are the memory store's over the rows left."""
+    import numpy as np
+
+    from smysl.toolkit import lexical
+    from smysl.toolkit.index import Index, IndexConfig
+    from smysl.toolkit.memory import MemoryStore
+    from smysl.toolkit.store import StoreConfig
+
+    texts = [f"кабель медный {i} " + " ".join(["провод"] * (i % 5)) for i in range(40)]
+    with Index.create_or_open(tiny, IndexConfig(StoreConfig(uri=str(tmp_path / "kb")))) as ix:
+        ix.add_texts(texts, ids=[f"d{i}" for i in range(40)])
+        assert ix.delete([f"d{i}" for i in range(30)]) == 30
+        left = [r for batch in ix.store.scan() for r in batch]
+        ref = MemoryStore(ix.store.dimensions)
+        ref.upsert([r.id for r in left], np.stack([r.vector for r in left]),
+                   [r.payload for r in left])
+        q = [lexical.query_terms("медный провод")]
+        got = {h.id: h.score for h in ix.store.search_text(q, 10)[0]}
+        want = {h.id: h.score for h in ref.search_text(q, 10)[0]}
+    assert got.keys() == want.keys() and len(got) == 10
+    for i in got:
+        assert got[i] == pytest.approx(want[i], rel=1e-4), (i, got[i], want[i])
