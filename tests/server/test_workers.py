@@ -58,8 +58,10 @@ class Workers:
             cwd=ROOT, stdout=self.log, stderr=subprocess.STDOUT)
 
     def output(self) -> str:
-        self.log.seek(0)
-        return self.log.read().decode(errors="replace")
+        # pread: the server writes through the same open file (one offset): a seek to 0
+        # here while it runs made its next lines overwrite the start of the log
+        fd = self.log.fileno()
+        return os.pread(fd, os.fstat(fd).st_size, 0).decode(errors="replace")
 
     def wait_healthy(self, deadline: float) -> None:
         while True:
