@@ -170,8 +170,8 @@ class AccessLog:
                     return
             stream.write(text)
             stream.flush()
-        except (OSError, ValueError):  # stdout closed or gone: the server goes on without
-            pass
+        except Exception:  # stdout closed or gone, or a stream of yours that fails: the
+            pass  # lines are lost, the writer (and every later line) is not
 
 
 def _write_fd(fd: int, data: bytes) -> None:

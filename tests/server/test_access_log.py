@@ -77,20 +77,31 @@ def test_a_flush_writes_whole_lines_in_chunks_below_a_pipes_atomic_size() -> Non
     assert [x.split('"')[1] for x in lines] == [f"POST /embed/{i} HTTP/1.1" for i in range(500)]
 
 
-@pytest.mark.parametrize("error", [OSError(32, "Broken pipe"), ValueError("closed file")])
+@pytest.mark.parametrize("error", [OSError(32, "Broken pipe"), ValueError("closed file"),
+                                   RuntimeError("a stream of yours that fails")])
 def test_a_broken_stdout_loses_the_lines_not_the_server(error: Exception) -> None:
+    """A write that fails loses its lines; the writer lives on and writes later ones."""
     class Broken(io.StringIO):
-        def write(self, s: str) -> int:
-            raise error
+        failed = False
 
-    log = AccessLog(Broken())
+        def write(self, s: str) -> int:
+            if not self.failed:
+                self.failed = True
+                raise error
+            return super().write(s)
+
+    out = Broken()
+    log = AccessLog(out)
 
     async def main() -> None:
-        log.add(scope(), 200, 0.001)
-        log.flush()
-        log.add(scope(), 200, 0.001)  # goes on logging
+        log.add(scope("/lost"), 200, 0.001)
+        assert log.flush()  # written or lost: not waiting
+        log.add(scope("/kept"), 200, 0.001)  # goes on logging
+        assert log.flush()
 
     asyncio.run(main())
+    assert out.failed and [x.split('"')[1] for x in out.getvalue().splitlines()] == [
+        "POST /kept HTTP/1.1"]
 
 
 @pytest.mark.parametrize(("client", "status", "query"), [
