@@ -215,6 +215,30 @@ CODES = {Q4_0: q4_0_codes, Q4_1: q4_1_codes, Q5_0: q5_0_codes, Q5_1: q5_1_codes,
          Q6_K: q6_k_codes, IQ4_NL: iq4_nl_codes, IQ4_XS: iq4_xs_codes}
 
 
+#: Byte offsets in a block of its float16 scales (``d``, and ``m`` or ``dmin``): ggml's
+#: ``ggml_validate_row_data`` checks these. One that is NaN or inf makes its whole block so.
+SCALES_AT = {Q4_0: (0,), Q4_1: (0, 2), Q5_0: (0,), Q5_1: (0, 2), Q8_0: (0,), Q3_K: (108,),
+             Q4_K: (0, 2), Q5_K: (0, 2), Q6_K: (208,), IQ4_NL: (0,), IQ4_XS: (0,)}
+
+
+def bad_block(data: torch.Tensor, kind: int) -> tuple[int, int] | None:
+    """(row, block in the row) of the first block of ``data`` ([rows, row_bytes] uint8 of
+    ``kind`` blocks) with a NaN or inf scale, else None: a damaged file, refused at load
+    rather than computing NaN for every input."""
+    width = BLOCKS[kind][1]
+    blocks = data.reshape(-1, width)
+    bad: torch.Tensor | None = None
+    for at in SCALES_AT[kind]:
+        # float16 bits with the exponent all ones: inf or NaN ([n] int16; 2 bytes a block copied)
+        bits = blocks[:, at : at + 2].contiguous().view(torch.int16).squeeze(-1)
+        hit = (bits & 0x7C00) == 0x7C00
+        bad = hit if bad is None else bad | hit
+    if bad is None or not bool(bad.any()):
+        return None
+    first, per_row = int(bad.nonzero()[0, 0]), data.shape[-1] // width
+    return first // per_row, first % per_row
+
+
 def _dequantizer(kind: int) -> Callable[[torch.Tensor], torch.Tensor]:
     codes = CODES[kind]
     return lambda b: codes(b).values()

@@ -432,3 +432,25 @@ def test_one_block_alone_decodes(kind: str) -> None:
     for i in range(3):
         alone = gq.DEQUANTIZE[int(qtype)](torch.from_numpy(raw)[i:i + 1]).numpy()
         assert np.array_equal(alone, together[i:i + 1])
+
+
+@pytest.mark.parametrize("kind", ["Q8_0", "Q6_K", "Q5_K", "Q4_K", "Q3_K", "Q4_0", "Q4_1",
+                                  "Q5_0", "Q5_1", "IQ4_NL", "IQ4_XS"])
+def test_a_nan_or_inf_scale_is_found_where_it_spoils_the_block(kind: str) -> None:
+    """A damaged file: a block's float16 scale (``d``, ``m`` or ``dmin``) that is NaN or
+    +-inf is found (row, block in the row), and it is one that makes llama.cpp's reference
+    dequantisation of that block non-finite; random bits elsewhere are not taken for one."""
+    from qwen_tiny import random_blocks
+
+    qtype = getattr(gguf.GGMLQuantizationType, kind)
+    per, width = gq.BLOCKS[int(qtype)]
+    raw = random_blocks((6, 3 * per), qtype, np.random.default_rng(int(qtype)))  # 6 x 3 blocks
+    assert gq.bad_block(torch.from_numpy(raw.reshape(6, -1)), int(qtype)) is None
+    for at in gq.SCALES_AT[int(qtype)]:
+        for value in (np.inf, -np.inf, np.nan):
+            bad = raw.reshape(-1, width).copy()
+            bad[10, at : at + 2] = np.array([value], np.float16).view(np.uint8)
+            assert gq.bad_block(torch.from_numpy(bad.reshape(6, -1)), int(qtype)) == (3, 1)
+            with np.errstate(invalid="ignore", over="ignore"):
+                values = gguf.quants.dequantize(bad, qtype).reshape(-1, per)
+            assert not np.isfinite(values[10]).all() and np.isfinite(np.delete(values, 10, 0)).all()

@@ -705,3 +705,34 @@ def test_a_tokenizer_json_of_another_vocabulary_beside_a_gguf_is_refused(
         Embedder.load(str(d / "m.gguf"), device="cpu", dtype="float32")
     shutil.copy(require_tokenizer() / "tokenizer.json", d / "tokenizer.json")  # its own: fine
     assert Embedder.load(str(d / "m.gguf"), device="cpu", dtype="float32").embed(["x"]).shape
+
+
+def test_a_block_with_an_inf_scale_is_refused_dequantised_or_kept(
+        files: dict[str, Path], wide: Path, tmp_path: Path) -> None:
+    """A damaged GGUF (one block's float16 scale inf) is refused at load, naming the weight
+    and where, whether its matrices are dequantised or kept as 4-bit blocks: not a model
+    that answers every input with the non-finite error."""
+
+    def damage(src: Path, tensor: str, block: int) -> Path:
+        info = sg.read_header(src).tensors[tensor]
+        width = sg.QUANT_BLOCKS[info.type][1]
+        data = bytearray(src.read_bytes())
+        at = info.offset + block * width  # d: the first two bytes of Q8_0 and Q4_K blocks
+        data[at : at + 2] = np.array([np.inf], np.float16).tobytes()
+        out = tmp_path / src.name
+        out.write_bytes(bytes(data))
+        return out
+
+    q8 = damage(files["Q8_0"], "blk.1.ffn_up.weight", 5)
+    cols = sg.read_header(q8).tensors["blk.1.ffn_up.weight"].shape[1]
+    row, col = divmod(5 * 32, cols)  # Q8_0: 32 values a block
+    with pytest.raises(ValueError, match=rf"{q8}: layers\.1\.mlp\.up_proj\.weight holds NaN or "
+                                         rf"inf \(first at \[{row}, {col}\]\): the checkpoint"):
+        Embedder.load(str(q8), device="cpu")
+    types = {f"blk.{n}.{m}.weight": "Q4_K" for n in range(2) for m in _MATRICES}
+    (tmp_path / "src").mkdir()
+    q4 = damage(write_gguf(wide, tmp_path / "src" / "m.gguf", ftype="Q8_0", type_of=types),
+                "blk.0.ffn_gate.weight", 3)  # 256 wide: one block a row
+    with pytest.raises(ValueError, match=r"layers\.0\.mlp\.gate_proj\.weight: block 0 of row 3 "
+                                         "has a NaN or inf scale: the file is damaged"):
+        Embedder.load(str(q4), device="cpu", quantize="int4")

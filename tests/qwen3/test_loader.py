@@ -110,3 +110,27 @@ def test_loading_imports_no_compiler(tiny_dir: Path) -> None:
                          text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.split()[-1] == "False"
+
+
+@pytest.mark.parametrize(("weight", "value", "where"), [
+    ("layers.1.mlp.up_proj.weight", float("nan"), "[3, 5]"),
+    ("norm.weight", float("-inf"), "[7]"),
+    ("embed_tokens.weight", float("inf"), "[3, 5]")])
+def test_a_weight_holding_nan_or_inf_is_refused(tiny_dir: Path, tmp_path: Path, weight: str,
+                                                value: float, where: str) -> None:
+    """A damaged checkpoint is refused at load, naming the weight and the first bad element,
+    instead of computing NaN for every input (which reads as float16's overflow)."""
+    import shutil
+
+    from smysl import Embedder
+
+    dst = shutil.copytree(tiny_dir, tmp_path / "m")
+    (f,) = dst.glob("*.safetensors")
+    state = load_file(f)
+    key = next(k for k in state if k.removeprefix("model.") == weight)
+    state[key][(3, 5) if state[key].ndim == 2 else (7,)] = value
+    save_file(state, f, metadata={"format": "pt"})
+    for dtype in ("float32", "bfloat16"):
+        with pytest.raises(ValueError, match=rf"{weight} holds NaN or inf \(first at "
+                                             rf"\{where[:-1]}\]\): the checkpoint is damaged"):
+            Embedder.load(str(dst), device="cpu", dtype=dtype)
