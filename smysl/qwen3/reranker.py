@@ -442,4 +442,7 @@ def read_head_rows(ckpt: Checkpoint, rows: Sequence[int]) -> np.ndarray:
     if head is None:
         raise ValueError(f"{ckpt.root}: checkpoint lacks {names[0]} (the output head"
                          f"{', tied to the token embeddings' if tied else ''})")
+    if not np.isfinite(head).all():  # as the loader refuses such weights (check_finite)
+        raise ValueError(f"{ckpt.root}: {names[0]} holds NaN or inf in the rows of the answer "
+                         "tokens: the checkpoint is damaged; download or convert it again")
     return head

@@ -358,3 +358,22 @@ def test_an_embedding_checkpoint_is_refused_as_a_reranker(tiny_dir) -> None:  # 
 
     with pytest.raises(ValueError, match=r"without an output head .* not a Qwen3-Reranker"):
         Reranker.load(str(tiny_dir), device="cpu")
+
+
+def test_an_answer_row_holding_nan_is_refused_at_load(rerankers: dict[str, Tiny],
+                                                      tmp_path: Path) -> None:
+    """A damaged output head (NaN in the rows of "yes" and "no") is refused at load, as the
+    loader refuses such weights, not reported as a non-finite score at every request."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    dst = shutil.copytree(rerankers["untied"].path, tmp_path / "r")
+    for f in dst.glob("*.safetensors"):
+        state = load_file(f)
+        if "lm_head.weight" in state:
+            state["lm_head.weight"][:] = float("nan")
+            save_file(state, f, metadata={"format": "pt"})
+    with pytest.raises(ValueError, match=r"lm_head\.weight holds NaN or inf in the rows of the "
+                                         "answer tokens: the checkpoint is damaged"):
+        Reranker.load(str(dst), device="cpu")
