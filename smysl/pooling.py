@@ -28,8 +28,9 @@ def check_dimensions(dimensions: int | None, native: int, *, minimum: int = MIN_
 
 
 class NonFiniteError(RuntimeError):
-    """The model computed NaN or inf for input ``index`` (float16 overflowing, a damaged
-    checkpoint): such a row is never returned (normalised, it was an all-zero "vector")."""
+    """The model computed NaN or inf for input ``index`` (float16 overflowing: weights with
+    NaN or inf are refused at load): such a row is never returned (normalised, it was an
+    all-zero "vector")."""
 
     def __init__(self, index: int) -> None:
         self.index = index
