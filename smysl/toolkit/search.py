@@ -235,17 +235,23 @@ def first_stage(store: VectorStore, config: SearchConfig, queries: np.ndarray | 
     """The ``want`` best hits per query as ``config.mode`` ranks them (see
     :func:`search_vectors`), each passed by ``check``, at most ``config.per_document`` of a
     document; with vectors when checked or for MMR."""
+    n = len(np.atleast_2d(queries)) if queries is not None else len(terms or ())
     cap = config.per_document
     if cap is None:
-        return _ranked(store, config, queries, terms, want, check)
-    k = want
-    while True:
-        raw = _ranked(store, config, queries, terms, k, check)
-        kept = [per_document(hits, cap) for hits in raw]
-        # a query short of hits while the ranking gave k may find more further down
-        if not any(len(c) < want and len(r) == k for c, r in zip(kept, raw, strict=True)):
-            return [c[:want] for c in kept]
-        k *= 2
+        return _ranked(store, config, queries, terms, want, check, list(range(n)))
+    out: list[list[Hit]] = [[] for _ in range(n)]
+    todo, k = list(range(n)), want
+    while todo:  # only the queries still short are searched again, twice as deep
+        raw = _ranked(store, config, queries, terms, k, check, todo)
+        short = []
+        for i, hits in zip(todo, raw, strict=True):
+            kept = per_document(hits, cap)
+            out[i] = kept[:want]
+            # short of hits while the ranking gave k: more may be found further down
+            if len(kept) < want and len(hits) == k:
+                short.append(i)
+        todo, k = short, k * 2
+    return out
 
 
 def per_document(hits: Sequence[Hit], cap: int) -> list[Hit]:
@@ -265,25 +271,30 @@ def per_document(hits: Sequence[Hit], cap: int) -> list[Hit]:
 
 def _ranked(store: VectorStore, config: SearchConfig, queries: np.ndarray | None,
             terms: Sequence[Sequence[str]] | None, want: int,
-            check: Callable[[Hit], bool] | None) -> list[list[Hit]]:
+            check: Callable[[Hit], bool] | None, rows: list[int]) -> list[list[Hit]]:
+    """:func:`first_stage` without the per-document cap, for queries ``rows`` only."""
     vectors = check is not None or config.mmr
+    q = np.atleast_2d(queries)[rows] if queries is not None else None
+    t = [terms[i] for i in rows] if terms is not None else None
 
-    def by_vector(k: int) -> list[list[Hit]]:
-        assert queries is not None
-        return store.search(queries, k, where=config.where, exact=config.exact,
+    def by_vector(k: int, sub: list[int]) -> list[list[Hit]]:
+        assert q is not None
+        return store.search(q[sub], k, where=config.where, exact=config.exact,
                             with_vectors=vectors)
 
-    def by_text(k: int) -> list[list[Hit]]:
-        assert terms is not None
-        return store.search_text(terms, k, where=config.where, with_vectors=vectors)
+    def by_text(k: int, sub: list[int]) -> list[list[Hit]]:
+        assert t is not None
+        return store.search_text([t[i] for i in sub], k, where=config.where,
+                                 with_vectors=vectors)
 
     if config.mode == "vector":
-        return _checked(by_vector, want, check)
+        return _checked(by_vector, len(rows), want, check)
     if config.mode == "text":
-        return _checked(by_text, want, check)
+        return _checked(by_text, len(rows), want, check)
     pool = max(config.fetch_k, want)
     return [list[Hit](fuse_hits(v, t, want, config.rrf_k, config.text_weight)) for v, t in zip(
-        _checked(by_vector, pool, check), _checked(by_text, pool, check), strict=True)]
+        _checked(by_vector, len(rows), pool, check), _checked(by_text, len(rows), pool, check),
+        strict=True)]
 
 
 def fuse_hits(by_vector: Sequence[Hit], by_text: Sequence[Hit], k: int,
@@ -300,19 +311,26 @@ def fuse_hits(by_vector: Sequence[Hit], by_text: Sequence[Hit], k: int,
                 [1.0, text_weight])]
 
 
-def _checked(search: Callable[[int], list[list[Hit]]], want: int,
+def _checked(search: Callable[[int, list[int]], list[list[Hit]]], n: int, want: int,
              check: Callable[[Hit], bool] | None) -> list[list[Hit]]:
-    k = want
-    while True:
-        raw = search(k)
+    """The ``want`` best hits passed by ``check`` for each of ``n`` queries; ``search(k,
+    sub)``: the ``k`` best of queries ``sub``."""
+    out: list[list[Hit]] = [[] for _ in range(n)]
+    todo, k = list(range(n)), want
+    while todo:  # only the queries still short are searched again
+        raw = search(k, todo)
         if check is None:
             return raw
-        good = [[h for h in hits if check(h)] for hits in raw]
-        # A query that lost hits while the store had k to give may have more good ones.
-        short = [len(g) < want and len(r) == k for g, r in zip(good, raw, strict=True)]
-        if not any(short):
-            return [g[:want] for g in good]
-        k += max(len(r) - len(g) for g, r in zip(good, raw, strict=True))
+        short, lost = [], 0
+        for i, hits in zip(todo, raw, strict=True):
+            good = [h for h in hits if check(h)]
+            out[i] = good[:want]
+            # one that lost hits while the store had k to give may have more good ones
+            if len(good) < want and len(hits) == k:
+                short.append(i)
+                lost = max(lost, len(hits) - len(good))
+        todo, k = short, k + lost
+    return out
 
 
 def mmr(query: np.ndarray, hits: Sequence[Hit], k: int, lam: float = 0.5) -> list[Hit]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from typing import ClassVar
 
 import numpy as np
 import pytest
@@ -334,3 +335,45 @@ def test_per_document_caps_the_reranked_candidates() -> None:
                              reranker=Reverse(), texts=["q"])
     assert all(isinstance(h, RerankedHit) for h in hits)
     assert [h.id for h in hits] == ["x", "C#0", "B#0"]  # the last of the capped 4 first
+
+
+@pytest.mark.parametrize("mode", ["vector", "text", "hybrid"])
+def test_only_the_queries_short_of_hits_are_searched_again(mode: str) -> None:
+    """A batch of queries where one needs a deeper search (one document's chunks fill its
+    hits, or its hits fail the check) searches that one again, not the whole batch; each
+    query's hits are those it gets searched alone."""
+    from smysl.toolkit.memory import MemoryStore
+    from smysl.toolkit.search import search_vectors
+
+    class Counted(MemoryStore):
+        rows: ClassVar[list[int]] = []
+
+        def search(self, queries, k, **kw):  # type: ignore[no-untyped-def]
+            self.rows.append(len(np.atleast_2d(queries)))
+            return super().search(queries, k, **kw)
+
+        def search_text(self, terms, k, **kw):  # type: ignore[no-untyped-def]
+            self.rows.append(len(terms))
+            return super().search_text(terms, k, **kw)
+
+    near = [("A", 0.01 * i, "кабель") for i in range(6)]  # one document near angle 0
+    far = [(d, 1.5 + 0.01 * i, "провод") for i, d in enumerate("EFG")]  # three near pi/2
+    store = Counted(4)
+    store.upsert([f"{d}#{n}" for n, (d, _, _) in enumerate(near + far)],
+                 np.array([[np.cos(a), np.sin(a), 0, 0] for _, a, _ in near + far], np.float32),
+                 [{"doc_id": d, "text": w} for d, _, w in near + far])
+    q = np.array([[1, 0, 0, 0], [0, 1, 0, 0]], np.float32)
+    terms = [["кабел"], ["провод"]]
+    for config, check in ((SearchConfig(k=2, mode=mode, fetch_k=2, per_document=1), None),  # type: ignore[arg-type]
+                          (SearchConfig(k=2, mode=mode, fetch_k=2),  # type: ignore[arg-type]
+                           lambda h: h.id not in ("A#0", "A#1"))):
+        alone = [search_vectors(store, q[i : i + 1], config, terms=terms[i : i + 1],
+                                check=check)[0] for i in range(2)]
+        store.rows.clear()
+        both = search_vectors(store, q, config, terms=terms, check=check)
+        assert [[h.id for h in x] for x in both] == [[h.id for h in x] for x in alone]
+        assert len({h.payload["doc_id"] for h in both[1]} - {"A"}) == 2
+        kinds = 2 if mode == "hybrid" else 1  # the vector and the word searches
+        # the whole batch once per kind of search, then only the query short of hits
+        assert store.rows.count(2) == kinds and set(store.rows) == {1, 2}, (
+            mode, check, store.rows)
