@@ -227,13 +227,12 @@ def bad_block(data: torch.Tensor, kind: int) -> tuple[int, int] | None:
     rather than computing NaN for every input."""
     width = BLOCKS[kind][1]
     blocks = data.reshape(-1, width)
-    bad: torch.Tensor | None = None
+    bad = torch.zeros(blocks.shape[0], dtype=torch.bool, device=data.device)
     for at in SCALES_AT[kind]:
         # float16 bits with the exponent all ones: inf or NaN ([n] int16; 2 bytes a block copied)
         bits = blocks[:, at : at + 2].contiguous().view(torch.int16).squeeze(-1)
-        hit = (bits & 0x7C00) == 0x7C00
-        bad = hit if bad is None else bad | hit
-    if bad is None or not bool(bad.any()):
+        bad |= (bits & 0x7C00) == 0x7C00
+    if not bool(bad.any()):
         return None
     first, per_row = int(bad.nonzero()[0, 0]), data.shape[-1] // width
     return first // per_row, first % per_row

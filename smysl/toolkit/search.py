@@ -239,19 +239,8 @@ def first_stage(store: VectorStore, config: SearchConfig, queries: np.ndarray | 
     cap = config.per_document
     if cap is None:
         return _ranked(store, config, queries, terms, want, check, list(range(n)))
-    out: list[list[Hit]] = [[] for _ in range(n)]
-    todo, k = list(range(n)), want
-    while todo:  # only the queries still short are searched again, twice as deep
-        raw = _ranked(store, config, queries, terms, k, check, todo)
-        short = []
-        for i, hits in zip(todo, raw, strict=True):
-            kept = per_document(hits, cap)
-            out[i] = kept[:want]
-            # short of hits while the ranking gave k: more may be found further down
-            if len(kept) < want and len(hits) == k:
-                short.append(i)
-        todo, k = short, k * 2
-    return out
+    return _deepen(lambda k, sub: _ranked(store, config, queries, terms, k, check, sub), n,
+                   want, lambda hits: per_document(hits, cap), lambda k, _lost: 2 * k)
 
 
 def per_document(hits: Sequence[Hit], cap: int) -> list[Hit]:
@@ -315,21 +304,31 @@ def _checked(search: Callable[[int, list[int]], list[list[Hit]]], n: int, want: 
              check: Callable[[Hit], bool] | None) -> list[list[Hit]]:
     """The ``want`` best hits passed by ``check`` for each of ``n`` queries; ``search(k,
     sub)``: the ``k`` best of queries ``sub``."""
+    if check is None:
+        return search(want, list(range(n)))
+    return _deepen(search, n, want, lambda hits: [h for h in hits if check(h)],
+                   lambda k, lost: k + lost)
+
+
+def _deepen(search: Callable[[int, list[int]], list[list[Hit]]], n: int, want: int,
+            keep: Callable[[list[Hit]], list[Hit]], deeper: Callable[[int, int], int]
+            ) -> list[list[Hit]]:
+    """The first ``want`` of the hits ``keep`` leaves for each of ``n`` queries;
+    ``search(k, sub)``: the ``k`` best of queries ``sub``. A query left short of ``want``
+    while the store gave it ``k`` may have more further down: it alone (not the batch) is
+    searched again, ``deeper(k, lost)`` deep (``lost``: the most hits ``keep`` took from
+    one such query)."""
     out: list[list[Hit]] = [[] for _ in range(n)]
     todo, k = list(range(n)), want
-    while todo:  # only the queries still short are searched again
-        raw = search(k, todo)
-        if check is None:
-            return raw
+    while todo:
         short, lost = [], 0
-        for i, hits in zip(todo, raw, strict=True):
-            good = [h for h in hits if check(h)]
-            out[i] = good[:want]
-            # one that lost hits while the store had k to give may have more good ones
-            if len(good) < want and len(hits) == k:
+        for i, hits in zip(todo, search(k, todo), strict=True):
+            kept = keep(hits)
+            out[i] = kept[:want]
+            if len(kept) < want and len(hits) == k:
                 short.append(i)
-                lost = max(lost, len(hits) - len(good))
-        todo, k = short, k + lost
+                lost = max(lost, len(hits) - len(kept))
+        todo, k = short, deeper(k, lost)
     return out
 
 
