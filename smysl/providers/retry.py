@@ -127,8 +127,13 @@ class RetryingClient:
             base_url=base_url,
             headers=headers,
             timeout=httpx.Timeout(config.timeout, connect=config.connect_timeout),
+            # Every connection may stay open: httpcore closes "surplus" idle connections by
+            # counting all of them, and one just handed to another thread still looks idle, so a
+            # smaller keep-alive limit closed connections under requests the server had already
+            # answered and billed (sent again after "Bad file descriptor"), and made a new
+            # connection (a TLS handshake) for most requests from a few threads.
             limits=httpx.Limits(max_connections=max(config.max_concurrency, 4) * 2,
-                                max_keepalive_connections=max(config.max_concurrency, 4)),
+                                max_keepalive_connections=max(config.max_concurrency, 4) * 2),
             transport=transport,
             follow_redirects=True,
             verify=_ssl_context(),

@@ -130,6 +130,7 @@ class FakeServer:
         #: Tokens in requests answered with 200 (what a provider would bill).
         self.billed_tokens = 0
         self.ok_requests = 0
+        self.connections = 0  # TCP connections accepted (a client's pool churn shows here)
         self.faults = 0  # injected 429/500/drops/malformed
         self.too_large_answers = 0  # 413s sent (a request faulted first gets none)
         self.requests: list[dict[str, Any]] = []  # every parsed JSON body, in arrival order
@@ -199,6 +200,11 @@ class FakeServer:
 
             def log_message(self, *args: Any) -> None:  # keep test output clean
                 pass
+
+            def setup(self) -> None:
+                super().setup()
+                with server.lock:
+                    server.connections += 1
 
             def _send(self, status: int, body: Any, headers: dict[str, str] | None = None,
                       raw: str | None = None, drip: float = 0.0) -> None:

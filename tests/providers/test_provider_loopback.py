@@ -223,6 +223,25 @@ def test_one_provider_many_threads(qwen_tok: Any) -> None:
         assert m.usage.retries == srv.faults
 
 
+def test_threads_sharing_a_provider_reuse_its_connections(qwen_tok: Any) -> None:
+    """Six threads on one provider keep their connections open between requests. httpcore
+    closes a pool's surplus idle connections, and a connection another thread has just been
+    handed counts as idle: it was closed under that thread's request after the server had
+    answered (and billed) it, and the request went out again (``Bad file descriptor``)."""
+    with FakeServer(dims=32, tokenizer=qwen_tok, max_delay=0.002) as srv:
+        m = load(srv, "dashscope", dimensions=32)
+        chunks = {k: texts_for(60, seed=k) for k in range(6)}
+        threads = [threading.Thread(target=m.embed, args=(chunks[k],)) for k in chunks]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert m.usage.texts == 360 and m.usage.retries == 0
+        assert m.usage.tokens == srv.billed_tokens
+        # At most the pool's size, opened once each: 8 for max_concurrency=4.
+        assert srv.connections <= 8
+
+
 def test_progress_counts_every_text() -> None:
     class Bar:
         n = 0
