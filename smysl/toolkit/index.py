@@ -246,9 +246,7 @@ class Index:
             if not doc_ids:
                 return 0
             flt["doc_id"] = list(doc_ids)
-        gone = self.store.delete(where=flt)
-        if gone:  # LanceDB scored words with the deleted rows' statistics until then
-            self.store.optimize()
+        gone = self.store.delete(where=flt)  # a store's word statistics follow its deletes
         record_count(self.store)
         return gone
 
