@@ -318,6 +318,46 @@ def test_per_document_caps_the_chunks_of_one_document() -> None:
             SearchConfig(per_document=bad)  # type: ignore[arg-type]
 
 
+def test_per_document_looks_only_so_deep() -> None:
+    """A few documents of many chunks each widened the search to the whole store (200,000
+    chunks: 16 s and 509 MiB); it stops at PER_DOCUMENT_DEPTH x k chunks (at least 1,000)
+    and gives what it found there."""
+    from smysl.toolkit.memory import MemoryStore
+    from smysl.toolkit.search import PER_DOCUMENT_DEPTH, search_vectors
+
+    n = 3000
+    t = 0.0005 * np.arange(n)
+    vecs = np.stack([np.cos(t), np.sin(t), np.zeros(n), np.zeros(n)], axis=1).astype(np.float32)
+    docs = ["A"] * 1500 + ["B"] * (n - 1500)  # B starts past the 1,000 nearest
+    store = MemoryStore(4)
+    store.upsert([f"c{i}" for i in range(n)], vecs, [{"doc_id": d} for d in docs])
+    depths: list[int] = []
+    search = store.search
+
+    def counted(*args, **kwargs):  # type: ignore[no-untyped-def]
+        depths.append(args[1])
+        return search(*args, **kwargs)
+
+    store.search = counted  # type: ignore[method-assign]
+    q = np.array([[1.0, 0.0, 0.0, 0.0]], np.float32)
+    (hits,) = search_vectors(store, q, SearchConfig(k=2, per_document=1))
+    assert [h.id for h in hits] == ["c0"] and max(depths) == 1000
+    depths.clear()
+    (hits,) = search_vectors(store, q, SearchConfig(k=20, per_document=1))
+    assert [h.id for h in hits] == ["c0", "c1500"] and max(depths) <= PER_DOCUMENT_DEPTH * 20
+
+
+def test_per_document_tells_documents_apart_by_their_json() -> None:
+    """``doc_id: null`` is no document (each such chunk is its own), and 1, 1.0, true and
+    "1" are four: they were one key of a dict."""
+    from smysl.toolkit.search import per_document
+    from smysl.toolkit.store import Hit
+
+    ids = [None, None, 1, 1.0, True, "1", 1, [1], [1]]
+    hits = [Hit(f"h{i}", 1.0, {"doc_id": d}) for i, d in enumerate(ids)]
+    assert [h.id for h in per_document(hits, 1)] == [f"h{i}" for i in (0, 1, 2, 3, 4, 5, 7)]
+
+
 def test_per_document_caps_the_reranked_candidates() -> None:
     from smysl.rerank import BaseReranker
     from smysl.toolkit.search import RerankedHit, search_vectors
