@@ -144,7 +144,8 @@ class AccessLog:
                 dropped, self._dropped = self._dropped, 0
             text = lines + ([f"WARNING:  {dropped} access log line{'s' * (dropped != 1)} "
                              "dropped: stdout was not read\n"] if dropped else [])
-            for chunk in _chunks(text):
+            stream = sys.stdout if self.stream is None else self.stream
+            for chunk in _chunks(text, getattr(stream, "encoding", None) or "utf-8"):
                 self._write(chunk)
             with self._cond:
                 self._written += len(lines)
@@ -183,15 +184,17 @@ def _write_fd(fd: int, data: bytes) -> None:
             time.sleep(0.01)
 
 
-def _chunks(lines: list[str]) -> list[str]:
-    """Whole lines joined into pieces of at most :data:`CHUNK` characters (ASCII but for an
-    odd query string: characters ~ bytes); a longer line is a piece of its own."""
+def _chunks(lines: list[str], encoding: str) -> list[str]:
+    """Whole lines joined into pieces of at most :data:`CHUNK` bytes once encoded as
+    :meth:`AccessLog._write` encodes them (a path of raw UTF-8 is 2 bytes a Cyrillic
+    letter); a longer line is a piece of its own."""
     chunks: list[list[str]] = [[]]
     size = 0
     for line in lines:
-        if chunks[-1] and size + len(line) > CHUNK:
+        n = len(line) if line.isascii() else len(line.encode(encoding, "backslashreplace"))
+        if chunks[-1] and size + n > CHUNK:
             chunks.append([])
             size = 0
         chunks[-1].append(line)
-        size += len(line)
+        size += n
     return ["".join(c) for c in chunks if c]
