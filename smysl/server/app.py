@@ -101,15 +101,25 @@ def _build(embedder: BaseEmbedder | None, config: ServerConfig, *,
         for b in batchers:
             b.open()
         watchers = [asyncio.create_task(h.watch()) for h in healths]
+        forced = False
         try:
             yield
+        except asyncio.CancelledError:
+            # A forced stop (a second signal): uvicorn cut the requests off, skipped this
+            # shutdown and the loop cancels what is left. Waiting for the batch being computed
+            # held the exit for as long as it took (26 s of a 30 s batch); and letting the
+            # cancellation through made Starlette log it as a failed shutdown.
+            forced = True
         finally:
             for w in watchers:
                 w.cancel()
             # uvicorn has stopped accepting and waited for in-flight requests (or cut them off);
-            # finish what is queued.
+            # finish what is queued, unless forced to stop now.
             for b in batchers:
-                await b.close()
+                if forced:
+                    b.abort()
+                else:
+                    await b.close()
             if access_log is not None:
                 access_log.close()
 

@@ -337,6 +337,18 @@ class Batcher:
             per_batch = 0.05
         return max(1, math.ceil(batches * per_batch + ahead * per_token))
 
+    def abort(self) -> None:
+        """Stop now (a forced stop): take no more jobs, answer the queued ones with the 503
+        of a shutdown, and leave the batch being computed unwaited for (the compute thread
+        is a daemon, and ends after it)."""
+        with self._cond:
+            self._closing = True
+            queued = list(self._pending)
+            self._cond.notify_all()
+            self._ready.notify_all()
+        self._fail([(job, ApiError("shutting_down", "the server is shutting down; retry "
+                                   "elsewhere")) for job in queued])
+
     async def close(self) -> None:
         """Stop taking jobs, finish the queued ones, stop the compute thread."""
         with self._cond:
