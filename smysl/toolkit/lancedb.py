@@ -638,7 +638,7 @@ class LanceStore(VectorStore):
         rows in its word statistics until a compaction rewrites their file, which its
         :meth:`optimize` does only past about 10% of a file deleted: with 150 of 2,000 rows
         deleted, a word's score stayed 1.96 where a table that never had them scores 3.01.
-        Rebuilding costs about as much as building (2.4 s for 200,000 chunks of 60 words on
+        Rebuilding costs about as much as building (2.2 s for 200,000 chunks of 60 words on
         a 2-core Zen 5)."""
         def rebuild() -> None:
             if self._has_terms_index():
