@@ -33,7 +33,12 @@ def test_buckets_and_slot_lengths() -> None:
         assert large.tokens - small.tokens <= max(small.tokens // 4, small.tokens if
                                                   small.tokens < 256 else 0)
     assert [b.tokens for b in buckets(3000)][-2:] == [2048, 2560]
-    assert bs[0] == Bucket(16, 4) and bs[-1] == Bucket(2048, 128)
+    assert bs[0] == Bucket(16, 4) and bs[-1] == Bucket(2048, 129)
+    # 128 short sequences fit a bucket with a slot for the spare tokens (they ran eagerly
+    # unless they filled one exactly)
+    for n in (3, 4, 9):
+        fits = [b for b in bs if slot_lengths([n] * 128, b) is not None]
+        assert fits and fits[0].tokens < 2 * max(256, 128 * n), (n, fits[:1])
     assert buckets(0) == []
     b = Bucket(16, 4)
     assert slot_lengths([3, 4], b) == [3, 4, 1, 8]  # real first, spare tokens in free slots
