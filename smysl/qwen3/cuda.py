@@ -153,8 +153,9 @@ def buckets(largest: int) -> list[Bucket]:
     ~20-token queries fit 1,280 tokens; 128 sequences and a slot for the spare tokens: with 128
     slots at most, 128 short sequences fitted only a bucket they filled exactly, and ran
     eagerly). A replay computes its whole bucket: with powers of two all the way, a server's
-    batch of 1,100 tokens ran as 2,048, where the GPU's time grows with the tokens (0.6B on an H200: ~365K tokens/s warm); now a batch past 256 tokens pads less
-    than a quarter. Below that a pass costs about the same at any size (launch-bound)."""
+    batch of 1,100 tokens ran as 2,048, where the GPU's time grows with the tokens (0.6B on an
+    H200: ~365K tokens/s warm); now a batch past 256 tokens pads less than a quarter. Below
+    that a pass costs about the same at any size (launch-bound)."""
     out, t = [], 16
     while t <= largest:
         out.append(Bucket(t, min(max(t // 4, 1), 129)))
