@@ -88,8 +88,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     s.add_argument("--per-document", type=int, default=None, metavar="N",
                    help="at most N chunks of one document among the hits (and the "
                         "candidates of --mmr and --rerank), so that one long document does "
-                        "not fill them all (looked for among the 100 x k nearest chunks, "
-                        "at least 1,000)")
+                        "not fill them all (looked for among the 20,000 nearest chunks)")
     add_rerank_arguments(s)
     s.add_argument("--format", choices=["table", "json", "context"], default=None,
                    help="table, json (one line per query), or context: the numbered chunk "

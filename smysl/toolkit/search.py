@@ -40,9 +40,10 @@ MMR_NEEDS_VECTORS = ("MMR diversifies the hits of a vector search: use it with m
                      "(--mode vector), or search in mode 'text'/'hybrid' without it")
 #: Largest ``text_weight``: beyond it the vector ranking only breaks the word ranking's ties.
 MAX_TEXT_WEIGHT = 100.0
-#: How many times ``k`` chunks (at least 1,000) a search with ``per_document`` looks through at
-#: most for hits of enough documents.
-PER_DOCUMENT_DEPTH = 100
+#: The most chunks a search with ``per_document`` looks through (per query, or 100 times its
+#: ``k`` where more) for hits of enough documents: a document of 20,000 chunks is a book of
+#: ~10 million characters.
+PER_DOCUMENT_DEPTH = 20_000
 Mode = Literal["vector", "hybrid", "text"]
 MODES: tuple[Mode, ...] = ("vector", "hybrid", "text")
 
@@ -79,8 +80,8 @@ class SearchConfig:
         per_document: At most this many chunks of one document (the payload's ``doc_id``)
             among the hits, so that one long document does not fill them all; the search
             widens until each query has its ``k``, the store has no more, or it has looked
-            :data:`PER_DOCUMENT_DEPTH` times as deep (at least 1,000 chunks): a query whose
-            nearest chunks all come from fewer documents gets fewer hits. With MMR or a
+            through :data:`PER_DOCUMENT_DEPTH` chunks (20,000; 100 x ``k`` where more): a
+            query whose nearest chunks all come from fewer documents gets fewer hits. With MMR or a
             reranker it applies to their candidates too. None: no limit.
     """
 
@@ -245,8 +246,8 @@ def first_stage(store: VectorStore, config: SearchConfig, queries: np.ndarray | 
     if cap is None:
         return _ranked(store, config, queries, terms, want, check, list(range(n)))
     # Bounded: a few documents of many chunks each would otherwise widen the search to the
-    # whole store (200,000 chunks of 5 documents: 16 s and 509 MiB for k=10).
-    depth = max(1000, PER_DOCUMENT_DEPTH * want)
+    # whole store (200,000 chunks of 5 documents: 15 s and 509 MiB for k=10).
+    depth = max(PER_DOCUMENT_DEPTH, 100 * want)
     return _deepen(lambda k, sub: _ranked(store, config, queries, terms, k, check, sub), n,
                    want, lambda hits: per_document(hits, cap), lambda k, _lost: min(2 * k, depth))
 
