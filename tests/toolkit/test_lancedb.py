@@ -144,11 +144,13 @@ def test_word_scores_after_a_delete_are_those_of_the_rows_left(tiny, tmp_path) -
         assert got[i] == pytest.approx(want[i], rel=1e-4), (i, got[i], want[i])
 
 
-def test_word_scores_after_a_small_delete_straight_on_the_store(tmp_path) -> None:  # type: ignore[no-untyped-def]
-    """A delete of under a tenth of a file, made on the store itself (as ``smysl index delete``
-    does): LanceDB's ``optimize`` left such deletes in its word statistics, so the scores
-    stayed those of the rows before. The store rebuilds its word index after deleting."""
-
+@pytest.mark.parametrize("change", ["delete", "rewrite"])
+def test_word_scores_after_a_small_change_straight_on_the_store(change: str, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """Deleting or rewriting under a tenth of a file, on the store itself (as ``smysl index
+    delete`` and a second ``smysl index add`` of edited files do): LanceDB's ``optimize``
+    left such rows in its word statistics, so the scores stayed those of the rows before.
+    The store rebuilds its word index before its next word search, once for any number of
+    changes."""
     from smysl.toolkit import lexical
     from smysl.toolkit.memory import MemoryStore
     from smysl.toolkit.store import StoreConfig
@@ -162,13 +164,58 @@ def test_word_scores_after_a_small_delete_straight_on_the_store(tmp_path) -> Non
     store = open_store(StoreConfig(uri=str(tmp_path / "kb")), 8)
     store.upsert([f"d{i}" for i in range(n)], x, pays)
     store.optimize()  # the rows into the word index (ingestion's end does this)
-    assert store.delete([f"d{i}" for i in range(4)]) == 4  # 4 of 60 rows
+    rebuilds = []
+    index_terms = store._index_terms
+
+    def counted(**kwargs):  # type: ignore[no-untyped-def]
+        rebuilds.append(kwargs)
+        return index_terms(**kwargs)
+
+    store._index_terms = counted
+    ids = [f"d{i}" for i in range(n)]
+    for i in range(4):  # 4 of 60 rows, one call each
+        if change == "delete":
+            assert store.delete([ids[i]]) == 1
+            ids[i] = ""
+        else:
+            pays[i] = {"text": f"кабель {i} алюминий"}
+            store.upsert([ids[i]], x[i : i + 1], [pays[i]])
+    kept = [i for i in range(n) if ids[i]]
     ref = MemoryStore(8)
-    ref.upsert([f"d{i}" for i in range(4, n)], x[4:], pays[4:])
+    ref.upsert([ids[i] for i in kept], x[kept], [pays[i] for i in kept])
     q = [lexical.query_terms("медный провод")]
     got = {h.id: h.score for h in store.search_text(q, 10)[0]}
     want = {h.id: h.score for h in ref.search_text(q, 10)[0]}
+    store.search_text(q, 10)
     store.close()
+    assert rebuilds == [{"replace": True}]
     assert got.keys() == want.keys() and len(got) == 6
     for i in got:
         assert got[i] == pytest.approx(want[i], rel=1e-4), (i, got[i], want[i])
+
+
+def test_a_delete_s_rebuild_waits_for_close(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """A process that deletes and ends (``smysl index delete``) leaves the word index
+    rebuilt for the others: its store rebuilds on close."""
+    from smysl.toolkit import lexical
+    from smysl.toolkit.store import StoreConfig
+    from smysl.toolkit.stores import open_store
+    from toolkit.helpers import unit_rows
+
+    x = unit_rows(40, 8, seed=4)
+    pays = [{"text": "провод" if i < 20 else "кабель"} for i in range(40)]
+    with open_store(StoreConfig(uri=str(tmp_path / "kb")), 8) as store:
+        store.upsert([f"d{i}" for i in range(40)], x, pays)
+        store.optimize()
+    q = [lexical.query_terms("провод")]
+    with open_store(StoreConfig(uri=str(tmp_path / "kb"))) as store:
+        before = store.search_text(q, 1)[0][0].score
+        store.delete([f"d{i}" for i in range(2, 20)])  # 18 of 40, one word's
+    with open_store(StoreConfig(uri=str(tmp_path / "kb"))) as other:
+        after = other.search_text(q, 1)[0][0].score
+    fresh = open_store(StoreConfig(uri=str(tmp_path / "fresh")), 8)
+    fresh.upsert([f"d{i}" for i in (0, 1, *range(20, 40))], x[[0, 1, *range(20, 40)]],
+                 [pays[i] for i in (0, 1, *range(20, 40))])
+    fresh.optimize()
+    assert after == pytest.approx(fresh.search_text(q, 1)[0][0].score, rel=1e-4) != before
+    fresh.close()
