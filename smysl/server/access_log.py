@@ -18,6 +18,7 @@ takes lines again.
 from __future__ import annotations
 
 import asyncio
+import codecs
 import http
 import os
 import sys
@@ -144,13 +145,21 @@ class AccessLog:
                 dropped, self._dropped = self._dropped, 0
             text = lines + ([f"WARNING:  {dropped} access log line{'s' * (dropped != 1)} "
                              "dropped: stdout was not read\n"] if dropped else [])
-            stream = sys.stdout if self.stream is None else self.stream
-            for chunk in _chunks(text, getattr(stream, "encoding", None) or "utf-8"):
+            for chunk in _chunks(text, self._encoding()):
                 self._write(chunk)
             with self._cond:
                 self._written += len(lines)
                 self._stuck = False
                 self._cond.notify_all()
+
+    def _encoding(self) -> str:
+        """The codec the stream's bytes are counted in: its own, where it names one."""
+        stream = sys.stdout if self.stream is None else self.stream
+        try:
+            name = stream.encoding
+            return codecs.lookup(name).name if isinstance(name, str) else "utf-8"
+        except (AttributeError, LookupError):  # no stream, a stream of yours without one, a
+            return "utf-8"  # name no codec has: _write loses the lines, not the writer
 
     def _write(self, text: str) -> None:
         """One write of whole lines; a write error loses them, not the server."""

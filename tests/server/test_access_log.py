@@ -329,3 +329,21 @@ def test_smysl_serve_answers_while_nobody_reads_its_stdout(tiny_dir: Path) -> No
     err.seek(0)
     log = err.read().decode(errors="replace")
     assert proc.returncode == 0 and "its event loop has not run" not in log, log[-3000:]
+
+
+def test_a_stream_naming_no_codec_keeps_the_writer() -> None:
+    """A stream whose ``encoding`` names no codec: counting a non-ASCII line's bytes raised in
+    the writer thread, which died; every later line was lost and every flush timed out."""
+    class Odd(io.StringIO):
+        encoding = "no-such-codec"  # type: ignore[assignment]
+
+    out = Odd()
+    log = AccessLog(out)
+
+    async def main() -> None:
+        log.add({**scope("/é"), "raw_path": "/é".encode()}, 200, 0.001)
+        log.add(scope("/plain"), 200, 0.001)
+        assert log.flush(2.0)
+
+    asyncio.run(main())
+    assert out.getvalue().count("\n") == 2 and "/plain" in out.getvalue()
