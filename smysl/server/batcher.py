@@ -341,12 +341,15 @@ class Batcher:
         """Stop now (a forced stop): take no more jobs, answer the queued ones with the 503
         of a shutdown, and leave the batch being computed unwaited for (the compute thread
         is a daemon, and ends after it)."""
-        with self._cond:
+        with self._cond:  # emptied with the flag set: the thread starts no batch of these
             self._closing = True
-            queued = list(self._pending)
+            queued = [job for job in self._pending if not job.failed]
+            for job in queued:
+                job.failed = True
+            self._pending.clear()
             self._cond.notify_all()
             self._ready.notify_all()
-        self._fail([(job, ApiError("shutting_down", "the server is shutting down; retry "
+        self._post([(job, ApiError("shutting_down", "the server is shutting down; retry "
                                    "elsewhere")) for job in queued])
 
     async def close(self) -> None:

@@ -210,6 +210,32 @@ def test_graceful_close_finishes_queued_work(hash_backend: HashEmbedder) -> None
     assert [c[0] for c in hash_backend.calls] == [f"t{i}" for i in range(5)]
 
 
+def test_abort_answers_queued_work_at_once_and_computes_none_of_it(
+        hash_backend: HashEmbedder) -> None:
+    """A forced stop: the queued jobs get the 503 of a shutdown at once, while a batch still
+    computes, and none of them is computed after it."""
+    batcher = Batcher(EmbedBackend(hash_backend), Metrics(), max_batch_tokens=4,
+                      max_batch_requests=1, max_wait_s=0, max_queue=16)
+
+    async def go() -> None:
+        hash_backend.gate.clear()
+        jobs = [asyncio.ensure_future(batcher.submit(Job(("text", False), [f"t{i}"], [2], 48)))
+                for i in range(5)]
+        await asyncio.to_thread(hash_backend.entered.wait, 10)
+        batcher.abort()
+        done, _ = await asyncio.wait(jobs[1:], timeout=5)
+        assert len(done) == 4  # while t0's batch is still held at the gate
+        for job in jobs[1:]:
+            with pytest.raises(ApiError, match="shutting down"):
+                job.result()
+        hash_backend.gate.set()
+        assert (await jobs[0]).shape == (1, 48)
+
+    asyncio.run(go())
+    time.sleep(0.2)
+    assert [c[0] for c in hash_backend.calls] == ["t0"]
+
+
 def test_generic_backend_without_tokenizer(hash_backend: HashEmbedder) -> None:
     app = create_app(hash_backend, ServerConfig(token_ids=True))
 
