@@ -656,8 +656,13 @@ class LanceStore(VectorStore):
                 if self._has_terms_index():
                     self._index_terms(replace=True)
 
-            self._retried(rebuild)
+            # cleared first: a delete of another thread during the rebuild sets it again
             self._terms_stale = False
+            try:
+                self._retried(rebuild)
+            except BaseException:
+                self._terms_stale = True
+                raise
 
     def count(self, where: Where | None = None) -> int:
         sql = self._where(where)
