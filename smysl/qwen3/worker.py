@@ -363,15 +363,12 @@ def merge(requests: Sequence[tuple[list[list[int]], list[int] | None]], budget: 
 
 
 def _stop(proc: Any, conn: Connection) -> None:
-    """Ask the child to exit, then make sure it has."""
+    """Ask the child to exit, then make sure it has (it ignores SIGTERM: a kill)."""
     with contextlib.suppress(EOFError, OSError):
         conn.send(None)
     # replies nobody will read must not hold the child's writer (and its exit) up
     conn.close()
     proc.join(10)
-    if proc.is_alive():
-        proc.terminate()
-        proc.join(5)
     if proc.is_alive():
         proc.kill()
         proc.join(5)
@@ -582,10 +579,14 @@ class EngineProcess(Piped):
             return self._shared
 
     def close(self) -> None:
-        """Stop the child process (idempotent)."""
+        """Stop the child process (idempotent). Passes still in flight are abandoned: the
+        child is killed, not waited for (a server's forced stop waited 15 s for its batch)."""
         with self._lock:
             self._closed = True
-            self._closer()
+            if self._replies.waiting and not self._stale and self._proc.is_alive():
+                self._kill()
+            else:
+                self._closer()
             if self._shared is not None:
                 self._unshare()
 

@@ -83,6 +83,20 @@ def test_close_stops_the_child(tiny_dir: Path) -> None:
     assert not engine.alive
 
 
+def test_close_with_a_pass_in_flight_kills_the_child_at_once(tiny_dir: Path) -> None:
+    """A close while a pass computes (a server's forced stop) abandons it: the child is
+    killed, not given 10 s to finish and then 5 more for a SIGTERM it ignores."""
+    engine = EngineProcess(read_checkpoint(tiny_dir), EngineConfig(device="cpu"))
+    rows = engine.submit([[1, 2, 3]])
+    os.kill(engine.pid, signal.SIGSTOP)  # a pass that takes long
+    t = time.monotonic()
+    engine.close()
+    took = time.monotonic() - t
+    assert took < 3 and not engine.alive, took
+    with pytest.raises(EngineProcessError, match="closed"):
+        rows()
+
+
 def test_an_interrupted_call_never_hands_its_rows_to_the_next(tiny_dir: Path, tiny) -> None:  # type: ignore[no-untyped-def]
     engine = EngineProcess(read_checkpoint(tiny_dir),
                            EngineConfig(device="cpu", threads=torch.get_num_threads()))
