@@ -89,7 +89,10 @@ def _child(conn: Connection, ckpt: Checkpoint, cfg: EngineConfig) -> None:
             "numerics": engine.numerics, "chunk": engine.chunk, "tuned_at": engine.tuned_at,
             "queues": engine.queues, "pid": os.getpid()}
     send_reply(conn, ("ready", info))
-    _Hub(engine, conn, info).run()
+    try:
+        _Hub(engine, conn, info).run()
+    finally:
+        engine.close()  # its lane threads ended before the interpreter finalises (as above)
 
 
 class _Pass:
@@ -167,6 +170,11 @@ class _Hub:
             self._launched.put(None)
             self._outbox.put(None)
             writer.join()
+            # and both threads have ended: a thread that ends while the interpreter finalises
+            # may drop the last reference to this hub and its engine, whose tensors then
+            # free without the GIL to take back; the child aborted ("terminate called
+            # without an active exception", exit -6) at 2 of 10 stops of a server
+            watcher.join(10)
 
     def _write(self) -> None:
         while (item := self._outbox.get()) is not None:

@@ -311,6 +311,9 @@ def test_a_stopped_server_exits_0_having_closed_its_engine(tiny_dir: Path, sig: 
             proc.kill()
     assert proc.returncode == 0, err[-3000:]
     assert not Path(f"/proc/{engine[0]}").exists()
+    # the engine process ended cleanly: a thread of its that ended while it finalised
+    # aborted it at 4 of 10 stops (std::terminate, exit -6)
+    assert "terminate called" not in err and "Fatal Python error" not in err, err[-3000:]
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="signals as on Linux")
