@@ -155,10 +155,13 @@ def test_ollama_accepts_bodies_without_json_content_type(live, tiny) -> None:  #
         assert r.status_code == 200
 
 
-def test_tei_root_and_invocations_serve_huggingface_hub(live, tiny) -> None:  # type: ignore[no-untyped-def]
+def test_tei_root_and_invocations_serve_huggingface_hub(live, tiny, monkeypatch) -> None:  # type: ignore[no-untyped-def]
     """issue 11 item 10: TEI serves an embedding model at ``POST /`` (and ``/invocations``);
     ``huggingface_hub.InferenceClient(model=URL).feature_extraction`` posts there (it got 404)."""
     hub = pytest.importorskip("huggingface_hub")
+    # huggingface_hub reads $HF_HUB_OFFLINE once, at import: imported first under the
+    # provider tests' offline setting, it refused this loopback server after them
+    monkeypatch.setattr(hub.constants, "HF_HUB_OFFLINE", False)
     texts = ["Привет, мир!", "The quick brown fox"]
     client = hub.InferenceClient(model=live)
     got = client.feature_extraction(texts[0])
