@@ -123,6 +123,7 @@ class RetryingClient:
         #: What an upstream's error body must not carry into a message (one that echoes the
         #: request's headers): the key, the headers' values, the URL's password.
         self._secrets = [api_key or "", *header_secrets(config.headers), *url_secrets(base_url)]
+        pool = max(config.max_concurrency, 4) * 2
         self._client = httpx.Client(
             base_url=base_url,
             headers=headers,
@@ -132,8 +133,7 @@ class RetryingClient:
             # smaller keep-alive limit closed connections under requests the server had already
             # answered and billed (sent again after "Bad file descriptor"), and made a new
             # connection (a TLS handshake) for most requests from a few threads.
-            limits=httpx.Limits(max_connections=max(config.max_concurrency, 4) * 2,
-                                max_keepalive_connections=max(config.max_concurrency, 4) * 2),
+            limits=httpx.Limits(max_connections=pool, max_keepalive_connections=pool),
             transport=transport,
             follow_redirects=True,
             verify=_ssl_context(),

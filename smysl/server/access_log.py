@@ -145,8 +145,9 @@ class AccessLog:
                 dropped, self._dropped = self._dropped, 0
             text = lines + ([f"WARNING:  {dropped} access log line{'s' * (dropped != 1)} "
                              "dropped: stdout was not read\n"] if dropped else [])
-            for chunk in _chunks(text, self._encoding()):
-                self._write(chunk)
+            encoding = self._encoding()
+            for chunk in _chunks(text, encoding):
+                self._write(chunk, encoding)
             with self._cond:
                 self._written += len(lines)
                 self._stuck = False
@@ -161,8 +162,9 @@ class AccessLog:
         except (AttributeError, LookupError):  # no stream, a stream of yours without one, a
             return "utf-8"  # name no codec has: _write loses the lines, not the writer
 
-    def _write(self, text: str) -> None:
-        """One write of whole lines; a write error loses them, not the server."""
+    def _write(self, text: str, encoding: str) -> None:
+        """One write of whole lines (to a file, in ``encoding``); a write error loses them,
+        not the server."""
         stream = sys.stdout if self.stream is None else self.stream
         if stream is None:  # pythonw: no stdout at all
             return
@@ -176,7 +178,7 @@ class AccessLog:
                     # to the file itself: a thread blocked in sys.stdout.write would hold its
                     # buffer's lock, and Python aborts a process that ends with a daemon
                     # thread holding it (the reason for a full pipe is a reader gone)
-                    _write_fd(fd, text.encode(stream.encoding or "utf-8", "backslashreplace"))
+                    _write_fd(fd, text.encode(encoding, "backslashreplace"))
                     return
             stream.write(text)
             stream.flush()

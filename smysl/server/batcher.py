@@ -103,6 +103,11 @@ class BackendDown(RuntimeError):
     compute thread: a restarted engine may be healthy again by the time the handler looks)."""
 
 
+def _shutting_down() -> ApiError:
+    """The 503 of a job refused, or dropped from the queue, while the server stops."""
+    return ApiError("shutting_down", "the server is shutting down; retry elsewhere")
+
+
 def _timeout(job: Job) -> ApiError:
     return ApiError("timeout", f"the request did not finish within the server's time budget "
                     f"of {job.timeout_s:g} s per request (request_timeout_s); send fewer or "
@@ -279,7 +284,7 @@ class Batcher:
         job.future = job.loop.create_future()
         with self._cond:
             if self._closing:  # closed since the check above (the thread may have exited)
-                raise ApiError("shutting_down", "the server is shutting down; retry elsewhere")
+                raise _shutting_down()
             # the slot's place becomes the job's; without one, the queue must have room
             if not (slot is not None and self._release_locked(slot)):
                 self._check_room_locked()
@@ -315,7 +320,7 @@ class Batcher:
 
     def _check_room_locked(self) -> None:
         if self._closing:
-            raise ApiError("shutting_down", "the server is shutting down; retry elsewhere")
+            raise _shutting_down()
         if len(self._pending) + self._preparing >= self.max_queue:
             raise self._overloaded()
 
@@ -349,8 +354,7 @@ class Batcher:
             self._pending.clear()
             self._cond.notify_all()
             self._ready.notify_all()
-        self._post([(job, ApiError("shutting_down", "the server is shutting down; retry "
-                                   "elsewhere")) for job in queued])
+        self._post([(job, _shutting_down()) for job in queued])
 
     async def close(self) -> None:
         """Stop taking jobs, finish the queued ones, stop the compute thread."""

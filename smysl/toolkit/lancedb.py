@@ -758,7 +758,7 @@ class LanceStore(VectorStore):
     def close(self) -> None:
         """Rebuild the full-text index if this process left it counting deleted or rewritten
         rows, so that other processes score words right (a failure is logged: the rows are
-        all there, and the next delete's rebuild mends the scores)."""
+        all there, and a rebuild after a later change mends the scores)."""
         try:
             self._rescore_terms()
         except (StoreConflictError, StoreDamagedError) as e:

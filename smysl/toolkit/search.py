@@ -338,8 +338,9 @@ def _deepen(search: Callable[[int, list[int]], list[list[Hit]]], n: int, want: i
             if len(kept) < want and len(hits) == k:
                 short.append(i)
                 lost = max(lost, len(hits) - len(kept))
-        deeper_k = deeper(k, lost)
-        todo, k = (short, deeper_k) if deeper_k > k else ([], k)
+        todo, last, k = short, k, deeper(k, lost)
+        if k <= last:  # at its bound: what was found is the answer
+            break
     return out
 
 
