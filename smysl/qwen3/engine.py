@@ -182,6 +182,11 @@ def stored_dtype(config: dict[str, object]) -> torch.dtype | None:
     return _DTYPES.get(str(name)) if name else None
 
 
+class PassStopped(RuntimeError):
+    """A CPU forward pass stopped before its end: its engine was closed meanwhile, or the bulk
+    call it ran for ended early (see :meth:`Engine.close`)."""
+
+
 class Engine:
     """Runs a loaded Qwen3 encoder on batches of token-id sequences: one at a time on all
     threads, or, in a bulk call on CPU, :attr:`lanes` at a time (:mod:`smysl.qwen3.lanes`)."""
@@ -235,6 +240,8 @@ class Engine:
         self._lanes: Lanes[list[list[int]], np.ndarray] | None = None  # built on first use
         self._finalizer: weakref.finalize[..., Any] | None = None
         self._lanes_lock = threading.Lock()
+        #: Set while :meth:`close` runs: CPU passes in flight stop at their next layer.
+        self._halt = threading.Event()
         if self.tuned is not None:
             tuning.apply(self, self.tuned)
         self._cuda: Runner | None = None
@@ -353,14 +360,22 @@ class Engine:
         lanes = self._lanes
         return lanes.count if lanes is not None and lanes.pid == os.getpid() else 0
 
-    def _cpu_pass(self, batch: list[list[int]], heads: list[int] | None = None) -> np.ndarray:
+    def _cpu_pass(self, batch: list[list[int]], heads: list[int] | None = None,
+                  stop: threading.Event | None = None) -> np.ndarray:
         """One CPU forward pass, in the calling thread on its torch threads (the caller holds
-        the slots)."""
+        the slots). It ends early with :class:`PassStopped` once :meth:`close` runs, or
+        ``stop`` (a lane's bulk call ended) is set."""
+        def check() -> None:
+            if self._halt.is_set() or (stop is not None and stop.is_set()):
+                raise PassStopped("the forward pass was stopped: "
+                                  + ("its engine was closed" if self._halt.is_set()
+                                     else "the bulk call it belonged to ended"))
+
         if heads is not None and any(heads):
             return self.model.run(*layout(batch, heads, self.torch_device),
-                                  chunk=self.chunk).numpy()
+                                  chunk=self.chunk, check=check).numpy()
         ids = torch.tensor([t for s in batch for t in s], dtype=torch.long)
-        return self.model(ids, [len(s) for s in batch], chunk=self.chunk).numpy()
+        return self.model(ids, [len(s) for s in batch], chunk=self.chunk, check=check).numpy()
 
     def set_lanes(self, lanes: int) -> None:
         """Use ``lanes`` lanes from the next bulk call on (``smysl tune``; not during a bulk
@@ -390,11 +405,11 @@ class Engine:
                 # is freed, and its lanes stop
                 ref = weakref.WeakMethod(self._lane_forward)
 
-                def run(batch: list[list[int]]) -> np.ndarray:
+                def run(batch: list[list[int]], stop: threading.Event) -> np.ndarray:
                     forward = ref()
                     if forward is None:
                         raise LanesClosed("the engine was freed")
-                    return forward(batch)
+                    return forward(batch, stop)
 
                 with self._slots.hold(self._slots.size):  # no pass of ours while they start
                     self._lanes = Lanes(count, total // count, run)
@@ -402,10 +417,10 @@ class Engine:
                 log.info("bulk calls: %d lanes, %d thread(s) each", count, total // count)
             return self._lanes if self._lanes is not None and self._lanes.count else None
 
-    def _lane_forward(self, batch: list[list[int]]) -> np.ndarray:
+    def _lane_forward(self, batch: list[list[int]], stop: threading.Event) -> np.ndarray:
         """One batch in a lane (a lane thread; holds one of the slots)."""
         with self._slots.hold(1):
-            return self._cpu_pass(batch)
+            return self._cpu_pass(batch, stop=stop)
 
     def share(self) -> EngineLike:
         raise NotImplementedError("an engine in this process cannot compute for other "
@@ -419,10 +434,27 @@ class Engine:
                         "model.share(), which computes on that engine process")
 
     def close(self) -> None:
-        """Stop the lanes, if they started (the contract's hook for :class:`EngineProcess`)."""
-        with self._lanes_lock:
-            if self._lanes is not None:
-                if self._finalizer is not None:
-                    self._finalizer.detach()
-                self._lanes.close()
-                self._lanes = None
+        """Stop the CPU passes in flight at their next layer (their callers get
+        :class:`PassStopped`), wait until they have, and stop the lanes (the contract's hook
+        for :class:`EngineProcess`). The engine stays usable: a later call starts again. A
+        Ctrl-C during the wait is raised after it: a thread left inside torch at the
+        interpreter's exit aborts the process."""
+        interrupted: KeyboardInterrupt | None = None
+        self._halt.set()
+        try:
+            while True:
+                try:
+                    with self._slots.hold(self._slots.size):  # every pass has left
+                        break
+                except KeyboardInterrupt as e:
+                    interrupted = e
+            with self._lanes_lock:
+                if self._lanes is not None:
+                    if self._finalizer is not None:
+                        self._finalizer.detach()
+                    self._lanes.close()
+                    self._lanes = None
+        finally:
+            self._halt.clear()
+        if interrupted is not None:
+            raise interrupted

@@ -15,13 +15,14 @@ same bits at every thread count (tested per path; ``model.attend_one`` is the on
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import queue
 import threading
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import Future
+from concurrent.futures import CancelledError, Future
 from contextlib import contextmanager
 from typing import Generic, TypeVar
 
@@ -92,11 +93,13 @@ class LanesClosed(RuntimeError):
 
 
 class Lanes(Generic[_I, _R]):
-    """``count`` daemon threads with ``threads`` torch threads each, running ``fn`` on items
-    (:meth:`map`); :meth:`close` stops them. ``count`` is 0 when torch would not give a lane
+    """``count`` daemon threads with ``threads`` torch threads each, running ``fn(item,
+    stop)`` on items (:meth:`map`); ``stop`` is set once the bulk call the item belongs to has
+    ended early (its caller stopped iterating: an error, Ctrl-C), and ``fn`` should then stop
+    soon. :meth:`close` stops the threads. ``count`` is 0 when torch would not give a lane
     its own thread count here (then nothing runs in lanes)."""
 
-    def __init__(self, count: int, threads: int, fn: Callable[[_I], _R],
+    def __init__(self, count: int, threads: int, fn: Callable[[_I, threading.Event], _R],
                  timeout: float = 60.0) -> None:
         self.count, self.threads, self._fn = count, threads, fn
         #: The process the lane threads run in (a forked child has none of them).
@@ -104,7 +107,8 @@ class Lanes(Generic[_I, _R]):
         #: The caller's thread count when the lanes started (the engine restarts them when it
         #: changes).
         self.total = torch.get_num_threads()
-        self._jobs: queue.SimpleQueue[tuple[_I, Future[_R]] | None] = queue.SimpleQueue()
+        self._jobs: queue.SimpleQueue[tuple[_I, Future[_R], threading.Event] | None] = (
+            queue.SimpleQueue())
         self._lock = threading.Lock()
         self._closed = False
         ready = threading.Barrier(count + 1)
@@ -140,11 +144,11 @@ class Lanes(Generic[_I, _R]):
             ready.abort()
             return
         while (job := self._jobs.get()) is not None:
-            item, future = job
+            item, future, stop = job
             if not future.set_running_or_notify_cancel():
                 continue
             try:
-                future.set_result(self._fn(item))
+                future.set_result(self._fn(item, stop))
             except BaseException as e:  # handed to the caller, which re-raises it
                 future.set_exception(e)
 
@@ -153,45 +157,68 @@ class Lanes(Generic[_I, _R]):
         """Results for ``items`` in order: ``fn`` in the lanes, ``count`` at a time (at most
         ``ahead``, default twice ``count``, queued), except for items that ``whole`` picks:
         those run as ``alone(item)`` in the caller's thread once the lanes have drained. Items
-        not started when the caller stops iterating are dropped; :class:`LanesClosed` if the
-        lanes close meanwhile."""
+        not started when the caller stops iterating are dropped, and those running are told
+        to stop; :class:`LanesClosed` if the lanes close meanwhile."""
         if not self.count:
             raise LanesClosed("these lanes did not start")
         pending: deque[Future[_R]] = deque()
         limit = ahead or 2 * self.count
+        stop = threading.Event()
         try:
             for item in items:
                 if whole(item):
                     while pending:
-                        yield pending.popleft().result()
+                        yield _result(pending.popleft())
                     yield alone(item)
                     continue
                 future: Future[_R] = Future()
                 with self._lock:
                     if self._closed:
                         raise LanesClosed("the lanes were closed during a bulk call")
-                    self._jobs.put((item, future))  # ahead of close's stop marks: it runs
+                    self._jobs.put((item, future, stop))  # ahead of close's stop marks: it runs
                 pending.append(future)
                 if len(pending) >= limit:
-                    yield pending.popleft().result()
+                    yield _result(pending.popleft())
             while pending:
-                yield pending.popleft().result()
+                yield _result(pending.popleft())
         finally:
-            for f in pending:
-                f.cancel()
+            if pending:  # an early end: nobody reads these
+                stop.set()
+                for f in pending:
+                    f.cancel()
 
     def close(self, timeout: float = 30.0) -> None:
-        """Stop the lanes once the queued items are done, and wait for their threads (at most
-        ``timeout`` seconds each): a lane thread still inside torch when the interpreter exits
-        aborts the process. Nothing to stop in a forked child (it has no lane threads)."""
+        """Stop the lanes: items not started are dropped (their callers get
+        :class:`LanesClosed`), running ones end; wait for the threads (at most ``timeout``
+        seconds each, a Ctrl-C meanwhile raised after the wait): a lane thread still inside
+        torch when the interpreter exits aborts the process. Nothing to stop in a forked
+        child (it has no lane threads)."""
         if self.pid != os.getpid():
             return
         with self._lock:
             if self._closed:
                 return
             self._closed = True
+            with contextlib.suppress(queue.Empty):
+                while (job := self._jobs.get_nowait()) is not None:
+                    job[1].cancel()
             for _ in self._lanes:
                 self._jobs.put(None)
+        interrupted: KeyboardInterrupt | None = None
         for t in self._lanes:
-            if t.is_alive() and t is not threading.current_thread():
-                t.join(timeout)
+            while t.is_alive() and t is not threading.current_thread():
+                try:
+                    t.join(timeout)
+                    break
+                except KeyboardInterrupt as e:  # joined still: a second Ctrl-C at exit
+                    interrupted = e
+        if interrupted is not None:
+            raise interrupted
+
+
+def _result(future: Future[_R]) -> _R:
+    """A lane item's result; :class:`LanesClosed` for an item the lanes' close dropped."""
+    try:
+        return future.result()
+    except CancelledError:
+        raise LanesClosed("the lanes were closed during a bulk call") from None

@@ -13,6 +13,7 @@ reference exactly in fp32 and keeps bf16/fp16 from overflowing (the 8B's massive
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -653,11 +654,12 @@ class Qwen3Encoder(nn.Module):
         return emb.cos(), emb.sin()
 
     @torch.inference_mode()
-    def forward(self, input_ids: torch.Tensor, lengths: list[int], chunk: int = 4096
-                ) -> torch.Tensor:
+    def forward(self, input_ids: torch.Tensor, lengths: list[int], chunk: int = 4096,
+                check: Callable[[], None] | None = None) -> torch.Tensor:
         """input_ids: [T] packed; lengths: B sequence lengths summing to T -> [B, H] float32.
-        ``chunk``: tokens per slice of the per-token work (see :class:`DecoderLayer`).
-        (The CUDA engine packs its own inputs and calls :meth:`run`: see ``smysl.qwen3.cuda``.)"""
+        ``chunk``: tokens per slice of the per-token work (see :class:`DecoderLayer`);
+        ``check``: see :meth:`run`. (The CUDA engine packs its own inputs and calls
+        :meth:`run`: see ``smysl.qwen3.cuda``.)"""
         dev = input_ids.device
         # built on the host and moved once: per-sequence device ops would each be a launch
         positions = torch.cat([torch.arange(n) for n in lengths]).to(dev)
@@ -668,13 +670,17 @@ class Qwen3Encoder(nn.Module):
             plan: Plan = VarlenPlan.for_lengths(lengths, dev, self.dtype)
         else:
             plan = AttentionPlan(lengths, dev)
-        return self.run(input_ids, positions, ends, plan, chunk)
+        return self.run(input_ids, positions, ends, plan, chunk, check)
 
     @torch.inference_mode()
     def run(self, input_ids: torch.Tensor, positions: torch.Tensor, ends: torch.Tensor,
-            plan: Plan, chunk: int = 4096) -> torch.Tensor:
+            plan: Plan, chunk: int = 4096, check: Callable[[], None] | None = None
+            ) -> torch.Tensor:
         """input_ids, positions: [T]; ends: [B] index of each sequence's last token in the
-        stream -> [B, H] float32. No host work and no device sync: CUDA graphs capture this."""
+        stream -> [B, H] float32. No host work and no device sync: CUDA graphs capture this.
+        ``check`` (CPU) is called after each layer and raises to stop the pass: a CPU pass
+        takes seconds to minutes, and a closing engine must not wait for it (or leave a
+        thread inside torch when the interpreter exits: that aborts the process)."""
         dt = self.dtype
         cos, sin = self.rope(positions)
         rt = dt if self.exact_qk else torch.float32
@@ -684,4 +690,6 @@ class Qwen3Encoder(nn.Module):
         for i, layer in enumerate(self.layers):
             h = layer(h, rope, plan, dt, last=ends if i == n - 1 else None, chunk=chunk,
                       attn_dt=self.attn_dtype, exact=self.exact_qk)
+            if check is not None:
+                check()
         return self.norm(h, torch.float32)  # [B, H]

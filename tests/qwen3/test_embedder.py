@@ -420,3 +420,49 @@ def test_int8_fingerprint_names_its_numerics(tmp_path: Path, monkeypatch) -> Non
         assert emb.engine.numerics.startswith(kernel)
         prints[kernel] = emb.fingerprint()
     assert len({*prints.values(), fp32.fingerprint()}) == 3
+
+
+def test_close_stops_a_cpu_pass_in_flight_at_its_next_layer(tiny_dir: Path,
+                                                             monkeypatch: pytest.MonkeyPatch
+                                                             ) -> None:
+    """A close from another thread (a server's forced stop, a Ctrl-C) ends a CPU pass after
+    the layer it is in, with :class:`PassStopped`: a pass ran to its end, minutes on a big
+    model, and a thread left inside torch at the interpreter's exit aborted the process
+    (exit -6). The engine computes again afterwards."""
+    import threading
+    import time
+
+    from smysl.qwen3.engine import PassStopped
+
+    emb = Embedder.load(str(tiny_dir), device="cpu", dtype="float32", lanes=1)
+    engine = emb.engine
+    want = emb.embed(TEXTS[:3])
+    entered: list[int] = []
+    inside = threading.Event()
+    for i, layer in enumerate(engine.model.layers):  # type: ignore[attr-defined]
+        def slow(*args: object, _i: int = i, _forward: object = layer.forward,
+                 **kwargs: object) -> torch.Tensor:
+            entered.append(_i)
+            inside.set()
+            time.sleep(1.0)
+            return _forward(*args, **kwargs)  # type: ignore[operator]
+        monkeypatch.setattr(layer, "forward", slow)
+    got: list[object] = []
+
+    def embed() -> None:
+        try:
+            got.append(emb.embed(TEXTS[:3]))
+        except PassStopped as e:
+            got.append(e)
+
+    t = threading.Thread(target=embed)
+    t.start()
+    assert inside.wait(10)
+    start = time.monotonic()
+    engine.close()
+    took = time.monotonic() - start
+    t.join(10)
+    assert isinstance(got[0], PassStopped), got
+    assert entered == [0] and took < 1.9, (entered, took)  # not the second layer
+    monkeypatch.undo()
+    assert np.array_equal(emb.embed(TEXTS[:3]), want)

@@ -377,3 +377,73 @@ def test_a_second_stop_does_not_wait_for_the_batch_being_computed(tmp_path: Path
     assert proc.returncode == 0 and took < 5, (proc.returncode, took, err[-3000:])
     assert answer == [503], answer
     assert "Traceback" not in err and "ERROR" not in err, err[-3000:]
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="signals as on Linux")
+def test_a_forced_stop_ends_an_in_process_pass_and_exits_cleanly(tiny_dir: Path,
+                                                                  tmp_path: Path) -> None:
+    """``--in-process``: a second SIGTERM while a CPU pass computes stops the pass at its next
+    layer, and the process exits with status 0. It aborted (``terminate called without an
+    active exception``, status -6): the batch's thread was still inside torch when the
+    interpreter exited (the 0.6B shape: every time in 5 stops)."""
+    import signal
+    import subprocess
+    import threading
+    import time
+
+    import httpx
+    from live_http import free_port
+
+    port = free_port()
+    script = tmp_path / "serve.py"
+    # each layer runs 1-3 s of matrix products first: the pass is inside torch when stopped
+    script.write_text(
+        "import sys, torch\n"
+        "from smysl.qwen3 import model\n"
+        "forward = model.DecoderLayer.forward\n"
+        "a = torch.ones(1024, 1024)\n"
+        "def slow(self, *args, **kwargs):\n"
+        "    for _ in range(40):\n"
+        "        torch.mm(a, a)\n"
+        "    return forward(self, *args, **kwargs)\n"
+        "model.DecoderLayer.forward = slow\n"
+        "from smysl.cli import main\n"
+        f"sys.exit(main(['serve', '--model', {str(tiny_dir)!r}, '--port', '{port}', "
+        "'--in-process', '--device', 'cpu', '--no-access-log']))\n")
+    proc = subprocess.Popen([sys.executable, str(script)], cwd=Path(__file__).parents[2],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    url = f"http://127.0.0.1:{port}"
+    answer: list[object] = []
+
+    def slow() -> None:
+        try:
+            answer.append(httpx.post(f"{url}/v1/embeddings", json={"input": "x"},
+                                     timeout=60).status_code)
+        except httpx.HTTPError as e:
+            answer.append(type(e).__name__)
+
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            assert proc.poll() is None and time.monotonic() < deadline
+            try:
+                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.1)
+        client = threading.Thread(target=slow)
+        client.start()
+        time.sleep(0.5)  # the pass computes
+        proc.send_signal(signal.SIGTERM)
+        time.sleep(0.3)
+        t = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        err = proc.communicate(timeout=60)[1].decode(errors="replace")
+        took = time.monotonic() - t
+        client.join(60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert "terminate called" not in err and "Fatal Python error" not in err, err[-3000:]
+    assert proc.returncode == 0 and took < 10, (proc.returncode, took, err[-3000:])
+    assert answer == [503], answer
