@@ -165,7 +165,7 @@ def _run_job(args: argparse.Namespace) -> int:
 
 
 def _job(args: argparse.Namespace, model: BaseEmbedder, chunk: ChunkConfig | None) -> int:
-    from smysl.scale.job import JobConfig, run_job
+    from smysl.scale.job import JobConfig, JobInterrupted, run_job
 
     task = model.choose_instruction(args.task, role="query") if args.task or args.query else None
     config = JobConfig(output=args.output, dimensions=args.dimensions, instruction=task,
@@ -176,9 +176,13 @@ def _job(args: argparse.Namespace, model: BaseEmbedder, chunk: ChunkConfig | Non
     with warnings.catch_warnings():  # the job's warnings (unread files) as one plain line
         warnings.showwarning = lambda message, *_, **__: print(
             f"smysl embed: warning: {message}", file=sys.stderr)
-        report = run_job(model, [args.input], config,
-                         progress=not args.no_progress and sys.stderr.isatty(),
-                         on_bad_row=lambda where: print(f"skipped bad row: {where}",
-                                                        file=sys.stderr))
+        try:
+            report = run_job(model, [args.input], config,
+                             progress=not args.no_progress and sys.stderr.isatty(),
+                             on_bad_row=lambda where: print(f"skipped bad row: {where}",
+                                                            file=sys.stderr))
+        except JobInterrupted as e:  # exit status 130 (smysl.cli)
+            print(f"smysl embed: {e.report.interrupted()}", file=sys.stderr)
+            raise
     print(report.summary(), file=sys.stderr)
     return 0

@@ -1,9 +1,17 @@
 """Corpus-scale embedding: resumable jobs over JSONL/CSV/Parquet corpora (:func:`run_job`),
 writing a Parquet dataset or an index. Nothing here imports Ray."""
 
-from smysl.scale.job import BadRowError, JobConfig, JobReport, job_fingerprint, run_job
+from smysl.scale.job import (
+    BadRowError,
+    JobConfig,
+    JobInterrupted,
+    JobReport,
+    job_fingerprint,
+    run_job,
+)
 
-__all__ = ["BadRowError", "JobConfig", "JobReport", "job_fingerprint", "run_job"]
+__all__ = ["BadRowError", "JobConfig", "JobInterrupted", "JobReport", "job_fingerprint",
+           "run_job"]
 
 
 def embed_dataset(*args: object, **kwargs: object) -> object:

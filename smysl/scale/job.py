@@ -155,6 +155,13 @@ class JobReport:
     seconds: float = 0.0
     usage: str | None = None
 
+    def interrupted(self) -> str:
+        """The line for a job stopped by Ctrl-C (:class:`JobInterrupted`)."""
+        return (f"interrupted after {self.seconds:.1f} s; shards: {self.shards_written} "
+                f"written, {self.shards_skipped} already done -> {shown_output(self.output)}; "
+                "the same command again resumes after them"
+                + (f"; {self.usage}" if self.usage else ""))
+
     def summary(self) -> str:
         rate = (f", {self.tokens / self.seconds:,.0f} tokens/s" if self.tokens and self.seconds
                 else "")
@@ -173,6 +180,17 @@ class JobReport:
                      f"their rows written once: {', '.join(self.copies[:3])}"
                      + (" ..." if len(self.copies) > 3 else ""))
         return line + (f"; {self.usage}" if self.usage else "")
+
+
+class JobInterrupted(KeyboardInterrupt):
+    """A Ctrl-C during :func:`run_job` (a ``KeyboardInterrupt`` still): the shards committed
+    until then are kept, and the same job run again resumes after them. ``report`` counts what
+    this run had done (:attr:`JobReport.seconds` up to the interrupt)."""
+
+    def __init__(self, report: JobReport) -> None:
+        super().__init__()
+        self.report = report
+
 
 
 def unread_message(files: Sequence[str]) -> str:
@@ -286,6 +304,10 @@ def run_job(model: BaseEmbedder, inputs: Sequence[str | Path], config: JobConfig
                     writer.write(name, source, _checked(group, source, bad, bar, ids), report,
                                  bad)
                     report.shards_written += 1
+    except KeyboardInterrupt as e:
+        report.seconds = time.perf_counter() - t0
+        report.usage = model.usage_report()  # what a paid API billed until then
+        raise JobInterrupted(report) from e
     finally:
         if bar is not None:
             bar.close()

@@ -12,7 +12,7 @@ import pytest
 from toolkit.helpers import Counting
 
 from smysl.cli import main
-from smysl.scale import BadRowError, JobConfig, run_job
+from smysl.scale import BadRowError, JobConfig, JobInterrupted, run_job
 from smysl.toolkit.chunking import ChunkConfig, chunker_for
 
 pa = pytest.importorskip("pyarrow")
@@ -95,8 +95,10 @@ def test_interrupted_job_resumes_missing_shards_only(tiny, corpus, tmp_path) -> 
     """Ctrl-C mid-run, then a rerun: only the shards not committed are computed (counted),
     and the output equals an uninterrupted run's, every id once (issue 16)."""
     config = JobConfig(output=str(tmp_path / "out"), shard_rows=4, batch_size=2)
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(JobInterrupted) as stopped:  # a KeyboardInterrupt still
         run_job(Crashing(tiny, limit=7), [corpus], config)  # dies inside shard 2 (a4..a7)
+    assert isinstance(stopped.value, KeyboardInterrupt)
+    assert stopped.value.report.shards_written == 1 and stopped.value.report.seconds > 0
     committed = sorted(p.name for p in (tmp_path / "out").glob("*.parquet"))
     assert len(committed) == 1  # a0..a3; the partial second shard was not committed
     counting = Counting(tiny)
@@ -112,6 +114,21 @@ def test_interrupted_job_resumes_missing_shards_only(tiny, corpus, tmp_path) -> 
     assert set(resumed) == set(whole)
     for i in whole:
         np.testing.assert_array_equal(resumed[i], whole[i])
+
+
+def test_cli_says_what_an_interrupted_job_kept(tiny, corpus, tmp_path, capsys,
+                                                monkeypatch) -> None:
+    """Ctrl-C of `smysl embed` on a corpus: exit status 130 and one line saying what was
+    committed and that the same command resumes (it exited without a word)."""
+    from smysl.commands import embed as embed_command
+
+    monkeypatch.setattr(embed_command, "load_model", lambda *_: Crashing(tiny, limit=7))
+    out = tmp_path / "out"
+    assert main(["embed", "--input", str(corpus), "--output", str(out), "--model", "tiny",
+                 "--shard-rows", "4", "--batch-size", "2", "--no-progress"]) == 130
+    err = capsys.readouterr().err
+    assert "smysl embed: interrupted after" in err, err
+    assert f"shards: 1 written, 0 already done -> {out}; the same command again resumes" in err
 
 
 def test_bad_rows_are_named_or_skipped_when_asked(tiny, tmp_path) -> None:
