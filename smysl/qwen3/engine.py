@@ -9,6 +9,7 @@ import itertools
 import logging
 import os
 import threading
+import time
 import weakref
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import replace
@@ -240,8 +241,11 @@ class Engine:
         self._lanes: Lanes[list[list[int]], np.ndarray] | None = None  # built on first use
         self._finalizer: weakref.finalize[..., Any] | None = None
         self._lanes_lock = threading.Lock()
-        #: Set while :meth:`close` runs: CPU passes in flight stop at their next layer.
-        self._halt = threading.Event()
+        #: Calls of :meth:`close` under way: while any runs, CPU passes stop at their next
+        #: layer (a count: one close ending must not let a pass through while another waits).
+        self._closing = 0
+        self._closing_lock = threading.Lock()
+        _ENGINES.add(self)
         if self.tuned is not None:
             tuning.apply(self, self.tuned)
         self._cuda: Runner | None = None
@@ -364,13 +368,15 @@ class Engine:
                   stop: threading.Event | None = None) -> np.ndarray:
         """One CPU forward pass, in the calling thread on its torch threads (the caller holds
         the slots). It ends early with :class:`PassStopped` once :meth:`close` runs, or
-        ``stop`` (a lane's bulk call ended) is set."""
+        ``stop`` (a lane's bulk call ended) is set: checked before the first layer and after
+        each."""
         def check() -> None:
-            if self._halt.is_set() or (stop is not None and stop.is_set()):
+            if self._closing or (stop is not None and stop.is_set()):
                 raise PassStopped("the forward pass was stopped: "
-                                  + ("its engine was closed" if self._halt.is_set()
+                                  + ("its engine was closed" if self._closing
                                      else "the bulk call it belonged to ended"))
 
+        check()
         if heads is not None and any(heads):
             return self.model.run(*layout(batch, heads, self.torch_device),
                                   chunk=self.chunk, check=check).numpy()
@@ -398,8 +404,9 @@ class Engine:
         with self._lanes_lock:
             old = self._lanes
             if old is not None and (old.pid != os.getpid() or old.total != total):
+                self._lanes = None  # first: a Ctrl-C in close must not leave closed lanes
                 old.close()
-                self._lanes = old = None
+                old = None
             if old is None and count > 1:
                 # the lane threads hold the engine weakly: a dropped engine (and its weights)
                 # is freed, and its lanes stop
@@ -435,26 +442,56 @@ class Engine:
 
     def close(self) -> None:
         """Stop the CPU passes in flight at their next layer (their callers get
-        :class:`PassStopped`), wait until they have, and stop the lanes (the contract's hook
-        for :class:`EngineProcess`). The engine stays usable: a later call starts again. A
-        Ctrl-C during the wait is raised after it: a thread left inside torch at the
-        interpreter's exit aborts the process."""
+        :class:`PassStopped`), wait until they have (at most :data:`CLOSE_WAIT_S`), and stop
+        the lanes (the contract's hook for :class:`EngineProcess`). The engine stays usable:
+        a later call starts again. A Ctrl-C during the wait is raised after it: a thread left
+        inside torch at the interpreter's exit aborts the process."""
         interrupted: KeyboardInterrupt | None = None
-        self._halt.set()
+        with self._closing_lock:
+            self._closing += 1
         try:
-            while True:
+            # a close from inside a pass of this thread (a signal handler's) cannot wait for
+            # it: that pass stops at its next layer
+            deadline = time.monotonic() + CLOSE_WAIT_S
+            while not self._slots.held():
                 try:
-                    with self._slots.hold(self._slots.size):  # every pass has left
-                        break
+                    if not self._slots.idle(max(0.0, deadline - time.monotonic())):
+                        log.warning("close: CPU passes still hold the engine after %.0f s; "
+                                    "not waiting for them", CLOSE_WAIT_S)
+                    break
                 except KeyboardInterrupt as e:
                     interrupted = e
             with self._lanes_lock:
-                if self._lanes is not None:
-                    if self._finalizer is not None:
-                        self._finalizer.detach()
-                    self._lanes.close()
-                    self._lanes = None
+                lanes, self._lanes = self._lanes, None
+                if lanes is not None and self._finalizer is not None:
+                    self._finalizer.detach()
+            if lanes is not None:
+                lanes.close()
         finally:
-            self._halt.clear()
+            with self._closing_lock:
+                self._closing -= 1
         if interrupted is not None:
             raise interrupted
+
+    def _forked(self) -> None:
+        """In a child forked from this process: no thread of the parent's runs here, so none
+        gives back the slots or the locks it held at the fork."""
+        self._slots = Slots(self.lanes)
+        self._lanes_lock = threading.Lock()
+        self._closing, self._closing_lock = 0, threading.Lock()
+
+
+#: Seconds :meth:`Engine.close` waits for the CPU passes in flight to stop (each stops after
+#: the layer it is in: well under this, unless a slot was lost to a Ctrl-C at the wrong moment).
+CLOSE_WAIT_S = 30.0
+#: The engines of this process (:meth:`Engine._forked`).
+_ENGINES: weakref.WeakSet[Engine] = weakref.WeakSet()
+
+
+def _after_fork() -> None:
+    for engine in list(_ENGINES):
+        engine._forked()
+
+
+if os.name == "posix":
+    os.register_at_fork(after_in_child=_after_fork)

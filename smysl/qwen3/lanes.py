@@ -62,6 +62,7 @@ class Slots:
         self._free = size
         self._whole_waiting = 0
         self._cond = threading.Condition()
+        self._held = _Held()
 
     @property
     def waiting(self) -> int:
@@ -80,12 +81,29 @@ class Slots:
             finally:
                 self._whole_waiting -= whole
             self._free -= n
+            self._held.n += n
         try:
             yield
         finally:
             with self._cond:
                 self._free += n
+                self._held.n -= n
                 self._cond.notify_all()
+
+    def held(self) -> bool:
+        """Whether the calling thread holds slots (it is inside a pass)."""
+        return self._held.n > 0
+
+    def idle(self, timeout: float) -> bool:
+        """Wait until no slot is held, at most ``timeout`` seconds -> whether none is."""
+        with self._cond:
+            return self._cond.wait_for(lambda: self._free == self.size, timeout)
+
+
+class _Held(threading.local):
+    """Slots the current thread holds."""
+
+    n = 0
 
 
 class LanesClosed(RuntimeError):
@@ -111,6 +129,8 @@ class Lanes(Generic[_I, _R]):
             queue.SimpleQueue())
         self._lock = threading.Lock()
         self._closed = False
+        #: The ``stop`` of each bulk call running (set by :meth:`close`).
+        self._calls: set[threading.Event] = set()
         ready = threading.Barrier(count + 1)
         seen: list[int] = []
         self._lanes = [threading.Thread(target=self._lane, args=(ready, seen),
@@ -164,6 +184,9 @@ class Lanes(Generic[_I, _R]):
         pending: deque[Future[_R]] = deque()
         limit = ahead or 2 * self.count
         stop = threading.Event()
+        finished = False
+        with self._lock:
+            self._calls.add(stop)
         try:
             for item in items:
                 if whole(item):
@@ -181,24 +204,29 @@ class Lanes(Generic[_I, _R]):
                     yield _result(pending.popleft())
             while pending:
                 yield _result(pending.popleft())
+            finished = True
         finally:
-            if pending:  # an early end: nobody reads these
+            with self._lock:
+                self._calls.discard(stop)
+            if not finished:  # an early end: nobody reads what runs or waits
                 stop.set()
                 for f in pending:
                     f.cancel()
 
     def close(self, timeout: float = 30.0) -> None:
         """Stop the lanes: items not started are dropped (their callers get
-        :class:`LanesClosed`), running ones end; wait for the threads (at most ``timeout``
-        seconds each, a Ctrl-C meanwhile raised after the wait): a lane thread still inside
-        torch when the interpreter exits aborts the process. Nothing to stop in a forked
-        child (it has no lane threads)."""
+        :class:`LanesClosed`), running ones are told to stop; wait for the threads (at most
+        ``timeout`` seconds each, a Ctrl-C meanwhile raised after the wait): a lane thread
+        still inside torch when the interpreter exits aborts the process. Nothing to stop in
+        a forked child (it has no lane threads)."""
         if self.pid != os.getpid():
             return
         with self._lock:
             if self._closed:
                 return
             self._closed = True
+            for stop in self._calls:
+                stop.set()
             with contextlib.suppress(queue.Empty):
                 while (job := self._jobs.get_nowait()) is not None:
                     job[1].cancel()

@@ -466,3 +466,37 @@ def test_close_stops_a_cpu_pass_in_flight_at_its_next_layer(tiny_dir: Path,
     assert entered == [0] and took < 1.9, (entered, took)  # not the second layer
     monkeypatch.undo()
     assert np.array_equal(emb.embed(TEXTS[:3]), want)
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "fork"), reason="os.fork")
+def test_close_in_a_child_forked_during_a_pass_returns(tiny_dir: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """A child forked while another thread of the parent computes inherits that pass's slots,
+    which no thread of the child gives back: its close waited for them for ever."""
+    import os
+    import threading
+    import time
+
+    emb = Embedder.load(str(tiny_dir), device="cpu", dtype="float32", lanes=1)
+    engine = emb.engine
+    inside = threading.Event()
+    for layer in engine.model.layers:  # type: ignore[attr-defined]
+        def slow(*args: object, _forward: object = layer.forward, **kwargs: object
+                 ) -> torch.Tensor:
+            inside.set()
+            time.sleep(1.0)
+            return _forward(*args, **kwargs)  # type: ignore[operator]
+        monkeypatch.setattr(layer, "forward", slow)
+    t = threading.Thread(target=lambda: emb.embed(TEXTS[:2]))
+    t.start()
+    assert inside.wait(10)
+    pid = os.fork()
+    if pid == 0:  # the child: close, then report by exit status
+        import signal
+
+        signal.alarm(10)  # a close that hangs dies of SIGALRM
+        emb.close()
+        os._exit(7)
+    _, status = os.waitpid(pid, 0)
+    t.join(30)
+    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 7, status

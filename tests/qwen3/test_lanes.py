@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import gc
 import random
+import signal
 import threading
 import time
 from collections.abc import Callable
@@ -162,6 +163,66 @@ def test_a_bulk_call_ended_early_tells_its_running_items_to_stop() -> None:
     assert stopped == [True] and time.monotonic() - t < 2
     lanes.close()
     assert ran == [0, 1]  # 2 and 3 were cancelled before they started
+
+
+@pytest.mark.skipif(not hasattr(signal, "pthread_kill"), reason="POSIX signals")
+def test_a_ctrl_c_while_waiting_for_a_lane_item_tells_it_to_stop() -> None:
+    """The item a caller waits on when its Ctrl-C lands is told to stop too (it had been
+    taken off the pending ones, so it ran to its end)."""
+    if (signal.getsignal(signal.SIGINT) is not signal.default_int_handler
+            or threading.current_thread() is not threading.main_thread()):
+        pytest.skip("needs Python's own SIGINT handler in the main thread")
+    running = threading.Event()
+    told: list[bool] = []
+
+    def fn(i: int, stop: threading.Event) -> int:
+        running.set()
+        told.append(stop.wait(10))
+        return i
+
+    def ctrl_c() -> None:
+        running.wait(10)
+        time.sleep(0.1)  # the caller waits on the item's result
+        signal.pthread_kill(threading.main_thread().ident or 0, signal.SIGINT)
+
+    lanes: Lanes[int, int] = Lanes(1, 1, fn)
+    threading.Thread(target=ctrl_c).start()
+    with pytest.raises(KeyboardInterrupt):
+        list(lanes.map(range(1), whole=lambda i: False, alone=lambda i: i))
+    until(lambda: bool(told))
+    assert told == [True]
+    lanes.close()
+
+
+def test_close_tells_running_items_to_stop() -> None:
+    """Without a caller that stops (a daemon thread's bulk call at the interpreter's exit,
+    whose lanes the engine's finalizer closes), close still tells the running item to stop:
+    it waited for it, up to 30 s, then left it inside torch."""
+    running = threading.Event()
+    told: list[bool] = []
+
+    def fn(i: int, stop: threading.Event) -> int:
+        running.set()
+        told.append(stop.wait(10))
+        return i
+
+    lanes: Lanes[int, int] = Lanes(1, 1, fn)
+    got: list[object] = []
+
+    def call() -> None:
+        try:
+            got.extend(lanes.map(range(3), whole=lambda i: False, alone=lambda i: i))
+        except LanesClosed as e:
+            got.append(e)
+
+    caller = threading.Thread(target=call, daemon=True)
+    caller.start()
+    assert running.wait(10)
+    t = time.monotonic()
+    lanes.close()
+    assert told == [True] and time.monotonic() - t < 2
+    caller.join(10)
+    assert got[0] == 0 and isinstance(got[-1], LanesClosed)  # the rest were dropped
 
 
 def test_close_drops_the_queued_items_of_a_running_call() -> None:
