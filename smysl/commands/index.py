@@ -173,7 +173,12 @@ def _add(args: argparse.Namespace, store: StoreConfig) -> int:
         with warnings.catch_warnings():  # the library's warnings as one plain line each
             warnings.showwarning = lambda message, *_, **__: print(
                 f"smysl index: warning: {message}", file=sys.stderr)
-            report = index.add_files(args.paths, read, ingest)
+            try:
+                report = index.add_files(args.paths, read, ingest)
+            except KeyboardInterrupt:  # exit status 130 (smysl.cli)
+                print("smysl index: interrupted; what was added is kept, and the same command "
+                      "again adds the rest", file=sys.stderr)
+                raise
         first, _, rest = report.summary().partition("\n")
         print(f"{first}; index holds {index.count()} chunks" + (f"\n{rest}" if rest else ""),
               file=sys.stderr)

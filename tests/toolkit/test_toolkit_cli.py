@@ -449,3 +449,28 @@ def test_index_search_per_document(tiny_dir, data, capsys) -> None:  # type: ign
                                                           str(data / "a.md")})
     assert main(["index", "search", kb, "cats", "--mode", "text", "--per-document", "0"]) == 2
     assert "per-document" in capsys.readouterr().err
+
+
+def test_index_add_says_what_an_interrupt_keeps(tiny_dir, data, capsys, monkeypatch) -> None:
+    """Ctrl-C of `smysl index add`: exit status 130 and a line saying that what was added
+    stays and the same command resumes (it exited without a word)."""
+    from smysl.toolkit.index import Index
+
+    kb = str(data / "kb")
+    model = ["--model", str(tiny_dir), "--device", "cpu", "--no-progress"]
+    assert main(["index", "add", kb, str(data / "a.md"), *model]) == 0
+    added = Index.add_files
+
+    def interrupted(self, *args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Index, "add_files", interrupted)
+    capsys.readouterr()
+    assert main(["index", "add", kb, str(data / "rows.jsonl"), "--id-field", "id",
+                 *model]) == 130
+    assert ("smysl index: interrupted; what was added is kept, and the same command again "
+            "adds the rest") in capsys.readouterr().err
+    monkeypatch.setattr(Index, "add_files", added)
+    assert main(["index", "add", kb, str(data / "rows.jsonl"), "--id-field", "id",
+                 *model]) == 0
+    assert "6 documents" in capsys.readouterr().err
