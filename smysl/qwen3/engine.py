@@ -461,6 +461,10 @@ class Engine:
                     break
                 except KeyboardInterrupt as e:
                     interrupted = e
+            if self._cuda is not None:
+                # what is queued on the device ends first: a thread waiting for it (the
+                # server's finisher, in torch's C++) must not be when the interpreter exits
+                torch.cuda.synchronize(self.torch_device)
             with self._lanes_lock:
                 lanes, self._lanes = self._lanes, None
                 if lanes is not None and self._finalizer is not None:

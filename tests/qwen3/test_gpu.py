@@ -253,3 +253,15 @@ def test_int4_on_cuda_matches_int4_on_cpu(tiny_dir: Path, tmp_path: Path) -> Non
         assert _cosines(got, cpu.embed_documents(texts)).min() > 0.999, src
         eager = Embedder.load(src, device="cuda", quantize="int4", cuda_graphs=0)
         assert _cosines(eager.embed_documents(texts), got).min() > 0.99999, src
+
+
+def test_close_waits_for_the_work_queued_on_the_device(tiny_dir: Path) -> None:
+    """A close returns once the device's queued work has ended: a server's thread waiting for
+    a pass must not be inside torch when the interpreter exits (that aborts the process)."""
+    gpu = Embedder.load(str(tiny_dir), device="cuda", dtype="bfloat16")
+    engine = gpu.engine
+    wait = engine.submit([[1, 2, 3], [4, 5]])
+    torch.cuda._sleep(2_000_000_000)  # ~1 s of device time queued behind the pass
+    engine.close()
+    assert torch.cuda.current_stream(engine.torch_device).query()  # type: ignore[attr-defined]
+    assert wait().shape == (2, gpu.info().dimensions)
