@@ -182,7 +182,8 @@ def _job(args: argparse.Namespace, model: BaseEmbedder, chunk: ChunkConfig | Non
                              on_bad_row=lambda where: print(f"skipped bad row: {where}",
                                                             file=sys.stderr))
         except JobInterrupted as e:  # exit status 130 (smysl.cli)
-            print(f"smysl embed: {e.report.interrupted()}", file=sys.stderr)
+            with contextlib.suppress(OSError, ValueError):  # stderr's reader gone too
+                print(f"smysl embed: {e.report.interrupted()}", file=sys.stderr)
             raise
     print(report.summary(), file=sys.stderr)
     return 0

@@ -176,8 +176,9 @@ def _add(args: argparse.Namespace, store: StoreConfig) -> int:
             try:
                 report = index.add_files(args.paths, read, ingest)
             except KeyboardInterrupt:  # exit status 130 (smysl.cli)
-                print("smysl index: interrupted; what was added is kept, and the same command "
-                      "again adds the rest", file=sys.stderr)
+                with contextlib.suppress(OSError, ValueError):  # stderr's reader gone too
+                    print("smysl index: interrupted; what was added is kept, and the same "
+                          "command again adds the rest", file=sys.stderr)
                 raise
         first, _, rest = report.summary().partition("\n")
         print(f"{first}; index holds {index.count()} chunks" + (f"\n{rest}" if rest else ""),

@@ -277,7 +277,9 @@ def run(args: argparse.Namespace) -> int:
         extra = {"reranker": reranker} if reranker is not None else {}
         return serve(model, config, ready=listening, **extra)
     finally:
-        if model is not None:
-            model.close()
-        if reranker is not None:
-            reranker.close()
+        try:
+            if model is not None:
+                model.close()
+        finally:  # the reranker's lanes too, whatever the model's close raised
+            if reranker is not None:
+                reranker.close()

@@ -244,6 +244,9 @@ class Engine:
         #: Calls of :meth:`close` under way: while any runs, CPU passes stop at their next
         #: layer (a count: one close ending must not let a pass through while another waits).
         self._closing = 0
+        #: Calls of :meth:`close` begun: a pass that began before one stops at its next layer
+        #: even after that close returned (it gave up waiting, or ran inside this pass).
+        self._closes = 0
         self._closing_lock = threading.Lock()
         _ENGINES.add(self)
         if self.tuned is not None:
@@ -344,6 +347,8 @@ class Engine:
                ) -> Callable[[], np.ndarray]:
         """Start one forward pass; the returned call waits for its rows (on CPU the pass has
         run already). A batch that runs out of CUDA memory is split and retried in halves."""
+        if self._closing:  # nothing new starts while a close waits (CUDA passes check nothing)
+            raise PassStopped("the forward pass was not started: its engine is closing")
         try:
             with self._slots.hold(self._slots.size):
                 if self._cuda is not None:
@@ -370,11 +375,14 @@ class Engine:
         the slots). It ends early with :class:`PassStopped` once :meth:`close` runs, or
         ``stop`` (a lane's bulk call ended) is set: checked before the first layer and after
         each."""
+        closes = self._closes
+
         def check() -> None:
-            if self._closing or (stop is not None and stop.is_set()):
-                raise PassStopped("the forward pass was stopped: "
-                                  + ("its engine was closed" if self._closing
-                                     else "the bulk call it belonged to ended"))
+            if self._closing or self._closes != closes:
+                raise PassStopped("the forward pass was stopped: its engine was closed")
+            if stop is not None and stop.is_set():
+                raise PassStopped("the forward pass was stopped: its bulk call ended, or its "
+                                  "lanes were closed")
 
         check()
         if heads is not None and any(heads):
@@ -447,24 +455,33 @@ class Engine:
         a later call starts again. A Ctrl-C during the wait is raised after it: a thread left
         inside torch at the interpreter's exit aborts the process."""
         interrupted: KeyboardInterrupt | None = None
-        with self._closing_lock:
-            self._closing += 1
+        entered = False
         try:
+            with self._closing_lock:
+                self._closing += 1
+                self._closes += 1
+                entered = True
             # a close from inside a pass of this thread (a signal handler's) cannot wait for
             # it: that pass stops at its next layer
             deadline = time.monotonic() + CLOSE_WAIT_S
             while not self._slots.held():
                 try:
                     if not self._slots.idle(max(0.0, deadline - time.monotonic())):
+                        # a pass still in a layer stops after it; a slot lost to a Ctrl-C at
+                        # the wrong moment would otherwise block every later pass
                         log.warning("close: CPU passes still hold the engine after %.0f s; "
                                     "not waiting for them", CLOSE_WAIT_S)
+                        self._slots = Slots(self.lanes)
                     break
                 except KeyboardInterrupt as e:
                     interrupted = e
             if self._cuda is not None:
                 # what is queued on the device ends first: a thread waiting for it (the
                 # server's finisher, in torch's C++) must not be when the interpreter exits
-                torch.cuda.synchronize(self.torch_device)
+                try:
+                    torch.cuda.synchronize(self.torch_device)
+                except Exception as e:  # a device error: the caller's own error matters more
+                    log.warning("close: waiting for the device failed: %s", first_line(e))
             with self._lanes_lock:
                 lanes, self._lanes = self._lanes, None
                 if lanes is not None and self._finalizer is not None:
@@ -472,8 +489,9 @@ class Engine:
             if lanes is not None:
                 lanes.close()
         finally:
-            with self._closing_lock:
-                self._closing -= 1
+            if entered:
+                with self._closing_lock:
+                    self._closing -= 1
         if interrupted is not None:
             raise interrupted
 

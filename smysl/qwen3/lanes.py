@@ -61,7 +61,10 @@ class Slots:
         self.size = size
         self._free = size
         self._whole_waiting = 0
-        self._cond = threading.Condition()
+        # the bookkeeping runs under a plain lock, whose enter and exit are C: a Ctrl-C cannot
+        # land between taking the lock and giving it back (Condition's own are Python)
+        self._lock = threading.Lock()
+        self._cond = threading.Condition(self._lock)
         self._held = _Held()
 
     @property
@@ -72,23 +75,25 @@ class Slots:
     @contextmanager
     def hold(self, n: int) -> Iterator[None]:
         """Wait for ``n`` free slots (1 or :attr:`size`), hold them for the block."""
-        with self._cond:
-            whole = n > 1
-            self._whole_waiting += whole
-            try:
-                while self._free < n or (not whole and self._whole_waiting):
-                    self._cond.wait()
-            finally:
-                self._whole_waiting -= whole
-            self._free -= n
-            self._held.n += n
+        whole, taken = n > 1, False
         try:
+            with self._lock:
+                self._whole_waiting += whole
+                try:
+                    while self._free < n or (not whole and self._whole_waiting):
+                        self._cond.wait()
+                finally:
+                    self._whole_waiting -= whole
+                self._free -= n
+                self._held.n += n
+                taken = True
             yield
         finally:
-            with self._cond:
-                self._free += n
-                self._held.n -= n
-                self._cond.notify_all()
+            if taken:  # a Ctrl-C anywhere after the count changed gives the slots back
+                with self._lock:
+                    self._free += n
+                    self._held.n -= n
+                    self._cond.notify_all()
 
     def held(self) -> bool:
         """Whether the calling thread holds slots (it is inside a pass)."""
@@ -96,7 +101,7 @@ class Slots:
 
     def idle(self, timeout: float) -> bool:
         """Wait until no slot is held, at most ``timeout`` seconds -> whether none is."""
-        with self._cond:
+        with self._lock:
             return self._cond.wait_for(lambda: self._free == self.size, timeout)
 
 

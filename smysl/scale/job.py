@@ -188,8 +188,11 @@ class JobInterrupted(KeyboardInterrupt):
     this run had done (:attr:`JobReport.seconds` up to the interrupt)."""
 
     def __init__(self, report: JobReport) -> None:
-        super().__init__()
+        super().__init__(report.interrupted())
         self.report = report
+
+    def __reduce__(self) -> tuple[type[JobInterrupted], tuple[JobReport]]:
+        return type(self), (self.report,)  # pickled whole (a process pool, Ray)
 
 
 
@@ -306,7 +309,8 @@ def run_job(model: BaseEmbedder, inputs: Sequence[str | Path], config: JobConfig
                     report.shards_written += 1
     except KeyboardInterrupt as e:
         report.seconds = time.perf_counter() - t0
-        report.usage = model.usage_report()  # what a paid API billed until then
+        with contextlib.suppress(Exception):  # the interrupt is what the caller must see
+            report.usage = model.usage_report()  # what a paid API billed until then
         raise JobInterrupted(report) from e
     finally:
         if bar is not None:

@@ -500,3 +500,52 @@ def test_close_in_a_child_forked_during_a_pass_returns(tiny_dir: Path,
     _, status = os.waitpid(pid, 0)
     t.join(30)
     assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 7, status
+
+
+def test_a_close_that_stops_waiting_still_stops_the_pass(tiny_dir: Path,
+                                                         monkeypatch: pytest.MonkeyPatch
+                                                         ) -> None:
+    """A close that returns before the pass it stopped (its wait ran out, or it ran inside
+    that very pass: a signal handler's) still stops the pass at its next layer; it ran to
+    its end."""
+    import threading
+    import time
+
+    from smysl.qwen3 import engine as engine_module
+    from smysl.qwen3.engine import PassStopped
+
+    emb = Embedder.load(str(tiny_dir), device="cpu", dtype="float32", lanes=1)
+    engine = emb.engine
+    entered: list[int] = []
+    for i, layer in enumerate(engine.model.layers):  # type: ignore[attr-defined]
+        def slow(*args: object, _i: int = i, _forward: object = layer.forward,
+                 **kwargs: object) -> torch.Tensor:
+            entered.append(_i)
+            if _i == 0 and threading.current_thread() is threading.main_thread():
+                engine.close()  # inside the pass, as a signal handler would
+            time.sleep(0.6)
+            return _forward(*args, **kwargs)  # type: ignore[operator]
+        monkeypatch.setattr(layer, "forward", slow)
+    with pytest.raises(PassStopped):
+        emb.embed(TEXTS[:2])
+    assert entered == [0]
+    # a close whose wait runs out: the pass stops after its layer all the same
+    entered.clear()
+    monkeypatch.setattr(engine_module, "CLOSE_WAIT_S", 0.1)
+    got: list[object] = []
+
+    def embed() -> None:
+        try:
+            got.append(emb.embed(TEXTS[:2]))
+        except PassStopped as e:
+            got.append(e)
+
+    t = threading.Thread(target=embed)
+    t.start()
+    while not entered:
+        time.sleep(0.01)
+    start = time.monotonic()
+    engine.close()
+    assert time.monotonic() - start < 0.5
+    t.join(10)
+    assert isinstance(got[0], PassStopped) and entered == [0]

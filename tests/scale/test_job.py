@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+import pickle
 import uuid
 
 import numpy as np
@@ -99,6 +100,9 @@ def test_interrupted_job_resumes_missing_shards_only(tiny, corpus, tmp_path) -> 
         run_job(Crashing(tiny, limit=7), [corpus], config)  # dies inside shard 2 (a4..a7)
     assert isinstance(stopped.value, KeyboardInterrupt)
     assert stopped.value.report.shards_written == 1 and stopped.value.report.seconds > 0
+    # whole through pickle (a process pool, Ray), and it says what it kept
+    again = pickle.loads(pickle.dumps(stopped.value))
+    assert again.report == stopped.value.report and "shards: 1 written" in str(again)
     committed = sorted(p.name for p in (tmp_path / "out").glob("*.parquet"))
     assert len(committed) == 1  # a0..a3; the partial second shard was not committed
     counting = Counting(tiny)
