@@ -72,6 +72,11 @@ LANE_TOKENS = 1024
 CUDA_SLICE_BYTES = 1 << 29
 
 
+#: Seconds :meth:`Engine.close` waits for the CPU passes in flight to stop (each stops after
+#: the layer it is in: well under this on any model, unless a pass's whole layer is longer).
+CLOSE_WAIT_S = 30.0
+
+
 def chunk_tokens(device_type: str, intermediate_size: int, kernel: str = "torch") -> int:
     """Tokens per slice of the per-token work: CPU 256, or :data:`INT4_CHUNK_TOKENS` with
     ``kernel`` "int4" where its layers dequantise large batches; CUDA the largest power of two
@@ -184,8 +189,8 @@ def stored_dtype(config: dict[str, object]) -> torch.dtype | None:
 
 
 class PassStopped(RuntimeError):
-    """A CPU forward pass stopped before its end: its engine was closed meanwhile, or the bulk
-    call it ran for ended early (see :meth:`Engine.close`)."""
+    """A forward pass stopped before its end (CPU), or not started: its engine was closed
+    meanwhile, or the bulk call it ran for ended early (see :meth:`Engine.close`)."""
 
 
 class Engine:
@@ -503,9 +508,6 @@ class Engine:
         self._closing, self._closing_lock = 0, threading.Lock()
 
 
-#: Seconds :meth:`Engine.close` waits for the CPU passes in flight to stop (each stops after
-#: the layer it is in: well under this, unless a slot was lost to a Ctrl-C at the wrong moment).
-CLOSE_WAIT_S = 30.0
 #: The engines of this process (:meth:`Engine._forked`).
 _ENGINES: weakref.WeakSet[Engine] = weakref.WeakSet()
 

@@ -118,9 +118,9 @@ class LanesClosed(RuntimeError):
 class Lanes(Generic[_I, _R]):
     """``count`` daemon threads with ``threads`` torch threads each, running ``fn(item,
     stop)`` on items (:meth:`map`); ``stop`` is set once the bulk call the item belongs to has
-    ended early (its caller stopped iterating: an error, Ctrl-C), and ``fn`` should then stop
-    soon. :meth:`close` stops the threads. ``count`` is 0 when torch would not give a lane
-    its own thread count here (then nothing runs in lanes)."""
+    ended early (its caller stopped iterating: an error, Ctrl-C) or the lanes close, and
+    ``fn`` should then stop soon. :meth:`close` stops the threads. ``count`` is 0 when torch
+    would not give a lane its own thread count here (then nothing runs in lanes)."""
 
     def __init__(self, count: int, threads: int, fn: Callable[[_I, threading.Event], _R],
                  timeout: float = 60.0) -> None:
