@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import random
-from collections.abc import Iterable, Iterator
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -422,6 +424,38 @@ def test_int8_fingerprint_names_its_numerics(tmp_path: Path, monkeypatch) -> Non
     assert len({*prints.values(), fp32.fingerprint()}) == 3
 
 
+def _slow_layers(engine: object, monkeypatch: pytest.MonkeyPatch, seconds: float,
+                 entering: Callable[[int], None]) -> None:
+    """Each layer of ``engine``'s model calls ``entering(its index)`` and sleeps ``seconds``
+    before it computes: a pass long enough to be stopped."""
+    for i, layer in enumerate(engine.model.layers):  # type: ignore[attr-defined]
+        def slow(*args: object, _i: int = i, _forward: object = layer.forward,
+                 **kwargs: object) -> torch.Tensor:
+            entering(_i)
+            time.sleep(seconds)
+            return _forward(*args, **kwargs)  # type: ignore[operator]
+        monkeypatch.setattr(layer, "forward", slow)
+
+
+def _embed_in_thread(emb: LocalEmbedder, texts: list[str]
+                     ) -> tuple[threading.Thread, list[object]]:
+    """``emb.embed(texts)`` in a thread, started -> the thread, and what it got: the rows or
+    the :class:`PassStopped` raised."""
+    from smysl.qwen3.engine import PassStopped
+
+    got: list[object] = []
+
+    def embed() -> None:
+        try:
+            got.append(emb.embed(texts))
+        except PassStopped as e:
+            got.append(e)
+
+    t = threading.Thread(target=embed)
+    t.start()
+    return t, got
+
+
 def test_close_stops_a_cpu_pass_in_flight_at_its_next_layer(tiny_dir: Path,
                                                              monkeypatch: pytest.MonkeyPatch
                                                              ) -> None:
@@ -429,9 +463,6 @@ def test_close_stops_a_cpu_pass_in_flight_at_its_next_layer(tiny_dir: Path,
     the layer it is in, with :class:`PassStopped`: a pass ran to its end, minutes on a big
     model, and a thread left inside torch at the interpreter's exit aborted the process
     (exit -6). The engine computes again afterwards."""
-    import threading
-    import time
-
     from smysl.qwen3.engine import PassStopped
 
     emb = Embedder.load(str(tiny_dir), device="cpu", dtype="float32", lanes=1)
@@ -439,24 +470,13 @@ def test_close_stops_a_cpu_pass_in_flight_at_its_next_layer(tiny_dir: Path,
     want = emb.embed(TEXTS[:3])
     entered: list[int] = []
     inside = threading.Event()
-    for i, layer in enumerate(engine.model.layers):  # type: ignore[attr-defined]
-        def slow(*args: object, _i: int = i, _forward: object = layer.forward,
-                 **kwargs: object) -> torch.Tensor:
-            entered.append(_i)
-            inside.set()
-            time.sleep(1.0)
-            return _forward(*args, **kwargs)  # type: ignore[operator]
-        monkeypatch.setattr(layer, "forward", slow)
-    got: list[object] = []
 
-    def embed() -> None:
-        try:
-            got.append(emb.embed(TEXTS[:3]))
-        except PassStopped as e:
-            got.append(e)
+    def entering(i: int) -> None:
+        entered.append(i)
+        inside.set()
 
-    t = threading.Thread(target=embed)
-    t.start()
+    _slow_layers(engine, monkeypatch, 1.0, entering)
+    t, got = _embed_in_thread(emb, TEXTS[:3])
     assert inside.wait(10)
     start = time.monotonic()
     engine.close()
@@ -474,21 +494,12 @@ def test_close_in_a_child_forked_during_a_pass_returns(tiny_dir: Path,
     """A child forked while another thread of the parent computes inherits that pass's slots,
     which no thread of the child gives back: its close waited for them for ever."""
     import os
-    import threading
-    import time
 
     emb = Embedder.load(str(tiny_dir), device="cpu", dtype="float32", lanes=1)
     engine = emb.engine
     inside = threading.Event()
-    for layer in engine.model.layers:  # type: ignore[attr-defined]
-        def slow(*args: object, _forward: object = layer.forward, **kwargs: object
-                 ) -> torch.Tensor:
-            inside.set()
-            time.sleep(1.0)
-            return _forward(*args, **kwargs)  # type: ignore[operator]
-        monkeypatch.setattr(layer, "forward", slow)
-    t = threading.Thread(target=lambda: emb.embed(TEXTS[:2]))
-    t.start()
+    _slow_layers(engine, monkeypatch, 1.0, lambda i: inside.set())
+    t, _ = _embed_in_thread(emb, TEXTS[:2])
     assert inside.wait(10)
     pid = os.fork()
     if pid == 0:  # the child: close, then report by exit status
@@ -508,40 +519,26 @@ def test_a_close_that_stops_waiting_still_stops_the_pass(tiny_dir: Path,
     """A close that returns before the pass it stopped (its wait ran out, or it ran inside
     that very pass: a signal handler's) still stops the pass at its next layer; it ran to
     its end."""
-    import threading
-    import time
-
     from smysl.qwen3 import engine as engine_module
     from smysl.qwen3.engine import PassStopped
 
     emb = Embedder.load(str(tiny_dir), device="cpu", dtype="float32", lanes=1)
     engine = emb.engine
     entered: list[int] = []
-    for i, layer in enumerate(engine.model.layers):  # type: ignore[attr-defined]
-        def slow(*args: object, _i: int = i, _forward: object = layer.forward,
-                 **kwargs: object) -> torch.Tensor:
-            entered.append(_i)
-            if _i == 0 and threading.current_thread() is threading.main_thread():
-                engine.close()  # inside the pass, as a signal handler would
-            time.sleep(0.6)
-            return _forward(*args, **kwargs)  # type: ignore[operator]
-        monkeypatch.setattr(layer, "forward", slow)
+
+    def entering(i: int) -> None:
+        entered.append(i)
+        if i == 0 and threading.current_thread() is threading.main_thread():
+            engine.close()  # inside the pass, as a signal handler would
+
+    _slow_layers(engine, monkeypatch, 0.6, entering)
     with pytest.raises(PassStopped):
         emb.embed(TEXTS[:2])
     assert entered == [0]
     # a close whose wait runs out: the pass stops after its layer all the same
     entered.clear()
     monkeypatch.setattr(engine_module, "CLOSE_WAIT_S", 0.1)
-    got: list[object] = []
-
-    def embed() -> None:
-        try:
-            got.append(emb.embed(TEXTS[:2]))
-        except PassStopped as e:
-            got.append(e)
-
-    t = threading.Thread(target=embed)
-    t.start()
+    t, got = _embed_in_thread(emb, TEXTS[:2])
     while not entered:
         time.sleep(0.01)
     start = time.monotonic()

@@ -165,13 +165,10 @@ def test_a_bulk_call_ended_early_tells_its_running_items_to_stop() -> None:
     assert ran == [0, 1]  # 2 and 3 were cancelled before they started
 
 
-@pytest.mark.skipif(not hasattr(signal, "pthread_kill"), reason="POSIX signals")
-def test_a_ctrl_c_while_waiting_for_a_lane_item_tells_it_to_stop() -> None:
-    """The item a caller waits on when its Ctrl-C lands is told to stop too (it had been
-    taken off the pending ones, so it ran to its end)."""
-    if (signal.getsignal(signal.SIGINT) is not signal.default_int_handler
-            or threading.current_thread() is not threading.main_thread()):
-        pytest.skip("needs Python's own SIGINT handler in the main thread")
+def _waits_for_stop() -> tuple[threading.Event, list[bool],
+                               Callable[[int, threading.Event], int]]:
+    """A lane function that waits (up to 10 s) to be told to stop -> the event set once it
+    runs, whether it was told (appended when it returns), the function."""
     running = threading.Event()
     told: list[bool] = []
 
@@ -179,6 +176,18 @@ def test_a_ctrl_c_while_waiting_for_a_lane_item_tells_it_to_stop() -> None:
         running.set()
         told.append(stop.wait(10))
         return i
+
+    return running, told, fn
+
+
+@pytest.mark.skipif(not hasattr(signal, "pthread_kill"), reason="POSIX signals")
+def test_a_ctrl_c_while_waiting_for_a_lane_item_tells_it_to_stop() -> None:
+    """The item a caller waits on when its Ctrl-C lands is told to stop too (it had been
+    taken off the pending ones, so it ran to its end)."""
+    if (signal.getsignal(signal.SIGINT) is not signal.default_int_handler
+            or threading.current_thread() is not threading.main_thread()):
+        pytest.skip("needs Python's own SIGINT handler in the main thread")
+    running, told, fn = _waits_for_stop()
 
     def ctrl_c() -> None:
         running.wait(10)
@@ -198,13 +207,7 @@ def test_close_tells_running_items_to_stop() -> None:
     """Without a caller that stops (a daemon thread's bulk call at the interpreter's exit,
     whose lanes the engine's finalizer closes), close still tells the running item to stop:
     it waited for it, up to 30 s, then left it inside torch."""
-    running = threading.Event()
-    told: list[bool] = []
-
-    def fn(i: int, stop: threading.Event) -> int:
-        running.set()
-        told.append(stop.wait(10))
-        return i
+    running, told, fn = _waits_for_stop()
 
     lanes: Lanes[int, int] = Lanes(1, 1, fn)
     got: list[object] = []

@@ -316,30 +316,17 @@ def test_a_stopped_server_exits_0_having_closed_its_engine(tiny_dir: Path, sig: 
     assert "terminate called" not in err and "Fatal Python error" not in err, err[-3000:]
 
 
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="signals as on Linux")
-def test_a_second_stop_does_not_wait_for_the_batch_being_computed(tmp_path: Path) -> None:
-    """A second SIGTERM while a batch computes: the server exits at once, status 0, the
-    request cut off with the 503 of a shutdown, and no shutdown error logged. It waited for
-    the batch (26 s of a 30 s one) and logged the cancelled lifespan as a traceback."""
+def _forced_stop(script: Path, port: int) -> tuple[int | None, float, str, list[object]]:
+    """Start ``script`` (a server on ``port``), send one request, and SIGTERM it twice while
+    that request computes -> the exit status, seconds from the second signal to the exit,
+    stderr, and the request's answer."""
     import signal
     import subprocess
     import threading
     import time
 
     import httpx
-    from live_http import free_port
 
-    port = free_port()
-    script = tmp_path / "serve.py"
-    script.write_text(
-        "import sys\n"
-        f"sys.path[:0] = [{str(Path(__file__).parent)!r}, {str(Path(__file__).parents[1])!r}]\n"
-        "from server_helpers import HashEmbedder\n"
-        "from smysl.server import ServerConfig, serve\n"
-        "emb = HashEmbedder()\n"
-        "emb.gate.clear()  # every batch computes for 30 s\n"
-        f"sys.exit(serve(emb, ServerConfig(host='127.0.0.1', port={port}, "
-        "graceful_timeout_s=30, access_log=False)))\n")
     proc = subprocess.Popen([sys.executable, str(script)], cwd=Path(__file__).parents[2],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     url = f"http://127.0.0.1:{port}"
@@ -363,7 +350,7 @@ def test_a_second_stop_does_not_wait_for_the_batch_being_computed(tmp_path: Path
                 time.sleep(0.1)
         client = threading.Thread(target=slow)
         client.start()
-        time.sleep(0.5)  # the batch computes
+        time.sleep(0.5)  # the request computes
         proc.send_signal(signal.SIGTERM)
         time.sleep(0.3)  # the first stop waits for the request
         t = time.monotonic()
@@ -374,7 +361,29 @@ def test_a_second_stop_does_not_wait_for_the_batch_being_computed(tmp_path: Path
     finally:
         if proc.poll() is None:
             proc.kill()
-    assert proc.returncode == 0 and took < 5, (proc.returncode, took, err[-3000:])
+    return proc.returncode, took, err, answer
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="signals as on Linux")
+def test_a_second_stop_does_not_wait_for_the_batch_being_computed(tmp_path: Path) -> None:
+    """A second SIGTERM while a batch computes: the server exits at once, status 0, the
+    request cut off with the 503 of a shutdown, and no shutdown error logged. It waited for
+    the batch (26 s of a 30 s one) and logged the cancelled lifespan as a traceback."""
+    from live_http import free_port
+
+    port = free_port()
+    script = tmp_path / "serve.py"
+    script.write_text(
+        "import sys\n"
+        f"sys.path[:0] = [{str(Path(__file__).parent)!r}, {str(Path(__file__).parents[1])!r}]\n"
+        "from server_helpers import HashEmbedder\n"
+        "from smysl.server import ServerConfig, serve\n"
+        "emb = HashEmbedder()\n"
+        "emb.gate.clear()  # every batch computes for 30 s\n"
+        f"sys.exit(serve(emb, ServerConfig(host='127.0.0.1', port={port}, "
+        "graceful_timeout_s=30, access_log=False)))\n")
+    code, took, err, answer = _forced_stop(script, port)
+    assert code == 0 and took < 5, (code, took, err[-3000:])
     assert answer == [503], answer
     assert "Traceback" not in err and "ERROR" not in err, err[-3000:]
 
@@ -386,12 +395,6 @@ def test_a_forced_stop_ends_an_in_process_pass_and_exits_cleanly(tiny_dir: Path,
     layer, and the process exits with status 0. It aborted (``terminate called without an
     active exception``, status -6): the batch's thread was still inside torch when the
     interpreter exited (the 0.6B shape: every time in 5 stops)."""
-    import signal
-    import subprocess
-    import threading
-    import time
-
-    import httpx
     from live_http import free_port
 
     port = free_port()
@@ -410,40 +413,7 @@ def test_a_forced_stop_ends_an_in_process_pass_and_exits_cleanly(tiny_dir: Path,
         "from smysl.cli import main\n"
         f"sys.exit(main(['serve', '--model', {str(tiny_dir)!r}, '--port', '{port}', "
         "'--in-process', '--device', 'cpu', '--no-access-log']))\n")
-    proc = subprocess.Popen([sys.executable, str(script)], cwd=Path(__file__).parents[2],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    url = f"http://127.0.0.1:{port}"
-    answer: list[object] = []
-
-    def slow() -> None:
-        try:
-            answer.append(httpx.post(f"{url}/v1/embeddings", json={"input": "x"},
-                                     timeout=60).status_code)
-        except httpx.HTTPError as e:
-            answer.append(type(e).__name__)
-
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            assert proc.poll() is None and time.monotonic() < deadline
-            try:
-                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.1)
-        client = threading.Thread(target=slow)
-        client.start()
-        time.sleep(0.5)  # the pass computes
-        proc.send_signal(signal.SIGTERM)
-        time.sleep(0.3)
-        t = time.monotonic()
-        proc.send_signal(signal.SIGTERM)
-        err = proc.communicate(timeout=60)[1].decode(errors="replace")
-        took = time.monotonic() - t
-        client.join(60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+    code, took, err, answer = _forced_stop(script, port)
     assert "terminate called" not in err and "Fatal Python error" not in err, err[-3000:]
-    assert proc.returncode == 0 and took < 10, (proc.returncode, took, err[-3000:])
+    assert code == 0 and took < 10, (code, took, err[-3000:])
     assert answer == [503], answer
