@@ -60,7 +60,7 @@ import traceback
 import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -603,15 +603,25 @@ def _client_proc(url: str, texts: list[str], ids: list[int], conns: int, ref: np
         return t0, time.time()
 
     start.wait(60)
+    c0 = time.process_time()
     t0, t1 = asyncio.run(run())
-    out.put((t0, t1, lat, min(cos)))
+    # this process's share of a core: near 1.0, the clients and not the server set the rate
+    out.put((t0, t1, lat, min(cos), (time.process_time() - c0) / max(t1 - t0, 1e-9)))
+
+
+class Load(NamedTuple):
+    """What :func:`_clients` measured."""
+
+    wall: float  # seconds from the first load process's start to the last one's end
+    latencies: list[float]  # seconds per request
+    min_cos: float  # the least cosine of an answer to its ``ref`` row
+    client_cpu: list[float]  # each load process's share of a core while it ran
 
 
 def _clients(url: str, texts: list[str], clients: int, ref: np.ndarray, rounds: int = 1
-             ) -> tuple[float, list[float], float]:
+             ) -> Load:
     """``clients`` single-text clients in :data:`CLIENT_PROCS` processes, each text sent
-    ``rounds`` times -> (wall seconds from the first start to the last end, latencies, min
-    cosine to ``ref``)."""
+    ``rounds`` times."""
     import multiprocessing as mp
 
     ctx = mp.get_context("spawn")
@@ -639,7 +649,8 @@ def _clients(url: str, texts: list[str], clients: int, ref: np.ndarray, rounds: 
     for p in procs:
         p.join(30)
     wall = max(p[1] for p in parts) - min(p[0] for p in parts)
-    return wall, [x for p in parts for x in p[2]], min(p[3] for p in parts)
+    return Load(wall, [x for p in parts for x in p[2]], min(p[3] for p in parts),
+                sorted((p[4] for p in parts), reverse=True))
 
 
 def scrape(url: str) -> dict[str, float]:
@@ -791,7 +802,7 @@ def serve_once(ck: Path, short: list[str], ref: np.ndarray, off: float, counts: 
         _clients(srv.url, short[:256], 64, ref[:256])  # every worker up and warm
         m0 = scrape(srv.url)
         cpu0 = tree_cpu(srv.proc.pid)
-        wall, lat, min_cos = _clients(srv.url, short, 64, ref)
+        wall, lat, min_cos, client_cpu = _clients(srv.url, short, 64, ref)
         cpu1 = tree_cpu(srv.proc.pid)
         parts = latency_parts(m0, scrape(srv.url), lat)
         shares = busiest(cpu0, cpu1, wall, srv.proc.pid)
@@ -800,12 +811,12 @@ def serve_once(ck: Path, short: list[str], ref: np.ndarray, off: float, counts: 
         # smaller part of the wall time than in one pass over the texts (~0.2-0.4 s)
         # (after the bar's pass has its numbers: a failure here loses only this line)
         try:
-            long_wall, _, long_cos = _clients(srv.url, short, 64, ref, LONG_ROUNDS)
+            long_wall, _, long_cos, long_cpu = _clients(srv.url, short, 64, ref, LONG_ROUNDS)
             long_rate: float | None = LONG_ROUNDS * len(short) / long_wall
             min_cos = min(min_cos, long_cos)
         except Exception as e:
             log(f"the longer 64-client load failed: {type(e).__name__}: {e}")
-            long_rate = None
+            long_rate, long_cpu = None, []
         row = {"offline_tok_s": n_tok / off, "offline_texts_s": len(short) / off,
                "http_tok_s": n_tok / wall, "http_texts_s": len(short) / wall,
                "ratio": off / wall, "long_texts_s": long_rate,
@@ -818,7 +829,8 @@ def serve_once(ck: Path, short: list[str], ref: np.ndarray, off: float, counts: 
                "bulk_min_cos": bulk_cos,
                "cuda_graphs": info.get("cuda_graphs"), "client_procs": CLIENT_PROCS,
                "cpu_us_per_request": (sum(cpu1.values()) - sum(cpu0.values())) / len(short) * 1e6,
-               "busiest": shares[:10], "latency_parts_ms": parts}
+               "busiest": shares[:10], "latency_parts_ms": parts,
+               "client_cpu": client_cpu, "long_client_cpu": long_cpu}
         RES[f"server_0.6b {variant}"] = row
         log(f"\n## smysl serve on loopback, 0.6B bf16, {variant} ({len(short)} short texts, "
             f"{n_tok} tokens; graphs {row['cuda_graphs']})\n")
@@ -837,6 +849,10 @@ def serve_once(ck: Path, short: list[str], ref: np.ndarray, off: float, counts: 
             f"event: what it shows is its work) | "
             f"{row['cpu_us_per_request']:,.0f} us; "
             + ", ".join(f"{name} {share:.2f}" for name, share in shares[:10]) + " |")
+        log(f"| the {CLIENT_PROCS} load processes' shares of a core (near 1.0: the clients, "
+            "not the server, set the rate), the bar's load; the longer one | "
+            + ", ".join(f"{x:.2f}" for x in client_cpu) + "; "
+            + (", ".join(f"{x:.2f}" for x in long_cpu) or "-") + " |")
         log("| during the 64 clients, means (the server's /metrics): a client's wait; the "
             "server's time per request; a request's wait for a batch; the backend's time per "
             "batch (engine round trip); requests per batch | " + (

@@ -81,9 +81,12 @@ def main() -> None:
             width = 1024 if args.shape == "wide" else 64  # the simulated rows: unit vectors
             ref = np.zeros((args.requests, width), np.float32)
             ref[:, 0] = 1.0
-            wall = _clients(srv.url, texts[: args.requests], args.clients, ref)[0]
+            got = _clients(srv.url, texts[: args.requests], args.clients, ref)
+            wall, client_cpu = got.wall, got.client_cpu
         else:
+            c = time.process_time()  # the client runs in this process
             wall = asyncio.run(load(srv.url, texts, args.requests, args.clients, "/embed"))
+            client_cpu = [(time.process_time() - c) / wall]
         c1, m1 = tree_cpu(srv.proc.pid), scrape(srv.url)
         time.sleep(1.2)
         s1 = device_stats(stats)
@@ -102,7 +105,8 @@ def main() -> None:
           f"{(s1['padded'] - s0['padded']) / (s1['tokens'] - s0['tokens']):.2f}, busy "
           f"{(s1['busy'] - s0['busy']) / wall:.2f}")
     print("share of a core: " + ", ".join(
-        f"{r} {x:.2f}" for r, x in busiest(c0, c1, wall, srv.proc.pid)[:6]))
+        f"{r} {x:.2f}" for r, x in busiest(c0, c1, wall, srv.proc.pid)[:6])
+        + "; clients " + ", ".join(f"{x:.2f}" for x in client_cpu))
 
 
 if __name__ == "__main__":
