@@ -35,6 +35,8 @@ def test_gpu_check_runs_every_section_dry(tmp_path: Path) -> None:
     for k in servers:  # every text came back, equal to the in-process vector
         assert res[k]["min_cos_vs_in_process"] > 0.999 and res[k]["http_texts_s"] > 0
         assert res[k]["long_texts_s"] > 0
+        # each load process's share of a core: what tells a client-bound measure
+        assert len(res[k]["client_cpu"]) == 4 and all(0 < x < 2 for x in res[k]["client_cpu"])
 
 
 def test_the_cuda_helpers_call_cuda_once() -> None:

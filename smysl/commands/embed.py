@@ -135,22 +135,30 @@ def _check_lines_output(output: str) -> None:
     check_output_folder(output)
 
 
+#: Names of files, not folders: refused as a corpus job's ``--output`` (a folder of Parquet
+#: shards; ``x.parquet`` is a common name for such a folder, and stays allowed).
+_FILE_SUFFIXES = (".jsonl", ".ndjson", ".json", ".npy", ".csv", ".tsv", ".txt")
+
+
 def _run_job(args: argparse.Namespace) -> int:
     from smysl.scale.job import is_store
     from smysl.toolkit.chunking import ChunkConfig
 
     unused = [*(_flags(args, ["actors", "gpus_per_actor"]) if args.ray is None else []),
-              *(_flags(args, ["overlap"]) if not args.chunk_tokens else []),
+              *(_flags(args, ["overlap"]) if args.chunk_tokens is None else []),
               *(_flags(args, ["table"]) if not is_store(args.output) else [])]
     if unused:
         raise ValueError(f"{', '.join(unused)} do(es) nothing here: --actors and "
                          f"--gpus-per-actor go with --ray, --overlap with --chunk-tokens, "
                          f"--table with an index output")
-    if args.output.endswith((".jsonl", ".npy")) or args.output == "-":
-        raise ValueError("a corpus job writes a folder (Parquet dataset) or an index "
-                         "(lancedb:PATH, qdrant:URL, postgres:DSN): give it with --output")
+    # a file's name (x.csv, x.ndjson) made a folder of Parquet shards by that name
+    if ((not is_store(args.output) and args.output.lower().endswith(_FILE_SUFFIXES))
+            or args.output == "-"):
+        raise ValueError(f"--output {args.output}: a corpus job writes a folder (Parquet "
+                         "dataset) or an index (lancedb:PATH, qdrant:URL, postgres:DSN), not "
+                         "a file")
     chunk = (ChunkConfig(max_tokens=args.chunk_tokens, **given(args, overlap="overlap"))
-             if args.chunk_tokens else None)
+             if args.chunk_tokens is not None else None)
     if args.ray is not None:
         from smysl.commands._model import model_options
         from smysl.scale.ray_data import RayConfig, RayEmbedder

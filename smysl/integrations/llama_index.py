@@ -47,18 +47,23 @@ _CHECKED = frozenset({"dimensions", "task", "truncate", "embeddings_cache"})
 
 
 class _ModelCache(_kv.BaseKVStore):  # type: ignore[name-defined]
-    """A user's ``embeddings_cache`` with its collections named by the model's fingerprint and
-    the vectors' size: LlamaIndex keys that cache by text alone, so one store shared by two
-    models or sizes (a Redis cache, a persisted file) handed one's vectors to the other. The
+    """A user's ``embeddings_cache`` with its collections named by the model's fingerprint,
+    the vectors' size and ``truncate``: LlamaIndex keys that cache by text alone, so one store
+    shared by two models or sizes (a Redis cache, a persisted file) handed one's vectors to the
+    other, and an adapter that refuses over-long texts got the vector another had cut. The
     fingerprint is read at the first lookup (a remote model may send a request for it)."""
 
-    def __init__(self, store: Any, model: BaseEmbedder, dimensions: int | None) -> None:
+    def __init__(self, store: Any, model: BaseEmbedder, dimensions: int | None,
+                 truncate: bool) -> None:
         self.store, self.model, self.dimensions = store, model, dimensions
+        self.truncate = truncate
         self._suffix: str | None = None
 
     def _named(self, collection: str) -> str:
         if self._suffix is None:
-            self._suffix = f"smysl-{self.model.fingerprint()}-{self.dimensions or 'native'}"
+            # vectors of texts within the limit are the same either way; a cut one is not
+            cut = "-truncated" if self.truncate else ""
+            self._suffix = f"smysl-{self.model.fingerprint()}-{self.dimensions or 'native'}{cut}"
         return f"{collection}/{self._suffix}"
 
     def put(self, key: str, val: dict[str, Any], collection: str = _kv.DEFAULT_COLLECTION
@@ -200,7 +205,8 @@ class SmyslEmbedding(_base.BaseEmbedding):  # type: ignore[name-defined]
                 "or pass task=\"\" to embed queries without an instruction")
         store = cache.store if isinstance(cache, _ModelCache) else cache
         # set past __setattr__ (and pydantic's check: a _ModelCache is a BaseKVStore)
-        super().__setattr__("embeddings_cache", _ModelCache(store, self._model, self.dimensions))
+        super().__setattr__("embeddings_cache", _ModelCache(store, self._model, self.dimensions,
+                                                              self.truncate))
 
     def __setattr__(self, name: str, value: Any) -> None:
         if name not in _CHECKED:

@@ -31,7 +31,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from smysl.base import BaseEmbedder, fingerprint_of
+from smysl.base import BaseEmbedder, fingerprint_of, positive_int
 from smysl.pooling import check_dimensions
 from smysl.scale.sources import (
     JOB_MANIFEST,
@@ -98,8 +98,15 @@ class JobConfig:
     table: str = "chunks"
 
     def __post_init__(self) -> None:
-        if self.shard_rows < 1 or self.batch_size < 1:
-            raise ValueError("shard_rows and batch_size must be >= 1")
+        # a float or "100" failed only mid-job, with the output folder made
+        for name, count in (("shard_rows", self.shard_rows), ("batch_size", self.batch_size)):
+            if positive_int(count) is None:
+                raise ValueError(f"{name} must be an integer >= 1, got {count!r}")
+        for name, flag in (("truncate", self.truncate), ("skip_bad_rows", self.skip_bad_rows)):
+            if not isinstance(flag, bool):  # "no" would read as True
+                raise ValueError(f"{name} must be True or False, got {flag!r}")
+        if self.dimensions is not None and positive_int(self.dimensions) is None:
+            raise ValueError(f"dimensions must be a positive integer, got {self.dimensions!r}")
         if not self.output or self.output == "-":
             raise ValueError("an embedding job needs an output: a folder (Parquet dataset) or "
                              "an index (lancedb:PATH, qdrant:URL, postgres:DSN)")
@@ -805,14 +812,11 @@ class _StoreWriter(_Writer):
               bad: _BadRows) -> None:
         from smysl.toolkit.ingest import Document, IngestConfig
 
-        counted: list[int] = []
         row_ids: list[str] = []
         chunked: set[str] = set()  # ids of the rows that gave chunks
 
         def documents() -> Iterator[Document]:
             for batch in _batches(rows, self.config.batch_size):
-                tokens = embedded_tokens(self.model, [r.text for r in batch], None, False)
-                counted.append(sum(tokens) if tokens is not None else -1)
                 row_ids.extend(r.id for r in batch)
                 yield from (Document(r.id, r.text) for r in batch)
 
@@ -821,14 +825,16 @@ class _StoreWriter(_Writer):
                                       batch_size=self.config.batch_size,
                                       dimensions=self.config.dimensions, optimize=False),
             on_stored=lambda ids: chunked.update(i.rpartition("#")[0] for i in ids))
-        # what was embedded: chunks already in the index (an appended file's old rows, a
-        # resumed shard's) are not; their rows' tokens cannot be told apart, so a shard that
-        # kept some leaves the count unknown rather than counting them as embedded
+        # what was embedded: the chunks' tokens (overlaps and each chunk's EOS included),
+        # not the rows'. Chunks already in the index (an appended file's old rows, a resumed
+        # shard's) or in the cache were not; a shard that kept some leaves the count unknown
+        # rather than counting them as embedded
         report.texts += done.embedded
         report.empty_rows += sum(1 for i in row_ids if i not in chunked)
-        exact = done.embedded == done.chunks and all(c >= 0 for c in counted)
-        report.tokens = (report.tokens + sum(counted)
-                         if report.tokens is not None and exact else None)
+        exact = done.embedded == done.chunks and done.tokens is not None
+        report.tokens = (report.tokens + done.tokens
+                         if report.tokens is not None and done.tokens is not None and exact
+                         else None)
         this = parse_shard(name)
 
         def dropped(key: str) -> bool:

@@ -238,7 +238,7 @@ class RayEmbedder(BaseEmbedder):
         """As :meth:`BaseEmbedder.embed`; the actors' models apply every rule."""
         items = self._check_texts(texts)
         if not items:
-            return np.zeros((0, dimensions or self.dimensions), np.float32)
+            return np.zeros((0, self._empty_width(dimensions)), np.float32)  # size checked
         return self._run("embed", items, instruction, dimensions, bool(truncate))
 
     def _embed(self, texts: list[str], *, truncate: bool,

@@ -75,6 +75,9 @@ def find_sources(inputs: Sequence[str | Path], unread: list[Path] | None = None
     starting with ``_``: markers such as Spark's ``_SUCCESS``). A job's output folder (it
     holds ``_smysl_job.json``) inside an input folder is left out: its shards are no corpus,
     and ``-o corpus/vectors`` broke every run after the first."""
+    if isinstance(inputs, str | Path):  # a string's characters would each be a path ("/")
+        raise TypeError(f"inputs must be a list of files or folders, not one path: "
+                        f"[{str(inputs)!r}]")
     out: list[Source] = []
     for item in inputs:
         p = Path(item).expanduser()

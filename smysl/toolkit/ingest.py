@@ -115,6 +115,9 @@ class IngestReport:
     unchanged: int = 0
     written: int = 0
     stale_deleted: int = 0
+    #: Tokens of the chunks written, as embedded (EOS included; a chunk served from the
+    #: embedding cache counts too); None once a chunk's count was an estimate (no tokenizer).
+    tokens: int | None = 0
     #: Stored vectors found damaged (payload unchanged) and re-embedded.
     repaired: int = 0
     #: Damaged embedding-cache entries recomputed.
@@ -438,6 +441,10 @@ def ingest(documents: Iterable[Document], *, store: Any, embed: Callable[[list[s
                          [{**p, DIGEST_FIELD: vector_digest(v)}
                           for (_, p), v in zip(todo, vectors, strict=True)])
             report.written += len(todo)
+            counts = [p.get("tokens") for _, p in todo]
+            report.tokens = (report.tokens + sum(c for c in counts if isinstance(c, int))
+                             if report.tokens is not None
+                             and all(isinstance(c, int) for c in counts) else None)
         # A shorter new version of a document leaves old chunks n.. behind: find them via the
         # first id past the new end, delete only for those documents.
         sentinels = {f"{d}#{n}": d for d, n in ends.items()}

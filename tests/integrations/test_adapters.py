@@ -326,6 +326,27 @@ def test_llama_index_cache_shared_by_two_sizes_keeps_each_sizes_vectors(
     assert "embeddings_cache" not in json.loads(large.to_json())  # a store is no setting
 
 
+def test_llama_index_cache_shared_with_a_truncating_adapter_keeps_the_refusal(
+        tiny: BaseEmbedder) -> None:
+    """An adapter with truncate=False sharing its embeddings_cache with one that truncates got
+    the cut vector of an over-long text, where alone it raises InputTooLongError."""
+    from llama_index.core.storage.kvstore import SimpleKVStore
+
+    from smysl.integrations.llama_index import SmyslEmbedding
+    from smysl.tokenize import InputTooLongError
+
+    store, long = SimpleKVStore(), "длинный " * 600
+    cutting = SmyslEmbedding(tiny, task="", truncate=True, embeddings_cache=store)
+    strict = SmyslEmbedding(tiny, task="", truncate=False, embeddings_cache=store)
+    np.testing.assert_array_equal(np.array(cutting.get_text_embedding(long), np.float32),
+                                  tiny.embed([long], truncate=True)[0])
+    with pytest.raises(InputTooLongError):
+        strict.get_text_embedding(long)
+    # texts within the limit: either adapter's vector is the model's
+    np.testing.assert_array_equal(np.array(strict.get_text_embedding(DOCS[0]), np.float32),
+                                  tiny.embed_documents([DOCS[0]])[0])
+
+
 @pytest.mark.parametrize("adapter", list(ADAPTERS))
 def test_copies_share_the_model_and_pickling_a_local_one_says_why_not(
         tiny: BaseEmbedder, tiny_dir: Path, adapter: str) -> None:

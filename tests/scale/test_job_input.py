@@ -240,3 +240,65 @@ def test_a_csv_row_with_more_fields_than_its_header_is_a_bad_row() -> None:
     row = to_row(2, {"id": "a", "text": "hello", None: [" world"]}, "id", "text")
     assert row.problem is not None and "more fields than the header" in row.problem
     assert to_row(2, {"id": "a", "text": "hello, world"}, "id", "text").problem is None
+
+
+def test_an_index_job_counts_the_tokens_of_its_chunks(tiny, tmp_path) -> None:
+    """An index job counted its rows' tokens (892), not the chunks' it embedded (1,279 with
+    their overlaps and EOS, as the Parquet output of the same chunking says)."""
+    pytest.importorskip("lancedb")
+    from smysl.toolkit.chunking import ChunkConfig
+
+    d = tmp_path / "in"
+    d.mkdir()
+    rows = [{"id": "long", "text": " ".join(f"слово{i}" for i in range(200))},
+            {"id": "empty", "text": ""}]
+    (d / "a.jsonl").write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows),
+                               encoding="utf-8")
+    chunk = ChunkConfig(max_tokens=64, overlap=16)
+    parquet = run_job(tiny, [d], JobConfig(output=str(tmp_path / "o"), chunk=chunk))
+    index = run_job(tiny, [d], JobConfig(output=f"lancedb:{tmp_path / 'kb'}", chunk=chunk))
+    column = sum(r["tokens"] for r in _table(parquet.output).values())
+    assert index.texts == parquet.texts > 1
+    assert index.tokens == parquet.tokens == column > tiny.count_tokens([rows[0]["text"]])[0]
+
+
+@pytest.mark.parametrize(("field", "value", "message"), [
+    ("truncate", "no", "truncate must be True or False, got 'no'"),
+    ("skip_bad_rows", 1, "skip_bad_rows must be True or False"),
+    ("shard_rows", 2.5, "shard_rows must be an integer >= 1, got 2.5"),
+    ("batch_size", "256", "batch_size must be an integer >= 1"),
+    ("batch_size", 0, "batch_size must be an integer >= 1"),
+    ("dimensions", "32", "dimensions must be a positive integer")])
+def test_a_job_setting_of_the_wrong_type_is_refused_before_anything_is_written(
+        tmp_path, field, value, message) -> None:
+    """truncate="no" truncated silently; a float shard size failed mid-job with a format
+    error, the output folder made."""
+    with pytest.raises(ValueError, match=message):
+        JobConfig(output=str(tmp_path / "o"), **{field: value})
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("inputs", ["corpus", "/"])
+def test_one_path_string_is_refused_not_read_character_by_character(tiny, tmp_path,
+                                                                   inputs) -> None:
+    """`run_job(m, "corpus", ...)` read "c", "o", ... as paths; "/data" walked the whole
+    file system from "/"."""
+    with pytest.raises(TypeError, match="a list of files or folders, not one path"):
+        run_job(tiny, inputs, JobConfig(output=str(tmp_path / "o")))  # type: ignore[arg-type]
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("flags", [["--chunk-tokens", "0"], ["--output", "x.csv"],
+                                   ["--output", "x.ndjson"]])
+def test_cli_corpus_job_refuses_a_chunk_size_of_zero_and_a_file_output(
+        tiny_dir, tmp_path, capsys, monkeypatch, flags) -> None:
+    """--chunk-tokens 0 embedded rows whole (0 read as not given); --output x.csv made a
+    folder of Parquet shards named x.csv."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "a.jsonl").write_text(json.dumps({"id": "a", "text": "t"}) + "\n")
+    args = ["embed", "--input", "a.jsonl", "--output", "o", "--model", str(tiny_dir),
+            "--device", "cpu", "--no-progress"]
+    assert main(args + flags) == 2
+    err = capsys.readouterr().err
+    assert "max_tokens must be >= 2, got 0" in err or "not a file" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.jsonl"]

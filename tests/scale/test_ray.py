@@ -323,6 +323,23 @@ def test_chunks_on_actors_cut_by_the_models_tokenizer(cluster, tiny_dir, referen
 
 
 @slow
+def test_an_empty_call_checks_the_size_as_any_call(cluster, tiny_dir) -> None:
+    """``embed([], dimensions=7)`` returned a [0, 7] array, so an adapter made on a pool took a
+    size that its first document then failed on (the adapters check it with an empty call)."""
+    from smysl.integrations.langchain import SmyslEmbeddings
+    from smysl.scale.ray_data import RayConfig, RayEmbedder
+
+    with RayEmbedder(str(tiny_dir), OPTIONS, RayConfig(actors=1)) as model:
+        assert model.embed([], dimensions=32).shape == (0, 32)
+        assert model.embed([]).shape == (0, model.dimensions)
+        for bad in (7, model.dimensions + 1):
+            with pytest.raises(ValueError, match="dimensions must be in 32"):
+                model.embed([], dimensions=bad)
+            with pytest.raises(ValueError, match="dimensions must be in 32"):
+                SmyslEmbeddings(model, dimensions=bad)
+
+
+@slow
 def test_embed_dataset_on_an_actor_pool(cluster, tiny_dir, reference, corpus) -> None:
     """`smysl.scale.embed_dataset` maps a Ray Data dataset with 2 actors (issue 16)."""
     from smysl.scale.ray_data import RayConfig
