@@ -217,7 +217,10 @@ def job_fingerprint(model: BaseEmbedder, config: JobConfig) -> str:
 def _identity(model: BaseEmbedder, config: JobConfig) -> dict[str, Any]:
     chunk = config.chunking
     return {"model": model.fingerprint(), "dimensions": config.dimensions or model.dimensions,
-            "instruction": config.instruction, "chunk": asdict(chunk) if chunk else None,
+            # the text embedded with: a preset's name (the Python API) and its text (the CLI
+            # resolves it) are one job, as "" and None are
+            "instruction": model.choose_instruction(config.instruction),
+            "chunk": asdict(chunk) if chunk else None,
             "id_field": config.id_field, "text_field": config.text_field,
             "truncate": config.truncate, "shard_rows": config.shard_rows,
             # where texts are cut (--truncate), chunks capped, and which rows are too long
@@ -332,8 +335,8 @@ def _check_settings(model: BaseEmbedder, config: JobConfig) -> TokenChunker | No
     not leave a folder or an index that the corrected rerun finds in its way); returns the
     job's chunker, None when rows are embedded whole."""
     check_dimensions(config.dimensions, model.dimensions, minimum=model.min_dimensions)
-    model.choose_instruction(config.instruction)  # a model that takes none refuses one
-    if config.to_store and config.instruction is not None:
+    # a model that takes none refuses one; "" is none
+    if config.to_store and model.choose_instruction(config.instruction) is not None:
         raise ValueError("an index stores documents: embed queries (an instruction) into a "
                          "Parquet folder instead")
     chunk = config.chunking
@@ -355,9 +358,9 @@ class _BadRows:
         if not self.skip:
             # shards are named by their file's whole content: an edited file is a new version
             raise BadRowError(f"{where}; report and skip broken rows (--skip-bad-rows / "
-                              "skip_bad_rows=True), or fix the row (an edited file is "
-                              "another version of it: its shards committed so far are not "
-                              "reused)")
+                              "skip_bad_rows=True), or fix the row (the edited file is "
+                              "another version: the rerun names this version's shards "
+                              "written so far, to delete, or write to a new folder)")
         self.report.bad_rows += 1
         if len(self.report.bad_examples) < 20:
             self.report.bad_examples.append(where)

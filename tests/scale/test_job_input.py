@@ -302,3 +302,21 @@ def test_cli_corpus_job_refuses_a_chunk_size_of_zero_and_a_file_output(
     err = capsys.readouterr().err
     assert "max_tokens must be >= 2, got 0" in err or "not a file" in err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.jsonl"]
+
+
+def test_a_preset_name_and_its_text_are_one_job(tiny, tmp_path) -> None:
+    """The Python API's JobConfig(instruction="qa") and the CLI's resolved text of "qa" were
+    two jobs (another fingerprint: a rerun from the other refused the folder); "" and None
+    (no instruction) too, and an index refused instruction="" as a query instruction."""
+    from smysl.prompts import TASK_PRESETS
+    from smysl.scale.job import job_fingerprint
+
+    out = str(tmp_path / "o")
+    fp = {i: job_fingerprint(tiny, JobConfig(output=out, instruction=i))
+          for i in ("qa", TASK_PRESETS["qa"], "", None)}
+    assert fp["qa"] == fp[TASK_PRESETS["qa"]] != fp[""] == fp[None]
+    d = tmp_path / "in"
+    d.mkdir()
+    (d / "a.jsonl").write_text(json.dumps({"id": "a", "text": "t"}) + "\n")
+    report = run_job(tiny, [d], JobConfig(output=f"lancedb:{tmp_path / 'kb'}", instruction=""))
+    assert report.texts == 1
