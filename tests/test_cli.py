@@ -201,6 +201,8 @@ def test_a_packaged_model_is_listed_and_shown(capsys: pytest.CaptureFixture[str]
     assert (shown["name"], shown["source"], shown["dimensions"]) == (
         "st:all-minilm-l6-v2", "package", 384)
     assert shown["details"]["dimensions_range"] == [384, 384] and shown["problem"] is None
+    # BERT's int64 position_ids buffer is no parameter (was 22,713,728)
+    assert shown["details"]["parameters"] == 22_713_216
     assert main(["models", "--json"]) == 0
     assert "st:all-minilm-l6-v2" in {r["name"] for r in json.loads(capsys.readouterr().out)}
 
@@ -268,6 +270,11 @@ def test_show_and_pull_errors_are_smysl_errors(machine: Path, tmp_path: Path,
     assert main(["pull", "qwen3-embedding:8b"]) == 2
     err = capsys.readouterr().err
     assert "offline mode is on" in err and "local_files_only" not in err
+    # a mistyped folder is no Hub repo: it was looked up in the cache, "offline mode is on"
+    for path in ("/nonexistent", "./nodir", "~/nodir"):
+        assert main(["show", path]) == 2
+        err = capsys.readouterr().err
+        assert "is not a model directory, Hub repo id or alias" in err and "pull" not in err
     assert main(["pull", "ollama:qwen3-embedding:0.6b"]) == 2
     assert "ollama pull qwen3-embedding:0.6b" in capsys.readouterr().err
     assert main(["pull", str(tmp_path)]) == 2

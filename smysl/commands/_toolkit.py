@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import re
 import sys
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
+
+from smysl.tokenize import InputTooLongError
 
 if TYPE_CHECKING:
     from smysl.rerank import BaseReranker
@@ -80,6 +83,35 @@ def column(rows: Iterable[Mapping[str, Any]], field: str, source: str, option: s
                              f"{sorted(row)}); choose one with {option}")
         values.append(row[field])
     return values
+
+
+@contextlib.contextmanager
+def rows_of(source: str) -> Iterator[None]:
+    """An over-long text of the table ``source`` named by its file and row (1-based, as
+    :func:`column` counts them), not as "input N" of whichever call embedded it (a
+    classifier's training texts, its inputs, or its label descriptions)."""
+    try:
+        yield
+    except InputTooLongError as e:
+        name = "<stdin>" if source == "-" else source
+        raise ValueError(e.describe(f"{name}, row {e.index + 1}: the text", audience="cli")
+                         ) from None
+
+
+def labels_in(rows: Iterable[Mapping[str, Any]], field: str, source: str, option: str
+              ) -> list[str]:
+    """The labels of column ``field`` (:func:`column`), each a string or a number: a null,
+    empty or nested one is a ValueError naming its row (``null`` trained and predicted a
+    class "None", and counted as correct)."""
+    out = []
+    for n, value in enumerate(column(rows, field, source, option), 1):
+        if isinstance(value, bool) or not isinstance(value, str | int | float) or (
+                isinstance(value, str) and not value.strip()):
+            name = "<stdin>" if source == "-" else source
+            raise ValueError(f"{name}: row {n}: the label ({field!r}) must be a non-empty "
+                             f"string or a number, got {value!r}")
+        out.append(str(value))
+    return out
 
 
 def progress(args: argparse.Namespace) -> bool:

@@ -11,9 +11,11 @@ from smysl.commands import given
 from smysl.commands._model import add_model_arguments, load_model
 from smysl.commands._toolkit import (
     add_table_arguments,
-    column,
+    labels_in,
     progress,
+    rows_of,
 )
+from smysl.tokenize import InputTooLongError
 
 HELP = "classify texts (zero-shot with --labels, or --train/--load a logreg/kNN model)"
 
@@ -55,17 +57,36 @@ def _labels(spec: str, args: argparse.Namespace) -> dict[str, str]:
     if path.is_file() and path.suffix.lower() not in LABEL_FILES:
         raise ValueError(f"--labels {spec}: a labels file is .csv, .jsonl or .json "
                          f"(label -> description); inline labels are separated by commas")
+    table = path.suffix.lower() in (".csv", ".jsonl") and path.is_file()
+    if args.description_field is not None and not table:
+        raise ValueError("--description-field names a column of a --labels .csv/.jsonl file "
+                         "(a .json file maps each label to its description)")
     if path.suffix.lower() == ".json" and path.is_file():
         data = json.loads(path.read_text(encoding="utf-8"))
-        items = ([(str(x), str(x)) for x in data] if isinstance(data, list)
-                 else [(str(k), str(v)) for k, v in data.items()])
-    elif path.suffix.lower() in (".csv", ".jsonl") and path.is_file():
+        pairs = ([(x, x) for x in data] if isinstance(data, list)
+                 else list(data.items()) if isinstance(data, dict) else None)
+        if pairs is None:
+            raise ValueError(f"--labels {spec}: a .json labels file is a list of labels or an "
+                             f"object of label -> description, not {type(data).__name__}")
+        for name, text in pairs:  # null became the label or description "None"
+            if not isinstance(text, str) or not text.strip() or not str(name).strip():
+                raise ValueError(f"--labels {spec}: label {name!r} needs a non-empty text "
+                                 f"description, got {text!r}")
+        items = [(str(n), str(t)) for n, t in pairs]
+    elif table:
         rows = list(iter_rows(path))
-        names = column(rows, args.label_field, spec, "--label-field")
+        # the file's own columns, as documented: --label-field names the input's gold column
+        for n, r in enumerate(rows, 1):
+            if "label" not in r:
+                raise ValueError(f"{spec}: row {n} has no 'label' column (columns: "
+                                 f"{sorted(r)}); a labels file has the columns label and "
+                                 "description (or --description-field)")
+        names = labels_in(rows, "label", spec, "--labels")
         field = args.description_field or "description"
-        items = [(str(n), str(r.get(field) or n)) for n, r in zip(names, rows, strict=True)]
-    elif args.description_field is not None:
-        raise ValueError("--description-field names a column of a --labels .csv/.jsonl file")
+        if args.description_field is not None and not any(field in r for r in rows):
+            raise ValueError(f"--labels {spec}: no row has the column --description-field "
+                             f"{field!r} (columns: {sorted(rows[0]) if rows else []})")
+        items = [(n, str(r.get(field) or n)) for n, r in zip(names, rows, strict=True)]
     else:
         items = [(x.strip(), x.strip()) for x in spec.split(",") if x.strip()]
     seen: dict[str, int] = {}
@@ -104,42 +125,52 @@ def run(args: argparse.Namespace) -> int:
         accuracy,
         match_gold,
     )
-    from smysl.toolkit.io import check_output, read_column, write_rows
+    from smysl.toolkit.io import check_file, check_output, read_column, write_rows
 
     _refuse_unused(args, "--labels" if args.labels else "--train" if args.train else "--load")
     check_output(args.output)
+    if args.save:
+        check_file(args.save, "--save")
     labels_by_name = _labels(args.labels, args) if args.labels else None
     texts, rows = read_column(args.input, args.text_field)
     # Gold labels (when any row has the column) are read before any work, so a row without
     # one fails the command before its output exists.
-    gold = ([str(x) for x in column(rows, args.label_field, args.input, "--label-field")]
+    gold = (labels_in(rows, args.label_field, args.input, "--label-field")
             if any(args.label_field in r for r in rows) else None)
+    loaded = SupervisedClassifier.load(args.load) if args.load else None  # before the model
     model = load_model(args.model, args)
     show = progress(args)
     scores: list[float] | None = None
     candidates: list[str]
     if labels_by_name is not None:
-        zs = ZeroShotClassifier(model, labels_by_name, instruction=args.instruction,
-                                dimensions=args.dimensions, truncate=args.truncate)
-        sims = zs.scores(texts, progress=show)
+        try:
+            zs = ZeroShotClassifier(model, labels_by_name, instruction=args.instruction,
+                                    dimensions=args.dimensions, truncate=args.truncate)
+        except InputTooLongError as e:  # a description, not "input N"
+            name = list(labels_by_name)[e.index]
+            raise ValueError(e.describe(f"--labels {args.labels}: the description of label "
+                                        f"{name!r}", audience="cli")) from None
+        with rows_of(args.input):
+            sims = zs.scores(texts, progress=show)
         pred = [zs.labels[int(i)] for i in sims.argmax(axis=1)]
         scores = [float(x) for x in sims.max(axis=1)]
         candidates = zs.labels
     else:
-        if args.train:
+        if loaded is None:
             train, train_rows = read_column(args.train, args.text_field)
-            labels = [str(x) for x in column(train_rows, args.label_field, args.train,
-                                             "--label-field")]
+            labels = labels_in(train_rows, args.label_field, args.train, "--label-field")
             config = ClassifyConfig(instruction=args.instruction, dimensions=args.dimensions,
                                     truncate=args.truncate,
                                     **given(args, method="method", c="C", neighbors="neighbors"))
-            clf = SupervisedClassifier.fit(model, train, labels, config, progress=show)
+            with rows_of(args.train):
+                clf = SupervisedClassifier.fit(model, train, labels, config, progress=show)
             if args.save:
                 clf.save(args.save)
                 print(f"saved classifier to {args.save}", file=sys.stderr)
         else:
-            clf = SupervisedClassifier.load(args.load)
-        pred = clf.predict(model, texts, progress=show, truncate=args.truncate)
+            clf = loaded
+        with rows_of(args.input):
+            pred = clf.predict(model, texts, progress=show, truncate=args.truncate)
         candidates = [str(c) for c in clf.classes]
     out = [{**r, "predicted": p} | ({"score": round(s, 6)} if scores else {})
            for r, p, s in zip(rows, pred, scores or [0.0] * len(pred), strict=True)]

@@ -12,6 +12,7 @@ from smysl.commands._model import add_model_arguments, load_model
 from smysl.commands._toolkit import (
     add_table_arguments,
     progress,
+    rows_of,
 )
 
 HELP = "cluster texts (k-means with --k or estimated k, or --method hdbscan)"
@@ -49,18 +50,21 @@ def _refuse_unused(args: argparse.Namespace) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from smysl.toolkit.cluster import ClusterConfig, cluster_texts
-    from smysl.toolkit.io import check_output, read_column, write_rows
+    from smysl.toolkit.io import check_file, check_output, read_column, write_rows
 
     _refuse_unused(args)
     check_output(args.output)
+    if args.summary:  # before the work, which a path in no folder lost at the end
+        check_file(args.summary, "--summary")
     config = ClusterConfig(method=args.method, k=args.k,
                            **given(args, k_max="k_max", min_cluster_size="min_cluster_size"),
                            representatives=args.representatives, seed=args.seed,
                            instruction=args.instruction, dimensions=args.dimensions,
                            truncate=args.truncate)
-    model = load_model(args.model, args)
     texts, rows = read_column(args.input, args.text_field)
-    result = cluster_texts(model, texts, config, progress=progress(args))
+    model = load_model(args.model, args)
+    with rows_of(args.input):
+        result = cluster_texts(model, texts, config, progress=progress(args))
     write_rows(args.output, [{**r, "cluster": int(c)}
                              for r, c in zip(rows, result.labels, strict=True)])
     summary: list[dict[str, Any]] = [{"cluster": c.label, "size": c.size,

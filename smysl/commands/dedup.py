@@ -10,6 +10,7 @@ from smysl.commands._model import add_model_arguments, load_model
 from smysl.commands._toolkit import (
     add_table_arguments,
     progress,
+    rows_of,
 )
 
 HELP = "find near-duplicate texts (groups above --threshold) and write a report"
@@ -36,19 +37,23 @@ def run(args: argparse.Namespace) -> int:
     import tempfile
 
     from smysl.toolkit.dedup import DedupConfig, dedup_texts
-    from smysl.toolkit.io import check_output, read_column, write_rows
+    from smysl.toolkit.io import check_file, check_output, read_column, write_rows
     from smysl.toolkit.store import StoreConfig
 
     check_output(args.output)
-    model = load_model(args.model, args)
+    if args.report:  # before the work, which a path in no folder lost at the end
+        check_file(args.report, "--report")
     texts, rows = read_column(args.input, args.text_field)
     with tempfile.TemporaryDirectory(prefix="smysl-dedup-") as tmp:
         store = StoreConfig(uri=tmp, table="dedup") if args.approximate else None
+        # checked (the threshold's range) before the model loads
         config = DedupConfig(threshold=args.threshold, neighbors=args.neighbors,
                              exact=not args.approximate, store=store,
                              instruction=args.instruction, dimensions=args.dimensions,
                              truncate=args.truncate)
-        result = dedup_texts(model, texts, config, progress=progress(args))
+        model = load_model(args.model, args)
+        with rows_of(args.input):
+            result = dedup_texts(model, texts, config, progress=progress(args))
     groups = result.group_of
     # duplicate_of: the row (0-based, in input order) a dropped row duplicates; empty if kept
     out = [{**r, "group": int(g), "keep": d < 0, "duplicate_of": d if d >= 0 else None}

@@ -81,7 +81,9 @@ def safetensors_summary(files: list[Path]) -> tuple[int, str | None]:
         except (OSError, ValueError, struct.error):
             continue
         for name, t in header.items():
-            if name != "__metadata__":
+            # int64/bool tensors are buffers (BERT's position_ids), never weights; packed
+            # quantised weights are int8/uint8/int32
+            if name != "__metadata__" and t["dtype"] not in ("I64", "BOOL"):
                 count = 1
                 for d in t["shape"]:
                     count *= int(d)
@@ -417,7 +419,7 @@ def _add_show(p: argparse.ArgumentParser) -> None:
 def show_entry(model: str, revision: str | None = None) -> ModelEntry:
     """Facts of ``model`` (at Hub ``revision``) from local files only (no download, no weights
     loaded)."""
-    from smysl.qwen3.hub import download, repo_id
+    from smysl.qwen3.hub import download, hub_repo
 
     scheme, rest = split(model)
     if scheme in ("ollama", "ollama-store"):  # a served or an in-process Ollama store model
@@ -439,9 +441,10 @@ def show_entry(model: str, revision: str | None = None) -> ModelEntry:
             raise ValueError(f"--revision applies to Hub models, not the directory {path}")
         root, name = path, rest
     else:
-        name = repo_id(rest)
-        if name.count("/") != 1:
+        repo = hub_repo(rest)
+        if repo is None or path.exists():
             raise FileNotFoundError(f"{model!r} is not a model directory, Hub repo id or alias")
+        name = repo
         # the cache only; its error says `smysl pull`
         root = download(name, revision=revision, offline=True)
     if not (root / "config.json").is_file():

@@ -75,6 +75,9 @@ def run(args: argparse.Namespace) -> int:
     from smysl.registry import load_reranker
 
     check_output_folder(args.output)
+    if args.output.lower().endswith((".csv", ".tsv", ".json", ".parquet", ".npy")):
+        # a .csv got JSON lines
+        raise ValueError(f"--output {args.output}: rerank writes JSON lines; name it .jsonl")
     texts, items = read_documents(args.input, args.jsonl)
     with load_reranker(args.model, model_options(args)) as reranker:
         ranked = reranker.rerank(args.query, texts, instruction=args.instruction,

@@ -86,10 +86,17 @@ def resolve(model: str, *, revision: str | None = None, cache_dir: str | None = 
                 f"{'directory' if path.is_dir() else 'file'} {path}: drop --revision, or pass "
                 "the repo id")
         return path
-    repo = repo_id(model)
-    if path.exists() or repo.count("/") != 1 or repo.startswith((".", "/")):
+    repo = hub_repo(model)
+    if path.exists() or repo is None:
         raise ModelNotFoundError(f"{model!r} is not a model directory nor a Hugging Face repo id")
     return download(repo, revision=revision, cache_dir=cache_dir, offline=offline)
+
+
+def hub_repo(model: str) -> str | None:
+    """The Hub repo id ``model`` names (:func:`repo_id`), or None where it can only be a
+    path (``/x/y``, ``./x``, ``~/x``: a mistyped folder is no repo to look up)."""
+    repo = repo_id(model)
+    return None if repo.count("/") != 1 or repo.startswith((".", "/", "~")) else repo
 
 
 def download(repo: str, *, revision: str | None = None, cache_dir: str | None = None,
@@ -165,9 +172,9 @@ def _hub_failure(repo: str, revision: str | None, cache_dir: str | None, offline
     elsewhere = (f" (it is cached at revision {', '.join(map(repr, others))}: pass "
                  f"--revision / revision=)" if others else "")
     if offline:
-        return (f"model {repo!r}{rev} is not in {where}{elsewhere} and offline mode is on "
-                f"({offline_variable() or 'HF_HUB_OFFLINE'}): download it once with network "
-                f"access (`smysl pull {repo}`) or pass a checkpoint directory")
+        return (f"model {repo!r}{rev} is not in {where}{elsewhere} and {_offline_why()}: "
+                f"download it once with network access (`smysl pull {repo}`) or pass a "
+                "checkpoint directory")
     if isinstance(error, errors.GatedRepoError):
         return (f"model {repo!r} is gated on the Hugging Face Hub: accept its terms on "
                 f"https://huggingface.co/{repo} and set HF_TOKEN (or `hf auth login`)")
@@ -183,10 +190,17 @@ def _hub_failure(repo: str, revision: str | None, cache_dir: str | None, offline
             "check the network (HF_ENDPOINT, HTTPS_PROXY) or pass a checkpoint directory")
 
 
+def _offline_why() -> str:
+    """Why no download was tried: the variable that turned offline mode on, or the caller's
+    choice (``smysl show`` reads the cache only; it named HF_HUB_OFFLINE, which was unset)."""
+    name = offline_variable()
+    return f"offline mode is on ({name})" if name else "only the cache was looked in"
+
+
 def _incomplete(repo: str, snapshot: Path, offline: bool, error: BaseException) -> str:
     """A cached snapshot that the Hub library knows lacks files (an interrupted download)."""
     missing = missing_files(snapshot, weight_files(snapshot))
-    why = (f"offline mode is on ({offline_variable() or 'HF_HUB_OFFLINE'})" if offline
+    why = (_offline_why() if offline
            else f"the Hugging Face Hub cannot be reached ({_root_cause(error)})")
     return (f"the cached copy of model {repo!r} in {snapshot} is incomplete"
             f"{': ' + ', '.join(missing) if missing else ''} (an interrupted download) and "

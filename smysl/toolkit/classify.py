@@ -180,14 +180,32 @@ class SupervisedClassifier:
 
     @classmethod
     def load(cls, path: str | Path) -> SupervisedClassifier:
+        """A classifier :meth:`save` wrote; any other file is a ValueError saying so (a bare
+        KeyError, or numpy's advice to load it with pickle, named nothing)."""
         require_sklearn()
-        with np.load(path, allow_pickle=False) as z:
-            meta = json.loads(str(z["meta"]))
-            if meta.get("format") != FORMAT:
-                raise ValueError(f"{path}: not a smysl classifier ({meta.get('format')!r})")
-            arrays = {k: z[k] for k in z.files if k not in ("meta", "classes")}
-            classes = z["classes"]
-        config = ClassifyConfig(**meta["config"])
+        what = (f"{path}: not a smysl classifier (a .npz that `smysl classify --train ... "
+                "--save` wrote)")
+        try:
+            z = np.load(path, allow_pickle=False)
+        except (ValueError, EOFError) as e:  # not numpy's, or pickled objects
+            raise ValueError(f"{what}: {e}") from None
+        if not isinstance(z, np.lib.npyio.NpzFile):  # a .npy array
+            raise ValueError(what)
+        try:
+            with z:
+                meta = json.loads(str(z["meta"])) if "meta" in z.files else None
+                if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+                    raise ValueError(what)
+                arrays = {k: z[k] for k in z.files if k not in ("meta", "classes")}
+                classes = z["classes"]
+            config, model = ClassifyConfig(**meta["config"]), str(meta["model"])
+            needs = ("coef", "intercept") if config.method == "logreg" else ("vectors", "labels")
+            missing = [k for k in needs if k not in arrays]
+            if missing:
+                raise KeyError(missing[0])
+        except (KeyError, TypeError, json.JSONDecodeError) as e:
+            raise ValueError(f"{path}: a damaged smysl classifier ({type(e).__name__}: "
+                             f"{e})") from None
         if config.method == "logreg":
             from sklearn.linear_model import LogisticRegression
 
@@ -202,7 +220,7 @@ class SupervisedClassifier:
             est = KNeighborsClassifier(n_neighbors=min(config.neighbors, len(arrays["labels"])),
                                        metric="cosine", algorithm="brute").fit(
                 arrays["vectors"], arrays["labels"])
-        return cls(str(meta["model"]), config, classes, est, arrays, meta.get("fingerprint"))
+        return cls(model, config, classes, est, arrays, meta.get("fingerprint"))
 
 
 def _norm_label(label: str) -> str:

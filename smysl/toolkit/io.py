@@ -33,6 +33,17 @@ def check_output(path: str | Path) -> None:
         raise FileNotFoundError(f"{path}: no such folder {Path(path).expanduser().parent}")
 
 
+def check_file(path: str | Path, what: str) -> None:
+    """Refuse, before any work, a file ``what`` (``--save``, ``--report``) that could not be
+    written: in a folder that is not there, or a folder itself (a model's work was lost at
+    the end, after the output, or before it)."""
+    p = Path(path).expanduser()
+    if p.is_dir():
+        raise IsADirectoryError(f"{what} {path}: a folder, not a file")
+    if not p.parent.is_dir():
+        raise FileNotFoundError(f"{what} {path}: no such folder {p.parent}")
+
+
 def iter_rows(path: str | Path) -> Iterator[dict[str, Any]]:
     """Rows of a CSV or JSONL file as dicts (CSV values are strings)."""
     fmt = table_format(path)

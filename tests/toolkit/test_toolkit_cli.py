@@ -97,7 +97,9 @@ def test_classify_cluster_dedup(tiny_dir, data, capsys) -> None:
     dup.write_text("".join(json.dumps({"text": t}) + "\n" for t in
                            ["short", "word " * 600]), encoding="utf-8")  # 512 at most
     assert main(["dedup", *model, "-i", str(dup)]) == 2
-    assert "input 1 has" in (err := capsys.readouterr().err) and "pass --truncate" in err
+    # named by file and row (was "input 1", which in classify could be another file's)
+    err = capsys.readouterr().err
+    assert "dup.jsonl, row 2: the text has" in err and "pass --truncate" in err
     assert main(["dedup", *model, "-i", str(dup), "--truncate"]) == 0
 
 
@@ -113,14 +115,16 @@ def test_missing_fields_name_file_row_and_option(tiny_dir, data, capsys) -> None
     rows = str(data / "rows.jsonl")
     bad = _jsonl(data / "bad.jsonl", [{"text": "a", "label": "x"}, {"text": "b"}])
     out = data / "pred.jsonl"
-    for argv, name in ((["-i", rows, "--train", bad], bad),
-                       (["-i", rows, "--labels", _jsonl(data / "labels.jsonl", [
-                           {"label": "x"}, {"description": "no label"}])], "labels.jsonl"),
-                       (["-i", bad, "--labels", "x,y"], bad)):
+    for argv, name, option in (
+            (["-i", rows, "--train", bad], bad, "--label-field"),
+            (["-i", rows, "--labels", _jsonl(data / "labels.jsonl", [
+                {"label": "x"}, {"description": "no label"}])], "labels.jsonl",
+             "a labels file has the columns label and description"),
+            (["-i", bad, "--labels", "x,y"], bad, "--label-field")):
         assert main(["classify", *model, *argv, "-o", str(out)]) == 2
         err = capsys.readouterr().err
         assert err.startswith("smysl classify: error: ") and err.count("\n") == 1, err
-        assert name in err and "row 2 has no 'label' column" in err and "--label-field" in err
+        assert name in err and "row 2 has no 'label' column" in err and option in err
         assert not out.exists()
     queries = _jsonl(data / "q.jsonl", [{"q": "alpha"}])
     assert main(["index", "search", str(data / "kb"), "--queries-file", queries]) == 2
@@ -474,3 +478,78 @@ def test_index_add_says_what_an_interrupt_keeps(tiny_dir, data, capsys, monkeypa
     assert main(["index", "add", kb, str(data / "rows.jsonl"), "--id-field", "id",
                  *model]) == 0
     assert "6 documents" in capsys.readouterr().err
+
+
+def test_classify_cluster_dedup_check_their_files_and_name_the_row_at_fault(
+        tiny_dir, data, capsys) -> None:
+    """A review's findings: --save/--summary/--report in no folder failed after the work (the
+    output of classify lost too); a .npz that is no classifier was a KeyError traceback; an
+    over-long training text was "input 6" (a row of -i had that number); a --description-field
+    no row has, or one with a .json labels file, did nothing; a labels file's column was the
+    --label-field of the input's gold labels; a null label became a class "None"."""
+    import numpy as np
+
+    model = ["--model", str(tiny_dir), "--device", "cpu", "--no-progress"]
+    rows = str(data / "rows.csv")
+    out = data / "never.jsonl"
+    np.savez(data / "other.npz", a=np.zeros(3))
+    np.save(data / "array.npy", np.zeros(3))
+    (data / "junk.npz").write_bytes(b"not numpy at all")
+    long_train = _jsonl(data / "long.jsonl", [{"text": "t", "label": "x"}] * 6
+                        + [{"text": "word " * 600, "label": "y"}])
+    null_label = _jsonl(data / "null.jsonl", [{"text": "a", "label": "x"},
+                                              {"text": "b", "label": None}])
+    labels = _jsonl(data / "labels.jsonl", [{"label": "x", "description": "ex"},
+                                            {"label": "y", "description": "why"}])
+    (data / "labels.json").write_text(json.dumps({"x": "ex", "y": None}), encoding="utf-8")
+    gold = _jsonl(data / "gold.jsonl", [{"text": "a", "category": "x"},
+                                        {"text": "b", "category": "y"}])
+    for cmd, argv, says in (
+            ("classify", ["--train", rows, "--save", str(data / "no" / "m.npz")],
+             "--save " + str(data / "no" / "m.npz") + ": no such folder"),
+            ("classify", ["--load", str(data / "other.npz")], "not a smysl classifier"),
+            ("classify", ["--load", str(data / "array.npy")], "not a smysl classifier"),
+            ("classify", ["--load", str(data / "junk.npz")], "not a smysl classifier"),
+            ("classify", ["--train", long_train], "long.jsonl, row 7: the text has"),
+            ("classify", ["--train", null_label], "null.jsonl: row 2: the label ('label') "
+                                                  "must be a non-empty string or a number"),
+            ("classify", ["--labels", labels, "--description-field", "descr"],
+             "no row has the column --description-field 'descr'"),
+            ("classify", ["--labels", str(data / "labels.json"), "--description-field", "d"],
+             "--description-field names a column of a --labels .csv/.jsonl file"),
+            ("classify", ["--labels", str(data / "labels.json")],
+             "label 'y' needs a non-empty text description, got None"),
+            ("classify", ["--labels", "x,y", "-i", null_label], "null.jsonl: row 2: the label"),
+            ("cluster", ["--k", "2", "--summary", str(data / "no" / "s.json")],
+             "--summary " + str(data / "no" / "s.json") + ": no such folder"),
+            ("dedup", ["--report", str(data / "no" / "r.json")], "no such folder"),
+            ("dedup", ["--report", str(data)], "a folder, not a file"),
+            ("dedup", ["--threshold", "2"], "threshold must be in [-1, 1]")):
+        argv = argv if "-i" in argv else ["-i", rows, *argv]
+        assert main([cmd, *model, *argv, "-o", str(out)]) == 2, argv
+        err = capsys.readouterr().err
+        assert err.startswith(f"smysl {cmd}: error: ") and says in err, (argv, err)
+        assert err.count("\n") == 1 and not out.exists(), err
+    # the labels file's own 'label' column, the input's gold labels in --label-field's
+    assert main(["classify", *model, "-i", gold, "--labels", labels, "--label-field",
+                 "category", "-o", str(data / "p.jsonl")]) == 0
+    assert "accuracy" in capsys.readouterr().err
+
+
+def test_classify_names_a_label_description_too_long(tiny_dir, data, capsys) -> None:
+    """A description longer than the model takes was "input 0"."""
+    labels = _jsonl(data / "labels.jsonl", [{"label": "x", "description": "ex"},
+                                            {"label": "y", "description": "word " * 600}])
+    assert main(["classify", "--model", str(tiny_dir), "--device", "cpu", "-i",
+                 str(data / "rows.csv"), "--labels", labels]) == 2
+    err = capsys.readouterr().err
+    assert "labels.jsonl: the description of label 'y' has" in err and "--truncate" in err
+
+
+def test_rerank_refuses_a_csv_output(tmp_path, capsys) -> None:
+    """`rerank -o out.csv` wrote JSON lines into out.csv."""
+    (tmp_path / "docs.txt").write_text("a\nb\n", encoding="utf-8")
+    assert main(["rerank", "--model", "unused", "-q", "q", "-i", str(tmp_path / "docs.txt"),
+                 "-o", str(tmp_path / "out.csv")]) == 2
+    assert "rerank writes JSON lines; name it .jsonl" in capsys.readouterr().err
+    assert not (tmp_path / "out.csv").exists()
