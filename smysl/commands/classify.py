@@ -63,16 +63,17 @@ def _labels(spec: str, args: argparse.Namespace) -> dict[str, str]:
                          "(a .json file maps each label to its description)")
     if path.suffix.lower() == ".json" and path.is_file():
         data = json.loads(path.read_text(encoding="utf-8"))
-        pairs = ([(x, x) for x in data] if isinstance(data, list)
-                 else list(data.items()) if isinstance(data, dict) else None)
-        if pairs is None:
+        if not isinstance(data, list | dict):
             raise ValueError(f"--labels {spec}: a .json labels file is a list of labels or an "
                              f"object of label -> description, not {type(data).__name__}")
-        for name, text in pairs:  # null became the label or description "None"
-            if not isinstance(text, str) or not text.strip() or not str(name).strip():
+        # a list's labels are their own descriptions (a number too: star ratings)
+        names = labels_in([{"label": x} for x in data], "label", spec, "--labels")
+        texts = names if isinstance(data, list) else list(data.values())
+        for name, text in zip(names, texts, strict=True):  # null was the description "None"
+            if not isinstance(text, str) or not text.strip():
                 raise ValueError(f"--labels {spec}: label {name!r} needs a non-empty text "
                                  f"description, got {text!r}")
-        items = [(str(n), str(t)) for n, t in pairs]
+        items = list(zip(names, texts, strict=True))
     elif table:
         rows = list(iter_rows(path))
         # the file's own columns, as documented: --label-field names the input's gold column

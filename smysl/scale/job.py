@@ -834,10 +834,9 @@ class _StoreWriter(_Writer):
         # rather than counting them as embedded
         report.texts += done.embedded
         report.empty_rows += sum(1 for i in row_ids if i not in chunked)
-        exact = done.embedded == done.chunks and done.tokens is not None
-        report.tokens = (report.tokens + done.tokens
-                         if report.tokens is not None and done.tokens is not None and exact
-                         else None)
+        tokens = done.tokens if done.embedded == done.chunks else None
+        report.tokens = (report.tokens + tokens
+                         if report.tokens is not None and tokens is not None else None)
         this = parse_shard(name)
 
         def dropped(key: str) -> bool:
