@@ -17,7 +17,7 @@ import operator
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -28,6 +28,7 @@ from smysl.tokenize import Direction, TextTokens, TokenSpan, check_unicode
 Role = Literal["query", "document"]
 
 
+@runtime_checkable
 class Progress(Protocol):
     """Anything with tqdm's ``update(n)``: backends report finished texts through it."""
 
@@ -240,6 +241,8 @@ class BaseEmbedder(abc.ABC):
         embedded as documents.
         """
         items = self._check_texts(texts)
+        truncate = check_flag(truncate, "truncate")
+        check_progress(progress)
         if not items:  # before self.dimensions, which a remote server may answer only for a fee
             return np.zeros((0, self._empty_width(dimensions)), dtype=np.float32)
         # A remote server's unknown width, not needed to check a size, is learned within the
@@ -248,7 +251,7 @@ class BaseEmbedder(abc.ABC):
                 check_dimensions(dimensions, self.dimensions, minimum=self.min_dimensions))
         formatted = self.format_texts(items, instruction)
         with _progress_bar(progress, len(items)) as bar:
-            raw = self.embed_formatted(formatted, truncate=bool(truncate), progress=bar)
+            raw = self.embed_formatted(formatted, truncate=truncate, progress=bar)
         return finish(raw, raw.shape[1] if dims is None else dims)
 
     def embed_queries(
@@ -329,6 +332,9 @@ class BaseEmbedder(abc.ABC):
         if role not in (None, "query", "document"):
             raise ValueError(f"role must be 'query' or 'document', got {role!r}")
         if instruction is not None:
+            # a lone surrogate reached the tokenizer's own TypeError (texts get this check)
+            check_unicode(instruction if isinstance(instruction, str) else None,
+                          "the instruction")
             task = resolve_task(instruction)
             if task is not None and role == "document":
                 raise ValueError("an instruction makes the inputs queries; drop it or embed "
@@ -367,14 +373,34 @@ class BaseEmbedder(abc.ABC):
     def _check_texts(texts: str | Sequence[str]) -> list[str]:
         if isinstance(texts, str):
             return [texts]
-        if isinstance(texts, bytes | bytearray) or not isinstance(texts, Sequence | np.ndarray):
-            raise ValueError(f"texts must be a string or a sequence of strings, got {type(texts)}")
+        if (isinstance(texts, bytes | bytearray) or not isinstance(texts, Sequence | np.ndarray)
+                or (isinstance(texts, np.ndarray) and texts.ndim != 1)):
+            what = (f"a {texts.ndim}-d array" if isinstance(texts, np.ndarray)
+                    else str(type(texts)))
+            raise ValueError(f"texts must be a string or a sequence of strings, got {what}")
         items = list(texts)
         for i, t in enumerate(items):
             if not isinstance(t, str):
                 raise ValueError(f"texts[{i}] must be a string, got {type(t).__name__}")
             check_unicode(t, f"texts[{i}]")
         return items
+
+
+def check_flag(value: object, name: str) -> bool:
+    """``value`` when it is True or False (numpy's too), else a ValueError naming ``name``:
+    ``bool("no")`` is True, and ``truncate="no"`` cut texts a caller had asked to keep whole."""
+    if isinstance(value, bool | np.bool_):
+        return bool(value)
+    raise ValueError(f"{name} must be True or False, got {value!r}")
+
+
+def check_progress(progress: object) -> None:
+    """A ``progress`` argument: True, False (None) or a tqdm-like object with ``update``; any
+    other value failed with an AttributeError after the work was done."""
+    if progress is None or isinstance(progress, bool | Progress):
+        return
+    raise ValueError(f"progress must be True, False or an object with tqdm's update(n), "
+                     f"got {progress!r}")
 
 
 def positive_int(value: object) -> int | None:

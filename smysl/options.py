@@ -14,6 +14,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from smysl.base import check_flag, positive_int
+
 
 @dataclass(frozen=True)
 class ModelOptions:
@@ -54,12 +56,14 @@ class ModelOptions:
                 raise ValueError(f"{name} ({FLAGS[name]}) must not be empty")
         for name in ("threads", "lanes", "max_tokens", "max_batch_tokens", "max_batch_size"):
             value = getattr(self, name)
-            if value is not None and (isinstance(value, bool) or not isinstance(value, int)
-                                      or value < 1):
+            count = positive_int(value)  # numpy integers too, as dimensions= takes them
+            if value is not None and count is None:
                 raise ValueError(f"{name} ({FLAGS[name]}) must be a positive integer, "
                                  f"got {value!r}")
-        if self.cuda_kernels not in (None, True, False):
-            raise ValueError(f"cuda_kernels must be True or False, got {self.cuda_kernels!r}")
+            object.__setattr__(self, name, count)  # a plain int (frozen)
+        for name in ("process", "cuda_kernels"):  # process="no" started a child process
+            if getattr(self, name) is not None:
+                object.__setattr__(self, name, check_flag(getattr(self, name), name))
         g = self.cuda_graphs
         if g is not None and (isinstance(g, bool) or not isinstance(g, int) or g < 0):
             raise ValueError(f"cuda_graphs ({FLAGS['cuda_graphs']}) must be 0 (off) or a token "

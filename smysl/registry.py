@@ -129,6 +129,9 @@ def _load(model: str, schemes: dict[str, Scheme], options: ModelOptions | None,
     loads the same model from any directory)."""
     if not isinstance(model, str) or not model.strip():
         raise ValueError(f"model must be a non-empty string, got {model!r}")
+    if options is not None and not isinstance(options, ModelOptions):  # a dict: AttributeError
+        raise TypeError(f"options must be a ModelOptions, got {type(options).__name__}; pass "
+                        "options as keywords instead: smysl.load(model, threads=1)")
     extra_opts, backend_kwargs = ModelOptions.split(kwargs)
     if options is None:
         options = extra_opts

@@ -17,7 +17,7 @@ from typing import Literal, Protocol, SupportsIndex
 
 import numpy as np
 
-from smysl.base import fingerprint_of, positive_int
+from smysl.base import check_flag, fingerprint_of, positive_int
 from smysl.tokenize import Direction, check_unicode
 
 
@@ -186,7 +186,7 @@ class BaseReranker(abc.ABC):
         if not docs:
             return []
         scores, keys = self._scores_and_keys(query, docs, instruction=instruction,
-                                             truncate=bool(truncate))
+                                             truncate=check_flag(truncate, "truncate"))
         scores = self._checked(scores, len(docs))
         keys = self._checked(keys, len(docs))
         return [(i, float(scores[i])) for i in order(keys)[:best]]
@@ -256,7 +256,7 @@ class BaseReranker(abc.ABC):
     def _checked_scores(self, query: str, docs: list[str], instruction: str | None,
                         truncate: bool) -> np.ndarray:
         return self._checked(self._scores(query, docs, instruction=instruction,
-                                          truncate=bool(truncate)), len(docs))
+                                          truncate=check_flag(truncate, "truncate")), len(docs))
 
     def _checked(self, values: np.ndarray, n: int) -> np.ndarray:
         scores = np.asarray(values, dtype=np.float64)

@@ -157,3 +157,45 @@ def test_fingerprint_files_reads_windows_of_large_files(tmp_path, monkeypatch) -
         assert base.fingerprint_files([f], {"dtype": "float32"}) != first
     f.write_bytes(bytes(data) + b"x")
     assert base.fingerprint_files([f], {"dtype": "float32"}) != first
+
+
+@pytest.mark.parametrize("bad", ["no", "false", 0, 1, None])
+def test_truncate_is_a_flag_not_anything_truthy(bad: object) -> None:
+    """``truncate="no"`` cut over-long texts (``bool("no")`` is True); a flag is True or False
+    (numpy's too), on every path, before anything is embedded."""
+    e = Echo()
+    for call in (e.embed, e.embed_queries, e.embed_documents):
+        with pytest.raises(ValueError, match=f"truncate must be True or False, got {bad!r}"):
+            call(["a"], truncate=bad)
+    assert e.seen == [] and e.embed(["a"], truncate=np.bool_(True)).shape == (1, 64)
+
+
+def test_progress_and_a_0d_array_are_refused_before_the_work() -> None:
+    """``progress="yes"`` failed with an AttributeError after the batch was computed; a 0-d
+    numpy array of one string with numpy's "iteration over a 0-d array"."""
+    e = Echo()
+    with pytest.raises(ValueError, match="progress must be True, False or an object"):
+        e.embed(["a"], progress="yes")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="got a 0-d array"):
+        e.embed(np.array("hello"))  # type: ignore[arg-type]
+    assert e.seen == []
+
+    class Bar:
+        n = 0
+
+        def update(self, n: int = 1) -> None:
+            self.n += n
+
+    e.embed(np.array(["a", "b"]), progress=Bar())  # anything with update(n) is a bar
+    assert e.seen == ["a", "b"]
+
+
+def test_a_lone_surrogate_in_the_instruction_is_named() -> None:
+    """Texts were checked, the instruction not: the tokenizer's TypeError, and an adapter made
+    with such a task failed only at its first query."""
+    e = Echo()
+    with pytest.raises(ValueError, match="the instruction is not valid Unicode"):
+        e.embed_queries(["a"], "Find \ud800 docs")
+    with pytest.raises(ValueError, match="the instruction is not valid Unicode"):
+        e.choose_instruction("Find \ud800 docs", role="query")
+    assert e.seen == []

@@ -163,3 +163,15 @@ def test_an_empty_table_name_is_refused() -> None:
 
     with pytest.raises(ValueError, match=r"table .* must not be empty"):
         StoreConfig.parse("kb", table="")
+
+
+def test_options_are_checked_as_given() -> None:
+    """``process="no"`` started a child process; ``threads=np.int64(1)`` was refused while
+    ``dimensions`` takes numpy integers; options as a dict were an AttributeError."""
+    for bad in ({"process": "no"}, {"process": 0}, {"cuda_kernels": "x"}):
+        with pytest.raises(ValueError, match="must be True or False"):
+            ModelOptions(**bad)
+    opts = ModelOptions(threads=np.int64(2), process=np.bool_(False))
+    assert (opts.threads, type(opts.threads), opts.process) == (2, int, False)
+    with pytest.raises(TypeError, match="options must be a ModelOptions, got dict"):
+        smysl.load("st:all-minilm-l6-v2", {"threads": 1})  # type: ignore[arg-type]

@@ -58,8 +58,9 @@ def open_model(model: str | BaseEmbedder, load_kwargs: dict[str, Any]) -> BaseEm
 def check_config(model: BaseEmbedder, cfg: AdapterConfig) -> AdapterConfig:
     """``cfg`` once the model accepts it: a bad size, task or flag fails when the adapter is
     made, not at the first document of an ingestion run."""
-    if not isinstance(cfg.truncate, bool):  # embed's bool() would take "no" for True
-        raise ValueError(f"truncate must be True or False, got {cfg.truncate!r}")
+    from smysl.base import check_flag
+
+    check_flag(cfg.truncate, "truncate")  # here, not at the first document
     # Both checks are smysl's own, with their messages; neither sends a request. An empty
     # embed checks dimensions as every call does, where the width is known without one.
     model.embed([], dimensions=cfg.dimensions)

@@ -16,6 +16,7 @@ from smysl.base import (
     ModelInfo,
     Progress,
     TokenLevel,
+    check_flag,
     fingerprint_files,
     fingerprint_of,
 )
@@ -240,6 +241,8 @@ class Embedder(OnEngine, BaseEmbedder, TokenLevel):
         :class:`~smysl.tokenize.InputTooLongError`; other bad input is ``ValueError``."""
         seqs: list[list[int]] = []
         eos, rows = self.tokenizer.eos_id, self.engine.vocab_rows
+        if not isinstance(ids, str | bytes):
+            ids = list(ids)  # a generator: the check below used it up, and nothing was embedded
         if isinstance(ids, str | bytes) or any(isinstance(x, int | np.integer) for x in ids):
             raise ValueError("token ids must be a list of token-id lists, one per input (a flat "
                              "list of ids is one input: wrap it, [[...]])")
@@ -303,7 +306,7 @@ class Embedder(OnEngine, BaseEmbedder, TokenLevel):
         """Embed pre-tokenised inputs (checked by :meth:`prepare_token_ids`); rows in input
         order, post-processed like :meth:`embed` (``normalize=False``: raw components)."""
         dims = check_dimensions(dimensions, self.dimensions, minimum=self.min_dimensions)
-        seqs = self.prepare_token_ids(ids, truncate=truncate)
+        seqs = self.prepare_token_ids(ids, truncate=check_flag(truncate, "truncate"))
         if not seqs:
             return np.zeros((0, dims), dtype=np.float32)
         return finish(self._run(seqs, None), dims, normalize=normalize)

@@ -27,7 +27,7 @@ from typing import Any, SupportsIndex
 import numpy as np
 from tokenizers import Tokenizer
 
-from smysl.base import fingerprint_files, positive_int
+from smysl.base import check_flag, fingerprint_files, positive_int
 from smysl.options import ModelOptions
 from smysl.qwen3.contract import (
     EngineLike,
@@ -368,6 +368,8 @@ class Reranker(OnEngine, BaseReranker):
         if isinstance(pairs, str | bytes):
             raise ValueError("pairs must be a sequence of (query, document) pairs")
         self.check_instruction(instruction)  # instruction=5 was an AttributeError deep down
+        truncate = check_flag(truncate, "truncate")  # "no" cut the documents
+        pairs = list(pairs)  # a numpy array of pairs: `not pairs` was ambiguous
         if not pairs:
             return []
         ids = self.tokenize(pairs, instruction=instruction, truncate=truncate)

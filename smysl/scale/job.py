@@ -31,7 +31,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from smysl.base import BaseEmbedder, fingerprint_of, positive_int
+from smysl.base import BaseEmbedder, check_flag, fingerprint_of, positive_int
 from smysl.pooling import check_dimensions
 from smysl.scale.sources import (
     JOB_MANIFEST,
@@ -102,9 +102,8 @@ class JobConfig:
         for name, count in (("shard_rows", self.shard_rows), ("batch_size", self.batch_size)):
             if positive_int(count) is None:
                 raise ValueError(f"{name} must be an integer >= 1, got {count!r}")
-        for name, flag in (("truncate", self.truncate), ("skip_bad_rows", self.skip_bad_rows)):
-            if not isinstance(flag, bool):  # "no" would read as True
-                raise ValueError(f"{name} must be True or False, got {flag!r}")
+        check_flag(self.truncate, "truncate")  # "no" would read as True
+        check_flag(self.skip_bad_rows, "skip_bad_rows")
         if self.dimensions is not None and positive_int(self.dimensions) is None:
             raise ValueError(f"dimensions must be a positive integer, got {self.dimensions!r}")
         if not self.output or self.output == "-":

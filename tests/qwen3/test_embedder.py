@@ -263,6 +263,15 @@ def test_token_ids_append_eos_once(tiny: LocalEmbedder) -> None:
     assert np.array_equal(tiny.embed_token_ids([ids]), tiny.embed(["hello world"]))
 
 
+def test_token_ids_from_a_generator_are_embedded(tiny: LocalEmbedder) -> None:
+    """A generator of id lists gave a (0, H) array: the flat-list check used it up."""
+    ids = tiny.tokenize(["hello world", "second"])
+    got = tiny.embed_token_ids(x for x in ids)
+    assert np.array_equal(got, tiny.embed_token_ids(ids)) and got.shape[0] == 2
+    with pytest.raises(ValueError, match="truncate must be True or False, got 'no'"):
+        tiny.embed_token_ids(ids, truncate="no")  # type: ignore[arg-type]
+
+
 def test_int8_close_to_fp32(tiny_dir: Path, tiny: LocalEmbedder) -> None:
     q = Embedder.load(str(tiny_dir), device="cpu", quantize="int8")
     a, b = q.embed(TEXTS), tiny.embed(TEXTS)

@@ -63,6 +63,21 @@ def test_info_says_the_engine_path(loaded: dict[str, Reranker]) -> None:
     assert (info.slice_tokens, info.tuned_at) == (CHUNK_TOKENS["cpu"], None)
 
 
+def test_truncate_is_a_flag_and_pairs_may_be_any_sequence(loaded: dict[str, Reranker]
+                                                          ) -> None:
+    """``truncate="false"`` cut the documents (``bool("false")`` is True); a numpy array of
+    pairs was "the truth value of an array is ambiguous"."""
+    r = loaded["tied"]
+    pairs = [("q", "a document"), ("q", "another one")]
+    for call in (lambda t: r.rerank("q", ["d" * 9000], truncate=t),
+                 lambda t: r.score([("q", "d" * 9000)], truncate=t)):
+        with pytest.raises(ValueError, match="truncate must be True or False, got 'false'"):
+            call("false")
+    assert r.score(pairs[i] for i in range(2)) == r.score(pairs)
+    with pytest.raises(ValueError, match="pair 0 must be a \\(query, document\\) pair"):
+        r.score(np.array(pairs))  # type: ignore[arg-type]
+
+
 def test_prompt_is_the_model_card_prompt(loaded: dict[str, Reranker]) -> None:
     """issue 15: prefix + formatted pair + suffix, no special tokens added, no EOS."""
     r = loaded["tied"]
