@@ -197,6 +197,7 @@ class BaseReranker(abc.ABC):
         scored in one :meth:`_scores` call."""
         if isinstance(pairs, str | bytes):
             raise ValueError("pairs must be a sequence of (query, document) pairs")
+        pairs = list(pairs)  # any iterable, as the local reranker takes
         by_query: dict[str, list[int]] = {}
         for i, pair in enumerate(pairs):
             if not (isinstance(pair, tuple | list) and len(pair) == 2
