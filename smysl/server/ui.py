@@ -190,11 +190,14 @@ def router(service: Service, reranking: RerankService | None = None) -> APIRoute
         """The served model's facts and the served index (null without ``--index``)."""
         described: dict[str, object] | None = None
         if store is not None:
+            chunks, problem = None, None
             try:
                 chunks = await in_thread(store.count)
             except ValueError as e:  # the store's (its server gone, say; it names the place)
-                raise ApiError("unavailable", str(e)) from None
-            described = {"location": label, "dimensions": store.dimensions, "chunks": chunks}
+                # said, not a 503: the page's similarity matrix needs no index
+                problem = str(e)
+            described = {"location": label, "dimensions": store.dimensions, "chunks": chunks,
+                         "problem": problem}
         return json_response({"model": dataclasses.asdict(service.info()),
                               "index": described})
 

@@ -52,7 +52,7 @@ def test_a_postgres_index_is_served_through_lost_connections_and_refusals(
         assert info.status_code == 200 and "sekret" not in info.text
         assert info.json()["index"] == {
             "location": f"postgres:127.0.0.1:{port}/postgres table {table}",
-            "dimensions": HashEmbedder.dimensions, "chunks": len(TEXTS)}
+            "dimensions": HashEmbedder.dimensions, "chunks": len(TEXTS), "problem": None}
         first = client.post("/search", json=query)
         assert first.status_code == 200, first.text
         assert first.json()["hits"][0]["id"] == "1#0"
@@ -71,11 +71,16 @@ def test_a_postgres_index_is_served_through_lost_connections_and_refusals(
         c.execute(sql.SQL("LOCK TABLE {} IN ACCESS EXCLUSIVE MODE").format(
             sql.Identifier(table)))
         for got in (client.post("/search", json=query),
-                    client.post("/search", json={**query, "mode": "text"}),
-                    client.get("/ui/info")):
+                    client.post("/search", json={**query, "mode": "text"})):
             assert got.status_code == 503, got.text
             assert f"PostgreSQL at 127.0.0.1:{port}/postgres" in got.text
             assert "lock timeout" in got.text and "sekret" not in got.text
+        # the page's facts say it, and its similarity matrix (no index needed) still works
+        info = client.get("/ui/info")
+        assert info.status_code == 200 and info.json()["index"]["chunks"] is None
+        problem = info.json()["index"]["problem"]
+        assert f"PostgreSQL at 127.0.0.1:{port}/postgres" in problem
+        assert "lock timeout" in problem and "sekret" not in info.text
         c.rollback()
         assert client.post("/search", json=query).json()["hits"] == first.json()["hits"]
 

@@ -111,7 +111,40 @@ def test_search_answers_like_the_toolkit(hash_index: Path) -> None:
         assert {h["metadata"]["topic"] for h in filtered["hits"]} == {"pets"}
         info = client.get("/ui/info", headers=auth).json()["index"]
         assert info == {"location": f"{hash_index} table chunks", "dimensions": 48,
-                        "chunks": len(TEXTS)}
+                        "chunks": len(TEXTS), "problem": None}
+
+
+def test_an_index_that_cannot_be_read_leaves_the_page_its_matrix(
+        hash_index: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """/ui/info answered 503 when the index could not be counted (its files gone, its server
+    down), and the page then showed nothing, not even the similarity matrix, which needs no
+    index; the problem is said in the index's facts now."""
+    from smysl.toolkit.lancedb import LanceStore
+
+    def gone(self: Any, where: Any = None) -> int:
+        raise ValueError(f"{hash_index}: the table's data files are missing")
+
+    with TestClient(create_app(HashEmbedder(), ServerConfig(index=str(hash_index)))) as client:
+        monkeypatch.setattr(LanceStore, "count", gone)
+        r = client.get("/ui/info")
+        assert r.status_code == 200 and r.json()["model"]["dimensions"] == 48
+        assert r.json()["index"]["chunks"] is None
+        assert "data files are missing" in r.json()["index"]["problem"]
+
+
+def test_search_answers_metadata_with_an_integer_past_64_bits(hash_index: Path) -> None:
+    """An index keeps metadata as given; one integer past 64 bits made every /search that
+    met its chunk a 500 (orjson: "Integer exceeds 64-bit range")."""
+    backend = HashEmbedder()
+    with Index.create_or_open(backend, IndexConfig(StoreConfig(uri=str(hash_index))),
+                              create=False) as ix:
+        ix.add_texts(["Whales sing under the sea."], ids=["whale"],
+                     metadata=[{"big": 123456789012345678901234567890}])
+    with TestClient(create_app(backend, ServerConfig(index=str(hash_index)))) as client:
+        r = client.post("/search", json={"query": "Whales sing under the sea.", "k": 2})
+        assert r.status_code == 200, r.text
+        hit = r.json()["hits"][0]
+        assert hit["id"] == "whale#0" and hit["metadata"]["big"] == 123456789012345678901234567890
 
 
 def test_search_by_words_and_hybrid_as_the_toolkit(hash_index: Path) -> None:
@@ -475,6 +508,54 @@ def test_page_with_auth_in_chromium(chromium, tiny, tmp_path) -> None:  # type: 
             page.get_by_label("API key", exact=True).fill("s3cret")
             page.get_by_role("button", name="Use key", exact=True).click()
             page.wait_for_selector("#heatmap td.cell")
+            # "Forget key" while a search is on its way: its answer, arriving after, showed
+            # its hits and "5 hits for ..." beside the key form
+            held: list[Any] = []
+            page.route("**/search", lambda r: held.append(r))
+            page.get_by_label("Search query", exact=True).fill("dogs")
+            page.get_by_role("button", name="Search", exact=True).click()
+            page.wait_for_timeout(200)
+            assert len(held) == 1
+            page.get_by_role("button", name="Forget key", exact=True).click()
+            held[0].continue_()
+            page.wait_for_timeout(500)
+            assert page.locator("#hits li").count() == 0
+            assert "hits for" not in page.locator("#status").inner_text()
+            page.unroute("**/search")
+            # a key a browser cannot send (not Latin-1): every call failed, and once stored
+            # the page started with neither the key form nor a way to forget it
+            page.get_by_label("API key", exact=True).fill("ключ")
+            page.get_by_role("button", name="Use key", exact=True).click()
+            assert page.locator("#auth").is_visible()
+            assert "cannot send in a header" in page.locator("#error").inner_text()
+            assert page.evaluate("sessionStorage.getItem('smysl-api-key')") is None
+            page.evaluate("sessionStorage.setItem('smysl-api-key', 'ключ')")
+            page.reload()
+            page.get_by_label("API key", exact=True).wait_for()
+            assert "cannot send in a header" in page.locator("#error").inner_text()
+            assert view.errors == []
+        finally:
+            view.context.close()
+
+
+@pytest.mark.browser
+def test_page_draws_a_matrix_of_160000_cells(chromium, tiny, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """400 queries x 400 documents (within the server's 2,048 inputs) failed with "Maximum
+    call stack size exceeded": the colour scale spread every value into Math.min."""
+    with live_server(tiny) as url:
+        view = Page(chromium)
+        page = view.page
+        try:
+            page.goto(f"{url}/ui")
+            page.wait_for_selector("#heatmap td.cell")
+            n = 400
+            page.evaluate("""n => {
+                const rows = Array.from({length: n}, (_, i) =>
+                    Array.from({length: n}, (_, j) => Math.cos(i * n + j)));
+                const names = Array.from({length: n}, (_, i) => "t" + i);
+                renderHeatmap(names, names, rows, 64);
+            }""", n)
+            assert page.locator("#heatmap tbody tr").count() == n
             assert view.errors == []
         finally:
             view.context.close()
