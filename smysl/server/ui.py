@@ -248,6 +248,11 @@ def router(service: Service, reranking: RerankService | None = None) -> APIRoute
             parse_where(body.where)
         except ValueError as e:
             raise ApiError("invalid", str(e), param="where") from None
+        if "text_weight" in body.model_fields_set and body.mode != "hybrid":
+            # did nothing, as `smysl index search --text-weight` refuses outside hybrid
+            raise ApiError("invalid", f"text_weight weighs the word ranking against the "
+                           f"vector one in mode 'hybrid'; this search is mode {body.mode!r}",
+                           param="text_weight")
         if not 0 <= body.text_weight <= MAX_TEXT_WEIGHT:
             raise ApiError("invalid", f"text_weight must be between 0 and {MAX_TEXT_WEIGHT:g}, "
                            f"got {body.text_weight}", param="text_weight")

@@ -132,6 +132,16 @@ def test_an_index_that_cannot_be_read_leaves_the_page_its_matrix(
         assert "data files are missing" in r.json()["index"]["problem"]
 
 
+def test_search_refuses_a_text_weight_outside_hybrid(hash_index: Path) -> None:
+    """text_weight with mode vector or text did nothing, where the CLI refuses it."""
+    with TestClient(create_app(HashEmbedder(), ServerConfig(index=str(hash_index)))) as client:
+        for mode in ("vector", "text"):
+            r = client.post("/search", json={"query": "cats", "mode": mode, "text_weight": 2})
+            assert r.status_code == 422 and "in mode 'hybrid'" in r.text, r.text
+        assert client.post("/search", json={"query": "cats", "mode": "hybrid",
+                                            "text_weight": 2}).status_code == 200
+
+
 def test_search_answers_metadata_with_an_integer_past_64_bits(hash_index: Path) -> None:
     """An index keeps metadata as given; one integer past 64 bits made every /search that
     met its chunk a 500 (orjson: "Integer exceeds 64-bit range")."""
