@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import os
 import sys
 from typing import TYPE_CHECKING, Literal
@@ -160,8 +161,9 @@ def _server_config(args: argparse.Namespace, model_name: str,
 
     # flags in other units than their fields, converted where given (0: none)
     converted: dict[str, object] = {}
-    if args.max_request_mb is not None:
-        converted["max_request_bytes"] = int(args.max_request_mb * 1024 * 1024)
+    if args.max_request_mb is not None:  # inf or nan: refused by the config's check
+        mb = args.max_request_mb
+        converted["max_request_bytes"] = int(mb * 1024 * 1024) if math.isfinite(mb) else mb
     if args.request_timeout_s is not None:
         converted["request_timeout_s"] = args.request_timeout_s or None
     if args.switch_interval_ms is not None:

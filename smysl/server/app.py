@@ -196,8 +196,9 @@ def _build(embedder: BaseEmbedder | None, config: ServerConfig, *,
     # the routes' own paths label the metrics (any other path is "other": a client's typos
     # must not grow the label set); a path with parameters is labelled by its pattern below.
     # Read from the routers: FastAPI may keep an included router as one lazy entry
-    routes = frozenset(r.path for router in routers for r in router.routes
-                       if isinstance(r, Route) and "{" not in r.path) | {"/metrics"}
+    # (and the app's own: the probes /health and /ping were "other", with the typos)
+    routes = frozenset(r.path for rs in [app.routes, *(router.routes for router in routers)]
+                       for r in rs if isinstance(r, Route) and "{" not in r.path)
     layers: Layers = [(EdgeMiddleware, {"config": config, "metrics": metrics, "fast": fast,
                                         "routes": routes, "access_log": access_log})]
     if config.cors_origins:  # outermost: a browser's preflight carries no API key
@@ -404,13 +405,15 @@ Ready = Callable[[str, int], None]
 
 def serve(embedder: BaseEmbedder | None, config: ServerConfig, *, ready: Ready | None = None,
           reranker: BaseReranker | None = None, sockets: list[socket.socket] | None = None,
-          heartbeat: Callable[[], None] | None = None, **uvicorn_options: Any) -> int:
+          heartbeat: Callable[[], None] | None = None, announces_outages: bool = True,
+          **uvicorn_options: Any) -> int:
     """Run the server with uvicorn until interrupted (SIGINT/SIGTERM shut down gracefully);
     with ``config.workers`` > 1 in that many processes (:mod:`smysl.server.workers`).
     ``sockets``: listen on these instead of binding ``config.host``/``config.port`` (one
     worker of ``config.workers``: this process serves alone on them). ``heartbeat``: called
     from the event loop about every 0.1 s while it runs, from before ``ready`` on (a
-    worker's supervisor watches it for a stalled loop).
+    worker's supervisor watches it for a stalled loop). ``announces_outages``: whether this
+    process logs and counts its backends' outages (one worker of several does).
 
     Returns 0, or :data:`EXIT_BACKEND_DOWN` when it stopped because the backend stayed
     unhealthy for ``config.unhealthy_exit_s`` (a supervisor should restart the process).
@@ -440,6 +443,8 @@ def serve(embedder: BaseEmbedder | None, config: ServerConfig, *, ready: Ready |
     own_log = config.access_log and "log_config" not in uvicorn_options
     access_log = AccessLog() if own_log else None
     front, app = serving_app(embedder, config, reranker=reranker, access_log=access_log)
+    for health in app.state.healths:
+        health.announces = announces_outages
     # process-wide, hence here and not in create_app
     interval = switch_interval(config.switch_interval_s,
                                [m for m in (embedder, reranker) if m is not None])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import numbers
 import os
 from dataclasses import dataclass, field
@@ -29,10 +30,10 @@ IN_PROCESS_SWITCH_S = 0.001
 #: What each checked :class:`ServerConfig` field must be, in words (for its error).
 RULES = {
     "port": "0..65535", "max_batch_tokens": ">= 1", "max_batch_requests": ">= 1",
-    "max_wait_ms": ">= 0", "max_queue": ">= 1", "max_inputs": ">= 1",
-    "max_request_bytes": ">= 1024 bytes", "max_request_tokens": ">= 1",
-    "request_timeout_s": "> 0", "unhealthy_exit_s": "seconds > 0, None (never) or 'auto'",
-    "graceful_timeout_s": ">= 0",
+    "max_wait_ms": ">= 0, finite", "max_queue": ">= 1", "max_inputs": ">= 1",
+    "max_request_bytes": "a whole number >= 1024 bytes", "max_request_tokens": ">= 1",
+    "request_timeout_s": "> 0, finite", "unhealthy_exit_s": "seconds > 0, None (never) or 'auto'",
+    "graceful_timeout_s": ">= 0, finite",
     "switch_interval_s": "seconds > 0, None (Python's) or 'auto'", "index": "not empty",
     "index_table": "not empty",
     "workers": ">= 1", "worker_stall_s": "seconds >= 1 or None (never)", "index_threads": ">= 1",
@@ -154,15 +155,17 @@ class ServerConfig:
             "port": 0 <= self.port <= 65535,
             "max_batch_tokens": self.max_batch_tokens is None or self.max_batch_tokens >= 1,
             "max_batch_requests": self.max_batch_requests >= 1,
-            "max_wait_ms": self.max_wait_ms is None or self.max_wait_ms >= 0,
+            "max_wait_ms": _finite(self.max_wait_ms),
             "max_queue": self.max_queue >= 1,
             "max_inputs": self.max_inputs >= 1,
-            "max_request_bytes": self.max_request_bytes >= 1024,
+            "max_request_bytes": isinstance(self.max_request_bytes, int)
+            and self.max_request_bytes >= 1024,
             "max_request_tokens": self.max_request_tokens >= 1,
-            "request_timeout_s": self.request_timeout_s is None or self.request_timeout_s > 0,
+            "request_timeout_s": self.request_timeout_s is None
+            or _seconds(self.request_timeout_s),
             "unhealthy_exit_s": self.unhealthy_exit_s in (None, "auto")
             or _seconds(self.unhealthy_exit_s),
-            "graceful_timeout_s": self.graceful_timeout_s >= 0,
+            "graceful_timeout_s": _finite(self.graceful_timeout_s),
             "switch_interval_s": self.switch_interval_s in (None, "auto")
             or _seconds(self.switch_interval_s),
             "index": self.index is None or bool(self.index.strip()),
@@ -180,6 +183,10 @@ class ServerConfig:
             raise InvalidServerSettings(bad)
         if self.api_key is not None and not self.api_key:
             raise ValueError("api_key must not be empty (leave it unset to disable auth)")
+        if self.api_key is not None and self.api_key != self.api_key.strip():
+            # HTTP drops the spaces around a header's value: no client could send this key
+            raise ValueError("api_key must not start or end with spaces (no client can send "
+                             "them in a header)")
 
     @classmethod
     def from_env(cls, **values: object) -> ServerConfig:
@@ -204,8 +211,15 @@ class ServerConfig:
 
 
 def _seconds(value: object) -> bool:
-    """A number of seconds > 0 (numpy's numbers too; not a bool)."""
-    return isinstance(value, numbers.Real) and not isinstance(value, bool) and float(value) > 0
+    """A finite number of seconds > 0 (numpy's numbers too; not a bool; inf is no time)."""
+    return (isinstance(value, numbers.Real) and not isinstance(value, bool)
+            and 0 < float(value) < math.inf)
+
+
+def _finite(value: float | None) -> bool:
+    """None or a finite number >= 0 (``--max-wait-ms inf`` held every request until its
+    timeout)."""
+    return value is None or 0 <= float(value) < math.inf
 
 
 def switch_interval(setting: float | Literal["auto"] | None,

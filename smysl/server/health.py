@@ -46,6 +46,10 @@ class BackendHealth:
         #: its last outage lasted (for Retry-After).
         self.down_since: float | None = None
         self.last_downtime: float | None = None
+        #: Whether this process logs and counts the outages: one HTTP worker of several
+        #: does (they share one engine process, and ``/metrics`` sums the workers' counts:
+        #: an outage was counted, and logged, once per worker).
+        self.announces = True
 
     def check(self) -> bool:
         """Poll the backend once: log and count a change. Returns whether it is healthy."""
@@ -54,15 +58,17 @@ class BackendHealth:
         if not healthy and self.down_since is None:
             self.down_since = now
             self.metrics.up.set(0)
-            self.metrics.down.inc()
-            log.error("%s is down; its requests get 503 until it is back", self.what)
+            if self.announces:
+                self.metrics.down.inc()
+                log.error("%s is down; its requests get 503 until it is back", self.what)
         elif healthy and self.down_since is not None:
             self.last_downtime = now - self.down_since
             self.down_since = None
             self.metrics.up.set(1)
-            self.metrics.recovered.inc()
-            self.metrics.downtime.observe(self.last_downtime)
-            log.warning("%s is back after %.1f s", self.what, self.last_downtime)
+            if self.announces:
+                self.metrics.recovered.inc()
+                self.metrics.downtime.observe(self.last_downtime)
+                log.warning("%s is back after %.1f s", self.what, self.last_downtime)
         return healthy
 
     def down_for(self) -> float:

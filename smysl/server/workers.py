@@ -152,7 +152,7 @@ def serve_workers(embedder: BaseEmbedder | None, config: ServerConfig, *,
         ups[i].clear()  # watched by its heartbeat once this one serves (a restart's too)
         started[i] = time.monotonic()
         p = ctx.Process(target=_worker, args=(twin, ranker, config, groups[i], folder, ups[i],
-                                              beats[i]),
+                                              beats[i], i == 0),
                         name=f"smysl-http-{i}", daemon=False)
         # blocked until the worker runs: a stop signal sent while it starts is not lost
         old = signal.pthread_sigmask(signal.SIG_BLOCK, _STOP)
@@ -435,9 +435,10 @@ def _mark_dead(pid: int | None, folder: str) -> None:
 
 def _worker(embedder: BaseEmbedder | None, reranker: BaseReranker | None,
             config: ServerConfig, socks: list[socket.socket], folder: str, up: Any,
-            beat: Any) -> None:
+            beat: Any, first: bool) -> None:
     """A worker's main: the whole server on its sockets; sets ``up`` once it serves, and
-    ``beat`` (a shared double) to the time while its event loop runs."""
+    ``beat`` (a shared double) to the time while its event loop runs. The ``first`` worker
+    logs and counts the shared engine's outages, for all of them."""
     # Signals come from the supervisor alone (once each), not from the terminal's Ctrl-C to
     # the whole process group: uvicorn cuts requests off at a second one.
     os.setpgrp()
@@ -454,7 +455,8 @@ def _worker(embedder: BaseEmbedder | None, reranker: BaseReranker | None,
 
     try:
         code = serve(embedder, config, sockets=socks, reranker=reranker,
-                     ready=lambda _host, _port: up.set(), heartbeat=heartbeat)
+                     ready=lambda _host, _port: up.set(), heartbeat=heartbeat,
+                     announces_outages=first)
     finally:
         _close(embedder, reranker)
     sys.exit(code)

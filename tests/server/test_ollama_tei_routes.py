@@ -282,9 +282,13 @@ def test_metrics_label_every_route_by_its_path(client) -> None:  # type: ignore[
     client.post("/similarity", json={"inputs": {"source_sentence": "a", "sentences": ["b"]}})
     client.post("/decode", json={"ids": [1, 2]})
     client.post("/no-such-route", json={})
+    for probe in ("/health", "/ping"):  # the app's own routes were "other", with the typos
+        client.get(probe)
     text = client.get("/metrics").text
     for route in ("/similarity", "/decode"):
         assert f'smysl_requests_total{{api="tei",route="{route}",status="200"}}' in text, route
+    for route in ("/health", "/ping"):
+        assert f'route="{route}",status="200"}}' in text, route
     assert 'route="/no-such-route"' not in text
     assert 'smysl_requests_total{api="tei",route="other",status="404"}' in text
 

@@ -198,9 +198,19 @@ def test_bad_settings_are_named_by_their_flags_and_ranges(capsys) -> None:  # ty
                  "--port", "70000", "--index-threads", "0", "--index", "kb"]) == 2
     err = capsys.readouterr().err
     assert ("invalid server setting(s): --port ($SMYSL_PORT) (0..65535), --max-request-mb "
-            "(>= 1024 bytes), --index-threads (>= 1)") in err
+            "(a whole number >= 1024 bytes), --index-threads (>= 1)") in err
     with pytest.raises(ValueError, match=r"max_queue \(>= 1\)"):
         ServerConfig(max_queue=0)  # the Python API keeps its field names
+    # inf: a traceback (OverflowError) for the size; every request held until its timeout
+    # for the wait; a key with spaces around it, which no client can send (401 for all)
+    for flags, says in ((["--max-request-mb", "inf"], "--max-request-mb (a whole number"),
+                        (["--max-request-mb", "nan"], "--max-request-mb (a whole number"),
+                        (["--max-wait-ms", "inf"], "--max-wait-ms (>= 0, finite)"),
+                        (["--request-timeout-s", "inf"], "--request-timeout-s (> 0, finite)"),
+                        (["--api-key", "abc "], "must not start or end with spaces")):
+        assert main(["serve", "--model", "/no/such/model", *flags]) == 2, flags
+        err = capsys.readouterr().err
+        assert says in err and err.count("\n") == 1, err
 
 
 def test_flags_not_given_keep_the_configs_defaults() -> None:

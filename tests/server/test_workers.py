@@ -155,6 +155,21 @@ def test_two_workers_one_engine(tiny_dir: Path, tiny, tmp_path: Path) -> None:  
         assert np.array_equal(one(0), want[0])
         started(3, deadline)
         wait_healthy(deadline)
+
+        # an engine process killed: its outage counted and logged once, not once per worker
+        # (each worker watched the shared engine, and /metrics sums them)
+        os.kill(next(p for p in workers if names[p] == "smysl-engine"), signal.SIGKILL)
+        while "is back after" not in output():
+            assert time.monotonic() < deadline, output()
+            time.sleep(0.1)
+        wait_healthy(deadline)
+        time.sleep(0.5)  # a second worker's line would come within its poll (0.25 s)
+        text = httpx.get(f"{url}/metrics").text
+        counts = re.findall(r"^smysl_(?:rerank_)?backend_(down|recovered)_total (\S+)$", text,
+                            re.M)
+        assert sorted((k, float(v)) for k, v in counts if float(v)) == [
+            ("down", 1.0), ("recovered", 1.0)], counts
+        assert output().count("is down;") == 1 and output().count("is back after") == 1
     finally:
         proc.send_signal(signal.SIGTERM)
         code = proc.wait(60)
