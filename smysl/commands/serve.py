@@ -193,7 +193,7 @@ FIELD_FLAGS = {
     "request_timeout_s": "--request-timeout-s", "unhealthy_exit_s": "--unhealthy-exit-s",
     "switch_interval_s": "--switch-interval-ms", "index": "--index",
     "index_table": "--index-table", "workers": "--workers", "worker_stall_s": "--worker-stall-s",
-    "index_threads": "--index-threads",
+    "index_threads": "--index-threads", "served_name": "--served-name",
     "cors_origins": "--cors-allow-origin",
 }
 

@@ -35,7 +35,7 @@ RULES = {
     "request_timeout_s": "> 0, finite", "unhealthy_exit_s": "seconds > 0, None (never) or 'auto'",
     "graceful_timeout_s": ">= 0, finite",
     "switch_interval_s": "seconds > 0, None (Python's) or 'auto'", "index": "not empty",
-    "index_table": "not empty",
+    "index_table": "not empty", "served_name": "not empty",
     "workers": ">= 1", "worker_stall_s": "seconds >= 1 or None (never)", "index_threads": ">= 1",
     "cors_origins": "each '*' or an http:// or https:// origin",
 }
@@ -169,6 +169,8 @@ class ServerConfig:
             "switch_interval_s": self.switch_interval_s in (None, "auto")
             or _seconds(self.switch_interval_s),
             "index": self.index is None or bool(self.index.strip()),
+            # "" answered with the model's own name, as if not given
+            "served_name": self.served_name is None or bool(self.served_name.strip()),
             "index_table": bool(self.index_table.strip()),
             "workers": self.workers >= 1,
             # >= 1: a worker beats every 0.1 s and is looked at every 0.5 s
