@@ -14,14 +14,19 @@ HELP = ("evaluate models on STS, pair classification, classification, clustering
 
 def _ints(text: str) -> tuple[int, ...]:
     try:
-        return tuple(int(x) for x in text.split(",") if x.strip())
+        out = tuple(int(x) for x in text.split(",") if x.strip())
     except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"expected comma-separated integers, got {text!r}") from None
+        out = ()
+    if not out:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}")
+    return out
 
 
 def _names(text: str) -> tuple[str, ...]:
-    return tuple(x.strip() for x in text.split(",") if x.strip())
+    out = tuple(x.strip() for x in text.split(",") if x.strip())
+    if not out:  # -t "" ran every task
+        raise argparse.ArgumentTypeError(f"expected comma-separated task names, got {text!r}")
+    return out
 
 
 def _instruction(text: str) -> tuple[str, str]:
@@ -35,10 +40,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", "-m", action="append", default=[],
                    help="model string (repeat to compare models): st:all-minilm-l6-v2, a "
                         "checkpoint dir, a Hub id, provider:model")
-    p.add_argument("--tasks", "-t", type=_names, default=(),
+    # extend: a second -t or -d added to the first (the last one alone was kept)
+    p.add_argument("--tasks", "-t", type=_names, action="extend", default=[],
                    help="comma-separated tasks, kinds (sts, pair, classification, clustering, "
                         "retrieval) or prefixes (xquad, intents); default all; --list-tasks")
-    p.add_argument("--dimensions", "-d", type=_ints, default=(),
+    p.add_argument("--dimensions", "-d", type=_ints, action="extend", default=[],
                    help="Matryoshka sizes to score besides the native one, e.g. 32,64,128,256")
     p.add_argument("--out", "-o", type=Path, default=None,
                    help="report folder (default: eval-results/<time>)")
@@ -100,7 +106,7 @@ def run(args: argparse.Namespace) -> int:
     out = args.out or Path("eval-results") / time.strftime("%Y%m%d-%H%M%S")
     options = model_options(args)
     cfg = EvalConfig(
-        models=tuple(args.model), tasks=args.tasks, dimensions=args.dimensions,
+        models=tuple(args.model), tasks=tuple(args.tasks), dimensions=tuple(args.dimensions),
         data_dir=args.data or DEFAULT_DATA_DIR, out_dir=out, limit=args.limit, seed=args.seed,
         use_instructions=not args.no_instructions, instructions=dict(args.instruction),
         model_options=options, cache_dir=args.cache, compare=tuple(args.compare),

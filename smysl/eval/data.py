@@ -51,9 +51,12 @@ class Retrieval:
 def _path(data_dir: Path, *parts: str) -> Path:
     path = Path(data_dir).joinpath(*parts)
     if not path.is_file():
-        raise FileNotFoundError(f"evaluation data not found: {path} (the README.md beside "
-                                f"the datasets folder, {Path(data_dir).parent / 'README.md'}, "
-                                f"says what belongs there; pass --data DIR for another folder)")
+        readme = Path(data_dir).parent / "README.md"
+        # named only where it is there (for --data partial it was a README.md of nowhere)
+        where = (f"the README.md beside the datasets folder, {readme}, says what belongs there"
+                 if readme.is_file() else "docs/eval.md lists the files each task reads")
+        raise FileNotFoundError(f"evaluation data not found: {path} ({where}; pass --data DIR "
+                                "for another folder)")
     return path
 
 

@@ -13,6 +13,7 @@ Layout of ``out_dir``::
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -30,12 +31,38 @@ Run = dict[str, Any]  # one model's results as stored in results.json
 log = logging.getLogger(__name__)
 
 
-def write_reports(results: Sequence[ModelResult], cfg: EvalConfig) -> list[Path]:
-    """Write every report for ``results`` to ``cfg.out_dir``; returns the files written."""
+def check_out_dir(out_dir: Path, compare: Sequence[Path] = ()) -> None:
+    """Refuse, before any work, a report folder that cannot be one: a file, or under one (a
+    FileExistsError traceback once every task was scored); or one of the ``compare`` folders,
+    whose report this run's would replace (it was compared with itself)."""
+    path = Path(out_dir)
+    for p in (path, *path.parents):
+        if p.exists():
+            if not p.is_dir():
+                raise ValueError(f"--out {out_dir}: {p} is a file, not a folder")
+            break
+    for other in compare:
+        folder = Path(other).parent if Path(other).is_file() else Path(other)
+        if folder.resolve() == path.resolve():
+            raise ValueError(f"--out {out_dir} is also a --compare folder: this run's report "
+                             "would replace the one it compares with; write it to another "
+                             "folder")
+
+
+def write_reports(results: Sequence[ModelResult], cfg: EvalConfig,
+                  compared: Sequence[Run] | None = None) -> list[Path]:
+    """Write every report for ``results`` to ``cfg.out_dir``; returns the files written.
+    ``compared``: the runs of ``cfg.compare``, read before (an ``--out`` that is also a
+    ``--compare`` folder had its results.json replaced first: the run compared with itself).
+    A report of an earlier run in the folder goes first: its per-task files and plots were
+    left beside the new ones."""
     if cfg.out_dir is None:
         raise ValueError("write_reports needs cfg.out_dir")
+    if compared is None:
+        compared = [run for p in cfg.compare for run in load_runs(p)]
     out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    _clear_report(out)
     runs = [r.to_json() for r in results]
     written = []
     for run in runs:
@@ -43,27 +70,63 @@ def write_reports(results: Sequence[ModelResult], cfg: EvalConfig) -> list[Path]
         folder.mkdir(exist_ok=True)
         for task in [*run["tasks"], *run.get("reranking", [])]:
             path = folder / f"{task['task']}.json"
-            path.write_text(json.dumps({"model": run["model"], **task}, indent=1,
+            path.write_text(json.dumps(_finite({"model": run["model"], **task}), indent=1,
                                        ensure_ascii=False), encoding="utf-8")
             written.append(path)
     meta = {"created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "data_dir": str(cfg.data_dir), **cfg.protocol(), "reranker": cfg.reranker}
     path = out / "results.json"
-    path.write_text(json.dumps({"meta": meta, "models": runs}, indent=1, ensure_ascii=False),
-                    encoding="utf-8")
+    path.write_text(json.dumps(_finite({"meta": meta, "models": runs}), indent=1,
+                               ensure_ascii=False), encoding="utf-8")
     written.append(path)
-    compared = [run for p in cfg.compare for run in load_runs(p)]
-    for line in comparability(runs + compared):
+    for line in comparability(runs + list(compared)):
         log.warning("%s", line)
     path = out / "summary.md"
-    path.write_text(summary_markdown(runs, compared), encoding="utf-8")
+    path.write_text(summary_markdown(runs, list(compared)), encoding="utf-8")
     written.append(path)
     if cfg.plots:
-        written += [p for p in (plot_dimensions(runs + compared, out / "quality_vs_dimensions.png"),
-                                plot_throughput(runs + compared, out / "quality_vs_throughput.png"),
-                                plot_reranking(runs + compared, out / "reranking.png"))
+        both = runs + list(compared)
+        written += [p for p in (plot_dimensions(both, out / "quality_vs_dimensions.png"),
+                                plot_throughput(both, out / "quality_vs_throughput.png"),
+                                plot_reranking(both, out / "reranking.png"))
                     if p is not None]
     return written
+
+
+#: The files of a report (see the module's docs), besides ``<model>/<task>.json``.
+REPORT_FILES = ("results.json", "summary.md", "quality_vs_dimensions.png",
+                "quality_vs_throughput.png", "reranking.png")
+
+
+def _clear_report(out: Path) -> None:
+    """Remove an earlier report from ``out``: the files it lists (its ``results.json``'s
+    models' task files) and :data:`REPORT_FILES`; nothing else of the folder's."""
+    try:
+        earlier = load_runs(out) if (out / "results.json").is_file() else []
+    except (ValueError, KeyError, TypeError):  # not ours, or damaged: its own files stay
+        earlier = []
+    if earlier:
+        log.warning("replacing the earlier report in %s", out)
+    for run in earlier:
+        folder = out / model_slug(str(run.get("model", "")))
+        for task in [*run.get("tasks", []), *run.get("reranking", [])]:
+            (folder / f"{task.get('task')}.json").unlink(missing_ok=True)
+        with contextlib.suppress(OSError):  # kept when something else is in it
+            folder.rmdir()
+    for name in REPORT_FILES:
+        (out / name).unlink(missing_ok=True)
+
+
+def _finite(value: Any) -> Any:
+    """``value`` with NaN and infinities as None: JSON has no NaN (Python writes a bare
+    ``NaN``, which JSON.parse, jq's strict mode and many readers refuse)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(v) for v in value]
+    return value
 
 
 def load_runs(path: Path) -> list[Run]:
@@ -152,7 +215,8 @@ def comparability(runs: Sequence[Run]) -> list[str]:
 # --------------------------------------------------------------------------- helpers on JSON runs
 def _main(task: dict[str, Any], dims: int) -> float | None:
     scores = task["scores"].get(dims, task["scores"].get(str(dims)))
-    return None if scores is None else float(scores[task["main_metric"]])
+    value = None if scores is None else scores[task["main_metric"]]
+    return None if value is None else float(value)  # null: a NaN score as written
 
 
 def _dims(run: Run) -> list[int]:

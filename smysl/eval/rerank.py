@@ -123,7 +123,8 @@ def reranker_instruction(reranker: BaseReranker, cfg: EvalConfig,
     instruction-aware rerankers; None (the reranker's own default) otherwise or for ""."""
     if not (cfg.use_instructions and reranker.instruction_aware):
         return None
-    return cfg.instructions.get(task.name, task.instruction) or None
+    # a preset's name expanded, as for the embedder (the reranker got the word "qa")
+    return resolve_task(cfg.instructions.get(task.name, task.instruction)) or None
 
 
 def spread(n: int, count: int | None) -> list[int]:

@@ -14,7 +14,7 @@ from smysl.base import BaseEmbedder
 from smysl.eval._deps import require
 from smysl.eval.config import EvalConfig
 from smysl.eval.embeddings import ModelEmbeddings
-from smysl.eval.report import load_runs, write_reports
+from smysl.eval.report import check_out_dir, load_runs, write_reports
 from smysl.eval.rerank import (
     RerankScores,
     RerankTask,
@@ -134,11 +134,16 @@ def run(cfg: EvalConfig) -> list[ModelResult]:
     """Load each model in turn, evaluate it, and write the reports when ``cfg.out_dir`` is set."""
     from smysl.registry import load, load_reranker
 
-    # fail on a bad task name, instruction or --compare folder before loading any model
+    # fail on a bad task name, instruction, --compare folder, report folder or a missing
+    # dataset before loading any model (a missing file of the third task was found after
+    # the first two were scored, and nothing was written)
     tasks, rerank_tasks = select_all(cfg.tasks, reranker=cfg.reranker is not None)
     check_instructions(cfg.instructions)
-    for folder in cfg.compare:
-        load_runs(folder)
+    compared = [run for folder in cfg.compare for run in load_runs(folder)]
+    if cfg.out_dir is not None:
+        check_out_dir(cfg.out_dir, cfg.compare)
+    for task in [*tasks, *(r.base for r in rerank_tasks)]:
+        task.load(cfg.data_dir, 2)
     reranker: BaseReranker | None = None
     rerank_scores = None
     reranker_load = 0.0
@@ -164,7 +169,7 @@ def run(cfg: EvalConfig) -> list[ModelResult]:
                 # the models evaluated so far keep their reports (a bad second model string
                 # threw the first model's hour away)
                 if results and cfg.out_dir is not None:
-                    write_reports(results, cfg)
+                    write_reports(results, cfg, compared)
                     log.warning("%s failed: wrote the reports of the %d model(s) evaluated "
                                 "before it to %s", name, len(results), cfg.out_dir)
                 raise
@@ -178,5 +183,5 @@ def run(cfg: EvalConfig) -> list[ModelResult]:
                 log.info("%s: %s", reranker.name, usage)
             reranker.close()
     if cfg.out_dir is not None:
-        write_reports(results, cfg)
+        write_reports(results, cfg, compared)
     return results

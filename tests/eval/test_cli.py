@@ -86,3 +86,56 @@ def test_reranker_gets_the_loading_flags_its_backend_takes() -> None:
     assert reranker_options("Qwen/Qwen3-Reranker-0.6B", flags) == ModelOptions(
         device="cpu", dtype="float32")
     assert reranker_options("siliconflow:BAAI/bge-reranker-v2-m3", flags) == ModelOptions()
+
+
+@pytest.mark.skipif(not (DATASETS / "stsb").is_dir(), reason="no shared datasets")
+def test_reports_never_lose_or_misstate_a_run(tiny_dir: Path, tmp_path: Path,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    """A review's findings: `--compare DIR --out DIR` replaced DIR's results.json before
+    reading it (the run compared with itself, the earlier model gone); an `--out` that is a
+    file was a traceback after every task was scored; a missing dataset of a later task was
+    found after the earlier ones were scored, and nothing was written; a report written over
+    an earlier one left its per-task files and plots; a second -t or -d replaced the first;
+    -t "" ran every task; NaN scores made the JSON files invalid."""
+    run = ["eval", "--model", str(tiny_dir), "--limit", "8", "--no-progress", "--device", "cpu"]
+    first = tmp_path / "first"
+    assert main([*run, "-t", "sts-en", "-t", "xquad-en", "-d", "32", "-d", "48", "--out",
+                 str(first)]) == 0
+    model = json.loads((first / "results.json").read_text())["models"][0]
+    assert [t["task"] for t in model["tasks"]] == ["sts-en", "xquad-en"]
+    assert model["evaluated_dimensions"] == [32, 48, 64]
+    capsys.readouterr()
+    (tmp_path / "afile").write_text("x")
+    partial = tmp_path / "partial"
+    (partial / "stsb").mkdir(parents=True)
+    for f in (DATASETS / "stsb").iterdir():
+        (partial / "stsb" / f.name).write_bytes(f.read_bytes())
+    for argv, says in (
+            (["-t", "sts-en", "--compare", str(first), "--out", str(first)],
+             "is also a --compare folder"),
+            (["-t", "sts-en", "--out", str(tmp_path / "afile")], "is a file, not a folder"),
+            (["-t", "sts-en", "--out", str(tmp_path / "afile" / "sub")], "is a file"),
+            (["-t", "sts-en,xquad-en", "--data", str(partial), "--out", str(tmp_path / "p")],
+             "evaluation data not found: " + str(partial / "xquad" / "xquad.en.json"))):
+        assert main([*run, *argv]) == 2, argv
+        err = capsys.readouterr().err
+        assert says in err and "Traceback" not in err, err
+        assert "cosine_spearman =" not in err  # refused before anything was scored
+    assert not (tmp_path / "p").exists()
+    assert json.loads((first / "results.json").read_text())["models"][0] == model
+    with pytest.raises(SystemExit):
+        main([*run, "-t", ""])
+    # a report over an earlier one replaces it whole; a NaN score is null (--max-tokens 2:
+    # every text cut to the same tokens, a correlation of constants)
+    assert main([*run, "-t", "sts-ru", "--max-tokens", "2", "--no-plots", "--out",
+                 str(first)]) == 0
+    files = sorted(p.relative_to(first).as_posix() for p in first.rglob("*") if p.is_file())
+    slug = next(p.name for p in first.iterdir() if p.is_dir())
+    assert files == sorted(["results.json", f"{slug}/sts-ru.json", "summary.md"]), files
+    def strict(path: Path) -> dict:  # type: ignore[type-arg]
+        """JSON as JSON.parse reads it: a bare NaN is an error."""
+        return dict(json.loads(path.read_text(), parse_constant=lambda c: pytest.fail(c)))
+
+    task = strict(first / "results.json")["models"][0]["tasks"][0]
+    assert task["task"] == "sts-ru" and task["scores"]["64"]["cosine_spearman"] is None
+    assert strict(first / slug / "sts-ru.json")["scores"]["64"]["cosine_spearman"] is None

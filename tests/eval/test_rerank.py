@@ -291,3 +291,16 @@ def test_scores_before_a_failure_are_kept(tiny, tmp_path: Path) -> None:  # type
     fine = Fingerprinted({})
     evaluate_model(tiny, cfg, reranker=fine)
     assert len(fine.calls) == 4  # the first four queries came from the cache
+
+
+def test_a_rerankers_instruction_expands_a_preset(tiny_reranker) -> None:  # type: ignore[no-untyped-def]
+    """`--instruction xquad-en-rerank=qa` sent the word "qa" to the reranker, while the
+    embedder's `xquad-en=qa` was the preset's sentence (and the key was checked as one)."""
+    from smysl.eval import EvalConfig
+    from smysl.eval.rerank import RERANK_TASKS, reranker_instruction
+    from smysl.prompts import TASK_PRESETS
+
+    task = RERANK_TASKS["xquad-en-rerank"]
+    for given, want in (("qa", TASK_PRESETS["qa"]), ("Find it", "Find it"), ("", None)):
+        cfg = EvalConfig(models=("m",), instructions={task.name: given})
+        assert reranker_instruction(tiny_reranker, cfg, task) == want, given
