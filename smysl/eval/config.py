@@ -14,7 +14,7 @@ from smysl.options import ModelOptions
 #: Fields of :class:`EvalConfig` that decide the scores, recorded with every run's results.
 PROTOCOL = ("limit", "seed", "n_experiments", "samples_per_label", "max_iter",
             "clustering_bootstraps", "clustering_sample_size", "retrieval_ks", "use_instructions",
-            "rerank_top", "rerank_queries")
+            "rerank_top", "rerank_queries", "instructions")
 
 
 @dataclass(frozen=True)
@@ -96,7 +96,8 @@ class EvalConfig:
     def protocol(self) -> dict[str, Any]:
         """The settings that decide the scores (JSON types): runs that differ in one of them
         are not comparable (:data:`PROTOCOL`)."""
-        return {k: list(v) if isinstance(v := getattr(self, k), tuple) else v for k in PROTOCOL}
+        return {k: list(v) if isinstance(v := getattr(self, k), tuple)
+                else dict(v) if isinstance(v, Mapping) else v for k in PROTOCOL}
 
     def __post_init__(self) -> None:
         # one model, task, size or folder given bare: a tuple of it (a str was taken for a

@@ -201,7 +201,8 @@ def comparability(runs: Sequence[Run]) -> list[str]:
             for label, p in zip(labels, protocols, strict=True)) + ".")
     for key in PROTOCOL:
         known = [(label, p[key]) for label, p in zip(labels, protocols, strict=True) if key in p]
-        if key != "limit" and len({json.dumps(v) for _, v in known}) > 1:
+        # sort_keys: the instruction overrides, a mapping in any order
+        if key != "limit" and len({json.dumps(v, sort_keys=True) for _, v in known}) > 1:
             lines.append(f"Runs differ in {key}: "
                          + ", ".join(f"{label} {v}" for label, v in known) + ".")
     for label, p in zip(labels, protocols, strict=True):

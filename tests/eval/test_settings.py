@@ -155,7 +155,8 @@ def test_a_compared_subset_run_is_flagged(tmp_path: Path,
     assert "Not comparable" in caplog.text
     # settings the old file did not record are named, not guessed
     assert ("**hashed did not record max_iter, clustering_bootstraps, clustering_sample_size, "
-            "retrieval_ks, use_instructions (older results): they may differ.**") in summary
+            "retrieval_ks, use_instructions, instructions (older results): they may "
+            "differ.**") in summary
     assert "| task | metric | hashed (int8) | hashed |" in summary
 
 
@@ -165,6 +166,13 @@ def test_runs_that_compare_give_no_warning() -> None:
     one = {"model": "m", "protocol": EvalConfig(models=("m",), limit=5).protocol()}
     assert comparability([one]) == [
         "Subset run (limit=5): not comparable with published scores."]
+    # the instruction overrides decide the scores too (they were not recorded); their order
+    # does not
+    a = EvalConfig(models=("m",), instructions={"sts-en": "x", "xquad-en": "y"}).protocol()
+    b = EvalConfig(models=("m",), instructions={"xquad-en": "y", "sts-en": "x"}).protocol()
+    assert comparability([{"model": "m", "protocol": a}, {"model": "m", "protocol": b}]) == []
+    lines = comparability([{"model": "m", "protocol": a}, run])
+    assert len(lines) == 1 and lines[0].startswith("Runs differ in instructions"), lines
 
 
 # --------------------------------------------------------------------------- instructions
