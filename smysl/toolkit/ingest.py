@@ -16,6 +16,7 @@ or stops the run with its name under :attr:`ReadConfig.strict`.
 from __future__ import annotations
 
 import codecs
+import datetime
 import hashlib
 import json
 import warnings
@@ -338,29 +339,54 @@ class SeenIds:
         return None
 
 
-def check_metadata(metadata: dict[str, Any], what: str) -> None:
-    """``ValueError`` naming ``what`` for a reserved field name, or a string value that is
-    not valid Unicode."""
+def check_metadata(metadata: dict[str, Any], what: str) -> dict[str, Any]:
+    """``metadata`` as JSON values, the same in every store: numpy numbers as Python's, dates
+    as ISO text, tuples as lists (LanceDB's write failed on a numpy int64 or a date, which the
+    memory store kept as they were; a tuple came back a list and was rewritten at every
+    ingestion). ``ValueError`` naming ``what`` for a reserved field name, a value of another
+    type, or a string that is not valid Unicode."""
     clash = sorted(set(metadata) & (set(RESERVED) - {"source"}))
     if clash:
         raise ValueError(f"{what}: metadata fields {clash} are reserved (smysl stores each "
                          "chunk's own there); rename them, or leave them out of --meta-fields")
     try:  # any depth, keys too: a surrogate in a list failed the store's write unnamed
-        json.dumps(metadata, ensure_ascii=False, default=str).encode("utf-8")
+        text = json.dumps(metadata, ensure_ascii=False, default=_json_value)
+        text.encode("utf-8")
     except UnicodeEncodeError:
         raise ValueError(f"{what}: the metadata is not valid Unicode (a lone surrogate in a "
                          "field name or value); pass UTF-8 text") from None
+    except TypeError as e:
+        raise ValueError(f"{what}: {e}") from None
+    if all(type(v) in _PLAIN for v in metadata.values()):
+        return metadata  # the common case: nothing to convert
+    out: dict[str, Any] = json.loads(text)
+    return out
+
+
+#: Metadata values kept as they are (anything else goes through JSON).
+_PLAIN = (str, int, float, bool, type(None))
+
+
+def _json_value(value: object) -> object:
+    """A metadata value JSON has no type for, as one it has; else a TypeError saying what
+    metadata may hold."""
+    if isinstance(value, np.generic | np.ndarray):
+        return value.tolist()
+    if isinstance(value, datetime.date | datetime.time):
+        return value.isoformat()
+    raise TypeError(f"a metadata value must be text, a number, true/false, null, a list or an "
+                    f"object, not {type(value).__name__} ({value!r:.60})")
 
 
 def iter_chunk_payloads(doc: Document, chunker: Chunker
                         ) -> Iterator[tuple[str, dict[str, Any]]]:
     """(chunk id, payload) for every chunk of ``doc``, as the chunker produces them."""
     what = doc.origin or f"document {doc.id!r}"
-    check_metadata(doc.metadata, what)
+    metadata = check_metadata(doc.metadata, what)
     check_unicode(doc.text, f"{what}: the text")
     check_unicode(doc.id, f"{what}: the id")
     for c in chunker.iter_split(doc.text):
-        payload = {**doc.metadata, "doc_id": doc.id, "chunk": c.index, "text": c.text,
+        payload = {**metadata, "doc_id": doc.id, "chunk": c.index, "text": c.text,
                    "start": c.start, "end": c.end, "tokens": c.tokens,
                    "hash": content_hash(c.text)}
         yield f"{doc.id}#{c.index}", payload

@@ -437,7 +437,10 @@ def format_table(queries: Sequence[str], results: Sequence[Sequence[Hit]],
                            if isinstance(h, RerankedHit) else f"  {'':7}  {'':>4}")
             elif fused and isinstance(h, FusedHit):
                 scores += f"  {h.vector_rank or '-':>4}  {h.text_rank or '-':>5}"
-            lines.append(f"{r:>3}  {scores}  {h.id[:28]:<28}  {snippet}")
+            # a long id's end: default ids are paths, whose start every hit of a folder
+            # shares (they read alike, and the "#chunk" was cut off)
+            shown = h.id if len(h.id) <= 28 else "…" + h.id[-27:]
+            lines.append(f"{r:>3}  {scores}  {shown:<28}  {snippet}")
         if not hits:
             lines.append("  (no results)")
         lines.append("")

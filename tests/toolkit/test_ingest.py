@@ -334,3 +334,27 @@ def test_a_lone_surrogate_at_any_depth_of_the_metadata_is_named(tmp_path) -> Non
                                       encoding="utf-8")
     with pytest.raises(ValueError, match=r"t\.jsonl: row 1: the metadata is not valid Unicode"):
         list(read_documents([tmp_path / "t.jsonl"]))
+
+
+@pytest.mark.parametrize("backend", ["memory", "lancedb"])
+def test_metadata_of_numpy_dates_and_tuples_is_stored_alike_everywhere(tiny, tmp_path,
+                                                                       backend) -> None:
+    """LanceDB's write failed on a numpy int64 or a date (a pandas row's values), which the
+    check had let through and the memory store kept as they were; a tuple came back a list
+    and was rewritten at every ingestion. Stored as JSON values in every store now."""
+    import datetime
+
+    config = (StoreConfig(backend="memory") if backend == "memory"
+              else StoreConfig(uri=str(tmp_path / "kb")))
+    meta = {"year": np.int64(2004), "score": np.float32(0.5), "ok": np.bool_(True),
+            "day": datetime.date(2020, 1, 2), "tags": ("a", "b"), "nested": {"v": np.arange(2)}}
+    with Index.create_or_open(tiny, IndexConfig(config)) as ix:
+        assert ix.add_texts(["a text"], ids=["a"], metadata=[meta]).written == 1
+        assert ix.add_texts(["a text"], ids=["a"], metadata=[meta]).written == 0  # unchanged
+        (hit,) = ix.search("a text", SearchConfig(k=1, where={"year": 2004}))[0]
+        got = {k: hit.payload[k] for k in meta}
+        assert got == {"year": 2004, "score": 0.5, "ok": True, "day": "2020-01-02",
+                       "tags": ["a", "b"], "nested": {"v": [0, 1]}}
+        assert type(got["year"]) is int
+        with pytest.raises(ValueError, match="a metadata value must be text, a number"):
+            ix.add_texts(["b"], ids=["b"], metadata=[{"s": {1, 2}}])

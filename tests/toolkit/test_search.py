@@ -101,6 +101,14 @@ def test_output_formats_and_rag_context() -> None:
     assert lines[1] == {"query": "q2", "hits": []}
     ctx = build_context(hits[0], max_chars=200)
     assert ctx.startswith("[1] d\nfirst  chunk\ntext") and "[2]" not in ctx
+    # a long id shows its end: default ids are paths, alike at their start (and "#chunk"
+    # was cut off)
+    deep = [[Hit(f"/home/user/projects/notes/docs/{n}.md#3", 0.5, {"text": "t"})
+             for n in ("alpha", "beta")]]
+    rows = format_table(["q"], deep).splitlines()[-2:]
+    shown = [r.split()[2] for r in rows]
+    assert [len(x) for x in shown] == [28, 28] and shown[0].startswith("…")
+    assert shown[0].endswith("/alpha.md#3") and shown[1].endswith("/beta.md#3")
 
 
 CATALOG = [
