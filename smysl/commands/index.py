@@ -143,25 +143,37 @@ def _add(args: argparse.Namespace, store: StoreConfig) -> int:
         warnings.simplefilter("ignore")
         # chunk settings the model refuses (an overlap that leaves no room once EOS is
         # counted): before an index is made or emptied
-        chunker_for(model, ingest.chunk)
+        chunker = chunker_for(model, ingest.chunk)
 
-    def read_all() -> None:
-        # every input read once first: a path, field, content error or a repeated id empties
-        # nothing, and makes no new index (one left empty was bound to the model it named)
+    def read_all(*, chunk: bool) -> None:
+        # every input read once first: a path, field, content error, a repeated id or a
+        # --meta-fields name no row has empties nothing, and makes no new index (one left
+        # empty was bound to the model it named); with ``chunk`` each text is cut too: a
+        # character no chunk of this size holds emptied an index under --rebuild
         seen = SeenIds()
         for n, doc in enumerate(read_documents(args.paths, read, []), 1):
             seen.check(doc, n)
+            if chunk:
+                try:
+                    for _ in chunker.iter_split(doc.text):
+                        pass
+                except ValueError as e:
+                    raise ValueError(f"{doc.origin or doc.id}: {e}") from None
 
     if args.rebuild:
-        read_all()
+        read_all(chunk=True)
         opened = Index.create_or_open(model, config, rebuild=True)
     else:
         for _ in iter_paths(args.paths):  # a typo'd path: nothing opened
             pass
+        if read.metadata_fields is not None:
+            # its check comes once every row is read: batches written before it had lost
+            # their other fields (an index's existing rows rewritten as {"lnag": null})
+            read_all(chunk=False)
         try:  # an index there: a failure part-way keeps what was added; a rerun resumes
             opened = Index.create_or_open(model, config, create=False)
         except FileNotFoundError:
-            read_all()
+            read_all(chunk=True)
             opened = Index.create_or_open(model, config)
     with opened as index:
         for problem in index.problems:

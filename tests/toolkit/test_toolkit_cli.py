@@ -258,11 +258,22 @@ def test_index_add_checks_before_it_empties_or_binds_and_search_rows_keep_hit_fi
     model = ["--model", str(tiny_dir), "--device", "cpu", "--no-progress"]
     assert main(["index", "add", kb, str(data / "rows.jsonl"), "--id-field", "id", *model]) == 0
     capsys.readouterr()
-    for bad in ([str(data / "no-such.jsonl")], [str(data / "rows.jsonl"), "--text-field", "x"]):
-        assert main(["index", "add", kb, *bad, "--rebuild", *model]) == 2
-        capsys.readouterr()
-        assert main(["index", "verify", kb]) == 0
-        assert "0 of 6 records damaged" in capsys.readouterr().err
+    # (and a review's: a character no chunk of --chunk-tokens 2 holds emptied the index
+    # under --rebuild; a --meta-fields typo rewrote an index's rows before its error)
+    (data / "emoji.jsonl").write_text(json.dumps({"id": "e", "text": "ok 𝔘"}) + "\n",
+                                      encoding="utf-8")
+    for bad in ([str(data / "no-such.jsonl")], [str(data / "rows.jsonl"), "--text-field", "x"],
+                [str(data / "emoji.jsonl"), "--id-field", "id", "--chunk-tokens", "2",
+                 "--overlap", "0"],
+                [str(data / "rows.jsonl"), "--id-field", "id", "--meta-fields", "lnag"]):
+        for rebuild in (["--rebuild"], []):
+            assert main(["index", "add", kb, *bad, *rebuild, "--batch-size", "2", *model]) == 2
+            capsys.readouterr()
+            assert main(["index", "verify", kb]) == 0
+            assert "0 of 6 records damaged" in capsys.readouterr().err
+    assert main(["index", "search", kb, "row", "-k", "6", "--where", "lang=en", "-o",
+                 str(data / "en.jsonl"), "--device", "cpu"]) == 0
+    assert len((data / "en.jsonl").read_text().splitlines()) == 3  # every row kept its lang
     fresh = str(data / "fresh")
     assert main(["index", "add", fresh, str(data / "rows.jsonl"), *model,
                  "--dimensions", "16"]) == 2
