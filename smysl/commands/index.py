@@ -49,6 +49,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="stop at the first binary or non-UTF-8 file (default: skip and list it)")
     a.add_argument("--rebuild", action="store_true",
                    help="delete everything in the index first (e.g. to switch models)")
+    a.add_argument("--prune", action="store_true",
+                   help="once every file is in, delete the documents these files and folders "
+                        "no longer hold (files removed from a folder, rows from a CSV/JSONL)")
     a.add_argument("--meta-fields", help="comma-separated columns to keep (default: all)")
     a.add_argument("--chunk-tokens", type=int, default=256, help="tokens per chunk")
     a.add_argument("--overlap", type=int, default=32, help="tokens shared by adjacent chunks")
@@ -186,7 +189,7 @@ def _add(args: argparse.Namespace, store: StoreConfig) -> int:
             warnings.showwarning = lambda message, *_, **__: print(
                 f"smysl index: warning: {message}", file=sys.stderr)
             try:
-                report = index.add_files(args.paths, read, ingest)
+                report = index.add_files(args.paths, read, ingest, prune=args.prune)
             except KeyboardInterrupt:  # exit status 130 (smysl.cli)
                 with contextlib.suppress(OSError, ValueError):  # stderr's reader gone too
                     print("smysl index: interrupted; what was added is kept, and the same "

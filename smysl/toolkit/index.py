@@ -10,7 +10,7 @@ by the next ingestion of its document.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -30,6 +30,7 @@ from smysl.toolkit.ingest import (
     ReadConfig,
     SkippedFile,
     StoredCallback,
+    document_path,
     ingest,
     read_documents,
     stored_problem,
@@ -177,15 +178,50 @@ class Index:
 
     def add_files(self, paths: Iterable[str | Path], read: ReadConfig | None = None,
                   config: IngestConfig | None = None,
-                  on_stored: StoredCallback | None = None) -> IngestReport:
+                  on_stored: StoredCallback | None = None, *, prune: bool = False
+                  ) -> IngestReport:
         """Ingest txt/md/csv/jsonl files or folders of them (ids: see
         :func:`~smysl.toolkit.ingest.document_path`); files that are not UTF-8 text are
-        skipped and listed in the report's ``skipped`` (``read.strict``: an error)."""
+        skipped and listed in the report's ``skipped`` (``read.strict``: an error).
+
+        ``prune``: once every file is in, delete the documents whose file lies in ``paths``
+        (a file named, or one under a folder named) but that this ingestion did not read: a
+        file removed from a folder, a row removed from a CSV/JSONL (whose later rows' ids
+        moved). Without it such documents stay searchable. A skipped file's documents stay."""
+        read = read or ReadConfig()
+        paths = list(paths)
         skipped: list[SkippedFile] = []
-        report = self.add(read_documents(paths, read or ReadConfig(), skipped), config,
-                          on_stored=on_stored)
+        ids: set[str] = set()
+
+        def documents() -> Iterator[Document]:
+            for doc in read_documents(paths, read, skipped):
+                ids.add(doc.id)
+                yield doc
+
+        report = self.add(documents(), config, on_stored=on_stored)
         report.skipped = skipped
+        if prune:
+            kept = {document_path(Path(s.path), read.root) for s in skipped}
+            report.pruned = self._prune([document_path(Path(p), read.root) for p in paths],
+                                        ids, kept)
         return report
+
+    def _prune(self, roots: list[str], ids: set[str], kept: set[str]) -> int:
+        """Delete the documents whose ``source`` is one of ``roots`` or under one, unless
+        their id is in ``ids`` or their source in ``kept``; the number deleted."""
+        prefixes = tuple(r.rstrip("/") + "/" for r in roots)
+        doomed: set[str] = set()
+        for batch in self.store.scan(with_vectors=False):
+            for r in batch:
+                source, doc = r.payload.get("source"), r.payload.get("doc_id")
+                if (isinstance(source, str) and isinstance(doc, str) and doc not in ids
+                        and source not in kept
+                        and (source in roots or source.startswith(prefixes))):
+                    doomed.add(doc)
+        order = sorted(doomed)
+        for i in range(0, len(order), 1000):  # a filter of a bounded size per delete
+            self.delete(order[i : i + 1000])
+        return len(order)
 
     def add_texts(self, texts: Sequence[str], ids: Sequence[str] | None = None,
                   metadata: Sequence[Mapping[str, Any]] | None = None,

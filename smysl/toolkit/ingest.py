@@ -116,6 +116,8 @@ class IngestReport:
     unchanged: int = 0
     written: int = 0
     stale_deleted: int = 0
+    #: Documents deleted because their files no longer hold them (``add_files(prune=True)``).
+    pruned: int = 0
     #: Tokens of the chunks written, as embedded (EOS included; a chunk served from the
     #: embedding cache counts too); None once a chunk's count was an estimate (no tokenizer).
     tokens: int | None = 0
@@ -135,6 +137,8 @@ class IngestReport:
         line = (f"{self.documents} documents, {self.chunks} chunks ({rate:.0f}/s): "
                 f"{self.written} written, {self.unchanged} unchanged, {self.embedded} embedded, "
                 f"{self.cached} from cache, {self.stale_deleted} stale removed")
+        if self.pruned:
+            line += f", {self.pruned} documents no longer in their files removed"
         if self.repaired:
             line += f", {self.repaired} damaged stored vectors re-embedded"
         if self.recomputed:

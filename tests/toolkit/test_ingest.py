@@ -358,3 +358,38 @@ def test_metadata_of_numpy_dates_and_tuples_is_stored_alike_everywhere(tiny, tmp
         assert type(got["year"]) is int
         with pytest.raises(ValueError, match="a metadata value must be text, a number"):
             ix.add_texts(["b"], ids=["b"], metadata=[{"s": {1, 2}}])
+
+
+@pytest.mark.parametrize("backend", ["memory", "lancedb"])
+def test_prune_removes_the_documents_files_no_longer_hold(tiny, tmp_path, backend) -> None:
+    """A file deleted from a folder, or a row from a JSONL (the rows after it moved ids), left
+    its chunks searchable for ever: a re-add cleaned up only documents it read. With prune
+    they go; without it they stay (as documented); a file outside the paths given, a skipped
+    (binary) file and texts added by hand are never touched."""
+    config = (StoreConfig(backend="memory") if backend == "memory"
+              else StoreConfig(uri=str(tmp_path / "kb")))
+    docs, other = tmp_path / "docs", tmp_path / "other"
+    docs.mkdir()
+    other.mkdir()
+    for name in ("a", "b", "c"):
+        (docs / f"{name}.txt").write_text(f"file {name} says hello", encoding="utf-8")
+    (docs / "bin.txt").write_text("binary now", encoding="utf-8")
+    (docs / "rows.jsonl").write_text("".join(json.dumps({"text": f"row {i}"}) + "\n"
+                                             for i in range(4)), encoding="utf-8")
+    (other / "keep.txt").write_text("elsewhere", encoding="utf-8")
+    with Index.create_or_open(tiny, IndexConfig(config)) as ix:
+        ix.add_files([docs, other])
+        ix.add_texts(["by hand"], ids=["hand"])
+        before = ix.count()
+        (docs / "b.txt").unlink()
+        (docs / "bin.txt").write_bytes(b"\x00\x01 now binary")  # skipped: its chunks stay
+        (docs / "rows.jsonl").write_text("".join(json.dumps({"text": f"row {i}"}) + "\n"
+                                                 for i in (0, 2, 3)), encoding="utf-8")
+        report = ix.add_files([docs])
+        assert report.pruned == 0 and ix.count() == before  # without prune: all stay
+        report = ix.add_files([docs], prune=True)
+        assert report.pruned == 2 and "2 documents no longer in their files" in report.summary()
+        ids = {r.payload["doc_id"] for batch in ix.store.scan(with_vectors=False) for r in batch}
+        names = {i.rsplit("/", 1)[-1] for i in ids}
+        assert names == {"a.txt", "c.txt", "bin.txt", "rows.jsonl:1", "rows.jsonl:2",
+                         "rows.jsonl:3", "keep.txt", "hand"}, names
