@@ -101,12 +101,13 @@ REPORT_FILES = ("results.json", "summary.md", "quality_vs_dimensions.png",
 def _clear_report(out: Path) -> None:
     """Remove an earlier report from ``out``: the files it lists (its ``results.json``'s
     models' task files) and :data:`REPORT_FILES`; nothing else of the folder's."""
+    if not (out / "results.json").is_file():
+        return
     try:
-        earlier = load_runs(out) if (out / "results.json").is_file() else []
-    except (ValueError, KeyError, TypeError):  # not ours, or damaged: its own files stay
-        earlier = []
-    if earlier:
-        log.warning("replacing the earlier report in %s", out)
+        earlier = load_runs(out)
+    except (ValueError, KeyError, TypeError):  # not ours, or damaged: every file stays
+        return
+    log.warning("replacing the earlier report in %s", out)
     for run in earlier:
         folder = out / model_slug(str(run.get("model", "")))
         for task in [*run.get("tasks", []), *run.get("reranking", [])]:

@@ -158,7 +158,8 @@ class ServerConfig:
             "max_wait_ms": _finite(self.max_wait_ms),
             "max_queue": self.max_queue >= 1,
             "max_inputs": self.max_inputs >= 1,
-            "max_request_bytes": isinstance(self.max_request_bytes, int)
+            "max_request_bytes": isinstance(self.max_request_bytes, numbers.Integral)
+            and not isinstance(self.max_request_bytes, bool)
             and self.max_request_bytes >= 1024,
             "max_request_tokens": self.max_request_tokens >= 1,
             "request_timeout_s": self.request_timeout_s is None
@@ -221,7 +222,8 @@ def _seconds(value: object) -> bool:
 def _finite(value: float | None) -> bool:
     """None or a finite number >= 0 (``--max-wait-ms inf`` held every request until its
     timeout)."""
-    return value is None or 0 <= float(value) < math.inf
+    return value is None or (isinstance(value, numbers.Real) and not isinstance(value, bool)
+                             and 0 <= float(value) < math.inf)
 
 
 def switch_interval(setting: float | Literal["auto"] | None,

@@ -207,15 +207,22 @@ class Index:
         return report
 
     def _prune(self, roots: list[str], ids: set[str], kept: set[str]) -> int:
-        """Delete the documents whose ``source`` is one of ``roots`` or under one, unless
-        their id is in ``ids`` or their source in ``kept``; the number deleted."""
-        prefixes = tuple(r.rstrip("/") + "/" for r in roots)
+        """Delete the documents read from a file (their id is its ``source``, or
+        ``source:ROW``) whose file is one of ``roots`` or under one, unless their id is in
+        ``ids`` or their source in ``kept``; the number deleted. A document added by hand
+        (``add_texts``, with a ``source`` of its own) or a table row under ``--id-field``
+        has another id, and stays."""
+        # a root folder given as the path itself is "." (its files' ids are relative to it)
+        prefixes = tuple("" if r == "." else r.rstrip("/") + "/" for r in roots)
         doomed: set[str] = set()
         for batch in self.store.scan(with_vectors=False):
             for r in batch:
                 source, doc = r.payload.get("source"), r.payload.get("doc_id")
-                if (isinstance(source, str) and isinstance(doc, str) and doc not in ids
-                        and source not in kept
+                if not (isinstance(source, str) and isinstance(doc, str)) or doc in ids:
+                    continue
+                row = doc[len(source) + 1:] if doc.startswith(source + ":") else None
+                from_file = doc == source or (row is not None and row.isdigit())
+                if (from_file and source not in kept
                         and (source in roots or source.startswith(prefixes))):
                     doomed.add(doc)
         order = sorted(doomed)

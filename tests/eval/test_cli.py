@@ -139,3 +139,16 @@ def test_reports_never_lose_or_misstate_a_run(tiny_dir: Path, tmp_path: Path,
     task = strict(first / "results.json")["models"][0]["tasks"][0]
     assert task["task"] == "sts-ru" and task["scores"]["64"]["cosine_spearman"] is None
     assert strict(first / slug / "sts-ru.json")["scores"]["64"]["cosine_spearman"] is None
+
+
+def test_a_folder_without_a_report_of_ours_keeps_its_files(tmp_path: Path) -> None:
+    """Clearing an earlier report deleted plots and the like from a folder whose results.json
+    was not smysl's."""
+    from smysl.eval.report import _clear_report
+
+    for name, text in (("results.json", '{"not": "ours"}'), ("reranking.png", "mine"),
+                       ("notes.txt", "mine")):
+        (tmp_path / name).write_text(text)
+    _clear_report(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "notes.txt", "reranking.png", "results.json"]

@@ -201,6 +201,12 @@ def test_bad_settings_are_named_by_their_flags_and_ranges(capsys) -> None:  # ty
             "(a whole number >= 1024 bytes), --index-threads (>= 1)") in err
     with pytest.raises(ValueError, match=r"max_queue \(>= 1\)"):
         ServerConfig(max_queue=0)  # the Python API keeps its field names
+    import numpy as np  # numpy integers are integers; text and flags are no durations
+
+    assert ServerConfig(max_request_bytes=np.int64(2**20)).max_request_bytes == 2**20
+    for bad in ("5", True):
+        with pytest.raises(ValueError, match=r"max_wait_ms"):
+            ServerConfig(max_wait_ms=bad)  # type: ignore[arg-type]
     # inf: a traceback (OverflowError) for the size; every request held until its timeout
     # for the wait; a key with spaces around it, which no client can send (401 for all)
     for flags, says in ((["--max-request-mb", "inf"], "--max-request-mb (a whole number"),

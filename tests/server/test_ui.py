@@ -142,6 +142,18 @@ def test_search_refuses_a_text_weight_outside_hybrid(hash_index: Path) -> None:
                                             "text_weight": 2}).status_code == 200
 
 
+def test_the_json_fallback_writes_json() -> None:
+    """The fallback for an integer past 64 bits wrote a NaN beside it as a bare NaN (no JSON;
+    orjson writes null)."""
+    import json
+
+    from smysl.server.http import json_response
+
+    body = json_response({"big": 2**70, "score": float("nan"), "v": np.arange(2.0)}).body
+    assert json.loads(bytes(body), parse_constant=lambda c: pytest.fail(c)) == {
+        "big": 2**70, "score": None, "v": [0.0, 1.0]}
+
+
 def test_search_answers_metadata_with_an_integer_past_64_bits(hash_index: Path) -> None:
     """An index keeps metadata as given; one integer past 64 bits made every /search that
     met its chunk a 500 (orjson: "Integer exceeds 64-bit range")."""

@@ -393,3 +393,24 @@ def test_prune_removes_the_documents_files_no_longer_hold(tiny, tmp_path, backen
         names = {i.rsplit("/", 1)[-1] for i in ids}
         assert names == {"a.txt", "c.txt", "bin.txt", "rows.jsonl:1", "rows.jsonl:2",
                          "rows.jsonl:3", "keep.txt", "hand"}, names
+        # a text added by hand with a source of its own under the folder stays (a review's
+        # finding: it was deleted)
+        ix.add_texts(["by hand, from a"], ids=["note"],
+                     metadata=[{"source": str((docs / "a.txt").resolve())}])
+        assert ix.add_files([docs], prune=True).pruned == 0
+
+
+def test_prune_under_a_root_that_is_the_folder_given(tiny, tmp_path) -> None:
+    """`index add kb docs --root docs --prune`: the folder's own id is ".", and no file's id
+    ("b.txt") starts with "./": nothing was pruned."""
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    for name in ("a", "b"):
+        (docs / f"{name}.txt").write_text(f"file {name}", encoding="utf-8")
+    read = ReadConfig(root=docs)
+    with Index.create_or_open(tiny, IndexConfig(StoreConfig(backend="memory"))) as ix:
+        ix.add_files([docs], read)
+        (docs / "b.txt").unlink()
+        assert ix.add_files([docs], read, prune=True).pruned == 1
+        ids = {r.payload["doc_id"] for batch in ix.store.scan(with_vectors=False) for r in batch}
+        assert ids == {"a.txt"}
