@@ -8,6 +8,7 @@ what is shown or written down goes through here.
 from __future__ import annotations
 
 import base64
+import math
 import re
 from collections.abc import Iterable
 from urllib.parse import unquote, urlsplit
@@ -89,3 +90,16 @@ def redacted(text: str, secrets: Iterable[str]) -> str:
     for secret in sorted({s for s in secrets if len(s) >= 4}, key=len, reverse=True):
         text = text.replace(secret, "***")
     return text
+
+
+def nan_as_null(value: object) -> object:
+    """``value`` (JSON-like: dicts, lists, tuples) with NaN and infinities as None, for JSON
+    that strict readers take (Python's ``json`` writes a bare ``NaN``; ``JSON.parse`` refuses
+    it): the server's JSON fallback, the eval reports."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: nan_as_null(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [nan_as_null(v) for v in value]
+    return value

@@ -25,6 +25,7 @@ from typing import Any
 
 from smysl.eval.config import PROTOCOL, EvalConfig
 from smysl.eval.results import ModelResult, model_slug
+from smysl.shown import nan_as_null
 
 Run = dict[str, Any]  # one model's results as stored in results.json
 
@@ -70,13 +71,13 @@ def write_reports(results: Sequence[ModelResult], cfg: EvalConfig,
         folder.mkdir(exist_ok=True)
         for task in [*run["tasks"], *run.get("reranking", [])]:
             path = folder / f"{task['task']}.json"
-            path.write_text(json.dumps(_finite({"model": run["model"], **task}), indent=1,
+            path.write_text(json.dumps(nan_as_null({"model": run["model"], **task}), indent=1,
                                        ensure_ascii=False), encoding="utf-8")
             written.append(path)
     meta = {"created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "data_dir": str(cfg.data_dir), **cfg.protocol(), "reranker": cfg.reranker}
     path = out / "results.json"
-    path.write_text(json.dumps(_finite({"meta": meta, "models": runs}), indent=1,
+    path.write_text(json.dumps(nan_as_null({"meta": meta, "models": runs}), indent=1,
                                ensure_ascii=False), encoding="utf-8")
     written.append(path)
     for line in comparability(runs + list(compared)):
@@ -116,18 +117,6 @@ def _clear_report(out: Path) -> None:
             folder.rmdir()
     for name in REPORT_FILES:
         (out / name).unlink(missing_ok=True)
-
-
-def _finite(value: Any) -> Any:
-    """``value`` with NaN and infinities as None: JSON has no NaN (Python writes a bare
-    ``NaN``, which JSON.parse, jq's strict mode and many readers refuse)."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_finite(v) for v in value]
-    return value
 
 
 def load_runs(path: Path) -> list[Run]:

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import json
-import math
 
 import numpy as np
 import orjson
 from starlette.responses import Response
+
+from smysl.shown import nan_as_null
 
 
 def json_response(body: object, *, status_code: int = 200,
@@ -21,7 +22,7 @@ def json_response(body: object, *, status_code: int = 200,
     except orjson.JSONEncodeError:
         # an integer past 64 bits (a document's metadata, which an index keeps as given):
         # every /search that met it was a 500; Python's json writes any int
-        data = json.dumps(_no_nan(body), default=_plain, ensure_ascii=False).encode()
+        data = json.dumps(nan_as_null(body), default=_plain, ensure_ascii=False).encode()
     return Response(data, status_code=status_code, headers=headers,
                     media_type="application/json")
 
@@ -32,13 +33,3 @@ def _plain(value: object) -> object:
         return value.tolist()
     raise TypeError(f"{type(value).__name__} is not JSON serialisable")
 
-
-def _no_nan(value: object) -> object:
-    """NaN and infinities as null, as orjson writes them (a bare NaN is no JSON)."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _no_nan(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_no_nan(v) for v in value]
-    return value
