@@ -199,13 +199,11 @@ def _build(embedder: BaseEmbedder | None, config: ServerConfig, *,
     # (and the app's own: the probes /health and /ping were "other", with the typos)
     routes = frozenset(r.path for rs in [app.routes, *(router.routes for router in routers)]
                        for r in rs if isinstance(r, Route) and "{" not in r.path)
-    layers: Layers = [(EdgeMiddleware, {"config": config, "metrics": metrics, "fast": fast,
-                                        "routes": routes, "access_log": access_log})]
+    ledger = Ledger(metrics, routes, access_log)
+    layers: Layers = [(EdgeMiddleware, {"config": config, "fast": fast, "ledger": ledger})]
     if config.cors_origins:  # outermost: a browser's preflight carries no API key
-        from starlette.middleware.cors import CORSMiddleware
-
-        layers.append((CORSMiddleware, {
-            "allow_origins": list(config.cors_origins),
+        layers.append((_cors_layer(), {
+            "ledger": ledger, "allow_origins": list(config.cors_origins),
             "allow_methods": ["GET", "HEAD", "POST"], "allow_headers": ["*"],
             # what a page may read besides the safelisted ones
             "expose_headers": [*TIMING_HEADERS, "retry-after"]}))
@@ -257,20 +255,75 @@ def _as_json(scope: Scope) -> Scope:
     return {**scope, "headers": [*headers, (b"content-type", b"application/json")]}
 
 
+class Ledger:
+    """Where each request is counted, timed and logged: by the edge, and by the CORS layer for
+    the preflights it answers before the edge sees them."""
+
+    def __init__(self, metrics: Metrics, routes: frozenset[str],
+                 access_log: AccessLog | None) -> None:
+        self.metrics = metrics
+        self.routes = routes  # paths that label the metrics as themselves
+        self.access_log = access_log
+
+    def route(self, path: str) -> str:
+        """The metrics' label of ``path``: any other path is "other" (typos must not grow
+        the label set)."""
+        return path if path in self.routes else ("/v1/models/{model}"
+                                                 if path.startswith("/v1/models/") else "other")
+
+    def add(self, scope: Scope, status: int, seconds: float) -> None:
+        """One request, as the client sent it (``scope``), answered ``status``."""
+        path = scope["path"]
+        route = self.route(path)
+        self.metrics.requests.labels(api_of(path), route, str(status)).inc()
+        self.metrics.latency.labels(api_of(path), route).observe(seconds)
+        if self.access_log is not None:
+            self.access_log.add(scope, status, seconds)
+
+
+def _cors_layer() -> type:
+    """Starlette's CORS middleware, with the preflights it answers itself in the ledger."""
+    from starlette.middleware.cors import CORSMiddleware
+
+    class CountedCORS(CORSMiddleware):
+        def __init__(self, app: ASGIApp, ledger: Ledger, **options: Any) -> None:
+            super().__init__(app, **options)
+            self.ledger = ledger
+
+        async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+            headers = dict(scope.get("headers") or []) if scope["type"] == "http" else {}
+            if not (scope["type"] == "http" and scope["method"] == "OPTIONS"
+                    and b"origin" in headers and b"access-control-request-method" in headers):
+                await super().__call__(scope, receive, send)
+                return
+            start = time.perf_counter()
+            status = {"code": 499}
+
+            async def send_wrapper(message: Message) -> None:
+                if message["type"] == "http.response.start":
+                    status["code"] = message["status"]
+                await send(message)
+
+            try:
+                await super().__call__(scope, receive, send_wrapper)
+            finally:
+                self.ledger.add(scope, status["code"], time.perf_counter() - start)
+
+    return CountedCORS
+
+
 class EdgeMiddleware:
     """Pure ASGI (no per-request task, disconnects stay visible): body size limit, bearer auth,
     request counting and latency. Runs before routing, so it answers in the API's error shape;
     answers the routes of ``fast`` itself when it can (:mod:`smysl.server.fast`)."""
 
-    def __init__(self, app: ASGIApp, config: ServerConfig, metrics: Metrics,
-                 fast: FastRoutes, routes: frozenset[str],
-                 access_log: AccessLog | None = None) -> None:
+    def __init__(self, app: ASGIApp, config: ServerConfig, fast: FastRoutes,
+                 ledger: Ledger) -> None:
         self.app = app
-        self.routes = routes  # paths that label the metrics as themselves
         self.config = config
-        self.metrics = metrics
+        self.ledger = ledger
+        self.metrics = ledger.metrics
         self.fast = fast
-        self.access_log = access_log
         self._key = config.api_key.encode() if config.api_key else None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -280,8 +333,6 @@ class EdgeMiddleware:
         path: str = scope["path"]
         asked = scope  # as the client sent it, for the access log (a HEAD is routed as GET)
         api = api_of(path)
-        route = path if path in self.routes else ("/v1/models/{model}"
-                                              if path.startswith("/v1/models/") else "other")
         start = time.perf_counter()
         status = {"code": 499}  # stays so only when no response started: the client left
 
@@ -330,11 +381,7 @@ class EdgeMiddleware:
             with contextlib.suppress(Exception):
                 await render(err, api)(scope, receive, send_wrapper)
         finally:
-            took = time.perf_counter() - start
-            self.metrics.requests.labels(api, route, str(status["code"])).inc()
-            self.metrics.latency.labels(api, route).observe(took)
-            if self.access_log is not None:
-                self.access_log.add(asked, status["code"], took)
+            self.ledger.add(asked, status["code"], time.perf_counter() - start)
 
     def _check_auth(self, scope: Scope, path: str) -> ApiError | None:
         if self._key is None or (path in OPEN_PATHS and scope["method"] in ("GET", "HEAD")):

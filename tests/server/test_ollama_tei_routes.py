@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 from typing import Any
 
 import numpy as np
@@ -10,6 +11,7 @@ from fastapi.testclient import TestClient
 
 from smysl.prompts import TASK_PRESETS
 from smysl.server import ServerConfig, create_app
+from smysl.server.access_log import AccessLog
 
 TEXTS = ["Привет, мир!", "The quick brown fox jumps over the lazy dog.", "a"]
 LONG = " ".join(f"w{i}" for i in range(2000))
@@ -165,20 +167,27 @@ def test_cors_for_the_origins_allowed(tiny, arrangement: str) -> None:  # type: 
     needs no key, its calls do); others get no CORS headers; none allowed by default. Alike
     with the edge inside FastAPI's middleware (an app of yours) and in front of it (what
     ``smysl serve`` runs)."""
-    from smysl.server.app import serving_app
+    from smysl.server import app
 
-    def build(config: ServerConfig) -> Any:
-        return (create_app(tiny, config) if arrangement == "create_app"
-                else serving_app(tiny, config)[0])
+    def build(config: ServerConfig, log: AccessLog | None = None) -> Any:
+        return (app.create_app(tiny, config, access_log=log) if arrangement == "create_app"
+                else app.serving_app(tiny, config, access_log=log)[0])
 
     page = "https://app.example"
     preflight = {"Origin": page, "Access-Control-Request-Method": "POST",
                  "Access-Control-Request-Headers": "authorization, content-type"}
     config = ServerConfig(api_key="sekret", cors_origins=(page,))
-    with TestClient(build(config)) as c:
+    out = io.StringIO()
+    log = AccessLog(out)
+    with TestClient(build(config, log)) as c:
         r = c.options("/v1/embeddings", headers=preflight)
         assert r.status_code == 200 and r.headers["access-control-allow-origin"] == page
         assert "authorization" in r.headers["access-control-allow-headers"].lower()
+        # the preflight is answered before the edge, and still counted and logged
+        assert ('smysl_requests_total{api="openai",route="/v1/embeddings",status="200"} 1.0'
+                in c.get("/metrics", headers={"Authorization": "Bearer sekret"}).text)
+        assert log.flush()
+        assert '"OPTIONS /v1/embeddings HTTP/1.1" 200 OK' in out.getvalue()
         r = c.post("/embed", json={"inputs": "fox"},
                    headers={"Origin": page, "Authorization": "Bearer sekret"})
         assert r.status_code == 200 and r.headers["access-control-allow-origin"] == page
