@@ -78,12 +78,17 @@ class EngineConfig:
     #: and one input over :data:`smysl.qwen3.engine.LANE_TOKENS`, run on all threads.
     lanes: int | None = None
     #: CUDA only: capture the forward pass as CUDA graphs for batches of up to this many tokens
-    #: (buckets of 16, 32, ... tokens; captured at load, ~1 s); 0 turns graphs off.
-    cuda_graphs: int = 2048
+    #: (buckets of 16, 32, ... tokens; captured at load, ~1 s); 0 turns graphs off; None:
+    #: :data:`CUDA_GRAPH_TOKENS`. Set on CPU, a warning says it is not used.
+    cuda_graphs: int | None = None
     #: CUDA, bfloat16/float16: RMSNorm, q/k norm + RoPE and SwiGLU as fused Triton kernels
     #: (:mod:`smysl.qwen3.kernels`), once they agree with the eager pass at load; eager when
-    #: Triton is missing or they do not (a warning says why). False: always eager.
-    cuda_kernels: bool = True
+    #: Triton is missing or they do not (a warning says why). False: always eager; None: True.
+    cuda_kernels: bool | None = None
+
+
+#: :attr:`EngineConfig.cuda_graphs` when unset: the largest batch captured, in tokens.
+CUDA_GRAPH_TOKENS = 2048
 
 
 class EngineLike(Protocol):
@@ -254,9 +259,7 @@ def start_engine(ckpt: Checkpoint, opts: ModelOptions) -> EngineLike:
     :mod:`smysl.qwen3.worker`). The one place the embedder and the reranker start theirs."""
     cfg = EngineConfig(device=opts.device or "auto", dtype=opts.dtype or "auto",
                        quantize=opts.quantize, threads=opts.threads, lanes=opts.lanes,
-                       cuda_graphs=EngineConfig.cuda_graphs if opts.cuda_graphs is None
-                       else opts.cuda_graphs,
-                       cuda_kernels=opts.cuda_kernels is not False)
+                       cuda_graphs=opts.cuda_graphs, cuda_kernels=opts.cuda_kernels)
     if opts.process:  # this process needs no torch then
         from smysl.qwen3.worker import EngineProcess
 

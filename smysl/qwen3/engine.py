@@ -19,8 +19,15 @@ import numpy as np
 import torch
 from torch import nn
 
+from smysl.options import FLAGS
 from smysl.qwen3 import tuning
-from smysl.qwen3.contract import EngineConfig, EngineLike, batch_tokens, run_ahead
+from smysl.qwen3.contract import (
+    CUDA_GRAPH_TOKENS,
+    EngineConfig,
+    EngineLike,
+    batch_tokens,
+    run_ahead,
+)
 from smysl.qwen3.cpu import (
     CpuFeatures,
     auto_dtype,
@@ -283,6 +290,13 @@ class Engine:
         if keep_gguf_blocks(ckpt, cfg, device, dtype):
             cfg = replace(cfg, quantize="int4")
             device, dtype = resolve_config(cfg, stored_dtype(ckpt.config))
+        set_here = {"cuda_graphs": cfg.cuda_graphs is not None,
+                    "cuda_kernels": cfg.cuda_kernels is not None, "lanes": bool(cfg.lanes)}
+        off_device = [k for k, v in set_here.items()
+                      if v and (k == "lanes") == (device.type == "cuda")]
+        if off_device:  # one config for CPU and GPU hosts is fine, but say it
+            log.warning("%s: set, but not used on %s", ", ".join(
+                f"{k} ({FLAGS[k]})" for k in off_device), device.type.upper())
         if cfg.threads:
             tuning.set_threads(cfg.threads)
         linear: LinearFactory | None = None
@@ -316,8 +330,9 @@ class Engine:
             model.attn_dtype = int8_attention_dtype(detect())
         # float32 stays the reference's operation order (the exact path)
         model.exact_qk = device.type != "cpu" or (dtype == torch.float32 and not cfg.quantize)
-        return cls(model, device, dtype, cfg.quantize, cfg.cuda_graphs, kernel, tuned_threads,
-                   cfg.lanes, cfg.cuda_kernels)
+        graphs = CUDA_GRAPH_TOKENS if cfg.cuda_graphs is None else cfg.cuda_graphs
+        return cls(model, device, dtype, cfg.quantize, graphs, kernel, tuned_threads,
+                   cfg.lanes, cfg.cuda_kernels is not False)
 
     def forward(self, batch: list[list[int]], heads: list[int] | None = None) -> np.ndarray:
         """One forward pass: token-id sequences -> float32 ``[len(batch), hidden]`` pooled rows.

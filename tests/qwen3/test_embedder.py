@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import random
 import threading
 import time
@@ -555,3 +556,16 @@ def test_a_close_that_stops_waiting_still_stops_the_pass(tiny_dir: Path,
     assert time.monotonic() - start < 0.5
     t.join(10)
     assert isinstance(got[0], PassStopped) and entered == [0]
+
+
+def test_settings_of_the_other_device_are_named(tiny_dir: Path,
+                                                caplog: pytest.LogCaptureFixture) -> None:
+    """``--cuda-graphs`` / ``--no-cuda-kernels`` on CPU change nothing: a warning says so
+    (a shared config for CPU and GPU hosts stays valid); unset, nothing is said."""
+    with caplog.at_level(logging.WARNING, logger="smysl.qwen3.engine"):
+        LocalEmbedder.load(str(tiny_dir), device="cpu", dtype="float32").close()
+        assert "not used on CPU" not in caplog.text
+        LocalEmbedder.load(str(tiny_dir), device="cpu", dtype="float32", cuda_graphs=512,
+                           cuda_kernels=False).close()
+    assert ("cuda_graphs (--cuda-graphs), cuda_kernels (--no-cuda-kernels): set, but not used "
+            "on CPU") in caplog.text

@@ -116,7 +116,7 @@ def test_unhealthy_exit_defaults_to_each_backend_s_kind() -> None:
 
 def test_worker_stall_flag(tiny_dir, monkeypatch, capsys) -> None:  # type: ignore[no-untyped-def]
     """``--worker-stall-s``: seconds, 0 = never watch; a negative one is refused by its flag's
-    name."""
+    name; with one worker it does nothing, and says so."""
     from smysl.server.config import InvalidServerSettings
 
     seen: list[ServerConfig] = []
@@ -124,7 +124,9 @@ def test_worker_stall_flag(tiny_dir, monkeypatch, capsys) -> None:  # type: igno
                         lambda embedder, config, ready: seen.append(config) or 0)
     base = ["serve", "--model", str(tiny_dir), "--device", "cpu", "--in-process"]
     assert main(base) == 0 and seen[-1].worker_stall_s == ServerConfig().worker_stall_s == 30
+    assert "not used with one HTTP worker" not in capsys.readouterr().err
     assert main([*base, "--worker-stall-s", "5"]) == 0 and seen[-1].worker_stall_s == 5
+    assert "--worker-stall-s is not used with one HTTP worker" in capsys.readouterr().err
     assert main([*base, "--worker-stall-s", "0"]) == 0 and seen[-1].worker_stall_s is None
     assert main([*base, "--worker-stall-s", "-1"]) == 2
     assert "--worker-stall-s" in capsys.readouterr().err
