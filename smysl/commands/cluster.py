@@ -27,6 +27,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="k-means without --k: largest k tried when estimating (default 30)")
     p.add_argument("--min-cluster-size", type=int, default=None,
                    help="HDBSCAN: smallest cluster (default 5)")
+    p.add_argument("--single-cluster", action="store_true",
+                   help="HDBSCAN: texts that form one group may be returned as one cluster "
+                        "(off: HDBSCAN never returns one cluster alone, and such texts are "
+                        "all noise)")
     p.add_argument("--representatives", type=int, default=3, help="texts shown per cluster")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--summary", help="write clusters with representative texts to this .json")
@@ -42,8 +46,9 @@ def _refuse_unused(args: argparse.Namespace) -> None:
         if named:
             raise ValueError(f"{' and '.join(named)} do(es) nothing with --method hdbscan "
                              f"(it finds the number of clusters itself)")
-    elif args.min_cluster_size is not None:
-        raise ValueError("--min-cluster-size is for --method hdbscan")
+    elif args.min_cluster_size is not None or args.single_cluster:
+        flag = "--min-cluster-size" if args.min_cluster_size is not None else "--single-cluster"
+        raise ValueError(f"{flag} is for --method hdbscan")
     elif args.k is not None and args.k_max is not None:
         raise ValueError("--k-max bounds the estimate of k: it does nothing with --k")
 
@@ -58,6 +63,7 @@ def run(args: argparse.Namespace) -> int:
         check_file(args.summary, "--summary")
     config = ClusterConfig(method=args.method, k=args.k,
                            **given(args, k_max="k_max", min_cluster_size="min_cluster_size"),
+                           single_cluster=args.single_cluster,
                            representatives=args.representatives, seed=args.seed,
                            instruction=args.instruction, dimensions=args.dimensions,
                            truncate=args.truncate)
@@ -77,6 +83,13 @@ def run(args: argparse.Namespace) -> int:
                       ensure_ascii=False, indent=2)
     noise = int((result.labels == -1).sum())
     print(f"{result.k} clusters" + (f", {noise} noise" if noise else ""), file=sys.stderr)
+    if noise == len(texts):
+        print("  every text is noise: HDBSCAN found no dense group of --min-cluster-size "
+              f"({config.min_cluster_size}) that splits from the rest"
+              + ("" if config.single_cluster else
+                 "; it never returns one cluster alone (e.g. texts that are all alike): "
+                 "--single-cluster allows that")
+              + ", a smaller --min-cluster-size finds smaller groups", file=sys.stderr)
     for c in summary[:20]:
         print(f"  [{c['cluster']}] {c['size']:>5}  " + " | ".join(
             str(t)[:60] for t in c["representatives"]), file=sys.stderr)

@@ -10,7 +10,7 @@ from typing import Literal
 
 import numpy as np
 
-from smysl.base import BaseEmbedder
+from smysl.base import BaseEmbedder, check_flag
 from smysl.pooling import l2_normalize
 from smysl.toolkit._deps import require_sklearn
 from smysl.toolkit.classify import embed_for
@@ -29,6 +29,10 @@ class ClusterConfig:
         k_min: Smallest k tried when estimating.
         k_max: Largest k tried when estimating (capped at the number of texts - 1).
         min_cluster_size: Smallest HDBSCAN cluster.
+        single_cluster: HDBSCAN may return one cluster alone (scikit-learn's
+            ``allow_single_cluster``). Off, texts that form one group are all noise
+            (e.g. ten copies of one text); on, that group may be kept as a cluster in
+            place of a split into smaller ones.
         representatives: Texts reported per cluster.
         sample: Points the silhouette is computed on when estimating k (it is quadratic).
         seed: Random seed (k-means initialisation, silhouette sample).
@@ -43,6 +47,7 @@ class ClusterConfig:
     k_min: int = 2
     k_max: int = 30
     min_cluster_size: int = 5
+    single_cluster: bool = False
     representatives: int = 3
     sample: int = 4000
     seed: int = 0
@@ -55,6 +60,10 @@ class ClusterConfig:
             raise ValueError(f"unknown method {self.method!r} (kmeans or hdbscan)")
         if self.method == "hdbscan" and self.k is not None:
             raise ValueError("k is for k-means: HDBSCAN finds the number of clusters itself")
+        object.__setattr__(self, "single_cluster", check_flag(self.single_cluster,
+                                                              "single_cluster"))
+        if self.method != "hdbscan" and self.single_cluster:
+            raise ValueError("single_cluster is for HDBSCAN")
         if self.k is not None and self.k < 1:
             raise ValueError(f"k must be >= 1, got {self.k}")
         if not 2 <= self.k_min <= self.k_max:
@@ -145,7 +154,8 @@ def cluster_vectors(vectors: np.ndarray, config: ClusterConfig = ClusterConfig()
             raise ValueError(f"min_cluster_size ({config.min_cluster_size}) is larger than "
                              f"the number of texts ({len(x)})")
         # Euclidean distance on unit vectors orders pairs exactly as cosine does.
-        labels = HDBSCAN(min_cluster_size=config.min_cluster_size, copy=True).fit_predict(x)
+        labels = HDBSCAN(min_cluster_size=config.min_cluster_size, copy=True,
+                         allow_single_cluster=config.single_cluster).fit_predict(x)
     else:
         raise ValueError(f"unknown method {config.method!r} (kmeans or hdbscan)")
     clusters = []

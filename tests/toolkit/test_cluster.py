@@ -83,6 +83,9 @@ def test_bad_vectors_and_settings_are_refused_and_few_texts_are_one_cluster() ->
     for kwargs, says in (({"method": "hdbscan", "k": 5}, "k is for k-means"),
                          ({"k_max": 1}, "2 <= k_min <= k_max"),
                          ({"min_cluster_size": 1}, "min_cluster_size must be >= 2"),
+                         ({"single_cluster": True}, "single_cluster is for HDBSCAN"),
+                         ({"method": "hdbscan", "single_cluster": "no"},
+                          "single_cluster must be True or False"),
                          ({"representatives": -1}, "representatives must be >= 0"),
                          ({"method": "dbscan"}, "unknown method")):
         with pytest.raises(ValueError, match=says):
@@ -91,3 +94,17 @@ def test_bad_vectors_and_settings_are_refused_and_few_texts_are_one_cluster() ->
         cluster_vectors(x, ClusterConfig(method="hdbscan", min_cluster_size=20))
     two = cluster_vectors(x[:2], ClusterConfig())
     assert two.k == 1 and two.labels.tolist() == [0, 0]
+
+
+def test_hdbscan_keeps_one_group_as_a_cluster_when_asked() -> None:
+    """Ten copies of one text: HDBSCAN never returns one cluster alone, so all were noise;
+    ``single_cluster`` keeps the group (and still leaves the outliers as noise)."""
+    same = np.tile(unit_rows(1, 8, seed=3), (10, 1))
+    x = np.vstack([same, unit_rows(3, 8, seed=4)])
+    plain = cluster_vectors(x, ClusterConfig(method="hdbscan"))
+    assert (plain.labels == -1).all() and plain.clusters == []
+    kept = cluster_vectors(x, ClusterConfig(method="hdbscan", single_cluster=True))
+    assert kept.labels.tolist() == [0] * 10 + [-1] * 3
+    assert [c.size for c in kept.clusters] == [10]
+    alike = cluster_vectors(same, ClusterConfig(method="hdbscan", single_cluster=True))
+    assert alike.labels.tolist() == [0] * 10

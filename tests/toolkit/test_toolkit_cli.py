@@ -77,6 +77,14 @@ def test_classify_cluster_dedup(tiny_dir, data, capsys) -> None:
                  "--summary", str(data / "s.json"), "-o", str(data / "c.csv")]) == 0
     summary = json.loads((data / "s.json").read_text(encoding="utf-8"))
     assert summary["k"] == 2 and sum(c["size"] for c in summary["clusters"]) == 6
+    # texts all alike: HDBSCAN's all-noise answer is explained, and --single-cluster keeps them
+    alike = _jsonl(data / "alike.jsonl", [{"text": "one and the same"}] * 6)
+    assert main(["cluster", *model, "-i", alike, "--method", "hdbscan"]) == 0
+    out, err = capsys.readouterr()
+    assert {json.loads(x)["cluster"] for x in out.splitlines()} == {-1}
+    assert "every text is noise" in err and "--single-cluster allows that" in err
+    assert main(["cluster", *model, "-i", alike, "--method", "hdbscan", "--single-cluster"]) == 0
+    assert {json.loads(x)["cluster"] for x in capsys.readouterr().out.splitlines()} == {0}
 
     dup = data / "dup.jsonl"
     dup.write_text("".join(json.dumps({"text": t}) + "\n" for t in
@@ -240,6 +248,7 @@ def test_classify_and_cluster_refuse_what_they_would_get_silently_wrong(tiny_dir
     assert "a labels file is .csv, .jsonl or .json" in capsys.readouterr().err
     for argv, says in ((["--method", "hdbscan", "--k", "3"], "--k do(es) nothing with"),
                        (["--min-cluster-size", "3"], "--min-cluster-size is for --method"),
+                       (["--single-cluster"], "--single-cluster is for --method"),
                        (["--k", "2", "--k-max", "4"], "--k-max bounds the estimate"),
                        (["--k-max", "1"], "2 <= k_min <= k_max")):
         assert main(["cluster", *model, "-i", rows, *argv, "-o", str(out)]) == 2, argv
