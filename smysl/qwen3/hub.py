@@ -254,6 +254,10 @@ def read_checkpoint(root: Path, name: str | None = None) -> Checkpoint:
     config = _json(root / "config.json")
     if not config:
         raise ValueError(f"{root}: config.json is empty")
+    if config.get("model_type") not in (None, "qwen3"):  # before its tokenizer or head is read
+        raise ValueError(f"{root}: not a Qwen3 checkpoint (model_type "
+                         f"{config.get('model_type')!r}); another sentence-transformers model "
+                         f"loads as st:{root}")
     tok = root / "tokenizer.json"
     pooling = _json(root / "1_Pooling" / "config.json")
     modes = [k for k, v in pooling.items() if k.startswith("pooling_mode_") and v]

@@ -64,6 +64,22 @@ def test_missing_files(tiny_dir: Path, tmp_path: Path) -> None:
         read_checkpoint(d)
 
 
+def test_another_architecture_is_named_before_its_tokenizer_or_head(tiny_dir: Path,
+                                                                   tmp_path: Path) -> None:
+    """A BERT folder was refused for "no <|endoftext|> token" (embedder) or "lacks
+    lm_head.weight" (reranker): its model_type is what is wrong."""
+    from smysl.qwen3.reranker import Reranker
+
+    d = _copy(tiny_dir, tmp_path)
+    cfg = json.loads((d / "config.json").read_text())
+    (d / "config.json").write_text(json.dumps({**cfg, "model_type": "bert"}))
+    says = r"not a Qwen3 checkpoint \(model_type 'bert'\); .* loads as st:"
+    with pytest.raises(ValueError, match=says):
+        Embedder.load(str(d), device="cpu")
+    with pytest.raises(ValueError, match=says):
+        Reranker.load(str(d), device="cpu")
+
+
 def test_non_last_token_pooling_is_rejected(tiny_dir: Path, tmp_path: Path) -> None:
     d = _copy(tiny_dir, tmp_path)
     cfg = json.loads((d / "1_Pooling" / "config.json").read_text())
