@@ -277,15 +277,43 @@ def test_show_and_pull_errors_are_smysl_errors(machine: Path, tmp_path: Path,
         assert "is not a model directory, Hub repo id or alias" in err and "pull" not in err
     assert main(["pull", "ollama:qwen3-embedding:0.6b"]) == 2
     assert "ollama pull qwen3-embedding:0.6b" in capsys.readouterr().err
+    assert main(["pull", "qwen3-embedding:8b"]) == 2
+    assert "(`smysl pull Qwen/Qwen3-Embedding-8B` with HF_HUB_OFFLINE unset)" in \
+        capsys.readouterr().err
     assert main(["pull", str(tmp_path)]) == 2
     assert "not a Hugging Face repo id" in capsys.readouterr().err
+
+
+def test_an_ollama_model_that_cannot_load_says_why(machine: Path, tmp_path: Path,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    """A model whose weights blob is gone was listed as usable; one whose manifest is damaged
+    was "not in the Ollama store" for `smysl show`, though the store lists it."""
+    store = tmp_path / "ollama"
+    path = store / "manifests" / "registry.ollama.ai" / "library" / "qwen3-embedding" / "0.6b"
+    manifest = json.loads(path.read_text())
+    weights = manifest["layers"][0]["digest"].replace(":", "-")
+    (store / "blobs" / weights).unlink()
+    assert main(["models"]) == 0
+    row = next(r for r in capsys.readouterr().out.splitlines()
+               if r.startswith("ollama:qwen3-embedding:0.6b"))
+    assert "(cannot load: `smysl show ollama:qwen3-embedding:0.6b` says why)" in row
+    assert main(["show", "ollama:qwen3-embedding:0.6b"]) == 0
+    assert "problem:      its weights blob" in capsys.readouterr().out
+    manifest["layers"][0]["digest"] = "../../etc/passwd"
+    path.write_text(json.dumps(manifest))
+    assert main(["show", "ollama:qwen3-embedding:0.6b"]) == 2
+    err = capsys.readouterr().err
+    assert "its manifest is damaged" in err and "not in the Ollama store" not in err
 
 
 def test_pull_of_a_cached_model_offline_reports_it(machine: Path,
                                                    capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["pull", "qwen3-embedding:0.6b"]) == 0
-    out = capsys.readouterr().out
+    out, err = capsys.readouterr()
     assert out.startswith("Qwen/Qwen3-Embedding-0.6B: ") and "64 dims, float32" in out
+    # it looked in the cache only, and says so (was: "pulling ... from the Hugging Face Hub")
+    assert "HF_HUB_OFFLINE is set: looking for Qwen/Qwen3-Embedding-0.6B in the Hugging Face " \
+           "cache only" in err
     assert f"revision {COMMIT}" in out
 
 

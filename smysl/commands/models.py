@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from smysl.backends.sentence_transformers import PACKAGED, model_path, packaged_models
-from smysl.ollama_store import blob, layers_of, manifests, model_layer, ollama_root
+from smysl.ollama_store import blob, layers_of, manifests, model_blob, model_layer, ollama_root
 from smysl.ollama_store import find as find_ollama
 from smysl.ollama_store import read_json as _json
 from smysl.pooling import MIN_DIMENSIONS
@@ -248,9 +248,12 @@ def _ollama_entry(root: Path, name: str, manifest: dict[str, Any]) -> ModelEntry
                "heads": meta.get(f"{arch}.attention.head_count"),
                "kv_heads": meta.get(f"{arch}.attention.head_count_kv"),
                "pooling_type": meta.get(f"{arch}.pooling_type")}
+    # what loading it would say (`smysl embed --model ollama-store:NAME`)
+    problem = None if weights.is_file() else (f"its weights blob {weights} is missing "
+                                              f"(`ollama pull {name}` again)")
     return ModelEntry(f"ollama:{name}", "ollama", size, int(dims) if dims else None,
                       config.get("file_type") or None, str(weights),
-                      int(context) if context else None, details)
+                      int(context) if context else None, details, problem)
 
 
 #: GGUF value types: struct format of the fixed-size ones; 8 = string, 9 = array.
@@ -384,7 +387,7 @@ def _add_pull(p: argparse.ArgumentParser) -> None:
 
 
 def _run_pull(args: argparse.Namespace) -> int:
-    from smysl.qwen3.hub import download, repo_id
+    from smysl.qwen3.hub import download, offline_variable, repo_id
 
     scheme, rest = split(args.model)
     if scheme == "ollama":
@@ -396,7 +399,9 @@ def _run_pull(args: argparse.Namespace) -> int:
     if Path(args.model).expanduser().exists() or repo.count("/") != 1:
         raise ValueError(f"{args.model!r} is not a Hugging Face repo id nor an alias "
                          f"({', '.join(ALIASES)})")
-    print(f"pulling {repo} from the Hugging Face Hub ...", file=sys.stderr)
+    offline = offline_variable()
+    print(f"{offline} is set: looking for {repo} in the Hugging Face cache only ..." if offline
+          else f"pulling {repo} from the Hugging Face Hub ...", file=sys.stderr)
     # no fallback on the cache: a pull that could not reach the Hub must say so
     path = download(repo, revision=args.revision, fallback=False)
     entry = checkpoint_entry(path, repo, "hub")
@@ -429,6 +434,10 @@ def show_entry(model: str, revision: str | None = None) -> ModelEntry:
         for entry in ollama_models(every=True) if stored else ():
             if entry.name == f"ollama:{stored}":
                 return entry
+        if stored:  # there, but not listed: model_blob says what is wrong with it
+            model_blob(stored)
+            raise ValueError(f"Ollama model {stored!r}: its manifest is damaged (`ollama "
+                             f"pull {stored}` again)")
         raise FileNotFoundError(f"{rest!r} is not in the Ollama store ({ollama_root()}); "
                                 "`smysl models` lists what is there")
     if scheme not in ("qwen3", "st"):

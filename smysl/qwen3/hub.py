@@ -172,9 +172,10 @@ def _hub_failure(repo: str, revision: str | None, cache_dir: str | None, offline
     elsewhere = (f" (it is cached at revision {', '.join(map(repr, others))}: pass "
                  f"--revision / revision=)" if others else "")
     if offline:
+        name = offline_variable()
         return (f"model {repo!r}{rev} is not in {where}{elsewhere} and {_offline_why()}: "
-                f"download it once with network access (`smysl pull {repo}`) or pass a "
-                "checkpoint directory")
+                f"download it once with network access (`smysl pull {repo}`"
+                + (f" with {name} unset" if name else "") + ") or pass a checkpoint directory")
     if isinstance(error, errors.GatedRepoError):
         return (f"model {repo!r} is gated on the Hugging Face Hub: accept its terms on "
                 f"https://huggingface.co/{repo} and set HF_TOKEN (or `hf auth login`)")
