@@ -183,6 +183,33 @@ def test_models_lists_hub_cache_ollama_and_aliases(machine: Path, tiny_dir: Path
     assert "Qwen/Qwen3-0.6B" in table and "ollama:llama3.2:1b" in table and "Q4_K_M" in table
 
 
+def test_a_cached_reranker_is_listed_shown_and_pulled_as_one(
+        machine: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A Qwen3-Reranker in the cache was `st:Qwen/Qwen3-Reranker-0.6B` with "64 dims" for
+    `smysl pull` and `smysl models --all` (a name that loads it as an embedding model) and
+    "backend: qwen3" for `smysl show`."""
+    from qwen_tiny import build_tiny_reranker
+
+    src = tmp_path / "rr"
+    build_tiny_reranker(src)
+    fake_hub_cache(machine, "Qwen/Qwen3-Reranker-0.6B", src)
+    assert main(["models", "--json"]) == 0
+    rows = {r["name"]: r for r in json.loads(capsys.readouterr().out)}
+    assert "st:Qwen/Qwen3-Reranker-0.6B" not in rows
+    rr = rows["Qwen/Qwen3-Reranker-0.6B"]
+    assert (rr["role"], rr["dimensions"], rr["problem"]) == ("reranker", None, None)
+    assert rows["Qwen/Qwen3-Embedding-0.6B"]["role"] == "embedding"
+    assert main(["models"]) == 0
+    assert "(reranker: --reranker)" in next(
+        r for r in capsys.readouterr().out.splitlines() if r.startswith("Qwen/Qwen3-Reranker"))
+    assert main(["show", "Qwen/Qwen3-Reranker-0.6B"]) == 0
+    out = capsys.readouterr().out
+    assert "backend:      reranker" in out and "dimensions" not in out
+    assert main(["pull", "Qwen/Qwen3-Reranker-0.6B"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("Qwen/Qwen3-Reranker-0.6B: ") and ", reranker, " in out
+
+
 def test_models_with_nothing_on_the_machine(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                             capsys: pytest.CaptureFixture[str]) -> None:
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "none"))

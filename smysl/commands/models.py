@@ -67,6 +67,9 @@ class ModelEntry:
     #: Why loading ``name`` fails as the files stand (an interrupted download, a cache without
     #: ``main``), with what to do; None when nothing is known to stop it.
     problem: str | None = None
+    #: ``embedding`` (``--model``, ``smysl.load``) or ``reranker`` (a Qwen3-Reranker:
+    #: ``--reranker``, ``smysl.load_reranker``).
+    role: str = "embedding"
 
 
 # ---------------------------------------------------------------------- checkpoint directories
@@ -97,8 +100,12 @@ def safetensors_summary(files: list[Path]) -> tuple[int, str | None]:
 def embedding_kind(root: Path, name: str) -> str | None:
     """The smysl scheme that runs the checkpoint in ``root`` as an embedding model: ``qwen3``
     (the native engine: a Qwen3 with last-token pooling), ``st`` (other sentence-transformers
-    models), or None when it does not look like an embedding model."""
+    models); ``reranker`` for a Qwen3-Reranker (a Qwen3 named so, without sentence-transformers
+    files: smysl's reranker engine); None when it does not look like either."""
     config = _json(root / "config.json")
+    if (config.get("model_type") == "qwen3" and "rerank" in name.lower()
+            and not (root / "modules.json").is_file()):
+        return "reranker"
     st_files = (root / "modules.json").is_file() or (
         root / "config_sentence_transformers.json").is_file()
     pooling = _json(root / "1_Pooling" / "config.json")
@@ -120,9 +127,10 @@ def checkpoint_entry(root: Path, name: str, source: str, *, size: int | None = N
     kind = kind or embedding_kind(root, name) or "st"
     pooling = _json(root / "1_Pooling" / "config.json")
     hidden = config.get("hidden_size")
-    dims = pooling.get("word_embedding_dimension") or hidden
+    # a reranker gives scores, not vectors
+    dims = None if kind == "reranker" else pooling.get("word_embedding_dimension") or hidden
     weights = list(weight_files(root))
-    if problem is None and kind == "qwen3":
+    if problem is None and kind in ("qwen3", "reranker"):
         try:  # the engine's own check of the files it reads: listed only if it would load
             read_checkpoint(root, name)
         except ValueError as e:
@@ -146,17 +154,19 @@ def checkpoint_entry(root: Path, name: str, source: str, *, size: int | None = N
         "intermediate": config.get("intermediate_size"),
         "vocab": config.get("vocab_size"),
         # Matryoshka sizes for a Qwen3 checkpoint, through either backend
-        "dimensions_range": ([min(MIN_DIMENSIONS, int(dims)), int(dims)]
-                             if config.get("model_type") == "qwen3" and dims else [dims, dims]),
+        "dimensions_range": (None if dims is None
+                             else [min(MIN_DIMENSIONS, int(dims)), int(dims)]
+                             if config.get("model_type") == "qwen3" else [dims, dims]),
         "parameters": params or None,
         "query_prompt": _json(root / "config_sentence_transformers.json").get(
             "prompts", {}).get("query"),
         "files": {str(p.relative_to(root)): p.stat().st_size for p in files},
     }
     details.update(_hub_fingerprint(root, weights))
-    model = name if kind == "qwen3" else f"st:{name}"
+    model = f"st:{name}" if kind == "st" else name
     return ModelEntry(model, source, disk, int(dims) if dims else None, dtype, str(root),
-                      int(max_tokens) if max_tokens else None, details, problem)
+                      int(max_tokens) if max_tokens else None, details, problem,
+                      "reranker" if kind == "reranker" else "embedding")
 
 
 def _hub_fingerprint(root: Path, weights: list[Path]) -> dict[str, Any]:
@@ -353,7 +363,8 @@ def _table(rows: list[list[str]]) -> Iterator[str]:
 
 
 def _row(e: ModelEntry) -> list[str]:
-    where = f"{e.where}  (cannot load: `smysl show {e.name}` says why)" if e.problem else e.where
+    where = e.where + ("  (reranker: --reranker)" if e.role == "reranker" else "")
+    where += f"  (cannot load: `smysl show {e.name}` says why)" if e.problem else ""
     return [e.name, e.source, human_size(e.size), str(e.dimensions or "-"), e.dtype or "-",
             where]
 
@@ -366,7 +377,8 @@ def _dump(data: Any) -> None:
 def _add_list(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="JSON instead of a table")
     p.add_argument("--all", action="store_true",
-                   help="every cached model, not only those that look like embedding models")
+                   help="every cached model, not only those that look like embedding models "
+                        "or Qwen3 rerankers")
 
 
 def _run_list(args: argparse.Namespace) -> int:
@@ -407,7 +419,8 @@ def _run_pull(args: argparse.Namespace) -> int:
     entry = checkpoint_entry(path, repo, "hub")
     if entry.problem:  # offline, a cache without the Hub's file list returns a partial copy
         raise ValueError(f"{repo} is in the cache but cannot load: {entry.problem}")
-    print(f"{entry.name}: {human_size(entry.size)}, {entry.dimensions} dims, {entry.dtype}, "
+    what = "reranker" if entry.role == "reranker" else f"{entry.dimensions} dims"
+    print(f"{entry.name}: {human_size(entry.size)}, {what}, {entry.dtype}, "
           f"revision {entry.details.get('revision', '-')} -> {path}")
     return 0
 
@@ -459,9 +472,10 @@ def show_entry(model: str, revision: str | None = None) -> ModelEntry:
     if not (root / "config.json").is_file():
         raise ValueError(f"{root} has no config.json: not a transformers checkpoint")
     native = scheme == "qwen3" and _json(root / "config.json").get("model_type") == "qwen3"
+    kind = ("st" if scheme == "st" else None if not native
+            else "reranker" if embedding_kind(root, name) == "reranker" else "qwen3")
     return checkpoint_entry(root, name, "package" if packaged else
-                            "hub" if root != path else "local",
-                            kind="qwen3" if native else "st" if scheme == "st" else None)
+                            "hub" if root != path else "local", kind=kind)
 
 
 def _run_show(args: argparse.Namespace) -> int:
@@ -493,9 +507,10 @@ def _run_show(args: argparse.Namespace) -> int:
     return 0
 
 
-MODELS = Command("list embedding models on this machine: Hugging Face cache, Ollama store, "
-                 "aliases", _add_list, _run_list)
-PULL = Command("download a Qwen3-Embedding checkpoint into the Hugging Face cache",
+MODELS = Command("list embedding models (and Qwen3 rerankers) on this machine: Hugging Face "
+                 "cache, Ollama store, aliases", _add_list, _run_list)
+PULL = Command("download a Qwen3-Embedding (or Qwen3-Reranker) checkpoint into the Hugging "
+               "Face cache",
                _add_pull, _run_pull)
 SHOW = Command("what a model is (layers, dimensions, dtype, size, files) without loading it",
                _add_show, _run_show)
