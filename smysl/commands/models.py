@@ -183,6 +183,37 @@ def _hub_fingerprint(root: Path, weights: list[Path]) -> dict[str, Any]:
     return out
 
 
+def gguf_entry(path: Path, name: str) -> ModelEntry:
+    """Facts of a GGUF file (its header; weights not read), and what stops the engine loading
+    it (the engine's own check: architecture, pooling, tensors, tokenizer)."""
+    from smysl.qwen3 import gguf
+
+    problem = None
+    config: dict[str, Any] = {}
+    dtype = None
+    try:
+        ckpt = gguf.read_checkpoint(path, name)
+        config, dtype = ckpt.config, ckpt.weight_type
+    except ValueError as e:
+        problem = str(e)
+    meta = gguf_metadata(path)
+    arch = str(meta.get("general.architecture", ""))
+    hidden = config.get("hidden_size") or meta.get(f"{arch}.embedding_length")
+    context = config.get("max_position_embeddings") or meta.get(f"{arch}.context_length")
+    details: dict[str, Any] = {
+        "backend": "qwen3", "architecture": arch or None, "format": "gguf",
+        "layers": config.get("num_hidden_layers") or meta.get(f"{arch}.block_count"),
+        "hidden": hidden, "heads": config.get("num_attention_heads"),
+        "kv_heads": config.get("num_key_value_heads"),
+        "intermediate": config.get("intermediate_size"), "vocab": config.get("vocab_size"),
+        "dimensions_range": [min(MIN_DIMENSIONS, int(hidden)), int(hidden)] if hidden else None,
+        "pooling_type": meta.get(f"{arch}.pooling_type"),
+        "files": {path.name: path.stat().st_size},
+    }
+    return ModelEntry(name, "local", path.stat().st_size, int(hidden) if hidden else None,
+                      dtype, str(path), int(context) if context else None, details, problem)
+
+
 # ---------------------------------------------------------------------- Hugging Face cache
 def hub_models(cache_dir: str | None = None, *, every: bool = False) -> list[ModelEntry]:
     """Models in the Hugging Face cache that look like embedding models (``every``: all)."""
@@ -427,7 +458,7 @@ def _run_pull(args: argparse.Namespace) -> int:
 
 # ---------------------------------------------------------------------- smysl show
 def _add_show(p: argparse.ArgumentParser) -> None:
-    p.add_argument("model", help="checkpoint dir, Hub id, alias, st:ID or ollama:NAME "
+    p.add_argument("model", help="checkpoint dir, .gguf file, Hub id, alias, st:ID or ollama:NAME "
                                  "(must be on this machine: see `smysl models`)")
     p.add_argument("--json", action="store_true", help="JSON instead of text")
     p.add_argument("--revision", default=None,
@@ -458,6 +489,15 @@ def show_entry(model: str, revision: str | None = None) -> ModelEntry:
                          "(smysl serve's /info, Ollama's /api/show)")
     packaged = scheme == "st" and rest.lower() in PACKAGED
     path = Path(model_path(rest) if packaged else rest).expanduser()
+    if path.is_file() and scheme == "qwen3":  # a .gguf loads like a checkpoint directory
+        from smysl.qwen3.gguf import is_gguf
+
+        if revision:
+            raise ValueError(f"--revision applies to Hub models, not the file {path}")
+        if not is_gguf(path):
+            raise ValueError(f"{path} is a file but not a GGUF model; a checkpoint is a "
+                             "directory (with config.json)")
+        return gguf_entry(path, rest)
     if path.is_dir():
         if revision:
             raise ValueError(f"--revision applies to Hub models, not the directory {path}")

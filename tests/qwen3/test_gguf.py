@@ -736,3 +736,25 @@ def test_a_block_with_an_inf_scale_is_refused_dequantised_or_kept(
     with pytest.raises(ValueError, match=r"layers\.0\.mlp\.gate_proj\.weight: block 0 of row 3 "
                                          "has a NaN or inf scale: the file is damaged"):
         Embedder.load(str(q4), device="cpu", quantize="int4")
+
+
+def test_show_reads_a_gguf_file(files: dict[str, Path], tiny_dir: Path, tmp_path: Path,
+                                capsys: pytest.CaptureFixture[str]) -> None:
+    """`smysl show m.gguf` said "not a model directory, Hub repo id or alias", though
+    `--model m.gguf` loads it; a file that is not GGUF is named as such, and a GGUF the engine
+    cannot run shows why."""
+    from smysl.cli import main
+
+    assert main(["show", str(files["Q8_0"]), "--json"]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert (shown["dimensions"], shown["dtype"], shown["max_tokens"], shown["problem"]) == (
+        64, "Q8_0", 512, None)
+    assert shown["details"]["layers"] == 2 and shown["details"]["dimensions_range"] == [32, 64]
+    other = tmp_path / "notes.gguf"
+    other.write_text("hello")
+    assert main(["show", str(other)]) == 2
+    assert "is a file but not a GGUF model" in capsys.readouterr().err
+    chat = write_gguf(tiny_dir, tmp_path / "chat.gguf", ftype="F16", pooling=1)  # mean
+    assert main(["show", str(chat)]) == 0
+    out = capsys.readouterr().out
+    assert "problem:" in out and "pooling" in out
