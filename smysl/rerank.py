@@ -106,6 +106,17 @@ class RerankTokens(Protocol):
         ...
 
 
+def pair_of(pair: object, i: int) -> tuple[str, str]:
+    """Pair ``i`` of a ``score`` call as (query, document): a tuple, list or row of a numpy
+    array of two strings; else a ``ValueError`` naming it."""
+    if isinstance(pair, np.ndarray) and pair.ndim == 1:
+        pair = tuple(pair.tolist())
+    if not (isinstance(pair, tuple | list) and len(pair) == 2
+            and all(isinstance(x, str) for x in pair)):
+        raise ValueError(f"pair {i} must be a (query, document) pair of strings")
+    return str(pair[0]), str(pair[1])
+
+
 class BaseReranker(abc.ABC):
     """(query, documents) in, relevance scores out. Subclasses implement :meth:`_scores`.
 
@@ -197,12 +208,10 @@ class BaseReranker(abc.ABC):
         scored in one :meth:`_scores` call."""
         if isinstance(pairs, str | bytes):
             raise ValueError("pairs must be a sequence of (query, document) pairs")
-        pairs = list(pairs)  # any iterable, as the local reranker takes
+        # any iterable of pairs, as the local reranker takes
+        pairs = [pair_of(p, i) for i, p in enumerate(pairs)]
         by_query: dict[str, list[int]] = {}
         for i, pair in enumerate(pairs):
-            if not (isinstance(pair, tuple | list) and len(pair) == 2
-                    and all(isinstance(x, str) for x in pair)):
-                raise ValueError(f"pair {i} must be a (query, document) pair of strings")
             by_query.setdefault(pair[0], []).append(i)
         out = np.empty(len(pairs), dtype=np.float64)
         for query, rows in by_query.items():
@@ -230,9 +239,13 @@ class BaseReranker(abc.ABC):
     def _check(self, query: str, documents: Sequence[str], instruction: str | None) -> list[str]:
         if not isinstance(query, str) or not query.strip():
             raise ValueError("the query is empty")
-        if isinstance(documents, str | bytes) or not isinstance(documents, Sequence):
-            raise TypeError("documents must be a list of strings, not "
-                            f"{type(documents).__name__}")
+        # a 1-d numpy array of strings too, as embed takes texts
+        if (isinstance(documents, str | bytes)
+                or not isinstance(documents, Sequence | np.ndarray)
+                or (isinstance(documents, np.ndarray) and documents.ndim != 1)):
+            what = (f"a {documents.ndim}-d array" if isinstance(documents, np.ndarray)
+                    else type(documents).__name__)
+            raise TypeError(f"documents must be a list of strings, not {what}")
         docs = list(documents)
         check_unicode(query, "the query")
         for i, d in enumerate(docs):

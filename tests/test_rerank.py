@@ -39,6 +39,9 @@ def test_score_groups_pairs_by_query_and_keeps_input_order() -> None:
     r = Lengthy()
     assert r.score([("q1", "aaa"), ("q2", "b"), ("q1", "cc")]) == [3.0, 1.0, 2.0]
     assert [(q, docs) for q, docs, _, _ in r.calls] == [("q1", ["aaa", "cc"]), ("q2", ["b"])]
+    # a numpy array of pairs (rows), and of documents, as the local reranker takes them
+    assert r.score(np.array([("q1", "aaa"), ("q2", "b")])) == [3.0, 1.0]  # type: ignore[arg-type]
+    assert r.rerank("q", np.array(["aa", "b"])) == [(0, 2.0), (1, 1.0)]
 
 
 def test_bad_input_is_refused_before_any_call() -> None:

@@ -40,7 +40,7 @@ from smysl.qwen3.contract import (
     start_engine,
 )
 from smysl.qwen3.hub import Checkpoint, read_checkpoint, read_rows, resolve
-from smysl.rerank import BaseReranker, PairError, RerankerInfo, RerankTokens
+from smysl.rerank import BaseReranker, PairError, RerankerInfo, RerankTokens, pair_of
 from smysl.scheduler import SchedulerConfig, plan_batches
 from smysl.tokenize import Direction, InputTooLongError, check_unicode
 
@@ -195,10 +195,7 @@ class Reranker(OnEngine, BaseReranker):
         check_unicode(instruction, "the instruction")
         checked: list[tuple[str, str]] = []
         for i, pair in enumerate(pairs):
-            if not (isinstance(pair, tuple | list) and len(pair) == 2
-                    and all(isinstance(x, str) for x in pair)):
-                raise ValueError(f"pair {i} must be a (query, document) pair of strings")
-            query, document = pair
+            query, document = pair_of(pair, i)
             if not query.strip():
                 raise ValueError(f"pair {i} has an empty query")
             check_unicode(query, f"the query of pair {i}")

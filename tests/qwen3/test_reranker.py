@@ -66,7 +66,7 @@ def test_info_says_the_engine_path(loaded: dict[str, Reranker]) -> None:
 def test_truncate_is_a_flag_and_pairs_may_be_any_sequence(loaded: dict[str, Reranker]
                                                           ) -> None:
     """``truncate="false"`` cut the documents (``bool("false")`` is True); a numpy array of
-    pairs was "the truth value of an array is ambiguous"."""
+    pairs was "the truth value of an array is ambiguous", then "pair 0 must be a pair"."""
     r = loaded["tied"]
     pairs = [("q", "a document"), ("q", "another one")]
     for call in (lambda t: r.rerank("q", ["d" * 9000], truncate=t),
@@ -74,8 +74,13 @@ def test_truncate_is_a_flag_and_pairs_may_be_any_sequence(loaded: dict[str, Rera
         with pytest.raises(ValueError, match="truncate must be True or False, got 'false'"):
             call("false")
     assert r.score(pairs[i] for i in range(2)) == r.score(pairs)
+    # a numpy array of pairs, and of documents: as lists (its rows were "not a pair")
+    assert r.score(np.array(pairs)) == r.score(pairs)  # type: ignore[arg-type]
+    assert r.rerank("q", np.array([d for _, d in pairs])) == r.rerank("q", [d for _, d in pairs])
     with pytest.raises(ValueError, match="pair 0 must be a \\(query, document\\) pair"):
-        r.score(np.array(pairs))  # type: ignore[arg-type]
+        r.score(np.array([("q", "a", "b")]))  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="not a 2-d array"):
+        r.rerank("q", np.array(pairs))  # type: ignore[arg-type]
 
 
 def test_prompt_is_the_model_card_prompt(loaded: dict[str, Reranker]) -> None:
