@@ -161,7 +161,8 @@ class Embedder(OnEngine, BaseEmbedder, TokenLevel):
             cpu=e.cpu,
             cuda_graphs=e.cuda_graphs or None, kernel=e.kernel, slice_tokens=e.chunk,
             tuned_at=e.tuned_at, threads=e.threads,
-            lanes=e.lanes if device_type(e.device) == "cpu" else None)
+            # as many as fit this thread's count: what a bulk call from here runs
+            lanes=min(e.lanes, e.threads or e.lanes) if device_type(e.device) == "cpu" else None)
 
     def fingerprint(self) -> str:
         """Hash of the checkpoint's config, tokenizer and weights (size + three 1 MiB windows

@@ -352,9 +352,11 @@ def test_lanes_fit_the_threads_and_stop_with_their_engine(tiny_dir: Path) -> Non
         emb.embed(texts(20))
         engine = emb.engine
         assert engine.running_lanes == 2  # type: ignore[attr-defined]  # 4 lanes, 2 threads
+        assert emb.info().lanes == 2  # what runs (it said 4)
         torch.set_num_threads(1)  # the caller's count changed: one lane fits, none run
         emb.embed(texts(20))
         assert engine.running_lanes == 0  # type: ignore[attr-defined]
+        assert emb.info().lanes == 1
         torch.set_num_threads(2)
         emb.embed(texts(20))
         lanes = [t for t in set(threading.enumerate()) - others
@@ -421,7 +423,8 @@ def test_tune_measures_lanes_and_engines_use_them(tiny_dir: Path, tmp_path: Path
     tuning.store(k, tuning.Tuned(chunk=64, lanes=3, lane_seconds={1: 0.2, 3: 0.1}))
     assert tuning.lookup(k) == tuning.Tuned(chunk=64, lanes=3, lane_seconds={1: 0.2, 3: 0.1})
     tuned = Embedder.load(str(tiny_dir), device="cpu", dtype="float32")
-    assert tuned.info().lanes == 3  # the stored count, when none is given
+    assert tuned.engine.lanes == 3  # type: ignore[attr-defined]  # the stored count, when none is given
+    assert tuned.info().lanes == min(3, torch.get_num_threads())  # as many as fit
     given = Embedder.load(str(tiny_dir), device="cpu", dtype="float32", lanes=1)
     assert given.info().lanes == 1
     tuning.store(k, tuning.Tuned(chunk=64, lanes=0))
