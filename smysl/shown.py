@@ -87,7 +87,10 @@ def header_secrets(headers: Iterable[tuple[str, str]]) -> list[str]:
 def redacted(text: str, secrets: Iterable[str]) -> str:
     """``text`` with every occurrence of each secret (4 characters or more) replaced by
     ``***`` (an upstream's error body that echoes the request's headers)."""
-    for secret in sorted({s for s in secrets if len(s) >= 4}, key=len, reverse=True):
+    # stripped too: an error may quote a value escaped ("b'sk-...\\n'"), which the raw
+    # value with its line break does not match
+    forms = {form for s in secrets for form in (s, s.strip())}
+    for secret in sorted({s for s in forms if len(s) >= 4}, key=len, reverse=True):
         text = text.replace(secret, "***")
     return text
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from smysl.shown import shown_url
@@ -66,10 +67,17 @@ class ProviderConfig:
     #: again with the same texts sends only the missing ones (0: keep none).
     resume_cache_mb: float = 256.0
     #: Extra HTTP headers sent with every request (an ``Authorization`` among them: not in
-    #: ``repr``).
+    #: ``repr``); a dict is taken too.
     headers: tuple[tuple[str, str], ...] = field(default=(), repr=False)
 
     def __post_init__(self) -> None:
+        given = self.headers
+        pairs = list(given.items()) if isinstance(given, Mapping) else list(given or ())
+        if not all(isinstance(p, tuple | list) and len(p) == 2
+                   and all(isinstance(x, str) for x in p) for p in pairs):
+            raise ValueError(f"{self.name}: headers must be a dict (or pairs) of name -> value "
+                             "strings")
+        object.__setattr__(self, "headers", tuple((str(k), str(v)) for k, v in pairs))
         checks = {
             "max_batch_texts": self.max_batch_texts >= 1,
             "max_batch_tokens": self.max_batch_tokens is None or self.max_batch_tokens >= 1,
@@ -100,11 +108,24 @@ class ProviderConfig:
         """``given``, else the first set variable of :attr:`api_key_env`; ``ValueError`` naming
         them when the API needs a key and none is found."""
         envs = [e.strip() for e in (self.api_key_env or "").split(",") if e.strip()]
+        source = "api_key="
         for env in envs if given is None else ():
             given = os.environ.get(env) or None
             if given:
+                source = f"${env}"
                 break
+        if given is not None:
+            if not isinstance(given, str):
+                raise ValueError(f"{self.name}: api_key must be a string")
+            # a key read from a .env or secret file keeps its line break: it went into the
+            # header, and httpx's error about it quoted the whole key
+            given = given.strip() or None
+            if given is not None and any(c.isspace() or ord(c) < 32 or ord(c) == 127
+                                         for c in given):
+                raise ValueError(f"{self.name}: the API key from {source} has a space, line "
+                                 "break or control character inside it (a pasted quote or "
+                                 "two keys?); it is not shown here")
         if given is None and self.api_key_required:
-            raise ValueError(f"{self.name}: no API key; set ${' or $'.join(envs)} or pass "
-                             "api_key=...")
+            raise ValueError(f"{self.name}: no API key (or an empty one); set "
+                             f"${' or $'.join(envs)} or pass api_key=...")
         return given

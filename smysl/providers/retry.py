@@ -230,7 +230,8 @@ class RetryingClient:
                 raise
             except Exception as e:  # refused, reset, DNS, protocol, body decoding
                 self._heard(False)
-                last = ProviderError(f"{self.name}: connection error: {e!r}")
+                # an exception's words may quote a header (httpx's "Illegal header value")
+                last = ProviderError(f"{self.name}: connection error: {self.shown(repr(e))}")
             else:
                 self._heard(True)
                 status = resp.status
@@ -321,6 +322,9 @@ class RetryingClient:
             if isinstance(error, httpx.UnsupportedProtocol):  # a bad URL does not heal
                 raise ProviderError(f"{self.name}: bad URL {shown_url(self.base_url)!r}: "
                                     f"{self.shown(str(error))}")
+            if isinstance(error, httpx.LocalProtocolError):  # a request we cannot send
+                raise ProviderError(f"{self.name}: the request could not be sent "
+                                    f"({self.shown(str(error))}); check the headers given")
             raise error
         answer: Answer = box["answer"]
         return answer

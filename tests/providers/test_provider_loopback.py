@@ -163,6 +163,37 @@ def test_unknown_model_and_bad_key_over_http() -> None:
         assert ok.embed(["a"]).shape == (1, 32)
 
 
+def test_a_key_with_a_line_break_works_or_is_refused_unshown(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A key read from a .env or secret file kept its line break: httpx refused the header
+    and smysl's error quoted the whole key (retried, too). Around it: stripped; inside: refused
+    before any request, without the key."""
+    with FakeServer(dims=32, api_key="sk-right-key") as srv:
+        for around in ("sk-right-key\n", " sk-right-key ", "\tsk-right-key\r\n"):
+            monkeypatch.setenv("OPENROUTER_API_KEY", around)
+            m = smysl.load(f"openrouter:{srv.url}/api/v1#m", dimensions=32)
+            assert m.embed(["a"]).shape == (1, 32)
+        sent = len(srv.requests)
+        for inside in ("sk-right\nkey", "sk-right key", "sk-\x07right"):
+            monkeypatch.setenv("OPENROUTER_API_KEY", inside)
+            with pytest.raises(ValueError, match=r"the API key from \$OPENROUTER_API_KEY has a "
+                               r"space, line break or control character") as e:
+                smysl.load(f"openrouter:{srv.url}/api/v1#m", dimensions=32)
+            assert "right" not in str(e.value)
+        monkeypatch.setenv("OPENROUTER_API_KEY", "  ")
+        with pytest.raises(ValueError, match="no API key"):
+            smysl.load(f"openrouter:{srv.url}/api/v1#m", dimensions=32)
+        with pytest.raises(ValueError, match="from api_key= has a space"):
+            smysl.load(f"openrouter:{srv.url}/api/v1#m", dimensions=32, api_key="a b")
+        assert len(srv.requests) == sent
+        # a header the client cannot send is one clear error, without the secret, not retried
+        m = smysl.load(f"openai:{srv.url}/v1#m", dimensions=32, api_key="sk-right-key",
+                       headers={"X-Token": "secret-value\n"}, max_retries=3)
+        with pytest.raises(Exception, match="could not be sent") as e:
+            m.embed(["a"])
+        assert "secret-value" not in str(e.value) and len(srv.requests) == sent
+
+
 # ----------------------------------------------------------------------------- semantics
 def test_truncation_local_check_and_client_side_cut(qwen_tok: Any, tokenizer_path: Path) -> None:
     long = "смысл жизни в поиске смысла " * 20
