@@ -144,6 +144,21 @@ class TokenLevel(Protocol):
         ...
 
 
+class UpstreamError(RuntimeError):
+    """A remote backend (a paid API, another server) could not answer, for a reason of its
+    own: it failed, refused this client's key, asked it to slow down, or did not answer in
+    time. Never the caller's input (that is a ``ValueError``).
+
+    A server in front of it answers ``status``: 429 (the upstream's rate limit; wait
+    ``retry_after`` seconds when it said), 503 (unavailable), 504 (timed out) or 502 (any
+    other upstream failure)."""
+
+    #: The HTTP status a server fronting the backend answers.
+    status_to_answer: int = 502
+    #: Seconds the upstream asked to wait (its ``Retry-After``), when it said.
+    retry_after: float | None = None
+
+
 class BaseEmbedder(abc.ABC):
     """Text in, unit float32 vectors out. Subclasses implement :meth:`_embed`."""
 

@@ -5,19 +5,25 @@ from __future__ import annotations
 
 import numpy as np
 
+from smysl.base import UpstreamError
 
-class ProviderError(RuntimeError):
+
+class ProviderError(UpstreamError):
     """A provider request failed."""
 
 
 class ProviderHTTPError(ProviderError):
     """The provider answered with an error status; ``body`` is its answer, with this client's
-    key, credential headers and URL password as ``***`` (upstreams echo request headers)."""
+    key, credential headers and URL password as ``***`` (upstreams echo request headers).
+    ``retry_after``: its ``Retry-After``, in seconds."""
 
-    def __init__(self, message: str, status: int, body: str = "") -> None:
+    def __init__(self, message: str, status: int, body: str = "", *,
+                 retry_after: float | None = None) -> None:
         super().__init__(message)
         self.status = status
         self.body = body
+        self.status_to_answer = status if status in (429, 503) else 502
+        self.retry_after = retry_after
 
 
 class PayloadTooLargeError(ProviderHTTPError):
@@ -40,6 +46,8 @@ class RetriesExhaustedError(ProviderError):
 
 class ProviderTimeoutError(ProviderError, TimeoutError):
     """A wall-clock limit ran out (see :class:`RequestTimeoutError`, :class:`JobTimeoutError`)."""
+
+    status_to_answer = 504
 
 
 class RequestTimeoutError(ProviderTimeoutError):
@@ -71,6 +79,16 @@ class IncompleteEmbeddingError(ProviderError):
         self.cause = cause
         self.done: list[int] = done or []
         self.rows: np.ndarray = rows if rows is not None else np.zeros((0, 0), np.float32)
+        if isinstance(cause, UpstreamError):  # what stopped it says what a server answers
+            self.status_to_answer, self.retry_after = cause.status_to_answer, cause.retry_after
+
+
+def after(error: UpstreamError, last: BaseException | None) -> UpstreamError:
+    """``error`` (raised because of ``last``) answered as ``last`` would be: a retry budget
+    spent on 429s is still a rate limit."""
+    if isinstance(last, UpstreamError):
+        error.status_to_answer, error.retry_after = last.status_to_answer, last.retry_after
+    return error
 
 
 class PartialEmbeddingError(IncompleteEmbeddingError):

@@ -133,9 +133,11 @@ class RerankUsage(Usage):
 class _CallDeadline(Deadline):
     """``job_timeout`` for one rerank call (the embedding one's message speaks of rows)."""
 
-    def error(self) -> JobTimeoutError:
+    def error(self, why: str | None = None) -> JobTimeoutError:
+        what = (f"{why}; job_timeout={self.seconds:g}s" if why
+                else f"the rerank call ran past job_timeout={self.seconds:g}s")
         return JobTimeoutError(
-            f"{self.name}: the rerank call ran past job_timeout={self.seconds:g}s (the "
+            f"{self.name}: {what} (the "
             "wall-clock limit of one call, all its requests, retries and waits included); pass "
             "job_timeout=SECONDS to change it (None: no limit)")
 

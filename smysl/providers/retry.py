@@ -35,6 +35,7 @@ from smysl.providers.errors import (
     ProviderHTTPError,
     RequestTimeoutError,
     RetriesExhaustedError,
+    after,
 )
 from smysl.providers.usage import Usage
 from smysl.shown import header_secrets, redacted, shown_url, url_secrets
@@ -71,9 +72,12 @@ class Deadline:
         if self.remaining() <= 0:
             raise self.error()
 
-    def error(self) -> JobTimeoutError:
+    def error(self, why: str | None = None) -> JobTimeoutError:
+        """The error of a call past its limit (``why``: what ends it before the limit)."""
+        what = (f"{why}; job_timeout={self.seconds:g}s" if why
+                else f"the embed call ran past job_timeout={self.seconds:g}s")
         return JobTimeoutError(
-            f"{self.name}: the embed call ran past job_timeout={self.seconds:g}s (the "
+            f"{self.name}: {what} (the "
             "wall-clock limit of one call, all its requests, retries and waits included); "
             "rows finished so far are kept, so calling embed again resumes. Pass "
             "job_timeout=SECONDS to change it (None: no limit)")
@@ -254,7 +258,8 @@ class RetryingClient:
                 elif status in RETRYABLE_STATUS:
                     retry_after = retry_after_seconds(resp.headers)
                     last = ProviderHTTPError(f"{self.name}: HTTP {status}: {self.excerpt(resp)}",
-                                             status, self.shown(resp.text))
+                                             status, self.shown(resp.text),
+                                             retry_after=retry_after)
                 else:
                     self.usage.record_failure()
                     raise ProviderHTTPError(self.explain(status, resp), status,
@@ -264,12 +269,14 @@ class RetryingClient:
             delay = backoff_delay(cfg, attempt, self._rng, retry_after)
             if deadline is not None and delay >= deadline.remaining():
                 self.usage.record_failure()
-                raise deadline.error() from last
+                # the wait it would take, not the time spent, runs past the limit: say so
+                raise after(deadline.error(f"the next try would wait {delay:.3g}s, past it, "
+                                           f"after {last}"), last) from last
             log.debug("%s: retry %d in %.3fs after %s", self.name, attempt + 1, delay, last)
             sleep(delay)
         self.usage.record_failure()
-        raise RetriesExhaustedError(
-            f"{self.name}: gave up after {cfg.max_retries + 1} attempts: {last}") from last
+        raise after(RetriesExhaustedError(
+            f"{self.name}: gave up after {cfg.max_retries + 1} attempts: {last}"), last) from last
 
     def _attempt(self, method: str, url: str, body: dict[str, Any] | None,
                  headers: dict[str, str], budget: float) -> Answer:

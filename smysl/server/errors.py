@@ -7,9 +7,12 @@ has its own status code for a few kinds (TEI answers 422 for validation, for ins
 
 from __future__ import annotations
 
+import math
 from typing import Literal
 
 from starlette.responses import JSONResponse
+
+from smysl.base import UpstreamError
 
 Api = Literal["openai", "ollama", "tei"]
 
@@ -36,6 +39,8 @@ _KINDS: dict[str, tuple[int, int, int, str]] = {
     # nginx's "client closed request": logged and counted, never delivered
     "client_gone": (499, 499, 499, "Validation"),
     "internal": (500, 500, 424, "Backend"),
+    # a remote backend (a provider) failed for a reason of its own (UpstreamError)
+    "upstream": (502, 502, 502, "Backend"),
 }
 
 _OPENAI_TYPE = {
@@ -46,12 +51,14 @@ _OPENAI_TYPE = {
     "timeout": "server_error",
     "internal": "server_error",
     "not_implemented": "server_error",
+    "upstream": "server_error",
 }
 _OPENAI_CODE = {
     "not_found": "model_not_found",
     "unauthorized": "invalid_api_key",
     "overloaded": "rate_limit_exceeded",
     "timeout": "timeout",
+    "upstream": "upstream_error",
 }
 
 
@@ -73,6 +80,18 @@ class ApiError(Exception):
     def status(self, api: Api) -> int:
         openai, ollama, tei, _ = _KINDS[self.kind]
         return {"openai": openai, "ollama": ollama, "tei": tei}[api]
+
+
+def upstream_failed(model: str, e: UpstreamError) -> ApiError:
+    """The answer when the remote backend of ``model`` failed: its rate limit as a 429 with its
+    ``Retry-After``, unavailable as 503, timed out as 504, anything else 502; its words (a
+    provider's errors carry no secrets) rather than a 500 "internal error" and a traceback."""
+    kind = {429: "overloaded", 503: "unavailable", 504: "timeout"}.get(e.status_to_answer,
+                                                                        "upstream")
+    wait = e.retry_after
+    headers = ({"Retry-After": str(max(1, math.ceil(wait)))}
+               if wait is not None and math.isfinite(wait) else {})
+    return ApiError(kind, f"the upstream of {model!r} failed: {e}", headers=headers)
 
 
 def api_of(path: str) -> Api:

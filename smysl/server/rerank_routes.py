@@ -22,6 +22,7 @@ cohere:...``) is called once per request, a few at a time.
 
 from __future__ import annotations
 
+import logging
 import math
 import uuid
 from collections.abc import Callable, Hashable
@@ -32,17 +33,20 @@ import numpy as np
 from fastapi import APIRouter, Request, Response
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr
 
+from smysl.base import UpstreamError
 from smysl.pooling import NonFiniteError
 from smysl.registry import names_of
 from smysl.rerank import BaseReranker, PairError, RerankTokens, order
 from smysl.server.batcher import BackendDown, Batcher, Job
 from smysl.server.config import ServerConfig
-from smysl.server.errors import ApiError
+from smysl.server.errors import ApiError, upstream_failed
 from smysl.server.health import BackendHealth
 from smysl.server.http import json_response
 from smysl.server.metrics import BatchMetrics, HealthMetrics, Metrics
 from smysl.server.service import CHARS_PER_TOKEN, Disconnected, check_unicode, until_disconnected
 from smysl.tokenize import Direction, InputTooLongError
+
+log = logging.getLogger("smysl.server")
 
 #: Requests with more characters than this are tokenised off the event loop.
 _INLINE_CHARS = 4096
@@ -279,6 +283,9 @@ class RerankService:
                     lambda: self.reranker.score(pairs, instruction=instruction,
                                                 truncate=truncate),
                     limiter=self.calls, abandon_on_cancel=True)
+        except UpstreamError as e:  # first: a provider's timeout is a TimeoutError too
+            log.warning("reranker %r: %s", self.model_id, e)
+            raise upstream_failed(self.model_id, e) from None
         except TimeoutError:
             raise ApiError("timeout", "the reranker did not answer within the server's time "
                            "budget (request_timeout_s); retry") from None

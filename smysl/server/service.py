@@ -15,12 +15,12 @@ import anyio
 import numpy as np
 
 from smysl import tokenize
-from smysl.base import BaseEmbedder, ModelInfo, Role, TokenLevel
+from smysl.base import BaseEmbedder, ModelInfo, Role, TokenLevel, UpstreamError
 from smysl.pooling import NonFiniteError, check_dimensions
 from smysl.registry import names_of
 from smysl.server.batcher import BackendDown, Batcher, EmbedBackend, Job, Slot
 from smysl.server.config import ServerConfig
-from smysl.server.errors import ApiError
+from smysl.server.errors import ApiError, upstream_failed
 from smysl.server.health import BackendHealth
 from smysl.server.metrics import Metrics
 from smysl.shown import shown_source
@@ -383,6 +383,9 @@ class Service:
             raise
         except BackendDown:
             raise self.health.unavailable() from None
+        except UpstreamError as e:
+            log.warning("model %r: %s", self.model_id, e)
+            raise upstream_failed(self.model_id, e) from None
         except Exception:
             if not self.embedder.healthy:
                 raise self.health.unavailable() from None

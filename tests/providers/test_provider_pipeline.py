@@ -128,3 +128,41 @@ def test_cli_embed_prints_a_usage_line(qwen_tok: Any, monkeypatch: pytest.Monkey
     assert (f"embedded 3 texts -> 64 dims; dashscope:text-embedding-v4: {billed:,} tokens "
             f"(provider-reported), 3 texts, 1 request, 0 retries, ${cost:.6f} at "
             "$0.07/1M tokens") in err
+
+
+def test_a_served_provider_passes_on_what_failed_upstream(caplog: pytest.LogCaptureFixture
+                                                          ) -> None:
+    """An upstream's 429, 401 or 503 reached the server's clients as a 500 "internal error:
+    IncompleteEmbeddingError" (TEI: 424) with a traceback in the log: now its rate limit is a
+    429 with its Retry-After, unavailable a 503, a timeout a 504, the rest a 502, in each API's
+    shape, with the provider's (redacted) words."""
+    from fastapi.testclient import TestClient
+    from provider_fakes import Fault
+
+    from smysl.providers import connect
+    from smysl.server import ServerConfig, create_app
+
+    with FakeServer(dims=32, api_key="sk-upstream-key") as upstream:
+        provider = connect("openrouter", f"{upstream.url}/api/v1#qwen/qwen3-embedding-8b",
+                           dimensions=32, api_key="sk-upstream-key", max_retries=0,
+                           timeout=0.5)
+        cases = [(Fault(429, {"Retry-After": "7"}), 429, "7"),
+                 (Fault(503), 503, None),
+                 (Fault(401, body='{"error": "bad key sk-upstream-key"}'), 502, None),
+                 (Fault(500), 502, None),
+                 (Fault(delay=2.0), 504, None)]
+        with TestClient(create_app(provider, ServerConfig())) as c:
+            for path, body in (("/v1/embeddings", {"input": ["a"]}),
+                               ("/api/embed", {"model": "qwen3-embedding-8b", "input": ["a"]}),
+                               ("/embed", {"inputs": ["a"]})):
+                for fault, status, wait in cases:
+                    upstream.script.append(fault)
+                    with caplog.at_level("ERROR", logger="smysl.server"):
+                        r = c.post(path, json=body)
+                    assert r.status_code == status, (path, fault, r.text)
+                    assert r.headers.get("retry-after") == wait
+                    assert "the upstream of" in r.text and "internal error" not in r.text
+                    assert "sk-upstream-key" not in r.text
+            assert "unhandled error" not in caplog.text
+            assert c.post("/embed", json={"inputs": ["a"]}).status_code == 200
+        provider.close()

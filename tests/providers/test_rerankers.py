@@ -473,3 +473,24 @@ def test_another_smysl_gives_the_in_process_scores(tmp_path: Path) -> None:
             other.close()
     finally:
         local.close()
+
+
+def test_a_served_remote_reranker_passes_on_what_failed_upstream() -> None:
+    """A remote reranker's upstream 429 was a 500 "internal error" from `smysl serve
+    --reranker cohere:...`; its timeout was the server's own "did not answer within the
+    server's time budget"."""
+    from fastapi.testclient import TestClient
+    from provider_fakes import Fault
+
+    from smysl.server import ServerConfig, create_app
+
+    with FakeServer() as srv:
+        rr = load(srv, "cohere", max_retries=0, timeout=0.5)
+        with TestClient(create_app(None, ServerConfig(), reranker=rr)) as c:
+            for fault, status, wait in ((Fault(429, {"Retry-After": "3"}), 429, "3"),
+                                        (Fault(502), 502, None), (Fault(delay=2.0), 504, None)):
+                srv.script.append(fault)
+                r = c.post("/v1/rerank", json={"query": QUERY, "documents": DOCS})
+                assert (r.status_code, r.headers.get("retry-after")) == (status, wait), r.text
+                assert "the upstream of" in r.text
+        rr.close()
