@@ -35,6 +35,7 @@ from typing import Any
 import numpy as np
 
 from smysl.base import BaseEmbedder, Progress, positive_int
+from smysl.pooling import check_dimensions
 from smysl.prompts import DEFAULT_TASK
 from smysl.providers.config import ProviderConfig
 from smysl.providers.dispatch import BatchLimit, CallLimit, run_batches
@@ -100,6 +101,10 @@ class Provider(BaseEmbedder):
         self.request_dimensions = positive_int(dimensions)
         if dimensions is not None and self.request_dimensions is None:
             raise ValueError(f"dimensions must be a positive integer, got {dimensions!r}")
+        named = width_from_name(model) if config.width_from_name else None
+        if self.request_dimensions is not None and named is not None:
+            # a Qwen3 size named: refused here, not billed first (5000 was sent and paid for)
+            check_dimensions(self.request_dimensions, named)
         #: Whether requests ask the server for that width: then rows all wider than it come
         #: from a server that ignored it, and their Matryoshka prefix is what was asked for.
         #: Where nothing is sent (TEI), wider rows are no such prefix: an error.

@@ -159,10 +159,21 @@ def test_price_table_lookup_and_override() -> None:
     assert price_for("openai", "my-model", "https://api.openai.com/v1") is None
     assert price_for("openai", "text-embedding-3-large", "http://gpu:9000/v1") == 0.0
     assert smysl.load("openai:text-embedding-3-small").usage.price_per_mtok == 0.02
-    h = Recorder()
-    p = make("openrouter", "qwen/qwen3-embedding-8b", h, price_per_mtok=2.0, dimensions=16)
+    h = Recorder(dims=32)
+    p = make("openrouter", "qwen/qwen3-embedding-8b", h, price_per_mtok=2.0, dimensions=32)
     p.embed(["a", "b"])
     assert p.usage.tokens == 6 and p.usage.cost == pytest.approx(6 * 2.0 / 1e6)
+
+
+def test_dimensions_out_of_a_named_qwen3_range_are_refused_at_load() -> None:
+    """``dimensions=5000`` for an 8B by name was sent, billed, then refused for the rows'
+    width; 16 was sent and returned. A model whose width the name does not give is asked."""
+    h = Recorder()
+    for bad in (5000, 16):
+        with pytest.raises(ValueError, match=f"must be in 32..4096 for this model, got {bad}"):
+            make("openrouter", "qwen/qwen3-embedding-8b", h, dimensions=bad)
+    assert h.requests == []
+    assert make("openrouter", "m", h, dimensions=16).request_dimensions == 16
 
 
 # ----------------------------------------------------------------------------- request shapes
