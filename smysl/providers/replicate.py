@@ -122,12 +122,15 @@ class ReplicateProvider(Provider):
                     raise deadline.error()
                 self.sleep(pause)
                 pause = min(2 * pause, _MAX_POLL)
-                pred = self._http.request("GET", pred["urls"]["get"], None, n, read=_prediction,
+                pred = self._http.request("GET", _urls(pred)["get"], None, n, read=_prediction,
                                           sleep=self.sleep, deadline=deadline)
         except JobTimeoutError:
-            cancel = pred.get("urls", {}).get("cancel")
+            cancel = _urls(pred).get("cancel")
             if isinstance(cancel, str):  # stop paying for a prediction nobody will read
                 self._http.fire("POST", cancel, min(cfg.connect_timeout, 5.0))
+            if pred["status"] == "processing":  # it ran until canceled: billed (BILLED)
+                self._record(texts, None)
+                self.usage.record_failure()
             raise
         if pred["status"] in BILLED:  # before its output is read: a bad one was paid for too
             self._record(texts, None)
@@ -148,6 +151,12 @@ def _prediction(body: Any, n: int) -> dict[str, Any]:
     """A prediction object, checked for what the polling loop reads (ValueError: malformed)."""
     if not isinstance(body, dict) or not isinstance(body.get("status"), str):
         raise ValueError("not a prediction object")
-    if body["status"] not in TERMINAL and not isinstance(body.get("urls", {}).get("get"), str):
+    if body["status"] not in TERMINAL and not isinstance(_urls(body).get("get"), str):
         raise ValueError(f"prediction {body.get('id')} is {body['status']} without urls.get")
     return body
+
+
+def _urls(prediction: dict[str, Any]) -> dict[str, Any]:
+    """A prediction's ``urls`` (``null`` or any other non-object as none)."""
+    urls = prediction.get("urls")
+    return urls if isinstance(urls, dict) else {}

@@ -265,14 +265,14 @@ class FakeServer:
                     self._send(500, {"error": {"message": "poisoned batch"}})
                     return
                 status, out = self.route(body)
-                if fault is not None and status == 200 and (fault.body is not None or
-                                                            fault.mutate is not None):
+                if fault is not None and 200 <= status < 300 and (fault.body is not None or
+                                                                  fault.mutate is not None):
                     with server.lock:
                         server.faults += 1
                     if fault.body is not None:
-                        self._send(200, None, raw=fault.body)
+                        self._send(status, None, raw=fault.body)
                     else:
-                        self._send(200, fault.mutate(out) if fault.mutate else out)
+                        self._send(status, fault.mutate(out) if fault.mutate else out)
                     return
                 self._send(status, out, drip=fault.drip if fault is not None else 0.0)
 

@@ -101,6 +101,22 @@ def test_a_prediction_past_the_job_deadline_is_cancelled() -> None:
             m.embed(["a"])
         assert time.perf_counter() - t0 < 1.5
         assert isinstance(e.value.cause, JobTimeoutError) and srv.cancelled == ["p0"]
+        # it ran until cancelled: Replicate bills that run, so usage counts it (it read 0)
+        assert (m.usage.requests, m.usage.failed_requests) == (1, 1)
+        assert m.usage.cost == pytest.approx(0.001)
+
+
+def test_a_prediction_without_urls_is_a_malformed_answer_retried() -> None:
+    """``"urls": null`` on a prediction still starting was an AttributeError ("'NoneType'
+    object has no attribute 'get'"), neither retried nor naming Replicate."""
+    from provider_fakes import Fault
+
+    with FakeServer(dims=64, replicate_polls=1) as srv:
+        m = replicate(srv, max_retries=2)
+        srv.script.append(Fault(mutate=lambda b: {**b, "urls": None}))
+        out = m.embed(["a"])
+        np.testing.assert_allclose(out, expected(["a"], 64, 64), rtol=1e-5, atol=1e-6)
+        assert m.usage.retries == 1
 
 
 def test_official_models_and_other_input_schemas() -> None:
