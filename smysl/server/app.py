@@ -142,6 +142,8 @@ def _build(embedder: BaseEmbedder | None, config: ServerConfig, *,
                     ui.router(service, reranking)]
     if reranking is not None:
         routers.append(rerank_routes.router(reranking))
+        if service is None:  # the embedding model's /info describes it otherwise
+            routers.append(rerank_routes.info_router(reranking))
     for router in routers:
         app.include_router(router)
 

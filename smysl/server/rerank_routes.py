@@ -375,6 +375,35 @@ def router(rs: RerankService) -> APIRouter:
     return r
 
 
+def info_router(rs: RerankService) -> APIRouter:
+    """TEI's ``/info`` for a server that serves a reranker and no embedding model (TEI
+    describes a reranker as ``model_type: {"reranker": ...}``)."""
+    r = APIRouter(tags=["rerank"])
+
+    @r.get("/info")
+    async def info() -> Response:
+        """The reranker and the server's limits (TEI ``/info``)."""
+        from smysl import __version__
+
+        cfg, model = rs.config, rs.reranker.info()
+        return json_response({
+            "model_id": model.name, "served_model_name": model.name, "model_sha": None,
+            "model_dtype": model.dtype or "unknown",
+            "model_type": {"reranker": {"backend": model.backend}},
+            "max_concurrent_requests": cfg.max_queue * cfg.workers,
+            "max_input_length": model.max_tokens or 0,
+            "max_batch_tokens": rs.tokens.batch_tokens if rs.tokens is not None else 0,
+            "max_batch_requests": cfg.max_batch_requests,
+            "max_client_batch_size": cfg.max_inputs, "auto_truncate": False,
+            "tokenization_workers": cfg.workers, "version": __version__, "sha": None,
+            "docker_label": None, "device": model.device, "kernel": model.kernel,
+            "slice_tokens": model.slice_tokens, "tuned_at": model.tuned_at,
+            "threads": model.threads,
+        })
+
+    return r
+
+
 def check_top_n(top_n: int | None) -> None:
     """400 for a ``top_n`` below 1 (None: every document)."""
     if top_n is not None and top_n < 1:

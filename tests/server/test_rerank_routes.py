@@ -120,7 +120,8 @@ def test_bad_input_is_4xx_in_each_apis_shape(client: Any, reranker: Any) -> None
         "content-type": "application/json"}).status_code == 400
 
 
-def test_reranker_alone_serves_health_metrics_and_no_embeddings(client: Any) -> None:
+def test_reranker_alone_serves_health_metrics_and_no_embeddings(client: Any,
+                                                                reranker: Any) -> None:
     """issue 15: ``--reranker`` without ``--model``: rerank routes, /health and /metrics; the
     embedding routes are absent (404), and rerank work is counted."""
     assert client.get("/health").status_code == 200
@@ -132,6 +133,10 @@ def test_reranker_alone_serves_health_metrics_and_no_embeddings(client: Any) -> 
     metrics = client.get("/metrics").text
     assert "smysl_rerank_inputs_total" in metrics
     assert 'route="/v1/rerank"' in metrics
+    # TEI's /info describes the reranker (it was a 404)
+    info = client.get("/info").json()
+    assert "reranker" in info["model_type"] and info["max_input_length"] == reranker.max_tokens
+    assert info["model_id"] == reranker.name and info["device"] == "cpu"
 
 
 @pytest.mark.parametrize("queues", [False, True])
