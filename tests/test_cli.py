@@ -423,6 +423,8 @@ def test_rerank_reads_jsonl_only_from_jsonl_files(tmp_path: Path,
     plain.write_bytes(("\n".join(lines) + "\n").encode())
     assert documents(["-i", str(plain)]) == lines
     assert documents([], "\n".join(lines) + "\n") == lines
+    # blank lines are no documents (an empty one was ranked, first on the tiny model)
+    assert documents([], "a\n\n  \nb\n") == ["a", "b"]
     items: list[object] = ["first\u2028still first", {"text": f"second {ODD}", "id": 7}]
     for suffix in (".jsonl", ".ndjson"):
         docs = tmp_path / f"docs{suffix}"

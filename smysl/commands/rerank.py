@@ -43,16 +43,18 @@ JSONL_SUFFIXES = (".jsonl", ".ndjson")
 
 def read_documents(source: str, jsonl: bool = False) -> tuple[list[str], list[Any]]:
     """(texts, items) of the input ``source`` (a file, ``-`` for stdin). A ``.jsonl``/``.ndjson``
-    file's lines, or any input's with ``jsonl`` (blank ones skipped), are strings or objects
-    with a string ``text``, each item kept whole for the output; any other input's lines are
-    their own text. Never guessed from the content: a plain line that happens to look like
-    JSON stays a plain line."""
+    file's lines, or any input's with ``jsonl``, are strings or objects with a string
+    ``text``, each item kept whole for the output; any other input's lines are their own text.
+    Blank lines are skipped in both (an empty document ranked among the others, first on some
+    models). Never guessed from the content: a plain line that happens to look like JSON stays
+    a plain line."""
     lines = read_lines(source)
     if not jsonl and Path(source).suffix.lower() not in JSONL_SUFFIXES:
         if source == "-" and looks_like_jsonl(lines):  # stdin was guessed once: say it
             print("smysl rerank: warning: stdin looks like JSONL but is read one document per "
                   "line, JSON and all; pass --jsonl to read it as JSONL", file=sys.stderr)
-        return lines, list(lines)
+        kept = [line for line in lines if line.strip()]
+        return kept, list(kept)
     texts, items = [], []
     for n, line in enumerate(lines, 1):
         if not line.strip():
