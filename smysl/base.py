@@ -64,6 +64,8 @@ class ModelInfo:
     file_format: str | None = None
     #: Process id of an engine running in a child process, else None.
     process: int | None = None
+    #: Bytes of the weight files a local engine loaded (Ollama's ``size``), None elsewhere.
+    file_size: int | None = None
     #: Token budget of one forward pass the backend is tuned for, None when it has none.
     batch_tokens: int | None = None
     #: The CPU and the features that decide its compute paths (local engines on CPU, e.g.

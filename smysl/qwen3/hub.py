@@ -54,6 +54,10 @@ class Checkpoint:
     #: A GGUF file's weight type as llama.cpp names it (``Q8_0``, ``F16``); None otherwise.
     weight_type: str | None = None
 
+    def file_size(self) -> int:
+        """Bytes of the weight files (a GGUF file whole)."""
+        return sum(w.stat().st_size for w in self.weights if w.is_file())
+
     @property
     def files(self) -> list[Path]:
         """The files that make this model (what :meth:`Embedder.fingerprint` hashes)."""

@@ -140,7 +140,8 @@ def router(service: Service, fast: FastRoutes) -> APIRouter:
 
     def entry() -> dict[str, object]:
         return {"name": service.model_id, "model": service.model_id, "modified_at": modified,
-                "size": 0, "digest": digest, "details": details(service.info())}
+                "size": service.info().file_size or 0, "digest": digest,
+                "details": details(service.info())}
 
     @r.get("/tags")
     async def tags() -> Response:

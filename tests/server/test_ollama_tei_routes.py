@@ -59,6 +59,9 @@ def test_ollama_legacy_and_metadata(client, tiny) -> None:  # type: ignore[no-un
     tags = client.get("/api/tags").json()["models"]
     assert [m["name"] for m in tags] == ["qwen3-embedding:0.6b"]
     assert len(tags[0]["digest"]) == 64 and tags[0]["details"]["family"] == "qwen3"
+    # the weights' bytes, as Ollama lists a model's size (it was 0)
+    assert tags[0]["size"] == tiny.info().file_size == sum(
+        w.stat().st_size for w in tiny.checkpoint.weights) > 0
     show = client.post("/api/show", json={"model": "Qwen/Qwen3-Embedding-0.6B"}).json()
     assert show["capabilities"] == ["embedding"]
     assert show["model_info"]["qwen3.embedding_length"] == tiny.dimensions
