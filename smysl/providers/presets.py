@@ -113,6 +113,7 @@ def _normalise_url(scheme: str, url: str) -> str:
             url = f"http://{host or '127.0.0.1'}:11434{slash}{path}"
     if scheme == "smysl" and not url.endswith("/v1"):
         url += "/v1"
+    _port(url)  # every scheme: a port past 65535 was retried as "connection refused"
     return url
 
 

@@ -110,6 +110,9 @@ def test_ollama_hosts_are_read_as_ollama_reads_them(host: str, base: str,
         assert connect("ollama", f"{host}#m").base_url == base
     with pytest.raises(ValueError, match="bad URL 'http://h:99999'"):
         connect("ollama", "m", base_url="h:99999")
+    # every scheme (openai: was retried as "connection refused")
+    with pytest.raises(ValueError, match="bad URL 'https://h:99999/v1'"):
+        connect("openai", "https://h:99999/v1#m")
 
 
 def test_environment_base_urls_and_options(monkeypatch: pytest.MonkeyPatch) -> None:
