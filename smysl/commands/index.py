@@ -169,15 +169,20 @@ def _add(args: argparse.Namespace, store: StoreConfig) -> int:
     else:
         for _ in iter_paths(args.paths):  # a typo'd path: nothing opened
             pass
-        if read.metadata_fields is not None:
-            # its check comes once every row is read: batches written before it had lost
-            # their other fields (an index's existing rows rewritten as {"lnag": null})
-            read_all(chunk=False)
         try:  # an index there: a failure part-way keeps what was added; a rerun resumes
             opened = Index.create_or_open(model, config, create=False)
         except FileNotFoundError:
-            read_all(chunk=True)
+            read_all(chunk=True)  # the --meta-fields check among the rest, in one read
             opened = Index.create_or_open(model, config)
+        else:
+            if read.metadata_fields is not None:
+                # its check comes once every row is read: batches written before it had lost
+                # their other fields (an index's existing rows rewritten as {"lnag": null})
+                try:
+                    read_all(chunk=False)
+                except BaseException:
+                    opened.close()
+                    raise
     with opened as index:
         for problem in index.problems:
             print(f"warning: {problem}", file=sys.stderr)

@@ -283,6 +283,29 @@ def test_index_add_checks_before_it_empties_or_binds_and_search_rows_keep_hit_fi
     assert main(["index", "search", kb, "row", "-k", "6", "--where", "lang=en", "-o",
                  str(data / "en.jsonl"), "--device", "cpu"]) == 0
     assert len((data / "en.jsonl").read_text().splitlines()) == 3  # every row kept its lang
+    # a new index with --meta-fields: its input is checked in one read, not two, before the
+    # add reads it again (and a typo still makes no index)
+    from smysl.toolkit import ingest
+
+    reads: list[object] = []
+    real = ingest.read_documents
+
+    def counted(*a: object, **k: object) -> object:
+        reads.append(a)
+        return real(*a, **k)  # type: ignore[arg-type]
+
+    ingest.read_documents = counted  # type: ignore[assignment]
+    try:
+        assert main(["index", "add", str(data / "typo"), str(data / "rows.jsonl"), *model,
+                     "--meta-fields", "lnag"]) == 2
+        assert "no row of the input files has" in capsys.readouterr().err
+        assert not (data / "typo").exists()
+        reads.clear()
+        assert main(["index", "add", str(data / "meta"), str(data / "rows.jsonl"), *model,
+                     "--meta-fields", "lang"]) == 0
+        assert len(reads) == 1  # the command's check (the add's own read is the index's)
+    finally:
+        ingest.read_documents = real
     fresh = str(data / "fresh")
     assert main(["index", "add", fresh, str(data / "rows.jsonl"), *model,
                  "--dimensions", "16"]) == 2
