@@ -160,6 +160,13 @@ class UpstreamError(RuntimeError):
     #: Seconds the upstream asked to wait (its ``Retry-After``), when it said.
     retry_after: float | None = None
 
+    def __init__(self, message: str, *, status_to_answer: int | None = None,
+                 retry_after: float | None = None) -> None:
+        super().__init__(message)
+        if status_to_answer is not None:
+            self.status_to_answer = status_to_answer
+        self.retry_after = retry_after
+
 
 class BaseEmbedder(abc.ABC):
     """Text in, unit float32 vectors out. Subclasses implement :meth:`_embed`."""

@@ -204,7 +204,8 @@ def test_a_cached_reranker_is_listed_shown_and_pulled_as_one(
         r for r in capsys.readouterr().out.splitlines() if r.startswith("Qwen/Qwen3-Reranker"))
     assert main(["show", "Qwen/Qwen3-Reranker-0.6B"]) == 0
     out = capsys.readouterr().out
-    assert "backend:      reranker" in out and "dimensions" not in out
+    assert "role:         reranker" in out and "backend:      qwen3" in out
+    assert "dimensions" not in out
     assert main(["pull", "Qwen/Qwen3-Reranker-0.6B"]) == 0
     out = capsys.readouterr().out
     assert out.startswith("Qwen/Qwen3-Reranker-0.6B: ") and ", reranker, " in out

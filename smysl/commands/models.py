@@ -19,7 +19,7 @@ import sys
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, Literal
 
 from smysl.backends.sentence_transformers import PACKAGED, model_path, packaged_models
 from smysl.ollama_store import blob, layers_of, manifests, model_blob, model_layer, ollama_root
@@ -69,7 +69,7 @@ class ModelEntry:
     problem: str | None = None
     #: ``embedding`` (``--model``, ``smysl.load``) or ``reranker`` (a Qwen3-Reranker:
     #: ``--reranker``, ``smysl.load_reranker``).
-    role: str = "embedding"
+    role: Literal["embedding", "reranker"] = "embedding"
 
 
 # ---------------------------------------------------------------------- checkpoint directories
@@ -145,7 +145,7 @@ def checkpoint_entry(root: Path, name: str, source: str, *, size: int | None = N
     max_tokens = (_json(root / "sentence_bert_config.json").get("max_seq_length")
                   or config.get("max_position_embeddings"))
     details: dict[str, Any] = {
-        "backend": kind,
+        "backend": "qwen3" if kind == "reranker" else kind,  # the engine; role says which
         "architecture": ", ".join(config.get("architectures") or []) or config.get("model_type"),
         "layers": config.get("num_hidden_layers"),
         "hidden": hidden,
@@ -524,7 +524,8 @@ def _run_show(args: argparse.Namespace) -> int:
         _dump(asdict(e))
         return 0
     d = e.details
-    lines = [("model", e.name), ("source", e.source), ("backend", d.get("backend")),
+    lines = [("model", e.name), ("role", e.role), ("source", e.source),
+             ("backend", d.get("backend")),
              ("where", e.where), ("size", human_size(e.size)), ("dtype", e.dtype)]
     lines += [(k, d.get(k)) for k in ("architecture", "family", "format", "layers", "hidden",
                                       "heads", "kv_heads", "intermediate", "vocab")]

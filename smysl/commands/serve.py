@@ -276,7 +276,7 @@ def run(args: argparse.Namespace) -> int:
             served = [m.info() for m in (model, reranker) if m is not None]
             config = dataclasses.replace(config, workers=auto_workers(
                 [(i.device, i.process) for i in served]))
-        if args.worker_stall_s is not None and config.workers == 1:  # it would do nothing
+        if args.worker_stall_s and config.workers == 1:  # it would do nothing (0: "never")
             print("smysl serve: --worker-stall-s is not used with one HTTP worker (it restarts "
                   "a stalled one of several; see --workers)", file=sys.stderr)
         extra = {"reranker": reranker} if reranker is not None else {}

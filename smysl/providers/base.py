@@ -110,10 +110,7 @@ class Provider(BaseEmbedder):
         #: Where nothing is sent (TEI), wider rows are no such prefix: an error.
         self.sends_dimensions = (self.request_dimensions is not None
                                  and config.supports_dimensions)
-        self._width: int | None = (
-            self.request_dimensions
-            or (width_from_name(model) if config.width_from_name else None)
-            or self.default_width())
+        self._width: int | None = self.request_dimensions or named or self.default_width()
         self._tokenizer_arg = tokenizer
         self._tokenizer: Tokenizer | None = tokenizer if isinstance(tokenizer, Tokenizer) else None
         self._tokenizer_resolved = self._tokenizer is not None

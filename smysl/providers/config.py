@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -77,7 +78,13 @@ class ProviderConfig:
                    and all(isinstance(x, str) for x in p) for p in pairs):
             raise ValueError(f"{self.name}: headers must be a dict (or pairs) of name -> value "
                              "strings")
-        object.__setattr__(self, "headers", tuple((str(k), str(v)) for k, v in pairs))
+        # a value from a file keeps its line break: stripped; one inside could not be sent,
+        # and the HTTP library's error quoted it, escaped past redaction
+        object.__setattr__(self, "headers", tuple(
+            (str(k).strip(), clean_secret(str(v), f"the value of header {k!r}", spaces=True,
+                                          who=self.name)) for k, v in pairs))
+        if self.base_url:  # a port past 65535 was retried as "connection refused"
+            port_of(self.base_url)
         checks = {
             "max_batch_texts": self.max_batch_texts >= 1,
             "max_batch_tokens": self.max_batch_tokens is None or self.max_batch_tokens >= 1,
@@ -119,13 +126,30 @@ class ProviderConfig:
                 raise ValueError(f"{self.name}: api_key must be a string")
             # a key read from a .env or secret file keeps its line break: it went into the
             # header, and httpx's error about it quoted the whole key
-            given = given.strip() or None
-            if given is not None and any(c.isspace() or ord(c) < 32 or ord(c) == 127
-                                         for c in given):
-                raise ValueError(f"{self.name}: the API key from {source} has a space, line "
-                                 "break or control character inside it (a pasted quote or "
-                                 "two keys?); it is not shown here")
+            given = clean_secret(given, f"the API key from {source}", spaces=False,
+                                 who=self.name) or None
         if given is None and self.api_key_required:
             raise ValueError(f"{self.name}: no API key (or an empty one); set "
                              f"${' or $'.join(envs)} or pass api_key=...")
         return given
+
+
+def clean_secret(value: str, what: str, *, spaces: bool, who: str) -> str:
+    """``value`` (a key, a header's value) without the whitespace around it; a ``ValueError``
+    that names ``what`` but never shows the value when a control character (or, unless
+    ``spaces``, any whitespace) is inside it."""
+    value = value.strip()
+    if any((ord(c) < 32 and c != "\t") or ord(c) == 127 or (not spaces and c.isspace())
+           for c in value):
+        raise ValueError(f"{who}: {what} has a {'' if spaces else 'space, '}line break or "
+                         "control character inside it (a pasted quote or two keys?); it is "
+                         "not shown here")
+    return value
+
+
+def port_of(url: str) -> int | None:
+    """The port of ``url`` (None: the scheme's), or a ``ValueError`` for one that is no port."""
+    try:
+        return urllib.parse.urlsplit(url).port
+    except ValueError as e:  # "host:abc", a port past 65535
+        raise ValueError(f"bad URL {shown_url(url)!r}: {e}") from None

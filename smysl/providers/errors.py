@@ -19,11 +19,10 @@ class ProviderHTTPError(ProviderError):
 
     def __init__(self, message: str, status: int, body: str = "", *,
                  retry_after: float | None = None) -> None:
-        super().__init__(message)
+        super().__init__(message, status_to_answer=status if status in (429, 503) else 502,
+                         retry_after=retry_after)
         self.status = status
         self.body = body
-        self.status_to_answer = status if status in (429, 503) else 502
-        self.retry_after = retry_after
 
 
 class PayloadTooLargeError(ProviderHTTPError):
@@ -83,10 +82,12 @@ class IncompleteEmbeddingError(ProviderError):
             self.status_to_answer, self.retry_after = cause.status_to_answer, cause.retry_after
 
 
-def after(error: UpstreamError, last: BaseException | None) -> UpstreamError:
-    """``error`` (raised because of ``last``) answered as ``last`` would be: a retry budget
-    spent on 429s is still a rate limit."""
-    if isinstance(last, UpstreamError):
+def answered_as(error: UpstreamError, last: BaseException | None) -> UpstreamError:
+    """``error``, raised because of ``last``, with the answer a server gives for it: a retry
+    budget spent on 429s is still a rate limit (429 and its ``Retry-After``); a job timeout
+    (504) also, and otherwise stays a timeout; any other error answers as ``last``."""
+    if isinstance(last, UpstreamError) and (
+            not isinstance(error, ProviderTimeoutError) or last.status_to_answer == 429):
         error.status_to_answer, error.retry_after = last.status_to_answer, last.retry_after
     return error
 

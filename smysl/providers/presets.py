@@ -5,12 +5,11 @@ factories that :mod:`smysl.registry` names."""
 from __future__ import annotations
 
 import dataclasses
-import urllib.parse
 from typing import Any
 
 from smysl.options import ModelOptions
 from smysl.providers.base import Provider
-from smysl.providers.config import ProviderConfig
+from smysl.providers.config import ProviderConfig, port_of
 from smysl.shown import shown_url
 
 #: Default configuration per scheme. Limits are the providers' documented ones where found.
@@ -108,20 +107,13 @@ def _normalise_url(scheme: str, url: str) -> str:
         url = "http://" + url
         # Ollama's own rule (OLLAMA_HOST): 11434 only where no scheme was written; with one,
         # the scheme's port (https://ollama.example.com is 443, not 443's host on 11434)
-        if scheme == "ollama" and _port(url) is None:
+        if scheme == "ollama" and port_of(url) is None:
             host, slash, path = url[len("http://"):].partition("/")
             url = f"http://{host or '127.0.0.1'}:11434{slash}{path}"
     if scheme == "smysl" and not url.endswith("/v1"):
         url += "/v1"
-    _port(url)  # every scheme: a port past 65535 was retried as "connection refused"
+    port_of(url)  # a port past 65535: named with the URL as given
     return url
-
-
-def _port(url: str) -> int | None:
-    try:
-        return urllib.parse.urlsplit(url).port
-    except ValueError as e:  # "host:abc", a port past 65535
-        raise ValueError(f"bad URL {shown_url(url)!r}: {e}") from None
 
 
 def connect(scheme: str, rest: str = "", **options: Any) -> Provider:

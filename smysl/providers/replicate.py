@@ -116,9 +116,11 @@ class ReplicateProvider(Provider):
                                sleep=self.sleep, deadline=deadline, path=path,
                                headers={"Prefer": f"wait={wait}"})
         pause = 0.25
+        ours = False  # the loop stopped it (the client counts the failures it raised)
         try:
             while pred["status"] not in TERMINAL:
                 if deadline is not None and deadline.remaining() <= pause:
+                    ours = True
                     raise deadline.error()
                 self.sleep(pause)
                 pause = min(2 * pause, _MAX_POLL)
@@ -130,6 +132,7 @@ class ReplicateProvider(Provider):
                 self._http.fire("POST", cancel, min(cfg.connect_timeout, 5.0))
             if pred["status"] == "processing":  # it ran until canceled: billed (BILLED)
                 self._record(texts, None)
+            if ours:
                 self.usage.record_failure()
             raise
         if pred["status"] in BILLED:  # before its output is read: a bad one was paid for too

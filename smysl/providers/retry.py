@@ -35,7 +35,7 @@ from smysl.providers.errors import (
     ProviderHTTPError,
     RequestTimeoutError,
     RetriesExhaustedError,
-    after,
+    answered_as,
 )
 from smysl.providers.usage import Usage
 from smysl.shown import header_secrets, redacted, shown_url, url_secrets
@@ -225,7 +225,7 @@ class RetryingClient:
                 self._heard(False)
                 if budget < cfg.timeout and deadline is not None:  # cut short by the job's
                     self.usage.record_failure()
-                    raise deadline.error() from None
+                    raise answered_as(deadline.error(), last) from None
                 last = RequestTimeoutError(
                     f"{self.name}: no complete answer within timeout={cfg.timeout:g}s (the "
                     "wall-clock limit of one HTTP request, body included; pass "
@@ -270,12 +270,12 @@ class RetryingClient:
             if deadline is not None and delay >= deadline.remaining():
                 self.usage.record_failure()
                 # the wait it would take, not the time spent, runs past the limit: say so
-                raise after(deadline.error(f"the next try would wait {delay:.3g}s, past it, "
-                                           f"after {last}"), last) from last
+                raise answered_as(deadline.error(f"the next try would wait {delay:.3g}s, past "
+                                                 f"it, after {last}"), last) from last
             log.debug("%s: retry %d in %.3fs after %s", self.name, attempt + 1, delay, last)
             sleep(delay)
         self.usage.record_failure()
-        raise after(RetriesExhaustedError(
+        raise answered_as(RetriesExhaustedError(
             f"{self.name}: gave up after {cfg.max_retries + 1} attempts: {last}"), last) from last
 
     def _attempt(self, method: str, url: str, body: dict[str, Any] | None,

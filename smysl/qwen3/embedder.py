@@ -157,7 +157,7 @@ class Embedder(OnEngine, BaseEmbedder, TokenLevel):
                                             else None),
             parameters=e.parameters, device=e.device, architecture="qwen3",
             file_format=self.checkpoint.format if self.checkpoint else None,
-            file_size=self.checkpoint.file_size() if self.checkpoint else None,
+            file_size=self.checkpoint.file_size if self.checkpoint else None,
             process=e.pid, fingerprint=self.fingerprint(),
             cpu=e.cpu,
             cuda_graphs=e.cuda_graphs or None, kernel=e.kernel, slice_tokens=e.chunk,

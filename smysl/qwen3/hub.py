@@ -8,6 +8,7 @@ a few rows of one tensor (:func:`read_rows`) are read with numpy.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
@@ -54,8 +55,9 @@ class Checkpoint:
     #: A GGUF file's weight type as llama.cpp names it (``Q8_0``, ``F16``); None otherwise.
     weight_type: str | None = None
 
+    @functools.cached_property
     def file_size(self) -> int:
-        """Bytes of the weight files (a GGUF file whole)."""
+        """Bytes of the weight files (a GGUF file whole), read once."""
         return sum(w.stat().st_size for w in self.weights if w.is_file())
 
     @property

@@ -19,6 +19,7 @@ import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.middleware.cors import CORSMiddleware
 from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -204,7 +205,7 @@ def _build(embedder: BaseEmbedder | None, config: ServerConfig, *,
     ledger = Ledger(metrics, routes, access_log)
     layers: Layers = [(EdgeMiddleware, {"config": config, "fast": fast, "ledger": ledger})]
     if config.cors_origins:  # outermost: a browser's preflight carries no API key
-        layers.append((_cors_layer(), {
+        layers.append((CountedCORS, {
             "ledger": ledger, "allow_origins": list(config.cors_origins),
             "allow_methods": ["GET", "HEAD", "POST"], "allow_headers": ["*"],
             # what a page may read besides the safelisted ones
@@ -283,35 +284,31 @@ class Ledger:
             self.access_log.add(scope, status, seconds)
 
 
-def _cors_layer() -> type:
+class CountedCORS(CORSMiddleware):
     """Starlette's CORS middleware, with the preflights it answers itself in the ledger."""
-    from starlette.middleware.cors import CORSMiddleware
 
-    class CountedCORS(CORSMiddleware):
-        def __init__(self, app: ASGIApp, ledger: Ledger, **options: Any) -> None:
-            super().__init__(app, **options)
-            self.ledger = ledger
+    def __init__(self, app: ASGIApp, ledger: Ledger, **options: Any) -> None:
+        super().__init__(app, **options)
+        self.ledger = ledger
 
-        async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-            headers = dict(scope.get("headers") or []) if scope["type"] == "http" else {}
-            if not (scope["type"] == "http" and scope["method"] == "OPTIONS"
-                    and b"origin" in headers and b"access-control-request-method" in headers):
-                await super().__call__(scope, receive, send)
-                return
-            start = time.perf_counter()
-            status = {"code": 499}
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        headers = dict(scope.get("headers") or []) if scope["type"] == "http" else {}
+        if not (scope["type"] == "http" and scope["method"] == "OPTIONS"
+                and b"origin" in headers and b"access-control-request-method" in headers):
+            await super().__call__(scope, receive, send)
+            return
+        start = time.perf_counter()
+        status = {"code": 499}
 
-            async def send_wrapper(message: Message) -> None:
-                if message["type"] == "http.response.start":
-                    status["code"] = message["status"]
-                await send(message)
+        async def send_wrapper(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                status["code"] = message["status"]
+            await send(message)
 
-            try:
-                await super().__call__(scope, receive, send_wrapper)
-            finally:
-                self.ledger.add(scope, status["code"], time.perf_counter() - start)
-
-    return CountedCORS
+        try:
+            await super().__call__(scope, receive, send_wrapper)
+        finally:
+            self.ledger.add(scope, status["code"], time.perf_counter() - start)
 
 
 class EdgeMiddleware:

@@ -7,7 +7,10 @@ has its own status code for a few kinds (TEI answers 422 for validation, for ins
 
 from __future__ import annotations
 
+import logging
 import math
+import threading
+import time
 from typing import Literal
 
 from starlette.responses import JSONResponse
@@ -15,6 +18,8 @@ from starlette.responses import JSONResponse
 from smysl.base import UpstreamError
 
 Api = Literal["openai", "ollama", "tei"]
+
+log = logging.getLogger("smysl.server")
 
 #: kind -> (OpenAI status, Ollama status, TEI status, TEI error_type)
 _KINDS: dict[str, tuple[int, int, int, str]] = {
@@ -82,10 +87,26 @@ class ApiError(Exception):
         return {"openai": openai, "ollama": ollama, "tei": tei}[api]
 
 
+#: Seconds between two log lines about one model's upstream failures of one status (a rate
+#: limit answered to every request would write a line per request).
+UPSTREAM_LOG_S = 10.0
+_logged: dict[tuple[str, int], tuple[float, int]] = {}  # (model, status) -> (when, unlogged)
+_logged_lock = threading.Lock()
+
+
 def upstream_failed(model: str, e: UpstreamError) -> ApiError:
     """The answer when the remote backend of ``model`` failed: its rate limit as a 429 with its
     ``Retry-After``, unavailable as 503, timed out as 504, anything else 502; its words (a
-    provider's errors carry no secrets) rather than a 500 "internal error" and a traceback."""
+    provider's errors carry no secrets) rather than a 500 "internal error" and a traceback.
+    Logged as a warning, at most one line per model and status every :data:`UPSTREAM_LOG_S`."""
+    key, now = (model, e.status_to_answer), time.monotonic()
+    with _logged_lock:
+        when, unlogged = _logged.get(key, (-math.inf, 0))
+        due = now - when >= UPSTREAM_LOG_S
+        _logged[key] = (now, 0) if due else (when, unlogged + 1)
+    if due:
+        log.warning("model %r: upstream failed%s: %s", model,
+                    f" (and {unlogged} more like it)" if unlogged else "", e)
     kind = {429: "overloaded", 503: "unavailable", 504: "timeout"}.get(e.status_to_answer,
                                                                         "upstream")
     wait = e.retry_after

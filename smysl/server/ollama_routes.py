@@ -139,9 +139,9 @@ def router(service: Service, fast: FastRoutes) -> APIRouter:
                              headers=service.timing_headers(result))
 
     def entry() -> dict[str, object]:
+        info = service.info()
         return {"name": service.model_id, "model": service.model_id, "modified_at": modified,
-                "size": service.info().file_size or 0, "digest": digest,
-                "details": details(service.info())}
+                "size": info.file_size or 0, "digest": digest, "details": details(info)}
 
     @r.get("/tags")
     async def tags() -> Response:

@@ -22,7 +22,6 @@ cohere:...``) is called once per request, a few at a time.
 
 from __future__ import annotations
 
-import logging
 import math
 import uuid
 from collections.abc import Callable, Hashable
@@ -45,8 +44,6 @@ from smysl.server.http import json_response
 from smysl.server.metrics import BatchMetrics, HealthMetrics, Metrics
 from smysl.server.service import CHARS_PER_TOKEN, Disconnected, check_unicode, until_disconnected
 from smysl.tokenize import Direction, InputTooLongError
-
-log = logging.getLogger("smysl.server")
 
 #: Requests with more characters than this are tokenised off the event loop.
 _INLINE_CHARS = 4096
@@ -283,14 +280,13 @@ class RerankService:
                     lambda: self.reranker.score(pairs, instruction=instruction,
                                                 truncate=truncate),
                     limiter=self.calls, abandon_on_cancel=True)
-        except UpstreamError as e:  # first: a provider's timeout is a TimeoutError too
-            log.warning("reranker %r: %s", self.model_id, e)
+        except ValueError as e:  # the API refused the input (RejectedRerankError) or ours
+            raise ApiError("invalid", str(e), param=what) from None
+        except UpstreamError as e:  # before TimeoutError: a provider's timeout is one too
             raise upstream_failed(self.model_id, e) from None
         except TimeoutError:
             raise ApiError("timeout", "the reranker did not answer within the server's time "
                            "budget (request_timeout_s); retry") from None
-        except ValueError as e:  # the API refused the input (RejectedRerankError) or ours
-            raise ApiError("invalid", str(e), param=what) from None
         except Exception:
             if not self.reranker.healthy:
                 raise self.health.unavailable() from None
@@ -377,29 +373,23 @@ def router(rs: RerankService) -> APIRouter:
 
 def info_router(rs: RerankService) -> APIRouter:
     """TEI's ``/info`` for a server that serves a reranker and no embedding model (TEI
-    describes a reranker as ``model_type: {"reranker": ...}``)."""
+    describes a reranker as a classifier: ``model_type: {"reranker": {"id2label",
+    "label2id"}}``; the Qwen3-Reranker's one label is "yes", whose probability is the score)."""
+    from smysl.server.tei_routes import info_body
+
     r = APIRouter(tags=["rerank"])
 
     @r.get("/info")
     async def info() -> Response:
         """The reranker and the server's limits (TEI ``/info``)."""
-        from smysl import __version__
-
-        cfg, model = rs.config, rs.reranker.info()
-        return json_response({
-            "model_id": model.name, "served_model_name": model.name, "model_sha": None,
-            "model_dtype": model.dtype or "unknown",
-            "model_type": {"reranker": {"backend": model.backend}},
-            "max_concurrent_requests": cfg.max_queue * cfg.workers,
-            "max_input_length": model.max_tokens or 0,
-            "max_batch_tokens": rs.tokens.batch_tokens if rs.tokens is not None else 0,
-            "max_batch_requests": cfg.max_batch_requests,
-            "max_client_batch_size": cfg.max_inputs, "auto_truncate": False,
-            "tokenization_workers": cfg.workers, "version": __version__, "sha": None,
-            "docker_label": None, "device": model.device, "kernel": model.kernel,
-            "slice_tokens": model.slice_tokens, "tuned_at": model.tuned_at,
-            "threads": model.threads,
-        })
+        model = rs.reranker.info()
+        return json_response(info_body(
+            rs.config, name=model.name, dtype=model.dtype,
+            model_type={"reranker": {"id2label": {"0": "yes"}, "label2id": {"yes": 0}}},
+            max_input_length=model.max_tokens,
+            max_batch_tokens=rs.tokens.batch_tokens if rs.tokens is not None else 0,
+            kernel=model.kernel, slice_tokens=model.slice_tokens, tuned_at=model.tuned_at,
+            threads=model.threads))
 
     return r
 

@@ -384,7 +384,6 @@ class Service:
         except BackendDown:
             raise self.health.unavailable() from None
         except UpstreamError as e:
-            log.warning("model %r: %s", self.model_id, e)
             raise upstream_failed(self.model_id, e) from None
         except Exception:
             if not self.embedder.healthy:

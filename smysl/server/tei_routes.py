@@ -15,7 +15,7 @@ server started with ``--token-ids`` (the one rule for token-id input, :meth:`Ser
 from __future__ import annotations
 
 import dataclasses
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 import anyio
 import numpy as np
@@ -34,6 +34,7 @@ from pydantic import (
 from starlette.types import Receive
 
 from smysl.prompts import TASK_PRESETS
+from smysl.server.config import ServerConfig
 from smysl.server.errors import ApiError
 from smysl.server.fast import FastRoutes
 from smysl.server.http import json_response
@@ -120,7 +121,7 @@ class Info(BaseModel):
     served_model_name: str
     model_sha: str | None
     model_dtype: str
-    model_type: dict[str, dict[str, str]]
+    model_type: dict[str, dict[str, Any]]
     max_concurrent_requests: int
     max_input_length: int
     max_batch_tokens: int
@@ -266,26 +267,33 @@ def router(service: Service, fast: FastRoutes) -> APIRouter:
     @r.get("/info", response_model=Info)
     async def info() -> Response:
         """Model and router settings (TEI ``/info``)."""
-        from smysl import __version__
-
-        cfg = service.config
         model = service.info()
-        return json_response({
-            "model_id": model.name, "served_model_name": model.name, "model_sha": None,
-            "model_dtype": model.dtype or "unknown",
-            "model_type": {"embedding": {"pooling": model.pooling}},
-            # the server's, not this worker's: each of --workers queues its own max_queue
-            "max_concurrent_requests": cfg.max_queue * cfg.workers,
-            "max_input_length": model.max_tokens or 0,
-            "max_batch_tokens": service.batcher.max_batch_tokens,
-            "max_batch_requests": cfg.max_batch_requests,
-            "max_client_batch_size": cfg.max_inputs,
-            "auto_truncate": False,
-            "tokenization_workers": cfg.workers,  # each worker tokenises its own requests
-            "version": __version__, "sha": None, "docker_label": None, "cpu": model.cpu,
-            "cuda_graphs": model.cuda_graphs, "kernel": model.kernel,
-            "slice_tokens": model.slice_tokens, "tuned_at": model.tuned_at,
-            "threads": model.threads, "lanes": model.lanes,
-        })
+        return json_response(info_body(
+            service.config, name=model.name, dtype=model.dtype,
+            model_type={"embedding": {"pooling": model.pooling}},
+            max_input_length=model.max_tokens, max_batch_tokens=service.batcher.max_batch_tokens,
+            cpu=model.cpu, cuda_graphs=model.cuda_graphs, kernel=model.kernel,
+            slice_tokens=model.slice_tokens, tuned_at=model.tuned_at, threads=model.threads,
+            lanes=model.lanes))
 
     return r
+
+
+def info_body(cfg: ServerConfig, *, name: str, dtype: str | None,
+              model_type: dict[str, dict[str, Any]], max_input_length: int | None,
+              max_batch_tokens: int, **engine: Any) -> dict[str, Any]:
+    """TEI's ``/info`` of a served model (the embedding model, or a reranker served alone);
+    ``engine``: smysl's additions (cpu, kernel, slice_tokens... of a local engine)."""
+    from smysl import __version__
+
+    return {
+        "model_id": name, "served_model_name": name, "model_sha": None,
+        "model_dtype": dtype or "unknown", "model_type": model_type,
+        # the server's, not this worker's: each of --workers queues its own max_queue
+        "max_concurrent_requests": cfg.max_queue * cfg.workers,
+        "max_input_length": max_input_length or 0, "max_batch_tokens": max_batch_tokens,
+        "max_batch_requests": cfg.max_batch_requests, "max_client_batch_size": cfg.max_inputs,
+        "auto_truncate": False,
+        "tokenization_workers": cfg.workers,  # each worker tokenises its own requests
+        "version": __version__, "sha": None, "docker_label": None, **engine,
+    }

@@ -140,7 +140,7 @@ def test_a_served_provider_passes_on_what_failed_upstream(caplog: pytest.LogCapt
     from provider_fakes import Fault
 
     from smysl.providers import connect
-    from smysl.server import ServerConfig, create_app
+    from smysl.server import ServerConfig, create_app, errors
 
     with FakeServer(dims=32, api_key="sk-upstream-key") as upstream:
         provider = connect("openrouter", f"{upstream.url}/api/v1#qwen/qwen3-embedding-8b",
@@ -151,18 +151,22 @@ def test_a_served_provider_passes_on_what_failed_upstream(caplog: pytest.LogCapt
                  (Fault(401, body='{"error": "bad key sk-upstream-key"}'), 502, None),
                  (Fault(500), 502, None),
                  (Fault(delay=2.0), 504, None)]
+        errors._logged.clear()
         with TestClient(create_app(provider, ServerConfig())) as c:
             for path, body in (("/v1/embeddings", {"input": ["a"]}),
                                ("/api/embed", {"model": "qwen3-embedding-8b", "input": ["a"]}),
                                ("/embed", {"inputs": ["a"]})):
                 for fault, status, wait in cases:
                     upstream.script.append(fault)
-                    with caplog.at_level("ERROR", logger="smysl.server"):
+                    with caplog.at_level("WARNING", logger="smysl.server"):
                         r = c.post(path, json=body)
                     assert r.status_code == status, (path, fault, r.text)
                     assert r.headers.get("retry-after") == wait
                     assert "the upstream of" in r.text and "internal error" not in r.text
                     assert "sk-upstream-key" not in r.text
             assert "unhandled error" not in caplog.text
+            # one line per status within UPSTREAM_LOG_S, not one per request
+            lines = [r for r in caplog.records if "upstream failed" in r.getMessage()]
+            assert len(lines) == 4  # 429, 503, 502 (twice: one line), 504
             assert c.post("/embed", json={"inputs": ["a"]}).status_code == 200
         provider.close()

@@ -653,3 +653,29 @@ def test_a_remote_api_client_says_why_it_does_not_pickle() -> None:
     with pytest.raises(TypeError, match=r"remote API .* cannot be pickled.*in each worker"):
         pickle.dumps(client)
     client.close()
+
+
+def test_what_a_server_answers_for_an_upstream_failure() -> None:
+    """One rule for both ways a call runs out of time: a job timeout is a 504 unless a rate
+    limit ended it (then 429 with the upstream's wait); retries spent answer as the last
+    error (a connection error's 502 made a timeout a 502)."""
+    from smysl.base import UpstreamError
+    from smysl.providers.errors import (
+        JobTimeoutError,
+        ProviderError,
+        ProviderHTTPError,
+        RetriesExhaustedError,
+        answered_as,
+    )
+
+    def answer(e: UpstreamError) -> tuple[int, float | None]:
+        return e.status_to_answer, e.retry_after
+
+    limited = ProviderHTTPError("429", 429, retry_after=3.0)
+    assert answer(answered_as(JobTimeoutError("t"), ProviderError("reset"))) == (504, None)
+    assert answer(answered_as(JobTimeoutError("t"), limited)) == (429, 3.0)
+    assert answer(answered_as(JobTimeoutError("t"), None)) == (504, None)
+    assert answer(answered_as(RetriesExhaustedError("r"), ProviderHTTPError("x", 503))) == (
+        503, None)
+    assert answer(answered_as(RetriesExhaustedError("r"), ProviderError("reset"))) == (502, None)
+    assert answer(ProviderHTTPError("401", 401)) == (502, None)

@@ -493,4 +493,10 @@ def test_a_served_remote_reranker_passes_on_what_failed_upstream() -> None:
                 r = c.post("/v1/rerank", json={"query": QUERY, "documents": DOCS})
                 assert (r.status_code, r.headers.get("retry-after")) == (status, wait), r.text
                 assert "the upstream of" in r.text
+            # an input the upstream refused stays the client's error: 400, TEI's 422
+            for path, body, status in (("/v1/rerank", {"query": QUERY, "documents": DOCS}, 400),
+                                       ("/rerank", {"query": QUERY, "texts": DOCS}, 422)):
+                srv.script.append(Fault(400, body='{"message": "document too long"}'))
+                r = c.post(path, json=body)
+                assert r.status_code == status and "document too long" in r.text, r.text
         rr.close()

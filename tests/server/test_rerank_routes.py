@@ -135,8 +135,10 @@ def test_reranker_alone_serves_health_metrics_and_no_embeddings(client: Any,
     assert 'route="/v1/rerank"' in metrics
     # TEI's /info describes the reranker (it was a 404)
     info = client.get("/info").json()
-    assert "reranker" in info["model_type"] and info["max_input_length"] == reranker.max_tokens
-    assert info["model_id"] == reranker.name and info["device"] == "cpu"
+    assert info["model_type"] == {"reranker": {"id2label": {"0": "yes"},
+                                               "label2id": {"yes": 0}}}
+    assert info["max_input_length"] == reranker.max_tokens
+    assert info["model_id"] == reranker.name and info["threads"] == reranker.info().threads
 
 
 @pytest.mark.parametrize("queues", [False, True])

@@ -128,6 +128,7 @@ def test_worker_stall_flag(tiny_dir, monkeypatch, capsys) -> None:  # type: igno
     assert main([*base, "--worker-stall-s", "5"]) == 0 and seen[-1].worker_stall_s == 5
     assert "--worker-stall-s is not used with one HTTP worker" in capsys.readouterr().err
     assert main([*base, "--worker-stall-s", "0"]) == 0 and seen[-1].worker_stall_s is None
+    assert "not used with one HTTP worker" not in capsys.readouterr().err  # "never": no-op
     assert main([*base, "--worker-stall-s", "-1"]) == 2
     assert "--worker-stall-s" in capsys.readouterr().err
     for bad in (0, 0.05, -2.0, True, "30"):
