@@ -95,7 +95,10 @@ class Replies:
 
 def reraise(e: BaseException) -> Any:
     """Raise ``e`` (a call that fails as a read or pass would: ``partial(reraise, e)``)."""
-    raise e
+    try:
+        raise e
+    finally:  # this frame is in e's traceback: holding e there made a reference cycle
+        del e
 
 
 def _rows(kind: str, payload: Any) -> np.ndarray:
@@ -321,10 +324,12 @@ class EngineClient(Piped):
         try:
             return step()
         except (EOFError, OSError):
+            del step  # may hold the exception (reraise): no cycle through its traceback
             self._drop()
             raise EngineProcessError("the engine process exited during this batch; it "
                                      "is restarting") from None
         except BaseException:
+            del step
             self._drop()
             raise
 

@@ -370,8 +370,12 @@ def merge(requests: Sequence[tuple[list[list[int]], list[int] | None]], budget: 
     return groups
 
 
-def _stop(proc: Any, conn: Connection) -> None:
-    """Ask the child to exit, then make sure it has (it ignores SIGTERM: a kill)."""
+def _stop(proc: Any, conn: Connection, stopping: threading.Event | None = None) -> None:
+    """Ask the child to exit, then make sure it has (it ignores SIGTERM: a kill).
+    ``stopping``: set first, so that the watcher does not take the exit for a crash (the
+    finalizer runs at interpreter exit while the engine is still referenced)."""
+    if stopping is not None:
+        stopping.set()
     with contextlib.suppress(EOFError, OSError):
         conn.send(None)
     # replies nobody will read must not hold the child's writer (and its exit) up
@@ -380,6 +384,21 @@ def _stop(proc: Any, conn: Connection) -> None:
     if proc.is_alive():
         proc.kill()
         proc.join(5)
+
+
+#: Every engine process handle of this process: a forked child gets fresh locks for them (one
+#: held by another thread at the fork would never be released there).
+_PROCESSES: weakref.WeakSet[EngineProcess] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    for handle in list(_PROCESSES):
+        handle._lock = threading.Lock()
+        handle._init_reading()
+
+
+if hasattr(os, "register_at_fork"):  # POSIX
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def _watch(ref: weakref.ref[EngineProcess], proc: Any) -> None:
@@ -412,6 +431,9 @@ class EngineProcess(Piped):
         self._lock = threading.Lock()
         self._init_reading()
         self._closed = self._dead = self._stale = self._down = False
+        #: The process that started the child: only it may talk to it (``multiprocessing``).
+        self._owner = os.getpid()
+        _PROCESSES.add(self)
         #: When recent restarts began (``time.monotonic``), to bound them.
         self._restarts: deque[float] = deque()
         #: Restarts after the child died on its own, over the engine's life.
@@ -431,32 +453,42 @@ class EngineProcess(Piped):
                            name="smysl-engine", daemon=True)
         proc.start()
         child_conn.close()
-        if not conn.poll(START_TIMEOUT_S):
-            _stop(proc, conn)
-            raise EngineProcessError(f"the engine process did not start within "
-                                     f"{START_TIMEOUT_S:.0f} s")
         try:
-            kind, info = conn.recv()
-        except (EOFError, OSError):
-            _stop(proc, conn)
-            raise EngineProcessError(f"the engine process exited while loading (exit code "
-                                     f"{proc.exitcode})") from None
-        if kind == "error":
-            _stop(proc, conn)
-            raise info
-        if self._shared is not None:  # a restarted child serves the same clients
-            conn.send(("share", self._shared.address, self._shared.authkey))
-            kind, err = conn.recv()
+            if not conn.poll(START_TIMEOUT_S):
+                raise EngineProcessError(f"the engine process did not start within "
+                                         f"{START_TIMEOUT_S:.0f} s")
+            try:
+                kind, info = conn.recv()
+            except (EOFError, OSError):
+                proc.join(5)
+                raise EngineProcessError(
+                    f"the engine process exited while loading (exit code {proc.exitcode}); "
+                    "its error is above. A script that loads with process=True when it is "
+                    "imported needs `if __name__ == \"__main__\":` around that code, as "
+                    "multiprocessing's spawn does") from None
             if kind == "error":
+                raise info
+            if self._shared is not None:  # a restarted child serves the same clients
+                conn.send(("share", self._shared.address, self._shared.authkey))
+                kind, err = conn.recv()
+                if kind == "error":
+                    raise err
+        except BaseException as e:
+            if isinstance(e, Exception):
                 _stop(proc, conn)
-                raise err
+            else:  # Ctrl-C: not a 10 s wait for a child that reads no pipe while it loads
+                conn.close()
+                proc.kill()
+                proc.join(5)
+            raise
         return proc, conn, info
 
     def _install(self, proc: Any, conn: Connection, info: dict[str, Any]) -> None:
         """Make a started child the engine's (under the lock, or before any other thread)."""
         self._proc, self._info = proc, info
         self._replies = Replies(conn)
-        self._closer = weakref.finalize(self, _stop, proc, conn)
+        self._stopping = threading.Event()
+        self._closer = weakref.finalize(self, _stop, proc, conn, self._stopping)
         threading.Thread(target=_watch, args=(weakref.ref(self), proc), daemon=True,
                          name="smysl-engine-watch").start()
         self._describe(info)
@@ -465,8 +497,8 @@ class EngineProcess(Piped):
     def _on_exit(self, proc: Any) -> None:
         """The watcher saw ``proc`` exit: restart it unless that was on purpose."""
         with self._lock:
-            if self._closed or proc is not self._proc or self._stale:
-                return  # closed, replaced, or killed after an interrupted call
+            if self._closed or proc is not self._proc or self._stale or self._stopping.is_set():
+                return  # closed, replaced, killed after an interrupted call, or stopped at exit
             self._down = True
         # the dead child's pipe and zombie (the finalizer would only close them at exit)
         self._closer()
@@ -512,12 +544,18 @@ class EngineProcess(Piped):
 
     @property
     def alive(self) -> bool:
+        if os.getpid() != self._owner:  # a forked child (is_alive asserts the parent)
+            return False
         return (not (self._closed or self._dead or self._down)
                 and (self._stale or self._proc.is_alive()))
 
     def _channel(self) -> Replies:
         """The pipe to a running child (under the lock): a new child after an interrupted
         call; EngineProcessError while it is closed, restarting or dead."""
+        if os.getpid() != self._owner:
+            raise EngineProcessError(f"this engine process was started by process {self._owner}"
+                                     "; a forked child cannot use its pipe: pass it "
+                                     "model.share() (picklable), or load the model in it")
         if self._closed:
             raise EngineProcessError("the engine process was closed")
         if self._dead:
@@ -540,6 +578,7 @@ class EngineProcess(Piped):
         try:
             return step()
         except (EOFError, OSError):
+            del step  # may hold the exception (reraise): a cycle through its traceback
             if self._closed:
                 raise EngineProcessError("the engine process was closed") from None
             if self._stale:  # killed by another call (interrupted, or an unreadable reply)
@@ -553,6 +592,9 @@ class EngineProcess(Piped):
                                      f"{self._proc.exitcode}) during this batch; it is "
                                      "restarting") from None
         except BaseException as e:
+            # may hold ``e`` (reraise): a cycle through the traceback kept the call's token ids
+            # and pipe until a collection, whose Connection.__del__ swallowed a later Ctrl-C
+            del step
             self._kill()
             if isinstance(e, Exception):
                 raise EngineProcessError(f"unreadable reply from the engine process: "

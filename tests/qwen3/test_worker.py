@@ -785,6 +785,7 @@ def test_a_waiter_behind_a_killed_child_leaves_the_engine_restartable() -> None:
     engine._init_reading()
     engine._closed = engine._dead = engine._stale = engine._down = False
     engine._restarts, engine.restarts, engine._shared = deque(), 0, None
+    engine._owner, engine._stopping = os.getpid(), threading.Event()
     mine, child = mp.Pipe()
     engine._proc, engine._replies = Proc(), Replies(mine)
     engine._closer = weakref.finalize(engine, lambda: None)
@@ -843,3 +844,77 @@ def test_a_pipelined_hub_gives_every_client_its_own_rows(tiny) -> None:  # type:
         assert kind == "ok" and np.array_equal(rows, tiny.engine.forward(b)), i
     assert engine.passes == 1  # all sent before the loop started: one merged pass
     _stop(thread, parent)
+
+
+def test_an_interrupted_call_leaves_no_reference_cycle(tiny_dir: Path, tiny,  # type: ignore[no-untyped-def]
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """The interrupted call's exception held itself through its traceback (``partial(reraise,
+    e)`` in ``_io``'s frame): its token ids and pipe stayed until a collection, whose
+    ``Connection.__del__`` then swallowed the user's next Ctrl-C."""
+    import gc
+
+    engine = EngineProcess(read_checkpoint(tiny_dir),
+                           EngineConfig(device="cpu", threads=torch.get_num_threads()))
+    try:
+        from smysl.qwen3 import client
+
+        def interrupted(*_: object) -> object:  # Ctrl-C while waiting for the rows
+            raise KeyboardInterrupt
+
+        engine._replies.conn.poll = lambda *_: False  # type: ignore[method-assign]
+        monkeypatch.setattr(client, "wait", interrupted)
+        gc.collect()
+        gc.disable()
+        try:
+            interrupted_ = False
+            try:
+                engine.forward(tiny.tokenize(["first batch"]))
+            except KeyboardInterrupt:  # not kept (pytest.raises would hold it)
+                interrupted_ = True
+            assert interrupted_ and gc.collect() == 0  # nothing left for the collector
+        finally:
+            gc.enable()
+    finally:
+        engine.close()
+
+
+def test_a_stop_by_the_finalizer_is_no_crash(tiny_dir: Path) -> None:
+    """At interpreter exit the finalizer stops the child while the engine is still referenced:
+    the watcher took that for a crash, logged a restart and spawned a child during shutdown
+    (an EOFError traceback from a script that ended without close())."""
+    engine = EngineProcess(read_checkpoint(tiny_dir),
+                           EngineConfig(device="cpu", threads=torch.get_num_threads()))
+    try:
+        proc = engine._proc
+        engine._closer()  # what interpreter exit runs
+        proc.join(10)
+        time.sleep(1.0)  # the watcher's turn
+        assert engine.restarts == 0 and engine._proc is proc
+    finally:
+        engine.close()
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="fork is POSIX")
+def test_a_forked_child_gets_a_clear_error(remote) -> None:  # type: ignore[no-untyped-def]
+    """After os.fork(), the child's calls and even `healthy` raised multiprocessing's
+    AssertionError ("can only test a child process")."""
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: report and leave at once
+        code = 1
+        try:
+            alive = remote.engine.alive
+            try:
+                remote.embed(["x"])
+            except EngineProcessError as e:
+                code = 0 if (not alive and "model.share()" in str(e)) else 2
+        finally:
+            os.write(write, bytes([code]))
+            os._exit(0)
+    os.close(write)
+    try:
+        assert os.read(read, 1) == b"\x00"
+    finally:
+        os.close(read)
+        os.waitpid(pid, 0)
+    assert remote.engine.alive and remote.embed(["x"]).shape == (1, 64)
