@@ -89,9 +89,11 @@ def _child(conn: Connection, ckpt: Checkpoint, cfg: EngineConfig) -> None:
             "numerics": engine.numerics, "chunk": engine.chunk, "tuned_at": engine.tuned_at,
             "queues": engine.queues, "pid": os.getpid()}
     send_reply(conn, ("ready", info))
+    hub = _Hub(engine, conn, info)
     try:
-        _Hub(engine, conn, info).run()
+        hub.run()
     finally:
+        hub.stop_listening()
         engine.close()  # its lane threads ended before the interpreter finalises (as above)
 
 
@@ -142,6 +144,7 @@ class _Hub:
         self.pipelined = engine.queues
         self.clients: list[Connection] = []
         self._joined: list[Connection] = []  # accepted, not yet polled
+        self._listeners: list[Listener] = []  # where other processes connect (share)
         self._lock = threading.Lock()
         self._wake_r, self._wake_w = os.pipe()
         # Replies go out from a thread of their own: a caller with passes in flight reads no
@@ -321,9 +324,18 @@ class _Hub:
             listener = Listener(address, family="AF_UNIX", authkey=authkey)
         except Exception as e:
             return ("error", e)
+        self._listeners.append(listener)
         threading.Thread(target=self._accept, args=(listener,), daemon=True,
                          name="smysl-engine-accept").start()
         return ("ok", None)
+
+    def stop_listening(self) -> None:
+        """Close the sockets of :meth:`_listen` before exit: the parent may have removed their
+        files first (an owner dropped without close()), and multiprocessing's own removal at
+        exit then printed a FileNotFoundError traceback."""
+        for listener in self._listeners:
+            with contextlib.suppress(OSError):
+                listener.close()
 
     def _accept(self, listener: Listener) -> None:
         while True:

@@ -918,3 +918,28 @@ def test_a_forked_child_gets_a_clear_error(remote) -> None:  # type: ignore[no-u
         os.close(read)
         os.waitpid(pid, 0)
     assert remote.engine.alive and remote.embed(["x"]).shape == (1, 64)
+
+
+_SHARED_DROPPED = """
+import gc, sys, time
+import smysl
+if __name__ == "__main__":
+    emb = smysl.load(sys.argv[1], device="cpu", process=True)
+    twin = emb.share()
+    assert (twin.embed(["a"]) == emb.embed(["a"])).all()
+    del emb
+    gc.collect()
+    time.sleep(1)
+    print("end")
+"""
+
+
+def test_an_owner_dropped_after_share_stops_quietly(tiny_dir: Path, tmp_path: Path) -> None:
+    """The owner's finalizer removed the socket file before the child's multiprocessing
+    finalizer did: the child printed a FileNotFoundError traceback as it exited."""
+    script = tmp_path / "dropped.py"
+    script.write_text(_SHARED_DROPPED)
+    done = subprocess.run([sys.executable, str(script), str(tiny_dir)], capture_output=True,
+                          text=True, timeout=180)
+    assert done.returncode == 0 and "end" in done.stdout, done.stderr
+    assert "Traceback" not in done.stderr, done.stderr
