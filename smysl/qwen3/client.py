@@ -286,6 +286,9 @@ class EngineClient(Piped):
             try:
                 conn = Client(self.address, family="AF_UNIX", authkey=self.authkey)
                 _, info = conn.recv()
+            except FileNotFoundError:  # its owner removes the socket when it closes it
+                raise EngineProcessError(f"the engine process at {self.address} was closed "
+                                         "by its owner (or the owner's process ended)") from None
             except (OSError, EOFError) as e:
                 raise EngineProcessError(f"the engine process does not answer at "
                                          f"{self.address} ({e}); it may be restarting") from None

@@ -943,3 +943,13 @@ def test_an_owner_dropped_after_share_stops_quietly(tiny_dir: Path, tmp_path: Pa
                           text=True, timeout=180)
     assert done.returncode == 0 and "end" in done.stdout, done.stderr
     assert "Traceback" not in done.stderr, done.stderr
+
+
+def test_a_twin_of_a_closed_owner_says_so(tiny_dir: Path) -> None:
+    """After the owner closed, its share() twin said "does not answer ...; it may be
+    restarting": it was closed on purpose."""
+    owner = Embedder.load(str(tiny_dir), device="cpu", process=True)
+    twin = owner.share()
+    owner.close()
+    with pytest.raises(EngineProcessError, match="was closed by its owner"):
+        twin.embed(["a"])
