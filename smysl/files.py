@@ -12,6 +12,7 @@ import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import IO, Any
 
 
 @contextlib.contextmanager
@@ -46,12 +47,21 @@ def replace_file(path: Path, text: str) -> None:
     """Write ``text`` to ``path`` through a temporary file of this call's own, renamed into
     place: a reader (or a crash) sees the old file or the new one, never half of one, and two
     writers never write into one temporary file."""
+    with replacing(path) as f:
+        f.write(text)
+
+
+@contextlib.contextmanager
+def replacing(path: Path, *, binary: bool = False) -> Iterator[IO[Any]]:
+    """A file to write ``path``'s new content into (text, or ``binary``): a temporary file of
+    its own beside it, renamed into place when the block ends, removed if it fails (Ctrl-C
+    too): ``path`` is the old file or the whole new one, never a part."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         if hasattr(os, "fchmod"):  # mkstemp's 0600 would make the file its owner's alone
             os.fchmod(fd, 0o666 & ~_umask())
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
+        with (os.fdopen(fd, "wb") if binary else os.fdopen(fd, "w", encoding="utf-8")) as f:
+            yield f
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):

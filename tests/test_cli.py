@@ -52,6 +52,45 @@ def test_embed_queries_to_npy(tiny_dir: Path, tiny: Embedder, tmp_path: Path,
                                                            task="qa"))
 
 
+@pytest.mark.parametrize("suffix", [".npy", ".jsonl"])
+def test_an_interrupted_write_leaves_the_old_output_whole(
+        tiny_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str], suffix: str) -> None:
+    """Ctrl-C while the output was written left a shorter JSONL (it passed for the result) or
+    a .npy whose header promised every row, over the old file; now the old file stays."""
+    src = tmp_path / "in.txt"
+    src.write_text("a\nb\nc\n", encoding="utf-8")
+    out = tmp_path / f"v{suffix}"
+    out.write_text("old result\n", encoding="utf-8")
+    import json as json_module
+
+    import numpy as np_module
+
+    calls = {"n": 0}
+    real_dumps, real_save = json_module.dumps, np_module.save
+
+    def interrupted(*a: object, **k: object) -> object:
+        calls["n"] += 1
+        if calls["n"] > 1 or suffix == ".npy":  # after part of the output was written
+            raise KeyboardInterrupt
+        return real_dumps(*a, **k)  # type: ignore[arg-type]
+
+    monkeypatch.setattr("smysl.commands.embed.json.dumps", interrupted)
+    monkeypatch.setattr(np_module, "save", lambda f, *a, **k: (f.write(b"\x93NUMPY partial"),
+                                                              interrupted()))
+    assert main(["embed", "--model", str(tiny_dir), "--device", "cpu", "-i", str(src),
+                 "-o", str(out)]) == 130
+    assert out.read_text(encoding="utf-8") == "old result\n"  # and no temporary file left
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([src.name, out.name])
+    monkeypatch.setattr("smysl.commands.embed.json.dumps", real_dumps)
+    monkeypatch.setattr(np_module, "save", real_save)
+    assert main(["embed", "--model", str(tiny_dir), "--device", "cpu", "-i", str(src),
+                 "-o", str(out)]) == 0
+    rows = (np_module.load(out) if suffix == ".npy"
+            else [json_module.loads(x) for x in out.read_text(encoding="utf-8").splitlines()])
+    assert len(rows) == 3
+
+
 def test_embed_errors_are_reported_not_raised(tiny_dir: Path, monkeypatch: pytest.MonkeyPatch,
                                               capsys: pytest.CaptureFixture[str]) -> None:
     code, _, err = _run(monkeypatch, capsys, ["embed", "--model", str(tiny_dir), "--device",
@@ -347,7 +386,7 @@ def test_pull_of_a_cached_model_offline_reports_it(machine: Path,
 
 def test_too_long_input_names_the_flag_for_cli_users(
         tiny_dir: Path, tiny: Embedder, monkeypatch: pytest.MonkeyPatch,
-        capsys: pytest.CaptureFixture[str]) -> None:
+        capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     """issue 11 item 11: CLI users were told `truncate=True`; now `--truncate` (Python callers
     still see `truncate=True`, HTTP clients neither)."""
     from smysl.tokenize import InputTooLongError
@@ -355,8 +394,14 @@ def test_too_long_input_names_the_flag_for_cli_users(
     long = "word " * 3000
     code, _, err = _run(monkeypatch, capsys, ["embed", "--model", str(tiny_dir), "--device",
                                               "cpu"], f"short\n{long}\n")
-    assert code == 2 and "input 1 has" in err and "pass --truncate" in err
+    # named by its line, from 1 (it was "input 1": the index counted from 0)
+    assert code == 2 and "line 2 has" in err and "pass --truncate" in err
     assert "truncate=True" not in err
+    lines = tmp_path / "lines.txt"
+    lines.write_text(f"{long}\nshort\n", encoding="utf-8")
+    code, _, err = _run(monkeypatch, capsys, ["embed", "--model", str(tiny_dir), "--device",
+                                              "cpu", "-i", str(lines)], "")
+    assert code == 2 and f"line 1 of {lines} has" in err, err
     with pytest.raises(InputTooLongError) as e:
         tiny.embed(["short", long])
     assert "pass truncate=True" in str(e.value) and "--truncate" not in str(e.value)

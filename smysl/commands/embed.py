@@ -10,11 +10,14 @@ import json
 import os
 import sys
 import warnings
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from smysl.commands import check_output_folder, given
 from smysl.commands._lines import looks_like_jsonl, read_lines
 from smysl.commands._model import add_model_arguments, load_model
+from smysl.files import replacing
+from smysl.tokenize import InputTooLongError
 
 if TYPE_CHECKING:
     from smysl.base import BaseEmbedder
@@ -96,18 +99,25 @@ def run(args: argparse.Namespace) -> int:
     model = load_model(args.model, args)
     task = model.choose_instruction(args.task, role="query") if args.task or args.query else None
     progress = not args.no_progress and len(lines) >= 64 and sys.stderr.isatty()
-    vectors = model.embed(lines, instruction=task, dimensions=args.dimensions,
-                          truncate=args.truncate, progress=progress)
+    try:
+        vectors = model.embed(lines, instruction=task, dimensions=args.dimensions,
+                              truncate=args.truncate, progress=progress)
+    except InputTooLongError as e:  # named by its line (the index counted from 0)
+        where = "" if args.input == "-" else f" of {args.input}"
+        raise ValueError(e.describe(f"line {e.index + 1}{where}", audience="cli")) from None
     usage = model.usage_report()
+    # into a file of its own, renamed when whole: a Ctrl-C while writing left a shorter file
+    # that passed for the result (an old one at that path lost)
     if args.output.lower().endswith(".npy"):
         import numpy as np
 
-        with open(args.output, "wb") as f:  # the name as given (np.save adds ".npy" to x.NPY)
+        # the name as given (np.save adds ".npy" to x.NPY)
+        with replacing(Path(args.output), binary=True) as f:
             np.save(f, vectors)
     else:
         with contextlib.ExitStack() as stack:
             out = sys.stdout if args.output == "-" else stack.enter_context(
-                open(args.output, "w", encoding="utf-8"))
+                replacing(Path(args.output)))
             for i, (text, vec) in enumerate(zip(lines, vectors, strict=True)):
                 out.write(json.dumps({"index": i, "text": text,
                                       "embedding": [float(x) for x in vec]},
