@@ -29,8 +29,10 @@ def ollama_root() -> Path:
 def name_of(parts: tuple[str, ...]) -> str:
     """``(host, namespace, model, tag)`` of a manifest path -> the name Ollama shows."""
     host, namespace, model, tag = parts
-    if host == HOST:
-        return f"{model}:{tag}" if namespace == "library" else f"{namespace}/{model}:{tag}"
+    # in any case, as Ollama matches names: "Library/x" is "x"
+    if host.lower() == HOST:
+        return (f"{model}:{tag}" if namespace.lower() == "library"
+                else f"{namespace}/{model}:{tag}")
     return f"{host}/{namespace}/{model}:{tag}"
 
 
@@ -58,14 +60,14 @@ def read_json(path: Path) -> dict[str, Any]:
 
 
 def manifests(root: Path | None = None) -> Iterator[tuple[str, dict[str, Any]]]:
-    """(name, manifest) of every model in the store, sorted by path."""
+    """(name, manifest) of every model in the store, sorted by path; a manifest that is no
+    JSON object (damaged) is ``{}``, so that it is named as damaged, not as absent."""
     base = (root or ollama_root()) / "manifests"
     if not base.is_dir():
         return
     for path in sorted(base.glob("*/*/*/*")):
-        manifest = read_json(path) if path.is_file() else {}
-        if manifest:
-            yield name_of(path.relative_to(base).parts), manifest
+        if path.is_file():
+            yield name_of(path.relative_to(base).parts), read_json(path)
 
 
 def blob(root: Path, digest: str) -> Path:
@@ -102,9 +104,14 @@ def model_blob(name: str, root: Path | None = None) -> Path:
     """The GGUF file of Ollama model ``name`` (``qwen3-embedding:8b``); ``FileNotFoundError``
     listing the store's models when it is not there."""
     root = root or ollama_root()
-    manifest = read_json(root / "manifests" / Path(*parts_of(name)))
+    path = root / "manifests" / Path(*parts_of(name))
+    manifest = read_json(path)
     if not manifest and (stored := find(name, root)) is not None:  # another case
-        manifest = read_json(root / "manifests" / Path(*parts_of(stored)))
+        path = root / "manifests" / Path(*parts_of(stored))
+        manifest = read_json(path)
+    if not manifest and path.is_file():
+        raise FileNotFoundError(f"Ollama model {name!r}: its manifest is damaged (no JSON "
+                                f"object in {path}); `ollama pull` it again")
     layer = model_layer(manifest) if manifest else None
     if layer is None:
         held = [n for n, _ in manifests(root)]

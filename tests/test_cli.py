@@ -371,6 +371,22 @@ def test_an_ollama_model_that_cannot_load_says_why(machine: Path, tmp_path: Path
     assert main(["show", "ollama:qwen3-embedding:0.6b"]) == 2
     err = capsys.readouterr().err
     assert "its manifest is damaged" in err and "not in the Ollama store" not in err
+    path.write_text('{"schemaVersion": 2, "layers": [')  # no JSON at all: was "not in the store"
+    for argv in (["show", "ollama:qwen3-embedding:0.6b"],
+                 ["embed", "--model", "ollama-store:qwen3-embedding:0.6b", "-i", str(path)]):
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert "manifest is damaged" in err and "not in the" not in err, err
+
+
+def test_ollama_names_match_in_any_case_in_their_long_forms(machine: Path) -> None:
+    """The model and tag matched in any case, the host and namespace did not:
+    "Library/qwen3-embedding:0.6b" was "not in the store"."""
+    from smysl.ollama_store import find
+
+    for name in ("Library/qwen3-embedding:0.6b", "REGISTRY.OLLAMA.AI/library/Qwen3-Embedding:0.6B",
+                 "registry.ollama.ai/LIBRARY/qwen3-embedding:0.6b"):
+        assert find(name) == "qwen3-embedding:0.6b", name
 
 
 def test_pull_of_a_cached_model_offline_reports_it(machine: Path,

@@ -289,9 +289,17 @@ def _ollama_entry(root: Path, name: str, manifest: dict[str, Any]) -> ModelEntry
                "heads": meta.get(f"{arch}.attention.head_count"),
                "kv_heads": meta.get(f"{arch}.attention.head_count_kv"),
                "pooling_type": meta.get(f"{arch}.pooling_type")}
-    # what loading it would say (`smysl embed --model ollama-store:NAME`)
+    # what loading it would say (`smysl embed --model ollama-store:NAME`): the blob, then the
+    # engine's own check of its header (a truncated file, mean pooling, another architecture)
     problem = None if weights.is_file() else (f"its weights blob {weights} is missing "
                                               f"(`ollama pull {name}` again)")
+    if problem is None:
+        from smysl.qwen3 import gguf
+
+        try:
+            gguf.read_checkpoint(weights, name)
+        except ValueError as e:
+            problem = str(e)
     return ModelEntry(f"ollama:{name}", "ollama", size, int(dims) if dims else None,
                       config.get("file_type") or None, str(weights),
                       int(context) if context else None, details, problem)
