@@ -96,6 +96,10 @@ def test_embed_errors_are_reported_not_raised(tiny_dir: Path, monkeypatch: pytes
     code, _, err = _run(monkeypatch, capsys, ["embed", "--model", str(tiny_dir), "--device",
                                               "cpu", "--dimensions", "7"], "x\n")
     assert code == 2 and "dimensions must be in 32..64" in err
+    # a missing input file names its flag (was "[Errno 2] No such file or directory: ...")
+    code, _, err = _run(monkeypatch, capsys, ["embed", "--model", str(tiny_dir), "-i",
+                                              "nonexist.txt"], "")
+    assert code == 2 and "--input nonexist.txt: no such file" in err, err
     code, _, err = _run(monkeypatch, capsys, ["embed", "--model", "./missing-model"], "x\n")
     assert code == 2 and "not a model directory" in err
     code, _, err = _run(monkeypatch, capsys, ["embed", "--model", str(tiny_dir), "--device",

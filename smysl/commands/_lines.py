@@ -22,10 +22,11 @@ def split_lines(text: str) -> list[str]:
     return [line[:-1] if line.endswith("\r") else line for line in lines]
 
 
-def read_lines(source: str) -> list[str]:
+def read_lines(source: str, flag: str = "--input") -> list[str]:
     """The lines (:func:`split_lines`) of a UTF-8 file, or of stdin for ``-``; a byte-order
     mark at the start is not text (Windows editors write one; it was embedded as part of the
-    first line, whose vector then differed from the same line's without it)."""
+    first line, whose vector then differed from the same line's without it). ``flag``: the
+    option that named ``source``, for the error when it is not there."""
     if source == "-":
         # the bytes, as a file's are read: sys.stdin's text layer would end a line at a lone
         # \r too (universal newlines), and decode in the locale's encoding
@@ -43,6 +44,10 @@ def read_lines(source: str) -> list[str]:
     except UnicodeDecodeError as e:  # the codec's message names no file
         raise ValueError(f"{source}: not valid UTF-8 ({e.reason}); convert it to UTF-8"
                          ) from None
+    except FileNotFoundError:  # "[Errno 2] ..." named neither the flag nor stdin's default
+        raise FileNotFoundError(f"{flag} {source}: no such file" + (
+            " (leave --input out, or pass -, to read stdin)" if flag == "--input" else "")
+        ) from None
 
 
 def looks_like_jsonl(lines: list[str]) -> bool:

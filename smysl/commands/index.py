@@ -227,7 +227,7 @@ def _search(args: argparse.Namespace, store: StoreConfig) -> int:
     queries = list(args.queries)
     if args.queries_file:
         if args.queries_file.endswith(".txt"):
-            queries += [q for q in read_lines(args.queries_file) if q.strip()]
+            queries += [q for q in read_lines(args.queries_file, "--queries-file") if q.strip()]
         else:
             queries += [str(q) for q in column(iter_rows(args.queries_file),
                                                args.query_field or "query",
