@@ -43,3 +43,40 @@ def test_a_replaced_file_keeps_the_umask_mode(tmp_path: Path) -> None:
     finally:
         os.umask(old)
     assert (tmp_path / "meta.json").stat().st_mode & 0o777 == 0o644
+
+
+def test_replacing_writes_what_is_no_regular_file_in_place(tmp_path: Path) -> None:
+    """`smysl embed -o /dev/null` renamed a regular file over the device (as root: for the
+    whole machine); a symlink became a plain file and its target was never written; an old
+    file's mode was lost."""
+    import os
+    import stat
+
+    from smysl.files import replacing
+
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    import threading
+
+    got: list[bytes] = []
+    reader = threading.Thread(target=lambda: got.append(fifo.read_bytes()))
+    reader.start()
+    with replacing(fifo, binary=True) as f:
+        f.write(b"through the pipe")
+    reader.join(10)
+    assert got == [b"through the pipe"] and stat.S_ISFIFO(fifo.stat().st_mode)
+    target, link = tmp_path / "real.txt", tmp_path / "link.jsonl"
+    target.write_text("old")
+    link.symlink_to(target)
+    with replacing(link) as f:
+        f.write("new")
+    assert link.is_symlink() and target.read_text() == "new"
+    private = tmp_path / "private.jsonl"
+    private.write_text("old")
+    private.chmod(0o600)
+    with replacing(private) as f:
+        f.write("new")
+    assert private.stat().st_mode & 0o777 == 0o600 and private.read_text() == "new"
+    with replacing(Path(os.devnull)) as f:  # no temporary file in /dev (refused, or worse)
+        f.write("dropped")
+    assert stat.S_ISCHR(os.stat(os.devnull).st_mode)
