@@ -66,7 +66,7 @@ def manifests(root: Path | None = None) -> Iterator[tuple[str, dict[str, Any]]]:
     if not base.is_dir():
         return
     for path in sorted(base.glob("*/*/*/*")):
-        if path.is_file():
+        if path.is_file() and not path.name.startswith("."):  # .DS_Store is no tag
             yield name_of(path.relative_to(base).parts), read_json(path)
 
 

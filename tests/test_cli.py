@@ -320,6 +320,9 @@ def test_show_reads_config_and_headers_only(machine: Path, tiny_dir: Path,
     assert main(["show", "ollama:qwen3-embedding:0.6b"]) == 0
     text = capsys.readouterr().out
     assert "Q8_0" in text and "pooling_type: 3" in text and "layers:       28" in text
+    # whether smysl's own engine takes it (this fake file has no tensors): said by show, not
+    # a "cannot load" in the listing (Ollama runs what smysl's engine does not)
+    assert "in process:   no: " in text and "problem" not in text
     # Ollama matches names in any case and in their long forms: so does `show`
     for name in ("ollama:Qwen3-Embedding:0.6B", "ollama:library/qwen3-embedding:0.6b",
                  "ollama:registry.ollama.ai/library/qwen3-embedding:0.6b"):

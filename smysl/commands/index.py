@@ -181,7 +181,8 @@ def _add(args: argparse.Namespace, store: StoreConfig) -> int:
                 try:
                     read_all(chunk=False)
                 except BaseException:
-                    opened.close()
+                    with contextlib.suppress(Exception):  # the read's error is the one to see
+                        opened.close()
                     raise
     with opened as index:
         for problem in index.problems:

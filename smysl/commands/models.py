@@ -289,17 +289,10 @@ def _ollama_entry(root: Path, name: str, manifest: dict[str, Any]) -> ModelEntry
                "heads": meta.get(f"{arch}.attention.head_count"),
                "kv_heads": meta.get(f"{arch}.attention.head_count_kv"),
                "pooling_type": meta.get(f"{arch}.pooling_type")}
-    # what loading it would say (`smysl embed --model ollama-store:NAME`): the blob, then the
-    # engine's own check of its header (a truncated file, mean pooling, another architecture)
+    # what loading it would say (Ollama itself, or `ollama-store:NAME`); whether smysl's own
+    # engine takes it is `smysl show`'s (`in_process`): mean pooling is Ollama's to run
     problem = None if weights.is_file() else (f"its weights blob {weights} is missing "
                                               f"(`ollama pull {name}` again)")
-    if problem is None:
-        from smysl.qwen3 import gguf
-
-        try:
-            gguf.read_checkpoint(weights, name)
-        except ValueError as e:
-            problem = str(e)
     return ModelEntry(f"ollama:{name}", "ollama", size, int(dims) if dims else None,
                       config.get("file_type") or None, str(weights),
                       int(context) if context else None, details, problem)
@@ -485,6 +478,14 @@ def show_entry(model: str, revision: str | None = None) -> ModelEntry:
         stored = find_ollama(rest)  # any form of the name, any case, as Ollama matches
         for entry in ollama_models(every=True) if stored else ():
             if entry.name == f"ollama:{stored}":
+                if entry.problem is None:  # the engine's own check of the header, on demand
+                    from smysl.qwen3 import gguf
+
+                    try:
+                        gguf.read_checkpoint(Path(entry.where), stored)
+                        entry.details["in_process"] = "yes (ollama-store:)"
+                    except ValueError as e:
+                        entry.details["in_process"] = f"no: {e}"
                 return entry
         if stored:  # there, but not listed: model_blob says what is wrong with it
             model_blob(stored)
@@ -543,6 +544,7 @@ def _run_show(args: argparse.Namespace) -> int:
               ("parameters", d.get("parameters")), ("pooling_type", d.get("pooling_type")),
               ("query prompt", repr(d["query_prompt"]) if d.get("query_prompt") else None),
               ("revision", d.get("revision")), ("digest", d.get("digest")),
+              ("in process", d.get("in_process")),
               ("problem", e.problem)]
     for key, value in lines:
         if value is not None:

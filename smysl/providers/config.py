@@ -142,8 +142,9 @@ def clean_secret(value: str, what: str, *, spaces: bool, who: str) -> str:
     if any((ord(c) < 32 and c != "\t") or ord(c) == 127 or (not spaces and c.isspace())
            for c in value):
         raise ValueError(f"{who}: {what} has a {'' if spaces else 'space, '}line break or "
-                         "control character inside it (a pasted quote or two keys?); it is "
-                         "not shown here")
+                         "control character inside it" + ("" if spaces else
+                                                          " (a pasted quote or two keys?)")
+                         + "; it is not shown here")
     return value
 
 

@@ -112,7 +112,6 @@ def _normalise_url(scheme: str, url: str) -> str:
             url = f"http://{host or '127.0.0.1'}:11434{slash}{path}"
     if scheme == "smysl" and not url.endswith("/v1"):
         url += "/v1"
-    port_of(url)  # a port past 65535: named with the URL as given
     return url
 
 

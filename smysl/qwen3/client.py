@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import os
 import threading
+import weakref
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from multiprocessing.connection import Client, Connection, wait
@@ -169,6 +171,12 @@ class Piped(_Described):
         self._arrived = threading.Condition(self._lock)
         self._reading = False
 
+    def _forked(self) -> None:
+        """In a forked child (:func:`watch_forks`): fresh locks (one held by another thread
+        at the fork would never be released here)."""
+        self._lock = threading.Lock()
+        self._init_reading()
+
     def _channel(self) -> Replies:
         """The connection to send on (under the lock), made or restored when it must be."""
         raise NotImplementedError
@@ -251,6 +259,25 @@ class Piped(_Described):
             self._arrived.notify_all()
 
 
+#: The handles of this process (:func:`watch_forks`), by id (an EngineClient, a dataclass,
+#: is not hashable).
+_HANDLES: weakref.WeakValueDictionary[int, Piped] = weakref.WeakValueDictionary()
+
+
+def watch_forks(handle: Piped) -> None:
+    """Call ``handle._forked()`` in a process forked from this one."""
+    _HANDLES[id(handle)] = handle
+
+
+def _after_fork_in_child() -> None:
+    for handle in list(_HANDLES.values()):
+        handle._forked()
+
+
+if hasattr(os, "register_at_fork"):  # POSIX
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
 @dataclass
 class EngineClient(Piped):
     """The :class:`~smysl.qwen3.contract.EngineLike` contract for a process that did not start
@@ -269,6 +296,13 @@ class EngineClient(Piped):
         self._lock = threading.Lock()
         self._init_reading()
         self._describe(self.info)
+        watch_forks(self)
+
+    def _forked(self) -> None:
+        # the connection is the parent's: sharing it mixed the two processes' replies; this
+        # process connects again on its next call (the engine serves any number of clients)
+        super()._forked()
+        self._replies = None
 
     def __getstate__(self) -> dict[str, Any]:  # the address and key travel, not the socket
         return {"address": self.address, "authkey": self.authkey, "info": self.info}
@@ -288,7 +322,8 @@ class EngineClient(Piped):
                 _, info = conn.recv()
             except FileNotFoundError:  # its owner removes the socket when it closes it
                 raise EngineProcessError(f"the engine process at {self.address} was closed "
-                                         "by its owner (or the owner's process ended)") from None
+                                         "by its owner (or the owner's process ended), or is "
+                                         "restarting") from None
             except (OSError, EOFError) as e:
                 raise EngineProcessError(f"the engine process does not answer at "
                                          f"{self.address} ({e}); it may be restarting") from None

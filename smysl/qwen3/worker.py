@@ -44,6 +44,7 @@ from smysl.qwen3.client import (
     Replies,
     reraise,
     send_reply,
+    watch_forks,
 )
 from smysl.qwen3.contract import EngineConfig, batch_tokens
 from smysl.qwen3.heap import keep_heap
@@ -89,11 +90,13 @@ def _child(conn: Connection, ckpt: Checkpoint, cfg: EngineConfig) -> None:
             "numerics": engine.numerics, "chunk": engine.chunk, "tuned_at": engine.tuned_at,
             "queues": engine.queues, "pid": os.getpid()}
     send_reply(conn, ("ready", info))
-    hub = _Hub(engine, conn, info)
+    hub: _Hub | None = None
     try:
+        hub = _Hub(engine, conn, info)
         hub.run()
     finally:
-        hub.stop_listening()
+        if hub is not None:
+            hub.stop_listening()
         engine.close()  # its lane threads ended before the interpreter finalises (as above)
 
 
@@ -382,6 +385,22 @@ def merge(requests: Sequence[tuple[list[list[int]], list[int] | None]], budget: 
     return groups
 
 
+def _exit_why(code: int | None) -> str:
+    """What a loading child's exit code suggests: 1 an error (its traceback is above; a
+    script without the ``__main__`` guard fails so under spawn), a signal otherwise."""
+    if code == 1:
+        return ("; its error is above. A script that loads with process=True when it is "
+                "imported needs `if __name__ == \"__main__\":` around that code (spawn "
+                "imports it again in the child)")
+    if code is not None and code < 0:
+        try:
+            name = signal.Signals(-code).name
+        except ValueError:
+            name = f"signal {-code}"
+        return f": killed by {name}" + (" (out of memory?)" if -code == signal.SIGKILL else "")
+    return ""
+
+
 def _stop(proc: Any, conn: Connection, stopping: threading.Event | None = None) -> None:
     """Ask the child to exit, then make sure it has (it ignores SIGTERM: a kill).
     ``stopping``: set first, so that the watcher does not take the exit for a crash (the
@@ -396,21 +415,6 @@ def _stop(proc: Any, conn: Connection, stopping: threading.Event | None = None) 
     if proc.is_alive():
         proc.kill()
         proc.join(5)
-
-
-#: Every engine process handle of this process: a forked child gets fresh locks for them (one
-#: held by another thread at the fork would never be released there).
-_PROCESSES: weakref.WeakSet[EngineProcess] = weakref.WeakSet()
-
-
-def _after_fork_in_child() -> None:
-    for handle in list(_PROCESSES):
-        handle._lock = threading.Lock()
-        handle._init_reading()
-
-
-if hasattr(os, "register_at_fork"):  # POSIX
-    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def _watch(ref: weakref.ref[EngineProcess], proc: Any) -> None:
@@ -445,7 +449,7 @@ class EngineProcess(Piped):
         self._closed = self._dead = self._stale = self._down = False
         #: The process that started the child: only it may talk to it (``multiprocessing``).
         self._owner = os.getpid()
-        _PROCESSES.add(self)
+        watch_forks(self)
         #: When recent restarts began (``time.monotonic``), to bound them.
         self._restarts: deque[float] = deque()
         #: Restarts after the child died on its own, over the engine's life.
@@ -474,10 +478,8 @@ class EngineProcess(Piped):
             except (EOFError, OSError):
                 proc.join(5)
                 raise EngineProcessError(
-                    f"the engine process exited while loading (exit code {proc.exitcode}); "
-                    "its error is above. A script that loads with process=True when it is "
-                    "imported needs `if __name__ == \"__main__\":` around that code, as "
-                    "multiprocessing's spawn does") from None
+                    f"the engine process exited while loading (exit code {proc.exitcode})"
+                    + _exit_why(proc.exitcode)) from None
             if kind == "error":
                 raise info
             if self._shared is not None:  # a restarted child serves the same clients
@@ -545,6 +547,14 @@ class EngineProcess(Piped):
             log.warning("the engine process is back (pid %s) after %.1f s", self.pid,
                         time.monotonic() - now)
             return
+
+    def _forked(self) -> None:
+        super()._forked()
+        # the parent's child and socket are the parent's to stop: the finalizers (run at this
+        # process's exit, or by close()) stopped its engine and removed its share() socket
+        self._closer.detach()
+        if self._shared is not None:
+            self._unshare.detach()
 
     def _kill(self) -> None:
         """Stop the child now (it may be mid-batch); its reply must never reach a later call."""
@@ -642,9 +652,12 @@ class EngineProcess(Piped):
 
     def close(self) -> None:
         """Stop the child process (idempotent). Passes still in flight are abandoned: the
-        child is killed, not waited for (a server's forced stop waited 15 s for its batch)."""
+        child is killed, not waited for (a server's forced stop waited 15 s for its batch). In a
+        forked child it only closes this process's handle: the engine is the parent's."""
         with self._lock:
             self._closed = True
+            if os.getpid() != self._owner:
+                return
             if self._replies.waiting and not self._stale and self._proc.is_alive():
                 self._kill()
             else:

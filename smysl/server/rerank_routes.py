@@ -388,8 +388,8 @@ def info_router(rs: RerankService) -> APIRouter:
             model_type={"reranker": {"id2label": {"0": "yes"}, "label2id": {"yes": 0}}},
             max_input_length=model.max_tokens,
             max_batch_tokens=rs.tokens.batch_tokens if rs.tokens is not None else 0,
-            kernel=model.kernel, slice_tokens=model.slice_tokens, tuned_at=model.tuned_at,
-            threads=model.threads))
+            device=model.device, kernel=model.kernel, slice_tokens=model.slice_tokens,
+            tuned_at=model.tuned_at, threads=model.threads))
 
     return r
 

@@ -130,7 +130,8 @@ def test_cli_embed_prints_a_usage_line(qwen_tok: Any, monkeypatch: pytest.Monkey
             "$0.07/1M tokens") in err
 
 
-def test_a_served_provider_passes_on_what_failed_upstream(caplog: pytest.LogCaptureFixture
+def test_a_served_provider_passes_on_what_failed_upstream(caplog: pytest.LogCaptureFixture,
+                                                          monkeypatch: pytest.MonkeyPatch
                                                           ) -> None:
     """An upstream's 429, 401 or 503 reached the server's clients as a 500 "internal error:
     IncompleteEmbeddingError" (TEI: 424) with a traceback in the log: now its rate limit is a
@@ -152,6 +153,7 @@ def test_a_served_provider_passes_on_what_failed_upstream(caplog: pytest.LogCapt
                  (Fault(500), 502, None),
                  (Fault(delay=2.0), 504, None)]
         errors._logged.clear()
+        monkeypatch.setattr(errors, "UPSTREAM_LOG_S", 3600.0)  # a slow runner: still one line
         with TestClient(create_app(provider, ServerConfig())) as c:
             for path, body in (("/v1/embeddings", {"input": ["a"]}),
                                ("/api/embed", {"model": "qwen3-embedding-8b", "input": ["a"]}),

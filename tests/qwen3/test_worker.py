@@ -897,17 +897,28 @@ def test_a_stop_by_the_finalizer_is_no_crash(tiny_dir: Path) -> None:
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="fork is POSIX")
 def test_a_forked_child_gets_a_clear_error(remote) -> None:  # type: ignore[no-untyped-def]
     """After os.fork(), the child's calls and even `healthy` raised multiprocessing's
-    AssertionError ("can only test a child process")."""
+    AssertionError ("can only test a child process"); its close() or exit stopped the parent's
+    engine (a restart logged); a share() twin connected before the fork mixed replies."""
+    twin = remote.share()
+    want = remote.embed(["x", "y"])
+    assert np.array_equal(twin.embed(["x", "y"]), want)  # connected before the fork
+    engine, started, restarts = remote.engine, remote.engine.pid, remote.engine.restarts
     read, write = os.pipe()
     pid = os.fork()
     if pid == 0:  # the child: report and leave at once
         code = 1
         try:
-            alive = remote.engine.alive
+            alive = engine.alive
             try:
                 remote.embed(["x"])
             except EngineProcessError as e:
                 code = 0 if (not alive and "model.share()" in str(e)) else 2
+            # a twin connects anew (it shared the parent's socket: replies got mixed)
+            if code == 0 and not np.array_equal(twin.embed(["x", "y"]), want):
+                code = 3
+            # closing (or the finalizers at exit) must not stop the parent's engine
+            remote.close()
+            engine._closer()
         finally:
             os.write(write, bytes([code]))
             os._exit(0)
@@ -917,7 +928,10 @@ def test_a_forked_child_gets_a_clear_error(remote) -> None:  # type: ignore[no-u
     finally:
         os.close(read)
         os.waitpid(pid, 0)
-    assert remote.engine.alive and remote.embed(["x"]).shape == (1, 64)
+    time.sleep(0.5)  # a watcher that took a stop for a crash would have restarted it by now
+    assert (engine.pid, engine.restarts) == (started, restarts)
+    assert engine.alive and np.array_equal(remote.embed(["x", "y"]), want)
+    assert np.array_equal(twin.embed(["x", "y"]), want)
 
 
 _SHARED_DROPPED = """

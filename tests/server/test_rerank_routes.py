@@ -139,6 +139,7 @@ def test_reranker_alone_serves_health_metrics_and_no_embeddings(client: Any,
                                                "label2id": {"yes": 0}}}
     assert info["max_input_length"] == reranker.max_tokens
     assert info["model_id"] == reranker.name and info["threads"] == reranker.info().threads
+    assert info["device"] == "cpu"
 
 
 @pytest.mark.parametrize("queues", [False, True])
