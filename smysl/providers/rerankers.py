@@ -38,7 +38,7 @@ import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import Any, ClassVar, NamedTuple
 
 import numpy as np
 
@@ -46,7 +46,6 @@ from smysl.options import ModelOptions
 from smysl.providers.config import ProviderConfig
 from smysl.providers.dispatch import BatchLimit, CallLimit, run_batches
 from smysl.providers.errors import (
-    JobTimeoutError,
     MalformedResponseError,
     PayloadTooLargeError,
     ProviderHTTPError,
@@ -133,13 +132,8 @@ class RerankUsage(Usage):
 class _CallDeadline(Deadline):
     """``job_timeout`` for one rerank call (the embedding one's message speaks of rows)."""
 
-    def error(self, why: str | None = None) -> JobTimeoutError:
-        what = (f"{why}; job_timeout={self.seconds:g}s" if why
-                else f"the rerank call ran past job_timeout={self.seconds:g}s")
-        return JobTimeoutError(
-            f"{self.name}: {what} (the "
-            "wall-clock limit of one call, all its requests, retries and waits included); pass "
-            "job_timeout=SECONDS to change it (None: no limit)")
+    call: ClassVar[str] = "rerank"
+    kept: ClassVar[str] = ""
 
 
 # ----------------------------------------------------------------------------- checks

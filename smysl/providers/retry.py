@@ -24,7 +24,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 from smysl.providers.config import ProviderConfig
 from smysl.providers.errors import (
@@ -62,6 +62,9 @@ class Deadline:
     seconds: float | None
     name: str
     start: float = field(default_factory=time.monotonic)
+    #: The call it limits, and what its error says is kept (a rerank call keeps nothing).
+    call: ClassVar[str] = "embed"
+    kept: ClassVar[str] = "rows finished so far are kept, so calling embed again resumes. "
 
     def remaining(self) -> float:
         if self.seconds is None:
@@ -75,11 +78,10 @@ class Deadline:
     def error(self, why: str | None = None) -> JobTimeoutError:
         """The error of a call past its limit (``why``: what ends it before the limit)."""
         what = (f"{why}; job_timeout={self.seconds:g}s" if why
-                else f"the embed call ran past job_timeout={self.seconds:g}s")
+                else f"the {self.call} call ran past job_timeout={self.seconds:g}s")
         return JobTimeoutError(
-            f"{self.name}: {what} (the "
-            "wall-clock limit of one call, all its requests, retries and waits included); "
-            "rows finished so far are kept, so calling embed again resumes. Pass "
+            f"{self.name}: {what} (the wall-clock limit of one call, all its requests, retries "
+            f"and waits included); {self.kept + 'Pass' if self.kept else 'pass'} "
             "job_timeout=SECONDS to change it (None: no limit)")
 
 
