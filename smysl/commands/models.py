@@ -22,7 +22,15 @@ from pathlib import Path
 from typing import Any, BinaryIO, Literal
 
 from smysl.backends.sentence_transformers import PACKAGED, model_path, packaged_models
-from smysl.ollama_store import blob, layers_of, manifests, model_blob, model_layer, ollama_root
+from smysl.ollama_store import (
+    blob,
+    layers_of,
+    manifests,
+    model_blob,
+    model_layer,
+    ollama_root,
+    parts_of,
+)
 from smysl.ollama_store import find as find_ollama
 from smysl.ollama_store import read_json as _json
 from smysl.pooling import MIN_DIMENSIONS
@@ -251,15 +259,17 @@ def ollama_models(root: Path | None = None, *, every: bool = False) -> list[Mode
     """Embedding models in the Ollama store (``every``: all), from manifests, the config blob
     and the GGUF header."""
     root = root or ollama_root()
-    out = []
-    for name, manifest in manifests(root):
-        try:
-            entry = _ollama_entry(root, name, manifest)
-        except (ValueError, TypeError, AttributeError, OSError):  # one damaged model: the
-            continue  # others are still listed (`ollama list` lists it; not usable here)
-        if entry is not None and (every or entry.details["embedding"]):
-            out.append(entry)
-    return out
+    entries = (_ollama_entry_or_none(root, name, manifest) for name, manifest in manifests(root))
+    return [e for e in entries if e is not None and (every or e.details["embedding"])]
+
+
+def _ollama_entry_or_none(root: Path, name: str, manifest: dict[str, Any]) -> ModelEntry | None:
+    """:func:`_ollama_entry`, None for a damaged model (the others are still listed; `ollama
+    list` lists it, not usable here) or one without weights."""
+    try:
+        return _ollama_entry(root, name, manifest)
+    except (ValueError, TypeError, AttributeError, OSError):
+        return None
 
 
 def _ollama_entry(root: Path, name: str, manifest: dict[str, Any]) -> ModelEntry | None:
@@ -476,8 +486,11 @@ def show_entry(model: str, revision: str | None = None) -> ModelEntry:
         if revision:
             raise ValueError("--revision applies to Hub models, not the Ollama store")
         stored = find_ollama(rest)  # any form of the name, any case, as Ollama matches
-        for entry in ollama_models(every=True) if stored else ():
-            if entry.name == f"ollama:{stored}":
+        if stored:  # this model's entry alone, not the whole store's
+            root = ollama_root()
+            entry = _ollama_entry_or_none(root, stored, _json(
+                root / "manifests" / Path(*parts_of(stored))))
+            if entry is not None:
                 if entry.problem is None:  # the engine's own check of the header, on demand
                     from smysl.qwen3 import gguf
 
@@ -487,7 +500,7 @@ def show_entry(model: str, revision: str | None = None) -> ModelEntry:
                     except ValueError as e:
                         entry.details["in_process"] = f"no: {e}"
                 return entry
-        if stored:  # there, but not listed: model_blob says what is wrong with it
+            # there, but no entry: model_blob says what is wrong with it
             model_blob(stored)
             raise ValueError(f"Ollama model {stored!r}: its manifest is damaged (`ollama "
                              f"pull {stored}` again)")

@@ -78,8 +78,7 @@ class IncompleteEmbeddingError(ProviderError):
         self.cause = cause
         self.done: list[int] = done or []
         self.rows: np.ndarray = rows if rows is not None else np.zeros((0, 0), np.float32)
-        if isinstance(cause, UpstreamError):  # what stopped it says what a server answers
-            self.status_to_answer, self.retry_after = cause.status_to_answer, cause.retry_after
+        answered_as(self, cause)  # what stopped it says what a server answers
 
 
 def answered_as(error: UpstreamError, last: BaseException | None) -> UpstreamError:

@@ -290,10 +290,11 @@ class Engine:
         if keep_gguf_blocks(ckpt, cfg, device, dtype):
             cfg = replace(cfg, quantize="int4")
             device, dtype = resolve_config(cfg, stored_dtype(ckpt.config))
-        set_here = {"cuda_graphs": cfg.cuda_graphs is not None,
-                    "cuda_kernels": cfg.cuda_kernels is not None, "lanes": bool(cfg.lanes)}
-        off_device = [k for k, v in set_here.items()
-                      if v and (k == "lanes") == (device.type == "cuda")]
+        if device.type == "cpu":
+            off_device = [k for k, v in (("cuda_graphs", cfg.cuda_graphs),
+                                         ("cuda_kernels", cfg.cuda_kernels)) if v is not None]
+        else:
+            off_device = ["lanes"] if cfg.lanes else []
         if off_device:  # one config for CPU and GPU hosts is fine, but say it
             log.warning("%s: set, but not used on %s", ", ".join(
                 f"{k} ({FLAGS[k]})" for k in off_device), device.type.upper())

@@ -43,6 +43,7 @@ from smysl.server.health import BackendHealth
 from smysl.server.http import json_response
 from smysl.server.metrics import BatchMetrics, HealthMetrics, Metrics
 from smysl.server.service import CHARS_PER_TOKEN, Disconnected, check_unicode, until_disconnected
+from smysl.server.tei_routes import info_body
 from smysl.tokenize import Direction, InputTooLongError
 
 #: Requests with more characters than this are tokenised off the event loop.
@@ -375,8 +376,6 @@ def info_router(rs: RerankService) -> APIRouter:
     """TEI's ``/info`` for a server that serves a reranker and no embedding model (TEI
     describes a reranker as a classifier: ``model_type: {"reranker": {"id2label",
     "label2id"}}``; the Qwen3-Reranker's one label is "yes", whose probability is the score)."""
-    from smysl.server.tei_routes import info_body
-
     r = APIRouter(tags=["rerank"])
 
     @r.get("/info")
