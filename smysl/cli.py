@@ -63,8 +63,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         code = int(args._run(args) or 0)
         sys.stdout.flush()  # here, where a reader gone (BrokenPipeError) is caught below
         return code
-    except InputTooLongError as e:  # worded with the flag, not the Python argument
-        print(f"smysl {args.command}: error: {e.describe(f'input {e.index}', audience='cli')}",
+    except InputTooLongError as e:  # worded with the flag, and counted from 1 as lines are
+        what = f"input {e.index + 1}"
+        print(f"smysl {args.command}: error: {e.describe(what, audience='cli')}",
               file=sys.stderr)
         return 2
     # A path that is a folder, or one not readable or writable, is a mistake in the arguments

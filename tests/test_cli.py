@@ -13,6 +13,7 @@ from qwen_tiny import fake_hub_cache
 from smysl.cli import main
 from smysl.qwen3.embedder import Embedder
 from smysl.rerank import BaseReranker
+from smysl.tokenize import InputTooLongError
 
 
 def _run(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], argv: list[str],
@@ -328,6 +329,11 @@ def test_show_reads_config_and_headers_only(machine: Path, tiny_dir: Path,
                  "ollama:registry.ollama.ai/library/qwen3-embedding:0.6b"):
         assert main(["show", name, "--json"]) == 0, name
         assert json.loads(capsys.readouterr().out)["name"] == "ollama:qwen3-embedding:0.6b"
+    # asked as the in-process scheme: named so, and run by smysl's engine (it said "ollama")
+    assert main(["show", "ollama-store:Qwen3-Embedding:0.6B"]) == 0
+    text = capsys.readouterr().out
+    assert "model:        ollama-store:qwen3-embedding:0.6b" in text, text
+    assert "backend:      qwen3" in text
 
 
 def test_show_and_pull_errors_are_smysl_errors(machine: Path, tmp_path: Path,
@@ -509,6 +515,44 @@ def test_rerank_reads_jsonl_only_from_jsonl_files(tmp_path: Path,
                           objects)
     assert code == 0 and "pass --jsonl" in err, err
     assert {json.loads(x)["document"] for x in out.splitlines()} == set(objects.splitlines())
+
+
+class _LongRefused(BaseReranker):
+    """Refuses any document of more than 20 characters, as a reranker does an over-long one."""
+
+    name = "long-refused"
+    backend = "fake"
+
+    def _scores(self, query: str, documents: list[str], *, instruction: str | None,
+                truncate: bool) -> np.ndarray:
+        for i, d in enumerate(documents):
+            if len(d) > 20 and not truncate:
+                raise InputTooLongError(index=i, tokens=len(d), limit=20, who="the reranker")
+        return np.zeros(len(documents))
+
+
+def test_rerank_names_an_over_long_document_by_its_line(tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch,
+                                                       capsys: pytest.CaptureFixture[str]
+                                                       ) -> None:
+    """An over-long document is named by its line of the input (it was "input 1": its place
+    among the non-blank lines, counted from 0), and ``--truncate`` ranks it."""
+    import smysl.registry
+
+    monkeypatch.setattr(smysl.registry, "load_reranker",
+                        lambda model, options=None: _LongRefused())
+    docs = tmp_path / "docs.txt"
+    docs.write_text("short\n\nalso short\n" + "long " * 10 + "\n", encoding="utf-8")
+    code, _, err = _run(monkeypatch, capsys, ["rerank", "--model", "fake:x", "-q", "q", "-i",
+                                              str(docs)])
+    assert code == 2 and f"line 4 of {docs} with the query has 50 tokens" in err, err
+    assert "--truncate" in err
+    code, _, err = _run(monkeypatch, capsys, ["rerank", "--model", "fake:x", "-q", "q"],
+                        '{"text": "a"}\n\n\n{"text": "' + "b" * 30 + '"}\n')
+    assert code == 2 and "line 4 of stdin" in err, err
+    code, _, err = _run(monkeypatch, capsys, ["rerank", "--model", "fake:x", "-q", "q", "-i",
+                                              str(docs), "--truncate"])
+    assert code == 0, err
 
 
 def test_python_dash_m_smysl_is_the_smysl_command(tmp_path: Path) -> None:

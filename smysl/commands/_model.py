@@ -56,7 +56,8 @@ def model_options(args: argparse.Namespace, **changes: object) -> ModelOptions:
     """The :class:`ModelOptions` of parsed flags (``changes`` override fields)."""
     fields = ("device", "dtype", "quantize", "threads", "lanes", "max_tokens", "max_batch_tokens",
               "max_batch_size", "revision", "cuda_graphs", "cuda_kernels")
-    values = {f: getattr(args, f) for f in fields}
+    given = vars(args)
+    values = {f: given[f] for f in fields}
     return ModelOptions(**values).replace(**changes)
 
 

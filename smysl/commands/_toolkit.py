@@ -52,7 +52,7 @@ def rerank_settings(args: argparse.Namespace) -> dict[str, Any]:
         if given:
             raise ValueError(f"{' and '.join(given)} need(s) --rerank R")
         return {}
-    if getattr(args, "mmr", False):
+    if args.mmr:
         raise ValueError("--mmr and --rerank both choose the final hits out of the "
                          "candidates, by different scores: use one of them")
     out: dict[str, Any] = {"rerank_instruction": args.rerank_instruction}
@@ -115,7 +115,9 @@ def labels_in(rows: Iterable[Mapping[str, Any]], field: str, source: str, option
 
 
 def progress(args: argparse.Namespace) -> bool:
-    return not getattr(args, "no_progress", False) and sys.stderr.isatty()
+    """A progress bar, unless ``--no-progress`` (:func:`add_table_arguments`) or stderr is
+    not a terminal."""
+    return not args.no_progress and sys.stderr.isatty()
 
 
 def parse_value(text: str) -> Any:

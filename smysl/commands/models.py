@@ -17,7 +17,7 @@ import re
 import struct
 import sys
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, BinaryIO, Literal
 
@@ -499,6 +499,9 @@ def show_entry(model: str, revision: str | None = None) -> ModelEntry:
                         entry.details["in_process"] = "yes (ollama-store:)"
                     except ValueError as e:
                         entry.details["in_process"] = f"no: {e}"
+                if scheme == "ollama-store":  # the name asked for, run by smysl's engine
+                    entry.details["backend"] = "qwen3"
+                    return replace(entry, name=f"ollama-store:{stored}")
                 return entry
             # there, but no entry: model_blob says what is wrong with it
             model_blob(stored)

@@ -13,6 +13,7 @@ from typing import Any
 from smysl.commands import check_output_folder
 from smysl.commands._lines import looks_like_jsonl, read_lines
 from smysl.commands._model import add_model_arguments, model_options
+from smysl.tokenize import InputTooLongError
 
 HELP = "rank documents (JSONL or lines) against a query with a reranker; write JSONL"
 MODEL_HELP = ("reranker: a Qwen3-Reranker dir or Hub id (Qwen/Qwen3-Reranker-0.6B), or "
@@ -41,8 +42,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 JSONL_SUFFIXES = (".jsonl", ".ndjson")
 
 
-def read_documents(source: str, jsonl: bool = False) -> tuple[list[str], list[Any]]:
-    """(texts, items) of the input ``source`` (a file, ``-`` for stdin). A ``.jsonl``/``.ndjson``
+def read_documents(source: str, jsonl: bool = False
+                   ) -> tuple[list[str], list[Any], list[int]]:
+    """(texts, items, line numbers) of the input ``source`` (a file, ``-`` for stdin). A
+    ``.jsonl``/``.ndjson``
     file's lines, or any input's with ``jsonl``, are strings or objects with a string
     ``text``, each item kept whole for the output; any other input's lines are their own text.
     Blank lines are skipped in both (an empty document ranked among the others, first on some
@@ -53,9 +56,9 @@ def read_documents(source: str, jsonl: bool = False) -> tuple[list[str], list[An
         if source == "-" and looks_like_jsonl(lines):  # stdin was guessed once: say it
             print("smysl rerank: warning: stdin looks like JSONL but is read one document per "
                   "line, JSON and all; pass --jsonl to read it as JSONL", file=sys.stderr)
-        kept = [line for line in lines if line.strip()]
-        return kept, list(kept)
-    texts, items = [], []
+        numbered = [(n, line) for n, line in enumerate(lines, 1) if line.strip()]
+        return [t for _, t in numbered], [t for _, t in numbered], [n for n, _ in numbered]
+    texts, items, numbers = [], [], []
     for n, line in enumerate(lines, 1):
         if not line.strip():
             continue
@@ -70,7 +73,8 @@ def read_documents(source: str, jsonl: bool = False) -> tuple[list[str], list[An
                              "\"text\" field")
         texts.append(doc)
         items.append(item)
-    return texts, items
+        numbers.append(n)
+    return texts, items, numbers
 
 
 def run(args: argparse.Namespace) -> int:
@@ -80,10 +84,15 @@ def run(args: argparse.Namespace) -> int:
     if args.output.lower().endswith((".csv", ".tsv", ".json", ".parquet", ".npy")):
         # a .csv got JSON lines
         raise ValueError(f"--output {args.output}: rerank writes JSON lines; name it .jsonl")
-    texts, items = read_documents(args.input, args.jsonl)
+    texts, items, numbers = read_documents(args.input, args.jsonl)
     with load_reranker(args.model, model_options(args)) as reranker:
-        ranked = reranker.rerank(args.query, texts, instruction=args.instruction,
-                                 top_n=args.top_n, truncate=args.truncate)
+        try:
+            ranked = reranker.rerank(args.query, texts, instruction=args.instruction,
+                                     top_n=args.top_n, truncate=args.truncate)
+        except InputTooLongError as e:  # named by its line (blank lines skipped, from 0)
+            where = "stdin" if args.input == "-" else args.input
+            raise ValueError(e.describe(f"line {numbers[e.index]} of {where} with the query",
+                                        audience="cli")) from None
         spent = reranker.usage_report()
     with contextlib.ExitStack() as stack:
         out = sys.stdout if args.output == "-" else stack.enter_context(
