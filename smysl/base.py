@@ -159,13 +159,23 @@ class UpstreamError(RuntimeError):
     status_to_answer: int = 502
     #: Seconds the upstream asked to wait (its ``Retry-After``), when it said.
     retry_after: float | None = None
+    #: What that server tells its own clients: the upstream's status and words, without the
+    #: advice meant for whoever runs the backend (its key variable, its URL); its log has the
+    #: whole message. None: the message itself.
+    reason: str | None = None
 
     def __init__(self, message: str, *, status_to_answer: int | None = None,
-                 retry_after: float | None = None) -> None:
+                 retry_after: float | None = None, reason: str | None = None) -> None:
         super().__init__(message)
         if status_to_answer is not None:
             self.status_to_answer = status_to_answer
         self.retry_after = retry_after
+        if reason is not None:
+            self.reason = reason
+
+    def told_clients(self) -> str:
+        """:attr:`reason`, or the message when there is none."""
+        return self.reason if self.reason is not None else str(self)
 
 
 class BaseEmbedder(abc.ABC):

@@ -19,8 +19,13 @@ class ProviderHTTPError(ProviderError):
 
     def __init__(self, message: str, status: int, body: str = "", *,
                  retry_after: float | None = None) -> None:
+        words = " ".join(body.split())  # one line
+        if words in ("", "{}", "null"):
+            reason = f"HTTP {status}"
+        else:
+            reason = f"HTTP {status}: {words[:300]}" + ("…" if len(words) > 300 else "")
         super().__init__(message, status_to_answer=status if status in (429, 503) else 502,
-                         retry_after=retry_after)
+                         retry_after=retry_after, reason=reason)
         self.status = status
         self.body = body
 
@@ -31,6 +36,8 @@ class PayloadTooLargeError(ProviderHTTPError):
 
 class MalformedResponseError(ProviderError):
     """A 2xx response whose body does not have the documented shape."""
+
+    reason = "an answer not of the documented shape"
 
 
 class InvalidRowError(MalformedResponseError, ValueError):
@@ -52,10 +59,14 @@ class ProviderTimeoutError(ProviderError, TimeoutError):
 class RequestTimeoutError(ProviderTimeoutError):
     """One HTTP request got no complete answer within ``timeout`` seconds (retried)."""
 
+    reason = "no complete answer within the time limit of a request"
+
 
 class JobTimeoutError(ProviderTimeoutError):
     """One ``embed`` call ran past ``job_timeout`` seconds, across all its requests and retries.
     Rows finished before it are kept (see :class:`PartialEmbeddingError`)."""
+
+    reason = "the call ran past its time limit"
 
 
 class IncompleteEmbeddingError(ProviderError):
@@ -88,6 +99,7 @@ def answered_as(error: UpstreamError, last: BaseException | None) -> UpstreamErr
     if isinstance(last, UpstreamError) and (
             not isinstance(error, ProviderTimeoutError) or last.status_to_answer == 429):
         error.status_to_answer, error.retry_after = last.status_to_answer, last.retry_after
+        error.reason = last.reason
     return error
 
 

@@ -237,7 +237,8 @@ class RetryingClient:
             except Exception as e:  # refused, reset, DNS, protocol, body decoding
                 self._heard(False)
                 # an exception's words may quote a header (httpx's "Illegal header value")
-                last = ProviderError(f"{self.name}: connection error: {self.shown(repr(e))}")
+                last = ProviderError(f"{self.name}: connection error: {self.shown(repr(e))}",
+                                     reason=f"could not reach it ({type(e).__name__})")
             else:
                 self._heard(True)
                 status = resp.status

@@ -112,7 +112,12 @@ def upstream_failed(model: str, e: UpstreamError) -> ApiError:
     wait = e.retry_after
     headers = ({"Retry-After": str(max(1, math.ceil(wait)))}
                if wait is not None and math.isfinite(wait) else {})
-    return ApiError(kind, f"the upstream of {model!r} failed: {e}", headers=headers)
+    verb = {429: "is rate limited", 503: "is unavailable",
+            504: "did not answer in time"}.get(e.status_to_answer, "failed")
+    # the upstream's words, not the advice to the operator (a key's variable, the upstream's
+    # URL) that the log line above has
+    return ApiError(kind, f"the upstream of {model!r} {verb}: {e.told_clients()}",
+                    headers=headers)
 
 
 def api_of(path: str) -> Api:

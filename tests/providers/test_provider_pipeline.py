@@ -136,7 +136,8 @@ def test_a_served_provider_passes_on_what_failed_upstream(caplog: pytest.LogCapt
     """An upstream's 429, 401 or 503 reached the server's clients as a 500 "internal error:
     IncompleteEmbeddingError" (TEI: 424) with a traceback in the log: now its rate limit is a
     429 with its Retry-After, unavailable a 503, a timeout a 504, the rest a 502, in each API's
-    shape, with the provider's (redacted) words."""
+    shape, with the provider's (redacted) words: the upstream's status and answer, not the
+    advice meant for whoever runs the provider."""
     from fastapi.testclient import TestClient
     from provider_fakes import Fault
 
@@ -151,6 +152,7 @@ def test_a_served_provider_passes_on_what_failed_upstream(caplog: pytest.LogCapt
                  (Fault(503), 503, None),
                  (Fault(401, body='{"error": "bad key sk-upstream-key"}'), 502, None),
                  (Fault(500), 502, None),
+                 (Fault(404), 502, None),
                  (Fault(delay=2.0), 504, None)]
         errors._logged.clear()
         monkeypatch.setattr(errors, "UPSTREAM_LOG_S", 3600.0)  # a slow runner: still one line
@@ -166,6 +168,10 @@ def test_a_served_provider_passes_on_what_failed_upstream(caplog: pytest.LogCapt
                     assert r.headers.get("retry-after") == wait
                     assert "the upstream of" in r.text and "internal error" not in r.text
                     assert "sk-upstream-key" not in r.text
+                    # the operator's advice (the key's variable, the upstream's URL on a
+                    # 404) and the Python caller's (timeout=SECONDS) stay in the log
+                    for advice in ("OPENROUTER_API_KEY", upstream.url, "SECONDS", "input"):
+                        assert advice not in r.text, (advice, r.text)
             assert "unhandled error" not in caplog.text
             # one line per status within UPSTREAM_LOG_S, not one per request
             lines = [r for r in caplog.records if "upstream failed" in r.getMessage()]
