@@ -61,6 +61,15 @@ class LegacyEmbeddingsRequest(BaseModel):
     prompt: StrictStr | None = ""  # null is Go's "": a preload
     keep_alive: KeepAlive = None
     options: dict[str, Any] | None = None
+    # /api/embed's, read the same way here (they were ignored: `truncate: false` truncated,
+    # `dimensions` gave the full vector, `input_type: "query"` a document's)
+    truncate: StrictBool | None = Field(
+        True, description="smysl extension, as /api/embed: false refuses an over-long prompt")
+    dimensions: StrictInt | None = Field(None, description="smysl extension, as /api/embed")
+    instruction: StrictStr | None = Field(
+        None, description="smysl extension: query instruction or task preset name")
+    input_type: StrictStr | None = Field(
+        None, description="smysl extension: 'query' or 'document'")
 
 
 class LegacyEmbeddingsResponse(BaseModel):
@@ -130,9 +139,11 @@ def router(service: Service, fast: FastRoutes) -> APIRouter:
         if not body.prompt:
             # Ollama's legacy route answers an empty prompt with an empty embedding (a preload).
             return json_response({"embedding": []})
+        dims = service.dimensions(body.dimensions or None)
         service.check_texts([body.prompt], "prompt")
-        result = await service.embed_texts([body.prompt], instruction=None,
-                                           dimensions=service.dimensions(None), truncate=True,
+        task = service.instruction(body.instruction, body.input_type)
+        result = await service.embed_texts([body.prompt], instruction=task, dimensions=dims,
+                                           truncate=body.truncate is not False,
                                            disconnected=until_disconnected(receive),
                                            what="prompt")
         return json_response({"embedding": result.vectors[0]},

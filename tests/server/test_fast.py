@@ -36,6 +36,8 @@ CASES: list[tuple[str, Any, dict[str, str]]] = [
     ("/api/embed", {"input": "fox"}, {"content-type": "application/x-www-form-urlencoded"}),
     ("/api/embeddings", {"prompt": "fox"}, {}),
     ("/api/embeddings", {"prompt": ""}, {}),
+    ("/api/embeddings", {"prompt": "fox", "dimensions": 48, "input_type": "query"}, {}),
+    ("/api/embeddings", {"prompt": LONG, "truncate": False}, {}),
     ("/embed", {"inputs": "fox", "normalize": False}, {}),
     ("/embed", {"inputs": ["fox"], "prompt_name": "query"}, {}),
     ("/embed", {"inputs": ["fox"], "prompt_name": "nope"}, {}),

@@ -54,6 +54,20 @@ def test_ollama_legacy_and_metadata(client, tiny) -> None:  # type: ignore[no-un
     r = client.post("/api/embeddings", json={"model": "qwen3-embedding", "prompt": TEXTS[1]})
     assert np.array_equal(vecs(r.json()["embedding"]), tiny.embed(TEXTS[1:2])[0])
     assert client.post("/api/embeddings", json={"prompt": ""}).json() == {"embedding": []}
+    # /api/embed's fields, read the same way (they were ignored: the full document vector,
+    # truncated whatever was asked)
+    r = client.post("/api/embeddings", json={"prompt": TEXTS[1], "dimensions": 32,
+                                             "input_type": "query"})
+    assert np.array_equal(vecs(r.json()["embedding"]),
+                          tiny.embed_queries(TEXTS[1:2], dimensions=32)[0])
+    r = client.post("/api/embeddings", json={"prompt": TEXTS[1], "instruction": "sts"})
+    assert np.array_equal(vecs(r.json()["embedding"]), tiny.embed_queries(TEXTS[1:2], "sts")[0])
+    r = client.post("/api/embeddings", json={"prompt": LONG, "truncate": False})
+    assert r.status_code == 400 and "at most" in r.json()["error"], r.text
+    r = client.post("/api/embeddings", json={"prompt": LONG})
+    assert np.array_equal(vecs(r.json()["embedding"]), tiny.embed([LONG], truncate=True)[0])
+    assert client.post("/api/embeddings", json={"prompt": "x", "dimensions": 7}).status_code \
+        == 400
     empty = client.post("/api/embed", json={"input": []}).json()
     assert empty["embeddings"] == []
     tags = client.get("/api/tags").json()["models"]
