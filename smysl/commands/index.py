@@ -20,6 +20,7 @@ from smysl.commands._toolkit import (
     progress,
     rerank_settings,
 )
+from smysl.tokenize import InputTooLongError
 
 if TYPE_CHECKING:
     from smysl.toolkit.store import StoreConfig
@@ -82,6 +83,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "the language; default 1)")
     s.add_argument("--where", action="append", help="filter: key=value, key>=n (repeatable)")
     s.add_argument("--instruction", help="query instruction or preset ('' for none)")
+    s.add_argument("--truncate", action="store_true",
+                   help="cut a query longer than the model takes (default: refuse it)")
     s.add_argument("--mmr", action="store_true", help="diversify with maximal marginal relevance")
     s.add_argument("--mmr-lambda", type=float, default=None,
                    help="with --mmr: 1 = relevance, 0 = diversity (default 0.5)")
@@ -247,7 +250,8 @@ def _search(args: argparse.Namespace, store: StoreConfig) -> int:
         raise ValueError("--format context prints to stdout; drop --output")
     config = SearchConfig(k=args.k, mode=args.mode, instruction=args.instruction,
                           where=parse_where(args.where), exact=not args.approximate,
-                          mmr=args.mmr, **given(args, text_weight="text_weight",
+                          mmr=args.mmr, truncate=args.truncate,
+                          **given(args, text_weight="text_weight",
                                                 mmr_lambda="mmr_lambda", fetch_k="fetch_k",
                                                 per_document="per_document"),
                           **rerank_settings(args))
@@ -262,7 +266,12 @@ def _search(args: argparse.Namespace, store: StoreConfig) -> int:
                 Index.create_or_open(model, IndexConfig(store=store), create=False))
             for problem in index.problems:
                 print(f"warning: {problem}", file=sys.stderr)
-            results = index.search(queries, config, reranker=reranker)
+            try:
+                results = index.search(queries, config, reranker=reranker)
+            except InputTooLongError as e:  # named as given: from 1, with its words
+                shown = queries[e.index][:40] + ("…" if len(queries[e.index]) > 40 else "")
+                raise ValueError(e.describe(f"query {e.index + 1} ({shown!r})",
+                                            audience="cli")) from None
             damaged = index.damaged
         spent = reranker.usage_report() if reranker is not None else None
         if spent:
@@ -301,7 +310,9 @@ def _refuse_unused_search(args: argparse.Namespace) -> None:
              ("--instruction", args.instruction is not None and args.mode == "text",
               "is for the query's embedding; --mode text ranks by its words"),
              ("--approximate", args.approximate and args.mode == "text",
-              "is the vector ranking's; --mode text ranks by words")]
+              "is the vector ranking's; --mode text ranks by words"),
+             ("--truncate", args.truncate and args.mode == "text",
+              "cuts the query's embedding; --mode text ranks by its words")]
     for flag, unused, why in pairs:
         if unused:
             raise ValueError(f"{flag} does nothing here: it {why}")

@@ -72,6 +72,8 @@ class SearchRequest(BaseModel):
     per_document: StrictInt | None = Field(
         None, description="at most this many chunks of one document (their doc_id) among the "
                           "hits (and the reranker's candidates); default: no limit")
+    truncate: StrictBool = Field(
+        False, description="cut a query longer than the model takes (default: refuse it)")
 
 
 def index_label(spec: str, table: str) -> str:
@@ -253,6 +255,9 @@ def router(service: Service, reranking: RerankService | None = None) -> APIRoute
             raise ApiError("invalid", f"text_weight weighs the word ranking against the "
                            f"vector one in mode 'hybrid'; this search is mode {body.mode!r}",
                            param="text_weight")
+        if body.truncate and body.mode == "text":  # as `smysl index search --truncate`
+            raise ApiError("invalid", "truncate cuts the query's embedding; mode 'text' ranks "
+                           "by its words", param="truncate")
         if not 0 <= body.text_weight <= MAX_TEXT_WEIGHT:
             raise ApiError("invalid", f"text_weight must be between 0 and {MAX_TEXT_WEIGHT:g}, "
                            f"got {body.text_weight}", param="text_weight")
@@ -264,14 +269,15 @@ def router(service: Service, reranking: RerankService | None = None) -> APIRoute
                               per_document=body.per_document)
         disconnected = until_disconnected(request.receive)
         # the query side of `smysl index search`: the instruction rule of the model, the
-        # index's stored size, over-long queries cut (through the batcher, like every route)
+        # index's stored size, an over-long query refused unless truncate (through the
+        # batcher, like every route)
         # "" is no instruction, as `smysl index search --instruction ''` has it (the OpenAI
         # extension's empty field is an absent one instead: the model's task)
         task = (None if body.instruction == ""
                 else service.instruction(body.instruction, "query"))
         result = (await service.embed_texts(
             [body.query], instruction=task,
-            dimensions=searched.dimensions, truncate=True, what="query",
+            dimensions=searched.dimensions, truncate=body.truncate, what="query",
             disconnected=disconnected) if body.mode != "text" else None)
         wanted = dataclasses.replace(config, k=candidates(config, reranking=rerank))
 

@@ -294,12 +294,14 @@ class Index:
         return gone
 
     # ------------------------------------------------------------------ reading
-    def embed_queries(self, queries: Sequence[str], instruction: str | None = None
-                      ) -> np.ndarray:
-        """Query vectors with the search instruction (model default when the model takes one)."""
+    def embed_queries(self, queries: Sequence[str], instruction: str | None = None, *,
+                      truncate: bool = False) -> np.ndarray:
+        """Query vectors with the search instruction (model default when the model takes one);
+        an over-long query raises :class:`~smysl.tokenize.InputTooLongError` unless
+        ``truncate``."""
         task = self.embedder.choose_instruction(instruction, role="query")
         return self.embedder.embed(list(queries), instruction=task,
-                                   dimensions=self._dims_arg(), truncate=True)
+                                   dimensions=self._dims_arg(), truncate=truncate)
 
     def search(self, queries: str | Sequence[str], config: SearchConfig | None = None, *,
                reranker: BaseReranker | None = None) -> list[list[Hit]]:
@@ -321,8 +323,8 @@ class Index:
             problem = lexical_problem(meta)
             if problem is not None:
                 raise ValueError(problem)
-        vectors = (self.embed_queries(qs, config.instruction) if config.mode != "text"
-                   else None)
+        vectors = (self.embed_queries(qs, config.instruction, truncate=config.truncate)
+                   if config.mode != "text" else None)
         terms = [lexical.query_terms(q) for q in qs] if config.mode != "vector" else None
         return search_vectors(self.store, vectors, config, check=self._check_hit,
                               reranker=reranker, texts=qs, terms=terms)

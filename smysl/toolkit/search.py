@@ -77,6 +77,9 @@ class SearchConfig:
             ``<Instruct>`` line); None is the reranker's default.
         rerank_truncate: With a reranker: cut chunks that exceed its token limit (True) or
             fail on them.
+        truncate: Cut a query longer than the model takes at its limit; False (the default)
+            refuses it with :class:`~smysl.tokenize.InputTooLongError` (its ``index`` is the
+            query's): a query cut without a word searched for something else.
         per_document: At most this many chunks of one document (the payload's ``doc_id``)
             among the hits, so that one long document does not fill them all; the search
             widens until each query has its ``k``, the store has no more, or it has looked
@@ -98,6 +101,7 @@ class SearchConfig:
     rerank_top: int = 50
     rerank_instruction: str | None = None
     rerank_truncate: bool = True
+    truncate: bool = False
     per_document: int | None = None
 
     def __post_init__(self) -> None:

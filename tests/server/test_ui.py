@@ -738,3 +738,19 @@ def test_search_per_document_caps_a_long_documents_chunks(tmp_path: Path) -> Non
         for bad in (0, -2):
             r = client.post("/search", json={"query": "q", "per_document": bad})
             assert r.status_code == 422 and "per_document" in r.json()["error"], r.text
+
+
+def test_search_refuses_an_over_long_query_unless_truncate(tiny, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """/search cut a query longer than the model takes without a word, as `smysl index
+    search` did: now a 422 (TEI-shaped, as /search errors are), or cut with ``truncate``."""
+    path = build_index(tiny, tmp_path / "kb")
+    long = "why " * 600  # the tiny model takes 512 tokens
+    with TestClient(create_app(tiny, ServerConfig(index=str(path)))) as client:
+        r = client.post("/search", json={"query": long})
+        assert r.status_code == 422 and "at most 512" in r.json()["error"], r.text
+        r = client.post("/search", json={"query": long, "truncate": True, "k": 2})
+        assert r.status_code == 200 and len(r.json()["hits"]) == 2, r.text
+        want = toolkit_search(tiny, path, long, 2, truncate=True)
+        assert [h["id"] for h in r.json()["hits"]] == [h.id for h in want]
+        r = client.post("/search", json={"query": "cats", "truncate": True, "mode": "text"})
+        assert r.status_code == 422 and "mode 'text'" in r.text, r.text

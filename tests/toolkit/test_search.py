@@ -77,6 +77,24 @@ def test_query_instruction_and_filters(tiny, tmp_path) -> None:
         assert len({h.id for h in mmr_hits}) == 4
 
 
+def test_an_over_long_query_is_refused_unless_truncate(tiny, tmp_path) -> None:
+    """A query longer than the model takes was cut without a word (and searched for its
+    beginning): now an InputTooLongError naming it, or cut when ``truncate`` asks for it."""
+    from smysl.tokenize import InputTooLongError
+
+    long = "why " * 600  # the tiny model takes 512 tokens
+    with Index.create_or_open(tiny, IndexConfig(StoreConfig(backend="memory"))) as ix:
+        ix.add_texts(["cats purr", "dogs bark"])
+        with pytest.raises(InputTooLongError) as err:
+            ix.search(["cats?", long], SearchConfig(k=1))
+        assert err.value.index == 1 and "truncate" in str(err.value)
+        (_, hits) = ix.search(["cats?", long], SearchConfig(k=1, truncate=True))
+        np.testing.assert_allclose(ix.embed_queries([long], truncate=True),
+                                   tiny.embed_queries([long], truncate=True), atol=1e-6)
+        assert len(hits) == 1
+        ix.search(long, SearchConfig(k=1, mode="text"))  # words alone: nothing embedded
+
+
 def test_mmr_demotes_near_duplicates() -> None:
     q = np.array([1.0, 0.0, 0.0], np.float32)
     vecs = np.array([[0.9, 0.436, 0], [0.9, 0.436, 0], [0.8, -0.6, 0], [0.1, 0.0, 0.995]],

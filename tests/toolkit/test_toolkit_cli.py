@@ -53,6 +53,15 @@ def test_index_add_search_delete(tiny_dir, data, capsys) -> None:
     assert len(out) == 7 and {"query", "rank", "id", "score", "text"} <= set(out[0])
     assert main(["index", "search", kb, "cats", "--device", "cpu"]) == 0
     assert "score" in capsys.readouterr().out
+    # an over-long query is refused, named, unless --truncate (it was cut without a word)
+    long = "why " * 600
+    assert main(["index", "search", kb, "cats", long, "--device", "cpu"]) == 2
+    err = capsys.readouterr().err
+    assert "query 2 ('why why" in err and "pass --truncate" in err, err
+    assert main(["index", "search", kb, long, "--device", "cpu", "--truncate"]) == 0
+    assert "score" in capsys.readouterr().out
+    assert main(["index", "search", kb, long, "--mode", "text", "--truncate"]) == 2
+    assert "--truncate does nothing here" in capsys.readouterr().err
     assert main(["index", "delete", kb, "--doc-id", "r0", "--doc-id", "r1"]) == 0
     assert "deleted 2 chunks; 5 left" in capsys.readouterr().err
     assert main(["index", "delete", kb]) == 2  # nothing to delete by: an error, not a wipe
