@@ -58,6 +58,15 @@ def misspelt_preset(name: str) -> str | None:
     return close[0] if close else None
 
 
+def expand_preset(instruction: str | None) -> str | None:
+    """A reranker's instruction: a preset's name (:data:`TASK_PRESETS`) as its sentence, a
+    misspelt one refused as :func:`resolve_task` refuses it; any other, ``""`` and None
+    included, as given (the reranker's template takes an empty instruction as it is)."""
+    if instruction is None or not instruction.strip():
+        return instruction
+    return resolve_task(instruction)
+
+
 def task_of_query_prompt(prompt: str) -> str | None:
     """The task of a sentence-transformers ``query`` prompt written with
     :data:`QUERY_TEMPLATE` (``"Instruct: {task}\\nQuery:"``, as Qwen3-Embedding's

@@ -18,6 +18,7 @@ from typing import Literal, Protocol, SupportsIndex
 import numpy as np
 
 from smysl.base import check_flag, fingerprint_of, positive_int
+from smysl.prompts import expand_preset
 from smysl.tokenize import Direction, check_unicode
 
 
@@ -257,7 +258,8 @@ class BaseReranker(abc.ABC):
 
     def check_instruction(self, instruction: str | None) -> None:
         """ValueError unless ``instruction`` is None or a string this reranker takes (see
-        :attr:`instruction_aware`)."""
+        :attr:`instruction_aware`): a preset's name (``"qa"``) is taken as its sentence
+        (:func:`~smysl.prompts.expand_preset`), a misspelt one refused."""
         if instruction is None:
             return
         if not isinstance(instruction, str):
@@ -266,6 +268,7 @@ class BaseReranker(abc.ABC):
         if not self.instruction_aware:
             raise ValueError(f"reranker {self.name!r} ({self.backend}) takes no "
                              "instruction; drop it")
+        expand_preset(instruction)  # a misspelt preset's name, before any work
 
     def _checked_scores(self, query: str, docs: list[str], instruction: str | None,
                         truncate: bool) -> np.ndarray:

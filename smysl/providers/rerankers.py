@@ -43,6 +43,7 @@ from typing import Any, ClassVar, NamedTuple
 import numpy as np
 
 from smysl.options import ModelOptions
+from smysl.prompts import expand_preset
 from smysl.providers.config import ProviderConfig
 from smysl.providers.dispatch import BatchLimit, CallLimit, run_batches
 from smysl.providers.errors import (
@@ -330,6 +331,7 @@ class RemoteReranker(BaseReranker):
         """Scores, and keys that rank as the server did: its finer keys where every answer had
         them, else the scores; ties broken by each answer's order (a server ranking by keys
         it does not send, as a smysl server does, kept its order where its scores tie)."""
+        instruction = expand_preset(instruction)  # as the local reranker reads it
         cfg = self.config
         sizes = (self._sizes(query, documents, instruction) if cfg.max_batch_tokens
                  else [0] * len(documents))

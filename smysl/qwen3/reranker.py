@@ -29,6 +29,7 @@ from tokenizers import Tokenizer
 
 from smysl.base import check_flag, fingerprint_files, positive_int
 from smysl.options import ModelOptions
+from smysl.prompts import expand_preset
 from smysl.qwen3.contract import (
     EngineLike,
     OnEngine,
@@ -193,6 +194,7 @@ class Reranker(OnEngine, BaseReranker):
                                  f"{max_document_tokens!r}")
             truncate = True
         check_unicode(instruction, "the instruction")
+        instruction = expand_preset(instruction)  # "qa" was sent as the word "qa"
         checked: list[tuple[str, str]] = []
         for i, pair in enumerate(pairs):
             query, document = pair_of(pair, i)

@@ -17,6 +17,7 @@ import pytest
 from provider_fakes import FakeServer, Fault, rerank_score
 
 import smysl
+from smysl.prompts import TASK_PRESETS
 from smysl.providers.errors import JobTimeoutError, MalformedResponseError
 from smysl.providers.rerankers import RERANK_PRESETS, RejectedRerankError, RemoteReranker
 from smysl.rerank import BaseReranker
@@ -353,6 +354,9 @@ def test_instruction_is_sent_where_the_api_takes_one(shape: str) -> None:
         assert srv.requests[-1] == expected_body(shape, DOCS, INSTRUCTION)
         assert got == want(QUERY, DOCS, INSTRUCTION)
         assert got != want(QUERY, DOCS)
+        # a preset's name is sent as its sentence (it was sent as the word "qa")
+        rr.rerank(QUERY, DOCS, instruction="qa")
+        assert srv.requests[-1] == expected_body(shape, DOCS, TASK_PRESETS["qa"])
 
 
 @pytest.mark.parametrize("shape", ["siliconflow", "deepinfra", "dashscope-gte", "cohere", "jina",

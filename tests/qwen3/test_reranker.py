@@ -93,6 +93,27 @@ def test_prompt_is_the_model_card_prompt(loaded: dict[str, Reranker]) -> None:
     assert ids[: len(r.prefix)] == r.prefix and ids[-len(r.suffix):] == r.suffix
 
 
+def test_a_presets_name_is_its_instruction(loaded: dict[str, Reranker]) -> None:
+    """``instruction="qa"`` was put in the prompt as the word "qa" (only the evaluation
+    expanded it), where the embedders take a preset's name as its sentence; a misspelt
+    name is refused before any work, as theirs is."""
+    from smysl.prompts import TASK_PRESETS
+
+    r = loaded["tied"]
+    assert r.tokenize([("q", "d")], instruction="qa") == r.tokenize(
+        [("q", "d")], instruction=TASK_PRESETS["qa"])
+    assert r.rerank("q", ["d", "e"], instruction="qa") == r.rerank(
+        "q", ["d", "e"], instruction=TASK_PRESETS["qa"])
+    assert r.score([("q", "d")], instruction="sts") == r.score(
+        [("q", "d")], instruction=TASK_PRESETS["sts"])
+    with pytest.raises(ValueError, match="misspelt"):
+        r.check_instruction("retreival")
+    with pytest.raises(ValueError, match="misspelt"):
+        r.rerank("q", ["d"], instruction="retreival")
+    # an instruction of one's own, "" too, stays as given
+    assert r.tokenize([("q", "d")], instruction="") != r.tokenize([("q", "d")])
+
+
 @pytest.mark.filterwarnings("ignore:`max_length` is ignored")
 def test_truncation_cuts_the_document_like_the_reference(rerankers: dict[str, Tiny]) -> None:
     """issue 15: over the limit -> error unless truncate; truncation matches the model card's
