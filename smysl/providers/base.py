@@ -37,7 +37,7 @@ import numpy as np
 from smysl.base import BaseEmbedder, Progress, positive_int
 from smysl.pooling import check_dimensions
 from smysl.prompts import DEFAULT_TASK
-from smysl.providers.config import ProviderConfig
+from smysl.providers.config import ProviderConfig, embedding_base_url
 from smysl.providers.dispatch import BatchLimit, CallLimit, run_batches
 from smysl.providers.errors import (
     IncompleteEmbeddingError,
@@ -94,8 +94,10 @@ class Provider(BaseEmbedder):
         self.backend = config.name
         self.default_task = default_task
         self.max_tokens = config.max_tokens
+        # the environment read as connect() reads it (OLLAMA_HOST=0.0.0.0 was a base URL)
         base = os.environ.get(config.base_url_env, "") if config.base_url_env else ""
-        self.base_url = (base or config.base_url).rstrip("/")
+        self.base_url = (embedding_base_url(config.name, base) if base.strip()
+                         else config.base_url.rstrip("/"))
         api_key = config.api_key(api_key)
         #: Width requested from the server (sent as ``dimensions`` when supported).
         self.request_dimensions = positive_int(dimensions)

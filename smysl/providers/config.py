@@ -154,3 +154,20 @@ def port_of(url: str) -> int | None:
         return urllib.parse.urlsplit(url).port
     except ValueError as e:  # "host:abc", a port past 65535
         raise ValueError(f"bad URL {shown_url(url)!r}: {e}") from None
+
+
+def embedding_base_url(scheme: str, url: str) -> str:
+    """``url`` (given, or read from the scheme's ``base_url_env``) as the scheme's embedding
+    requests need it: a scheme added to ``host:port``, Ollama's port where ``OLLAMA_HOST``
+    names none, ``/v1`` under a smysl server."""
+    url = url.strip().rstrip("/")
+    if "://" not in url:  # OLLAMA_HOST is often "host:port" or "0.0.0.0"
+        url = "http://" + url
+        # Ollama's own rule (OLLAMA_HOST): 11434 only where no scheme was written; with one,
+        # the scheme's port (https://ollama.example.com is 443, not 443's host on 11434)
+        if scheme == "ollama" and port_of(url) is None:
+            host, slash, path = url[len("http://"):].partition("/")
+            url = f"http://{host or '127.0.0.1'}:11434{slash}{path}"
+    if scheme == "smysl" and not url.endswith("/v1"):
+        url += "/v1"
+    return url

@@ -9,7 +9,7 @@ from typing import Any
 
 from smysl.options import ModelOptions
 from smysl.providers.base import Provider
-from smysl.providers.config import ProviderConfig, port_of
+from smysl.providers.config import ProviderConfig, embedding_base_url
 from smysl.shown import shown_url
 
 #: Default configuration per scheme. Limits are the providers' documented ones where found.
@@ -101,20 +101,6 @@ def _provider_class(scheme: str) -> type[Provider]:
     return OpenAIProvider
 
 
-def _normalise_url(scheme: str, url: str) -> str:
-    url = url.strip().rstrip("/")
-    if "://" not in url:  # OLLAMA_HOST is often "host:port" or "0.0.0.0"
-        url = "http://" + url
-        # Ollama's own rule (OLLAMA_HOST): 11434 only where no scheme was written; with one,
-        # the scheme's port (https://ollama.example.com is 443, not 443's host on 11434)
-        if scheme == "ollama" and port_of(url) is None:
-            host, slash, path = url[len("http://"):].partition("/")
-            url = f"http://{host or '127.0.0.1'}:11434{slash}{path}"
-    if scheme == "smysl" and not url.endswith("/v1"):
-        url += "/v1"
-    return url
-
-
 def connect(scheme: str, rest: str = "", **options: Any) -> Provider:
     """Build the provider for ``scheme:rest`` (``rest`` = ``model`` or ``URL#model``)."""
     if scheme not in PRESETS:
@@ -133,13 +119,13 @@ def connect(scheme: str, rest: str = "", **options: Any) -> Provider:
     config = PRESETS[scheme]
     if url:
         # An explicit URL wins over the environment variable.
-        overrides.update(base_url=_normalise_url(scheme, url), base_url_env=None)
+        overrides.update(base_url=embedding_base_url(scheme, url), base_url_env=None)
     elif config.base_url_env:
         import os
 
         env = os.environ.get(config.base_url_env)
         if env:
-            overrides.update(base_url=_normalise_url(scheme, env), base_url_env=None)
+            overrides.update(base_url=embedding_base_url(scheme, env), base_url_env=None)
     config = dataclasses.replace(config, **overrides)
     if not model and scheme not in ("tei",):
         raise ValueError(f"{scheme}: no model given (write {scheme}:MODEL or {scheme}:URL#MODEL)")

@@ -267,7 +267,10 @@ class RemoteReranker(BaseReranker):
                 from e
         self.model = model
         self.config = config
-        self.base_url = config.base_url.rstrip("/")
+        # the environment read as connect_reranker() reads it (SMYSL_URL was ignored here)
+        env = os.environ.get(config.base_url_env, "") if config.base_url_env else ""
+        self.base_url = (_root(config.name, env) if env.strip()
+                         else config.base_url.rstrip("/"))
         self.name = name or f"{config.name}:{model or shown_url(self.base_url)}"
         self.backend = config.name
         self.max_tokens = config.max_tokens

@@ -119,6 +119,15 @@ def test_environment_base_urls_and_options(monkeypatch: pytest.MonkeyPatch) -> N
     monkeypatch.setenv("OLLAMA_HOST", "0.0.0.0")
     p = connect("ollama", "m")
     assert p.base_url == "http://0.0.0.0:11434"
+    # a provider class built on its preset reads the variable as connect() does (its base
+    # URL was the bare "0.0.0.0"); a rerank class likewise (SMYSL_URL was ignored)
+    from smysl.providers.ollama import OllamaProvider
+    from smysl.providers.presets import PRESETS
+    from smysl.providers.rerankers import RERANK_PRESETS, SmyslReranker
+
+    assert OllamaProvider("m", PRESETS["ollama"]).base_url == "http://0.0.0.0:11434"
+    monkeypatch.setenv("SMYSL_URL", "localhost:9000")
+    assert SmyslReranker("m", RERANK_PRESETS["smysl"]).base_url == "http://localhost:9000/v1"
     monkeypatch.setenv("OPENAI_BASE_URL", "http://gpu:9000/v1")
     q = connect("openai", "m", base_url="http://other:1/v1", timeout=3.0, max_retries=2)
     assert q.base_url == "http://other:1/v1"
