@@ -32,7 +32,8 @@ Role = Literal["query", "document"]
 class Progress(Protocol):
     """Anything with tqdm's ``update(n)``: backends report finished texts through it."""
 
-    def update(self, n: int = 1) -> object: ...
+    def update(self, n: int = 1) -> object:
+        """``n`` more texts are done."""
 
 
 @dataclass(frozen=True)
@@ -48,7 +49,9 @@ class ModelInfo:
     min_dimensions: int
     #: Most tokens one input may have (EOS included); None when the backend does not say.
     max_tokens: int | None
+    #: Whether queries get the ``Instruct: ...\nQuery:`` template (see :mod:`smysl.prompts`).
     instruction_aware: bool
+    #: The task queries get when none is given.
     default_task: str
     #: Weight dtype (``float32``, ``bfloat16``...), None when unknown (remote APIs).
     dtype: str | None = None

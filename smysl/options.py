@@ -89,6 +89,7 @@ class ModelOptions:
             raise ValueError(f"{model!r} does not use the option(s) {names}")
 
     def replace(self, **changes: Any) -> ModelOptions:
+        """A copy with ``changes`` (field names) applied, checked as the constructor checks."""
         return dataclasses.replace(self, **changes)
 
 

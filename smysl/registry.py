@@ -55,6 +55,8 @@ class Scheme:
     summary: str = ""
 
     def factory(self) -> Factory:
+        """The loader of this scheme's model strings, its module imported on first use (an
+        optional dependency is needed only by the scheme that uses it)."""
         if callable(self.target):
             return self.target
         module, _, func = self.target.partition(":")

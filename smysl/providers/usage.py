@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import threading
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -75,10 +76,17 @@ class Usage:
         out["cost"] = self.cost
         return out
 
+    def add(self, counts: Mapping[str, int]) -> None:
+        """Add another usage's :data:`COUNTS` (a snapshot, or what one grew by: a Ray
+        actor's share of a call), under the lock as every record is."""
+        with self._lock:
+            for name in COUNTS:
+                setattr(self, name, getattr(self, name) + int(counts.get(name) or 0))
+
     def reset(self) -> None:
         with self._lock:
-            self.texts = self.tokens = self.reported_tokens = self.counted_tokens = 0
-            self.estimated_tokens = self.requests = self.retries = self.failed_requests = 0
+            for name in COUNTS:
+                setattr(self, name, 0)
 
     def __str__(self) -> str:
         s = self.snapshot()
@@ -95,6 +103,11 @@ class Usage:
                 f"{approx}{count_of(s['tokens'], 'token')} ({source}), "
                 f"{count_of(s['texts'], 'text')}, {count_of(s['requests'], 'request')}, "
                 f"{count_of(s['retries'], 'retry', 'retries')}{failed}, {cost}")
+
+
+#: The counters of :class:`Usage` (its other fields name the provider and its prices).
+COUNTS = ("texts", "tokens", "reported_tokens", "counted_tokens", "estimated_tokens",
+          "requests", "retries", "failed_requests")
 
 
 def reported_count(value: Any) -> int | None:

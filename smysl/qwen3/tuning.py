@@ -37,6 +37,7 @@ import torch
 from smysl.cpus import usable_cpus
 from smysl.files import file_lock, replace_file
 from smysl.qwen3.cpu import detect
+from smysl.tokenize import EOS_ID
 
 if TYPE_CHECKING:
     from smysl.qwen3.engine import Engine
@@ -58,7 +59,6 @@ ROWS = (64, 96, 128, 192, 256, 384, 512, 768, 1024)
 TIE = 0.02
 #: ``dequant_rows`` meaning "never": the int4 kernel was faster at every row count measured.
 NEVER = 1 << 30
-_EOS = 151643
 
 
 @dataclass(frozen=True)
@@ -288,7 +288,7 @@ def short_texts(rng: random.Random, tokens: int) -> list[list[int]]:
     """Short texts (20-100 tokens and EOS) up to ``tokens``: the engine's usual batch."""
     batch: list[list[int]] = []
     while True:
-        seq = [rng.randrange(1000, 100000) for _ in range(rng.randrange(20, 100))] + [_EOS]
+        seq = [rng.randrange(1000, 100000) for _ in range(rng.randrange(20, 100))] + [EOS_ID]
         if sum(map(len, batch)) + len(seq) > tokens:
             return batch
         batch.append(seq)
@@ -298,7 +298,7 @@ def _workload(batch_tokens: int, long_tokens: int) -> list[list[list[int]]]:
     """One batch of short texts up to ``batch_tokens`` and one input of ``long_tokens``."""
     rng = random.Random(0)
     return [short_texts(rng, batch_tokens),
-            [[rng.randrange(1000, 100000) for _ in range(long_tokens - 1)] + [_EOS]]]
+            [[rng.randrange(1000, 100000) for _ in range(long_tokens - 1)] + [EOS_ID]]]
 
 
 def _time(engine: Engine, settings: tuple[int, ...], use: Callable[[int], None], layers: int,

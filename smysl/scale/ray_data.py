@@ -103,10 +103,6 @@ def _unreachable(address: str | None, timeout: float = 5.0) -> str | None:
 
 
 #: Usage counters summed over actors (:class:`smysl.providers.usage.Usage` fields).
-USAGE_COUNTS = ("texts", "tokens", "reported_tokens", "counted_tokens", "estimated_tokens",
-                "requests", "retries", "failed_requests")
-
-
 @dataclass(frozen=True)
 class TooLong:
     """An :class:`~smysl.tokenize.InputTooLongError` on its way from an actor to the driver
@@ -180,9 +176,10 @@ def usage_delta(before: dict[str, Any] | None,
     without usage)."""
     if after is None:
         return None
-    out = {k: v for k, v in after.items() if k not in USAGE_COUNTS and k != "cost"}
-    out.update({k: int(after.get(k) or 0) - int((before or {}).get(k) or 0)
-                for k in USAGE_COUNTS})
+    from smysl.providers.usage import COUNTS
+
+    out = {k: v for k, v in after.items() if k not in COUNTS and k != "cost"}
+    out.update({k: int(after.get(k) or 0) - int((before or {}).get(k) or 0) for k in COUNTS})
     return out
 
 
@@ -269,8 +266,7 @@ class RayEmbedder(BaseEmbedder):
             if self.usage is None:
                 self.usage = Usage(delta["provider"], delta["model"], delta["price_per_mtok"],
                                    delta["price_per_request"])
-            for k in USAGE_COUNTS:
-                setattr(self.usage, k, getattr(self.usage, k) + delta[k])
+            self.usage.add(delta)
 
     def count_tokens(self, texts: str | Sequence[str]) -> list[int]:
         items = self._check_texts(texts)

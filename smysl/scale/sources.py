@@ -143,9 +143,7 @@ def count_records(source: Source) -> int:
     quote could hold a line break (counting lines made a file of 10-line records look ten
     times as long)."""
     if source.format == "parquet":
-        import pyarrow.parquet as pq
-
-        return int(pq.ParquetFile(source.path).metadata.num_rows)
+        return int(_pyarrow_parquet().ParquetFile(source.path).metadata.num_rows)
     n, quoted = 0, False
     with open(source.path, "rb") as f:
         for line in f:
@@ -267,11 +265,18 @@ def _csv(source: Source, lines: Iterable[str], id_field: str, text_field: str
                          f"({e})") from None
 
 
-def _parquet(source: Source, id_field: str, text_field: str) -> Iterator[Row]:
+def _pyarrow_parquet() -> Any:
+    """``pyarrow.parquet``, or an ImportError naming the extra that provides it (counting a
+    file's records for the progress bar reached a bare ``import`` first)."""
     try:
         import pyarrow.parquet as pq
     except ImportError as e:
         raise ImportError("Parquet input needs pyarrow: pip install 'smysl[toolkit]'") from e
+    return pq
+
+
+def _parquet(source: Source, id_field: str, text_field: str) -> Iterator[Row]:
+    pq = _pyarrow_parquet()
     try:
         f = pq.ParquetFile(source.path)
     except Exception as e:  # pyarrow's errors for a file that is not Parquet vary

@@ -28,6 +28,7 @@ _HINT = "the server needs its extra: pip install 'smysl[server]'"
 def _require() -> None:
     try:
         import fastapi  # noqa: F401
+        import orjson  # noqa: F401
         import prometheus_client  # noqa: F401
         import uvicorn  # noqa: F401
     except ImportError as e:

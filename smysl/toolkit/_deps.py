@@ -7,10 +7,11 @@ from types import ModuleType
 INSTALL_HINT = "pip install 'smysl[toolkit]'"
 
 
-def require_sklearn() -> ModuleType:
-    """Import scikit-learn, or raise ImportError naming the extra that provides it."""
+def require_sklearn(purpose: str) -> ModuleType:
+    """Import scikit-learn, or raise ImportError saying that ``purpose`` ("clustering")
+    needs it and naming the extra that provides it."""
     try:
         import sklearn
     except ImportError as e:
-        raise ImportError(f"supervised classification needs scikit-learn: {INSTALL_HINT}") from e
+        raise ImportError(f"{purpose} needs scikit-learn: {INSTALL_HINT}") from e
     return sklearn

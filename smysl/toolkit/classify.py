@@ -108,7 +108,7 @@ class SupervisedClassifier:
     @classmethod
     def fit_vectors(cls, vectors: np.ndarray, labels: Sequence[str], config: ClassifyConfig,
                     model: str = "", fingerprint: str | None = None) -> SupervisedClassifier:
-        require_sklearn()
+        require_sklearn("supervised classification")
         x = np.asarray(vectors, np.float32)
         y = np.asarray([str(v) for v in labels])
         if len(x) != len(y) or len(y) == 0:
@@ -182,7 +182,7 @@ class SupervisedClassifier:
     def load(cls, path: str | Path) -> SupervisedClassifier:
         """A classifier :meth:`save` wrote; any other file is a ValueError saying so (a bare
         KeyError, or numpy's advice to load it with pickle, named nothing)."""
-        require_sklearn()
+        require_sklearn("supervised classification")
         what = (f"{path}: not a smysl classifier (a .npz that `smysl classify --train ... "
                 "--save` wrote)")
         try:

@@ -108,6 +108,7 @@ def estimate_k(x: np.ndarray, config: ClusterConfig) -> tuple[int, dict[int, flo
     """
     import warnings
 
+    require_sklearn("choosing k for clustering")
     from sklearn.cluster import KMeans
     from sklearn.exceptions import ConvergenceWarning
     from sklearn.metrics import silhouette_score
@@ -132,7 +133,7 @@ def estimate_k(x: np.ndarray, config: ClusterConfig) -> tuple[int, dict[int, flo
 def cluster_vectors(vectors: np.ndarray, config: ClusterConfig = ClusterConfig()
                     ) -> ClusterResult:
     """Cluster unit vectors."""
-    require_sklearn()
+    require_sklearn("clustering")
     # a NaN row refused: l2_normalize would make it zero, and cluster it
     x = l2_normalize(finite_rows(vectors))
     if len(x) < 2:

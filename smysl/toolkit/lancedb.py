@@ -243,7 +243,7 @@ class LanceStore(VectorStore):
         """Open the table if it exists; its width, else None."""
         with self._guard():
             names = self._db.list_tables()
-            if self.config.table not in list(getattr(names, "tables", names)):
+            if self.config.table not in list(names.tables):
                 return None
             self._table = self._db.open_table(self.config.table)
             return int(self._table.schema.field("vector").type.list_size)
@@ -263,7 +263,7 @@ class LanceStore(VectorStore):
         try:
             with self._guard():
                 names = self._db.list_tables()
-                if self.config.table in list(getattr(names, "tables", names)):
+                if self.config.table in list(names.tables):
                     self._db.drop_table(self.config.table)
         except StoreDamagedError:
             path = local_path(self.config.uri)

@@ -446,7 +446,7 @@ class QdrantStore(VectorStore):
     @_qdrant_errors
     def read_meta(self) -> dict[str, Any]:
         info = self.client.get_collection(self.collection)
-        return dict(getattr(info.config, "metadata", None) or {})
+        return dict(info.config.metadata or {})
 
     @_qdrant_errors
     def claim_meta(self, meta: Mapping[str, Any]) -> dict[str, Any]:

@@ -108,3 +108,24 @@ def test_hdbscan_keeps_one_group_as_a_cluster_when_asked() -> None:
     assert [c.size for c in kept.clusters] == [10]
     alike = cluster_vectors(same, ClusterConfig(method="hdbscan", single_cluster=True))
     assert alike.labels.tolist() == [0] * 10
+
+
+@pytest.mark.parametrize("k", [None, 3])
+def test_without_scikit_learn_clustering_names_the_extra(monkeypatch: pytest.MonkeyPatch,
+                                                         k: int | None) -> None:
+    """estimate_k (k=None) imported sklearn bare (a ModuleNotFoundError), and k-means said
+    "supervised classification needs scikit-learn"."""
+    import builtins
+    from typing import Any
+
+    real_import = builtins.__import__
+
+    def blocked(name: str, *args: Any, **kwargs: Any) -> Any:
+        if name == "sklearn" or name.startswith("sklearn."):
+            raise ImportError(f"No module named {name!r}")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", blocked)
+    with pytest.raises(ImportError, match=r"clustering needs scikit-learn: .*smysl\[toolkit\]"):
+        cluster_vectors(unit_rows(20, 8),
+                        ClusterConfig(k=k))
