@@ -72,6 +72,15 @@ def _too_long(index: int, tokens: int, limit: int, who: str) -> InputTooLongErro
     return InputTooLongError(index=index, tokens=tokens, limit=limit, who=who)
 
 
+def check_counts(counts: Sequence[int], limit: int, *, who: str = "the model") -> None:
+    """The length rule (:func:`fit_length`) for a backend that counts tokens but cuts them
+    itself (a provider, sentence-transformers): :class:`InputTooLongError` for the first
+    count over ``limit``."""
+    for i, n in enumerate(counts):
+        if n > limit:
+            raise InputTooLongError(index=i, tokens=n, limit=limit, who=who)
+
+
 def fit_length(ids: list[int], limit: int, *, eos_id: int, truncate: bool, index: int = 0,
                direction: Direction = "right", who: str = "the model") -> list[int]:
     """The one length rule: ``ids`` (EOS last) within ``limit`` tokens, EOS included.

