@@ -285,7 +285,7 @@ class BaseEmbedder(abc.ABC):
         # A remote server's unknown width, not needed to check a size, is learned within the
         # call (its probe under the call's deadline, its failure the call's)
         dims = (None if dimensions is None and self.known_dimensions() is None else
-                check_dimensions(dimensions, self.dimensions, minimum=self.min_dimensions))
+                self.check_dimensions(dimensions))
         formatted = self.format_texts(items, instruction)
         with _progress_bar(progress, len(items)) as bar:
             raw = self.embed_formatted(formatted, truncate=truncate, progress=bar)
@@ -331,6 +331,12 @@ class BaseEmbedder(abc.ABC):
             raise RuntimeError(f"backend returned shape {raw.shape}, "
                                f"expected {(len(texts), self.dimensions)}")
         return raw
+
+    def check_dimensions(self, dimensions: int | None) -> int:
+        """The width a call asking for ``dimensions`` returns: ``dimensions`` checked against
+        :attr:`min_dimensions` .. :attr:`dimensions` (ValueError saying the range), or the
+        native width for None."""
+        return check_dimensions(dimensions, self.dimensions, minimum=self.min_dimensions)
 
     def known_dimensions(self) -> int | None:
         """:attr:`dimensions` where knowing it costs nothing; None where only a (billed) request

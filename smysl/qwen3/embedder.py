@@ -21,7 +21,7 @@ from smysl.base import (
     fingerprint_of,
 )
 from smysl.options import ModelOptions
-from smysl.pooling import check_dimensions, finish
+from smysl.pooling import finish
 from smysl.prompts import DEFAULT_TASK, task_of_query_prompt
 from smysl.qwen3.contract import (
     BATCH_TOKENS,
@@ -306,7 +306,7 @@ class Embedder(OnEngine, BaseEmbedder, TokenLevel):
                         truncate: bool = False, normalize: bool = True) -> np.ndarray:
         """Embed pre-tokenised inputs (checked by :meth:`prepare_token_ids`); rows in input
         order, post-processed like :meth:`embed` (``normalize=False``: raw components)."""
-        dims = check_dimensions(dimensions, self.dimensions, minimum=self.min_dimensions)
+        dims = self.check_dimensions(dimensions)
         seqs = self.prepare_token_ids(ids, truncate=check_flag(truncate, "truncate"))
         if not seqs:
             return np.zeros((0, dims), dtype=np.float32)

@@ -32,7 +32,6 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from smysl.base import BaseEmbedder, check_flag, fingerprint_of, positive_int
-from smysl.pooling import check_dimensions
 from smysl.scale.sources import (
     JOB_MANIFEST,
     Row,
@@ -333,7 +332,7 @@ def _check_settings(model: BaseEmbedder, config: JobConfig) -> TokenChunker | No
     """The job's settings checked against the model before any output exists (a bad one must
     not leave a folder or an index that the corrected rerun finds in its way); returns the
     job's chunker, None when rows are embedded whole."""
-    check_dimensions(config.dimensions, model.dimensions, minimum=model.min_dimensions)
+    model.check_dimensions(config.dimensions)
     # a model that takes none refuses one; "" is none
     if config.to_store and model.choose_instruction(config.instruction) is not None:
         raise ValueError("an index stores documents: embed queries (an instruction) into a "

@@ -16,7 +16,7 @@ import numpy as np
 
 from smysl import tokenize
 from smysl.base import BaseEmbedder, ModelInfo, Role, TokenLevel, UpstreamError
-from smysl.pooling import NonFiniteError, check_dimensions
+from smysl.pooling import NonFiniteError
 from smysl.registry import names_of
 from smysl.server.batcher import BackendDown, Batcher, EmbedBackend, Job, Slot
 from smysl.server.config import ServerConfig
@@ -129,8 +129,7 @@ class Service:
                                     lambda: embedder.healthy, metrics.backend,
                                     remote=embedder.remote)
         if config.default_dimensions is not None:
-            check_dimensions(config.default_dimensions, embedder.dimensions,
-                             minimum=embedder.min_dimensions)
+            embedder.check_dimensions(config.default_dimensions)
 
     # ------------------------------------------------------------------ names
     def _accepted_names(self) -> set[str]:
@@ -175,8 +174,7 @@ class Service:
     def dimensions(self, requested: int | None) -> int:
         dims = requested if requested is not None else self.config.default_dimensions
         try:
-            return check_dimensions(dims, self.embedder.dimensions,
-                                    minimum=self.embedder.min_dimensions)
+            return self.embedder.check_dimensions(dims)
         except ValueError as e:
             raise ApiError("invalid", str(e), param="dimensions") from None
 

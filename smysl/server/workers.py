@@ -98,11 +98,8 @@ def check_settings(embedder: BaseEmbedder, config: ServerConfig) -> None:
     ``--index``: :class:`~smysl.server.service.Service`, :func:`smysl.server.ui.router`),
     checked once here first: a bad one stops the supervisor with one clear error, before the
     port is bound, instead of every worker exiting with a traceback and being restarted."""
-    from smysl.pooling import check_dimensions
-
     if config.default_dimensions is not None:
-        check_dimensions(config.default_dimensions, embedder.dimensions,
-                         minimum=embedder.min_dimensions)
+        embedder.check_dimensions(config.default_dimensions)
     if config.index:
         from smysl.server.ui import open_index
 

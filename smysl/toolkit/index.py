@@ -18,7 +18,6 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from smysl.base import BaseEmbedder
-from smysl.pooling import check_dimensions
 from smysl.shown import shown_source
 from smysl.toolkit import lexical
 from smysl.toolkit.cache import CacheConfig, CachedEmbedder, EmbeddingCache
@@ -106,8 +105,7 @@ class Index:
         """
         # before anything is opened, created or (rebuild) emptied: a size the model cannot
         # give, written into a new index's settings, made every later call fail
-        dims = check_dimensions(config.dimensions, embedder.dimensions,
-                                minimum=embedder.min_dimensions)
+        dims = embedder.check_dimensions(config.dimensions)
         try:
             store = open_store(config.store, dims if rebuild or config.store.backend == "memory"
                                else None, replace=rebuild)
