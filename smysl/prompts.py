@@ -27,7 +27,7 @@ TASK_PRESETS: dict[str, str] = {
 
 
 def resolve_task(task: str | None) -> str | None:
-    """Map a preset name to its instruction; any other string is used verbatim (the
+    """Map a preset name (any case) to its instruction; any other string is used verbatim (the
     reference formats it as given: surrounding spaces change the vector), and an empty or
     all-whitespace one means no instruction."""
     if task is None:
@@ -37,8 +37,8 @@ def resolve_task(task: str | None) -> str | None:
     name = task.strip()
     if not name:
         return None
-    if name in TASK_PRESETS:
-        return TASK_PRESETS[name]
+    if name.lower() in TASK_PRESETS:  # "Retrieval" was refused as a misspelt "retrieval"
+        return TASK_PRESETS[name.lower()]
     typo = misspelt_preset(name)
     if typo is not None:  # "retreival" was embedded as the instruction "retreival"
         raise ValueError(f"instruction {task!r} looks like the preset {typo!r} misspelt; "

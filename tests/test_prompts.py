@@ -22,6 +22,11 @@ def test_presets_resolve_and_custom_text_is_verbatim() -> None:
     assert resolve_task(" Classify spam\n") == " Classify spam\n"
     assert format_query("q", "Find it ") == "Instruct: Find it \nQuery:q"
     assert resolve_task(" qa ") == TASK_PRESETS["qa"]  # a preset's name, padded
+    # in any case, as TEI's prompt_name and input_type are read ("Retrieval" was refused as
+    # a misspelt preset on every other path)
+    assert resolve_task("Retrieval") == DEFAULT_TASK
+    assert resolve_task("QA ") == TASK_PRESETS["qa"]
+    assert resolve_task("STS") == TASK_PRESETS["sts"]
 
 
 def test_non_string_instruction_is_rejected() -> None:
@@ -32,7 +37,7 @@ def test_non_string_instruction_is_rejected() -> None:
 def test_a_misspelt_preset_is_refused_not_embedded_as_the_instruction() -> None:
     """`--task retreival` was embedded as the instruction "retreival"."""
     for typo, preset in (("retreival", "retrieval"), ("clustring", "clustering"),
-                         ("websearch", "web_search"), ("Retrieval", "retrieval")):
+                         ("websearch", "web_search"), ("Retreival", "retrieval")):
         with pytest.raises(ValueError, match=f"looks like the preset '{preset}' misspelt"):
             resolve_task(typo)
     assert resolve_task("summarize") == "summarize"  # no preset is near it: as given

@@ -34,8 +34,10 @@ class EmbeddingRequest(BaseModel):
     user: StrictStr | None = None
     instruction: StrictStr | None = Field(
         None, description="smysl extension: query instruction or task preset name")
-    input_type: Literal["query", "document", "passage"] | None = Field(
-        None, description="smysl extension: embed inputs as queries or documents")
+    # any case, as the Ollama and TEI routes read it ("Query" was a 422 here alone)
+    input_type: StrictStr | None = Field(
+        None, description="smysl extension: embed inputs as queries or documents ('query', "
+                          "'document' or 'passage', any case)")
     truncate: StrictBool = Field(False, description="smysl extension: truncate over-long input")
 
 
@@ -96,7 +98,7 @@ def router(service: Service, fast: FastRoutes) -> APIRouter:
                                                truncate=body.truncate,
                                                disconnected=until_disconnected(receive))
         else:
-            if body.instruction is not None or body.input_type == "query":
+            if service.instruction(body.instruction, body.input_type) is not None:
                 raise ApiError("invalid", "instruction and input_type 'query' apply to text "
                                "input only; apply the query template before tokenising",
                                param="instruction")

@@ -53,6 +53,12 @@ class EmbedRequest(BaseModel):
     truncation_direction: Direction = "right"
     prompt_name: StrictStr | None = None
     dimensions: StrictInt | None = None
+    # the other routes' extensions (they were ignored here: a document vector for a query);
+    # prompt_name says the same, so not both
+    instruction: StrictStr | None = Field(
+        None, description="smysl extension: query instruction or task preset name")
+    input_type: StrictStr | None = Field(
+        None, description="smysl extension: 'query' or 'document'")
 
 
 class SimilarityInput(BaseModel):
@@ -170,7 +176,12 @@ def router(service: Service, fast: FastRoutes) -> APIRouter:
 
     async def embed_body(body: EmbedRequest, receive: Receive) -> Response:
         texts, ids = split_inputs(body.inputs, "inputs")
-        task = instruction(body.prompt_name)
+        if body.prompt_name is not None and (body.instruction is not None
+                                             or body.input_type is not None):
+            raise ApiError("invalid", "prompt_name, and instruction or input_type, both say "
+                           "what the inputs are; send one of them", param="prompt_name")
+        task = (instruction(body.prompt_name) if body.prompt_name is not None
+                else service.instruction(body.instruction, body.input_type))
         dims = service.dimensions(body.dimensions)
         if texts is not None:
             service.check_texts(texts, "inputs")
@@ -180,9 +191,11 @@ def router(service: Service, fast: FastRoutes) -> APIRouter:
                 what="inputs", disconnected=until_disconnected(receive))
         else:
             if task is not None:
-                raise ApiError("invalid", "a prompt_name with an instruction applies to text "
-                               "input only; apply the query template before tokenising",
-                               param="prompt_name")
+                raise ApiError("invalid", "a query's instruction (prompt_name, instruction or "
+                               "input_type) applies to text input only; apply the query "
+                               "template before tokenising",
+                               param="prompt_name" if body.prompt_name is not None
+                               else "instruction")
             result = await service.embed_ids(
                 ids, dimensions=dims, truncate=bool(body.truncate), normalize=body.normalize,
                 direction=direction(body.truncation_direction), what="inputs",

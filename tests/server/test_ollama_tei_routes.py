@@ -123,6 +123,13 @@ def test_tei_embed(client, tiny) -> None:  # type: ignore[no-untyped-def]
     assert np.array_equal(vecs(r.json()), tiny.embed_queries(TEXTS, dimensions=48))
     r = client.post("/embed", json={"inputs": TEXTS, "prompt_name": "qa"})
     assert np.array_equal(vecs(r.json()), tiny.embed(TEXTS, instruction=TASK_PRESETS["qa"]))
+    # the other routes' extensions, read here too (they were ignored: document vectors)
+    r = client.post("/embed", json={"inputs": TEXTS, "input_type": "Query"})
+    assert np.array_equal(vecs(r.json()), tiny.embed_queries(TEXTS))
+    r = client.post("/embed", json={"inputs": TEXTS, "instruction": "Find the answer"})
+    assert np.array_equal(vecs(r.json()), tiny.embed(TEXTS, instruction="Find the answer"))
+    r = client.post("/embed", json={"inputs": TEXTS, "prompt_name": "qa", "input_type": "query"})
+    assert r.status_code == 422 and "send one of them" in r.text, r.text
     raw = vecs(client.post("/embed", json={"inputs": TEXTS, "normalize": False}).json())
     assert not np.allclose(np.linalg.norm(raw, axis=1), 1)
     np.testing.assert_allclose(raw / np.linalg.norm(raw, axis=1, keepdims=True),

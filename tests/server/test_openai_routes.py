@@ -61,6 +61,9 @@ def test_base64_dimensions_and_instruction(client, tiny) -> None:  # type: ignor
     # input_type=query uses the model's default task; instruction takes presets or free text
     q = floats(client.post("/v1/embeddings", json={"input": TEXTS[:2], "input_type": "query"}))
     assert np.array_equal(q, tiny.embed_queries(TEXTS[:2]))
+    # any case, as the other routes read it (it was a 422 here)
+    assert np.array_equal(floats(client.post("/v1/embeddings", json={
+        "input": TEXTS[:2], "input_type": "Query"})), q)
     s = floats(client.post("/v1/embeddings", json={"input": TEXTS[:2], "instruction": "sts"}))
     assert np.array_equal(s, tiny.embed(TEXTS[:2], instruction=TASK_PRESETS["sts"]))
     d = floats(client.post("/v1/embeddings", json={"input": TEXTS[:2],
@@ -131,6 +134,10 @@ def test_bad_input_gets_openai_errors(client) -> None:  # type: ignore[no-untype
     error(post("/v1/embeddings", json={"input": [[1, 10**9]]}), 400, "token ids outside")
     error(post("/v1/embeddings", json={"input": [1, 2], "input_type": "query"}), 400,
           "text input only")
+    error(post("/v1/embeddings", json={"input": [1, 2], "input_type": "Query"}), 400,
+          "text input only")
+    error(post("/v1/embeddings", json={"input": "x", "input_type": "queries"}), 400,
+          "input_type must be")
     error(post("/v1/embeddings", json={"input": "x", "input_type": "document",
                                        "instruction": "qa"}), 400, "instruction")
     error(post("/v1/embeddings", content=b'{"input": "\\ud800"}',  # a JSON-escaped lone surrogate
