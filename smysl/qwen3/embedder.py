@@ -125,7 +125,8 @@ class Embedder(OnEngine, BaseEmbedder, TokenLevel):
         # a revision with a local path or GGUF file is refused by resolve()
         ckpt = read_checkpoint(resolve(model, revision=opts.revision), name=name or model)
         # the tokenizer first: a bad one fails before any weight is read
-        positions = int(ckpt.config.get("max_position_embeddings", 32768))
+        ckpt.check_max_tokens(opts.max_tokens)
+        positions = ckpt.positions
         rows = ckpt.config.get("vocab_size")
         if ckpt.format == "gguf":
             from smysl.qwen3.gguf import load_tokenizer

@@ -22,6 +22,9 @@ import numpy as np
 
 from smysl.registry import ALIASES
 
+#: ``max_position_embeddings`` where a ``config.json`` leaves it out (Qwen3's own default).
+DEFAULT_POSITIONS = 32768
+
 _PATTERNS = [
     "config.json",
     "*.safetensors",
@@ -54,6 +57,18 @@ class Checkpoint:
     format: str = "safetensors"
     #: A GGUF file's weight type as llama.cpp names it (``Q8_0``, ``F16``); None otherwise.
     weight_type: str | None = None
+
+    @property
+    def positions(self) -> int:
+        """Most tokens the model's position table takes."""
+        return int(self.config.get("max_position_embeddings", DEFAULT_POSITIONS))
+
+    def check_max_tokens(self, max_tokens: int | None) -> None:
+        """ValueError for a ``max_tokens`` option past :attr:`positions`, before an engine
+        starts (it was lowered to the positions without a word, where ``st:`` refuses it)."""
+        if max_tokens is not None and max_tokens > self.positions:
+            raise ValueError(f"max_tokens {max_tokens}: {self.name} takes at most "
+                             f"{self.positions} tokens (its position table)")
 
     @functools.cached_property
     def file_size(self) -> int:

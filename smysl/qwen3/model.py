@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from smysl.qwen3.cpu import onednn_bf16
+from smysl.qwen3.hub import DEFAULT_POSITIONS
 
 
 @dataclass(frozen=True)
@@ -37,7 +38,7 @@ class Qwen3Config:
     head_dim: int
     rms_norm_eps: float = 1e-6
     rope_theta: float = 1_000_000.0
-    max_position_embeddings: int = 32768
+    max_position_embeddings: int = DEFAULT_POSITIONS
 
     @property
     def parameters(self) -> int:
@@ -67,7 +68,7 @@ class Qwen3Config:
             head_dim=int(d.get("head_dim") or d["hidden_size"] // heads),
             rms_norm_eps=float(d.get("rms_norm_eps", 1e-6)),
             rope_theta=float(theta),
-            max_position_embeddings=int(d.get("max_position_embeddings", 32768)),
+            max_position_embeddings=int(d.get("max_position_embeddings", DEFAULT_POSITIONS)),
         )
 
 

@@ -141,6 +141,7 @@ class Reranker(OnEngine, BaseReranker):
             raise TypeError(f"unexpected options for a local reranker: {sorted(unknown)}")
         opts = (options or ModelOptions()).replace(**given.given())
         ckpt = read_checkpoint(resolve(model, revision=opts.revision), name=model)
+        ckpt.check_max_tokens(opts.max_tokens)
         if ckpt.format != "safetensors":  # read_rows seeks in safetensors files
             raise ValueError(f"{model}: a reranker loads from a safetensors checkpoint "
                              f"(Qwen/Qwen3-Reranker-*), not {ckpt.format}")

@@ -376,6 +376,14 @@ def test_max_tokens_option_lowers_the_limit(tiny_dir: Path) -> None:
     assert e.max_tokens == 8
     with pytest.raises(InputTooLongError):
         e.embed(["one two three four five six seven eight nine ten"])
+    # past the position table (512 here) it is refused before an engine starts, as st: does
+    # (it was lowered to 512 without a word), for the reranker too
+    import smysl
+
+    for load in (Embedder.load, smysl.load):
+        with pytest.raises(ValueError, match="max_tokens 1000: .* at most 512 tokens"):
+            load(str(tiny_dir), device="cpu", max_tokens=1000)
+    assert Embedder.load(str(tiny_dir), device="cpu", max_tokens=512).max_tokens == 512
 
 
 def test_count_tokens(tiny: LocalEmbedder) -> None:

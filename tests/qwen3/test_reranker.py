@@ -229,6 +229,14 @@ def test_scores_read_every_queued_pass_even_when_one_fails(loaded: dict[str, Rer
             assert len(waits) == len(submits) - (when == "submit"), (call, queued.events)
 
 
+def test_max_tokens_past_the_positions_is_refused(rerankers: dict[str, Tiny]) -> None:
+    """It was lowered to the model's positions without a word."""
+    path = str(rerankers["tied"].path)
+    positions = Reranker.load(path, device="cpu").engine.max_positions
+    with pytest.raises(ValueError, match=f"at most {positions} tokens"):
+        Reranker.load(path, device="cpu", max_tokens=positions + 1)
+
+
 def test_rerank_top_n_and_bad_input(loaded: dict[str, Reranker]) -> None:
     """issue 15: top_n keeps the best; empty query, one string as documents, bad top_n and
     malformed pairs are clear errors; no documents is no results."""
