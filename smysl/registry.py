@@ -29,8 +29,11 @@ ALIASES: dict[str, str] = {
     "qwen3-embedding:0.6b": "Qwen/Qwen3-Embedding-0.6B",
     "qwen3-embedding:4b": "Qwen/Qwen3-Embedding-4B",
     "qwen3-embedding:8b": "Qwen/Qwen3-Embedding-8B",
-    "qwen3-embedding": "Qwen/Qwen3-Embedding-0.6B",
+    "qwen3-embedding": "Qwen/Qwen3-Embedding-0.6B",  # FAMILY
 }
+
+#: The family's name without a size (``ALIASES`` loads it as the 0.6B).
+FAMILY = "qwen3-embedding"
 
 #: The scheme of model strings that name none.
 LOCAL = "qwen3"
@@ -196,9 +199,14 @@ def load_reranker(model: str, options: ModelOptions | None = None,
 
 def names_of(model: str) -> set[str]:
     """Lower-case names that refer to ``model``: itself, its Hub repo id and every alias of that
-    repo, and a local directory's last path component."""
+    repo (and :data:`FAMILY` for any Qwen3-Embedding size), and a local directory's last path
+    component."""
     repo = ALIASES.get(model.lower(), model)
     names = {model, repo, *(a for a, target in ALIASES.items() if target.lower() == repo.lower())}
+    if repo.lower() in {t.lower() for t in ALIASES.values()}:
+        # the family's bare name (Ollama's default tag) asks for no size: any one served
+        # answers it (a server of the 8B answered a client set to "qwen3-embedding" 404)
+        names.add(FAMILY)
     names.add(model.rstrip("/\\").replace("\\", "/").rsplit("/", 1)[-1])
     names.discard("")
     return {n.lower() for n in names}

@@ -175,3 +175,13 @@ def test_options_are_checked_as_given() -> None:
     assert (opts.threads, type(opts.threads), opts.process) == (2, int, False)
     with pytest.raises(TypeError, match="options must be a ModelOptions, got dict"):
         smysl.load("st:all-minilm-l6-v2", {"threads": 1})  # type: ignore[arg-type]
+
+
+def test_the_family_name_refers_to_every_size() -> None:
+    """A client set to Ollama's bare ``qwen3-embedding`` asks for no size: a server of the 8B
+    answered it 404 (only the 0.6B, its alias when loading, took it)."""
+    from smysl.registry import FAMILY, names_of
+
+    for repo in ("Qwen/Qwen3-Embedding-0.6B", "Qwen/Qwen3-Embedding-4B", "qwen3-embedding:8b"):
+        assert FAMILY in names_of(repo), repo
+    assert FAMILY not in names_of("st:all-minilm-l6-v2")

@@ -31,7 +31,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="TCP port (default: $SMYSL_PORT, else 8000; 0 picks a free one)")
     p.add_argument("--api-key", default=None,
                    help="require 'Authorization: Bearer KEY' (default: $SMYSL_API_KEY, else none)")
-    p.add_argument("--served-name", default=None, help="extra model name clients may send")
+    p.add_argument("--served-name", "--served-model-name", dest="served_name", default=None,
+                   help="extra model name clients may send (--served-model-name: TEI's and "
+                        "vLLM's spelling)")
     p.add_argument("--cors-allow-origin", action="append", metavar="ORIGIN",
                    help="let pages of this origin (https://app.example; '*' for any) call the "
                         "server from a browser; repeat for more (default: none)")

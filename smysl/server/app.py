@@ -142,7 +142,7 @@ def _build(embedder: BaseEmbedder | None, config: ServerConfig, *,
                     # served reranker
                     ui.router(service, reranking)]
     if reranking is not None:
-        routers.append(rerank_routes.router(reranking))
+        routers.append(rerank_routes.router(reranking, root=service is None))
         if service is None:  # the embedding model's /info describes it otherwise
             routers.append(rerank_routes.info_router(reranking))
     for router in routers:

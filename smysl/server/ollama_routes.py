@@ -1,5 +1,5 @@
 """Ollama-compatible routes: ``/api/embed``, legacy ``/api/embeddings``, ``/api/tags``,
-``/api/show`` and ``/api/version``.
+``/api/ps``, ``/api/show`` and ``/api/version``.
 
 Differences from Ollama, on purpose: vectors are always unit length (Ollama's legacy route
 returns raw ones), ``keep_alive`` and ``options`` are accepted and ignored (the model stays
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from fastapi import APIRouter, Response
@@ -84,6 +85,20 @@ class ShowRequest(BaseModel):
     verbose: StrictBool | None = None
 
 
+#: ``expires_at`` of ``/api/ps``: the model stays loaded as long as the server runs (a
+#: far-off time, as Ollama shows a model kept with ``keep_alive: -1``).
+NEVER_EXPIRES = "2318-01-01T00:00:00Z"
+
+
+def listed_name(model_id: str) -> str:
+    """The served model as ``/api/tags`` and ``/api/ps`` list it: a local folder or file by
+    its last path component, any other name (a Hub id, an alias, ``--served-name``) as is."""
+    path = Path(model_id).expanduser()
+    if model_id.startswith(("/", "./", "../", "~", "\\")) or path.exists():
+        return path.name or model_id
+    return model_id
+
+
 def parameter_size(count: int | None) -> str:
     """Ollama's ``parameter_size`` (``595.78M``, ``7.57B``); empty when unknown."""
     if not count:
@@ -149,15 +164,30 @@ def router(service: Service, fast: FastRoutes) -> APIRouter:
         return json_response({"embedding": result.vectors[0]},
                              headers=service.timing_headers(result))
 
+    # a local folder or file by its name, as Ollama lists models (a client that checks its
+    # model against the list, e.g. langchain-ollama's validate_model_on_init, looked for
+    # "tinym" among "/data/tinym"); every route takes that name (Service.names)
+    listed = listed_name(service.model_id)
+
     def entry() -> dict[str, object]:
         info = service.info()
-        return {"name": service.model_id, "model": service.model_id, "modified_at": modified,
+        return {"name": listed, "model": listed, "modified_at": modified,
                 "size": info.file_size or 0, "digest": digest, "details": details(info)}
 
     @r.get("/tags")
     async def tags() -> Response:
         """Models this server serves (one)."""
         return json_response({"models": [entry()]})
+
+    @r.get("/ps")
+    async def ps() -> Response:
+        """Models loaded now (Ollama ``/api/ps``, ``ollama ps``): the one served, loaded for
+        the life of the server."""
+        info = service.info()
+        on_gpu = (info.device or "").startswith("cuda")
+        return json_response({"models": [entry() | {
+            "expires_at": NEVER_EXPIRES, "size_vram": (info.file_size or 0) if on_gpu else 0,
+            "context_length": info.max_tokens or 0}]})
 
     @r.post("/show")
     async def show(body: ShowRequest) -> Response:

@@ -301,13 +301,21 @@ class RerankService:
         return Scored(np.asarray(scores, dtype=np.float32), estimate)
 
 
-def router(rs: RerankService) -> APIRouter:
-    """The rerank routes."""
+def router(rs: RerankService, *, root: bool = False) -> APIRouter:
+    """The rerank routes; ``root``: also TEI's ``/`` and ``/invocations`` (a server with no
+    embedding model, whose TEI routes have them otherwise)."""
     r = APIRouter(tags=["rerank"])
 
     @r.post("/rerank")
-    async def tei_rerank(body: TeiRerankRequest, request: Request) -> Response:
-        """TEI ``/rerank``: ``[{index, score, text?}]`` best first."""
+    async def tei_rerank(body: TeiRerankRequest | RerankRequest, request: Request) -> Response:
+        """TEI ``/rerank``: ``[{index, score, text?}]`` best first; a body with
+        ``documents`` instead of ``texts`` is a Cohere/Jina one, answered as ``/v1/rerank``
+        answers it (vLLM's and Infinity's ``/rerank``, litellm's ``hosted_vllm/``)."""
+        if isinstance(body, RerankRequest):
+            return await rerank(body, request)
+        return await tei_body(body, request)
+
+    async def tei_body(body: TeiRerankRequest, request: Request) -> Response:
         out = await rs.score(body.query, body.texts, instruction=body.instruction,
                              truncate=bool(body.truncate), raw=body.raw_scores, what="texts",
                              direction="left" if body.truncation_direction.lower() == "left"
@@ -320,6 +328,12 @@ def router(rs: RerankService) -> APIRouter:
                 row["text"] = body.texts[i]
             rows.append(row)
         return json_response(rows)
+
+    if root:  # TEI's "/" and SageMaker's "/invocations" run the served model's task
+        @r.post("/", include_in_schema=False)
+        @r.post("/invocations", include_in_schema=False)
+        async def tei_root(body: TeiRerankRequest, request: Request) -> Response:
+            return await tei_body(body, request)
 
     @r.post("/v1/rerank")
     async def rerank(body: RerankRequest, request: Request) -> Response:

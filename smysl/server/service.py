@@ -345,10 +345,11 @@ class Service:
                   normalize=normalize, disconnected=disconnected,
                   timeout_s=self.config.request_timeout_s)
         vectors = await self._submit(job, slot)
-        # as sent, like OpenAI's usage, but no more than embedded (an added EOS is not counted,
-        # ids cut off by ``truncate`` are not either: text's usage counts what was embedded)
-        usage = sum(min(len(s), len(q)) for s, q in zip(ids, seqs, strict=True))
-        return Embedded(vectors, usage, job.queue_s, job.compute_s, time.perf_counter() - t0)
+        # what was embedded, as for text: ids cut off by ``truncate`` are not counted, an EOS
+        # appended is (the same text as ids without EOS counted one less, and the compute
+        # header said so too)
+        return Embedded(vectors, sum(lengths), job.queue_s, job.compute_s,
+                        time.perf_counter() - t0)
 
     async def decode(self, ids: list[list[int]], *, skip_special_tokens: bool,
                      what: str = "ids") -> list[str]:

@@ -381,7 +381,7 @@ def test_max_tokens_option_lowers_the_limit(tiny_dir: Path) -> None:
     import smysl
 
     for load in (Embedder.load, smysl.load):
-        with pytest.raises(ValueError, match="max_tokens 1000: .* at most 512 tokens"):
+        with pytest.raises(ValueError, match=r"max_tokens 1000: .* at most 512 tokens"):
             load(str(tiny_dir), device="cpu", max_tokens=1000)
     assert Embedder.load(str(tiny_dir), device="cpu", max_tokens=512).max_tokens == 512
 

@@ -72,6 +72,10 @@ def test_ollama_legacy_and_metadata(client, tiny) -> None:  # type: ignore[no-un
     assert empty["embeddings"] == []
     tags = client.get("/api/tags").json()["models"]
     assert [m["name"] for m in tags] == ["qwen3-embedding:0.6b"]
+    # `ollama ps` (it was a 404): the model, loaded for the server's life, on the CPU
+    (ps,) = client.get("/api/ps").json()["models"]
+    assert ps["name"] == "qwen3-embedding:0.6b" and ps["size_vram"] == 0
+    assert ps["expires_at"].startswith("2318") and ps["context_length"] == tiny.max_tokens
     assert len(tags[0]["digest"]) == 64 and tags[0]["details"]["family"] == "qwen3"
     # the weights' bytes, as Ollama lists a model's size (it was 0)
     assert tags[0]["size"] == tiny.info().file_size == sum(
@@ -333,3 +337,18 @@ def test_tei_decode_needs_a_local_tokenizer() -> None:
     with TestClient(create_app(HashEmbedder(), ServerConfig())) as c:
         r = c.post("/decode", json={"ids": [1, 2]})
         assert r.status_code == 501 and "no local tokenizer" in r.json()["error"]
+
+
+def test_a_local_folder_is_listed_by_its_name(tiny, tiny_dir) -> None:  # type: ignore[no-untyped-def]
+    """A server of `--model /path/to/dir` listed "/path/to/dir" in /api/tags, and a client
+    that checks its model against the list (langchain-ollama) found no "dir" there."""
+    from smysl.server.ollama_routes import listed_name
+
+    assert listed_name(str(tiny_dir)) == tiny_dir.name
+    assert listed_name("Qwen/Qwen3-Embedding-8B") == "Qwen/Qwen3-Embedding-8B"
+    assert listed_name("qwen3-embedding:0.6b") == "qwen3-embedding:0.6b"
+    with TestClient(create_app(tiny, ServerConfig())) as c:  # tiny: loaded from tiny_dir
+        (entry,) = c.get("/api/tags").json()["models"]
+        assert entry["name"] == entry["model"] == tiny_dir.name, entry
+        r = c.post("/api/embed", json={"model": entry["name"], "input": "x"})
+        assert r.status_code == 200, r.text

@@ -162,6 +162,12 @@ def test_over_long_input(client, tiny) -> None:  # type: ignore[no-untyped-def]
     r = client.post("/v1/embeddings", json={"input": ids, "truncate": True})
     assert np.array_equal(floats(r), tiny.embed_token_ids(ids, truncate=True))
     assert r.json()["usage"]["prompt_tokens"] == embedded
+    # the EOS appended to ids sent without it is embedded, so counted: as the same text is
+    # (it was one less, and so was the compute header)
+    bare = [tiny.tokenize(["ok", "Привет, мир!"])[1][:-1]]
+    r = client.post("/v1/embeddings", json={"input": bare})
+    assert r.json()["usage"]["prompt_tokens"] == tiny.count_tokens(["Привет, мир!"])[0] == \
+        len(bare[0]) + 1
 
 
 def test_token_ids_are_refused_unless_the_server_takes_them(tiny) -> None:  # type: ignore[no-untyped-def]

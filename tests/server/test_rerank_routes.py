@@ -486,3 +486,19 @@ def test_a_pair_that_cannot_be_cut_names_its_part(client: Any, reranker: Any) ->
     err = r.json()["error"]
     assert r.status_code == 400 and err["param"] == "query" and "shorten the query" in (
         err["message"]), r.text
+
+
+def test_rerank_takes_a_cohere_body_and_a_reranker_alone_answers_the_root(client: Any,
+                                                                          reranker: Any) -> None:
+    """vLLM's and Infinity's `/rerank` (litellm's ``hosted_vllm/``) send ``documents``, not
+    TEI's ``texts``: it was a 422; now answered as ``/v1/rerank`` answers it. TEI's `POST /`
+    runs the served model's task: on a reranker alone it was a 405."""
+    want = reranker.rerank(QUERY, DOCS, top_n=2)
+    r = client.post("/rerank", json={"query": QUERY, "documents": DOCS, "top_n": 2})
+    assert r.status_code == 200, r.text
+    assert [(x["index"], x["relevance_score"]) for x in r.json()["results"]] == want
+    tei = client.post("/rerank", json={"query": QUERY, "texts": DOCS}).json()
+    assert [(x["index"], x["score"]) for x in tei][:2] == want
+    for path in ("/", "/invocations"):
+        r = client.post(path, json={"query": QUERY, "texts": DOCS})
+        assert r.status_code == 200 and r.json() == tei, (path, r.text)

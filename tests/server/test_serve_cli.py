@@ -53,6 +53,9 @@ def test_serve_rejects_bad_settings() -> None:
     args = build_parser().parse_args(["serve", "--model", "m"])
     cfg = ServerConfig.from_env(host=args.host, port=args.port)  # none given, none in the env
     assert cfg.port == 8000 and cfg.host == "127.0.0.1"
+    # TEI's and vLLM's spelling of --served-name (it was "unrecognized arguments")
+    args = build_parser().parse_args(["serve", "--model", "m", "--served-model-name", "x"])
+    assert args.served_name == "x"
 
 
 def test_serve_in_process_keeps_the_engine_here(tiny_dir, monkeypatch, capsys) -> None:  # type: ignore[no-untyped-def]
