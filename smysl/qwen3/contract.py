@@ -106,7 +106,8 @@ class EngineLike(Protocol):
     #: The CPU and the features that decide its paths (:meth:`smysl.qwen3.cpu.CpuFeatures.describe`)
     #: when the engine computes on CPU, else None.
     cpu: str | None
-    #: Weight quantisation ("int8") or None.
+    #: Weight quantisation as the layers hold it ("int8", "int4", "int8-weight": a float
+    #: GGUF loaded with ``quantize="int4"`` on CPU) or None.
     quantization: str | None
     #: Parameter count of the model as loaded (before quantisation).
     parameters: int
@@ -116,9 +117,10 @@ class EngineLike(Protocol):
     cuda_graphs: list[int]
     #: What the linear layers run: "onednn" (CPU, weights prepacked at load), "onednn-int8",
     #: "fbgemm-int8" or "torch-int8" (``quantize="int8"``, see ``cpu.int8_kernel``),
-    #: "int4" (4-bit planes: CPU, or CUDA), "torch" (``F.linear``: CUDA, or a CPU oneDNN
-    #: cannot serve); "+triton" appended on CUDA when the fused Triton kernels run the norms,
-    #: RoPE and SwiGLU (:attr:`EngineConfig.cuda_kernels`).
+    #: "int4" (4-bit planes: CPU, or CUDA), "int8-weight" (``quantize="int4"`` on a float
+    #: GGUF file, never re-quantised: 8-bit weight-only), "torch" (``F.linear``: CUDA, or a
+    #: CPU oneDNN cannot serve); "+triton" appended on CUDA when the fused Triton kernels run
+    #: the norms, RoPE and SwiGLU (:attr:`EngineConfig.cuda_kernels`).
     kernel: str
     #: What a quantised path's vectors depend on besides the weights, the kernel and the dtype,
     #: where the CPU decides it: int8's activation codes (8 or 7 bits, or per tensor) and its

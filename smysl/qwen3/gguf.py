@@ -429,8 +429,11 @@ def read_checkpoint(path: Path, name: str | None = None) -> Checkpoint:
     if not sidecar.is_file():
         check_tokenizer(header)
     kind = weight_type(header)
-    if kind in _STORED:  # what config.json would say (the engine's dtype="auto" reads it)
-        config["torch_dtype"] = _STORED[kind]
+    # what config.json would say (the engine's dtype="auto" reads it); quantised blocks are
+    # dequantised as a bf16 release is computed: bf16 where the CPU has it natively, else
+    # float32 (they defaulted to float32 everywhere, "stored in an unknown dtype", half the
+    # speed the docs give, and the keep-blocks rule sized them at 4 bytes a weight)
+    config["torch_dtype"] = _STORED.get(kind, "bfloat16")
     return Checkpoint(root=path, name=name or path.stem, config=config, weights=(path,),
                       tokenizer_file=sidecar if sidecar.is_file() else path, format="gguf",
                       weight_type=kind)

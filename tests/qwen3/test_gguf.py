@@ -332,7 +332,10 @@ def test_quantised_file_kept_when_dequantising_would_not_fit(
 
     need = sg.dequantized_bytes(files["Q8_0"], 4)
     assert need is not None and sg.dequantized_bytes(files["F16"], 4) is None
-    monkeypatch.setattr(eng, "available_memory", lambda: need)  # 100% > 70%: keep
+    # in bf16 where the CPU has it natively (as a bf16 release: it was float32 everywhere),
+    # else float32: 100% or 200% of the memory, over 70% either way: keep
+    bf16 = sg.dequantized_bytes(files["Q8_0"], 2)
+    monkeypatch.setattr(eng, "available_memory", lambda: bf16)
     with caplog.at_level("WARNING", logger="smysl.qwen3.engine"):
         kept = Embedder.load(str(files["Q8_0"]), device="cpu")
     assert kept.engine.quantization == "int4"  # type: ignore[attr-defined]
@@ -347,11 +350,28 @@ def test_quantised_file_kept_when_dequantising_would_not_fit(
     assert kept_as(files["Q8_0"]) is None
     monkeypatch.setattr(eng, "available_memory", lambda: None)  # unknown: dequantise
     assert kept_as(files["Q8_0"]) is None
+    from smysl.qwen3.cpu import detect
+
+    auto = Embedder.load(str(files["Q8_0"]), device="cpu").engine  # type: ignore[attr-defined]
+    assert auto.torch_dtype == (torch.bfloat16 if detect().native_bf16 else torch.float32)
     # on CUDA the GPU's free memory decides (checked without a GPU: the rule alone)
     ckpt, cuda = read_checkpoint(files["Q8_0"]), torch.device("cuda")
     for free, keep in ((need, True), (2 * need, False)):
         monkeypatch.setattr(torch.cuda, "mem_get_info", lambda d, f=free: (f, 4 * f))
         assert eng.keep_gguf_blocks(ckpt, eng.EngineConfig(), cuda, torch.float32) is keep
+
+
+def test_int4_on_a_float_file_says_what_its_layers_are(files: dict[str, Path],
+                                                      caplog: pytest.LogCaptureFixture) -> None:
+    """A GGUF's floats are never re-quantised: ``quantize="int4"`` on an F16 file made every
+    layer 8-bit weight-only, and ``info()`` said int4 (and so did the kernel)."""
+    with caplog.at_level("WARNING", logger="smysl.qwen3.engine"):
+        e = Embedder.load(str(files["F16"]), device="cpu", quantize="int4")
+    info = e.info()
+    assert info.quantization == "int8-weight" and info.kernel == "int8-weight", info
+    assert "does not re-quantise" in caplog.text and "8-bit weight-only" in caplog.text
+    q8 = Embedder.load(str(files["Q8_0"]), device="cpu", quantize="int4").info()
+    assert q8.quantization == "int4"  # blocks: 4-bit planes
 
 
 def test_q8_0_in_bfloat16_dequantises_per_tensor(files: dict[str, Path]) -> None:
