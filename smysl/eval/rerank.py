@@ -26,7 +26,7 @@ from smysl.eval.embeddings import ModelEmbeddings
 from smysl.eval.results import RerankResult, model_slug
 from smysl.eval.tasks import QA, TASKS, Task, select
 from smysl.pooling import finish
-from smysl.prompts import resolve_task
+from smysl.prompts import expand_preset, resolve_task
 from smysl.rerank import BaseReranker, order
 
 
@@ -123,8 +123,8 @@ def reranker_instruction(reranker: BaseReranker, cfg: EvalConfig,
     instruction-aware rerankers; None (the reranker's own default) otherwise or for ""."""
     if not (cfg.use_instructions and reranker.instruction_aware):
         return None
-    # a preset's name expanded, as for the embedder (the reranker got the word "qa")
-    return resolve_task(cfg.instructions.get(task.name, task.instruction)) or None
+    # a preset's name expanded as every reranker path does; "" here is the reranker's own
+    return expand_preset(cfg.instructions.get(task.name, task.instruction)) or None
 
 
 def spread(n: int, count: int | None) -> list[int]:

@@ -80,6 +80,9 @@ class IncompleteEmbeddingError(ProviderError):
     the failed ones (see ``docs/providers.md``, "Partial failures").
     """
 
+    #: Where the error that stopped it says nothing of its own for a server's clients.
+    reason = "its answers did not embed every input"
+
     def __init__(self, message: str, failed: list[int], total: int,
                  cause: BaseException | None, *, done: list[int] | None = None,
                  rows: np.ndarray | None = None) -> None:
@@ -99,7 +102,8 @@ def answered_as(error: UpstreamError, last: BaseException | None) -> UpstreamErr
     if isinstance(last, UpstreamError) and (
             not isinstance(error, ProviderTimeoutError) or last.status_to_answer == 429):
         error.status_to_answer, error.retry_after = last.status_to_answer, last.retry_after
-        error.reason = last.reason
+        if last.reason is not None:  # else error's own (its class's, or its message)
+            error.reason = last.reason
     return error
 
 

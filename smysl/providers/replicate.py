@@ -140,7 +140,8 @@ class ReplicateProvider(Provider):
         if pred["status"] != "succeeded":
             self.usage.record_failure()
             raise ProviderError(f"{self.name}: prediction {pred.get('id')} {pred['status']}: "
-                                f"{pred.get('error') or 'no error message'}")
+                                f"{pred.get('error') or 'no error message'}",
+                                reason=f"the prediction {pred['status']}")
         try:
             rows, _ = self.parse_response(pred.get("output"), n)  # Replicate reports no tokens
             return self._check(rows, n, positions)

@@ -331,10 +331,11 @@ class RetryingClient:
             error: BaseException = box["error"]
             if isinstance(error, httpx.UnsupportedProtocol):  # a bad URL does not heal
                 raise ProviderError(f"{self.name}: bad URL {shown_url(self.base_url)!r}: "
-                                    f"{self.shown(str(error))}")
+                                    f"{self.shown(str(error))}", reason="its URL is not usable")
             if isinstance(error, httpx.LocalProtocolError):  # a request we cannot send
                 raise ProviderError(f"{self.name}: the request could not be sent "
-                                    f"({self.shown(str(error))}); check the headers given")
+                                    f"({self.shown(str(error))}); check the headers given",
+                                    reason="the request could not be sent")
             raise error
         answer: Answer = box["answer"]
         return answer

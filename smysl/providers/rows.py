@@ -68,7 +68,8 @@ def check_rows(rows: Sequence[Any], n: int, *, width: int | None, name: str,
         if not (asked and _cuttable(got, width, min_width)):
             # Not transient: the model is not the width this object was built for.
             raise ProviderError(f"{name} returned {got}-wide rows but {width} were expected; "
-                                f"pass dimensions={got} if that is the model's width")
+                                f"pass dimensions={got} if that is the model's width",
+                                reason=f"{got}-wide rows where {width} were expected")
         rows = [row[:width] for row in rows]
     want = width if width is not None else max(widths)
     for i, row in enumerate(rows):

@@ -106,8 +106,8 @@ class EngineLike(Protocol):
     #: The CPU and the features that decide its paths (:meth:`smysl.qwen3.cpu.CpuFeatures.describe`)
     #: when the engine computes on CPU, else None.
     cpu: str | None
-    #: Weight quantisation as the layers hold it ("int8", "int4", "int8-weight": a float
-    #: GGUF loaded with ``quantize="int4"`` on CPU) or None.
+    #: Weight quantisation ("int8", "int4": the option the engine was loaded with; its
+    #: :attr:`kernel` says what the layers run) or None.
     quantization: str | None
     #: Parameter count of the model as loaded (before quantisation).
     parameters: int

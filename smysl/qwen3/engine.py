@@ -306,7 +306,7 @@ class Engine:
         if cfg.threads:
             tuning.set_threads(cfg.threads)
         linear: LinearFactory | None = None
-        kernel, quantize = "torch", cfg.quantize
+        kernel = "torch"
         if cfg.quantize == "int8":  # layers quantised as they load (peak: one float layer)
             from smysl.qwen3.quantize import int8_linear
 
@@ -321,12 +321,13 @@ class Engine:
             linear, kernel = int4_linear(gguf=ckpt.format == "gguf", device=device), "int4"
             if ckpt.format == "gguf" and ckpt.weight_type in FLOAT_GGUF:
                 # a GGUF's floats are never re-quantised to 4 bits (int4_linear): say what
-                # the layers are (info() said int4 for 8-bit weight-only layers)
+                # the layers are (the kernel said int4 for 8-bit weight-only layers)
                 kept = "8-bit weight-only" if device.type == "cpu" else "bf16"
                 log.warning("%s holds %s weights, which quantize=int4 does not re-quantise: "
                             "its layers are %s; a Q4 GGUF file or the safetensors checkpoint "
                             "gives 4-bit layers", ckpt.root.name, ckpt.weight_type, kept)
-                quantize = "int8-weight" if device.type == "cpu" else None
+                # the option stays the quantisation (the fingerprint's: the same layers as
+                # before); the kernel says what runs
                 kernel = "int8-weight" if device.type == "cpu" else "torch"
         elif device.type == "cpu" and packs_linear(dtype):
             linear, kernel = packed_linear, "onednn"
@@ -346,7 +347,7 @@ class Engine:
         # float32 stays the reference's operation order (the exact path)
         model.exact_qk = device.type != "cpu" or (dtype == torch.float32 and not cfg.quantize)
         graphs = CUDA_GRAPH_TOKENS if cfg.cuda_graphs is None else cfg.cuda_graphs
-        return cls(model, device, dtype, quantize, graphs, kernel, tuned_threads,
+        return cls(model, device, dtype, cfg.quantize, graphs, kernel, tuned_threads,
                    cfg.lanes, cfg.cuda_kernels is not False)
 
     def forward(self, batch: list[list[int]], heads: list[int] | None = None) -> np.ndarray:

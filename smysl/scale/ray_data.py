@@ -102,7 +102,6 @@ def _unreachable(address: str | None, timeout: float = 5.0) -> str | None:
     return None
 
 
-#: Usage counters summed over actors (:class:`smysl.providers.usage.Usage` fields).
 @dataclass(frozen=True)
 class TooLong:
     """An :class:`~smysl.tokenize.InputTooLongError` on its way from an actor to the driver

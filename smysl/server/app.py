@@ -238,13 +238,20 @@ def validation_error(exc: RequestValidationError, sent_as: str | None = None) ->
         ctx = next(e for e in errors if e.get("type") == "json_invalid").get("ctx") or {}
         return ApiError("malformed", "request body is not valid JSON"
                         + (f": {ctx.get('error')}" if ctx.get("error") else ""))
+    def where(e: Any) -> list[str]:
+        # the error's location, without a union's tag after "body" (/rerank's two shapes)
+        loc = [str(x) for x in e.get("loc", ())]
+        if loc[:1] == ["body"] and len(loc) > 1 and loc[1] in rerank_routes.SHAPE_TAGS:
+            del loc[1]
+        return loc
+
     parts = []
     for e in errors[:5]:
-        loc = ".".join(str(x) for x in e.get("loc", ()) if x != "body") or "body"
+        loc = ".".join(x for x in where(e) if x != "body") or "body"
         parts.append(f"{loc}: {e.get('msg', 'invalid')}")
     more = f" (and {len(errors) - 5} more)" if len(errors) > 5 else ""
-    first = tuple(errors[0].get("loc", ())) if errors else ()
-    param = str(first[1]) if len(first) > 1 else None
+    first = where(errors[0]) if errors else []
+    param = first[1] if len(first) > 1 else None
     return ApiError("invalid", "invalid request: " + "; ".join(parts) + more, param=param)
 
 

@@ -25,12 +25,21 @@ from __future__ import annotations
 import math
 import uuid
 from collections.abc import Callable, Hashable
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import anyio
 import numpy as np
 from fastapi import APIRouter, Request, Response
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    StrictBool,
+    StrictInt,
+    StrictStr,
+    Tag,
+)
 
 from smysl.base import UpstreamError
 from smysl.pooling import NonFiniteError
@@ -88,6 +97,24 @@ class RerankRequest(BaseModel):
     raw_scores: StrictBool = Field(
         False, description="smysl extension: each result's raw_score (the logit difference the "
                            "ranking follows, where the reranker is local)")
+
+
+def _rerank_shape(body: Any) -> str:
+    """Which API a ``/rerank`` body is: Cohere/Jina's (vLLM's, Infinity's) when it has
+    ``documents`` and no ``texts``, else TEI's (decided by its keys alone, so that an error
+    names one shape's fields and a stray field does not switch the answer's shape)."""
+    if isinstance(body, dict) and "documents" in body and "texts" not in body:
+        return "cohere"
+    return "tei"
+
+
+#: The tags of ``/rerank``'s two body shapes: part of a validation error's location, which
+#: the error message leaves out (``texts: Field required``, not ``tei.texts: ...``).
+SHAPE_TAGS = frozenset({"tei", "cohere"})
+
+#: ``/rerank``'s body: TEI's, or a Cohere/Jina one (:func:`_rerank_shape`).
+RerankBody = Annotated[Annotated[TeiRerankRequest, Tag("tei")]
+                       | Annotated[RerankRequest, Tag("cohere")], Discriminator(_rerank_shape)]
 
 
 class RerankV2Request(BaseModel):
@@ -307,7 +334,7 @@ def router(rs: RerankService, *, root: bool = False) -> APIRouter:
     r = APIRouter(tags=["rerank"])
 
     @r.post("/rerank")
-    async def tei_rerank(body: TeiRerankRequest | RerankRequest, request: Request) -> Response:
+    async def tei_rerank(body: RerankBody, request: Request) -> Response:
         """TEI ``/rerank``: ``[{index, score, text?}]`` best first; a body with
         ``documents`` instead of ``texts`` is a Cohere/Jina one, answered as ``/v1/rerank``
         answers it (vLLM's and Infinity's ``/rerank``, litellm's ``hosted_vllm/``)."""

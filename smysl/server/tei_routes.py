@@ -176,8 +176,9 @@ def router(service: Service, fast: FastRoutes) -> APIRouter:
 
     async def embed_body(body: EmbedRequest, receive: Receive) -> Response:
         texts, ids = split_inputs(body.inputs, "inputs")
-        if body.prompt_name is not None and (body.instruction is not None
-                                             or body.input_type is not None):
+        # an empty extension field is an absent one, as on the other routes
+        if body.prompt_name is not None and ((body.instruction or "").strip()
+                                             or (body.input_type or "").strip()):
             raise ApiError("invalid", "prompt_name, and instruction or input_type, both say "
                            "what the inputs are; send one of them", param="prompt_name")
         task = (instruction(body.prompt_name) if body.prompt_name is not None

@@ -195,3 +195,37 @@ def test_a_qwen3_folder_with_the_base_tokenizer_still_ends_texts_with_eos(
     np.testing.assert_allclose(st.embed_queries(texts), native.embed_queries(texts), atol=1e-5)
     np.testing.assert_allclose(st.embed_queries(texts, "sts"),
                                native.embed_queries(texts, "sts"), atol=1e-5)
+
+
+def test_a_query_prompt_with_a_space_after_query_keeps_it_and_mean_pooling_gets_no_eos(
+        tiny_variants, tmp_path) -> None:
+    """Review of the EOS change: a prompt "Instruct: X\\nQuery: " (a space after the colon,
+    as gte-Qwen2-style configs write it) lost an explicit instruction (the model's own task was
+    used), and a mean-pooled Qwen3 fine-tune got an EOS it was not trained with."""
+    import json
+    import shutil
+
+    import smysl
+
+    base = tiny_variants["gqa4-tied-base"].path
+    spaced = tmp_path / "spaced"
+    shutil.copytree(base, spaced)
+    cfg = spaced / "config_sentence_transformers.json"
+    data = json.loads(cfg.read_text())
+    data["prompts"] = {"query": "Instruct: Find the product\nQuery: ", "document": ""}
+    cfg.write_text(json.dumps(data))
+    st = smysl.load(f"st:{spaced}")
+    assert st.format_texts(["x"], "sts") == [
+        "Instruct: Retrieve semantically similar text\nQuery: x"]
+    assert st.format_texts(["x"], st.default_task) == ["Instruct: Find the product\nQuery: x"]
+    assert not np.allclose(st.embed_queries(["x"]), st.embed_queries(["x"], "sts"))
+    # mean pooling: the model's own tokenisation, no EOS appended
+    mean = tmp_path / "mean"
+    shutil.copytree(base, mean)
+    pooling = mean / "1_Pooling" / "config.json"
+    conf = json.loads(pooling.read_text())
+    conf = {k: (k == "pooling_mode_mean_tokens") if k.startswith("pooling_mode") else v
+            for k, v in conf.items()}
+    pooling.write_text(json.dumps(conf))
+    st = smysl.load(f"st:{mean}")
+    assert st.model.tokenizer("a")["input_ids"][-1] != 151643  # type: ignore[attr-defined]

@@ -130,6 +130,27 @@ def test_cli_embed_prints_a_usage_line(qwen_tok: Any, monkeypatch: pytest.Monkey
             "$0.07/1M tokens") in err
 
 
+def test_a_served_provider_tells_clients_no_advice_for_its_own_failures() -> None:
+    """Errors the provider raises itself (rows of the wrong width, here) had no words for a
+    server's clients: they got the whole message, "1 of 1 inputs were not embedded (first
+    failed input: #0): ... pass dimensions=64 if that is the model's width"."""
+    from fastapi.testclient import TestClient
+
+    from smysl.providers import connect
+    from smysl.server import ServerConfig, create_app
+
+    with FakeServer(dims=64, api_key="k") as upstream:
+        provider = connect("openai", f"{upstream.url}/v1#text-embedding-3-small",
+                           dimensions=100, api_key="k", max_retries=0, timeout=0.5)
+        with TestClient(create_app(provider, ServerConfig())) as c:
+            r = c.post("/v1/embeddings", json={"input": ["a"]})
+        provider.close()
+    assert r.status_code == 502, r.text
+    message = r.json()["error"]["message"]
+    assert message.endswith("failed: 64-wide rows where 100 were expected"), message
+    assert "dimensions=" not in message and "input" not in message
+
+
 def test_a_served_provider_passes_on_what_failed_upstream(caplog: pytest.LogCaptureFixture,
                                                           monkeypatch: pytest.MonkeyPatch
                                                           ) -> None:

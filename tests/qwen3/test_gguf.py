@@ -354,6 +354,9 @@ def test_quantised_file_kept_when_dequantising_would_not_fit(
 
     auto = Embedder.load(str(files["Q8_0"]), device="cpu").engine  # type: ignore[attr-defined]
     assert auto.torch_dtype == (torch.bfloat16 if detect().native_bf16 else torch.float32)
+    # on any CPU: the file reads as a bf16 release, which dtype="auto" follows
+    assert eng.stored_dtype(read_checkpoint(files["Q8_0"]).config) == torch.bfloat16
+    assert eng.stored_dtype(read_checkpoint(files["F32"]).config) == torch.float32
     # on CUDA the GPU's free memory decides (checked without a GPU: the rule alone)
     ckpt, cuda = read_checkpoint(files["Q8_0"]), torch.device("cuda")
     for free, keep in ((need, True), (2 * need, False)):
@@ -364,14 +367,15 @@ def test_quantised_file_kept_when_dequantising_would_not_fit(
 def test_int4_on_a_float_file_says_what_its_layers_are(files: dict[str, Path],
                                                       caplog: pytest.LogCaptureFixture) -> None:
     """A GGUF's floats are never re-quantised: ``quantize="int4"`` on an F16 file made every
-    layer 8-bit weight-only, and ``info()`` said int4 (and so did the kernel)."""
+    layer 8-bit weight-only, and the kernel said int4. The quantisation stays the option's
+    (the fingerprint's: an index built before still opens)."""
     with caplog.at_level("WARNING", logger="smysl.qwen3.engine"):
         e = Embedder.load(str(files["F16"]), device="cpu", quantize="int4")
     info = e.info()
-    assert info.quantization == "int8-weight" and info.kernel == "int8-weight", info
+    assert info.quantization == "int4" and info.kernel == "int8-weight", info
     assert "does not re-quantise" in caplog.text and "8-bit weight-only" in caplog.text
     q8 = Embedder.load(str(files["Q8_0"]), device="cpu", quantize="int4").info()
-    assert q8.quantization == "int4"  # blocks: 4-bit planes
+    assert q8.quantization == "int4" and q8.kernel == "int4"  # blocks: 4-bit planes
 
 
 def test_q8_0_in_bfloat16_dequantises_per_tensor(files: dict[str, Path]) -> None:

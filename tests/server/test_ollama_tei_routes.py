@@ -134,6 +134,9 @@ def test_tei_embed(client, tiny) -> None:  # type: ignore[no-untyped-def]
     assert np.array_equal(vecs(r.json()), tiny.embed(TEXTS, instruction="Find the answer"))
     r = client.post("/embed", json={"inputs": TEXTS, "prompt_name": "qa", "input_type": "query"})
     assert r.status_code == 422 and "send one of them" in r.text, r.text
+    # an empty extension field is an absent one, as elsewhere: no conflict
+    r = client.post("/embed", json={"inputs": TEXTS, "prompt_name": "qa", "instruction": ""})
+    assert np.array_equal(vecs(r.json()), tiny.embed(TEXTS, instruction=TASK_PRESETS["qa"]))
     raw = vecs(client.post("/embed", json={"inputs": TEXTS, "normalize": False}).json())
     assert not np.allclose(np.linalg.norm(raw, axis=1), 1)
     np.testing.assert_allclose(raw / np.linalg.norm(raw, axis=1, keepdims=True),

@@ -502,3 +502,14 @@ def test_rerank_takes_a_cohere_body_and_a_reranker_alone_answers_the_root(client
     for path in ("/", "/invocations"):
         r = client.post(path, json={"query": QUERY, "texts": DOCS})
         assert r.status_code == 200 and r.json() == tei, (path, r.text)
+    # the shape is decided by the keys: errors name one shape's fields, and a stray field
+    # (top_n beside texts) does not switch the answer to Cohere's
+    for body, words in (({"query": QUERY}, "texts: Field required"),
+                        ({"query": QUERY, "texts": "a"}, "texts: Input should be a valid list"),
+                        ({"query": QUERY, "documents": DOCS, "truncate": None},
+                         "truncate: Input should be a valid boolean")):
+        r = client.post("/rerank", json=body)
+        assert r.status_code == 422 and r.json()["error"] == f"invalid request: {words}", r.text
+    r = client.post("/rerank", json={"query": QUERY, "texts": DOCS, "documents": ["x"],
+                                     "top_n": 1})
+    assert r.status_code == 200 and isinstance(r.json(), list) and len(r.json()) == len(DOCS)
