@@ -123,9 +123,12 @@ class Index:
             elif store.dimensions != dims:
                 raise ValueError(f"store holds {store.dimensions}-d vectors, not {dims}-d")
             else:  # bound now, unless another process bound it since the read above
+                info = embedder.info()
                 meta = store.claim_meta({
                     "model": embedder.name, "fingerprint": embedder.fingerprint(),
                     "dimensions": dims, "load": shown_source(embedder.source or embedder.name),
+                    # what a later mismatch names (the fingerprint alone says nothing)
+                    "dtype": info.dtype, "quantization": info.quantization,
                     CHECKSUMS: True, LEXICAL: lexical.VERSION})
                 problem = _mismatch(meta, embedder, config.dimensions, store.dimensions)
                 if problem:
@@ -502,8 +505,9 @@ def _mismatch(meta: Mapping[str, object], embedder: BaseEmbedder, dimensions: in
             return (f"index was built with model {_shown_model(meta)!r} "
                     f"(fingerprint {built}), "
                     f"not with {embedder.name!r} (fingerprint {embedder.fingerprint()}): other "
-                    f"weights or settings; use that model, or rebuild the index for this one "
-                    f"(smysl index add --rebuild)")
+                    f"weights or settings{_settings_changed(meta, embedder)}; use that model "
+                    f"and settings, or rebuild the index for this one (smysl index add "
+                    f"--rebuild)")
     elif meta.get("model") != embedder.name:  # an index from before fingerprints
         return (f"index was built with model {_shown_model(meta)!r}, not "
                 f"{embedder.name!r}; "
@@ -511,6 +515,18 @@ def _mismatch(meta: Mapping[str, object], embedder: BaseEmbedder, dimensions: in
     if dimensions and dimensions != stored_dimensions:
         return f"index stores {stored_dimensions}-d vectors, not {dimensions}-d"
     return _dimension_problem(meta, stored_dimensions)
+
+
+def _settings_changed(meta: Mapping[str, object], embedder: BaseEmbedder) -> str:
+    """The loading settings that differ from those an index was built with (indexes since
+    they were recorded: dtype, quantization), as ", built with dtype float32 (this model:
+    bfloat16)"; "" where none is known to differ. A default can change between versions (a
+    quantised GGUF's dtype="auto" became bf16 where the CPU has it natively)."""
+    info = embedder.info()
+    now = {"dtype": info.dtype, "quantization": info.quantization}
+    changed = [f"{k} {meta[k]} (this model: {now[k]})" for k in now
+               if k in meta and meta[k] != now[k]]
+    return f", built with {' and '.join(changed)}" if changed else ""
 
 
 def _shown_model(meta: Mapping[str, object]) -> object:

@@ -161,6 +161,20 @@ def test_document_ids_are_normalised_paths(tiny, tmp_path, monkeypatch) -> None:
         list(read_documents(["projB/docs"], rel))
 
 
+def test_an_index_refused_for_other_settings_names_them(tiny_dir, tmp_path) -> None:
+    """An index built in float32 and opened with the same weights in bf16 was refused for
+    "other weights or settings" alone: a default that changes between versions (a quantised
+    GGUF's dtype) left the user guessing which setting to give."""
+    from smysl import Embedder
+
+    cfg = IndexConfig(StoreConfig(uri=str(tmp_path / "kb")))
+    with Index.create_or_open(Embedder.load(str(tiny_dir), device="cpu"), cfg) as ix:
+        ix.add_texts(TEXTS[:2], config=CFG)
+    bf16 = Embedder.load(str(tiny_dir), device="cpu", dtype="bfloat16")
+    with pytest.raises(ValueError, match=r"built with dtype float32 \(this model: bfloat16\)"):
+        Index.create_or_open(bf16, cfg)
+
+
 def test_same_name_other_weights_neither_share_cache_nor_index(tmp_path, monkeypatch,
                                                                capsys) -> None:
     """issue 11 item 3: ``--model tiny-eos`` naming other weights in two folders: the second
