@@ -27,6 +27,8 @@ from typing import Any, Literal
 
 import numpy as np
 
+from smysl.tokenize import check_unicode
+
 Where = Mapping[str, Any]
 Op = Literal["eq", "in", "gt", "gte", "lt", "lte"]
 RANGE_OPS: dict[str, Op] = {"$gt": "gt", "$gte": "gte", "$lt": "lt", "$lte": "lte"}
@@ -101,6 +103,7 @@ def parse_where(where: Where | None) -> list[Condition]:
     for key, cond in where.items():
         if not isinstance(key, str) or not key:
             raise ValueError(f"filter field names must be non-empty strings, got {key!r}")
+        _check_text(key, "a filter field name")
         if isinstance(cond, Mapping):
             if not cond:
                 raise ValueError(f"empty range condition for {key!r}")
@@ -125,7 +128,18 @@ def parse_where(where: Where | None) -> list[Condition]:
         if any(isinstance(v, float) and not math.isfinite(v) for v in values):
             raise ValueError(f"filter values for {c.key!r} must be finite numbers, got "
                              f"{c.value!r}")
+        for v in values:
+            if isinstance(v, str):
+                _check_text(v, f"the filter value for {c.key!r}")
     return out
+
+
+def _check_text(text: str, what: str) -> None:
+    """ValueError for a string no store holds in a payload: a lone surrogate (LanceDB failed
+    on one as on a damaged table, a 503 for a client's filter) or a NUL."""
+    check_unicode(text, what)
+    if "\x00" in text:
+        raise ValueError(f"{what} holds a NUL character")
 
 
 def text_queries(queries: Sequence[Sequence[str]], k: int) -> list[list[str]]:
