@@ -30,7 +30,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--port", type=int, default=None,
                    help="TCP port (default: $SMYSL_PORT, else 8000; 0 picks a free one)")
     p.add_argument("--api-key", default=None,
-                   help="require 'Authorization: Bearer KEY' (default: $SMYSL_API_KEY, else none)")
+                   help="require 'Authorization: Bearer KEY' (default: $SMYSL_API_KEY, else "
+                        "none; a key on the command line is visible to the machine's users: "
+                        "prefer $SMYSL_API_KEY or --api-key-file)")
+    p.add_argument("--api-key-file", default=None, metavar="FILE",
+                   help="read the key from FILE (its first line)")
+    p.add_argument("--allowed-host", action="append", metavar="NAME",
+                   help="a host name clients reach the server by (the Host header); repeat "
+                        "for more, '*' for any (default: on a loopback address localhost, "
+                        "127.0.0.1 and [::1] only; elsewhere any)")
     p.add_argument("--served-name", "--served-model-name", dest="served_name", default=None,
                    help="extra model name clients may send (--served-model-name: TEI's and "
                         "vLLM's spelling)")
@@ -173,7 +181,7 @@ def _server_config(args: argparse.Namespace, model_name: str,
     if args.worker_stall_s is not None:
         converted["worker_stall_s"] = args.worker_stall_s or None
     return ServerConfig.from_env(
-        host=args.host, port=args.port, api_key=args.api_key, served_name=args.served_name,
+        host=args.host, port=args.port, api_key=_api_key(args), served_name=args.served_name,
         max_batch_tokens=args.max_batch_tokens, max_wait_ms=args.max_wait_ms,
         **given(args, max_batch_requests="max_batch_requests", max_queue="max_queue",
                 max_inputs="max_inputs", max_request_tokens="max_request_tokens"),
@@ -183,7 +191,24 @@ def _server_config(args: argparse.Namespace, model_name: str,
         token_ids=args.token_ids,
         index=args.index, **index_settings,
         workers=1 if args.workers == "auto" else args.workers,
-        access_log=args.access_log, cors_origins=tuple(args.cors_allow_origin or ()))
+        access_log=args.access_log, cors_origins=tuple(args.cors_allow_origin or ()),
+        allowed_hosts=tuple(args.allowed_host) if args.allowed_host else None)
+
+
+def _api_key(args: argparse.Namespace) -> str | None:
+    """``--api-key``, or the first line of ``--api-key-file`` (not both)."""
+    if args.api_key_file is None:
+        return args.api_key
+    if args.api_key is not None:
+        raise ValueError("--api-key and --api-key-file both give the key: use one")
+    try:
+        with open(args.api_key_file, encoding="utf-8") as f:
+            key = f.readline().strip()
+    except FileNotFoundError:
+        raise FileNotFoundError(f"--api-key-file {args.api_key_file}: no such file") from None
+    if not key:
+        raise ValueError(f"--api-key-file {args.api_key_file}: its first line is empty")
+    return key
 
 
 #: The flag of each :class:`~smysl.server.ServerConfig` field, for its errors.
@@ -196,7 +221,7 @@ FIELD_FLAGS = {
     "switch_interval_s": "--switch-interval-ms", "index": "--index",
     "index_table": "--index-table", "workers": "--workers", "worker_stall_s": "--worker-stall-s",
     "index_threads": "--index-threads", "served_name": "--served-name",
-    "cors_origins": "--cors-allow-origin",
+    "cors_origins": "--cors-allow-origin", "allowed_hosts": "--allowed-host",
 }
 
 

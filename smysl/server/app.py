@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import hmac
 import logging
 import signal
@@ -29,7 +30,13 @@ from smysl.base import BaseEmbedder
 from smysl.rerank import BaseReranker
 from smysl.server import ollama_routes, openai_routes, rerank_routes, tei_routes, ui
 from smysl.server.access_log import AccessLog
-from smysl.server.config import ServerConfig, switch_interval
+from smysl.server.config import (
+    LOOPBACK_HOSTS,
+    ServerConfig,
+    host_name,
+    is_loopback,
+    switch_interval,
+)
 from smysl.server.errors import Api, ApiError, api_of, render
 from smysl.server.fast import FastRoutes, content_type
 from smysl.server.health import DOWN_RETRY_S, BackendHealth, exit_after
@@ -336,6 +343,9 @@ class EdgeMiddleware:
         self.metrics = ledger.metrics
         self.fast = fast
         self._key = config.api_key.encode() if config.api_key else None
+        hosts = config.allowed_hosts
+        self._hosts = (None if hosts is None or "*" in hosts
+                       else frozenset(h.lower() for h in hosts))
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -353,7 +363,9 @@ class EdgeMiddleware:
             await send(message)
 
         try:
-            err = self._check_auth(scope, path)
+            err = self._check_host(scope)
+            if err is None:
+                err = self._check_auth(scope, path)
             if err is None:
                 body, err = await self._read_body(scope, receive)
             if err is not None:
@@ -394,11 +406,24 @@ class EdgeMiddleware:
         finally:
             self.ledger.add(asked, status["code"], time.perf_counter() - start)
 
+    def _check_host(self, scope: Scope) -> ApiError | None:
+        """400 for a ``Host`` outside :attr:`ServerConfig.allowed_hosts` (every route: a
+        rebinding page must not read even a probe's answer)."""
+        if self._hosts is None:
+            return None
+        given = [v for k, v in scope.get("headers") or [] if k == b"host"]
+        if len(given) == 1 and host_name(given[0]) in self._hosts:
+            return None
+        return ApiError("malformed", "this server does not answer that Host (a page may have "
+                        "bound its own domain to this address); start it with "
+                        "--allowed-host NAME to serve a name of your own")
+
     def _check_auth(self, scope: Scope, path: str) -> ApiError | None:
         if self._key is None or (path in OPEN_PATHS and scope["method"] in ("GET", "HEAD")):
             return None
-        headers = dict(scope.get("headers") or [])
-        auth: bytes = headers.get(b"authorization", b"")
+        # one Authorization header: with two, which one counted depended on the parser
+        given = [v for k, v in scope.get("headers") or [] if k == b"authorization"]
+        auth: bytes = given[0] if len(given) == 1 else b""
         scheme, _, token = auth.partition(b" ")
         # compare_digest: the time taken does not reveal how much of the key matched
         if scheme.lower() == b"bearer" and hmac.compare_digest(token.strip(), self._key):
@@ -478,6 +503,9 @@ def serve(embedder: BaseEmbedder | None, config: ServerConfig, *, ready: Ready |
     """
     import sys
 
+    if config.allowed_hosts is None and is_loopback(config.host):
+        # a loopback server answers this machine's names only (DNS rebinding)
+        config = dataclasses.replace(config, allowed_hosts=LOOPBACK_HOSTS)
     if config.workers > 1 and sockets is None:
         from smysl.server.workers import serve_workers
 

@@ -38,7 +38,31 @@ RULES = {
     "index_table": "not empty", "served_name": "not empty",
     "workers": ">= 1", "worker_stall_s": "seconds >= 1 or None (never)", "index_threads": ">= 1",
     "cors_origins": "each '*' or an http:// or https:// origin",
+    "allowed_hosts": "host names without spaces or '/', or '*'",
 }
+
+#: The names of the local machine a browser sends as ``Host`` to a loopback server.
+LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "[::1]")
+
+
+def is_loopback(host: str) -> bool:
+    """Whether the server binds only to this machine (``127.0.0.0/8``, ``::1``, localhost)."""
+    import ipaddress
+
+    if host.strip().lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def host_name(header: bytes) -> str:
+    """A ``Host`` header's name, lower case, without its port (``[::1]`` keeps brackets)."""
+    text = header.decode("latin-1").strip().lower()
+    if text.startswith("["):
+        return text[: text.find("]") + 1] if "]" in text else text
+    return text.rsplit(":", 1)[0] if text.count(":") == 1 else text
 
 
 class InvalidServerSettings(ValueError):
@@ -149,6 +173,11 @@ class ServerConfig:
     #: (CORS, TEI's ``--cors-allow-origin``); ``"*"`` allows any. Empty: none, so only pages
     #: the server serves itself (``/ui``) can. Preflights need no API key; the calls do.
     cors_origins: tuple[str, ...] = ()
+    #: Host names (the ``Host`` header without its port) the server answers; others get 400.
+    #: None: any, except that :func:`smysl.server.serve` bound to a loopback address takes
+    #: :data:`LOOPBACK_HOSTS` (a web page that rebinds its own domain to 127.0.0.1, DNS
+    #: rebinding, read a keyless local server's index and vectors). ``"*"`` allows any.
+    allowed_hosts: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
         checks = {
@@ -180,6 +209,9 @@ class ServerConfig:
             "index_threads": self.index_threads >= 1,
             "cors_origins": all(o == "*" or o.startswith(("http://", "https://"))
                                 for o in self.cors_origins),
+            "allowed_hosts": self.allowed_hosts is None or all(
+                isinstance(h, str) and h.strip() and h == h.strip() and "/" not in h
+                for h in self.allowed_hosts),
         }
         bad = [name for name, ok in checks.items() if not ok]
         if bad:

@@ -299,3 +299,52 @@ def test_health_while_shutting_down_is_503_with_retry_after() -> None:
         c.app.state.service.batcher._closing = False
     assert r.status_code == 503 and "shutting down" in r.json()["error"]
     assert int(r.headers["Retry-After"]) >= 1
+
+
+def test_a_loopback_server_answers_its_own_names_only() -> None:
+    """DNS rebinding: a page that binds its own domain to 127.0.0.1 sent its Host and read a
+    keyless local server's /search, vectors and metrics. ``serve`` on loopback now answers
+    localhost, 127.0.0.1 and [::1] only (400 otherwise, every route); ``allowed_hosts``
+    (``--allowed-host``) names others, ``"*"`` any. A second Authorization header is no key."""
+    from smysl.server.config import host_name
+
+    assert [host_name(h) for h in (b"127.0.0.1:8000", b"LOCALHOST", b"[::1]:80", b"[::1]",
+                                   b"evil.example:1")] == [
+        "127.0.0.1", "localhost", "[::1]", "[::1]", "evil.example"]
+    seen: dict[str, Any] = {}
+    stop = threading.Event()
+
+    def ready(host: str, port: int) -> None:
+        seen["url"] = f"http://{host}:{port}"
+        stop.set()
+
+    backend = Flaky()  # down at the end: serve() stops
+    run = run_serve(backend, ServerConfig(port=0, unhealthy_exit_s=0.5), ready)
+    assert stop.wait(20)
+    url = seen["url"]
+    try:
+        assert httpx.get(f"{url}/health").status_code == 200
+        port = url.rsplit(":", 1)[1]
+        assert httpx.get(f"{url}/health", headers={"Host": f"localhost:{port}"}
+                         ).status_code == 200
+        for path in ("/health", "/v1/models", "/health/"):  # the slash redirect too
+            r = httpx.get(f"{url}{path}", headers={"Host": "evil.example"})
+            assert r.status_code == 400 and "--allowed-host" in r.text, (path, r.text)
+        r = httpx.post(f"{url}/v1/embeddings", json={"input": "x"},
+                       headers={"Host": "evil.example"})
+        assert r.status_code == 400 and "Host" in r.json()["error"]["message"]
+    finally:
+        backend.up = False
+        run["thread"].join(20)
+    cfg = ServerConfig(allowed_hosts=("embed.example",), api_key="k")
+    with TestClient(create_app(HashEmbedder(), cfg), base_url="http://embed.example") as c:
+        auth = {"Authorization": "Bearer k"}
+        assert c.get("/v1/models", headers=auth).status_code == 200
+        assert c.get("/v1/models", headers={**auth, "Host": "127.0.0.1"}).status_code == 400
+        # two Authorization headers: which one counted depended on the parser
+        twice = [("Authorization", "Bearer wrong"), ("Authorization", "Bearer k")]
+        assert c.get("/v1/models", headers=twice).status_code == 401
+    with TestClient(create_app(HashEmbedder(), ServerConfig(allowed_hosts=("*",)))) as c:
+        assert c.get("/v1/models", headers={"Host": "anything"}).status_code == 200
+    with pytest.raises(ValueError, match="allowed_hosts"):
+        ServerConfig(allowed_hosts=("a b/c",))

@@ -58,6 +58,34 @@ def test_serve_rejects_bad_settings() -> None:
     assert args.served_name == "x"
 
 
+def test_the_key_from_a_file_and_the_allowed_hosts(tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """A key on the command line is every local user's to read (/proc/PID/cmdline):
+    --api-key-file reads it from a file; --allowed-host names the Host values served."""
+    from smysl.commands.serve import _server_config
+
+    monkeypatch.delenv("SMYSL_API_KEY", raising=False)
+    key = tmp_path / "key"
+    key.write_text("s3cret\n", encoding="utf-8")
+    args = build_parser().parse_args(["serve", "--model", "m", "--api-key-file", str(key),
+                                      "--allowed-host", "embed.example",
+                                      "--allowed-host", "localhost"])
+    cfg = _server_config(args, "m", {})
+    assert cfg.api_key == "s3cret" and cfg.allowed_hosts == ("embed.example", "localhost")
+    assert _server_config(build_parser().parse_args(["serve", "--model", "m"]), "m",
+                          {}).allowed_hosts is None  # serve() decides by the bind address
+    both = build_parser().parse_args(["serve", "--model", "m", "--api-key-file", str(key),
+                                      "--api-key", "x"])
+    with pytest.raises(ValueError, match="use one"):
+        _server_config(both, "m", {})
+    key.write_text("\n", encoding="utf-8")
+    with pytest.raises(ValueError, match="first line is empty"):
+        _server_config(args, "m", {})
+    missing = build_parser().parse_args(["serve", "--model", "m", "--api-key-file",
+                                         str(tmp_path / "nope")])
+    with pytest.raises(FileNotFoundError, match="--api-key-file"):
+        _server_config(missing, "m", {})
+
+
 def test_serve_in_process_keeps_the_engine_here(tiny_dir, monkeypatch, capsys) -> None:  # type: ignore[no-untyped-def]
     from smysl.qwen3.engine import Engine
 
