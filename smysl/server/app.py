@@ -433,7 +433,17 @@ class EdgeMiddleware:
                         headers={"WWW-Authenticate": "Bearer"})
 
     async def _read_body(self, scope: Scope, receive: Receive) -> tuple[bytes, ApiError | None]:
-        """Read the body up to the limit (rejecting early on Content-Length)."""
+        """Read the body up to the limit (rejecting early on Content-Length) within
+        :data:`BODY_READ_S` (a body that never ends held its connection open for ever)."""
+        try:
+            async with asyncio.timeout(BODY_READ_S):
+                return await self._read_whole_body(scope, receive)
+        except TimeoutError:
+            return b"", ApiError("body_timeout", f"the request body did not arrive within "
+                                 f"{BODY_READ_S:g} s")
+
+    async def _read_whole_body(self, scope: Scope, receive: Receive
+                               ) -> tuple[bytes, ApiError | None]:
         limit = self.config.max_request_bytes
 
         def too_big() -> ApiError:
@@ -477,6 +487,9 @@ def _replay(body: bytes, receive: Receive) -> Receive:
 
     return replay
 
+
+#: Seconds a request's body may take to arrive (16 MB at 1 MB/s: 16 s).
+BODY_READ_S = 60.0
 
 #: ``serve``'s return value when it stopped because the backend stayed down.
 EXIT_BACKEND_DOWN = 3

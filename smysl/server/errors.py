@@ -30,6 +30,8 @@ _KINDS: dict[str, tuple[int, int, int, str]] = {
     "too_long": (400, 400, 422, "Validation"),
     "too_many": (400, 400, 422, "Validation"),
     "payload_too_large": (413, 413, 413, "Validation"),
+    # the body did not arrive within BODY_READ_S (a client sending it a byte at a time)
+    "body_timeout": (408, 408, 408, "Validation"),
     "unsupported": (400, 400, 422, "Validation"),
     "not_implemented": (501, 501, 501, "Backend"),
     "not_found": (404, 404, 404, "Validation"),

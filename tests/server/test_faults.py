@@ -348,3 +348,19 @@ def test_a_loopback_server_answers_its_own_names_only() -> None:
         assert c.get("/v1/models", headers={"Host": "anything"}).status_code == 200
     with pytest.raises(ValueError, match="allowed_hosts"):
         ServerConfig(allowed_hosts=("a b/c",))
+
+
+def test_a_body_that_never_ends_is_answered_408(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A request whose body stops short of its Content-Length held its connection (and a
+    file descriptor) for ever: the body now has BODY_READ_S to arrive."""
+    from smysl.server import app
+
+    monkeypatch.setattr(app, "BODY_READ_S", 0.5)
+    with live_server(HashEmbedder()) as url:
+        host, port = url.removeprefix("http://").split(":")
+        with socket.create_connection((host, int(port)), timeout=10) as sock:
+            sock.sendall(b"POST /v1/embeddings HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                         b"Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{")
+            answer = sock.recv(65536).decode()
+    assert answer.startswith("HTTP/1.1 408"), answer
+    assert "did not arrive within 0.5 s" in answer
