@@ -517,8 +517,11 @@ def serve(embedder: BaseEmbedder | None, config: ServerConfig, *, ready: Ready |
     import sys
 
     if config.allowed_hosts is None and is_loopback(config.host):
-        # a loopback server answers this machine's names only (DNS rebinding)
-        config = dataclasses.replace(config, allowed_hosts=LOOPBACK_HOSTS)
+        # a loopback server answers this machine's names only (DNS rebinding), and the
+        # address it was bound to (127.0.0.2)
+        bound = host_name(config.host.encode()) if ":" not in config.host else None
+        config = dataclasses.replace(config, allowed_hosts=tuple(dict.fromkeys(
+            [*LOOPBACK_HOSTS, *([bound] if bound else [])])))
     if config.workers > 1 and sockets is None:
         from smysl.server.workers import serve_workers
 

@@ -336,6 +336,18 @@ def test_a_loopback_server_answers_its_own_names_only() -> None:
     finally:
         backend.up = False
         run["thread"].join(20)
+    # bound to another loopback address: that address is one of its names
+    seen.clear()
+    stop.clear()
+    backend = Flaky()
+    run = run_serve(backend, ServerConfig(host="127.0.0.2", port=0, unhealthy_exit_s=0.5),
+                    ready)
+    assert stop.wait(20)
+    try:
+        assert httpx.get(f"{seen['url']}/health").status_code == 200
+    finally:
+        backend.up = False
+        run["thread"].join(20)
     cfg = ServerConfig(allowed_hosts=("embed.example",), api_key="k")
     with TestClient(create_app(HashEmbedder(), cfg), base_url="http://embed.example") as c:
         auth = {"Authorization": "Bearer k"}
