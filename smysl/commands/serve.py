@@ -202,7 +202,7 @@ def _api_key(args: argparse.Namespace) -> str | None:
     if args.api_key is not None:
         raise ValueError("--api-key and --api-key-file both give the key: use one")
     try:
-        with open(args.api_key_file, encoding="utf-8") as f:
+        with open(args.api_key_file, encoding="utf-8-sig") as f:  # a BOM is no part of it
             key = f.readline().strip()
     except FileNotFoundError:
         raise FileNotFoundError(f"--api-key-file {args.api_key_file}: no such file") from None

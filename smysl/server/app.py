@@ -433,22 +433,16 @@ class EdgeMiddleware:
                         headers={"WWW-Authenticate": "Bearer"})
 
     async def _read_body(self, scope: Scope, receive: Receive) -> tuple[bytes, ApiError | None]:
-        """Read the body up to the limit (rejecting early on Content-Length) within
-        :data:`BODY_READ_S` (a body that never ends held its connection open for ever)."""
-        try:
-            async with asyncio.timeout(BODY_READ_S):
-                return await self._read_whole_body(scope, receive)
-        except TimeoutError:
-            return b"", ApiError("body_timeout", f"the request body did not arrive within "
-                                 f"{BODY_READ_S:g} s")
-
-    async def _read_whole_body(self, scope: Scope, receive: Receive
-                               ) -> tuple[bytes, ApiError | None]:
+        """Read the body up to the limit (rejecting early on Content-Length); each part of it
+        must arrive within :data:`BODY_IDLE_S` of the last (a body that stopped short held its
+        connection open for ever). An answer before the whole body closes the connection: the
+        rest of the body would be read as the next request."""
         limit = self.config.max_request_bytes
+        close = {"Connection": "close"}
 
         def too_big() -> ApiError:
             return ApiError("payload_too_large", f"request body is larger than {limit} bytes; "
-                            "send fewer or shorter inputs per request")
+                            "send fewer or shorter inputs per request", headers=close)
 
         headers = dict(scope.get("headers") or [])
         length = headers.get(b"content-length")
@@ -461,7 +455,12 @@ class EdgeMiddleware:
         chunks: list[bytes] = []
         size = 0
         while True:
-            message = await receive()
+            try:
+                async with asyncio.timeout(BODY_IDLE_S):
+                    message = await receive()
+            except TimeoutError:
+                return b"", ApiError("body_timeout", f"the request body stopped arriving: "
+                                     f"nothing for {BODY_IDLE_S:g} s", headers=close)
             if message["type"] != "http.request":
                 break  # client gone; the app will see the disconnect
             chunk = message.get("body", b"")
@@ -488,8 +487,8 @@ def _replay(body: bytes, receive: Receive) -> Receive:
     return replay
 
 
-#: Seconds a request's body may take to arrive (16 MB at 1 MB/s: 16 s).
-BODY_READ_S = 60.0
+#: Seconds a request's body may go without a byte arriving (then 408, connection closed).
+BODY_IDLE_S = 60.0
 
 #: ``serve``'s return value when it stopped because the backend stayed down.
 EXIT_BACKEND_DOWN = 3
@@ -516,12 +515,13 @@ def serve(embedder: BaseEmbedder | None, config: ServerConfig, *, ready: Ready |
     """
     import sys
 
-    if config.allowed_hosts is None and is_loopback(config.host):
-        # a loopback server answers this machine's names only (DNS rebinding), and the
-        # address it was bound to (127.0.0.2)
+    if is_loopback(config.host) and "*" not in (config.allowed_hosts or ()):
+        # a loopback server answers this machine's names (DNS rebinding), the address it was
+        # bound to (127.0.0.2), and the names given besides (they added to these: local
+        # checks kept working)
         bound = host_name(config.host.encode()) if ":" not in config.host else None
         config = dataclasses.replace(config, allowed_hosts=tuple(dict.fromkeys(
-            [*LOOPBACK_HOSTS, *([bound] if bound else [])])))
+            [*LOOPBACK_HOSTS, *([bound] if bound else []), *(config.allowed_hosts or ())])))
     if config.workers > 1 and sockets is None:
         from smysl.server.workers import serve_workers
 

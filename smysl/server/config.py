@@ -38,7 +38,7 @@ RULES = {
     "index_table": "not empty", "served_name": "not empty",
     "workers": ">= 1", "worker_stall_s": "seconds >= 1 or None (never)", "index_threads": ">= 1",
     "cors_origins": "each '*' or an http:// or https:// origin",
-    "allowed_hosts": "host names without spaces or '/', or '*'",
+    "allowed_hosts": "host names without a port (IPv6 in brackets: [::1]), or '*'",
 }
 
 #: The names of the local machine a browser sends as ``Host`` to a loopback server.
@@ -57,12 +57,26 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+def _a_host_name(entry: object) -> bool:
+    """Whether ``entry`` is a name a ``Host`` header can match (:func:`host_name`'s form)."""
+    if not isinstance(entry, str) or not entry or any(c in entry for c in " /*"):
+        return False
+    if ":" in entry and not (entry.startswith("[") and entry.endswith("]")):
+        return False  # a port (host_name drops it), or IPv6 without brackets
+    return host_name(entry.encode()) == entry.lower()
+
+
 def host_name(header: bytes) -> str:
-    """A ``Host`` header's name, lower case, without its port (``[::1]`` keeps brackets)."""
+    """A ``Host`` header's name, lower case, without its port and a final dot (``[::1]`` keeps
+    its brackets); anything else after ``]`` than a port leaves the value whole (no name)."""
     text = header.decode("latin-1").strip().lower()
     if text.startswith("["):
-        return text[: text.find("]") + 1] if "]" in text else text
-    return text.rsplit(":", 1)[0] if text.count(":") == 1 else text
+        end = text.find("]")
+        if end < 0 or (text[end + 1:] and not text[end + 1:].startswith(":")):
+            return text
+        return text[: end + 1]
+    name = text.rsplit(":", 1)[0] if text.count(":") == 1 else text
+    return name[:-1] if name.endswith(".") else name
 
 
 class InvalidServerSettings(ValueError):
@@ -209,9 +223,10 @@ class ServerConfig:
             "index_threads": self.index_threads >= 1,
             "cors_origins": all(o == "*" or o.startswith(("http://", "https://"))
                                 for o in self.cors_origins),
-            "allowed_hosts": self.allowed_hosts is None or all(
-                isinstance(h, str) and h.strip() and h == h.strip() and "/" not in h
-                for h in self.allowed_hosts),
+            # names as host_name() gives them (no port, no spaces, IPv6 in brackets, no
+            # patterns): an entry that can never match refused; () would refuse everything
+            "allowed_hosts": self.allowed_hosts is None or (bool(self.allowed_hosts) and all(
+                h == "*" or _a_host_name(h) for h in self.allowed_hosts)),
         }
         bad = [name for name, ok in checks.items() if not ok]
         if bad:

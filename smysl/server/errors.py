@@ -30,7 +30,7 @@ _KINDS: dict[str, tuple[int, int, int, str]] = {
     "too_long": (400, 400, 422, "Validation"),
     "too_many": (400, 400, 422, "Validation"),
     "payload_too_large": (413, 413, 413, "Validation"),
-    # the body did not arrive within BODY_READ_S (a client sending it a byte at a time)
+    # the body stopped arriving for app.BODY_IDLE_S (a client that never sends the rest)
     "body_timeout": (408, 408, 408, "Validation"),
     "unsupported": (400, 400, 422, "Validation"),
     "not_implemented": (501, 501, 501, "Backend"),

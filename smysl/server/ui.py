@@ -94,7 +94,10 @@ def check_where_size(conditions: list[Condition]) -> None:
         if len(values) > MAX_WHERE_VALUES:
             raise ValueError(f"the filter's list for {c.key[:40]!r} has {len(values)} values; "
                              f"at most {MAX_WHERE_VALUES} are taken here")
-        long = [x for x in (c.key, *values) if isinstance(x, str) and len(x) > MAX_WHERE_CHARS]
+        texts = [x for x in (c.key, *values) if isinstance(x, str)]
+        if any("\x00" in x for x in texts):  # PostgreSQL's text holds none
+            raise ValueError(f"the filter for {c.key[:40]!r} holds a NUL character")
+        long = [x for x in texts if len(x) > MAX_WHERE_CHARS]
         if long:
             raise ValueError(f"the filter for {c.key[:40]!r} holds a string of {len(long[0])} "
                              f"characters; at most {MAX_WHERE_CHARS} are taken here")

@@ -526,7 +526,13 @@ def _settings_changed(meta: Mapping[str, object], embedder: BaseEmbedder) -> str
     now = {"dtype": info.dtype, "quantization": info.quantization}
     changed = [f"{k} {meta[k]} (this model: {now[k]})" for k in now
                if k in meta and meta[k] != now[k]]
-    return f", built with {' and '.join(changed)}" if changed else ""
+    if changed:
+        return f", built with {' and '.join(changed)}"
+    if "dtype" not in meta and info.file_format == "gguf" and info.dtype == "bfloat16":
+        # an index from before settings were recorded: a quantised GGUF ran float32 then
+        return (" (an index from before smysl recorded its settings: a quantised GGUF file "
+                "then computed in float32 by default; try dtype float32)")
+    return ""
 
 
 def _shown_model(meta: Mapping[str, object]) -> object:

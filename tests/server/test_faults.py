@@ -309,8 +309,13 @@ def test_a_loopback_server_answers_its_own_names_only() -> None:
     from smysl.server.config import host_name
 
     assert [host_name(h) for h in (b"127.0.0.1:8000", b"LOCALHOST", b"[::1]:80", b"[::1]",
-                                   b"evil.example:1")] == [
-        "127.0.0.1", "localhost", "[::1]", "[::1]", "evil.example"]
+                                   b"evil.example:1", b"localhost.:80", b"[::1]evil.com")] == [
+        "127.0.0.1", "localhost", "[::1]", "[::1]", "evil.example", "localhost",
+        "[::1]evil.com"]
+    # entries that could never match a Host are refused, and () (nothing served)
+    for bad in (("myhost:8000",), ("::1",), ("[::1]:80",), ("*.example.com",), ("a b",), ()):
+        with pytest.raises(ValueError, match="allowed_hosts"):
+            ServerConfig(allowed_hosts=bad)
     seen: dict[str, Any] = {}
     stop = threading.Event()
 
@@ -340,11 +345,15 @@ def test_a_loopback_server_answers_its_own_names_only() -> None:
     seen.clear()
     stop.clear()
     backend = Flaky()
-    run = run_serve(backend, ServerConfig(host="127.0.0.2", port=0, unhealthy_exit_s=0.5),
-                    ready)
+    run = run_serve(backend, ServerConfig(host="127.0.0.2", port=0, unhealthy_exit_s=0.5,
+                                          allowed_hosts=("embed.example",)), ready)
     assert stop.wait(20)
     try:
         assert httpx.get(f"{seen['url']}/health").status_code == 200
+        # names given add to a loopback server's own (local checks kept working)
+        for name in ("embed.example", "localhost"):
+            assert httpx.get(f"{seen['url']}/health", headers={"Host": name}
+                             ).status_code == 200, name
     finally:
         backend.up = False
         run["thread"].join(20)
@@ -364,15 +373,29 @@ def test_a_loopback_server_answers_its_own_names_only() -> None:
 
 def test_a_body_that_never_ends_is_answered_408(monkeypatch: pytest.MonkeyPatch) -> None:
     """A request whose body stops short of its Content-Length held its connection (and a
-    file descriptor) for ever: the body now has BODY_READ_S to arrive."""
+    file descriptor) for ever: each part of a body now has BODY_IDLE_S to arrive, and the 408
+    closes the connection (kept alive, one more byte from the client held it again). A body
+    sent slowly but steadily is read whole."""
     from smysl.server import app
 
-    monkeypatch.setattr(app, "BODY_READ_S", 0.5)
+    monkeypatch.setattr(app, "BODY_IDLE_S", 0.5)
     with live_server(HashEmbedder()) as url:
         host, port = url.removeprefix("http://").split(":")
         with socket.create_connection((host, int(port)), timeout=10) as sock:
             sock.sendall(b"POST /v1/embeddings HTTP/1.1\r\nHost: 127.0.0.1\r\n"
                          b"Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{")
             answer = sock.recv(65536).decode()
-    assert answer.startswith("HTTP/1.1 408"), answer
-    assert "did not arrive within 0.5 s" in answer
+            rest = sock.recv(65536)  # b"": the server closed the connection
+        assert answer.startswith("HTTP/1.1 408"), answer
+        assert "nothing for 0.5 s" in answer and "connection: close" in answer.lower()
+        assert rest == b""
+        body = b'{"input": "slow but steady"}'
+        with socket.create_connection((host, int(port)), timeout=10) as sock:
+            sock.sendall(b"POST /v1/embeddings HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                         b"Content-Type: application/json\r\nContent-Length: "
+                         + str(len(body)).encode() + b"\r\n\r\n")
+            for i in range(0, len(body), 8):  # 1.2 s in all, 0.3 s a part
+                time.sleep(0.3)
+                sock.sendall(body[i:i + 8])
+            answer = sock.recv(65536).decode()
+        assert answer.startswith("HTTP/1.1 200"), answer

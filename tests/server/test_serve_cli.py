@@ -77,6 +77,8 @@ def test_the_key_from_a_file_and_the_allowed_hosts(tmp_path, monkeypatch) -> Non
                                       "--api-key", "x"])
     with pytest.raises(ValueError, match="use one"):
         _server_config(both, "m", {})
+    key.write_text("\ufeffs3cret\r\n", encoding="utf-8")  # a Windows editor's BOM: no part
+    assert _server_config(args, "m", {}).api_key == "s3cret"
     key.write_text("\n", encoding="utf-8")
     with pytest.raises(ValueError, match="first line is empty"):
         _server_config(args, "m", {})

@@ -175,6 +175,31 @@ def test_an_index_refused_for_other_settings_names_them(tiny_dir, tmp_path) -> N
         Index.create_or_open(bf16, cfg)
 
 
+def test_a_refusal_hints_at_the_dtype_of_an_index_from_before_settings_were_recorded() -> None:
+    """Indexes built before settings were recorded name none: for a quantised GGUF now in
+    bf16 (float32 by default before), the refusal says to try float32."""
+    from smysl.base import ModelInfo
+    from smysl.toolkit.index import _settings_changed
+
+    class Gguf:
+        def info(self) -> ModelInfo:
+            return ModelInfo(name="m", backend="qwen3", dimensions=64, min_dimensions=32,
+                             max_tokens=512, instruction_aware=True, default_task="t",
+                             dtype="bfloat16", file_format="gguf")
+
+    assert "try dtype float32" in _settings_changed({}, Gguf())  # type: ignore[arg-type]
+    assert _settings_changed({"dtype": "bfloat16", "quantization": None},
+                             Gguf()) == ""  # type: ignore[arg-type]
+
+
+def test_ids_with_a_nul_are_deleted_and_replaced(tiny) -> None:  # type: ignore[no-untyped-def]
+    """A NUL refused in every filter (for /search) broke re-ingesting a document whose id
+    holds one: its stale chunks were left beside the new ones. /search alone refuses it."""
+    with Index.create_or_open(tiny, IndexConfig(StoreConfig(backend="memory"))) as ix:
+        ix.add_texts(TEXTS[:2], ["a\x00b", "c"], config=CFG)
+        assert ix.delete(["a\x00b"]) >= 1 and ix.count() >= 1
+
+
 def test_same_name_other_weights_neither_share_cache_nor_index(tmp_path, monkeypatch,
                                                                capsys) -> None:
     """issue 11 item 3: ``--model tiny-eos`` naming other weights in two folders: the second
