@@ -155,11 +155,6 @@ def resolve_config(cfg: EngineConfig, stored: torch.dtype | None = None,
 KEEP_BLOCKS_ABOVE = 0.7
 
 
-#: GGUF weight types that are floats: never re-quantised (``quantize="int4"`` keeps them
-#: 8-bit weight-only on CPU, bf16 on CUDA).
-FLOAT_GGUF = frozenset({"F32", "F16", "BF16"})
-
-
 def keep_gguf_blocks(ckpt: Checkpoint, cfg: EngineConfig, device: torch.device,
                      dtype: torch.dtype) -> bool:
     """Whether a GGUF file loaded with ``quantize`` unset and ``dtype="auto"`` keeps its
@@ -319,7 +314,9 @@ class Engine:
             from smysl.qwen3.quantize import int4_linear
 
             linear, kernel = int4_linear(gguf=ckpt.format == "gguf", device=device), "int4"
-            if ckpt.format == "gguf" and ckpt.weight_type in FLOAT_GGUF:
+            from smysl.qwen3.gguf import FLOAT_TYPES
+
+            if ckpt.format == "gguf" and ckpt.weight_type in FLOAT_TYPES:
                 # a GGUF's floats are never re-quantised to 4 bits (int4_linear): say what
                 # the layers are (the kernel said int4 for 8-bit weight-only layers)
                 kept = "8-bit weight-only" if device.type == "cpu" else "bf16"

@@ -74,6 +74,9 @@ FILE_TYPES = {0: "F32", 1: "F16", 2: "Q4_0", 3: "Q4_1", 7: "Q8_0", 8: "Q5_0", 9:
               16: "Q5_K_S", 17: "Q5_K_M", 18: "Q6_K", 25: "IQ4_NL", 30: "IQ4_XS", 32: "BF16"}
 
 _STORED = {"F32": "float32", "F16": "float16", "BF16": "bfloat16"}
+#: The file types whose weights are floats, not quantised blocks (never re-quantised:
+#: ``quantize="int4"`` keeps them 8-bit weight-only on CPU, bf16 on CUDA).
+FLOAT_TYPES = frozenset(_STORED)
 
 #: ``{arch}.pooling_type`` values (llama.cpp's ``llama_pooling_type``).
 POOLING = {-1: "unspecified", 0: "none", 1: "mean", 2: "cls", 3: "last", 4: "rank"}

@@ -20,7 +20,7 @@ from starlette.types import Receive
 from smysl.base import ModelInfo
 from smysl.server.fast import FastRoutes
 from smysl.server.http import json_response
-from smysl.server.service import Service, until_disconnected
+from smysl.server.service import Embedded, Service, until_disconnected
 
 #: The Ollama API level these routes follow (clients gate features such as ``dimensions`` on it).
 OLLAMA_API_VERSION = "0.12.0"
@@ -123,6 +123,16 @@ def router(service: Service, fast: FastRoutes) -> APIRouter:
                 "parameter_size": parameter_size(model.parameters),
                 "quantization_level": model.quantization_level}
 
+    async def embed_as_asked(body: EmbedRequest | LegacyEmbeddingsRequest, texts: list[str],
+                             dims: int, receive: Receive, what: str) -> Embedded:
+        """Both embedding routes: their texts checked, embedded with the request's instruction
+        extensions and truncation (Ollama's default: on)."""
+        service.check_texts(texts, what)
+        task = service.instruction(body.instruction, body.input_type)
+        return await service.embed_texts(texts, instruction=task, dimensions=dims,
+                                         truncate=body.truncate is not False,
+                                         disconnected=until_disconnected(receive), what=what)
+
     @fast.post(r, EmbedRequest, "/embed", response_model=EmbedResponse)
     async def embed(body: EmbedRequest, receive: Receive) -> Response:
         """Embed one text or a list (Ollama ``/api/embed``)."""
@@ -137,11 +147,7 @@ def router(service: Service, fast: FastRoutes) -> APIRouter:
             # Ollama answers an empty input with no embeddings: clients use it to preload.
             return json_response({"model": model, "embeddings": [], "total_duration": 0,
                                   "load_duration": 0, "prompt_eval_count": 0})
-        service.check_texts(texts)
-        task = service.instruction(body.instruction, body.input_type)
-        result = await service.embed_texts(texts, instruction=task, dimensions=dims,
-                                           truncate=body.truncate is not False,
-                                           disconnected=until_disconnected(receive))
+        result = await embed_as_asked(body, texts, dims, receive, "input")
         return json_response({"model": model, "embeddings": result.vectors,
                               "total_duration": int(result.total_s * 1e9), "load_duration": 0,
                               "prompt_eval_count": result.tokens},
@@ -155,12 +161,7 @@ def router(service: Service, fast: FastRoutes) -> APIRouter:
             # Ollama's legacy route answers an empty prompt with an empty embedding (a preload).
             return json_response({"embedding": []})
         dims = service.dimensions(body.dimensions or None)
-        service.check_texts([body.prompt], "prompt")
-        task = service.instruction(body.instruction, body.input_type)
-        result = await service.embed_texts([body.prompt], instruction=task, dimensions=dims,
-                                           truncate=body.truncate is not False,
-                                           disconnected=until_disconnected(receive),
-                                           what="prompt")
+        result = await embed_as_asked(body, [body.prompt], dims, receive, "prompt")
         return json_response({"embedding": result.vectors[0]},
                              headers=service.timing_headers(result))
 

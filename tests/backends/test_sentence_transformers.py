@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -162,13 +164,25 @@ def test_documents_get_the_models_document_prompt(tmp_path) -> None:
     assert model.fingerprint() != plain.fingerprint()
 
 
+def _with_query_prompt(base: Path, dest: Path, prompt: str) -> Path:
+    """A copy of the model folder ``base`` at ``dest`` whose sentence-transformers query
+    prompt is ``prompt`` (documents: none)."""
+    import json
+    import shutil
+
+    shutil.copytree(base, dest)
+    cfg = dest / "config_sentence_transformers.json"
+    data = json.loads(cfg.read_text())
+    data["prompts"] = {"query": prompt, "document": ""}
+    cfg.write_text(json.dumps(data))
+    return dest
+
+
 def test_a_qwen3_folder_with_the_base_tokenizer_still_ends_texts_with_eos(
         tiny_variants, tmp_path) -> None:
     """The recipe pools ``<|endoftext|>``'s hidden state; a folder with the base Qwen3
     tokenizer (older snapshots) appends none, and st: pooled the text's last token instead
     (0.5 off the native engine's vectors; counts one short). Truncation keeps EOS last."""
-    import json
-    import shutil
 
     import smysl
 
@@ -184,12 +198,8 @@ def test_a_qwen3_folder_with_the_base_tokenizer_still_ends_texts_with_eos(
                                native.embed(long, truncate=True), atol=1e-5)
     # the model's own query prompt's task is the default one, as the native loader reads it
     # (st: used the web-search task); an explicit instruction replaces it
-    custom = tmp_path / "custom"
-    shutil.copytree(base, custom)
-    cfg = custom / "config_sentence_transformers.json"
-    data = json.loads(cfg.read_text())
-    data["prompts"] = {"query": "Instruct: Find the matching product\nQuery:", "document": ""}
-    cfg.write_text(json.dumps(data))
+    custom = _with_query_prompt(base, tmp_path / "custom",
+                                "Instruct: Find the matching product\nQuery:")
     st, native = smysl.load(f"st:{custom}"), smysl.load(str(custom), device="cpu")
     assert st.default_task == native.default_task == "Find the matching product"
     np.testing.assert_allclose(st.embed_queries(texts), native.embed_queries(texts), atol=1e-5)
@@ -208,12 +218,7 @@ def test_a_query_prompt_with_a_space_after_query_keeps_it_and_mean_pooling_gets_
     import smysl
 
     base = tiny_variants["gqa4-tied-base"].path
-    spaced = tmp_path / "spaced"
-    shutil.copytree(base, spaced)
-    cfg = spaced / "config_sentence_transformers.json"
-    data = json.loads(cfg.read_text())
-    data["prompts"] = {"query": "Instruct: Find the product\nQuery: ", "document": ""}
-    cfg.write_text(json.dumps(data))
+    spaced = _with_query_prompt(base, tmp_path / "spaced", "Instruct: Find the product\nQuery: ")
     st = smysl.load(f"st:{spaced}")
     assert st.format_texts(["x"], "sts") == [
         "Instruct: Retrieve semantically similar text\nQuery: x"]
