@@ -37,7 +37,9 @@ _KINDS: dict[str, tuple[int, int, int, str]] = {
     "not_found": (404, 404, 404, "Validation"),
     "route_not_found": (404, 404, 404, "Validation"),
     "method_not_allowed": (405, 405, 405, "Validation"),
-    "unauthorized": (401, 401, 401, "Unauthorized"),
+    # TEI answers 401 with no body; its ErrorType has no member for it, and a client decoding
+    # error_type as that enum must still parse the body
+    "unauthorized": (401, 401, 401, "Validation"),
     "overloaded": (429, 429, 429, "Overloaded"),
     "shutting_down": (503, 503, 503, "Unhealthy"),
     "unavailable": (503, 503, 503, "Unhealthy"),

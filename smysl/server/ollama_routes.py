@@ -9,12 +9,22 @@ loaded for the life of the server), and, as in Ollama, ``truncate`` defaults to 
 from __future__ import annotations
 
 import hashlib
+import re
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Response
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictFloat,
+    StrictInt,
+    StrictStr,
+)
 from starlette.types import Receive
 
 from smysl.base import ModelInfo
@@ -25,7 +35,21 @@ from smysl.server.service import Embedded, Service, until_disconnected
 #: The Ollama API level these routes follow (clients gate features such as ``dimensions`` on it).
 OLLAMA_API_VERSION = "0.12.0"
 
-KeepAlive = StrictStr | StrictInt | float | None
+#: Go's ``time.ParseDuration`` grammar, which Ollama reads a string ``keep_alive`` with: a
+#: signed sequence of decimal numbers, each with a unit, or a bare "0".
+_GO_DURATION = re.compile(r"[-+]?(?:0|(?:(?:\d+(?:\.\d*)?|\.\d+)(?:ns|us|µs|μs|ms|s|m|h))+)")
+
+
+def _go_duration(value: str | int | float | None) -> str | int | float | None:
+    # Ollama answers 400 to a keep_alive it cannot read ("forever", "-1"): accepting it here
+    # would tell a client its setting took when Ollama would have said it is wrong
+    if isinstance(value, str) and not _GO_DURATION.fullmatch(value):
+        raise ValueError(f"invalid duration {value!r}: keep_alive is a number of seconds or "
+                         'a duration with units, such as "5m", "1h30m" or "-1s"')
+    return value
+
+
+KeepAlive = Annotated[StrictStr | StrictInt | StrictFloat | None, AfterValidator(_go_duration)]
 
 
 class EmbedRequest(BaseModel):

@@ -140,7 +140,7 @@ def test_plain_http_ollama_and_tei(live, tiny) -> None:  # type: ignore[no-untyp
         r = anon.post("/api/embed", json={"input": "x"})
         assert r.status_code == 401 and "API key" in r.json()["error"]
         r = anon.post("/embed", json={"inputs": "x"}, headers={"Authorization": "Bearer sekre"})
-        assert r.status_code == 401 and r.json()["error_type"] == "Unauthorized"
+        assert r.status_code == 401 and r.json()["error_type"] == "Validation"
         assert anon.get("/metrics").status_code == 401
 
 

@@ -27,6 +27,20 @@ def vecs(x: object) -> np.ndarray:
     return np.array(x, dtype=np.float32)
 
 
+def test_ollama_keep_alive_read_as_ollama_reads_it(client) -> None:  # type: ignore[no-untyped-def]
+    # Ollama parses a string keep_alive with Go's time.ParseDuration and answers 400 when it
+    # cannot; numbers are seconds (negative: forever)
+    for good in ("5m", "1h30m", "-1s", "0", "+0", "1.5h", ".5s", "300ms", 300, -1, 2.5, None):
+        for route, body in (("/api/embed", {"input": "x"}), ("/api/embeddings", {"prompt": "x"})):
+            r = client.post(route, json={**body, "keep_alive": good})
+            assert r.status_code == 200, (route, good, r.text)
+    for bad in ("forever", "-1", "5", "", "5 m", "m", "1d", True, [1]):
+        for route, body in (("/api/embed", {"input": "x"}), ("/api/embeddings", {"prompt": "x"})):
+            r = client.post(route, json={**body, "keep_alive": bad})
+            assert r.status_code == 400, (route, bad, r.text)
+            assert "keep_alive" in r.json()["error"], r.text
+
+
 def test_ollama_embed(client, tiny) -> None:  # type: ignore[no-untyped-def]
     r = client.post("/api/embed", json={"model": "qwen3-embedding:0.6b", "input": TEXTS,
                                         "keep_alive": "5m", "options": {"num_ctx": 512}})
