@@ -30,11 +30,18 @@ import numpy as np
 from smysl.tokenize import check_unicode
 from smysl.toolkit.chunking import ChunkConfig, Chunker
 from smysl.toolkit.io import TABLE_SUFFIXES, iter_rows
-from smysl.toolkit.store import DIGEST_FIELD, vector_digest, vector_problem
+from smysl.toolkit.store import (
+    DIGEST_FIELD,
+    ID_FIELD,
+    same_payload,
+    vector_digest,
+    vector_problem,
+)
 
 TEXT_SUFFIXES = (".txt", ".md", ".markdown", ".rst")
-#: Payload fields ingestion writes; metadata may not reuse them.
-RESERVED = ("doc_id", "chunk", "text", "start", "end", "tokens", "hash", "source", DIGEST_FIELD)
+#: Payload fields ingestion writes, or a store keeps for itself; metadata may not reuse them.
+RESERVED = ("doc_id", "chunk", "text", "start", "end", "tokens", "hash", "source", DIGEST_FIELD,
+            ID_FIELD)
 _BLOCK = 1 << 20  # bytes per read when checking a file
 
 
@@ -459,7 +466,9 @@ def ingest(documents: Iterable[Document], *, store: Any, embed: Callable[[list[s
         todo = []
         for i, p in pending:
             r = stored.get(i)
-            if r is not None and _without_digest(r.payload) == p:
+            # same_payload, not ==: metadata changed from 1 to true is rewritten (to a filter
+            # they differ, and a run that left it would say "unchanged" with the old type kept)
+            if r is not None and same_payload(_without_digest(r.payload), p):
                 if stored_problem(r, store.dimensions, checksums) is None:
                     continue
                 report.repaired += 1  # same content, damaged vector: embed it again

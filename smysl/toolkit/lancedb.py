@@ -2,9 +2,10 @@
 
 Layout of a table: ``id`` (string, unique), ``vector`` (float32[d]), ``payload`` (the full
 payload as JSON, returned verbatim) and one ``p_<field>`` column per top-level scalar payload
-field, so that filters run inside LanceDB as SQL prefilters. A field gets the type it is first
-stored with (bool, int64, float64 or string); a later value of another type stays in the JSON but
-cannot be filtered on (ints widen into float columns).
+field, so that filters run inside LanceDB as SQL prefilters. A field's column gets the type it is
+first stored with (bool, int64, float64 or string; ints and floats in one first batch make it
+float64); a later value of another type goes to a column of that type, ``p_<field>~<t>``, and a
+filter reads every column of its field (a score stored as 1, then as 2.5, filters as one field).
 
 Damage to the files (a flipped byte, a truncated manifest) surfaces as :class:`StoreDamagedError`:
 one line naming the folder and what to do, instead of LanceDB's Rust error or panic. Its log
@@ -51,6 +52,7 @@ from smysl.toolkit.store import (
     local_path,
     merged_meta,
     parse_where,
+    record_ids,
     text_queries,
 )
 
@@ -65,6 +67,16 @@ _FIELD = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
 #: so matched nothing.
 _PREFIX = "p_"
 _HASHED = "px_"
+
+
+#: Suffix of a field's column for values of another type than its first (see the module's text);
+#: no field's own column name holds a "~".
+_TYPED = "~"
+
+
+def _base(column: str) -> str:
+    """The field's own column of a filter column (itself, or the one a typed column extends)."""
+    return column.partition(_TYPED)[0]
 
 
 @functools.lru_cache(maxsize=4096)  # called per field of every row written
@@ -325,6 +337,23 @@ class LanceStore(VectorStore):
             return pa.string()
         return None
 
+    def _typed(self, base: str, typ: Any) -> str:
+        """The column of field column ``base`` for values of arrow type ``typ``."""
+        pa = self._pa
+        code = {pa.bool_(): "b", pa.int64(): "i", pa.float64(): "f", pa.string(): "s"}[typ]
+        return f"{base}{_TYPED}{code}"
+
+    def _slot(self, v: Any, base: str, cols: Mapping[str, Any]) -> str | None:
+        """The column value ``v`` of field column ``base`` goes to: the field's own when it
+        fits there, else the one of its type (None: no column holds it, e.g. a list)."""
+        t = self._arrow_type(v)
+        if t is None:
+            return None
+        own = cols.get(base)
+        if own is None or self._fits(v, own) is not None:
+            return base
+        return self._typed(base, t)
+
     def _fits(self, v: Any, typ: Any) -> Any:
         """The column value for ``v`` in a column of ``typ`` (None when it does not fit)."""
         pa = self._pa
@@ -366,7 +395,7 @@ class LanceStore(VectorStore):
         """The columns of payload fields that have none yet -> the arrow type they get."""
         pa = self._pa
         new: dict[str, Any] = {}
-        for p in payloads:
+        for p in payloads:  # first the fields' own columns
             for key, v in p.items():
                 name = _column(key)
                 if name in cols:
@@ -375,48 +404,61 @@ class LanceStore(VectorStore):
                 if t is None:
                     continue
                 if name in new and new[name] != t:
-                    # int and float in one batch widen to float; other mixes pick the first
+                    # int and float in one batch widen to float; other mixes: the first type
+                    # (the others get typed columns below)
                     if {new[name], t} == {pa.int64(), pa.float64()}:
                         new[name] = pa.float64()
                     continue
                 new.setdefault(name, t)
+        own = {**cols, **new}
+        for p in payloads:  # then the columns of values another type than their field's
+            for key, v in p.items():
+                slot = self._slot(v, _column(key), own)
+                if slot is not None and slot not in own and slot not in new:
+                    new[slot] = self._arrow_type(v)
         return new
 
     def _sql(self, conditions: Sequence[Condition]) -> str | None:
         if not conditions:
             return None
-        pa = self._pa
         cols = self._columns()
         parts = []
-        numeric = (pa.int64(), pa.float64())
         for c in conditions:
-            typ = cols.get(_column(c.key))
-            col = f"`{_column(c.key)}`"
-            self._check_filled(c.key, typ)
-            values = c.value if c.op == "in" else [c.value]
-            # an int column meets a float value as a DOUBLE (LanceDB refuses to compare them:
-            # "could not convert Float64 to Int64"); exact for ints below 2**53
-            floats = typ == pa.int64() and any(self._arrow_type(v) == pa.float64()
-                                               for v in values)
-            if floats:
-                col = f"CAST({col} AS DOUBLE)"
-            if c.op in ("eq", "in"):
-                ok = [v for v in values if typ is not None and (
-                    self._arrow_type(v) == typ
-                    or (typ in numeric and self._arrow_type(v) in numeric))]
-                if not ok:
-                    return "FALSE"
-                parts.append(f"{col} IN ({', '.join(_sql_literal(v) for v in ok)})")
-            else:
-                if typ not in numeric:
-                    return "FALSE"
-                sym = {"gt": ">", "gte": ">=", "lt": "<", "lte": "<="}[c.op]
-                limit = c.value
-                if self._arrow_type(limit) is None:  # an int beyond int64: LanceDB refuses
-                    limit = float(limit)  # the literal; as a DOUBLE the comparison holds
-                    col = col if floats else f"CAST({col} AS DOUBLE)"
-                parts.append(f"{col} {sym} {_sql_literal(limit)}")
+            base = _column(c.key)
+            self._check_filled(c.key, cols.get(base))
+            # the field's own column and its typed ones: a row fills one of them at most
+            either = [self._condition(c, name, typ) for name, typ in cols.items()
+                      if _base(name) == base]
+            either = [e for e in either if e is not None]
+            if not either:
+                return "FALSE"
+            parts.append(" OR ".join(f"({e})" for e in either))
         return " AND ".join(f"({p})" for p in parts)
+
+    def _condition(self, c: Condition, name: str, typ: Any) -> str | None:
+        """SQL of condition ``c`` on filter column ``name`` of arrow type ``typ`` (None: no
+        value that column holds can match)."""
+        pa = self._pa
+        numeric = (pa.int64(), pa.float64())
+        col = f"`{name}`"
+        values = c.value if c.op == "in" else [c.value]
+        # an int column meets a float value as a DOUBLE (LanceDB refuses to compare them:
+        # "could not convert Float64 to Int64"); exact for ints below 2**53
+        floats = typ == pa.int64() and any(self._arrow_type(v) == pa.float64() for v in values)
+        if floats:
+            col = f"CAST({col} AS DOUBLE)"
+        if c.op in ("eq", "in"):
+            ok = [v for v in values if self._arrow_type(v) == typ
+                  or (typ in numeric and self._arrow_type(v) in numeric)]
+            return f"{col} IN ({', '.join(_sql_literal(v) for v in ok)})" if ok else None
+        if typ not in numeric:
+            return None
+        sym = {"gt": ">", "gte": ">=", "lt": "<", "lte": "<="}[c.op]
+        limit = c.value
+        if self._arrow_type(limit) is None:  # an int beyond int64: LanceDB refuses
+            limit = float(limit)  # the literal; as a DOUBLE the comparison holds
+            col = col if floats else f"CAST({col} AS DOUBLE)"
+        return f"{col} {sym} {_sql_literal(limit)}"
 
     def _check_filled(self, key: str, typ: Any) -> None:
         """``ValueError`` when rows of an earlier smysl hold ``key`` without a filter column:
@@ -469,9 +511,10 @@ class LanceStore(VectorStore):
         }
         named = {_column(k): k for p in pays for k in p}  # column -> the field it holds
         for name, typ in cols.items():
-            key = named.get(name)
-            data[name] = pa.array([None if key is None else self._fits(p.get(key), typ)
-                                   for p in pays], typ)
+            base = _base(name)
+            key = named.get(base)
+            data[name] = pa.array([None if key is None or self._slot(p.get(key), base, cols) != name
+                                   else self._fits(p.get(key), typ) for p in pays], typ)
         with self._guard():
             schema = self._table.schema
             # in the table's column order: a table of an earlier smysl has its terms column
@@ -616,7 +659,7 @@ class LanceStore(VectorStore):
                    for n, (i, p) in enumerate(zip(ids, pays, strict=True))]
 
     def get(self, ids: Sequence[str]) -> list[Record]:
-        ids = [str(i) for i in ids]
+        ids = record_ids(ids)
         found: dict[str, Record] = {}
         for s in range(0, len(ids), 1000):
             for batch in self._records(self._where(None, ids[s : s + 1000]), True, 4096):
@@ -627,7 +670,8 @@ class LanceStore(VectorStore):
         if ids is None and not where:
             raise ValueError("delete needs ids or a filter")
         gone = 0
-        chunks = [list(ids)[s : s + 1000] for s in range(0, len(ids), 1000)] if ids is not None \
+        listed = record_ids(ids) if ids is not None else None
+        chunks = [listed[s : s + 1000] for s in range(0, len(listed), 1000)] if listed is not None \
             else [None]
         for part in chunks:
             sql = self._where(where, part)

@@ -19,6 +19,7 @@ from smysl.toolkit.store import (
     matches,
     merged_meta,
     parse_where,
+    record_ids,
     text_queries,
 )
 
@@ -138,8 +139,8 @@ class MemoryStore(VectorStore):
 
     def get(self, ids: Sequence[str]) -> list[Record]:
         out = []
-        for i in ids:
-            row = self._rows.get(str(i))
+        for i in record_ids(ids):
+            row = self._rows.get(i)
             if row is not None and self._alive[row]:
                 out.append(Record(self._ids[row], self._matrix[row].copy(),
                                   copy.deepcopy(self._payloads[row])))
@@ -151,8 +152,8 @@ class MemoryStore(VectorStore):
         mask = self._mask(where)
         if ids is not None:
             chosen = np.zeros_like(mask)
-            for i in ids:
-                row = self._rows.get(str(i))
+            for i in record_ids(ids):
+                row = self._rows.get(i)
                 if row is not None:
                     chosen[row] = True
             mask &= chosen

@@ -43,6 +43,7 @@ import struct
 import threading
 import weakref
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from decimal import Decimal
 from typing import Any, Concatenate, ParamSpec, TypeVar
 from urllib.parse import unquote, urlsplit
 
@@ -59,6 +60,7 @@ from smysl.toolkit.store import (
     VectorStore,
     Where,
     parse_where,
+    record_ids,
     text_queries,
 )
 
@@ -120,6 +122,16 @@ _WORD = re.compile(r"(?P<key>[A-Za-z_][A-Za-z0-9_]*)\s*=\s*"
 #: What :func:`place` names a DSN libpq cannot parse.
 UNPARSABLE = "<unparsable DSN>"
 
+
+def _has_nul(value: Any) -> bool:
+    """Whether a payload value (nested mappings and lists, keys too) holds a NUL character."""
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, Mapping):
+        return any("\x00" in str(k) or _has_nul(v) for k, v in value.items())
+    if isinstance(value, list | tuple):
+        return any(_has_nul(v) for v in value)
+    return False
 
 class PostgresStoreError(StoreError):
     """A PostgreSQL store that cannot be reached or used; the message names the server."""
@@ -699,11 +711,15 @@ class PostgresStore(VectorStore):
         parts: list[Any] = []
         params: list[Any] = []
         for c in conditions:
+            if "\x00" in c.key:  # no payload here holds one (upsert refuses it)
+                return sql.SQL("FALSE"), []
             if c.op in ("eq", "in"):
                 values = c.value if c.op == "in" else [c.value]
-                # NaN is no JSON and equals nothing (the reference semantics)
+                # NaN is no JSON and equals nothing (the reference semantics); nor does a text
+                # with a NUL, which jsonb cannot hold (the cast failed as a database error)
                 docs = [json.dumps({c.key: v}) for v in values
-                        if not (isinstance(v, float) and v != v)]
+                        if not (isinstance(v, float) and v != v)
+                        and not (isinstance(v, str) and "\x00" in v)]
                 if not docs:
                     return sql.SQL("FALSE"), []
                 parts.append(sql.SQL("payload @> ANY(%s::jsonb[])"))
@@ -713,7 +729,10 @@ class PostgresStore(VectorStore):
                 # CASE: the cast runs only on numbers (bools, strings, lists never match)
                 parts.append(sql.SQL("CASE WHEN jsonb_typeof(payload -> %s) = 'number' "
                                      "THEN (payload -> %s)::numeric END " + sym + " %s::numeric"))
-                params += [c.key, c.key, c.value]
+                # a float bound as its exact decimal text: as float8, the cast to numeric kept
+                # 15 digits, and 1765000000.123456 missed a payload equal to it
+                bound = Decimal(repr(c.value)) if isinstance(c.value, float) else c.value
+                params += [c.key, c.key, bound]
         if not parts:
             return sql.SQL("TRUE"), []
         return sql.SQL(" AND ").join(parts), params
@@ -737,7 +756,8 @@ class PostgresStore(VectorStore):
             texts = [json.dumps(p, ensure_ascii=False, allow_nan=False) for p in pays]
         except (TypeError, ValueError) as e:
             raise ValueError(f"payloads must be JSON (no NaN or infinity): {e}") from None
-        if any("\x00" in t for t in ids + texts):
+        # jsonb holds no NUL, and the JSON text shows one escaped: look at the values
+        if any("\x00" in i for i in ids) or any(_has_nul(p) for p in pays):
             raise ValueError("ids and payloads must not contain NUL characters (PostgreSQL text)")
         if not self._lexical:  # rows without terms would go missing from lexical search
             raise PostgresStoreError(
@@ -1065,7 +1085,7 @@ class PostgresStore(VectorStore):
 
     @_read
     def get(self, ids: Sequence[str]) -> list[Record]:
-        ids = [str(i) for i in ids]
+        ids = record_ids(ids)
         found: dict[str, Record] = {}
         with self._conn.cursor(binary=True) as cur:
             for s in range(0, len(ids), 1000):
@@ -1079,7 +1099,7 @@ class PostgresStore(VectorStore):
     def delete(self, ids: Sequence[str] | None = None, *, where: Where | None = None) -> int:
         if ids is None and not where:
             raise ValueError("delete needs ids or a filter")
-        clause, params = self._where(where, [str(i) for i in ids] if ids is not None else None)
+        clause, params = self._where(where, record_ids(ids) if ids is not None else None)
         with self._conn.cursor() as cur:
             cur.execute(self._q("DELETE FROM {t} WHERE {w}", w=clause), params)
             return int(cur.rowcount)

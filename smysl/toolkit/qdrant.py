@@ -1,9 +1,9 @@
 """Qdrant store: scale-out on a Qdrant server or cluster (or the client's local mode for tests).
 
 Qdrant point ids must be integers or UUIDs, so a string id maps to ``uuid5(namespace, id)`` and the
-original id travels in the payload under :data:`ID_FIELD`. Index metadata lives in the
-collection's own ``metadata``. Qdrant maintains its HNSW index itself; ``exact=True`` asks it for a
-full scan.
+original id travels in the payload under :data:`~smysl.toolkit.store.ID_FIELD`. Index metadata
+lives in the collection's own ``metadata``. Qdrant maintains its HNSW index itself;
+``exact=True`` asks it for a full scan.
 
 Lexical search keeps each record's BM25 term weights (of ``payload["text"]``, analysed by
 :mod:`~smysl.toolkit.lexical`) in the named sparse vector :data:`TEXT_VECTOR`, beside the unnamed
@@ -28,6 +28,7 @@ from smysl.shown import first_line, redacted, shown_url, url_secrets
 from smysl.toolkit import lexical
 from smysl.toolkit._deps import INSTALL_HINT
 from smysl.toolkit.store import (
+    ID_FIELD,
     Condition,
     Hit,
     Record,
@@ -37,13 +38,13 @@ from smysl.toolkit.store import (
     Where,
     bound,
     parse_where,
+    record_ids,
     text_queries,
 )
 
 _P = ParamSpec("_P")
 _R = TypeVar("_R")
 
-ID_FIELD = "_smysl_id"
 _NAMESPACE = uuid.UUID("6f1d0c8e-5b7a-4a8e-9a51-2f0f8d6c1e37")
 #: The named sparse vector with a record's term weights.
 TEXT_VECTOR = "text_terms"
@@ -392,7 +393,7 @@ class QdrantStore(VectorStore):
 
     @_qdrant_errors
     def get(self, ids: Sequence[str]) -> list[Record]:
-        ids = [str(i) for i in ids]
+        ids = record_ids(ids)
         found: dict[str, Record] = {}
         for s in range(0, len(ids), 1000):
             for p in self.client.retrieve(self.collection, [point_id(i) for i in ids[s : s + 1000]],
@@ -405,7 +406,7 @@ class QdrantStore(VectorStore):
     def delete(self, ids: Sequence[str] | None = None, *, where: Where | None = None) -> int:
         if ids is None and not where:
             raise ValueError("delete needs ids or a filter")
-        flt = self._filter(parse_where(where), list(ids) if ids is not None else None)
+        flt = self._filter(parse_where(where), record_ids(ids) if ids is not None else None)
         n = self.client.count(self.collection, count_filter=flt, exact=True).count
         if n:
             self.client.delete(self.collection, points_selector=self._m.FilterSelector(filter=flt),

@@ -34,6 +34,11 @@ Op = Literal["eq", "in", "gt", "gte", "lt", "lte"]
 RANGE_OPS: dict[str, Op] = {"$gt": "gt", "$gte": "gte", "$lt": "lt", "$lte": "lte"}
 Scalar = str | int | float | bool
 
+#: Payload field a store may keep for itself (Qdrant holds a record's own id there, its point id
+#: being a UUID): refused in every store's payloads, so a user's field of that name is never
+#: overwritten in one store and kept in another.
+ID_FIELD = "_smysl_id"
+
 #: Largest ``|norm - 1|`` a unit vector may show; float32 rounding stays near 1e-6, while a
 #: damaged exponent or sign-bit-free garbage lands far outside.
 NORM_TOLERANCE = 1e-3
@@ -164,6 +169,28 @@ def text_queries(queries: Sequence[Sequence[str]], k: int) -> list[list[str]]:
 def _same(a: Any, b: Any) -> bool:
     # bool is an int in Python; a filter for True must not match 1 (and backends agree).
     return isinstance(a, bool) == isinstance(b, bool) and a == b
+
+
+def same_payload(a: Any, b: Any) -> bool:
+    """Whether two payload values (nested mappings and lists too) are one value to a filter:
+    ``==``, except that a bool never equals a number (Python's ``True == 1``); 1 and 1.0 are
+    one value, as stores that widen ints to floats give them back."""
+    if isinstance(a, Mapping) and isinstance(b, Mapping):
+        return a.keys() == b.keys() and all(same_payload(a[k], b[k]) for k in a)
+    if isinstance(a, list | tuple) and isinstance(b, list | tuple):
+        return len(a) == len(b) and all(same_payload(x, y) for x, y in zip(a, b, strict=True))
+    if isinstance(a, Mapping | list | tuple) or isinstance(b, Mapping | list | tuple):
+        return False
+    return _same(a, b)
+
+
+def record_ids(ids: Sequence[str]) -> list[str]:
+    """``ids`` as strings, checked: ``ValueError`` for one no store can hold (a lone
+    surrogate: LanceDB took it for a damaged table, the others failed unnamed)."""
+    out = [str(i) for i in ids]
+    for i in out:
+        check_unicode(i, f"the id {i!r}")
+    return out
 
 
 def matches(payload: Mapping[str, Any], conditions: Sequence[Condition]) -> bool:
@@ -369,7 +396,7 @@ class VectorStore(abc.ABC):
     def _check_upsert(self, ids: Sequence[str], vectors: np.ndarray,
                       payloads: Sequence[Mapping[str, Any]] | None
                       ) -> tuple[list[str], np.ndarray, list[dict[str, Any]]]:
-        ids = [str(i) for i in ids]
+        ids = record_ids(ids)
         vecs = np.asarray(vectors, dtype=np.float32)
         if vecs.ndim != 2 or vecs.shape != (len(ids), self.dimensions):
             raise ValueError(f"expected vectors of shape {(len(ids), self.dimensions)}, "
@@ -381,6 +408,9 @@ class VectorStore(abc.ABC):
         if any(not i for i in ids):
             raise ValueError("ids must be non-empty strings")
         for i, p in zip(ids, pays, strict=True):
+            if ID_FIELD in p:
+                raise ValueError(f"the payload of {i!r} has the field {ID_FIELD!r}, which "
+                                 "stores keep for themselves; rename it")
             for key, value in p.items():
                 if not _finite(value):  # JSON has no NaN: PostgreSQL and Qdrant refuse it,
                     # and a search's JSON output would not parse

@@ -414,3 +414,17 @@ def test_prune_under_a_root_that_is_the_folder_given(tiny, tmp_path) -> None:
         assert ix.add_files([docs], read, prune=True).pruned == 1
         ids = {r.payload["doc_id"] for batch in ix.store.scan(with_vectors=False) for r in batch}
         assert ids == {"a.txt"}
+
+
+def test_metadata_whose_type_changed_is_rewritten(tiny, tmp_path) -> None:
+    """`reviewed: 1` corrected to `reviewed: true`: Python's True == 1 made the re-ingestion
+    report it unchanged and keep the old type, which a filter for true never matches."""
+    with open_index(tiny, tmp_path / "kb") as ix:
+        ix.add_texts(["alpha"], ids=["a"], metadata=[{"reviewed": 1, "n": [1, 2]}])
+        again = ix.add_texts(["alpha"], ids=["a"], metadata=[{"reviewed": 1.0, "n": [1, 2]}])
+        assert (again.unchanged, again.written) == (1, 0)  # one value to a filter
+        fixed = ix.add_texts(["alpha"], ids=["a"], metadata=[{"reviewed": True, "n": [True, 2]}])
+        assert (fixed.unchanged, fixed.written) == (0, 1)
+        assert ix.count({"reviewed": True}) == 1 and ix.count({"reviewed": 1}) == 0
+        with pytest.raises(ValueError, match=r"\['_smysl_id'\] are reserved"):
+            ix.add_texts(["beta"], ids=["b"], metadata=[{"_smysl_id": "x"}])

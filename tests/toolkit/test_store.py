@@ -616,3 +616,88 @@ def test_fields_not_named_like_identifiers_filter_as_on_every_backend(store) -> 
         (hits,) = store.search(x[0], 5, where=where)
         assert sorted(h.id for h in hits) == want, where
         assert store.count(where) == len(want), where
+
+
+def test_a_range_bound_with_all_its_digits_is_compared_exactly(store) -> None:
+    """A float bound of 16-17 significant digits (a time.time() stamp, 30/7): PostgreSQL cast
+    it through float8 to 15 digits, so a record equal to the bound was missed by $gte and
+    deleted by $lte with its neighbour."""
+    ts = 1765000000.123456
+    x = unit_rows(3, D, seed=1)
+    store.upsert(["old", "new", "third"], x, [{"ts": ts}, {"ts": ts + 4e-6}, {"ts": 30 / 7}])
+    assert store.count({"ts": {"$gte": ts}}) == 2
+    assert store.count({"ts": {"$lte": ts}}) == 2  # "old" and 30/7
+    assert store.count({"ts": {"$gt": ts}}) == 1
+    assert store.count({"ts": {"$gte": 30 / 7, "$lte": 30 / 7}}) == 1
+    assert store.delete(where={"ts": {"$gte": 1e9, "$lte": ts}}) == 1
+    assert [r.id for r in store.get(["old", "new"])] == ["new"]
+
+
+def test_the_field_stores_keep_for_themselves_is_refused_in_every_store(store) -> None:
+    """Qdrant keeps a record's id in the payload under ID_FIELD: a user's field of that name
+    was overwritten and dropped there, kept elsewhere; now every store refuses it."""
+    from smysl.toolkit.store import ID_FIELD
+
+    x = unit_rows(2, D, seed=1)
+    with pytest.raises(ValueError, match=f"payload of 'b' has the field '{ID_FIELD}'"):
+        store.upsert(["a", "b"], x, [{"ok": 1}, {ID_FIELD: "ext-42"}])
+    assert store.count() == 0
+
+
+def test_an_id_no_store_can_hold_is_refused_as_input(store) -> None:
+    """A lone surrogate in an id: LanceDB called the store damaged ("restore it from a
+    backup"), others failed unnamed; every store now says the id is not valid Unicode."""
+    x = unit_rows(1, D, seed=1)
+    store.upsert(["a"], x)
+    for call in (lambda: store.upsert(["b\ud800"], x), lambda: store.get(["a", "b\ud800"]),
+                 lambda: store.delete(["b\ud800"])):
+        with pytest.raises(ValueError, match="is not valid Unicode"):
+            call()
+    assert store.count() == 1
+
+
+def test_a_nul_in_a_payload_or_filter_is_the_caller_s_not_the_store_s(store) -> None:
+    """PostgreSQL's NUL check looked at the JSON text, where a NUL is escaped, so the database
+    refused the write (a StoreError: a 503 for a served index); a filter value with a NUL
+    failed there the same way. Stores that hold NUL keep it; PostgreSQL refuses it as bad
+    input, and a filter for it matches nothing there."""
+    from smysl.toolkit.store import StoreError
+
+    x = unit_rows(1, D, seed=1)
+    try:
+        store.upsert(["a"], x, [{"n": {"deep": ["x\x00y"]}}])
+        held = True
+    except StoreError:
+        raise
+    except ValueError as e:
+        assert "NUL" in str(e)
+        held = False
+    assert store.count({"k": "x\x00y"}) == 0
+    assert store.count({"k\x00": 1}) == 0
+    assert store.count({"k": ["x\x00y", "z"]}) == 0
+    assert store.count() == (1 if held else 0)
+
+
+def test_a_field_stored_with_values_of_several_types_filters_as_one(store) -> None:
+    """LanceDB typed a field's filter column by its first value: a score stored as 1, then
+    as 2.5 in a later batch, was missed by `score > 2` (the float had no column), and a flag
+    corrected from 1 to true matched neither filter. Every store now matches the reference."""
+    from smysl.toolkit.store import matches, parse_where
+
+    x = unit_rows(5, D, seed=1)
+    # (no list values: Qdrant matches one when any element matches, as documented)
+    rows = [{"score": 1, "flag": 1}, {"score": 2.5, "flag": True}, {"score": "high", "flag": "y"},
+            {"score": 3, "flag": None}, {"score": 2.0, "flag": False}]
+    for i, p in enumerate(rows):  # one batch each: a field's type is fixed by its first
+        store.upsert([f"r{i}"], x[i : i + 1], [p])
+    for where in ({"score": {"$gt": 2}}, {"score": 2.5}, {"score": 2}, {"score": [1, "high"]},
+                  {"score": {"$gte": 1, "$lt": 3}}, {"flag": True}, {"flag": 1},
+                  {"flag": [1, True, "y"]}, {"flag": False}, {"flag": 0}):
+        want = sum(matches(p, parse_where(where)) for p in rows)
+        assert store.count(where) == want, where
+    store.upsert(["r1"], x[1:2], [{"score": 2, "flag": False}])  # a value moves column
+    rows[1] = {"score": 2, "flag": False}
+    for where in ({"score": {"$gt": 2}}, {"score": 2.5}, {"score": 2}, {"flag": False},
+                  {"flag": True}):
+        want = sum(matches(p, parse_where(where)) for p in rows)
+        assert store.count(where) == want, where
