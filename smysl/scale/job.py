@@ -42,7 +42,7 @@ from smysl.scale.sources import (
     read_rows,
 )
 from smysl.tokenize import InputTooLongError
-from smysl.toolkit.chunking import ChunkConfig, TokenChunker, chunker_for
+from smysl.toolkit.chunking import CHUNKER_VERSION, ChunkConfig, TokenChunker, chunker_for
 
 MANIFEST = JOB_MANIFEST
 #: A running job's claim on its Parquet folder, one file per process:
@@ -214,7 +214,11 @@ def job_fingerprint(model: BaseEmbedder, config: JobConfig) -> str:
 
 def _identity(model: BaseEmbedder, config: JobConfig) -> dict[str, Any]:
     chunk = config.chunking
-    return {"model": model.fingerprint(), "dimensions": config.dimensions or model.dimensions,
+    # shards hold chunks by number (ROW#n), not their text: two cuttings must not mix (a job
+    # without chunking keeps the identity, and the folders, it had before the version came)
+    cutting = {"chunker": CHUNKER_VERSION} if chunk else {}
+    return {**cutting,
+            "model": model.fingerprint(), "dimensions": config.dimensions or model.dimensions,
             # the text embedded with: a preset's name (the Python API) and its text (the CLI
             # resolves it) are one job, as "" and None are
             "instruction": model.choose_instruction(config.instruction),
@@ -579,10 +583,21 @@ class _ParquetWriter(_Writer):
             old = {}
         same = old is not None and old.get("fingerprint") == self.fp
         differ = sorted(k for k in self.identity if old is not None and not same
-                        and old.get(k) != self.identity[k]
+                        and k in old and old[k] != self.identity[k]
                         and k not in ("fingerprint", "model_name"))
-        what = ("another job" if old is None or same else
-                f"another job (it differs in: {', '.join(differ) or 'fingerprint'})")
+        # a setting an earlier smysl did not record (the chunker's version, max_tokens): not
+        # one the user changed, so not named as a difference
+        unrecorded = sorted(k for k in self.identity if old is not None and not same
+                            and "model" in old and k not in old)
+        if old is None or same:
+            what = "another job"
+        elif differ:
+            what = f"another job (it differs in: {', '.join(differ)})"
+        elif unrecorded:
+            what = (f"a job of an earlier smysl, which did not record {', '.join(unrecorded)} "
+                    "(its output may not match this version's)")
+        else:
+            what = "another job (it differs in: fingerprint)"
         # also when the manifest names this job: another job may have registered and be
         # about to replace it (each gives way to the other's run file)
         running = self._other_run()

@@ -34,6 +34,12 @@ from typing import TYPE_CHECKING, Protocol
 if TYPE_CHECKING:
     from smysl.base import BaseEmbedder
 
+#: Where chunks are cut, as a number: raised with every change that cuts a text differently
+#: (1: cuts at line breaks, sentences and words on byte-level BPE too, 2026-12-04). Output that
+#: holds chunks by their number alone (a corpus job's shards) records it, so a job resumed by a
+#: smysl that cuts elsewhere is refused rather than mixing two cuttings under one chunk id.
+CHUNKER_VERSION = 1
+
 Offsets = Callable[[str], list[tuple[int, int]]]
 #: Tokens one chunk's text costs as embedded (special tokens and any instruction included).
 Count = Callable[[str], int]

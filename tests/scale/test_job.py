@@ -390,6 +390,32 @@ def test_a_resume_with_another_token_limit_is_refused(tiny, tiny32, corpus, tmp_
         run_job(tiny, [corpus / "a.jsonl"], JobConfig(output=out, truncate=True))
 
 
+def test_chunks_cut_by_an_earlier_chunker_are_not_resumed(tiny, corpus, tmp_path) -> None:
+    """Shards hold chunks by number (ROW#n), not their text. A chunked job written before the
+    chunker cut at words (2026-12-04) resumed without a word, and one dataset held chunks of
+    two cuttings under one chunk id. A job records the chunker's version now; a folder whose
+    record lacks it is refused, named as an earlier smysl's, not as a setting the user
+    changed. A job without chunking keeps its identity (and its folders)."""
+    from smysl.scale.job import MANIFEST, job_fingerprint
+
+    out = tmp_path / "out"
+    chunked = JobConfig(output=str(out), chunk=ChunkConfig(max_tokens=12, overlap=2))
+    run_job(tiny, [corpus / "a.jsonl"], chunked)
+    record = json.loads((out / MANIFEST).read_text(encoding="utf-8"))
+    assert record["chunker"] >= 1
+    del record["chunker"]  # as an earlier smysl wrote it
+    record["fingerprint"] = "0" * 32
+    (out / MANIFEST).write_text(json.dumps(record), encoding="utf-8")
+    with pytest.raises(ValueError, match=r"holds the output of a job of an earlier smysl, "
+                                         r"which did not record chunker"):
+        run_job(tiny, [corpus / "a.jsonl"], chunked)
+    plain = JobConfig(output=str(tmp_path / "plain"))
+    run_job(tiny, [corpus / "a.jsonl"], plain)
+    assert "chunker" not in json.loads((tmp_path / "plain" / MANIFEST).read_text("utf-8"))
+    assert job_fingerprint(tiny, plain) == json.loads(
+        (tmp_path / "plain" / MANIFEST).read_text("utf-8"))["fingerprint"]
+
+
 def test_rows_that_are_not_unicode_or_bytes_ids(tiny, tmp_path) -> None:
     """JSON's lone surrogates ("\\ud800") in a text or an id ended the whole job, with
     --skip-bad-rows too, naming neither file nor row; a Parquet binary id column came out
