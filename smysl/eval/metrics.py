@@ -17,11 +17,24 @@ from smysl.eval._deps import require
 
 
 def _cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    a = np.asarray(a, dtype=np.float64)
-    b = np.asarray(b, dtype=np.float64)
-    na = np.linalg.norm(a, axis=1)
-    nb = np.linalg.norm(b, axis=1)
-    return np.einsum("ij,ij->i", a, b) / np.maximum(na * nb, 1e-12)
+    """Row-wise cosine as MTEB computes it, ``1 - sklearn.metrics.pairwise.
+    paired_cosine_distances``: rows normalised (a zero row left as it is), then ``1 - |a - b|^2
+    / 2``, in the rows' own float type. Identical rows give exactly 1, and tie, as there (a dot
+    product over norms gave 1 +- 2e-16, which ordered them by rounding noise)."""
+    a, b = _floats(a), _floats(b)
+    d = _unit(a) - _unit(b)
+    return 1 - 0.5 * np.einsum("ij,ij->i", d, d)
+
+
+def _floats(x: np.ndarray) -> np.ndarray:
+    x = np.asarray(x)
+    return x if np.issubdtype(x.dtype, np.floating) else x.astype(np.float64)
+
+
+def _unit(x: np.ndarray) -> np.ndarray:
+    norms = np.sqrt(np.einsum("ij,ij->i", x, x))
+    norms[norms == 0.0] = 1.0
+    return x / norms[:, None]
 
 
 # --------------------------------------------------------------------------- STS
@@ -232,7 +245,9 @@ def ranking_scores(ranked: Sequence[Sequence[str]], query_ids: Sequence[str],
 
     Relevance is binary: a document is relevant when it is in ``qrels[query]``. A query with no
     relevant document is skipped, as pytrec_eval evaluates only the queries in the qrels (and
-    MTEB divides by their count); every metric is NaN when no query has one.
+    MTEB divides by their count); every metric is NaN when no query has one. A ranking that
+    names a document twice is a ValueError (it was counted twice: recall 1.5; a pytrec_eval run
+    cannot hold it).
     """
     kmax = max(ks)
     discount = 1.0 / np.log2(np.arange(2, kmax + 2))
@@ -240,11 +255,15 @@ def ranking_scores(ranked: Sequence[Sequence[str]], query_ids: Sequence[str],
                               for name in ("ndcg", "recall", "mrr", "map")}
     judged = 0
     for qid, docs in zip(query_ids, ranked, strict=True):
+        docs = list(docs)
+        if len(set(docs)) != len(docs):
+            twice = next(doc for n, doc in enumerate(docs) if doc in docs[:n])
+            raise ValueError(f"the ranking of query {qid!r} names document {twice!r} twice")
         rel = qrels.get(qid, set())
         if not rel:
             continue
         judged += 1
-        hits = np.array([doc in rel for doc in list(docs)[:kmax]], dtype=np.float64)
+        hits = np.array([doc in rel for doc in docs[:kmax]], dtype=np.float64)
         for k in ks:
             h = hits[:k]
             kk = len(h)

@@ -223,6 +223,17 @@ def _rate(x: float | None) -> str:
 
 
 # --------------------------------------------------------------------------- markdown
+#: What the scores are, under the main table (docs/eval.md has each in full).
+METRIC_DEFINITIONS = (
+    "Scores are MTEB's main scores, computed as MTEB computes them: retrieval nDCG@10 as "
+    "pytrec_eval (binary relevance, equal scores by document id, descending); STS the Spearman "
+    "correlation of cosine (1 - sklearn's paired cosine distance) with the gold scores; pair "
+    "classification the best average precision of cosine, dot, euclidean and manhattan "
+    "similarity; classification the accuracy of a logistic regression on the embeddings, mean "
+    "over the experiments; clustering the V-measure of MiniBatchKMeans, mean over bootstrap "
+    "samples. Definitions in full: docs/eval.md.")
+
+
 def summary_markdown(runs: Sequence[Run], compared: Sequence[Run] = ()) -> str:
     """Main score per task at the native size for every model, then per dimension; first the
     reasons the scores do not compare (:func:`comparability`) and the tasks' warnings."""
@@ -253,7 +264,7 @@ def summary_markdown(runs: Sequence[Run], compared: Sequence[Run] = ()) -> str:
     lines += ["| **throughput** | texts/s | "
               + " | ".join(_rate(r.get("texts_per_s")) for r in everyone) + " |",
               "| | tokens/s | " + " | ".join(_rate(r.get("tokens_per_s")) for r in everyone)
-              + " |", ""]
+              + " |", "", METRIC_DEFINITIONS, ""]
     for run, label in zip(everyone, labels, strict=True):
         dims = _dims(run)
         lines += [f"## {label}", "",

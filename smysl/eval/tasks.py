@@ -72,7 +72,8 @@ class Task:
 
 METRIC_LABELS = {
     "cosine_spearman": "Spearman (cosine)",
-    "max_ap": "average precision",
+    # MTEB's main score of pair classification: the best AP of cosine, dot, euclidean, manhattan
+    "max_ap": "max average precision",
     "accuracy": "accuracy",
     "v_measure": "V-measure",
     "ndcg_at_10": "nDCG@10",
