@@ -53,11 +53,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     rest = vars(args).get("_rest")  # a command's positional list that may follow its options
-    if extra and rest and not any(x.startswith("-") for x in extra):
+    if extra and rest:
         # `index search kb -k 2 "reset password"`: argparse ends a `nargs="*"` positional at
-        # the first option and would refuse the words after it
-        setattr(args, rest, [*vars(args)[rest], *extra])
-    elif extra:
+        # the first option and would refuse the words after it; after `--` every word is one
+        # (`-- "-5 градусов"`)
+        cut = extra.index("--") if "--" in extra else len(extra)
+        head, tail = extra[:cut], extra[cut + 1 :]
+        if not any(x.startswith("-") for x in head):
+            setattr(args, rest, [*vars(args)[rest], *head, *tail])
+            extra = []
+    if extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
         code = int(args._run(args) or 0)

@@ -28,6 +28,12 @@ if TYPE_CHECKING:
 HELP = "build, search, check and prune a semantic index (add | search | verify | delete)"
 
 
+
+def _lines_file(path: str) -> bool:
+    """Whether ``--queries-file`` holds a query per line: a .txt file, or stdin (``-``), read as
+    ``smysl embed`` reads it (it was parsed as JSONL)."""
+    return path == "-" or path.endswith(".txt")
+
 def _store_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("index", help="LanceDB folder, lancedb:PATH, qdrant:URL|PATH|:memory:, "
                                   "or postgres:DSN (HNSW settings as DSN parameters, e.g. "
@@ -67,7 +73,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     _store_arguments(s)
     s.add_argument("queries", nargs="*", help="query texts (before or after the options)")
     s.set_defaults(_rest="queries")
-    s.add_argument("--queries-file", help="more queries: .txt (one per line), .csv or .jsonl")
+    s.add_argument("--queries-file", help="more queries: .txt or - (stdin), one per line; "
+                                           ".csv or .jsonl")
     s.add_argument("--query-field", help="--queries-file csv/jsonl: query column (default: "
                                           "query)")
     add_model_arguments(s, required=False)
@@ -230,7 +237,7 @@ def _search(args: argparse.Namespace, store: StoreConfig) -> int:
         check_output(args.output)
     queries = list(args.queries)
     if args.queries_file:
-        if args.queries_file.endswith(".txt"):
+        if _lines_file(args.queries_file):
             queries += [q for q in read_lines(args.queries_file, "--queries-file") if q.strip()]
         else:
             queries += [str(q) for q in column(iter_rows(args.queries_file),
@@ -303,7 +310,7 @@ def _refuse_unused_search(args: argparse.Namespace) -> None:
              ("--text-weight", args.text_weight is not None and args.mode != "hybrid",
               "goes with --mode hybrid"),
              ("--query-field", args.query_field is not None and not (
-                 args.queries_file and not args.queries_file.endswith(".txt")),
+                 args.queries_file and not _lines_file(args.queries_file)),
               "names the column of a .csv/.jsonl --queries-file"),
              ("--format", args.format is not None and args.format != "context"
               and args.output is not None, "is for stdout; --output writes rows by its suffix"),

@@ -8,7 +8,9 @@ before it is yielded, and made shorter if it must: a slice does not always cost 
 in context (a character's bytes split over several tokens, a word piece merging differently at
 the cut), and the limit must hold for what is embedded. A chunk's ``tokens`` is that count.
 
-A text with nothing but whitespace yields no chunk.
+A text with nothing but whitespace yields no chunk. A chunk's edges are stripped of whitespace,
+but where the whole text is one chunk: that chunk is the text as given, edges and all, so that
+its vector is the one ``embed`` gives the same text (an indexed document finds itself first).
 
 The tokenizer is the model's own (:meth:`~smysl.base.BaseEmbedder.text_tokens`: the local Qwen3
 engine's, a provider's Qwen3 tokenizer, a sentence-transformers model's fast tokenizer, a Ray
@@ -35,10 +37,11 @@ if TYPE_CHECKING:
     from smysl.base import BaseEmbedder
 
 #: Where chunks are cut, as a number: raised with every change that cuts a text differently
-#: (1: cuts at line breaks, sentences and words on byte-level BPE too, 2026-12-04). Output that
+#: (1: cuts at line breaks, sentences and words on byte-level BPE too, 2026-12-04; 2: a text
+#: that is one chunk keeps its edge whitespace, 2026-12-06). Output that
 #: holds chunks by their number alone (a corpus job's shards) records it, so a job resumed by a
 #: smysl that cuts elsewhere is refused rather than mixing two cuttings under one chunk id.
-CHUNKER_VERSION = 1
+CHUNKER_VERSION = 2
 
 Offsets = Callable[[str], list[tuple[int, int]]]
 #: Tokens one chunk's text costs as embedded (special tokens and any instruction included).
@@ -139,6 +142,24 @@ class TokenChunker:
         return list(self.iter_split(text))
 
     def iter_split(self, text: str) -> Iterator[Chunk]:
+        """Chunks in order (:meth:`_cut`); a text that makes one chunk is that chunk whole,
+        its edge whitespace kept, when it fits so (``embed`` of the text gives its vector)."""
+        chunks = self._cut(text)
+        first = next(chunks, None)
+        if first is None:
+            return
+        second = next(chunks, None)
+        if second is None and first.text != text:
+            tokens = self.count(text)
+            if tokens <= self.limit:
+                yield Chunk(0, text, 0, len(text), tokens if self.exact else None)
+                return
+        yield first
+        if second is not None:
+            yield second
+            yield from chunks
+
+    def _cut(self, text: str) -> Iterator[Chunk]:
         """Chunks in order, tokenising :data:`WINDOW_CHARS` characters at a time: memory follows
         the window, not the text (a 20 MB one-line file). Each window holds the next chunk's
         start and the :data:`WINDOW_MARGIN` characters before it; units within that margin of

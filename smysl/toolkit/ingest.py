@@ -206,17 +206,19 @@ def document_path(path: Path, root: Path | None = None) -> str:
                          f"(give another --root, or none for absolute ids)") from None
 
 
-def text_problem(path: Path) -> str | None:
+def text_problem(path: Path, *, nul: bool = True) -> str | None:
     """Why ``path`` is not a UTF-8 text file (a NUL byte, invalid UTF-8), else None; reads it
-    in 1 MiB blocks, so memory stays bounded whatever its size."""
+    in 1 MiB blocks, so memory stays bounded whatever its size. ``nul=False``: a NUL is text
+    (a table's: one CSV field holding one skipped the whole file; a binary file fails as
+    UTF-8)."""
     decoder = codecs.getincrementaldecoder("utf-8")()
     offset = 0
     with open(path, "rb") as f:
         while True:
             block = f.read(_BLOCK)
-            nul = block.find(0)
-            if nul >= 0:
-                return f"binary file (NUL byte at offset {offset + nul})"
+            at = block.find(0) if nul else -1
+            if at >= 0:
+                return f"binary file (NUL byte at offset {offset + at})"
             try:
                 decoder.decode(block, final=not block)
             except UnicodeDecodeError as e:
@@ -242,7 +244,7 @@ def read_documents(paths: Iterable[str | Path], config: ReadConfig = ReadConfig(
         if suffix not in TABLE_SUFFIXES + TEXT_SUFFIXES:
             raise ValueError(f"{path}: unsupported file type (txt, md, csv, jsonl)")
         doc_path = document_path(path, config.root)
-        problem = text_problem(path)
+        problem = text_problem(path, nul=suffix not in TABLE_SUFFIXES)
         if problem is not None:
             if config.strict:
                 raise BadFileError(f"{path}: {problem}")

@@ -381,3 +381,19 @@ def test_huge_one_line_file_ingests_in_bounded_memory(tiny_dir, tmp_path) -> Non
                          check=True).stdout.split()
     chunks, peak_kib = int(out[0]), int(out[1])
     assert chunks > 20_000 and peak_kib < 1_000_000, (chunks, peak_kib)
+
+
+def test_a_nul_in_a_csv_field_is_text_not_a_binary_file(tmp_path) -> None:
+    """One NUL in one CSV field skipped the whole file as binary (29 rows lost, exit 0); the
+    corpus job read the same file whole. A table's NUL is text; a text file's still marks it
+    binary, and a binary file named .csv fails as UTF-8."""
+    rows = tmp_path / "rows.csv"
+    rows.write_text("id,text\na,plain\nb,with a \x00 inside\n", encoding="utf-8")
+    docs = list(read_documents([rows], ReadConfig(id_field="id", strict=True)))
+    assert [d.text for d in docs] == ["plain", "with a \x00 inside"]
+    (tmp_path / "n.txt").write_text("a \x00 b", encoding="utf-8")
+    with pytest.raises(BadFileError, match="binary file"):
+        list(read_documents([tmp_path / "n.txt"], ReadConfig(strict=True)))
+    (tmp_path / "z.csv").write_bytes(b"PK\x03\x04\x00\x00\xff\xfebinary")
+    with pytest.raises(BadFileError, match="not valid UTF-8"):
+        list(read_documents([tmp_path / "z.csv"], ReadConfig(strict=True)))

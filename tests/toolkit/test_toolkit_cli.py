@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import io
 import json
 
 import pytest
@@ -28,7 +29,7 @@ def data(tmp_path):
     return tmp_path
 
 
-def test_index_add_search_delete(tiny_dir, data, capsys) -> None:
+def test_index_add_search_delete(tiny_dir, data, capsys, monkeypatch) -> None:
     kb = str(data / "kb")
     model = ["--model", str(tiny_dir), "--device", "cpu"]
     assert main(["index", "add", kb, str(data / "a.md"), str(data / "rows.jsonl"),
@@ -62,6 +63,17 @@ def test_index_add_search_delete(tiny_dir, data, capsys) -> None:
     assert "score" in capsys.readouterr().out
     assert main(["index", "search", kb, long, "--mode", "text", "--truncate"]) == 2
     assert "--truncate does nothing here" in capsys.readouterr().err
+    # a query starting with "-" after `--` (argparse read it as an unknown option), and
+    # queries from stdin one per line (it was parsed as JSONL)
+    assert main(["index", "search", kb, "-k", "1", "--device", "cpu", "--format", "json",
+                 "--", "-5 градусов", "--also"]) == 0
+    assert [json.loads(x)["query"] for x in capsys.readouterr().out.splitlines()] == [
+        "-5 градусов", "--also"]
+    monkeypatch.setattr("sys.stdin", io.TextIOWrapper(io.BytesIO("кошки\n{not json}\n".encode())))
+    assert main(["index", "search", kb, "-k", "1", "--device", "cpu", "--format", "json",
+                 "--queries-file", "-"]) == 0
+    assert [json.loads(x)["query"] for x in capsys.readouterr().out.splitlines()] == [
+        "кошки", "{not json}"]
     assert main(["index", "delete", kb, "--doc-id", "r0", "--doc-id", "r1"]) == 0
     assert "deleted 2 chunks; 5 left" in capsys.readouterr().err
     assert main(["index", "delete", kb]) == 2  # nothing to delete by: an error, not a wipe
