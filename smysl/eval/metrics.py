@@ -19,16 +19,19 @@ from smysl.eval._deps import require
 def _cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Row-wise cosine as MTEB computes it, ``1 - sklearn.metrics.pairwise.
     paired_cosine_distances``: rows normalised (a zero row left as it is), then ``1 - |a - b|^2
-    / 2``, in the rows' own float type. Identical rows give exactly 1, and tie, as there (a dot
-    product over norms gave 1 +- 2e-16, which ordered them by rounding noise)."""
+    / 2``, in the rows' float type (float32 or float64; others as float64, as sklearn).
+    Identical rows give exactly 1, and tie, as there (a dot product over norms gave 1 +- 2e-16,
+    which ordered them by rounding noise)."""
     a, b = _floats(a), _floats(b)
     d = _unit(a) - _unit(b)
     return 1 - 0.5 * np.einsum("ij,ij->i", d, d)
 
 
 def _floats(x: np.ndarray) -> np.ndarray:
+    # float32 and float64 as they are, anything else (float16 overflows) in float64, as
+    # sklearn's check_array takes them
     x = np.asarray(x)
-    return x if np.issubdtype(x.dtype, np.floating) else x.astype(np.float64)
+    return x if x.dtype in (np.float32, np.float64) else x.astype(np.float64)
 
 
 def _unit(x: np.ndarray) -> np.ndarray:

@@ -214,9 +214,10 @@ def job_fingerprint(model: BaseEmbedder, config: JobConfig) -> str:
 
 def _identity(model: BaseEmbedder, config: JobConfig) -> dict[str, Any]:
     chunk = config.chunking
-    # shards hold chunks by number (ROW#n), not their text: two cuttings must not mix (a job
-    # without chunking keeps the identity, and the folders, it had before the version came)
-    cutting = {"chunker": CHUNKER_VERSION} if chunk else {}
+    # Parquet shards hold chunks by number (ROW#n), not their text: two cuttings must not mix
+    # (an index's chunks carry their text, and ingestion re-cuts what changed; a job without
+    # chunking keeps the identity, and the folders, it had before the version came)
+    cutting = {"chunker": CHUNKER_VERSION} if config.chunk and not config.to_store else {}
     return {**cutting,
             "model": model.fingerprint(), "dimensions": config.dimensions or model.dimensions,
             # the text embedded with: a preset's name (the Python API) and its text (the CLI
@@ -591,6 +592,9 @@ class _ParquetWriter(_Writer):
                             and "model" in old and k not in old)
         if old is None or same:
             what = "another job"
+        elif differ == ["chunker"]:  # no setting of the user's
+            what = (f"a job of a smysl that cut chunks elsewhere (chunker version "
+                    f"{old['chunker']}, this one's {self.identity['chunker']})")
         elif differ:
             what = f"another job (it differs in: {', '.join(differ)})"
         elif unrecorded:

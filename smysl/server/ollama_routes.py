@@ -37,7 +37,8 @@ OLLAMA_API_VERSION = "0.12.0"
 
 #: Go's ``time.ParseDuration`` grammar, which Ollama reads a string ``keep_alive`` with: a
 #: signed sequence of decimal numbers, each with a unit, or a bare "0".
-_GO_DURATION = re.compile(r"[-+]?(?:0|(?:(?:\d+(?:\.\d*)?|\.\d+)(?:ns|us|µs|μs|ms|s|m|h))+)")
+_GO_DURATION = re.compile(
+    r"[-+]?(?:0|(?:(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:ns|us|µs|μs|ms|s|m|h))+)")
 
 
 def _go_duration(value: str | int | float | None) -> str | int | float | None:

@@ -72,6 +72,9 @@ _HASHED = "px_"
 #: Suffix of a field's column for values of another type than its first (see the module's text);
 #: no field's own column name holds a "~".
 _TYPED = "~"
+#: Schema metadata of a table made with typed columns: an older one may hold values no column
+#: has (:meth:`LanceDBStore._check_filled` looks for them before a filter trusts its columns).
+_TYPED_MARK = {b"smysl_filter_columns": b"typed"}
 
 
 def _base(column: str) -> str:
@@ -209,7 +212,7 @@ class LanceStore(VectorStore):
         #: word statistics still count them (see :meth:`_rescore_terms`).
         self._terms_stale = False
         self._rescoring = threading.Lock()
-        #: Filter columns (px_) known to hold every row's value (:meth:`_check_filled`).
+        #: Fields' own columns known to hold every row's value (:meth:`_check_filled`).
         self._filled: set[str] = set()
         path = local_path(config.uri)
         if path is None and not config.uri:
@@ -266,7 +269,7 @@ class LanceStore(VectorStore):
         schema = pa.schema([pa.field("id", pa.string(), nullable=False),
                             pa.field("vector", pa.list_(pa.float32(), self.dimensions)),
                             pa.field("payload", pa.string()),
-                            pa.field(_TERMS, pa.string())])
+                            pa.field(_TERMS, pa.string())], metadata=_TYPED_MARK)
         with self._guard():
             self._table = self._db.create_table(self.config.table, schema=schema)
 
@@ -425,7 +428,7 @@ class LanceStore(VectorStore):
         parts = []
         for c in conditions:
             base = _column(c.key)
-            self._check_filled(c.key, cols.get(base))
+            self._check_filled(c.key, cols)
             # the field's own column and its typed ones: a row fills one of them at most
             either = [self._condition(c, name, typ) for name, typ in cols.items()
                       if _base(name) == base]
@@ -460,27 +463,35 @@ class LanceStore(VectorStore):
             col = col if floats else f"CAST({col} AS DOUBLE)"
         return f"{col} {sym} {_sql_literal(limit)}"
 
-    def _check_filled(self, key: str, typ: Any) -> None:
-        """``ValueError`` when rows of an earlier smysl hold ``key`` without a filter column:
-        it made none for a name that is no SQL identifier, so a filter on it would find only
-        the rows written since (a partial "deleted 1" of 2). Checked once per field and store:
-        every write since fills the column."""
+    def _check_filled(self, key: str, cols: Mapping[str, Any]) -> None:
+        """``ValueError`` when rows of an earlier smysl hold a value of ``key`` that no filter
+        column holds, so a filter would find only the rows written since (a partial "deleted
+        1" of 2): it made no column for a name that is no SQL identifier (before 2026-12-04),
+        and kept a value of another type than the field's first in the payload alone (before
+        typed columns, 2026-12-06). A table made since is marked (:data:`_TYPED_MARK`) and
+        holds none; others are checked once per field and store: every write since fills the
+        columns."""
         name = _column(key)
-        if not name.startswith(_HASHED) or name in self._filled:
+        if name in self._filled:
             return
-        # rows whose payload spells the field (json.dumps, ensure_ascii=False) and whose column
-        # is empty; of those, the ones whose value a column would hold (not null, not a list,
-        # not of another type than the column's: those stay unfilterable by design)
-        spelled = _sql_literal("%" + json.dumps(key, ensure_ascii=False) + ":%")
-        unfilled = f"payload LIKE {spelled}" + (f" AND `{name}` IS NULL" if typ else "")
-        stale = sum(1 for batch in self._records(unfilled, False, 2048) for r in batch
-                    if (self._fits(r.payload.get(key), typ) if typ is not None
-                        else self._arrow_type(r.payload.get(key))) is not None)
-        if stale:
-            raise ValueError(f"filter field {key!r}: {stale} record(s) of this index were "
-                             "written by a smysl that kept no filter column for a field of this "
-                             "name, so a filter would miss them; rebuild the index (smysl index "
-                             "add ... --rebuild) to filter on it")
+        with self._guard():
+            marked = (self._table.schema.metadata or {}).items() >= _TYPED_MARK.items()
+        if not marked:
+            # rows whose payload spells the field (json.dumps, ensure_ascii=False) and whose
+            # columns of it are all empty; of those, the ones whose value a column would hold
+            # (not null, not a list or mapping)
+            spelled = _sql_literal("%" + json.dumps(key, ensure_ascii=False) + ":%")
+            unfilled = f"payload LIKE {spelled}" + "".join(
+                f" AND `{c}` IS NULL" for c in cols if _base(c) == name)
+            stale = sum(1 for batch in self._records(unfilled, False, 2048) for r in batch
+                        if self._arrow_type(r.payload.get(key)) is not None)
+            if stale:
+                raise ValueError(
+                    f"filter field {key!r}: {stale} record(s) of this index were written by an "
+                    "earlier smysl that kept their value of it in no filter column (a field "
+                    "name that is no SQL identifier, or a value of another type than the "
+                    "field's first), so a filter would miss them; rebuild the index (smysl "
+                    "index add ... --rebuild) to filter on it")
         self._filled.add(name)
 
     def _where(self, where: Where | None, ids: Sequence[str] | None = None) -> str | None:

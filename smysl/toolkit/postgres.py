@@ -123,6 +123,13 @@ _WORD = re.compile(r"(?P<key>[A-Za-z_][A-Za-z0-9_]*)\s*=\s*"
 UNPARSABLE = "<unparsable DSN>"
 
 
+def _holdable(ids: list[str]) -> list[str]:
+    """The ids a table can hold: one with a NUL is none (PostgreSQL text holds no NUL, and
+    upsert refuses it), so it is not found, as any absent id, rather than an error of the
+    database's."""
+    return [i for i in ids if "\x00" not in i]
+
+
 def _has_nul(value: Any) -> bool:
     """Whether a payload value (nested mappings and lists, keys too) holds a NUL character."""
     if isinstance(value, str):
@@ -731,7 +738,8 @@ class PostgresStore(VectorStore):
                                      "THEN (payload -> %s)::numeric END " + sym + " %s::numeric"))
                 # a float bound as its exact decimal text: as float8, the cast to numeric kept
                 # 15 digits, and 1765000000.123456 missed a payload equal to it
-                bound = Decimal(repr(c.value)) if isinstance(c.value, float) else c.value
+                # (float(): numpy's repr is "np.float64(2.0)")
+                bound = Decimal(repr(float(c.value))) if isinstance(c.value, float) else c.value
                 params += [c.key, c.key, bound]
         if not parts:
             return sql.SQL("TRUE"), []
@@ -1085,7 +1093,7 @@ class PostgresStore(VectorStore):
 
     @_read
     def get(self, ids: Sequence[str]) -> list[Record]:
-        ids = record_ids(ids)
+        ids = _holdable(record_ids(ids))
         found: dict[str, Record] = {}
         with self._conn.cursor(binary=True) as cur:
             for s in range(0, len(ids), 1000):
@@ -1099,7 +1107,8 @@ class PostgresStore(VectorStore):
     def delete(self, ids: Sequence[str] | None = None, *, where: Where | None = None) -> int:
         if ids is None and not where:
             raise ValueError("delete needs ids or a filter")
-        clause, params = self._where(where, record_ids(ids) if ids is not None else None)
+        clause, params = self._where(where, _holdable(record_ids(ids)) if ids is not None
+                                     else None)
         with self._conn.cursor() as cur:
             cur.execute(self._q("DELETE FROM {t} WHERE {w}", w=clause), params)
             return int(cur.rowcount)

@@ -226,3 +226,13 @@ def test_a_ranking_naming_a_document_twice_is_refused() -> None:
     """It was counted twice (recall 1.5, MAP 1.5); a pytrec_eval run cannot hold it."""
     with pytest.raises(ValueError, match="query 'q1' names document 'a' twice"):
         m.ranking_scores([["a", "b"], ["a", "c", "a"]], ["q0", "q1"], {"q1": {"a"}})
+
+
+def test_cosine_of_float16_rows_is_taken_in_float64_as_sklearn_does() -> None:
+    from sklearn.metrics.pairwise import paired_cosine_distances
+
+    rng = np.random.default_rng(5)
+    a = (rng.standard_normal((20, 1024)) * 20).astype(np.float16)
+    b = (rng.standard_normal((20, 1024)) * 20).astype(np.float16)
+    np.testing.assert_allclose(m._cosine(a, b), 1 - paired_cosine_distances(a, b), atol=1e-12)
+    assert np.all(np.abs(m._cosine(a, b)) < 0.5)  # float16 overflowed: 1.0 for every pair

@@ -396,7 +396,7 @@ def test_chunks_cut_by_an_earlier_chunker_are_not_resumed(tiny, corpus, tmp_path
     two cuttings under one chunk id. A job records the chunker's version now; a folder whose
     record lacks it is refused, named as an earlier smysl's, not as a setting the user
     changed. A job without chunking keeps its identity (and its folders)."""
-    from smysl.scale.job import MANIFEST, job_fingerprint
+    from smysl.scale.job import MANIFEST, _identity, job_fingerprint
 
     out = tmp_path / "out"
     chunked = JobConfig(output=str(out), chunk=ChunkConfig(max_tokens=12, overlap=2))
@@ -409,6 +409,13 @@ def test_chunks_cut_by_an_earlier_chunker_are_not_resumed(tiny, corpus, tmp_path
     with pytest.raises(ValueError, match=r"holds the output of a job of an earlier smysl, "
                                          r"which did not record chunker"):
         run_job(tiny, [corpus / "a.jsonl"], chunked)
+    record["chunker"] = 1  # a smysl whose chunker cut elsewhere
+    (out / MANIFEST).write_text(json.dumps(record), encoding="utf-8")
+    with pytest.raises(ValueError, match=r"a job of a smysl that cut chunks elsewhere \(chunker "
+                                         r"version 1, this one's \d+\)"):
+        run_job(tiny, [corpus / "a.jsonl"], chunked)
+    # an index's chunks carry their text (ingestion re-cuts what changed): no version there
+    assert "chunker" not in _identity(tiny, JobConfig(output=f"lancedb:{tmp_path / 'kb'}"))
     plain = JobConfig(output=str(tmp_path / "plain"))
     run_job(tiny, [corpus / "a.jsonl"], plain)
     assert "chunker" not in json.loads((tmp_path / "plain" / MANIFEST).read_text("utf-8"))

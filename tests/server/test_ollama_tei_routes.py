@@ -34,7 +34,7 @@ def test_ollama_keep_alive_read_as_ollama_reads_it(client) -> None:  # type: ign
         for route, body in (("/api/embed", {"input": "x"}), ("/api/embeddings", {"prompt": "x"})):
             r = client.post(route, json={**body, "keep_alive": good})
             assert r.status_code == 200, (route, good, r.text)
-    for bad in ("forever", "-1", "5", "", "5 m", "m", "1d", True, [1]):
+    for bad in ("forever", "-1", "5", "", "5 m", "m", "1d", "\u0665m", "\uff15m", True, [1]):
         for route, body in (("/api/embed", {"input": "x"}), ("/api/embeddings", {"prompt": "x"})):
             r = client.post(route, json={**body, "keep_alive": bad})
             assert r.status_code == 400, (route, bad, r.text)

@@ -92,7 +92,19 @@ def test_one_store_serves_several_threads(tmp_path) -> None:
         check_reads_beside_a_writer(s, x, texts, reads=64)
 
 
-def test_a_field_an_earlier_smysl_kept_no_column_for_is_refused_not_half_found(tmp_path) -> None:
+def _earlier_smysl_table(path, monkeypatch):  # type: ignore[no-untyped-def]
+    """A LanceDB store whose table is made as a smysl before typed columns made it (no mark)."""
+    from smysl.toolkit import lancedb
+    from smysl.toolkit.store import StoreConfig
+    from smysl.toolkit.stores import open_store
+
+    with monkeypatch.context() as m:
+        m.setattr(lancedb, "_TYPED_MARK", {})
+        return open_store(StoreConfig(uri=str(path)), 8)
+
+
+def test_a_field_an_earlier_smysl_kept_no_column_for_is_refused_not_half_found(
+        tmp_path, monkeypatch) -> None:
     """An earlier smysl made no filter column for `язык`: after an upgrade, a row added made
     one, and `язык=ru` found 1 of 2 (a delete by it would remove part of them)."""
     from smysl.toolkit.lancedb import _column
@@ -101,18 +113,49 @@ def test_a_field_an_earlier_smysl_kept_no_column_for_is_refused_not_half_found(t
     from toolkit.helpers import unit_rows
 
     x = unit_rows(3, 8, seed=2)
-    store = open_store(StoreConfig(uri=str(tmp_path / "kb")), 8)
+    store = _earlier_smysl_table(tmp_path / "kb", monkeypatch)
     store.upsert(["a", "b"], x[:2], [{"язык": "ru", "n": None}, {"язык": "en", "n": None}])
     store._table.drop_columns([_column("язык")])  # as the earlier smysl wrote it
     store.close()
     store = open_store(StoreConfig(uri=str(tmp_path / "kb")))
     store.upsert(["c"], x[2:], [{"язык": "ru"}])
-    with pytest.raises(ValueError, match=r"2 record.* kept no filter column .*--rebuild"):
+    with pytest.raises(ValueError, match=r"2 record.* in no filter column .*--rebuild"):
         store.count({"язык": "ru"})
     store.close()
     fresh = open_store(StoreConfig(uri=str(tmp_path / "new")), 8)  # this smysl's own rows
     fresh.upsert(["a", "b", "c"], x, [{"язык": "ru"}, {"язык": None}, {"язык": ["ru"]}])
     assert fresh.count({"язык": "ru"}) == 1
+    fresh.close()
+
+
+def test_values_an_earlier_smysl_kept_in_no_column_are_refused_not_missed(
+        tmp_path, monkeypatch) -> None:
+    """Before typed columns a value of another type than its field's first (a score stored as
+    1, later as 2.5) went to no filter column: after an upgrade `score > 2` missed it without
+    a word. Such a table is checked, and the filter refused until a rebuild; a table made
+    since (marked) holds no such rows and is not scanned."""
+    from smysl.toolkit.lancedb import _column
+    from smysl.toolkit.store import StoreConfig
+    from smysl.toolkit.stores import open_store
+    from toolkit.helpers import unit_rows
+
+    x = unit_rows(3, 8, seed=2)
+    store = _earlier_smysl_table(tmp_path / "kb", monkeypatch)
+    store.upsert(["a"], x[:1], [{"score": 1, "lang": "ru"}])
+    store.upsert(["b"], x[1:2], [{"score": 2.5, "lang": "en"}])
+    store._table.drop_columns([_column("score") + "~f"])  # as the earlier smysl wrote it
+    store.close()
+    store = open_store(StoreConfig(uri=str(tmp_path / "kb")))
+    store.upsert(["c"], x[2:], [{"score": 3.5, "lang": "ru"}])  # this smysl: a typed column
+    assert store.count({"lang": "ru"}) == 2  # a field without such rows filters
+    with pytest.raises(ValueError, match=r"filter field 'score': 1 record.* another type .*"
+                                         r"--rebuild"):
+        store.count({"score": {"$gt": 2}})
+    store.close()
+    fresh = open_store(StoreConfig(uri=str(tmp_path / "new")), 8)
+    fresh.upsert(["a"], x[:1], [{"score": 1}])
+    fresh.upsert(["b"], x[1:2], [{"score": 2.5}])
+    assert fresh.count({"score": {"$gt": 2}}) == 1
     fresh.close()
 
 

@@ -629,6 +629,7 @@ def test_a_range_bound_with_all_its_digits_is_compared_exactly(store) -> None:
     assert store.count({"ts": {"$lte": ts}}) == 2  # "old" and 30/7
     assert store.count({"ts": {"$gt": ts}}) == 1
     assert store.count({"ts": {"$gte": 30 / 7, "$lte": 30 / 7}}) == 1
+    assert store.count({"ts": {"$gte": np.float64(ts)}}) == 2  # numpy's repr is no number
     assert store.delete(where={"ts": {"$gte": 1e9, "$lte": ts}}) == 1
     assert [r.id for r in store.get(["old", "new"])] == ["new"]
 
@@ -676,6 +677,8 @@ def test_a_nul_in_a_payload_or_filter_is_the_caller_s_not_the_store_s(store) -> 
     assert store.count({"k\x00": 1}) == 0
     assert store.count({"k": ["x\x00y", "z"]}) == 0
     assert store.count() == (1 if held else 0)
+    # an id with a NUL: where it cannot be held it is not found, as any absent id
+    assert store.get(["b\x00"]) == [] and store.delete(["b\x00"]) == 0
 
 
 def test_a_field_stored_with_values_of_several_types_filters_as_one(store) -> None:
@@ -701,3 +704,13 @@ def test_a_field_stored_with_values_of_several_types_filters_as_one(store) -> No
                   {"flag": True}):
         want = sum(matches(p, parse_where(where)) for p in rows)
         assert store.count(where) == want, where
+
+
+def test_same_payload_reads_values_as_filters_do() -> None:
+    from smysl.toolkit.store import same_payload
+
+    assert same_payload({"a": [1, {"b": 2.0}]}, {"a": [1.0, {"b": 2}]})
+    assert not same_payload({"a": 1}, {"a": True}) and not same_payload([0], [False])
+    assert not same_payload({"a": 1}, {"a": 1, "b": None}) and not same_payload([1], 1)
+    # PostgreSQL's jsonb gives a float such as 1e23 back as the int 10**23
+    assert same_payload({"v": 1e23}, {"v": 10**23}) and same_payload(10**23, 1e23)
