@@ -26,7 +26,9 @@ that ignores the request's ``dimensions`` and answers wider rows has them cut th
 from __future__ import annotations
 
 import abc
+import logging
 import os
+import re
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -56,6 +58,12 @@ from smysl.providers.usage import Usage, reported_count
 from smysl.scheduler import SchedulerConfig, plan_batches
 from smysl.shown import shown_url
 from smysl.tokenize import TextTokens, Tokenizer
+
+log = logging.getLogger("smysl.providers")
+
+#: vLLM's 400 to ``dimensions`` for a model its config does not mark Matryoshka (Qwen3-Embedding
+#: unless started with ``--hf-overrides '{"is_matryoshka": true}'``; QwenLM/Qwen3-Embedding#140).
+_REFUSES_DIMENSIONS = re.compile(r"does not support matryoshka", re.IGNORECASE)
 
 
 class Provider(BaseEmbedder):
@@ -112,6 +120,9 @@ class Provider(BaseEmbedder):
         #: Where nothing is sent (TEI), wider rows are no such prefix: an error.
         self.sends_dimensions = (self.request_dimensions is not None
                                  and config.supports_dimensions)
+        #: False once the server refused ``dimensions`` (vLLM without Matryoshka): full rows
+        #: are asked for and cut here.
+        self._server_cuts = True
         self._width: int | None = self.request_dimensions or named or self.default_width()
         self._tokenizer_arg = tokenizer
         self._tokenizer: Tokenizer | None = tokenizer if isinstance(tokenizer, Tokenizer) else None
@@ -362,15 +373,44 @@ class Provider(BaseEmbedder):
         self.usage.record(texts=len(chunk), reported=reported, counted=counted,
                           estimated=estimated)
 
+    def sent_dimensions(self) -> int | None:
+        """The ``dimensions`` a request carries (None: none): the caller's width, or the API's
+        next accepted step above it (:attr:`ProviderConfig.dimension_steps`); the rows then
+        come wider and are cut here, the same Matryoshka prefix re-normalised. None where the
+        API takes none, or the server refused it."""
+        if not self.sends_dimensions or not self._server_cuts or self.request_dimensions is None:
+            return None
+        steps = self.config.dimension_steps
+        if not steps:
+            return self.request_dimensions
+        return min((s for s in steps if s >= self.request_dimensions), default=None)
+
     def _request(self, texts: list[str], *, truncate: bool, positions: list[int] | None = None,
                  deadline: Deadline | None = None) -> np.ndarray:
         """POST one batch; retry what is worth retrying; return validated rows (every billed
         answer's usage recorded). ``positions`` (the texts' places in the call) only word row
         errors."""
+        asked = self.sent_dimensions()
         body = self.request_body(texts, truncate=truncate)
-        return self._http.post(body, len(texts),
-                               read=lambda b, n: self._read(b, texts, positions),
-                               sleep=self.sleep, deadline=deadline)
+        try:
+            return self._http.post(body, len(texts),
+                                   read=lambda b, n: self._read(b, texts, positions),
+                                   sleep=self.sleep, deadline=deadline)
+        except ProviderHTTPError as e:
+            if not (asked is not None and e.status == 400
+                    and _REFUSES_DIMENSIONS.search(e.body)):
+                raise
+            # no fault of the inputs (it was "3 of 3 inputs were not embedded"): full rows,
+            # cut here, are the prefix the server would have given
+            if self._server_cuts:
+                log.warning("%s: the server takes no dimensions for this model (vLLM: start "
+                            "it with --hf-overrides '{\"is_matryoshka\": true}'); asking for "
+                            "full rows and cutting them to %d here", self.name, asked)
+            self._server_cuts = False
+            body = self.request_body(texts, truncate=truncate)
+            return self._http.post(body, len(texts),
+                                   read=lambda b, n: self._read(b, texts, positions),
+                                   sleep=self.sleep, deadline=deadline)
 
     def _read(self, body: Any, texts: list[str],
               positions: list[int] | None = None) -> np.ndarray:

@@ -40,6 +40,9 @@ class ProviderConfig:
     width_from_name: bool = True
     #: Whether requests may carry ``dimensions`` (the width rows come back with).
     supports_dimensions: bool = False
+    #: The only ``dimensions`` the API takes (empty: any): a width between them is asked as
+    #: the next one up, and the rows cut here (the same Matryoshka prefix, re-normalised).
+    dimension_steps: tuple[int, ...] = ()
     #: Wall-clock seconds one HTTP request may take, from sending to the last byte of the
     #: answer (not per read: a body that drips in slowly times out too). Retried.
     timeout: float = 60.0

@@ -24,8 +24,8 @@ class OpenAIProvider(Provider):
 
     def request_body(self, texts: list[str], *, truncate: bool) -> dict[str, Any]:
         body: dict[str, Any] = {"model": self.model, "input": texts, "encoding_format": "float"}
-        if self.sends_dimensions:
-            body["dimensions"] = self.request_dimensions
+        if self.sent_dimensions() is not None:
+            body["dimensions"] = self.sent_dimensions()
         return body
 
     def parse_response(self, body: Any, n: int) -> tuple[Sequence[Sequence[float]], Any]:

@@ -12,6 +12,10 @@ from smysl.providers.base import Provider
 from smysl.providers.config import ProviderConfig, embedding_base_url
 from smysl.shown import shown_url
 
+#: The widths DashScope's text-embedding-v4 and SiliconFlow's Qwen3 models take as
+#: ``dimensions`` (each up to its model's own width); anything else is a 400 there.
+DIMENSION_STEPS = (64, 128, 256, 512, 768, 1024, 1536, 2048, 2560, 4096)
+
 #: Default configuration per scheme. Limits are the providers' documented ones where found.
 PRESETS: dict[str, ProviderConfig] = {
     "openrouter": ProviderConfig(
@@ -19,11 +23,13 @@ PRESETS: dict[str, ProviderConfig] = {
         api_key_env="OPENROUTER_API_KEY", api_key_required=True, base_url_env="OPENROUTER_BASE_URL",
         max_batch_texts=256, max_tokens=32768, supports_dimensions=True,
         headers=(("X-Title", "smysl"),)),
-    # Documented: at most 10 rows per request and 8,192 tokens per row (text-embedding-v3/v4).
+    # Documented: at most 10 rows per request and 8,192 tokens per row (text-embedding-v3/v4),
+    # and `dimensions` one of 64..2048 in steps (other values are a 400).
     "dashscope": ProviderConfig(
         name="dashscope", base_url="https://dashscope-intl.aliyuncs.com/compatible-mode/v1",
         api_key_env="DASHSCOPE_API_KEY", api_key_required=True, base_url_env="DASHSCOPE_BASE_URL",
-        max_batch_texts=10, max_tokens=8192, supports_dimensions=True),
+        max_batch_texts=10, max_tokens=8192, supports_dimensions=True,
+        dimension_steps=DIMENSION_STEPS),
     # docs.deepinfra.com/api-reference/openai-embeddings-1: "dimensions" (>= 32) is taken.
     "deepinfra": ProviderConfig(
         name="deepinfra", base_url="https://api.deepinfra.com/v1/openai",
@@ -34,12 +40,13 @@ PRESETS: dict[str, ProviderConfig] = {
         name="fireworks", base_url="https://api.fireworks.ai/inference/v1",
         api_key_env="FIREWORKS_API_KEY", api_key_required=True, base_url_env="FIREWORKS_BASE_URL",
         max_batch_texts=256, supports_dimensions=True),
-    # Documented: 32,768 tokens per input for Qwen3-Embedding; arrays of at most 32 inputs.
+    # Documented: 32,768 tokens per input for Qwen3-Embedding; arrays of at most 32 inputs;
+    # `dimensions` (Qwen3 models only) one of 64..4096 in steps, up to the model's width.
     "siliconflow": ProviderConfig(
         name="siliconflow", base_url="https://api.siliconflow.com/v1",
         api_key_env="SILICONFLOW_API_KEY", api_key_required=True,
         base_url_env="SILICONFLOW_BASE_URL", max_batch_texts=32, max_tokens=32768,
-        supports_dimensions=True),
+        supports_dimensions=True, dimension_steps=DIMENSION_STEPS),
     # OpenAI's own limits: 2,048 inputs and 300,000 tokens per request. OpenAI and vLLM take
     # `dimensions` (vLLM for Matryoshka models: another refuses it with a clear 400).
     "openai": ProviderConfig(

@@ -243,6 +243,52 @@ def test_wider_rows_than_asked_are_cut_like_server_side_dimensions(scheme: str) 
     np.testing.assert_allclose(p.embed(texts, dimensions=32), _unit(want[:, :32]), rtol=1e-6)
 
 
+def test_a_width_between_an_api_s_steps_is_asked_as_the_next_one_up() -> None:
+    """DashScope's text-embedding-v4 and SiliconFlow's Qwen3 models take only listed widths
+    (64, 128, 256, 512, 768, 1024, ...): 300 passed the range check and got a 400 charged to
+    every input. The next step up is asked for and its rows cut here (the same prefix)."""
+    texts = ["x", "y"]
+    for scheme, model in (("dashscope", "text-embedding-v4"),
+                          ("siliconflow", "Qwen/Qwen3-Embedding-8B")):
+        h = Recorder(dims=4096)
+        p = make(scheme, model, h, dimensions=300)
+        out = p.embed(texts)
+        assert [b["dimensions"] for b in h.bodies] == [512] and out.shape == (2, 300)
+        np.testing.assert_allclose(out, _unit(np.stack([det_vector(t, 4096)[:300]
+                                                        for t in texts])), rtol=1e-6)
+        h2 = Recorder(dims=4096)
+        make(scheme, model, h2, dimensions=256).embed(texts)
+        assert h2.bodies[0]["dimensions"] == 256  # a step: sent as it is
+    h3 = Recorder(dims=4096)  # an API without steps gets the width asked
+    make("deepinfra", "Qwen/Qwen3-Embedding-8B", h3, dimensions=300).embed(texts)
+    assert h3.bodies[0]["dimensions"] == 300
+
+
+def test_a_server_that_refuses_dimensions_gets_full_rows_cut_here(caplog) -> None:  # type: ignore[no-untyped-def]
+    """vLLM serves Qwen3-Embedding without Matryoshka unless told so, and answers any
+    `dimensions` with a 400: every call failed as "3 of 3 inputs were not embedded", blaming
+    the inputs. Now full rows are asked for (once, then always) and cut here."""
+    refusal = {"error": {"message": 'Model "Qwen/Qwen3-Embedding-0.6B" does not support '
+                         "matryoshka representation, changing output dimensions will lead to "
+                         "poor results.", "type": "BadRequestError", "code": 400}}
+    h = Recorder(dims=64, script=[httpx.Response(400, json=refusal)])
+    p = make("openai", "http://vllm:8000/v1#Qwen/Qwen3-Embedding-0.6B", h, dimensions=40)
+    texts = ["x", "y", "z"]
+    with caplog.at_level("WARNING", logger="smysl.providers"):
+        out = p.embed(texts)
+    assert "is_matryoshka" in caplog.text
+    assert ["dimensions" in b for b in h.bodies] == [True, False]
+    np.testing.assert_allclose(out, _unit(np.stack([det_vector(t, 64)[:40] for t in texts])),
+                               rtol=1e-6)
+    p.embed(["w"])
+    assert "dimensions" not in h.bodies[-1]
+    other = Recorder(dims=64, script=[httpx.Response(400, json={"error": {
+        "message": "input is empty"}})])  # any other 400 is the inputs' still
+    with pytest.raises(RejectedInputError):
+        make("openai", "http://vllm:8000/v1#m", other, dimensions=40).embed(["x"])
+    assert len(other.bodies) == 1
+
+
 @pytest.mark.filterwarnings("ignore:no Qwen3 tokenizer")
 def test_narrower_or_unmatryoshka_rows_stay_an_error() -> None:
     """Rows narrower than asked cannot be made whole; a width below the smallest Matryoshka
