@@ -10,12 +10,15 @@ provider-side prompt option is used.
 from __future__ import annotations
 
 import base64
+import json
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
 from smysl.providers.base import Provider
+from smysl.providers.errors import ProviderHTTPError
+from smysl.providers.retry import RETRYABLE_STATUS
 from smysl.providers.usage import reported_count
 
 
@@ -29,6 +32,8 @@ class OpenAIProvider(Provider):
         return body
 
     def parse_response(self, body: Any, n: int) -> tuple[Sequence[Sequence[float]], Any]:
+        if isinstance(body, dict) and "data" not in body and body.get("error"):
+            raise self._error_in_body(body)
         data = body["data"]
         if not isinstance(data, list):
             raise TypeError("'data' is not a list")
@@ -55,6 +60,21 @@ class OpenAIProvider(Provider):
             if tokens is None:
                 tokens = reported_count(usage.get("total_tokens"))
         return rows, tokens
+
+    def _error_in_body(self, body: dict[str, Any]) -> Exception:
+        """An error an upstream answered with status 200 (OpenRouter does, with the HTTP code
+        inside): one whose code is not worth retrying stops the call as that status would
+        (a 402 for credits was retried as a malformed answer until the retries ran out);
+        any other is a malformed answer, retried."""
+        error = body["error"]
+        code = error.get("code") if isinstance(error, dict) else None
+        message = error.get("message", error) if isinstance(error, dict) else error
+        if (isinstance(code, int) and not isinstance(code, bool) and 400 <= code < 600
+                and code not in RETRYABLE_STATUS):
+            return ProviderHTTPError(f"{self.name}: HTTP 200 carrying an error {code}: "
+                                     f"{str(message)[:300]}", code,
+                                     self._http.shown(json.dumps(body)))
+        return ValueError(f"an error in a 200 answer: {str(message)[:300]}")
 
 
 class SmyslProvider(OpenAIProvider):

@@ -476,7 +476,9 @@ class LanceStore(VectorStore):
             return
         with self._guard():
             marked = (self._table.schema.metadata or {}).items() >= _TYPED_MARK.items()
-        if not marked:
+        # (an identifier's field without a column never held a value one could: nothing to
+        # look for, and nothing remembered, so a client's made-up names cost nothing)
+        if not marked and (name.startswith(_HASHED) or name in cols):
             # rows whose payload spells the field (json.dumps, ensure_ascii=False) and whose
             # columns of it are all empty; of those, the ones whose value a column would hold
             # (not null, not a list or mapping)
@@ -492,7 +494,9 @@ class LanceStore(VectorStore):
                     "name that is no SQL identifier, or a value of another type than the "
                     "field's first), so a filter would miss them; rebuild the index (smysl "
                     "index add ... --rebuild) to filter on it")
-        self._filled.add(name)
+            if len(self._filled) >= 4096:  # bounded whatever names clients filter on
+                self._filled.clear()
+            self._filled.add(name)
 
     def _where(self, where: Where | None, ids: Sequence[str] | None = None) -> str | None:
         parts = []

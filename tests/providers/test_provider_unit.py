@@ -289,6 +289,24 @@ def test_a_server_that_refuses_dimensions_gets_full_rows_cut_here(caplog) -> Non
     assert len(other.bodies) == 1
 
 
+def test_an_error_answered_with_status_200_is_read_by_its_code() -> None:
+    """OpenRouter answers some errors with 200 and the HTTP code inside: one not worth
+    retrying (402, no credits) was retried as a malformed answer until the retries ran out;
+    it now stops the call at once, naming it. A retryable one is retried."""
+    credits = httpx.Response(200, json={"error": {"code": 402, "message": "Insufficient "
+                                                  "credits. Add more using https://x"}})
+    h = Recorder(dims=64, script=[credits])
+    p = make("openrouter", "qwen/qwen3-embedding-0.6b", h, dimensions=64)
+    with pytest.raises(IncompleteEmbeddingError, match="HTTP 200 carrying an error 402: "
+                                                       "Insufficient credits") as e:
+        p.embed(["x"])
+    assert len(h.bodies) == 1 and isinstance(e.value.__cause__, ProviderHTTPError)
+    busy = httpx.Response(200, json={"error": {"code": 502, "message": "upstream busy"}})
+    h2 = Recorder(dims=64, script=[busy])
+    p2 = make("openrouter", "qwen/qwen3-embedding-0.6b", h2, dimensions=64)
+    assert p2.embed(["x"]).shape == (1, 64) and len(h2.bodies) == 2 and p2.usage.retries == 1
+
+
 @pytest.mark.filterwarnings("ignore:no Qwen3 tokenizer")
 def test_narrower_or_unmatryoshka_rows_stay_an_error() -> None:
     """Rows narrower than asked cannot be made whole; a width below the smallest Matryoshka
