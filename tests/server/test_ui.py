@@ -767,3 +767,22 @@ def test_search_refuses_an_over_long_query_unless_truncate(tiny, tmp_path: Path)
         assert [h["id"] for h in r.json()["hits"]] == [h.id for h in want]
         r = client.post("/search", json={"query": "cats", "truncate": True, "mode": "text"})
         assert r.status_code == 422 and "mode 'text'" in r.text, r.text
+
+
+def test_the_playground_sends_each_line_as_given() -> None:
+    """The page trimmed every line (JavaScript's trim(): edge spaces, NBSP, U+2028), so its
+    vectors were not the API's for the same text. It drops a CRLF's \\r and blank lines only."""
+    import shutil
+    import subprocess
+
+    node = shutil.which("node")
+    if node is None:
+        pytest.skip("needs node to run the page's script")
+    html = (Path(__file__).parents[2] / "smysl/server/static/ui.html").read_text("utf-8")
+    fn = re.search(r"function lines\(id\) \{.*?\n\}", html, re.S)
+    assert fn is not None
+    value = "  indented\r\nnbsp\u00a0\n\n   \nplain\n"
+    script = (f"const $ = () => ({{value: {json.dumps(value)}}});\n{fn.group()}\n"
+              "process.stdout.write(JSON.stringify(lines('x')));")
+    out = subprocess.run([node, "-e", script], capture_output=True, text=True, check=True)
+    assert json.loads(out.stdout) == ["  indented", "nbsp\u00a0", "plain"]
