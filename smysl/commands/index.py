@@ -30,9 +30,9 @@ HELP = "build, search, check and prune a semantic index (add | search | verify |
 
 
 def _lines_file(path: str) -> bool:
-    """Whether ``--queries-file`` holds a query per line: a .txt file, or stdin (``-``), read as
-    ``smysl embed`` reads it (it was parsed as JSONL)."""
-    return path == "-" or path.endswith(".txt")
+    """Whether ``--queries-file`` holds a query per line (a .txt file; ``-`` is JSONL rows on
+    stdin, as every toolkit table input reads it)."""
+    return path.endswith(".txt")
 
 def _store_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("index", help="LanceDB folder, lancedb:PATH, qdrant:URL|PATH|:memory:, "
@@ -73,8 +73,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     _store_arguments(s)
     s.add_argument("queries", nargs="*", help="query texts (before or after the options)")
     s.set_defaults(_rest="queries")
-    s.add_argument("--queries-file", help="more queries: .txt or - (stdin), one per line; "
-                                           ".csv or .jsonl")
+    s.add_argument("--queries-file", help="more queries: .txt (one per line), .csv or .jsonl "
+                                           "(- : JSONL rows on stdin)")
     s.add_argument("--query-field", help="--queries-file csv/jsonl: query column (default: "
                                           "query)")
     add_model_arguments(s, required=False)

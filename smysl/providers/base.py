@@ -66,6 +66,11 @@ log = logging.getLogger("smysl.providers")
 _REFUSES_DIMENSIONS = re.compile(r"does not support matryoshka", re.IGNORECASE)
 
 
+def _is_qwen3_embedding(model: str) -> bool:
+    low = model.lower()
+    return "qwen3" in low and "embed" in low
+
+
 class Provider(BaseEmbedder):
     """A remote embedding API. Subclasses implement :meth:`request_body` and
     :meth:`parse_response`; requests, limits, retries and usage are handled here.
@@ -112,9 +117,12 @@ class Provider(BaseEmbedder):
         if dimensions is not None and self.request_dimensions is None:
             raise ValueError(f"dimensions must be a positive integer, got {dimensions!r}")
         named = width_from_name(model) if config.width_from_name else None
-        if self.request_dimensions is not None and named is not None:
-            # a Qwen3 size named: refused here, not billed first (5000 was sent and paid for)
-            check_dimensions(self.request_dimensions, named)
+        #: The model's own width where known without a request (its name, the preset's table).
+        self._model_width = (named or dict(config.model_widths).get(model.lower())
+                             or self.default_width())
+        if self.request_dimensions is not None and self._model_width is not None:
+            # refused here, not billed first (5000 was sent and paid for)
+            check_dimensions(self.request_dimensions, self._model_width)
         #: Whether requests ask the server for that width: then rows all wider than it come
         #: from a server that ignored it, and their Matryoshka prefix is what was asked for.
         #: Where nothing is sent (TEI), wider rows are no such prefix: an error.
@@ -123,6 +131,7 @@ class Provider(BaseEmbedder):
         #: False once the server refused ``dimensions`` (vLLM without Matryoshka): full rows
         #: are asked for and cut here.
         self._server_cuts = True
+        self._cuts_lock = threading.Lock()
         self._width: int | None = self.request_dimensions or named or self.default_width()
         self._tokenizer_arg = tokenizer
         self._tokenizer: Tokenizer | None = tokenizer if isinstance(tokenizer, Tokenizer) else None
@@ -380,10 +389,11 @@ class Provider(BaseEmbedder):
         API takes none, or the server refused it."""
         if not self.sends_dimensions or not self._server_cuts or self.request_dimensions is None:
             return None
-        steps = self.config.dimension_steps
-        if not steps:
-            return self.request_dimensions
-        return min((s for s in steps if s >= self.request_dimensions), default=None)
+        # the API's steps up to the model's width; none that fits: the width as asked (a 400
+        # of the server's own, unbilled, rather than full rows paid for)
+        top = self._model_width or max(self.config.dimension_steps, default=0)
+        return min((s for s in self.config.dimension_steps
+                    if self.request_dimensions <= s <= top), default=self.request_dimensions)
 
     def _request(self, texts: list[str], *, truncate: bool, positions: list[int] | None = None,
                  deadline: Deadline | None = None) -> np.ndarray:
@@ -397,16 +407,19 @@ class Provider(BaseEmbedder):
                                    read=lambda b, n: self._read(b, texts, positions),
                                    sleep=self.sleep, deadline=deadline)
         except ProviderHTTPError as e:
-            if not (asked is not None and e.status == 400
+            # only for a Qwen3-Embedding, which is Matryoshka whatever the server's config
+            # says: for another model the refusal stands (cut rows would be poor vectors)
+            if not (asked is not None and e.status == 400 and _is_qwen3_embedding(self.model)
                     and _REFUSES_DIMENSIONS.search(e.body)):
                 raise
             # no fault of the inputs (it was "3 of 3 inputs were not embedded"): full rows,
             # cut here, are the prefix the server would have given
-            if self._server_cuts:
+            with self._cuts_lock:
+                first, self._server_cuts = self._server_cuts, False
+            if first:
                 log.warning("%s: the server takes no dimensions for this model (vLLM: start "
                             "it with --hf-overrides '{\"is_matryoshka\": true}'); asking for "
                             "full rows and cutting them to %d here", self.name, asked)
-            self._server_cuts = False
             body = self.request_body(texts, truncate=truncate)
             return self._http.post(body, len(texts),
                                    read=lambda b, n: self._read(b, texts, positions),

@@ -43,6 +43,9 @@ class ProviderConfig:
     #: The only ``dimensions`` the API takes (empty: any): a width between them is asked as
     #: the next one up, and the rows cut here (the same Matryoshka prefix, re-normalised).
     dimension_steps: tuple[int, ...] = ()
+    #: Output width by model name (lower case) where the name does not say it (DashScope's
+    #: largest sizes): asked for explicitly, and the bound of a ``dimensions`` given.
+    model_widths: tuple[tuple[str, int], ...] = ()
     #: Wall-clock seconds one HTTP request may take, from sending to the last byte of the
     #: answer (not per read: a body that drips in slowly times out too). Retried.
     timeout: float = 60.0

@@ -20,8 +20,9 @@ class OllamaProvider(Provider):
 
     def request_body(self, texts: list[str], *, truncate: bool) -> dict[str, Any]:
         body: dict[str, Any] = {"model": self.model, "input": texts, "truncate": truncate}
-        if self.sent_dimensions() is not None:  # Ollama 0.11+; older ones answer full rows,
-            body["dimensions"] = self.sent_dimensions()  # then cut here
+        dimensions = self.sent_dimensions()  # once: another batch may change it meanwhile
+        if dimensions is not None:  # Ollama 0.11+; older ones answer full rows, cut here
+            body["dimensions"] = dimensions
         return body
 
     def parse_response(self, body: Any, n: int) -> tuple[Sequence[Sequence[float]], Any]:

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from smysl.providers.base import Provider
-from smysl.providers.errors import ProviderHTTPError
+from smysl.providers.errors import PayloadTooLargeError, ProviderHTTPError
 from smysl.providers.retry import RETRYABLE_STATUS
 from smysl.providers.usage import reported_count
 
@@ -27,8 +27,9 @@ class OpenAIProvider(Provider):
 
     def request_body(self, texts: list[str], *, truncate: bool) -> dict[str, Any]:
         body: dict[str, Any] = {"model": self.model, "input": texts, "encoding_format": "float"}
-        if self.sent_dimensions() is not None:
-            body["dimensions"] = self.sent_dimensions()
+        dimensions = self.sent_dimensions()  # once: another batch may change it meanwhile
+        if dimensions is not None:
+            body["dimensions"] = dimensions
         return body
 
     def parse_response(self, body: Any, n: int) -> tuple[Sequence[Sequence[float]], Any]:
@@ -69,6 +70,10 @@ class OpenAIProvider(Provider):
         error = body["error"]
         code = error.get("code") if isinstance(error, dict) else None
         message = error.get("message", error) if isinstance(error, dict) else error
+        if code == 413:  # as the status: the batch is split
+            return PayloadTooLargeError(f"{self.name}: request too large (413, in a 200 "
+                                        f"answer): {str(message)[:300]}", 413,
+                                        self._http.shown(json.dumps(body)))
         if (isinstance(code, int) and not isinstance(code, bool) and 400 <= code < 600
                 and code not in RETRYABLE_STATUS):
             return ProviderHTTPError(f"{self.name}: HTTP 200 carrying an error {code}: "

@@ -29,7 +29,8 @@ PRESETS: dict[str, ProviderConfig] = {
         name="dashscope", base_url="https://dashscope-intl.aliyuncs.com/compatible-mode/v1",
         api_key_env="DASHSCOPE_API_KEY", api_key_required=True, base_url_env="DASHSCOPE_BASE_URL",
         max_batch_texts=10, max_tokens=8192, supports_dimensions=True,
-        dimension_steps=DIMENSION_STEPS),
+        dimension_steps=DIMENSION_STEPS,
+        model_widths=(("text-embedding-v4", 2048), ("text-embedding-v3", 1024))),
     # docs.deepinfra.com/api-reference/openai-embeddings-1: "dimensions" (>= 32) is taken.
     "deepinfra": ProviderConfig(
         name="deepinfra", base_url="https://api.deepinfra.com/v1/openai",
@@ -73,12 +74,6 @@ PRESETS: dict[str, ProviderConfig] = {
         name="smysl", base_url="http://127.0.0.1:8000/v1", base_url_env="SMYSL_URL",
         api_key_env="SMYSL_API_KEY", max_batch_texts=2048,
         width_from_name=False, supports_dimensions=True),
-}
-
-#: Output width by model where the name does not say it (DashScope's largest sizes).
-_WIDTHS: dict[str, int] = {
-    "dashscope:text-embedding-v4": 2048,
-    "dashscope:text-embedding-v3": 1024,
 }
 
 _CONFIG_FIELDS = {f.name for f in dataclasses.fields(ProviderConfig)} - {"name"}
@@ -138,7 +133,7 @@ def connect(scheme: str, rest: str = "", **options: Any) -> Provider:
         raise ValueError(f"{scheme}: no model given (write {scheme}:MODEL or {scheme}:URL#MODEL)")
     if scheme in ("openrouter", "dashscope", "deepinfra", "fireworks", "siliconflow") and \
             "dimensions" not in options:
-        options["dimensions"] = _WIDTHS.get(f"{scheme}:{model}".lower())
+        options["dimensions"] = dict(config.model_widths).get(model.lower())
     # TEI serves one model and takes no name: the server's URL identifies it (shown without
     # its user part: the name reaches /v1/models, logs and index metadata)
     return cls(model or shown_url(config.base_url), config, **options)

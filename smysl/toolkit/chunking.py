@@ -149,7 +149,9 @@ class TokenChunker:
         if first is None:
             return
         second = next(chunks, None)
-        if second is None and first.text != text:
+        # (a text past one window is tokenised whole no more: memory follows the window, and
+        # the tokenizer's regex failed on ten million tabs)
+        if second is None and first.text != text and len(text) <= WINDOW_CHARS:
             tokens = self.count(text)
             if tokens <= self.limit:
                 yield Chunk(0, text, 0, len(text), tokens if self.exact else None)

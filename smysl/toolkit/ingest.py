@@ -33,6 +33,7 @@ from smysl.toolkit.io import TABLE_SUFFIXES, iter_rows
 from smysl.toolkit.store import (
     DIGEST_FIELD,
     ID_FIELD,
+    has_nul,
     same_payload,
     vector_digest,
     vector_problem,
@@ -244,7 +245,8 @@ def read_documents(paths: Iterable[str | Path], config: ReadConfig = ReadConfig(
         if suffix not in TABLE_SUFFIXES + TEXT_SUFFIXES:
             raise ValueError(f"{path}: unsupported file type (txt, md, csv, jsonl)")
         doc_path = document_path(path, config.root)
-        problem = text_problem(path, nul=suffix not in TABLE_SUFFIXES)
+        # a NUL in a CSV field is text; in JSONL it is no JSON (and in text files binary)
+        problem = text_problem(path, nul=suffix != ".csv")
         if problem is not None:
             if config.strict:
                 raise BadFileError(f"{path}: {problem}")
@@ -507,6 +509,11 @@ def ingest(documents: Iterable[Document], *, store: Any, embed: Callable[[list[s
         for doc in documents:
             report.documents += 1
             seen.check(doc, report.documents)
+            if not store.holds_nul and (has_nul(doc.id) or has_nul(doc.text)
+                                        or has_nul(doc.metadata)):
+                # named here, before any of it is written (the store's refusal named nothing)
+                raise ValueError(f"{doc.origin or repr(doc.id)}: holds a NUL character, which "
+                                 f"{type(store).__name__} cannot store; remove it")
             n = 0
             # Chunks stream in: a huge one-line file never holds all its chunks at once.
             for item in iter_chunk_payloads(doc, chunker):

@@ -59,6 +59,7 @@ from smysl.toolkit.store import (
     StoreError,
     VectorStore,
     Where,
+    has_nul,
     parse_where,
     record_ids,
     text_queries,
@@ -129,16 +130,6 @@ def _holdable(ids: list[str]) -> list[str]:
     database's."""
     return [i for i in ids if "\x00" not in i]
 
-
-def _has_nul(value: Any) -> bool:
-    """Whether a payload value (nested mappings and lists, keys too) holds a NUL character."""
-    if isinstance(value, str):
-        return "\x00" in value
-    if isinstance(value, Mapping):
-        return any("\x00" in str(k) or _has_nul(v) for k, v in value.items())
-    if isinstance(value, list | tuple):
-        return any(_has_nul(v) for v in value)
-    return False
 
 class PostgresStoreError(StoreError):
     """A PostgreSQL store that cannot be reached or used; the message names the server."""
@@ -497,6 +488,7 @@ class PostgresStore(VectorStore):
     closes when the thread ends or the store closes."""
 
     concurrent_reads = True
+    holds_nul = False
 
     def __init__(self, config: StoreConfig, dimensions: int | None = None, *,
                  replace: bool = False) -> None:
@@ -765,7 +757,7 @@ class PostgresStore(VectorStore):
         except (TypeError, ValueError) as e:
             raise ValueError(f"payloads must be JSON (no NaN or infinity): {e}") from None
         # jsonb holds no NUL, and the JSON text shows one escaped: look at the values
-        if any("\x00" in i for i in ids) or any(_has_nul(p) for p in pays):
+        if any("\x00" in i for i in ids) or any(has_nul(p) for p in pays):
             raise ValueError("ids and payloads must not contain NUL characters (PostgreSQL text)")
         if not self._lexical:  # rows without terms would go missing from lexical search
             raise PostgresStoreError(

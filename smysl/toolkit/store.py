@@ -189,6 +189,17 @@ def same_payload(a: Any, b: Any) -> bool:
     return _same(a, b)
 
 
+def has_nul(value: Any) -> bool:
+    """Whether a payload value (nested mappings and lists, keys too) holds a NUL character."""
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, Mapping):
+        return any("\x00" in str(k) or has_nul(v) for k, v in value.items())
+    if isinstance(value, list | tuple):
+        return any(has_nul(v) for v in value)
+    return False
+
+
 def record_ids(ids: Sequence[str]) -> list[str]:
     """``ids`` as strings, checked: ``ValueError`` for one no store can hold (a lone
     surrogate: LanceDB took it for a damaged table, the others failed unnamed)."""
@@ -314,6 +325,9 @@ class VectorStore(abc.ABC):
     #: :meth:`read_meta`). False: one call at a time, which the server keeps by running a
     #: store's calls on one thread (``smysl serve --index-threads``).
     concurrent_reads: bool = False
+    #: Whether ids and payloads may hold a NUL character (PostgreSQL's text cannot): where
+    #: not, ingestion refuses such a document by name before writing.
+    holds_nul: bool = True
 
     @abc.abstractmethod
     def upsert(self, ids: Sequence[str], vectors: np.ndarray,

@@ -259,6 +259,12 @@ def test_a_width_between_an_api_s_steps_is_asked_as_the_next_one_up() -> None:
         h2 = Recorder(dims=4096)
         make(scheme, model, h2, dimensions=256).embed(texts)
         assert h2.bodies[0]["dimensions"] == 256  # a step: sent as it is
+    # a model's width bounds the steps, and the width given: DashScope's v4 is 2048 wide
+    with pytest.raises(ValueError, match=r"dimensions must be in 32..2048"):
+        make("dashscope", "text-embedding-v4", Recorder(dims=2048), dimensions=3000)
+    h4 = Recorder(dims=2048)
+    make("dashscope", "text-embedding-v4", h4, dimensions=1600).embed(texts)
+    assert h4.bodies[0]["dimensions"] == 2048
     h3 = Recorder(dims=4096)  # an API without steps gets the width asked
     make("deepinfra", "Qwen/Qwen3-Embedding-8B", h3, dimensions=300).embed(texts)
     assert h3.bodies[0]["dimensions"] == 300
@@ -282,6 +288,11 @@ def test_a_server_that_refuses_dimensions_gets_full_rows_cut_here(caplog) -> Non
                                rtol=1e-6)
     p.embed(["w"])
     assert "dimensions" not in h.bodies[-1]
+    # another model's refusal stands: its cut rows would be poor vectors (vLLM says so)
+    bge = Recorder(dims=64, script=[httpx.Response(400, json=refusal)])
+    with pytest.raises(RejectedInputError, match="does not support matryoshka"):
+        make("openai", "http://vllm:8000/v1#BAAI/bge-m3", bge, dimensions=40).embed(["x"])
+    assert len(bge.bodies) == 1
     other = Recorder(dims=64, script=[httpx.Response(400, json={"error": {
         "message": "input is empty"}})])  # any other 400 is the inputs' still
     with pytest.raises(RejectedInputError):
@@ -305,6 +316,11 @@ def test_an_error_answered_with_status_200_is_read_by_its_code() -> None:
     h2 = Recorder(dims=64, script=[busy])
     p2 = make("openrouter", "qwen/qwen3-embedding-0.6b", h2, dimensions=64)
     assert p2.embed(["x"]).shape == (1, 64) and len(h2.bodies) == 2 and p2.usage.retries == 1
+    big = httpx.Response(200, json={"error": {"code": 413, "message": "too many inputs"}})
+    h3 = Recorder(dims=64, script=[big])
+    p3 = make("openrouter", "qwen/qwen3-embedding-0.6b", h3, dimensions=64)
+    assert p3.embed(["x", "y"]).shape == (2, 64)  # split, as a 413 status is
+    assert [len(b["input"]) for b in h3.bodies] == [2, 1, 1]
 
 
 @pytest.mark.filterwarnings("ignore:no Qwen3 tokenizer")
@@ -556,8 +572,8 @@ def test_base64_rows_are_decoded() -> None:
 
 
 def test_usage_line_is_readable() -> None:
-    h = Recorder()
-    p = make("dashscope", "text-embedding-v4", h, dimensions=16)
+    h = Recorder(dims=64)
+    p = make("dashscope", "text-embedding-v4", h, dimensions=64)
     p.embed([f"t{i}" for i in range(25)])
     line = str(p.usage)
     assert "\n" not in line
@@ -636,8 +652,8 @@ def test_length_is_checked_from_the_first_call(tokenizer_path, tmp_path,
     src.mkdir()
     shutil.copy(tokenizer_path, src / "tokenizer.json")
     fake_hub_cache(tmp_path / "hf" / "hub", "Qwen/Qwen3-Embedding-0.6B", src)
-    h = Recorder()
-    p = make("dashscope", "text-embedding-v4", h, dimensions=16)
+    h = Recorder(dims=64)
+    p = make("dashscope", "text-embedding-v4", h, dimensions=64)
     long = "слово " * 9000
     with pytest.raises(InputTooLongError, match=r"18002 tokens .* at most 8192"):
         p.embed([long])

@@ -174,6 +174,11 @@ def test_a_document_that_is_one_chunk_is_indexed_as_embed_sees_it(tiny) -> None:
     chunks = chunker.split(long)
     assert len(chunks) > 1 and all(c.text == c.text.strip() for c in chunks)
     assert chunker.split(" \n\t ") == []
+    # a text past one window is not tokenised whole (memory follows the window; the
+    # tokenizer's regex failed on ten million tabs): its one chunk stays stripped
+    padded = "title\n" + "\t" * 300_000
+    (only,) = chunker.split(padded)
+    assert only.text == "title"
 
 
 def test_config_validation() -> None:

@@ -397,3 +397,26 @@ def test_a_nul_in_a_csv_field_is_text_not_a_binary_file(tmp_path) -> None:
     (tmp_path / "z.csv").write_bytes(b"PK\x03\x04\x00\x00\xff\xfebinary")
     with pytest.raises(BadFileError, match="not valid UTF-8"):
         list(read_documents([tmp_path / "z.csv"], ReadConfig(strict=True)))
+    # a raw NUL is no JSON: a JSONL file holding one is still skipped as binary
+    (tmp_path / "r.jsonl").write_bytes(b'{"id": "a", "text": "x\x00y"}\n')
+    with pytest.raises(BadFileError, match="binary file"):
+        list(read_documents([tmp_path / "r.jsonl"], ReadConfig(strict=True)))
+
+
+def test_a_document_a_store_cannot_hold_is_named_before_writing(tiny, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """PostgreSQL holds no NUL: a CSV row with one failed the run at the store's write,
+    naming neither file nor row. Ingestion names it first, for a store that cannot hold it."""
+    from smysl.toolkit.chunking import ChunkConfig, chunker_for
+    from smysl.toolkit.ingest import Document, ingest
+    from smysl.toolkit.store import StoreConfig
+    from smysl.toolkit.stores import open_store
+
+    store = open_store(StoreConfig(backend="memory"), tiny.dimensions)
+    docs = [Document("a", "plain"), Document("b", "with \x00 inside", origin="rows.csv row 3")]
+    chunker = chunker_for(tiny, ChunkConfig(max_tokens=64, overlap=0))
+    assert ingest(docs, store=store, embed=tiny.embed, chunker=chunker).written == 2
+    strict = open_store(StoreConfig(backend="memory"), tiny.dimensions)
+    strict.holds_nul = False  # as PostgreSQL's
+    with pytest.raises(ValueError, match=r"rows.csv row 3: holds a NUL character, which "
+                                         r"MemoryStore cannot store"):
+        ingest(docs, store=strict, embed=tiny.embed, chunker=chunker)

@@ -63,17 +63,18 @@ def test_index_add_search_delete(tiny_dir, data, capsys, monkeypatch) -> None:
     assert "score" in capsys.readouterr().out
     assert main(["index", "search", kb, long, "--mode", "text", "--truncate"]) == 2
     assert "--truncate does nothing here" in capsys.readouterr().err
-    # a query starting with "-" after `--` (argparse read it as an unknown option), and
-    # queries from stdin one per line (it was parsed as JSONL)
+    # a query starting with "-" after `--` (argparse read it as an unknown option); stdin is
+    # JSONL rows, as every toolkit table input reads `-`
     assert main(["index", "search", kb, "-k", "1", "--device", "cpu", "--format", "json",
                  "--", "-5 градусов", "--also"]) == 0
     assert [json.loads(x)["query"] for x in capsys.readouterr().out.splitlines()] == [
         "-5 градусов", "--also"]
-    monkeypatch.setattr("sys.stdin", io.TextIOWrapper(io.BytesIO("кошки\n{not json}\n".encode())))
+    rows = '{"query": "кошки"}\n{"query": "-5"}\n'
+    monkeypatch.setattr("sys.stdin", io.TextIOWrapper(io.BytesIO(rows.encode())))
     assert main(["index", "search", kb, "-k", "1", "--device", "cpu", "--format", "json",
                  "--queries-file", "-"]) == 0
     assert [json.loads(x)["query"] for x in capsys.readouterr().out.splitlines()] == [
-        "кошки", "{not json}"]
+        "кошки", "-5"]
     assert main(["index", "delete", kb, "--doc-id", "r0", "--doc-id", "r1"]) == 0
     assert "deleted 2 chunks; 5 left" in capsys.readouterr().err
     assert main(["index", "delete", kb]) == 2  # nothing to delete by: an error, not a wipe
