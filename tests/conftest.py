@@ -11,6 +11,9 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
+# computed at its import, from the real environment: a test that set HF_HUB_OFFLINE=1 before
+# the first import froze offline mode for the rest of the run
+import huggingface_hub.constants  # noqa: F401
 import pytest
 import torch
 from qwen_tiny import Tiny, build_tiny

@@ -228,7 +228,7 @@ def hub_models(cache_dir: str | None = None, *, every: bool = False) -> list[Mod
     from huggingface_hub import scan_cache_dir
     from huggingface_hub.errors import CacheNotFound
 
-    from smysl.qwen3.hub import hub_cache
+    from smysl.hfcache import hub_cache
 
     try:
         info = scan_cache_dir(hub_cache(cache_dir))
@@ -441,7 +441,8 @@ def _add_pull(p: argparse.ArgumentParser) -> None:
 
 
 def _run_pull(args: argparse.Namespace) -> int:
-    from smysl.qwen3.hub import download, offline_variable, repo_id
+    from smysl.hfcache import offline_variable
+    from smysl.qwen3.hub import download, repo_id
 
     scheme, rest = split(args.model)
     if scheme == "ollama":

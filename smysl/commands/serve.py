@@ -227,7 +227,7 @@ FIELD_FLAGS = {
 
 def run(args: argparse.Namespace) -> int:
     from smysl.server import serve
-    from smysl.server.config import InvalidServerSettings
+    from smysl.server.config import API_KEY_ENV, InvalidServerSettings
     from smysl.server.ui import index_label
 
     model_name = args.model or os.environ.get(MODEL_ENV, "").strip()
@@ -240,6 +240,11 @@ def run(args: argparse.Namespace) -> int:
         config = _server_config(args, model_name, index_settings)
     except InvalidServerSettings as e:  # worded with the flags, not the Python fields
         raise InvalidServerSettings(e.fields, FIELD_FLAGS) from None
+    if config.api_key is not None and args.api_key is None and args.api_key_file is None:
+        # the server's own key, from $SMYSL_API_KEY: a smysl: model or reranker upstream read
+        # the same variable and sent it there (a relay handed its credential on); that one
+        # takes $SMYSL_REMOTE_API_KEY. Children get the key with the config, not the variable.
+        os.environ.pop(API_KEY_ENV, None)
     if config.workers > 1 and args.in_process:
         raise ValueError(f"--workers {config.workers} shares one engine process between the "
                          "workers: drop --in-process")

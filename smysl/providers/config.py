@@ -162,18 +162,34 @@ def port_of(url: str) -> int | None:
         raise ValueError(f"bad URL {shown_url(url)!r}: {e}") from None
 
 
-def embedding_base_url(scheme: str, url: str) -> str:
-    """``url`` (given, or read from the scheme's ``base_url_env``) as the scheme's embedding
-    requests need it: a scheme added to ``host:port``, Ollama's port where ``OLLAMA_HOST``
-    names none, ``/v1`` under a smysl server."""
+def with_scheme(url: str, *, secure: bool, what: str) -> str:
+    """``url`` with its scheme: one written must be http or https; where none is (``host:port``)
+    https for an API whose own address is https (a paid one: its key must not travel in the
+    clear, as it did to ``http://openrouter.ai``), else http (a server on the network).
+    ``what`` names where the URL came from (a flag, ``$VARIABLE``) in the errors."""
     url = url.strip().rstrip("/")
-    if "://" not in url:  # OLLAMA_HOST is often "host:port" or "0.0.0.0"
-        url = "http://" + url
-        # Ollama's own rule (OLLAMA_HOST): 11434 only where no scheme was written; with one,
-        # the scheme's port (https://ollama.example.com is 443, not 443's host on 11434)
-        if scheme == "ollama" and port_of(url) is None:
-            host, slash, path = url[len("http://"):].partition("/")
-            url = f"http://{host or '127.0.0.1'}:11434{slash}{path}"
+    if not url:
+        raise ValueError(f"{what} is empty")
+    head, sep, _ = url.partition("://")
+    if not sep:
+        return ("https://" if secure else "http://") + url
+    if head.lower() not in ("http", "https"):
+        raise ValueError(f"{what} {shown_url(url)!r} is no http:// or https:// URL")
+    return url
+
+
+def embedding_base_url(scheme: str, url: str, *, secure: bool = False,
+                       what: str = "the base URL") -> str:
+    """``url`` (given, or read from the scheme's ``base_url_env``) as the scheme's embedding
+    requests need it: a scheme added to ``host:port`` (:func:`with_scheme`), Ollama's port
+    where ``OLLAMA_HOST`` names none, ``/v1`` under a smysl server."""
+    written = "://" in url
+    url = with_scheme(url, secure=secure, what=what)
+    # Ollama's own rule (OLLAMA_HOST, often "host:port" or "0.0.0.0"): 11434 only where no
+    # scheme was written; with one, the scheme's port (https://ollama.example.com is 443)
+    if not written and scheme == "ollama" and port_of(url) is None:
+        host, slash, path = url[len("http://"):].partition("/")
+        url = f"http://{host or '127.0.0.1'}:11434{slash}{path}"
     if scheme == "smysl" and not url.endswith("/v1"):
         url += "/v1"
     return url

@@ -72,7 +72,8 @@ PRESETS: dict[str, ProviderConfig] = {
     # smysl serve: OpenAI-compatible /v1/embeddings; at most 2,048 inputs per request.
     "smysl": ProviderConfig(
         name="smysl", base_url="http://127.0.0.1:8000/v1", base_url_env="SMYSL_URL",
-        api_key_env="SMYSL_API_KEY", max_batch_texts=2048,
+        # SMYSL_REMOTE_API_KEY first: SMYSL_API_KEY is also `smysl serve`'s own key
+        api_key_env="SMYSL_REMOTE_API_KEY,SMYSL_API_KEY", max_batch_texts=2048,
         width_from_name=False, supports_dimensions=True),
 }
 
@@ -119,15 +120,19 @@ def connect(scheme: str, rest: str = "", **options: Any) -> Provider:
     options.pop("base_url", None)
     overrides = {k: options.pop(k) for k in list(options) if k in _CONFIG_FIELDS}
     config = PRESETS[scheme]
+    secure = config.base_url.startswith("https://")
     if url:
         # An explicit URL wins over the environment variable.
-        overrides.update(base_url=embedding_base_url(scheme, url), base_url_env=None)
+        overrides.update(base_url=embedding_base_url(scheme, url, secure=secure),
+                         base_url_env=None)
     elif config.base_url_env:
         import os
 
-        env = os.environ.get(config.base_url_env)
-        if env:
-            overrides.update(base_url=embedding_base_url(scheme, env), base_url_env=None)
+        env = os.environ.get(config.base_url_env, "")
+        if env.strip():  # blank is unset (it was "http:", then a DNS error naming nothing)
+            overrides.update(base_url=embedding_base_url(scheme, env, secure=secure,
+                                                         what=f"${config.base_url_env}"),
+                             base_url_env=None)
     config = dataclasses.replace(config, **overrides)
     if not model and scheme not in ("tei",):
         raise ValueError(f"{scheme}: no model given (write {scheme}:MODEL or {scheme}:URL#MODEL)")

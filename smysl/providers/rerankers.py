@@ -44,7 +44,7 @@ import numpy as np
 
 from smysl.options import ModelOptions
 from smysl.prompts import expand_preset
-from smysl.providers.config import ProviderConfig
+from smysl.providers.config import ProviderConfig, with_scheme
 from smysl.providers.dispatch import BatchLimit, CallLimit, run_batches
 from smysl.providers.errors import (
     MalformedResponseError,
@@ -269,7 +269,7 @@ class RemoteReranker(BaseReranker):
         self.config = config
         # the environment read as connect_reranker() reads it (SMYSL_URL was ignored here)
         env = os.environ.get(config.base_url_env, "") if config.base_url_env else ""
-        self.base_url = (_root(config.name, env) if env.strip()
+        self.base_url = (_root(config.name, env, f"${config.base_url_env}") if env.strip()
                          else config.base_url.rstrip("/"))
         self.name = name or f"{config.name}:{model or shown_url(self.base_url)}"
         self.backend = config.name
@@ -687,7 +687,8 @@ RERANK_PRESETS: dict[str, ProviderConfig] = {
         base_url_env="TEI_URL", max_batch_texts=32),
     "smysl": ProviderConfig(
         name="smysl", base_url="http://127.0.0.1:8000/v1", path="/rerank",
-        api_key_env="SMYSL_API_KEY", base_url_env="SMYSL_URL", max_batch_texts=2048,
+        api_key_env="SMYSL_REMOTE_API_KEY,SMYSL_API_KEY", base_url_env="SMYSL_URL",
+        max_batch_texts=2048,
         max_batch_tokens=65536),
 }
 
@@ -702,11 +703,10 @@ _OPTIONS = {"api_key", "name", "tokenizer", "price_per_search_unit", "transport"
 _NEEDS_MODEL = {"siliconflow", "deepinfra", "dashscope", "jina"}
 
 
-def _root(scheme: str, url: str) -> str:
-    """A base URL as the scheme's requests need it."""
-    url = url.strip().rstrip("/")
-    if "://" not in url:  # "host:port"
-        url = "http://" + url
+def _root(scheme: str, url: str, what: str) -> str:
+    """A base URL as the scheme's requests need it (:func:`with_scheme`)."""
+    url = with_scheme(url, secure=RERANK_PRESETS[scheme].base_url.startswith("https://"),
+                      what=what)
     if scheme == "smysl" and not url.endswith("/v1"):
         url += "/v1"
     elif scheme == "dashscope":  # the embedding setting names a mode under the host
@@ -744,12 +744,15 @@ def connect_reranker(scheme: str, rest: str = "", **options: Any) -> RemoteReran
     options.pop("base_url", None)
     overrides = {k: options.pop(k) for k in list(options) if k in _CONFIG_FIELDS}
     preset = RERANK_PRESETS[scheme]
-    env = os.environ.get(preset.base_url_env) if preset.base_url_env else None
+    # blank is unset (it was "http:", and took the key requirement off)
+    env = (os.environ.get(preset.base_url_env, "").strip() or None) if preset.base_url_env \
+        else None
     custom = bool(url or env)
     if not model and (scheme in _NEEDS_MODEL or (scheme == "cohere" and not custom)):
         raise ValueError(f"{scheme}: no model given (write {scheme}:MODEL or {scheme}:URL#MODEL)")
     if url or env:
-        root = _root(scheme, url or env or "")
+        root = _root(scheme, url or env or "",
+                     "the base URL" if url else f"${preset.base_url_env}")
     elif scheme == "dashscope" and model.lower() in _DASHSCOPE_BEIJING:
         root = _DASHSCOPE_CN
     else:

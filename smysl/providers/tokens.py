@@ -10,6 +10,7 @@ import time
 import warnings
 from pathlib import Path
 
+from smysl.hfcache import hub_cache, offline_variable
 from smysl.tokenize import Tokenizer, fit_length
 
 #: Where the Qwen3 tokenizer is fetched from when usage must be counted locally (every
@@ -79,9 +80,9 @@ def _load(candidate: str) -> Tokenizer | None:
 
 
 def _cache_dir() -> str | None:
-    # Read at call time (huggingface_hub freezes its environment at import).
-    return os.environ.get("HF_HUB_CACHE") or (
-        os.path.join(os.environ["HF_HOME"], "hub") if os.environ.get("HF_HOME") else None)
+    # Read at call time (huggingface_hub freezes its environment at import), by the same
+    # rule as the engine's (HF_HOME='~/hf' from an env file expanded; XDG_CACHE_HOME)
+    return str(hub_cache())
 
 
 def _cached_file() -> str | None:
@@ -100,7 +101,7 @@ def _cached_file() -> str | None:
 def _downloaded_file() -> str | None:
     """``tokenizer.json`` fetched from the Hub, or None at once when offline or unreachable."""
     global _hub_down_until
-    if os.environ.get("HF_HUB_OFFLINE", "0").strip().lower() in ("1", "true", "yes", "on"):
+    if offline_variable() is not None:  # HF_HUB_OFFLINE, or TRANSFORMERS_OFFLINE
         return None
     if time.monotonic() < _hub_down_until:
         return None

@@ -768,3 +768,33 @@ def test_what_a_server_answers_for_an_upstream_failure() -> None:
         503, None)
     assert answer(answered_as(RetriesExhaustedError("r"), ProviderError("reset"))) == (502, None)
     assert answer(ProviderHTTPError("401", 401)) == (502, None)
+
+
+def test_base_urls_without_a_scheme_keep_a_paid_api_s_key_off_plain_http(monkeypatch) -> None:
+    """`OPENROUTER_BASE_URL=openrouter.ai/api/v1` became http:// and the key went out in the
+    clear; `ftp://x` was taken; a blank variable was "http:" (a DNS error naming nothing)."""
+    monkeypatch.setenv("OPENROUTER_API_KEY", "sk-test")
+    monkeypatch.setenv("OPENROUTER_BASE_URL", "openrouter.ai/api/v1")
+    assert connect("openrouter", "qwen/qwen3-embedding-8b").base_url == \
+        "https://openrouter.ai/api/v1"
+    monkeypatch.setenv("OPENROUTER_BASE_URL", "ftp://x")
+    with pytest.raises(ValueError, match=r"\$OPENROUTER_BASE_URL 'ftp://x' is no http:// or "
+                                         r"https:// URL"):
+        connect("openrouter", "qwen/qwen3-embedding-8b")
+    monkeypatch.setenv("OPENROUTER_BASE_URL", "  ")
+    assert connect("openrouter", "qwen/qwen3-embedding-8b").base_url == \
+        PRESETS["openrouter"].base_url
+    # a server on the network keeps http for host:port (Ollama's, vLLM's, smysl's)
+    monkeypatch.setenv("SMYSL_URL", "gpu-box:8000")
+    assert connect("smysl", "m").base_url == "http://gpu-box:8000/v1"
+
+
+def test_a_smysl_client_reads_its_own_key_variable_first(monkeypatch) -> None:
+    h = Recorder(dims=64)
+    monkeypatch.setenv("SMYSL_API_KEY", "servers-own")
+    monkeypatch.setenv("SMYSL_REMOTE_API_KEY", "for-the-upstream")
+    make("smysl", "http://h:8000#m", h, dimensions=64).embed(["x"])
+    assert h.requests[0].headers["authorization"] == "Bearer for-the-upstream"
+    monkeypatch.delenv("SMYSL_REMOTE_API_KEY")
+    make("smysl", "http://h:8000#m", h, dimensions=64).embed(["x"])
+    assert h.requests[-1].headers["authorization"] == "Bearer servers-own"

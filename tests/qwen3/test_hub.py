@@ -207,6 +207,8 @@ def test_pull_downloads_the_engine_files_through_the_hub(
     hub = FakeHub("Qwen/Qwen3-Embedding-0.6B", files)
     try:
         monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+        # the library froze it at its import, which an earlier test may have done offline
+        monkeypatch.setattr(hub_constants, "HF_HUB_OFFLINE", False)
         monkeypatch.delenv("HF_HUB_DISABLE_PROGRESS_BARS", raising=False)
         monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf"))
         monkeypatch.setattr(hub_constants, "ENDPOINT", hub.url)

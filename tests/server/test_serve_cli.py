@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -470,3 +471,35 @@ def test_a_forced_stop_ends_an_in_process_pass_and_exits_cleanly(tiny_dir: Path,
     assert "terminate called" not in err and "Fatal Python error" not in err, err[-3000:]
     assert code == 0 and took < 10, (code, took, err[-3000:])
     assert answer == [503], answer
+
+
+def test_the_server_s_own_key_from_the_environment_goes_to_no_upstream(
+        tiny_dir, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """`SMYSL_API_KEY=front smysl serve --model smysl:URL#m` sent the front server's key to the
+    upstream (a `smysl:` client reads the same variable). The server keeps a key it took from
+    the environment to itself; the upstream's is $SMYSL_REMOTE_API_KEY."""
+    import smysl.registry
+
+    seen: dict[str, Any] = {}
+    real_load = smysl.registry.load
+
+    def load(name: str, options: Any) -> Any:
+        seen["env at load"] = (os.environ.get("SMYSL_API_KEY"),
+                               os.environ.get("SMYSL_REMOTE_API_KEY"))
+        return real_load(name, options)
+
+    def fake_serve(embedder: Any, config: ServerConfig, *, ready: Any) -> int:
+        seen["key"] = config.api_key
+        return 0
+
+    monkeypatch.setattr(smysl.server, "serve", fake_serve)
+    monkeypatch.setattr(smysl.registry, "load", load)
+    monkeypatch.setenv("SMYSL_API_KEY", "front-only")
+    monkeypatch.setenv("SMYSL_REMOTE_API_KEY", "upstream")
+    assert main(["serve", "--model", str(tiny_dir), "--device", "cpu", "--in-process"]) == 0
+    assert seen == {"env at load": (None, "upstream"), "key": "front-only"}
+    # a key given as a flag: the variable may be meant for an upstream, and stays
+    monkeypatch.setenv("SMYSL_API_KEY", "for-the-upstream")
+    assert main(["serve", "--model", str(tiny_dir), "--device", "cpu", "--in-process",
+                 "--api-key", "flag"]) == 0
+    assert seen == {"env at load": ("for-the-upstream", "upstream"), "key": "flag"}
