@@ -53,7 +53,13 @@ from smysl.providers.pricing import price_for, request_price_for
 from smysl.providers.resume import ResumeStore
 from smysl.providers.retry import Deadline, RetryingClient
 from smysl.providers.rows import check_rows
-from smysl.providers.tokens import TOKENIZER_ENV, find_tokenizer, fit_texts, width_from_name
+from smysl.providers.tokens import (
+    TOKENIZER_ENV,
+    find_tokenizer,
+    fit_texts,
+    is_qwen3_embedding,
+    width_from_name,
+)
 from smysl.providers.usage import Usage, reported_count
 from smysl.scheduler import SchedulerConfig, plan_batches
 from smysl.shown import shown_url
@@ -64,11 +70,6 @@ log = logging.getLogger("smysl.providers")
 #: vLLM's 400 to ``dimensions`` for a model its config does not mark Matryoshka (Qwen3-Embedding
 #: unless started with ``--hf-overrides '{"is_matryoshka": true}'``; QwenLM/Qwen3-Embedding#140).
 _REFUSES_DIMENSIONS = re.compile(r"does not support matryoshka", re.IGNORECASE)
-
-
-def _is_qwen3_embedding(model: str) -> bool:
-    low = model.lower()
-    return "qwen3" in low and "embed" in low
 
 
 class Provider(BaseEmbedder):
@@ -411,7 +412,7 @@ class Provider(BaseEmbedder):
         except ProviderHTTPError as e:
             # only for a Qwen3-Embedding, which is Matryoshka whatever the server's config
             # says: for another model the refusal stands (cut rows would be poor vectors)
-            if not (asked is not None and e.status == 400 and _is_qwen3_embedding(self.model)
+            if not (asked is not None and e.status == 400 and is_qwen3_embedding(self.model)
                     and _REFUSES_DIMENSIONS.search(e.body)):
                 raise
             # no fault of the inputs (it was "3 of 3 inputs were not embedded"): full rows,

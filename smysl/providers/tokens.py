@@ -120,10 +120,16 @@ def _downloaded_file() -> str | None:
         return None
 
 
+def is_qwen3_embedding(model: str) -> bool:
+    """Whether a provider's model name names a Qwen3-Embedding (any size, any spelling)."""
+    low = model.lower()
+    return "qwen3" in low and "embed" in low
+
+
 def width_from_name(model: str) -> int | None:
     """Native width of a Qwen3-Embedding size named in ``model`` (``...-8B`` -> 4096)."""
     low = model.lower()
-    if "qwen3" not in low or "embed" not in low:
+    if not is_qwen3_embedding(model):
         return None
     for pattern, width in _KNOWN_WIDTHS:
         if pattern.search(low):
