@@ -121,8 +121,7 @@ class Provider(BaseEmbedder):
             raise ValueError(f"dimensions must be a positive integer, got {dimensions!r}")
         named = width_from_name(model) if config.width_from_name else None
         #: The model's own width where known without a request (its name, the preset's table).
-        self._model_width = (named or dict(config.model_widths).get(model.lower())
-                             or self.default_width())
+        self._model_width = named or config.width_of(model) or self.default_width()
         if self.request_dimensions is not None and self._model_width is not None:
             # refused here, not billed first (5000 was sent and paid for)
             check_dimensions(self.request_dimensions, self._model_width)
@@ -403,12 +402,14 @@ class Provider(BaseEmbedder):
         """POST one batch; retry what is worth retrying; return validated rows (every billed
         answer's usage recorded). ``positions`` (the texts' places in the call) only word row
         errors."""
-        asked = self.sent_dimensions()
-        body = self.request_body(texts, truncate=truncate)
-        try:
-            return self._http.post(body, len(texts),
+        def post() -> np.ndarray:
+            return self._http.post(self.request_body(texts, truncate=truncate), len(texts),
                                    read=lambda b, n: self._read(b, texts, positions),
                                    sleep=self.sleep, deadline=deadline)
+
+        asked = self.sent_dimensions()
+        try:
+            return post()
         except ProviderHTTPError as e:
             # only for a Qwen3-Embedding, which is Matryoshka whatever the server's config
             # says: for another model the refusal stands (cut rows would be poor vectors)
@@ -423,10 +424,7 @@ class Provider(BaseEmbedder):
                 log.warning("%s: the server takes no dimensions for this model (vLLM: start "
                             "it with --hf-overrides '{\"is_matryoshka\": true}'); asking for "
                             "full rows and cutting them to %d here", self.name, asked)
-            body = self.request_body(texts, truncate=truncate)
-            return self._http.post(body, len(texts),
-                                   read=lambda b, n: self._read(b, texts, positions),
-                                   sleep=self.sleep, deadline=deadline)
+            return post()
 
     def _read(self, body: Any, texts: list[str],
               positions: list[int] | None = None) -> np.ndarray:

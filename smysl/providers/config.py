@@ -77,6 +77,10 @@ class ProviderConfig:
     #: ``repr``); a dict is taken too.
     headers: tuple[tuple[str, str], ...] = field(default=(), repr=False)
 
+    def width_of(self, model: str) -> int | None:
+        """The width :attr:`model_widths` gives ``model`` (None: not listed)."""
+        return dict(self.model_widths).get(model.lower())
+
     def __post_init__(self) -> None:
         given = self.headers
         pairs = list(given.items()) if isinstance(given, Mapping) else list(given or ())

@@ -138,7 +138,7 @@ def connect(scheme: str, rest: str = "", **options: Any) -> Provider:
         raise ValueError(f"{scheme}: no model given (write {scheme}:MODEL or {scheme}:URL#MODEL)")
     if scheme in ("openrouter", "dashscope", "deepinfra", "fireworks", "siliconflow") and \
             "dimensions" not in options:
-        options["dimensions"] = dict(config.model_widths).get(model.lower())
+        options["dimensions"] = config.width_of(model)
     # TEI serves one model and takes no name: the server's URL identifies it (shown without
     # its user part: the name reaches /v1/models, logs and index metadata)
     return cls(model or shown_url(config.base_url), config, **options)

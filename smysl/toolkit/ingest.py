@@ -509,8 +509,7 @@ def ingest(documents: Iterable[Document], *, store: Any, embed: Callable[[list[s
         for doc in documents:
             report.documents += 1
             seen.check(doc, report.documents)
-            if not store.holds_nul and (has_nul(doc.id) or has_nul(doc.text)
-                                        or has_nul(doc.metadata)):
+            if not store.holds_nul and has_nul([doc.id, doc.text, doc.metadata]):
                 # named here, before any of it is written (the store's refusal named nothing)
                 raise ValueError(f"{doc.origin or repr(doc.id)}: holds a NUL character, which "
                                  f"{type(store).__name__} cannot store; remove it")

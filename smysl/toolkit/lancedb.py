@@ -324,9 +324,15 @@ class LanceStore(VectorStore):
     # ---------------------------------------------------------------- columns and filters
     def _columns(self) -> dict[str, Any]:
         """Filter column (:func:`_column`) -> arrow type."""
+        return self._filter_columns()[0]
+
+    def _filter_columns(self) -> tuple[dict[str, Any], bool]:
+        """:meth:`_columns`, and whether the table is marked as made with typed columns
+        (:data:`_TYPED_MARK`): one read of the schema."""
         with self._guard():
             schema = self._table.schema
-        return {f.name: f.type for f in schema if f.name.startswith((_PREFIX, _HASHED))}
+        return ({f.name: f.type for f in schema if f.name.startswith((_PREFIX, _HASHED))},
+                (schema.metadata or {}).items() >= _TYPED_MARK.items())
 
     def _arrow_type(self, v: Any) -> Any:
         pa = self._pa
@@ -424,11 +430,12 @@ class LanceStore(VectorStore):
     def _sql(self, conditions: Sequence[Condition]) -> str | None:
         if not conditions:
             return None
-        cols = self._columns()
+        cols, marked = self._filter_columns()
         parts = []
         for c in conditions:
             base = _column(c.key)
-            self._check_filled(c.key, cols)
+            if not marked:
+                self._check_filled(c.key, cols)
             # the field's own column and its typed ones: a row fills one of them at most
             either = [self._condition(c, name, typ) for name, typ in cols.items()
                       if _base(name) == base]
@@ -474,11 +481,9 @@ class LanceStore(VectorStore):
         name = _column(key)
         if name in self._filled:
             return
-        with self._guard():
-            marked = (self._table.schema.metadata or {}).items() >= _TYPED_MARK.items()
         # (an identifier's field without a column never held a value one could: nothing to
         # look for, and nothing remembered, so a client's made-up names cost nothing)
-        if not marked and (name.startswith(_HASHED) or name in cols):
+        if name.startswith(_HASHED) or name in cols:
             # rows whose payload spells the field (json.dumps, ensure_ascii=False) and whose
             # columns of it are all empty; of those, the ones whose value a column would hold
             # (not null, not a list or mapping)
@@ -525,11 +530,17 @@ class LanceStore(VectorStore):
             _TERMS: pa.array([lexical.terms_text(p.get("text")) for p in pays], pa.string()),
         }
         named = {_column(k): k for p in pays for k in p}  # column -> the field it holds
+        # each row's column of each field, once (a field may have several)
+        slots = {base: [self._slot(p.get(key), base, cols) for p in pays]
+                 for base, key in named.items()}
         for name, typ in cols.items():
             base = _base(name)
             key = named.get(base)
-            data[name] = pa.array([None if key is None or self._slot(p.get(key), base, cols) != name
-                                   else self._fits(p.get(key), typ) for p in pays], typ)
+            if key is None:  # no row of this batch has the field
+                data[name] = pa.nulls(len(pays), typ)
+                continue
+            data[name] = pa.array([self._fits(p.get(key), typ) if slot == name else None
+                                   for p, slot in zip(pays, slots[base], strict=True)], typ)
         with self._guard():
             schema = self._table.schema
             # in the table's column order: a table of an earlier smysl has its terms column

@@ -757,7 +757,7 @@ class PostgresStore(VectorStore):
         except (TypeError, ValueError) as e:
             raise ValueError(f"payloads must be JSON (no NaN or infinity): {e}") from None
         # jsonb holds no NUL, and the JSON text shows one escaped: look at the values
-        if any("\x00" in i for i in ids) or any(has_nul(p) for p in pays):
+        if has_nul(ids) or has_nul(pays):
             raise ValueError("ids and payloads must not contain NUL characters (PostgreSQL text)")
         if not self._lexical:  # rows without terms would go missing from lexical search
             raise PostgresStoreError(
