@@ -55,6 +55,7 @@ from smysl.providers.retry import Deadline, RetryingClient
 from smysl.providers.rows import check_rows
 from smysl.providers.tokens import (
     TOKENIZER_ENV,
+    env_tokenizer_file,
     find_tokenizer,
     fit_texts,
     is_qwen3_embedding,
@@ -135,6 +136,8 @@ class Provider(BaseEmbedder):
         self._server_cuts = True
         self._cuts_lock = threading.Lock()
         self._width: int | None = self.request_dimensions or named or self.default_width()
+        if tokenizer is None:
+            env_tokenizer_file()  # a $SMYSL_TOKENIZER naming nothing: refused here, not per call
         self._tokenizer_arg = tokenizer
         self._tokenizer: Tokenizer | None = tokenizer if isinstance(tokenizer, Tokenizer) else None
         self._tokenizer_resolved = self._tokenizer is not None

@@ -55,7 +55,7 @@ from smysl.providers.errors import (
 from smysl.providers.presets import config_options
 from smysl.providers.pricing import rerank_price_for, rerank_search_unit_price_for
 from smysl.providers.retry import Deadline, RetryingClient
-from smysl.providers.tokens import TOKENIZER_ENV, find_tokenizer
+from smysl.providers.tokens import env_tokenizer, find_tokenizer
 from smysl.providers.usage import Usage, count_of, reported_count
 from smysl.rerank import BaseReranker
 from smysl.scheduler import SchedulerConfig, plan_batches
@@ -445,13 +445,7 @@ def _pick_tokenizer(arg: str | os.PathLike[str] | Tokenizer | None) -> Tokenizer
         return arg
     if arg is not None:
         return find_tokenizer(arg)
-    env = os.environ.get(TOKENIZER_ENV)
-    if env:
-        try:
-            return find_tokenizer(env)
-        except FileNotFoundError:
-            return None
-    return None
+    return env_tokenizer()
 
 
 # ----------------------------------------------------------------------------- the APIs

@@ -51,9 +51,7 @@ def find_tokenizer(path: str | os.PathLike[str] | None = None) -> Tokenizer | No
             raise FileNotFoundError(f"tokenizer {os.fspath(path)!r} not found")
         return found
     if os.environ.get(TOKENIZER_ENV):
-        found = _load(os.environ[TOKENIZER_ENV])
-        if found is not None:
-            return found
+        return env_tokenizer()
     file = _cached_file() or _downloaded_file()
     found = _load(file) if file else None
     if found is not None:
@@ -66,11 +64,38 @@ def find_tokenizer(path: str | os.PathLike[str] | None = None) -> Tokenizer | No
     return None
 
 
-def _load(candidate: str) -> Tokenizer | None:
+def env_tokenizer_file() -> Path | None:
+    """The ``tokenizer.json`` that ``$SMYSL_TOKENIZER`` names, None where it is unset or blank.
+    An operator who set it meant that file: one that is not there is an error naming the
+    variable, not a quiet fall back to another tokenizer (or to byte-count bounds). Cheap (no
+    parsing): providers check it when they are built."""
+    value = os.environ.get(TOKENIZER_ENV)
+    if not value:
+        return None
+    file = _file(value)
+    if file is None:
+        raise FileNotFoundError(
+            f"${TOKENIZER_ENV}={value!r}: no tokenizer.json there (a tokenizer.json file or "
+            "a folder holding one); fix or unset the variable")
+    return file
+
+
+def env_tokenizer() -> Tokenizer | None:
+    """The tokenizer ``$SMYSL_TOKENIZER`` names (see :func:`env_tokenizer_file`)."""
+    file = env_tokenizer_file()
+    return None if file is None else _load(str(file))
+
+
+def _file(candidate: str) -> Path | None:
     p = Path(candidate).expanduser()
     if p.is_dir():
         p = p / "tokenizer.json"
-    if not p.is_file():
+    return p if p.is_file() else None
+
+
+def _load(candidate: str) -> Tokenizer | None:
+    p = _file(candidate)
+    if p is None:
         return None
     key = str(p.resolve())
     with _TOKENIZERS_LOCK:

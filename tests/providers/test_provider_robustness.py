@@ -303,3 +303,26 @@ def test_resume_sends_only_what_failed() -> None:
         out = m.embed(texts)
         assert [b["input"] for b in srv.requests[n:]] == [texts[10:20], texts[20:30]]
     np.testing.assert_allclose(out, expected(texts, 32, 32), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("value", ["/no/such/tokenizer.json", "/tmp"])
+def test_a_tokenizer_variable_naming_nothing_is_refused(value: str, tokenizer_path: Any,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """``$SMYSL_TOKENIZER`` set to a path without a tokenizer used to fall back quietly to the
+    Hub cache (or to byte bounds); it is an error naming the variable, when a provider or a
+    remote reranker is built, before any request is sent."""
+    from smysl.providers.rerankers import connect_reranker
+
+    monkeypatch.setenv("SMYSL_TOKENIZER", value)
+    with pytest.raises(FileNotFoundError, match=r"\$SMYSL_TOKENIZER=.*fix or unset"):
+        tokens_module.find_tokenizer()
+    with FakeServer(dims=32) as srv:
+        with pytest.raises(FileNotFoundError, match=r"\$SMYSL_TOKENIZER"):
+            connect("tei", srv.url, dimensions=32, **FAST)
+        with pytest.raises(FileNotFoundError, match=r"\$SMYSL_TOKENIZER"):
+            connect_reranker("tei", srv.url)
+        assert srv.requests == []
+        monkeypatch.setenv("SMYSL_TOKENIZER", str(tokenizer_path))  # a folder or file is fine
+        m = connect("tei", srv.url, dimensions=32, **FAST)
+        assert m.tokenizer is not None
+        assert tokens_module.find_tokenizer() is m.tokenizer
