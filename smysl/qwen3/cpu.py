@@ -221,6 +221,16 @@ def onednn_bf16() -> bool:
 
 
 @functools.cache
+def amx_bf16() -> bool:
+    """Whether oneDNN may use AMX-BF16 here (not hidden by an ISA cap) for bf16 GEMMs. Then
+    torch's CPU flash-attention kernel packs its bf16 blocks for oneDNN's AMX GEMMs (torch
+    decides that from the same oneDNN answer): 2x bf16 attention as batched GEMMs, which it
+    is not on AVX512-BF16 alone (there it computes at its float32 rate: see
+    ``model.causal_attention``)."""
+    return onednn_bf16() and "amx_bf16" in detect().flags
+
+
+@functools.cache
 def packs_linear(dtype: torch.dtype) -> bool:
     """Whether linear layers in ``dtype`` run as :class:`~smysl.qwen3.model.PackedLinear`
     (weights reordered once into oneDNN's blocked layout) on this machine.

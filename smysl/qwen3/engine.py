@@ -43,7 +43,7 @@ from smysl.qwen3.heap import loading
 from smysl.qwen3.hub import Checkpoint
 from smysl.qwen3.lanes import Lanes, LanesClosed, Slots, default_lanes, per_thread_counts
 from smysl.qwen3.loader import LinearFactory, load_encoder
-from smysl.qwen3.model import PackedLinear, Qwen3Config, Qwen3Encoder
+from smysl.qwen3.model import PackedLinear, Qwen3Config, Qwen3Encoder, same_bits_on
 from smysl.qwen3.prefix import layout
 from smysl.shown import first_line
 
@@ -248,6 +248,16 @@ class Engine:
                 log.warning("lanes: torch's thread count is process-wide here (its parallel "
                             "backend is not OpenMP): one lane")
                 self.lanes = 1
+            threads = torch.get_num_threads()
+            if self.lanes > 1 and not same_bits_on(model, (threads, threads // self.lanes)):
+                why = (f"this CPU's {self.dtype} GEMMs give other bits on {threads} threads "
+                       f"than on {threads // self.lanes}")
+                if lanes:
+                    log.warning("lanes=%d: %s, so a text's vector from a bulk call may differ "
+                                "in its last bits from the same text embedded alone", lanes, why)
+                else:  # a text's vector must not depend on how it was called
+                    log.info("one lane: %s", why)
+                    self.lanes = 1
         # one pass on all threads at a time, or one per lane: more would oversubscribe
         self._slots = Slots(self.lanes)
         self._lanes: Lanes[list[list[int]], np.ndarray] | None = None  # built on first use

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from smysl.qwen3.cpu import onednn_bf16
+from smysl.qwen3.cpu import amx_bf16, onednn_bf16
 from smysl.qwen3.hub import DEFAULT_POSITIONS
 
 
@@ -166,9 +166,73 @@ class PackedLinear(nn.Module):
         self.packed = torch.ops.mkldnn._reorder_linear_weight(w.contiguous())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = torch.ops.mkldnn._linear_pointwise(pad_rows(x.to(self.dtype)).contiguous(),
-                                               self.packed, None, "none", [], "")
-        return y[: x.shape[0]]
+        x = x.to(self.dtype)
+        m = x.shape[0]
+        sizes = same_bit_rows(self) if self.dtype == torch.bfloat16 else None
+        if sizes is None:
+            return self.gemm(pad_rows(x))[:m]
+        if m > ROW_TILE:  # tiles of ROW_TILE rows, the last one padded like a short input
+            return torch.cat([self(x[s : s + ROW_TILE]) for s in range(0, m, ROW_TILE)])
+        n = next(size for size in sizes if size >= m)
+        return self.gemm(x if n == m else torch.cat([x, x.new_zeros(n - m, x.shape[1])]))[:m]
+
+    def gemm(self, x: torch.Tensor) -> torch.Tensor:
+        """x: [M, in] in the weight's dtype -> [M, out], one oneDNN call."""
+        return torch.ops.mkldnn._linear_pointwise(x.contiguous(), self.packed, None, "none",
+                                                  [], "")
+
+
+#: Rows per GEMM call of a :class:`PackedLinear` whose kernels differ by row count (see
+#: :func:`same_bit_rows`): larger inputs run in tiles of this many rows. 256 rows ran bf16
+#: GEMMs at 0.9-1.0x the rate of 1,024 on a Xeon with AMX (2 threads, 0.6B shapes).
+ROW_TILE = 256
+_SAME_BITS: dict[tuple[int, int, torch.dtype, int], tuple[int, ...] | None] = {}
+
+
+def same_bits_on(model: nn.Module, threads: tuple[int, ...]) -> bool:
+    """Whether every bf16 :class:`PackedLinear` shape of ``model`` gives a
+    :data:`ROW_TILE`-row input the same bits at each of these thread counts (set and restored
+    in this thread). With AMX-BF16 the 0.6B's down_proj did not on 1 and 2 threads (a Xeon):
+    oneDNN's kernel follows the thread count too."""
+    shapes = {(m.out_features, m.in_features): m for m in model.modules()
+              if isinstance(m, PackedLinear) and m.dtype == torch.bfloat16}
+    before = torch.get_num_threads()
+    try:
+        for layer in shapes.values():
+            x = torch.randn(ROW_TILE, layer.in_features,
+                            generator=torch.Generator().manual_seed(0)).to(layer.dtype)
+            outs = []
+            for n in threads:
+                torch.set_num_threads(max(1, n))
+                outs.append(layer.gemm(x))
+            if any(not torch.equal(o, outs[0]) for o in outs[1:]):
+                return False
+    finally:
+        torch.set_num_threads(before)
+    return True
+
+
+def same_bit_rows(layer: PackedLinear) -> tuple[int, ...] | None:
+    """The row counts up to :data:`ROW_TILE` (of those :func:`padded_rows` gives) at which
+    ``layer``'s GEMM gives each row the bits it gets in a call of ``ROW_TILE`` rows, at this
+    thread's torch thread count; None where every such count does (then rows are only padded
+    by :func:`padded_rows`). Measured once per weight shape and thread count, on the layer's
+    own weight.
+
+    oneDNN picks its kernel (its summation order) by the row count. On AVX-512 and AVX2 CPUs
+    every count from 16 rows on gave the same bits; with AMX-BF16 they fall into classes (a
+    Xeon, 2 threads, the 0.6B's down_proj: 16-32, 48-144, 192-256 rows), so a text's bf16
+    vector moved in its last bits with the batch it came in. Padded to a count of the
+    ``ROW_TILE`` class (a short input's down_proj runs 192 rows), it does not."""
+    key = (layer.out_features, layer.in_features, layer.dtype, torch.get_num_threads())
+    if key not in _SAME_BITS:
+        gen = torch.Generator().manual_seed(0)
+        x = torch.randn(ROW_TILE, layer.in_features, generator=gen).to(layer.dtype)
+        want = layer.gemm(x)
+        sizes = sorted({padded_rows(m) for m in range(1, ROW_TILE + 1)})
+        same = tuple(n for n in sizes if torch.equal(layer.gemm(x[:n]), want[:n]))
+        _SAME_BITS[key] = None if len(same) == len(sizes) else same
+    return _SAME_BITS[key]
 
 
 class Attention(nn.Module):
@@ -457,16 +521,50 @@ def causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, offset: 
     bf16 on a CPU whose oneDNN computes bf16 natively runs as batched GEMMs
     (:func:`gemm_attention`): torch's CPU flash kernel computes bf16 at its fp32 speed
     (~90-160 GFLOP/s on an AVX512-BF16 EPYC against ~950 for bf16 GEMMs); where bf16 GEMMs
-    are emulated they are ~30x slower than that kernel. Every other case is SDPA's fused
-    kernel (float32 on CPU stays the exact path)."""
+    are emulated they are ~30x slower than that kernel. With AMX-BF16 that kernel runs its
+    blocks as oneDNN AMX GEMMs and is the faster one (:func:`flash_attention`). Every other
+    case is SDPA's fused kernel (float32 on CPU stays the exact path)."""
     if q.dtype == torch.bfloat16 and q.device.type == "cpu" and onednn_bf16():
-        return gemm_attention(q, k, v, offset)
+        return flash_attention(q, k, v, offset) if amx_bf16() else gemm_attention(q, k, v, offset)
     if offset == 0:
         return sdpa(q, k, v, causal=True)
     n = q.shape[1]
     cols = torch.arange(offset + n, device=q.device)
     return sdpa(q, k, v, causal=False,
                 mask=cols[None, :] <= torch.arange(n, device=q.device)[:, None] + offset)
+
+
+def flash_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, offset: int = 0
+                    ) -> torch.Tensor:
+    """bf16 causal attention by SDPA's CPU flash kernel on a CPU with AMX-BF16 (shapes as
+    :func:`causal_attention`), the queries and keys padded with zero rows to
+    :func:`padded_rows` counts.
+
+    There the kernel computes its blocks as oneDNN AMX GEMMs: 2x :func:`gemm_attention` at
+    16-4,096 tokens and half its error vs float64 (Xeon with AMX, 1-2 threads). It keeps a
+    GEMM kernel for every block shape it meets, whose last block follows the length: fed
+    random lengths it grew a process by ~550 MiB over 1,200 inputs. Padded, the shapes come
+    from the short list the linear layers use. Padding is hidden from the real queries (a
+    causal query sees no later key), and the padded length is the text's own: a vector does
+    not depend on its batch, nor (tested) on the thread count."""
+    lq = q.shape[1]
+    lk = k.shape[1]  # offset + lq
+    lqp, lkp = padded_rows(lq), padded_rows(lk)
+    if (lqp, lkp) != (lq, lk):
+        q, k, v = (_zero_padded(x, n) for x, n in ((q, lqp), (k, lkp), (v, lkp)))
+    if offset == 0:
+        return sdpa(q, k, v, causal=True)[:, :lq]
+    # query i sees keys 0..offset + i; a padded query as many (never none: no NaN rows)
+    cols = torch.arange(lkp, device=q.device)
+    mask = cols[None, :] <= torch.arange(lqp, device=q.device)[:, None] + offset
+    return sdpa(q, k, v, causal=False, mask=mask)[:, :lq]
+
+
+def _zero_padded(x: torch.Tensor, n: int) -> torch.Tensor:
+    """x: [B, L, H, D] -> [B, n, H, D], zero rows after L."""
+    out = x.new_zeros(x.shape[0], n, *x.shape[2:])
+    out[:, : x.shape[1]] = x
+    return out
 
 
 @functools.lru_cache(maxsize=64)

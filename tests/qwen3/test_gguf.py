@@ -310,7 +310,9 @@ def test_kept_blocks_are_as_close_as_the_bf16_dequantisation(wide: Path, tmp_pat
     ill-conditioned (bf16 activations alone move them by up to 2e-3 in cosine, and which way
     depends on the attention kernel's rounding), so the minimum is bf16 noise, bounded apart,
     and those two alone move the mean of 48 by up to 3e-5 (more than the slack) when the
-    bf16 path's rounding changes."""
+    bf16 path's rounding changes (Q4_K's worst text: 0.9989 with bf16 attention as GEMMs,
+    0.9965 with the flash kernel an AMX CPU runs, whose bf16 path's worst rose 0.9984 ->
+    0.9990)."""
     types = {f"blk.{n}.{m}.weight": kind for n in range(2) for m in _MATRICES}
     path = write_gguf(wide, tmp_path / f"{kind}.gguf", ftype="Q8_0", type_of=types)
     exact = Embedder.load(str(path), device="cpu", dtype="float32").embed(texts[:48])
@@ -318,7 +320,7 @@ def test_kept_blocks_are_as_close_as_the_bf16_dequantisation(wide: Path, tmp_pat
     kept = Embedder.load(str(path), device="cpu", quantize="int4").embed(texts[:48])
     cos, floor = (kept * exact).sum(axis=1), (bf16 * exact).sum(axis=1)
     assert np.median(cos) >= np.median(floor) - slack, (np.median(cos), np.median(floor))
-    assert cos.min() >= 0.997, cos.min()
+    assert cos.min() >= 0.995, cos.min()
 
 
 def test_quantised_file_kept_when_dequantising_would_not_fit(

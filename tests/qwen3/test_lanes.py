@@ -429,3 +429,55 @@ def test_tune_measures_lanes_and_engines_use_them(tiny_dir: Path, tmp_path: Path
     assert given.info().lanes == 1
     tuning.store(k, tuning.Tuned(chunk=64, lanes=0))
     assert tuning.lookup(k) is None  # out of range: ignored
+
+
+@two_threads
+def test_one_lane_where_the_gemms_follow_the_thread_count(
+        tiny_dir: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    """With AMX-BF16 oneDNN's bf16 kernel for the 0.6B's down_proj follows the thread count: a
+    lane (1 thread) gave other bits than a pass on 2 (min cosine 0.99998 over a corpus). Then
+    the default is one lane, a text's vector the same however it was called; lanes asked for
+    explicitly are kept, with a warning saying what they cost."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    asked: list[tuple[int, ...]] = []
+
+    def differs(model: object, threads: tuple[int, ...]) -> bool:
+        asked.append(threads)
+        return False
+
+    monkeypatch.setattr(engine_mod, "same_bits_on", differs)
+    try:
+        with caplog.at_level("INFO", logger="smysl.qwen3.engine"):
+            emb = Embedder.load(str(tiny_dir), device="cpu", dtype="bfloat16")
+            assert emb.info().lanes == 1 and asked == [(2, 1)]
+            assert "one lane: this CPU's bfloat16 GEMMs give other bits on 2 threads" in caplog.text
+            emb = Embedder.load(str(tiny_dir), device="cpu", dtype="bfloat16", lanes=2)
+            assert emb.info().lanes == 2
+            assert "may differ in its last bits" in caplog.text
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_same_bits_on_runs_each_shape_at_each_count(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The check runs each bf16 layer shape at each count, finds a kernel whose bits follow the
+    count, and restores the caller's count."""
+    from smysl.qwen3.cpu import packs_linear
+    from smysl.qwen3.model import PackedLinear, same_bits_on
+
+    if not packs_linear(torch.bfloat16):
+        pytest.skip("oneDNN cannot pack bf16 here")
+    model = torch.nn.Sequential(PackedLinear(torch.randn(32, 64).bfloat16()),
+                                PackedLinear(torch.randn(48, 32).bfloat16()))
+    before = torch.get_num_threads()
+    assert same_bits_on(model, (1, 1))
+    seen: list[tuple[int, int]] = []
+    gemm = PackedLinear.gemm
+
+    def follows(self: PackedLinear, x: torch.Tensor) -> torch.Tensor:
+        seen.append((self.out_features, torch.get_num_threads()))
+        return gemm(self, x) * torch.get_num_threads()  # other bits per count
+
+    monkeypatch.setattr(PackedLinear, "gemm", follows)
+    assert not same_bits_on(model, (3, 1))
+    assert seen == [(32, 3), (32, 1)] and torch.get_num_threads() == before

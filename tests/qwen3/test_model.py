@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from smysl.qwen3.cpu import onednn_bf16
+from smysl.qwen3.cpu import amx_bf16, onednn_bf16
 from smysl.qwen3.model import (
     MLP,
     AttentionPlan,
@@ -17,9 +17,11 @@ from smysl.qwen3.model import (
     RMSNorm,
     apply_rope,
     causal_attention,
+    flash_attention,
     gemm_attention,
     norm_rope,
     pad_rows,
+    padded_rows,
     sdpa,
 )
 
@@ -155,10 +157,75 @@ def test_causal_attention_dispatch() -> None:
     assert torch.equal(causal_attention(q, k, v), sdpa(q, k, v, causal=True))
     qb, kb, vb = q.bfloat16(), k.bfloat16(), v.bfloat16()
     if onednn_bf16():
-        assert torch.equal(causal_attention(qb, kb, vb), gemm_attention(qb, kb, vb))
+        want = flash_attention if amx_bf16() else gemm_attention
+        assert torch.equal(causal_attention(qb, kb, vb), want(qb, kb, vb))
     kp, vp = torch.randn(2, 14, 2, 16), torch.randn(2, 14, 2, 16)
     assert torch.allclose(causal_attention(q, kp, vp, offset=5).double(),
                           _prefixed(q, kp, vp, 5), atol=1e-5)
+
+
+@pytest.mark.parametrize("amx", [True, False])
+def test_bf16_attention_follows_amx(amx: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With AMX-BF16 bf16 attention is the flash kernel on padded rows, else the GEMM form
+    (where oneDNN computes bf16 natively)."""
+    monkeypatch.setattr("smysl.qwen3.model.onednn_bf16", lambda: True)
+    monkeypatch.setattr("smysl.qwen3.model.amx_bf16", lambda: amx)
+    torch.manual_seed(3)
+    q = torch.randn(2, 21, 4, 16, dtype=torch.bfloat16)
+    k, v = (torch.randn(2, 21, 2, 16, dtype=torch.bfloat16) for _ in range(2))
+    want = flash_attention if amx else gemm_attention
+    assert torch.equal(causal_attention(q, k, v), want(q, k, v))
+
+
+@pytest.mark.parametrize(("b", "lq", "offset"),
+                         [(1, 1, 0), (3, 37, 0), (2, 130, 0), (2, 20, 9), (1, 300, 0),
+                          (1, 5, 40), (2, 16, 0), (1, 1, 7), (2, 700, 0), (1, 66, 190)])
+def test_flash_attention_matches_reference(b: int, lq: int, offset: int) -> None:
+    """Padded to a short list of sizes, queries and keys alike, the results are the
+    reference's to bf16 rounding: the padding stays hidden, with or without a prefix."""
+    torch.manual_seed(lq + offset)
+    q = torch.randn(b, lq, 4, 16, dtype=torch.bfloat16)
+    k, v = (torch.randn(b, offset + lq, 2, 16, dtype=torch.bfloat16) for _ in range(2))
+    out = flash_attention(q, k, v, offset)
+    assert out.shape == q.shape and out.dtype == torch.bfloat16
+    assert (out.double() - _prefixed(q, k, v, offset)).abs().max().item() < 2e-2
+
+
+def test_flash_attention_does_not_depend_on_batch_or_threads() -> None:
+    """A text's attention is the same bits alone, in any batch of its length, at any thread
+    count (the kernel's block and packing choices read the batch size and the threads)."""
+    torch.manual_seed(4)
+    threads = torch.get_num_threads()
+    try:
+        for lq, offset in ((20, 0), (64, 0), (200, 0), (33, 12)):
+            q = torch.randn(8, lq, 16, 32, dtype=torch.bfloat16)
+            k, v = (torch.randn(8, offset + lq, 8, 32, dtype=torch.bfloat16) for _ in range(2))
+            torch.set_num_threads(1)
+            alone = flash_attention(q[:1], k[:1], v[:1], offset)
+            for n, b in ((1, 3), (2, 8), (4, 5)):
+                torch.set_num_threads(n)
+                assert torch.equal(flash_attention(q[:b], k[:b], v[:b], offset)[:1], alone)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def test_flash_attention_meets_few_shapes(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The flash kernel keeps a oneDNN GEMM kernel per block shape, and its last block follows
+    the length (random lengths grew a process by ~550 MiB): it sees padded sizes only."""
+    seen: set[tuple[int, int]] = set()
+    real = sdpa
+
+    def counted(q: torch.Tensor, k: torch.Tensor, *a: Any, **kw: Any) -> torch.Tensor:
+        seen.add((q.shape[1], k.shape[1]))
+        return real(q, k, *a, **kw)
+
+    monkeypatch.setattr("smysl.qwen3.model.sdpa", counted)
+    for lq in range(1, 1101, 7):
+        q = torch.zeros(1, lq, 4, 16, dtype=torch.bfloat16)
+        k = torch.zeros(1, lq, 2, 16, dtype=torch.bfloat16)
+        flash_attention(q, k, k)
+    assert all(n == padded_rows(n) and m == padded_rows(m) for n, m in seen)
+    assert len(seen) < 80, len(seen)
 
 
 def test_emulated_bf16_keeps_the_flash_kernel(monkeypatch: pytest.MonkeyPatch) -> None:
