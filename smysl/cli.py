@@ -87,6 +87,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
         return 141
+    except OSError as e:
+        # The system refused: a full disk, a name too long, a symlink loop, a read-only
+        # place. One line naming the file, status 1 (the environment failed, not the
+        # arguments); outputs are replaced whole (files.replacing), so none is left half.
+        where = f"{e.filename}: " if e.filename else ""
+        print(f"smysl {args.command}: error: {where}{e.strerror or e}", file=sys.stderr)
+        try:
+            sys.stdout.flush()
+        except OSError:  # stdout itself failed (> /dev/full): the exit's flush must not retry
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
 
 
 if __name__ == "__main__":

@@ -53,8 +53,10 @@ def replace_file(path: Path, text: str) -> None:
 
 
 @contextlib.contextmanager
-def replacing(path: Path, *, binary: bool = False) -> Iterator[IO[Any]]:
-    """A file to write ``path``'s new content into (text, or ``binary``): a temporary file of
+def replacing(path: Path, *, binary: bool = False, newline: str | None = None
+              ) -> Iterator[IO[Any]]:
+    """A file to write ``path``'s new content into (text with ``newline`` as ``open`` takes
+    it, or ``binary``): a temporary file of
     its own beside it, renamed into place when the block ends, removed if it fails (Ctrl-C
     too): ``path`` is the old file or the whole new one, never a part. A symlink's target is
     the one replaced; a path that is no regular file (``/dev/null``, a FIFO, ``/dev/fd/N``) is
@@ -65,14 +67,16 @@ def replacing(path: Path, *, binary: bool = False) -> Iterator[IO[Any]]:
     except FileNotFoundError:
         mode = None
     if mode is not None and not stat.S_ISREG(mode):
-        with open(path, "wb") if binary else open(path, "w", encoding="utf-8") as out:
+        with open(path, "wb") if binary else open(path, "w", encoding="utf-8",
+                                                  newline=newline) as out:
             yield out
         return
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         if hasattr(os, "fchmod"):  # mkstemp's 0600: the old file's mode, else the umask's
             os.fchmod(fd, stat.S_IMODE(mode) if mode is not None else 0o666 & ~_umask())
-        with (os.fdopen(fd, "wb") if binary else os.fdopen(fd, "w", encoding="utf-8")) as f:
+        with (os.fdopen(fd, "wb") if binary else os.fdopen(fd, "w", encoding="utf-8",
+                                                             newline=newline)) as f:
             yield f
         os.replace(tmp, path)
     except BaseException:

@@ -581,8 +581,7 @@ def test_os_errors_on_paths_are_one_line_errors(tmp_path: Path,
 
     code, _, err = _run(monkeypatch, capsys, ["rerank", "--model", "x", "-q", "q", "-i",
                                               str(tmp_path)])
-    assert code == 2 and err == f"smysl rerank: error: [Errno 21] Is a directory: " \
-                                f"'{tmp_path}'\n"
+    assert code == 2 and err == f"smysl rerank: error: --input {tmp_path}: Is a directory\n"
 
     def unreadable(source: str) -> list[str]:  # chmod 000 does not stop root, who runs CI
         raise PermissionError(13, "Permission denied", source)
@@ -648,3 +647,52 @@ def test_embed_warns_when_stdin_looks_like_jsonl(tiny_dir: Path, monkeypatch: py
     code, _, err = _run(monkeypatch, capsys, ["embed", "--model", str(tiny_dir), "--device",
                                               "cpu"], "plain\n")
     assert code == 0 and "JSONL" not in err
+
+
+@pytest.mark.parametrize("how", ["name too long", "stdout full"])
+def test_a_refusing_system_is_one_line(how: str, tmp_path: Path) -> None:
+    """A full disk, a name too long (or a symlink loop) printed a traceback and exit 1; now
+    one line naming the file, exit 1, and no output left half-written."""
+    import subprocess
+    import sys
+
+    src = tmp_path / "in.jsonl"
+    src.write_text('{"text": "a"}\n{"text": "b"}\n', encoding="utf-8")
+    if how == "name too long":
+        out = tmp_path / ("a" * 300 + ".jsonl")
+        args = ["cluster", "--model", "st:all-minilm-l6-v2", "-i", str(src), "-o", str(out),
+                "--k", "2"]
+        stdout = None
+    else:
+        if not Path("/dev/full").exists():
+            pytest.skip("no /dev/full")
+        args = ["models", "--json"]
+        stdout = open("/dev/full", "w")  # noqa: SIM115 - closed below
+    try:
+        p = subprocess.run([sys.executable, "-m", "smysl", *args], stdout=stdout,
+                           stderr=subprocess.PIPE, text=True, timeout=300)
+    finally:
+        if stdout is not None:
+            stdout.close()
+    assert p.returncode == 1 and "Traceback" not in p.stderr, p.stderr
+    line = p.stderr.strip().splitlines()[-1]
+    want = "File name too long" if how == "name too long" else "No space left on device"
+    assert line.startswith(f"smysl {args[0]}: error: ") and want in line, p.stderr
+    assert sorted(f.name for f in tmp_path.iterdir()) == ["in.jsonl"]
+
+
+def test_outputs_are_replaced_whole(tmp_path: Path) -> None:
+    """classify, cluster, dedup and `index search -o` wrote with a plain open: a failure part
+    way (a full disk) left a truncated file that looked like a result. They go through
+    files.replacing now: the old file, or the whole new one."""
+    from smysl.toolkit.io import write_rows
+
+    for name in ("out.jsonl", "out.csv"):
+        path = tmp_path / name
+        path.write_text("old\n", encoding="utf-8")
+        with pytest.raises(TypeError):
+            write_rows(path, [{"a": 1}, {"a": [object()]}])  # the second row cannot be written
+        assert path.read_text(encoding="utf-8") == "old\n"
+        write_rows(path, [{"a": 1}, {"a": [2]}])
+        assert path.read_bytes() in (b'{"a": 1}\n{"a": [2]}\n', b"a\r\n1\r\n[2]\r\n")
+    assert sorted(f.name for f in tmp_path.iterdir()) == ["out.csv", "out.jsonl"]

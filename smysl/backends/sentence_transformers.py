@@ -176,11 +176,18 @@ class SentenceTransformerEmbedder(BaseEmbedder):
             raise ImportError("the st: backend needs sentence-transformers: "
                               "pip install 'smysl[st]'") from e
         path = model_path(model)
-        with _quiet_loading():
-            self.model = SentenceTransformer(
-                path, device=device, model_kwargs={"dtype": getattr(torch, dtype)},
-                local_files_only=Path(model).exists(),
-            )
+        try:
+            with _quiet_loading():
+                self.model = SentenceTransformer(
+                    path, device=device, model_kwargs={"dtype": getattr(torch, dtype)},
+                    local_files_only=Path(model).exists(),
+                )
+        except OSError as e:  # not here, not cached, no network: a page of transformers' text
+            if Path(path).exists():
+                raise
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+            raise FileNotFoundError(f"st:{model}: not a folder here nor in the Hugging Face "
+                                    f"cache, and not downloaded ({first})") from e
         if max_tokens:
             # lower only: above the model's positions torch fails mid-forward ("The size of
             # tensor a (1002) must match ... (512)")

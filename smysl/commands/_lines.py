@@ -48,6 +48,8 @@ def read_lines(source: str, flag: str = "--input") -> list[str]:
         raise FileNotFoundError(f"{flag} {source}: no such file" + (
             " (leave --input out, or pass -, to read stdin)" if flag == "--input" else "")
         ) from None
+    except (IsADirectoryError, PermissionError) as e:  # "[Errno 21] ...": name the flag
+        raise type(e)(f"{flag} {source}: {e.strerror}") from None
 
 
 def looks_like_jsonl(lines: list[str]) -> bool:

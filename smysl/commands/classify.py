@@ -6,6 +6,7 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from smysl.commands import given
 from smysl.commands._model import add_model_arguments, load_model
@@ -16,6 +17,9 @@ from smysl.commands._toolkit import (
     rows_of,
 )
 from smysl.tokenize import InputTooLongError
+
+if TYPE_CHECKING:
+    from smysl.toolkit.classify import SupervisedClassifier
 
 HELP = "classify texts (zero-shot with --labels, or --train/--load a logreg/kNN model)"
 
@@ -106,6 +110,13 @@ def _refuse_unused(args: argparse.Namespace, mode: str) -> None:
     """Flags the chosen mode would ignore are an error: an option never silently does
     nothing."""
     if mode == "--train":
+        # the other method's setting: kNN takes --neighbors, logistic regression -C
+        knn = args.method == "knn"
+        other = ("-C", "C") if knn else ("--neighbors", "neighbors")
+        if vars(args)[other[1]] is not None:
+            raise ValueError(f"{other[0]} does nothing with --method "
+                             f"{args.method or 'logreg'}; it applies to --method "
+                             f"{'logreg' if knn else 'knn'}")
         return
     unused = {"--save": "save", "--method": "method", "--neighbors": "neighbors", "-C": "C"}
     if mode == "--load":
@@ -118,6 +129,15 @@ def _refuse_unused(args: argparse.Namespace, mode: str) -> None:
                          f"to --train")
 
 
+def _load_classifier(path: str) -> SupervisedClassifier:
+    from smysl.toolkit.classify import SupervisedClassifier
+
+    try:
+        return SupervisedClassifier.load(path)
+    except (FileNotFoundError, IsADirectoryError, PermissionError) as e:
+        raise ValueError(f"--load {path}: {e.strerror or e}") from None
+
+
 def run(args: argparse.Namespace) -> int:
     from smysl.toolkit.classify import (
         ClassifyConfig,
@@ -128,17 +148,23 @@ def run(args: argparse.Namespace) -> int:
     )
     from smysl.toolkit.io import check_file, check_output, read_column, write_rows
 
-    _refuse_unused(args, "--labels" if args.labels else "--train" if args.train else "--load")
+    mode = ("--labels" if args.labels is not None else
+            "--train" if args.train is not None else "--load")
+    if not vars(args)[mode[2:]].strip():  # '' is given, not absent: name the flag
+        raise ValueError("--labels is empty: give two labels or more ('billing,bug') or a "
+                         ".csv/.jsonl/.json file of them" if mode == "--labels" else
+                         f"{mode} is empty: give a file")
+    _refuse_unused(args, mode)
     check_output(args.output)
     if args.save:
         check_file(args.save, "--save")
-    labels_by_name = _labels(args.labels, args) if args.labels else None
+    labels_by_name = _labels(args.labels, args) if mode == "--labels" else None
     texts, rows = read_column(args.input, args.text_field)
     # Gold labels (when any row has the column) are read before any work, so a row without
     # one fails the command before its output exists.
     gold = (labels_in(rows, args.label_field, args.input, "--label-field")
             if any(args.label_field in r for r in rows) else None)
-    loaded = SupervisedClassifier.load(args.load) if args.load else None  # before the model
+    loaded = _load_classifier(args.load) if mode == "--load" else None  # before the model
     model = load_model(args.model, args)
     show = progress(args)
     scores: list[float] | None = None

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 from typing import Any
 
 from smysl.commands import given
@@ -14,6 +15,7 @@ from smysl.commands._toolkit import (
     progress,
     rows_of,
 )
+from smysl.files import replacing
 
 HELP = "cluster texts (k-means with --k or estimated k, or --method hdbscan)"
 
@@ -77,7 +79,7 @@ def run(args: argparse.Namespace) -> int:
                 "representatives": [texts[i] for i in c.representatives]}
                for c in result.clusters]
     if args.summary:
-        with open(args.summary, "w", encoding="utf-8") as f:
+        with replacing(Path(args.summary)) as f:
             json.dump({"k": result.k, "noise": int((result.labels == -1).sum()),
                        "silhouettes": result.silhouettes, "clusters": summary}, f,
                       ensure_ascii=False, indent=2)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
 from smysl.commands._model import add_model_arguments, load_model
 from smysl.commands._toolkit import (
@@ -12,6 +13,7 @@ from smysl.commands._toolkit import (
     progress,
     rows_of,
 )
+from smysl.files import replacing
 
 HELP = "find near-duplicate texts (groups above --threshold) and write a report"
 
@@ -62,7 +64,7 @@ def run(args: argparse.Namespace) -> int:
     write_rows(args.output, out)
     report = result.report()
     if args.report:
-        with open(args.report, "w", encoding="utf-8") as f:
+        with replacing(Path(args.report)) as f:
             json.dump({**report,
                        "groups_detail": [[{"index": i, "text": texts[i],
                                            "duplicate_of": result.duplicate_of[i]

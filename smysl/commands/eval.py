@@ -6,6 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from smysl.commands import given
 from smysl.commands._model import add_model_arguments, model_options
 
 HELP = ("evaluate models on STS, pair classification, classification, clustering, retrieval "
@@ -68,7 +69,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="reranker model string (Qwen3-Reranker dir or Hub id, siliconflow:..., "
                         "tei:URL, ...): reranks each embedder's top candidates on xquad-ru and "
                         "xquad-en (tasks xquad-ru-rerank, xquad-en-rerank; '-t rerank' alone)")
-    g.add_argument("--rerank-top", type=int, default=50, metavar="N",
+    g.add_argument("--rerank-top", type=int, default=None, metavar="N",
                    help="candidates per query: the embedder's top N (default 50)")
     g.add_argument("--rerank-queries", type=int, default=None, metavar="N",
                    help="rerank N queries spread over each task (full corpus; short runs)")
@@ -99,6 +100,12 @@ def run(args: argparse.Namespace) -> int:
         for name, kind, label, description in rows:
             print(f"{name:24s} {kind:15s} {label:18s} {description}")
         return 0
+    if args.reranker is None:  # an option never silently does nothing
+        named = [f for f, v in (("--rerank-top", args.rerank_top),
+                                ("--rerank-queries", args.rerank_queries)) if v is not None]
+        if named:
+            raise ValueError(f"{' and '.join(named)} appl{'y' if len(named) > 1 else 'ies'} "
+                             "to reranking: add --reranker MODEL")
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     # httpx logs every request's URL at INFO, a provider URL's password with it
     for name in ("httpx", "httpcore"):
@@ -111,7 +118,8 @@ def run(args: argparse.Namespace) -> int:
         use_instructions=not args.no_instructions, instructions=dict(args.instruction),
         model_options=options, cache_dir=args.cache, compare=tuple(args.compare),
         progress=not args.no_progress and sys.stderr.isatty(), plots=not args.no_plots,
-        reranker=args.reranker, rerank_top=args.rerank_top, rerank_queries=args.rerank_queries,
+        reranker=args.reranker, rerank_queries=args.rerank_queries,
+        **given(args, rerank_top="rerank_top"),
         reranker_options=(reranker_options(args.reranker, options) if args.reranker
                           else ModelOptions()))
     results = run_eval(cfg)

@@ -141,6 +141,8 @@ def _add(args: argparse.Namespace, store: StoreConfig) -> int:
         read_documents,
     )
 
+    if args.chunk_tokens < 2:  # ChunkConfig's message names its field, not the flag
+        raise ValueError(f"--chunk-tokens must be >= 2, got {args.chunk_tokens}")
     model = load_model(args.model, args)
     config = IndexConfig(store=store,
                          cache=CacheConfig(Path(args.cache) if args.cache else None),
@@ -244,7 +246,9 @@ def _search(args: argparse.Namespace, store: StoreConfig) -> int:
                                                args.query_field or "query",
                                                args.queries_file, "--query-field")]
     if not queries:
-        raise ValueError("give queries as arguments or with --queries-file")
+        raise ValueError(f"--queries-file {args.queries_file}: no query in it" if
+                         args.queries_file else "give queries as arguments or with "
+                         "--queries-file")
     if any(not q.strip() for q in queries):  # embedded, it gave arbitrary neighbours
         raise ValueError("a query is empty; give its text")
     if args.context_chars is not None and (args.format != "context" or args.context_chars < 1):

@@ -13,6 +13,7 @@ from typing import Any
 from smysl.commands import check_output_folder
 from smysl.commands._lines import looks_like_jsonl, read_lines
 from smysl.commands._model import add_model_arguments, model_options
+from smysl.files import replacing
 from smysl.tokenize import InputTooLongError
 
 HELP = "rank documents (JSONL or lines) against a query with a reranker; write JSONL"
@@ -96,7 +97,7 @@ def run(args: argparse.Namespace) -> int:
         spent = reranker.usage_report()
     with contextlib.ExitStack() as stack:
         out = sys.stdout if args.output == "-" else stack.enter_context(
-            open(args.output, "w", encoding="utf-8"))
+            replacing(Path(args.output)))
         for rank, (i, score) in enumerate(ranked, 1):
             out.write(json.dumps({"rank": rank, "index": i, "score": score,
                                   "document": items[i]}, ensure_ascii=False) + "\n")

@@ -206,6 +206,8 @@ def _api_key(args: argparse.Namespace) -> str | None:
             key = f.readline().strip()
     except FileNotFoundError:
         raise FileNotFoundError(f"--api-key-file {args.api_key_file}: no such file") from None
+    except (IsADirectoryError, PermissionError) as e:
+        raise type(e)(f"--api-key-file {args.api_key_file}: {e.strerror}") from None
     if not key:
         raise ValueError(f"--api-key-file {args.api_key_file}: its first line is empty")
     return key

@@ -41,8 +41,8 @@ def run(args: argparse.Namespace) -> int:
     from smysl.qwen3.engine import Engine
 
     try:
-        slices = (tuple(sorted({int(s) for s in args.slices.split(",")})) if args.slices
-                  else tuning.SLICES)
+        slices = (tuple(sorted({int(s) for s in args.slices.split(",")}))
+                  if args.slices is not None else tuning.SLICES)
     except ValueError:
         raise ValueError(f"--slices takes comma-separated token counts, not {args.slices!r}"
                          ) from None
@@ -58,6 +58,9 @@ def run(args: argparse.Namespace) -> int:
     if not isinstance(engine, Engine) or engine.torch_device.type != "cpu":
         raise ValueError("smysl tune measures smysl's own CPU engine: a local Qwen3 "
                          "checkpoint or GGUF file on --device cpu")
+    if args.layers > engine.model.cfg.num_hidden_layers:
+        raise ValueError(f"--layers {args.layers}: the model has "
+                         f"{engine.model.cfg.num_hidden_layers} decoder layers")
     threads = None
     tk = tuning.threads_key(engine.kernel, engine.torch_dtype, engine.model.cfg)
     if args.threads is not None:

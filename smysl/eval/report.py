@@ -25,6 +25,7 @@ from typing import Any
 
 from smysl.eval.config import PROTOCOL, EvalConfig
 from smysl.eval.results import ModelResult, model_slug
+from smysl.files import replace_file
 from smysl.shown import nan_as_null
 
 Run = dict[str, Any]  # one model's results as stored in results.json
@@ -71,19 +72,19 @@ def write_reports(results: Sequence[ModelResult], cfg: EvalConfig,
         folder.mkdir(exist_ok=True)
         for task in [*run["tasks"], *run.get("reranking", [])]:
             path = folder / f"{task['task']}.json"
-            path.write_text(json.dumps(nan_as_null({"model": run["model"], **task}), indent=1,
-                                       ensure_ascii=False), encoding="utf-8")
+            replace_file(path, json.dumps(nan_as_null({"model": run["model"], **task}),
+                                          indent=1, ensure_ascii=False))
             written.append(path)
     meta = {"created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "data_dir": str(cfg.data_dir), **cfg.protocol(), "reranker": cfg.reranker}
     path = out / "results.json"
-    path.write_text(json.dumps(nan_as_null({"meta": meta, "models": runs}), indent=1,
-                               ensure_ascii=False), encoding="utf-8")
+    replace_file(path, json.dumps(nan_as_null({"meta": meta, "models": runs}), indent=1,
+                                  ensure_ascii=False))
     written.append(path)
     for line in comparability(runs + list(compared)):
         log.warning("%s", line)
     path = out / "summary.md"
-    path.write_text(summary_markdown(runs, list(compared)), encoding="utf-8")
+    replace_file(path, summary_markdown(runs, list(compared)))
     written.append(path)
     if cfg.plots:
         both = runs + list(compared)

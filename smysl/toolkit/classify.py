@@ -13,6 +13,7 @@ from typing import Any, Literal
 import numpy as np
 
 from smysl.base import BaseEmbedder
+from smysl.files import replacing
 from smysl.toolkit._deps import require_sklearn
 
 FORMAT = "smysl-classifier/1"
@@ -173,7 +174,7 @@ class SupervisedClassifier:
         """Write ``path`` (.npz): arrays plus JSON settings; loads without pickle."""
         meta = {"format": FORMAT, "model": self.model, "fingerprint": self.fingerprint,
                 "config": self.config.__dict__}
-        with open(path, "wb") as f:
+        with replacing(Path(path), binary=True) as f:
             arrays: dict[str, Any] = {"meta": np.asarray(json.dumps(meta)),
                                       "classes": self.classes, **self._arrays}
             np.savez(f, **arrays)

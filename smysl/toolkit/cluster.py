@@ -71,6 +71,8 @@ class ClusterConfig:
                              f", k_max {self.k_max}")
         if self.min_cluster_size < 2:
             raise ValueError(f"min_cluster_size must be >= 2, got {self.min_cluster_size}")
+        if not 0 <= self.seed < 1 << 32:  # what scikit-learn's random_state takes
+            raise ValueError(f"seed must be in [0, 2**32), got {self.seed}")
         if self.representatives < 0:
             raise ValueError(f"representatives must be >= 0, got {self.representatives}")
         if self.sample < 2:

@@ -70,8 +70,8 @@ class DedupConfig:
         if self.neighbors < 1:
             raise ValueError(f"neighbors must be >= 1, got {self.neighbors}")
         if self.max_neighbors < self.neighbors:
-            raise ValueError(f"max_neighbors ({self.max_neighbors}) must be at least "
-                             f"neighbors ({self.neighbors})")
+            raise ValueError(f"neighbors must be at most max_neighbors ({self.max_neighbors}), "
+                             f"got {self.neighbors}")
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
 

@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
 import sys
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
-from typing import Any, TextIO
+from typing import IO, Any, TextIO
 
-from smysl.files import allow_long_csv_fields
+from smysl.files import allow_long_csv_fields, replacing
 
 TABLE_SUFFIXES = (".csv", ".jsonl", ".ndjson")
 
@@ -116,12 +117,13 @@ def read_column(path: str | Path, field: str) -> tuple[list[str], list[dict[str,
 
 
 def write_rows(path: str | Path, rows: Iterable[Mapping[str, Any]]) -> None:
-    """Write rows as CSV (columns of the first row, then any new ones) or JSONL."""
+    """Write rows as CSV (columns of the first row, then any new ones) or JSONL; a file is
+    replaced whole when all is written (:func:`smysl.files.replacing`), never left half."""
     rows = list(rows)
     fmt = table_format(path)
-    out: TextIO = sys.stdout if str(path) == "-" else open(  # noqa: SIM115 - or stdout
-        path, "w", encoding="utf-8", newline="")
-    try:
+    with contextlib.ExitStack() as stack:
+        out: IO[Any] = sys.stdout if str(path) == "-" else stack.enter_context(
+            replacing(Path(path), newline=""))
         if fmt == "jsonl":
             for r in rows:
                 out.write(json.dumps(dict(r), ensure_ascii=False) + "\n")
@@ -134,6 +136,3 @@ def write_rows(path: str | Path, rows: Iterable[Mapping[str, Any]]) -> None:
             for r in rows:
                 w.writerow({k: json.dumps(v, ensure_ascii=False)
                             if isinstance(v, list | dict) else v for k, v in r.items()})
-    finally:
-        if out is not sys.stdout:
-            out.close()

@@ -91,6 +91,30 @@ def test_max_tokens_beyond_the_position_table_is_refused_at_load() -> None:
     assert smysl.load("st:all-minilm-l6-v2", max_tokens=512).max_tokens == 512
 
 
+def test_a_model_neither_here_nor_cached_is_one_line(monkeypatch: pytest.MonkeyPatch,
+                                                     tmp_path: Path) -> None:
+    """`st:NAME` not installed, not cached and offline raised ~60 lines of transformers'
+    traceback ending in an OSError; now a FileNotFoundError (one CLI line, status 2)."""
+    import sentence_transformers
+
+    import smysl
+
+    def unreachable(*args: object, **kwargs: object) -> None:  # what transformers raises
+        raise OSError("We couldn't connect to 'https://huggingface.co' to load the files.\n"
+                      "Check your internet connection or see ...")
+
+    monkeypatch.setattr(sentence_transformers, "SentenceTransformer", unreachable)
+    with pytest.raises(FileNotFoundError, match=r"^st:nobody/nothing: not a folder here nor "
+                                                r"in the Hugging Face cache, and not downloaded "
+                                                r"\(We couldn't connect to [^\n]*\)$"):
+        smysl.load("st:nobody/nothing")
+    folder = tmp_path / "model"
+    folder.mkdir()  # a folder given: transformers' own error stands
+    with pytest.raises(OSError, match="couldn't connect") as info:
+        smysl.load(f"st:{folder}")
+    assert not isinstance(info.value, FileNotFoundError)
+
+
 def test_loading_prints_no_progress_bar_into_a_pipe() -> None:
     """transformers' "Loading weights" bar went into logs and pipes (and ignored
     --no-progress)."""

@@ -38,6 +38,13 @@ def test_bad_arguments_are_reported(tmp_path: Path, capsys: pytest.CaptureFixtur
     assert "unknown task" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["eval", "--model", "x", "--dimensions", "a,b"])
+    # a review's: reranking flags without --reranker ran to exit 0, ignored
+    for flags, says in ((["--rerank-top", "5"], "--rerank-top applies to reranking"),
+                        (["--rerank-queries", "3", "--rerank-top", "5"],
+                         "--rerank-top and --rerank-queries apply to reranking")):
+        assert main(["eval", "--model", "st:x", *flags, "--out", str(tmp_path)]) == 2
+        assert says + ": add --reranker MODEL" in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())
 
 
 def test_list_tasks_shows_the_reranking_tasks(capsys: pytest.CaptureFixture[str]) -> None:

@@ -291,6 +291,19 @@ def test_cli_tune_measures_under_the_environments_thread_count(
     assert e.engine.chunk == 16  # type: ignore[attr-defined]
 
 
+def test_cli_tune_refuses_what_it_would_ignore(tiny_dir: Path, cache: Path,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    """A review's: `--slices ''` measured the default sizes, and `--layers 100` on a 2-layer
+    model timed 2 layers, each without a word."""
+    args = ["tune", "--model", str(tiny_dir), "--device", "cpu", "--dtype", "float32",
+            "--rounds", "1", "--dry-run"]
+    assert main([*args, "--slices", ""]) == 2
+    assert "--slices takes comma-separated token counts, not ''" in capsys.readouterr().err
+    assert main([*args, "--slices", "16", "--layers", "100"]) == 2
+    assert "--layers 100: the model has 2 decoder layers" in capsys.readouterr().err
+    assert not cache.exists() or not json.loads(cache.read_text())
+
+
 def test_two_tuners_keep_each_others_entries(cache: Path) -> None:
     """`smysl tune` for two models at once: each read the file, added its entry and renamed
     its copy into place, so about half of the entries were lost (52 and 47 of 100 each)."""

@@ -87,6 +87,10 @@ def test_the_key_from_a_file_and_the_allowed_hosts(tmp_path, monkeypatch) -> Non
                                          str(tmp_path / "nope")])
     with pytest.raises(FileNotFoundError, match="--api-key-file"):
         _server_config(missing, "m", {})
+    folder = build_parser().parse_args(["serve", "--model", "m", "--api-key-file",
+                                        str(tmp_path)])
+    with pytest.raises(IsADirectoryError, match=f"^--api-key-file {tmp_path}: Is a directory"):
+        _server_config(folder, "m", {})
 
 
 def test_serve_in_process_keeps_the_engine_here(tiny_dir, monkeypatch, capsys) -> None:  # type: ignore[no-untyped-def]
@@ -453,14 +457,16 @@ def test_a_forced_stop_ends_an_in_process_pass_and_exits_cleanly(tiny_dir: Path,
 
     port = free_port()
     script = tmp_path / "serve.py"
-    # each layer runs 1-3 s of matrix products first: the pass is inside torch when stopped
+    # each layer runs 1.5 s of matrix products first: the pass is inside torch when stopped
+    # (a count of products was 1-3 s on some CPUs, 0.3 s on a Xeon: the request had ended)
     script.write_text(
-        "import sys, torch\n"
+        "import sys, time, torch\n"
         "from smysl.qwen3 import model\n"
         "forward = model.DecoderLayer.forward\n"
         "a = torch.ones(1024, 1024)\n"
         "def slow(self, *args, **kwargs):\n"
-        "    for _ in range(40):\n"
+        "    end = time.monotonic() + 1.5\n"
+        "    while time.monotonic() < end:\n"
         "        torch.mm(a, a)\n"
         "    return forward(self, *args, **kwargs)\n"
         "model.DecoderLayer.forward = slow\n"

@@ -87,6 +87,8 @@ def test_bad_vectors_and_settings_are_refused_and_few_texts_are_one_cluster() ->
                          ({"method": "hdbscan", "single_cluster": "no"},
                           "single_cluster must be True or False"),
                          ({"representatives": -1}, "representatives must be >= 0"),
+                         ({"seed": -1}, r"seed must be in \[0, 2\*\*32\), got -1"),
+                         ({"seed": 1 << 32}, r"seed must be in \[0, 2\*\*32\)"),
                          ({"method": "dbscan"}, "unknown method")):
         with pytest.raises(ValueError, match=says):
             ClusterConfig(**kwargs)  # type: ignore[arg-type]

@@ -120,7 +120,8 @@ def test_no_or_one_vector() -> None:
 
 @pytest.mark.parametrize(("kwargs", "says"), [
     ({"batch_size": 0}, "batch_size must be >= 1"),
-    ({"neighbors": 20, "max_neighbors": 10}, r"max_neighbors \(10\) must be at least"),
+    ({"neighbors": 20, "max_neighbors": 10},
+     r"neighbors must be at most max_neighbors \(10\), got 20"),
     ({"threshold": 1.5}, r"threshold must be in \[-1, 1\]"),
 ])
 def test_bad_settings_are_refused(kwargs, says) -> None:

@@ -259,13 +259,32 @@ def test_classify_and_cluster_refuse_what_they_would_get_silently_wrong(tiny_dir
             (["--labels", "a,b", "--description-field", "d"], "--description-field names"),
             (["--load", "m.npz", "--method", "knn"], "--method do(es) nothing with --load"),
             (["--load", "m.npz", "--dimensions", "16"], "the classifier keeps the settings"),
-            (["-i", late_gold, "--labels", "x,y"], "row 1 has no 'label' column")):
+            (["-i", late_gold, "--labels", "x,y"], "row 1 has no 'label' column"),
+            # a review's: '' read as absent (the error named "None"), the other method's
+            # setting ignored, a missing --load file named by errno text alone
+            (["--labels", ""], "--labels is empty: give two labels or more"),
+            (["--train", ""], "--train is empty: give a file"),
+            (["--train", rows, "--neighbors", "5"],
+             "--neighbors does nothing with --method logreg; it applies to --method knn"),
+            (["--train", rows, "--method", "knn", "-C", "2"],
+             "-C does nothing with --method knn; it applies to --method logreg"),
+            (["--load", str(data / "nope.npz")], "--load " + str(data / "nope.npz")
+             + ": No such file or directory")):
         argv = argv if "-i" in argv else ["-i", rows, *argv]
         assert main(["classify", *model, *argv, "-o", str(out)]) == 2, argv
         err = capsys.readouterr().err
         assert err.startswith("smysl classify: error: ") and says in err, (argv, err)
         assert not out.exists()
     (data / "notes.txt").write_text("a\nb\n", encoding="utf-8")
+    # a review's: errno text without the flag, and an empty queries file called "no queries"
+    assert main(["index", "add", str(data / "kb"), rows, *model, "--chunk-tokens", "0"]) == 2
+    assert "--chunk-tokens must be >= 2, got 0" in capsys.readouterr().err
+    assert main(["rerank", "--model", str(tiny_dir), "-q", "q", "-i", str(data)]) == 2
+    assert f"smysl rerank: error: --input {data}: Is a directory" in capsys.readouterr().err
+    (data / "none.txt").write_text("\n", encoding="utf-8")
+    assert main(["index", "search", str(data / "kb"), *model, "--queries-file",
+                 str(data / "none.txt")]) == 2
+    assert f"--queries-file {data / 'none.txt'}: no query in it" in capsys.readouterr().err
     assert main(["classify", *model, "-i", rows, "--labels", str(data / "notes.txt")]) == 2
     assert "a labels file is .csv, .jsonl or .json" in capsys.readouterr().err
     for argv, says in ((["--method", "hdbscan", "--k", "3"], "--k do(es) nothing with"),
