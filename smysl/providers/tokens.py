@@ -43,7 +43,8 @@ def find_tokenizer(path: str | os.PathLike[str] | None = None) -> Tokenizer | No
     cache (any Qwen3-Embedding size), then a download of ``tokenizer.json`` alone, tried only
     when not offline (``HF_HUB_OFFLINE``) and the Hub answers within
     :data:`HUB_PROBE_TIMEOUT` seconds: without a network this fails fast instead of waiting
-    out download retries (issue 11 item 9). None (with a warning) when none works.
+    out download retries (issue 11 item 9). None (with a warning) when none works;
+    FileNotFoundError (naming the variable) when ``$SMYSL_TOKENIZER`` names no tokenizer.
     """
     if path is not None:
         found = _load(os.fspath(path))

@@ -43,7 +43,13 @@ from smysl.qwen3.heap import loading
 from smysl.qwen3.hub import Checkpoint
 from smysl.qwen3.lanes import Lanes, LanesClosed, Slots, default_lanes, per_thread_counts
 from smysl.qwen3.loader import LinearFactory, load_encoder
-from smysl.qwen3.model import PackedLinear, Qwen3Config, Qwen3Encoder, same_bits_on
+from smysl.qwen3.model import (
+    PackedLinear,
+    Qwen3Config,
+    Qwen3Encoder,
+    same_bits_on,
+    warm_same_bit_rows,
+)
 from smysl.qwen3.prefix import layout
 from smysl.shown import first_line
 
@@ -248,16 +254,15 @@ class Engine:
                 log.warning("lanes: torch's thread count is process-wide here (its parallel "
                             "backend is not OpenMP): one lane")
                 self.lanes = 1
+            why = self.lanes_change_bits(self.lanes)
+            if why and lanes:
+                log.warning("lanes=%d: %s", lanes, why)
+            elif why:  # a text's vector must not depend on how it was called
+                log.info("one lane: %s", why.partition(", so")[0])
+                self.lanes = 1
             threads = torch.get_num_threads()
-            if self.lanes > 1 and not same_bits_on(model, (threads, threads // self.lanes)):
-                why = (f"this CPU's {self.dtype} GEMMs give other bits on {threads} threads "
-                       f"than on {threads // self.lanes}")
-                if lanes:
-                    log.warning("lanes=%d: %s, so a text's vector from a bulk call may differ "
-                                "in its last bits from the same text embedded alone", lanes, why)
-                else:  # a text's vector must not depend on how it was called
-                    log.info("one lane: %s", why)
-                    self.lanes = 1
+            # measured now, not inside the first request (an 8B's ~3 s)
+            warm_same_bit_rows(model, {threads, max(1, threads // self.lanes)})
         # one pass on all threads at a time, or one per lane: more would oversubscribe
         self._slots = Slots(self.lanes)
         self._lanes: Lanes[list[list[int]], np.ndarray] | None = None  # built on first use
@@ -434,13 +439,28 @@ class Engine:
         ids = torch.tensor([t for s in batch for t in s], dtype=torch.long)
         return self.model(ids, [len(s) for s in batch], chunk=self.chunk, check=check).numpy()
 
+    def lanes_change_bits(self, lanes: int) -> str:
+        """Why ``lanes`` lanes would give a text other bits in a bulk call than alone (this
+        CPU's bf16 GEMMs follow the thread count: :func:`~smysl.qwen3.model.same_bits_on`),
+        "" where they would not."""
+        threads = torch.get_num_threads()
+        if lanes < 2 or same_bits_on(self.model, (threads, threads // lanes)):
+            return ""
+        return (f"this CPU's {self.dtype} GEMMs give other bits on {threads} threads than on "
+                f"{threads // lanes}, so a text's vector from a bulk call may differ in its "
+                "last bits from the same text embedded alone")
+
     def set_lanes(self, lanes: int) -> None:
         """Use ``lanes`` lanes from the next bulk call on (``smysl tune``; not during a bulk
-        call, which would fail with :class:`~smysl.qwen3.lanes.LanesClosed`)."""
+        call, which would fail with :class:`~smysl.qwen3.lanes.LanesClosed`); a warning
+        where they change a text's bits (:meth:`lanes_change_bits`)."""
         if lanes < 1:
             raise ValueError(f"lanes must be >= 1, got {lanes}")
         if self.torch_device.type != "cpu" or lanes == self.lanes:
             return
+        why = self.lanes_change_bits(lanes)
+        if why:
+            log.warning("lanes=%d: %s", lanes, why)
         self.close()
         self.lanes = lanes
         self._slots = Slots(lanes)

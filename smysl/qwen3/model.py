@@ -155,7 +155,9 @@ class PackedLinear(nn.Module):
     summation order only. Batch invariance relies on each row's result not depending on the
     row count: fewer rows than :data:`MIN_ROWS` are padded up to it (float32 at the 0.6B's
     o_proj and down_proj shapes summed a lone row in another order, so a text embedded alone
-    differed from the same text in a batch by ~2e-8), tested at the real shapes."""
+    differed from the same text in a batch by ~2e-8), and where bf16 kernels differ by row
+    count (AMX) rows are padded within the class of a :data:`ROW_TILE`-row call
+    (:func:`same_bit_rows`); tested at the real shapes."""
 
     def __init__(self, weight: torch.Tensor) -> None:
         super().__init__()
@@ -187,6 +189,21 @@ class PackedLinear(nn.Module):
 #: GEMMs at 0.9-1.0x the rate of 1,024 on a Xeon with AMX (2 threads, 0.6B shapes).
 ROW_TILE = 256
 _SAME_BITS: dict[tuple[int, int, torch.dtype, int], tuple[int, ...] | None] = {}
+
+
+def warm_same_bit_rows(model: nn.Module, threads: set[int]) -> None:
+    """:func:`same_bit_rows` measured for each bf16 :class:`PackedLinear` shape of ``model``
+    at each of these thread counts (set and restored in this thread)."""
+    shapes = {(m.out_features, m.in_features): m for m in model.modules()
+              if isinstance(m, PackedLinear) and m.dtype == torch.bfloat16}
+    before = torch.get_num_threads()
+    try:
+        for n in sorted(threads):
+            torch.set_num_threads(n)
+            for layer in shapes.values():
+                same_bit_rows(layer)
+    finally:
+        torch.set_num_threads(before)
 
 
 def same_bits_on(model: nn.Module, threads: tuple[int, ...]) -> bool:
@@ -545,19 +562,25 @@ def flash_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, offset: i
     GEMM kernel for every block shape it meets, whose last block follows the length: fed
     random lengths it grew a process by ~550 MiB over 1,200 inputs. Padded, the shapes come
     from the short list the linear layers use. Padding is hidden from the real queries (a
-    causal query sees no later key), and the padded length is the text's own: a vector does
-    not depend on its batch, nor (tested) on the thread count."""
+    causal query sees no later key), and the padded length is the text's own; each sequence
+    is its own call. A vector then does not depend on its batch, nor on the thread count
+    (tested at 1-128 threads)."""
     lq = q.shape[1]
     lk = k.shape[1]  # offset + lq
     lqp, lkp = padded_rows(lq), padded_rows(lk)
     if (lqp, lkp) != (lq, lk):
         q, k, v = (_zero_padded(x, n) for x, n in ((q, lqp), (k, lkp), (v, lkp)))
-    if offset == 0:
-        return sdpa(q, k, v, causal=True)[:, :lq]
-    # query i sees keys 0..offset + i; a padded query as many (never none: no NaN rows)
-    cols = torch.arange(lkp, device=q.device)
-    mask = cols[None, :] <= torch.arange(lqp, device=q.device)[:, None] + offset
-    return sdpa(q, k, v, causal=False, mask=mask)[:, :lq]
+    mask = None
+    if offset:  # query i sees keys 0..offset + i; a padded query as many (no NaN rows)
+        cols = torch.arange(lkp, device=q.device)
+        mask = cols[None, :] <= torch.arange(lqp, device=q.device)[:, None] + offset
+    # one sequence per call: the kernel picks its blocks' GEMM form from the batch size and
+    # the thread count, and from 64 threads on a text's bits changed with its batch
+    out = q.new_empty(q.shape[0], lq, *q.shape[2:])
+    for i in range(q.shape[0]):
+        one = (q[i : i + 1], k[i : i + 1], v[i : i + 1])
+        out[i] = sdpa(*one, causal=mask is None, mask=mask)[0, :lq]
+    return out
 
 
 def _zero_padded(x: torch.Tensor, n: int) -> torch.Tensor:

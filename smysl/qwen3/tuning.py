@@ -214,7 +214,7 @@ def apply(engine: Engine, tuned: Tuned) -> None:
     log.info("slices of %d tokens%s%s, as measured on this machine on %s", tuned.chunk,
              "" if rows is None else ", int4 never dequantised" if rows == NEVER else
              f", int4 dequantised from {rows} rows",
-             "" if tuned.lanes is None else f", {tuned.lanes} lane(s) for bulk calls",
+             "" if tuned.lanes is None else f", {engine.lanes} lane(s) for bulk calls",
              tuned.measured or "an unknown date")
 
 
@@ -409,7 +409,9 @@ def tune_lanes(engine: Engine, chunk: int, layers: int = 2, rounds: int = 3,
     ``batches`` batches of short texts as one bulk call, at slice size ``chunk``; the engine's
     current count is kept when within :data:`TIE` of the fastest. The engine is left as it
     was."""
-    counts = lane_counts(torch.get_num_threads())
+    # counts that would give a text other bits in a bulk call than alone are not tried
+    counts = tuple(n for n in lane_counts(torch.get_num_threads())
+                   if not engine.lanes_change_bits(n))
     before, before_chunk = engine.lanes, engine.chunk
     if len(counts) == 1:
         return counts[0], {}

@@ -433,7 +433,8 @@ def test_tune_measures_lanes_and_engines_use_them(tiny_dir: Path, tmp_path: Path
 
 @two_threads
 def test_one_lane_where_the_gemms_follow_the_thread_count(
-        tiny_dir: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+        tiny_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
     """With AMX-BF16 oneDNN's bf16 kernel for the 0.6B's down_proj follows the thread count: a
     lane (1 thread) gave other bits than a pass on 2 (min cosine 0.99998 over a corpus). Then
     the default is one lane, a text's vector the same however it was called; lanes asked for
@@ -452,9 +453,27 @@ def test_one_lane_where_the_gemms_follow_the_thread_count(
             emb = Embedder.load(str(tiny_dir), device="cpu", dtype="bfloat16")
             assert emb.info().lanes == 1 and asked == [(2, 1)]
             assert "one lane: this CPU's bfloat16 GEMMs give other bits on 2 threads" in caplog.text
+            one = emb
             emb = Embedder.load(str(tiny_dir), device="cpu", dtype="bfloat16", lanes=2)
             assert emb.info().lanes == 2
+            assert "lanes=2: this CPU's bfloat16 GEMMs give other bits" in caplog.text
             assert "may differ in its last bits" in caplog.text
+            caplog.clear()
+            one.engine.set_lanes(2)  # type: ignore[attr-defined]  # as smysl tune does
+            assert "may differ in its last bits" in caplog.text
+            one.engine.set_lanes(1)  # type: ignore[attr-defined]
+            # smysl tune times only the counts that keep the bits: one lane here
+            lanes, seconds = tuning.tune_lanes(one.engine, 16, layers=1, rounds=1,  # type: ignore[arg-type]
+                                               batch_tokens=64, batches=2)
+            assert lanes == 1 and seconds == {}
+            # a stored count of 2 is not used either, and the log says what is
+            monkeypatch.setenv("SMYSL_TUNING", str(tmp_path / "tuning.json"))
+            tuning.store(tuning.key(one.engine),  # type: ignore[arg-type]
+                         tuning.Tuned(chunk=64, lanes=2))
+            caplog.clear()
+            with caplog.at_level("INFO", logger="smysl.qwen3.tuning"):
+                tuned = Embedder.load(str(tiny_dir), device="cpu", dtype="bfloat16")
+            assert tuned.info().lanes == 1 and "1 lane(s) for bulk calls" in caplog.text
     finally:
         torch.set_num_threads(before)
 
