@@ -48,6 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from smysl.base import UpstreamError
     from smysl.tokenize import InputTooLongError
 
     parser = build_parser()
@@ -79,6 +80,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             PermissionError, ImportError) as e:
         print(f"smysl {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except UpstreamError as e:  # a paid API or another server failed (its timeouts too)
+        print(f"smysl {args.command}: error: {e}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         return 130
     except BrokenPipeError:

@@ -61,8 +61,8 @@ def replacing(path: Path, *, binary: bool = False, newline: str | None = None
     too): ``path`` is the old file or the whole new one, never a part. A symlink's target is
     the one replaced; a path that is no regular file (``/dev/null``, a FIFO, ``/dev/fd/N``) is
     written in place, as ``open`` would (renaming over it replaced the device itself)."""
-    path = Path(os.path.realpath(path))
-    try:
+    try:  # the path as given (stat follows links): /dev/stdout to a pipe is a FIFO here,
+        # while its realpath (/proc/PID/fd/pipe:[N]) is no path at all
         mode: int | None = os.stat(path).st_mode
     except FileNotFoundError:
         mode = None
@@ -71,14 +71,22 @@ def replacing(path: Path, *, binary: bool = False, newline: str | None = None
                                                   newline=newline) as out:
             yield out
         return
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    path = Path(os.path.realpath(path))
+    try:  # a name of its own, short enough beside any name the folder takes
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name[:64]}.",
+                                   suffix=".tmp")
+    except OSError as e:  # name the file asked for, not the temporary one
+        raise type(e)(e.errno, e.strerror, str(path)) from None
     try:
         if hasattr(os, "fchmod"):  # mkstemp's 0600: the old file's mode, else the umask's
             os.fchmod(fd, stat.S_IMODE(mode) if mode is not None else 0o666 & ~_umask())
         with (os.fdopen(fd, "wb") if binary else os.fdopen(fd, "w", encoding="utf-8",
                                                              newline=newline)) as f:
             yield f
-        os.replace(tmp, path)
+        try:
+            os.replace(tmp, path)
+        except OSError as e:
+            raise type(e)(e.errno, e.strerror, str(path)) from None
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(tmp)

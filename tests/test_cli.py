@@ -696,3 +696,29 @@ def test_outputs_are_replaced_whole(tmp_path: Path) -> None:
         write_rows(path, [{"a": 1}, {"a": [2]}])
         assert path.read_bytes() in (b'{"a": 1}\n{"a": [2]}\n', b"a\r\n1\r\n[2]\r\n")
     assert sorted(f.name for f in tmp_path.iterdir()) == ["out.csv", "out.jsonl"]
+
+
+def test_an_upstream_that_fails_is_one_line(monkeypatch: pytest.MonkeyPatch,
+                                           capsys: pytest.CaptureFixture[str]) -> None:
+    """A review's: a provider's timeout (a TimeoutError, so an OSError) became one line while
+    its other failures (HTTP errors, retries run out) printed a traceback. Every upstream
+    failure is one line, status 1; one that refused the input stays the input's (status 2)."""
+    import smysl.commands.rerank
+    from smysl.providers.errors import (
+        ProviderHTTPError,
+        RejectedInputError,
+        RequestTimeoutError,
+        RetriesExhaustedError,
+    )
+
+    for error, code in ((RetriesExhaustedError("siliconflow: 5 tries, last 503"), 1),
+                        (ProviderHTTPError("tei: failed", 502, "bad gateway"), 1),
+                        (RequestTimeoutError("tei: no answer within 30 s"), 1),
+                        (RejectedInputError("input 3 was refused", [2], 3, None), 2)):
+        def fail(args: object, error: Exception = error) -> int:
+            raise error
+
+        monkeypatch.setattr(smysl.commands.rerank, "run", fail)
+        got, _, err = _run(monkeypatch, capsys, ["rerank", "--model", "x", "-q", "q"])
+        assert got == code and err.count("\n") == 1 and "Traceback" not in err, err
+        assert err.startswith("smysl rerank: error: ") and str(error) in err

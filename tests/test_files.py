@@ -80,3 +80,29 @@ def test_replacing_writes_what_is_no_regular_file_in_place(tmp_path: Path) -> No
     with replacing(Path(os.devnull)) as f:  # no temporary file in /dev (refused, or worse)
         f.write("dropped")
     assert stat.S_ISCHR(os.stat(os.devnull).st_mode)
+
+
+def test_replacing_writes_through_a_pipe_and_long_names(tmp_path: Path) -> None:
+    """A review's: `-o /dev/stdout | cat` failed after the work (the realpath of a pipe's fd is
+    no path, and the temporary file went there); a 250-character name failed because the
+    temporary one beside it was 14 characters longer; a failure named the temporary file."""
+    import subprocess
+    import sys
+
+    import pytest
+
+    from smysl.files import replacing
+
+    code = ("from pathlib import Path\nfrom smysl.files import replacing\n"
+            "with replacing(Path('/dev/stdout')) as f:\n    f.write('through the pipe')\n")
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                       timeout=60)
+    assert p.returncode == 0 and p.stdout == "through the pipe", p.stderr
+    long = tmp_path / ("r" * 245 + ".jsonl")
+    with replacing(long) as f:
+        f.write("x")
+    assert long.read_text() == "x" and [q.name for q in tmp_path.iterdir()] == [long.name]
+    missing = tmp_path / "no-such-folder" / "out.jsonl"
+    with pytest.raises(FileNotFoundError) as info, replacing(missing) as f:
+        f.write("x")
+    assert info.value.filename == str(missing)

@@ -183,7 +183,7 @@ class SentenceTransformerEmbedder(BaseEmbedder):
                     local_files_only=Path(model).exists(),
                 )
         except OSError as e:  # not here, not cached, no network: a page of transformers' text
-            if Path(path).exists():
+            if Path(path).exists() or e.errno is not None:  # a folder's, or the system's
                 raise
             first = (str(e).strip().splitlines() or [type(e).__name__])[0]
             raise FileNotFoundError(f"st:{model}: not a folder here nor in the Hugging Face "

@@ -108,6 +108,14 @@ def test_a_model_neither_here_nor_cached_is_one_line(monkeypatch: pytest.MonkeyP
                                                 r"in the Hugging Face cache, and not downloaded "
                                                 r"\(We couldn't connect to [^\n]*\)$"):
         smysl.load("st:nobody/nothing")
+    def full(*args: object, **kwargs: object) -> None:  # the system's: not "not found"
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(sentence_transformers, "SentenceTransformer", full)
+    with pytest.raises(OSError, match="No space left") as info:
+        smysl.load("st:nobody/nothing")
+    assert not isinstance(info.value, FileNotFoundError)
+    monkeypatch.setattr(sentence_transformers, "SentenceTransformer", unreachable)
     folder = tmp_path / "model"
     folder.mkdir()  # a folder given: transformers' own error stands
     with pytest.raises(OSError, match="couldn't connect") as info:
