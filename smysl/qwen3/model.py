@@ -12,8 +12,9 @@ reference exactly in fp32 and keeps bf16/fp16 from overflowing (the 8B's massive
 
 from __future__ import annotations
 
+import contextlib
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -125,10 +126,11 @@ def padded_rows(m: int) -> int:
     return -(-m // step) * step
 
 
-def pad_rows(x: torch.Tensor) -> torch.Tensor:
-    """x: [M, K] -> [padded_rows(M), K] (zero rows appended; callers slice ``[:M]``)."""
+def pad_rows(x: torch.Tensor, n: int | None = None) -> torch.Tensor:
+    """x: [M, K] -> [n, K], by default [padded_rows(M), K] (zero rows appended; callers slice
+    ``[:M]``)."""
     m = x.shape[0]
-    n = padded_rows(m)
+    n = padded_rows(m) if n is None else n
     return x if n == m else torch.cat([x, x.new_zeros(n - m, *x.shape[1:])])
 
 
@@ -175,8 +177,7 @@ class PackedLinear(nn.Module):
             return self.gemm(pad_rows(x))[:m]
         if m > ROW_TILE:  # tiles of ROW_TILE rows, the last one padded like a short input
             return torch.cat([self(x[s : s + ROW_TILE]) for s in range(0, m, ROW_TILE)])
-        n = next(size for size in sizes if size >= m)
-        return self.gemm(x if n == m else torch.cat([x, x.new_zeros(n - m, x.shape[1])]))[:m]
+        return self.gemm(pad_rows(x, next(n for n in sizes if n >= m)))[:m]
 
     def gemm(self, x: torch.Tensor) -> torch.Tensor:
         """x: [M, in] in the weight's dtype -> [M, out], one oneDNN call."""
@@ -191,41 +192,51 @@ ROW_TILE = 256
 _SAME_BITS: dict[tuple[int, int, torch.dtype, int], tuple[int, ...] | None] = {}
 
 
-def warm_same_bit_rows(model: nn.Module, threads: set[int]) -> None:
-    """:func:`same_bit_rows` measured for each bf16 :class:`PackedLinear` shape of ``model``
-    at each of these thread counts (set and restored in this thread)."""
-    shapes = {(m.out_features, m.in_features): m for m in model.modules()
-              if isinstance(m, PackedLinear) and m.dtype == torch.bfloat16}
+def _bf16_layers(model: nn.Module) -> list[PackedLinear]:
+    """One bf16 :class:`PackedLinear` of ``model`` per weight shape (kernels go by shape)."""
+    return list({(m.out_features, m.in_features): m for m in model.modules()
+                 if isinstance(m, PackedLinear) and m.dtype == torch.bfloat16}.values())
+
+
+def _probe(layer: PackedLinear) -> torch.Tensor:
+    """A fixed random [ROW_TILE, in] input for ``layer``'s kernel checks."""
+    return torch.randn(ROW_TILE, layer.in_features,
+                       generator=torch.Generator().manual_seed(0)).to(layer.dtype)
+
+
+@contextlib.contextmanager
+def _threads(n: int) -> Iterator[None]:
+    """torch's thread count in this thread set to ``n`` for the block, then restored."""
     before = torch.get_num_threads()
+    torch.set_num_threads(max(1, n))
     try:
-        for n in sorted(threads):
-            torch.set_num_threads(n)
-            for layer in shapes.values():
-                same_bit_rows(layer)
+        yield
     finally:
         torch.set_num_threads(before)
+
+
+def warm_same_bit_rows(model: nn.Module, threads: set[int]) -> None:
+    """:func:`same_bit_rows` measured for each bf16 :class:`PackedLinear` shape of ``model``
+    at each of these thread counts."""
+    for n in sorted(threads):
+        with _threads(n):
+            for layer in _bf16_layers(model):
+                same_bit_rows(layer)
 
 
 def same_bits_on(model: nn.Module, threads: tuple[int, ...]) -> bool:
     """Whether every bf16 :class:`PackedLinear` shape of ``model`` gives a
-    :data:`ROW_TILE`-row input the same bits at each of these thread counts (set and restored
-    in this thread). With AMX-BF16 the 0.6B's down_proj did not on 1 and 2 threads (a Xeon):
-    oneDNN's kernel follows the thread count too."""
-    shapes = {(m.out_features, m.in_features): m for m in model.modules()
-              if isinstance(m, PackedLinear) and m.dtype == torch.bfloat16}
-    before = torch.get_num_threads()
-    try:
-        for layer in shapes.values():
-            x = torch.randn(ROW_TILE, layer.in_features,
-                            generator=torch.Generator().manual_seed(0)).to(layer.dtype)
-            outs = []
-            for n in threads:
-                torch.set_num_threads(max(1, n))
+    :data:`ROW_TILE`-row input the same bits at each of these thread counts. With AMX-BF16
+    the 0.6B's down_proj did not on 1 and 2 threads (a Xeon): oneDNN's kernel follows the
+    thread count too."""
+    for layer in _bf16_layers(model):
+        x = _probe(layer)
+        outs = []
+        for n in threads:
+            with _threads(n):
                 outs.append(layer.gemm(x))
-            if any(not torch.equal(o, outs[0]) for o in outs[1:]):
-                return False
-    finally:
-        torch.set_num_threads(before)
+        if any(not torch.equal(o, outs[0]) for o in outs[1:]):
+            return False
     return True
 
 
@@ -243,8 +254,7 @@ def same_bit_rows(layer: PackedLinear) -> tuple[int, ...] | None:
     ``ROW_TILE`` class (a short input's down_proj runs 192 rows), it does not."""
     key = (layer.out_features, layer.in_features, layer.dtype, torch.get_num_threads())
     if key not in _SAME_BITS:
-        gen = torch.Generator().manual_seed(0)
-        x = torch.randn(ROW_TILE, layer.in_features, generator=gen).to(layer.dtype)
+        x = _probe(layer)
         want = layer.gemm(x)
         sizes = sorted({padded_rows(m) for m in range(1, ROW_TILE + 1)})
         same = tuple(n for n in sizes if torch.equal(layer.gemm(x[:n]), want[:n]))
