@@ -53,6 +53,17 @@ def replace_file(path: Path, text: str) -> None:
 
 
 @contextlib.contextmanager
+def output(path: str, *, newline: str | None = None) -> Iterator[IO[Any]]:
+    """Where a command's text output goes: stdout for ``-`` (left open), else ``path``
+    replaced whole (:func:`replacing`)."""
+    if path == "-":
+        yield sys.stdout
+        return
+    with replacing(Path(path), newline=newline) as f:
+        yield f
+
+
+@contextlib.contextmanager
 def replacing(path: Path, *, binary: bool = False, newline: str | None = None
               ) -> Iterator[IO[Any]]:
     """A file to write ``path``'s new content into (text with ``newline`` as ``open`` takes
@@ -75,8 +86,8 @@ def replacing(path: Path, *, binary: bool = False, newline: str | None = None
     try:  # a name of its own, short enough beside any name the folder takes
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name[:64]}.",
                                    suffix=".tmp")
-    except OSError as e:  # name the file asked for, not the temporary one
-        raise type(e)(e.errno, e.strerror, str(path)) from None
+    except OSError as e:
+        raise _naming(e, path) from None
     try:
         if hasattr(os, "fchmod"):  # mkstemp's 0600: the old file's mode, else the umask's
             os.fchmod(fd, stat.S_IMODE(mode) if mode is not None else 0o666 & ~_umask())
@@ -86,11 +97,16 @@ def replacing(path: Path, *, binary: bool = False, newline: str | None = None
         try:
             os.replace(tmp, path)
         except OSError as e:
-            raise type(e)(e.errno, e.strerror, str(path)) from None
+            raise _naming(e, path) from None
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
+
+
+def _naming(e: OSError, path: Path) -> OSError:
+    """``e`` naming the file asked for, not the temporary one beside it."""
+    return type(e)(e.errno, e.strerror, str(path))
 
 
 def _umask() -> int:

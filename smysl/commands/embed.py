@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 from smysl.commands import check_output_folder, given
 from smysl.commands._lines import looks_like_jsonl, read_lines
 from smysl.commands._model import add_model_arguments, load_model
-from smysl.files import replacing
+from smysl.files import output, replacing
 from smysl.tokenize import InputTooLongError
 
 if TYPE_CHECKING:
@@ -115,9 +115,7 @@ def run(args: argparse.Namespace) -> int:
         with replacing(Path(args.output), binary=True) as f:
             np.save(f, vectors)
     else:
-        with contextlib.ExitStack() as stack:
-            out = sys.stdout if args.output == "-" else stack.enter_context(
-                replacing(Path(args.output)))
+        with output(args.output) as out:
             for i, (text, vec) in enumerate(zip(lines, vectors, strict=True)):
                 out.write(json.dumps({"index": i, "text": text,
                                       "embedding": [float(x) for x in vec]},

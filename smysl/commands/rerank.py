@@ -4,7 +4,6 @@ Qwen3-Reranker or a remote one (``siliconflow:...``, ``tei:URL``, ``smysl:URL``.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import sys
 from pathlib import Path
@@ -13,7 +12,7 @@ from typing import Any
 from smysl.commands import check_output_folder
 from smysl.commands._lines import looks_like_jsonl, read_lines
 from smysl.commands._model import add_model_arguments, model_options
-from smysl.files import replacing
+from smysl.files import output
 from smysl.tokenize import InputTooLongError
 
 HELP = "rank documents (JSONL or lines) against a query with a reranker; write JSONL"
@@ -95,9 +94,7 @@ def run(args: argparse.Namespace) -> int:
             raise ValueError(e.describe(f"line {numbers[e.index]} of {where} with the query",
                                         audience="cli")) from None
         spent = reranker.usage_report()
-    with contextlib.ExitStack() as stack:
-        out = sys.stdout if args.output == "-" else stack.enter_context(
-            replacing(Path(args.output)))
+    with output(args.output) as out:
         for rank, (i, score) in enumerate(ranked, 1):
             out.write(json.dumps({"rank": rank, "index": i, "score": score,
                                   "document": items[i]}, ensure_ascii=False) + "\n")

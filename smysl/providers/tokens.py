@@ -51,8 +51,9 @@ def find_tokenizer(path: str | os.PathLike[str] | None = None) -> Tokenizer | No
         if found is None:
             raise FileNotFoundError(f"tokenizer {os.fspath(path)!r} not found")
         return found
-    if os.environ.get(TOKENIZER_ENV):
-        return env_tokenizer()
+    named = env_tokenizer()
+    if named is not None:
+        return named
     file = _cached_file() or _downloaded_file()
     found = _load(file) if file else None
     if found is not None:

@@ -85,6 +85,10 @@ LANE_TOKENS = 1024
 CUDA_SLICE_BYTES = 1 << 29
 
 
+#: What lanes that change bits (:meth:`Engine.lanes_change_bits`) cost, said when they are kept.
+LANES_COST = ("so a text's vector from a bulk call may differ in its last bits from the same text "
+              "embedded alone")
+
 #: Seconds :meth:`Engine.close` waits for the CPU passes in flight to stop (each stops after
 #: the layer it is in: well under this on any model, unless a pass's whole layer is longer).
 CLOSE_WAIT_S = 30.0
@@ -256,9 +260,9 @@ class Engine:
                 self.lanes = 1
             why = self.lanes_change_bits(self.lanes)
             if why and lanes:
-                log.warning("lanes=%d: %s", lanes, why)
+                log.warning("lanes=%d: %s, %s", lanes, why, LANES_COST)
             elif why:  # a text's vector must not depend on how it was called
-                log.info("one lane: %s", why.partition(", so")[0])
+                log.info("one lane: %s", why)
                 self.lanes = 1
             threads = torch.get_num_threads()
             # measured now, not inside the first request (an 8B's ~3 s)
@@ -447,8 +451,7 @@ class Engine:
         if lanes < 2 or same_bits_on(self.model, (threads, threads // lanes)):
             return ""
         return (f"this CPU's {self.dtype} GEMMs give other bits on {threads} threads than on "
-                f"{threads // lanes}, so a text's vector from a bulk call may differ in its "
-                "last bits from the same text embedded alone")
+                f"{threads // lanes}")
 
     def set_lanes(self, lanes: int) -> None:
         """Use ``lanes`` lanes from the next bulk call on (``smysl tune``; not during a bulk
@@ -460,7 +463,7 @@ class Engine:
             return
         why = self.lanes_change_bits(lanes)
         if why:
-            log.warning("lanes=%d: %s", lanes, why)
+            log.warning("lanes=%d: %s, %s", lanes, why, LANES_COST)
         self.close()
         self.lanes = lanes
         self._slots = Slots(lanes)

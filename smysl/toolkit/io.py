@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import io
 import json
 import sys
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
-from typing import IO, Any, TextIO
+from typing import Any, TextIO
 
-from smysl.files import allow_long_csv_fields, replacing
+from smysl.files import allow_long_csv_fields, output
 
 TABLE_SUFFIXES = (".csv", ".jsonl", ".ndjson")
 
@@ -121,9 +120,7 @@ def write_rows(path: str | Path, rows: Iterable[Mapping[str, Any]]) -> None:
     replaced whole when all is written (:func:`smysl.files.replacing`), never left half."""
     rows = list(rows)
     fmt = table_format(path)
-    with contextlib.ExitStack() as stack:
-        out: IO[Any] = sys.stdout if str(path) == "-" else stack.enter_context(
-            replacing(Path(path), newline=""))
+    with output(str(path), newline="") as out:
         if fmt == "jsonl":
             for r in rows:
                 out.write(json.dumps(dict(r), ensure_ascii=False) + "\n")
