@@ -30,7 +30,8 @@ HELP = ("embed lines of text from stdin or a file into JSONL/.npy, or a JSONL/CS
 def add_arguments(p: argparse.ArgumentParser) -> None:
     add_model_arguments(p)
     role = p.add_mutually_exclusive_group()
-    role.add_argument("--task", help="embed as queries with this instruction (or preset name)")
+    role.add_argument("--task", help="embed as queries with this instruction (or preset name; "
+                      "'': none, as documents)")
     role.add_argument("--query", action="store_true", help="embed as queries, default task")
     role.add_argument("--document", action="store_true", help="embed as documents (default)")
     p.add_argument("--dimensions", type=int, help="Matryoshka output size (32..hidden)")

@@ -6,8 +6,9 @@ import argparse
 import contextlib
 import sys
 import warnings
+from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from smysl.commands import given
 from smysl.commands._lines import read_lines
@@ -292,6 +293,9 @@ def _search(args: argparse.Namespace, store: StoreConfig) -> int:
             print(f"warning: {len(damaged)} damaged stored vectors left out of the results: "
                   f"{shown}; run `smysl index add` on the same files to repair them",
                   file=sys.stderr)
+    if config.where and not any(results):  # a misspelt field matched nothing, silently
+        for problem in _unmatched(store, config.where):
+            print(f"smysl index: warning: {problem}", file=sys.stderr)
     if args.output:
         write_rows(args.output, hits_to_rows(queries, results))
     elif args.format == "context":
@@ -303,6 +307,20 @@ def _search(args: argparse.Namespace, store: StoreConfig) -> int:
         print(format_json(queries, results) if args.format == "json"
               else format_table(queries, results))
     return 0
+
+
+def _unmatched(store: StoreConfig, where: Mapping[str, Any]) -> list[str]:
+    """Why a search with ``--where`` found nothing, where the index can say: empty, or a
+    field's conditions that alone match no chunk (a field name misspelt, a value of another
+    type)."""
+    from smysl.toolkit.stores import open_store
+
+    with open_store(store) as s:
+        if not s.count():
+            return ["the index holds no chunks"]
+        return [f"no chunk in the index matches the --where condition on {key!r} (is the "
+                f"field's name, or its value, spelt as stored?)"
+                for key, cond in where.items() if not s.count(where={key: cond})]
 
 
 def _refuse_unused_search(args: argparse.Namespace) -> None:

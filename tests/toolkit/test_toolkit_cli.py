@@ -47,6 +47,13 @@ def test_index_add_search_delete(tiny_dir, data, capsys, monkeypatch) -> None:
     (line,) = capsys.readouterr().out.splitlines()
     hits = json.loads(line)["hits"]
     assert len(hits) == 3 and all(h["payload"]["lang"] == "de" for h in hits)
+    # a misspelt field matched nothing without a word; now the search says which
+    assert main(["index", "search", kb, "alpha", "--where", "lang=de", "--where", "lnag=de",
+                 "--device", "cpu"]) == 0
+    err = capsys.readouterr().err
+    assert "condition on 'lnag'" in err and "'lang'" not in err, err
+    assert main(["index", "search", kb, "alpha", "--mode", "text", "--where", "lang=fr"]) == 0
+    assert "condition on 'lang'" in capsys.readouterr().err
     assert main(["index", "search", kb, "cats", "--where", "chunk>=0", "-o",
                  str(data / "hits.csv"), "--device", "cpu", "--mmr"]) == 0
     with open(data / "hits.csv", encoding="utf-8") as f:
