@@ -20,6 +20,7 @@ import json
 import logging
 import math
 import random
+import re
 import threading
 import time
 from collections.abc import Callable
@@ -384,7 +385,58 @@ def backoff_delay(config: ProviderConfig, attempt: int, rng: random.Random,
 
 
 def retry_after_seconds(headers: Any) -> float | None:
-    """Seconds from ``retry-after-ms`` (OpenAI-style) or ``Retry-After`` (seconds or date)."""
+    """Seconds from ``retry-after-ms`` (OpenAI-style) or ``Retry-After`` (seconds or date),
+    else from the rate-limit headers (:func:`ratelimit_reset_seconds`)."""
+    told = _retry_after(headers)
+    return told if told is not None else ratelimit_reset_seconds(headers)
+
+
+#: The ``x-ratelimit-*`` limits (suffixes) whose reset a 429 without ``Retry-After`` waits for.
+RATELIMITS = ("requests", "tokens")
+_DURATION = re.compile(r"(?:(\d+(?:\.\d+)?)(h|ms|m|s))+")
+_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(h|ms|m|s)")
+_UNIT_SECONDS = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 0.001}
+
+
+def ratelimit_reset_seconds(headers: Any) -> float | None:
+    """Seconds until the exhausted limit resets, from ``x-ratelimit-reset-requests`` /
+    ``-tokens`` (OpenAI, Groq and others: durations such as ``1s``, ``6m0s``, ``250ms``) or
+    ``x-ratelimit-reset`` (seconds, or a Unix time). Where ``x-ratelimit-remaining-*`` says which
+    limit is spent, its reset; else the soonest (the backoff goes on growing after it). A 429
+    with only these headers was retried on the backoff alone: too soon, each try spent."""
+    resets: dict[str, float] = {}
+    for name in RATELIMITS:
+        v = _reset_value(headers.get(f"x-ratelimit-reset-{name}"))
+        if v is not None:
+            resets[name] = v
+    spent = [v for name, v in resets.items()
+             if (headers.get(f"x-ratelimit-remaining-{name}") or "").strip() == "0"]
+    if spent:
+        return max(spent)
+    if resets:
+        return min(resets.values())
+    return _reset_value(headers.get("x-ratelimit-reset"))
+
+
+def _reset_value(value: str | None) -> float | None:
+    """Seconds from a reset header's value: a duration (``1m30s``), or a number of seconds, or
+    a Unix time in seconds (from 1e9: 2001 on)."""
+    if value is None:
+        return None
+    value = value.strip()
+    if _DURATION.fullmatch(value):
+        return sum(float(n) * _UNIT_SECONDS[u] for n, u in _DURATION_PART.findall(value))
+    try:
+        v = float(value)
+    except ValueError:
+        return None
+    if not math.isfinite(v) or v < 0:
+        return None
+    return max(0.0, v - time.time()) if v >= 1e9 else v
+
+
+def _retry_after(headers: Any) -> float | None:
+    """Seconds from ``retry-after-ms`` or ``Retry-After``, where given and valid."""
     ms = headers.get("retry-after-ms")
     if ms is not None:
         try:

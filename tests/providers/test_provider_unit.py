@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import time
 from typing import Any
 
 import httpx
@@ -429,6 +430,18 @@ def test_retry_after_parsing() -> None:
     date = retry_after_seconds(httpx.Headers({"Retry-After": "Wed, 21 Oct 2015 07:28:00 GMT"}))
     assert date == 0.0  # in the past: retry now
     assert retry_after_seconds(httpx.Headers({})) is None
+    # the rate-limit headers where no Retry-After is given: the spent limit's reset
+    limits = {"x-ratelimit-remaining-requests": "59", "x-ratelimit-reset-requests": "1s",
+              "x-ratelimit-remaining-tokens": "0", "x-ratelimit-reset-tokens": "1m30.5s"}
+    assert retry_after_seconds(httpx.Headers(limits)) == 90.5
+    assert retry_after_seconds(httpx.Headers({**limits, "Retry-After": "2"})) == 2
+    assert retry_after_seconds(httpx.Headers({"x-ratelimit-reset-tokens": "250ms",
+                                              "x-ratelimit-reset-requests": "6m0s"})) == 0.25
+    assert retry_after_seconds(httpx.Headers({"x-ratelimit-reset": "12"})) == 12
+    epoch = retry_after_seconds(httpx.Headers({"x-ratelimit-reset": str(time.time() + 30)}))
+    assert epoch is not None and 25 < epoch <= 30
+    for bad in ("soon", "-1", "1x", "nan", ""):
+        assert retry_after_seconds(httpx.Headers({"x-ratelimit-reset-requests": bad})) is None
 
 
 def test_backoff_grows_exponentially_with_jitter() -> None:
