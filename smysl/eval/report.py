@@ -176,8 +176,9 @@ def _settings(run: Run) -> dict[str, str | None]:
 
 
 def comparability(runs: Sequence[Run]) -> list[str]:
-    """Why the scores of ``runs`` do not compare: a subset run (``limit``) and runs that differ
-    in a setting that decides the scores (their ``protocol``); no lines when they compare."""
+    """Why the scores of ``runs`` do not compare: a subset run (``limit``), runs that differ
+    in a setting that decides the scores (their ``protocol``) and runs stopped before their
+    last task; no lines when they compare."""
     labels = run_labels(runs)
     protocols = [r.get("protocol") or {} for r in runs]
     limits = {p.get("limit") for p in protocols}  # an older file without one: a full run
@@ -196,6 +197,9 @@ def comparability(runs: Sequence[Run]) -> list[str]:
         if key != "limit" and len({json.dumps(v, sort_keys=True) for _, v in known}) > 1:
             lines.append(f"Runs differ in {key}: "
                          + ", ".join(f"{label} {v}" for label, v in known) + ".")
+    for label, run in zip(labels, runs, strict=True):
+        if run.get("stopped"):
+            lines.append(f"{label} {run['stopped']}: the tasks it did not reach have no score.")
     for label, p in zip(labels, protocols, strict=True):
         missing = [k for k in PROTOCOL if k not in p]
         if missing and len(runs) > 1:

@@ -113,6 +113,9 @@ class ModelResult:
     #: the reranker of the reranking tasks (its ``info()``, ``source``, load time), if any
     reranker: dict[str, Any] | None = None
     reranking: list[RerankResult] = field(default_factory=list)
+    #: Why the run ended before every task was scored ("interrupted after 3 of 9 tasks"), for
+    #: a model whose scored tasks were kept; None for a whole run.
+    stopped: str | None = None
 
     @property
     def texts_per_s(self) -> float | None:

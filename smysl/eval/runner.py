@@ -36,11 +36,14 @@ log = logging.getLogger(__name__)
 def evaluate_model(model: BaseEmbedder, cfg: EvalConfig, *, load_seconds: float = 0.0,
                    tasks: list[Task] | None = None, reranker: BaseReranker | None = None,
                    rerank_tasks: list[RerankTask] | None = None,
-                   rerank_scores: RerankScores | None = None) -> ModelResult:
+                   rerank_scores: RerankScores | None = None,
+                   into: list[ModelResult] | None = None) -> ModelResult:
     """Score ``model`` on the configured tasks at every configured dimension, then, given a
     ``reranker``, rerank its first-stage candidates on the reranking tasks (``rerank_tasks``,
     default those ``cfg.tasks`` selects). ``rerank_scores`` shares the reranker's scores
-    between models of one run."""
+    between models of one run. ``into``: the result is appended to it before the first task
+    and filled as each task ends, so a run that fails or is interrupted keeps what was
+    scored."""
     if tasks is None or (reranker is not None and rerank_tasks is None):
         chosen, chosen_reranks = select_all(cfg.tasks, reranker=reranker is not None)
         tasks = tasks if tasks is not None else chosen
@@ -54,7 +57,35 @@ def evaluate_model(model: BaseEmbedder, cfg: EvalConfig, *, load_seconds: float 
                          info={**asdict(model.info()),
                                "source": model.source and shown_source(model.source)},
                          protocol=cfg.protocol())
+    if into is not None:
+        into.append(result)
     started = time.perf_counter()
+    try:
+        _score_tasks(model, cfg, tasks, embeddings, result)
+        if reranker is not None and rerank_tasks:
+            if rerank_scores is None:
+                rerank_scores = RerankScores(reranker, cache_dir=cfg.cache_dir)
+            result.reranker = reranker_record(reranker)
+            for rtask in rerank_tasks:
+                r = evaluate_rerank(rtask, model, cfg, embeddings, rerank_scores,
+                                    progress=cfg.progress)
+                result.reranking.append(r)
+                log.info("%s + %s %s: nDCG@10 %.4f -> %.4f, MRR@10 %.4f -> %.4f, "
+                         "recall@%d %.4f", model.name, reranker.name, rtask.name,
+                         r.before["ndcg_at_10"], r.after["ndcg_at_10"], r.before["mrr_at_10"],
+                         r.after["mrr_at_10"], r.candidates, r.recall)
+    finally:  # a result kept from a stopped run has its times too
+        result.eval_seconds = time.perf_counter() - started
+        result.embed_seconds = embeddings.throughput.seconds
+        result.texts_embedded = embeddings.throughput.texts
+        result.tokens_embedded = embeddings.throughput.tokens
+    return result
+
+
+def _score_tasks(model: BaseEmbedder, cfg: EvalConfig, tasks: list[Task],
+                 embeddings: ModelEmbeddings, result: ModelResult) -> None:
+    """Each of ``tasks`` scored at ``result``'s dimensions, appended to ``result.tasks``."""
+    dims, native = result.evaluated_dimensions, result.dimensions
     for task in tasks:
         t0 = time.perf_counter()
         # the task's instruction (or the run's override; "" for none) on instruction-aware
@@ -83,23 +114,17 @@ def evaluate_model(model: BaseEmbedder, cfg: EvalConfig, *, load_seconds: float 
             warnings))
         log.info("%s %s: %s = %.4f", model.name, task.name, task.main_metric,
                  scores[native][task.main_metric])
-    if reranker is not None and rerank_tasks:
-        if rerank_scores is None:
-            rerank_scores = RerankScores(reranker, cache_dir=cfg.cache_dir)
-        result.reranker = reranker_record(reranker)
-        for rtask in rerank_tasks:
-            r = evaluate_rerank(rtask, model, cfg, embeddings, rerank_scores,
-                                progress=cfg.progress)
-            result.reranking.append(r)
-            log.info("%s + %s %s: nDCG@10 %.4f -> %.4f, MRR@10 %.4f -> %.4f, recall@%d %.4f",
-                     model.name, reranker.name, rtask.name, r.before["ndcg_at_10"],
-                     r.after["ndcg_at_10"], r.before["mrr_at_10"], r.after["mrr_at_10"],
-                     r.candidates, r.recall)
-    result.eval_seconds = time.perf_counter() - started
-    result.embed_seconds = embeddings.throughput.seconds
-    result.texts_embedded = embeddings.throughput.texts
-    result.tokens_embedded = embeddings.throughput.tokens
-    return result
+
+
+def _stopped(unfinished: list[ModelResult], planned: int, error: BaseException
+             ) -> list[ModelResult]:
+    """Those of ``unfinished`` that scored a task, each with its :attr:`ModelResult.stopped`
+    said."""
+    kept = [r for r in unfinished if r.tasks or r.reranking]
+    why = "interrupted" if isinstance(error, KeyboardInterrupt) else "failed"
+    for r in kept:
+        r.stopped = f"{why} after {len(r.tasks) + len(r.reranking)} of {planned} tasks"
+    return kept
 
 
 def _dimensions(model: BaseEmbedder, asked: tuple[int, ...]) -> tuple[list[int], list[int]]:
@@ -148,6 +173,7 @@ def run(cfg: EvalConfig) -> list[ModelResult]:
     rerank_scores = None
     reranker_load = 0.0
     results: list[ModelResult] = []
+    begun: list[ModelResult] = []  # results.append'ed once whole; this one as each task ends
     try:
         if cfg.reranker is not None:
             t0 = time.perf_counter()
@@ -162,16 +188,21 @@ def run(cfg: EvalConfig) -> list[ModelResult]:
                     result = evaluate_model(model, cfg, tasks=tasks, reranker=reranker,
                                             rerank_tasks=rerank_tasks,
                                             rerank_scores=rerank_scores,
-                                            load_seconds=time.perf_counter() - t0)
+                                            load_seconds=time.perf_counter() - t0,
+                                            into=begun)
                 finally:
                     model.close()
-            except BaseException:
+            except BaseException as e:
                 # the models evaluated so far keep their reports (a bad second model string
-                # threw the first model's hour away)
-                if results and cfg.out_dir is not None:
-                    write_reports(results, cfg, compared)
-                    log.warning("%s failed: wrote the reports of the %d model(s) evaluated "
-                                "before it to %s", name, len(results), cfg.out_dir)
+                # threw the first model's hour away), and so do the tasks this one finished
+                # (a Ctrl-C in the last task of an hour's run kept nothing)
+                kept = _stopped(begun[len(results):], len(tasks) + len(rerank_tasks), e)
+                if results + kept and cfg.out_dir is not None:
+                    write_reports(results + kept, cfg, compared)
+                    parts = [f"the {len(results)} model(s) evaluated before it"] if results else []
+                    parts += [f"the tasks it scored ({r.stopped})" for r in kept]
+                    log.warning("%s stopped: wrote the reports of %s to %s", name,
+                                " and ".join(parts), cfg.out_dir)
                 raise
             if result.reranker is not None:
                 result.reranker["load_seconds"] = reranker_load

@@ -126,6 +126,31 @@ def test_a_failing_second_model_keeps_the_firsts_reports(tiny_dir, tmp_path) -> 
             run(cfg)
 
 
+def test_an_interrupted_model_keeps_the_tasks_it_scored(tiny_dir, tmp_path, monkeypatch
+                                                        ) -> None:  # type: ignore[no-untyped-def]
+    """A Ctrl-C in a model's last task kept none of the tasks it had scored (an hour's run,
+    say). They are written, the run marked as stopped, and the interrupt still stops it."""
+    import smysl.eval.runner as runner
+
+    real = runner.query_instruction
+
+    def interrupt_second(model, cfg, task):  # type: ignore[no-untyped-def]
+        if task.name == "sts-ru":
+            raise KeyboardInterrupt
+        return real(model, cfg, task)
+
+    monkeypatch.setattr(runner, "query_instruction", interrupt_second)
+    cfg = _cfg(tmp_path, models=(str(tiny_dir),), tasks=("sts-en", "sts-ru"), dimensions=())
+    with pytest.raises(KeyboardInterrupt):
+        runner.run(cfg)
+    (only,) = load_runs(tmp_path / "out")
+    assert [t["task"] for t in only["tasks"]] == ["sts-en"]
+    assert only["stopped"] == "interrupted after 1 of 2 tasks"
+    assert only["embed_seconds"] > 0 and only["texts_embedded"] > 0
+    summary = (tmp_path / "out" / "summary.md").read_text()
+    assert "interrupted after 1 of 2 tasks: the tasks it did not reach have no score" in summary
+
+
 def test_cut_offs_without_10_still_score(tiny, tmp_path) -> None:  # type: ignore[no-untyped-def]
     """retrieval_ks=(1, 5): a KeyError for nDCG@10, the main metric, after every text was
     embedded. 10 is always computed."""
