@@ -240,12 +240,19 @@ def _search(args: argparse.Namespace, store: StoreConfig) -> int:
         check_output(args.output)
     queries = list(args.queries)
     if args.queries_file:
+        if Path(args.queries_file).is_dir():
+            raise ValueError(f"--queries-file {args.queries_file}: a folder; give a .txt file "
+                             f"(a query per line) or a .csv/.jsonl file")
         if _lines_file(args.queries_file):
             queries += [q for q in read_lines(args.queries_file, "--queries-file") if q.strip()]
         else:
-            queries += [str(q) for q in column(iter_rows(args.queries_file),
-                                               args.query_field or "query",
-                                               args.queries_file, "--query-field")]
+            try:
+                queries += [str(q) for q in column(iter_rows(args.queries_file),
+                                                   args.query_field or "query",
+                                                   args.queries_file, "--query-field")]
+            except OSError as e:  # named by the flag, as a .txt file's errors are
+                raise ValueError(f"--queries-file {args.queries_file}: "
+                                 f"{e.strerror or e}") from None
     if not queries:
         raise ValueError(f"--queries-file {args.queries_file}: no query in it" if
                          args.queries_file else "give queries as arguments or with "

@@ -292,6 +292,11 @@ def test_classify_and_cluster_refuse_what_they_would_get_silently_wrong(tiny_dir
     assert main(["index", "search", str(data / "kb"), *model, "--queries-file",
                  str(data / "none.txt")]) == 2
     assert f"--queries-file {data / 'none.txt'}: no query in it" in capsys.readouterr().err
+    for bad, says in ((data, "a folder; give a .txt file"),
+                      (data / "gone.jsonl", "No such file or directory")):
+        assert main(["index", "search", str(data / "kb"), *model, "--queries-file",
+                     str(bad)]) == 2
+        assert f"--queries-file {bad}: {says}" in capsys.readouterr().err
     assert main(["classify", *model, "-i", rows, "--labels", str(data / "notes.txt")]) == 2
     assert "a labels file is .csv, .jsonl or .json" in capsys.readouterr().err
     for argv, says in ((["--method", "hdbscan", "--k", "3"], "--k do(es) nothing with"),
