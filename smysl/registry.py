@@ -146,9 +146,20 @@ def _load(model: str, schemes: dict[str, Scheme], options: ModelOptions | None,
     scheme = schemes[name]
     options.check(scheme.options, model)
     made = scheme.factory()(rest, options, **backend_kwargs)
-    local = name == LOCAL and Path(model.strip()).exists()
-    made.source = str(Path(model.strip()).resolve()) if local else model.strip()
+    made.source = portable_model(model.strip(), schemes)
     return made
+
+
+def portable_model(model: str, schemes: dict[str, Scheme] | None = None) -> str:
+    """``model`` as a string that loads the same model from any working directory: a local
+    folder or file that exists here made absolute (``st:./m`` -> ``st:/abs/m``), any other
+    string as given."""
+    table = SCHEMES if schemes is None else schemes
+    name, rest = split(model, table)
+    if table[name].remote or not Path(rest).exists():
+        return model
+    path = str(Path(rest).resolve())
+    return path if name == LOCAL else f"{name}:{path}"
 
 
 #: Reranker schemes: ``factory(rest, options, **backend_kwargs) -> BaseReranker``. A string

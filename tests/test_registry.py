@@ -134,6 +134,18 @@ def test_loaded_models_remember_a_string_that_loads_them_again(
     assert again.fingerprint() == m.fingerprint()
 
 
+def test_portable_model_strings(tiny_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """What a Ray actor (another working directory) is sent: a relative folder loaded
+    another model of the same name there (the cluster's), an `st:` one too."""
+    monkeypatch.chdir(tiny_dir.parent)
+    absolute = str(tiny_dir.resolve())
+    assert registry.portable_model(tiny_dir.name) == absolute
+    assert registry.portable_model(f"st:{tiny_dir.name}") == f"st:{absolute}"
+    for kept in ("Qwen/Qwen3-Embedding-0.6B", "qwen3-embedding:0.6b", "st:no/such/folder",
+                 f"openai:{tiny_dir.name}"):  # a Hub id, an alias, a provider's model id
+        assert registry.portable_model(kept) == kept
+
+
 def test_an_index_records_the_model_string_without_a_password(tmp_path: Path) -> None:
     """The string an index records to load its model again (and eval reports) keeps a URL's
     host and path, not its user part: index metadata is readable by whoever reads the index."""

@@ -168,17 +168,22 @@ def _run_job(args: argparse.Namespace) -> int:
                          "a file")
     chunk = (ChunkConfig(max_tokens=args.chunk_tokens, **given(args, overlap="overlap"))
              if args.chunk_tokens is not None else None)
-    if args.ray is not None:
-        from smysl.commands._model import model_options
-        from smysl.scale.ray_data import RayConfig, RayEmbedder
+    if args.actors is not None and args.actors < 1:
+        raise ValueError(f"--actors must be >= 1, got {args.actors}")
+    with warnings.catch_warnings():  # the job's warnings (unread files) as one plain line
+        warnings.showwarning = lambda message, *_, **__: print(
+            f"smysl embed: warning: {message}", file=sys.stderr)
+        if args.ray is not None:
+            from smysl.commands._model import model_options
+            from smysl.scale.ray_data import RayConfig, RayEmbedder
 
-        model: BaseEmbedder = RayEmbedder(args.model, model_options(args), RayConfig(
-            address=args.ray or None,
-            **given(args, actors="actors", num_gpus="gpus_per_actor")))
-    else:
-        model = load_model(args.model, args)
-    with model:
-        return _job(args, model, chunk)
+            model: BaseEmbedder = RayEmbedder(args.model, model_options(args), RayConfig(
+                address=args.ray or None,
+                **given(args, actors="actors", num_gpus="gpus_per_actor")))
+        else:
+            model = load_model(args.model, args)
+        with model:
+            return _job(args, model, chunk)
 
 
 def _job(args: argparse.Namespace, model: BaseEmbedder, chunk: ChunkConfig | None) -> int:
@@ -190,17 +195,14 @@ def _job(args: argparse.Namespace, model: BaseEmbedder, chunk: ChunkConfig | Non
                        **given(args, id_field="id_field", text_field="text_field",
                                shard_rows="shard_rows", batch_size="batch_size",
                                skip_bad_rows="skip_bad_rows", table="table"))
-    with warnings.catch_warnings():  # the job's warnings (unread files) as one plain line
-        warnings.showwarning = lambda message, *_, **__: print(
-            f"smysl embed: warning: {message}", file=sys.stderr)
-        try:
-            report = run_job(model, [args.input], config,
-                             progress=not args.no_progress and sys.stderr.isatty(),
-                             on_bad_row=lambda where: print(f"skipped bad row: {where}",
-                                                            file=sys.stderr))
-        except JobInterrupted as e:  # exit status 130 (smysl.cli)
-            with contextlib.suppress(OSError, ValueError):  # stderr's reader gone too
-                print(f"smysl embed: {e.report.interrupted()}", file=sys.stderr)
-            raise
+    try:
+        report = run_job(model, [args.input], config,
+                         progress=not args.no_progress and sys.stderr.isatty(),
+                         on_bad_row=lambda where: print(f"skipped bad row: {where}",
+                                                        file=sys.stderr))
+    except JobInterrupted as e:  # exit status 130 (smysl.cli)
+        with contextlib.suppress(OSError, ValueError):  # stderr's reader gone too
+            print(f"smysl embed: {e.report.interrupted()}", file=sys.stderr)
+        raise
     print(report.summary(), file=sys.stderr)
     return 0

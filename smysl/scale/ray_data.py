@@ -18,6 +18,7 @@ concurrency and retry limits, and returns the usage of each call with its vector
 from __future__ import annotations
 
 import itertools
+import os
 import socket
 import threading
 import warnings
@@ -29,6 +30,7 @@ import numpy as np
 
 from smysl.base import BaseEmbedder, Progress
 from smysl.options import ModelOptions
+from smysl.registry import portable_model
 from smysl.scale.sources import to_row
 from smysl.shown import first_line
 from smysl.tokenize import InputTooLongError, TextTokens
@@ -68,22 +70,23 @@ def _ray() -> Any:
 
 
 def connect(config: RayConfig) -> Any:
-    """``ray.init`` on the configured cluster (a local one without an address); a clear error
-    naming the address when it cannot be reached."""
+    """``ray.init`` on the configured cluster (``$RAY_ADDRESS`` without an address, else a
+    local one); a clear error naming the address when it cannot be reached."""
     ray = _ray()
     if ray.is_initialized():
         return ray
-    problem = _unreachable(config.address)
+    address = config.address or os.environ.get("RAY_ADDRESS") or None
+    where = (address if config.address or not address else
+             f"{address} (from $RAY_ADDRESS)")
+    problem = _unreachable(address)
     if problem is not None:  # ray.init itself retries an absent cluster for minutes
-        raise ValueError(f"cannot connect to the Ray cluster at {config.address}: {problem}; "
-                         f"start one (ray start --head) or omit --ray's address for a local one")
+        raise ValueError(f"cannot connect to the Ray cluster at {where}: {problem}")
     try:
         ray.init(address=config.address, include_dashboard=False, log_to_driver=False)
     except (ConnectionError, RuntimeError, ValueError) as e:
-        where = config.address or "the address in $RAY_ADDRESS"
-        first = first_line(e)
-        raise ValueError(f"cannot connect to the Ray cluster at {where}: {first}; start one "
-                         f"(ray start --head) or omit --ray's address for a local one") from None
+        # a cluster that answers and refuses (an auth token, another Ray version): its reason
+        raise ValueError(f"cannot connect to the Ray cluster at {where or 'a new local one'}: "
+                         f"{first_line(e)}") from None
     return ray
 
 
@@ -98,8 +101,19 @@ def _unreachable(address: str | None, timeout: float = 5.0) -> str | None:
     try:
         socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
     except OSError as e:
-        return f"nothing answers ({e.strerror or e})"
+        return (f"nothing answers ({e.strerror or e}); start one (ray start --head) or omit "
+                f"the address for a local one")
     return None
+
+
+def unplaceable(config: RayConfig, resources: dict[str, float]) -> str | None:
+    """Why a cluster with these ``resources`` (``ray.cluster_resources()``) cannot hold the
+    pool now, else None: the actors would wait for it to grow, and a run wait in silence."""
+    need = {"CPU": config.actors * config.num_cpus, "GPU": config.actors * config.num_gpus}
+    short = [f"{need[k]:g} {k}s ({config.actors} actors x {need[k] / config.actors:g})"
+             f" and it has {resources.get(k, 0.0):g}" for k in need
+             if need[k] > resources.get(k, 0.0) + 1e-9]
+    return "; ".join(short) or None
 
 
 @dataclass(frozen=True)
@@ -126,9 +140,17 @@ class Worker:
                  load_kwargs: dict[str, Any] | None = None) -> None:
         import smysl
 
-        self.model = smysl.load(model, options, **(load_kwargs or {}))
+        #: Why the model did not load, told by :meth:`describe`: an error raised here reaches
+        #: the driver as Ray's ActorDiedError, its message a traceback of the actor's.
+        self.failure: str | None = None
+        try:
+            self.model = smysl.load(model, options, **(load_kwargs or {}))
+        except Exception as e:  # any backend's error, told whole to the driver
+            self.failure = first_line(e)
 
     def describe(self) -> dict[str, Any]:
+        if self.failure is not None:
+            return {"failure": self.failure}
         before = self._usage()
         m = self.model
         about = {"name": m.name, "backend": m.backend, "dimensions": m.dimensions,
@@ -195,13 +217,23 @@ class RayEmbedder(BaseEmbedder):
         #: Provider usage summed over every actor's calls (None for a local model).
         self.usage: Any = None
         self._usage_lock = threading.Lock()
+        short = unplaceable(config, ray.cluster_resources())
+        if short is not None:  # the actors wait for resources the cluster may never have
+            warnings.warn(f"the Ray cluster cannot hold the actor pool now: it needs {short}; "
+                          f"waiting for it to grow (Ctrl-C to stop; fewer --actors or "
+                          f"--gpus-per-actor fit it)", RuntimeWarning, stacklevel=2)
         remote = ray.remote(Worker).options(
             num_cpus=config.num_cpus, num_gpus=config.num_gpus,
             max_restarts=-1, max_task_retries=-1)  # a dead actor is replaced, its batch redone
+        # a relative folder names the driver's: the actors' working directory is another
+        model = portable_model(model)
         self.actors = [remote.remote(model, options, load_kwargs or None)
                        for _ in range(config.actors)]
         self._pool = config.actors
         about = ray.get(self.actors[0].describe.remote())
+        if "failure" in about:
+            self.close()
+            raise ValueError(f"{model}: {about['failure']} (loading it in a Ray actor)")
         self._add_usage(about["usage"])
         self.name, self.backend = about["name"], about["backend"]
         self.dimensions, self.min_dimensions = about["dimensions"], about["min_dimensions"]
@@ -296,6 +328,8 @@ class _DatasetWorker(Worker):
                  text_column: str, instruction: str | None, dimensions: int | None,
                  truncate: bool, load_kwargs: dict[str, Any] | None = None) -> None:
         super().__init__(model, options, load_kwargs)
+        if self.failure is not None:  # Ray Data reports an actor that fails to start
+            raise ValueError(f"{model}: {self.failure}")
         self.columns = (id_column, text_column)
         self.settings = (instruction, dimensions, truncate)
         self.fp = self.model.fingerprint()
@@ -349,6 +383,7 @@ def embed_dataset(ds: Any, model: str, options: ModelOptions | None = None, *,
     blocks than actors keeps some idle: ``ds.repartition(n)`` spreads a small one.
     """
     ray = connect(config)
+    model = portable_model(model)
     free = ray.cluster_resources().get("CPU", 0.0) - config.actors * config.num_cpus
     if free < 1:
         warnings.warn(

@@ -101,6 +101,38 @@ def test_unreachable_address_is_named() -> None:
         connect(RayConfig(address=f"127.0.0.1:{port}"))
 
 
+def test_a_dead_ray_address_in_the_environment_is_named(monkeypatch) -> None:
+    """$RAY_ADDRESS naming a dead cluster retried for minutes, Ray's spam and no word of
+    smysl's; an explicit address already failed at once."""
+    import socket
+
+    from smysl.scale.ray_data import RayConfig, connect
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    if ray.is_initialized():
+        pytest.skip("a Ray cluster is already connected in this process")
+    monkeypatch.setenv("RAY_ADDRESS", f"127.0.0.1:{port}")
+    with pytest.raises(ValueError, match=fr"at 127.0.0.1:{port} \(from \$RAY_ADDRESS\): "
+                                         "nothing answers"):
+        connect(RayConfig())
+
+
+def test_a_pool_the_cluster_cannot_hold_is_said() -> None:
+    """--gpus-per-actor 1 on a CPU cluster, or more actors than CPUs: the run waited for
+    resources without a word, for ever on a cluster that does not grow."""
+    from smysl.scale.ray_data import RayConfig, unplaceable
+
+    cpus = {"CPU": 2.0, "memory": 1e9}
+    assert unplaceable(RayConfig(actors=2), cpus) is None
+    assert unplaceable(RayConfig(actors=3), cpus) == "3 CPUs (3 actors x 1) and it has 2"
+    assert unplaceable(RayConfig(actors=2, num_gpus=1), cpus) == \
+        "2 GPUs (2 actors x 1) and it has 0"
+    assert unplaceable(RayConfig(actors=4, num_cpus=0.5, num_gpus=0.5),
+                       {"CPU": 2.0, "GPU": 2.0}) is None
+
+
 def _read(out) -> dict[str, np.ndarray]:
     table = pq.read_table(out)
     ids = table.column("id").to_pylist()
@@ -398,6 +430,31 @@ def test_provider_on_two_actors_with_injected_429_and_500(cluster, real_corpus,
     assert (f"openai:fake-embedding: {srv.billed_tokens:,} tokens (provider-reported), "
             f"{len(texts):,} texts, {srv.ok_requests} requests, {srv.faults} retries, "
             f"${usage['cost']:.6f} at $0.02/1M tokens (summed over 2 actors)") in summary
+
+
+@slow
+def test_actors_load_the_drivers_folder_or_say_why_not(cluster, tiny_dir, monkeypatch
+                                                        ) -> None:
+    """A relative --model is the driver's folder (the actors' working directory held another
+    model of that name, loaded without a word), and a model that fails to load in the actors
+    is one line naming it (a Ray traceback of ~130 lines, exit 1)."""
+    from smysl.scale.ray_data import RayEmbedder
+
+    monkeypatch.chdir(tiny_dir.parent)
+    with RayEmbedder(tiny_dir.name, OPTIONS, actors_config(1)) as m:
+        assert m.source == str(tiny_dir.resolve())
+    with pytest.raises(ValueError, match=r"^\./no-such-model: .* \(loading it in a Ray "
+                                         r"actor\)$"):
+        RayEmbedder("./no-such-model", OPTIONS, actors_config(1))
+    with (pytest.warns(RuntimeWarning, match="cannot hold the actor pool now: it needs 8 CPUs"),
+          pytest.raises(ValueError, match="no-such-model")):
+        RayEmbedder("./no-such-model", OPTIONS, actors_config(8))
+
+
+def actors_config(n: int):  # type: ignore[no-untyped-def]
+    from smysl.scale.ray_data import RayConfig
+
+    return RayConfig(actors=n)
 
 
 @slow
