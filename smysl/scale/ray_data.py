@@ -212,12 +212,18 @@ class RayEmbedder(BaseEmbedder):
         """``smysl.load(model, options, **load_kwargs)`` in each of ``config.actors`` actors
         (``load_kwargs``: a backend's own options, e.g. a provider's ``api_key``,
         ``dimensions``, ``price_per_mtok``; they travel to the actors pickled)."""
+        # a cluster this call starts is this machine's, and never grows
+        own = not (_ray().is_initialized() or config.address or os.environ.get("RAY_ADDRESS"))
         ray = connect(config)
         self._ray = ray
         #: Provider usage summed over every actor's calls (None for a local model).
         self.usage: Any = None
         self._usage_lock = threading.Lock()
         short = unplaceable(config, ray.cluster_resources())
+        if short is not None and own:
+            ray.shutdown()
+            raise ValueError(f"this machine's Ray cluster cannot hold the actor pool: it needs "
+                             f"{short}; use fewer --actors or --gpus-per-actor")
         if short is not None:  # the actors wait for resources the cluster may never have
             warnings.warn(f"the Ray cluster cannot hold the actor pool now: it needs {short}; "
                           f"waiting for it to grow (Ctrl-C to stop; fewer --actors or "
@@ -233,7 +239,9 @@ class RayEmbedder(BaseEmbedder):
         about = ray.get(self.actors[0].describe.remote())
         if "failure" in about:
             self.close()
-            raise ValueError(f"{model}: {about['failure']} (loading it in a Ray actor)")
+            failure = about["failure"]  # named by the model's string unless it names itself
+            raise ValueError(f"{failure if model in failure else f'{model}: {failure}'} "
+                             f"(in a Ray actor)")
         self._add_usage(about["usage"])
         self.name, self.backend = about["name"], about["backend"]
         self.dimensions, self.min_dimensions = about["dimensions"], about["min_dimensions"]

@@ -133,6 +133,33 @@ def test_a_pool_the_cluster_cannot_hold_is_said() -> None:
                        {"CPU": 2.0, "GPU": 2.0}) is None
 
 
+def test_a_pool_this_machines_new_cluster_cannot_hold_is_refused(monkeypatch) -> None:
+    """`--ray` without an address starts a cluster of this machine's CPUs, which never grows:
+    --gpus-per-actor 1 on it waited for ever."""
+    import smysl.scale.ray_data as ray_data
+
+    class Fresh:
+        stopped = False
+
+        def is_initialized(self) -> bool:
+            return False
+
+        def cluster_resources(self) -> dict[str, float]:
+            return {"CPU": 2.0}
+
+        def shutdown(self) -> None:
+            self.stopped = True
+
+    fresh = Fresh()
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    monkeypatch.setattr(ray_data, "_ray", lambda: fresh)
+    monkeypatch.setattr(ray_data, "connect", lambda config: fresh)
+    with pytest.raises(ValueError, match="this machine's Ray cluster cannot hold the actor pool: "
+                                         "it needs 2 GPUs"):
+        ray_data.RayEmbedder("m", OPTIONS, ray_data.RayConfig(num_gpus=1))
+    assert fresh.stopped
+
+
 def _read(out) -> dict[str, np.ndarray]:
     table = pq.read_table(out)
     ids = table.column("id").to_pylist()
@@ -443,8 +470,8 @@ def test_actors_load_the_drivers_folder_or_say_why_not(cluster, tiny_dir, monkey
     monkeypatch.chdir(tiny_dir.parent)
     with RayEmbedder(tiny_dir.name, OPTIONS, actors_config(1)) as m:
         assert m.source == str(tiny_dir.resolve())
-    with pytest.raises(ValueError, match=r"^\./no-such-model: .* \(loading it in a Ray "
-                                         r"actor\)$"):
+    with pytest.raises(ValueError, match=r"^'\./no-such-model' is not a model directory .* "
+                                         r"\(in a Ray actor\)$"):
         RayEmbedder("./no-such-model", OPTIONS, actors_config(1))
     with (pytest.warns(RuntimeWarning, match="cannot hold the actor pool now: it needs 8 CPUs"),
           pytest.raises(ValueError, match="no-such-model")):
