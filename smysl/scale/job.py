@@ -174,6 +174,8 @@ class JobReport:
         line = (f"embedded {self.texts:,} texts ({tokens}) in {self.seconds:.1f} s{rate}; "
                 f"shards: {self.shards_written} written, {self.shards_skipped} already done; "
                 f"-> {shown_output(self.output)}")
+        if not (self.texts or self.shards_skipped or self.bad_rows or self.empty_rows):
+            line += "; the input held no rows"  # an empty file looked like a job done
         if self.bad_rows:
             line += f"; {self.bad_rows} bad rows skipped"
         if self.empty_rows:

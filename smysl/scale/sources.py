@@ -216,7 +216,9 @@ def read_rows(source: Source, id_field: str, text_field: str) -> Iterator[Row]:
                 try:
                     record = json.loads(line)
                 except json.JSONDecodeError as e:
-                    yield Row(n, problem=f"invalid JSON ({e.msg})")
+                    # e.msg alone ends "... at" where the place follows
+                    at = "" if e.msg.endswith(" at") else " at"
+                    yield Row(n, problem=f"invalid JSON ({e.msg}{at} column {e.colno})")
                     continue
                 yield to_row(n, record, id_field, text_field)
         except UnicodeDecodeError as e:  # the codec's message names no file and no place

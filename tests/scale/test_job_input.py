@@ -64,7 +64,13 @@ def test_a_json_line_ends_at_newline_only(tiny, tmp_path) -> None:
                                 b"not json\n")
     report = run_job(tiny, [d], JobConfig(output=str(tmp_path / "o"), skip_bad_rows=True))
     assert set(_table(report.output)) == {"r1", "r2"} and report.bad_rows == 1
-    assert report.bad_examples[0].endswith("a.jsonl, row 3: invalid JSON (Expecting value)")
+    assert report.bad_examples[0].endswith(
+        "a.jsonl, row 3: invalid JSON (Expecting value at column 1)")
+    # a message that ends "at" lost its place: "Invalid control character at"
+    (d / "a.jsonl").write_bytes(b'{"id": "r3", "text": "o\tne"}\n')
+    report = run_job(tiny, [d], JobConfig(output=str(tmp_path / "p"), skip_bad_rows=True))
+    assert report.bad_examples[0].endswith(
+        "row 1: invalid JSON (Invalid control character at column 24)"), report.bad_examples
 
 
 @pytest.mark.parametrize("name", ["rows.jsonl", "rows.csv"])
@@ -320,3 +326,15 @@ def test_a_preset_name_and_its_text_are_one_job(tiny, tmp_path) -> None:
     (d / "a.jsonl").write_text(json.dumps({"id": "a", "text": "t"}) + "\n")
     report = run_job(tiny, [d], JobConfig(output=f"lancedb:{tmp_path / 'kb'}", instruction=""))
     assert report.texts == 1
+
+
+def test_an_input_without_rows_is_said(tiny, tmp_path) -> None:
+    """An empty file was "embedded 0 texts" and exit 0, a folder made: a job done, to read."""
+    (tmp_path / "empty.jsonl").write_bytes(b"")
+    report = run_job(tiny, [tmp_path / "empty.jsonl"], JobConfig(output=str(tmp_path / "o")))
+    assert report.summary().count("the input held no rows") == 1
+    (tmp_path / "one.jsonl").write_bytes(b'{"id": "a", "text": "one"}\n')
+    report = run_job(tiny, [tmp_path / "one.jsonl"], JobConfig(output=str(tmp_path / "p")))
+    assert "no rows" not in report.summary()
+    again = run_job(tiny, [tmp_path / "one.jsonl"], JobConfig(output=str(tmp_path / "p")))
+    assert again.shards_skipped == 1 and "no rows" not in again.summary()
