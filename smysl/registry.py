@@ -146,17 +146,22 @@ def _load(model: str, schemes: dict[str, Scheme], options: ModelOptions | None,
     scheme = schemes[name]
     options.check(scheme.options, model)
     made = scheme.factory()(rest, options, **backend_kwargs)
-    made.source = portable_model(model.strip(), schemes)
+    # a local folder made absolute; a scheme's string as typed (a server's clients may name
+    # the model by its --model, st:./m included)
+    made.source = portable_model(model.strip(), schemes) if name == LOCAL else model.strip()
     return made
 
 
+#: The schemes whose model string is a local folder or file (else a Hub id or a cache name).
+PATH_SCHEMES = frozenset({LOCAL, "st"})
+
+
 def portable_model(model: str, schemes: dict[str, Scheme] | None = None) -> str:
-    """``model`` as a string that loads the same model from any working directory: a local
-    folder or file that exists here made absolute (``st:./m`` -> ``st:/abs/m``), any other
-    string as given."""
-    table = SCHEMES if schemes is None else schemes
-    name, rest = split(model, table)
-    if table[name].remote or not Path(rest).exists():
+    """``model`` as a string that loads the same model from any working directory (a Ray
+    actor's): a folder or file of :data:`PATH_SCHEMES` that exists here made absolute
+    (``st:./m`` -> ``st:/abs/m``), any other string as given."""
+    name, rest = split(model, SCHEMES if schemes is None else schemes)
+    if name not in PATH_SCHEMES or not rest.strip() or not Path(rest).exists():
         return model
     path = str(Path(rest).resolve())
     return path if name == LOCAL else f"{name}:{path}"

@@ -134,15 +134,19 @@ def test_loaded_models_remember_a_string_that_loads_them_again(
     assert again.fingerprint() == m.fingerprint()
 
 
-def test_portable_model_strings(tiny_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_portable_model_strings(tiny_dir: Path, tmp_path: Path,
+                                monkeypatch: pytest.MonkeyPatch) -> None:
     """What a Ray actor (another working directory) is sent: a relative folder loaded
     another model of the same name there (the cluster's), an `st:` one too."""
     monkeypatch.chdir(tiny_dir.parent)
     absolute = str(tiny_dir.resolve())
     assert registry.portable_model(tiny_dir.name) == absolute
     assert registry.portable_model(f"st:{tiny_dir.name}") == f"st:{absolute}"
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "qwen3-embedding").mkdir()
     for kept in ("Qwen/Qwen3-Embedding-0.6B", "qwen3-embedding:0.6b", "st:no/such/folder",
-                 f"openai:{tiny_dir.name}"):  # a Hub id, an alias, a provider's model id
+                 "openai:qwen3-embedding", "ollama-store:qwen3-embedding", "", "st:", "st: ",
+                 "qwen3:"):  # Hub ids, an alias, model names, nothing (not the folder here)
         assert registry.portable_model(kept) == kept
 
 

@@ -300,9 +300,6 @@ def _search(args: argparse.Namespace, store: StoreConfig) -> int:
             print(f"warning: {len(damaged)} damaged stored vectors left out of the results: "
                   f"{shown}; run `smysl index add` on the same files to repair them",
                   file=sys.stderr)
-    if config.where and not any(results):  # a misspelt field matched nothing, silently
-        for problem in _unmatched(store, config.where):
-            print(f"smysl index: warning: {problem}", file=sys.stderr)
     if args.output:
         write_rows(args.output, hits_to_rows(queries, results))
     elif args.format == "context":
@@ -313,6 +310,9 @@ def _search(args: argparse.Namespace, store: StoreConfig) -> int:
     else:
         print(format_json(queries, results) if args.format == "json"
               else format_table(queries, results))
+    if config.where and not any(results):  # a misspelt field matched nothing, silently
+        for problem in _unmatched(store, config.where):
+            print(f"smysl index: warning: {problem}", file=sys.stderr)
     return 0
 
 
@@ -325,9 +325,13 @@ def _unmatched(store: StoreConfig, where: Mapping[str, Any]) -> list[str]:
     with open_store(store) as s:
         if not s.count():
             return ["the index holds no chunks"]
-        return [f"no chunk in the index matches the --where condition on {key!r} (is the "
-                f"field's name, or its value, spelt as stored?)"
-                for key, cond in where.items() if not s.count(where={key: cond})]
+        alone = [f"no chunk in the index meets the --where condition on {key!r} (no field of "
+                 f"that name, or no such value)"
+                 for key, cond in where.items() if not s.count(where={key: cond})]
+        if alone or len(where) == 1 or s.count(where=where):
+            return alone
+        return [f"each --where condition is met by some chunk, but none meets all "
+                f"{len(where)} together"]
 
 
 def _refuse_unused_search(args: argparse.Namespace) -> None:

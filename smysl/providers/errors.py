@@ -15,7 +15,8 @@ class ProviderError(UpstreamError):
 class ProviderHTTPError(ProviderError):
     """The provider answered with an error status; ``body`` is its answer, with this client's
     key, credential headers and URL password as ``***`` (upstreams echo request headers).
-    ``retry_after``: its ``Retry-After``, in seconds."""
+    ``retry_after``: the seconds it asked to wait (``Retry-After``; a 429's rate-limit reset:
+    ``retry.retry_after_seconds``)."""
 
     def __init__(self, message: str, status: int, body: str = "", *,
                  retry_after: float | None = None) -> None:

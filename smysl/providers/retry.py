@@ -3,7 +3,8 @@ wall-clock deadlines, and the upstream's health.
 
 Timeouts, connection errors, malformed 2xx bodies and :data:`RETRYABLE_STATUS` are tried again
 after an exponential backoff with jitter that waits at least as long as the server's
-``Retry-After`` asks (up to ``max_retry_after``). A 413 raises :class:`PayloadTooLargeError` at
+``Retry-After`` asks, or for a 429 without one its spent limit's ``x-ratelimit-reset-*`` (up to
+``max_retry_after``). A 413 raises :class:`PayloadTooLargeError` at
 once, for the caller to split the batch; any other error status raises at once.
 
 Deadlines are wall time, not per read (issue 11 item 7): each HTTP request runs on a helper
@@ -260,7 +261,7 @@ class RetryingClient:
                         f"{self.name}: request too large (413) for {n} inputs: "
                         f"{self.excerpt(resp)}", status, self.shown(resp.text))
                 elif status in RETRYABLE_STATUS:
-                    retry_after = retry_after_seconds(resp.headers)
+                    retry_after = retry_after_seconds(resp.headers, status)
                     last = ProviderHTTPError(f"{self.name}: HTTP {status}: {self.excerpt(resp)}",
                                              status, self.shown(resp.text),
                                              retry_after=retry_after)
@@ -384,11 +385,14 @@ def backoff_delay(config: ProviderConfig, attempt: int, rng: random.Random,
     return delay
 
 
-def retry_after_seconds(headers: Any) -> float | None:
+def retry_after_seconds(headers: Any, status: int | None = None) -> float | None:
     """Seconds from ``retry-after-ms`` (OpenAI-style) or ``Retry-After`` (seconds or date),
-    else from the rate-limit headers (:func:`ratelimit_reset_seconds`)."""
+    else, for a 429, from the rate-limit headers (:func:`ratelimit_reset_seconds`: OpenAI sends
+    them with every answer, a 503 included, where no limit is the cause)."""
     told = _retry_after(headers)
-    return told if told is not None else ratelimit_reset_seconds(headers)
+    if told is None and status == 429:
+        return ratelimit_reset_seconds(headers)
+    return told
 
 
 #: The ``x-ratelimit-*`` limits (suffixes) whose reset a 429 without ``Retry-After`` waits for.
@@ -399,28 +403,32 @@ _UNIT_SECONDS = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 0.001}
 
 
 def ratelimit_reset_seconds(headers: Any) -> float | None:
-    """Seconds until the exhausted limit resets, from ``x-ratelimit-reset-requests`` /
+    """Seconds until a 429's spent limit resets, from ``x-ratelimit-reset-requests`` /
     ``-tokens`` (OpenAI, Groq and others: durations such as ``1s``, ``6m0s``, ``250ms``) or
-    ``x-ratelimit-reset`` (seconds, or a Unix time). Where ``x-ratelimit-remaining-*`` says which
-    limit is spent, its reset; else the soonest (the backoff goes on growing after it). A 429
-    with only these headers was retried on the backoff alone: too soon, each try spent."""
-    resets: dict[str, float] = {}
-    for name in RATELIMITS:
-        v = _reset_value(headers.get(f"x-ratelimit-reset-{name}"))
-        if v is not None:
-            resets[name] = v
-    spent = [v for name, v in resets.items()
-             if (headers.get(f"x-ratelimit-remaining-{name}") or "").strip() == "0"]
-    if spent:
-        return max(spent)
-    if resets:
-        return min(resets.values())
-    return _reset_value(headers.get("x-ratelimit-reset"))
+    ``x-ratelimit-reset`` (seconds, or a Unix time). Where ``x-ratelimit-remaining-*`` says
+    which limits are spent, the latest of their resets (None where it says none is); without
+    it, the soonest reset (the backoff goes on growing after it). A 429 with only these
+    headers was retried on the backoff alone: too soon, each try spent."""
+    remaining = {n: headers.get(f"x-ratelimit-remaining-{n}") for n in RATELIMITS}
+    spent = [n for n, v in remaining.items() if v is not None and v.strip() == "0"]
+    if not spent and any(v is not None for v in remaining.values()):
+        return None  # no limit of these spent: the 429 is another's, the backoff's to wait
+    shared = _reset_value(headers.get("x-ratelimit-reset"))  # a limit without its own
+    resets: list[float] = []
+    for n in spent or RATELIMITS:
+        own = _reset_value(headers.get(f"x-ratelimit-reset-{n}"))
+        if own is not None:
+            resets.append(own)
+        elif shared is not None:
+            resets.append(shared)
+    if not resets:
+        return None
+    return max(resets) if spent else min(resets)
 
 
 def _reset_value(value: str | None) -> float | None:
     """Seconds from a reset header's value: a duration (``1m30s``), or a number of seconds, or
-    a Unix time in seconds (from 1e9: 2001 on)."""
+    a Unix time in seconds (from 1e9: 2001 on) or in milliseconds (from 1e12)."""
     if value is None:
         return None
     value = value.strip()
@@ -432,6 +440,8 @@ def _reset_value(value: str | None) -> float | None:
         return None
     if not math.isfinite(v) or v < 0:
         return None
+    if v >= 1e12:
+        v /= 1000
     return max(0.0, v - time.time()) if v >= 1e9 else v
 
 

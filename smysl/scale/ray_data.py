@@ -76,11 +76,14 @@ def connect(config: RayConfig) -> Any:
     if ray.is_initialized():
         return ray
     address = config.address or os.environ.get("RAY_ADDRESS") or None
-    where = (address if config.address or not address else
-             f"{address} (from $RAY_ADDRESS)")
+    given = bool(config.address) or not address
+    where = address if given else f"{address} (from $RAY_ADDRESS)"
     problem = _unreachable(address)
     if problem is not None:  # ray.init itself retries an absent cluster for minutes
-        raise ValueError(f"cannot connect to the Ray cluster at {where}: {problem}")
+        instead = ("omit the address" if given else "unset $RAY_ADDRESS") + " for a local one"
+        raise ValueError(f"cannot connect to the Ray cluster at {where}: {problem}"
+                         + (f"; start one (ray start --head) or {instead}"
+                            if problem.startswith("nothing answers") else ""))
     try:
         ray.init(address=config.address, include_dashboard=False, log_to_driver=False)
     except (ConnectionError, RuntimeError, ValueError) as e:
@@ -92,8 +95,8 @@ def connect(config: RayConfig) -> Any:
 
 def _unreachable(address: str | None, timeout: float = 5.0) -> str | None:
     """Why nothing answers at a ``[ray://]HOST:PORT`` address (None: it answers, or the address
-    is ``auto``/empty and Ray resolves it)."""
-    if not address or address == "auto":
+    is ``auto``, ``local`` or empty, which Ray resolves)."""
+    if not address or address in ("auto", "local"):
         return None
     host, sep, port = address.removeprefix("ray://").rpartition(":")
     if not sep or not port.isdigit():
@@ -101,8 +104,7 @@ def _unreachable(address: str | None, timeout: float = 5.0) -> str | None:
     try:
         socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
     except OSError as e:
-        return (f"nothing answers ({e.strerror or e}); start one (ray start --head) or omit "
-                f"the address for a local one")
+        return f"nothing answers ({e.strerror or e})"
     return None
 
 
@@ -174,6 +176,8 @@ class Worker:
         """``method(*args)`` and the provider usage it cost (None for a local model): the
         driver sums these, so usage survives an actor's restart (an actor runs one call at a
         time, so the difference is this call's)."""
+        if self.failure is not None:  # an actor Ray restarted mid-run, that failed to load
+            raise RuntimeError(f"a Ray actor could not load the model: {self.failure}")
         before = self._usage()
         try:
             out = getattr(self, method)(*args)
@@ -212,19 +216,15 @@ class RayEmbedder(BaseEmbedder):
         """``smysl.load(model, options, **load_kwargs)`` in each of ``config.actors`` actors
         (``load_kwargs``: a backend's own options, e.g. a provider's ``api_key``,
         ``dimensions``, ``price_per_mtok``; they travel to the actors pickled)."""
-        # a cluster this call starts is this machine's, and never grows
-        own = not (_ray().is_initialized() or config.address or os.environ.get("RAY_ADDRESS"))
         ray = connect(config)
         self._ray = ray
         #: Provider usage summed over every actor's calls (None for a local model).
         self.usage: Any = None
         self._usage_lock = threading.Lock()
         short = unplaceable(config, ray.cluster_resources())
-        if short is not None and own:
-            ray.shutdown()
-            raise ValueError(f"this machine's Ray cluster cannot hold the actor pool: it needs "
-                             f"{short}; use fewer --actors or --gpus-per-actor")
-        if short is not None:  # the actors wait for resources the cluster may never have
+        # a warning, not an error: a cluster may grow (and ray.init without an address joins
+        # this machine's `ray start` cluster where there is one, so which it is is not known)
+        if short is not None:
             warnings.warn(f"the Ray cluster cannot hold the actor pool now: it needs {short}; "
                           f"waiting for it to grow (Ctrl-C to stop; fewer --actors or "
                           f"--gpus-per-actor fit it)", RuntimeWarning, stacklevel=2)

@@ -431,17 +431,27 @@ def test_retry_after_parsing() -> None:
     assert date == 0.0  # in the past: retry now
     assert retry_after_seconds(httpx.Headers({})) is None
     # the rate-limit headers where no Retry-After is given: the spent limit's reset
+    # (a 429's: OpenAI sends them with every answer, where a 503 is no limit's)
     limits = {"x-ratelimit-remaining-requests": "59", "x-ratelimit-reset-requests": "1s",
               "x-ratelimit-remaining-tokens": "0", "x-ratelimit-reset-tokens": "1m30.5s"}
-    assert retry_after_seconds(httpx.Headers(limits)) == 90.5
-    assert retry_after_seconds(httpx.Headers({**limits, "Retry-After": "2"})) == 2
-    assert retry_after_seconds(httpx.Headers({"x-ratelimit-reset-tokens": "250ms",
-                                              "x-ratelimit-reset-requests": "6m0s"})) == 0.25
-    assert retry_after_seconds(httpx.Headers({"x-ratelimit-reset": "12"})) == 12
-    epoch = retry_after_seconds(httpx.Headers({"x-ratelimit-reset": str(time.time() + 30)}))
-    assert epoch is not None and 25 < epoch <= 30
+
+    def wait(headers: dict[str, str], status: int = 429) -> float | None:
+        return retry_after_seconds(httpx.Headers(headers), status)
+
+    assert wait(limits) == 90.5 and wait(limits, 503) is None
+    assert wait({**limits, "Retry-After": "2"}) == 2 == wait({**limits, "Retry-After": "2"}, 503)
+    assert wait({**limits, "x-ratelimit-remaining-tokens": "5"}) is None  # none spent
+    assert wait({"x-ratelimit-reset-tokens": "250ms", "x-ratelimit-reset-requests": "6m0s"}) \
+        == 0.25  # which is spent, unsaid: the soonest
+    assert wait({"x-ratelimit-reset": "12"}) == 12
+    # the spent limit without a reset of its own: the shared one, not the other's
+    assert wait({"x-ratelimit-remaining-requests": "0", "x-ratelimit-reset": "7",
+                 "x-ratelimit-remaining-tokens": "9", "x-ratelimit-reset-tokens": "1ms"}) == 7
+    for unix in (time.time() + 30, (time.time() + 30) * 1000):  # seconds, milliseconds
+        epoch = wait({"x-ratelimit-reset": str(unix)})
+        assert epoch is not None and 25 < epoch <= 30, epoch
     for bad in ("soon", "-1", "1x", "nan", ""):
-        assert retry_after_seconds(httpx.Headers({"x-ratelimit-reset-requests": bad})) is None
+        assert wait({"x-ratelimit-reset-requests": bad}) is None
 
 
 def test_backoff_grows_exponentially_with_jitter() -> None:

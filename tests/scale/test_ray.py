@@ -115,8 +115,16 @@ def test_a_dead_ray_address_in_the_environment_is_named(monkeypatch) -> None:
         pytest.skip("a Ray cluster is already connected in this process")
     monkeypatch.setenv("RAY_ADDRESS", f"127.0.0.1:{port}")
     with pytest.raises(ValueError, match=fr"at 127.0.0.1:{port} \(from \$RAY_ADDRESS\): "
-                                         "nothing answers"):
+                                         r"nothing answers .*; start one \(ray start --head\) "
+                                         r"or unset \$RAY_ADDRESS for a local one$"):
         connect(RayConfig())
+    monkeypatch.setenv("RAY_ADDRESS", "foo")  # malformed: no "start one"
+    with pytest.raises(ValueError, match=r"\(from \$RAY_ADDRESS\): expected HOST:PORT, "
+                                         r"ray://HOST:PORT or auto$"):
+        connect(RayConfig())
+    from smysl.scale.ray_data import _unreachable
+
+    assert _unreachable("local") is None and _unreachable("auto") is None  # Ray's own words
 
 
 def test_a_pool_the_cluster_cannot_hold_is_said() -> None:
@@ -131,33 +139,6 @@ def test_a_pool_the_cluster_cannot_hold_is_said() -> None:
         "2 GPUs (2 actors x 1) and it has 0"
     assert unplaceable(RayConfig(actors=4, num_cpus=0.5, num_gpus=0.5),
                        {"CPU": 2.0, "GPU": 2.0}) is None
-
-
-def test_a_pool_this_machines_new_cluster_cannot_hold_is_refused(monkeypatch) -> None:
-    """`--ray` without an address starts a cluster of this machine's CPUs, which never grows:
-    --gpus-per-actor 1 on it waited for ever."""
-    import smysl.scale.ray_data as ray_data
-
-    class Fresh:
-        stopped = False
-
-        def is_initialized(self) -> bool:
-            return False
-
-        def cluster_resources(self) -> dict[str, float]:
-            return {"CPU": 2.0}
-
-        def shutdown(self) -> None:
-            self.stopped = True
-
-    fresh = Fresh()
-    monkeypatch.delenv("RAY_ADDRESS", raising=False)
-    monkeypatch.setattr(ray_data, "_ray", lambda: fresh)
-    monkeypatch.setattr(ray_data, "connect", lambda config: fresh)
-    with pytest.raises(ValueError, match="this machine's Ray cluster cannot hold the actor pool: "
-                                         "it needs 2 GPUs"):
-        ray_data.RayEmbedder("m", OPTIONS, ray_data.RayConfig(num_gpus=1))
-    assert fresh.stopped
 
 
 def _read(out) -> dict[str, np.ndarray]:

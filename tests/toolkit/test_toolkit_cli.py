@@ -52,6 +52,9 @@ def test_index_add_search_delete(tiny_dir, data, capsys, monkeypatch) -> None:
                  "--device", "cpu"]) == 0
     err = capsys.readouterr().err
     assert "condition on 'lnag'" in err and "'lang'" not in err, err
+    assert main(["index", "search", kb, "alpha", "--where", "lang=de", "--where", "label=x",
+                 "--device", "cpu"]) == 0  # rows of lang de are all label y
+    assert "none meets all 2 together" in capsys.readouterr().err
     assert main(["index", "search", kb, "alpha", "--mode", "text", "--where", "lang=fr"]) == 0
     assert "condition on 'lang'" in capsys.readouterr().err
     assert main(["index", "search", kb, "cats", "--where", "chunk>=0", "-o",
