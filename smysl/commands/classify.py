@@ -160,6 +160,9 @@ def run(args: argparse.Namespace) -> int:
         check_file(args.save, "--save")
     labels_by_name = _labels(args.labels, args) if mode == "--labels" else None
     texts, rows = read_column(args.input, args.text_field)
+    if not rows:  # its output is as empty: said, not left to look like a result
+        print(f"smysl classify: warning: {args.input} holds no rows; nothing to classify",
+              file=sys.stderr)
     # Gold labels (when any row has the column) are read before any work, so a row without
     # one fails the command before its output exists.
     gold = (labels_in(rows, args.label_field, args.input, "--label-field")

@@ -30,6 +30,17 @@ HELP = "build, search, check and prune a semantic index (add | search | verify |
 
 
 
+def _table_file(path: str) -> bool:
+    """Whether ``path`` names a table the toolkit reads (.csv, .jsonl; ``-``: JSONL)."""
+    from smysl.toolkit.io import table_format
+
+    try:
+        table_format(path)
+    except ValueError:
+        return False
+    return True
+
+
 def _lines_file(path: str) -> bool:
     """Whether ``--queries-file`` holds a query per line (a .txt file; ``-`` is JSONL rows on
     stdin, as every toolkit table input reads it)."""
@@ -240,9 +251,10 @@ def _search(args: argparse.Namespace, store: StoreConfig) -> int:
         check_output(args.output)
     queries = list(args.queries)
     if args.queries_file:
-        if Path(args.queries_file).is_dir():
-            raise ValueError(f"--queries-file {args.queries_file}: a folder; give a .txt file "
-                             f"(a query per line) or a .csv/.jsonl file")
+        if Path(args.queries_file).is_dir() or not (_lines_file(args.queries_file)
+                                                     or _table_file(args.queries_file)):
+            raise ValueError(f"--queries-file {args.queries_file}: give a .txt file (a query "
+                             f"per line) or a .csv/.jsonl file")
         if _lines_file(args.queries_file):
             queries += [q for q in read_lines(args.queries_file, "--queries-file") if q.strip()]
         else:

@@ -104,6 +104,10 @@ def test_classify_cluster_dedup(tiny_dir, data, capsys) -> None:
     assert main(["classify", *model, "-i", rows, "--labels", "x,y"]) == 0
     out = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
     assert len(out) == 6 and {o["predicted"] for o in out} <= {"x", "y"} and "score" in out[0]
+    (data / "none.jsonl").write_text("", encoding="utf-8")  # exit 0, and nothing said
+    assert main(["classify", *model, "-i", str(data / "none.jsonl"), "--labels", "x,y"]) == 0
+    captured = capsys.readouterr()
+    assert not captured.out and "none.jsonl holds no rows; nothing to classify" in captured.err
 
     assert main(["cluster", *model, "-i", str(data / "rows.jsonl"), "--k", "2",
                  "--summary", str(data / "s.json"), "-o", str(data / "c.csv")]) == 0
@@ -295,7 +299,8 @@ def test_classify_and_cluster_refuse_what_they_would_get_silently_wrong(tiny_dir
     assert main(["index", "search", str(data / "kb"), *model, "--queries-file",
                  str(data / "none.txt")]) == 2
     assert f"--queries-file {data / 'none.txt'}: no query in it" in capsys.readouterr().err
-    for bad, says in ((data, "a folder; give a .txt file"),
+    for bad, says in ((data, "give a .txt file (a query per line) or a .csv/.jsonl file"),
+                      (data / "gone.tsv", "give a .txt file (a query per line) or a .csv"),
                       (data / "gone.jsonl", "No such file or directory")):
         assert main(["index", "search", str(data / "kb"), *model, "--queries-file",
                      str(bad)]) == 2
