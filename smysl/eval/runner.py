@@ -42,8 +42,8 @@ def evaluate_model(model: BaseEmbedder, cfg: EvalConfig, *, load_seconds: float 
     ``reranker``, rerank its first-stage candidates on the reranking tasks (``rerank_tasks``,
     default those ``cfg.tasks`` selects). ``rerank_scores`` shares the reranker's scores
     between models of one run. ``into``: the result is appended to it before the first task
-    and filled as each task ends, so a run that fails or is interrupted keeps what was
-    scored."""
+    and filled as each task ends, so a run that fails or is interrupted keeps what was scored
+    (marked :attr:`~ModelResult.stopped`)."""
     if tasks is None or (reranker is not None and rerank_tasks is None):
         chosen, chosen_reranks = select_all(cfg.tasks, reranker=reranker is not None)
         tasks = tasks if tasks is not None else chosen
@@ -74,6 +74,12 @@ def evaluate_model(model: BaseEmbedder, cfg: EvalConfig, *, load_seconds: float 
                          "recall@%d %.4f", model.name, reranker.name, rtask.name,
                          r.before["ndcg_at_10"], r.after["ndcg_at_10"], r.before["mrr_at_10"],
                          r.after["mrr_at_10"], r.candidates, r.recall)
+    except BaseException as e:  # what ``into`` keeps says it was cut short
+        why = "interrupted" if isinstance(e, KeyboardInterrupt) else "failed"
+        planned = len(tasks) + len(rerank_tasks or []) * (reranker is not None)
+        result.stopped = (f"{why} after {len(result.tasks) + len(result.reranking)} of "
+                          f"{planned} tasks")
+        raise
     finally:  # a result kept from a stopped run has its times too
         result.eval_seconds = time.perf_counter() - started
         result.embed_seconds = embeddings.throughput.seconds
@@ -114,17 +120,6 @@ def _score_tasks(model: BaseEmbedder, cfg: EvalConfig, tasks: list[Task],
             warnings))
         log.info("%s %s: %s = %.4f", model.name, task.name, task.main_metric,
                  scores[native][task.main_metric])
-
-
-def _stopped(unfinished: list[ModelResult], planned: int, error: BaseException
-             ) -> list[ModelResult]:
-    """Those of ``unfinished`` that scored a task, each with its :attr:`ModelResult.stopped`
-    said."""
-    kept = [r for r in unfinished if r.tasks or r.reranking]
-    why = "interrupted" if isinstance(error, KeyboardInterrupt) else "failed"
-    for r in kept:
-        r.stopped = f"{why} after {len(r.tasks) + len(r.reranking)} of {planned} tasks"
-    return kept
 
 
 def _dimensions(model: BaseEmbedder, asked: tuple[int, ...]) -> tuple[list[int], list[int]]:
@@ -192,11 +187,11 @@ def run(cfg: EvalConfig) -> list[ModelResult]:
                                             into=begun)
                 finally:
                     model.close()
-            except BaseException as e:
+            except BaseException:
                 # the models evaluated so far keep their reports (a bad second model string
                 # threw the first model's hour away), and so do the tasks this one finished
                 # (a Ctrl-C in the last task of an hour's run kept nothing)
-                kept = _stopped(begun[len(results):], len(tasks) + len(rerank_tasks), e)
+                kept = [r for r in begun[len(results):] if r.tasks or r.reranking]
                 if results + kept and cfg.out_dir is not None:
                     write_reports(results + kept, cfg, compared)
                     parts = [f"the {len(results)} model(s) evaluated before it"] if results else []

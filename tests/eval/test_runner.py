@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from qwen_tiny import DATASETS
 
+import smysl
 from smysl.eval import TASKS, EvalConfig, evaluate_model
 from smysl.eval import metrics as m
 from smysl.eval.data import load_sts
@@ -149,6 +150,10 @@ def test_an_interrupted_model_keeps_the_tasks_it_scored(tiny_dir, tmp_path, monk
     assert only["embed_seconds"] > 0 and only["texts_embedded"] > 0
     summary = (tmp_path / "out" / "summary.md").read_text()
     assert "interrupted after 1 of 2 tasks: the tasks it did not reach have no score" in summary
+    into: list = []  # from Python, the same
+    with pytest.raises(KeyboardInterrupt):
+        evaluate_model(smysl.load(str(tiny_dir), device="cpu"), cfg, into=into)
+    assert into[0].stopped == "interrupted after 1 of 2 tasks"
 
 
 def test_cut_offs_without_10_still_score(tiny, tmp_path) -> None:  # type: ignore[no-untyped-def]
