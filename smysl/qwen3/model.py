@@ -204,6 +204,17 @@ def _probe(layer: PackedLinear) -> torch.Tensor:
                        generator=torch.Generator().manual_seed(0)).to(layer.dtype)
 
 
+def _probe_layer(layer: PackedLinear) -> PackedLinear:
+    """A layer of ``layer``'s shape and dtype with a fixed random weight, for its kernel
+    checks: oneDNN picks a kernel by shape, and a weight's own values can hide a change of
+    kernel. A dequantised GGUF weight has few significant bits, so most sums come out exact in
+    either order: on a Xeon with AMX a Q8_0 file's down_proj passed 16 rows as giving a
+    256-row call's bits, and its texts alone differed from the same in a batch by 2.8e-3."""
+    g = torch.Generator().manual_seed(1)
+    return PackedLinear(torch.randn(layer.out_features, layer.in_features, generator=g,
+                                    dtype=layer.dtype))
+
+
 @contextlib.contextmanager
 def _threads(n: int) -> Iterator[None]:
     """torch's thread count in this thread set to ``n`` for the block, then restored."""
@@ -229,8 +240,8 @@ def same_bits_on(model: nn.Module, threads: tuple[int, ...]) -> bool:
     :data:`ROW_TILE`-row input the same bits at each of these thread counts. With AMX-BF16
     the 0.6B's down_proj did not on 1 and 2 threads (a Xeon): oneDNN's kernel follows the
     thread count too."""
-    for layer in _bf16_layers(model):
-        x = _probe(layer)
+    for shape in _bf16_layers(model):
+        x, layer = _probe(shape), _probe_layer(shape)
         outs = []
         for n in threads:
             with _threads(n):
@@ -244,20 +255,20 @@ def same_bit_rows(layer: PackedLinear) -> tuple[int, ...] | None:
     """The row counts up to :data:`ROW_TILE` (of those :func:`padded_rows` gives) at which
     ``layer``'s GEMM gives each row the bits it gets in a call of ``ROW_TILE`` rows, at this
     thread's torch thread count; None where every such count does (then rows are only padded
-    by :func:`padded_rows`). Measured once per weight shape and thread count, on the layer's
-    own weight.
+    by :func:`padded_rows`). Measured once per weight shape and thread count.
 
     oneDNN picks its kernel (its summation order) by the row count. On AVX-512 and AVX2 CPUs
     every count from 16 rows on gave the same bits; with AMX-BF16 they fall into classes (a
     Xeon, 2 threads, the 0.6B's down_proj: 16-32, 48-144, 192-256 rows), so a text's bf16
     vector moved in its last bits with the batch it came in. Padded to a count of the
-    ``ROW_TILE`` class (a short input's down_proj runs 192 rows), it does not."""
+    ``ROW_TILE`` class (a short input's down_proj runs 192 rows), it does not. Measured with
+    a random weight of the layer's shape (:func:`_probe_layer`)."""
     key = (layer.out_features, layer.in_features, layer.dtype, torch.get_num_threads())
     if key not in _SAME_BITS:
-        x = _probe(layer)
-        want = layer.gemm(x)
+        x, probe = _probe(layer), _probe_layer(layer)
+        want = probe.gemm(x)
         sizes = sorted({padded_rows(m) for m in range(1, ROW_TILE + 1)})
-        same = tuple(n for n in sizes if torch.equal(layer.gemm(x[:n]), want[:n]))
+        same = tuple(n for n in sizes if torch.equal(probe.gemm(x[:n]), want[:n]))
         _SAME_BITS[key] = None if len(same) == len(sizes) else same
     return _SAME_BITS[key]
 

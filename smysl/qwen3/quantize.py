@@ -245,7 +245,9 @@ class Int4Linear(nn.Module):
 #: and dequantising cost ~0.3 ns per weight: a 4096 x 24576 weight took 0.65 s with the int4
 #: kernel at 1,024 rows, 0.27 s dequantised (docs/benchmarks.md). The two regimes round
 #: differently (weights rounded to bf16 once here), so a text's vector moves in the last bits
-#: between a batch below and one above this size; within a regime rows are batch-invariant.
+#: between a batch below and one above this size; within the kernel's regime rows are
+#: batch-invariant, within this one where oneDNN's bf16 kernel ignores the row count (not with
+#: AMX: docs/engine.md).
 DEQUANT_ROWS = 192
 #: Weights dequantised at a time (a column block of the transposed weight): the workspace,
 #: one per process, stays ~42 MiB (float32 sums, a second plane, bf16 copy, codes), and its bf16
