@@ -397,8 +397,8 @@ def retry_after_seconds(headers: Any, status: int | None = None) -> float | None
 
 #: The ``x-ratelimit-*`` limits (suffixes) whose reset a 429 without ``Retry-After`` waits for.
 RATELIMITS = ("requests", "tokens")
-_DURATION = re.compile(r"(?:(\d+(?:\.\d+)?)(h|ms|m|s))+")
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(h|ms|m|s)")
+_DURATION = re.compile(f"(?:{_DURATION_PART.pattern})+")
 _UNIT_SECONDS = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 0.001}
 
 

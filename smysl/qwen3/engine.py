@@ -48,6 +48,7 @@ from smysl.qwen3.model import (
     Qwen3Config,
     Qwen3Encoder,
     same_bits_on,
+    shared_probes,
     warm_same_bit_rows,
 )
 from smysl.qwen3.prefix import layout
@@ -258,15 +259,16 @@ class Engine:
                 log.warning("lanes: torch's thread count is process-wide here (its parallel "
                             "backend is not OpenMP): one lane")
                 self.lanes = 1
-            why = self.lanes_change_bits(self.lanes)
-            if why and lanes:
-                log.warning("lanes=%d: %s, %s", lanes, why, LANES_COST)
-            elif why:  # a text's vector must not depend on how it was called
-                log.info("one lane: %s", why)
-                self.lanes = 1
-            threads = torch.get_num_threads()
-            # measured now, not inside the first request (an 8B's ~3 s)
-            warm_same_bit_rows(model, {threads, max(1, threads // self.lanes)})
+            with shared_probes():  # the two checks below share their probe layers
+                why = self.lanes_change_bits(self.lanes)
+                if why and lanes:
+                    log.warning("lanes=%d: %s, %s", lanes, why, LANES_COST)
+                elif why:  # a text's vector must not depend on how it was called
+                    log.info("one lane: %s", why)
+                    self.lanes = 1
+                threads = torch.get_num_threads()
+                # measured now, not inside the first request (an 8B's ~3 s)
+                warm_same_bit_rows(model, {threads, max(1, threads // self.lanes)})
         # one pass on all threads at a time, or one per lane: more would oversubscribe
         self._slots = Slots(self.lanes)
         self._lanes: Lanes[list[list[int]], np.ndarray] | None = None  # built on first use

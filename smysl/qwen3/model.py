@@ -209,10 +209,33 @@ def _probe_layer(layer: PackedLinear) -> PackedLinear:
     checks: oneDNN picks a kernel by shape, and a weight's own values can hide a change of
     kernel. A dequantised GGUF weight has few significant bits, so most sums come out exact in
     either order: on a Xeon with AMX a Q8_0 file's down_proj passed 16 rows as giving a
-    256-row call's bits, and its texts alone differed from the same in a batch by 2.8e-3."""
+    256-row call's bits, and its texts alone differed from the same in a batch by 2.8e-3.
+    Built once per shape inside :func:`shared_probes`."""
+    key = (layer.out_features, layer.in_features, layer.dtype)
+    if _PROBES is not None and key in _PROBES:
+        return _PROBES[key]
     g = torch.Generator().manual_seed(1)
-    return PackedLinear(torch.randn(layer.out_features, layer.in_features, generator=g,
-                                    dtype=layer.dtype))
+    built = PackedLinear(torch.randn(layer.out_features, layer.in_features, generator=g,
+                                     dtype=layer.dtype))
+    if _PROBES is not None:
+        _PROBES[key] = built
+    return built
+
+
+#: The probe layers of the :func:`shared_probes` block running, by shape; None outside one.
+_PROBES: dict[tuple[int, int, torch.dtype], PackedLinear] | None = None
+
+
+@contextlib.contextmanager
+def shared_probes() -> Iterator[None]:
+    """Within the block, the kernel checks (:func:`same_bits_on`, :func:`same_bit_rows`)
+    build each shape's probe layer once (an 8B's four: ~1 s at load), freed after it."""
+    global _PROBES
+    _PROBES = {}
+    try:
+        yield
+    finally:
+        _PROBES = None
 
 
 @contextlib.contextmanager

@@ -78,12 +78,13 @@ def connect(config: RayConfig) -> Any:
     address = config.address or os.environ.get("RAY_ADDRESS") or None
     given = bool(config.address) or not address
     where = address if given else f"{address} (from $RAY_ADDRESS)"
-    problem = _unreachable(address)
-    if problem is not None:  # ray.init itself retries an absent cluster for minutes
-        instead = ("omit the address" if given else "unset $RAY_ADDRESS") + " for a local one"
-        raise ValueError(f"cannot connect to the Ray cluster at {where}: {problem}"
-                         + (f"; start one (ray start --head) or {instead}"
-                            if problem.startswith("nothing answers") else ""))
+    problem = _malformed(address)
+    if problem is None and (silent := _unreachable(address)) is not None:
+        # ray.init itself retries an absent cluster for minutes
+        instead = "omit the address" if given else "unset $RAY_ADDRESS"
+        problem = f"{silent}; start one (ray start --head) or {instead} for a local one"
+    if problem is not None:
+        raise ValueError(f"cannot connect to the Ray cluster at {where}: {problem}")
     try:
         ray.init(address=config.address, include_dashboard=False, log_to_driver=False)
     except (ConnectionError, RuntimeError, ValueError) as e:
@@ -93,14 +94,29 @@ def connect(config: RayConfig) -> Any:
     return ray
 
 
-def _unreachable(address: str | None, timeout: float = 5.0) -> str | None:
-    """Why nothing answers at a ``[ray://]HOST:PORT`` address (None: it answers, or the address
-    is ``auto``, ``local`` or empty, which Ray resolves)."""
+def _host_port(address: str | None) -> tuple[str, str, str] | None:
+    """``[ray://]HOST:PORT`` split at its last colon; None for ``auto``, ``local`` or none,
+    which Ray resolves."""
     if not address or address in ("auto", "local"):
         return None
-    host, sep, port = address.removeprefix("ray://").rpartition(":")
-    if not sep or not port.isdigit():
+    return address.removeprefix("ray://").rpartition(":")
+
+
+def _malformed(address: str | None) -> str | None:
+    """Why ``address`` is no cluster address Ray takes, else None."""
+    parts = _host_port(address)
+    if parts is not None and (not parts[1] or not parts[2].isdigit()):
         return "expected HOST:PORT, ray://HOST:PORT or auto"
+    return None
+
+
+def _unreachable(address: str | None, timeout: float = 5.0) -> str | None:
+    """Why nothing answers at a well-formed ``[ray://]HOST:PORT`` address (None: it answers,
+    or Ray resolves the address)."""
+    parts = _host_port(address)
+    if parts is None or _malformed(address) is not None:
+        return None
+    host, _, port = parts
     try:
         socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
     except OSError as e:
