@@ -14,16 +14,20 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import logging
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from smysl.qwen3.cpu import amx_bf16, onednn_bf16
 from smysl.qwen3.hub import DEFAULT_POSITIONS
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -777,6 +781,36 @@ def sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool,
     return o.transpose(1, 2)
 
 
+def rope_tables(inv_freq: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos and sin of positions 0..n-1 times ``inv_freq`` [D / 2]: [n, D / 2] float32 each,
+    torch's own values (the reference's, to the bit), checked against float64.
+
+    Why checked: torch's CPU cos/sin run MKL's VML, whose first call in a thread sometimes
+    computes at its "enhanced performance" accuracy (about 11 bits; cos(1) = 0.5403335 against
+    0.5403023) instead of the one torch asks for: one OpenMP thread's share of a pass's RoPE
+    table came out so in about 1 of 10 fresh engine processes (2-vCPU Xeon with AMX, torch
+    2.13 + MKL 2024.2), and its texts' vectors moved by 1e-4. A table off by more than 2 units
+    in the last place anywhere is computed again; after three such, the float64 values
+    rounded are used (within one unit of torch's)."""
+    x = torch.arange(n, dtype=torch.float32)[:, None] * inv_freq.float()[None, :]
+    x64 = x.double().numpy()  # numpy's own cos/sin: no VML
+    want = [torch.from_numpy(np.cos(x64)).float(), torch.from_numpy(np.sin(x64)).float()]
+    for _ in range(3):
+        got = [x.cos(), x.sin()]
+        if all(_within_ulps(g, w, 2) for g, w in zip(got, want, strict=True)):
+            return got[0], got[1]
+    log.warning("RoPE: torch's cos/sin were off by more than 2 ulp three times; using the "
+                "float64 values rounded")
+    return want[0], want[1]
+
+
+def _within_ulps(got: torch.Tensor, want: torch.Tensor, ulps: int) -> bool:
+    """Whether every value of float32 ``got`` is within ``ulps`` units in the last place of
+    ``want``'s (want's spacing: the gap to the next float32 away from zero)."""
+    up = torch.nextafter(want.abs(), torch.tensor(float("inf")))
+    return bool(((got - want).abs() <= ulps * (up - want.abs())).all())
+
+
 class Qwen3Encoder(nn.Module):
     """Qwen3 decoder stack used as an encoder: returns each sequence's last hidden state.
     Built with uninitialised weights (``torch.empty``): the loader fills them from a
@@ -812,12 +846,27 @@ class Qwen3Encoder(nn.Module):
         self.inv_freq: torch.Tensor
         self.register_buffer("inv_freq", 1.0 / (cfg.rope_theta ** (arange.float() / d)),
                              persistent=False)
+        #: CPU: cos and sin [P, D / 2] of positions 0..P-1 (:meth:`rope`), None until a pass.
+        self._rope_tables: tuple[torch.Tensor, torch.Tensor] | None = None
 
     def rope(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """positions: [T] -> cos, sin: [T, D] in float32."""
-        freqs = positions.float()[:, None] * self.inv_freq.float()[None, :]
-        emb = torch.cat((freqs, freqs), dim=-1)
-        return emb.cos(), emb.sin()
+        """positions: [T] -> cos, sin: [T, D] in float32 (the half-frequencies repeated). CPU:
+        rows of :func:`rope_tables`, kept and grown with the longest position seen; CUDA:
+        computed in the pass (no host sync: graphs capture it)."""
+        if positions.device.type != "cpu":
+            freqs = positions.float()[:, None] * self.inv_freq.float()[None, :]
+            emb = torch.cat((freqs, freqs), dim=-1)
+            return emb.cos(), emb.sin()
+        need = int(positions.max()) + 1 if positions.numel() else 1
+        tables = self._rope_tables
+        if tables is None or tables[0].shape[0] < need:
+            have = 0 if tables is None else tables[0].shape[0]
+            # doubling, so a stream of ever longer inputs builds O(log) tables; threads that
+            # race here build equal ones
+            n = max(need, min(2 * have, self.cfg.max_position_embeddings), 512)
+            tables = self._rope_tables = rope_tables(self.inv_freq, n)
+        c, s = tables[0][positions], tables[1][positions]  # [T, D / 2]
+        return torch.cat((c, c), dim=-1), torch.cat((s, s), dim=-1)
 
     @torch.inference_mode()
     def forward(self, input_ids: torch.Tensor, lengths: list[int], chunk: int = 4096,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -22,6 +23,7 @@ from smysl.qwen3.model import (
     norm_rope,
     pad_rows,
     padded_rows,
+    rope_tables,
     sdpa,
 )
 
@@ -291,6 +293,50 @@ def test_rope_matches_rotate_half_reference() -> None:
     ref = x * cos[:, None] + torch.cat([-x2, x1], -1) * sin[:, None]
     assert torch.allclose(apply_rope(x, cos, sin), ref)
     assert torch.allclose(apply_rope(x, cos, sin)[0], x[0])  # position 0 is the identity
+
+
+def _reference_rope(positions: torch.Tensor, inv: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """The reference's cos/sin: computed for the pass, [T, D]."""
+    freqs = positions.float()[:, None] * inv[None, :]
+    emb = torch.cat((freqs, freqs), dim=-1)
+    return emb.cos(), emb.sin()
+
+
+@pytest.mark.parametrize(("d", "theta"), [(128, 1e6), (16, 1e6), (64, 1e4)])
+def test_rope_rows_are_the_references_to_the_bit(d: int, theta: float) -> None:
+    """The CPU's kept tables give each position the bits the reference computes per pass
+    (the real head size and positions up to the 8B's context included)."""
+    inv = 1.0 / (theta ** (torch.arange(0, d, 2).float() / d))
+    enc = Qwen3Encoder(Qwen3Config(64, 32, 64, 1, 2, 1, d, rope_theta=theta,
+                                   max_position_embeddings=40960))
+    enc.inv_freq.copy_(inv)
+    for positions in (torch.arange(7), torch.randint(0, 40960, (3000,)), torch.arange(600)):
+        got = enc.rope(positions)
+        want = _reference_rope(positions, inv)
+        assert all(torch.equal(g, w) for g, w in zip(got, want, strict=True))
+    assert enc._rope_tables is not None and enc._rope_tables[0].shape[0] <= 40960
+
+
+def test_a_low_accuracy_cos_is_computed_again(monkeypatch: pytest.MonkeyPatch) -> None:
+    """MKL's first cos/sin in a thread sometimes runs at its ~11-bit accuracy (cos(1) =
+    0.5403335): the table is checked against float64 and computed again."""
+    inv = 1.0 / (1e6 ** (torch.arange(0, 16, 2).float() / 16))
+    want = rope_tables(inv, 600)
+    real, calls = torch.Tensor.cos, []
+
+    def first_call_off(x: torch.Tensor) -> torch.Tensor:
+        calls.append(1)
+        return real(x) * (1 + 5e-5) if len(calls) == 1 else real(x)
+
+    monkeypatch.setattr(torch.Tensor, "cos", first_call_off)
+    got = rope_tables(inv, 600)
+    assert len(calls) == 2
+    assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
+
+    monkeypatch.setattr(torch.Tensor, "cos", lambda x: real(x) * (1 + 5e-5))  # never right
+    got = rope_tables(inv, 600)
+    x = (torch.arange(600).float()[:, None] * inv[None, :]).double().numpy()
+    assert np.abs(got[0].double().numpy() - np.cos(x)).max() < 1e-7
 
 
 def test_pad_rows_keeps_results() -> None:
