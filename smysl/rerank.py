@@ -194,14 +194,24 @@ class BaseReranker(abc.ABC):
         best = None if top_n is None else positive_int(top_n)  # numpy integers too
         if top_n is not None and best is None:
             raise ValueError(f"top_n must be an integer >= 1, got {top_n!r}")
+        scores, keys = self.scores_and_keys(query, documents, instruction=instruction,
+                                            truncate=truncate)
+        return [(i, float(scores[i])) for i in order(keys, scores)[:best]]
+
+    def scores_and_keys(self, query: str, documents: Sequence[str], *,
+                        instruction: str | None = None, truncate: bool = False
+                        ) -> tuple[np.ndarray, np.ndarray]:
+        """float64 ``[len(documents)]`` twice, in input order: each document's score and the
+        key :meth:`rerank` orders by (higher first; :func:`order`). They differ where scores
+        saturate (a Qwen3-Reranker's P("yes") is 1.0 for every confident document, its key the
+        logit difference): what ranks documents apart from their scores (an evaluation with
+        cached scores) needs the keys."""
         docs = self._check(query, documents, instruction)
         if not docs:
-            return []
+            return np.empty(0), np.empty(0)
         scores, keys = self._scores_and_keys(query, docs, instruction=instruction,
                                              truncate=check_flag(truncate, "truncate"))
-        scores = self._checked(scores, len(docs))
-        keys = self._checked(keys, len(docs))
-        return [(i, float(scores[i])) for i in order(keys)[:best]]
+        return self._checked(scores, len(docs)), self._checked(keys, len(docs))
 
     def score(self, pairs: Sequence[tuple[str, str]], *, instruction: str | None = None,
               truncate: bool = False) -> list[float]:
@@ -285,7 +295,12 @@ class BaseReranker(abc.ABC):
         return scores
 
 
-def order(scores: Sequence[float] | np.ndarray) -> list[int]:
-    """Indices best first; ties keep input order (the one ordering rule of every route)."""
-    s = np.asarray(scores, dtype=np.float64)
-    return [int(i) for i in np.argsort(-s, kind="stable")]
+def order(keys: Sequence[float] | np.ndarray,
+          scores: Sequence[float] | np.ndarray | None = None) -> list[int]:
+    """Indices best first by ``keys``, equal keys by ``scores`` (a float32 logit difference
+    can tie where the P("yes") computed from it does not), then in input order: the one
+    ordering rule of every route."""
+    k = np.asarray(keys, dtype=np.float64)
+    if scores is None:
+        return [int(i) for i in np.argsort(-k, kind="stable")]
+    return [int(i) for i in np.lexsort((-np.asarray(scores, dtype=np.float64), -k))]

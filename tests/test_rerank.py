@@ -33,6 +33,12 @@ def test_rerank_orders_best_first_with_stable_ties_and_top_n() -> None:
     assert r.rerank("q", ["aa", "b", "cc"], top_n=1) == [(0, 2.0)]
     assert r.rerank("q", []) == [] and len(r.calls) == 2  # nothing to score: no call
     assert order([1.0, 3.0, 3.0]) == [1, 2, 0]
+    # float32 logit differences that tie where P("yes") from float64 ones does not: the
+    # scores break the tie, so the scores shown are in order; a tie in both keeps input order
+    keys = np.float32([-16.0000009, -16.0000001, 2.0])
+    scores = np.float32([1.12535062e-07, 1.12535147e-07, 0.88])
+    assert keys[0] == keys[1] and order(keys, scores) == [2, 1, 0]
+    assert order([1.0, 1.0, 1.0], [0.5, 0.5, 0.5]) == [0, 1, 2]
 
 
 def test_score_groups_pairs_by_query_and_keeps_input_order() -> None:

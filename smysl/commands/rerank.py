@@ -81,6 +81,8 @@ def run(args: argparse.Namespace) -> int:
     from smysl.registry import load_reranker
 
     check_output_folder(args.output)
+    if args.top_n is not None and args.top_n < 1:  # before the model loads, by its flag
+        raise ValueError(f"--top-n must be >= 1, got {args.top_n}")
     if args.output.lower().endswith((".csv", ".tsv", ".json", ".parquet", ".npy")):
         # a .csv got JSON lines
         raise ValueError(f"--output {args.output}: rerank writes JSON lines; name it .jsonl")

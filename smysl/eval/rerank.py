@@ -11,6 +11,7 @@ the candidates stays missing, so recall@``rerank_top`` is the ceiling of every "
 from __future__ import annotations
 
 import hashlib
+import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -28,6 +29,8 @@ from smysl.eval.tasks import QA, TASKS, Task, select
 from smysl.pooling import finish
 from smysl.prompts import expand_preset, resolve_task
 from smysl.rerank import BaseReranker, order
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -161,15 +164,18 @@ class RerankScores:
         #: pairs scored by the reranker (cache hits excluded) and the seconds it took
         self.pairs = 0
         self.seconds = 0.0
-        self._scores: dict[str | None, dict[bytes, float]] = {}
+        #: per instruction: (score, ordering key) of each pair (see ``scores_and_keys``)
+        self._scores: dict[str | None, dict[bytes, tuple[float, float]]] = {}
         self._dirty: set[str | None] = set()
         self._dir = (Path(cache_dir) / f"rerank-{model_slug(reranker.name)}-"
                                         f"{reranker.fingerprint()[:16]}"
                      if cache_dir is not None else None)
 
-    def scores(self, query: str, documents: list[str], instruction: str | None) -> np.ndarray:
-        """Scores of ``documents`` for ``query`` in input order; the missing ones in one
-        ``rerank`` call (over-long pairs truncated, as the embedder's texts are)."""
+    def scores(self, query: str, documents: list[str], instruction: str | None
+               ) -> tuple[np.ndarray, np.ndarray]:
+        """Scores of ``documents`` for ``query`` and the keys the reranker orders them by
+        (:meth:`~smysl.rerank.BaseReranker.scores_and_keys`), in input order; the missing
+        ones in one call (over-long pairs truncated, as the embedder's texts are)."""
         store = self._load(instruction)
         keys = [_key(query, d) for d in documents]
         first: dict[bytes, int] = {}  # a document given twice is scored once
@@ -179,14 +185,15 @@ class RerankScores:
         missing = list(first.values())
         if missing:
             start = time.perf_counter()
-            ranked = self.reranker.rerank(query, [documents[i] for i in missing],
-                                          instruction=instruction, truncate=True)
+            got, by = self.reranker.scores_and_keys(query, [documents[i] for i in missing],
+                                                    instruction=instruction, truncate=True)
             self.seconds += time.perf_counter() - start
             self.pairs += len(missing)
-            for i, s in ranked:
-                store[keys[missing[i]]] = float(s)
+            for i, s, o in zip(missing, got, by, strict=True):
+                store[keys[i]] = (float(s), float(o))
             self._dirty.add(instruction)
-        return np.array([store[k] for k in keys], dtype=np.float64)
+        both = np.array([store[k] for k in keys], dtype=np.float64).reshape(len(keys), 2)
+        return both[:, 0], both[:, 1]
 
     def save(self) -> None:
         """Write the scores added since the last save (with a ``cache_dir``)."""
@@ -198,7 +205,8 @@ class RerankScores:
             path.parent.mkdir(parents=True, exist_ok=True)
             keys = np.frombuffer(b"".join(store), dtype=np.uint8).reshape(len(store), -1)
             tmp = path.with_suffix(".tmp.npz")
-            np.savez(tmp, keys=keys, scores=np.fromiter(store.values(), dtype=np.float64))
+            both = np.array(list(store.values()), dtype=np.float64).reshape(len(store), 2)
+            np.savez(tmp, keys=keys, scores=both[:, 0], order=both[:, 1])
             tmp.replace(path)
         self._dirty.clear()
 
@@ -208,15 +216,19 @@ class RerankScores:
         tag = hashlib.sha1((instruction or "").encode()).hexdigest()[:16]
         return self._dir / f"{'default' if instruction is None else 'i'}-{tag}.npz"
 
-    def _load(self, instruction: str | None) -> dict[bytes, float]:
+    def _load(self, instruction: str | None) -> dict[bytes, tuple[float, float]]:
         if instruction in self._scores:
             return self._scores[instruction]
-        store: dict[bytes, float] = {}
+        store: dict[bytes, tuple[float, float]] = {}
         path = self._file(instruction)
         if path is not None and path.is_file():
             with np.load(path) as z:
-                store = {k.tobytes(): float(s) for k, s in zip(z["keys"], z["scores"],
-                                                               strict=True)}
+                if "order" in z:
+                    store = {k.tobytes(): (float(s), float(o))
+                             for k, s, o in zip(z["keys"], z["scores"], z["order"], strict=True)}
+                else:  # written before the keys were kept: ranked by saturated scores
+                    log.info("%s: cached rerank scores without their ordering keys; scoring "
+                             "those pairs again", path)
         self._scores[instruction] = store
         return store
 
@@ -284,8 +296,8 @@ def rerank_candidates(scores: RerankScores, query_ids: Sequence[str], queries: S
     relevant: list[float] = []
     other: list[float] = []
     for qid, query, cands in zip(query_ids, queries, candidates, strict=True):
-        s = scores.scores(query, [text[c] for c in cands], instruction)
-        after.append([cands[i] for i in order(s)])
+        s, by = scores.scores(query, [text[c] for c in cands], instruction)
+        after.append([cands[i] for i in order(by, s)])
         rel = qrels.get(qid, set())
         for c, x in zip(cands, s, strict=True):
             (relevant if c in rel else other).append(float(x))

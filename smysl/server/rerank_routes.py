@@ -144,7 +144,7 @@ class Scored:
 
     def order(self, top_n: int | None = None) -> list[int]:
         """Indices best first (ties: input order), the best ``top_n`` when given."""
-        return order(self.keys)[:top_n]
+        return order(self.keys, self.scores)[:top_n]
 
 
 class RerankBackend:

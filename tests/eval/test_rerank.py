@@ -112,20 +112,59 @@ def test_scores_are_reused_within_a_run_and_across_runs_with_a_fingerprint(
     docs = ["d1", "d2", "d1", "d3"]  # a document given twice is scored once
     fake = Fingerprinted({"q": {"d2"}})
     store = RerankScores(fake, cache_dir=tmp_path)
-    first = store.scores("q", docs, None)
+    first = store.scores("q", docs, None)[0]
     assert first.tolist() == [0.1, 1.0, 0.1, 0.1] and store.pairs == 3
-    assert store.scores("q", docs[:2], None).tolist() == [0.1, 1.0] and store.pairs == 3
+    assert store.scores("q", docs[:2], None)[0].tolist() == [0.1, 1.0] and store.pairs == 3
     store.scores("q", docs[:1], "other instruction")  # another instruction: scored afresh
     assert store.pairs == 4 and len(fake.calls) == 2
     store.save()
     again = RerankScores(Fingerprinted({"q": {"d2"}}), cache_dir=tmp_path)
-    assert again.scores("q", docs, None).tolist() == first.tolist() and again.pairs == 0
-    assert again.scores("q", docs[:1], "other instruction").tolist() == [0.1]
+    assert again.scores("q", docs, None)[0].tolist() == first.tolist() and again.pairs == 0
+    assert again.scores("q", docs[:1], "other instruction")[0].tolist() == [0.1]
     assert again.pairs == 0 and again.seconds == 0.0
     # another fingerprint (other weights, other settings) never reuses those scores
     other = RerankScores(GoldFirst({"q": {"d2"}}), cache_dir=tmp_path)
     other.scores("q", docs, None)
     assert other.pairs == 3
+
+
+class Saturated(Fingerprinted):
+    """P("yes") saturated at 1.0 for every document; the keys (logit differences) still
+    rank them: the last document best, as a Qwen3-Reranker sure of all of them."""
+
+    def _scores_and_keys(self, query: str, documents: list[str], *, instruction: str | None,
+                         truncate: bool) -> tuple[np.ndarray, np.ndarray]:
+        self.calls.append((query, list(documents), instruction, truncate))
+        return np.ones(len(documents)), np.arange(len(documents), dtype=np.float64) + 20
+
+    def _scores(self, query: str, documents: list[str], *, instruction: str | None,
+                truncate: bool) -> np.ndarray:
+        return self._scores_and_keys(query, documents, instruction=instruction,
+                                     truncate=truncate)[0]
+
+
+def test_saturated_scores_rank_by_the_rerankers_keys_cached_or_not(tmp_path: Path) -> None:
+    """Ranked by the scores alone, every confident document tied and the first stage's order
+    came back: the evaluation ranked otherwise than ``rerank`` and the server."""
+    qids, queries, cands, text, qrels = _hand_made()
+    fake = Saturated({})
+    want = [[cands[0][i] for i, _ in fake.rerank(queries[0], [text[c] for c in cands[0]])]]
+    assert want[0][0] == "a19"
+    store = RerankScores(fake, cache_dir=tmp_path)
+    after, relevant, _ = rerank_candidates(store, qids[:1], queries[:1], cands[:1], text, qrels,
+                                           None)
+    assert after == want and relevant == [1.0]
+    store.save()
+    cached = RerankScores(Saturated({}), cache_dir=tmp_path)
+    after, _, _ = rerank_candidates(cached, qids[:1], queries[:1], cands[:1], text, qrels, None)
+    assert after == want and cached.pairs == 0
+    # a cache written before the keys were kept is scored again, not ranked by its scores
+    (path,) = tmp_path.rglob("*.npz")
+    with np.load(path) as z:
+        np.savez(path, keys=z["keys"], scores=z["scores"])
+    old = RerankScores(Saturated({}), cache_dir=tmp_path)
+    after, _, _ = rerank_candidates(old, qids[:1], queries[:1], cands[:1], text, qrels, None)
+    assert after == want and old.pairs == 20
 
 
 # --------------------------------------------------------------------------- selection

@@ -300,6 +300,10 @@ def test_rerank_command_reads_jsonl_and_writes_ranked_jsonl(
     docs.write_text('{"title": "no text"}\n', encoding="utf-8")
     assert main(["rerank", "--model", path, "-q", QUERY, "-i", str(docs)]) == 2
     assert "string \"text\" field" in capsys.readouterr().err
+    # named by its flag, before a model loads (a missing one is not looked for)
+    assert main(["rerank", "--model", str(tmp_path / "none"), "-q", QUERY, "-i", str(plain),
+                 "--top-n", "0"]) == 2
+    assert "--top-n must be >= 1, got 0" in capsys.readouterr().err
 
 
 def whole_prompt(r: Reranker, query: str, document: str, *, keep: int | None = None,
