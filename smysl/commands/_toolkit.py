@@ -114,6 +114,17 @@ def labels_in(rows: Iterable[Mapping[str, Any]], field: str, source: str, option
     return out
 
 
+def refuse_overwrite(rows: Iterable[Mapping[str, Any]], added: list[str], source: str
+                     ) -> None:
+    """ValueError if a row of ``source`` has a column the output adds: outputs keep every
+    input column, and a user's ``score`` or ``group`` replaced by ours is data lost."""
+    rows = list(rows)
+    taken = [c for c in added if any(c in r for r in rows)]
+    if taken:
+        raise ValueError(f"{source} has a column {taken[0]!r}, which the output adds "
+                         f"({', '.join(added)}); rename that column")
+
+
 def progress(args: argparse.Namespace) -> bool:
     """A progress bar, unless ``--no-progress`` (:func:`add_table_arguments`) or stderr is
     not a terminal."""

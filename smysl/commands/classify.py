@@ -14,6 +14,7 @@ from smysl.commands._toolkit import (
     add_table_arguments,
     labels_in,
     progress,
+    refuse_overwrite,
     rows_of,
 )
 from smysl.tokenize import InputTooLongError
@@ -32,7 +33,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                                        "of label -> description")
     mode.add_argument("--train", help="labelled .csv/.jsonl to train on")
     mode.add_argument("--load", help="saved classifier (.npz) to apply")
-    p.add_argument("--label-field", default="label", help="column with gold labels")
+    p.add_argument("--label-field", default=None,
+                   help="column with gold labels (default label; given, it must exist)")
     p.add_argument("--description-field", default=None,
                    help="column with label descriptions (a --labels file; default description)")
     p.add_argument("--save", help="where to save the trained classifier (.npz; with --train)")
@@ -54,19 +56,26 @@ def _labels(spec: str, args: argparse.Namespace) -> dict[str, str]:
     from smysl.toolkit.io import iter_rows
 
     path = Path(spec)
+    try:
+        is_file = path.is_file()
+    except OSError:  # a long inline list is no file name (ENAMETOOLONG)
+        is_file = False
     looks_like_file = path.suffix.lower() in (*LABEL_FILES, ".txt", ".tsv") or "/" in spec
-    if "," not in spec and looks_like_file and not path.is_file():
+    if "," not in spec and looks_like_file and not is_file:
         raise ValueError(f"--labels {spec}: no such file (labels given inline are separated "
                          f"by commas: --labels billing,bug)")
-    if path.is_file() and path.suffix.lower() not in LABEL_FILES:
+    if is_file and path.suffix.lower() not in LABEL_FILES:
         raise ValueError(f"--labels {spec}: a labels file is .csv, .jsonl or .json "
                          f"(label -> description); inline labels are separated by commas")
-    table = path.suffix.lower() in (".csv", ".jsonl") and path.is_file()
+    table = path.suffix.lower() in (".csv", ".jsonl") and is_file
     if args.description_field is not None and not table:
         raise ValueError("--description-field names a column of a --labels .csv/.jsonl file "
                          "(a .json file maps each label to its description)")
-    if path.suffix.lower() == ".json" and path.is_file():
-        data = json.loads(path.read_text(encoding="utf-8"))
+    if path.suffix.lower() == ".json" and is_file:
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise ValueError(f"--labels {spec}: not a JSON file ({e})") from None
         if not isinstance(data, list | dict):
             raise ValueError(f"--labels {spec}: a .json labels file is a list of labels or an "
                              f"object of label -> description, not {type(data).__name__}")
@@ -159,15 +168,40 @@ def run(args: argparse.Namespace) -> int:
     if args.save:
         check_file(args.save, "--save")
     labels_by_name = _labels(args.labels, args) if mode == "--labels" else None
+    label_field = args.label_field or "label"
     texts, rows = read_column(args.input, args.text_field)
     if not rows:  # its output is as empty: said, not left to look like a result
         print(f"smysl classify: warning: {args.input} holds no rows; nothing to classify",
               file=sys.stderr)
+    refuse_overwrite(rows, ["predicted", *(["score"] if mode == "--labels" else [])],
+                     args.input)
     # Gold labels (when any row has the column) are read before any work, so a row without
-    # one fails the command before its output exists.
-    gold = (labels_in(rows, args.label_field, args.input, "--label-field")
-            if any(args.label_field in r for r in rows) else None)
+    # one fails the command before its output exists; a --label-field given must be there
+    # (with --train it names the training file's column: the input may have no gold labels)
+    has_gold = any(label_field in r for r in rows)
+    if args.label_field is not None and mode != "--train" and rows and not has_gold:
+        raise ValueError(f"--label-field {label_field!r}: {args.input} has no such column "
+                         f"(columns: {sorted(rows[0])})")
+    gold = labels_in(rows, label_field, args.input, "--label-field") if has_gold else None
     loaded = _load_classifier(args.load) if mode == "--load" else None  # before the model
+    training = None
+    if mode == "--train":  # read and checked before the model loads (minutes for a large one)
+        try:
+            train, train_rows = read_column(args.train, args.text_field)
+        except (FileNotFoundError, IsADirectoryError, PermissionError) as e:
+            raise ValueError(f"--train {args.train}: {e.strerror or e}") from None
+        labels = labels_in(train_rows, label_field, args.train, "--label-field")
+        if len(set(labels)) < 2:
+            raise ValueError(f"--train {args.train}: training needs texts of at least two "
+                             f"labels, got {sorted(set(labels))}")
+        if args.neighbors is not None and args.neighbors < 1:  # by the flag, not the field
+            raise ValueError(f"--neighbors must be >= 1, got {args.neighbors}")
+        if args.C is not None and not args.C > 0:
+            raise ValueError(f"-C must be > 0, got {args.C}")
+        config = ClassifyConfig(instruction=args.instruction, dimensions=args.dimensions,
+                                truncate=args.truncate,
+                                **given(args, method="method", c="C", neighbors="neighbors"))
+        training = train, labels, config
     model = load_model(args.model, args)
     show = progress(args)
     scores: list[float] | None = None
@@ -187,11 +221,8 @@ def run(args: argparse.Namespace) -> int:
         candidates = zs.labels
     else:
         if loaded is None:
-            train, train_rows = read_column(args.train, args.text_field)
-            labels = labels_in(train_rows, args.label_field, args.train, "--label-field")
-            config = ClassifyConfig(instruction=args.instruction, dimensions=args.dimensions,
-                                    truncate=args.truncate,
-                                    **given(args, method="method", c="C", neighbors="neighbors"))
+            assert training is not None  # --train
+            train, labels, config = training
             with rows_of(args.train):
                 clf = SupervisedClassifier.fit(model, train, labels, config, progress=show)
             if args.save:
@@ -208,7 +239,7 @@ def run(args: argparse.Namespace) -> int:
     if gold is not None:
         match = match_gold(gold, candidates)
         if match.gold is None:
-            print(f"smysl classify: {match.message(candidates, args.label_field)}",
+            print(f"smysl classify: {match.message(candidates, label_field)}",
                   file=sys.stderr)
         else:
             print(f"accuracy {accuracy(pred, match.gold):.4f} on {len(pred)} texts",

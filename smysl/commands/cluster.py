@@ -13,6 +13,7 @@ from smysl.commands._model import add_model_arguments, load_model
 from smysl.commands._toolkit import (
     add_table_arguments,
     progress,
+    refuse_overwrite,
     rows_of,
 )
 from smysl.files import replacing
@@ -34,7 +35,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "(off: HDBSCAN never returns one cluster alone, and such texts are "
                         "all noise)")
     p.add_argument("--representatives", type=int, default=3, help="texts shown per cluster")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=None,
+                   help="k-means: seed of its initialisation and silhouette sample (default 0)")
     p.add_argument("--summary", help="write clusters with representative texts to this .json")
     p.add_argument("--truncate", action="store_true",
                    help="cut texts longer than the model takes (else an error)")
@@ -48,6 +50,9 @@ def _refuse_unused(args: argparse.Namespace) -> None:
         if named:
             raise ValueError(f"{' and '.join(named)} do(es) nothing with --method hdbscan "
                              f"(it finds the number of clusters itself)")
+        if args.seed is not None:
+            raise ValueError("--seed does nothing with --method hdbscan (it draws nothing at "
+                             "random)")
     elif args.min_cluster_size is not None or args.single_cluster:
         flag = "--min-cluster-size" if args.min_cluster_size is not None else "--single-cluster"
         raise ValueError(f"{flag} is for --method hdbscan")
@@ -66,10 +71,12 @@ def run(args: argparse.Namespace) -> int:
     config = ClusterConfig(method=args.method, k=args.k,
                            **given(args, k_max="k_max", min_cluster_size="min_cluster_size"),
                            single_cluster=args.single_cluster,
-                           representatives=args.representatives, seed=args.seed,
+                           representatives=args.representatives,
+                           **given(args, seed="seed"),
                            instruction=args.instruction, dimensions=args.dimensions,
                            truncate=args.truncate)
     texts, rows = read_column(args.input, args.text_field)
+    refuse_overwrite(rows, ["cluster"], args.input)
     model = load_model(args.model, args)
     with rows_of(args.input):
         result = cluster_texts(model, texts, config, progress=progress(args))

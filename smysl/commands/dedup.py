@@ -11,6 +11,7 @@ from smysl.commands._model import add_model_arguments, load_model
 from smysl.commands._toolkit import (
     add_table_arguments,
     progress,
+    refuse_overwrite,
     rows_of,
 )
 from smysl.files import replacing
@@ -46,6 +47,7 @@ def run(args: argparse.Namespace) -> int:
     if args.report:  # before the work, which a path in no folder lost at the end
         check_file(args.report, "--report")
     texts, rows = read_column(args.input, args.text_field)
+    refuse_overwrite(rows, ["group", "keep", "duplicate_of"], args.input)
     with tempfile.TemporaryDirectory(prefix="smysl-dedup-") as tmp:
         store = StoreConfig(uri=tmp, table="dedup") if args.approximate else None
         # checked (the threshold's range) before the model loads

@@ -5,6 +5,8 @@
 from __future__ import annotations
 
 import json
+import zipfile
+import zlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -114,6 +116,9 @@ class SupervisedClassifier:
         y = np.asarray([str(v) for v in labels])
         if len(x) != len(y) or len(y) == 0:
             raise ValueError("need as many labels as texts, and at least one")
+        if len(set(y.tolist())) < 2:  # kNN would predict it for every text, without a word
+            raise ValueError(f"training needs texts of at least two labels, got only "
+                             f"{y[0]!r}")
         if config.method == "logreg":
             from sklearn.linear_model import LogisticRegression
 
@@ -188,7 +193,9 @@ class SupervisedClassifier:
                 "--save` wrote)")
         try:
             z = np.load(path, allow_pickle=False)
-        except (ValueError, EOFError) as e:  # not numpy's, or pickled objects
+        except (ValueError, EOFError, zipfile.BadZipFile) as e:  # not numpy's, pickled, cut
+            if isinstance(e, ValueError) and "allow_pickle" in str(e):
+                raise ValueError(what) from None  # numpy's advice is no help here
             raise ValueError(f"{what}: {e}") from None
         if not isinstance(z, np.lib.npyio.NpzFile):  # a .npy array
             raise ValueError(what)
@@ -204,7 +211,8 @@ class SupervisedClassifier:
             missing = [k for k in needs if k not in arrays]
             if missing:
                 raise KeyError(missing[0])
-        except (KeyError, TypeError, json.JSONDecodeError) as e:
+        except (KeyError, TypeError, json.JSONDecodeError, zipfile.BadZipFile, zlib.error,
+                EOFError, OSError) as e:  # a bad CRC, a cut or flipped member
             raise ValueError(f"{path}: a damaged smysl classifier ({type(e).__name__}: "
                              f"{e})") from None
         if config.method == "logreg":

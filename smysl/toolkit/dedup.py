@@ -88,6 +88,10 @@ class DedupResult:
     #: Per item: -1 if kept, else the earlier kept item it is a near-duplicate of (its pair
     #: with the highest score). Empty: computed from ``pairs`` (:func:`keeping`).
     duplicate_of: list[int] = field(default_factory=list)
+    #: All pairs of items at or above the threshold, where :attr:`pairs` lists fewer: a text
+    #: given m times is listed with its first occurrence only (m - 1 pairs, not m(m - 1)/2,
+    #: and its copies' near-duplicates through that first one). None: ``len(pairs)``.
+    all_pairs: int | None = None
 
     def __post_init__(self) -> None:
         if not self.duplicate_of:
@@ -110,7 +114,10 @@ class DedupResult:
     def report(self) -> dict[str, Any]:
         sizes = [len(g) for g in self.groups]
         kept = len(self.keep)
-        return {"items": self.n, "threshold": self.threshold, "pairs": len(self.pairs),
+        listed = len(self.pairs)
+        pairs = listed if self.all_pairs is None else self.all_pairs
+        return {"items": self.n, "threshold": self.threshold, "pairs": pairs,
+                **({"pairs_listed": listed} if listed != pairs else {}),
                 "groups": len(self.groups), "duplicates": self.n - kept, "kept": kept,
                 "largest_group": max(sizes, default=0)}
 
@@ -190,12 +197,26 @@ def find_duplicates(vectors: np.ndarray, config: DedupConfig = DedupConfig()) ->
     duplicate_of = [-1] * len(x)
     for pos, item in enumerate(reps.tolist()):
         duplicate_of[item] = -1 if dup_rep[pos] < 0 else int(reps[dup_rep[pos]])
+    # a copy of a dropped text: the kept item before it that text scores highest with (one
+    # kept between the two is a candidate too); of a kept one, that first occurrence
+    near: dict[int, list[tuple[float, int]]] = {}
+    for a, b, score in pairs:
+        near.setdefault(a, []).append((score, b))
+        near.setdefault(b, []).append((score, a))
+    copies = np.bincount(rep_of, minlength=len(x))  # per first occurrence, itself included
+    all_pairs = (sum(int(copies[a]) * int(copies[b]) for a, b, _ in pairs)
+                 + sum(int(c) * (int(c) - 1) // 2 for c in copies))
     for i in np.flatnonzero(rep_of != np.arange(len(x))).tolist():
         r = int(rep_of[i])
         pairs.append((r, i, float(x[r] @ x[i])))  # at or above 1 - TOLERANCE: unit rows
-        duplicate_of[i] = r if duplicate_of[r] < 0 else duplicate_of[r]
+        if duplicate_of[r] < 0:
+            duplicate_of[i] = r
+        else:  # r was dropped for a kept earlier neighbour: there is one
+            duplicate_of[i] = -max((score, -j) for score, j in near[r]
+                                   if j < i and duplicate_of[j] < 0)[1]
     pairs.sort()
-    return DedupResult(len(x), config.threshold, pairs, _groups(len(x), pairs), duplicate_of)
+    return DedupResult(len(x), config.threshold, pairs, _groups(len(x), pairs), duplicate_of,
+                       all_pairs)
 
 
 def _first_copies(x: np.ndarray) -> np.ndarray:

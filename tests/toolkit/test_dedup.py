@@ -7,7 +7,7 @@ import itertools
 import numpy as np
 import pytest
 
-from smysl.toolkit.dedup import DedupConfig, dedup_texts, find_duplicates
+from smysl.toolkit.dedup import DedupConfig, dedup_texts, find_duplicates, keeping
 from smysl.toolkit.store import StoreConfig
 from toolkit.helpers import unit_rows
 
@@ -91,6 +91,24 @@ def test_exact_copies_cost_no_search_and_threshold_one_finds_them() -> None:
         list(range(11)) + list(range(5010, len(x))))
     v = unit_rows(3, 8, seed=2)
     assert find_duplicates(np.vstack([v, v[:1]]), DedupConfig(threshold=1.0)).groups == [[0, 3]]
+
+
+def test_repeated_texts_count_every_pair_and_keep_the_best_earlier_item() -> None:
+    """A review's: with repeated texts the report counted each copy with its first occurrence
+    only (218 pairs where all pairs are 592), and a copy of a dropped text was a duplicate of
+    what its first occurrence was, though a kept item between the two scored higher."""
+    base = planted(n=150, seed=5)
+    rng = np.random.default_rng(5)
+    x = np.vstack([base, base[rng.choice(len(base), 60)]])  # 60 repeats, some twice or more
+    x = x[rng.permutation(len(x))]
+    for threshold in (0.9, 0.7):
+        res = find_duplicates(x, DedupConfig(threshold=threshold))
+        s = x @ x.T
+        every = [(i, j, float(s[i, j])) for i, j in itertools.combinations(range(len(x)), 2)
+                 if s[i, j] >= threshold - 1e-6]
+        assert res.report()["pairs"] == len(every) > res.report()["pairs_listed"]
+        # the greedy rule over every pair: each dropped item's best kept earlier item
+        assert res.duplicate_of == keeping(len(x), every)
 
 
 def all_pairs_without_copies(x: np.ndarray, threshold: float) -> set[tuple[int, int]]:

@@ -317,6 +317,53 @@ def test_classify_and_cluster_refuse_what_they_would_get_silently_wrong(tiny_dir
         assert not out.exists()
 
 
+def test_classify_cluster_dedup_as_a_review_used_them(tiny_dir, data, capsys) -> None:
+    """A review's: 30 inline labels crashed (the list tried as a file name: too long); a cut
+    --load file was a traceback; a --label-field no row has, a user's own score / cluster /
+    group column overwritten, a one-label --train file, and --seed with hdbscan each ran to
+    exit 0; --train's problems came after the model had loaded (minutes for a large one)."""
+    model = ["--model", str(tiny_dir), "--device", "cpu"]
+    absent = ["--model", str(data / "no-model"), "--device", "cpu"]  # checks before a load
+    rows, out = str(data / "rows.csv"), data / "out.jsonl"
+    many = ",".join(f"label{i:03d}" for i in range(30))
+    assert main(["classify", *model, "-i", rows, "--labels", many, "-o", str(out)]) == 0
+    assert {json.loads(x)["predicted"] for x in out.read_text().splitlines()} <= set(
+        many.split(","))
+    out.unlink()
+    assert main(["classify", *model, "-i", rows, "--train", rows, "--save",
+                 str(data / "m.npz")]) == 0
+    (data / "cut.npz").write_bytes((data / "m.npz").read_bytes()[:1000])
+    (data / "text.npz").write_text("hello\n", encoding="utf-8")
+    one = _jsonl(data / "one.jsonl", [{"text": "a", "label": "x"}, {"text": "b", "label": "x"}])
+    mine = _jsonl(data / "mine.jsonl", [{"text": "a", "score": 5, "cluster": "c", "group": 1}])
+    capsys.readouterr()
+    for command, argv, says in (
+            ("classify", ["--load", str(data / "cut.npz")], "cut.npz: not a smysl classifier"),
+            ("classify", ["--load", str(data / "text.npz")], "text.npz: not a smysl classifier"),
+            ("classify", ["--labels", "a,b", "--label-field", "answr"],
+             "--label-field 'answr': " + rows + " has no such column"),
+            ("classify", ["--train", one], "training needs texts of at least two labels"),
+            ("classify", ["--train", str(data / "gone.csv")], "--train " + str(data / "gone.csv")
+             + ": No such file or directory"),
+            ("classify", ["--train", rows, "--method", "knn", "--neighbors", "0"],
+             "--neighbors must be >= 1, got 0"),
+            ("classify", ["-i", mine, "--labels", "a,b"], "has a column 'score', which the "
+             "output adds (predicted, score); rename that column"),
+            ("cluster", ["-i", mine], "has a column 'cluster'"),
+            ("dedup", ["-i", mine], "has a column 'group'"),
+            ("cluster", ["--method", "hdbscan", "--seed", "7"], "--seed does nothing with")):
+        argv = argv if "-i" in argv else ["-i", rows, *argv]
+        assert main([command, *absent, *argv, "-o", str(out)]) == 2, argv
+        err = capsys.readouterr().err
+        assert f"smysl {command}: error: " in err and says in err, (argv, err)
+        assert not out.exists()
+    # --label-field with --train names the training file's column: the input needs none
+    (data / "plain.jsonl").write_text('{"text": "row 1"}\n', encoding="utf-8")
+    assert main(["classify", *model, "-i", str(data / "plain.jsonl"), "--train", rows,
+                 "--label-field", "lang", "-o", str(out)]) == 0
+    assert json.loads(out.read_text())["predicted"] in ("en", "de")
+
+
 def test_index_add_checks_before_it_empties_or_binds_and_search_rows_keep_hit_fields(
         tiny_dir, data, capsys) -> None:
     """`--rebuild` with a path that is not there (or a missing --text-field) emptied the index
