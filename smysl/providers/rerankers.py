@@ -249,6 +249,9 @@ class RemoteReranker(BaseReranker):
     Thread-safe like the embedding providers: a pooled HTTP client, locked usage totals.
     """
 
+    #: Whether ``truncate`` reaches the API (TEI's and smysl's flag); where it does not, the
+    #: API's own rule for long documents applies, and a refusal says so.
+    SENDS_TRUNCATE = False
     #: Keyword options the subclass's constructor takes besides :class:`RemoteReranker`'s.
     OPTIONS: frozenset[str] = frozenset()
     remote = True
@@ -402,8 +405,11 @@ class RemoteReranker(BaseReranker):
             if e.status in (400, 422):
                 first = f"document {batch[0]}" if len(batch) == 1 else \
                     f"documents {batch[0]}..{batch[-1]}"
+                unsent = (" (truncation was asked for, but this API takes no truncate flag: "
+                          "its own limit applies; a smysl server: the smysl: scheme sends it)"
+                          if truncate and not self.SENDS_TRUNCATE else "")
                 raise RejectedRerankError(f"{self.name}: the API rejected the request for "
-                                          f"{first}: {e}", e.status, e.body) from e
+                                          f"{first}: {e}{unsent}", e.status, e.body) from e
             raise
         limit.passed(len(batch))
         scored, keys, places = out
@@ -535,6 +541,7 @@ class SmyslReranker(CohereReranker):
     ``max_batch_texts=``/``max_batch_tokens=`` for a server started with others."""
 
     SEARCH_UNITS = False
+    SENDS_TRUNCATE = True
     #: The Qwen3-Reranker prompt (system line, tags, empty think block, the default
     #: instruction) is about 75 tokens, about 330 bytes.
     PAIR_OVERHEAD = (100, 400)
@@ -560,6 +567,8 @@ class TEIReranker(RemoteReranker):
     :class:`RejectedRerankError` either way). TEI's default
     ``--max-client-batch-size`` is 32: requests carry at most 32 texts and a 413 halves that.
     No token usage, no instruction."""
+
+    SENDS_TRUNCATE = True
 
     def request_body(self, query: str, documents: list[str], *, instruction: str | None,
                      truncate: bool) -> dict[str, Any]:
