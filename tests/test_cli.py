@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from qwen_tiny import fake_hub_cache
 
+import smysl
 from smysl.cli import main
 from smysl.qwen3.embedder import Embedder
 from smysl.rerank import BaseReranker
@@ -253,6 +254,36 @@ def test_a_cached_reranker_is_listed_shown_and_pulled_as_one(
     assert main(["pull", "Qwen/Qwen3-Reranker-0.6B"]) == 0
     out = capsys.readouterr().out
     assert out.startswith("Qwen/Qwen3-Reranker-0.6B: ") and ", reranker, " in out
+    # a review's: embedding with it gave 64-float vectors that mean nothing, without a word
+    (tmp_path / "in.txt").write_text("hello\n", encoding="utf-8")
+    folder = tmp_path / "qwen3-reranker-0.6b"
+    build_tiny_reranker(folder)
+    for name in ("Qwen/Qwen3-Reranker-0.6B", str(folder)):
+        assert main(["embed", "--model", name, "-i", str(tmp_path / "in.txt"), "-o",
+                     str(tmp_path / "out.jsonl")]) == 2
+        assert "a Qwen3-Reranker" in capsys.readouterr().err
+        assert not (tmp_path / "out.jsonl").exists()
+        with pytest.raises(ValueError, match=r"load it with --reranker or smysl\.load_reranker"):
+            smysl.load(name)
+
+
+def test_a_damaged_cache_entry_is_listed_as_one_that_cannot_load(
+        machine: Path, tiny_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A review's: a repo whose blob was deleted, or whose refs/main names a commit with no
+    snapshot, was left out of `smysl models` (the Hub library's scan set it aside), though
+    loading it said what was wrong."""
+    import os
+
+    broken = fake_hub_cache(machine, "org/broken-embed", tiny_dir)
+    os.unlink(os.path.realpath(broken / "model.safetensors"))
+    fake_hub_cache(machine, "org/updated-embed", tiny_dir)
+    (machine / "models--org--updated-embed" / "refs" / "main").write_text("e" * 40)
+    assert main(["models", "--json"]) == 0
+    rows = {r["name"]: r for r in json.loads(capsys.readouterr().out)}
+    for name in ("org/broken-embed", "org/updated-embed"):
+        assert rows[name]["problem"].startswith("the cached copy is damaged"), rows.get(name)
+        assert f"`smysl pull {name}`" in rows[name]["problem"]
+    assert rows["Qwen/Qwen3-Embedding-0.6B"]["problem"] is None
 
 
 def test_models_with_nothing_on_the_machine(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,

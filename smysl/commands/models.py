@@ -16,7 +16,7 @@ import os
 import re
 import struct
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, BinaryIO, Literal
@@ -110,9 +110,10 @@ def embedding_kind(root: Path, name: str) -> str | None:
     (the native engine: a Qwen3 with last-token pooling), ``st`` (other sentence-transformers
     models); ``reranker`` for a Qwen3-Reranker (a Qwen3 named so, without sentence-transformers
     files: smysl's reranker engine); None when it does not look like either."""
+    from smysl.qwen3.hub import looks_like_reranker
+
     config = _json(root / "config.json")
-    if (config.get("model_type") == "qwen3" and "rerank" in name.lower()
-            and not (root / "modules.json").is_file()):
+    if looks_like_reranker(root, name):
         return "reranker"
     st_files = (root / "modules.json").is_file() or (
         root / "config_sentence_transformers.json").is_file()
@@ -251,7 +252,29 @@ def hub_models(cache_dir: str | None = None, *, every: bool = False) -> list[Mod
         # this revision's files, as `smysl show` counts them (not every cached revision's)
         out.append(checkpoint_entry(rev.snapshot_path, repo.repo_id, "hub",
                                     size=rev.size_on_disk, kind=kind, problem=problem))
-    return out
+    listed = {r.repo_path for r in info.repos}
+    for folder in sorted(hub_cache(cache_dir).glob("models--*")):
+        entry = None if folder in listed else _damaged_entry(folder, info.warnings, every)
+        if entry is not None:
+            out.append(entry)
+    return sorted(out, key=lambda e: e.name.lower())
+
+
+def _damaged_entry(folder: Path, warnings: Sequence[Exception], every: bool) -> ModelEntry | None:
+    """A cached repo the Hub library's scan set aside (a blob gone, a ref to a commit with no
+    snapshot, a broken layout), listed as one that cannot load: before, it was not listed at
+    all, while loading it said what was wrong. None for a folder no warning names, or (unless
+    ``every``) one not named like an embedding model or reranker."""
+    said = [str(w) for w in warnings if str(folder) in str(w)]
+    repo = folder.name.removeprefix("models--").replace("--", "/", 1)
+    if not said or not (every or any(k in repo.lower() for k in ("embed", "rerank"))):
+        return None
+    size = sum(f.stat().st_size for f in (folder / "blobs").glob("*") if f.is_file())
+    return ModelEntry(name=repo, source="hub", size=size, dimensions=None, dtype=None,
+                      where=str(folder), role="reranker" if "rerank" in repo.lower()
+                      else "embedding",
+                      problem=f"the cached copy is damaged ({said[0]}): `smysl pull {repo}` "
+                              "with network access repairs it")
 
 
 # ---------------------------------------------------------------------- Ollama store

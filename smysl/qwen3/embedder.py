@@ -33,7 +33,7 @@ from smysl.qwen3.contract import (
     start_all,
     start_engine,
 )
-from smysl.qwen3.hub import Checkpoint, read_checkpoint, resolve
+from smysl.qwen3.hub import Checkpoint, looks_like_reranker, read_checkpoint, resolve
 from smysl.scheduler import SchedulerConfig, plan_batches, plan_blocks
 from smysl.tokenize import Direction, TextTokens, Tokenizer, TokenSpan, fit_length
 
@@ -124,6 +124,11 @@ class Embedder(OnEngine, BaseEmbedder, TokenLevel):
         opts = (options or ModelOptions()).replace(**given.given())
         # a revision with a local path or GGUF file is refused by resolve()
         ckpt = read_checkpoint(resolve(model, revision=opts.revision), name=name or model)
+        if ckpt.format != "gguf" and looks_like_reranker(ckpt.root, model):
+            raise ValueError(f"{model}: a Qwen3-Reranker (named so, without an embedding "
+                             "model's modules.json): it scores (query, document) pairs; load "
+                             "it with --reranker or smysl.load_reranker (an embedding model of "
+                             "that name: give it its sentence-transformers files)")
         # the tokenizer first: a bad one fails before any weight is read
         ckpt.check_max_tokens(opts.max_tokens)
         positions = ckpt.positions

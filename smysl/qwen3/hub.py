@@ -108,9 +108,41 @@ def resolve(model: str, *, revision: str | None = None, cache_dir: str | None = 
                 "the repo id")
         return path
     repo = hub_repo(model)
-    if path.exists() or repo is None:
-        raise ModelNotFoundError(f"{model!r} is not a model directory nor a Hugging Face repo id")
+    if (path.exists() or repo is None or path.suffix.lower() == ".gguf"
+            or not _valid_repo_id(repo)):
+        raise ModelNotFoundError(_not_a_model(model, path))
     return download(repo, revision=revision, cache_dir=cache_dir, offline=offline)
+
+
+def _valid_repo_id(repo: str) -> bool:
+    """Whether the Hub could hold ``repo`` (``hf:Qwen/x`` or ``Qwen/Qwen3 Embedding`` cannot:
+    asked for online, they failed as "check the network")."""
+    from huggingface_hub.errors import HFValidationError
+    from huggingface_hub.utils import validate_repo_id
+
+    try:
+        validate_repo_id(repo)
+    except HFValidationError:
+        return False
+    return True
+
+
+def _not_a_model(model: str, path: Path) -> str:
+    """What a model string that names nothing loadable is not, and what it may be meant as."""
+    from smysl.registry import SCHEMES
+
+    head, sep, _ = model.partition(":")
+    if sep and head.lower() in {a.partition(":")[0] for a in ALIASES}:
+        return f"{model!r}: no such alias (aliases: {', '.join(ALIASES)})"
+    if sep and head in SCHEMES:  # a scheme the caller does not take (a reranker's load)
+        return (f"{model!r}: {head}: models do not load here; this takes a checkpoint "
+                "directory, GGUF file or Hugging Face repo id")
+    if sep and "/" not in head:  # scheme:model, a scheme unknown
+        return (f"{model!r}: no scheme {head!r} (smysl knows {', '.join(sorted(SCHEMES))}), "
+                "and it is not a model directory, GGUF file nor Hugging Face repo id")
+    if path.suffix.lower() == ".gguf" or (path.parent != Path(".") and path.parent.is_dir()):
+        return f"{model!r}: no such file or directory"
+    return f"{model!r} is not a model directory, GGUF file nor a Hugging Face repo id (org/name)"
 
 
 def hub_repo(model: str) -> str | None:
@@ -135,6 +167,8 @@ def download(repo: str, *, revision: str | None = None, cache_dir: str | None = 
         offline = offline_variable() is not None
     kwargs: dict[str, Any] = dict(repo_id=repo, revision=revision,
                                   cache_dir=str(hub_cache(cache_dir)), allow_patterns=_PATTERNS)
+    if not offline and not fallback:
+        _reach_hub(repo, revision, cache_dir)
     try:
         return Path(snapshot_download(local_files_only=offline, **kwargs))
     except Exception as first:  # network down, no such repo, or offline and not cached
@@ -151,6 +185,26 @@ def download(repo: str, *, revision: str | None = None, cache_dir: str | None = 
                                                  first)) from first
         raise ModelNotFoundError(_hub_failure(repo, revision, cache_dir, offline, first)) \
             from first
+
+
+def _reach_hub(repo: str, revision: str | None, cache_dir: str | None) -> None:
+    """ModelNotFoundError unless the Hub answers for ``repo``: huggingface_hub (2.x) returns
+    a cached snapshot when the Hub cannot be reached, so a pull said it had pulled."""
+    from huggingface_hub import HfApi, constants, errors
+
+    try:
+        HfApi().model_info(repo, revision=revision or "main")  # as snapshot_download asks
+    except (errors.RepositoryNotFoundError, errors.GatedRepoError,
+            errors.RevisionNotFoundError) as e:
+        raise ModelNotFoundError(_hub_failure(repo, revision, cache_dir, False, e)) from e
+    except Exception as e:  # the network, a proxy, the Hub down
+        cached = cached_revisions(hub_cache(cache_dir), repo)
+        kept = (f"; the cached copy ({', '.join(map(repr, cached))}) is left as it is and "
+                "loads as before" if cached else
+                f"; it is not in the Hugging Face cache ({hub_cache(cache_dir)}) either")
+        raise ModelNotFoundError(
+            f"could not reach the Hugging Face Hub to pull {repo!r} ({constants.ENDPOINT}: "
+            f"{_root_cause(e)}){kept}; check the network (HF_ENDPOINT, HTTPS_PROXY)") from e
 
 
 def _hub_failure(repo: str, revision: str | None, cache_dir: str | None, offline: bool,
@@ -203,12 +257,14 @@ def _incomplete(repo: str, snapshot: Path, offline: bool, error: BaseException) 
 
 def cached_revisions(cache: Path, repo: str) -> list[str]:
     """The refs (branches, tags) under which ``repo`` is in the HF cache ``cache``, else the
-    commits of its snapshots; empty when it is not cached."""
+    commits of its snapshots; empty when it is not cached. A ref whose commit has no snapshot
+    (a newer ``main`` whose download was cut short) is not one."""
     base = cache / ("models--" + repo.replace("/", "--"))
-    refs = sorted(str(p.relative_to(base / "refs")) for p in (base / "refs").rglob("*")
-                  if p.is_file()) if (base / "refs").is_dir() else []
     snaps = sorted(p.name for p in (base / "snapshots").iterdir()
                    if p.is_dir()) if (base / "snapshots").is_dir() else []
+    refs = sorted(str(p.relative_to(base / "refs")) for p in (base / "refs").rglob("*")
+                  if p.is_file() and p.read_text(encoding="utf-8", errors="replace").strip()
+                  in snaps) if (base / "refs").is_dir() else []
     return refs or snaps
 
 
@@ -319,6 +375,17 @@ def missing_files(root: Path, weights: Sequence[Path]) -> list[str]:
     if not (root / "tokenizer.json").is_file():
         out.append("tokenizer.json (missing)")
     return out
+
+
+def looks_like_reranker(root: Path, name: str) -> bool:
+    """Whether the checkpoint directory ``root`` is a Qwen3-Reranker: a Qwen3 named so
+    (``rerank`` in the last part of ``name``, of ``root``'s or of its Hugging Face repo id)
+    without the sentence-transformers files (``modules.json``) an embedding model ships. Its
+    hidden states load as an embedding model's would, and their vectors mean nothing."""
+    names = (Path(name).name, root.name, hub_snapshot_repo(root) or "")
+    return (_json(root / "config.json").get("model_type") == "qwen3"
+            and any("rerank" in n.lower() for n in names)
+            and not (root / "modules.json").is_file())
 
 
 def hub_snapshot_repo(root: Path) -> str | None:

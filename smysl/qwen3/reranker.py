@@ -140,11 +140,12 @@ class Reranker(OnEngine, BaseReranker):
         if unknown:
             raise TypeError(f"unexpected options for a local reranker: {sorted(unknown)}")
         opts = (options or ModelOptions()).replace(**given.given())
-        ckpt = read_checkpoint(resolve(model, revision=opts.revision), name=model)
-        ckpt.check_max_tokens(opts.max_tokens)
-        if ckpt.format != "safetensors":  # read_rows seeks in safetensors files
+        root = resolve(model, revision=opts.revision)
+        if root.is_file():  # a GGUF: said before its embedding-model checks refuse it as one
             raise ValueError(f"{model}: a reranker loads from a safetensors checkpoint "
-                             f"(Qwen/Qwen3-Reranker-*), not {ckpt.format}")
+                             f"(Qwen/Qwen3-Reranker-*), not a GGUF file")
+        ckpt = read_checkpoint(root, name=model)
+        ckpt.check_max_tokens(opts.max_tokens)
         tokenizer = Tokenizer.from_file(str(ckpt.tokenizer_file))
         rows = [tokenizer.token_to_id(a) for a in ANSWERS]
         if None in rows:

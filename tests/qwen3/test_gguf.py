@@ -481,6 +481,12 @@ def test_a_reranker_file_is_named_a_reranker(tiny_dir: Path, sidecar_dir: Path) 
     path = write_gguf(tiny_dir, sidecar_dir / "rerank.gguf", tokenizer=False, pooling=4,
                       extra_tensors={"cls.output.weight": head})
     _refused(path, r"pooling_type 4 \(a reranker\) is not last-token pooling")
+    # a review's: loaded as a reranker, it was refused for not being an embedding model
+    from smysl.qwen3.reranker import Reranker
+
+    with pytest.raises(ValueError, match="a reranker loads from a safetensors checkpoint "
+                                         r"\(Qwen/Qwen3-Reranker-\*\), not a GGUF file"):
+        Reranker.load(str(path), device="cpu")
 
 
 def test_partial_rotary_is_refused(tiny_dir: Path, sidecar_dir: Path) -> None:

@@ -103,7 +103,8 @@ def test_weights_that_do_not_match_the_config(tiny_dir: Path, tmp_path: Path) ->
         Embedder.load(str(d), device="cpu")
 
 
-def test_unreachable_hub_is_a_smysl_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_unreachable_hub_is_a_smysl_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                         capsys: pytest.CaptureFixture[str]) -> None:
     """issue 11 item 11: a failed download says what happened and what to do in smysl's words,
     without the Hub library's text (no `local_files_only`, no "Got: ...")."""
     import huggingface_hub.constants
@@ -115,9 +116,21 @@ def test_unreachable_hub_is_a_smysl_error(tmp_path: Path, monkeypatch: pytest.Mo
     with pytest.raises(ModelNotFoundError) as err:
         download("Qwen/Qwen3-Embedding-0.6B", cache_dir=str(tmp_path), fallback=False)
     text = str(err.value)
-    assert "could not download model 'Qwen/Qwen3-Embedding-0.6B'" in text
+    assert "could not reach the Hugging Face Hub to pull 'Qwen/Qwen3-Embedding-0.6B'" in text
     assert str(tmp_path) in text and "HF_ENDPOINT" in text
     assert "local_files_only" not in text and "Got:" not in text
+    # a review's: with a copy in the cache, huggingface_hub returned it and `smysl pull`
+    # printed it as pulled (exit 0)
+    from qwen_tiny import build_tiny, fake_hub_cache
+
+    from smysl.cli import main
+
+    fake_hub_cache(tmp_path / "hf", "Qwen/Qwen3-Embedding-0.6B", build_tiny(tmp_path / "m").path)
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf"))
+    assert main(["pull", "Qwen/Qwen3-Embedding-0.6B"]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and "could not reach the Hugging Face Hub" in err
+    assert "the cached copy ('main') is left as it is" in err
 
 
 def test_offline_error_names_smysl_pull_not_library_flags(
@@ -425,3 +438,41 @@ def test_models_show_and_pull_say_what_cannot_load(
     assert main(["pull", "Qwen/Qwen3-Embedding-0.6B"]) == 2
     err = capsys.readouterr().err
     assert "in the cache but cannot load" in err and "(missing)" in err
+
+
+def test_a_main_whose_snapshot_is_missing_names_the_commit_that_is_there(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A review's: an interrupted download of a newer `main` leaves refs/main naming a commit
+    without a snapshot; the message said the model "is cached at revision 'main'"."""
+    from qwen_tiny import build_tiny, fake_hub_cache
+
+    commit = "d" * 40
+    base = fake_hub_cache(tmp_path / "hf", "org/updated-embed", build_tiny(tmp_path / "m").path,
+                          commit=commit)
+    (tmp_path / "hf" / "models--org--updated-embed" / "refs" / "main").write_text("e" * 40)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf"))
+    with pytest.raises(ModelNotFoundError, match=f"it is cached at revision '{commit}'"):
+        resolve("org/updated-embed")
+    assert resolve("org/updated-embed", revision=commit) == base
+
+
+@pytest.mark.parametrize(("model", "says"), [
+    ("hf:Qwen/Qwen3-Embedding-0.6B", "no scheme 'hf' (smysl knows dashscope"),
+    ("olama:x", "no scheme 'olama'"),
+    ("qwen3-embedding:9b", "no such alias (aliases: qwen3-embedding:0.6b"),
+    ("gguf/missing.gguf", "'gguf/missing.gguf': no such file or directory"),
+    ("Qwen/Qwen3 Embedding", "is not a model directory, GGUF file nor a Hugging Face repo id"),
+])
+def test_a_model_string_that_names_nothing_says_what_it_is_not(
+        model: str, says: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A review's: online, an unknown scheme or a repo id the Hub cannot hold failed as
+    "check the network"; a mistyped .gguf path was looked up as a repo id."""
+    import huggingface_hub.constants
+    from live_http import free_port
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(huggingface_hub.constants, "ENDPOINT", f"http://127.0.0.1:{free_port()}")
+    with pytest.raises(ModelNotFoundError) as err:
+        resolve(model)
+    assert says in str(err.value) and "network" not in str(err.value)
