@@ -151,28 +151,33 @@ def _gguf(path: Path, meta: dict[str, object]) -> bytes:
     return out
 
 
-def fake_ollama_store(root: Path) -> None:
+#: (model, tag, architecture, GGUF pooling_type or None, file type) of the fake store.
+OLLAMA_MODELS = [("qwen3-embedding", "0.6b", "qwen3", 3, "Q8_0"),
+                 ("llama3.2", "1b", "llama", None, "Q4_K_M")]
+
+
+def fake_ollama_store(root: Path, models: list[tuple[str, str, str, int | None, str]]
+                      = OLLAMA_MODELS) -> None:
     """Ollama's layout: ``manifests/registry.ollama.ai/library/<model>/<tag>`` (JSON naming
-    the config and layer digests) and ``blobs/sha256-<hex>``; an embedding model (GGUF with
-    ``qwen3.pooling_type``) and a chat model."""
+    the config and layer digests) and ``blobs/sha256-<hex>``; by default an embedding model
+    (GGUF with ``qwen3.pooling_type``) and a chat model."""
     import hashlib
 
-    (root / "blobs").mkdir(parents=True)
+    (root / "blobs").mkdir(parents=True, exist_ok=True)
 
     def blob(data: bytes) -> dict[str, object]:
         digest = "sha256:" + hashlib.sha256(data).hexdigest()
         (root / "blobs" / digest.replace(":", "-")).write_bytes(data)
         return {"digest": digest, "size": len(data)}
 
-    for model, tag, arch, embed, ftype in [("qwen3-embedding", "0.6b", "qwen3", True, "Q8_0"),
-                                           ("llama3.2", "1b", "llama", False, "Q4_K_M")]:
+    for model, tag, arch, pooling, ftype in models:
         meta: dict[str, object] = {"general.architecture": arch,
                                    "tokenizer.ggml.tokens": ["a", "b", "<|endoftext|>"],
                                    "tokenizer.ggml.scores": [0.0, -1.0, -2.0],
-                                   f"{arch}.embedding_length": 1024 if embed else 2048,
+                                   f"{arch}.embedding_length": 2048 if pooling is None else 1024,
                                    f"{arch}.context_length": 32768, f"{arch}.block_count": 28}
-        if embed:
-            meta[f"{arch}.pooling_type"] = 3
+        if pooling is not None:
+            meta[f"{arch}.pooling_type"] = pooling
         gguf = _gguf(root / "tmp.gguf", meta)
         (root / "tmp.gguf").unlink()
         config = json.dumps({"model_format": "gguf", "model_family": arch,
@@ -184,7 +189,7 @@ def fake_ollama_store(root: Path) -> None:
                                {"mediaType": "application/vnd.ollama.image.license",
                                 **blob(b"Apache-2.0")}]}
         d = root / "manifests" / "registry.ollama.ai" / "library" / model
-        d.mkdir(parents=True)
+        d.mkdir(parents=True, exist_ok=True)
         (d / tag).write_text(json.dumps(manifest))
 
 
@@ -284,6 +289,33 @@ def test_a_damaged_cache_entry_is_listed_as_one_that_cannot_load(
         assert rows[name]["problem"].startswith("the cached copy is damaged"), rows.get(name)
         assert f"`smysl pull {name}`" in rows[name]["problem"]
     assert rows["Qwen/Qwen3-Embedding-0.6B"]["problem"] is None
+
+
+def test_the_ollama_store_s_rerankers_and_cut_blobs_are_said(
+        machine: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A review's: a reranker GGUF (pooling_type 4) was listed as an embedding model with its
+    dimensions; a cut weights blob was listed as loadable, a missing one with its size."""
+    store = tmp_path / "ollama"
+    fake_ollama_store(store, [("qwen3-reranker", "0.6b", "qwen3", 4, "Q8_0"),
+                              ("cut-embed", "latest", "qwen3", 3, "F16"),
+                              ("gone-embed", "latest", "qwen3", 1, "F16")])  # another blob
+    for name in ("cut-embed", "gone-embed"):
+        manifest = json.loads((store / "manifests/registry.ollama.ai/library" / name /
+                               "latest").read_text())
+        weights = store / "blobs" / manifest["layers"][0]["digest"].replace(":", "-")
+        if name == "cut-embed":
+            weights.write_bytes(weights.read_bytes()[:100])
+        else:
+            weights.unlink()
+    assert main(["models", "--json"]) == 0
+    rows = {r["name"]: r for r in json.loads(capsys.readouterr().out)}
+    assert "ollama:qwen3-reranker:0.6b" not in rows  # no embedding model
+    assert "holds 100 bytes, its manifest says" in rows["ollama:cut-embed:latest"]["problem"]
+    gone = rows["ollama:gone-embed:latest"]
+    assert gone["size"] is None and "is missing" in gone["problem"]
+    assert main(["models", "--json", "--all"]) == 0
+    rr = {r["name"]: r for r in json.loads(capsys.readouterr().out)}["ollama:qwen3-reranker:0.6b"]
+    assert rr["role"] == "reranker" and "a reranker (GGUF pooling_type 4)" in rr["problem"]
 
 
 def test_models_with_nothing_on_the_machine(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,

@@ -311,10 +311,13 @@ def _ollama_entry(root: Path, name: str, manifest: dict[str, Any]) -> ModelEntry
     arch = str(meta.get("general.architecture", config.get("model_family", "")))
     dims = config.get("embedding_length") or meta.get(f"{arch}.embedding_length")
     context = config.get("context_length") or meta.get(f"{arch}.context_length")
-    embedding = ("embedding" in (config.get("capabilities") or [])
-                 or f"{arch}.pooling_type" in meta or "embed" in name.lower())
-    size = sum(x["size"] for x in [*layers, config_layer]
-               if isinstance(x.get("size"), int) and not isinstance(x.get("size"), bool))
+    # pooling 4 is rank: a reranker converted by llama.cpp, no embedding model
+    reranker = meta.get(f"{arch}.pooling_type") == 4
+    embedding = not reranker and ("embedding" in (config.get("capabilities") or [])
+                                  or f"{arch}.pooling_type" in meta or "embed" in name.lower())
+    size: int | None = sum(x["size"] for x in [*layers, config_layer]
+                           if isinstance(x.get("size"), int)
+                           and not isinstance(x.get("size"), bool))
     details = {"backend": "ollama", "embedding": embedding, "format": config.get("model_format"),
                "family": config.get("model_family") or arch or None,
                "parameters": config.get("model_type"), "digest": model.get("digest"),
@@ -324,11 +327,21 @@ def _ollama_entry(root: Path, name: str, manifest: dict[str, Any]) -> ModelEntry
                "pooling_type": meta.get(f"{arch}.pooling_type")}
     # what loading it would say (Ollama itself, or `ollama-store:NAME`); whether smysl's own
     # engine takes it is `smysl show`'s (`in_process`): mean pooling is Ollama's to run
-    problem = None if weights.is_file() else (f"its weights blob {weights} is missing "
-                                              f"(`ollama pull {name}` again)")
+    problem = None
+    want = model.get("size")
+    if not weights.is_file():
+        problem, size = (f"its weights blob {weights} is missing (`ollama pull {name}` "
+                         "again)"), None
+    elif isinstance(want, int) and weights.stat().st_size != want:
+        problem = (f"its weights blob {weights} holds {weights.stat().st_size:,} bytes, its "
+                   f"manifest says {want:,} (an interrupted pull? `ollama pull {name}` again)")
+    elif reranker:
+        problem = ("a reranker (GGUF pooling_type 4): smysl's reranker loads a safetensors "
+                   "checkpoint (Qwen/Qwen3-Reranker-*)")
     return ModelEntry(f"ollama:{name}", "ollama", size, int(dims) if dims else None,
                       config.get("file_type") or None, str(weights),
-                      int(context) if context else None, details, problem)
+                      int(context) if context else None, details, problem,
+                      role="reranker" if reranker else "embedding")
 
 
 #: GGUF value types: struct format of the fixed-size ones; 8 = string, 9 = array.

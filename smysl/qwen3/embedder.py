@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import re
 from collections import deque
 from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -64,9 +63,6 @@ def text_blocks(texts: Sequence[str], chars: int, ramp: int = 0) -> list[tuple[i
     if start < len(texts):
         blocks.append((start, len(texts)))
     return blocks
-
-
-_COMMIT = re.compile(r"^[0-9a-f]{40}$")
 
 
 class Embedder(OnEngine, BaseEmbedder, TokenLevel):
@@ -172,8 +168,9 @@ class Embedder(OnEngine, BaseEmbedder, TokenLevel):
 
     def fingerprint(self) -> str:
         """Hash of the checkpoint's config, tokenizer and weights (size + three 1 MiB windows
-        each), the computing dtype and quantization, and the revision when it is a commit id
-        (branch names move); computed once. The model name plays no part."""
+        each), the computing dtype and quantization; computed once. The model name plays no
+        part, nor the revision it was asked by: the same snapshot named by its commit, a tag
+        or none had two fingerprints (a saved classifier refused its own model)."""
         if self._fingerprint is None:
             e = self.engine
             if self.checkpoint is None:  # the contract's default, without info() (it asks us)
@@ -183,9 +180,9 @@ class Embedder(OnEngine, BaseEmbedder, TokenLevel):
             else:
                 ck = self.checkpoint
                 files = ck.files
-                rev = self.revision if self.revision and _COMMIT.match(self.revision) else None
+                # "revision" stays, always None: the fingerprints made before stay valid
                 fields = {"backend": self.backend, "dtype": e.dtype,
-                          "quantization": e.quantization, "revision": rev}
+                          "quantization": e.quantization, "revision": None}
                 if e.numerics:  # only then: other paths' fingerprints stay what they were
                     fields["numerics"] = e.numerics
                 self._fingerprint = fingerprint_files(files, fields)

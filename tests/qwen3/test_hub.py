@@ -476,3 +476,19 @@ def test_a_model_string_that_names_nothing_says_what_it_is_not(
     with pytest.raises(ModelNotFoundError) as err:
         resolve(model)
     assert says in str(err.value) and "network" not in str(err.value)
+
+
+def test_a_snapshot_has_one_fingerprint_however_it_is_named(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A review's: named by its commit, a snapshot's fingerprint took the commit in; named by
+    its branch (or not at all) it did not: a classifier saved with one refused the other."""
+    from qwen_tiny import build_tiny, fake_hub_cache
+
+    commit = "c" * 40
+    fake_hub_cache(tmp_path / "hf", "org/one-embed", build_tiny(tmp_path / "m").path,
+                   commit=commit)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf"))
+    prints = {Embedder.load("org/one-embed", device="cpu", revision=r).fingerprint()
+              for r in (None, "main", commit)}
+    assert len(prints) == 1
