@@ -26,6 +26,12 @@ TASK_PRESETS: dict[str, str] = {
 }
 
 
+#: Words that name a side of the search, not a task: sent as an instruction (a TEI
+#: ``prompt_name`` habit, nomic's prefixes), the query was embedded after "Instruct: query".
+ROLE_WORDS = frozenset({"query", "queries", "question", "document", "documents", "doc",
+                        "docs", "passage", "passages", "search_query", "search_document"})
+
+
 def resolve_task(task: str | None) -> str | None:
     """Map a preset name (any case) to its instruction; any other string is used verbatim (the
     reference formats it as given: surrounding spaces change the vector), and an empty or
@@ -39,6 +45,11 @@ def resolve_task(task: str | None) -> str | None:
         return None
     if name.lower() in TASK_PRESETS:  # "Retrieval" was refused as a misspelt "retrieval"
         return TASK_PRESETS[name.lower()]
+    if name.lower() in ROLE_WORDS:
+        raise ValueError(f"instruction {task!r} names a role, not a task: a query gets the "
+                         "default instruction unless one is given (a sentence, or a preset: "
+                         f"{', '.join(TASK_PRESETS)}), a document none; to embed documents, "
+                         "give no instruction")
     typo = misspelt_preset(name)
     if typo is not None:  # "retreival" was embedded as the instruction "retreival"
         raise ValueError(f"instruction {task!r} looks like the preset {typo!r} misspelt; "

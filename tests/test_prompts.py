@@ -54,3 +54,12 @@ def test_the_task_of_a_query_prompt_is_read_by_the_template() -> None:
         assert task_of_query_prompt(prompt) == task
     for other in ("query: ", "", "Instruct: x\nQuery: ", "Instruct:\nQuery:"):
         assert task_of_query_prompt(other) is None
+
+
+def test_a_role_word_is_refused_not_embedded_as_the_instruction() -> None:
+    """A review's: `task="query"` (TEI's prompt_name habit) embedded queries after
+    "Instruct: query", neither the default query vector nor the document one."""
+    for word in ("query", "Document", "passage ", "search_query"):
+        with pytest.raises(ValueError, match="names a role, not a task"):
+            resolve_task(word)
+    assert resolve_task("Find the query's answer") == "Find the query's answer"
