@@ -318,6 +318,22 @@ def test_the_ollama_store_s_rerankers_and_cut_blobs_are_said(
     assert rr["role"] == "reranker" and "a reranker (GGUF pooling_type 4)" in rr["problem"]
 
 
+def test_an_alias_is_downloaded_only_under_its_own_repo_id(
+        tmp_path: Path, tiny_dir: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """A review's: a copy pulled as qwen/qwen3-embedding-0.6b made the alias's row show it as
+    downloaded, while the alias loads Qwen/Qwen3-Embedding-0.6B (not in the cache)."""
+    fake_hub_cache(tmp_path / "hf", "qwen/qwen3-embedding-0.6b", tiny_dir)
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf"))
+    monkeypatch.setenv("OLLAMA_MODELS", str(tmp_path / "none"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert main(["models", "--json"]) == 0
+    rows = {r["name"]: r for r in json.loads(capsys.readouterr().out)}
+    assert rows["qwen/qwen3-embedding-0.6b"]["size"]
+    alias = rows["qwen3-embedding:0.6b"]
+    assert alias["size"] is None and alias["where"].endswith("(not downloaded)")
+
+
 def test_models_with_nothing_on_the_machine(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                             capsys: pytest.CaptureFixture[str]) -> None:
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "none"))

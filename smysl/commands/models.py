@@ -396,10 +396,12 @@ def _gguf_value(f: BinaryIO, kind: int) -> Any:
 # ---------------------------------------------------------------------- aliases
 def alias_models(cached: list[ModelEntry]) -> list[ModelEntry]:
     """smysl's aliases, with the facts of the repo each names when it is cached."""
-    by_repo = {e.name.lower(): e for e in cached}
+    # by the exact id: the cache's folders are named as the id was given, so a copy pulled as
+    # qwen/qwen3-embedding-0.6b is not where the alias's Qwen/Qwen3-Embedding-0.6B loads from
+    by_repo = {e.name: e for e in cached}
     out = []
     for alias, repo in ALIASES.items():
-        hit = by_repo.get(repo.lower())
+        hit = by_repo.get(repo)
         out.append(ModelEntry(alias, "alias", hit.size if hit else None,
                               hit.dimensions if hit else None, hit.dtype if hit else None,
                               repo if hit else f"{repo} (not downloaded)",
