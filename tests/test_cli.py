@@ -289,6 +289,18 @@ def test_a_damaged_cache_entry_is_listed_as_one_that_cannot_load(
         assert rows[name]["problem"].startswith("the cached copy is damaged"), rows.get(name)
         assert f"`smysl pull {name}`" in rows[name]["problem"]
     assert rows["Qwen/Qwen3-Embedding-0.6B"]["problem"] is None
+    # its own damage, not a sibling's whose name starts alike; and through a symlinked cache
+    # (the scan resolves the path)
+    fake_hub_cache(machine, "org/broken-embed-v2", tiny_dir)
+    (machine / "models--org--broken-embed-v2" / "refs" / "main").write_text("e" * 40)
+    link = machine.parent / "hf-link"
+    link.symlink_to(machine)
+    for cache in (machine, link):
+        os.environ["HF_HUB_CACHE"] = str(cache)  # the fixture's monkeypatch restores it
+        assert main(["models", "--json"]) == 0
+        rows = {r["name"]: r for r in json.loads(capsys.readouterr().out)}
+        assert "-v2" not in rows["org/broken-embed"]["problem"], cache
+        assert "models--org--broken-embed-v2" in rows["org/broken-embed-v2"]["problem"]
 
 
 def test_the_ollama_store_s_rerankers_and_cut_blobs_are_said(

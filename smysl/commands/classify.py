@@ -153,6 +153,7 @@ def run(args: argparse.Namespace) -> int:
         SupervisedClassifier,
         ZeroShotClassifier,
         accuracy,
+        check_training_labels,
         match_gold,
     )
     from smysl.toolkit.io import check_file, check_output, read_column, write_rows
@@ -191,16 +192,20 @@ def run(args: argparse.Namespace) -> int:
         except (FileNotFoundError, IsADirectoryError, PermissionError) as e:
             raise ValueError(f"--train {args.train}: {e.strerror or e}") from None
         labels = labels_in(train_rows, label_field, args.train, "--label-field")
-        if len(set(labels)) < 2:
-            raise ValueError(f"--train {args.train}: training needs texts of at least two "
-                             f"labels, got {sorted(set(labels))}")
-        if args.neighbors is not None and args.neighbors < 1:  # by the flag, not the field
-            raise ValueError(f"--neighbors must be >= 1, got {args.neighbors}")
-        if args.C is not None and not args.C > 0:
-            raise ValueError(f"-C must be > 0, got {args.C}")
-        config = ClassifyConfig(instruction=args.instruction, dimensions=args.dimensions,
-                                truncate=args.truncate,
-                                **given(args, method="method", c="C", neighbors="neighbors"))
+        try:
+            check_training_labels(labels)
+        except ValueError as e:
+            raise ValueError(f"--train {args.train}: {e}") from None
+        try:
+            config = ClassifyConfig(instruction=args.instruction, dimensions=args.dimensions,
+                                    truncate=args.truncate,
+                                    **given(args, method="method", c="C", neighbors="neighbors"))
+        except ValueError as e:  # named by the flag, not the config's field
+            flag = next((f for field, f in (("neighbors ", "--neighbors "), ("c ", "-C "))
+                         if str(e).startswith(field)), None)
+            if flag is None:
+                raise
+            raise ValueError(flag + str(e).partition(" ")[2]) from None
         training = train, labels, config
     model = load_model(args.model, args)
     show = progress(args)

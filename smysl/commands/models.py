@@ -253,7 +253,8 @@ def hub_models(cache_dir: str | None = None, *, every: bool = False) -> list[Mod
         out.append(checkpoint_entry(rev.snapshot_path, repo.repo_id, "hub",
                                     size=rev.size_on_disk, kind=kind, problem=problem))
     listed = {r.repo_path for r in info.repos}
-    for folder in sorted(hub_cache(cache_dir).glob("models--*")):
+    # resolved as the scan resolves it: a cache reached through a symlink matched nothing
+    for folder in sorted(hub_cache(cache_dir).resolve().glob("models--*")):
         entry = None if folder in listed else _damaged_entry(folder, info.warnings, every)
         if entry is not None:
             out.append(entry)
@@ -265,7 +266,9 @@ def _damaged_entry(folder: Path, warnings: Sequence[Exception], every: bool) -> 
     snapshot, a broken layout), listed as one that cannot load: before, it was not listed at
     all, while loading it said what was wrong. None for a folder no warning names, or (unless
     ``every``) one not named like an embedding model or reranker."""
-    said = [str(w) for w in warnings if str(folder) in str(w)]
+    # the folder's own path, not a sibling's that starts alike (models--org--x-v2)
+    own = re.compile(re.escape(str(folder)) + r"(?![\w.-])")
+    said = [str(w) for w in warnings if own.search(str(w))]
     repo = folder.name.removeprefix("models--").replace("--", "/", 1)
     if not said or not (every or any(k in repo.lower() for k in ("embed", "rerank"))):
         return None

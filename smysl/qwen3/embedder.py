@@ -180,7 +180,8 @@ class Embedder(OnEngine, BaseEmbedder, TokenLevel):
             else:
                 ck = self.checkpoint
                 files = ck.files
-                # "revision" stays, always None: the fingerprints made before stay valid
+                # "revision" stays, always None: fingerprints made without a commit revision
+                # stay valid (those an earlier smysl made with one change, once)
                 fields = {"backend": self.backend, "dtype": e.dtype,
                           "quantization": e.quantization, "revision": None}
                 if e.numerics:  # only then: other paths' fingerprints stay what they were

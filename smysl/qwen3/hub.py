@@ -197,6 +197,8 @@ def _reach_hub(repo: str, revision: str | None, cache_dir: str | None) -> None:
     except (errors.RepositoryNotFoundError, errors.GatedRepoError,
             errors.RevisionNotFoundError) as e:
         raise ModelNotFoundError(_hub_failure(repo, revision, cache_dir, False, e)) from e
+    except errors.HFValidationError as e:  # no id the Hub could hold: not the network's
+        raise ModelNotFoundError(_not_a_model(repo, Path(repo))) from e
     except Exception as e:  # the network, a proxy, the Hub down
         cached = cached_revisions(hub_cache(cache_dir), repo)
         kept = (f"; the cached copy ({', '.join(map(repr, cached))}) is left as it is and "
@@ -382,7 +384,7 @@ def looks_like_reranker(root: Path, name: str) -> bool:
     (``rerank`` in the last part of ``name``, of ``root``'s or of its Hugging Face repo id)
     without the sentence-transformers files (``modules.json``) an embedding model ships. Its
     hidden states load as an embedding model's would, and their vectors mean nothing."""
-    names = (Path(name).name, root.name, hub_snapshot_repo(root) or "")
+    names = (Path(name).name, root.name, (hub_snapshot_repo(root) or "").rpartition("/")[2])
     return (_json(root / "config.json").get("model_type") == "qwen3"
             and any("rerank" in n.lower() for n in names)
             and not (root / "modules.json").is_file())

@@ -142,8 +142,12 @@ class Reranker(OnEngine, BaseReranker):
         opts = (options or ModelOptions()).replace(**given.given())
         root = resolve(model, revision=opts.revision)
         if root.is_file():  # a GGUF: said before its embedding-model checks refuse it as one
+            from smysl.qwen3.gguf import is_gguf
+
             raise ValueError(f"{model}: a reranker loads from a safetensors checkpoint "
-                             f"(Qwen/Qwen3-Reranker-*), not a GGUF file")
+                             "(Qwen/Qwen3-Reranker-*), not a GGUF file" if is_gguf(root) else
+                             f"{model}: a reranker loads from its checkpoint directory "
+                             "(config, tokenizer and weights), not from one file")
         ckpt = read_checkpoint(root, name=model)
         ckpt.check_max_tokens(opts.max_tokens)
         tokenizer = Tokenizer.from_file(str(ckpt.tokenizer_file))

@@ -21,6 +21,14 @@ from smysl.toolkit._deps import require_sklearn
 FORMAT = "smysl-classifier/1"
 
 
+def check_training_labels(labels: Sequence[str]) -> None:
+    """ValueError unless ``labels`` hold two classes or more: with one, kNN predicts it for
+    every text without a word (logistic regression fails in scikit-learn's words)."""
+    classes = sorted({str(v) for v in labels})
+    if len(classes) < 2:
+        raise ValueError(f"training needs texts of at least two labels, got {classes}")
+
+
 @dataclass(frozen=True)
 class ClassifyConfig:
     """Supervised classifier settings.
@@ -116,9 +124,7 @@ class SupervisedClassifier:
         y = np.asarray([str(v) for v in labels])
         if len(x) != len(y) or len(y) == 0:
             raise ValueError("need as many labels as texts, and at least one")
-        if len(set(y.tolist())) < 2:  # kNN would predict it for every text, without a word
-            raise ValueError(f"training needs texts of at least two labels, got only "
-                             f"{y[0]!r}")
+        check_training_labels(y.tolist())
         if config.method == "logreg":
             from sklearn.linear_model import LogisticRegression
 

@@ -130,10 +130,17 @@ def keeping(n: int, pairs: Sequence[tuple[int, int, float]]) -> list[int]:
         earlier.setdefault(j, []).append((score, i))
     out = [-1] * n
     for j in sorted(earlier):
-        kept = [(score, -i) for score, i in earlier[j] if out[i] < 0]
-        if kept:
-            out[j] = -max(kept)[1]  # the highest score; of equal ones, the earliest
+        out[j] = best_kept(earlier[j], out)
     return out
+
+
+def best_kept(near: Sequence[tuple[float, int]], duplicate_of: Sequence[int],
+              before: int | None = None) -> int:
+    """Of ``near`` (score, item) pairs, the kept item (``duplicate_of[i] < 0``, earlier than
+    ``before`` if given) scored highest, of equal scores the earliest; -1 if none."""
+    kept = [(score, -i) for score, i in near
+            if duplicate_of[i] < 0 and (before is None or i < before)]
+    return -max(kept)[1] if kept else -1
 
 
 def _groups(n: int, pairs: Sequence[tuple[int, int, float]]) -> list[list[int]]:
@@ -212,8 +219,7 @@ def find_duplicates(vectors: np.ndarray, config: DedupConfig = DedupConfig()) ->
         if duplicate_of[r] < 0:
             duplicate_of[i] = r
         else:  # r was dropped for a kept earlier neighbour: there is one
-            duplicate_of[i] = -max((score, -j) for score, j in near[r]
-                                   if j < i and duplicate_of[j] < 0)[1]
+            duplicate_of[i] = best_kept(near[r], duplicate_of, before=i)
     pairs.sort()
     return DedupResult(len(x), config.threshold, pairs, _groups(len(x), pairs), duplicate_of,
                        all_pairs)

@@ -487,6 +487,9 @@ def test_a_reranker_file_is_named_a_reranker(tiny_dir: Path, sidecar_dir: Path) 
     with pytest.raises(ValueError, match="a reranker loads from a safetensors checkpoint "
                                          r"\(Qwen/Qwen3-Reranker-\*\), not a GGUF file"):
         Reranker.load(str(path), device="cpu")
+    with pytest.raises(ValueError, match=r"loads from its checkpoint directory .*, not from "
+                                         "one file"):
+        Reranker.load(str(tiny_dir / "model.safetensors"), device="cpu")
 
 
 def test_partial_rotary_is_refused(tiny_dir: Path, sidecar_dir: Path) -> None:

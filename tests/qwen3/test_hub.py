@@ -465,7 +465,8 @@ def test_a_main_whose_snapshot_is_missing_names_the_commit_that_is_there(
     ("Qwen/Qwen3 Embedding", "is not a model directory, GGUF file nor a Hugging Face repo id"),
 ])
 def test_a_model_string_that_names_nothing_says_what_it_is_not(
-        model: str, says: str, monkeypatch: pytest.MonkeyPatch) -> None:
+        model: str, says: str, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
     """A review's: online, an unknown scheme or a repo id the Hub cannot hold failed as
     "check the network"; a mistyped .gguf path was looked up as a repo id."""
     import huggingface_hub.constants
@@ -476,6 +477,12 @@ def test_a_model_string_that_names_nothing_says_what_it_is_not(
     with pytest.raises(ModelNotFoundError) as err:
         resolve(model)
     assert says in str(err.value) and "network" not in str(err.value)
+    if "/" in model and not model.endswith(".gguf"):  # and `smysl pull` says the same
+        from smysl.cli import main
+
+        assert main(["pull", model]) == 2
+        err_text = capsys.readouterr().err
+        assert "network" not in err_text and "repo id" in err_text, err_text
 
 
 def test_a_snapshot_has_one_fingerprint_however_it_is_named(
