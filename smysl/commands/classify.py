@@ -53,6 +53,7 @@ LABEL_FILES = (".csv", ".jsonl", ".json")
 def _labels(spec: str, args: argparse.Namespace) -> dict[str, str]:
     """Label -> description from a --labels file or list; a file that is not there, a repeated
     label or a single one is an error (each would classify silently wrong)."""
+    from smysl.toolkit.classify import norm_label
     from smysl.toolkit.io import iter_rows
 
     path = Path(spec)
@@ -105,10 +106,14 @@ def _labels(spec: str, args: argparse.Namespace) -> dict[str, str]:
         items = [(x.strip(), x.strip()) for x in spec.split(",") if x.strip()]
     seen: dict[str, int] = {}
     for n, (name, _) in enumerate(items, 1):
-        if name in seen:
-            raise ValueError(f"--labels {spec}: label {name!r} is given twice (#{seen[name]} "
-                             f"and #{n}); give each label once, with one description")
-        seen[name] = n
+        # as gold labels are matched (case and spacing ignored): Billing and billing would
+        # split one class's gold between them
+        key = norm_label(name)
+        if key in seen:
+            case = "" if items[seen[key] - 1][0] == name else ", in another case"
+            raise ValueError(f"--labels {spec}: label {name!r} is given twice (#{seen[key]} "
+                             f"and #{n}{case}); give each label once, with one description")
+        seen[key] = n
     if len(items) < 2:
         raise ValueError(f"--labels {spec}: zero-shot classification needs at least two "
                          f"labels, got {len(items)}")

@@ -238,7 +238,8 @@ class SupervisedClassifier:
         return cls(model, config, classes, est, arrays, meta.get("fingerprint"))
 
 
-def _norm_label(label: str) -> str:
+def norm_label(label: str) -> str:
+    """A label as gold labels are matched to candidates: case and spacing ignored."""
     return " ".join(str(label).split()).casefold()
 
 
@@ -266,11 +267,11 @@ def match_gold(gold: Sequence[str], candidates: Sequence[str]) -> GoldMatch:
     match one, else accuracy would compare unrelated vocabularies (a silent 0.0)."""
     by_norm: dict[str, str] = {}
     for c in candidates:
-        by_norm.setdefault(_norm_label(c), c)
-    unmatched = list(dict.fromkeys(g for g in gold if _norm_label(g) not in by_norm))
+        by_norm.setdefault(norm_label(c), c)
+    unmatched = list(dict.fromkeys(g for g in gold if norm_label(g) not in by_norm))
     if unmatched:
         return GoldMatch(None, unmatched)
-    return GoldMatch([by_norm[_norm_label(g)] for g in gold], [])
+    return GoldMatch([by_norm[norm_label(g)] for g in gold], [])
 
 
 def accuracy(pred: Sequence[str], gold: Sequence[str]) -> float:

@@ -268,6 +268,8 @@ def test_classify_and_cluster_refuse_what_they_would_get_silently_wrong(tiny_dir
             (["--labels", "labels.txt"], "no such file"),
             (["--labels", "billing"], "needs at least two labels, got 1"),
             (["--labels", "a,b,a"], "label 'a' is given twice (#1 and #3)"),
+            (["--labels", "billing, Billing "], "label 'Billing' is given twice (#1 and #2, "
+             "in another case)"),
             (["--labels", twice], "label 'a' is given twice"),
             (["--labels", "a,b", "--save", "m.npz"], "--save do(es) nothing with --labels"),
             (["--labels", "a,b", "--description-field", "d"], "--description-field names"),
