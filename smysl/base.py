@@ -356,6 +356,9 @@ class BaseEmbedder(abc.ABC):
         n = positive_int(dimensions)
         if n is None:
             raise ValueError(f"dimensions must be a positive integer, got {dimensions!r}")
+        if n < self.min_dimensions:  # known without the width (an adapter checks it when made)
+            raise ValueError(f"dimensions must be at least {self.min_dimensions} for this "
+                             f"model, got {n}")
         return n
 
     def count_tokens(self, texts: str | Sequence[str]) -> list[int]:

@@ -109,6 +109,9 @@ def test_empty_input_needs_no_width_that_costs() -> None:
     for bad in (0, -1, True, 2.5):
         with pytest.raises(ValueError, match="positive integer"):
             r.embed([], dimensions=bad)  # type: ignore[arg-type]
+    # a review's: below the smallest size, known without the width, it was taken as given
+    with pytest.raises(ValueError, match="dimensions must be at least 32 for this model, got 16"):
+        r.embed([], dimensions=16)
     e = Echo()  # a known width: checked as any call's
     assert e.embed([]).shape == (0, 64) and e.embed([], dimensions=32).shape == (0, 32)
     with pytest.raises(ValueError, match=r"must be in 32\.\.64"):
