@@ -251,11 +251,11 @@ def _search(args: argparse.Namespace, store: StoreConfig) -> int:
         check_output(args.output)
     queries = list(args.queries)
     if args.queries_file:
-        if Path(args.queries_file).is_dir() or not (_lines_file(args.queries_file)
-                                                     or _table_file(args.queries_file)):
+        lines = _lines_file(args.queries_file)
+        if Path(args.queries_file).is_dir() or not (lines or _table_file(args.queries_file)):
             raise ValueError(f"--queries-file {args.queries_file}: give a .txt file (a query "
                              f"per line) or a .csv/.jsonl file")
-        if _lines_file(args.queries_file):
+        if lines:
             queries += [q for q in read_lines(args.queries_file, "--queries-file") if q.strip()]
         else:
             try:

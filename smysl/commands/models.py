@@ -331,13 +331,13 @@ def _ollama_entry(root: Path, name: str, manifest: dict[str, Any]) -> ModelEntry
     # what loading it would say (Ollama itself, or `ollama-store:NAME`); whether smysl's own
     # engine takes it is `smysl show`'s (`in_process`): mean pooling is Ollama's to run
     problem = None
-    want = model.get("size")
-    if not weights.is_file():
+    want, held = model.get("size"), weights.stat().st_size if weights.is_file() else None
+    if held is None:
         problem, size = (f"its weights blob {weights} is missing (`ollama pull {name}` "
                          "again)"), None
-    elif isinstance(want, int) and weights.stat().st_size != want:
-        problem = (f"its weights blob {weights} holds {weights.stat().st_size:,} bytes, its "
-                   f"manifest says {want:,} (an interrupted pull? `ollama pull {name}` again)")
+    elif isinstance(want, int) and held != want:
+        problem = (f"its weights blob {weights} holds {held:,} bytes, its manifest says "
+                   f"{want:,} (an interrupted pull? `ollama pull {name}` again)")
     elif reranker:
         problem = ("a reranker (GGUF pooling_type 4): smysl's reranker loads a safetensors "
                    "checkpoint (Qwen/Qwen3-Reranker-*)")
@@ -483,7 +483,7 @@ def _add_pull(p: argparse.ArgumentParser) -> None:
 
 def _run_pull(args: argparse.Namespace) -> int:
     from smysl.hfcache import offline_variable
-    from smysl.qwen3.hub import download, repo_id
+    from smysl.qwen3.hub import download, hub_repo
 
     scheme, rest = split(args.model)
     if scheme == "ollama":
@@ -491,8 +491,8 @@ def _run_pull(args: argparse.Namespace) -> int:
     if scheme != "qwen3":
         raise ValueError(f"{args.model!r} is a {scheme}: model, loaded by its backend; "
                          "smysl pull fetches Qwen3-Embedding checkpoints from the Hugging Face Hub")
-    repo = repo_id(args.model)
-    if Path(args.model).expanduser().exists() or repo.count("/") != 1:
+    repo = hub_repo(args.model)
+    if Path(args.model).expanduser().exists() or repo is None:
         raise ValueError(f"{args.model!r} is not a Hugging Face repo id nor an alias "
                          f"({', '.join(ALIASES)})")
     offline = offline_variable()

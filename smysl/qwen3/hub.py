@@ -108,23 +108,9 @@ def resolve(model: str, *, revision: str | None = None, cache_dir: str | None = 
                 "the repo id")
         return path
     repo = hub_repo(model)
-    if (path.exists() or repo is None or path.suffix.lower() == ".gguf"
-            or not _valid_repo_id(repo)):
+    if path.exists() or repo is None or path.suffix.lower() == ".gguf":
         raise ModelNotFoundError(_not_a_model(model, path))
     return download(repo, revision=revision, cache_dir=cache_dir, offline=offline)
-
-
-def _valid_repo_id(repo: str) -> bool:
-    """Whether the Hub could hold ``repo`` (``hf:Qwen/x`` or ``Qwen/Qwen3 Embedding`` cannot:
-    asked for online, they failed as "check the network")."""
-    from huggingface_hub.errors import HFValidationError
-    from huggingface_hub.utils import validate_repo_id
-
-    try:
-        validate_repo_id(repo)
-    except HFValidationError:
-        return False
-    return True
 
 
 def _not_a_model(model: str, path: Path) -> str:
@@ -147,9 +133,20 @@ def _not_a_model(model: str, path: Path) -> str:
 
 def hub_repo(model: str) -> str | None:
     """The Hub repo id ``model`` names (:func:`repo_id`), or None where it can only be a
-    path (``/x/y``, ``./x``, ``~/x``: a mistyped folder is no repo to look up)."""
+    path (``/x/y``, ``./x``, ``~/x``: a mistyped folder is no repo to look up) or is no id the
+    Hub could hold (``hf:Qwen/x``, ``Qwen/Qwen3 Embedding``: asked for online, they failed as
+    "check the network")."""
+    from huggingface_hub.errors import HFValidationError
+    from huggingface_hub.utils import validate_repo_id
+
     repo = repo_id(model)
-    return None if repo.count("/") != 1 or repo.startswith((".", "/", "~")) else repo
+    if repo.count("/") != 1 or repo.startswith((".", "/", "~")):
+        return None
+    try:
+        validate_repo_id(repo)
+    except HFValidationError:
+        return None
+    return repo
 
 
 def download(repo: str, *, revision: str | None = None, cache_dir: str | None = None,
@@ -197,8 +194,6 @@ def _reach_hub(repo: str, revision: str | None, cache_dir: str | None) -> None:
     except (errors.RepositoryNotFoundError, errors.GatedRepoError,
             errors.RevisionNotFoundError) as e:
         raise ModelNotFoundError(_hub_failure(repo, revision, cache_dir, False, e)) from e
-    except errors.HFValidationError as e:  # no id the Hub could hold: not the network's
-        raise ModelNotFoundError(_not_a_model(repo, Path(repo))) from e
     except Exception as e:  # the network, a proxy, the Hub down
         cached = cached_revisions(hub_cache(cache_dir), repo)
         kept = (f"; the cached copy ({', '.join(map(repr, cached))}) is left as it is and "

@@ -792,7 +792,7 @@ def rope_tables(inv_freq: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Ten
     2.13 + MKL 2024.2), and its texts' vectors moved by 1e-4. A table off by more than 2 units
     in the last place anywhere is computed again; after three such, the float64 values
     rounded are used (within one unit of torch's)."""
-    x = torch.arange(n, dtype=torch.float32)[:, None] * inv_freq.float()[None, :]
+    x = rope_angles(torch.arange(n), inv_freq)
     x64 = x.double().numpy()  # numpy's own cos/sin: no VML
     want = [torch.from_numpy(np.cos(x64)).float(), torch.from_numpy(np.sin(x64)).float()]
     for _ in range(3):
@@ -802,6 +802,12 @@ def rope_tables(inv_freq: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Ten
     log.warning("RoPE: torch's cos/sin were off by more than 2 ulp three times; using the "
                 "float64 values rounded")
     return want[0], want[1]
+
+
+def rope_angles(positions: torch.Tensor, inv_freq: torch.Tensor) -> torch.Tensor:
+    """positions [T] times ``inv_freq`` [D / 2] -> [T, D / 2] float32, as the reference
+    computes them."""
+    return positions.float()[:, None] * inv_freq.float()[None, :]
 
 
 def _within_ulps(got: torch.Tensor, want: torch.Tensor, ulps: int) -> bool:
@@ -854,7 +860,7 @@ class Qwen3Encoder(nn.Module):
         rows of :func:`rope_tables`, kept and grown with the longest position seen; CUDA:
         computed in the pass (no host sync: graphs capture it)."""
         if positions.device.type != "cpu":
-            freqs = positions.float()[:, None] * self.inv_freq.float()[None, :]
+            freqs = rope_angles(positions, self.inv_freq)
             emb = torch.cat((freqs, freqs), dim=-1)
             return emb.cos(), emb.sin()
         need = int(positions.max()) + 1 if positions.numel() else 1

@@ -204,16 +204,21 @@ def find_duplicates(vectors: np.ndarray, config: DedupConfig = DedupConfig()) ->
     duplicate_of = [-1] * len(x)
     for pos, item in enumerate(reps.tolist()):
         duplicate_of[item] = -1 if dup_rep[pos] < 0 else int(reps[dup_rep[pos]])
+    copied = np.flatnonzero(rep_of != np.arange(len(x))).tolist()  # repeats of an earlier row
     # a copy of a dropped text: the kept item before it that text scores highest with (one
-    # kept between the two is a candidate too); of a kept one, that first occurrence
-    near: dict[int, list[tuple[float, int]]] = {}
+    # kept between the two is a candidate too); of a kept one, that first occurrence. Only
+    # dropped texts with copies need their neighbours.
+    dropped = {int(rep_of[i]) for i in copied if duplicate_of[int(rep_of[i])] >= 0}
+    near: dict[int, list[tuple[float, int]]] = {r: [] for r in dropped}
     for a, b, score in pairs:
-        near.setdefault(a, []).append((score, b))
-        near.setdefault(b, []).append((score, a))
+        if a in near:
+            near[a].append((score, b))
+        if b in near:
+            near[b].append((score, a))
     copies = np.bincount(rep_of, minlength=len(x))  # per first occurrence, itself included
     all_pairs = (sum(int(copies[a]) * int(copies[b]) for a, b, _ in pairs)
                  + sum(int(c) * (int(c) - 1) // 2 for c in copies))
-    for i in np.flatnonzero(rep_of != np.arange(len(x))).tolist():
+    for i in copied:
         r = int(rep_of[i])
         pairs.append((r, i, float(x[r] @ x[i])))  # at or above 1 - TOLERANCE: unit rows
         if duplicate_of[r] < 0:
