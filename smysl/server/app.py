@@ -152,6 +152,7 @@ def _build(embedder: BaseEmbedder | None, config: ServerConfig, *,
         routers.append(rerank_routes.router(reranking, root=service is None))
         if service is None:  # the embedding model's /info describes it otherwise
             routers.append(rerank_routes.info_router(reranking))
+    routers.append(openai_routes.models_router(service, reranking))
     for router in routers:
         app.include_router(router)
 

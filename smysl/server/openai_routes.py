@@ -1,4 +1,5 @@
-"""OpenAI-compatible routes: ``POST /v1/embeddings``, ``GET /v1/models``, ``GET /v1/models/{id}``.
+"""OpenAI-compatible routes: ``POST /v1/embeddings``, ``GET /v1/models``, ``GET /v1/models/{id}``
+(these two list the reranker too).
 
 Extensions (ignored by OpenAI's own API, accepted here): ``instruction`` (a task description or
 preset name; makes the inputs queries), ``input_type`` (``query`` or ``document``) and
@@ -8,6 +9,7 @@ preset name; makes the inputs queries), ``input_type`` (``query`` or ``document`
 from __future__ import annotations
 
 import base64
+import time
 from typing import Literal
 
 from fastapi import APIRouter, Response
@@ -17,6 +19,7 @@ from starlette.types import Receive
 from smysl.server.errors import ApiError
 from smysl.server.fast import FastRoutes
 from smysl.server.http import json_response
+from smysl.server.rerank_routes import RerankService
 from smysl.server.service import Service, split_inputs, until_disconnected
 
 Input = StrictStr | list[StrictStr] | list[StrictInt] | list[list[StrictInt]]
@@ -64,7 +67,8 @@ class ModelCard(BaseModel):
     object: Literal["model"] = "model"
     created: int
     owned_by: str
-    dimensions: int
+    dimensions: int | None = Field(description="the width a request without dimensions gets "
+                                               "(null for a reranker)")
     max_model_len: int | None
 
 
@@ -75,14 +79,6 @@ class ModelList(BaseModel):
 
 def router(service: Service, fast: FastRoutes) -> APIRouter:
     r = APIRouter(tags=["openai"])  # no prefix: /embeddings is an alias, as in TEI
-
-    def card() -> dict[str, object]:
-        model = service.info()
-        # OpenAI's fields, plus the width and context that vLLM-style clients read: the width
-        # a request without ``dimensions`` gets (``--dimensions``), which sizes their stores
-        return {"id": service.model_id, "object": "model", "created": int(service.started),
-                "owned_by": "smysl", "dimensions": service.dimensions(None),
-                "max_model_len": model.max_tokens}
 
     @fast.post(r, EmbeddingRequest, "/v1/embeddings", "/embeddings",
                response_model=EmbeddingResponse)
@@ -117,15 +113,49 @@ def router(service: Service, fast: FastRoutes) -> APIRouter:
                                         "total_tokens": result.tokens}},
                              headers=service.timing_headers(result))
 
+    return r
+
+
+def models_router(service: Service | None, reranking: RerankService | None) -> APIRouter:
+    """``GET /v1/models`` and ``/v1/models/{id}``: every served model, the embedding model first
+    (as vLLM lists the reranker it serves: clients pick a model from this list)."""
+    r = APIRouter(tags=["openai"])
+    started = int(service.started if service is not None else time.time())
+
+    def cards() -> list[dict[str, object]]:
+        # OpenAI's fields, plus the width and context that vLLM-style clients read: the width
+        # a request without ``dimensions`` gets (``--dimensions``), which sizes their stores
+        out: list[dict[str, object]] = []
+        if service is not None:
+            out.append({"id": service.model_id, "object": "model", "created": started,
+                        "owned_by": "smysl", "dimensions": service.dimensions(None),
+                        "max_model_len": service.info().max_tokens})
+        if reranking is not None:
+            out.append({"id": reranking.model_id, "object": "model", "created": started,
+                        "owned_by": "smysl", "dimensions": None,
+                        "max_model_len": reranking.reranker.info().max_tokens})
+        return out
+
     @r.get("/v1/models", response_model=ModelList)
     async def models() -> Response:
-        """The served model."""
-        return json_response({"object": "list", "data": [card()]})
+        """The served models."""
+        return json_response({"object": "list", "data": cards()})
 
     @r.get("/v1/models/{model:path}", response_model=ModelCard)
     async def model(model: str) -> Response:
-        """One model, if it is the served one (404 otherwise)."""
-        service.resolve_model(model)
-        return json_response(card())
+        """One model, if it is a served one (404 otherwise)."""
+        served = [s for s in (service, reranking) if s is not None]
+        refusals = []
+        for s, card in zip(served, cards(), strict=True):
+            try:
+                s.resolve_model(model)
+            except ApiError as e:
+                refusals.append(e)
+                continue
+            return json_response(card)
+        if len(refusals) == 1:
+            raise refusals[0]
+        raise ApiError("not_found", f"model {model!r} is not served here; this server serves "
+                       f"{[c['id'] for c in cards()]}", param="model")
 
     return r

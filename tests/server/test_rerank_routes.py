@@ -142,6 +142,33 @@ def test_reranker_alone_serves_health_metrics_and_no_embeddings(client: Any,
     assert info["device"] == "cpu"
 
 
+def test_v1_models_lists_the_reranker_alone_or_beside_the_embedding_model(
+        client: Any, reranker: Any) -> None:
+    """A reranker served alone was a 404 on /v1/models, where OpenAI-style clients look for
+    the served models; beside an embedding model it was left out of the list."""
+    from fastapi.testclient import TestClient
+
+    from smysl.server import create_app
+
+    listed = client.get("/v1/models")
+    assert listed.status_code == 200, listed.text
+    (card,) = listed.json()["data"]
+    assert card["id"] == reranker.name and card["dimensions"] is None
+    assert card["max_model_len"] == reranker.max_tokens
+    assert client.get(f"/v1/models/{reranker.name}").json() == card
+    missing = client.get("/v1/models/text-embedding-3-small")
+    assert missing.status_code == 404 and reranker.name in missing.text
+    with TestClient(create_app(HashEmbedder(), reranker=reranker)) as both:
+        ids = [c["id"] for c in both.get("/v1/models").json()["data"]]
+        assert ids == [HashEmbedder().name, reranker.name]
+        assert both.get(f"/v1/models/{reranker.name}").json()["dimensions"] is None
+        assert both.get(f"/v1/models/{HashEmbedder().name}").json()["dimensions"] == \
+            HashEmbedder.dimensions
+        missing = both.get("/v1/models/text-embedding-3-small")
+        assert missing.status_code == 404
+        assert all(i in missing.json()["error"]["message"] for i in ids)
+
+
 @pytest.mark.parametrize("queues", [False, True])
 def test_concurrent_requests_share_forward_passes(reranker: Any, queues: bool) -> None:
     """issue 15: rerank requests go through the dynamic batcher: 24 concurrent small requests
