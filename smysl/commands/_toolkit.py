@@ -20,9 +20,11 @@ _RANGE = {">": "$gt", ">=": "$gte", "<": "$lt", "<=": "$lte"}
 
 
 def add_table_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--input", "-i", required=True, help="input .csv or .jsonl (- = JSONL stdin)")
+    p.add_argument("--input", "-i", required=True,
+                   help="input .csv, .jsonl or .json (an array of objects; - = JSONL stdin)")
     p.add_argument("--text-field", default="text", help="column with the text (default: text)")
-    p.add_argument("--output", "-o", default="-", help="output .csv or .jsonl (- = stdout JSONL)")
+    p.add_argument("--output", "-o", default="-",
+                   help="output .csv, .jsonl or .json (- = stdout JSONL)")
     p.add_argument("--dimensions", type=int, help="Matryoshka output size")
     p.add_argument("--instruction", help="embedding instruction or preset ('' for none); "
                                          "default: the task preset on instruction-aware models")

@@ -31,7 +31,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     mode = p.add_mutually_exclusive_group(required=True)
     mode.add_argument("--labels", help="zero-shot labels: 'a,b,c', or a .csv/.jsonl/.json file "
                                        "of label -> description")
-    mode.add_argument("--train", help="labelled .csv/.jsonl to train on")
+    mode.add_argument("--train", help="labelled .csv/.jsonl/.json (array) to train on")
     mode.add_argument("--load", help="saved classifier (.npz) to apply")
     p.add_argument("--label-field", default=None,
                    help="column with gold labels (default label; given, it must exist)")

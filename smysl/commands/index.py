@@ -85,8 +85,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     _store_arguments(s)
     s.add_argument("queries", nargs="*", help="query texts (before or after the options)")
     s.set_defaults(_rest="queries")
-    s.add_argument("--queries-file", help="more queries: .txt (one per line), .csv or .jsonl "
-                                           "(- : JSONL rows on stdin)")
+    s.add_argument("--queries-file", help="more queries: .txt (one per line), .csv, .jsonl or "
+                                           ".json (- : JSONL rows on stdin)")
     s.add_argument("--query-field", help="--queries-file csv/jsonl: query column (default: "
                                           "query)")
     add_model_arguments(s, required=False)
@@ -120,7 +120,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "texts of a RAG prompt (default table)")
     s.add_argument("--context-chars", type=int, default=None, metavar="N",
                    help="--format context: most characters per query (default 8000)")
-    s.add_argument("--output", "-o", help="write hit rows to .csv or .jsonl instead")
+    s.add_argument("--output", "-o", help="write hit rows to .csv, .jsonl or .json instead")
 
     v = sub.add_parser("verify", help="check every stored vector (exit 1 when any is damaged); "
                                       "loads no model unless --model is given")

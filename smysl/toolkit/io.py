@@ -1,4 +1,5 @@
-"""Reading and writing row tables: CSV (header row) and JSONL (one object per line)."""
+"""Reading and writing row tables: CSV (header row), JSONL (one object per line) and JSON (an
+array of objects, as exports and ``json.dump`` write them)."""
 
 from __future__ import annotations
 
@@ -16,13 +17,16 @@ TABLE_SUFFIXES = (".csv", ".jsonl", ".ndjson")
 
 
 def table_format(path: str | Path) -> str:
-    """``"csv"`` or ``"jsonl"`` from the suffix (``-`` means JSONL on stdin/stdout)."""
+    """``"csv"``, ``"jsonl"`` or ``"json"`` from the suffix (``-`` means JSONL on
+    stdin/stdout)."""
     suffix = Path(str(path)).suffix.lower()
     if suffix == ".csv":
         return "csv"
-    if str(path) == "-" or suffix in (".jsonl", ".ndjson", ".json"):
+    if suffix == ".json":
+        return "json"
+    if str(path) == "-" or suffix in (".jsonl", ".ndjson"):
         return "jsonl"
-    raise ValueError(f"{path}: expected a .csv or .jsonl file")
+    raise ValueError(f"{path}: expected a .csv, .jsonl or .json file")
 
 
 def check_output(path: str | Path) -> None:
@@ -60,6 +64,8 @@ def iter_rows(path: str | Path) -> Iterator[dict[str, Any]]:
     try:
         if fmt == "csv":
             yield from _csv(f, name)
+        elif fmt == "json":
+            yield from _json(f, name)
         else:
             yield from _jsonl(f, "<stdin>" if stdin else str(path))
     except UnicodeDecodeError as e:  # the codec's message names no file
@@ -98,6 +104,24 @@ def _jsonl(f: TextIO, name: str) -> Iterator[dict[str, Any]]:
         yield row
 
 
+def _json(f: TextIO, name: str) -> Iterator[dict[str, Any]]:
+    """A ``.json`` file's rows: an array of objects, or JSON Lines under that suffix (read
+    as such, as they were before arrays were)."""
+    text = f.read()
+    if not text.lstrip().startswith("["):
+        yield from _jsonl(io.StringIO(text), name)
+        return
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{name}: invalid JSON: {e}") from None
+    for n, row in enumerate(data, 1):
+        if not isinstance(row, dict):
+            raise ValueError(f"{name}: item {n} of the array is a {type(row).__name__}; a "
+                             ".json table is an array of objects")
+        yield row
+
+
 def read_column(path: str | Path, field: str) -> tuple[list[str], list[dict[str, Any]]]:
     """The ``field`` column as strings, and the full rows."""
     rows = list(iter_rows(path))
@@ -124,6 +148,9 @@ def write_rows(path: str | Path, rows: Iterable[Mapping[str, Any]]) -> None:
         if fmt == "jsonl":
             for r in rows:
                 out.write(json.dumps(dict(r), ensure_ascii=False) + "\n")
+        elif fmt == "json":  # an array, an object a line: valid JSON, and still greppable
+            out.write("[" + ",\n ".join(json.dumps(dict(r), ensure_ascii=False)
+                                         for r in rows) + "]\n")
         else:
             fields: dict[str, None] = {}
             for r in rows:

@@ -1,0 +1,46 @@
+"""Row tables in and out: CSV, JSONL and JSON arrays."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from smysl.toolkit.io import iter_rows, read_column, table_format, write_rows
+
+ROWS = [{"id": "a", "text": "Кошка мурлычет."}, {"id": "b", "text": "Dogs bark.", "n": 2}]
+
+
+def test_a_json_array_is_read_as_rows_and_written_as_one(tmp_path: Path) -> None:
+    """A ``.json`` array of objects (an export, ``json.dump``) was read line by line as JSON
+    Lines and failed on its first line; a ``.json`` output was JSON Lines, no JSON at all."""
+    src = tmp_path / "in.json"
+    src.write_text(json.dumps(ROWS, ensure_ascii=False, indent=2), encoding="utf-8")
+    assert table_format(src) == "json"
+    assert list(iter_rows(src)) == ROWS
+    assert read_column(src, "text")[0] == [r["text"] for r in ROWS]
+    out = tmp_path / "out.json"
+    write_rows(out, ROWS)
+    assert json.loads(out.read_text(encoding="utf-8")) == ROWS
+    assert list(iter_rows(out)) == ROWS
+    write_rows(out, [])
+    assert json.loads(out.read_text(encoding="utf-8")) == []
+
+
+def test_json_lines_under_json_are_still_read(tmp_path: Path) -> None:
+    src = tmp_path / "lines.json"
+    src.write_text("".join(json.dumps(r) + "\n" for r in ROWS), encoding="utf-8")
+    assert list(iter_rows(src)) == ROWS
+
+
+@pytest.mark.parametrize(("content", "words"), [
+    ('[{"text": "x"}, "y"]', "item 2 of the array is a str"),
+    ('[{"text": "x"},', "invalid JSON"),
+])
+def test_a_bad_json_array_is_named(tmp_path: Path, content: str, words: str) -> None:
+    src = tmp_path / "bad.json"
+    src.write_text(content, encoding="utf-8")
+    with pytest.raises(ValueError, match=words) as e:
+        list(iter_rows(src))
+    assert str(src) in str(e.value)
