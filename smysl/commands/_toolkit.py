@@ -88,16 +88,33 @@ def column(rows: Iterable[Mapping[str, Any]], field: str, source: str, option: s
 
 
 @contextlib.contextmanager
-def rows_of(source: str) -> Iterator[None]:
+def rows_of(source: str, positions: list[int] | None = None) -> Iterator[None]:
     """An over-long text of the table ``source`` named by its file and row (1-based, as
     :func:`column` counts them), not as "input N" of whichever call embedded it (a
-    classifier's training texts, its inputs, or its label descriptions)."""
+    classifier's training texts, its inputs, or its label descriptions). ``positions``: the
+    row of each text embedded, where some rows were left out (:func:`with_text`)."""
     try:
         yield
     except InputTooLongError as e:
         name = "<stdin>" if source == "-" else source
-        raise ValueError(e.describe(f"{name}, row {e.index + 1}: the text", audience="cli")
+        row = (positions[e.index] if positions is not None else e.index) + 1
+        raise ValueError(e.describe(f"{name}, row {row}: the text", audience="cli")
                          ) from None
+
+
+def with_text(texts: list[str], source: str, command: str, what: str) -> list[int]:
+    """The positions of the texts that have a character other than whitespace. A blank text
+    embeds as the end-of-text token alone, a vector that means nothing, and was given a label
+    with a confident score, or a cluster of its own; such rows are named on stderr and left
+    without ``what`` (null)."""
+    kept = [i for i, t in enumerate(texts) if t.strip()]
+    if len(kept) < len(texts):
+        blank = [i + 1 for i, t in enumerate(texts) if not t.strip()]
+        shown = ", ".join(map(str, blank[:10])) + (", ..." if len(blank) > 10 else "")
+        name = "<stdin>" if source == "-" else source
+        print(f"smysl {command}: warning: {len(blank)} row(s) of {name} have no text "
+              f"(row {shown}); their {what} is null", file=sys.stderr)
+    return kept
 
 
 def labels_in(rows: Iterable[Mapping[str, Any]], field: str, source: str, option: str

@@ -6,7 +6,7 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from smysl.commands import given
 from smysl.commands._model import add_model_arguments, load_model
@@ -16,6 +16,7 @@ from smysl.commands._toolkit import (
     progress,
     refuse_overwrite,
     rows_of,
+    with_text,
 )
 from smysl.tokenize import InputTooLongError
 
@@ -197,6 +198,10 @@ def run(args: argparse.Namespace) -> int:
         except (FileNotFoundError, IsADirectoryError, PermissionError) as e:
             raise ValueError(f"--train {args.train}: {e.strerror or e}") from None
         labels = labels_in(train_rows, label_field, args.train, "--label-field")
+        blank = next((n for n, t in enumerate(train, 1) if not t.strip()), None)
+        if blank is not None:  # an example without text teaches its label a vector of nothing
+            raise ValueError(f"--train {args.train}: row {blank} has no text "
+                             f"({args.text_field!r}); a training example needs one")
         try:
             check_training_labels(labels)
         except ValueError as e:
@@ -212,10 +217,12 @@ def run(args: argparse.Namespace) -> int:
                 raise
             raise ValueError(flag + str(e).partition(" ")[2]) from None
         training = train, labels, config
+    kept = with_text(texts, args.input, "classify", "prediction")
     model = load_model(args.model, args)
     show = progress(args)
     scores: list[float] | None = None
     candidates: list[str]
+    texts = [texts[i] for i in kept]
     if labels_by_name is not None:
         try:
             zs = ZeroShotClassifier(model, labels_by_name, instruction=args.instruction,
@@ -224,7 +231,7 @@ def run(args: argparse.Namespace) -> int:
             name = list(labels_by_name)[e.index]
             raise ValueError(e.describe(f"--labels {args.labels}: the description of label "
                                         f"{name!r}", audience="cli")) from None
-        with rows_of(args.input):
+        with rows_of(args.input, kept):
             sims = zs.scores(texts, progress=show)
         pred = [zs.labels[int(i)] for i in sims.argmax(axis=1)]
         scores = [float(x) for x in sims.max(axis=1)]
@@ -240,18 +247,22 @@ def run(args: argparse.Namespace) -> int:
                 print(f"saved classifier to {args.save}", file=sys.stderr)
         else:
             clf = loaded
-        with rows_of(args.input):
+        with rows_of(args.input, kept):
             pred = clf.predict(model, texts, progress=show, truncate=args.truncate)
         candidates = [str(c) for c in clf.classes]
-    out = [{**r, "predicted": p} | ({"score": round(s, 6)} if scores else {})
-           for r, p, s in zip(rows, pred, scores or [0.0] * len(pred), strict=True)]
-    write_rows(args.output, out)
+    zero_shot = scores is not None  # adds a score column
+    results: list[dict[str, Any]] = [{"predicted": None} | ({"score": None} if zero_shot else {})
+                                     for _ in rows]
+    for n, (i, p) in enumerate(zip(kept, pred, strict=True)):
+        results[i] = {"predicted": p} | ({"score": round(scores[n], 6)} if scores else {})
+    write_rows(args.output, [{**r, **x} for r, x in zip(rows, results, strict=True)])
     if gold is not None:
-        match = match_gold(gold, candidates)
+        match = match_gold([gold[i] for i in kept], candidates)
         if match.gold is None:
             print(f"smysl classify: {match.message(candidates, label_field)}",
                   file=sys.stderr)
         else:
-            print(f"accuracy {accuracy(pred, match.gold):.4f} on {len(pred)} texts",
-                  file=sys.stderr)
+            left = len(rows) - len(kept)
+            print(f"accuracy {accuracy(pred, match.gold):.4f} on {len(pred)} texts"
+                  + (f" ({left} without text left out)" if left else ""), file=sys.stderr)
     return 0

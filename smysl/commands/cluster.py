@@ -15,6 +15,7 @@ from smysl.commands._toolkit import (
     progress,
     refuse_overwrite,
     rows_of,
+    with_text,
 )
 from smysl.files import replacing
 
@@ -77,11 +78,15 @@ def run(args: argparse.Namespace) -> int:
                            truncate=args.truncate)
     texts, rows = read_column(args.input, args.text_field)
     refuse_overwrite(rows, ["cluster"], args.input)
+    kept = with_text(texts, args.input, "cluster", "cluster")
+    texts = [texts[i] for i in kept]
     model = load_model(args.model, args)
-    with rows_of(args.input):
+    with rows_of(args.input, kept):
         result = cluster_texts(model, texts, config, progress=progress(args))
-    write_rows(args.output, [{**r, "cluster": int(c)}
-                             for r, c in zip(rows, result.labels, strict=True)])
+    clusters: list[int | None] = [None] * len(rows)
+    for i, c in zip(kept, result.labels, strict=True):
+        clusters[i] = int(c)
+    write_rows(args.output, [{**r, "cluster": c} for r, c in zip(rows, clusters, strict=True)])
     summary: list[dict[str, Any]] = [{"cluster": c.label, "size": c.size,
                 "representatives": [texts[i] for i in c.representatives]}
                for c in result.clusters]

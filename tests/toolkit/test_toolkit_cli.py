@@ -512,7 +512,7 @@ def test_index_search_takes_queries_after_options_and_refuses_ignored_flags(
                         (["--mode", "text", "--instruction", "x"], "--instruction does "),
                         (["--mode", "text", "--approximate"], "--approximate does "),
                         (["  "], "a query is empty"),
-                        (["-o", str(data / "h.txt")], "expected a .csv or .jsonl file"),
+                        (["-o", str(data / "h.txt")], "expected a .csv, .jsonl or .json file"),
                         (["-o", str(data / "nowhere" / "h.csv")], "no such folder")):
         assert main(["index", "search", kb, "alpha", "--device", "cpu", *flags]) == 2, flags
         assert says in capsys.readouterr().err, flags
@@ -521,7 +521,7 @@ def test_index_search_takes_queries_after_options_and_refuses_ignored_flags(
     for command in (["classify", "--labels", "a,b"], ["cluster", "--k", "2"], ["dedup"]):
         assert main([command[0], "--model", str(tiny_dir), "--device", "cpu", "-i",
                      str(data / "rows.csv"), *command[1:], "-o", str(data / "out.txt")]) == 2
-        assert "expected a .csv or .jsonl file" in capsys.readouterr().err
+        assert "expected a .csv, .jsonl or .json file" in capsys.readouterr().err
 
 
 def test_a_misspelt_meta_field_of_a_csv_is_refused(tiny_dir, data, capsys) -> None:
@@ -706,3 +706,39 @@ def test_rerank_refuses_a_csv_output(tmp_path, capsys) -> None:
                  "-o", str(tmp_path / "out.csv")]) == 2
     assert "rerank writes JSON lines; name it .jsonl" in capsys.readouterr().err
     assert not (tmp_path / "out.csv").exists()
+
+
+def test_rows_without_text_get_no_label_and_no_cluster(tiny_dir, data, capsys) -> None:
+    """A blank text embeds as the end-of-text token alone: classify gave it a confident
+    label (and counted it in the accuracy), cluster put it in a cluster. Such rows are now
+    named and left null; a training row without text is refused; an over-long text after
+    them is named by its own row."""
+    model = ["--model", str(tiny_dir), "--device", "cpu", "--no-progress"]
+    rows = [{"text": "billing question", "label": "x"}, {"text": "", "label": "y"},
+            {"text": "  \n", "label": "y"}, {"text": "the app crashes", "label": "y"},
+            {"text": "refund please", "label": "x"}]
+    src = _jsonl(data / "blank.jsonl", rows)
+    out = data / "out.jsonl"
+    assert main(["classify", *model, "-i", src, "--labels", "x,y", "-o", str(out)]) == 0
+    err = capsys.readouterr().err
+    assert "2 row(s) of" in err and "(row 2, 3)" in err and "prediction is null" in err
+    assert "on 3 texts (2 without text left out)" in err
+    got = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
+    assert [(g["predicted"], g["score"]) for g in got[1:3]] == [(None, None)] * 2
+    assert all(g["predicted"] in ("x", "y") and g["score"] > 0 for g in got[::3] + got[4:])
+    assert [g["text"] for g in got] == [r["text"] for r in rows]  # no row lost
+    train = _jsonl(data / "train.jsonl", [r for r in rows if r["text"] != ""])
+    assert main(["classify", *model, "-i", src, "--train", train, "-o", str(out)]) == 2
+    assert "train.jsonl: row 2 has no text ('text')" in capsys.readouterr().err
+    good = _jsonl(data / "good.jsonl", [r for r in rows if r["text"].strip()])
+    assert main(["classify", *model, "-i", src, "--train", good, "-o", str(out)]) == 0
+    got = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
+    assert [g["predicted"] for g in got][1:3] == [None, None] and "score" not in got[0]
+    assert main(["cluster", *model, "-i", src, "--k", "2", "-o", str(out)]) == 0
+    assert "cluster is null" in capsys.readouterr().err
+    got = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
+    assert [g["cluster"] for g in got][1:3] == [None, None]
+    assert all(g["cluster"] in (0, 1) for g in got[::3] + got[4:])
+    _jsonl(data / "blank.jsonl", [*rows, {"text": "word " * 600, "label": "x"}])
+    assert main(["cluster", *model, "-i", src, "--k", "2", "-o", str(out)]) == 2
+    assert "blank.jsonl, row 6: the text has" in capsys.readouterr().err
