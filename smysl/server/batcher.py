@@ -60,8 +60,9 @@ class Job:
     tokens of each item (estimates for text backends that cannot count). ``disconnected`` is
     an awaitable factory that completes when the client goes away (see
     :func:`smysl.server.service.until_disconnected`); such a job is dropped before compute.
-    ``timeout_s`` is the job's time budget from enqueueing: past it the handler answers
-    ``timeout`` and the compute thread abandons the rest of the job.
+    ``timeout_s`` is the job's time budget from the request's arrival (its :class:`Slot`'s;
+    without one, from enqueueing): past it the handler answers ``timeout`` and the compute
+    thread abandons the rest of the job.
     """
 
     key: tuple[Hashable, ...]
@@ -108,10 +109,16 @@ def _shutting_down() -> ApiError:
     return ApiError("shutting_down", "the server is shutting down; retry elsewhere")
 
 
-def _timeout(job: Job) -> ApiError:
+def timed_out(timeout_s: float) -> ApiError:
+    """The 504 of a request past its time budget (``request_timeout_s``)."""
     return ApiError("timeout", f"the request did not finish within the server's time budget "
-                    f"of {job.timeout_s:g} s per request (request_timeout_s); send fewer or "
+                    f"of {timeout_s:g} s per request (request_timeout_s); send fewer or "
                     "shorter inputs per request")
+
+
+def _timeout(job: Job) -> ApiError:
+    assert job.timeout_s is not None  # only a job with a budget expires
+    return timed_out(job.timeout_s)
 
 
 @dataclass(frozen=True)
@@ -175,9 +182,14 @@ class EmbedBackend:
 
 
 class Slot:
-    """A request's place in the queue while it is tokenised (:meth:`Batcher.admitted`)."""
+    """A request's place in the queue while it is tokenised (:meth:`Batcher.admitted`), and
+    when it arrived: its time budget counts from then (a request that waited 30 s for a
+    tokenizer thread answered 200 on a 5 s budget)."""
 
     released = False
+
+    def __init__(self) -> None:
+        self.arrived = time.perf_counter()
 
 
 class Batcher:
@@ -290,7 +302,10 @@ class Batcher:
                 self._check_room_locked()
             job.enqueued = time.perf_counter()
             if job.timeout_s is not None:
-                job.deadline = job.enqueued + job.timeout_s
+                job.deadline = (slot.arrived if slot is not None else job.enqueued
+                                ) + job.timeout_s
+                if job.deadline <= job.enqueued:  # spent while it was tokenised
+                    raise _timeout(job)
             self._pending.append(job)
             depth = len(self._pending)
             self._cond.notify()  # the compute thread

@@ -45,13 +45,19 @@ from smysl.base import UpstreamError
 from smysl.pooling import NonFiniteError
 from smysl.registry import names_of
 from smysl.rerank import BaseReranker, PairError, RerankTokens, order
-from smysl.server.batcher import BackendDown, Batcher, Job
+from smysl.server.batcher import BackendDown, Batcher, Job, Slot
 from smysl.server.config import ServerConfig
 from smysl.server.errors import ApiError, upstream_failed
 from smysl.server.health import BackendHealth
 from smysl.server.http import json_response
 from smysl.server.metrics import BatchMetrics, HealthMetrics, Metrics
-from smysl.server.service import CHARS_PER_TOKEN, Disconnected, check_unicode, until_disconnected
+from smysl.server.service import (
+    CHARS_PER_TOKEN,
+    Disconnected,
+    check_unicode,
+    off_loop,
+    until_disconnected,
+)
 from smysl.server.tei_routes import info_body
 from smysl.tokenize import Direction, InputTooLongError
 
@@ -245,7 +251,20 @@ class RerankService:
                                "truncation cuts the end)", param="truncation_direction")
             return await self._remote(query, documents, instruction, truncate, raw, chars, what)
         assert self.batcher is not None
-        self.batcher.check_room()  # a full queue answers 429 before any tokenising
+        # a full queue answers 429 before any tokenising, and the request holds its place
+        # while it is tokenised (its time budget counts from here)
+        with self.batcher.admitted() as slot:
+            return await self._local(slot, query, documents, instruction, truncate, raw,
+                                     direction, max_document_tokens, cut, chars, what,
+                                     disconnected)
+
+    async def _local(self, slot: Slot, query: str, documents: list[str],
+                     instruction: str | None, truncate: bool, raw: bool,
+                     direction: Direction, max_document_tokens: int | None, cut: int | None,
+                     chars: int, what: str, disconnected: Disconnected | None) -> Scored:
+        """:meth:`score` on the local reranker, within the queue place ``slot`` holds."""
+        assert self.batcher is not None and self.tokens is not None
+        cfg = self.config
         tokens = self.tokens
         pairs = [(query, d) for d in documents]
 
@@ -256,7 +275,7 @@ class RerankService:
 
         try:
             ids = (tokenize() if chars <= _INLINE_CHARS
-                   else await anyio.to_thread.run_sync(tokenize, limiter=self.tokenizers))
+                   else await off_loop(tokenize, self.tokenizers, slot, cfg.request_timeout_s))
         except InputTooLongError as e:
             raise ApiError("too_long", e.describe(f"{what}[{e.index}] with the query"),
                            param=what) from None
@@ -275,7 +294,7 @@ class RerankService:
         job = Job(key=("ids",), items=ids, lengths=[len(x) for x in ids], dimensions=2,
                   normalize=False, disconnected=disconnected, timeout_s=cfg.request_timeout_s)
         try:
-            rows = await self.batcher.submit(job)  # finite rows (finish() checks them)
+            rows = await self.batcher.submit(job, slot)  # finite rows (finish() checks them)
         except NonFiniteError as e:  # the model's failure on this pair: never null or NaN
             raise ApiError("internal", f"the reranker {self.model_id!r} computed a non-finite "
                            f"score for {what}[{e.index}]") from None

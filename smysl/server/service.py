@@ -18,7 +18,7 @@ from smysl import tokenize
 from smysl.base import BaseEmbedder, ModelInfo, Role, TokenLevel, UpstreamError
 from smysl.pooling import NonFiniteError
 from smysl.registry import names_of
-from smysl.server.batcher import BackendDown, Batcher, EmbedBackend, Job, Slot
+from smysl.server.batcher import BackendDown, Batcher, EmbedBackend, Job, Slot, timed_out
 from smysl.server.config import ServerConfig
 from smysl.server.errors import ApiError, upstream_failed
 from smysl.server.health import BackendHealth
@@ -49,6 +49,20 @@ def check_unicode(value: str | None, what: str, *, param: str | None = None) -> 
         tokenize.check_unicode(value, what)
     except ValueError as e:
         raise ApiError("invalid", str(e), param=param or what) from None
+
+
+async def off_loop(run: Callable[[], _T], limiter: anyio.CapacityLimiter, slot: Slot,
+                   budget: float | None) -> _T:
+    """``run()`` in a thread of ``limiter`` (tokenising a large request on the event loop
+    would stall every other client); 504 once the request's time budget (``budget`` seconds
+    from ``slot``'s arrival; None: none) is spent waiting for a thread."""
+    if not budget:
+        return await anyio.to_thread.run_sync(run, limiter=limiter)
+    try:
+        with anyio.fail_after(max(0.0, slot.arrived + budget - time.perf_counter())):
+            return await anyio.to_thread.run_sync(run, limiter=limiter)
+    except TimeoutError:
+        raise timed_out(budget) from None
 
 
 def until_disconnected(receive: Callable[[], Awaitable[Mapping[str, Any]]]) -> Disconnected:
@@ -214,11 +228,11 @@ class Service:
                            "allowed per request (max_request_tokens); split it", param=what)
 
     # ------------------------------------------------------------------ embedding
-    async def count_tokens(self, texts: list[str]) -> list[int] | None:
+    async def _count_tokens(self, texts: list[str], slot: Slot) -> list[int] | None:
         """Tokens per formatted text, or None when the backend cannot count."""
         try:
             return list(await self._off_loop(lambda: self.embedder.count_tokens(texts),
-                                             sum(map(len, texts))))
+                                             sum(map(len, texts)), slot))
         except NotImplementedError:
             return None
 
@@ -243,7 +257,7 @@ class Service:
         except ValueError as e:
             raise ApiError("invalid", str(e), param="instruction") from None
         if self.tokens is not None:
-            ids = await self._tokenize(self.tokens, formatted, truncate, direction, what)
+            ids = await self._tokenize(self.tokens, formatted, truncate, direction, what, slot)
             lengths = [len(x) for x in ids]
             self.check_tokens(lengths, what)
             job = Job(key=("ids",), items=ids, lengths=lengths, dimensions=dimensions,
@@ -252,7 +266,7 @@ class Service:
             vectors = await self._submit(job, slot)
             return Embedded(vectors, sum(lengths), job.queue_s, job.compute_s,
                             time.perf_counter() - t0)
-        counts = await self.count_tokens(formatted)
+        counts = await self._count_tokens(formatted, slot)
         limit = self.embedder.max_tokens
         if counts is not None and limit is not None:
             if not truncate:
@@ -279,23 +293,31 @@ class Service:
                         job.compute_s, time.perf_counter() - t0)
 
     async def _tokenize(self, tokens: TokenLevel, texts: list[str], truncate: bool,
-                        direction: Direction, what: str) -> list[list[int]]:
+                        direction: Direction, what: str, slot: Slot) -> list[list[int]]:
         """Token ids as embedded (EOS last, truncated as asked); long requests off the loop."""
 
         def run() -> list[list[int]]:
             return tokens.tokenize(texts, truncate=truncate, direction=direction)
 
         try:
-            return await self._off_loop(run, sum(map(len, texts)))
+            return await self._off_loop(run, sum(map(len, texts)), slot)
         except InputTooLongError as e:
             raise self._too_long(what, e) from None
 
-    async def _off_loop(self, run: Callable[[], _T], size: int) -> _T:
+    async def tokenizer_work(self, run: Callable[[], _T], size: int) -> _T:
+        """``run()`` for a route that only tokenises or decodes (TEI ``/tokenize``,
+        ``/decode``): admitted as an embedding request is (429 on a full queue; they took
+        the tokenizer threads with no bound, and large embedding requests waited behind them
+        for 33 s), within the time budget."""
+        with self.batcher.admitted() as slot:
+            return await self._off_loop(run, size, slot)
+
+    async def _off_loop(self, run: Callable[[], _T], size: int, slot: Slot) -> _T:
         """``run()``: inline for a request of at most :data:`_INLINE_SIZE` characters or
-        tokens, else in a tokenizer thread (a large one would stall every other client)."""
+        tokens, else in a tokenizer thread (:func:`off_loop`)."""
         if size <= _INLINE_SIZE:
             return run()
-        return await anyio.to_thread.run_sync(run, limiter=self.tokenizers)
+        return await off_loop(run, self.tokenizers, slot, self.config.request_timeout_s)
 
     @staticmethod
     def _too_long(what: str, e: InputTooLongError) -> ApiError:
@@ -334,7 +356,7 @@ class Service:
             return tokens.prepare_token_ids(ids, truncate=truncate, direction=direction)
 
         try:
-            seqs = await self._off_loop(prepare, sum(map(len, ids)))
+            seqs = await self._off_loop(prepare, sum(map(len, ids)), slot)
         except InputTooLongError as e:
             raise self._too_long(what, e) from None
         except ValueError as e:
@@ -366,7 +388,7 @@ class Service:
             return tokens.decode(ids, skip_special_tokens=skip_special_tokens)
 
         try:
-            return await self._off_loop(run, sum(map(len, ids)))
+            return await self.tokenizer_work(run, sum(map(len, ids)))
         except ValueError as e:
             raise ApiError("invalid", str(e), param=what) from None
 

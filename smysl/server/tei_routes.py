@@ -17,7 +17,6 @@ from __future__ import annotations
 import dataclasses
 from typing import Annotated, Any, Literal
 
-import anyio
 import numpy as np
 from fastapi import APIRouter, Request, Response
 from pydantic import (
@@ -256,8 +255,8 @@ def router(service: Service, fast: FastRoutes) -> APIRouter:
             spans = tokens.token_spans(formatted, add_special_tokens=body.add_special_tokens)
             return [[dataclasses.asdict(t) for t in row] for row in spans]
 
-        # tokenising a large request takes long enough to stall other clients: off the loop
-        out = await anyio.to_thread.run_sync(work, limiter=service.tokenizers)
+        # a large request off the loop (it would stall other clients), admitted as /embed is
+        out = await service.tokenizer_work(work, sum(map(len, formatted)))
         return json_response(out)
 
     @r.post("/decode", response_model=list[str])

@@ -487,3 +487,64 @@ def test_a_server_on_a_queueing_engine_answers_the_same_vectors(tiny) -> None:  
     in_flight = queued.in_flight()
     # 48 requests, 4 a batch: batches were queued behind computing ones, never more than one
     assert max(in_flight) == 2 and in_flight[-1] == 0
+
+
+def test_tokenize_and_decode_take_a_place_in_the_queue(tiny) -> None:  # type: ignore[no-untyped-def]
+    """A review's: TEI /tokenize and /decode never took a place in the queue, so a flood of
+    large ones was never refused (12 of 240K tokens each on a queue of 4: all 200, the last
+    after 34 s) and held the tokenizer threads that large embedding requests wait for."""
+    app = create_app(tiny, ServerConfig(max_queue=1))
+    service = app.state.service
+
+    async def go() -> None:
+        async with client(app) as c:
+            assert (await c.post("/tokenize", json={"inputs": "привет"})).status_code == 200
+            with service.batcher.admitted():  # the queue's one place is taken
+                for path, body in (("/tokenize", {"inputs": "привет " * 1000}),
+                                   ("/tokenize", {"inputs": "x"}),
+                                   ("/decode", {"ids": [1, 2, 3]})):
+                    r = await c.post(path, json=body)
+                    assert r.status_code == 429, (path, r.text)
+                    assert r.headers["Retry-After"]
+            assert (await c.post("/decode", json={"ids": [1, 2, 3]})).status_code == 200
+
+    asyncio.run(go())
+
+
+def test_the_time_budget_counts_from_arrival_and_covers_the_wait_to_be_tokenised(
+        tiny) -> None:  # type: ignore[no-untyped-def]
+    """A review's: the budget (request_timeout_s) began when the job was queued, after
+    tokenising; an embedding request that waited 33 s for a tokenizer thread on a 5 s budget
+    was answered 200. Now the wait for a thread counts, and past the budget it is a 504; a
+    job whose budget was spent before it was queued is refused at once, unqueued."""
+    app = create_app(tiny, ServerConfig(request_timeout_s=0.3))
+    service = app.state.service
+    large = ["слово " * 70] * 12  # > 4,096 characters: tokenised in a thread
+
+    async def go() -> None:
+        holders = [object(), object()]
+        for h in holders:  # both tokenizer threads busy
+            await service.tokenizers.acquire_on_behalf_of(h)
+        try:
+            async with client(app) as c:
+                t0 = time.perf_counter()
+                r = await c.post("/v1/embeddings", json={"input": large})
+                waited = time.perf_counter() - t0
+                assert r.status_code == 504 and r.json()["error"]["code"] == "timeout", r.text
+                assert 0.25 < waited < 2.0, waited
+                r = await c.post("/tokenize", json={"inputs": large})
+                assert r.status_code == 504, r.text
+        finally:
+            for h in holders:
+                service.tokenizers.release_on_behalf_of(h)
+        async with client(app) as c:
+            r = await c.post("/v1/embeddings", json={"input": large})
+            assert r.status_code == 200, r.text
+        batcher = service.batcher
+        with batcher.admitted() as slot:
+            slot.arrived -= 1.0  # its budget spent while it was tokenised
+            with pytest.raises(ApiError, match="time budget"):
+                await batcher.submit(Job(("ids",), [[1, 2]], [2], 32, timeout_s=0.3), slot)
+        assert batcher.depth == 0
+
+    asyncio.run(go())
