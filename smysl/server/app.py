@@ -14,7 +14,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
 from types import FrameType
-from typing import Any
+from typing import Any, cast
 
 import uvicorn
 from fastapi import FastAPI, Request
@@ -556,7 +556,9 @@ def serve(embedder: BaseEmbedder | None, config: ServerConfig, *, ready: Ready |
     server = _Server(uvicorn.Config(
         front, host=config.host, port=config.port, log_level="info",
         access_log=config.access_log and not own_log,
-        timeout_graceful_shutdown=int(config.graceful_timeout_s), **uvicorn_options))
+        # uvicorn annotates an int but hands it to asyncio.timeout, which takes any seconds:
+        # int() made 0.9 s a cut at once
+        timeout_graceful_shutdown=cast(int, config.graceful_timeout_s), **uvicorn_options))
     # uvicorn's own loop choice (uvloop where installed): asyncio.run would take the
     # pure-Python loop, which uvicorn.run avoids
     with asyncio.Runner(loop_factory=server.config.get_loop_factory()) as runner:

@@ -349,7 +349,10 @@ class Service:
         for i, seq in enumerate(ids):
             if not seq:
                 raise ApiError("empty", f"{what}[{i}] is an empty token list", param=what)
-        self.check_tokens([len(x) for x in ids], what)
+        # the cap counts what is embedded: an input ``truncate`` cuts to the model's limit
+        # counts that many (checked again below, once EOS is added)
+        limit = self.embedder.max_tokens if truncate else None
+        self.check_tokens([len(x) if limit is None else min(len(x), limit) for x in ids], what)
         tokens = self.tokens
 
         def prepare() -> list[list[int]]:

@@ -322,6 +322,23 @@ def test_tei_embed_takes_token_ids_where_the_server_does(tiny) -> None:  # type:
         assert r.status_code == 422 and "--token-ids" in r.json()["error"]
 
 
+def test_token_ids_to_truncate_count_what_is_embedded(tiny) -> None:  # type: ignore[no-untyped-def]
+    """A review's: token-id inputs were held to max_request_tokens before truncation, so a
+    long list to truncate was a 422 where the same text was cut and embedded."""
+    long = tiny.tokenize([LONG], truncate=True)[0][:-1] * 3  # ~3x the model's limit
+    config = ServerConfig(token_ids=True, max_request_tokens=tiny.max_tokens + 10)
+    with TestClient(create_app(tiny, config)) as c:
+        r = c.post("/embed", json={"inputs": [long], "truncate": True})
+        assert r.status_code == 200, r.text
+        assert np.array_equal(vecs(r.json()),
+                              tiny.embed_token_ids([long[: tiny.max_tokens - 1]]))
+        r = c.post("/embed", json={"inputs": [long, long], "truncate": True})
+        assert r.status_code in (413, 422), r.text  # 2 x 512 > the cap
+        assert "max_request_tokens" in r.text
+        r = c.post("/embed", json={"inputs": [long]})
+        assert r.status_code in (413, 422), r.text
+
+
 def test_tei_routes_for_other_models_say_so(client) -> None:  # type: ignore[no-untyped-def]
     """/embed_all and /embed_sparse (TEI's per-token and SPLADE outputs) answer 501 with what
     to use instead, not a bare 404."""

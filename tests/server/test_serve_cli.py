@@ -509,3 +509,26 @@ def test_the_server_s_own_key_from_the_environment_goes_to_no_upstream(
     assert main(["serve", "--model", str(tiny_dir), "--device", "cpu", "--in-process",
                  "--api-key", "flag"]) == 0
     assert seen == {"env at load": ("for-the-upstream", "upstream"), "key": "flag"}
+
+
+def test_a_grace_period_under_a_second_is_kept(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A review's: graceful_timeout_s went to uvicorn as int(), so 0.9 s cut the requests in
+    flight at once."""
+    import uvicorn
+    from server_helpers import HashEmbedder
+
+    from smysl.server import ServerConfig, serve
+
+    seen: dict[str, object] = {}
+
+    class Stop(Exception):
+        pass
+
+    def config(*args: object, **kwargs: object) -> None:
+        seen.update(kwargs)
+        raise Stop
+
+    monkeypatch.setattr(uvicorn, "Config", config)
+    with pytest.raises(Stop):
+        serve(HashEmbedder(), ServerConfig(port=0, graceful_timeout_s=0.9))
+    assert seen["timeout_graceful_shutdown"] == 0.9
