@@ -152,6 +152,10 @@ class JobReport:
     bad_examples: list[str] = field(default_factory=list)
     #: Rows that gave no chunk: nothing but whitespace to chunk (chunking jobs only).
     empty_rows: int = 0
+    #: Chunks an index output already held as they are (not embedded again).
+    unchanged: int = 0
+    #: Chunks written with vectors from the embedding cache (not embedded again).
+    cached: int = 0
     #: Files of the input folders that are not JSONL/CSV/Parquet, so not read.
     unread_files: list[str] = field(default_factory=list)
     #: Inputs with the same bytes as an earlier input of this run, "COPY = FIRST": their
@@ -174,7 +178,12 @@ class JobReport:
         line = (f"embedded {self.texts:,} texts ({tokens}) in {self.seconds:.1f} s{rate}; "
                 f"shards: {self.shards_written} written, {self.shards_skipped} already done; "
                 f"-> {shown_output(self.output)}")
-        if not (self.texts or self.shards_skipped or self.bad_rows or self.empty_rows):
+        if self.unchanged:
+            line += f"; {self.unchanged:,} chunks already in the index, kept as they were"
+        if self.cached:
+            line += f"; {self.cached:,} chunks written from the embedding cache"
+        if not (self.texts or self.shards_skipped or self.bad_rows or self.empty_rows
+                or self.unchanged or self.cached):
             line += "; the input held no rows"  # an empty file looked like a job done
         if self.bad_rows:
             line += f"; {self.bad_rows} bad rows skipped"
@@ -852,6 +861,8 @@ class _StoreWriter(_Writer):
         # shard's) or in the cache were not; a shard that kept some leaves the count unknown
         # rather than counting them as embedded
         report.texts += done.embedded
+        report.unchanged += done.unchanged
+        report.cached += done.cached
         report.empty_rows += sum(1 for i in row_ids if i not in chunked)
         tokens = done.tokens if done.embedded == done.chunks else None
         report.tokens = (report.tokens + tokens

@@ -254,7 +254,9 @@ def _csv(source: Source, lines: Iterable[str], id_field: str, text_field: str
     allow_long_csv_fields()
     reader = csv.DictReader(lines)
     try:
-        columns = reader.fieldnames or []
+        if reader.fieldnames is None:  # an empty file: no rows, as an empty JSONL file has
+            return
+        columns = reader.fieldnames
         missing = [c for c in (id_field, text_field) if c not in columns]
         if missing:
             raise ValueError(f"{source.path}: no column {missing[0]!r} "

@@ -115,13 +115,22 @@ class Index:
             store = open_store(config.store, dims)
         try:
             meta = store.read_meta()
+            if not meta and (held := store.count()) > 0:
+                # an index claims its metadata before it writes a record: records without it
+                # were bound since the read above by another process, or lost it (binding
+                # them to this model mixed two models' vectors of one width in one index,
+                # which no later check could see)
+                meta = store.read_meta()
+                if not meta:
+                    raise ValueError(f"{described(config.store)}: holds {held} records but "
+                                     f"no smysl index metadata, {NO_META_HELP}")
             if meta:
                 problem = _mismatch(meta, embedder, config.dimensions, store.dimensions)
                 if problem:
                     raise ValueError(problem)
                 dims = store.dimensions
             elif store.dimensions != dims:
-                raise ValueError(f"store holds {store.dimensions}-d vectors, not {dims}-d")
+                raise ValueError(_width_problem(store.dimensions, dims))
             else:  # bound now, unless another process bound it since the read above
                 info = embedder.info()
                 meta = store.claim_meta({
@@ -163,7 +172,7 @@ class Index:
         config = config or IngestConfig()
         dims = config.dimensions or self.dimensions
         if dims != self.dimensions:
-            raise ValueError(f"index stores {self.dimensions}-d vectors, not {dims}-d")
+            raise ValueError(_width_problem(self.dimensions, dims))
         chunker = chunker_for(self.embedder, config.chunk)
 
         def embed(texts: list[str]) -> np.ndarray:
@@ -425,12 +434,17 @@ def search_words(config: StoreConfig, queries: Sequence[str], search: SearchConf
     return hits, damaged
 
 
+#: What to do about a store without smysl's metadata (the model and size its vectors are of).
+NO_META_HELP = ("so the model its vectors came from is unknown (built outside smysl, or its "
+                "metadata lost: LanceDB keeps it in <table>.smysl.json beside the table); "
+                "restore the metadata, or rebuild the index (smysl index add --rebuild)")
+
+
 def _index_meta(store: VectorStore, config: StoreConfig) -> dict[str, object]:
     """An existing index's smysl metadata (model, fingerprint, dimensions...)."""
     meta = store.read_meta()
     if not meta:
-        raise ValueError(f"{described(config)}: no smysl index metadata (built outside "
-                         "smysl?)")
+        raise ValueError(f"{described(config)}: no smysl index metadata, {NO_META_HELP}")
     return meta
 
 
@@ -513,8 +527,14 @@ def _mismatch(meta: Mapping[str, object], embedder: BaseEmbedder, dimensions: in
                 f"{embedder.name!r}; "
                 f"use that model, or rebuild the index (smysl index add --rebuild)")
     if dimensions and dimensions != stored_dimensions:
-        return f"index stores {stored_dimensions}-d vectors, not {dimensions}-d"
+        return _width_problem(stored_dimensions, dimensions)
     return _dimension_problem(meta, stored_dimensions)
+
+
+def _width_problem(stored: int, asked: int) -> str:
+    """Why vectors of ``asked`` values cannot go into (or search) an index of ``stored``."""
+    return (f"index stores {stored}-d vectors, not {asked}-d; leave out --dimensions (the "
+            f"index's own size is used), or rebuild it at {asked} (smysl index add --rebuild)")
 
 
 def _settings_changed(meta: Mapping[str, object], embedder: BaseEmbedder) -> str:

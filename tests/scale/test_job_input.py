@@ -338,3 +338,18 @@ def test_an_input_without_rows_is_said(tiny, tmp_path) -> None:
     assert "no rows" not in report.summary()
     again = run_job(tiny, [tmp_path / "one.jsonl"], JobConfig(output=str(tmp_path / "p")))
     assert again.shards_skipped == 1 and "no rows" not in again.summary()
+    # a review's: rows an index already held as they are were "the input held no rows"
+    kb = f"lancedb:{tmp_path / 'kb'}"
+    from smysl.toolkit.index import Index, IndexConfig
+    from smysl.toolkit.store import StoreConfig
+
+    with Index.create_or_open(tiny, IndexConfig(store=StoreConfig.parse(kb))) as ix:
+        ix.add_texts(["one"], ids=["a"])
+    kept = run_job(tiny, [tmp_path / "one.jsonl"], JobConfig(output=kb))
+    assert kept.texts == 0 and kept.unchanged == 1, kept
+    assert "no rows" not in kept.summary() and "1 chunks already in the index" in kept.summary()
+    # an empty CSV is a file without rows, as an empty JSONL file is (it stopped the job:
+    # "no column 'id' (columns: )", after the other files' shards were written)
+    (tmp_path / "z.csv").write_bytes(b"")
+    report = run_job(tiny, [tmp_path / "z.csv"], JobConfig(output=str(tmp_path / "q")))
+    assert report.summary().count("the input held no rows") == 1

@@ -340,6 +340,33 @@ def test_damaged_store_and_metadata_give_one_line_errors(tiny_dir, tmp_path, cap
     assert main(["index", "search", str(kb), "river", *model]) == 0
 
 
+def test_an_index_without_its_metadata_is_never_bound_to_another_model(
+        tiny, tiny_dir, tmp_path, capsys) -> None:  # type: ignore[no-untyped-def]
+    """A review's: with its ``.smysl.json`` lost, search and verify refused the index, but
+    ``index add`` bound its records to whatever model it was given (of the same width) and
+    mixed that model's vectors in, which no later check could see. Now it is refused, with
+    what to do, on every command; --rebuild still starts it afresh."""
+    kb = tmp_path / "kb"
+    cfg = IndexConfig(store=StoreConfig(uri=str(kb)))
+    with Index.create_or_open(tiny, cfg) as ix:
+        ix.add_texts(TEXTS[:4])
+    (kb / "chunks.smysl.json").unlink()
+    with pytest.raises(ValueError, match="holds 4 records but no smysl index metadata") as e:
+        Index.create_or_open(tiny, cfg)
+    assert "restore the metadata, or rebuild" in str(e.value)
+    assert "<table>.smysl.json" in str(e.value) and "table chunks" in str(e.value)
+    (tmp_path / "a.md").write_text(TEXTS[5], encoding="utf-8")
+    capsys.readouterr()
+    model = ["--model", str(tiny_dir), "--device", "cpu", "--no-progress"]
+    for argv in (["add", str(kb), str(tmp_path / "a.md"), *model], ["search", str(kb), "x"]):
+        assert main(["index", *argv]) == 2, argv
+        err = capsys.readouterr().err
+        assert "no smysl index metadata" in err and "--rebuild" in err, err
+    assert not (kb / "chunks.smysl.json").exists()
+    with Index.create_or_open(tiny, cfg, rebuild=True) as ix:
+        assert ix.count() == 0
+
+
 def test_windowed_chunking_equals_whole_text_chunking(tiny, monkeypatch) -> None:
     """issue 11 item 9: a long text is tokenised window by window (bounded memory) and gives
     exactly the chunks of tokenising it whole."""
