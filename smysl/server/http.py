@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import difflib
 import json
+from typing import Any
 
 import numpy as np
 import orjson
+from pydantic import BaseModel, ConfigDict, model_validator
+from pydantic_core import PydanticCustomError
 from starlette.responses import Response
 
 from smysl.shown import nan_as_null
@@ -33,3 +37,40 @@ def _plain(value: object) -> object:
         return value.tolist()
     raise TypeError(f"{type(value).__name__} is not JSON serialisable")
 
+
+
+#: Other APIs' names of a field the routes read (Voyage's and Cohere's ``output_dimension``,
+#: Gemini's ``output_dimensionality``, Voyage's ``truncation``); near misses (``dimension``,
+#: ``normalise``) are found by spelling.
+SAME_MEANING = {"output_dimension": "dimensions", "output_dimensionality": "dimensions",
+                "dims": "dimensions", "dim": "dimensions", "embedding_dim": "dimensions",
+                "truncation": "truncate"}
+
+
+class ApiRequest(BaseModel):
+    """A request body of an API the server speaks. Fields it does not read are ignored (SDKs
+    send their API's others), but a misspelling of one it reads, or another API's name for
+    it, is refused with the right name: ``{"dimension": 256}`` gave the full-size vector as if
+    no size had been asked for."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _near_misses(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        fields = cls.model_fields
+        for key in data:
+            if key in fields or not isinstance(key, str):
+                continue
+            meant = SAME_MEANING.get(key)
+            if meant not in fields:
+                meant = next(iter(difflib.get_close_matches(key, list(fields), n=1,
+                                                            cutoff=0.8)), None)
+            if meant is not None and meant not in data:
+                message = (f"unknown field {key!r}: did you mean {meant!r}? (fields this "
+                           "server does not read are ignored, and this one would have been)")
+                raise PydanticCustomError("unknown_field",
+                                          message.replace("{", "{{").replace("}", "}}"))
+        return data

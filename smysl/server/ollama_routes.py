@@ -18,7 +18,6 @@ from fastapi import APIRouter, Response
 from pydantic import (
     AfterValidator,
     BaseModel,
-    ConfigDict,
     Field,
     StrictBool,
     StrictFloat,
@@ -29,7 +28,7 @@ from starlette.types import Receive
 
 from smysl.base import ModelInfo
 from smysl.server.fast import FastRoutes
-from smysl.server.http import json_response
+from smysl.server.http import ApiRequest, json_response
 from smysl.server.service import Embedded, Service, until_disconnected
 
 #: The Ollama API level these routes follow (clients gate features such as ``dimensions`` on it).
@@ -53,9 +52,7 @@ def _go_duration(value: str | int | float | None) -> str | int | float | None:
 KeepAlive = Annotated[StrictStr | StrictInt | StrictFloat | None, AfterValidator(_go_duration)]
 
 
-class EmbedRequest(BaseModel):
-    model_config = ConfigDict(extra="ignore")
-
+class EmbedRequest(ApiRequest):
     model: StrictStr | None = Field(None, description="served model name (any alias)")
     # null, missing or "": no input, as Ollama reads it (ollama-python's embed(model=...) sends
     # input="" to load a model); it answers no embeddings
@@ -80,9 +77,7 @@ class EmbedResponse(BaseModel):
     prompt_eval_count: int
 
 
-class LegacyEmbeddingsRequest(BaseModel):
-    model_config = ConfigDict(extra="ignore")
-
+class LegacyEmbeddingsRequest(ApiRequest):
     model: StrictStr | None = None
     prompt: StrictStr | None = ""  # null is Go's "": a preload
     keep_alive: KeepAlive = None
@@ -102,9 +97,7 @@ class LegacyEmbeddingsResponse(BaseModel):
     embedding: list[float]
 
 
-class ShowRequest(BaseModel):
-    model_config = ConfigDict(extra="ignore")
-
+class ShowRequest(ApiRequest):
     model: StrictStr | None = None
     name: StrictStr | None = Field(None, description="deprecated alias of model")
     verbose: StrictBool | None = None

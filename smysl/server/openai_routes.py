@@ -13,22 +13,20 @@ import time
 from typing import Literal
 
 from fastapi import APIRouter, Response
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr
+from pydantic import BaseModel, Field, StrictBool, StrictInt, StrictStr
 from starlette.types import Receive
 
 from smysl.server.errors import ApiError
 from smysl.server.fast import FastRoutes
-from smysl.server.http import json_response
+from smysl.server.http import ApiRequest, json_response
 from smysl.server.rerank_routes import RerankService
 from smysl.server.service import Service, split_inputs, until_disconnected
 
 Input = StrictStr | list[StrictStr] | list[StrictInt] | list[list[StrictInt]]
 
 
-class EmbeddingRequest(BaseModel):
+class EmbeddingRequest(ApiRequest):
     """OpenAI's embeddings request plus smysl's extensions."""
-
-    model_config = ConfigDict(extra="ignore")
 
     input: Input = Field(description="text, list of texts, token ids, or lists of token ids")
     model: StrictStr | None = Field(None, description="served model name (any alias)")

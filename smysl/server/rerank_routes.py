@@ -31,8 +31,6 @@ import anyio
 import numpy as np
 from fastapi import APIRouter, Request, Response
 from pydantic import (
-    BaseModel,
-    ConfigDict,
     Discriminator,
     Field,
     StrictBool,
@@ -49,7 +47,7 @@ from smysl.server.batcher import BackendDown, Batcher, Job, Slot
 from smysl.server.config import ServerConfig
 from smysl.server.errors import ApiError, upstream_failed
 from smysl.server.health import BackendHealth
-from smysl.server.http import json_response
+from smysl.server.http import ApiRequest, json_response
 from smysl.server.metrics import BatchMetrics, HealthMetrics, Metrics
 from smysl.server.service import (
     CHARS_PER_TOKEN,
@@ -65,9 +63,7 @@ from smysl.tokenize import Direction, InputTooLongError
 _INLINE_CHARS = 4096
 
 
-class TeiRerankRequest(BaseModel):
-    model_config = ConfigDict(extra="ignore")
-
+class TeiRerankRequest(ApiRequest):
     query: StrictStr
     texts: list[StrictStr]
     truncate: StrictBool | None = Field(None, description="default: false (no auto-truncate)")
@@ -86,10 +82,8 @@ COHERE_MAX_TOKENS_PER_DOC = 4096
 DOCUMENTS_PER_SEARCH_UNIT = 100
 
 
-class RerankRequest(BaseModel):
+class RerankRequest(ApiRequest):
     """Cohere ``/v1/rerank`` (Jina's has the same fields)."""
-
-    model_config = ConfigDict(extra="ignore")
 
     model: StrictStr | None = None
     query: StrictStr
@@ -123,10 +117,8 @@ RerankBody = Annotated[Annotated[TeiRerankRequest, Tag("tei")]
                        | Annotated[RerankRequest, Tag("cohere")], Discriminator(_rerank_shape)]
 
 
-class RerankV2Request(BaseModel):
+class RerankV2Request(ApiRequest):
     """Cohere ``/v2/rerank``: string documents, no ``return_documents``."""
-
-    model_config = ConfigDict(extra="ignore")
 
     model: StrictStr | None = None
     query: StrictStr

@@ -21,7 +21,6 @@ import numpy as np
 from fastapi import APIRouter, Request, Response
 from pydantic import (
     BaseModel,
-    ConfigDict,
     Discriminator,
     Field,
     RootModel,
@@ -36,15 +35,13 @@ from smysl.prompts import TASK_PRESETS
 from smysl.server.config import ServerConfig
 from smysl.server.errors import ApiError
 from smysl.server.fast import FastRoutes
-from smysl.server.http import json_response
+from smysl.server.http import ApiRequest, json_response
 from smysl.server.service import Service, split_inputs, until_disconnected
 
 Direction = Literal["right", "left", "Right", "Left"]
 
 
-class EmbedRequest(BaseModel):
-    model_config = ConfigDict(extra="ignore")
-
+class EmbedRequest(ApiRequest):
     inputs: StrictStr | list[StrictStr | list[StrictInt]] | list[StrictInt] = Field(
         description="text or list of texts; token ids or lists of them (--token-ids)")
     normalize: StrictBool = True
@@ -60,24 +57,18 @@ class EmbedRequest(BaseModel):
         None, description="smysl extension: 'query' or 'document'")
 
 
-class SimilarityInput(BaseModel):
-    model_config = ConfigDict(extra="ignore")
-
+class SimilarityInput(ApiRequest):
     source_sentence: StrictStr
     sentences: list[StrictStr] = Field(description="compared with source_sentence")
 
 
-class SimilarityParameters(BaseModel):
-    model_config = ConfigDict(extra="ignore")
-
+class SimilarityParameters(ApiRequest):
     prompt_name: StrictStr | None = None
     truncate: StrictBool | None = None
     truncation_direction: Direction = "right"
 
 
-class SimilarityRequest(BaseModel):
-    model_config = ConfigDict(extra="ignore")
-
+class SimilarityRequest(ApiRequest):
     inputs: SimilarityInput
     parameters: SimilarityParameters | None = None
 
@@ -96,17 +87,13 @@ class RootRequest(RootModel[Annotated[Annotated[EmbedRequest, Tag("embed")]
     ``inputs`` picks)."""
 
 
-class DecodeRequest(BaseModel):
-    model_config = ConfigDict(extra="ignore")
-
+class DecodeRequest(ApiRequest):
     ids: list[StrictInt] | list[list[StrictInt]] = Field(
         description="token ids, or lists of them")
     skip_special_tokens: StrictBool = True
 
 
-class TokenizeRequest(BaseModel):
-    model_config = ConfigDict(extra="ignore")
-
+class TokenizeRequest(ApiRequest):
     inputs: StrictStr | list[StrictStr]
     add_special_tokens: StrictBool = True
     prompt_name: StrictStr | None = None

@@ -181,3 +181,29 @@ def test_token_ids_are_refused_unless_the_server_takes_them(tiny) -> None:  # ty
                         "--token-ids")
             assert err["param"] == "input"
         assert c.post("/v1/embeddings", json={"input": ["the quick brown fox"]}).status_code == 200
+
+
+def test_a_misspelt_or_foreign_field_is_refused_with_its_name_on_every_api(
+        client, tiny) -> None:  # type: ignore[no-untyped-def]
+    """A review's: fields a route does not read are ignored (SDKs send their API's others),
+    so ``{"dimension": 32}`` gave the full-size vector as if no size was asked. A field that
+    is a misspelling of one the route reads, or another API's name for it, is now refused
+    with the right name, in each API's error shape; unknown fields of other APIs still pass."""
+    for path, body, meant, status in (
+            ("/v1/embeddings", {"input": "x", "dimension": 32}, "dimensions", 400),
+            ("/v1/embeddings", {"input": "x", "output_dimension": 32}, "dimensions", 400),
+            ("/v1/embeddings", {"input": "x", "Dimensions": 32}, "dimensions", 400),
+            ("/api/embed", {"input": "x", "dimension": 32}, "dimensions", 400),
+            ("/api/embed", {"input": "x", "truncation": False}, "truncate", 400),
+            ("/embed", {"inputs": "x", "normalise": False}, "normalize", 422),
+            ("/embed", {"inputs": "x", "output_dimensionality": 32}, "dimensions", 422),
+            ("/", {"inputs": "x", "dimension": 32}, "dimensions", 422)):
+        r = client.post(path, json=body)
+        assert r.status_code == status, (path, body, r.text)
+        assert f"did you mean {meant!r}" in r.text, r.text
+        assert next(iter(set(body) - {"input", "inputs"})) in r.text
+    # what SDKs send beside (the OpenAI SDK's user, Ollama's options, TEI's parameters)
+    for path, body in (("/v1/embeddings", {"input": "x", "user": "u", "dimensions": 32}),
+                       ("/api/embed", {"input": "x", "options": {}, "stream": False}),
+                       ("/embed", {"inputs": "x", "parameters": {}})):
+        assert client.post(path, json=body).status_code == 200, (path, body)
