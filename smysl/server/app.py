@@ -196,6 +196,11 @@ def _build(embedder: BaseEmbedder | None, config: ServerConfig, *,
             err = ApiError("method_not_allowed",
                            f"{request.method} is not allowed on {request.url.path}",
                            headers=dict(exc.headers or {}))
+        elif isinstance(exc.__cause__, UnicodeDecodeError):  # FastAPI: "error parsing the body"
+            bad = exc.__cause__
+            err = ApiError("malformed", f"the request body is not UTF-8 (byte "
+                           f"0x{bad.object[bad.start]:02x} at offset {bad.start}); JSON is "
+                           "UTF-8 text: send it encoded so")
         else:
             err = ApiError("malformed" if exc.status_code < 500 else "internal", str(exc.detail))
         return answer(request, err)
@@ -242,6 +247,15 @@ def validation_error(exc: RequestValidationError, sent_as: str | None = None) ->
         # curl -d sends application/x-www-form-urlencoded: the JSON in it was never read
         return ApiError("invalid", f"the request body was sent as {sent_as.split(';')[0]!r}, "
                         "not JSON: send it with Content-Type: application/json")
+    if any(e.get("type") == "missing" for e in whole):
+        return ApiError("invalid", "the request has no body: send a JSON object")
+    shape = next((e for e in whole if e.get("type") in ("model_type", "model_attributes_type")),
+                 None)
+    if shape is not None:  # null, an array, a string: "Input should be a valid dictionary..."
+        value = shape.get("input")
+        kind = ("null" if value is None else "an array" if isinstance(value, list)
+                else "a string" if isinstance(value, str) else "a number")
+        return ApiError("invalid", f"the request body is {kind}; send a JSON object")
     if any(e.get("type") == "json_invalid" for e in errors):
         ctx = next(e for e in errors if e.get("type") == "json_invalid").get("ctx") or {}
         return ApiError("malformed", "request body is not valid JSON"

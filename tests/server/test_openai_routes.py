@@ -207,3 +207,16 @@ def test_a_misspelt_or_foreign_field_is_refused_with_its_name_on_every_api(
                        ("/api/embed", {"input": "x", "options": {}, "stream": False}),
                        ("/embed", {"inputs": "x", "parameters": {}})):
         assert client.post(path, json=body).status_code == 200, (path, body)
+
+
+def test_a_body_not_utf8_or_empty_is_named_as_such(client) -> None:  # type: ignore[no-untyped-def]
+    """A review's: a body that is not UTF-8 got FastAPI's "There was an error parsing the
+    body", an empty one "invalid request: body: Field required"."""
+    json_type = {"content-type": "application/json"}
+    for path in ("/v1/embeddings", "/api/embed", "/embed"):
+        r = client.post(path, content=b'{"input": "\xff"}', headers=json_type)
+        assert r.status_code == 400 and "not UTF-8 (byte 0xff at offset 11)" in r.text, r.text
+        for body, says in ((b"", "has no body"), (b"null", "body is null"),
+                           (b'["x"]', "body is an array"), (b'"x"', "body is a string")):
+            r = client.post(path, content=body, headers=json_type)
+            assert r.status_code in (400, 422) and says in r.text, (path, body, r.text)
