@@ -248,8 +248,12 @@ class ServerConfig:
             if values.get(name) is not None:
                 continue
             values.pop(name, None)
-            raw = os.environ.get(env, "").strip()
+            given = os.environ.get(env, "")
+            raw = given.strip()
             if not raw:
+                if given and name == "api_key":  # read as unset: a server open to anyone
+                    raise ValueError(f"${env} holds only spaces: set a key, or unset it to "
+                                     "serve without one")
                 continue
             if name != "port":
                 values[name] = raw

@@ -133,6 +133,19 @@ def test_serve_reads_model_host_and_port_from_env(tiny_dir, monkeypatch, capsys)
     assert "SMYSL_MODEL" in capsys.readouterr().err
 
 
+def test_an_api_key_of_spaces_is_refused_not_read_as_none(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """A review's: $SMYSL_API_KEY holding only spaces was stripped to nothing and read as
+    unset: a server its operator meant to lock, open to anyone. A key with spaces around it
+    is still taken without them; an empty variable is unset."""
+    monkeypatch.setenv("SMYSL_API_KEY", "   ")
+    with pytest.raises(ValueError, match="SMYSL_API_KEY holds only spaces"):
+        ServerConfig.from_env()
+    monkeypatch.setenv("SMYSL_API_KEY", " sekret\n")
+    assert ServerConfig.from_env().api_key == "sekret"
+    monkeypatch.setenv("SMYSL_API_KEY", "")
+    assert ServerConfig.from_env().api_key is None
+
+
 def test_unhealthy_exit_defaults_to_each_backend_s_kind() -> None:
     """A local engine that stays down makes `serve` exit (a supervisor restarts it); an upstream
     API that does not answer does not: a restart cannot bring it back, /health shows it. Each
