@@ -37,9 +37,9 @@ from smysl.server.config import (
     is_loopback,
     switch_interval,
 )
-from smysl.server.errors import Api, ApiError, api_of, render
+from smysl.server.errors import Api, ApiError, api_of, render, shutting_down
 from smysl.server.fast import FastRoutes, content_type
-from smysl.server.health import DOWN_RETRY_S, BackendHealth, exit_after
+from smysl.server.health import BackendHealth, exit_after
 from smysl.server.metrics import Metrics
 from smysl.server.service import TIMING_HEADERS, Service
 
@@ -165,8 +165,7 @@ def _build(embedder: BaseEmbedder | None, config: ServerConfig, *,
         """200 while the server takes requests; 503 once it is shutting down or a model backend
         it serves (the embedding model's, the reranker's) is down."""
         if not all(b.healthy for b in batchers):  # a balancer retries another instance
-            raise ApiError("shutting_down", "the server is shutting down",
-                           headers={"Retry-After": str(int(DOWN_RETRY_S))})
+            raise shutting_down()
         for h in healths:
             if not h.check():
                 raise h.unavailable()
@@ -413,8 +412,8 @@ class EdgeMiddleware:
             # answer them in their API's shape (it would send a plain-text 500) and end.
             if status["code"] != 499:
                 raise
-            err = ApiError("shutting_down", "the server shut down before this request "
-                           "finished; retry (on another instance)")
+            err = shutting_down("the server shut down before this request finished; retry "
+                                "(on another instance)")
             self.metrics.errors.labels(api, err.kind).inc()
             with contextlib.suppress(Exception):
                 await render(err, api)(scope, receive, send_wrapper)

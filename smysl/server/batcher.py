@@ -40,7 +40,7 @@ import numpy as np
 
 from smysl.base import BaseEmbedder
 from smysl.pooling import NonFiniteError, finish
-from smysl.server.errors import ApiError
+from smysl.server.errors import ApiError, shutting_down
 from smysl.server.metrics import BatchMetrics
 
 #: After this many batches in a row with no slice of any waiting large job, one goes first.
@@ -102,11 +102,6 @@ class Job:
 class BackendDown(RuntimeError):
     """A batch failed while the backend reported itself unhealthy (checked at once, in the
     compute thread: a restarted engine may be healthy again by the time the handler looks)."""
-
-
-def _shutting_down() -> ApiError:
-    """The 503 of a job refused, or dropped from the queue, while the server stops."""
-    return ApiError("shutting_down", "the server is shutting down; retry elsewhere")
 
 
 def timed_out(timeout_s: float) -> ApiError:
@@ -296,7 +291,7 @@ class Batcher:
         job.future = job.loop.create_future()
         with self._cond:
             if self._closing:  # closed since the check above (the thread may have exited)
-                raise _shutting_down()
+                raise shutting_down()
             # the slot's place becomes the job's; without one, the queue must have room
             if not (slot is not None and self._release_locked(slot)):
                 self._check_room_locked()
@@ -335,7 +330,7 @@ class Batcher:
 
     def _check_room_locked(self) -> None:
         if self._closing:
-            raise _shutting_down()
+            raise shutting_down()
         if len(self._pending) + self._preparing >= self.max_queue:
             raise self._overloaded()
 
@@ -369,7 +364,7 @@ class Batcher:
             self._pending.clear()
             self._cond.notify_all()
             self._ready.notify_all()
-        self._post([(job, _shutting_down()) for job in queued])
+        self._post([(job, shutting_down()) for job in queued])
 
     async def close(self) -> None:
         """Stop taking jobs, finish the queued ones, stop the compute thread."""

@@ -98,6 +98,18 @@ _logged: dict[tuple[str, int], tuple[float, int]] = {}  # (model, status) -> (wh
 _logged_lock = threading.Lock()
 
 
+#: The Retry-After of a 503 from a server that is shutting down (seconds): a balancer, or a
+#: supervisor's restart, has another instance up in about this long.
+SHUTDOWN_RETRY_S = 5
+
+
+def shutting_down(message: str = "the server is shutting down; retry (on another "
+                                 "instance)") -> ApiError:
+    """The 503 of a request refused, dropped or cut off while the server stops, with a
+    Retry-After (clients that retry 503s wait that long; without one some gave up)."""
+    return ApiError("shutting_down", message, headers={"Retry-After": str(SHUTDOWN_RETRY_S)})
+
+
 def upstream_failed(model: str, e: UpstreamError) -> ApiError:
     """The answer when the remote backend of ``model`` failed: its rate limit as a 429 with its
     ``Retry-After``, unavailable as 503, timed out as 504, anything else 502; its words (a

@@ -226,8 +226,10 @@ def test_abort_answers_queued_work_at_once_and_computes_none_of_it(
         done, _ = await asyncio.wait(jobs[1:], timeout=5)
         assert len(done) == 4  # while t0's batch is still held at the gate
         for job in jobs[1:]:
-            with pytest.raises(ApiError, match="shutting down"):
+            with pytest.raises(ApiError, match="shutting down") as e:
                 job.result()
+            # a review's: these 503s carried no Retry-After (the /health one did)
+            assert int(e.value.headers["Retry-After"]) >= 1
         hash_backend.gate.set()
         assert (await jobs[0]).shape == (1, 48)
 

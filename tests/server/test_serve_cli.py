@@ -266,7 +266,8 @@ def test_bad_settings_are_named_by_their_flags_and_ranges(capsys) -> None:  # ty
     for flags, says in ((["--max-request-mb", "inf"], "--max-request-mb (a whole number"),
                         (["--max-request-mb", "nan"], "--max-request-mb (a whole number"),
                         (["--max-wait-ms", "inf"], "--max-wait-ms (>= 0, finite)"),
-                        (["--request-timeout-s", "inf"], "--request-timeout-s (> 0, finite)"),
+                        (["--request-timeout-s", "inf"],
+                         "--request-timeout-s (> 0 and finite; no limit: 0 on the command"),
                         (["--api-key", "abc "], "must not start or end with spaces"),
                         (["--served-name", " "], "--served-name (not empty)")):
         assert main(["serve", "--model", "/no/such/model", *flags]) == 2, flags
