@@ -256,7 +256,9 @@ def run(args: argparse.Namespace) -> int:
     for n, (i, p) in enumerate(zip(kept, pred, strict=True)):
         results[i] = {"predicted": p} | ({"score": round(scores[n], 6)} if scores else {})
     write_rows(args.output, [{**r, **x} for r, x in zip(rows, results, strict=True)])
-    if gold is not None:
+    if gold is not None and rows and not kept:
+        print("smysl classify: no row has text, so no accuracy", file=sys.stderr)
+    elif gold is not None:
         match = match_gold([gold[i] for i in kept], candidates)
         if match.gold is None:
             print(f"smysl classify: {match.message(candidates, label_field)}",

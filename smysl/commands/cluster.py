@@ -79,6 +79,9 @@ def run(args: argparse.Namespace) -> int:
     texts, rows = read_column(args.input, args.text_field)
     refuse_overwrite(rows, ["cluster"], args.input)
     kept = with_text(texts, args.input, "cluster", "cluster")
+    if len(kept) < 2 and len(kept) < len(texts):  # blank rows left too few
+        raise ValueError(f"clustering needs at least two texts; {args.input} has {len(kept)} "
+                         f"(the other {len(texts) - len(kept)} rows have no text)")
     texts = [texts[i] for i in kept]
     model = load_model(args.model, args)
     with rows_of(args.input, kept):

@@ -34,14 +34,17 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Hashable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
+import anyio
 import numpy as np
 
 from smysl.base import BaseEmbedder
 from smysl.pooling import NonFiniteError, finish
 from smysl.server.errors import ApiError, shutting_down
 from smysl.server.metrics import BatchMetrics
+
+_T = TypeVar("_T")
 
 #: After this many batches in a row with no slice of any waiting large job, one goes first.
 _STARVED = 2
@@ -104,16 +107,10 @@ class BackendDown(RuntimeError):
     compute thread: a restarted engine may be healthy again by the time the handler looks)."""
 
 
-def timed_out(timeout_s: float) -> ApiError:
-    """The 504 of a request past its time budget (``request_timeout_s``)."""
-    return ApiError("timeout", f"the request did not finish within the server's time budget "
-                    f"of {timeout_s:g} s per request (request_timeout_s); send fewer or "
-                    "shorter inputs per request")
-
-
 def _timeout(job: Job) -> ApiError:
-    assert job.timeout_s is not None  # only a job with a budget expires
-    return timed_out(job.timeout_s)
+    return ApiError("timeout", f"the request did not finish within the server's time budget "
+                    f"of {job.timeout_s:g} s per request (request_timeout_s); send fewer or "
+                    "shorter inputs per request")
 
 
 @dataclass(frozen=True)
@@ -300,6 +297,7 @@ class Batcher:
                 job.deadline = (slot.arrived if slot is not None else job.enqueued
                                 ) + job.timeout_s
                 if job.deadline <= job.enqueued:  # spent while it was tokenised
+                    self.metrics.dropped.labels("timeout").inc()
                     raise _timeout(job)
             self._pending.append(job)
             depth = len(self._pending)
@@ -322,6 +320,24 @@ class Batcher:
                 watcher.cancel()
             if timer is not None:
                 timer.cancel()
+
+    async def in_thread(self, run: Callable[[], _T], limiter: anyio.CapacityLimiter,
+                        slot: Slot, budget: float | None) -> _T:
+        """``run()`` (tokenising a large request, which on the event loop would stall every
+        other client) in a thread of ``limiter``, for the request holding ``slot``: 504 once
+        its time budget (``budget`` seconds from its arrival; None: none) is spent waiting for
+        a thread, counted as a timeout. A thread that has started is waited for."""
+        if not budget:
+            return await anyio.to_thread.run_sync(run, limiter=limiter)
+        try:
+            with anyio.fail_after(max(0.0, slot.arrived + budget - time.perf_counter())):
+                return await anyio.to_thread.run_sync(run, limiter=limiter)
+        except TimeoutError:
+            self.metrics.dropped.labels("timeout").inc()
+            raise ApiError("timeout", f"the request waited for a tokenizer thread past the "
+                           f"server's time budget of {budget:g} s per request "
+                           "(request_timeout_s): the server is busy with other requests; "
+                           "retry later") from None
 
     def check_room(self) -> None:
         """Raise the 503 of a closing server or the 429 of a full queue, if either applies."""

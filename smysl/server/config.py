@@ -126,10 +126,10 @@ class ServerConfig:
     #: 65,536 refused their ordinary batches. Texts with more than 8 characters per allowed
     #: token are refused before tokenisation, so a huge body costs neither time nor memory.
     max_request_tokens: int = 300_000
-    #: Time budget of one request (embedding, rerank, ``/tokenize``, ``/decode``) from its
-    #: arrival, the wait to be tokenised included, in seconds; past it the request is answered
-    #: 504 and the rest of its work is dropped (a forward pass that has started finishes).
-    #: None = no limit.
+    #: Time budget of one embedding or rerank request from its arrival, the wait for a
+    #: tokenizer thread included, in seconds (a large ``/tokenize`` or ``/decode`` is held to
+    #: it while it waits for a thread); past it the request is answered 504 and the rest of
+    #: its work is dropped (a forward pass that has started finishes). None = no limit.
     request_timeout_s: float | None = 120.0
     #: Output size when a request names none (Matryoshka); None = the model's native size.
     default_dimensions: int | None = None

@@ -51,16 +51,13 @@ from smysl.server.http import ApiRequest, json_response
 from smysl.server.metrics import BatchMetrics, HealthMetrics, Metrics
 from smysl.server.service import (
     CHARS_PER_TOKEN,
+    INLINE_SIZE,
     Disconnected,
     check_unicode,
-    off_loop,
     until_disconnected,
 )
 from smysl.server.tei_routes import info_body
 from smysl.tokenize import Direction, InputTooLongError
-
-#: Requests with more characters than this are tokenised off the event loop.
-_INLINE_CHARS = 4096
 
 
 class TeiRerankRequest(ApiRequest):
@@ -266,8 +263,9 @@ class RerankService:
                                    read_chars=cut)  # what the character budget charged
 
         try:
-            ids = (tokenize() if chars <= _INLINE_CHARS
-                   else await off_loop(tokenize, self.tokenizers, slot, cfg.request_timeout_s))
+            ids = (tokenize() if chars <= INLINE_SIZE
+                   else await self.batcher.in_thread(tokenize, self.tokenizers, slot,
+                                                     cfg.request_timeout_s))
         except InputTooLongError as e:
             raise ApiError("too_long", e.describe(f"{what}[{e.index}] with the query"),
                            param=what) from None

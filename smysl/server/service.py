@@ -18,7 +18,7 @@ from smysl import tokenize
 from smysl.base import BaseEmbedder, ModelInfo, Role, TokenLevel, UpstreamError
 from smysl.pooling import NonFiniteError
 from smysl.registry import names_of
-from smysl.server.batcher import BackendDown, Batcher, EmbedBackend, Job, Slot, timed_out
+from smysl.server.batcher import BackendDown, Batcher, EmbedBackend, Job, Slot
 from smysl.server.config import ServerConfig
 from smysl.server.errors import ApiError, upstream_failed
 from smysl.server.health import BackendHealth
@@ -35,7 +35,7 @@ log = logging.getLogger("smysl.server")
 
 #: Requests with more characters (texts) or tokens (token ids) than this are tokenised,
 #: checked or decoded off the event loop (:meth:`Service._off_loop`).
-_INLINE_SIZE = 4096
+INLINE_SIZE = 4096
 #: Texts with more characters than this per token of ``max_request_tokens`` are refused before
 #: tokenisation (real text runs 2-5 characters per Qwen3 token): tokenising a 15 MB body
 #: would take seconds and over a gigabyte only to refuse it.
@@ -49,20 +49,6 @@ def check_unicode(value: str | None, what: str, *, param: str | None = None) -> 
         tokenize.check_unicode(value, what)
     except ValueError as e:
         raise ApiError("invalid", str(e), param=param or what) from None
-
-
-async def off_loop(run: Callable[[], _T], limiter: anyio.CapacityLimiter, slot: Slot,
-                   budget: float | None) -> _T:
-    """``run()`` in a thread of ``limiter`` (tokenising a large request on the event loop
-    would stall every other client); 504 once the request's time budget (``budget`` seconds
-    from ``slot``'s arrival; None: none) is spent waiting for a thread."""
-    if not budget:
-        return await anyio.to_thread.run_sync(run, limiter=limiter)
-    try:
-        with anyio.fail_after(max(0.0, slot.arrived + budget - time.perf_counter())):
-            return await anyio.to_thread.run_sync(run, limiter=limiter)
-    except TimeoutError:
-        raise timed_out(budget) from None
 
 
 def until_disconnected(receive: Callable[[], Awaitable[Mapping[str, Any]]]) -> Disconnected:
@@ -306,18 +292,22 @@ class Service:
 
     async def tokenizer_work(self, run: Callable[[], _T], size: int) -> _T:
         """``run()`` for a route that only tokenises or decodes (TEI ``/tokenize``,
-        ``/decode``): admitted as an embedding request is (429 on a full queue; they took
-        the tokenizer threads with no bound, and large embedding requests waited behind them
-        for 33 s), within the time budget."""
+        ``/decode``): a small request inline; a large one takes a place in the queue as an
+        embedding request does (429 when full: they took the tokenizer threads with no bound,
+        and large embedding requests waited behind them for 33 s) and waits for a tokenizer
+        thread within the time budget."""
+        if size <= INLINE_SIZE:
+            return run()
         with self.batcher.admitted() as slot:
             return await self._off_loop(run, size, slot)
 
     async def _off_loop(self, run: Callable[[], _T], size: int, slot: Slot) -> _T:
-        """``run()``: inline for a request of at most :data:`_INLINE_SIZE` characters or
-        tokens, else in a tokenizer thread (:func:`off_loop`)."""
-        if size <= _INLINE_SIZE:
+        """``run()``: inline for a request of at most :data:`INLINE_SIZE` characters or
+        tokens, else in a tokenizer thread (:meth:`Batcher.in_thread`)."""
+        if size <= INLINE_SIZE:
             return run()
-        return await off_loop(run, self.tokenizers, slot, self.config.request_timeout_s)
+        return await self.batcher.in_thread(run, self.tokenizers, slot,
+                                            self.config.request_timeout_s)
 
     @staticmethod
     def _too_long(what: str, e: InputTooLongError) -> ApiError:

@@ -503,12 +503,15 @@ def test_tokenize_and_decode_take_a_place_in_the_queue(tiny) -> None:  # type: i
             assert (await c.post("/tokenize", json={"inputs": "привет"})).status_code == 200
             with service.batcher.admitted():  # the queue's one place is taken
                 for path, body in (("/tokenize", {"inputs": "привет " * 1000}),
-                                   ("/tokenize", {"inputs": "x"}),
-                                   ("/decode", {"ids": [1, 2, 3]})):
+                                   ("/decode", {"ids": [1, 2, 3] * 2000})):
                     r = await c.post(path, json=body)
                     assert r.status_code == 429, (path, r.text)
                     assert r.headers["Retry-After"]
-            assert (await c.post("/decode", json={"ids": [1, 2, 3]})).status_code == 200
+                # small ones, done inline, still answer (a client counting tokens)
+                for path, body in (("/tokenize", {"inputs": "x"}),
+                                   ("/decode", {"ids": [1, 2, 3]})):
+                    assert (await c.post(path, json=body)).status_code == 200, path
+            assert (await c.post("/decode", json={"ids": [1, 2, 3] * 2000})).status_code == 200
 
     asyncio.run(go())
 
@@ -534,8 +537,10 @@ def test_the_time_budget_counts_from_arrival_and_covers_the_wait_to_be_tokenised
                 waited = time.perf_counter() - t0
                 assert r.status_code == 504 and r.json()["error"]["code"] == "timeout", r.text
                 assert 0.25 < waited < 2.0, waited
+                assert "waited for a tokenizer thread" in r.text
                 r = await c.post("/tokenize", json={"inputs": large})
                 assert r.status_code == 504, r.text
+                assert metric(app, "smysl_dropped_requests_total") == 2
         finally:
             for h in holders:
                 service.tokenizers.release_on_behalf_of(h)
@@ -548,5 +553,7 @@ def test_the_time_budget_counts_from_arrival_and_covers_the_wait_to_be_tokenised
             with pytest.raises(ApiError, match="time budget"):
                 await batcher.submit(Job(("ids",), [[1, 2]], [2], 32, timeout_s=0.3), slot)
         assert batcher.depth == 0
+        assert metric(app, "smysl_dropped_requests_total") == 3
 
-    asyncio.run(go())
+    # bounded: before the fix the first request waited for a thread without end
+    asyncio.run(asyncio.wait_for(go(), 30))

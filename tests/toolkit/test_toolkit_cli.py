@@ -742,3 +742,11 @@ def test_rows_without_text_get_no_label_and_no_cluster(tiny_dir, data, capsys) -
     _jsonl(data / "blank.jsonl", [*rows, {"text": "word " * 600, "label": "x"}])
     assert main(["cluster", *model, "-i", src, "--k", "2", "-o", str(out)]) == 2
     assert "blank.jsonl, row 6: the text has" in capsys.readouterr().err
+    # nothing but blank rows: the nulls written, no accuracy (it failed after the output);
+    # one text left to cluster is said to be so
+    _jsonl(data / "blank.jsonl", rows[1:3])
+    assert main(["classify", *model, "-i", src, "--labels", "x,y", "-o", str(out)]) == 0
+    assert "no row has text, so no accuracy" in capsys.readouterr().err
+    _jsonl(data / "blank.jsonl", rows[:3])
+    assert main(["cluster", *model, "-i", src, "--k", "2", "-o", str(out)]) == 2
+    assert "has 1 (the other 2 rows have no text)" in capsys.readouterr().err
