@@ -69,18 +69,24 @@ def _labels(spec: str, args: argparse.Namespace) -> dict[str, str]:
     if is_file and path.suffix.lower() not in LABEL_FILES:
         raise ValueError(f"--labels {spec}: a labels file is .csv, .jsonl or .json "
                          f"(label -> description); inline labels are separated by commas")
-    table = path.suffix.lower() in (".csv", ".jsonl") and is_file
-    if args.description_field is not None and not table:
-        raise ValueError("--description-field names a column of a --labels .csv/.jsonl file "
-                         "(a .json file maps each label to its description)")
+    data: Any = None
     if path.suffix.lower() == ".json" and is_file:
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise ValueError(f"--labels {spec}: not a JSON file ({e})") from None
+    # a .json array of objects is a table as a .csv/.jsonl file is (the toolkit's .json tables)
+    rows_json = isinstance(data, list) and bool(data) and all(isinstance(x, dict) for x in data)
+    table = (path.suffix.lower() in (".csv", ".jsonl") and is_file) or rows_json
+    if args.description_field is not None and not table:
+        raise ValueError("--description-field names a column of a --labels table (.csv, "
+                         ".jsonl, or a .json array of objects); a .json object maps each "
+                         "label to its description")
+    if data is not None and not table:
         if not isinstance(data, list | dict):
-            raise ValueError(f"--labels {spec}: a .json labels file is a list of labels or an "
-                             f"object of label -> description, not {type(data).__name__}")
+            raise ValueError(f"--labels {spec}: a .json labels file is a list of labels, an "
+                             "array of {label, description} objects or an object of label "
+                             f"-> description, not {type(data).__name__}")
         # a list's labels are their own descriptions (a number too: star ratings)
         names = labels_in([{"label": x} for x in data], "label", spec, "--labels")
         texts = names if isinstance(data, list) else list(data.values())
@@ -90,7 +96,7 @@ def _labels(spec: str, args: argparse.Namespace) -> dict[str, str]:
                                  f"description, got {text!r}")
         items = list(zip(names, texts, strict=True))
     elif table:
-        rows = list(iter_rows(path))
+        rows = data if rows_json else list(iter_rows(path))
         # the file's own columns, as documented: --label-field names the input's gold column
         for n, r in enumerate(rows, 1):
             if "label" not in r:

@@ -31,7 +31,7 @@ HELP = "build, search, check and prune a semantic index (add | search | verify |
 
 
 def _table_file(path: str) -> bool:
-    """Whether ``path`` names a table the toolkit reads (.csv, .jsonl; ``-``: JSONL)."""
+    """Whether ``path`` names a table the toolkit reads (.csv, .jsonl, .json; ``-``: JSONL)."""
     from smysl.toolkit.io import table_format
 
     try:

@@ -179,9 +179,9 @@ class JobReport:
                 f"shards: {self.shards_written} written, {self.shards_skipped} already done; "
                 f"-> {shown_output(self.output)}")
         if self.unchanged:
-            line += f"; {self.unchanged:,} chunks already in the index, kept as they were"
+            line += f"; {self.unchanged:,} chunk(s) already in the index, kept as they were"
         if self.cached:
-            line += f"; {self.cached:,} chunks written from the embedding cache"
+            line += f"; {self.cached:,} chunk(s) written from the embedding cache"
         if not (self.texts or self.shards_skipped or self.bad_rows or self.empty_rows
                 or self.unchanged or self.cached):
             line += "; the input held no rows"  # an empty file looked like a job done

@@ -129,8 +129,11 @@ class Index:
                 if problem:
                     raise ValueError(problem)
                 dims = store.dimensions
-            elif store.dimensions != dims:
-                raise ValueError(_width_problem(store.dimensions, dims))
+            elif store.dimensions != dims:  # an empty store made at another size
+                raise ValueError(f"index stores {store.dimensions}-d vectors, not {dims}-d; "
+                                 f"ask for {store.dimensions} (--dimensions "
+                                 f"{store.dimensions}), or rebuild it at {dims} (smysl index "
+                                 "add --rebuild)")
             else:  # bound now, unless another process bound it since the read above
                 info = embedder.info()
                 meta = store.claim_meta({

@@ -40,6 +40,9 @@ from smysl.toolkit.store import (
 )
 
 TEXT_SUFFIXES = (".txt", ".md", ".markdown", ".rst")
+#: The tables a folder's files are read as: a .json file in a folder is a config as often as
+#: a table, so only one named on its own is read (an array of objects).
+FOLDER_TABLE_SUFFIXES = tuple(s for s in TABLE_SUFFIXES if s != ".json")
 #: Payload fields ingestion writes, or a store keeps for itself; metadata may not reuse them.
 RESERVED = ("doc_id", "chunk", "text", "start", "end", "tokens", "hash", "source", DIGEST_FIELD,
             ID_FIELD)
@@ -182,7 +185,7 @@ def iter_paths(paths: Iterable[str | Path]) -> Iterator[Path]:
     for p in map(Path, paths):
         if p.is_dir():
             files = sorted(f for f in p.rglob("*") if f.is_file()
-                           and f.suffix.lower() in TEXT_SUFFIXES + TABLE_SUFFIXES)
+                           and f.suffix.lower() in TEXT_SUFFIXES + FOLDER_TABLE_SUFFIXES)
         elif p.is_file():
             files = [p]
         else:
@@ -243,7 +246,7 @@ def read_documents(paths: Iterable[str | Path], config: ReadConfig = ReadConfig(
     for path in iter_paths(paths):
         suffix = path.suffix.lower()
         if suffix not in TABLE_SUFFIXES + TEXT_SUFFIXES:
-            raise ValueError(f"{path}: unsupported file type (txt, md, csv, jsonl)")
+            raise ValueError(f"{path}: unsupported file type (txt, md, csv, jsonl, json)")
         doc_path = document_path(path, config.root)
         # a NUL in a CSV field is text; in JSONL it is no JSON (and in text files binary)
         problem = text_problem(path, nul=suffix != ".csv")
@@ -270,7 +273,7 @@ def read_documents(paths: Iterable[str | Path], config: ReadConfig = ReadConfig(
 
 def _table_documents(path: Path, doc_path: str, config: ReadConfig,
                      seen: set[str]) -> Iterator[Document]:
-    """The rows of a CSV/JSONL file as documents; the metadata fields met are added to
+    """The rows of a CSV/JSONL/JSON file as documents; the metadata fields met are added to
     ``seen``."""
     for n, row in enumerate(iter_rows(path), 1):
         if config.text_field not in row:

@@ -13,7 +13,8 @@ from typing import Any, TextIO
 
 from smysl.files import allow_long_csv_fields, output
 
-TABLE_SUFFIXES = (".csv", ".jsonl", ".ndjson")
+#: The files :func:`iter_rows` reads.
+TABLE_SUFFIXES = (".csv", ".jsonl", ".ndjson", ".json")
 
 
 def table_format(path: str | Path) -> str:
@@ -49,7 +50,8 @@ def check_file(path: str | Path, what: str) -> None:
 
 
 def iter_rows(path: str | Path) -> Iterator[dict[str, Any]]:
-    """Rows of a CSV or JSONL file as dicts (CSV values are strings)."""
+    """Rows of a CSV, JSONL or JSON (an array of objects) file as dicts (CSV values are
+    strings)."""
     fmt = table_format(path)
     stdin = str(path) == "-"
     # stdin's bytes, read as a file's are (its text layer decodes in the locale's encoding);
@@ -109,7 +111,18 @@ def _json(f: TextIO, name: str) -> Iterator[dict[str, Any]]:
     as such, as they were before arrays were)."""
     text = f.read()
     if not text.lstrip().startswith("["):
-        yield from _jsonl(io.StringIO(text), name)
+        try:
+            rows = list(_jsonl(io.StringIO(text), name))
+        except ValueError as e:
+            try:  # one object over several lines: no table at all
+                whole = json.loads(text)
+            except json.JSONDecodeError:
+                raise e from None  # JSON Lines with a bad line: named by its number
+            if isinstance(whole, dict):
+                raise ValueError(f"{name}: one JSON object, not a table; a .json table is an "
+                                 "array of objects (or one object per line)") from None
+            raise
+        yield from rows
         return
     try:
         data = json.loads(text)
@@ -140,8 +153,9 @@ def read_column(path: str | Path, field: str) -> tuple[list[str], list[dict[str,
 
 
 def write_rows(path: str | Path, rows: Iterable[Mapping[str, Any]]) -> None:
-    """Write rows as CSV (columns of the first row, then any new ones) or JSONL; a file is
-    replaced whole when all is written (:func:`smysl.files.replacing`), never left half."""
+    """Write rows as CSV (columns of the first row, then any new ones), JSONL or a JSON array;
+    a file is replaced whole when all is written (:func:`smysl.files.replacing`), never left
+    half."""
     rows = list(rows)
     fmt = table_format(path)
     with output(str(path), newline="") as out:

@@ -347,7 +347,7 @@ def test_an_input_without_rows_is_said(tiny, tmp_path) -> None:
         ix.add_texts(["one"], ids=["a"])
     kept = run_job(tiny, [tmp_path / "one.jsonl"], JobConfig(output=kb))
     assert kept.texts == 0 and kept.unchanged == 1, kept
-    assert "no rows" not in kept.summary() and "1 chunks already in the index" in kept.summary()
+    assert "no rows" not in kept.summary() and "1 chunk(s) already in the index" in kept.summary()
     # an empty CSV is a file without rows, as an empty JSONL file is (it stopped the job:
     # "no column 'id' (columns: )", after the other files' shards were written)
     (tmp_path / "z.csv").write_bytes(b"")

@@ -37,6 +37,8 @@ def test_json_lines_under_json_are_still_read(tmp_path: Path) -> None:
 @pytest.mark.parametrize(("content", "words"), [
     ('[{"text": "x"}, "y"]', "item 2 of the array is a str"),
     ('[{"text": "x"},', "invalid JSON"),
+    ('{\n  "rows": [{"text": "x"}]\n}\n', "one JSON object, not a table"),  # said: line 1
+    ('{"text": "x"}\n{"text": \n', ":2: invalid JSON"),  # JSON Lines: by its line
 ])
 def test_a_bad_json_array_is_named(tmp_path: Path, content: str, words: str) -> None:
     src = tmp_path / "bad.json"
@@ -44,3 +46,15 @@ def test_a_bad_json_array_is_named(tmp_path: Path, content: str, words: str) -> 
     with pytest.raises(ValueError, match=words) as e:
         list(iter_rows(src))
     assert str(src) in str(e.value)
+
+
+def test_a_json_file_named_alone_is_indexed_and_one_in_a_folder_is_not(tmp_path: Path) -> None:
+    """A review's: ``index add x.json`` said "unsupported file type"; a .json file in a folder
+    is left alone (a config as often as a table)."""
+    from smysl.toolkit.ingest import ReadConfig, iter_paths, read_documents
+
+    (tmp_path / "rows.json").write_text(json.dumps(ROWS, ensure_ascii=False), encoding="utf-8")
+    (tmp_path / "a.md").write_text("Привет.", encoding="utf-8")
+    docs = list(read_documents([tmp_path / "rows.json"], ReadConfig(id_field="id")))
+    assert [d.text for d in docs] == [r["text"] for r in ROWS]
+    assert [p.name for p in iter_paths([tmp_path])] == ["a.md"]

@@ -669,7 +669,7 @@ def test_classify_cluster_dedup_check_their_files_and_name_the_row_at_fault(
             ("classify", ["--labels", labels, "--description-field", "descr"],
              "no row has the column --description-field 'descr'"),
             ("classify", ["--labels", str(data / "labels.json"), "--description-field", "d"],
-             "--description-field names a column of a --labels .csv/.jsonl file"),
+             "--description-field names a column of a --labels table"),
             ("classify", ["--labels", str(data / "labels.json")],
              "label 'y' needs a non-empty text description, got None"),
             ("classify", ["--labels", "x,y", "-i", null_label], "null.jsonl: row 2: the label"),
@@ -750,3 +750,22 @@ def test_rows_without_text_get_no_label_and_no_cluster(tiny_dir, data, capsys) -
     _jsonl(data / "blank.jsonl", rows[:3])
     assert main(["cluster", *model, "-i", src, "--k", "2", "-o", str(out)]) == 2
     assert "has 1 (the other 2 rows have no text)" in capsys.readouterr().err
+
+
+def test_labels_as_a_json_array_of_objects_are_a_table(tiny_dir, data, capsys) -> None:
+    """A review's: a --labels .json array of {label, description} objects (the toolkit's .json
+    table) was refused: "the label must be a non-empty string or a number, got {...}"."""
+    model = ["--model", str(tiny_dir), "--device", "cpu", "--no-progress"]
+    (data / "labels.json").write_text(json.dumps(
+        [{"label": "x", "description": "about x", "d2": "x again"},
+         {"label": "y", "description": "about y", "d2": "y again"}]), encoding="utf-8")
+    table = _jsonl(data / "labels.jsonl", [{"label": "x", "description": "about x"},
+                                           {"label": "y", "description": "about y"}])
+    outs = []
+    for labels in (str(data / "labels.json"), table):
+        assert main(["classify", *model, "-i", str(data / "rows.csv"), "--labels", labels,
+                     "-o", str(data / "p.jsonl")]) == 0, capsys.readouterr().err
+        outs.append((data / "p.jsonl").read_text(encoding="utf-8"))
+    assert outs[0] == outs[1]  # the same labels and descriptions as the .jsonl table
+    assert main(["classify", *model, "-i", str(data / "rows.csv"), "--labels",
+                 str(data / "labels.json"), "--description-field", "d2"]) == 0
