@@ -305,11 +305,11 @@ def run(args: argparse.Namespace) -> int:
                   flush=True)
 
         if args.workers == "auto":  # known once the models are loaded
-            from smysl.server.workers import auto_workers
+            from smysl.server.workers import auto_workers, one_process_index
 
             served = [m.info() for m in (model, reranker) if m is not None]
-            config = dataclasses.replace(config, workers=auto_workers(
-                [(i.device, i.process) for i in served]))
+            config = dataclasses.replace(config, workers=1 if one_process_index(config) else
+                                         auto_workers([(i.device, i.process) for i in served]))
         if args.worker_stall_s and config.workers == 1:  # it would do nothing (0: "never")
             print("smysl serve: --worker-stall-s is not used with one HTTP worker (it restarts "
                   "a stalled one of several; see --workers)", file=sys.stderr)

@@ -239,6 +239,11 @@ class ServerConfig:
             # HTTP drops the spaces around a header's value: no client could send this key
             raise ValueError("api_key must not start or end with spaces (no client can send "
                              "them in a header)")
+        if self.api_key is not None and not all(" " <= c <= "~" for c in self.api_key):
+            # a header's bytes are Latin-1 to browsers and Python's http.client, UTF-8 to
+            # curl: a key of "clé" matched one client and never the other (the /ui page)
+            raise ValueError("api_key must be printable ASCII (letters, digits, punctuation): "
+                             "clients send other characters in a header as different bytes")
 
     @classmethod
     def from_env(cls, **values: object) -> ServerConfig:

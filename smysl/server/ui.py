@@ -143,8 +143,10 @@ def open_index(spec: str, table: str, embedder: BaseEmbedder) -> tuple[VectorSto
         built_with = Index.stored_model(store)  # a store without smysl metadata stops here
     except StoreError as e:
         raise StoreError(named(e)) from None
-    except (ValueError, FileNotFoundError) as e:
-        raise type(e)(f"{named(e)}; build it with 'smysl index add'") from None
+    except FileNotFoundError as e:
+        raise FileNotFoundError(f"{named(e)}; build it with 'smysl index add'") from None
+    except ValueError as e:  # its own advice (no metadata; a folder another process holds)
+        raise ValueError(named(e)) from None
     try:
         with Index.create_or_open(embedder, IndexConfig(store=store), create=False) as index:
             checksums = index.checksums
@@ -219,9 +221,21 @@ def router(service: Service, reranking: RerankService | None = None) -> APIRoute
         """The served model's facts and the served index (null without ``--index``)."""
         described: dict[str, object] | None = None
         if store is not None:
+            from smysl.toolkit.index import binding_problem
+
             chunks, problem = None, None
+            opened = store
+
+            def look() -> tuple[int, str | None]:
+                # another process may have rebuilt it for another model or size since the
+                # start (every search is refused then; this said "healthy")
+                found = binding_problem(opened, service.embedder, opened.dimensions,
+                                        opened.read_meta())
+                return opened.count(), (None if found is None else
+                                        f"{found}; restart the server with its model")
+
             try:
-                chunks = await in_thread(store.count)
+                chunks, problem = await in_thread(look)
             except ValueError as e:  # the store's (its server gone, say; it names the place)
                 # said, not a 503: the page's similarity matrix needs no index
                 problem = str(e)
@@ -285,6 +299,10 @@ def router(service: Service, reranking: RerankService | None = None) -> APIRoute
         if body.truncate and body.mode == "text":  # as `smysl index search --truncate`
             raise ApiError("invalid", "truncate cuts the query's embedding; mode 'text' ranks "
                            "by its words", param="truncate")
+        if body.instruction is not None and body.mode == "text":  # ignored, or refused as
+            # one the model does not take: as `smysl index search --instruction` has it
+            raise ApiError("invalid", "instruction is for the query's embedding; mode 'text' "
+                           "ranks by its words", param="instruction")
         if not 0 <= body.text_weight <= MAX_TEXT_WEIGHT:
             raise ApiError("invalid", f"text_weight must be between 0 and {MAX_TEXT_WEIGHT:g}, "
                            f"got {body.text_weight}", param="text_weight")
@@ -298,10 +316,11 @@ def router(service: Service, reranking: RerankService | None = None) -> APIRoute
         # the query side of `smysl index search`: the instruction rule of the model, the
         # index's stored size, an over-long query refused unless truncate (through the
         # batcher, like every route)
-        # "" is no instruction, as `smysl index search --instruction ''` has it (the OpenAI
-        # extension's empty field is an absent one instead: the model's task)
-        task = (None if body.instruction == ""
-                else service.instruction(body.instruction, "query"))
+        # "" (or blank) is no instruction, as `smysl index search --instruction ''` has it
+        # (the OpenAI extension's empty field is an absent one instead: the model's task)
+        task = (None if body.instruction is not None and not body.instruction.strip()
+                else service.instruction(body.instruction, "query")
+                if body.mode != "text" else None)
         result = (await service.embed_texts(
             [body.query], instruction=task,
             dimensions=searched.dimensions, truncate=body.truncate, what="query",

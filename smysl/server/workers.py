@@ -93,6 +93,18 @@ def auto_workers(models: list[tuple[str | None, int | None]], cpus: int | None =
     return max(1, min(MAX_AUTO_WORKERS, (cpus or usable_cpus()) // 2))
 
 
+def one_process_index(config: ServerConfig) -> bool:
+    """Whether ``config.index`` is a local Qdrant folder, which one process at a time may
+    open (its workers each opened it: the second was refused, restarted three times, and the
+    server stopped)."""
+    if not config.index:
+        return False
+    from smysl.toolkit.store import StoreConfig, local_path
+
+    store = StoreConfig.parse(config.index, table=config.index_table)
+    return store.backend == "qdrant" and local_path(store.uri) is not None
+
+
 def check_settings(embedder: BaseEmbedder, config: ServerConfig) -> None:
     """What each worker's server checks before it listens (the default ``--dimensions``, the
     ``--index``: :class:`~smysl.server.service.Service`, :func:`smysl.server.ui.router`),
@@ -100,6 +112,10 @@ def check_settings(embedder: BaseEmbedder, config: ServerConfig) -> None:
     port is bound, instead of every worker exiting with a traceback and being restarted."""
     if config.default_dimensions is not None:
         embedder.check_dimensions(config.default_dimensions)
+    if config.workers > 1 and one_process_index(config):
+        raise ValueError(f"--workers {config.workers}: the index {config.index} is a local "
+                         "Qdrant folder, which one process at a time may open; serve it with "
+                         "one worker, or from a Qdrant server (qdrant:http://HOST:6333)")
     if config.index:
         from smysl.server.ui import open_index
 

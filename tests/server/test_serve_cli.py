@@ -144,6 +144,11 @@ def test_an_api_key_of_spaces_is_refused_not_read_as_none(monkeypatch) -> None: 
     assert ServerConfig.from_env().api_key == "sekret"
     monkeypatch.setenv("SMYSL_API_KEY", "")
     assert ServerConfig.from_env().api_key is None
+    # a review's: "clé" matched curl's UTF-8 bytes and never a browser's Latin-1 ones
+    for key in ("clé", "ключ", "tab\tkey"):
+        with pytest.raises(ValueError, match="printable ASCII"):
+            ServerConfig(api_key=key)
+    assert ServerConfig(api_key="a-b_c.d~!").api_key == "a-b_c.d~!"
 
 
 def test_unhealthy_exit_defaults_to_each_backend_s_kind() -> None:

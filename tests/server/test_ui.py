@@ -558,11 +558,13 @@ def test_page_with_auth_in_chromium(chromium, tiny, tmp_path) -> None:  # type: 
             assert "hits for" not in page.locator("#status").inner_text()
             page.unroute("**/search")
             # a key a browser cannot send (not Latin-1): every call failed, and once stored
-            # the page started with neither the key form nor a way to forget it
-            page.get_by_label("API key", exact=True).fill("ключ")
-            page.get_by_role("button", name="Use key", exact=True).click()
-            assert page.locator("#auth").is_visible()
-            assert "cannot send in a header" in page.locator("#error").inner_text()
+            # the page started with neither the key form nor a way to forget it; one of
+            # Latin-1 (é) the browser sends as other bytes than the server's (a review's)
+            for key in ("ключ", "clé"):
+                page.get_by_label("API key", exact=True).fill(key)
+                page.get_by_role("button", name="Use key", exact=True).click()
+                assert page.locator("#auth").is_visible()
+                assert "cannot send in a header" in page.locator("#error").inner_text()
             assert page.evaluate("sessionStorage.getItem('smysl-api-key')") is None
             page.evaluate("sessionStorage.setItem('smysl-api-key', 'ключ')")
             page.reload()
@@ -607,8 +609,9 @@ def test_search_instruction_empty_means_none(hash_index: Path) -> None:
 
     backend = Aware()
     with TestClient(create_app(backend, ServerConfig(index=str(hash_index)))) as client:
-        for instruction, sent in (("", "a cat"), (None, "Instruct: Find the pet\nQuery:a cat"),
-                                  ("qa", None)):
+        # blank is none too, as the CLI has it (a review's: "   " embedded with the task)
+        for instruction, sent in (("", "a cat"), ("  \n", "a cat"),
+                                  (None, "Instruct: Find the pet\nQuery:a cat"), ("qa", None)):
             backend.calls.clear()
             body = {"query": "a cat"} if instruction is None else {
                 "query": "a cat", "instruction": instruction}
@@ -618,6 +621,10 @@ def test_search_instruction_empty_means_none(hash_index: Path) -> None:
             else:
                 assert backend.calls[0][0].startswith("Instruct: ") and backend.calls[0][0] != (
                     "Instruct: Find the pet\nQuery:a cat")
+        # mode text embeds nothing: an instruction did nothing there (or was refused as one
+        # the model does not take), as `smysl index search --mode text --instruction` says
+        r = client.post("/search", json={"query": "a cat", "mode": "text", "instruction": "qa"})
+        assert r.status_code == 422 and "mode 'text' ranks by its words" in r.text, r.text
 
 
 def test_search_finds_what_was_added_while_serving(hash_index: Path) -> None:
@@ -656,8 +663,26 @@ def test_search_refuses_an_index_rebuilt_for_another_model(hash_index: Path) -> 
         assert r.status_code == 503, r.text
         assert "another process rebuilt the index" in r.json()["error"]
         assert "another-hash-model" in r.json()["error"]
+        # the page was told the index was fine (a review's): /ui/info says what search says
+        problem = client.get("/ui/info").json()["index"]["problem"]
+        assert problem and "another-hash-model" in problem
         bad = client.post("/search", json={"query": "cats", "where": {"n": {"$regex": "x"}}})
         assert bad.status_code == 422 and "operator" in bad.json()["error"]  # still the filter's
+
+
+def test_workers_refuse_a_local_qdrant_folder_one_process_may_open(tmp_path: Path) -> None:
+    """A review's: with --workers 2 each HTTP worker opened the local Qdrant folder; the second
+    was refused, restarted three times, and the server stopped. Refused at start now (and
+    --workers auto runs one worker for it)."""
+    from smysl.server.workers import check_settings, one_process_index
+
+    qd = f"qdrant:{tmp_path / 'qd'}"
+    assert one_process_index(ServerConfig(index=qd))
+    assert not one_process_index(ServerConfig(index=str(tmp_path / "kb")))
+    assert not one_process_index(ServerConfig(index="qdrant:http://127.0.0.1:6333"))
+    assert not one_process_index(ServerConfig())
+    with pytest.raises(ValueError, match="local Qdrant folder, which one process"):
+        check_settings(HashEmbedder(), ServerConfig(index=qd, workers=2))
 
 
 def _concurrent_posts(client: TestClient, bodies: list[dict[str, Any]]) -> list[Any]:
