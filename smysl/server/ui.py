@@ -130,7 +130,9 @@ def open_index(spec: str, table: str, embedder: BaseEmbedder) -> tuple[VectorSto
 
     store = StoreConfig.parse(spec, table=table)
     label = described(store)
-    path = local_path(store.uri) if store.backend == "lancedb" else None
+    # a local folder that is not there is no index (opening it made one: a Qdrant client
+    # writes its lock and metadata files first)
+    path = local_path(store.uri) if store.backend in ("lancedb", "qdrant") else None
     if path is not None and not path.is_dir():
         flag = "" if table == StoreConfig.table else f" --table {table}"
         raise FileNotFoundError(f"--index {spec}: no such index folder; build one with "

@@ -683,6 +683,10 @@ def test_workers_refuse_a_local_qdrant_folder_one_process_may_open(tmp_path: Pat
     assert not one_process_index(ServerConfig())
     with pytest.raises(ValueError, match="local Qdrant folder, which one process"):
         check_settings(HashEmbedder(), ServerConfig(index=qd, workers=2))
+    # a folder that is not there is refused, and not made (a Qdrant client wrote its files)
+    with pytest.raises(FileNotFoundError, match="no such index folder"):
+        check_settings(HashEmbedder(), ServerConfig(index=qd))
+    assert not (tmp_path / "qd").exists()
 
 
 def _concurrent_posts(client: TestClient, bodies: list[dict[str, Any]]) -> list[Any]:
