@@ -250,6 +250,10 @@ def run(args: argparse.Namespace) -> int:
     if config.workers > 1 and args.in_process:
         raise ValueError(f"--workers {config.workers} shares one engine process between the "
                          "workers: drop --in-process")
+    if config.workers > 1:  # refused before anything loads (checked again by the workers)
+        from smysl.server.workers import check_index_workers
+
+        check_index_workers(config)
 
     from smysl.registry import (
         load,

@@ -241,7 +241,17 @@ def validation_error(exc: RequestValidationError, sent_as: str | None = None) ->
     """FastAPI's validation report as one readable message naming the fields to fix;
     ``sent_as``: the request's Content-Type."""
     errors = list(exc.errors())
-    whole = [e for e in errors if tuple(e.get("loc", ())) == ("body",)]
+    tags = rerank_routes.SHAPE_TAGS | tei_routes.ROOT_TAGS
+
+    def where(e: Any) -> list[str]:
+        # the error's location, without a union's tag after "body" (/rerank's two shapes,
+        # TEI's "/" and "/invocations")
+        loc = [str(x) for x in e.get("loc", ())]
+        if loc[:1] == ["body"] and len(loc) > 1 and loc[1] in tags:
+            del loc[1]
+        return loc
+
+    whole = [e for e in errors if where(e) == ["body"]]
     if whole and sent_as is not None and "json" not in sent_as.lower():
         # curl -d sends application/x-www-form-urlencoded: the JSON in it was never read
         return ApiError("invalid", f"the request body was sent as {sent_as.split(';')[0]!r}, "
@@ -253,19 +263,13 @@ def validation_error(exc: RequestValidationError, sent_as: str | None = None) ->
     if shape is not None:  # null, an array, a string: "Input should be a valid dictionary..."
         value = shape.get("input")
         kind = ("null" if value is None else "an array" if isinstance(value, list)
-                else "a string" if isinstance(value, str) else "a number")
+                else "a string" if isinstance(value, str)
+                else "a boolean" if isinstance(value, bool) else "a number")
         return ApiError("invalid", f"the request body is {kind}; send a JSON object")
     if any(e.get("type") == "json_invalid" for e in errors):
         ctx = next(e for e in errors if e.get("type") == "json_invalid").get("ctx") or {}
         return ApiError("malformed", "request body is not valid JSON"
                         + (f": {ctx.get('error')}" if ctx.get("error") else ""))
-    def where(e: Any) -> list[str]:
-        # the error's location, without a union's tag after "body" (/rerank's two shapes)
-        loc = [str(x) for x in e.get("loc", ())]
-        if loc[:1] == ["body"] and len(loc) > 1 and loc[1] in rerank_routes.SHAPE_TAGS:
-            del loc[1]
-        return loc
-
     parts = []
     for e in errors[:5]:
         loc = ".".join(x for x in where(e) if x != "body") or "body"

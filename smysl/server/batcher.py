@@ -329,15 +329,15 @@ class Batcher:
         a thread, counted as a timeout. A thread that has started is waited for."""
         if not budget:
             return await anyio.to_thread.run_sync(run, limiter=limiter)
-        try:
-            with anyio.fail_after(max(0.0, slot.arrived + budget - time.perf_counter())):
-                return await anyio.to_thread.run_sync(run, limiter=limiter)
-        except TimeoutError:
-            self.metrics.dropped.labels("timeout").inc()
-            raise ApiError("timeout", f"the request waited for a tokenizer thread past the "
-                           f"server's time budget of {budget:g} s per request "
-                           "(request_timeout_s): the server is busy with other requests; "
-                           "retry later") from None
+        # move_on_after, not fail_after: a TimeoutError of run()'s own (a socket's) is its
+        with anyio.move_on_after(max(0.0, slot.arrived + budget - time.perf_counter())) as scope:
+            return await anyio.to_thread.run_sync(run, limiter=limiter)
+        assert scope.cancelled_caught
+        self.metrics.dropped.labels("timeout").inc()
+        raise ApiError("timeout", f"the request waited for a tokenizer thread past the "
+                       f"server's time budget of {budget:g} s per request "
+                       "(request_timeout_s): the server is busy with other requests; retry "
+                       "later")
 
     def check_room(self) -> None:
         """Raise the 503 of a closing server or the 429 of a full queue, if either applies."""

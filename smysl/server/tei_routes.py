@@ -79,6 +79,10 @@ def _root_kind(body: object) -> str:
     return "similarity" if isinstance(inputs, dict | SimilarityInput) else "embed"
 
 
+#: The tags of :class:`RootRequest`'s two shapes (in a validation error's location).
+ROOT_TAGS = frozenset({"embed", "similarity"})
+
+
 class RootRequest(RootModel[Annotated[Annotated[EmbedRequest, Tag("embed")]
                                       | Annotated[SimilarityRequest, Tag("similarity")],
                                       Discriminator(_root_kind)]]):

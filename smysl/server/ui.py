@@ -228,13 +228,14 @@ def router(service: Service, reranking: RerankService | None = None) -> APIRoute
             chunks, problem = None, None
             opened = store
 
-            def look() -> tuple[int, str | None]:
-                # another process may have rebuilt it for another model or size since the
-                # start (every search is refused then; this said "healthy")
+            def look() -> tuple[int | None, str | None]:
+                # another process may have removed it, or rebuilt it for another model or
+                # size, since the start (every search is refused then; this said "healthy")
                 found = binding_problem(opened, service.embedder, opened.dimensions,
                                         opened.read_meta())
-                return opened.count(), (None if found is None else
-                                        f"{found}; restart the server with its model")
+                if found is not None:  # said as /search says it (counting it may fail)
+                    return None, f"{found}; restart the server with its model"
+                return opened.count(), None
 
             try:
                 chunks, problem = await in_thread(look)

@@ -105,6 +105,14 @@ def one_process_index(config: ServerConfig) -> bool:
     return store.backend == "qdrant" and local_path(store.uri) is not None
 
 
+def check_index_workers(config: ServerConfig) -> None:
+    """ValueError for more than one worker on an index only one process may open."""
+    if config.workers > 1 and one_process_index(config):
+        raise ValueError(f"--workers {config.workers}: the index {config.index} is a local "
+                         "Qdrant folder, which one process at a time may open; serve it with "
+                         "one worker, or from a Qdrant server (qdrant:http://HOST:6333)")
+
+
 def check_settings(embedder: BaseEmbedder, config: ServerConfig) -> None:
     """What each worker's server checks before it listens (the default ``--dimensions``, the
     ``--index``: :class:`~smysl.server.service.Service`, :func:`smysl.server.ui.router`),
@@ -112,10 +120,7 @@ def check_settings(embedder: BaseEmbedder, config: ServerConfig) -> None:
     port is bound, instead of every worker exiting with a traceback and being restarted."""
     if config.default_dimensions is not None:
         embedder.check_dimensions(config.default_dimensions)
-    if config.workers > 1 and one_process_index(config):
-        raise ValueError(f"--workers {config.workers}: the index {config.index} is a local "
-                         "Qdrant folder, which one process at a time may open; serve it with "
-                         "one worker, or from a Qdrant server (qdrant:http://HOST:6333)")
+    check_index_workers(config)
     if config.index:
         from smysl.server.ui import open_index
 

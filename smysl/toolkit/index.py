@@ -165,7 +165,8 @@ class Index:
         model = meta.get("load") or meta.get("model")
         if not model:
             raise ValueError(f"{described(config)}: its smysl index metadata names "
-                             "no model")
+                             "no model (damaged?); name the model that built it (--model), "
+                             "or rebuild the index (smysl index add --rebuild)")
         return str(model)
 
     # ------------------------------------------------------------------ writing

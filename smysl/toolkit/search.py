@@ -10,7 +10,7 @@ rank (:class:`FusedHit`).
 Reranking is two-stage: the store returns the ``rerank_top`` nearest chunks (filters and the
 damaged-vector check apply there), the reranker scores each (query, chunk text) pair, and the best
 ``k`` by that score come back as :class:`RerankedHit` (``score``: the reranker's,
-``vector_score``: the cosine of the first stage). This module imports no reranker code: a local
+``vector_score``: the first stage's score). This module imports no reranker code: a local
 reranker brings torch only when the caller loads one.
 """
 
@@ -132,8 +132,9 @@ class SearchConfig:
 @dataclass(frozen=True)
 class RerankedHit(Hit):
     """A hit reordered by a reranker: ``score`` is the reranker's relevance score (higher is
-    more relevant; Qwen3-Reranker: P("yes") in [0, 1]), ``vector_score`` the cosine the vector
-    search gave it and ``vector_rank`` its place there (1 = nearest)."""
+    more relevant; Qwen3-Reranker: P("yes") in [0, 1]), ``vector_score`` the score the first
+    stage gave it (the cosine in mode vector; BM25 or the fused score in text/hybrid) and
+    ``vector_rank`` its place there (1 = first)."""
 
     vector_score: float = float("nan")
     vector_rank: int = 0

@@ -124,7 +124,7 @@ def test_an_index_that_cannot_be_served_is_named_without_its_password(
         s.upsert(["a"], np.full((1, 4), 0.5, np.float32))
     port = postgres_dsn.rsplit(":", 1)[1].split("/")[0]
     label = f"postgres:127.0.0.1:{port}/postgres table {table}"
-    with pytest.raises(ValueError, match="build it with") as bare:
+    with pytest.raises(ValueError, match="rebuild the index") as bare:
         open_index(with_secret(postgres_dsn), table, HashEmbedder())
     assert str(bare.value).startswith(f"--index {label}: no smysl index metadata")
     assert "sekret" not in str(bare.value)

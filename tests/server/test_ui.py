@@ -7,6 +7,7 @@ import base64
 import hashlib
 import json
 import re
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -375,6 +376,31 @@ def test_workers_refuse_a_foreign_index_before_they_start(tiny_dir, hash_index, 
     assert "listening" not in err and "Traceback" not in err
 
 
+def test_workers_and_a_local_qdrant_folder_from_the_command_line(
+        tiny_dir, tmp_path, monkeypatch, capsys) -> None:  # type: ignore[no-untyped-def]
+    """--workers 2 with a local Qdrant folder is refused before any model loads (a review's:
+    it came after the load); --workers auto serves it with one worker whatever the device."""
+    import smysl.server
+    import smysl.server.workers
+    from smysl.cli import main
+
+    qd = f"qdrant:{tmp_path / 'qd'}"
+    loads: list[str] = []
+    monkeypatch.setattr("smysl.registry.load", lambda *a, **k: loads.append("x"))
+    rc = main(["serve", "--model", str(tiny_dir), "--workers", "2", "--index", qd])
+    assert rc == 2 and "local Qdrant folder" in capsys.readouterr().err and not loads
+    monkeypatch.undo()
+    seen: list[ServerConfig] = []
+    monkeypatch.setattr(smysl.server.workers, "auto_workers", lambda *a, **k: 4)
+    monkeypatch.setattr(smysl.server, "serve",
+                        lambda embedder, config, ready: seen.append(config) or 0)
+    assert main(["serve", "--model", str(tiny_dir), "--device", "cpu", "--index", qd]) == 0
+    assert seen[0].workers == 1
+    assert main(["serve", "--model", str(tiny_dir), "--device", "cpu",
+                 "--index", str(tmp_path / "kb")]) == 0
+    assert seen[1].workers == 4  # auto's count stands for any other index
+
+
 # ---------------------------------------------------------------------------- browser
 
 
@@ -666,6 +692,9 @@ def test_search_refuses_an_index_rebuilt_for_another_model(hash_index: Path) -> 
         # the page was told the index was fine (a review's): /ui/info says what search says
         problem = client.get("/ui/info").json()["index"]["problem"]
         assert problem and "another-hash-model" in problem
+        shutil.rmtree(hash_index)  # removed: said as removed, not as "damaged"
+        problem = client.get("/ui/info").json()["index"]["problem"]
+        assert "removed" in problem and "damaged" not in problem, problem
         bad = client.post("/search", json={"query": "cats", "where": {"n": {"$regex": "x"}}})
         assert bad.status_code == 422 and "operator" in bad.json()["error"]  # still the filter's
 
