@@ -80,7 +80,7 @@ def column(rows: Iterable[Mapping[str, Any]], field: str, source: str, option: s
     values = []
     for n, row in enumerate(rows, 1):
         if field not in row:
-            name = "<stdin>" if source == "-" else source
+            name = source_name(source)
             raise ValueError(f"{name}: row {n} has no {field!r} column (columns: "
                              f"{sorted(row)}); choose one with {option}")
         values.append(row[field])
@@ -96,25 +96,34 @@ def rows_of(source: str, positions: list[int] | None = None) -> Iterator[None]:
     try:
         yield
     except InputTooLongError as e:
-        name = "<stdin>" if source == "-" else source
+        name = source_name(source)
         row = (positions[e.index] if positions is not None else e.index) + 1
         raise ValueError(e.describe(f"{name}, row {row}: the text", audience="cli")
                          ) from None
 
 
+def source_name(source: str) -> str:
+    """A table's name in messages: ``-`` is ``<stdin>``."""
+    return "<stdin>" if source == "-" else source
+
+
+def blank_rows(texts: list[str]) -> list[int]:
+    """The rows (1-based) whose text is empty or whitespace alone: it embeds as the
+    end-of-text token alone, a vector that means nothing."""
+    return [n for n, t in enumerate(texts, 1) if not t.strip()]
+
+
 def with_text(texts: list[str], source: str, command: str, what: str) -> list[int]:
-    """The positions of the texts that have a character other than whitespace. A blank text
-    embeds as the end-of-text token alone, a vector that means nothing, and was given a label
-    with a confident score, or a cluster of its own; such rows are named on stderr and left
-    without ``what`` (null)."""
-    kept = [i for i, t in enumerate(texts) if t.strip()]
-    if len(kept) < len(texts):
-        blank = [i + 1 for i, t in enumerate(texts) if not t.strip()]
+    """The positions of the texts that are not blank (:func:`blank_rows`). A blank one was given
+    a label with a confident score, or a cluster of its own; such rows are named on stderr
+    and left without ``what`` (null)."""
+    blank = blank_rows(texts)
+    if blank:
         shown = ", ".join(map(str, blank[:10])) + (", ..." if len(blank) > 10 else "")
-        name = "<stdin>" if source == "-" else source
-        print(f"smysl {command}: warning: {len(blank)} row(s) of {name} have no text "
-              f"(row {shown}); their {what} is null", file=sys.stderr)
-    return kept
+        print(f"smysl {command}: warning: {len(blank)} row(s) of {source_name(source)} have "
+              f"no text (row {shown}); their {what} is null", file=sys.stderr)
+    left_out = set(blank)
+    return [i for i in range(len(texts)) if i + 1 not in left_out]
 
 
 def labels_in(rows: Iterable[Mapping[str, Any]], field: str, source: str, option: str
@@ -126,7 +135,7 @@ def labels_in(rows: Iterable[Mapping[str, Any]], field: str, source: str, option
     for n, value in enumerate(column(rows, field, source, option), 1):
         if isinstance(value, bool) or not isinstance(value, str | int | float) or (
                 isinstance(value, str) and not value.strip()):
-            name = "<stdin>" if source == "-" else source
+            name = source_name(source)
             raise ValueError(f"{name}: row {n}: the label ({field!r}) must be a non-empty "
                              f"string or a number, got {value!r}")
         out.append(str(value))

@@ -12,6 +12,7 @@ from smysl.commands import given
 from smysl.commands._model import add_model_arguments, load_model
 from smysl.commands._toolkit import (
     add_table_arguments,
+    blank_rows,
     labels_in,
     progress,
     refuse_overwrite,
@@ -204,9 +205,8 @@ def run(args: argparse.Namespace) -> int:
         except (FileNotFoundError, IsADirectoryError, PermissionError) as e:
             raise ValueError(f"--train {args.train}: {e.strerror or e}") from None
         labels = labels_in(train_rows, label_field, args.train, "--label-field")
-        blank = next((n for n, t in enumerate(train, 1) if not t.strip()), None)
-        if blank is not None:  # an example without text teaches its label a vector of nothing
-            raise ValueError(f"--train {args.train}: row {blank} has no text "
+        if blank := blank_rows(train):  # it would teach its label a vector of nothing
+            raise ValueError(f"--train {args.train}: row {blank[0]} has no text "
                              f"({args.text_field!r}); a training example needs one")
         try:
             check_training_labels(labels)
