@@ -3,7 +3,8 @@
 
 Differences from Ollama, on purpose: vectors are always unit length (Ollama's legacy route
 returns raw ones), ``keep_alive`` and ``options`` are accepted and ignored (the model stays
-loaded for the life of the server), and, as in Ollama, ``truncate`` defaults to true.
+loaded for the life of the server) save ``options.num_ctx``, to which inputs are truncated (or
+refused) as Ollama does, and, as in Ollama, ``truncate`` defaults to true.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from pydantic import (
 from starlette.types import Receive
 
 from smysl.base import ModelInfo
+from smysl.server.errors import ApiError
 from smysl.server.fast import FastRoutes
 from smysl.server.http import ApiRequest, json_response
 from smysl.server.service import Embedded, Service, until_disconnected
@@ -126,6 +128,19 @@ def parameter_size(count: int | None) -> str:
     return f"{count / 1e6:.2f}M"
 
 
+def num_ctx(options: dict[str, Any] | None) -> tuple[str, int] | None:
+    """``options.num_ctx``, the context a request allows (Ollama truncates its inputs to it, or
+    refuses them with ``truncate: false``), as ``Service.embed_texts`` takes it; None when not
+    given (0 or null: Go's unset). 400 for anything but a whole number."""
+    value = (options or {}).get("num_ctx")
+    if value is None or value == 0:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 2:
+        raise ApiError("invalid", f"options.num_ctx must be a whole number of tokens >= 2 "
+                       f"(the text's last token and EOS), got {value!r}", param="options")
+    return "options.num_ctx", value
+
+
 def router(service: Service, fast: FastRoutes) -> APIRouter:
     r = APIRouter(prefix="/api", tags=["ollama"])
     modified = datetime.fromtimestamp(service.started, UTC).isoformat()
@@ -149,7 +164,8 @@ def router(service: Service, fast: FastRoutes) -> APIRouter:
         task = service.instruction(body.instruction, body.input_type)
         return await service.embed_texts(texts, instruction=task, dimensions=dims,
                                          truncate=body.truncate is not False,
-                                         disconnected=until_disconnected(receive), what=what)
+                                         disconnected=until_disconnected(receive), what=what,
+                                         context=num_ctx(body.options))
 
     @fast.post(r, EmbedRequest, "/embed", response_model=EmbedResponse)
     async def embed(body: EmbedRequest, receive: Receive) -> Response:

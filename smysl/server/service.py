@@ -24,7 +24,7 @@ from smysl.server.errors import ApiError, upstream_failed
 from smysl.server.health import BackendHealth
 from smysl.server.metrics import Metrics
 from smysl.shown import shown_source
-from smysl.tokenize import Direction, InputTooLongError, check_counts
+from smysl.tokenize import Direction, InputTooLongError, check_counts, fit_length
 
 _T = TypeVar("_T")
 
@@ -225,18 +225,22 @@ class Service:
     async def embed_texts(self, texts: list[str], *, instruction: str | None, dimensions: int,
                           truncate: bool, normalize: bool = True, direction: Direction = "right",
                           disconnected: Disconnected | None = None,
-                          what: str = "input") -> Embedded:
-        """Embed texts (already validated with :meth:`check_texts`)."""
+                          what: str = "input", context: tuple[str, int] | None = None
+                          ) -> Embedded:
+        """Embed texts (already validated with :meth:`check_texts`). ``context``: a request's
+        own token limit below the model's, and its name (Ollama's ``options.num_ctx``), held
+        to as the model's is (refused, or truncated with ``truncate``); backends without a
+        tokenizer cannot count, and take the model's."""
         # a full queue answers 429 before any tokenising, and the request holds its place
         # while it is tokenised
         with self.batcher.admitted() as slot:
             return await self._embed_texts(slot, texts, instruction, dimensions, truncate,
-                                           normalize, direction, disconnected, what)
+                                           normalize, direction, disconnected, what, context)
 
     async def _embed_texts(self, slot: Slot, texts: list[str], instruction: str | None,
                            dimensions: int, truncate: bool, normalize: bool,
                            direction: Direction, disconnected: Disconnected | None,
-                           what: str) -> Embedded:
+                           what: str, context: tuple[str, int] | None) -> Embedded:
         t0 = time.perf_counter()
         try:
             formatted = self.embedder.format_texts(texts, instruction)
@@ -244,6 +248,13 @@ class Service:
             raise ApiError("invalid", str(e), param="instruction") from None
         if self.tokens is not None:
             ids = await self._tokenize(self.tokens, formatted, truncate, direction, what, slot)
+            if context is not None:  # the one length rule, at the request's limit
+                who, most = context
+                try:
+                    ids = [fit_length(x, most, eos_id=x[-1], truncate=truncate, index=i,
+                                      direction=direction, who=who) for i, x in enumerate(ids)]
+                except InputTooLongError as e:
+                    raise self._too_long(what, e) from None
             lengths = [len(x) for x in ids]
             self.check_tokens(lengths, what)
             job = Job(key=("ids",), items=ids, lengths=lengths, dimensions=dimensions,

@@ -386,3 +386,32 @@ def test_a_local_folder_is_listed_by_its_name(tiny, tiny_dir) -> None:  # type: 
         assert entry["name"] == entry["model"] == tiny_dir.name, entry
         r = c.post("/api/embed", json={"model": entry["name"], "input": "x"})
         assert r.status_code == 200, r.text
+
+
+def test_ollama_num_ctx_truncates_as_ollama_does(client, tiny) -> None:  # type: ignore[no-untyped-def]
+    """A review's: ``options.num_ctx`` was accepted and ignored, so an input Ollama cuts to
+    num_ctx tokens was embedded whole here (other vectors, more compute). It is held to as the
+    model's limit is: cut with truncate (Ollama's default), refused without; 0 or null is
+    unset; anything but a whole number is a 400."""
+    ids = tiny.tokenize([LONG[:400]])[0]  # EOS last
+    assert len(ids) > 40
+    want = tiny.embed_token_ids([ids[:39]])  # 39 text tokens + EOS = 40
+    for route, body in (("/api/embed", {"input": [LONG[:400]]}),
+                        ("/api/embeddings", {"prompt": LONG[:400]})):
+        r = client.post(route, json={**body, "options": {"num_ctx": 40}})
+        assert r.status_code == 200, r.text
+        got = r.json()["embeddings"] if route == "/api/embed" else [r.json()["embedding"]]
+        np.testing.assert_allclose(vecs(got), want, atol=1e-6)
+        if route == "/api/embed":
+            assert r.json()["prompt_eval_count"] == 40
+        r = client.post(route, json={**body, "options": {"num_ctx": 40}, "truncate": False})
+        assert r.status_code == 400 and "options.num_ctx" in r.json()["error"], r.text
+    short = client.post("/api/embed", json={"input": "a", "options": {"num_ctx": 40}})
+    assert np.array_equal(vecs(short.json()["embeddings"]), tiny.embed(["a"]))
+    for unset in (0, None):
+        r = client.post("/api/embed", json={"input": [LONG[:400]], "options": {"num_ctx": unset}})
+        np.testing.assert_allclose(vecs(r.json()["embeddings"]), tiny.embed([LONG[:400]]),
+                                   atol=1e-6)
+    for bad in ("40", 1.5, True, 1):
+        r = client.post("/api/embed", json={"input": "a", "options": {"num_ctx": bad}})
+        assert r.status_code == 400 and "num_ctx" in r.json()["error"], (bad, r.text)
