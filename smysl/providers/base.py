@@ -42,7 +42,9 @@ from smysl.prompts import DEFAULT_TASK
 from smysl.providers.config import ProviderConfig, embedding_base_url
 from smysl.providers.dispatch import BatchLimit, CallLimit, run_batches
 from smysl.providers.errors import (
+    BilledAnswerError,
     IncompleteEmbeddingError,
+    InvalidRowError,
     PartialEmbeddingError,
     PayloadTooLargeError,
     ProviderError,
@@ -433,15 +435,24 @@ class Provider(BaseEmbedder):
               positions: list[int] | None = None) -> np.ndarray:
         """Rows of an answer for ``texts``. Its usage is recorded before the rows are checked:
         an answer whose rows are refused (and the request retried) was billed all the same."""
-        rows, tokens = self.parse_response(body, len(texts))
+        try:
+            rows, tokens = self.parse_response(body, len(texts))
+        except BilledAnswerError as e:
+            self._record(texts, reported_count(e.tokens))
+            raise
         self._record(texts, reported_count(tokens))
         return self._check(rows, len(texts), positions)
 
     def _check(self, rows: Sequence[Any], n: int, positions: list[int] | None) -> np.ndarray:
-        """``n`` rows as float32 at this provider's width (:func:`check_rows`)."""
-        return check_rows(rows, n, width=self._width, name=self.name,
-                          min_width=self.min_dimensions,
-                          asked=self.sends_dimensions, positions=positions)
+        """``n`` rows as float32 at this provider's width (:func:`check_rows`); a row's words
+        quote its values, without this client's secrets."""
+        try:
+            return check_rows(rows, n, width=self._width, name=self.name,
+                              min_width=self.min_dimensions,
+                              asked=self.sends_dimensions, positions=positions)
+        except InvalidRowError as e:
+            e.args = (self._http.shown(str(e)),)
+            raise
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.name!r}, base_url={shown_url(self.base_url)!r})"

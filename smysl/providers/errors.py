@@ -47,6 +47,15 @@ class InvalidRowError(MalformedResponseError, ValueError):
     message names the provider, the row and the input."""
 
 
+class BilledAnswerError(ValueError):
+    """A 2xx answer whose rows cannot be read, though it was billed: ``tokens`` is the count
+    it reported (None: none), recorded before it is refused (and the request retried)."""
+
+    def __init__(self, message: str, tokens: object = None) -> None:
+        super().__init__(message)
+        self.tokens = tokens
+
+
 class RetriesExhaustedError(ProviderError):
     """A request kept failing with retryable errors until the retry budget ran out."""
 

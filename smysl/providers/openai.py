@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from smysl.providers.base import Provider
-from smysl.providers.errors import PayloadTooLargeError, ProviderHTTPError
+from smysl.providers.errors import BilledAnswerError, PayloadTooLargeError, ProviderHTTPError
 from smysl.providers.retry import RETRYABLE_STATUS
 from smysl.providers.usage import reported_count
 
@@ -35,23 +35,6 @@ class OpenAIProvider(Provider):
     def parse_response(self, body: Any, n: int) -> tuple[Sequence[Sequence[float]], Any]:
         if isinstance(body, dict) and "data" not in body and body.get("error"):
             raise self._error_in_body(body)
-        data = body["data"]
-        if not isinstance(data, list):
-            raise TypeError("'data' is not a list")
-        rows: list[Any] = [None] * len(data)
-        for pos, item in enumerate(data):
-            if not isinstance(item, dict):  # null: an AttributeError, not retried, before
-                raise TypeError(f"data[{pos}] is not an object")
-            # ``index`` says which input a row belongs to; servers may return them shuffled.
-            idx = item.get("index", pos)
-            if isinstance(idx, bool) or not isinstance(idx, int) or not 0 <= idx < len(data):
-                raise ValueError(f"bad index {idx!r}")
-            if rows[idx] is not None:
-                raise ValueError(f"index {idx} appears twice")
-            emb = item["embedding"]
-            if isinstance(emb, str):  # encoding_format=base64 from servers that ignore ours
-                emb = np.frombuffer(base64.b64decode(emb), dtype="<f4")
-            rows[idx] = emb  # checked, with the rest, by ``rows.check_rows``
         usage = body.get("usage")
         tokens = None
         if isinstance(usage, dict):
@@ -60,6 +43,27 @@ class OpenAIProvider(Provider):
             tokens = reported_count(usage.get("prompt_tokens"))
             if tokens is None:
                 tokens = reported_count(usage.get("total_tokens"))
+        # rows that cannot be placed are refused with the usage read first: the answer was
+        # billed (it went unrecorded, or recorded, by which row was wrong)
+        data = body["data"]
+        if not isinstance(data, list):
+            raise BilledAnswerError("'data' is not a list", tokens)
+        if len(data) != n:
+            raise BilledAnswerError(f"{len(data)} embeddings for {n} inputs", tokens)
+        rows: list[Any] = [None] * len(data)
+        for pos, item in enumerate(data):
+            if not isinstance(item, dict):  # null: an AttributeError, not retried, before
+                raise BilledAnswerError(f"data[{pos}] is not an object", tokens)
+            # ``index`` says which input a row belongs to; servers may return them shuffled.
+            idx = item.get("index", pos)
+            if isinstance(idx, bool) or not isinstance(idx, int) or not 0 <= idx < len(data):
+                raise BilledAnswerError(f"data[{pos}] has a bad index", tokens)
+            if rows[idx] is not None:
+                raise BilledAnswerError(f"index {idx} appears twice", tokens)
+            emb = item["embedding"]
+            if isinstance(emb, str):  # encoding_format=base64 from servers that ignore ours
+                emb = np.frombuffer(base64.b64decode(emb), dtype="<f4")
+            rows[idx] = emb  # checked, with the rest, by ``rows.check_rows``
         return rows, tokens
 
     def _error_in_body(self, body: dict[str, Any]) -> Exception:
@@ -70,6 +74,8 @@ class OpenAIProvider(Provider):
         error = body["error"]
         code = error.get("code") if isinstance(error, dict) else None
         message = error.get("message", error) if isinstance(error, dict) else error
+        # the upstream's words, without this client's secrets (one that echoes the key)
+        message = self._http.shown(str(message))
         if code == 413:  # as the status: the batch is split
             return PayloadTooLargeError(f"{self.name}: request too large (413, in a 200 "
                                         f"answer): {str(message)[:300]}", 413,

@@ -250,9 +250,10 @@ class RetryingClient:
                     except MalformedResponseError as e:  # already says what is wrong, and where
                         last = e
                     except (ValueError, KeyError, TypeError, IndexError) as e:
+                        # secrets out first, then cut (a key cut in two was no key to hide)
                         last = MalformedResponseError(
-                            f"{self.name}: malformed response ({e}): "
-                            f"{self.shown(resp.text[:200])!r}")
+                            f"{self.name}: malformed response ({self.shown(str(e))}): "
+                            f"{self.excerpt(resp, 200)!r}")
                     except ProviderError:
                         self.usage.record_failure()
                         raise

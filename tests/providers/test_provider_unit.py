@@ -487,22 +487,26 @@ _USAGE = {"usage": {"prompt_tokens": 5}}
      True),  # ragged
     (httpx.Response(200, json={"data": [{"index": 0, "embedding": [1.0] * 16},
                                         {"index": 0, "embedding": [1.0] * 16}]}),
-     False),  # twice index 0: no answer to the inputs at all
+     None),  # twice index 0: billed all the same (a review's: it went uncounted), no usage
     (httpx.Response(200, text='{"data": [{"index": 0, "embedding": [NaN' + ', 1.0' * 15 +
                               ']}, {"index": 1, "embedding": [' + '1.0, ' * 15 + '1.0]}], '
                               '"usage": {"prompt_tokens": 5}}'), True),  # a NaN in a row
     (httpx.Response(200, json={"object": "error"}), False),
-    (httpx.Response(200, json={"data": [None, None]}), False),  # was not retried
+    (httpx.Response(200, json={"data": [None, None]}), None),  # was not retried
 ])
-def test_malformed_bodies_are_retried(bad: httpx.Response, billed: bool) -> None:
+def test_malformed_bodies_are_retried(bad: httpx.Response, billed: bool | None) -> None:
     """Retried; an answer that is an embeddings answer was billed even though its rows are
-    refused, so its usage counts (before, only the answer that replaced it did)."""
+    refused, so its usage counts (before, only the answer that replaced it did); None: billed,
+    with no count of its own (counted here)."""
     h = Recorder(script=[bad])
     p = make("openai", "m", h, dimensions=16)
     out = p.embed(["a", "b"])
     ref = np.stack([det_vector(t, 16) for t in ["a", "b"]])
     np.testing.assert_allclose(out, ref / np.linalg.norm(ref, axis=1, keepdims=True), rtol=1e-6)
     assert p.usage.retries == 1
+    if billed is None:
+        assert (p.usage.requests, p.usage.texts) == (2, 4) and p.usage.tokens > 6
+        return
     assert (p.usage.requests, p.usage.texts, p.usage.tokens) == \
         ((2, 4, 11) if billed else (1, 2, 6))
 
@@ -821,3 +825,58 @@ def test_a_smysl_client_reads_its_own_key_variable_first(monkeypatch) -> None:
     monkeypatch.delenv("SMYSL_REMOTE_API_KEY")
     make("smysl", "http://h:8000#m", h, dimensions=64).embed(["x"])
     assert h.requests[-1].headers["authorization"] == "Bearer servers-own"
+
+
+def test_an_upstream_that_echoes_the_key_in_a_200_or_a_row_never_shows_it() -> None:
+    """A review's: an error inside a 200 answer (OpenRouter's way) quoted the key in full when
+    the upstream echoed it; a malformed body was cut before its secrets were taken out (12
+    characters of a key split by the cut stayed); a row's non-number was quoted as sent."""
+    key = "sk-or-v1-0123456789SECRETSECRET"
+
+    def answer(body: Any) -> httpx.MockTransport:
+        return httpx.MockTransport(lambda request: httpx.Response(200, json=body(request)))
+
+    def auth(request: httpx.Request) -> str:
+        return request.headers["authorization"]
+
+    bodies = [
+        lambda r: {"error": {"code": 402, "message": f"no credits for key {auth(r)}"}},
+        lambda r: {"error": {"code": 502, "message": f"upstream down for {auth(r)}"}},
+        lambda r: {"error": f"bad key {auth(r)}"},
+        lambda r: {"x": "y" * 181 + auth(r)},  # the key across the 200-character cut
+        lambda r: {"data": [{"index": 0, "embedding": [0.1, auth(r)] + [0.5] * 14}]},
+        lambda r: {"data": [{"index": auth(r), "embedding": [0.5] * 16}]},
+    ]
+    for body in bodies:
+        p = connect("openai", "http://h:1/v1#m", transport=answer(body), api_key=key,
+                    max_retries=1, dimensions=16, backoff_base=0.0)
+        with pytest.raises(Exception) as e:
+            p.embed(["x"])
+        for err in _chain(e.value):
+            assert "SECRET" not in str(err), str(err)
+            assert "SECRET" not in str(getattr(err, "body", ""))
+
+
+@pytest.mark.parametrize("defect", ["first row missing", "duplicate index", "last row missing",
+                                    "not an object"])
+def test_a_billed_answer_with_rows_out_of_place_is_counted(defect: str) -> None:
+    """A review's: an answer whose rows could not be placed (a row missing but the last, an
+    index twice) went unrecorded, though billed, while one missing its last row was counted:
+    the usage depended on which row was wrong. Every billed 2xx answer counts now."""
+    calls: list[int] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        n = len(json.loads(request.content)["input"])
+        data = [{"index": i, "embedding": det_vector(str(i), 16).tolist()} for i in range(n)]
+        if not calls:
+            data = {"first row missing": data[1:], "last row missing": data[:-1],
+                    "duplicate index": [data[0], *data[:-1]],
+                    "not an object": [None, *data[1:]]}[defect]
+        calls.append(n)
+        return httpx.Response(200, json={"data": data, "usage": {"prompt_tokens": 3 * n,
+                                                                 "total_tokens": 3 * n}})
+
+    p = connect("openai", "http://h:1/v1#m", transport=httpx.MockTransport(handler),
+                dimensions=16, max_retries=2, backoff_base=0.0)
+    assert p.embed([f"t{i}" for i in range(10)]).shape == (10, 16)
+    assert len(calls) == 2 and p.usage.tokens == 60, (defect, p.usage.snapshot())
