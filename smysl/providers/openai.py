@@ -33,7 +33,9 @@ class OpenAIProvider(Provider):
         return body
 
     def parse_response(self, body: Any, n: int) -> tuple[Sequence[Sequence[float]], Any]:
-        if isinstance(body, dict) and "data" not in body and body.get("error"):
+        if not isinstance(body, dict):  # a list, a string: malformed (and retried)
+            raise TypeError(f"the answer is a {type(body).__name__}, not an object")
+        if "data" not in body and body.get("error"):
             raise self._error_in_body(body)
         usage = body.get("usage")
         tokens = None

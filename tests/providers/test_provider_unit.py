@@ -493,6 +493,7 @@ _USAGE = {"usage": {"prompt_tokens": 5}}
                               '"usage": {"prompt_tokens": 5}}'), True),  # a NaN in a row
     (httpx.Response(200, json={"object": "error"}), False),
     (httpx.Response(200, json={"data": [None, None]}), None),  # was not retried
+    (httpx.Response(200, json=[1, 2]), False),  # no object at all
 ])
 def test_malformed_bodies_are_retried(bad: httpx.Response, billed: bool | None) -> None:
     """Retried; an answer that is an embeddings answer was billed even though its rows are
