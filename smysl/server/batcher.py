@@ -46,6 +46,9 @@ from smysl.server.metrics import BatchMetrics
 
 _T = TypeVar("_T")
 
+#: Requests with more characters (texts) or tokens (token ids) than this are tokenised,
+#: checked or decoded in a thread, off the event loop (:meth:`Batcher.prepare`).
+INLINE_SIZE = 4096
 #: After this many batches in a row with no slice of any waiting large job, one goes first.
 _STARVED = 2
 #: Batches the drain rate (tokens per second, for Retry-After) is measured over.
@@ -321,16 +324,18 @@ class Batcher:
             if timer is not None:
                 timer.cancel()
 
-    async def in_thread(self, run: Callable[[], _T], limiter: anyio.CapacityLimiter,
-                        slot: Slot, budget: float | None) -> _T:
-        """``run()`` (tokenising a large request, which on the event loop would stall every
-        other client) in a thread of ``limiter``, for the request holding ``slot``: 504 once
-        its time budget (``budget`` seconds from its arrival; None: none) is spent waiting for
-        a thread, counted as a timeout. A thread that has started is waited for."""
-        if not budget:
-            return await anyio.to_thread.run_sync(run, limiter=limiter)
+    async def prepare(self, run: Callable[[], _T], size: int, limiter: anyio.CapacityLimiter,
+                      slot: Slot, budget: float | None) -> _T:
+        """``run()`` (tokenising, checking or decoding a request of ``size`` characters or
+        tokens) for the request holding ``slot``: inline up to :data:`INLINE_SIZE`, else in a
+        thread of ``limiter`` (a large one on the event loop would stall every other client).
+        504 once its time budget (``budget`` seconds from its arrival; None: none) is spent
+        waiting for a thread, counted as a timeout; a thread that has started is waited for."""
+        if size <= INLINE_SIZE:
+            return run()
+        wait = math.inf if not budget else max(0.0, slot.arrived + budget - time.perf_counter())
         # move_on_after, not fail_after: a TimeoutError of run()'s own (a socket's) is its
-        with anyio.move_on_after(max(0.0, slot.arrived + budget - time.perf_counter())) as scope:
+        with anyio.move_on_after(wait) as scope:
             return await anyio.to_thread.run_sync(run, limiter=limiter)
         assert scope.cancelled_caught
         self.metrics.dropped.labels("timeout").inc()

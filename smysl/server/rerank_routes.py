@@ -51,7 +51,6 @@ from smysl.server.http import ApiRequest, json_response
 from smysl.server.metrics import BatchMetrics, HealthMetrics, Metrics
 from smysl.server.service import (
     CHARS_PER_TOKEN,
-    INLINE_SIZE,
     Disconnected,
     check_unicode,
     until_disconnected,
@@ -263,9 +262,8 @@ class RerankService:
                                    read_chars=cut)  # what the character budget charged
 
         try:
-            ids = (tokenize() if chars <= INLINE_SIZE
-                   else await self.batcher.in_thread(tokenize, self.tokenizers, slot,
-                                                     cfg.request_timeout_s))
+            ids = await self.batcher.prepare(tokenize, chars, self.tokenizers, slot,
+                                             cfg.request_timeout_s)
         except InputTooLongError as e:
             raise ApiError("too_long", e.describe(f"{what}[{e.index}] with the query"),
                            param=what) from None

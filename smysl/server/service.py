@@ -18,7 +18,7 @@ from smysl import tokenize
 from smysl.base import BaseEmbedder, ModelInfo, Role, TokenLevel, UpstreamError
 from smysl.pooling import NonFiniteError
 from smysl.registry import names_of
-from smysl.server.batcher import BackendDown, Batcher, EmbedBackend, Job, Slot
+from smysl.server.batcher import INLINE_SIZE, BackendDown, Batcher, EmbedBackend, Job, Slot
 from smysl.server.config import ServerConfig
 from smysl.server.errors import ApiError, upstream_failed
 from smysl.server.health import BackendHealth
@@ -33,9 +33,6 @@ Disconnected = Callable[[], Awaitable[object]]
 
 log = logging.getLogger("smysl.server")
 
-#: Requests with more characters (texts) or tokens (token ids) than this are tokenised,
-#: checked or decoded off the event loop (:meth:`Service._off_loop`).
-INLINE_SIZE = 4096
 #: Texts with more characters than this per token of ``max_request_tokens`` are refused before
 #: tokenisation (real text runs 2-5 characters per Qwen3 token): tokenising a 15 MB body
 #: would take seconds and over a gigabyte only to refuse it.
@@ -307,18 +304,15 @@ class Service:
         embedding request does (429 when full: they took the tokenizer threads with no bound,
         and large embedding requests waited behind them for 33 s) and waits for a tokenizer
         thread within the time budget."""
-        if size <= INLINE_SIZE:
+        if size <= INLINE_SIZE:  # no place in the queue taken: answered at once
             return run()
         with self.batcher.admitted() as slot:
             return await self._off_loop(run, size, slot)
 
     async def _off_loop(self, run: Callable[[], _T], size: int, slot: Slot) -> _T:
-        """``run()``: inline for a request of at most :data:`INLINE_SIZE` characters or
-        tokens, else in a tokenizer thread (:meth:`Batcher.in_thread`)."""
-        if size <= INLINE_SIZE:
-            return run()
-        return await self.batcher.in_thread(run, self.tokenizers, slot,
-                                            self.config.request_timeout_s)
+        """``run()`` inline or in a tokenizer thread (:meth:`Batcher.prepare`)."""
+        return await self.batcher.prepare(run, size, self.tokenizers, slot,
+                                          self.config.request_timeout_s)
 
     @staticmethod
     def _too_long(what: str, e: InputTooLongError) -> ApiError:

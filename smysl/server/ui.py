@@ -321,9 +321,9 @@ def router(service: Service, reranking: RerankService | None = None) -> APIRoute
         # batcher, like every route)
         # "" (or blank) is no instruction, as `smysl index search --instruction ''` has it
         # (the OpenAI extension's empty field is an absent one instead: the model's task)
-        task = (None if body.instruction is not None and not body.instruction.strip()
-                else service.instruction(body.instruction, "query")
-                if body.mode != "text" else None)
+        task = None  # mode text embeds nothing
+        if body.mode != "text" and (body.instruction is None or body.instruction.strip()):
+            task = service.instruction(body.instruction, "query")
         result = (await service.embed_texts(
             [body.query], instruction=task,
             dimensions=searched.dimensions, truncate=body.truncate, what="query",
