@@ -1,7 +1,8 @@
 """The local Ollama model store, read without Ollama: which models it holds and where their
 GGUF files are.
 
-Layout (``OLLAMA_MODELS``, default ``~/.ollama/models``): ``manifests/<host>/<namespace>/
+Layout (``OLLAMA_MODELS``, default ``~/.ollama/models``, else the Linux service's
+``/usr/share/ollama/.ollama/models``): ``manifests/<host>/<namespace>/
 <model>/<tag>`` is JSON naming its layers by digest; the layer with media type
 :data:`MODEL_MEDIA` is the GGUF weights, stored as ``blobs/sha256-<hex>``. Names are Ollama's:
 ``model:tag`` for ``registry.ollama.ai/library``, ``namespace/model:tag`` for other namespaces
@@ -21,9 +22,19 @@ MODEL_MEDIA = "application/vnd.ollama.image.model"
 HOST = "registry.ollama.ai"
 
 
+#: Where Ollama's Linux install script keeps the store: its service runs as user ``ollama``,
+#: whose home this is (``~/.ollama/models`` is where ``ollama serve`` run by hand keeps it).
+SERVICE_STORE = Path("/usr/share/ollama/.ollama/models")
+
+
 def ollama_root() -> Path:
-    """The Ollama model store: ``OLLAMA_MODELS`` or ``~/.ollama/models``."""
-    return Path(os.environ.get("OLLAMA_MODELS") or Path.home() / ".ollama" / "models").expanduser()
+    """The Ollama model store: ``OLLAMA_MODELS``, else ``~/.ollama/models``, else (when that is
+    absent) the Linux service's :data:`SERVICE_STORE` where it exists."""
+    named = os.environ.get("OLLAMA_MODELS")
+    if named:
+        return Path(named).expanduser()
+    own = Path.home() / ".ollama" / "models"
+    return SERVICE_STORE if not own.is_dir() and SERVICE_STORE.is_dir() else own
 
 
 def name_of(parts: tuple[str, ...]) -> str:
@@ -126,4 +137,10 @@ def model_blob(name: str, root: Path | None = None) -> Path:
     if not path.is_file():
         raise FileNotFoundError(f"Ollama model {name!r}: its weights blob {path} is missing "
                                 "(`ollama pull` it again)")
+    want, size = layer.get("size"), path.stat().st_size
+    if isinstance(want, int) and not isinstance(want, bool) and size != want:
+        # a cut blob failed later as "truncated or corrupt GGUF header", naming no model
+        raise ValueError(f"Ollama model {name!r}: its weights blob {path} holds {size:,} bytes, "
+                         f"its manifest says {want:,} (an interrupted pull? `ollama pull "
+                         f"{name}` again)")
     return path

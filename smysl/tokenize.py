@@ -142,8 +142,12 @@ class Tokenizer:
         Now both files give the same ids."""
         from tokenizers import Tokenizer as HFTokenizer
 
-        self.raw = (HFTokenizer.from_str(json_text) if json_text is not None
-                    else HFTokenizer.from_file(str(path)))
+        try:
+            self.raw = (HFTokenizer.from_str(json_text) if json_text is not None
+                        else HFTokenizer.from_file(str(path)))
+        except Exception as e:  # the library raises a bare Exception ("EOF while parsing")
+            raise ValueError(f"{path}: not a tokenizer the tokenizers library reads ({e}); "
+                             "copy or download it again") from None
         if rows is not None and self.raw.get_vocab_size(with_added_tokens=True) > rows:
             spec = json.loads(json_text if json_text is not None
                               else Path(path).read_text(encoding="utf-8"))

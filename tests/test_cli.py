@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -481,6 +482,91 @@ def test_an_ollama_model_that_cannot_load_says_why(machine: Path, tmp_path: Path
         assert main(argv) == 2
         err = capsys.readouterr().err
         assert "manifest is damaged" in err and "not in the" not in err, err
+
+
+def test_a_hub_repo_of_gguf_files_lists_each_file_and_is_not_pulled(
+        machine: Path, tiny_dir: Path, tmp_path: Path,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """A review's: Qwen/Qwen3-Embedding-0.6B-GGUF in the cache (`hf download`) was listed as
+    `st:Qwen/...-GGUF` (a name that does not load), `smysl pull` of it said it had pulled
+    ("None dims"), and loading the repo id advised `smysl pull` to complete it."""
+    from qwen_tiny import write_gguf
+
+    src = tmp_path / "gguf-repo"
+    src.mkdir()
+    write_gguf(tiny_dir, src / "Qwen3-Embedding-0.6B-Q8_0.gguf", ftype="Q8_0")
+    (src / "README.md").write_text("GGUF files of Qwen3-Embedding-0.6B\n")
+    snap = fake_hub_cache(machine, "Qwen/Qwen3-Embedding-0.6B-GGUF", src)
+    assert main(["models", "--json"]) == 0
+    rows = {r["name"]: r for r in json.loads(capsys.readouterr().out)}
+    assert not any("GGUF" in n and not n.endswith(".gguf") for n in rows)
+    row = rows[str(snap / "Qwen3-Embedding-0.6B-Q8_0.gguf")]
+    assert (row["source"], row["dimensions"], row["dtype"], row["problem"]) == (
+        "hub", 64, "Q8_0", None)
+    said = rf"{snap} holds GGUF files \(Qwen3-Embedding-0.6B-Q8_0.gguf\), not a transformers "
+    for argv in (["pull", "Qwen/Qwen3-Embedding-0.6B-GGUF"],
+                 ["show", "Qwen/Qwen3-Embedding-0.6B-GGUF"],
+                 ["embed", "--model", "Qwen/Qwen3-Embedding-0.6B-GGUF", "-i",
+                  str(src / "README.md")]):
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert re.search(said, err) and "`smysl pull" not in err, (argv, err)
+    # the file listed loads, as the message says
+    assert main(["embed", "--model", row["name"], "-i", str(src / "README.md"), "-o",
+                 str(tmp_path / "v.npy")]) == 0
+    assert np.load(tmp_path / "v.npy").shape == (1, 64)
+
+
+def test_a_reranker_gguf_is_shown_as_one(tiny_dir: Path, tmp_path: Path,
+                                         capsys: pytest.CaptureFixture[str]) -> None:
+    """A review's: `smysl show rerank.gguf` said ``role: embedding`` beside a problem that said
+    it was a reranker."""
+    from qwen_tiny import write_gguf
+
+    path = write_gguf(tiny_dir, tmp_path / "rerank.gguf", pooling=4)
+    assert main(["show", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "role:         reranker" in out and "(a reranker)" in out
+
+
+def test_a_cut_ollama_blob_names_the_model_when_loaded(
+        machine: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A review's: `ollama-store:NAME` with a cut blob said "truncated or corrupt GGUF header"
+    of a blob path, naming no model and no fix (`smysl show` said it well); `smysl pull
+    ollama-store:NAME` called it "a ollama-store: model, loaded by its backend"."""
+    store = tmp_path / "ollama"
+    manifest = json.loads((store / "manifests/registry.ollama.ai/library/qwen3-embedding/0.6b"
+                           ).read_text())
+    weights = store / "blobs" / manifest["layers"][0]["digest"].replace(":", "-")
+    weights.write_bytes(weights.read_bytes()[:100])
+    assert main(["embed", "--model", "ollama-store:qwen3-embedding:0.6b", "-i",
+                 str(weights)]) == 2
+    err = capsys.readouterr().err
+    assert re.search(r"Ollama model 'qwen3-embedding:0.6b': its weights blob .* holds 100 bytes, "
+                     r"its manifest says [\d,]+ \(an interrupted pull\? `ollama pull "
+                     r"qwen3-embedding:0.6b` again\)", err), err
+    assert main(["pull", "ollama-store:qwen3-embedding:0.6b"]) == 2
+    err = capsys.readouterr().err
+    assert "fetch it with `ollama pull qwen3-embedding:0.6b`" in err and "a ollama" not in err
+
+
+def test_the_linux_service_s_store_is_found(tmp_path: Path,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """A review's: Ollama's Linux install runs as user ``ollama`` and keeps its models in
+    /usr/share/ollama/.ollama/models; only ~/.ollama/models was looked in, so `smysl models`
+    showed none of them."""
+    import smysl.ollama_store as store
+
+    service = tmp_path / "usr-share" / "models"
+    service.mkdir(parents=True)
+    monkeypatch.setattr(store, "SERVICE_STORE", service)
+    monkeypatch.delenv("OLLAMA_MODELS", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert store.ollama_root() == service
+    (tmp_path / "home" / ".ollama" / "models").mkdir(parents=True)  # a store of one's own wins
+    assert store.ollama_root() == tmp_path / "home" / ".ollama" / "models"
+    monkeypatch.setenv("OLLAMA_MODELS", str(tmp_path / "named"))  # and the variable over both
+    assert store.ollama_root() == tmp_path / "named"
 
 
 def test_ollama_names_match_in_any_case_in_their_long_forms(machine: Path) -> None:

@@ -130,8 +130,16 @@ def checkpoint_entry(root: Path, name: str, source: str, *, size: int | None = N
                      kind: str | None = None, problem: str | None = None) -> ModelEntry:
     """Facts of a checkpoint directory (configs and safetensors headers; weights not read),
     and what stops it loading (``problem``: the caller's, else missing or truncated files)."""
-    from smysl.qwen3.hub import missing_weights, read_checkpoint, weight_files
+    from smysl.qwen3.hub import (
+        gguf_files,
+        ggufs_not_a_checkpoint,
+        missing_weights,
+        read_checkpoint,
+        weight_files,
+    )
 
+    if problem is None and not (root / "config.json").is_file() and (held := gguf_files(root)):
+        problem = ggufs_not_a_checkpoint(root, held)
     config = _json(root / "config.json")
     kind = kind or embedding_kind(root, name) or "st"
     pooling = _json(root / "1_Pooling" / "config.json")
@@ -192,7 +200,7 @@ def _hub_fingerprint(root: Path, weights: list[Path]) -> dict[str, Any]:
     return out
 
 
-def gguf_entry(path: Path, name: str) -> ModelEntry:
+def gguf_entry(path: Path, name: str, source: str = "local") -> ModelEntry:
     """Facts of a GGUF file (its header; weights not read), and what stops the engine loading
     it (the engine's own check: architecture, pooling, tensors, tokenizer)."""
     from smysl.qwen3 import gguf
@@ -219,8 +227,11 @@ def gguf_entry(path: Path, name: str) -> ModelEntry:
         "pooling_type": meta.get(f"{arch}.pooling_type"),
         "files": {path.name: path.stat().st_size},
     }
-    return ModelEntry(name, "local", path.stat().st_size, int(hidden) if hidden else None,
-                      dtype, str(path), int(context) if context else None, details, problem)
+    # rank pooling: a reranker converted by llama.cpp (loaded by neither engine here)
+    reranker = meta.get(f"{arch}.pooling_type") == 4
+    return ModelEntry(name, source, path.stat().st_size, int(hidden) if hidden else None,
+                      dtype, str(path), int(context) if context else None, details, problem,
+                      "reranker" if reranker else "embedding")
 
 
 # ---------------------------------------------------------------------- Hugging Face cache
@@ -230,6 +241,7 @@ def hub_models(cache_dir: str | None = None, *, every: bool = False) -> list[Mod
     from huggingface_hub.errors import CacheNotFound
 
     from smysl.hfcache import hub_cache
+    from smysl.qwen3.hub import gguf_files
 
     try:
         info = scan_cache_dir(hub_cache(cache_dir))
@@ -241,6 +253,11 @@ def hub_models(cache_dir: str | None = None, *, every: bool = False) -> list[Mod
             continue
         # the revision ``main`` points at, else the newest
         rev = max(repo.revisions, key=lambda r: ("main" in r.refs, r.last_modified))
+        if not (rev.snapshot_path / "config.json").is_file() and (
+                held := gguf_files(rev.snapshot_path)):  # a *-GGUF repo: each file, by path
+            out += [e for e in (gguf_entry(p, str(p), "hub") for p in held)
+                    if every or e.problem is None or "embed" in repo.repo_id.lower()]
+            continue
         kind = embedding_kind(rev.snapshot_path, repo.repo_id)
         if kind is None and not every:
             continue
@@ -488,6 +505,9 @@ def _run_pull(args: argparse.Namespace) -> int:
     scheme, rest = split(args.model)
     if scheme == "ollama":
         raise ValueError(f"{args.model!r} lives in Ollama: fetch it with `ollama pull {rest}`")
+    if scheme == "ollama-store":
+        raise ValueError(f"{args.model!r} is read from the Ollama store: fetch it with "
+                         f"`ollama pull {rest}`")
     if scheme != "qwen3":
         raise ValueError(f"{args.model!r} is a {scheme}: model, loaded by its backend; "
                          "smysl pull fetches Qwen3-Embedding checkpoints from the Hugging Face Hub")
@@ -577,6 +597,10 @@ def show_entry(model: str, revision: str | None = None) -> ModelEntry:
         # the cache only; its error says `smysl pull`
         root = download(name, revision=revision, offline=True)
     if not (root / "config.json").is_file():
+        from smysl.qwen3.hub import gguf_files, ggufs_not_a_checkpoint
+
+        if held := gguf_files(root):
+            raise ValueError(ggufs_not_a_checkpoint(root, held))
         raise ValueError(f"{root} has no config.json: not a transformers checkpoint")
     native = scheme == "qwen3" and _json(root / "config.json").get("model_type") == "qwen3"
     kind = ("st" if scheme == "st" else None if not native

@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from smysl.qwen3.hub import Checkpoint
+from smysl.qwen3.hub import Checkpoint, looks_whole_json
 from smysl.tokenize import EOS_TOKEN, Tokenizer
 
 if TYPE_CHECKING:
@@ -386,6 +386,17 @@ def check_tensors(header: Header, config: dict[str, Any]) -> None:
             "checkpoint")
 
 
+def check_split(header: Header) -> None:
+    """llama.cpp writes a large model as parts (``*-00001-of-00003.gguf``, ``split.count``
+    in each header); the loader reads one whole file."""
+    count = int(header.metadata.get("split.count", 1) or 1)
+    if count > 1:
+        part = int(header.metadata.get("split.no", 0)) + 1
+        raise ValueError(f"{header.path}: part {part} of a GGUF split into {count} files; "
+                         f"merge them into one first (`llama-gguf-split --merge "
+                         f"<the first part> merged.gguf`) and pass that")
+
+
 def check_pooling(header: Header) -> None:
     """Qwen3-Embedding pools the last token. A missing, -1 (unspecified) or 0 (none)
     ``pooling_type`` means that (old conversions wrote none); mean, CLS or rank pooling is
@@ -425,10 +436,14 @@ def read_checkpoint(path: Path, name: str | None = None) -> Checkpoint:
     for anything unsupported (architecture, tensor types, pooling, tokenizer), before any
     weight is read."""
     header = read_header(path)
-    check_pooling(header)  # first: a reranker's file also has a tensor no embedder has
+    check_split(header)  # first: a part lacks most tensors, and said only that
+    check_pooling(header)  # then: a reranker's file also has a tensor no embedder has
     config = config_of(header)
     check_tensors(header, config)
     sidecar = path.parent / "tokenizer.json"
+    if sidecar.is_file() and not looks_whole_json(sidecar):  # it is read instead of the file's
+        raise ValueError(f"{sidecar}: empty or cut short; it takes the place of {path.name}'s "
+                         "own tokenizer: copy it again, or remove it")
     if not sidecar.is_file():
         check_tokenizer(header)
     kind = weight_type(header)

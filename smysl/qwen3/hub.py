@@ -186,11 +186,12 @@ def download(repo: str, *, revision: str | None = None, cache_dir: str | None = 
 
 def _reach_hub(repo: str, revision: str | None, cache_dir: str | None) -> None:
     """ModelNotFoundError unless the Hub answers for ``repo``: huggingface_hub (2.x) returns
-    a cached snapshot when the Hub cannot be reached, so a pull said it had pulled."""
+    a cached snapshot when the Hub cannot be reached, so a pull said it had pulled. A repo of
+    GGUF files alone is refused too: none of them is pulled, and the pull said it had pulled."""
     from huggingface_hub import HfApi, constants, errors
 
     try:
-        HfApi().model_info(repo, revision=revision or "main")  # as snapshot_download asks
+        info = HfApi().model_info(repo, revision=revision or "main")  # as snapshot_download asks
     except (errors.RepositoryNotFoundError, errors.GatedRepoError,
             errors.RevisionNotFoundError) as e:
         raise ModelNotFoundError(_hub_failure(repo, revision, cache_dir, False, e)) from e
@@ -202,6 +203,13 @@ def _reach_hub(repo: str, revision: str | None, cache_dir: str | None) -> None:
         raise ModelNotFoundError(
             f"could not reach the Hugging Face Hub to pull {repo!r} ({constants.ENDPOINT}: "
             f"{_root_cause(e)}){kept}; check the network (HF_ENDPOINT, HTTPS_PROXY)") from e
+    files = [s.rfilename for s in info.siblings or []]
+    ggufs = [f for f in files if f.lower().endswith(".gguf")]
+    if ggufs and "config.json" not in files:  # nothing of it matches the files pulled
+        raise ModelNotFoundError(
+            f"{repo!r} holds GGUF files ({', '.join(ggufs[:4])}{' ...' if len(ggufs) > 4 else ''})"
+            f", not a transformers checkpoint: download the one you want (`hf download {repo} "
+            f"{ggufs[0]}`) and pass its path as the model")
 
 
 def _hub_failure(repo: str, revision: str | None, cache_dir: str | None, offline: bool,
@@ -280,8 +288,11 @@ def _root_cause(error: BaseException) -> str:
 def _json(path: Path) -> dict[str, Any]:
     if not path.is_file():
         return {}
-    with path.open(encoding="utf-8") as f:
-        data = json.load(f)
+    try:
+        with path.open(encoding="utf-8") as f:
+            data = json.load(f)
+    except ValueError as e:  # an empty or cut copy: json's message names no file
+        raise ValueError(f"{path}: not valid JSON ({e}); copy or download it again") from None
     return data if isinstance(data, dict) else {}
 
 
@@ -296,6 +307,8 @@ def read_checkpoint(root: Path, name: str | None = None) -> Checkpoint:
         return gguf.read_checkpoint(root, name)
     weights = weight_files(root)
     if missing := missing_files(root, weights):
+        if not (root / "config.json").is_file() and (held := gguf_files(root)):
+            raise ValueError(ggufs_not_a_checkpoint(root, held))
         raise ValueError(f"{root}: missing or incomplete files: {', '.join(missing)}"
                          f"{_redo(root)}")
     config = _json(root / "config.json")
@@ -371,7 +384,39 @@ def missing_files(root: Path, weights: Sequence[Path]) -> list[str]:
     out += missing_weights(weights) if weights else ["*.safetensors (none)"]
     if not (root / "tokenizer.json").is_file():
         out.append("tokenizer.json (missing)")
+    elif not looks_whole_json(root / "tokenizer.json"):
+        out.append("tokenizer.json (empty or cut short)")
     return out
+
+
+def looks_whole_json(path: Path) -> bool:
+    """Whether the file ``path`` begins with ``{`` and ends with ``}`` (whitespace aside): an
+    empty or cut-short copy does not, found without parsing megabytes (a tokenizer.json is
+    ~11 MB). It failed later as the tokenizers library's ``Exception: EOF while parsing``,
+    naming no file."""
+    try:
+        with path.open("rb") as f:
+            head = f.read(64).lstrip()
+            f.seek(max(0, path.stat().st_size - 64))
+            tail = f.read().rstrip()
+    except OSError:
+        return False
+    return head.startswith(b"{") and tail.endswith(b"}")
+
+
+def gguf_files(root: Path) -> list[Path]:
+    """The GGUF files directly in directory ``root``, sorted by name."""
+    return sorted(p for p in root.glob("*") if p.suffix.lower() == ".gguf" and p.is_file())
+
+
+def ggufs_not_a_checkpoint(root: Path, held: Sequence[Path]) -> str:
+    """Why a directory of GGUF files (a Hub ``*-GGUF`` repo, a download folder) does not load as
+    a checkpoint directory: each file is a model of its own, passed by its path."""
+    names = ", ".join(p.name for p in held[:4]) + (f" and {len(held) - 4} more"
+                                                    if len(held) > 4 else "")
+    return (f"{root} holds GGUF files ({names}), not a transformers checkpoint "
+            f"(config.json, *.safetensors): pass one of the files as the model, e.g. "
+            f"--model {held[0]}")
 
 
 def looks_like_reranker(root: Path, name: str) -> bool:

@@ -793,3 +793,45 @@ def test_show_reads_a_gguf_file(files: dict[str, Path], tiny_dir: Path, tmp_path
     assert main(["show", str(chat)]) == 0
     out = capsys.readouterr().out
     assert "problem:" in out and "pooling" in out
+
+
+def test_a_split_part_says_to_merge_first(tiny_dir: Path, sidecar_dir: Path) -> None:
+    """A review's: the first part of a split GGUF said only "GGUF file lacks tensors [...]"."""
+    path = write_gguf(tiny_dir, sidecar_dir / "m-00001-of-00002.gguf", tokenizer=False,
+                      extra_u32={"split.no": 0, "split.count": 2})
+    _refused(path, r"part 1 of a GGUF split into 2 files; merge them into one first "
+                   r"\(`llama-gguf-split --merge")
+
+
+@pytest.mark.parametrize("content", ["", '{"version": "1.0", "truncation": null, "add'])
+def test_a_damaged_tokenizer_json_beside_the_file_is_named(
+        files: dict[str, Path], tmp_path: Path, content: str) -> None:
+    """A review's: an empty (or cut) tokenizer.json next to the GGUF file, which takes the
+    place of the file's own tokenizer, ended in the tokenizers library's bare ``Exception: EOF
+    while parsing a value``, naming no file; `smysl show` found nothing wrong."""
+    from smysl.commands.models import show_entry
+
+    path = tmp_path / "m.gguf"
+    shutil.copy(files["F16"], path)
+    (tmp_path / "tokenizer.json").write_text(content, encoding="utf-8")
+    for load in (read_checkpoint, lambda p: Embedder.load(str(p), device="cpu")):
+        with pytest.raises(ValueError, match=r"tokenizer\.json: empty or cut short; it takes "
+                                             r"the place of m\.gguf's own tokenizer"):
+            load(path)
+    assert "empty or cut short" in (show_entry(str(path)).problem or "")
+    (tmp_path / "tokenizer.json").unlink()  # without it, the file's own tokenizer serves
+    assert read_checkpoint(path).tokenizer_file == path
+
+
+def test_a_folder_of_gguf_files_says_to_pass_one(files: dict[str, Path], tmp_path: Path) -> None:
+    """A review's: a folder holding GGUF files said "missing config.json, *.safetensors (none),
+    tokenizer.json ... (copy or convert the checkpoint again)"."""
+    for kind in ("Q8_0", "F16"):
+        shutil.copy(files[kind], tmp_path / files[kind].name)
+    for load in (lambda p: Embedder.load(str(p), device="cpu"),
+                 lambda p: smysl.load(str(p), device="cpu")):
+        with pytest.raises(ValueError, match=r"holds GGUF files \(tiny-F16.gguf, "
+                                             r"tiny-Q8_0.gguf\), not a transformers checkpoint "
+                                             r".*pass one of the files as the model, e.g. "
+                                             rf"--model {tmp_path}/tiny-F16.gguf"):
+            load(tmp_path)

@@ -64,6 +64,33 @@ def test_missing_files(tiny_dir: Path, tmp_path: Path) -> None:
         read_checkpoint(d)
 
 
+def test_a_damaged_tokenizer_or_config_names_its_file(tiny_dir: Path, tmp_path: Path) -> None:
+    """A review's: an empty or cut tokenizer.json (an interrupted copy) passed the file check
+    and failed in the tokenizers library as a bare ``Exception: EOF while parsing a value``;
+    one that parses but is no tokenizer, and a cut config.json, named no file either."""
+    from smysl.commands.models import show_entry
+    from smysl.tokenize import Tokenizer
+
+    d = _copy(tiny_dir, tmp_path)
+    whole = (d / "tokenizer.json").read_text(encoding="utf-8")
+    for cut in ("", "\n", whole[: len(whole) // 2]):
+        (d / "tokenizer.json").write_text(cut, encoding="utf-8")
+        for load in (read_checkpoint, lambda p: Embedder.load(str(p), device="cpu")):
+            with pytest.raises(ValueError, match=r"missing or incomplete files: tokenizer\.json "
+                                                 r"\(empty or cut short\)"):
+                load(d)
+        assert "tokenizer.json (empty or cut short)" in (show_entry(str(d)).problem or "")
+    (d / "tokenizer.json").write_text('{"version": "1.0"}', encoding="utf-8")
+    with pytest.raises(ValueError, match=rf"{d}/tokenizer\.json: not a tokenizer the "
+                                         "tokenizers library reads"):
+        Tokenizer(d / "tokenizer.json", 512)
+    (d / "tokenizer.json").write_text(whole, encoding="utf-8")
+    config = (d / "config.json").read_text(encoding="utf-8")
+    (d / "config.json").write_text(config[:-40], encoding="utf-8")
+    with pytest.raises(ValueError, match=rf"{d}/config\.json: not valid JSON"):
+        read_checkpoint(d)
+
+
 def test_another_architecture_is_named_before_its_tokenizer_or_head(tiny_dir: Path,
                                                                    tmp_path: Path) -> None:
     """A BERT folder was refused for "no <|endoftext|> token" (embedder) or "lacks
@@ -246,6 +273,37 @@ def test_pull_downloads_the_engine_files_through_the_hub(
         err = capsys.readouterr().err
         assert "no model 'Qwen/No-Such-Model' on the Hugging Face Hub" in err
         assert "RepositoryNotFoundError" not in err and "local_files_only" not in err
+    finally:
+        hub.close()
+
+
+def test_pull_of_a_repo_of_gguf_files_says_so_and_fetches_nothing(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """A review's: `smysl pull Qwen/Qwen3-Embedding-0.6B-GGUF` fetched none of its files (the
+    engine's patterns skip GGUF) and said it had pulled, "None dims"."""
+    import huggingface_hub.constants as hub_constants
+
+    from smysl.cli import main
+
+    repo = "Qwen/Qwen3-Embedding-0.6B-GGUF"
+    hub = FakeHub(repo, {"Qwen3-Embedding-0.6B-Q8_0.gguf": b"GGUF" + bytes(60),
+                         "Qwen3-Embedding-0.6B-f16.gguf": b"GGUF" + bytes(60),
+                         "README.md": b"GGUF files"})
+    try:
+        monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+        monkeypatch.setattr(hub_constants, "HF_HUB_OFFLINE", False)
+        monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf"))
+        monkeypatch.setattr(hub_constants, "ENDPOINT", hub.url)
+        monkeypatch.setattr(hub_constants, "HUGGINGFACE_CO_URL_TEMPLATE",
+                            hub.url + "/{repo_id}/resolve/{revision}/{filename}")
+        assert main(["pull", repo]) == 2
+        err = capsys.readouterr().err
+        assert (f"'{repo}' holds GGUF files (Qwen3-Embedding-0.6B-Q8_0.gguf, "
+                "Qwen3-Embedding-0.6B-f16.gguf), not a transformers checkpoint: download the "
+                f"one you want (`hf download {repo} Qwen3-Embedding-0.6B-Q8_0.gguf`) and pass "
+                "its path as the model") in err
+        assert not (tmp_path / "hf" / "models--Qwen--Qwen3-Embedding-0.6B-GGUF").exists()
     finally:
         hub.close()
 
