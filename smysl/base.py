@@ -287,7 +287,7 @@ class BaseEmbedder(abc.ABC):
         dims = (None if dimensions is None and self.known_dimensions() is None else
                 self.check_dimensions(dimensions))
         formatted = self.format_texts(items, instruction)
-        with _progress_bar(progress, len(items)) as bar:
+        with progress_bar(progress, len(items)) as bar:
             raw = self.embed_formatted(formatted, truncate=truncate, progress=bar)
         return finish(raw, raw.shape[1] if dims is None else dims)
 
@@ -502,7 +502,10 @@ class _NullBar:
         pass
 
 
-def _progress_bar(progress: bool | Progress, total: int) -> Any:
+def progress_bar(progress: bool | Progress, total: int) -> Any:
+    """A context manager with ``update(n)`` for an ``embed`` call's ``progress`` argument
+    (checked by :func:`check_progress`): a tqdm bar of ``total`` texts for True, the caller's
+    object for one, else nothing."""
     if progress is False or progress is None:
         return _NullBar()
     if progress is True:

@@ -68,6 +68,14 @@ def check_config(model: BaseEmbedder, cfg: AdapterConfig) -> AdapterConfig:
     return cfg
 
 
+def check_text_list(texts: object, method: str, instead: str) -> None:
+    """A framework's batch method given one string: ``list("abc")`` (or iterating it, as
+    LlamaIndex's batching does) would embed three one-letter documents without a word."""
+    if isinstance(texts, str):
+        raise ValueError(f"{method} takes a list of texts, got one string: pass [text], or "
+                         f"{instead}")
+
+
 def embed_queries(model: BaseEmbedder, texts: list[str], cfg: AdapterConfig) -> list[list[float]]:
     """Query vectors (the instruction applied) as the frameworks' lists of floats."""
     rows = model.embed_queries(texts, cfg.task, dimensions=cfg.dimensions, truncate=cfg.truncate)

@@ -16,6 +16,7 @@ from smysl.base import BaseEmbedder
 from smysl.integrations import (
     AdapterConfig,
     check_config,
+    check_text_list,
     embed_documents,
     embed_queries,
     open_model,
@@ -48,9 +49,7 @@ class SmyslEmbeddings(Embeddings):  # type: ignore[misc, valid-type]
             raise
 
     def embed_documents(self, texts: list[str]) -> list[list[float]]:
-        if isinstance(texts, str):  # list("abc") would embed three one-letter documents
-            raise ValueError("embed_documents takes a list of texts, got one string: "
-                             "pass [text], or embed_query for a query")
+        check_text_list(texts, "embed_documents", "embed_query for a query")
         return embed_documents(self.model, list(texts), self.config)
 
     def embed_query(self, text: str) -> list[float]:

@@ -19,6 +19,7 @@ from smysl.base import BaseEmbedder, positive_int
 from smysl.integrations import (
     AdapterConfig,
     check_config,
+    check_text_list,
     embed_documents,
     embed_queries,
     open_model,
@@ -258,6 +259,20 @@ class SmyslEmbedding(_base.BaseEmbedding):  # type: ignore[name-defined]
 
     def _get_text_embedding(self, text: str) -> list[float]:
         return embed_documents(self._model, [text], self._config)[0]
+
+    def get_text_embedding_batch(self, texts: list[str], show_progress: bool = False,
+                                 **kwargs: Any) -> list[list[float]]:
+        check_text_list(texts, "get_text_embedding_batch", "get_text_embedding for one text")
+        out: list[list[float]] = super().get_text_embedding_batch(texts, show_progress,
+                                                                  **kwargs)
+        return out
+
+    async def aget_text_embedding_batch(self, texts: list[str], show_progress: bool = False,
+                                        **kwargs: Any) -> list[list[float]]:
+        check_text_list(texts, "aget_text_embedding_batch", "aget_text_embedding for one text")
+        out: list[list[float]] = await super().aget_text_embedding_batch(texts, show_progress,
+                                                                         **kwargs)
+        return out
 
     def _get_text_embeddings(self, texts: list[str]) -> list[list[float]]:
         try:

@@ -41,7 +41,7 @@ from smysl.scale.sources import (
     find_sources,
     read_rows,
 )
-from smysl.tokenize import InputTooLongError
+from smysl.tokenize import InputTooLongError, check_counts
 from smysl.toolkit.chunking import CHUNKER_VERSION, ChunkConfig, TokenChunker, chunker_for
 
 MANIFEST = JOB_MANIFEST
@@ -728,9 +728,16 @@ class _ParquetWriter(_Writer):
 
     def _embed(self, batch: _Batch, source: Source, bad: _BadRows) -> tuple[_Batch, np.ndarray]:
         """The batch's vectors; a text the model refuses as too long is its row's problem
-        (named by file and row, or that row alone left out), not the batch's."""
+        (named by file and row, or that row alone left out), not the batch's.
+
+        Where the batch's token counts are known, the length rule is applied to them first:
+        on Ray each actor embeds its part at once, and one part refused as too long threw
+        the others' away, to be embedded again (a paid provider billed them twice)."""
+        limit = self.model.max_tokens
         while True:
             try:
+                if batch.tokens is not None and limit is not None and not self.config.truncate:
+                    check_counts(batch.tokens, limit)
                 return batch, self.model.embed(batch.texts, instruction=self.config.instruction,
                                                dimensions=self.config.dimensions,
                                                truncate=self.config.truncate)

@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from smysl.base import BaseEmbedder, Progress
+from smysl.base import BaseEmbedder, Progress, check_flag, check_progress, progress_bar
 from smysl.options import ModelOptions
 from smysl.registry import portable_model
 from smysl.scale.sources import to_row
@@ -69,12 +69,14 @@ def _ray() -> Any:
     return ray
 
 
-def connect(config: RayConfig) -> Any:
-    """``ray.init`` on the configured cluster (``$RAY_ADDRESS`` without an address, else a
-    local one); a clear error naming the address when it cannot be reached."""
+def connect(config: RayConfig) -> tuple[Any, bool]:
+    """``ray.init`` on the configured cluster (``$RAY_ADDRESS`` without an address, else this
+    machine's running one, else a new local one); a clear error naming the address when it
+    cannot be reached. Returns (the ``ray`` module, whether this call started a new local
+    cluster: one that cannot grow, so a pool it cannot hold waits for ever)."""
     ray = _ray()
     if ray.is_initialized():
-        return ray
+        return ray, False
     address = config.address or os.environ.get("RAY_ADDRESS") or None
     given = bool(config.address) or not address
     where = address if given else f"{address} (from $RAY_ADDRESS)"
@@ -85,13 +87,21 @@ def connect(config: RayConfig) -> Any:
         problem = f"{silent}; start one (ray start --head) or {instead} for a local one"
     if problem is not None:
         raise ValueError(f"cannot connect to the Ray cluster at {where}: {problem}")
+    started = False
     try:
-        ray.init(address=config.address, include_dashboard=False, log_to_driver=False)
+        if address is None:  # this machine's `ray start` cluster if there is one (fast)
+            try:
+                ray.init(address="auto", include_dashboard=False, log_to_driver=False)
+            except ConnectionError:  # none: a new one, of this machine's CPUs
+                ray.init(include_dashboard=False, log_to_driver=False)
+                started = True
+        else:
+            ray.init(address=config.address, include_dashboard=False, log_to_driver=False)
     except (ConnectionError, RuntimeError, ValueError) as e:
         # a cluster that answers and refuses (an auth token, another Ray version): its reason
         raise ValueError(f"cannot connect to the Ray cluster at {where or 'a new local one'}: "
                          f"{first_line(e)}") from None
-    return ray
+    return ray, started
 
 
 def _host_port(address: str | None) -> tuple[str, str, str] | None:
@@ -105,6 +115,9 @@ def _host_port(address: str | None) -> tuple[str, str, str] | None:
 def _malformed(address: str | None) -> str | None:
     """Why ``address`` is no cluster address Ray takes, else None."""
     parts = _host_port(address)
+    if parts is not None and "://" in parts[0]:  # http://...:8265 was looked up as a host name
+        return ("expected HOST:PORT, ray://HOST:PORT or auto (an http:// address is the "
+                "dashboard's, which `ray job submit` takes)")
     if parts is not None and (not parts[1] or not parts[2].isdigit()):
         return "expected HOST:PORT, ray://HOST:PORT or auto"
     return None
@@ -232,14 +245,19 @@ class RayEmbedder(BaseEmbedder):
         """``smysl.load(model, options, **load_kwargs)`` in each of ``config.actors`` actors
         (``load_kwargs``: a backend's own options, e.g. a provider's ``api_key``,
         ``dimensions``, ``price_per_mtok``; they travel to the actors pickled)."""
-        ray = connect(config)
+        ray, started = connect(config)
         self._ray = ray
         #: Provider usage summed over every actor's calls (None for a local model).
         self.usage: Any = None
         self._usage_lock = threading.Lock()
         short = unplaceable(config, ray.cluster_resources())
-        # a warning, not an error: a cluster may grow (and ray.init without an address joins
-        # this machine's `ray start` cluster where there is one, so which it is is not known)
+        if short is not None and started:  # it never grows: the run hung, "waiting for it"
+            ray.shutdown()
+            raise ValueError(f"the local Ray cluster started for this run (this machine's "
+                             f"CPUs and GPUs; it does not grow) cannot hold the actor pool: it "
+                             f"needs {short}; use fewer actors (--actors) or per-actor "
+                             f"resources, or a cluster's address (--ray HOST:PORT)")
+        # a warning, not an error: a cluster one joins may grow
         if short is not None:
             warnings.warn(f"the Ray cluster cannot hold the actor pool now: it needs {short}; "
                           f"waiting for it to grow (Ctrl-C to stop; fewer --actors or "
@@ -287,23 +305,39 @@ class RayEmbedder(BaseEmbedder):
     def embed(self, texts: str | Sequence[str], *, instruction: str | None = None,
               dimensions: int | None = None, truncate: bool = False,
               progress: bool | Progress = False) -> np.ndarray:
-        """As :meth:`BaseEmbedder.embed`; the actors' models apply every rule."""
+        """As :meth:`BaseEmbedder.embed`, its arguments checked here, before any actor works
+        (``truncate="no"`` cut texts, a bad size was a Ray traceback); the actors' models apply
+        every rule (a provider's own Matryoshka size included), and ``progress`` advances as
+        each actor's part returns."""
         items = self._check_texts(texts)
+        truncate = check_flag(truncate, "truncate")
+        check_progress(progress)
         if not items:
             return np.zeros((0, self._empty_width(dimensions)), np.float32)  # size checked
-        return self._run("embed", items, instruction, dimensions, bool(truncate))
+        if dimensions is not None:
+            self.check_dimensions(dimensions)
+        with progress_bar(progress, len(items)) as bar:
+            return self._run("embed", items, (instruction, dimensions, truncate), bar)
 
     def _embed(self, texts: list[str], *, truncate: bool,
                progress: Progress | None = None) -> np.ndarray:
-        return self._run("embed_formatted", texts, truncate)
+        return self._run("embed_formatted", texts, (truncate,), progress)
 
-    def _run(self, method: str, texts: list[str], *args: Any) -> np.ndarray:
-        """``Worker.method(part, *args)`` on every actor's part of ``texts``, in order; a text
-        too long raises :class:`~smysl.tokenize.InputTooLongError` with its index in
-        ``texts``, as one model would."""
+    def _run(self, method: str, texts: list[str], args: tuple[Any, ...],
+             progress: Progress | None = None) -> np.ndarray:
+        """``Worker.method(part, *args)`` on every actor's part of ``texts``, in order
+        (``progress`` told of each part as it returns); a text too long raises
+        :class:`~smysl.tokenize.InputTooLongError` with its index in ``texts``, as one model
+        would."""
         parts = self._parts(len(texts))
         futures = [self.actors[i].metered.remote(method, texts[s], *args)
                    for i, s in enumerate(parts)]
+        size = {f: s.stop - s.start for f, s in zip(futures, parts, strict=True)}
+        pending = list(futures)
+        while pending:
+            done, pending = self._ray.wait(pending, num_returns=1)
+            if progress is not None:
+                progress.update(sum(size[f] for f in done))
         results = self._ray.get(futures)
         for _, usage in results:
             self._add_usage(usage)
@@ -354,6 +388,7 @@ class _DatasetWorker(Worker):
         super().__init__(model, options, load_kwargs)
         if self.failure is not None:  # Ray Data reports an actor that fails to start
             raise ValueError(f"{model}: {self.failure}")
+        self.model.check_dimensions(dimensions)  # at the pool's start, not in every batch
         self.columns = (id_column, text_column)
         self.settings = (instruction, dimensions, truncate)
         self.fp = self.model.fingerprint()
@@ -369,7 +404,9 @@ class _DatasetWorker(Worker):
                                                strict=True), 1)]
         for row, i, t in zip(rows, batch[id_column], batch[text_column], strict=True):
             if row.problem is not None:
-                i, t = (v.item() if isinstance(v, np.generic) else v for v in (i, t))
+                # pandas' None of a text column is NaN: said as the null it stands for
+                i, t = (None if isinstance(v, float) and v != v else v for v in
+                        (v.item() if isinstance(v, np.generic) else v for v in (i, t)))
                 text = t[:40] + "..." if isinstance(t, str) and len(t) > 40 else t
                 raise BadRowError(f"Ray Data row ({id_column}={i!r}, {text_column}={text!r}): "
                                   f"{row.problem}; drop such rows first (ds.filter(...))")
@@ -397,18 +434,34 @@ def embed_dataset(ds: Any, model: str, options: ModelOptions | None = None, *,
     """A ``ray.data.Dataset`` of (id, text) rows -> one of (id, vector, dimensions, model
     fingerprint, tokens as embedded; -1 where the backend cannot count), embedded by
     ``config.actors`` actors, each holding ``smysl.load(model, options, **load_kwargs)``. A row
-    without a usable id or text (a null, an empty id) fails the run with
-    :class:`~smysl.scale.job.BadRowError` naming it, as the job's rows do; the ids are not
-    checked for repeats (Ray Data has no order to name the first by).
+    without a usable id or text (a null, an empty id), or too long without ``truncate``, fails
+    the run with :class:`~smysl.scale.job.BadRowError` naming it, as the job's rows do (Ray
+    Data raises it wrapped, as a ``ray.exceptions.RayTaskError`` whose message carries it,
+    when the dataset is consumed); the ids are not checked for repeats (Ray Data has no order
+    to name the first by). Missing columns are refused here, where the dataset's schema is
+    known without running it.
 
     The pool holds ``actors x num_cpus`` CPUs for the whole run; Ray Data's read tasks need
     CPUs besides (one each by default). A cluster with no CPU left over stalls for good, so
     that is warned about (an autoscaling cluster may still add nodes). A dataset of fewer
     blocks than actors keeps some idle: ``ds.repartition(n)`` spreads a small one.
     """
-    ray = connect(config)
+    ray, started = connect(config)
+    schema = ds.schema(fetch_if_missing=False)  # known without running the dataset, or None
+    if schema is not None and (gone := [c for c in (id_column, text_column)
+                                        if c not in schema.names]):
+        # a KeyError in the pool's first batch, after the actors had loaded the model
+        raise ValueError(f"the dataset has no column {', '.join(map(repr, gone))} (its "
+                         f"columns: {', '.join(schema.names)}); pass id_column= / text_column=")
     model = portable_model(model)
-    free = ray.cluster_resources().get("CPU", 0.0) - config.actors * config.num_cpus
+    cpus = ray.cluster_resources().get("CPU", 0.0)
+    free = cpus - config.actors * config.num_cpus
+    if free < 1 and started:  # a cluster that never grows: the run would stall for good
+        ray.shutdown()
+        raise ValueError(
+            f"the local Ray cluster started for this run has {cpus:g} CPUs: a pool of "
+            f"{config.actors} actors x {config.num_cpus:g} CPUs leaves none for Ray Data's "
+            f"read tasks; use fewer actors, RayConfig(num_cpus=0.5), or a cluster's address")
     if free < 1:
         warnings.warn(
             f"the pool of {config.actors} actors x {config.num_cpus:g} CPUs leaves "

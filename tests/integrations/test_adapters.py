@@ -220,6 +220,22 @@ def test_langchain_documents_must_be_a_list(tiny: BaseEmbedder) -> None:
         SmyslEmbeddings(tiny).embed_documents("abc")  # type: ignore[arg-type]
 
 
+def test_llama_index_batches_must_be_lists(tiny: BaseEmbedder) -> None:
+    """A review's: get_text_embedding_batch("abc") returned three vectors, one per letter
+    (LlamaIndex's batching iterates the string); the LangChain adapter refused it."""
+    import asyncio
+
+    from smysl.integrations.llama_index import SmyslEmbedding
+
+    emb = SmyslEmbedding(tiny)
+    with pytest.raises(ValueError, match=r"get_text_embedding_batch takes a list of texts, got "
+                                         r"one string: pass \[text\], or get_text_embedding"):
+        emb.get_text_embedding_batch("abc")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="aget_text_embedding_batch takes a list of texts"):
+        asyncio.run(emb.aget_text_embedding_batch("abc"))  # type: ignore[arg-type]
+    assert emb.get_text_embedding_batch(["abc"]) == [emb.get_text_embedding("abc")]
+
+
 @pytest.mark.parametrize("adapter", list(ADAPTERS))
 def test_bad_settings_fail_when_the_adapter_is_made(tiny: BaseEmbedder,
                                                     monkeypatch: pytest.MonkeyPatch,

@@ -212,6 +212,29 @@ def test_too_long_row_is_named_by_file_and_row(tiny32, tmp_path) -> None:
     assert report.texts == 9
 
 
+def test_a_too_long_row_never_reaches_the_model(tiny32, tmp_path, monkeypatch) -> None:
+    """A review's: the too-long row went to the model with its batch, which refused it; the
+    batch was then embedded again without it. On Ray each actor had embedded its part (a paid
+    provider billed 9 texts for 6). The counts the job has decide before the model is asked."""
+    d = tmp_path / "in"
+    d.mkdir()
+    rows = [{"id": i, "text": "word " * (60 if i in (2, 7) else 3)} for i in range(10)]
+    (d / "rows.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    calls: list[list[str]] = []
+    real = type(tiny32).embed
+
+    def spy(self, texts, **kwargs):  # type: ignore[no-untyped-def]
+        calls.append(list(texts))
+        return real(self, texts, **kwargs)
+
+    monkeypatch.setattr(type(tiny32), "embed", spy)
+    report = run_job(tiny32, [d], JobConfig(output=str(tmp_path / "o"), batch_size=4,
+                                            skip_bad_rows=True))
+    assert report.bad_rows == 2 and report.texts == 8
+    assert [len(c) for c in calls] == [3, 3, 2]  # each text embedded once, the long ones never
+    assert sorted(_read(tmp_path / "o"), key=int) == [str(i) for i in range(10) if i not in (2, 7)]
+
+
 def test_chunks_of_multi_token_characters_fit_the_model(tiny32, tmp_path) -> None:
     """A character that is several tokens (𝔘: two byte-level tokens at the same offsets)
     never straddles a chunk's end: every chunk of a chunking job fits the model's 32 tokens

@@ -188,7 +188,7 @@ def _dataset_worker(tiny_dir, **settings):
 @pytest.mark.parametrize(("ids", "texts", "problem"), [
     (["a", None], ["alpha", "beta"], r"\(id=None, text='beta'\): no usable id field 'id'"),
     (["a", "c"], ["alpha", None], r"\(id='c', text=None\): no text field 'text'"),
-    ([1.0, float("nan")], ["alpha", "beta"], r"\(id=nan, text='beta'\): no usable id field"),
+    ([1.0, float("nan")], ["alpha", "beta"], r"\(id=None, text='beta'\): no usable id field"),
     (["a", ""], ["alpha", "beta"], r"\(id='', text='beta'\): no usable id field 'id'"),
 ])
 def test_ray_data_rows_without_id_or_text_are_refused(tiny_dir, ids, texts, problem) -> None:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import collections
 import json
 import os
+import re
 import signal
 import sys
 import threading
@@ -125,6 +126,41 @@ def test_a_dead_ray_address_in_the_environment_is_named(monkeypatch) -> None:
     from smysl.scale.ray_data import _unreachable
 
     assert _unreachable("local") is None and _unreachable("auto") is None  # Ray's own words
+
+
+def test_a_dashboard_address_is_named_as_the_wrong_kind() -> None:
+    """A review's: `--ray http://127.0.0.1:8265` (the dashboard's, which `ray job submit`
+    takes) said "nothing answers (Name or service not known)": it was looked up as a host."""
+    from smysl.scale.ray_data import RayConfig, _malformed, connect
+
+    assert "an http:// address is the dashboard's" in (_malformed("http://127.0.0.1:8265")
+                                                         or "")
+    assert _malformed("ray://127.0.0.1:10001") is None and _malformed("10.0.0.1:6379") is None
+    if ray.is_initialized():
+        pytest.skip("a Ray cluster is already connected in this process")
+    with pytest.raises(ValueError, match=r"at http://127.0.0.1:8265: expected HOST:PORT"):
+        connect(RayConfig(address="http://127.0.0.1:8265"))
+
+
+@slow
+def test_a_pool_the_local_cluster_started_for_it_cannot_hold_fails(tiny_dir, tmp_path) -> None:
+    """A review's: `--ray --actors 3` on a 2-CPU machine, with no cluster running, started a
+    local one of 2 CPUs and waited "for it to grow" for ever: one smysl started never grows."""
+    import subprocess
+    import sys
+
+    src = tmp_path / "in.jsonl"
+    src.write_text('{"id": 1, "text": "a"}\n', encoding="utf-8")
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    done = subprocess.run([sys.executable, "-m", "smysl", "embed", "--model", str(tiny_dir),
+                           "--device", "cpu", "--threads", "1", "-i", str(src), "-o",
+                           str(tmp_path / "out"), "--ray", "--actors", "512"],
+                          capture_output=True, text=True, timeout=120, env=env)
+    assert done.returncode == 2, done.stderr
+    assert re.search(r"the local Ray cluster started for this run \(this machine's CPUs and "
+                     r"GPUs; it does not grow\) cannot hold the actor pool: it needs 512 CPUs "
+                     r"\(512 actors x 1\) and it has \d+; use fewer actors \(--actors\)",
+                     done.stderr), done.stderr
 
 
 def test_a_pool_the_cluster_cannot_hold_is_said() -> None:
@@ -380,6 +416,53 @@ def test_an_empty_call_checks_the_size_as_any_call(cluster, tiny_dir) -> None:
 
 
 @slow
+def test_a_pool_s_embed_checks_its_arguments_before_the_actors(cluster, tiny_dir,
+                                                                reference) -> None:
+    """A review's: ``truncate="no"`` was ``bool()``-ed to True (a long text cut without a
+    word), ``progress=3`` taken and any progress ignored, and a bad size on texts was a Ray
+    traceback (on no texts it was smysl's message)."""
+    from smysl.scale.ray_data import RayConfig, RayEmbedder
+
+    texts = [f"text {i} " + "word " * i for i in range(9)]
+    with RayEmbedder(str(tiny_dir), OPTIONS, RayConfig(actors=2)) as model:
+        with pytest.raises(ValueError, match="truncate must be True or False, got 'no'"):
+            model.embed(texts, truncate="no")  # type: ignore[arg-type]
+        with pytest.raises(ValueError, match="progress must be True, False or an object"):
+            model.embed(texts, progress=3)  # type: ignore[arg-type]
+        with pytest.raises(ValueError, match=r"^dimensions must be in 32\.\.64"):
+            model.embed(texts, dimensions=16)
+
+        class Bar:
+            n = 0
+
+            def update(self, n: int = 1) -> None:
+                self.n += n
+
+        bar = Bar()
+        got = model.embed(texts, dimensions=32, progress=bar)
+        assert bar.n == len(texts)
+        np.testing.assert_array_equal(got, reference.embed(texts, dimensions=32))
+
+
+@slow
+def test_embed_dataset_says_a_missing_column_and_a_null_text_as_such(cluster, tiny_dir) -> None:
+    """A review's: a missing text column was a KeyError in the pool's first batch, after the
+    actors had loaded the model; a pandas None text was named ``text=nan``."""
+    import pandas as pd
+
+    from smysl.scale.ray_data import RayConfig
+
+    ds = ray.data.from_pandas(pd.DataFrame({"id": [1, 2], "body": ["a", "b"]}))
+    with pytest.raises(ValueError, match=r"the dataset has no column 'text' \(its columns: "
+                                         r"id, body\); pass id_column= / text_column="):
+        embed_dataset(ds, str(tiny_dir), OPTIONS, config=RayConfig(actors=1, num_cpus=0.5))
+    ds = ray.data.from_pandas(pd.DataFrame({"id": [1, 2], "text": ["a", None]}))
+    with pytest.raises(Exception, match=r"Ray Data row \(id=2, text=None\)"):
+        embed_dataset(ds, str(tiny_dir), OPTIONS,
+                      config=RayConfig(actors=1, num_cpus=0.5)).take_all()
+
+
+@slow
 def test_embed_dataset_on_an_actor_pool(cluster, tiny_dir, reference, corpus) -> None:
     """`smysl.scale.embed_dataset` maps a Ray Data dataset with 2 actors (issue 16)."""
     from smysl.scale.ray_data import RayConfig
@@ -451,7 +534,7 @@ def test_actors_load_the_drivers_folder_or_say_why_not(cluster, tiny_dir, monkey
     monkeypatch.chdir(tiny_dir.parent)
     with RayEmbedder(tiny_dir.name, OPTIONS, actors_config(1)) as m:
         assert m.source == str(tiny_dir.resolve())
-    with pytest.raises(ValueError, match=r"^'\./no-such-model' is not a model directory .* "
+    with pytest.raises(ValueError, match=r"^'\./no-such-model' is not a model directory.* "
                                          r"\(in a Ray actor\)$"):
         RayEmbedder("./no-such-model", OPTIONS, actors_config(1))
     with (pytest.warns(RuntimeWarning, match="cannot hold the actor pool now: it needs 8 CPUs"),
