@@ -517,6 +517,25 @@ def test_a_hub_repo_of_gguf_files_lists_each_file_and_is_not_pulled(
     assert np.load(tmp_path / "v.npy").shape == (1, 64)
 
 
+def test_a_cut_config_in_the_cache_is_listed_as_such(machine: Path, tiny_dir: Path,
+                                                     tmp_path: Path,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    """A snapshot whose config.json was cut made `smysl models` fail for the whole cache
+    (json's "Expecting value", naming no file); it is listed, marked, and the rest with it."""
+    import shutil
+
+    src = tmp_path / "cut"
+    shutil.copytree(tiny_dir, src)
+    (src / "config.json").write_text((src / "config.json").read_text()[:-30])
+    fake_hub_cache(machine, "org/cut-embed", src)
+    assert main(["models", "--json"]) == 0
+    rows = {r["name"]: r for r in json.loads(capsys.readouterr().out)}
+    assert "Qwen/Qwen3-Embedding-0.6B" in rows
+    cut = next(r for n, r in rows.items() if n.endswith("org/cut-embed"))
+    assert re.search(r"models--org--cut-embed/snapshots/\w+/config\.json: not valid JSON",
+                     cut["problem"]), cut
+
+
 def test_a_reranker_gguf_is_shown_as_one(tiny_dir: Path, tmp_path: Path,
                                          capsys: pytest.CaptureFixture[str]) -> None:
     """A review's: `smysl show rerank.gguf` said ``role: embedding`` beside a problem that said

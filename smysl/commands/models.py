@@ -135,11 +135,17 @@ def checkpoint_entry(root: Path, name: str, source: str, *, size: int | None = N
         ggufs_not_a_checkpoint,
         missing_weights,
         read_checkpoint,
+        read_config,
         weight_files,
     )
 
     if problem is None and not (root / "config.json").is_file() and (held := gguf_files(root)):
         problem = ggufs_not_a_checkpoint(root, held)
+    if problem is None:
+        try:  # a cut copy: one such snapshot made `smysl models` fail for the whole cache
+            read_config(root)
+        except ValueError as e:
+            problem = str(e)
     config = _json(root / "config.json")
     kind = kind or embedding_kind(root, name) or "st"
     pooling = _json(root / "1_Pooling" / "config.json")

@@ -285,6 +285,12 @@ def _root_cause(error: BaseException) -> str:
     return f"{type(error).__name__}: {first}" if first else type(error).__name__
 
 
+def read_config(root: Path) -> dict[str, Any]:
+    """The ``config.json`` of checkpoint directory ``root`` ({} when absent); ValueError naming
+    the file when it is no JSON (an empty or cut copy)."""
+    return _json(root / "config.json")
+
+
 def _json(path: Path) -> dict[str, Any]:
     if not path.is_file():
         return {}
@@ -425,7 +431,11 @@ def looks_like_reranker(root: Path, name: str) -> bool:
     without the sentence-transformers files (``modules.json``) an embedding model ships. Its
     hidden states load as an embedding model's would, and their vectors mean nothing."""
     names = (Path(name).name, root.name, (hub_snapshot_repo(root) or "").rpartition("/")[2])
-    return (_json(root / "config.json").get("model_type") == "qwen3"
+    try:
+        config = _json(root / "config.json")
+    except ValueError:  # a damaged config is the loader's to name, not a listing's to fail on
+        return False
+    return (config.get("model_type") == "qwen3"
             and any("rerank" in n.lower() for n in names)
             and not (root / "modules.json").is_file())
 
