@@ -276,8 +276,9 @@ def run(args: argparse.Namespace) -> int:
         # its own limits (8,192 tokens); a local one runs in a child process like the model
         reranker = load_reranker(args.reranker, reranker_options(
             args.reranker, options.replace(process=not args.in_process)))
-        print(f"smysl serve: loaded reranker {reranker.name!r} (max {reranker.max_tokens} "
-              "tokens)", file=sys.stderr)
+        limit = (f"max {reranker.max_tokens} tokens" if reranker.max_tokens is not None
+                 else "its API's own token limit")  # a remote one's is not known here
+        print(f"smysl serve: loaded reranker {reranker.name!r} ({limit})", file=sys.stderr)
     model = None
     try:
         if model_name:

@@ -348,6 +348,11 @@ class RemoteReranker(BaseReranker):
         out = np.full(len(documents), np.nan)
         keys = np.full(len(documents), np.nan)  # NaN where an answer had none
         places = np.zeros(len(documents), dtype=np.int64)
+        # a place counts within its own answer: ties across requests go by the request's
+        # first document (they went by those places, out of input order past one request)
+        origin = np.zeros(len(documents), dtype=np.int64)
+        for batch in batches:
+            origin[batch] = min(batch, default=0)
         deadline = _CallDeadline(cfg.job_timeout, self.name)
         error = run_batches(
             batches, lambda batch: self._send(query, documents, batch, instruction, truncate,
@@ -357,7 +362,8 @@ class RemoteReranker(BaseReranker):
         limit.finish()
         if error is None:
             primary = keys if not np.isnan(keys).any() else out
-            ranked = np.lexsort((places, -primary))  # best first; ties: the answer's order
+            # best first; ties: input order of the requests, then each answer's order
+            ranked = np.lexsort((places, origin, -primary))
             rank_keys = np.empty(len(documents))
             rank_keys[ranked] = -np.arange(len(documents), dtype=np.float64)
             return out, rank_keys

@@ -128,13 +128,15 @@ class RerankV2Request(ApiRequest):
 class Scored:
     """Scores of one request (input order), the keys they rank by, and what it cost."""
 
-    def __init__(self, scores: np.ndarray, tokens: int, keys: np.ndarray | None = None) -> None:
-        #: ``keys``: a local reranker's logit differences, which still differ where P("yes")
-        #: has saturated to 1.0; else the scores.
+    def __init__(self, scores: np.ndarray, tokens: int, keys: np.ndarray | None = None,
+                 raw: np.ndarray | None = None) -> None:
+        #: ``keys``: what ranks the documents as the reranker ranked them (a local reranker's
+        #: logit differences, which still differ where P("yes") has saturated to 1.0; a remote
+        #: one's finer keys or answer order); else the scores.
         self.scores, self.tokens = scores, tokens
         self.keys = scores if keys is None else keys
-        #: The logit differences where the reranker gave them (smysl's ``raw_score``).
-        self.raw = keys
+        #: The logit differences where a local reranker gave them (smysl's ``raw_score``).
+        self.raw = raw
 
     def order(self, top_n: int | None = None) -> list[int]:
         """Indices best first (ties: input order), the best ``top_n`` when given."""
@@ -195,10 +197,16 @@ class RerankService:
     async def score(self, query: str, documents: list[str], *, instruction: str | None,
                     truncate: bool, raw: bool = False, what: str = "documents",
                     direction: Direction = "right", max_document_tokens: int | None = None,
-                    disconnected: Disconnected | None = None) -> Scored:
+                    disconnected: Disconnected | None = None, raw_field: bool = False) -> Scored:
         """Scores of ``documents`` against ``query`` (input order), or a 4xx :class:`ApiError`.
         ``max_document_tokens`` keeps at most that many tokens of each document and implies
-        ``truncate``; ``direction`` is the end truncation cuts."""
+        ``truncate``; ``direction`` is the end truncation cuts. ``raw``: the raw scores in
+        place of the scores (TEI's ``raw_scores``); ``raw_field``: beside them, in
+        :attr:`Scored.raw` (``/v1/rerank``'s); either is refused where the reranker has none
+        (a remote API: ``/v1/rerank`` ignored it)."""
+        if (raw or raw_field) and self.tokens is None:
+            raise ApiError("unsupported", f"raw_scores needs a local Qwen3-Reranker; "
+                           f"{self.model_id!r} is a remote API", param="raw_scores")
         cfg = self.config
         if max_document_tokens is not None:
             if max_document_tokens < 1:
@@ -237,7 +245,7 @@ class RerankService:
                 raise ApiError("unsupported", "truncation_direction 'left' needs a local "
                                f"Qwen3-Reranker; {self.model_id!r} is a remote API (its "
                                "truncation cuts the end)", param="truncation_direction")
-            return await self._remote(query, documents, instruction, truncate, raw, chars, what)
+            return await self._remote(query, documents, instruction, truncate, chars, what)
         assert self.batcher is not None
         # a full queue answers 429 before any tokenising, and the request holds its place
         # while it is tokenised (its time budget counts from here)
@@ -296,24 +304,23 @@ class RerankService:
             if not self.reranker.healthy:
                 raise self.health.unavailable() from None
             raise
-        return Scored(rows[:, 1 if raw else 0], total, keys=rows[:, 1])
+        return Scored(rows[:, 1 if raw else 0], total, keys=rows[:, 1], raw=rows[:, 1])
 
     async def _remote(self, query: str, documents: list[str], instruction: str | None,
-                      truncate: bool, raw: bool, chars: int, what: str) -> Scored:
+                      truncate: bool, chars: int, what: str) -> Scored:
         """One call of a reranker without token ids (a remote API) per request."""
-        if raw:
-            raise ApiError("unsupported", f"raw_scores needs a local Qwen3-Reranker; "
-                           f"{self.model_id!r} is a remote API", param="raw_scores")
         if self.waiting >= self.config.max_queue:
             raise ApiError("overloaded", "too many rerank requests are waiting; retry shortly",
                            headers={"Retry-After": "1"})
-        pairs = [(query, d) for d in documents]
         self.waiting += 1
         try:
             with anyio.fail_after(self.config.request_timeout_s):
-                scores = await anyio.to_thread.run_sync(
-                    lambda: self.reranker.score(pairs, instruction=instruction,
-                                                truncate=truncate),
+                # the keys too: where the upstream's scores tie (a smysl server's saturated
+                # P("yes")), its finer keys or its answer's order rank them, as in Python
+                scores, keys = await anyio.to_thread.run_sync(
+                    lambda: self.reranker.scores_and_keys(query, documents,
+                                                          instruction=instruction,
+                                                          truncate=truncate),
                     limiter=self.calls, abandon_on_cancel=True)
         except ValueError as e:  # the API refused the input (RejectedRerankError) or ours
             raise ApiError("invalid", str(e), param=what) from None
@@ -328,11 +335,11 @@ class RerankService:
             raise
         finally:
             self.waiting -= 1
-        self.metrics.inputs.inc(len(pairs))
+        self.metrics.inputs.inc(len(documents))
         # the upstream API counts tokens; this is the server's estimate
         estimate = max(1, chars // CHARS_PER_TOKEN)
         self.metrics.tokens.inc(estimate)
-        return Scored(np.asarray(scores, dtype=np.float32), estimate)
+        return Scored(np.asarray(scores, dtype=np.float32), estimate, keys=keys)
 
 
 def router(rs: RerankService, *, root: bool = False) -> APIRouter:
@@ -377,7 +384,8 @@ def router(rs: RerankService, *, root: bool = False) -> APIRouter:
         texts = [document_text(d, i, body.rank_fields) for i, d in enumerate(body.documents)]
         out = await rs.score(body.query, texts, instruction=body.instruction,
                              truncate=body.truncate, max_document_tokens=body.max_tokens_per_doc,
-                             disconnected=until_disconnected(request.receive))
+                             disconnected=until_disconnected(request.receive),
+                             raw_field=body.raw_scores)
         results: list[dict[str, Any]] = []
         for i in out.order(body.top_n):
             item: dict[str, Any] = {"index": i, "relevance_score": float(out.scores[i])}

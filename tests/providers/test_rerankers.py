@@ -242,6 +242,25 @@ def test_long_lists_are_split_within_the_limit_concurrently_in_order_under_fault
             assert sum(len(QUERY.encode()) + len(d.encode()) + 2 for d in sent) <= 30_000
 
 
+@pytest.mark.parametrize("shape", ["tei", "cohere", "smysl"])
+def test_equal_scores_in_different_requests_rank_in_input_order(shape: str) -> None:
+    """A review's: ties were broken by each document's place in its own answer, a count that
+    restarts with every request: an equal document placed first in the second request went
+    before one placed last in the first ("ties: input order", as the local reranker has it)."""
+    pool = [f"кандидат {i}" for i in range(40)]
+    score = {d: rerank_score(QUERY, d) for d in pool}
+    tie = sorted(pool, key=score.__getitem__)[20]  # a middling document, sent twice
+    above = [d for d in pool if score[d] > score[tie]][:2]
+    below = [d for d in pool if score[d] < score[tie]][:2]
+    # request 1: two better ones, then the tie (its place: 2); request 2: the tie first (0)
+    docs = [*above, tie, tie, *below]
+    with FakeServer() as srv:
+        got = load(srv, shape, max_batch_texts=3).rerank(QUERY, docs)
+    assert [i for i, _ in got] == sorted(
+        range(6), key=lambda i: (-score[docs[i]], i))
+    assert got[2][0] == 2 and got[3][0] == 3
+
+
 def test_split_keeps_order_for_cohere_and_counts_search_units() -> None:
     docs = [f"doc {i}" for i in range(2500)]
     with FakeServer(rerank_max_docs=1000) as srv:

@@ -232,6 +232,36 @@ def test_a_remote_reranker_is_served_per_request(reranker: Any) -> None:
         remote.close()
 
 
+def test_a_served_remote_reranker_keeps_the_upstreams_ranking_and_refuses_raw_scores(
+        reranker: Any) -> None:
+    """A review's: a server fronting `smysl:URL` ranked by the scores alone, so saturated ones
+    (P("yes") 1.0) came back in input order where the upstream, and the Python client, rank
+    by the logit difference; `/v1/rerank` took ``raw_scores`` and answered without them, where
+    TEI's route and the docs refuse it."""
+    from fastapi.testclient import TestClient
+
+    import smysl
+    from smysl import Reranker
+    from smysl.server import ServerConfig, create_app
+
+    sharp = Reranker(reranker.engine, reranker.tokenizer, reranker.head * 3000, name="sharp")
+    want = sharp.rerank(QUERY, DOCS)
+    assert sum(s == 1.0 for _, s in want) >= 2 and [i for i, _ in want] != sorted(
+        i for i, _ in want)
+    with live_server(None, sharp) as url:
+        remote = smysl.load_reranker(f"smysl:{url}")
+        with TestClient(create_app(None, ServerConfig(), reranker=remote)) as c:
+            got = c.post("/v1/rerank", json={"query": QUERY, "documents": DOCS}).json()
+            assert [r["index"] for r in got["results"]] == [i for i, _ in want]
+            tei = c.post("/rerank", json={"query": QUERY, "texts": DOCS}).json()
+            assert [r["index"] for r in tei] == [i for i, _ in want]
+            raw = c.post("/v1/rerank", json={"query": QUERY, "documents": DOCS,
+                                             "raw_scores": True})
+            assert raw.status_code == 400, raw.text  # this API's status for a refused field
+            assert "raw_scores needs a local Qwen3-Reranker" in raw.json()["error"]["message"]
+        remote.close()
+
+
 def test_serve_needs_a_model_or_a_reranker() -> None:
     """issue 15: create_app refuses to serve nothing."""
     from smysl.server import create_app
