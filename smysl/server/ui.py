@@ -265,6 +265,7 @@ def router(service: Service, reranking: RerankService | None = None) -> APIRoute
             RerankedHit,
             SearchConfig,
             candidates,
+            hit_texts,
             reorder_hits,
             search_vectors,
         )
@@ -353,7 +354,10 @@ def router(service: Service, reranking: RerankService | None = None) -> APIRoute
             raise ApiError("unavailable", str(e)) from None
         if rerank and reranking is not None and hits:
             # the candidates through the reranker's batcher, like any /rerank request
-            texts = [str(h.payload.get("text", "")) for h in hits]
+            try:
+                texts = hit_texts(hits)
+            except ValueError as e:  # the index's, as `smysl index search --rerank` says
+                raise ApiError("unavailable", f"--index {label}: {e}") from None
             scored = await reranking.score(body.query, texts, instruction=None, truncate=True,
                                            disconnected=disconnected)
             hits = list(reorder_hits(hits, [(i, float(scored.scores[i]))

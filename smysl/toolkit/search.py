@@ -217,14 +217,21 @@ def rerank_hits(reranker: BaseReranker, query: str, hits: Sequence[Hit], *,
     Every hit is scored in one :meth:`~smysl.rerank.BaseReranker.rerank` call."""
     if not hits:
         return []
+    ranked = reranker.rerank(query, hit_texts(hits), instruction=instruction, top_n=k,
+                             truncate=truncate)
+    return reorder_hits(hits, ranked)
+
+
+def hit_texts(hits: Sequence[Hit]) -> list[str]:
+    """The chunk text of each hit, what a reranker scores; ``ValueError`` naming a hit whose
+    payload has none (an index written without texts: scored as "" it ranked anywhere)."""
     texts = []
     for h in hits:
         text = h.payload.get("text")
         if not isinstance(text, str):
             raise ValueError(f"hit {h.id!r} has no text in its payload to rerank")
         texts.append(text)
-    ranked = reranker.rerank(query, texts, instruction=instruction, top_n=k, truncate=truncate)
-    return reorder_hits(hits, ranked)
+    return texts
 
 
 def reorder_hits(hits: Sequence[Hit], ranked: Sequence[tuple[int, float]]

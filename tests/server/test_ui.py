@@ -4,6 +4,7 @@ page): in-process checks of the routes, and the page itself in a real headless C
 from __future__ import annotations
 
 import base64
+import dataclasses
 import hashlib
 import json
 import re
@@ -243,6 +244,22 @@ def test_search_reranks_with_the_served_reranker(hash_index: Path,
         assert plain["reranker"] is None and "vector_score" not in plain["hits"][0]
         bad = client.post("/search", json={"query": "q", "k": 5, "rerank_top": 2})
         assert bad.status_code == 422 and "rerank_top" in bad.json()["error"]  # TEI's shape
+        # a hit without text (an index written by another tool) was scored as "", ranked
+        # anywhere; `smysl index search --rerank` refuses it naming the hit: so does /search
+        import smysl.toolkit.search as toolkit_search_module
+
+        real = toolkit_search_module.search_vectors
+
+        def textless(*a: Any, **k: Any) -> Any:
+            found = real(*a, **k)
+            found[0][1] = dataclasses.replace(found[0][1], payload={})
+            return found
+
+        with pytest.MonkeyPatch.context() as m:
+            m.setattr(toolkit_search_module, "search_vectors", textless)
+            r = client.post("/search", json={"query": "a cat that purrs", "k": 3,
+                                             "rerank_top": 5})
+        assert r.status_code == 503 and "has no text in its payload to rerank" in r.text, r.text
     with TestClient(create_app(backend, ServerConfig(index=str(hash_index)))) as client:
         r = client.post("/search", json={"query": "q", "rerank": True})
         assert r.status_code == 422 and "no reranker" in r.json()["error"]
