@@ -45,7 +45,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--neighbors", type=int, default=None, help="k for kNN (default 10)")
     p.add_argument("-C", type=float, default=None, help="logistic regression C (default 1.0)")
     p.add_argument("--truncate", action="store_true",
-                   help="cut texts longer than the model takes (else an error)")
+                   help="cut texts longer than the model takes (else an error; a --load'ed "
+                        "classifier trained with --truncate cuts them without it)")
 
 
 #: Files --labels reads; any other value is a comma-separated list of labels.
@@ -109,7 +110,11 @@ def _labels(spec: str, args: argparse.Namespace) -> dict[str, str]:
         if args.description_field is not None and not any(field in r for r in rows):
             raise ValueError(f"--labels {spec}: no row has the column --description-field "
                              f"{field!r} (columns: {sorted(rows[0]) if rows else []})")
-        items = [(n, str(r.get(field) or n)) for n, r in zip(names, rows, strict=True)]
+        # a blank description is the label's own name, as an absent one is (it was embedded
+        # as it stood: a vector of no meaning; a .json object's is refused, there is no row)
+        items = [(n, d if isinstance(d := r.get(field), str) and d.strip()
+                  else n if d is None or isinstance(d, str) else str(d))
+                 for n, r in zip(names, rows, strict=True)]
     else:
         items = [(x.strip(), x.strip()) for x in spec.split(",") if x.strip()]
     seen: dict[str, int] = {}
@@ -254,7 +259,9 @@ def run(args: argparse.Namespace) -> int:
         else:
             clf = loaded
         with rows_of(args.input, kept):
-            pred = clf.predict(model, texts, progress=show, truncate=args.truncate)
+            # without --truncate, as trained (a classifier trained with it then refused long
+            # texts under --load, where the Python API cuts them as trained)
+            pred = clf.predict(model, texts, progress=show, truncate=args.truncate or None)
         candidates = [str(c) for c in clf.classes]
     zero_shot = scores is not None  # adds a score column
     results: list[dict[str, Any]] = [{"predicted": None} | ({"score": None} if zero_shot else {})

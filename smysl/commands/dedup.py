@@ -24,6 +24,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_table_arguments(p)
     p.add_argument("--threshold", type=float, default=0.9, help="cosine similarity (default 0.9)")
     p.add_argument("--neighbors", type=int, default=10, help="candidates per text (blocking)")
+    p.add_argument("--max-neighbors", type=int, default=1024,
+                   help="most near-duplicates found per text (default %(default)s): a text with "
+                        "more is counted as capped and said, its pairs past these may be "
+                        "missing")
     p.add_argument("--approximate", action="store_true",
                    help="block through an approximate index (LanceDB IVF-HNSW) in a temporary "
                         "folder; slower than the exact default up to 100,000 texts, measured")
@@ -52,6 +56,7 @@ def run(args: argparse.Namespace) -> int:
         store = StoreConfig(uri=tmp, table="dedup") if args.approximate else None
         # checked (the threshold's range) before the model loads
         config = DedupConfig(threshold=args.threshold, neighbors=args.neighbors,
+                             max_neighbors=args.max_neighbors,
                              exact=not args.approximate, store=store,
                              instruction=args.instruction, dimensions=args.dimensions,
                              truncate=args.truncate)
@@ -76,4 +81,9 @@ def run(args: argparse.Namespace) -> int:
                                         for i, j, s in result.pairs]},
                       f, ensure_ascii=False, indent=2)
     print(" ".join(f"{k}={v}" for k, v in report.items()), file=sys.stderr)
+    if result.capped:
+        print(f"warning: {result.capped} texts have more than {args.max_neighbors} "
+              f"near-duplicates each at threshold {args.threshold}: pairs of theirs past "
+              "those may be missing, and with them groups and what is kept; raise --threshold "
+              "or --max-neighbors", file=sys.stderr)
     return 0

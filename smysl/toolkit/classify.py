@@ -27,6 +27,13 @@ def check_training_labels(labels: Sequence[str]) -> None:
     classes = sorted({str(v) for v in labels})
     if len(classes) < 2:
         raise ValueError(f"training needs texts of at least two labels, got {classes}")
+    spelt: dict[str, str] = {}
+    for c in classes:  # gold labels are matched ignoring case and spacing (match_gold)
+        other = spelt.setdefault(norm_label(c), c)
+        if other != c:  # two classes then, and one class's gold counted against the other
+            raise ValueError(f"training labels {other!r} and {c!r} differ only in case or "
+                             "spacing, which gold labels are matched without: spell them "
+                             "alike (one class) or apart")
 
 
 @dataclass(frozen=True)

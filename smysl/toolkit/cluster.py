@@ -101,6 +101,10 @@ class ClusterResult:
         return len(self.clusters)
 
 
+#: k-means restarts (scikit-learn's ``n_init``), the same for each k tried and the final fit.
+N_INIT = 4
+
+
 def estimate_k(x: np.ndarray, config: ClusterConfig) -> tuple[int, dict[int, float]]:
     """The k in ``k_min..k_max`` with the best cosine silhouette on a sample.
 
@@ -125,7 +129,8 @@ def estimate_k(x: np.ndarray, config: ClusterConfig) -> tuple[int, dict[int, flo
     for k in range(config.k_min, hi + 1):
         with warnings.catch_warnings():  # fewer distinct clusters than k: skipped just below
             warnings.simplefilter("ignore", ConvergenceWarning)
-            labels = KMeans(n_clusters=k, n_init=3, random_state=config.seed).fit_predict(x)
+            # the final fit's settings: the silhouette scored is that of the labels written
+            labels = KMeans(n_clusters=k, n_init=N_INIT, random_state=config.seed).fit_predict(x)
         if len(np.unique(labels)) < k or not 2 <= len(np.unique(labels[sample])) < len(sample):
             continue
         scores[k] = float(silhouette_score(x[sample], labels[sample], metric="cosine"))
@@ -149,7 +154,18 @@ def cluster_vectors(vectors: np.ndarray, config: ClusterConfig = ClusterConfig()
             k, silhouettes = estimate_k(x, config)
         if not 1 <= k <= len(x):
             raise ValueError(f"k must be in 1..{len(x)}, got {k}")
-        labels = KMeans(n_clusters=k, n_init=4, random_state=config.seed).fit_predict(x)
+        import warnings
+
+        from sklearn.exceptions import ConvergenceWarning
+
+        with warnings.catch_warnings():  # said below, in smysl's words
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            labels = KMeans(n_clusters=k, n_init=N_INIT, random_state=config.seed).fit_predict(x)
+        found = len(np.unique(labels))
+        if found < k:  # scikit-learn warned and returned fewer clusters than asked for
+            raise ValueError(f"k-means found only {found} distinct clusters for k={k}: the "
+                             f"texts have fewer distinct vectors than that (repeated texts "
+                             f"embed alike); ask for k <= {found}, or leave k to be estimated")
     elif config.method == "hdbscan":
         from sklearn.cluster import HDBSCAN
 

@@ -4,8 +4,10 @@ Blocking through an index instead of all pairs: every distinct vector is stored 
 the store for its ``neighbors`` nearest items; pairs at or above the threshold join groups
 (union-find, so groups are transitive). An item whose neighbours are all still above the
 threshold asks again with twice the width, up to ``max_neighbors``, so with exact search the
-pairs equal the all-pairs reference. Exact copies (the same text, the same vector) are set
-aside first: each is paired with its first occurrence and costs no search.
+pairs equal the all-pairs reference, unless an item has more near-duplicates than that: such
+items are counted (:attr:`DedupResult.capped`), since their pairs may then be missing. Exact
+copies (the same text, the same vector) are set aside first: each is paired with its first
+occurrence and costs no search.
 
 Which items to keep is not "one per group": a chain of near-duplicates (a ~ b ~ c) can join
 items that are far apart (a and c). Items are kept greedily in input order instead: an item is
@@ -92,6 +94,9 @@ class DedupResult:
     #: given m times is listed with its first occurrence only (m - 1 pairs, not m(m - 1)/2,
     #: and its copies' near-duplicates through that first one). None: ``len(pairs)``.
     all_pairs: int | None = None
+    #: Distinct texts with more near-duplicates than ``max_neighbors``: pairs of theirs may
+    #: be missing (then :attr:`pairs`, groups and what is kept are not the all-pairs answer).
+    capped: int = 0
 
     def __post_init__(self) -> None:
         if not self.duplicate_of:
@@ -119,7 +124,8 @@ class DedupResult:
         return {"items": self.n, "threshold": self.threshold, "pairs": pairs,
                 **({"pairs_listed": listed} if listed != pairs else {}),
                 "groups": len(self.groups), "duplicates": self.n - kept, "kept": kept,
-                "largest_group": max(sizes, default=0)}
+                "largest_group": max(sizes, default=0),
+                **({"capped": self.capped} if self.capped else {})}
 
 
 def keeping(n: int, pairs: Sequence[tuple[int, int, float]]) -> list[int]:
@@ -163,8 +169,11 @@ def _groups(n: int, pairs: Sequence[tuple[int, int, float]]) -> list[list[int]]:
 
 
 def candidate_pairs(store: VectorStore, vectors: np.ndarray, config: DedupConfig,
-                    exact: bool = True) -> Iterator[tuple[int, int, float]]:
-    """Pairs ``i < j`` at or above the threshold among each item's index neighbours."""
+                    exact: bool = True, capped: list[int] | None = None
+                    ) -> Iterator[tuple[int, int, float]]:
+    """Pairs ``i < j`` at or above the threshold among each item's index neighbours;
+    ``capped`` is given the items still saturated at ``max_neighbors`` (their pairs beyond it
+    are found only from the other item's side, if at all)."""
     seen: set[tuple[int, int]] = set()
     total = len(vectors)
     for s in range(0, total, config.batch_size):
@@ -177,8 +186,11 @@ def candidate_pairs(store: VectorStore, vectors: np.ndarray, config: DedupConfig
                 results[i] = hits
             # saturated: every candidate passed, more may lie beyond the width
             rows = [i for i in rows if len(results[i]) == width and width < total
-                    and results[i][-1].score >= config.threshold - TOLERANCE
-                    and width <= config.max_neighbors]
+                    and results[i][-1].score >= config.threshold - TOLERANCE]
+            if width > config.max_neighbors:  # the widest asked for: said, not widened
+                if capped is not None:
+                    capped.extend(rows)
+                rows = []
             width = min(width * 2, total, config.max_neighbors + 1)
         for i in range(s, min(s + config.batch_size, total)):
             for h in results[i]:
@@ -198,7 +210,9 @@ def find_duplicates(vectors: np.ndarray, config: DedupConfig = DedupConfig()) ->
     check_unit(x, " (cosine = dot product here: other rows would give other pairs)")
     rep_of = _first_copies(x)
     reps = np.flatnonzero(rep_of == np.arange(len(x)))
-    found = _search(x[reps], config) if len(reps) > 1 else []  # pairs of positions in reps
+    capped: list[int] = []
+    # pairs of positions in reps
+    found = _search(x[reps], config, capped) if len(reps) > 1 else []
     pairs = [(int(reps[a]), int(reps[b]), score) for a, b, score in found]
     dup_rep = keeping(len(reps), found)
     duplicate_of = [-1] * len(x)
@@ -227,7 +241,7 @@ def find_duplicates(vectors: np.ndarray, config: DedupConfig = DedupConfig()) ->
             duplicate_of[i] = best_kept(near[r], duplicate_of, before=i)
     pairs.sort()
     return DedupResult(len(x), config.threshold, pairs, _groups(len(x), pairs), duplicate_of,
-                       all_pairs)
+                       all_pairs, len(capped))
 
 
 def _first_copies(x: np.ndarray) -> np.ndarray:
@@ -245,8 +259,10 @@ def _first_copies(x: np.ndarray) -> np.ndarray:
     return out
 
 
-def _search(x: np.ndarray, config: DedupConfig) -> list[tuple[int, int, float]]:
-    """Pairs ``(a, b, score)`` of rows of ``x`` (distinct rows) found through the store."""
+def _search(x: np.ndarray, config: DedupConfig, capped: list[int]
+            ) -> list[tuple[int, int, float]]:
+    """Pairs ``(a, b, score)`` of rows of ``x`` (distinct rows) found through the store
+    (``capped``: see :func:`candidate_pairs`)."""
     if config.store is not None:
         store: VectorStore = open_store(config.store, x.shape[1])
         chunk = 4096
@@ -260,7 +276,7 @@ def _search(x: np.ndarray, config: DedupConfig) -> list[tuple[int, int, float]]:
         exact = config.exact is not False
         if not exact:
             store.build_index()
-        return sorted(candidate_pairs(store, x, config, exact))
+        return sorted(candidate_pairs(store, x, config, exact, capped))
     finally:
         store.close()
 

@@ -84,6 +84,11 @@ def _csv(f: TextIO, name: str) -> Iterator[dict[str, Any]]:
     allow_long_csv_fields()
     reader = csv.DictReader(f)
     try:
+        header = reader.fieldnames or []
+        if len(set(header)) < len(header):  # DictReader kept the last column of a name
+            twice = next(c for c in header if header.count(c) > 1)
+            raise ValueError(f"{name}: the header names the column {twice!r} twice; a row "
+                             "keeps one value per name, so rename one of them")
         for row in reader:
             if None in row:  # DictReader's key for the values past the header's columns
                 raise ValueError(f"{name}, line {reader.line_num}: more fields than the header "

@@ -199,3 +199,19 @@ def test_dedup_texts_embeds_each_text_once_and_refuses_what_it_would_cut(minilm)
     assert e.value.index == 2 and e.value.limit == 256
     cut = dedup_texts(minilm, long, DedupConfig(truncate=True, threshold=0.999))
     assert [0, 1] in cut.groups and [2, 3] in cut.groups  # what truncation does, asked for
+
+
+def test_more_duplicates_than_max_neighbors_are_counted_not_silently_lost() -> None:
+    """A review's: an item with more near-duplicates than ``max_neighbors`` lost pairs past
+    them without a word (1,200 close items: 670,213 pairs reported of 720,600, kept 3 of 1),
+    where the docs promised the all-pairs answer. Such items are counted, and said."""
+    rng = np.random.default_rng(0)
+    x = np.ones((30, 16)) + 0.05 * rng.standard_normal((30, 16))
+    x = (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+    every = sum(1 for i in range(30) for j in range(i + 1, 30) if x[i] @ x[j] >= 0.5)
+    assert every == 435
+    wide = find_duplicates(x, DedupConfig(threshold=0.5, neighbors=2, max_neighbors=64))
+    assert len(wide.pairs) == every and wide.capped == 0 and "capped" not in wide.report()
+    narrow = find_duplicates(x, DedupConfig(threshold=0.5, neighbors=2, max_neighbors=4))
+    assert narrow.capped > 0 and narrow.report()["capped"] == narrow.capped
+    assert len(narrow.pairs) < every

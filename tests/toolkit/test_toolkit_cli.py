@@ -769,3 +769,63 @@ def test_labels_as_a_json_array_of_objects_are_a_table(tiny_dir, data, capsys) -
     assert outs[0] == outs[1]  # the same labels and descriptions as the .jsonl table
     assert main(["classify", *model, "-i", str(data / "rows.csv"), "--labels",
                  str(data / "labels.json"), "--description-field", "d2"]) == 0
+
+
+def test_classify_and_cluster_as_a_second_review_used_them(tiny_dir, data, capsys) -> None:
+    """A review's: training labels `weather`/`Weather` were two classes whose gold labels the
+    accuracy counted against each other (all right, "accuracy 0.3333"); a blank description in
+    a labels table was embedded as it stood (in a .json object it is refused); a classifier
+    trained with --truncate refused long texts under --load; `cluster --k 3` over two
+    distinct texts returned 2 clusters after scikit-learn's raw warning."""
+    model = ["--model", str(tiny_dir), "--device", "cpu", "--no-progress"]
+    train = _jsonl(data / "train.jsonl", [
+        {"text": "sunny and warm", "label": "weather"},
+        {"text": "rain all day", "label": "Weather"}, {"text": "stocks fell", "label": "money"}])
+    assert main(["classify", *model, "-i", train, "--train", train]) == 2
+    err = capsys.readouterr().err
+    assert "training labels 'Weather' and 'weather' differ only in case or spacing" in err, err
+    # a blank description is the label itself, as an absent one is
+    blank = _jsonl(data / "blank.jsonl", [{"label": "x", "description": "  "},
+                                          {"label": "y", "description": ""}])
+    outs = []
+    for labels in (blank, "x,y"):
+        assert main(["classify", *model, "-i", str(data / "rows.csv"), "--labels", labels,
+                     "-o", str(data / "z.jsonl")]) == 0, capsys.readouterr().err
+        outs.append((data / "z.jsonl").read_text(encoding="utf-8"))
+    assert outs[0] == outs[1]
+    # trained with --truncate, loaded without it: long texts cut as trained
+    long = _jsonl(data / "long.jsonl", [{"text": "word " * 3000}, {"text": "short"}])
+    assert main(["classify", *model, "-i", str(data / "rows.csv"), "--train",
+                 str(data / "rows.csv"), "--truncate", "--save", str(data / "t.npz")]) == 0
+    capsys.readouterr()
+    assert main(["classify", *model, "-i", long, "--load", str(data / "t.npz")]) == 0, \
+        capsys.readouterr().err
+    assert len(capsys.readouterr().out.splitlines()) == 2
+    four = _jsonl(data / "four.jsonl", [{"text": "same text"}] * 4 + [{"text": "other"}])
+    assert main(["cluster", *model, "-i", four, "--k", "3"]) == 2
+    err = capsys.readouterr().err
+    assert "k-means found only 2 distinct clusters for k=3" in err and "sklearn" not in err, err
+
+
+def test_a_csv_naming_a_column_twice_is_refused(tiny_dir, data, capsys) -> None:
+    """A review's: a header `text,meta,text` kept the last `text` column: the first one's
+    values were embedded as nothing and gone from the output, which keeps every column."""
+    (data / "twice.csv").write_text("text,meta,text\nfirst text,m,other\n", encoding="utf-8")
+    assert main(["dedup", "--model", str(tiny_dir), "--device", "cpu", "-i",
+                 str(data / "twice.csv")]) == 2
+    assert "twice.csv: the header names the column 'text' twice" in capsys.readouterr().err
+
+
+def test_dedup_says_texts_with_more_duplicates_than_it_looks_for(tiny_dir, data, capsys) -> None:
+    """A review's: past 1,024 near-duplicates of one text, pairs went missing without a word
+    (and no flag could widen it)."""
+    model = ["--model", str(tiny_dir), "--device", "cpu", "--no-progress"]
+    rows = str(data / "rows.jsonl")  # 6 rows, 4 distinct texts: at -1 every pair is one
+    assert main(["dedup", *model, "-i", rows, "--threshold", "-1", "--neighbors", "1",
+                 "--max-neighbors", "2"]) == 0
+    err = capsys.readouterr().err
+    assert "capped=" in err and "near-duplicates each at threshold -1.0" in err, err
+    assert "raise --threshold or --max-neighbors" in err
+    assert main(["dedup", *model, "-i", rows, "--threshold", "-1"]) == 0
+    err = capsys.readouterr().err
+    assert "pairs=15 " in err and "capped" not in err, err
