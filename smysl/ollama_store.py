@@ -34,7 +34,9 @@ def ollama_root() -> Path:
     if named:
         return Path(named).expanduser()
     own = Path.home() / ".ollama" / "models"
-    return SERVICE_STORE if not own.is_dir() and SERVICE_STORE.is_dir() else own
+    # os.path.isdir: False where the service's home is closed to this user (0750), where
+    # Path.is_dir raises PermissionError (Python < 3.14) and `smysl models` failed whole
+    return SERVICE_STORE if not os.path.isdir(own) and os.path.isdir(SERVICE_STORE) else own
 
 
 def name_of(parts: tuple[str, ...]) -> str:

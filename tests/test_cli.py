@@ -515,6 +515,20 @@ def test_a_hub_repo_of_gguf_files_lists_each_file_and_is_not_pulled(
     assert main(["embed", "--model", row["name"], "-i", str(src / "README.md"), "-o",
                  str(tmp_path / "v.npy")]) == 0
     assert np.load(tmp_path / "v.npy").shape == (1, 64)
+    # named as other cached repos are (a diff review's): a chat model's GGUF passes every
+    # check of the engine and is not listed; a reranker's is, as one
+    for repo, pooling in (("Qwen/Qwen3-0.6B-GGUF", None), ("Qwen/Qwen3-Reranker-0.6B-GGUF", 4)):
+        other = tmp_path / repo.replace("/", "-")
+        other.mkdir()
+        write_gguf(tiny_dir, other / "model-Q8_0.gguf", ftype="Q8_0", pooling=pooling)
+        fake_hub_cache(machine, repo, other)
+    assert main(["models", "--json"]) == 0
+    rows = {r["name"]: r for r in json.loads(capsys.readouterr().out)}
+    assert not any("Qwen3-0.6B-GGUF" in n for n in rows)
+    (rr,) = [r for n, r in rows.items() if "Reranker-0.6B-GGUF" in n]
+    assert rr["role"] == "reranker" and "a reranker" in rr["problem"]
+    assert main(["models", "--json", "--all"]) == 0
+    assert any("Qwen3-0.6B-GGUF" in r["name"] for r in json.loads(capsys.readouterr().out))
 
 
 def test_a_cut_config_in_the_cache_is_listed_as_such(machine: Path, tiny_dir: Path,

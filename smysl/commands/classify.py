@@ -93,10 +93,11 @@ def _labels(spec: str, args: argparse.Namespace) -> dict[str, str]:
         names = labels_in([{"label": x} for x in data], "label", spec, "--labels")
         texts = names if isinstance(data, list) else list(data.values())
         for name, text in zip(names, texts, strict=True):  # null was the description "None"
-            if not isinstance(text, str) or not text.strip():
-                raise ValueError(f"--labels {spec}: label {name!r} needs a non-empty text "
+            if not isinstance(text, str):
+                raise ValueError(f"--labels {spec}: label {name!r} needs a text "
                                  f"description, got {text!r}")
-        items = list(zip(names, texts, strict=True))
+        # a blank description is the label itself, as in a table (one rule for both)
+        items = [(n, t if t.strip() else n) for n, t in zip(names, texts, strict=True)]
     elif table:
         rows = data if rows_json else list(iter_rows(path))
         # the file's own columns, as documented: --label-field names the input's gold column
@@ -112,9 +113,8 @@ def _labels(spec: str, args: argparse.Namespace) -> dict[str, str]:
                              f"{field!r} (columns: {sorted(rows[0]) if rows else []})")
         # a blank description is the label's own name, as an absent one is (it was embedded
         # as it stood: a vector of no meaning; a .json object's is refused, there is no row)
-        items = [(n, d if isinstance(d := r.get(field), str) and d.strip()
-                  else n if d is None or isinstance(d, str) else str(d))
-                 for n, r in zip(names, rows, strict=True)]
+        items = [(n, str(d) if d and (not isinstance(d, str) or d.strip()) else n)
+                 for n, r in zip(names, rows, strict=True) for d in [r.get(field)]]
     else:
         items = [(x.strip(), x.strip()) for x in spec.split(",") if x.strip()]
     seen: dict[str, int] = {}
@@ -171,6 +171,7 @@ def run(args: argparse.Namespace) -> int:
         SupervisedClassifier,
         ZeroShotClassifier,
         accuracy,
+        check_spellings,
         check_training_labels,
         match_gold,
     )
@@ -215,6 +216,7 @@ def run(args: argparse.Namespace) -> int:
                              f"({args.text_field!r}); a training example needs one")
         try:
             check_training_labels(labels)
+            check_spellings(labels, "training labels")  # the gold below is matched so
         except ValueError as e:
             raise ValueError(f"--train {args.train}: {e}") from None
         try:

@@ -50,6 +50,9 @@ def run(args: argparse.Namespace) -> int:
     check_output(args.output)
     if args.report:  # before the work, which a path in no folder lost at the end
         check_file(args.report, "--report")
+    if args.max_neighbors < args.neighbors:  # DedupConfig's words name no flag
+        raise ValueError(f"--max-neighbors {args.max_neighbors} is below --neighbors "
+                         f"{args.neighbors}: the widest search is at least the first")
     texts, rows = read_column(args.input, args.text_field)
     refuse_overwrite(rows, ["group", "keep", "duplicate_of"], args.input)
     with tempfile.TemporaryDirectory(prefix="smysl-dedup-") as tmp:

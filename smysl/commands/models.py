@@ -261,8 +261,10 @@ def hub_models(cache_dir: str | None = None, *, every: bool = False) -> list[Mod
         rev = max(repo.revisions, key=lambda r: ("main" in r.refs, r.last_modified))
         if not (rev.snapshot_path / "config.json").is_file() and (
                 held := gguf_files(rev.snapshot_path)):  # a *-GGUF repo: each file, by path
-            out += [e for e in (gguf_entry(p, str(p), "hub") for p in held)
-                    if every or e.problem is None or "embed" in repo.repo_id.lower()]
+            if every or any(k in repo.repo_id.lower() for k in ("embed", "rerank")):
+                # named as the other cached repos are: a chat model's GGUF passes every
+                # check the engine makes, and is no embedding model
+                out += [gguf_entry(p, str(p), "hub") for p in held]
             continue
         kind = embedding_kind(rev.snapshot_path, repo.repo_id)
         if kind is None and not every:

@@ -351,12 +351,10 @@ class RemoteReranker(BaseReranker):
         # a place counts within its own answer: ties across requests go by the request's
         # first document (they went by those places, out of input order past one request)
         origin = np.zeros(len(documents), dtype=np.int64)
-        for batch in batches:
-            origin[batch] = min(batch, default=0)
         deadline = _CallDeadline(cfg.job_timeout, self.name)
         error = run_batches(
             batches, lambda batch: self._send(query, documents, batch, instruction, truncate,
-                                              (out, keys, places), deadline, limit),
+                                              (out, keys, places, origin), deadline, limit),
             workers=min(cfg.max_concurrency, len(batches)),
             thread_name=f"smysl-rerank-{cfg.name}")
         limit.finish()
@@ -386,9 +384,10 @@ class RemoteReranker(BaseReranker):
 
     def _send(self, query: str, documents: list[str], batch: list[int],
               instruction: str | None, truncate: bool,
-              out: tuple[np.ndarray, np.ndarray, np.ndarray],
+              out: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray],
               deadline: Deadline, limit: CallLimit) -> None:
-        """Scores of ``batch`` into ``out`` (scores, keys, places in the answer)."""
+        """Scores of ``batch`` into ``out`` (scores, keys, places in the answer, the first
+        document of the request that answered: a batch a 413 split is several)."""
         deadline.check()
         cap = limit.size
         if len(batch) > cap:  # a 413 taught a smaller size since this batch was planned
@@ -418,8 +417,9 @@ class RemoteReranker(BaseReranker):
                                           f"{first}: {e}{unsent}", e.status, e.body) from e
             raise
         limit.passed(len(batch))
-        scored, keys, places = out
+        scored, keys, places, origin = out
         scored[batch] = scores
+        origin[batch] = batch[0]
         if ranking.keys is not None:
             keys[batch] = ranking.keys
         if ranking.places is not None:

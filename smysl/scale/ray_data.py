@@ -69,14 +69,22 @@ def _ray() -> Any:
     return ray
 
 
+#: The cluster this process is connected to is a local one that :func:`connect` started (its
+#: driver holds it: it never grows); kept for later calls, which find Ray initialised.
+_started: dict[str, Any] = {"cluster": None}
+
+
 def connect(config: RayConfig) -> tuple[Any, bool]:
     """``ray.init`` on the configured cluster (``$RAY_ADDRESS`` without an address, else this
     machine's running one, else a new local one); a clear error naming the address when it
-    cannot be reached. Returns (the ``ray`` module, whether this call started a new local
-    cluster: one that cannot grow, so a pool it cannot hold waits for ever)."""
+    cannot be reached. Returns (the ``ray`` module, whether the cluster is a new local one
+    started by this process: one that cannot grow, so a pool it cannot hold waits for
+    ever)."""
     ray = _ray()
     if ray.is_initialized():
-        return ray, False
+        # the cluster smysl started (a later RayEmbedder in the process), or the caller's own
+        ours = _started["cluster"] is not None and _started["cluster"] == _session(ray)
+        return ray, ours
     address = config.address or os.environ.get("RAY_ADDRESS") or None
     given = bool(config.address) or not address
     where = address if given else f"{address} (from $RAY_ADDRESS)"
@@ -87,21 +95,29 @@ def connect(config: RayConfig) -> tuple[Any, bool]:
         problem = f"{silent}; start one (ray start --head) or {instead} for a local one"
     if problem is not None:
         raise ValueError(f"cannot connect to the Ray cluster at {where}: {problem}")
-    started = False
+    started = address == "local"  # always a new one
     try:
         if address is None:  # this machine's `ray start` cluster if there is one (fast)
             try:
                 ray.init(address="auto", include_dashboard=False, log_to_driver=False)
             except ConnectionError:  # none: a new one, of this machine's CPUs
+                where = "a new local one"
                 ray.init(include_dashboard=False, log_to_driver=False)
                 started = True
         else:
             ray.init(address=config.address, include_dashboard=False, log_to_driver=False)
     except (ConnectionError, RuntimeError, ValueError) as e:
         # a cluster that answers and refuses (an auth token, another Ray version): its reason
-        raise ValueError(f"cannot connect to the Ray cluster at {where or 'a new local one'}: "
+        raise ValueError(f"cannot connect to the Ray cluster at {where or 'this machine'}: "
                          f"{first_line(e)}") from None
+    _started["cluster"] = _session(ray) if started else None
     return ray, started
+
+
+def _session(ray: Any) -> str:
+    """The connected cluster's address (a cluster started after ``ray.shutdown`` has
+    another)."""
+    return str(ray.get_runtime_context().gcs_address)
 
 
 def _host_port(address: str | None) -> tuple[str, str, str] | None:
@@ -253,6 +269,7 @@ class RayEmbedder(BaseEmbedder):
         short = unplaceable(config, ray.cluster_resources())
         if short is not None and started:  # it never grows: the run hung, "waiting for it"
             ray.shutdown()
+            _started["cluster"] = None
             raise ValueError(f"the local Ray cluster started for this run (this machine's "
                              f"CPUs and GPUs; it does not grow) cannot hold the actor pool: it "
                              f"needs {short}; use fewer actors (--actors) or per-actor "
@@ -388,7 +405,8 @@ class _DatasetWorker(Worker):
         super().__init__(model, options, load_kwargs)
         if self.failure is not None:  # Ray Data reports an actor that fails to start
             raise ValueError(f"{model}: {self.failure}")
-        self.model.check_dimensions(dimensions)  # at the pool's start, not in every batch
+        if dimensions is not None:  # at the pool's start, not in every batch (None costs a
+            self.model.check_dimensions(dimensions)  # remote model a billed width probe)
         self.columns = (id_column, text_column)
         self.settings = (instruction, dimensions, truncate)
         self.fp = self.model.fingerprint()
@@ -458,6 +476,7 @@ def embed_dataset(ds: Any, model: str, options: ModelOptions | None = None, *,
     free = cpus - config.actors * config.num_cpus
     if free < 1 and started:  # a cluster that never grows: the run would stall for good
         ray.shutdown()
+        _started["cluster"] = None
         raise ValueError(
             f"the local Ray cluster started for this run has {cpus:g} CPUs: a pool of "
             f"{config.actors} actors x {config.num_cpus:g} CPUs leaves none for Ray Data's "

@@ -197,14 +197,14 @@ class RerankService:
     async def score(self, query: str, documents: list[str], *, instruction: str | None,
                     truncate: bool, raw: bool = False, what: str = "documents",
                     direction: Direction = "right", max_document_tokens: int | None = None,
-                    disconnected: Disconnected | None = None, raw_field: bool = False) -> Scored:
+                    disconnected: Disconnected | None = None) -> Scored:
         """Scores of ``documents`` against ``query`` (input order), or a 4xx :class:`ApiError`.
         ``max_document_tokens`` keeps at most that many tokens of each document and implies
         ``truncate``; ``direction`` is the end truncation cuts. ``raw``: the raw scores in
-        place of the scores (TEI's ``raw_scores``); ``raw_field``: beside them, in
-        :attr:`Scored.raw` (``/v1/rerank``'s); either is refused where the reranker has none
-        (a remote API: ``/v1/rerank`` ignored it)."""
-        if (raw or raw_field) and self.tokens is None:
+        place of the scores (TEI's ``raw_scores``), refused where the reranker has none (a
+        remote API). ``/v1/rerank``'s ``raw_scores`` adds :attr:`Scored.raw` where there is
+        one and leaves it out elsewhere: a ``smysl:`` client always asks for it."""
+        if raw and self.tokens is None:
             raise ApiError("unsupported", f"raw_scores needs a local Qwen3-Reranker; "
                            f"{self.model_id!r} is a remote API", param="raw_scores")
         cfg = self.config
@@ -384,8 +384,7 @@ def router(rs: RerankService, *, root: bool = False) -> APIRouter:
         texts = [document_text(d, i, body.rank_fields) for i, d in enumerate(body.documents)]
         out = await rs.score(body.query, texts, instruction=body.instruction,
                              truncate=body.truncate, max_document_tokens=body.max_tokens_per_doc,
-                             disconnected=until_disconnected(request.receive),
-                             raw_field=body.raw_scores)
+                             disconnected=until_disconnected(request.receive))
         results: list[dict[str, Any]] = []
         for i in out.order(body.top_n):
             item: dict[str, Any] = {"index": i, "relevance_score": float(out.scores[i])}

@@ -27,13 +27,7 @@ def check_training_labels(labels: Sequence[str]) -> None:
     classes = sorted({str(v) for v in labels})
     if len(classes) < 2:
         raise ValueError(f"training needs texts of at least two labels, got {classes}")
-    spelt: dict[str, str] = {}
-    for c in classes:  # gold labels are matched ignoring case and spacing (match_gold)
-        other = spelt.setdefault(norm_label(c), c)
-        if other != c:  # two classes then, and one class's gold counted against the other
-            raise ValueError(f"training labels {other!r} and {c!r} differ only in case or "
-                             "spacing, which gold labels are matched without: spell them "
-                             "alike (one class) or apart")
+
 
 
 @dataclass(frozen=True)
@@ -267,6 +261,19 @@ class GoldMatch:
                 f"{' ...' if len(self.unmatched) > 10 else ''}; candidates: "
                 f"{', '.join(map(repr, list(candidates)[:10]))}); map them to the candidates, "
                 f"or name the gold column with --label-field")
+
+
+def check_spellings(labels: Sequence[str], what: str) -> None:
+    """ValueError for two ``labels`` that differ only in case or spacing: gold labels are
+    matched to them without either (:func:`match_gold`), so one class's gold would count
+    against the other (the CLI's accuracy; a Python caller may keep such classes apart)."""
+    spelt: dict[str, str] = {}
+    for c in dict.fromkeys(str(v) for v in labels):
+        other = spelt.setdefault(norm_label(c), c)
+        if other != c:
+            raise ValueError(f"{what} {other!r} and {c!r} differ only in case or spacing, "
+                             "which gold labels are matched without: spell them alike (one "
+                             "class) or apart")
 
 
 def match_gold(gold: Sequence[str], candidates: Sequence[str]) -> GoldMatch:

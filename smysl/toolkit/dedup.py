@@ -180,6 +180,9 @@ def candidate_pairs(store: VectorStore, vectors: np.ndarray, config: DedupConfig
         rows = list(range(s, min(s + config.batch_size, total)))
         width = config.neighbors + 1  # the item itself comes back too
         results: dict[int, list[Any]] = {}
+        # the widest query: the item, max_neighbors, and one more that tells whether any lie
+        # beyond them (without it a text with exactly max_neighbors was counted as capped)
+        widest = config.max_neighbors + 2
         while rows:
             for i, hits in zip(rows, store.search(vectors[rows], width, exact=exact),
                                strict=True):
@@ -187,11 +190,11 @@ def candidate_pairs(store: VectorStore, vectors: np.ndarray, config: DedupConfig
             # saturated: every candidate passed, more may lie beyond the width
             rows = [i for i in rows if len(results[i]) == width and width < total
                     and results[i][-1].score >= config.threshold - TOLERANCE]
-            if width > config.max_neighbors:  # the widest asked for: said, not widened
+            if width >= widest:  # the widest asked for: said, not widened
                 if capped is not None:
                     capped.extend(rows)
                 rows = []
-            width = min(width * 2, total, config.max_neighbors + 1)
+            width = min(width * 2, total, widest)
         for i in range(s, min(s + config.batch_size, total)):
             for h in results[i]:
                 j = int(h.id)

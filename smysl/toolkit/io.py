@@ -84,7 +84,8 @@ def _csv(f: TextIO, name: str) -> Iterator[dict[str, Any]]:
     allow_long_csv_fields()
     reader = csv.DictReader(f)
     try:
-        header = reader.fieldnames or []
+        # blank cells ending a spreadsheet's header name no column anyone reads
+        header = [c for c in reader.fieldnames or [] if c and c.strip()]
         if len(set(header)) < len(header):  # DictReader kept the last column of a name
             twice = next(c for c in header if header.count(c) > 1)
             raise ValueError(f"{name}: the header names the column {twice!r} twice; a row "

@@ -261,6 +261,21 @@ def test_equal_scores_in_different_requests_rank_in_input_order(shape: str) -> N
     assert got[2][0] == 2 and got[3][0] == 3
 
 
+def test_equal_scores_in_a_batch_a_413_split_rank_in_input_order() -> None:
+    """A review's: a batch split after a 413 wrote each piece's places counting from 0 again
+    under the batch's one origin: ties across the pieces went by those places."""
+    pool = [f"кандидат {i}" for i in range(40)]
+    score = {d: rerank_score(QUERY, d) for d in pool}
+    tie = sorted(pool, key=score.__getitem__)[20]
+    above = [d for d in pool if score[d] > score[tie]][:2]
+    below = [d for d in pool if score[d] < score[tie]][:2]
+    docs = [*above, tie, tie, *below]  # one planned batch; TEI takes 3: two requests
+    with FakeServer(tei_max_batch=3) as srv:
+        got = load(srv, "tei", max_concurrency=1).rerank(QUERY, docs)
+        assert max(len(b["texts"]) for b in srv.requests) == 6  # planned as one, refused
+    assert [i for i, _ in got] == sorted(range(6), key=lambda i: (-score[docs[i]], i))
+
+
 def test_split_keeps_order_for_cohere_and_counts_search_units() -> None:
     docs = [f"doc {i}" for i in range(2500)]
     with FakeServer(rerank_max_docs=1000) as srv:

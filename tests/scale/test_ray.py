@@ -143,9 +143,12 @@ def test_a_dashboard_address_is_named_as_the_wrong_kind() -> None:
 
 
 @slow
-def test_a_pool_the_local_cluster_started_for_it_cannot_hold_fails(tiny_dir, tmp_path) -> None:
+@pytest.mark.parametrize("address", [[], ["local"]])
+def test_a_pool_the_local_cluster_started_for_it_cannot_hold_fails(tiny_dir, tmp_path,
+                                                                   address) -> None:
     """A review's: `--ray --actors 3` on a 2-CPU machine, with no cluster running, started a
-    local one of 2 CPUs and waited "for it to grow" for ever: one smysl started never grows."""
+    local one of 2 CPUs and waited "for it to grow" for ever: one smysl started never grows
+    (`--ray local` always starts one: a diff review's)."""
     import subprocess
     import sys
 
@@ -154,7 +157,7 @@ def test_a_pool_the_local_cluster_started_for_it_cannot_hold_fails(tiny_dir, tmp
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     done = subprocess.run([sys.executable, "-m", "smysl", "embed", "--model", str(tiny_dir),
                            "--device", "cpu", "--threads", "1", "-i", str(src), "-o",
-                           str(tmp_path / "out"), "--ray", "--actors", "512"],
+                           str(tmp_path / "out"), "--ray", *address, "--actors", "512"],
                           capture_output=True, text=True, timeout=120, env=env)
     assert done.returncode == 2, done.stderr
     assert re.search(r"the local Ray cluster started for this run \(this machine's CPUs and "

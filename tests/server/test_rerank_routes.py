@@ -255,10 +255,17 @@ def test_a_served_remote_reranker_keeps_the_upstreams_ranking_and_refuses_raw_sc
             assert [r["index"] for r in got["results"]] == [i for i, _ in want]
             tei = c.post("/rerank", json={"query": QUERY, "texts": DOCS}).json()
             assert [r["index"] for r in tei] == [i for i, _ in want]
+            # /v1/rerank leaves raw_score out (a smysl: client asks for it on every call: a
+            # diff review's, refusing it broke every chain of servers); TEI's is refused
             raw = c.post("/v1/rerank", json={"query": QUERY, "documents": DOCS,
                                              "raw_scores": True})
-            assert raw.status_code == 400, raw.text  # this API's status for a refused field
-            assert "raw_scores needs a local Qwen3-Reranker" in raw.json()["error"]["message"]
+            assert raw.status_code == 200 and "raw_score" not in raw.json()["results"][0]
+            tei_raw = c.post("/rerank", json={"query": QUERY, "texts": DOCS, "raw_scores": True})
+            assert tei_raw.status_code == 422 and "raw_scores needs a local" in tei_raw.text
+        with live_server(None, remote) as front_url:  # smysl: -> front smysl -> smysl
+            chained = smysl.load_reranker(f"smysl:{front_url}")
+            assert [i for i, _ in chained.rerank(QUERY, DOCS)] == [i for i, _ in want]
+            chained.close()
         remote.close()
 
 

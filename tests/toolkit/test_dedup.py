@@ -215,3 +215,9 @@ def test_more_duplicates_than_max_neighbors_are_counted_not_silently_lost() -> N
     narrow = find_duplicates(x, DedupConfig(threshold=0.5, neighbors=2, max_neighbors=4))
     assert narrow.capped > 0 and narrow.report()["capped"] == narrow.capped
     assert len(narrow.pairs) < every
+    # a diff review's: exactly max_neighbors near-duplicates each is no cap (12 were "capped")
+    groups = np.concatenate([np.eye(16)[k] + 0.05 * rng.standard_normal((6, 16))
+                             for k in (0, 1)])
+    groups = (groups / np.linalg.norm(groups, axis=1, keepdims=True)).astype(np.float32)
+    exact = find_duplicates(groups, DedupConfig(threshold=0.5, neighbors=1, max_neighbors=5))
+    assert len(exact.pairs) == 30 and exact.capped == 0
