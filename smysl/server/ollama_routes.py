@@ -28,6 +28,7 @@ from pydantic import (
 from starlette.types import Receive
 
 from smysl.base import ModelInfo
+from smysl.registry import ALIASES
 from smysl.server.errors import ApiError
 from smysl.server.fast import FastRoutes
 from smysl.server.http import ApiRequest, json_response
@@ -119,6 +120,21 @@ def listed_name(model_id: str) -> str:
     return model_id
 
 
+def listed_names(model_id: str) -> list[str]:
+    """The names ``/api/tags`` lists the served model under, as Ollama lists models: each with
+    its tag (an untagged one as ``:latest``: langchain-ollama's ``validate_model_on_init``
+    refused ``x:latest``, copied from ``ollama list``, when the list said ``x``), then the
+    tagged Ollama aliases of the Hub repo it is (``qwen3-embedding:0.6b`` beside
+    ``Qwen/Qwen3-Embedding-0.6B``: a client moving from Ollama keeps its name), one entry
+    each, as Ollama lists a model's tags."""
+    first = listed_name(model_id)
+    if ":" not in first.rsplit("/", 1)[-1]:
+        first += ":latest"
+    repo = ALIASES.get(model_id.lower(), model_id).lower()
+    aliases = [a for a, target in ALIASES.items() if ":" in a and target.lower() == repo]
+    return list(dict.fromkeys([first, *aliases]))
+
+
 def parameter_size(count: int | None) -> str:
     """Ollama's ``parameter_size`` (``595.78M``, ``7.57B``); empty when unknown."""
     if not count:
@@ -202,17 +218,17 @@ def router(service: Service, fast: FastRoutes) -> APIRouter:
     # a local folder or file by its name, as Ollama lists models (a client that checks its
     # model against the list, e.g. langchain-ollama's validate_model_on_init, looked for
     # "tinym" among "/data/tinym"); every route takes that name (Service.names)
-    listed = listed_name(service.model_id)
+    listed = listed_names(service.model_id)
 
-    def entry() -> dict[str, object]:
+    def entry(name: str) -> dict[str, object]:
         info = service.info()
-        return {"name": listed, "model": listed, "modified_at": modified,
+        return {"name": name, "model": name, "modified_at": modified,
                 "size": info.file_size or 0, "digest": digest, "details": details(info)}
 
     @r.get("/tags")
     async def tags() -> Response:
-        """Models this server serves (one)."""
-        return json_response({"models": [entry()]})
+        """The model this server serves, under each of its names (:func:`listed_names`)."""
+        return json_response({"models": [entry(name) for name in listed]})
 
     @r.get("/ps")
     async def ps() -> Response:
@@ -220,7 +236,7 @@ def router(service: Service, fast: FastRoutes) -> APIRouter:
         the life of the server."""
         info = service.info()
         on_gpu = (info.device or "").startswith("cuda")
-        return json_response({"models": [entry() | {
+        return json_response({"models": [entry(listed[0]) | {
             "expires_at": NEVER_EXPIRES, "size_vram": (info.file_size or 0) if on_gpu else 0,
             "context_length": info.max_tokens or 0}]})
 

@@ -383,9 +383,35 @@ def test_a_local_folder_is_listed_by_its_name(tiny, tiny_dir) -> None:  # type: 
     assert listed_name("qwen3-embedding:0.6b") == "qwen3-embedding:0.6b"
     with TestClient(create_app(tiny, ServerConfig())) as c:  # tiny: loaded from tiny_dir
         (entry,) = c.get("/api/tags").json()["models"]
-        assert entry["name"] == entry["model"] == tiny_dir.name, entry
+        assert entry["name"] == entry["model"] == f"{tiny_dir.name}:latest", entry
         r = c.post("/api/embed", json={"model": entry["name"], "input": "x"})
         assert r.status_code == 200, r.text
+
+
+def test_the_list_names_models_as_ollama_clients_check_them(tiny, tiny_dir) -> None:  # type: ignore[no-untyped-def]
+    """A review's: /api/tags listed `tiny` and `Qwen/Qwen3-Embedding-0.6B` untagged, so
+    langchain-ollama's validate_model_on_init refused `tiny:latest` (as `ollama list` shows
+    names) and `qwen3-embedding:0.6b` / `qwen3-embedding` (a client moving from Ollama), which
+    /api/embed takes. Its check: the name, or a listed one that starts with it and a colon."""
+
+    def validated(name: str, listed: list[str]) -> bool:  # langchain-ollama's rule
+        return any(name == m or m.startswith(name + ":") for m in listed)
+
+    for served, names in ((None, [tiny_dir.name, f"{tiny_dir.name}:latest"]),
+                          ("Qwen/Qwen3-Embedding-0.6B", ["qwen3-embedding:0.6b",
+                                                         "qwen3-embedding",
+                                                         "Qwen/Qwen3-Embedding-0.6B",
+                                                         "Qwen/Qwen3-Embedding-0.6B:latest"])):
+        with TestClient(create_app(tiny, ServerConfig(served_name=served))) as c:
+            tags = c.get("/api/tags").json()["models"]
+            listed = [m["name"] for m in tags]
+            assert len({m["digest"] for m in tags}) == 1  # one model, under several names
+            for name in names:
+                assert validated(name, listed), (name, listed)
+                r = c.post("/api/embed", json={"model": name, "input": "x"})
+                assert r.status_code == 200, (name, r.text)
+            (ps,) = c.get("/api/ps").json()["models"]
+            assert ps["name"] == listed[0]
 
 
 def test_ollama_num_ctx_truncates_as_ollama_does(client, tiny) -> None:  # type: ignore[no-untyped-def]
