@@ -80,6 +80,14 @@ def split_inputs(inp: object, what: str = "input") -> tuple[list[str] | None, li
                    param=what)
 
 
+def part_name(what: str, first: int, n: int) -> str:
+    """A request's field, or where a piece of it starts past its beginning (``input[21]``,
+    ``input[8..11]``; :meth:`Service.pieces`), for messages."""
+    if not first:
+        return what
+    return f"{what}[{first}]" if n == 1 else f"{what}[{first}..{first + n - 1}]"
+
+
 @dataclass(frozen=True)
 class Embedded:
     """Vectors of one request plus what the response headers and usage fields report."""
@@ -89,6 +97,15 @@ class Embedded:
     queue_s: float
     compute_s: float
     total_s: float
+
+    @staticmethod
+    def joined(parts: Sequence[Embedded], total_s: float) -> Embedded:
+        """The pieces of one request (:meth:`Service.pieces`) as its one answer."""
+        if len(parts) == 1:
+            return parts[0]
+        return Embedded(np.concatenate([p.vectors for p in parts]),
+                        sum(p.tokens for p in parts), sum(p.queue_s for p in parts),
+                        sum(p.compute_s for p in parts), total_s)
 
 
 #: The headers :meth:`Service.timing_headers` adds to an embedding response.
@@ -186,11 +203,12 @@ class Service:
                            param=what)
 
     def check_texts(self, texts: Sequence[str], what: str = "input", *,
-                    empty_ok: bool = False) -> None:
+                    empty_ok: bool = False, first: int = 0) -> None:
         """Count, Unicode and size of a request's texts; an empty text is refused unless
-        ``empty_ok`` (a route that only shows tokens) or ``allow_empty``."""
+        ``empty_ok`` (a route that only shows tokens) or ``allow_empty``. ``first``: the
+        index of ``texts[0]`` in the request (a piece of a larger one), for messages."""
         self.check_count(len(texts), what)
-        for i, t in enumerate(texts):
+        for i, t in enumerate(texts, first):
             if t == "" and not (empty_ok or self.config.allow_empty):
                 raise ApiError("empty", f"{what}[{i}] is an empty string; remove it or send "
                                "text (this server rejects empty inputs, see docs/server.md)",
@@ -199,14 +217,41 @@ class Service:
         chars = sum(map(len, texts))
         cap = self.config.max_request_tokens
         if chars > CHARS_PER_TOKEN * cap:
+            what = part_name(what, first, len(texts))
             raise ApiError("too_many", f"{what} has {chars} characters, more than this server "
                            f"tokenises per request ({CHARS_PER_TOKEN} per token of its limit "
                            f"of {cap} tokens, max_request_tokens); split it", param=what)
 
-    def check_tokens(self, lengths: Sequence[int], what: str = "input") -> None:
+    def pieces(self, texts: Sequence[str], instruction: str | None) -> list[slice]:
+        """A request of any size as consecutive pieces within ``max_inputs`` and
+        ``max_request_tokens``, each to be embedded as a request of its own (its own place in
+        the queue and time budget, tokenised on its own: memory stays bounded). For Ollama's
+        routes: its clients (langchain-ollama, ollama-python, litellm) send a whole corpus in
+        one call, and Ollama has no per-request cap. A text costs at most its formatted UTF-8
+        bytes and two special tokens; one text is always a piece, held to the limits as any
+        request's is."""
+        try:
+            formatted = self.embedder.format_texts(list(texts), instruction)
+        except ValueError:  # refused as any request's is, by embed_texts
+            return [slice(0, len(texts))]
+        cap, most = self.config.max_request_tokens, self.config.max_inputs
+        out: list[slice] = []
+        start = size = 0
+        for i, t in enumerate(formatted):
+            cost = len(t.encode("utf-8", "surrogatepass")) + 2
+            if i > start and (i - start >= most or size + cost > cap):
+                out.append(slice(start, i))
+                start, size = i, 0
+            size += cost
+        out.append(slice(start, len(texts)))
+        return out
+
+    def check_tokens(self, lengths: Sequence[int], what: str = "input", first: int = 0
+                     ) -> None:
         """The per-request token cap (``max_request_tokens``), counted after truncation."""
         total, cap = sum(lengths), self.config.max_request_tokens
         if total > cap:
+            what = part_name(what, first, len(lengths))
             raise ApiError("too_many", f"{what} has {total} tokens but at most {cap} are "
                            "allowed per request (max_request_tokens); split it", param=what)
 
@@ -222,42 +267,45 @@ class Service:
     async def embed_texts(self, texts: list[str], *, instruction: str | None, dimensions: int,
                           truncate: bool, normalize: bool = True, direction: Direction = "right",
                           disconnected: Disconnected | None = None,
-                          what: str = "input", context: tuple[str, int] | None = None
-                          ) -> Embedded:
+                          what: str = "input", context: tuple[str, int] | None = None,
+                          first: int = 0) -> Embedded:
         """Embed texts (already validated with :meth:`check_texts`). ``context``: a request's
         own token limit below the model's, and its name (Ollama's ``options.num_ctx``), held
         to as the model's is (refused, or truncated with ``truncate``); backends without a
-        tokenizer cannot count, and take the model's."""
+        tokenizer cannot count, and take the model's. ``first``: as :meth:`check_texts`'s."""
         # a full queue answers 429 before any tokenising, and the request holds its place
         # while it is tokenised
         with self.batcher.admitted() as slot:
             return await self._embed_texts(slot, texts, instruction, dimensions, truncate,
-                                           normalize, direction, disconnected, what, context)
+                                           normalize, direction, disconnected, what, context,
+                                           first)
 
     async def _embed_texts(self, slot: Slot, texts: list[str], instruction: str | None,
                            dimensions: int, truncate: bool, normalize: bool,
                            direction: Direction, disconnected: Disconnected | None,
-                           what: str, context: tuple[str, int] | None) -> Embedded:
+                           what: str, context: tuple[str, int] | None,
+                           first: int) -> Embedded:
         t0 = time.perf_counter()
         try:
             formatted = self.embedder.format_texts(texts, instruction)
         except ValueError as e:
             raise ApiError("invalid", str(e), param="instruction") from None
         if self.tokens is not None:
-            ids = await self._tokenize(self.tokens, formatted, truncate, direction, what, slot)
+            ids = await self._tokenize(self.tokens, formatted, truncate, direction, what, slot,
+                                       first)
             if context is not None:  # the one length rule, at the request's limit
                 who, most = context
                 try:
                     ids = [fit_length(x, most, eos_id=x[-1], truncate=truncate, index=i,
                                       direction=direction, who=who) for i, x in enumerate(ids)]
                 except InputTooLongError as e:
-                    raise self._too_long(what, e) from None
+                    raise self._too_long(what, e, first) from None
             lengths = [len(x) for x in ids]
-            self.check_tokens(lengths, what)
+            self.check_tokens(lengths, what, first)
             job = Job(key=("ids",), items=ids, lengths=lengths, dimensions=dimensions,
                       normalize=normalize, disconnected=disconnected,
                       timeout_s=self.config.request_timeout_s)
-            vectors = await self._submit(job, slot)
+            vectors = await self._submit(job, slot, what, first)
             return Embedded(vectors, sum(lengths), job.queue_s, job.compute_s,
                             time.perf_counter() - t0)
         counts = await self._count_tokens(formatted, slot)
@@ -267,7 +315,7 @@ class Service:
                 try:
                     check_counts(counts, limit)
                 except InputTooLongError as e:
-                    raise self._too_long(what, e) from None
+                    raise self._too_long(what, e, first) from None
             if direction == "left" and max(counts, default=0) > limit:
                 raise ApiError("unsupported", f"model {self.model_id!r} can only truncate on the "
                                "right; use truncation_direction 'right'",
@@ -278,16 +326,17 @@ class Service:
         else:  # a rough budget estimate for backends without a tokenizer
             lengths = [len(t) // 3 + 1 for t in formatted]
         if counts is not None:
-            self.check_tokens(lengths, what)
+            self.check_tokens(lengths, what, first)
         job = Job(key=("text", truncate), items=formatted, lengths=lengths,
                   dimensions=dimensions, normalize=normalize, disconnected=disconnected,
                   timeout_s=self.config.request_timeout_s)
-        vectors = await self._submit(job, slot)
+        vectors = await self._submit(job, slot, what, first)
         return Embedded(vectors, sum(lengths) if counts is not None else 0, job.queue_s,
                         job.compute_s, time.perf_counter() - t0)
 
     async def _tokenize(self, tokens: TokenLevel, texts: list[str], truncate: bool,
-                        direction: Direction, what: str, slot: Slot) -> list[list[int]]:
+                        direction: Direction, what: str, slot: Slot, first: int = 0
+                        ) -> list[list[int]]:
         """Token ids as embedded (EOS last, truncated as asked); long requests off the loop."""
 
         def run() -> list[list[int]]:
@@ -296,7 +345,7 @@ class Service:
         try:
             return await self._off_loop(run, sum(map(len, texts)), slot)
         except InputTooLongError as e:
-            raise self._too_long(what, e) from None
+            raise self._too_long(what, e, first) from None
 
     async def tokenizer_work(self, run: Callable[[], _T], size: int) -> _T:
         """``run()`` for a route that only tokenises or decodes (TEI ``/tokenize``,
@@ -315,8 +364,8 @@ class Service:
                                           self.config.request_timeout_s)
 
     @staticmethod
-    def _too_long(what: str, e: InputTooLongError) -> ApiError:
-        return ApiError("too_long", e.describe(f"{what}[{e.index}]"), param=what)
+    def _too_long(what: str, e: InputTooLongError, first: int = 0) -> ApiError:
+        return ApiError("too_long", e.describe(f"{what}[{first + e.index}]"), param=what)
 
     async def embed_ids(self, ids: list[list[int]], *, dimensions: int, truncate: bool,
                         normalize: bool = True, direction: Direction = "right",
@@ -364,7 +413,7 @@ class Service:
         job = Job(key=("ids",), items=seqs, lengths=lengths, dimensions=dimensions,
                   normalize=normalize, disconnected=disconnected,
                   timeout_s=self.config.request_timeout_s)
-        vectors = await self._submit(job, slot)
+        vectors = await self._submit(job, slot, what)
         # what was embedded, as for text: ids cut off by ``truncate`` are not counted, an EOS
         # appended is (the same text as ids without EOS counted one less, and the compute
         # header said so too)
@@ -390,15 +439,16 @@ class Service:
         except ValueError as e:
             raise ApiError("invalid", str(e), param=what) from None
 
-    async def _submit(self, job: Job, slot: Slot) -> np.ndarray:
+    async def _submit(self, job: Job, slot: Slot, what: str = "input", first: int = 0
+                      ) -> np.ndarray:
         try:
             return await self.batcher.submit(job, slot)  # finite rows (finish() checks them)
         except NonFiniteError as e:  # the model's failure on this input: never null or NaN
             raise ApiError("internal", f"model {self.model_id!r}: {e}") from None
         except InputTooLongError as e:
-            raise self._too_long("input", e) from None
+            raise self._too_long(what, e, first) from None
         except ValueError as e:  # the backend's contract: ValueError means bad input
-            raise ApiError("invalid", str(e), param="input") from None
+            raise ApiError("invalid", str(e), param=what) from None
         except ApiError:
             raise
         except BackendDown:

@@ -441,3 +441,28 @@ def test_ollama_num_ctx_truncates_as_ollama_does(client, tiny) -> None:  # type:
     for bad in ("40", 1.5, True, 1):
         r = client.post("/api/embed", json={"input": "a", "options": {"num_ctx": bad}})
         assert r.status_code == 400 and "num_ctx" in r.json()["error"], (bad, r.text)
+
+
+def test_ollama_takes_a_whole_corpus_in_one_request_as_ollama_does(tiny) -> None:  # type: ignore[no-untyped-def]
+    """A review's: langchain-ollama's embed_documents, ollama-python and litellm's ollama/
+    send every text in one /api/embed call, and Ollama has no per-request cap: 3,000 chunks
+    were a 400 ("at most 2048"). They are embedded in pieces within the caps, each text named
+    by its place in the whole request; OpenAI's route keeps OpenAI's caps."""
+    texts = [f"фрагмент {i}: " + "слово " * (i % 9) for i in range(23)]
+    want = tiny.embed(texts)
+    config = ServerConfig(max_inputs=4, max_request_tokens=120)
+    with TestClient(create_app(tiny, config)) as c:
+        r = c.post("/api/embed", json={"input": texts})
+        assert r.status_code == 200, r.text
+        got = vecs(r.json()["embeddings"])
+        assert np.array_equal(got, want)
+        assert r.json()["prompt_eval_count"] == sum(tiny.count_tokens(texts))
+        query = c.post("/api/embed", json={"input": texts, "input_type": "query"}).json()
+        assert np.array_equal(vecs(query["embeddings"]), tiny.embed_queries(texts))
+        # a fault far into the request is named by its place there, before anything is embedded
+        bad = c.post("/api/embed", json={"input": [*texts[:17], "", *texts[18:]]})
+        assert bad.status_code == 400 and "input[17] is an empty string" in bad.text, bad.text
+        for long in ("слово " * 400, "слово " * 100):  # past the characters, the tokens
+            cut = c.post("/api/embed", json={"input": [*texts[:21], long, texts[22]]})
+            assert cut.status_code == 400 and "input[21] has" in cut.text, cut.text
+        assert c.post("/v1/embeddings", json={"input": texts}).status_code == 400
