@@ -119,6 +119,8 @@ class EvalConfig:
                      "clustering_sample_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        if not 0 <= self.seed < 2**32:  # numpy's range, found after the model had loaded
+            raise ValueError(f"seed must be in 0..{2**32 - 1}, got {self.seed}")
         if self.rerank_top < 1:
             raise ValueError(f"rerank_top must be positive, got {self.rerank_top}")
         if self.rerank_queries is not None and self.rerank_queries < 1:

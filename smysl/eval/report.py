@@ -67,12 +67,13 @@ def write_reports(results: Sequence[ModelResult], cfg: EvalConfig,
     _clear_report(out)
     runs = [r.to_json() for r in results]
     written = []
-    for run in runs:
-        folder = out / model_slug(run["model"])
+    for run, name, label in zip(runs, run_folders(runs), run_labels(runs), strict=True):
+        folder = out / name
         folder.mkdir(exist_ok=True)
         for task in [*run["tasks"], *run.get("reranking", [])]:
             path = folder / f"{task['task']}.json"
-            replace_file(path, json.dumps(nan_as_null({"model": run["model"], **task}),
+            replace_file(path, json.dumps(nan_as_null({"model": run["model"], "run": label,
+                                                       **task}),
                                           indent=1, ensure_ascii=False))
             written.append(path)
     meta = {"created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -110,8 +111,8 @@ def _clear_report(out: Path) -> None:
     except (ValueError, KeyError, TypeError):  # not ours, or damaged: every file stays
         return
     log.warning("replacing the earlier report in %s", out)
-    for run in earlier:
-        folder = out / model_slug(str(run.get("model", "")))
+    for run, name in zip(earlier, run_folders(earlier), strict=True):
+        folder = out / name
         for task in [*run.get("tasks", []), *run.get("reranking", [])]:
             (folder / f"{task.get('task')}.json").unlink(missing_ok=True)
         with contextlib.suppress(OSError):  # kept when something else is in it
@@ -137,10 +138,20 @@ def load_runs(path: Path) -> list[Run]:
     return runs
 
 
+def run_folders(runs: Sequence[Run]) -> list[str]:
+    """The folder of each run's per-task files: the model's name, or its label where runs
+    share a name (`-m DIR -m st:DIR` wrote both into one folder, the second run's files over
+    the first's)."""
+    names = [model_slug(str(r.get("model", ""))) for r in runs]
+    count = Counter(names)
+    return [name if count[name] == 1 else model_slug(label)
+            for name, label in zip(names, run_labels(runs), strict=True)]
+
+
 def run_labels(runs: Sequence[Run]) -> list[str]:
     """A column, section and legend label per run: the model name, with the settings that tell
-    apart runs of one name (quantization or dtype, then dtype, device, max tokens; as recorded
-    in their ``info``), and a number where even those agree."""
+    apart runs of one name (quantization or dtype, then dtype, device, max tokens, backend;
+    as recorded in their ``info``), and a number where even those agree."""
     labels = [str(r["model"]) for r in runs]
     for name in set(labels):
         group = [i for i, label in enumerate(labels) if label == name]
@@ -172,7 +183,14 @@ def _settings(run: Run) -> dict[str, str | None]:
             # a quantised model computing in two dtypes (a Q8_0 GGUF in float32 and bfloat16)
             "dtype": str(info["dtype"]) if info.get("dtype") else None,
             "device": str(info["device"]) if info.get("device") else None,
-            "max_tokens": f"max {info['max_tokens']} tokens" if info.get("max_tokens") else None}
+            "max_tokens": f"max {info['max_tokens']} tokens" if info.get("max_tokens") else None,
+            # one checkpoint through the native engine and through st: (a documented
+            # comparison), where nothing above tells them apart
+            "backend": str(info["backend"]) if info.get("backend") else None}
+
+
+#: :data:`PROTOCOL` settings that decide only a reranked run's scores.
+RERANK_KEYS = ("rerank_top", "rerank_queries")
 
 
 def comparability(runs: Sequence[Run]) -> list[str]:
@@ -192,7 +210,10 @@ def comparability(runs: Sequence[Run]) -> list[str]:
             f"{label} {'all of it' if p.get('limit') is None else 'limit=' + str(p['limit'])}"
             for label, p in zip(labels, protocols, strict=True)) + ".")
     for key in PROTOCOL:
-        known = [(label, p[key]) for label, p in zip(labels, protocols, strict=True) if key in p]
+        # a reranking setting decides only the reranked scores: recorded by every run, it
+        # said two runs differ where neither reranked (rerank_top 50 against 5)
+        known = [(label, p[key]) for label, p, run in zip(labels, protocols, runs, strict=True)
+                 if key in p and (key not in RERANK_KEYS or run.get("reranking"))]
         # sort_keys: the instruction overrides, a mapping in any order
         if key != "limit" and len({json.dumps(v, sort_keys=True) for _, v in known}) > 1:
             lines.append(f"Runs differ in {key}: "
@@ -200,8 +221,9 @@ def comparability(runs: Sequence[Run]) -> list[str]:
     for label, run in zip(labels, runs, strict=True):
         if run.get("stopped"):
             lines.append(f"{label} {run['stopped']}: the tasks it did not reach have no score.")
-    for label, p in zip(labels, protocols, strict=True):
-        missing = [k for k in PROTOCOL if k not in p]
+    for label, p, run in zip(labels, protocols, runs, strict=True):
+        missing = [k for k in PROTOCOL if k not in p
+                   and (k not in RERANK_KEYS or run.get("reranking"))]
         if missing and len(runs) > 1:
             lines.append(f"{label} did not record {', '.join(missing)} (older results): they "
                          "may differ.")
@@ -412,15 +434,20 @@ def plot_throughput(runs: Sequence[Run], path: Path) -> Path | None:
     runs = [r for r, _ in labelled]
     if not runs:
         return None
-    common = set.intersection(*({t["task"] for t in r["tasks"]} for r in runs))
+    # the tasks every model ran and scored: a NaN score counted as 0 in one model's mean (it
+    # said "mean over 2 tasks" of one score), and a task left out of one model's mean alone
+    # would compare means over different tasks
+    common = set.intersection(*({t["task"] for t in r["tasks"]
+                                 if _main(t, int(r["dimensions"])) is not None} for r in runs))
     if not common:
         return None
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7.5, 5))
     for run, label in labelled:
         dims = int(run["dimensions"])
-        scores = [_main(t, dims) for t in run["tasks"] if t["task"] in common]
-        mean = sum(s for s in scores if s is not None) / len(scores)
+        scores = [s for t in run["tasks"] if t["task"] in common
+                  and (s := _main(t, dims)) is not None]
+        mean = sum(scores) / len(scores)
         ax.scatter([run["texts_per_s"]], [mean], s=70, zorder=3,
                    label=f"{label} ({dims} d, {run.get('machine', '').strip()})")
         ax.annotate(label, (run["texts_per_s"], mean), textcoords="offset points",

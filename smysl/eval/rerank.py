@@ -97,13 +97,18 @@ def select_all(names: Sequence[str], *, reranker: bool) -> tuple[list[Task], lis
     return list(tasks.values()), list(reranks.values())
 
 
-def check_instructions(instructions: Mapping[str, str]) -> None:
+def check_instructions(instructions: Mapping[str, str], *, reranking: bool = True) -> None:
     """Refuse an instruction override whose key names no task: a typo (or a kind such as
-    ``xquad``) would otherwise leave every task on its default instruction, silently."""
+    ``xquad``) would otherwise leave every task on its default instruction, silently; and,
+    unless ``reranking`` (a reranker given), one for a reranking task, which nothing reads."""
     unknown = sorted(set(instructions) - set(TASKS) - set(RERANK_TASKS))
     if unknown:
         raise ValueError(f"instruction for unknown task {', '.join(map(repr, unknown))}: give a "
                          f"task name, one of {', '.join([*TASKS, *RERANK_TASKS])}")
+    unread = sorted(set(instructions) & set(RERANK_TASKS)) if not reranking else []
+    if unread:  # as --rerank-top without a reranker is refused
+        raise ValueError(f"instruction for {', '.join(map(repr, unread))} applies to reranking: "
+                         "add a reranker (--reranker MODEL)")
     for task, text in instructions.items():  # a misspelt preset, before any model loads
         try:
             resolve_task(text)
@@ -155,8 +160,9 @@ class RerankScores:
     scored once per run (embedders compared in one run share most candidates).
 
     With a ``cache_dir`` scores persist there under the reranker's
-    :meth:`~smysl.rerank.BaseReranker.fingerprint` (a local checkpoint: its files; a remote
-    API: its name and settings), so changed weights never reuse old scores.
+    :meth:`~smysl.rerank.BaseReranker.fingerprint` (a local checkpoint: its files' names,
+    sizes and three windows each; a remote API: its name and settings), so changed weights do
+    not reuse old scores, unless edited in place at the same size outside those windows.
     """
 
     def __init__(self, reranker: BaseReranker, *, cache_dir: Path | None = None) -> None:

@@ -48,7 +48,7 @@ def evaluate_model(model: BaseEmbedder, cfg: EvalConfig, *, load_seconds: float 
         chosen, chosen_reranks = select_all(cfg.tasks, reranker=reranker is not None)
         tasks = tasks if tasks is not None else chosen
         rerank_tasks = rerank_tasks if rerank_tasks is not None else chosen_reranks
-    check_instructions(cfg.instructions)
+    check_instructions(cfg.instructions, reranking=reranker is not None)
     dims, skipped = _dimensions(model, cfg.dimensions)
     native = model.dimensions
     embeddings = ModelEmbeddings(model, cache_dir=cfg.cache_dir, progress=cfg.progress)
@@ -158,7 +158,7 @@ def run(cfg: EvalConfig) -> list[ModelResult]:
     # dataset before loading any model (a missing file of the third task was found after
     # the first two were scored, and nothing was written)
     tasks, rerank_tasks = select_all(cfg.tasks, reranker=cfg.reranker is not None)
-    check_instructions(cfg.instructions)
+    check_instructions(cfg.instructions, reranking=cfg.reranker is not None)
     compared = [run for folder in cfg.compare for run in load_runs(folder)]
     if cfg.out_dir is not None:
         check_out_dir(cfg.out_dir, cfg.compare)

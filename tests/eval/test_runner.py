@@ -215,3 +215,58 @@ def test_embeddings_before_a_failure_are_cached(tiny, tmp_path, monkeypatch) -> 
     rerun.ensure(texts, None)
     assert again.embedded == 30 - 24  # three blocks of 8 were done and kept
     np.testing.assert_allclose(rerun.get(texts, None), tiny.embed(texts), atol=1e-6)
+
+
+def test_reports_as_a_review_read_them(sweep, tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """A review's: a NaN main score counted as 0 in the throughput plot's mean ("mean over 2
+    tasks" of one score); `-m DIR -m st:DIR` (one name, two backends) wrote both runs' task
+    files into one folder, the second over the first, labelled "#1"/"#2"; `rerank_top` set
+    on a run that reranked nothing said the runs were not comparable."""
+    from matplotlib.figure import Figure
+
+    from smysl.eval.report import comparability, plot_throughput, run_folders, run_labels
+
+    _, result = sweep
+    write_reports([result], _cfg(tmp_path / "a"))
+    (full,) = load_runs(tmp_path / "a" / "out")
+    full = {**full, "texts_per_s": 100.0}
+    dims, names = str(full["dimensions"]), [t["task"] for t in full["tasks"]][:2]
+    nan = {**full, "model": "other", "tasks": [
+        {**t, "scores": {**t["scores"], dims: {**t["scores"][dims], t["main_metric"]: None}}}
+        if t["task"] == names[0] else t for t in full["tasks"]]}
+    figs: list[Figure] = []
+    monkeypatch.setattr(Figure, "savefig", lambda self, *a, **k: figs.append(self))
+    plot_throughput([full, nan], tmp_path / "t.png")
+    (fig,) = figs
+    means = [float(c.get_offsets()[0][1]) for c in fig.axes[0].collections]
+    scored = [t for t in full["tasks"] if t["task"] != names[0]]
+    want = np.mean([t["scores"][dims][t["main_metric"]] for t in scored])
+    assert np.allclose(means, want), (means, want)  # the NaN task left out of both means
+    assert f"over {len(scored)} tasks" in fig.axes[0].get_ylabel()
+    # one checkpoint through two backends: a folder and a label each
+    st = {**full, "info": {**full["info"], "backend": "st"}}
+    assert run_labels([full, st]) == [f"{full['model']} (qwen3)", f"{full['model']} (st)"]
+    folders = run_folders([full, st])
+    assert len(set(folders)) == 2 and run_folders([full]) == [folders[0].split("_qwen3")[0]]
+    twin = type(result)(**{**result.__dict__, "info": {**result.info, "backend": "st"}})
+    files = write_reports([result, twin], _cfg(tmp_path / "b"))
+    per_task = [p for p in files if p.name == "sts-en.json"]
+    assert len(per_task) == 2 and len({p.parent for p in per_task}) == 2
+    # reranking settings compare only runs that reranked
+    other = {**full, "protocol": {**full["protocol"], "rerank_top": 5}}
+    assert not any("rerank_top" in line for line in comparability([full, other]))
+    assert any("rerank_top" in line for line in comparability(
+        [{**full, "reranking": [{}]}, {**other, "reranking": [{}]}]))
+
+
+def test_a_rerank_instruction_without_a_reranker_and_a_bad_seed_are_refused(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """A review's: `--instruction xquad-ru-rerank=...` without --reranker did nothing, where
+    --rerank-top is refused; `--seed -1` failed in numpy's words after the model loaded."""
+    from smysl.eval import run as run_eval
+
+    with pytest.raises(ValueError, match=r"instruction for 'xquad-ru-rerank' applies to "
+                                         r"reranking: add a reranker"):
+        run_eval(_cfg(tmp_path, models=("/nonexistent",), tasks=("xquad-ru",),
+                      instructions={"xquad-ru-rerank": "find the answer"}))
+    with pytest.raises(ValueError, match=r"seed must be in 0\.\.4294967295, got -1"):
+        _cfg(tmp_path, seed=-1)
