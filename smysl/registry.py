@@ -213,6 +213,14 @@ def load_reranker(model: str, options: ModelOptions | None = None,
     return reranker
 
 
+def sized_aliases(model: str) -> list[str]:
+    """The aliases with a size (``qwen3-embedding:0.6b``) of the Hub repo ``model`` is (a repo
+    id, or one of those aliases); none for any other model, and none for the family's bare
+    name, which names no size."""
+    repo = ALIASES.get(model.lower(), model).lower() if model.lower() != FAMILY else ""
+    return [a for a, target in ALIASES.items() if a != FAMILY and target.lower() == repo]
+
+
 def names_of(model: str) -> set[str]:
     """Lower-case names that refer to ``model``: itself, its Hub repo id and every alias of that
     repo (and :data:`FAMILY` for any Qwen3-Embedding size), and a local directory's last path

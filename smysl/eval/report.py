@@ -110,9 +110,15 @@ def _clear_report(out: Path) -> None:
         earlier = load_runs(out)
     except (ValueError, KeyError, TypeError):  # not ours, or damaged: every file stays
         return
+    try:
+        folders = run_folders(earlier)
+    except (KeyError, TypeError, AttributeError):  # damaged: its files stay
+        return
     log.warning("replacing the earlier report in %s", out)
-    for run, name in zip(earlier, run_folders(earlier), strict=True):
-        folder = out / name
+    # where a report of one name per folder (before run_folders) kept them, too
+    own = [out / model_slug(str(run.get("model", ""))) for run in earlier]
+    for run, folder in [*zip(earlier, (out / f for f in folders), strict=True),
+                        *zip(earlier, own, strict=True)]:
         for task in [*run.get("tasks", []), *run.get("reranking", [])]:
             (folder / f"{task.get('task')}.json").unlink(missing_ok=True)
         with contextlib.suppress(OSError):  # kept when something else is in it
@@ -234,7 +240,8 @@ def comparability(runs: Sequence[Run]) -> list[str]:
 def _main(task: dict[str, Any], dims: int) -> float | None:
     scores = task["scores"].get(dims, task["scores"].get(str(dims)))
     value = None if scores is None else scores[task["main_metric"]]
-    return None if value is None else float(value)  # null: a NaN score as written
+    # null: a NaN score as written; NaN itself in a run not yet written (write_reports')
+    return None if value is None or value != value else float(value)
 
 
 def _dims(run: Run) -> list[int]:

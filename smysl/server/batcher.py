@@ -253,15 +253,20 @@ class Batcher:
                 self._thread.start()
 
     @contextlib.contextmanager
-    def admitted(self) -> Iterator[Slot]:
+    def admitted(self, continuing: bool = False) -> Iterator[Slot]:
         """A place in the queue from a request's arrival until :meth:`submit` queues its job
         (or the request fails first): raises the 429 of a full queue or the 503 of a closing
         server at once. Requests being tokenised count: a burst of large ones all passed a
         check of the queue alone, waited their turn to be tokenised, and were refused only
-        then, seconds later (p50 4.2 s for 150 clients on a queue of 2)."""
+        then, seconds later (p50 4.2 s for 150 clients on a queue of 2). ``continuing``: a
+        later piece of a request already admitted (Ollama's, in pieces) keeps its place
+        (a 429 after its first pieces were computed threw them away); only closing refuses."""
         slot = Slot()
         with self._cond:
-            self._check_room_locked()
+            if continuing and self._closing:
+                raise shutting_down()
+            if not continuing:
+                self._check_room_locked()
             self._preparing += 1
         try:
             yield slot

@@ -29,7 +29,7 @@ from pydantic import (
 from starlette.types import Receive
 
 from smysl.base import ModelInfo
-from smysl.registry import ALIASES
+from smysl.registry import sized_aliases
 from smysl.server.errors import ApiError
 from smysl.server.fast import FastRoutes
 from smysl.server.http import ApiRequest, json_response
@@ -121,19 +121,19 @@ def listed_name(model_id: str) -> str:
     return model_id
 
 
-def listed_names(model_id: str) -> list[str]:
-    """The names ``/api/tags`` lists the served model under, as Ollama lists models: each with
-    its tag (an untagged one as ``:latest``: langchain-ollama's ``validate_model_on_init``
-    refused ``x:latest``, copied from ``ollama list``, when the list said ``x``), then the
-    tagged Ollama aliases of the Hub repo it is (``qwen3-embedding:0.6b`` beside
-    ``Qwen/Qwen3-Embedding-0.6B``: a client moving from Ollama keeps its name), one entry
-    each, as Ollama lists a model's tags."""
+def listed_names(model_id: str, loaded: str) -> list[str]:
+    """The names ``/api/tags`` lists the served model (``model_id``, loaded as ``loaded``: its
+    backend's name) under, as Ollama lists models: each with its tag (an untagged one as
+    ``:latest``: langchain-ollama's ``validate_model_on_init`` refused ``x:latest``, copied
+    from ``ollama list``, when the list said ``x``), then the sized Ollama names of the Hub
+    repo it was loaded from (``qwen3-embedding:0.6b`` beside ``Qwen/Qwen3-Embedding-0.6B``: a
+    client moving from Ollama keeps its name; or of the served name, where it is such a repo),
+    one entry each, as Ollama lists a model's tags. The family's bare name gives none
+    (``--served-name qwen3-embedding`` on the 8B listed ``qwen3-embedding:0.6b``)."""
     first = listed_name(model_id)
     if ":" not in first.rsplit("/", 1)[-1]:
         first += ":latest"
-    repo = ALIASES.get(model_id.lower(), model_id).lower()
-    aliases = [a for a, target in ALIASES.items() if ":" in a and target.lower() == repo]
-    return list(dict.fromkeys([first, *aliases]))
+    return list(dict.fromkeys([first, *sized_aliases(model_id), *sized_aliases(loaded)]))
 
 
 def parameter_size(count: int | None) -> str:
@@ -183,14 +183,15 @@ def router(service: Service, fast: FastRoutes) -> APIRouter:
         t0 = time.perf_counter()
         task = service.instruction(body.instruction, body.input_type)
         pieces = service.pieces(texts, task)
-        for piece in pieces:
-            service.check_texts(texts[piece], what, first=piece.start)
+        starts: list[int | None] = [p.start for p in pieces] if len(pieces) > 1 else [None]
+        for piece, first in zip(pieces, starts, strict=True):
+            service.check_texts(texts[piece], what, first=first)
         disconnected, context = until_disconnected(receive), num_ctx(body.options)
         parts = [await service.embed_texts(texts[piece], instruction=task, dimensions=dims,
                                            truncate=body.truncate is not False,
                                            disconnected=disconnected, what=what,
-                                           context=context, first=piece.start)
-                 for piece in pieces]
+                                           context=context, first=first)
+                 for piece, first in zip(pieces, starts, strict=True)]
         return Embedded.joined(parts, time.perf_counter() - t0)
 
     @fast.post(r, EmbedRequest, "/embed", response_model=EmbedResponse)
@@ -228,7 +229,7 @@ def router(service: Service, fast: FastRoutes) -> APIRouter:
     # a local folder or file by its name, as Ollama lists models (a client that checks its
     # model against the list, e.g. langchain-ollama's validate_model_on_init, looked for
     # "tinym" among "/data/tinym"); every route takes that name (Service.names)
-    listed = listed_names(service.model_id)
+    listed = listed_names(service.model_id, service.embedder.name)
 
     def entry(name: str) -> dict[str, object]:
         info = service.info()

@@ -80,10 +80,10 @@ def split_inputs(inp: object, what: str = "input") -> tuple[list[str] | None, li
                    param=what)
 
 
-def part_name(what: str, first: int, n: int) -> str:
-    """A request's field, or where a piece of it starts past its beginning (``input[21]``,
-    ``input[8..11]``; :meth:`Service.pieces`), for messages."""
-    if not first:
+def part_name(what: str, first: int | None, n: int) -> str:
+    """A request's field, or the piece of it starting at ``first`` (``input[21]``,
+    ``input[8..11]``; :meth:`Service.pieces`; None: the whole request), for messages."""
+    if first is None:
         return what
     return f"{what}[{first}]" if n == 1 else f"{what}[{first}..{first + n - 1}]"
 
@@ -203,12 +203,13 @@ class Service:
                            param=what)
 
     def check_texts(self, texts: Sequence[str], what: str = "input", *,
-                    empty_ok: bool = False, first: int = 0) -> None:
+                    empty_ok: bool = False, first: int | None = None) -> None:
         """Count, Unicode and size of a request's texts; an empty text is refused unless
         ``empty_ok`` (a route that only shows tokens) or ``allow_empty``. ``first``: the
-        index of ``texts[0]`` in the request (a piece of a larger one), for messages."""
+        index of ``texts[0]`` in the request when they are a piece of it
+        (:meth:`pieces`), for messages; None: the whole request."""
         self.check_count(len(texts), what)
-        for i, t in enumerate(texts, first):
+        for i, t in enumerate(texts, first or 0):
             if t == "" and not (empty_ok or self.config.allow_empty):
                 raise ApiError("empty", f"{what}[{i}] is an empty string; remove it or send "
                                "text (this server rejects empty inputs, see docs/server.md)",
@@ -246,8 +247,8 @@ class Service:
         out.append(slice(start, len(texts)))
         return out
 
-    def check_tokens(self, lengths: Sequence[int], what: str = "input", first: int = 0
-                     ) -> None:
+    def check_tokens(self, lengths: Sequence[int], what: str = "input",
+                     first: int | None = None) -> None:
         """The per-request token cap (``max_request_tokens``), counted after truncation."""
         total, cap = sum(lengths), self.config.max_request_tokens
         if total > cap:
@@ -268,14 +269,15 @@ class Service:
                           truncate: bool, normalize: bool = True, direction: Direction = "right",
                           disconnected: Disconnected | None = None,
                           what: str = "input", context: tuple[str, int] | None = None,
-                          first: int = 0) -> Embedded:
+                          first: int | None = None) -> Embedded:
         """Embed texts (already validated with :meth:`check_texts`). ``context``: a request's
         own token limit below the model's, and its name (Ollama's ``options.num_ctx``), held
         to as the model's is (refused, or truncated with ``truncate``); backends without a
-        tokenizer cannot count, and take the model's. ``first``: as :meth:`check_texts`'s."""
+        tokenizer cannot count, and take the model's. ``first``: as :meth:`check_texts`'s; a
+        piece past the first keeps the request's place in the queue."""
         # a full queue answers 429 before any tokenising, and the request holds its place
         # while it is tokenised
-        with self.batcher.admitted() as slot:
+        with self.batcher.admitted(continuing=bool(first)) as slot:
             return await self._embed_texts(slot, texts, instruction, dimensions, truncate,
                                            normalize, direction, disconnected, what, context,
                                            first)
@@ -284,7 +286,7 @@ class Service:
                            dimensions: int, truncate: bool, normalize: bool,
                            direction: Direction, disconnected: Disconnected | None,
                            what: str, context: tuple[str, int] | None,
-                           first: int) -> Embedded:
+                           first: int | None) -> Embedded:
         t0 = time.perf_counter()
         try:
             formatted = self.embedder.format_texts(texts, instruction)
@@ -335,8 +337,8 @@ class Service:
                         job.compute_s, time.perf_counter() - t0)
 
     async def _tokenize(self, tokens: TokenLevel, texts: list[str], truncate: bool,
-                        direction: Direction, what: str, slot: Slot, first: int = 0
-                        ) -> list[list[int]]:
+                        direction: Direction, what: str, slot: Slot,
+                        first: int | None = None) -> list[list[int]]:
         """Token ids as embedded (EOS last, truncated as asked); long requests off the loop."""
 
         def run() -> list[list[int]]:
@@ -364,8 +366,9 @@ class Service:
                                           self.config.request_timeout_s)
 
     @staticmethod
-    def _too_long(what: str, e: InputTooLongError, first: int = 0) -> ApiError:
-        return ApiError("too_long", e.describe(f"{what}[{first + e.index}]"), param=what)
+    def _too_long(what: str, e: InputTooLongError, first: int | None = None) -> ApiError:
+        return ApiError("too_long", e.describe(f"{what}[{(first or 0) + e.index}]"),
+                        param=what)
 
     async def embed_ids(self, ids: list[list[int]], *, dimensions: int, truncate: bool,
                         normalize: bool = True, direction: Direction = "right",
@@ -439,8 +442,8 @@ class Service:
         except ValueError as e:
             raise ApiError("invalid", str(e), param=what) from None
 
-    async def _submit(self, job: Job, slot: Slot, what: str = "input", first: int = 0
-                      ) -> np.ndarray:
+    async def _submit(self, job: Job, slot: Slot, what: str = "input",
+                      first: int | None = None) -> np.ndarray:
         try:
             return await self.batcher.submit(job, slot)  # finite rows (finish() checks them)
         except NonFiniteError as e:  # the model's failure on this input: never null or NaN

@@ -412,6 +412,12 @@ def test_the_list_names_models_as_ollama_clients_check_them(tiny, tiny_dir) -> N
                 assert r.status_code == 200, (name, r.text)
             (ps,) = c.get("/api/ps").json()["models"]
             assert ps["name"] == listed[0]
+    # a diff review's: the family's bare name (0.6B in smysl's aliases) served on the 8B
+    # listed qwen3-embedding:0.6b; the sizes come from the model loaded
+    from smysl.server.ollama_routes import listed_names
+
+    assert listed_names("qwen3-embedding", "Qwen/Qwen3-Embedding-8B") == [
+        "qwen3-embedding:latest", "qwen3-embedding:8b"]
 
 
 def test_ollama_num_ctx_truncates_as_ollama_does(client, tiny) -> None:  # type: ignore[no-untyped-def]
@@ -459,10 +465,45 @@ def test_ollama_takes_a_whole_corpus_in_one_request_as_ollama_does(tiny) -> None
         assert r.json()["prompt_eval_count"] == sum(tiny.count_tokens(texts))
         query = c.post("/api/embed", json={"input": texts, "input_type": "query"}).json()
         assert np.array_equal(vecs(query["embeddings"]), tiny.embed_queries(texts))
-        # a fault far into the request is named by its place there, before anything is embedded
+        # a fault far into the request is named by its place there (an empty one found before
+        # any piece is embedded; a long one when its piece is tokenised)
         bad = c.post("/api/embed", json={"input": [*texts[:17], "", *texts[18:]]})
         assert bad.status_code == 400 and "input[17] is an empty string" in bad.text, bad.text
         for long in ("слово " * 400, "слово " * 100):  # past the characters, the tokens
             cut = c.post("/api/embed", json={"input": [*texts[:21], long, texts[22]]})
             assert cut.status_code == 400 and "input[21] has" in cut.text, cut.text
         assert c.post("/v1/embeddings", json={"input": texts}).status_code == 400
+
+
+def test_a_request_in_pieces_keeps_its_place_and_names_its_first_piece(tiny, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """A diff review's: each piece of an Ollama request was admitted afresh, so a queue that
+    filled up after its first piece answered 429 and threw the computed pieces away; and a
+    fault in the first piece of a split request was named as the whole request's."""
+    import contextlib
+
+    texts = [f"фрагмент {i}" for i in range(10)]
+    app = create_app(tiny, ServerConfig(max_queue=1, max_inputs=4))
+    service = app.state.service
+    real, firsts, held = service.embed_texts, [], contextlib.ExitStack()
+
+    async def another_client_after_the_first_piece(pieces: list[str], **kw: Any) -> Any:
+        out = await real(pieces, **kw)
+        firsts.append(kw["first"])
+        if len(firsts) == 1:  # the queue's one place taken by someone else
+            held.enter_context(service.batcher.admitted())
+        return out
+
+    monkeypatch.setattr(service, "embed_texts", another_client_after_the_first_piece)
+    with TestClient(app) as c, held:
+        r = c.post("/api/embed", json={"input": texts})
+        assert r.status_code == 200, r.text
+        assert np.array_equal(vecs(r.json()["embeddings"]), tiny.embed(texts))
+        assert firsts == [0, 4, 8]
+        # a new request finds the queue full, as before
+        assert c.post("/api/embed", json={"input": texts}).status_code == 429
+    held.close()
+    with TestClient(create_app(tiny, ServerConfig(max_inputs=4, max_request_tokens=120))) as c:
+        r = c.post("/api/embed", json={"input": ["слово " * 400, *texts]})
+        assert r.status_code == 400 and "input[0] has 2400 characters" in r.text, r.text
+        r = c.post("/api/embed", json={"input": ["слово " * 400]})  # one piece: the request
+        assert r.status_code == 400 and "input has 2400 characters" in r.text, r.text
