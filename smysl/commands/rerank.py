@@ -13,6 +13,7 @@ from smysl.commands import check_output_folder
 from smysl.commands._lines import looks_like_jsonl, read_lines
 from smysl.commands._model import add_model_arguments, model_options
 from smysl.files import output
+from smysl.rerank import PairError
 from smysl.tokenize import InputTooLongError
 
 HELP = "rank documents (JSONL or lines) against a query with a reranker; write JSONL"
@@ -95,6 +96,11 @@ def run(args: argparse.Namespace) -> int:
             where = "stdin" if args.input == "-" else args.input
             raise ValueError(e.describe(f"line {numbers[e.index]} of {where} with the query",
                                         audience="cli")) from None
+        except PairError as e:
+            if e.part != "query":
+                raise
+            # one query for every line: "pair 0" named a pair the command line never had
+            raise ValueError(f"--query: {e.problem}") from None
         spent = reranker.usage_report()
     with output(args.output) as out:
         for rank, (i, score) in enumerate(ranked, 1):

@@ -436,8 +436,15 @@ def plot_dimensions(runs: Sequence[Run], path: Path) -> Path | None:
 
 def plot_throughput(runs: Sequence[Run], path: Path) -> Path | None:
     """Mean main score over the tasks every model ran, against embedding throughput."""
-    labelled = [(r, label) for r, label in zip(runs, run_labels(runs), strict=True)
+    labels = run_labels(runs)
+    labelled = [(r, label) for r, label in zip(runs, labels, strict=True)
                 if r.get("texts_per_s")]
+    # a run whose vectors all came from --cache measured no embedding: said, not dropped
+    # from the plot (or the plot from the report) without a word
+    unmeasured = [label for r, label in zip(runs, labels, strict=True) if not r.get("texts_per_s")]
+    if unmeasured:
+        log.warning("%s: no throughput (every vector from the cache), left out of %s",
+                    ", ".join(unmeasured), path.name)
     runs = [r for r, _ in labelled]
     if not runs:
         return None

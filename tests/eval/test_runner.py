@@ -278,3 +278,22 @@ def test_a_rerank_instruction_without_a_reranker_and_a_bad_seed_are_refused(tmp_
                       instructions={"xquad-ru-rerank": "find the answer"}))
     with pytest.raises(ValueError, match=r"seed must be in 0\.\.4294967295, got -1"):
         _cfg(tmp_path, seed=-1)
+
+
+def test_a_run_with_no_throughput_is_said_not_dropped_silently(sweep, tmp_path, caplog,  # type: ignore[no-untyped-def]
+                                                                monkeypatch) -> None:
+    """A review's: a run whose vectors all came from --cache has no texts/s; it vanished from
+    the throughput plot (and with every run cached, the plot from the report) without a word."""
+    from matplotlib.figure import Figure
+
+    from smysl.eval.report import plot_throughput
+
+    _, result = sweep
+    write_reports([result], _cfg(tmp_path))
+    (full,) = load_runs(tmp_path / "out")
+    monkeypatch.setattr(Figure, "savefig", lambda self, *a, **k: None)
+    cached = {**full, "model": "cached", "texts_per_s": None}
+    with caplog.at_level("WARNING", logger="smysl.eval.report"):
+        plot_throughput([{**full, "texts_per_s": 10.0}, cached], tmp_path / "t.png")
+    assert "cached: no throughput (every vector from the cache), left out of t.png" in \
+        caplog.text

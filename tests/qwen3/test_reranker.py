@@ -304,6 +304,12 @@ def test_rerank_command_reads_jsonl_and_writes_ranked_jsonl(
     assert main(["rerank", "--model", str(tmp_path / "none"), "-q", QUERY, "-i", str(plain),
                  "--top-n", "0"]) == 2
     assert "--top-n must be >= 1, got 0" in capsys.readouterr().err
+    # a query too long to leave room for any document, with --truncate: named by its flag, not
+    # as "pair 0" (a review's: the command line has one query, no pairs)
+    assert main(["rerank", "--model", path, "--device", "cpu", "--max-tokens", "120",
+                 "--truncate", "-q", "слово " * 200, "-i", str(plain)]) == 2
+    err = capsys.readouterr().err
+    assert "--query: the instruction and query take" in err and "pair 0" not in err, err
 
 
 def whole_prompt(r: Reranker, query: str, document: str, *, keep: int | None = None,
