@@ -36,6 +36,8 @@ def test_paraphraser_binarised(root: Path) -> None:
     p = d.load_paraphraser(root)
     assert len(p.gold) == 1924
     assert Counter(p.gold) == {1.0: 778 + 374, 0.0: 772}  # precise + near paraphrases vs -1
+    # a review's: the file starts with five negatives, so --limit 5 had no positive (AP 0)
+    assert set(d.load_paraphraser(root, limit=5).gold) == {0.0, 1.0}
 
 
 def test_sentiment(root: Path) -> None:
