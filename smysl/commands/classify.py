@@ -175,7 +175,7 @@ def run(args: argparse.Namespace) -> int:
         check_training_labels,
         match_gold,
     )
-    from smysl.toolkit.io import check_file, check_output, read_column, write_rows
+    from smysl.toolkit.io import check_file, check_output, csv_header, read_column, write_rows
 
     mode = ("--labels" if args.labels is not None else
             "--train" if args.train is not None else "--load")
@@ -270,7 +270,8 @@ def run(args: argparse.Namespace) -> int:
                                      for _ in rows]
     for n, (i, p) in enumerate(zip(kept, pred, strict=True)):
         results[i] = {"predicted": p} | ({"score": round(scores[n], 6)} if scores else {})
-    write_rows(args.output, [{**r, **x} for r, x in zip(rows, results, strict=True)])
+    write_rows(args.output, [{**r, **x} for r, x in zip(rows, results, strict=True)],
+               [*csv_header(args.input), "predicted", *(["score"] if zero_shot else [])])
     if gold is not None and rows and not kept:
         print("smysl classify: no row has text, so no accuracy", file=sys.stderr)
     elif gold is not None:

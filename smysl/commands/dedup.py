@@ -18,6 +18,9 @@ from smysl.files import replacing
 
 HELP = "find near-duplicate texts (groups above --threshold) and write a report"
 
+#: The columns the output adds to the input's.
+ADDED = ("group", "keep", "duplicate_of")
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     add_model_arguments(p)
@@ -44,7 +47,7 @@ def run(args: argparse.Namespace) -> int:
     import tempfile
 
     from smysl.toolkit.dedup import DedupConfig, dedup_texts
-    from smysl.toolkit.io import check_file, check_output, read_column, write_rows
+    from smysl.toolkit.io import check_file, check_output, csv_header, read_column, write_rows
     from smysl.toolkit.store import StoreConfig
 
     check_output(args.output)
@@ -54,7 +57,7 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--max-neighbors {args.max_neighbors} is below --neighbors "
                          f"{args.neighbors}: the widest search is at least the first")
     texts, rows = read_column(args.input, args.text_field)
-    refuse_overwrite(rows, ["group", "keep", "duplicate_of"], args.input)
+    refuse_overwrite(rows, list(ADDED), args.input)
     with tempfile.TemporaryDirectory(prefix="smysl-dedup-") as tmp:
         store = StoreConfig(uri=tmp, table="dedup") if args.approximate else None
         # checked (the threshold's range) before the model loads
@@ -71,7 +74,7 @@ def run(args: argparse.Namespace) -> int:
     out = [{**r, "group": int(g), "keep": d < 0, "duplicate_of": d if d >= 0 else None}
            for i, (r, g, d) in enumerate(zip(rows, groups, result.duplicate_of, strict=True))
            if not args.unique or d < 0]
-    write_rows(args.output, out)
+    write_rows(args.output, out, [*csv_header(args.input), *ADDED])
     report = result.report()
     if args.report:
         with replacing(Path(args.report)) as f:

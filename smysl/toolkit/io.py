@@ -7,7 +7,7 @@ import csv
 import io
 import json
 import sys
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -158,10 +158,21 @@ def read_column(path: str | Path, field: str) -> tuple[list[str], list[dict[str,
     return texts, rows
 
 
-def write_rows(path: str | Path, rows: Iterable[Mapping[str, Any]]) -> None:
-    """Write rows as CSV (columns of the first row, then any new ones), JSONL or a JSON array;
-    a file is replaced whole when all is written (:func:`smysl.files.replacing`), never left
-    half."""
+def csv_header(path: str | Path) -> list[str]:
+    """The column names of CSV file ``path``, which a table without rows still has; empty for
+    stdin, another format or a file without a header."""
+    if str(path) == "-" or table_format(path) != "csv":
+        return []
+    with open(path, encoding="utf-8-sig", newline="") as f:
+        return [c for c in next(csv.reader(f), []) if c.strip()]
+
+
+def write_rows(path: str | Path, rows: Iterable[Mapping[str, Any]],
+               columns: Sequence[str] = ()) -> None:
+    """Write rows as CSV (``columns``, then those of the first row, then any new ones), JSONL
+    or a JSON array; a file is replaced whole when all is written
+    (:func:`smysl.files.replacing`), never left half. ``columns``: what a CSV of no rows
+    still names (an input's header and the columns added: it was a bare line break)."""
     rows = list(rows)
     fmt = table_format(path)
     with output(str(path), newline="") as out:
@@ -172,7 +183,7 @@ def write_rows(path: str | Path, rows: Iterable[Mapping[str, Any]]) -> None:
             out.write("[" + ",\n ".join(json.dumps(dict(r), ensure_ascii=False)
                                          for r in rows) + "]\n")
         else:
-            fields: dict[str, None] = {}
+            fields: dict[str, None] = dict.fromkeys(columns)
             for r in rows:
                 fields.update(dict.fromkeys(r))
             w = csv.DictWriter(out, fieldnames=list(fields))

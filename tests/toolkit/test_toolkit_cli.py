@@ -843,3 +843,16 @@ def test_dedup_says_texts_with_more_duplicates_than_it_looks_for(tiny_dir, data,
     assert main(["dedup", *model, "-i", rows, "--threshold", "-1"]) == 0
     err = capsys.readouterr().err
     assert "pairs=15 " in err and "capped" not in err, err
+
+
+def test_an_empty_csv_keeps_its_header_in_the_output(tiny_dir, data, capsys) -> None:
+    """A review's: an input CSV with a header and no rows gave an output of one line break:
+    the columns, the input's and the ones added, were lost."""
+    model = ["--model", str(tiny_dir), "--device", "cpu", "--no-progress"]
+    (data / "empty.csv").write_text("id,text,lang\n", encoding="utf-8")
+    for command, extra, added in (("dedup", [], "group,keep,duplicate_of"),
+                                  ("classify", ["--labels", "x,y"], "predicted,score")):
+        out = data / f"{command}-out.csv"
+        assert main([command, *model, "-i", str(data / "empty.csv"), "-o", str(out),
+                     *extra]) == 0, capsys.readouterr().err
+        assert out.read_text(encoding="utf-8").splitlines() == [f"id,text,lang,{added}"]
