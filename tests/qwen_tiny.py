@@ -547,3 +547,20 @@ class QueuedEngine:
                 self.events.append(f"done {n}")
 
         return rows
+
+
+def refused(path: Path, match: str, named: Path | None = None) -> None:
+    """``path`` (a checkpoint directory or GGUF file) is refused by ``read_checkpoint`` (no
+    weight read) and by every loader, with a message matching ``match`` that names the file
+    at fault (``named``, default ``path``)."""
+    import pytest
+
+    import smysl
+    from smysl import Embedder
+    from smysl.qwen3.hub import read_checkpoint
+
+    for load in (read_checkpoint, lambda p: Embedder.load(str(p), device="cpu"),
+                 lambda p: smysl.load(str(p), device="cpu")):
+        with pytest.raises(ValueError, match=match) as err:
+            load(path)
+        assert str(named or path) in str(err.value)

@@ -131,16 +131,15 @@ def checkpoint_entry(root: Path, name: str, source: str, *, size: int | None = N
     """Facts of a checkpoint directory (configs and safetensors headers; weights not read),
     and what stops it loading (``problem``: the caller's, else missing or truncated files)."""
     from smysl.qwen3.hub import (
-        gguf_files,
-        ggufs_not_a_checkpoint,
+        gguf_folder_problem,
         missing_weights,
         read_checkpoint,
         read_config,
         weight_files,
     )
 
-    if problem is None and not (root / "config.json").is_file() and (held := gguf_files(root)):
-        problem = ggufs_not_a_checkpoint(root, held)
+    if problem is None:
+        problem = gguf_folder_problem(root)
     if problem is None:
         try:  # a cut copy: one such snapshot made `smysl models` fail for the whole cache
             read_config(root)
@@ -247,7 +246,7 @@ def hub_models(cache_dir: str | None = None, *, every: bool = False) -> list[Mod
     from huggingface_hub.errors import CacheNotFound
 
     from smysl.hfcache import hub_cache
-    from smysl.qwen3.hub import gguf_files
+    from smysl.qwen3.hub import gguf_folder
 
     try:
         info = scan_cache_dir(hub_cache(cache_dir))
@@ -259,8 +258,7 @@ def hub_models(cache_dir: str | None = None, *, every: bool = False) -> list[Mod
             continue
         # the revision ``main`` points at, else the newest
         rev = max(repo.revisions, key=lambda r: ("main" in r.refs, r.last_modified))
-        if not (rev.snapshot_path / "config.json").is_file() and (
-                held := gguf_files(rev.snapshot_path)):  # a *-GGUF repo: each file, by path
+        if held := gguf_folder(rev.snapshot_path):  # a *-GGUF repo: each file, by path
             if every or any(k in repo.repo_id.lower() for k in ("embed", "rerank")):
                 # named as the other cached repos are: a chat model's GGUF passes every
                 # check the engine makes, and is no embedding model
@@ -605,10 +603,10 @@ def show_entry(model: str, revision: str | None = None) -> ModelEntry:
         # the cache only; its error says `smysl pull`
         root = download(name, revision=revision, offline=True)
     if not (root / "config.json").is_file():
-        from smysl.qwen3.hub import gguf_files, ggufs_not_a_checkpoint
+        from smysl.qwen3.hub import gguf_folder_problem
 
-        if held := gguf_files(root):
-            raise ValueError(ggufs_not_a_checkpoint(root, held))
+        if (why := gguf_folder_problem(root)) is not None:
+            raise ValueError(why)
         raise ValueError(f"{root} has no config.json: not a transformers checkpoint")
     native = scheme == "qwen3" and _json(root / "config.json").get("model_type") == "qwen3"
     kind = ("st" if scheme == "st" else None if not native

@@ -313,8 +313,8 @@ def read_checkpoint(root: Path, name: str | None = None) -> Checkpoint:
         return gguf.read_checkpoint(root, name)
     weights = weight_files(root)
     if missing := missing_files(root, weights):
-        if not (root / "config.json").is_file() and (held := gguf_files(root)):
-            raise ValueError(ggufs_not_a_checkpoint(root, held))
+        if (why := gguf_folder_problem(root)) is not None:
+            raise ValueError(why)
         raise ValueError(f"{root}: missing or incomplete files: {', '.join(missing)}"
                          f"{_redo(root)}")
     config = _json(root / "config.json")
@@ -410,14 +410,20 @@ def looks_whole_json(path: Path) -> bool:
     return head.startswith(b"{") and tail.endswith(b"}")
 
 
-def gguf_files(root: Path) -> list[Path]:
-    """The GGUF files directly in directory ``root``, sorted by name."""
+def gguf_folder(root: Path) -> list[Path]:
+    """The GGUF files of directory ``root``, sorted by name, where it holds them in place of a
+    checkpoint (no ``config.json``: a Hub ``*-GGUF`` repo, a download folder); else none."""
+    if (root / "config.json").is_file():
+        return []
     return sorted(p for p in root.glob("*") if p.suffix.lower() == ".gguf" and p.is_file())
 
 
-def ggufs_not_a_checkpoint(root: Path, held: Sequence[Path]) -> str:
-    """Why a directory of GGUF files (a Hub ``*-GGUF`` repo, a download folder) does not load as
-    a checkpoint directory: each file is a model of its own, passed by its path."""
+def gguf_folder_problem(root: Path) -> str | None:
+    """Why a directory of GGUF files (:func:`gguf_folder`) does not load as a checkpoint: each
+    file is a model of its own, passed by its path; None for any other directory."""
+    held = gguf_folder(root)
+    if not held:
+        return None
     names = ", ".join(p.name for p in held[:4]) + (f" and {len(held) - 4} more"
                                                     if len(held) > 4 else "")
     return (f"{root} holds GGUF files ({names}), not a transformers checkpoint "

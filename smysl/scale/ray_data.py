@@ -114,6 +114,12 @@ def connect(config: RayConfig) -> tuple[Any, bool]:
     return ray, started
 
 
+def _shutdown(ray: Any) -> None:
+    """Stop the local cluster :func:`connect` started (one that cannot hold the pool)."""
+    ray.shutdown()
+    _started["cluster"] = None
+
+
 def _session(ray: Any) -> str:
     """The connected cluster's address (a cluster started after ``ray.shutdown`` has
     another)."""
@@ -268,8 +274,7 @@ class RayEmbedder(BaseEmbedder):
         self._usage_lock = threading.Lock()
         short = unplaceable(config, ray.cluster_resources())
         if short is not None and started:  # it never grows: the run hung, "waiting for it"
-            ray.shutdown()
-            _started["cluster"] = None
+            _shutdown(ray)
             raise ValueError(f"the local Ray cluster started for this run (this machine's "
                              f"CPUs and GPUs; it does not grow) cannot hold the actor pool: it "
                              f"needs {short}; use fewer actors (--actors) or per-actor "
@@ -475,8 +480,7 @@ def embed_dataset(ds: Any, model: str, options: ModelOptions | None = None, *,
     cpus = ray.cluster_resources().get("CPU", 0.0)
     free = cpus - config.actors * config.num_cpus
     if free < 1 and started:  # a cluster that never grows: the run would stall for good
-        ray.shutdown()
-        _started["cluster"] = None
+        _shutdown(ray)
         raise ValueError(
             f"the local Ray cluster started for this run has {cpus:g} CPUs: a pool of "
             f"{config.actors} actors x {config.num_cpus:g} CPUs leaves none for Ray Data's "

@@ -229,17 +229,17 @@ class Service:
         the queue and time budget, tokenised on its own: memory stays bounded). For Ollama's
         routes: its clients (langchain-ollama, ollama-python, litellm) send a whole corpus in
         one call, and Ollama has no per-request cap. A text costs at most its formatted UTF-8
-        bytes and two special tokens; one text is always a piece, held to the limits as any
-        request's is."""
-        try:
-            formatted = self.embedder.format_texts(list(texts), instruction)
+        bytes (its own and the instruction's template, the same for every text) and two special
+        tokens; one text is always a piece, held to the limits as any request's is."""
+        try:  # the template's bytes once, not every text formatted here and again when embedded
+            template = len(self.embedder.format_texts([""], instruction)[0].encode())
         except ValueError:  # refused as any request's is, by embed_texts
             return [slice(0, len(texts))]
         cap, most = self.config.max_request_tokens, self.config.max_inputs
         out: list[slice] = []
         start = size = 0
-        for i, t in enumerate(formatted):
-            cost = len(t.encode("utf-8", "surrogatepass")) + 2
+        for i, t in enumerate(texts):
+            cost = len(t.encode("utf-8", "surrogatepass")) + template + 2
             if i > start and (i - start >= most or size + cost > cap):
                 out.append(slice(start, i))
                 start, size = i, 0

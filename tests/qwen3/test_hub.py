@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from qwen_tiny import refused
 
 from smysl import Embedder
 from smysl.qwen3.hub import ModelNotFoundError, download, read_checkpoint, resolve
@@ -75,10 +76,7 @@ def test_a_damaged_tokenizer_or_config_names_its_file(tiny_dir: Path, tmp_path: 
     whole = (d / "tokenizer.json").read_text(encoding="utf-8")
     for cut in ("", "\n", whole[: len(whole) // 2]):
         (d / "tokenizer.json").write_text(cut, encoding="utf-8")
-        for load in (read_checkpoint, lambda p: Embedder.load(str(p), device="cpu")):
-            with pytest.raises(ValueError, match=r"missing or incomplete files: tokenizer\.json "
-                                                 r"\(empty or cut short\)"):
-                load(d)
+        refused(d, r"missing or incomplete files: tokenizer\.json \(empty or cut short\)")
         assert "tokenizer.json (empty or cut short)" in (show_entry(str(d)).problem or "")
     (d / "tokenizer.json").write_text('{"version": "1.0"}', encoding="utf-8")
     with pytest.raises(ValueError, match=rf"{d}/tokenizer\.json: not a tokenizer the "
