@@ -9,10 +9,11 @@ Needs the ``eval`` extra (scikit-learn, scipy, matplotlib); see docs/eval.md.
 """
 
 from smysl.eval.config import EvalConfig
+from smysl.eval.report import write_reports
 from smysl.eval.rerank import RERANK_TASKS, RerankTask
 from smysl.eval.results import ModelResult, RerankResult, TaskResult
 from smysl.eval.runner import evaluate_model, run
 from smysl.eval.tasks import TASKS, Task
 
 __all__ = ["RERANK_TASKS", "TASKS", "EvalConfig", "ModelResult", "RerankResult", "RerankTask",
-           "Task", "TaskResult", "evaluate_model", "run"]
+           "Task", "TaskResult", "evaluate_model", "run", "write_reports"]

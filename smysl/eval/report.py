@@ -215,6 +215,14 @@ def comparability(runs: Sequence[Run]) -> list[str]:
         lines.append("Not comparable: runs on different data (--limit): " + ", ".join(
             f"{label} {'all of it' if p.get('limit') is None else 'limit=' + str(p['limit'])}"
             for label, p in zip(labels, protocols, strict=True)) + ".")
+    # --rerank-queries: the reranking scores are over a sample of the queries (the retrieval
+    # scores are not), which the summary did not say where --limit's subset was said
+    sampled = sorted({p["rerank_queries"] for p, run in zip(protocols, runs, strict=True)
+                      if run.get("reranking") and p.get("rerank_queries") is not None})
+    if sampled:
+        lines.append("Reranking on a subset of the queries (rerank_queries="
+                     + ", ".join(map(str, sampled)) + "): its scores are not comparable with "
+                     "scores over every query.")
     for key in PROTOCOL:
         # a reranking setting decides only the reranked scores: recorded by every run, it
         # said two runs differ where neither reranked (rerank_top 50 against 5)
@@ -286,7 +294,7 @@ def summary_markdown(runs: Sequence[Run], compared: Sequence[Run] = ()) -> str:
     for run in everyone:
         for t in run["tasks"]:
             tasks.setdefault(t["task"], t)
-    header = "| task | metric | " + " | ".join(labels) + " |"
+    header = "| task | metric | " + " | ".join(map(_cell, labels)) + " |"
     lines += ["## Main score at native size", "", header,
               "|" + "---|" * (2 + len(everyone))]
     for name, t in tasks.items():
@@ -313,7 +321,7 @@ def summary_markdown(runs: Sequence[Run], compared: Sequence[Run] = ()) -> str:
         lines += ["| task | metric | " + " | ".join(f"{d} d" for d in dims) + " | instruction |",
                   "|" + "---|" * (3 + len(dims))]
         for t in run["tasks"]:
-            instr = t["instruction"] or "–"
+            instr = _cell(t["instruction"] or "–")
             lines.append(f"| {t['task']} | {t['metric_label']} | "
                          + " | ".join(_fmt(_main(t, d)) for d in dims) + f" | {instr} |")
         lines.append("")
@@ -343,7 +351,8 @@ def reranking_markdown(runs: Sequence[Run], labels: Sequence[str] | None = None)
         ceiling = _fmt(r["recall_at_candidates"]) + (
             "" if len(tops) == 1 else f" (@{r['candidates']})")
         lines.append(
-            f"| {r['task']} | {names[id(run)]} | {r['reranker']} | {r['size']['queries']:,} | "
+            f"| {r['task']} | {_cell(names[id(run)])} | {_cell(r['reranker'])} | "
+            f"{r['size']['queries']:,} | "
             f"{_arrow(b['ndcg_at_10'], a['ndcg_at_10'])} | "
             f"{_arrow(b['mrr_at_10'], a['mrr_at_10'])} | {ceiling} | {r['pairs_scored']:,} | "
             f"{r['rerank_seconds']:.1f} | {_rate(r.get('pairs_per_s'))} |")
@@ -363,6 +372,13 @@ def reranking_markdown(runs: Sequence[Run], labels: Sequence[str] | None = None)
                      + f"; instruction: {r['instruction'] or 'the reranker default'}")
     lines.append("")
     return lines
+
+
+def _cell(text: str) -> str:
+    """``text`` as one Markdown table cell: a ``|`` in an instruction or a model string ended
+    the cell early and shifted the row's scores under the wrong columns; a newline ended the
+    row."""
+    return " ".join(text.replace("|", "\\|").split())
 
 
 def _short(name: str) -> str:

@@ -43,7 +43,27 @@ def evaluate_model(model: BaseEmbedder, cfg: EvalConfig, *, load_seconds: float 
     default those ``cfg.tasks`` selects). ``rerank_scores`` shares the reranker's scores
     between models of one run. ``into``: the result is appended to it before the first task
     and filled as each task ends, so a run that fails or is interrupted keeps what was scored
-    (marked :attr:`~ModelResult.stopped`)."""
+    (marked :attr:`~ModelResult.stopped`).
+
+    ``cfg.reranker``, when set and no ``reranker`` is given, is loaded for this call and
+    closed after it (it was ignored: no reranking, without a word). Nothing is written:
+    ``cfg.out_dir`` and ``cfg.compare`` are :func:`run`'s; ``write_reports([result], cfg)``
+    writes this result's reports."""
+    if reranker is None and cfg.reranker is not None:
+        from smysl.registry import load_reranker
+
+        t0 = time.perf_counter()
+        owned = load_reranker(cfg.reranker, cfg.reranker_options)
+        loaded = time.perf_counter() - t0
+        try:
+            result = evaluate_model(model, cfg, load_seconds=load_seconds, tasks=tasks,
+                                    reranker=owned, rerank_tasks=rerank_tasks,
+                                    rerank_scores=rerank_scores, into=into)
+        finally:
+            owned.close()
+        if result.reranker is not None:
+            result.reranker["load_seconds"] = loaded
+        return result
     if tasks is None or (reranker is not None and rerank_tasks is None):
         chosen, chosen_reranks = select_all(cfg.tasks, reranker=reranker is not None)
         tasks = tasks if tasks is not None else chosen

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -209,7 +210,7 @@ def test_end_to_end_with_the_tiny_embedder_and_reranker(tiny, tiny_reranker,  # 
     assert [t.task for t in result.tasks] == ["xquad-ru", "xquad-en"]
     assert [r.task for r in result.reranking] == ["xquad-ru-rerank", "xquad-en-rerank"]
     # the first stage reuses the retrieval tasks' embeddings: nothing embedded twice
-    plain = evaluate_model(tiny, cfg)
+    plain = evaluate_model(tiny, replace(cfg, reranker=None))
     assert plain.reranking == [] and result.texts_embedded == plain.texts_embedded
     for task, r in zip(result.tasks, result.reranking, strict=True):
         # "before" is the retrieval task's own ranking at the native size
@@ -308,6 +309,19 @@ def test_missing_gold_stays_missing_and_scores_are_shared_between_models(  # typ
                                     rerank_top=5, rerank_queries=2, use_instructions=False,
                                     cache_dir=tmp_path / "cache"), reranker=fake)
     assert off.reranking[0].instruction is None and off.reranking[0].query_instruction is None
+
+
+@needs_data
+def test_evaluate_model_loads_the_configs_reranker(tiny, tiny_reranker, tiny_reranker_dir,  # type: ignore[no-untyped-def]
+                                                   tmp_path: Path) -> None:
+    """A review's: `evaluate_model(embedder, EvalConfig(..., reranker=DIR))` reranked nothing
+    and said nothing; the config's reranker is now loaded for the call."""
+    cfg = _cfg(tmp_path, tasks=("xquad-en",), reranker=str(tiny_reranker_dir))
+    given = evaluate_model(tiny, cfg, reranker=tiny_reranker)
+    loaded = evaluate_model(tiny, cfg)
+    assert [r.task for r in loaded.reranking] == ["xquad-en-rerank"]
+    assert loaded.reranking[0].after == given.reranking[0].after
+    assert loaded.reranker is not None and loaded.reranker["load_seconds"] > 0
 
 
 @needs_data

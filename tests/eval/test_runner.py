@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -265,6 +266,13 @@ def test_reports_as_a_review_read_them(sweep, tmp_path, monkeypatch) -> None:  #
     assert not any("rerank_top" in line for line in comparability([full, other]))
     assert any("rerank_top" in line for line in comparability(
         [{**full, "reranking": [{}]}, {**other, "reranking": [{}]}]))
+    # --rerank-queries: a sample of the queries, said like --limit's subset (a review's)
+    sample = {**full, "reranking": [{}],
+              "protocol": {**full["protocol"], "rerank_queries": 20}}
+    assert any("subset of the queries (rerank_queries=20)" in line
+               for line in comparability([sample]))
+    assert not any("subset of the queries" in line
+                   for line in comparability([{**sample, "reranking": []}]))
 
 
 def test_a_rerank_instruction_without_a_reranker_and_a_bad_seed_are_refused(tmp_path) -> None:  # type: ignore[no-untyped-def]
@@ -297,3 +305,24 @@ def test_a_run_with_no_throughput_is_said_not_dropped_silently(sweep, tmp_path, 
         plot_throughput([{**full, "texts_per_s": 10.0}, cached], tmp_path / "t.png")
     assert "cached: no throughput (every vector from the cache), left out of t.png" in \
         caplog.text
+
+
+def test_a_pipe_or_newline_in_an_instruction_or_name_keeps_the_tables_columns(sweep, tmp_path  # type: ignore[no-untyped-def]
+                                                                             ) -> None:
+    """`--instruction 'sts-en=Find A | B'` ended the instruction's cell early (the row had one
+    column too many), and a newline in it ended the row: the summary's table fell apart."""
+    from smysl.eval.report import summary_markdown
+
+    _, result = sweep
+    write_reports([result], _cfg(tmp_path, plots=False))
+    (full,) = load_runs(tmp_path / "out")
+    odd = {**full, "model": "st:a|b", "tasks": [
+        {**t, "instruction": "Find A | B\nor C"} if t["task"] == "sts-en" else t
+        for t in full["tasks"]]}
+    md = summary_markdown([odd])
+    for table in md.split("\n\n"):
+        rows = [line for line in table.splitlines() if line.startswith("|")]
+        if rows:  # every row of a table has its header's number of cells
+            widths = {len(re.split(r"(?<!\\)\|", row)) for row in rows}
+            assert len(widths) == 1, rows
+    assert "| Find A \\| B or C |" in md and "st:a\\|b" in md
