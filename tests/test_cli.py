@@ -672,6 +672,10 @@ def test_embed_reads_one_text_per_newline(tiny_dir: Path, tiny: Embedder, tmp_pa
         got = np.array([r["embedding"] for r in rows], dtype=np.float32)
         np.testing.assert_allclose(got, tiny.embed(lines), atol=1e-6)
         assert "embedded 4 texts" in err
+        # the blank line is kept (row i is line i + 1) but said (a review's: a stray blank
+        # line became a junk row without a word)
+        where = "<stdin>" if not argv else str(src)
+        assert f"1 blank line(s) of {where} (line 3) embed as the end-of-text token" in err
 
 
 class _Positions(BaseReranker):

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 from smysl.commands import check_output_folder, given
 from smysl.commands._lines import looks_like_jsonl, read_lines
 from smysl.commands._model import add_model_arguments, load_model
+from smysl.commands._toolkit import blank_rows, source_name
 from smysl.files import output, replacing
 from smysl.tokenize import InputTooLongError
 
@@ -96,6 +97,13 @@ def run(args: argparse.Namespace) -> int:
     if args.input == "-" and looks_like_jsonl(lines):  # as smysl rerank says it
         print("smysl embed: warning: stdin looks like JSONL but is embedded one text per line, "
               "JSON and all; to embed a corpus's text field, give its file with --input",
+              file=sys.stderr)
+    blank = blank_rows(lines)
+    if blank:  # kept (vector n is line n), but said: a stray blank line became a junk row
+        shown = ", ".join(map(str, blank[:10])) + (", ..." if len(blank) > 10 else "")
+        print(f"smysl embed: warning: {len(blank)} blank line(s) of "
+              f"{source_name(args.input)} (line {shown}) embed as the end-of-text token "
+              "alone, a vector that means nothing; kept so that vector n is line n",
               file=sys.stderr)
     model = load_model(args.model, args)
     task = model.choose_instruction(args.task, role="query") if args.task or args.query else None

@@ -619,6 +619,50 @@ def test_page_with_auth_in_chromium(chromium, tiny, tmp_path) -> None:  # type: 
 
 
 @pytest.mark.browser
+def test_page_names_the_line_offers_truncation_and_works_behind_a_prefix(  # type: ignore[no-untyped-def]
+        chromium, tiny, tmp_path) -> None:
+    """A review's: a too-long document said "input[2] has ... tokens; ask for truncation", the
+    API's index (0-based, blank lines skipped) and advice the page could not follow; behind a
+    proxy serving the page at /smysl/ui its calls went to /v1/embeddings, past the prefix."""
+    from playwright.sync_api import expect
+
+    limit = tiny.max_tokens
+    long = " ".join(["word"] * (limit + 50))
+    with live_server(tiny) as url:
+        view = Page(chromium)
+        page = view.page
+        # the proxy: /smysl/<path> is this server's /<path>
+        page.route(f"{url}/smysl/**",
+                   lambda r: r.continue_(url=r.request.url.replace("/smysl/", "/", 1)))
+        try:
+            page.goto(f"{url}/smysl/ui")
+            page.wait_for_selector("#heatmap td.cell")
+            assert f"{url}/smysl/v1/embeddings" in view.requests
+            assert f"{url}/smysl/ui/info" in view.requests
+            assert not any(u.startswith(f"{url}/v1/") for u in view.requests)
+            page.get_by_label("Documents, one per line (embedded as documents)").fill(
+                f"The capital of China is Beijing.\n\n{long}\nParis.")
+            page.get_by_role("button", name="Compare", exact=True).click()
+            expect(page.locator("#error")).to_contain_text("Documents, line 3, has")
+            error = page.locator("#error").inner_text()
+            assert "tick “Cut long texts”" in error and "input[" not in error, error
+            page.get_by_label("Cut long texts").check()
+            page.get_by_role("button", name="Compare", exact=True).click()
+            page.wait_for_selector("#heatmap tbody tr >> nth=0")
+            expect(page.locator("#error")).to_have_text("")
+            docs = ["The capital of China is Beijing.", long, "Paris."]
+            queries = lines(page, "#queries")
+            q = tiny.embed(queries, instruction=tiny.choose_instruction(role="query"))
+            d = tiny.embed(docs, truncate=True)
+            expect(page.locator("#heatmap tbody tr").first.locator("td.cell")).to_have_count(3)
+            np.testing.assert_allclose(view.cells(), q @ d.T, atol=1e-3)
+            # the refused request's 400 is the browser's console line, nothing else is
+            assert [e for e in view.errors if "400" not in e] == []
+        finally:
+            view.context.close()
+
+
+@pytest.mark.browser
 def test_page_draws_a_matrix_of_160000_cells(chromium, tiny, tmp_path) -> None:  # type: ignore[no-untyped-def]
     """400 queries x 400 documents (within the server's 2,048 inputs) failed with "Maximum
     call stack size exceeded": the colour scale spread every value into Math.min."""
@@ -860,4 +904,5 @@ def test_the_playground_sends_each_line_as_given() -> None:
     script = (f"const $ = () => ({{value: {json.dumps(value)}}});\n{fn.group()}\n"
               "process.stdout.write(JSON.stringify(lines('x')));")
     out = subprocess.run([node, "-e", script], capture_output=True, text=True, check=True)
-    assert json.loads(out.stdout) == ["  indented", "nbsp\u00a0", "plain"]
+    assert json.loads(out.stdout) == {"texts": ["  indented", "nbsp\u00a0", "plain"],
+                                      "at": [1, 2, 5]}
