@@ -14,6 +14,7 @@ from smysl.commands._model import add_model_arguments, model_options
 from smysl.options import FLAGS
 
 if TYPE_CHECKING:
+    from smysl.base import ModelInfo
     from smysl.server import ServerConfig
 
 HELP = "serve a model over OpenAI-, Ollama- and TEI-compatible HTTP APIs"
@@ -292,7 +293,8 @@ def run(args: argparse.Namespace) -> int:
             info = model.info()
             print(f"smysl serve: loaded {model.name!r} ({info.backend}, {info.dimensions} "
                   f"dims, max {info.max_tokens} tokens) as {name!r}"
-                  + (f"; engine in child process {info.process}" if info.process else ""),
+                  + (f"; engine in child process {info.process}" if info.process else "")
+                  + (f"; {facts}" if (facts := _engine_facts(info)) else ""),
                   file=sys.stderr)
 
         def listening(host: str, port: int) -> None:  # once it serves, not before
@@ -327,3 +329,18 @@ def run(args: argparse.Namespace) -> int:
         finally:  # the reranker's lanes too, whatever the model's close raised
             if reranker is not None:
                 reranker.close()
+
+
+def _engine_facts(info: ModelInfo) -> str:
+    """How a local engine computes, and whether ``smysl tune``'s measurements apply: the
+    engine logs them at INFO, which ``smysl serve`` does not show (docs/engine.md says they
+    are said at load); empty for a remote model."""
+    parts = [p for p in (info.device, info.dtype, info.quantization, info.kernel) if p]
+    if info.threads is not None:
+        lanes = f" in {info.lanes} lanes" if info.lanes and info.lanes > 1 else ""
+        parts.append(f"{info.threads} thread{'s' * (info.threads != 1)}{lanes}")
+    if info.slice_tokens is not None:
+        parts.append(f"slices of {info.slice_tokens} tokens "
+                     + (f"(smysl tune, {info.tuned_at})" if info.tuned_at
+                        else "(default: smysl tune measures them)"))
+    return ", ".join(parts)

@@ -44,6 +44,10 @@ def test_serve_builds_config_and_reports(tiny_dir, monkeypatch, capsys) -> None:
     assert not engine.alive  # serve() returned: the command closed the model
     assert "listening on http://127.0.0.1:43210" in err and "API key required" in err
     assert str(tiny_dir) in err and "64 dims" in err
+    # how the engine computes, and that no `smysl tune` measurement applies (a review's: the
+    # engine logs it at INFO, which serve does not show)
+    assert "cpu, float32" in err and ", 1 thread," in err
+    assert "(default: smysl tune measures them)" in err
 
 
 def test_serve_rejects_bad_settings() -> None:
