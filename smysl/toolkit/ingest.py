@@ -16,6 +16,7 @@ or stops the run with its name under :attr:`ReadConfig.strict`.
 from __future__ import annotations
 
 import codecs
+import csv
 import datetime
 import hashlib
 import json
@@ -29,7 +30,7 @@ import numpy as np
 
 from smysl.tokenize import check_unicode
 from smysl.toolkit.chunking import ChunkConfig, Chunker
-from smysl.toolkit.io import TABLE_SUFFIXES, iter_rows
+from smysl.toolkit.io import TABLE_SUFFIXES, csv_header, iter_rows
 from smysl.toolkit.store import (
     DIGEST_FIELD,
     ID_FIELD,
@@ -239,11 +240,15 @@ def read_documents(paths: Iterable[str | Path], config: ReadConfig = ReadConfig(
     Files that are not UTF-8 text are appended to ``skipped`` (a warning when None is given) or,
     with ``config.strict``, raise :class:`BadFileError` naming the file. A
     ``config.metadata_fields`` name that no row of any CSV/JSONL file had raises
-    ``ValueError`` once every document is out (a misspelt name stored null on every row).
+    ``ValueError`` once every document is out (a misspelt name stored null on every row);
+    where every table is a CSV, their headers decide it before the first document.
     """
     seen: set[str] = set()  # metadata fields some table row had
     tables = 0
-    for path in iter_paths(paths):
+    files = list(iter_paths(paths))
+    if config.metadata_fields is not None:
+        _check_csv_headers(files, config.metadata_fields)
+    for path in files:
         suffix = path.suffix.lower()
         if suffix not in TABLE_SUFFIXES + TEXT_SUFFIXES:
             raise ValueError(f"{path}: unsupported file type (txt, md, csv, jsonl, json)")
@@ -271,6 +276,28 @@ def read_documents(paths: Iterable[str | Path], config: ReadConfig = ReadConfig(
                          f"{'it' if len(absent) == 1 else 'them'} (a misspelt field name?)")
 
 
+def _check_csv_headers(files: list[Path], fields: tuple[str, ...]) -> None:
+    """``ValueError`` for a ``fields`` name no CSV header among ``files`` has, when every table
+    among them is a CSV: before any row is read (a misspelt name would store null on every
+    row, and the Python API writes as it reads). A name one CSV lacks and another has is
+    kept: that file's rows store null under it."""
+    tables = [p for p in files if p.suffix.lower() in TABLE_SUFFIXES]
+    if not tables or any(p.suffix.lower() != ".csv" for p in tables):
+        return  # JSONL rows may each have other fields: known once every row is read
+    columns: set[str] = set()
+    for path in tables:
+        try:
+            columns.update(csv_header(path))
+        except (OSError, UnicodeDecodeError, csv.Error):
+            return  # a file read_documents skips or names itself
+    absent = [k for k in fields if k not in columns]
+    if absent:
+        shown = ", ".join(map(str, tables[:3])) + (" ..." if len(tables) > 3 else "")
+        raise ValueError(f"--meta-fields {absent}: no CSV input has "
+                         f"{'that column' if len(absent) == 1 else 'those columns'} (a "
+                         f"misspelt name?; columns: {sorted(columns)}; files: {shown})")
+
+
 def _table_documents(path: Path, doc_path: str, config: ReadConfig,
                      seen: set[str]) -> Iterator[Document]:
     """The rows of a CSV/JSONL/JSON file as documents; the metadata fields met are added to
@@ -295,11 +322,6 @@ def _table_documents(path: Path, doc_path: str, config: ReadConfig,
         skip = {config.text_field, config.id_field}
         keys = config.metadata_fields if config.metadata_fields is not None else [
             k for k in row if k not in skip]
-        if n == 1 and path.suffix.lower() == ".csv" and config.metadata_fields is not None:
-            absent = [k for k in config.metadata_fields if k not in row]
-            if absent:  # every row would have stored None under the misspelt name
-                raise ValueError(f"{path}: no column(s) {absent} for --meta-fields (columns: "
-                                 f"{sorted(row)})")
         meta = {k: row.get(k) for k in keys}
         if config.metadata_fields is not None and len(seen) < len(keys):  # until all met
             seen.update(k for k in keys if k in row)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -529,7 +530,37 @@ def test_a_misspelt_meta_field_of_a_csv_is_refused(tiny_dir, data, capsys) -> No
     """`--meta-fields nope` stored "nope": null on every row of a CSV, without a word."""
     assert main(["index", "add", str(data / "kb"), str(data / "rows.csv"), "--model",
                  str(tiny_dir), "--device", "cpu", "--meta-fields", "lang,nope"]) == 2
-    assert "no column(s) ['nope'] for --meta-fields" in capsys.readouterr().err
+    assert "--meta-fields ['nope']: no CSV input has that column" in capsys.readouterr().err
+
+
+def test_a_meta_field_one_csv_lacks_and_another_has_is_kept(tiny_dir, tmp_path, capsys  # type: ignore[no-untyped-def]
+                                                            ) -> None:
+    """A review's: a folder of CSVs with different columns could not be indexed with
+    --meta-fields (each file's header was checked on its own); the docs refuse only a name
+    no input has. The file without the column stores null under it."""
+    from smysl.toolkit.store import StoreConfig
+    from smysl.toolkit.stores import open_store
+
+    folder = tmp_path / "h"
+    folder.mkdir()
+    (folder / "a.csv").write_text("text\nfine\n", encoding="utf-8")
+    (folder / "b.csv").write_text('text,lang\n"x",en\n', encoding="utf-8")
+    kb = tmp_path / "kb"
+    model = ["--model", str(tiny_dir), "--device", "cpu"]
+    assert main(["index", "add", str(kb), str(folder), *model, "--meta-fields", "lang"]) == 0, \
+        capsys.readouterr().err
+    store = open_store(StoreConfig(uri=str(kb)))
+    try:
+        langs = {Path(r.payload["source"]).name: r.payload.get("lang")
+                 for batch in store.scan(with_vectors=False) for r in batch}
+    finally:
+        store.close()
+    assert langs == {"a.csv": None, "b.csv": "en"}
+    # a name no CSV has is still a typo, refused before anything is read or made
+    assert main(["index", "add", str(tmp_path / "kb2"), str(folder), *model,
+                 "--meta-fields", "lnag"]) == 2
+    assert "--meta-fields ['lnag']: no CSV input has that column" in capsys.readouterr().err
+    assert not (tmp_path / "kb2").exists()
 
 
 def test_a_meta_field_no_jsonl_row_has_is_refused(tiny_dir, data, tmp_path, capsys) -> None:
