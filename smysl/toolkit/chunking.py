@@ -255,7 +255,9 @@ class TokenChunker:
     def _fit(self, text: str, units: list[tuple[int, int]], cum: list[int], s: int, e: int,
              index: int) -> tuple[int, Chunk | None]:
         """The chunk of units ``s..e-1``, stripped and counted on its own; while it costs more
-        than :attr:`limit`, units come off its end (at least the excess, by their weights)."""
+        than :attr:`limit`, units come off its end (at least the excess, by their weights),
+        back to a word's end (:meth:`_snap` ``words``): cut where the excess fell, a chunk
+        ended inside a word (``Уар|ду``)."""
         while True:
             a, b = units[s][0], units[e - 1][1]
             piece = text[a:b]
@@ -271,6 +273,8 @@ class TokenChunker:
                 raise ValueError(f"characters {a}..{b} take {tokens} tokens: more than a chunk "
                                  f"of {self.limit} tokens holds; use larger chunks")
             e = min(e - 1, max(s + 1, bisect_right(cum, cum[e] - (tokens - self.limit)) - 1))
+            if self.config.snap:
+                e = self._snap(text, units, s, e, words=True)
 
     def _back(self, cum: list[int], lo: int, e: int) -> int:
         """Where the chunk after one ending before unit ``e`` starts: back from ``e`` over at
@@ -293,11 +297,13 @@ class TokenChunker:
                 return i
         return j
 
-    def _snap(self, text: str, spans: list[tuple[int, int]], s: int, e: int) -> int:
+    def _snap(self, text: str, spans: list[tuple[int, int]], s: int, e: int,
+              words: bool = False) -> int:
         """Latest boundary in the window's second half: a line break, else a sentence's end,
-        else a word's end; else ``e``. The whitespace at a cut is read on both sides of it:
-        byte-level BPE puts the space or line break before a word into the word's token
-        (`` Смысл``, ``.\n\n``), so the gap between two units is mostly empty."""
+        else a word's end; else ``e``. ``words``: the latest boundary of any of the three (a
+        chunk shortened by a few tokens keeps the rest). The whitespace at a cut is read on
+        both sides of it: byte-level BPE puts the space or line break before a word into the
+        word's token (`` Смысл``, ``.\n\n``), so the gap between two units is mostly empty."""
         lo = s + max(1, (e - s) // 2)
         sentence = word = None
         for j in range(e - 1, lo - 1, -1):
@@ -308,10 +314,12 @@ class TokenChunker:
             if "\n" in space:
                 return j + 1
             body = left.rstrip()
+            at_word = bool(space) or not (body and body[-1].isalnum() and right[:1].isalnum())
+            if words and at_word:
+                return j + 1
             if sentence is None and space and body and body[-1] in _SENTENCE_END:
                 sentence = j + 1
-            if word is None and (space or not (body and body[-1].isalnum()
-                                               and right[:1].isalnum())):
+            if word is None and at_word:
                 word = j + 1
         return sentence or word or e
 
