@@ -176,6 +176,73 @@ def test_agrees_with_memory_store_on_matches() -> None:
                     assert g[0].id == r[0].id, terms
 
 
+def test_scores_equal_bm25_over_the_collections_mean_length(tmp_path) -> None:
+    """A review's: a fixed mean of 256 terms (chunks hold ~100) reordered the top 10 of 15 of
+    15 XQuAD questions against BM25 over the same terms, scores about twice theirs. The mean
+    of the first write's texts is now the collection's, kept in its metadata: the scores are
+    the memory store's (BM25 over the table's own mean)."""
+    texts = [*CORPUS, "кошка и собака", "Running cats, sleeping dogs", "lake river mountain"]
+    qs = [q(t) for t in ("кошка", "dog cat", "спать собака", "lake", "python 2024",
+                         "mountain river", "ёлка")]
+    mem = MemoryStore(D)
+    fill(mem, texts)
+    cfg = StoreConfig(backend="qdrant", uri=str(tmp_path / "qd"))
+    with open_store(cfg, D) as qd:
+        fill(qd, texts)
+        lengths = [len(lexical.record_terms(t)) for t in texts]
+        mean = sum(lengths) / sum(1 for n in lengths if n)
+        assert qd.bm25_mean_terms() == pytest.approx(mean)
+        for got, ref in zip(qd.search_text(qs, 100), mem.search_text(qs, 100), strict=True):
+            assert {h.id: h.score for h in got} == pytest.approx({h.id: h.score for h in ref})
+    with open_store(cfg) as qd:  # reopened: later writes keep the mean their points have
+        qd.upsert(["new"], unit_rows(1, D, seed=3), [{"text": "кошка кошка"}])
+        assert qd.bm25_mean_terms() == pytest.approx(mean)
+        (w,) = [h.score for h in qd.search_text([q("кошка")], 100)[0] if h.id == "new"]
+        holding = sum("кошк" in lexical.record_terms(t) for t in [*texts, "кошка"])
+        with_terms = sum(bool(lexical.record_terms(t)) for t in [*texts, "кошка"])
+        # Qdrant's IDF counts the points that have a sparse vector: those with terms
+        want = lexical.tf_weight(2, 2, mean) * lexical.idf(holding, with_terms)
+        assert w == pytest.approx(want)  # weighed over the kept mean, not the new text's
+    # a small first write (a handful of texts): no mean to go by, the default kept
+    with open_store(StoreConfig(backend="qdrant", uri=":memory:"), D) as small:
+        fill(small, texts[:5])
+        assert small.bm25_mean_terms() == qdrant.AVG_TERMS
+
+
+def test_optimize_reweighs_once_the_mean_has_moved(monkeypatch) -> None:
+    """A review's, on XQuAD: an ingestion's first batch (English chunks, 72 terms) set the
+    mean of a corpus whose mean was 28; 15 of 19 questions' top 10 differed from BM25 (1 of
+    19, a tie, once reweighed). optimize (the end of every ingestion) rewrites the weights
+    over the collection's own mean when the texts written since have moved it."""
+    long_texts = [" ".join(f"word{i} common{j}" for j in range(20)) for i in range(20)]
+    short = [t for t in CORPUS if t]
+    texts = long_texts + short
+    qs = [q(t) for t in ("кошка", "dog cat", "lake", "common3 word4", "python")]
+    mem = MemoryStore(D)
+    fill(mem, texts)
+    with open_store(StoreConfig(backend="qdrant", uri=":memory:"), D) as qd:
+        x = unit_rows(len(texts), D, seed=0)
+        ids = [f"d{i}" for i in range(len(texts))]
+        pays = [{"text": t, "n": i} for i, t in enumerate(texts)]
+        qd.upsert(ids[:20], x[:20], pays[:20])  # the first write: long texts only
+        qd.upsert(ids[20:], x[20:], pays[20:])
+        first = qd.bm25_mean_terms()
+        assert first == pytest.approx(40.0)
+        before = qd.search_text(qs, 100)
+        assert any({h.id: h.score for h in g} != pytest.approx({h.id: h.score for h in r})
+                   for g, r in zip(before, mem.search_text(qs, 100), strict=True))
+        qd.optimize()
+        lengths = [len(lexical.record_terms(t)) for t in texts]
+        assert qd.bm25_mean_terms() == pytest.approx(sum(lengths) / len(lengths))
+        for got, ref in zip(qd.search_text(qs, 100), mem.search_text(qs, 100), strict=True):
+            assert {h.id: h.score for h in got} == pytest.approx({h.id: h.score for h in ref})
+        # no drift since: nothing is rewritten
+        calls: list[object] = []
+        monkeypatch.setattr(qd.client, "update_vectors", lambda *a, **k: calls.append(a))
+        qd.optimize()
+        assert calls == []
+
+
 def test_term_weights() -> None:
     assert qdrant.term_weights(None) == {} and qdrant.term_weights("!!") == {}
     # stable across processes and releases: the indices are stored in collections
