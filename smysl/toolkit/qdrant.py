@@ -346,15 +346,18 @@ class QdrantStore(VectorStore):
         meta = self._raw_meta()
         lengths = [len(t) for t in terms if t]
         held = _number(meta.get(AVG_KEY))
-        if held is not None and held > 0:
-            mean = held
-        else:
-            first = len(lengths) >= AVG_SAMPLE and self.count() == 0
-            mean = sum(lengths) / len(lengths) if first else AVG_TERMS
         tally = [_number(meta.get(k)) or 0.0 for k in _WRITTEN]
-        self.update_meta({AVG_KEY: mean, _WRITTEN[0]: tally[0] + sum(lengths),
-                          _WRITTEN[1]: tally[1] + len(lengths)})
-        return mean
+        counted = {_WRITTEN[0]: tally[0] + sum(lengths), _WRITTEN[1]: tally[1] + len(lengths)}
+        if held is not None and held > 0:
+            self.update_meta(counted)
+            return held
+        first = len(lengths) >= AVG_SAMPLE and self.count() == 0
+        self.update_meta({AVG_KEY: sum(lengths) / len(lengths) if first else AVG_TERMS,
+                          **counted})
+        # two first writes at once (no conditional write in Qdrant): both take the mean the
+        # metadata holds now, but for one that read it before the other wrote (its points
+        # keep its own mean, and optimize() sees no drift in that)
+        return self.bm25_mean_terms() or AVG_TERMS
 
     def _vectors(self, vector: np.ndarray, terms: Sequence[str], mean: float) -> Any:
         """A point's vectors: the dense one, with the text's term weights where the collection
@@ -410,7 +413,7 @@ class QdrantStore(VectorStore):
                     where: Where | None = None, with_vectors: bool = False
                     ) -> list[list[Hit]]:
         """BM25 with Qdrant's IDF over the whole collection (not only the records ``where``
-        leaves) and a mean length fixed by its first write (:data:`AVG_TERMS`)."""
+        leaves) and the mean length its weights were written over (:data:`AVG_TERMS`)."""
         queries = text_queries(queries, k)
         if not self._lexical:  # another process may have added it since this one looked
             self._lexical = self._has_text_vector()
@@ -485,9 +488,12 @@ class QdrantStore(VectorStore):
     @_qdrant_errors
     def optimize(self) -> None:
         """Rewrite every point's term weights over the collection's own mean length when the
-        texts written since they were set have moved it by :data:`REWEIGH_DRIFT` (an
-        ingestion's first batch, English chunks of 72 terms, set 72 for a corpus whose mean
-        was 28): a scan of the texts, then their sparse vectors alone are written."""
+        texts written since they were set suggest it moved by more than :data:`REWEIGH_DRIFT`
+        (an ingestion's first batch, English chunks of 72 terms, set 72 for a corpus whose
+        mean was 28) and a scan of the texts confirms it; then their sparse vectors alone are
+        written. The tally is reset to the scan's counts either way. A point another process
+        writes during the rewrite may keep weights over the earlier mean (and be left out of
+        the tally) until the next rewrite; one it deletes is skipped."""
         if not self._lexical:
             return
         meta = self._raw_meta()
@@ -497,18 +503,35 @@ class QdrantStore(VectorStore):
         lengths = [len(lexical.record_terms(r.payload.get("text")))
                    for batch in self.scan(with_vectors=False) for r in batch]
         lengths = [n for n in lengths if n]
-        if not lengths:
-            return
-        exact = sum(lengths) / len(lengths)
-        m = self._m
-        for batch in self.scan(with_vectors=False):
-            points = [m.PointVectors(id=point_id(r.id), vector={TEXT_VECTOR: m.SparseVector(
-                indices=sorted(w), values=[w[i] for i in sorted(w)])})
-                for r in batch if (w := term_weights(r.payload.get("text"), exact))]
-            if points:
-                self.client.update_vectors(self.collection, points=points, wait=True)
+        exact = sum(lengths) / len(lengths) if lengths else mean
+        if abs(exact - mean) > REWEIGH_DRIFT * mean:  # replaced points inflate the tally
+            for batch in self.scan(with_vectors=False):
+                self._reweigh(batch, exact)
+        else:
+            exact = mean
         self.update_meta({AVG_KEY: exact, _WRITTEN[0]: float(sum(lengths)),
                           _WRITTEN[1]: float(len(lengths))})
+
+    def _reweigh(self, batch: list[Record], mean: float) -> None:
+        """Write the term weights over ``mean`` of the points of ``batch`` that have terms."""
+        m = self._m
+        points = [m.PointVectors(id=point_id(r.id), vector={TEXT_VECTOR: m.SparseVector(
+            indices=sorted(w), values=[w[i] for i in sorted(w)])})
+            for r in batch if r.id and (w := term_weights(r.payload.get("text"), mean))]
+        if not points:
+            return
+        try:
+            self.client.update_vectors(self.collection, points=points, wait=True)
+        except Exception:
+            # a point deleted since the scan (another process's ingestion) fails the whole
+            # call (a server's 404, local mode's KeyError): the others, once more
+            held = {p.id for p in self.client.retrieve(
+                self.collection, [p.id for p in points], with_payload=False)}
+            left = [p for p in points if p.id in held]
+            if len(left) == len(points):
+                raise
+            if left:
+                self.client.update_vectors(self.collection, points=left, wait=True)
 
     @_qdrant_errors
     def build_index(self) -> bool:

@@ -243,6 +243,47 @@ def test_optimize_reweighs_once_the_mean_has_moved(monkeypatch) -> None:
         assert calls == []
 
 
+def test_optimize_rewrites_nothing_for_replaced_points_and_skips_deleted_ones(monkeypatch
+                                                                           ) -> None:
+    """A diff review's: replaced points count again in the tally of terms written, so
+    re-ingesting the same long documents looked like drift and rewrote every point; and a
+    point deleted (by another ingestion) between the scan and the rewrite failed the call."""
+    texts = [f"word{i} " * 3 + "common " * (i % 5) for i in range(40)]
+    with open_store(StoreConfig(backend="qdrant", uri=":memory:"), D) as qd:
+        ids, x, pays = fill(qd, texts)
+        mean = qd.bm25_mean_terms()
+        calls: list[int] = []
+        real = qd.client.update_vectors
+        monkeypatch.setattr(qd.client, "update_vectors",
+                            lambda *a, **k: calls.append(len(k["points"])) or real(*a, **k))
+        long = [i for i, t in enumerate(texts) if t.count("common") == 4]
+        for _ in range(5):  # the longest texts written again and again: the same points
+            qd.upsert([ids[i] for i in long], x[long], [pays[i] for i in long])
+        qd.optimize()
+        assert calls == [] and qd.bm25_mean_terms() == mean
+        # a real drift, and a point deleted while the rewrite runs
+        short = [f"tiny{i}" for i in range(200)]
+        qd.upsert([f"s{i}" for i in range(200)], unit_rows(200, D, seed=5),
+                  [{"text": t} for t in short])
+
+        def deleting(*a, **k):  # type: ignore[no-untyped-def]
+            if not calls:
+                qd.delete([ids[0]])
+            calls.append(len(k["points"]))
+            return real(*a, **k)
+
+        monkeypatch.setattr(qd.client, "update_vectors", deleting)
+        qd.optimize()
+        assert len(calls) >= 2  # the batch, then its points still there
+        # the mean of the texts scanned (the deleted one's included: it went after the scan)
+        lengths = [len(lexical.record_terms(t)) for t in [*texts, *short]]
+        assert qd.bm25_mean_terms() == pytest.approx(sum(lengths) / len(lengths))
+        hits = {h.id: h.score for h in qd.search_text([q("tiny7")], 5)[0]}
+        left = len(lengths) - 1
+        want = lexical.tf_weight(1, 1, qd.bm25_mean_terms()) * lexical.idf(1, left)
+        assert hits == pytest.approx({"s7": want})
+
+
 def test_term_weights() -> None:
     assert qdrant.term_weights(None) == {} and qdrant.term_weights("!!") == {}
     # stable across processes and releases: the indices are stored in collections
