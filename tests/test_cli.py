@@ -675,7 +675,7 @@ def test_embed_reads_one_text_per_newline(tiny_dir: Path, tiny: Embedder, tmp_pa
         # the blank line is kept (row i is line i + 1) but said (a review's: a stray blank
         # line became a junk row without a word)
         where = "<stdin>" if not argv else str(src)
-        assert f"1 blank line(s) of {where} (line 3) embed as the end-of-text token" in err
+        assert f"1 empty or whitespace-only line(s) of {where} (line 3) hold no words" in err
 
 
 class _Positions(BaseReranker):

@@ -109,8 +109,13 @@ def source_name(source: str) -> str:
 
 def blank_rows(texts: list[str]) -> list[int]:
     """The rows (1-based) whose text is empty or whitespace alone: it embeds as the
-    end-of-text token alone, a vector that means nothing."""
+    end-of-text token (after the spaces' tokens, if any), a vector that means nothing."""
     return [n for n, t in enumerate(texts, 1) if not t.strip()]
+
+
+def shown_rows(rows: list[int]) -> str:
+    """Row numbers for a message: the first ten, then "..."."""
+    return ", ".join(map(str, rows[:10])) + (", ..." if len(rows) > 10 else "")
 
 
 def with_text(texts: list[str], source: str, command: str, what: str) -> list[int]:
@@ -119,9 +124,8 @@ def with_text(texts: list[str], source: str, command: str, what: str) -> list[in
     and left without ``what`` (null)."""
     blank = blank_rows(texts)
     if blank:
-        shown = ", ".join(map(str, blank[:10])) + (", ..." if len(blank) > 10 else "")
         print(f"smysl {command}: warning: {len(blank)} row(s) of {source_name(source)} have "
-              f"no text (row {shown}); their {what} is null", file=sys.stderr)
+              f"no text (row {shown_rows(blank)}); their {what} is null", file=sys.stderr)
     left_out = set(blank)
     return [i for i in range(len(texts)) if i + 1 not in left_out]
 

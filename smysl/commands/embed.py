@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 from smysl.commands import check_output_folder, given
 from smysl.commands._lines import looks_like_jsonl, read_lines
 from smysl.commands._model import add_model_arguments, load_model
-from smysl.commands._toolkit import blank_rows, source_name
+from smysl.commands._toolkit import blank_rows, shown_rows, source_name
 from smysl.files import output, replacing
 from smysl.tokenize import InputTooLongError
 
@@ -100,11 +100,9 @@ def run(args: argparse.Namespace) -> int:
               file=sys.stderr)
     blank = blank_rows(lines)
     if blank:  # kept (vector n is line n), but said: a stray blank line became a junk row
-        shown = ", ".join(map(str, blank[:10])) + (", ..." if len(blank) > 10 else "")
-        print(f"smysl embed: warning: {len(blank)} blank line(s) of "
-              f"{source_name(args.input)} (line {shown}) embed as the end-of-text token "
-              "alone, a vector that means nothing; kept so that vector n is line n",
-              file=sys.stderr)
+        print(f"smysl embed: warning: {len(blank)} empty or whitespace-only line(s) of "
+              f"{source_name(args.input)} (line {shown_rows(blank)}) hold no words: their "
+              "vectors mean nothing; kept so that vector n is line n", file=sys.stderr)
     model = load_model(args.model, args)
     task = model.choose_instruction(args.task, role="query") if args.task or args.query else None
     progress = not args.no_progress and len(lines) >= 64 and sys.stderr.isatty()

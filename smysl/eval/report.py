@@ -216,9 +216,12 @@ def comparability(runs: Sequence[Run]) -> list[str]:
             f"{label} {'all of it' if p.get('limit') is None else 'limit=' + str(p['limit'])}"
             for label, p in zip(labels, protocols, strict=True)) + ".")
     # --rerank-queries: the reranking scores are over a sample of the queries (the retrieval
-    # scores are not), which the summary did not say where --limit's subset was said
+    # scores are not), which the summary did not say where --limit's subset was said; a
+    # number at or above a task's queries reranks them all (older results: no "of_queries")
     sampled = sorted({p["rerank_queries"] for p, run in zip(protocols, runs, strict=True)
-                      if run.get("reranking") and p.get("rerank_queries") is not None})
+                      if p.get("rerank_queries") is not None and any(
+                          r["size"]["queries"] < r["size"].get("of_queries", math.inf)
+                          for r in run.get("reranking", []))})
     if sampled:
         lines.append("Reranking on a subset of the queries (rerank_queries="
                      + ", ".join(map(str, sampled)) + "): its scores are not comparable with "

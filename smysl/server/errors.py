@@ -63,6 +63,8 @@ _OPENAI_TYPE = {
     "upstream": "server_error",
 }
 _OPENAI_CODE = {
+    # OpenAI's code for input past the context; LiteLLM raises ContextWindowExceededError on it
+    "too_long": "context_length_exceeded",
     "not_found": "model_not_found",
     "unauthorized": "invalid_api_key",
     "overloaded": "rate_limit_exceeded",

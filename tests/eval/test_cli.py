@@ -65,7 +65,7 @@ def test_reranker_run_writes_the_reranking_reports(tiny_dir: Path, tiny_reranker
     assert [t["task"] for t in model["tasks"]] == ["xquad-en"]
     (rerank,) = model["reranking"]
     assert rerank["task"] == "xquad-en-rerank" and rerank["candidates"] == 4
-    assert rerank["size"] == {"queries": 8, "docs": 5, "pairs": 32}
+    assert rerank["size"] == {"queries": 8, "of_queries": 8, "docs": 5, "pairs": 32}
     assert {"ndcg_at_10", "mrr_at_10", "recall_at_4"} <= set(rerank["before"])
     # the device reaches the reranker; the size flags stay the embedding model's
     assert model["reranker"]["device"] == "cpu" and model["reranker"]["backend"] == "qwen3"

@@ -218,7 +218,8 @@ def test_end_to_end_with_the_tiny_embedder_and_reranker(tiny, tiny_reranker,  # 
             assert r.before[metric] == pytest.approx(task.scores[64][metric], abs=1e-12)
         assert (r.reranker, r.backend, r.instruction, r.query_instruction) == (
             tiny_reranker.name, "qwen3", QA, QA)
-        assert r.size == {"queries": 8, "docs": 5, "pairs": 40} and r.candidates == 50
+        assert r.size == {"queries": 8, "of_queries": 8, "docs": 5, "pairs": 40}
+        assert r.candidates == 50
         assert r.pairs_scored == 40 and r.pairs_per_s and r.pairs_per_s > 0
         assert r.recall == 1.0  # 5 paragraphs, all candidates
         assert 0 <= r.after["ndcg_at_10"] <= 1 and r.relevant_score_mean is not None
@@ -283,7 +284,7 @@ def test_missing_gold_stays_missing_and_scores_are_shared_between_models(  # typ
     assert {"reranking.png", "xquad-en-rerank.json", "summary.md"} <= names
     assert "quality_vs_dimensions.png" not in names
     for r in result.reranking:
-        assert r.size == {"queries": 8, "docs": 25, "pairs": 96}
+        assert r.size == {"queries": 8, "of_queries": 150, "docs": 25, "pairs": 96}
         assert [b is None for b in r.rank_before] == [a is None for a in r.rank_after]
         assert all(a == 1 for a in r.rank_after if a is not None)
         assert r.recall == pytest.approx(np.mean([b is not None for b in r.rank_before]))

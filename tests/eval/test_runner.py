@@ -267,12 +267,13 @@ def test_reports_as_a_review_read_them(sweep, tmp_path, monkeypatch) -> None:  #
     assert any("rerank_top" in line for line in comparability(
         [{**full, "reranking": [{}]}, {**other, "reranking": [{}]}]))
     # --rerank-queries: a sample of the queries, said like --limit's subset (a review's)
-    sample = {**full, "reranking": [{}],
+    sample = {**full, "reranking": [{"size": {"queries": 20, "of_queries": 300}}],
               "protocol": {**full["protocol"], "rerank_queries": 20}}
     assert any("subset of the queries (rerank_queries=20)" in line
                for line in comparability([sample]))
-    assert not any("subset of the queries" in line
-                   for line in comparability([{**sample, "reranking": []}]))
+    every = {**sample, "reranking": [{"size": {"queries": 12, "of_queries": 12}}]}
+    for whole in ({**sample, "reranking": []}, every):  # none reranked; all of them were
+        assert not any("subset of the queries" in line for line in comparability([whole]))
 
 
 def test_a_rerank_instruction_without_a_reranker_and_a_bad_seed_are_refused(tmp_path) -> None:  # type: ignore[no-untyped-def]

@@ -645,7 +645,7 @@ def test_page_names_the_line_offers_truncation_and_works_behind_a_prefix(  # typ
             page.get_by_role("button", name="Compare", exact=True).click()
             expect(page.locator("#error")).to_contain_text("Documents, line 3, has")
             error = page.locator("#error").inner_text()
-            assert "tick “Cut long texts”" in error and "input[" not in error, error
+            assert "(here: tick “Cut long texts”)" in error and "input[" not in error, error
             page.get_by_label("Cut long texts").check()
             page.get_by_role("button", name="Compare", exact=True).click()
             page.wait_for_selector("#heatmap tbody tr >> nth=0")
