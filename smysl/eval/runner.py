@@ -60,7 +60,7 @@ def evaluate_model(model: BaseEmbedder, cfg: EvalConfig, *, load_seconds: float 
                                     reranker=owned, rerank_tasks=rerank_tasks,
                                     rerank_scores=rerank_scores, into=into)
         finally:
-            owned.close()
+            _close(owned)
         if result.reranker is not None:
             result.reranker["load_seconds"] = loaded
         return result
@@ -106,6 +106,13 @@ def evaluate_model(model: BaseEmbedder, cfg: EvalConfig, *, load_seconds: float 
         result.texts_embedded = embeddings.throughput.texts
         result.tokens_embedded = embeddings.throughput.tokens
     return result
+
+
+def _close(reranker: BaseReranker) -> None:
+    """Close a reranker the run loaded, saying what it cost (a paid API's usage)."""
+    if usage := reranker.usage_report():
+        log.info("%s: %s", reranker.name, usage)
+    reranker.close()
 
 
 def _score_tasks(model: BaseEmbedder, cfg: EvalConfig, tasks: list[Task],
@@ -224,10 +231,7 @@ def run(cfg: EvalConfig) -> list[ModelResult]:
             results.append(result)
     finally:
         if reranker is not None:
-            usage = reranker.usage_report()
-            if usage:
-                log.info("%s: %s", reranker.name, usage)
-            reranker.close()
+            _close(reranker)
     if cfg.out_dir is not None:
         write_reports(results, cfg, compared)
     return results
