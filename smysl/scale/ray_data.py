@@ -427,8 +427,10 @@ class _DatasetWorker(Worker):
                                                strict=True), 1)]
         for row, i, t in zip(rows, batch[id_column], batch[text_column], strict=True):
             if row.problem is not None:
-                # pandas' None of a text column is NaN: said as the null it stands for
-                i, t = (None if isinstance(v, float) and v != v else v for v in
+                # pandas' None of a text column is NaN (pd.NA in a string column, shown
+                # "<NA>"): said as the null it stands for
+                i, t = (None if (isinstance(v, float) and v != v)
+                        or type(v).__name__ == "NAType" else v for v in
                         (v.item() if isinstance(v, np.generic) else v for v in (i, t)))
                 text = t[:40] + "..." if isinstance(t, str) and len(t) > 40 else t
                 raise BadRowError(f"Ray Data row ({id_column}={i!r}, {text_column}={text!r}): "

@@ -465,6 +465,19 @@ def test_embed_dataset_says_a_missing_column_and_a_null_text_as_such(cluster, ti
                       config=RayConfig(actors=1, num_cpus=0.5)).take_all()
 
 
+def test_a_pandas_na_text_is_named_null(tiny_dir) -> None:
+    """A review's: a pd.NA text (a pandas string column's null) was named ``text=<NA>``."""
+    import pandas as pd
+
+    from smysl.scale.job import BadRowError
+    from smysl.scale.ray_data import _DatasetWorker
+
+    worker = _DatasetWorker(str(tiny_dir), OPTIONS, "id", "text", None, None, False)
+    texts = pd.array(["a", pd.NA], dtype="string").to_numpy()
+    with pytest.raises(BadRowError, match=r"Ray Data row \(id=2, text=None\)"):
+        worker({"id": np.array([1, 2]), "text": texts})
+
+
 @slow
 def test_embed_dataset_on_an_actor_pool(cluster, tiny_dir, reference, corpus) -> None:
     """`smysl.scale.embed_dataset` maps a Ray Data dataset with 2 actors (issue 16)."""
