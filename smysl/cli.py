@@ -78,10 +78,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     # like a missing file: one line, not a traceback.
     except (ValueError, FileNotFoundError, IsADirectoryError, NotADirectoryError,
             PermissionError, ImportError) as e:
-        print(f"smysl {args.command}: error: {e}", file=sys.stderr)
+        print(f"smysl {args.command}: error: {_said(e)}", file=sys.stderr)
         return 2
     except UpstreamError as e:  # a paid API or another server failed (its timeouts too)
-        print(f"smysl {args.command}: error: {e}", file=sys.stderr)
+        print(f"smysl {args.command}: error: {_said(e)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130
@@ -102,6 +102,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         except OSError:  # stdout itself failed (> /dev/full): the exit's flush must not retry
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 1
+
+
+def _said(error: BaseException) -> str:
+    """An error as a command says it: a provider's partial failure without its advice to embed
+    the same texts again (that resumes in the same process; a command's ends here)."""
+    from smysl.providers.errors import IncompleteEmbeddingError
+
+    if not isinstance(error, IncompleteEmbeddingError) or not error.done:
+        return str(error)
+    return (f"{error.summary}; the {len(error.done)} rows embedded (and paid for) are not "
+            "kept between runs of a command: a corpus job (--input FILE.jsonl --output DIR) "
+            "keeps them and resumes")
 
 
 if __name__ == "__main__":

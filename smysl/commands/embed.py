@@ -112,6 +112,10 @@ def run(args: argparse.Namespace) -> int:
     except InputTooLongError as e:  # named by its line (the index counted from 0)
         where = "" if args.input == "-" else f" of {args.input}"
         raise ValueError(e.describe(f"line {e.index + 1}{where}", audience="cli")) from None
+    except BaseException:  # a paid API's failure part-way: what was spent is still said
+        if spent := model.usage_report():
+            print(f"smysl embed: spent before the error: {spent}", file=sys.stderr)
+        raise
     usage = model.usage_report()
     # into a file of its own, renamed when whole: a Ctrl-C while writing left a shorter file
     # that passed for the result (an old one at that path lost)

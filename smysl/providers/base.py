@@ -285,11 +285,12 @@ class Provider(BaseEmbedder):
         rejected = isinstance(error, ProviderHTTPError) and error.status in (400, 413, 422)
         cls = (RejectedInputError if rejected else PartialEmbeddingError if got
                else IncompleteEmbeddingError)
-        kept = (f"; the {len(got)} finished rows are kept: embed the same texts again to send "
-                f"only the missing ones" if got and self._resume.max_bytes else "")
+        kept = (f" (the {len(got)} finished rows are kept: embed the same texts again to send "
+                f"only the missing ones)" if got and self._resume.max_bytes else "")
         first = f" (first failed input: #{failed[0]})" if failed else ""
         return cls(f"{self.name}: {len(failed)} of {len(done)} inputs were not embedded"
-                   f"{first}{kept}: {error}", failed, len(done), error, done=got, rows=out[got])
+                   f"{first}: {error}", failed, len(done), error, done=got, rows=out[got],
+                   resume=kept)
 
     def usage_report(self) -> str:
         return str(self.usage)

@@ -95,8 +95,11 @@ class IncompleteEmbeddingError(ProviderError):
 
     def __init__(self, message: str, failed: list[int], total: int,
                  cause: BaseException | None, *, done: list[int] | None = None,
-                 rows: np.ndarray | None = None) -> None:
-        super().__init__(message)
+                 rows: np.ndarray | None = None, resume: str = "") -> None:
+        super().__init__(message + resume)
+        #: The message without ``resume``, the advice that holds for the same provider object
+        #: only (a command's process ends with the error: it keeps nothing).
+        self.summary = message
         self.failed = failed
         self.total = total
         self.cause = cause

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import pytest
 from live_http import live_server
-from provider_fakes import FakeServer, expected
+from provider_fakes import FakeServer, Fault, expected
 
 import smysl
 from smysl.base import BaseEmbedder
@@ -130,6 +130,31 @@ def test_cli_embed_prints_a_usage_line(qwen_tok: Any, monkeypatch: pytest.Monkey
             "$0.07/1M tokens") in err
 
 
+def test_cli_embed_says_what_a_failure_part_way_spent_and_kept(
+        qwen_tok: Any, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """A review's: a paid API refusing one line of three, one line a request, failed the
+    command without a word of the two rows it had billed, and advised "embed the same texts
+    again to send only the missing ones", which a command's next run cannot do."""
+    from smysl.cli import main
+
+    lines = ["ok", "bad one", "ok2"]
+    with FakeServer(dims=64, tokenizer=qwen_tok) as srv:
+        # the width probe and two lines answered, the third line refused (whichever it is)
+        refused = json.dumps({"error": {"message": "bad input", "type": "invalid_request"}})
+        srv.script.extend([Fault(), Fault(), Fault(), Fault(400, {}, refused)])
+        stdin = io.TextIOWrapper(io.BytesIO(("\n".join(lines) + "\n").encode()))
+        monkeypatch.setattr("sys.stdin", stdin)
+        model = f"openai:{srv.url}/v1#m"
+        code = main(["embed", "--model", model, "--max-batch-size", "1", "--no-progress"])
+        billed = [t for t in srv.billed_texts if t in lines]
+    out, err = capsys.readouterr()
+    assert code == 2 and out == "" and len(billed) == 2, err  # a refused input: code 2
+    assert "spent before the error: " in err and "3 texts, 3 requests" in err, err
+    assert "embed the same texts again" not in err
+    assert "the 2 rows embedded (and paid for) are not kept between runs of a command" in err
+
+
 def test_a_served_provider_tells_clients_no_advice_for_its_own_failures() -> None:
     """Errors the provider raises itself (rows of the wrong width, here) had no words for a
     server's clients: they got the whole message, "1 of 1 inputs were not embedded (first
@@ -160,7 +185,6 @@ def test_a_served_provider_passes_on_what_failed_upstream(caplog: pytest.LogCapt
     shape, with the provider's (redacted) words: the upstream's status and answer, not the
     advice meant for whoever runs the provider."""
     from fastapi.testclient import TestClient
-    from provider_fakes import Fault
 
     from smysl.providers import connect
     from smysl.server import ServerConfig, create_app, errors
