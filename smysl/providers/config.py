@@ -121,10 +121,15 @@ class ProviderConfig:
         shown["base_url"] = shown_url(self.base_url) if self.base_url else self.base_url
         return f"ProviderConfig({', '.join(f'{k}={v!r}' for k, v in shown.items())})"
 
+    @property
+    def key_variables(self) -> list[str]:
+        """The environment variables :attr:`api_key_env` names, in order."""
+        return [e.strip() for e in (self.api_key_env or "").split(",") if e.strip()]
+
     def api_key(self, given: str | None) -> str | None:
         """``given``, else the first set variable of :attr:`api_key_env`; ``ValueError`` naming
         them when the API needs a key and none is found."""
-        envs = [e.strip() for e in (self.api_key_env or "").split(",") if e.strip()]
+        envs = self.key_variables
         source = "api_key="
         for env in envs if given is None else ():
             given = os.environ.get(env) or None

@@ -22,6 +22,7 @@ import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
+from urllib.parse import quote
 
 import numpy as np
 
@@ -124,12 +125,11 @@ class ReplicateProvider(Provider):
                     raise deadline.error()
                 self.sleep(pause)
                 pause = min(2 * pause, _MAX_POLL)
-                pred = self._http.request("GET", _urls(pred)["get"], None, n, read=_prediction,
+                pred = self._http.request("GET", _at(pred), None, n, read=_prediction,
                                           sleep=self.sleep, deadline=deadline)
         except JobTimeoutError:
-            cancel = _urls(pred).get("cancel")
-            if isinstance(cancel, str):  # stop paying for a prediction nobody will read
-                self._http.fire("POST", cancel, min(cfg.connect_timeout, 5.0))
+            # stop paying for a prediction nobody will read
+            self._http.fire("POST", f"{_at(pred)}/cancel", min(cfg.connect_timeout, 5.0))
             if pred["status"] == "processing":  # it ran until canceled: billed (BILLED)
                 self._record(texts, None)
             if ours:
@@ -155,12 +155,14 @@ def _prediction(body: Any, n: int) -> dict[str, Any]:
     """A prediction object, checked for what the polling loop reads (ValueError: malformed)."""
     if not isinstance(body, dict) or not isinstance(body.get("status"), str):
         raise ValueError("not a prediction object")
-    if body["status"] not in TERMINAL and not isinstance(_urls(body).get("get"), str):
-        raise ValueError(f"prediction {body.get('id')} is {body['status']} without urls.get")
+    if body["status"] not in TERMINAL and not (isinstance(body.get("id"), str) and body["id"]):
+        raise ValueError(f"prediction is {body['status']} without an id")
     return body
 
 
-def _urls(prediction: dict[str, Any]) -> dict[str, Any]:
-    """A prediction's ``urls`` (``null`` or any other non-object as none)."""
-    urls = prediction.get("urls")
-    return urls if isinstance(urls, dict) else {}
+def _at(prediction: dict[str, Any]) -> str:
+    """The path of a prediction under the base URL (``GET /predictions/{id}``, ``POST
+    .../cancel``). Not its ``urls.get``: the API key goes with every request, and an answer
+    naming another host (or ``http://``) had it sent there; behind a proxy the answer's URLs
+    name Replicate, past the proxy."""
+    return f"/predictions/{quote(prediction['id'], safe='')}"

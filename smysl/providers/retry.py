@@ -354,8 +354,9 @@ class RetryingClient:
         """The message for a status that is not retried, with a hint where one helps."""
         hint = ""
         if status in (401, 403):
-            hint = (f" (check the API key: ${self.config.api_key_env})"
-                    if self.config.api_key_env else " (the server wants an API key)")
+            names = self.config.key_variables  # "$A or $B" (it read "$A,B")
+            hint = (f" (check the API key: ${' or $'.join(names)})" if names
+                    else " (the server wants an API key)")
         elif status == 404:
             hint = (f" (unknown model {self.model!r} or wrong URL "
                     f"{shown_url(self.base_url + self.config.path)})")

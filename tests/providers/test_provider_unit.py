@@ -397,6 +397,11 @@ def test_auth_and_unknown_model_fail_fast(status: int, hint: str) -> None:
         p.embed(["a", "b"])
     assert e.value.status == status and len(h.bodies) == 1  # no retry
     assert p.sleeps == []  # type: ignore[attr-defined]
+    if status == 401:  # a preset's several variables: either one (it read "$A,B")
+        h = Recorder(script=[httpx.Response(401, json={"error": {"message": "nope"}})])
+        with pytest.raises(ProviderHTTPError, match=r"check the API key: \$DEEPINFRA_API_KEY "
+                                                    r"or \$DEEPINFRA_TOKEN\)"):
+            make("deepinfra", "m", h, dimensions=16).embed(["a"])
 
 
 @pytest.mark.filterwarnings("ignore:no Qwen3 tokenizer")

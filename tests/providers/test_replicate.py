@@ -106,17 +106,35 @@ def test_a_prediction_past_the_job_deadline_is_cancelled() -> None:
         assert m.usage.cost == pytest.approx(0.001)
 
 
-def test_a_prediction_without_urls_is_a_malformed_answer_retried() -> None:
-    """``"urls": null`` on a prediction still starting was an AttributeError ("'NoneType'
-    object has no attribute 'get'"), neither retried nor naming Replicate."""
+def test_a_prediction_without_an_id_is_a_malformed_answer_retried() -> None:
+    """A prediction still starting without an id cannot be polled: a malformed answer, retried
+    (``"urls": null`` was an AttributeError, neither retried nor naming Replicate)."""
     from provider_fakes import Fault
 
     with FakeServer(dims=64, replicate_polls=1) as srv:
         m = replicate(srv, max_retries=2)
-        srv.script.append(Fault(mutate=lambda b: {**b, "urls": None}))
+        srv.script.append(Fault(mutate=lambda b: {**b, "id": None, "urls": None}))
         out = m.embed(["a"])
         np.testing.assert_allclose(out, expected(["a"], 64, 64), rtol=1e-5, atol=1e-6)
         assert m.usage.retries == 1
+
+
+def test_the_key_goes_to_the_base_url_only() -> None:
+    """A review's: a prediction's ``urls.get``/``urls.cancel`` naming another host (plain
+    http here) were polled with the API key; behind a proxy they name Replicate, past it.
+    Polls and the cancel go to the base URL's ``/predictions/{id}``."""
+    from provider_fakes import Fault
+
+    with FakeServer(dims=64) as other, FakeServer(dims=64, replicate_polls=10_000) as srv:
+        m = replicate(srv, job_timeout=0.6)
+        m.sleep = time.sleep
+        elsewhere = f"{other.url}/v1/predictions/p0"
+        srv.script.append(Fault(mutate=lambda b: {
+            **b, "urls": {"get": elsewhere, "cancel": f"{elsewhere}/cancel"}}))
+        with pytest.raises(IncompleteEmbeddingError):
+            m.embed(["a"])
+        assert other.paths == [] and other.headers_seen == [] and other.connections == 0
+        assert srv.cancelled == ["p0"]  # the cancel went to the base URL too
 
 
 def test_official_models_and_other_input_schemas() -> None:
