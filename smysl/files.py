@@ -134,3 +134,33 @@ def allow_long_csv_fields() -> None:
     ever raised): a document in one cell is often longer than its default."""
     if csv.field_size_limit() < CSV_FIELD_LIMIT:
         csv.field_size_limit(CSV_FIELD_LIMIT)
+
+
+def process_temp_dir(prefix: str) -> str:
+    """A new private folder in the system's temp dir named for this process
+    (``{prefix}{pid}-XXXX``), after removing this user's folders of ``prefix`` whose process is
+    gone: a server killed with SIGKILL (an OOM kill, a container's stop) never ran its clean-up,
+    and each run left its sockets and metric files behind."""
+    root = Path(tempfile.gettempdir())
+    with contextlib.suppress(OSError):
+        for old in root.glob(f"{prefix}*-*"):
+            pid = old.name[len(prefix):].split("-", 1)[0]
+            if not pid.isdigit() or _alive(int(pid)):
+                continue
+            with contextlib.suppress(OSError):
+                if old.is_dir() and not old.is_symlink() and old.stat().st_uid == os.getuid():
+                    import shutil
+
+                    shutil.rmtree(old, ignore_errors=True)
+    return tempfile.mkdtemp(prefix=f"{prefix}{os.getpid()}-")
+
+
+def _alive(pid: int) -> bool:
+    """Whether process ``pid`` exists (one of another user's counts: its folder is not ours)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
 import threading
 from pathlib import Path
+
+import pytest
 
 from smysl.files import file_lock, replace_file
 
@@ -106,3 +109,29 @@ def test_replacing_writes_through_a_pipe_and_long_names(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError) as info, replacing(missing) as f:
         f.write("x")
     assert info.value.filename == str(missing)
+
+
+def test_process_temp_dirs_of_dead_processes_are_removed(tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """A review's: `smysl serve --workers 2` killed with SIGKILL left /tmp/smysl-metrics-* and
+    /tmp/smysl-engine-* behind, one pair a run (38 and 40 of them on the review's machine).
+    The next start removes this user's folders whose process is gone, and only those."""
+    import subprocess
+    import sys
+
+    from smysl.files import process_temp_dir
+
+    monkeypatch.setattr("tempfile.tempdir", str(tmp_path))
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True)
+    dead = tmp_path / f"smysl-metrics-{gone.stdout.strip()}-abc"
+    (dead / "sub").mkdir(parents=True)
+    (dead / "sub" / "x.db").write_bytes(b"0" * 10)
+    living = tmp_path / f"smysl-metrics-{os.getppid()}-def"  # a live process's (our parent)
+    living.mkdir()
+    other = tmp_path / "smysl-metrics-notapid-x"  # not ours to judge
+    other.mkdir()
+    made = Path(process_temp_dir("smysl-metrics-"))
+    assert not dead.exists() and living.is_dir() and other.is_dir()
+    assert made.parent == tmp_path and made.name.startswith(f"smysl-metrics-{os.getpid()}-")
+    assert made.stat().st_mode & 0o777 == 0o700

@@ -24,7 +24,6 @@ import queue
 import secrets
 import selectors
 import signal
-import tempfile
 import threading
 import time
 import weakref
@@ -36,6 +35,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 
+from smysl.files import process_temp_dir
 from smysl.procname import ENGINE, set_name
 from smysl.qwen3.client import (
     EngineClient,
@@ -637,7 +637,7 @@ class EngineProcess(Piped):
                                       "(Linux, macOS)")
         with self._lock:
             if self._shared is None:
-                folder = tempfile.mkdtemp(prefix="smysl-engine-")  # 0700: this user only
+                folder = process_temp_dir("smysl-engine-")  # 0700: this user only
                 shared = EngineClient(os.path.join(folder, "engine.sock"),
                                       secrets.token_bytes(32), self._info)
                 replies = self._channel()

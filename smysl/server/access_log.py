@@ -21,6 +21,7 @@ import asyncio
 import codecs
 import http
 import os
+import re
 import sys
 import threading
 import time
@@ -42,6 +43,13 @@ CLOSE_WAIT_S = 2.0
 
 #: "200 OK"... by status code (uvicorn's words)
 _STATUS = {s.value: f"{s.value} {s.phrase}" for s in http.HTTPStatus}
+
+
+#: A query parameter that names a secret (``api_key=``, ``token=``, ``access_token=``,
+#: ``password=``...): its value is left out of the log. No route reads a key from the query,
+#: but a client that puts one there had it written to the log.
+_SECRET_PARAM = re.compile(r"((?:^|&)[^=&]*(?:key|token|secret|password|passwd|auth)[^=&]*)"
+                           r"=[^&]*", re.IGNORECASE)
 
 
 class AccessLog:
@@ -78,7 +86,7 @@ class AccessLog:
                 else quote(scope["path"]))
         query = scope.get("query_string", b"")
         if query:
-            path += "?" + query.decode("ascii", "replace")
+            path += "?" + _SECRET_PARAM.sub(r"\1=***", query.decode("ascii", "replace"))
         self._lines.append(
             f'INFO:     {addr} - "{scope["method"]} {path} '
             f'HTTP/{scope.get("http_version", "1.1")}" '

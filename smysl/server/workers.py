@@ -40,7 +40,6 @@ import shutil
 import signal
 import socket
 import sys
-import tempfile
 import threading
 import time
 from collections import deque
@@ -50,6 +49,7 @@ from typing import Any
 
 from smysl.base import BaseEmbedder
 from smysl.cpus import usable_cpus
+from smysl.files import process_temp_dir
 from smysl.procname import HTTP_WORKER, set_name
 from smysl.rerank import BaseReranker
 from smysl.server.config import ServerConfig
@@ -153,7 +153,7 @@ def serve_workers(embedder: BaseEmbedder | None, config: ServerConfig, *,
         raise
     socks = list({id(x): x for g in groups for x in g}.values())  # every one, once
     host, port = socks[0].getsockname()[:2]
-    folder = tempfile.mkdtemp(prefix="smysl-metrics-")
+    folder = process_temp_dir("smysl-metrics-")
     ctx = mp.get_context("spawn")  # a fork would copy this process's threads and torch state
     # each set by its worker once its server runs: until then connections wait in the
     # backlog (seconds of imports), and "listening" is said when every worker serves (each
