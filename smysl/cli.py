@@ -109,11 +109,7 @@ def _said(error: BaseException) -> str:
     the same texts again (that resumes in the same process; a command's ends here)."""
     from smysl.providers.errors import IncompleteEmbeddingError
 
-    if not isinstance(error, IncompleteEmbeddingError) or not error.done:
-        return str(error)
-    return (f"{error.summary}; the {len(error.done)} rows embedded (and paid for) are not "
-            "kept between runs of a command: a corpus job (--input FILE.jsonl --output DIR) "
-            "keeps them and resumes")
+    return error.summary if isinstance(error, IncompleteEmbeddingError) else str(error)
 
 
 if __name__ == "__main__":

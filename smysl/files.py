@@ -138,29 +138,51 @@ def allow_long_csv_fields() -> None:
 
 def process_temp_dir(prefix: str) -> str:
     """A new private folder in the system's temp dir named for this process
-    (``{prefix}{pid}-XXXX``), after removing this user's folders of ``prefix`` whose process is
-    gone: a server killed with SIGKILL (an OOM kill, a container's stop) never ran its clean-up,
-    and each run left its sockets and metric files behind."""
-    root = Path(tempfile.gettempdir())
+    (``{prefix}{machine}.{pid}-XXXX``, :func:`machine_id`), after removing this user's folders
+    of ``prefix`` made on this machine by a process that is gone: a server killed with SIGKILL
+    (an OOM kill, a container's stop) never ran its clean-up, and each run left its sockets and
+    metric files behind. Another machine's or pid namespace's folders (a shared ``/tmp``) are
+    not judged."""
+    import re
+    import shutil
+
+    root, machine = Path(tempfile.gettempdir()), machine_id()
+    named = re.compile(re.escape(prefix) + r"(?P<machine>[0-9a-f]{8})\.(?P<pid>[0-9]{1,10})-")
     with contextlib.suppress(OSError):
-        for old in root.glob(f"{prefix}*-*"):
-            pid = old.name[len(prefix):].split("-", 1)[0]
-            if not pid.isdigit() or _alive(int(pid)):
+        for old in root.glob(f"{prefix}*"):
+            m = named.match(old.name)
+            if m is None or m["machine"] != machine or int(m["pid"]) == os.getpid():
                 continue
             with contextlib.suppress(OSError):
-                if old.is_dir() and not old.is_symlink() and old.stat().st_uid == os.getuid():
-                    import shutil
-
+                st = old.lstat()  # a symlink is no folder of ours
+                if (stat.S_ISDIR(st.st_mode) and st.st_uid == os.getuid()
+                        and not process_alive(int(m["pid"]))):
                     shutil.rmtree(old, ignore_errors=True)
-    return tempfile.mkdtemp(prefix=f"{prefix}{os.getpid()}-")
+    return tempfile.mkdtemp(prefix=f"{prefix}{machine}.{os.getpid()}-")
 
 
-def _alive(pid: int) -> bool:
-    """Whether process ``pid`` exists (one of another user's counts: its folder is not ours)."""
+def machine_id() -> str:
+    """8 hex digits naming this machine and pid namespace (host name, boot id, the pid
+    namespace): where a pid in a file name means a process this one can ask about."""
+    import hashlib
+    import socket
+
+    parts = [socket.gethostname()]
+    with contextlib.suppress(OSError):  # Linux only
+        parts.append(Path("/proc/sys/kernel/random/boot_id").read_text().strip())
+    with contextlib.suppress(OSError):
+        parts.append(str(os.stat("/proc/self/ns/pid").st_ino))
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:8]
+
+
+def process_alive(pid: int) -> bool:
+    """Whether process ``pid`` of this machine runs (True when that cannot be known)."""
+    if os.name == "nt":  # os.kill(pid, 0) there would send CTRL_C_EVENT
+        return True
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    except PermissionError:
+    except (OSError, OverflowError):  # EPERM: it runs, as another user; a pid past pid_t
         return True
     return True

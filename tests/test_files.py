@@ -115,23 +115,32 @@ def test_process_temp_dirs_of_dead_processes_are_removed(tmp_path: Path,
                                                          monkeypatch: pytest.MonkeyPatch) -> None:
     """A review's: `smysl serve --workers 2` killed with SIGKILL left /tmp/smysl-metrics-* and
     /tmp/smysl-engine-* behind, one pair a run (38 and 40 of them on the review's machine).
-    The next start removes this user's folders whose process is gone, and only those."""
+    The next start removes this user's folders of this machine whose process is gone, and only
+    those; a name another user made to look like one (a pid past pid_t, "²") is skipped,
+    not a crash (a diff review's)."""
     import subprocess
     import sys
 
-    from smysl.files import process_temp_dir
+    from smysl.files import machine_id, process_temp_dir
 
     monkeypatch.setattr("tempfile.tempdir", str(tmp_path))
+    here = machine_id()
     gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
-                          capture_output=True, text=True, check=True)
-    dead = tmp_path / f"smysl-metrics-{gone.stdout.strip()}-abc"
+                          capture_output=True, text=True, check=True).stdout.strip()
+    dead = tmp_path / f"smysl-metrics-{here}.{gone}-abc"
     (dead / "sub").mkdir(parents=True)
     (dead / "sub" / "x.db").write_bytes(b"0" * 10)
-    living = tmp_path / f"smysl-metrics-{os.getppid()}-def"  # a live process's (our parent)
-    living.mkdir()
-    other = tmp_path / "smysl-metrics-notapid-x"  # not ours to judge
-    other.mkdir()
+    kept = [tmp_path / f"smysl-metrics-{here}.{os.getppid()}-def",  # a live process's
+            tmp_path / f"smysl-metrics-0badc0de.{gone}-ghi",  # another machine's (shared /tmp)
+            tmp_path / f"smysl-metrics-{here}.99999999999-x",  # a pid past pid_t
+            tmp_path / f"smysl-metrics-{here}.²-x",
+            tmp_path / "smysl-metrics-kp3sp411"]  # the older naming: no pid to judge
+    for k in kept:
+        k.mkdir()
+    (tmp_path / f"smysl-metrics-{here}.{gone}-link").symlink_to(kept[0])
     made = Path(process_temp_dir("smysl-metrics-"))
-    assert not dead.exists() and living.is_dir() and other.is_dir()
-    assert made.parent == tmp_path and made.name.startswith(f"smysl-metrics-{os.getpid()}-")
+    assert not dead.exists() and all(k.is_dir() for k in kept)
+    assert (tmp_path / f"smysl-metrics-{here}.{gone}-link").is_symlink()
+    assert made.parent == tmp_path
+    assert made.name.startswith(f"smysl-metrics-{here}.{os.getpid()}-")
     assert made.stat().st_mode & 0o777 == 0o700

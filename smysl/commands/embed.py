@@ -18,6 +18,7 @@ from smysl.commands._lines import looks_like_jsonl, read_lines
 from smysl.commands._model import add_model_arguments, load_model
 from smysl.commands._toolkit import blank_rows, shown_rows, source_name
 from smysl.files import output, replacing
+from smysl.providers.errors import IncompleteEmbeddingError
 from smysl.tokenize import InputTooLongError
 
 if TYPE_CHECKING:
@@ -112,9 +113,13 @@ def run(args: argparse.Namespace) -> int:
     except InputTooLongError as e:  # named by its line (the index counted from 0)
         where = "" if args.input == "-" else f" of {args.input}"
         raise ValueError(e.describe(f"line {e.index + 1}{where}", audience="cli")) from None
-    except BaseException:  # a paid API's failure part-way: what was spent is still said
+    except BaseException as e:  # a paid API's failure part-way: what was spent is still said
         if spent := model.usage_report():
             print(f"smysl embed: spent before the error: {spent}", file=sys.stderr)
+        if isinstance(e, IncompleteEmbeddingError) and e.done:
+            print(f"smysl embed: the {len(e.done)} lines embedded before it are not kept "
+                  "between runs; a corpus job (--input FILE.jsonl --output DIR) keeps its rows "
+                  "and resumes", file=sys.stderr)
         raise
     usage = model.usage_report()
     # into a file of its own, renamed when whole: a Ctrl-C while writing left a shorter file

@@ -110,9 +110,11 @@ def evaluate_model(model: BaseEmbedder, cfg: EvalConfig, *, load_seconds: float 
 
 def _close(reranker: BaseReranker) -> None:
     """Close a reranker the run loaded, saying what it cost (a paid API's usage)."""
-    if usage := reranker.usage_report():
-        log.info("%s: %s", reranker.name, usage)
-    reranker.close()
+    try:
+        if usage := reranker.usage_report():
+            log.info("%s: %s", reranker.name, usage)
+    finally:
+        reranker.close()
 
 
 def _score_tasks(model: BaseEmbedder, cfg: EvalConfig, tasks: list[Task],

@@ -126,6 +126,11 @@ class ProviderConfig:
         """The environment variables :attr:`api_key_env` names, in order."""
         return [e.strip() for e in (self.api_key_env or "").split(",") if e.strip()]
 
+    @property
+    def key_names(self) -> str:
+        """Those variables as messages name them: ``$A or $B``."""
+        return " or ".join(f"${e}" for e in self.key_variables)
+
     def api_key(self, given: str | None) -> str | None:
         """``given``, else the first set variable of :attr:`api_key_env`; ``ValueError`` naming
         them when the API needs a key and none is found."""
@@ -145,7 +150,7 @@ class ProviderConfig:
                                  who=self.name) or None
         if given is None and self.api_key_required:
             raise ValueError(f"{self.name}: no API key (or an empty one); set "
-                             f"${' or $'.join(envs)} or pass api_key=...")
+                             f"{self.key_names} or pass api_key=...")
         return given
 
 

@@ -354,9 +354,8 @@ class RetryingClient:
         """The message for a status that is not retried, with a hint where one helps."""
         hint = ""
         if status in (401, 403):
-            names = self.config.key_variables  # "$A or $B" (it read "$A,B")
-            hint = (f" (check the API key: ${' or $'.join(names)})" if names
-                    else " (the server wants an API key)")
+            hint = (f" (check the API key: {self.config.key_names})"  # it read "$A,B"
+                    if self.config.key_variables else " (the server wants an API key)")
         elif status == 404:
             hint = (f" (unknown model {self.model!r} or wrong URL "
                     f"{shown_url(self.base_url + self.config.path)})")

@@ -32,6 +32,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from smysl.base import BaseEmbedder, check_flag, fingerprint_of, positive_int
+from smysl.files import machine_id, process_alive
 from smysl.scale.sources import (
     JOB_MANIFEST,
     Row,
@@ -468,30 +469,6 @@ class _Batch:
                       [self.owners[i] for i in keep])
 
 
-def _machine() -> str:
-    """8 hex digits naming this machine and pid namespace (host name, boot id, the pid
-    namespace): where a pid in a file name means a process this one can ask about."""
-    parts = [socket.gethostname()]
-    with contextlib.suppress(OSError):  # Linux only
-        parts.append(Path("/proc/sys/kernel/random/boot_id").read_text().strip())
-    with contextlib.suppress(OSError):
-        parts.append(str(os.stat("/proc/self/ns/pid").st_ino))
-    return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:8]
-
-
-def _alive(pid: int) -> bool:
-    """Whether process ``pid`` of this machine runs (True when that cannot be known)."""
-    if os.name == "nt":  # os.kill(pid, 0) there would send CTRL_C_EVENT
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:  # EPERM: it runs, as another user
-        return True
-    return True
-
-
 #: A run file (:data:`RUN_PREFIX`) and a shard's temporary file, read back.
 _RUN_FILE = re.compile(re.escape(RUN_PREFIX)
                        + r"(?P<fp>[0-9a-f]{16})\.(?P<machine>[0-9a-f]{8})\.(?P<pid>\d+)\.[0-9a-f]+")
@@ -535,7 +512,7 @@ class _ParquetWriter(_Writer):
         self.identity = {"fingerprint": fp, "model_name": model.name, **_identity(model, config)}
         self.manifest = self.dir / MANIFEST
         self.dir.mkdir(parents=True, exist_ok=True)
-        self.machine, self.pid = _machine(), os.getpid()
+        self.machine, self.pid = machine_id(), os.getpid()
         self.token = secrets.token_hex(4)
         self.parts: set[tuple[str, int]] = set()  # (content, part) of every committed shard
         self.run_file = self.dir / f"{RUN_PREFIX}{fp[:16]}.{self.machine}.{self.pid}.{self.token}"
@@ -559,7 +536,7 @@ class _ParquetWriter(_Writer):
             json.dump(about, f)
 
     def _gone(self, machine: str, pid: str) -> bool:
-        return machine == self.machine and not _alive(int(pid))
+        return machine == self.machine and not process_alive(int(pid))
 
     def _sweep(self) -> None:
         """Remove run and temporary files of processes certainly gone."""

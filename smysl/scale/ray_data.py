@@ -31,7 +31,7 @@ import numpy as np
 from smysl.base import BaseEmbedder, Progress, check_flag, check_progress, progress_bar
 from smysl.options import ModelOptions
 from smysl.registry import portable_model
-from smysl.scale.sources import to_row
+from smysl.scale.sources import missing, to_row
 from smysl.shown import first_line
 from smysl.tokenize import InputTooLongError, TextTokens
 
@@ -429,8 +429,7 @@ class _DatasetWorker(Worker):
             if row.problem is not None:
                 # pandas' None of a text column is NaN (pd.NA in a string column, shown
                 # "<NA>"): said as the null it stands for
-                i, t = (None if (isinstance(v, float) and v != v)
-                        or type(v).__name__ == "NAType" else v for v in
+                i, t = (None if missing(v) else v for v in
                         (v.item() if isinstance(v, np.generic) else v for v in (i, t)))
                 text = t[:40] + "..." if isinstance(t, str) and len(t) > 40 else t
                 raise BadRowError(f"Ray Data row ({id_column}={i!r}, {text_column}={text!r}): "

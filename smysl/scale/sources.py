@@ -157,9 +157,11 @@ def count_records(source: Source) -> int:
     return max(0, n - 1)
 
 
-def _missing(value: Any) -> bool:
-    """A null: None, or the NaN a float column (pandas, Ray Data) holds for one."""
-    return value is None or (isinstance(value, float) and math.isnan(value))
+def missing(value: Any) -> bool:
+    """A null: None, the NaN a float column (pandas, Ray Data) holds for one, or pandas' NA
+    (a ``string``/nullable column's; its ``== ""`` is NA, whose truth raises)."""
+    return (value is None or (isinstance(value, float) and math.isnan(value))
+            or type(value).__name__ == "NAType")
 
 
 def to_row(number: int, record: Any, id_field: str, text_field: str) -> Row:
@@ -171,9 +173,9 @@ def to_row(number: int, record: Any, id_field: str, text_field: str) -> Row:
         return Row(number, problem="more fields than the header has (an unquoted comma in a "
                    "field?)")
     rid, text = record.get(id_field), record.get(text_field)
-    if _missing(rid) or rid == "" or isinstance(rid, dict | list | bool):
+    if missing(rid) or rid == "" or isinstance(rid, dict | list | bool):
         return Row(number, problem=f"no usable id field {id_field!r}"
-                   if _missing(rid) or rid == "" else
+                   if missing(rid) or rid == "" else
                    f"id field {id_field!r} is not a string or number")
     if isinstance(rid, bytes):  # a Parquet binary column (older Spark/Hive write strings so)
         try:
@@ -181,7 +183,7 @@ def to_row(number: int, record: Any, id_field: str, text_field: str) -> Row:
         except UnicodeDecodeError:
             return Row(number, problem=f"id field {id_field!r} is bytes that are not UTF-8")
     if not isinstance(text, str):
-        return Row(number, problem=f"no text field {text_field!r}" if _missing(text)
+        return Row(number, problem=f"no text field {text_field!r}" if missing(text)
                    else f"text field {text_field!r} is not a string")
     rid = str(rid)
     # JSON may spell a lone surrogate ("\ud800"): not text, and no UTF-8 output can hold it

@@ -26,7 +26,7 @@ import sys
 import threading
 import time
 from typing import TextIO
-from urllib.parse import quote
+from urllib.parse import quote, unquote_plus
 
 from starlette.types import Scope
 
@@ -45,11 +45,25 @@ CLOSE_WAIT_S = 2.0
 _STATUS = {s.value: f"{s.value} {s.phrase}" for s in http.HTTPStatus}
 
 
-#: A query parameter that names a secret (``api_key=``, ``token=``, ``access_token=``,
-#: ``password=``...): its value is left out of the log. No route reads a key from the query,
-#: but a client that puts one there had it written to the log.
-_SECRET_PARAM = re.compile(r"((?:^|&)[^=&]*(?:key|token|secret|password|passwd|auth)[^=&]*)"
-                           r"=[^&]*", re.IGNORECASE)
+#: Words of a query parameter's name that make it a secret (``api_key``, ``access_token``,
+#: ``X-Amz-Signature``, ``sig``...): its value is left out of the log. No route reads a key
+#: from the query, but a client that put one there had it written to the log. A word ending
+#: in "key" or "token" counts too (``apikey``, ``accesstoken``); ``tokenizer`` does not.
+_SECRET_WORDS = frozenset({"auth", "authorization", "credential", "credentials", "jwt",
+                           "passwd", "password", "pwd", "secret", "session", "sessionid",
+                           "sig", "signature"})
+
+
+def _masked(query: str) -> str:
+    """``query`` with the value of each parameter named like a secret as ``***``."""
+    parts = []
+    for part in query.split("&"):
+        name, eq, _ = part.partition("=")
+        words = [w for w in re.split(r"[^a-z0-9]+", unquote_plus(name).lower()) if w]
+        if eq and any(w in _SECRET_WORDS or w.endswith(("key", "token")) for w in words):
+            part = f"{name}=***"
+        parts.append(part)
+    return "&".join(parts)
 
 
 class AccessLog:
@@ -86,7 +100,7 @@ class AccessLog:
                 else quote(scope["path"]))
         query = scope.get("query_string", b"")
         if query:
-            path += "?" + _SECRET_PARAM.sub(r"\1=***", query.decode("ascii", "replace"))
+            path += "?" + _masked(query.decode("ascii", "replace"))
         self._lines.append(
             f'INFO:     {addr} - "{scope["method"]} {path} '
             f'HTTP/{scope.get("http_version", "1.1")}" '

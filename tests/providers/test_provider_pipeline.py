@@ -152,7 +152,7 @@ def test_cli_embed_says_what_a_failure_part_way_spent_and_kept(
     assert code == 2 and out == "" and len(billed) == 2, err  # a refused input: code 2
     assert "spent before the error: " in err and "3 texts, 3 requests" in err, err
     assert "embed the same texts again" not in err
-    assert "the 2 rows embedded (and paid for) are not kept between runs of a command" in err
+    assert "the 2 lines embedded before it are not kept between runs; a corpus job" in err
 
 
 def test_a_served_provider_tells_clients_no_advice_for_its_own_failures() -> None:

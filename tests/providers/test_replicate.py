@@ -113,10 +113,16 @@ def test_a_prediction_without_an_id_is_a_malformed_answer_retried() -> None:
 
     with FakeServer(dims=64, replicate_polls=1) as srv:
         m = replicate(srv, max_retries=2)
-        srv.script.append(Fault(mutate=lambda b: {**b, "id": None, "urls": None}))
+        srv.script.append(Fault(mutate=lambda b: {**b, "id": None}))  # its urls are no use
         out = m.embed(["a"])
         np.testing.assert_allclose(out, expected(["a"], 64, 64), rtol=1e-5, atol=1e-6)
         assert m.usage.retries == 1
+    with FakeServer(dims=64, replicate_polls=1) as srv:  # no urls, an id: polled by its id
+        m = replicate(srv, max_retries=2)
+        srv.script.append(Fault(mutate=lambda b: {**b, "urls": None}))
+        out = m.embed(["a"])
+        np.testing.assert_allclose(out, expected(["a"], 64, 64), rtol=1e-5, atol=1e-6)
+        assert m.usage.retries == 0
 
 
 def test_the_key_goes_to_the_base_url_only() -> None:

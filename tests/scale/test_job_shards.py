@@ -149,7 +149,7 @@ def _dead_pid() -> int:
 def test_temp_and_run_files_of_dead_processes_are_removed(tiny, tmp_path) -> None:
     """A crashed process's temporary shard and run file (this machine, its pid gone) are
     removed by the next run; a live process's are kept."""
-    from smysl.scale.job import _machine
+    from smysl.files import machine_id as _machine
 
     _write(tmp_path / "in" / "x.jsonl", [("a", "alpha")])
     out = tmp_path / "out"
@@ -376,7 +376,7 @@ def test_another_job_is_refused_while_the_first_runs(tiny, tmp_path) -> None:
 def test_a_killed_jobs_folder_is_taken_over(tiny, tmp_path) -> None:
     """A job killed before committing a shard leaves its run file; its process is gone, so the
     corrected job takes the folder over (as after a job that failed)."""
-    from smysl.scale.job import _machine
+    from smysl.files import machine_id as _machine
 
     _write(tmp_path / "in" / "x.jsonl", [("a", "alpha")])
     out = tmp_path / "out"
@@ -419,7 +419,7 @@ def test_two_jobs_starting_at_once_do_not_both_claim_a_new_folder(tiny, tmp_path
     """A new folder (no job record yet) with another job's run file: that job is between
     starting and writing its record, so this one gives way instead of claiming the folder
     too (both would write their shards into it)."""
-    from smysl.scale.job import _machine
+    from smysl.files import machine_id as _machine
 
     _write(tmp_path / "in" / "x.jsonl", [("a", "alpha")])
     out = tmp_path / "out"

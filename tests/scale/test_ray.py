@@ -474,8 +474,13 @@ def test_a_pandas_na_text_is_named_null(tiny_dir) -> None:
 
     worker = _DatasetWorker(str(tiny_dir), OPTIONS, "id", "text", None, None, False)
     texts = pd.array(["a", pd.NA], dtype="string").to_numpy()
-    with pytest.raises(BadRowError, match=r"Ray Data row \(id=2, text=None\)"):
+    with pytest.raises(BadRowError, match=r"Ray Data row \(id=2, text=None\): no text field "
+                                          r"'text'"):
         worker({"id": np.array([1, 2]), "text": texts})
+    # a pd.NA id: "== ''" is NA, whose truth raised a TypeError in the row rule
+    ids = pd.array(["x", pd.NA], dtype="string").to_numpy()
+    with pytest.raises(BadRowError, match=r"Ray Data row \(id=None, text='b'\)"):
+        worker({"id": ids, "text": np.array(["a", "b"], dtype=object)})
 
 
 @slow

@@ -38,8 +38,9 @@ def test_lines_are_uvicorns_with_the_time_and_wait_for_the_flush() -> None:
         log.add(scope("/api/embed", client=None), 499, 1.0)
         log.add(scope("/путь с пробелом", method="GET"), 404, 0.0)
         # a key a client put in the query is not written (a review's: api_key=... was)
-        log.add(scope("/nope", b"api_key=S3CRET&x=1&Access_Token=t0k&tokenizer=&k=v",
-                      method="GET"), 404, 0.0)
+        log.add(scope("/nope", b"api_key=S3CRET&x=1&Access_Token=t0k&tokenizer=a&keyword=b"
+                      b"&author=c&X-Amz-Signature=d&sig=e&api%6Bey=f&k=v", method="GET"),
+                404, 0.0)
         assert out.getvalue() == ""  # nothing written on the request path
         await asyncio.sleep(access_log.FLUSH_S * 3)
 
@@ -51,8 +52,9 @@ def test_lines_are_uvicorns_with_the_time_and_wait_for_the_flush() -> None:
         'INFO:      - "POST /api/embed HTTP/1.1" 499 1000.0 ms',
         'INFO:     10.0.0.7:51234 - "GET /%D0%BF%D1%83%D1%82%D1%8C%20%D1%81%20%D0%BF%D1%80%D0%BE'
         '%D0%B1%D0%B5%D0%BB%D0%BE%D0%BC HTTP/1.1" 404 Not Found 0.0 ms',
-        'INFO:     10.0.0.7:51234 - "GET /nope?api_key=***&x=1&Access_Token=***&tokenizer=***&'
-        'k=v HTTP/1.1" 404 Not Found 0.0 ms']
+        'INFO:     10.0.0.7:51234 - "GET /nope?api_key=***&x=1&Access_Token=***&tokenizer=a&'
+        'keyword=b&author=c&X-Amz-Signature=***&sig=***&api%6Bey=***&k=v HTTP/1.1" 404 Not '
+        'Found 0.0 ms']
 
 
 class Writes(io.StringIO):
