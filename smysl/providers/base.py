@@ -400,8 +400,9 @@ class Provider(BaseEmbedder):
         # the API's steps up to the model's width; none that fits: the width as asked (a 400
         # of the server's own, unbilled, rather than full rows paid for)
         top = self._model_width or max(self.config.dimension_steps, default=0)
-        return min((s for s in self.config.dimension_steps
-                    if self.request_dimensions <= s <= top), default=self.request_dimensions)
+        low = max(self.request_dimensions, self.config.min_step_of(self.model))
+        return min((s for s in self.config.dimension_steps if low <= s <= top),
+                   default=self.request_dimensions)
 
     def _request(self, texts: list[str], *, truncate: bool, positions: list[int] | None = None,
                  deadline: Deadline | None = None) -> np.ndarray:

@@ -46,6 +46,9 @@ class ProviderConfig:
     #: Output width by model name (lower case) where the name does not say it (DashScope's
     #: largest sizes): asked for explicitly, and the bound of a ``dimensions`` given.
     model_widths: tuple[tuple[str, int], ...] = ()
+    #: The smallest ``dimensions`` step a model takes, by model name (lower case), where it is
+    #: above the API's smallest: a narrower width is asked as this one and cut here.
+    model_min_steps: tuple[tuple[str, int], ...] = ()
     #: Wall-clock seconds one HTTP request may take, from sending to the last byte of the
     #: answer (not per read: a body that drips in slowly times out too). Retried.
     timeout: float = 60.0
@@ -80,6 +83,10 @@ class ProviderConfig:
     def width_of(self, model: str) -> int | None:
         """The width :attr:`model_widths` gives ``model`` (None: not listed)."""
         return dict(self.model_widths).get(model.lower())
+
+    def min_step_of(self, model: str) -> int:
+        """The smallest ``dimensions`` step :attr:`model_min_steps` gives ``model`` (0: any)."""
+        return dict(self.model_min_steps).get(model.lower(), 0)
 
     def __post_init__(self) -> None:
         given = self.headers

@@ -24,13 +24,15 @@ PRESETS: dict[str, ProviderConfig] = {
         max_batch_texts=256, max_tokens=32768, supports_dimensions=True,
         headers=(("X-Title", "smysl"),)),
     # Documented: at most 10 rows per request and 8,192 tokens per row (text-embedding-v3/v4),
-    # and `dimensions` one of 64..2048 in steps (other values are a 400).
+    # and `dimensions` one of 64..2048 in steps (other values are a 400); text-embedding-v3
+    # takes only 1024, 768 and 512 in Singapore (64..1024 in Beijing): 512 is asked for less.
     "dashscope": ProviderConfig(
         name="dashscope", base_url="https://dashscope-intl.aliyuncs.com/compatible-mode/v1",
         api_key_env="DASHSCOPE_API_KEY", api_key_required=True, base_url_env="DASHSCOPE_BASE_URL",
         max_batch_texts=10, max_tokens=8192, supports_dimensions=True,
         dimension_steps=DIMENSION_STEPS,
-        model_widths=(("text-embedding-v4", 2048), ("text-embedding-v3", 1024))),
+        model_widths=(("text-embedding-v4", 2048), ("text-embedding-v3", 1024)),
+        model_min_steps=(("text-embedding-v3", 512),)),
     # docs.deepinfra.com/api-reference/openai-embeddings-1: "dimensions" (>= 32) is taken.
     "deepinfra": ProviderConfig(
         name="deepinfra", base_url="https://api.deepinfra.com/v1/openai",

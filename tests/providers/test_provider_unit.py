@@ -269,6 +269,16 @@ def test_a_width_between_an_api_s_steps_is_asked_as_the_next_one_up() -> None:
     h3 = Recorder(dims=4096)  # an API without steps gets the width asked
     make("deepinfra", "Qwen/Qwen3-Embedding-8B", h3, dimensions=300).embed(texts)
     assert h3.bodies[0]["dimensions"] == 300
+    # a review's: DashScope's text-embedding-v3 takes 1024, 768 and 512 only in Singapore
+    # (the preset's region): 256 was sent and refused; 512 is asked and cut here
+    h5 = Recorder(dims=1024)
+    out = make("dashscope", "text-embedding-v3", h5, dimensions=256).embed(texts)
+    assert h5.bodies[0]["dimensions"] == 512 and out.shape == (2, 256)
+    np.testing.assert_allclose(out, _unit(np.stack([det_vector(t, 1024)[:256]
+                                                    for t in texts])), rtol=1e-6)
+    h6 = Recorder(dims=1024)
+    make("dashscope", "text-embedding-v3", h6, dimensions=768).embed(texts)
+    assert h6.bodies[0]["dimensions"] == 768
 
 
 def test_a_server_that_refuses_dimensions_gets_full_rows_cut_here(caplog) -> None:  # type: ignore[no-untyped-def]
