@@ -149,7 +149,7 @@ def process_temp_dir(prefix: str) -> str:
     root, machine = Path(tempfile.gettempdir()), machine_id()
     named = re.compile(re.escape(prefix) + r"(?P<machine>[0-9a-f]{8})\.(?P<pid>[0-9]{1,10})-")
     with contextlib.suppress(OSError):
-        for old in root.glob(f"{prefix}*"):
+        for old in root.glob(f"{prefix}*") if os.name == "posix" else ():  # os.getuid
             m = named.match(old.name)
             if m is None or m["machine"] != machine or int(m["pid"]) == os.getpid():
                 continue
