@@ -40,8 +40,10 @@ class BackendHealth:
     engine process (which restarts itself)."""
 
     def __init__(self, what: str, healthy: Callable[[], bool], metrics: HealthMetrics, *,
-                 remote: bool) -> None:
+                 remote: bool, exit_after_s: float | None = None) -> None:
         self.what, self._healthy, self.metrics, self.remote = what, healthy, metrics, remote
+        #: Seconds down after which ``serve`` exits (:func:`exit_after`), None for never.
+        self.exit_after_s = exit_after_s
         #: When the backend went down (``time.monotonic``), None while it is up; and how long
         #: its last outage lasted (for Retry-After).
         self.down_since: float | None = None
@@ -79,11 +81,21 @@ class BackendHealth:
         """The documented 503 while the backend is down, with a Retry-After from the last
         measured outage."""
         expected = self.last_downtime or DOWN_RETRY_S
-        retry = max(1, math.ceil(expected - self.down_for()))
+        down = self.down_for()
+        retry = max(1, math.ceil(expected - down))
         why = ("its upstream API does not answer" if self.remote
                else "an engine process that exited restarts itself")
-        return ApiError("unavailable", f"{self.what} is down ({why}); retry shortly",
-                        headers={"Retry-After": str(retry)})
+        said = f"{self.what} is down ({why}); retry shortly"
+        if self.exit_after_s is not None and down > expected:
+            # down past what an outage (a restart) lasts: the engine may have stopped for good
+            # (its restarts spent); said was "restarts itself; retry shortly" with Retry-After
+            # 1 until the exit
+            left = max(0.0, self.exit_after_s - down)
+            said = (f"{self.what} has been down for {down:.0f} s; unless it is back within "
+                    f"{left:.0f} s the server exits for its supervisor to restart it; retry "
+                    "later")
+            retry = max(1, math.ceil(left))
+        return ApiError("unavailable", said, headers={"Retry-After": str(retry)})
 
     async def watch(self) -> None:
         """Poll for the life of the app (the app's lifespan runs it)."""

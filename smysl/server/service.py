@@ -21,7 +21,7 @@ from smysl.registry import names_of
 from smysl.server.batcher import INLINE_SIZE, BackendDown, Batcher, EmbedBackend, Job, Slot
 from smysl.server.config import ServerConfig
 from smysl.server.errors import ApiError, upstream_failed
-from smysl.server.health import BackendHealth
+from smysl.server.health import BackendHealth, exit_after
 from smysl.server.metrics import Metrics
 from smysl.shown import shown_source
 from smysl.tokenize import Direction, InputTooLongError, check_counts, fit_length
@@ -141,7 +141,9 @@ class Service:
         self.tokenizers = anyio.CapacityLimiter(2)
         self.health = BackendHealth(f"the model backend of {self.model_id!r}",
                                     lambda: embedder.healthy, metrics.backend,
-                                    remote=embedder.remote)
+                                    remote=embedder.remote,
+                                    exit_after_s=exit_after(config.unhealthy_exit_s,
+                                                            embedder.remote))
         if config.default_dimensions is not None:
             embedder.check_dimensions(config.default_dimensions)
 

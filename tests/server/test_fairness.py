@@ -244,6 +244,31 @@ def test_health_follows_the_backends_health() -> None:
         assert "smysl_backend_recovered_total 1.0" in text
 
 
+def test_a_long_outage_says_when_the_server_gives_up() -> None:
+    """A review's: after the engine's restarts were spent, every request and /health still
+    said "an engine process that exited restarts itself; retry shortly" with Retry-After 1,
+    until the server exited. Down longer than an outage lasts, the 503 says when the server
+    exits, and Retry-After points past it."""
+    from prometheus_client import CollectorRegistry
+
+    from smysl.server.health import BackendHealth
+    from smysl.server.metrics import HealthMetrics
+
+    h = BackendHealth("the engine", lambda: False, HealthMetrics(CollectorRegistry(), "t"),
+                      remote=False, exit_after_s=60.0)
+    h.check()
+    assert "restarts itself); retry shortly" in str(h.unavailable())  # a restart's time
+    h.down_since = time.monotonic() - 30  # long past it
+    err = h.unavailable()
+    assert "has been down for 30 s; unless it is back within 30 s the server exits" in str(err)
+    assert 29 <= int(err.headers["Retry-After"]) <= 31
+    never = BackendHealth("the API", lambda: False, HealthMetrics(CollectorRegistry(), "u"),
+                          remote=True)  # a remote backend: the server never exits for it
+    never.check()
+    never.down_since = time.monotonic() - 300
+    assert "retry shortly" in str(never.unavailable())
+
+
 def test_lone_surrogates_are_400_on_every_route(tiny) -> None:  # type: ignore[no-untyped-def]
     """issue 11 item 9: a lone surrogate in ``instruction`` (or the input) used to be a 500."""
     app = create_app(tiny, ServerConfig())
