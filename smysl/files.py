@@ -7,7 +7,11 @@ from __future__ import annotations
 import contextlib
 import csv
 import errno
+import hashlib
 import os
+import re
+import shutil
+import socket
 import stat
 import sys
 import tempfile
@@ -143,9 +147,6 @@ def process_temp_dir(prefix: str) -> str:
     (an OOM kill, a container's stop) never ran its clean-up, and each run left its sockets and
     metric files behind. Another machine's or pid namespace's folders (a shared ``/tmp``) are
     not judged."""
-    import re
-    import shutil
-
     root, machine = Path(tempfile.gettempdir()), machine_id()
     named = re.compile(re.escape(prefix) + r"(?P<machine>[0-9a-f]{8})\.(?P<pid>[0-9]{1,10})-")
     with contextlib.suppress(OSError):
@@ -164,9 +165,6 @@ def process_temp_dir(prefix: str) -> str:
 def machine_id() -> str:
     """8 hex digits naming this machine and pid namespace (host name, boot id, the pid
     namespace): where a pid in a file name means a process this one can ask about."""
-    import hashlib
-    import socket
-
     parts = [socket.gethostname()]
     with contextlib.suppress(OSError):  # Linux only
         parts.append(Path("/proc/sys/kernel/random/boot_id").read_text().strip())

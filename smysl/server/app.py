@@ -39,7 +39,7 @@ from smysl.server.config import (
 )
 from smysl.server.errors import Api, ApiError, api_of, render, shutting_down
 from smysl.server.fast import FastRoutes, content_type
-from smysl.server.health import BackendHealth, exit_after
+from smysl.server.health import BackendHealth
 from smysl.server.metrics import Metrics
 from smysl.server.service import TIMING_HEADERS, Service
 
@@ -626,7 +626,7 @@ async def _supervise(server: Any, healths: list[BackendHealth], config: ServerCo
             ready(str(host), int(port))
             ready = None
         down = [(h, limit) for h in healths
-                if (limit := exit_after(config.unhealthy_exit_s, h.remote)) is not None
+                if (limit := h.exit_after_s) is not None
                 and h.down_for() > limit]
         if down and not server.should_exit:
             log.error("%s has been down for %.0f s (unhealthy_exit_s); exiting with status %d "
