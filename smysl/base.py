@@ -110,9 +110,10 @@ class TokenLevel(Protocol):
     lets any requests share a forward pass, whatever their dimensions or normalisation."""
 
     def tokenize(self, texts: Sequence[str], *, truncate: bool = False,
-                 direction: Direction = "right") -> list[list[int]]:
-        """Token ids exactly as embedded (EOS last); over-long input raises
-        :class:`~smysl.tokenize.InputTooLongError` unless ``truncate``."""
+                 direction: Direction = "right", max_tokens: int | None = None
+                 ) -> list[list[int]]:
+        """Token ids exactly as embedded (EOS last); input over ``max_tokens`` (default: the
+        model's limit) raises :class:`~smysl.tokenize.InputTooLongError` unless ``truncate``."""
         ...
 
     def prepare_token_ids(self, ids: Sequence[Sequence[int]], *, truncate: bool = False,

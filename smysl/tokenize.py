@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from smysl.prompts import query_head
+
 EOS_TOKEN = "<|endoftext|>"
 EOS_ID = 151643
 
@@ -38,16 +40,24 @@ class InputTooLongError(ValueError):
     ``input[3]``) and audience. ``str(error)`` is the Python caller's wording.
     """
 
-    def __init__(self, *, index: int, tokens: int, limit: int, who: str = "the model") -> None:
+    def __init__(self, *, index: int, tokens: int, limit: int, who: str = "the model",
+                 head: int = 0) -> None:
+        """``head``: tokens of a query's instruction, set when truncating it would leave none
+        of the query's own text (the instruction alone fills the limit)."""
         self.index, self.tokens, self.limit, self.who = index, tokens, limit, who
+        self.head = head
         super().__init__(self.describe(f"input {index}", audience="python"))
 
-    def __reduce__(self) -> tuple[Any, tuple[int, int, int, str]]:
+    def __reduce__(self) -> tuple[Any, tuple[int, int, int, str, int]]:
         # pickled whole (an engine or Ray process to its caller): the keyword-only __init__
         # cannot take the message that pickle would pass by default
-        return _too_long, (self.index, self.tokens, self.limit, self.who)
+        return _too_long, (self.index, self.tokens, self.limit, self.who, self.head)
 
     def describe(self, what: str, *, audience: Audience = "http") -> str:
+        if self.head:
+            return (f"{what} is a query whose instruction alone has {self.head} tokens, and "
+                    f"{self.who} takes at most {self.limit} (EOS included): truncated, it would "
+                    "keep none of the query's text; use a shorter instruction or a larger limit")
         return (f"{what} has {self.tokens} tokens (special tokens included) but {self.who} "
                 f"takes at most {self.limit}; shorten it or {TRUNCATE_HINT[audience]}")
 
@@ -68,8 +78,9 @@ def check_unicode(text: str | None, what: str) -> None:
 _SURROGATE = re.compile("[\ud800-\udfff]")
 
 
-def _too_long(index: int, tokens: int, limit: int, who: str) -> InputTooLongError:
-    return InputTooLongError(index=index, tokens=tokens, limit=limit, who=who)
+def _too_long(index: int, tokens: int, limit: int, who: str, head: int = 0
+              ) -> InputTooLongError:
+    return InputTooLongError(index=index, tokens=tokens, limit=limit, who=who, head=head)
 
 
 def check_counts(counts: Sequence[int], limit: int, *, who: str = "the model") -> None:
@@ -82,19 +93,38 @@ def check_counts(counts: Sequence[int], limit: int, *, who: str = "the model") -
 
 
 def fit_length(ids: list[int], limit: int, *, eos_id: int, truncate: bool, index: int = 0,
-               direction: Direction = "right", who: str = "the model") -> list[int]:
+               direction: Direction = "right", who: str = "the model", head: int = 0
+               ) -> list[int]:
     """The one length rule: ``ids`` (EOS last) within ``limit`` tokens, EOS included.
 
     Over-long input raises :class:`InputTooLongError` unless ``truncate``; truncation keeps the
     beginning (``direction="right"``) or the end (``"left"``) of the text, and EOS stays last.
+    ``head``: leading tokens that truncation keeps whichever end it cuts (a query's
+    instruction, :func:`smysl.prompts.query_head`); a limit that leaves no token after them
+    raises, since the vector would be the instruction's alone.
     """
     if len(ids) <= limit:
         return ids
     if not truncate:
         raise InputTooLongError(index=index, tokens=len(ids), limit=limit, who=who)
     body, keep = ids[:-1], limit - 1
-    kept = body[:keep] if direction == "right" else body[len(body) - keep:]
+    head = min(head, len(body))
+    if head and keep <= head:
+        raise InputTooLongError(index=index, tokens=len(ids), limit=limit, who=who, head=head)
+    kept = body[:keep] if direction == "right" else [*body[:head], *body[len(body) - keep + head:]]
     return [*kept, eos_id]
+
+
+def _head_tokens(offsets: Sequence[tuple[int, int]], chars: int) -> int:
+    """Leading tokens that start within the first ``chars`` characters. The one that carries
+    the template's last ``:`` may carry the query's first letters too (Qwen's pre-tokenizer
+    joins ``:Word``): it counts as the instruction's."""
+    n = 0
+    for start, _ in offsets:
+        if start >= chars:
+            break
+        n += 1
+    return n
 
 
 #: Characters up to which one text is encoded holding the GIL (:meth:`Tokenizer._encodings`):
@@ -187,7 +217,8 @@ class Tokenizer:
     ) -> list[list[int]]:
         """Token ids per text, EOS last. Over-long input raises unless ``truncate``.
 
-        ``direction="right"`` keeps the beginning of a text, ``"left"`` its end; EOS stays last.
+        ``direction="right"`` keeps the beginning of a text, ``"left"`` its end; EOS stays
+        last, and a query keeps its instruction (:func:`fit_length`'s ``head``).
         ``first_index``: the index of ``texts[0]`` in the caller's input, for errors (a slice
         of a larger call).
         """
@@ -197,12 +228,13 @@ class Tokenizer:
         if limit < 1:
             raise ValueError(f"max_tokens must be >= 1, got {limit}")
         out = []
-        for i, enc in enumerate(self._encodings(texts)):
+        for i, (text, enc) in enumerate(zip(texts, self._encodings(texts), strict=True)):
             ids = list(enc.ids)
             if not self.appends_eos:
                 ids.append(self.eos_id)
+            head = _head_tokens(enc.offsets, query_head(text)) if len(ids) > limit else 0
             out.append(fit_length(ids, limit, eos_id=self.eos_id, truncate=truncate,
-                                  index=first_index + i, direction=direction))
+                                  index=first_index + i, direction=direction, head=head))
         return out
 
     def count(self, texts: Sequence[str]) -> list[int]:

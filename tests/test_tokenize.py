@@ -88,3 +88,36 @@ def test_too_long_error_survives_pickling() -> None:
     assert isinstance(e, InputTooLongError) and isinstance(e, ValueError)
     assert (e.index, e.tokens, e.limit, e.who) == (3, 40, 32, "m")
     assert str(e) == str(InputTooLongError(index=3, tokens=40, limit=32, who="m"))
+
+
+def test_truncating_a_query_keeps_its_instruction(both: tuple[Tokenizer, Tokenizer]) -> None:
+    """A review's: truncation from the left cut a query's instruction away, and the query was
+    embedded as the tail of a document; a limit the instruction alone fills embedded the
+    instruction with none of the query. Now the instruction stays whichever end is cut, and
+    such a limit is an error."""
+    import pickle
+
+    from smysl.prompts import DEFAULT_TASK, format_query
+
+    for tok in both:
+        query = format_query("слово " * 100 + "конец", DEFAULT_TASK)
+        head = format_query("", DEFAULT_TASK)
+        whole = tok.encode([query], max_tokens=10_000)[0]
+        left = tok.encode([query], truncate=True, direction="left")[0]
+        assert len(left) == 64 and left[-1] == EOS
+        n = len(tok.encode([head], max_tokens=10_000)[0]) - 1  # its tokens, EOS left out
+        assert left[:n - 1] == whole[:n - 1]  # the last may join the query's first letters
+        assert left[n:-1] == whole[len(whole) - 64 + n:-1]  # then the query's end
+        assert tok.decode(left).startswith(head) and tok.decode(left[:-1]).endswith("конец")
+        right = tok.encode([query], truncate=True)[0]
+        assert right == [*whole[:63], EOS]  # the beginning holds the instruction anyway
+        for direction in ("right", "left"):
+            with pytest.raises(InputTooLongError, match="instruction alone has") as e:
+                tok.encode([query], truncate=True, direction=direction,  # type: ignore[arg-type]
+                           max_tokens=n)
+            again = pickle.loads(pickle.dumps(e.value))
+            assert str(again) == str(e.value) and again.head == e.value.head
+        # a document is cut as before: its end kept, from its first token on
+        doc = "слово " * 100 + "конец"
+        wdoc = tok.encode([doc], max_tokens=10_000)[0]
+        assert tok.encode([doc], truncate=True, direction="left")[0] == wdoc[-64:]

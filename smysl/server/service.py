@@ -24,7 +24,7 @@ from smysl.server.errors import ApiError, upstream_failed
 from smysl.server.health import BackendHealth, exit_after
 from smysl.server.metrics import Metrics
 from smysl.shown import shown_source
-from smysl.tokenize import Direction, InputTooLongError, check_counts, fit_length
+from smysl.tokenize import Direction, InputTooLongError, check_counts
 
 _T = TypeVar("_T")
 
@@ -296,14 +296,7 @@ class Service:
             raise ApiError("invalid", str(e), param="instruction") from None
         if self.tokens is not None:
             ids = await self._tokenize(self.tokens, formatted, truncate, direction, what, slot,
-                                       first)
-            if context is not None:  # the one length rule, at the request's limit
-                who, most = context
-                try:
-                    ids = [fit_length(x, most, eos_id=x[-1], truncate=truncate, index=i,
-                                      direction=direction, who=who) for i, x in enumerate(ids)]
-                except InputTooLongError as e:
-                    raise self._too_long(what, e, first) from None
+                                       first, context)
             lengths = [len(x) for x in ids]
             self.check_tokens(lengths, what, first)
             job = Job(key=("ids",), items=ids, lengths=lengths, dimensions=dimensions,
@@ -340,15 +333,24 @@ class Service:
 
     async def _tokenize(self, tokens: TokenLevel, texts: list[str], truncate: bool,
                         direction: Direction, what: str, slot: Slot,
-                        first: int | None = None) -> list[list[int]]:
-        """Token ids as embedded (EOS last, truncated as asked); long requests off the loop."""
+                        first: int | None = None, context: tuple[str, int] | None = None
+                        ) -> list[list[int]]:
+        """Token ids as embedded (EOS last, truncated as asked); long requests off the loop.
+        ``context``: a request's own limit and its name, held to where below the model's."""
+        model = self.embedder.max_tokens
+        own = context is not None and (model is None or context[1] < model)
+        most = context[1] if context is not None and own else None
 
         def run() -> list[list[int]]:
-            return tokens.tokenize(texts, truncate=truncate, direction=direction)
+            return tokens.tokenize(texts, truncate=truncate, direction=direction,
+                                   max_tokens=most)
 
         try:
             return await self._off_loop(run, sum(map(len, texts)), slot)
         except InputTooLongError as e:
+            if context is not None and own:  # the error names the request's limit
+                e = InputTooLongError(index=e.index, tokens=e.tokens, limit=e.limit,
+                                      who=context[0], head=e.head)
             raise self._too_long(what, e, first) from None
 
     async def tokenizer_work(self, run: Callable[[], _T], size: int) -> _T:

@@ -173,6 +173,26 @@ def test_tei_truncation(client, tiny) -> None:  # type: ignore[no-untyped-def]
     assert not np.allclose(vecs(left), vecs(right))
 
 
+def test_tei_left_truncation_of_a_query_keeps_its_instruction(client, tiny) -> None:  # type: ignore[no-untyped-def]
+    """A review's: ``truncation_direction: left`` on a query cut its instruction away (the
+    vector was a document's tail). It keeps the instruction and the query's end; Ollama's
+    ``num_ctx`` that the instruction alone fills is a 400 naming it, not an instruction's
+    vector."""
+    query = tiny.format_texts([LONG], tiny.default_task)[0]
+    ids = tiny.tokenize([query], truncate=True, direction="left")
+    head = tiny.tokenize([tiny.format_texts([""], tiny.default_task)[0]])[0][:-2]
+    assert ids[0][:len(head)] == head
+    r = client.post("/embed", json={"inputs": [LONG], "prompt_name": "query", "truncate": True,
+                                    "truncation_direction": "left"})
+    assert r.status_code == 200, r.text
+    np.testing.assert_array_equal(vecs(r.json()), tiny.embed_token_ids(ids))
+    for route, body in (("/api/embed", {"input": ["short"]}), ("/api/embeddings",
+                                                                {"prompt": "short"})):
+        r = client.post(route, json={**body, "input_type": "query", "options": {"num_ctx": 8}})
+        assert r.status_code == 400, r.text
+        assert "instruction alone" in r.json()["error"] and "options.num_ctx" in r.json()["error"]
+
+
 def test_tei_tokenize(client, tiny) -> None:  # type: ignore[no-untyped-def]
     text = "Привет, world"
     toks = client.post("/tokenize", json={"inputs": text}).json()[0]
