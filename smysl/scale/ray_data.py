@@ -259,8 +259,16 @@ def usage_delta(before: dict[str, Any] | None,
     return out
 
 
+#: Times a part of a call is redone on a replacement actor after its actor died (a node
+#: lost, a process killed), before the call fails naming the part.
+TASK_RETRIES = 3
+
+
 class RayEmbedder(BaseEmbedder):
     """A model loaded in every actor of a pool; each ``embed`` call is split over the pool."""
+
+    #: What each actor runs (a subclass's tests give it one that fails on purpose).
+    worker: type[Worker] = Worker
 
     def __init__(self, model: str, options: ModelOptions | None = None,
                  config: RayConfig = RayConfig(), **load_kwargs: Any) -> None:
@@ -284,9 +292,11 @@ class RayEmbedder(BaseEmbedder):
             warnings.warn(f"the Ray cluster cannot hold the actor pool now: it needs {short}; "
                           f"waiting for it to grow (Ctrl-C to stop; fewer --actors or "
                           f"--gpus-per-actor fit it)", RuntimeWarning, stacklevel=2)
-        remote = ray.remote(Worker).options(
+        # a dead actor is replaced and its part redone, TASK_RETRIES times: a part that kills
+        # every actor it reaches (out of memory on its texts) was redone without end
+        remote = ray.remote(self.worker).options(
             num_cpus=config.num_cpus, num_gpus=config.num_gpus,
-            max_restarts=-1, max_task_retries=-1)  # a dead actor is replaced, its batch redone
+            max_restarts=-1, max_task_retries=TASK_RETRIES)
         # a relative folder names the driver's: the actors' working directory is another
         model = portable_model(model)
         self.actors = [remote.remote(model, options, load_kwargs or None)
@@ -360,7 +370,17 @@ class RayEmbedder(BaseEmbedder):
             done, pending = self._ray.wait(pending, num_returns=1)
             if progress is not None:
                 progress.update(sum(size[f] for f in done))
-        results = self._ray.get(futures)
+        results = []
+        for f, part in zip(futures, parts, strict=True):
+            try:
+                results.append(self._ray.get(f))
+            except self._ray.exceptions.RayActorError as e:
+                raise RuntimeError(
+                    f"a Ray actor died {TASK_RETRIES + 1} times embedding texts "
+                    f"{part.start}..{part.stop - 1} of this call ({part.stop - part.start} "
+                    f"texts), each time on a replacement: out of memory on these texts (a "
+                    f"smaller --batch-size, or actors with more memory), or its nodes lost; "
+                    f"Ray said: {first_line(e)}") from None
         for _, usage in results:
             self._add_usage(usage)
         for part, (out, _) in zip(parts, results, strict=True):

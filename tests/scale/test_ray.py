@@ -578,3 +578,38 @@ def test_cli_ray_flag(cluster, tiny_dir, reference, corpus, tmp_path, capsys) ->
                  "--actors", "2", "--no-progress"]) == 0
     assert "embedded 60 texts" in capsys.readouterr().err
     assert set(_read(tmp_path / "out")) == {r["id"] for r in rows}
+
+
+def test_a_part_that_kills_every_actor_fails_naming_it(cluster, tiny_dir, corpus,
+                                                      tmp_path) -> None:
+    """A review's: actors were retried without end (``max_task_retries=-1``), so one batch
+    that killed every actor it reached (out of memory on its texts) hung the job for good. It
+    is redone TASK_RETRIES times, then the job stops naming the part; the shards before it
+    stay, and the pool still embeds."""
+    from smysl.scale.ray_data import TASK_RETRIES, RayConfig, RayEmbedder, Worker
+
+    def poisoned() -> type[Worker]:
+        class Dies(Worker):  # defined here: Ray sends it to the actors by value
+            def metered(self, method, texts, *args):  # type: ignore[no-untyped-def]
+                if any("POISON" in t for t in texts):
+                    os._exit(1)  # as the kernel's OOM killer ends a process
+                return super().metered(method, texts, *args)
+
+        return Dies
+
+    path, rows = corpus
+    rows[25]["text"] = "POISON " + rows[25]["text"]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+
+    class Pool(RayEmbedder):
+        worker = poisoned()
+
+    with Pool(str(tiny_dir), OPTIONS, RayConfig(actors=2)) as model:
+        t0 = time.monotonic()
+        with pytest.raises(RuntimeError, match=rf"died {TASK_RETRIES + 1} times embedding "
+                                               r"texts 0\.\.1 of this call"):
+            run_job(model, [path], JobConfig(output=str(tmp_path / "out"), shard_rows=10,
+                                             batch_size=4))
+        assert time.monotonic() - t0 < 120
+        assert model.embed(["still here"]).shape == (1, model.dimensions)
+    assert len(list((tmp_path / "out").glob("*.parquet"))) == 2  # rows 0..19 stay
