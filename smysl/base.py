@@ -110,10 +110,12 @@ class TokenLevel(Protocol):
     lets any requests share a forward pass, whatever their dimensions or normalisation."""
 
     def tokenize(self, texts: Sequence[str], *, truncate: bool = False,
-                 direction: Direction = "right", max_tokens: int | None = None
-                 ) -> list[list[int]]:
+                 direction: Direction = "right", max_tokens: int | None = None,
+                 head_chars: int = 0) -> list[list[int]]:
         """Token ids exactly as embedded (EOS last); input over ``max_tokens`` (default: the
-        model's limit) raises :class:`~smysl.tokenize.InputTooLongError` unless ``truncate``."""
+        model's limit) raises :class:`~smysl.tokenize.InputTooLongError` unless ``truncate``,
+        which keeps the first ``head_chars`` characters of each text (a query's instruction)
+        whichever end it cuts."""
         ...
 
     def prepare_token_ids(self, ids: Sequence[Sequence[int]], *, truncate: bool = False,

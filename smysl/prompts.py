@@ -89,19 +89,6 @@ def task_of_query_prompt(prompt: str) -> str | None:
     return None
 
 
-def query_head(text: str) -> int:
-    """Characters of ``text`` that are its query instruction (:data:`QUERY_TEMPLATE` up to and
-    including ``Query:``); 0 for a text not written with the template. Truncation keeps them
-    whichever end it cuts: a query cut from the left lost its instruction and was embedded as
-    a document's tail."""
-    head, _, tail = QUERY_TEMPLATE.partition("{task}")
-    mark = tail.removesuffix("{text}")
-    if not text.startswith(head):
-        return 0
-    at = text.find(mark, len(head))
-    return 0 if at < 0 else at + len(mark)
-
-
 def format_query(text: str, task: str | None) -> str:
     """Apply the query template; with no task the text is returned unchanged (document side)."""
     resolved = resolve_task(task)

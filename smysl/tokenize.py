@@ -13,8 +13,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from smysl.prompts import query_head
-
 EOS_TOKEN = "<|endoftext|>"
 EOS_ID = 151643
 
@@ -100,7 +98,7 @@ def fit_length(ids: list[int], limit: int, *, eos_id: int, truncate: bool, index
     Over-long input raises :class:`InputTooLongError` unless ``truncate``; truncation keeps the
     beginning (``direction="right"``) or the end (``"left"``) of the text, and EOS stays last.
     ``head``: leading tokens that truncation keeps whichever end it cuts (a query's
-    instruction, :func:`smysl.prompts.query_head`); a limit that leaves no token after them
+    instruction); a limit that leaves no token after them
     raises, since the vector would be the instruction's alone.
     """
     if len(ids) <= limit:
@@ -214,11 +212,13 @@ class Tokenizer:
         direction: Direction = "right",
         max_tokens: int | None = None,
         first_index: int = 0,
+        head_chars: int = 0,
     ) -> list[list[int]]:
         """Token ids per text, EOS last. Over-long input raises unless ``truncate``.
 
         ``direction="right"`` keeps the beginning of a text, ``"left"`` its end; EOS stays
-        last, and a query keeps its instruction (:func:`fit_length`'s ``head``).
+        last. ``head_chars``: leading characters of every text that truncation keeps, a
+        query's instruction (the template up to ``Query:``; :func:`fit_length`'s ``head``).
         ``first_index``: the index of ``texts[0]`` in the caller's input, for errors (a slice
         of a larger call).
         """
@@ -228,11 +228,11 @@ class Tokenizer:
         if limit < 1:
             raise ValueError(f"max_tokens must be >= 1, got {limit}")
         out = []
-        for i, (text, enc) in enumerate(zip(texts, self._encodings(texts), strict=True)):
+        for i, enc in enumerate(self._encodings(texts)):
             ids = list(enc.ids)
             if not self.appends_eos:
                 ids.append(self.eos_id)
-            head = _head_tokens(enc.offsets, query_head(text)) if len(ids) > limit else 0
+            head = _head_tokens(enc.offsets, head_chars) if len(ids) > limit else 0
             out.append(fit_length(ids, limit, eos_id=self.eos_id, truncate=truncate,
                                   index=first_index + i, direction=direction, head=head))
         return out

@@ -233,15 +233,16 @@ class Embedder(OnEngine, BaseEmbedder, TokenLevel):
 
     # ------------------------------------------------------------------ TokenLevel
     def tokenize(self, texts: Sequence[str], *, truncate: bool = False,
-                 direction: Direction = "right", max_tokens: int | None = None
-                 ) -> list[list[int]]:
+                 direction: Direction = "right", max_tokens: int | None = None,
+                 head_chars: int = 0) -> list[list[int]]:
         """Token ids exactly as they are embedded (EOS last), within ``max_tokens`` (at most
         the model's limit)."""
         if max_tokens is not None and max_tokens < 1:
             raise ValueError(f"max_tokens must be >= 1, got {max_tokens}")
         most = self.limit if max_tokens is None else min(max_tokens, self.limit)
         return self.tokenizer.encode(self._check_texts(texts), truncate=truncate,
-                                     direction=direction, max_tokens=most)
+                                     direction=direction, max_tokens=most,
+                                     head_chars=head_chars)
 
     def prepare_token_ids(self, ids: Sequence[Sequence[int]], *, truncate: bool = False,
                           direction: Direction = "right") -> list[list[int]]:

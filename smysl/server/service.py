@@ -295,8 +295,10 @@ class Service:
         except ValueError as e:
             raise ApiError("invalid", str(e), param="instruction") from None
         if self.tokens is not None:
+            # the query template's head (none for documents): truncation keeps it
+            head = len(self.embedder.format_texts([""], instruction)[0])
             ids = await self._tokenize(self.tokens, formatted, truncate, direction, what, slot,
-                                       first, context)
+                                       first, context, head)
             lengths = [len(x) for x in ids]
             self.check_tokens(lengths, what, first)
             job = Job(key=("ids",), items=ids, lengths=lengths, dimensions=dimensions,
@@ -333,17 +335,18 @@ class Service:
 
     async def _tokenize(self, tokens: TokenLevel, texts: list[str], truncate: bool,
                         direction: Direction, what: str, slot: Slot,
-                        first: int | None = None, context: tuple[str, int] | None = None
-                        ) -> list[list[int]]:
+                        first: int | None = None, context: tuple[str, int] | None = None,
+                        head: int = 0) -> list[list[int]]:
         """Token ids as embedded (EOS last, truncated as asked); long requests off the loop.
-        ``context``: a request's own limit and its name, held to where below the model's."""
+        ``context``: a request's own limit and its name, held to where below the model's;
+        ``head``: each text's leading characters that truncation keeps (a query's template)."""
         model = self.embedder.max_tokens
         own = context is not None and (model is None or context[1] < model)
         most = context[1] if context is not None and own else None
 
         def run() -> list[list[int]]:
             return tokens.tokenize(texts, truncate=truncate, direction=direction,
-                                   max_tokens=most)
+                                   max_tokens=most, head_chars=head)
 
         try:
             return await self._off_loop(run, sum(map(len, texts)), slot)

@@ -178,10 +178,11 @@ def test_tei_left_truncation_of_a_query_keeps_its_instruction(client, tiny) -> N
     vector was a document's tail). It keeps the instruction and the query's end; Ollama's
     ``num_ctx`` that the instruction alone fills is a 400 naming it, not an instruction's
     vector."""
-    query = tiny.format_texts([LONG], tiny.default_task)[0]
-    ids = tiny.tokenize([query], truncate=True, direction="left")
-    head = tiny.tokenize([tiny.format_texts([""], tiny.default_task)[0]])[0][:-2]
+    query, template = tiny.format_texts([LONG, ""], tiny.default_task)
+    ids = tiny.tokenize([query], truncate=True, direction="left", head_chars=len(template))
+    head = tiny.tokenize([template])[0][:-2]
     assert ids[0][:len(head)] == head
+    assert tiny.tokenize([query], truncate=True, direction="left")[0][:len(head)] != head
     r = client.post("/embed", json={"inputs": [LONG], "prompt_name": "query", "truncate": True,
                                     "truncation_direction": "left"})
     assert r.status_code == 200, r.text
