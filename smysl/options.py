@@ -61,6 +61,11 @@ class ModelOptions:
                 raise ValueError(f"{name} ({FLAGS[name]}) must be a positive integer, "
                                  f"got {value!r}")
             object.__setattr__(self, name, count)  # a plain int (frozen)
+        if self.threads is not None and self.lanes is not None and self.lanes > self.threads:
+            # each lane runs threads // lanes threads: 0 (a lane per thread was run instead)
+            raise ValueError(f"lanes ({FLAGS['lanes']}) {self.lanes} is more than threads "
+                             f"({FLAGS['threads']}) {self.threads}: each lane runs on its "
+                             "share of the threads; use at most as many lanes as threads")
         for name in ("process", "cuda_kernels"):  # process="no" started a child process
             if getattr(self, name) is not None:
                 object.__setattr__(self, name, check_flag(getattr(self, name), name))

@@ -255,6 +255,10 @@ class Engine:
         if device.type == "cpu":
             self.lanes = lanes or (self.tuned.lanes if self.tuned and self.tuned.lanes
                                    else default_lanes(torch.get_num_threads(), kernel))
+            if lanes and lanes > torch.get_num_threads():  # as many run as fit the threads
+                log.warning("lanes=%d: torch runs %d thread(s) here, so %d lane(s) of one "
+                            "thread each run", lanes, torch.get_num_threads(),
+                            torch.get_num_threads())
             if self.lanes > 1 and not per_thread_counts():
                 log.warning("lanes: torch's thread count is process-wide here (its parallel "
                             "backend is not OpenMP): one lane")

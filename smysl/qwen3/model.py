@@ -62,12 +62,25 @@ class Qwen3Config:
         if rope.get("rope_type", rope.get("type", "default")) not in ("default", None):
             raise ValueError(f"unsupported rope scaling {rope!r}")
         theta = d.get("rope_theta", rope.get("rope_theta", 1_000_000.0))
+        # fields the forward pass would otherwise ignore without a word (other vectors)
+        act = d.get("hidden_act", "silu")
+        if act != "silu":
+            raise ValueError(f"unsupported hidden_act {act!r}: Qwen3's MLP is SwiGLU (silu)")
+        layers = int(d["num_hidden_layers"])
+        types = d.get("layer_types")
+        slides = (any(t != "full_attention" for t in types) if types
+                  else bool(d.get("use_sliding_window")) and d.get("sliding_window") is not None
+                  and int(d.get("max_window_layers") or 0) < layers)
+        if slides:
+            raise ValueError(f"unsupported sliding-window attention (sliding_window="
+                             f"{d.get('sliding_window')!r}): every layer here attends to the "
+                             "whole text, as Qwen3-Embedding's do")
         heads = int(d["num_attention_heads"])
         return cls(
             vocab_size=int(d["vocab_size"]),
             hidden_size=int(d["hidden_size"]),
             intermediate_size=int(d["intermediate_size"]),
-            num_hidden_layers=int(d["num_hidden_layers"]),
+            num_hidden_layers=layers,
             num_attention_heads=heads,
             num_key_value_heads=int(d.get("num_key_value_heads", heads)),
             head_dim=int(d.get("head_dim") or d["hidden_size"] // heads),

@@ -4,6 +4,7 @@ torch's threads; the vectors bit-identical to one lane's and to each text embedd
 from __future__ import annotations
 
 import gc
+import logging
 import random
 import signal
 import threading
@@ -46,6 +47,10 @@ def test_lanes_option_is_checked() -> None:
     with pytest.raises(ValueError, match="lanes"):
         ModelOptions(lanes=0)
     assert ModelOptions(lanes=2).lanes == 2
+    # a review's: lanes=2 on one thread ran one lane without a word
+    with pytest.raises(ValueError, match="more than threads"):
+        ModelOptions(threads=1, lanes=2)
+    assert ModelOptions(threads=2, lanes=2).lanes == 2
 
 
 def until(cond: Callable[[], bool], timeout: float = 10.0) -> None:
@@ -342,13 +347,16 @@ def test_lanes_survive_close_abandoned_calls_and_concurrent_passes(tiny_dir: Pat
 
 
 @two_threads
-def test_lanes_fit_the_threads_and_stop_with_their_engine(tiny_dir: Path) -> None:
+def test_lanes_fit_the_threads_and_stop_with_their_engine(tiny_dir: Path,
+                                                          caplog: pytest.LogCaptureFixture) -> None:
     before = torch.get_num_threads()
     torch.set_num_threads(2)
     try:
         others = set(threading.enumerate())
-        emb = Embedder.load(str(tiny_dir), device="cpu", dtype="float32", max_batch_tokens=48,
-                            lanes=4)
+        with caplog.at_level(logging.WARNING, logger="smysl.qwen3.engine"):
+            emb = Embedder.load(str(tiny_dir), device="cpu", dtype="float32",
+                                max_batch_tokens=48, lanes=4)
+        assert "lanes=4: torch runs 2 thread(s) here" in caplog.text  # said, not silent
         emb.embed(texts(20))
         engine = emb.engine
         assert engine.running_lanes == 2  # type: ignore[attr-defined]  # 4 lanes, 2 threads

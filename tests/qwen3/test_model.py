@@ -358,6 +358,32 @@ def test_config_from_transformers_v4_and_v5_dicts() -> None:
         Qwen3Config.from_dict({**base, "rope_scaling": {"rope_type": "yarn", "factor": 4}})
 
 
+def test_config_fields_the_forward_would_ignore_are_refused() -> None:
+    """A review's: a checkpoint with ``hidden_act: gelu`` or sliding-window attention loaded
+    and was computed as SiLU with full attention (0.015-0.02 off transformers) without a
+    word. They are refused; the configs transformers writes for Qwen3 load."""
+    from transformers import Qwen3Config as HFConfig
+
+    shape = dict(vocab_size=10, hidden_size=8, intermediate_size=16, num_hidden_layers=2,
+                 num_attention_heads=2, num_key_value_heads=1, head_dim=4)
+    plain = HFConfig(**shape).to_dict()  # as transformers saves it (layer_types, v5)
+    assert Qwen3Config.from_dict(plain).num_hidden_layers == 2
+    old = {k: v for k, v in plain.items() if k != "layer_types"}  # as 4.x saved it
+    assert Qwen3Config.from_dict({**old, "use_sliding_window": False, "sliding_window": None,
+                                  "max_window_layers": 28}) == Qwen3Config.from_dict(plain)
+    # a window that no layer uses (max_window_layers covers them all) changes nothing
+    assert Qwen3Config.from_dict({**old, "use_sliding_window": True, "sliding_window": 64,
+                                  "max_window_layers": 2}) == Qwen3Config.from_dict(plain)
+    with pytest.raises(ValueError, match="hidden_act 'gelu'"):
+        Qwen3Config.from_dict(HFConfig(**shape, hidden_act="gelu").to_dict())
+    with pytest.raises(ValueError, match="sliding-window"):
+        Qwen3Config.from_dict(HFConfig(**shape, use_sliding_window=True, sliding_window=64,
+                                       max_window_layers=0).to_dict())
+    with pytest.raises(ValueError, match="sliding-window"):
+        Qwen3Config.from_dict({**old, "use_sliding_window": True, "sliding_window": 64,
+                               "max_window_layers": 1})
+
+
 def test_norm_rope_takes_a_weight_row_per_group_of_heads() -> None:
     """q and k in one call: x [t, G, Hkv, D] with a weight row per group (the query groups'
     q_norm, the last group's k_norm) == each group through the reference chain."""
