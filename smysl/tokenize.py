@@ -98,8 +98,8 @@ def fit_length(ids: list[int], limit: int, *, eos_id: int, truncate: bool, index
     Over-long input raises :class:`InputTooLongError` unless ``truncate``; truncation keeps the
     beginning (``direction="right"``) or the end (``"left"``) of the text, and EOS stays last.
     ``head``: leading tokens that truncation keeps whichever end it cuts (a query's
-    instruction); a limit that leaves no token after them
-    raises, since the vector would be the instruction's alone.
+    instruction); a limit that leaves no token after them raises, since the vector would be
+    the instruction's alone.
     """
     if len(ids) <= limit:
         return ids
