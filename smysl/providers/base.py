@@ -359,6 +359,20 @@ class Provider(BaseEmbedder):
             # the size for this batch, its retries and the call's later batches (issue 11 9a).
             self._embed_batch(texts, batch, truncate, out, done, deadline, limit)
             return
+        except ProviderHTTPError as e:
+            if e.status not in (400, 422):
+                raise
+            if len(batch) == 1:
+                raise self._input_refused(batch[0], e) from e
+            # Which input was refused? The answer seldom says (one message for the batch), and
+            # the error named the batch's first. Halves find it: a refusal is not billed, and
+            # the inputs a half embeds are ones the call needs (a request's token cap is
+            # passed so too). An error of the request's, not of an input, stops at the first
+            # input after log2(batch) refusals.
+            half = len(batch) // 2
+            self._embed_batch(texts, batch[:half], truncate, out, done, deadline, limit)
+            self._embed_batch(texts, batch[half:], truncate, out, done, deadline, limit)
+            return
         limit.passed(len(batch))
         out[batch] = rows
         done[batch] = True
@@ -372,6 +386,12 @@ class Provider(BaseEmbedder):
             f"input itself exceeds what the server takes: "
             f"{error.body.strip()[:300]}",  # redacted by the client already
             error.status, error.body)
+
+    def _input_refused(self, position: int, error: ProviderHTTPError) -> ProviderHTTPError:
+        """The error for input ``position`` refused (400/422) in a request of its own."""
+        said = str(error).removeprefix(f"{self.name}: ")  # "HTTP 400: its answer"
+        return ProviderHTTPError(f"{self.name}: input #{position}, sent alone, was refused: "
+                                 f"{said}", error.status, error.body)
 
     def _probe(self) -> None:
         """Whether a down upstream is back: one short text, one timeout (usage records it)."""

@@ -128,10 +128,12 @@ def test_dashscope_ten_row_limit_is_respected() -> None:
         m = load(srv, "dashscope", dimensions=32)
         m.embed(texts)
         assert sorted(len(b["input"]) for b in srv.requests) == [5, 10, 10]
-        # The limit is real: a client that ignores it gets DashScope's 400, not retried.
+        # The limit is real: a client that ignores it gets DashScope's 400, not retried; its
+        # halves pass (a refused batch is halved to find the input refused)
+        want, before = m.embed(texts), len(srv.requests)
         over = load(srv, "dashscope", dimensions=32, max_batch_texts=20)
-        with pytest.raises(IncompleteEmbeddingError, match="should not be larger than 10"):
-            over.embed(texts)
+        np.testing.assert_array_equal(over.embed(texts), want)
+        assert sorted(len(b["input"]) for b in srv.requests[before:]) == [5, 10, 10, 20]
 
 
 def test_tei_413_is_split_to_the_servers_limit(tokenizer_path: Path) -> None:

@@ -414,17 +414,54 @@ def test_auth_and_unknown_model_fail_fast(status: int, hint: str) -> None:
             make("deepinfra", "m", h, dimensions=16).embed(["a"])
 
 
+class Refusing(Recorder):
+    """Answers 400 to any request holding a text in ``refused``, as an API refuses a batch
+    for one input in it without saying which."""
+
+    def __init__(self, refused: set[str], **kw: Any) -> None:
+        super().__init__(**kw)
+        self.refused = refused
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        texts = json.loads(request.content)["input"]
+        if self.refused & set(texts):
+            self.requests.append(request)
+            self.bodies.append(json.loads(request.content))
+            return httpx.Response(400, json={"error": {"message": "bad input"}})
+        return super().__call__(request)
+
+
 @pytest.mark.filterwarnings("ignore:no Qwen3 tokenizer")
 def test_other_4xx_is_not_retried_and_names_inputs() -> None:
-    h = Recorder(script=[httpx.Response(200, json={"data": [
-        {"index": 0, "embedding": [1.0] * 16}, {"index": 1, "embedding": [1.0] * 16}]}),
-        httpx.Response(400, json={"error": {"message": "bad input"}})])
+    h = Refusing({"c"})
     p = make("openai", "m", h, dimensions=16, max_batch_texts=2, max_concurrency=1)
-    with pytest.raises(RejectedInputError, match="bad input") as e:
+    with pytest.raises(RejectedInputError, match=r"input #2, sent alone, was refused: HTTP 400: "
+                                                 r".*bad input") as e:
         p.embed(["a", "b", "c", "d", "e"])
     assert e.value.failed == [2, 3, 4] and e.value.total == 5
     assert isinstance(e.value, ValueError) and isinstance(e.value, IncompleteEmbeddingError)
-    assert len(h.bodies) == 2  # the 400 was not retried, the last batch never sent
+    # the 400 was not retried: the batch [c, d] halved, c refused alone; e never sent
+    assert [b["input"] for b in h.bodies] == [["a", "b"], ["c", "d"], ["c"]]
+
+
+@pytest.mark.filterwarnings("ignore:no Qwen3 tokenizer")
+def test_a_refused_batch_is_halved_to_the_input_refused() -> None:
+    """A review's: a 400 for a batch named the batch's first input (#0 of 32), whichever the
+    API refused. Halves find it (refusals are not billed; what a half embeds is kept): the
+    error names #21, and every other input of the call is embedded, kept for a resume."""
+    texts = [f"t{i}" for i in range(32)]
+    h = Refusing({"t21"})
+    p = make("openai", "m", h, dimensions=16, max_batch_texts=32, max_concurrency=1)
+    with pytest.raises(RejectedInputError, match=r"input #21, sent alone, was refused") as e:
+        p.embed(texts)
+    assert e.value.failed[0] == 21 and 20 in e.value.done
+    refusals = [b for b in h.bodies if "t21" in b["input"]]
+    assert len(refusals) == 6 and len(h.bodies) <= 12  # 32, 16, 8, 4, 2, 1
+    h.refused, before = set(), len(h.bodies)
+    again = p.embed(texts)  # resumes: only what the refusal stopped is sent
+    np.testing.assert_array_equal(again, make("openai", "m", Recorder(), dimensions=16)
+                                  .embed(texts))
+    assert [t for b in h.bodies[before:] for t in b["input"]] == texts[21:]
 
 
 def test_retry_after_is_honoured_and_bounded() -> None:
