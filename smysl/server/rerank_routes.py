@@ -121,7 +121,8 @@ class RerankV2Request(ApiRequest):
     documents: list[StrictStr]
     top_n: StrictInt | None = None
     max_tokens_per_doc: StrictInt | None = None
-    relevant_spans: dict[str, Any] | None = None
+    #: Rerank v5's spans: an object with a ``mode``, or (some clients) a bare flag
+    relevant_spans: dict[str, Any] | StrictBool | None = None
     instruction: StrictStr | None = Field(None, description="smysl extension: the Instruct line")
 
 
@@ -409,7 +410,9 @@ def router(rs: RerankService, *, root: bool = False) -> APIRouter:
         documents are cut to ``max_tokens_per_doc`` tokens (Cohere's default: 4,096)."""
         rs.resolve_model(body.model)
         check_top_n(body.top_n)
-        if (body.relevant_spans or {}).get("mode", "disabled") != "disabled":
+        spans = body.relevant_spans
+        if spans is True or (isinstance(spans, dict)
+                             and spans.get("mode", "disabled") != "disabled"):
             raise ApiError("unsupported", "relevant_spans needs a Cohere Rerank v5 model; this "
                            f"server reranks with {rs.model_id!r} and returns no spans",
                            param="relevant_spans")

@@ -354,10 +354,17 @@ def test_cohere_v2_sdk_reranks_with_max_tokens_per_doc(reranker: Any) -> None:
         assert httpx.post(f"{url}/v2/rerank", json={"model": "gpt-4", "query": QUERY,
                                                     "documents": DOCS}).status_code == 404
         for bad in ({"max_tokens_per_doc": 0}, {"top_n": 0}, {"documents": [{"text": "x"}]},
-                    {"relevant_spans": {"mode": "enabled"}}, {"query": ""}):
+                    {"relevant_spans": {"mode": "enabled"}}, {"relevant_spans": True},
+                    {"query": ""}):
             r = httpx.post(f"{url}/v2/rerank", json={"query": QUERY, "documents": DOCS, **bad})
             # the /v1 routes' shape and status: Cohere's SDK raises BadRequestError
             assert r.status_code == 400 and r.json()["error"]["message"], (bad, r.text)
+            if "relevant_spans" in bad:  # said as such, not as a type error (a review's)
+                assert "Rerank v5" in r.json()["error"]["message"], r.text
+        for off in (False, {"mode": "disabled"}):
+            r = httpx.post(f"{url}/v2/rerank", json={"query": QUERY, "documents": DOCS,
+                                                     "relevant_spans": off})
+            assert r.status_code == 200, (off, r.text)
         assert 'route="/v2/rerank"' in httpx.get(f"{url}/metrics").text
 
 
