@@ -127,10 +127,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     _store_arguments(v)
     add_model_arguments(v, required=False)
 
-    d = sub.add_parser("delete", help="delete documents' chunks by id and/or filter")
+    d = sub.add_parser("delete", help="delete the chunks that meet every condition given: "
+                                      "one of the --doc-id ids, and every --where")
     _store_arguments(d)
-    d.add_argument("--doc-id", action="append", help="document id (repeatable)")
-    d.add_argument("--where", action="append", help="filter: key=value, key>=n (repeatable)")
+    d.add_argument("--doc-id", action="append",
+                   help="document id (repeatable: any of them)")
+    d.add_argument("--where", action="append",
+                   help="filter: key=value, key>=n (repeatable: all of them, and the --doc-id)")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -26,6 +26,7 @@ from typing import Any
 from smysl.eval.config import PROTOCOL, EvalConfig
 from smysl.eval.results import ModelResult, model_slug
 from smysl.files import replace_file
+from smysl.registry import ALIASES
 from smysl.shown import nan_as_null
 
 Run = dict[str, Any]  # one model's results as stored in results.json
@@ -159,8 +160,12 @@ def run_labels(runs: Sequence[Run]) -> list[str]:
     apart runs of one name (quantization or dtype, then dtype, device, max tokens, backend;
     as recorded in their ``info``), and a number where even those agree."""
     labels = [str(r["model"]) for r in runs]
-    for name in set(labels):
-        group = [i for i, label in enumerate(labels) if label == name]
+    # one checkpoint under two names (the docs' `-m Qwen/Qwen3-Embedding-0.6B`, then
+    # `-m qwen3-embedding:0.6b --quantize int8 --compare`) is one group: its columns said
+    # nothing of which was int8
+    same = [ALIASES.get(label.lower(), label).lower() for label in labels]
+    for key in set(same):
+        group = [i for i, k in enumerate(same) if k == key]
         if len(group) < 2:
             continue
         settings = [_settings(runs[i]) for i in group]
@@ -173,7 +178,7 @@ def run_labels(runs: Sequence[Run]) -> list[str]:
         for i, own in zip(group, settings, strict=True):
             parts = [v for k in keys if (v := own[k]) is not None]
             if parts:
-                labels[i] = f"{name} ({', '.join(parts)})"
+                labels[i] = f"{labels[i]} ({', '.join(parts)})"
     count, seen = Counter(labels), Counter[str]()
     for i, label in enumerate(labels):
         if count[label] > 1:

@@ -114,6 +114,12 @@ def test_reports_keep_the_embedder_settings_and_tell_two_setups_apart(tmp_path: 
     assert run_labels(runs) == ["hashed (float32)", "hashed (int8)"]
     assert run_labels([runs[0], runs[0]]) == ["hashed #1", "hashed #2"]
     assert run_labels(runs[:1]) == ["hashed"]  # no collision: the name alone
+    # one checkpoint under its repo id and its alias (the docs' --compare example): a
+    # review's, the columns said nothing of which was int8
+    named = [{**runs[0], "model": "Qwen/Qwen3-Embedding-0.6B"},
+             {**runs[1], "model": "qwen3-embedding:0.6b"}]
+    assert run_labels(named) == ["Qwen/Qwen3-Embedding-0.6B (float32)",
+                                 "qwen3-embedding:0.6b (int8)"]
     # one quantisation computing in two dtypes (a Q8_0 GGUF in float32 and bfloat16)
     q8 = [{**runs[1], "info": {**runs[1]["info"], "quantization": "Q8_0", "dtype": dt}}
           for dt in ("float32", "bfloat16")]
