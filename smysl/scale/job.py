@@ -254,8 +254,26 @@ def shard_name(source: Source, content: str, part: int) -> str:
     """``STEM-KEY-CONTENT-pPART``: the file's stem (readable; never starting with ``.`` or
     ``_``, which Parquet readers skip), :func:`source_key`, its
     :func:`~smysl.scale.sources.content_id` and the record range."""
+    return f"{_stem(source)}-{source_key(source)}-{content}-p{part:05d}"
+
+
+def _stem(source: Source) -> str:
+    """The readable start of a shard's name: the file's stem, made safe."""
     stem = re.sub(r"[^A-Za-z0-9._-]+", "_", Path(source.name).stem).lstrip("._-")[:60]
-    return f"{stem or 'input'}-{source_key(source)}-{content}-p{part:05d}"
+    return stem or "input"
+
+
+#: Parquet key-value metadata of a shard: the input's name as given, and its real path.
+SOURCE_NAME, SOURCE_PATH = b"smysl.source", b"smysl.path"
+
+
+def _one_file(a: str, b: str) -> bool:
+    """Whether input names ``a`` and ``b`` (:attr:`Source.name`) may name one file reached
+    from two folders: the shorter's path components end the longer's (``faq/faq.jsonl``
+    given first, ``kb/faq/faq.jsonl`` later)."""
+    pa, pb = a.split("/"), b.split("/")
+    short, long = (pa, pb) if len(pa) <= len(pb) else (pb, pa)
+    return long[len(long) - len(short):] == short
 
 
 class ShardName(NamedTuple):
@@ -630,8 +648,12 @@ class _ParquetWriter(_Writer):
                                  "inputs they hold. Write to a new folder, or delete its "
                                  "*.parquet files to embed everything again")
         contents: dict[Source, str] = {}
+        keys = {source_key(s) for s in sources}
         for s in sources:
             versions = known.get(source_key(s))
+            if not versions:  # a name new here: the same file reached from another folder?
+                versions = self._same_file(s, {k: v for k, v in known.items()
+                                               if k not in keys})
             if not versions:
                 continue
             content = contents[s] = content_id(s)
@@ -647,6 +669,28 @@ class _ParquetWriter(_Writer):
                     f"was embedded), and its rows would be there twice. To embed this "
                     f"version, delete them (rm {patterns}), or write to a new folder")
         return contents
+
+    def _same_file(self, source: Source, others: dict[str, dict[str, list[str]]]
+                   ) -> dict[str, list[str]]:
+        """The shards (content -> files) that ``source`` wrote under another name: one
+        version of a file given first within its folder (``-i kb/faq``), then within the
+        folder above (``-i kb``), was a name new to the folder, and an edit between the runs
+        left every row of both versions there. Known by the real path or the name that
+        each shard records (shards of an earlier smysl record none)."""
+        stem, path = _stem(source), os.path.realpath(source.path)
+        for key, versions in others.items():
+            first = min(min(versions.values()))
+            if not first.startswith(f"{stem}-{key}-"):
+                continue
+            try:
+                meta = self.pq.read_schema(self.dir / first).metadata or {}
+            except Exception:  # a damaged shard is no version to name here
+                continue
+            name = meta.get(SOURCE_NAME, b"").decode("utf-8", "replace")
+            if (meta.get(SOURCE_PATH) == os.fsencode(path)
+                    or (name and _one_file(name, source.name))):
+                return versions
+        return {}
 
     def _no_other_version(self, name: str, source: Source) -> None:
         """Refuse to commit ``name`` beside a shard of another version of its file that a
@@ -732,7 +776,11 @@ class _ParquetWriter(_Writer):
         final = self._path(name)
         tmp = final.with_name(f".{final.name}.{self.machine}.{self.pid}.{self.token}.tmp")
         try:
-            with self.pq.ParquetWriter(tmp, self.schema) as out:
+            # which input it holds, for a rerun that reaches the file under another name
+            schema = self.schema.with_metadata({
+                SOURCE_NAME: source.name.encode("utf-8", "surrogateescape"),
+                SOURCE_PATH: os.fsencode(os.path.realpath(source.path))})
+            with self.pq.ParquetWriter(tmp, schema) as out:
                 for group in _batches(rows, self.config.batch_size):
                     batch, vectors = self._embed(self._batch(group, source, report, bad),
                                                  source, bad)
@@ -746,7 +794,7 @@ class _ParquetWriter(_Writer):
                         "model": pa.array([self.model_fp] * len(ids), pa.string()),
                         "tokens": pa.array(tokens if tokens is not None else [None] * len(ids),
                                            pa.int32()),
-                    }, schema=self.schema))
+                    }, schema=schema))
                     report.texts += len(ids)
                     report.tokens = (report.tokens + sum(tokens)
                                      if tokens is not None and report.tokens is not None

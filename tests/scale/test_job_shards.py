@@ -220,6 +220,46 @@ def test_an_unchanged_file_keeps_its_shards_wherever_it_lies(tiny, tmp_path) -> 
     assert _ids(out) == [f"r{i}" for i in range(5)]
 
 
+def test_a_changed_file_reached_from_the_folder_above_is_refused(tiny, tmp_path) -> None:
+    """A review's: embedded from its own folder (``-i kb/faq``), then edited and embedded
+    from the folder above (``-i kb``), a file's name was new to the output and both versions'
+    rows stayed (131 rows, 50 ids twice). Each shard records its input's real path and name;
+    the rerun is refused as any changed file's is. Another file of the same stem elsewhere
+    (a daily dump's ``2026-12-02/data.jsonl`` after ``2026-12-01/data.jsonl``) is no
+    version of it."""
+    faq = tmp_path / "kb" / "faq" / "faq.jsonl"
+    _write(faq, [(f"f{i}", f"question {i}") for i in range(4)])
+    _write(tmp_path / "kb" / "tickets" / "t.jsonl", [("t0", "a ticket")])
+    out = tmp_path / "out"
+    config = JobConfig(output=str(out), shard_rows=2)
+    run_job(tiny, [faq.parent], config)
+    meta = pq.read_schema(next(out.glob("faq-*.parquet"))).metadata
+    assert meta[b"smysl.source"] == b"faq/faq.jsonl"
+    unchanged = run_job(tiny, [tmp_path / "kb"], config)  # the same bytes: its shards stand
+    assert unchanged.shards_skipped == 2 and unchanged.shards_written == 1
+    with faq.open("a", encoding="utf-8") as f:
+        f.write(json.dumps({"id": "new1", "text": "a new question"}) + "\n")
+    counting = Counting(tiny)
+    with pytest.raises(ValueError, match=r"holds 2 shard file\(s\) of another version of "
+                                         r"'kb/faq/faq\.jsonl'"):
+        run_job(counting, [tmp_path / "kb"], config)
+    assert counting.embedded == 0
+    # the same name under another folder, moved there (no real path in common) is known too
+    moved = tmp_path / "copy" / "faq" / "faq.jsonl"
+    moved.parent.mkdir(parents=True)
+    moved.write_bytes(faq.read_bytes())
+    with pytest.raises(ValueError, match="another version"):
+        run_job(tiny, [tmp_path / "copy"], config)
+    # a different file of the same stem, named otherwise: no version of it
+    day1, day2 = tmp_path / "2026-12-01" / "data.jsonl", tmp_path / "2026-12-02" / "data.jsonl"
+    _write(day1, [("d1", "first day")])
+    _write(day2, [("d2", "second day")])
+    dumps = JobConfig(output=str(tmp_path / "dumps"))
+    run_job(tiny, [day1.parent], dumps)
+    assert run_job(tiny, [day2.parent], dumps).shards_written == 1
+    assert _ids(tmp_path / "dumps") == ["d1", "d2"]
+
+
 def test_copies_of_one_file_in_a_run_are_named_not_called_done(tiny, tmp_path) -> None:
     """Two inputs with the same bytes share their shards (named by content): the copy's were
     reported "already done" on a first run, as if an earlier run had embedded them; the
