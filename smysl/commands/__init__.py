@@ -6,6 +6,18 @@ import argparse
 from typing import Any
 
 
+def count(text: str) -> int:
+    """An argparse ``type`` for a count (>= 1): ``--batch-size 0`` is argparse's error naming
+    the flag, at once, not a config field's after the model loaded."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}")
+    return value
+
+
 def given(args: argparse.Namespace, **fields: str) -> dict[str, Any]:
     """``{config field: value}`` of the flags (argparse dests, ``fields``' values) that were
     given: flags whose argparse default is None, so that the config's own default holds

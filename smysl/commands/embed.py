@@ -13,7 +13,7 @@ import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from smysl.commands import check_output_folder, given
+from smysl.commands import check_output_folder, count, given
 from smysl.commands._lines import looks_like_jsonl, read_lines
 from smysl.commands._model import add_model_arguments, load_model
 from smysl.commands._toolkit import blank_rows, shown_rows, source_name
@@ -51,9 +51,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     job.add_argument("--text-field", help="column with the text (default: text)")
     job.add_argument("--skip-bad-rows", action="store_true", default=None,
                      help="report and skip broken rows (default: stop at the first, naming it)")
-    job.add_argument("--shard-rows", type=int,
+    job.add_argument("--shard-rows", type=count,
                      help="rows per shard, the unit a rerun resumes from (default: 10000)")
-    job.add_argument("--batch-size", type=int, help="texts per embed+write step (default: 256)")
+    job.add_argument("--batch-size", type=count, help="texts per embed+write step (default: 256)")
     job.add_argument("--chunk-tokens", type=int,
                      help="split texts into chunks of this many tokens (ids ROW-ID#n; an index "
                           "always chunks, 256 by default)")
@@ -63,7 +63,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     job.add_argument("--ray", nargs="?", const="", metavar="ADDRESS",
                      help="embed on a Ray cluster (HOST:PORT, auto; no value: $RAY_ADDRESS or "
                           "a local cluster), one loaded model per actor")
-    job.add_argument("--actors", type=int, help="with --ray: Ray actors (default: 2)")
+    job.add_argument("--actors", type=count, help="with --ray: Ray actors (default: 2)")
     job.add_argument("--gpus-per-actor", type=float,
                      help="with --ray: GPUs per Ray actor (default 0; 1: one model per GPU)")
 

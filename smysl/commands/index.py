@@ -10,7 +10,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from smysl.commands import given
+from smysl.commands import count, given
 from smysl.commands._lines import read_lines
 from smysl.commands._model import add_model_arguments, load_model
 from smysl.commands._toolkit import (
@@ -74,7 +74,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     a.add_argument("--meta-fields", help="comma-separated columns to keep (default: all)")
     a.add_argument("--chunk-tokens", type=int, default=256, help="tokens per chunk")
     a.add_argument("--overlap", type=int, default=32, help="tokens shared by adjacent chunks")
-    a.add_argument("--batch-size", type=int, default=256, help="chunks per embed+write step")
+    a.add_argument("--batch-size", type=count, default=256, help="chunks per embed+write step")
     a.add_argument("--dimensions", type=int, help="Matryoshka size to store")
     a.add_argument("--cache", help="embedding cache file (default: inside a LanceDB folder)")
     a.add_argument("--ann", action="store_true",

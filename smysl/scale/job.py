@@ -35,6 +35,7 @@ from smysl.base import BaseEmbedder, check_flag, fingerprint_of, positive_int
 from smysl.files import machine_id, process_alive
 from smysl.scale.sources import (
     JOB_MANIFEST,
+    SUFFIXES,
     Row,
     Source,
     content_id,
@@ -216,7 +217,10 @@ class JobInterrupted(KeyboardInterrupt):
 def unread_message(files: Sequence[str]) -> str:
     """The files a folder held but the job does not read, named (the first ten)."""
     shown = ", ".join(files[:10]) + (f" and {len(files) - 10} more" if len(files) > 10 else "")
-    return f"{len(files)} files not read (not .jsonl/.csv/.parquet): {shown}"
+    kept = any(Path(f).suffix.lower() in SUFFIXES for f in files)  # in a folder named _...
+    why = ("not .jsonl/.csv/.parquet, or in a folder whose name starts with _, as Spark's "
+           "_temporary" if kept else "not .jsonl/.csv/.parquet")
+    return f"{len(files)} files not read ({why}): {shown}"
 
 
 def job_fingerprint(model: BaseEmbedder, config: JobConfig) -> str:

@@ -13,7 +13,6 @@ import codecs
 import csv
 import hashlib
 import json
-import math
 import os
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -22,6 +21,7 @@ from typing import Any
 
 from smysl.files import allow_long_csv_fields
 from smysl.tokenize import check_unicode
+from smysl.toolkit.io import CsvLines, missing, row_id
 
 #: The manifest a job writes in its output folder (``smysl.scale.job.MANIFEST``).
 JOB_MANIFEST = "_smysl_job.json"
@@ -90,6 +90,12 @@ def find_sources(inputs: Sequence[str | Path], unread: list[Path] | None = None
                     continue
                 if any(d in outputs for d in f.parents):
                     continue
+                if any(part.startswith("_") for part in rel.parts[:-1]):
+                    # a writer's own folder (Spark's _temporary: a failed attempt's partial
+                    # files, read as rows of the corpus), left out as Parquet readers leave it
+                    if unread is not None and f.suffix.lower() in SUFFIXES:
+                        unread.append(f)
+                    continue
                 if f.suffix.lower() in SUFFIXES:
                     out.append(Source(f, _named(p, rel.as_posix())))
                 elif unread is not None and not f.name.startswith("_"):
@@ -157,13 +163,6 @@ def count_records(source: Source) -> int:
     return max(0, n - 1)
 
 
-def missing(value: Any) -> bool:
-    """A null: None, the NaN a float column (pandas, Ray Data) holds for one, or pandas' NA
-    (a ``string``/nullable column's; its ``== ""`` is NA, whose truth raises)."""
-    return (value is None or (isinstance(value, float) and math.isnan(value))
-            or type(value).__name__ == "NAType")
-
-
 def to_row(number: int, record: Any, id_field: str, text_field: str) -> Row:
     """The one rule for a usable record: an id (a non-empty string or a number) and a text (a
     string, empty allowed); otherwise a :class:`Row` carrying its problem."""
@@ -172,20 +171,20 @@ def to_row(number: int, record: Any, id_field: str, text_field: str) -> Row:
     if None in record:  # csv.DictReader's key for values past the header's columns
         return Row(number, problem="more fields than the header has (an unquoted comma in a "
                    "field?)")
-    rid, text = record.get(id_field), record.get(text_field)
-    if missing(rid) or rid == "" or isinstance(rid, dict | list | bool):
-        return Row(number, problem=f"no usable id field {id_field!r}"
-                   if missing(rid) or rid == "" else
-                   f"id field {id_field!r} is not a string or number")
-    if isinstance(rid, bytes):  # a Parquet binary column (older Spark/Hive write strings so)
+    text = record.get(text_field)
+    try:
+        rid = row_id(record.get(id_field), id_field)
+    except ValueError as e:
+        return Row(number, problem=str(e))
+    if isinstance(text, bytes):  # a Parquet binary column (older Spark/Hive write strings so)
         try:
-            rid = rid.decode("utf-8")
+            text = text.decode("utf-8")
         except UnicodeDecodeError:
-            return Row(number, problem=f"id field {id_field!r} is bytes that are not UTF-8")
+            return Row(number, problem=f"text field {text_field!r} is bytes that are not "
+                                       "UTF-8")
     if not isinstance(text, str):
         return Row(number, problem=f"no text field {text_field!r}" if missing(text)
                    else f"text field {text_field!r} is not a string")
-    rid = str(rid)
     # JSON may spell a lone surrogate ("\ud800"): not text, and no UTF-8 output can hold it
     for field, value in ((id_field, rid), (text_field, text)):
         try:
@@ -254,17 +253,27 @@ def _bad_byte(path: Path) -> tuple[int, int, int]:
 def _csv(source: Source, lines: Iterable[str], id_field: str, text_field: str
          ) -> Iterator[Row]:
     allow_long_csv_fields()
-    reader = csv.DictReader(lines)
+    kept = CsvLines(lines)
+    reader = csv.DictReader(kept)
     try:
         if reader.fieldnames is None:  # an empty file: no rows, as an empty JSONL file has
             return
         columns = reader.fieldnames
         missing = [c for c in (id_field, text_field) if c not in columns]
         if missing:
+            # a file of ';' or tab separators reads as one column named by its whole header
+            other = next((d for d in (";", "\t", "|") if len(columns) == 1
+                          and d in columns[0]), None)
+            hint = (f"; its fields are separated by {other!r}, and a CSV's are by ','"
+                    if other else "")
             raise ValueError(f"{source.path}: no column {missing[0]!r} "
-                             f"(columns: {', '.join(columns)})")
+                             f"(columns: {', '.join(columns)}){hint}")
+        start = end = reader.reader.line_num
         for n, record in enumerate(reader, 1):
+            kept.record()
+            start, end = end + 1, reader.reader.line_num
             yield to_row(n, record, id_field, text_field)
+        kept.check_end(str(source.path), start)
     except csv.Error as e:
         # the csv reader's count: DictReader's own is updated only after a good record
         raise ValueError(f"{source.path}, line {reader.reader.line_num}: not readable as CSV "

@@ -30,7 +30,7 @@ import numpy as np
 
 from smysl.tokenize import check_unicode
 from smysl.toolkit.chunking import ChunkConfig, Chunker
-from smysl.toolkit.io import TABLE_SUFFIXES, csv_header, iter_rows
+from smysl.toolkit.io import TABLE_SUFFIXES, csv_header, iter_rows, row_id
 from smysl.toolkit.store import (
     DIGEST_FIELD,
     ID_FIELD,
@@ -310,9 +310,10 @@ def _table_documents(path: Path, doc_path: str, config: ReadConfig,
         if not isinstance(text, str):
             raise ValueError(f"{path}: row {n}: {config.text_field!r} must be a string")
         if config.id_field is not None:
-            if row.get(config.id_field) in (None, ""):
-                raise ValueError(f"{path}: row {n} has no id in {config.id_field!r}")
-            doc_id = str(row[config.id_field])
+            try:  # JSON's 1.0 is id 1, true no id: as the corpus job reads them
+                doc_id = row_id(row.get(config.id_field), config.id_field)
+            except ValueError as e:
+                raise ValueError(f"{path}: row {n}: {e}") from None
         else:
             doc_id = f"{doc_path}:{n}"
         # JSON may spell a lone surrogate ("\ud800"): found while reading, before an index

@@ -353,3 +353,77 @@ def test_an_input_without_rows_is_said(tiny, tmp_path) -> None:
     (tmp_path / "z.csv").write_bytes(b"")
     report = run_job(tiny, [tmp_path / "z.csv"], JobConfig(output=str(tmp_path / "q")))
     assert report.summary().count("the input held no rows") == 1
+
+
+def test_a_csv_quote_never_closed_is_an_error_naming_its_line(tiny, tmp_path) -> None:
+    """A review's: the csv module read the rest of the file into the field a quote opened,
+    and the rows after it were gone without a word (pandas refuses the file). A quote that a
+    later line closes is a text of several lines, as before."""
+    d = tmp_path / "in"
+    d.mkdir()
+    (d / "rows.csv").write_text('id,text\nz,fine\na,"unclosed quote\nb,second\nc,third\n')
+    with pytest.raises(ValueError, match=r"rows\.csv, line 3: a quoted field opens in this "
+                                         r"record and the file ends before it closes: its 3 "
+                                         r"lines"):
+        run_job(tiny, [d], JobConfig(output=str(tmp_path / "o")))
+    assert not list((tmp_path / "o").glob("*.parquet"))  # nothing committed
+    (d / "rows.csv").write_text('id,text\na,"two\nlines"\nb,"x ""quoted"" y"\n')
+    report = run_job(tiny, [d], JobConfig(output=str(tmp_path / "o2")))
+    assert _table(report.output)["a"]["tokens"] > 0 and report.texts == 2
+    (d / "rows.csv").write_text("id;text\na;b\n")  # a spreadsheet's export in some locales
+    with pytest.raises(ValueError, match=r"no column 'id' \(columns: id;text\); its fields "
+                                         r"are separated by ';'"):
+        run_job(tiny, [d], JobConfig(output=str(tmp_path / "o3")))
+
+
+def test_a_writers_underscore_folder_is_left_out_and_named(tiny, tmp_path) -> None:
+    """A review's: Spark's ``_temporary`` (a failed attempt's partial files) was read with the
+    dataset, its rows embedded beside the committed ones (ids twice); Parquet readers leave
+    ``_`` folders out. So does the job, naming their data files."""
+    pa = pytest.importorskip("pyarrow")
+    pq = pytest.importorskip("pyarrow.parquet")
+    d = tmp_path / "spark"
+    (d / "_temporary" / "0").mkdir(parents=True)
+    pq.write_table(pa.table({"id": ["a", "b"], "text": ["one", "two"]}), d / "part-0.parquet")
+    pq.write_table(pa.table({"id": ["a", "b"], "text": ["one", "two (partial)"]}),
+                   d / "_temporary" / "0" / "part-0.parquet")
+    (d / "_SUCCESS").write_text("")
+    assert pq.read_table(d).num_rows == 2  # what pyarrow reads of the folder
+    with pytest.warns(UserWarning, match=r"1 files not read \(not \.jsonl/\.csv/\.parquet, or "
+                                         r"in a folder whose name starts with _.*_temporary"):
+        report = run_job(tiny, [d], JobConfig(output=str(tmp_path / "o")))
+    assert report.texts == 2 and sorted(_table(report.output)) == ["a", "b"]
+
+
+def test_ids_of_a_nullable_integer_column_and_binary_texts(tiny, tmp_path) -> None:
+    """A review's: one null made pandas' integer id column float64, and ids came out "1.0",
+    "2.0" (a CSV of the same rows gave "1", "2"); a binary text column (older Spark/Hive)
+    was refused row by row as "not a string"."""
+    from smysl.scale.sources import to_row
+
+    assert to_row(1, {"id": 1.0, "text": "t"}, "id", "text").id == "1"
+    assert to_row(1, {"id": 1.5, "text": "t"}, "id", "text").id == "1.5"
+    assert to_row(1, {"id": 1e20, "text": "t"}, "id", "text").id == "100000000000000000000"
+    for bad in (float("inf"), float("-inf")):
+        assert "not an id" in (to_row(1, {"id": bad, "text": "t"}, "id", "text").problem or "")
+    assert to_row(1, {"id": "a", "text": "тест".encode()}, "id", "text").text == "тест"
+    assert "not UTF-8" in (to_row(1, {"id": "a", "text": b"\xff"}, "id", "text").problem or "")
+    pd = pytest.importorskip("pandas")
+    pytest.importorskip("pyarrow")
+    d = tmp_path / "in"
+    d.mkdir()
+    pd.DataFrame({"id": [1, 2, None, 4], "text": ["a", "b", "c", None]}).to_parquet(
+        d / "nullable.parquet")
+    report = run_job(tiny, [d], JobConfig(output=str(tmp_path / "o"), skip_bad_rows=True))
+    assert sorted(_table(report.output)) == ["1", "2"]
+
+
+def test_cli_counts_are_checked_by_argparse_naming_the_flag(tmp_path, capsys) -> None:
+    """A review's: ``--shard-rows 0`` was refused as ``shard_rows`` after the model loaded."""
+    for flag in ("--shard-rows", "--batch-size"):
+        with pytest.raises(SystemExit) as e:
+            main(["embed", "--input", "x", "--output", str(tmp_path / "o"), "--model", "m",
+                  flag, "0"])
+        assert e.value.code == 2
+        assert f"argument {flag}: expected a whole number >= 1, got '0'" in \
+            capsys.readouterr().err

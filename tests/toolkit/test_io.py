@@ -58,3 +58,34 @@ def test_a_json_file_named_alone_is_indexed_and_one_in_a_folder_is_not(tmp_path:
     docs = list(read_documents([tmp_path / "rows.json"], ReadConfig(id_field="id")))
     assert [d.text for d in docs] == [r["text"] for r in ROWS]
     assert [p.name for p in iter_paths([tmp_path])] == ["a.md"]
+
+
+def test_a_csv_quote_never_closed_is_named_not_read_to_the_end(tmp_path: Path) -> None:
+    """A review's (the corpus job's, the same reader rule here): the rows after a quote that
+    never closes were read into its field without a word. Closed quotes over several lines,
+    and doubled quotes, read as before."""
+    bad = tmp_path / "bad.csv"
+    bad.write_text('id,text\nz,fine\na,"unclosed\nb,second\nc,third\n', encoding="utf-8")
+    with pytest.raises(ValueError, match=r"bad\.csv, line 3: a quoted field opens in this "
+                                         r"record and the file ends before it closes"):
+        list(iter_rows(bad))
+    good = tmp_path / "good.csv"
+    good.write_text('id,text\na,"two\nlines"\nb,"say ""hi"""\n', encoding="utf-8")
+    assert [r["text"] for r in iter_rows(good)] == ["two\nlines", 'say "hi"']
+    last = tmp_path / "last.csv"  # the last record over two lines, closed: no error
+    last.write_text('id,text\na,"x\ny"', encoding="utf-8")
+    assert [r["text"] for r in iter_rows(last)] == ["x\ny"]
+
+
+def test_one_rule_for_ids() -> None:
+    """``smysl index add --id-field`` took ``true`` as id "True" and ``1.0`` as "1.0", where
+    the corpus job refused the one and read "1": one rule (``row_id``) for both."""
+    from smysl.toolkit.io import row_id
+
+    assert [row_id(v, "id") for v in ("a", 7, 1.0, 2.5, "тест".encode())] == [
+        "a", "7", "1", "2.5", "тест"]
+    for bad, words in ((None, "no usable id"), ("", "no usable id"), (float("nan"), "no usable"),
+                       (True, "not a string or number"), ([1], "not a string or number"),
+                       (float("inf"), "not an id"), (b"\xff", "not UTF-8")):
+        with pytest.raises(ValueError, match=words):
+            row_id(bad, "id")
