@@ -23,7 +23,14 @@ import numpy as np
 
 from smysl.pooling import MIN_DIMENSIONS, check_dimensions, finish
 from smysl.prompts import DEFAULT_TASK, format_query, resolve_task
-from smysl.tokenize import Direction, TextTokens, TokenSpan, check_unicode
+from smysl.tokenize import (
+    Direction,
+    InputTooLongError,
+    TextTokens,
+    TokenSpan,
+    check_unicode,
+    fills,
+)
 
 Role = Literal["query", "document"]
 
@@ -290,6 +297,8 @@ class BaseEmbedder(abc.ABC):
         dims = (None if dimensions is None and self.known_dimensions() is None else
                 self.check_dimensions(dimensions))
         formatted = self.format_texts(items, instruction)
+        if truncate:
+            self._check_room(instruction)
         with progress_bar(progress, len(items)) as bar:
             raw = self.embed_formatted(formatted, truncate=truncate, progress=bar)
         return finish(raw, raw.shape[1] if dims is None else dims)
@@ -322,6 +331,21 @@ class BaseEmbedder(abc.ABC):
     ) -> np.ndarray:
         """Embed documents (no instruction)."""
         return self.embed(texts, dimensions=dimensions, truncate=truncate, progress=progress)
+
+    def _check_room(self, instruction: str | None) -> None:
+        """:class:`~smysl.tokenize.InputTooLongError` when truncation would keep nothing of a
+        query but its instruction (the limit below the template's tokens): every query's
+        vector would be the instruction's. Backends that cannot count are not checked."""
+        template = self.format_texts([""], instruction)[0]
+        if not template or self.max_tokens is None:
+            return
+        try:
+            with_head, bare = self.count_tokens([template, ""])
+        except NotImplementedError:
+            return
+        if fills(with_head - bare, self.max_tokens):
+            raise InputTooLongError(index=0, tokens=with_head, limit=self.max_tokens,
+                                    head=with_head - bare)
 
     def embed_formatted(self, texts: list[str], *, truncate: bool,
                         progress: Progress | None = None) -> np.ndarray:

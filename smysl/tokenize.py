@@ -107,10 +107,16 @@ def fit_length(ids: list[int], limit: int, *, eos_id: int, truncate: bool, index
         raise InputTooLongError(index=index, tokens=len(ids), limit=limit, who=who)
     body, keep = ids[:-1], limit - 1
     head = min(head, len(body))
-    if head and keep <= head:
+    if head and fills(head, limit):
         raise InputTooLongError(index=index, tokens=len(ids), limit=limit, who=who, head=head)
     kept = body[:keep] if direction == "right" else [*body[:head], *body[len(body) - keep + head:]]
     return [*kept, eos_id]
+
+
+def fills(head: int, limit: int) -> bool:
+    """Whether a query instruction of ``head`` tokens leaves no token of the query's own text
+    within ``limit`` (EOS included): truncated, its vector would be the instruction's."""
+    return head >= limit - 1
 
 
 def _head_tokens(offsets: Sequence[tuple[int, int]], chars: int) -> int:

@@ -368,7 +368,7 @@ class Provider(BaseEmbedder):
             # the error named the batch's first. Halves find it: a refusal is not billed, and
             # the inputs a half embeds are ones the call needs (a request's token cap is
             # passed so too). An error of the request's, not of an input, stops at the first
-            # input after log2(batch) refusals.
+            # input after log2(batch) + 1 refusals.
             half = len(batch) // 2
             self._embed_batch(texts, batch[:half], truncate, out, done, deadline, limit)
             self._embed_batch(texts, batch[half:], truncate, out, done, deadline, limit)

@@ -255,7 +255,8 @@ class Engine:
         if device.type == "cpu":
             self.lanes = lanes or (self.tuned.lanes if self.tuned and self.tuned.lanes
                                    else default_lanes(torch.get_num_threads(), kernel))
-            if lanes and lanes > torch.get_num_threads():  # as many run as fit the threads
+            if lanes and lanes > torch.get_num_threads() and per_thread_counts():
+                # as many run as fit the threads
                 log.warning("lanes=%d: torch runs %d thread(s) here, so %d lane(s) of one "
                             "thread each run", lanes, torch.get_num_threads(),
                             torch.get_num_threads())

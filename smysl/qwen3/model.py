@@ -64,13 +64,14 @@ class Qwen3Config:
         theta = d.get("rope_theta", rope.get("rope_theta", 1_000_000.0))
         # fields the forward pass would otherwise ignore without a word (other vectors)
         act = d.get("hidden_act", "silu")
-        if act != "silu":
+        if act not in ("silu", "swish"):  # transformers' two names of one function
             raise ValueError(f"unsupported hidden_act {act!r}: Qwen3's MLP is SwiGLU (silu)")
         layers = int(d["num_hidden_layers"])
         types = d.get("layer_types")
+        # transformers' Qwen3Config: layers from max_window_layers on (default 28) slide
         slides = (any(t != "full_attention" for t in types) if types
                   else bool(d.get("use_sliding_window")) and d.get("sliding_window") is not None
-                  and int(d.get("max_window_layers") or 0) < layers)
+                  and int(d.get("max_window_layers", 28)) < layers)
         if slides:
             raise ValueError(f"unsupported sliding-window attention (sliding_window="
                              f"{d.get('sliding_window')!r}): every layer here attends to the "

@@ -33,6 +33,7 @@ import numpy as np
 
 from smysl.base import BaseEmbedder, check_flag, fingerprint_of, positive_int
 from smysl.files import machine_id, process_alive
+from smysl.scale.ray_data import PartFailedError
 from smysl.scale.sources import (
     JOB_MANIFEST,
     SUFFIXES,
@@ -537,6 +538,8 @@ class _ParquetWriter(_Writer):
         self.machine, self.pid = machine_id(), os.getpid()
         self.token = secrets.token_hex(4)
         self.parts: set[tuple[str, int]] = set()  # (content, part) of every committed shard
+        #: What the first shard of a key records of its input (real path, name): _same_file.
+        self._recorded: dict[str, tuple[str, str]] = {}
         self.run_file = self.dir / f"{RUN_PREFIX}{fp[:16]}.{self.machine}.{self.pid}.{self.token}"
         self._register()
         try:
@@ -681,18 +684,24 @@ class _ParquetWriter(_Writer):
         folder above (``-i kb``), was a name new to the folder, and an edit between the runs
         left every row of both versions there. Known by the real path or the name that
         each shard records (shards of an earlier smysl record none)."""
-        stem, path = _stem(source), os.path.realpath(source.path)
+        stem = _stem(source)
         for key, versions in others.items():
             first = min(min(versions.values()))
             if not first.startswith(f"{stem}-{key}-"):
                 continue
-            try:
-                meta = self.pq.read_schema(self.dir / first).metadata or {}
-            except Exception:  # a damaged shard is no version to name here
+            if key not in self._recorded:  # one footer a key, however many sources ask
+                try:
+                    meta = self.pq.read_schema(self.dir / first).metadata or {}
+                except Exception:  # a damaged shard is no version to name here
+                    meta = {}
+                self._recorded[key] = (os.fsdecode(meta.get(SOURCE_PATH, b"")),
+                                       meta.get(SOURCE_NAME, b"").decode("utf-8", "replace"))
+            path, name = self._recorded[key]
+            if path and os.path.exists(path):  # the file it was: this one, or another
+                if os.path.samefile(path, source.path):
+                    return versions
                 continue
-            name = meta.get(SOURCE_NAME, b"").decode("utf-8", "replace")
-            if (meta.get(SOURCE_PATH) == os.fsencode(path)
-                    or (name and _one_file(name, source.name))):
+            if name and _one_file(name, source.name):  # gone, or another machine's path
                 return versions
         return {}
 
@@ -773,6 +782,11 @@ class _ParquetWriter(_Writer):
                         else f"chunk {batch.ids[e.index]!r}")
                 bad(source, row, e.describe(what, audience="cli"))
                 batch = batch.without(owner)
+            except PartFailedError as e:  # its texts named by their rows, not their places
+                rows = [batch.rows[batch.owners[i]] for i in range(e.start, e.stop)]
+                raise RuntimeError(
+                    f"{source.path}, rows {rows[0].number}..{rows[-1].number} (ids "
+                    f"{rows[0].id!r}..{rows[-1].id!r}): {e}") from None
 
     def write(self, name: str, source: Source, rows: Iterable[Row], report: JobReport,
               bad: _BadRows) -> None:

@@ -5,7 +5,8 @@ Two ways in, one actor:
 - :class:`RayEmbedder` is a :class:`~smysl.base.BaseEmbedder` whose ``embed`` splits each call
   over the pool; :func:`~smysl.scale.job.run_job` (``smysl embed --ray``) uses it, so a
   cluster job keeps the job's shards, resumption and exactly-once writes. Actors are restarted
-  when they die and their batch is redone (Ray's ``max_restarts`` / ``max_task_retries``).
+  when they die and their part of a call redone (Ray's ``max_restarts`` /
+  ``max_task_retries``), :data:`TASK_RETRIES` times; then the call fails naming the part.
 - :func:`embed_dataset` maps a ``ray.data.Dataset`` of (id, text) rows to (id, vector,
   dimensions, model, tokens) rows with ``map_batches`` over an actor pool.
 
@@ -264,6 +265,23 @@ def usage_delta(before: dict[str, Any] | None,
 TASK_RETRIES = 3
 
 
+class PartFailedError(RuntimeError):
+    """Texts ``start`` to ``stop`` (exclusive) of a call killed every actor that took them,
+    :data:`TASK_RETRIES` + 1 times: out of memory on them, or their nodes lost. A corpus job
+    names their rows."""
+
+    def __init__(self, start: int, stop: int, said: str) -> None:
+        self.start, self.stop, self.said = start, stop, said
+        super().__init__(
+            f"a Ray actor died {TASK_RETRIES + 1} times embedding texts {start}..{stop - 1} of "
+            f"this call ({stop - start} texts), each time on a replacement: out of memory on "
+            f"these texts (a smaller --batch-size, or actors with more memory), or its nodes "
+            f"lost; Ray said: {said}")
+
+    def __reduce__(self) -> tuple[type[PartFailedError], tuple[int, int, str]]:
+        return PartFailedError, (self.start, self.stop, self.said)
+
+
 class RayEmbedder(BaseEmbedder):
     """A model loaded in every actor of a pool; each ``embed`` call is split over the pool."""
 
@@ -370,19 +388,16 @@ class RayEmbedder(BaseEmbedder):
             done, pending = self._ray.wait(pending, num_returns=1)
             if progress is not None:
                 progress.update(sum(size[f] for f in done))
-        results = []
+        results, failed = [], None
         for f, part in zip(futures, parts, strict=True):
             try:
                 results.append(self._ray.get(f))
             except self._ray.exceptions.RayActorError as e:
-                raise RuntimeError(
-                    f"a Ray actor died {TASK_RETRIES + 1} times embedding texts "
-                    f"{part.start}..{part.stop - 1} of this call ({part.stop - part.start} "
-                    f"texts), each time on a replacement: out of memory on these texts (a "
-                    f"smaller --batch-size, or actors with more memory), or its nodes lost; "
-                    f"Ray said: {first_line(e)}") from None
-        for _, usage in results:
+                failed = failed or PartFailedError(part.start, part.stop, first_line(e))
+        for _, usage in results:  # what the other parts cost, billed whatever failed
             self._add_usage(usage)
+        if failed is not None:
+            raise failed
         for part, (out, _) in zip(parts, results, strict=True):
             if isinstance(out, TooLong):
                 raise out.error(part.start)

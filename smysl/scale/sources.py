@@ -20,8 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from smysl.files import allow_long_csv_fields
+from smysl.rows import CsvLines, missing, row_id, separator_hint
 from smysl.tokenize import check_unicode
-from smysl.toolkit.io import CsvLines, missing, row_id
 
 #: The manifest a job writes in its output folder (``smysl.scale.job.MANIFEST``).
 JOB_MANIFEST = "_smysl_job.json"
@@ -259,21 +259,15 @@ def _csv(source: Source, lines: Iterable[str], id_field: str, text_field: str
         if reader.fieldnames is None:  # an empty file: no rows, as an empty JSONL file has
             return
         columns = reader.fieldnames
+        kept.record()  # the header's lines are no record's
         missing = [c for c in (id_field, text_field) if c not in columns]
         if missing:
-            # a file of ';' or tab separators reads as one column named by its whole header
-            other = next((d for d in (";", "\t", "|") if len(columns) == 1
-                          and d in columns[0]), None)
-            hint = (f"; its fields are separated by {other!r}, and a CSV's are by ','"
-                    if other else "")
             raise ValueError(f"{source.path}: no column {missing[0]!r} "
-                             f"(columns: {', '.join(columns)}){hint}")
-        start = end = reader.reader.line_num
+                             f"(columns: {', '.join(columns)}){separator_hint(columns)}")
         for n, record in enumerate(reader, 1):
             kept.record()
-            start, end = end + 1, reader.reader.line_num
             yield to_row(n, record, id_field, text_field)
-        kept.check_end(str(source.path), start)
+        kept.check_end(str(source.path))
     except csv.Error as e:
         # the csv reader's count: DictReader's own is updated only after a good record
         raise ValueError(f"{source.path}, line {reader.reader.line_num}: not readable as CSV "

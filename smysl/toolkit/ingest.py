@@ -28,9 +28,10 @@ from typing import Any
 
 import numpy as np
 
+from smysl.rows import row_id, separator_hint
 from smysl.tokenize import check_unicode
 from smysl.toolkit.chunking import ChunkConfig, Chunker
-from smysl.toolkit.io import TABLE_SUFFIXES, csv_header, iter_rows, row_id
+from smysl.toolkit.io import TABLE_SUFFIXES, csv_header, iter_rows
 from smysl.toolkit.store import (
     DIGEST_FIELD,
     ID_FIELD,
@@ -305,7 +306,8 @@ def _table_documents(path: Path, doc_path: str, config: ReadConfig,
     for n, row in enumerate(iter_rows(path), 1):
         if config.text_field not in row:
             raise ValueError(f"{path}: row {n} has no {config.text_field!r} column "
-                             f"(columns: {sorted(row)}); choose one with --text-field")
+                             f"(columns: {sorted(row)}){separator_hint(list(row))}; choose "
+                             "one with --text-field")
         text = row[config.text_field]
         if not isinstance(text, str):
             raise ValueError(f"{path}: row {n}: {config.text_field!r} must be a string")

@@ -6,13 +6,13 @@ from __future__ import annotations
 import csv
 import io
 import json
-import math
 import sys
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
 from smysl.files import allow_long_csv_fields, output
+from smysl.rows import CsvLines, separator_hint
 
 #: The files :func:`iter_rows` reads.
 TABLE_SUFFIXES = (".csv", ".jsonl", ".ndjson", ".json")
@@ -81,71 +81,6 @@ def iter_rows(path: str | Path) -> Iterator[dict[str, Any]]:
             f.close()
 
 
-def missing(value: Any) -> bool:
-    """A null: None, the NaN a float column (pandas, Ray Data) holds for one, or pandas' NA
-    (a ``string``/nullable column's; its ``== ""`` is NA, whose truth raises)."""
-    return (value is None or (isinstance(value, float) and math.isnan(value))
-            or type(value).__name__ == "NAType")
-
-
-def row_id(value: Any, field: str) -> str:
-    """The one rule for a row's id: a non-empty string or a number, as text; a whole float is
-    the integer (a pandas integer column with a null is float64: ``1.0`` is id ``1``, as a
-    CSV of the rows has it), and UTF-8 bytes (a Parquet binary column) their text.
-    ``ValueError`` saying what is wrong otherwise."""
-    if missing(value) or value == "":
-        raise ValueError(f"no usable id field {field!r}")
-    if isinstance(value, dict | list | bool):
-        raise ValueError(f"id field {field!r} is not a string or number")
-    if isinstance(value, float):
-        if not math.isfinite(value):
-            raise ValueError(f"id field {field!r} is {value!r}, not an id")
-        if value.is_integer():
-            value = int(value)
-    if isinstance(value, bytes):  # older Spark/Hive write strings so
-        try:
-            value = value.decode("utf-8")
-        except UnicodeDecodeError:
-            raise ValueError(f"id field {field!r} is bytes that are not UTF-8") from None
-    return str(value)
-
-
-class CsvLines:
-    """The lines a ``csv`` reader is given, those of its last record kept: the csv module
-    reads the rest of a file into a field whose quote never closes (its rows gone without a
-    word, where pandas refuses the file), and that record's own lines tell it
-    (:meth:`check_end`). Call :meth:`record` after each record read."""
-
-    def __init__(self, lines: Iterable[str]) -> None:
-        self.lines = lines
-        self._current: list[str] = []
-        self._last: list[str] = []
-
-    def __iter__(self) -> Iterator[str]:
-        for line in self.lines:
-            self._current.append(line)
-            yield line
-
-    def record(self) -> None:
-        self._last, self._current = self._current, []
-
-    def check_end(self, name: str, line: int) -> None:
-        """``ValueError`` naming ``name`` and the last record's first ``line`` when that
-        record opened a quote that the file never closes."""
-        if len(self._last) < 2:  # one line: a quote it opened would have taken the next
-            return
-        try:
-            for _ in csv.reader(self._last, strict=True):
-                pass
-        except csv.Error as e:
-            if "unexpected end of data" in str(e):
-                raise ValueError(
-                    f"{name}, line {line}: a quoted field opens in this record and the file "
-                    f"ends before it closes: its {len(self._last)} lines would be one text (the "
-                    "rows after it lost); close the quote, or double a quote inside a quoted "
-                    'field ("")') from None
-
-
 def _csv(f: TextIO, name: str) -> Iterator[dict[str, Any]]:
     allow_long_csv_fields()
     lines = CsvLines(f)
@@ -153,19 +88,18 @@ def _csv(f: TextIO, name: str) -> Iterator[dict[str, Any]]:
     try:
         # blank cells ending a spreadsheet's header name no column anyone reads
         header = [c for c in reader.fieldnames or [] if c and c.strip()]
+        lines.record()  # the header's lines are no record's
         if len(set(header)) < len(header):  # DictReader kept the last column of a name
             twice = next(c for c in header if header.count(c) > 1)
             raise ValueError(f"{name}: the header names the column {twice!r} twice; a row "
                              "keeps one value per name, so rename one of them")
-        start = end = reader.line_num
         for row in reader:
             lines.record()
-            start, end = end + 1, reader.line_num
             if None in row:  # DictReader's key for the values past the header's columns
                 raise ValueError(f"{name}, line {reader.line_num}: more fields than the header "
                                  "has (an unquoted comma in a field?); quote that field")
             yield row
-        lines.check_end(name, start)
+        lines.check_end(name)
     except csv.Error as e:  # e.g. a field past the limit; the csv module names no file
         raise ValueError(f"{name}, line {reader.line_num}: not readable as CSV ({e})") from None
 
@@ -216,7 +150,8 @@ def read_column(path: str | Path, field: str) -> tuple[list[str], list[dict[str,
     """The ``field`` column as strings, and the full rows."""
     rows = list(iter_rows(path))
     if rows and field not in rows[0]:
-        raise ValueError(f"{path}: no column {field!r} (columns: {sorted(rows[0])})")
+        raise ValueError(f"{path}: no column {field!r} (columns: {sorted(rows[0])})"
+                         f"{separator_hint(list(rows[0]))}")
     texts = []
     for n, r in enumerate(rows, 1):
         if field not in r:

@@ -390,6 +390,19 @@ def test_engine_config_errors(tiny_dir: Path) -> None:
         Embedder.load(str(tiny_dir), device="cpu", dtype="bfloat16", quantize="int8")
 
 
+def test_truncation_that_would_keep_only_the_instruction_is_refused(tiny_dir: Path) -> None:
+    """A review's: with a limit the instruction alone fills, ``truncate=True`` embedded every
+    query as its instruction's vector without a word (the server refused it already).
+    Documents, and queries with room for their text, are cut as before."""
+    e = Embedder.load(str(tiny_dir), device="cpu", max_tokens=8)
+    with pytest.raises(InputTooLongError, match="instruction alone has"):
+        e.embed_queries(["x"], truncate=True)
+    assert e.embed_documents(["one two three four five six seven eight"],
+                             truncate=True).shape == (1, e.dimensions)
+    roomy = Embedder.load(str(tiny_dir), device="cpu", max_tokens=40)
+    assert roomy.embed_queries(["word " * 100], truncate=True).shape == (1, e.dimensions)
+
+
 def test_max_tokens_option_lowers_the_limit(tiny_dir: Path) -> None:
     e = Embedder.load(str(tiny_dir), device="cpu", max_tokens=8)
     assert e.max_tokens == 8

@@ -374,6 +374,11 @@ def test_config_fields_the_forward_would_ignore_are_refused() -> None:
     # a window that no layer uses (max_window_layers covers them all) changes nothing
     assert Qwen3Config.from_dict({**old, "use_sliding_window": True, "sliding_window": 64,
                                   "max_window_layers": 2}) == Qwen3Config.from_dict(plain)
+    assert Qwen3Config.from_dict({**old, "hidden_act": "swish"}) == Qwen3Config.from_dict(plain)
+    # without max_window_layers, transformers' 28: a 2-layer model has no sliding layer
+    bare = {k: v for k, v in old.items() if k != "max_window_layers"}
+    assert Qwen3Config.from_dict({**bare, "use_sliding_window": True, "sliding_window": 64}
+                                 ) == Qwen3Config.from_dict(plain)
     with pytest.raises(ValueError, match="hidden_act 'gelu'"):
         Qwen3Config.from_dict(HFConfig(**shape, hidden_act="gelu").to_dict())
     with pytest.raises(ValueError, match="sliding-window"):

@@ -364,7 +364,7 @@ def test_a_csv_quote_never_closed_is_an_error_naming_its_line(tiny, tmp_path) ->
     (d / "rows.csv").write_text('id,text\nz,fine\na,"unclosed quote\nb,second\nc,third\n')
     with pytest.raises(ValueError, match=r"rows\.csv, line 3: a quoted field opens in this "
                                          r"record and the file ends before it closes: its 3 "
-                                         r"lines"):
+                                         r"line"):
         run_job(tiny, [d], JobConfig(output=str(tmp_path / "o")))
     assert not list((tmp_path / "o").glob("*.parquet"))  # nothing committed
     (d / "rows.csv").write_text('id,text\na,"two\nlines"\nb,"x ""quoted"" y"\n')

@@ -244,12 +244,21 @@ def test_a_changed_file_reached_from_the_folder_above_is_refused(tiny, tmp_path)
                                          r"'kb/faq/faq\.jsonl'"):
         run_job(counting, [tmp_path / "kb"], config)
     assert counting.embedded == 0
-    # the same name under another folder, moved there (no real path in common) is known too
-    moved = tmp_path / "copy" / "faq" / "faq.jsonl"
+    # moved under another folder (its recorded path gone): known by the name it ends
+    moved = tmp_path / "moved" / "faq" / "faq.jsonl"
     moved.parent.mkdir(parents=True)
-    moved.write_bytes(faq.read_bytes())
+    os.replace(faq, moved)
     with pytest.raises(ValueError, match="another version"):
-        run_job(tiny, [tmp_path / "copy"], config)
+        run_job(tiny, [tmp_path / "moved"], config)
+    # a file whose name ends the recorded one's, but is another file that is still there
+    # (a review's: ``-i exports/2026-12-01``, then ``-i exports/2026-12-02/items``)
+    first, second = (tmp_path / "exports" / day / "items" / "part.jsonl"
+                     for day in ("2026-12-01", "2026-12-02"))
+    _write(first, [("p1", "day one")])
+    _write(second, [("p2", "day two")])
+    parts = JobConfig(output=str(tmp_path / "parts"))
+    run_job(tiny, [first.parent.parent], parts)
+    assert run_job(tiny, [second.parent], parts).shards_written == 1
     # a different file of the same stem, named otherwise: no version of it
     day1, day2 = tmp_path / "2026-12-01" / "data.jsonl", tmp_path / "2026-12-02" / "data.jsonl"
     _write(day1, [("d1", "first day")])

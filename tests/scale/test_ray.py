@@ -606,8 +606,9 @@ def test_a_part_that_kills_every_actor_fails_naming_it(cluster, tiny_dir, corpus
 
     with Pool(str(tiny_dir), OPTIONS, RayConfig(actors=2)) as model:
         t0 = time.monotonic()
-        with pytest.raises(RuntimeError, match=rf"died {TASK_RETRIES + 1} times embedding "
-                                               r"texts 0\.\.1 of this call"):
+        with pytest.raises(RuntimeError, match=rf"rows\.jsonl, rows 25\.\.26 \(ids 'r24'\.\."
+                                               rf"'r25'\): a Ray actor died {TASK_RETRIES + 1} "
+                                               r"times embedding texts 0\.\.1 of this call"):
             run_job(model, [path], JobConfig(output=str(tmp_path / "out"), shard_rows=10,
                                              batch_size=4))
         assert time.monotonic() - t0 < 120

@@ -75,17 +75,28 @@ def test_a_csv_quote_never_closed_is_named_not_read_to_the_end(tmp_path: Path) -
     last = tmp_path / "last.csv"  # the last record over two lines, closed: no error
     last.write_text('id,text\na,"x\ny"', encoding="utf-8")
     assert [r["text"] for r in iter_rows(last)] == ["x\ny"]
+    # the first record, and one after a blank line, named by the line its quote opens on
+    # (a review's: the header counted as the first record's, the blank line as the next's)
+    for text, line, count in (('id,text\n1,"open\n2,b\n3,c\n', 2, 3),
+                              ('id,text\n1,a\n\n2,"open\n3,b\n', 4, 2),
+                              ('id,text\n1,"abc\n', 2, 1), ('id,text\n0,x\n1,"abc', 3, 1)):
+        bad.write_text(text, encoding="utf-8")
+        with pytest.raises(ValueError, match=rf"bad\.csv, line {line}: .* its {count} line"):
+            list(iter_rows(bad))
 
 
 def test_one_rule_for_ids() -> None:
     """``smysl index add --id-field`` took ``true`` as id "True" and ``1.0`` as "1.0", where
     the corpus job refused the one and read "1": one rule (``row_id``) for both."""
-    from smysl.toolkit.io import row_id
+    import numpy as np
 
-    assert [row_id(v, "id") for v in ("a", 7, 1.0, 2.5, "тест".encode())] == [
-        "a", "7", "1", "2.5", "тест"]
+    from smysl.rows import row_id
+
+    assert [row_id(v, "id") for v in ("a", 7, 1.0, 2.5, "тест".encode(), np.float32(3.0),
+                                      np.int64(4))] == ["a", "7", "1", "2.5", "тест", "3", "4"]
     for bad, words in ((None, "no usable id"), ("", "no usable id"), (float("nan"), "no usable"),
                        (True, "not a string or number"), ([1], "not a string or number"),
-                       (float("inf"), "not an id"), (b"\xff", "not UTF-8")):
+                       (float("inf"), "not an id"), (b"\xff", "not UTF-8"),
+                       (b"", "no usable id"), (np.bool_(True), "not a string or number")):
         with pytest.raises(ValueError, match=words):
             row_id(bad, "id")
