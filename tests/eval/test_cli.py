@@ -132,10 +132,14 @@ def test_reports_never_lose_or_misstate_a_run(tiny_dir: Path, tmp_path: Path,
     assert json.loads((first / "results.json").read_text())["models"][0] == model
     with pytest.raises(SystemExit):
         main([*run, "-t", ""])
-    # a report over an earlier one replaces it whole; a NaN score is null (--max-tokens 2:
-    # every text cut to the same tokens, a correlation of constants)
+    # a limit the instruction alone fills is refused (its vectors would be the instruction's)
     assert main([*run, "-t", "sts-ru", "--max-tokens", "2", "--no-plots", "--out",
-                 str(first)]) == 0
+                 str(tmp_path / "refused")]) == 2
+    assert "instruction alone has" in capsys.readouterr().err
+    # a report over an earlier one replaces it whole; a NaN score is null (--max-tokens 1
+    # without instructions: every text is EOS alone, a correlation of constants)
+    assert main([*run, "-t", "sts-ru", "--max-tokens", "1", "--no-instructions", "--no-plots",
+                 "--out", str(first)]) == 0
     files = sorted(p.relative_to(first).as_posix() for p in first.rglob("*") if p.is_file())
     slug = next(p.name for p in first.iterdir() if p.is_dir())
     assert files == sorted(["results.json", f"{slug}/sts-ru.json", "summary.md"]), files
