@@ -297,8 +297,8 @@ class BaseEmbedder(abc.ABC):
         dims = (None if dimensions is None and self.known_dimensions() is None else
                 self.check_dimensions(dimensions))
         formatted = self.format_texts(items, instruction)
-        if truncate:
-            self._check_room(instruction)
+        if truncate:  # the template ends with the text: what it put before is the query's head
+            self._check_room(formatted[0][:len(formatted[0]) - len(items[0])])
         with progress_bar(progress, len(items)) as bar:
             raw = self.embed_formatted(formatted, truncate=truncate, progress=bar)
         return finish(raw, raw.shape[1] if dims is None else dims)
@@ -332,15 +332,15 @@ class BaseEmbedder(abc.ABC):
         """Embed documents (no instruction)."""
         return self.embed(texts, dimensions=dimensions, truncate=truncate, progress=progress)
 
-    def _check_room(self, instruction: str | None) -> None:
+    def _check_room(self, head: str) -> None:
         """:class:`~smysl.tokenize.InputTooLongError` when truncation would keep nothing of a
-        query but its instruction (the limit below the template's tokens): every query's
-        vector would be the instruction's. Backends that cannot count are not checked."""
-        template = self.format_texts([""], instruction)[0]
-        if not template or self.max_tokens is None:
+        query but its instruction (``head``, the template before the text; "" for documents):
+        every query's vector would be the instruction's. Backends that cannot count are not
+        checked."""
+        if not head or self.max_tokens is None:
             return
         try:
-            with_head, bare = self.count_tokens([template, ""])
+            with_head, bare = self.count_tokens([head, ""])
         except NotImplementedError:
             return
         if fills(with_head - bare, self.max_tokens):

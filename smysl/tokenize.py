@@ -228,7 +228,7 @@ class Tokenizer:
         ``first_index``: the index of ``texts[0]`` in the caller's input, for errors (a slice
         of a larger call).
         """
-        limit = max_tokens or self.max_tokens
+        limit = self.max_tokens if max_tokens is None else max_tokens
         if direction not in ("right", "left"):
             raise ValueError(f"truncation direction must be 'right' or 'left', got {direction!r}")
         if limit < 1:

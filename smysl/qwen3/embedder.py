@@ -237,8 +237,6 @@ class Embedder(OnEngine, BaseEmbedder, TokenLevel):
                  head_chars: int = 0) -> list[list[int]]:
         """Token ids exactly as they are embedded (EOS last), within ``max_tokens`` (at most
         the model's limit)."""
-        if max_tokens is not None and max_tokens < 1:
-            raise ValueError(f"max_tokens must be >= 1, got {max_tokens}")
         most = self.limit if max_tokens is None else min(max_tokens, self.limit)
         return self.tokenizer.encode(self._check_texts(texts), truncate=truncate,
                                      direction=direction, max_tokens=most,

@@ -32,7 +32,8 @@ import numpy as np
 from smysl.base import BaseEmbedder, Progress, check_flag, check_progress, progress_bar
 from smysl.options import ModelOptions
 from smysl.registry import portable_model
-from smysl.scale.sources import missing, to_row
+from smysl.rows import missing
+from smysl.scale.sources import to_row
 from smysl.shown import first_line
 from smysl.tokenize import InputTooLongError, TextTokens
 

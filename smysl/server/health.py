@@ -37,13 +37,14 @@ def exit_after(setting: float | str | None, remote: bool) -> float | None:
 class BackendHealth:
     """One backend's ``healthy``, watched. ``what`` names it in logs and errors ("the model
     backend of 'x'"); ``remote``: an upstream API (it comes back on its own) rather than an
-    engine process (which restarts itself)."""
+    engine process (which restarts itself); ``unhealthy_exit_s``: the server's setting of
+    that name."""
 
     def __init__(self, what: str, healthy: Callable[[], bool], metrics: HealthMetrics, *,
-                 remote: bool, exit_after_s: float | None = None) -> None:
+                 remote: bool, unhealthy_exit_s: float | str | None = None) -> None:
         self.what, self._healthy, self.metrics, self.remote = what, healthy, metrics, remote
         #: Seconds down after which ``serve`` exits (:func:`exit_after`), None for never.
-        self.exit_after_s = exit_after_s
+        self.exit_after_s = exit_after(unhealthy_exit_s, remote)
         #: When the backend went down (``time.monotonic``), None while it is up; and how long
         #: its last outage lasted (for Retry-After).
         self.down_since: float | None = None

@@ -46,7 +46,7 @@ from smysl.rerank import BaseReranker, PairError, RerankTokens, order
 from smysl.server.batcher import BackendDown, Batcher, Job, Slot
 from smysl.server.config import ServerConfig
 from smysl.server.errors import ApiError, upstream_failed
-from smysl.server.health import BackendHealth, exit_after
+from smysl.server.health import BackendHealth
 from smysl.server.http import ApiRequest, json_response
 from smysl.server.metrics import BatchMetrics, HealthMetrics, Metrics
 from smysl.server.service import (
@@ -175,8 +175,7 @@ class RerankService:
         self.health = BackendHealth(f"the reranker {self.model_id!r}", lambda: reranker.healthy,
                                     HealthMetrics(metrics.registry, "smysl_rerank"),
                                     remote=reranker.remote,
-                                    exit_after_s=exit_after(config.unhealthy_exit_s,
-                                                            reranker.remote))
+                                    unhealthy_exit_s=config.unhealthy_exit_s)
         self.batcher: Batcher | None = None
         if self.tokens is not None:
             wait_ms = config.max_wait_ms

@@ -21,7 +21,7 @@ from smysl.registry import names_of
 from smysl.server.batcher import INLINE_SIZE, BackendDown, Batcher, EmbedBackend, Job, Slot
 from smysl.server.config import ServerConfig
 from smysl.server.errors import ApiError, upstream_failed
-from smysl.server.health import BackendHealth, exit_after
+from smysl.server.health import BackendHealth
 from smysl.server.metrics import Metrics
 from smysl.shown import shown_source
 from smysl.tokenize import Direction, InputTooLongError, check_counts
@@ -142,8 +142,7 @@ class Service:
         self.health = BackendHealth(f"the model backend of {self.model_id!r}",
                                     lambda: embedder.healthy, metrics.backend,
                                     remote=embedder.remote,
-                                    exit_after_s=exit_after(config.unhealthy_exit_s,
-                                                            embedder.remote))
+                                    unhealthy_exit_s=config.unhealthy_exit_s)
         if config.default_dimensions is not None:
             embedder.check_dimensions(config.default_dimensions)
 
@@ -295,8 +294,9 @@ class Service:
         except ValueError as e:
             raise ApiError("invalid", str(e), param="instruction") from None
         if self.tokens is not None:
-            # the query template's head (none for documents): truncation keeps it
-            head = len(self.embedder.format_texts([""], instruction)[0])
+            # the query template's head (none for documents), which truncation keeps: what
+            # formatting put before the text (the template ends with it)
+            head = len(formatted[0]) - len(texts[0]) if texts else 0
             ids = await self._tokenize(self.tokens, formatted, truncate, direction, what, slot,
                                        first, context, head)
             lengths = [len(x) for x in ids]
@@ -341,19 +341,19 @@ class Service:
         ``context``: a request's own limit and its name, held to where below the model's;
         ``head``: each text's leading characters that truncation keeps (a query's template)."""
         model = self.embedder.max_tokens
-        own = context is not None and (model is None or context[1] < model)
-        most = context[1] if context is not None and own else None
+        own = (context if context is not None and (model is None or context[1] < model)
+               else None)
 
         def run() -> list[list[int]]:
             return tokens.tokenize(texts, truncate=truncate, direction=direction,
-                                   max_tokens=most, head_chars=head)
+                                   max_tokens=own[1] if own else None, head_chars=head)
 
         try:
             return await self._off_loop(run, sum(map(len, texts)), slot)
         except InputTooLongError as e:
-            if context is not None and own:  # the error names the request's limit
+            if own is not None:  # the error names the request's limit
                 e = InputTooLongError(index=e.index, tokens=e.tokens, limit=e.limit,
-                                      who=context[0], head=e.head)
+                                      who=own[0], head=e.head)
             raise self._too_long(what, e, first) from None
 
     async def tokenizer_work(self, run: Callable[[], _T], size: int) -> _T:

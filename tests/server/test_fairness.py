@@ -255,7 +255,7 @@ def test_a_long_outage_says_when_the_server_gives_up() -> None:
     from smysl.server.metrics import HealthMetrics
 
     h = BackendHealth("the engine", lambda: False, HealthMetrics(CollectorRegistry(), "t"),
-                      remote=False, exit_after_s=60.0)
+                      remote=False, unhealthy_exit_s=60.0)
     h.check()
     assert "restarts itself); retry shortly" in str(h.unavailable())  # a restart's time
     h.down_since = time.monotonic() - 30  # long past it
