@@ -10,6 +10,7 @@ Needs the ``langchain`` extra (``langchain-core``).
 from __future__ import annotations
 
 import copy
+import dataclasses
 from typing import Any
 
 from smysl.base import BaseEmbedder
@@ -47,6 +48,32 @@ class SmyslEmbeddings(Embeddings):  # type: ignore[misc, valid-type]
         except Exception:
             self.close()  # a model loaded for an adapter that is not made would leak
             raise
+
+    # the settings read and assigned as attributes, each assignment checked as at
+    # construction (a plain attribute set beside the config was silently ignored)
+    @property
+    def dimensions(self) -> int | None:
+        return self.config.dimensions
+
+    @dimensions.setter
+    def dimensions(self, value: int | None) -> None:
+        self.config = check_config(self.model, dataclasses.replace(self.config, dimensions=value))
+
+    @property
+    def task(self) -> str | None:
+        return self.config.task
+
+    @task.setter
+    def task(self, value: str | None) -> None:
+        self.config = check_config(self.model, dataclasses.replace(self.config, task=value))
+
+    @property
+    def truncate(self) -> bool:
+        return self.config.truncate
+
+    @truncate.setter
+    def truncate(self, value: bool) -> None:
+        self.config = check_config(self.model, dataclasses.replace(self.config, truncate=value))
 
     def embed_documents(self, texts: list[str]) -> list[list[float]]:
         check_text_list(texts, "embed_documents", "embed_query for a query")

@@ -25,7 +25,8 @@ from smysl.integrations import (
     open_model,
     require,
 )
-from smysl.shown import shown_source
+from smysl.providers.errors import RejectedInputError
+from smysl.shown import first_line, shown_source
 from smysl.tokenize import InputTooLongError
 
 _base = require("llama_index.core.base.embeddings.base", "llamaindex")
@@ -174,10 +175,21 @@ class SmyslEmbedding(_base.BaseEmbedding):  # type: ignore[name-defined]
         elif model is None or model_name is not None:
             raise TypeError("pass the model (a BaseEmbedder or a model string) or model_name "
                             "(a model string), not both or neither")
+        # what model_dump()/to_dict() hold besides the fields (pydantic's model_validate of
+        # a dump passes them here): the class's name, and the fingerprint, checked below
+        kwargs.pop("class_name", None)
+        recorded = kwargs.pop("fingerprint", None)
         fields = {k: v for k, v in kwargs.items() if k in _FRAMEWORK_FIELDS}
         loaded = open_model(model, {k: v for k, v in kwargs.items() if k not in fields})
         owned = not isinstance(model, BaseEmbedder)
         try:
+            if recorded is not None and loaded.fingerprint() != recorded:
+                raise ValueError(
+                    f"model {shown_source(loaded.source or loaded.name)!r} is not the model "
+                    f"this was saved with (fingerprint {loaded.fingerprint()}, saved "
+                    f"{recorded}): its vectors would not match the ones made before. If it "
+                    "was loaded with options (dtype=, quantize=, ...), pass them: "
+                    "SmyslEmbedding.from_dict(data, dtype=...)")
             # model_name is the string the model loads from again (from_dict), else its name;
             # a URL's password is left out: to_dict() is stored (LlamaIndex's caches and files)
             super().__init__(model_name=shown_source(loaded.source or loaded.name),
@@ -275,15 +287,24 @@ class SmyslEmbedding(_base.BaseEmbedding):  # type: ignore[name-defined]
         return out
 
     def _get_text_embeddings(self, texts: list[str]) -> list[list[float]]:
+        # LlamaIndex cuts the texts into batches of embed_batch_size: smysl's "input i" would
+        # count within a batch the caller never sees, so the text's start names it
         try:
             return embed_documents(self._model, list(texts), self._config)
         except InputTooLongError as e:
-            # LlamaIndex cuts the texts into batches of embed_batch_size: smysl's "input i"
-            # would count within a batch the caller never sees, so the text's start names it
             named = InputTooLongError(index=e.index, tokens=e.tokens, limit=e.limit, who=e.who)
             named.args = (e.describe(f"the text starting {texts[e.index][:60]!r}",
                                      audience="python"),)
             raise named from e
+        except RejectedInputError as e:  # a remote model's refusal (an API's 400 or 422)
+            first = texts[e.failed[0]][:60] if e.failed else ""
+            refused = RejectedInputError(
+                f"{self.model.name} refused the text starting {first!r}"
+                + (f" and {len(e.failed) - 1} other(s) of the same batch"
+                   if len(e.failed) > 1 else "")
+                + f"; its answer to that text sent alone: {e.reason or first_line(e)}",
+                e.failed, e.total, e.cause, done=e.done, rows=e.rows)
+            raise refused from e
 
     async def _aget_query_embedding(self, query: str) -> list[float]:
         return await asyncio.to_thread(self._get_query_embedding, query)
@@ -302,17 +323,9 @@ class SmyslEmbedding(_base.BaseEmbedding):  # type: ignore[name-defined]
     @classmethod
     def from_dict(cls, data: dict[str, Any], **kwargs: Any) -> SmyslEmbedding:
         """Load ``data["model_name"]`` again (``to_dict``'s output); ``ValueError`` when the
-        model found there is not the one recorded (its fingerprint differs)."""
-        data = dict(data)
-        recorded = data.pop("fingerprint", None)  # computed, not an argument
+        model found there is not the one recorded (its fingerprint differs: checked by the
+        constructor, which pydantic's ``model_validate`` of a dump reaches too)."""
         made: SmyslEmbedding = super().from_dict(data, **kwargs)
-        if recorded is not None and made.fingerprint != recorded:
-            made.close()
-            raise ValueError(f"model {made.model_name!r} is not the model this was saved with "
-                             f"(fingerprint {made.fingerprint}, saved {recorded}): its vectors "
-                             "would not match the ones made before. If it was loaded with "
-                             "options (dtype=, quantize=, ...), pass them: "
-                             "SmyslEmbedding.from_dict(data, dtype=...)")
         return made
 
     def __copy__(self) -> SmyslEmbedding:

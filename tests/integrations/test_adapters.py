@@ -212,6 +212,53 @@ def test_llama_index_too_long_text_is_named_not_numbered_in_its_batch(
         asyncio.run(emb.aget_text_embedding_batch(texts))
 
 
+def test_llama_index_names_a_text_a_remote_model_refused(tiny: BaseEmbedder) -> None:
+    """A server's refusal (400) named "input #1" and input[0]: places within LlamaIndex's
+    batch of embed_batch_size, not the caller's list."""
+    from smysl.integrations.llama_index import SmyslEmbedding
+    from smysl.providers.errors import RejectedInputError
+
+    with live_server(tiny, served_name="tiny") as url:
+        remote = smysl.load(f"smysl:{url}#tiny")
+        emb = SmyslEmbedding(remote, embed_batch_size=2)
+        with pytest.raises(RejectedInputError, match="the text starting 'long long") as err:
+            emb.get_text_embedding_batch(["a", "b", "c", "long " * 3000])
+        remote.close()
+    assert "#1" not in str(err.value) and "3002 tokens" in str(err.value), err.value
+
+
+def test_pydantics_round_trip_of_the_llama_index_adapter(tiny: BaseEmbedder) -> None:
+    """model_validate(model_dump()) passed the dump's class_name and fingerprint to
+    smysl.load as options (TypeError)."""
+    from smysl.integrations.llama_index import SmyslEmbedding
+
+    emb = SmyslEmbedding(tiny, dimensions=32)
+    for again in (SmyslEmbedding.model_validate(emb.model_dump()),
+                  SmyslEmbedding.model_validate_json(emb.model_dump_json()),
+                  SmyslEmbedding.model_validate(emb.to_dict())):
+        assert again.dimensions == 32 and again.fingerprint == emb.fingerprint
+        again.close()
+    with pytest.raises(ValueError, match="not the model this was saved with"):
+        SmyslEmbedding.model_validate({**emb.model_dump(), "fingerprint": "0" * 32})
+
+
+def test_langchain_settings_assigned_are_checked_and_used(tiny: BaseEmbedder) -> None:
+    """``emb.dimensions = 32`` was a plain attribute beside the config: ignored."""
+    from smysl.integrations.langchain import SmyslEmbeddings
+
+    emb = SmyslEmbeddings(tiny)
+    emb.dimensions = 32
+    emb.task = "qa"
+    assert len(emb.embed_query("x")) == 32
+    np.testing.assert_array_equal(np.array(emb.embed_query(QUERIES[0]), np.float32),
+                                  tiny.embed_queries(QUERIES[:1], "qa", dimensions=32)[0])
+    with pytest.raises(ValueError):
+        emb.dimensions = 10**6
+    with pytest.raises(ValueError):
+        emb.truncate = "maybe"  # type: ignore[assignment]
+    assert (emb.dimensions, emb.task, emb.truncate) == (32, "qa", False)  # kept
+
+
 def test_langchain_documents_must_be_a_list(tiny: BaseEmbedder) -> None:
     from smysl.integrations.langchain import SmyslEmbeddings
 
