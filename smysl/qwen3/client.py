@@ -42,16 +42,19 @@ class EngineProcessError(RuntimeError):
 
 
 class Replies:
-    """One connection to the child, with several requests in flight: the child answers a
-    connection's requests in the order they were sent, so a request's reply is the n-th one
-    read. Whichever caller reads first keeps the replies that are not its own for theirs.
-    The owner's lock guards it; a connection that failed is replaced, never reused."""
+    """One connection to the child, with several requests in flight: each reply carries its
+    request's number (the n-th request sent on this connection), and mostly comes in order;
+    a short request the child ran between the layers of a long one's pass comes before it.
+    Whichever caller reads first keeps the replies that are not its own for theirs. The
+    owner's lock guards it; a connection that failed is replaced, never reused."""
 
     def __init__(self, conn: Connection) -> None:
         self.conn = conn
         self.sent = self.read = 0
         #: Replies read for requests whose callers have not asked yet, by request number.
         self.early: dict[int, tuple[str, Any]] = {}
+        #: Requests sent whose replies no caller has taken yet.
+        self.unanswered: set[int] = set()
 
     @property
     def waiting(self) -> bool:
@@ -62,18 +65,20 @@ class Replies:
         """Send ``request`` -> its number, to ask :meth:`reply` for."""
         self.conn.send(request)
         self.sent += 1
+        self.unanswered.add(self.sent - 1)
         return self.sent - 1
 
     def check(self, number: int) -> None:
         """Raise if request ``number``'s reply was handed out already (before any I/O: a
         caller's mistake must not cost the connection)."""
-        if number < self.read and number not in self.early:
+        if number not in self.unanswered:
             raise RuntimeError(f"the rows of pass {number} were read already")
 
     def reply(self, number: int) -> tuple[str, Any]:
-        """Request ``number``'s reply (reads, and keeps, the ones sent before it)."""
+        """Request ``number``'s reply (reads, and keeps, the ones that come before it)."""
         while number not in self.early:
             self._read_one()
+        self.unanswered.discard(number)
         return self.early.pop(number)
 
     def arrived(self, number: int) -> tuple[str, Any] | None:
@@ -81,17 +86,19 @@ class Replies:
         that have begun to arrive, never waits for one that has not."""
         while number not in self.early and self.conn.poll():
             self._read_one()
-        return self.early.pop(number, None)
+        if number not in self.early:
+            return None
+        self.unanswered.discard(number)
+        return self.early.pop(number)
 
     def ask(self, request: Any) -> tuple[str, Any]:
         """Send a request the child answers at once, out of turn (``share``), and read its
-        reply: the replies still to come are read (and kept) first."""
-        while self.waiting:
-            self._read_one()
+        reply (keeping the others that come first)."""
         return self.reply(self.send(request))
 
     def _read_one(self) -> None:
-        self.early[self.read] = self.conn.recv()
+        number, reply = self.conn.recv()
+        self.early[number] = reply
         self.read += 1
 
 
@@ -110,22 +117,23 @@ def _rows(kind: str, payload: Any) -> np.ndarray:
     return np.asarray(payload)
 
 
-def send_reply(conn: Connection, reply: tuple[str, Any]) -> None:
-    """Send a reply (the engine process's side); one that cannot reach the other end is
-    dropped: that end is gone."""
+def send_reply(conn: Connection, reply: tuple[str, Any], number: int | None = None) -> None:
+    """Send a reply (the engine process's side), as ``(number, reply)`` when it answers
+    request ``number`` (:class:`Replies`); one that cannot reach the other end is dropped:
+    that end is gone."""
     kind, payload = reply
     if kind == "error" and type(payload).__module__.partition(".")[0] == "torch":
         # unpickled, torch's exceptions (a CUDA out-of-memory) would import torch in processes
         # that run without it; RuntimeError is what they derive from
         reply = ("error", RuntimeError(f"{type(payload).__name__}: {payload}"))
     try:
-        conn.send(reply)
+        conn.send(reply if number is None else (number, reply))
     except (EOFError, OSError):
         pass
     except Exception as e:  # an exception that does not pickle: send its text
+        failed = ("error", EngineProcessError(f"{type(reply[1]).__name__}: {reply[1]} ({e})"))
         with contextlib.suppress(Exception):
-            conn.send(("error", EngineProcessError(f"{type(reply[1]).__name__}: {reply[1]} "
-                                                   f"({e})")))
+            conn.send(failed if number is None else (number, failed))
 
 
 class _Described:

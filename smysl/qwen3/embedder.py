@@ -289,10 +289,12 @@ class Embedder(OnEngine, BaseEmbedder, TokenLevel):
         return self._run(ids, None)
 
     def start_prepared(self, ids: list[list[int]]) -> Callable[[], np.ndarray]:
-        """:meth:`embed_prepared`, started: on an engine that queues passes (CUDA) every batch
-        of ``ids`` is queued before this returns (so the caller bounds ``ids``: the server
-        passes one of its batches); otherwise they are computed first."""
-        if not self.engine.queues:
+        """:meth:`embed_prepared`, started: on an engine that queues passes (CUDA) or runs in
+        its own process every batch of ``ids`` is sent before this returns (so the caller
+        bounds ``ids``: the server passes one of its batches); otherwise they are computed
+        first. (An engine process on CPU runs a short batch sent while a long input's pass
+        computes between that pass's layers: :class:`smysl.qwen3.worker._Hub`.)"""
+        if not self.engine.queues and self.engine.pid is None:
             done = self._run(ids, None)
             return lambda: done
         plan = list(plan_batches([len(s) for s in ids], self.scheduler))

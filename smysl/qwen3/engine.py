@@ -286,6 +286,8 @@ class Engine:
         #: even after that close returned (it gave up waiting, or ran inside this pass).
         self._closes = 0
         self._closing_lock = threading.Lock()
+        #: Per thread: inside a ``between`` call of :meth:`submit` (its pass holds the slots).
+        self._within = _Within()
         _ENGINES.add(self)
         if self.tuned is not None:
             tuning.apply(self, self.tuned)
@@ -402,17 +404,25 @@ class Engine:
             batches = itertools.chain(head, it)
         yield from run_ahead(self.submit, batches, self.queues)
 
-    def submit(self, batch: list[list[int]], heads: list[int] | None = None
-               ) -> Callable[[], np.ndarray]:
+    def submit(self, batch: list[list[int]], heads: list[int] | None = None,
+               between: Callable[[], None] | None = None) -> Callable[[], np.ndarray]:
         """Start one forward pass; the returned call waits for its rows (on CPU the pass has
-        run already). A batch that runs out of CUDA memory is split and retried in halves."""
+        run already). A batch that runs out of CUDA memory is split and retried in halves.
+
+        ``between`` (CPU): called after each layer of the pass, in this thread; it may run
+        other passes of this engine there (:class:`~smysl.qwen3.worker._Hub` runs short
+        requests between the layers of a long input's pass), which then use the threads and
+        slots this pass holds."""
         if self._closing:  # nothing new starts while a close waits (CUDA passes check nothing)
             raise PassStopped("the forward pass was not started: its engine is closing")
+        if self._within.passing:  # from ``between``: this thread's pass holds the slots
+            rows = self._cpu_pass(batch, heads)
+            return lambda: rows
         try:
             with self._slots.hold(self._slots.size):
                 if self._cuda is not None:
                     return self._cuda.launch(batch)
-                rows = self._cpu_pass(batch, heads)
+                rows = self._cpu_pass(batch, heads, between=between)
                 return lambda: rows
         except torch.cuda.OutOfMemoryError:
             if len(batch) == 1:
@@ -429,11 +439,12 @@ class Engine:
         return lanes.count if lanes is not None and lanes.pid == os.getpid() else 0
 
     def _cpu_pass(self, batch: list[list[int]], heads: list[int] | None = None,
-                  stop: threading.Event | None = None) -> np.ndarray:
+                  stop: threading.Event | None = None,
+                  between: Callable[[], None] | None = None) -> np.ndarray:
         """One CPU forward pass, in the calling thread on its torch threads (the caller holds
         the slots). It ends early with :class:`PassStopped` once :meth:`close` runs, or
         ``stop`` (a lane's bulk call ended) is set: checked before the first layer and after
-        each."""
+        each, where ``between`` (:meth:`submit`) is called too."""
         closes = self._closes
 
         def check() -> None:
@@ -442,6 +453,12 @@ class Engine:
             if stop is not None and stop.is_set():
                 raise PassStopped("the forward pass was stopped: its bulk call ended, or its "
                                   "lanes were closed")
+            if between is not None:
+                self._within.passing = True
+                try:
+                    between()
+                finally:
+                    self._within.passing = False
 
         check()
         if heads is not None and any(heads):
@@ -574,6 +591,10 @@ class Engine:
         self._slots = Slots(self.lanes)
         self._lanes_lock = threading.Lock()
         self._closing, self._closing_lock = 0, threading.Lock()
+
+
+class _Within(threading.local):
+    passing = False
 
 
 #: The engines of this process (:meth:`Engine._forked`).

@@ -29,6 +29,7 @@ import time
 import weakref
 from collections import deque
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from multiprocessing import AuthenticationError
 from multiprocessing.connection import Connection, Listener, wait
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -100,12 +101,30 @@ def _child(conn: Connection, ckpt: Checkpoint, cfg: EngineConfig) -> None:
         engine.close()  # its lane threads ended before the interpreter finalises (as above)
 
 
+@dataclass(eq=False)
+class _Request:
+    """A forward request: from ``conn``, its ``number``-th request there (its reply carries
+    the number: a request run between the layers of a long pass is answered before it)."""
+
+    conn: Connection
+    number: int
+    batch: list[list[int]]
+    heads: list[int] | None
+
+    @property
+    def longest(self) -> int:
+        return max(map(len, self.batch), default=0)
+
+    @property
+    def tokens(self) -> int:
+        return _tokens((self.batch, self.heads))
+
+
 class _Pass:
     """One forward pass launched by the hub: its requests, and once :attr:`done`, its rows or
     the error it raised."""
 
-    def __init__(self, requests: list[tuple[Connection, Any]],
-                 wait: Callable[[], np.ndarray]) -> None:
+    def __init__(self, requests: list[_Request], wait: Callable[[], np.ndarray]) -> None:
         self.requests, self.wait = requests, wait
         self.rows: np.ndarray | None = None
         self.error: Exception | None = None
@@ -137,7 +156,10 @@ class _Hub:
     (a bulk request's) is worth queuing behind the running one, as :meth:`Engine.forward_many`
     does: the GPU never waits for the host between large passes. At most two passes are on
     the device, so its memory holds two passes' activations at most. On CPU a pass has run
-    when it is submitted, and its rows go out at once.
+    when it is submitted, and its rows go out at once; a pass with an input over the budget
+    (seconds to minutes) reads what arrives after each of its layers and runs the requests
+    within the budget there (:meth:`_between`), so those wait for one layer of it, not all.
+    Each reply carries its request's number: such a short request is answered first.
     """
 
     def __init__(self, engine: Engine, parent: Connection, info: dict[str, Any]) -> None:
@@ -153,9 +175,18 @@ class _Hub:
         # Replies go out from a thread of their own: a caller with passes in flight reads no
         # reply until its sends are done, and a loop blocked sending it a large reply would
         # stop reading those sends; both ends would wait for ever.
-        #: (connection, reply), (connection, None) to close it after its replies, None: stop.
-        self._outbox: queue.SimpleQueue[tuple[Connection, tuple[str, Any] | None] | None] = (
-            queue.SimpleQueue())
+        #: (connection, request number, reply), (connection, 0, None) to close it after its
+        #: replies, None: stop.
+        self._outbox: queue.SimpleQueue[
+            tuple[Connection, int, tuple[str, Any] | None] | None] = queue.SimpleQueue()
+        #: Requests each connection has sent so far (the next one's number).
+        self._numbers: dict[Connection, int] = {}
+        #: Received, not yet launched, in arrival order.
+        self._pending: list[_Request] = []
+        #: The parent is gone, or sent the stop.
+        self._stopped = False
+        #: A CPU pass that takes others between its layers is running (they take none).
+        self._nested = False
         #: Launched passes for the watcher, in launch order; None: stop.
         self._launched: queue.SimpleQueue[_Pass | None] = queue.SimpleQueue()
         #: The watcher writes a byte here after each pass it has waited for.
@@ -184,23 +215,23 @@ class _Hub:
 
     def _write(self) -> None:
         while (item := self._outbox.get()) is not None:
-            conn, reply = item
+            conn, number, reply = item
             if reply is None:
                 conn.close()
             else:
-                send_reply(conn, reply)
+                send_reply(conn, reply, number)
 
     def _watch(self) -> None:
         while (p := self._launched.get()) is not None:
             p.run()
             os.write(self._done_w, b"x")
 
-    def _reply(self, conn: Connection, reply: tuple[str, Any]) -> None:
-        self._outbox.put((conn, reply))
+    def _reply(self, conn: Connection, number: int, reply: tuple[str, Any]) -> None:
+        """Queue the reply to ``conn``'s request ``number``."""
+        self._outbox.put((conn, number, reply))
 
     def _serve(self) -> None:
         inflight: deque[_Pass] = deque()  # launched, not yet answered, oldest first
-        pending: list[tuple[Connection, Any]] = []  # received, not yet launched
         for source in (self._wake_r, self._done_r):
             self._selector.register(source, selectors.EVENT_READ)
         for c in (self.parent, *self.clients):
@@ -209,18 +240,24 @@ class _Hub:
             ready = [key.fileobj for key, _ in self._selector.select()]
             if self._done_r in ready:
                 self._answer_done(inflight)
-            requests, stop = self._receive(ready)
-            # a client gone meanwhile needs no pass; nor does the parent once it has stopped
-            # us (it closed its end: nobody would read the rows)
-            pending = [r for r in pending + requests
-                       if (r[0] is self.parent and not stop) or r[0] in self.clients]
-            pending = self._start(pending, inflight)
-            if stop:  # the parent is gone, or asked the child to stop: answer the clients
-                while pending or inflight:  # (two passes on the device at most, as ever)
+            self._take(ready)
+            self._start(inflight)
+            if self._stopped:  # the parent is gone, or asked the child to stop: answer the
+                while self._pending or inflight:  # clients (two passes on the device at most)
                     wait([self._done_r])
                     self._answer_done(inflight)
-                    pending = self._start(pending, inflight)
+                    self._start(inflight)
                 return
+
+    def _take(self, ready: list[Any]) -> None:
+        """Add what ``ready`` connections sent to :attr:`_pending`, and drop the requests
+        nobody will read: a client gone meanwhile needs no pass; nor does the parent once it
+        has stopped us (it closed its end)."""
+        requests, stop = self._receive(ready)
+        self._stopped |= stop
+        self._pending = [r for r in self._pending + requests
+                         if (r.conn is self.parent and not self._stopped)
+                         or r.conn in self.clients]
 
     def _answer_done(self, inflight: deque[_Pass]) -> None:
         """After the watcher's signal: answer the passes it has waited for, in launch
@@ -229,17 +266,18 @@ class _Hub:
         while inflight and inflight[0].done:
             self._finish(inflight.popleft())
 
-    def _start(self, pending: list[tuple[Connection, Any]], inflight: deque[_Pass]
-               ) -> list[tuple[Connection, Any]]:
-        """Launch what may run now of ``pending`` (merged, in arrival order) -> the rest.
-        CUDA: the next pass when none runs, or one of at least half the budget behind a
-        single running one; CPU: every pass, each answered when it has run."""
-        groups = merge([r for _, r in pending], self.budget)
-        for n, group in enumerate(groups):
+    def _start(self, inflight: deque[_Pass]) -> None:
+        """Launch what may run now of :attr:`_pending` (merged, in arrival order). CUDA: the
+        next pass when none runs, or one of at least half the budget behind a single running
+        one; CPU: every pass, each answered when it has run (a long input's pass takes the
+        short requests that arrive meanwhile between its layers: :meth:`_between`)."""
+        while self._pending:
+            pending = self._pending
+            group = merge([(r.batch, r.heads) for r in pending], self.budget)[0]
             if self.pipelined and inflight and (
-                    len(inflight) > 1
-                    or sum(_tokens(pending[i][1]) for i in group) < self.budget // 2):
-                return [pending[i] for g in groups[n:] for i in g]
+                    len(inflight) > 1 or sum(pending[i].tokens for i in group) < self.budget // 2):
+                return
+            self._pending = pending[len(group):]
             p = self._launch([pending[i] for i in group])
             if self.pipelined:
                 inflight.append(p)
@@ -247,9 +285,26 @@ class _Hub:
             else:
                 p.run()
                 self._finish(p)
-        return []
 
-    def _receive(self, ready: list[Any]) -> tuple[list[tuple[Connection, Any]], bool]:
+    def _between(self) -> None:
+        """Between two layers of a CPU pass with an input over the budget (seconds to
+        minutes): take what has arrived, and run the requests without such an input now, in
+        passes of their own, and answer them. So a short query waits for one layer of a long
+        document, not for all of it (the HTTP server sends it while the long pass runs:
+        :class:`~smysl.server.batcher.Batcher`)."""
+        ready = [key.fileobj for key, _ in self._selector.select(0)]
+        if ready:
+            self._take(ready)
+        short = [r for r in self._pending if r.longest <= self.budget]
+        if not short:
+            return
+        self._pending = [r for r in self._pending if r.longest > self.budget]
+        for group in merge([(r.batch, r.heads) for r in short], self.budget):
+            p = self._launch([short[i] for i in group])
+            p.run()
+            self._finish(p)
+
+    def _receive(self, ready: list[Any]) -> tuple[list[_Request], bool]:
         """The forward requests among ``ready`` connections, all that each has sent (new
         clients joined, a parent's "share" answered), and whether the parent is gone or sent
         the stop (what the clients sent is answered still)."""
@@ -260,7 +315,7 @@ class _Hub:
             for c in joined:
                 self._selector.register(c, selectors.EVENT_READ)
             self.clients += joined
-        requests: list[tuple[Connection, Any]] = []
+        requests: list[_Request] = []
         stop = False
         for c in ready:
             if not isinstance(c, Connection):  # the wake-up pipes
@@ -274,18 +329,21 @@ class _Hub:
                         break
                     self.clients.remove(c)
                     self._selector.unregister(c)
+                    self._numbers.pop(c, None)
                     # closed by the writer, after the replies queued for it: closed here,
                     # its descriptor could be reused by a new client before those were
                     # written
-                    self._outbox.put((c, None))
+                    self._outbox.put((c, 0, None))
                     break
                 if request is None and c is self.parent:
                     stop = True
                     break
+                number = self._numbers.get(c, 0)
+                self._numbers[c] = number + 1
                 if c is self.parent and request[0] == "share":
-                    self._reply(c, self._listen(*request[1:]))
+                    self._reply(c, number, self._listen(*request[1:]))
                 else:
-                    requests.append((c, request))
+                    requests.append(_Request(c, number, *request))
                 try:  # what else it has sent, now: one pass can take it all
                     if not c.poll():
                         break
@@ -293,13 +351,23 @@ class _Hub:
                     break  # the next wait sees it closed
         return requests, stop
 
-    def _launch(self, requests: list[tuple[Connection, Any]]) -> _Pass:
-        """Queue one forward pass for ``requests`` ((batch, heads) each)."""
+    def _launch(self, requests: list[_Request]) -> _Pass:
+        """Queue one forward pass for ``requests``: on CPU, one with an input over the
+        budget takes others between its layers (:meth:`_between`), unless it runs between
+        another's."""
         if len(requests) == 1:
-            batch, heads = requests[0][1]
+            batch, heads = requests[0].batch, requests[0].heads
         else:  # merged: none has heads (see merge)
-            batch, heads = [s for _, (b, _) in requests for s in b], None
+            batch, heads = [s for r in requests for s in r.batch], None
         try:
+            if (not self.pipelined and not self._nested
+                    and max(r.longest for r in requests) > self.budget):
+                self._nested = True
+                try:
+                    rows = self.engine.submit(batch, heads, between=self._between)
+                finally:
+                    self._nested = False
+                return _Pass(requests, rows)
             return _Pass(requests, self.engine.submit(batch, heads))
         except Exception as e:
             return _Pass(requests, functools.partial(reraise, e))
@@ -308,16 +376,17 @@ class _Hub:
         """Send each request of a pass that has run its rows."""
         if p.error is not None:
             if len(p.requests) == 1:
-                self._reply(p.requests[0][0], ("error", p.error))
-            else:  # whose input was it: each alone (here: rare, and replies keep their order)
-                for c, (batch, heads) in p.requests:
-                    self._reply(c, _forward(self.engine, batch, heads))
+                r = p.requests[0]
+                self._reply(r.conn, r.number, ("error", p.error))
+            else:  # whose input was it: each alone (here: rare)
+                for r in p.requests:
+                    self._reply(r.conn, r.number, _forward(self.engine, r.batch, r.heads))
             return
         rows, start = p.rows, 0
         assert rows is not None  # done without an error
-        for c, (batch, _) in p.requests:
-            self._reply(c, ("ok", rows[start : start + len(batch)]))
-            start += len(batch)
+        for r in p.requests:
+            self._reply(r.conn, r.number, ("ok", rows[start : start + len(r.batch)]))
+            start += len(r.batch)
 
     def _listen(self, address: str, authkey: bytes) -> tuple[str, Any]:
         """Accept clients at ``address`` (a Unix socket path) from now on."""
@@ -461,7 +530,7 @@ class EngineProcess(Piped):
     def _start(self) -> None:
         self._install(*self._spawn())
 
-    def _spawn(self) -> tuple[Any, Connection, dict[str, Any]]:
+    def _spawn(self) -> tuple[Any, Replies, dict[str, Any]]:
         """Start a child and wait until it has loaded the model: (process, pipe, its shape)."""
         ctx = mp.get_context("spawn")  # fork would copy a parent's threads and CUDA state
         conn, child_conn = ctx.Pipe()
@@ -482,9 +551,9 @@ class EngineProcess(Piped):
                     + _exit_why(proc.exitcode)) from None
             if kind == "error":
                 raise info
+            replies = Replies(conn)
             if self._shared is not None:  # a restarted child serves the same clients
-                conn.send(("share", self._shared.address, self._shared.authkey))
-                kind, err = conn.recv()
+                kind, err = replies.ask(("share", self._shared.address, self._shared.authkey))
                 if kind == "error":
                     raise err
         except BaseException as e:
@@ -495,12 +564,12 @@ class EngineProcess(Piped):
                 proc.kill()
                 proc.join(5)
             raise
-        return proc, conn, info
+        return proc, replies, info
 
-    def _install(self, proc: Any, conn: Connection, info: dict[str, Any]) -> None:
+    def _install(self, proc: Any, replies: Replies, info: dict[str, Any]) -> None:
         """Make a started child the engine's (under the lock, or before any other thread)."""
         self._proc, self._info = proc, info
-        self._replies = Replies(conn)
+        self._replies, conn = replies, replies.conn
         self._stopping = threading.Event()
         self._closer = weakref.finalize(self, _stop, proc, conn, self._stopping)
         threading.Thread(target=_watch, args=(weakref.ref(self), proc), daemon=True,
@@ -541,7 +610,7 @@ class EngineProcess(Piped):
                 continue
             with self._lock:
                 if self._closed:
-                    _stop(child[0], child[1])
+                    _stop(child[0], child[1].conn)
                     return
                 self._install(*child)
             log.warning("the engine process is back (pid %s) after %.1f s", self.pid,

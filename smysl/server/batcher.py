@@ -2,8 +2,8 @@
 
 Handlers append jobs to a bounded queue; a dedicated compute thread builds each batch from the
 queue, drops jobs whose client has gone or whose time budget ran out and starts the backend on
-it; a finisher thread waits for each started batch's rows in turn and posts each finished
-job's rows back to its event loop. Neither waits for the event loop, which keeps accepting,
+it; two finisher threads wait for the started batches' rows and post each finished job's
+rows back to its event loop. Neither waits for the event loop, which keeps accepting,
 parsing and answering requests while the model computes. How many batches are in flight is
 the backend's (:attr:`BatchBackend.queues`): one where starting a batch computes it (CPU);
 on a CUDA engine one more, queued behind the running one; on an engine process that merges
@@ -16,8 +16,9 @@ budget), and each batch takes at most one slice of it. Jobs that fit one batch g
 arrival order; large jobs share what is left round-robin, and after two batches in a row that
 left them nothing, the next large job goes first (so none starves). So a short request
 waits for at most the batches in flight (one, on CUDA two, or a budget's worth), never for a
-large request to finish (one input is never split: an input longer than the budget is a
-forward pass of its own).
+large request to finish. One input is never split: an input longer than the budget is a
+forward pass of its own, and while one runs, batches within the budget still start (an
+engine process on CPU runs them between its layers: :meth:`Batcher._room_locked`).
 
 Each job's dimensions and normalisation are applied by :func:`smysl.pooling.finish`, as
 :meth:`smysl.base.BaseEmbedder.embed` applies them; the engine is batch-invariant, so slicing does
@@ -53,6 +54,8 @@ INLINE_SIZE = 4096
 _STARVED = 2
 #: Batches the drain rate (tokens per second, for Retry-After) is measured over.
 _RATE_WINDOW = 32
+#: Finisher threads (:meth:`Batcher._work`).
+_FINISHERS = 2
 
 
 @dataclass(eq=False)
@@ -103,6 +106,11 @@ class Job:
         if len(self.lengths) != len(self.items):
             raise ValueError("a job needs one token length per item")
         self.left = sum(self.lengths)
+
+    @property
+    def next_length(self) -> int:
+        """Tokens of the next item not yet handed to a batch (0: none left)."""
+        return self.lengths[self.taken] if self.taken < len(self.items) else 0
 
 
 class BackendDown(RuntimeError):
@@ -204,16 +212,16 @@ class Batcher:
         #: Guards ``_pending``, ``_closing``, ``_inflight``, ``_started`` and ``_recent``; the
         #: compute thread sleeps on it (for jobs, or room for another batch).
         self._cond = threading.Condition(lock)
-        #: On the same lock: the finisher thread sleeps on it until a batch has started (each
+        #: On the same lock: the finisher threads sleep on it until a batch has started (each
         #: thread woken only for what it waits for: a wake-up of both on every request cost
         #: ~5% of a busy HTTP process's GIL time).
         self._ready = threading.Condition(lock)
         self._closing = False
         #: Tokens of the batches being computed (still ahead of a new request).
         self._inflight = 0
-        #: Batches started, rows not yet posted, oldest first (the finisher thread's work).
+        #: Batches started, rows not yet posted, oldest first (the finisher threads' work).
         self._started: deque[Started] = deque()
-        #: The compute thread is taking batches (the finisher stops once it is not and
+        #: The compute thread is taking batches (the finishers stop once it is not and
         #: nothing is in flight).
         self._taking = False
         #: Requests admitted (:meth:`admitted`) and being tokenised, not yet queued: they count
@@ -221,13 +229,14 @@ class Batcher:
         self._preparing = 0
         #: Batches in a row that left the waiting large jobs nothing (see ``_take``).
         self._starved = 0
-        # One compute thread takes and starts batches, one finisher thread reads and posts
-        # them: batches start and end in a predictable order.
+        # One compute thread takes and starts batches, finisher threads read and post them.
         self._thread: threading.Thread | None = None
         #: (tokens, seconds) of recent batches: the measured drain rate, for Retry-After.
         self._recent: deque[tuple[int, float]] = deque(maxlen=_RATE_WINDOW)
-        #: When the last batch's rows were ready (``time.perf_counter``; finisher thread).
+        #: When the last batch's rows were ready (``time.perf_counter``; on the lock).
         self._last_end = 0.0
+        #: The finishers keep rows in their jobs and post them one at a time.
+        self._posting = threading.Lock()
 
     # ------------------------------------------------------------------ public
     @property
@@ -436,22 +445,26 @@ class Batcher:
     # ------------------------------------------------------------------ compute threads
     def _work(self) -> None:
         """The compute thread: take batches and start them, as many at a time as the backend
-        takes (:meth:`_room_locked`), until closed and drained; a finisher thread waits for
-        each started batch's rows in turn and posts them (:meth:`_finish_all`). So the device
-        is not idle while rows are posted, and with an engine process that merges batches
-        (on CUDA) a request goes out the moment it is queued, not after the rows of a batch
-        in flight."""
+        takes (:meth:`_room_locked`), until closed and drained; finisher threads wait for
+        the started batches' rows and post them (:meth:`_finish_all`). So the device is not
+        idle while rows are posted, and with an engine process that merges batches (on CUDA)
+        a request goes out the moment it is queued, not after the rows of a batch in
+        flight. Two finishers: a short batch run between the layers of a long one's pass
+        is posted when its rows come, not after the long one's."""
         with self._cond:
             self._taking = True
-        finisher = threading.Thread(target=self._finish_all, name="smysl-finish", daemon=True)
-        finisher.start()
+        finishers = [threading.Thread(target=self._finish_all, name="smysl-finish",
+                                      daemon=True) for _ in range(_FINISHERS)]
+        for f in finishers:
+            f.start()
         try:
             self._take_all()
         finally:
             with self._cond:
                 self._taking = False
                 self._ready.notify_all()
-            finisher.join()
+            for f in finishers:
+                f.join()
 
     def _take_all(self) -> None:
         while True:
@@ -459,7 +472,8 @@ class Batcher:
             with self._cond:
                 while True:
                     dropped += self._drop_gone()
-                    if not self._pending or not self._room_locked():
+                    largest = self._room_locked()
+                    if not any(j.next_length <= largest for j in self._pending):
                         if dropped:
                             break
                         if self._closing and not self._pending:
@@ -474,7 +488,8 @@ class Batcher:
                         self._cond.wait(delay)
                         continue
                     break
-                batch = self._take() if self._pending and self._room_locked() else []
+                largest = self._room_locked()
+                batch = self._take(largest) if self._pending and largest else []
                 self._inflight += _tokens(batch)
                 depth = len(self._pending)
             self._post(dropped)
@@ -494,23 +509,38 @@ class Batcher:
                 self._started.append(started)
                 self._ready.notify()
 
-    def _room_locked(self) -> bool:
-        """Whether another batch may start now (:attr:`BatchBackend.queues`): one at a time
-        when starting computes it; one more behind it when the backend queues; more while the
-        batches in flight are under one token budget when it merges them."""
-        n, ahead = len(self._started), self.backend.queues
-        return n <= min(ahead, 1) or (n <= ahead and self._inflight < self.max_batch_tokens)
+    def _room_locked(self) -> float:
+        """The longest input another batch may hold now (0: none may start). How many batches
+        may be in flight is the backend's (:attr:`BatchBackend.queues`): one at a time when
+        starting computes it; one more behind it when the backend queues; more while the
+        batches in flight are under one token budget when it merges them. While a batch of
+        one input over the budget runs, batches within the budget start as long as their
+        tokens in flight are under one budget: an engine process on CPU runs them between its
+        layers (:class:`smysl.qwen3.worker._Hub`), so a short request waits for one layer of
+        a long document, not for all of it (a second long input waits: queued behind the
+        first, it would hold them up); elsewhere they wait behind it as they would here."""
+        n, inflight, ahead = len(self._started), self._inflight, self.backend.queues
+        if n <= min(ahead, 1) or (n <= ahead and inflight < self.max_batch_tokens):
+            return math.inf
+        long = next((s for s in self._started if s.long), None)
+        if long is None:
+            return 0
+        # beside it, batches within one budget in flight: the engine process takes what has
+        # arrived at the next layer's end, merged (one at a time, a request that came while
+        # one waited for that layer waited for the next too)
+        return self.max_batch_tokens if inflight - long.tokens < self.max_batch_tokens else 0
 
     def _finish_all(self) -> None:
-        """The finisher thread: each started batch's rows in turn, posted; until the compute
-        thread has stopped and nothing is in flight."""
+        """A finisher thread: the oldest started batch no other finisher waits for, its rows
+        posted; until the compute thread has stopped and nothing is left to wait for."""
         while True:
             with self._cond:
-                while not self._started:
+                while (started := next((s for s in self._started if not s.claimed),
+                                       None)) is None:
                     if not self._taking:
                         return
                     self._ready.wait()
-                started = self._started[0]
+                started.claimed = True
             try:
                 self._finish(started)
             except BaseException as e:  # never leave a started job unanswered
@@ -520,7 +550,7 @@ class Batcher:
                         started.rows()
             finally:
                 with self._cond:
-                    self._started.popleft()
+                    self._started.remove(started)
                     self._inflight -= started.tokens
                     self._cond.notify()  # room for the compute thread
 
@@ -551,10 +581,11 @@ class Batcher:
         self._pending = keep
         return gone
 
-    def _take(self) -> list[Slice]:
+    def _take(self, largest: float = math.inf) -> list[Slice]:
         """One batch (under the lock): jobs that fit whole in arrival order, then slices of large
         jobs round-robin (the first large job leads when they starved); one key, within the
-        budgets."""
+        budgets. An input over the budget goes alone, and only when ``largest``
+        (:meth:`_room_locked`) allows it."""
         budget = self.max_batch_tokens
         large = [j for j in self._pending if j.left > budget]  # in round-robin order
         small = [j for j in self._pending if j.left <= budget]
@@ -562,7 +593,10 @@ class Batcher:
             order = large[:1] + small + large[1:]
         else:
             order = small + large
-        key = order[0].key
+        lead = next((j for j in order if j.next_length <= largest), None)
+        if lead is None:
+            return []
+        key = lead.key
         batch: list[Slice] = []
         tokens = 0
         for job in order:
@@ -576,8 +610,9 @@ class Batcher:
                     continue
                 stop = len(job.items)
             else:  # the next inputs of a large job that fit; one, however long, if alone
-                while stop < len(job.items) and (job.lengths[stop] <= room
-                                                  or (not batch and stop == job.taken)):
+                while stop < len(job.items) and (
+                        job.lengths[stop] <= room
+                        or (not batch and stop == job.taken and job.lengths[stop] <= largest)):
                     room -= job.lengths[stop]
                     stop += 1
                 if stop == job.taken:
@@ -627,7 +662,8 @@ class Batcher:
         self.metrics.batch_requests.observe(len(batch))
         self.metrics.batch_inputs.observe(sum(s.stop - s.start for s in batch))
         self.metrics.batch_tokens.observe(tokens)
-        return Started(batch, tokens, start, self._compute(batch))
+        long = tokens > self.max_batch_tokens and len(batch) == 1 == batch[0].stop - batch[0].start
+        return Started(batch, tokens, start, self._compute(batch), long)
 
     def _finish(self, started: Started) -> None:
         """Wait for a started batch's rows; post the jobs it completed or failed."""
@@ -644,7 +680,14 @@ class Batcher:
         # together: the first takes the pass's time, the others ~0; the fit averages them)
         with self._cond:
             self._recent.append((started.tokens, end - max(started.at, self._last_end)))
-        self._last_end = end
+            self._last_end = max(end, self._last_end)
+        with self._posting:  # the other finisher may post another slice of the same job
+            self._post_rows(batch, results, elapsed)
+
+    def _post_rows(self, batch: list[Slice], results: list[np.ndarray | BaseException],
+                   elapsed: float) -> None:
+        """Keep a finished batch's rows in their jobs; post the jobs it completed or
+        failed."""
         done: list[tuple[Job, np.ndarray | BaseException]] = []
         failed: list[tuple[Job, BaseException]] = []
         for s, result in zip(batch, results, strict=True):
@@ -716,6 +759,10 @@ class Started:
     at: float
     #: Waits for the rows, split per slice (or each slice's error).
     rows: Callable[[], list[np.ndarray | BaseException]]
+    #: One input over the batch budget (:meth:`Batcher._room_locked`).
+    long: bool = False
+    #: A finisher waits for it.
+    claimed: bool = False
     #: :attr:`rows` was called (by :meth:`Batcher._finish`).
     read: bool = False
 

@@ -343,6 +343,11 @@ def _hub(engine: _FakeCudaEngine, clients: int) -> tuple[Any, list[Any], Any]:
     return thread, ends, parent
 
 
+def _answer(conn: Any) -> Any:
+    """The next reply on a client's end, without its request number."""
+    return conn.recv()[1]
+
+
 def _stop(thread: Any, parent: Any) -> None:
     parent.send(None)
     thread.join(10)
@@ -356,7 +361,7 @@ def _run_hub(engine: _FakeCudaEngine, requests: list[Any]) -> list[Any]:
     for c, r in zip(ends, requests, strict=True):
         c.send(r)
     thread.start()
-    replies = [c.recv() if c.poll(10) else None for c in ends]
+    replies = [_answer(c) if c.poll(10) else None for c in ends]
     _stop(thread, parent)
     return replies
 
@@ -375,11 +380,11 @@ def test_the_hub_merges_what_arrives_while_a_small_pass_runs_into_the_next() -> 
     c.send(([[11, 12]], None))  # one client, two requests in flight
     assert not a.poll(0.3) and engine.events == [("launch", (1,))]  # they wait for the pass
     engine.open(1)
-    assert a.recv()[1].tolist() == [[1, 3]]
+    assert _answer(a)[1].tolist() == [[1, 3]]
     engine.until(("launch", (7, 9, 11)))
     engine.open(7, 9, 11)
-    assert b.recv()[1].tolist() == [[7, 2]]
-    assert [c.recv()[1].tolist(), c.recv()[1].tolist()] == [[[9, 1]], [[11, 2]]]
+    assert _answer(b)[1].tolist() == [[7, 2]]
+    assert [_answer(c)[1].tolist(), _answer(c)[1].tolist()] == [[[9, 1]], [[11, 2]]]
     assert engine.events == [("launch", (1,)), ("wait", (1,)), ("launch", (7, 9, 11)),
                              ("wait", (7, 9, 11))]
     _stop(thread, parent)
@@ -402,7 +407,7 @@ def test_the_hub_queues_a_large_pass_behind_a_running_one_two_at_most() -> None:
     engine.until(("launch", (3,)))
     engine.open(2)
     engine.open(3)
-    assert [x.recv()[0] for x in (a, b, c)] == ["ok", "ok", "ok"]
+    assert [_answer(x)[0] for x in (a, b, c)] == ["ok", "ok", "ok"]
     assert engine.events == [("launch", (1,)), ("launch", (2,)), ("wait", (1,)),
                              ("launch", (3,)), ("wait", (2,)), ("wait", (3,))]
     _stop(thread, parent)
@@ -419,11 +424,11 @@ def test_the_hub_computes_nothing_for_a_client_gone_while_it_waited() -> None:
     b.close()  # and its client goes away meanwhile
     time.sleep(0.2)
     engine.open(1)
-    assert a.recv()[0] == "ok"
+    assert _answer(a)[0] == "ok"
     a.send(([[3]], None))
     engine.until(("launch", (3,)))
     engine.open(3)
-    assert a.recv()[1].tolist() == [[3, 1]]
+    assert _answer(a)[1].tolist() == [[3, 1]]
     assert ("launch", (7,)) not in engine.events
     _stop(thread, parent)
 
@@ -447,7 +452,7 @@ def test_the_hub_keeps_two_passes_at_most_on_the_device_while_it_stops() -> None
     engine.until(("launch", (3,)))
     engine.open(2)
     engine.open(3)
-    assert [x.recv()[0] for x in (a, b, c)] == ["ok", "ok", "ok"]
+    assert [_answer(x)[0] for x in (a, b, c)] == ["ok", "ok", "ok"]
     thread.join(10)
     assert not thread.is_alive()
 
@@ -460,7 +465,7 @@ def test_the_hub_answers_what_a_client_sent_with_the_stop() -> None:
     a.send(([[1, 2]], None))
     b.send(([[7]], None))
     thread.start()
-    assert [x.recv()[1].tolist() if x.poll(10) else None for x in (a, b)] == [[[1, 2]], [[7, 1]]]
+    assert [_answer(x)[1].tolist() if x.poll(10) else None for x in (a, b)] == [[[1, 2]], [[7, 1]]]
     thread.join(10)
     assert not thread.is_alive()
 
@@ -476,7 +481,7 @@ def test_the_hub_computes_nothing_for_the_parent_once_it_has_stopped(device: str
     parent.send(None)
     a.send(([[7]], None))
     thread.start()
-    assert a.poll(10) and a.recv()[1].tolist() == [[7, 1]]  # the client's, answered
+    assert a.poll(10) and _answer(a)[1].tolist() == [[7, 1]]  # the client's, answered
     thread.join(10)
     assert not thread.is_alive()
     assert [e for e in engine.events if e[0] == "launch"] == [("launch", (7,))]
@@ -729,8 +734,8 @@ def test_a_caller_sends_while_another_thread_waits_for_rows() -> None:
     sent.join(5)
     assert not sent.is_alive(), "the send waited for the rows of the pass in flight"
     assert [child.recv(), child.recv()] == [([[1]], None), ([[2]], None)]
-    child.send(("ok", np.array([[1.0]], np.float32)))
-    child.send(("ok", np.array([[2.0]], np.float32)))
+    child.send((0, ("ok", np.array([[1.0]], np.float32))))
+    child.send((1, ("ok", np.array([[2.0]], np.float32))))
     waiter.join(5)
     assert got[1].tolist() == [[1.0]] and got[0]().tolist() == [[2.0]]
     # callers waiting at once: whoever reads the connection hands the others their rows
@@ -743,7 +748,7 @@ def test_a_caller_sends_while_another_thread_waits_for_rows() -> None:
     time.sleep(0.2)
     for i in range(3, 7):
         assert child.recv() == ([[i]], None)
-        child.send(("ok", np.array([[float(i)]], np.float32)))
+        child.send((i - 1, ("ok", np.array([[float(i)]], np.float32))))
     for t in threads:
         t.join(5)
     assert {i: r.tolist() for i, r in out.items()} == {i: [[i + 3.0]] for i in range(4)}
@@ -804,7 +809,7 @@ def test_a_waiter_behind_a_killed_child_leaves_the_engine_restartable() -> None:
     for t in threads:
         t.start()
         time.sleep(0.2)  # the first waits on the pipe, the second behind it
-    child.send(("ok", _Unreadable()))
+    child.send((0, ("ok", _Unreadable())))
     for t in threads:
         t.join(5)
     assert "unreadable reply" in errors[1]  # its reader: the reply was pass 0's
@@ -840,7 +845,7 @@ def test_a_pipelined_hub_gives_every_client_its_own_rows(tiny) -> None:  # type:
         ends[i % 6].send((b, None))
     thread.start()
     for i, b in enumerate(batches):
-        kind, rows = ends[i % 6].recv()
+        kind, rows = _answer(ends[i % 6])
         assert kind == "ok" and np.array_equal(rows, tiny.engine.forward(b)), i
     assert engine.passes == 1  # all sent before the loop started: one merged pass
     _stop(thread, parent)
@@ -967,3 +972,92 @@ def test_a_twin_of_a_closed_owner_says_so(tiny_dir: Path) -> None:
     owner.close()
     with pytest.raises(EngineProcessError, match="was closed by its owner"):
         twin.embed(["a"])
+
+
+class _LayeredCpuEngine:
+    """A CPU engine whose pass with ``between`` runs ``layers`` layers, each once the test
+    lets it (:meth:`step`), calling ``between`` after each; a pass without it runs at once."""
+
+    device, queues = "cpu", 0
+
+    def __init__(self, layers: int = 3) -> None:
+        import threading
+
+        self.layers = layers
+        self.events: list[tuple[str, tuple[int, ...]]] = []
+        self._steps = threading.Semaphore(0)
+        self.changed = threading.Condition()
+
+    def step(self) -> None:
+        self._steps.release()
+
+    def submit(self, batch: list[list[int]], heads: list[int] | None = None,
+               between: Any = None) -> Any:
+        key = tuple(s[0] for s in batch)
+        self._record(("launch", key))
+        if between is not None:
+            for _ in range(self.layers):
+                assert self._steps.acquire(timeout=10)
+                between()
+        rows = np.array([[s[0], len(s)] for s in batch], dtype=np.float32)
+        self._record(("done", key))
+        return lambda: rows
+
+    def forward(self, batch: list[list[int]], heads: list[int] | None = None) -> np.ndarray:
+        return self.submit(batch, heads)()
+
+    def _record(self, event: tuple[str, tuple[int, ...]]) -> None:
+        with self.changed:
+            self.events.append(event)
+            self.changed.notify_all()
+
+    def until(self, event: tuple[str, tuple[int, ...]]) -> None:
+        with self.changed:
+            assert self.changed.wait_for(lambda: event in self.events, 10), self.events
+
+
+def test_on_cpu_short_requests_run_between_the_layers_of_a_long_input() -> None:
+    """A CPU pass with an input over the budget (1,024 tokens) takes the requests that arrive
+    meanwhile between its layers, when none of their inputs is over the budget: a query waits
+    for one layer of a 16K document, not for its whole pass. Their replies go out at once,
+    numbered (the parent's short request is answered before its long one); a second long
+    input waits for the first to end, and nothing nests deeper."""
+    engine = _LayeredCpuEngine()
+    thread, (a, b), parent = _hub(engine, 2)  # type: ignore[arg-type]
+    thread.start()
+    parent.send(([[1] * 2000], None))
+    engine.until(("launch", (1,)))
+    parent.send(([[2, 2]], None))
+    a.send(([[3], [4] * 1000], None))
+    b.send(([[5] * 1025], None))  # long: waits
+    time.sleep(0.2)
+    engine.step()  # the first layer ends: the short ones run now, merged into one pass
+    assert parent.poll(10)
+    number, (kind, rows) = parent.recv()
+    assert (number, kind, rows.tolist()) == (1, "ok", [[2, 2]])
+    assert _answer(a)[1].tolist() == [[3, 1], [4, 1000]]
+    assert ("launch", (5,)) not in engine.events and not parent.poll(0.1)
+    engine.step()
+    engine.step()
+    number, (kind, rows) = parent.recv()
+    assert (number, kind, rows.tolist()) == (0, "ok", [[1, 2000]])
+    engine.until(("launch", (5,)))  # the second long one, after the first
+    for _ in range(engine.layers):
+        engine.step()
+    assert _answer(b)[1].tolist() == [[5, 1025]]
+    assert engine.events == [("launch", (1,)), ("launch", (2, 3, 4)), ("done", (2, 3, 4)),
+                             ("done", (1,)), ("launch", (5,)), ("done", (5,))]
+    _stop(thread, parent)
+
+
+def test_a_short_request_run_between_layers_gets_the_same_rows(tiny) -> None:  # type: ignore[no-untyped-def]
+    """A pass run inside another's ``between`` (on the threads that pass holds) gives each
+    its own rows, bit for bit: the long pass's too."""
+    engine = tiny.engine
+    long = tiny.tokenize(["слово " * 120 + "word " * 80, "short one"])
+    short = tiny.tokenize(["a query", "и ещё одна"])
+    nested: list[np.ndarray] = []
+    rows = engine.submit(long, between=lambda: nested.append(engine.forward(short)))()
+    assert len(nested) >= 2  # after each layer
+    assert all(np.array_equal(n, engine.forward(short)) for n in nested)
+    assert np.array_equal(rows, engine.forward(long))

@@ -557,3 +557,39 @@ def test_the_time_budget_counts_from_arrival_and_covers_the_wait_to_be_tokenised
 
     # bounded: before the fix the first request waited for a thread without end
     asyncio.run(asyncio.wait_for(go(), 30))
+
+
+def test_short_requests_run_beside_one_long_input_and_a_second_long_one_waits() -> None:
+    """An engine process on CPU runs batches sent while a long input's pass computes between
+    its layers: the batcher sends short ones at once (a 16K input held short requests for 27 s
+    at the median), and posts their rows when they come, before the long one's. A second long
+    input is not sent meanwhile: queued behind the first, it would hold the next short ones
+    up for its whole pass."""
+    backend = _Ahead()
+    backend.queues = 0  # type: ignore[assignment]
+    gate = threading.Event()
+    backend.first_rows = lambda: gate.wait(10)  # the long input computes until the gate
+    batcher = Batcher(backend, Metrics(), max_batch_tokens=100,  # type: ignore[arg-type]
+                      max_batch_requests=8, max_wait_s=0, max_queue=16)
+
+    def submit(item: str, tokens: int) -> asyncio.Future[np.ndarray]:
+        return asyncio.ensure_future(batcher.submit(Job(("ids",), [item], [tokens], 2,
+                                                        normalize=False)))
+
+    async def go() -> None:
+        long = submit("a1", 500)
+        while not backend.events:
+            await asyncio.sleep(0.001)
+        second = submit("b2", 500)
+        short = submit("c3", 5)
+        assert (await asyncio.wait_for(short, 5)).tolist() == [[3, 1]]
+        later = submit("d4", 5)  # the running long one still does not hold it up
+        assert (await asyncio.wait_for(later, 5)).tolist() == [[4, 1]]
+        assert not long.done() and "start b2" not in backend.events
+        gate.set()
+        assert (await long).tolist() == [[1, 1]] and (await second).tolist() == [[2, 1]]
+        await batcher.close()
+
+    asyncio.run(go())
+    ev = backend.events
+    assert ev.index("wait d4") < ev.index("wait a1") < ev.index("start b2")
