@@ -5,7 +5,9 @@ newcomer runs it); one request with a single long input (``--long-tokens``), and
 short query every ``--interval`` seconds, each on its own connection, until the long one is
 answered. Reported: the long request's time, and the short ones' latency (p50, p95, max) among
 those sent while it computed; every short reply is checked against the vector of the same
-query asked on an idle server (bit for bit: the engine is batch-invariant).
+query asked on an idle server (bit for bit: the engine is batch-invariant). With
+``--abandon S``: the long input again from a client that leaves after S seconds, then the time
+of an input a quarter as long (did the abandoned pass run on?).
 
 Usage::
 
@@ -74,12 +76,32 @@ async def _round(port: int, long_text: str, interval: float) -> dict[str, object
             "wall_s": round(time.perf_counter() - start, 2)}
 
 
+async def _abandon(port: int, long_text: str, after: float, follow_text: str
+                   ) -> dict[str, object]:
+    """A client that sends the long input and leaves after ``after`` seconds (an HTTP
+    client's timeout), then one that sends ``follow_text``: how long that one takes shows
+    whether the abandoned pass ran on."""
+    conn = Conn("127.0.0.1", port)
+    sent = asyncio.ensure_future(conn.post("/v1/embeddings", {
+        "model": "served", "input": [long_text], "encoding_format": "base64"}))
+    await asyncio.sleep(after)
+    sent.cancel()
+    await conn.close()
+    follow_s, status, _ = await _embed(port, follow_text)
+    return {"abandoned_after_s": after, "follow_status": status,
+            "follow_s": round(follow_s, 2)}
+
+
 def run(checkout: Path, model: Path, long_text: str, interval: float, rounds: int,
-        extra: list[str]) -> list[dict[str, object]]:
+        extra: list[str], abandon: float) -> list[dict[str, object]]:
     server = Server(str(model), "--served-name", "served", *extra, cwd=checkout)
     try:
         server.wait_ready(600)
-        return [asyncio.run(_round(server.port, long_text, interval)) for _ in range(rounds)]
+        out = [asyncio.run(_round(server.port, long_text, interval)) for _ in range(rounds)]
+        if abandon:
+            out.append(asyncio.run(_abandon(server.port, long_text, abandon,
+                                            long_text[: len(long_text) // 4])))
+        return out
     finally:
         server.stop()
 
@@ -90,6 +112,9 @@ def main() -> None:
     p.add_argument("--long-tokens", type=int, default=8192)
     p.add_argument("--interval", type=float, default=0.1)
     p.add_argument("--rounds", type=int, default=1)
+    p.add_argument("--abandon", type=float, default=0.0,
+                   help="then send the long input again, leave after this many seconds, and "
+                        "time an input a quarter as long sent right after")
     p.add_argument("--other", type=Path, help="another checkout to serve from first (A/B)")
     p.add_argument("--serve-args", default="", help="extra `smysl serve` arguments")
     args = p.parse_args()
@@ -107,7 +132,8 @@ def main() -> None:
     for name, checkout in (("other", args.other), ("this", ROOT)):
         if checkout is None:
             continue
-        for r in run(checkout, model, long_text, args.interval, args.rounds, extra):
+        for r in run(checkout, model, long_text, args.interval, args.rounds, extra,
+                     args.abandon):
             print(json.dumps({"checkout": name, **r}), flush=True)
 
 

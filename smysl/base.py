@@ -35,6 +35,27 @@ from smysl.tokenize import (
 Role = Literal["query", "document"]
 
 
+class Pending:
+    """Work started elsewhere (a forward pass, a server batch): call it to wait for its rows
+    (it raises what computing them raised); :meth:`cancel` asks that it stop early, as a hint:
+    nobody will read the rows. An engine process drops a pass not yet started, and stops a
+    CPU pass at its next layer when it holds nothing else still wanted; the call then raises.
+    Work done already, or an engine that cannot stop, answers as ever."""
+
+    __slots__ = ("_cancel", "_wait")
+
+    def __init__(self, wait: Callable[[], np.ndarray],
+                 cancel: Callable[[], None] | None = None) -> None:
+        self._wait, self._cancel = wait, cancel
+
+    def __call__(self) -> np.ndarray:
+        return self._wait()
+
+    def cancel(self) -> None:
+        if self._cancel is not None:
+            self._cancel()
+
+
 @runtime_checkable
 class Progress(Protocol):
     """Anything with tqdm's ``update(n)``: backends report finished texts through it."""
@@ -140,7 +161,7 @@ class TokenLevel(Protocol):
         """Raw pooled rows ``[len(ids), dimensions]`` (not normalised) of prepared ids."""
         ...
 
-    def start_prepared(self, ids: list[list[int]]) -> Callable[[], np.ndarray]:
+    def start_prepared(self, ids: list[list[int]]) -> Pending:
         """:meth:`embed_prepared`, started: the returned call waits for the rows (and raises
         what computing them raised). See :attr:`queues` for when it returns."""
         ...

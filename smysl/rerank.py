@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import abc
 import dataclasses
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal, Protocol, SupportsIndex
 
 import numpy as np
 
-from smysl.base import check_flag, fingerprint_of, positive_int
+from smysl.base import Pending, check_flag, fingerprint_of, positive_int
 from smysl.prompts import expand_preset
 from smysl.tokenize import Direction, check_unicode
 
@@ -94,7 +94,7 @@ class RerankTokens(Protocol):
         P("yes") and the logit difference ``yes - no``), each row independent of the batch."""
         ...
 
-    def start_scores(self, ids: list[list[int]]) -> Callable[[], np.ndarray]:
+    def start_scores(self, ids: list[list[int]]) -> Pending:
         """:meth:`prepared_scores`, started: the returned call waits for them (see
         :attr:`queues` for when it returns)."""
         ...

@@ -546,7 +546,9 @@ class QueuedEngine:
             finally:
                 self.events.append(f"done {n}")
 
-        return rows
+        from smysl.base import Pending
+
+        return Pending(rows, lambda: self.events.append(f"cancel {n}"))
 
 
 def refused(path: Path, match: str, named: Path | None = None) -> None:

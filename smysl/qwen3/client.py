@@ -22,6 +22,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 
+from smysl.base import Pending
 from smysl.qwen3.contract import run_ahead
 
 _T = TypeVar("_T")
@@ -39,6 +40,11 @@ WAIT_S = 0.5
 
 class EngineProcessError(RuntimeError):
     """The engine process could not start, or exited while in use."""
+
+
+class PassCancelled(RuntimeError):
+    """The engine process dropped a pass, or stopped it early, after its caller cancelled it
+    (:meth:`Piped.submit`): nobody was going to read its rows."""
 
 
 class Replies:
@@ -204,13 +210,28 @@ class Piped(_Described):
         large one queued behind the running pass)."""
         return run_ahead(self.submit, batches, self.queues)
 
-    def submit(self, batch: list[list[int]], heads: list[int] | None = None
-               ) -> Callable[[], np.ndarray]:
-        """Send one forward pass to the child; the returned call waits for its rows."""
+    def submit(self, batch: list[list[int]], heads: list[int] | None = None) -> Pending:
+        """Send one forward pass to the child; the returned call waits for its rows, and its
+        ``cancel()`` asks the child to drop the pass (:meth:`_cancel`)."""
         with self._lock:
             replies = self._channel()
             number = self._io(lambda: replies.send((batch, heads)))
-        return functools.partial(self._reply, replies, number)
+        return Pending(functools.partial(self._reply, replies, number),
+                       functools.partial(self._cancel, replies, number))
+
+    def _cancel(self, replies: Replies, number: int) -> None:
+        """Tell the child that nobody will read pass ``number``'s rows: one not started yet is
+        dropped, a CPU pass running stops at its next layer when no request in it is still
+        wanted; either is answered with :class:`PassCancelled`. Not counted as a request (it
+        gets no reply of its own); a connection lost or replaced meanwhile has nothing to
+        cancel."""
+        with self._lock:
+            if replies is not self._replies or replies.conn.closed:
+                return
+            if number not in replies.unanswered or number in replies.early:
+                return  # answered already
+            with contextlib.suppress(EngineProcessError):  # the pass is lost anyway
+                self._io(lambda: replies.conn.send(("cancel", number)))
 
     def _reply(self, replies: Replies, number: int) -> np.ndarray:
         """Wait for pass ``number``'s rows. The lock is held to read, not to wait: a caller

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Protocol, Self, TypeVar
 
 import numpy as np
 
+from smysl.base import Pending
 from smysl.options import ModelOptions
 
 if TYPE_CHECKING:
@@ -164,10 +165,10 @@ class EngineLike(Protocol):
         and queued while the previous one runs; on CPU batches may run in lanes)."""
         ...
 
-    def submit(self, batch: list[list[int]], heads: list[int] | None = None
-               ) -> Callable[[], np.ndarray]:
+    def submit(self, batch: list[list[int]], heads: list[int] | None = None) -> Pending:
         """Start one :meth:`forward` pass; the returned call waits for its rows and raises what
-        the pass raised. Several may be in flight; each call returns its own pass's rows."""
+        the pass raised. Several may be in flight; each call returns its own pass's rows. Its
+        ``cancel()`` stops the pass early where the engine can (an engine process)."""
         ...
 
     def share(self) -> EngineLike:
@@ -181,7 +182,7 @@ class EngineLike(Protocol):
 #: A batch as a caller hands it to ``submit``: token-id sequences, or indices into them.
 _Batch = TypeVar("_Batch")
 #: Starts one pass -> the call that waits for its rows.
-Submit = Callable[[_Batch], Callable[[], np.ndarray]]
+Submit = Callable[[_Batch], Pending]
 
 
 def run_ahead(submit: Submit[_Batch], batches: Iterable[_Batch], queues: int
@@ -203,18 +204,24 @@ def run_ahead(submit: Submit[_Batch], batches: Iterable[_Batch], queues: int
 
 
 def start_all(submit: Submit[_Batch], batches: Iterable[_Batch]
-              ) -> Callable[[], list[np.ndarray]]:
-    """Start a pass for every batch now (the caller bounds them: one server batch) -> the
-    call that waits for all their rows, in order. Every pass is waited for, even after one
-    failed (an engine process answers in turn); the first failure is raised after that."""
-    waits: list[Callable[[], np.ndarray]] = []
+              ) -> tuple[Callable[[], list[np.ndarray]], Callable[[], None]]:
+    """Start a pass for every batch now (the caller bounds them: one server batch) -> (the
+    call that waits for all their rows, in order; the call that cancels them all). Every
+    pass is waited for, even after one failed (an engine process answers in turn); the
+    first failure is raised after that."""
+    waits: list[Pending] = []
     try:
         for batch in batches:
             waits.append(submit(batch))
     except BaseException:
         _wait_all(waits, quiet=True)
         raise
-    return lambda: _wait_all(waits)
+
+    def cancel() -> None:
+        for w in waits:
+            w.cancel()
+
+    return lambda: _wait_all(waits), cancel
 
 
 def _wait_all(waits: Iterable[Callable[[], np.ndarray]], *, quiet: bool = False

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections import deque
-from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
+from collections.abc import Generator, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -13,6 +13,7 @@ import numpy as np
 from smysl.base import (
     BaseEmbedder,
     ModelInfo,
+    Pending,
     Progress,
     TokenLevel,
     check_flag,
@@ -288,7 +289,7 @@ class Embedder(OnEngine, BaseEmbedder, TokenLevel):
         """Raw pooled rows of ids from :meth:`prepare_token_ids` or :meth:`tokenize`."""
         return self._run(ids, None)
 
-    def start_prepared(self, ids: list[list[int]]) -> Callable[[], np.ndarray]:
+    def start_prepared(self, ids: list[list[int]]) -> Pending:
         """:meth:`embed_prepared`, started: on an engine that queues passes (CUDA) or runs in
         its own process every batch of ``ids`` is sent before this returns (so the caller
         bounds ``ids``: the server passes one of its batches); otherwise they are computed
@@ -296,9 +297,10 @@ class Embedder(OnEngine, BaseEmbedder, TokenLevel):
         computes between that pass's layers: :class:`smysl.qwen3.worker._Hub`.)"""
         if not self.engine.queues and self.engine.pid is None:
             done = self._run(ids, None)
-            return lambda: done
+            return Pending(lambda: done)
         plan = list(plan_batches([len(s) for s in ids], self.scheduler))
-        wait = start_all(lambda batch: self.engine.submit([ids[i] for i in batch]), plan)
+        wait, cancel = start_all(lambda batch: self.engine.submit([ids[i] for i in batch]),
+                                 plan)
 
         def rows() -> np.ndarray:
             out = np.empty((len(ids), self.dimensions), dtype=np.float32)
@@ -306,7 +308,7 @@ class Embedder(OnEngine, BaseEmbedder, TokenLevel):
                 out[batch] = pooled
             return out
 
-        return rows
+        return Pending(rows, cancel)
 
     def token_spans(self, texts: Sequence[str], *,
                     add_special_tokens: bool = True) -> list[list[TokenSpan]]:

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from smysl.base import Pending
 from smysl.options import FLAGS
 from smysl.qwen3 import tuning
 from smysl.qwen3.contract import (
@@ -405,7 +406,7 @@ class Engine:
         yield from run_ahead(self.submit, batches, self.queues)
 
     def submit(self, batch: list[list[int]], heads: list[int] | None = None,
-               between: Callable[[], None] | None = None) -> Callable[[], np.ndarray]:
+               between: Callable[[], None] | None = None) -> Pending:
         """Start one forward pass; the returned call waits for its rows (on CPU the pass has
         run already). A batch that runs out of CUDA memory is split and retried in halves.
 
@@ -417,20 +418,20 @@ class Engine:
             raise PassStopped("the forward pass was not started: its engine is closing")
         if self._within.passing:  # from ``between``: this thread's pass holds the slots
             rows = self._cpu_pass(batch, heads)
-            return lambda: rows
+            return Pending(lambda: rows)
         try:
             with self._slots.hold(self._slots.size):
                 if self._cuda is not None:
-                    return self._cuda.launch(batch)
+                    return Pending(self._cuda.launch(batch))
                 rows = self._cpu_pass(batch, heads, between=between)
-                return lambda: rows
+                return Pending(lambda: rows)
         except torch.cuda.OutOfMemoryError:
             if len(batch) == 1:
                 raise
         torch.cuda.empty_cache()
         half = len(batch) // 2
         first, second = self.submit(batch[:half]), self.submit(batch[half:])  # CUDA: no heads
-        return lambda: np.concatenate([first(), second()])
+        return Pending(lambda: np.concatenate([first(), second()]))
 
     @property
     def running_lanes(self) -> int:

@@ -20,14 +20,14 @@ vocabulary is never computed.
 from __future__ import annotations
 
 import unicodedata
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any, SupportsIndex
 
 import numpy as np
 from tokenizers import Tokenizer
 
-from smysl.base import check_flag, fingerprint_files, positive_int
+from smysl.base import Pending, check_flag, fingerprint_files, positive_int
 from smysl.options import ModelOptions
 from smysl.prompts import expand_preset
 from smysl.qwen3.contract import (
@@ -304,23 +304,23 @@ class Reranker(OnEngine, BaseReranker):
         plan = list(plan_batches([len(s) for s in ids], self.scheduler))
         return self._from_rows(plan, run_ahead(self._submit(ids), plan, self.engine.queues))
 
-    def start_scores(self, ids: list[list[int]]) -> Callable[[], np.ndarray]:
+    def start_scores(self, ids: list[list[int]]) -> Pending:
         """:meth:`prepared_scores`, started: on an engine that queues passes (CUDA) every
         batch of ``ids`` is queued before this returns (the caller bounds ``ids``: the server
         passes one of its batches); otherwise they are computed first."""
         if not self.engine.queues:
             done = self.prepared_scores(ids)
-            return lambda: done
+            return Pending(lambda: done)
         plan = list(plan_batches([len(s) for s in ids], self.scheduler))
-        wait = start_all(self._submit(ids), plan)
-        return lambda: _scores_of(self._from_rows(plan, wait()))
+        wait, cancel = start_all(self._submit(ids), plan)
+        return Pending(lambda: _scores_of(self._from_rows(plan, wait())), cancel)
 
     def _submit(self, ids: list[list[int]]) -> Submit[list[int]]:
         """Starts the pass of one batch of ``ids`` (given by index), each prompt's shared head
         computed once per batch (CPU; see :meth:`head_length`)."""
         heads = [self.head_length(s) for s in ids] if self.marker else None
 
-        def submit(batch: list[int]) -> Callable[[], np.ndarray]:
+        def submit(batch: list[int]) -> Pending:
             return self.engine.submit([ids[i] for i in batch],
                                       [heads[i] for i in batch] if heads else None)
 

@@ -41,6 +41,7 @@ from smysl.procname import ENGINE, set_name
 from smysl.qwen3.client import (
     EngineClient,
     EngineProcessError,
+    PassCancelled,
     Piped,
     Replies,
     reraise,
@@ -185,8 +186,11 @@ class _Hub:
         self._pending: list[_Request] = []
         #: The parent is gone, or sent the stop.
         self._stopped = False
-        #: A CPU pass that takes others between its layers is running (they take none).
-        self._nested = False
+        #: A CPU pass that takes others between its layers is running (they take none): its
+        #: requests (:meth:`_between` stops it once none is still wanted).
+        self._running: list[_Request] | None = None
+        #: (connection, number) of requests cancelled while part of a running pass.
+        self._cancelled: set[tuple[Connection, int]] = set()
         #: Launched passes for the watcher, in launch order; None: stop.
         self._launched: queue.SimpleQueue[_Pass | None] = queue.SimpleQueue()
         #: The watcher writes a byte here after each pass it has waited for.
@@ -294,7 +298,14 @@ class _Hub:
         :class:`~smysl.server.batcher.Batcher`)."""
         ready = [key.fileobj for key, _ in self._selector.select(0)]
         if ready:
-            self._take(ready)
+            try:
+                self._take(ready)
+            except Exception:  # never the long pass's failure (the loop meets it again)
+                log.exception("reading requests between two layers")
+        running = self._running
+        if running is not None and not any(map(self._wanted, running)):
+            raise PassCancelled("the forward pass was stopped: its requests were cancelled, "
+                                "or their callers have gone")
         short = [r for r in self._pending if r.longest <= self.budget]
         if not short:
             return
@@ -338,12 +349,20 @@ class _Hub:
                 if request is None and c is self.parent:
                     stop = True
                     break
-                number = self._numbers.get(c, 0)
-                self._numbers[c] = number + 1
-                if c is self.parent and request[0] == "share":
-                    self._reply(c, number, self._listen(*request[1:]))
+                if (isinstance(request, tuple) and len(request) == 2
+                        and request[0] == "cancel" and isinstance(request[1], int)):
+                    self._cancel(c, request[1], requests)  # no request: no number, no reply
                 else:
-                    requests.append(_Request(c, number, *request))
+                    number = self._numbers.get(c, 0)
+                    self._numbers[c] = number + 1
+                    if (c is self.parent and isinstance(request, tuple)
+                            and request[:1] == ("share",)):
+                        self._reply(c, number, self._listen(*request[1:]))
+                    elif _is_forward(request):
+                        requests.append(_Request(c, number, *request))
+                    else:  # answered as any request is: its caller waits for that reply
+                        self._reply(c, number, ("error", ValueError(
+                            f"not a forward request: {type(request).__name__}")))
                 try:  # what else it has sent, now: one pass can take it all
                     if not c.poll():
                         break
@@ -360,20 +379,45 @@ class _Hub:
         else:  # merged: none has heads (see merge)
             batch, heads = [s for r in requests for s in r.batch], None
         try:
-            if (not self.pipelined and not self._nested
+            if (not self.pipelined and self._running is None
                     and max(r.longest for r in requests) > self.budget):
-                self._nested = True
+                self._running = requests
                 try:
                     rows = self.engine.submit(batch, heads, between=self._between)
                 finally:
-                    self._nested = False
+                    self._running = None
+                    self._cancelled.clear()
                 return _Pass(requests, rows)
             return _Pass(requests, self.engine.submit(batch, heads))
         except Exception as e:
             return _Pass(requests, functools.partial(reraise, e))
 
+    def _cancel(self, conn: Connection, number: int, received: list[_Request]) -> None:
+        """``conn`` cancelled its request ``number``: dropped (and answered) if it waits
+        here or was just ``received``; remembered if it is in the running pass; nothing if
+        it was answered."""
+        for waiting in (self._pending, received):
+            for r in waiting:
+                if r.conn is conn and r.number == number:
+                    waiting.remove(r)
+                    self._reply(conn, number, ("error", PassCancelled(
+                        "the forward pass was not started: its caller cancelled it")))
+                    return
+        if self._running is not None:
+            self._cancelled.add((conn, number))
+
+    def _wanted(self, r: _Request) -> bool:
+        """Whether someone still waits for ``r``'s rows."""
+        if (r.conn, r.number) in self._cancelled:
+            return False
+        return (not self._stopped) if r.conn is self.parent else r.conn in self.clients
+
     def _finish(self, p: _Pass) -> None:
         """Send each request of a pass that has run its rows."""
+        if isinstance(p.error, PassCancelled):  # each request's answer: none to compute again
+            for r in p.requests:
+                self._reply(r.conn, r.number, ("error", p.error))
+            return
         if p.error is not None:
             if len(p.requests) == 1:
                 r = p.requests[0]
@@ -429,6 +473,13 @@ def _forward(engine: Engine, batch: list[list[int]], heads: list[int] | None
         return ("ok", engine.forward(batch, heads))
     except Exception as e:
         return ("error", e)
+
+
+def _is_forward(request: object) -> bool:
+    """Whether ``request`` is a forward request, (batch, heads)."""
+    return (isinstance(request, tuple) and len(request) == 2
+            and isinstance(request[0], list) and (request[1] is None
+                                                  or isinstance(request[1], list)))
 
 
 def _tokens(request: tuple[list[list[int]], list[int] | None]) -> int:

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import math
 import threading
 import time
@@ -40,12 +41,13 @@ from typing import Any, Protocol, TypeVar
 import anyio
 import numpy as np
 
-from smysl.base import BaseEmbedder
+from smysl.base import BaseEmbedder, Pending
 from smysl.pooling import NonFiniteError, finish
 from smysl.server.errors import ApiError, shutting_down
 from smysl.server.metrics import BatchMetrics
 
 _T = TypeVar("_T")
+log = logging.getLogger(__name__)
 
 #: Requests with more characters (texts) or tokens (token ids) than this are tokenised,
 #: checked or decoded in a thread, off the event loop (:meth:`Batcher.prepare`).
@@ -108,6 +110,13 @@ class Job:
         self.left = sum(self.lengths)
 
     @property
+    def abandoned(self) -> bool:
+        """Nobody waits for the job's rows: cancelled, its client gone, its time budget
+        spent, or answered with an error already."""
+        return (self.cancelled or self.gone or self.expired or self.failed
+                or self.future.done())
+
+    @property
     def next_length(self) -> int:
         """Tokens of the next item not yet handed to a batch (0: none left)."""
         return self.lengths[self.taken] if self.taken < len(self.items) else 0
@@ -153,10 +162,10 @@ class BatchBackend(Protocol):
         starts each batch at once while those in flight are under one token budget)."""
         ...
 
-    def start(self, key: tuple[Hashable, ...], items: list[Any]) -> Callable[[], np.ndarray]:
+    def start(self, key: tuple[Hashable, ...], items: list[Any]) -> Pending:
         """Start one batch's items (all jobs share ``key``); the returned call waits for their
         raw rows ``[len(items), width]``. ``ValueError`` (from either) means bad input: the
-        batch is retried job by job."""
+        batch is retried job by job. Its ``cancel()``: nobody waits for the rows any more."""
         ...
 
 
@@ -175,13 +184,13 @@ class EmbedBackend:
     def queues(self) -> int:
         return self.tokens.queues if self.tokens is not None else 0
 
-    def start(self, key: tuple[Hashable, ...], items: list[Any]) -> Callable[[], np.ndarray]:
+    def start(self, key: tuple[Hashable, ...], items: list[Any]) -> Pending:
         if key[0] == "ids":
             if self.tokens is None:
                 raise RuntimeError("token-id job for a backend without token ids")
             return self.tokens.start_prepared(items)
         rows = self.embedder.embed_formatted(items, truncate=bool(key[1]))  # computed now
-        return lambda: rows
+        return Pending(lambda: rows)
 
 
 class Slot:
@@ -331,6 +340,7 @@ class Batcher:
             return await job.future
         except asyncio.CancelledError:
             job.cancelled = True
+            self._abandoned()
             raise
         finally:
             if watcher is not None:
@@ -412,8 +422,7 @@ class Batcher:
             await asyncio.to_thread(thread.join)
 
     # ------------------------------------------------------------------ event loop side
-    @staticmethod
-    async def _watch(job: Job, disconnected: Callable[[], Awaitable[object]]) -> None:
+    async def _watch(self, job: Job, disconnected: Callable[[], Awaitable[object]]) -> None:
         try:
             await disconnected()
         except asyncio.CancelledError:
@@ -421,13 +430,21 @@ class Batcher:
         except Exception:  # a broken connection is a gone client
             pass
         job.gone = True
+        self._abandoned()
 
-    @staticmethod
-    def _expire(job: Job) -> None:
+    def _expire(self, job: Job) -> None:
         """The job's time budget ran out: answer it now; the compute thread drops the rest."""
         if not job.future.done():
             job.expired = True
             job.future.set_exception(_timeout(job))
+            self._abandoned()
+
+    def _abandoned(self) -> None:
+        """A job's answer has nobody to go to any more: the compute thread looks whether a
+        batch in flight still holds work anyone waits for (:meth:`_cancels_due`)."""
+        with self._cond:
+            if any(s.cancel is not None for s in self._started):
+                self._cond.notify()
 
     @staticmethod
     def _deliver(results: list[tuple[Job, np.ndarray | BaseException]]) -> None:
@@ -469,12 +486,14 @@ class Batcher:
     def _take_all(self) -> None:
         while True:
             dropped: list[tuple[Job, BaseException]] = []
+            cancels: list[Callable[[], None]] = []
             with self._cond:
                 while True:
                     dropped += self._drop_gone()
+                    cancels += self._cancels_due()
                     largest = self._room_locked()
-                    if not any(j.next_length <= largest for j in self._pending):
-                        if dropped:
+                    if not largest or not any(j.next_length <= largest for j in self._pending):
+                        if dropped or cancels:
                             break
                         if self._closing and not self._pending:
                             return
@@ -493,6 +512,11 @@ class Batcher:
                 self._inflight += _tokens(batch)
                 depth = len(self._pending)
             self._post(dropped)
+            for cancel in cancels:  # outside the lock: it may write to an engine's pipe
+                try:
+                    cancel()
+                except Exception as e:  # a hint: the batch's rows come, or fail, as ever
+                    log.warning("cancelling a batch nobody waits for failed: %s", e)
             self.metrics.queue_depth.set(depth)
             if not batch:
                 continue
@@ -557,6 +581,17 @@ class Batcher:
     def _full(self) -> bool:
         return (len(self._pending) >= self.max_batch_requests
                 or sum(j.left for j in self._pending) >= self.max_batch_tokens)
+
+    def _cancels_due(self) -> list[Callable[[], None]]:
+        """The cancel calls of batches in flight whose jobs nobody waits for any more (under
+        the lock; each batch's once): a long input's pass in an engine process on CPU stops at
+        its next layer instead of running minutes for a client that has gone."""
+        due: list[Callable[[], None]] = []
+        for s in self._started:
+            if s.cancel is not None and all(x.job.abandoned for x in s.batch):
+                due.append(s.cancel)
+                s.cancel = None
+        return due
 
     def _drop_gone(self) -> list[tuple[Job, BaseException]]:
         """Remove jobs that no longer need compute (under the lock); their answers to post."""
@@ -663,7 +698,8 @@ class Batcher:
         self.metrics.batch_inputs.observe(sum(s.stop - s.start for s in batch))
         self.metrics.batch_tokens.observe(tokens)
         long = tokens > self.max_batch_tokens and len(batch) == 1 == batch[0].stop - batch[0].start
-        return Started(batch, tokens, start, self._compute(batch), long)
+        rows, cancel = self._compute(batch)
+        return Started(batch, tokens, start, rows, cancel, long)
 
     def _finish(self, started: Started) -> None:
         """Wait for a started batch's rows; post the jobs it completed or failed."""
@@ -679,7 +715,10 @@ class Batcher:
         # the rows of the batch before (batches an engine process merged into one pass end
         # together: the first takes the pass's time, the others ~0; the fit averages them)
         with self._cond:
-            self._recent.append((started.tokens, end - max(started.at, self._last_end)))
+            if started.long:  # its whole pass: the batches beside it ended within it
+                self._recent.append((started.tokens, elapsed))
+            else:
+                self._recent.append((started.tokens, end - max(started.at, self._last_end)))
             self._last_end = max(end, self._last_end)
         with self._posting:  # the other finisher may post another slice of the same job
             self._post_rows(batch, results, elapsed)
@@ -714,14 +753,15 @@ class Batcher:
             self._fail(failed)
         self._post(done)
 
-    def _compute(self, batch: list[Slice]) -> Callable[[], list[np.ndarray | BaseException]]:
-        """Start the backend on the union of the batch's slices -> the call that waits for
-        the raw rows, split per slice (or each slice's error)."""
+    def _compute(self, batch: list[Slice]) -> tuple[
+            Callable[[], list[np.ndarray | BaseException]], Callable[[], None]]:
+        """Start the backend on the union of the batch's slices -> (the call that waits for
+        the raw rows, split per slice (or each slice's error); the call that cancels it)."""
         try:
             wait = self.backend.start(batch[0].job.key, [x for s in batch for x in s.items])
         except Exception as e:
             failure = self._failure(batch, e)
-            return lambda: failure
+            return (lambda: failure), _nothing
 
         def rows() -> list[np.ndarray | BaseException]:
             try:
@@ -735,7 +775,7 @@ class Batcher:
                 offset += s.stop - s.start
             return out
 
-        return rows
+        return rows, wait.cancel
 
     def _failure(self, batch: list[Slice], e: Exception) -> list[np.ndarray | BaseException]:
         """What each slice of a failed batch gets: bad input is retried slice by slice, so the
@@ -744,7 +784,7 @@ class Batcher:
         if isinstance(e, ValueError):
             if len(batch) == 1:
                 return [e]
-            return [self._compute([s])()[0] for s in batch]
+            return [self._compute([s])[0]()[0] for s in batch]
         err: Exception = e if self.backend.healthy else BackendDown(str(e))
         return [err for _ in batch]
 
@@ -759,12 +799,18 @@ class Started:
     at: float
     #: Waits for the rows, split per slice (or each slice's error).
     rows: Callable[[], list[np.ndarray | BaseException]]
+    #: Asks the backend to stop it (:meth:`Batcher._cancels_due`); None once called.
+    cancel: Callable[[], None] | None
     #: One input over the batch budget (:meth:`Batcher._room_locked`).
     long: bool = False
     #: A finisher waits for it.
     claimed: bool = False
     #: :attr:`rows` was called (by :meth:`Batcher._finish`).
     read: bool = False
+
+
+def _nothing() -> None:
+    pass
 
 
 def _tokens(batch: Sequence[Slice]) -> int:

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import math
 import uuid
-from collections.abc import Callable, Hashable
+from collections.abc import Hashable
 from typing import Annotated, Any, Literal
 
 import anyio
@@ -39,7 +39,7 @@ from pydantic import (
     Tag,
 )
 
-from smysl.base import UpstreamError
+from smysl.base import Pending, UpstreamError
 from smysl.pooling import NonFiniteError
 from smysl.registry import names_of
 from smysl.rerank import BaseReranker, PairError, RerankTokens, order
@@ -158,7 +158,7 @@ class RerankBackend:
     def queues(self) -> int:
         return self.tokens.queues
 
-    def start(self, key: tuple[Hashable, ...], items: list[Any]) -> Callable[[], np.ndarray]:
+    def start(self, key: tuple[Hashable, ...], items: list[Any]) -> Pending:
         return self.tokens.start_scores(items)
 
 

@@ -1061,3 +1061,105 @@ def test_a_short_request_run_between_layers_gets_the_same_rows(tiny) -> None:  #
     assert len(nested) >= 2  # after each layer
     assert all(np.array_equal(n, engine.forward(short)) for n in nested)
     assert np.array_equal(rows, engine.forward(long))
+
+
+def test_a_cancelled_long_pass_stops_at_its_next_layer_and_a_waiting_one_never_starts() -> None:
+    """Nobody reads the rows of a cancelled request (its HTTP client has gone, its time budget
+    ran out): a CPU pass of a long input stops after the layer it is in, instead of minutes
+    more; one still waiting is answered at once and never computed. A pass stops only once
+    none of its requests is wanted, and a client gone mid-pass counts as not wanting it."""
+    from smysl.qwen3.client import PassCancelled
+
+    engine = _LayeredCpuEngine()
+    thread, (a, b), parent = _hub(engine, 2)  # type: ignore[arg-type]
+    thread.start()
+    parent.send(([[1] * 2000], None))
+    engine.until(("launch", (1,)))
+    a.send(([[2] * 1500], None))  # long: waits behind the running one
+    time.sleep(0.1)
+    a.send(("cancel", 0))
+    parent.send(("cancel", 0))
+    engine.step()
+    number, (kind, error) = parent.recv()
+    assert (number, kind, type(error)) == (0, "error", PassCancelled)
+    assert a.poll(10)
+    number, (kind, error) = a.recv()
+    assert (number, kind, type(error)) == (0, "error", PassCancelled)
+    # the client's next request is numbered on (a cancel is no request), and runs
+    a.send(([[3, 3]], None))
+    assert _answer(a)[1].tolist() == [[3, 2]]
+    # a client that leaves while its long pass runs stops it too
+    b.send(([[4] * 1100], None))
+    engine.until(("launch", (4,)))
+    b.close()
+    time.sleep(0.2)
+    engine.step()
+    parent.send(([[5]], None))
+    assert _answer(parent)[1].tolist() == [[5, 1]]
+    assert [e for e in engine.events if e[0] == "done"] == [("done", (3,)), ("done", (5,))]
+    assert ("launch", (2,)) not in engine.events
+    _stop(thread, parent)
+
+
+def test_cancel_tells_the_engine_process_unless_the_rows_came() -> None:
+    """``Pending.cancel()`` of a pass on an engine process sends ("cancel", number), no
+    request of its own; once the rows have come it sends nothing."""
+    import multiprocessing as mp
+    import threading
+
+    from smysl.qwen3.client import Piped, Replies
+
+    mine, child = mp.Pipe()
+
+    class Direct(Piped):
+        def __init__(self) -> None:
+            self._lock = threading.Lock()
+            self._init_reading()
+            self._replies = Replies(mine)
+            self.queues = 0
+
+        def _channel(self) -> Replies:
+            assert self._replies is not None
+            return self._replies
+
+        def _io(self, step):  # type: ignore[no-untyped-def]
+            return step()
+
+    engine = Direct()
+    first, second = engine.submit([[1]]), engine.submit([[2]])
+    assert [child.recv(), child.recv()] == [([[1]], None), ([[2]], None)]
+    first.cancel()
+    assert child.recv() == ("cancel", 0)
+    child.send((1, ("ok", np.array([[2.0]], np.float32))))
+    assert second().tolist() == [[2.0]]
+    second.cancel()  # answered: nothing to send
+    assert not child.poll(0.1)
+    child.send((0, ("error", RuntimeError("cancelled"))))
+    with pytest.raises(RuntimeError, match="cancelled"):
+        first()
+
+
+def test_a_malformed_message_is_answered_and_fails_nothing_else() -> None:
+    """A message that is no request, read between the layers of a long pass, was raised
+    through the pass: the long request got its error, and requests read with it were never
+    answered (their callers waited for ever). Now it is answered as a request, with an
+    error, and nothing else changes."""
+    engine = _LayeredCpuEngine()
+    thread, (a, b), parent = _hub(engine, 2)  # type: ignore[arg-type]
+    thread.start()
+    parent.send(([[1] * 2000], None))
+    engine.until(("launch", (1,)))
+    a.send(([[3]], None))
+    b.send(5)
+    b.send(("cancel",))
+    time.sleep(0.2)
+    engine.step()
+    assert _answer(a)[1].tolist() == [[3, 1]]
+    kind, error = _answer(b)
+    assert kind == "error" and "not a forward request" in str(error)
+    kind, error = _answer(b)
+    assert kind == "error" and "not a forward request" in str(error)
+    engine.step()
+    engine.step()
+    assert _answer(parent)[1].tolist() == [[1, 2000]]
+    _stop(thread, parent)

@@ -15,6 +15,7 @@ import pytest
 from qwen_tiny import QueuedEngine
 from server_helpers import HashEmbedder
 
+from smysl.base import Pending
 from smysl.qwen3.embedder import Embedder
 from smysl.server import ServerConfig, create_app
 from smysl.server.batcher import Batcher, EmbedBackend, Job
@@ -359,7 +360,7 @@ class _Ahead:
             return np.array([[float(i.strip("abcdefghijklmnopqrstuvwxyz")), 1.0] for i in items],
                             np.float32)
 
-        return rows
+        return Pending(rows, lambda: self.events.append(f"cancel {tag}"))
 
 
 def _batch_all(backend: _Ahead, jobs: list[list[str]], *, per_batch: int = 1,
@@ -586,6 +587,8 @@ def test_short_requests_run_beside_one_long_input_and_a_second_long_one_waits() 
         later = submit("d4", 5)  # the running long one still does not hold it up
         assert (await asyncio.wait_for(later, 5)).tolist() == [[4, 1]]
         assert not long.done() and "start b2" not in backend.events
+        await asyncio.sleep(0.3)
+        await asyncio.wait_for(submit("e5", 5), 5)  # a short one ends just before it
         gate.set()
         assert (await long).tolist() == [[1, 1]] and (await second).tolist() == [[2, 1]]
         await batcher.close()
@@ -593,3 +596,42 @@ def test_short_requests_run_beside_one_long_input_and_a_second_long_one_waits() 
     asyncio.run(go())
     ev = backend.events
     assert ev.index("wait d4") < ev.index("wait a1") < ev.index("start b2")
+    # the drain rate (Retry-After) takes the long pass's whole time, not what was left of it
+    # after the short batches beside it had ended
+    assert next(s for t, s in batcher._recent if t == 500) >= 0.3
+
+
+@pytest.mark.parametrize("how", ["cancelled", "timeout"])
+def test_a_batch_nobody_waits_for_is_cancelled_on_the_backend(how: str) -> None:
+    """A long input's pass whose request was cancelled (its client gone) or ran out of time
+    is cancelled on the backend (an engine process stops it at its next layer); one still
+    wanted by another job is not."""
+    backend = _Ahead()
+    backend.queues = 0  # type: ignore[assignment]
+    gate = threading.Event()
+    backend.first_rows = lambda: gate.wait(10)
+    batcher = Batcher(backend, Metrics(), max_batch_tokens=100,  # type: ignore[arg-type]
+                      max_batch_requests=8, max_wait_s=0, max_queue=16)
+
+    async def go() -> None:
+        long = asyncio.ensure_future(batcher.submit(Job(
+            ("ids",), ["a1"], [500], 2, normalize=False,
+            timeout_s=0.3 if how == "timeout" else None)))
+        while not backend.events:
+            await asyncio.sleep(0.001)
+        short = asyncio.ensure_future(batcher.submit(Job(("ids",), ["b2"], [5], 2,
+                                                         normalize=False)))
+        await asyncio.wait_for(short, 5)
+        assert "cancel b2" not in backend.events and "cancel a1" not in backend.events
+        if how == "cancelled":
+            long.cancel()
+        with pytest.raises((asyncio.CancelledError, ApiError)):
+            await long
+        deadline = time.monotonic() + 5
+        while "cancel a1" not in backend.events and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+        gate.set()
+        await batcher.close()
+
+    asyncio.run(go())
+    assert backend.events.count("cancel a1") == 1 and "cancel b2" not in backend.events
