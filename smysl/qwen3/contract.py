@@ -86,6 +86,12 @@ class EngineConfig:
     #: (:mod:`smysl.qwen3.kernels`), once they agree with the eager pass at load; eager when
     #: Triton is missing or they do not (a warning says why). False: always eager; None: True.
     cuda_kernels: bool | None = None
+    #: An engine process's token budget: requests that arrive together are merged into one
+    #: pass up to it, and a CPU pass with an input over it runs the requests within it
+    #: between its layers (:class:`smysl.qwen3.worker._Hub`). The model's
+    #: ``max_batch_tokens`` (a server's ``--max-batch-tokens``), so the server's batches and
+    #: the engine process draw the same line; None: :func:`batch_tokens` of the device.
+    batch_tokens: int | None = None
 
 
 #: :attr:`EngineConfig.cuda_graphs` when unset: the largest batch captured, in tokens.
@@ -268,7 +274,8 @@ def start_engine(ckpt: Checkpoint, opts: ModelOptions) -> EngineLike:
     :mod:`smysl.qwen3.worker`). The one place the embedder and the reranker start theirs."""
     cfg = EngineConfig(device=opts.device or "auto", dtype=opts.dtype or "auto",
                        quantize=opts.quantize, threads=opts.threads, lanes=opts.lanes,
-                       cuda_graphs=opts.cuda_graphs, cuda_kernels=opts.cuda_kernels)
+                       cuda_graphs=opts.cuda_graphs, cuda_kernels=opts.cuda_kernels,
+                       batch_tokens=opts.max_batch_tokens)
     if opts.process:  # this process needs no torch then
         from smysl.qwen3.worker import EngineProcess
 

@@ -94,7 +94,7 @@ def _child(conn: Connection, ckpt: Checkpoint, cfg: EngineConfig) -> None:
     send_reply(conn, ("ready", info))
     hub: _Hub | None = None
     try:
-        hub = _Hub(engine, conn, info)
+        hub = _Hub(engine, conn, info, cfg.batch_tokens)
         hub.run()
     finally:
         if hub is not None:
@@ -163,9 +163,11 @@ class _Hub:
     Each reply carries its request's number: such a short request is answered first.
     """
 
-    def __init__(self, engine: Engine, parent: Connection, info: dict[str, Any]) -> None:
+    def __init__(self, engine: Engine, parent: Connection, info: dict[str, Any],
+                 budget: int | None = None) -> None:
         self.engine, self.parent, self.info = engine, parent, info
-        self.budget = batch_tokens(engine.device)
+        #: :attr:`~smysl.qwen3.contract.EngineConfig.batch_tokens`.
+        self.budget = budget or batch_tokens(engine.device)
         #: CUDA: submit returns once a pass is queued (the watcher waits for its rows).
         self.pipelined = engine.queues
         self.clients: list[Connection] = []

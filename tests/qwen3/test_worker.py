@@ -324,7 +324,8 @@ class _FakeCudaEngine:
         self.gates.setdefault(keys, threading.Event()).set()
 
 
-def _hub(engine: _FakeCudaEngine, clients: int) -> tuple[Any, list[Any], Any]:
+def _hub(engine: _FakeCudaEngine, clients: int, budget: int | None = None
+         ) -> tuple[Any, list[Any], Any]:
     """The child's loop in a thread, with ``clients`` client connections -> (the thread,
     the clients' ends, the parent's end: send None to stop)."""
     import multiprocessing as mp
@@ -333,7 +334,7 @@ def _hub(engine: _FakeCudaEngine, clients: int) -> tuple[Any, list[Any], Any]:
     from smysl.qwen3.worker import _Hub
 
     parent, child_end = mp.Pipe()
-    hub = _Hub(engine, child_end, {})  # type: ignore[arg-type]
+    hub = _Hub(engine, child_end, {}, budget)  # type: ignore[arg-type]
     ends = []
     for _ in range(clients):
         mine, theirs = mp.Pipe()
@@ -1161,5 +1162,29 @@ def test_a_malformed_message_is_answered_and_fails_nothing_else() -> None:
     assert kind == "error" and "not a forward request" in str(error)
     engine.step()
     engine.step()
+    assert _answer(parent)[1].tolist() == [[1, 2000]]
+    _stop(thread, parent)
+
+
+def test_the_engine_process_draws_the_servers_line_between_long_and_short(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """``--max-batch-tokens`` (the model's ``max_batch_tokens``) reaches the engine process:
+    with 4,096, a 2,000-token input is no long one there (the server's batcher sends nothing
+    beside it either), and short requests wait for it, merged up to that budget."""
+    import smysl.qwen3.worker as worker
+    from smysl.options import ModelOptions
+    from smysl.qwen3.contract import start_engine
+
+    made: list[EngineConfig] = []
+    monkeypatch.setattr(worker, "EngineProcess", lambda ckpt, cfg: made.append(cfg))
+    start_engine(None, ModelOptions(process=True, max_batch_tokens=4096))  # type: ignore[arg-type]
+    assert made[0].batch_tokens == 4096
+    engine = _LayeredCpuEngine()
+    thread, (a,), parent = _hub(engine, 1, budget=4096)  # type: ignore[arg-type]
+    thread.start()
+    parent.send(([[1] * 2000], None))
+    engine.until(("done", (1,)))  # run at once: no layers to step through
+    a.send(([[2] * 3000], None))
+    assert _answer(a)[1].tolist() == [[2, 3000]]
     assert _answer(parent)[1].tolist() == [[1, 2000]]
     _stop(thread, parent)
