@@ -55,6 +55,12 @@ class Pending:
         if self._cancel is not None:
             self._cancel()
 
+    @staticmethod
+    def of(wait: Callable[[], np.ndarray]) -> Pending:
+        """``wait`` as a :class:`Pending` (a backend or engine written to return a plain
+        call, as the contracts once said, cannot be cancelled)."""
+        return wait if isinstance(wait, Pending) else Pending(wait)
+
 
 @runtime_checkable
 class Progress(Protocol):

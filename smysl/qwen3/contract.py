@@ -218,7 +218,7 @@ def start_all(submit: Submit[_Batch], batches: Iterable[_Batch]
     waits: list[Pending] = []
     try:
         for batch in batches:
-            waits.append(submit(batch))
+            waits.append(Pending.of(submit(batch)))
     except BaseException:
         _wait_all(waits, quiet=True)
         raise

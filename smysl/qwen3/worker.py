@@ -351,16 +351,19 @@ class _Hub:
                 if request is None and c is self.parent:
                     stop = True
                     break
-                if (isinstance(request, tuple) and len(request) == 2
-                        and request[0] == "cancel" and isinstance(request[1], int)):
+                # a message's kind, where its first item is a word (a batch is a list, an
+                # array or a tuple of sequences: compared with a word, an array's elementwise
+                # answer raised)
+                kind = (request[0] if isinstance(request, tuple) and request
+                        and isinstance(request[0], str) else None)
+                if kind == "cancel" and len(request) == 2 and isinstance(request[1], int):
                     self._cancel(c, request[1], requests)  # no request: no number, no reply
                 else:
                     number = self._numbers.get(c, 0)
                     self._numbers[c] = number + 1
-                    if (c is self.parent and isinstance(request, tuple)
-                            and request[:1] == ("share",)):
+                    if kind == "share" and c is self.parent:
                         self._reply(c, number, self._listen(*request[1:]))
-                    elif _is_forward(request):
+                    elif kind is None and isinstance(request, tuple) and len(request) == 2:
                         requests.append(_Request(c, number, *request))
                     else:  # answered as any request is: its caller waits for that reply
                         self._reply(c, number, ("error", ValueError(
@@ -475,13 +478,6 @@ def _forward(engine: Engine, batch: list[list[int]], heads: list[int] | None
         return ("ok", engine.forward(batch, heads))
     except Exception as e:
         return ("error", e)
-
-
-def _is_forward(request: object) -> bool:
-    """Whether ``request`` is a forward request, (batch, heads)."""
-    return (isinstance(request, tuple) and len(request) == 2
-            and isinstance(request[0], list) and (request[1] is None
-                                                  or isinstance(request[1], list)))
 
 
 def _tokens(request: tuple[list[list[int]], list[int] | None]) -> int:

@@ -590,7 +590,7 @@ class Batcher:
         for s in self._started:
             if s.cancel is not None and all(x.job.abandoned for x in s.batch):
                 due.append(s.cancel)
-                s.cancel = None
+                s.cancel, s.cancelled = None, True
         return due
 
     def _drop_gone(self) -> list[tuple[Job, BaseException]]:
@@ -715,11 +715,16 @@ class Batcher:
         # the rows of the batch before (batches an engine process merged into one pass end
         # together: the first takes the pass's time, the others ~0; the fit averages them)
         with self._cond:
-            if started.long:  # its whole pass: the batches beside it ended within it
+            if started.cancelled:  # stopped early, or never run: no measure of the drain
+                pass
+            elif started.long:  # its whole pass: the batches beside it ended within it
                 self._recent.append((started.tokens, elapsed))
             else:
                 self._recent.append((started.tokens, end - max(started.at, self._last_end)))
             self._last_end = max(end, self._last_end)
+        if started.cancelled:  # the backend's error says only that we cancelled it
+            results = [r if not isinstance(r, BaseException) else _unwanted(s.job, r)
+                       for s, r in zip(batch, results, strict=True)]
         with self._posting:  # the other finisher may post another slice of the same job
             self._post_rows(batch, results, elapsed)
 
@@ -758,7 +763,8 @@ class Batcher:
         """Start the backend on the union of the batch's slices -> (the call that waits for
         the raw rows, split per slice (or each slice's error); the call that cancels it)."""
         try:
-            wait = self.backend.start(batch[0].job.key, [x for s in batch for x in s.items])
+            wait = Pending.of(self.backend.start(batch[0].job.key,
+                                                 [x for s in batch for x in s.items]))
         except Exception as e:
             failure = self._failure(batch, e)
             return (lambda: failure), _nothing
@@ -805,12 +811,26 @@ class Started:
     long: bool = False
     #: A finisher waits for it.
     claimed: bool = False
+    #: Cancelled: nobody waited for its jobs any more.
+    cancelled: bool = False
     #: :attr:`rows` was called (by :meth:`Batcher._finish`).
     read: bool = False
 
 
 def _nothing() -> None:
     pass
+
+
+def _unwanted(job: Job, error: BaseException) -> BaseException:
+    """What a job of a batch cancelled for want of anyone to answer gets, for the backend's
+    ``error``: a client gone, the 499 it would have had before compute (its handler is still
+    waiting, and would log the backend's error as internal); a time budget spent, its
+    timeout (answered already); otherwise the error."""
+    if job.gone:
+        return ApiError("client_gone", "the client disconnected before its rows were computed")
+    if job.expired:
+        return _timeout(job)
+    return error
 
 
 def _tokens(batch: Sequence[Slice]) -> int:

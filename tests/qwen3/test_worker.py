@@ -1153,9 +1153,12 @@ def test_a_malformed_message_is_answered_and_fails_nothing_else() -> None:
     a.send(([[3]], None))
     b.send(5)
     b.send(("cancel",))
+    a.send((np.array([[7, 7]]), None))  # an array batch: its first item is no word
     time.sleep(0.2)
     engine.step()
     assert _answer(a)[1].tolist() == [[3, 1]]
+    number, (kind, rows) = a.recv()
+    assert (number, kind, rows.tolist()) == (1, "ok", [[7, 2]])
     kind, error = _answer(b)
     assert kind == "error" and "not a forward request" in str(error)
     kind, error = _answer(b)

@@ -635,3 +635,69 @@ def test_a_batch_nobody_waits_for_is_cancelled_on_the_backend(how: str) -> None:
 
     asyncio.run(go())
     assert backend.events.count("cancel a1") == 1 and "cancel b2" not in backend.events
+
+
+def test_a_cancelled_batch_answers_a_gone_client_as_gone_and_keeps_a_wanted_one() -> None:
+    """The backend's error for a batch cancelled because its client left was set on that
+    job, whose handler still waits: it logged "unhandled error" with a traceback (a 500 for
+    every client that left during a long input); it is the 499 of a client gone. A batch
+    holding a job someone still waits for is not cancelled. A backend written to return a
+    plain call (no ``cancel``) still works."""
+    backend = _Ahead()
+    backend.queues = 0  # type: ignore[assignment]
+    gates = {"a1+b2": threading.Event(), "c3": threading.Event()}
+    cancelled: list[str] = []
+    start = backend.start
+
+    def start_cancellable(key: object, items: list[str]) -> object:
+        pending = start(key, items)
+        tag = "+".join(items)
+
+        def rows() -> np.ndarray:
+            if tag in gates:
+                gates[tag].wait(10)
+            if tag in cancelled:
+                raise RuntimeError("the forward pass was stopped: cancelled")
+            return pending()  # type: ignore[operator, no-any-return]
+
+        def cancel() -> None:
+            cancelled.append(tag)
+            gates[tag].set()
+
+        return Pending(rows, cancel) if tag != "d4" else rows  # d4's: a plain call
+
+    backend.start = start_cancellable  # type: ignore[method-assign]
+    batcher = Batcher(backend, Metrics(), max_batch_tokens=100,  # type: ignore[arg-type]
+                      max_batch_requests=8, max_wait_s=0.2, max_queue=16)
+    left = {k: asyncio.Event() for k in ("a1", "c3")}
+
+    def submit(item: str, tokens: int) -> asyncio.Future[np.ndarray]:
+        job = Job(("ids",), [item], [tokens], 2, normalize=False,
+                  disconnected=left[item].wait if item in left else None)
+        return asyncio.ensure_future(batcher.submit(job))
+
+    async def go() -> None:
+        # one batch of two jobs: one client leaves, the other stays: not cancelled
+        a1, b2 = submit("a1", 5), submit("b2", 5)
+        while "start a1+b2" not in backend.events:
+            await asyncio.sleep(0.001)
+        left["a1"].set()
+        await asyncio.sleep(0.2)
+        assert cancelled == []
+        gates["a1+b2"].set()
+        assert (await asyncio.wait_for(b2, 5)).tolist() == [[2, 1]]
+        await asyncio.wait_for(a1, 5)  # its rows, computed anyway
+        # a long input alone, its client leaves: cancelled, and answered as a client gone
+        c3 = submit("c3", 500)
+        while "start c3" not in backend.events:
+            await asyncio.sleep(0.001)
+        d4 = submit("d4", 5)  # beside it, on a backend's plain call
+        assert (await asyncio.wait_for(d4, 5)).tolist() == [[4, 1]]
+        left["c3"].set()
+        with pytest.raises(ApiError) as err:
+            await asyncio.wait_for(c3, 5)
+        assert err.value.kind == "client_gone"
+        await batcher.close()
+
+    asyncio.run(go())
+    assert cancelled == ["c3"]
