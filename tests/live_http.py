@@ -29,8 +29,11 @@ def uvicorn_thread(app: Any, port: int, *, grace_s: float = 10, log_level: str =
     SIGTERM does); the server is stopped on exit either way."""
     import uvicorn
 
+    from smysl.server.app import http_protocol
+
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level=log_level,
-                                           timeout_graceful_shutdown=grace_s))
+                                           timeout_graceful_shutdown=grace_s,
+                                           http=http_protocol()))  # serve()'s
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 20

@@ -570,6 +570,8 @@ def serve(embedder: BaseEmbedder | None, config: ServerConfig, *, ready: Ready |
                                [m for m in (embedder, reranker) if m is not None])
     if interval is not None:
         sys.setswitchinterval(interval)
+    if "http" not in uvicorn_options:
+        uvicorn_options["http"] = http_protocol()
     server = _Server(uvicorn.Config(
         front, host=config.host, port=config.port, log_level="info",
         access_log=config.access_log and not own_log,
@@ -581,6 +583,16 @@ def serve(embedder: BaseEmbedder | None, config: ServerConfig, *, ready: Ready |
     with asyncio.Runner(loop_factory=server.config.get_loop_factory()) as runner:
         return runner.run(_supervise(server, app.state.healths, config, ready, sockets,
                                      heartbeat))
+
+
+def http_protocol() -> Any:
+    """httptools' protocol with the request's head bounded (:mod:`smysl.server.head`), or
+    uvicorn's choice where httptools is not installed (h11, whose own limit holds)."""
+    try:
+        from smysl.server.head import BoundedHeadProtocol
+    except ImportError:
+        return "auto"
+    return BoundedHeadProtocol
 
 
 class _Server(uvicorn.Server):

@@ -588,7 +588,8 @@ class Batcher:
         its next layer instead of running minutes for a client that has gone."""
         due: list[Callable[[], None]] = []
         for s in self._started:
-            if s.cancel is not None and all(x.job.abandoned for x in s.batch):
+            if (s.cancel is not None and not s.done
+                    and all(x.job.abandoned for x in s.batch)):
                 due.append(s.cancel)
                 s.cancel, s.cancelled = None, True
         return due
@@ -715,6 +716,7 @@ class Batcher:
         # the rows of the batch before (batches an engine process merged into one pass end
         # together: the first takes the pass's time, the others ~0; the fit averages them)
         with self._cond:
+            started.done = True  # nothing to cancel any more (:meth:`_cancels_due`)
             if started.cancelled:  # stopped early, or never run: no measure of the drain
                 pass
             elif started.long:  # its whole pass: the batches beside it ended within it
@@ -813,6 +815,8 @@ class Started:
     claimed: bool = False
     #: Cancelled: nobody waited for its jobs any more.
     cancelled: bool = False
+    #: Its rows (or error) came back (under the batcher's lock).
+    done: bool = False
     #: :attr:`rows` was called (by :meth:`Batcher._finish`).
     read: bool = False
 

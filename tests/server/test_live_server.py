@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 
@@ -263,3 +264,42 @@ def test_a_port_in_use_is_one_line_and_status_2(tiny_dir) -> None:  # type: igno
     assert done.returncode == 2, done.stderr[-2000:]
     assert f"cannot listen on 127.0.0.1:{port}: Address already in use" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_a_huge_request_head_is_refused_before_it_stalls_the_server() -> None:
+    """httptools took a header of any size, building its value piece by piece: a 100 MB
+    header cost ~9 s of the event loop's CPU (growing with the square of its size), and every
+    client waited, no key needed. Past 64 KiB the head is refused with 431 and the connection
+    closed; heads of ordinary size, split into many pieces, pass."""
+    import socket
+
+    from live_http import uvicorn_thread
+
+    port = free_port()
+    app = create_app(HashEmbedder(), ServerConfig(port=port, api_key="sekret"))
+    with uvicorn_thread(app, port):
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+            s.sendall(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nX-A: ")
+            t = time.monotonic()
+            got = b""
+            try:
+                for _ in range(160):  # 10 MiB in 64 KiB pieces, unless refused first
+                    s.sendall(b"a" * 65536)
+                    time.sleep(0.001)
+            except (BrokenPipeError, ConnectionResetError):
+                pass
+            with contextlib.suppress(ConnectionResetError):
+                got = s.recv(4096)
+            assert got.startswith(b"HTTP/1.1 431"), got[:200]
+            assert time.monotonic() - t < 5
+        # a head of 8 KiB sent a byte at a time, and the next request on the connection
+        head = (b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nX-B: " + b"b" * 8192 + b"\r\n\r\n")
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+            for i in range(0, len(head), 512):
+                s.sendall(head[i : i + 512])
+            assert s.recv(4096).startswith(b"HTTP/1.1 200")
+            s.sendall(head)
+            assert s.recv(4096).startswith(b"HTTP/1.1 200")
+        r = httpx.post(f"http://127.0.0.1:{port}/embed", json={"inputs": "x" * 300_000},
+                       headers={"Authorization": "Bearer sekret"}, timeout=30)
+        assert r.status_code == 200  # a large body is no head
