@@ -252,6 +252,14 @@ class OnEngine:
     engine: EngineLike
 
     @property
+    def computes_in_submit(self) -> bool:
+        """Whether the engine's ``submit`` returns with the rows computed (an engine in this
+        process on CPU): a server's batch is then computed when it is started; an engine
+        process's (CPU too) is sent, so that it can run between a long pass's layers and be
+        cancelled."""
+        return not self.engine.queues and self.engine.pid is None
+
+    @property
     def queues(self) -> int:
         """Passes that may be started behind a running one (:attr:`EngineLike.queues`)."""
         return self.engine.queues

@@ -295,7 +295,7 @@ class Embedder(OnEngine, BaseEmbedder, TokenLevel):
         bounds ``ids``: the server passes one of its batches); otherwise they are computed
         first. (An engine process on CPU runs a short batch sent while a long input's pass
         computes between that pass's layers: :class:`smysl.qwen3.worker._Hub`.)"""
-        if not self.engine.queues and self.engine.pid is None:
+        if self.computes_in_submit:
             done = self._run(ids, None)
             return Pending(lambda: done)
         plan = list(plan_batches([len(s) for s in ids], self.scheduler))

@@ -308,7 +308,7 @@ class Reranker(OnEngine, BaseReranker):
         """:meth:`prepared_scores`, started: on an engine that queues passes (CUDA) every
         batch of ``ids`` is queued before this returns (the caller bounds ``ids``: the server
         passes one of its batches); otherwise they are computed first."""
-        if not self.engine.queues and self.engine.pid is None:
+        if self.computes_in_submit:
             done = self.prepared_scores(ids)
             return Pending(lambda: done)
         plan = list(plan_batches([len(s) for s in ids], self.scheduler))
