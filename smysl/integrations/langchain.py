@@ -51,13 +51,16 @@ class SmyslEmbeddings(Embeddings):  # type: ignore[misc, valid-type]
 
     # the settings read and assigned as attributes, each assignment checked as at
     # construction (a plain attribute set beside the config was silently ignored)
+    def _configure(self, **change: Any) -> None:
+        self.config = check_config(self.model, dataclasses.replace(self.config, **change))
+
     @property
     def dimensions(self) -> int | None:
         return self.config.dimensions
 
     @dimensions.setter
     def dimensions(self, value: int | None) -> None:
-        self.config = check_config(self.model, dataclasses.replace(self.config, dimensions=value))
+        self._configure(dimensions=value)
 
     @property
     def task(self) -> str | None:
@@ -65,7 +68,7 @@ class SmyslEmbeddings(Embeddings):  # type: ignore[misc, valid-type]
 
     @task.setter
     def task(self, value: str | None) -> None:
-        self.config = check_config(self.model, dataclasses.replace(self.config, task=value))
+        self._configure(task=value)
 
     @property
     def truncate(self) -> bool:
@@ -73,7 +76,7 @@ class SmyslEmbeddings(Embeddings):  # type: ignore[misc, valid-type]
 
     @truncate.setter
     def truncate(self, value: bool) -> None:
-        self.config = check_config(self.model, dataclasses.replace(self.config, truncate=value))
+        self._configure(truncate=value)
 
     def embed_documents(self, texts: list[str]) -> list[list[float]]:
         check_text_list(texts, "embed_documents", "embed_query for a query")

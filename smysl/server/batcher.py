@@ -591,7 +591,7 @@ class Batcher:
             if (s.cancel is not None and not s.done
                     and all(x.job.abandoned for x in s.batch)):
                 due.append(s.cancel)
-                s.cancel, s.cancelled = None, True
+                s.cancel = None
         return due
 
     def _drop_gone(self) -> list[tuple[Job, BaseException]]:
@@ -813,12 +813,15 @@ class Started:
     long: bool = False
     #: A finisher waits for it.
     claimed: bool = False
-    #: Cancelled: nobody waited for its jobs any more.
-    cancelled: bool = False
     #: Its rows (or error) came back (under the batcher's lock).
     done: bool = False
     #: :attr:`rows` was called (by :meth:`Batcher._finish`).
     read: bool = False
+
+    @property
+    def cancelled(self) -> bool:
+        """Cancelled: nobody waited for its jobs any more (its :attr:`cancel` was called)."""
+        return self.cancel is None
 
 
 def _nothing() -> None:

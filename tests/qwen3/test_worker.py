@@ -698,24 +698,18 @@ def test_torch_errors_reach_other_processes_as_runtime_errors() -> None:
     assert type(e) is ValueError and str(e) == "bad ids"
 
 
-def test_a_caller_sends_while_another_thread_waits_for_rows() -> None:
-    """A server's batcher sends its next batch to an engine process that merges passes while
-    its finisher thread waits for the rows of one in flight: the wait must not hold the
-    connection (under its lock, the batch went out only once the rows had come back)."""
-    import multiprocessing as mp
+def _direct(conn: Any, queues: int) -> Any:
+    """A :class:`Piped` caller on one end of a pipe (the test holds the child's end)."""
     import threading
-    import time
 
     from smysl.qwen3.client import Piped, Replies
-
-    mine, child = mp.Pipe()
 
     class Direct(Piped):
         def __init__(self) -> None:
             self._lock = threading.Lock()
             self._init_reading()
-            self._replies = Replies(mine)
-            self.queues = 8
+            self._replies = Replies(conn)
+            self.queues = queues
 
         def _channel(self) -> Replies:
             assert self._replies is not None
@@ -724,7 +718,19 @@ def test_a_caller_sends_while_another_thread_waits_for_rows() -> None:
         def _io(self, step):  # type: ignore[no-untyped-def]
             return step()
 
-    engine = Direct()
+    return Direct()
+
+
+def test_a_caller_sends_while_another_thread_waits_for_rows() -> None:
+    """A server's batcher sends its next batch to an engine process that merges passes while
+    its finisher thread waits for the rows of one in flight: the wait must not hold the
+    connection (under its lock, the batch went out only once the rows had come back)."""
+    import multiprocessing as mp
+    import threading
+    import time
+
+    mine, child = mp.Pipe()
+    engine = _direct(mine, queues=8)
     first = engine.submit([[1]])
     got: list[Any] = []
     waiter = threading.Thread(target=lambda: got.append(first()), daemon=True)
@@ -1106,27 +1112,9 @@ def test_cancel_tells_the_engine_process_unless_the_rows_came() -> None:
     """``Pending.cancel()`` of a pass on an engine process sends ("cancel", number), no
     request of its own; once the rows have come it sends nothing."""
     import multiprocessing as mp
-    import threading
-
-    from smysl.qwen3.client import Piped, Replies
 
     mine, child = mp.Pipe()
-
-    class Direct(Piped):
-        def __init__(self) -> None:
-            self._lock = threading.Lock()
-            self._init_reading()
-            self._replies = Replies(mine)
-            self.queues = 0
-
-        def _channel(self) -> Replies:
-            assert self._replies is not None
-            return self._replies
-
-        def _io(self, step):  # type: ignore[no-untyped-def]
-            return step()
-
-    engine = Direct()
+    engine = _direct(mine, queues=0)
     first, second = engine.submit([[1]]), engine.submit([[2]])
     assert [child.recv(), child.recv()] == [([[1]], None), ([[2]], None)]
     first.cancel()
