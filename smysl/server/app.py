@@ -364,6 +364,9 @@ class EdgeMiddleware:
         hosts = config.allowed_hosts
         self._hosts = (None if hosts is None or "*" in hosts
                        else frozenset(h.lower() for h in hosts))
+        origins = config.cors_origins
+        self._origins = (None if "*" in origins
+                         else frozenset(o.lower().rstrip("/").encode() for o in origins))
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -381,7 +384,7 @@ class EdgeMiddleware:
             await send(message)
 
         try:
-            err = self._check_host(scope)
+            err = self._check_host(scope) or self._check_origin(scope)
             if err is None:
                 err = self._check_auth(scope, path)
             if err is None:
@@ -435,6 +438,34 @@ class EdgeMiddleware:
         return ApiError("malformed", "this server does not answer that Host (a page may have "
                         "bound its own domain to this address); start it with "
                         "--allowed-host NAME to serve a name of your own")
+
+    def _check_origin(self, scope: Scope) -> ApiError | None:
+        """403 for a call (any method but GET, HEAD, OPTIONS) that a browser sent from a page
+        of another origin than the server's own and :attr:`ServerConfig.cors_origins`. CORS
+        only keeps such a page from reading the answer: a ``no-cors`` POST (``text/plain``,
+        which the Ollama routes take as JSON, as Ollama does) still made a keyless server
+        compute. Browsers send ``Origin`` with every POST; other clients send none, and pass."""
+        if self._origins is None or scope["method"] in ("GET", "HEAD", "OPTIONS"):
+            return None
+        origin = site = None
+        hosts = []
+        for name, value in scope.get("headers") or []:
+            if name == b"origin":
+                origin = value.strip().lower()
+            elif name == b"sec-fetch-site":
+                site = value.strip().lower()
+            elif name in (b"host", b"x-forwarded-host"):
+                hosts.append(value.strip().lower())
+        if origin is None or origin in self._origins:
+            return None
+        if site is not None:  # the browser's own verdict: right behind a proxy that sets Host
+            if site in (b"same-origin", b"none"):
+                return None
+        elif origin.partition(b"://")[2] in hosts:  # a browser without Sec-Fetch-Site
+            return None
+        return ApiError("forbidden", f"a page of {origin.decode('latin-1')!r} may not call this "
+                        "server; start it with --cors-allow-origin ORIGIN to let a page of "
+                        "that origin call it")
 
     def _check_auth(self, scope: Scope, path: str) -> ApiError | None:
         if self._key is None or (path in OPEN_PATHS and scope["method"] in ("GET", "HEAD")):

@@ -187,7 +187,8 @@ class ServerConfig:
     index_threads: int = 4
     #: Origins (``https://app.example``) whose pages may call the server from a browser
     #: (CORS, TEI's ``--cors-allow-origin``); ``"*"`` allows any. Empty: none, so only pages
-    #: the server serves itself (``/ui``) can. Preflights need no API key; the calls do.
+    #: the server serves itself (``/ui``) can; a browser's call (not GET or HEAD) from a page
+    #: of any other origin gets 403. Preflights need no API key; the calls do.
     cors_origins: tuple[str, ...] = ()
     #: Host names (the ``Host`` header without its port) the server answers; others get 400.
     #: None: any, except that :func:`smysl.server.serve` bound to a loopback address takes

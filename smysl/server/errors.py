@@ -40,6 +40,8 @@ _KINDS: dict[str, tuple[int, int, int, str]] = {
     # TEI answers 401 with no body; its ErrorType has no member for it, and a client decoding
     # error_type as that enum must still parse the body
     "unauthorized": (401, 401, 401, "Validation"),
+    # a browser's call from a page of an origin the server does not allow (EdgeMiddleware)
+    "forbidden": (403, 403, 403, "Validation"),
     "overloaded": (429, 429, 429, "Overloaded"),
     "shutting_down": (503, 503, 503, "Unhealthy"),
     "unavailable": (503, 503, 503, "Unhealthy"),
@@ -54,6 +56,7 @@ _KINDS: dict[str, tuple[int, int, int, str]] = {
 
 _OPENAI_TYPE = {
     "unauthorized": "invalid_request_error",
+    "forbidden": "invalid_request_error",
     "overloaded": "requests",
     "shutting_down": "server_error",
     "unavailable": "server_error",

@@ -270,6 +270,40 @@ def test_cors_for_the_origins_allowed(tiny, arrangement: str) -> None:  # type: 
         ServerConfig(cors_origins=("app.example",))
 
 
+def test_pages_of_other_origins_cannot_make_it_compute(tiny) -> None:  # type: ignore[no-untyped-def]
+    """A keyless server (a loopback default) refuses a browser's call from another site's page
+    with 403 before it computes: a ``no-cors`` POST of ``text/plain`` reaches the Ollama routes
+    (they take any content type as JSON), so CORS alone let the page spend the server's
+    compute. Its own page (``/ui``), allowed origins, and clients that are not browsers pass."""
+    from smysl.server import app
+
+    body = '{"model": "qwen3-embedding:0.6b", "input": "fox"}'
+    evil = {"Origin": "https://evil.example", "Content-Type": "text/plain"}
+    name = "qwen3-embedding:0.6b"
+    with TestClient(app.serving_app(tiny, ServerConfig(served_name=name))[0]) as c:
+        for headers in [evil, {**evil, "Sec-Fetch-Site": "cross-site"},
+                        {**evil, "Origin": "null"}, {**evil, "Sec-Fetch-Site": "same-site"}]:
+            r = c.post("/api/embed", content=body, headers=headers)
+            assert r.status_code == 403 and "--cors-allow-origin" in r.json()["error"], r.text
+        r = c.post("/v1/embeddings", json={"input": "fox"}, headers=evil)
+        assert r.status_code == 403 and r.json()["error"]["type"] == "invalid_request_error"
+        assert c.post("/embed", json={"inputs": "fox"}, headers=evil).status_code == 403
+        metrics = c.get("/metrics").text
+        assert 'smysl_errors_total{api="ollama",kind="forbidden"} 4.0' in metrics, metrics
+        assert "smysl_inputs_total 0.0" in metrics  # nothing computed
+        # a probe from a page is harmless and stays open
+        assert c.get("/health", headers=evil).status_code == 200
+        for headers in [{}, {"Origin": "http://testserver"},  # its own page, old browser
+                        {**evil, "Sec-Fetch-Site": "same-origin"},  # its own, behind a proxy
+                        {"Origin": "https://smysl.example", "X-Forwarded-Host": "smysl.example"}]:
+            r = c.post("/api/embed", content=body, headers=headers)
+            assert r.status_code == 200 and r.json()["embeddings"], (headers, r.text)
+    for allowed in ["https://evil.example", "*"]:
+        config = ServerConfig(served_name=name, cors_origins=(allowed,))
+        with TestClient(app.serving_app(tiny, config)[0]) as c:
+            assert c.post("/api/embed", content=body, headers=evil).status_code == 200
+
+
 def test_tei_similarity_at_its_route_and_at_the_root(client, tiny) -> None:  # type: ignore[no-untyped-def]
     """TEI's /similarity: the cosine of source_sentence to each sentence, with prompt_name
     and truncation as parameters; POST / and /invocations take its body too (huggingface_hub's
