@@ -11,7 +11,7 @@ import base64
 import math
 import re
 from collections.abc import Iterable
-from urllib.parse import unquote, urlsplit
+from urllib.parse import parse_qsl, quote, unquote, urlsplit
 
 # a URL inside a model string (``openai:http://u:p@h/v1#model``) runs to a '#' or a space
 _URL = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^\s#]+")
@@ -53,14 +53,21 @@ def shown_source(source: str) -> str:
 
 
 def url_secrets(url: str) -> list[str]:
-    """What a URL carries that must not be shown: its password, as written and decoded, and
-    the HTTP Basic credentials made of it."""
+    """What a URL carries that must not be shown: its password, as written and decoded, the
+    HTTP Basic credentials made of it, and the values of credential parameters of its query
+    (``?api_key=``; names as :func:`header_secrets` reads them)."""
+    try:  # credentials in the query (?api_key=), as written and decoded
+        query = urlsplit(url).query
+    except ValueError:
+        query = ""
+    secrets = header_secrets(parse_qsl(query, keep_blank_values=True))
+    secrets += [quote(s) for s in secrets]
     user, sep, written = (split_user(url)[0] or "").partition(":")
-    if not sep or not written:
-        return []
-    password = unquote(written)
-    basic = base64.b64encode(f"{unquote(user)}:{password}".encode()).decode()
-    return [s for s in (written, password, basic) if s]
+    if sep and written:
+        password = unquote(written)
+        basic = base64.b64encode(f"{unquote(user)}:{password}".encode()).decode()
+        secrets += [written, password, basic]
+    return [s for s in secrets if s]
 
 
 #: Last words of header names whose values are credentials (``X-API-Key``, ``X-Auth-Token``,

@@ -46,6 +46,9 @@ def test_secrets_of_a_url_are_redacted_as_written_decoded_and_as_basic_auth() ->
     assert url_secrets("http://h/") == [] and url_secrets("http://user@h/") == []
     assert "s3/cr?e#t" in url_secrets("http://u:s3/cr?e#t@h:6333/v1")
     assert redacted("a key abc", ["abc", ""]) == "a key abc"  # under 4 characters: kept
+    # credentials in the query too (as written and decoded); other parameters are no secret
+    query = url_secrets("https://h/v1?api-version=2024-02-01&api_key=sk-a%2Bb&sig=x")
+    assert set(query) == {"sk-a+b", "sk-a%2Bb"}
 
 
 def test_only_credential_headers_are_secrets_and_a_bearer_key_alone_is_one_too() -> None:

@@ -24,6 +24,7 @@ import random
 import re
 import threading
 import time
+import urllib.parse
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, TypeVar
@@ -132,8 +133,12 @@ class RetryingClient:
         #: request's headers): the key, the headers' values, the URL's password.
         self._secrets = [api_key or "", *header_secrets(config.headers), *url_secrets(base_url)]
         pool = max(config.max_concurrency, 4) * 2
+        # a query (Azure's ?api-version=) goes with every request: in httpx's base_url it
+        # stood before the request's path (/v1?api-version=1/embeddings)
+        parts = urllib.parse.urlsplit(base_url)
         self._client = httpx.Client(
-            base_url=base_url,
+            base_url=urllib.parse.urlunsplit(parts._replace(query="", fragment="")),
+            params=parts.query,
             headers=headers,
             timeout=httpx.Timeout(config.timeout, connect=config.connect_timeout),
             # Every connection may stay open: httpcore closes "surplus" idle connections by
@@ -143,7 +148,8 @@ class RetryingClient:
             # connection (a TLS handshake) for most requests from a few threads.
             limits=httpx.Limits(max_connections=pool, max_keepalive_connections=pool),
             transport=transport,
-            follow_redirects=True,
+            follow_redirects=True,  # within the upstream only: _stay_with_upstream
+            event_hooks={"response": [self._stay_with_upstream]},
             verify=_ssl_context(),
         )
         #: A small real request (one short text) sent to see whether a down upstream is back.
@@ -154,6 +160,23 @@ class RetryingClient:
         self._next_probe = 0.0
         self._probe_wait = PROBE_INTERVAL
         self._closed = False
+
+    def _stay_with_upstream(self, response: Any) -> None:
+        """Let httpx follow a redirect only within the upstream's origin (or from http to
+        https on its host): a 307/308 sends the POST body, the caller's texts, on to wherever
+        it points, and httpx drops only the key on the way."""
+        if not response.has_redirect_location:
+            return
+        here = response.request.url
+        there = here.join(response.headers["location"])
+        same = (there.scheme, there.port) == (here.scheme, here.port)
+        upgraded = (here.scheme, there.scheme) == ("http", "https") and here.port is None
+        if there.host == here.host and (same or (upgraded and there.port is None)):
+            return
+        raise ProviderError(
+            f"{self.name}: {shown_url(str(here))} redirects to {shown_url(str(there))}, "
+            "another host; the texts are not sent on there: give that address as the base "
+            "URL if it is the right one", reason="it redirects to another host")
 
     # ---------------------------------------------------------------- health
     @property

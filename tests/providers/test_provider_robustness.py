@@ -25,7 +25,7 @@ from smysl.providers import (
 )
 from smysl.providers import retry as retry_module
 from smysl.providers import tokens as tokens_module
-from smysl.providers.errors import JobTimeoutError, RequestTimeoutError
+from smysl.providers.errors import JobTimeoutError, ProviderError, RequestTimeoutError
 
 FAST = {"backoff_base": 0.001, "backoff_max": 0.01}
 
@@ -326,3 +326,60 @@ def test_a_tokenizer_variable_naming_nothing_is_refused(value: str, tokenizer_pa
         m = connect("tei", srv.url, dimensions=32, **FAST)
         assert m.tokenizer is not None
         assert tokens_module.find_tokenizer() is m.tokenizer
+
+
+def test_a_redirect_to_another_host_is_not_followed_with_the_texts() -> None:
+    """A 307/308 replays the POST body where it points: within the upstream's origin (or from
+    http to https on its host) it is followed; to another host the texts stay here, and the
+    error says where it pointed (without the URL's password)."""
+    seen: list[str] = []
+    rows = {"data": [{"index": 0, "embedding": [0.5] * 32}], "usage": {"prompt_tokens": 2}}
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(str(request.url))
+        if request.url.host == "elsewhere.example":
+            return httpx.Response(200, json=rows)
+        if request.url.path == "/v1/embeddings":
+            return httpx.Response(308, headers={"Location": "/v2/embeddings"})
+        if request.url.path == "/v2/embeddings" and request.url.scheme == "http":
+            return httpx.Response(307, headers={"Location": "https://up.example/v2/embeddings"})
+        return httpx.Response(307, headers={
+            "Location": "https://user:pw@elsewhere.example/v1/embeddings"})
+
+    p = connect("openai", "m", transport=httpx.MockTransport(handler), dimensions=32,
+                base_url="http://up.example/v1", max_retries=0, **FAST)
+    with pytest.raises(ProviderError) as e:
+        p.embed(["fox"])
+    assert "redirects to https://elsewhere.example/v1/embeddings" in str(e.value), str(e.value)
+    assert "pw" not in str(e.value)
+    assert seen == ["http://up.example/v1/embeddings", "http://up.example/v2/embeddings",
+                    "https://up.example/v2/embeddings"]  # never elsewhere.example
+
+    def within(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/v1/embeddings":
+            return httpx.Response(308, headers={"Location": "/v1/embeddings/"})
+        return httpx.Response(200, json=rows)
+
+    p = connect("openai", "m", transport=httpx.MockTransport(within), dimensions=32,
+                base_url="https://up.example/v1", max_retries=0, **FAST)
+    assert p.embed(["fox"]).shape == (1, 32)
+
+
+def test_a_query_in_the_base_url_goes_with_every_request() -> None:
+    """Azure-style ``?api-version=`` in the base URL: sent as the query of each request (it
+    landed inside the path: ``/v1?api-version=1/embeddings``); a key in it stays out of
+    errors."""
+    seen: list[httpx.URL] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request.url)
+        return httpx.Response(400, text=f"bad request {request.url}")
+
+    p = connect("openai", "m", transport=httpx.MockTransport(handler), dimensions=32,
+                base_url="https://up.example/openai/v1?api-version=2024-02-01&api_key=sk-s3cret",
+                max_retries=0, **FAST)
+    with pytest.raises(ProviderError) as e:
+        p.embed(["fox"])
+    assert [(u.path, dict(u.params)) for u in seen] == [
+        ("/openai/v1/embeddings", {"api-version": "2024-02-01", "api_key": "sk-s3cret"})]
+    assert "s3cret" not in str(e.value) and "HTTP 400" in str(e.value), str(e.value)
