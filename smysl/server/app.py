@@ -134,9 +134,12 @@ def _build(embedder: BaseEmbedder | None, config: ServerConfig, *,
     from smysl import __version__
 
     app = FastAPI(title="smysl embedding server", version=__version__, lifespan=lifespan,
-                  description="OpenAI-, Ollama- and TEI-compatible embeddings for "
-                              f"{service.model_id if service else None}, reranking with "
-                              f"{reranker.name if reranker else None}. See docs/server.md.")
+                  # not the model's name: it may be a local path, and this page needs no key
+                  description="OpenAI-, Ollama- and TEI-compatible embeddings"
+                              f"{'' if service else ' (none served)'} and reranking"
+                              f"{'' if reranker else ' (none served)'}; GET /v1/models names "
+                              "the models (with the API key where one is set). See "
+                              "docs/server.md.")
     app.state.service = service
     app.state.metrics = metrics
     app.state.healths = healths

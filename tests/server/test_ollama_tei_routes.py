@@ -304,6 +304,19 @@ def test_pages_of_other_origins_cannot_make_it_compute(tiny) -> None:  # type: i
             assert c.post("/api/embed", content=body, headers=evil).status_code == 200
 
 
+def test_the_open_api_page_does_not_name_the_model(tiny) -> None:  # type: ignore[no-untyped-def]
+    """``/openapi.json`` and ``/docs`` need no key: they must not show the model's name, which
+    is its local path unless ``--served-name`` is given."""
+    from smysl.server import app
+
+    with TestClient(app.serving_app(tiny, ServerConfig(api_key="k"))[0]) as c:
+        served = c.get("/v1/models", headers={"Authorization": "Bearer k"}).json()["data"]
+        path = served[0]["id"]
+        assert "/" in path  # a path, as served without --served-name
+        page = c.get("/openapi.json")
+        assert page.status_code == 200 and path not in page.text
+
+
 def test_tei_similarity_at_its_route_and_at_the_root(client, tiny) -> None:  # type: ignore[no-untyped-def]
     """TEI's /similarity: the cosine of source_sentence to each sentence, with prompt_name
     and truncation as parameters; POST / and /invocations take its body too (huggingface_hub's
