@@ -351,6 +351,22 @@ class CountedCORS(CORSMiddleware):
             self.ledger.add(scope, status["code"], time.perf_counter() - start)
 
 
+#: Schemes of the pages of apps on the user's machine (Electron, Tauri, VS Code webviews), whose
+#: calls Ollama takes by default, as it does those of pages on a loopback address.
+_APP_SCHEMES = (b"app", b"file", b"tauri", b"vscode-webview", b"vscode-file")
+
+
+def _local_origin(origin: bytes) -> bool:
+    """Whether ``origin`` (lower case) is a page on this machine: on a loopback address, or an
+    app's (:data:`_APP_SCHEMES`); a page of another site never is, DNS rebinding's neither."""
+    scheme, sep, rest = origin.partition(b"://")
+    if not sep:
+        return False
+    if scheme in _APP_SCHEMES:
+        return True
+    return scheme in (b"http", b"https") and host_name(rest) in LOOPBACK_HOSTS
+
+
 class EdgeMiddleware:
     """Pure ASGI (no per-request task, disconnects stay visible): body size limit, bearer auth,
     request counting and latency. Runs before routing, so it answers in the API's error shape;
@@ -447,7 +463,8 @@ class EdgeMiddleware:
         of another origin than the server's own and :attr:`ServerConfig.cors_origins`. CORS
         only keeps such a page from reading the answer: a ``no-cors`` POST (``text/plain``,
         which the Ollama routes take as JSON, as Ollama does) still made a keyless server
-        compute. Browsers send ``Origin`` with every POST; other clients send none, and pass."""
+        compute. Browsers send ``Origin`` with every POST; other clients send none, and pass,
+        as do pages on this machine (:func:`_local_origin`, Ollama's default origins)."""
         if self._origins is None or scope["method"] in ("GET", "HEAD", "OPTIONS"):
             return None
         origin = site = None
@@ -459,7 +476,7 @@ class EdgeMiddleware:
                 site = value.strip().lower()
             elif name in (b"host", b"x-forwarded-host"):
                 hosts.append(value.strip().lower())
-        if origin is None or origin in self._origins:
+        if origin is None or origin in self._origins or _local_origin(origin):
             return None
         if site is not None:  # the browser's own verdict: right behind a proxy that sets Host
             if site in (b"same-origin", b"none"):

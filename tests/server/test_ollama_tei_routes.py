@@ -274,7 +274,8 @@ def test_pages_of_other_origins_cannot_make_it_compute(tiny) -> None:  # type: i
     """A keyless server (a loopback default) refuses a browser's call from another site's page
     with 403 before it computes: a ``no-cors`` POST of ``text/plain`` reaches the Ollama routes
     (they take any content type as JSON), so CORS alone let the page spend the server's
-    compute. Its own page (``/ui``), allowed origins, and clients that are not browsers pass."""
+    compute. Its own page (``/ui``), allowed origins, pages on this machine, and clients that
+    are not browsers pass."""
     from smysl.server import app
 
     body = '{"model": "qwen3-embedding:0.6b", "input": "fox"}'
@@ -282,20 +283,26 @@ def test_pages_of_other_origins_cannot_make_it_compute(tiny) -> None:  # type: i
     name = "qwen3-embedding:0.6b"
     with TestClient(app.serving_app(tiny, ServerConfig(served_name=name))[0]) as c:
         for headers in [evil, {**evil, "Sec-Fetch-Site": "cross-site"},
-                        {**evil, "Origin": "null"}, {**evil, "Sec-Fetch-Site": "same-site"}]:
+                        {**evil, "Origin": "null"}, {**evil, "Sec-Fetch-Site": "same-site"},
+                        {**evil, "Origin": "http://localhost.evil.example"},
+                        {**evil, "Origin": "http://127.0.0.1.evil.example:80"}]:
             r = c.post("/api/embed", content=body, headers=headers)
             assert r.status_code == 403 and "--cors-allow-origin" in r.json()["error"], r.text
         r = c.post("/v1/embeddings", json={"input": "fox"}, headers=evil)
         assert r.status_code == 403 and r.json()["error"]["type"] == "invalid_request_error"
         assert c.post("/embed", json={"inputs": "fox"}, headers=evil).status_code == 403
         metrics = c.get("/metrics").text
-        assert 'smysl_errors_total{api="ollama",kind="forbidden"} 4.0' in metrics, metrics
+        assert 'smysl_errors_total{api="ollama",kind="forbidden"} 6.0' in metrics, metrics
         assert "smysl_inputs_total 0.0" in metrics  # nothing computed
         # a probe from a page is harmless and stays open
         assert c.get("/health", headers=evil).status_code == 200
         for headers in [{}, {"Origin": "http://testserver"},  # its own page, old browser
                         {**evil, "Sec-Fetch-Site": "same-origin"},  # its own, behind a proxy
-                        {"Origin": "https://smysl.example", "X-Forwarded-Host": "smysl.example"}]:
+                        {"Origin": "https://smysl.example", "X-Forwarded-Host": "smysl.example"},
+                        # pages on this machine, as Ollama takes them by default
+                        {**evil, "Origin": "http://localhost:3000"},
+                        {**evil, "Origin": "http://127.0.0.1:5173"},
+                        {**evil, "Origin": "app://obsidian.md"}]:
             r = c.post("/api/embed", content=body, headers=headers)
             assert r.status_code == 200 and r.json()["embeddings"], (headers, r.text)
     for allowed in ["https://evil.example", "*"]:
