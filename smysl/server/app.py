@@ -218,7 +218,9 @@ def _build(embedder: BaseEmbedder | None, config: ServerConfig, *,
     routes = frozenset(r.path for rs in [app.routes, *(router.routes for router in routers)]
                        for r in rs if isinstance(r, Route) and "{" not in r.path)
     ledger = Ledger(metrics, routes, access_log)
-    layers: Layers = [(EdgeMiddleware, {"config": config, "fast": fast, "ledger": ledger})]
+    reads = app.state.body_reads = BodyReads()
+    layers: Layers = [(EdgeMiddleware, {"config": config, "fast": fast, "ledger": ledger,
+                                        "reads": reads})]
     if config.cors_origins:  # outermost: a browser's preflight carries no API key
         layers.append((CountedCORS, {
             "ledger": ledger, "allow_origins": list(config.cors_origins),
@@ -367,14 +369,31 @@ def _local_origin(origin: bytes) -> bool:
     return scheme in (b"http", b"https") and host_name(rest) in LOOPBACK_HOSTS
 
 
+class BodyReads:
+    """The requests whose bodies are still arriving. At a graceful stop (:meth:`stop`) they
+    are answered 503 at once: nothing of theirs has run, and a client that stopped sending
+    held the stop for the whole grace period."""
+
+    def __init__(self) -> None:
+        self.tasks: set[asyncio.Task[Any]] = set()
+        self.stopped = False
+
+    def stop(self) -> None:
+        """Answer the requests waiting for their bodies 503 (from the event loop)."""
+        self.stopped = True
+        for task in list(self.tasks):
+            task.cancel()
+
+
 class EdgeMiddleware:
     """Pure ASGI (no per-request task, disconnects stay visible): body size limit, bearer auth,
     request counting and latency. Runs before routing, so it answers in the API's error shape;
     answers the routes of ``fast`` itself when it can (:mod:`smysl.server.fast`)."""
 
     def __init__(self, app: ASGIApp, config: ServerConfig, fast: FastRoutes,
-                 ledger: Ledger) -> None:
+                 ledger: Ledger, reads: BodyReads) -> None:
         self.app = app
+        self.reads = reads
         self.config = config
         self.ledger = ledger
         self.metrics = ledger.metrics
@@ -521,24 +540,42 @@ class EdgeMiddleware:
                     return b"", too_big()
             except ValueError:
                 return b"", ApiError("malformed", "Content-Length is not a number")
+        def stopping() -> ApiError:
+            err = shutting_down("the server is stopping and this request's body had not "
+                                "arrived; send it again (to another instance)")
+            err.headers.update(close)
+            return err
+
         chunks: list[bytes] = []
         size = 0
-        while True:
-            try:
+        task = asyncio.current_task()
+        assert task is not None
+        self.reads.tasks.add(task)
+        try:
+            while True:
+                if chunks and self.reads.stopped:  # a part came after the stop: no more
+                    return b"", stopping()
                 async with asyncio.timeout(BODY_IDLE_S):
                     message = await receive()
-            except TimeoutError:
-                return b"", ApiError("body_timeout", f"the request body stopped arriving: "
-                                     f"nothing for {BODY_IDLE_S:g} s", headers=close)
-            if message["type"] != "http.request":
-                break  # client gone; the app will see the disconnect
-            chunk = message.get("body", b"")
-            size += len(chunk)
-            if size > limit:
-                return b"", too_big()
-            chunks.append(chunk)
-            if not message.get("more_body", False):
-                break
+                if message["type"] != "http.request":
+                    break  # client gone; the app will see the disconnect
+                chunk = message.get("body", b"")
+                size += len(chunk)
+                if size > limit:
+                    return b"", too_big()
+                chunks.append(chunk)
+                if not message.get("more_body", False):
+                    break
+        except TimeoutError:
+            return b"", ApiError("body_timeout", f"the request body stopped arriving: "
+                                 f"nothing for {BODY_IDLE_S:g} s", headers=close)
+        except asyncio.CancelledError:
+            if not self.reads.stopped:
+                raise
+            task.uncancel()
+            return b"", stopping()
+        finally:
+            self.reads.tasks.discard(task)
         return b"".join(chunks), None
 
 
@@ -633,7 +670,7 @@ def serve(embedder: BaseEmbedder | None, config: ServerConfig, *, ready: Ready |
     # pure-Python loop, which uvicorn.run avoids
     with asyncio.Runner(loop_factory=server.config.get_loop_factory()) as runner:
         return runner.run(_supervise(server, app.state.healths, config, ready, sockets,
-                                     heartbeat))
+                                     heartbeat, app.state.body_reads))
 
 
 def http_protocol() -> Any:
@@ -676,14 +713,17 @@ class _Server(uvicorn.Server):
 
 async def _supervise(server: Any, healths: list[BackendHealth], config: ServerConfig,
                      ready: Ready | None, sockets: list[socket.socket] | None,
-                     heartbeat: Callable[[], None] | None) -> int:
+                     heartbeat: Callable[[], None] | None, reads: BodyReads) -> int:
     """Run uvicorn; report the bound port once; stop when a backend stays down too long;
-    beat while the loop runs."""
+    beat while the loop runs; once stopping, answer the requests still waiting for their
+    bodies (:class:`BodyReads`)."""
     task = asyncio.create_task(server.serve(sockets=sockets))
     code = 0
     while not task.done():
         if heartbeat is not None:
             heartbeat()
+        if server.should_exit and not reads.stopped:
+            reads.stop()
         if ready is not None and server.started:
             host, port = server.servers[0].sockets[0].getsockname()[:2]
             ready(str(host), int(port))

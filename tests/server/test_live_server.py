@@ -266,6 +266,49 @@ def test_a_port_in_use_is_one_line_and_status_2(tiny_dir) -> None:  # type: igno
     assert "Traceback" not in done.stderr
 
 
+def test_a_stalled_upload_does_not_hold_a_stop(tiny_dir) -> None:  # type: ignore[no-untyped-def]
+    """SIGTERM while a client has sent part of a body and then nothing: that request was
+    waited for through the whole grace period (30 s). Nothing of it has run, so it is answered
+    503 with a Retry-After at once, and the server exits 0; a request in flight still gets
+    its answer (test_graceful_shutdown_finishes_in_flight_request)."""
+    import signal
+    import socket
+    import subprocess
+    import sys
+
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "smysl.cli", "serve", "--model",
+                             str(tiny_dir), "--device", "cpu", "--host", "127.0.0.1",
+                             "--port", str(port), "--no-access-log"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            assert proc.poll() is None and time.monotonic() < deadline, "did not start"
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200:
+                    break
+            time.sleep(0.2)
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+            s.sendall(b"POST /embed HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: "
+                      b"application/json\r\nContent-Length: 100\r\n\r\n{\"inputs\": ")
+            time.sleep(0.3)  # the part is read, the rest awaited
+            t = time.monotonic()
+            proc.send_signal(signal.SIGTERM)
+            got = b""
+            with contextlib.suppress(TimeoutError):
+                while b"\r\n\r\n" not in got and (part := s.recv(4096)):
+                    got += part
+            assert got.startswith(b"HTTP/1.1 503"), got[:300]
+            assert b"retry-after" in got.lower() and time.monotonic() - t < 5
+        assert proc.wait(timeout=20) == 0
+        assert time.monotonic() - t < 15
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+
+
 def test_a_huge_request_head_is_refused_before_it_stalls_the_server() -> None:
     """httptools took a header of any size, building its value piece by piece: a 100 MB
     header cost ~9 s of the event loop's CPU (growing with the square of its size), and every
