@@ -4,10 +4,12 @@ CSV fields."""
 
 from __future__ import annotations
 
+import codecs
 import contextlib
 import csv
 import errno
 import hashlib
+import io
 import os
 import re
 import shutil
@@ -58,10 +60,23 @@ def replace_file(path: Path, text: str) -> None:
 
 @contextlib.contextmanager
 def output(path: str, *, newline: str | None = None) -> Iterator[IO[Any]]:
-    """Where a command's text output goes: stdout for ``-`` (left open), else ``path``
-    replaced whole (:func:`replacing`)."""
+    """Where a command's text output goes: stdout for ``-`` (left open, UTF-8 as the files
+    are), else ``path`` replaced whole (:func:`replacing`)."""
     if path == "-":
-        yield sys.stdout
+        out = sys.stdout
+        # Windows writes a pipe or file in its ANSI code page (cp1252): Cyrillic failed
+        # part-way through the output
+        if not isinstance(out, io.TextIOWrapper) or codecs.lookup(out.encoding).name == "utf-8":
+            yield out
+            return
+        was = out.encoding
+        out.flush()
+        out.reconfigure(encoding="utf-8")
+        try:
+            yield out
+        finally:
+            out.flush()
+            out.reconfigure(encoding=was)
         return
     with replacing(Path(path), newline=newline) as f:
         yield f

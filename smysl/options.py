@@ -10,11 +10,16 @@ does nothing.
 from __future__ import annotations
 
 import dataclasses
+import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from smysl.base import check_flag, positive_int
+
+#: Whether a local engine can run in a child process here (:attr:`ModelOptions.process`): the
+#: child's loop waits on pipes with ``select()``, which on Windows takes sockets alone.
+ENGINE_PROCESSES = os.name == "posix"
 
 
 @dataclass(frozen=True)
@@ -41,7 +46,8 @@ class ModelOptions:
     max_batch_size: int | None = None
     #: Hub revision (branch, tag or commit) of a downloaded checkpoint.
     revision: str | None = None
-    #: Run the engine in a child process (own GIL). None: no, except under ``smysl serve``.
+    #: Run the engine in a child process (own GIL). None: no, except under ``smysl serve``
+    #: where :data:`ENGINE_PROCESSES` (not on Windows).
     process: bool | None = None
     #: CUDA: capture CUDA graphs for batches of up to this many tokens (0: none; default 2048).
     cuda_graphs: int | None = None
@@ -69,6 +75,9 @@ class ModelOptions:
         for name in ("process", "cuda_kernels"):  # process="no" started a child process
             if getattr(self, name) is not None:
                 object.__setattr__(self, name, check_flag(getattr(self, name), name))
+        if self.process and not ENGINE_PROCESSES:
+            raise ValueError("process=True (the engine in a child process) needs Linux or "
+                             "macOS; here the engine runs in this process (process=False)")
         g = self.cuda_graphs
         if g is not None and (isinstance(g, bool) or not isinstance(g, int) or g < 0):
             raise ValueError(f"cuda_graphs ({FLAGS['cuda_graphs']}) must be 0 (off) or a token "

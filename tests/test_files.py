@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
+import sys
 import threading
 from pathlib import Path
 
@@ -144,3 +146,19 @@ def test_process_temp_dirs_of_dead_processes_are_removed(tmp_path: Path,
     assert made.parent == tmp_path
     assert made.name.startswith(f"smysl-metrics-{here}.{os.getpid()}-")
     assert made.stat().st_mode & 0o777 == 0o700
+
+
+def test_output_to_stdout_is_utf8_where_the_platform_writes_another_code_page(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Windows writes a pipe or file in its ANSI code page (cp1252): ``-o -`` with Cyrillic
+    failed part-way, after the first lines were out. Written UTF-8, as the files are; the
+    stream is left as it was."""
+    from smysl.files import output
+
+    raw = io.BytesIO()
+    stream = io.TextIOWrapper(raw, encoding="cp1252")
+    monkeypatch.setattr(sys, "stdout", stream)
+    with output("-") as f:
+        f.write('{"text": "привет"}\n')
+    assert raw.getvalue().decode("utf-8") == '{"text": "привет"}\n'
+    assert stream.encoding == "cp1252"

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Literal
 
 from smysl.commands import given
 from smysl.commands._model import add_model_arguments, model_options
-from smysl.options import FLAGS
+from smysl.options import ENGINE_PROCESSES, FLAGS
 
 if TYPE_CHECKING:
     from smysl.base import ModelInfo
@@ -271,12 +271,16 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--workers {config.workers} shares local engine processes between the "
                          f"workers; {remote[0]!r} is a remote API: serve it with one worker")
     options = model_options(args)
+    # a local engine runs in a child process unless asked not to (or it cannot: Windows): the
+    # event loop would otherwise compete with the forward passes for the GIL
+    # (docs/bench-notes/server.md); a remote model rejects --in-process
+    child = not args.in_process and ENGINE_PROCESSES
     reranker = None
     if args.reranker:
         # placement flags only: the size flags are the embedding model's, the reranker keeps
         # its own limits (8,192 tokens); a local one runs in a child process like the model
         reranker = load_reranker(args.reranker, reranker_options(
-            args.reranker, options.replace(process=not args.in_process)))
+            args.reranker, options.replace(process=child)))
         limit = (f"max {reranker.max_tokens} tokens" if reranker.max_tokens is not None
                  else "its API's own token limit")  # a remote one's is not known here
         print(f"smysl serve: loaded reranker {reranker.name!r} ({limit})", file=sys.stderr)
@@ -284,10 +288,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         if model_name:
             if args.in_process or "process" in scheme_of(model_name).options:
-                # a local engine runs in a child process unless asked not to: the event loop
-                # would otherwise compete with the forward passes for the GIL
-                # (docs/bench-notes/server.md); a remote model rejects --in-process
-                options = options.replace(process=not args.in_process)
+                options = options.replace(process=child)
             model = load(model_name, options)
             name = config.served_name or model.name
             info = model.info()

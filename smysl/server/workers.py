@@ -65,7 +65,9 @@ MAX_RESTARTS = 3
 MAX_AUTO_WORKERS = 8
 _STOP = {signal.SIGINT, signal.SIGTERM}
 #: Asks a worker for its threads' stacks (on its output), before a stalled one is killed.
-_STACKS = signal.SIGUSR1  # (workers are POSIX only: pthread_sigmask, Unix sockets)
+#: (Workers are POSIX only: pthread_sigmask, Unix sockets; the module is imported everywhere,
+#: for METRICS_ENV: None on Windows, which has no SIGUSR1.)
+_STACKS: int | None = getattr(signal, "SIGUSR1", None)
 #: Seconds the supervisor gives a stalled worker to write its stacks before the kill.
 STACKS_WAIT_S = 0.5
 #: A worker that has not begun serving this many seconds after its start (or a stall limit
@@ -435,7 +437,8 @@ def _kill_stalled(i: int, p: Any, silent: float, *, serving: bool = True) -> Non
     log.error("HTTP worker %d (pid %s): %s %.1f s (worker_stall_s); its threads' stacks "
               "follow, then it is killed and restarted", i, p.pid, what, silent)
     with contextlib.suppress(ProcessLookupError):
-        os.kill(p.pid, _STACKS)
+        if _STACKS is not None:
+            os.kill(p.pid, _STACKS)
     p.join(STACKS_WAIT_S)  # (a stopped process writes nothing: it is killed all the same)
     p.kill()
     p.join(5)
@@ -483,7 +486,8 @@ def _worker(embedder: BaseEmbedder | None, reranker: BaseReranker | None,
 def _last_words() -> None:
     """Write this process's threads' stacks to stderr when the supervisor sends
     :data:`_STACKS` to a stalled worker (at C level: needs neither the GIL nor the loop)."""
-    faulthandler.register(_STACKS, all_threads=True)
+    if _STACKS is not None:
+        faulthandler.register(_STACKS, all_threads=True)
 
 
 def _close(*models: BaseEmbedder | BaseReranker | None) -> None:

@@ -108,6 +108,26 @@ def test_serve_in_process_keeps_the_engine_here(tiny_dir, monkeypatch, capsys) -
     assert "child process" not in capsys.readouterr().err
 
 
+def test_serve_keeps_the_engine_here_where_it_cannot_run_in_a_child(  # type: ignore[no-untyped-def]
+        tiny_dir, monkeypatch, capsys) -> None:
+    """Windows (no ``select()`` on pipes): ``smysl serve`` crashed the child and served
+    "backend down"; the engine now runs in the server process there, and asking for a child
+    in code is a clear error."""
+    from smysl import options as options_mod
+    from smysl.commands import serve as serve_cmd
+    from smysl.qwen3.engine import Engine
+
+    monkeypatch.setattr(serve_cmd, "ENGINE_PROCESSES", False)
+    monkeypatch.setattr(options_mod, "ENGINE_PROCESSES", False)
+    seen: dict[str, Any] = {}
+    monkeypatch.setattr(smysl.server, "serve",
+                        lambda embedder, config, ready: seen.update(e=embedder))
+    assert main(["serve", "--model", str(tiny_dir), "--device", "cpu"]) == 0
+    assert isinstance(seen["e"].engine, Engine)
+    with pytest.raises(ValueError, match="needs Linux or macOS"):
+        options_mod.ModelOptions(process=True)
+
+
 def test_serve_reads_model_host_and_port_from_env(tiny_dir, monkeypatch, capsys) -> None:  # type: ignore[no-untyped-def]
     """``SMYSL_MODEL``, ``SMYSL_HOST``, ``SMYSL_PORT`` as TEI's and Ollama's variables; flags
     win; "listening" is printed only when the server reports the bound port (issue 11 item 11:
