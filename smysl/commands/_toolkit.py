@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
 import re
 import sys
 from collections.abc import Iterable, Iterator, Mapping
@@ -17,6 +18,20 @@ if TYPE_CHECKING:
 
 _WHERE = re.compile(r"^(?P<key>[^<>=!]+?)(?P<op>>=|<=|=|>|<)(?P<value>.*)$")
 _RANGE = {">": "$gt", ">=": "$gte", "<": "$lt", "<=": "$lte"}
+
+
+def check_apart(files: Mapping[str, str | None]) -> None:
+    """Refuse, before any work, two flags that name one file (``-o`` and ``--summary``: the
+    one written last replaced the other, silently; ``--save`` and ``-i``: the input went).
+    ``-i`` and ``-o`` may: the rows are read whole before they are written back."""
+    seen: dict[str, str] = {}
+    for flag, path in files.items():
+        if path is None or path == "-" or not path.strip():
+            continue
+        key = os.path.realpath(os.path.expanduser(path))
+        first = seen.setdefault(key, flag)
+        if first != flag and {first, flag} != {"-i", "-o"}:
+            raise ValueError(f"{first} and {flag} name one file, {path}: give each its own")
 
 
 def add_table_arguments(p: argparse.ArgumentParser) -> None:

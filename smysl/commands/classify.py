@@ -13,6 +13,7 @@ from smysl.commands._model import add_model_arguments, load_model
 from smysl.commands._toolkit import (
     add_table_arguments,
     blank_rows,
+    check_apart,
     labels_in,
     progress,
     refuse_overwrite,
@@ -185,6 +186,8 @@ def run(args: argparse.Namespace) -> int:
                          f"{mode} is empty: give a file")
     _refuse_unused(args, mode)
     check_output(args.output)
+    check_apart({"-i": args.input, "-o": args.output, "--save": args.save,
+                 "--train": args.train, "--load": args.load})
     if args.save:
         check_file(args.save, "--save")
     labels_by_name = _labels(args.labels, args) if mode == "--labels" else None

@@ -12,6 +12,7 @@ from smysl.commands import given
 from smysl.commands._model import add_model_arguments, load_model
 from smysl.commands._toolkit import (
     add_table_arguments,
+    check_apart,
     progress,
     refuse_overwrite,
     rows_of,
@@ -67,6 +68,7 @@ def run(args: argparse.Namespace) -> int:
 
     _refuse_unused(args)
     check_output(args.output)
+    check_apart({"-i": args.input, "-o": args.output, "--summary": args.summary})
     if args.summary:  # before the work, which a path in no folder lost at the end
         check_file(args.summary, "--summary")
     config = ClusterConfig(method=args.method, k=args.k,

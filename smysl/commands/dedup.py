@@ -10,6 +10,7 @@ from pathlib import Path
 from smysl.commands._model import add_model_arguments, load_model
 from smysl.commands._toolkit import (
     add_table_arguments,
+    check_apart,
     progress,
     refuse_overwrite,
     rows_of,
@@ -51,6 +52,7 @@ def run(args: argparse.Namespace) -> int:
     from smysl.toolkit.store import StoreConfig
 
     check_output(args.output)
+    check_apart({"-i": args.input, "-o": args.output, "--report": args.report})
     if args.report:  # before the work, which a path in no folder lost at the end
         check_file(args.report, "--report")
     if args.max_neighbors < args.neighbors:  # DedupConfig's words name no flag

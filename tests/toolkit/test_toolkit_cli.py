@@ -721,6 +721,33 @@ def test_classify_cluster_dedup_check_their_files_and_name_the_row_at_fault(
     assert "accuracy" in capsys.readouterr().err
 
 
+def test_two_flags_naming_one_file_are_refused_before_the_work(tiny_dir, data, capsys) -> None:  # type: ignore[no-untyped-def]
+    """A review's: ``cluster -o X --summary X`` (and dedup's ``--report``) exited 0 with the
+    summary alone in X, every row's cluster lost; ``--save`` onto the training file replaced
+    it. ``-i`` and ``-o`` may still be one file (the rows are read whole first)."""
+    model = ["--model", str(tiny_dir), "--device", "cpu", "--no-progress"]
+    rows = data / "rows.csv"
+    before = rows.read_bytes()
+    same = str(data / "same.json")
+    for cmd, argv, says in (
+            ("cluster", ["-i", str(rows), "--k", "2", "-o", same, "--summary", same],
+             "-o and --summary name one file"),
+            ("dedup", ["-i", str(rows), "-o", same, "--report", same],
+             "-o and --report name one file"),
+            ("classify", ["-i", str(rows), "--train", str(rows), "--save", str(rows)],
+             "-i and --save name one file"),
+            ("cluster", ["-i", str(rows), "--k", "2", "--summary", str(rows)],
+             "-i and --summary name one file")):
+        assert main([cmd, *model, *argv]) == 2, argv
+        err = capsys.readouterr().err
+        assert err.startswith(f"smysl {cmd}: error: ") and says in err, (argv, err)
+    assert rows.read_bytes() == before and not (data / "same.json").exists()
+    copy = data / "copy.csv"
+    copy.write_bytes(before)
+    assert main(["cluster", *model, "-i", str(copy), "--k", "2", "-o", str(copy)]) == 0
+    assert "cluster" in copy.read_text(encoding="utf-8").splitlines()[0]
+
+
 def test_classify_names_a_label_description_too_long(tiny_dir, data, capsys) -> None:
     """A description longer than the model takes was "input 0"."""
     labels = _jsonl(data / "labels.jsonl", [{"label": "x", "description": "ex"},
