@@ -60,9 +60,24 @@ def _path(data_dir: Path, *parts: str) -> Path:
     return path
 
 
-def _records(path: Path) -> list[dict[str, str]]:
+def _records(path: Path, *columns: str) -> list[dict[str, str]]:
+    """A CSV file's rows by its header; a header without one of ``columns``, or a row that
+    ends before one, is an error naming the file and the line (it was a ``KeyError``)."""
     with path.open(encoding="utf-8", newline="") as f:
-        return list(csv.DictReader(f))
+        reader = csv.DictReader(f)
+        header = reader.fieldnames or []
+        missing = [c for c in columns if c not in header]
+        if missing:
+            raise ValueError(f"{path}: no column {missing[0]!r} in its header "
+                             f"({', '.join(header) or 'none'})")
+        rows = []
+        for r in reader:
+            short = [c for c in columns if r[c] is None]
+            if short:
+                raise ValueError(f"{path}, line {reader.line_num}: the row ends before its "
+                                 f"column {short[0]!r}")
+            rows.append(r)
+    return rows
 
 
 def _rows(path: Path) -> list[list[str]]:
@@ -72,8 +87,16 @@ def _rows(path: Path) -> list[list[str]]:
 
 def load_sts(data_dir: Path, lang: str, split: str = "test", limit: int | None = None) -> Pairs:
     """STS-B (stsb_multi_mt); gold scores 0-5 rescaled to 0-1 as MTEB does (Spearman unchanged)."""
-    rows = _rows(_path(data_dir, "stsb", f"stsb-{lang}-{split}.csv"))[:limit]
-    return Pairs([r[0] for r in rows], [r[1] for r in rows], [float(r[2]) / 5.0 for r in rows])
+    path = _path(data_dir, "stsb", f"stsb-{lang}-{split}.csv")
+    rows = _rows(path)[:limit]
+    gold = []
+    for i, r in enumerate(rows, 1):
+        try:
+            gold.append(float(r[2]) / 5.0)
+        except (IndexError, ValueError):
+            raise ValueError(f"{path}, row {i}: not sentence1,sentence2,score (a score 0-5; "
+                             f"the file has no header): {str(r)[:200]}") from None
+    return Pairs([r[0] for r in rows], [r[1] for r in rows], gold)
 
 
 def load_paraphraser(data_dir: Path, limit: int | None = None) -> Pairs:
@@ -81,7 +104,11 @@ def load_paraphraser(data_dir: Path, limit: int | None = None) -> Pairs:
     non-paraphrases (-1) negatives — the binary setting of the ParaPhraser shared task. A
     ``limit`` takes the classes in turn (the file starts with five negatives: ``--limit 5``
     scored an average precision of 0 over no positive)."""
-    rows = _interleave(_records(_path(data_dir, "paraphraser", "para_gold.csv")), "class", limit)
+    path = _path(data_dir, "paraphraser", "para_gold.csv")
+    rows = _interleave(_records(path, "text_1", "text_2", "class"), "class", limit)
+    bad = [r["class"] for r in rows if r["class"].strip() not in ("-1", "0", "1")]
+    if bad:
+        raise ValueError(f"{path}: a class is -1, 0 or 1, not {bad[0]!r}")
     return Pairs([r["text_1"] for r in rows], [r["text_2"] for r in rows],
                  [1.0 if int(r["class"]) >= 0 else 0.0 for r in rows])
 
@@ -112,8 +139,9 @@ def _labelled(train: list[dict[str, str]], test: list[dict[str, str]], text: str
 def load_sentiment(data_dir: Path, limit: int | None = None) -> Labelled:
     """SentiRuEval-2016 (small): Russian tweets about telecom companies and banks, -1/0/1."""
     d = Path(data_dir, "sentirueval")
-    return _labelled(_records(_path(d, "SentiRuEval2016_small_train.csv")),
-                     _records(_path(d, "SentiRuEval2016_small_test.csv")), "text", "answer", limit)
+    return _labelled(_records(_path(d, "SentiRuEval2016_small_train.csv"), "text", "answer"),
+                     _records(_path(d, "SentiRuEval2016_small_test.csv"), "text", "answer"),
+                     "text", "answer", limit)
 
 
 def load_intents(data_dir: Path, lang: str, limit: int | None = None) -> Labelled:
@@ -123,13 +151,20 @@ def load_intents(data_dir: Path, lang: str, limit: int | None = None) -> Labelle
         raise ValueError(f"intents exist in ru and en, not {lang!r}")
     d = Path(data_dir, "intents")
     column = "text" if lang == "ru" else "answer"
-    return _labelled(_records(_path(d, "intents_train.csv")),
-                     _records(_path(d, "intents_test.csv")), column, "label", limit)
+    return _labelled(_records(_path(d, "intents_train.csv"), column, "label"),
+                     _records(_path(d, "intents_test.csv"), column, "label"), column, "label",
+                     limit)
 
 
 def _xquad(data_dir: Path, lang: str) -> list[dict]:
-    data = json.loads(_path(data_dir, "xquad", f"xquad.{lang}.json").read_text(encoding="utf-8"))
-    return list(data["data"])
+    path = _path(data_dir, "xquad", f"xquad.{lang}.json")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        return list(data["data"])
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}: not JSON ({e})") from None
+    except (KeyError, TypeError):
+        raise ValueError(f"{path}: no 'data' list of articles (SQuAD's format)") from None
 
 
 def load_xquad(data_dir: Path, query_lang: str, doc_lang: str | None = None,
@@ -146,7 +181,18 @@ def load_xquad(data_dir: Path, query_lang: str, doc_lang: str | None = None,
     text), so scores compare with the leaderboard's (ru 1,186 queries, en 1,187, of 1,190 ids).
     """
     doc_lang = doc_lang or query_lang
-    q_articles, d_articles = _xquad(data_dir, query_lang), _xquad(data_dir, doc_lang)
+    try:
+        return _retrieval(_xquad(data_dir, query_lang), _xquad(data_dir, doc_lang), query_lang,
+                          doc_lang, limit)
+    except (KeyError, TypeError, IndexError) as e:
+        raise ValueError(f"xquad.{query_lang}.json or xquad.{doc_lang}.json under {data_dir}: "
+                         f"an article is not in SQuAD's format (data[].paragraphs[] with "
+                         f"'context' and 'qas' of 'question' and 'id'): {e!r}") from None
+
+
+def _retrieval(q_articles: list[dict], d_articles: list[dict], query_lang: str, doc_lang: str,
+               limit: int | None) -> Retrieval:
+    """:func:`load_xquad` of the articles read."""
     if len(q_articles) != len(d_articles):
         raise ValueError(f"xquad.{query_lang} and xquad.{doc_lang} are not parallel")
     query_ids: list[str] = []

@@ -90,3 +90,34 @@ def test_xquad_limit_keeps_the_articles_of_its_questions(root: Path) -> None:
 def test_missing_file_names_the_path(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match=r"stsb-en-test\.csv"):
         d.load_sts(tmp_path, "en")
+
+
+def test_malformed_files_are_named_with_the_row_and_column(tmp_path: Path) -> None:
+    """A review's: a header row in the STS file was "could not convert string to float:
+    'score'", an intents file without its label column a ``KeyError`` traceback, a cut
+    XQuAD file "Expecting value: line 2 column 1": none named the file."""
+    (tmp_path / "stsb").mkdir()
+    sts = tmp_path / "stsb" / "stsb-en-test.csv"
+    sts.write_text("sentence1,sentence2,score\na,b,5.0\n", encoding="utf-8")
+    with pytest.raises(ValueError, match=r"stsb-en-test\.csv, row 1: not sentence1,sentence2"):
+        d.load_sts(tmp_path, "en")
+    (tmp_path / "intents").mkdir()
+    for split in ("train", "test"):
+        (tmp_path / "intents" / f"intents_{split}.csv").write_text(
+            "text,answer,intent\nпривет,hello,greet\n", encoding="utf-8")
+    with pytest.raises(ValueError, match=r"intents_train\.csv: no column 'label' in its header "
+                                         r"\(text, answer, intent\)"):
+        d.load_intents(tmp_path, "ru")
+    (tmp_path / "intents" / "intents_train.csv").write_text(
+        "text,answer,label\nпривет,hello,greet\nпока,bye\n", encoding="utf-8")
+    with pytest.raises(ValueError, match=r"intents_train\.csv, line 3: the row ends before "
+                                         r"its column 'label'"):
+        d.load_intents(tmp_path, "en")
+    (tmp_path / "xquad").mkdir()
+    (tmp_path / "xquad" / "xquad.en.json").write_text('{"data": [\n', encoding="utf-8")
+    with pytest.raises(ValueError, match=r"xquad\.en\.json: not JSON"):
+        d.load_xquad(tmp_path, "en")
+    (tmp_path / "xquad" / "xquad.en.json").write_text('{"data": [{"title": "t"}]}',
+                                                      encoding="utf-8")
+    with pytest.raises(ValueError, match="not in SQuAD's format"):
+        d.load_xquad(tmp_path, "en")
