@@ -220,6 +220,16 @@ def comparability(runs: Sequence[Run]) -> list[str]:
         lines.append("Not comparable: runs on different data (--limit): " + ", ".join(
             f"{label} {'all of it' if p.get('limit') is None else 'limit=' + str(p['limit'])}"
             for label, p in zip(labels, protocols, strict=True)) + ".")
+    # the data itself: a run on another --data folder (a subset, another version) had
+    # the same protocol and was set side by side without a word
+    if len(limits) == 1:
+        for name in dict.fromkeys(t["task"] for run in runs for t in run.get("tasks", [])):
+            sizes = [(label, hit["size"]) for label, run in zip(labels, runs, strict=True)
+                     for hit in run.get("tasks", []) if hit["task"] == name and "size" in hit]
+            if len({json.dumps(size, sort_keys=True) for _, size in sizes}) > 1:
+                lines.append(f"Not comparable: {name} was scored on different data: " + ", ".join(
+                    f"{label} " + " ".join(f"{v:,} {k}" for k, v in size.items())
+                    for label, size in sizes) + ".")
     # --rerank-queries: the reranking scores are over a sample of the queries (the retrieval
     # scores are not), which the summary did not say where --limit's subset was said; a
     # number at or above a task's queries reranks them all (older results: no "of_queries")

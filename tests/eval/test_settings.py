@@ -179,6 +179,14 @@ def test_runs_that_compare_give_no_warning() -> None:
     assert comparability([{"model": "m", "protocol": a}, {"model": "m", "protocol": b}]) == []
     lines = comparability([{"model": "m", "protocol": a}, run])
     assert len(lines) == 1 and lines[0].startswith("Runs differ in instructions"), lines
+    # a review's: the same protocol on another --data folder (200 of the 1,379 pairs) was
+    # set side by side without a word
+    full = {**run, "tasks": [{"task": "sts-en", "size": {"pairs": 1379}}]}
+    part = {**run, "tasks": [{"task": "sts-en", "size": {"pairs": 200}}]}
+    assert comparability([full, dict(full)]) == []
+    assert comparability([full, part]) == [
+        "Not comparable: sts-en was scored on different data: m #1 1,379 pairs, m #2 200 "
+        "pairs."]
 
 
 # --------------------------------------------------------------------------- instructions
