@@ -85,6 +85,7 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"clustering needs at least two texts; {args.input} has {len(kept)} "
                          f"(the other {len(texts) - len(kept)} rows have no text)")
     texts = [texts[i] for i in kept]
+    config.check_count(len(texts))  # before the model loads and embeds them all
     model = load_model(args.model, args)
     with rows_of(args.input, kept):
         result = cluster_texts(model, texts, config, progress=progress(args))

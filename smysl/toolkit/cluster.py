@@ -78,6 +78,14 @@ class ClusterConfig:
         if self.sample < 2:
             raise ValueError(f"sample must be >= 2, got {self.sample}")
 
+    def check_count(self, n: int) -> None:
+        """Refuse, before anything is embedded, a clustering of ``n`` texts that cannot be."""
+        if n < 2:
+            raise ValueError("clustering needs at least two texts")
+        if self.k is not None and self.k > n:
+            raise ValueError(f"k={self.k} is more clusters than the {n} texts to cluster; "
+                             f"give k <= {n}")
+
 
 @dataclass(frozen=True)
 class ClusterInfo:
@@ -143,8 +151,7 @@ def cluster_vectors(vectors: np.ndarray, config: ClusterConfig = ClusterConfig()
     require_sklearn("clustering")
     # a NaN row refused: l2_normalize would make it zero, and cluster it
     x = l2_normalize(finite_rows(vectors))
-    if len(x) < 2:
-        raise ValueError("clustering needs at least two texts")
+    config.check_count(len(x))
     silhouettes: dict[int, float] = {}
     if config.method == "kmeans":
         from sklearn.cluster import KMeans
@@ -191,6 +198,7 @@ def cluster_texts(embedder: BaseEmbedder, texts: Sequence[str],
                   config: ClusterConfig = ClusterConfig(), progress: bool = False
                   ) -> ClusterResult:
     """Embed ``texts`` (with the clustering instruction where it applies) and cluster them."""
+    config.check_count(len(texts))
     x = embed_for(embedder, texts, config.instruction, config.dimensions, preset="clustering",
                   progress=progress, truncate=config.truncate)
     return cluster_vectors(x, config)

@@ -748,6 +748,15 @@ def test_two_flags_naming_one_file_are_refused_before_the_work(tiny_dir, data, c
     assert "cluster" in copy.read_text(encoding="utf-8").splitlines()[0]
 
 
+def test_cluster_refuses_more_clusters_than_texts_before_the_model_loads(data, capsys) -> None:  # type: ignore[no-untyped-def]
+    """A review's: ``--k 10`` on 6 rows loaded the model and embedded every text before
+    "k must be in 1..6"; a model that does not exist shows the check comes first."""
+    assert main(["cluster", "--model", str(data / "no-such-model"), "-i",
+                 str(data / "rows.csv"), "--k", "10"]) == 2
+    err = capsys.readouterr().err
+    assert "k=10 is more clusters than the 6 texts to cluster; give k <= 6" in err, err
+
+
 def test_classify_names_a_label_description_too_long(tiny_dir, data, capsys) -> None:
     """A description longer than the model takes was "input 0"."""
     labels = _jsonl(data / "labels.jsonl", [{"label": "x", "description": "ex"},
