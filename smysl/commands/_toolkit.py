@@ -20,18 +20,25 @@ _WHERE = re.compile(r"^(?P<key>[^<>=!]+?)(?P<op>>=|<=|=|>|<)(?P<value>.*)$")
 _RANGE = {">": "$gt", ">=": "$gte", "<": "$lt", "<=": "$lte"}
 
 
+#: The flags of the toolkit commands whose files are written.
+WRITTEN = frozenset({"-o", "--summary", "--report", "--save"})
+
+
 def check_apart(files: Mapping[str, str | None]) -> None:
-    """Refuse, before any work, two flags that name one file (``-o`` and ``--summary``: the
-    one written last replaced the other, silently; ``--save`` and ``-i``: the input went).
-    ``-i`` and ``-o`` may: the rows are read whole before they are written back."""
+    """Refuse, before any work, a file that a flag writes and another names (``-o`` and
+    ``--summary``: the one written last replaced the other, silently; ``--save`` and ``-i``:
+    the input went). Files only read may be one (``-i`` and ``--train``), and so may ``-i``
+    and ``-o``: the rows are read whole before they are written back."""
     seen: dict[str, str] = {}
     for flag, path in files.items():
         if path is None or path == "-" or not path.strip():
             continue
         key = os.path.realpath(os.path.expanduser(path))
         first = seen.setdefault(key, flag)
-        if first != flag and {first, flag} != {"-i", "-o"}:
+        if first != flag and {first, flag} & WRITTEN and {first, flag} != {"-i", "-o"}:
             raise ValueError(f"{first} and {flag} name one file, {path}: give each its own")
+        if flag in WRITTEN:
+            seen[key] = flag  # the next flag naming it collides with what is written
 
 
 def add_table_arguments(p: argparse.ArgumentParser) -> None:
