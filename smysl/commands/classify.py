@@ -279,10 +279,10 @@ def run(args: argparse.Namespace) -> int:
         print("smysl classify: no row has text, so no accuracy", file=sys.stderr)
     elif gold is not None:
         match = match_gold([gold[i] for i in kept], candidates)
-        if match.gold is None:
+        if match.unmatched:
             print(f"smysl classify: {match.message(candidates, label_field)}",
                   file=sys.stderr)
-        else:
+        if match.gold is not None:
             left = len(rows) - len(kept)
             print(f"accuracy {accuracy(pred, match.gold):.4f} on {len(pred)} texts"
                   + (f" ({left} without text left out)" if left else ""), file=sys.stderr)

@@ -248,17 +248,26 @@ def norm_label(label: str) -> str:
 class GoldMatch:
     """Gold labels set against a classifier's candidate labels (:func:`match_gold`)."""
 
-    #: Gold labels mapped onto candidates (``Billing `` -> ``billing``); None when some do
-    #: not match, and no accuracy can be given.
-    gold: list[str] | None
+    #: Gold labels mapped onto candidates (``Billing `` -> ``billing``); a gold label no
+    #: candidate matches stays None (no prediction can be right for its row). None where
+    #: most rows match none: unrelated vocabularies, no accuracy to give.
+    gold: list[str | None] | None
     #: Gold labels (distinct, as written) that match no candidate.
     unmatched: list[str]
+    #: Rows whose gold label matches no candidate.
+    unmatched_rows: int = 0
 
     def message(self, candidates: Sequence[str], field: str = "label") -> str:
-        """Why no accuracy is reported."""
+        """Why no accuracy is reported, or what it counts wrong."""
+        named = (f"{', '.join(map(repr, self.unmatched[:10]))}"
+                 f"{' ...' if len(self.unmatched) > 10 else ''}")
+        if self.gold is not None:
+            rows = ("1 row has" if self.unmatched_rows == 1
+                    else f"{self.unmatched_rows} rows have")
+            return (f"{rows} a gold label in {field!r} that no candidate label matches "
+                    f"({named}), counted wrong in the accuracy")
         return (f"no accuracy: gold labels in {field!r} do not match the candidate labels "
-                f"(unmatched: {', '.join(map(repr, self.unmatched[:10]))}"
-                f"{' ...' if len(self.unmatched) > 10 else ''}; candidates: "
+                f"(unmatched: {named}; candidates: "
                 f"{', '.join(map(repr, list(candidates)[:10]))}); map them to the candidates, "
                 f"or name the gold column with --label-field")
 
@@ -277,18 +286,21 @@ def check_spellings(labels: Sequence[str], what: str) -> None:
 
 
 def match_gold(gold: Sequence[str], candidates: Sequence[str]) -> GoldMatch:
-    """Map gold labels onto ``candidates`` ignoring case and spacing; every gold label must
-    match one, else accuracy would compare unrelated vocabularies (a silent 0.0)."""
+    """Map gold labels onto ``candidates`` ignoring case and spacing. Where most rows match
+    none, the vocabularies are unrelated and there is no accuracy (it would be a silent 0.0);
+    a few rows of a class the classifier never saw (a test split's rare label) count wrong,
+    said (they gave no accuracy at all for the other rows)."""
     by_norm: dict[str, str] = {}
     for c in candidates:
         by_norm.setdefault(norm_label(c), c)
-    unmatched = list(dict.fromkeys(g for g in gold if norm_label(g) not in by_norm))
-    if unmatched:
-        return GoldMatch(None, unmatched)
-    return GoldMatch([by_norm[norm_label(g)] for g in gold], [])
+    mapped = [by_norm.get(norm_label(g)) for g in gold]
+    unmatched = list(dict.fromkeys(g for g, m in zip(gold, mapped, strict=True) if m is None))
+    missing = sum(m is None for m in mapped)
+    return GoldMatch(None if 2 * missing >= len(gold) and missing else mapped, unmatched,
+                     missing)
 
 
-def accuracy(pred: Sequence[str], gold: Sequence[str]) -> float:
+def accuracy(pred: Sequence[str], gold: Sequence[str | None]) -> float:
     if len(pred) != len(gold) or not gold:
         raise ValueError("predictions and gold labels must be non-empty and aligned")
     return float(np.mean([p == g for p, g in zip(pred, gold, strict=True)]))

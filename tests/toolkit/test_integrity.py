@@ -264,6 +264,32 @@ def test_zero_shot_accuracy_only_for_matching_gold_labels(tiny_dir, labelled, ca
     assert main(["classify", *model, "--labels", "alpha,Beta"]) == 0
     err = capsys.readouterr().err
     assert "accuracy " in err and "on 6 texts" in err
+    # half the rows of a label no candidate names: still unrelated, no accuracy
+    assert main(["classify", *model, "--labels", "alpha,bug"]) == 0
+    err = capsys.readouterr().err
+    assert "accuracy 0" not in err and "do not match" in err and "'beta'" in err
+
+
+def test_a_gold_label_the_classifier_never_saw_counts_wrong(tiny_dir, labelled, tmp_path,
+                                                            capsys) -> None:
+    """A review's: a test split with a label its training split lacks (the intents data has
+    one, 3 rows of 1,104) printed "no accuracy" and nothing for the other rows. Those rows
+    now count wrong, and are named."""
+    rows = [json.loads(line) for line in labelled.read_text(encoding="utf-8").splitlines()]
+    rows[5]["label"] = "gamma"
+    test = tmp_path / "test.jsonl"
+    test.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    model = ["--model", str(tiny_dir), "--device", "cpu", "--no-progress"]
+    out = tmp_path / "p.jsonl"
+    assert main(["classify", *model, "--train", str(labelled), "-i", str(test),
+                 "-o", str(out)]) == 0
+    err = capsys.readouterr().err
+    assert ("1 row has a gold label in 'label' that no candidate label matches ('gamma'), "
+            "counted wrong in the accuracy") in err, err
+    predicted = [json.loads(line)["predicted"] for line in out.read_text().splitlines()]
+    right = sum(p.strip().lower() == r["label"].strip().lower()
+                for p, r in zip(predicted, rows, strict=True))
+    assert f"accuracy {right / 6:.4f} on 6 texts" in err, err
 
 
 def test_bad_files_are_skipped_by_name_or_stop_strict(tiny_dir, tmp_path, capsys) -> None:
