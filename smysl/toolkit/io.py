@@ -175,7 +175,7 @@ def csv_header(path: str | Path) -> list[str]:
 
 def write_rows(path: str | Path, rows: Iterable[Mapping[str, Any]],
                columns: Sequence[str] = ()) -> None:
-    """Write rows as CSV (``columns``, then those of the first row, then any new ones), JSONL
+    """Write rows as CSV (the columns of the first row, then any new ones, then ``columns``), JSONL
     or a JSON array; a file is replaced whole when all is written
     (:func:`smysl.files.replacing`), never left half. ``columns``: what a CSV of no rows
     still names (an input's header and the columns added: it was a bare line break)."""
@@ -189,9 +189,12 @@ def write_rows(path: str | Path, rows: Iterable[Mapping[str, Any]],
             out.write("[" + ",\n ".join(json.dumps(dict(r), ensure_ascii=False)
                                          for r in rows) + "]\n")
         else:
-            fields: dict[str, None] = dict.fromkeys(columns)
+            # the rows' own order (input columns, then those added) first: with ``columns``
+            # first, a JSONL input's columns came after the added ones
+            fields: dict[str, None] = {}
             for r in rows:
                 fields.update(dict.fromkeys(r))
+            fields.update(dict.fromkeys(columns))
             w = csv.DictWriter(out, fieldnames=list(fields))
             w.writeheader()
             for r in rows:

@@ -100,3 +100,15 @@ def test_one_rule_for_ids() -> None:
                        (b"", "no usable id"), (np.bool_(True), "not a string or number")):
         with pytest.raises(ValueError, match=words):
             row_id(bad, "id")
+
+
+def test_a_csv_keeps_the_rows_column_order_before_the_named_columns(tmp_path: Path) -> None:
+    """A review's: JSONL in, CSV out put the columns a command adds first
+    (``predicted,score,text,метка``): the named columns came before the rows' own. A table
+    without rows still names them."""
+    out = tmp_path / "out.csv"
+    rows = [{"text": "привет", "метка": "a", "predicted": "a", "score": 0.5}]
+    write_rows(out, rows, ["predicted", "score"])
+    assert out.read_text(encoding="utf-8").splitlines()[0] == "text,метка,predicted,score"
+    write_rows(out, [], ["text", "predicted"])
+    assert out.read_text(encoding="utf-8").splitlines() == ["text,predicted"]
