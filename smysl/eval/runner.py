@@ -138,7 +138,7 @@ def _score_tasks(model: BaseEmbedder, cfg: EvalConfig, tasks: list[Task],
                 # Matryoshka: the first `dim` components re-normalised, from the full vectors
                 vectors = {role: finish(v, dim) for role, v in full.items()}
                 scores[dim] = prepared.score(vectors)
-        warnings = _degenerate(full) + [
+        warnings = prepared.warnings + _degenerate(full) + [
             f"main score {task.main_metric} is NaN at {dim} d" for dim in dims
             if not math.isfinite(float(scores[dim][task.main_metric]))]
         for w in warnings:

@@ -9,7 +9,7 @@ into roles (``texts1``, ``queries``, ``train``, ...) with the instruction each r
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -47,6 +47,8 @@ class Prepared:
     requests: list[Request]
     score: Callable[[dict[str, np.ndarray]], dict[str, Any]]
     size: dict[str, int]
+    #: What makes its scores say little about the model (a subset too small for its labels).
+    warnings: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -107,10 +109,15 @@ def _prepare_classification(task: Task, data: d.Labelled, instruction: str | Non
         return m.classification_scores(v["train"], labels, v["test"], data.test_labels, local,
                                        seed=cfg.seed, max_iter=cfg.max_iter)
 
+    unseen = set(data.test_labels) - set(data.train_labels)
+    warnings = [f"{len(unseen)} of the {len(set(data.test_labels))} test labels have no "
+                f"training text (--limit?): their {sum(t in unseen for t in data.test_labels)} "
+                "test texts cannot be classified right"] if unseen else []
     return Prepared([Request("train", [data.train_texts[int(r)] for r in used], instruction),
                      Request("test", data.test_texts, instruction)], score,
                     {"train_used": len(used), "train": len(data.train_texts),
-                     "test": len(data.test_texts), "labels": len(set(data.test_labels))})
+                     "test": len(data.test_texts), "labels": len(set(data.test_labels))},
+                    warnings)
 
 
 def _prepare_clustering(task: Task, data: d.Labelled, instruction: str | None,
@@ -120,8 +127,13 @@ def _prepare_clustering(task: Task, data: d.Labelled, instruction: str | None,
                                    n_bootstrap=cfg.clustering_bootstraps,
                                    sample_size=cfg.clustering_sample_size, seed=cfg.seed)
 
+    labels = len(set(data.test_labels))
+    # V-measure of clusters of about one text each is near 1 whatever the vectors
+    warnings = [f"the {len(data.test_texts)} texts hold {labels} labels, fewer than two texts "
+                "a label (--limit?): the V-measure says little of the model"
+                ] if 2 * labels > len(data.test_texts) else []
     return Prepared([Request("texts", data.test_texts, instruction)], score,
-                    {"texts": len(data.test_texts), "labels": len(set(data.test_labels))})
+                    {"texts": len(data.test_texts), "labels": labels}, warnings)
 
 
 def _prepare_retrieval(task: Task, data: d.Retrieval, instruction: str | None,

@@ -228,6 +228,27 @@ def test_identical_vectors_and_a_nan_main_score_are_warned(
     assert healthy.tasks[0].warnings == []
 
 
+@needs_data
+def test_a_subset_too_small_for_its_labels_is_warned(tmp_path: Path) -> None:
+    """A review's: ``--limit 40`` on the intents (68 labels) clustered 40 texts of 40 labels,
+    and a random model scored V-measure 1.0000; classification had test labels no training
+    text carried. Both now carry a warning, in the summary too."""
+    cfg = _cfg(tmp_path, tasks=("intents-clustering-ru", "intents-ru"), limit=40)
+    result = evaluate_model(Hashed(), cfg)
+    clustering, classification = result.tasks
+    assert clustering.warnings == [
+        "the 40 texts hold 40 labels, fewer than two texts a label (--limit?): the V-measure "
+        "says little of the model"]
+    (line,) = classification.warnings
+    assert "test labels have no training text (--limit?)" in line, line
+    write_reports([result], cfg)
+    summary = (cfg.out_dir / "summary.md").read_text()  # type: ignore[operator]
+    assert "- hashed intents-clustering-ru: the 40 texts hold 40 labels" in summary
+    full = evaluate_model(Hashed(), _cfg(tmp_path, tasks=("intents-clustering-ru",),
+                                         limit=400))
+    assert full.tasks[0].warnings == []
+
+
 # --------------------------------------------------------------------------- Matryoshka sizes
 def test_sizes_below_a_matryoshka_minimum_are_refused_before_embedding(tmp_path: Path) -> None:
     model = Hashed()
