@@ -99,6 +99,11 @@ def test_classify_cluster_dedup(tiny_dir, data, capsys) -> None:
                  str(data / "m.npz"), "--method", "knn", "--neighbors", "1",
                  "-o", str(data / "p.jsonl")]) == 0
     assert "accuracy 1.0000" in capsys.readouterr().err  # 1-NN on its own training data
+    # more neighbours than training texts: said (kNN votes among all of them)
+    assert main(["classify", *model, "-i", rows, "--train", rows, "--method", "knn",
+                 "--neighbors", "50", "-o", str(data / "p.jsonl")]) == 0
+    assert ("--neighbors 50 is more than the 6 training texts; kNN votes among all 6"
+            in capsys.readouterr().err)
     assert main(["classify", *model, "-i", rows, "--load", str(data / "m.npz"),
                  "-o", str(data / "p2.csv")]) == 0
     with open(data / "p2.csv", encoding="utf-8") as f:
