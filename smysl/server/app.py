@@ -223,7 +223,7 @@ def _build(embedder: BaseEmbedder | None, config: ServerConfig, *,
                                         "reads": reads})]
     if config.cors_origins:  # outermost: a browser's preflight carries no API key
         layers.append((CountedCORS, {
-            "ledger": ledger, "allow_origins": list(config.cors_origins),
+            "ledger": ledger, "allow_origins": [o.rstrip("/").lower() for o in config.cors_origins],
             "allow_methods": ["GET", "HEAD", "POST"], "allow_headers": ["*"],
             # what a page may read besides the safelisted ones
             "expose_headers": [*TIMING_HEADERS, "retry-after"]}))
@@ -366,23 +366,31 @@ def _local_origin(origin: bytes) -> bool:
         return False
     if scheme in _APP_SCHEMES:
         return True
-    return scheme in (b"http", b"https") and host_name(rest) in LOOPBACK_HOSTS
+    return scheme in (b"http", b"https") and host_name(rest) in (*LOOPBACK_HOSTS, "0.0.0.0")
 
 
 class BodyReads:
-    """The requests whose bodies are still arriving. At a graceful stop (:meth:`stop`) they
-    are answered 503 at once: nothing of theirs has run, and a client that stopped sending
-    held the stop for the whole grace period."""
+    """The waits of requests whose bodies are still arriving. From a graceful stop on
+    (:meth:`stop`) each part of a body has :data:`STOP_IDLE_S` to arrive, then the request is
+    answered 503: nothing of it has run, and a client that stopped sending held the stop for
+    the whole grace period. A body still arriving steadily is read to its end."""
 
     def __init__(self) -> None:
-        self.tasks: set[asyncio.Task[Any]] = set()
+        self.waits: set[asyncio.Timeout] = set()
         self.stopped = False
 
+    def idle_s(self) -> float:
+        """How long the next part of a body may take to arrive."""
+        return STOP_IDLE_S if self.stopped else BODY_IDLE_S
+
     def stop(self) -> None:
-        """Answer the requests waiting for their bodies 503 (from the event loop)."""
+        """Cut the waits now running to :data:`STOP_IDLE_S` (from the event loop)."""
         self.stopped = True
-        for task in list(self.tasks):
-            task.cancel()
+        soon = asyncio.get_running_loop().time() + STOP_IDLE_S
+        for wait in list(self.waits):
+            when = wait.when()
+            if when is None or when > soon:
+                wait.reschedule(soon)
 
 
 class EdgeMiddleware:
@@ -495,6 +503,10 @@ class EdgeMiddleware:
                 site = value.strip().lower()
             elif name in (b"host", b"x-forwarded-host"):
                 hosts.append(value.strip().lower())
+            elif name == b"forwarded":  # RFC 7239: for=...;host=smysl.example;proto=https
+                hosts += [v.strip().strip(b'"').lower() for k, _, v in (
+                    pair.strip().partition(b"=") for hop in value.split(b",")
+                    for pair in hop.split(b";")) if k.strip().lower() == b"host"]
         if origin is None or origin in self._origins or _local_origin(origin):
             return None
         if site is not None:  # the browser's own verdict: right behind a proxy that sets Host
@@ -541,41 +553,36 @@ class EdgeMiddleware:
             except ValueError:
                 return b"", ApiError("malformed", "Content-Length is not a number")
         def stopping() -> ApiError:
-            err = shutting_down("the server is stopping and this request's body had not "
-                                "arrived; send it again (to another instance)")
+            err = shutting_down("the server is stopping and this request's body stopped "
+                                "arriving; send it again (to another instance)")
             err.headers.update(close)
             return err
 
         chunks: list[bytes] = []
         size = 0
-        task = asyncio.current_task()
-        assert task is not None
-        self.reads.tasks.add(task)
-        try:
-            while True:
-                if chunks and self.reads.stopped:  # a part came after the stop: no more
+        while True:
+            idle = self.reads.idle_s()
+            try:
+                async with asyncio.timeout(idle) as wait:
+                    self.reads.waits.add(wait)
+                    try:
+                        message = await receive()
+                    finally:
+                        self.reads.waits.discard(wait)
+            except TimeoutError:
+                if self.reads.stopped:
                     return b"", stopping()
-                async with asyncio.timeout(BODY_IDLE_S):
-                    message = await receive()
-                if message["type"] != "http.request":
-                    break  # client gone; the app will see the disconnect
-                chunk = message.get("body", b"")
-                size += len(chunk)
-                if size > limit:
-                    return b"", too_big()
-                chunks.append(chunk)
-                if not message.get("more_body", False):
-                    break
-        except TimeoutError:
-            return b"", ApiError("body_timeout", f"the request body stopped arriving: "
-                                 f"nothing for {BODY_IDLE_S:g} s", headers=close)
-        except asyncio.CancelledError:
-            if not self.reads.stopped:
-                raise
-            task.uncancel()
-            return b"", stopping()
-        finally:
-            self.reads.tasks.discard(task)
+                return b"", ApiError("body_timeout", f"the request body stopped arriving: "
+                                     f"nothing for {idle:g} s", headers=close)
+            if message["type"] != "http.request":
+                break  # client gone; the app will see the disconnect
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > limit:
+                return b"", too_big()
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                break
         return b"".join(chunks), None
 
 
@@ -595,6 +602,8 @@ def _replay(body: bytes, receive: Receive) -> Receive:
 
 #: Seconds a request's body may go without a byte arriving (then 408, connection closed).
 BODY_IDLE_S = 60.0
+#: The same once the server is stopping (then 503, connection closed: :class:`BodyReads`).
+STOP_IDLE_S = 1.0
 
 #: ``serve``'s return value when it stopped because the backend stayed down.
 EXIT_BACKEND_DOWN = 3

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import numbers
 import os
+import re
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal
 
@@ -38,7 +39,8 @@ RULES = {
     "switch_interval_s": "seconds > 0, None (Python's) or 'auto'", "index": "not empty",
     "index_table": "not empty", "served_name": "not empty",
     "workers": ">= 1", "worker_stall_s": "seconds >= 1 or None (never)", "index_threads": ">= 1",
-    "cors_origins": "each '*' or an http:// or https:// origin",
+    "cors_origins": "each '*' or an origin: a scheme and a host (https://app.example, "
+                    "chrome-extension://ID)",
     "allowed_hosts": "host names without a port (IPv6 in brackets: [::1]), or '*'",
 }
 
@@ -187,8 +189,9 @@ class ServerConfig:
     index_threads: int = 4
     #: Origins (``https://app.example``) whose pages may call the server from a browser
     #: (CORS, TEI's ``--cors-allow-origin``); ``"*"`` allows any. Empty: none, so only pages
-    #: the server serves itself (``/ui``) can; a browser's call (not GET or HEAD) from a page
-    #: of any other origin gets 403. Preflights need no API key; the calls do.
+    #: the server serves itself (``/ui``) and pages on this machine can; a browser's call (not
+    #: GET, HEAD or OPTIONS) from a page of any other origin gets 403. Preflights need no API
+    #: key; the calls do.
     cors_origins: tuple[str, ...] = ()
     #: Host names (the ``Host`` header without its port) the server answers; others get 400.
     #: None: any, except that :func:`smysl.server.serve` bound to a loopback address takes
@@ -224,7 +227,9 @@ class ServerConfig:
             "worker_stall_s": self.worker_stall_s is None or (
                 _seconds(self.worker_stall_s) and float(self.worker_stall_s) >= 1),
             "index_threads": self.index_threads >= 1,
-            "cors_origins": all(o == "*" or o.startswith(("http://", "https://"))
+            # a scheme and a host: a page's (https://app.example), an extension's
+            # (chrome-extension://ID), an app's
+            "cors_origins": all(o == "*" or re.fullmatch(r"(?i)[a-z][a-z0-9+.-]*://[^/\s]+/?", o)
                                 for o in self.cors_origins),
             # names as host_name() gives them (no port, no spaces, IPv6 in brackets, no
             # patterns): an entry that can never match refused; () would refuse everything

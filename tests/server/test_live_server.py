@@ -269,8 +269,9 @@ def test_a_port_in_use_is_one_line_and_status_2(tiny_dir) -> None:  # type: igno
 def test_a_stalled_upload_does_not_hold_a_stop(tiny_dir) -> None:  # type: ignore[no-untyped-def]
     """SIGTERM while a client has sent part of a body and then nothing: that request was
     waited for through the whole grace period (30 s). Nothing of it has run, so it is answered
-    503 with a Retry-After at once, and the server exits 0; a request in flight still gets
-    its answer (test_graceful_shutdown_finishes_in_flight_request)."""
+    503 with a Retry-After about a second after the stop (STOP_IDLE_S), and the server exits
+    0; a body still arriving steadily is read to its end and answered, as a request in flight
+    (test_graceful_shutdown_finishes_in_flight_request)."""
     import signal
     import socket
     import subprocess
@@ -289,18 +290,31 @@ def test_a_stalled_upload_does_not_hold_a_stop(tiny_dir) -> None:  # type: ignor
                 if httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200:
                     break
             time.sleep(0.2)
-        with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
-            s.sendall(b"POST /embed HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: "
-                      b"application/json\r\nContent-Length: 100\r\n\r\n{\"inputs\": ")
-            time.sleep(0.3)  # the part is read, the rest awaited
-            t = time.monotonic()
-            proc.send_signal(signal.SIGTERM)
+        body = b'{"inputs": "' + b"a" * 30 + b'"}'
+        head = (b"POST /embed HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json"
+                b"\r\nContent-Length: %d\r\n\r\n" % len(body))
+
+        def answer(s: socket.socket) -> bytes:
             got = b""
             with contextlib.suppress(TimeoutError):
                 while b"\r\n\r\n" not in got and (part := s.recv(4096)):
                     got += part
+            return got
+
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as stalled, \
+                socket.create_connection(("127.0.0.1", port), timeout=10) as steady:
+            for s in (stalled, steady):
+                s.sendall(head + body[:12])
+            time.sleep(0.3)  # the parts are read, the rest awaited
+            t = time.monotonic()
+            proc.send_signal(signal.SIGTERM)
+            for i in range(12, len(body), 6):  # a part every 0.4 s: read to its end
+                time.sleep(0.4)
+                steady.sendall(body[i : i + 6])
+            got = answer(stalled)
             assert got.startswith(b"HTTP/1.1 503"), got[:300]
             assert b"retry-after" in got.lower() and time.monotonic() - t < 5
+            assert answer(steady).startswith(b"HTTP/1.1 200")
         assert proc.wait(timeout=20) == 0
         assert time.monotonic() - t < 15
     finally:

@@ -302,13 +302,25 @@ def test_pages_of_other_origins_cannot_make_it_compute(tiny) -> None:  # type: i
                         # pages on this machine, as Ollama takes them by default
                         {**evil, "Origin": "http://localhost:3000"},
                         {**evil, "Origin": "http://127.0.0.1:5173"},
-                        {**evil, "Origin": "app://obsidian.md"}]:
+                        {**evil, "Origin": "app://obsidian.md"},
+                        {**evil, "Origin": "http://0.0.0.0:8080"},
+                        # behind a proxy that says the host it was asked for (RFC 7239)
+                        {"Origin": "https://smysl.example",
+                         "Forwarded": 'for=10.0.0.1;host="smysl.example";proto=https'}]:
             r = c.post("/api/embed", content=body, headers=headers)
             assert r.status_code == 200 and r.json()["embeddings"], (headers, r.text)
-    for allowed in ["https://evil.example", "*"]:
+    extension = {**evil, "Origin": "chrome-extension://abcdef"}
+    with TestClient(app.serving_app(tiny, ServerConfig(served_name=name))[0]) as c:
+        assert c.post("/api/embed", content=body, headers=extension).status_code == 403
+    config = ServerConfig(served_name=name, cors_origins=("chrome-extension://abcdef",))
+    with TestClient(app.serving_app(tiny, config)[0]) as c:  # an extension can be allowed
+        assert c.post("/api/embed", content=body, headers=extension).status_code == 200
+    for allowed in ["https://evil.example", "HTTPS://Evil.example/", "*"]:
         config = ServerConfig(served_name=name, cors_origins=(allowed,))
         with TestClient(app.serving_app(tiny, config)[0]) as c:
-            assert c.post("/api/embed", content=body, headers=evil).status_code == 200
+            r = c.post("/api/embed", content=body, headers=evil)
+            assert r.status_code == 200
+            assert r.headers["access-control-allow-origin"] in ("*", "https://evil.example")
 
 
 def test_the_open_api_page_does_not_name_the_model(tiny) -> None:  # type: ignore[no-untyped-def]
