@@ -11,7 +11,7 @@ import base64
 import math
 import re
 from collections.abc import Iterable
-from urllib.parse import parse_qsl, quote, unquote, urlsplit
+from urllib.parse import quote, quote_plus, unquote, unquote_plus, urlsplit
 
 # a URL inside a model string (``openai:http://u:p@h/v1#model``) runs to a '#' or a space
 _URL = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^\s#]+")
@@ -55,13 +55,19 @@ def shown_source(source: str) -> str:
 def url_secrets(url: str) -> list[str]:
     """What a URL carries that must not be shown: its password, as written and decoded, the
     HTTP Basic credentials made of it, and the values of credential parameters of its query
-    (``?api_key=``; names as :func:`header_secrets` reads them)."""
-    try:  # credentials in the query (?api_key=), as written and decoded
+    (``?api_key=``, Azure's ``sig`` and ``code``; names as :func:`header_secrets` reads
+    them), as written, decoded and encoded."""
+    try:
         query = urlsplit(url).query
     except ValueError:
         query = ""
-    secrets = header_secrets(parse_qsl(query, keep_blank_values=True))
-    secrets += [quote(s) for s in secrets]
+    secrets: list[str] = []
+    for piece in query.split("&"):  # credentials in the query, as written and as sent
+        name, _, written = piece.partition("=")
+        value = unquote_plus(written)
+        if _QUERY_CREDENTIALS.intersection(re.split(r"[-_\s]+", unquote_plus(name).lower())) \
+                or header_secrets([(unquote_plus(name), value)]):
+            secrets += [written, value, quote(value, safe=""), quote_plus(value)]
     user, sep, written = (split_user(url)[0] or "").partition(":")
     if sep and written:
         password = unquote(written)
@@ -75,6 +81,11 @@ def url_secrets(url: str) -> list[str]:
 _CREDENTIAL_WORDS = {"auth", "authorization", "key", "apikey", "token", "secret", "cookie",
                      "signature", "password", "pass", "passphrase", "credential", "credentials",
                      "jwt", "bearer"}
+
+
+#: Words of query parameter names that are credentials besides :data:`_CREDENTIAL_WORDS`: a
+#: shared access signature's ``sig``, an Azure Functions key's ``code``.
+_QUERY_CREDENTIALS = {"sig", "code"}
 
 
 def header_secrets(headers: Iterable[tuple[str, str]]) -> list[str]:

@@ -47,8 +47,12 @@ def test_secrets_of_a_url_are_redacted_as_written_decoded_and_as_basic_auth() ->
     assert "s3/cr?e#t" in url_secrets("http://u:s3/cr?e#t@h:6333/v1")
     assert redacted("a key abc", ["abc", ""]) == "a key abc"  # under 4 characters: kept
     # credentials in the query too (as written and decoded); other parameters are no secret
-    query = url_secrets("https://h/v1?api-version=2024-02-01&api_key=sk-a%2Bb&sig=x")
+    query = url_secrets("https://h/v1?api-version=2024-02-01&api_key=sk-a%2Bb&n=x")
     assert set(query) == {"sk-a+b", "sk-a%2Bb"}
+    # as written, decoded, and as httpx sends it; Azure's sig and code are keys too
+    query = url_secrets("https://h/f?code=Az1&api_key=ab+c/d%3D&sv=2024&sig=S%2Fig")
+    assert {"Az1", "ab+c/d%3D", "ab c/d=", "ab+c%2Fd%3D", "S%2Fig", "S/ig"} <= set(query)
+    assert "2024" not in query
 
 
 def test_only_credential_headers_are_secrets_and_a_bearer_key_alone_is_one_too() -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import urllib.parse
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from smysl.shown import shown_url
@@ -205,12 +205,22 @@ def embedding_base_url(scheme: str, url: str, *, secure: bool = False,
     requests need it: a scheme added to ``host:port`` (:func:`with_scheme`), Ollama's port
     where ``OLLAMA_HOST`` names none, ``/v1`` under a smysl server."""
     written = "://" in url
-    url = with_scheme(url, secure=secure, what=what)
-    # Ollama's own rule (OLLAMA_HOST, often "host:port" or "0.0.0.0"): 11434 only where no
-    # scheme was written; with one, the scheme's port (https://ollama.example.com is 443)
-    if not written and scheme == "ollama" and port_of(url) is None:
-        host, slash, path = url[len("http://"):].partition("/")
-        url = f"http://{host or '127.0.0.1'}:11434{slash}{path}"
-    if scheme == "smysl" and not url.endswith("/v1"):
-        url += "/v1"
-    return url
+
+    def rule(url: str) -> str:
+        # Ollama's own rule (OLLAMA_HOST, often "host:port" or "0.0.0.0"): 11434 only where
+        # no scheme was written; with one, the scheme's port (https://ollama.example.com: 443)
+        if not written and scheme == "ollama" and port_of(url) is None:
+            host, slash, path = url[len("http://"):].partition("/")
+            url = f"http://{host or '127.0.0.1'}:11434{slash}{path}"
+        if scheme == "smysl" and not url.endswith("/v1"):
+            url += "/v1"
+        return url
+
+    return on_path(with_scheme(url, secure=secure, what=what), rule)
+
+
+def on_path(url: str, rule: Callable[[str], str]) -> str:
+    """``rule`` applied to ``url`` without its query (``?api-version=``), the query put back
+    after: a rule on the whole string made ``/v1?token=x`` ``/v1?token=x/v1``."""
+    base, sep, query = url.partition("?")
+    return rule(base.rstrip("/")) + sep + query

@@ -44,7 +44,7 @@ import numpy as np
 
 from smysl.options import ModelOptions
 from smysl.prompts import expand_preset
-from smysl.providers.config import ProviderConfig, with_scheme
+from smysl.providers.config import ProviderConfig, on_path, with_scheme
 from smysl.providers.dispatch import BatchLimit, CallLimit, run_batches
 from smysl.providers.errors import (
     MalformedResponseError,
@@ -714,18 +714,20 @@ _NEEDS_MODEL = {"siliconflow", "deepinfra", "dashscope", "jina"}
 
 def _root(scheme: str, url: str, what: str) -> str:
     """A base URL as the scheme's requests need it (:func:`with_scheme`)."""
-    url = with_scheme(url, secure=RERANK_PRESETS[scheme].base_url.startswith("https://"),
-                      what=what)
-    if scheme == "smysl" and not url.endswith("/v1"):
-        url += "/v1"
-    elif scheme == "dashscope":  # the embedding setting names a mode under the host
-        for suffix in ("/compatible-mode/v1", "/compatible-api/v1", "/api/v1"):
-            if url.endswith(suffix):
-                url = url[: -len(suffix)]
-                break
-    elif scheme == "deepinfra" and url.endswith("/openai"):  # the embedding setting
-        url = url[: -len("/openai")] + "/inference"
-    return url
+    def rule(url: str) -> str:
+        if scheme == "smysl" and not url.endswith("/v1"):
+            url += "/v1"
+        elif scheme == "dashscope":  # the embedding setting names a mode under the host
+            for suffix in ("/compatible-mode/v1", "/compatible-api/v1", "/api/v1"):
+                if url.endswith(suffix):
+                    url = url[: -len(suffix)]
+                    break
+        elif scheme == "deepinfra" and url.endswith("/openai"):  # the embedding setting
+            url = url[: -len("/openai")] + "/inference"
+        return url
+
+    return on_path(with_scheme(url, secure=RERANK_PRESETS[scheme].base_url.startswith(
+        "https://"), what=what), rule)
 
 
 def connect_reranker(scheme: str, rest: str = "", **options: Any) -> RemoteReranker:

@@ -133,12 +133,13 @@ class RetryingClient:
         #: request's headers): the key, the headers' values, the URL's password.
         self._secrets = [api_key or "", *header_secrets(config.headers), *url_secrets(base_url)]
         pool = max(config.max_concurrency, 4) * 2
-        # a query (Azure's ?api-version=) goes with every request: in httpx's base_url it
-        # stood before the request's path (/v1?api-version=1/embeddings)
+        # a query (Azure's ?api-version=) goes with every request to a path under the base
+        # URL: in httpx's base_url it stood before the path (/v1?api-version=1/embeddings),
+        # and as the client's params it replaced an absolute URL's own query
         parts = urllib.parse.urlsplit(base_url)
+        self._query = parts.query
         self._client = httpx.Client(
             base_url=urllib.parse.urlunsplit(parts._replace(query="", fragment="")),
-            params=parts.query,
             headers=headers,
             timeout=httpx.Timeout(config.timeout, connect=config.connect_timeout),
             # Every connection may stay open: httpcore closes "surplus" idle connections by
@@ -333,6 +334,7 @@ class RetryingClient:
         def run() -> None:
             try:
                 with self._client.stream(method, url, json=body, headers=headers,
+                                         params=None if "://" in url else self._query or None,
                                          timeout=timeout) as resp:
                     chunks = []
                     for chunk in resp.iter_bytes():
@@ -381,7 +383,7 @@ class RetryingClient:
                     if self.config.key_variables else " (the server wants an API key)")
         elif status == 404:
             hint = (f" (unknown model {self.model!r} or wrong URL "
-                    f"{shown_url(self.base_url + self.config.path)})")
+                    f"{shown_url(self.base_url.partition('?')[0] + self.config.path)})")
         return f"{self.name}: HTTP {status}{hint}: {self.excerpt(resp)}"
 
     def shown(self, text: str) -> str:

@@ -376,10 +376,18 @@ def test_a_query_in_the_base_url_goes_with_every_request() -> None:
         return httpx.Response(400, text=f"bad request {request.url}")
 
     p = connect("openai", "m", transport=httpx.MockTransport(handler), dimensions=32,
-                base_url="https://up.example/openai/v1?api-version=2024-02-01&api_key=sk-s3cret",
+                base_url="https://up.example/openai/v1?api-version=2024-02-01&api_key=s3+cr/t%3D",
                 max_retries=0, **FAST)
     with pytest.raises(ProviderError) as e:
         p.embed(["fox"])
     assert [(u.path, dict(u.params)) for u in seen] == [
-        ("/openai/v1/embeddings", {"api-version": "2024-02-01", "api_key": "sk-s3cret"})]
-    assert "s3cret" not in str(e.value) and "HTTP 400" in str(e.value), str(e.value)
+        ("/openai/v1/embeddings", {"api-version": "2024-02-01", "api_key": "s3 cr/t="})]
+    said = str(e.value)
+    assert "api_key=***" in said and "HTTP 400" in said, said  # the URL as sent, echoed
+    assert not any(form in said for form in ("s3+cr", "s3 cr", "cr%2F", "cr/t")), said
+    # a smysl server's /v1 goes before the query, not into it
+    p = connect("smysl", "m", transport=httpx.MockTransport(handler), dimensions=32,
+                base_url="http://h:8000?token=abcd", max_retries=0, **FAST)
+    with pytest.raises(ProviderError):
+        p.embed(["fox"])
+    assert (seen[-1].path, dict(seen[-1].params)) == ("/v1/embeddings", {"token": "abcd"})
