@@ -6,8 +6,10 @@ first rows, or for labelled data the first rows of each label in turn.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -60,10 +62,20 @@ def _path(data_dir: Path, *parts: str) -> Path:
     return path
 
 
+@contextlib.contextmanager
+def _utf8(path: Path) -> Iterator[None]:
+    """A file that is not UTF-8 named (it was the codec's words alone)."""
+    try:
+        yield
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{path}: not UTF-8 text (byte {e.object[e.start]:#04x} at offset "
+                         f"{e.start})") from None
+
+
 def _records(path: Path, *columns: str) -> list[dict[str, str]]:
     """A CSV file's rows by its header; a header without one of ``columns``, or a row that
     ends before one, is an error naming the file and the line (it was a ``KeyError``)."""
-    with path.open(encoding="utf-8", newline="") as f:
+    with _utf8(path), path.open(encoding="utf-8", newline="") as f:
         reader = csv.DictReader(f)
         header = reader.fieldnames or []
         missing = [c for c in columns if c not in header]
@@ -81,7 +93,7 @@ def _records(path: Path, *columns: str) -> list[dict[str, str]]:
 
 
 def _rows(path: Path) -> list[list[str]]:
-    with path.open(encoding="utf-8", newline="") as f:
+    with _utf8(path), path.open(encoding="utf-8", newline="") as f:
         return list(csv.reader(f))
 
 
@@ -159,7 +171,8 @@ def load_intents(data_dir: Path, lang: str, limit: int | None = None) -> Labelle
 def _xquad(data_dir: Path, lang: str) -> list[dict]:
     path = _path(data_dir, "xquad", f"xquad.{lang}.json")
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        with _utf8(path):
+            data = json.loads(path.read_text(encoding="utf-8"))
         return list(data["data"])
     except json.JSONDecodeError as e:
         raise ValueError(f"{path}: not JSON ({e})") from None

@@ -200,6 +200,8 @@ def _settings(run: Run) -> dict[str, str | None]:
             "backend": str(info["backend"]) if info.get("backend") else None}
 
 
+#: Sizes of a task that its sampling decides (seed, samples_per_label), not its data.
+SAMPLED = frozenset({"train_used"})
 #: :data:`PROTOCOL` settings that decide only a reranked run's scores.
 RERANK_KEYS = ("rerank_top", "rerank_queries")
 
@@ -224,7 +226,8 @@ def comparability(runs: Sequence[Run]) -> list[str]:
     # the same protocol and was set side by side without a word
     if len(limits) == 1:
         for name in dict.fromkeys(t["task"] for run in runs for t in run.get("tasks", [])):
-            sizes = [(label, hit["size"]) for label, run in zip(labels, runs, strict=True)
+            sizes = [(label, {k: v for k, v in hit["size"].items() if k not in SAMPLED})
+                     for label, run in zip(labels, runs, strict=True)
                      for hit in run.get("tasks", []) if hit["task"] == name and "size" in hit]
             if len({json.dumps(size, sort_keys=True) for _, size in sizes}) > 1:
                 lines.append(f"Not comparable: {name} was scored on different data: " + ", ".join(
@@ -502,11 +505,11 @@ def plot_throughput(runs: Sequence[Run], path: Path) -> Path | None:
                     xytext=(6, 6), fontsize=8)
     ax.set_xscale("log")
     ticker = _ticker()
-    # 20, 50, 100 rather than 2x10^1. Across a power of ten only the 2x and 5x minor ticks
-    # are labelled (every one ran together: "90100", "800900", also for 85-650 texts/s);
-    # within one decade, all of them (a range of 240-476 texts/s had none)
+    # 20, 50, 100 rather than 2x10^1. Over a range of 3x or more only the 2x and 5x minor
+    # ticks are labelled (every one ran together: "90100", "800900", at 8x and at 85-650
+    # texts/s); over a narrower one, all of them (240-476 texts/s had none, 80-130 one)
     rates = [float(r["texts_per_s"]) for r in runs]
-    wide = math.floor(math.log10(min(rates) / 1.5)) != math.floor(math.log10(max(rates) * 1.5))
+    wide = max(rates) >= 3 * min(rates)
     ax.xaxis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f"{v:g}"))
     ax.xaxis.set_minor_formatter(ticker.FuncFormatter(
         lambda v, _: f"{v:g}" if v > 0 and (not wide or f"{v:e}"[0] in "25") else ""))

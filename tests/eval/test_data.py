@@ -121,3 +121,6 @@ def test_malformed_files_are_named_with_the_row_and_column(tmp_path: Path) -> No
                                                       encoding="utf-8")
     with pytest.raises(ValueError, match="not in SQuAD's format"):
         d.load_xquad(tmp_path, "en")
+    sts.write_bytes("a,b,5.0\nкошка,кот,4.0\n".encode("cp1251"))
+    with pytest.raises(ValueError, match=r"stsb-en-test\.csv: not UTF-8 text \(byte 0xea"):
+        d.load_sts(tmp_path, "en")
