@@ -33,12 +33,23 @@ def check_apart(files: Mapping[str, str | None]) -> None:
     for flag, path in files.items():
         if path is None or path == "-" or not path.strip():
             continue
-        key = os.path.realpath(os.path.expanduser(path))
+        key = _file_key(path)
         first = seen.setdefault(key, flag)
         if first != flag and {first, flag} & WRITTEN and {first, flag} != {"-i", "-o"}:
             raise ValueError(f"{first} and {flag} name one file, {path}: give each its own")
         if flag in WRITTEN:
             seen[key] = flag  # the next flag naming it collides with what is written
+
+
+def _file_key(path: str) -> str:
+    """One key for the names of one file: an existing file's device and inode (hard links,
+    a case-insensitive file system), else its resolved path, in the system's case rule."""
+    full = os.path.realpath(os.path.expanduser(path))
+    try:
+        st = os.stat(full)
+    except OSError:
+        return os.path.normcase(full)
+    return f"{st.st_dev}:{st.st_ino}"
 
 
 def add_table_arguments(p: argparse.ArgumentParser) -> None:

@@ -232,10 +232,10 @@ def run(args: argparse.Namespace) -> int:
             if flag is None:
                 raise
             raise ValueError(flag + str(e).partition(" ")[2]) from None
-        if config.method == "knn" and config.neighbors > len(train):  # what fit() does
-            print(f"smysl classify: warning: --neighbors {config.neighbors} is more than the "
-                  f"{len(train)} training texts; kNN votes among all {len(train)}",
-                  file=sys.stderr)
+        if config.method == "knn" and config.votes(len(train)) < config.neighbors:
+            print(f"smysl classify: warning: kNN's {config.neighbors} neighbours (--neighbors) "
+                  f"are more than the {len(train)} training texts; it votes among all "
+                  f"{len(train)}", file=sys.stderr)
         training = train, labels, config
     kept = with_text(texts, args.input, "classify", "prediction")
     model = load_model(args.model, args)

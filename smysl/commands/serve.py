@@ -248,9 +248,10 @@ def run(args: argparse.Namespace) -> int:
         # the same variable and sent it there (a relay handed its credential on); that one
         # takes $SMYSL_REMOTE_API_KEY. Children get the key with the config, not the variable.
         os.environ.pop(API_KEY_ENV, None)
-    if config.workers > 1 and args.in_process:
+    if config.workers > 1 and (args.in_process or not ENGINE_PROCESSES):
         raise ValueError(f"--workers {config.workers} shares one engine process between the "
-                         "workers: drop --in-process")
+                         "workers: " + ("drop --in-process" if ENGINE_PROCESSES else
+                                        "engine processes need Linux or macOS"))
     if config.workers > 1:  # refused before anything loads (checked again by the workers)
         from smysl.server.workers import check_index_workers
 

@@ -61,6 +61,11 @@ class ClassifyConfig:
         if not self.c > 0:
             raise ValueError(f"c must be > 0, got {self.c}")
 
+    def votes(self, examples: int) -> int:
+        """The neighbours kNN asks among ``examples`` training texts: ``neighbors``, or all
+        of them where there are fewer."""
+        return min(self.neighbors, examples)
+
 
 def embed_for(embedder: BaseEmbedder, texts: Sequence[str], instruction: str | None,
               dimensions: int | None, preset: str = "classification",
@@ -134,7 +139,7 @@ class SupervisedClassifier:
         elif config.method == "knn":
             from sklearn.neighbors import KNeighborsClassifier
 
-            est = KNeighborsClassifier(n_neighbors=min(config.neighbors, len(y)),
+            est = KNeighborsClassifier(n_neighbors=config.votes(len(y)),
                                        metric="cosine", algorithm="brute").fit(x, y)
             arrays = {"vectors": x, "labels": y}
         else:
@@ -233,7 +238,7 @@ class SupervisedClassifier:
         else:
             from sklearn.neighbors import KNeighborsClassifier
 
-            est = KNeighborsClassifier(n_neighbors=min(config.neighbors, len(arrays["labels"])),
+            est = KNeighborsClassifier(n_neighbors=config.votes(len(arrays["labels"])),
                                        metric="cosine", algorithm="brute").fit(
                 arrays["vectors"], arrays["labels"])
         return cls(model, config, classes, est, arrays, meta.get("fingerprint"))
@@ -250,7 +255,7 @@ class GoldMatch:
 
     #: Gold labels mapped onto candidates (``Billing `` -> ``billing``); a gold label no
     #: candidate matches stays None (no prediction can be right for its row). None where
-    #: most rows match none: unrelated vocabularies, no accuracy to give.
+    #: half the rows or more match none: unrelated vocabularies, no accuracy to give.
     gold: list[str | None] | None
     #: Gold labels (distinct, as written) that match no candidate.
     unmatched: list[str]
@@ -286,10 +291,10 @@ def check_spellings(labels: Sequence[str], what: str) -> None:
 
 
 def match_gold(gold: Sequence[str], candidates: Sequence[str]) -> GoldMatch:
-    """Map gold labels onto ``candidates`` ignoring case and spacing. Where most rows match
-    none, the vocabularies are unrelated and there is no accuracy (it would be a silent 0.0);
-    a few rows of a class the classifier never saw (a test split's rare label) count wrong,
-    said (they gave no accuracy at all for the other rows)."""
+    """Map gold labels onto ``candidates`` ignoring case and spacing. Where half the rows or
+    more match none, the vocabularies are unrelated and there is no accuracy (it would be a
+    silent 0.0); a few rows of a class the classifier never saw (a test split's rare label)
+    count wrong, said (they gave no accuracy at all for the other rows)."""
     by_norm: dict[str, str] = {}
     for c in candidates:
         by_norm.setdefault(norm_label(c), c)

@@ -85,6 +85,9 @@ class ClusterConfig:
         if self.k is not None and self.k > n:
             raise ValueError(f"k={self.k} is more clusters than the {n} texts to cluster; "
                              f"give k <= {n}")
+        if self.method == "hdbscan" and self.min_cluster_size > n:
+            raise ValueError(f"min_cluster_size ({self.min_cluster_size}) is larger than the "
+                             f"number of texts ({n})")
 
 
 @dataclass(frozen=True)
@@ -158,9 +161,7 @@ def cluster_vectors(vectors: np.ndarray, config: ClusterConfig = ClusterConfig()
 
         k = config.k
         if k is None:
-            k, silhouettes = estimate_k(x, config)
-        if not 1 <= k <= len(x):
-            raise ValueError(f"k must be in 1..{len(x)}, got {k}")
+            k, silhouettes = estimate_k(x, config)  # within 2..len(x) - 1
         import warnings
 
         from sklearn.exceptions import ConvergenceWarning
@@ -176,9 +177,6 @@ def cluster_vectors(vectors: np.ndarray, config: ClusterConfig = ClusterConfig()
     elif config.method == "hdbscan":
         from sklearn.cluster import HDBSCAN
 
-        if config.min_cluster_size > len(x):
-            raise ValueError(f"min_cluster_size ({config.min_cluster_size}) is larger than "
-                             f"the number of texts ({len(x)})")
         # Euclidean distance on unit vectors orders pairs exactly as cosine does.
         labels = HDBSCAN(min_cluster_size=config.min_cluster_size, copy=True,
                          allow_single_cluster=config.single_cluster).fit_predict(x)

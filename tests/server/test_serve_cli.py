@@ -126,6 +126,8 @@ def test_serve_keeps_the_engine_here_where_it_cannot_run_in_a_child(  # type: ig
     assert isinstance(seen["e"].engine, Engine)
     with pytest.raises(ValueError, match="needs Linux or macOS"):
         options_mod.ModelOptions(process=True)
+    assert main(["serve", "--model", str(tiny_dir / "none"), "--workers", "2"]) == 2
+    assert "engine processes need Linux or macOS" in capsys.readouterr().err
 
 
 def test_serve_reads_model_host_and_port_from_env(tiny_dir, monkeypatch, capsys) -> None:  # type: ignore[no-untyped-def]

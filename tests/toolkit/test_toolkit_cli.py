@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -102,8 +103,8 @@ def test_classify_cluster_dedup(tiny_dir, data, capsys) -> None:
     # more neighbours than training texts: said (kNN votes among all of them)
     assert main(["classify", *model, "-i", rows, "--train", rows, "--method", "knn",
                  "--neighbors", "50", "-o", str(data / "p.jsonl")]) == 0
-    assert ("--neighbors 50 is more than the 6 training texts; kNN votes among all 6"
-            in capsys.readouterr().err)
+    assert ("kNN's 50 neighbours (--neighbors) are more than the 6 training texts; it votes "
+            "among all 6" in capsys.readouterr().err)
     assert main(["classify", *model, "-i", rows, "--load", str(data / "m.npz"),
                  "-o", str(data / "p2.csv")]) == 0
     with open(data / "p2.csv", encoding="utf-8") as f:
@@ -733,6 +734,7 @@ def test_two_flags_naming_one_file_are_refused_before_the_work(tiny_dir, data, c
     model = ["--model", str(tiny_dir), "--device", "cpu", "--no-progress"]
     rows = data / "rows.csv"
     before = rows.read_bytes()
+    os.link(rows, data / "link.csv")
     same = str(data / "same.json")
     for cmd, argv, says in (
             ("cluster", ["-i", str(rows), "--k", "2", "-o", same, "--summary", same],
@@ -742,7 +744,9 @@ def test_two_flags_naming_one_file_are_refused_before_the_work(tiny_dir, data, c
             ("classify", ["-i", str(rows), "--train", str(rows), "--save", str(rows)],
              "-i and --save name one file"),
             ("cluster", ["-i", str(rows), "--k", "2", "--summary", str(rows)],
-             "-i and --summary name one file")):
+             "-i and --summary name one file"),
+            ("cluster", ["-i", str(rows), "--k", "2", "--summary", str(data / "link.csv")],
+             "-i and --summary name one file")):  # a hard link of it
         assert main([cmd, *model, *argv]) == 2, argv
         err = capsys.readouterr().err
         assert err.startswith(f"smysl {cmd}: error: ") and says in err, (argv, err)
@@ -760,6 +764,10 @@ def test_cluster_refuses_more_clusters_than_texts_before_the_model_loads(data, c
                  str(data / "rows.csv"), "--k", "10"]) == 2
     err = capsys.readouterr().err
     assert "k=10 is more clusters than the 6 texts to cluster; give k <= 6" in err, err
+    assert main(["cluster", "--model", str(data / "no-such-model"), "-i",
+                 str(data / "rows.csv"), "--method", "hdbscan", "--min-cluster-size", "7"]) == 2
+    err = capsys.readouterr().err
+    assert "min_cluster_size (7) is larger than the number of texts (6)" in err, err
 
 
 def test_classify_names_a_label_description_too_long(tiny_dir, data, capsys) -> None:
