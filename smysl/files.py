@@ -64,19 +64,19 @@ def output(path: str, *, newline: str | None = None) -> Iterator[IO[Any]]:
     are), else ``path`` replaced whole (:func:`replacing`)."""
     if path == "-":
         out = sys.stdout
-        # Windows writes a pipe or file in its ANSI code page (cp1252): Cyrillic failed
-        # part-way through the output
+        # Windows writes a pipe or file in its ANSI code page (cp1252), as does a POSIX
+        # locale of another charset: Cyrillic failed part-way through the output
         if not isinstance(out, io.TextIOWrapper) or codecs.lookup(out.encoding).name == "utf-8":
             yield out
             return
-        was = out.encoding
+        was, errors = out.encoding, out.errors
         out.flush()
         out.reconfigure(encoding="utf-8")
         try:
             yield out
         finally:
             out.flush()
-            out.reconfigure(encoding=was)
+            out.reconfigure(encoding=was, errors=errors)
         return
     with replacing(Path(path), newline=newline) as f:
         yield f

@@ -176,8 +176,8 @@ class RetryingClient:
             return
         raise ProviderError(
             f"{self.name}: {shown_url(str(here))} redirects to {shown_url(str(there))}, "
-            "another host; the texts are not sent on there: give that address as the base "
-            "URL if it is the right one", reason="it redirects to another host")
+            "another address; the texts are not sent on there: give that address as the base "
+            "URL if it is the right one", reason="it redirects to another address")
 
     # ---------------------------------------------------------------- health
     @property
