@@ -112,10 +112,10 @@ class Provider(BaseEmbedder):
         self.default_task = default_task
         self.max_tokens = config.max_tokens
         # the environment read as connect() reads it (OLLAMA_HOST=0.0.0.0 was a base URL)
-        base = os.environ.get(config.base_url_env, "") if config.base_url_env else ""
+        base = config.env_base_url()
         self.base_url = (embedding_base_url(config.name, base,
                                             secure=config.base_url.startswith("https://"),
-                                            what=f"${config.base_url_env}") if base.strip()
+                                            what=f"${config.base_url_env}") if base
                          else config.base_url.rstrip("/"))
         api_key = config.api_key(api_key)
         #: Width requested from the server (sent as ``dimensions`` when supported).

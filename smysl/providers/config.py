@@ -138,6 +138,12 @@ class ProviderConfig:
         """Those variables as messages name them: ``$A or $B``."""
         return " or ".join(f"${e}" for e in self.key_variables)
 
+    def env_base_url(self) -> str | None:
+        """The value of :attr:`base_url_env`, None where unset or blank (a blank one was
+        "http:", then a DNS error naming nothing)."""
+        return (os.environ.get(self.base_url_env, "").strip() or None) if self.base_url_env \
+            else None
+
     def api_key(self, given: str | None) -> str | None:
         """``given``, else the first set variable of :attr:`api_key_env`; ``ValueError`` naming
         them when the API needs a key and none is found."""

@@ -127,14 +127,10 @@ def connect(scheme: str, rest: str = "", **options: Any) -> Provider:
         # An explicit URL wins over the environment variable.
         overrides.update(base_url=embedding_base_url(scheme, url, secure=secure),
                          base_url_env=None)
-    elif config.base_url_env:
-        import os
-
-        env = os.environ.get(config.base_url_env, "")
-        if env.strip():  # blank is unset (it was "http:", then a DNS error naming nothing)
-            overrides.update(base_url=embedding_base_url(scheme, env, secure=secure,
-                                                         what=f"${config.base_url_env}"),
-                             base_url_env=None)
+    elif env := config.env_base_url():
+        overrides.update(base_url=embedding_base_url(scheme, env, secure=secure,
+                                                     what=f"${config.base_url_env}"),
+                         base_url_env=None)
     config = dataclasses.replace(config, **overrides)
     if not model and scheme not in ("tei",):
         raise ValueError(f"{scheme}: no model given (write {scheme}:MODEL or {scheme}:URL#MODEL)")

@@ -271,8 +271,8 @@ class RemoteReranker(BaseReranker):
         self.model = model
         self.config = config
         # the environment read as connect_reranker() reads it (SMYSL_URL was ignored here)
-        env = os.environ.get(config.base_url_env, "") if config.base_url_env else ""
-        self.base_url = (_root(config.name, env, f"${config.base_url_env}") if env.strip()
+        env = config.env_base_url()
+        self.base_url = (_root(config.name, env, f"${config.base_url_env}") if env
                          else config.base_url.rstrip("/"))
         self.name = name or f"{config.name}:{model or shown_url(self.base_url)}"
         self.backend = config.name
@@ -755,9 +755,7 @@ def connect_reranker(scheme: str, rest: str = "", **options: Any) -> RemoteReran
     options.pop("base_url", None)
     overrides = {k: options.pop(k) for k in list(options) if k in _CONFIG_FIELDS}
     preset = RERANK_PRESETS[scheme]
-    # blank is unset (it was "http:", and took the key requirement off)
-    env = (os.environ.get(preset.base_url_env, "").strip() or None) if preset.base_url_env \
-        else None
+    env = preset.env_base_url()  # blank is unset (it took the key requirement off)
     custom = bool(url or env)
     if not model and (scheme in _NEEDS_MODEL or (scheme == "cohere" and not custom)):
         raise ValueError(f"{scheme}: no model given (write {scheme}:MODEL or {scheme}:URL#MODEL)")
