@@ -248,7 +248,9 @@ class BaseReranker(abc.ABC):
 
     # ----------------------------------------------------------------- checks
     def _check(self, query: str, documents: Sequence[str], instruction: str | None) -> list[str]:
-        if not isinstance(query, str) or not query.strip():
+        if not isinstance(query, str):
+            raise ValueError(f"the query must be a string, got {type(query).__name__}")
+        if not query.strip():
             raise ValueError("the query is empty")
         # a 1-d numpy array of strings too, as embed takes texts
         if (isinstance(documents, str | bytes)

@@ -229,14 +229,16 @@ class Reranker(OnEngine, BaseReranker):
                 head = sum(1 for _, end in offsets if end <= start)
                 keep = len(ids) - head if limit is None else min(len(ids) - head, limit)
                 if head + keep > budget:
-                    if not truncate:
-                        raise InputTooLongError(index=i, tokens=len(ids) + fixed,
-                                                limit=self.max_tokens, who="the reranker")
+                    # the query's fault first, truncation or not: without it the document was
+                    # blamed, and the truncation it advised failed on the query
                     if head >= budget:
                         raise PairError(i, "query", f"the instruction and query take "
                                         f"{head + fixed} tokens, the reranker at most "
                                         f"{self.max_tokens} with the document; shorten the "
                                         "query")
+                    if not truncate:
+                        raise InputTooLongError(index=i, tokens=len(ids) + fixed,
+                                                limit=self.max_tokens, who="the reranker")
                     keep = budget - head
                 lo, hi = ((head, head + keep) if direction == "right"
                           else (len(ids) - keep, len(ids)))

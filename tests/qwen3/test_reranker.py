@@ -131,6 +131,12 @@ def test_truncation_cuts_the_document_like_the_reference(rerankers: dict[str, Ti
     assert np.abs(ours - ref).max() <= 1e-5
     with pytest.raises(ValueError, match="shorten the query"):
         r.score([("long query " * 60, "doc")], truncate=True)
+    # without truncation too: the document was blamed, and the truncation advised then
+    # failed on the query
+    with pytest.raises(ValueError, match="shorten the query"):
+        r.score([("long query " * 60, "doc")])
+    with pytest.raises(ValueError, match="the query must be a string, got int"):
+        r.rerank(5, ["doc"])  # type: ignore[arg-type]
 
 
 def test_batch_invariance_is_bit_exact_on_cpu(loaded: dict[str, Reranker]) -> None:
