@@ -65,7 +65,7 @@ def url_secrets(url: str) -> list[str]:
     for piece in query.split("&"):  # credentials in the query, as written and as sent
         name, _, written = piece.partition("=")
         value = unquote_plus(written)
-        if _QUERY_CREDENTIALS.intersection(re.split(r"[-_\s]+", unquote_plus(name).lower())) \
+        if unquote_plus(name).strip().lower() in _QUERY_CREDENTIALS \
                 or header_secrets([(unquote_plus(name), value)]):
             secrets += [written, value, quote(value, safe=""), quote_plus(value)]
     user, sep, written = (split_user(url)[0] or "").partition(":")
@@ -83,8 +83,9 @@ _CREDENTIAL_WORDS = {"auth", "authorization", "key", "apikey", "token", "secret"
                      "jwt", "bearer"}
 
 
-#: Words of query parameter names that are credentials besides :data:`_CREDENTIAL_WORDS`: a
-#: shared access signature's ``sig``, an Azure Functions key's ``code``.
+#: Query parameter names that are credentials besides those :func:`header_secrets` takes: a
+#: shared access signature's ``sig``, an Azure Functions key's ``code`` (whole names:
+#: ``country_code`` is none).
 _QUERY_CREDENTIALS = {"sig", "code"}
 
 

@@ -53,6 +53,7 @@ def test_secrets_of_a_url_are_redacted_as_written_decoded_and_as_basic_auth() ->
     query = url_secrets("https://h/f?code=Az1&api_key=ab+c/d%3D&sv=2024&sig=S%2Fig")
     assert {"Az1", "ab+c/d%3D", "ab c/d=", "ab+c%2Fd%3D", "S%2Fig", "S/ig"} <= set(query)
     assert "2024" not in query
+    assert url_secrets("https://h/v1?country_code=auto&code_version=2024") == []  # whole names
 
 
 def test_only_credential_headers_are_secrets_and_a_bearer_key_alone_is_one_too() -> None:

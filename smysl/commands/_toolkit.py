@@ -49,7 +49,8 @@ def _file_key(path: str) -> str:
         st = os.stat(full)
     except OSError:
         return os.path.normcase(full)
-    return f"{st.st_dev}:{st.st_ino}"
+    # no inode (Windows, where stat was denied: 0): the path
+    return f"{st.st_dev}:{st.st_ino}" if st.st_ino else os.path.normcase(full)
 
 
 def add_table_arguments(p: argparse.ArgumentParser) -> None:

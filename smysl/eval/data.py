@@ -67,9 +67,13 @@ def _utf8(path: Path) -> Iterator[None]:
     """A file that is not UTF-8 named (it was the codec's words alone)."""
     try:
         yield
-    except UnicodeDecodeError as e:
-        raise ValueError(f"{path}: not UTF-8 text (byte {e.object[e.start]:#04x} at offset "
-                         f"{e.start})") from None
+    except UnicodeDecodeError:
+        try:  # a CSV is decoded in chunks: its error's offset was within one
+            path.read_bytes().decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise ValueError(f"{path}: not UTF-8 text (byte {e.object[e.start]:#04x} at "
+                             f"offset {e.start})") from None
+        raise
 
 
 def _records(path: Path, *columns: str) -> list[dict[str, str]]:

@@ -381,7 +381,7 @@ class BodyReads:
 
     def idle_s(self) -> float:
         """How long the next part of a body may take to arrive."""
-        return STOP_IDLE_S if self.stopped else BODY_IDLE_S
+        return min(STOP_IDLE_S, BODY_IDLE_S) if self.stopped else BODY_IDLE_S
 
     def stop(self) -> None:
         """Cut the waits now running to :data:`STOP_IDLE_S` (from the event loop)."""
@@ -501,8 +501,8 @@ class EdgeMiddleware:
                 origin = value.strip().lower()
             elif name == b"sec-fetch-site":
                 site = value.strip().lower()
-            elif name in (b"host", b"x-forwarded-host"):
-                hosts.append(value.strip().lower())
+            elif name in (b"host", b"x-forwarded-host"):  # one a proxy, a list if several
+                hosts += [h.strip().lower() for h in value.split(b",")]
             elif name == b"forwarded":  # RFC 7239: for=...;host=smysl.example;proto=https
                 hosts += [v.strip().strip(b'"').lower() for k, _, v in (
                     pair.strip().partition(b"=") for hop in value.split(b",")
@@ -512,7 +512,7 @@ class EdgeMiddleware:
         if site is not None:  # the browser's own verdict: right behind a proxy that sets Host
             if site in (b"same-origin", b"none"):
                 return None
-        elif origin.partition(b"://")[2] in hosts:  # a browser without Sec-Fetch-Site
+        elif (page := origin.partition(b"://")[2]) and page in hosts:  # no Sec-Fetch-Site
             return None
         return ApiError("forbidden", f"a page of {origin.decode('latin-1')!r} may not call this "
                         "server; start it with --cors-allow-origin ORIGIN to let a page of "

@@ -161,7 +161,7 @@ def cluster_vectors(vectors: np.ndarray, config: ClusterConfig = ClusterConfig()
 
         k = config.k
         if k is None:
-            k, silhouettes = estimate_k(x, config)  # within 2..len(x) - 1
+            k, silhouettes = estimate_k(x, config)  # within 1..len(x) - 1
         import warnings
 
         from sklearn.exceptions import ConvergenceWarning

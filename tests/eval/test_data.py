@@ -121,6 +121,7 @@ def test_malformed_files_are_named_with_the_row_and_column(tmp_path: Path) -> No
                                                       encoding="utf-8")
     with pytest.raises(ValueError, match="not in SQuAD's format"):
         d.load_xquad(tmp_path, "en")
-    sts.write_bytes("a,b,5.0\nкошка,кот,4.0\n".encode("cp1251"))
-    with pytest.raises(ValueError, match=r"stsb-en-test\.csv: not UTF-8 text \(byte 0xea"):
+    sts.write_bytes(b"a,b,5.0\n" * 3000 + "кошка,кот,4.0\n".encode("cp1251"))
+    with pytest.raises(ValueError, match=r"stsb-en-test\.csv: not UTF-8 text \(byte 0xea "
+                                         r"at offset 24000\)"):  # the file's, not a chunk's
         d.load_sts(tmp_path, "en")

@@ -285,14 +285,16 @@ def test_pages_of_other_origins_cannot_make_it_compute(tiny) -> None:  # type: i
         for headers in [evil, {**evil, "Sec-Fetch-Site": "cross-site"},
                         {**evil, "Origin": "null"}, {**evil, "Sec-Fetch-Site": "same-site"},
                         {**evil, "Origin": "http://localhost.evil.example"},
-                        {**evil, "Origin": "http://127.0.0.1.evil.example:80"}]:
+                        {**evil, "Origin": "http://127.0.0.1.evil.example:80"},
+                        # a sandboxed frame's "null" beside an empty host a proxy sent
+                        {**evil, "Origin": "null", "Forwarded": "for=10.0.0.1;host="}]:
             r = c.post("/api/embed", content=body, headers=headers)
             assert r.status_code == 403 and "--cors-allow-origin" in r.json()["error"], r.text
         r = c.post("/v1/embeddings", json={"input": "fox"}, headers=evil)
         assert r.status_code == 403 and r.json()["error"]["type"] == "invalid_request_error"
         assert c.post("/embed", json={"inputs": "fox"}, headers=evil).status_code == 403
         metrics = c.get("/metrics").text
-        assert 'smysl_errors_total{api="ollama",kind="forbidden"} 6.0' in metrics, metrics
+        assert 'smysl_errors_total{api="ollama",kind="forbidden"} 7.0' in metrics, metrics
         assert "smysl_inputs_total 0.0" in metrics  # nothing computed
         # a probe from a page is harmless and stays open
         assert c.get("/health", headers=evil).status_code == 200
@@ -306,7 +308,9 @@ def test_pages_of_other_origins_cannot_make_it_compute(tiny) -> None:  # type: i
                         {**evil, "Origin": "http://0.0.0.0:8080"},
                         # behind a proxy that says the host it was asked for (RFC 7239)
                         {"Origin": "https://smysl.example",
-                         "Forwarded": 'for=10.0.0.1;host="smysl.example";proto=https'}]:
+                         "Forwarded": 'for=10.0.0.1;host="smysl.example";proto=https'},
+                        {"Origin": "https://smysl.example",  # two proxies, each adding its own
+                         "X-Forwarded-Host": "smysl.example, inner.example:8080"}]:
             r = c.post("/api/embed", content=body, headers=headers)
             assert r.status_code == 200 and r.json()["embeddings"], (headers, r.text)
     extension = {**evil, "Origin": "chrome-extension://abcdef"}
