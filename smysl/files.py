@@ -60,26 +60,41 @@ def replace_file(path: Path, text: str) -> None:
 
 @contextlib.contextmanager
 def output(path: str, *, newline: str | None = None) -> Iterator[IO[Any]]:
-    """Where a command's text output goes: stdout for ``-`` (left open, UTF-8 as the files
-    are), else ``path`` replaced whole (:func:`replacing`)."""
-    if path == "-":
-        out = sys.stdout
+    """Where a command's text output goes: stdout for ``-`` (left open; UTF-8 and ``newline``
+    as the files are), else ``path`` replaced whole (:func:`replacing`)."""
+    if path != "-":
+        with replacing(Path(path), newline=newline) as f:
+            yield f
+        return
+    out = sys.stdout
+    change: dict[str, Any] = {}
+    if isinstance(out, io.TextIOWrapper):
         # Windows writes a pipe or file in its ANSI code page (cp1252), as does a POSIX
         # locale of another charset: Cyrillic failed part-way through the output
-        if not isinstance(out, io.TextIOWrapper) or codecs.lookup(out.encoding).name == "utf-8":
-            yield out
-            return
-        was, errors = out.encoding, out.errors
-        out.flush()
-        out.reconfigure(encoding="utf-8")
-        try:
-            yield out
-        finally:
-            out.flush()
-            out.reconfigure(encoding=was, errors=errors)
+        if codecs.lookup(out.encoding).name != "utf-8":
+            change["encoding"] = "utf-8"
+        # Windows' stdout turns "\n" into "\r\n": a CSV's own "\r\n" came out "\r\r\n"
+        # (POSIX's translates nothing)
+        if newline is not None and STDOUT_TRANSLATES:
+            change["newline"] = newline
+    if not change:
+        yield out
         return
-    with replacing(Path(path), newline=newline) as f:
-        yield f
+    assert isinstance(out, io.TextIOWrapper)
+    was: dict[str, Any] = {"encoding": out.encoding, "errors": out.errors}
+    if "newline" in change:
+        was["newline"] = None  # Windows' own
+    out.flush()
+    out.reconfigure(**change)
+    try:
+        yield out
+    finally:
+        out.flush()
+        out.reconfigure(**was)
+
+
+#: Whether stdout turns "\n" into the platform's line end (Windows: "\r\n").
+STDOUT_TRANSLATES = os.name == "nt"
 
 
 @contextlib.contextmanager

@@ -162,3 +162,22 @@ def test_output_to_stdout_is_utf8_where_the_platform_writes_another_code_page(
         f.write('{"text": "привет"}\n')
     assert raw.getvalue().decode("utf-8") == '{"text": "привет"}\n'
     assert (stream.encoding, stream.errors) == ("cp1252", "replace")
+
+
+def test_a_csv_to_stdout_keeps_its_line_ends_where_stdout_translates_them(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Windows' stdout turns "\\n" into "\\r\\n": a CSV's own "\\r\\n" came out "\\r\\r\\n".
+    Emulated with a stream that translates as Windows' does."""
+    from smysl import files
+    from smysl.toolkit.io import write_rows
+
+    raw = io.BytesIO()
+    monkeypatch.setattr(sys, "stdout", io.TextIOWrapper(raw, encoding="utf-8", newline="\r\n"))
+    monkeypatch.setattr(files, "STDOUT_TRANSLATES", True)
+    write_rows("-", [{"text": "a"}, {"text": "b"}])  # JSONL: "\n", as its files have
+    assert raw.getvalue() == b'{"text": "a"}\n{"text": "b"}\n'
+    raw.seek(0)
+    raw.truncate()
+    with files.output("-", newline="") as f:
+        f.write("text\r\na\r\n")  # what csv writes
+    assert raw.getvalue() == b"text\r\na\r\n"
