@@ -223,7 +223,7 @@ def _build(embedder: BaseEmbedder | None, config: ServerConfig, *,
                                         "reads": reads})]
     if config.cors_origins:  # outermost: a browser's preflight carries no API key
         layers.append((CountedCORS, {
-            "ledger": ledger, "allow_origins": [o.rstrip("/").lower() for o in config.cors_origins],
+            "ledger": ledger, "allow_origins": list(config.cors_origins),
             "allow_methods": ["GET", "HEAD", "POST"], "allow_headers": ["*"],
             # what a page may read besides the safelisted ones
             "expose_headers": [*TIMING_HEADERS, "retry-after"]}))
@@ -411,8 +411,7 @@ class EdgeMiddleware:
         self._hosts = (None if hosts is None or "*" in hosts
                        else frozenset(h.lower() for h in hosts))
         origins = config.cors_origins
-        self._origins = (None if "*" in origins
-                         else frozenset(o.lower().rstrip("/").encode() for o in origins))
+        self._origins = None if "*" in origins else frozenset(o.encode() for o in origins)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":

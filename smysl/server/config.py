@@ -239,6 +239,10 @@ class ServerConfig:
         bad = [name for name, ok in checks.items() if not ok]
         if bad:
             raise InvalidServerSettings(bad)
+        # as browsers send them (lower case, no final slash): the CORS layer and the origin
+        # check match them as given
+        object.__setattr__(self, "cors_origins", tuple(
+            o if o == "*" else o.rstrip("/").lower() for o in self.cors_origins))
         if self.api_key is not None and not self.api_key:
             raise ValueError("api_key must not be empty (leave it unset to disable auth)")
         if self.api_key is not None and self.api_key != self.api_key.strip():
