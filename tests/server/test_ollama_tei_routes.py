@@ -327,6 +327,21 @@ def test_pages_of_other_origins_cannot_make_it_compute(tiny) -> None:  # type: i
             assert r.headers["access-control-allow-origin"] in ("*", "https://evil.example")
 
 
+def test_a_404_does_not_show_the_folder_a_served_name_hides(tiny) -> None:  # type: ignore[no-untyped-def]
+    """A review's: with ``--served-name``, an unknown model's 404 listed every name the server
+    answers, the model's local folder among them. The folder still answers; it is not shown."""
+    from smysl.server import app
+
+    with TestClient(app.serving_app(tiny, ServerConfig(served_name="qwen3-embedding:0.6b"))[0]
+                    ) as c:
+        r = c.post("/api/embed", json={"model": "nomic-embed-text", "input": "fox"})
+        assert r.status_code == 404 and "qwen3-embedding:0.6b" in r.json()["error"], r.text
+        folder = tiny.name  # loaded from its folder: the path
+        assert "/" in folder and folder not in r.text, r.text
+        r = c.post("/api/embed", json={"model": folder, "input": "fox"})
+        assert r.status_code == 200, r.text
+
+
 def test_the_open_api_page_does_not_name_the_model(tiny) -> None:  # type: ignore[no-untyped-def]
     """``/openapi.json`` and ``/docs`` need no key: they must not show the model's name, which
     is its local path unless ``--served-name`` is given."""
