@@ -369,6 +369,20 @@ def _local_origin(origin: bytes) -> bool:
     return scheme in (b"http", b"https") and host_name(rest) in (*LOOPBACK_HOSTS, "0.0.0.0")
 
 
+def _hosts(headers: list[tuple[bytes, bytes]]) -> list[bytes]:
+    """The hosts a request was sent to, lower case: ``Host``, and what proxies say
+    (``X-Forwarded-Host``, a list if several; RFC 7239 ``Forwarded: for=...;host=...``)."""
+    hosts: list[bytes] = []
+    for name, value in headers:
+        if name in (b"host", b"x-forwarded-host"):
+            hosts += [h.strip().lower() for h in value.split(b",")]
+        elif name == b"forwarded":
+            hosts += [v.strip().strip(b'"').lower() for k, _, v in (
+                pair.strip().partition(b"=") for hop in value.split(b",")
+                for pair in hop.split(b";")) if k.strip().lower() == b"host"]
+    return hosts
+
+
 class BodyReads:
     """The waits of requests whose bodies are still arriving. From a graceful stop on
     (:meth:`stop`) each part of a body has :data:`STOP_IDLE_S` to arrive, then the request is
@@ -493,26 +507,16 @@ class EdgeMiddleware:
         as do pages on this machine (:func:`_local_origin`, Ollama's default origins)."""
         if self._origins is None or scope["method"] in ("GET", "HEAD", "OPTIONS"):
             return None
-        origin = site = None
-        hosts = []
-        for name, value in scope.get("headers") or []:
-            if name == b"origin":
-                origin = value.strip().lower()
-            elif name == b"sec-fetch-site":
-                site = value.strip().lower()
-            elif name in (b"host", b"x-forwarded-host"):  # one a proxy, a list if several
-                hosts += [h.strip().lower() for h in value.split(b",")]
-            elif name == b"forwarded":  # RFC 7239: for=...;host=smysl.example;proto=https
-                hosts += [v.strip().strip(b'"').lower() for k, _, v in (
-                    pair.strip().partition(b"=") for hop in value.split(b",")
-                    for pair in hop.split(b";")) if k.strip().lower() == b"host"]
+        headers = scope.get("headers") or []
+        origin = next((v.strip().lower() for k, v in headers if k == b"origin"), None)
         if origin is None or origin in self._origins or _local_origin(origin):
-            return None
+            return None  # the common case, before any other header is read
+        site = next((v.strip().lower() for k, v in headers if k == b"sec-fetch-site"), None)
         if site is not None:  # the browser's own verdict: right behind a proxy that sets Host
             if site in (b"same-origin", b"none"):
                 return None
-        elif (page := origin.partition(b"://")[2]) and page in hosts:  # no Sec-Fetch-Site
-            return None
+        elif (page := origin.partition(b"://")[2]) and page in _hosts(headers):
+            return None  # a browser without Sec-Fetch-Site, on its own page
         return ApiError("forbidden", f"a page of {origin.decode('latin-1')!r} may not call this "
                         "server; start it with --cors-allow-origin ORIGIN to let a page of "
                         "that origin call it")

@@ -717,12 +717,11 @@ class Batcher:
         # together: the first takes the pass's time, the others ~0; the fit averages them)
         with self._cond:
             started.done = True  # nothing to cancel any more (:meth:`_cancels_due`)
-            if started.cancelled:  # stopped early, or never run: no measure of the drain
-                pass
-            elif started.long:  # its whole pass: the batches beside it ended within it
-                self._recent.append((started.tokens, elapsed))
-            else:
-                self._recent.append((started.tokens, end - max(started.at, self._last_end)))
+            # a cancelled one stopped early, or never ran: no measure of the drain; a long
+            # one, its whole pass (the batches beside it ended within it)
+            if not started.cancelled:
+                self._recent.append((started.tokens, elapsed if started.long
+                                     else end - max(started.at, self._last_end)))
             self._last_end = max(end, self._last_end)
         if started.cancelled:  # the backend's error says only that we cancelled it
             results = [r if not isinstance(r, BaseException) else _unwanted(s.job, r)

@@ -165,11 +165,10 @@ class Service:
         n = name.strip().lower()
         if n in self.names or n.removesuffix(":latest") in self.names:
             return self.model_id
-        # a local folder's path answers, but is not shown: --served-name hides it
-        shown = sorted(n for n in self.names if n == self.model_id.lower() or not (
-            n.startswith(("/", "~", ".")) or "\\" in n or n[1:3] in (":/", ":\\")))
+        # the served name's own (a local folder's path answers too, but --served-name hides it)
         raise ApiError("not_found", f"model {name!r} is not served here; this server serves "
-                       f"{self.model_id!r} (also known as {shown})", param="model")
+                       f"{self.model_id!r} (also known as {sorted(names_of(self.model_id))})",
+                       param="model")
 
     # ------------------------------------------------------------------ instructions
     def instruction(self, instruction: str | None, input_type: str | None) -> str | None:
