@@ -22,6 +22,8 @@ products in the same order; tested against llama.cpp's gguf-py). Layouts, from g
 * Q4_K (256, 144): ``d``, ``dmin``, ``scales[12]``, ``qs[128]``; as Q5_K with 4-bit ``q``.
 * Q3_K (256, 110): ``hmask[32]`` third bits, ``qs[64]`` low 2 bits, ``scales[12]`` (16 six-bit
   scales, offset 32), ``d``; ``y = d * (scale - 32) * (q - 4 * (1 - hbit))``.
+* Q2_K (256, 84): ``scales[16]`` (per 16 values a 4-bit scale, low nibble, and a 4-bit min),
+  ``qs[64]`` 2-bit codes, ``d``, ``dmin``; ``y = d * sc * q - dmin * m``.
 """
 
 from __future__ import annotations
@@ -33,7 +35,20 @@ from typing import NamedTuple
 import torch
 
 # GGML type ids of the block formats here, and each one's (values, bytes) per block
-from smysl.qwen3.gguf import IQ4_NL, IQ4_XS, Q3_K, Q4_0, Q4_1, Q4_K, Q5_0, Q5_1, Q5_K, Q6_K, Q8_0
+from smysl.qwen3.gguf import (
+    IQ4_NL,
+    IQ4_XS,
+    Q2_K,
+    Q3_K,
+    Q4_0,
+    Q4_1,
+    Q4_K,
+    Q5_0,
+    Q5_1,
+    Q5_K,
+    Q6_K,
+    Q8_0,
+)
 from smysl.qwen3.gguf import QUANT_BLOCKS as BLOCKS
 
 #: ggml's ``kvalues_iq4nl``: the IQ4 types' 4-bit codes index this grid.
@@ -210,14 +225,24 @@ def q3_k_codes(b: torch.Tensor) -> Codes:
     return Codes(q.reshape(-1, 256), d * sc.float(), None, 16, -4, 3)  # one scale per 16
 
 
+def q2_k_codes(b: torch.Tensor) -> Codes:
+    s, d, dmin = _i(b[:, 0:16]), _f16(b[:, 80:82]), _f16(b[:, 82:84])
+    # per 128-value half: runs j = 0..3 take bits 2j..2j+1 of qs, 16 values from bytes 0-15
+    # of the half's 32, then 16 from bytes 16-31; the 16 scales follow that order
+    qs = _i(b[:, 16:80]).view(-1, 2, 1, 2, 16)
+    q = (qs >> _ints((0, 2, 4, 6), b.device)[None, None, :, None, None]) & 3  # [n, 2, 4, 2, 16]
+    return Codes(q.reshape(-1, 256), d * (s & 0xF).float(), dmin * (s >> 4).float(), 16, 0, 3)
+
+
 CODES = {Q4_0: q4_0_codes, Q4_1: q4_1_codes, Q5_0: q5_0_codes, Q5_1: q5_1_codes,
-         Q8_0: q8_0_codes, Q3_K: q3_k_codes, Q4_K: q4_k_codes, Q5_K: q5_k_codes,
+         Q8_0: q8_0_codes, Q2_K: q2_k_codes, Q3_K: q3_k_codes, Q4_K: q4_k_codes, Q5_K: q5_k_codes,
          Q6_K: q6_k_codes, IQ4_NL: iq4_nl_codes, IQ4_XS: iq4_xs_codes}
 
 
 #: Byte offsets in a block of its float16 scales (``d``, and ``m`` or ``dmin``): ggml's
 #: ``ggml_validate_row_data`` checks these. One that is NaN or inf makes its whole block so.
-SCALES_AT = {Q4_0: (0,), Q4_1: (0, 2), Q5_0: (0,), Q5_1: (0, 2), Q8_0: (0,), Q3_K: (108,),
+SCALES_AT = {Q4_0: (0,), Q4_1: (0, 2), Q5_0: (0,), Q5_1: (0, 2), Q8_0: (0,), Q2_K: (80, 82),
+             Q3_K: (108,),
              Q4_K: (0, 2), Q5_K: (0, 2), Q6_K: (208,), IQ4_NL: (0,), IQ4_XS: (0,)}
 
 
@@ -331,19 +356,26 @@ def planes(t: QuantTensor) -> list[Plane]:
     signed 8-bit code per group on the grid of the sub-block with the larger scale — that
     sub-block exact, the other rounded to half the grid: 1/8 (Q6_K) or 1/64 (Q3_K) of the
     larger one's step (a whole grid step at +128, where the two have equal scales of opposite
-    sign). Every plane's offset is 0 or a power-of-two multiple of its scale, so rounding the
-    kernel's scales to bf16 scales each group's weights and adds no offset error.
+    sign). Q2_K scales and offsets every 16 columns by unrelated float16 factors, so no grid
+    holds either half exactly: its 8-bit code spans the group's largest magnitude (error at
+    most 1/254 of it; Q2_K's own step is a third of its sub-block's range). Every plane's
+    offset is 0 or a power-of-two multiple of its scale, so rounding the kernel's scales to
+    bf16 scales each group's weights and adds no offset error.
     """
     rows, cols = t.shape
     c = CODES[t.kind](t.data.reshape(-1, BLOCKS[t.kind][1]))
     if c.width == 16:
         n = c.q.shape[0]
-        pair = c.scale.view(n, -1, 2)
-        big = pair.abs().argmax(-1, keepdim=True)
-        # signed, a power of two below the larger scale: its values (q * scale) divide exactly
-        # into -128..124 (Q6_K 4 * q, Q3_K 32 * q), the other half's into -128..128
-        grid = pair.gather(-1, big).squeeze(-1) * (max(-c.qmin, c.qmax) / 128)  # [n, groups]
-        r = c.values().view(n, -1, 32) / grid.where(grid != 0, 1)[..., None]
+        v = c.values().view(n, -1, 32)
+        if c.mins is None:
+            pair = c.scale.view(n, -1, 2)
+            big = pair.abs().argmax(-1, keepdim=True)
+            # signed, a power of two below the larger scale: its values (q * scale) divide
+            # exactly into -128..124 (Q6_K 4 * q, Q3_K 32 * q), the other half's into -128..128
+            grid = pair.gather(-1, big).squeeze(-1) * (max(-c.qmin, c.qmax) / 128)  # [n, groups]
+        else:  # Q2_K
+            grid = v.abs().amax(-1) / 127
+        r = v / grid.where(grid != 0, 1)[..., None]
         q = r.round_().clamp_(-128, 127).where(grid[..., None] != 0, 0).to(torch.int32)
         c = Codes(q.view(n, -1), grid, None, 32, -128, 127)
     scale = c.scale.view(rows, -1)

@@ -1,11 +1,11 @@
 """GGUF files (llama.cpp's format, what Ollama stores) as Qwen3-Embedding checkpoints.
 
 Supported: files that llama.cpp's ``convert_hf_to_gguf.py`` (or ``llama-quantize``) writes for
-architecture ``qwen3``, with F32, F16, BF16, Q8_0, Q6_K, Q5_K, Q4_K, Q3_K, the legacy Q4_0,
+architecture ``qwen3``, with F32, F16, BF16, Q8_0, Q6_K, Q5_K, Q4_K, Q3_K, Q2_K, the legacy Q4_0,
 Q4_1, Q5_0 and Q5_1, and IQ4_NL / IQ4_XS weights (mixed per tensor, as the ``_M`` recipes make
 them). Quantised blocks are dequantised at load (:mod:`smysl.qwen3.ggml_quants`), one tensor
 at a time (in block slices), straight into the engine dtype, or kept as blocks for
-``quantize="int4"`` (:mod:`smysl.qwen3.quantize`). Other types (Q2_K, IQ3_S ...) are refused
+``quantize="int4"`` (:mod:`smysl.qwen3.quantize`). Other types (IQ3_S, IQ2_XXS ...) are refused
 with a clear error before any weight is read.
 
 Layout (v2/v3, little-endian): ``GGUF``, version, tensor count, key/value count; the key/values;
@@ -60,11 +60,11 @@ F32, F16, BF16 = 0, 1, 30
 #: The block formats :mod:`smysl.qwen3.ggml_quants` decodes -> (values per block, bytes per
 #: block). Here, not there: reading a header (a tokenizer, a supervisor process that serves a
 #: GGUF model from an engine process) must not import torch, which that module needs.
-Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q3_K, Q4_K, Q5_K, Q6_K = 2, 3, 6, 7, 8, 11, 12, 13, 14
+Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K = 2, 3, 6, 7, 8, 10, 11, 12, 13, 14
 IQ4_NL, IQ4_XS = 20, 23
 QUANT_BLOCKS = {Q4_0: (32, 18), Q4_1: (32, 20), Q5_0: (32, 22), Q5_1: (32, 24), Q8_0: (32, 34),
-                Q3_K: (256, 110), Q4_K: (256, 144), Q5_K: (256, 176), Q6_K: (256, 210),
-                IQ4_NL: (32, 18), IQ4_XS: (256, 136)}
+                Q2_K: (256, 84), Q3_K: (256, 110), Q4_K: (256, 144), Q5_K: (256, 176),
+                Q6_K: (256, 210), IQ4_NL: (32, 18), IQ4_XS: (256, 136)}
 #: Types this loader reads: id -> (elements per block, bytes per block).
 BLOCKS = {F32: (1, 4), F16: (1, 2), BF16: (1, 2), **QUANT_BLOCKS}
 

@@ -11,7 +11,7 @@ from smysl.qwen3 import ggml_quants as gq
 gguf = pytest.importorskip("gguf")
 
 
-@pytest.mark.parametrize("kind", ["Q8_0", "Q6_K", "Q5_K", "Q4_K", "Q3_K", "Q4_0", "Q4_1",
+@pytest.mark.parametrize("kind", ["Q8_0", "Q6_K", "Q5_K", "Q4_K", "Q3_K", "Q2_K", "Q4_0", "Q4_1",
                                   "Q5_0", "Q5_1", "IQ4_NL", "IQ4_XS"])
 def test_blocks_match_gguf_py(kind: str) -> None:
     from qwen_tiny import random_blocks
@@ -112,7 +112,22 @@ def test_planes_of_16_column_scales_round_within_the_bound(kind: str, fraction: 
     assert err.max().item() > 0  # the other halves did round (random scales differ)
 
 
-@pytest.mark.parametrize("kind", ["Q8_0", "Q6_K", "Q5_K", "Q4_K", "Q3_K", "Q4_0", "Q5_1",
+def test_planes_of_q2_k_round_within_the_groups_range() -> None:
+    """Q2_K scales and offsets every 16 columns by unrelated factors: its two planes are an
+    8-bit code over each 32-column group's largest magnitude, off by at most half a step of
+    that code (1/254 of the magnitude), well inside Q2_K's own step."""
+    t, w = _matrix("Q2_K", 32, 512, seed=12)
+    planes = gq.planes(t)
+    assert len(planes) == 2
+    for p in planes:
+        assert int(p.q.min()) >= 0 and int(p.q.max()) <= 15
+    err = (_sum_planes(planes) - w.double()).abs().view(32, -1, 32)
+    top = w.double().abs().view(32, -1, 32).amax(-1, keepdim=True)
+    assert (err <= top / 254 * 1.0001 + 1e-12).all()
+    assert err.max().item() > 0
+
+
+@pytest.mark.parametrize("kind", ["Q8_0", "Q6_K", "Q5_K", "Q4_K", "Q3_K", "Q2_K", "Q4_0", "Q5_1",
                                   "IQ4_XS"])
 def test_int4_layer_from_blocks_is_the_dequantised_weight(kind: str) -> None:
     """A GGUF matrix kept as 4-bit planes multiplies like its dequantised weights, up to bf16

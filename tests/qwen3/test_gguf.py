@@ -247,8 +247,8 @@ def wide(tmp_path_factory: pytest.TempPathFactory) -> Path:
 _MATRICES = ("attn_q", "attn_k", "attn_v", "ffn_gate", "ffn_up", "ffn_down")
 
 
-@pytest.mark.parametrize("kind", ["Q6_K", "Q5_K", "Q4_K", "Q3_K", "Q4_0", "Q4_1", "Q5_0", "Q5_1",
-                                  "IQ4_NL", "IQ4_XS"])
+@pytest.mark.parametrize("kind", ["Q6_K", "Q5_K", "Q4_K", "Q3_K", "Q2_K", "Q4_0", "Q4_1", "Q5_0",
+                                  "Q5_1", "IQ4_NL", "IQ4_XS"])
 def test_k_quant_gguf_equals_its_dequantised_weights(wide: Path, tmp_path: Path, kind: str,
                                                      texts: list[str]) -> None:
     """Issue 14: K-quant tensors load as exactly the weights llama.cpp's reference
@@ -304,7 +304,8 @@ def test_q4_k_m_like_gguf_kept_4_bit(wide: Path, tmp_path: Path, texts: list[str
 
 
 @pytest.mark.parametrize(("kind", "slack"), [("Q8_0", 2e-5), ("Q5_K", 2e-5), ("Q4_K", 5e-4),
-                                             ("Q4_0", 2e-5), ("Q5_1", 5e-4), ("IQ4_XS", 2e-5)])
+                                             ("Q4_0", 2e-5), ("Q5_1", 5e-4), ("IQ4_XS", 2e-5),
+                                             ("Q2_K", 2e-5)])
 def test_kept_blocks_are_as_close_as_the_bf16_dequantisation(wide: Path, tmp_path: Path,
                                                              kind: str, slack: float,
                                                              texts: list[str]) -> None:
@@ -313,6 +314,7 @@ def test_kept_blocks_are_as_close_as_the_bf16_dequantisation(wide: Path, tmp_pat
     dequantisation of the same file as the bf16 dequantised path's (8-bit per output channel,
     as before, lost 10x that on Q8_0 at the 0.6B shape, docs/benchmarks.md). Q4_K's offsets
     (``8 * scale - dmin * m``, random here) are rounded to bf16 by the kernel: more slack.
+    Q2_K's 8-bit re-coding over each group's range loses no more than bf16 does.
 
     Compared on the median over the texts: in this tiny random model two texts are
     ill-conditioned (bf16 activations alone move them by up to 2e-3 in cosine, and which way
@@ -542,9 +544,8 @@ def test_unsupported_tensor_type(tiny_dir: Path, sidecar_dir: Path) -> None:
                       type_of={"blk.0.ffn_up.weight": "Q8_1", "blk.1.attn_q.weight": "Q8_1"})
     refused(path, r"tensor types not supported yet: blk\.0\.ffn_up\.weight \(Q8_1\), "
                    r"blk\.1\.attn_q\.weight \(Q8_1\); smysl reads F32, F16, BF16, Q4_0, Q4_1, "
-                   "Q5_0, Q5_1, Q8_0, Q3_K, Q4_K, Q5_K, Q6_K, IQ4_NL, IQ4_XS: use such a GGUF, "
-                   "or the "
-                   "safetensors checkpoint")
+                   "Q5_0, Q5_1, Q8_0, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, IQ4_NL, IQ4_XS: use such a "
+                   "GGUF, or the safetensors checkpoint")
 
 
 def test_not_qwen3(tiny_dir: Path, sidecar_dir: Path) -> None:
