@@ -417,7 +417,18 @@ def write_gguf(src: Path, out: Path, *, ftype: str = "F16", tokenizer: bool = Tr
 #: Byte offsets of the float16 scales in each block (ggml-common.h).
 _K_SCALES = {"Q8_0": (0,), "Q6_K": (208,), "Q5_K": (0, 2), "Q4_K": (0, 2), "Q3_K": (108,),
              "Q2_K": (80, 82), "Q4_0": (0,), "Q4_1": (0, 2), "Q5_0": (0,), "Q5_1": (0, 2),
-             "IQ4_NL": (0,), "IQ4_XS": (0,)}
+             "IQ4_NL": (0,), "IQ4_XS": (0,), "IQ2_XXS": (0,), "IQ2_XS": (0,), "IQ2_S": (0,),
+             "IQ3_XXS": (0,), "IQ3_S": (0,), "IQ1_S": (0,)}
+
+
+def set_iq1_m_scale(blocks: np.ndarray, d: np.ndarray) -> None:
+    """Write float16 ``d`` ([n]) into IQ1_M blocks ([n, 56] uint8): its four nibbles are the
+    top nibbles of the four uint16 ``scales`` (bytes 48-55), lowest first."""
+    sc = blocks[:, 48:56].copy().view(np.uint16)  # [n, 4]
+    bits = d.astype(np.float16).view(np.uint16)
+    for k in range(4):
+        sc[:, k] = (sc[:, k] & 0x0FFF) | (((bits >> (4 * k)) & 0xF) << 12)
+    blocks[:, 48:56] = sc.view(np.uint8)
 
 
 def quantize_q6_k(x: np.ndarray) -> np.ndarray:
@@ -455,6 +466,8 @@ def random_blocks(shape: tuple[int, ...], qtype, rng) -> np.ndarray:  # type: ig
     for off in _K_SCALES.get(qtype.name, ()):
         d = rng.uniform(-0.002, 0.002, size=view.shape[0]).astype(np.float16)
         view[:, off : off + 2] = d.view(np.uint8).reshape(-1, 2)
+    if qtype.name == "IQ1_M":
+        set_iq1_m_scale(view, rng.uniform(-0.002, 0.002, size=view.shape[0]))
     return blocks
 
 

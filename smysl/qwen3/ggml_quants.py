@@ -24,6 +24,10 @@ products in the same order; tested against llama.cpp's gguf-py). Layouts, from g
   scales, offset 32), ``d``; ``y = d * (scale - 32) * (q - 4 * (1 - hbit))``.
 * Q2_K (256, 84): ``scales[16]`` (per 16 values a 4-bit scale, low nibble, and a 4-bit min),
   ``qs[64]`` 2-bit codes, ``d``, ``dmin``; ``y = d * sc * q - dmin * m``.
+
+The IQ types below 4 bits (:data:`~smysl.qwen3.gguf.GRID_BLOCKS`) index ggml's grids of 256 to
+2,048 vectors; llama.cpp's gguf-py decodes them (numpy, ~50M values/s on one core), and has no
+codes to give: :func:`planes` re-codes their values.
 """
 
 from __future__ import annotations
@@ -36,6 +40,9 @@ import torch
 
 # GGML type ids of the block formats here, and each one's (values, bytes) per block
 from smysl.qwen3.gguf import (
+    GRID_BLOCKS,
+    GRID_HINT,
+    IQ1_M,
     IQ4_NL,
     IQ4_XS,
     Q2_K,
@@ -48,6 +55,7 @@ from smysl.qwen3.gguf import (
     Q5_K,
     Q6_K,
     Q8_0,
+    TYPE_NAMES,
 )
 from smysl.qwen3.gguf import QUANT_BLOCKS as BLOCKS
 
@@ -243,7 +251,20 @@ CODES = {Q4_0: q4_0_codes, Q4_1: q4_1_codes, Q5_0: q5_0_codes, Q5_1: q5_1_codes,
 #: ``ggml_validate_row_data`` checks these. One that is NaN or inf makes its whole block so.
 SCALES_AT = {Q4_0: (0,), Q4_1: (0, 2), Q5_0: (0,), Q5_1: (0, 2), Q8_0: (0,), Q2_K: (80, 82),
              Q3_K: (108,),
-             Q4_K: (0, 2), Q5_K: (0, 2), Q6_K: (208,), IQ4_NL: (0,), IQ4_XS: (0,)}
+             Q4_K: (0, 2), Q5_K: (0, 2), Q6_K: (208,), IQ4_NL: (0,), IQ4_XS: (0,),
+             **{kind: (0,) for kind in GRID_BLOCKS if kind != IQ1_M}}
+
+
+def _scale_bits(blocks: torch.Tensor, kind: int) -> list[torch.Tensor]:
+    """The float16 bits of each block's scales ([n] int16 each; :data:`SCALES_AT`). IQ1_M
+    spreads its ``d`` over the top nibbles of its four uint16 ``scales`` (bytes 48-55)."""
+    if kind == IQ1_M:
+        sc = _i(blocks[:, 48:56].contiguous().view(torch.int16)) & 0xFFFF  # [n, 4]
+        bits = ((sc[:, 0] >> 12) | ((sc[:, 1] >> 8) & 0xF0) | ((sc[:, 2] >> 4) & 0xF00)
+                | (sc[:, 3] & 0xF000))
+        return [bits.to(torch.int16)]
+    return [blocks[:, at : at + 2].contiguous().view(torch.int16).squeeze(-1)
+            for at in SCALES_AT[kind]]
 
 
 def bad_block(data: torch.Tensor, kind: int) -> tuple[int, int] | None:
@@ -253,9 +274,7 @@ def bad_block(data: torch.Tensor, kind: int) -> tuple[int, int] | None:
     width = BLOCKS[kind][1]
     blocks = data.reshape(-1, width)
     bad = torch.zeros(blocks.shape[0], dtype=torch.bool, device=data.device)
-    for at in SCALES_AT[kind]:
-        # float16 bits with the exponent all ones: inf or NaN ([n] int16; 2 bytes a block copied)
-        bits = blocks[:, at : at + 2].contiguous().view(torch.int16).squeeze(-1)
+    for bits in _scale_bits(blocks, kind):  # the exponent all ones: inf or NaN
         bad |= (bits & 0x7C00) == 0x7C00
     if not bool(bad.any()):
         return None
@@ -268,8 +287,23 @@ def _dequantizer(kind: int) -> Callable[[torch.Tensor], torch.Tensor]:
     return lambda b: codes(b).values()
 
 
+def _by_gguf_py(kind: int) -> Callable[[torch.Tensor], torch.Tensor]:
+    """A grid type's decoder: gguf-py's, on the CPU (blocks on a GPU go there and back)."""
+
+    def decode(b: torch.Tensor) -> torch.Tensor:
+        try:
+            import gguf
+        except ImportError as e:
+            raise ImportError(f"{TYPE_NAMES[kind]} blocks: {GRID_HINT}") from e
+        out = gguf.quants.dequantize(b.cpu().numpy(), gguf.GGMLQuantizationType(kind))
+        return torch.from_numpy(out.reshape(b.shape[0], -1)).to(b.device)
+
+    return decode
+
+
 #: Block bytes [n, block_bytes] uint8 -> values [n, block_values] float32, per type.
-DEQUANTIZE = {kind: _dequantizer(kind) for kind in CODES}
+DEQUANTIZE = {**{kind: _dequantizer(kind) for kind in CODES},
+              **{kind: _by_gguf_py(kind) for kind in GRID_BLOCKS}}
 
 
 def dequantize(raw: torch.Tensor, kind: int, shape: tuple[int, ...], dtype: torch.dtype,
@@ -301,6 +335,12 @@ class QuantTensor:
         """Rows ``index`` dequantised: [len(index), cols] (an embedding lookup)."""
         blocks = self.data[index].reshape(-1, BLOCKS[self.kind][1])
         return DEQUANTIZE[self.kind](blocks).view(len(index), self.shape[1]).to(dtype)
+
+    @property
+    def decodes_anywhere(self) -> bool:
+        """Whether its blocks decode where they lie (torch), not only on the CPU (gguf-py's
+        numpy for the grid types: a CUDA graph could not capture the copies)."""
+        return self.kind not in GRID_BLOCKS
 
     def to(self, device: torch.device) -> QuantTensor:
         """The same blocks on ``device`` (a lookup then dequantises there)."""
@@ -358,22 +398,24 @@ def planes(t: QuantTensor) -> list[Plane]:
     larger one's step (a whole grid step at +128, where the two have equal scales of opposite
     sign). Q2_K scales and offsets every 16 columns by unrelated float16 factors, so no grid
     holds either half exactly: its 8-bit code spans the group's largest magnitude (error at
-    most 1/254 of it; Q2_K's own step is a third of its sub-block's range). Every plane's
+    most 1/254 of it; Q2_K's own step is a third of its sub-block's range). So does the IQ
+    types' below 4 bits (:data:`~smysl.qwen3.gguf.GRID_BLOCKS`: values on a grid). Every plane's
     offset is 0 or a power-of-two multiple of its scale, so rounding the kernel's scales to
     bf16 scales each group's weights and adds no offset error.
     """
     rows, cols = t.shape
-    c = CODES[t.kind](t.data.reshape(-1, BLOCKS[t.kind][1]))
-    if c.width == 16:
-        n = c.q.shape[0]
-        v = c.values().view(n, -1, 32)
-        if c.mins is None:
+    blocks = t.data.reshape(-1, BLOCKS[t.kind][1])
+    c = CODES[t.kind](blocks) if t.kind in CODES else None
+    if c is None or c.width == 16:
+        n = blocks.shape[0]
+        v = (c.values() if c is not None else DEQUANTIZE[t.kind](blocks)).view(n, -1, 32)
+        if c is not None and c.mins is None:
             pair = c.scale.view(n, -1, 2)
             big = pair.abs().argmax(-1, keepdim=True)
             # signed, a power of two below the larger scale: its values (q * scale) divide
             # exactly into -128..124 (Q6_K 4 * q, Q3_K 32 * q), the other half's into -128..128
             grid = pair.gather(-1, big).squeeze(-1) * (max(-c.qmin, c.qmax) / 128)  # [n, groups]
-        else:  # Q2_K
+        else:  # Q2_K, the IQ grid types
             grid = v.abs().amax(-1) / 127
         r = v / grid.where(grid != 0, 1)[..., None]
         q = r.round_().clamp_(-128, 127).where(grid[..., None] != 0, 0).to(torch.int32)

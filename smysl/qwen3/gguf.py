@@ -2,11 +2,12 @@
 
 Supported: files that llama.cpp's ``convert_hf_to_gguf.py`` (or ``llama-quantize``) writes for
 architecture ``qwen3``, with F32, F16, BF16, Q8_0, Q6_K, Q5_K, Q4_K, Q3_K, Q2_K, the legacy Q4_0,
-Q4_1, Q5_0 and Q5_1, and IQ4_NL / IQ4_XS weights (mixed per tensor, as the ``_M`` recipes make
-them). Quantised blocks are dequantised at load (:mod:`smysl.qwen3.ggml_quants`), one tensor
-at a time (in block slices), straight into the engine dtype, or kept as blocks for
-``quantize="int4"`` (:mod:`smysl.qwen3.quantize`). Other types (IQ3_S, IQ2_XXS ...) are refused
-with a clear error before any weight is read.
+Q4_1, Q5_0 and Q5_1, IQ4_NL / IQ4_XS, and with llama.cpp's gguf-py installed the IQ types
+below 4 bits (IQ3_S, IQ3_XXS, IQ2_S, IQ2_XS, IQ2_XXS, IQ1_M, IQ1_S), mixed per tensor as the
+``_M`` recipes make them. Quantised blocks are dequantised at load
+(:mod:`smysl.qwen3.ggml_quants`), one tensor at a time (in block slices), straight into the
+engine dtype, or kept as blocks for ``quantize="int4"`` (:mod:`smysl.qwen3.quantize`). Other
+types (TQ1_0, MXFP4 ...) are refused with a clear error before any weight is read.
 
 Layout (v2/v3, little-endian): ``GGUF``, version, tensor count, key/value count; the key/values;
 per tensor its name, dims (innermost first: ``[in, out]`` for a weight), type and offset; padding
@@ -23,6 +24,7 @@ transformers), so ``convert_hf_to_gguf.py`` writes q/k as they are (it permutes 
 from __future__ import annotations
 
 import functools
+import importlib.util
 import json
 import logging
 import math
@@ -62,16 +64,24 @@ F32, F16, BF16 = 0, 1, 30
 #: GGUF model from an engine process) must not import torch, which that module needs.
 Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K = 2, 3, 6, 7, 8, 10, 11, 12, 13, 14
 IQ4_NL, IQ4_XS = 20, 23
+#: The IQ types below 4 bits: their codes index ggml's grids of 256 to 2,048 vectors
+#: (``iq2xxs_grid`` ...), decoded by llama.cpp's own gguf-py (the ``gguf`` extra), not here.
+IQ2_XXS, IQ2_XS, IQ2_S, IQ3_XXS, IQ3_S, IQ1_S, IQ1_M = 16, 17, 22, 18, 21, 19, 29
+GRID_BLOCKS = {IQ2_XXS: (256, 66), IQ2_XS: (256, 74), IQ2_S: (256, 82), IQ3_XXS: (256, 98),
+               IQ3_S: (256, 110), IQ1_S: (256, 50), IQ1_M: (256, 56)}
+GRID_HINT = "pip install 'smysl[gguf]' (llama.cpp's gguf-py decodes these types' grids)"
 QUANT_BLOCKS = {Q4_0: (32, 18), Q4_1: (32, 20), Q5_0: (32, 22), Q5_1: (32, 24), Q8_0: (32, 34),
                 Q2_K: (256, 84), Q3_K: (256, 110), Q4_K: (256, 144), Q5_K: (256, 176),
-                Q6_K: (256, 210), IQ4_NL: (32, 18), IQ4_XS: (256, 136)}
+                Q6_K: (256, 210), IQ4_NL: (32, 18), IQ4_XS: (256, 136), **GRID_BLOCKS}
 #: Types this loader reads: id -> (elements per block, bytes per block).
 BLOCKS = {F32: (1, 4), F16: (1, 2), BF16: (1, 2), **QUANT_BLOCKS}
 
 #: ``general.file_type`` (llama.cpp's ``llama_ftype``) -> the name Ollama and llama.cpp show.
 FILE_TYPES = {0: "F32", 1: "F16", 2: "Q4_0", 3: "Q4_1", 7: "Q8_0", 8: "Q5_0", 9: "Q5_1",
               10: "Q2_K", 11: "Q3_K_S", 12: "Q3_K_M", 13: "Q3_K_L", 14: "Q4_K_S", 15: "Q4_K_M",
-              16: "Q5_K_S", 17: "Q5_K_M", 18: "Q6_K", 25: "IQ4_NL", 30: "IQ4_XS", 32: "BF16"}
+              16: "Q5_K_S", 17: "Q5_K_M", 18: "Q6_K", 19: "IQ2_XXS", 20: "IQ2_XS", 21: "Q2_K_S",
+              22: "IQ3_XS", 23: "IQ3_XXS", 24: "IQ1_S", 25: "IQ4_NL", 26: "IQ3_S", 27: "IQ3_M",
+              28: "IQ2_S", 29: "IQ2_M", 30: "IQ4_XS", 31: "IQ1_M", 32: "BF16"}
 
 _STORED = {"F32": "float32", "F16": "float16", "BF16": "bfloat16"}
 #: The file types whose weights are floats, not quantised blocks (never re-quantised:
@@ -384,6 +394,10 @@ def check_tensors(header: Header, config: dict[str, Any]) -> None:
             f"{f' and {len(bad) - 4} more' if len(bad) > 4 else ''}; smysl reads "
             f"{', '.join(TYPE_NAMES[k] for k in BLOCKS)}: use such a GGUF, or the safetensors "
             "checkpoint")
+    grids = sorted({t.type_name for t in header.tensors.values() if t.type in GRID_BLOCKS})
+    if grids and importlib.util.find_spec("gguf") is None:
+        raise ValueError(f"{path}: its {', '.join(grids)} tensors need llama.cpp's gguf-py: "
+                         f"{GRID_HINT}")
 
 
 def check_split(header: Header) -> None:

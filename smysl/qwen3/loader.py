@@ -127,7 +127,8 @@ def build_encoder(config: dict[str, Any],
     quantised layers are made while loading, so the peak is the quantised model plus one
     layer's float weights, never the whole float model. A :class:`QuantTensor` (GGUF blocks)
     goes to ``linear`` as it is (parts of a fused weight of one type are joined as blocks);
-    as the embedding table it becomes a :class:`~smysl.qwen3.quantize.QuantEmbedding`;
+    as the embedding table it becomes a :class:`~smysl.qwen3.quantize.QuantEmbedding`
+    (on a GPU only where its blocks decode there: :attr:`QuantTensor.decodes_anywhere`);
     anywhere else it is dequantised."""
     cfg = Qwen3Config.from_dict(config)
     with torch.device("meta"):
@@ -147,13 +148,14 @@ def build_encoder(config: dict[str, Any],
         parent, _, child = mod_name.rpartition(".")
         if linear is not None and isinstance(module, Linear):
             setattr(model.get_submodule(parent), child, linear(tensor))
-        elif isinstance(tensor, QuantTensor) and name == "embed_tokens.weight":
+        elif (isinstance(tensor, QuantTensor) and name == "embed_tokens.weight"
+              and (device.type == "cpu" or tensor.decodes_anywhere)):
             from smysl.qwen3.quantize import QuantEmbedding
 
             model.embed_tokens = QuantEmbedding(tensor.to(device), torch.float32)
         else:
-            if isinstance(tensor, QuantTensor | QuantStack):
-                tensor = tensor.dequantize(dtype)
+            if isinstance(tensor, QuantTensor | QuantStack):  # dequantised on the CPU
+                tensor = tensor.dequantize(dtype).to(device)
             module._parameters[attr] = nn.Parameter(tensor, requires_grad=False)
         loaded.add(name)
 

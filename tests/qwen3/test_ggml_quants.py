@@ -11,8 +11,12 @@ from smysl.qwen3 import ggml_quants as gq
 gguf = pytest.importorskip("gguf")
 
 
+#: The IQ types below 4 bits, which gguf-py decodes for smysl (their grids).
+GRID = ["IQ2_XXS", "IQ2_XS", "IQ2_S", "IQ3_XXS", "IQ3_S", "IQ1_S", "IQ1_M"]
+
+
 @pytest.mark.parametrize("kind", ["Q8_0", "Q6_K", "Q5_K", "Q4_K", "Q3_K", "Q2_K", "Q4_0", "Q4_1",
-                                  "Q5_0", "Q5_1", "IQ4_NL", "IQ4_XS"])
+                                  "Q5_0", "Q5_1", "IQ4_NL", "IQ4_XS", *GRID])
 def test_blocks_match_gguf_py(kind: str) -> None:
     from qwen_tiny import random_blocks
 
@@ -112,11 +116,13 @@ def test_planes_of_16_column_scales_round_within_the_bound(kind: str, fraction: 
     assert err.max().item() > 0  # the other halves did round (random scales differ)
 
 
-def test_planes_of_q2_k_round_within_the_groups_range() -> None:
-    """Q2_K scales and offsets every 16 columns by unrelated factors: its two planes are an
-    8-bit code over each 32-column group's largest magnitude, off by at most half a step of
-    that code (1/254 of the magnitude), well inside Q2_K's own step."""
-    t, w = _matrix("Q2_K", 32, 512, seed=12)
+@pytest.mark.parametrize("kind", ["Q2_K", "IQ2_XXS", "IQ3_S", "IQ1_M"])
+def test_planes_of_q2_k_and_grids_round_within_the_groups_range(kind: str) -> None:
+    """Q2_K scales and offsets every 16 columns by unrelated factors, and the IQ types' values
+    lie on grids: their two planes are an 8-bit code over each 32-column group's largest
+    magnitude, off by at most half a step of that code (1/254 of the magnitude), well inside
+    the format's own step."""
+    t, w = _matrix(kind, 32, 512, seed=12)
     planes = gq.planes(t)
     assert len(planes) == 2
     for p in planes:
@@ -128,7 +134,7 @@ def test_planes_of_q2_k_round_within_the_groups_range() -> None:
 
 
 @pytest.mark.parametrize("kind", ["Q8_0", "Q6_K", "Q5_K", "Q4_K", "Q3_K", "Q2_K", "Q4_0", "Q5_1",
-                                  "IQ4_XS"])
+                                  "IQ4_XS", "IQ2_XXS", "IQ1_M"])
 def test_int4_layer_from_blocks_is_the_dequantised_weight(kind: str) -> None:
     """A GGUF matrix kept as 4-bit planes multiplies like its dequantised weights, up to bf16
     rounding of activations, group scales and outputs (Q6_K/Q3_K: and their 8-bit re-coding;
@@ -449,22 +455,26 @@ def test_one_block_alone_decodes(kind: str) -> None:
         assert np.array_equal(alone, together[i:i + 1])
 
 
-@pytest.mark.parametrize("kind", ["Q8_0", "Q6_K", "Q5_K", "Q4_K", "Q3_K", "Q4_0", "Q4_1",
-                                  "Q5_0", "Q5_1", "IQ4_NL", "IQ4_XS"])
+@pytest.mark.parametrize("kind", ["Q8_0", "Q6_K", "Q5_K", "Q4_K", "Q3_K", "Q2_K", "Q4_0", "Q4_1",
+                                  "Q5_0", "Q5_1", "IQ4_NL", "IQ4_XS", *GRID])
 def test_a_nan_or_inf_scale_is_found_where_it_spoils_the_block(kind: str) -> None:
-    """A damaged file: a block's float16 scale (``d``, ``m`` or ``dmin``) that is NaN or
-    +-inf is found (row, block in the row), and it is one that makes llama.cpp's reference
-    dequantisation of that block non-finite; random bits elsewhere are not taken for one."""
-    from qwen_tiny import random_blocks
+    """A damaged file: a block's float16 scale (``d``, ``m`` or ``dmin``; IQ1_M's ``d`` is
+    spread over its scales' top nibbles) that is NaN or +-inf is found (row, block in the
+    row), and it is one that makes llama.cpp's reference dequantisation of that block
+    non-finite; random bits elsewhere are not taken for one."""
+    from qwen_tiny import random_blocks, set_iq1_m_scale
 
     qtype = getattr(gguf.GGMLQuantizationType, kind)
     per, width = gq.BLOCKS[int(qtype)]
     raw = random_blocks((6, 3 * per), qtype, np.random.default_rng(int(qtype)))  # 6 x 3 blocks
     assert gq.bad_block(torch.from_numpy(raw.reshape(6, -1)), int(qtype)) is None
-    for at in gq.SCALES_AT[int(qtype)]:
+    for at in gq.SCALES_AT.get(int(qtype), (None,)):
         for value in (np.inf, -np.inf, np.nan):
             bad = raw.reshape(-1, width).copy()
-            bad[10, at : at + 2] = np.array([value], np.float16).view(np.uint8)
+            if at is None:  # IQ1_M
+                set_iq1_m_scale(bad[10:11], np.array([value]))
+            else:
+                bad[10, at : at + 2] = np.array([value], np.float16).view(np.uint8)
             assert gq.bad_block(torch.from_numpy(bad.reshape(6, -1)), int(qtype)) == (3, 1)
             with np.errstate(invalid="ignore", over="ignore"):
                 values = gguf.quants.dequantize(bad, qtype).reshape(-1, per)

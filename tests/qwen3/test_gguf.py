@@ -248,7 +248,7 @@ _MATRICES = ("attn_q", "attn_k", "attn_v", "ffn_gate", "ffn_up", "ffn_down")
 
 
 @pytest.mark.parametrize("kind", ["Q6_K", "Q5_K", "Q4_K", "Q3_K", "Q2_K", "Q4_0", "Q4_1", "Q5_0",
-                                  "Q5_1", "IQ4_NL", "IQ4_XS"])
+                                  "Q5_1", "IQ4_NL", "IQ4_XS", "IQ3_S", "IQ2_XXS", "IQ1_M"])
 def test_k_quant_gguf_equals_its_dequantised_weights(wide: Path, tmp_path: Path, kind: str,
                                                      texts: list[str]) -> None:
     """Issue 14: K-quant tensors load as exactly the weights llama.cpp's reference
@@ -305,7 +305,7 @@ def test_q4_k_m_like_gguf_kept_4_bit(wide: Path, tmp_path: Path, texts: list[str
 
 @pytest.mark.parametrize(("kind", "slack"), [("Q8_0", 2e-5), ("Q5_K", 2e-5), ("Q4_K", 5e-4),
                                              ("Q4_0", 2e-5), ("Q5_1", 5e-4), ("IQ4_XS", 2e-5),
-                                             ("Q2_K", 2e-5)])
+                                             ("Q2_K", 2e-5), ("IQ3_S", 1e-4), ("IQ1_M", 2e-5)])
 def test_kept_blocks_are_as_close_as_the_bf16_dequantisation(wide: Path, tmp_path: Path,
                                                              kind: str, slack: float,
                                                              texts: list[str]) -> None:
@@ -314,7 +314,8 @@ def test_kept_blocks_are_as_close_as_the_bf16_dequantisation(wide: Path, tmp_pat
     dequantisation of the same file as the bf16 dequantised path's (8-bit per output channel,
     as before, lost 10x that on Q8_0 at the 0.6B shape, docs/benchmarks.md). Q4_K's offsets
     (``8 * scale - dmin * m``, random here) are rounded to bf16 by the kernel: more slack.
-    Q2_K's 8-bit re-coding over each group's range loses no more than bf16 does.
+    Q2_K's and the IQ grid types' 8-bit re-coding over each group's range loses about what
+    bf16 does (IQ3_S, whose random grid values are large here: 7e-5 more in the median).
 
     Compared on the median over the texts: in this tiny random model two texts are
     ill-conditioned (bf16 activations alone move them by up to 2e-3 in cosine, and which way
@@ -544,8 +545,25 @@ def test_unsupported_tensor_type(tiny_dir: Path, sidecar_dir: Path) -> None:
                       type_of={"blk.0.ffn_up.weight": "Q8_1", "blk.1.attn_q.weight": "Q8_1"})
     refused(path, r"tensor types not supported yet: blk\.0\.ffn_up\.weight \(Q8_1\), "
                    r"blk\.1\.attn_q\.weight \(Q8_1\); smysl reads F32, F16, BF16, Q4_0, Q4_1, "
-                   "Q5_0, Q5_1, Q8_0, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, IQ4_NL, IQ4_XS: use such a "
-                   "GGUF, or the safetensors checkpoint")
+                   "Q5_0, Q5_1, Q8_0, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, IQ4_NL, IQ4_XS, IQ2_XXS, "
+                   "IQ2_XS, IQ2_S, IQ3_XXS, IQ3_S, IQ1_S, IQ1_M: use such a GGUF, or the "
+                   "safetensors checkpoint")
+
+
+def test_grid_types_without_gguf_py_name_the_install(wide: Path, tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """The IQ types below 4 bits are decoded by llama.cpp's gguf-py: without it the load is
+    refused before any weight is read, naming the types and the install."""
+    import importlib.util
+
+    shutil.copy(wide / "tokenizer.json", tmp_path / "tokenizer.json")
+    path = write_gguf(wide, tmp_path / "iq.gguf", ftype="Q8_0", tokenizer=False,
+                      type_of={"blk.0.ffn_up.weight": "IQ2_XXS", "blk.1.attn_q.weight": "IQ3_S"})
+    find = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "gguf" else find(name, *a))
+    refused(path, r"its IQ2_XXS, IQ3_S tensors need llama\.cpp's gguf-py: pip install "
+                  r"'smysl\[gguf\]'")
 
 
 def test_not_qwen3(tiny_dir: Path, sidecar_dir: Path) -> None:
