@@ -26,7 +26,8 @@ Audience = Literal["python", "cli", "http"]
 TRUNCATE_HINT: dict[str, str] = {
     "python": "pass truncate=True",
     "cli": "pass --truncate",
-    "http": "ask for truncation",  # each API spells it its own way (TEI/Ollama "truncate")
+    # every route's field (OpenAI's as smysl's extension; Ollama's defaults to true)
+    "http": 'send "truncate": true',
 }
 
 

@@ -155,6 +155,8 @@ def test_over_long_input(client, tiny) -> None:  # type: ignore[no-untyped-def]
     err = error(client.post("/v1/embeddings", json={"input": ["ok", long]}), 400, "input[1]",
                 f"at most {tiny.max_tokens}")
     assert err["code"] == "context_length_exceeded"  # OpenAI's code, LiteLLM's trigger
+    # a review's: "ask for truncation" left an SDK user to guess the (extension) field
+    assert 'send "truncate": true' in err["message"]
     r = client.post("/v1/embeddings", json={"input": ["ok", long], "truncate": True})
     assert np.array_equal(floats(r), tiny.embed(["ok", long], truncate=True))
     embedded = tiny.count_tokens(["ok"])[0] + tiny.max_tokens
