@@ -297,7 +297,8 @@ class SmyslEmbedding(_base.BaseEmbedding):  # type: ignore[name-defined]
                                      audience="python"),)
             raise named from e
         except RejectedInputError as e:  # a remote model's refusal (an API's 400 or 422)
-            first = texts[e.failed[0]][:60] if e.failed else ""
+            at = e.refused if e.refused is not None else e.failed[0] if e.failed else None
+            first = texts[at][:60] if at is not None else ""
             refused = RejectedInputError(
                 f"{self.model.name} refused the text starting {first!r}"
                 + (f" and {len(e.failed) - 1} other(s) of the same batch"

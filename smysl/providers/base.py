@@ -44,6 +44,7 @@ from smysl.providers.dispatch import BatchLimit, CallLimit, run_batches
 from smysl.providers.errors import (
     BilledAnswerError,
     IncompleteEmbeddingError,
+    InputRefusedError,
     InvalidRowError,
     PartialEmbeddingError,
     PayloadTooLargeError,
@@ -377,21 +378,21 @@ class Provider(BaseEmbedder):
         out[batch] = rows
         done[batch] = True
 
-    def _input_too_large(self, position: int, error: PayloadTooLargeError) -> ProviderHTTPError:
+    def _input_too_large(self, position: int, error: PayloadTooLargeError) -> InputRefusedError:
         """The error for input ``position`` answered 413 in a request of its own: the input is
         what the server refuses (TEI: longer than its limit, without truncation), not a batch
         size, so it is a rejected input (:meth:`_incomplete`), not retried or split further."""
-        return ProviderHTTPError(
+        return InputRefusedError(
             f"{self.name}: input #{position} was refused on its own as too large (413): the "
             f"input itself exceeds what the server takes: "
             f"{error.body.strip()[:300]}",  # redacted by the client already
-            error.status, error.body)
+            error.status, error.body, position)
 
-    def _input_refused(self, position: int, error: ProviderHTTPError) -> ProviderHTTPError:
+    def _input_refused(self, position: int, error: ProviderHTTPError) -> InputRefusedError:
         """The error for input ``position`` refused (400/422) in a request of its own."""
         said = str(error).removeprefix(f"{self.name}: ")  # "HTTP 400: its answer"
-        return ProviderHTTPError(f"{self.name}: input #{position}, sent alone, was refused: "
-                                 f"{said}", error.status, error.body)
+        return InputRefusedError(f"{self.name}: input #{position}, sent alone, was refused: "
+                                 f"{said}", error.status, error.body, position)
 
     def _probe(self) -> None:
         """Whether a down upstream is back: one short text, one timeout (usage records it)."""

@@ -35,6 +35,15 @@ class PayloadTooLargeError(ProviderHTTPError):
     """413: the request was too big; it is split and sent again."""
 
 
+class InputRefusedError(ProviderHTTPError):
+    """One input, sent in a request of its own, was refused (400/422, or 413: too large for
+    the server): ``position`` is its place in the texts of the ``embed`` call."""
+
+    def __init__(self, message: str, status: int, body: str, position: int) -> None:
+        super().__init__(message, status, body)
+        self.position = position
+
+
 class MalformedResponseError(ProviderError):
     """A 2xx response whose body does not have the documented shape."""
 
@@ -132,3 +141,9 @@ class RejectedInputError(IncompleteEmbeddingError, ValueError):
     A ``ValueError`` like the engine's input errors, so callers that isolate bad inputs (the
     server's batcher, the CLI) treat it the same way. Rows embedded before it are kept too.
     """
+
+    @property
+    def refused(self) -> int | None:
+        """The place of the input found refused on its own (``failed`` also holds the inputs
+        not sent after it); None when the refusal was not traced to one input."""
+        return self.cause.position if isinstance(self.cause, InputRefusedError) else None

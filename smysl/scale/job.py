@@ -33,6 +33,7 @@ import numpy as np
 
 from smysl.base import BaseEmbedder, check_flag, fingerprint_of, positive_int
 from smysl.files import machine_id, process_alive
+from smysl.providers.errors import RejectedInputError
 from smysl.scale.ray_data import PartFailedError
 from smysl.scale.sources import (
     JOB_MANIFEST,
@@ -44,6 +45,7 @@ from smysl.scale.sources import (
     find_sources,
     read_rows,
 )
+from smysl.shown import first_line
 from smysl.tokenize import InputTooLongError, check_counts
 from smysl.toolkit.chunking import CHUNKER_VERSION, ChunkConfig, TokenChunker, chunker_for
 
@@ -475,6 +477,11 @@ class _Writer:
         pass
 
 
+#: A provider's refusals of a batch's first text, one after another, that stop the job
+#: however ``skip_bad_rows`` is set: its request is refused, whatever row is sent.
+_REQUEST_REFUSALS = 3
+
+
 @dataclass
 class _Batch:
     """What one batch of rows embeds: ids, texts and token counts, and the row of each text."""
@@ -761,13 +768,15 @@ class _ParquetWriter(_Writer):
         return _Batch(rows, ids, texts, tokens if counted else None, owners)
 
     def _embed(self, batch: _Batch, source: Source, bad: _BadRows) -> tuple[_Batch, np.ndarray]:
-        """The batch's vectors; a text the model refuses as too long is its row's problem
-        (named by file and row, or that row alone left out), not the batch's.
+        """The batch's vectors; a text the model refuses as too long, or a provider refuses
+        on its own (its 400), is its row's problem (named by file and row, or that row alone
+        left out), not the batch's.
 
         Where the batch's token counts are known, the length rule is applied to them first:
         on Ray each actor embeds its part at once, and one part refused as too long threw
         the others' away, to be embedded again (a paid provider billed them twice)."""
         limit = self.model.max_tokens
+        firsts = 0  # refusals in a row of the batch's first text: the request's, not a text's
         while True:
             try:
                 if batch.tokens is not None and limit is not None and not self.config.truncate:
@@ -781,6 +790,25 @@ class _ParquetWriter(_Writer):
                 what = (f"the text of id {row.id!r}" if self.chunker is None
                         else f"chunk {batch.ids[e.index]!r}")
                 bad(source, row, e.describe(what, audience="cli"))
+                batch = batch.without(owner)
+            except RejectedInputError as e:
+                # a provider finds the input it refuses by sending halves; an error of the
+                # request itself (a field it refuses) ends at the first text every time
+                firsts = firsts + 1 if e.refused == 0 else 0
+                if e.refused is None:
+                    raise
+                if firsts == _REQUEST_REFUSALS:
+                    raise RuntimeError(
+                        f"{source.path}, rows {batch.rows[batch.owners[0]].number} and the "
+                        f"{firsts - 1} before it: {self.model.name} refused each as the first "
+                        "text of its request: it refuses the requests, not the rows: "
+                        f"{e.reason or first_line(e)}") from e
+                owner = batch.owners[e.refused]
+                row = batch.rows[owner]
+                what = (f"its text (id {row.id!r})" if self.chunker is None
+                        else f"its chunk {batch.ids[e.refused]!r}")
+                bad(source, row, f"{self.model.name} refused {what}: "
+                                 f"{e.reason or first_line(e)}")
                 batch = batch.without(owner)
             except PartFailedError as e:  # its texts named by their rows, not their places
                 rows = [batch.rows[batch.owners[i]] for i in range(e.start, e.stop)]

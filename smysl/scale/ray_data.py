@@ -31,6 +31,7 @@ import numpy as np
 
 from smysl.base import BaseEmbedder, Progress, check_flag, check_progress, progress_bar
 from smysl.options import ModelOptions
+from smysl.prompts import resolve_task
 from smysl.registry import portable_model
 from smysl.rows import missing
 from smysl.scale.sources import to_row
@@ -506,6 +507,9 @@ def embed_dataset(ds: Any, model: str, options: ModelOptions | None = None, *,
     that is warned about (an autoscaling cluster may still add nodes). A dataset of fewer
     blocks than actors keeps some idle: ``ds.repartition(n)`` spreads a small one.
     """
+    # a role name or a misspelt preset: here, not in every batch after the actors loaded
+    resolve_task(instruction)
+    check_flag(truncate, "truncate")
     ray, started = connect(config)
     schema = ds.schema(fetch_if_missing=False)  # known without running the dataset, or None
     if schema is not None and (gone := [c for c in (id_column, text_column)

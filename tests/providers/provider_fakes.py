@@ -35,7 +35,8 @@ maximum); every rerank request bills the tokens of its "query document" pairs.
 
 Faults: scripted per request (:class:`Fault`: status, delay, a dropped socket, a body that
 drips in byte by byte, an edited body) or random (``p429``, ``p500``, ``pdrop``); ``too_large``
-answers 413 past that many inputs (a server whose limit is below the client's).
+answers 413 past that many inputs (a server whose limit is below the client's); ``refuse`` answers
+400 to a request holding a text it refuses (an input the API will not take).
 
 Vectors are a deterministic function of the text (or of a given embed function), so where a
 row lands is checkable. The server bills the tokens of every request it answers with 200,
@@ -103,7 +104,8 @@ class FakeServer:
                  reject: Callable[[list[str]], bool] | None = None, pdrop: float = 0.0,
                  too_large: int | None = None, replicate_polls: int = 0,
                  replicate_error: str | None = None,
-                 rerank_max_docs: int | None = None) -> None:
+                 rerank_max_docs: int | None = None,
+                 refuse: Callable[[str], bool] | None = None) -> None:
         self.dims = dims
         self.tokenizer = tokenizer
         self.embed_fn = embed_fn
@@ -123,6 +125,7 @@ class FakeServer:
         self.models = models
         self.shuffle = shuffle
         self.reject = reject  # batches it answers 500 to, every time
+        self.refuse = refuse  # texts a request holding them is answered 400 for (bad input)
         self.normalize = normalize
         self.rng = random.Random(seed)
         self.script: deque[Fault] = deque()
@@ -263,6 +266,10 @@ class FakeServer:
                 texts = body.get("input", body.get("inputs"))
                 if server.reject is not None and isinstance(texts, list) and server.reject(texts):
                     self._send(500, {"error": {"message": "poisoned batch"}})
+                    return
+                if server.refuse is not None and isinstance(texts, list) and \
+                        any(map(server.refuse, texts)):
+                    self._send(400, {"error": {"message": "an input was refused"}})
                     return
                 status, out = self.route(body)
                 if fault is not None and 200 <= status < 300 and (fault.body is not None or

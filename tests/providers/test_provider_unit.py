@@ -439,6 +439,7 @@ def test_other_4xx_is_not_retried_and_names_inputs() -> None:
                                                  r".*bad input") as e:
         p.embed(["a", "b", "c", "d", "e"])
     assert e.value.failed == [2, 3, 4] and e.value.total == 5
+    assert e.value.refused == 2  # the one refused, of the failed (the rest were never sent)
     assert isinstance(e.value, ValueError) and isinstance(e.value, IncompleteEmbeddingError)
     # the 400 was not retried: the batch [c, d] halved, c refused alone; e never sent
     assert [b["input"] for b in h.bodies] == [["a", "b"], ["c", "d"], ["c"]]
@@ -454,7 +455,7 @@ def test_a_refused_batch_is_halved_to_the_input_refused() -> None:
     p = make("openai", "m", h, dimensions=16, max_batch_texts=32, max_concurrency=1)
     with pytest.raises(RejectedInputError, match=r"input #21, sent alone, was refused") as e:
         p.embed(texts)
-    assert e.value.failed[0] == 21 and 20 in e.value.done
+    assert e.value.failed[0] == 21 and 20 in e.value.done and e.value.refused == 21
     refusals = [b for b in h.bodies if "t21" in b["input"]]
     assert len(refusals) == 6 and len(h.bodies) <= 12  # 32, 16, 8, 4, 2, 1
     h.refused, before = set(), len(h.bodies)

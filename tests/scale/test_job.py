@@ -504,3 +504,46 @@ def test_index_output_back_to_earlier_settings_embeds_again(tiny, corpus, tmp_pa
     assert run_job(tiny, [corpus / "a.jsonl"], b).shards_written == 2 and count() > whole
     again = run_job(tiny, [corpus / "a.jsonl"], a)
     assert again.shards_written == 2 and count() == whole
+
+
+@pytest.mark.filterwarnings("ignore:no Qwen3 tokenizer")
+def test_a_row_a_provider_refuses_is_named_by_file_and_row_and_skippable(tmp_path) -> None:
+    """A review's: a text an API refused (its 400) stopped the job with the text's place in a
+    batch of the provider's ("input #234"), and --skip-bad-rows did not skip it. It is now the
+    row's problem, named by file, row and id, or with skip_bad_rows reported and left out;
+    an API that refuses every request (not a text) still stops the job, after three rows."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "providers"))
+    from provider_fakes import FakeServer, expected
+
+    from smysl.providers.presets import connect
+
+    texts = [f"text {i}" for i in range(40)]
+    texts[23] = "text POISON"
+    d = tmp_path / "in"
+    d.mkdir()
+    (d / "a.jsonl").write_text("".join(json.dumps({"id": f"r{i}", "text": t}) + "\n"
+                                       for i, t in enumerate(texts)), encoding="utf-8")
+    fast = {"backoff_base": 0.001, "max_retries": 0}
+    with FakeServer(dims=32, refuse=lambda t: "POISON" in t) as srv:
+        model = connect("openai", f"{srv.url}/v1#m", dimensions=32, **fast)
+        with pytest.raises(BadRowError, match=r"a\.jsonl, row 24: openai:m refused its text "
+                                              r"\(id 'r23'\): HTTP 400"):
+            run_job(model, [d], JobConfig(output=str(tmp_path / "o1"), batch_size=16))
+        report = run_job(model, [d], JobConfig(output=str(tmp_path / "o2"), batch_size=16,
+                                               skip_bad_rows=True))
+        assert report.bad_rows == 1 and "row 24" in report.bad_examples[0]
+        got = _read(report.output)
+        keep = [i for i in range(40) if i != 23]
+        assert list(got) == [f"r{i}" for i in keep]
+        np.testing.assert_allclose(np.stack(list(got.values())),
+                                   expected([texts[i] for i in keep], 32, 32), atol=1e-6)
+    with FakeServer(dims=32, refuse=lambda t: True) as srv:
+        model = connect("openai", f"{srv.url}/v1#m", dimensions=32, **fast)
+        with pytest.raises(RuntimeError, match=r"a\.jsonl, rows 3 and the 2 before it: "
+                                               r"openai:m refused each as the first text of its "
+                                               r"request: it refuses the requests, not the rows"):
+            run_job(model, [d], JobConfig(output=str(tmp_path / "o3"), batch_size=16,
+                                          skip_bad_rows=True))

@@ -71,6 +71,12 @@ def test_a_json_line_ends_at_newline_only(tiny, tmp_path) -> None:
     report = run_job(tiny, [d], JobConfig(output=str(tmp_path / "p"), skip_bad_rows=True))
     assert report.bad_examples[0].endswith(
         "row 1: invalid JSON (Invalid control character at column 24)"), report.bad_examples
+    # a line cut short (a writer killed mid-line) was placed at "column 1", of the next line
+    (d / "a.jsonl").write_bytes(b'{"id": "r4", "text": "one"}\n{"id":"g","text":"broken json"\n'
+                                b'{"id": "r5", "text": "two"}\n')
+    report = run_job(tiny, [d], JobConfig(output=str(tmp_path / "q"), skip_bad_rows=True))
+    assert report.bad_examples[0].endswith(
+        "row 2: invalid JSON (Expecting ',' delimiter at column 31)"), report.bad_examples
 
 
 @pytest.mark.parametrize("name", ["rows.jsonl", "rows.csv"])
@@ -183,6 +189,20 @@ def _dataset_worker(tiny_dir, **settings):
     kwargs = {"instruction": None, "dimensions": None, "truncate": False, **settings}
     return _DatasetWorker(str(tiny_dir), ModelOptions(device="cpu", **(
         {"max_tokens": 32} if settings.get("truncate") else {})), "id", "text", **kwargs)
+
+
+@pytest.mark.parametrize(("settings", "problem"), [
+    ({"instruction": "query"}, "names a role, not a task"),
+    ({"instruction": "retreival"}, "looks like the preset 'retrieval' misspelt"),
+    ({"truncate": "no"}, "truncate"),
+])
+def test_ray_data_settings_are_refused_before_the_pool_starts(settings, problem) -> None:
+    """A review's: embed_dataset(instruction='query') was refused by every batch, after the
+    actors had loaded the model; now before Ray is even reached (no dataset needed)."""
+    from smysl.scale import embed_dataset
+
+    with pytest.raises(ValueError, match=problem):
+        embed_dataset(None, "unused", **settings)
 
 
 @pytest.mark.parametrize(("ids", "texts", "problem"), [
