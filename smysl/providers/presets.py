@@ -133,13 +133,33 @@ def connect(scheme: str, rest: str = "", **options: Any) -> Provider:
                          base_url_env=None)
     config = dataclasses.replace(config, **overrides)
     if not model and scheme not in ("tei",):
-        raise ValueError(f"{scheme}: no model given (write {scheme}:MODEL or {scheme}:URL#MODEL)")
+        served = _served_names(config, options.get("api_key")) if scheme == "smysl" else []
+        raise ValueError(f"{scheme}: no model given (write {scheme}:MODEL or {scheme}:URL#MODEL)"
+                         + (f"; {shown_url(config.base_url)} serves "
+                            f"{', '.join(map(repr, served))}" if served else ""))
     if scheme in ("openrouter", "dashscope", "deepinfra", "fireworks", "siliconflow") and \
             "dimensions" not in options:
         options["dimensions"] = config.width_of(model)
     # TEI serves one model and takes no name: the server's URL identifies it (shown without
     # its user part: the name reaches /v1/models, logs and index metadata)
     return cls(model or shown_url(config.base_url), config, **options)
+
+
+def _served_names(config: ProviderConfig, api_key: str | None) -> list[str]:
+    """The model names a ``smysl serve`` at ``config.base_url`` lists (``/v1/models``), for
+    the error of a model string that names none; [] when it does not answer them. The name
+    stays required: it is what a store records, and a server may serve another model later."""
+    import httpx
+
+    try:
+        key = config.api_key(api_key)
+        r = httpx.get(f"{config.base_url}/models", timeout=3.0,
+                      headers={"Authorization": f"Bearer {key}"} if key else None)
+        # a reranker is listed too, its dimensions null
+        return ([m["id"] for m in r.json()["data"] if m.get("dimensions")]
+                if r.status_code == 200 else [])
+    except Exception:  # unreachable, not smysl, or no answer of that shape: the plain error
+        return []
 
 
 #: ModelOptions fields -> ProviderConfig fields (the registry rejects any other option set).

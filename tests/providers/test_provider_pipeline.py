@@ -74,6 +74,12 @@ def test_switching_local_and_every_provider_changes_only_the_model_string(
     # And a real ``smysl serve`` of the same model behind the ``smysl:`` scheme.
     with live_server(tiny, served_name="tiny") as url:
         remote = pipeline(f"smysl:{url}#tiny")
+        # a review's: the string without "#tiny" said to write one, not which the server has
+        with pytest.raises(ValueError, match=rf"no model given .*; {url}/v1 serves 'tiny'$"):
+            smysl.load(f"smysl:{url}")
+    with pytest.raises(ValueError, match=r"no model given \(write smysl:MODEL or "
+                                         r"smysl:URL#MODEL\)$"):  # nobody there: the plain error
+        smysl.load(f"smysl:{url}")
     for key in ("scores", "scores32", "docs"):
         np.testing.assert_allclose(remote[key], local[key], atol=2e-6)
     np.testing.assert_array_equal(remote["ranking"], local["ranking"])
