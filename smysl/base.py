@@ -217,6 +217,18 @@ class UpstreamError(RuntimeError):
         """:attr:`reason`, or the message when there is none."""
         return self.reason if self.reason is not None else str(self)
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        # an exception pickles as ``cls(*args)``, which subclasses' constructors (more
+        # arguments than the message) refuse: a Ray actor's error reached the driver as a
+        # TypeError. Rebuilt without the constructor, its attributes restored as they were
+        return _rebuilt, (type(self), self.args), self.__dict__
+
+
+def _rebuilt(cls: type[UpstreamError], args: tuple[Any, ...]) -> UpstreamError:
+    error = cls.__new__(cls)
+    error.args = args
+    return error
+
 
 class BaseEmbedder(abc.ABC):
     """Text in, unit float32 vectors out. Subclasses implement :meth:`_embed`."""

@@ -297,13 +297,15 @@ class SmyslEmbedding(_base.BaseEmbedding):  # type: ignore[name-defined]
                                      audience="python"),)
             raise named from e
         except RejectedInputError as e:  # a remote model's refusal (an API's 400 or 422)
-            at = e.refused if e.refused is not None else e.failed[0] if e.failed else None
-            first = texts[at][:60] if at is not None else ""
+            first = texts[e.named][:60] if e.named is not None else ""
+            # the other failed inputs were not sent (the call stopped at the refusal)
+            others = len(e.failed) - 1
             refused = RejectedInputError(
                 f"{self.model.name} refused the text starting {first!r}"
-                + (f" and {len(e.failed) - 1} other(s) of the same batch"
-                   if len(e.failed) > 1 else "")
-                + f"; its answer to that text sent alone: {e.reason or first_line(e)}",
+                + (f"; its answer to that text sent alone: {e.reason or first_line(e)}"
+                   if e.refused is not None else f": {e.reason or first_line(e)}")
+                + (f" ({others} other text(s) of the batch were not embedded)"
+                   if others > 0 else ""),
                 e.failed, e.total, e.cause, done=e.done, rows=e.rows)
             raise refused from e
 

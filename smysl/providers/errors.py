@@ -147,3 +147,20 @@ class RejectedInputError(IncompleteEmbeddingError, ValueError):
         """The place of the input found refused on its own (``failed`` also holds the inputs
         not sent after it); None when the refusal was not traced to one input."""
         return self.cause.position if isinstance(self.cause, InputRefusedError) else None
+
+    @property
+    def named(self) -> int | None:
+        """The input a message names: :attr:`refused`, else the first that failed."""
+        if self.refused is not None:
+            return self.refused
+        return self.failed[0] if self.failed else None
+
+    def moved(self, offset: int, total: int) -> RejectedInputError:
+        """This error of a call on ``texts[offset:]`` as one of a call on ``total`` texts (a
+        Ray actor's part of them): its places moved by ``offset``."""
+        cause = self.cause
+        if isinstance(cause, InputRefusedError):
+            cause = InputRefusedError(str(cause), cause.status, cause.body,
+                                      cause.position + offset)
+        return RejectedInputError(self.summary, [offset + i for i in self.failed], total,
+                                  cause, done=[offset + i for i in self.done], rows=self.rows)

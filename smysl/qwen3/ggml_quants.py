@@ -41,7 +41,6 @@ import torch
 # GGML type ids of the block formats here, and each one's (values, bytes) per block
 from smysl.qwen3.gguf import (
     GRID_BLOCKS,
-    GRID_HINT,
     IQ1_M,
     IQ4_NL,
     IQ4_XS,
@@ -55,7 +54,7 @@ from smysl.qwen3.gguf import (
     Q5_K,
     Q6_K,
     Q8_0,
-    TYPE_NAMES,
+    gguf_py,
 )
 from smysl.qwen3.gguf import QUANT_BLOCKS as BLOCKS
 
@@ -291,10 +290,7 @@ def _by_gguf_py(kind: int) -> Callable[[torch.Tensor], torch.Tensor]:
     """A grid type's decoder: gguf-py's, on the CPU (blocks on a GPU go there and back)."""
 
     def decode(b: torch.Tensor) -> torch.Tensor:
-        try:
-            import gguf
-        except ImportError as e:
-            raise ImportError(f"{TYPE_NAMES[kind]} blocks: {GRID_HINT}") from e
+        gguf = gguf_py()
         out = gguf.quants.dequantize(b.cpu().numpy(), gguf.GGMLQuantizationType(kind))
         return torch.from_numpy(out.reshape(b.shape[0], -1)).to(b.device)
 

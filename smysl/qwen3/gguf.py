@@ -24,7 +24,6 @@ transformers), so ``convert_hf_to_gguf.py`` writes q/k as they are (it permutes 
 from __future__ import annotations
 
 import functools
-import importlib.util
 import json
 import logging
 import math
@@ -69,7 +68,7 @@ IQ4_NL, IQ4_XS = 20, 23
 IQ2_XXS, IQ2_XS, IQ2_S, IQ3_XXS, IQ3_S, IQ1_S, IQ1_M = 16, 17, 22, 18, 21, 19, 29
 GRID_BLOCKS = {IQ2_XXS: (256, 66), IQ2_XS: (256, 74), IQ2_S: (256, 82), IQ3_XXS: (256, 98),
                IQ3_S: (256, 110), IQ1_S: (256, 50), IQ1_M: (256, 56)}
-GRID_HINT = "pip install 'smysl[gguf]' (llama.cpp's gguf-py decodes these types' grids)"
+GRID_HINT = "pip install 'smysl[gguf]'"
 QUANT_BLOCKS = {Q4_0: (32, 18), Q4_1: (32, 20), Q5_0: (32, 22), Q5_1: (32, 24), Q8_0: (32, 34),
                 Q2_K: (256, 84), Q3_K: (256, 110), Q4_K: (256, 144), Q5_K: (256, 176),
                 Q6_K: (256, 210), IQ4_NL: (32, 18), IQ4_XS: (256, 136), **GRID_BLOCKS}
@@ -394,10 +393,25 @@ def check_tensors(header: Header, config: dict[str, Any]) -> None:
             f"{f' and {len(bad) - 4} more' if len(bad) > 4 else ''}; smysl reads "
             f"{', '.join(TYPE_NAMES[k] for k in BLOCKS)}: use such a GGUF, or the safetensors "
             "checkpoint")
-    grids = sorted({t.type_name for t in header.tensors.values() if t.type in GRID_BLOCKS})
-    if grids and importlib.util.find_spec("gguf") is None:
-        raise ValueError(f"{path}: its {', '.join(grids)} tensors need llama.cpp's gguf-py: "
-                         f"{GRID_HINT}")
+    grids = sorted({t.type_name for t in header.tensors.values()
+                    if t.type in GRID_BLOCKS and t.name != "output.weight"})  # never read
+    if grids:
+        try:
+            gguf_py()
+        except ImportError as e:
+            raise ValueError(f"{path}: its {', '.join(grids)} tensors need {e}") from None
+
+
+def gguf_py() -> Any:
+    """llama.cpp's gguf-py (the ``gguf`` package), which decodes the IQ types' grids; an
+    ``ImportError`` naming the install where it is missing (a folder named ``gguf`` in the
+    working directory then imports as an empty namespace package)."""
+    try:
+        import gguf
+        from gguf import GGMLQuantizationType, quants  # noqa: F401
+    except ImportError as e:
+        raise ImportError(f"llama.cpp's gguf-py: {GRID_HINT} ({e})") from e
+    return gguf
 
 
 def check_split(header: Header) -> None:

@@ -190,10 +190,11 @@ class Int4Linear(nn.Module):
     scales and zeros bfloat16).
 
     From GGUF blocks (:meth:`from_blocks`) the planes are :func:`~smysl.qwen3.ggml_quants.planes`:
-    a Q4_K matrix is its own sub-blocks; Q8_0 and Q5_K are two planes, exactly; Q6_K and Q3_K
-    two planes of an 8-bit re-coding. From float weights (:meth:`from_float`) each group is
-    one plane quantised over its min..max. P planes are packed side by side as one ``[out,
-    P * in]`` matrix and the input repeated P times: one kernel call.
+    a Q4_K matrix is its own sub-blocks; Q8_0 and Q5_K are two planes, exactly; Q6_K, Q3_K,
+    Q2_K and the IQ types below 4 bits two planes of an 8-bit re-coding. From float weights
+    (:meth:`from_float`) each group is one plane quantised over its min..max. P planes are
+    packed side by side as one ``[out, P * in]`` matrix and the input repeated P times: one
+    kernel call.
     """
 
     def __init__(self, chunks: Iterable[list[Plane]], shape: tuple[int, int]) -> None:

@@ -477,9 +477,8 @@ class _Writer:
         pass
 
 
-#: A provider's refusals of a batch's first text, one after another, that stop the job
-#: however ``skip_bad_rows`` is set: its request is refused, whatever row is sent.
-_REQUEST_REFUSALS = 3
+#: The text sent to tell a provider's refusal of a row's text from one of every request.
+_PROBE = "probe"
 
 
 @dataclass
@@ -776,7 +775,6 @@ class _ParquetWriter(_Writer):
         on Ray each actor embeds its part at once, and one part refused as too long threw
         the others' away, to be embedded again (a paid provider billed them twice)."""
         limit = self.model.max_tokens
-        firsts = 0  # refusals in a row of the batch's first text: the request's, not a text's
         while True:
             try:
                 if batch.tokens is not None and limit is not None and not self.config.truncate:
@@ -785,36 +783,44 @@ class _ParquetWriter(_Writer):
                                                dimensions=self.config.dimensions,
                                                truncate=self.config.truncate)
             except InputTooLongError as e:
-                owner = batch.owners[e.index]
-                row = batch.rows[owner]
-                what = (f"the text of id {row.id!r}" if self.chunker is None
-                        else f"chunk {batch.ids[e.index]!r}")
+                row, what = self._text_of(batch, e.index)
                 bad(source, row, e.describe(what, audience="cli"))
-                batch = batch.without(owner)
+                batch = batch.without(batch.owners[e.index])
             except RejectedInputError as e:
-                # a provider finds the input it refuses by sending halves; an error of the
-                # request itself (a field it refuses) ends at the first text every time
-                firsts = firsts + 1 if e.refused == 0 else 0
                 if e.refused is None:
                     raise
-                if firsts == _REQUEST_REFUSALS:
-                    raise RuntimeError(
-                        f"{source.path}, rows {batch.rows[batch.owners[0]].number} and the "
-                        f"{firsts - 1} before it: {self.model.name} refused each as the first "
-                        "text of its request: it refuses the requests, not the rows: "
-                        f"{e.reason or first_line(e)}") from e
-                owner = batch.owners[e.refused]
-                row = batch.rows[owner]
-                what = (f"its text (id {row.id!r})" if self.chunker is None
-                        else f"its chunk {batch.ids[e.refused]!r}")
-                bad(source, row, f"{self.model.name} refused {what}: "
-                                 f"{e.reason or first_line(e)}")
-                batch = batch.without(owner)
+                if not e.done:
+                    self._check_requests(source, batch, e)
+                row, what = self._text_of(batch, e.refused)
+                bad(source, row, f"{self.model.name} refused {what}: {e.reason or first_line(e)}")
+                batch = batch.without(batch.owners[e.refused])
             except PartFailedError as e:  # its texts named by their rows, not their places
                 rows = [batch.rows[batch.owners[i]] for i in range(e.start, e.stop)]
                 raise RuntimeError(
                     f"{source.path}, rows {rows[0].number}..{rows[-1].number} (ids "
                     f"{rows[0].id!r}..{rows[-1].id!r}): {e}") from None
+
+    def _text_of(self, batch: _Batch, index: int) -> tuple[Row, str]:
+        """The row of the batch's text ``index``, and the text named for a message."""
+        row = batch.rows[batch.owners[index]]
+        return row, (f"the text of id {row.id!r}" if self.chunker is None
+                     else f"chunk {batch.ids[index]!r}")
+
+    def _check_requests(self, source: Source, batch: _Batch, e: RejectedInputError) -> None:
+        """A provider refused a text and embedded none of the call's: the text, or any
+        request of this job's settings (a field it refuses)? Its halving search ends at the
+        first text either way, so one short text of no row's is sent to tell; refused too,
+        the job stops (else every row would be reported bad, one after another)."""
+        try:
+            self.model.embed([_PROBE], instruction=self.config.instruction,
+                             dimensions=self.config.dimensions, truncate=self.config.truncate)
+        except RejectedInputError as again:
+            first, last = batch.rows[batch.owners[0]], batch.rows[batch.owners[-1]]
+            raise RuntimeError(
+                f"{source.path}, rows {first.number}..{last.number}: {self.model.name} "
+                f"refused a text of them ({e.reason or first_line(e)}), and the text "
+                f"{_PROBE!r} as well ({again.reason or first_line(again)}): it refuses this "
+                "job's requests, not a row") from e
 
     def write(self, name: str, source: Source, rows: Iterable[Row], report: JobReport,
               bad: _BadRows) -> None:

@@ -32,6 +32,7 @@ import numpy as np
 from smysl.base import BaseEmbedder, Progress, check_flag, check_progress, progress_bar
 from smysl.options import ModelOptions
 from smysl.prompts import resolve_task
+from smysl.providers.errors import RejectedInputError
 from smysl.registry import portable_model
 from smysl.rows import missing
 from smysl.scale.sources import to_row
@@ -237,6 +238,8 @@ class Worker:
             out = getattr(self, method)(*args)
         except InputTooLongError as e:
             out = TooLong(e.index, e.tokens, e.limit, e.who)
+        except RejectedInputError as e:  # an input a provider refused: the row's (the job)
+            out = e
         return out, usage_delta(before, self._usage())
 
     def _usage(self) -> dict[str, Any] | None:
@@ -379,8 +382,9 @@ class RayEmbedder(BaseEmbedder):
              progress: Progress | None = None) -> np.ndarray:
         """``Worker.method(part, *args)`` on every actor's part of ``texts``, in order
         (``progress`` told of each part as it returns); a text too long raises
-        :class:`~smysl.tokenize.InputTooLongError` with its index in ``texts``, as one model
-        would."""
+        :class:`~smysl.tokenize.InputTooLongError` with its index in ``texts``, and one a
+        provider refused :class:`~smysl.providers.errors.RejectedInputError` with its places
+        in ``texts``, as one model would."""
         parts = self._parts(len(texts))
         futures = [self.actors[i].metered.remote(method, texts[s], *args)
                    for i, s in enumerate(parts)]
@@ -403,6 +407,8 @@ class RayEmbedder(BaseEmbedder):
         for part, (out, _) in zip(parts, results, strict=True):
             if isinstance(out, TooLong):
                 raise out.error(part.start)
+            if isinstance(out, RejectedInputError):
+                raise out.moved(part.start, len(texts))
         return np.concatenate([out for out, _ in results]).astype(np.float32, copy=False)
 
     def _add_usage(self, delta: dict[str, Any] | None) -> None:

@@ -215,9 +215,9 @@ def read_rows(source: Source, id_field: str, text_field: str) -> Iterator[Row]:
                 if not line.strip():
                     continue
                 try:
-                    # without its \n: a line cut short (a writer killed mid-line) was
+                    # without its line end: a line cut short (a writer killed mid-line) was
                     # "Expecting ',' at column 1", the error placed on the line after it
-                    record = json.loads(line.removesuffix("\n"))
+                    record = json.loads(line.rstrip("\r\n"))
                 except json.JSONDecodeError as e:
                     # e.msg alone ends "... at" where the place follows
                     at = "" if e.msg.endswith(" at") else " at"

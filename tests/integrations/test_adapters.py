@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import builtins
 import importlib
+import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -223,8 +224,15 @@ def test_llama_index_names_a_text_a_remote_model_refused(tiny: BaseEmbedder) -> 
         emb = SmyslEmbedding(remote, embed_batch_size=2)
         with pytest.raises(RejectedInputError, match="the text starting 'long long") as err:
             emb.get_text_embedding_batch(["a", "b", "c", "long " * 3000])
+        # a review's: the inputs after the refused one were never sent, and "and 2 other(s)
+        # of the same batch" said they were refused too
+        emb = SmyslEmbedding(remote, embed_batch_size=4)
+        with pytest.raises(RejectedInputError, match="the text starting 'long long") as two:
+            emb.get_text_embedding_batch(["a", "long " * 3000, "b", "c"])
         remote.close()
     assert "#1" not in str(err.value) and "3002 tokens" in str(err.value), err.value
+    assert re.search(r"sent alone: .*\(\d other text\(s\) of the batch were not embedded\)$",
+                     str(two.value)), two.value
 
 
 def test_pydantics_round_trip_of_the_llama_index_adapter(tiny: BaseEmbedder) -> None:

@@ -934,3 +934,26 @@ def test_a_billed_answer_with_rows_out_of_place_is_counted(defect: str) -> None:
                 dimensions=16, max_retries=2, backoff_base=0.0)
     assert p.embed([f"t{i}" for i in range(10)]).shape == (10, 16)
     assert len(calls) == 2 and p.usage.tokens == 60, (defect, p.usage.snapshot())
+
+
+def test_provider_errors_pickle_whole() -> None:
+    """A review's: an error whose constructor takes more than its message did not unpickle
+    (``cls(*args)``), so a Ray actor's refusal reached the driver as a TypeError. Every kind
+    comes back with its attributes, and a part's refusal moves to its place in the whole."""
+    import pickle
+
+    from smysl.providers.errors import InputRefusedError, PayloadTooLargeError
+
+    cause = InputRefusedError("m: input #3, sent alone, was refused", 400, '{"e": 1}', 3)
+    rows = np.ones((3, 4), np.float32)
+    error = RejectedInputError("m: 2 of 5 inputs", [3, 4], 5, cause, done=[0, 1, 2], rows=rows)
+    back = pickle.loads(pickle.dumps(error))
+    assert type(back) is RejectedInputError and str(back) == str(error)
+    assert (back.refused, back.failed, back.done, back.total) == (3, [3, 4], [0, 1, 2], 5)
+    assert back.reason == 'HTTP 400: {"e": 1}' and np.array_equal(back.rows, rows)
+    assert back.cause.status == 400 and back.status_to_answer == error.status_to_answer
+    big = pickle.loads(pickle.dumps(PayloadTooLargeError("too big", 413, "", retry_after=2.0)))
+    assert (big.status, big.retry_after, str(big)) == (413, 2.0, "too big")
+    moved = back.moved(10, 20)
+    assert (moved.refused, moved.failed, moved.done, moved.total) == (13, [13, 14],
+                                                                      [10, 11, 12], 20)

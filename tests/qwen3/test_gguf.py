@@ -550,20 +550,32 @@ def test_unsupported_tensor_type(tiny_dir: Path, sidecar_dir: Path) -> None:
                    "safetensors checkpoint")
 
 
-def test_grid_types_without_gguf_py_name_the_install(wide: Path, tmp_path: Path,
+@pytest.mark.parametrize("how", ["missing", "a folder named gguf"])
+def test_grid_types_without_gguf_py_name_the_install(wide: Path, tmp_path: Path, how: str,
                                                      monkeypatch: pytest.MonkeyPatch) -> None:
     """The IQ types below 4 bits are decoded by llama.cpp's gguf-py: without it the load is
-    refused before any weight is read, naming the types and the install."""
-    import importlib.util
+    refused before any weight is read, naming the types and the install; also where a folder
+    named ``gguf`` (of models) in the working directory passed for it (a namespace package:
+    the decoding failed on a missing attribute after weights were read)."""
+    import sys
+
+    from smysl.qwen3 import ggml_quants as gq
 
     shutil.copy(wide / "tokenizer.json", tmp_path / "tokenizer.json")
     path = write_gguf(wide, tmp_path / "iq.gguf", ftype="Q8_0", tokenizer=False,
                       type_of={"blk.0.ffn_up.weight": "IQ2_XXS", "blk.1.attn_q.weight": "IQ3_S"})
-    find = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec",
-                        lambda name, *a: None if name == "gguf" else find(name, *a))
+    for name in [m for m in sys.modules if m == "gguf" or m.startswith("gguf.")]:
+        monkeypatch.delitem(sys.modules, name)
+    if how == "missing":
+        monkeypatch.setitem(sys.modules, "gguf", None)  # import gguf: ImportError
+    else:
+        (tmp_path / "shadow" / "gguf").mkdir(parents=True)
+        monkeypatch.setattr(sys, "path", [str(tmp_path / "shadow"),  # and gguf-py not installed
+                                          *[p for p in sys.path if "site-packages" not in p]])
     refused(path, r"its IQ2_XXS, IQ3_S tensors need llama\.cpp's gguf-py: pip install "
                   r"'smysl\[gguf\]'")
+    with pytest.raises(ImportError, match=r"llama\.cpp's gguf-py: pip install 'smysl\[gguf\]'"):
+        gq.DEQUANTIZE[sg.IQ2_XXS](torch.zeros((1, 66), dtype=torch.uint8))
 
 
 def test_not_qwen3(tiny_dir: Path, sidecar_dir: Path) -> None:

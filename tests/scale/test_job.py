@@ -510,8 +510,12 @@ def test_index_output_back_to_earlier_settings_embeds_again(tiny, corpus, tmp_pa
 def test_a_row_a_provider_refuses_is_named_by_file_and_row_and_skippable(tmp_path) -> None:
     """A review's: a text an API refused (its 400) stopped the job with the text's place in a
     batch of the provider's ("input #234"), and --skip-bad-rows did not skip it. It is now the
-    row's problem, named by file, row and id, or with skip_bad_rows reported and left out;
-    an API that refuses every request (not a text) still stops the job, after three rows."""
+    row's problem, named by file, row and id, or with skip_bad_rows reported and left out,
+    however the provider splits the batch into requests (sent at once, or in turn) and
+    wherever the row is in it (first: a short probe tells a refused text from a refused
+    request); no text is billed twice. An API that refuses every request (here: every text)
+    stops the job at once, with no row reported bad, whatever the batch size."""
+    import collections
     import sys
     from pathlib import Path
 
@@ -521,29 +525,41 @@ def test_a_row_a_provider_refuses_is_named_by_file_and_row_and_skippable(tmp_pat
     from smysl.providers.presets import connect
 
     texts = [f"text {i}" for i in range(40)]
-    texts[23] = "text POISON"
+    bad = {0, 16, 17, 18, 23}  # the first row; three at the head of the second batch of 16
+    for i in bad:
+        texts[i] = f"text POISON {i}"
     d = tmp_path / "in"
     d.mkdir()
     (d / "a.jsonl").write_text("".join(json.dumps({"id": f"r{i}", "text": t}) + "\n"
                                        for i, t in enumerate(texts)), encoding="utf-8")
+    keep = [i for i in range(40) if i not in bad]
     fast = {"backoff_base": 0.001, "max_retries": 0}
-    with FakeServer(dims=32, refuse=lambda t: "POISON" in t) as srv:
-        model = connect("openai", f"{srv.url}/v1#m", dimensions=32, **fast)
-        with pytest.raises(BadRowError, match=r"a\.jsonl, row 24: openai:m refused its text "
-                                              r"\(id 'r23'\): HTTP 400"):
-            run_job(model, [d], JobConfig(output=str(tmp_path / "o1"), batch_size=16))
-        report = run_job(model, [d], JobConfig(output=str(tmp_path / "o2"), batch_size=16,
-                                               skip_bad_rows=True))
-        assert report.bad_rows == 1 and "row 24" in report.bad_examples[0]
-        got = _read(report.output)
-        keep = [i for i in range(40) if i != 23]
-        assert list(got) == [f"r{i}" for i in keep]
-        np.testing.assert_allclose(np.stack(list(got.values())),
-                                   expected([texts[i] for i in keep], 32, 32), atol=1e-6)
-    with FakeServer(dims=32, refuse=lambda t: True) as srv:
-        model = connect("openai", f"{srv.url}/v1#m", dimensions=32, **fast)
-        with pytest.raises(RuntimeError, match=r"a\.jsonl, rows 3 and the 2 before it: "
-                                               r"openai:m refused each as the first text of its "
-                                               r"request: it refuses the requests, not the rows"):
-            run_job(model, [d], JobConfig(output=str(tmp_path / "o3"), batch_size=16,
-                                          skip_bad_rows=True))
+    for split in ({}, {"max_batch_texts": 4, "max_concurrency": 4}):
+        with FakeServer(dims=32, refuse=lambda t: "POISON" in t) as srv:
+            model = connect("openai", f"{srv.url}/v1#m", dimensions=32, **fast, **split)
+            with pytest.raises(BadRowError, match=r"a\.jsonl, row 1: openai:m refused the text "
+                                                  r"of id 'r0': HTTP 400"):
+                run_job(model, [d], JobConfig(output=str(tmp_path / "o1"), batch_size=16))
+            out = tmp_path / f"o2-{len(split)}"
+            report = run_job(model, [d], JobConfig(output=str(out), batch_size=16,
+                                                   skip_bad_rows=True))
+            assert report.bad_rows == len(bad), report.bad_examples
+            assert [e.split(", row ")[1].split(":")[0] for e in report.bad_examples] == \
+                [str(i + 1) for i in sorted(bad)]
+            got = _read(report.output)
+            assert list(got) == [f"r{i}" for i in keep]
+            np.testing.assert_allclose(np.stack(list(got.values())),
+                                       expected([texts[i] for i in keep], 32, 32), atol=1e-6)
+            billed = collections.Counter(srv.billed_texts)
+            assert all(billed[texts[i]] == 1 for i in keep), billed  # the second run's
+    for batch_size in (2, 16):
+        with FakeServer(dims=32, refuse=lambda t: True) as srv:
+            model = connect("openai", f"{srv.url}/v1#m", dimensions=32, **fast)
+            reported: list[str] = []
+            with pytest.raises(RuntimeError, match=r"a\.jsonl, rows 1\.\.\d+: openai:m refused "
+                                                   r"a text of them .*and the text 'probe' as "
+                                                   r"well .*: it refuses this job's requests"):
+                run_job(model, [d], JobConfig(output=str(tmp_path / f"o3-{batch_size}"),
+                                              batch_size=batch_size, skip_bad_rows=True),
+                        on_bad_row=reported.append)
+            assert reported == []

@@ -376,6 +376,33 @@ def test_too_long_row_on_two_actors_is_named(cluster, tiny_dir, tmp_path) -> Non
 
 
 @slow
+@pytest.mark.filterwarnings("ignore:no Qwen3 tokenizer")
+def test_a_row_a_provider_refuses_on_an_actor_is_named(cluster, tmp_path) -> None:
+    """A review's: a text a provider refused (400) on an actor reached the driver as Ray's
+    wrapper of an error that did not unpickle; it is the row's problem there too, named by
+    its place in the whole batch (the second actor's part here)."""
+    from smysl.scale import BadRowError
+    from smysl.scale.ray_data import RayConfig, RayEmbedder
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "providers"))
+    from provider_fakes import FakeServer
+
+    rows = [{"id": i, "text": f"text {i}" + (" POISON" if i == 7 else "")} for i in range(10)]
+    path = tmp_path / "rows.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    with FakeServer(dims=32, refuse=lambda t: "POISON" in t) as srv, \
+            RayEmbedder(f"openai:{srv.url}/v1#m", ModelOptions(), RayConfig(actors=2),
+                        dimensions=32, backoff_base=0.001, max_retries=0) as model:
+        with pytest.raises(BadRowError, match=r"rows\.jsonl, row 8: openai:m refused the text "
+                                              r"of id '7': HTTP 400"):
+            run_job(model, [path], JobConfig(output=str(tmp_path / "o1"), batch_size=10))
+        report = run_job(model, [path], JobConfig(output=str(tmp_path / "o2"), batch_size=10,
+                                                  skip_bad_rows=True))
+    assert report.bad_rows == 1 and "row 8" in report.bad_examples[0]
+    assert set(_read(tmp_path / "o2")) == {str(i) for i in range(10) if i != 7}
+
+
+@slow
 def test_chunks_on_actors_cut_by_the_models_tokenizer(cluster, tiny_dir, reference,
                                                       tmp_path) -> None:
     """A chunking job on a Ray pool cuts and counts chunks with the model's own tokenizer, as
