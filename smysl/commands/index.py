@@ -244,6 +244,7 @@ def _search(args: argparse.Namespace, store: StoreConfig) -> int:
     from smysl.toolkit.search import (
         SearchConfig,
         build_context,
+        check_queries,
         format_json,
         format_table,
         hits_to_rows,
@@ -272,8 +273,7 @@ def _search(args: argparse.Namespace, store: StoreConfig) -> int:
         raise ValueError(f"--queries-file {args.queries_file}: no query in it" if
                          args.queries_file else "give queries as arguments or with "
                          "--queries-file")
-    if any(not q.strip() for q in queries):  # embedded, it gave arbitrary neighbours
-        raise ValueError("a query is empty; give its text")
+    check_queries(queries)  # before the model loads
     if args.context_chars is not None and (args.format != "context" or args.context_chars < 1):
         raise ValueError("--context-chars takes a positive number and goes with --format "
                          "context")

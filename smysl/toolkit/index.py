@@ -35,7 +35,7 @@ from smysl.toolkit.ingest import (
     stored_problem,
     text_ids,
 )
-from smysl.toolkit.search import MMR_AND_RERANK, SearchConfig, search_vectors
+from smysl.toolkit.search import MMR_AND_RERANK, SearchConfig, check_queries, search_vectors
 from smysl.toolkit.store import Hit, Record, StoreConfig, VectorStore, Where, local_path
 from smysl.toolkit.stores import described, open_store
 
@@ -330,6 +330,7 @@ class Index:
         ``"hybrid"`` fuses both rankings (:class:`~smysl.toolkit.search.FusedHit`)."""
         config = config or SearchConfig()
         qs = [queries] if isinstance(queries, str) else list(queries)
+        check_queries(qs)
         if reranker is not None and config.mmr:
             raise ValueError(MMR_AND_RERANK)  # before the queries are embedded
         meta = self._check_binding()
@@ -418,6 +419,7 @@ def search_words(config: StoreConfig, queries: Sequence[str], search: SearchConf
     -> problem for the damaged records left out."""
     if search.mode != "text":
         raise ValueError(f"search_words ranks by words alone (mode 'text'), not {search.mode!r}")
+    check_queries(queries)
     damaged: dict[str, str] = {}
     with open_store(config) as store:
         meta = _index_meta(store, config)

@@ -153,6 +153,26 @@ class FusedHit(Hit):
     text_rank: int | None = None
 
 
+def check_queries(queries: Sequence[str]) -> None:
+    """An empty or all-whitespace query is refused before anything is embedded: embedded,
+    it gave arbitrary neighbours; by words, no hit, without a word why."""
+    for i, q in enumerate(queries):
+        if isinstance(q, str) and not q.strip():
+            raise ValueError(f"a query is empty (query {i}); give its text")
+
+
+#: Hits a store is asked for past ``k``: ties at the cut are settled by id here, not by the
+#: store's own order of equal scores (:func:`_by_score`).
+_TIES = 8
+
+
+def _by_score(found: list[list[Hit]], k: int) -> list[list[Hit]]:
+    """Each query's hits best first, equal scores by id, cut to ``k``: LanceDB and the memory
+    store listed equal BM25 scores (duplicate texts: equal cosines) in orders of their own,
+    and hybrid search, which fuses ranks, then differed between them too."""
+    return [sorted(hits, key=lambda h: (-h.score, h.id))[:k] for hits in found]
+
+
 def search_vectors(store: VectorStore, queries: np.ndarray | None, config: SearchConfig,
                    check: Callable[[Hit], bool] | None = None, *,
                    reranker: BaseReranker | None = None,
@@ -290,13 +310,13 @@ def _ranked(store: VectorStore, config: SearchConfig, queries: np.ndarray | None
 
     def by_vector(k: int, sub: list[int]) -> list[list[Hit]]:
         assert q is not None
-        return store.search(q[sub], k, where=config.where, exact=config.exact,
-                            with_vectors=vectors)
+        return _by_score(store.search(q[sub], k + _TIES, where=config.where,
+                                      exact=config.exact, with_vectors=vectors), k)
 
     def by_text(k: int, sub: list[int]) -> list[list[Hit]]:
         assert t is not None
-        return store.search_text([t[i] for i in sub], k, where=config.where,
-                                 with_vectors=vectors)
+        return _by_score(store.search_text([t[i] for i in sub], k + _TIES, where=config.where,
+                                           with_vectors=vectors), k)
 
     if config.mode == "vector":
         return _checked(by_vector, len(rows), want, check)

@@ -368,11 +368,12 @@ def test_per_document_looks_only_so_deep(monkeypatch: pytest.MonkeyPatch) -> Non
 
     store.search = counted  # type: ignore[method-assign]
     q = np.array([[1.0, 0.0, 0.0, 0.0]], np.float32)
+    ties = search_module._TIES  # asked for past the depth: ties at the cut go by id
     (hits,) = search_vectors(store, q, SearchConfig(k=2, per_document=1))
-    assert [h.id for h in hits] == ["c0"] and max(depths) == 1000
+    assert [h.id for h in hits] == ["c0"] and max(depths) == 1000 + ties
     depths.clear()
     (hits,) = search_vectors(store, q, SearchConfig(k=20, per_document=1))  # 100 x k: 2,000
-    assert [h.id for h in hits] == ["c0", "c1500"] and max(depths) == 2000
+    assert [h.id for h in hits] == ["c0", "c1500"] and max(depths) == 2000 + ties
 
 
 def test_per_document_tells_documents_apart_by_their_json() -> None:
@@ -445,3 +446,32 @@ def test_only_the_queries_short_of_hits_are_searched_again(mode: str) -> None:
         # the whole batch once per kind of search, then only the query short of hits
         assert store.rows.count(2) == kinds and set(store.rows) == {1, 2}, (
             mode, check, store.rows)
+
+
+@pytest.mark.parametrize("backend", ["memory", "lancedb"])
+def test_equal_scores_come_in_the_order_of_their_ids(tiny, tmp_path, backend: str) -> None:
+    """A review's: equal scores (duplicate texts: equal cosines and equal BM25) came in the
+    memory store's order of insertion and in LanceDB's own, so the stores' word rankings, and
+    the hybrid rankings that fuse their ranks, differed. Ties go by id on every store, the
+    cut at k included."""
+    config = (StoreConfig(backend="memory") if backend == "memory"
+              else StoreConfig(uri=str(tmp_path / "kb")))
+    with Index.create_or_open(tiny, IndexConfig(config)) as ix:
+        ix.add_texts(["медный кабель 4417"] * 3 + ["другой текст"], ids=["d9", "d1", "d5", "x"])
+        for mode in ("vector", "text", "hybrid"):
+            (hits,) = ix.search("медный кабель 4417", SearchConfig(k=2, mode=mode))
+            assert [h.id for h in hits] == ["d1#0", "d5#0"], mode
+
+
+def test_an_empty_query_is_refused_before_anything_is_embedded(catalog, tmp_path,
+                                                                monkeypatch) -> None:
+    """A review's: the CLI refused an empty query, the Python API embedded it and returned
+    arbitrary neighbours (vector mode) or nothing (text mode), without a word."""
+    from smysl.toolkit.index import search_words
+
+    monkeypatch.setattr(catalog, "embed_queries", lambda *a, **k: pytest.fail("embedded"))
+    for mode in ("vector", "text", "hybrid"):
+        with pytest.raises(ValueError, match=r"a query is empty \(query 1\)"):
+            catalog.search(["кабель", "  "], SearchConfig(mode=mode))
+    with pytest.raises(ValueError, match=r"a query is empty \(query 0\)"):
+        search_words(StoreConfig(uri=str(tmp_path / "kb")), [""], SearchConfig(mode="text"))
