@@ -469,7 +469,7 @@ def test_an_ollama_model_that_cannot_load_says_why(machine: Path, tmp_path: Path
     row = next(r for r in capsys.readouterr().out.splitlines()
                if r.startswith("ollama:qwen3-embedding:0.6b"))
     assert "(cannot load: `smysl show ollama:qwen3-embedding:0.6b` says why)" in row
-    assert main(["show", "ollama:qwen3-embedding:0.6b"]) == 0
+    assert main(["show", "ollama:qwen3-embedding:0.6b"]) == 1  # shown; cannot load
     assert "problem:      its weights blob" in capsys.readouterr().out
     manifest["layers"][0]["digest"] = "../../etc/passwd"
     path.write_text(json.dumps(manifest))
@@ -557,7 +557,7 @@ def test_a_reranker_gguf_is_shown_as_one(tiny_dir: Path, tmp_path: Path,
     from qwen_tiny import write_gguf
 
     path = write_gguf(tiny_dir, tmp_path / "rerank.gguf", pooling=4)
-    assert main(["show", str(path)]) == 0
+    assert main(["show", str(path)]) == 1  # shown; cannot load
     out = capsys.readouterr().out
     assert "role:         reranker" in out and "(a reranker)" in out
 

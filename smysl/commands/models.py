@@ -616,10 +616,12 @@ def show_entry(model: str, revision: str | None = None) -> ModelEntry:
 
 
 def _run_show(args: argparse.Namespace) -> int:
+    """Exit status 1 where the model cannot load (its problem shown): a script can tell."""
     e = show_entry(args.model, args.revision)
+    status = 1 if e.problem else 0
     if args.json:
         _dump(asdict(e))
-        return 0
+        return status
     d = e.details
     lines = [("model", e.name), ("role", e.role), ("source", e.source),
              ("backend", d.get("backend")),
@@ -643,7 +645,7 @@ def _run_show(args: argparse.Namespace) -> int:
         print("files:")
         for rel, size in d["files"].items():
             print(f"  {human_size(size):>9}  {rel}")
-    return 0
+    return status
 
 
 MODELS = Command("list embedding models (and Qwen3 rerankers) on this machine: Hugging Face "
@@ -651,5 +653,6 @@ MODELS = Command("list embedding models (and Qwen3 rerankers) on this machine: H
 PULL = Command("download a Qwen3-Embedding (or Qwen3-Reranker) checkpoint into the Hugging "
                "Face cache",
                _add_pull, _run_pull)
-SHOW = Command("what a model is (layers, dimensions, dtype, size, files) without loading it",
+SHOW = Command("what a model is (layers, dimensions, dtype, size, files) without loading it "
+               "(exit status 1 where it cannot load: its problem is shown)",
                _add_show, _run_show)

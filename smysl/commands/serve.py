@@ -338,6 +338,7 @@ def _engine_facts(info: ModelInfo) -> str:
     engine logs them at INFO, which ``smysl serve`` does not show (docs/engine.md says they
     are said at load); empty for a remote model."""
     parts = [p for p in (info.device, info.dtype, info.quantization, info.kernel) if p]
+    parts = list(dict.fromkeys(parts))  # int4 is both the quantization and the kernel
     if info.threads is not None:
         lanes = f" in {info.lanes} lanes" if info.lanes and info.lanes > 1 else ""
         parts.append(f"{info.threads} thread{'s' * (info.threads != 1)}{lanes}")

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from smysl.base import BaseEmbedder
-from smysl.eval._deps import require
+from smysl.eval._deps import require, require_all
 from smysl.eval.config import EvalConfig
 from smysl.eval.embeddings import ModelEmbeddings
 from smysl.eval.report import check_out_dir, load_runs, write_reports
@@ -186,6 +186,7 @@ def run(cfg: EvalConfig) -> list[ModelResult]:
     # fail on a bad task name, instruction, --compare folder, report folder or a missing
     # dataset before loading any model (a missing file of the third task was found after
     # the first two were scored, and nothing was written)
+    require_all(cfg.plots and cfg.out_dir is not None)
     tasks, rerank_tasks = select_all(cfg.tasks, reranker=cfg.reranker is not None)
     check_instructions(cfg.instructions, reranking=cfg.reranker is not None)
     compared = [run for folder in cfg.compare for run in load_runs(folder)]

@@ -54,6 +54,9 @@ class ProviderConfig:
     timeout: float = 60.0
     #: Seconds to wait for a TCP/TLS connection (within ``timeout``).
     connect_timeout: float = 10.0
+    #: What to check when the server cannot be reached at all, added to that error (a local
+    #: server that is not running: Ollama's daemon).
+    unreachable_hint: str = ""
     #: Wall-clock seconds one ``embed`` call may take in all: every request, retry and backoff
     #: wait (None: no limit). Rows finished before it runs out are kept for a resume.
     job_timeout: float | None = 300.0

@@ -263,7 +263,9 @@ class RetryingClient:
             except Exception as e:  # refused, reset, DNS, protocol, body decoding
                 self._heard(False)
                 # an exception's words may quote a header (httpx's "Illegal header value")
-                last = ProviderError(f"{self.name}: connection error: {self.shown(repr(e))}",
+                hint = f"; {cfg.unreachable_hint}" if cfg.unreachable_hint else ""
+                last = ProviderError(f"{self.name}: connection error: {self.shown(repr(e))}"
+                                     f"{hint}",
                                      reason=f"could not reach it ({type(e).__name__})")
             else:
                 self._heard(True)

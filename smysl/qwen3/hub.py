@@ -240,7 +240,9 @@ def _hub_failure(repo: str, revision: str | None, cache_dir: str | None, offline
 
     return (f"could not download model {repo!r}{rev} from the Hugging Face Hub "
             f"({constants.ENDPOINT}: {_root_cause(error)}) and it is not in {where}{elsewhere}; "
-            "check the network (HF_ENDPOINT, HTTPS_PROXY) or pass a checkpoint directory")
+            "check the network (HF_ENDPOINT, HTTPS_PROXY), or pass a model this machine has: "
+            "a checkpoint directory, a .gguf file, ollama-store:NAME (`smysl models` lists "
+            "them)")
 
 
 def _offline_why() -> str:
@@ -426,9 +428,17 @@ def gguf_folder_problem(root: Path) -> str | None:
         return None
     names = ", ".join(p.name for p in held[:4]) + (f" and {len(held) - 4} more"
                                                     if len(held) > 4 else "")
+    # a part of a split file (tiny-00001-of-00003.gguf) loads only merged: not the example
+    whole = [p for p in held if not _SPLIT_PART.search(p.name)]
+    which = (f"e.g. {whole[0]}" if whole else
+             "merged: its parts are of a split file (llama-gguf-split --merge PART-00001... "
+             "OUT.gguf)")
     return (f"{root} holds GGUF files ({names}), not a transformers checkpoint "
-            f"(config.json, *.safetensors): pass one of the files as the model, e.g. "
-            f"--model {held[0]}")
+            f"(config.json, *.safetensors): pass one of the files as the model, {which}")
+
+
+#: The name llama.cpp gives each part of a file split in several (``gguf-split``).
+_SPLIT_PART = re.compile(r"-\d{5}-of-\d{5}\.gguf$", re.IGNORECASE)
 
 
 def looks_like_reranker(root: Path, name: str) -> bool:

@@ -327,3 +327,26 @@ def test_a_pipe_or_newline_in_an_instruction_or_name_keeps_the_tables_columns(sw
             widths = {len(re.split(r"(?<!\\)\|", row)) for row in rows}
             assert len(widths) == 1, rows
     assert "| Find A \\| B or C |" in md and "st:a\\|b" in md
+
+
+@pytest.mark.parametrize(("module", "package"), [("sklearn.metrics", "scikit-learn"),
+                                                 ("scipy.stats", "scipy"),
+                                                 ("matplotlib", "matplotlib")])
+def test_a_missing_extra_is_named_before_any_model_loads(tmp_path, monkeypatch, module,  # type: ignore[no-untyped-def]
+                                                         package) -> None:
+    """A review's: `smysl eval` without the eval extra loaded the model, then failed on
+    scikit-learn. Now the run stops first, naming the install (matplotlib only for plots)."""
+    import sys
+
+    from smysl.eval import runner
+
+    monkeypatch.setitem(sys.modules, module, None)  # import: ImportError
+    # (the model's path does not exist: loading it would raise FileNotFoundError instead)
+    cfg = _cfg(tmp_path, models=(str(tmp_path / "never loaded"),), tasks=("sts-en",))
+    with pytest.raises(ImportError, match=rf"smysl eval needs {package}: pip install "
+                                          r"'smysl\[eval\]'"):
+        runner.run(cfg)
+    if module == "matplotlib":  # no plots: not needed
+        with pytest.raises(FileNotFoundError, match="never loaded"):
+            runner.run(_cfg(tmp_path, models=(str(tmp_path / "never loaded"),),
+                            tasks=("sts-en",), plots=False, out_dir=tmp_path / "o2"))

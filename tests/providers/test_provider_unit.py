@@ -957,3 +957,17 @@ def test_provider_errors_pickle_whole() -> None:
     moved = back.moved(10, 20)
     assert (moved.refused, moved.failed, moved.done, moved.total) == (13, [13, 14],
                                                                       [10, 11, 12], 20)
+
+
+def test_an_ollama_that_is_not_running_is_said_so() -> None:
+    """A review's: `ollama:NAME` (as `smysl models` lists a store model) with no daemon
+    ended in a bare "connection error: ConnectError(...)", no word of `ollama serve` or of
+    ollama-store:NAME, which runs the same file without it."""
+    from smysl.providers import connect
+
+    m = connect("ollama", "http://127.0.0.1:1#qwen3-embedding:0.6b", dimensions=32,
+                max_retries=0)
+    with pytest.raises(Exception, match=r"connection error: .*; is Ollama running \(`ollama "
+                                        r"serve`\)\? .*ollama-store:NAME"):
+        m.embed(["x"])
+    m.close()

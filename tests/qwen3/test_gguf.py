@@ -30,6 +30,7 @@ from qwen_tiny import (
 
 import smysl
 from smysl import Embedder
+from smysl.cli import main as cli_main
 from smysl.qwen3 import gguf as sg
 from smysl.qwen3.hub import read_checkpoint
 from smysl.tokenize import Tokenizer
@@ -819,7 +820,7 @@ def test_show_reads_a_gguf_file(files: dict[str, Path], tiny_dir: Path, tmp_path
     assert main(["show", str(other)]) == 2
     assert "is a file but not a GGUF model" in capsys.readouterr().err
     chat = write_gguf(tiny_dir, tmp_path / "chat.gguf", ftype="F16", pooling=1)  # mean
-    assert main(["show", str(chat)]) == 0
+    assert main(["show", str(chat)]) == 1  # shown; cannot load
     out = capsys.readouterr().out
     assert "problem:" in out and "pooling" in out
 
@@ -846,6 +847,8 @@ def test_a_damaged_tokenizer_json_beside_the_file_is_named(
     refused(path, r"tokenizer\.json: empty or cut short; it takes the place of m\.gguf's own "
                   r"tokenizer", named=tmp_path / "tokenizer.json")
     assert "empty or cut short" in (show_entry(str(path)).problem or "")
+    # a review's: `smysl show` printed the problem and exited 0, which a script took for fine
+    assert cli_main(["show", str(path)]) == 1 and cli_main(["show", str(path), "--json"]) == 1
     (tmp_path / "tokenizer.json").unlink()  # without it, the file's own tokenizer serves
     assert read_checkpoint(path).tokenizer_file == path
 
@@ -860,5 +863,17 @@ def test_a_folder_of_gguf_files_says_to_pass_one(files: dict[str, Path], tmp_pat
         with pytest.raises(ValueError, match=r"holds GGUF files \(tiny-F16.gguf, "
                                              r"tiny-Q8_0.gguf\), not a transformers checkpoint "
                                              r".*pass one of the files as the model, e.g. "
-                                             rf"--model {tmp_path}/tiny-F16.gguf"):
+                                             rf"{tmp_path}/tiny-F16.gguf$"):
             load(tmp_path)
+    # a review's: the example was "--model" (no flag of `smysl show`'s) and the first file
+    # by name, here a part of a split file, which loads only merged
+    split = tmp_path / "split"
+    split.mkdir()
+    for part in (1, 2):
+        shutil.copy(files["Q8_0"], split / f"tiny-0000{part}-of-00002.gguf")
+    with pytest.raises(ValueError, match=r"pass one of the files as the model, merged: its "
+                                         r"parts are of a split file \(llama-gguf-split"):
+        Embedder.load(str(split), device="cpu")
+    shutil.copy(files["F16"], split / "tiny-F16.gguf")
+    with pytest.raises(ValueError, match=rf"e\.g\. {split}/tiny-F16\.gguf$"):
+        Embedder.load(str(split), device="cpu")

@@ -487,7 +487,7 @@ def test_models_show_and_pull_say_what_cannot_load(
     assert main(["models"]) == 0
     table = capsys.readouterr().out
     assert "cannot load: `smysl show Qwen/Qwen3-Embedding-0.6B` says why" in table
-    assert main(["show", "Qwen/Qwen3-Embedding-0.6B"]) == 0
+    assert main(["show", "Qwen/Qwen3-Embedding-0.6B"]) == 1  # shown; cannot load
     assert "problem:      " in capsys.readouterr().out
     assert main(["show", "Qwen/Qwen3-Embedding-4B", "--revision", "v1", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["where"] == str(pinned)
@@ -555,3 +555,20 @@ def test_a_snapshot_has_one_fingerprint_however_it_is_named(
     prints = {Embedder.load("org/one-embed", device="cpu", revision=r).fingerprint()
               for r in (None, "main", commit)}
     assert len(prints) == 1
+
+
+def test_an_unreachable_hub_names_the_models_this_machine_has(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A review's: a newcomer without network got "check the network ... or pass a checkpoint
+    directory", no word of a .gguf file, the Ollama store or `smysl models`."""
+    from huggingface_hub import constants
+
+    for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(constants, "ENDPOINT", "http://127.0.0.1:1")  # nobody answers
+    with pytest.raises(ModelNotFoundError, match=r"check the network \(HF_ENDPOINT, "
+                                                 r"HTTPS_PROXY\), or pass a model this machine "
+                                                 r"has: a checkpoint directory, a \.gguf file, "
+                                                 r"ollama-store:NAME \(`smysl models` lists"):
+        download("Qwen/Qwen3-Embedding-0.6B", cache_dir=str(tmp_path))
