@@ -24,8 +24,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import corpus, random_checkpoint
 
-#: llama.cpp's ``llama_ftype`` of each file type made here (IQ3_XXS and the IQ types below
-#: IQ3 need an importance matrix, which llama.cpp refuses to quantise without).
+#: llama.cpp's ``llama_ftype`` of each file type made here (the IQ2/IQ1 types need an
+#: importance matrix; llama-cpp-python 0.3.36's quantizer also refused IQ3_XXS without one).
 FTYPES = {"Q8_0": 7, "Q6_K": 18, "Q5_K_M": 17, "Q4_K_M": 15, "Q3_K_M": 12, "Q2_K": 10,
           "IQ4_XS": 30, "IQ3_M": 27, "IQ3_S": 26}
 #: smysl's ways to run a GGUF file: name -> (label, Embedder.load options).

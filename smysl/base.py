@@ -225,9 +225,18 @@ class UpstreamError(RuntimeError):
 
 
 def _rebuilt(cls: type[UpstreamError], args: tuple[Any, ...]) -> UpstreamError:
-    error = cls.__new__(cls)
+    # made by the __new__ of the built-in class under it: RuntimeError's refuses a class that
+    # is a TimeoutError (an OSError) too ("not safe")
+    base: Any = cls
+    while base.__flags__ & _HEAPTYPE:
+        base = base.__base__
+    error: UpstreamError = base.__new__(cls)
     error.args = args
     return error
+
+
+#: ``type.__flags__``'s bit of a class made by a ``class`` statement (not a built-in one).
+_HEAPTYPE = 1 << 9
 
 
 class BaseEmbedder(abc.ABC):

@@ -159,8 +159,10 @@ class RejectedInputError(IncompleteEmbeddingError, ValueError):
         """This error of a call on ``texts[offset:]`` as one of a call on ``total`` texts (a
         Ray actor's part of them): its places moved by ``offset``."""
         cause = self.cause
+        where = f" (places counted from input #{offset} of {total})"
         if isinstance(cause, InputRefusedError):
-            cause = InputRefusedError(str(cause), cause.status, cause.body,
+            cause = InputRefusedError(str(cause) + where, cause.status, cause.body,
                                       cause.position + offset)
-        return RejectedInputError(self.summary, [offset + i for i in self.failed], total,
-                                  cause, done=[offset + i for i in self.done], rows=self.rows)
+        return RejectedInputError(self.summary + where, [offset + i for i in self.failed],
+                                  total, cause, done=[offset + i for i in self.done],
+                                  rows=self.rows)

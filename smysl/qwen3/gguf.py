@@ -344,7 +344,7 @@ def weight_type(header: Header) -> str:
 def dequantized_bytes(path: Path, itemsize: int) -> int | None:
     """Bytes the tensors an encoder reads from ``path`` take dequantised to ``itemsize``-byte
     floats; None when none of them is quantised (nothing to keep)."""
-    tensors = [t for t in read_header(path).tensors.values() if t.name != "output.weight"]
+    tensors = [t for t in read_header(path).tensors.values() if t.name not in _UNUSED]
     if not any(t.type in QUANT_BLOCKS for t in tensors):
         return None
     return sum(math.prod(t.shape) for t in tensors) * itemsize
@@ -394,7 +394,7 @@ def check_tensors(header: Header, config: dict[str, Any]) -> None:
             f"{', '.join(TYPE_NAMES[k] for k in BLOCKS)}: use such a GGUF, or the safetensors "
             "checkpoint")
     grids = sorted({t.type_name for t in header.tensors.values()
-                    if t.type in GRID_BLOCKS and t.name != "output.weight"})  # never read
+                    if t.type in GRID_BLOCKS and t.name not in _UNUSED})
     if grids:
         try:
             gguf_py()

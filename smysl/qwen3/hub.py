@@ -430,11 +430,11 @@ def gguf_folder_problem(root: Path) -> str | None:
                                                     if len(held) > 4 else "")
     # a part of a split file (tiny-00001-of-00003.gguf) loads only merged: not the example
     whole = [p for p in held if not _SPLIT_PART.search(p.name)]
-    which = (f"e.g. {whole[0]}" if whole else
-             "merged: its parts are of a split file (llama-gguf-split --merge PART-00001... "
-             "OUT.gguf)")
+    what = (f"pass one of the files as the model, e.g. {whole[0]}" if whole else
+            f"its files are parts of a split model: merge them (llama-gguf-split --merge "
+            f"{held[0]} OUT.gguf) and pass OUT.gguf as the model")
     return (f"{root} holds GGUF files ({names}), not a transformers checkpoint "
-            f"(config.json, *.safetensors): pass one of the files as the model, {which}")
+            f"(config.json, *.safetensors): {what}")
 
 
 #: The name llama.cpp gives each part of a file split in several (``gguf-split``).

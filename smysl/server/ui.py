@@ -28,6 +28,7 @@ from smysl.server.errors import ApiError
 from smysl.server.http import json_response
 from smysl.server.rerank_routes import RerankService
 from smysl.server.service import Service, until_disconnected
+from smysl.toolkit.search import check_queries
 from smysl.toolkit.store import Condition, parse_where
 
 if TYPE_CHECKING:
@@ -291,6 +292,10 @@ def router(service: Service, reranking: RerankService | None = None) -> APIRoute
                            f"(at most {MAX_RERANK_TOP}, and this server's max_inputs), got "
                            f"{top}", param="rerank_top" if top != body.k else "k")
         service.check_texts([body.query], "query")
+        try:  # the index's rule: a whitespace-only query too
+            check_queries([body.query])
+        except ValueError as e:
+            raise ApiError("empty", str(e), param="query") from None
         try:  # the filter's own problems are the request's; the store's are the server's
             check_where_size(parse_where(body.where))
         except ValueError as e:

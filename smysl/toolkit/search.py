@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
@@ -156,21 +157,26 @@ class FusedHit(Hit):
 def check_queries(queries: Sequence[str]) -> None:
     """An empty or all-whitespace query is refused before anything is embedded: embedded,
     it gave arbitrary neighbours; by words, no hit, without a word why."""
+    if isinstance(queries, str):  # its letters would be the queries
+        raise TypeError("queries: a list of strings, not one string")
     for i, q in enumerate(queries):
         if isinstance(q, str) and not q.strip():
             raise ValueError(f"a query is empty (query {i}); give its text")
 
 
 #: Hits a store is asked for past ``k``: ties at the cut are settled by id here, not by the
-#: store's own order of equal scores (:func:`_by_score`).
+#: store's own order of equal scores (:func:`_by_score`), where no more than this many more
+#: hits tie with the k-th.
 _TIES = 8
 
 
 def _by_score(found: list[list[Hit]], k: int) -> list[list[Hit]]:
     """Each query's hits best first, equal scores by id, cut to ``k``: LanceDB and the memory
     store listed equal BM25 scores (duplicate texts: equal cosines) in orders of their own,
-    and hybrid search, which fuses ranks, then differed between them too."""
-    return [sorted(hits, key=lambda h: (-h.score, h.id))[:k] for hits in found]
+    and hybrid search, which fuses ranks, then differed between them too. (A NaN score, of a
+    damaged vector, goes last: compared, it would leave the order undefined.)"""
+    return [sorted(hits, key=lambda h: (math.isnan(h.score), -h.score, h.id))[:k]
+            for hits in found]
 
 
 def search_vectors(store: VectorStore, queries: np.ndarray | None, config: SearchConfig,

@@ -957,6 +957,24 @@ def test_provider_errors_pickle_whole() -> None:
     moved = back.moved(10, 20)
     assert (moved.refused, moved.failed, moved.done, moved.total) == (13, [13, 14],
                                                                       [10, 11, 12], 20)
+    # its message's places were the part's: said so
+    assert str(moved).endswith("(places counted from input #10 of 20)")
+    # a review's: the timeout errors (TimeoutError, an OSError, too) did not rebuild at all
+    import copy
+
+    from smysl.providers import errors as E
+
+    timeout = E.JobTimeoutError("m: the call ran past job_timeout", status_to_answer=504)
+    kinds = [timeout, E.RequestTimeoutError("m: no answer"), E.ProviderTimeoutError("t"),
+             E.RetriesExhaustedError("r"), E.MalformedResponseError("bad"),
+             E.InvalidRowError("row"), E.ProviderError("p", reason="why"),
+             E.PartialEmbeddingError("m: 1 of 2", [1], 2, timeout, done=[0], rows=rows[:1]),
+             E.IncompleteEmbeddingError("m: 2 of 2", [0, 1], 2, timeout), error, big]
+    for e in kinds:
+        for again in (pickle.loads(pickle.dumps(e)), copy.copy(e), copy.deepcopy(e)):
+            assert type(again) is type(e) and str(again) == str(e), type(e).__name__
+            assert again.status_to_answer == e.status_to_answer
+    assert isinstance(pickle.loads(pickle.dumps(timeout)), TimeoutError)
 
 
 def test_an_ollama_that_is_not_running_is_said_so() -> None:

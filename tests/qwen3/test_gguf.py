@@ -871,8 +871,9 @@ def test_a_folder_of_gguf_files_says_to_pass_one(files: dict[str, Path], tmp_pat
     split.mkdir()
     for part in (1, 2):
         shutil.copy(files["Q8_0"], split / f"tiny-0000{part}-of-00002.gguf")
-    with pytest.raises(ValueError, match=r"pass one of the files as the model, merged: its "
-                                         r"parts are of a split file \(llama-gguf-split"):
+    with pytest.raises(ValueError, match=r"its files are parts of a split model: merge them "
+                                         rf"\(llama-gguf-split --merge {split}/tiny-00001-of-"
+                                         r"00002\.gguf OUT\.gguf\) and pass OUT\.gguf"):
         Embedder.load(str(split), device="cpu")
     shutil.copy(files["F16"], split / "tiny-F16.gguf")
     with pytest.raises(ValueError, match=rf"e\.g\. {split}/tiny-F16\.gguf$"):

@@ -313,6 +313,8 @@ def test_search_rejects_bad_requests(hash_index: Path) -> None:
         cases = [({"query": "q", "k": 0}, 422, "k must be between 1 and 100"),
                  ({"query": "q", "k": 101}, 422, "k must be between 1 and 100"),
                  ({"query": ""}, 400, "query[0] is an empty string"),
+                 # a review's: a whitespace query passed here, the index's own rule refuses it
+                 ({"query": "  \n"}, 400, "a query is empty (query 0); give its text"),
                  ({"query": "q", "where": {"topic": {"$near": 1}}}, 422, "unknown filter"),
                  ({"query": "q", "limit": 3}, 422, "limit"),
                  ({"k": 3}, 422, "query"),
