@@ -60,9 +60,9 @@ PRESETS: dict[str, ProviderConfig] = {
         name="ollama", base_url="http://localhost:11434", path="/api/embed",
         base_url_env="OLLAMA_HOST", max_batch_texts=64,
         width_from_name=False, supports_dimensions=True,
-        unreachable_hint="is Ollama running (`ollama serve`)? A model of this machine's "
-                         "Ollama store also runs in smysl's own engine, without it: "
-                         "ollama-store:NAME"),
+        unreachable_hint="is Ollama running there (`ollama serve`)? On the machine that "
+                         "holds its store, a model of it also runs in smysl's own engine, "
+                         "without Ollama: ollama-store:NAME"),
     # TEI's default --max-client-batch-size is 32; larger batches get 413 (and are split).
     "tei": ProviderConfig(
         name="tei", base_url="http://localhost:8080", path="/embed", base_url_env="TEI_URL",

@@ -985,7 +985,7 @@ def test_an_ollama_that_is_not_running_is_said_so() -> None:
 
     m = connect("ollama", "http://127.0.0.1:1#qwen3-embedding:0.6b", dimensions=32,
                 max_retries=0)
-    with pytest.raises(Exception, match=r"connection error: .*; is Ollama running \(`ollama "
-                                        r"serve`\)\? .*ollama-store:NAME"):
+    with pytest.raises(Exception, match=r"connection error: .*; is Ollama running there "
+                                        r"\(`ollama serve`\)\? .*ollama-store:NAME"):
         m.embed(["x"])
     m.close()
