@@ -299,11 +299,11 @@ class SmyslEmbedding(_base.BaseEmbedding):  # type: ignore[name-defined]
         except RejectedInputError as e:  # a remote model's refusal (an API's 400 or 422)
             first = texts[e.named][:60] if e.named is not None else ""
             # the other failed inputs were not sent (the call stopped at the refusal)
-            others = len(e.failed) - 1
+            others, said = len(e.failed) - 1, e.reason or first_line(e)
             refused = RejectedInputError(
                 f"{self.model.name} refused the text starting {first!r}"
-                + (f"; its answer to that text sent alone: {e.reason or first_line(e)}"
-                   if e.refused is not None else f": {e.reason or first_line(e)}")
+                + (f"; its answer to that text sent alone: {said}" if e.refused is not None
+                   else f": {said}")
                 + (f" ({others} other text(s) of the batch were not embedded)"
                    if others > 0 else ""),
                 e.failed, e.total, e.cause, done=e.done, rows=e.rows)

@@ -249,9 +249,8 @@ CODES = {Q4_0: q4_0_codes, Q4_1: q4_1_codes, Q5_0: q5_0_codes, Q5_1: q5_1_codes,
 #: Byte offsets in a block of its float16 scales (``d``, and ``m`` or ``dmin``): ggml's
 #: ``ggml_validate_row_data`` checks these. One that is NaN or inf makes its whole block so.
 SCALES_AT = {Q4_0: (0,), Q4_1: (0, 2), Q5_0: (0,), Q5_1: (0, 2), Q8_0: (0,), Q2_K: (80, 82),
-             Q3_K: (108,),
-             Q4_K: (0, 2), Q5_K: (0, 2), Q6_K: (208,), IQ4_NL: (0,), IQ4_XS: (0,),
-             **{kind: (0,) for kind in GRID_BLOCKS if kind != IQ1_M}}
+             Q3_K: (108,), Q4_K: (0, 2), Q5_K: (0, 2), Q6_K: (208,), IQ4_NL: (0,), IQ4_XS: (0,),
+             **{kind: (0,) for kind in GRID_BLOCKS if kind != IQ1_M}}  # IQ1_M: _scale_bits
 
 
 def _scale_bits(blocks: torch.Tensor, kind: int) -> list[torch.Tensor]:
