@@ -23,6 +23,7 @@ import numpy as np
 
 from smysl.pooling import MIN_DIMENSIONS, check_dimensions, finish
 from smysl.prompts import DEFAULT_TASK, format_query, resolve_task
+from smysl.shown import first_line
 from smysl.tokenize import (
     Direction,
     InputTooLongError,
@@ -216,6 +217,11 @@ class UpstreamError(RuntimeError):
     def told_clients(self) -> str:
         """:attr:`reason`, or the message when there is none."""
         return self.reason if self.reason is not None else str(self)
+
+    def brief(self) -> str:
+        """:attr:`reason`, or the message's first line: the upstream's words inside a
+        message of smysl's (a bad row's, a refusal's)."""
+        return self.reason or first_line(self)
 
     def __reduce__(self) -> tuple[Any, ...]:
         # an exception pickles as ``cls(*args)``, which subclasses' constructors (more

@@ -26,7 +26,7 @@ from smysl.integrations import (
     require,
 )
 from smysl.providers.errors import RejectedInputError
-from smysl.shown import first_line, shown_source
+from smysl.shown import shown_source
 from smysl.tokenize import InputTooLongError
 
 _base = require("llama_index.core.base.embeddings.base", "llamaindex")
@@ -299,7 +299,7 @@ class SmyslEmbedding(_base.BaseEmbedding):  # type: ignore[name-defined]
         except RejectedInputError as e:  # a remote model's refusal (an API's 400 or 422)
             first = texts[e.named][:60] if e.named is not None else ""
             # the other failed inputs were not sent (the call stopped at the refusal)
-            others, said = len(e.failed) - 1, e.reason or first_line(e)
+            others, said = len(e.failed) - 1, e.brief()
             refused = RejectedInputError(
                 f"{self.model.name} refused the text starting {first!r}"
                 + (f"; its answer to that text sent alone: {said}" if e.refused is not None

@@ -3,6 +3,9 @@
 
 from __future__ import annotations
 
+import itertools
+from collections.abc import Sequence
+
 import numpy as np
 
 from smysl.base import UpstreamError
@@ -155,14 +158,16 @@ class RejectedInputError(IncompleteEmbeddingError, ValueError):
             return self.refused
         return self.failed[0] if self.failed else None
 
-    def moved(self, offset: int, total: int) -> RejectedInputError:
-        """This error of a call on ``texts[offset:]`` as one of a call on ``total`` texts (a
-        Ray actor's part of them): its places moved by ``offset``."""
+    def placed(self, places: Sequence[int], total: int) -> RejectedInputError:
+        """This error of a call on some of ``total`` texts (a Ray actor's part of them) as one
+        of the call on all: its input ``i`` is input ``places[i]`` there."""
         cause = self.cause
-        where = f" (places counted from input #{offset} of {total})"
+        contiguous = all(b == a + 1 for a, b in itertools.pairwise(places))
+        where = (f" (places counted from input #{places[0]} of {total})" if contiguous else
+                 f" (places counted among {len(places)} of {total} inputs)")
         if isinstance(cause, InputRefusedError):
             cause = InputRefusedError(str(cause) + where, cause.status, cause.body,
-                                      cause.position + offset)
-        return RejectedInputError(self.summary + where, [offset + i for i in self.failed],
-                                  total, cause, done=[offset + i for i in self.done],
+                                      places[cause.position])
+        return RejectedInputError(self.summary + where, [places[i] for i in self.failed],
+                                  total, cause, done=[places[i] for i in self.done],
                                   rows=self.rows)

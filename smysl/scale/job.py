@@ -45,7 +45,6 @@ from smysl.scale.sources import (
     find_sources,
     read_rows,
 )
-from smysl.shown import first_line
 from smysl.tokenize import InputTooLongError, check_counts
 from smysl.toolkit.chunking import CHUNKER_VERSION, ChunkConfig, TokenChunker, chunker_for
 
@@ -792,7 +791,7 @@ class _ParquetWriter(_Writer):
                 if not e.done:
                     self._check_requests(source, batch, e)
                 row, what = self._text_of(batch, e.refused)
-                bad(source, row, f"{self.model.name} refused {what}: {e.reason or first_line(e)}")
+                bad(source, row, f"{self.model.name} refused {what}: {e.brief()}")
                 batch = batch.without(batch.owners[e.refused])
             except PartFailedError as e:  # its texts named by their rows, not their places
                 rows = [batch.rows[batch.owners[i]] for i in range(e.start, e.stop)]
@@ -818,8 +817,8 @@ class _ParquetWriter(_Writer):
             first, last = batch.rows[batch.owners[0]], batch.rows[batch.owners[-1]]
             raise RuntimeError(
                 f"{source.path}, rows {first.number}..{last.number}: {self.model.name} "
-                f"refused a text of them ({e.reason or first_line(e)}), and the text "
-                f"{_PROBE!r} as well ({again.reason or first_line(again)}): it refuses this "
+                f"refused a text of them ({e.brief()}), and the text "
+                f"{_PROBE!r} as well ({again.brief()}): it refuses this "
                 "job's requests, not a row") from e
 
     def write(self, name: str, source: Source, rows: Iterable[Row], report: JobReport,

@@ -31,6 +31,7 @@ import numpy as np
 
 from smysl.base import BaseEmbedder, Progress, check_flag, check_progress, progress_bar
 from smysl.options import ModelOptions
+from smysl.pooling import finish
 from smysl.prompts import resolve_task
 from smysl.providers.errors import RejectedInputError
 from smysl.registry import portable_model
@@ -340,6 +341,9 @@ class RayEmbedder(BaseEmbedder):
         self._text_tokens: TextTokens | None = None
         self._text_tokens_fetched = False
         self._next = 0
+        #: ((method, its arguments), {text: vector}) a refused call did embed (:meth:`_run`).
+        self._held: tuple[tuple[str, tuple[Any, ...]], dict[str, np.ndarray]] | None = None
+        self._held_lock = threading.Lock()
 
     def fingerprint(self) -> str:
         return str(self._fingerprint)
@@ -384,10 +388,22 @@ class RayEmbedder(BaseEmbedder):
         (``progress`` told of each part as it returns); a text too long raises
         :class:`~smysl.tokenize.InputTooLongError` with its index in ``texts``, and one a
         provider refused :class:`~smysl.providers.errors.RejectedInputError` with its places
-        in ``texts``, as one model would."""
-        parts = self._parts(len(texts))
-        futures = [self.actors[i].metered.remote(method, texts[s], *args)
-                   for i, s in enumerate(parts)]
+        in ``texts``, as one model would.
+
+        What a refused call did embed (the other parts, and the refused part's rows before the
+        refusal) is held here: the call repeated without the refused text (a corpus job's)
+        sends only the rest. Split anew over the actors, it would pay for them again, since
+        each provider object keeps only its own."""
+        with self._held_lock:
+            held = self._held if self._held is not None and self._held[0] == (method, args) \
+                else None
+        have = held[1] if held is not None else {}
+        send = [i for i, t in enumerate(texts) if t not in have]
+        if progress is not None and len(send) < len(texts):
+            progress.update(len(texts) - len(send))
+        parts = self._parts(len(send))
+        futures = [self.actors[k].metered.remote(method, [texts[i] for i in send[s]], *args)
+                   for k, s in enumerate(parts)]
         size = {f: s.stop - s.start for f, s in zip(futures, parts, strict=True)}
         pending = list(futures)
         while pending:
@@ -399,17 +415,44 @@ class RayEmbedder(BaseEmbedder):
             try:
                 results.append(self._ray.get(f))
             except self._ray.exceptions.RayActorError as e:
-                failed = failed or PartFailedError(part.start, part.stop, first_line(e))
+                failed = failed or PartFailedError(send[part.start], send[part.stop - 1] + 1,
+                                                   first_line(e))
         for _, usage in results:  # what the other parts cost, billed whatever failed
             self._add_usage(usage)
         if failed is not None:
             raise failed
         for part, (out, _) in zip(parts, results, strict=True):
             if isinstance(out, TooLong):
-                raise out.error(part.start)
-            if isinstance(out, RejectedInputError):
-                raise out.moved(part.start, len(texts))
-        return np.concatenate([out for out, _ in results]).astype(np.float32, copy=False)
+                raise out.error(send[part.start + out.index])
+        refused = next(((part, out) for part, (out, _) in zip(parts, results, strict=True)
+                        if isinstance(out, RejectedInputError)), None)
+        if refused is not None:
+            part, error = refused
+            kept = dict(have)
+            for p, (out, _) in zip(parts, results, strict=True):
+                if isinstance(out, np.ndarray):
+                    kept.update(zip((texts[i] for i in send[p]), out, strict=True))
+            if error.done:  # its raw rows, made what the actor's call would have returned
+                rows = (error.rows if method == "embed_formatted" else
+                        finish(error.rows, args[1] or error.rows.shape[1]))
+                kept.update(zip((texts[send[part.start + i]] for i in error.done), rows,
+                                strict=True))
+            with self._held_lock:
+                self._held = ((method, args), kept)
+            raise error.placed(send[part], len(texts))
+        got = [out for out, _ in results]
+        width = got[0].shape[1] if got else next(iter(have.values())).shape[0]
+        vectors = np.empty((len(texts), width), np.float32)
+        for part, out in zip(parts, got, strict=True):
+            vectors[send[part]] = out
+        for i, t in enumerate(texts):
+            if t in have:
+                vectors[i] = have[t]
+        if held is not None:
+            with self._held_lock:  # used: a later call pays again, as any call does
+                if self._held is held:
+                    self._held = None
+        return vectors
 
     def _add_usage(self, delta: dict[str, Any] | None) -> None:
         if delta is None:

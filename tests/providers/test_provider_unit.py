@@ -954,11 +954,15 @@ def test_provider_errors_pickle_whole() -> None:
     assert back.cause.status == 400 and back.status_to_answer == error.status_to_answer
     big = pickle.loads(pickle.dumps(PayloadTooLargeError("too big", 413, "", retry_after=2.0)))
     assert (big.status, big.retry_after, str(big)) == (413, 2.0, "too big")
-    moved = back.moved(10, 20)
+    moved = back.placed(range(10, 15), 20)
     assert (moved.refused, moved.failed, moved.done, moved.total) == (13, [13, 14],
                                                                       [10, 11, 12], 20)
     # its message's places were the part's: said so
     assert str(moved).endswith("(places counted from input #10 of 20)")
+    # a part of the texts a call did not hold already: its places anywhere
+    spread = back.placed([1, 4, 6, 7, 9], 12)
+    assert (spread.refused, spread.failed, spread.done) == (7, [7, 9], [1, 4, 6])
+    assert str(spread).endswith("(places counted among 5 of 12 inputs)")
     # a review's: the timeout errors (TimeoutError, an OSError, too) did not rebuild at all
     import copy
 

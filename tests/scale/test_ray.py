@@ -403,6 +403,36 @@ def test_a_row_a_provider_refuses_on_an_actor_is_named(cluster, tmp_path) -> Non
 
 
 @slow
+@pytest.mark.filterwarnings("ignore:no Qwen3 tokenizer")
+def test_a_refusal_on_an_actor_bills_no_other_text_twice(cluster, tmp_path) -> None:
+    """What a call refused on one actor did embed (the other actor's part, the refused part's
+    texts before the refusal) was dropped: the job's call without the refused row, split anew
+    over the actors, paid for those texts again. They are held, and only the rest is sent;
+    the vectors are those of a run without the bad row."""
+    from smysl.scale.ray_data import RayConfig, RayEmbedder
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "providers"))
+    from provider_fakes import FakeServer
+
+    rows = [{"id": i, "text": f"text {i}" + (" POISON" if i == 7 else "")} for i in range(10)]
+    path = tmp_path / "rows.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    with FakeServer(dims=64, refuse=lambda t: "POISON" in t) as srv, \
+            RayEmbedder(f"openai:{srv.url}/v1#m", ModelOptions(), RayConfig(actors=2),
+                        dimensions=64, backoff_base=0.001, max_retries=0) as model:
+        report = run_job(model, [path], JobConfig(output=str(tmp_path / "o"), batch_size=10,
+                                                  dimensions=32, skip_bad_rows=True))
+        billed = collections.Counter(srv.billed_texts)
+        one = smysl.load(f"openai:{srv.url}/v1#m", ModelOptions(), dimensions=64)
+        alone = one.embed([r["text"] for r in rows if r["id"] != 7], dimensions=32)
+    assert report.bad_rows == 1
+    assert {t: n for t, n in billed.items() if n != 1} == {}, billed
+    assert set(billed) == {f"text {i}" for i in range(10) if i != 7}
+    got = _read(tmp_path / "o")
+    assert np.array_equal(np.stack([got[str(i)] for i in range(10) if i != 7]), alone)
+
+
+@slow
 def test_chunks_on_actors_cut_by_the_models_tokenizer(cluster, tiny_dir, reference,
                                                       tmp_path) -> None:
     """A chunking job on a Ray pool cuts and counts chunks with the model's own tokenizer, as
