@@ -1,7 +1,7 @@
 """``smysl`` command line. Each subcommand lives in ``smysl/commands/<name>.py`` and defines
-``HELP``, ``add_arguments(parser)`` and ``run(args) -> int`` (or, for a module holding several
-related commands, an object with those three attributes: ``"module:NAME"``); heavy imports stay
-inside ``run`` so that ``smysl --help`` is instant.
+``HELP``, ``add_arguments(parser)``, ``run(args) -> int`` and ``EXAMPLES`` (or, for a module
+holding several related commands, an object with those attributes: ``"module:NAME"``); heavy
+imports stay inside ``run`` so that ``smysl --help`` is instant.
 """
 
 from __future__ import annotations
@@ -11,6 +11,8 @@ import importlib
 import os
 import sys
 from collections.abc import Sequence
+
+from smysl.commands import HelpFormatter, examples
 
 #: Subcommand name -> module. Add a line here to add a command.
 COMMANDS: dict[str, str] = {
@@ -29,9 +31,19 @@ COMMANDS: dict[str, str] = {
 }
 
 
+#: What ``smysl --help`` shows first: the commands a newcomer starts with.
+START = (("smysl serve --model qwen3-embedding:0.6b", "an embedding server on 127.0.0.1:8000"),
+         ("smysl embed --model qwen3-embedding:0.6b -i docs.txt -o docs.jsonl",
+          "a vector per line"),
+         ("smysl index add kb docs/ --model qwen3-embedding:0.6b", "a searchable index"),
+         ("smysl index search kb \"how do I reset my password?\"", "then search it"),
+         ("smysl COMMAND --help", "each command's options and examples"))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="smysl", description="Qwen3-Embedding: embed, serve, index and search, evaluate.")
+        prog="smysl", description="Qwen3-Embedding: embed, serve, index and search, evaluate.",
+        epilog=examples(START), formatter_class=HelpFormatter)
     from smysl import __version__
 
     parser.add_argument("--version", action="version", version=f"smysl {__version__}")
@@ -41,7 +53,8 @@ def build_parser() -> argparse.ArgumentParser:
         command = importlib.import_module(module_name)
         if attr:
             command = getattr(command, attr)
-        p = sub.add_parser(name, help=command.HELP, description=command.HELP)
+        p = sub.add_parser(name, help=command.HELP, description=command.HELP,
+                           epilog=examples(command.EXAMPLES), formatter_class=HelpFormatter)
         command.add_arguments(p)
         p.set_defaults(_run=command.run)
     return parser

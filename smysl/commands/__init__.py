@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from collections.abc import Sequence
 from typing import Any
 
 
@@ -35,3 +36,22 @@ def check_output_folder(output: str) -> None:
     parent = Path(output).expanduser().parent
     if output != "-" and not parent.is_dir():
         raise FileNotFoundError(f"--output {output}: no such folder {parent}")
+
+
+def examples(lines: Sequence[tuple[str, str]]) -> str:
+    """An epilog of command lines, each under what it does (a shell comment: pasted whole,
+    it still runs)."""
+    return EXAMPLES_HEAD + "".join(f"\n  # {what}\n  {cmd}" if what else f"\n  {cmd}"
+                                   for cmd, what in lines)
+
+
+EXAMPLES_HEAD = "examples:"
+
+
+class HelpFormatter(argparse.HelpFormatter):
+    """Wraps descriptions as argparse does; keeps the examples' lines as written."""
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        if text.startswith(EXAMPLES_HEAD):
+            return "".join(indent + line for line in text.splitlines(keepends=True))
+        return super()._fill_text(text, width, indent)

@@ -27,6 +27,18 @@ if TYPE_CHECKING:
 
 HELP = "classify texts (zero-shot with --labels, or --train/--load a logreg/kNN model)"
 
+#: Command lines shown under ``--help`` (command, what it does); tests parse each.
+EXAMPLES = (
+    ("smysl classify --model qwen3-embedding:0.6b -i tickets.csv --labels "
+     "\"billing,bug report,feature request\"",
+     "zero-shot"),
+    ("smysl classify --model qwen3-embedding:0.6b -i new.csv --train labelled.csv "
+     "--save t.npz -o out.csv",
+     "trained on labelled rows"),
+    ("smysl classify --model qwen3-embedding:0.6b -i new.jsonl --load t.npz -o out.jsonl",
+     "a saved classifier"),
+)
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     add_model_arguments(p)

@@ -22,6 +22,16 @@ from smysl.files import replacing
 
 HELP = "cluster texts (k-means with --k or estimated k, or --method hdbscan)"
 
+#: Command lines shown under ``--help`` (command, what it does); tests parse each.
+EXAMPLES = (
+    ("smysl cluster --model qwen3-embedding:0.6b -i texts.csv --k 12 -o clusters.csv "
+     "--summary c.json",
+     "k-means"),
+    ("smysl cluster --model qwen3-embedding:0.6b -i texts.csv --method hdbscan "
+     "--min-cluster-size 10",
+     ""),
+)
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     add_model_arguments(p)

@@ -19,6 +19,15 @@ from smysl.files import replacing
 
 HELP = "find near-duplicate texts (groups above --threshold) and write a report"
 
+#: Command lines shown under ``--help`` (command, what it does); tests parse each.
+EXAMPLES = (
+    ("smysl dedup --model qwen3-embedding:0.6b -i texts.jsonl --threshold 0.9 --report dedup.json",
+     "groups"),
+    ("smysl dedup --model qwen3-embedding:0.6b -i texts.jsonl --threshold 0.9 "
+     "--unique -o unique.jsonl",
+     "keep one of each"),
+)
+
 #: The columns the output adds to the input's.
 ADDED = ("group", "keep", "duplicate_of")
 

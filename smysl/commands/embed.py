@@ -28,6 +28,22 @@ if TYPE_CHECKING:
 HELP = ("embed lines of text from stdin or a file into JSONL/.npy, or a JSONL/CSV/Parquet "
         "corpus into a Parquet dataset or an index (resumable)")
 
+#: Command lines shown under ``--help`` (command, what it does); tests parse each.
+EXAMPLES = (
+    ("smysl embed --model qwen3-embedding:0.6b -i docs.txt -o docs.jsonl",
+     "a vector per line, as documents"),
+    ("smysl embed --model qwen3-embedding:0.6b --query -i questions.txt -o q.npy",
+     "as queries (default task)"),
+    ("smysl embed --model qwen3-embedding:0.6b --task \"Find the FAQ answer\" -i q.txt",
+     "your own instruction"),
+    ("smysl embed --model qwen3-embedding:0.6b --dimensions 256 -i corpus/ -o vectors/",
+     "JSONL/CSV/Parquet rows into a Parquet dataset; rerun resumes"),
+    ("smysl embed --model qwen3-embedding:0.6b -i corpus/ -o kb/ --chunk-tokens 512",
+     "into a LanceDB index, chunked"),
+    ("smysl embed --model Qwen/Qwen3-Embedding-8B -i corpus/ -o vectors/ --ray auto --actors 8",
+     "on a Ray cluster"),
+)
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     add_model_arguments(p)

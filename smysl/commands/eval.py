@@ -12,6 +12,20 @@ from smysl.commands._model import add_model_arguments, model_options
 HELP = ("evaluate models on STS, pair classification, classification, clustering, retrieval "
         "and reranking")
 
+#: Command lines shown under ``--help`` (command, what it does); tests parse each.
+EXAMPLES = (
+    ("smysl eval --list-tasks",
+     "names, kinds and metrics"),
+    ("smysl eval -m qwen3-embedding:0.6b -t sts-en --limit 50 --no-plots --out runs/smoke",
+     "a smoke run"),
+    ("smysl eval -m qwen3-embedding:0.6b -d 32,64,256,1024 -t sts,retrieval --out runs/q06",
+     "Matryoshka sizes"),
+    ("smysl eval -m qwen3-embedding:0.6b --quantize int8 --compare runs/q06 --out runs/int8",
+     "against an earlier run"),
+    ("smysl eval -m qwen3-embedding:0.6b -r Qwen/Qwen3-Reranker-0.6B -t rerank --out runs/rr",
+     "with a reranker"),
+)
+
 
 def _ints(text: str) -> tuple[int, ...]:
     try:

@@ -10,7 +10,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from smysl.commands import count, given
+from smysl.commands import HelpFormatter, count, examples, given
 from smysl.commands._lines import read_lines
 from smysl.commands._model import add_model_arguments, load_model
 from smysl.commands._toolkit import (
@@ -27,6 +27,26 @@ if TYPE_CHECKING:
     from smysl.toolkit.store import StoreConfig
 
 HELP = "build, search, check and prune a semantic index (add | search | verify | delete)"
+
+#: Command lines shown under ``--help`` (command, what it does); tests parse each.
+EXAMPLES = (
+    ("smysl index add kb docs/ --model qwen3-embedding:0.6b",
+     "txt/md/csv/jsonl files into the LanceDB folder kb/"),
+    ("smysl index add kb docs/ --model qwen3-embedding:0.6b --prune",
+     "also delete what docs/ no longer holds"),
+    ("smysl index add postgres://me@db/kb docs/ --model qwen3-embedding:0.6b",
+     "into PostgreSQL (pgvector)"),
+    ("smysl index search kb \"how do I reset my password?\" -k 5",
+     "the 5 nearest chunks"),
+    ("smysl index search kb \"артикул 4417-БК\" --mode hybrid",
+     "meaning and words"),
+    ("smysl index search kb \"...\" --rerank Qwen/Qwen3-Reranker-0.6B --format context",
+     "a RAG context"),
+    ("smysl index verify kb",
+     "check every stored vector"),
+    ("smysl index delete kb --doc-id /abs/path/faq.csv:12",
+     "one document's chunks"),
+)
 
 
 
@@ -53,10 +73,15 @@ def _store_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--table", default="chunks", help="table / collection name (default: chunks)")
 
 
+def _examples(action: str) -> str:
+    return examples([e for e in EXAMPLES if e[0].startswith(f"smysl index {action} ")])
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     sub = p.add_subparsers(dest="action", required=True, metavar="ACTION")
 
-    a = sub.add_parser("add", help="ingest txt/md/csv/jsonl files or folders")
+    a = sub.add_parser("add", help="ingest txt/md/csv/jsonl files or folders",
+                       epilog=_examples("add"), formatter_class=HelpFormatter)
     _store_arguments(a)
     a.add_argument("paths", nargs="+", help="files or folders")
     add_model_arguments(a)
@@ -81,7 +106,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="build an approximate (IVF-HNSW) index after ingesting")
     a.add_argument("--no-progress", action="store_true", help="no progress bar")
 
-    s = sub.add_parser("search", help="top-k chunks for queries")
+    s = sub.add_parser("search", help="top-k chunks for queries",
+                       epilog=_examples("search"), formatter_class=HelpFormatter)
     _store_arguments(s)
     s.add_argument("queries", nargs="*", help="query texts (before or after the options)")
     s.set_defaults(_rest="queries")
@@ -123,12 +149,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     s.add_argument("--output", "-o", help="write hit rows to .csv, .jsonl or .json instead")
 
     v = sub.add_parser("verify", help="check every stored vector (exit 1 when any is damaged); "
-                                      "loads no model unless --model is given")
+                                      "loads no model unless --model is given",
+                       epilog=_examples("verify"), formatter_class=HelpFormatter)
     _store_arguments(v)
     add_model_arguments(v, required=False)
 
     d = sub.add_parser("delete", help="delete the chunks that meet every condition given: "
-                                      "one of the --doc-id ids, and every --where")
+                                      "one of the --doc-id ids, and every --where",
+                       epilog=_examples("delete"), formatter_class=HelpFormatter)
     _store_arguments(d)
     d.add_argument("--doc-id", action="append",
                    help="document id (repeatable: any of them)")

@@ -44,12 +44,13 @@ _ST_DTYPES = {"F32": "float32", "BF16": "bfloat16", "F16": "float16", "F64": "fl
 
 @dataclass(frozen=True)
 class Command:
-    """One subcommand's ``HELP``, ``add_arguments`` and ``run`` (the module protocol of
-    :mod:`smysl.cli`)."""
+    """One subcommand's ``HELP``, ``add_arguments``, ``run`` and ``EXAMPLES`` (the module
+    protocol of :mod:`smysl.cli`)."""
 
     HELP: str
     add_arguments: Callable[[argparse.ArgumentParser], None]
     run: Callable[[argparse.Namespace], int]
+    EXAMPLES: tuple[tuple[str, str], ...]
 
 
 @dataclass(frozen=True)
@@ -649,10 +650,16 @@ def _run_show(args: argparse.Namespace) -> int:
 
 
 MODELS = Command("list embedding models (and Qwen3 rerankers) on this machine: Hugging Face "
-                 "cache, Ollama store, aliases", _add_list, _run_list)
+                 "cache, Ollama store, aliases", _add_list, _run_list,
+                 (("smysl models", "Hugging Face cache, Ollama store, aliases"),
+                  ("smysl models --json --all", "every cached model, as JSON")))
 PULL = Command("download a Qwen3-Embedding (or Qwen3-Reranker) checkpoint into the Hugging "
                "Face cache",
-               _add_pull, _run_pull)
+               _add_pull, _run_pull,
+               (("smysl pull qwen3-embedding:0.6b", "into the Hugging Face cache"),
+                ("smysl pull Qwen/Qwen3-Reranker-0.6B", "a reranker")))
 SHOW = Command("what a model is (layers, dimensions, dtype, size, files) without loading it "
                "(exit status 1 where it cannot load: its problem is shown)",
-               _add_show, _run_show)
+               _add_show, _run_show,
+               (("smysl show qwen3-embedding:0.6b", "layers, dimensions, dtype, size, files"),
+                ("smysl show ./qwen3-embedding-8b-q4_k_m.gguf", "a GGUF file")))

@@ -20,6 +20,15 @@ HELP = "rank documents (JSONL or lines) against a query with a reranker; write J
 MODEL_HELP = ("reranker: a Qwen3-Reranker dir or Hub id (Qwen/Qwen3-Reranker-0.6B), or "
               "scheme:model (siliconflow:..., deepinfra:..., cohere:URL, tei:URL, smysl:URL, ...)")
 
+#: Command lines shown under ``--help`` (command, what it does); tests parse each.
+EXAMPLES = (
+    ("smysl rerank --model Qwen/Qwen3-Reranker-0.6B -q \"how to reset a password?\" -i docs.txt",
+     "a score per line"),
+    ("smysl rerank --model Qwen/Qwen3-Reranker-0.6B -q \"...\" -i hits.jsonl --top-n "
+     "5 -o best.jsonl",
+     "the best 5"),
+)
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True, help=MODEL_HELP)

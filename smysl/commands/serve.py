@@ -19,6 +19,20 @@ if TYPE_CHECKING:
 
 HELP = "serve a model over OpenAI-, Ollama- and TEI-compatible HTTP APIs"
 
+#: Command lines shown under ``--help`` (command, what it does); tests parse each.
+EXAMPLES = (
+    ("smysl serve --model qwen3-embedding:0.6b",
+     "http://127.0.0.1:8000: /v1/embeddings, /api/embed, /embed"),
+    ("smysl serve --model Qwen/Qwen3-Embedding-4B --host 0.0.0.0 --api-key-file key.txt",
+     "on the network, with a key"),
+    ("smysl serve --model qwen3-embedding:0.6b --index kb/",
+     "search in a browser at /ui"),
+    ("smysl serve --model qwen3-embedding:0.6b --reranker Qwen/Qwen3-Reranker-0.6B",
+     "and /rerank"),
+    ("smysl serve --model openrouter:qwen/qwen3-embedding-8b",
+     "a paid API behind one local endpoint"),
+)
+
 #: The model to serve when ``--model`` is not given (as TEI's ``MODEL_ID``).
 MODEL_ENV = "SMYSL_MODEL"
 

@@ -13,6 +13,14 @@ HELP = ("measure the CPU engine's thread count (unless --threads), slice size, b
         "lanes and int4's dequantising threshold for a model and path on this machine "
         "(--device cpu unless given); engines use them from then on")
 
+#: Command lines shown under ``--help`` (command, what it does); tests parse each.
+EXAMPLES = (
+    ("smysl tune --model qwen3-embedding:0.6b",
+     "measure and keep the settings for this machine"),
+    ("smysl tune --model qwen3-embedding:0.6b --quantize int4 --dry-run",
+     "print only"),
+)
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     add_model_arguments(p)
