@@ -940,16 +940,15 @@ class _StoreWriter(_Writer):
                                       dimensions=self.config.dimensions, optimize=False),
             on_stored=lambda ids: chunked.update(i.rpartition("#")[0] for i in ids))
         # what was embedded: the chunks' tokens (overlaps and each chunk's EOS included),
-        # not the rows'. Chunks already in the index (an appended file's old rows, a resumed
-        # shard's) or in the cache were not; a shard that kept some leaves the count unknown
-        # rather than counting them as embedded
+        # not the rows'; chunks already in the index (an appended file's old rows, a resumed
+        # shard's) or in the cache were not
         report.texts += done.embedded
         report.unchanged += done.unchanged
         report.cached += done.cached
         report.empty_rows += sum(1 for i in row_ids if i not in chunked)
-        tokens = done.tokens if done.embedded == done.chunks else None
-        report.tokens = (report.tokens + tokens
-                         if report.tokens is not None and tokens is not None else None)
+        report.tokens = (report.tokens + done.embedded_tokens
+                         if report.tokens is not None and done.embedded_tokens is not None
+                         else None)
         this = parse_shard(name)
 
         def dropped(key: str) -> bool:

@@ -183,6 +183,9 @@ class CachedEmbedder:
         self.cached = 0
         #: Damaged cache entries found, recomputed and rewritten, since creation.
         self.recomputed = 0
+        #: The places, in the last call's texts, of those sent to the model (a text twice:
+        #: its first place): what that call's embedding cost is counted on.
+        self.sent: list[int] = []
 
     @property
     def problems(self) -> list[str]:
@@ -197,13 +200,15 @@ class CachedEmbedder:
         dims = dimensions or self.embedder.dimensions
         if self.cache is None or not self.cache.usable:
             self.embedded += len(texts)
+            self.sent = list(range(len(texts)))
             return self.embedder.embed(texts, instruction=instruction, dimensions=dimensions,
                                        truncate=truncate)
         keys = [cache_key(self.model_key, instruction, dims, t) for t in texts]
         found, damaged = self.cache.get_many(keys, dims)
         missing = list(dict.fromkeys(k for k in keys if k not in found))
+        first = {k: i for i, k in reversed(list(enumerate(keys)))}
+        self.sent = [first[k] for k in missing]
         if missing:
-            first = {k: i for i, k in reversed(list(enumerate(keys)))}
             fresh = self.embedder.embed([texts[first[k]] for k in missing],
                                         instruction=instruction, dimensions=dimensions,
                                         truncate=truncate)

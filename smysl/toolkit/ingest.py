@@ -134,6 +134,9 @@ class IngestReport:
     #: Tokens of the chunks written, as embedded (EOS included; a chunk served from the
     #: embedding cache counts too); None once a chunk's count was an estimate (no tokenizer).
     tokens: int | None = 0
+    #: Of :attr:`tokens`, those of the chunks sent to the model (not served from the cache):
+    #: what the embedding cost; None as :attr:`tokens`.
+    embedded_tokens: int | None = 0
     #: Stored vectors found damaged (payload unchanged) and re-embedded.
     repaired: int = 0
     #: Damaged embedding-cache entries recomputed.
@@ -512,10 +515,14 @@ def ingest(documents: Iterable[Document], *, store: Any, embed: Callable[[list[s
                          [{**p, DIGEST_FIELD: vector_digest(v)}
                           for (_, p), v in zip(todo, vectors, strict=True)])
             report.written += len(todo)
-            counts = [p.get("tokens") for _, p in todo]
-            report.tokens = (report.tokens + sum(c for c in counts if isinstance(c, int))
-                             if report.tokens is not None
-                             and all(isinstance(c, int) for c in counts) else None)
+            counts = [c for _, p in todo if isinstance(c := p.get("tokens"), int)]
+            if report.tokens is None or len(counts) < len(todo):
+                report.tokens = report.embedded_tokens = None
+            else:
+                sent = counters.sent if counters is not None else range(len(todo))
+                report.tokens += sum(counts)
+                report.embedded_tokens = (report.embedded_tokens or 0) + sum(
+                    counts[i] for i in sent)
         # A shorter new version of a document leaves old chunks n.. behind: find them via the
         # first id past the new end, delete only for those documents.
         sentinels = {f"{d}#{n}": d for d, n in ends.items()}

@@ -364,7 +364,8 @@ def test_index_output_resumes_and_searches(tiny, corpus, tmp_path, kind, request
         f.write(json.dumps({"id": "a10", "text": "an appended row"}) + "\n")
     appended = Counting(tiny)
     report = run_job(appended, [corpus], config)
-    assert appended.embedded == 1 and report.texts == 1 and report.tokens is None
+    assert appended.embedded == 1 and report.texts == 1
+    assert report.tokens == tiny.count_tokens(["an appended row"])[0]  # that row's alone
     with pytest.raises(ValueError, match="an index stores documents"):
         run_job(tiny, [corpus], JobConfig(output=output, instruction="find", table=config.table))
 

@@ -286,6 +286,19 @@ def test_an_index_job_counts_the_tokens_of_its_chunks(tiny, tmp_path) -> None:
     column = sum(r["tokens"] for r in _table(parquet.output).values())
     assert index.texts == parquet.texts > 1
     assert index.tokens == parquet.tokens == column > tiny.count_tokens([rows[0]["text"]])[0]
+    # a row appended: the file's old rows are in the index already, the new row's chunks
+    # are what this run embedded (it said "tokens not counted")
+    extra = {"id": "more", "text": " ".join(f"ещё{i}" for i in range(90))}
+    with (d / "a.jsonl").open("a", encoding="utf-8") as f:
+        f.write(json.dumps(extra, ensure_ascii=False) + "\n")
+    (tmp_path / "alone").mkdir()
+    (tmp_path / "alone" / "b.jsonl").write_text(json.dumps(extra, ensure_ascii=False) + "\n",
+                                                encoding="utf-8")
+    more = run_job(tiny, [d], JobConfig(output=f"lancedb:{tmp_path / 'kb'}", chunk=chunk))
+    alone = run_job(tiny, [tmp_path / "alone"], JobConfig(output=str(tmp_path / "o2"),
+                                                          chunk=chunk))
+    assert more.unchanged == index.texts and more.texts == alone.texts > 1
+    assert more.tokens == alone.tokens and "tokens not counted" not in more.summary()
 
 
 @pytest.mark.parametrize(("field", "value", "message"), [

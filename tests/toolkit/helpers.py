@@ -24,6 +24,7 @@ class Counting(BaseEmbedder):
         self.instruction_aware = inner.instruction_aware
         self.default_task = inner.default_task
         self.calls: list[int] = []
+        self.texts: list[str] = []  # every text that reached the model, in order
 
     @property
     def embedded(self) -> int:
@@ -38,6 +39,7 @@ class Counting(BaseEmbedder):
     def _embed(self, texts: list[str], *, truncate: bool,
                progress: Progress | None = None) -> np.ndarray:
         self.calls.append(len(texts))
+        self.texts.extend(texts)
         return self.inner._embed(texts, truncate=truncate, progress=progress)
 
     def count_tokens(self, texts):

@@ -86,6 +86,26 @@ def test_changes_reembed_only_what_changed(tiny, tmp_path) -> None:
         assert ix.delete(["doc0", "doc2"]) > 0 and ix.count({"doc_id": ["doc0", "doc2"]}) == 0
 
 
+def test_the_tokens_embedded_leave_out_chunks_from_the_cache(tiny, tmp_path) -> None:
+    """An index job said "tokens not counted" whenever a chunk came from the cache or was in
+    the index already (a file's old rows, resumed): ingestion counted only the tokens of all
+    chunks written. It counts those sent to the model too."""
+    model = Counting(tiny)
+    docs = corpus(6, seed=2)
+    with open_index(model, tmp_path / "kb") as ix:
+        first = ix.add(docs, CFG)
+        assert first.embedded_tokens == first.tokens == sum(tiny.count_tokens(model.texts))
+        sent = len(model.texts)
+        # doc1's metadata changes (its chunks rewritten from the cache), doc4's text changes
+        changed = [Document(d.id, d.text, {**d.metadata, "group": 9}) if d.id == "doc1" else
+                   Document(d.id, "a new text entirely. " + d.text[:80], d.metadata)
+                   if d.id == "doc4" else d for d in docs]
+        rep = ix.add(changed, CFG)
+    assert rep.cached > 0 and rep.embedded > 0 and rep.unchanged > 0
+    assert rep.embedded_tokens == sum(tiny.count_tokens(model.texts[sent:])) > 0
+    assert rep.tokens is not None and rep.tokens > rep.embedded_tokens
+
+
 def test_readers_and_payloads(tiny, tmp_path) -> None:
     (tmp_path / "notes").mkdir()
     (tmp_path / "notes" / "a.md").write_text("# Title\n\nSome markdown text.", encoding="utf-8")
