@@ -219,6 +219,10 @@ class Piped(_Described):
         return Pending(functools.partial(self._reply, replies, number),
                        functools.partial(self._cancel, replies, number))
 
+    def start(self, batch: list[list[int]], heads: list[int] | None = None) -> Pending:
+        """:meth:`submit`: it returns once the pass is sent, and can be cancelled."""
+        return self.submit(batch, heads)
+
     def _cancel(self, replies: Replies, number: int) -> None:
         """Tell the child that nobody will read pass ``number``'s rows: one not started yet is
         dropped, a CPU pass running stops at its next layer when no request in it is still

@@ -177,6 +177,12 @@ class EngineLike(Protocol):
         ``cancel()`` stops the pass early where the engine can (an engine process)."""
         ...
 
+    def start(self, batch: list[list[int]], heads: list[int] | None = None) -> Pending:
+        """:meth:`submit`, returning at once, its ``cancel()`` able to stop the pass: what a
+        server starts its batches with. An engine in this process on CPU runs it in a thread
+        of its own (:mod:`smysl.qwen3.passes`); elsewhere it is :meth:`submit`."""
+        ...
+
     def share(self) -> EngineLike:
         """A picklable handle other processes compute with on this engine (an engine
         process's :class:`~smysl.qwen3.client.EngineClient`); NotImplementedError in process."""
@@ -250,14 +256,6 @@ class OnEngine:
     three are their engine's."""
 
     engine: EngineLike
-
-    @property
-    def computes_in_submit(self) -> bool:
-        """Whether the engine's ``submit`` returns with the rows computed (an engine in this
-        process on CPU): a server's batch is then computed when it is started; an engine
-        process's (CPU too) is sent, so that it can run between a long pass's layers and be
-        cancelled."""
-        return not self.engine.queues and self.engine.pid is None
 
     @property
     def queues(self) -> int:

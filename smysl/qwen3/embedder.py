@@ -290,16 +290,13 @@ class Embedder(OnEngine, BaseEmbedder, TokenLevel):
         return self._run(ids, None)
 
     def start_prepared(self, ids: list[list[int]]) -> Pending:
-        """:meth:`embed_prepared`, started: on an engine that queues passes (CUDA) or runs in
-        its own process every batch of ``ids`` is sent before this returns (so the caller
-        bounds ``ids``: the server passes one of its batches); otherwise they are computed
-        first. (An engine process on CPU runs a short batch sent while a long input's pass
-        computes between that pass's layers: :class:`smysl.qwen3.worker._Hub`.)"""
-        if self.computes_in_submit:
-            done = self._run(ids, None)
-            return Pending(lambda: done)
+        """:meth:`embed_prepared`, started: every batch of ``ids`` is started
+        (:meth:`~smysl.qwen3.contract.EngineLike.start`) before this returns, so the caller
+        bounds ``ids`` (the server passes one of its batches), and ``cancel()`` stops them. On
+        CPU a short batch started while a long input's pass computes runs between that
+        pass's layers (:mod:`smysl.qwen3.passes`, :class:`smysl.qwen3.worker._Hub`)."""
         plan = list(plan_batches([len(s) for s in ids], self.scheduler))
-        wait, cancel = start_all(lambda batch: self.engine.submit([ids[i] for i in batch]),
+        wait, cancel = start_all(lambda batch: self.engine.start([ids[i] for i in batch]),
                                  plan)
 
         def rows() -> np.ndarray:

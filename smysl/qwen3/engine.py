@@ -52,6 +52,7 @@ from smysl.qwen3.model import (
     shared_probes,
     warm_same_bit_rows,
 )
+from smysl.qwen3.passes import PassThread
 from smysl.qwen3.prefix import layout
 from smysl.shown import first_line
 
@@ -223,7 +224,8 @@ class Engine:
     def __init__(self, model: Qwen3Encoder, device: torch.device, dtype: torch.dtype,
                  quantization: str | None = None, cuda_graphs: int = 0,
                  kernel: str = "torch", tuned_threads: tuning.Threads | None = None,
-                 lanes: int | None = None, cuda_kernels: bool = False) -> None:
+                 lanes: int | None = None, cuda_kernels: bool = False,
+                 budget: int | None = None) -> None:
         self.model = model
         self.kernel = kernel
         self.numerics = ""
@@ -246,6 +248,9 @@ class Engine:
         # from the config: quantised layers hold no float parameters
         self.parameters = cfg.parameters
         self.chunk = chunk_tokens(device.type, cfg.intermediate_size, kernel)
+        #: The token budget of a batch (:attr:`EngineConfig.batch_tokens`): a pass started
+        #: with :meth:`start` with an input over it runs the others between its layers (CPU).
+        self.budget = budget or batch_tokens(self.device)
         #: The thread count ``smysl tune`` measured for this path on this machine, when it was
         #: applied at load (:func:`tuning.load_threads`).
         self.tuned_threads = tuned_threads
@@ -289,6 +294,8 @@ class Engine:
         self._closing_lock = threading.Lock()
         #: Per thread: inside a ``between`` call of :meth:`submit` (its pass holds the slots).
         self._within = _Within()
+        self._passes: PassThread | None = None  # CPU: :meth:`start`'s, built on first use
+        self._passes_lock = threading.Lock()
         _ENGINES.add(self)
         if self.tuned is not None:
             tuning.apply(self, self.tuned)
@@ -374,7 +381,7 @@ class Engine:
         model.exact_qk = device.type != "cpu" or (dtype == torch.float32 and not cfg.quantize)
         graphs = CUDA_GRAPH_TOKENS if cfg.cuda_graphs is None else cfg.cuda_graphs
         return cls(model, device, dtype, cfg.quantize, graphs, kernel, tuned_threads,
-                   cfg.lanes, cfg.cuda_kernels is not False)
+                   cfg.lanes, cfg.cuda_kernels is not False, cfg.batch_tokens)
 
     def forward(self, batch: list[list[int]], heads: list[int] | None = None) -> np.ndarray:
         """One forward pass: token-id sequences -> float32 ``[len(batch), hidden]`` pooled rows.
@@ -432,6 +439,19 @@ class Engine:
         half = len(batch) // 2
         first, second = self.submit(batch[:half]), self.submit(batch[half:])  # CUDA: no heads
         return Pending(lambda: np.concatenate([first(), second()]))
+
+    def start(self, batch: list[list[int]], heads: list[int] | None = None) -> Pending:
+        """:meth:`submit`, returning at once: on CPU the pass runs in this engine's pass
+        thread (:mod:`smysl.qwen3.passes`), so its ``cancel()`` stops it at its next layer,
+        and while a pass with an input over :attr:`budget` runs, the passes started meanwhile
+        within it run between its layers. On CUDA :meth:`submit` queues it already."""
+        if self._cuda is not None:
+            return self.submit(batch, heads)
+        with self._passes_lock:
+            if self._passes is None:
+                self._passes = PassThread(self, self.budget)
+            passes = self._passes
+        return passes.start(batch, heads)
 
     @property
     def running_lanes(self) -> int:
@@ -592,6 +612,7 @@ class Engine:
         self._slots = Slots(self.lanes)
         self._lanes_lock = threading.Lock()
         self._closing, self._closing_lock = 0, threading.Lock()
+        self._passes, self._passes_lock = None, threading.Lock()
 
 
 class _Within(threading.local):

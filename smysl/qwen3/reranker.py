@@ -20,7 +20,7 @@ vocabulary is never computed.
 from __future__ import annotations
 
 import unicodedata
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any, SupportsIndex
 
@@ -307,24 +307,24 @@ class Reranker(OnEngine, BaseReranker):
         return self._from_rows(plan, run_ahead(self._submit(ids), plan, self.engine.queues))
 
     def start_scores(self, ids: list[list[int]]) -> Pending:
-        """:meth:`prepared_scores`, started: on an engine that queues passes (CUDA) every
-        batch of ``ids`` is queued before this returns (the caller bounds ``ids``: the server
-        passes one of its batches); otherwise they are computed first."""
-        if self.computes_in_submit:
-            done = self.prepared_scores(ids)
-            return Pending(lambda: done)
+        """:meth:`prepared_scores`, started: every batch of ``ids`` is started
+        (:meth:`~smysl.qwen3.contract.EngineLike.start`) before this returns, so the caller
+        bounds ``ids`` (the server passes one of its batches), and ``cancel()`` stops them."""
         plan = list(plan_batches([len(s) for s in ids], self.scheduler))
-        wait, cancel = start_all(self._submit(ids), plan)
+        wait, cancel = start_all(self._submit(ids, self.engine.start), plan)
         return Pending(lambda: _scores_of(self._from_rows(plan, wait())), cancel)
 
-    def _submit(self, ids: list[list[int]]) -> Submit[list[int]]:
-        """Starts the pass of one batch of ``ids`` (given by index), each prompt's shared head
-        computed once per batch (CPU; see :meth:`head_length`)."""
+    def _submit(self, ids: list[list[int]],
+                start: Callable[[list[list[int]], list[int] | None], Pending] | None = None
+                ) -> Submit[list[int]]:
+        """Starts the pass of one batch of ``ids`` (given by index) with ``start`` (default:
+        the engine's ``submit``), each prompt's shared head computed once per batch (CPU; see
+        :meth:`head_length`)."""
         heads = [self.head_length(s) for s in ids] if self.marker else None
+        run = start or self.engine.submit
 
         def submit(batch: list[int]) -> Pending:
-            return self.engine.submit([ids[i] for i in batch],
-                                      [heads[i] for i in batch] if heads else None)
+            return run([ids[i] for i in batch], [heads[i] for i in batch] if heads else None)
 
         return submit
 

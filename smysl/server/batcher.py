@@ -5,7 +5,8 @@ queue, drops jobs whose client has gone or whose time budget ran out and starts 
 it; two finisher threads wait for the started batches' rows and post each finished job's
 rows back to its event loop. Neither waits for the event loop, which keeps accepting,
 parsing and answering requests while the model computes. How many batches are in flight is
-the backend's (:attr:`BatchBackend.queues`): one where starting a batch computes it (CPU);
+the backend's (:attr:`BatchBackend.queues`): one on CPU (the pass computes in the engine's
+thread, or its engine process);
 on a CUDA engine one more, queued behind the running one; on an engine process that merges
 what arrives while it computes (CUDA, ``--workers``), each batch is started the moment it can
 be taken, while those in flight are under one token budget: held back behind a batch in
@@ -17,8 +18,8 @@ arrival order; large jobs share what is left round-robin, and after two batches 
 left them nothing, the next large job goes first (so none starves). So a short request
 waits for at most the batches in flight (one, on CUDA two, or a budget's worth), never for a
 large request to finish. One input is never split: an input longer than the budget is a
-forward pass of its own, and while one runs, batches within the budget still start (an
-engine process on CPU runs them between its layers: :meth:`Batcher._room_locked`).
+forward pass of its own, and while one runs, batches within the budget still start (a CPU
+engine runs them between its layers: :meth:`Batcher._room_locked`).
 
 Each job's dimensions and normalisation are applied by :func:`smysl.pooling.finish`, as
 :meth:`smysl.base.BaseEmbedder.embed` applies them; the engine is batch-invariant, so slicing does
@@ -155,11 +156,12 @@ class BatchBackend(Protocol):
 
     @property
     def queues(self) -> int:
-        """How many batches may be started behind the one whose rows are awaited: 0 when
-        :meth:`start` returns with them computed (CPU); 1 when it returns once they are queued
-        (a CUDA engine: the batcher takes and starts the next batch while one runs); more
-        for an engine process, which merges what arrives while it computes (the batcher then
-        starts each batch at once while those in flight are under one token budget)."""
+        """How many batches may be started behind the one whose rows are awaited: 0 when the
+        next would only wait for it (CPU, where a pass uses every thread; a generic backend,
+        whose :meth:`start` computes the rows); 1 when it returns once they are queued (a
+        CUDA engine: the batcher takes and starts the next batch while one runs); more for an
+        engine process, which merges what arrives while it computes (the batcher then starts
+        each batch at once while those in flight are under one token budget)."""
         ...
 
     def start(self, key: tuple[Hashable, ...], items: list[Any]) -> Pending:
@@ -539,10 +541,11 @@ class Batcher:
         starting computes it; one more behind it when the backend queues; more while the
         batches in flight are under one token budget when it merges them. While a batch of
         one input over the budget runs, batches within the budget start as long as their
-        tokens in flight are under one budget: an engine process on CPU runs them between its
-        layers (:class:`smysl.qwen3.worker._Hub`), so a short request waits for one layer of
-        a long document, not for all of it (a second long input waits: queued behind the
-        first, it would hold them up); elsewhere they wait behind it as they would here."""
+        tokens in flight are under one budget: a CPU engine runs them between its layers
+        (:mod:`smysl.qwen3.passes` in this process, :class:`smysl.qwen3.worker._Hub` in an
+        engine process), so a short request waits for one layer of a long document, not for
+        all of it (a second long input waits: queued behind the first, it would hold them
+        up); elsewhere they wait behind it as they would here."""
         n, inflight, ahead = len(self._started), self._inflight, self.backend.queues
         if n <= min(ahead, 1) or (n <= ahead and inflight < self.max_batch_tokens):
             return math.inf
@@ -584,8 +587,8 @@ class Batcher:
 
     def _cancels_due(self) -> list[Callable[[], None]]:
         """The cancel calls of batches in flight whose jobs nobody waits for any more (under
-        the lock; each batch's once): a long input's pass in an engine process on CPU stops at
-        its next layer instead of running minutes for a client that has gone."""
+        the lock; each batch's once): a long input's pass on a CPU engine stops at its next
+        layer instead of running minutes for a client that has gone."""
         due: list[Callable[[], None]] = []
         for s in self._started:
             if (s.cancel is not None and not s.done

@@ -16,6 +16,7 @@ import pytest
 import torch
 from qwen_tiny import TEXTS
 
+from qwen3.layered import LayeredCpuEngine
 from smysl import Embedder
 from smysl.qwen3.contract import EngineConfig
 from smysl.qwen3.hub import read_checkpoint
@@ -981,55 +982,13 @@ def test_a_twin_of_a_closed_owner_says_so(tiny_dir: Path) -> None:
         twin.embed(["a"])
 
 
-class _LayeredCpuEngine:
-    """A CPU engine whose pass with ``between`` runs ``layers`` layers, each once the test
-    lets it (:meth:`step`), calling ``between`` after each; a pass without it runs at once."""
-
-    device, queues = "cpu", 0
-
-    def __init__(self, layers: int = 3) -> None:
-        import threading
-
-        self.layers = layers
-        self.events: list[tuple[str, tuple[int, ...]]] = []
-        self._steps = threading.Semaphore(0)
-        self.changed = threading.Condition()
-
-    def step(self) -> None:
-        self._steps.release()
-
-    def submit(self, batch: list[list[int]], heads: list[int] | None = None,
-               between: Any = None) -> Any:
-        key = tuple(s[0] for s in batch)
-        self._record(("launch", key))
-        if between is not None:
-            for _ in range(self.layers):
-                assert self._steps.acquire(timeout=10)
-                between()
-        rows = np.array([[s[0], len(s)] for s in batch], dtype=np.float32)
-        self._record(("done", key))
-        return lambda: rows
-
-    def forward(self, batch: list[list[int]], heads: list[int] | None = None) -> np.ndarray:
-        return self.submit(batch, heads)()
-
-    def _record(self, event: tuple[str, tuple[int, ...]]) -> None:
-        with self.changed:
-            self.events.append(event)
-            self.changed.notify_all()
-
-    def until(self, event: tuple[str, tuple[int, ...]]) -> None:
-        with self.changed:
-            assert self.changed.wait_for(lambda: event in self.events, 10), self.events
-
-
 def test_on_cpu_short_requests_run_between_the_layers_of_a_long_input() -> None:
     """A CPU pass with an input over the budget (1,024 tokens) takes the requests that arrive
     meanwhile between its layers, when none of their inputs is over the budget: a query waits
     for one layer of a 16K document, not for its whole pass. Their replies go out at once,
     numbered (the parent's short request is answered before its long one); a second long
     input waits for the first to end, and nothing nests deeper."""
-    engine = _LayeredCpuEngine()
+    engine = LayeredCpuEngine()
     thread, (a, b), parent = _hub(engine, 2)  # type: ignore[arg-type]
     thread.start()
     parent.send(([[1] * 2000], None))
@@ -1077,7 +1036,7 @@ def test_a_cancelled_long_pass_stops_at_its_next_layer_and_a_waiting_one_never_s
     none of its requests is wanted, and a client gone mid-pass counts as not wanting it."""
     from smysl.qwen3.client import PassCancelled
 
-    engine = _LayeredCpuEngine()
+    engine = LayeredCpuEngine()
     thread, (a, b), parent = _hub(engine, 2)  # type: ignore[arg-type]
     thread.start()
     parent.send(([[1] * 2000], None))
@@ -1133,7 +1092,7 @@ def test_a_malformed_message_is_answered_and_fails_nothing_else() -> None:
     through the pass: the long request got its error, and requests read with it were never
     answered (their callers waited for ever). Now it is answered as a request, with an
     error, and nothing else changes."""
-    engine = _LayeredCpuEngine()
+    engine = LayeredCpuEngine()
     thread, (a, b), parent = _hub(engine, 2)  # type: ignore[arg-type]
     thread.start()
     parent.send(([[1] * 2000], None))
@@ -1170,7 +1129,7 @@ def test_the_engine_process_draws_the_servers_line_between_long_and_short(
     monkeypatch.setattr(worker, "EngineProcess", lambda ckpt, cfg: made.append(cfg))
     start_engine(None, ModelOptions(process=True, max_batch_tokens=4096))  # type: ignore[arg-type]
     assert made[0].batch_tokens == 4096
-    engine = _LayeredCpuEngine()
+    engine = LayeredCpuEngine()
     thread, (a,), parent = _hub(engine, 1, budget=4096)  # type: ignore[arg-type]
     thread.start()
     parent.send(([[1] * 2000], None))

@@ -4,6 +4,7 @@ bound, Ollama bodies without Content-Type, TEI's ``POST /`` for ``huggingface_hu
 
 from __future__ import annotations
 
+import contextlib
 import re
 import shutil
 import socket
@@ -399,3 +400,62 @@ def test_a_body_that_never_ends_is_answered_408(monkeypatch: pytest.MonkeyPatch)
                 sock.sendall(body[i:i + 8])
             answer = sock.recv(65536).decode()
         assert answer.startswith("HTTP/1.1 200"), answer
+
+
+def test_an_in_process_engine_runs_queries_between_a_long_pass_s_layers_and_stops_it_for_nobody(
+        tiny_dir, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """``--in-process`` (Windows' only mode): the compute thread computed each pass itself, so
+    a one-word query waited for a whole 16K-token pass (20 s; 3 s with an engine process), and
+    a pass whose client had gone ran to its end for nobody, logged 200, while every request
+    behind it timed out. The query now runs between the long pass's layers, and a pass whose
+    client left stops at its next layer (logged 499)."""
+    import torch
+
+    from smysl import Embedder
+    from smysl.qwen3 import model as qwen3_model
+
+    slow_layers: list[int] = []  # each layer a long input's pass ran
+    forward = qwen3_model.DecoderLayer.forward
+
+    def slow(self, h, *args, **kwargs):  # type: ignore[no-untyped-def]
+        if h.shape[0] > 200:  # the long input's layers only
+            slow_layers.append(h.shape[0])
+            time.sleep(1.0)
+        return forward(self, h, *args, **kwargs)
+
+    monkeypatch.setattr(qwen3_model.DecoderLayer, "forward", slow)
+    model = Embedder.load(str(tiny_dir), device="cpu", threads=torch.get_num_threads(),
+                          process=False, max_batch_tokens=64)
+    long = "слово " * 150
+    assert 200 < model.count_tokens([long])[0] < model.max_tokens
+    try:
+        with live_server(model, max_batch_tokens=64, max_wait_ms=1) as url:
+            def send_long(timeout: float) -> None:
+                with contextlib.suppress(httpx.TimeoutException):
+                    httpx.post(f"{url}/v1/embeddings", json={"input": long}, timeout=timeout)
+
+            waiting = threading.Thread(target=send_long, args=(30,))
+            waiting.start()
+            deadline = time.monotonic() + 10
+            while not slow_layers:
+                assert time.monotonic() < deadline and waiting.is_alive()
+                time.sleep(0.01)
+            t0 = time.monotonic()
+            r = httpx.post(f"{url}/v1/embeddings", json={"input": "привет"}, timeout=30)
+            took = time.monotonic() - t0
+            assert r.status_code == 200 and waiting.is_alive(), r.text
+            assert took < 1.5, took  # one layer of the long pass at most, not both
+            np.testing.assert_array_equal(np.asarray(r.json()["data"][0]["embedding"],
+                                                     np.float32), model.embed(["привет"])[0])
+            waiting.join(30)
+            assert len(slow_layers) == 2
+            # a client that leaves during the first layer: the pass stops after it
+            slow_layers.clear()
+            send_long(0.3)
+            time.sleep(2.5)
+            assert len(slow_layers) == 1, slow_layers
+            metrics = httpx.get(f"{url}/metrics").text
+            assert re.search(r'smysl_dropped_requests_total\{[^}]*\} 1', metrics) or \
+                'status="499"' in metrics, metrics
+    finally:
+        model.close()

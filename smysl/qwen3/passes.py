@@ -1,0 +1,126 @@
+"""A CPU engine's passes started for a server in this process, as an engine process runs them.
+
+:meth:`Engine.submit <smysl.qwen3.engine.Engine.submit>` on CPU computes the pass in the
+calling thread. A server's compute thread that called it was held for the whole pass: it could
+neither stop a pass whose client had gone (a 16K-token document computed for a minute for
+nobody, and every short query behind it timed out) nor start a short query until the long pass
+ended. :class:`PassThread` runs the passes in a thread of its own instead, as the engine
+process's hub (:class:`smysl.qwen3.worker._Hub`) does:
+
+- :meth:`PassThread.start` returns at once; its ``cancel()`` drops a pass not yet started and
+  stops a running pass with an input over the batch budget at its next layer;
+- while such a pass runs, the passes started meanwhile within the budget run between its
+  layers (in its thread, on the threads it holds), so a short query waits for one layer of a
+  long document, not for all of it.
+
+The engine is batch-invariant, so a row computed between another pass's layers has the bits it
+has anywhere. The thread ends when idle (:data:`IDLE_S`) and starts again with the next pass: it
+keeps no engine alive.
+"""
+
+from __future__ import annotations
+
+import functools
+import threading
+from collections import deque
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from smysl.base import Pending
+from smysl.qwen3.client import PassCancelled
+
+if TYPE_CHECKING:
+    from smysl.qwen3.engine import Engine
+
+#: Seconds the thread waits for another pass before it ends.
+IDLE_S = 2.0
+
+
+class _Pass:
+    """One started pass: its batch, and its rows or error once computed."""
+
+    __slots__ = ("batch", "cancelled", "done", "error", "heads", "longest", "rows")
+
+    def __init__(self, batch: list[list[int]], heads: list[int] | None) -> None:
+        self.batch, self.heads = batch, heads
+        self.longest = max(map(len, batch), default=0)
+        #: Set by :meth:`cancel` from any thread, read between layers: a plain flag.
+        self.cancelled = False
+        self.done = threading.Event()
+        self.rows: np.ndarray | None = None
+        self.error: BaseException | None = None
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+    def wait(self) -> np.ndarray:
+        self.done.wait()
+        if self.error is not None:
+            raise self.error
+        assert self.rows is not None
+        return self.rows
+
+
+class PassThread:
+    """Runs :meth:`Engine.submit` calls in a thread of their own (see the module's text).
+    ``budget``: the token budget of a batch; a pass with an input over it takes the others
+    between its layers."""
+
+    def __init__(self, engine: Engine, budget: int) -> None:
+        self.engine, self.budget = engine, budget
+        self._queue: deque[_Pass] = deque()
+        self._cond = threading.Condition()
+        self._running = False
+
+    def start(self, batch: list[list[int]], heads: list[int] | None = None) -> Pending:
+        """Queue one pass; the returned call waits for its rows (and raises what the pass
+        raised, :class:`PassCancelled` after a cancel that stopped it)."""
+        p = _Pass(batch, heads)
+        with self._cond:
+            self._queue.append(p)
+            if self._running:
+                self._cond.notify()
+            else:
+                self._running = True
+                threading.Thread(target=self._loop, name="smysl-engine-pass",
+                                 daemon=True).start()
+        return Pending(p.wait, p.cancel)
+
+    def _loop(self) -> None:
+        while True:
+            with self._cond:
+                if not self._queue:
+                    self._cond.wait(IDLE_S)
+                if not self._queue:
+                    self._running = False
+                    return
+                p = self._queue.popleft()
+            self._run(p, functools.partial(self._between, p) if p.longest > self.budget
+                      else None)
+
+    def _run(self, p: _Pass, between: Callable[[], None] | None = None) -> None:
+        try:
+            if p.cancelled:
+                raise PassCancelled("the forward pass was dropped before it started: "
+                                         "its caller cancelled it")
+            p.rows = self.engine.submit(p.batch, p.heads, between=between)()
+        except BaseException as e:  # its caller raises it; this thread goes on
+            p.error = e
+        finally:
+            p.done.set()
+
+    def _between(self, long: _Pass) -> None:
+        """After each layer of ``long``'s pass: stop it if cancelled, else run the passes
+        within the budget started meanwhile (on the threads and slots it holds)."""
+        if long.cancelled:
+            raise PassCancelled("the forward pass was stopped at a layer's end: its "
+                                     "caller cancelled it")
+        with self._cond:
+            short = [p for p in self._queue if p.longest <= self.budget]
+            if not short:
+                return
+            self._queue = deque(p for p in self._queue if p.longest > self.budget)
+        for p in short:
+            self._run(p)
