@@ -177,11 +177,14 @@ def _xquad(data_dir: Path, lang: str) -> list[dict]:
     try:
         with _utf8(path):
             data = json.loads(path.read_text(encoding="utf-8"))
-        return list(data["data"])
+        articles = list(data["data"])
     except json.JSONDecodeError as e:
         raise ValueError(f"{path}: not JSON ({e})") from None
     except (KeyError, TypeError):
         raise ValueError(f"{path}: no 'data' list of articles (SQuAD's format)") from None
+    if not articles:  # every score of its tasks was NaN, and a --compare of them crashed
+        raise ValueError(f"{path}: its 'data' list holds no articles")
+    return articles
 
 
 def load_xquad(data_dir: Path, query_lang: str, doc_lang: str | None = None,

@@ -407,7 +407,12 @@ def _short(name: str) -> str:
     return name.rstrip("/\\").replace("\\", "/").rsplit("/", 1)[-1] or name
 
 
-def _arrow(before: float, after: float) -> str:
+def _arrow(before: float | None, after: float | None) -> str:
+    """``before → after (+change)``; a score missing (NaN, written to JSON as null: a run with
+    nothing to score) is "–", as in the other tables."""
+    if _fmt(before) == "–" or _fmt(after) == "–":
+        return f"{_fmt(before)} → {_fmt(after)}"
+    assert before is not None and after is not None
     return f"{before:.4f} → {after:.4f} ({after - before:+.4f})"
 
 

@@ -131,8 +131,10 @@ def reranker_instruction(reranker: BaseReranker, cfg: EvalConfig,
     instruction-aware rerankers; None (the reranker's own default) otherwise or for ""."""
     if not (cfg.use_instructions and reranker.instruction_aware):
         return None
-    # a preset's name expanded as every reranker path does; "" here is the reranker's own
-    return expand_preset(cfg.instructions.get(task.name, task.instruction)) or None
+    # a preset's name expanded as every reranker path does; "" (or blanks, as the embedders
+    # read them) here is the reranker's own
+    text = expand_preset(cfg.instructions.get(task.name, task.instruction))
+    return text if text and text.strip() else None
 
 
 def spread(n: int, count: int | None) -> list[int]:

@@ -214,6 +214,13 @@ def router(service: Service, reranking: RerankService | None = None) -> APIRoute
     async def in_thread(fn: Callable[[], T]) -> T:
         return await asyncio.get_running_loop().run_in_executor(pool, fn)
 
+    def most_hits() -> int:
+        """The largest ``k`` of a search as the page sends it (reranked where the server
+        serves a reranker: at most the chunks it scores a request)."""
+        if reranking is None:
+            return MAX_K
+        return min(MAX_K, MAX_RERANK_TOP, served.max_inputs)
+
     @r.get("/ui", include_in_schema=False)
     async def ui() -> Response:
         """The similarity and search page."""
@@ -243,8 +250,10 @@ def router(service: Service, reranking: RerankService | None = None) -> APIRoute
             except ValueError as e:  # the store's (its server gone, say; it names the place)
                 # said, not a 503: the page's similarity matrix needs no index
                 problem = str(e)
+            # the most hits a search reranked by default returns (the reranker scores at
+            # most max_inputs chunks a request): the page caps its Hits field there
             described = {"location": label, "dimensions": store.dimensions, "chunks": chunks,
-                         "problem": problem}
+                         "problem": problem, "most_hits": most_hits()}
         return json_response({"model": dataclasses.asdict(service.info()),
                               "index": described})
 
@@ -282,6 +291,11 @@ def router(service: Service, reranking: RerankService | None = None) -> APIRoute
         # rerank_top of 50 failed every search on a server started with fewer
         most = min(MAX_RERANK_TOP, service.config.max_inputs)
         given = "rerank_top" in body.model_fields_set
+        if rerank and not given and body.k > most:  # the k asked is what cannot be
+            raise ApiError("invalid", f"k ({body.k}): a reranked search on this server returns "
+                           f"at most {most} hits (its reranker scores at most max_inputs "
+                           f"{service.config.max_inputs} chunks a request); ask for fewer, "
+                           "or send rerank false", param="k")
         if given and not rerank:  # it did nothing, or was a 500 when below 1
             raise ApiError("invalid", "rerank_top is how many nearest hits the reranker "
                            "scores, and this search is not reranked (rerank is false, or the "

@@ -121,6 +121,10 @@ def test_malformed_files_are_named_with_the_row_and_column(tmp_path: Path) -> No
                                                       encoding="utf-8")
     with pytest.raises(ValueError, match="not in SQuAD's format"):
         d.load_xquad(tmp_path, "en")
+    # no articles: every score of its tasks was NaN (and a --compare of that run crashed)
+    (tmp_path / "xquad" / "xquad.en.json").write_text('{"data": []}', encoding="utf-8")
+    with pytest.raises(ValueError, match=r"xquad\.en\.json: its 'data' list holds no articles"):
+        d.load_xquad(tmp_path, "en")
     sts.write_bytes(b"a,b,5.0\n" * 3000 + "кошка,кот,4.0\n".encode("cp1251"))
     with pytest.raises(ValueError, match=r"stsb-en-test\.csv: not UTF-8 text \(byte 0xea "
                                          r"at offset 24000\)"):  # the file's, not a chunk's

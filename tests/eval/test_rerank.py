@@ -355,6 +355,22 @@ def test_a_rerankers_instruction_expands_a_preset(tiny_reranker) -> None:  # typ
     from smysl.prompts import TASK_PRESETS
 
     task = RERANK_TASKS["xquad-en-rerank"]
-    for given, want in (("qa", TASK_PRESETS["qa"]), ("Find it", "Find it"), ("", None)):
+    # blanks are no instruction, as for the embedders (they went to the reranker as they were)
+    for given, want in (("qa", TASK_PRESETS["qa"]), ("Find it", "Find it"), ("", None),
+                        ("   ", None)):
         cfg = EvalConfig(models=("m",), instructions={task.name: given})
         assert reranker_instruction(tiny_reranker, cfg, task) == want, given
+
+
+def test_a_reranking_score_missing_in_a_compared_run_is_a_dash() -> None:
+    """A reranking task that scored NaN (written to results.json as null) crashed the report
+    of a later run comparing against it (`--compare`): no summary.md was written."""
+    from smysl.eval.report import reranking_markdown
+
+    row = {"task": "xquad-ru-rerank", "reranker": "r", "backend": "smysl", "instruction": None,
+           "candidates": 50, "size": {"queries": 0}, "recall_at_candidates": None,
+           "before": {"ndcg_at_10": None, "mrr_at_10": None},
+           "after": {"ndcg_at_10": None, "mrr_at_10": 0.5},
+           "pairs_scored": 0, "rerank_seconds": 0.0, "pairs_per_s": None}
+    lines = reranking_markdown([{"model": "m", "reranking": [row]}], ["m"])  # type: ignore[list-item]
+    assert "| – → – | – → 0.5000 |" in "\n".join(lines)

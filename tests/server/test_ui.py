@@ -114,7 +114,7 @@ def test_search_answers_like_the_toolkit(hash_index: Path) -> None:
         assert {h["metadata"]["topic"] for h in filtered["hits"]} == {"pets"}
         info = client.get("/ui/info", headers=auth).json()["index"]
         assert info == {"location": f"{hash_index} table chunks", "dimensions": 48,
-                        "chunks": len(TEXTS), "problem": None}
+                        "chunks": len(TEXTS), "problem": None, "most_hits": 100}
 
 
 def test_an_index_that_cannot_be_read_leaves_the_page_its_matrix(
@@ -283,6 +283,16 @@ def test_search_reranks_with_the_served_reranker(hash_index: Path,
         r = client.post("/search", json={"query": "q", "k": 3, "rerank_top": 5})
         assert r.status_code == 422 and "rerank_top must be between k (3) and 4" in \
             r.json()["error"]
+        # a review's: the page's Hits field went to 100, and k 20 got "rerank_top must be
+        # between k (20) and 4", a setting the page does not have. /ui/info says the cap,
+        # and the error names k
+        assert client.get("/ui/info").json()["index"]["most_hits"] == 4
+        r = client.post("/search", json={"query": "q", "k": 20})
+        assert r.status_code == 422, r.text
+        assert "k (20): a reranked search on this server returns at most 4 hits" in \
+            r.json()["error"]
+        assert client.post("/search", json={"query": "q", "k": 20, "rerank": False}
+                           ).status_code == 200
 
 
 def test_search_never_serves_a_damaged_stored_vector(hash_index: Path) -> None:
@@ -649,6 +659,13 @@ def test_page_names_the_line_offers_truncation_and_works_behind_a_prefix(  # typ
             error = page.locator("#error").inner_text()
             assert "(here: tick “Cut long texts”)" in error and "input[" not in error, error
             page.get_by_label("Cut long texts").check()
+            # an instruction too long on its own: ticking the box cannot help, so the page
+            # does not say to (a review's)
+            page.locator("#instruction").fill("инструкция " * 600)
+            page.get_by_role("button", name="Compare", exact=True).click()
+            expect(page.locator("#error")).to_contain_text("instruction alone has")
+            assert "Cut long texts" not in page.locator("#error").inner_text()
+            page.locator("#instruction").fill("")
             page.get_by_role("button", name="Compare", exact=True).click()
             # the new matrix: the page's first one (its own example documents) has 3 columns
             # too, and was read when the answer came late (a flaky failure under load)
