@@ -111,8 +111,8 @@ def evaluate_model(model: BaseEmbedder, cfg: EvalConfig, *, load_seconds: float 
 def _close(reranker: BaseReranker) -> None:
     """Close a reranker the run loaded, saying what it cost (a paid API's usage)."""
     try:
-        if usage := reranker.usage_report():
-            log.info("%s: %s", reranker.name, usage)
+        if usage := reranker.usage_report():  # it names the reranker
+            log.info("%s", usage)
     finally:
         reranker.close()
 

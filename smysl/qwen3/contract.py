@@ -14,7 +14,7 @@ from __future__ import annotations
 import copy
 import importlib.util
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol, Self, TypeVar
 
@@ -248,6 +248,29 @@ def _wait_all(waits: Iterable[Callable[[], np.ndarray]], *, quiet: bool = False
     if error is not None and not quiet:
         raise error
     return rows
+
+
+def request_tokens(request: tuple[list[list[int]], list[int] | None]) -> int:
+    """A forward request's tokens: its (batch, heads)' sequences together."""
+    return sum(map(len, request[0]))
+
+
+def merge(requests: Sequence[tuple[list[list[int]], list[int] | None]], budget: int
+          ) -> list[list[int]]:
+    """Which requests ((batch, heads) each, in arrival order) share a forward pass: runs of
+    requests without heads whose tokens fit ``budget`` together; a request with heads (a
+    shared prefix, computed per batch) or over the budget alone. -> groups of indices."""
+    groups: list[list[int]] = []
+    tokens = 0
+    for i, (_, heads) in enumerate(requests):
+        n = request_tokens(requests[i])
+        if heads is None and groups and tokens + n <= budget and requests[groups[-1][0]][1] is None:
+            groups[-1].append(i)
+            tokens += n
+        else:
+            groups.append([i])
+            tokens = n
+    return groups
 
 
 class OnEngine:

@@ -30,6 +30,7 @@ import numpy as np
 
 from smysl.base import Pending
 from smysl.qwen3.client import PassCancelled
+from smysl.qwen3.contract import merge
 
 if TYPE_CHECKING:
     from smysl.qwen3.engine import Engine
@@ -118,9 +119,30 @@ class PassThread:
             raise PassCancelled("the forward pass was stopped at a layer's end: its "
                                      "caller cancelled it")
         with self._cond:
-            short = [p for p in self._queue if p.longest <= self.budget]
+            short = [p for p in self._queue if p.longest <= self.budget and not p.cancelled]
             if not short:
                 return
-            self._queue = deque(p for p in self._queue if p.longest > self.budget)
-        for p in short:
-            self._run(p)
+            self._queue = deque(p for p in self._queue if p not in short)
+        # merged into passes within the budget, as an engine process merges what arrived: a
+        # pass per request (a server starts one per batch, and a query every 100 ms made ten
+        # a layer) cost each its own pass over every layer, and the long one took 3x as long
+        for group in merge([(p.batch, p.heads) for p in short], self.budget):
+            self._run_merged([short[i] for i in group])
+
+    def _run_merged(self, group: list[_Pass]) -> None:
+        """Passes of inputs without shared heads, computed as one (the engine is
+        batch-invariant: each gets its own rows' bits)."""
+        if len(group) == 1:
+            self._run(group[0])
+            return
+        together = _Pass([s for p in group for s in p.batch], None)
+        self._run(together)
+        start = 0
+        for p in group:
+            if together.error is not None:
+                p.error = together.error
+            else:
+                assert together.rows is not None
+                p.rows = together.rows[start : start + len(p.batch)]
+            start += len(p.batch)
+            p.done.set()

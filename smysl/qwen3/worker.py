@@ -28,7 +28,7 @@ import threading
 import time
 import weakref
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from multiprocessing import AuthenticationError
 from multiprocessing.connection import Connection, Listener, wait
@@ -48,7 +48,7 @@ from smysl.qwen3.client import (
     send_reply,
     watch_forks,
 )
-from smysl.qwen3.contract import EngineConfig, batch_tokens
+from smysl.qwen3.contract import EngineConfig, batch_tokens, merge, request_tokens
 from smysl.qwen3.heap import keep_heap
 from smysl.qwen3.hub import Checkpoint
 
@@ -118,7 +118,7 @@ class _Request:
 
     @property
     def tokens(self) -> int:
-        return _tokens((self.batch, self.heads))
+        return request_tokens((self.batch, self.heads))
 
 
 class _Pass:
@@ -478,29 +478,6 @@ def _forward(engine: Engine, batch: list[list[int]], heads: list[int] | None
         return ("ok", engine.forward(batch, heads))
     except Exception as e:
         return ("error", e)
-
-
-def _tokens(request: tuple[list[list[int]], list[int] | None]) -> int:
-    """A forward request's tokens: its (batch, heads)' sequences together."""
-    return sum(map(len, request[0]))
-
-
-def merge(requests: Sequence[tuple[list[list[int]], list[int] | None]], budget: int
-          ) -> list[list[int]]:
-    """Which requests ((batch, heads) each, in arrival order) share a forward pass: runs of
-    requests without heads whose tokens fit ``budget`` together; a request with heads (a
-    shared prefix, computed per batch) or over the budget alone. -> groups of indices."""
-    groups: list[list[int]] = []
-    tokens = 0
-    for i, (_, heads) in enumerate(requests):
-        n = _tokens(requests[i])
-        if heads is None and groups and tokens + n <= budget and requests[groups[-1][0]][1] is None:
-            groups[-1].append(i)
-            tokens += n
-        else:
-            groups.append([i])
-            tokens = n
-    return groups
 
 
 def _exit_why(code: int | None) -> str:

@@ -17,15 +17,17 @@ from smysl.qwen3.passes import PassThread
 def test_short_passes_run_between_the_layers_of_a_long_one() -> None:
     """A server's compute thread computed an in-process CPU pass itself: a one-word query
     waited for a 16K-token document's whole pass (20 s where an engine process took 3 s).
-    Started passes within the budget run between the long one's layers, and their rows come
-    first; a second long one waits for the first."""
+    Started passes within the budget run between the long one's layers, merged into one pass
+    (one a request cost each a pass over every layer: the long one took 3x as long), and
+    their rows come first; a second long one waits for the first."""
     engine = LayeredCpuEngine()
     thread = PassThread(engine, budget=1024)  # type: ignore[arg-type]
     long = thread.start([[1] * 2000])
     engine.until(("launch", (1,)))
     short, second = thread.start([[2, 2], [3]]), thread.start([[4] * 1500])
-    engine.step()  # the first layer ends: the short pass runs now
-    assert short().tolist() == [[2, 2], [3, 1]]
+    other = thread.start([[7]])
+    engine.step()  # the first layer ends: the short passes run now, merged into one
+    assert short().tolist() == [[2, 2], [3, 1]] and other().tolist() == [[7, 1]]
     assert ("launch", (4,)) not in engine.events
     engine.step()
     engine.step()
@@ -34,7 +36,7 @@ def test_short_passes_run_between_the_layers_of_a_long_one() -> None:
     for _ in range(engine.layers):
         engine.step()
     assert second().tolist() == [[4, 1500]]
-    assert engine.events == [("launch", (1,)), ("launch", (2, 3)), ("done", (2, 3)),
+    assert engine.events == [("launch", (1,)), ("launch", (2, 3, 7)), ("done", (2, 3, 7)),
                              ("done", (1,)), ("launch", (4,)), ("done", (4,))]
 
 
@@ -82,10 +84,12 @@ def test_an_error_reaches_its_caller_and_the_thread_ends_when_idle(monkeypatch) 
 
 def test_a_real_engine_starts_passes_with_the_rows_of_forward(tiny) -> None:  # type: ignore[no-untyped-def]
     """``Engine.start`` on CPU gives the rows ``forward`` gives, bit for bit, a short pass
-    run between a long one's layers included (the tiny model's budget made small)."""
+    run between a long one's layers included, merged with another (the tiny model's budget
+    made small)."""
     engine = tiny.engine
     long = tiny.tokenize(["слово " * 120 + "word " * 80])
     short = tiny.tokenize(["a query", "и ещё одна"])
+    third = tiny.tokenize(["третья, merged with them"])
     thread = PassThread(engine, budget=64)
     entered = threading.Event()
     release = threading.Event()
@@ -103,12 +107,14 @@ def test_a_real_engine_starts_passes_with_the_rows_of_forward(tiny) -> None:  # 
     try:
         pending_long = thread.start(long)
         assert entered.wait(10)
-        pending_short = thread.start(short)
+        pending_short, pending_third = thread.start(short), thread.start(third)
         time.sleep(0.05)
         release.set()
         rows_short, rows_long = pending_short(), pending_long()
+        rows_third = pending_third()
     finally:
         del engine.submit
     assert np.array_equal(rows_short, engine.forward(short))
+    assert np.array_equal(rows_third, engine.forward(third))
     assert np.array_equal(rows_long, engine.forward(long))
     assert np.array_equal(engine.start(short)(), engine.forward(short))

@@ -213,7 +213,7 @@ def test_concurrent_clients_get_their_own_rows(remote, tiny) -> None:  # type: i
 
 
 def test_merge_groups_requests_within_the_budget() -> None:
-    from smysl.qwen3.worker import merge
+    from smysl.qwen3.contract import merge
 
     def req(*lengths: int, heads: bool = False) -> Any:
         return [[1] * n for n in lengths], ([0] * len(lengths) if heads else None)
