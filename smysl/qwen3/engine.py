@@ -572,6 +572,9 @@ class Engine:
                 self._closing += 1
                 self._closes += 1
                 entered = True
+            if self._passes is not None:  # none of them may start once this returns
+                self._passes.fail_queued(PassStopped("the forward pass was not started: its "
+                                                     "engine was closed"))
             # a close from inside a pass of this thread (a signal handler's) cannot wait for
             # it: that pass stops at its next layer
             deadline = time.monotonic() + CLOSE_WAIT_S

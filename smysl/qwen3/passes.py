@@ -14,14 +14,16 @@ process's hub (:class:`smysl.qwen3.worker._Hub`) does:
   long document, not for all of it.
 
 The engine is batch-invariant, so a row computed between another pass's layers has the bits it
-has anywhere. The thread ends when idle (:data:`IDLE_S`) and starts again with the next pass: it
-keeps no engine alive.
+has anywhere. The thread holds the engine only while a pass runs (a weak reference otherwise:
+a model dropped frees its weights at once), ends when idle (:data:`IDLE_S`) and starts again
+with the next pass.
 """
 
 from __future__ import annotations
 
 import functools
 import threading
+import weakref
 from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING
@@ -47,14 +49,15 @@ class _Pass:
     def __init__(self, batch: list[list[int]], heads: list[int] | None) -> None:
         self.batch, self.heads = batch, heads
         self.longest = max(map(len, batch), default=0)
-        #: Set by :meth:`cancel` from any thread, read between layers: a plain flag.
+        #: Set by a cancel from any thread, read between a running pass's layers.
         self.cancelled = False
         self.done = threading.Event()
         self.rows: np.ndarray | None = None
         self.error: BaseException | None = None
 
-    def cancel(self) -> None:
-        self.cancelled = True
+    def fail(self, error: BaseException) -> None:
+        self.error = error
+        self.done.set()
 
     def wait(self) -> np.ndarray:
         self.done.wait()
@@ -70,24 +73,49 @@ class PassThread:
     between its layers."""
 
     def __init__(self, engine: Engine, budget: int) -> None:
-        self.engine, self.budget = engine, budget
+        self._engine = weakref.ref(engine)
+        self.budget = budget
         self._queue: deque[_Pass] = deque()
         self._cond = threading.Condition()
         self._running = False
 
     def start(self, batch: list[list[int]], heads: list[int] | None = None) -> Pending:
         """Queue one pass; the returned call waits for its rows (and raises what the pass
-        raised, :class:`PassCancelled` after a cancel that stopped it)."""
+        raised, :class:`PassCancelled` after a cancel that dropped or stopped it)."""
         p = _Pass(batch, heads)
         with self._cond:
             self._queue.append(p)
             if self._running:
                 self._cond.notify()
             else:
+                thread = threading.Thread(target=self._loop, name="smysl-engine-pass",
+                                          daemon=True)
+                try:
+                    thread.start()
+                except BaseException:  # no thread (the interpreter stopping): nothing queued
+                    self._queue.remove(p)
+                    raise
                 self._running = True
-                threading.Thread(target=self._loop, name="smysl-engine-pass",
-                                 daemon=True).start()
-        return Pending(p.wait, p.cancel)
+        return Pending(p.wait, functools.partial(self._cancel, p))
+
+    def _cancel(self, p: _Pass) -> None:
+        """Nobody will read ``p``'s rows: one still queued is answered at once (a server's
+        finisher thread waiting for it was held until a long pass ended), a running one
+        stops at its next layer if it is long."""
+        with self._cond:
+            p.cancelled = True
+            if p not in self._queue:
+                return
+            self._queue.remove(p)
+        p.fail(PassCancelled("the forward pass was dropped before it started: its caller "
+                             "cancelled it"))
+
+    def fail_queued(self, error: BaseException) -> None:
+        """Answer every pass not yet started with ``error`` (its engine is closing)."""
+        with self._cond:
+            queued, self._queue = list(self._queue), deque()
+        for p in queued:
+            p.fail(error)
 
     def _loop(self) -> None:
         while True:
@@ -102,27 +130,28 @@ class PassThread:
                       else None)
 
     def _run(self, p: _Pass, between: Callable[[], None] | None = None) -> None:
+        engine = self._engine()
         try:
-            if p.cancelled:
-                raise PassCancelled("the forward pass was dropped before it started: "
-                                         "its caller cancelled it")
-            p.rows = self.engine.submit(p.batch, p.heads, between=between)()
+            if engine is None:
+                raise PassCancelled("the forward pass was dropped: its engine is gone")
+            p.rows = engine.submit(p.batch, p.heads, between=between)()
         except BaseException as e:  # its caller raises it; this thread goes on
             p.error = e
         finally:
+            del engine
             p.done.set()
 
     def _between(self, long: _Pass) -> None:
         """After each layer of ``long``'s pass: stop it if cancelled, else run the passes
         within the budget started meanwhile (on the threads and slots it holds)."""
         if long.cancelled:
-            raise PassCancelled("the forward pass was stopped at a layer's end: its "
-                                     "caller cancelled it")
+            raise PassCancelled("the forward pass was stopped at a layer's end: its caller "
+                                "cancelled it")
         with self._cond:
-            short = [p for p in self._queue if p.longest <= self.budget and not p.cancelled]
+            short = [p for p in self._queue if p.longest <= self.budget]
             if not short:
                 return
-            self._queue = deque(p for p in self._queue if p not in short)
+            self._queue = deque(p for p in self._queue if p.longest > self.budget)
         # merged into passes within the budget, as an engine process merges what arrived: a
         # pass per request (a server starts one per batch, and a query every 100 ms made ten
         # a layer) cost each its own pass over every layer, and the long one took 3x as long

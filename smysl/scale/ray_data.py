@@ -185,9 +185,10 @@ class TooLong:
     limit: int
     who: str
 
-    def error(self, offset: int) -> InputTooLongError:
-        """The error, its index in the whole call (``offset``: where the part starts)."""
-        return InputTooLongError(index=offset + self.index, tokens=self.tokens,
+    def error(self, places: Sequence[int]) -> InputTooLongError:
+        """The error, its index in the whole call (the part's input ``i`` is ``places[i]``
+        there)."""
+        return InputTooLongError(index=places[self.index], tokens=self.tokens,
                                  limit=self.limit, who=self.who)
 
 
@@ -423,22 +424,23 @@ class RayEmbedder(BaseEmbedder):
             raise failed
         for part, (out, _) in zip(parts, results, strict=True):
             if isinstance(out, TooLong):
-                raise out.error(send[part.start + out.index])
-        refused = next(((part, out) for part, (out, _) in zip(parts, results, strict=True)
-                        if isinstance(out, RejectedInputError)), None)
-        if refused is not None:
-            part, error = refused
+                raise out.error(send[part])
+        refused = [(part, out) for part, (out, _) in zip(parts, results, strict=True)
+                   if isinstance(out, RejectedInputError)]
+        if refused:
             kept = dict(have)
             for p, (out, _) in zip(parts, results, strict=True):
                 if isinstance(out, np.ndarray):
                     kept.update(zip((texts[i] for i in send[p]), out, strict=True))
-            if error.done:  # its raw rows, made what the actor's call would have returned
-                rows = (error.rows if method == "embed_formatted" else
-                        finish(error.rows, args[1] or error.rows.shape[1]))
-                kept.update(zip((texts[send[part.start + i]] for i in error.done), rows,
-                                strict=True))
+            for part, error in refused:
+                if error.done:  # its raw rows, made what the actor's call would have returned
+                    rows = (error.rows if method == "embed_formatted" else
+                            finish(error.rows, args[1] or error.rows.shape[1]))
+                    kept.update(zip((texts[send[part.start + i]] for i in error.done), rows,
+                                    strict=True))
             with self._held_lock:
                 self._held = ((method, args), kept)
+            part, error = refused[0]
             raise error.placed(send[part], len(texts))
         got = [out for out, _ in results]
         width = got[0].shape[1] if got else next(iter(have.values())).shape[0]
@@ -448,8 +450,10 @@ class RayEmbedder(BaseEmbedder):
         for i, t in enumerate(texts):
             if t in have:
                 vectors[i] = have[t]
-        if held is not None:
-            with self._held_lock:  # used: a later call pays again, as any call does
+        if held is not None and len(send) < len(texts):
+            # used: a later call pays again, as any call does (one that used none, a job's
+            # probe of its settings, leaves them for the repeat that follows)
+            with self._held_lock:
                 if self._held is held:
                     self._held = None
         return vectors

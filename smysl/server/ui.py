@@ -214,12 +214,14 @@ def router(service: Service, reranking: RerankService | None = None) -> APIRoute
     async def in_thread(fn: Callable[[], T]) -> T:
         return await asyncio.get_running_loop().run_in_executor(pool, fn)
 
+    # the reranker scores at most the server's max_inputs documents a request: a default
+    # rerank_top of 50 failed every search on a server started with fewer
+    rerank_most = min(MAX_RERANK_TOP, served.max_inputs)
+
     def most_hits() -> int:
         """The largest ``k`` of a search as the page sends it (reranked where the server
         serves a reranker: at most the chunks it scores a request)."""
-        if reranking is None:
-            return MAX_K
-        return min(MAX_K, MAX_RERANK_TOP, served.max_inputs)
+        return MAX_K if reranking is None else min(MAX_K, rerank_most)
 
     @r.get("/ui", include_in_schema=False)
     async def ui() -> Response:
@@ -287,9 +289,7 @@ def router(service: Service, reranking: RerankService | None = None) -> APIRoute
         if rerank and reranking is None:
             raise ApiError("unsupported", "this server has no reranker (smysl serve "
                            "--reranker R)", param="rerank")
-        # the reranker scores at most the server's max_inputs documents a request: a default
-        # rerank_top of 50 failed every search on a server started with fewer
-        most = min(MAX_RERANK_TOP, service.config.max_inputs)
+        most = rerank_most
         given = "rerank_top" in body.model_fields_set
         if rerank and not given and body.k > most:  # the k asked is what cannot be
             raise ApiError("invalid", f"k ({body.k}): a reranked search on this server returns "

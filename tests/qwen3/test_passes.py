@@ -47,16 +47,23 @@ def test_a_cancelled_long_pass_stops_at_its_next_layer_and_a_waiting_one_never_s
     engine = LayeredCpuEngine()
     thread = PassThread(engine, budget=1024)  # type: ignore[arg-type]
     long, waiting = thread.start([[1] * 2000]), thread.start([[2] * 1500])
+    short = thread.start([[8]])
     engine.until(("launch", (1,)))
-    long.cancel()
+    # answered at once, not when the long pass ends (a review: a server's finisher thread
+    # waited for it, and the short batches' rows behind it with it)
     waiting.cancel()
+    short.cancel()
+    with pytest.raises(PassCancelled, match="dropped before it started"):
+        waiting()
+    with pytest.raises(PassCancelled, match="dropped before it started"):
+        short()
+    long.cancel()
     engine.step()
     with pytest.raises(PassCancelled, match="stopped at a layer's end"):
         long()
-    with pytest.raises(PassCancelled, match="dropped before it started"):
-        waiting()
     assert thread.start([[3, 3]])().tolist() == [[3, 2]]
     assert ("launch", (2,)) not in engine.events and ("done", (1,)) not in engine.events
+    assert ("launch", (8,)) not in engine.events
 
 
 def test_an_error_reaches_its_caller_and_the_thread_ends_when_idle(monkeypatch) -> None:  # type: ignore[no-untyped-def]
@@ -118,3 +125,46 @@ def test_a_real_engine_starts_passes_with_the_rows_of_forward(tiny) -> None:  # 
     assert np.array_equal(rows_third, engine.forward(third))
     assert np.array_equal(rows_long, engine.forward(long))
     assert np.array_equal(engine.start(short)(), engine.forward(short))
+
+
+def test_the_engine_is_freed_when_dropped_and_a_close_drops_what_waits(tiny_dir) -> None:  # type: ignore[no-untyped-def]
+    """The pass thread held its engine (a reference cycle through ``Engine._passes``): a
+    model dropped kept its weights until the cycle collector ran. And a close left passes
+    queued, to start after it returned."""
+    import gc
+    import weakref
+
+    from smysl import Embedder
+    from smysl.qwen3.engine import PassStopped
+
+    model = Embedder.load(str(tiny_dir), device="cpu", threads=1, process=False)
+    engine = model.engine
+    ids = model.tokenize(["a text"])
+    assert np.array_equal(engine.start(ids)(), engine.forward(ids))
+    ref = weakref.ref(engine)
+    gc.disable()  # freed by reference counts alone
+    try:
+        del engine, model
+        assert ref() is None
+    finally:
+        gc.enable()
+
+    model = Embedder.load(str(tiny_dir), device="cpu", threads=1, process=False)
+    passes = PassThread(model.engine, budget=64)
+    held, entered = threading.Event(), threading.Event()
+    original = model.engine.submit
+
+    def blocking(batch, heads=None, between=None):  # type: ignore[no-untyped-def]
+        entered.set()
+        held.wait(10)
+        return original(batch, heads, between)
+
+    model.engine.submit = blocking  # type: ignore[method-assign]
+    first, second = passes.start(ids), passes.start(ids)
+    assert entered.wait(10)  # the first one runs, the second waits
+    passes.fail_queued(PassStopped("closing"))
+    with pytest.raises(PassStopped, match="closing"):
+        second()
+    held.set()
+    assert np.array_equal(first(), model.engine.forward(ids))
+    model.close()

@@ -367,6 +367,12 @@ def test_too_long_row_on_two_actors_is_named(cluster, tiny_dir, tmp_path) -> Non
     path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
     options = ModelOptions(device="cpu", threads=1, max_tokens=32)
     with _ray_embedder()(str(tiny_dir), options, RayConfig(actors=2)) as model:
+        # called directly (no token counts first): its index in the whole call, not 2 + 7
+        from smysl.tokenize import InputTooLongError
+
+        with pytest.raises(InputTooLongError) as too_long:
+            model.embed([r["text"] for r in rows])
+        assert too_long.value.index == 7
         with pytest.raises(BadRowError, match=r"rows\.jsonl, row 8: the text of id '7' has"):
             run_job(model, [path], JobConfig(output=str(tmp_path / "o1"), batch_size=4))
         report = run_job(model, [path], JobConfig(output=str(tmp_path / "o2"), batch_size=4,
@@ -404,17 +410,20 @@ def test_a_row_a_provider_refuses_on_an_actor_is_named(cluster, tmp_path) -> Non
 
 @slow
 @pytest.mark.filterwarnings("ignore:no Qwen3 tokenizer")
-def test_a_refusal_on_an_actor_bills_no_other_text_twice(cluster, tmp_path) -> None:
+@pytest.mark.parametrize("bad", [7, 5])
+def test_a_refusal_on_an_actor_bills_no_other_text_twice(cluster, tmp_path, bad) -> None:
     """What a call refused on one actor did embed (the other actor's part, the refused part's
     texts before the refusal) was dropped: the job's call without the refused row, split anew
     over the actors, paid for those texts again. They are held, and only the rest is sent;
-    the vectors are those of a run without the bad row."""
+    the vectors are those of a run without the bad row. Row 5 is the first of its part: the
+    refusing actor embedded nothing, so the job probes its settings, and the probe left the
+    held vectors alone (it cleared them, a review found)."""
     from smysl.scale.ray_data import RayConfig, RayEmbedder
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "providers"))
     from provider_fakes import FakeServer
 
-    rows = [{"id": i, "text": f"text {i}" + (" POISON" if i == 7 else "")} for i in range(10)]
+    rows = [{"id": i, "text": f"text {i}" + (" POISON" if i == bad else "")} for i in range(10)]
     path = tmp_path / "rows.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
     with FakeServer(dims=64, refuse=lambda t: "POISON" in t) as srv, \
@@ -424,12 +433,12 @@ def test_a_refusal_on_an_actor_bills_no_other_text_twice(cluster, tmp_path) -> N
                                                   dimensions=32, skip_bad_rows=True))
         billed = collections.Counter(srv.billed_texts)
         one = smysl.load(f"openai:{srv.url}/v1#m", ModelOptions(), dimensions=64)
-        alone = one.embed([r["text"] for r in rows if r["id"] != 7], dimensions=32)
+        alone = one.embed([r["text"] for r in rows if r["id"] != bad], dimensions=32)
     assert report.bad_rows == 1
-    assert {t: n for t, n in billed.items() if n != 1} == {}, billed
-    assert set(billed) == {f"text {i}" for i in range(10) if i != 7}
+    assert {t: n for t, n in billed.items() if n != 1 and t != "probe"} == {}, billed
+    assert set(billed) - {"probe"} == {f"text {i}" for i in range(10) if i != bad}
     got = _read(tmp_path / "o")
-    assert np.array_equal(np.stack([got[str(i)] for i in range(10) if i != 7]), alone)
+    assert np.array_equal(np.stack([got[str(i)] for i in range(10) if i != bad]), alone)
 
 
 @slow
