@@ -6,7 +6,9 @@ is not, since every test folder may have its own).
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,7 +22,9 @@ from qwen_tiny import Tiny, build_tiny
 
 # Engines read this machine's ``smysl tune`` results at load: tests see none (a test that
 # wants one points SMYSL_TUNING at its own file).
-os.environ["SMYSL_TUNING"] = str(Path(tempfile.mkdtemp(prefix="smysl-tuning-")) / "none.json")
+_TUNING = tempfile.mkdtemp(prefix="smysl-tuning-")
+os.environ["SMYSL_TUNING"] = str(Path(_TUNING) / "none.json")
+atexit.register(shutil.rmtree, _TUNING, ignore_errors=True)  # one folder a test process
 
 # Without CUDA the fused kernels' tests (tests/qwen3/test_kernels.py) run in Triton's CPU
 # interpreter. Triton reads this when its language module is first imported (its own
