@@ -137,7 +137,7 @@ def test_the_engine_is_freed_when_dropped_and_a_close_drops_what_waits(tiny_dir)
     from smysl import Embedder
     from smysl.qwen3.engine import PassStopped
 
-    model = Embedder.load(str(tiny_dir), device="cpu", threads=1, process=False)
+    model = Embedder.load(str(tiny_dir), device="cpu", process=False)
     engine = model.engine
     ids = model.tokenize(["a text"])
     assert np.array_equal(engine.start(ids)(), engine.forward(ids))
@@ -149,7 +149,7 @@ def test_the_engine_is_freed_when_dropped_and_a_close_drops_what_waits(tiny_dir)
     finally:
         gc.enable()
 
-    model = Embedder.load(str(tiny_dir), device="cpu", threads=1, process=False)
+    model = Embedder.load(str(tiny_dir), device="cpu", process=False)
     passes = PassThread(model.engine, budget=64)
     held, entered = threading.Event(), threading.Event()
     original = model.engine.submit

@@ -108,7 +108,10 @@ def test_engines_apply_a_stored_entry_at_load(tiny_dir: Path, cache: Path) -> No
     assert tuned.engine.chunk == 7  # type: ignore[attr-defined]
     info = tuned.info()
     assert (info.slice_tokens, info.tuned_at) == (7, "unknown")  # stored without a date
-    child = Embedder.load(str(tiny_dir), device="cpu", dtype="float32", process=True)
+    # at this process's thread count (part of the key): another test of this process may
+    # have set one (a child starts at torch's default)
+    child = Embedder.load(str(tiny_dir), device="cpu", dtype="float32", process=True,
+                          threads=torch.get_num_threads())
     try:  # an engine in a child process reads the same file and says so
         assert (child.info().slice_tokens, child.info().tuned_at) == (7, "unknown")
     finally:
