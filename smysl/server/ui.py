@@ -252,8 +252,6 @@ def router(service: Service, reranking: RerankService | None = None) -> APIRoute
             except ValueError as e:  # the store's (its server gone, say; it names the place)
                 # said, not a 503: the page's similarity matrix needs no index
                 problem = str(e)
-            # the most hits a search reranked by default returns (the reranker scores at
-            # most max_inputs chunks a request): the page caps its Hits field there
             described = {"location": label, "dimensions": store.dimensions, "chunks": chunks,
                          "problem": problem, "most_hits": most_hits()}
         return json_response({"model": dataclasses.asdict(service.info()),
@@ -289,20 +287,19 @@ def router(service: Service, reranking: RerankService | None = None) -> APIRoute
         if rerank and reranking is None:
             raise ApiError("unsupported", "this server has no reranker (smysl serve "
                            "--reranker R)", param="rerank")
-        most = rerank_most
         given = "rerank_top" in body.model_fields_set
-        if rerank and not given and body.k > most:  # the k asked is what cannot be
+        if rerank and not given and body.k > rerank_most:  # the k asked is what cannot be
             raise ApiError("invalid", f"k ({body.k}): a reranked search on this server returns "
-                           f"at most {most} hits (its reranker scores at most max_inputs "
+                           f"at most {rerank_most} hits (its reranker scores at most max_inputs "
                            f"{service.config.max_inputs} chunks a request); ask for fewer, "
                            "or send rerank false", param="k")
         if given and not rerank:  # it did nothing, or was a 500 when below 1
             raise ApiError("invalid", "rerank_top is how many nearest hits the reranker "
                            "scores, and this search is not reranked (rerank is false, or the "
                            "server has no reranker)", param="rerank_top")
-        top = body.rerank_top if given else max(body.k, min(body.rerank_top, most))
-        if rerank and not body.k <= top <= most:
-            raise ApiError("invalid", f"rerank_top must be between k ({body.k}) and {most} "
+        top = body.rerank_top if given else max(body.k, min(body.rerank_top, rerank_most))
+        if rerank and not body.k <= top <= rerank_most:
+            raise ApiError("invalid", f"rerank_top must be between k ({body.k}) and {rerank_most} "
                            f"(at most {MAX_RERANK_TOP}, and this server's max_inputs), got "
                            f"{top}", param="rerank_top" if top != body.k else "k")
         service.check_texts([body.query], "query")

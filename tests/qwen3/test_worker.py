@@ -16,7 +16,7 @@ import pytest
 import torch
 from qwen_tiny import TEXTS
 
-from qwen3.layered import LayeredCpuEngine
+from qwen3.layered import LayeredCpuEngine, RecordingEngine
 from smysl import Embedder
 from smysl.qwen3.contract import EngineConfig
 from smysl.qwen3.hub import read_checkpoint
@@ -272,7 +272,7 @@ def test_alive_never_waits_for_a_call_in_flight(remote) -> None:  # type: ignore
         client.close()
 
 
-class _FakeCudaEngine:
+class _FakeCudaEngine(RecordingEngine):
     """Records when passes are queued and when their rows are waited for, as a CUDA engine
     whose ``submit`` returns before the pass has run; with ``gated``, a pass's rows come only
     once the test opens its gate (:meth:`open`): the pass "runs" until then."""
@@ -281,13 +281,12 @@ class _FakeCudaEngine:
                  gated: bool = False) -> None:
         import threading
 
-        self.events: list[tuple[str, tuple[int, ...]]] = []
+        super().__init__()
         self.fail_merged = fail_merged
         self.device = device
         self.queues = device == "cuda"
         self.gated = gated
         self.gates: dict[tuple[int, ...], threading.Event] = {}
-        self.changed = threading.Condition()
 
     def submit(self, batch: list[list[int]], heads: list[int] | None = None) -> Any:
         import threading
@@ -305,19 +304,6 @@ class _FakeCudaEngine:
             return np.array([[s[0], len(s)] for s in batch], dtype=np.float32)
 
         return rows
-
-    def forward(self, batch: list[list[int]], heads: list[int] | None = None) -> np.ndarray:
-        return self.submit(batch, heads)()
-
-    def _record(self, event: tuple[str, tuple[int, ...]]) -> None:
-        with self.changed:
-            self.events.append(event)
-            self.changed.notify_all()
-
-    def until(self, event: tuple[str, tuple[int, ...]]) -> None:
-        """Wait (10 s at most) until ``event`` has happened."""
-        with self.changed:
-            assert self.changed.wait_for(lambda: event in self.events, 10), self.events
 
     def open(self, *keys: int) -> None:
         import threading
