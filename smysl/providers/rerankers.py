@@ -234,6 +234,13 @@ def _first_count(body: Any, *paths: tuple[str, ...]) -> int | None:
     return None
 
 
+#: Where the APIs here report the tokens of an answer (read from one :meth:`parse_response`
+#: refused, whose billing still counts).
+_TOKEN_PATHS = (("usage", "total_tokens"), ("usage", "prompt_tokens"), ("usage", "input_tokens"),
+                ("tokens", "input_tokens"), ("meta", "tokens", "input_tokens"),
+                ("input_tokens",), ("inference_status", "tokens_input"))
+
+
 def _byte_bound(texts: Sequence[str]) -> list[int]:
     # Byte-level BPE never makes more tokens than bytes: a safe bound, plus one.
     return [len(t.encode("utf-8")) + 1 for t in texts]
@@ -397,7 +404,7 @@ class RemoteReranker(BaseReranker):
             return
         chunk = [documents[i] for i in batch]
         try:
-            scores, tokens, units, ranking = self._request(
+            scores, ranking = self._request(
                 query, chunk, instruction=instruction, truncate=truncate, deadline=deadline)
         except PayloadTooLargeError as e:
             limit.refused(len(batch))  # for this batch, its retries and the call's later ones
@@ -424,30 +431,36 @@ class RemoteReranker(BaseReranker):
             keys[batch] = ranking.keys
         if ranking.places is not None:
             places[batch] = ranking.places
-        self.usage.record_rerank(documents=len(batch), tokens=tokens, search_units=units)
 
     def _request(self, query: str, documents: list[str], *, instruction: str | None,
                  truncate: bool, deadline: Deadline | None = None
-                 ) -> tuple[np.ndarray, int | None, int | None, Ranking]:
+                 ) -> tuple[np.ndarray, Ranking]:
         body = self.request_body(query, documents, instruction=instruction, truncate=truncate)
         return self._http.post(body, len(documents), read=self._read, sleep=self.sleep,
                                deadline=deadline)
 
-    def _read(self, body: Any, n: int) -> tuple[np.ndarray, int | None, int | None, Ranking]:
-        parsed = self.parse_response(body, n)
-        scores, tokens, units = parsed[:3]
-        ranking = parsed[3] if len(parsed) > 3 else Ranking(None, None)
-        if scores.shape != (n,):  # parse_response's helpers check this; a subclass may not
-            raise MalformedResponseError(f"{self.name}: malformed response: {scores.shape} "
-                                         f"scores for {n} documents")
-        return scores, reported_count(tokens), reported_count(units), ranking
+    def _read(self, body: Any, n: int) -> tuple[np.ndarray, Ranking]:
+        """Scores and ranking of an answer for ``n`` documents. Its usage is recorded also
+        when it is refused (and the request retried): the provider billed it all the same."""
+        try:
+            parsed = self.parse_response(body, n)
+            scores, tokens, units = parsed[:3]
+            if scores.shape != (n,):  # parse_response's helpers check this; a subclass may not
+                raise MalformedResponseError(f"{self.name}: malformed response: "
+                                             f"{scores.shape} scores for {n} documents")
+        except (MalformedResponseError, ValueError, KeyError, TypeError, IndexError):
+            self.usage.record_rerank(
+                documents=n, tokens=_first_count(body, *_TOKEN_PATHS),
+                search_units=_first_count(body, ("meta", "billed_units", "search_units")))
+            raise
+        self.usage.record_rerank(documents=n, tokens=reported_count(tokens),
+                                 search_units=reported_count(units))
+        return scores, parsed[3] if len(parsed) > 3 else Ranking(None, None)
 
     def _probe(self) -> None:
         """Whether a down upstream is back: one short pair, one timeout (usage records it)."""
-        _, tokens, units, _ = self._request(
-            "health probe", ["health probe"], instruction=None, truncate=True,
-            deadline=_CallDeadline(self.config.timeout, self.name))
-        self.usage.record_rerank(documents=1, tokens=tokens, search_units=units)
+        self._request("health probe", ["health probe"], instruction=None, truncate=True,
+                      deadline=_CallDeadline(self.config.timeout, self.name))
 
 
 def _pick_tokenizer(arg: str | os.PathLike[str] | Tokenizer | None) -> Tokenizer | None:

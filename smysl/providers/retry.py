@@ -1,11 +1,14 @@
 """The HTTP side of a provider: JSON requests under a :class:`ProviderConfig`'s retry policy,
 wall-clock deadlines, and the upstream's health.
 
-Timeouts, connection errors, malformed 2xx bodies and :data:`RETRYABLE_STATUS` are tried again
-after an exponential backoff with jitter that waits at least as long as the server's
+Timeouts, connection errors and :data:`RETRYABLE_STATUS` are tried again after an exponential
+backoff with jitter that waits at least as long as the server's
 ``Retry-After`` asks, or for a 429 without one its spent limit's ``x-ratelimit-reset-*`` (up to
-``max_retry_after``). A 413 raises :class:`PayloadTooLargeError` at
-once, for the caller to split the batch; any other error status raises at once.
+``max_retry_after``). A 2xx answer of JSON that cannot be used is tried again
+:data:`MALFORMED_TRIES` - 1 times at most: the provider billed it, and an answer malformed once is
+mostly malformed again (a body that is no JSON, a proxy's page, is retried as a 5xx is). A 413
+raises :class:`PayloadTooLargeError` at once, for the caller to split the batch; any other error
+status raises at once.
 
 Deadlines are wall time, not per read (issue 11 item 7): each HTTP request runs on a helper
 thread and the caller stops waiting ``timeout`` seconds after sending, however slowly the body
@@ -54,6 +57,10 @@ UNHEALTHY_AFTER = 2
 #: :data:`PROBE_MAX`.
 PROBE_INTERVAL = 5.0
 PROBE_MAX = 60.0
+#: Attempts answered 2xx with JSON that could not be used after which a request gives up,
+#: whatever ``max_retries`` allows: each was billed, and a gateway that caps results or names
+#: a field its own way answers every repeat the same (a review saw 7 billed tries of one).
+MALFORMED_TRIES = 2
 
 _T = TypeVar("_T")
 
@@ -236,6 +243,7 @@ class RetryingClient:
         see :meth:`post`."""
         cfg = self.config
         last: BaseException | None = None
+        malformed = 0  # 2xx answers whose bodies could not be used
         for attempt in range(cfg.max_retries + 1):
             if self._closed:  # not a connection error to retry (httpx's RuntimeError was)
                 raise ProviderError(f"{self.name}: the provider is closed (close() was "
@@ -272,17 +280,26 @@ class RetryingClient:
                 status = resp.status
                 if 200 <= status < 300:
                     try:
-                        return read(resp.json(), n)
-                    except MalformedResponseError as e:  # already says what is wrong, and where
-                        last = e
-                    except (ValueError, KeyError, TypeError, IndexError) as e:
-                        # secrets out first, then cut (a key cut in two was no key to hide)
-                        last = MalformedResponseError(
-                            f"{self.name}: malformed response ({self.shown(str(e))}): "
-                            f"{self.excerpt(resp, 200)!r}")
-                    except ProviderError:
-                        self.usage.record_failure()
-                        raise
+                        decoded = resp.json()
+                    except ValueError as e:  # not JSON: a proxy's page, not an answer billed
+                        last = self._malformed(resp, e)
+                    else:
+                        try:
+                            return read(decoded, n)
+                        except MalformedResponseError as e:  # says what is wrong, and where
+                            last = e
+                        except (ValueError, KeyError, TypeError, IndexError) as e:
+                            last = self._malformed(resp, e)
+                        except ProviderError:
+                            self.usage.record_failure()
+                            raise
+                        malformed += 1
+                        if malformed == MALFORMED_TRIES and attempt < cfg.max_retries:
+                            self.usage.record_failure()
+                            raise answered_as(RetriesExhaustedError(
+                                f"{self.name}: gave up after {attempt + 1} attempts, "
+                                f"{malformed} answered with JSON that could not be used (not "
+                                f"tried again: each answer is billed): {last}"), last) from last
                 elif status == 413:
                     raise PayloadTooLargeError(
                         f"{self.name}: request too large (413) for {n} inputs: "
@@ -309,6 +326,11 @@ class RetryingClient:
         self.usage.record_failure()
         raise answered_as(RetriesExhaustedError(
             f"{self.name}: gave up after {cfg.max_retries + 1} attempts: {last}"), last) from last
+
+    def _malformed(self, resp: Answer, e: Exception) -> MalformedResponseError:
+        # secrets out first, then cut (a key cut in two was no key to hide)
+        return MalformedResponseError(f"{self.name}: malformed response ({self.shown(str(e))}): "
+                                      f"{self.excerpt(resp, 200)!r}")
 
     def _attempt(self, method: str, url: str, body: dict[str, Any] | None,
                  headers: dict[str, str], budget: float) -> Answer:

@@ -565,6 +565,21 @@ def test_malformed_bodies_are_retried(bad: httpx.Response, billed: bool | None) 
         ((2, 4, 11) if billed else (1, 2, 6))
 
 
+def test_an_answer_malformed_twice_is_not_bought_again() -> None:
+    """Each 2xx answer is billed, and one malformed once is mostly malformed again (a gateway
+    that names a field its own way): two are tried, not max_retries + 1 (7)."""
+    short = httpx.Response(200, json={"data": [{"index": 0, "embedding": [1.0] * 16}],
+                                      **_USAGE})
+    h = Recorder(script=[short, short, short])
+    p = make("openai", "m", h, dimensions=16)
+    assert p.config.max_retries > 2
+    with pytest.raises(IncompleteEmbeddingError, match="not tried again") as e:
+        p.embed(["a", "b"])
+    assert "1 embeddings for 2 inputs" in str(e.value) and len(h.bodies) == 2
+    assert (p.usage.requests, p.usage.tokens, p.usage.retries, p.usage.failed_requests) == \
+        (2, 10, 1, 1)
+
+
 @pytest.mark.parametrize(("usage", "reported"), [
     ({"prompt_tokens": 6.0, "total_tokens": 6.0}, 6),  # a float that is a count
     ({"prompt_tokens": None, "total_tokens": 6}, 6),  # null beside total_tokens

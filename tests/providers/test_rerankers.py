@@ -372,9 +372,31 @@ def test_malformed_answers_are_retried_then_refused_naming_the_provider(case: st
         with pytest.raises(MalformedResponseError, match=message) as err:
             rr.rerank(QUERY, DOCS)
         assert rr.name in str(err.value) and "gave up after 2 attempts" in str(err.value)
-        assert rr.usage.failed_requests == 1 and rr.usage.requests == 0
+        # both answers were billed: counted (they were not)
+        assert rr.usage.failed_requests == 1 and rr.usage.requests == 2
+        assert rr.usage.texts == 2 * len(DOCS)
         # One bad answer, then a good one: retried and right.
         srv.script.append(Fault(mutate=mutate))
+        assert rr.rerank(QUERY, DOCS) == want(QUERY, DOCS)
+
+
+def test_an_answer_malformed_twice_is_not_bought_again() -> None:
+    """A Cohere-compatible gateway that caps its results answers every repeat the same way; each
+    answer is billed. It was sent 7 times (max_retries 6) and counted as none; now twice, and
+    both answers' search units count."""
+    with FakeServer() as srv:
+        short = Fault(mutate=lambda b: {**b, "results": b["results"][:3]})
+        srv.script.extend([short, short])
+        rr = load(srv, "cohere")
+        assert rr.config.max_retries > 2
+        with pytest.raises(MalformedResponseError, match="not tried again") as err:
+            rr.rerank(QUERY, DOCS)
+        assert "3 of the 6 documents asked for have no score" in str(err.value)
+        assert len(srv.requests) == 2
+        assert (rr.usage.requests, rr.usage.retries, rr.usage.failed_requests) == (2, 1, 1)
+        assert rr.usage.search_units == 2
+        # a malformed answer, then a retryable status, then a good one: lands right
+        srv.script.extend([short, Fault(status=503), Fault(status=503)])
         assert rr.rerank(QUERY, DOCS) == want(QUERY, DOCS)
 
 
