@@ -232,6 +232,15 @@ def test_models_lists_hub_cache_ollama_and_aliases(machine: Path, tiny_dir: Path
     table = capsys.readouterr().out
     assert table.splitlines()[0].split() == ["NAME", "SOURCE", "SIZE", "DIMS", "DTYPE", "WHERE"]
     assert "Qwen/Qwen3-0.6B" in table and "ollama:llama3.2:1b" in table and "Q4_K_M" in table
+    # a cached repo with no config.json nor modules.json: no model sentence-transformers
+    # reads (a review's: listed as loadable)
+    junk = machine.parent / "junk"
+    junk.mkdir()
+    (junk / "model.safetensors").write_bytes((tiny_dir / "model.safetensors").read_bytes())
+    fake_hub_cache(machine, "foo/noconfig", junk)
+    assert main(["models", "--all", "--json"]) == 0
+    rows = {r["name"]: r for r in json.loads(capsys.readouterr().out)}
+    assert "has no config.json nor modules.json" in rows["st:foo/noconfig"]["problem"]
 
 
 def test_a_cached_reranker_is_listed_shown_and_pulled_as_one(
@@ -251,7 +260,7 @@ def test_a_cached_reranker_is_listed_shown_and_pulled_as_one(
     assert (rr["role"], rr["dimensions"], rr["problem"]) == ("reranker", None, None)
     assert rows["Qwen/Qwen3-Embedding-0.6B"]["role"] == "embedding"
     assert main(["models"]) == 0
-    assert "(reranker: --reranker)" in next(
+    assert "(a reranker: smysl rerank --model, smysl serve --reranker)" in next(
         r for r in capsys.readouterr().out.splitlines() if r.startswith("Qwen/Qwen3-Reranker"))
     assert main(["show", "Qwen/Qwen3-Reranker-0.6B"]) == 0
     out = capsys.readouterr().out
@@ -269,7 +278,8 @@ def test_a_cached_reranker_is_listed_shown_and_pulled_as_one(
                      str(tmp_path / "out.jsonl")]) == 2
         assert "a Qwen3-Reranker" in capsys.readouterr().err
         assert not (tmp_path / "out.jsonl").exists()
-        with pytest.raises(ValueError, match=r"load it with --reranker or smysl\.load_reranker"):
+        with pytest.raises(ValueError, match=r"load it with `smysl rerank --model`, "
+                                             r"`smysl serve --reranker` or smysl\.load_reranker"):
             smysl.load(name)
 
 
@@ -421,11 +431,16 @@ def test_show_reads_config_and_headers_only(machine: Path, tiny_dir: Path,
                  "ollama:registry.ollama.ai/library/qwen3-embedding:0.6b"):
         assert main(["show", name, "--json"]) == 0, name
         assert json.loads(capsys.readouterr().out)["name"] == "ollama:qwen3-embedding:0.6b"
-    # asked as the in-process scheme: named so, and run by smysl's engine (it said "ollama")
-    assert main(["show", "ollama-store:Qwen3-Embedding:0.6B"]) == 0
+    # asked as the in-process scheme: named so, and run by smysl's engine (it said "ollama");
+    # that engine cannot run this file, so it is its problem (it exited 0, "problem": null)
+    assert main(["show", "ollama-store:Qwen3-Embedding:0.6B"]) == 1
     text = capsys.readouterr().out
     assert "model:        ollama-store:qwen3-embedding:0.6b" in text, text
     assert "backend:      qwen3" in text
+    said = text.split("in process:   no: ")[1].splitlines()[0]
+    assert f"problem:      {said}" in text
+    assert main(["show", "ollama-store:qwen3-embedding:0.6b", "--json"]) == 1
+    assert json.loads(capsys.readouterr().out)["problem"] == said
 
 
 def test_show_and_pull_errors_are_smysl_errors(machine: Path, tmp_path: Path,
@@ -473,15 +488,18 @@ def test_an_ollama_model_that_cannot_load_says_why(machine: Path, tmp_path: Path
     assert "problem:      its weights blob" in capsys.readouterr().out
     manifest["layers"][0]["digest"] = "../../etc/passwd"
     path.write_text(json.dumps(manifest))
-    assert main(["show", "ollama:qwen3-embedding:0.6b"]) == 2
-    err = capsys.readouterr().err
-    assert "its manifest is damaged" in err and "not in the Ollama store" not in err
+    # there but unusable: shown with its problem, exit status 1 (it was an error, exit 2)
+    assert main(["show", "ollama:qwen3-embedding:0.6b"]) == 1
+    out = capsys.readouterr().out
+    assert "problem:      " in out and "its manifest is damaged" in out
+    assert "not in the Ollama store" not in out and f"where:        {path}" in out
     path.write_text('{"schemaVersion": 2, "layers": [')  # no JSON at all: was "not in the store"
-    for argv in (["show", "ollama:qwen3-embedding:0.6b"],
-                 ["embed", "--model", "ollama-store:qwen3-embedding:0.6b", "-i", str(path)]):
-        assert main(argv) == 2
-        err = capsys.readouterr().err
-        assert "manifest is damaged" in err and "not in the" not in err, err
+    assert main(["show", "ollama:qwen3-embedding:0.6b", "--json"]) == 1
+    shown = json.loads(capsys.readouterr().out)
+    assert "manifest is damaged" in shown["problem"] and "not in the" not in shown["problem"]
+    assert main(["embed", "--model", "ollama-store:qwen3-embedding:0.6b", "-i", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert "manifest is damaged" in err and "not in the" not in err, err
 
 
 def test_a_hub_repo_of_gguf_files_lists_each_file_and_is_not_pulled(
@@ -508,9 +526,11 @@ def test_a_hub_repo_of_gguf_files_lists_each_file_and_is_not_pulled(
                  ["show", "Qwen/Qwen3-Embedding-0.6B-GGUF"],
                  ["embed", "--model", "Qwen/Qwen3-Embedding-0.6B-GGUF", "-i",
                   str(src / "README.md")]):
-        assert main(argv) == 2, argv
-        err = capsys.readouterr().err
-        assert re.search(said, err) and "`smysl pull" not in err, (argv, err)
+        # show: there, not loadable as named: its problem shown, exit status 1
+        assert main(argv) == (1 if argv[0] == "show" else 2), argv
+        got = capsys.readouterr()
+        said_there = got.out if argv[0] == "show" else got.err
+        assert re.search(said, said_there) and "`smysl pull" not in said_there, (argv, got)
     # the file listed loads, as the message says
     assert main(["embed", "--model", row["name"], "-i", str(src / "README.md"), "-o",
                  str(tmp_path / "v.npy")]) == 0

@@ -161,6 +161,10 @@ def checkpoint_entry(root: Path, name: str, source: str, *, size: int | None = N
     elif problem is None and (missing := missing_weights(weights)):
         # st: models: their weights may be in other formats; safetensors named must be whole
         problem = f"incomplete weights: {', '.join(missing)}"
+    elif problem is None and not any((root / f).is_file() for f in ("config.json",
+                                                                      "modules.json")):
+        # what sentence-transformers reads first (a review's: listed as loadable)
+        problem = f"{root} has no config.json nor modules.json: not a model folder"
     params, dtype = safetensors_summary([w for w in weights if w.is_file()])
     dtype = dtype or config.get("torch_dtype") or config.get("dtype")
     files = sorted(p for p in root.rglob("*") if p.is_file())
@@ -470,7 +474,9 @@ def _table(rows: list[list[str]]) -> Iterator[str]:
 
 
 def _row(e: ModelEntry) -> list[str]:
-    where = e.where + ("  (reranker: --reranker)" if e.role == "reranker" else "")
+    # the commands that take it (`--reranker` alone is an option of `serve` only)
+    where = e.where + ("  (a reranker: smysl rerank --model, smysl serve --reranker)"
+                       if e.role == "reranker" else "")
     where += f"  (cannot load: `smysl show {e.name}` says why)" if e.problem else ""
     return [e.name, e.source, human_size(e.size), str(e.dimensions or "-"), e.dtype or "-",
             where]
@@ -557,8 +563,8 @@ def show_entry(model: str, revision: str | None = None) -> ModelEntry:
         stored = find_ollama(rest)  # any form of the name, any case, as Ollama matches
         if stored:  # this model's entry alone, not the whole store's
             root = ollama_root()
-            entry = _ollama_entry_or_none(root, stored, _json(
-                root / "manifests" / Path(*parts_of(stored))))
+            manifest = root / "manifests" / Path(*parts_of(stored))
+            entry = _ollama_entry_or_none(root, stored, _json(manifest))
             if entry is not None:
                 if entry.problem is None:  # the engine's own check of the header, on demand
                     from smysl.qwen3 import gguf
@@ -568,14 +574,19 @@ def show_entry(model: str, revision: str | None = None) -> ModelEntry:
                         entry.details["in_process"] = "yes (ollama-store:)"
                     except ValueError as e:
                         entry.details["in_process"] = f"no: {e}"
+                        if scheme == "ollama-store":  # smysl's engine is what runs that name
+                            entry = replace(entry, problem=str(e))
                 if scheme == "ollama-store":  # the name asked for, run by smysl's engine
                     entry.details["backend"] = "qwen3"
                     return replace(entry, name=f"ollama-store:{stored}")
                 return entry
             # there, but no entry: model_blob says what is wrong with it
-            model_blob(stored)
-            raise ValueError(f"Ollama model {stored!r}: its manifest is damaged (`ollama "
-                             f"pull {stored}` again)")
+            try:
+                model_blob(stored)
+                problem = f"its manifest is damaged (`ollama pull {stored}` again)"
+            except (ValueError, OSError) as e:  # its words: what is wrong with it
+                problem = str(e)
+            return _unloadable(f"{scheme}:{stored}", "ollama", manifest, problem)
         raise FileNotFoundError(f"{rest!r} is not in the Ollama store ({ollama_root()}); "
                                 "`smysl models` lists what is there")
     if scheme not in ("qwen3", "st"):
@@ -589,8 +600,8 @@ def show_entry(model: str, revision: str | None = None) -> ModelEntry:
         if revision:
             raise ValueError(f"--revision applies to Hub models, not the file {path}")
         if not is_gguf(path):
-            raise ValueError(f"{path} is a file but not a GGUF model; a checkpoint is a "
-                             "directory (with config.json)")
+            return _unloadable(rest, "local", path, f"{path} is a file but not a GGUF model; a "
+                               "checkpoint is a directory (with config.json)")
         return gguf_entry(path, rest)
     if path.is_dir():
         if revision:
@@ -606,14 +617,22 @@ def show_entry(model: str, revision: str | None = None) -> ModelEntry:
     if not (root / "config.json").is_file():
         from smysl.qwen3.hub import gguf_folder_problem
 
-        if (why := gguf_folder_problem(root)) is not None:
-            raise ValueError(why)
-        raise ValueError(f"{root} has no config.json: not a transformers checkpoint")
+        return _unloadable(name, "hub" if root != path else "local", root,
+                           gguf_folder_problem(root)
+                           or f"{root} has no config.json: not a transformers checkpoint")
     native = scheme == "qwen3" and _json(root / "config.json").get("model_type") == "qwen3"
     kind = ("st" if scheme == "st" else None if not native
             else "reranker" if embedding_kind(root, name) == "reranker" else "qwen3")
     return checkpoint_entry(root, name, "package" if packaged else
                             "hub" if root != path else "local", kind=kind)
+
+
+def _unloadable(name: str, source: str, where: Path, problem: str) -> ModelEntry:
+    """The entry of something on this machine that is no model smysl can load: its problem
+    shown, exit status 1, as for a model with files missing (it was an error, exit 2)."""
+    size = (where.stat().st_size if where.is_file()
+            else sum(p.stat().st_size for p in where.rglob("*") if p.is_file()))
+    return ModelEntry(name, source, size, None, None, str(where), problem=problem)
 
 
 def _run_show(args: argparse.Namespace) -> int:

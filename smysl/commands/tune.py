@@ -11,7 +11,8 @@ from smysl.commands._model import add_model_arguments, load_model
 
 HELP = ("measure the CPU engine's thread count (unless --threads), slice size, bulk-call "
         "lanes and int4's dequantising threshold for a model and path on this machine "
-        "(--device cpu unless given); engines use them from then on")
+        "(--device cpu unless given); engines use them from then on (kept in $SMYSL_TUNING, "
+        "else $XDG_CACHE_HOME/smysl/tuning.json, ~/.cache by default)")
 
 #: Command lines shown under ``--help`` (command, what it does); tests parse each.
 EXAMPLES = (
@@ -44,9 +45,19 @@ def _table(setting: str, noun: str, seconds: dict[int, float], chosen: int) -> N
 def run(args: argparse.Namespace) -> int:
     import torch
 
+    from smysl.cpus import usable_cpus
+    from smysl.providers.usage import count_of
     from smysl.qwen3 import tuning
     from smysl.qwen3.embedder import Embedder
     from smysl.qwen3.engine import Engine
+    from smysl.registry import split
+
+    scheme, rest = split(args.model)
+    if scheme not in ("qwen3", "ollama-store"):  # before the load: its error named --device
+        also = (f" (this model in it: ollama-store:{rest})" if scheme == "ollama" else "")
+        raise ValueError(f"smysl tune measures smysl's own CPU engine{also}: a local Qwen3 "
+                         f"checkpoint or GGUF file ({args.model!r} runs through the "
+                         f"{scheme}: backend)")
 
     try:
         slices = (tuple(sorted({int(s) for s in args.slices.split(",")}))
@@ -71,18 +82,28 @@ def run(args: argparse.Namespace) -> int:
                          f"{engine.model.cfg.num_hidden_layers} decoder layers")
     threads = None
     tk = tuning.threads_key(engine.kernel, engine.torch_dtype, engine.model.cfg)
+    if args.threads is not None and args.threads > (cpus := usable_cpus()):
+        print(f"note: --threads {args.threads} is more than the {count_of(cpus, 'CPU')} this "
+              "process may use: threads then wait for each other, and these timings show it",
+              file=sys.stderr)
     if args.threads is not None:
         # slices are stored under the thread count they were measured with, and a load finds
         # them only when it runs that count
         stored = tuning.lookup_threads(tk)
-        if stored is None:
-            print(f"note: these slices apply to loads that run {args.threads} threads "
-                  f"(--threads {args.threads}); loads without --threads run torch's default "
+        variables = tuning.environment_threads()
+        if variables is not None:
+            print(f"note: these slices apply to loads that run "
+                  f"{count_of(args.threads, 'thread')}; loads without --threads run the count "
+                  f"{variables} sets", file=sys.stderr)
+        elif stored is None:
+            print(f"note: these slices apply to loads that run "
+                  f"{count_of(args.threads, 'thread')} (--threads {args.threads}); loads "
+                  "without --threads run torch's default "
                   "count, up to the CPUs this process may use. Run tune without --threads to "
                   "measure and store a thread count for them", file=sys.stderr)
         elif stored.threads != args.threads:
-            print(f"note: loads without --threads run the {stored.threads} threads measured "
-                  f"earlier, not these slices' {args.threads}", file=sys.stderr)
+            print(f"note: loads without --threads run the {count_of(stored.threads, 'thread')} "
+                  f"measured earlier, not these slices' {args.threads}", file=sys.stderr)
     if args.threads is None and (variables := tuning.environment_threads()) is not None:
         # loads under this environment run its count, never a measured one (load_threads):
         # slices measured under another count would be stored under a key no load asks for
@@ -90,19 +111,20 @@ def run(args: argparse.Namespace) -> int:
               f"under it ({torch.get_num_threads()} threads); unset it to measure the thread "
               "count too", file=sys.stderr)
     elif args.threads is None:  # measured first: the best slice depends on it
-        print(f"measuring {tk}\n({args.layers} layers, {args.rounds} rounds per count)",
-              file=sys.stderr)
+        print(f"measuring {tk}\n({count_of(args.layers, 'layer')}, "
+              f"{count_of(args.rounds, 'round')} per count)", file=sys.stderr)
         threads = tuning.tune_threads(engine, layers=args.layers, rounds=args.rounds)
         _table("threads", "count", threads.seconds, threads.threads)
         print()
         torch.set_num_threads(threads.threads)  # the slices are timed with it
     k = tuning.key(engine)
-    print(f"measuring {k}\n({args.layers} layers, {args.rounds} rounds per size)",
-          file=sys.stderr)
+    print(f"measuring {k}\n({count_of(args.layers, 'layer')}, "
+          f"{count_of(args.rounds, 'round')} per size)", file=sys.stderr)
     tuned = tuning.tune(engine, slices=slices, layers=args.layers, rounds=args.rounds)
     _table("slice tokens", "size", tuned.seconds, tuned.chunk)
     if tuned.lane_seconds and tuned.lanes is not None:
-        print(f"\nbulk calls, {torch.get_num_threads()} threads shared by the lanes:")
+        print(f"\nbulk calls, {count_of(torch.get_num_threads(), 'thread')} shared by the "
+              "lanes:")
         _table("lanes", "count", tuned.lane_seconds, tuned.lanes)
     if tuned.dequant_rows is not None:
         rows = ("never (the int4 kernel was faster at every size)"

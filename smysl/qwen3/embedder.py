@@ -124,7 +124,8 @@ class Embedder(OnEngine, BaseEmbedder, TokenLevel):
         if ckpt.format != "gguf" and looks_like_reranker(ckpt.root, model):
             raise ValueError(f"{model}: a Qwen3-Reranker (named so, without an embedding "
                              "model's modules.json): it scores (query, document) pairs; load "
-                             "it with --reranker or smysl.load_reranker (an embedding model of "
+                             "it with `smysl rerank --model`, `smysl serve --reranker` or "
+                             "smysl.load_reranker (an embedding model of "
                              "that name: give it its sentence-transformers files)")
         # the tokenizer first: a bad one fails before any weight is read
         ckpt.check_max_tokens(opts.max_tokens)

@@ -175,8 +175,11 @@ def _read_header(path: Path, size: int, mtime_ns: int) -> Header:
         with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
             try:
                 return _parse(path, mm, size)
-            except (struct.error, UnicodeDecodeError, IndexError) as e:
-                raise ValueError(f"{path}: truncated or corrupt GGUF header ({e})") from None
+            except struct.error:  # struct's words name buffers and offsets, not the file
+                raise ValueError(f"{path}: truncated GGUF file: its header runs past its end "
+                                 f"({size:,} bytes; an interrupted download or copy?)") from None
+            except (UnicodeDecodeError, IndexError) as e:
+                raise ValueError(f"{path}: corrupt GGUF header ({e})") from None
 
 
 def _parse(path: Path, buf: mmap.mmap, size: int) -> Header:

@@ -197,7 +197,10 @@ def _reach_hub(repo: str, revision: str | None, cache_dir: str | None) -> None:
         raise ModelNotFoundError(_hub_failure(repo, revision, cache_dir, False, e)) from e
     except Exception as e:  # the network, a proxy, the Hub down
         cached = cached_revisions(hub_cache(cache_dir), repo)
-        kept = (f"; the cached copy ({', '.join(map(repr, cached))}) is left as it is and "
+        damage = _cached_damage(repo, revision, cache_dir) if cached else None
+        kept = (f"; the cached copy ({', '.join(map(repr, cached))}) cannot load ({damage}): "
+                "pull it again with network access" if damage else
+                f"; the cached copy ({', '.join(map(repr, cached))}) is left as it is and "
                 "loads as before" if cached else
                 f"; it is not in the Hugging Face cache ({hub_cache(cache_dir)}) either")
         raise ModelNotFoundError(
@@ -210,6 +213,26 @@ def _reach_hub(repo: str, revision: str | None, cache_dir: str | None) -> None:
             f"{repo!r} holds GGUF files ({', '.join(ggufs[:4])}{' ...' if len(ggufs) > 4 else ''})"
             f", not a transformers checkpoint: download the one you want (`hf download {repo} "
             f"{ggufs[0]}`) and pass its path as the model")
+
+
+def _cached_damage(repo: str, revision: str | None, cache_dir: str | None) -> str | None:
+    """What stops the cached snapshot of ``repo`` at ``revision`` loading (a cut download),
+    None when it loads or is not cached at that revision. Headers only: no weight is read."""
+    from huggingface_hub import snapshot_download
+
+    try:
+        path = Path(snapshot_download(repo_id=repo, revision=revision,
+                                      cache_dir=str(hub_cache(cache_dir)),
+                                      allow_patterns=_PATTERNS, local_files_only=True))
+    except Exception as e:  # not at this revision (nothing to say), or files missing
+        from huggingface_hub.errors import IncompleteSnapshotError
+
+        return "files missing" if isinstance(e, IncompleteSnapshotError) else None
+    try:
+        read_checkpoint(path, repo)
+    except ValueError as e:
+        return str(e)
+    return None
 
 
 def _hub_failure(repo: str, revision: str | None, cache_dir: str | None, offline: bool,
@@ -389,7 +412,11 @@ def missing_files(root: Path, weights: Sequence[Path]) -> list[str]:
     ``weights``) that are absent or cut short (config, every weight file, tokenizer), each as
     ``name (why)``; empty when whole."""
     out = [] if (root / "config.json").is_file() else ["config.json (missing)"]
-    out += missing_weights(weights) if weights else ["*.safetensors (none)"]
+    pickled = sorted(p.name for p in root.glob("*.bin")) if not weights else []
+    out += (missing_weights(weights) if weights else
+            [f"*.safetensors (none; {', '.join(pickled)} is PyTorch's pickle format, not read "
+             "here: convert it, e.g. save_pretrained(dir, safe_serialization=True))"]
+            if pickled else ["*.safetensors (none)"])
     if not (root / "tokenizer.json").is_file():
         out.append("tokenizer.json (missing)")
     elif not looks_whole_json(root / "tokenizer.json"):

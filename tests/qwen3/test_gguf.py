@@ -536,7 +536,10 @@ def test_truncated_file(files: dict[str, Path], tmp_path: Path) -> None:
     (tmp_path / "data.gguf").write_bytes(data[: len(data) - 1000])
     refused(tmp_path / "data.gguf", "truncated GGUF file: tensor .* ends at byte")
     (tmp_path / "head.gguf").write_bytes(data[:200_000])
-    refused(tmp_path / "head.gguf", "truncated or corrupt GGUF header")
+    refused(tmp_path / "head.gguf", r"truncated GGUF file: its header runs past its end "
+                                    r"\(200,000 bytes; an interrupted download")
+    (tmp_path / "tiny.gguf").write_bytes(data[:100])  # struct's words were shown
+    refused(tmp_path / "tiny.gguf", r"its header runs past its end \(100 bytes")
 
 
 def test_unsupported_tensor_type(tiny_dir: Path, sidecar_dir: Path) -> None:
@@ -817,8 +820,9 @@ def test_show_reads_a_gguf_file(files: dict[str, Path], tiny_dir: Path, tmp_path
     assert shown["details"]["layers"] == 2 and shown["details"]["dimensions_range"] == [32, 64]
     other = tmp_path / "notes.gguf"
     other.write_text("hello")
-    assert main(["show", str(other)]) == 2
-    assert "is a file but not a GGUF model" in capsys.readouterr().err
+    assert main(["show", str(other), "--json"]) == 1  # there, cannot load: shown (was exit 2)
+    shown = json.loads(capsys.readouterr().out)
+    assert "is a file but not a GGUF model" in shown["problem"] and shown["size"] == 5
     chat = write_gguf(tiny_dir, tmp_path / "chat.gguf", ftype="F16", pooling=1)  # mean
     assert main(["show", str(chat)]) == 1  # shown; cannot load
     out = capsys.readouterr().out

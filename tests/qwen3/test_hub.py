@@ -63,6 +63,13 @@ def test_missing_files(tiny_dir: Path, tmp_path: Path) -> None:
     (d / "config.json").unlink()
     with pytest.raises(ValueError, match=r"config\.json"):
         read_checkpoint(d)
+    # weights in PyTorch's pickle format only: said so, with the way out (a review's: they were
+    # "*.safetensors (none)")
+    e = _copy(tiny_dir, tmp_path / "bin")
+    (e / "model.safetensors").rename(e / "pytorch_model.bin")
+    with pytest.raises(ValueError, match=r"\*\.safetensors \(none; pytorch_model\.bin is "
+                                         r"PyTorch's pickle format, not read here: convert it"):
+        read_checkpoint(e)
 
 
 def test_a_damaged_tokenizer_or_config_names_its_file(tiny_dir: Path, tmp_path: Path) -> None:
@@ -150,12 +157,22 @@ def test_unreachable_hub_is_a_smysl_error(tmp_path: Path, monkeypatch: pytest.Mo
 
     from smysl.cli import main
 
-    fake_hub_cache(tmp_path / "hf", "Qwen/Qwen3-Embedding-0.6B", build_tiny(tmp_path / "m").path)
+    snap = fake_hub_cache(tmp_path / "hf", "Qwen/Qwen3-Embedding-0.6B",
+                          build_tiny(tmp_path / "m").path)
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf"))
     assert main(["pull", "Qwen/Qwen3-Embedding-0.6B"]) == 2
     out, err = capsys.readouterr()
     assert out == "" and "could not reach the Hugging Face Hub" in err
-    assert "the cached copy ('main') is left as it is" in err
+    assert "the cached copy ('main') is left as it is and loads as before" in err
+    # a cut copy in the cache: it does not "load as before" (a review's)
+    blob = (snap / "model.safetensors").resolve()
+    data = blob.read_bytes()
+    blob.unlink()  # a hard link of the build's file: a new one, cut
+    blob.write_bytes(data[: len(data) // 2])
+    assert main(["pull", "Qwen/Qwen3-Embedding-0.6B"]) == 2
+    err = capsys.readouterr().err
+    assert "the cached copy ('main') cannot load (" in err and "truncated" in err
+    assert "pull it again with network access" in err and "loads as before" not in err
 
 
 def test_offline_error_names_smysl_pull_not_library_flags(

@@ -258,8 +258,18 @@ def test_cli_tune_measures_threads_unless_given(tiny_dir: Path, cache: Path,
     # before any thread count was stored, --threads N stored slices only loads of N threads
     # find, without a word
     cache.write_text(json.dumps({k: v for k, v in data.items() if not k.startswith("threads")}))
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.delenv("MKL_NUM_THREADS", raising=False)
     assert main([*args, "--threads", "1", "--dry-run"]) == 0
-    assert "these slices apply to loads that run 1 threads" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "these slices apply to loads that run 1 thread (--threads 1)" in err
+    assert "(1 layer, 1 round per size)" in err
+    # under OMP_NUM_THREADS, loads without --threads run its count, not torch's default
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    assert main([*args, "--threads", "1", "--dry-run"]) == 0
+    assert "loads without --threads run the count OMP_NUM_THREADS=1 sets" in \
+        capsys.readouterr().err
+    monkeypatch.delenv("OMP_NUM_THREADS")
     cache.write_text(json.dumps(data))
     (threads_entry,) = (v for k, v in data.items() if k.startswith("threads | "))
     assert len(data) == 2 and threads_entry["threads"] in (1, 2)
@@ -267,7 +277,8 @@ def test_cli_tune_measures_threads_unless_given(tiny_dir: Path, cache: Path,
     assert main([*args, "--threads", str(other)]) == 0
     captured = capsys.readouterr()
     assert "| threads |" not in captured.out
-    assert f"run the {threads_entry['threads']} threads measured earlier" in captured.err
+    n = threads_entry["threads"]
+    assert f"run the {n} thread{'s' if n > 1 else ''} measured earlier" in captured.err
     assert len(json.loads(cache.read_text())) == 3  # the slices under --threads added
 
 
@@ -300,6 +311,17 @@ def test_cli_tune_refuses_what_it_would_ignore(tiny_dir: Path, cache: Path,
     model timed 2 layers, each without a word."""
     args = ["tune", "--model", str(tiny_dir), "--device", "cpu", "--dtype", "float32",
             "--rounds", "1", "--dry-run"]
+    # a model served elsewhere: said so (a review's: it blamed a --device never given)
+    assert main(["tune", "--model", "ollama:tinyq4"]) == 2
+    err = capsys.readouterr().err
+    assert "smysl tune measures smysl's own CPU engine (this model in it: " \
+           "ollama-store:tinyq4)" in err and "--device" not in err
+    assert main(["tune", "--model", "openai:text-embedding-3-small"]) == 2
+    assert "runs through the openai: backend" in capsys.readouterr().err
+    # more threads than CPUs: timings of threads waiting for each other, said
+    many = usable_cpus() + 1
+    assert main([*args, "--slices", "16", "--layers", "1", "--threads", str(many)]) == 0
+    assert f"--threads {many} is more than the" in capsys.readouterr().err
     assert main([*args, "--slices", ""]) == 2
     assert "--slices takes comma-separated token counts, not ''" in capsys.readouterr().err
     assert main([*args, "--slices", "16", "--layers", "100"]) == 2
