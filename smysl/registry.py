@@ -223,10 +223,15 @@ def sized_aliases(model: str) -> list[str]:
 
 def names_of(model: str) -> set[str]:
     """Lower-case names that refer to ``model``: itself, its Hub repo id and every alias of that
-    repo (and :data:`FAMILY` for any Qwen3-Embedding size), and a local directory's last path
-    component."""
+    repo (and :data:`FAMILY` for any Qwen3-Embedding size), a local directory's last path
+    component, and a remote model's own name (``rerank-v3.5`` of ``cohere:rerank-v3.5``: what
+    a client of that API sends)."""
     repo = ALIASES.get(model.lower(), model)
     names = {model, repo, *(a for a, target in ALIASES.items() if target.lower() == repo.lower())}
+    head, sep, rest = model.partition(":")
+    if sep and head != LOCAL and (head in SCHEMES or head in RERANK_SCHEMES) \
+            and "://" not in rest:  # a URL alone names no model
+        names |= names_of(rest) if split(rest, RERANK_SCHEMES | SCHEMES)[0] == LOCAL else set()
     if repo.lower() in {t.lower() for t in ALIASES.values()}:
         # the family's bare name (Ollama's default tag) asks for no size: any one served
         # answers it (a server of the 8B answered a client set to "qwen3-embedding" 404)

@@ -114,6 +114,15 @@ def test_names_of_aliases_and_paths() -> None:
     names = registry.names_of("qwen3-embedding:0.6b")
     assert {"qwen3-embedding:0.6b", "qwen/qwen3-embedding-0.6b", "qwen3-embedding"} <= names
     assert "m" in registry.names_of("/models/m/")
+    # a remote model answers to its API's own name, as that API's clients send it (a review's:
+    # a Cohere SDK sending "rerank-v3.5" to a server proxying cohere:rerank-v3.5 got 404)
+    assert "rerank-v3.5" in registry.names_of("cohere:rerank-v3.5")
+    assert {"baai/bge-reranker-v2-m3", "bge-reranker-v2-m3"} <= registry.names_of(
+        "siliconflow:BAAI/bge-reranker-v2-m3")
+    assert "text-embedding-3-small" in registry.names_of("openai:text-embedding-3-small")
+    assert {"qwen/qwen3-embedding-8b", "qwen3-embedding:8b"} <= registry.names_of(
+        "openrouter:qwen/qwen3-embedding-8b")
+    assert not any("http" in n.partition(":")[0] for n in registry.names_of("tei:http://h:80"))
 
 
 def test_loaded_models_remember_a_string_that_loads_them_again(

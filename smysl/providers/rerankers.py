@@ -417,8 +417,10 @@ class RemoteReranker(BaseReranker):
             if e.status in (400, 422):
                 first = f"document {batch[0]}" if len(batch) == 1 else \
                     f"documents {batch[0]}..{batch[-1]}"
-                unsent = (" (truncation was asked for, but this API takes no truncate flag: "
-                          "its own limit applies; a smysl server: the smysl: scheme sends it)"
+                # neutral words: a server's Cohere route asks for truncation by default,
+                # and its clients never did (they read "truncation was asked for")
+                unsent = (" (this API takes no truncate flag: long documents are cut, or "
+                          "refused, by its own length limit)"
                           if truncate and not self.SENDS_TRUNCATE else "")
                 raise RejectedRerankError(f"{self.name}: the API rejected the request for "
                                           f"{first}: {e}{unsent}", e.status, e.body) from e
