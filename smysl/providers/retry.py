@@ -164,6 +164,11 @@ class RetryingClient:
         self.probe = probe
         self._health_lock = threading.Lock()
         self._silent = 0  # attempts in a row without an HTTP answer
+        self._answered = False  # any HTTP answer yet, from this upstream
+        host = (urllib.parse.urlsplit(base_url).hostname or "").lower()
+        #: Nothing listens on a port of this machine that refused twice before any answer
+        #: (a server not started): no use waiting out max_retries (25 s for `ollama:`).
+        self._local = host in ("localhost", "::1") or host.startswith("127.")
         self._probing = False
         self._next_probe = 0.0
         self._probe_wait = PROBE_INTERVAL
@@ -210,6 +215,7 @@ class RetryingClient:
         with self._health_lock:
             if answered:
                 self._silent, self._probe_wait = 0, PROBE_INTERVAL
+                self._answered = True
             else:
                 if self._silent + 1 == UNHEALTHY_AFTER:  # just went down: first probe later
                     self._next_probe = time.monotonic() + PROBE_INTERVAL
@@ -275,6 +281,13 @@ class RetryingClient:
                 last = ProviderError(f"{self.name}: connection error: {self.shown(repr(e))}"
                                      f"{hint}",
                                      reason=f"could not reach it ({type(e).__name__})")
+                if (self._local and not self._answered and _refused(e)
+                        and UNHEALTHY_AFTER <= attempt + 1 <= cfg.max_retries):
+                    self.usage.record_failure()
+                    raise answered_as(RetriesExhaustedError(
+                        f"{self.name}: nothing listens at {shown_url(self.base_url)}: refused "
+                        f"{attempt + 1} times, not tried again (is its server started?): "
+                        f"{last}"), last) from e
             else:
                 self._heard(True)
                 status = resp.status
@@ -422,6 +435,16 @@ class RetryingClient:
     def close(self) -> None:
         self._closed = True
         self._client.close()
+
+
+def _refused(error: BaseException) -> bool:
+    """Whether ``error`` (or what caused it) is a refused TCP connection."""
+    seen: BaseException | None = error
+    while seen is not None:
+        if isinstance(seen, ConnectionRefusedError) or "refused" in str(seen).lower():
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
 
 
 def backoff_delay(config: ProviderConfig, attempt: int, rng: random.Random,

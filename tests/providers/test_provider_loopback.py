@@ -4,6 +4,7 @@ truncation, concurrency, and the 1,000-text fault-injection bar."""
 
 from __future__ import annotations
 
+import socket
 import threading
 import time
 from pathlib import Path
@@ -107,7 +108,31 @@ def test_connection_refused_is_retried_then_reported() -> None:
     m = smysl.load(f"openai:{url}/v1#m", dimensions=32, max_retries=2, **FAST)
     with pytest.raises(IncompleteEmbeddingError, match="connection error") as e:
         m.embed(["a"])
-    assert e.value.failed == [0] and m.usage.retries == 2
+    # a port of this machine that refused twice before any answer: nothing listens there,
+    # and the rest of max_retries is not waited out (a review's: `ollama:` without Ollama
+    # running took 25 s to say so)
+    assert e.value.failed == [0] and m.usage.retries == 1
+    assert f"nothing listens at {url}/v1: refused 2 times, not tried again" in str(e.value)
+    # once it has answered, a refusal is a restart: every retry is spent, as for any host
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+
+    def answer_once_then_go() -> None:
+        conn, _ = listener.accept()
+        with conn:
+            conn.recv(65536)
+            conn.sendall(b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\n"
+                         b"Connection: close\r\n\r\n")
+        listener.close()
+
+    server = threading.Thread(target=answer_once_then_go, daemon=True)
+    server.start()
+    m = smysl.load(f"openai:http://127.0.0.1:{port}/v1#m", dimensions=32, max_retries=3,
+                   **FAST)
+    with pytest.raises(IncompleteEmbeddingError, match="connection error") as e:
+        m.embed(["b"])
+    server.join(5)
+    assert m.usage.retries == 3 and "nothing listens" not in str(e.value)
 
 
 def test_poisoned_batch_fails_loudly_never_silently() -> None:
