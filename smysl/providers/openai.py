@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import json
+import urllib.parse
 from collections.abc import Sequence
 from typing import Any
 
@@ -18,7 +19,7 @@ import numpy as np
 
 from smysl.providers.base import Provider
 from smysl.providers.errors import BilledAnswerError, PayloadTooLargeError, ProviderHTTPError
-from smysl.providers.retry import RETRYABLE_STATUS
+from smysl.providers.retry import RETRYABLE_STATUS, Deadline
 from smysl.providers.usage import reported_count
 
 
@@ -91,7 +92,33 @@ class OpenAIProvider(Provider):
 
 
 class SmyslProvider(OpenAIProvider):
-    """Another ``smysl serve``: its OpenAI route plus the ``truncate`` extension it accepts."""
+    """Another ``smysl serve``: its OpenAI route plus the ``truncate`` extension it accepts,
+    and the served model's own fingerprint (its ``/info``)."""
+
+    _served: str | None = None  # the served model's fingerprint, once asked
+
+    def fingerprint(self) -> str:
+        """The fingerprint the server publishes for its model (a hash of the weights and
+        numerics), so that an index built in process opens through a server of the same
+        weights whatever name reaches it, and one of other weights or numerics (``--quantize
+        int8``) is refused; asked once. A server that publishes none (an older smysl, another
+        OpenAI-compatible one): the name's, as for other APIs. An unreachable one raises."""
+        if self._served is None:
+            parts = urllib.parse.urlsplit(self.base_url)
+            root = parts.path.rstrip("/").removesuffix("/v1")  # /info is beside /v1
+            url = urllib.parse.urlunsplit(parts._replace(path=root + "/info", query="",
+                                                         fragment=""))
+            try:
+                got = self._http.request(
+                    "GET", url, None, 0, sleep=self.sleep,
+                    read=lambda body, _: body.get("fingerprint") if isinstance(body, dict)
+                    else None, deadline=Deadline(self.config.timeout, self.name))
+            except ProviderHTTPError as e:
+                if e.status != 404:
+                    raise
+                got = None
+            self._served = got if isinstance(got, str) and got else super().fingerprint()
+        return self._served
 
     def request_body(self, texts: list[str], *, truncate: bool) -> dict[str, Any]:
         # Inputs carry their instruction already, so no ``instruction``/``input_type`` is sent:

@@ -440,7 +440,9 @@ class RetryingClient:
 def _refused(error: BaseException) -> bool:
     """Whether ``error`` (or what caused it) is a refused TCP connection."""
     seen: BaseException | None = error
-    while seen is not None:
+    for _ in range(8):  # a chain may loop back on itself
+        if seen is None:
+            break
         if isinstance(seen, ConnectionRefusedError) or "refused" in str(seen).lower():
             return True
         seen = seen.__cause__ or seen.__context__

@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Annotated, Any, Literal
 
+import anyio
 import numpy as np
 from fastapi import APIRouter, Request, Response
 from pydantic import (
@@ -138,6 +139,10 @@ class Info(BaseModel):
     #: tune`` measured it on this machine (None: the defaults).
     slice_tokens: int | None = None
     tuned_at: str | None = None
+    #: smysl's addition: the served model's fingerprint (``BaseEmbedder.fingerprint``: a hash
+    #: of its weights and numerics, not its name); a ``smysl:`` client reports it as its own,
+    #: so an index built in process opens through the server of the same weights.
+    fingerprint: str | None = None
     #: smysl's addition: torch's CPU threads of a local CPU engine.
     threads: int | None = None
     #: smysl's addition: batches of a bulk call a local CPU engine computes at once.
@@ -272,13 +277,15 @@ def router(service: Service, fast: FastRoutes) -> APIRouter:
     async def info() -> Response:
         """Model and router settings (TEI ``/info``)."""
         model = service.info()
+        # computed once (file windows read: off the event loop)
+        fingerprint = await anyio.to_thread.run_sync(service.embedder.fingerprint)
         return json_response(info_body(
             service.config, name=model.name, dtype=model.dtype,
             model_type={"embedding": {"pooling": model.pooling}},
             max_input_length=model.max_tokens, max_batch_tokens=service.batcher.max_batch_tokens,
             cpu=model.cpu, cuda_graphs=model.cuda_graphs, kernel=model.kernel,
             slice_tokens=model.slice_tokens, tuned_at=model.tuned_at, threads=model.threads,
-            lanes=model.lanes))
+            lanes=model.lanes, fingerprint=fingerprint))
 
     return r
 

@@ -85,6 +85,36 @@ def test_switching_local_and_every_provider_changes_only_the_model_string(
     np.testing.assert_array_equal(remote["ranking"], local["ranking"])
 
 
+def test_a_smysl_client_has_the_served_models_fingerprint(tiny: BaseEmbedder, tiny_dir: Path,
+                                                          tmp_path: Path) -> None:
+    """A review's: `smysl:` hashed its name, so an index built in process was refused through
+    a server of the same weights ("other weights"), and servers of two numerics (float32,
+    int8) shared one fingerprint and mixed their vectors in one index."""
+    from smysl import Embedder
+    from smysl.toolkit import Index, IndexConfig, StoreConfig
+
+    kb = IndexConfig(StoreConfig(uri=str(tmp_path / "kb")))
+    with Index.create_or_open(tiny, kb) as ix:
+        ix.add_texts(["built in process"])
+    with live_server(tiny, served_name="tiny") as url:
+        for name in (f"smysl:{url}#tiny", f"smysl:{url}/v1#{tiny_dir}"):
+            remote = smysl.load(name)
+            assert remote.fingerprint() == tiny.fingerprint(), name
+        with Index.create_or_open(remote, kb, create=False) as ix:
+            ix.add_texts(["added through the server"])
+            assert len(ix.search("server")[0]) == 2
+    int8 = Embedder.load(str(tiny_dir), device="cpu", quantize="int8")
+    with live_server(int8, served_name="tiny") as url:
+        other = smysl.load(f"smysl:{url}#tiny")
+        assert other.fingerprint() == int8.fingerprint() != tiny.fingerprint()
+        with pytest.raises(ValueError, match=r"built with model .*fingerprint"):
+            Index.create_or_open(other, kb, create=False)
+    # a server without /info (another OpenAI-compatible one): the name's, as for other APIs
+    with FakeServer(dims=64) as srv:
+        plain = smysl.load(f"smysl:{srv.url}/v1#tiny")
+        assert plain.fingerprint() == BaseEmbedder.fingerprint(plain)
+
+
 def test_smysl_serve_fronts_a_provider(qwen_tok: Any, tokenizer_path: Path) -> None:
     import httpx
 
