@@ -90,6 +90,12 @@ class SmyslEmbeddings(Embeddings):  # type: ignore[misc, valid-type]
         if self._owned:
             self.model.close()
 
+    def __enter__(self) -> SmyslEmbeddings:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()  # ``with SmyslEmbeddings(...) as e:``, as ``with smysl.load(...)``
+
     def __copy__(self) -> SmyslEmbeddings:
         # a copy shares the model, as it would a connection (a deep copy reached the weights
         # and failed in torch); only the adapter that loaded it closes it

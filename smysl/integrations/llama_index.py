@@ -323,6 +323,12 @@ class SmyslEmbedding(_base.BaseEmbedding):  # type: ignore[name-defined]
         if self._owned:
             self._model.close()
 
+    def __enter__(self) -> SmyslEmbedding:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()  # ``with SmyslEmbedding(...) as e:``, as ``with smysl.load(...)``
+
     @classmethod
     def from_dict(cls, data: dict[str, Any], **kwargs: Any) -> SmyslEmbedding:
         """Load ``data["model_name"]`` again (``to_dict``'s output); ``ValueError`` when the

@@ -87,6 +87,9 @@ class Provider(BaseEmbedder):
     #: Keyword options the subclass's constructor takes besides :class:`Provider`'s.
     OPTIONS: frozenset[str] = frozenset()
     remote = True
+    #: Whether :meth:`request_body` carries ``truncate`` (TEI, Ollama, smysl); elsewhere
+    #: ``truncate=True`` cuts only where a tokenizer is at hand (:meth:`_fit_lengths`).
+    SENDS_TRUNCATE = False
 
     def __init__(
         self,
@@ -364,7 +367,7 @@ class Provider(BaseEmbedder):
             if e.status not in (400, 422):
                 raise
             if len(batch) == 1:
-                raise self._input_refused(batch[0], e) from e
+                raise self._input_refused(batch[0], e, truncate) from e
             # Which input was refused? The answer seldom says (one message for the batch), and
             # the error named the batch's first. Halves find it: a refusal is not billed, and
             # the inputs a half embeds are ones the call needs (a request's token cap is
@@ -388,11 +391,23 @@ class Provider(BaseEmbedder):
             f"{error.body.strip()[:300]}",  # redacted by the client already
             error.status, error.body, position)
 
-    def _input_refused(self, position: int, error: ProviderHTTPError) -> InputRefusedError:
-        """The error for input ``position`` refused (400/422) in a request of its own."""
+    def _input_refused(self, position: int, error: ProviderHTTPError,
+                       truncate: bool = False) -> InputRefusedError:
+        """The error for input ``position`` refused (400/422) in a request of its own; where
+        ``truncate`` was asked and could reach neither the API nor a tokenizer, it says so (a
+        review's: "send truncate: true", to a caller who had)."""
         said = str(error).removeprefix(f"{self.name}: ")  # "HTTP 400: its answer"
+        unmet = ""
+        if truncate and not self.SENDS_TRUNCATE:  # _fit_lengths cuts only with both
+            lacking = ("no Qwen3 tokenizer was found to cut inputs here: pass tokenizer=PATH "
+                       "or set $SMYSL_TOKENIZER" if self.tokenizer is None else
+                       "the model's token limit is not known here: pass max_tokens=N"
+                       if self.max_tokens is None else "")
+            unmet = (f" (truncate=True could not be applied: this API takes no truncate flag "
+                     f"and {lacking}; a smysl server: the smysl: scheme sends the flag)"
+                     if lacking else "")
         return InputRefusedError(f"{self.name}: input #{position}, sent alone, was refused: "
-                                 f"{said}", error.status, error.body, position)
+                                 f"{said}{unmet}", error.status, error.body, position)
 
     def _probe(self) -> None:
         """Whether a down upstream is back: one short text, one timeout (usage records it)."""

@@ -18,6 +18,8 @@ from smysl.providers.base import Provider
 class OllamaProvider(Provider):
     """A model served by Ollama (``ollama pull qwen3-embedding:0.6b``)."""
 
+    SENDS_TRUNCATE = True
+
     def request_body(self, texts: list[str], *, truncate: bool) -> dict[str, Any]:
         body: dict[str, Any] = {"model": self.model, "input": texts, "truncate": truncate}
         dimensions = self.sent_dimensions()  # once: another batch may change it meanwhile

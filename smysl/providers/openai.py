@@ -95,6 +95,7 @@ class SmyslProvider(OpenAIProvider):
     """Another ``smysl serve``: its OpenAI route plus the ``truncate`` extension it accepts,
     and the served model's own fingerprint (its ``/info``)."""
 
+    SENDS_TRUNCATE = True
     _served: str | None = None  # the served model's fingerprint, once asked
 
     def fingerprint(self) -> str:

@@ -17,6 +17,8 @@ from smysl.providers.base import Provider
 class TEIProvider(Provider):
     """A TEI server (``ghcr.io/huggingface/text-embeddings-inference``)."""
 
+    SENDS_TRUNCATE = True
+
     def request_body(self, texts: list[str], *, truncate: bool) -> dict[str, Any]:
         # Raw rows: Matryoshka cuts and normalisation happen client-side like everywhere else.
         return {"inputs": texts, "truncate": truncate, "truncation_direction": "Right",

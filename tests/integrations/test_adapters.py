@@ -161,6 +161,29 @@ def test_llama_index_from_dict_loads_the_same_model_again(tiny: BaseEmbedder,
         SmyslEmbedding.from_dict(changed)
 
 
+def test_adapters_close_what_they_loaded_at_the_end_of_a_with(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A review's: neither adapter was a context manager (BaseEmbedder is), and a remote one
+    left unclosed warned of an unclosed socket at exit."""
+    from smysl.integrations.langchain import SmyslEmbeddings
+    from smysl.integrations.llama_index import SmyslEmbedding
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    for make in (SmyslEmbeddings, SmyslEmbedding):
+        with make("tei:http://127.0.0.1:9#m", dimensions=64) as emb:
+            assert isinstance(emb, make)
+        model = emb.model
+        with pytest.raises(Exception, match="the provider is closed"):
+            model.embed(["a"])
+        shared = smysl.load("tei:http://127.0.0.1:9#m", dimensions=64)
+        with make(shared):  # a model it was given stays open: its owner closes it
+            pass
+        with pytest.raises(Exception) as e:  # nothing listens there: but not closed
+            shared.embed(["a"])
+        assert "nothing listens" in str(e.value) and "is closed" not in str(e.value)
+        shared.close()
+
+
 def test_llama_index_dict_holds_no_url_password(monkeypatch: pytest.MonkeyPatch) -> None:
     """to_dict()/to_json() (stored by LlamaIndex) carried a server URL's password in
     model_name."""

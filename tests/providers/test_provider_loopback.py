@@ -147,6 +147,32 @@ def test_poisoned_batch_fails_loudly_never_silently() -> None:
     assert 37 in err.failed and err.total == 60 and "inputs were not embedded" in str(err)
 
 
+def test_truncation_a_provider_could_not_apply_is_said(tokenizer_path: Path) -> None:
+    """A review's: `openai:` with truncate=True and an over-long input got the server's 400
+    "send truncate: true", though the caller had: the flag reaches no OpenAI API, and without
+    a tokenizer nothing cuts here. The refusal now says why truncation did not happen."""
+    long = "long " * 50
+    with FakeServer(dims=32, refuse=lambda text: text == long) as srv:
+        m = smysl.load(f"openai:{srv.url}/v1#m", dimensions=32, **FAST)
+        with pytest.raises(IncompleteEmbeddingError) as e:
+            m.embed(["short", long], truncate=True)
+        assert "truncate=True could not be applied: this API takes no truncate flag and no " \
+               "Qwen3 tokenizer was found" in str(e.value)
+        with pytest.raises(IncompleteEmbeddingError) as e:  # not asked: nothing to explain
+            m.embed(["short", long])
+        assert "could not be applied" not in str(e.value)
+        # a tokenizer without the model's limit: that is what is missing
+        m = smysl.load(f"openai:{srv.url}/v1#m", dimensions=32, tokenizer=tokenizer_path,
+                       **FAST)
+        with pytest.raises(IncompleteEmbeddingError, match="token limit is not known here: "
+                                                           "pass max_tokens=N"):
+            m.embed(["short", long], truncate=True)
+        # with both, the input is cut here and embedded
+        m = smysl.load(f"openai:{srv.url}/v1#m", dimensions=32, tokenizer=tokenizer_path,
+                       max_tokens=8, **FAST)
+        assert m.embed(["short", long], truncate=True).shape == (2, 32)
+
+
 def test_dashscope_ten_row_limit_is_respected() -> None:
     texts = texts_for(25)
     with FakeServer(dims=32, max_inputs=10) as srv:
