@@ -23,6 +23,9 @@ def check_dimensions(dimensions: int | None, native: int, *, minimum: int = MIN_
         raise ValueError(f"dimensions must be an integer, got {dimensions!r}")
     lo = min(minimum, native)
     if not lo <= int(dimensions) <= native:
+        if lo == native:  # no Matryoshka range: "in 384..384" read oddly
+            raise ValueError(f"dimensions: this model's vectors have {native} dimensions and "
+                             f"no other size, got {dimensions}")
         raise ValueError(f"dimensions must be in {lo}..{native} for this model, got {dimensions}")
     return int(dimensions)
 

@@ -29,6 +29,10 @@ def test_dimensions_out_of_range_or_wrong_type(bad: object) -> None:
 
 def test_dimensions_bounds_are_inclusive() -> None:
     assert check_dimensions(32, 1024) == 32
+    # a model without a Matryoshka range (all-MiniLM: 384 only) says so ("in 384..384" did)
+    with pytest.raises(ValueError, match=r"^dimensions: this model's vectors have 384 "
+                                         r"dimensions and no other size, got 256$"):
+        check_dimensions(256, 384, minimum=384)
     assert check_dimensions(1024, 1024) == 1024
     assert check_dimensions(None, 1024) == 1024
     assert check_dimensions(np.int64(64), 1024) == 64

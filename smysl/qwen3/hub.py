@@ -123,6 +123,10 @@ def _not_a_model(model: str, path: Path) -> str:
     if sep and head in SCHEMES:  # a scheme the caller does not take (a reranker's load)
         return (f"{model!r}: {head}: models do not load here; this takes a checkpoint "
                 "directory, GGUF file or Hugging Face repo id")
+    if sep and head.lower() in ("http", "https"):  # a server's address, without its API
+        return (f"{model!r}: a server's address names no API: write smysl:{model} (smysl "
+                f"serve), openai:{model.rstrip('/')}/v1#MODEL (any OpenAI-compatible server), "
+                f"tei:{model} or ollama:{model}#MODEL")
     if sep and "/" not in head:  # scheme:model, a scheme unknown
         return (f"{model!r}: no scheme {head!r} (smysl knows {', '.join(sorted(SCHEMES))}), "
                 "and it is not a model directory, GGUF file nor Hugging Face repo id")

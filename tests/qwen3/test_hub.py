@@ -533,6 +533,10 @@ def test_a_main_whose_snapshot_is_missing_names_the_commit_that_is_there(
 @pytest.mark.parametrize(("model", "says"), [
     ("hf:Qwen/Qwen3-Embedding-0.6B", "no scheme 'hf' (smysl knows dashscope"),
     ("olama:x", "no scheme 'olama'"),
+    # a server's address alone (a review's: "no scheme 'http'"): the schemes that reach one
+    ("http://127.0.0.1:8000", "a server's address names no API: write "
+                              "smysl:http://127.0.0.1:8000 (smysl serve), "
+                              "openai:http://127.0.0.1:8000/v1#MODEL"),
     ("qwen3-embedding:9b", "no such alias (aliases: qwen3-embedding:0.6b"),
     ("gguf/missing.gguf", "'gguf/missing.gguf': no such file or directory"),
     ("Qwen/Qwen3 Embedding", "is not a model directory, GGUF file nor a Hugging Face repo id"),
