@@ -388,16 +388,25 @@ class Batcher:
                         f"queued); retry after {retry} s", headers={"Retry-After": str(retry)})
 
     def _retry_after_locked(self) -> int:
-        """Seconds until the work queued now has likely drained (at least 1): the tokens ahead
-        over the drain rate measured on recent batches."""
-        ahead = self._inflight + sum(j.left for j in self._pending)
+        """Seconds until the work queued now has likely drained (at least 1): what the
+        batches running now have left, then the queued tokens at the drain rate measured on
+        recent batches. A running batch past what that rate gives it (a long document's pass,
+        or any on a server that has measured nothing yet) is taken to need as long again: a
+        429 said 2 s where the queue had room after 25 s."""
+        queued = sum(j.left for j in self._pending)
         # batches the queue takes at least: full token budgets, or full request counts
-        batches = max(math.ceil(ahead / self.max_batch_tokens),
-                      math.ceil(len(self._pending) / self.max_batch_requests), 1)
+        batches = max(math.ceil(queued / self.max_batch_tokens),
+                      math.ceil(len(self._pending) / self.max_batch_requests))
         per_batch, per_token = batch_cost(self._recent)
         if per_batch <= 0 and per_token <= 0:  # nothing measured yet: assume 50 ms a batch
             per_batch = 0.05
-        return max(1, math.ceil(batches * per_batch + ahead * per_token))
+        now = time.perf_counter()
+        running = 0.0
+        for started in self._started:
+            if not started.done:
+                cost, spent = per_batch + per_token * started.tokens, now - started.at
+                running = max(running, cost - spent if cost > spent else spent)
+        return max(1, math.ceil(running + batches * per_batch + queued * per_token))
 
     def abort(self) -> None:
         """Stop now (a forced stop): take no more jobs, answer the queued ones with the 503

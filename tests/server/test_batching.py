@@ -601,6 +601,39 @@ def test_short_requests_run_beside_one_long_input_and_a_second_long_one_waits() 
     assert next(s for t, s in batcher._recent if t == 500) >= 0.3
 
 
+def test_retry_after_counts_what_a_running_pass_has_left() -> None:
+    """A review's: a 429 behind a running long pass said 2 s where the queue had room after
+    25 s (a fresh server assumed 50 ms a batch; later ones read the short batches' rate). A
+    pass past what the measured rate gives it is taken to need as long again."""
+    backend = _Ahead()
+    backend.queues = 0  # type: ignore[assignment]
+    gate = threading.Event()
+    backend.first_rows = lambda: gate.wait(10)  # the long input computes until the gate
+    batcher = Batcher(backend, Metrics(), max_batch_tokens=100,  # type: ignore[arg-type]
+                      max_batch_requests=8, max_wait_s=0, max_queue=1)
+
+    def submit(item: str, tokens: int) -> asyncio.Future[np.ndarray]:
+        return asyncio.ensure_future(batcher.submit(Job(("ids",), [item], [tokens], 2,
+                                                        normalize=False)))
+
+    async def go() -> None:
+        long = submit("a1", 500)
+        while not backend.events:
+            await asyncio.sleep(0.001)
+        await asyncio.sleep(2.2)
+        queued = submit("b2", 500)  # the second long input waits: the queue is full
+        while batcher.depth < 1:
+            await asyncio.sleep(0.001)
+        with pytest.raises(ApiError) as e:
+            batcher.check_room()
+        assert int(e.value.headers["Retry-After"]) >= 3  # 2.2 s spent: as long again, + b2's
+        gate.set()
+        assert (await long).tolist() == [[1, 1]] and (await queued).tolist() == [[2, 1]]
+        await batcher.close()
+
+    asyncio.run(asyncio.wait_for(go(), 30))
+
+
 @pytest.mark.parametrize("how", ["cancelled", "timeout"])
 def test_a_batch_nobody_waits_for_is_cancelled_on_the_backend(how: str) -> None:
     """A long input's pass whose request was cancelled (its client gone) or ran out of time
