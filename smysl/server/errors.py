@@ -66,7 +66,8 @@ _OPENAI_TYPE = {
     "upstream": "server_error",
 }
 _OPENAI_CODE = {
-    # OpenAI's code for input past the context; LiteLLM raises ContextWindowExceededError on it
+    # OpenAI's code for input past the context (LiteLLM's ContextWindowExceededError reads
+    # the message's words: InputTooLongError.describe)
     "too_long": "context_length_exceeded",
     "not_found": "model_not_found",
     "unauthorized": "invalid_api_key",

@@ -655,7 +655,8 @@ def test_page_names_the_line_offers_truncation_and_works_behind_a_prefix(  # typ
             page.get_by_label("Documents, one per line (embedded as documents)").fill(
                 f"The capital of China is Beijing.\n\n{long}\nParis.")
             page.get_by_role("button", name="Compare", exact=True).click()
-            expect(page.locator("#error")).to_contain_text("Documents, line 3, has")
+            expect(page.locator("#error")).to_contain_text(
+                "Documents, line 3, is longer than the model's context length")
             error = page.locator("#error").inner_text()
             assert "(here: tick “Cut long texts”)" in error and "input[" not in error, error
             page.get_by_label("Cut long texts").check()
