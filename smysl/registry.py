@@ -229,9 +229,11 @@ def names_of(model: str) -> set[str]:
     repo = ALIASES.get(model.lower(), model)
     names = {model, repo, *(a for a, target in ALIASES.items() if target.lower() == repo.lower())}
     head, sep, rest = model.partition(":")
-    if sep and head != LOCAL and (head in SCHEMES or head in RERANK_SCHEMES) \
-            and "://" not in rest:  # a URL alone names no model
-        names |= names_of(rest) if split(rest, RERANK_SCHEMES | SCHEMES)[0] == LOCAL else set()
+    remote = sep and head != LOCAL and (head in SCHEMES or head in RERANK_SCHEMES)
+    # a URL alone names no model; the family's bare name stands for no size here (Ollama's
+    # default tag is one of them, not necessarily the 0.6B its alias names): itself only
+    if remote and "://" not in rest and split(rest, RERANK_SCHEMES | SCHEMES)[0] == LOCAL:
+        names |= {rest} if rest.lower() == FAMILY else names_of(rest)
     if repo.lower() in {t.lower() for t in ALIASES.values()}:
         # the family's bare name (Ollama's default tag) asks for no size: any one served
         # answers it (a server of the 8B answered a client set to "qwen3-embedding" 404)

@@ -57,11 +57,13 @@ class InputTooLongError(ValueError):
             return (f"{what} is a query whose instruction alone has {self.head} tokens, and "
                     f"{self.who} takes at most {self.limit} (EOS included): truncated, it would "
                     "keep none of the query's text; use a shorter instruction or a larger limit")
-        if audience == "http" and self.who == "the model":
-            # words clients match: LiteLLM raises ContextWindowExceededError (and a router
-            # falls back) on "is longer than the model's context length", not on the code
+        if audience == "http" and not self.who.startswith("options."):
+            # a model's limit (not a request's own: Ollama's options.num_ctx), in words
+            # clients match: LiteLLM raises ContextWindowExceededError (and a router falls
+            # back) on "is longer than the model's context length", not on the code
+            whose = "" if self.who == "the model" else f" ({self.who})"
             return (f"{what} is longer than the model's context length: {self.tokens} tokens "
-                    f"(special tokens included), at most {self.limit}; shorten it or "
+                    f"(special tokens included), at most {self.limit}{whose}; shorten it or "
                     f"{TRUNCATE_HINT[audience]}")
         return (f"{what} has {self.tokens} tokens (special tokens included) but {self.who} "
                 f"takes at most {self.limit}; shorten it or {TRUNCATE_HINT[audience]}")

@@ -471,6 +471,17 @@ def test_show_and_pull_errors_are_smysl_errors(machine: Path, tmp_path: Path,
     assert "not a Hugging Face repo id" in capsys.readouterr().err
 
 
+def test_show_of_a_folder_that_is_no_model_does_not_walk_it(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A diff review's: `smysl show DIR` of any folder summed every file below it (a home
+    directory, /) to report a size; shown as a problem now, its size unknown."""
+    (tmp_path / "deep" / "er").mkdir(parents=True)
+    (tmp_path / "deep" / "er" / "big.bin").write_bytes(b"x" * 1000)
+    assert main(["show", str(tmp_path), "--json"]) == 1
+    shown = json.loads(capsys.readouterr().out)
+    assert shown["size"] is None and "has no config.json" in shown["problem"]
+
+
 def test_an_ollama_model_that_cannot_load_says_why(machine: Path, tmp_path: Path,
                                                    capsys: pytest.CaptureFixture[str]) -> None:
     """A model whose weights blob is gone was listed as usable; one whose manifest is damaged

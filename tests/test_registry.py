@@ -123,6 +123,10 @@ def test_names_of_aliases_and_paths() -> None:
     assert {"qwen/qwen3-embedding-8b", "qwen3-embedding:8b"} <= registry.names_of(
         "openrouter:qwen/qwen3-embedding-8b")
     assert not any("http" in n.partition(":")[0] for n in registry.names_of("tei:http://h:80"))
+    # the bare family name of a remote one stands for no size (a diff review's: it answered
+    # for the 0.6B by its alias)
+    bare = registry.names_of("ollama:qwen3-embedding")
+    assert "qwen3-embedding" in bare and not any("0.6b" in n for n in bare)
 
 
 def test_loaded_models_remember_a_string_that_loads_them_again(

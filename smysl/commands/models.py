@@ -630,8 +630,8 @@ def show_entry(model: str, revision: str | None = None) -> ModelEntry:
 def _unloadable(name: str, source: str, where: Path, problem: str) -> ModelEntry:
     """The entry of something on this machine that is no model smysl can load: its problem
     shown, exit status 1, as for a model with files missing (it was an error, exit 2)."""
-    size = (where.stat().st_size if where.is_file()
-            else sum(p.stat().st_size for p in where.rglob("*") if p.is_file()))
+    # a folder's size is not summed: it may be any folder (a home directory)
+    size = where.stat().st_size if where.is_file() else None
     return ModelEntry(name, source, size, None, None, str(where), problem=problem)
 
 

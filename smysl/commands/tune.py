@@ -54,7 +54,8 @@ def run(args: argparse.Namespace) -> int:
 
     scheme, rest = split(args.model)
     if scheme not in ("qwen3", "ollama-store"):  # before the load: its error named --device
-        also = (f" (this model in it: ollama-store:{rest})" if scheme == "ollama" else "")
+        also = (f" (this model in it: ollama-store:{rest})"
+                if scheme == "ollama" and "://" not in rest else "")
         raise ValueError(f"smysl tune measures smysl's own CPU engine{also}: a local Qwen3 "
                          f"checkpoint or GGUF file ({args.model!r} runs through the "
                          f"{scheme}: backend)")

@@ -397,15 +397,18 @@ class Provider(BaseEmbedder):
         ``truncate`` was asked and could reach neither the API nor a tokenizer, it says so (a
         review's: "send truncate: true", to a caller who had)."""
         said = str(error).removeprefix(f"{self.name}: ")  # "HTTP 400: its answer"
-        unmet = ""
-        if truncate and not self.SENDS_TRUNCATE:  # _fit_lengths cuts only with both
-            lacking = ("no Qwen3 tokenizer was found to cut inputs here: pass tokenizer=PATH "
-                       "or set $SMYSL_TOKENIZER" if self.tokenizer is None else
-                       "the model's token limit is not known here: pass max_tokens=N"
-                       if self.max_tokens is None else "")
-            unmet = (f" (truncate=True could not be applied: this API takes no truncate flag "
-                     f"and {lacking}; a smysl server: the smysl: scheme sends the flag)"
-                     if lacking else "")
+        lacking = []
+        if truncate and not self.SENDS_TRUNCATE:  # _fit_lengths cuts with both, or neither
+            if self.max_tokens is None:
+                lacking.append("the model's token limit is not known here (pass max_tokens=N)")
+            # looked up by _fit_lengths only where there is a limit: not looked up here
+            if (self._tokenizer_resolved and self._tokenizer is None) or \
+                    (not self._tokenizer_resolved and self._tokenizer_arg is None):
+                lacking.append("no Qwen3 tokenizer is at hand to cut inputs (pass "
+                               "tokenizer=PATH or set $SMYSL_TOKENIZER)")
+        unmet = (f" (truncate=True could not be applied: this API takes no truncate flag, "
+                 f"{' and '.join(lacking)}; a smysl server: the smysl: scheme sends the flag)"
+                 if lacking else "")
         return InputRefusedError(f"{self.name}: input #{position}, sent alone, was refused: "
                                  f"{said}{unmet}", error.status, error.body, position)
 

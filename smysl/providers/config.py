@@ -57,6 +57,12 @@ class ProviderConfig:
     #: What to check when the server cannot be reached at all, added to that error (a local
     #: server that is not running: Ollama's daemon).
     unreachable_hint: str = ""
+    #: Whether a port of this machine that refused twice before any answer is taken as a
+    #: server not running, and the rest of ``max_retries`` not waited out: true of servers that
+    #: listen at once (Ollama's daemon loads models on demand); false of those that listen only
+    #: once their model is loaded (TEI, vLLM, smysl serve), whose clients started beside them
+    #: must wait.
+    refused_means_down: bool = False
     #: Wall-clock seconds one ``embed`` call may take in all: every request, retry and backoff
     #: wait (None: no limit). Rows finished before it runs out are kept for a resume.
     job_timeout: float | None = 300.0

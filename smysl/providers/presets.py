@@ -59,7 +59,7 @@ PRESETS: dict[str, ProviderConfig] = {
     "ollama": ProviderConfig(
         name="ollama", base_url="http://localhost:11434", path="/api/embed",
         base_url_env="OLLAMA_HOST", max_batch_texts=64,
-        width_from_name=False, supports_dimensions=True,
+        width_from_name=False, supports_dimensions=True, refused_means_down=True,
         unreachable_hint="is Ollama running there (`ollama serve`)? On the machine that "
                          "holds its store, a model of it also runs in smysl's own engine, "
                          "without Ollama: ollama-store:NAME"),

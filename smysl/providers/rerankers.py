@@ -234,13 +234,6 @@ def _first_count(body: Any, *paths: tuple[str, ...]) -> int | None:
     return None
 
 
-#: Where the APIs here report the tokens of an answer (read from one :meth:`parse_response`
-#: refused, whose billing still counts).
-_TOKEN_PATHS = (("usage", "total_tokens"), ("usage", "prompt_tokens"), ("usage", "input_tokens"),
-                ("tokens", "input_tokens"), ("meta", "tokens", "input_tokens"),
-                ("input_tokens",), ("inference_status", "tokens_input"))
-
-
 def _byte_bound(texts: Sequence[str]) -> list[int]:
     # Byte-level BPE never makes more tokens than bytes: a safe bound, plus one.
     return [len(t.encode("utf-8")) + 1 for t in texts]
@@ -255,6 +248,11 @@ class RemoteReranker(BaseReranker):
 
     Thread-safe like the embedding providers: a pooled HTTP client, locked usage totals.
     """
+
+    #: Where an answer reports its tokens, first found first (:meth:`billed`).
+    TOKEN_PATHS: tuple[tuple[str, ...], ...] = ()
+    #: Whether ``meta.billed_units.search_units`` is counted (Cohere bills by it).
+    SEARCH_UNITS = False
 
     #: Whether ``truncate`` reaches the API (TEI's and smysl's flag); where it does not, the
     #: API's own rule for long documents applies, and a refusal says so.
@@ -451,13 +449,19 @@ class RemoteReranker(BaseReranker):
                 raise MalformedResponseError(f"{self.name}: malformed response: "
                                              f"{scores.shape} scores for {n} documents")
         except (MalformedResponseError, ValueError, KeyError, TypeError, IndexError):
-            self.usage.record_rerank(
-                documents=n, tokens=_first_count(body, *_TOKEN_PATHS),
-                search_units=_first_count(body, ("meta", "billed_units", "search_units")))
+            tokens, units = self.billed(body)
+            self.usage.record_rerank(documents=n, tokens=tokens, search_units=units)
             raise
         self.usage.record_rerank(documents=n, tokens=reported_count(tokens),
                                  search_units=reported_count(units))
         return scores, parsed[3] if len(parsed) > 3 else Ranking(None, None)
+
+    def billed(self, body: Any) -> tuple[int | None, int | None]:
+        """Tokens and search units an answer reports (None: not reported), read where this API
+        puts them: the one reading of a good answer's and of one whose scores are refused."""
+        return (_first_count(body, *self.TOKEN_PATHS),
+                _first_count(body, ("meta", "billed_units", "search_units"))
+                if self.SEARCH_UNITS else None)
 
     def _probe(self) -> None:
         """Whether a down upstream is back: one short pair, one timeout (usage records it)."""
@@ -490,8 +494,9 @@ class CohereReranker(RemoteReranker):
     requests carry at most 1,000.
     """
 
-    #: Whether ``meta.billed_units.search_units`` is counted (Cohere bills by it).
     SEARCH_UNITS = True
+    TOKEN_PATHS = (("usage", "total_tokens"), ("usage", "prompt_tokens"),
+                   ("tokens", "input_tokens"), ("meta", "tokens", "input_tokens"))
     #: Whether the body carries ``return_documents: false`` (APIs whose default is true).
     NO_DOCUMENTS = False
 
@@ -510,10 +515,7 @@ class CohereReranker(RemoteReranker):
 
     def parse_response(self, body: Any, n: int) -> tuple[Any, ...]:
         scores = scores_from_results(body["results"], n, self.name)
-        tokens = _first_count(body, ("usage", "total_tokens"), ("usage", "prompt_tokens"),
-                              ("tokens", "input_tokens"), ("meta", "tokens", "input_tokens"))
-        units = (_first_count(body, ("meta", "billed_units", "search_units"))
-                 if self.SEARCH_UNITS else None)
+        tokens, units = self.billed(body)
         return scores, tokens, units, ranking_from_results(body["results"], n, self.name,
                                                            key=self.KEY_FIELD)
 
@@ -610,14 +612,14 @@ class DeepInfraReranker(RemoteReranker):
     instruction, no truncate flag (context 32,768 tokens; longer input is the server's to
     handle). No per-request maximum is documented: requests carry at most 256 documents."""
 
+    TOKEN_PATHS = (("input_tokens",), ("inference_status", "tokens_input"))
+
     def request_body(self, query: str, documents: list[str], *, instruction: str | None,
                      truncate: bool) -> dict[str, Any]:
         return {"queries": [query] * len(documents), "documents": documents}
 
     def parse_response(self, body: Any, n: int) -> tuple[Any, ...]:
-        return (scores_from_list(body["scores"], n, self.name),
-                _first_count(body, ("input_tokens",), ("inference_status", "tokens_input")),
-                None)
+        return scores_from_list(body["scores"], n, self.name), *self.billed(body)
 
 
 #: DashScope paths: qwen3-rerank has the OpenAI-compatible one, the others the native one
@@ -653,6 +655,8 @@ class DashScopeReranker(RemoteReranker):
     tokens per request (:data:`DASHSCOPE_LIMITS`).
     """
 
+    TOKEN_PATHS = (("usage", "total_tokens"), ("usage", "input_tokens"))
+
     def __init__(self, model: str, config: ProviderConfig, **options: Any) -> None:
         super().__init__(model, config, **options)
         self.compatible = model.lower() == "qwen3-rerank"
@@ -678,8 +682,7 @@ class DashScopeReranker(RemoteReranker):
 
     def parse_response(self, body: Any, n: int) -> tuple[Any, ...]:
         results = body["results"] if self.compatible else body["output"]["results"]
-        return (scores_from_results(results, n, self.name),
-                _first_count(body, ("usage", "total_tokens"), ("usage", "input_tokens")), None,
+        return (scores_from_results(results, n, self.name), *self.billed(body),
                 ranking_from_results(results, n, self.name))
 
 

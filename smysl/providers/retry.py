@@ -167,8 +167,8 @@ class RetryingClient:
         self._answered = False  # any HTTP answer yet, from this upstream
         host = (urllib.parse.urlsplit(base_url).hostname or "").lower()
         #: Nothing listens on a port of this machine that refused twice before any answer
-        #: (a server not started): no use waiting out max_retries (25 s for `ollama:`).
-        self._local = host in ("localhost", "::1") or host.startswith("127.")
+        #: (``refused_means_down``: Ollama not started): no use waiting out max_retries (25 s).
+        self._local = host in ("localhost", "::1", "0.0.0.0") or host.startswith("127.")
         self._probing = False
         self._next_probe = 0.0
         self._probe_wait = PROBE_INTERVAL
@@ -281,8 +281,8 @@ class RetryingClient:
                 last = ProviderError(f"{self.name}: connection error: {self.shown(repr(e))}"
                                      f"{hint}",
                                      reason=f"could not reach it ({type(e).__name__})")
-                if (self._local and not self._answered and _refused(e)
-                        and UNHEALTHY_AFTER <= attempt + 1 <= cfg.max_retries):
+                if (cfg.refused_means_down and self._local and not self._answered
+                        and _refused(e) and UNHEALTHY_AFTER <= attempt + 1 <= cfg.max_retries):
                     self.usage.record_failure()
                     raise answered_as(RetriesExhaustedError(
                         f"{self.name}: nothing listens at {shown_url(self.base_url)}: refused "

@@ -55,6 +55,8 @@ log = logging.getLogger(__name__)
 INLINE_SIZE = 4096
 #: After this many batches in a row with no slice of any waiting large job, one goes first.
 _STARVED = 2
+#: The longest Retry-After a 429 says (seconds).
+RETRY_AFTER_MAX_S = 3600
 #: Batches the drain rate (tokens per second, for Retry-After) is measured over.
 _RATE_WINDOW = 32
 #: Finisher threads (:meth:`Batcher._work`).
@@ -405,8 +407,12 @@ class Batcher:
         for started in self._started:
             if not started.done:
                 cost, spent = per_batch + per_token * started.tokens, now - started.at
-                running = max(running, cost - spent if cost > spent else spent)
-        return max(1, math.ceil(running + batches * per_batch + queued * per_token))
+                # a cancelled one stops at its next layer: no "as long again" for it
+                over = 0.0 if started.cancelled else spent
+                running = max(running, cost - spent if cost > spent else over)
+        # at most an hour: a client told more would give up on this server anyway
+        return max(1, min(math.ceil(running + batches * per_batch + queued * per_token),
+                          RETRY_AFTER_MAX_S))
 
     def abort(self) -> None:
         """Stop now (a forced stop): take no more jobs, answer the queued ones with the 503

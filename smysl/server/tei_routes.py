@@ -15,6 +15,7 @@ server started with ``--token-ids`` (the one rule for token-id input, :meth:`Ser
 from __future__ import annotations
 
 import dataclasses
+import logging
 from typing import Annotated, Any, Literal
 
 import anyio
@@ -40,6 +41,8 @@ from smysl.server.http import ApiRequest, json_response
 from smysl.server.service import Service, split_inputs, until_disconnected
 
 Direction = Literal["right", "left", "Right", "Left"]
+
+log = logging.getLogger("smysl.server")
 
 
 class EmbedRequest(ApiRequest):
@@ -277,8 +280,13 @@ def router(service: Service, fast: FastRoutes) -> APIRouter:
     async def info() -> Response:
         """Model and router settings (TEI ``/info``)."""
         model = service.info()
-        # computed once (file windows read: off the event loop)
-        fingerprint = await anyio.to_thread.run_sync(service.embedder.fingerprint)
+        # computed once (file windows read: off the event loop); a `smysl:` upstream asks its
+        # server, which may be down: /info still answers (TEI clients poll it), with null
+        try:
+            fingerprint = await anyio.to_thread.run_sync(service.embedder.fingerprint)
+        except Exception as e:
+            log.warning("/info: no fingerprint of %r: %s", model.name, e)
+            fingerprint = None
         return json_response(info_body(
             service.config, name=model.name, dtype=model.dtype,
             model_type={"embedding": {"pooling": model.pooling}},

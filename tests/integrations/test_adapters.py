@@ -175,7 +175,7 @@ def test_adapters_close_what_they_loaded_at_the_end_of_a_with(
         model = emb.model
         with pytest.raises(Exception, match="the provider is closed"):
             model.embed(["a"])
-        shared = smysl.load("tei:http://127.0.0.1:9#m", dimensions=64)
+        shared = smysl.load("ollama:http://127.0.0.1:9#m", dimensions=64)
         with make(shared):  # a model it was given stays open: its owner closes it
             pass
         with pytest.raises(Exception) as e:  # nothing listens there: but not closed

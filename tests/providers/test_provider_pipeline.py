@@ -113,6 +113,15 @@ def test_a_smysl_client_has_the_served_models_fingerprint(tiny: BaseEmbedder, ti
     with FakeServer(dims=64) as srv:
         plain = smysl.load(f"smysl:{srv.url}/v1#tiny")
         assert plain.fingerprint() == BaseEmbedder.fingerprint(plain)
+        gone = srv.url
+    # a server fronting a smysl: upstream that is down still answers /info (a diff review's:
+    # 424 and a traceback), its fingerprint null
+    import httpx
+
+    down = smysl.load(f"smysl:{gone}#tiny", dimensions=64, max_retries=0)
+    with live_server(down) as url:
+        info = httpx.get(f"{url}/info", timeout=30)
+        assert info.status_code == 200 and info.json()["fingerprint"] is None
 
 
 def test_smysl_serve_fronts_a_provider(qwen_tok: Any, tokenizer_path: Path) -> None:
