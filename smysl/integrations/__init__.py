@@ -76,6 +76,13 @@ def check_text_list(texts: object, method: str, instead: str) -> None:
                          f"{instead}")
 
 
+def check_text(text: object, method: str) -> None:
+    """A framework's one-text method given something else: named as the caller wrote it (the
+    batch check below it said ``texts[0] must be a string``, of a list never passed)."""
+    if not isinstance(text, str):
+        raise ValueError(f"{method} takes one text (a string), got {type(text).__name__}")
+
+
 def embed_queries(model: BaseEmbedder, texts: list[str], cfg: AdapterConfig) -> list[list[float]]:
     """Query vectors (the instruction applied) as the frameworks' lists of floats."""
     rows = model.embed_queries(texts, cfg.task, dimensions=cfg.dimensions, truncate=cfg.truncate)

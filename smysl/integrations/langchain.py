@@ -17,6 +17,7 @@ from smysl.base import BaseEmbedder
 from smysl.integrations import (
     AdapterConfig,
     check_config,
+    check_text,
     check_text_list,
     embed_documents,
     embed_queries,
@@ -83,6 +84,7 @@ class SmyslEmbeddings(Embeddings):  # type: ignore[misc, valid-type]
         return embed_documents(self.model, list(texts), self.config)
 
     def embed_query(self, text: str) -> list[float]:
+        check_text(text, "embed_query")
         return embed_queries(self.model, [text], self.config)[0]
 
     def close(self) -> None:

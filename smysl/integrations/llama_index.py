@@ -19,6 +19,7 @@ from smysl.base import BaseEmbedder, positive_int
 from smysl.integrations import (
     AdapterConfig,
     check_config,
+    check_text,
     check_text_list,
     embed_documents,
     embed_queries,
@@ -267,9 +268,11 @@ class SmyslEmbedding(_base.BaseEmbedding):  # type: ignore[name-defined]
         return AdapterConfig(dimensions=self.dimensions, task=self.task, truncate=self.truncate)
 
     def _get_query_embedding(self, query: str) -> list[float]:
+        check_text(query, "get_query_embedding")
         return embed_queries(self._model, [query], self._config)[0]
 
     def _get_text_embedding(self, text: str) -> list[float]:
+        check_text(text, "get_text_embedding")
         return embed_documents(self._model, [text], self._config)[0]
 
     def get_text_embedding_batch(self, texts: list[str], show_progress: bool = False,

@@ -312,6 +312,15 @@ def test_llama_index_batches_must_be_lists(tiny: BaseEmbedder) -> None:
     with pytest.raises(ValueError, match="aget_text_embedding_batch takes a list of texts"):
         asyncio.run(emb.aget_text_embedding_batch("abc"))  # type: ignore[arg-type]
     assert emb.get_text_embedding_batch(["abc"]) == [emb.get_text_embedding("abc")]
+    # one text that is none: named as the caller wrote it (it was "texts[0] must be a string")
+    from smysl.integrations.langchain import SmyslEmbeddings
+
+    for call, name in ((emb.get_query_embedding, "get_query_embedding"),
+                       (emb.get_text_embedding, "get_text_embedding"),
+                       (SmyslEmbeddings(tiny).embed_query, "embed_query")):
+        with pytest.raises(ValueError, match=rf"^{name} takes one text \(a string\), got "
+                                             r"NoneType$"):
+            call(None)  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize("adapter", list(ADAPTERS))
