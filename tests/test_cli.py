@@ -471,6 +471,22 @@ def test_show_and_pull_errors_are_smysl_errors(machine: Path, tmp_path: Path,
     assert "not a Hugging Face repo id" in capsys.readouterr().err
 
 
+def test_models_writes_the_home_folder_as_a_tilde(
+        machine: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """The table's paths under the home folder start with ~ (Hub snapshot paths made its lines
+    wide); `--json` keeps whole paths."""
+    monkeypatch.setenv("HOME", str(machine.parent))
+    assert main(["models"]) == 0
+    row = next(r for r in capsys.readouterr().out.splitlines()
+               if r.startswith("Qwen/Qwen3-Embedding-0.6B "))
+    assert "  ~/hf/models--Qwen--Qwen3-Embedding-0.6B/snapshots/" in row
+    assert str(machine.parent) not in row
+    assert main(["models", "--json"]) == 0
+    rows = {r["name"]: r for r in json.loads(capsys.readouterr().out)}
+    assert rows["Qwen/Qwen3-Embedding-0.6B"]["where"].startswith(str(machine))
+
+
 def test_show_of_a_folder_that_is_no_model_does_not_walk_it(
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """A diff review's: `smysl show DIR` of any folder summed every file below it (a home

@@ -474,9 +474,13 @@ def _table(rows: list[list[str]]) -> Iterator[str]:
 
 
 def _row(e: ModelEntry) -> list[str]:
+    # the home folder as ~ (a Hub snapshot's path is long enough); JSON keeps the whole path
+    home = str(Path.home())
+    where = "~" + e.where[len(home):] if home != "/" and e.where.startswith(home + os.sep) \
+        else e.where
     # the commands that take it (`--reranker` alone is an option of `serve` only)
-    where = e.where + ("  (a reranker: smysl rerank --model, smysl serve --reranker)"
-                       if e.role == "reranker" else "")
+    where += ("  (a reranker: smysl rerank --model, smysl serve --reranker)"
+              if e.role == "reranker" else "")
     where += f"  (cannot load: `smysl show {e.name}` says why)" if e.problem else ""
     return [e.name, e.source, human_size(e.size), str(e.dimensions or "-"), e.dtype or "-",
             where]
