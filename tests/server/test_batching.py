@@ -560,22 +560,32 @@ def test_the_time_budget_counts_from_arrival_and_covers_the_wait_to_be_tokenised
     asyncio.run(asyncio.wait_for(go(), 30))
 
 
+def _gated(max_queue: int) -> tuple[_Ahead, threading.Event, Batcher,
+                                   Callable[[str, int], asyncio.Future[np.ndarray]]]:
+    """A CPU engine process's backend (``queues`` 0: beside a long input's pass, short ones)
+    whose first batch computes until the gate is set; its batcher (a budget of 100 tokens);
+    and ``submit(item, tokens)``, a job of one item (call it in the event loop)."""
+    backend = _Ahead()
+    backend.queues = 0  # type: ignore[assignment]
+    gate = threading.Event()
+    backend.first_rows = lambda: gate.wait(10)  # the long input computes until the gate
+    batcher = Batcher(backend, Metrics(), max_batch_tokens=100,  # type: ignore[arg-type]
+                      max_batch_requests=8, max_wait_s=0, max_queue=max_queue)
+
+    def submit(item: str, tokens: int) -> asyncio.Future[np.ndarray]:
+        return asyncio.ensure_future(batcher.submit(Job(("ids",), [item], [tokens], 2,
+                                                        normalize=False)))
+
+    return backend, gate, batcher, submit
+
+
 def test_short_requests_run_beside_one_long_input_and_a_second_long_one_waits() -> None:
     """An engine process on CPU runs batches sent while a long input's pass computes between
     its layers: the batcher sends short ones at once (a 16K input held short requests for 27 s
     at the median), and posts their rows when they come, before the long one's. A second long
     input is not sent meanwhile: queued behind the first, it would hold the next short ones
     up for its whole pass."""
-    backend = _Ahead()
-    backend.queues = 0  # type: ignore[assignment]
-    gate = threading.Event()
-    backend.first_rows = lambda: gate.wait(10)  # the long input computes until the gate
-    batcher = Batcher(backend, Metrics(), max_batch_tokens=100,  # type: ignore[arg-type]
-                      max_batch_requests=8, max_wait_s=0, max_queue=16)
-
-    def submit(item: str, tokens: int) -> asyncio.Future[np.ndarray]:
-        return asyncio.ensure_future(batcher.submit(Job(("ids",), [item], [tokens], 2,
-                                                        normalize=False)))
+    backend, gate, batcher, submit = _gated(max_queue=16)
 
     async def go() -> None:
         long = submit("a1", 500)
@@ -605,16 +615,7 @@ def test_retry_after_counts_what_a_running_pass_has_left() -> None:
     """A review's: a 429 behind a running long pass said 2 s where the queue had room after
     25 s (a fresh server assumed 50 ms a batch; later ones read the short batches' rate). A
     pass past what the measured rate gives it is taken to need as long again."""
-    backend = _Ahead()
-    backend.queues = 0  # type: ignore[assignment]
-    gate = threading.Event()
-    backend.first_rows = lambda: gate.wait(10)  # the long input computes until the gate
-    batcher = Batcher(backend, Metrics(), max_batch_tokens=100,  # type: ignore[arg-type]
-                      max_batch_requests=8, max_wait_s=0, max_queue=1)
-
-    def submit(item: str, tokens: int) -> asyncio.Future[np.ndarray]:
-        return asyncio.ensure_future(batcher.submit(Job(("ids",), [item], [tokens], 2,
-                                                        normalize=False)))
+    backend, gate, batcher, submit = _gated(max_queue=1)
 
     async def go() -> None:
         long = submit("a1", 500)
@@ -639,12 +640,7 @@ def test_a_batch_nobody_waits_for_is_cancelled_on_the_backend(how: str) -> None:
     """A long input's pass whose request was cancelled (its client gone) or ran out of time
     is cancelled on the backend (an engine process stops it at its next layer); one still
     wanted by another job is not."""
-    backend = _Ahead()
-    backend.queues = 0  # type: ignore[assignment]
-    gate = threading.Event()
-    backend.first_rows = lambda: gate.wait(10)
-    batcher = Batcher(backend, Metrics(), max_batch_tokens=100,  # type: ignore[arg-type]
-                      max_batch_requests=8, max_wait_s=0, max_queue=16)
+    backend, gate, batcher, _ = _gated(max_queue=16)
 
     async def go() -> None:
         long = asyncio.ensure_future(batcher.submit(Job(
