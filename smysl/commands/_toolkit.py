@@ -28,8 +28,21 @@ def check_apart(files: Mapping[str, str | None]) -> None:
     """Refuse, before any work, a file that a flag writes and another names (``-o`` and
     ``--summary``: the one written last replaced the other, silently; ``--save`` and ``-i``:
     the input went). Files only read may be one (``-i`` and ``--train``), and so may ``-i``
-    and ``-o``: the rows are read whole before they are written back."""
+    and ``-o``: the rows are read whole before they are written back. ``-`` is stdin for a
+    flag that reads, which can be read once, and stdout for one that writes (not ``--save``'s
+    binary file), which one flag may fill (it was a file named ``-``)."""
     seen: dict[str, str] = {}
+    stdin = [flag for flag, path in files.items() if path == "-" and flag not in WRITTEN]
+    if len(stdin) > 1:
+        raise ValueError(f"{' and '.join(stdin)} both name - (stdin), which can be read once: "
+                         "give all but one a file")
+    stdout = [flag for flag, path in files.items() if path == "-" and flag in WRITTEN]
+    if "--save" in stdout:
+        raise ValueError("--save -: a classifier is saved as a binary .npz file, not to "
+                         "stdout; give a file name")
+    if len(stdout) > 1:
+        raise ValueError(f"{' and '.join(stdout)} both name - (stdout): give all but one a "
+                         "file (-o is stdout unless given)")
     for flag, path in files.items():
         if path is None or path == "-" or not path.strip():
             continue
@@ -51,6 +64,21 @@ def _file_key(path: str) -> str:
         return os.path.normcase(full)
     # no inode (Windows, where stat was denied: 0): the path
     return f"{st.st_dev}:{st.st_ino}" if st.st_ino else os.path.normcase(full)
+
+
+@contextlib.contextmanager
+def flags_for(fields: Mapping[str, str]) -> Iterator[None]:
+    """A config's ValueError in the command line's words: each field named by its flag
+    (``k_max must be >= ...`` said ``--k-max 1`` in words no flag has)."""
+    try:
+        yield
+    except ValueError as e:
+        text = str(e)
+        for field, flag in fields.items():  # k_max, not the k of k-means
+            text = re.sub(rf"(?<![\w-]){re.escape(field)}(?![\w-])", flag, text)
+        if text == str(e):
+            raise
+        raise ValueError(text) from None
 
 
 def add_table_arguments(p: argparse.ArgumentParser) -> None:
@@ -106,6 +134,18 @@ def load_rerank_model(model: str, args: argparse.Namespace) -> BaseReranker:
     return load_reranker(model, reranker_options(model, model_options(args)))
 
 
+def read_input(path: str, field: str, flag: str = "-i"
+               ) -> tuple[list[str], list[dict[str, Any]]]:
+    """:func:`smysl.toolkit.io.read_column` of the file a flag names; one that cannot be opened
+    is named by the flag (it was a bare "[Errno 2] No such file or directory")."""
+    from smysl.toolkit.io import read_column
+
+    try:
+        return read_column(path, field)
+    except (FileNotFoundError, IsADirectoryError, PermissionError) as e:
+        raise ValueError(f"{flag} {path}: {e.strerror or e}") from None
+
+
 def column(rows: Iterable[Mapping[str, Any]], field: str, source: str, option: str
            ) -> list[Any]:
     """``row[field]`` of every row of the table ``source`` (a file, ``-`` for stdin); a row
@@ -154,12 +194,13 @@ def shown_rows(rows: list[int]) -> str:
 
 def with_text(texts: list[str], source: str, command: str, what: str) -> list[int]:
     """The positions of the texts that are not blank (:func:`blank_rows`). A blank one was given
-    a label with a confident score, or a cluster of its own; such rows are named on stderr
-    and left without ``what`` (null)."""
+    a label with a confident score, a cluster of its own, or dropped as a near-duplicate of
+    another blank row or of a short one ("." scored 0.81 with ""); such rows are named on
+    stderr and left without ``what`` ("their prediction is null")."""
     blank = blank_rows(texts)
     if blank:
         print(f"smysl {command}: warning: {len(blank)} row(s) of {source_name(source)} have "
-              f"no text (row {shown_rows(blank)}); their {what} is null", file=sys.stderr)
+              f"no text (row {shown_rows(blank)}); {what}", file=sys.stderr)
     left_out = set(blank)
     return [i for i in range(len(texts)) if i + 1 not in left_out]
 
@@ -168,7 +209,8 @@ def labels_in(rows: Iterable[Mapping[str, Any]], field: str, source: str, option
               ) -> list[str]:
     """The labels of column ``field`` (:func:`column`), each a string or a number: a null,
     empty or nested one is a ValueError naming its row (``null`` trained and predicted a
-    class "None", and counted as correct)."""
+    class "None", and counted as correct). A number is named as JSON writes it whole: ``1``
+    and ``1.0`` are one number, and were the classes "1" and "1.0"."""
     out = []
     for n, value in enumerate(column(rows, field, source, option), 1):
         if isinstance(value, bool) or not isinstance(value, str | int | float) or (
@@ -176,7 +218,8 @@ def labels_in(rows: Iterable[Mapping[str, Any]], field: str, source: str, option
             name = source_name(source)
             raise ValueError(f"{name}: row {n}: the label ({field!r}) must be a non-empty "
                              f"string or a number, got {value!r}")
-        out.append(str(value))
+        whole = isinstance(value, float) and value.is_integer()
+        out.append(str(int(value)) if whole else str(value))
     return out
 
 

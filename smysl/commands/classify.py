@@ -14,8 +14,10 @@ from smysl.commands._toolkit import (
     add_table_arguments,
     blank_rows,
     check_apart,
+    flags_for,
     labels_in,
     progress,
+    read_input,
     refuse_overwrite,
     rows_of,
     with_text,
@@ -129,7 +131,10 @@ def _labels(spec: str, args: argparse.Namespace) -> dict[str, str]:
         items = [(n, str(d) if d and (not isinstance(d, str) or d.strip()) else n)
                  for n, r in zip(names, rows, strict=True) for d in [r.get(field)]]
     else:
-        items = [(x.strip(), x.strip()) for x in spec.split(",") if x.strip()]
+        items = [(x.strip(), x.strip()) for x in spec.split(",")]
+        if blank := [n for n, (x, _) in enumerate(items, 1) if not x]:  # was left out, unsaid
+            raise ValueError(f"--labels {spec!r}: label #{blank[0]} is blank; separate the "
+                             "labels with single commas")
     seen: dict[str, int] = {}
     for n, (name, _) in enumerate(items, 1):
         # as gold labels are matched (case and spacing ignored): Billing and billing would
@@ -188,7 +193,7 @@ def run(args: argparse.Namespace) -> int:
         check_training_labels,
         match_gold,
     )
-    from smysl.toolkit.io import check_file, check_output, csv_header, read_column, write_rows
+    from smysl.toolkit.io import check_file, check_output, csv_header, write_rows
 
     mode = ("--labels" if args.labels is not None else
             "--train" if args.train is not None else "--load")
@@ -204,7 +209,7 @@ def run(args: argparse.Namespace) -> int:
         check_file(args.save, "--save")
     labels_by_name = _labels(args.labels, args) if mode == "--labels" else None
     label_field = args.label_field or "label"
-    texts, rows = read_column(args.input, args.text_field)
+    texts, rows = read_input(args.input, args.text_field)
     if not rows:  # its output is as empty: said, not left to look like a result
         print(f"smysl classify: warning: {args.input} holds no rows; nothing to classify",
               file=sys.stderr)
@@ -221,10 +226,7 @@ def run(args: argparse.Namespace) -> int:
     loaded = _load_classifier(args.load) if mode == "--load" else None  # before the model
     training = None
     if mode == "--train":  # read and checked before the model loads (minutes for a large one)
-        try:
-            train, train_rows = read_column(args.train, args.text_field)
-        except (FileNotFoundError, IsADirectoryError, PermissionError) as e:
-            raise ValueError(f"--train {args.train}: {e.strerror or e}") from None
+        train, train_rows = read_input(args.train, args.text_field, "--train")
         labels = labels_in(train_rows, label_field, args.train, "--label-field")
         if blank := blank_rows(train):  # it would teach its label a vector of nothing
             raise ValueError(f"--train {args.train}: row {blank[0]} has no text "
@@ -234,22 +236,16 @@ def run(args: argparse.Namespace) -> int:
             check_spellings(labels, "training labels")  # the gold below is matched so
         except ValueError as e:
             raise ValueError(f"--train {args.train}: {e}") from None
-        try:
+        with flags_for({"neighbors": "--neighbors", "c": "-C"}):
             config = ClassifyConfig(instruction=args.instruction, dimensions=args.dimensions,
                                     truncate=args.truncate,
                                     **given(args, method="method", c="C", neighbors="neighbors"))
-        except ValueError as e:  # named by the flag, not the config's field
-            flag = next((f for field, f in (("neighbors ", "--neighbors "), ("c ", "-C "))
-                         if str(e).startswith(field)), None)
-            if flag is None:
-                raise
-            raise ValueError(flag + str(e).partition(" ")[2]) from None
         if config.method == "knn" and config.votes(len(train)) < config.neighbors:
             print(f"smysl classify: warning: kNN's {config.neighbors} neighbours (--neighbors) "
                   f"are more than the {len(train)} training texts; it votes among all "
                   f"{len(train)}", file=sys.stderr)
         training = train, labels, config
-    kept = with_text(texts, args.input, "classify", "prediction")
+    kept = with_text(texts, args.input, "classify", "their prediction is null")
     model = load_model(args.model, args)
     show = progress(args)
     scores: list[float] | None = None

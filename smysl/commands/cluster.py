@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from pathlib import Path
 from typing import Any
 
 from smysl.commands import given
@@ -13,12 +12,15 @@ from smysl.commands._model import add_model_arguments, load_model
 from smysl.commands._toolkit import (
     add_table_arguments,
     check_apart,
+    flags_for,
     progress,
+    read_input,
     refuse_overwrite,
     rows_of,
+    source_name,
     with_text,
 )
-from smysl.files import replacing
+from smysl.files import output
 
 HELP = "cluster texts (k-means with --k or estimated k, or --method hdbscan)"
 
@@ -49,7 +51,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--representatives", type=int, default=3, help="texts shown per cluster")
     p.add_argument("--seed", type=int, default=None,
                    help="k-means: seed of its initialisation and silhouette sample (default 0)")
-    p.add_argument("--summary", help="write clusters with representative texts to this .json")
+    p.add_argument("--summary", help="write clusters with representative texts to this .json "
+                                     "(- = stdout, -o then a file)")
     p.add_argument("--truncate", action="store_true",
                    help="cut texts longer than the model takes (else an error)")
 
@@ -73,26 +76,30 @@ def _refuse_unused(args: argparse.Namespace) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from smysl.providers.usage import count_of
     from smysl.toolkit.cluster import ClusterConfig, cluster_texts
-    from smysl.toolkit.io import check_file, check_output, read_column, write_rows
+    from smysl.toolkit.io import check_file, check_output, write_rows
 
     _refuse_unused(args)
     check_output(args.output)
     check_apart({"-i": args.input, "-o": args.output, "--summary": args.summary})
     if args.summary:  # before the work, which a path in no folder lost at the end
         check_file(args.summary, "--summary")
-    config = ClusterConfig(method=args.method, k=args.k,
-                           **given(args, k_max="k_max", min_cluster_size="min_cluster_size"),
-                           single_cluster=args.single_cluster,
-                           representatives=args.representatives,
-                           **given(args, seed="seed"),
-                           instruction=args.instruction, dimensions=args.dimensions,
-                           truncate=args.truncate)
-    texts, rows = read_column(args.input, args.text_field)
+    with flags_for({"k": "--k", "k_max": "--k-max", "min_cluster_size": "--min-cluster-size",
+                    "representatives": "--representatives", "seed": "--seed"}):
+        config = ClusterConfig(method=args.method, k=args.k,
+                               **given(args, k_max="k_max", min_cluster_size="min_cluster_size"),
+                               single_cluster=args.single_cluster,
+                               representatives=args.representatives,
+                               **given(args, seed="seed"),
+                               instruction=args.instruction, dimensions=args.dimensions,
+                               truncate=args.truncate)
+    texts, rows = read_input(args.input, args.text_field)
     refuse_overwrite(rows, ["cluster"], args.input)
-    kept = with_text(texts, args.input, "cluster", "cluster")
+    kept = with_text(texts, args.input, "cluster", "their cluster is null")
     if len(kept) < 2 and len(kept) < len(texts):  # blank rows left too few
-        raise ValueError(f"clustering needs at least two texts; {args.input} has {len(kept)} "
+        raise ValueError(f"clustering needs at least two texts; {source_name(args.input)} has "
+                         f"{len(kept)} "
                          f"(the other {len(texts) - len(kept)} rows have no text)")
     texts = [texts[i] for i in kept]
     config.check_count(len(texts))  # before the model loads and embeds them all
@@ -107,12 +114,14 @@ def run(args: argparse.Namespace) -> int:
                 "representatives": [texts[i] for i in c.representatives]}
                for c in result.clusters]
     if args.summary:
-        with replacing(Path(args.summary)) as f:
+        with output(args.summary) as f:  # - is stdout (-o a file: check_apart)
             json.dump({"k": result.k, "noise": int((result.labels == -1).sum()),
                        "silhouettes": result.silhouettes, "clusters": summary}, f,
                       ensure_ascii=False, indent=2)
+            f.write("\n")
     noise = int((result.labels == -1).sum())
-    print(f"{result.k} clusters" + (f", {noise} noise" if noise else ""), file=sys.stderr)
+    print(count_of(result.k, "cluster") + (f", {noise} noise" if noise else ""),
+          file=sys.stderr)
     if noise == len(texts):
         print("  every text is noise: HDBSCAN found no dense group of --min-cluster-size "
               f"({config.min_cluster_size}) that splits from the rest"

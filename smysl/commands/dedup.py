@@ -5,17 +5,20 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from pathlib import Path
+from typing import Any
 
 from smysl.commands._model import add_model_arguments, load_model
 from smysl.commands._toolkit import (
     add_table_arguments,
     check_apart,
+    flags_for,
     progress,
+    read_input,
     refuse_overwrite,
     rows_of,
+    with_text,
 )
-from smysl.files import replacing
+from smysl.files import output
 
 HELP = "find near-duplicate texts (groups above --threshold) and write a report"
 
@@ -50,14 +53,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--unique", action="store_true",
                    help="write only kept rows: each row left out is a near-duplicate of an "
                         "earlier row kept (a group of chained near-duplicates may keep several)")
-    p.add_argument("--report", help="write the report with groups and pairs to this .json")
+    p.add_argument("--report", help="write the report with groups and pairs to this .json "
+                                    "(- = stdout, -o then a file)")
 
 
 def run(args: argparse.Namespace) -> int:
     import tempfile
 
     from smysl.toolkit.dedup import DedupConfig, dedup_texts
-    from smysl.toolkit.io import check_file, check_output, csv_header, read_column, write_rows
+    from smysl.toolkit.io import check_file, check_output, csv_header, write_rows
     from smysl.toolkit.store import StoreConfig
 
     check_output(args.output)
@@ -67,39 +71,48 @@ def run(args: argparse.Namespace) -> int:
     if args.max_neighbors < args.neighbors:  # DedupConfig's words name no flag
         raise ValueError(f"--max-neighbors {args.max_neighbors} is below --neighbors "
                          f"{args.neighbors}: the widest search is at least the first")
-    texts, rows = read_column(args.input, args.text_field)
+    texts, rows = read_input(args.input, args.text_field)
     refuse_overwrite(rows, list(ADDED), args.input)
+    kept = with_text(texts, args.input, "dedup",
+                     "their group, keep and duplicate_of are null"
+                     + (", and --unique leaves them out" if args.unique else ""))
     with tempfile.TemporaryDirectory(prefix="smysl-dedup-") as tmp:
         store = StoreConfig(uri=tmp, table="dedup") if args.approximate else None
         # checked (the threshold's range) before the model loads
-        config = DedupConfig(threshold=args.threshold, neighbors=args.neighbors,
-                             max_neighbors=args.max_neighbors,
-                             exact=not args.approximate, store=store,
-                             instruction=args.instruction, dimensions=args.dimensions,
-                             truncate=args.truncate)
+        with flags_for({"threshold": "--threshold", "neighbors": "--neighbors",
+                        "max_neighbors": "--max-neighbors"}):
+            config = DedupConfig(threshold=args.threshold, neighbors=args.neighbors,
+                                 max_neighbors=args.max_neighbors,
+                                 exact=not args.approximate, store=store,
+                                 instruction=args.instruction, dimensions=args.dimensions,
+                                 truncate=args.truncate)
         model = load_model(args.model, args)
-        with rows_of(args.input):
-            result = dedup_texts(model, texts, config, progress=progress(args))
-    groups = result.group_of
-    # duplicate_of: the row (0-based, in input order) a dropped row duplicates; empty if kept
-    out = [{**r, "group": int(g), "keep": d < 0, "duplicate_of": d if d >= 0 else None}
-           for i, (r, g, d) in enumerate(zip(rows, groups, result.duplicate_of, strict=True))
-           if not args.unique or d < 0]
+        with rows_of(args.input, kept):
+            result = dedup_texts(model, [texts[i] for i in kept], config,
+                                 progress=progress(args))
+    # the result counts the texts embedded; rows are the input's (0-based), blank ones too
+    added: list[dict[str, Any]] = [dict.fromkeys(ADDED) for _ in rows]
+    for i, g, d in zip(kept, result.group_of, result.duplicate_of, strict=True):
+        added[i] = {"group": int(g), "keep": d < 0, "duplicate_of": kept[d] if d >= 0 else None}
+    out = [{**r, **a} for r, a in zip(rows, added, strict=True)
+           if not args.unique or a["keep"]]
     write_rows(args.output, out, [*csv_header(args.input), *ADDED])
     report = result.report()
+    if len(kept) < len(rows):
+        report["no_text"] = len(rows) - len(kept)
     if args.report:
-        with replacing(Path(args.report)) as f:
+        with output(args.report) as f:  # - is stdout (-o a file: check_apart)
             json.dump({**report,
-                       "groups_detail": [[{"index": i, "text": texts[i],
-                                           "duplicate_of": result.duplicate_of[i]
-                                           if result.duplicate_of[i] >= 0 else None}
+                       "groups_detail": [[{"index": kept[i], "text": texts[kept[i]],
+                                           "duplicate_of": added[kept[i]]["duplicate_of"]}
                                           for i in g] for g in result.groups],
-                       "pairs_detail": [{"a": i, "b": j, "score": round(s, 6)}
+                       "pairs_detail": [{"a": kept[i], "b": kept[j], "score": round(s, 6)}
                                         for i, j, s in result.pairs]},
                       f, ensure_ascii=False, indent=2)
+            f.write("\n")
     print(" ".join(f"{k}={v}" for k, v in report.items()), file=sys.stderr)
     if result.capped:
-        print(f"warning: {result.capped} texts have more than {args.max_neighbors} "
+        print(f"smysl dedup: warning: {result.capped} texts have more than {args.max_neighbors} "
               f"near-duplicates each at threshold {args.threshold}: pairs of theirs past "
               "those may be missing, and with them groups and what is kept; raise --threshold "
               "or --max-neighbors", file=sys.stderr)

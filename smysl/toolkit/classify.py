@@ -80,11 +80,21 @@ def embed_for(embedder: BaseEmbedder, texts: Sequence[str], instruction: str | N
 
 
 class ZeroShotClassifier:
-    """Each text goes to the label whose description embedding is most similar."""
+    """Each text goes to the label whose description embedding is most similar.
 
-    def __init__(self, embedder: BaseEmbedder, labels: Mapping[str, str], *,
+    ``labels``: label -> description (a blank one is the label itself), or a list of labels,
+    each its own description (as ``smysl classify --labels a,b`` takes them)."""
+
+    def __init__(self, embedder: BaseEmbedder, labels: Mapping[str, str] | Sequence[str], *,
                  instruction: str | None = None, dimensions: int | None = None,
                  truncate: bool = False) -> None:
+        if isinstance(labels, str):  # "a,b" is one label's text, not two labels
+            raise TypeError("labels: a mapping of label -> description, or a list of labels, "
+                            f"not the string {labels!r}")
+        if not isinstance(labels, Mapping):
+            if len(set(labels)) < len(labels):
+                raise ValueError(f"labels: a label is given twice in {list(labels)!r}")
+            labels = {name: name for name in labels}
         if len(labels) < 2:
             raise ValueError(f"zero-shot classification needs at least two labels, got "
                              f"{len(labels)}")

@@ -66,9 +66,10 @@ class ClusterConfig:
             raise ValueError("single_cluster is for HDBSCAN")
         if self.k is not None and self.k < 1:
             raise ValueError(f"k must be >= 1, got {self.k}")
-        if not 2 <= self.k_min <= self.k_max:
-            raise ValueError(f"estimating k needs 2 <= k_min <= k_max, got k_min {self.k_min}"
-                             f", k_max {self.k_max}")
+        if self.k_min < 2:
+            raise ValueError(f"k_min must be >= 2, got {self.k_min}")
+        if self.k is None and self.k_max < self.k_min:  # with k it is not used
+            raise ValueError(f"k_max must be >= k_min ({self.k_min}), got {self.k_max}")
         if self.min_cluster_size < 2:
             raise ValueError(f"min_cluster_size must be >= 2, got {self.min_cluster_size}")
         if not 0 <= self.seed < 1 << 32:  # what scikit-learn's random_state takes

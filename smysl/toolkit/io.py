@@ -42,7 +42,9 @@ def check_output(path: str | Path) -> None:
 def check_file(path: str | Path, what: str) -> None:
     """Refuse, before any work, a file ``what`` (``--save``, ``--report``) that could not be
     written: in a folder that is not there, or a folder itself (a model's work was lost at
-    the end, after the output, or before it)."""
+    the end, after the output, or before it). ``-`` is stdout."""
+    if str(path) == "-":
+        return
     p = Path(path).expanduser()
     if p.is_dir():
         raise IsADirectoryError(f"{what} {path}: a folder, not a file")
@@ -111,7 +113,10 @@ def _jsonl(f: TextIO, name: str) -> Iterator[dict[str, Any]]:
         try:
             row = json.loads(line)
         except json.JSONDecodeError as e:
-            raise ValueError(f"{name}:{n}: invalid JSON: {e}") from e
+            # a CSV piped in was "invalid JSON" alone: stdin has no suffix to tell its format
+            hint = (" (stdin is read as JSON Lines, one object per line; give a .csv or "
+                    ".json table as a file)" if name == "<stdin>" else "")
+            raise ValueError(f"{name}:{n}: invalid JSON: {e}{hint}") from e
         if not isinstance(row, dict):
             raise ValueError(f"{name}:{n}: expected a JSON object per line")
         yield row
@@ -149,17 +154,18 @@ def _json(f: TextIO, name: str) -> Iterator[dict[str, Any]]:
 def read_column(path: str | Path, field: str) -> tuple[list[str], list[dict[str, Any]]]:
     """The ``field`` column as strings, and the full rows."""
     rows = list(iter_rows(path))
-    if rows and field not in rows[0]:
-        raise ValueError(f"{path}: no column {field!r} (columns: {sorted(rows[0])})"
+    name = "<stdin>" if str(path) == "-" else path
+    if rows and not any(field in r for r in rows):
+        raise ValueError(f"{name}: no column {field!r} (columns: {sorted(rows[0])})"
                          f"{separator_hint(list(rows[0]))}")
     texts = []
     for n, r in enumerate(rows, 1):
         if field not in r:
-            raise ValueError(f"{path}: row {n} has no {field!r} column (columns: "
+            raise ValueError(f"{name}: row {n} has no {field!r} column (columns: "
                              f"{sorted(r)})")
         v = r[field]
         if not isinstance(v, str):
-            raise ValueError(f"{path}: row {n}: {field!r} must be a string, got {v!r}")
+            raise ValueError(f"{name}: row {n}: {field!r} must be a string, got {v!r}")
         texts.append(v)
     return texts, rows
 

@@ -82,6 +82,14 @@ def test_zero_shot_picks_nearest_description(tiny) -> None:
     for labels in ({}, {"only": "one label: every text would get it"}):
         with pytest.raises(ValueError, match="at least two labels"):
             ZeroShotClassifier(tiny, labels)
+    # a list of labels, each its own description (as the CLI's --labels a,b): it was a
+    # TypeError ("list indices must be integers")
+    listed = ZeroShotClassifier(tiny, ["first label", "second label"])
+    np.testing.assert_allclose(listed.scores(["some text", "other text"]), s, atol=1e-6)
+    with pytest.raises(ValueError, match="given twice"):
+        ZeroShotClassifier(tiny, ["a", "b", "a"])
+    with pytest.raises(TypeError, match="not the string 'a,b'"):
+        ZeroShotClassifier(tiny, "a,b")
 
 
 def test_empty_input_predicts_nothing(tmp_path) -> None:

@@ -321,7 +321,7 @@ def test_classify_and_cluster_refuse_what_they_would_get_silently_wrong(tiny_dir
                        (["--min-cluster-size", "3"], "--min-cluster-size is for --method"),
                        (["--single-cluster"], "--single-cluster is for --method"),
                        (["--k", "2", "--k-max", "4"], "--k-max bounds the estimate"),
-                       (["--k-max", "1"], "2 <= k_min <= k_max")):
+                       (["--k-max", "1"], "--k-max must be >= k_min (2), got 1")):
         assert main(["cluster", *model, "-i", rows, *argv, "-o", str(out)]) == 2, argv
         assert says in capsys.readouterr().err
         assert not out.exists()
@@ -936,3 +936,84 @@ def test_an_empty_csv_keeps_its_header_in_the_output(tiny_dir, data, capsys) -> 
         assert main([command, *model, "-i", str(data / "empty.csv"), "-o", str(out),
                      *extra]) == 0, capsys.readouterr().err
         assert out.read_text(encoding="utf-8").splitlines() == [f"id,text,lang,{added}"]
+
+
+def test_classify_cluster_dedup_as_a_third_review_used_them(tiny_dir, data, capsys,  # type: ignore[no-untyped-def]
+                                                            monkeypatch) -> None:
+    """A review's: ``--report -``/``--summary -``/``--save -`` wrote a file named ``-``;
+    ``-i - --train -`` read stdin twice ("got []"); JSON labels 1 and 1.0 were two classes;
+    dedup grouped blank rows (and could drop "." as a duplicate of ""); config errors named
+    fields (``k_max``), not flags; "1 clusters"; a missing ``-i`` file was a bare errno; a
+    blank inline label was dropped unsaid; a CSV piped in was "invalid JSON" alone; a column
+    row 1 lacks was "no column" though later rows had it."""
+    monkeypatch.chdir(data)
+    model = ["--model", str(tiny_dir), "--device", "cpu", "--no-progress"]
+    absent = ["--model", str(data / "no-model"), "--device", "cpu"]  # checks before a load
+    rows, out = str(data / "rows.csv"), data / "out.jsonl"
+
+    def stdin(text: str) -> None:
+        monkeypatch.setattr("sys.stdin", io.TextIOWrapper(io.BytesIO(text.encode())))
+
+    for command, argv, says in (
+            ("dedup", ["--report", "-"], "-o and --report both name - (stdout)"),
+            ("cluster", ["--k", "2", "--summary", "-"], "-o and --summary both name - (stdout)"),
+            ("classify", ["--train", rows, "--save", "-", "-o", str(out)],
+             "--save -: a classifier is saved as a binary .npz file"),
+            ("classify", ["--train", "-", "-i", "-"], "-i and --train both name - (stdin)"),
+            ("cluster", ["--k-max", "1"], "--k-max must be >= k_min (2), got 1"),
+            ("cluster", ["--method", "hdbscan", "--min-cluster-size", "1"],
+             "--min-cluster-size must be >= 2, got 1"),
+            ("dedup", ["--neighbors", "0", "--max-neighbors", "0"],
+             "--neighbors must be >= 1, got 0"),
+            ("dedup", ["-i", "nope.csv"], "-i nope.csv: No such file or directory"),
+            ("classify", ["--labels", "billing, ,bug"], "label #2 is blank")):
+        argv = argv if "-i" in argv else ["-i", rows, *argv]
+        assert main([command, *absent, *argv]) == 2, argv
+        err = capsys.readouterr().err
+        assert f"smysl {command}: error: " in err and says in err, (argv, err)
+    assert not (data / "-").exists()
+    stdin("id,text\n1,hello\n")
+    assert main(["dedup", *absent, "-i", "-"]) == 2
+    assert "stdin is read as JSON Lines" in capsys.readouterr().err
+    mixed = _jsonl(data / "mixed.jsonl", [{"title": "a"}, {"text": "b"}])
+    assert main(["dedup", *absent, "-i", mixed]) == 2
+    assert "mixed.jsonl: row 1 has no 'text' column" in capsys.readouterr().err
+
+    # --report - and --summary - with -o a file: the JSON on stdout, no file named -
+    assert main(["dedup", *model, "-i", rows, "-o", str(out), "--report", "-"]) == 0
+    assert json.loads(capsys.readouterr().out)["items"] == 6
+    assert main(["cluster", *model, "-i", rows, "--k", "1", "-o", str(out),
+                 "--summary", "-"]) == 0
+    got = capsys.readouterr()
+    assert json.loads(got.out)["k"] == 1 and "1 cluster\n" in got.err, got.err
+    assert not (data / "-").exists()
+
+    # one number, one class
+    numbers = _jsonl(data / "numbers.jsonl", [{"text": "good", "label": 1},
+                                              {"text": "bad", "label": 0},
+                                              {"text": "great", "label": 1.0}])
+    assert main(["classify", *model, "-i", numbers, "--train", numbers, "-o", str(out)]) == 0
+    assert {json.loads(x)["predicted"] for x in out.read_text().splitlines()} <= {"0", "1"}
+    assert "accuracy" in capsys.readouterr().err
+
+    # blank rows: named, left null (and out of --unique's rows); the others keep their rows
+    blank = _jsonl(data / "blank.jsonl", [{"text": "alpha beta"}, {"text": ""},
+                                          {"text": " "}, {"text": "alpha beta"},
+                                          {"text": "gamma"}])
+    report = data / "report.json"
+    exact = ["--threshold", "0.99999"]  # the tiny random model finds other texts alike
+    assert main(["dedup", *model, *exact, "-i", blank, "-o", str(out), "--report",
+                 str(report)]) == 0
+    assert "2 row(s) of" in capsys.readouterr().err
+    got = [json.loads(x) for x in out.read_text().splitlines()]
+    assert [(g["group"], g["keep"], g["duplicate_of"]) for g in got[1:3]] == [(None,) * 3] * 2
+    assert got[0]["keep"] and got[3]["duplicate_of"] == 0 and got[3]["group"] == got[0]["group"]
+    assert got[4]["keep"] and got[4]["group"] == -1
+    detail = json.loads(report.read_text())
+    assert detail["items"] == 3 and detail["no_text"] == 2 and detail["kept"] == 2
+    assert [[m["index"] for m in g] for g in detail["groups_detail"]] == [[0, 3]]
+    assert [(p["a"], p["b"]) for p in detail["pairs_detail"]] == [(0, 3)]
+    assert main(["dedup", *model, *exact, "-i", blank, "-o", str(out), "--unique"]) == 0
+    assert "--unique leaves them out" in capsys.readouterr().err
+    assert [json.loads(x)["text"] for x in out.read_text().splitlines()] == ["alpha beta",
+                                                                             "gamma"]
