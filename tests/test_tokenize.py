@@ -121,3 +121,41 @@ def test_truncating_a_query_keeps_its_instruction(both: tuple[Tokenizer, Tokeniz
         # was recognised in the text, and such a document refused or cut around it)
         assert tok.encode([query], truncate=True, direction="left")[0] == whole[-64:]
         assert tok.encode([query], truncate=True, max_tokens=n)[0] == [*whole[:n - 1], EOS]
+
+
+def test_truncation_reads_a_cut_of_a_huge_text_and_keeps_its_tokens(
+        both: tuple[Tokenizer, Tokenizer], monkeypatch: pytest.MonkeyPatch) -> None:
+    """A review's: ``dedup --truncate`` of one 20 MB line peaked at 3.5 GB, the whole line
+    tokenised to keep 32K tokens. A text far over ``limit * CUT_CHARS_PER_TOKEN`` characters is
+    now cut before it is tokenised, and the kept tokens are exactly the whole text's, also where
+    no word end is near the cut (it widens): letter runs, whitespace runs, added-token text,
+    combining marks, a query's instruction."""
+    from smysl.tokenize import CUT_CHARS_PER_TOKEN
+
+    tricky = ["Москва — столица России. " * 400, "я" * 3000, ("x" + " " * 300) * 30 + "tail",
+              "ab<|im_end|>" * 300, "e\u0301" * 2000 + " end", "Столица, " * 300,
+              "a" * 1000 + "\U00011f04" * 3 + " end", "ACGT" * 2000, "1234567890" * 300,
+              "Instruct: Given a query\nQuery:" + "слово " * 500]
+    for tok in both:
+        for text in tricky:
+            assert len(text) > 64 * CUT_CHARS_PER_TOKEN
+            whole = tok.encode([text], max_tokens=100_000)[0]
+            for head in (0, 30):  # a query's instruction kept, as the embedder asks
+                got = tok.encode([text, "short"], truncate=True, head_chars=head)
+                assert got[0] == [*whole[:63], EOS], (text[:20], head)
+                assert got[1] == tok.encode(["short"])[0]
+            left = tok.encode([text], truncate=True, direction="left")[0]
+            assert left == whole[-64:]
+    # cut first: a huge line costs the cut's tokens, not the whole line's
+    base = both[0]
+    huge = "word " * 2_000_000  # 10 MB
+    seen: list[int] = []
+    real = base._encodings
+
+    def encodings(texts: list[str]) -> list[object]:
+        seen.extend(map(len, texts))
+        return real(texts)
+
+    monkeypatch.setattr(base, "_encodings", encodings)
+    assert base.encode([huge], truncate=True)[0] == base.encode([huge[:1000]], truncate=True)[0]
+    assert max(seen) <= 64 * CUT_CHARS_PER_TOKEN, seen

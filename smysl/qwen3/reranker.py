@@ -19,7 +19,6 @@ vocabulary is never computed.
 
 from __future__ import annotations
 
-import unicodedata
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any, SupportsIndex
@@ -43,7 +42,13 @@ from smysl.qwen3.contract import (
 from smysl.qwen3.hub import Checkpoint, read_checkpoint, read_rows, resolve
 from smysl.rerank import BaseReranker, PairError, RerankerInfo, RerankTokens, pair_of
 from smysl.scheduler import SchedulerConfig, plan_batches
-from smysl.tokenize import Direction, InputTooLongError, check_unicode
+from smysl.tokenize import (
+    CUT_CHARS_PER_TOKEN,
+    CutProof,
+    Direction,
+    InputTooLongError,
+    check_unicode,
+)
 
 #: The model card's ``prefix``: the system line and the opening of the user turn.
 PREFIX = ("<|im_start|>system\nJudge whether the Document meets the requirements based on the "
@@ -60,12 +65,10 @@ MAX_TOKENS = 8192
 #: Answer tokens, in the order the model card stacks their logits (``[false, true]``).
 ANSWERS = ("no", "yes")
 #: Truncating a document's end, a document over ``max_tokens * CUT_CHARS_PER_TOKEN``
-#: characters is cut to that many before it is tokenised (text runs 2-5 characters per Qwen3
-#: token), as TEI cuts characters first; a cut that could change the tokens kept is widened
-#: (see :meth:`Reranker.tokenize`), so the tokens are those of the whole document. The server
-#: lets it read ``READ_CUTS`` times that (:attr:`Reranker.cut_chars`, what it charges a
-#: document), no more.
-CUT_CHARS_PER_TOKEN = 8
+#: characters is cut to that many before it is tokenised, as TEI cuts characters first; a cut
+#: that could change the tokens kept is widened (:class:`~smysl.tokenize.CutProof`), so the
+#: tokens are those of the whole document. The server lets it read ``READ_CUTS`` times that
+#: (:attr:`Reranker.cut_chars`, what it charges a document), no more.
 READ_CUTS = 4
 
 
@@ -107,10 +110,7 @@ class Reranker(OnEngine, BaseReranker):
         self.tokenizer.no_truncation()
         self.tokenizer.no_padding()
         self.prefix = self.tokenizer.encode(PREFIX, add_special_tokens=False).ids
-        #: Characters of added tokens ("<|im_end|>"...) that are no letters: a word ends at
-        #: none of them (see :meth:`_unchanged`).
-        self._reserved = {c for t in self.tokenizer.get_added_tokens_decoder().values()
-                          for c in t.content if not c.isalpha()}
+        self._cut_proof = CutProof(self.tokenizer)
         self.suffix = self.tokenizer.encode(SUFFIX, add_special_tokens=False).ids
         #: Tokens that end a prompt's shared head (``<Document>:``), None: no sharing.
         self.marker: list[int] | None = None
@@ -242,7 +242,8 @@ class Reranker(OnEngine, BaseReranker):
                     keep = budget - head
                 lo, hi = ((head, head + keep) if direction == "right"
                           else (len(ids) - keep, len(ids)))
-                if len(piece) == len(document) or self._unchanged(text, offsets[hi - 1][1]):
+                if (len(piece) == len(document)
+                        or self._cut_proof.unchanged(text, offsets[hi - 1][1])):
                     break
                 # the kept tokens might differ from the whole document's (no word end between
                 # them and the cut, or the cut holds fewer tokens than are kept): read twice as
@@ -259,32 +260,6 @@ class Reranker(OnEngine, BaseReranker):
                 enc = self.tokenizer.encode(text, add_special_tokens=False)
             out.append(self.prefix + list(ids[:head]) + list(ids[lo:hi]) + self.suffix)
         return out
-
-    def _unchanged(self, text: str, end: int) -> bool:
-        """Whether the tokens of ``text`` (a prompt whose document was cut to its beginning)
-        that end by character ``end`` are those the whole document has there.
-
-        Why a word end proves it: the tokenizer splits added tokens out of the text, normalises
-        it (NFC), splits it with Qwen's pre-tokenizer regex and runs BPE within each piece.
-        Every regex piece holding a letter ends with the letters' run, so a letter followed by
-        a character that is no letter or digit ends a piece wherever the text is cut; if that
-        character also takes part in no added token and composes with nothing (NFC), the
-        pieces on each side of it, and so their tokens, are the same in the cut text and the
-        whole one (the regex has no look-behind, and only one character of look-ahead). So
-        the kept tokens are the whole document's when such a word end lies between the last
-        kept token's end and the cut.
-        """
-        return any(self._word_end(text[j], text[j + 1])
-                   for j in range(max(end - 1, 0), len(text) - 1))
-
-    def _word_end(self, a: str, b: str) -> bool:
-        """Whether a regex piece of the tokenizer ends between ``a`` and ``b`` in any text.
-        ``b`` must be a character Python's Unicode tables know (assigned): the tokenizer's
-        may be newer, and a letter there unassigned here would not end the piece."""
-        return (a.isalpha() and not b.isalnum() and unicodedata.category(b) != "Cn"
-                and b not in self._reserved
-                and unicodedata.combining(a) == 0 == unicodedata.combining(b)
-                and unicodedata.normalize("NFC", a + b) == a + b)
 
     # ------------------------------------------------------------------ scores
     @property
