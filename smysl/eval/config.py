@@ -111,6 +111,9 @@ class EvalConfig:
         object.__setattr__(self, "compare", tuple(Path(p) for p in self.compare))
         if not self.models:
             raise ValueError("EvalConfig needs at least one model")
+        if self.instructions and not self.use_instructions:  # ran without them, recorded them
+            raise ValueError("instructions do nothing with use_instructions=False "
+                             "(--instruction with --no-instructions)")
         if any(int(d) < 1 for d in self.dimensions):
             raise ValueError(f"dimensions must be positive, got {self.dimensions}")
         if self.limit is not None and self.limit < 2:  # a correlation needs two pairs

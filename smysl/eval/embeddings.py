@@ -11,7 +11,9 @@ do two truncation limits of one checkpoint.
 from __future__ import annotations
 
 import hashlib
+import logging
 import time
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,6 +22,8 @@ import numpy as np
 
 from smysl.base import BaseEmbedder, fingerprint_of
 from smysl.eval.results import model_slug
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -141,9 +145,17 @@ class ModelEmbeddings:
         store: dict[bytes, np.ndarray] = {}
         path = self._file(instruction)
         if path is not None and path.is_file():
-            with np.load(path) as z:
-                if z["vectors"].shape[1:] == (self.model.dimensions,):
-                    store = {k.tobytes(): v for k, v in zip(z["keys"], z["vectors"], strict=True)}
+            try:
+                with np.load(path) as z:
+                    if z["vectors"].shape[1:] == (self.model.dimensions,):
+                        store = {k.tobytes(): v
+                                 for k, v in zip(z["keys"], z["vectors"], strict=True)}
+            except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:
+                # a damaged file (a disk's fault, an edit) was a bare traceback and no report:
+                # its texts are embedded again, and the file replaced when they are saved
+                log.warning("%s: a damaged embedding cache (%s: %s); its texts are embedded "
+                            "again and the file replaced", path, type(e).__name__, e)
+                store = {}
         self._vectors[instruction] = store
         return store
 

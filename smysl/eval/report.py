@@ -53,10 +53,13 @@ def check_out_dir(out_dir: Path, compare: Sequence[Path] = ()) -> None:
 
 
 def write_reports(results: Sequence[ModelResult], cfg: EvalConfig,
-                  compared: Sequence[Run] | None = None) -> list[Path]:
+                  compared: Sequence[Run] | None = None, *, stopped: str | None = None
+                  ) -> list[Path]:
     """Write every report for ``results`` to ``cfg.out_dir``; returns the files written.
     ``compared``: the runs of ``cfg.compare``, read before (an ``--out`` that is also a
     ``--compare`` folder had its results.json replaced first: the run compared with itself).
+    ``stopped``: why a run has no results of some of its models (``meta.stopped``, and under
+    the summary's title).
     A report of an earlier run in the folder goes first: its per-task files and plots were
     left beside the new ones."""
     if cfg.out_dir is None:
@@ -78,7 +81,8 @@ def write_reports(results: Sequence[ModelResult], cfg: EvalConfig,
                                           indent=1, ensure_ascii=False))
             written.append(path)
     meta = {"created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            "data_dir": str(cfg.data_dir), **cfg.protocol(), "reranker": cfg.reranker}
+            "data_dir": str(cfg.data_dir), **cfg.protocol(), "reranker": cfg.reranker,
+            **({"stopped": stopped} if stopped else {})}
     path = out / "results.json"
     replace_file(path, json.dumps(nan_as_null({"meta": meta, "models": runs}), indent=1,
                                   ensure_ascii=False))
@@ -86,7 +90,7 @@ def write_reports(results: Sequence[ModelResult], cfg: EvalConfig,
     for line in comparability(runs + list(compared)):
         log.warning("%s", line)
     path = out / "summary.md"
-    replace_file(path, summary_markdown(runs, list(compared)))
+    replace_file(path, summary_markdown(runs, list(compared), stopped=stopped))
     written.append(path)
     if cfg.plots:
         both = runs + list(compared)
@@ -297,12 +301,16 @@ METRIC_DEFINITIONS = (
     "samples. Definitions in full: docs/eval.md.")
 
 
-def summary_markdown(runs: Sequence[Run], compared: Sequence[Run] = ()) -> str:
-    """Main score per task at the native size for every model, then per dimension; first the
-    reasons the scores do not compare (:func:`comparability`) and the tasks' warnings."""
+def summary_markdown(runs: Sequence[Run], compared: Sequence[Run] = (), *,
+                     stopped: str | None = None) -> str:
+    """Main score per task at the native size for every model, then per dimension; first
+    why the run stopped (``stopped``: models with no results), the reasons the scores do not
+    compare (:func:`comparability`) and the tasks' warnings."""
     everyone = list(runs) + list(compared)
     labels = run_labels(everyone)
     lines = ["# smysl eval summary", ""]
+    if stopped:
+        lines += [f"**This run {stopped}.**", ""]
     for line in comparability(everyone):  # a paragraph each (Markdown joins adjacent lines)
         lines += [f"**{line}**", ""]
     warnings = [f"- {label} {t['task']}: {w}" for run, label in zip(everyone, labels, strict=True)
@@ -463,7 +471,7 @@ def plot_dimensions(runs: Sequence[Run], path: Path) -> Path | None:
         ax.tick_params(axis="x", labelrotation=45, labelsize=8)
         ax.set_title(name, fontsize=10)
         ax.set_xlabel("embedding size (dimensions)")
-        ax.set_ylabel(f"{label} (0-1)")
+        ax.set_ylabel(label)  # a Spearman correlation may be negative
         ax.grid(alpha=0.3)
     for ax in list(axes.flat)[len(names):]:
         ax.axis("off")
@@ -520,7 +528,7 @@ def plot_throughput(runs: Sequence[Run], path: Path) -> Path | None:
         lambda v, _: f"{v:g}" if v > 0 and (not wide or f"{v:e}"[0] in "25") else ""))
     ax.margins(x=0.15, y=0.1)
     ax.set_xlabel("throughput (texts/s, log scale; this run's embedding work)")
-    ax.set_ylabel(f"mean main score over {len(common)} tasks (0-1)")
+    ax.set_ylabel(f"mean main score over {len(common)} tasks")
     ax.set_title("Quality vs throughput across models and backends")
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=8, loc="best")

@@ -25,7 +25,7 @@ from smysl.eval.rerank import (
     select_all,
 )
 from smysl.eval.results import ModelResult, TaskResult
-from smysl.eval.tasks import Task
+from smysl.eval.tasks import TASKS, Task
 from smysl.pooling import check_dimensions, finish
 from smysl.rerank import BaseReranker
 from smysl.shown import shown_source
@@ -72,11 +72,21 @@ def evaluate_model(model: BaseEmbedder, cfg: EvalConfig, *, load_seconds: float 
     dims, skipped = _dimensions(model, cfg.dimensions)
     native = model.dimensions
     embeddings = ModelEmbeddings(model, cache_dir=cfg.cache_dir, progress=cfg.progress)
+    protocol = cfg.protocol()
+    if not model.instruction_aware:
+        # an embedding task's override does nothing here: recorded, it was a difference
+        # (--compare: "Runs differ in instructions") between runs of the same vectors
+        unread = sorted(set(cfg.instructions) & set(TASKS))
+        if unread and cfg.use_instructions:
+            log.warning("%s takes no instruction: the --instruction for %s does nothing for it",
+                        model.name, ", ".join(unread))
+        protocol["instructions"] = {k: v for k, v in protocol["instructions"].items()
+                                    if k not in TASKS}
     result = ModelResult(model.name, native, model.min_dimensions, model.instruction_aware, dims,
                          skipped, load_seconds, 0.0, 0, 0, 0.0,
                          info={**asdict(model.info()),
                                "source": model.source and shown_source(model.source)},
-                         protocol=cfg.protocol())
+                         protocol=protocol)
     if into is not None:
         into.append(result)
     started = time.perf_counter()
@@ -217,13 +227,19 @@ def run(cfg: EvalConfig) -> list[ModelResult]:
                                             into=begun)
                 finally:
                     model.close()
-            except BaseException:
+            except BaseException as e:
                 # the models evaluated so far keep their reports (a bad second model string
                 # threw the first model's hour away), and so do the tasks this one finished
                 # (a Ctrl-C in the last task of an hour's run kept nothing)
                 kept = [r for r in begun[len(results):] if r.tasks or r.reranking]
+                # the models with no result are named: the report of the first model alone
+                # looked like a whole run of it
+                missing = cfg.models[len(results) + len(kept):]
+                why = "interrupted" if isinstance(e, KeyboardInterrupt) else "failed"
+                stopped = (f"{why} at {name}: no results of {', '.join(missing)}"
+                           if missing else None)
                 if results + kept and cfg.out_dir is not None:
-                    write_reports(results + kept, cfg, compared)
+                    write_reports(results + kept, cfg, compared, stopped=stopped)
                     parts = [f"the {len(results)} model(s) evaluated before it"] if results else []
                     parts += [f"the tasks it scored ({r.stopped})" for r in kept]
                     log.warning("%s stopped: wrote the reports of %s to %s", name,

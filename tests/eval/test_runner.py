@@ -120,6 +120,11 @@ def test_a_failing_second_model_keeps_the_firsts_reports(tiny_dir, tmp_path) -> 
         run(cfg)
     (only,) = load_runs(tmp_path / "out")
     assert only["tasks"][0]["task"] == "sts-en"
+    # a review's: the report of the first model alone looked like a whole run of it
+    stopped = f"failed at {tmp_path / 'nonexistent'}: no results of {tmp_path / 'nonexistent'}"
+    meta = json.loads((tmp_path / "out" / "results.json").read_text())["meta"]
+    assert meta["stopped"] == stopped
+    assert f"**This run {stopped}.**" in (tmp_path / "out" / "summary.md").read_text()
     for bad, match in ((dict(compare=(tmp_path / "no_such_run",)), "no_such_run"),
                        (dict(instructions={"sts-en": "retreival"}), "misspelt")):
         cfg = _cfg(tmp_path, models=(str(tmp_path / "never loaded"),), tasks=("sts-en",),
@@ -350,3 +355,63 @@ def test_a_missing_extra_is_named_before_any_model_loads(tmp_path, monkeypatch, 
         with pytest.raises(FileNotFoundError, match="never loaded"):
             runner.run(_cfg(tmp_path, models=(str(tmp_path / "never loaded"),),
                             tasks=("sts-en",), plots=False, out_dir=tmp_path / "o2"))
+
+
+def test_an_interrupt_before_a_models_first_task_names_the_models_without_results(
+        tiny_dir, tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """A review's: a Ctrl-C while the second of three models loaded wrote the first model's
+    report with nothing to say the other two were asked for."""
+    import smysl.eval.runner as runner
+    import smysl.registry
+
+    real = smysl.registry.load
+    calls: list[str] = []
+
+    def load(name, options=None):  # type: ignore[no-untyped-def]
+        calls.append(name)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(name, options)
+
+    monkeypatch.setattr("smysl.registry.load", load)
+    models = (str(tiny_dir), "second", "third")
+    with pytest.raises(KeyboardInterrupt):
+        runner.run(_cfg(tmp_path, models=models, tasks=("sts-en",), dimensions=()))
+    meta = json.loads((tmp_path / "out" / "results.json").read_text())["meta"]
+    assert meta["stopped"] == "interrupted at second: no results of second, third"
+    assert "**This run interrupted at second: no results of second, third.**" in (
+        tmp_path / "out" / "summary.md").read_text()
+
+
+def test_instructions_a_model_does_not_read_are_refused_or_not_recorded(minilm, tmp_path,  # type: ignore[no-untyped-def]
+                                                                        caplog) -> None:
+    """A review's: ``--instruction sts-en=foo`` ran without it on all-MiniLM-L6-v2 (no
+    instructions) and with ``--no-instructions``, and was recorded in ``protocol`` all the
+    same: a ``--compare`` said the runs differ, for the same vectors."""
+    with pytest.raises(ValueError, match="instructions do nothing with use_instructions=False"):
+        _cfg(tmp_path, use_instructions=False, instructions={"sts-en": "foo"})
+    cfg = _cfg(tmp_path, tasks=("sts-en",), dimensions=(), instructions={"sts-en": "foo"})
+    with caplog.at_level("WARNING"):
+        given = evaluate_model(minilm, cfg)
+    assert "takes no instruction: the --instruction for sts-en does nothing" in caplog.text
+    plain = evaluate_model(minilm, _cfg(tmp_path, tasks=("sts-en",), dimensions=()))
+    assert given.protocol == plain.protocol and given.protocol["instructions"] == {}
+    assert given.tasks[0].scores == plain.tasks[0].scores
+
+
+def test_a_damaged_cache_file_is_said_and_embedded_again(tiny, tmp_path, caplog) -> None:  # type: ignore[no-untyped-def]
+    """A review's: a cut ``q-*.npz`` in ``--cache`` was a bare ``BadZipFile`` and no report."""
+    from smysl.eval.embeddings import ModelEmbeddings
+
+    texts = ["one text", "another text"]
+    ModelEmbeddings(tiny, cache_dir=tmp_path, progress=False).ensure(texts, "qa")
+    (path,) = tmp_path.rglob("q-*.npz")
+    path.write_bytes(path.read_bytes()[:100])
+    again = ModelEmbeddings(tiny, cache_dir=tmp_path, progress=False)
+    with caplog.at_level("WARNING"):
+        again.ensure(texts, "qa")
+    assert f"{path}: a damaged embedding cache" in caplog.text
+    assert again.throughput.texts == 2
+    np.testing.assert_allclose(again.get(texts, "qa"), tiny.embed(texts, instruction="qa"),
+                               atol=1e-6)
+    assert ModelEmbeddings(tiny, cache_dir=tmp_path, progress=False).get(texts, "qa").shape[0] == 2
