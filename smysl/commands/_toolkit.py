@@ -32,7 +32,9 @@ def check_apart(files: Mapping[str, str | None]) -> None:
     flag that reads, which can be read once, and stdout for one that writes (not ``--save``'s
     binary file), which one flag may fill (it was a file named ``-``)."""
     seen: dict[str, str] = {}
-    stdin = [flag for flag, path in files.items() if path == "-" and flag not in WRITTEN]
+    # --load reads a file, even one named -
+    stdin = [flag for flag, path in files.items()
+             if path == "-" and flag not in WRITTEN and flag != "--load"]
     if len(stdin) > 1:
         raise ValueError(f"{' and '.join(stdin)} both name - (stdin), which can be read once: "
                          "give all but one a file")
@@ -209,8 +211,7 @@ def labels_in(rows: Iterable[Mapping[str, Any]], field: str, source: str, option
               ) -> list[str]:
     """The labels of column ``field`` (:func:`column`), each a string or a number: a null,
     empty or nested one is a ValueError naming its row (``null`` trained and predicted a
-    class "None", and counted as correct). A number is named as JSON writes it whole: ``1``
-    and ``1.0`` are one number, and were the classes "1" and "1.0"."""
+    class "None", and counted as correct)."""
     out = []
     for n, value in enumerate(column(rows, field, source, option), 1):
         if isinstance(value, bool) or not isinstance(value, str | int | float) or (
@@ -218,8 +219,7 @@ def labels_in(rows: Iterable[Mapping[str, Any]], field: str, source: str, option
             name = source_name(source)
             raise ValueError(f"{name}: row {n}: the label ({field!r}) must be a non-empty "
                              f"string or a number, got {value!r}")
-        whole = isinstance(value, float) and value.is_integer()
-        out.append(str(int(value)) if whole else str(value))
+        out.append(str(value))
     return out
 
 

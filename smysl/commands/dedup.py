@@ -52,7 +52,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "differ only after the cut come out as duplicates")
     p.add_argument("--unique", action="store_true",
                    help="write only kept rows: each row left out is a near-duplicate of an "
-                        "earlier row kept (a group of chained near-duplicates may keep several)")
+                        "earlier row kept (a group of chained near-duplicates may keep "
+                        "several), or has no text")
     p.add_argument("--report", help="write the report with groups and pairs to this .json "
                                     "(- = stdout, -o then a file)")
 

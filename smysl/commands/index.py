@@ -184,6 +184,11 @@ def _add(args: argparse.Namespace, store: StoreConfig) -> int:
         read_documents,
     )
 
+    if store.backend == "memory" or (store.backend == "qdrant" and store.uri == ":memory:"):
+        # it said "index holds 2 chunks", exit 0, and they were gone when the command ended
+        print(f"smysl index: warning: {args.index} keeps the index in this process's memory: "
+              "it is gone when the command ends; give a folder (or a server) to keep it",
+              file=sys.stderr)
     if args.chunk_tokens < 2:  # ChunkConfig's message names its field, not the flag
         raise ValueError(f"--chunk-tokens must be >= 2, got {args.chunk_tokens}")
     model = load_model(args.model, args)

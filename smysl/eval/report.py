@@ -251,8 +251,11 @@ def comparability(runs: Sequence[Run]) -> list[str]:
     for key in PROTOCOL:
         # a reranking setting decides only the reranked scores: recorded by every run, it
         # said two runs differ where neither reranked (rerank_top 50 against 5)
+        # the instructions decide only the scores of models that read them: a run of one
+        # that takes none records none, and said the runs beside it differ
         known = [(label, p[key]) for label, p, run in zip(labels, protocols, runs, strict=True)
-                 if key in p and (key not in RERANK_KEYS or run.get("reranking"))]
+                 if key in p and (key not in RERANK_KEYS or run.get("reranking"))
+                 and (key != "instructions" or run.get("instruction_aware", True))]
         # sort_keys: the instruction overrides, a mapping in any order
         if key != "limit" and len({json.dumps(v, sort_keys=True) for _, v in known}) > 1:
             lines.append(f"Runs differ in {key}: "

@@ -242,19 +242,24 @@ class Reranker(OnEngine, BaseReranker):
                     keep = budget - head
                 lo, hi = ((head, head + keep) if direction == "right"
                           else (len(ids) - keep, len(ids)))
-                if (len(piece) == len(document)
-                        or self._cut_proof.unchanged(text, offsets[hi - 1][1])):
+                if len(piece) == len(document):
                     break
-                # the kept tokens might differ from the whole document's (no word end between
-                # them and the cut, or the cut holds fewer tokens than are kept): read twice as
-                # much, up to read_chars (a server charged a document that much, no more)
+                if hi < len(ids):  # the cut holds more tokens than are kept
+                    # they must end by a proven word end: else cut just past the whole
+                    # document's next one (None: it has none)
+                    found = self._cut_proof.next_cut(document, offsets[hi - 1][1] - start)
+                    if found is not None and found <= len(piece):
+                        break
+                    wider = len(document) if found is None else found
+                else:  # it holds fewer tokens than are kept: read twice as much
+                    wider = 2 * len(piece)
+                # up to read_chars (a server charged a document that much, no more)
                 if read_chars is not None and len(piece) >= read_chars:
                     raise PairError(
                         i, "document", f"the tokens to keep of the document cannot be told "
                         f"from its first {len(piece)} characters (no word end after them, or "
                         "fewer tokens than the reranker takes); send it cut, or without "
                         "truncation")
-                wider = 2 * len(piece)
                 piece = _cut(document, wider if read_chars is None else min(wider, read_chars))
                 text = format_pair(query, piece, instruction)
                 enc = self.tokenizer.encode(text, add_special_tokens=False)

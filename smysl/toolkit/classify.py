@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import json
+import math
 import zipfile
 import zlib
 from collections.abc import Mapping, Sequence
@@ -255,8 +256,17 @@ class SupervisedClassifier:
 
 
 def norm_label(label: str) -> str:
-    """A label as gold labels are matched to candidates: case and spacing ignored."""
-    return " ".join(str(label).split()).casefold()
+    """A label as gold labels are matched to candidates: case and spacing ignored, and a
+    number's spelling (``1``, ``1.0``, ``"1.0"`` from a CSV: one number; pandas writes
+    whole-number float labels as ``1.0``)."""
+    text = " ".join(str(label).split()).casefold()
+    try:
+        number = float(text)
+    except ValueError:
+        return text
+    if not math.isfinite(number):  # "nan", "inf": words here
+        return text
+    return str(int(number)) if number.is_integer() else repr(number)
 
 
 @dataclass(frozen=True)
@@ -288,16 +298,17 @@ class GoldMatch:
 
 
 def check_spellings(labels: Sequence[str], what: str) -> None:
-    """ValueError for two ``labels`` that differ only in case or spacing: gold labels are
+    """ValueError for two ``labels`` that differ only in case or spacing (:func:`norm_label`):
+    gold labels are
     matched to them without either (:func:`match_gold`), so one class's gold would count
     against the other (the CLI's accuracy; a Python caller may keep such classes apart)."""
     spelt: dict[str, str] = {}
     for c in dict.fromkeys(str(v) for v in labels):
         other = spelt.setdefault(norm_label(c), c)
         if other != c:
-            raise ValueError(f"{what} {other!r} and {c!r} differ only in case or spacing, "
-                             "which gold labels are matched without: spell them alike (one "
-                             "class) or apart")
+            raise ValueError(f"{what} {other!r} and {c!r} differ only in case or spacing (or "
+                             "a number's spelling), which gold labels are matched without: "
+                             "spell them alike (one class) or apart")
 
 
 def match_gold(gold: Sequence[str], candidates: Sequence[str]) -> GoldMatch:

@@ -251,10 +251,17 @@ class Index:
         (:func:`~smysl.toolkit.ingest.text_ids`): pass ids to replace documents in place."""
         if isinstance(texts, str):
             raise TypeError("texts must be a list of strings, not one string")
+        for n, text in enumerate(texts):  # None was an AttributeError deep in chunking
+            if not isinstance(text, str):
+                raise TypeError(f"texts[{n}] is {type(text).__name__}, not a string")
         ids = list(ids) if ids is not None else text_ids(texts)
         metas = list(metadata) if metadata is not None else [{} for _ in texts]
         if not len(ids) == len(metas) == len(texts):
             raise ValueError("texts, ids and metadata must have the same length")
+        if blank := [n for n, i in enumerate(ids) if not isinstance(i, str) or not i.strip()]:
+            # "" made the chunk id "#0", shared by every document given it
+            raise ValueError(f"ids[{blank[0]}] is {ids[blank[0]]!r}: a document id is a "
+                             "non-empty string")
         return self.add((Document(i, t, dict(m)) for i, t, m in zip(ids, texts, metas,
                                                                     strict=True)), config)
 

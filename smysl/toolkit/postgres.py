@@ -602,6 +602,8 @@ class PostgresStore(VectorStore):
         #: The word statistics as read after the table's last ANALYZE, under its key
         #: (reltuples, relpages, how many ANALYZEs); the row count is read on every search.
         self._text_cache: tuple[tuple[float, int, int], _TextStats] | None = None
+        #: Rows this process deleted since it last analysed the table (:meth:`delete`).
+        self._deleted = 0
         with self._conn.transaction():
             # one creator at a time per table (concurrent job workers)
             self._conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", [self.config.table])
@@ -1103,7 +1105,18 @@ class PostgresStore(VectorStore):
                                      else None)
         with self._conn.cursor() as cur:
             cur.execute(self._q("DELETE FROM {t} WHERE {w}", w=clause), params)
-            return int(cur.rowcount)
+            gone = int(cur.rowcount)
+        self._deleted += gone
+        if gone:
+            # word scores read the planner's statistics (_text_stats): a delete of 2 of 7
+            # rows left them at the 7 rows' until autovacuum came by. Once this process has
+            # deleted a tenth of the rows they counted (autovacuum's own share), analyse
+            row = self._conn.execute("SELECT reltuples FROM pg_class WHERE oid = to_regclass(%s)",
+                                     [self._qualified()]).fetchone()
+            if row and row[0] > 0 and 10 * self._deleted >= row[0]:
+                self._conn.execute(self._q("ANALYZE {t}"))
+                self._deleted = 0
+        return gone
 
     @_read
     def count(self, where: Where | None = None) -> int:

@@ -20,6 +20,7 @@ import abc
 import dataclasses
 import hashlib
 import math
+import re
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -293,6 +294,10 @@ class StoreConfig:
             # LanceDB took "" and reported a damaged store, with advice to rebuild it
             raise ValueError(f"the table (collection) name must not be empty, got "
                              f"{self.table!r}")
+        if self.backend == "lancedb" and not re.fullmatch(r"[A-Za-z0-9_.-]+", self.table):
+            # LanceDB's own refusal came as a damaged store, with advice to rebuild it
+            raise ValueError(f"a LanceDB table name holds only ASCII letters, digits, '_', '-' "
+                             f"and '.', not {self.table!r} (Qdrant and PostgreSQL take others)")
 
     def __repr__(self) -> str:
         # the place without secrets (a DSN's password, a URL's user part); no api_key

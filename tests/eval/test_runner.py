@@ -383,8 +383,9 @@ def test_an_interrupt_before_a_models_first_task_names_the_models_without_result
         tmp_path / "out" / "summary.md").read_text()
 
 
-def test_instructions_a_model_does_not_read_are_refused_or_not_recorded(minilm, tmp_path,  # type: ignore[no-untyped-def]
-                                                                        caplog) -> None:
+def test_instructions_a_model_does_not_read_are_refused_or_not_recorded(minilm, tiny,  # type: ignore[no-untyped-def]
+                                                                        tmp_path, caplog
+                                                                        ) -> None:
     """A review's: ``--instruction sts-en=foo`` ran without it on all-MiniLM-L6-v2 (no
     instructions) and with ``--no-instructions``, and was recorded in ``protocol`` all the
     same: a ``--compare`` said the runs differ, for the same vectors."""
@@ -397,6 +398,13 @@ def test_instructions_a_model_does_not_read_are_refused_or_not_recorded(minilm, 
     plain = evaluate_model(minilm, _cfg(tmp_path, tasks=("sts-en",), dimensions=()))
     assert given.protocol == plain.protocol and given.protocol["instructions"] == {}
     assert given.tasks[0].scores == plain.tasks[0].scores
+    # beside a model that read them, no "Runs differ in instructions" (a diff review's)
+    from smysl.eval.report import comparability
+
+    read = evaluate_model(tiny, cfg)
+    assert read.protocol["instructions"] == {"sts-en": "foo"}
+    lines = comparability([read.to_json(), given.to_json()])
+    assert not [x for x in lines if "instructions" in x], lines
 
 
 def test_a_damaged_cache_file_is_said_and_embedded_again(tiny, tmp_path, caplog) -> None:  # type: ignore[no-untyped-def]

@@ -147,6 +147,12 @@ def test_a_repeated_document_id_is_refused_not_overwritten(tiny, tmp_path) -> No
             ix.add_texts(["one", "two", "three"], ids=["a", "b", "a"],
                          config=IngestConfig(batch_size=1))
         assert [r.payload["text"] for r in ix.store.get(["a#0", "b#0"])] == ["one", "two"]
+        # a review's: None was an AttributeError in chunking; "" made the chunk id "#0"
+        with pytest.raises(TypeError, match=r"texts\[1\] is NoneType, not a string"):
+            ix.add_texts(["one", None])  # type: ignore[list-item]
+        with pytest.raises(ValueError, match=r"ids\[1\] is '': a document id is a non-empty"):
+            ix.add_texts(["one", "two"], ids=["c", ""])
+        assert ix.count() == 2
     (tmp_path / "notes").mkdir()
     (tmp_path / "notes" / "a.md").write_text("text", encoding="utf-8")
     notes = tmp_path / "notes"

@@ -988,12 +988,19 @@ def test_classify_cluster_dedup_as_a_third_review_used_them(tiny_dir, data, caps
     assert json.loads(got.out)["k"] == 1 and "1 cluster\n" in got.err, got.err
     assert not (data / "-").exists()
 
-    # one number, one class
+    # one number, one label: 1 and 1.0 in one training file are refused as two spellings;
+    # a CSV's gold "1.0" matches the class 1.0 of JSON (pandas writes whole floats so)
     numbers = _jsonl(data / "numbers.jsonl", [{"text": "good", "label": 1},
                                               {"text": "bad", "label": 0},
                                               {"text": "great", "label": 1.0}])
-    assert main(["classify", *model, "-i", numbers, "--train", numbers, "-o", str(out)]) == 0
-    assert {json.loads(x)["predicted"] for x in out.read_text().splitlines()} <= {"0", "1"}
+    assert main(["classify", *model, "-i", numbers, "--train", numbers, "-o", str(out)]) == 2
+    assert "training labels '1' and '1.0' differ only in case or spacing (or a number's " \
+        "spelling)" in capsys.readouterr().err
+    floats = _jsonl(data / "floats.jsonl", [{"text": "good", "label": 1.0},
+                                            {"text": "bad", "label": 0.0}])
+    (data / "gold.csv").write_text("text,label\ngreat,1\nawful,0.0\n", encoding="utf-8")
+    assert main(["classify", *model, "-i", str(data / "gold.csv"), "--train", floats,
+                 "-o", str(out)]) == 0
     assert "accuracy" in capsys.readouterr().err
 
     # blank rows: named, left null (and out of --unique's rows); the others keep their rows
@@ -1017,3 +1024,21 @@ def test_classify_cluster_dedup_as_a_third_review_used_them(tiny_dir, data, caps
     assert "--unique leaves them out" in capsys.readouterr().err
     assert [json.loads(x)["text"] for x in out.read_text().splitlines()] == ["alpha beta",
                                                                              "gamma"]
+
+
+def test_a_table_name_lancedb_refuses_and_an_index_in_memory_are_said(tiny_dir, data, capsys  # type: ignore[no-untyped-def]
+                                                                     ) -> None:
+    """A review's: ``--table "Мои документы"`` on a new LanceDB folder was "damaged or
+    unreadable ... rebuild it" (LanceDB takes ASCII names only); ``index add qdrant::memory:``
+    said "index holds 2 chunks", exit 0, and kept nothing."""
+    model = ["--model", str(tiny_dir), "--device", "cpu", "--no-progress"]
+    rows = str(data / "rows.jsonl")
+    assert main(["index", "add", str(data / "kb"), rows, *model, "--id-field", "id",
+                 "--table", "Мои документы"]) == 2
+    err = capsys.readouterr().err
+    assert "a LanceDB table name holds only ASCII letters, digits" in err, err
+    assert "damaged" not in err and not (data / "kb").exists()
+    for where in ("qdrant::memory:", "memory:"):
+        assert main(["index", "add", where, rows, *model, "--id-field", "id"]) == 0
+        assert "keeps the index in this process's memory: it is gone when the command ends" \
+            in capsys.readouterr().err
