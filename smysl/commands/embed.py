@@ -38,7 +38,7 @@ EXAMPLES = (
      "your own instruction"),
     ("smysl embed --model qwen3-embedding:0.6b --dimensions 256 -i corpus/ -o vectors/",
      "JSONL/CSV/Parquet rows into a Parquet dataset; rerun resumes"),
-    ("smysl embed --model qwen3-embedding:0.6b -i corpus/ -o kb/ --chunk-tokens 512",
+    ("smysl embed --model qwen3-embedding:0.6b -i corpus/ -o lancedb:kb --chunk-tokens 512",
      "into a LanceDB index, chunked"),
     ("smysl embed --model Qwen/Qwen3-Embedding-8B -i corpus/ -o vectors/ --ray auto --actors 8",
      "on a Ray cluster"),

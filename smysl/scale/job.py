@@ -15,6 +15,7 @@ id of its input, to refuse an id that another shard has).
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import itertools
 import json
@@ -34,14 +35,17 @@ import numpy as np
 from smysl.base import BaseEmbedder, check_flag, fingerprint_of, positive_int
 from smysl.files import machine_id, process_alive
 from smysl.providers.errors import RejectedInputError
+from smysl.providers.usage import count_of
 from smysl.scale.ray_data import PartFailedError
 from smysl.scale.sources import (
     JOB_MANIFEST,
     SUFFIXES,
     Row,
     Source,
+    check_unchanged,
     content_id,
     count_records,
+    file_stamp,
     find_sources,
     read_rows,
 )
@@ -179,7 +183,8 @@ class JobReport:
         rate = (f", {self.tokens / self.seconds:,.0f} tokens/s" if self.tokens and self.seconds
                 else "")
         tokens = f"{self.tokens:,} tokens" if self.tokens is not None else "tokens not counted"
-        line = (f"embedded {self.texts:,} texts ({tokens}) in {self.seconds:.1f} s{rate}; "
+        line = (f"embedded {count_of(self.texts, 'text')} ({tokens}) in {self.seconds:.1f} s"
+                f"{rate}; "
                 f"shards: {self.shards_written} written, {self.shards_skipped} already done; "
                 f"-> {shown_output(self.output)}")
         if self.unchanged:
@@ -190,9 +195,9 @@ class JobReport:
                 or self.unchanged or self.cached):
             line += "; the input held no rows"  # an empty file looked like a job done
         if self.bad_rows:
-            line += f"; {self.bad_rows} bad rows skipped"
+            line += f"; {count_of(self.bad_rows, 'bad row')} skipped"
         if self.empty_rows:
-            line += f"; {self.empty_rows} empty rows gave no chunks"
+            line += f"; {count_of(self.empty_rows, 'empty row')} gave no chunks"
         if self.unread_files:
             line += f"; {unread_message(self.unread_files)}"
         if self.copies:
@@ -327,6 +332,8 @@ def run_job(model: BaseEmbedder, inputs: Sequence[str | Path], config: JobConfig
         writer: _Writer = (_StoreWriter(model, config, fp) if config.to_store
                            else _ParquetWriter(model, config, fp, chunker))
         with writer:
+            # before any file is hashed: one that changes after it is caught as a shard ends
+            stamps = {s: file_stamp(s) for s in sources}
             contents = writer.check(sources)  # a refused folder costs no embedding
             if progress:
                 from tqdm.auto import tqdm
@@ -354,7 +361,8 @@ def run_job(model: BaseEmbedder, inputs: Sequence[str | Path], config: JobConfig
                             bar.update(skipped)
                         continue
                     writer.write(name, source, _checked(group, source, bad, bar, ids), report,
-                                 bad)
+                                 bad, unchanged=functools.partial(check_unchanged, source,
+                                                                  stamps[source]))
                     report.shards_written += 1
     except KeyboardInterrupt as e:
         report.seconds = time.perf_counter() - t0
@@ -433,20 +441,20 @@ class _JobIds:
 def _checked(rows: Iterable[Row], source: Source, bad: _BadRows, bar: Any,
              ids: _JobIds | None) -> Iterator[Row]:
     """The good rows; a broken one goes to ``bad`` (which raises, or leaves it out)."""
-    seen: set[str] = set()  # one shard's ids: a duplicate would be written twice
+    seen: dict[str, int] = {}  # one shard's ids and rows: a duplicate would be written twice
     for row in rows:
         if bar is not None:
             bar.update(1)
         problem = row.problem
         if problem is None and row.id in seen:
-            problem = f"duplicate id {row.id!r} (first seen earlier in this shard)"
+            problem = f"duplicate id {row.id!r} (first at {source.path}, row {seen[row.id]})"
         if problem is None and ids is not None and (first := ids.first(source, row)):
             problem = (f"duplicate id {row.id!r} (first at {first}): in an index it would "
                        "replace that row")
         if problem is not None:
             bad(source, row, problem)
             continue
-        seen.add(row.id)
+        seen[row.id] = row.number
         yield row
 
 
@@ -466,7 +474,10 @@ class _Writer:
         raise NotImplementedError
 
     def write(self, name: str, source: Source, rows: Iterable[Row], report: JobReport,
-              bad: _BadRows) -> None:
+              bad: _BadRows, *, unchanged: Callable[[], None] = lambda: None) -> None:
+        """Embed ``rows`` into shard ``name`` and commit it; ``unchanged`` raises, just before
+        the commit, if the file changed while its rows were read (:func:`~smysl.scale.sources.
+        check_unchanged`): that shard is then left out."""
         raise NotImplementedError
 
     def __enter__(self) -> _Writer:
@@ -783,7 +794,10 @@ class _ParquetWriter(_Writer):
                                                truncate=self.config.truncate)
             except InputTooLongError as e:
                 row, what = self._text_of(batch, e.index)
-                bad(source, row, e.describe(what, audience="cli"))
+                # truncation is a setting of the job's output: the rerun it advised was then
+                # refused as "another job" in the folder the shards so far were written to
+                bad(source, row, e.describe(what, audience="cli")
+                    + " (with --truncate it is another job: write it to a new folder)")
                 batch = batch.without(batch.owners[e.index])
             except RejectedInputError as e:
                 if e.refused is None:
@@ -822,7 +836,7 @@ class _ParquetWriter(_Writer):
                 "job's requests, not a row") from e
 
     def write(self, name: str, source: Source, rows: Iterable[Row], report: JobReport,
-              bad: _BadRows) -> None:
+              bad: _BadRows, *, unchanged: Callable[[], None] = lambda: None) -> None:
         pa = self.pa
         final = self._path(name)
         tmp = final.with_name(f".{final.name}.{self.machine}.{self.pid}.{self.token}.tmp")
@@ -850,6 +864,7 @@ class _ParquetWriter(_Writer):
                     report.tokens = (report.tokens + sum(tokens)
                                      if tokens is not None and report.tokens is not None
                                      else None)
+            unchanged()
             self._no_other_version(name, source)
             os.replace(tmp, final)  # the shard appears whole or not at all
         except BaseException:
@@ -923,7 +938,7 @@ class _StoreWriter(_Writer):
         return shard is not None and (shard.content, shard.part) in self.parts
 
     def write(self, name: str, source: Source, rows: Iterable[Row], report: JobReport,
-              bad: _BadRows) -> None:
+              bad: _BadRows, *, unchanged: Callable[[], None] = lambda: None) -> None:
         from smysl.toolkit.ingest import Document, IngestConfig
 
         row_ids: list[str] = []
@@ -965,6 +980,7 @@ class _StoreWriter(_Writer):
                 return s.key == this.key and s.content != this.content
             return s.content == this.content
 
+        unchanged()
         # only this shard's key and the outdated ones change: another driver's commits stay
         self.index.store.update_meta({**{k: None for k in self.index.store.read_meta()
                                          if dropped(k)},

@@ -18,6 +18,7 @@ concurrency and retry limits, and returns the usage of each call with its vector
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 import socket
@@ -324,10 +325,21 @@ class RayEmbedder(BaseEmbedder):
             max_restarts=-1, max_task_retries=TASK_RETRIES)
         # a relative folder names the driver's: the actors' working directory is another
         model = portable_model(model)
-        self.actors = [remote.remote(model, options, load_kwargs or None)
-                       for _ in range(config.actors)]
+        self.actors = []
+        try:
+            self.actors = [remote.remote(model, options, load_kwargs or None)
+                           for _ in range(config.actors)]
+            about = ray.get(self.actors[0].describe.remote())
+        except BaseException:
+            # Ctrl-C while the actors load: they, and a cluster started for this run, went
+            # on (two Ray agents were left running, and the process at times ended in a
+            # segmentation fault)
+            with contextlib.suppress(Exception):
+                self.close()
+                if started:
+                    _shutdown(ray)
+            raise
         self._pool = config.actors
-        about = ray.get(self.actors[0].describe.remote())
         if "failure" in about:
             self.close()
             failure = about["failure"]  # named by the model's string unless it names itself

@@ -132,6 +132,24 @@ def other_data(path: str | Path) -> str | None:
             f"(or a folder of them), lines of text a plain text file; {hint}")
 
 
+def file_stamp(source: Source) -> tuple[int, int]:
+    """The file's size and time of last change (ns), taken before it is hashed
+    (:func:`content_id`) and compared as each of its shards ends (:func:`check_unchanged`)."""
+    st = os.stat(source.path)
+    return st.st_size, st.st_mtime_ns
+
+
+def check_unchanged(source: Source, stamp: tuple[int, int]) -> None:
+    """ValueError if ``source`` changed since ``stamp`` was taken: rows appended while a job
+    read the file went into shards named by the bytes hashed before (a rerun of the same
+    file was then refused as "changed", and a copy of the original counted as done)."""
+    if file_stamp(source) != stamp:
+        raise ValueError(f"{source.path} changed while this job read it (its size or time of "
+                         "change is not what it was when it was hashed): the shard being "
+                         "written is left out. Run the job again once the file no longer "
+                         "changes")
+
+
 def content_id(source: Source) -> str:
     """12 hex digits of the SHA-256 of the file's bytes: what its shards hold depends on them
     alone (an edited or appended file gets new shards; a moved or copied one keeps its own)."""

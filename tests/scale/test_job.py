@@ -205,7 +205,7 @@ def test_too_long_row_is_named_by_file_and_row(tiny32, tmp_path) -> None:
     report = run_job(tiny32, [d], JobConfig(output=str(out), batch_size=4, skip_bad_rows=True),
                      on_bad_row=seen.append)
     assert report.bad_rows == 1 and len(seen) == 1 and "rows.jsonl, row 8:" in seen[0]
-    assert "1 bad rows skipped" in report.summary()
+    assert "1 bad row skipped" in report.summary()
     got = _read(out)
     assert sorted(got, key=int) == [str(i) for i in range(10) if i != 7]
     np.testing.assert_allclose(got["8"], tiny32.embed([rows[8]["text"]])[0], atol=1e-5)

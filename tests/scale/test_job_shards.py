@@ -479,3 +479,37 @@ def test_two_jobs_starting_at_once_do_not_both_claim_a_new_folder(tiny, tmp_path
         run_job(tiny, [tmp_path / "in"], JobConfig(output=str(out)))
     assert not (out / "_smysl_job.json").exists() and starting.exists()
     assert [p.name for p in out.iterdir()] == [starting.name]  # its own run file is gone
+
+
+def test_a_file_changed_while_the_job_reads_it_commits_no_shard_of_it(tiny, tmp_path) -> None:
+    """A review's: rows appended while a job read the file went into shards named by the
+    bytes hashed before: a rerun of the same file was refused as "changed", and a copy of
+    the original file counted as done (its shards held rows it does not have). The shard
+    being written when the change is seen is left out, and the job says why."""
+    src, rows = _versions(tmp_path)
+    out = tmp_path / "out"
+
+    class Appending(Counting):
+        def _embed(self, texts, *, truncate, progress=None):  # type: ignore[no-untyped-def]
+            if self.embedded == 2:  # the second shard's first call: the file grows
+                with src.open("a", encoding="utf-8") as f:
+                    f.write(json.dumps({"id": "late", "text": "appended meanwhile"}) + "\n")
+            return super()._embed(texts, truncate=truncate, progress=progress)
+
+    with pytest.raises(ValueError, match=r"data\.jsonl changed while this job read it .* "
+                                         r"the shard being written is left out"):
+        run_job(Appending(tiny), [src.parent], JobConfig(output=str(out), shard_rows=2))
+    assert _ids(out) == ["r0", "r1"]  # the first shard, read before the change
+    # the file as it was: its copy embeds every row, and no row of the appended version
+    copy = tmp_path / "copy" / "data.jsonl"
+    _write(copy, rows)
+    report = run_job(tiny, [copy.parent], JobConfig(output=str(tmp_path / "c"), shard_rows=2))
+    assert report.texts == 5 and _ids(tmp_path / "c") == [r for r, _ in rows]
+
+
+def test_a_repeated_id_within_a_shard_names_its_first_row(tiny, tmp_path) -> None:
+    src = tmp_path / "in" / "d.jsonl"
+    _write(src, [("a", "x"), ("b", "y"), ("a", "z")])
+    with pytest.raises(BadRowError, match=r"row 3: duplicate id 'a' \(first at .*d\.jsonl, "
+                                          r"row 1\)"):
+        run_job(tiny, [src.parent], JobConfig(output=str(tmp_path / "out"), shard_rows=10))

@@ -484,6 +484,26 @@ def test_an_empty_call_checks_the_size_as_any_call(cluster, tiny_dir) -> None:
                 SmyslEmbeddings(model, dimensions=bad)
 
 
+def test_ctrl_c_while_the_actors_load_kills_them(cluster, tiny_dir, monkeypatch) -> None:
+    """A review's: Ctrl-C while the pool's actors loaded left them (and two Ray agents of a
+    cluster started for the run) running, at times with a segmentation fault. The actors
+    made are killed, and the interrupt still stops the caller."""
+    from smysl.scale.ray_data import RayConfig, RayEmbedder
+
+    killed: list[object] = []
+    real_kill = ray.kill
+
+    def interrupted(*args, **kwargs):  # type: ignore[no-untyped-def]
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(ray, "get", interrupted)
+    monkeypatch.setattr(ray, "kill", lambda actor, **k: (killed.append(actor),
+                                                         real_kill(actor, **k)))
+    with pytest.raises(KeyboardInterrupt):
+        RayEmbedder(str(tiny_dir), OPTIONS, RayConfig(actors=2))
+    assert len(killed) == 2
+
+
 @slow
 def test_a_pool_s_embed_checks_its_arguments_before_the_actors(cluster, tiny_dir,
                                                                 reference) -> None:
