@@ -25,6 +25,7 @@ from typing import Any
 
 from smysl.eval.config import PROTOCOL, EvalConfig
 from smysl.eval.results import ModelResult, model_slug
+from smysl.eval.tasks import TASKS
 from smysl.files import replace_file
 from smysl.registry import ALIASES
 from smysl.shown import nan_as_null
@@ -210,6 +211,23 @@ SAMPLED = frozenset({"train_used"})
 RERANK_KEYS = ("rerank_top", "rerank_queries")
 
 
+def _instructions_differ(runs: Sequence[Run], protocols: Sequence[dict[str, Any]]) -> bool:
+    """Whether the instruction overrides differ where they decide scores: an embedding task's
+    between models that read instructions (one that takes none read none: a run of it said
+    the runs beside it differ), a reranking task's (its reranker's) between all runs."""
+    embedding, reranking = set(), set()
+    for run, p in zip(runs, protocols, strict=True):
+        if "instructions" not in p:
+            continue
+        given = dict(p["instructions"] or {})
+        if run.get("instruction_aware", True):
+            embedding.add(json.dumps({k: v for k, v in given.items() if k in TASKS},
+                                     sort_keys=True))
+        reranking.add(json.dumps({k: v for k, v in given.items() if k not in TASKS},
+                                 sort_keys=True))
+    return len(embedding) > 1 or len(reranking) > 1
+
+
 def comparability(runs: Sequence[Run]) -> list[str]:
     """Why the scores of ``runs`` do not compare: a subset run (``limit``), runs that differ
     in a setting that decides the scores (their ``protocol``) and runs stopped before their
@@ -251,11 +269,13 @@ def comparability(runs: Sequence[Run]) -> list[str]:
     for key in PROTOCOL:
         # a reranking setting decides only the reranked scores: recorded by every run, it
         # said two runs differ where neither reranked (rerank_top 50 against 5)
-        # the instructions decide only the scores of models that read them: a run of one
-        # that takes none records none, and said the runs beside it differ
         known = [(label, p[key]) for label, p, run in zip(labels, protocols, runs, strict=True)
-                 if key in p and (key not in RERANK_KEYS or run.get("reranking"))
-                 and (key != "instructions" or run.get("instruction_aware", True))]
+                 if key in p and (key not in RERANK_KEYS or run.get("reranking"))]
+        if key == "instructions":
+            if _instructions_differ(runs, protocols):
+                lines.append("Runs differ in instructions: "
+                             + ", ".join(f"{label} {v}" for label, v in known) + ".")
+            continue
         # sort_keys: the instruction overrides, a mapping in any order
         if key != "limit" and len({json.dumps(v, sort_keys=True) for _, v in known}) > 1:
             lines.append(f"Runs differ in {key}: "

@@ -42,10 +42,10 @@ from smysl.scale.sources import (
     SUFFIXES,
     Row,
     Source,
+    Stamp,
     check_unchanged,
     content_id,
     count_records,
-    file_stamp,
     find_sources,
     read_rows,
 )
@@ -332,8 +332,6 @@ def run_job(model: BaseEmbedder, inputs: Sequence[str | Path], config: JobConfig
         writer: _Writer = (_StoreWriter(model, config, fp) if config.to_store
                            else _ParquetWriter(model, config, fp, chunker))
         with writer:
-            # before any file is hashed: one that changes after it is caught as a shard ends
-            stamps = {s: file_stamp(s) for s in sources}
             contents = writer.check(sources)  # a refused folder costs no embedding
             if progress:
                 from tqdm.auto import tqdm
@@ -342,7 +340,9 @@ def run_job(model: BaseEmbedder, inputs: Sequence[str | Path], config: JobConfig
                            desc="embedding", smoothing=0.1)
             first: dict[str, Source] = {}  # content id -> the first input with those bytes
             for source in sources:
-                content = contents.get(source) or content_id(source)
+                # the file's stamp as it was hashed: a change after it stops the job as a
+                # shard is about to be committed
+                content, stamp = contents.get(source) or content_id(source)
                 if (same := first.setdefault(content, source)) is not source:
                     # its shards are named by content: the first one's, done already
                     report.copies.append(f"{source.name} = {same.name}")
@@ -362,7 +362,7 @@ def run_job(model: BaseEmbedder, inputs: Sequence[str | Path], config: JobConfig
                         continue
                     writer.write(name, source, _checked(group, source, bad, bar, ids), report,
                                  bad, unchanged=functools.partial(check_unchanged, source,
-                                                                  stamps[source]))
+                                                                  stamp))
                     report.shards_written += 1
     except KeyboardInterrupt as e:
         report.seconds = time.perf_counter() - t0
@@ -465,7 +465,7 @@ def _batches(rows: Iterable[Row], size: int) -> Iterator[list[Row]]:
 
 
 class _Writer:
-    def check(self, sources: Sequence[Source]) -> dict[Source, str]:
+    def check(self, sources: Sequence[Source]) -> dict[Source, tuple[str, Stamp]]:
         """Refuse what the output holds that this run would contradict; the
         :func:`~smysl.scale.sources.content_id` of each source it has hashed for that."""
         return {}
@@ -654,7 +654,7 @@ class _ParquetWriter(_Writer):
         tmp.write_text(json.dumps(self.identity, indent=2) + "\n", encoding="utf-8")
         os.replace(tmp, self.manifest)
 
-    def check(self, sources: Sequence[Source]) -> dict[Source, str]:
+    def check(self, sources: Sequence[Source]) -> dict[Source, tuple[str, Stamp]]:
         """Refuse shards of an earlier smysl (named without content ids: which are current
         cannot be told) and shards of another version of an input file (its rows would be in
         the folder twice); hashes the sources the folder has shards of."""
@@ -670,7 +670,7 @@ class _ParquetWriter(_Writer):
                                  f"otherwise (e.g. {p.name}): a rerun cannot tell which "
                                  "inputs they hold. Write to a new folder, or delete its "
                                  "*.parquet files to embed everything again")
-        contents: dict[Source, str] = {}
+        contents: dict[Source, tuple[str, Stamp]] = {}
         keys = {source_key(s) for s in sources}
         for s in sources:
             versions = known.get(source_key(s))
@@ -679,7 +679,8 @@ class _ParquetWriter(_Writer):
                                                if k not in keys})
             if not versions:
                 continue
-            content = contents[s] = content_id(s)
+            contents[s] = content_id(s)
+            content = contents[s][0]
             old = {c: files for c, files in versions.items() if c != content}
             if old:
                 # STEM-KEY-CONTENT-p*: exactly the shards of that version

@@ -336,7 +336,8 @@ class RayEmbedder(BaseEmbedder):
             # segmentation fault)
             with contextlib.suppress(Exception):
                 self.close()
-                if started:
+            if started:  # even where killing an actor failed
+                with contextlib.suppress(Exception):
                     _shutdown(ray)
             raise
         self._pool = config.actors

@@ -132,32 +132,43 @@ def other_data(path: str | Path) -> str | None:
             f"(or a folder of them), lines of text a plain text file; {hint}")
 
 
-def file_stamp(source: Source) -> tuple[int, int]:
-    """The file's size and time of last change (ns), taken before it is hashed
-    (:func:`content_id`) and compared as each of its shards ends (:func:`check_unchanged`)."""
+#: A file's size, time of last change (ns) and inode: what it was when it was hashed.
+Stamp = tuple[int, int, int]
+
+
+def file_stamp(source: Source) -> Stamp:
+    """The file's size, time of last change (ns) and inode (a same-size file renamed over it),
+    taken before it is hashed (:func:`content_id`) and compared as each of its shards is
+    committed (:func:`check_unchanged`)."""
     st = os.stat(source.path)
-    return st.st_size, st.st_mtime_ns
+    return st.st_size, st.st_mtime_ns, st.st_ino
 
 
-def check_unchanged(source: Source, stamp: tuple[int, int]) -> None:
+def check_unchanged(source: Source, stamp: Stamp) -> None:
     """ValueError if ``source`` changed since ``stamp`` was taken: rows appended while a job
     read the file went into shards named by the bytes hashed before (a rerun of the same
     file was then refused as "changed", and a copy of the original counted as done)."""
-    if file_stamp(source) != stamp:
-        raise ValueError(f"{source.path} changed while this job read it (its size or time of "
-                         "change is not what it was when it was hashed): the shard being "
-                         "written is left out. Run the job again once the file no longer "
-                         "changes")
+    try:
+        now: Stamp | None = file_stamp(source)
+    except FileNotFoundError:
+        now = None
+    if now != stamp:
+        raise ValueError(f"{source.path} changed while this job read it (its size, time of "
+                         "change or inode is not what it was when it was hashed, or it is "
+                         "gone): the shard being written is not committed. Run the job again "
+                         "once the file no longer changes")
 
 
-def content_id(source: Source) -> str:
+def content_id(source: Source) -> tuple[str, Stamp]:
     """12 hex digits of the SHA-256 of the file's bytes: what its shards hold depends on them
-    alone (an edited or appended file gets new shards; a moved or copied one keeps its own)."""
+    alone (an edited or appended file gets new shards; a moved or copied one keeps its own);
+    and the file's :func:`file_stamp`, taken before the bytes are read."""
+    stamp = file_stamp(source)
     h = hashlib.sha256()
     with open(source.path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
-    return h.hexdigest()[:12]
+    return h.hexdigest()[:12], stamp
 
 
 def count_records(source: Source) -> int:

@@ -5,7 +5,7 @@
 from __future__ import annotations
 
 import json
-import math
+import re
 import zipfile
 import zlib
 from collections.abc import Mapping, Sequence
@@ -256,17 +256,16 @@ class SupervisedClassifier:
 
 
 def norm_label(label: str) -> str:
-    """A label as gold labels are matched to candidates: case and spacing ignored, and a
-    number's spelling (``1``, ``1.0``, ``"1.0"`` from a CSV: one number; pandas writes
-    whole-number float labels as ``1.0``)."""
+    """A label as gold labels are matched to candidates: case and spacing ignored, and a whole
+    number's ``.0`` (``1.0``, a CSV's gold, or pandas' JSON of whole-number floats, is the
+    class ``1``; nothing else of a number's spelling: ``01`` and ``1.10`` are codes)."""
     text = " ".join(str(label).split()).casefold()
-    try:
-        number = float(text)
-    except ValueError:
-        return text
-    if not math.isfinite(number):  # "nan", "inf": words here
-        return text
-    return str(int(number)) if number.is_integer() else repr(number)
+    whole = _WHOLE_FLOAT.fullmatch(text)
+    return whole[1] if whole else text
+
+
+#: ``1.0``, ``-3.00``: a whole number written as a float (ASCII digits only).
+_WHOLE_FLOAT = re.compile(r"(-?[0-9]+)\.0+")
 
 
 @dataclass(frozen=True)

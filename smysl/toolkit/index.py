@@ -258,10 +258,10 @@ class Index:
         metas = list(metadata) if metadata is not None else [{} for _ in texts]
         if not len(ids) == len(metas) == len(texts):
             raise ValueError("texts, ids and metadata must have the same length")
-        if blank := [n for n, i in enumerate(ids) if not isinstance(i, str) or not i.strip()]:
+        if blank := [n for n, i in enumerate(ids) if isinstance(i, str) and not i.strip()]:
             # "" made the chunk id "#0", shared by every document given it
-            raise ValueError(f"ids[{blank[0]}] is {ids[blank[0]]!r}: a document id is a "
-                             "non-empty string")
+            raise ValueError(f"ids[{blank[0]}] is {ids[blank[0]]!r}: a document id is not "
+                             "blank")
         return self.add((Document(i, t, dict(m)) for i, t, m in zip(ids, texts, metas,
                                                                     strict=True)), config)
 
@@ -310,8 +310,14 @@ class Index:
             if not doc_ids:
                 return 0
             flt["doc_id"] = list(doc_ids)
-        gone = self.store.delete(where=flt)  # a store's word statistics follow its deletes
-        record_count(self.store)
+        gone = self.store.delete(where=flt)
+        left = self.store.count()
+        if gone and 10 * gone >= left:
+            # a tenth of the records or more gone: the word statistics are brought up to date
+            # (Qdrant's mean length, PostgreSQL's ANALYZE, LanceDB's word index); a delete of
+            # a few, in a loop, is left to the next ingestion's
+            self.store.optimize()
+        record_count(self.store, left)
         return gone
 
     # ------------------------------------------------------------------ reading
@@ -483,11 +489,11 @@ def _lost_records(held: int, meta: Mapping[str, object], config: StoreConfig) ->
     return None
 
 
-def record_count(store: VectorStore) -> None:
-    """Save how many records the index holds (``RECORDS``), after writing through it; the
-    next opening reports fewer as records lost."""
+def record_count(store: VectorStore, count: int | None = None) -> None:
+    """Save how many records the index holds (``RECORDS``; ``count`` when known), after
+    writing through it; the next opening reports fewer as records lost."""
     if store.read_meta():
-        store.update_meta({RECORDS: store.count()})
+        store.update_meta({RECORDS: store.count() if count is None else count})
 
 
 def lexical_problem(meta: Mapping[str, object]) -> str | None:

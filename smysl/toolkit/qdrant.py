@@ -461,12 +461,12 @@ class QdrantStore(VectorStore):
                            wait=True)
         if lengths:
             # the tally (_WRITTEN) counted these texts in: deleting the 150 longest of 413
-            # left the mean length where it was, and word scores off by up to 3 of 15
+            # left the mean length where it was, and word scores off by up to 3 of 15; the
+            # next optimize() (Index.delete's, an ingestion's end) reweighs past the drift
             meta = self._raw_meta()
             tally = [_number(meta.get(k)) or 0.0 for k in _WRITTEN]
             self.update_meta({_WRITTEN[0]: max(0.0, tally[0] - sum(lengths)),
                               _WRITTEN[1]: max(0.0, tally[1] - len(lengths))})
-            self.optimize()  # reweighs when the mean moved past REWEIGH_DRIFT
         return int(n)
 
     def _term_lengths(self, flt: Any) -> list[int]:

@@ -294,10 +294,13 @@ class StoreConfig:
             # LanceDB took "" and reported a damaged store, with advice to rebuild it
             raise ValueError(f"the table (collection) name must not be empty, got "
                              f"{self.table!r}")
-        if self.backend == "lancedb" and not re.fullmatch(r"[A-Za-z0-9_.-]+", self.table):
-            # LanceDB's own refusal came as a damaged store, with advice to rebuild it
+        if self.backend == "lancedb" and (not re.fullmatch(r"[A-Za-z0-9_.-]{1,200}", self.table)
+                                          or not self.table.strip(".")):
+            # LanceDB's own refusal came as a damaged store, with advice to rebuild it (a
+            # folder <name>.lance: "." and ".." and long names fail in the file system)
             raise ValueError(f"a LanceDB table name holds only ASCII letters, digits, '_', '-' "
-                             f"and '.', not {self.table!r} (Qdrant and PostgreSQL take others)")
+                             f"and '.', at most 200 of them and not dots alone, not "
+                             f"{self.table!r} (Qdrant and PostgreSQL take others)")
 
     def __repr__(self) -> str:
         # the place without secrets (a DSN's password, a URL's user part); no api_key

@@ -405,6 +405,11 @@ def test_instructions_a_model_does_not_read_are_refused_or_not_recorded(minilm, 
     assert read.protocol["instructions"] == {"sts-en": "foo"}
     lines = comparability([read.to_json(), given.to_json()])
     assert not [x for x in lines if "instructions" in x], lines
+    # a reranking task's instruction still goes to the reranker: compared (a second review's)
+    a, b = given.to_json(), given.to_json()
+    a["protocol"]["instructions"], b["protocol"]["instructions"] = ({"xquad-ru-rerank": "A"},
+                                                                    {"xquad-ru-rerank": "B"})
+    assert [x for x in comparability([a, b]) if x.startswith("Runs differ in instructions")]
 
 
 def test_a_damaged_cache_file_is_said_and_embedded_again(tiny, tmp_path, caplog) -> None:  # type: ignore[no-untyped-def]

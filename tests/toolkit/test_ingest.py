@@ -150,7 +150,7 @@ def test_a_repeated_document_id_is_refused_not_overwritten(tiny, tmp_path) -> No
         # a review's: None was an AttributeError in chunking; "" made the chunk id "#0"
         with pytest.raises(TypeError, match=r"texts\[1\] is NoneType, not a string"):
             ix.add_texts(["one", None])  # type: ignore[list-item]
-        with pytest.raises(ValueError, match=r"ids\[1\] is '': a document id is a non-empty"):
+        with pytest.raises(ValueError, match=r"ids\[1\] is '': a document id is not blank"):
             ix.add_texts(["one", "two"], ids=["c", ""])
         assert ix.count() == 2
     (tmp_path / "notes").mkdir()
@@ -454,3 +454,17 @@ def test_metadata_whose_type_changed_is_rewritten(tiny, tmp_path) -> None:
         assert ix.count({"reviewed": True}) == 1 and ix.count({"reviewed": 1}) == 0
         with pytest.raises(ValueError, match=r"\['_smysl_id'\] are reserved"):
             ix.add_texts(["beta"], ids=["b"], metadata=[{"_smysl_id": "x"}])
+
+
+def test_a_delete_of_a_tenth_or_more_brings_word_statistics_up_to_date(tiny, tmp_path,
+                                                                       monkeypatch) -> None:
+    """A review's: after ``index delete`` the stores' word statistics (Qdrant's mean length,
+    PostgreSQL's ANALYZE) stayed those of the records deleted. ``Index.delete`` optimizes
+    the store once a tenth of its records or more went; a delete of a few is left to the next
+    ingestion's."""
+    with open_index(tiny, tmp_path / "kb") as ix:
+        ix.add_texts([f"note number {i}" for i in range(30)], ids=[f"d{i}" for i in range(30)])
+        calls: list[int] = []
+        monkeypatch.setattr(ix.store, "optimize", lambda: calls.append(ix.store.count()))
+        assert ix.delete(["d0"]) == 1 and calls == []
+        assert ix.delete([f"d{i}" for i in range(1, 5)]) == 4 and calls == [25]

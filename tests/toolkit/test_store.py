@@ -714,3 +714,11 @@ def test_same_payload_reads_values_as_filters_do() -> None:
     assert not same_payload({"a": 1}, {"a": 1, "b": None}) and not same_payload([1], 1)
     # PostgreSQL's jsonb gives a float such as 1e23 back as the int 10**23
     assert same_payload({"v": 1e23}, {"v": 10**23}) and same_payload(10**23, 1e23)
+
+
+@pytest.mark.parametrize("table", ["Мои документы", "a b", ".", "..", "x" * 201])
+def test_a_table_name_lancedb_refuses_is_refused_by_name(table) -> None:  # type: ignore[no-untyped-def]
+    """A review's: LanceDB's refusal came back as "damaged or unreadable ... rebuild it"."""
+    with pytest.raises(ValueError, match="a LanceDB table name holds only ASCII letters"):
+        StoreConfig(table=table)
+    StoreConfig(backend="postgres", uri="postgresql://h/db", table=table)  # others take them
