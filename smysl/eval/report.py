@@ -25,7 +25,7 @@ from typing import Any
 
 from smysl.eval.config import PROTOCOL, EvalConfig
 from smysl.eval.results import ModelResult, model_slug
-from smysl.eval.tasks import TASKS
+from smysl.eval.tasks import split_instructions
 from smysl.files import replace_file
 from smysl.registry import ALIASES
 from smysl.shown import nan_as_null
@@ -219,12 +219,10 @@ def _instructions_differ(runs: Sequence[Run], protocols: Sequence[dict[str, Any]
     for run, p in zip(runs, protocols, strict=True):
         if "instructions" not in p:
             continue
-        given = dict(p["instructions"] or {})
+        tasks, rerankers = split_instructions(p["instructions"] or {})
         if run.get("instruction_aware", True):
-            embedding.add(json.dumps({k: v for k, v in given.items() if k in TASKS},
-                                     sort_keys=True))
-        reranking.add(json.dumps({k: v for k, v in given.items() if k not in TASKS},
-                                 sort_keys=True))
+            embedding.add(json.dumps(tasks, sort_keys=True))
+        reranking.add(json.dumps(rerankers, sort_keys=True))
     return len(embedding) > 1 or len(reranking) > 1
 
 

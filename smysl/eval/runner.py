@@ -25,7 +25,7 @@ from smysl.eval.rerank import (
     select_all,
 )
 from smysl.eval.results import ModelResult, TaskResult
-from smysl.eval.tasks import TASKS, Task
+from smysl.eval.tasks import Task, split_instructions
 from smysl.pooling import check_dimensions, finish
 from smysl.rerank import BaseReranker
 from smysl.shown import shown_source
@@ -76,12 +76,11 @@ def evaluate_model(model: BaseEmbedder, cfg: EvalConfig, *, load_seconds: float 
     if not model.instruction_aware:
         # an embedding task's override does nothing here: recorded, it was a difference
         # (--compare: "Runs differ in instructions") between runs of the same vectors
-        unread = sorted(set(cfg.instructions) & set(TASKS))
+        unread, read = split_instructions(protocol["instructions"])
         if unread and cfg.use_instructions:
             log.warning("%s takes no instruction: the --instruction for %s does nothing for it",
-                        model.name, ", ".join(unread))
-        protocol["instructions"] = {k: v for k, v in protocol["instructions"].items()
-                                    if k not in TASKS}
+                        model.name, ", ".join(sorted(unread)))
+        protocol["instructions"] = read
     result = ModelResult(model.name, native, model.min_dimensions, model.instruction_aware, dims,
                          skipped, load_seconds, 0.0, 0, 0, 0.0,
                          info={**asdict(model.info()),

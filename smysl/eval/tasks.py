@@ -8,7 +8,7 @@ into roles (``texts1``, ``queries``, ``train``, ...) with the instruction each r
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -214,3 +214,10 @@ def select(names: tuple[str, ...] | list[str]) -> list[Task]:
             raise ValueError(f"unknown task {name!r}; known: {', '.join(TASKS)}")
         chosen.update((t.name, t) for t in hits)
     return list(chosen.values())
+
+
+def split_instructions(instructions: Mapping[str, str]) -> tuple[dict[str, str], dict[str, str]]:
+    """Instruction overrides split by who reads them: the embedding tasks' (a model that takes
+    instructions) and the others, reranking tasks' (their reranker, whatever the model)."""
+    embedding = {k: v for k, v in instructions.items() if k in TASKS}
+    return embedding, {k: v for k, v in instructions.items() if k not in embedding}
