@@ -174,16 +174,24 @@ class CutProof:
         self.reserved = {c for t in raw.get_added_tokens_decoder().values()
                          for c in t.content if not c.isalpha()}
 
-    def unchanged(self, text: str, end: int) -> bool:
-        """Whether the tokens of ``text`` (cut from a longer one) that end by character
-        ``end`` are those the whole text has there."""
-        return self.next_cut(text, end) is not None
+    def widened(self, text: str, cut: int, end: int | None) -> int | None:
+        """What to read of ``text`` after its first ``cut`` characters were tokenised: None
+        where they prove the kept tokens (those ending by character ``end`` are the whole
+        text's); else a cut just past the whole text's next word end (:meth:`next_cut`), or
+        the whole text where it has none. ``end`` None: the cut held fewer tokens than are
+        kept, and twice as much is read."""
+        if end is None:
+            return 2 * cut
+        found = self.next_cut(text, end)
+        if found is not None and found <= cut:
+            return None
+        return len(text) if found is None else found
 
     def next_cut(self, text: str, end: int) -> int | None:
         """The shortest cut of ``text`` (its first that many characters) whose tokens ending
         by character ``end`` are the whole text's (a word end between ``end - 1`` and the
         cut); None where ``text`` has no such word end. Where a cut failed
-        (:meth:`unchanged`), the whole text's next word end is found here at once: doubling
+        (:meth:`widened`), the whole text's next word end is found here at once: doubling
         the cut until one came tokenised a 5 MB line of digits 3.5 times over."""
         for m in _LETTER_THEN_OTHER.finditer(text, max(end - 1, 0)):
             j = m.start()
@@ -317,15 +325,12 @@ class Tokenizer:
                 piece, text = pieces[i], texts[i]
                 if len(piece) == len(text):
                     break
-                if len(ids) <= limit:  # too few tokens in the piece: read twice as much
-                    wider: int | None = 2 * len(piece)
-                elif fills(head, limit):  # refused with the whole text's count
-                    wider = None
-                else:
-                    # the last token kept (EOS excepted) must end by a proven word end: else
-                    # cut just past the whole text's next one (None: there is none)
-                    wider = self.cut_proof.next_cut(text, enc.offsets[limit - 2][1])
-                    if wider is not None and wider <= len(piece):
+                if len(ids) > limit and fills(head, limit):  # refused with the whole count
+                    wider: int | None = len(text)
+                else:  # the last token kept (EOS excepted) must end by a proven word end
+                    wider = self.cut_proof.widened(
+                        text, len(piece), enc.offsets[limit - 2][1] if len(ids) > limit else None)
+                    if wider is None:
                         break
                 pieces[i] = text[:wider]
                 enc = self._encodings([pieces[i]])[0]

@@ -244,15 +244,12 @@ class Reranker(OnEngine, BaseReranker):
                           else (len(ids) - keep, len(ids)))
                 if len(piece) == len(document):
                     break
-                if hi < len(ids):  # the cut holds more tokens than are kept
-                    # they must end by a proven word end: else cut just past the whole
-                    # document's next one (None: it has none)
-                    found = self._cut_proof.next_cut(document, offsets[hi - 1][1] - start)
-                    if found is not None and found <= len(piece):
-                        break
-                    wider = len(document) if found is None else found
-                else:  # it holds fewer tokens than are kept: read twice as much
-                    wider = 2 * len(piece)
+                # the kept tokens must end by a proven word end (where the cut holds more
+                # than are kept; else it is read twice as long)
+                wider = self._cut_proof.widened(
+                    document, len(piece), offsets[hi - 1][1] - start if hi < len(ids) else None)
+                if wider is None:
+                    break
                 # up to read_chars (a server charged a document that much, no more)
                 if read_chars is not None and len(piece) >= read_chars:
                     raise PairError(
