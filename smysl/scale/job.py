@@ -151,7 +151,10 @@ class JobReport:
 
     output: str
     fingerprint: str
+    #: What was embedded: rows, or their chunks when the job chunks (then counted as chunks).
     texts: int = 0
+    #: What :attr:`texts` counts, as the summary names it: "text" or "chunk".
+    unit: str = "text"
     tokens: int | None = 0
     shards_written: int = 0
     shards_skipped: int = 0
@@ -183,7 +186,7 @@ class JobReport:
         rate = (f", {self.tokens / self.seconds:,.0f} tokens/s" if self.tokens and self.seconds
                 else "")
         tokens = f"{self.tokens:,} tokens" if self.tokens is not None else "tokens not counted"
-        line = (f"embedded {count_of(self.texts, 'text')} ({tokens}) in {self.seconds:.1f} s"
+        line = (f"embedded {count_of(self.texts, self.unit)} ({tokens}) in {self.seconds:.1f} s"
                 f"{rate}; "
                 f"shards: {self.shards_written} written, {self.shards_skipped} already done; "
                 f"-> {shown_output(self.output)}")
@@ -321,7 +324,8 @@ def run_job(model: BaseEmbedder, inputs: Sequence[str | Path], config: JobConfig
     sources = find_sources(inputs, unread)
     chunker = _check_settings(model, config)
     fp = job_fingerprint(model, config)
-    report = JobReport(config.output, fp, unread_files=[str(p) for p in unread])
+    report = JobReport(config.output, fp, unit="chunk" if config.chunking else "text",
+                       unread_files=[str(p) for p in unread])
     if unread:
         warnings.warn(unread_message(report.unread_files), UserWarning, stacklevel=2)
     bad = _BadRows(config, report, on_bad_row)

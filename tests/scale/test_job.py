@@ -321,13 +321,17 @@ def test_empty_rows_of_a_chunking_job_are_counted(tiny, tmp_path) -> None:
     assert set(_read(tmp_path / "o1")) == {"a#0", "d#0"}
     assert report.empty_rows == 2 and report.texts == 2
     assert "2 empty rows gave no chunks" in report.summary()
+    # what it embedded were chunks, and the summary names them so (it said "2 texts")
+    assert report.summary().startswith("embedded 2 chunks (")
     whole = run_job(tiny, [d], JobConfig(output=str(tmp_path / "o2")))
     assert set(_read(tmp_path / "o2")) == {"a", "b", "c", "d"} and whole.empty_rows == 0
     assert "empty rows" not in whole.summary()
+    assert whole.summary().startswith("embedded 4 texts (")
     pytest.importorskip("lancedb")
     index = run_job(tiny, [d], JobConfig(output=f"lancedb:{tmp_path / 'kb'}",
                                          chunk=ChunkConfig(max_tokens=16, overlap=2)))
     assert index.empty_rows == 2 and index.texts == 2
+    assert index.summary().startswith("embedded 2 chunks (")
 
 
 @pytest.mark.parametrize("kind", ["lancedb", "postgres"])
