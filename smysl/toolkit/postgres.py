@@ -1224,6 +1224,7 @@ class PostgresStore(VectorStore):
                 "ON c.oid = i.indexrelid JOIN pg_am a ON a.oid = c.relam "
                 "WHERE i.indrelid = to_regclass(%s) AND a.amname = 'gin'", [self._qualified()])
         self._conn.execute(self._q("ANALYZE {t}"))
+        self._deleted = 0  # the statistics now count the rows left (delete's share restarts)
 
     def close(self) -> None:
         with self._closing:

@@ -640,6 +640,27 @@ def test_search_text_statistics_follow_deletes(postgres_dsn) -> None:
                 {h.id: h.score for h in want}, rel=1e-6)
 
 
+def test_optimize_restarts_the_share_deleted_before_analysing(postgres_dsn) -> None:
+    """The deletes counted towards the next ``ANALYZE`` restart at :meth:`optimize` (which
+    analyses): 20 of 300 rows deleted, optimized, then 15 more (5% of the 280 counted) ran
+    ``ANALYZE`` again, counting the 20 already analysed."""
+    ids, pays = _zipf_corpus(300, seed=4)
+    with open_store(_config(postgres_dsn), 8) as s:
+        s.upsert(ids, unit_rows(len(ids), 8, seed=5), pays)
+        s.optimize()
+
+        def reltuples() -> float:
+            row = s._conn.execute("SELECT reltuples FROM pg_class WHERE oid = to_regclass(%s)",
+                                  [s._qualified()]).fetchone()
+            return float(row[0])
+
+        assert s.delete(ids[:20]) == 20 and reltuples() == 300  # 20 of 300: not analysed
+        s.optimize()
+        assert reltuples() == 280
+        assert s.delete(ids[20:35]) == 15
+        assert reltuples() == 280  # not analysed again for 15 of 280
+
+
 def test_search_text_statistics_at_scale_and_both_row_reads(postgres_dsn, monkeypatch) -> None:
     """A large table's mean row length comes from a fixed sample (close to the exact one, the
     same on every call until ANALYZE runs again); rows' terms read in place and read once per
