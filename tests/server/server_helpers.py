@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import threading
+from collections.abc import Callable
+from typing import TypeVar
 
 import numpy as np
 import pytest
@@ -14,6 +16,8 @@ pytest.importorskip("prometheus_client")
 from live_http import free_port, live_server  # noqa: F401 - re-exported for the server tests
 
 from smysl.base import BaseEmbedder, Progress
+
+T = TypeVar("T")
 
 
 class HashEmbedder(BaseEmbedder):
@@ -45,3 +49,24 @@ class HashEmbedder(BaseEmbedder):
                 out[i, int.from_bytes(h, "little") % self.dimensions] += 1.0
             out[i, 0] += 0.5  # no all-zero rows
         return out
+
+
+def errors_left_in_cycles(call: Callable[[], T]) -> tuple[T, list[str]]:
+    """``call()``'s result, and the type names of smysl's exceptions it left in reference
+    cycles: held until a full collection, which a busy server rarely runs (with whatever
+    their frames hold)."""
+    import gc
+
+    gc.collect()
+    gc.disable()
+    try:
+        result = call()
+        gc.set_debug(gc.DEBUG_SAVEALL)
+        gc.collect()
+        left = [type(o).__name__ for o in gc.garbage
+                if isinstance(o, Exception) and type(o).__module__.startswith("smysl")]
+    finally:
+        gc.set_debug(0)
+        gc.garbage.clear()
+        gc.enable()
+    return result, left

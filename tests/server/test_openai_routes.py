@@ -10,6 +10,7 @@ import time
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
+from server_helpers import errors_left_in_cycles
 
 from smysl.prompts import TASK_PRESETS
 from smysl.server import ServerConfig, create_app
@@ -147,6 +148,21 @@ def test_bad_input_gets_openai_errors(client) -> None:  # type: ignore[no-untype
     error(post("/v1/embeddings", content=body, headers={"content-type": "application/json"}),
           413, "larger than")
     error(client.get("/v1/embeddings"), 405, "GET")
+
+
+def test_refused_requests_leave_no_error_in_a_cycle(client, tiny) -> None:  # type: ignore[no-untyped-def]
+    """A review's: each over-long text refused kept its tokens and the tokenizer's encoding
+    in the frames of an error cycle that only a full collection frees; a server rarely runs
+    one, and 2.4 MB texts grew it by 150-300 MB a request. Every API's refusal lets go."""
+    long = " ".join(f"w{i}" for i in range(2000))
+    for path, body in [("/v1/embeddings", {"input": ["ok", long]}),
+                       ("/v1/embeddings", {"input": [[5] * (tiny.max_tokens + 1)]}),
+                       ("/embed", {"inputs": [long]}),
+                       ("/api/embed", {"input": [long], "truncate": False}),
+                       ("/api/embeddings", {"prompt": long, "truncate": False})]:
+        status, left = errors_left_in_cycles(
+            lambda p=path, b=body: client.post(p, json=b).status_code)
+        assert status in (400, 413, 422) and left == [], (path, status, left)
 
 
 def test_over_long_input(client, tiny) -> None:  # type: ignore[no-untyped-def]
