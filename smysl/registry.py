@@ -221,6 +221,13 @@ def sized_aliases(model: str) -> list[str]:
     return [a for a, target in ALIASES.items() if a != FAMILY and target.lower() == repo]
 
 
+def refers_to(name: str, names: set[str]) -> bool:
+    """Whether a client's ``name`` is one of ``names`` (:func:`names_of`'s): any case, with
+    or without Ollama's default tag ``:latest``, which clients add to a name that has none."""
+    n = name.strip().lower()
+    return n in names or n.removesuffix(":latest") in names
+
+
 def names_of(model: str) -> set[str]:
     """Lower-case names that refer to ``model``: itself, its Hub repo id and every alias of that
     repo (and :data:`FAMILY` for any Qwen3-Embedding size), a local directory's last path

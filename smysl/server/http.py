@@ -41,13 +41,14 @@ def _plain(value: object) -> object:
 
 
 #: Other APIs' names of a field the routes read (Voyage's and Cohere's ``output_dimension``,
-#: Gemini's ``output_dimensionality``, sentence-transformers' ``truncate_dim``); near misses
-#: (``dimension``, ``normalise``) are found by spelling. Not Voyage's ``truncation``: its SDK
-#: sends it on every call (true), and the routes' own refusal of an over-long input says
-#: what to do.
+#: Gemini's ``output_dimensionality``, sentence-transformers' ``truncate_dim``; Ollama's
+#: ``prompt`` of the legacy ``/api/embeddings`` and ``input`` of ``/api/embed``, each sent
+#: to the other route: an empty list of vectors came back, 200); near misses (``dimension``,
+#: ``normalise``) are found by spelling. Not Voyage's ``truncation``: its SDK sends it on
+#: every call (true), and the routes' own refusal of an over-long input says what to do.
 SAME_MEANING = {"output_dimension": "dimensions", "output_dimensionality": "dimensions",
                 "dims": "dimensions", "dim": "dimensions", "embedding_dim": "dimensions",
-                "truncate_dim": "dimensions"}
+                "truncate_dim": "dimensions", "prompt": "input", "input": "prompt"}
 #: Unknown keys of one body looked at (difflib's search costs ~5 us a key: a body of 100,000
 #: unknown keys held the event loop for 0.9 s).
 NEAR_MISS_KEYS = 16

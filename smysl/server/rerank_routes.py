@@ -41,7 +41,7 @@ from pydantic import (
 
 from smysl.base import Pending, UpstreamError
 from smysl.pooling import NonFiniteError
-from smysl.registry import names_of
+from smysl.registry import names_of, refers_to
 from smysl.rerank import BaseReranker, PairError, RerankTokens, order
 from smysl.server.batcher import BackendDown, Batcher, Job, Slot
 from smysl.server.config import ServerConfig
@@ -191,7 +191,7 @@ class RerankService:
         self.tokenizers = anyio.CapacityLimiter(2)
 
     def resolve_model(self, name: str | None) -> str:
-        if name is None or not name.strip() or name.strip().lower() in self.names:
+        if name is None or not name.strip() or refers_to(name, self.names):
             return self.model_id
         raise ApiError("not_found", f"model {name!r} is not a reranker served here; this server "
                        f"reranks with {self.model_id!r}", param="model")

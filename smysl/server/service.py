@@ -17,7 +17,7 @@ import numpy as np
 from smysl import tokenize
 from smysl.base import BaseEmbedder, ModelInfo, Role, TokenLevel, UpstreamError
 from smysl.pooling import NonFiniteError
-from smysl.registry import names_of
+from smysl.registry import names_of, refers_to
 from smysl.server.batcher import INLINE_SIZE, BackendDown, Batcher, EmbedBackend, Job, Slot
 from smysl.server.config import ServerConfig
 from smysl.server.errors import ApiError, upstream_failed
@@ -162,8 +162,7 @@ class Service:
         """The served model's id when ``name`` refers to it (or is absent); else 404."""
         if name is None or not name.strip():
             return self.model_id
-        n = name.strip().lower()
-        if n in self.names or n.removesuffix(":latest") in self.names:
+        if refers_to(name, self.names):
             return self.model_id
         # the served name's own (a local folder's path answers too, but --served-name hides it)
         raise ApiError("not_found", f"model {name!r} is not served here; this server serves "
@@ -311,6 +310,23 @@ class Service:
                             time.perf_counter() - t0)
         counts = await self._count_tokens(formatted, slot)
         limit = self.embedder.max_tokens
+        if (counts is not None and context is not None and not self.embedder.remote
+                and (limit is None or context[1] < limit)):
+            # a request's own limit, counted but not cut to: a local backend that cuts texts
+            # to its own (sentence-transformers) took num_ctx 8 as it took 100,000. (A remote
+            # one takes its limit: docs/server.md)
+            try:
+                check_counts(counts, context[1], who=context[0])
+            except InputTooLongError as e:
+                if not truncate:
+                    raise self._too_long(what, e, first) from None
+                raise ApiError("too_long", (
+                    f"{what}[{(first or 0) + e.index}] has {e.tokens} tokens (special "
+                    f"tokens included) but {context[0]} takes at most {context[1]}, and "
+                    f"model {self.model_id!r} cannot cut its inputs to it"
+                    + (f" (only to its own limit, {limit} tokens)" if limit else "")
+                    + f": shorten it or leave {context[0]} out"),
+                    param=what) from None
         if counts is not None and limit is not None:
             if not truncate:
                 try:

@@ -225,6 +225,12 @@ def test_a_misspelt_or_foreign_field_is_refused_with_its_name_on_every_api(
         assert r.status_code == status, (path, body, r.text)
         assert f"did you mean {meant!r}" in r.text, r.text
         assert repr(next(iter(set(body) - {"input", "inputs"}))) in str(r.json()["error"])
+    # Ollama's two routes' names for the text, each sent to the other: an empty list of
+    # vectors came back, 200 (a review's)
+    for path, body, meant in (("/api/embed", {"prompt": "x"}, "input"),
+                              ("/api/embeddings", {"input": "x"}, "prompt")):
+        r = client.post(path, json=body)
+        assert r.status_code == 400 and f"did you mean {meant!r}" in r.text, (path, r.text)
     # what SDKs send beside (the OpenAI SDK's user, Ollama's options, TEI's parameters)
     # (and a null: an SDK's unset option, as Voyage's output_dimension; its truncation, sent
     # on every call, is left alone)

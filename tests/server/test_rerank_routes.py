@@ -172,6 +172,11 @@ def test_v1_models_lists_the_reranker_alone_or_beside_the_embedding_model(
     assert card["id"] == reranker.name and card["dimensions"] is None
     assert card["max_model_len"] == reranker.max_tokens
     assert client.get(f"/v1/models/{reranker.name}").json() == card
+    # a name with Ollama's default tag, as the embedding model's is taken (a review's: 404)
+    assert client.get(f"/v1/models/{reranker.name.upper()}:latest").json() == card
+    r = client.post("/v1/rerank", json={"model": f"{reranker.name}:latest", "query": QUERY,
+                                        "documents": DOCS})
+    assert r.status_code == 200, r.text
     missing = client.get("/v1/models/text-embedding-3-small")
     assert missing.status_code == 404 and reranker.name in missing.text
     with TestClient(create_app(HashEmbedder(), reranker=reranker)) as both:
