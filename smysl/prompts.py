@@ -33,9 +33,10 @@ ROLE_WORDS = frozenset({"query", "queries", "question", "document", "documents",
 
 
 def resolve_task(task: str | None) -> str | None:
-    """Map a preset name (any case) to its instruction; any other string is used verbatim (the
-    reference formats it as given: surrounding spaces change the vector), and an empty or
-    all-whitespace one means no instruction."""
+    """Map a preset name (any case) to its instruction; the whole query prompt
+    (``"Instruct: {task}\\nQuery:"``, as the model card writes it) to its task; any other
+    string is used verbatim (the reference formats it as given: surrounding spaces change the
+    vector), and an empty or all-whitespace one means no instruction."""
     if task is None:
         return None
     if not isinstance(task, str):
@@ -45,6 +46,16 @@ def resolve_task(task: str | None) -> str | None:
         return None
     if name.lower() in TASK_PRESETS:  # "Retrieval" was refused as a misspelt "retrieval"
         return TASK_PRESETS[name.lower()]
+    inner = task_of_query_prompt(task)
+    if inner is not None and inner.strip():
+        # the whole query prompt, as the model card and its sentence-transformers config
+        # write it: the template went round it twice ("Instruct: Instruct: ...", cosine
+        # 0.994 to the query's vector, unsaid). Its task is meant, exactly
+        return resolve_task(inner)
+    if name.startswith("Instruct:") or "\nQuery:" in task:
+        raise ValueError(f"instruction {task!r} holds the query template's own words: give the "
+                         "task alone (smysl writes 'Instruct: {task}\\nQuery:{text}' round it), "
+                         "or the whole prompt exactly as the model card writes it")
     if name.lower() in ROLE_WORDS:
         raise ValueError(f"instruction {task!r} names a role, not a task: a query gets the "
                          "default instruction unless one is given (a sentence, or a preset: "

@@ -56,6 +56,21 @@ def test_the_task_of_a_query_prompt_is_read_by_the_template() -> None:
         assert task_of_query_prompt(other) is None
 
 
+def test_the_whole_query_prompt_given_as_the_task_is_its_task() -> None:
+    """A review's: the prompt as the model card and its sentence-transformers config write it,
+    given as the task, went through the template again ("Instruct: Instruct: ...\\nQuery:
+    \\nQuery:q", cosine 0.994 to the query's vector, unsaid). Its task is taken; other text
+    holding the template's words is refused, naming what to give."""
+    prompt = "Instruct: Find the FAQ answer\nQuery:"
+    assert resolve_task(prompt) == "Find the FAQ answer"
+    assert format_query("q", prompt) == format_query("q", "Find the FAQ answer")
+    assert resolve_task("Instruct: qa\nQuery:") == TASK_PRESETS["qa"]
+    for bad in ("Instruct: Find the FAQ answer", "Find it\nQuery:", "Instruct: x\nQuery: ",
+                "Instruct: \nQuery:"):
+        with pytest.raises(ValueError, match="holds the query template's own words"):
+            resolve_task(bad)
+
+
 def test_a_role_word_is_refused_not_embedded_as_the_instruction() -> None:
     """A review's: `task="query"` (TEI's prompt_name habit) embedded queries after
     "Instruct: query", neither the default query vector nor the document one."""
