@@ -97,6 +97,17 @@ def output(path: str, *, newline: str | None = None) -> Iterator[IO[Any]]:
 STDOUT_TRANSLATES = os.name == "nt"
 
 
+def is_special(path: str | Path) -> bool:
+    """Whether ``path`` names an existing file that is neither a regular file nor a folder
+    (``/dev/null``, ``/dev/stdout``, a FIFO): written in place by :func:`replacing`, and
+    named without a suffix."""
+    try:
+        mode = os.stat(path).st_mode
+    except (OSError, ValueError):
+        return False
+    return not (stat.S_ISREG(mode) or stat.S_ISDIR(mode))
+
+
 @contextlib.contextmanager
 def replacing(path: Path, *, binary: bool = False, newline: str | None = None
               ) -> Iterator[IO[Any]]:

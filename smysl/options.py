@@ -67,6 +67,9 @@ class ModelOptions:
                 raise ValueError(f"{name} ({FLAGS[name]}) must be a positive integer, "
                                  f"got {value!r}")
             object.__setattr__(self, name, count)  # a plain int (frozen)
+        if self.max_tokens == 1:  # truncated, every text was its EOS alone: one vector
+            raise ValueError(f"max_tokens ({FLAGS['max_tokens']}) 1 leaves no token of a text "
+                             "beside its EOS: at least 2")
         if self.threads is not None and self.lanes is not None and self.lanes > self.threads:
             # each lane runs threads // lanes threads: 0 (a lane per thread was run instead)
             raise ValueError(f"lanes ({FLAGS['lanes']}) {self.lanes} is more than threads "

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import re
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -855,6 +857,24 @@ def test_os_errors_on_paths_are_one_line_errors(tmp_path: Path,
                                 "'locked.txt'\n"
 
 
+def test_embed_refuses_a_bad_task_before_loading_the_model(
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """A review's: `--task retreival` and `--task query` were refused only after the model
+    loaded (seconds on a GGUF, minutes for the 8B on CPU)."""
+    import smysl.commands.embed as command
+
+    def no_model(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the model was loaded")
+
+    monkeypatch.setattr(command, "load_model", no_model)
+    for task, says in (("retreival", "misspelt"), ("query", "names a role"),
+                       ("Instruct: x", "template's own words")):
+        for mode in ([], ["-i", "missing.jsonl", "-o", "out"]):
+            code, _, err = _run(monkeypatch, capsys, ["embed", "--model", "m", "--task", task,
+                                                      *mode], "x\n")
+            assert code == 2 and says in err, (task, mode, err)
+
+
 def test_embed_lines_refuse_job_flags_and_outputs_they_would_misname(
         tiny_dir: Path, tiny: Embedder, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
         capsys: pytest.CaptureFixture[str]) -> None:
@@ -870,6 +890,17 @@ def test_embed_lines_refuse_job_flags_and_outputs_they_would_misname(
     code, _, err = _run(monkeypatch, capsys, [*model, "-o", str(tmp_path / "x.csv")], "x\n")
     assert code == 2 and "written to a .jsonl or .npy file" in err
     assert not (tmp_path / "x.csv").exists()
+    # a file that is no regular file takes JSONL without a suffix (a review's: refused)
+    assert _run(monkeypatch, capsys, [*model, "-o", os.devnull], "x\n")[0] == 0
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    got: list[bytes] = []
+    reader = threading.Thread(target=lambda: got.append(fifo.read_bytes()))
+    reader.start()
+    assert _run(monkeypatch, capsys, [*model, "-o", str(fifo)], "x\n")[0] == 0
+    reader.join(30)
+    assert np.array_equal(np.array([json.loads(got[0])["embedding"]], np.float32),
+                          tiny.embed(["x"]))
     upper = tmp_path / "x.NPY"
     assert _run(monkeypatch, capsys, [*model, "-o", str(upper)], "x\n")[0] == 0
     assert np.array_equal(np.load(upper), tiny.embed(["x"]))

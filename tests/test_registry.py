@@ -97,6 +97,14 @@ def test_model_options_validate(bad: dict[str, Any]) -> None:
         ModelOptions(**bad)
 
 
+def test_max_tokens_1_is_refused() -> None:
+    """A review's: ``--max-tokens 1 --truncate`` cut every text to its EOS alone, every vector
+    the same, without a word."""
+    with pytest.raises(ValueError, match="1 leaves no token of a text beside its EOS"):
+        ModelOptions(max_tokens=1)
+    assert ModelOptions(max_tokens=2).max_tokens == 2
+
+
 def test_bad_model_strings() -> None:
     with pytest.raises(ValueError, match="non-empty string"):
         smysl.load("  ")

@@ -17,7 +17,7 @@ from smysl.commands import check_output_folder, count, given
 from smysl.commands._lines import looks_like_jsonl, read_lines
 from smysl.commands._model import add_model_arguments, load_model
 from smysl.commands._toolkit import blank_rows, shown_rows, source_name
-from smysl.files import output, replacing
+from smysl.files import is_special, output, replacing
 from smysl.providers.errors import IncompleteEmbeddingError
 from smysl.tokenize import InputTooLongError
 
@@ -97,8 +97,11 @@ def _flags(args: argparse.Namespace, dests: list[str]) -> list[str]:
 
 
 def run(args: argparse.Namespace) -> int:
+    from smysl.prompts import resolve_task
     from smysl.scale.sources import is_input, other_data
 
+    # a misspelt preset or a role word needs no model to be refused (found after the load)
+    resolve_task(args.task)
     if args.input != "-" and is_input(args.input):
         return _run_job(args)
     problem = other_data(args.input) if args.input != "-" else None
@@ -163,7 +166,7 @@ def _check_lines_output(output: str) -> None:
 
     from smysl.scale.job import is_store, shown_output
 
-    if output == "-":
+    if output == "-" or is_special(output):  # /dev/null, /dev/stdout: JSONL written there
         return
     if is_store(output) or Path(output).is_dir() or output.endswith(("/", os.sep)):
         raise ValueError(f"--output {shown_output(output)}: lines of text are written to a "

@@ -32,7 +32,8 @@ OTHER_DATA = {".json": "JSON Lines go in a .jsonl file (one object a line): rena
               ".tsv": "convert it to .csv", ".gz": "decompress it", ".bz2": "decompress it",
               ".xz": "decompress it", ".zst": "decompress it", ".zip": "unpack it",
               ".arrow": "convert it to .parquet", ".feather": "convert it to .parquet",
-              ".xlsx": "export it as .csv", ".xls": "export it as .csv"}
+              ".xlsx": "export it as .csv", ".xls": "export it as .csv",
+              ".npy": "it holds vectors (what smysl embed writes), not texts"}
 #: Records read from Parquet per batch (bounded memory whatever the file size).
 PARQUET_BATCH = 4096
 

@@ -148,9 +148,10 @@ def test_files_a_folder_holds_but_the_job_does_not_read_are_named(tiny, tiny_dir
     assert "smysl embed: warning: 3 files not read" in err and "UserWarning" not in err
 
 
-@pytest.mark.parametrize("name", ["rows.json", "rows.jsonl.gz", "rows.tsv"])
+@pytest.mark.parametrize("name", ["rows.json", "rows.jsonl.gz", "rows.tsv", "vectors.npy"])
 def test_a_data_file_is_not_embedded_as_lines(tiny_dir, tmp_path, capsys, name) -> None:
-    """`--input x.json` embedded each raw JSON line as a text; such files are refused."""
+    """`--input x.json` embedded each raw JSON line as a text; such files are refused (a
+    .npy: "not valid UTF-8")."""
     (tmp_path / name).write_text(json.dumps({"id": "a", "text": "t"}) + "\n")
     out = tmp_path / "out.jsonl"
     assert main(["embed", "--input", str(tmp_path / name), "--output", str(out), "--model",
