@@ -41,17 +41,28 @@ class InputTooLongError(ValueError):
     """
 
     def __init__(self, *, index: int, tokens: int, limit: int, who: str = "the model",
-                 head: int = 0) -> None:
+                 head: int = 0, at_least: bool = False) -> None:
         """``head``: tokens of a query's instruction, set when truncating it would leave none
-        of the query's own text (the instruction alone fills the limit)."""
+        of the query's own text (the instruction alone fills the limit). ``at_least``:
+        ``tokens`` is a lower bound, a text far over the limit counted only as far as proves
+        it (a 26 MB line was tokenised whole, 3 GB, to say by how much)."""
         self.index, self.tokens, self.limit, self.who = index, tokens, limit, who
-        self.head = head
+        self.head, self.at_least = head, at_least
         super().__init__(self.describe(f"input {index}", audience="python"))
 
-    def __reduce__(self) -> tuple[Any, tuple[int, int, int, str, int]]:
+    def __reduce__(self) -> tuple[Any, tuple[int, int, int, str, int, bool]]:
         # pickled whole (an engine or Ray process to its caller): the keyword-only __init__
         # cannot take the message that pickle would pass by default
-        return _too_long, (self.index, self.tokens, self.limit, self.who, self.head)
+        return _too_long, (self.index, self.tokens, self.limit, self.who, self.head,
+                           self.at_least)
+
+    def but(self, *, index: int | None = None, who: str | None = None) -> InputTooLongError:
+        """This error for another place of the input (``index``) or another limit's name
+        (``who``), everything else kept."""
+        return InputTooLongError(index=self.index if index is None else index,
+                                 tokens=self.tokens, limit=self.limit,
+                                 who=self.who if who is None else who, head=self.head,
+                                 at_least=self.at_least)
 
     def describe(self, what: str, *, audience: Audience = "http") -> str:
         if self.head:
@@ -63,11 +74,15 @@ class InputTooLongError(ValueError):
             # clients match: LiteLLM raises ContextWindowExceededError (and a router falls
             # back) on "is longer than the model's context length", not on the code
             whose = "" if self.who == "the model" else f" ({self.who})"
-            return (f"{what} is longer than the model's context length: {self.tokens} tokens "
+            return (f"{what} is longer than the model's context length: {self._count} tokens "
                     f"(special tokens included), at most {self.limit}{whose}; shorten it or "
                     f"{TRUNCATE_HINT[audience]}")
-        return (f"{what} has {self.tokens} tokens (special tokens included) but {self.who} "
+        return (f"{what} has {self._count} tokens (special tokens included) but {self.who} "
                 f"takes at most {self.limit}; shorten it or {TRUNCATE_HINT[audience]}")
+
+    @property
+    def _count(self) -> str:
+        return f"at least {self.tokens}" if self.at_least else str(self.tokens)
 
 
 def check_unicode(text: str | None, what: str) -> None:
@@ -86,9 +101,10 @@ def check_unicode(text: str | None, what: str) -> None:
 _SURROGATE = re.compile("[\ud800-\udfff]")
 
 
-def _too_long(index: int, tokens: int, limit: int, who: str, head: int = 0
-              ) -> InputTooLongError:
-    return InputTooLongError(index=index, tokens=tokens, limit=limit, who=who, head=head)
+def _too_long(index: int, tokens: int, limit: int, who: str, head: int = 0,
+              at_least: bool = False) -> InputTooLongError:
+    return InputTooLongError(index=index, tokens=tokens, limit=limit, who=who, head=head,
+                             at_least=at_least)
 
 
 def check_counts(counts: Sequence[int], limit: int, *, who: str = "the model") -> None:
@@ -141,11 +157,16 @@ def _head_tokens(offsets: Sequence[tuple[int, int]], chars: int) -> int:
     return n
 
 
-#: Truncating a text's end, a text over ``limit * CUT_CHARS_PER_TOKEN`` characters is cut to
-#: that many before it is tokenised (text runs 2-5 characters per Qwen3 token), and read
-#: wider only where the tokens kept could differ from the whole text's (:class:`CutProof`): a
-#: 20 MB line cut to 32K tokens was tokenised whole, 3 GB of offsets for a few hundred KB kept.
+#: Truncating a text's end, or refusing a text over the limit, a text over ``limit *
+#: CUT_CHARS_PER_TOKEN`` characters is cut to that many before it is tokenised (text runs 2-5
+#: characters per Qwen3 token), and read wider only where the tokens kept (or the limit's worth
+#: that proves it too long) could differ from the whole text's (:class:`CutProof`): a 20 MB
+#: line cut to 32K tokens was tokenised whole, 3 GB of offsets for a few hundred KB kept.
 CUT_CHARS_PER_TOKEN = 8
+#: Refusing a text over the limit (no truncation), one of up to this many characters is
+#: counted whole (the error says by how much it is over; ~0.2 s and 100 MB at most); a longer
+#: one only as far as proves it too long ("at least N tokens").
+COUNT_CHARS = 1 << 20
 
 
 #: A letter-like character then one that is no letter or digit: where :meth:`CutProof.word_end`
@@ -312,9 +333,15 @@ class Tokenizer:
             raise ValueError(f"truncation direction must be 'right' or 'left', got {direction!r}")
         if limit < 1:
             raise ValueError(f"max_tokens must be >= 1, got {limit}")
-        # keeping a text's beginning, a long one is read from its beginning (CUT_CHARS_PER_TOKEN)
-        cut = limit * CUT_CHARS_PER_TOKEN if truncate and direction == "right" else None
-        pieces = [t if cut is None or len(t) <= cut else t[:cut] for t in texts]
+        # keeping a text's beginning, or refusing it, a long one is read from its beginning
+        # (CUT_CHARS_PER_TOKEN)
+        cut = limit * CUT_CHARS_PER_TOKEN if direction == "right" or not truncate else None
+        longer = cut if truncate else max(limit * CUT_CHARS_PER_TOKEN, COUNT_CHARS)  # are cut
+        # text tokens that must be the whole text's: those kept, or the limit's worth that
+        # make the text too long
+        proven = limit - 1 if truncate else limit
+        pieces = [t if cut is None or longer is None or len(t) <= longer else t[:cut]
+                  for t in texts]
         out = []
         for i, enc in enumerate(self._encodings(pieces)):
             while True:
@@ -325,11 +352,17 @@ class Tokenizer:
                 piece, text = pieces[i], texts[i]
                 if len(piece) == len(text):
                     break
-                if len(ids) > limit and fills(head, limit):  # refused with the whole count
-                    wider: int | None = len(text)
-                else:  # the last token kept (EOS excepted) must end by a proven word end
+                if truncate and len(ids) > limit and fills(head, limit):
+                    wider: int | None = len(text)  # refused with the whole count
+                else:  # the last token proven (EOS excepted) must end by a proven word end
                     wider = self.cut_proof.widened(
-                        text, len(piece), enc.offsets[limit - 2][1] if len(ids) > limit else None)
+                        text, len(piece),
+                        enc.offsets[proven - 1][1] if len(ids) > limit else None)
+                    if wider is None and not truncate:
+                        raise InputTooLongError(
+                            index=first_index + i, limit=limit, at_least=True,
+                            tokens=self._counted(text, len(piece), enc.offsets, len(ids),
+                                                 limit))
                     if wider is None:
                         break
                 pieces[i] = text[:wider]
@@ -337,6 +370,18 @@ class Tokenizer:
             out.append(fit_length(ids, limit, eos_id=self.eos_id, truncate=truncate,
                                   index=first_index + i, direction=direction, head=head))
         return out
+
+    def _counted(self, text: str, cut: int, offsets: list[tuple[int, int]], tokens: int,
+                 limit: int) -> int:
+        """Tokens ``text`` has at least (EOS included), its first ``cut`` characters tokenised
+        into ``tokens`` (EOS included) with ``offsets``, of which more than ``limit`` are
+        proven the whole text's: all but those near the cut, where a word end proves them
+        (else the limit's worth)."""
+        near = tokens - 1 - 16  # text tokens of the cut, less a few near it
+        if near > limit and (end := self.cut_proof.next_cut(text, offsets[near - 1][1])) \
+                is not None and end <= cut:
+            return near + 1
+        return limit + 1
 
     def count(self, texts: Sequence[str]) -> list[int]:
         """Tokens per text, EOS included, without any length limit."""

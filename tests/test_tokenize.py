@@ -88,6 +88,16 @@ def test_too_long_error_survives_pickling() -> None:
     assert isinstance(e, InputTooLongError) and isinstance(e, ValueError)
     assert (e.index, e.tokens, e.limit, e.who) == (3, 40, 32, "m")
     assert str(e) == str(InputTooLongError(index=3, tokens=40, limit=32, who="m"))
+    # a lower bound stays one, pickled or named for another place (dedup's, LlamaIndex's,
+    # the server's limit: they dropped the instruction's head before)
+    bound = InputTooLongError(index=1, tokens=900, limit=64, head=70, at_least=True)
+    again = pickle.loads(pickle.dumps(bound))
+    assert (again.tokens, again.at_least, again.head) == (900, True, 70)
+    moved = bound.but(index=5, who="options.num_ctx")
+    assert (moved.index, moved.who, moved.tokens, moved.head, moved.at_least) == (
+        5, "options.num_ctx", 900, 70, True)
+    assert "has at least 901 tokens" in str(InputTooLongError(index=0, tokens=901, limit=64,
+                                                             at_least=True))
 
 
 def test_truncating_a_query_keeps_its_instruction(both: tuple[Tokenizer, Tokenizer]) -> None:
@@ -167,3 +177,41 @@ def test_truncation_reads_a_cut_of_a_huge_text_and_keeps_its_tokens(
         seen.clear()
         assert base.encode([text], truncate=True)[0] == [*whole[:63], EOS]
         assert seen == [64 * CUT_CHARS_PER_TOKEN, second], seen
+
+
+def test_refusing_a_huge_text_counts_only_as_far_as_proves_it(
+        both: tuple[Tokenizer, Tokenizer], monkeypatch: pytest.MonkeyPatch) -> None:
+    """A review's: refusing one 26 MB line (no truncation) tokenised all of it to say how long
+    it was: 17 s and 3.07 GB. A text over ``COUNT_CHARS`` characters is counted as far as
+    proves it too long, the error saying "at least" a count the whole text has; shorter ones
+    and texts with no word end to prove it by are counted exactly; what fits is unchanged."""
+    import smysl.tokenize as tokenize
+
+    monkeypatch.setattr(tokenize, "COUNT_CHARS", 2000)
+    for tok in both:
+        seen: list[int] = []
+        real = tok._encodings
+
+        def encodings(texts: list[str], real=real, seen=seen) -> list[object]:
+            seen.extend(map(len, texts))
+            return real(texts)
+
+        monkeypatch.setattr(tok, "_encodings", encodings)
+        for text in ("Москва — столица России. " * 2000, "word, " * 5000,
+                     "e\u0301" * 2000 + " end " * 2000):
+            whole = len(tok.encode([text], max_tokens=10**6)[0])
+            seen.clear()
+            with pytest.raises(InputTooLongError, match="has at least") as e:
+                tok.encode(["short", text], first_index=4)
+            assert e.value.at_least and e.value.index == 5
+            assert 64 < e.value.tokens <= whole, (text[:10], e.value.tokens, whole)
+            assert max(seen) < len(text), seen  # the whole text was never tokenised
+        # counted exactly: under COUNT_CHARS, or no word end proves the cut's tokens
+        for text in ("слово " * 300, "1234567890" * 400):
+            whole = len(tok.encode([text], max_tokens=10**6)[0])
+            with pytest.raises(InputTooLongError) as e:
+                tok.encode([text])
+            assert (e.value.tokens, e.value.at_least) == (whole, False)
+            assert "has at least" not in str(e.value)
+        fits = "ок " * 20
+        assert tok.encode([fits]) == [tok.encode([fits], max_tokens=10**6)[0]]

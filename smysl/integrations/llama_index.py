@@ -295,7 +295,7 @@ class SmyslEmbedding(_base.BaseEmbedding):  # type: ignore[name-defined]
         try:
             return embed_documents(self._model, list(texts), self._config)
         except InputTooLongError as e:
-            named = InputTooLongError(index=e.index, tokens=e.tokens, limit=e.limit, who=e.who)
+            named = e.but()
             named.args = (e.describe(f"the text starting {texts[e.index][:60]!r}",
                                      audience="python"),)
             raise named from e

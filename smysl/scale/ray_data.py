@@ -185,12 +185,19 @@ class TooLong:
     tokens: int
     limit: int
     who: str
+    head: int = 0
+    at_least: bool = False
+
+    @classmethod
+    def of(cls, e: InputTooLongError) -> TooLong:
+        return cls(e.index, e.tokens, e.limit, e.who, e.head, e.at_least)
 
     def error(self, places: Sequence[int]) -> InputTooLongError:
         """The error, its index in the whole call (the part's input ``i`` is ``places[i]``
         there)."""
         return InputTooLongError(index=places[self.index], tokens=self.tokens,
-                                 limit=self.limit, who=self.who)
+                                 limit=self.limit, who=self.who, head=self.head,
+                                 at_least=self.at_least)
 
 
 class Worker:
@@ -240,7 +247,7 @@ class Worker:
         try:
             out = getattr(self, method)(*args)
         except InputTooLongError as e:
-            out = TooLong(e.index, e.tokens, e.limit, e.who)
+            out = TooLong.of(e)
         except RejectedInputError as e:  # an input a provider refused: the row's (the job)
             out = e
         return out, usage_delta(before, self._usage())
@@ -542,7 +549,8 @@ class _DatasetWorker(Worker):
         try:
             vectors = self.embed(texts, instruction, dimensions, truncate)
         except InputTooLongError as e:  # its index is the row's place in a Ray batch: no help
-            raise BadRowError(f"Ray Data row ({id_column}={ids[e.index]!r}): {e.tokens:,} "
+            raise BadRowError(f"Ray Data row ({id_column}={ids[e.index]!r}): "
+                              f"{'at least ' if e.at_least else ''}{e.tokens:,} "
                               f"tokens, over the model's {e.limit:,}; drop or cut such rows "
                               "first, or pass truncate=True") from e
         tokens = embedded_tokens(self.model, texts, instruction, truncate)

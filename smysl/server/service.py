@@ -370,8 +370,7 @@ class Service:
             return await self._off_loop(run, sum(map(len, texts)), slot)
         except InputTooLongError as e:
             if own is not None:  # the error names the request's limit
-                e = InputTooLongError(index=e.index, tokens=e.tokens, limit=e.limit,
-                                      who=own[0], head=e.head)
+                e = e.but(who=own[0])
             raise self._too_long(what, e, first) from None
 
     async def tokenizer_work(self, run: Callable[[], _T], size: int) -> _T:

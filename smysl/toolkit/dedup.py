@@ -294,6 +294,5 @@ def dedup_texts(embedder: BaseEmbedder, texts: Sequence[str],
         x = embed_for(embedder, distinct, config.instruction, config.dimensions,
                       preset="dedup", progress=progress, truncate=config.truncate)
     except InputTooLongError as e:  # named by its place in the caller's texts
-        raise InputTooLongError(index=list(texts).index(distinct[e.index]), tokens=e.tokens,
-                                limit=e.limit, who=e.who) from None
+        raise e.but(index=list(texts).index(distinct[e.index])) from None
     return find_duplicates(x[[at[t] for t in texts]] if len(texts) else x, config)
