@@ -81,9 +81,10 @@ def misspelt_preset(name: str) -> str | None:
 
 
 def expand_preset(instruction: str | None) -> str | None:
-    """A reranker's instruction: a preset's name (:data:`TASK_PRESETS`) as its sentence, a
-    misspelt one refused as :func:`resolve_task` refuses it; any other, ``""`` and None
-    included, as given (the reranker's template takes an empty instruction as it is)."""
+    """A reranker's instruction as :func:`resolve_task` reads it (a preset's name as its
+    sentence; a misspelt one, a role word or the embedding template's words refused), except
+    that ``""`` and None are kept as given (the reranker's template takes an empty instruction
+    as it is)."""
     if instruction is None or not instruction.strip():
         return instruction
     return resolve_task(instruction)

@@ -895,12 +895,14 @@ def test_embed_lines_refuse_job_flags_and_outputs_they_would_misname(
     fifo = tmp_path / "fifo"
     os.mkfifo(fifo)
     got: list[bytes] = []
-    reader = threading.Thread(target=lambda: got.append(fifo.read_bytes()))
+    reader = threading.Thread(target=lambda: got.append(fifo.read_bytes()), daemon=True)
     reader.start()
     assert _run(monkeypatch, capsys, [*model, "-o", str(fifo)], "x\n")[0] == 0
     reader.join(30)
     assert np.array_equal(np.array([json.loads(got[0])["embedding"]], np.float32),
                           tiny.embed(["x"]))
+    code, out, _ = _run(monkeypatch, capsys, [*model, "-o", "/dev/stdout"], "x\n")
+    assert code == 0 and json.loads(out)["text"] == "x"
     upper = tmp_path / "x.NPY"
     assert _run(monkeypatch, capsys, [*model, "-o", str(upper)], "x\n")[0] == 0
     assert np.array_equal(np.load(upper), tiny.embed(["x"]))

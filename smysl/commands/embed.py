@@ -102,6 +102,8 @@ def run(args: argparse.Namespace) -> int:
 
     # a misspelt preset or a role word needs no model to be refused (found after the load)
     resolve_task(args.task)
+    if args.output in ("/dev/stdout", "/dev/fd/1"):  # stdout redirected to a file: no suffix
+        args.output = "-"
     if args.input != "-" and is_input(args.input):
         return _run_job(args)
     problem = other_data(args.input) if args.input != "-" else None

@@ -151,10 +151,8 @@ class JobReport:
 
     output: str
     fingerprint: str
-    #: What was embedded: rows, or their chunks when the job chunks (then counted as chunks).
+    #: What was embedded: rows, or their chunks when the job chunks (:attr:`unit`).
     texts: int = 0
-    #: What :attr:`texts` counts, as the summary names it: "text" or "chunk".
-    unit: str = "text"
     tokens: int | None = 0
     shards_written: int = 0
     shards_skipped: int = 0
@@ -174,6 +172,8 @@ class JobReport:
     copies: list[str] = field(default_factory=list)
     seconds: float = 0.0
     usage: str | None = None
+    #: What :attr:`texts` counts, as the summary names it: "text" or "chunk".
+    unit: str = "text"
 
     def interrupted(self) -> str:
         """The line for a job stopped by Ctrl-C (:class:`JobInterrupted`)."""

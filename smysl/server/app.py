@@ -188,6 +188,7 @@ def _build(embedder: BaseEmbedder | None, config: ServerConfig, *,
 
     @app.exception_handler(RequestValidationError)
     async def on_validation(request: Request, exc: RequestValidationError) -> Response:
+        _let_go(exc)
         return answer(request, validation_error(exc, request.headers.get("content-type")))
 
     @app.exception_handler(StarletteHTTPException)
@@ -205,6 +206,7 @@ def _build(embedder: BaseEmbedder | None, config: ServerConfig, *,
                            "UTF-8 text: send it encoded so")
         else:
             err = ApiError("malformed" if exc.status_code < 500 else "internal", str(exc.detail))
+        _let_go(exc)  # a body not UTF-8: its UnicodeDecodeError holds the whole body, in a cycle
         return answer(request, err)
 
     @app.exception_handler(Exception)

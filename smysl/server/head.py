@@ -15,8 +15,9 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 #: The most bytes of a request's line and headers, past the chunk it began in (nginx's default
 #: buffers take 4 x 8 KiB; browsers and HTTP libraries send well under 8 KiB). That chunk is
-#: up to asyncio's read size (256 KiB), parsed whole: a head sent in one write is refused from
-#: ~320 KiB (the parser's cost there is well under a millisecond).
+#: up to the event loop's read size (asyncio 256 KiB, uvloop 256,000 bytes), parsed whole: a
+#: head sent in one write is refused from ~320 KiB (the parser's cost there is well under a
+#: millisecond).
 HEAD_BYTES = 64 * 1024
 
 _REFUSED = (b"HTTP/1.1 431 Request Header Fields Too Large\r\n"

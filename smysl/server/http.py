@@ -77,7 +77,7 @@ class ApiRequest(BaseModel):
             if meant not in fields:
                 meant = next(iter(difflib.get_close_matches(key, list(fields), n=1,
                                                             cutoff=0.8)), None)
-            if meant is not None and meant not in data:
+            if meant is not None and data.get(meant) is None:  # a null sends nothing
                 # no context given: pydantic leaves the message as it is (braces too)
                 raise PydanticCustomError(
                     "unknown_field", f"unknown field {key!r}: did you mean {meant!r}? (fields "

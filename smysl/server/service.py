@@ -317,9 +317,7 @@ class Service:
             # one takes its limit: docs/server.md)
             try:
                 check_counts(counts, context[1], who=context[0])
-            except InputTooLongError as e:
-                if not truncate:
-                    raise self._too_long(what, e, first) from None
+            except InputTooLongError as e:  # truncate or not: it would not help
                 raise ApiError("too_long", (
                     f"{what}[{(first or 0) + e.index}] has {e.tokens} tokens (special "
                     f"tokens included) but {context[0]} takes at most {context[1]}, and "

@@ -558,13 +558,15 @@ def test_ollama_num_ctx_truncates_as_ollama_does(client, tiny) -> None:  # type:
 def test_ollama_num_ctx_on_a_model_that_cuts_only_to_its_own_limit(minilm) -> None:  # type: ignore[no-untyped-def]
     """A review's: a sentence-transformers model took ``options.num_ctx`` 8 as it took
     100,000 (the same vector, 200). It counts tokens but cuts texts only to its own limit: an
-    input over num_ctx is refused, with or without truncate, each message saying why; inputs
+    input over num_ctx is refused, with or without truncate, the message saying why; inputs
     within it are embedded as without it."""
     text = " ".join(["word"] * 100)
     with TestClient(create_app(minilm, ServerConfig())) as c:
         r = c.post("/api/embed", json={"input": [text], "options": {"num_ctx": 8},
                                        "truncate": False})
         assert r.status_code == 400 and "options.num_ctx takes at most 8" in r.json()["error"]
+        # not the advice to send truncate, which would not help (a diff review's)
+        assert "truncate" not in r.json()["error"], r.text
         r = c.post("/api/embed", json={"input": ["hi", text], "options": {"num_ctx": 8}})
         assert r.status_code == 400, r.text
         assert ("input[1] has 102 tokens" in r.json()["error"]

@@ -163,6 +163,12 @@ def test_refused_requests_leave_no_error_in_a_cycle(client, tiny) -> None:  # ty
         status, left = errors_left_in_cycles(
             lambda p=path, b=body: client.post(p, json=b).status_code)
         assert status in (400, 413, 422) and left == [], (path, status, left)
+    # a body not UTF-8: its UnicodeDecodeError holds the whole body (a diff review's)
+    for path in ("/v1/embeddings", "/embed"):
+        status, left = errors_left_in_cycles(lambda p=path: client.post(
+            p, content=b'{"input": "' + b"\xff" * 10_000 + b'"}',
+            headers={"content-type": "application/json"}).status_code)
+        assert status in (400, 422) and left == [], (path, status, left)
 
 
 def test_over_long_input(client, tiny) -> None:  # type: ignore[no-untyped-def]
@@ -228,7 +234,9 @@ def test_a_misspelt_or_foreign_field_is_refused_with_its_name_on_every_api(
     # Ollama's two routes' names for the text, each sent to the other: an empty list of
     # vectors came back, 200 (a review's)
     for path, body, meant in (("/api/embed", {"prompt": "x"}, "input"),
-                              ("/api/embeddings", {"input": "x"}, "prompt")):
+                              ("/api/embeddings", {"input": "x"}, "prompt"),
+                              ("/api/embed", {"prompt": "x", "input": None}, "input"),
+                              ("/api/embeddings", {"input": "x", "prompt": None}, "prompt")):
         r = client.post(path, json=body)
         assert r.status_code == 400 and f"did you mean {meant!r}" in r.text, (path, r.text)
     # what SDKs send beside (the OpenAI SDK's user, Ollama's options, TEI's parameters)
