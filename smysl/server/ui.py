@@ -253,7 +253,9 @@ def router(service: Service, reranking: RerankService | None = None) -> APIRoute
                 # said, not a 503: the page's similarity matrix needs no index
                 problem = str(e)
             described = {"location": label, "dimensions": store.dimensions, "chunks": chunks,
-                         "problem": problem, "most_hits": most_hits()}
+                         "problem": problem, "most_hits": most_hits(),
+                         # what /search reranks with unless asked not to (the page says so)
+                         "reranker": reranking.model_id if reranking else None}
         return json_response({"model": dataclasses.asdict(service.info()),
                               "index": described})
 

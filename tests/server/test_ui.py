@@ -114,7 +114,8 @@ def test_search_answers_like_the_toolkit(hash_index: Path) -> None:
         assert {h["metadata"]["topic"] for h in filtered["hits"]} == {"pets"}
         info = client.get("/ui/info", headers=auth).json()["index"]
         assert info == {"location": f"{hash_index} table chunks", "dimensions": 48,
-                        "chunks": len(TEXTS), "problem": None, "most_hits": 100}
+                        "chunks": len(TEXTS), "problem": None, "most_hits": 100,
+                        "reranker": None}
 
 
 def test_an_index_that_cannot_be_read_leaves_the_page_its_matrix(
@@ -287,6 +288,7 @@ def test_search_reranks_with_the_served_reranker(hash_index: Path,
         # between k (20) and 4", a setting the page does not have. /ui/info says the cap,
         # and the error names k
         assert client.get("/ui/info").json()["index"]["most_hits"] == 4
+        assert client.get("/ui/info").json()["index"]["reranker"] == reranker.name
         r = client.post("/search", json={"query": "q", "k": 20})
         assert r.status_code == 422, r.text
         assert "k (20): a reranked search on this server returns at most 4 hits" in \
@@ -534,7 +536,7 @@ def test_page_in_chromium(chromium, tiny, tmp_path) -> None:  # type: ignore[no-
             page.get_by_role("button", name="Search", exact=True).click()
             fused = toolkit_search(tiny, kb, "a cat that purrs", 4, mode="hybrid",
                                    text_weight=3.0)
-            expect(page.locator("#status")).to_contain_text("hits for “a cat that purrs”")
+            expect(page.locator("#search-status")).to_contain_text("hits for “a cat that purrs”")
             assert page.locator("#hits li.hit .hit-id").all_inner_texts() == [h.id for h in fused]
             scores = [float(s) for s in page.locator("#hits .score").all_inner_texts()]
             np.testing.assert_allclose(scores, [h.score for h in fused], atol=1e-3)
@@ -545,7 +547,7 @@ def test_page_in_chromium(chromium, tiny, tmp_path) -> None:  # type: ignore[no-
             page.get_by_label("Rank by", exact=True).select_option("text")
             page.get_by_label("Search query", exact=True).fill("barking dogs")
             page.get_by_role("button", name="Search", exact=True).click()
-            expect(page.locator("#status")).to_contain_text("hits for “barking dogs”")
+            expect(page.locator("#search-status")).to_contain_text("hits for “barking dogs”")
             assert page.locator("#hits .snippet").first.inner_text() == TEXTS[1]
             # an earlier search answered after a later one: its hits replaced the later ones
             held: list[Any] = []
@@ -556,10 +558,10 @@ def test_page_in_chromium(chromium, tiny, tmp_path) -> None:  # type: ignore[no-
             assert len(held) == 1
             page.get_by_label("Search query", exact=True).fill("purrs")
             page.get_by_role("button", name="Search", exact=True).click()
-            expect(page.locator("#status")).to_contain_text("hits for “purrs”")
+            expect(page.locator("#search-status")).to_contain_text("hits for “purrs”")
             held[0].continue_()  # the first search's answer arrives now
             page.wait_for_timeout(500)
-            assert "hits for “purrs”" in page.locator("#status").inner_text()
+            assert "hits for “purrs”" in page.locator("#search-status").inner_text()
             assert page.locator("#hits .snippet").first.inner_text() == TEXTS[0]
             page.unroute("**/search")
             assert view.errors == []
@@ -610,7 +612,7 @@ def test_page_with_auth_in_chromium(chromium, tiny, tmp_path) -> None:  # type: 
             held[0].continue_()
             page.wait_for_timeout(500)
             assert page.locator("#hits li").count() == 0
-            assert "hits for" not in page.locator("#status").inner_text()
+            assert "hits for" not in page.locator("#search-status").inner_text()
             page.unroute("**/search")
             # a key a browser cannot send (not Latin-1): every call failed, and once stored
             # the page started with neither the key form nor a way to forget it; one of
@@ -655,23 +657,23 @@ def test_page_names_the_line_offers_truncation_and_works_behind_a_prefix(  # typ
             page.get_by_label("Documents, one per line (embedded as documents)").fill(
                 f"The capital of China is Beijing.\n\n{long}\nParis.")
             page.get_by_role("button", name="Compare", exact=True).click()
-            expect(page.locator("#error")).to_contain_text(
+            expect(page.locator("#sim-error")).to_contain_text(
                 "Documents, line 3, is longer than the model's context length")
-            error = page.locator("#error").inner_text()
+            error = page.locator("#sim-error").inner_text()
             assert "(here: tick “Cut long texts”)" in error and "input[" not in error, error
             page.get_by_label("Cut long texts").check()
             # an instruction too long on its own: ticking the box cannot help, so the page
             # does not say to (a review's)
             page.locator("#instruction").fill("инструкция " * 600)
             page.get_by_role("button", name="Compare", exact=True).click()
-            expect(page.locator("#error")).to_contain_text("instruction alone has")
-            assert "Cut long texts" not in page.locator("#error").inner_text()
+            expect(page.locator("#sim-error")).to_contain_text("instruction alone has")
+            assert "Cut long texts" not in page.locator("#sim-error").inner_text()
             page.locator("#instruction").fill("")
             page.get_by_role("button", name="Compare", exact=True).click()
             # the new matrix: the page's first one (its own example documents) has 3 columns
             # too, and was read when the answer came late (a flaky failure under load)
             expect(page.locator("#heatmap thead th").last).to_have_attribute("title", "Paris.")
-            expect(page.locator("#error")).to_have_text("")
+            expect(page.locator("#sim-error")).to_have_text("")
             docs = ["The capital of China is Beijing.", long, "Paris."]
             queries = lines(page, "#queries")
             q = tiny.embed(queries, instruction=tiny.choose_instruction(role="query"))
@@ -680,6 +682,70 @@ def test_page_names_the_line_offers_truncation_and_works_behind_a_prefix(  # typ
             np.testing.assert_allclose(view.cells(), q @ d.T, atol=1e-3)
             # the refused request's 400 is the browser's console line, nothing else is
             assert [e for e in view.errors if "400" not in e] == []
+        finally:
+            view.context.close()
+
+
+@pytest.mark.browser
+def test_page_says_each_sections_error_beside_it_and_shows_what_it_was_given(  # type: ignore[no-untyped-def]
+        chromium, tiny, tmp_path) -> None:
+    """A review's, in a real browser: a failed Compare said so below the search section, out of
+    view, its old matrix left as if it were the answer, and the next search erased the error;
+    an emoji was cut in half in a header; metadata 12345678901234567891 was shown rounded; a
+    stopped server was "Queries: Failed to fetch"; "Forget key" left the model's name and
+    focus on nothing; a reranked search did not say so, and could not be turned off."""
+    from playwright.sync_api import expect
+    from qwen_tiny import build_tiny_reranker
+
+    from smysl.qwen3.reranker import Reranker
+
+    kb = tmp_path / "kb"
+    with Index.create_or_open(tiny, IndexConfig(StoreConfig(uri=str(kb)))) as ix:
+        ix.add_texts(TEXTS[:3], ["a", "b", "c"],
+                     metadata=[{"n": 12345678901234567891, "m": 9007199254740993}] * 3)
+    reranker = Reranker.load(str(build_tiny_reranker(tmp_path / "rr").path), device="cpu")
+    long = " ".join(["word"] * (tiny.max_tokens + 50))
+    with live_server(tiny, reranker, index=str(kb), api_key="k") as url:
+        view = Page(chromium)
+        page = view.page
+        try:
+            page.goto(f"{url}/ui")
+            page.get_by_label("API key", exact=True).fill("k")
+            page.get_by_role("button", name="Use key", exact=True).click()
+            page.wait_for_selector("#heatmap td.cell")
+            assert page.locator("#model-name").inner_text() != ""
+            docs = page.get_by_label("Documents, one per line (embedded as documents)")
+            docs.fill("a" * 26 + "🐱🐶🐶\n" + long)
+            page.get_by_role("button", name="Compare", exact=True).click()
+            expect(page.locator("#sim-error")).to_contain_text("Documents, line 2, is longer")
+            assert page.locator("#heatmap").count() == 0
+            assert page.locator("#error").inner_text() == ""
+            # the search's own lines: the matrix's error stays; reranked, and said so
+            page.get_by_label("Search query", exact=True).fill("a cat")
+            page.get_by_role("button", name="Search", exact=True).click()
+            expect(page.locator("#search-status")).to_contain_text(
+                f"reranked by {reranker.name}")
+            assert "Documents, line 2" in page.locator("#sim-error").inner_text()
+            assert page.locator("#hits .meta").first.inner_text().startswith(
+                "n: 12345678901234567891 · m: 9007199254740993 · ")
+            page.get_by_label(f"Rerank with {reranker.name}").uncheck()
+            page.get_by_role("button", name="Search", exact=True).click()
+            expect(page.locator("#search-status")).to_have_text("3 hits for “a cat”.")
+            docs.fill("a" * 26 + "🐱🐶🐶")
+            page.get_by_role("button", name="Compare", exact=True).click()
+            expect(page.locator("#heatmap thead th").first).to_have_text("a" * 26 + "🐱…")
+            # the server unreachable: said so, not as a text box's fault
+            page.route("**/v1/embeddings", lambda r: r.abort())
+            page.get_by_role("button", name="Compare", exact=True).click()
+            expect(page.locator("#sim-error")).to_contain_text("The server cannot be reached")
+            page.unroute("**/v1/embeddings")
+            page.get_by_role("button", name="Forget key", exact=True).click()
+            assert page.locator("#model-name").inner_text() == ""
+            assert page.evaluate("document.activeElement.id") == "api-key"
+            assert page.locator("#sim-error").inner_text() == ""
+            # the aborted call's console line, and the refused one's 400
+            assert [e for e in view.errors if "400" not in e and "FAILED" not in e] == [], \
+                view.errors
         finally:
             view.context.close()
 
