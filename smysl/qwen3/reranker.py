@@ -43,6 +43,7 @@ from smysl.qwen3.hub import Checkpoint, read_checkpoint, read_rows, resolve
 from smysl.rerank import BaseReranker, PairError, RerankerInfo, RerankTokens, pair_of
 from smysl.scheduler import SchedulerConfig, plan_batches
 from smysl.tokenize import (
+    COUNT_CHARS,
     CUT_CHARS_PER_TOKEN,
     CutProof,
     Direction,
@@ -214,6 +215,10 @@ class Reranker(OnEngine, BaseReranker):
         cut = (self.max_tokens * CUT_CHARS_PER_TOKEN if truncate and direction == "right"
                else None)
         pieces = [_cut(d, cut) for _, d in checked]
+        if not truncate:  # refused, a huge one is counted only as far as proves it too long
+            pieces = [d[:self.max_tokens * CUT_CHARS_PER_TOKEN]
+                      if len(d) > max(self.max_tokens * CUT_CHARS_PER_TOKEN, COUNT_CHARS)
+                      else d for d in pieces]
         texts = [format_pair(q, piece, instruction) for (q, _), piece in zip(checked, pieces,
                                                                               strict=True)]
         fixed = len(self.prefix) + len(self.suffix)
@@ -237,8 +242,21 @@ class Reranker(OnEngine, BaseReranker):
                                         f"{self.max_tokens} with the document; shorten the "
                                         "query")
                     if not truncate:
-                        raise InputTooLongError(index=i, tokens=len(ids) + fixed,
-                                                limit=self.max_tokens, who="the reranker")
+                        # over the budget already within the cut: its tokens up to one past
+                        # the budget are the whole document's where a word end proves them
+                        wider = (None if len(piece) == len(document) else
+                                 self._cut_proof.widened(document, len(piece),
+                                                         offsets[budget][1] - start))
+                        if wider is None:
+                            raise InputTooLongError(
+                                index=i, limit=self.max_tokens, who="the reranker",
+                                at_least=len(piece) < len(document),
+                                tokens=(budget + 1 if len(piece) < len(document)
+                                        else len(ids)) + fixed)
+                        piece = _cut(document, wider)
+                        text = format_pair(query, piece, instruction)
+                        enc = self.tokenizer.encode(text, add_special_tokens=False)
+                        continue
                     keep = budget - head
                 lo, hi = ((head, head + keep) if direction == "right"
                           else (len(ids) - keep, len(ids)))

@@ -12,6 +12,7 @@ from qwen_tiny import TEXTS, QueuedEngine, Tiny, build_tiny, build_tiny_reranker
 
 from smysl import Reranker
 from smysl.qwen3.reranker import DEFAULT_INSTRUCTION, PREFIX, SUFFIX, format_pair
+from smysl.rerank import PairError
 from smysl.tokenize import InputTooLongError
 
 QUERY = "Какая столица у России?"
@@ -362,6 +363,53 @@ def test_truncation_reads_a_cut_of_a_huge_document_and_keeps_its_tokens(
                                              rf"cannot be told from its first {r.cut_chars} "):
             r.tokenize([(QUERY, odd)], truncate=True, read_chars=r.cut_chars)
         assert r.tokenize([(QUERY, odd)], truncate=True)[0] == whole_prompt(r, QUERY, odd)
+
+
+def test_refusing_a_huge_document_counts_only_as_far_as_proves_it(
+        loaded: dict[str, Reranker], monkeypatch: pytest.MonkeyPatch) -> None:
+    """A review's: refusing one 2.4 MB document (no truncation) tokenised all of it to say how
+    long it was (a server grew by 300 MB a request of them). One over ``COUNT_CHARS``
+    characters is counted as far as proves it too long ("at least"); where no word end proves
+    it, and under ``COUNT_CHARS``, exactly; a query too long is still the query's fault."""
+    import smysl.qwen3.reranker as module
+
+    monkeypatch.setattr(module, "COUNT_CHARS", 3000)
+    r = loaded["tied"]
+    seen: list[int] = []
+    real = r.tokenizer
+
+    class Seen:  # the texts tokenised, by length
+        def __getattr__(self, name: str) -> object:
+            return getattr(real, name)
+
+        def encode_batch(self, texts: list[str], **kw: object) -> object:
+            seen.extend(map(len, texts))
+            return real.encode_batch(texts, **kw)
+
+        def encode(self, text: str, **kw: object) -> object:
+            seen.append(len(text))
+            return real.encode(text, **kw)
+
+    def count(doc: str) -> int:
+        ids = real.encode(format_pair(QUERY, doc), add_special_tokens=False).ids
+        return len(r.prefix) + len(ids) + len(r.suffix)
+
+    monkeypatch.setattr(r, "tokenizer", Seen())
+    for doc in ("Москва — столица России. " * 2000, "e\u0301" * 3000 + " end" * 3000):
+        whole = count(doc)
+        seen.clear()
+        with pytest.raises(InputTooLongError, match="has at least") as e:
+            r.tokenize([(QUERY, "short"), (QUERY, doc)])
+        assert e.value.index == 1 and e.value.at_least
+        assert r.max_tokens < e.value.tokens <= whole
+        assert max(seen) < len(doc)
+    for doc in ("ACGT" * 2000, "слово " * 400):  # no word end; under COUNT_CHARS
+        with pytest.raises(InputTooLongError) as e:
+            r.tokenize([(QUERY, doc)])
+        assert not e.value.at_least
+        assert e.value.tokens == count(doc)
+    with pytest.raises(PairError, match="shorten the query"):
+        r.tokenize([(QUERY * 500, "Столица, " * 3000)])
 
 
 def test_max_document_tokens_cuts_the_document_part_only(loaded: dict[str, Reranker]) -> None:
