@@ -276,6 +276,21 @@ def test_workers_refuse_a_remote_reranker_before_loading(reranker: str, tiny_dir
     assert "is a remote API: serve it with one worker" in err and "loaded" not in err
 
 
+def test_a_port_in_use_is_refused_before_loading(tiny_dir, capsys) -> None:  # type: ignore[no-untyped-def]
+    """A review's: a port already taken was said only after the model had loaded (the whole
+    load of an 8B wasted)."""
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        assert main(["serve", "--model", str(tiny_dir), "--device", "cpu", "--port",
+                     str(port)]) == 2
+    err = capsys.readouterr().err
+    assert f"cannot listen on 127.0.0.1:{port}" in err and "loaded" not in err, err
+
+
 def test_bad_settings_are_named_by_their_flags_and_ranges(capsys) -> None:  # type: ignore[no-untyped-def]
     """The message named Python fields ("max_request_bytes", "switch_interval_s") that no
     flag is called, without the range; it is checked before any model loads."""
