@@ -259,6 +259,21 @@ class TextTokens:
     special_tokens: int
 
 
+def cut_to_tokens(text: str, limit: int, tokens: TextTokens) -> tuple[str, int] | None:
+    """The longest beginning of ``text`` ending at one of its tokens' ends that costs at most
+    ``limit`` tokens embedded (special tokens included), and what it costs: a request's own
+    limit below the model's, for a backend that cuts only to its own (sentence-transformers).
+    None where no token fits."""
+    offsets = tokens.offsets(text)
+    keep = min(len(offsets), limit - tokens.special_tokens)
+    while keep > 0:  # cut text may tokenise longer at its end: drop a token more
+        cut = text[: offsets[keep - 1][1]]
+        if (cost := tokens.count(cut)) <= limit:
+            return cut, cost
+        keep -= 1
+    return None
+
+
 class Tokenizer:
     """A ``tokenizers`` tokenizer that yields Qwen3-Embedding token ids."""
 

@@ -215,3 +215,22 @@ def test_refusing_a_huge_text_counts_only_as_far_as_proves_it(
             assert "has at least" not in str(e.value)
         fits = "ок " * 20
         assert tok.encode([fits]) == [tok.encode([fits], max_tokens=10**6)[0]]
+
+
+def test_cut_to_tokens_keeps_the_longest_beginning_that_fits(
+        both: tuple[Tokenizer, Tokenizer]) -> None:
+    """A text cut at a token's end to a request's own limit (a backend taking texts only):
+    a beginning of it, within the limit counted as embedded (EOS included), one token more
+    would not fit; None where no token fits beside the special ones."""
+    from smysl.tokenize import cut_to_tokens
+
+    tokens = both[0].text_tokens()
+    text = "Москва — столица России, крупнейший город страны. " * 5
+    for limit in (2, 5, 17, 40):
+        fit = cut_to_tokens(text, limit, tokens)
+        assert fit is not None
+        cut, cost = fit
+        assert text.startswith(cut) and cost == tokens.count(cut) <= limit
+        longer = text[: tokens.offsets(text)[len(tokens.offsets(cut))][1]]
+        assert tokens.count(longer) > limit
+    assert cut_to_tokens(text, 1, tokens) is None

@@ -24,7 +24,7 @@ from smysl.server.errors import ApiError, upstream_failed
 from smysl.server.health import BackendHealth
 from smysl.server.metrics import Metrics
 from smysl.shown import shown_source
-from smysl.tokenize import Direction, InputTooLongError, check_counts
+from smysl.tokenize import Direction, InputTooLongError, check_counts, cut_to_tokens
 
 _T = TypeVar("_T")
 
@@ -312,19 +312,12 @@ class Service:
         limit = self.embedder.max_tokens
         if (counts is not None and context is not None and not self.embedder.remote
                 and (limit is None or context[1] < limit)):
-            # a request's own limit, counted but not cut to: a local backend that cuts texts
-            # to its own (sentence-transformers) took num_ctx 8 as it took 100,000. (A remote
-            # one takes its limit: docs/server.md)
-            try:
-                check_counts(counts, context[1], who=context[0])
-            except InputTooLongError as e:  # truncate or not: it would not help
-                raise ApiError("too_long", (
-                    f"{what}[{(first or 0) + e.index}] has {e.tokens} tokens (special "
-                    f"tokens included) but {context[0]} takes at most {context[1]}, and "
-                    f"model {self.model_id!r} cannot cut its inputs to it"
-                    + (f" (only to its own limit, {limit} tokens)" if limit else "")
-                    + f": shorten it or leave {context[0]} out"),
-                    param=what) from None
+            # a request's own limit on a local backend that cuts texts to its own
+            # (sentence-transformers: num_ctx 8 was taken as 100,000): refused, or the texts
+            # cut to it here. (A remote one takes its limit: docs/server.md)
+            formatted, counts = await self._cut_to_context(
+                formatted, counts, context, truncate, len(formatted[0]) - len(texts[0]),
+                what, first, slot)
         if counts is not None and limit is not None:
             if not truncate:
                 try:
@@ -381,6 +374,40 @@ class Service:
             return run()
         with self.batcher.admitted() as slot:
             return await self._off_loop(run, size, slot)
+
+    async def _cut_to_context(self, formatted: list[str], counts: list[int],
+                              context: tuple[str, int], truncate: bool, head: int, what: str,
+                              first: int | None, slot: Slot) -> tuple[list[str], list[int]]:
+        """``formatted`` (their ``counts``) within a request's own limit ``context`` for a
+        backend without token-level input: over-long ones refused, or with ``truncate`` cut
+        at a token's end by the backend's own tokenizer (:func:`cut_to_tokens`), keeping the
+        ``head`` characters a query's template put first."""
+        name, most = context
+        try:
+            check_counts(counts, most, who=name)
+            return formatted, counts
+        except InputTooLongError as e:
+            if not truncate:
+                raise self._too_long(what, e, first) from None
+        tokens = self.embedder.text_tokens()
+        if tokens is None:  # no offsets (a slow tokenizer): it cannot be cut to num_ctx
+            raise ApiError("too_long", f"model {self.model_id!r} cannot cut its inputs to "
+                           f"{name} ({most} tokens): shorten them or leave {name} out",
+                           param=what)
+        over = [i for i, c in enumerate(counts) if c > most]
+
+        def cut() -> list[tuple[str, int] | None]:
+            return [cut_to_tokens(formatted[i], most, tokens) for i in over]
+
+        out, kept = list(formatted), list(counts)
+        for i, fit in zip(over, await self._off_loop(cut, sum(len(formatted[i]) for i in over),
+                                                     slot), strict=True):
+            if fit is None or len(fit[0]) <= head:  # the instruction's vector alone
+                raise ApiError("too_long", f"{what}[{(first or 0) + i}]: {name} {most} keeps "
+                               "none of it beside the query's instruction; use a larger "
+                               f"{name} or a shorter instruction", param=what)
+            out[i], kept[i] = fit
+        return out, kept
 
     async def _off_loop(self, run: Callable[[], _T], size: int, slot: Slot) -> _T:
         """``run()`` inline or in a tokenizer thread (:meth:`Batcher.prepare`)."""

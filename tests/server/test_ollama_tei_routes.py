@@ -557,21 +557,26 @@ def test_ollama_num_ctx_truncates_as_ollama_does(client, tiny) -> None:  # type:
 
 def test_ollama_num_ctx_on_a_model_that_cuts_only_to_its_own_limit(minilm) -> None:  # type: ignore[no-untyped-def]
     """A review's: a sentence-transformers model took ``options.num_ctx`` 8 as it took
-    100,000 (the same vector, 200). It counts tokens but cuts texts only to its own limit: an
-    input over num_ctx is refused, with or without truncate, the message saying why; inputs
-    within it are embedded as without it."""
+    100,000 (the same vector, 200). It takes texts, not token ids, and cuts them to its own
+    limit only: an input over num_ctx is cut here at a token's end by its own tokenizer (the
+    vector of the model run with max_tokens 8), or refused without truncate; inputs within
+    it are embedded as without it."""
+    import smysl
+    from smysl.options import ModelOptions
+
     text = " ".join(["word"] * 100)
+    eight = smysl.load("st:all-minilm-l6-v2", ModelOptions(max_tokens=8))
     with TestClient(create_app(minilm, ServerConfig())) as c:
         r = c.post("/api/embed", json={"input": [text], "options": {"num_ctx": 8},
                                        "truncate": False})
         assert r.status_code == 400 and "options.num_ctx takes at most 8" in r.json()["error"]
-        # not the advice to send truncate, which would not help (a diff review's)
-        assert "truncate" not in r.json()["error"], r.text
-        r = c.post("/api/embed", json={"input": ["hi", text], "options": {"num_ctx": 8}})
-        assert r.status_code == 400, r.text
-        assert ("input[1] has 102 tokens" in r.json()["error"]
-                and "cannot cut its inputs to it (only to its own limit, 256 tokens)"
-                in r.json()["error"])
+        r = c.post("/api/embed", json={"input": ["hi", text, "a b c d e f g h i j"],
+                                       "options": {"num_ctx": 8}})
+        assert r.status_code == 200, r.text
+        np.testing.assert_allclose(
+            vecs(r.json()["embeddings"]),
+            eight.embed(["hi", text, "a b c d e f g h i j"], truncate=True), atol=1e-6)
+        assert r.json()["prompt_eval_count"] == 3 + 8 + 8
         for ctx in (8, 100_000):
             r = c.post("/api/embed", json={"input": ["hi there"], "options": {"num_ctx": ctx}})
             assert np.array_equal(vecs(r.json()["embeddings"]), minilm.embed(["hi there"]))
