@@ -449,6 +449,13 @@ def info_router(rs: RerankService) -> APIRouter:
             device=model.device, kernel=model.kernel, slice_tokens=model.slice_tokens,
             tuned_at=model.tuned_at, threads=model.threads))
 
+    @r.get("/ui", include_in_schema=False)
+    async def no_page() -> Response:
+        """The page compares embeddings: a reranker alone has none (a bare "no route")."""
+        raise ApiError("route_not_found", "the page /ui needs an embedding model: this server "
+                       f"serves the reranker {rs.model_id!r} alone (smysl serve --model M "
+                       "--reranker R serves both)")
+
     return r
 
 

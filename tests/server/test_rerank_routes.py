@@ -143,6 +143,9 @@ def test_reranker_alone_serves_health_metrics_and_no_embeddings(client: Any,
     assert client.get("/health").status_code == 200
     assert client.get("/ping").status_code == client.head("/").status_code == 200
     assert client.post("/v1/embeddings", json={"input": "x"}).status_code == 404
+    # the page needs an embedding model, and says so (a review's: "no route GET /ui")
+    page = client.get("/ui")
+    assert page.status_code == 404 and "needs an embedding model" in page.json()["error"]
     r = client.post("/v1/rerank", json={"query": QUERY, "documents": DOCS, "top_n": 2})
     assert r.status_code == 200 and len(r.json()["results"]) == 2
     assert r.json()["usage"]["total_tokens"] > 0

@@ -768,6 +768,17 @@ def test_page_draws_a_matrix_of_160000_cells(chromium, tiny, tmp_path) -> None: 
                 renderHeatmap(names, names, rows, 64);
             }""", n)
             assert page.locator("#heatmap tbody tr").count() == n
+            # more than a million cells is refused before anything is sent (a review's: a
+            # box takes the server's 2,048 lines, and 4.2M cells would freeze the tab)
+            from playwright.sync_api import expect
+
+            sent = len(view.requests)
+            page.locator("#queries").fill("\n".join(f"q{i}" for i in range(1001)))
+            page.locator("#documents").fill("\n".join(f"d{i}" for i in range(1000)))
+            page.get_by_role("button", name="Compare", exact=True).click()
+            expect(page.locator("#sim-error")).to_contain_text(
+                "1001 queries x 1000 documents: the page draws at most 1,000,000 cells")
+            assert len(view.requests) == sent
             assert view.errors == []
         finally:
             view.context.close()
