@@ -332,7 +332,10 @@ def test_slow_calls_stop_at_job_timeout() -> None:
     with FakeServer() as srv:
         srv.script.extend([Fault(delay=1.0)] * 3)
         rr = load(srv, "jina", timeout=0.2, job_timeout=0.5)
-        with pytest.raises(JobTimeoutError, match="rerank call ran past job_timeout"):
+        # past it, or about to be with the next try's wait (which one: the machine's load
+        # decides; CI under load met the second)
+        with pytest.raises(JobTimeoutError, match=r"rerank call ran past job_timeout|the next "
+                                                  r"try would wait .* past it"):
             rr.rerank(QUERY, DOCS)
 
 

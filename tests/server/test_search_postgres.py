@@ -53,7 +53,7 @@ def test_a_postgres_index_is_served_through_lost_connections_and_refusals(
         assert info.json()["index"] == {
             "location": f"postgres:127.0.0.1:{port}/postgres table {table}",
             "dimensions": HashEmbedder.dimensions, "chunks": len(TEXTS), "problem": None,
-            "most_hits": 100}
+            "most_hits": 100, "reranker": None}
         first = client.post("/search", json=query)
         assert first.status_code == 200, first.text
         assert first.json()["hits"][0]["id"] == "1#0"
