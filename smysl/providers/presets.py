@@ -9,7 +9,7 @@ from typing import Any
 
 from smysl.options import ModelOptions
 from smysl.providers.base import Provider
-from smysl.providers.config import ProviderConfig, embedding_base_url
+from smysl.providers.config import ProviderConfig, embedding_base_url, url_and_model
 from smysl.shown import shown_url
 
 #: The widths DashScope's text-embedding-v4 and SiliconFlow's Qwen3 models take as
@@ -117,9 +117,7 @@ def connect(scheme: str, rest: str = "", **options: Any) -> Provider:
     unknown = set(options) - _CONFIG_FIELDS - _PROVIDER_OPTIONS - cls.OPTIONS - {"base_url"}
     if unknown:
         raise TypeError(f"unexpected options for {scheme}: {sorted(unknown)}")
-    url, model = None, rest
-    if rest.startswith(("http://", "https://")):
-        url, _, model = rest.partition("#")
+    url, model = url_and_model(rest, url_alone=scheme == "tei")
     if options.get("base_url"):
         url = str(options.pop("base_url"))
     options.pop("base_url", None)

@@ -44,7 +44,7 @@ import numpy as np
 
 from smysl.options import ModelOptions
 from smysl.prompts import expand_preset
-from smysl.providers.config import ProviderConfig, on_path, with_scheme
+from smysl.providers.config import ProviderConfig, on_path, url_and_model, with_scheme
 from smysl.providers.dispatch import BatchLimit, CallLimit, run_batches
 from smysl.providers.errors import (
     MalformedResponseError,
@@ -762,12 +762,8 @@ def connect_reranker(scheme: str, rest: str = "", **options: Any) -> RemoteReran
     unknown = set(options) - _CONFIG_FIELDS - _OPTIONS - cls.OPTIONS - {"base_url"}
     if unknown:
         raise TypeError(f"unexpected options for {scheme}: {sorted(unknown)}")
-    url: str | None = None
-    model = rest.strip()
-    if model.startswith(("http://", "https://")):
-        url, _, model = model.partition("#")
-    elif scheme == "tei" and model:  # TEI serves one model: anything given is its address
-        url, model = model, ""
+    # TEI serves one model: anything given is its address
+    url, model = url_and_model(rest, url_alone=scheme == "tei")
     if options.get("base_url"):
         url = str(options["base_url"])
     options.pop("base_url", None)

@@ -885,6 +885,34 @@ def test_base_urls_without_a_scheme_keep_a_paid_api_s_key_off_plain_http(monkeyp
     assert connect("smysl", "m").base_url == "http://gpu-box:8000/v1"
 
 
+def test_a_url_without_its_scheme_in_the_model_string_is_the_url(monkeypatch) -> None:
+    """A review's: `openai:gpu-box:8001/v1#M` went to api.openai.com (with the user's key) as
+    the model `gpu-box:8001/v1`; `tei:gpu-box:8080` to localhost:8080; `openai:ftp://x#y` to
+    OpenAI too. A URL written as the docs allow, without its scheme, is the URL; one of
+    another scheme is refused; model names with a colon (Ollama's tags) stay names."""
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
+    for scheme, rest, url, model in (
+            ("openai", "gpu-box:8001/v1#Qwen/Qwen3-Embedding-0.6B", "https://gpu-box:8001/v1",
+             "Qwen/Qwen3-Embedding-0.6B"),
+            ("smysl", "gpu-box:8000#m", "http://gpu-box:8000/v1", "m"),
+            ("ollama", "gpu-box:11434#qwen3-embedding:8b", "http://gpu-box:11434",
+             "qwen3-embedding:8b"),
+            ("ollama", "qwen3-embedding:8b", "http://localhost:11434", "qwen3-embedding:8b"),
+            ("tei", "gpu-box:8080", "http://gpu-box:8080", None)):
+        p = connect(scheme, rest)
+        assert p.base_url == url, (scheme, rest)
+        if model is not None:
+            assert p.model == model
+    with pytest.raises(ValueError, match="'ftp://x' is no http:// or https:// URL"):
+        connect("openai", "ftp://x#y")
+    with pytest.raises(ValueError, match="no model given"):
+        connect("openai", "gpu-box:8001")
+    from smysl.providers.rerankers import connect_reranker
+
+    assert connect_reranker("tei", "gpu-box:8080").base_url == "http://gpu-box:8080"
+    assert connect_reranker("jina", "gpu-box:9000#jr").base_url.startswith("https://gpu-box:9000")
+
+
 def test_a_smysl_client_reads_its_own_key_variable_first(monkeypatch) -> None:
     h = Recorder(dims=64)
     monkeypatch.setenv("SMYSL_API_KEY", "servers-own")
