@@ -205,7 +205,8 @@ def to_row(number: int, record: Any, id_field: str, text_field: str) -> Row:
     try:
         rid = row_id(record.get(id_field), id_field)
     except ValueError as e:
-        return Row(number, problem=str(e))
+        fields = f" (its fields: {_fields(record)})" if id_field not in record else ""
+        return Row(number, problem=f"{e}{fields}")
     if isinstance(text, bytes):  # a Parquet binary column (older Spark/Hive write strings so)
         try:
             text = text.decode("utf-8")
@@ -213,6 +214,10 @@ def to_row(number: int, record: Any, id_field: str, text_field: str) -> Row:
             return Row(number, problem=f"text field {text_field!r} is bytes that are not "
                                        "UTF-8")
     if not isinstance(text, str):
+        if text_field not in record:  # its fields said: a misspelt --text-field is seen there
+            # (a JSONL row's advice, --skip-bad-rows, then skipped every row: a review's)
+            return Row(number, problem=f"no text field {text_field!r} (its fields: "
+                       f"{_fields(record)})")
         return Row(number, problem=f"no text field {text_field!r}" if missing(text)
                    else f"text field {text_field!r} is not a string")
     # JSON may spell a lone surrogate ("\ud800"): not text, and no UTF-8 output can hold it
@@ -222,6 +227,12 @@ def to_row(number: int, record: Any, id_field: str, text_field: str) -> Row:
         except ValueError as e:
             return Row(number, problem=str(e))
     return Row(number, rid, text)
+
+
+def _fields(record: dict[Any, Any]) -> str:
+    """A record's field names as an error shows them (the first ten)."""
+    names = [str(k) for k in record]
+    return ", ".join(names[:10]) + (f" and {len(names) - 10} more" if len(names) > 10 else "")
 
 
 def read_rows(source: Source, id_field: str, text_field: str) -> Iterator[Row]:

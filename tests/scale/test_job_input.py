@@ -148,6 +148,22 @@ def test_files_a_folder_holds_but_the_job_does_not_read_are_named(tiny, tiny_dir
     assert "smysl embed: warning: 3 files not read" in err and "UserWarning" not in err
 
 
+def test_a_row_without_the_field_names_the_fields_it_has(tiny, tmp_path) -> None:
+    """A review's: `--text-field body` on JSONL rows of `text` said "row 1: no text field
+    'body'" and advised --skip-bad-rows, which skipped every row; a CSV said its columns. A
+    row without the field (or the id's) names the fields it has."""
+    from smysl.scale import JobConfig, run_job
+
+    d = tmp_path / "c"
+    d.mkdir()
+    (d / "a.jsonl").write_text('{"id": "1", "text": "a"}\n{"id": "2", "text": "b"}\n')
+    with pytest.raises(ValueError, match=r"row 1: no text field 'body' \(its fields: id, "
+                                         r"text\)"):
+        run_job(tiny, [d], JobConfig(output=str(tmp_path / "o"), text_field="body"))
+    with pytest.raises(ValueError, match=r"no usable id field 'key' \(its fields: id, text\)"):
+        run_job(tiny, [d], JobConfig(output=str(tmp_path / "o2"), id_field="key"))
+
+
 @pytest.mark.parametrize("name", ["rows.json", "rows.jsonl.gz", "rows.tsv", "vectors.npy"])
 def test_a_data_file_is_not_embedded_as_lines(tiny_dir, tmp_path, capsys, name) -> None:
     """`--input x.json` embedded each raw JSON line as a text; such files are refused (a
