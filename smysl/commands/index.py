@@ -438,4 +438,14 @@ def _delete(args: argparse.Namespace, store: StoreConfig) -> int:
         n = s.delete(where=where)
         record_count(s)
         print(f"deleted {n} chunks; {s.count()} left", file=sys.stderr)
+        if n == 0 and args.doc_id:
+            # an id as the file was named, not as it was added (relative to --root): "deleted
+            # 0 chunks" and exit 0 read as done
+            sample = next(iter(s.scan(3, with_vectors=False)), [])
+            seen = sorted({str(r.payload.get("doc_id")) for r in sample})
+            print(f"smysl index delete: warning: no chunk has the document id(s) "
+                  f"{', '.join(map(repr, args.doc_id[:3]))}"
+                  + (f"; ids in this index look like {', '.join(map(repr, seen))} (a file "
+                     "added with --root is named relative to it)" if seen else ""),
+                  file=sys.stderr)
     return 0

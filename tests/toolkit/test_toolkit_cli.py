@@ -90,6 +90,12 @@ def test_index_add_search_delete(tiny_dir, data, capsys, monkeypatch) -> None:
         "кошки", "-5"]
     assert main(["index", "delete", kb, "--doc-id", "r0", "--doc-id", "r1"]) == 0
     assert "deleted 2 chunks; 5 left" in capsys.readouterr().err
+    # an id no chunk has (a path, where the index holds it relative to --root): said, with
+    # what the ids look like (a review's: "deleted 0 chunks", exit 0)
+    assert main(["index", "delete", kb, "--doc-id", "/abs/r2"]) == 0
+    err = capsys.readouterr().err
+    assert "deleted 0 chunks; 5 left" in err and "no chunk has the document id(s) '/abs/r2'" \
+        in err and "ids in this index look like " in err and "'r2'" in err, err
     assert main(["index", "delete", kb]) == 2  # nothing to delete by: an error, not a wipe
 
 
