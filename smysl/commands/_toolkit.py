@@ -116,7 +116,8 @@ def rerank_settings(args: argparse.Namespace) -> dict[str, Any]:
                                 ("--rerank-instruction", args.rerank_instruction))
                  if v is not None]
         if given:
-            raise ValueError(f"{' and '.join(given)} need(s) --rerank R")
+            raise ValueError(f"{' and '.join(given)} "
+                             f"{'needs' if len(given) == 1 else 'need'} --rerank R")
         return {}
     if args.mmr:
         raise ValueError("--mmr and --rerank both choose the final hits out of the "

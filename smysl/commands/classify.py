@@ -170,8 +170,9 @@ def _refuse_unused(args: argparse.Namespace, mode: str) -> None:
     if named:
         also = (" (the classifier keeps the settings it was trained with)"
                 if mode == "--load" else "")
-        raise ValueError(f"{', '.join(named)} do(es) nothing with {mode}{also}; they apply "
-                         f"to --train")
+        one = len(named) == 1
+        raise ValueError(f"{', '.join(named)} {'does' if one else 'do'} nothing with {mode}"
+                         f"{also}; {'it applies' if one else 'they apply'} to --train")
 
 
 def _load_classifier(path: str) -> SupervisedClassifier:

@@ -63,8 +63,9 @@ def _refuse_unused(args: argparse.Namespace) -> None:
     if args.method == "hdbscan":
         named = [f for f, v in (("--k", args.k), ("--k-max", args.k_max)) if v is not None]
         if named:
-            raise ValueError(f"{' and '.join(named)} do(es) nothing with --method hdbscan "
-                             f"(it finds the number of clusters itself)")
+            verb = "does" if len(named) == 1 else "do"
+            raise ValueError(f"{' and '.join(named)} {verb} nothing with --method hdbscan "
+                             "(it finds the number of clusters itself)")
         if args.seed is not None:
             raise ValueError("--seed does nothing with --method hdbscan (it draws nothing at "
                              "random)")

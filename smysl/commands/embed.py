@@ -193,7 +193,8 @@ def _run_job(args: argparse.Namespace) -> int:
               *(_flags(args, ["overlap"]) if args.chunk_tokens is None else []),
               *(_flags(args, ["table"]) if not is_store(args.output) else [])]
     if unused:
-        raise ValueError(f"{', '.join(unused)} do(es) nothing here: --actors and "
+        verb = "does" if len(unused) == 1 else "do"
+        raise ValueError(f"{', '.join(unused)} {verb} nothing here: --actors and "
                          f"--gpus-per-actor go with --ray, --overlap with --chunk-tokens, "
                          f"--table with an index output")
     # a file's name (x.csv, x.ndjson) made a folder of Parquet shards by that name

@@ -229,7 +229,7 @@ def test_index_search_rerank_command(tiny_dir: Path, tiny_reranker: Path, tmp_pa
         "animal"}
     # settings that would do nothing, or clash, are errors (exit 2) naming the flags
     for argv, message in (
-            (["--rerank-top", "5"], "--rerank-top need(s) --rerank"),
+            (["--rerank-top", "5"], "--rerank-top needs --rerank"),
             (["--mmr", "--rerank", str(tiny_reranker)], "--mmr and --rerank"),
             (["--rerank", "siliconflow:BAAI/bge-reranker-v2-m3", "--rerank-top", "0"],
              "rerank_top must be an integer >= 1"),

@@ -285,9 +285,9 @@ def test_classify_and_cluster_refuse_what_they_would_get_silently_wrong(tiny_dir
             (["--labels", "billing, Billing "], "label 'Billing' is given twice (#1 and #2, "
              "in another case)"),
             (["--labels", twice], "label 'a' is given twice"),
-            (["--labels", "a,b", "--save", "m.npz"], "--save do(es) nothing with --labels"),
+            (["--labels", "a,b", "--save", "m.npz"], "--save does nothing with --labels"),
             (["--labels", "a,b", "--description-field", "d"], "--description-field names"),
-            (["--load", "m.npz", "--method", "knn"], "--method do(es) nothing with --load"),
+            (["--load", "m.npz", "--method", "knn"], "--method does nothing with --load"),
             (["--load", "m.npz", "--dimensions", "16"], "the classifier keeps the settings"),
             (["-i", late_gold, "--labels", "x,y"], "row 1 has no 'label' column"),
             # a review's: '' read as absent (the error named "None"), the other method's
@@ -323,7 +323,7 @@ def test_classify_and_cluster_refuse_what_they_would_get_silently_wrong(tiny_dir
         assert f"--queries-file {bad}: {says}" in capsys.readouterr().err
     assert main(["classify", *model, "-i", rows, "--labels", str(data / "notes.txt")]) == 2
     assert "a labels file is .csv, .jsonl or .json" in capsys.readouterr().err
-    for argv, says in ((["--method", "hdbscan", "--k", "3"], "--k do(es) nothing with"),
+    for argv, says in ((["--method", "hdbscan", "--k", "3"], "--k does nothing with"),
                        (["--min-cluster-size", "3"], "--min-cluster-size is for --method"),
                        (["--single-cluster"], "--single-cluster is for --method"),
                        (["--k", "2", "--k-max", "4"], "--k-max bounds the estimate"),
