@@ -109,8 +109,8 @@ def run(args: argparse.Namespace) -> int:
         # loads under this environment run its count, never a measured one (load_threads):
         # slices measured under another count would be stored under a key no load asks for
         print(f"note: {variables} is set: loads run that count, so the slices are measured "
-              f"under it ({torch.get_num_threads()} threads); unset it to measure the thread "
-              "count too", file=sys.stderr)
+              f"under it ({count_of(torch.get_num_threads(), 'thread')}); unset it to "
+              "measure the thread count too", file=sys.stderr)
     elif args.threads is None:  # measured first: the best slice depends on it
         print(f"measuring {tk}\n({count_of(args.layers, 'layer')}, "
               f"{count_of(args.rounds, 'round')} per count)", file=sys.stderr)
