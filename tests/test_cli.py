@@ -1046,3 +1046,19 @@ def test_every_command_shows_examples_that_parse(capsys: pytest.CaptureFixture[s
         main(["index", "search", "--help"])
     assert '\n  smysl index search kb "how do I reset my password?" -k 5\n' in \
         capsys.readouterr().out
+
+
+def test_reading_the_terminal_says_how_to_end(monkeypatch: pytest.MonkeyPatch,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    """A review's: `smysl embed` with no -i on a terminal waited with nothing said."""
+    from smysl.commands._lines import read_lines
+
+    class Terminal(io.TextIOWrapper):
+        def isatty(self) -> bool:
+            return True
+
+    monkeypatch.setattr("sys.stdin", Terminal(io.BytesIO(b"one\ntwo\n")))
+    assert read_lines("-") == ["one", "two"]
+    assert "reading texts from the terminal" in capsys.readouterr().err
+    monkeypatch.setattr("sys.stdin", io.TextIOWrapper(io.BytesIO(b"one\n")))
+    assert read_lines("-") == ["one"] and capsys.readouterr().err == ""

@@ -5,6 +5,7 @@ input."""
 from __future__ import annotations
 
 import json
+import os
 import sys
 
 
@@ -28,6 +29,10 @@ def read_lines(source: str, flag: str = "--input") -> list[str]:
     first line, whose vector then differed from the same line's without it). ``flag``: the
     option that named ``source``, for the error when it is not there."""
     if source == "-":
+        if sys.stdin.isatty():  # a command waiting on the terminal looked hung
+            print(f"smysl: reading texts from the terminal, one a line; end with "
+                  f"{'Ctrl-Z, Enter' if os.name == 'nt' else 'Ctrl-D'} (or give a file: "
+                  f"{flag} FILE)", file=sys.stderr)
         # the bytes, as a file's are read: sys.stdin's text layer would end a line at a lone
         # \r too (universal newlines), and decode in the locale's encoding
         data = sys.stdin.buffer.read()
