@@ -157,11 +157,12 @@ def _head_tokens(offsets: Sequence[tuple[int, int]], chars: int) -> int:
     return n
 
 
-#: Truncating a text's end, or refusing a text over the limit, a text over ``limit *
-#: CUT_CHARS_PER_TOKEN`` characters is cut to that many before it is tokenised (text runs 2-5
-#: characters per Qwen3 token), and read wider only where the tokens kept (or the limit's worth
-#: that proves it too long) could differ from the whole text's (:class:`CutProof`): a 20 MB
-#: line cut to 32K tokens was tokenised whole, 3 GB of offsets for a few hundred KB kept.
+#: Truncating a text's end, a text over ``limit * CUT_CHARS_PER_TOKEN`` characters is cut to
+#: that many before it is tokenised (text runs 2-5 characters per Qwen3 token), and read
+#: wider only where the tokens kept could differ from the whole text's (:class:`CutProof`): a
+#: 20 MB line cut to 32K tokens was tokenised whole, 3 GB of offsets for a few hundred KB kept.
+#: Refusing one (no truncation), so is a text over :data:`COUNT_CHARS` as well, the limit's
+#: worth of its tokens proving it too long.
 CUT_CHARS_PER_TOKEN = 8
 #: Refusing a text over the limit (no truncation), one of up to this many characters is
 #: counted whole (the error says by how much it is over; ~0.2 s and 100 MB at most); a longer

@@ -445,6 +445,7 @@ def _delete(args: argparse.Namespace, store: StoreConfig) -> int:
             seen = sorted({str(r.payload.get("doc_id")) for r in sample})
             print(f"smysl index delete: warning: no chunk has the document id(s) "
                   f"{', '.join(map(repr, args.doc_id[:3]))}"
+                  + (" and matches --where" if args.where else "")
                   + (f"; ids in this index look like {', '.join(map(repr, seen))} (a file "
                      "added with --root is named relative to it)" if seen else ""),
                   file=sys.stderr)

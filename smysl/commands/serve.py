@@ -270,13 +270,9 @@ def run(args: argparse.Namespace) -> int:
         from smysl.server.workers import check_index_workers
 
         check_index_workers(config)
-    if config.port:
-        # a port taken was said once the model had loaded (minutes, for the 8B on CPU); the
-        # claim is let go at once, and serving binds it again
-        from smysl.server.workers import listening_sockets
+    from smysl.server.workers import claim_port
 
-        for claim in listening_sockets(config.host, config.port, listen=False):
-            claim.close()
+    claim_port(config.host, config.port)  # before anything loads
 
     from smysl.registry import (
         load,

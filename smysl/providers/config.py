@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import re
 import urllib.parse
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -199,22 +198,18 @@ def port_of(url: str) -> int | None:
         raise ValueError(f"bad URL {shown_url(url)!r}: {e}") from None
 
 
-#: ``host:port`` (a name or IPv4 address, or ``[IPv6]``), perhaps a path after it: an address
-#: written without its scheme, and with no model after it.
-_HOST_PORT = re.compile(r"(?:[A-Za-z0-9.-]+|\[[0-9A-Fa-f:.%\w]+\]):\d{1,5}(?:/.*)?")
-
-
 def url_and_model(rest: str, *, url_alone: bool = False) -> tuple[str | None, str]:
     """The parts of a model string's ``URL#MODEL`` (or ``MODEL`` alone): the URL with or
     without its scheme (``gpu-box:8001/v1#m`` was taken as the model name ``gpu-box:8001/v1``
     and sent to the preset's own address: OpenAI's, with the user's key); a URL alone where
-    it has a scheme or is ``host:port``; ``url_alone``: a server of one model (TEI), where
-    anything given is its address."""
+    it has a scheme; ``url_alone``: a server of one model (TEI), where anything given is its
+    address. Without ``#`` or ``://`` the rest is the model, colons and all (an Ollama tag
+    ``my-embed:2`` looks like ``host:port``)."""
     rest = rest.strip()
     if "#" in rest:
         url, _, model = rest.partition("#")
         return url.strip() or None, model.strip()
-    if "://" in rest or (rest and url_alone) or _HOST_PORT.fullmatch(rest):
+    if "://" in rest or (rest and url_alone):
         return rest, ""
     return None, rest
 

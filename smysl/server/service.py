@@ -316,8 +316,8 @@ class Service:
             # (sentence-transformers: num_ctx 8 was taken as 100,000): refused, or the texts
             # cut to it here. (A remote one takes its limit: docs/server.md)
             formatted, counts = await self._cut_to_context(
-                formatted, counts, context, truncate, len(formatted[0]) - len(texts[0]),
-                what, first, slot)
+                formatted, counts, context, truncate, direction,
+                len(formatted[0]) - len(texts[0]), what, first, slot)
         if counts is not None and limit is not None:
             if not truncate:
                 try:
@@ -376,8 +376,9 @@ class Service:
             return await self._off_loop(run, size, slot)
 
     async def _cut_to_context(self, formatted: list[str], counts: list[int],
-                              context: tuple[str, int], truncate: bool, head: int, what: str,
-                              first: int | None, slot: Slot) -> tuple[list[str], list[int]]:
+                              context: tuple[str, int], truncate: bool,
+                              direction: Direction, head: int, what: str, first: int | None,
+                              slot: Slot) -> tuple[list[str], list[int]]:
         """``formatted`` (their ``counts``) within a request's own limit ``context`` for a
         backend without token-level input: over-long ones refused, or with ``truncate`` cut
         at a token's end by the backend's own tokenizer (:func:`cut_to_tokens`), keeping the
@@ -389,6 +390,10 @@ class Service:
         except InputTooLongError as e:
             if not truncate:
                 raise self._too_long(what, e, first) from None
+        if direction == "left":  # cut_to_tokens keeps a text's beginning
+            raise ApiError("unsupported", f"model {self.model_id!r} can only truncate on the "
+                           "right; use truncation_direction 'right'",
+                           param="truncation_direction")
         tokens = self.embedder.text_tokens()
         if tokens is None:  # no offsets (a slow tokenizer): it cannot be cut to num_ctx
             raise ApiError("too_long", f"model {self.model_id!r} cannot cut its inputs to "
@@ -402,10 +407,11 @@ class Service:
         out, kept = list(formatted), list(counts)
         for i, fit in zip(over, await self._off_loop(cut, sum(len(formatted[i]) for i in over),
                                                      slot), strict=True):
-            if fit is None or len(fit[0]) <= head:  # the instruction's vector alone
+            if fit is None or len(fit[0]) <= head:  # the prompt's vector alone, or nothing
+                beside = " beside the prompt put before it" if head else ""
                 raise ApiError("too_long", f"{what}[{(first or 0) + i}]: {name} {most} keeps "
-                               "none of it beside the query's instruction; use a larger "
-                               f"{name} or a shorter instruction", param=what)
+                               f"no token of its text{beside}; use a larger {name}",
+                               param=what)
             out[i], kept[i] = fit
         return out, kept
 

@@ -361,6 +361,15 @@ def _foreign_listeners(ours: list[socket.socket]) -> list[str]:
     return found
 
 
+def claim_port(host: str, port: int) -> None:
+    """ValueError now where ``host:port`` cannot be listened on (taken, no such address):
+    ``smysl serve`` asks before loading its models (a port in use was said once an 8B had
+    loaded). The claim is let go at once; serving binds the port again."""
+    if port:
+        for claim in listening_sockets(host, port, listen=False):
+            claim.close()
+
+
 def listening_sockets(host: str, port: int, *, listen: bool = True) -> list[socket.socket]:
     """Listening sockets on ``port``: one per address ``host`` resolves to,
     as one uvicorn process binds them (``localhost``: 127.0.0.1 and ::1 where the system

@@ -888,8 +888,9 @@ def test_base_urls_without_a_scheme_keep_a_paid_api_s_key_off_plain_http(monkeyp
 def test_a_url_without_its_scheme_in_the_model_string_is_the_url(monkeypatch) -> None:
     """A review's: `openai:gpu-box:8001/v1#M` went to api.openai.com (with the user's key) as
     the model `gpu-box:8001/v1`; `tei:gpu-box:8080` to localhost:8080; `openai:ftp://x#y` to
-    OpenAI too. A URL written as the docs allow, without its scheme, is the URL; one of
-    another scheme is refused; model names with a colon (Ollama's tags) stay names."""
+    OpenAI too. A URL written as the docs allow, without its scheme, is the URL (before `#`,
+    or TEI's alone); one of another scheme is refused; model names with a colon (Ollama's
+    tags, digits too) stay names."""
     monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
     for scheme, rest, url, model in (
             ("openai", "gpu-box:8001/v1#Qwen/Qwen3-Embedding-0.6B", "https://gpu-box:8001/v1",
@@ -905,8 +906,9 @@ def test_a_url_without_its_scheme_in_the_model_string_is_the_url(monkeypatch) ->
             assert p.model == model
     with pytest.raises(ValueError, match="'ftp://x' is no http:// or https:// URL"):
         connect("openai", "ftp://x#y")
-    with pytest.raises(ValueError, match="no model given"):
-        connect("openai", "gpu-box:8001")
+    # a tag of digits is a model's, not a port (a diff review's: "no model given")
+    assert connect("ollama", "my-embed:2").model == "my-embed:2"
+    assert connect("smysl", "qwen3:8").model == "qwen3:8"
     from smysl.providers.rerankers import connect_reranker
 
     assert connect_reranker("tei", "gpu-box:8080").base_url == "http://gpu-box:8080"

@@ -16,6 +16,7 @@ pytest.importorskip("prometheus_client")
 from live_http import free_port, live_server  # noqa: F401 - re-exported for the server tests
 
 from smysl.base import BaseEmbedder, Progress
+from smysl.server.workers import claim_port as REAL_CLAIM_PORT  # noqa: F401 - conftest patches it
 
 T = TypeVar("T")
 

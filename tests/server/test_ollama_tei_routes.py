@@ -577,6 +577,9 @@ def test_ollama_num_ctx_on_a_model_that_cuts_only_to_its_own_limit(minilm) -> No
             vecs(r.json()["embeddings"]),
             eight.embed(["hi", text, "a b c d e f g h i j"], truncate=True), atol=1e-6)
         assert r.json()["prompt_eval_count"] == 3 + 8 + 8
+        # [CLS] and [SEP] fill 2: no token of the text fits, and no instruction is blamed
+        r = c.post("/api/embed", json={"input": [text], "options": {"num_ctx": 2}})
+        assert r.status_code == 400 and "keeps no token of its text;" in r.json()["error"]
         for ctx in (8, 100_000):
             r = c.post("/api/embed", json={"input": ["hi there"], "options": {"num_ctx": ctx}})
             assert np.array_equal(vecs(r.json()["embeddings"]), minilm.embed(["hi there"]))

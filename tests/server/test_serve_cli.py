@@ -276,10 +276,14 @@ def test_workers_refuse_a_remote_reranker_before_loading(reranker: str, tiny_dir
     assert "is a remote API: serve it with one worker" in err and "loaded" not in err
 
 
-def test_a_port_in_use_is_refused_before_loading(tiny_dir, capsys) -> None:  # type: ignore[no-untyped-def]
+def test_a_port_in_use_is_refused_before_loading(tiny_dir, capsys, monkeypatch) -> None:  # type: ignore[no-untyped-def]
     """A review's: a port already taken was said only after the model had loaded (the whole
     load of an 8B wasted)."""
     import socket
+
+    from server_helpers import REAL_CLAIM_PORT
+
+    monkeypatch.setattr(smysl.server.workers, "claim_port", REAL_CLAIM_PORT)
 
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))

@@ -779,6 +779,7 @@ def test_page_draws_a_matrix_of_160000_cells(chromium, tiny, tmp_path) -> None: 
             expect(page.locator("#sim-error")).to_contain_text(
                 "1001 queries x 1000 documents: the page draws at most 1,000,000 cells")
             assert len(view.requests) == sent
+            assert page.locator("#heatmap").count() == 0  # not left as if it answered
             assert view.errors == []
         finally:
             view.context.close()
