@@ -170,6 +170,13 @@ CUT_CHARS_PER_TOKEN = 8
 COUNT_CHARS = 1 << 20
 
 
+def counted_whole(limit: int) -> int:
+    """Characters up to which a text refused at ``limit`` tokens is counted whole; a longer
+    one is cut to ``limit * CUT_CHARS_PER_TOKEN`` characters first (the tokenizer's texts,
+    the reranker's documents)."""
+    return max(limit * CUT_CHARS_PER_TOKEN, COUNT_CHARS)
+
+
 #: A letter-like character then one that is no letter or digit: where :meth:`CutProof.word_end`
 #: may hold (it decides), found by the regex engine rather than a Python loop per character.
 _LETTER_THEN_OTHER = re.compile(r"[^\W\d_](?=[\W_])")
@@ -352,7 +359,7 @@ class Tokenizer:
         # keeping a text's beginning, or refusing it, a long one is read from its beginning
         # (CUT_CHARS_PER_TOKEN)
         cut = limit * CUT_CHARS_PER_TOKEN if direction == "right" or not truncate else None
-        longer = cut if truncate else max(limit * CUT_CHARS_PER_TOKEN, COUNT_CHARS)  # are cut
+        longer = cut if truncate else counted_whole(limit)  # texts longer are cut
         # text tokens that must be the whole text's: those kept, or the limit's worth that
         # make the text too long
         proven = limit - 1 if truncate else limit

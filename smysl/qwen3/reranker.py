@@ -43,12 +43,12 @@ from smysl.qwen3.hub import Checkpoint, read_checkpoint, read_rows, resolve
 from smysl.rerank import BaseReranker, PairError, RerankerInfo, RerankTokens, pair_of
 from smysl.scheduler import SchedulerConfig, plan_batches
 from smysl.tokenize import (
-    COUNT_CHARS,
     CUT_CHARS_PER_TOKEN,
     CutProof,
     Direction,
     InputTooLongError,
     check_unicode,
+    counted_whole,
 )
 
 #: The model card's ``prefix``: the system line and the opening of the user turn.
@@ -217,7 +217,7 @@ class Reranker(OnEngine, BaseReranker):
         pieces = [_cut(d, cut) for _, d in checked]
         if not truncate:  # refused, a huge one is counted only as far as proves it too long
             pieces = [d[:self.max_tokens * CUT_CHARS_PER_TOKEN]
-                      if len(d) > max(self.max_tokens * CUT_CHARS_PER_TOKEN, COUNT_CHARS)
+                      if len(d) > counted_whole(self.max_tokens)
                       else d for d in pieces]
         texts = [format_pair(q, piece, instruction) for (q, _), piece in zip(checked, pieces,
                                                                               strict=True)]

@@ -325,9 +325,7 @@ class Service:
                 except InputTooLongError as e:
                     raise self._too_long(what, e, first) from None
             if direction == "left" and max(counts, default=0) > limit:
-                raise ApiError("unsupported", f"model {self.model_id!r} can only truncate on the "
-                               "right; use truncation_direction 'right'",
-                               param="truncation_direction")
+                raise self._right_only()
             lengths = [min(c, limit) for c in counts]
         elif counts is not None:
             lengths = counts
@@ -391,9 +389,7 @@ class Service:
             if not truncate:
                 raise self._too_long(what, e, first) from None
         if direction == "left":  # cut_to_tokens keeps a text's beginning
-            raise ApiError("unsupported", f"model {self.model_id!r} can only truncate on the "
-                           "right; use truncation_direction 'right'",
-                           param="truncation_direction")
+            raise self._right_only()
         tokens = self.embedder.text_tokens()
         if tokens is None:  # no offsets (a slow tokenizer): it cannot be cut to num_ctx
             raise ApiError("too_long", f"model {self.model_id!r} cannot cut its inputs to "
@@ -419,6 +415,11 @@ class Service:
         """``run()`` inline or in a tokenizer thread (:meth:`Batcher.prepare`)."""
         return await self.batcher.prepare(run, size, self.tokenizers, slot,
                                           self.config.request_timeout_s)
+
+    def _right_only(self) -> ApiError:
+        """A backend that takes texts cuts their end only (its own truncation, or ours)."""
+        return ApiError("unsupported", f"model {self.model_id!r} can only truncate on the "
+                        "right; use truncation_direction 'right'", param="truncation_direction")
 
     @staticmethod
     def _too_long(what: str, e: InputTooLongError, first: int | None = None) -> ApiError:

@@ -371,7 +371,7 @@ def test_refusing_a_huge_document_counts_only_as_far_as_proves_it(
     long it was (a server grew by 300 MB a request of them). One over ``COUNT_CHARS``
     characters is counted as far as proves it too long ("at least"); where no word end proves
     it, and under ``COUNT_CHARS``, exactly; a query too long is still the query's fault."""
-    import smysl.qwen3.reranker as module
+    import smysl.tokenize as module
 
     monkeypatch.setattr(module, "COUNT_CHARS", 3000)
     r = loaded["tied"]
