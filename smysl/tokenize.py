@@ -358,13 +358,13 @@ class Tokenizer:
             raise ValueError(f"max_tokens must be >= 1, got {limit}")
         # keeping a text's beginning, or refusing it, a long one is read from its beginning
         # (CUT_CHARS_PER_TOKEN)
-        cut = limit * CUT_CHARS_PER_TOKEN if direction == "right" or not truncate else None
-        longer = cut if truncate else counted_whole(limit)  # texts longer are cut
+        cut = limit * CUT_CHARS_PER_TOKEN
+        # texts longer than this are cut first (None: none is, truncation keeping their end)
+        longer = (cut if direction == "right" else None) if truncate else counted_whole(limit)
         # text tokens that must be the whole text's: those kept, or the limit's worth that
         # make the text too long
         proven = limit - 1 if truncate else limit
-        pieces = [t if cut is None or longer is None or len(t) <= longer else t[:cut]
-                  for t in texts]
+        pieces = [t if longer is None or len(t) <= longer else t[:cut] for t in texts]
         out = []
         for i, enc in enumerate(self._encodings(pieces)):
             while True:
